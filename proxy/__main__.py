@@ -1,0 +1,5 @@
+"""Entry point for `python -m proxy`."""
+
+from proxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""What the sans-I/O core asks the driver to do: small action records executed in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.errors import PgError
+
+
+@dataclass(frozen=True, slots=True)
+class SendClient:
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class SendServer:
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class RelayToServer:
+    """Runs of raw frontend bytes for the backend (hot path: written with one writelines call)."""
+
+    chunks: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayToClient:
+    """Runs of raw backend bytes for the client."""
+
+    chunks: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StartClientTls:
+    """Answer 'S' has been queued; upgrade the client socket to TLS as the server side."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartServerTls:
+    """The backend said 'S'; upgrade the backend socket to TLS as the client side."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Delay the remaining actions (auth throttling); reading stays paused meanwhile."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectBackend:
+    """Authentication succeeded: obtain a server connection for this session from the pool."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardCancel:
+    process_id: int
+    secret_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseClient:
+    """Send the error (if any) and close the client connection."""
+
+    error: PgError | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseServer:
+    """Terminate the server connection (1:1 for now; a pool would release it instead)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReady:
+    """The backend finished startup: parameter statuses and its key."""
+
+    parameters: dict[str, str]
+    process_id: int
+    secret_key: bytes
+    notices: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFailed:
+    """The backend could not be connected, negotiated or authenticated."""
+
+    reason: str
+    error: PgError | None = None
+
+
+Action = (
+    SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | Sleep
+    | ConnectBackend | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
+)

@@ -1,0 +1,409 @@
+"""The one typed configuration model: loaded from TOML, validated with errors that name the key."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from proxy.auth.scram import ScramVerifier
+
+SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+Strategy = Literal["shared", "schema", "database"]
+
+# Startup parameters (and `options -c` settings) a client may pass; each is forwarded to the backend.
+DEFAULT_ALLOWED_PARAMETERS: frozenset[str] = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "intervalstyle",
+        "extra_float_digits",
+        "client_min_messages",
+        "statement_timeout",
+        "lock_timeout",
+        "idle_in_transaction_session_timeout",
+        "default_transaction_read_only",
+        "default_transaction_isolation",
+        "bytea_output",
+        "geqo",
+        "jit",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the dotted key it concerns."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 6432
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_message_length: int = 64 * 1024 * 1024
+    startup_timeout: float = 15.0
+    shutdown_timeout: float = 30.0
+    max_auth_failures: int = 5
+    auth_failure_window: float = 60.0
+    max_client_connections: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    require: bool = False
+    channel_binding: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "pgtenant"
+    password: str | None = field(default=None, repr=False)
+    sslmode: SslMode = "prefer"
+    sslrootcert: Path | None = None
+    connect_timeout: float = 5.0
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.host}:{self.port})"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    name: str
+    strategy: Strategy
+    backend: str
+    database: str
+    # shared strategy
+    tenant_id: str | None = None
+    tenant_column: str = "tenant_id"
+    tenant_schemas: tuple[str, ...] = ("public",)
+    tables: tuple[str, ...] = ()  # explicit list of schema.table; empty = discover from the catalog
+    tenant_setting: str = "pgtenant.tenant_id"
+    # schema strategy
+    schema: str | None = None
+    shared_schemas: tuple[str, ...] = ()
+    # all
+    allow_writes: bool = False
+
+    @property
+    def client_database_names(self) -> frozenset[str]:
+        """Database names a client of this tenant may put in its startup packet."""
+        return frozenset({self.name, self.database})
+
+
+@dataclass(frozen=True, slots=True)
+class UserConfig:
+    name: str
+    tenant: str
+    verifier: ScramVerifier = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"
+    format: Literal["json", "console"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: ListenConfig
+    limits: LimitsConfig
+    tls: TlsConfig
+    backends: Mapping[str, BackendConfig]
+    tenants: Mapping[str, TenantConfig]
+    users: Mapping[str, UserConfig]
+    allowed_parameters: frozenset[str] = DEFAULT_ALLOWED_PARAMETERS
+    logging: LoggingConfig = LoggingConfig()
+    auth_mock_secret: bytes = field(default=b"", repr=False)
+    source: Path | None = None
+
+    def user_tenant(self, user: str) -> tuple[UserConfig, TenantConfig, BackendConfig] | None:
+        u = self.users.get(user)
+        if u is None:
+            return None
+        t = self.tenants[u.tenant]
+        return u, t, self.backends[t.backend]
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}{key}: expected a table, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{where}{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _get(raw: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any) -> Any:
+    if key not in raw:
+        return default
+    value = raw[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) and kind in (int, float):
+        raise ConfigError(f"{where}{key}: expected {kind.__name__}, got a boolean")
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}{key}: expected {names}, got {type(value).__name__}")
+    return value
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be positive, got {value}")
+
+
+def _str_list(raw: Mapping[str, Any], key: str, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = _get(raw, key, list, where, None)
+    if value is None:
+        return default
+    if not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}{key}: expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    p = Path(value)
+    return p if p.is_absolute() else (base / p)
+
+
+def _resolve_secret(value: str, where: str) -> str:
+    """Secrets may be literal or `env:NAME`."""
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file and its secrets file; raise ConfigError naming the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    return parse_config(raw, base=path.parent, source=path)
+
+
+def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = None) -> Config:
+    _check_keys(
+        raw,
+        {"listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging"},
+        "",
+    )
+    secrets: Mapping[str, Any] = {}
+    secrets_file = _get(raw, "secrets_file", str, "", None)
+    if secrets_file is not None:
+        sp = _path(base, secrets_file)
+        assert sp is not None
+        try:
+            secrets = tomllib.loads(sp.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"secrets_file: {sp} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"secrets_file: {sp} is not valid TOML: {exc}") from exc
+        _check_keys(secrets, {"users", "backends", "auth_mock_secret"}, "secrets.")
+
+    lr = _table(raw, "listen", "")
+    _check_keys(lr, {"host", "port"}, "listen.")
+    listen = ListenConfig(
+        host=_get(lr, "host", str, "listen.", "127.0.0.1"),
+        port=_get(lr, "port", int, "listen.", 6432),
+    )
+    if not 0 <= listen.port <= 65535:
+        raise ConfigError(f"listen.port: must be 0..65535, got {listen.port}")
+
+    lim = _table(raw, "limits", "")
+    fields_ = {f: type(getattr(LimitsConfig(), f)) for f in LimitsConfig.__dataclass_fields__}
+    _check_keys(lim, set(fields_), "limits.")
+    limits = LimitsConfig(**{k: _get(lim, k, fields_[k], "limits.", getattr(LimitsConfig(), k)) for k in fields_})
+    for k in fields_:
+        _positive(getattr(limits, k), f"limits.{k}")
+    if limits.max_message_length < 1024:
+        raise ConfigError("limits.max_message_length: must be at least 1024 bytes")
+
+    tr = _table(raw, "tls", "")
+    _check_keys(tr, {"cert_file", "key_file", "require", "channel_binding"}, "tls.")
+    tls = TlsConfig(
+        cert_file=_path(base, _get(tr, "cert_file", str, "tls.", None)),
+        key_file=_path(base, _get(tr, "key_file", str, "tls.", None)),
+        require=_get(tr, "require", bool, "tls.", False),
+        channel_binding=_get(tr, "channel_binding", bool, "tls.", True),
+    )
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError("tls: cert_file and key_file must be given together")
+    if tls.require and not tls.enabled:
+        raise ConfigError("tls.require: needs tls.cert_file and tls.key_file")
+    for key in ("cert_file", "key_file"):
+        p = getattr(tls, key)
+        if p is not None and not p.is_file():
+            raise ConfigError(f"tls.{key}: {p} does not exist")
+
+    st = _table(raw, "startup", "")
+    _check_keys(st, {"allowed_parameters"}, "startup.")
+    extra = _str_list(st, "allowed_parameters", "startup.", ())
+    allowed = DEFAULT_ALLOWED_PARAMETERS | {p.lower() for p in extra}
+
+    lg = _table(raw, "logging", "")
+    _check_keys(lg, {"level", "format"}, "logging.")
+    level = _get(lg, "level", str, "logging.", "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"logging.level: must be debug, info, warning or error, got {level!r}")
+    fmt = _get(lg, "format", str, "logging.", "json")
+    if fmt not in ("json", "console"):
+        raise ConfigError(f"logging.format: must be json or console, got {fmt!r}")
+    logging_cfg = LoggingConfig(level=level, format=fmt)
+
+    backend_secrets = _table(secrets, "backends", "secrets.")
+    backends: dict[str, BackendConfig] = {}
+    for name, br in _table(raw, "backends", "").items():
+        w = f"backends.{name}."
+        if not isinstance(br, Mapping):
+            raise ConfigError(f"backends.{name}: expected a table")
+        _check_keys(br, {"host", "port", "user", "sslmode", "sslrootcert", "connect_timeout"}, w)
+        sslmode = _get(br, "sslmode", str, w, "prefer")
+        if sslmode not in ("disable", "prefer", "require", "verify-ca", "verify-full"):
+            raise ConfigError(f"{w}sslmode: must be disable, prefer, require, verify-ca or verify-full")
+        password = backend_secrets.get(name)
+        if password is not None and not isinstance(password, str):
+            raise ConfigError(f"secrets.backends.{name}: expected a string")
+        b = BackendConfig(
+            name=name,
+            host=_get(br, "host", str, w, "127.0.0.1"),
+            port=_get(br, "port", int, w, 5432),
+            user=_get(br, "user", str, w, "pgtenant"),
+            password=_resolve_secret(password, f"secrets.backends.{name}") if password else None,
+            sslmode=sslmode,
+            sslrootcert=_path(base, _get(br, "sslrootcert", str, w, None)),
+            connect_timeout=_get(br, "connect_timeout", float, w, 5.0),
+        )
+        _positive(b.connect_timeout, f"{w}connect_timeout")
+        if b.sslmode in ("verify-ca", "verify-full") and b.sslrootcert is None:
+            raise ConfigError(f"{w}sslrootcert: required with sslmode={b.sslmode}")
+        backends[name] = b
+    if not backends:
+        raise ConfigError("backends: at least one backend is required")
+
+    tenants: dict[str, TenantConfig] = {}
+    for name, tr_ in _table(raw, "tenants", "").items():
+        w = f"tenants.{name}."
+        if not isinstance(tr_, Mapping):
+            raise ConfigError(f"tenants.{name}: expected a table")
+        _check_keys(
+            tr_,
+            {
+                "strategy", "backend", "database", "tenant_id", "tenant_column", "tenant_schemas", "tables",
+                "tenant_setting", "schema", "shared_schemas", "allow_writes",
+            },
+            w,
+        )
+        strategy = _get(tr_, "strategy", str, w, None)
+        if strategy not in ("shared", "schema", "database"):
+            raise ConfigError(f"{w}strategy: must be shared, schema or database, got {strategy!r}")
+        backend = _get(tr_, "backend", str, w, next(iter(backends)) if len(backends) == 1 else None)
+        if backend is None:
+            raise ConfigError(f"{w}backend: required when more than one backend is defined")
+        if backend not in backends:
+            raise ConfigError(f"{w}backend: unknown backend {backend!r} (defined: {', '.join(backends)})")
+        database = _get(tr_, "database", str, w, None)
+        if not database:
+            raise ConfigError(f"{w}database: required")
+        t = TenantConfig(
+            name=name,
+            strategy=strategy,
+            backend=backend,
+            database=database,
+            tenant_id=_get(tr_, "tenant_id", (str, int), w, None),
+            tenant_column=_get(tr_, "tenant_column", str, w, "tenant_id"),
+            tenant_schemas=_str_list(tr_, "tenant_schemas", w, ("public",)),
+            tables=_str_list(tr_, "tables", w, ()),
+            tenant_setting=_get(tr_, "tenant_setting", str, w, "pgtenant.tenant_id"),
+            schema=_get(tr_, "schema", str, w, None),
+            shared_schemas=_str_list(tr_, "shared_schemas", w, ()),
+            allow_writes=_get(tr_, "allow_writes", bool, w, False),
+        )
+        if t.tenant_id is not None:
+            t = replace(t, tenant_id=str(t.tenant_id))
+        if strategy == "shared" and t.tenant_id is None:
+            raise ConfigError(f"{w}tenant_id: required for the shared strategy")
+        if strategy == "schema" and not t.schema:
+            raise ConfigError(f"{w}schema: required for the schema strategy")
+        if "." not in t.tenant_setting:
+            raise ConfigError(f"{w}tenant_setting: must be a two-part name such as pgtenant.tenant_id")
+        for tbl in t.tables:
+            if tbl.count(".") != 1:
+                raise ConfigError(f"{w}tables: {tbl!r} must be schema.table")
+        tenants[name] = t
+
+    user_secrets = _table(secrets, "users", "secrets.")
+    users: dict[str, UserConfig] = {}
+    for name, ur in _table(raw, "users", "").items():
+        w = f"users.{name}."
+        if not isinstance(ur, Mapping):
+            raise ConfigError(f"users.{name}: expected a table")
+        _check_keys(ur, {"tenant"}, w)
+        tenant = _get(ur, "tenant", str, w, None)
+        if tenant is None:
+            raise ConfigError(f"{w}tenant: required")
+        if tenant not in tenants:
+            raise ConfigError(f"{w}tenant: unknown tenant {tenant!r}")
+        text = user_secrets.get(name)
+        if text is None:
+            raise ConfigError(f"secrets.users.{name}: no SCRAM verifier for this user (see `pgtenant passwd`)")
+        if not isinstance(text, str):
+            raise ConfigError(f"secrets.users.{name}: expected a string")
+        try:
+            verifier = ScramVerifier.parse(_resolve_secret(text, f"secrets.users.{name}"))
+        except ValueError as exc:
+            raise ConfigError(f"secrets.users.{name}: {exc}") from exc
+        users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier)
+    for name in user_secrets:
+        if name not in users:
+            raise ConfigError(f"secrets.users.{name}: no [users.{name}] entry in the config")
+
+    mock = secrets.get("auth_mock_secret")
+    if mock is not None and not isinstance(mock, str):
+        raise ConfigError("secrets.auth_mock_secret: expected a string")
+    mock_secret = mock.encode() if mock else os.urandom(32)
+
+    return Config(
+        listen=listen,
+        limits=limits,
+        tls=tls,
+        backends=backends,
+        tenants=tenants,
+        users=users,
+        allowed_parameters=allowed,
+        logging=logging_cfg,
+        auth_mock_secret=mock_secret,
+        source=source,
+    )

@@ -1,0 +1,610 @@
+"""The one layer that does I/O: asyncio protocols for client and server sockets, TLS, cancel, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+import time
+from collections.abc import Iterable
+
+from proxy import errors
+from proxy.actions import (
+    Action,
+    CloseClient,
+    CloseServer,
+    ConnectBackend,
+    ForwardCancel,
+    RelayToClient,
+    RelayToServer,
+    SendClient,
+    SendServer,
+    ServerFailed,
+    ServerReady,
+    Sleep,
+    StartClientTls,
+    StartServerTls,
+)
+from proxy.auth.scram import tls_server_end_point
+from proxy.auth.throttle import AuthThrottle
+from proxy.cancel import CancelRegistry, CancelTarget
+from proxy.config import BackendConfig, Config
+from proxy.errors import PgError
+from proxy.logs import get_logger
+from proxy.protocol import messages as m
+from proxy.server import ServerConnection
+from proxy.session import ClientSession, State
+
+log = get_logger("pgtenant.driver")
+
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+
+def client_ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.tls.enabled:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert config.tls.cert_file and config.tls.key_file
+    ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
+    return ctx
+
+
+def own_channel_binding(config: Config) -> bytes | None:
+    """tls-server-end-point data for the proxy's own certificate (first cert in the file)."""
+    if not (config.tls.enabled and config.tls.channel_binding):
+        return None
+    assert config.tls.cert_file
+    pem = config.tls.cert_file.read_text()
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    end = pem.index("-----END CERTIFICATE-----", start) + len("-----END CERTIFICATE-----")
+    return tls_server_end_point(ssl.PEM_cert_to_DER_cert(pem[start:end]))
+
+
+def backend_ssl_context(backend: BackendConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if backend.sslmode in ("verify-ca", "verify-full"):
+        assert backend.sslrootcert
+        ctx.load_verify_locations(str(backend.sslrootcert))
+        ctx.check_hostname = backend.sslmode == "verify-full"
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class ServerLink(asyncio.Protocol):
+    """The socket side of one server connection; relays to its client once ready."""
+
+    def __init__(self, client: ClientConnection, server: ServerConnection) -> None:
+        self.client = client
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.relaying = False
+        self.closed = False
+        self.bytes_in = 0
+        self.connected_at = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        self._run(self.server.initiate())
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.relaying:
+            self.client.from_server(data)
+        else:
+            self._run(self.server.data(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.client.server_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def writelines(self, chunks: Iterable[bytes | memoryview]) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.writelines(chunks)
+
+    def terminate(self) -> None:
+        if self.transport is not None and not self.closed:
+            if self.relaying:
+                self.transport.write(m.TERMINATE_MESSAGE)
+            self.closed = True
+            self.transport.close()
+
+    def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendServer):
+                self.write(action.data)
+            elif isinstance(action, StartServerTls):
+                asyncio.get_running_loop().create_task(self._start_tls())
+            elif isinstance(action, ServerReady):
+                self.relaying = True
+                self.client.server_ready(self, action)
+            elif isinstance(action, ServerFailed):
+                self.client.server_failed(self, action.reason)
+                self.terminate()
+            else:  # pragma: no cover - the server machine emits only the above
+                raise AssertionError(f"unexpected server action {action!r}")
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        backend = self.server.backend
+        assert self.transport is not None
+        try:
+            self.transport = await loop.start_tls(
+                self.transport,
+                self,
+                backend_ssl_context(backend),
+                server_hostname=backend.host,
+                ssl_handshake_timeout=backend.connect_timeout,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            self.client.server_failed(self, f"TLS handshake failed: {exc}")
+            self.terminate()
+            return
+
+        def binding() -> bytes | None:
+            sslobj = self.transport.get_extra_info("ssl_object") if self.transport else None
+            der = sslobj.getpeercert(binary_form=True) if sslobj else None
+            return tls_server_end_point(der) if der else None
+
+        self.server.channel_binding = binding
+        self._run(self.server.tls_done())
+
+
+class ClientConnection(asyncio.Protocol):
+    """The socket side of one client session."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.session: ClientSession | None = None
+        self.link: ServerLink | None = None
+        self.closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sleeping = False
+        self._pending_data: list[bytes] = []
+        self._reading_paused = False
+        self.log = log
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else str(peer or "local")
+        sid = os.urandom(6).hex()
+        cfg = self.proxy.config
+        self.session = ClientSession(
+            cfg,
+            session_id=sid,
+            client_address=address,
+            throttle=self.proxy.throttle,
+            clock=time.monotonic,
+            tls_available=self.proxy.client_ssl is not None,
+            channel_binding=lambda: self.proxy.channel_binding,
+        )
+        self.log = log.bind(session_id=sid, client_addr=address)
+        self.proxy.clients.add(self)
+        if len(self.proxy.clients) > cfg.limits.max_client_connections:
+            self._run([CloseClient(errors.PgError("53300", "sorry, too many clients already", "FATAL"), "too_many")])
+            return
+        self._timer = asyncio.get_running_loop().call_later(cfg.limits.startup_timeout, self._on_timeout)
+        self.log.info("connection_accepted")
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        session = self.session
+        assert session is not None
+        if self._sleeping:  # throttled: keep bytes until the delay has passed
+            self._pending_data.append(data)
+            return
+        try:
+            actions = session.client_data(data)
+        except Exception:  # noqa: BLE001 - no input may crash the process or leak a traceback
+            self.log.exception("internal_error")
+            actions = [CloseClient(errors.internal_error(), "internal_error")]
+        self._run(actions)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            self._finish()
+            return
+        self.closed = True
+        if self.session is not None:
+            self.session.close()
+        if self.link is not None:
+            self.proxy.pool.release(self.link, reason="client_gone")
+        self._finish(reason="client_disconnected")
+
+    def pause_writing(self) -> None:
+        if self.link is not None and self.link.transport is not None:
+            with contextlib.suppress(Exception):
+                self.link.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.link is not None and self.link.transport is not None and not self.link.closed:
+            with contextlib.suppress(Exception):
+                self.link.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # --- from the server link -----------------------------------------------------------
+
+    def from_server(self, data: bytes) -> None:
+        assert self.session is not None
+        self._run(self.session.server_data(data))
+
+    def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
+        assert self.session is not None
+        if self.closed:
+            self.proxy.pool.release(link, reason="client_gone")
+            return
+        self.proxy.cancels.register(
+            self.session.process_id,
+            self.session.secret_key,
+            CancelTarget(link.server.backend, ready.process_id, ready.secret_key),
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.log.info(
+            "backend_connected",
+            backend=link.server.backend.name,
+            database=link.server.database,
+            tls=link.server.tls,
+            connect_ms=round((time.monotonic() - link.connected_at) * 1000, 2),
+        )
+        for notice in ready.notices:
+            self.write(notice)
+        self._run(self.session.server_ready(ready.parameters))
+
+    def server_failed(self, link: ServerLink, reason: str) -> None:
+        assert self.session is not None
+        backend = link.server.backend
+        self.log.warning("backend_failed", backend=backend.name, reason=reason)
+        if self.session.state is State.CONNECTING:
+            self._run(self.session.server_failed(errors.backend_unreachable(backend.describe(), reason), "backend"))
+
+    def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
+        if self.link is not link or self.closed:
+            return
+        assert self.session is not None
+        if self.session.state is State.READY:
+            self._run([CloseClient(errors.server_closed(), "server_closed")])
+        elif self.session.state is State.CONNECTING:
+            self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
+
+    # --- action execution ----------------------------------------------------------------
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.transport is not None and not self.closed and data:
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def _run(self, actions: list[Action]) -> None:
+        for i, action in enumerate(actions):
+            if isinstance(action, RelayToServer):
+                if self.link is not None:
+                    self.link.writelines(action.chunks)
+            elif isinstance(action, RelayToClient):
+                if self.transport is not None and not self.closed:
+                    for c in action.chunks:
+                        self.bytes_out += len(c)
+                    self.transport.writelines(action.chunks)
+            elif isinstance(action, SendClient):
+                self.write(action.data)
+            elif isinstance(action, StartClientTls):
+                assert self.transport is not None
+                self.transport.pause_reading()
+                asyncio.get_running_loop().create_task(self._start_tls())
+            elif isinstance(action, Sleep):
+                self._sleep(action.seconds, actions[i + 1 :])
+                return
+            elif isinstance(action, ConnectBackend):
+                self._connect_backend()
+            elif isinstance(action, ForwardCancel):
+                asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
+            elif isinstance(action, CloseServer):
+                if self.link is not None:
+                    self.proxy.pool.release(self.link, reason=action.reason)
+                    self.link = None
+            elif isinstance(action, CloseClient):
+                self.close(action.error, action.reason)
+                return
+            else:  # pragma: no cover
+                raise AssertionError(f"unexpected client action {action!r}")
+
+    def _sleep(self, seconds: float, rest: list[Action]) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()
+        self._sleeping = True
+
+        def wake() -> None:
+            pending = self._pending_data
+            self._sleeping = False
+            self._pending_data = []
+            if self.closed:
+                return
+            self._run(rest)
+            if not self.closed:
+                self.transport.resume_reading()  # type: ignore[union-attr]
+                for data in pending:
+                    self.data_received(data)
+
+        asyncio.get_running_loop().call_later(seconds, wake)
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.transport is not None and self.proxy.client_ssl is not None and self.session is not None
+        try:
+            new = await loop.start_tls(
+                self.transport,
+                self,
+                self.proxy.client_ssl,
+                server_side=True,
+                ssl_handshake_timeout=self.proxy.config.limits.startup_timeout,
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+            self.log.info("tls_handshake_failed", error=str(exc))
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self._finish(reason="tls_failed")
+            return
+        if new is None:
+            return
+        self.transport = new
+        self._run(self.session.tls_done())
+
+    def _connect_backend(self) -> None:
+        session = self.session
+        assert session is not None and session.backend is not None and session.tenant is not None
+        self.log = self.log.bind(
+            user=session.info.user, tenant=session.tenant.name, application_name=session.info.application_name
+        )
+        self.log.info("auth_ok", tls=session.info.tls)
+        asyncio.get_running_loop().create_task(self._acquire())
+
+    async def _acquire(self) -> None:
+        session = self.session
+        assert session is not None and session.backend is not None and session.tenant is not None
+        try:
+            link = await self.proxy.pool.acquire(self, session.backend, session.tenant.database,
+                                                 self.proxy.server_parameters(session))
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = "connection timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
+            self.log.warning("backend_failed", backend=session.backend.name, reason=reason)
+            self._run(session.server_failed(errors.backend_unreachable(session.backend.describe(), reason), "backend"))
+            return
+        if self.closed:
+            self.proxy.pool.release(link, reason="client_gone")
+            return
+        self.link = link
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.session is not None:
+            self._run(self.session.timeout())
+
+    def close(self, error: PgError | None, reason: str) -> None:
+        if self.closed:
+            return
+        if error is not None:
+            self.write(error.encode())
+            level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
+            getattr(self.log, level)("session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
+        self.closed = True
+        if self.session is not None:
+            self.session.close()
+        if self.link is not None:
+            self.proxy.pool.release(self.link, reason=reason)
+            self.link = None
+        if self.transport is not None:
+            self.transport.close()
+        self._finish(reason=reason)
+
+    def _finish(self, reason: str = "") -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self in self.proxy.clients:
+            self.proxy.clients.discard(self)
+            if self.session is not None:
+                self.proxy.cancels.unregister(self.session.process_id)
+                if self.session.info.user is not None or reason not in ("cancel_request",):
+                    self.log.info(
+                        "connection_closed",
+                        reason=reason,
+                        duration_s=round(time.monotonic() - self.started, 3),
+                        bytes_in=self.bytes_in,
+                        bytes_out=self.bytes_out,
+                    )
+        self.proxy.client_finished()
+
+
+class Pool:
+    """Hands server connections to client sessions: one fresh connection per session for now.
+
+    Later, pooling will keep connections per (backend, database, tenant parameters) and re-use them,
+    re-applying the tenant context and pinning session state; sessions only see acquire/release.
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.links: set[ServerLink] = set()
+
+    async def acquire(
+        self, client: ClientConnection, backend: BackendConfig, database: str, parameters: dict[str, str]
+    ) -> ServerLink:
+        loop = asyncio.get_running_loop()
+        server = ServerConnection(backend, database, parameters)
+        _, link = await asyncio.wait_for(
+            loop.create_connection(lambda: ServerLink(client, server), backend.host, backend.port),
+            backend.connect_timeout,
+        )
+        self.links.add(link)
+        return link
+
+    def release(self, link: ServerLink, *, reason: str = "") -> None:
+        self.links.discard(link)
+        link.terminate()
+
+
+class Proxy:
+    """The listener and everything shared between sessions."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.client_ssl = client_ssl_context(config)
+        self.channel_binding = own_channel_binding(config)
+        self.throttle = AuthThrottle(
+            max_failures=config.limits.max_auth_failures, window=config.limits.auth_failure_window
+        )
+        self.cancels = CancelRegistry()
+        self.clients: set[ClientConnection] = set()
+        self.pool = Pool(self)
+        self.server: asyncio.AbstractServer | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.stopping = False
+
+    def server_parameters(self, session: ClientSession) -> dict[str, str]:
+        """Startup parameters for the backend: the client's allowed ones plus the tenant context."""
+        params = dict(session.backend_parameters)
+        tenant = session.tenant
+        assert tenant is not None
+        if tenant.strategy == "shared" and tenant.tenant_id is not None:
+            params[tenant.tenant_setting] = tenant.tenant_id
+        elif tenant.strategy == "schema" and tenant.schema:
+            params["search_path"] = ", ".join(_quote_ident(s) for s in (tenant.schema, *tenant.shared_schemas))
+        return params
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: ClientConnection(self),
+            self.config.listen.host,
+            self.config.listen.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        log.info("listening", address=self.addresses())
+
+    def addresses(self) -> list[str]:
+        if self.server is None:
+            return []
+        return [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.server.sockets]
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def client_finished(self) -> None:
+        if not self.clients:
+            self._idle.set()
+
+    async def forward_cancel(self, action: ForwardCancel) -> None:
+        target = self.cancels.lookup(action.process_id, action.secret_key)
+        if target is None:
+            log.info("cancel_ignored", reason="unknown_key")
+            return
+        backend = target.backend
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(backend.host, backend.port), backend.connect_timeout
+            )
+            if backend.sslmode != "disable":
+                writer.write(m.encode_ssl_request())
+                answer = await asyncio.wait_for(reader.readexactly(1), backend.connect_timeout)
+                if answer == b"S":
+                    await writer.start_tls(backend_ssl_context(backend), server_hostname=backend.host)
+                elif backend.sslmode != "prefer":
+                    raise ConnectionError("backend refused TLS for the cancel request")
+            writer.write(m.encode_cancel_request(target.process_id, target.secret_key))
+            await writer.drain()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            log.info("cancel_forwarded", backend=backend.name)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.warning("cancel_failed", backend=backend.name, error=str(exc))
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let sessions finish until the deadline, then end the rest with 57P01."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        deadline = self.config.limits.shutdown_timeout
+        log.info("shutdown_started", sessions=len(self.clients), deadline_s=deadline)
+        if self.clients:
+            self._idle.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), deadline)
+        for client in list(self.clients):
+            client.close(errors.admin_shutdown(), "shutdown")
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+        log.info("shutdown_complete")
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run the proxy until SIGTERM/SIGINT."""
+    proxy = Proxy(config)
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await proxy.shutdown()
+
+
+def run(config: Config) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(serve(config))
+        return
+    uvloop.run(serve(config))
+

@@ -1,0 +1,137 @@
+"""Every client-visible error: one place that builds ErrorResponse/NoticeResponse with a SQLSTATE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.protocol.messages import encode_error_fields
+
+
+@dataclass(frozen=True, slots=True)
+class PgError(Exception):
+    """An error the proxy reports to a client as an ErrorResponse."""
+
+    sqlstate: str
+    message: str
+    severity: str = "ERROR"
+    detail: str | None = None
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.severity} {self.sqlstate}: {self.message}"
+
+    @property
+    def fatal(self) -> bool:
+        return self.severity in ("FATAL", "PANIC")
+
+    def fields(self) -> dict[str, str]:
+        out = {"S": self.severity, "V": self.severity, "C": self.sqlstate, "M": self.message}
+        if self.detail:
+            out["D"] = self.detail
+        if self.hint:
+            out["H"] = self.hint
+        return out
+
+    def encode(self) -> bytes:
+        """The full ErrorResponse message ('E')."""
+        return encode_error_fields(b"E", self.fields())
+
+
+def protocol_violation(message: str) -> PgError:
+    return PgError("08P01", message, "FATAL")
+
+
+def message_too_large(length: int, limit: int) -> PgError:
+    return PgError(
+        "54000",
+        f"message of {length} bytes exceeds pgtenant's limit of {limit} bytes",
+        "FATAL",
+        hint="Raise limits.max_message_length in the pgtenant configuration if this is legitimate.",
+    )
+
+
+def unsupported_protocol(major: int, minor: int) -> PgError:
+    return PgError(
+        "0A000",
+        f"unsupported frontend protocol {major}.{minor}: server supports 3.0",
+        "FATAL",
+    )
+
+
+def no_user() -> PgError:
+    return PgError("28000", "no PostgreSQL user name specified in startup packet", "FATAL")
+
+
+def auth_failed(user: str) -> PgError:
+    # The same text for unknown users and wrong passwords, as PostgreSQL does.
+    return PgError("28P01", f'password authentication failed for user "{user}"', "FATAL")
+
+
+def auth_throttled() -> PgError:
+    return PgError(
+        "28000",
+        "too many failed authentication attempts from this address; try again later",
+        "FATAL",
+    )
+
+
+def tls_required() -> PgError:
+    return PgError(
+        "28000",
+        "pgtenant accepts only TLS connections",
+        "FATAL",
+        hint="Connect with sslmode=require (or verify-full).",
+    )
+
+
+def database_not_allowed(name: str) -> PgError:
+    # Never say whether the database exists elsewhere.
+    return PgError("3D000", f'database "{name}" does not exist', "FATAL")
+
+
+def startup_parameter_not_allowed(name: str, via_options: bool) -> PgError:
+    where = "startup option -c" if via_options else "startup parameter"
+    return PgError(
+        "42501",
+        f'{where} "{name}" is not allowed by pgtenant',
+        "FATAL",
+        hint="Remove it from the connection settings, or add it to "
+        "startup.allowed_parameters in the pgtenant configuration if it is safe.",
+    )
+
+
+def bad_startup_options(reason: str) -> PgError:
+    return PgError("08P01", f"invalid startup options: {reason}", "FATAL")
+
+
+def replication_not_allowed() -> PgError:
+    return PgError("42501", "replication connections are not allowed through pgtenant", "FATAL")
+
+
+def backend_unreachable(target: str, reason: str) -> PgError:
+    return PgError(
+        "08001",
+        f'pgtenant could not connect to backend "{target}": {reason}',
+        "FATAL",
+        hint="The database behind pgtenant is unavailable; try again later or contact the operator.",
+    )
+
+
+def startup_timeout() -> PgError:
+    return PgError("08006", "canceling authentication due to timeout", "FATAL")
+
+
+def admin_shutdown() -> PgError:
+    return PgError("57P01", "terminating connection due to administrator command", "FATAL")
+
+
+def server_closed() -> PgError:
+    return PgError("08006", "the backend connection closed unexpectedly", "FATAL")
+
+
+def internal_error() -> PgError:
+    return PgError("XX000", "internal error in pgtenant; the connection is closed", "FATAL")
+
+
+def user_removed(user: str) -> PgError:
+    return PgError("28000", f'role "{user}" is no longer allowed to connect', "FATAL")

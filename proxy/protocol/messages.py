@@ -1,0 +1,289 @@
+"""One small type per wire message the proxy acts on, with decoders and encoders; the rest stays raw bytes."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+PROTOCOL_3_0 = 196608
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+MAX_STARTUP_PACKET = 10_000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
+
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+_HDR = struct.Struct("!cI")
+_I16 = struct.Struct("!h")
+
+# Message type bytes (PostgreSQL's names).
+QUERY = ord("Q")
+PARSE = ord("P")
+BIND = ord("B")
+EXECUTE = ord("E")
+DESCRIBE = ord("D")
+CLOSE = ord("C")
+SYNC = ord("S")
+FLUSH = ord("H")
+TERMINATE = ord("X")
+FUNCTION_CALL = ord("F")
+COPY_DATA = ord("d")
+COPY_DONE = ord("c")
+COPY_FAIL = ord("f")
+PASSWORD = ord("p")
+
+AUTHENTICATION = ord("R")
+PARAMETER_STATUS = ord("S")
+BACKEND_KEY_DATA = ord("K")
+READY_FOR_QUERY = ord("Z")
+ERROR_RESPONSE = ord("E")
+NOTICE_RESPONSE = ord("N")
+NEGOTIATE_PROTOCOL_VERSION = ord("v")
+
+FRONTEND_TYPES = frozenset(b"QPBEDCSHXFdcfp")
+
+
+class DecodeError(ValueError):
+    """A message body that does not follow the protocol."""
+
+
+# --- startup-phase packets (no type byte) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SSLRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class GSSENCRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    process_id: int
+    secret_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StartupMessage:
+    major: int
+    minor: int
+    parameters: dict[str, str] = field(default_factory=dict)
+    protocol_options: dict[str, str] = field(default_factory=dict)  # _pq_.* options
+
+
+StartupPacket = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage
+
+
+def startup_packet_length(header: bytes) -> int:
+    """Length of a startup packet from its first four bytes, validated."""
+    (length,) = _I32.unpack_from(header, 0)
+    if length < 8 or length > MAX_STARTUP_PACKET:
+        raise DecodeError(f"invalid length of startup packet: {length}")
+    return length
+
+
+def decode_startup_packet(packet: bytes) -> StartupPacket:
+    """Decode a whole startup-phase packet (length word included)."""
+    length = startup_packet_length(packet)
+    if len(packet) != length:
+        raise DecodeError("incomplete startup packet")
+    (code,) = _I32.unpack_from(packet, 4)
+    if code == SSL_REQUEST_CODE and length == 8:
+        return SSLRequest()
+    if code == GSSENC_REQUEST_CODE and length == 8:
+        return GSSENCRequest()
+    if code == CANCEL_REQUEST_CODE:
+        if length < 16 or length > 8 + 4 + 256:
+            raise DecodeError("invalid length of cancel request")
+        (pid,) = _I32.unpack_from(packet, 8)
+        return CancelRequest(pid, bytes(packet[12:length]))
+    major, minor = code >> 16, code & 0xFFFF
+    if major != 3:
+        return StartupMessage(major, minor)
+    params: dict[str, str] = {}
+    options: dict[str, str] = {}
+    body = bytes(packet[8:length])
+    if not body.endswith(b"\x00"):
+        raise DecodeError("startup packet is not terminated")
+    parts = body[:-1].split(b"\x00")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    if len(parts) % 2:
+        raise DecodeError("startup packet has a parameter name without a value")
+    for i in range(0, len(parts), 2):
+        try:
+            name = parts[i].decode("utf-8")
+            value = parts[i + 1].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("startup packet is not valid UTF-8") from exc
+        if not name:
+            raise DecodeError("empty parameter name in startup packet")
+        if name in params or name in options:
+            raise DecodeError(f'duplicate startup parameter "{name}"')
+        if name.startswith("_pq_."):
+            options[name] = value
+        else:
+            params[name] = value
+    return StartupMessage(major, minor, params, options)
+
+
+def encode_startup_message(parameters: dict[str, str]) -> bytes:
+    body = _I32.pack(PROTOCOL_3_0)
+    body += b"".join(k.encode() + b"\x00" + v.encode() + b"\x00" for k, v in parameters.items()) + b"\x00"
+    return _I32.pack(len(body) + 4) + body
+
+
+def encode_ssl_request() -> bytes:
+    return _I32.pack(8) + _I32.pack(SSL_REQUEST_CODE)
+
+
+def encode_cancel_request(process_id: int, secret_key: bytes) -> bytes:
+    body = _I32.pack(CANCEL_REQUEST_CODE) + _I32.pack(process_id) + secret_key
+    return _I32.pack(len(body) + 4) + body
+
+
+# --- regular messages ----------------------------------------------------------------------
+
+
+def frame(type_byte: bytes, body: bytes) -> bytes:
+    return _HDR.pack(type_byte, len(body) + 4) + body
+
+
+def _cstring(body: bytes, pos: int) -> tuple[str, int]:
+    end = body.find(b"\x00", pos)
+    if end < 0:
+        raise DecodeError("unterminated string")
+    try:
+        return body[pos:end].decode("utf-8"), end + 1
+    except UnicodeDecodeError as exc:
+        raise DecodeError("invalid UTF-8 in string") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    sql: str
+
+    @classmethod
+    def decode(cls, body: bytes) -> Query:
+        sql, pos = _cstring(body, 0)
+        if pos != len(body):
+            raise DecodeError("trailing bytes after Query string")
+        return cls(sql)
+
+    def encode(self) -> bytes:
+        return frame(b"Q", self.sql.encode() + b"\x00")
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    name: str
+    sql: str
+    param_types: bytes  # raw: int16 count + int32 oids, passed through untouched
+
+    @classmethod
+    def decode(cls, body: bytes) -> Parse:
+        name, pos = _cstring(body, 0)
+        sql, pos = _cstring(body, pos)
+        rest = body[pos:]
+        if len(rest) < 2:
+            raise DecodeError("Parse message too short")
+        (count,) = _I16.unpack_from(rest, 0)
+        if count < 0 or len(rest) != 2 + 4 * count:
+            raise DecodeError("bad parameter type list in Parse")
+        return cls(name, sql, rest)
+
+    def encode(self) -> bytes:
+        return frame(b"P", self.name.encode() + b"\x00" + self.sql.encode() + b"\x00" + self.param_types)
+
+
+@dataclass(frozen=True, slots=True)
+class SASLInitialResponse:
+    mechanism: str
+    data: bytes
+
+    @classmethod
+    def decode(cls, body: bytes) -> SASLInitialResponse:
+        mechanism, pos = _cstring(body, 0)
+        if len(body) < pos + 4:
+            raise DecodeError("SASLInitialResponse too short")
+        (n,) = _I32.unpack_from(body, pos)
+        data = body[pos + 4 :]
+        if n == -1:
+            data = b""
+        elif n != len(data):
+            raise DecodeError("SASLInitialResponse length mismatch")
+        return cls(mechanism, bytes(data))
+
+
+def authentication(code: int, payload: bytes = b"") -> bytes:
+    return frame(b"R", _I32.pack(code) + payload)
+
+
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+
+def authentication_sasl(mechanisms: list[str]) -> bytes:
+    return authentication(AUTH_SASL, b"".join(m.encode() + b"\x00" for m in mechanisms) + b"\x00")
+
+
+def parameter_status(name: str, value: str) -> bytes:
+    return frame(b"S", name.encode() + b"\x00" + value.encode() + b"\x00")
+
+
+def decode_parameter_status(body: bytes) -> tuple[str, str]:
+    name, pos = _cstring(body, 0)
+    value, _ = _cstring(body, pos)
+    return name, value
+
+
+def backend_key_data(process_id: int, secret_key: bytes) -> bytes:
+    return frame(b"K", _I32.pack(process_id) + secret_key)
+
+
+def decode_backend_key_data(body: bytes) -> tuple[int, bytes]:
+    if len(body) < 8:
+        raise DecodeError("BackendKeyData too short")
+    (pid,) = _I32.unpack_from(body, 0)
+    return pid, bytes(body[4:])
+
+
+def ready_for_query(status: bytes) -> bytes:
+    return frame(b"Z", status)
+
+
+def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
+    body = _I32.pack(newest_minor) + _I32.pack(len(unrecognized))
+    body += b"".join(o.encode() + b"\x00" for o in unrecognized)
+    return frame(b"v", body)
+
+
+def encode_error_fields(type_byte: bytes, fields: dict[str, str]) -> bytes:
+    body = b"".join(k.encode() + v.encode("utf-8", "replace") + b"\x00" for k, v in fields.items()) + b"\x00"
+    return frame(type_byte, body)
+
+
+def decode_error_fields(body: bytes) -> dict[str, str]:
+    """Fields of an ErrorResponse/NoticeResponse body, keyed by their one-letter codes."""
+    out: dict[str, str] = {}
+    pos = 0
+    n = len(body)
+    while pos < n and body[pos] != 0:
+        code = chr(body[pos])
+        end = body.find(b"\x00", pos + 1)
+        if end < 0:
+            raise DecodeError("unterminated error field")
+        out[code] = body[pos + 1 : end].decode("utf-8", "replace")
+        pos = end + 1
+    return out
+
+
+TERMINATE_MESSAGE = frame(b"X", b"")
+SYNC_MESSAGE = frame(b"S", b"")

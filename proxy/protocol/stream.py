@@ -1,0 +1,124 @@
+"""Walks message boundaries in a byte stream: runs of untouched messages pass as raw slices, chosen ones stop."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_LEN = struct.Struct("!I")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole message held back from the raw run for the session to act on."""
+
+    type: int
+    body: bytes
+
+    def raw(self) -> bytes:
+        return bytes((self.type,)) + _LEN.pack(len(self.body) + 4) + self.body
+
+
+class FramingError(Exception):
+    """The stream broke the framing rules (bad length or oversized message)."""
+
+    def __init__(self, message: str, length: int = 0, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.length = length
+        self.too_large = too_large
+
+
+# An observer sees a whole message without stopping the run; it may return bytes to put in its place.
+Observer = Callable[[int, bytes], bytes | None]
+
+
+class MessageStream:
+    """Incremental framing for one direction of a session.
+
+    ``feed`` returns a list whose items are either bytes-like runs to forward as they are, or
+    ``Message`` objects for intercepted types.  Messages of other types are never copied or
+    decoded; a large one is forwarded piece by piece as it arrives, so memory stays bounded.
+    """
+
+    __slots__ = ("_buf", "_skip", "intercept", "limit_all", "max_length", "observe", "observer")
+
+    def __init__(
+        self,
+        *,
+        intercept: frozenset[int] = frozenset(),
+        observe: frozenset[int] = frozenset(),
+        observer: Observer | None = None,
+        max_length: int = 1 << 30,
+        limit_all: bool = True,
+    ) -> None:
+        self.intercept = intercept
+        self.observe = observe
+        self.observer = observer
+        self.max_length = max_length
+        self.limit_all = limit_all
+        self._buf = b""
+        self._skip = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back waiting for the rest of a message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes | memoryview | Message]:
+        out: list[bytes | memoryview | Message] = []
+        if self._skip:
+            n = len(data)
+            if n <= self._skip:
+                self._skip -= n
+                return [data]
+            out.append(memoryview(data)[: self._skip])
+            data = data[self._skip :]
+            self._skip = 0
+        buf = self._buf + data if self._buf else data
+        n = len(buf)
+        pos = 0
+        run_start = 0
+        intercept = self.intercept
+        observe = self.observe
+        max_length = self.max_length
+        unpack = _LEN.unpack_from
+        while n - pos >= 5:
+            t = buf[pos]
+            (length,) = unpack(buf, pos + 1)
+            if length < 4:
+                raise FramingError(f"invalid message length {length}", length)
+            end = pos + 1 + length
+            if t in intercept or t in observe:
+                if length > max_length:
+                    raise FramingError("message too large", length, too_large=True)
+                if end > n:
+                    break
+                if t in intercept:
+                    if run_start < pos:
+                        out.append(memoryview(buf)[run_start:pos])
+                    out.append(Message(t, bytes(buf[pos + 5 : end])))
+                    run_start = end
+                elif self.observer is not None:
+                    replacement = self.observer(t, bytes(buf[pos + 5 : end]))
+                    if replacement is not None:
+                        if run_start < pos:
+                            out.append(memoryview(buf)[run_start:pos])
+                        out.append(replacement)
+                        run_start = end
+                pos = end
+            else:
+                if self.limit_all and length > max_length:
+                    raise FramingError("message too large", length, too_large=True)
+                if end > n:
+                    self._skip = end - n
+                    pos = n
+                    break
+                pos = end
+        if run_start < pos:
+            if run_start == 0 and pos == n:
+                out.append(buf)
+            else:
+                out.append(memoryview(buf)[run_start:pos])
+        self._buf = bytes(buf[pos:]) if pos < n else b""
+        return out

@@ -1,0 +1,156 @@
+"""The server connection state machine: TLS negotiation, startup and auth toward PostgreSQL; no I/O."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from proxy.actions import Action, SendServer, ServerFailed, ServerReady, StartServerTls
+from proxy.auth.backend import BackendAuthenticator, BackendAuthError
+from proxy.config import BackendConfig
+from proxy.protocol import messages as m
+from proxy.protocol.stream import FramingError, Message, MessageStream
+
+
+class ServerState(enum.Enum):
+    SSL_NEGOTIATION = "ssl_negotiation"  # SSLRequest sent; waiting for 'S' or 'N'
+    TLS_HANDSHAKE = "tls_handshake"
+    STARTUP = "startup"  # StartupMessage sent; authentication and parameter statuses
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ServerEvent(enum.Enum):
+    SSL_ACCEPTED = "ssl_accepted"
+    SSL_REFUSED = "ssl_refused"
+    TLS_DONE = "tls_done"
+    READY_FOR_QUERY = "ready_for_query"
+    FAIL = "fail"
+
+
+TRANSITIONS: dict[tuple[ServerState, ServerEvent], ServerState] = {
+    (ServerState.SSL_NEGOTIATION, ServerEvent.SSL_ACCEPTED): ServerState.TLS_HANDSHAKE,
+    (ServerState.SSL_NEGOTIATION, ServerEvent.SSL_REFUSED): ServerState.STARTUP,
+    (ServerState.TLS_HANDSHAKE, ServerEvent.TLS_DONE): ServerState.STARTUP,
+    (ServerState.STARTUP, ServerEvent.READY_FOR_QUERY): ServerState.READY,
+}
+for _s in ServerState:
+    TRANSITIONS[(_s, ServerEvent.FAIL)] = ServerState.FAILED
+
+
+class ServerProtocolError(Exception):
+    pass
+
+
+class ServerConnection:
+    """One connection from the proxy to a PostgreSQL backend, up to ReadyForQuery."""
+
+    def __init__(
+        self,
+        backend: BackendConfig,
+        database: str,
+        parameters: dict[str, str],
+        *,
+        channel_binding: Callable[[], bytes | None] = lambda: None,
+    ) -> None:
+        self.backend = backend
+        self.database = database
+        self.parameters = parameters
+        self.channel_binding = channel_binding
+        self.state = ServerState.STARTUP
+        self.status: dict[str, str] = {}
+        self.process_id = 0
+        self.secret_key = b""
+        self.notices: list[bytes] = []
+        self.tls = False
+        self._auth: BackendAuthenticator | None = None
+        self._stream = MessageStream(intercept=frozenset(range(256)), max_length=1 << 24)
+
+    def _transition(self, event: ServerEvent) -> None:
+        nxt = TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            raise ServerProtocolError(f"unexpected {event.value} from backend in state {self.state.value}")
+        self.state = nxt
+
+    def initiate(self) -> list[Action]:
+        if self.backend.sslmode == "disable":
+            self.state = ServerState.STARTUP
+            return [SendServer(self._startup())]
+        self.state = ServerState.SSL_NEGOTIATION
+        return [SendServer(m.encode_ssl_request())]
+
+    def _startup(self) -> bytes:
+        params = {"user": self.backend.user, "database": self.database, **self.parameters}
+        self._auth = BackendAuthenticator(self.backend.user, self.backend.password, channel_binding=None)
+        return m.encode_startup_message(params)
+
+    def tls_done(self) -> list[Action]:
+        self._transition(ServerEvent.TLS_DONE)
+        self.tls = True
+        params = {"user": self.backend.user, "database": self.database, **self.parameters}
+        self._auth = BackendAuthenticator(
+            self.backend.user, self.backend.password, channel_binding=self.channel_binding()
+        )
+        return [SendServer(m.encode_startup_message(params))]
+
+    def data(self, data: bytes) -> list[Action]:
+        try:
+            return self._data(data)
+        except (ServerProtocolError, BackendAuthError, m.DecodeError, FramingError) as exc:
+            self.state = ServerState.FAILED
+            return [ServerFailed(str(exc))]
+
+    def _data(self, data: bytes) -> list[Action]:
+        if self.state is ServerState.SSL_NEGOTIATION:
+            answer, rest = data[:1], data[1:]
+            if rest:
+                raise ServerProtocolError("received unencrypted data after SSL request")
+            if answer == b"S":
+                self._transition(ServerEvent.SSL_ACCEPTED)
+                return [StartServerTls()]
+            if answer == b"N":
+                if self.backend.sslmode != "prefer":
+                    raise ServerProtocolError(f"server does not support TLS (sslmode={self.backend.sslmode})")
+                self._transition(ServerEvent.SSL_REFUSED)
+                return [SendServer(self._startup())]
+            if answer == b"E":
+                raise ServerProtocolError("server rejected the SSL request")
+            raise ServerProtocolError(f"unexpected answer {answer!r} to SSL request")
+        if self.state is not ServerState.STARTUP:
+            raise ServerProtocolError(f"unexpected data from backend in state {self.state.value}")
+        actions: list[Action] = []
+        for item in self._stream.feed(data):
+            assert isinstance(item, Message)
+            actions += self._message(item)
+            if self.state is ServerState.READY:
+                if self._stream.pending:
+                    raise ServerProtocolError("backend sent data after ReadyForQuery during startup")
+                break
+        return actions
+
+    def _message(self, msg: Message) -> list[Action]:
+        t = msg.type
+        if t == m.AUTHENTICATION:
+            assert self._auth is not None
+            reply = self._auth.on_auth_request(msg.body)
+            return [SendServer(reply)] if reply else []
+        if t == m.PARAMETER_STATUS:
+            name, value = m.decode_parameter_status(msg.body)
+            self.status[name] = value
+            return []
+        if t == m.BACKEND_KEY_DATA:
+            self.process_id, self.secret_key = m.decode_backend_key_data(msg.body)
+            return []
+        if t == m.NOTICE_RESPONSE:
+            self.notices.append(msg.raw())
+            return []
+        if t == m.NEGOTIATE_PROTOCOL_VERSION:
+            return []
+        if t == m.ERROR_RESPONSE:
+            fields = m.decode_error_fields(msg.body)
+            self.state = ServerState.FAILED
+            return [ServerFailed(f"{fields.get('C', '')} {fields.get('M', 'error')}".strip())]
+        if t == m.READY_FOR_QUERY:
+            self._transition(ServerEvent.READY_FOR_QUERY)
+            return [ServerReady(dict(self.status), self.process_id, self.secret_key, self.notices)]
+        raise ServerProtocolError(f"unexpected message type {chr(t)!r} from backend during startup")

@@ -1,0 +1,367 @@
+"""The client session state machine: startup, TLS, SCRAM, tenant identity, then relay; no I/O."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from proxy import errors
+from proxy.actions import (
+    Action,
+    CloseClient,
+    CloseServer,
+    ConnectBackend,
+    ForwardCancel,
+    RelayToClient,
+    RelayToServer,
+    SendClient,
+    Sleep,
+    StartClientTls,
+)
+from proxy.auth.scram import AuthFailed, ScramServerExchange
+from proxy.auth.throttle import AuthThrottle
+from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
+from proxy.errors import PgError
+from proxy.protocol import messages as m
+from proxy.protocol.stream import FramingError, Message, MessageStream
+from proxy.startup import backend_parameters
+
+_I32 = struct.Struct("!i")
+
+
+class State(enum.Enum):
+    STARTUP = "startup"  # waiting for SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
+    TLS_HANDSHAKE = "tls_handshake"  # 'S' sent; the driver runs the TLS handshake
+    SASL_INITIAL = "sasl_initial"  # AuthenticationSASL sent; waiting for SASLInitialResponse
+    SASL_CONTINUE = "sasl_continue"  # AuthenticationSASLContinue sent; waiting for SASLResponse
+    CONNECTING = "connecting"  # authenticated; waiting for the server connection
+    READY = "ready"  # relaying
+    CLOSED = "closed"
+
+
+class Event(enum.Enum):
+    SSL_REQUEST = "ssl_request"
+    GSSENC_REQUEST = "gssenc_request"
+    CANCEL_REQUEST = "cancel_request"
+    STARTUP_MESSAGE = "startup_message"
+    TLS_DONE = "tls_done"
+    SASL_RESPONSE = "sasl_response"
+    AUTH_OK = "auth_ok"
+    SERVER_READY = "server_ready"
+    SERVER_FAILED = "server_failed"
+    CLOSE = "close"
+
+
+# The whole state machine as data: (state, event) -> next state. Anything else is a protocol violation.
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.STARTUP, Event.SSL_REQUEST): State.TLS_HANDSHAKE,
+    (State.STARTUP, Event.GSSENC_REQUEST): State.STARTUP,
+    (State.STARTUP, Event.CANCEL_REQUEST): State.CLOSED,
+    (State.STARTUP, Event.STARTUP_MESSAGE): State.SASL_INITIAL,
+    (State.TLS_HANDSHAKE, Event.TLS_DONE): State.STARTUP,
+    (State.SASL_INITIAL, Event.SASL_RESPONSE): State.SASL_CONTINUE,
+    (State.SASL_CONTINUE, Event.AUTH_OK): State.CONNECTING,
+    (State.CONNECTING, Event.SERVER_READY): State.READY,
+    (State.CONNECTING, Event.SERVER_FAILED): State.CLOSED,
+}
+for _s in State:
+    TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
+
+
+class SessionError(Exception):
+    """Raised inside the state machine; carries the client-facing error."""
+
+    def __init__(self, error: PgError, reason: str) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class SessionInfo:
+    """What is known about the client, for logs, metrics and the admin console."""
+
+    session_id: str
+    client_address: str
+    tls: bool = False
+    user: str | None = None
+    tenant: str | None = None
+    application_name: str | None = None
+    database: str | None = None
+    tx_status: bytes = b"I"
+    startup_parameters: dict[str, str] = field(default_factory=dict)
+
+
+class ClientSession:
+    """One client connection's protocol state. Feed it bytes and events; it returns actions."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        session_id: str,
+        client_address: str,
+        throttle: AuthThrottle,
+        clock: Callable[[], float],
+        tls_available: bool,
+        channel_binding: Callable[[], bytes | None] = lambda: None,
+    ) -> None:
+        self.config = config
+        self.state = State.STARTUP
+        self.info = SessionInfo(session_id=session_id, client_address=client_address)
+        self.throttle = throttle
+        self.clock = clock
+        self.tls_available = tls_available
+        self.channel_binding = channel_binding
+        self.user_config: UserConfig | None = None
+        self.tenant: TenantConfig | None = None
+        self.backend: BackendConfig | None = None
+        self.backend_parameters: dict[str, str] = {}
+        self.scram: ScramServerExchange | None = None
+        # Our own cancel key for this client: random and unguessable.
+        self.process_id = secrets.randbits(31) or 1
+        self.secret_key = secrets.token_bytes(4)
+        self._startup_buf = b""
+        self._auth_stream = MessageStream(
+            intercept=m.FRONTEND_TYPES | frozenset(range(256)), max_length=config.limits.max_message_length
+        )
+        self.frontend = MessageStream(
+            intercept=frozenset({m.TERMINATE}), max_length=config.limits.max_message_length
+        )
+        self.backend_stream = MessageStream(
+            observe=frozenset({m.READY_FOR_QUERY}), observer=self._observe_backend, limit_all=False
+        )
+
+    # --- state machine plumbing ------------------------------------------------------------
+
+    def _transition(self, event: Event) -> None:
+        nxt = TRANSITIONS.get((self.state, event))
+        if nxt is None:
+            raise SessionError(
+                errors.protocol_violation(f"unexpected {event.value} in state {self.state.value}"),
+                f"unexpected_{event.value}",
+            )
+        self.state = nxt
+
+    def _fail(self, exc: SessionError) -> list[Action]:
+        self.state = State.CLOSED
+        return [CloseClient(exc.error, exc.reason)]
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def client_data(self, data: bytes) -> list[Action]:
+        """Bytes from the client socket."""
+        try:
+            if self.state is State.READY:
+                return self._relay_from_client(data)
+            if self.state in (State.STARTUP,):
+                return self._startup_data(data)
+            if self.state in (State.SASL_INITIAL, State.SASL_CONTINUE):
+                return self._auth_data(data)
+            if self.state is State.CLOSED:
+                return []
+            # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer.
+            raise SessionError(
+                errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
+                "unexpected_data",
+            )
+        except SessionError as exc:
+            return self._fail(exc)
+        except FramingError as exc:
+            err = (
+                errors.message_too_large(exc.length, self.config.limits.max_message_length)
+                if exc.too_large
+                else errors.protocol_violation(str(exc))
+            )
+            return self._fail(SessionError(err, "framing"))
+        except m.DecodeError as exc:
+            return self._fail(SessionError(errors.protocol_violation(str(exc)), "decode"))
+
+    def server_data(self, data: bytes) -> list[Action]:
+        """Bytes from the server connection, once it is ready."""
+        try:
+            return [RelayToClient(self.backend_stream.feed(data))]
+        except FramingError as exc:
+            self.state = State.CLOSED
+            return [CloseClient(errors.protocol_violation(f"backend: {exc}"), "backend_framing"), CloseServer()]
+
+    def tls_done(self) -> list[Action]:
+        try:
+            self._transition(Event.TLS_DONE)
+        except SessionError as exc:
+            return self._fail(exc)
+        self.info.tls = True
+        return []
+
+    def server_ready(self, parameters: dict[str, str]) -> list[Action]:
+        try:
+            self._transition(Event.SERVER_READY)
+        except SessionError as exc:
+            return self._fail(exc)
+        out = bytearray()
+        for name, value in parameters.items():
+            out += m.parameter_status(name, value)
+        out += m.backend_key_data(self.process_id, self.secret_key)
+        out += m.ready_for_query(b"I")
+        return [SendClient(bytes(out))]
+
+    def server_failed(self, error: PgError, reason: str) -> list[Action]:
+        self.state = State.CLOSED
+        return [CloseClient(error, reason)]
+
+    def timeout(self) -> list[Action]:
+        """The startup/authentication deadline passed."""
+        if self.state in (State.READY, State.CLOSED):
+            return []
+        self.state = State.CLOSED
+        return [CloseClient(errors.startup_timeout(), "startup_timeout")]
+
+    # --- startup ---------------------------------------------------------------------------
+
+    def _startup_data(self, data: bytes) -> list[Action]:
+        buf = self._startup_buf + data
+        if len(buf) < 4:
+            self._startup_buf = buf
+            return []
+        length = m.startup_packet_length(buf)
+        if len(buf) < length:
+            self._startup_buf = buf
+            return []
+        packet, rest = buf[:length], buf[length:]
+        self._startup_buf = b""
+        actions = self._startup_packet(m.decode_startup_packet(packet))
+        if rest:
+            if self.state is State.TLS_HANDSHAKE:
+                # Bytes after SSLRequest before our 'S' could be injected plaintext (CVE-2021-23222).
+                raise SessionError(
+                    errors.protocol_violation("received unencrypted data after SSL request"), "ssl_injection"
+                )
+            if self.state is State.CLOSED:
+                return actions
+            actions += self.client_data(rest)
+        return actions
+
+    def _startup_packet(self, packet: m.StartupPacket) -> list[Action]:
+        if isinstance(packet, m.SSLRequest):
+            if self.info.tls:
+                raise SessionError(errors.protocol_violation("SSL request on an encrypted connection"), "ssl_twice")
+            if not self.tls_available:
+                return [SendClient(b"N")]
+            self._transition(Event.SSL_REQUEST)
+            return [SendClient(b"S"), StartClientTls()]
+        if isinstance(packet, m.GSSENCRequest):
+            self._transition(Event.GSSENC_REQUEST)
+            return [SendClient(b"N")]
+        if isinstance(packet, m.CancelRequest):
+            self._transition(Event.CANCEL_REQUEST)
+            return [ForwardCancel(packet.process_id, packet.secret_key), CloseClient(None, "cancel_request")]
+        return self._startup_message(packet)
+
+    def _startup_message(self, msg: m.StartupMessage) -> list[Action]:
+        if msg.major != 3:
+            raise SessionError(errors.unsupported_protocol(msg.major, msg.minor), "protocol_version")
+        self._transition(Event.STARTUP_MESSAGE)
+        if self.config.tls.require and not self.info.tls:
+            raise SessionError(errors.tls_required(), "tls_required")
+        params = msg.parameters
+        self.info.startup_parameters = dict(params)
+        user = params.get("user", "")
+        if not user:
+            raise SessionError(errors.no_user(), "no_user")
+        self.info.user = user
+        self.info.application_name = params.get("application_name")
+        self.info.database = params.get("database") or user
+        actions: list[Action] = []
+        if msg.minor > 0 or msg.protocol_options:
+            actions.append(SendClient(m.negotiate_protocol_version(0, sorted(msg.protocol_options))))
+        found = self.config.user_tenant(user)
+        verifier = None
+        if found is not None:
+            self.user_config, self.tenant, self.backend = found
+            verifier = self.user_config.verifier
+        cb = self.channel_binding() if self.info.tls else None
+        self.scram = ScramServerExchange(
+            verifier, username=user, mock_secret=self.config.auth_mock_secret, channel_binding=cb
+        )
+        delay = self.throttle.delay_for(self.info.client_address, self.clock())
+        if delay > 0:
+            actions.append(Sleep(delay))
+        actions.append(SendClient(m.authentication_sasl(self.scram.mechanisms())))
+        return actions
+
+    # --- authentication ---------------------------------------------------------------------
+
+    def _auth_data(self, data: bytes) -> list[Action]:
+        actions: list[Action] = []
+        for item in self._auth_stream.feed(data):
+            assert isinstance(item, Message)
+            if self.state not in (State.SASL_INITIAL, State.SASL_CONTINUE):
+                raise SessionError(errors.protocol_violation("unexpected message during authentication"), "auth_extra")
+            if item.type != m.PASSWORD:
+                raise SessionError(
+                    errors.protocol_violation(
+                        f"expected SASL response, got message type {chr(item.type)!r}"
+                    ),
+                    "auth_unexpected",
+                )
+            actions += self._sasl_message(item.body)
+        return actions
+
+    def _sasl_message(self, body: bytes) -> list[Action]:
+        assert self.scram is not None and self.info.user is not None
+        user = self.info.user
+        try:
+            if self.state is State.SASL_INITIAL:
+                init = m.SASLInitialResponse.decode(body)
+                server_first = self.scram.client_first(init.mechanism, init.data)
+                self._transition(Event.SASL_RESPONSE)
+                return [SendClient(m.authentication(m.AUTH_SASL_CONTINUE, server_first))]
+            server_final = self.scram.client_final(body)
+        except (AuthFailed, m.DecodeError) as exc:
+            reason = exc.reason if isinstance(exc, AuthFailed) else "malformed"
+            self.throttle.record_failure(self.info.client_address, self.clock())
+            raise SessionError(errors.auth_failed(user), f"auth_failed:{reason}") from exc
+        self.throttle.record_success(self.info.client_address, self.clock())
+        self._transition(Event.AUTH_OK)
+        actions: list[Action] = [
+            SendClient(m.authentication(m.AUTH_SASL_FINAL, server_final) + m.authentication(m.AUTH_OK))
+        ]
+        assert self.tenant is not None
+        db = self.info.database or user
+        if db not in self.tenant.client_database_names and db != user:
+            raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
+        params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
+        if err is not None:
+            raise SessionError(err, "startup_parameter")
+        self.backend_parameters = params
+        actions.append(ConnectBackend())
+        return actions
+
+    # --- relay -----------------------------------------------------------------------------
+
+    def _relay_from_client(self, data: bytes) -> list[Action]:
+        items = self.frontend.feed(data)
+        chunks: list[bytes | memoryview] = []
+        for item in items:
+            if isinstance(item, Message):
+                if item.type == m.TERMINATE:
+                    self.state = State.CLOSED
+                    actions: list[Action] = []
+                    if chunks:
+                        actions.append(RelayToServer(chunks))
+                    return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
+                chunks.append(item.raw())
+            else:
+                chunks.append(item)
+        return [RelayToServer(chunks)]
+
+    def _observe_backend(self, type_: int, body: bytes) -> bytes | None:
+        if type_ == m.READY_FOR_QUERY:
+            self.info.tx_status = body[:1]
+        return None
+
+    def close(self) -> None:
+        self.state = State.CLOSED

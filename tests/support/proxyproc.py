@@ -1,0 +1,207 @@
+"""Runs a real `pgtenant run` subprocess in front of a test cluster, with a generated config and secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from proxy.auth.scram import make_verifier
+from tests.support.pgcluster import PgCluster, free_port
+
+BACKEND_ROLE = "pgtenant_backend"
+BACKEND_PASSWORD = "backend-secret"
+
+# login user -> (tenant, password)
+USERS: dict[str, tuple[str, str]] = {
+    "alice": ("acme", "alice-pw"),
+    "bruno": ("bigco", "bruno-pw"),
+    "gina": ("globex", "gina-pw"),
+    "ivan": ("initech", "ivan-pw"),
+}
+
+_verifier_cache: dict[str, str] = {}
+
+
+def verifier(password: str) -> str:
+    if password not in _verifier_cache:
+        _verifier_cache[password] = str(make_verifier(password))
+    return _verifier_cache[password]
+
+
+def prepare_backend(cluster: PgCluster) -> None:
+    """Idempotently create the backend role, the tenant databases, schema and a little data."""
+    exists = cluster.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BACKEND_ROLE,))
+    if exists:
+        return
+    cluster.execute(
+        f"CREATE ROLE {BACKEND_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{BACKEND_PASSWORD}'"
+    )
+    for db in ("saas", "initech"):
+        cluster.execute(f"CREATE DATABASE {db} OWNER {BACKEND_ROLE}")
+    cluster.execute(
+        """
+        CREATE TABLE public.orders (id int PRIMARY KEY, tenant_id text NOT NULL, amount numeric NOT NULL);
+        INSERT INTO public.orders SELECT g, CASE WHEN g % 3 = 0 THEN 'bigco' ELSE 'acme' END, g * 1.5
+          FROM generate_series(1, 300) g;
+        CREATE SCHEMA globex;
+        CREATE TABLE globex.orders (id int PRIMARY KEY, amount numeric NOT NULL);
+        INSERT INTO globex.orders SELECT g, g FROM generate_series(1, 40) g;
+        GRANT USAGE ON SCHEMA globex TO pgtenant_backend;
+        GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public, globex TO pgtenant_backend;
+        """,
+        dbname="saas",
+    )
+    cluster.execute(
+        """
+        CREATE TABLE public.orders (id int PRIMARY KEY, amount numeric NOT NULL);
+        INSERT INTO public.orders SELECT g, g FROM generate_series(1, 7) g;
+        ALTER TABLE public.orders OWNER TO pgtenant_backend;
+        """,
+        dbname="initech",
+    )
+
+
+@dataclass
+class ProxyProcess:
+    """A pgtenant process; `start()` waits until its port accepts connections."""
+
+    cluster: PgCluster
+    workdir: Path
+    tls: Any = None  # tests.support.certs.TlsFiles for the client side
+    require_tls: bool = False
+    backend_sslmode: str = "prefer"
+    limits: dict[str, Any] = field(default_factory=dict)
+    extra_allowed: tuple[str, ...] = ()
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "pgtenant.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "pgtenant.log"
+
+    def write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        lines = [
+            'secrets_file = "secrets.toml"',
+            "[listen]",
+            'host = "127.0.0.1"',
+            f"port = {self.port}",
+            "[limits]",
+            *(f"{k} = {json.dumps(v)}" for k, v in self.limits.items()),
+            "[startup]",
+            f"allowed_parameters = {json.dumps(list(self.extra_allowed))}",
+            "[logging]",
+            'level = "debug"',
+        ]
+        if self.tls is not None:
+            lines += [
+                "[tls]",
+                f'cert_file = "{self.tls.cert_file}"',
+                f'key_file = "{self.tls.key_file}"',
+                f"require = {'true' if self.require_tls else 'false'}",
+            ]
+        lines += [
+            "[backends.main]",
+            f'host = "{self.cluster.host}"',
+            f"port = {self.cluster.port}",
+            f'user = "{BACKEND_ROLE}"',
+            f'sslmode = "{self.backend_sslmode}"',
+        ]
+        if self.backend_sslmode.startswith("verify"):
+            lines.append(f'sslrootcert = "{self.cluster.ca_file}"')
+        lines += [
+            "[tenants.acme]", 'strategy = "shared"', 'database = "saas"', 'tenant_id = "acme"',
+            "[tenants.bigco]", 'strategy = "shared"', 'database = "saas"', 'tenant_id = "bigco"',
+            "[tenants.globex]", 'strategy = "schema"', 'database = "saas"', 'schema = "globex"',
+            "[tenants.initech]", 'strategy = "database"', 'database = "initech"',
+        ]
+        for user, (tenant, _) in USERS.items():
+            lines += [f"[users.{user}]", f'tenant = "{tenant}"']
+        self.config_path.write_text("\n".join(lines) + "\n")
+        secrets = ["[users]"]
+        secrets += [f'{u} = "{verifier(pw)}"' for u, (_, pw) in USERS.items()]
+        secrets += ["[backends]", f'main = "{BACKEND_PASSWORD}"']
+        (self.workdir / "secrets.toml").write_text("\n".join(secrets) + "\n")
+
+    def start(self, timeout: float = 20.0) -> ProxyProcess:
+        self.write_config()
+        logf = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgtenant exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.02)  # readiness poll interval, bounded by the deadline
+        raise RuntimeError(f"pgtenant did not listen within {timeout}s:\n{self.read_log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def read_log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.read_log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def password(self, user: str) -> str:
+        return USERS[user][1]
+
+    def dsn(self, user: str = "alice", dbname: str | None = None, **params: str | int) -> str:
+        kv: dict[str, str | int] = {
+            "host": "127.0.0.1", "port": self.port, "user": user, "password": USERS[user][1],
+            "dbname": dbname or USERS[user][0], "sslmode": "disable", "connect_timeout": 10,
+        }
+        kv.update(params)
+        return " ".join(f"{k}='{str(v)}'" for k, v in kv.items())
+
+    def url(self, user: str = "alice", dbname: str | None = None, **params: str | int) -> str:
+        q = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
+        base = f"postgresql://{user}:{quote(USERS[user][1])}@127.0.0.1:{self.port}/{dbname or USERS[user][0]}"
+        return base + (f"?{q}" if q else "")
+
+    def jdbc_url(self, user: str = "alice", **params: str | int) -> str:
+        q = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in params.items())
+        return f"jdbc:postgresql://127.0.0.1:{self.port}/{USERS[user][0]}" + (f"?{q}" if q else "")

@@ -1,0 +1,119 @@
+"""Round-trips and rejections of the startup packets and messages the proxy decodes."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.protocol import messages as m
+
+
+def test_startup_message_round_trip() -> None:
+    params = {"user": "alice", "database": "acme", "application_name": "psql", "client_encoding": "'utf-8'"}
+    packet = m.encode_startup_message(params)
+    decoded = m.decode_startup_packet(packet)
+    assert isinstance(decoded, m.StartupMessage)
+    assert (decoded.major, decoded.minor) == (3, 0)
+    assert decoded.parameters == params
+    assert decoded.protocol_options == {}
+
+
+def test_startup_message_protocol_options_split_out() -> None:
+    body = struct.pack("!i", (3 << 16) | 2) + b"user\x00bob\x00_pq_.foo\x00bar\x00\x00"
+    decoded = m.decode_startup_packet(struct.pack("!i", len(body) + 4) + body)
+    assert isinstance(decoded, m.StartupMessage)
+    assert decoded.minor == 2
+    assert decoded.parameters == {"user": "bob"}
+    assert decoded.protocol_options == {"_pq_.foo": "bar"}
+
+
+@pytest.mark.parametrize(
+    ("packet", "kind"),
+    [
+        (m.encode_ssl_request(), m.SSLRequest),
+        (struct.pack("!ii", 8, m.GSSENC_REQUEST_CODE), m.GSSENCRequest),
+        (m.encode_cancel_request(1234, b"\x01\x02\x03\x04"), m.CancelRequest),
+    ],
+)
+def test_special_startup_packets(packet: bytes, kind: type) -> None:
+    decoded = m.decode_startup_packet(packet)
+    assert isinstance(decoded, kind)
+    if isinstance(decoded, m.CancelRequest):
+        assert decoded.process_id == 1234
+        assert decoded.secret_key == b"\x01\x02\x03\x04"
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        struct.pack("!i", 4) + b"\x00" * 4,  # length too small
+        struct.pack("!i", 20000) + b"\x00" * 4,  # longer than PostgreSQL's limit
+        m.encode_startup_message({"user": "a"})[:-1] + b"x",  # not NUL-terminated
+        struct.pack("!ii", 11, 196608) + b"a\x00\x00",  # name without value
+    ],
+)
+def test_bad_startup_packets(packet: bytes) -> None:
+    with pytest.raises(m.DecodeError):
+        m.decode_startup_packet(packet)
+
+
+def test_duplicate_startup_parameter_rejected() -> None:
+    body = struct.pack("!i", m.PROTOCOL_3_0) + b"user\x00a\x00user\x00b\x00\x00"
+    with pytest.raises(m.DecodeError, match="duplicate"):
+        m.decode_startup_packet(struct.pack("!i", len(body) + 4) + body)
+
+
+def test_query_and_parse_round_trip() -> None:
+    q = m.Query("SELECT 1; SELECT 'é'")
+    raw = q.encode()
+    assert raw[0:1] == b"Q"
+    assert m.Query.decode(raw[5:]) == q
+    p = m.Parse("S_1", "SELECT $1::int", struct.pack("!hi", 1, 23))
+    raw = p.encode()
+    assert m.Parse.decode(raw[5:]) == p
+
+
+def test_parse_rejects_bad_type_list() -> None:
+    with pytest.raises(m.DecodeError):
+        m.Parse.decode(b"\x00SELECT 1\x00" + struct.pack("!h", 2) + b"\x00\x00\x00\x17")
+
+
+def test_error_fields_round_trip() -> None:
+    fields = {"S": "ERROR", "V": "ERROR", "C": "42501", "M": "denied: é", "H": "hint"}
+    raw = m.encode_error_fields(b"E", fields)
+    assert m.decode_error_fields(raw[5:-0 or None]) == fields
+
+
+def test_sasl_initial_response() -> None:
+    body = b"SCRAM-SHA-256\x00" + struct.pack("!i", 5) + b"n,,ab"
+    assert m.SASLInitialResponse.decode(body) == m.SASLInitialResponse("SCRAM-SHA-256", b"n,,ab")
+    with pytest.raises(m.DecodeError):
+        m.SASLInitialResponse.decode(b"SCRAM-SHA-256\x00" + struct.pack("!i", 9) + b"n,,ab")
+
+
+def test_negotiate_protocol_version_layout() -> None:
+    raw = m.negotiate_protocol_version(0, ["_pq_.x"])
+    assert raw[0:1] == b"v"
+    assert struct.unpack_from("!iii", raw, 1) == (len(raw) - 1, 0, 1)
+    assert raw.endswith(b"_pq_.x\x00")
+
+
+@given(st.binary(max_size=300))
+def test_garbage_startup_packets_only_raise_decode_error(data: bytes) -> None:
+    packet = struct.pack("!i", len(data) + 4) + data
+    try:
+        m.decode_startup_packet(packet)
+    except m.DecodeError:
+        pass
+
+
+@given(st.binary(max_size=200))
+def test_garbage_bodies_only_raise_decode_error(body: bytes) -> None:
+    for decoder in (m.Query.decode, m.Parse.decode, m.SASLInitialResponse.decode, m.decode_parameter_status):
+        try:
+            decoder(body)
+        except m.DecodeError:
+            pass

@@ -1,0 +1,97 @@
+"""Framing: raw runs pass untouched, intercepted messages stop, big messages stream, bad lengths fail."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.protocol.messages import frame
+from proxy.protocol.stream import FramingError, Message, MessageStream
+
+
+def _join(items: list) -> bytes:
+    return b"".join(bytes(i.raw() if isinstance(i, Message) else i) for i in items)
+
+
+def test_untouched_run_is_forwarded_as_the_same_object() -> None:
+    data = frame(b"D", b"row1") + frame(b"D", b"row2") + frame(b"C", b"SELECT 2\x00")
+    s = MessageStream()
+    out = s.feed(data)
+    assert out == [data] and out[0] is data
+
+
+def test_intercepted_message_splits_the_run() -> None:
+    q = frame(b"Q", b"SELECT 1\x00")
+    data = frame(b"B", b"x") + q + frame(b"S", b"")
+    s = MessageStream(intercept=frozenset(b"Q"))
+    out = s.feed(data)
+    assert [type(i) for i in out] == [memoryview, Message, memoryview]
+    assert isinstance(out[1], Message) and out[1].body == b"SELECT 1\x00"
+    assert _join(out) == data
+
+
+def test_byte_by_byte_feeding_reassembles() -> None:
+    data = frame(b"Q", b"SELECT 1\x00") + frame(b"D", b"x" * 50) + frame(b"Q", b"SELECT 2\x00")
+    s = MessageStream(intercept=frozenset(b"Q"))
+    out: list = []
+    for i in range(len(data)):
+        out += s.feed(data[i : i + 1])
+    assert _join(out) == data
+    assert [i.body for i in out if isinstance(i, Message)] == [b"SELECT 1\x00", b"SELECT 2\x00"]
+    assert s.pending == 0
+
+
+def test_large_passthrough_message_streams_without_buffering() -> None:
+    big = frame(b"D", b"z" * 1_000_000)
+    s = MessageStream(max_length=1 << 30)
+    first = s.feed(big[:1000])
+    assert _join(first) == big[:1000]
+    assert s.pending == 0  # nothing held back
+    rest = s.feed(big[1000:])
+    assert _join(first) + _join(rest) == big
+
+
+def test_observer_sees_and_can_replace() -> None:
+    seen: list[tuple[int, bytes]] = []
+
+    def observer(t: int, body: bytes) -> bytes | None:
+        seen.append((t, body))
+        return frame(b"E", b"replaced") if t == ord("E") else None
+
+    data = frame(b"D", b"1") + frame(b"E", b"orig") + frame(b"Z", b"I")
+    s = MessageStream(observe=frozenset(b"EZ"), observer=observer)
+    out = s.feed(data)
+    assert seen == [(ord("E"), b"orig"), (ord("Z"), b"I")]
+    assert _join(out) == frame(b"D", b"1") + frame(b"E", b"replaced") + frame(b"Z", b"I")
+
+
+def test_bad_length_is_a_framing_error() -> None:
+    with pytest.raises(FramingError):
+        MessageStream().feed(b"Q\x00\x00\x00\x02")
+
+
+def test_oversized_intercepted_message() -> None:
+    s = MessageStream(intercept=frozenset(b"Q"), max_length=100)
+    with pytest.raises(FramingError) as exc:
+        s.feed(b"Q\x00\x01\x00\x00")
+    assert exc.value.too_large
+
+
+@given(st.lists(st.tuples(st.sampled_from(b"QDPBZ"), st.binary(max_size=40)), max_size=20), st.integers(1, 17))
+def test_any_chunking_preserves_bytes(msgs: list[tuple[int, bytes]], step: int) -> None:
+    data = b"".join(frame(bytes((t,)), body) for t, body in msgs)
+    s = MessageStream(intercept=frozenset(b"QP"))
+    out: list = []
+    for i in range(0, len(data), step):
+        out += s.feed(data[i : i + step])
+    assert _join(out) == data
+
+
+@given(st.binary(max_size=500))
+def test_garbage_only_raises_framing_error(data: bytes) -> None:
+    s = MessageStream(intercept=frozenset(b"QP"), max_length=10_000)
+    try:
+        s.feed(data)
+    except FramingError:
+        pass
