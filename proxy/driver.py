@@ -153,7 +153,7 @@ class ServerLink(asyncio.Protocol):
                 server_hostname=backend.host,
                 ssl_handshake_timeout=backend.connect_timeout,
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             self.client.server_failed(self, f"TLS handshake failed: {exc}")
             self.terminate()
             return
@@ -220,7 +220,7 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             actions = session.client_data(data)
-        except Exception:  # noqa: BLE001 - no input may crash the process or leak a traceback
+        except Exception:
             self.log.exception("internal_error")
             actions = [CloseClient(errors.internal_error(), "internal_error")]
         self._run(actions)
@@ -375,7 +375,7 @@ class ClientConnection(asyncio.Protocol):
                 server_side=True,
                 ssl_handshake_timeout=self.proxy.config.limits.startup_timeout,
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             self.log.info("tls_handshake_failed", error=str(exc))
             self.closed = True
             if self.transport is not None:
@@ -402,7 +402,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             link = await self.proxy.pool.acquire(self, session.backend, session.tenant.database,
                                                  self.proxy.server_parameters(session))
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             reason = "connection timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
             self.log.warning("backend_failed", backend=session.backend.name, reason=reason)
             self._run(session.server_failed(errors.backend_unreachable(session.backend.describe(), reason), "backend"))
@@ -558,7 +558,7 @@ class Proxy:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             log.info("cancel_forwarded", backend=backend.name)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.warning("cancel_failed", backend=backend.name, error=str(exc))
 
     async def shutdown(self) -> None:

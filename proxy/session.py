@@ -276,7 +276,7 @@ class ClientSession:
         self.info.database = params.get("database") or user
         actions: list[Action] = []
         if msg.minor > 0 or msg.protocol_options:
-            actions.append(SendClient(m.negotiate_protocol_version(0, sorted(msg.protocol_options))))
+            actions.append(SendClient(m.negotiate_protocol_version(m.PROTOCOL_3_0, sorted(msg.protocol_options))))
         found = self.config.user_tenant(user)
         verifier = None
         if found is not None:

@@ -53,10 +53,7 @@ def parse_options(options: str) -> list[tuple[str, str]]:
                 raise ValueError("-c without a setting")
             setting = words[i + 1]
             i += 2
-        elif w.startswith("-c"):
-            setting = w[2:]
-            i += 1
-        elif w.startswith("--"):
+        elif w.startswith("-c") or w.startswith("--"):
             setting = w[2:]
             i += 1
         else:

@@ -153,14 +153,18 @@ class BackendAuthenticator:
             return None
         name = _UNSUPPORTED.get(code)
         if name is not None:
-            raise BackendAuthError(f"backend requested {name} authentication, which the proxy does not support")
+            raise BackendAuthError(
+                f"backend requested {name} authentication, which the proxy does not support"
+            )
         raise BackendAuthError(f"backend requested an unknown authentication method (code {code})")
 
     # -- helpers ---------------------------------------------------------------------------------------
 
     def _expect_start(self, what: str) -> None:
         if self._state is not _State.START:
-            raise BackendAuthError(f"backend requested {what} authentication in the middle of another exchange")
+            raise BackendAuthError(
+                f"backend requested {what} authentication in the middle of another exchange"
+            )
 
     def _require_password(self, what: str) -> str:
         if self._password is None:
@@ -190,7 +194,7 @@ class BackendAuthenticator:
             self._gs2_header = b"p=" + CHANNEL_BINDING_TYPE.encode("ascii") + b",,"
         elif SCRAM_SHA_256 in names:
             mechanism = SCRAM_SHA_256
-            # 'y': we could bind but the server did not offer it (a PLUS-capable server then refuses: downgrade).
+            # 'y': we could bind but the server did not offer PLUS (a PLUS-capable server then refuses it).
             self._gs2_header = b"y,," if self._cbind_data is not None else b"n,,"
         else:
             offered = ", ".join(names) or "none"
@@ -221,14 +225,19 @@ class BackendAuthenticator:
         try:
             salt = base64.b64decode(parts[1][2:], validate=True)
         except ValueError:
-            raise BackendAuthError("malformed SCRAM server-first-message from backend (invalid salt)") from None
+            raise BackendAuthError(
+                "malformed SCRAM server-first-message from backend (invalid salt)"
+            ) from None
         iter_str = parts[2][2:]
         if not salt or not iter_str.isdigit() or len(iter_str) > 10:
-            raise BackendAuthError("malformed SCRAM server-first-message from backend (invalid salt or iterations)")
+            raise BackendAuthError(
+                "malformed SCRAM server-first-message from backend (invalid salt or iterations)"
+            )
         iterations = int(iter_str)
         if not 1 <= iterations <= MAX_BACKEND_ITERATIONS:
             raise BackendAuthError(
-                f"backend asked for {iterations} SCRAM iterations; the proxy allows 1..{MAX_BACKEND_ITERATIONS}"
+                f"backend asked for {iterations} SCRAM iterations; "
+                f"the proxy allows 1..{MAX_BACKEND_ITERATIONS}"
             )
 
         assert self._password is not None  # checked in _on_sasl
@@ -254,7 +263,9 @@ class BackendAuthenticator:
         try:
             signature = base64.b64decode(first[2:], validate=True)
         except ValueError:
-            raise BackendAuthError("malformed SCRAM server-final-message from backend (invalid base64)") from None
+            raise BackendAuthError(
+                "malformed SCRAM server-final-message from backend (invalid base64)"
+            ) from None
         if len(signature) != KEY_LEN or not hmac.compare_digest(signature, self._expected_server_signature):
             raise BackendAuthError("backend's SCRAM server signature is invalid (wrong password or impostor)")
         self._state = _State.AWAIT_OK

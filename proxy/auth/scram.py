@@ -40,7 +40,6 @@ DEFAULT_ITERATIONS = 4096  # PostgreSQL's scram_iterations default
 SALT_LEN = 16  # PostgreSQL's SCRAM_DEFAULT_SALT_LEN
 RAW_NONCE_LEN = 18  # PostgreSQL's SCRAM_RAW_NONCE_LEN (24 base64 characters, no padding)
 KEY_LEN = 32  # SHA-256 digest size
-MIN_MOCK_SECRET_LEN = 16
 _MAX_ITERATIONS = 2**31 - 1  # PostgreSQL stores the count in an int32
 
 # The GS2 headers PostgreSQL accepts without an authzid, and their base64 form as sent back in 'c='.
@@ -228,10 +227,13 @@ class ScramVerifier:
         return cls(iterations=iterations, salt=salt, stored_key=decoded[0], server_key=decoded[1])
 
     def __str__(self) -> str:
-        return f"{SCRAM_SHA_256}${self.iterations}:{_b64(self.salt)}${_b64(self.stored_key)}:{_b64(self.server_key)}"
+        keys = f"{_b64(self.stored_key)}:{_b64(self.server_key)}"
+        return f"{SCRAM_SHA_256}${self.iterations}:{_b64(self.salt)}${keys}"
 
 
-def make_verifier(password: str, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None) -> ScramVerifier:
+def make_verifier(
+    password: str, *, iterations: int = DEFAULT_ITERATIONS, salt: bytes | None = None
+) -> ScramVerifier:
     """Build the verifier PostgreSQL's own scram_build_secret() would store for this password."""
     if isinstance(iterations, bool) or not isinstance(iterations, int):
         raise TypeError("iterations must be an int")
@@ -249,11 +251,11 @@ def mock_verifier(username: str, secret: bytes, *, iterations: int = DEFAULT_ITE
     """A deterministic fake verifier for a user that does not exist (cf. PostgreSQL's scram_mock_salt()).
 
     The same username always gets the same salt, so probing twice cannot tell a mock from a real user.
-    ``secret`` must be random, at least 16 bytes, and stable across restarts and replicas; otherwise the
-    salt handed out for an unknown user changes and gives the game away.
+    ``secret`` must be unguessable (say 32 random bytes) and stable across restarts and replicas;
+    otherwise the salt handed out for an unknown user can be predicted or changes, giving the game away.
     """
-    if len(secret) < MIN_MOCK_SECRET_LEN:
-        raise ValueError(f"mock secret must be at least {MIN_MOCK_SECRET_LEN} bytes")
+    if not secret:
+        raise ValueError("mock secret must not be empty")
     user = encode_text(username)
     return ScramVerifier(
         iterations=iterations,
@@ -330,9 +332,13 @@ class ScramServerExchange:
         """
         if channel_binding is not None and not channel_binding:
             raise ValueError("channel_binding data must not be empty")
+        if not mock_secret:  # checked for known users too, so a misconfiguration shows up at once
+            raise ValueError("mock secret must not be empty")
         self._doomed = verifier is None
         self._verifier = (
-            verifier if verifier is not None else mock_verifier(username, mock_secret, iterations=mock_iterations)
+            verifier
+            if verifier is not None
+            else mock_verifier(username, mock_secret, iterations=mock_iterations)
         )
         self._cbind_data = channel_binding
         self._stage = _Stage.EXPECT_CLIENT_FIRST
@@ -492,8 +498,13 @@ class ScramServerExchange:
             expected = base64.b64encode(_CBIND_PLUS_HEADER + self._cbind_data)
             if not hmac.compare_digest(cbind, expected):
                 raise AuthFailed("channel_binding", "channel binding data does not match the TLS certificate")
-        elif not ((cbind == _CBIND_N and self._cbind_flag == b"n") or (cbind == _CBIND_Y and self._cbind_flag == b"y")):
-            raise AuthFailed("channel_binding", "unexpected channel binding attribute in client-final-message")
+        elif not (
+            (cbind == _CBIND_N and self._cbind_flag == b"n")
+            or (cbind == _CBIND_Y and self._cbind_flag == b"y")
+        ):
+            raise AuthFailed(
+                "channel_binding", "unexpected channel binding attribute in client-final-message"
+            )
 
         if not hmac.compare_digest(final_nonce, self._nonce):
             raise AuthFailed("malformed", "client-final nonce does not match")

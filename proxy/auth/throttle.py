@@ -44,7 +44,9 @@ class AuthThrottle:
         self.max_delay = max_delay
         self.max_tracked = max_tracked
         # Failures beyond this many no longer change the delay, so older timestamps need not be kept.
-        doublings = math.ceil(math.log2(max_delay / base_delay)) if base_delay > 0 and max_delay > 0 else 0
+        doublings = 0
+        if base_delay > 0:
+            doublings = min(1024, math.ceil(math.log2(max_delay) - math.log2(base_delay)))
         self._history_len = max_failures + doublings + 1
         # address -> failure timestamps (oldest first); dict order = least recently failed first.
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
@@ -70,9 +72,7 @@ class AuthThrottle:
         count = self.failures(address, now)
         if count < self.max_failures:
             return 0.0
-        exponent = count - self.max_failures
-        if exponent >= 64:  # far beyond any sensible cap; avoid float overflow
-            return self.max_delay
+        exponent = min(count - self.max_failures, 1023)  # 2.0**1024 would raise OverflowError
         return min(self.max_delay, self.base_delay * 2.0**exponent)
 
     def record_failure(self, address: str, now: float | None = None) -> None:

@@ -259,8 +259,9 @@ def ready_for_query(status: bytes) -> bytes:
     return frame(b"Z", status)
 
 
-def negotiate_protocol_version(newest_minor: int, unrecognized: list[str]) -> bytes:
-    body = _I32.pack(newest_minor) + _I32.pack(len(unrecognized))
+def negotiate_protocol_version(version: int, unrecognized: list[str]) -> bytes:
+    """NegotiateProtocolVersion; `version` is the full code (3.0 = 196608), as PostgreSQL and libpq use it."""
+    body = _I32.pack(version) + _I32.pack(len(unrecognized))
     body += b"".join(o.encode() + b"\x00" for o in unrecognized)
     return frame(b"v", body)
 

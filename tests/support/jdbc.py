@@ -112,8 +112,10 @@ def compile_probe() -> Path:
 def run_jdbc(url: str, user: str, password: str, scenario: str, *args: str | int, timeout: float = 120.0) -> Any:
     """Run ``scenario`` of JdbcProbe against ``url`` and return the parsed JSON (dict or list).
 
-    Scenarios: ``metadata [table]``, ``prepared [n]``, ``fetchsize [rows] [fetch]``,
-    ``cancel [delay_ms] [sleep_s]``, ``ssl`` (TLS options go in the URL), ``query <sql>``.
+    Scenarios: ``metadata [table] [schema]`` (schema pattern, default public, ``*`` = all),
+    ``prepared [n]`` (rows report ``server_prepared`` and per-column ``binary``),
+    ``fetchsize [rows] [fetch]``, ``cancel [delay_ms] [sleep_s]``, ``ssl`` (TLS options go in the URL),
+    ``query <sql>``, ``driverinfo`` (driver version and known property names; no connection).
     Raises JdbcError (with ``sqlstate`` and the Java stderr) if the probe fails.
     """
     java = _java_tool("java")

@@ -195,7 +195,7 @@ class ProxyProcess:
             "dbname": dbname or USERS[user][0], "sslmode": "disable", "connect_timeout": 10,
         }
         kv.update(params)
-        return " ".join(f"{k}='{str(v)}'" for k, v in kv.items())
+        return " ".join(f"{k}='{v!s}'" for k, v in kv.items())
 
     def url(self, user: str = "alice", dbname: str | None = None, **params: str | int) -> str:
         q = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())

@@ -5,10 +5,13 @@
 // Success: exit 0, the last stdout line is a JSON document.
 // Failure: exit 1, the last stdout line is {"error": ..., "sqlstate": ..., "class": ...}; stack trace on stderr.
 
+import java.lang.reflect.Method;
 import java.math.BigDecimal;
 import java.sql.Connection;
 import java.sql.DatabaseMetaData;
+import java.sql.Driver;
 import java.sql.DriverManager;
+import java.sql.DriverPropertyInfo;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
@@ -22,13 +25,14 @@ import java.util.Properties;
 import java.util.concurrent.atomic.AtomicReference;
 
 import org.postgresql.PGStatement;
+import org.postgresql.jdbc.PgResultSet;
 
 public final class JdbcProbe {
     private JdbcProbe() {}
 
     public static void main(String[] argv) {
         if (argv.length < 2) {
-            System.err.println("usage: JdbcProbe <jdbc-url> <metadata|prepared|fetchsize|cancel|ssl|query> [args]");
+            System.err.println("usage: JdbcProbe <jdbc-url> <metadata|prepared|fetchsize|cancel|ssl|query|driverinfo> [args]");
             System.exit(2);
         }
         String url = argv[0];
@@ -49,6 +53,7 @@ public final class JdbcProbe {
                 case "cancel": result = cancel(url, props, args); break;
                 case "ssl": result = ssl(url, props); break;
                 case "query": result = query(url, props, args); break;
+                case "driverinfo": result = driverinfo(url); break;
                 default:
                     System.err.println("unknown scenario: " + scenario);
                     System.exit(2);
@@ -68,18 +73,28 @@ public final class JdbcProbe {
         }
     }
 
-    /** DatabaseMetaData.getTables(public) and getColumns of args[0] (default: first table). */
+    /**
+     * DatabaseMetaData.getTables(schema) and getColumns of args[0] (default: first table).
+     * args[1] is the schema pattern (default "public"; "*" means null, i.e. every schema).
+     */
     static Object metadata(String url, Properties props, String[] args) throws SQLException {
+        String schema = args.length > 1 ? args[1] : "public";
+        if ("*".equals(schema)) schema = null;
         try (Connection c = DriverManager.getConnection(url, props)) {
             DatabaseMetaData md = c.getMetaData();
             List<Object> tables = new ArrayList<>();
-            try (ResultSet rs = md.getTables(null, "public", "%", new String[] {"TABLE"})) {
-                while (rs.next()) tables.add(rs.getString("TABLE_NAME"));
+            List<Object> qualified = new ArrayList<>();
+            try (ResultSet rs = md.getTables(null, schema, "%", new String[] {"TABLE"})) {
+                while (rs.next()) {
+                    tables.add(rs.getString("TABLE_NAME"));
+                    qualified.add(rs.getString("TABLE_SCHEM") + "." + rs.getString("TABLE_NAME"));
+                }
             }
-            String target = args.length > 0 ? args[0] : (tables.isEmpty() ? null : (String) tables.get(0));
+            String target = args.length > 0 && !args[0].isEmpty()
+                    ? args[0] : (tables.isEmpty() ? null : (String) tables.get(0));
             List<Object> columns = new ArrayList<>();
             if (target != null) {
-                try (ResultSet rs = md.getColumns(null, "public", target, "%")) {
+                try (ResultSet rs = md.getColumns(null, schema, target, "%")) {
                     while (rs.next()) {
                         Map<String, Object> col = new LinkedHashMap<>();
                         col.put("name", rs.getString("COLUMN_NAME"));
@@ -95,6 +110,7 @@ public final class JdbcProbe {
             out.put("product_version", md.getDatabaseProductVersion());
             out.put("driver_version", md.getDriverVersion());
             out.put("tables", tables);
+            out.put("qualified_tables", qualified);
             out.put("table", target);
             out.put("columns", columns);
             return out;
@@ -119,6 +135,7 @@ public final class JdbcProbe {
                     row.put("sum", rs.getLong(1));
                     row.put("product", rs.getBigDecimal(2).toPlainString());
                     row.put("server_prepared", serverPrepared);
+                    row.put("binary", Arrays.asList(isBinary(rs, 1), isBinary(rs, 2)));
                     rows.add(row);
                 }
             }
@@ -255,6 +272,31 @@ public final class JdbcProbe {
             out.put("rows", rows);
             return out;
         }
+    }
+
+    /** Whether pgJDBC received column {@code col} of the current result in binary format (protected API). */
+    static boolean isBinary(ResultSet rs, int col) throws SQLException {
+        try {
+            PgResultSet prs = rs.unwrap(PgResultSet.class);
+            Method m = PgResultSet.class.getDeclaredMethod("isBinary", int.class);
+            m.setAccessible(true);
+            return (Boolean) m.invoke(prs, col);
+        } catch (ReflectiveOperationException e) {
+            throw new SQLException("cannot inspect result format: " + e, e);
+        }
+    }
+
+    /** Driver version and the connection property names it understands (no connection is made). */
+    static Object driverinfo(String url) throws SQLException {
+        Driver d = DriverManager.getDriver(url);
+        List<Object> names = new ArrayList<>();
+        for (DriverPropertyInfo info : d.getPropertyInfo(url, new Properties())) names.add(info.name);
+        Map<String, Object> out = new LinkedHashMap<>();
+        out.put("driver_version", d.getMajorVersion() + "." + d.getMinorVersion());
+        out.put("driver_class", d.getClass().getName());
+        out.put("package_version", d.getClass().getPackage().getImplementationVersion());
+        out.put("properties", names);
+        return out;
     }
 
     /** Minimal JSON encoder for Map/List/String/Number/Boolean/null. */

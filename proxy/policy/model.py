@@ -1,0 +1,131 @@
+"""Decisions and tenant policies as plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+Strategy = Literal["shared", "schema", "database"]
+
+# Effects tell the driver what to do after forwarding an allowed statement.
+REAPPLY_CONTEXT = "reapply_context"  # the statement resets session state (DISCARD ALL / RESET ALL)
+
+# Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
+SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})
+
+RESERVED_NAMESPACE = "pgtenant."
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """Forward the client's original bytes untouched."""
+
+    effects: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """Forward `sql` instead of the client's text; `rules` names the rewrites applied."""
+
+    sql: str
+    rules: tuple[str, ...]
+    effects: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Answer the client with an ErrorResponse; the session stays usable."""
+
+    sqlstate: str
+    message: str
+    hint: str
+    rule: str
+
+
+Decision = Allow | Rewrite | Deny
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TenantPolicy:
+    """Everything the engine needs to decide for one tenant role; hashable and compared by value."""
+
+    tenant: str
+    strategy: Strategy
+    tenant_value: str | None = None
+    scoped_tables: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    search_path: tuple[str, ...] = ("public",)
+    tenant_schema: str | None = None
+    shared_schemas: tuple[str, ...] = ()
+    tenant_setting: str = "pgtenant.tenant_id"
+    allow_writes: bool = False
+    allow_ddl_temp: bool = True
+    extra_allowed_functions: frozenset[str] = frozenset()
+    denied_functions: frozenset[str] = frozenset()
+    key: tuple[Any, ...] = field(init=False, repr=False)
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("shared", "schema", "database"):
+            raise ValueError(f"unknown strategy {self.strategy!r}")
+        scoped = MappingProxyType({(str(s), str(t)): str(c) for (s, t), c in dict(self.scoped_tables).items()})
+        search_path = tuple(self.search_path)
+        shared_schemas = tuple(self.shared_schemas)
+        if self.strategy == "shared":
+            if self.tenant_value is None:
+                raise ValueError("shared strategy needs tenant_value")
+            if not scoped:
+                raise ValueError("shared strategy needs at least one scoped table")
+        if self.strategy == "schema":
+            if not self.tenant_schema:
+                raise ValueError("schema strategy needs tenant_schema")
+            if search_path == ("public",):
+                search_path = (self.tenant_schema, *shared_schemas)
+            allowed = {self.tenant_schema, *shared_schemas, *SYSTEM_SCHEMAS}
+            outside = [s for s in search_path if s not in allowed]
+            if outside:
+                raise ValueError(f"search_path entries outside the tenant's schemas: {outside}")
+        if not self.tenant_setting or "." not in self.tenant_setting:
+            raise ValueError("tenant_setting must be a qualified custom setting name such as pgtenant.tenant_id")
+        object.__setattr__(self, "scoped_tables", scoped)
+        object.__setattr__(self, "search_path", search_path)
+        object.__setattr__(self, "shared_schemas", shared_schemas)
+        object.__setattr__(self, "extra_allowed_functions", frozenset(self.extra_allowed_functions))
+        object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
+        key = (
+            self.tenant,
+            self.strategy,
+            self.tenant_value,
+            tuple(sorted(scoped.items())),
+            search_path,
+            self.tenant_schema,
+            shared_schemas,
+            self.tenant_setting.lower(),
+            self.allow_writes,
+            self.allow_ddl_temp,
+            tuple(sorted(self.extra_allowed_functions)),
+            tuple(sorted(self.denied_functions)),
+        )
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "_hash", hash(key))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, TenantPolicy):
+            return NotImplemented
+        return self._hash == other._hash and self.key == other.key
+
+    @property
+    def allowed_schemas(self) -> frozenset[str]:
+        """Schemas a schema-strategy tenant may name (its own, the shared ones, the system ones)."""
+        return frozenset({self.tenant_schema or "", *self.shared_schemas, *SYSTEM_SCHEMAS} - {""})
+
+    def is_reserved_setting(self, name: str) -> bool:
+        """True for the RLS tenant setting and everything in the proxy's reserved namespace."""
+        low = name.lower()
+        return low == self.tenant_setting.lower() or low.startswith(RESERVED_NAMESPACE)

@@ -1,0 +1,104 @@
+"""Stable denial rule ids with their SQLSTATE and hint, and the Deny builder."""
+
+from __future__ import annotations
+
+from proxy.policy.model import Deny
+
+INSUFFICIENT_PRIVILEGE = "42501"
+SYNTAX_ERROR = "42601"
+FEATURE_NOT_SUPPORTED = "0A000"
+READ_ONLY_SQL_TRANSACTION = "25006"
+STATEMENT_TOO_COMPLEX = "54001"
+INTERNAL_ERROR = "XX000"
+
+# rule id -> (SQLSTATE, hint). Rule ids are part of the public contract (logs, metrics, fixtures).
+RULES: dict[str, tuple[str, str]] = {
+    "parse_error": (SYNTAX_ERROR, "pgtenant only forwards SQL that PostgreSQL's grammar accepts."),
+    "statement_not_allowed": (INSUFFICIENT_PRIVILEGE, "This kind of statement is not allowed for tenant roles."),
+    "ddl_not_allowed": (
+        INSUFFICIENT_PRIVILEGE,
+        "Tenant roles may only create and drop temporary tables; ask an administrator for schema changes.",
+    ),
+    "read_only": (READ_ONLY_SQL_TRANSACTION, "This tenant role is read-only; writes are not allowed."),
+    "reserved_setting": (
+        INSUFFICIENT_PRIVILEGE,
+        "The tenant context and the pgtenant.* settings are managed by the proxy and cannot be changed.",
+    ),
+    "set_role": (INSUFFICIENT_PRIVILEGE, "Role switching is not allowed through pgtenant."),
+    "session_setting": (
+        INSUFFICIENT_PRIVILEGE,
+        "pgtenant requires client_encoding UTF8, standard_conforming_strings on and row security enforced.",
+    ),
+    "search_path_pinned": (
+        INSUFFICIENT_PRIVILEGE,
+        "search_path is pinned by the proxy; qualify names with one of your schemas instead.",
+    ),
+    "function_not_allowed": (
+        INSUFFICIENT_PRIVILEGE,
+        "Only allow-listed functions may be called; ask an administrator to allow this function.",
+    ),
+    "foreign_schema": (INSUFFICIENT_PRIVILEGE, "Only your own schema and the shared schemas can be referenced."),
+    "shared_schema_write": (INSUFFICIENT_PRIVILEGE, "Shared reference schemas are read-only."),
+    "cross_database": (INSUFFICIENT_PRIVILEGE, "Names may not refer to another database."),
+    "catalog_denied": (
+        INSUFFICIENT_PRIVILEGE,
+        "This catalog relation exposes other sessions or tenants and is not available through pgtenant.",
+    ),
+    "catalog_write": (INSUFFICIENT_PRIVILEGE, "System catalogs cannot be modified."),
+    "copy_program": (INSUFFICIENT_PRIVILEGE, "COPY ... PROGRAM is not allowed; use COPY ... TO STDOUT / FROM STDIN."),
+    "copy_server_file": (
+        INSUFFICIENT_PRIVILEGE,
+        "COPY to or from a server file is not allowed; use COPY ... TO STDOUT / FROM STDIN (psql \\copy).",
+    ),
+    "notify_not_allowed": (
+        INSUFFICIENT_PRIVILEGE,
+        "LISTEN/NOTIFY channels are shared by every tenant of this database and are not available.",
+    ),
+    "two_phase_commit": (INSUFFICIENT_PRIVILEGE, "Prepared transactions are not available through pgtenant."),
+    "explain_analyze": (
+        INSUFFICIENT_PRIVILEGE,
+        "EXPLAIN ANALYZE would report row counts of other tenants; use EXPLAIN without ANALYZE.",
+    ),
+    "temp_shadows_scoped": (
+        INSUFFICIENT_PRIVILEGE,
+        "A temporary relation may not take the name of a tenant-scoped or filtered table; choose another name.",
+    ),
+    "tenant_column_write": (
+        INSUFFICIENT_PRIVILEGE,
+        "The tenant column is filled in by the proxy; leave it out of INSERT column lists and UPDATE SET lists.",
+    ),
+    "foreign_tenant_value": (INSUFFICIENT_PRIVILEGE, "Rows may only be written with your own tenant value."),
+    "context_reset_not_last": (
+        FEATURE_NOT_SUPPORTED,
+        "Send DISCARD ALL / RESET ALL as the last (or only) statement of a query string.",
+    ),
+    "rewrite_unsupported": (
+        FEATURE_NOT_SUPPORTED,
+        "This statement shape cannot be restricted to your tenant automatically; rephrase it.",
+    ),
+    "rewrite_unverified": (
+        INSUFFICIENT_PRIVILEGE,
+        "The tenant filter could not be verified for this statement; rephrase it or report it to the admin.",
+    ),
+    "statement_too_complex": (STATEMENT_TOO_COMPLEX, "Simplify the statement (it is nested too deeply)."),
+    "internal_error": (INTERNAL_ERROR, "pgtenant failed closed while deciding this statement; please report it."),
+}
+
+
+def deny(rule: str, detail: str) -> Deny:
+    """Build the Deny for `rule` with a message naming the rule."""
+    sqlstate, hint = RULES[rule]
+    return Deny(sqlstate=sqlstate, message=f"pgtenant: {detail} (rule {rule})", hint=hint, rule=rule)
+
+
+class Denied(Exception):
+    """Raised inside the engine to stop deciding a statement; carries the Deny."""
+
+    def __init__(self, decision: Deny) -> None:
+        super().__init__(decision.message)
+        self.decision = decision
+
+
+def fail(rule: str, detail: str) -> Denied:
+    """Return a Denied exception for `rule` (use as `raise fail(...)`)."""
+    return Denied(deny(rule, detail))

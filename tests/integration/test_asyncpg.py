@@ -1,0 +1,115 @@
+"""asyncpg through pgtenant: binary protocol, named statements, binary COPY, cancel, quoted client_encoding."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from tests.support.proxyproc import ProxyProcess
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_binary_named_statements(proxy: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("ivan"), ssl=False)
+        try:
+            # asyncpg sends client_encoding='utf-8' (quoted) and names every statement __asyncpg_stmt_N__.
+            assert await conn.fetchval("SHOW client_encoding") == "UTF8"
+            stmt = await conn.prepare("SELECT $1::int8 * 2, $2::numeric, $3::text[]")
+            for i in range(10):
+                row = await stmt.fetchrow(i, "2.5", ["a", "b"])
+                assert tuple(row) == (2 * i, Decimal("2.5"), ["a", "b"])
+            rows = await conn.fetch("SELECT id, amount FROM orders ORDER BY id")
+            assert [r["id"] for r in rows] == list(range(1, 8))
+        finally:
+            await conn.close()
+
+    _run(main())
+
+
+def test_cursor_portal_and_transaction(proxy: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("ivan"), ssl=False)
+        try:
+            async with conn.transaction():
+                n = 0
+                async for _ in conn.cursor("SELECT g FROM generate_series(1, 5000) g", prefetch=100):
+                    n += 1
+                assert n == 5000
+        finally:
+            await conn.close()
+
+    _run(main())
+
+
+def test_binary_copy(proxy: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("ivan"), ssl=False)
+        try:
+            await conn.execute("CREATE TEMP TABLE t_bin (id int, label text)")
+            await conn.copy_records_to_table("t_bin", records=[(i, f"r{i}") for i in range(2000)])
+            assert await conn.fetchval("SELECT count(*) FROM t_bin") == 2000
+            out = []
+
+            async def sink(chunk: bytes) -> None:
+                out.append(chunk)
+
+            await conn.copy_from_query("SELECT * FROM t_bin", output=sink, format="binary")
+            assert b"".join(out).startswith(b"PGCOPY\n\xff\r\n\x00")
+        finally:
+            await conn.close()
+
+    _run(main())
+
+
+def test_cancel_via_timeout(proxy: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("ivan"), ssl=False)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.fetchval("SELECT pg_sleep(20)", timeout=0.5)  # asyncpg cancels on timeout
+            assert time.monotonic() - t0 < 5
+            assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await conn.close()
+
+    _run(main())
+
+
+def test_errors_keep_sqlstate(proxy: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("ivan"), ssl=False)
+        try:
+            with pytest.raises(asyncpg.UndefinedTableError):
+                await conn.fetch("SELECT * FROM nope")
+            assert await conn.fetchval("SELECT 5") == 5
+        finally:
+            await conn.close()
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncpg.connect(f"postgresql://ivan:wrong@127.0.0.1:{proxy.port}/initech", ssl=False)
+        with pytest.raises(asyncpg.InvalidCatalogNameError):
+            await asyncpg.connect(proxy.url("ivan", dbname="saas"), ssl=False)
+
+    _run(main())
+
+
+def test_tls(proxy: ProxyProcess, tls_certs) -> None:
+    import ssl
+
+    async def main() -> None:
+        ctx = ssl.create_default_context(cafile=str(tls_certs.ca_file))
+        conn = await asyncpg.connect(proxy.url("alice"), ssl=ctx)
+        try:
+            assert await conn.fetchval("SELECT current_setting('pgtenant.tenant_id')") == "acme"
+        finally:
+            await conn.close()
+
+    _run(main())

@@ -1,0 +1,170 @@
+"""pgJDBC (the real driver, via tests/support/java/JdbcProbe.java) through pgtenant.
+
+Covers what BI tools built on pgJDBC (DBeaver, Metabase, Tableau's JDBC path...) do: catalog
+browsing with DatabaseMetaData, server-side prepared statements with binary results, cursor
+fetches through a named portal, Statement.cancel (a plaintext CancelRequest, also for TLS
+sessions), TLS with certificate verification, and startup errors with their SQLStates.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.support.certs import TlsFiles
+from tests.support.jdbc import JdbcError, require_jdbc, run_jdbc
+from tests.support.proxyproc import ProxyProcess
+
+
+@pytest.fixture(autouse=True)
+def _jdbc() -> None:
+    require_jdbc()
+
+
+def _jdbc(proxy: ProxyProcess, user: str, scenario: str, *args: str | int, **params: str | int) -> Any:
+    """Run a JdbcProbe scenario as ``user`` against the proxy (plaintext unless ``params`` say otherwise)."""
+    params.setdefault("sslmode", "disable")
+    return run_jdbc(proxy.jdbc_url(user, **params), user, proxy.password(user), scenario, *args)
+
+
+def _auth_ok_events(proxy: ProxyProcess, application_name: str) -> list[dict[str, Any]]:
+    return [e for e in proxy.log_events()
+            if e.get("event") == "auth_ok" and e.get("application_name") == application_name]
+
+
+# --- DatabaseMetaData --------------------------------------------------------------------------
+
+
+def test_get_tables_database_tenant(proxy: ProxyProcess) -> None:
+    out = _jdbc(proxy, "ivan", "metadata", "orders", "public")
+    assert out["product"] == "PostgreSQL"
+    assert out["product_version"].startswith(str(proxy.cluster.major))
+    assert out["qualified_tables"] == ["public.orders"]
+    assert [(c["name"], c["type"], c["nullable"]) for c in out["columns"]] == [
+        ("id", "int4", "NO"), ("amount", "numeric", "NO")]
+
+
+def test_get_tables_schema_tenant(proxy: ProxyProcess) -> None:
+    out = _jdbc(proxy, "gina", "metadata", "orders", "globex")
+    assert out["qualified_tables"] == ["globex.orders"]
+    assert [(c["name"], c["type"], c["position"]) for c in out["columns"]] == [
+        ("id", "int4", 1), ("amount", "numeric", 2)]
+    # Browsing every schema (what a BI tool's navigator does) finds it too, and the pinned
+    # search_path resolves the unqualified name to the tenant's schema.
+    everything = _jdbc(proxy, "gina", "metadata", "", "*")
+    assert "globex.orders" in everything["qualified_tables"]
+    counted = _jdbc(proxy, "gina", "query", "SELECT count(*), current_schema() FROM orders")
+    assert counted["rows"] == [["40", "globex"]]
+
+
+# --- extended protocol: server-side prepared statements, portals -------------------------------
+
+
+def test_prepared_statement_switches_to_server_side_binary(proxy: ProxyProcess) -> None:
+    out = _jdbc(proxy, "ivan", "prepared", 10)
+    rows = out["rows"]
+    threshold = out["prepare_threshold"]
+    assert threshold == 5
+    assert [r["sum"] for r in rows] == [i * 1000 + 1 for i in range(1, 11)]
+    assert [r["product"] for r in rows] == [f"{2 * i}.50" for i in range(1, 11)]
+    # Unnamed statements with text results first, then the named S_n statement from the threshold on.
+    assert [r["server_prepared"] for r in rows] == [i >= threshold for i in range(1, 11)]
+    assert all(r["binary"] == [False, False] for r in rows[: threshold - 1]), rows
+    assert all(r["binary"][0] is True for r in rows[threshold:]), rows  # int8 comes back binary
+    assert any(name.startswith("S_") for name in out["prepared_statements"]), out
+
+
+def test_fetch_size_reads_through_named_portal(proxy: ProxyProcess) -> None:
+    out = _jdbc(proxy, "ivan", "fetchsize", 1000, 100)
+    assert (out["count"], out["sum"], out["fetch_size"]) == (1000, 500500, 100)
+    assert "C_1" in out["portals"], out
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "require"])
+def test_statement_cancel(proxy: ProxyProcess, sslmode: str) -> None:
+    # pgJDBC opens a new plaintext socket for the CancelRequest, even when the session uses TLS.
+    t0 = time.monotonic()
+    out = _jdbc(proxy, "ivan", "cancel", 1000, 30, sslmode=sslmode)
+    assert out["sqlstate"] == "57014", out
+    assert "canceling statement due to user request" in out["message"]
+    assert out["cancel_error"] is None
+    assert 900 <= out["elapsed_ms"] < 5000, out
+    assert out["usable_after"] is True
+    assert time.monotonic() - t0 < 30
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+
+def test_tls_verify_full(proxy: ProxyProcess, tls_certs: TlsFiles) -> None:
+    app = f"jdbc-verify-full-{uuid.uuid4().hex[:8]}"
+    out = _jdbc(proxy, "ivan", "ssl", ssl="true", sslmode="verify-full", sslrootcert=str(tls_certs.ca_file),
+                ApplicationName=app)
+    assert out["select1"] == 1
+    assert out["ssl"] is proxy.cluster.ssl_enabled  # pg_stat_ssl describes the proxy's backend leg
+    [event] = _auth_ok_events(proxy, app)
+    assert (event["tls"], event["user"], event["tenant"]) == (True, "ivan", "initech")
+
+
+def test_tls_require(proxy: ProxyProcess) -> None:
+    app = f"jdbc-require-{uuid.uuid4().hex[:8]}"
+    out = _jdbc(proxy, "alice", "query", "SELECT current_setting('pgtenant.tenant_id')", sslmode="require",
+                ApplicationName=app)
+    assert out["rows"] == [["acme"]]
+    [event] = _auth_ok_events(proxy, app)
+    assert (event["tls"], event["tenant"]) == (True, "acme")
+
+
+def test_tls_verify_full_rejects_other_ca(proxy: ProxyProcess, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.support.certs import make_certs
+
+    other = make_certs(tmp_path_factory.mktemp("jdbc-otherca")).ca_file
+    with pytest.raises(JdbcError) as info:
+        _jdbc(proxy, "ivan", "ssl", sslmode="verify-full", sslrootcert=str(other))
+    assert info.value.sqlstate == "08006"
+
+
+def test_tls_channel_binding_require(proxy: ProxyProcess, tls_certs: TlsFiles) -> None:
+    info = run_jdbc(proxy.jdbc_url("ivan"), "ivan", "", "driverinfo")
+    if "channelBinding" not in info["properties"]:
+        # pgJDBC < 42.7.5 (Debian 12 ships 42.5.5) has no channelBinding property and hard-codes
+        # ScramClient.ChannelBinding.NO: it picks SCRAM-SHA-256 even when SCRAM-SHA-256-PLUS is offered.
+        pytest.skip(f"pgJDBC {info['package_version']} cannot do SCRAM channel binding (no channelBinding property)")
+    app = f"jdbc-cb-{uuid.uuid4().hex[:8]}"
+    out = _jdbc(proxy, "ivan", "ssl", sslmode="verify-full", sslrootcert=str(tls_certs.ca_file),
+                channelBinding="require", ApplicationName=app)
+    assert out["select1"] == 1
+    [event] = _auth_ok_events(proxy, app)
+    assert event["tls"] is True
+
+
+def test_tls_session_when_plus_is_offered_without_channel_binding(proxy: ProxyProcess, tls_certs: TlsFiles) -> None:
+    # Over TLS pgtenant offers SCRAM-SHA-256-PLUS and SCRAM-SHA-256; a driver without channel
+    # binding support (gs2 flag "n") must still get in, with the right tenant.
+    out = _jdbc(proxy, "gina", "query", "SELECT count(*) FROM orders", sslmode="verify-full",
+                sslrootcert=str(tls_certs.ca_file))
+    assert out["rows"] == [["40"]]
+
+
+# --- startup errors ---------------------------------------------------------------------------
+
+
+def test_wrong_password_is_28p01(proxy: ProxyProcess) -> None:
+    with pytest.raises(JdbcError) as info:
+        run_jdbc(proxy.jdbc_url("ivan", sslmode="disable"), "ivan", "not-the-password", "query", "SELECT 1")
+    assert info.value.sqlstate == "28P01"
+    assert 'password authentication failed for user "ivan"' in info.value.driver_message
+
+
+def test_other_tenants_database_is_3d000(proxy: ProxyProcess) -> None:
+    url = f"jdbc:postgresql://127.0.0.1:{proxy.port}/saas?sslmode=disable"
+    with pytest.raises(JdbcError) as info:
+        run_jdbc(url, "ivan", proxy.password("ivan"), "query", "SELECT 1")
+    assert info.value.sqlstate == "3D000"
+    assert 'database "saas" does not exist' in info.value.driver_message

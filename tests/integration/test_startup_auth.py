@@ -1,0 +1,401 @@
+"""Startup and authentication through pgtenant: SCRAM, TLS, identity, options, hostile input, shutdown."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import statistics
+import struct
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from proxy.protocol import messages as m
+from tests.support.certs import TlsFiles
+from tests.support.pgcluster import PgCluster, free_port
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.wire import backend_key, login, login_error, send_cancel
+
+
+def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
+    head = _recv_exact(sock, 5)
+    (length,) = struct.unpack("!I", head[1:])
+    return head[:1], _recv_exact(sock, length - 4)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+def _error_of(sock: socket.socket) -> dict[str, str]:
+    """Read messages until an ErrorResponse; return its fields."""
+    while True:
+        t, body = _read_message(sock)
+        if t == b"E":
+            return m.decode_error_fields(body)
+
+
+def _raw(proxy: ProxyProcess) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    return s
+
+
+def _assert_closed(sock: socket.socket) -> None:
+    sock.settimeout(5)
+    assert sock.recv(1) == b""
+
+
+# --- SCRAM ---------------------------------------------------------------------------------
+
+
+def test_wrong_password_and_unknown_user_look_the_same(proxy: ProxyProcess) -> None:
+    wrong = login_error(proxy.port, {"user": "ivan", "database": "initech"}, "nope")
+    unknown = login_error(proxy.port, {"user": "nobody_here", "database": "initech"}, "nope")
+    assert wrong.pop("M") == 'password authentication failed for user "ivan"'
+    assert unknown.pop("M") == 'password authentication failed for user "nobody_here"'
+    assert wrong == unknown == {"S": "FATAL", "V": "FATAL", "C": "28P01"}
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(f"host=127.0.0.1 port={proxy.port} user=ivan password=nope sslmode=disable")
+
+
+def test_auth_timing_unknown_vs_known(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("timing"), limits={"max_auth_failures": 1000}).start()
+    try:
+        def timed(user: str) -> float:
+            t0 = time.perf_counter()
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(f"host=127.0.0.1 port={p.port} user={user} password=bad sslmode=disable")
+            return time.perf_counter() - t0
+
+        known = statistics.median(timed("ivan") for _ in range(7))
+        unknown = statistics.median(timed("ghost") for _ in range(7))
+        # The unknown user runs the same PBKDF2 work on a mock verifier; medians stay within 2x.
+        assert 0.5 < unknown / known < 2.0, (known, unknown)
+    finally:
+        p.stop()
+
+
+def test_repeated_failures_are_throttled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(
+        pg, tmp_path_factory.mktemp("throttle"), limits={"max_auth_failures": 2, "auth_failure_window": 60}
+    ).start()
+    try:
+        def timed() -> float:
+            t0 = time.perf_counter()
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(f"host=127.0.0.1 port={p.port} user=ivan password=bad sslmode=disable")
+            return time.perf_counter() - t0
+
+        fast = [timed() for _ in range(2)]
+        slow = timed()
+        assert slow > max(fast) + 0.3, (fast, slow)
+        # The right password still works after the delay, and clears the counter.
+        with psycopg.connect(p.dsn("ivan")) as c:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        p.stop()
+
+
+def test_scram_over_tls_with_channel_binding(proxy: ProxyProcess, tls_certs: TlsFiles) -> None:
+    dsn = proxy.dsn("ivan", sslmode="verify-full", sslrootcert=str(tls_certs.ca_file), channel_binding="require")
+    with psycopg.connect(dsn) as c:
+        assert c.info.pgconn.ssl_in_use
+        assert c.execute("SELECT current_database()").fetchone() == ("initech",)
+
+
+def test_tls_require_mode(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("alice", sslmode="require")) as c:
+        assert c.info.pgconn.ssl_in_use
+
+
+def test_wrong_ca_is_rejected_by_client(proxy: ProxyProcess, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from tests.support.certs import make_certs
+
+    other = make_certs(tmp_path_factory.mktemp("otherca"))
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        psycopg.connect(proxy.dsn("ivan", sslmode="verify-full", sslrootcert=str(other.ca_file)))
+
+
+# --- identity: the tenant comes only from the authenticated user ---------------------------
+
+
+def test_database_name_of_another_tenant_is_refused(proxy: ProxyProcess) -> None:
+    for db in ("initech", "bigco", "postgres", "does_not_exist"):
+        fields = login_error(proxy.port, {"user": "alice", "database": db}, proxy.password("alice"))
+        assert (fields["C"], fields["M"]) == ("3D000", f'database "{db}" does not exist')
+    for db in ("saas", "acme", "alice"):  # backend name, tenant name, libpq's default (= user)
+        with psycopg.connect(proxy.dsn("alice", dbname=db)) as c:
+            assert c.execute("SELECT current_database()").fetchone() == ("saas",)
+
+
+def test_options_allow_list(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("ivan", options="-c statement_timeout=1234 -c DateStyle=German")) as c:
+        assert c.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
+        assert c.execute("SHOW DateStyle").fetchone()[0].startswith("German")
+    for options, name in [
+        ("-c search_path=public", "search_path"),
+        ("-c pgtenant.tenant_id=bigco", "pgtenant.tenant_id"),
+        ("-c role=postgres", "role"),
+        ("-c session_authorization=postgres", "session_authorization"),
+        ("--work_mem=1GB", "work_mem"),
+    ]:
+        fields = login_error(proxy.port, {"user": "alice", "options": options}, proxy.password("alice"))
+        assert fields["C"] == "42501", options
+        assert f'"{name}" is not allowed by pgtenant' in fields["M"]
+        assert "allowed_parameters" in fields["H"]
+    fields = login_error(proxy.port, {"user": "alice", "search_path": "bigco"}, proxy.password("alice"))
+    assert fields["C"] == "42501" and '"search_path"' in fields["M"]
+    fields = login_error(proxy.port, {"user": "alice", "options": "-P"}, proxy.password("alice"))
+    assert fields["C"] == "08P01"
+
+
+def test_tenant_setting_cannot_be_forged_in_startup_packet(proxy: ProxyProcess) -> None:
+    fields = login_error(
+        proxy.port, {"user": "alice", "database": "saas", "pgtenant.tenant_id": "bigco"}, proxy.password("alice")
+    )
+    assert fields["C"] == "42501" and '"pgtenant.tenant_id"' in fields["M"]
+
+
+def test_replication_refused(proxy: ProxyProcess) -> None:
+    fields = login_error(proxy.port, {"user": "ivan", "replication": "database"}, proxy.password("ivan"))
+    assert fields["C"] == "42501" and "replication" in fields["M"]
+
+
+def test_protocol_3_2_is_negotiated_down(proxy: ProxyProcess) -> None:
+    sock = _raw(proxy)
+    body = struct.pack("!i", (3 << 16) | 2) + b"user\x00ivan\x00_pq_.future\x00x\x00\x00"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    t, payload = _read_message(sock)
+    assert t == b"v"
+    version, count = struct.unpack_from("!ii", payload)
+    assert (version, count) == (m.PROTOCOL_3_0, 1)
+    assert payload[8:] == b"_pq_.future\x00"
+    t, payload = _read_message(sock)
+    assert t == b"R" and struct.unpack_from("!i", payload)[0] == m.AUTH_SASL
+    sock.close()
+
+
+def test_libpq_with_max_protocol_3_2(proxy: ProxyProcess) -> None:
+    if psycopg.pq.version() < 180000:
+        pytest.skip("libpq < 18 cannot request protocol 3.2")
+    with psycopg.connect(proxy.dsn("ivan", max_protocol_version="3.2")) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_unsupported_protocol_major(proxy: ProxyProcess) -> None:
+    sock = _raw(proxy)
+    body = struct.pack("!i", 2 << 16) + b"user\x00ivan\x00\x00"
+    sock.sendall(struct.pack("!i", len(body) + 4) + body)
+    fields = _error_of(sock)
+    assert fields["C"] == "0A000"
+    _assert_closed(sock)
+
+
+# --- hostile input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x00\x00\x03garbage",  # impossible length
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # an HTTP client
+        b"\xff" * 64,
+        struct.pack("!ii", 16, 196608) + b"user\x00ivan",  # unterminated parameters
+    ],
+)
+def test_garbage_gets_08p01_and_close(proxy: ProxyProcess, payload: bytes) -> None:
+    sock = _raw(proxy)
+    sock.sendall(payload)
+    fields = _error_of(sock)
+    assert fields["C"] == "08P01" and fields["S"] == "FATAL"
+    assert "Traceback" not in fields["M"]
+    _assert_closed(sock)
+    with psycopg.connect(proxy.dsn("ivan")) as c:  # the proxy is still fine
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_garbage_after_login(proxy: ProxyProcess) -> None:
+    # A logged-in client sending a bogus frame is cut off with 08P01, like PostgreSQL does.
+    import psycopg.pq
+
+    conn = psycopg.connect(proxy.dsn("ivan"))
+    sock = socket.socket(fileno=conn.pgconn.socket)
+    try:
+        sock.sendall(b"Q\x00\x00\x00\x02")  # length < 4
+        sock.settimeout(5)
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert data[:1] == b"E" and b"C08P01" in data
+    finally:
+        sock.detach()
+        conn.close()
+
+
+def test_oversized_message(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("big"), limits={"max_message_length": 65536}).start()
+    try:
+        with psycopg.connect(p.dsn("ivan")) as c:
+            assert c.execute("SELECT length(%s)", ("a" * 60000,)).fetchone() == (60000,)
+            with pytest.raises(psycopg.OperationalError) as exc:
+                c.execute("SELECT length(%s)", ("a" * 70000,))
+            assert "exceeds pgtenant's limit" in str(exc.value)
+        # an oversized startup-phase message is refused too
+        sock = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        sock.sendall(struct.pack("!i", 1 << 20) + b"\x00" * 8)
+        assert _error_of(sock)["C"] == "08P01"
+    finally:
+        p.stop()
+
+
+def test_stalled_client_is_dropped(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("stall"), limits={"startup_timeout": 1.0}).start()
+    try:
+        sock = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        sock.sendall(m.encode_startup_message({"user": "ivan", "database": "initech"}))
+        t, _ = _read_message(sock)
+        assert t == b"R"  # SASL offered; we never answer
+        t0 = time.monotonic()
+        fields = _error_of(sock)
+        assert fields["C"] == "08006"
+        assert 0.5 < time.monotonic() - t0 < 5
+        _assert_closed(sock)
+        # A client that sends nothing at all is dropped too.
+        idle = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+        _error_of(idle)
+        _assert_closed(idle)
+    finally:
+        p.stop()
+
+
+def test_ssl_request_with_trailing_plaintext_is_refused(proxy: ProxyProcess) -> None:
+    sock = _raw(proxy)
+    sock.sendall(m.encode_ssl_request() + m.encode_startup_message({"user": "ivan"}))
+    assert _error_of(sock)["C"] == "08P01"
+
+
+def test_gssenc_request_declined(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("ivan", gssencmode="prefer")) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+# --- require_tls, plaintext cancel, backend TLS, backend down, shutdown ------------------
+
+
+@pytest.fixture(scope="module")
+def tls_only_proxy(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles
+) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(
+        pg, tmp_path_factory.mktemp("tlsonly"), tls=tls_certs, require_tls=True,
+        backend_sslmode="verify-full" if pg.ssl_enabled else "disable",
+    ).start()
+    yield p
+    p.stop()
+
+
+def test_require_tls_refuses_plaintext(tls_only_proxy: ProxyProcess) -> None:
+    with pytest.raises(psycopg.OperationalError) as exc:
+        psycopg.connect(tls_only_proxy.dsn("ivan", sslmode="disable"))
+    assert "accepts only TLS" in str(exc.value)
+
+
+def test_require_tls_accepts_plaintext_cancel(tls_only_proxy: ProxyProcess, tls_certs: TlsFiles) -> None:
+    import threading
+
+    sock, msgs = login(
+        tls_only_proxy.port, {"user": "ivan", "database": "initech"}, tls_only_proxy.password("ivan"),
+        tls_ca=str(tls_certs.ca_file),
+    )
+    assert isinstance(sock, ssl.SSLSocket) and msgs[-1][0] == b"Z"
+    pid, secret = backend_key(msgs)
+    assert len(secret) == 4
+    sock.sendall(m.Query("SELECT pg_sleep(20)").encode())
+    t0 = time.monotonic()
+    timer = threading.Timer(0.5, send_cancel, (tls_only_proxy.port, pid, secret))
+    timer.start()
+    fields = _error_of(sock)
+    timer.join()
+    assert fields["C"] == "57014" and time.monotonic() - t0 < 10
+    assert _read_message(sock)[0] == b"Z"
+    # A wrong secret cancels nothing.
+    sock.sendall(m.Query("SELECT pg_sleep(1.5)").encode())
+    send_cancel(tls_only_proxy.port, pid, bytes(b ^ 0xFF for b in secret))
+    kinds = []
+    while True:
+        t, _ = _read_message(sock)
+        kinds.append(t)
+        if t == b"Z":
+            break
+    assert b"E" not in kinds and b"C" in kinds
+    sock.close()
+
+
+def test_backend_verify_full(tls_only_proxy: ProxyProcess, tls_certs: TlsFiles, pg: PgCluster) -> None:
+    if not pg.ssl_enabled:
+        pytest.skip("cluster without TLS")
+    with psycopg.connect(tls_only_proxy.dsn("ivan", sslmode="require")) as c:
+        assert c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+
+
+def test_backend_unreachable_gives_08001(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("down"))
+    dead_port = free_port()
+
+    class _Dead:
+        host = "127.0.0.1"
+        port = dead_port
+        ca_file = None
+        ssl_enabled = False
+
+    p.cluster = _Dead()  # type: ignore[assignment]
+    p.start()
+    try:
+        fields = login_error(p.port, {"user": "ivan"}, p.password("ivan"))
+        assert fields["C"] == "08001"
+        assert f'backend "main (127.0.0.1:{dead_port})"' in fields["M"]
+        assert "Traceback" not in fields["M"]
+    finally:
+        p.stop()
+
+
+def test_sigterm_lets_sessions_finish_then_57p01(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("term"), limits={"shutdown_timeout": 2.0}).start()
+    conn = psycopg.connect(p.dsn("ivan"), autocommit=True)
+    assert p.proc is not None
+    p.proc.send_signal(15)
+    # New connections are refused at once; the open session keeps working until the deadline.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", p.port), timeout=0.5).close()
+        except OSError:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("listener still accepting after SIGTERM")
+    assert conn.execute("SELECT 42").fetchone() == (42,)
+    with pytest.raises(psycopg.OperationalError) as exc:
+        conn.execute("SELECT pg_sleep(10)")
+    assert "administrator command" in str(exc.value)
+    assert p.proc.wait(10) == 0  # exits by itself, cleanly, once the sessions are gone
+    p.stop()
+    conn.close()
