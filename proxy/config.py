@@ -296,6 +296,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         password = backend_secrets.get(name)
         if password is not None and not isinstance(password, str):
             raise ConfigError(f"secrets.backends.{name}: expected a string")
+        if password is not None and "\x00" in _resolve_secret(password, f"secrets.backends.{name}"):
+            raise ConfigError(f"secrets.backends.{name}: must not contain a NUL character")
         b = BackendConfig(
             name=name,
             host=_get(br, "host", str, w, "127.0.0.1"),
@@ -393,7 +395,12 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):
         raise ConfigError("secrets.auth_mock_secret: expected a string")
-    mock_secret = mock.encode() if mock else os.urandom(32)
+    if mock is not None and len(_resolve_secret(mock, "secrets.auth_mock_secret")) < 32:
+        raise ConfigError(
+            "secrets.auth_mock_secret: must be at least 32 characters of random data "
+            "(e.g. `openssl rand -hex 32`); a short one makes unknown users' fake salts guessable"
+        )
+    mock_secret = _resolve_secret(mock, "secrets.auth_mock_secret").encode() if mock else os.urandom(32)
 
     return Config(
         listen=listen,

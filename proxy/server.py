@@ -96,7 +96,7 @@ class ServerConnection:
     def data(self, data: bytes) -> list[Action]:
         try:
             return self._data(data)
-        except (ServerProtocolError, BackendAuthError, m.DecodeError, FramingError) as exc:
+        except (ServerProtocolError, BackendAuthError, m.DecodeError, FramingError, ValueError) as exc:
             self.state = ServerState.FAILED
             return [ServerFailed(str(exc))]
 

@@ -1,0 +1,123 @@
+"""Config validation: the example loads, and each mistake is reported with the key that holds it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+VERIFIER = (
+    "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$zMqJ8k8FpC7CY8Io6qVbZrdP1k1b9QQ9mF7d4sW7b3E="
+    ":Vfhh0k0K0Sx6LDOa3ySdBBTy9HzPJvdnM9rDTrqF8gU="
+)
+
+
+def base() -> dict:
+    return {
+        "backends": {"main": {"host": "db", "port": 5432}},
+        "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
+        "users": {"alice": {"tenant": "acme"}},
+    }
+
+
+def load(raw: dict, tmp_path: Path, secrets: str | None = None) -> object:
+    if secrets is None:
+        secrets = f'[users]\nalice = "{VERIFIER}"\n'
+    (tmp_path / "s.toml").write_text(secrets)
+    raw = {"secrets_file": "s.toml", **raw}
+    return parse_config(raw, base=tmp_path)
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load_config(ROOT / "config" / "pgtenant.example.toml")
+    assert set(cfg.tenants) == {"acme", "globex", "initech"}
+    assert cfg.user_tenant("gina")[1].strategy == "schema"  # type: ignore[index]
+    assert cfg.backends["main"].password == "change-me"
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(ROOT / "config" / "pgtenant.example.toml")],
+        capture_output=True, text=True, check=False,
+    )
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[listen]\nport = 'x'\n")
+    res = subprocess.run([sys.executable, "-m", "proxy", "check-config", str(bad)], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "listen.port: expected int, got str" in res.stderr
+
+
+def test_minimal_config(tmp_path: Path) -> None:
+    cfg = load(base(), tmp_path)
+    assert cfg.listen.port == 6432  # type: ignore[attr-defined]
+    assert cfg.tenants["acme"].tenant_setting == "pgtenant.tenant_id"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.update(listen={"port": 70000}), "listen.port: must be 0..65535"),
+        (lambda r: r.update(listen={"prot": 1}), "listen.prot: unknown key"),
+        (lambda r: r.update(limits={"startup_timeout": -1}), "limits.startup_timeout: must be positive"),
+        (lambda r: r.update(limits={"max_message_length": True}), "limits.max_message_length: expected int"),
+        (lambda r: r.update(tls={"cert_file": "x.pem"}), "tls: cert_file and key_file must be given together"),
+        (lambda r: r.update(tls={"require": True}), "tls.require: needs tls.cert_file"),
+        (lambda r: r["backends"]["main"].update(sslmode="always"), "backends.main.sslmode: must be"),
+        (lambda r: r["backends"]["main"].update(sslmode="verify-full"), "backends.main.sslrootcert: required"),
+        (lambda r: r.update(backends={}), "backends: at least one backend is required"),
+        (lambda r: r["tenants"]["acme"].update(strategy="rls"), "tenants.acme.strategy: must be shared, schema"),
+        (lambda r: r["tenants"]["acme"].pop("tenant_id"), "tenants.acme.tenant_id: required for the shared"),
+        (lambda r: r["tenants"]["acme"].update(backend="nope"), "tenants.acme.backend: unknown backend 'nope'"),
+        (lambda r: r["tenants"]["acme"].update(tables=["orders"]), "tenants.acme.tables: 'orders' must be"),
+        (lambda r: r["tenants"]["acme"].update(tenant_setting="x"), "tenants.acme.tenant_setting: must be a two-part"),
+        (lambda r: r["tenants"].update(g={"strategy": "schema", "database": "d"}), "tenants.g.schema: required"),
+        (lambda r: r["users"]["alice"].update(tenant="zzz"), "users.alice.tenant: unknown tenant 'zzz'"),
+        (lambda r: r.update(startup={"allowed_parameters": [1]}), "startup.allowed_parameters: expected a list"),
+        (lambda r: r.update(logging={"level": "loud"}), "logging.level: must be debug"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, mutate, message: str) -> None:
+    raw = base()
+    mutate(raw)
+    with pytest.raises(ConfigError) as exc:
+        load(raw, tmp_path)
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message"),
+    [
+        ("", "secrets.users.alice: no SCRAM verifier"),
+        ('[users]\nalice = "plaintext"\n', "secrets.users.alice: "),
+        (f'[users]\nalice = "{VERIFIER}"\nbob = "{VERIFIER}"\n', "secrets.users.bob: no [users.bob] entry"),
+        (f'[users]\nalice = "{VERIFIER}"\n[backends]\nmain = "env:PGTENANT_NOPE_UNSET"\n',
+         "secrets.backends.main: environment variable PGTENANT_NOPE_UNSET is not set"),
+        (f'auth_mock_secret = "short"\n[users]\nalice = "{VERIFIER}"\n',
+         "secrets.auth_mock_secret: must be at least 32"),
+        (f'extra = 1\n[users]\nalice = "{VERIFIER}"\n', "secrets.extra: unknown key"),
+    ],
+)
+def test_secret_errors(tmp_path: Path, secrets: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load(base(), tmp_path, secrets)
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    (tmp_path / "x.toml").write_text("[listen\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(tmp_path / "x.toml")
+
+
+def test_verifier_never_in_repr(tmp_path: Path) -> None:
+    cfg = load(base(), tmp_path, f'[users]\nalice = "{VERIFIER}"\n[backends]\nmain = "s3cret-pw"\n')
+    text = repr(cfg)
+    assert "s3cret-pw" not in text and "zMqJ8k8" not in text

@@ -1,0 +1,204 @@
+"""The client session state machine driven by scripted conversations: no sockets, no event loop."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from scramp import ScramClient
+
+from proxy.actions import (
+    CloseClient,
+    CloseServer,
+    ConnectBackend,
+    ForwardCancel,
+    RelayToClient,
+    RelayToServer,
+    SendClient,
+    Sleep,
+    StartClientTls,
+)
+from proxy.auth.scram import make_verifier
+from proxy.auth.throttle import AuthThrottle
+from proxy.config import parse_config
+from proxy.protocol import messages as m
+from proxy.session import TRANSITIONS, ClientSession, Event, State
+
+
+def make_config(tmp_path: Path, **limits: object):
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
+    return parse_config(
+        {
+            "secrets_file": "s.toml",
+            "limits": dict(limits),
+            "backends": {"main": {}},
+            "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
+            "users": {"alice": {"tenant": "acme"}},
+        },
+        base=tmp_path,
+    )
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> ClientSession:
+    return ClientSession(
+        make_config(tmp_path, max_message_length=4096),
+        session_id="s1",
+        client_address="10.0.0.1",
+        throttle=AuthThrottle(max_failures=2),
+        clock=lambda: 100.0,
+        tls_available=True,
+    )
+
+
+def sent(actions: list) -> bytes:
+    return b"".join(bytes(a.data) for a in actions if isinstance(a, SendClient))
+
+
+def login(session: ClientSession, password: str = "pw", **params: str) -> list:
+    actions = session.client_data(m.encode_startup_message({"user": "alice", **params}))
+    out = sent(actions)
+    assert out[:1] == b"R" and struct.unpack_from("!i", out, 5)[0] == m.AUTH_SASL
+    assert b"SCRAM-SHA-256\x00" in out and b"PLUS" not in out  # no TLS, no channel binding offered
+    client = ScramClient(["SCRAM-SHA-256"], "alice", password)
+    first = client.get_client_first().encode()
+    actions = session.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+    out = sent(actions)
+    client.set_server_first(out[9:].decode())
+    return session.client_data(m.frame(b"p", client.get_client_final().encode()))
+
+
+def test_full_conversation(session: ClientSession) -> None:
+    actions = login(session, application_name="psql", options="-c statement_timeout=5")
+    assert session.state is State.CONNECTING
+    assert isinstance(actions[-1], ConnectBackend)
+    assert sent(actions).endswith(m.authentication(m.AUTH_OK))
+    assert session.tenant is not None and session.tenant.name == "acme"
+    assert session.backend_parameters == {"application_name": "psql", "statement_timeout": "5"}
+    out = sent(session.server_ready({"server_version": "15.18"}))
+    assert out.startswith(m.parameter_status("server_version", "15.18"))
+    assert m.backend_key_data(session.process_id, session.secret_key) in out
+    assert out.endswith(m.ready_for_query(b"I"))
+    assert session.state is State.READY
+    # Relay: runs of frontend messages pass as they are; the backend's status is tracked.
+    q = m.Query("SELECT 1").encode()
+    [relay] = session.client_data(q + m.SYNC_MESSAGE)
+    assert isinstance(relay, RelayToServer) and b"".join(bytes(c) for c in relay.chunks) == q + m.SYNC_MESSAGE
+    [back] = session.server_data(m.frame(b"C", b"BEGIN\x00") + m.ready_for_query(b"T"))
+    assert isinstance(back, RelayToClient)
+    assert session.info.tx_status == b"T"
+    actions = session.client_data(m.TERMINATE_MESSAGE)
+    assert [type(a) for a in actions] == [CloseServer, CloseClient]
+    assert session.state is State.CLOSED
+
+
+def test_wrong_password_error_fields(session: ClientSession) -> None:
+    session.client_data(m.encode_startup_message({"user": "alice"}))
+    client = ScramClient(["SCRAM-SHA-256"], "alice", "bad")
+    first = client.get_client_first().encode()
+    out = sent(session.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first)))
+    client.set_server_first(out[9:].decode())
+    [close] = session.client_data(m.frame(b"p", client.get_client_final().encode()))
+    assert isinstance(close, CloseClient) and close.error is not None
+    assert (close.error.sqlstate, close.error.message) == ("28P01", 'password authentication failed for user "alice"')
+    assert close.reason == "auth_failed:bad_proof"
+
+
+def test_unknown_user_same_shape(session: ClientSession) -> None:
+    out = sent(session.client_data(m.encode_startup_message({"user": "mallory"})))
+    assert struct.unpack_from("!i", out, 5)[0] == m.AUTH_SASL
+    client = ScramClient(["SCRAM-SHA-256"], "mallory", "x")
+    first = client.get_client_first().encode()
+    out = sent(session.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first)))
+    assert out[:1] == b"R"  # a SASLContinue with a (mock) salt, as for a real user
+    client.set_server_first(out[9:].decode())
+    [close] = session.client_data(m.frame(b"p", client.get_client_final().encode()))
+    assert close.error.sqlstate == "28P01" and close.reason == "auth_failed:unknown_user"
+
+
+def test_throttle_delays_after_failures(tmp_path: Path) -> None:
+    throttle = AuthThrottle(max_failures=1)
+    throttle.record_failure("10.0.0.1", 100.0)
+    s = ClientSession(make_config(tmp_path), session_id="s", client_address="10.0.0.1", throttle=throttle,
+                      clock=lambda: 100.0, tls_available=False)
+    actions = s.client_data(m.encode_startup_message({"user": "alice"}))
+    assert isinstance(actions[0], Sleep) and actions[0].seconds > 0
+
+
+def test_ssl_request_then_startup(session: ClientSession) -> None:
+    actions = session.client_data(m.encode_ssl_request())
+    assert sent(actions) == b"S" and isinstance(actions[-1], StartClientTls)
+    assert session.state is State.TLS_HANDSHAKE
+    session.tls_done()
+    assert session.state is State.STARTUP and session.info.tls
+    # A second SSLRequest inside TLS is a protocol violation.
+    [close] = session.client_data(m.encode_ssl_request())
+    assert isinstance(close, CloseClient) and close.error.sqlstate == "08P01"
+
+
+def test_ssl_request_without_tls_configured(tmp_path: Path) -> None:
+    s = ClientSession(make_config(tmp_path), session_id="s", client_address="a", throttle=AuthThrottle(),
+                      clock=lambda: 0.0, tls_available=False)
+    assert sent(s.client_data(m.encode_ssl_request())) == b"N"
+    assert s.state is State.STARTUP
+
+
+def test_cancel_request(session: ClientSession) -> None:
+    actions = session.client_data(m.encode_cancel_request(42, b"abcd"))
+    assert actions[0] == ForwardCancel(42, b"abcd")
+    assert isinstance(actions[1], CloseClient) and actions[1].error is None
+
+
+def test_fragmented_startup(session: ClientSession) -> None:
+    packet = m.encode_startup_message({"user": "alice"})
+    for i in range(len(packet) - 1):
+        assert session.client_data(packet[i : i + 1]) == []
+    assert sent(session.client_data(packet[-1:]))[:1] == b"R"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\x00\x00\x02\x00\x00",
+        m.frame(b"Q", b"SELECT 1\x00"),  # a regular message before startup
+        struct.pack("!ii", 8, 1234),  # protocol 0.1234
+    ],
+)
+def test_bad_first_packets(session: ClientSession, data: bytes) -> None:
+    actions = session.client_data(data)
+    assert isinstance(actions[-1], CloseClient) and actions[-1].error.sqlstate in ("08P01", "0A000")
+    assert session.state is State.CLOSED
+
+
+def test_non_password_message_during_auth(session: ClientSession) -> None:
+    session.client_data(m.encode_startup_message({"user": "alice"}))
+    [close] = session.client_data(m.Query("SELECT 1").encode())
+    assert close.error.sqlstate == "08P01" and "expected SASL response" in close.error.message
+
+
+def test_oversized_message_in_relay(session: ClientSession) -> None:
+    login(session)
+    session.server_ready({})
+    [close] = session.client_data(b"Q" + struct.pack("!I", 10_000))
+    assert close.error.sqlstate == "54000"
+
+
+def test_data_while_connecting_is_a_violation(session: ClientSession) -> None:
+    login(session)
+    [close] = session.client_data(m.Query("SELECT 1").encode())
+    assert close.error.sqlstate == "08P01"
+
+
+def test_timeout_only_before_ready(session: ClientSession) -> None:
+    login(session)
+    session.server_ready({})
+    assert session.timeout() == []
+
+
+def test_transition_table_is_closed() -> None:
+    # Every (state, event) pair not in the table is refused; CLOSE is allowed from anywhere.
+    for state in State:
+        assert TRANSITIONS[(state, Event.CLOSE)] is State.CLOSED
+    assert (State.READY, Event.STARTUP_MESSAGE) not in TRANSITIONS
+    assert (State.STARTUP, Event.AUTH_OK) not in TRANSITIONS
