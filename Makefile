@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.pgtenant-installed
 
-.PHONY: venv test demo
+.PHONY: venv test demo run
 
 venv: $(STAMP)
 
@@ -19,3 +19,6 @@ test: venv
 
 demo: venv
 	$(VENV)/bin/pgtenant demo
+
+run: venv
+	$(VENV)/bin/pgtenant run --config config/pgtenant.example.toml
