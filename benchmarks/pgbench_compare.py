@@ -36,21 +36,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 
 import psycopg  # noqa: E402
 
-from tests.support.pgcluster import (  # noqa: E402
-    UNPRIVILEGED_USER,
-    PgCluster,
-    default_installation,
-    free_port,
-    probe_installation,
-)
-from tests.support.proxyproc import (  # noqa: E402
-    BACKEND_PASSWORD,
-    BACKEND_ROLE,
-    USERS,
-    ProxyProcess,
-    prepare_backend,
-    verifier,
-)
+from tests.support import pgcluster, proxyproc  # noqa: E402
+from tests.support.pgcluster import PgCluster  # noqa: E402
+from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, USERS, ProxyProcess, verifier  # noqa: E402
 
 USER, DB = "ivan", "initech"  # tenant initech: database strategy = plain passthrough to database initech
 PASSWORD = USERS[USER][1]
@@ -79,10 +67,70 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def tree_cpu(root: int) -> float:
+    """CPU of a postmaster: itself, its reaped children (cutime/cstime) and its live children.
+
+    Retried until no child was reaped during the scan, else an exiting backend is counted twice or not at all.
+    """
+
+    def children() -> dict[int, float]:
+        out = {}
+        for d in os.scandir("/proc"):
+            if d.name.isdigit():
+                try:
+                    text = Path(d.path, "stat").read_text()
+                except OSError:
+                    continue
+                f = text[text.rindex(")") + 2 :].split()
+                if int(f[1]) == root:
+                    out[int(d.name)] = (int(f[11]) + int(f[12])) / CLK_TCK
+        return out
+
+    for _ in range(100):
+        kids = children()
+        text = Path(f"/proc/{root}/stat").read_text()
+        own = sum(int(x) for x in text[text.rindex(")") + 2 :].split()[11:15]) / CLK_TCK
+        if set(kids) <= set(children()):
+            return own + sum(kids.values())
+        time.sleep(0.02)
+    raise RuntimeError("postgres children keep exiting; cannot account its CPU")
+
+
+def children_cpu() -> float:
+    """CPU of our reaped children (that is: pgbench runs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def host_cpu() -> tuple[int, int]:
     """(total, idle) jiffies of the whole machine."""
     vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     return sum(vals), vals[3] + vals[4]
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_quiet(max_wait: float, limit_pct: float = 15.0) -> float:
+    """Wait (up to max_wait s) until the host is nearly idle; return the last busy % seen."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        (t0, i0) = host_cpu()
+        time.sleep(0.5)
+        (t1, i1) = host_cpu()
+        busy = 100 * (1 - (i1 - i0) / max(1, t1 - t0))
+        if busy <= limit_pct or time.monotonic() > deadline:
+            if busy > limit_pct:
+                say(f"host still {busy:.0f}% busy before the run: results will be noisy (see 'other')")
+            return round(busy, 1)
+        time.sleep(2)
 
 
 def pdeathsig() -> Any:
@@ -119,39 +167,50 @@ class BenchProxy(ProxyProcess):
         self.config_path.write_text(text)
 
 
-def start_pgtenant(stack: contextlib.ExitStack, cluster: PgCluster, name: str = "pgtenant") -> Target:
+def make_pgtenant(stack: contextlib.ExitStack, cluster: PgCluster) -> BenchProxy:
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-proxy-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
     proxy = BenchProxy(cluster, workdir, backend_sslmode="disable")
     stack.callback(proxy.stop)
-    proxy.start()
+    return proxy
+
+
+def start_pgtenant(proxy: BenchProxy, name: str = "pgtenant") -> Target:
+    proxy.start()  # runs `pgtenant provision` first when the helper supports it (idempotent)
     assert proxy.proc is not None
-    return Target(name, proxy.port, USER, PASSWORD, proxy.proc.pid, proxy.log_path)
+    target = Target(name, proxy.port, USER, PASSWORD, proxy.proc.pid, proxy.log_path)
+    wait_ready(target, proxy.proc)
+    return target
+
+
+def backend_role() -> tuple[str, str]:
+    """The role pgtenant logs in as for tenant initech; direct and PgBouncer use the same one."""
+    return getattr(proxyproc, "TENANT_ROLES", {}).get(DB, (BACKEND_ROLE, BACKEND_PASSWORD))
 
 
 def ensure_pgbouncer() -> str:
-    exe = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
-    if exe:
-        return exe
-    if os.geteuid() != 0:
-        raise SystemExit("pgbouncer not installed and not root: apt-get install pgbouncer")
-    say("installing pgbouncer with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(["apt-get", "install", "-y", "pgbouncer"], env=env, capture_output=True).returncode:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
-        subprocess.run(["apt-get", "install", "-y", "pgbouncer"], env=env, capture_output=True, check=True)
-    return shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    path = f"{os.environ.get('PATH', '')}:/usr/sbin"
+    if not shutil.which("pgbouncer", path=path):
+        if os.geteuid() != 0:
+            raise SystemExit("pgbouncer is not installed (apt-get install pgbouncer), and we are not root")
+        say("installing pgbouncer with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(["apt-get", "install", "-y", "pgbouncer"], env=env, capture_output=True).returncode:
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+            subprocess.run(["apt-get", "install", "-y", "pgbouncer"], env=env, capture_output=True, check=True)
+    return shutil.which("pgbouncer", path=path) or "pgbouncer"
 
 
 def start_pgbouncer(stack: contextlib.ExitStack, exe: str, cluster: PgCluster, pool_size: int) -> Target:
+    role, role_pw = backend_role()
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-pgbouncer-", dir="/tmp"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    port = free_port()
+    port = pgcluster.free_port()
     # The backend role's password sits in the userlist, not in the [databases] line: with password= there,
     # pgbouncer < 1.26 reuses the client's SCRAM keys for the forced user's server login (pgbouncer#944, #1461).
-    (workdir / "userlist.txt").write_text(f'"{USER}" "{verifier(PASSWORD)}"\n"{BACKEND_ROLE}" "{BACKEND_PASSWORD}"\n')
+    (workdir / "userlist.txt").write_text(f'"{USER}" "{verifier(PASSWORD)}"\n"{role}" "{role_pw}"\n')
     (workdir / "pgbouncer.ini").write_text(f"""[databases]
-{DB} = host=127.0.0.1 port={cluster.port} dbname={DB} user={BACKEND_ROLE}
+{DB} = host=127.0.0.1 port={cluster.port} dbname={DB} user={role}
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {port}
@@ -168,7 +227,7 @@ ignore_startup_parameters = extra_float_digits
     kw: dict[str, Any] = {}
     if os.geteuid() == 0:  # pgbouncer refuses to run as root
         try:
-            pw = pwd.getpwnam(UNPRIVILEGED_USER)
+            pw = pwd.getpwnam(pgcluster.UNPRIVILEGED_USER)
         except KeyError:
             pw = pwd.getpwnam("nobody")
         kw = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
@@ -178,17 +237,7 @@ ignore_startup_parameters = extra_float_digits
     proc = subprocess.Popen([exe, str(workdir / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pdeathsig(), **kw)
     log.close()
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()  # SIGTERM: immediate shutdown
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    stack.callback(stop)
+    stack.callback(stop_process, proc)  # SIGTERM = immediate shutdown for pgbouncer
     target = Target("pgbouncer", port, USER, PASSWORD, proc.pid, workdir / "pgbouncer.log")
     wait_ready(target, proc)
     return target
@@ -217,25 +266,27 @@ def pgbench_env(password: str) -> dict[str, str]:
             "LC_ALL": "C"}
 
 
-def init_pgbench(pgbench: str, cluster: PgCluster, scale: int) -> None:
+def init_pgbench(pgbench: str, cluster: PgCluster, scale: int, owner: str) -> None:
     say(f"pgbench -i -s {scale} into database {DB}")
     subprocess.run([pgbench, "-i", "-q", "-s", str(scale), "-h", "127.0.0.1", "-p", str(cluster.port),
                     "-U", cluster.superuser, DB], env=pgbench_env(cluster.password), check=True,
                    capture_output=True)
     tables = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
-    cluster.execute(";".join(f"ALTER TABLE {t} OWNER TO {BACKEND_ROLE}" for t in tables), dbname=DB)
+    cluster.execute(";".join(f'ALTER TABLE {t} OWNER TO "{owner}"' for t in tables), dbname=DB)
     cluster.execute("VACUUM ANALYZE", dbname=DB)
 
 
-def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespace, pg_pid: int) -> dict[str, Any]:
+    """One pgbench run; CPU seconds of every party (pgbench, postgres, the proxy, everything else) around it."""
     argv = [pgbench, "-n", "-S", "-M", mode, "-T", str(args.duration), "-c", str(args.clients),
             "-j", str(args.threads), "-h", "127.0.0.1", "-p", str(target.port), "-U", target.user, DB]
-    cpu0 = cpu_seconds(target.pid) if target.pid else None
+    quiet = wait_quiet(args.quiet_wait)
     log0 = target.log.stat().st_size if target.log else 0
-    h0, t0 = host_cpu(), time.monotonic()
+    before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid) if target.pid else 0.0)
+    t0 = time.monotonic()
     res = subprocess.run(argv, env=pgbench_env(target.password), capture_output=True, text=True)
-    wall, h1 = time.monotonic() - t0, host_cpu()
-    cpu1 = cpu_seconds(target.pid) if target.pid else None
+    wall = time.monotonic() - t0
+    after = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid) if target.pid else 0.0)
     if res.returncode != 0:
         raise RuntimeError(f"pgbench failed against {target.name} ({mode}):\n{res.stdout}\n{res.stderr}")
 
@@ -245,29 +296,34 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
             raise RuntimeError(f"cannot parse pgbench output ({pattern}):\n{res.stdout}")
         return float(m.group(1))
 
-    txns = int(grab(r"number of transactions actually processed: (\d+)"))
+    (tot0, idle0), (tot1, idle1) = before[0], after[0]
+    busy = (tot1 - tot0 - (idle1 - idle0)) / CLK_TCK
+    cpu = {"pgbench": after[1] - before[1], "postgres": after[2] - before[2], "proxy": after[3] - before[3]}
+    cpu["other"] = max(0.0, busy - sum(cpu.values()))
     out: dict[str, Any] = {
         "tps": grab(r"tps = ([\d.]+) \(without initial connection time\)"),
         "latency_ms": grab(r"latency average = ([\d.]+) ms"),
-        "transactions": txns,
-        "host_cpu_busy_pct": round(100 * (1 - (h1[1] - h0[1]) / max(1, h1[0] - h0[0])), 1),
+        "transactions": int(grab(r"number of transactions actually processed: (\d+)")),
+        "wall_s": round(wall, 2),
+        "host_busy_before_pct": quiet,
+        "host_cpu_busy_pct": round(100 * busy / (wall * (os.cpu_count() or 1)), 1),
+        "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
     }
-    if cpu0 is not None and cpu1 is not None:
-        out["proxy_cpu_s"] = round(cpu1 - cpu0, 3)
-        out["proxy_cpu_us_per_txn"] = round((cpu1 - cpu0) / txns * 1e6, 2)
-        out["proxy_cpu_pct_of_core"] = round(100 * (cpu1 - cpu0) / wall, 1)
     if target.log:
         out["log_bytes"] = target.log.stat().st_size - log0
     return out
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize(runs: list[dict[str, Any]], proxied: bool) -> dict[str, Any]:
+    txns = sum(r["transactions"] for r in runs)
+    cpu = {k: sum(r["cpu_s"][k] for r in runs) for k in runs[0]["cpu_s"]}
     s: dict[str, Any] = {"tps": round(statistics.median(r["tps"] for r in runs), 1),
-                         "latency_ms": round(statistics.fmean(r["latency_ms"] for r in runs), 3), "runs": runs}
-    if "proxy_cpu_s" in runs[0]:
-        s["proxy_cpu_us_per_txn"] = round(sum(r["proxy_cpu_s"] for r in runs) / sum(r["transactions"] for r in runs)
-                                          * 1e6, 2)
-        s["proxy_cpu_pct_of_core"] = round(statistics.fmean(r["proxy_cpu_pct_of_core"] for r in runs), 1)
+                         "latency_ms": round(statistics.fmean(r["latency_ms"] for r in runs), 3),
+                         "cpu_us_per_txn": {k: round(v / txns * 1e6, 2) for k, v in cpu.items()}}
+    if proxied:
+        s["proxy_cpu_us_per_txn"] = s["cpu_us_per_txn"]["proxy"]
+        s["proxy_cpu_pct_of_core"] = round(100 * cpu["proxy"] / sum(r["wall_s"] for r in runs), 1)
+    s["runs"] = runs
     return s
 
 
@@ -309,7 +365,8 @@ def idle_rss(target: Target, cluster: PgCluster, n: int) -> dict[str, Any]:
         return after, elapsed
 
     after, elapsed = asyncio.run(scenario())
-    deadline = time.monotonic() + 60  # let the backends exit before the next test
+    # pgtenant closes its backend connection with the client; pgbouncer keeps them pooled (server_idle_timeout)
+    deadline = time.monotonic() + (60 if target.name.startswith("pgtenant") else 0)
     while time.monotonic() < deadline and cluster.execute("SELECT count(*) FROM pg_stat_activity "
                                                           "WHERE backend_type = 'client backend'")[0][0] > 20:
         time.sleep(0.2)
@@ -359,36 +416,33 @@ def stream_rss(target: Target, rows: int, width: int, slow: bool) -> dict[str, A
 # --------------------------------------------------------------------------- profiling (optional)
 
 
-def profile(pgbench: str, target: Target, mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def profile(pgbench: str, target: Target, mode: str, args: argparse.Namespace, pg_pid: int,
+            out: Path) -> dict[str, Any]:
     exe = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     if not exe:
         raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     say(f"py-spy on pgtenant during one extra {mode} run (not counted in the results)")
-    rec = subprocess.Popen([exe, "record", "--pid", str(target.pid), "--duration", str(args.duration), "--rate", "200",
-                            "--format", "raw", "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE)
+    argv = [exe, "record", "--pid", str(target.pid), "--duration", str(args.duration), "--rate", "500",
+            "--format", "raw", "-o", str(out), *(["--native"] if args.native else ["--nonblocking"])]
+    rec = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)
-    bench = run_pgbench(pgbench, target, mode, args)
+    bench = run_pgbench(pgbench, target, mode, args, pg_pid)
     _, err = rec.communicate(timeout=args.duration + 60)
     if rec.returncode != 0 or not out.exists():
         return {"error": err.decode(errors="replace")[-2000:]}
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
-    total = 0
-    for line in out.read_text().splitlines():
+    for line in out.read_text().splitlines():  # collapsed stacks: "frame;frame;... count"
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        frames = [re.sub(r":\d+\)$", ")", f.replace(str(ROOT) + "/", "")) for f in stack.split(";")]
-        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
-        total += int(count)
-        if frames:
+        if stack and count.isdigit():
+            frames = [re.sub(r":\d+\)$", ")", f.replace(str(ROOT) + "/", "")) for f in stack.split(";")
+                      if not f.startswith(("process ", "thread "))]
             own[frames[-1]] += int(count)
-        for f in set(frames):
-            incl[f] += int(count)
+            incl.update(dict.fromkeys(set(frames), int(count)))
+    total = sum(own.values()) or 1
     return {"mode": mode, "tps_while_profiled": bench["tps"], "samples": total, "raw_file": str(out),
-            "self": [(f, round(100 * c / total, 1)) for f, c in own.most_common(20)],
-            "inclusive": [(f, round(100 * c / total, 1)) for f, c in incl.most_common(25)]}
+            "self": [(f, round(100 * c / total, 1)) for f, c in own.most_common(25)],
+            "inclusive": [(f, round(100 * c / total, 1)) for f, c in incl.most_common(30)]}
 
 
 # --------------------------------------------------------------------------- report
@@ -412,6 +466,13 @@ def markdown(results: dict[str, Any]) -> str:
                      f"| {g(d, 'latency_ms')} / {g(p, 'latency_ms')} / {g(b, 'latency_ms')} "
                      f"| {g(p, 'proxy_cpu_us_per_txn')} / {g(b, 'proxy_cpu_us_per_txn')} "
                      f"| {g(p, 'proxy_cpu_pct_of_core')} / {g(b, 'proxy_cpu_pct_of_core')} |")
+    lines += ["", "CPU per transaction, µs (all processes; 'other' = host CPU used by anything else):", "",
+              "| mode | target | pgbench | postgres | proxy | other | total |", "|---|---|---:|---:|---:|---:|---:|"]
+    for mode, r in results["bench"].items():
+        for name, t in r.items():
+            c = t["cpu_us_per_txn"]
+            lines.append(f"| {mode} | {name} | {c['pgbench']} | {c['postgres']} | {c['proxy']} | {c['other']} "
+                         f"| {sum(c.values()):.1f} |")
     mem = results.get("memory", {})
     if mem.get("idle"):
         lines += ["", "| idle clients | proxy | RSS before MB | RSS with clients MB | per connection KB "
@@ -431,14 +492,15 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def versions(pgbouncer: str | None, cluster: PgCluster) -> dict[str, str]:
-    def out(argv: list[str]) -> str:
+    def out(argv: list[str]) -> str:  # first line of stdout
         try:
             return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip().split("\n")[0]
         except OSError:
             return "?"
 
-    return {"postgres": cluster.installation.version, "pgbouncer": out([pgbouncer]) if pgbouncer else "-",
-            "python": platform.python_version(), "pgtenant_commit": out(["git", "rev-parse", "--short", "HEAD"]),
+    return {"postgres": cluster.installation.version, "pgbouncer": out([pgbouncer, "--version"]) if pgbouncer else "-",
+            "python": platform.python_version(), "pgtenant_commit": out(["git", "rev-parse", "--short", "HEAD"])
+            + (" + uncommitted changes in proxy/" if out(["git", "status", "--porcelain", "proxy"]) else ""),
             "cpus": str(os.cpu_count()), "kernel": platform.release()}
 
 
@@ -462,6 +524,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-bench", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--profile", metavar="MODE", help="extra pgtenant run of MODE under py-spy; report top functions")
+    p.add_argument("--native", action="store_true", help="py-spy --native: include C frames (uvloop, libc)")
+    p.add_argument("--quiet-wait", type=float, default=90, help="max s to wait for an idle host before each run")
     p.add_argument("--json", type=Path, help="write all results here")
     a = p.parse_args()
     if a.quick:
@@ -475,6 +539,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started in the background (SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as for Ctrl-C
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = 2 * args.idle_clients + 512  # our client sockets; the proxy (child) holds clients + backends
@@ -483,7 +548,7 @@ def main() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
             soft = hard = need
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    installation = probe_installation(args.pg_bin) if args.pg_bin else default_installation()
+    installation = pgcluster.probe_installation(args.pg_bin) if args.pg_bin else pgcluster.default_installation()
     if installation is None:
         raise SystemExit(f"--pg-bin {args.pg_bin}: no initdb/postgres there")
     pgbench = next((str(p) for p in (installation.bin("pgbench"), Path("/usr/lib/postgresql/15/bin/pgbench"))
@@ -500,14 +565,19 @@ def main() -> int:
         cluster.start()
         results["versions"] = versions(bouncer, cluster)
         results["versions"]["pgbench"] = pgbench
-        prepare_backend(cluster)
-        init_pgbench(pgbench, cluster, args.scale)
-        direct = Target("direct", cluster.port, BACKEND_ROLE, BACKEND_PASSWORD)
+        proxyproc.prepare_backend(cluster)
+        proxy = make_pgtenant(stack, cluster)
+        if hasattr(proxy, "provision"):  # creates the backend roles
+            proxy.provision()
+        role, role_pw = backend_role()
+        init_pgbench(pgbench, cluster, args.scale, role)
+        pg_pid = cluster.pid
+        assert pg_pid is not None
+        direct = Target("direct", cluster.port, role, role_pw)
         wait_ready(direct)
         targets = {"direct": direct}
         if "pgtenant" in args.targets:
-            targets["pgtenant"] = start_pgtenant(stack, cluster)
-            wait_ready(targets["pgtenant"])
+            targets["pgtenant"] = start_pgtenant(proxy)
         if bouncer:
             targets["pgbouncer"] = start_pgbouncer(stack, bouncer, cluster, args.idle_clients + args.clients + 10)
         targets = {k: v for k, v in targets.items() if k in args.targets}
@@ -516,20 +586,19 @@ def main() -> int:
                 runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
                 for i in range(args.runs):
                     for name, target in targets.items():  # interleaved, so drift hits every target alike
-                        r = run_pgbench(pgbench, target, mode, args)
+                        r = run_pgbench(pgbench, target, mode, args, pg_pid)
                         runs[name].append(r)
                         say(f"{mode:9} run {i + 1}/{args.runs} {name:9} tps={r['tps']:9.1f} "
-                            f"lat={r['latency_ms']:.3f}ms cpu/txn={r.get('proxy_cpu_us_per_txn', '-')}µs "
+                            f"lat={r['latency_ms']:.3f}ms cpu_s={r['cpu_s']} "
                             f"host busy={r['host_cpu_busy_pct']}% log={r.get('log_bytes', '-')}B")
-                results["bench"][mode] = {name: summarize(rs) for name, rs in runs.items()}
+                results["bench"][mode] = {name: summarize(rs, name != "direct") for name, rs in runs.items()}
         if args.profile and "pgtenant" in targets:
             raw = (args.json.parent if args.json else Path.cwd()) / f"pyspy-{args.profile}.txt"
-            results["profile"] = profile(pgbench, targets["pgtenant"], args.profile, args, raw)
+            results["profile"] = profile(pgbench, targets["pgtenant"], args.profile, args, pg_pid, raw)
         if not args.skip_memory:
             fresh = {n: t for n, t in targets.items() if n != "direct"}
             if "pgtenant" in fresh:  # a fresh proxy so the baseline is not inflated by the benchmark runs
-                fresh["pgtenant"] = start_pgtenant(stack, cluster, "pgtenant (fresh)")
-                wait_ready(fresh["pgtenant"])
+                fresh["pgtenant"] = start_pgtenant(make_pgtenant(stack, cluster), "pgtenant (fresh)")
             results["memory"]["idle"] = {n: idle_rss(t, cluster, args.idle_clients) for n, t in fresh.items()}
             results["memory"]["stream"] = {}
             for n, t in fresh.items():

@@ -18,7 +18,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.logging.level, config.logging.format)
-    driver.run(config)
+    try:
+        driver.run(config)
+    except driver.StartupError as exc:
+        logs.get_logger("pgtenant").error("startup_failed", problem=str(exc))
+        print(f"pgtenant: cannot start: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -53,6 +58,32 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_provision(args: argparse.Namespace) -> int:
+    import os
+
+    from proxy.provision import provision
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    dsn = args.admin_dsn or os.environ.get("PGTENANT_ADMIN_DSN")
+    if not dsn:
+        print("pgtenant: provision needs --admin-dsn or PGTENANT_ADMIN_DSN (a role that may create roles, "
+              "databases, schemas and policies)", file=sys.stderr)
+        return 2
+    import psycopg
+
+    try:
+        provision(config, dsn, log=lambda line: print(line))
+    except psycopg.Error as exc:
+        print(f"pgtenant: provision failed: {exc}", file=sys.stderr)
+        return 1
+    print("provisioned")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgtenant", description="Tenant-isolating PostgreSQL proxy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a configuration file and exit")
     p.add_argument("config", help="path to the TOML configuration")
     p.set_defaults(func=_cmd_check_config)
+    p = sub.add_parser("provision", help="create roles, grants and RLS policies so PostgreSQL enforces the boundary")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--admin-dsn", help="libpq DSN of an administrative role (default: $PGTENANT_ADMIN_DSN)")
+    p.set_defaults(func=_cmd_provision)
     p = sub.add_parser("passwd", help="read a password from stdin and print its SCRAM-SHA-256 verifier")
     p.add_argument("user")
     p.add_argument("--iterations", type=int, default=4096)

@@ -100,6 +100,7 @@ class TenantConfig:
     shared_schemas: tuple[str, ...] = ()
     # all
     allow_writes: bool = False
+    backend_user: str | None = None  # the tenant's own backend role (password in secrets [roles])
 
     @property
     def client_database_names(self) -> frozenset[str]:
@@ -112,6 +113,13 @@ class UserConfig:
     name: str
     tenant: str
     verifier: ScramVerifier = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightConfig:
+    """Startup checks that the database enforces the same boundary as the proxy."""
+
+    enforce: bool = True  # refuse to start when a check fails (false: log the problems and start anyway)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,8 @@ class Config:
     users: Mapping[str, UserConfig]
     allowed_parameters: frozenset[str] = DEFAULT_ALLOWED_PARAMETERS
     logging: LoggingConfig = LoggingConfig()
+    preflight: PreflightConfig = PreflightConfig()
+    role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     source: Path | None = None
 
@@ -138,7 +148,14 @@ class Config:
         if u is None:
             return None
         t = self.tenants[u.tenant]
-        return u, t, self.backends[t.backend]
+        return u, t, self.backend_for(t)
+
+    def backend_for(self, tenant: TenantConfig) -> BackendConfig:
+        """The backend connection settings for a tenant, with its own role when it has one."""
+        b = self.backends[tenant.backend]
+        if tenant.backend_user is None:
+            return b
+        return replace(b, user=tenant.backend_user, password=self.role_passwords.get(tenant.backend_user))
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -217,7 +234,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = None) -> Config:
     _check_keys(
         raw,
-        {"listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging"},
+        {
+            "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
+            "preflight",
+        },
         "",
     )
     secrets: Mapping[str, Any] = {}
@@ -231,7 +251,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             raise ConfigError(f"secrets_file: {sp} not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"secrets_file: {sp} is not valid TOML: {exc}") from exc
-        _check_keys(secrets, {"users", "backends", "auth_mock_secret"}, "secrets.")
+        _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret"}, "secrets.")
 
     lr = _table(raw, "listen", "")
     _check_keys(lr, {"host", "port"}, "listen.")
@@ -315,6 +335,18 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     if not backends:
         raise ConfigError("backends: at least one backend is required")
 
+    role_secrets: dict[str, str] = {}
+    for role, pw in _table(secrets, "roles", "secrets.").items():
+        if not isinstance(pw, str):
+            raise ConfigError(f"secrets.roles.{role}: expected a string")
+        role_secrets[role] = _resolve_secret(pw, f"secrets.roles.{role}")
+        if "\x00" in role_secrets[role]:
+            raise ConfigError(f"secrets.roles.{role}: must not contain a NUL character")
+
+    pf = _table(raw, "preflight", "")
+    _check_keys(pf, {"enforce"}, "preflight.")
+    preflight = PreflightConfig(enforce=_get(pf, "enforce", bool, "preflight.", True))
+
     tenants: dict[str, TenantConfig] = {}
     for name, tr_ in _table(raw, "tenants", "").items():
         w = f"tenants.{name}."
@@ -324,7 +356,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             tr_,
             {
                 "strategy", "backend", "database", "tenant_id", "tenant_column", "tenant_schemas", "tables",
-                "tenant_setting", "schema", "shared_schemas", "allow_writes",
+                "tenant_setting", "schema", "shared_schemas", "allow_writes", "backend_user",
             },
             w,
         )
@@ -352,9 +384,12 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             schema=_get(tr_, "schema", str, w, None),
             shared_schemas=_str_list(tr_, "shared_schemas", w, ()),
             allow_writes=_get(tr_, "allow_writes", bool, w, False),
+            backend_user=_get(tr_, "backend_user", str, w, None),
         )
         if t.tenant_id is not None:
             t = replace(t, tenant_id=str(t.tenant_id))
+        if t.backend_user is not None and t.backend_user not in role_secrets:
+            raise ConfigError(f"{w}backend_user: no password for role {t.backend_user!r} in secrets [roles]")
         if strategy == "shared" and t.tenant_id is None:
             raise ConfigError(f"{w}tenant_id: required for the shared strategy")
         if strategy == "schema" and not t.schema:
@@ -411,6 +446,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         users=users,
         allowed_parameters=allowed,
         logging=logging_cfg,
+        preflight=preflight,
+        role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         source=source,
     )

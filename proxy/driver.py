@@ -10,7 +10,7 @@ import ssl
 import time
 from collections.abc import Iterable
 
-from proxy import errors
+from proxy import dbcheck, errors
 from proxy.actions import (
     Action,
     CloseClient,
@@ -31,11 +31,15 @@ from proxy.auth.scram import tls_server_end_point
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry, CancelTarget
 from proxy.config import BackendConfig, Config
+from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
 from proxy.logs import get_logger
+from proxy.policy.engine import DecisionCache
+from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
+from proxy.tenancy import backend_context, tenant_policy
 
 log = get_logger("pgtenant.driver")
 
@@ -202,6 +206,7 @@ class ClientConnection(asyncio.Protocol):
             clock=time.monotonic,
             tls_available=self.proxy.client_ssl is not None,
             channel_binding=lambda: self.proxy.channel_binding,
+            on_decision=self._on_decision,
         )
         self.log = log.bind(session_id=sid, client_addr=address)
         self.proxy.clients.add(self)
@@ -387,6 +392,12 @@ class ClientConnection(asyncio.Protocol):
         self.transport = new
         self._run(self.session.tls_done())
 
+    def _on_decision(self, kind: str, sql: str, decision: Decision) -> None:
+        if isinstance(decision, Deny):
+            self.log.info("statement_denied", kind=kind, rule=decision.rule, sqlstate=decision.sqlstate)
+        elif isinstance(decision, Rewrite):
+            self.log.debug("statement_rewritten", kind=kind, rules=list(decision.rules))
+
     def _connect_backend(self) -> None:
         session = self.session
         assert session is not None and session.backend is not None and session.tenant is not None
@@ -394,7 +405,28 @@ class ClientConnection(asyncio.Protocol):
             user=session.info.user, tenant=session.tenant.name, application_name=session.info.application_name
         )
         self.log.info("auth_ok", tls=session.info.tls)
-        asyncio.get_running_loop().create_task(self._acquire())
+        asyncio.get_running_loop().create_task(self._attach_policy_and_connect())
+
+    async def _attach_policy_and_connect(self) -> None:
+        session = self.session
+        assert session is not None and session.backend is not None and session.tenant is not None
+        name = session.tenant.name
+        if name not in self.proxy.policies:  # its backend was down at startup: prepare it now
+            try:
+                problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
+            except BackendCheckError as exc:
+                self._run(session.server_failed(errors.backend_unreachable(session.backend.describe(), str(exc)),
+                                                "backend"))
+                return
+            if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
+                self._run([CloseClient(errors.tenant_unavailable(name), "preflight_failed")])
+                return
+        if self.closed:
+            return
+        policy = self.proxy.policies[name]
+        cache = self.proxy.decisions
+        session.enable_policy(lambda _kind, sql: cache.get_or_decide(policy, sql))
+        await self._acquire()
 
     async def _acquire(self) -> None:
         session = self.session
@@ -495,20 +527,55 @@ class Proxy:
         self.clients: set[ClientConnection] = set()
         self.pool = Pool(self)
         self.server: asyncio.AbstractServer | None = None
+        self.policies: dict[str, TenantPolicy] = {}
+        self.decisions = DecisionCache()
         self._idle = asyncio.Event()
         self._idle.set()
         self.stopping = False
 
     def server_parameters(self, session: ClientSession) -> dict[str, str]:
-        """Startup parameters for the backend: the client's allowed ones plus the tenant context."""
-        params = dict(session.backend_parameters)
-        tenant = session.tenant
-        assert tenant is not None
-        if tenant.strategy == "shared" and tenant.tenant_id is not None:
-            params[tenant.tenant_setting] = tenant.tenant_id
-        elif tenant.strategy == "schema" and tenant.schema:
-            params["search_path"] = ", ".join(_quote_ident(s) for s in (tenant.schema, *tenant.shared_schemas))
-        return params
+        """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
+        assert session.tenant is not None
+        return {**session.backend_parameters, **backend_context(session.tenant)}
+
+    def prepare(self) -> None:
+        """Blocking startup work for every tenant: discovery, isolation preflight, policy.
+
+        A tenant whose backend is unreachable is prepared later, when its first client arrives; a
+        reachable database that does not enforce the boundary stops the start (unless overridden).
+        """
+        problems: list[str] = []
+        for tenant in self.config.tenants.values():
+            try:
+                problems += self.prepare_tenant(tenant.name)
+            except BackendCheckError as exc:
+                log.warning("tenant_pending", tenant=tenant.name, reason=str(exc))
+        if problems:
+            raise StartupError(
+                "the database does not enforce the tenant boundary: " + "; ".join(problems)
+                + " (fix it, e.g. with `pgtenant provision`, or set preflight.enforce = false)"
+            )
+
+    def prepare_tenant(self, name: str) -> list[str]:
+        """Discover, check and build one tenant's policy; return the blocking preflight problems."""
+
+
+        tenant = self.config.tenants[name]
+        scoped = dbcheck.discover(self.config, tenant) if tenant.strategy == "shared" else {}
+        if tenant.strategy == "shared":
+            log.info("tenant_tables", tenant=name, tables=sorted(f"{s}.{t}" for s, t in scoped))
+        report = dbcheck.preflight(self.config, tenant, scoped)
+        for w in report.warnings:
+            log.warning("preflight_warning", tenant=name, problem=w)
+        for e in report.errors:
+            log.error("preflight_failed", tenant=name, problem=e)
+        if report.errors and self.config.preflight.enforce:
+            return report.errors
+        try:
+            self.policies[name] = tenant_policy(tenant, scoped)
+        except ValueError as exc:
+            return [f"tenants.{name}: {exc}"]
+        return []
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -582,15 +649,16 @@ class Proxy:
         log.info("shutdown_complete")
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+class StartupError(RuntimeError):
+    """The proxy cannot start safely; the message says why."""
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run the proxy until SIGTERM/SIGINT."""
     proxy = Proxy(config)
-    await proxy.start()
     loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, proxy.prepare)
+    await proxy.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

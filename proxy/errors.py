@@ -135,3 +135,18 @@ def internal_error() -> PgError:
 
 def user_removed(user: str) -> PgError:
     return PgError("28000", f'role "{user}" is no longer allowed to connect', "FATAL")
+
+
+def policy_denied(sqlstate: str, message: str, hint: str, rule: str) -> PgError:
+    """A statement refused by the tenant policy; the session stays usable."""
+    text = message if rule in message else f"{message} (rule {rule})"
+    return PgError(sqlstate, text if text.startswith("pgtenant") else f"pgtenant: {text}", "ERROR", hint=hint or None)
+
+
+def tenant_unavailable(tenant: str) -> PgError:
+    return PgError(
+        "57P03",
+        f'tenant "{tenant}" is not available: its database does not enforce the tenant boundary',
+        "FATAL",
+        hint="The operator must fix the database (see the pgtenant log, `pgtenant provision`).",
+    )

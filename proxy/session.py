@@ -25,11 +25,16 @@ from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
+from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.protocol.stream import FramingError, Message, MessageStream
 from proxy.startup import backend_parameters
 
 _I32 = struct.Struct("!i")
+_MAX_PENDING_DENIALS = 1024
+
+# (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message).
+Decide = Callable[[str, str], Decision]
 
 
 class State(enum.Enum):
@@ -108,6 +113,7 @@ class ClientSession:
         clock: Callable[[], float],
         tls_available: bool,
         channel_binding: Callable[[], bytes | None] = lambda: None,
+        on_decision: Callable[[str, str, Decision], None] | None = None,
     ) -> None:
         self.config = config
         self.state = State.STARTUP
@@ -134,6 +140,18 @@ class ClientSession:
         self.backend_stream = MessageStream(
             observe=frozenset({m.READY_FOR_QUERY}), observer=self._observe_backend, limit_all=False
         )
+        self.decide: Decide | None = None
+        self.on_decision = on_decision
+        # Denied statements are replaced by a unique marker that makes the backend fail at the same
+        # position; its error is swapped for ours on the way back (ordering and transaction state stay
+        # exactly PostgreSQL's, with pipelining too).
+        self._denials: dict[bytes, PgError] = {}
+
+    def enable_policy(self, decide: Decide) -> None:
+        """Route every Query, Parse and FunctionCall through `decide` from now on."""
+        self.decide = decide
+        self.frontend.intercept = frozenset({m.TERMINATE, m.QUERY, m.PARSE, m.FUNCTION_CALL})
+        self.backend_stream.observe = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE})
 
     # --- state machine plumbing ------------------------------------------------------------
 
@@ -353,14 +371,64 @@ class ClientSession:
                     if chunks:
                         actions.append(RelayToServer(chunks))
                     return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
-                chunks.append(item.raw())
+                chunks.append(self._gate(item))
             else:
                 chunks.append(item)
         return [RelayToServer(chunks)]
 
+    def _gate(self, msg: Message) -> bytes:
+        """Apply the policy to one Query/Parse/FunctionCall; return the bytes to forward in its place."""
+        decide = self.decide
+        if decide is None:
+            return msg.raw()
+        if msg.type == m.QUERY:
+            query = m.Query.decode(msg.body)
+            decision = decide("query", query.sql)
+            self._report("query", query.sql, decision)
+            if isinstance(decision, Allow):
+                return msg.raw()
+            if isinstance(decision, Rewrite):
+                return m.Query(decision.sql).encode()
+            return m.Query(self._deny_marker(decision)).encode()
+        if msg.type == m.PARSE:
+            parse = m.Parse.decode(msg.body)
+            decision = decide("parse", parse.sql)
+            self._report("parse", parse.sql, decision)
+            if isinstance(decision, Allow):
+                return msg.raw()
+            if isinstance(decision, Rewrite):
+                return m.Parse(parse.name, decision.sql, parse.param_types).encode()
+            return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
+        # FunctionCall invokes any function by OID, around every SQL-level check: never allowed.
+        decision = Deny(
+            "42501",
+            "the FunctionCall protocol message is not allowed through pgtenant",
+            "Call the function from a SQL statement instead.",
+            "function_call_message",
+        )
+        self._report("function_call", "", decision)
+        return m.Query(self._deny_marker(decision)).encode()
+
+    def _report(self, kind: str, sql: str, decision: Decision) -> None:
+        if self.on_decision is not None:
+            self.on_decision(kind, sql, decision)
+
+    def _deny_marker(self, deny: Decision) -> str:
+        assert isinstance(deny, Deny)
+        marker = "pgtenant_denied_" + secrets.token_hex(8)
+        if len(self._denials) >= _MAX_PENDING_DENIALS:
+            self._denials.pop(next(iter(self._denials)))
+        self._denials[marker.encode()] = errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule)
+        return marker
+
     def _observe_backend(self, type_: int, body: bytes) -> bytes | None:
         if type_ == m.READY_FOR_QUERY:
             self.info.tx_status = body[:1]
+            return None
+        if type_ == m.ERROR_RESPONSE and self._denials and b"pgtenant_denied_" in body:
+            for marker in self._denials:
+                if marker in body:
+                    return self._denials.pop(marker).encode()
         return None
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pglast.parser import ParseError, scan
 
 OPEN, CLOSE, COMMA, DOT, STAR = "ASCII_40", "ASCII_41", "ASCII_44", "ASCII_46", "ASCII_42"
+_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
 
 def quote_ident(name: str) -> str:
@@ -39,40 +40,117 @@ def tokens(data: bytes, start: int, end: int) -> list[Tok]:
 
 def tokens_from(data: bytes, start: int, end: int, need: int) -> list[Tok]:
     """At least `need` complete tokens starting at byte `start` (fewer only if data[start:end] has fewer)."""
-    window = 96
+    window = 64
     while True:
         stop = min(end, start + window)
-        try:
-            toks = _scan(data, start, stop, complete=stop >= end)
-        except TextError:
-            if stop >= end:
-                raise
-            toks = []
+        toks = _scan(data, start, stop, complete=stop >= end)
         if len(toks) >= need or stop >= end:
             return toks
         window *= 4
 
 
 def _scan(data: bytes, start: int, stop: int, complete: bool) -> list[Tok]:
-    chunk = data[start:stop]
-    text = chunk.decode("utf-8", errors="ignore" if not complete else "strict")
+    """Scan data[start:stop] with PostgreSQL's scanner. The bytes are handed over as latin-1 text, so token
+    positions are byte offsets; bytes >= 0x80 are identifier characters to the scanner either way."""
+    text = data[start:stop].decode("latin-1")
     try:
         raw = scan(text)
     except ParseError as exc:
-        raise TextError(str(exc)) from exc
+        cut = exc.args[1] if len(exc.args) > 1 else None
+        if complete or not cut:
+            raise TextError(str(exc)) from exc
+        # The window ends inside a string, identifier or comment: keep the complete tokens before it.
+        try:
+            raw = scan(text[:cut])
+        except ParseError as again:
+            raise TextError(str(again)) from again
+        complete = True
     if not complete and raw:
         raw = raw[:-1]  # the last token may have been cut by the window
-    if text.isascii():
-        return [Tok(start + t.start, start + t.end + 1, t.name) for t in raw]
-    offsets = [0]
-    for ch in text:
-        offsets.append(offsets[-1] + len(ch.encode("utf-8")))
-    return [Tok(start + offsets[t.start], start + offsets[t.end + 1], t.name) for t in raw]
+    return [Tok(start + t.start, start + t.end + 1, t.name) for t in raw if t.name not in _COMMENTS]
+
+
+_WORD_BOUNDARY = rb"[A-Za-z0-9_$\x80-\xff]"
+
+
+def keyword_before(
+    data: bytes, low: int, location: int, end: int, keyword: str, between: frozenset[str]
+) -> list[Tok]:
+    """Tokens from the `keyword` that directly precedes `location` (only tokens named in `between` may sit
+    between them) up to and including the token at `location`. The candidate found by a text search is
+    confirmed with PostgreSQL's scanner, so comments or strings containing the word cannot mislead it."""
+    import re  # noqa: PLC0415 - rare path
+
+    pattern = re.compile(rb"(?i)(?<!" + _WORD_BOUNDARY + rb")" + keyword.encode() + rb"(?!" + _WORD_BOUNDARY + rb")")
+    candidates = [m.start() for m in pattern.finditer(data, max(low, location - 4096), location)]
+    for cand in reversed(candidates[-8:]):
+        try:
+            toks = tokens_from(data, cand, end, need=8)
+        except TextError:
+            continue
+        if not toks or toks[0].name != keyword.upper():
+            continue
+        for i, tok in enumerate(toks[1:], start=1):
+            if tok.start == location:
+                return toks[: i + 1]
+            if tok.name not in between:
+                break
+    raise TextError(f"no {keyword.upper()} keyword before byte {location}")
+
+
+_IDENT_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_") | frozenset(range(0x80, 0x100))
+_IDENT_CONT = _IDENT_START | frozenset(b"0123456789$")
+_SPACE = frozenset(b" \t\n\r\f\v")
+
+
+def simple_name_end(data: bytes, location: int, names: tuple[str, ...]) -> int | None:
+    """End of the qualified name `names` written plainly at `location` (identifiers, double-quoted identifiers
+    and dots, no spaces or comments), or None when it is written any other way (then use the scanner)."""
+    i, n = location, len(data)
+    for k, name in enumerate(names):
+        if k:
+            if i >= n or data[i] != 0x2E:  # '.'
+                return None
+            i += 1
+        if i < n and data[i] == 0x22:  # '"'
+            j = i + 1
+            chunks: list[bytes] = []
+            while True:
+                q = data.find(b'"', j)
+                if q < 0:
+                    return None
+                chunks.append(data[j:q])
+                if q + 1 < n and data[q + 1] == 0x22:
+                    chunks.append(b'"')
+                    j = q + 2
+                    continue
+                i = q + 1
+                break
+            value = b"".join(chunks)
+        else:
+            j = i
+            if i >= n or data[i] not in _IDENT_START:
+                return None
+            while i < n and data[i] in _IDENT_CONT:
+                i += 1
+            value = data[j:i].lower() if data[j:i].isascii() else bytes(
+                c + 32 if 65 <= c <= 90 else c for c in data[j:i]
+            )
+        if value != name.encode("utf-8"):
+            return None
+    k = i
+    while k < n and data[k] in _SPACE:
+        k += 1
+    if k < n and data[k] in b"*/-U&":
+        return None  # a '*', a comment or something unusual follows: let the scanner decide
+    return i
 
 
 def name_span(data: bytes, location: int, end: int, parts: int) -> tuple[int, int, bool]:
-    """Byte span of the qualified name of `parts` parts at `location`, and whether a `*` follows it."""
-    toks = tokens_from(data, location, end, need=parts * 4 + 2)
+    """Byte span of the qualified name of `parts` parts at `location` (including a following `*`)."""
+    toks = tokens_from(data, location, end, need=parts * 2)
+    if any(t.name == "UIDENT" for t in toks):
+        toks = tokens_from(data, location, end, need=parts * 4 + 2)
     i = 0
     last = location
     for part in range(parts):
@@ -162,3 +240,80 @@ def apply_edits(data: bytes, edits: list[Edit]) -> str:
         pos = e.end
     out.append(data[pos:])
     return b"".join(out).decode("utf-8")
+
+
+def split_identifier_list(text: str) -> list[str] | None:
+    """Split a GUC list value the way PostgreSQL's SplitIdentifierString does; None if malformed."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == '"':
+            j = i + 1
+            name: list[str] = []
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    return None
+                name.append(text[j:k])
+                if k + 1 < n and text[k + 1] == '"':
+                    name.append('"')
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+            out.append("".join(name))
+        else:
+            j = i
+            while i < n and text[i] != "," and not text[i].isspace():
+                i += 1
+            if i == j:
+                return None
+            out.append(text[j:i].lower())
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            return out
+        if text[i] != ",":
+            return None
+        i += 1
+
+
+def object_name_parts(text: str) -> list[str] | None:
+    """Leading dotted identifier chain of a reg* input string ('a."B".c(int)' -> ['a', 'B', 'c'])."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == '"':
+            j = i + 1
+            name: list[str] = []
+            while True:
+                k = text.find('"', j)
+                if k < 0:
+                    return None
+                name.append(text[j:k])
+                if k + 1 < n and text[k + 1] == '"':
+                    name.append('"')
+                    j = k + 2
+                    continue
+                i = k + 1
+                break
+            parts.append("".join(name))
+        else:
+            j = i
+            while i < n and (text[i].isalnum() or text[i] in "_$" or ord(text[i]) > 127):
+                i += 1
+            if i == j:
+                if parts:
+                    parts.append("")  # 'schema.+' (an operator after the schema)
+                return parts or None
+            parts.append(text[j:i].lower())
+        while i < n and text[i].isspace():
+            i += 1
+        if i < n and text[i] == ".":
+            i += 1
+            continue
+        return parts

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from pglast.parser import parse_sql_json
 
 Node = dict[str, Any]
 
-# Positional fields libpg_query emits; they never carry meaning and are removed before comparing trees.
-_POSITIONAL = (
-    "location|stmt_location|stmt_len|rexpr_list_start|rexpr_list_end|list_start|list_end|arg_location"
-    "|name_location|payload_location|conninfo_location"
-)
-# A key can only be matched outside string values: inside a JSON string every '"' is escaped.
-_STRIP_AFTER_COMMA = re.compile(r',"(?:' + _POSITIONAL + r')":-?\d+')
-_STRIP_FIRST = re.compile(r'(?<=\{)"(?:' + _POSITIONAL + r')":-?\d+,?')
+# Positional fields libpg_query emits; they carry no meaning and are removed before comparing trees. A key
+# can only match outside string values: inside a JSON string every '"' is escaped.
+_LOCATION = re.compile(r',"location":-?\d+')
+_LOCATION_FIRST = re.compile(r'(?<=\{)"location":-?\d+,?')
+_OTHER_KEYS = r'(?:[a-z_]+_location|stmt_len|[a-z_]*list_start|[a-z_]*list_end)'
+_OTHER = re.compile(r',"' + _OTHER_KEYS + r'":-?\d+|(?<=\{)"' + _OTHER_KEYS + r'":-?\d+,?')
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
 
 
 @dataclass(slots=True)
@@ -46,9 +46,10 @@ def parse_json(sql: str) -> str:
     return parse_sql_json(sql)
 
 
-def parse(sql: str, size: int) -> list[Statement]:
-    """Parse `sql` (whose UTF-8 encoding is `size` bytes long) into statements with byte spans."""
-    doc = json.loads(parse_json(sql))
+def parse(sql: str, size: int) -> tuple[str, Node, list[Statement]]:
+    """Parse `sql` (UTF-8 length `size`) into JSON text, the JSON document and statements with byte spans."""
+    text = parse_json(sql)
+    doc: Node = json.loads(text)
     out: list[Statement] = []
     for raw in doc.get("stmts", ()):
         node = raw["stmt"]
@@ -57,23 +58,27 @@ def parse(sql: str, size: int) -> list[Statement]:
         end = start + length if length else size
         kind = tag_of(node) or ""
         out.append(Statement(node=node, kind=kind, body=node[kind], start=start, end=end))
-    return out
+    return text, doc, out
 
 
 def strip_positions(json_text: str) -> str:
     """Remove positional fields from libpg_query JSON text."""
-    return _STRIP_FIRST.sub("", _STRIP_AFTER_COMMA.sub("", json_text))
+    text = _LOCATION.sub("", json_text)
+    if '{"location"' in text:
+        text = _LOCATION_FIRST.sub("", text)
+    if '_location"' in text or 'stmt_len"' in text or 'list_start"' in text or 'list_end"' in text:
+        text = _OTHER.sub("", text)
+    return text
 
 
-def canonical_statements(json_text: str) -> list[Any]:
-    """The statement trees of libpg_query JSON text, without positions."""
-    doc = json.loads(strip_positions(json_text))
-    return [raw["stmt"] for raw in doc.get("stmts", ())]
+def dumps(value: Any) -> str:
+    """Compact JSON text in libpg_query's format (same separators and escapes; it also escapes < and >)."""
+    return _ENCODER.encode(value).replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def canonical(value: Any) -> Any:
     """A position-free deep copy of a (possibly mutated) parse tree value."""
-    return json.loads(strip_positions(json.dumps(value, separators=(",", ":"), ensure_ascii=False)))
+    return json.loads(strip_positions(dumps(value)))
 
 
 def names_of(items: list[Node] | None) -> tuple[str, ...]:
@@ -110,3 +115,26 @@ def string_const(node: Node | None) -> str | None:
     if "sval" in c:
         return str(c["sval"].get("sval", ""))
     return None
+
+
+@lru_cache(maxsize=4096)
+def expr_node(expr: str) -> Node:
+    """The position-free parse tree of the SQL expression `expr` (shared and cached: never mutate it)."""
+    doc = json.loads(strip_positions(parse_json("SELECT WHERE " + expr)))
+    node: Node = doc["stmts"][0]["stmt"]["SelectStmt"]["whereClause"]
+    return node
+
+
+@lru_cache(maxsize=64)
+def _field_order(tag: str) -> dict[str, int]:
+    from pglast import ast  # noqa: PLC0415 - only needed for the few mutated node types
+
+    return {name: i for i, name in enumerate(getattr(ast, tag).__slots__)}
+
+
+def reorder(body: Node, tag: str) -> None:
+    """Put the fields of a mutated `tag` node back in libpg_query's output order (in place)."""
+    order = _field_order(tag)
+    items = sorted(body.items(), key=lambda kv: order.get(kv[0], len(order)))
+    body.clear()
+    body.update(items)

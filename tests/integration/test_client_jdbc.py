@@ -20,7 +20,7 @@ from tests.support.proxyproc import ProxyProcess
 
 
 @pytest.fixture(autouse=True)
-def _jdbc() -> None:
+def _require_jdbc() -> None:
     require_jdbc()
 
 
@@ -28,6 +28,16 @@ def _jdbc(proxy: ProxyProcess, user: str, scenario: str, *args: str | int, **par
     """Run a JdbcProbe scenario as ``user`` against the proxy (plaintext unless ``params`` say otherwise)."""
     params.setdefault("sslmode", "disable")
     return run_jdbc(proxy.jdbc_url(user, **params), user, proxy.password(user), scenario, *args)
+
+
+def _tagged() -> tuple[str, dict[str, str]]:
+    """A unique application_name and the URL parameters that put it into the startup packet.
+
+    pgJDBC only sends application_name at startup with assumeMinServerVersion >= 9.0 (otherwise
+    it issues a SET after connecting), so the proxy's ``auth_ok`` log line can be found by it.
+    """
+    app = f"jdbc-{uuid.uuid4().hex[:12]}"
+    return app, {"ApplicationName": app, "assumeMinServerVersion": "9.0"}
 
 
 def _auth_ok_events(proxy: ProxyProcess, application_name: str) -> list[dict[str, Any]]:
@@ -70,11 +80,12 @@ def test_prepared_statement_switches_to_server_side_binary(proxy: ProxyProcess) 
     assert threshold == 5
     assert [r["sum"] for r in rows] == [i * 1000 + 1 for i in range(1, 11)]
     assert [r["product"] for r in rows] == [f"{2 * i}.50" for i in range(1, 11)]
-    # Unnamed statements with text results first, then the named S_n statement from the threshold on.
+    # Unnamed statements with text results first; from the threshold on the named statement S_1
+    # (Parse/Describe once), whose later executions request binary int8 and numeric results.
     assert [r["server_prepared"] for r in rows] == [i >= threshold for i in range(1, 11)]
-    assert all(r["binary"] == [False, False] for r in rows[: threshold - 1]), rows
-    assert all(r["binary"][0] is True for r in rows[threshold:]), rows  # int8 comes back binary
-    assert any(name.startswith("S_") for name in out["prepared_statements"]), out
+    assert [r["binary"] for r in rows[:threshold]] == [[False, False]] * threshold, rows
+    assert [r["binary"] for r in rows[threshold:]] == [[True, True]] * (10 - threshold), rows
+    assert out["prepared_statements"] == ["S_1"]
 
 
 def test_fetch_size_reads_through_named_portal(proxy: ProxyProcess) -> None:
@@ -103,19 +114,19 @@ def test_statement_cancel(proxy: ProxyProcess, sslmode: str) -> None:
 
 
 def test_tls_verify_full(proxy: ProxyProcess, tls_certs: TlsFiles) -> None:
-    app = f"jdbc-verify-full-{uuid.uuid4().hex[:8]}"
-    out = _jdbc(proxy, "ivan", "ssl", ssl="true", sslmode="verify-full", sslrootcert=str(tls_certs.ca_file),
-                ApplicationName=app)
-    assert out["select1"] == 1
-    assert out["ssl"] is proxy.cluster.ssl_enabled  # pg_stat_ssl describes the proxy's backend leg
+    # (The probe's "ssl" scenario reads pg_stat_ssl, which pgtenant refuses (catalog_denied): it lists
+    # every session. The client leg's TLS is what the proxy logs at auth_ok.)
+    app, tag = _tagged()
+    out = _jdbc(proxy, "ivan", "query", "SELECT count(*) FROM orders", ssl="true", sslmode="verify-full",
+                sslrootcert=str(tls_certs.ca_file), **tag)
+    assert out["rows"] == [["7"]]
     [event] = _auth_ok_events(proxy, app)
     assert (event["tls"], event["user"], event["tenant"]) == (True, "ivan", "initech")
 
 
 def test_tls_require(proxy: ProxyProcess) -> None:
-    app = f"jdbc-require-{uuid.uuid4().hex[:8]}"
-    out = _jdbc(proxy, "alice", "query", "SELECT current_setting('pgtenant.tenant_id')", sslmode="require",
-                ApplicationName=app)
+    app, tag = _tagged()
+    out = _jdbc(proxy, "alice", "query", "SELECT current_setting('pgtenant.tenant_id')", sslmode="require", **tag)
     assert out["rows"] == [["acme"]]
     [event] = _auth_ok_events(proxy, app)
     assert (event["tls"], event["tenant"]) == (True, "acme")
@@ -126,7 +137,7 @@ def test_tls_verify_full_rejects_other_ca(proxy: ProxyProcess, tmp_path_factory:
 
     other = make_certs(tmp_path_factory.mktemp("jdbc-otherca")).ca_file
     with pytest.raises(JdbcError) as info:
-        _jdbc(proxy, "ivan", "ssl", sslmode="verify-full", sslrootcert=str(other))
+        _jdbc(proxy, "ivan", "query", "SELECT 1", sslmode="verify-full", sslrootcert=str(other))
     assert info.value.sqlstate == "08006"
 
 
@@ -136,10 +147,10 @@ def test_tls_channel_binding_require(proxy: ProxyProcess, tls_certs: TlsFiles) -
         # pgJDBC < 42.7.5 (Debian 12 ships 42.5.5) has no channelBinding property and hard-codes
         # ScramClient.ChannelBinding.NO: it picks SCRAM-SHA-256 even when SCRAM-SHA-256-PLUS is offered.
         pytest.skip(f"pgJDBC {info['package_version']} cannot do SCRAM channel binding (no channelBinding property)")
-    app = f"jdbc-cb-{uuid.uuid4().hex[:8]}"
-    out = _jdbc(proxy, "ivan", "ssl", sslmode="verify-full", sslrootcert=str(tls_certs.ca_file),
-                channelBinding="require", ApplicationName=app)
-    assert out["select1"] == 1
+    app, tag = _tagged()
+    out = _jdbc(proxy, "ivan", "query", "SELECT current_database()", sslmode="verify-full",
+                sslrootcert=str(tls_certs.ca_file), channelBinding="require", **tag)
+    assert out["rows"] == [["initech"]]
     [event] = _auth_ok_events(proxy, app)
     assert event["tls"] is True
 

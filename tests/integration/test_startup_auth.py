@@ -351,7 +351,11 @@ def test_backend_verify_full(tls_only_proxy: ProxyProcess, tls_certs: TlsFiles, 
     if not pg.ssl_enabled:
         pytest.skip("cluster without TLS")
     with psycopg.connect(tls_only_proxy.dsn("ivan", sslmode="require")) as c:
-        assert c.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        # pg_stat_ssl is closed to tenants: ask the server as superuser, and the proxy's log.
+        assert pg.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = %s", (pid,)) == [(True,)]
+    events = [e for e in tls_only_proxy.log_events() if e.get("event") == "backend_connected"]
+    assert events and all(e["tls"] is True for e in events)
 
 
 def test_backend_unreachable_gives_08001(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -366,7 +370,7 @@ def test_backend_unreachable_gives_08001(pg: PgCluster, tmp_path_factory: pytest
         ssl_enabled = False
 
     p.cluster = _Dead()  # type: ignore[assignment]
-    p.start()
+    p.start(provision=False)  # the proxy starts even though the backend is down; tenants wait
     try:
         fields = login_error(p.port, {"user": "ivan"}, p.password("ivan"))
         assert fields["C"] == "08001"

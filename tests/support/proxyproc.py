@@ -19,6 +19,11 @@ from tests.support.pgcluster import PgCluster, free_port
 
 BACKEND_ROLE = "pgtenant_backend"
 BACKEND_PASSWORD = "backend-secret"
+# Tenants with their own backend role (the database then tells them apart too): tenant -> (role, password)
+TENANT_ROLES: dict[str, tuple[str, str]] = {
+    "globex": ("pgt_globex", "globex-role-pw"),
+    "initech": ("pgt_initech", "initech-role-pw"),
+}
 
 # login user -> (tenant, password)
 USERS: dict[str, tuple[str, str]] = {
@@ -42,11 +47,8 @@ def prepare_backend(cluster: PgCluster) -> None:
     exists = cluster.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BACKEND_ROLE,))
     if exists:
         return
-    cluster.execute(
-        f"CREATE ROLE {BACKEND_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{BACKEND_PASSWORD}'"
-    )
     for db in ("saas", "initech"):
-        cluster.execute(f"CREATE DATABASE {db} OWNER {BACKEND_ROLE}")
+        cluster.execute(f"CREATE DATABASE {db}")
     cluster.execute(
         """
         CREATE TABLE public.orders (id int PRIMARY KEY, tenant_id text NOT NULL, amount numeric NOT NULL);
@@ -55,8 +57,6 @@ def prepare_backend(cluster: PgCluster) -> None:
         CREATE SCHEMA globex;
         CREATE TABLE globex.orders (id int PRIMARY KEY, amount numeric NOT NULL);
         INSERT INTO globex.orders SELECT g, g FROM generate_series(1, 40) g;
-        GRANT USAGE ON SCHEMA globex TO pgtenant_backend;
-        GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public, globex TO pgtenant_backend;
         """,
         dbname="saas",
     )
@@ -64,7 +64,6 @@ def prepare_backend(cluster: PgCluster) -> None:
         """
         CREATE TABLE public.orders (id int PRIMARY KEY, amount numeric NOT NULL);
         INSERT INTO public.orders SELECT g, g FROM generate_series(1, 7) g;
-        ALTER TABLE public.orders OWNER TO pgtenant_backend;
         """,
         dbname="initech",
     )
@@ -81,6 +80,7 @@ class ProxyProcess:
     backend_sslmode: str = "prefer"
     limits: dict[str, Any] = field(default_factory=dict)
     extra_allowed: tuple[str, ...] = ()
+    preflight_enforce: bool = True
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -127,17 +127,35 @@ class ProxyProcess:
             "[tenants.acme]", 'strategy = "shared"', 'database = "saas"', 'tenant_id = "acme"',
             "[tenants.bigco]", 'strategy = "shared"', 'database = "saas"', 'tenant_id = "bigco"',
             "[tenants.globex]", 'strategy = "schema"', 'database = "saas"', 'schema = "globex"',
-            "[tenants.initech]", 'strategy = "database"', 'database = "initech"',
+            f'backend_user = "{TENANT_ROLES["globex"][0]}"',
+            "[tenants.initech]", 'strategy = "database"', 'database = "initech"', "allow_writes = true",
+            f'backend_user = "{TENANT_ROLES["initech"][0]}"',
         ]
+        if not self.preflight_enforce:
+            lines += ["[preflight]", "enforce = false"]
         for user, (tenant, _) in USERS.items():
             lines += [f"[users.{user}]", f'tenant = "{tenant}"']
         self.config_path.write_text("\n".join(lines) + "\n")
         secrets = ["[users]"]
         secrets += [f'{u} = "{verifier(pw)}"' for u, (_, pw) in USERS.items()]
         secrets += ["[backends]", f'main = "{BACKEND_PASSWORD}"']
+        secrets += ["[roles]", *(f'{role} = "{pw}"' for role, pw in TENANT_ROLES.values())]
         (self.workdir / "secrets.toml").write_text("\n".join(secrets) + "\n")
 
-    def start(self, timeout: float = 20.0) -> ProxyProcess:
+    def provision(self) -> None:
+        """Run `pgtenant provision` with the cluster's superuser (idempotent)."""
+        self.write_config()
+        res = subprocess.run(
+            [sys.executable, "-m", "proxy", "provision", "--config", str(self.config_path),
+             "--admin-dsn", self.cluster.dsn()],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"pgtenant provision failed:\n{res.stdout}\n{res.stderr}")
+
+    def start(self, timeout: float = 20.0, provision: bool = True) -> ProxyProcess:
+        if provision:
+            self.provision()
         self.write_config()
         logf = self.log_path.open("ab")
         self.proc = subprocess.Popen(

@@ -1,0 +1,173 @@
+"""Asks the backend databases what the proxy needs at startup: tenant-scoped tables, and isolation preflight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+
+from proxy.config import BackendConfig, Config, TenantConfig
+from proxy.tenancy import ScopedTables, explicit_tables
+
+_DISCOVER = """
+SELECT n.nspname, c.relname
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attname = %s AND n.nspname = ANY(%s)
+ ORDER BY 1, 2
+"""
+
+_TABLE_FACTS = """
+SELECT n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
+       pg_catalog.pg_get_userbyid(c.relowner) = current_user AS is_owner,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS has_policy
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %s AND c.relname = %s
+"""
+
+
+class BackendCheckError(RuntimeError):
+    """A backend could not be reached or asked."""
+
+
+@dataclass
+class PreflightReport:
+    """What the startup checks found: errors refuse startup (unless overridden), warnings are logged."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def connect(backend: BackendConfig, database: str, timeout: float | None = None) -> psycopg.Connection:
+    sslmode = "prefer" if backend.sslmode == "prefer" else backend.sslmode
+    kwargs: dict[str, object] = {
+        "host": backend.host, "port": backend.port, "user": backend.user, "dbname": database,
+        "sslmode": sslmode, "connect_timeout": max(1, int(timeout or backend.connect_timeout)),
+        "application_name": "pgtenant-startup",
+    }
+    if backend.password is not None:
+        kwargs["password"] = backend.password
+    if backend.sslrootcert is not None:
+        kwargs["sslrootcert"] = str(backend.sslrootcert)
+    try:
+        return psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raise BackendCheckError(f"backend {backend.describe()} database {database!r}: {exc}".strip()) from exc
+
+
+def discover(config: Config, tenant: TenantConfig) -> ScopedTables:
+    """The tenant-scoped tables of a shared tenant: explicit, or every relation in its schemas with the column."""
+    if tenant.tables:
+        return explicit_tables(tenant)
+    with connect(config.backend_for(tenant), tenant.database) as conn:
+        rows = conn.execute(_DISCOVER, (tenant.tenant_column, list(tenant.tenant_schemas))).fetchall()
+    return {(s, t): tenant.tenant_column for s, t in rows}
+
+
+def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> PreflightReport:
+    """Check that PostgreSQL itself enforces this tenant's boundary (the second lock)."""
+    report = PreflightReport()
+    backend = config.backend_for(tenant)
+    with connect(backend, tenant.database) as conn:
+        _check_role(conn, backend, report)
+        if tenant.strategy == "shared":
+            _check_shared(conn, tenant, scoped, report)
+        elif tenant.strategy == "schema":
+            _check_schema(conn, config, tenant, report)
+        else:
+            _check_database(conn, config, tenant, report)
+    report.checked.append(tenant.name)
+    return report
+
+
+def _check_role(conn: psycopg.Connection, backend: BackendConfig, report: PreflightReport) -> None:
+    row = conn.execute(
+        "SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    if row[0]:
+        report.errors.append(
+            f"backends.{backend.name}: backend role {backend.user!r} is a superuser; it bypasses row-level "
+            "security and every grant (run `pgtenant provision` or use a NOSUPERUSER role)"
+        )
+    if row[1]:
+        report.errors.append(
+            f"backends.{backend.name}: backend role {backend.user!r} has BYPASSRLS (ALTER ROLE … NOBYPASSRLS)"
+        )
+
+
+def _check_shared(
+    conn: psycopg.Connection, tenant: TenantConfig, tables: ScopedTables, report: PreflightReport
+) -> None:
+    where = f"tenants.{tenant.name}"
+    if not tables:
+        report.errors.append(
+            f"{where}: no tenant-scoped tables found (column {tenant.tenant_column!r} in schemas "
+            f"{', '.join(tenant.tenant_schemas)})"
+        )
+        return
+    for schema, table in tables:
+        row = conn.execute(_TABLE_FACTS, (schema, table)).fetchone()
+        if row is None:
+            report.errors.append(f"{where}.tables: {schema}.{table} does not exist")
+            continue
+        _, _, kind, rls, force, owner, has_policy = row
+        name = f"{schema}.{table}"
+        if kind in ("v", "m"):
+            report.warnings.append(f"{where}: {name} is a view; only the proxy's rewrite filters it")
+            continue
+        if kind == "f":
+            report.warnings.append(f"{where}: {name} is a foreign table; only the proxy's rewrite filters it")
+            continue
+        if not rls:
+            report.errors.append(f"{where}: row-level security is not enabled on {name}")
+        elif not has_policy:
+            report.errors.append(f"{where}: {name} has row-level security but no policy")
+        if owner:
+            report.errors.append(f"{where}: the backend role owns {name}; owners can alter or drop its policies")
+        elif rls and not force:
+            report.warnings.append(f"{where}: row-level security on {name} is not FORCEd")
+
+
+def _check_schema(conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport) -> None:
+    where = f"tenants.{tenant.name}"
+    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (tenant.schema,)).fetchone()
+    if exists is None:
+        report.errors.append(f"{where}.schema: schema {tenant.schema!r} does not exist in {tenant.database!r}")
+        return
+    for other in config.tenants.values():
+        if other.strategy != "schema" or other.name == tenant.name or other.database != tenant.database:
+            continue
+        row = conn.execute(
+            "SELECT has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE nspname = %s",
+            (other.schema,),
+        ).fetchone()
+        if row and row[0]:
+            report.warnings.append(
+                f"{where}: its backend role can use schema {other.schema!r} of tenant {other.name!r}; only the "
+                "proxy separates them (give each schema tenant its own backend_user and run `pgtenant provision`)"
+            )
+
+
+def _check_database(
+    conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport
+) -> None:
+    where = f"tenants.{tenant.name}"
+    for other in config.tenants.values():
+        if other.database == tenant.database or other.backend != tenant.backend:
+            continue
+        row = conn.execute(
+            "SELECT has_database_privilege(d.oid, 'CONNECT') FROM pg_catalog.pg_database d WHERE datname = %s",
+            (other.database,),
+        ).fetchone()
+        if row and row[0]:
+            report.warnings.append(
+                f"{where}: its backend role may connect to database {other.database!r} of tenant {other.name!r}; "
+                "only the proxy keeps it out (run `pgtenant provision`)"
+            )

@@ -1,0 +1,148 @@
+"""The one documented list of catalog relations tenants may not read, and the row filters the proxy injects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from proxy.policy.model import TenantPolicy
+from proxy.policy.rules import fail
+from proxy.policy.sqltext import quote_ident, quote_literal
+from proxy.policy.tree import Node
+
+# Relations that show other sessions' query text, locks, prepared transactions, connection details, server
+# files or cluster-wide object names. Matched by relation name in any schema (pg_stat_statements usually lives
+# in `public`). Everything else in pg_catalog / information_schema stays readable so BI introspection works;
+# what that still reveals is documented in the report (row estimates in pg_class.reltuples and pg_stat_*_tables,
+# names of other tenants' tables in pg_class for the schema strategy, role names in pg_roles).
+DENIED_RELATIONS: frozenset[str] = frozenset(
+    {
+        "pg_stat_activity",
+        "pg_stat_statements",
+        "pg_stat_statements_info",
+        "pg_prepared_xacts",
+        "pg_locks",
+        "pg_stat_replication",
+        "pg_stat_replication_slots",
+        "pg_replication_slots",
+        "pg_replication_origin_status",
+        "pg_stat_wal_receiver",
+        "pg_stat_subscription",
+        "pg_stat_subscription_stats",
+        "pg_stat_ssl",
+        "pg_stat_gssapi",
+        "pg_stat_database",
+        "pg_stat_database_conflicts",
+        "pg_stat_progress_analyze",
+        "pg_stat_progress_basebackup",
+        "pg_stat_progress_cluster",
+        "pg_stat_progress_copy",
+        "pg_stat_progress_create_index",
+        "pg_stat_progress_vacuum",
+        "pg_backend_memory_contexts",
+        "pg_shmem_allocations",
+        "pg_file_settings",
+        "pg_hba_file_rules",
+        "pg_ident_file_mappings",
+        "pg_authid",
+        "pg_shadow",
+        "pg_user_mappings",
+        "pg_largeobject",
+        "pg_largeobject_metadata",
+        "pg_config",
+    }
+)
+
+# Relations a tenant may never write, whatever its role (writing pg_settings is SET in disguise).
+CATALOG_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A row filter the proxy injects for one relation; `predicate(ref)` is SQL qualified by `ref`."""
+
+    kind: str  # "tenant" (shared-schema scoped table) or "catalog"
+    relation: str  # display name, e.g. sales.orders
+    column: str  # the tenant column for "tenant" filters, the filtered column for "catalog" filters
+    template: str  # predicate with {ref} standing for the quoted reference name
+
+    def predicate(self, ref: str) -> str:
+        """The predicate SQL for a reference named `ref`."""
+        return self.template.replace("{ref}", quote_ident(ref))
+
+
+def rv_names(rv: Node) -> tuple[str | None, str | None, str]:
+    """(catalog, schema, relation) of a RangeVar body."""
+    return rv.get("catalogname"), rv.get("schemaname"), rv.get("relname", "")
+
+
+@lru_cache(maxsize=256)
+def _scoped_by_name(policy: TenantPolicy) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for (schema, table), column in policy.scoped_tables.items():
+        out.setdefault(table, {})[schema] = column
+    return out
+
+
+def _tenant_filter(policy: TenantPolicy, schema: str, table: str, column: str) -> Filter:
+    template = "{ref}." + quote_ident(column) + " = " + quote_literal(policy.tenant_value or "")
+    return Filter("tenant", f"{schema}.{table}", column, template)
+
+
+@lru_cache(maxsize=256)
+def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
+    out = {
+        "pg_database": Filter(
+            "catalog", "pg_catalog.pg_database", "datname", '{ref}."datname" = pg_catalog.current_database()'
+        )
+    }
+    if policy.strategy == "schema":
+        visible = [policy.tenant_schema or "", *policy.shared_schemas, "pg_catalog", "information_schema"]
+        listed = ", ".join(quote_literal(s) for s in visible)
+        out["pg_namespace"] = Filter(
+            "catalog",
+            "pg_catalog.pg_namespace",
+            "nspname",
+            '({ref}."nspname" IN (' + listed + ') OR {ref}."oid" = pg_catalog.pg_my_temp_schema())',
+        )
+    return out
+
+
+def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
+    """The row filter for a RangeVar, or None. Unqualified names match scoped tables in any schema."""
+    _, schema, table = rv_names(rv)
+    if policy.strategy == "shared":
+        by_schema = _scoped_by_name(policy).get(table)
+        if by_schema:
+            if schema is not None:
+                column = by_schema.get(schema)
+                if column is not None:
+                    return _tenant_filter(policy, schema, table, column)
+            else:
+                for candidate in policy.search_path:
+                    if candidate in by_schema:
+                        return _tenant_filter(policy, candidate, table, by_schema[candidate])
+                columns = set(by_schema.values())
+                if len(columns) != 1:
+                    raise fail(
+                        "rewrite_unsupported",
+                        f'unqualified table name "{table}" matches tenant-scoped tables with different '
+                        "tenant columns; qualify it with its schema",
+                    )
+                first = sorted(by_schema)[0]
+                return _tenant_filter(policy, first, table, by_schema[first])
+    if schema is None or schema == "pg_catalog":
+        return _catalog_filters(policy).get(table)
+    return None
+
+
+def is_filtered_name(policy: TenantPolicy, name: str) -> bool:
+    """True if an unqualified relation called `name` would be filtered (used for temp-table shadowing)."""
+    if policy.strategy == "shared" and name in _scoped_by_name(policy):
+        return True
+    return name in _catalog_filters(policy)
+
+
+def is_denied_relation(rv: Node) -> bool:
+    """True for relations in DENIED_RELATIONS (any schema except the session's own pg_temp)."""
+    return rv.get("relname", "") in DENIED_RELATIONS and rv.get("schemaname") != "pg_temp"

@@ -1,0 +1,194 @@
+"""The statement-kind gate and the per-reference rules: what each strategy and role may run at all."""
+
+from __future__ import annotations
+
+from proxy.policy import settings
+from proxy.policy.catalog import CATALOG_SCHEMAS, is_denied_relation, is_filtered_name, relation_filter
+from proxy.policy.model import REAPPLY_CONTEXT, TenantPolicy
+from proxy.policy.rules import fail
+from proxy.policy.schema import check_writes_to_shared
+from proxy.policy.tree import Node, const_text, names_of, tag_of
+from proxy.policy.walk import (
+    COPY_FROM,
+    COPY_TO,
+    CREATE,
+    INHERIT,
+    INTO,
+    LIKE,
+    READ,
+    SAMPLE,
+    TARGET,
+    TRUNCATE,
+    UNKNOWN,
+    Analysis,
+)
+
+QUERY_KINDS: frozenset[str] = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+# Statements that carry no table references and no expressions worth walking.
+PLAIN_ALLOWED: frozenset[str] = frozenset(
+    {"DeallocateStmt", "FetchStmt", "ClosePortalStmt", "ConstraintsSetStmt", "UnlistenStmt"}
+)
+# Statements that need the tree walk (references, functions, names) after the gate.
+WALKED: frozenset[str] = QUERY_KINDS | {
+    "ExplainStmt",
+    "DeclareCursorStmt",
+    "PrepareStmt",
+    "ExecuteStmt",
+    "CopyStmt",
+    "CreateStmt",
+    "CreateTableAsStmt",
+    "TruncateStmt",
+}
+_NOT_ALLOWED_DETAIL: dict[str, str] = {
+    "DoStmt": "DO blocks are not allowed",
+    "CreateFunctionStmt": "creating functions or procedures is not allowed",
+    "CallStmt": "CALL is not allowed",
+    "LoadStmt": "LOAD is not allowed",
+    "CreateExtensionStmt": "CREATE EXTENSION is not allowed",
+    "VacuumStmt": "VACUUM / ANALYZE are not allowed",
+    "LockStmt": "LOCK TABLE is not allowed",
+    "CheckPointStmt": "CHECKPOINT is not allowed",
+    "AlterSystemStmt": "ALTER SYSTEM is not allowed",
+    "ReindexStmt": "REINDEX is not allowed",
+    "ClusterStmt": "CLUSTER is not allowed",
+    "RefreshMatViewStmt": "REFRESH MATERIALIZED VIEW is not allowed",
+    "GrantStmt": "GRANT / REVOKE are not allowed",
+    "GrantRoleStmt": "GRANT / REVOKE of roles is not allowed",
+    "CreateRoleStmt": "role management is not allowed",
+    "AlterRoleStmt": "role management is not allowed",
+    "DropRoleStmt": "role management is not allowed",
+}
+_DDL_PREFIXES = ("Create", "Alter", "Drop", "Rename", "Comment", "Define", "Index", "View", "Rule", "Secl")
+
+
+def _option_on(options: list[Node] | None, name: str) -> bool:
+    for opt in options or ():
+        d = opt.get("DefElem", {})
+        if d.get("defname") == name:
+            arg = d.get("arg")
+            if arg is None:
+                return True
+            if "String" in arg:
+                text = str(arg["String"].get("sval", ""))
+            elif "Boolean" in arg:
+                text = "true" if arg["Boolean"].get("boolval") else "false"
+            else:
+                text = const_text(arg) or "true"
+            return text.lower() not in ("false", "off", "0", "no")
+    return False
+
+
+def _is_temp(rel: Node) -> bool:
+    return rel.get("relpersistence") == "t" or rel.get("schemaname") == "pg_temp"
+
+
+def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
+    """Allow or deny a statement by its kind (and its nested statement); returns driver effects."""
+    if kind in QUERY_KINDS or kind in PLAIN_ALLOWED or kind == "ExecuteStmt":
+        return frozenset()
+    if kind == "ExplainStmt":
+        if policy.strategy == "shared" and _option_on(body.get("options"), "analyze"):
+            raise fail("explain_analyze", "EXPLAIN ANALYZE is not allowed for tenant-scoped data")
+        return _nested(policy, body.get("query", {}), QUERY_KINDS | {"ExecuteStmt", "CreateTableAsStmt"})
+    if kind == "DeclareCursorStmt":
+        return _nested(policy, body.get("query", {}), frozenset({"SelectStmt"}))
+    if kind == "PrepareStmt":
+        return _nested(policy, body.get("query", {}), QUERY_KINDS)
+    if kind == "TransactionStmt":
+        if body.get("kind") in ("TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED"):
+            raise fail("two_phase_commit", "two-phase commit statements are not allowed")
+        return frozenset()
+    if kind == "VariableSetStmt":
+        return settings.check_set(policy, body)
+    if kind == "VariableShowStmt":
+        settings.check_show(policy, body)
+        return frozenset()
+    if kind == "DiscardStmt":
+        return frozenset({REAPPLY_CONTEXT}) if body.get("target") == "DISCARD_ALL" else frozenset()
+    if kind == "CopyStmt":
+        if body.get("is_program"):
+            raise fail("copy_program", "COPY ... PROGRAM is not allowed")
+        if "filename" in body:
+            raise fail("copy_server_file", "COPY to or from a server file is not allowed")
+        return frozenset()
+    if kind == "CreateStmt":
+        rel = body.get("relation", {})
+        if not _is_temp(rel) or not policy.allow_ddl_temp:
+            raise fail("ddl_not_allowed", "only temporary tables may be created")
+        if any(k in body for k in ("inhRelations", "partbound", "partspec", "ofTypename")):
+            raise fail("ddl_not_allowed", "temporary tables may not use INHERITS, PARTITION or OF")
+        return frozenset()
+    if kind == "CreateTableAsStmt":
+        rel = body.get("into", {}).get("rel", {})
+        if body.get("objtype") != "OBJECT_TABLE" or not _is_temp(rel) or not policy.allow_ddl_temp:
+            raise fail("ddl_not_allowed", "only temporary tables may be created")
+        return _nested(policy, body.get("query", {}), frozenset({"SelectStmt", "ExecuteStmt"}))
+    if kind == "DropStmt":
+        _check_drop(policy, body)
+        return frozenset()
+    if kind == "TruncateStmt":
+        if policy.strategy == "shared":
+            raise fail("statement_not_allowed", "TRUNCATE is not allowed in the shared-schema strategy")
+        return frozenset()
+    if kind in ("ListenStmt", "NotifyStmt"):
+        if policy.strategy != "database":
+            raise fail("notify_not_allowed", "LISTEN/NOTIFY are not allowed in this strategy")
+        return frozenset()
+    if kind in ("AlterRoleSetStmt", "AlterDatabaseSetStmt", "AlterSystemStmt"):
+        setstmt = body.get("setstmt", {}).get("VariableSetStmt", {})
+        if policy.is_reserved_setting(setstmt.get("name", "")):
+            raise fail("reserved_setting", f'setting "{setstmt.get("name")}" is reserved for the proxy')
+    if kind in _NOT_ALLOWED_DETAIL:
+        raise fail("statement_not_allowed", _NOT_ALLOWED_DETAIL[kind])
+    if kind.startswith(_DDL_PREFIXES):
+        raise fail("ddl_not_allowed", f"{kind.removesuffix('Stmt')} is not allowed")
+    raise fail("statement_not_allowed", f"{kind.removesuffix('Stmt') or 'this statement'} is not allowed")
+
+
+def _nested(policy: TenantPolicy, node: Node, allowed: frozenset[str]) -> frozenset[str]:
+    kind = tag_of(node) or ""
+    if kind not in allowed:
+        raise fail("statement_not_allowed", f"{kind.removesuffix('Stmt') or 'this statement'} is not allowed here")
+    return gate(policy, kind, node[kind])
+
+
+def _check_drop(policy: TenantPolicy, body: Node) -> None:
+    if body.get("removeType") != "OBJECT_TABLE" or not policy.allow_ddl_temp:
+        raise fail("ddl_not_allowed", "only temporary tables may be dropped")
+    for obj in body.get("objects", ()):
+        names = names_of(obj.get("List", {}).get("items"))
+        if len(names) == 2 and names[0] == "pg_temp":
+            continue
+        if len(names) != 1:
+            raise fail("ddl_not_allowed", "only temporary tables may be dropped (qualify them with pg_temp)")
+        if is_filtered_name(policy, names[0]):
+            raise fail("ddl_not_allowed", f'"{names[0]}" is a tenant-scoped table and cannot be dropped')
+
+
+def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
+    """Per-relation rules: denied catalogs, writes, temp-table names, unsupported positions."""
+    if analysis.locking and not policy.allow_writes:
+        raise fail("read_only", "SELECT ... FOR UPDATE/SHARE locks rows and needs a writing role")
+    for ref in analysis.refs:
+        rv = ref.rv
+        schema, rel = rv.get("schemaname"), rv.get("relname", "")
+        if ref.role in (READ, SAMPLE, COPY_TO, UNKNOWN, LIKE) and not ref.cte and is_denied_relation(rv):
+            raise fail("catalog_denied", f'reading "{rel}" is not allowed')
+        if ref.role in (TARGET, COPY_FROM, TRUNCATE):
+            if schema in CATALOG_SCHEMAS or (schema is None and rel.startswith("pg_")):
+                raise fail("catalog_write", f'"{rel}" is a system catalog')
+            if schema != "pg_temp" and not policy.allow_writes:
+                raise fail("read_only", f'writing to "{rel}" is not allowed for this read-only role')
+            if policy.strategy == "schema":
+                check_writes_to_shared(policy, schema, rel)
+        elif ref.role in (INTO, CREATE):
+            if not _is_temp(rv) or not policy.allow_ddl_temp:
+                raise fail("ddl_not_allowed", "only temporary tables may be created")
+            if schema not in (None, "pg_temp"):
+                raise fail("ddl_not_allowed", "temporary tables cannot be created in a named schema")
+            if is_filtered_name(policy, rel):
+                raise fail("temp_shadows_scoped", f'a temporary table may not be called "{rel}"')
+        elif ref.role == INHERIT:
+            raise fail("ddl_not_allowed", "temporary tables may not inherit from other tables")
+        elif ref.role in (SAMPLE, UNKNOWN) and not ref.cte and relation_filter(policy, rv) is not None:
+            raise fail("rewrite_unsupported", f'"{rel}" is tenant-filtered and cannot be used in this position')

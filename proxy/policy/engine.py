@@ -1,0 +1,116 @@
+"""Decides allow / rewrite / deny for a tenant's SQL text (one Query or Parse message string)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from pglast.parser import ParseError
+
+from proxy.policy import classify, functions, rewrite, schema
+from proxy.policy.model import REAPPLY_CONTEXT, Allow, Decision, Deny, Rewrite, TenantPolicy
+from proxy.policy.rules import Denied, deny, fail
+from proxy.policy.sqltext import TextError, apply_edits
+from proxy.policy.tree import Statement, parse
+from proxy.policy.verify import Unverified, check_coverage, intended_json, verify_rewrite
+from proxy.policy.walk import analyze
+
+
+def decide(policy: TenantPolicy, sql: str) -> Decision:
+    """Decide one Query/Parse string. Never raises: anything unexpected is a Deny (fail closed)."""
+    try:
+        return _decide(policy, sql)
+    except Denied as exc:
+        return exc.decision
+    except RecursionError:
+        return deny("statement_too_complex", "the statement is nested too deeply to be checked")
+    except Exception as exc:  # fail closed on any defect
+        return deny("internal_error", f"could not decide the statement ({type(exc).__name__})")
+
+
+def _decide(policy: TenantPolicy, sql: str) -> Decision:
+    if "\x00" in sql:
+        raise fail("parse_error", "the query text contains a NUL byte")
+    data = sql.encode("utf-8")
+    try:
+        original_json, doc, statements = parse(sql, len(data))
+    except ParseError as exc:
+        raise fail("parse_error", f"syntax error: {exc}") from None
+    plan = rewrite.Plan()
+    effects: set[str] = set()
+    count = len(statements)
+    for index, stmt in enumerate(statements):
+        try:
+            stmt_effects = _decide_statement(policy, data, stmt, plan)
+            if REAPPLY_CONTEXT in stmt_effects and index != count - 1:
+                raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
+        except Denied as exc:
+            if count == 1:
+                raise
+            d = exc.decision
+            where = f"statement {index + 1} of {count}: "
+            return Deny(d.sqlstate, d.message.replace("pgtenant: ", "pgtenant: " + where, 1), d.hint, d.rule)
+        effects |= stmt_effects
+    if not plan.edits:
+        try:
+            for stmt in statements:
+                check_coverage(policy, stmt.node)
+        except Unverified as exc:
+            raise fail("rewrite_unverified", str(exc)) from None
+        return Allow(frozenset(effects))
+    try:
+        new_sql = apply_edits(data, plan.edits)
+        rewrite.mutate_all(plan)
+        intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
+        verify_rewrite(policy, intended, [stmt.node for stmt in statements], new_sql)
+    except (Unverified, TextError, ParseError) as exc:
+        raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
+    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects))
+
+
+def _decide_statement(policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan) -> frozenset[str]:
+    effects = classify.gate(policy, stmt.kind, stmt.body)
+    if stmt.kind not in classify.WALKED:
+        return effects
+    analysis = analyze(stmt.node)
+    schema.check_cross_database(analysis)
+    if policy.strategy == "schema":
+        schema.check_schemas(policy, analysis)
+    classify.check_references(policy, analysis)
+    functions.check(policy, analysis)
+    try:
+        rewrite.plan(policy, data, stmt, analysis, plan)
+    except TextError as exc:
+        raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
+    return effects
+
+
+class DecisionCache:
+    """A bounded LRU of decisions keyed by (policy, SQL text); a policy compares by value."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._data: OrderedDict[tuple[TenantPolicy, str], Decision] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get_or_decide(self, policy: TenantPolicy, sql: str) -> Decision:
+        """The cached decision for (policy, sql), deciding and caching it on a miss."""
+        key = (policy, sql)
+        found = self._data.get(key)
+        if found is not None:
+            self._data.move_to_end(key)
+            self.hits += 1
+            return found
+        self.misses += 1
+        decision = decide(policy, sql)
+        self._data[key] = decision
+        if len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+        return decision
+
+    def clear(self) -> None:
+        """Drop every cached decision (e.g. after a configuration reload)."""
+        self._data.clear()

@@ -1,0 +1,91 @@
+"""The function allow-list check: built-ins plus the tenant's extras, minus what is never allowed."""
+
+from __future__ import annotations
+
+from proxy.policy import settings
+from proxy.policy.builtins import BUILTIN_FUNCTIONS
+from proxy.policy.model import TenantPolicy
+from proxy.policy.rules import fail
+from proxy.policy.walk import Analysis
+
+# Never allowed, not even through extra_allowed_functions: they reach outside the tenant (other databases or
+# clusters, server files, large objects, other backends) or execute SQL text the proxy never sees.
+NEVER_PREFIXES: tuple[str, ...] = (
+    "dblink",
+    "lo_",
+    "pg_ls_",
+    "pg_read_",
+    "pg_file_",
+    "pg_stat_get_backend_",
+    "pg_replication_",
+    "pg_logical_",
+    "pg_create_",
+    "pg_drop_",
+    "pg_copy_",
+    "pg_backup_",
+    "binary_upgrade_",
+    "query_to_xml",
+    "table_to_xml",
+    "cursor_to_xml",
+    "database_to_xml",
+    "schema_to_xml",
+    "crosstab",
+)
+NEVER_NAMES: frozenset[str] = frozenset(
+    {
+        "loread",
+        "lowrite",
+        "pg_stat_file",
+        "pg_stat_get_activity",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_signal_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_promote",
+        "pg_current_logfile",
+        "pg_logdir_ls",
+        "current_query",
+        "ts_stat",
+        "ts_rewrite",
+        "connectby",
+        "pg_import_system_collations",
+        "pg_switch_wal",
+    }
+)
+SYSTEM_FUNCTION_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema"})
+
+
+def never_allowed(name: str) -> bool:
+    """True for functions no tenant may call."""
+    return name in NEVER_NAMES or name.startswith(NEVER_PREFIXES)
+
+
+def is_allowed(policy: TenantPolicy, names: tuple[str, ...]) -> bool:
+    """Whether a call to the (possibly qualified) function `names` is allowed for this policy."""
+    name = names[-1]
+    schema = names[-2] if len(names) >= 2 else None
+    qualified = f"{schema}.{name}" if schema else name
+    if never_allowed(name):
+        return False
+    if name in policy.denied_functions or qualified in policy.denied_functions:
+        return False
+    if (schema is None or schema in SYSTEM_FUNCTION_SCHEMAS) and name in BUILTIN_FUNCTIONS:
+        return True
+    return qualified in policy.extra_allowed_functions or name in policy.extra_allowed_functions
+
+
+def check(policy: TenantPolicy, analysis: Analysis) -> None:
+    """Deny the first call that is not allowed; apply the settings rules to set_config & co."""
+    for call in analysis.calls:
+        names = call.names
+        if len(names) > 2:
+            raise fail("cross_database", "function name " + ".".join(names) + " has too many parts")
+        if not is_allowed(policy, names):
+            raise fail("function_not_allowed", "function " + ".".join(names) + "() is not allowed")
+        settings.check_function(policy, call)
+    for fields in analysis.column_refs:
+        # `t.f` calls f(t) when t has no column f (functional notation): never-allowed names are refused here.
+        last = fields[-1]
+        if never_allowed(last) or last in policy.denied_functions:
+            raise fail("function_not_allowed", f"function {last}() is not allowed")

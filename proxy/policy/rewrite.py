@@ -1,0 +1,388 @@
+"""Injects row filters (tenant predicates, catalog filters) as byte-span edits plus the matching tree edits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.policy.catalog import Filter, relation_filter
+from proxy.policy.model import TenantPolicy
+from proxy.policy.rules import fail
+from proxy.policy.sqltext import (
+    CLOSE,
+    COMMA,
+    DOT,
+    OPEN,
+    Edit,
+    TextError,
+    Tok,
+    clause_end,
+    index_at,
+    keyword_before,
+    matching_close,
+    name_span,
+    quote_ident,
+    simple_name_end,
+    quote_literal,
+    tokens,
+    tokens_from,
+)
+from proxy.policy.tree import Node, Statement, const_text, dumps, expr_node, names_of, reorder
+from proxy.policy.walk import COPY_FROM, COPY_TO, READ, TARGET, Analysis, RelRef
+
+WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT is wrapped in
+_STAR: Node = {"ResTarget": {"val": {"ColumnRef": {"fields": [{"A_Star": {}}]}}}}
+_SELECT_DEFAULTS: Node = {"limitOption": "LIMIT_OPTION_DEFAULT", "op": "SETOP_NONE"}
+
+
+@dataclass(slots=True)
+class Plan:
+    """Byte edits for the query text, the same change as tree mutations, and the rules that fired."""
+
+    edits: list[Edit] = field(default_factory=list)
+    mutations: list[Callable[[], None]] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    # When every tree edit replaces one leaf node, the intended JSON text can be spliced from the
+    # original JSON text: (JSON text of the replaced node, its replacement node).
+    splices: list[tuple[str, Node]] = field(default_factory=list)
+    full_dump: bool = False
+
+
+def star_select(targets: list[Node], from_item: Node, where: Node | None = None) -> Node:
+    """A SelectStmt node `SELECT <targets> FROM <from_item> [WHERE <where>]`."""
+    body: Node = {"targetList": targets, "fromClause": [from_item]}
+    if where is not None:
+        body["whereClause"] = where
+    body.update(_SELECT_DEFAULTS)
+    return {"SelectStmt": body}
+
+
+def wrapper_node(rv: Node, flt: Filter) -> Node:
+    """The tree of `(SELECT * FROM <rv> WHERE <filter>) <alias>` for a RangeVar body."""
+    inner = {k: v for k, v in rv.items() if k != "alias"}
+    alias = rv.get("alias") or {"aliasname": rv.get("relname", "")}
+    subquery = star_select([_STAR], {"RangeVar": inner}, expr_node(flt.predicate(rv.get("relname", ""))))
+    return {"RangeSubselect": {"subquery": subquery, "alias": alias}}
+
+
+def _rv_names(rv: Node) -> tuple[str, ...]:
+    return tuple(rv[k] for k in ("catalogname", "schemaname", "relname") if k in rv)
+
+
+class _Text:
+    """The UTF-8 bytes of one statement; tokens are scanned on demand from a given position."""
+
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self.data, self.start, self.end = data, start, end
+        self._toks: dict[int, list[Tok]] = {}
+
+    def toks_from(self, offset: int) -> list[Tok]:
+        """All tokens from byte `offset` (a token start) to the end of the statement."""
+        found = self._toks.get(offset)
+        if found is None:
+            found = self._toks[offset] = tokens(self.data, offset, self.end)
+        return found
+
+    def cut(self, start: int, end: int) -> str:
+        return self.data[start:end].decode("utf-8")
+
+
+class _Planner:
+    def __init__(self, policy: TenantPolicy, text: _Text, plan: Plan) -> None:
+        self.policy, self.text, self.plan = policy, text, plan
+        self.unaliased: set[tuple[str, str]] = set()
+
+    def edit(self, start: int, end: int, text: str) -> None:
+        self.plan.edits.append(Edit(start, end, text, len(self.plan.edits)))
+
+    def mutate(self, fn: Callable[[], None]) -> None:
+        self.plan.mutations.append(fn)
+        self.plan.full_dump = True
+
+    def replace_leaf(self, holder: Any, key: Any, node: Node) -> None:
+        self.plan.splices.append((dumps(holder[key]), node))
+
+        def mutation() -> None:
+            holder[key] = node
+
+        self.plan.mutations.append(mutation)
+
+    def rule(self, rule: str) -> None:
+        if rule not in self.plan.rules:
+            self.plan.rules.append(rule)
+
+    # -- FROM references -----------------------------------------------------------------------------------
+    def unqualify_columns(self, analysis: Analysis) -> None:
+        """`schema.table.column` cannot name a derived table: drop the schema from such references to a
+        wrapped, unaliased table (only when no other FROM item or CTE of the statement has that name)."""
+        for col in analysis.qualified_columns:
+            fields = names_of(col.get("fields"))
+            if (fields[0], fields[1]) not in self.unaliased:
+                continue
+            if analysis.refnames.count(fields[1]) != 1:
+                raise fail(
+                    "rewrite_unsupported",
+                    f'"{fields[0]}.{fields[1]}.{fields[2]}" is ambiguous once "{fields[1]}" is filtered; use aliases',
+                )
+            loc = col["location"]
+            end = simple_name_end(self.text.data, loc, fields[:1])
+            if end is not None and self.text.data[end : end + 1] == b".":
+                cut = end + 1
+            else:
+                toks = tokens_from(self.text.data, loc, self.text.end, need=3)
+                if len(toks) < 3 or toks[1].name != DOT:
+                    raise TextError("expected a qualified column reference")
+                cut = toks[2].start
+            self.edit(loc, cut, "")
+            body = col
+
+            def mutation(body: Node = body) -> None:
+                body["fields"] = body["fields"][1:]
+
+            self.plan.mutations.append(mutation)
+            self.plan.full_dump = True
+
+    def wrap(self, ref: RelRef, flt: Filter) -> None:
+        rv = ref.rv
+        loc = rv["location"]
+        start, end = loc, simple_name_end(self.text.data, loc, _rv_names(rv))
+        if end is None:
+            parts = 1 + ("schemaname" in rv) + ("catalogname" in rv)
+            start, end, _star = name_span(self.text.data, loc, self.text.end, parts)
+        name = self.text.cut(start, end)
+        only = not rv.get("inh", False)
+        if ref.table_form or only:
+            keyword = "table" if ref.table_form else "only"
+            between = frozenset({"ONLY", OPEN}) if ref.table_form else frozenset({OPEN})
+            prefix = keyword_before(self.text.data, self.text.start, loc, self.text.end, keyword, between)
+            start = prefix[0].start
+            if OPEN in (t.name for t in prefix):  # ONLY ( name )
+                after = tokens_from(self.text.data, end, self.text.end, need=1)
+                if not after or after[0].name != CLOSE:
+                    raise TextError("expected ')' after ONLY ( name")
+                end = after[0].end
+            if only:
+                name = "ONLY " + name
+        sub = f"(SELECT * FROM {name} WHERE {flt.predicate(rv['relname'])})"
+        alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
+        self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
+        self.replace_leaf(ref.holder, ref.key, wrapper_node(rv, flt))
+        if "alias" not in rv:
+            self.unaliased.add((flt.relation.split(".", 1)[0], rv["relname"]))
+        self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+
+    def copy_to(self, ref: RelRef, flt: Filter) -> None:
+        rv, body = ref.rv, ref.stmt or {}
+        loc = rv["location"]
+        parts = 1 + ("schemaname" in rv) + ("catalogname" in rv)
+        start, end, _star = name_span(self.text.data, loc, self.text.end, parts)
+        name = self.text.cut(start, end)
+        columns = list(names_of(body.get("attlist")))
+        if columns:
+            toks = self.text.toks_from(end)
+            if not toks or toks[0].name != OPEN:
+                raise TextError("expected the COPY column list")
+            end = toks[matching_close(toks, 0)].end
+        cols_sql = ", ".join(quote_ident(c) for c in columns) if columns else "*"
+        ref_name = quote_ident(rv["relname"])
+        self.edit(
+            start,
+            end,
+            f"(SELECT {cols_sql} FROM (SELECT * FROM {name} WHERE {flt.predicate(rv['relname'])}) {ref_name})",
+        )
+        targets = (
+            [{"ResTarget": {"val": {"ColumnRef": {"fields": [{"String": {"sval": c}}]}}}} for c in columns]
+            if columns
+            else [_STAR]
+        )
+        query = star_select(targets, wrapper_node({k: v for k, v in rv.items() if k != "alias"}, flt))
+
+        def mutation() -> None:
+            body.pop("relation", None)
+            body.pop("attlist", None)
+            body["query"] = query
+            reorder(body, "CopyStmt")
+
+        self.mutate(mutation)
+        self.rule("copy_to_query")
+        self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+
+    # -- DML targets ---------------------------------------------------------------------------------------
+    def where(self, ref: RelRef, flt: Filter) -> None:
+        rv, body = ref.rv, ref.stmt or {}
+        refname = rv.get("alias", {}).get("aliasname") or rv["relname"]
+        kind = ref.stmt_kind
+        if kind == "UpdateStmt":
+            for target in body.get("targetList", ()):
+                if target.get("ResTarget", {}).get("name") == flt.column:
+                    raise fail("tenant_column_write", f'UPDATE may not set the tenant column "{flt.column}"')
+        where = body.get("whereClause")
+        if where is not None and "CurrentOfExpr" in where:
+            raise fail("rewrite_unsupported", "WHERE CURRENT OF on a tenant-scoped table is not supported")
+        toks = self.text.toks_from(rv["location"])
+        i = 0
+        end = clause_end(toks, i, frozenset({"RETURNING"}))
+        where_at = self._first_at_depth0(toks, i, end, "WHERE")
+        pred_sql = flt.predicate(refname)
+        pred = expr_node(pred_sql)
+        if where is None:
+            if where_at is not None:
+                raise TextError("found WHERE where the tree has none")
+            self.edit(toks[end - 1].end, toks[end - 1].end, f" WHERE {pred_sql}")
+
+            def set_where() -> None:
+                body["whereClause"] = pred
+                reorder(body, kind)
+
+            self.mutate(set_where)
+        else:
+            if where_at is None or where_at + 1 >= end:
+                raise TextError("WHERE clause not found")
+            self.edit(toks[where_at + 1].start, toks[where_at + 1].start, "(")
+            self.edit(toks[end - 1].end, toks[end - 1].end, f") AND {pred_sql}")
+
+            def and_where() -> None:
+                current = body["whereClause"]
+                boolexpr = current.get("BoolExpr")
+                if boolexpr is not None and boolexpr.get("boolop") == "AND_EXPR":
+                    boolexpr["args"].append(pred)
+                else:
+                    body["whereClause"] = {"BoolExpr": {"boolop": "AND_EXPR", "args": [current, pred]}}
+
+            self.mutate(and_where)
+        self.rule("tenant_update" if ref.stmt_kind == "UpdateStmt" else "tenant_delete")
+
+    @staticmethod
+    def _first_at_depth0(toks: list[Tok], first: int, end: int, name: str) -> int | None:
+        depth = 0
+        for j in range(first, end):
+            tok = toks[j].name
+            if tok == OPEN:
+                depth += 1
+            elif tok == CLOSE:
+                depth -= 1
+            elif depth == 0 and tok == name:
+                return j
+        return None
+
+    def insert(self, ref: RelRef, flt: Filter) -> None:
+        body = ref.stmt or {}
+        value = self.policy.tenant_value or ""
+        table = flt.relation
+        conflict = body.get("onConflictClause")
+        if conflict and conflict.get("action") == "ONCONFLICT_UPDATE":
+            raise fail("rewrite_unsupported", f"INSERT ... ON CONFLICT DO UPDATE into {table} is not supported")
+        cols = body.get("cols")
+        if not cols:
+            raise fail("rewrite_unsupported", f"INSERT into {table} needs an explicit column list")
+        names = []
+        for col in cols:
+            target = col.get("ResTarget", {})
+            if "indirection" in target:
+                raise fail("rewrite_unsupported", "INSERT column lists with subscripts or fields are not supported")
+            names.append(target.get("name", ""))
+        select = body.get("selectStmt", {}).get("SelectStmt", {})
+        values_only = "valuesLists" in select and set(select) <= {"valuesLists", "limitOption", "op"}
+        if flt.column in names:
+            k = names.index(flt.column)
+            if not values_only:
+                raise fail("tenant_column_write", f'INSERT ... SELECT may not name the tenant column "{flt.column}"')
+            for row in select["valuesLists"]:
+                items = row.get("List", {}).get("items", [])
+                if k >= len(items) or const_text(items[k]) != value:
+                    raise fail("foreign_tenant_value", f"INSERT into {table} with another tenant's value")
+            self.rule("tenant_insert_checked")
+            return
+        toks = self.text.toks_from(ref.rv["location"])
+        first = index_at(toks, cols[0]["ResTarget"]["location"])
+        if toks[first - 1].name != OPEN:
+            raise TextError("expected the INSERT column list")
+        close = matching_close(toks, first - 1)
+        self.edit(toks[close].start, toks[close].start, ", " + quote_ident(flt.column))
+        j = close + 1
+        while j < len(toks) and toks[j].name in ("OVERRIDING", "SYSTEM_P", "USER", "VALUE_P"):
+            j += 1
+        literal = quote_literal(value)
+        const = {"A_Const": {"sval": {"sval": value}}}
+        if values_only and j < len(toks) and toks[j].name == "VALUES":
+            rows = select["valuesLists"]
+            closes: list[int] = []
+            m = j + 1
+            while m < len(toks) and toks[m].name == OPEN:
+                c = matching_close(toks, m)
+                closes.append(c)
+                if c + 1 < len(toks) and toks[c + 1].name == COMMA:
+                    m = c + 2
+                else:
+                    break
+            if len(closes) != len(rows):
+                raise TextError("VALUES rows do not match the tree")
+            for c in closes:
+                self.edit(toks[c].start, toks[c].start, ", " + literal)
+
+            def add_values() -> None:
+                cols.append({"ResTarget": {"name": flt.column}})
+                for row in rows:
+                    row["List"]["items"].append(dict(const))
+
+            self.mutate(add_values)
+        else:
+            if j >= len(toks):
+                raise TextError("INSERT without a query")
+            if conflict:
+                stop = index_at(toks, conflict["location"])
+            else:
+                stop = clause_end(toks, j, frozenset({"RETURNING"}))
+            alias = quote_ident(WRAPPER_ALIAS)
+            self.edit(toks[j].start, toks[j].start, f"SELECT {alias}.*, {literal} FROM (")
+            self.edit(toks[stop - 1].end, toks[stop - 1].end, f") {alias}")
+            original = body["selectStmt"]
+            wrapped = star_select(
+                [
+                    {"ResTarget": {"val": {"ColumnRef": {"fields": [{"String": {"sval": WRAPPER_ALIAS}}, {"A_Star": {}}]}}}},
+                    {"ResTarget": {"val": const}},
+                ],
+                {"RangeSubselect": {"subquery": original, "alias": {"aliasname": WRAPPER_ALIAS}}},
+            )
+
+            def wrap_select() -> None:
+                cols.append({"ResTarget": {"name": flt.column}})
+                body["selectStmt"] = wrapped
+
+            self.mutate(wrap_select)
+        self.rule("tenant_insert")
+
+
+def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, out: Plan) -> None:
+    """Add the edits that filter every filtered relation referenced by `stmt` to `out`."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    for ref in analysis.refs:
+        if ref.cte or ref.role not in (READ, COPY_TO, COPY_FROM, TARGET):
+            continue
+        flt = relation_filter(policy, ref.rv)
+        if flt is None:
+            continue
+        if ref.role == READ:
+            planner.wrap(ref, flt)
+        elif ref.role == COPY_TO:
+            planner.copy_to(ref, flt)
+        elif ref.role == COPY_FROM:
+            raise fail("rewrite_unsupported", f"COPY FROM into {flt.relation} is not supported; use INSERT")
+        elif flt.kind != "tenant":
+            raise fail("catalog_write", f'"{flt.relation}" is a system catalog')
+        elif ref.stmt_kind == "InsertStmt":
+            planner.insert(ref, flt)
+        elif ref.stmt_kind in ("UpdateStmt", "DeleteStmt"):
+            planner.where(ref, flt)
+        else:
+            raise fail("rewrite_unsupported", f"MERGE into tenant-scoped {flt.relation} is not supported")
+    if planner.unaliased and analysis.qualified_columns:
+        planner.unqualify_columns(analysis)
+
+
+def mutate_all(plan_: Plan) -> None:
+    """Apply the tree side of the plan to the parsed statements."""
+    for fn in plan_.mutations:
+        fn()
+

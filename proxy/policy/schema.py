@@ -1,0 +1,115 @@
+"""Name checks: cross-database names (every strategy) and foreign schemas (schema-per-tenant strategy)."""
+
+from __future__ import annotations
+
+from proxy.policy.model import TenantPolicy
+from proxy.policy.rules import fail
+from proxy.policy.sqltext import object_name_parts
+from proxy.policy.tree import string_const
+from proxy.policy.walk import Analysis
+
+# Functions whose argument at the given position is an object name given as text (implicitly cast to a reg*
+# type); kind "schema" means the whole literal is a schema name. Negative positions count from the end
+# (has_*_privilege take an optional leading role argument).
+NAME_ARGUMENTS: dict[str, tuple[int, str]] = {
+    "to_regclass": (0, "object"),
+    "to_regtype": (0, "object"),
+    "to_regtypemod": (0, "object"),
+    "to_regproc": (0, "routine"),
+    "to_regprocedure": (0, "routine"),
+    "to_regoper": (0, "routine"),
+    "to_regoperator": (0, "routine"),
+    "to_regcollation": (0, "object"),
+    "to_regnamespace": (0, "schema"),
+    "pg_relation_size": (0, "object"),
+    "pg_total_relation_size": (0, "object"),
+    "pg_table_size": (0, "object"),
+    "pg_indexes_size": (0, "object"),
+    "pg_get_serial_sequence": (0, "object"),
+    "pg_get_viewdef": (0, "object"),
+    "pg_partition_tree": (0, "object"),
+    "pg_partition_root": (0, "object"),
+    "pg_partition_ancestors": (0, "object"),
+    "nextval": (0, "object"),
+    "currval": (0, "object"),
+    "has_table_privilege": (-2, "object"),
+    "has_sequence_privilege": (-2, "object"),
+    "has_any_column_privilege": (-2, "object"),
+    "has_column_privilege": (-3, "object"),
+    "has_function_privilege": (-2, "routine"),
+    "has_type_privilege": (-2, "object"),
+    "has_schema_privilege": (-2, "schema"),
+}
+_REG_KIND: dict[str, str] = {
+    "regnamespace": "schema",
+    "regproc": "routine",
+    "regprocedure": "routine",
+    "regoper": "routine",
+    "regoperator": "routine",
+}
+
+
+def _literal_schema(text: str, kind: str) -> str | None:
+    """The schema a reg*-style literal names explicitly (None when unqualified)."""
+    parts = object_name_parts(text)
+    if not parts:
+        return None
+    if kind == "schema":
+        return parts[0]
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def check_cross_database(analysis: Analysis) -> None:
+    """Deny three-part relation names and over-qualified type names (another database)."""
+    for ref in analysis.refs:
+        if "catalogname" in ref.rv:
+            raise fail("cross_database", f'relation "{ref.rv["catalogname"]}.…" names another database')
+    for names in analysis.type_names:
+        if len(names) > 2:
+            raise fail("cross_database", "type name " + ".".join(names) + " names another database")
+    for names in analysis.column_refs:
+        if len(names) > 3:
+            raise fail("cross_database", "column reference " + ".".join(names) + " names another database")
+
+
+def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
+    """Schema strategy: every explicitly named schema must be the tenant's, a shared one or a system one."""
+    allowed = policy.allowed_schemas
+
+    def check(schema: str | None, what: str) -> None:
+        if schema is not None and schema not in allowed:
+            raise fail("foreign_schema", f'{what} refers to schema "{schema}"')
+
+    for ref in analysis.refs:
+        check(ref.rv.get("schemaname"), f'relation "{ref.rv.get("relname", "")}"')
+    for call in analysis.calls:
+        if len(call.names) > 1:
+            check(call.names[-2], "function " + ".".join(call.names))
+    for names in analysis.type_names:
+        if len(names) > 1:
+            check(names[-2], "type " + ".".join(names))
+    for names in analysis.operators:
+        check(names[-2], "operator " + ".".join(names))
+    for names in analysis.collations:
+        check(names[-2], "collation " + ".".join(names))
+    for regtype, literal in analysis.reg_literals:
+        check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), f"'{literal}'::{regtype}")
+    for call in analysis.calls:
+        spec = NAME_ARGUMENTS.get(call.names[-1])
+        if spec is None or call.named:
+            continue
+        index, kind = spec
+        if not -len(call.args) <= index < len(call.args):
+            continue
+        node = call.args[index]
+        while node and "TypeCast" in node:
+            node = node["TypeCast"].get("arg")
+        literal = string_const(node)
+        if literal is not None:
+            check(_literal_schema(literal, kind), f"{call.names[-1]}('{literal}')")
+
+
+def check_writes_to_shared(policy: TenantPolicy, schema: str | None, relname: str) -> None:
+    """Schema strategy: shared reference schemas are read-only."""
+    if schema is not None and schema in policy.shared_schemas:
+        raise fail("shared_schema_write", f'"{schema}.{relname}" is in a read-only shared schema')

@@ -1,0 +1,242 @@
+"""The post-rewrite verifier: the rewritten text must parse to the intended tree, and every filtered
+relation in it must carry its filter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.policy.catalog import relation_filter
+from proxy.policy.model import TenantPolicy
+from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
+
+_STAR_FIELDS = [{"A_Star": {}}]
+_WRAPPER_KEYS = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
+_INSERT_WRAPPER_ALIAS = "_pgt"
+
+
+class Unverified(Exception):
+    """The rewrite (or the original statement) does not satisfy the filter invariant."""
+
+
+def intended_json(original_json: str, doc: Node, splices: list[tuple[str, Node]], full_dump: bool) -> str:
+    """JSON text of the intended tree: the client's tree with the filters applied as tree edits. When all
+    edits replace leaves, splice them into the client's JSON text (the JSON text of a tree is the
+    concatenation of its parts' texts); otherwise serialize the edited document."""
+    if full_dump:
+        return dumps(doc)
+    text = original_json
+    for old, new in splices:
+        at = text.find(old)
+        if at < 0 or text.find(old, at + 1) >= 0:
+            raise Unverified("a filtered reference is not unique in the parse tree")
+        text = text[:at] + dumps(new) + text[at + len(old) :]
+    return text
+
+
+def verify_rewrite(policy: TenantPolicy, intended: str, statements: list[Node], rewritten_sql: str) -> None:
+    """Raise Unverified unless `rewritten_sql` parses to exactly the `intended` JSON parse tree (positions
+    ignored) and every filtered relation in the (edited) statement trees carries its filter."""
+    if strip_positions(parse_json(rewritten_sql)) != strip_positions(intended):
+        raise Unverified("the rewritten text does not parse to the intended statement")
+    for node in statements:
+        check_coverage(policy, node)
+
+
+def check_coverage(policy: TenantPolicy, node: Node) -> None:
+    """Raise Unverified if any filtered relation in the statement tree is read or written without its filter."""
+    _Coverage(policy).any(node, frozenset())
+
+
+def _same(node: Any, expected: Node) -> bool:
+    return node == expected or canonical(node) == expected
+
+
+class _Coverage:
+    """An independent walk (it shares no traversal code with walk.py) over one statement tree."""
+
+    def __init__(self, policy: TenantPolicy) -> None:
+        self.policy = policy
+
+    def filtered(self, rv: Node) -> Any:
+        return relation_filter(self.policy, rv)
+
+    def any(self, value: Any, scope: frozenset[str]) -> None:
+        if isinstance(value, list):
+            for item in value:
+                self.any(item, scope)
+            return
+        if not isinstance(value, dict):
+            return
+        if len(value) == 1:
+            (key,) = value
+            if key[:1].isupper():
+                self.tagged(key, value[key], scope)
+                return
+        if "relname" in value and "relpersistence" in value:
+            self.bare(value, "in this position")
+        elif "op" in value and "limitOption" in value:
+            self.select(value, scope)
+        else:
+            for v in value.values():
+                self.any(v, scope)
+
+    def bare(self, rv: Node, where: str) -> None:
+        if self.filtered(rv) is not None:
+            raise Unverified(f'"{rv.get("relname")}" appears unfiltered {where}')
+
+    def tagged(self, tag: str, body: Node, scope: frozenset[str]) -> None:
+        if tag == "SelectStmt":
+            self.select(body, scope)
+        elif tag in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
+            self.dml(tag, body, scope)
+        elif tag == "RangeVar":
+            self.bare(body, "outside a FROM clause")
+        elif tag in ("RangeSubselect", "JoinExpr", "RangeTableSample"):
+            self.from_item({tag: body}, scope)
+        elif tag == "CopyStmt":
+            if "relation" in body:
+                self.bare(body["relation"], "as a COPY table")
+            self.rest(body, scope, ("relation",))
+        elif tag in ("CreateStmt", "TableLikeClause"):
+            self.rest(body, scope, ("relation",))  # a new temp table's name / LIKE copies structure only
+        elif tag == "CreateTableAsStmt":
+            self.rest(body, scope, ("into",))
+        elif tag == "LockingClause":
+            return
+        else:
+            self.rest(body, scope, ())
+
+    def rest(self, body: Node, scope: frozenset[str], skip: tuple[str, ...]) -> None:
+        for k, v in body.items():
+            if k not in skip:
+                self.any(v, scope)
+
+    def ctes(self, body: Node, scope: frozenset[str]) -> frozenset[str]:
+        wc = body.get("withClause")
+        if not wc:
+            return scope
+        items = [c.get("CommonTableExpr", {}) for c in wc.get("ctes", ())]
+        names = [c.get("ctename", "") for c in items]
+        for i, cte in enumerate(items):
+            visible = scope | frozenset(names if wc.get("recursive") else names[:i])
+            self.any(cte.get("ctequery"), visible)
+            self.rest(cte, visible, ("ctequery", "ctename"))
+        return scope | frozenset(names)
+
+    def select(self, body: Node, scope: frozenset[str]) -> None:
+        scope = self.ctes(body, scope)
+        for item in body.get("fromClause", ()):
+            self.from_item(item, scope)
+        for side in ("larg", "rarg"):
+            if side in body:
+                self.select(body[side], scope)
+        self.rest(body, scope, ("withClause", "fromClause", "larg", "rarg", "intoClause", "lockingClause"))
+
+    def from_item(self, item: Node, scope: frozenset[str]) -> None:
+        if "RangeVar" in item:
+            rv = item["RangeVar"]
+            is_cte = "schemaname" not in rv and "catalogname" not in rv and rv.get("relname") in scope
+            if not is_cte:
+                self.bare(rv, "in FROM")
+        elif "RangeSubselect" in item:
+            body = item["RangeSubselect"]
+            if not self.wrapper(body):
+                self.rest(body, scope, ())
+        elif "JoinExpr" in item:
+            body = item["JoinExpr"]
+            for side in ("larg", "rarg"):
+                if side in body:
+                    self.from_item(body[side], scope)
+            self.rest(body, scope, ("larg", "rarg"))
+        elif "RangeTableSample" in item:
+            body = item["RangeTableSample"]
+            rel = body.get("relation", {})
+            if "RangeVar" in rel:
+                self.bare(rel["RangeVar"], "with TABLESAMPLE")
+            else:
+                self.from_item(rel, scope)
+            self.rest(body, scope, ("relation",))
+        else:
+            self.any(item, scope)
+
+    def wrapper(self, body: Node) -> bool:
+        """True if this derived table is an injected filter wrapper (its predicate must then be exact)."""
+        sub = body.get("subquery", {}).get("SelectStmt")
+        if not sub or set(sub) != _WRAPPER_KEYS or len(sub["fromClause"]) != 1:
+            return False
+        inner = sub["fromClause"][0].get("RangeVar")
+        targets = sub["targetList"]
+        if inner is None or "alias" in inner or len(targets) != 1:
+            return False
+        if targets[0].get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") != _STAR_FIELDS:
+            return False
+        flt = self.filtered(inner)
+        if flt is None:
+            return False
+        if not _same(sub["whereClause"], expr_node(flt.predicate(inner.get("relname", "")))):
+            raise Unverified(f'the filter on "{inner.get("relname")}" is not the tenant\'s filter')
+        return True
+
+    def dml(self, tag: str, body: Node, scope: frozenset[str]) -> None:
+        scope = self.ctes(body, scope)
+        rv = body.get("relation", {})
+        flt = self.filtered(rv)
+        if flt is not None:
+            if tag == "MergeStmt" or flt.kind != "tenant":
+                raise Unverified(f'"{rv.get("relname")}" is written without a verifiable filter')
+            if tag == "InsertStmt":
+                self.insert(body, flt.column)
+            else:
+                self.update_delete(tag, body, rv, flt)
+        for key in ("fromClause", "usingClause"):
+            for item in body.get(key, ()):
+                self.from_item(item, scope)
+        if "sourceRelation" in body:
+            self.from_item(body["sourceRelation"], scope)
+        self.rest(body, scope, ("withClause", "relation", "fromClause", "usingClause", "sourceRelation"))
+
+    def update_delete(self, tag: str, body: Node, rv: Node, flt: Any) -> None:
+        refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")
+        pred = expr_node(flt.predicate(refname))
+        where = body.get("whereClause")
+        conjuncts = [where]
+        if where is not None and where.get("BoolExpr", {}).get("boolop") == "AND_EXPR":
+            conjuncts = where["BoolExpr"]["args"]
+        if not any(c is not None and _same(c, pred) for c in conjuncts):
+            raise Unverified(f'"{rv.get("relname")}" is changed without the tenant predicate')
+        if tag == "UpdateStmt":
+            for target in body.get("targetList", ()):
+                if target.get("ResTarget", {}).get("name") == flt.column:
+                    raise Unverified("the tenant column is updated")
+
+    def insert(self, body: Node, column: str) -> None:
+        value = self.policy.tenant_value
+        cols = [c.get("ResTarget", {}).get("name") for c in body.get("cols", ())]
+        if cols.count(column) != 1:
+            raise Unverified("INSERT without the tenant column")
+        k = cols.index(column)
+        conflict = body.get("onConflictClause") or {}
+        if conflict.get("action") == "ONCONFLICT_UPDATE":
+            raise Unverified("INSERT ... ON CONFLICT DO UPDATE on a tenant-scoped table")
+        select = body.get("selectStmt", {}).get("SelectStmt", {})
+        if "valuesLists" in select:
+            for row in select["valuesLists"]:
+                items = row.get("List", {}).get("items", [])
+                if k >= len(items) or const_text(items[k]) != value:
+                    raise Unverified("INSERT of a row without the tenant value")
+            return
+        targets = select.get("targetList", [])
+        from_items = select.get("fromClause", [])
+        ok = (
+            k == len(cols) - 1
+            and set(select) == {"targetList", "fromClause", "limitOption", "op"}
+            and len(targets) == 2
+            and len(from_items) == 1
+            and names_of(targets[0].get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields"))
+            == (_INSERT_WRAPPER_ALIAS, "*")
+            and const_text(targets[1].get("ResTarget", {}).get("val")) == value
+            and "A_Const" in targets[1].get("ResTarget", {}).get("val", {})
+            and from_items[0].get("RangeSubselect", {}).get("alias", {}).get("aliasname") == _INSERT_WRAPPER_ALIAS
+        )
+        if not ok:
+            raise Unverified("INSERT ... SELECT without the tenant value")

@@ -1,0 +1,366 @@
+"""Walks one statement's parse tree and records relation references, calls, names and casts in context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.policy.tree import Node, names_of, string_const, tag_of
+
+# Roles of a RangeVar in its statement.
+READ = "read"  # FROM / JOIN / USING / MERGE source / TABLE t: rows are read
+TARGET = "target"  # INSERT / UPDATE / DELETE / MERGE target
+INTO = "into"  # SELECT INTO / CREATE TABLE AS: the new table's name
+CREATE = "create"  # CREATE TABLE: the new table's name
+LIKE = "like"  # CREATE TABLE (LIKE t): structure only
+INHERIT = "inherit"  # CREATE TABLE ... INHERITS (t)
+SAMPLE = "sample"  # t TABLESAMPLE ...
+COPY_TO = "copy_to"  # COPY t TO ...
+COPY_FROM = "copy_from"  # COPY t FROM ...
+TRUNCATE = "truncate"
+UNKNOWN = "unknown"  # anywhere else; filtered relations found here are denied
+
+REG_TYPES: frozenset[str] = frozenset(
+    {
+        "regclass",
+        "regproc",
+        "regprocedure",
+        "regoper",
+        "regoperator",
+        "regtype",
+        "regnamespace",
+        "regcollation",
+        "regconfig",
+        "regdictionary",
+    }
+)
+
+Scope = frozenset[str]
+
+
+@dataclass(slots=True)
+class RelRef:
+    """One RangeVar with its role; `holder[key]` is where its tagged node lives (for READ refs)."""
+
+    rv: Node
+    role: str
+    cte: bool = False
+    table_form: bool = False
+    holder: Any = None
+    key: Any = None
+    stmt: Node | None = None
+    stmt_kind: str = ""
+
+
+@dataclass(slots=True)
+class Call:
+    """One function call."""
+
+    names: tuple[str, ...]
+    args: list[Node]
+    named: bool
+
+
+@dataclass(slots=True)
+class Analysis:
+    """Everything the policy checks need to know about one statement."""
+
+    refs: list[RelRef] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    type_names: list[tuple[str, ...]] = field(default_factory=list)
+    operators: list[tuple[str, ...]] = field(default_factory=list)
+    collations: list[tuple[str, ...]] = field(default_factory=list)
+    column_refs: list[tuple[str, ...]] = field(default_factory=list)
+    reg_literals: list[tuple[str, str]] = field(default_factory=list)
+    qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
+    refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
+    locking: bool = False
+    kinds: set[str] = field(default_factory=set)
+
+
+def analyze(node: Node) -> Analysis:
+    """Walk a tagged statement node."""
+    walker = _Walker()
+    walker.any(node, frozenset())
+    return walker.out
+
+
+def _literal_below_casts(node: Node | None) -> str | None:
+    while node and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return string_const(node)
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.out = Analysis()
+
+    # -- generic traversal -------------------------------------------------------------------------------
+    def any(self, value: Any, scope: Scope) -> None:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    self.node(item, scope, value, i)
+                elif isinstance(item, list):
+                    self.any(item, scope)
+        elif isinstance(value, dict):
+            self.node(value, scope, None, None)
+
+    def node(self, node: Node, scope: Scope, holder: Any, key: Any) -> None:
+        tag = tag_of(node)
+        if tag is None:
+            self.struct(node, scope)
+            return
+        handler = _HANDLERS.get(tag)
+        if handler is None:
+            self.fields(node[tag], scope)
+        else:
+            handler(self, node[tag], scope, holder, key)
+
+    def fields(self, body: Node, scope: Scope, skip: tuple[str, ...] = ()) -> None:
+        for k, v in body.items():
+            if k not in skip and isinstance(v, (dict, list)):
+                self.any(v, scope)
+
+    def struct(self, d: Node, scope: Scope) -> None:
+        """An untagged struct (a typed field): recognise the shapes that matter, else recurse."""
+        if "relname" in d and "relpersistence" in d:
+            self.ref(d, UNKNOWN, scope)
+        elif "names" in d and "typemod" in d:
+            self.out.type_names.append(names_of(d["names"]))
+            self.fields(d, scope, skip=("names",))
+        elif "op" in d and "limitOption" in d:
+            self.select(d, scope)
+        else:
+            self.fields(d, scope)
+
+    def ref(self, rv: Node, role: str, scope: Scope, holder: Any = None, key: Any = None, **kw: Any) -> None:
+        cte = (
+            role in (READ, SAMPLE)
+            and "schemaname" not in rv
+            and "catalogname" not in rv
+            and rv.get("relname", "") in scope
+        )
+        if role in (READ, SAMPLE):
+            self.out.refnames.append(rv.get("alias", {}).get("aliasname") or rv.get("relname", ""))
+        self.out.refs.append(RelRef(rv=rv, role=role, cte=cte, holder=holder, key=key, **kw))
+
+    # -- scopes -----------------------------------------------------------------------------------------
+    def with_clause(self, wc: Node | None, scope: Scope) -> Scope:
+        if not wc:
+            return scope
+        ctes = [c.get("CommonTableExpr", {}) for c in wc.get("ctes", ())]
+        names = [c.get("ctename", "") for c in ctes]
+        self.out.refnames.extend(names)
+        recursive = bool(wc.get("recursive"))
+        for i, cte in enumerate(ctes):
+            inner = scope | frozenset(names if recursive else names[:i])
+            self.fields(cte, inner)
+        return scope | frozenset(names)
+
+    # -- statements -------------------------------------------------------------------------------------
+    def select(self, b: Node, scope: Scope, holder: Any = None, key: Any = None) -> None:
+        self.out.kinds.add("SelectStmt")
+        scope = self.with_clause(b.get("withClause"), scope)
+        table_form = False
+        targets = b.get("targetList")
+        if targets and len(targets) == 1 and targets[0].get("ResTarget", {}).get("location", 0) == -1:
+            table_form = True
+        for k, v in b.items():
+            if k == "withClause":
+                continue
+            if k == "fromClause":
+                for i, item in enumerate(v):
+                    self.from_item(item, scope, v, i, table_form=table_form, stmt=b)
+            elif k in ("larg", "rarg"):
+                self.select(v, scope)
+            elif k == "intoClause":
+                self.into(v, scope)
+            elif k == "lockingClause":
+                self.out.locking = True  # lockedRels name FROM items, not relations
+            elif isinstance(v, (dict, list)):
+                self.any(v, scope)
+
+    def into(self, d: Node, scope: Scope) -> None:
+        self.ref(d["rel"], INTO, scope)
+        self.fields(d, scope, skip=("rel",))
+
+    def from_item(
+        self, item: Node, scope: Scope, holder: Any, key: Any, table_form: bool = False, stmt: Node | None = None
+    ) -> None:
+        tag = tag_of(item)
+        if tag == "RangeVar":
+            self.ref(item[tag], READ, scope, holder, key, table_form=table_form, stmt=stmt)
+        elif tag == "JoinExpr":
+            body = item[tag]
+            self.alias(body)
+            for side in ("larg", "rarg"):
+                if side in body:
+                    self.from_item(body[side], scope, body, side)
+            self.fields(body, scope, skip=("larg", "rarg"))
+        elif tag == "RangeTableSample":
+            body = item[tag]
+            rel = body.get("relation", {})
+            if "RangeVar" in rel:
+                self.ref(rel["RangeVar"], SAMPLE, scope, body, "relation")
+            else:
+                self.from_item(rel, scope, body, "relation")
+            self.fields(body, scope, skip=("relation",))
+        elif tag == "RangeSubselect":
+            self.alias(item[tag])
+            self.fields(item[tag], scope)
+        else:
+            if tag == "RangeFunction" or tag == "RangeTableFunc" or tag == "JsonTable":
+                self.alias(item[tag])
+            self.node(item, scope, holder, key)
+
+    def alias(self, body: Node) -> None:
+        name = body.get("alias", {}).get("aliasname")
+        if name:
+            self.out.refnames.append(name)
+
+    def dml(self, tag: str, b: Node, scope: Scope) -> None:
+        self.out.kinds.add(tag)
+        scope = self.with_clause(b.get("withClause"), scope)
+        self.ref(b["relation"], TARGET, scope, b, "relation", stmt=b, stmt_kind=tag)
+        for k, v in b.items():
+            if k in ("withClause", "relation"):
+                continue
+            if k in ("fromClause", "usingClause"):
+                for i, item in enumerate(v):
+                    self.from_item(item, scope, v, i)
+            elif k == "sourceRelation":
+                self.from_item(v, scope, b, k)
+            elif isinstance(v, (dict, list)):
+                self.any(v, scope)
+
+
+def _h_select(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.select(b, scope, holder, key)
+
+
+def _dml_handler(tag: str) -> Callable[[_Walker, Node, Scope, Any, Any], None]:
+    def handler(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+        w.dml(tag, b, scope)
+
+    return handler
+
+
+def _h_rangevar(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.ref(b, UNKNOWN, scope, holder, key)
+
+
+def _from_handler(tag: str) -> Callable[[_Walker, Node, Scope, Any, Any], None]:
+    # JoinExpr / RangeSubselect / RangeTableSample reached outside a FROM list walk: treat as FROM items.
+    def handler(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+        w.from_item({tag: b}, scope, holder, key)
+
+    return handler
+
+
+def _h_funccall(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    args = b.get("args", [])
+    named = any("NamedArgExpr" in a for a in args)
+    w.out.calls.append(Call(names=names_of(b.get("funcname")), args=args, named=named))
+    w.fields(b, scope, skip=("funcname",))
+
+
+def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    type_name = b.get("typeName", {})
+    names = names_of(type_name.get("names"))
+    if names and names[-1] in REG_TYPES:
+        literal = _literal_below_casts(b.get("arg"))
+        if literal is not None:
+            w.out.reg_literals.append((names[-1], literal))
+    w.fields(b, scope)
+
+
+def _h_aexpr(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    names = names_of(b.get("name"))
+    if len(names) > 1:
+        w.out.operators.append(names)
+    w.fields(b, scope, skip=("name",))
+
+
+def _h_collate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    names = names_of(b.get("collname"))
+    if len(names) > 1:
+        w.out.collations.append(names)
+    w.fields(b, scope, skip=("collname",))
+
+
+def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    names = names_of(b.get("fields"))
+    if len(names) > 1:
+        w.out.column_refs.append(names)
+        if len(names) > 2:
+            w.out.qualified_columns.append(b)
+
+
+def _h_copy(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.kinds.add("CopyStmt")
+    if "relation" in b:
+        w.ref(b["relation"], COPY_FROM if b.get("is_from") else COPY_TO, scope, b, "relation", stmt=b)
+    w.fields(b, scope, skip=("relation",))
+
+
+def _h_create(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.kinds.add("CreateStmt")
+    w.ref(b["relation"], CREATE, scope)
+    for item in b.get("inhRelations", ()):
+        if "RangeVar" in item:
+            w.ref(item["RangeVar"], INHERIT, scope)
+    w.fields(b, scope, skip=("relation", "inhRelations"))
+
+
+def _h_like(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.ref(b["relation"], LIKE, scope)
+    w.fields(b, scope, skip=("relation",))
+
+
+def _h_ctas(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.kinds.add("CreateTableAsStmt")
+    w.into(b["into"], scope)
+    w.fields(b, scope, skip=("into",))
+
+
+def _h_truncate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.kinds.add("TruncateStmt")
+    for item in b.get("relations", ()):
+        if "RangeVar" in item:
+            w.ref(item["RangeVar"], TRUNCATE, scope)
+
+
+def _h_locking(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.locking = True
+
+
+def _h_skip(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    return None
+
+
+_HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
+    "SelectStmt": _h_select,
+    "InsertStmt": _dml_handler("InsertStmt"),
+    "UpdateStmt": _dml_handler("UpdateStmt"),
+    "DeleteStmt": _dml_handler("DeleteStmt"),
+    "MergeStmt": _dml_handler("MergeStmt"),
+    "RangeVar": _h_rangevar,
+    "JoinExpr": _from_handler("JoinExpr"),
+    "RangeSubselect": _from_handler("RangeSubselect"),
+    "RangeTableSample": _from_handler("RangeTableSample"),
+    "FuncCall": _h_funccall,
+    "TypeCast": _h_typecast,
+    "A_Expr": _h_aexpr,
+    "CollateClause": _h_collate,
+    "ColumnRef": _h_columnref,
+    "CopyStmt": _h_copy,
+    "CreateStmt": _h_create,
+    "TableLikeClause": _h_like,
+    "CreateTableAsStmt": _h_ctas,
+    "TruncateStmt": _h_truncate,
+    "LockingClause": _h_locking,
+    "A_Const": _h_skip,
+    "String": _h_skip,
+}

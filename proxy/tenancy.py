@@ -1,0 +1,83 @@
+"""Builds each tenant's policy (what the engine decides with) and backend context from config; pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from proxy.config import TenantConfig
+from proxy.policy.model import TenantPolicy
+
+ScopedTables = Mapping[tuple[str, str], str]  # (schema, table) -> tenant column
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def search_path(tenant: TenantConfig) -> tuple[str, ...]:
+    """The search_path pinned for the tenant's sessions."""
+    if tenant.strategy == "schema":
+        assert tenant.schema is not None
+        return (tenant.schema, *tenant.shared_schemas)
+    if tenant.strategy == "shared":
+        return tenant.tenant_schemas
+    return ("public",)
+
+
+def backend_context(tenant: TenantConfig) -> dict[str, str]:
+    """Startup parameters that pin the tenant context on the backend.
+
+    Sent in the startup packet, they become the session's reset values: `RESET ALL` and
+    `DISCARD ALL` restore them instead of clearing them.
+    """
+    if tenant.strategy == "database":
+        return {}  # the database itself is the boundary; the tenant's search_path is its own business
+    params = {"search_path": ", ".join(quote_ident(s) for s in search_path(tenant))}
+    if tenant.strategy == "shared":
+        assert tenant.tenant_id is not None
+        params[tenant.tenant_setting] = tenant.tenant_id
+    return params
+
+
+def explicit_tables(tenant: TenantConfig) -> dict[tuple[str, str], str]:
+    out: dict[tuple[str, str], str] = {}
+    for name in tenant.tables:
+        schema, table = name.split(".", 1)
+        out[(schema, table)] = tenant.tenant_column
+    return out
+
+
+def tenant_policy(tenant: TenantConfig, scoped: ScopedTables | None = None) -> TenantPolicy:
+    """The engine's view of one tenant."""
+    if tenant.strategy == "shared":
+        tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
+        return TenantPolicy(
+            tenant=tenant.name,
+            strategy="shared",
+            tenant_value=tenant.tenant_id,
+            scoped_tables=tables,
+            search_path=search_path(tenant),
+            tenant_setting=tenant.tenant_setting,
+            allow_writes=tenant.allow_writes,
+        )
+    if tenant.strategy == "schema":
+        return TenantPolicy(
+            tenant=tenant.name,
+            strategy="schema",
+            search_path=search_path(tenant),
+            tenant_schema=tenant.schema,
+            shared_schemas=tenant.shared_schemas,
+            tenant_setting=tenant.tenant_setting,
+            allow_writes=tenant.allow_writes,
+        )
+    return TenantPolicy(
+        tenant=tenant.name,
+        strategy="database",
+        search_path=search_path(tenant),
+        tenant_setting=tenant.tenant_setting,
+        allow_writes=tenant.allow_writes,
+    )
+
+
+def describe_tables(tables: Iterable[tuple[str, str]]) -> list[str]:
+    return sorted(f"{s}.{t}" for s, t in tables)
