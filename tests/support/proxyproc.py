@@ -81,6 +81,10 @@ class ProxyProcess:
     limits: dict[str, Any] = field(default_factory=dict)
     extra_allowed: tuple[str, ...] = ()
     preflight_enforce: bool = True
+    # More tenants/users/roles on top of the defaults: {"tenant": {"strategy": "shared", ...}}, {"user": (tenant, pw)}
+    extra_tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra_users: dict[str, tuple[str, str]] = field(default_factory=dict)
+    extra_roles: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -131,15 +135,18 @@ class ProxyProcess:
             "[tenants.initech]", 'strategy = "database"', 'database = "initech"', "allow_writes = true",
             f'backend_user = "{TENANT_ROLES["initech"][0]}"',
         ]
+        for name, keys in self.extra_tenants.items():
+            lines += [f"[tenants.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in keys.items())]
         if not self.preflight_enforce:
             lines += ["[preflight]", "enforce = false"]
-        for user, (tenant, _) in USERS.items():
+        for user, (tenant, _) in self.users.items():
             lines += [f"[users.{user}]", f'tenant = "{tenant}"']
         self.config_path.write_text("\n".join(lines) + "\n")
         secrets = ["[users]"]
-        secrets += [f'{u} = "{verifier(pw)}"' for u, (_, pw) in USERS.items()]
+        secrets += [f'{u} = "{verifier(pw)}"' for u, (_, pw) in self.users.items()]
         secrets += ["[backends]", f'main = "{BACKEND_PASSWORD}"']
-        secrets += ["[roles]", *(f'{role} = "{pw}"' for role, pw in TENANT_ROLES.values())]
+        roles = {**dict(TENANT_ROLES.values()), **self.extra_roles}
+        secrets += ["[roles]", *(f'{role} = "{pw}"' for role, pw in roles.items())]
         (self.workdir / "secrets.toml").write_text("\n".join(secrets) + "\n")
 
     def provision(self) -> None:
@@ -204,22 +211,26 @@ class ProxyProcess:
                 continue
         return out
 
+    @property
+    def users(self) -> dict[str, tuple[str, str]]:
+        return {**USERS, **self.extra_users}
+
     def password(self, user: str) -> str:
-        return USERS[user][1]
+        return self.users[user][1]
 
     def dsn(self, user: str = "alice", dbname: str | None = None, **params: str | int) -> str:
         kv: dict[str, str | int] = {
-            "host": "127.0.0.1", "port": self.port, "user": user, "password": USERS[user][1],
-            "dbname": dbname or USERS[user][0], "sslmode": "disable", "connect_timeout": 10,
+            "host": "127.0.0.1", "port": self.port, "user": user, "password": self.users[user][1],
+            "dbname": dbname or self.users[user][0], "sslmode": "disable", "connect_timeout": 10,
         }
         kv.update(params)
         return " ".join(f"{k}='{v!s}'" for k, v in kv.items())
 
     def url(self, user: str = "alice", dbname: str | None = None, **params: str | int) -> str:
         q = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
-        base = f"postgresql://{user}:{quote(USERS[user][1])}@127.0.0.1:{self.port}/{dbname or USERS[user][0]}"
+        base = f"postgresql://{user}:{quote(self.users[user][1])}@127.0.0.1:{self.port}/{dbname or self.users[user][0]}"
         return base + (f"?{q}" if q else "")
 
     def jdbc_url(self, user: str = "alice", **params: str | int) -> str:
         q = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in params.items())
-        return f"jdbc:postgresql://127.0.0.1:{self.port}/{USERS[user][0]}" + (f"?{q}" if q else "")
+        return f"jdbc:postgresql://127.0.0.1:{self.port}/{self.users[user][0]}" + (f"?{q}" if q else "")
