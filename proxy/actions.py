@@ -54,6 +54,13 @@ class ConnectBackend:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminQuery:
+    """A simple query on the admin console, answered by the proxy."""
+
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardCancel:
     process_id: int
     secret_key: bytes
@@ -94,5 +101,5 @@ class ServerFailed:
 
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | Sleep
-    | ConnectBackend | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
+    | ConnectBackend | AdminQuery | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
 )

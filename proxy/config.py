@@ -123,6 +123,30 @@ class PreflightConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9187
+    max_tenants: int = 100  # distinct tenant label values; the rest are counted as tenant="_other"
+    buckets: tuple[float, ...] = ()  # query latency buckets in seconds; empty = the built-in BI buckets
+    basic_auth_user: str | None = None
+    basic_auth_password: str | None = field(default=None, repr=False)  # from secrets metrics_password
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    enabled: bool = False
+    file: Path | None = None  # None: standard error, as its own stream (logger "pgtenant.audit")
+    redact: bool = False  # replace literals with placeholders (by the SQL scanner, not regexes)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    users: frozenset[str] = frozenset()  # may log in to the virtual database "pgtenant"; verifiers in secrets
+    verifiers: Mapping[str, ScramVerifier] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     format: Literal["json", "console"] = "json"
@@ -139,6 +163,9 @@ class Config:
     allowed_parameters: frozenset[str] = DEFAULT_ALLOWED_PARAMETERS
     logging: LoggingConfig = LoggingConfig()
     preflight: PreflightConfig = PreflightConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    audit: AuditConfig = AuditConfig()
+    admin: AdminConfig = AdminConfig()
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     source: Path | None = None
@@ -236,7 +263,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         raw,
         {
             "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
-            "preflight",
+            "preflight", "metrics", "audit", "admin",
         },
         "",
     )
@@ -251,7 +278,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             raise ConfigError(f"secrets_file: {sp} not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"secrets_file: {sp} is not valid TOML: {exc}") from exc
-        _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret"}, "secrets.")
+        _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret", "metrics_password"}, "secrets.")
 
     lr = _table(raw, "listen", "")
     _check_keys(lr, {"host", "port"}, "listen.")
@@ -423,9 +450,56 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         except ValueError as exc:
             raise ConfigError(f"secrets.users.{name}: {exc}") from exc
         users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier)
+    ad = _table(raw, "admin", "")
+    _check_keys(ad, {"users"}, "admin.")
+    admin_users = frozenset(_str_list(ad, "users", "admin.", ()))
+    admin_verifiers: dict[str, ScramVerifier] = {}
+    for name in sorted(admin_users):
+        if name in users:
+            raise ConfigError(f"admin.users: {name!r} is also a tenant user; admin logins must be separate")
+        text = user_secrets.get(name)
+        if not isinstance(text, str):
+            raise ConfigError(f"secrets.users.{name}: no SCRAM verifier for admin user {name!r}")
+        try:
+            admin_verifiers[name] = ScramVerifier.parse(_resolve_secret(text, f"secrets.users.{name}"))
+        except ValueError as exc:
+            raise ConfigError(f"secrets.users.{name}: {exc}") from exc
     for name in user_secrets:
-        if name not in users:
+        if name not in users and name not in admin_users:
             raise ConfigError(f"secrets.users.{name}: no [users.{name}] entry in the config")
+
+    mr = _table(raw, "metrics", "")
+    _check_keys(mr, {"enabled", "host", "port", "max_tenants", "buckets", "basic_auth_user"}, "metrics.")
+    buckets = _get(mr, "buckets", list, "metrics.", [])
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) and b > 0 for b in buckets) or sorted(
+        buckets
+    ) != buckets:
+        raise ConfigError("metrics.buckets: expected increasing positive numbers (seconds)")
+    metrics_password = secrets.get("metrics_password")
+    metrics = MetricsConfig(
+        enabled=_get(mr, "enabled", bool, "metrics.", True),
+        host=_get(mr, "host", str, "metrics.", "127.0.0.1"),
+        port=_get(mr, "port", int, "metrics.", 9187),
+        max_tenants=_get(mr, "max_tenants", int, "metrics.", 100),
+        buckets=tuple(float(b) for b in buckets),
+        basic_auth_user=_get(mr, "basic_auth_user", str, "metrics.", None),
+        basic_auth_password=_resolve_secret(metrics_password, "secrets.metrics_password")
+        if isinstance(metrics_password, str) else None,
+    )
+    if not 0 <= metrics.port <= 65535:
+        raise ConfigError(f"metrics.port: must be 0..65535, got {metrics.port}")
+    if metrics.max_tenants < 1:
+        raise ConfigError("metrics.max_tenants: must be at least 1")
+    if metrics.basic_auth_user and not metrics.basic_auth_password:
+        raise ConfigError("metrics.basic_auth_user: needs secrets.metrics_password")
+
+    au = _table(raw, "audit", "")
+    _check_keys(au, {"enabled", "file", "redact"}, "audit.")
+    audit = AuditConfig(
+        enabled=_get(au, "enabled", bool, "audit.", False),
+        file=_path(base, _get(au, "file", str, "audit.", None)),
+        redact=_get(au, "redact", bool, "audit.", False),
+    )
 
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):
@@ -447,6 +521,9 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         allowed_parameters=allowed,
         logging=logging_cfg,
         preflight=preflight,
+        metrics=metrics,
+        audit=audit,
+        admin=AdminConfig(users=admin_users, verifiers=admin_verifiers),
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         source=source,

@@ -9,10 +9,13 @@ import signal
 import ssl
 import time
 from collections.abc import Iterable
+from time import perf_counter
 
+from proxy import admin as admin_console
 from proxy import dbcheck, errors
 from proxy.actions import (
     Action,
+    AdminQuery,
     CloseClient,
     CloseServer,
     ConnectBackend,
@@ -27,19 +30,24 @@ from proxy.actions import (
     StartClientTls,
     StartServerTls,
 )
+from proxy.audit import AuditLog, end_user_from_sql
 from proxy.auth.scram import tls_server_end_point
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry, CancelTarget
 from proxy.config import BackendConfig, Config
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
+from proxy.httpd import OpsServer
 from proxy.logs import get_logger
+from proxy.metrics import DEFAULT_BUCKETS, Metrics
+from proxy.ops import AdminView, Ops
 from proxy.policy.engine import DecisionCache
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
 from proxy.tenancy import backend_context, tenant_policy
+from proxy.tracking import Request
 
 log = get_logger("pgtenant.driver")
 
@@ -92,6 +100,7 @@ class ServerLink(asyncio.Protocol):
         self.closed = False
         self.bytes_in = 0
         self.connected_at = time.monotonic()
+        self.gauge_label: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses
@@ -186,6 +195,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._sleeping = False
         self._pending_data: list[bytes] = []
+        self._bytes_reported = (0, 0)
         self._reading_paused = False
         self.log = log
 
@@ -207,9 +217,12 @@ class ClientConnection(asyncio.Protocol):
             tls_available=self.proxy.client_ssl is not None,
             channel_binding=lambda: self.proxy.channel_binding,
             on_decision=self._on_decision,
+            on_request_done=self._on_request_done,
         )
         self.log = log.bind(session_id=sid, client_addr=address)
         self.proxy.clients.add(self)
+        self.proxy.metrics.clients.labels("_none", "authenticating").inc()
+        self._gauge: tuple[str, str] | None = ("_none", "authenticating")
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
             self._run([CloseClient(errors.PgError("53300", "sorry, too many clients already", "FATAL"), "too_many")])
             return
@@ -283,13 +296,19 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        connect_s = time.monotonic() - link.connected_at
         self.log.info(
             "backend_connected",
             backend=link.server.backend.name,
             database=link.server.database,
             tls=link.server.tls,
-            connect_ms=round((time.monotonic() - link.connected_at) * 1000, 2),
+            connect_ms=round(connect_s * 1000, 2),
         )
+        label = self.proxy.metrics.tenant(self.session.info.tenant)
+        self.proxy.metrics.backend_connect_duration.labels(label).observe(connect_s)
+        self.proxy.metrics.servers.labels(label, "active").inc()
+        link.gauge_label = label
+        self._set_gauge(label, "active")
         for notice in ready.notices:
             self.write(notice)
         self._run(self.session.server_ready(ready.parameters))
@@ -338,6 +357,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             elif isinstance(action, ConnectBackend):
                 self._connect_backend()
+            elif isinstance(action, AdminQuery):
+                self._admin_query(action.sql)
             elif isinstance(action, ForwardCancel):
                 asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
             elif isinstance(action, CloseServer):
@@ -392,11 +413,69 @@ class ClientConnection(asyncio.Protocol):
         self.transport = new
         self._run(self.session.tls_done())
 
+    def _set_gauge(self, tenant: str, state: str) -> None:
+        gauge = self.proxy.metrics.clients
+        if self._gauge is not None:
+            gauge.labels(*self._gauge).dec()
+        self._gauge = (tenant, state)
+        gauge.labels(tenant, state).inc()
+
+    def _admin_query(self, sql: str) -> None:
+        try:
+            out = admin_console.execute(sql, AdminView(self.proxy.ops))
+        except PgError as exc:
+            out = exc.encode()
+        self.log.info("admin_command", command=sql.strip().split(" ")[0][:32].upper())
+        self.write(out + m.ready_for_query(b"I"))
+
     def _on_decision(self, kind: str, sql: str, decision: Decision) -> None:
         if isinstance(decision, Deny):
             self.log.info("statement_denied", kind=kind, rule=decision.rule, sqlstate=decision.sqlstate)
+            tenant = self.session.info.tenant if self.session else None
+            self.proxy.metrics.denied.labels(self.proxy.metrics.tenant(tenant), decision.rule).inc()
         elif isinstance(decision, Rewrite):
             self.log.debug("statement_rewritten", kind=kind, rules=list(decision.rules))
+
+    def _on_request_done(self, req: Request) -> None:
+        """One request answered: metrics, stats and the audit line (never raw SQL in a label)."""
+        session = self.session
+        assert session is not None
+        proxy = self.proxy
+        metrics = proxy.metrics
+        tenant_name = session.info.tenant or "_none"
+        label = metrics.tenant(tenant_name)
+        if proxy.metrics_enabled:
+            metrics.query_duration.labels(label, req.kind, req.outcome).observe(req.duration)
+            if req.rows:
+                metrics.rows_to_client.labels(label).inc(req.rows)
+            if req.outcome == "error" and req.sqlstate:
+                metrics.backend_errors.labels(label, req.sqlstate[:2]).inc()
+            sent, received = self.bytes_out - self._bytes_reported[0], self.bytes_in - self._bytes_reported[1]
+            self._bytes_reported = (self.bytes_out, self.bytes_in)
+            metrics.bytes_to_client.labels(label).inc(sent)
+            metrics.bytes_from_client.labels(label).inc(received)
+        st = proxy.ops.tenant_stats(tenant_name)
+        st.queries += 1
+        st.rows += req.rows
+        st.latencies.append(req.duration)
+        if req.outcome == "error":
+            st.errors += 1
+        elif req.outcome == "denied":
+            st.denied += 1
+        if proxy.audit is not None:
+            decision = req.decision
+            rewritten = decision.sql if isinstance(decision, Rewrite) else None
+            proxy.audit.record(
+                session_id=session.info.session_id, tenant=session.info.tenant, user=session.info.user,
+                application_name=session.info.application_name, client_addr=session.info.client_address,
+                end_user=session.end_user or end_user_from_sql(req.sql), kind=req.kind,
+                decision=type(decision).__name__.lower() if decision is not None else "none",
+                rule=decision.rule if isinstance(decision, Deny) else (
+                    ",".join(decision.rules) if isinstance(decision, Rewrite) else None),
+                outcome=req.outcome, sqlstate=req.sqlstate, duration_ms=round(req.duration * 1000, 3),
+                rows=req.rows, sql=req.sql, rewritten_sql=rewritten,
+                statements=len(req.extra) + 1,
+            )
 
     def _connect_backend(self) -> None:
         session = self.session
@@ -405,6 +484,8 @@ class ClientConnection(asyncio.Protocol):
             user=session.info.user, tenant=session.tenant.name, application_name=session.info.application_name
         )
         self.log.info("auth_ok", tls=session.info.tls)
+        self.proxy.metrics.auth.labels("success", "ok").inc()
+        self._set_gauge(self.proxy.metrics.tenant(session.tenant.name), "connecting")
         asyncio.get_running_loop().create_task(self._attach_policy_and_connect())
 
     async def _attach_policy_and_connect(self) -> None:
@@ -425,7 +506,19 @@ class ClientConnection(asyncio.Protocol):
             return
         policy = self.proxy.policies[name]
         cache = self.proxy.decisions
-        session.enable_policy(lambda _kind, sql: cache.get_or_decide(policy, sql))
+        proxy = self.proxy
+        metrics = proxy.metrics
+
+        def decide(_kind: str, sql: str) -> Decision:
+            current = proxy.policies.get(name, policy)  # a reload may have replaced it
+            misses = cache.misses
+            t0 = perf_counter()
+            decision = cache.get_or_decide(current, sql)
+            if cache.misses != misses:
+                metrics.decision_duration.labels("total").observe(perf_counter() - t0)
+            return decision
+
+        session.enable_policy(decide)
         await self._acquire()
 
     async def _acquire(self) -> None:
@@ -452,6 +545,12 @@ class ClientConnection(asyncio.Protocol):
     def close(self, error: PgError | None, reason: str) -> None:
         if self.closed:
             return
+        if reason.startswith("auth_failed"):
+            self.proxy.metrics.auth.labels("failure", reason.partition(":")[2] or "unknown").inc()
+        elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout"):
+            self.proxy.metrics.auth.labels("refused", reason).inc()
+        if self.session is not None and self.session.is_admin and reason == "client_terminate":
+            self.log.info("admin_logout")
         if error is not None:
             self.write(error.encode())
             level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
@@ -470,6 +569,9 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._gauge is not None:
+            self.proxy.metrics.clients.labels(*self._gauge).dec()
+            self._gauge = None
         if self in self.proxy.clients:
             self.proxy.clients.discard(self)
             if self.session is not None:
@@ -509,6 +611,9 @@ class Pool:
         return link
 
     def release(self, link: ServerLink, *, reason: str = "") -> None:
+        if link in self.links and link.gauge_label is not None:
+            self.proxy.metrics.servers.labels(link.gauge_label, "active").dec()
+            link.gauge_label = None
         self.links.discard(link)
         link.terminate()
 
@@ -529,6 +634,15 @@ class Proxy:
         self.server: asyncio.AbstractServer | None = None
         self.policies: dict[str, TenantPolicy] = {}
         self.decisions = DecisionCache()
+        self.metrics = Metrics(
+            max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
+        )
+        self.metrics.tenant.preload(sorted(config.tenants))
+        self.metrics_enabled = config.metrics.enabled
+        self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
+        self.ops = Ops(self)
+        self.ops_server: OpsServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.stopping = False
@@ -537,6 +651,21 @@ class Proxy:
         """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
         assert session.tenant is not None
         return {**session.backend_parameters, **backend_context(session.tenant)}
+
+    def apply_config(self, new: Config) -> list[str]:
+        """Blocking half of a reload (discovery and preflight under the new config); the switch itself
+        is scheduled on the loop. Returns the problems that reject the reload."""
+        policies, problems = self.prepare_config(new)
+        if problems:
+            return problems
+        loop = self._loop
+        assert loop is not None
+        done = asyncio.run_coroutine_threadsafe(self._install(new, policies), loop)
+        done.result(30)
+        return []
+
+    async def _install(self, new: Config, policies: dict[str, TenantPolicy]) -> None:
+        self.install_config(new, policies)
 
     def prepare(self) -> None:
         """Blocking startup work for every tenant: discovery, isolation preflight, policy.
@@ -556,36 +685,94 @@ class Proxy:
                 + " (fix it, e.g. with `pgtenant provision`, or set preflight.enforce = false)"
             )
 
-    def prepare_tenant(self, name: str) -> list[str]:
-        """Discover, check and build one tenant's policy; return the blocking preflight problems."""
-
-
-        tenant = self.config.tenants[name]
-        scoped = dbcheck.discover(self.config, tenant) if tenant.strategy == "shared" else {}
+    def build_tenant(self, config: Config, name: str) -> tuple[TenantPolicy | None, list[str]]:
+        """Blocking: discover, check and build one tenant's policy under `config`; (policy, problems)."""
+        tenant = config.tenants[name]
+        scoped = dbcheck.discover(config, tenant) if tenant.strategy == "shared" else {}
         if tenant.strategy == "shared":
             log.info("tenant_tables", tenant=name, tables=sorted(f"{s}.{t}" for s, t in scoped))
-        report = dbcheck.preflight(self.config, tenant, scoped)
+        report = dbcheck.preflight(config, tenant, scoped)
         for w in report.warnings:
             log.warning("preflight_warning", tenant=name, problem=w)
         for e in report.errors:
             log.error("preflight_failed", tenant=name, problem=e)
-        if report.errors and self.config.preflight.enforce:
-            return report.errors
+        if report.errors and config.preflight.enforce:
+            return None, report.errors
         try:
-            self.policies[name] = tenant_policy(tenant, scoped)
+            return tenant_policy(tenant, scoped), []
         except ValueError as exc:
-            return [f"tenants.{name}: {exc}"]
-        return []
+            return None, [f"tenants.{name}: {exc}"]
+
+    def prepare_tenant(self, name: str) -> list[str]:
+        """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""
+        policy, problems = self.build_tenant(self.config, name)
+        if policy is not None:
+            self.policies[name] = policy
+        self.metrics.preflight_ok.labels(self.metrics.tenant(name)).set(1 if policy is not None else 0)
+        return problems
+
+    def prepare_config(self, new: Config) -> tuple[dict[str, TenantPolicy], list[str]]:
+        """Blocking: build every tenant's policy under a new config (for reload); tenants whose backend
+        is down are left to be prepared later."""
+        policies: dict[str, TenantPolicy] = {}
+        problems: list[str] = []
+        for name in new.tenants:
+            try:
+                policy, found = self.build_tenant(new, name)
+            except BackendCheckError as exc:
+                log.warning("tenant_pending", tenant=name, reason=str(exc))
+                continue
+            problems += found
+            if policy is not None:
+                policies[name] = policy
+        return policies, problems
+
+    def install_config(self, new: Config, policies: dict[str, TenantPolicy]) -> None:
+        """On the event loop: switch to a new config; sessions of removed or moved users end at their
+        next statement, everyone else keeps going under the new policy."""
+        old = self.config
+        self.config = new
+        self.policies = policies
+        self.decisions.clear()
+        self.client_ssl = client_ssl_context(new)
+        self.channel_binding = own_channel_binding(new)
+        self.throttle.max_failures = new.limits.max_auth_failures
+        self.throttle.window = new.limits.auth_failure_window
+        self.metrics.tenant.preload(sorted(new.tenants))
+        for client in list(self.clients):
+            s = client.session
+            if s is None or s.info.user is None or s.is_admin:
+                continue
+            before = old.users.get(s.info.user)
+            after = new.users.get(s.info.user)
+            if after is None or before is None or after.tenant != before.tenant or (
+                new.tenants[after.tenant] != old.tenants.get(after.tenant)
+                and new.tenants[after.tenant].strategy != old.tenants[after.tenant].strategy
+            ):
+                s.revoked = errors.user_removed(s.info.user)
+            s.config = new
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: ClientConnection(self),
-            self.config.listen.host,
-            self.config.listen.port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        self._loop = loop
+        if self.config.metrics.enabled:
+            self.ops_server = OpsServer(self.config.metrics, self.metrics, self.ops.ready)
+            try:
+                await self.ops_server.start()
+            except OSError as exc:
+                m_cfg = self.config.metrics
+                raise StartupError(f"metrics: cannot listen on {m_cfg.host}:{m_cfg.port}: {exc.strerror}") from exc
+        try:
+            self.server = await loop.create_server(
+                lambda: ClientConnection(self),
+                self.config.listen.host,
+                self.config.listen.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            listen = self.config.listen
+            raise StartupError(f"listen: cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from exc
         log.info("listening", address=self.addresses())
 
     def addresses(self) -> list[str]:
@@ -646,6 +833,10 @@ class Proxy:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)
+        if self.ops_server is not None:
+            await self.ops_server.close()
+        if self.audit is not None:
+            self.audit.close()
         log.info("shutdown_complete")
 
 
@@ -662,6 +853,15 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(proxy.ops.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     if ready is not None:
         ready.set()
     await stop.wait()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from proxy import errors
 from proxy.actions import (
     Action,
+    AdminQuery,
     CloseClient,
     CloseServer,
     ConnectBackend,
@@ -21,6 +22,7 @@ from proxy.actions import (
     Sleep,
     StartClientTls,
 )
+from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
@@ -28,7 +30,8 @@ from proxy.errors import PgError
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.protocol.stream import FramingError, Message, MessageStream
-from proxy.startup import backend_parameters
+from proxy.startup import backend_parameters, end_user_claim
+from proxy.tracking import Request, RequestTracker
 
 _I32 = struct.Struct("!i")
 _MAX_PENDING_DENIALS = 1024
@@ -44,6 +47,7 @@ class State(enum.Enum):
     SASL_CONTINUE = "sasl_continue"  # AuthenticationSASLContinue sent; waiting for SASLResponse
     CONNECTING = "connecting"  # authenticated; waiting for the server connection
     READY = "ready"  # relaying
+    ADMIN = "admin"  # the admin console: simple queries answered by the proxy itself
     CLOSED = "closed"
 
 
@@ -55,6 +59,7 @@ class Event(enum.Enum):
     TLS_DONE = "tls_done"
     SASL_RESPONSE = "sasl_response"
     AUTH_OK = "auth_ok"
+    ADMIN_OK = "admin_ok"
     SERVER_READY = "server_ready"
     SERVER_FAILED = "server_failed"
     CLOSE = "close"
@@ -69,6 +74,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.TLS_HANDSHAKE, Event.TLS_DONE): State.STARTUP,
     (State.SASL_INITIAL, Event.SASL_RESPONSE): State.SASL_CONTINUE,
     (State.SASL_CONTINUE, Event.AUTH_OK): State.CONNECTING,
+    (State.SASL_CONTINUE, Event.ADMIN_OK): State.ADMIN,
     (State.CONNECTING, Event.SERVER_READY): State.READY,
     (State.CONNECTING, Event.SERVER_FAILED): State.CLOSED,
 }
@@ -114,6 +120,7 @@ class ClientSession:
         tls_available: bool,
         channel_binding: Callable[[], bytes | None] = lambda: None,
         on_decision: Callable[[str, str, Decision], None] | None = None,
+        on_request_done: Callable[[Request], None] | None = None,
     ) -> None:
         self.config = config
         self.state = State.STARTUP
@@ -138,20 +145,27 @@ class ClientSession:
             intercept=frozenset({m.TERMINATE}), max_length=config.limits.max_message_length
         )
         self.backend_stream = MessageStream(
-            observe=frozenset({m.READY_FOR_QUERY}), observer=self._observe_backend, limit_all=False
+            observe=frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COMMAND_COMPLETE}),
+            observer=self._observe_backend,
+            limit_all=False,
         )
         self.decide: Decide | None = None
         self.on_decision = on_decision
+        self.tracker = RequestTracker(clock, on_request_done)
+        self.frontend.observe = frozenset({m.SYNC, m.BIND, m.CLOSE})
+        self.frontend.observer = self._observe_frontend
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
+        self.is_admin = False
+        self.end_user: str | None = None  # a claim from the startup packet (pgtenant.end_user), for the audit
+        self.revoked: PgError | None = None  # set by a reload that removed this user
 
     def enable_policy(self, decide: Decide) -> None:
         """Route every Query, Parse and FunctionCall through `decide` from now on."""
         self.decide = decide
         self.frontend.intercept = frozenset({m.TERMINATE, m.QUERY, m.PARSE, m.FUNCTION_CALL})
-        self.backend_stream.observe = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE})
 
     # --- state machine plumbing ------------------------------------------------------------
 
@@ -175,6 +189,8 @@ class ClientSession:
         try:
             if self.state is State.READY:
                 return self._relay_from_client(data)
+            if self.state is State.ADMIN:
+                return self._admin_data(data)
             if self.state in (State.STARTUP,):
                 return self._startup_data(data)
             if self.state in (State.SASL_INITIAL, State.SASL_CONTINUE):
@@ -300,6 +316,9 @@ class ClientSession:
         if found is not None:
             self.user_config, self.tenant, self.backend = found
             verifier = self.user_config.verifier
+        elif user in self.config.admin.users:
+            self.is_admin = True
+            verifier = self.config.admin.verifiers.get(user)
         cb = self.channel_binding() if self.info.tls else None
         self.scram = ScramServerExchange(
             verifier, username=user, mock_secret=self.config.auth_mock_secret, channel_binding=cb
@@ -343,18 +362,30 @@ class ClientSession:
             self.throttle.record_failure(self.info.client_address, self.clock())
             raise SessionError(errors.auth_failed(user), f"auth_failed:{reason}") from exc
         self.throttle.record_success(self.info.client_address, self.clock())
-        self._transition(Event.AUTH_OK)
+        db = self.info.database or user
         actions: list[Action] = [
             SendClient(m.authentication(m.AUTH_SASL_FINAL, server_final) + m.authentication(m.AUTH_OK))
         ]
+        if self.is_admin:
+            if db != ADMIN_DATABASE:
+                raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
+            self._transition(Event.ADMIN_OK)
+            self.info.tenant = None
+            status = m.parameter_status("server_version", "15.0 (pgtenant admin)") + m.parameter_status(
+                "client_encoding", "UTF8"
+            ) + m.parameter_status("standard_conforming_strings", "on")
+            return [*actions, SendClient(status + m.backend_key_data(self.process_id, self.secret_key)
+                                         + m.ready_for_query(b"I"))]
+        self._transition(Event.AUTH_OK)
         assert self.tenant is not None
-        db = self.info.database or user
+        self.info.tenant = self.tenant.name
         if db not in self.tenant.client_database_names and db != user:
             raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
         params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
         if err is not None:
             raise SessionError(err, "startup_parameter")
         self.backend_parameters = params
+        self.end_user = end_user_claim(self.info.startup_parameters)
         actions.append(ConnectBackend())
         return actions
 
@@ -371,10 +402,28 @@ class ClientSession:
                     if chunks:
                         actions.append(RelayToServer(chunks))
                     return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
+                if self.revoked is not None and item.type in (m.QUERY, m.PARSE, m.FUNCTION_CALL):
+                    self.state = State.CLOSED
+                    return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
                 chunks.append(self._gate(item))
             else:
                 chunks.append(item)
         return [RelayToServer(chunks)]
+
+    def _admin_data(self, data: bytes) -> list[Action]:
+        actions: list[Action] = []
+        for item in self._auth_stream.feed(data):
+            assert isinstance(item, Message)
+            if item.type == m.TERMINATE:
+                self.state = State.CLOSED
+                return [*actions, CloseClient(None, "client_terminate")]
+            if item.type != m.QUERY:
+                raise SessionError(
+                    errors.protocol_violation("the pgtenant admin console supports only the simple query protocol"),
+                    "admin_extended",
+                )
+            actions.append(AdminQuery(m.Query.decode(item.body).sql))
+        return actions
 
     def _gate(self, msg: Message) -> bytes:
         """Apply the policy to one Query/Parse/FunctionCall; return the bytes to forward in its place."""
@@ -384,6 +433,7 @@ class ClientSession:
         if msg.type == m.QUERY:
             query = m.Query.decode(msg.body)
             decision = decide("query", query.sql)
+            self.tracker.on_query(query.sql, decision)
             self._report("query", query.sql, decision)
             if isinstance(decision, Allow):
                 return msg.raw()
@@ -393,6 +443,7 @@ class ClientSession:
         if msg.type == m.PARSE:
             parse = m.Parse.decode(msg.body)
             decision = decide("parse", parse.sql)
+            self.tracker.on_parse(parse.name, parse.sql, decision)
             self._report("parse", parse.sql, decision)
             if isinstance(decision, Allow):
                 return msg.raw()
@@ -406,6 +457,7 @@ class ClientSession:
             "Call the function from a SQL statement instead.",
             "function_call_message",
         )
+        self.tracker.on_function_call(decision)
         self._report("function_call", "", decision)
         return m.Query(self._deny_marker(decision)).encode()
 
@@ -421,14 +473,41 @@ class ClientSession:
         self._denials[marker.encode()] = errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule)
         return marker
 
+    def _observe_frontend(self, type_: int, body: bytes) -> bytes | None:
+        if type_ == m.SYNC:
+            self.tracker.on_sync()
+        elif type_ == m.BIND:
+            end = body.find(b"\x00")
+            stmt_end = body.find(b"\x00", end + 1)
+            if end >= 0 and stmt_end > end:
+                self.tracker.on_bind(body[end + 1 : stmt_end].decode("utf-8", "replace"))
+        elif type_ == m.CLOSE and body[:1] == b"S":
+            self.tracker.on_close_statement(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
+        return None
+
     def _observe_backend(self, type_: int, body: bytes) -> bytes | None:
+        if type_ == m.COMMAND_COMPLETE:
+            self.tracker.on_command_complete(body)
+            return None
         if type_ == m.READY_FOR_QUERY:
             self.info.tx_status = body[:1]
+            self.tracker.on_ready()
             return None
-        if type_ == m.ERROR_RESPONSE and self._denials and b"pgtenant_denied_" in body:
-            for marker in self._denials:
-                if marker in body:
-                    return self._denials.pop(marker).encode()
+        if type_ == m.ERROR_RESPONSE:
+            if self._denials and b"pgtenant_denied_" in body:
+                for marker in self._denials:
+                    if marker in body:
+                        err = self._denials.pop(marker)
+                        self.tracker.on_error(err.sqlstate, denied=True)
+                        return err.encode()
+            pos = body.find(b"C")
+            code = None
+            while pos >= 0:  # find the 'C' field at a field start
+                if pos == 0 or body[pos - 1] == 0:
+                    code = body[pos + 1 : pos + 6].decode("ascii", "replace")
+                    break
+                pos = body.find(b"C", pos + 1)
+            self.tracker.on_error(code)
         return None
 
     def close(self) -> None:

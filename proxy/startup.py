@@ -9,6 +9,8 @@ from proxy.errors import PgError
 
 # Parameters the proxy itself consumes or replaces; never forwarded as given.
 _CONSUMED = frozenset({"user", "database", "options"})
+# Claims a client may pass for the audit log only (never authentication, never forwarded).
+END_USER_CLAIM = "pgtenant.end_user"
 _RESERVED_PREFIXES = ("pgtenant.",)
 
 
@@ -87,6 +89,8 @@ def backend_parameters(
             return {}, errors.bad_startup_options(str(exc))
     for name, value, via_options in items:
         key = name.lower()
+        if key == END_USER_CLAIM:
+            continue
         if key.startswith(_RESERVED_PREFIXES) or key not in allowed_set:
             return {}, errors.startup_parameter_not_allowed(name, via_options)
         if key == "client_encoding":
@@ -101,3 +105,14 @@ def normalize_client_encoding(value: str) -> str:
     if len(v) >= 2 and v[0] == v[-1] == "'":
         v = v[1:-1]
     return v
+
+
+def end_user_claim(client: dict[str, str]) -> str | None:
+    """The `pgtenant.end_user` claim from the startup packet or `options -c`, if any (max 200 chars)."""
+    value = next((v for k, v in client.items() if k.lower() == END_USER_CLAIM), None)
+    if value is None and client.get("options"):
+        try:
+            value = next((v for k, v in parse_options(client["options"]) if k.lower() == END_USER_CLAIM), None)
+        except ValueError:
+            return None
+    return value[:200] if value else None

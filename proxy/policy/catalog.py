@@ -53,6 +53,12 @@ DENIED_RELATIONS: frozenset[str] = frozenset(
     }
 )
 
+# Shared schema only: planner statistics hold real column values (most common values, histogram bounds) of
+# every tenant's rows. With RLS enforced PostgreSQL already hides them; without it only this list does.
+SHARED_DENIED_RELATIONS: frozenset[str] = frozenset(
+    {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
+)
+
 # Relations a tenant may never write, whatever its role (writing pg_settings is SET in disguise).
 CATALOG_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
@@ -84,6 +90,7 @@ def _scoped_by_name(policy: TenantPolicy) -> dict[str, dict[str, str]]:
     return out
 
 
+@lru_cache(maxsize=4096)
 def _tenant_filter(policy: TenantPolicy, schema: str, table: str, column: str) -> Filter:
     template = "{ref}." + quote_ident(column) + " = " + quote_literal(policy.tenant_value or "")
     return Filter("tenant", f"{schema}.{table}", column, template)
@@ -143,6 +150,25 @@ def is_filtered_name(policy: TenantPolicy, name: str) -> bool:
     return name in _catalog_filters(policy)
 
 
-def is_denied_relation(rv: Node) -> bool:
+@lru_cache(maxsize=256)
+def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
+    """Lower-cased names of every relation this policy filters."""
+    names = set(_catalog_filters(policy))
+    if policy.strategy == "shared":
+        names.update(_scoped_by_name(policy))
+    return tuple(sorted(n.lower() for n in names))
+
+
+def may_name_filtered(policy: TenantPolicy, sql: str) -> bool:
+    """False only if no identifier in `sql` can name a filtered relation: a relation name comes from the
+    text itself (lower-cased, or quoted verbatim) unless written with Unicode escapes (U&"...")."""
+    low = sql.lower()
+    return "u&" in low or any(name in low for name in filtered_names(policy))
+
+
+def is_denied_relation(policy: TenantPolicy, rv: Node) -> bool:
     """True for relations in DENIED_RELATIONS (any schema except the session's own pg_temp)."""
-    return rv.get("relname", "") in DENIED_RELATIONS and rv.get("schemaname") != "pg_temp"
+    name = rv.get("relname", "")
+    if rv.get("schemaname") == "pg_temp":
+        return False
+    return name in DENIED_RELATIONS or (policy.strategy == "shared" and name in SHARED_DENIED_RELATIONS)

@@ -135,7 +135,8 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
             raise fail("notify_not_allowed", "LISTEN/NOTIFY are not allowed in this strategy")
         return frozenset()
     if kind in ("AlterRoleSetStmt", "AlterDatabaseSetStmt", "AlterSystemStmt"):
-        setstmt = body.get("setstmt", {}).get("VariableSetStmt", {})
+        setstmt = body.get("setstmt", {})
+        setstmt = setstmt.get("VariableSetStmt", setstmt)
         if policy.is_reserved_setting(setstmt.get("name", "")):
             raise fail("reserved_setting", f'setting "{setstmt.get("name")}" is reserved for the proxy')
     if kind in _NOT_ALLOWED_DETAIL:
@@ -172,7 +173,7 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
     for ref in analysis.refs:
         rv = ref.rv
         schema, rel = rv.get("schemaname"), rv.get("relname", "")
-        if ref.role in (READ, SAMPLE, COPY_TO, UNKNOWN, LIKE) and not ref.cte and is_denied_relation(rv):
+        if ref.role in (READ, SAMPLE, COPY_TO, UNKNOWN, LIKE) and not ref.cte and is_denied_relation(policy, rv):
             raise fail("catalog_denied", f'reading "{rel}" is not allowed')
         if ref.role in (TARGET, COPY_FROM, TRUNCATE):
             if schema in CATALOG_SCHEMAS or (schema is None and rel.startswith("pg_")):

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from pglast.parser import ParseError
 
 from proxy.policy import classify, functions, rewrite, schema
+from proxy.policy.catalog import may_name_filtered
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Decision, Deny, Rewrite, TenantPolicy
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
@@ -52,8 +53,9 @@ def _decide(policy: TenantPolicy, sql: str) -> Decision:
         effects |= stmt_effects
     if not plan.edits:
         try:
-            for stmt in statements:
-                check_coverage(policy, stmt.node)
+            if may_name_filtered(policy, sql):
+                for stmt in statements:
+                    check_coverage(policy, stmt.node)
         except Unverified as exc:
             raise fail("rewrite_unverified", str(exc)) from None
         return Allow(frozenset(effects))

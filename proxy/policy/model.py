@@ -63,6 +63,10 @@ class TenantPolicy:
     allow_ddl_temp: bool = True
     extra_allowed_functions: frozenset[str] = frozenset()
     denied_functions: frozenset[str] = frozenset()
+    # Add OFFSET 0 to every injected filter so PostgreSQL cannot push the client's predicates below it:
+    # leaky expressions (casts, division) then only ever see the tenant's rows. Needed when RLS is not
+    # enforced in the database (RLS quals are security barriers already); costs index use for outer quals.
+    fence: bool = False
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
 
@@ -106,6 +110,7 @@ class TenantPolicy:
             self.allow_ddl_temp,
             tuple(sorted(self.extra_allowed_functions)),
             tuple(sorted(self.denied_functions)),
+            self.fence,
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

@@ -23,8 +23,8 @@ from proxy.policy.sqltext import (
     matching_close,
     name_span,
     quote_ident,
-    simple_name_end,
     quote_literal,
+    simple_name_end,
     tokens,
     tokens_from,
 )
@@ -49,21 +49,30 @@ class Plan:
     full_dump: bool = False
 
 
-def star_select(targets: list[Node], from_item: Node, where: Node | None = None) -> Node:
-    """A SelectStmt node `SELECT <targets> FROM <from_item> [WHERE <where>]`."""
+def star_select(targets: list[Node], from_item: Node, where: Node | None = None, fence: bool = False) -> Node:
+    """A SelectStmt node `SELECT <targets> FROM <from_item> [WHERE <where>] [OFFSET 0]`."""
     body: Node = {"targetList": targets, "fromClause": [from_item]}
     if where is not None:
         body["whereClause"] = where
+    if fence:
+        body["limitOffset"] = {"A_Const": {"ival": {}}}
     body.update(_SELECT_DEFAULTS)
+    if fence:
+        body["limitOption"] = "LIMIT_OPTION_COUNT"
     return {"SelectStmt": body}
 
 
-def wrapper_node(rv: Node, flt: Filter) -> Node:
-    """The tree of `(SELECT * FROM <rv> WHERE <filter>) <alias>` for a RangeVar body."""
+def wrapper_node(rv: Node, flt: Filter, fence: bool = False) -> Node:
+    """The tree of `(SELECT * FROM <rv> WHERE <filter> [OFFSET 0]) <alias>` for a RangeVar body."""
     inner = {k: v for k, v in rv.items() if k != "alias"}
     alias = rv.get("alias") or {"aliasname": rv.get("relname", "")}
-    subquery = star_select([_STAR], {"RangeVar": inner}, expr_node(flt.predicate(rv.get("relname", ""))))
-    return {"RangeSubselect": {"subquery": subquery, "alias": alias}}
+    where = expr_node(flt.predicate(rv.get("relname", "")))
+    return {"RangeSubselect": {"subquery": star_select([_STAR], {"RangeVar": inner}, where, fence), "alias": alias}}
+
+
+def wrapper_sql(name: str, flt: Filter, relname: str, fence: bool) -> str:
+    """The text of an injected filter around the relation text `name`."""
+    return f"(SELECT * FROM {name} WHERE {flt.predicate(relname)}{' OFFSET 0' if fence else ''})"
 
 
 def _rv_names(rv: Node) -> tuple[str, ...]:
@@ -164,10 +173,11 @@ class _Planner:
                 end = after[0].end
             if only:
                 name = "ONLY " + name
-        sub = f"(SELECT * FROM {name} WHERE {flt.predicate(rv['relname'])})"
+        fence = self.policy.fence
+        sub = wrapper_sql(name, flt, rv["relname"], fence)
         alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
         self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
-        self.replace_leaf(ref.holder, ref.key, wrapper_node(rv, flt))
+        self.replace_leaf(ref.holder, ref.key, wrapper_node(rv, flt, fence))
         if "alias" not in rv:
             self.unaliased.add((flt.relation.split(".", 1)[0], rv["relname"]))
         self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
@@ -186,17 +196,14 @@ class _Planner:
             end = toks[matching_close(toks, 0)].end
         cols_sql = ", ".join(quote_ident(c) for c in columns) if columns else "*"
         ref_name = quote_ident(rv["relname"])
-        self.edit(
-            start,
-            end,
-            f"(SELECT {cols_sql} FROM (SELECT * FROM {name} WHERE {flt.predicate(rv['relname'])}) {ref_name})",
-        )
+        fence = self.policy.fence
+        self.edit(start, end, f"(SELECT {cols_sql} FROM {wrapper_sql(name, flt, rv['relname'], fence)} {ref_name})")
         targets = (
             [{"ResTarget": {"val": {"ColumnRef": {"fields": [{"String": {"sval": c}}]}}}} for c in columns]
             if columns
             else [_STAR]
         )
-        query = star_select(targets, wrapper_node({k: v for k, v in rv.items() if k != "alias"}, flt))
+        query = star_select(targets, wrapper_node({k: v for k, v in rv.items() if k != "alias"}, flt, fence))
 
         def mutation() -> None:
             body.pop("relation", None)
@@ -330,19 +337,15 @@ class _Planner:
         else:
             if j >= len(toks):
                 raise TextError("INSERT without a query")
-            if conflict:
-                stop = index_at(toks, conflict["location"])
-            else:
-                stop = clause_end(toks, j, frozenset({"RETURNING"}))
+            returning = frozenset({"RETURNING"})
+            stop = index_at(toks, conflict["location"]) if conflict else clause_end(toks, j, returning)
             alias = quote_ident(WRAPPER_ALIAS)
             self.edit(toks[j].start, toks[j].start, f"SELECT {alias}.*, {literal} FROM (")
             self.edit(toks[stop - 1].end, toks[stop - 1].end, f") {alias}")
             original = body["selectStmt"]
+            alias_star = {"ColumnRef": {"fields": [{"String": {"sval": WRAPPER_ALIAS}}, {"A_Star": {}}]}}
             wrapped = star_select(
-                [
-                    {"ResTarget": {"val": {"ColumnRef": {"fields": [{"String": {"sval": WRAPPER_ALIAS}}, {"A_Star": {}}]}}}},
-                    {"ResTarget": {"val": const}},
-                ],
+                [{"ResTarget": {"val": alias_star}}, {"ResTarget": {"val": const}}],
                 {"RangeSubselect": {"subquery": original, "alias": {"aliasname": WRAPPER_ALIAS}}},
             )
 

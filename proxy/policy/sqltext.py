@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pglast.parser import ParseError, scan
@@ -79,8 +80,6 @@ def keyword_before(
     """Tokens from the `keyword` that directly precedes `location` (only tokens named in `between` may sit
     between them) up to and including the token at `location`. The candidate found by a text search is
     confirmed with PostgreSQL's scanner, so comments or strings containing the word cannot mislead it."""
-    import re  # noqa: PLC0415 - rare path
-
     pattern = re.compile(rb"(?i)(?<!" + _WORD_BOUNDARY + rb")" + keyword.encode() + rb"(?!" + _WORD_BOUNDARY + rb")")
     candidates = [m.start() for m in pattern.finditer(data, max(low, location - 4096), location)]
     for cand in reversed(candidates[-8:]):
@@ -98,50 +97,34 @@ def keyword_before(
     raise TextError(f"no {keyword.upper()} keyword before byte {location}")
 
 
-_IDENT_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_") | frozenset(range(0x80, 0x100))
-_IDENT_CONT = _IDENT_START | frozenset(b"0123456789$")
-_SPACE = frozenset(b" \t\n\r\f\v")
+_UNQUOTED = re.compile(rb"[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*")
+_QUOTED = re.compile(rb'"((?:[^"]|"")*)"')
+_AFTER = re.compile(rb"[ \t\n\r\f\v]*")
 
 
 def simple_name_end(data: bytes, location: int, names: tuple[str, ...]) -> int | None:
     """End of the qualified name `names` written plainly at `location` (identifiers, double-quoted identifiers
     and dots, no spaces or comments), or None when it is written any other way (then use the scanner)."""
-    i, n = location, len(data)
+    i = location
     for k, name in enumerate(names):
         if k:
-            if i >= n or data[i] != 0x2E:  # '.'
+            if data[i : i + 1] != b".":
                 return None
             i += 1
-        if i < n and data[i] == 0x22:  # '"'
-            j = i + 1
-            chunks: list[bytes] = []
-            while True:
-                q = data.find(b'"', j)
-                if q < 0:
-                    return None
-                chunks.append(data[j:q])
-                if q + 1 < n and data[q + 1] == 0x22:
-                    chunks.append(b'"')
-                    j = q + 2
-                    continue
-                i = q + 1
-                break
-            value = b"".join(chunks)
+        m = _QUOTED.match(data, i)
+        if m is not None:
+            value = m.group(1).replace(b'""', b'"')
         else:
-            j = i
-            if i >= n or data[i] not in _IDENT_START:
+            m = _UNQUOTED.match(data, i)
+            if m is None:
                 return None
-            while i < n and data[i] in _IDENT_CONT:
-                i += 1
-            value = data[j:i].lower() if data[j:i].isascii() else bytes(
-                c + 32 if 65 <= c <= 90 else c for c in data[j:i]
-            )
+            raw = m.group(0)
+            value = raw.lower() if raw.isascii() else bytes(c + 32 if 65 <= c <= 90 else c for c in raw)
         if value != name.encode("utf-8"):
             return None
-    k = i
-    while k < n and data[k] in _SPACE:
-        k += 1
-    if k < n and data[k] in b"*/-U&":
+        i = m.end()
+    k = _AFTER.match(data, i).end()  # type: ignore[union-attr]
+    if data[k : k + 1] in (b"*", b"/", b"-"):
         return None  # a '*', a comment or something unusual follows: let the scanner decide
     return i
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from pglast import ast
 from pglast.parser import parse_sql_json
 
 Node = dict[str, Any]
@@ -127,8 +128,6 @@ def expr_node(expr: str) -> Node:
 
 @lru_cache(maxsize=64)
 def _field_order(tag: str) -> dict[str, int]:
-    from pglast import ast  # noqa: PLC0415 - only needed for the few mutated node types
-
     return {name: i for i, name in enumerate(getattr(ast, tag).__slots__)}
 
 

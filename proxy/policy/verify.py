@@ -1,5 +1,4 @@
-"""The post-rewrite verifier: the rewritten text must parse to the intended tree, and every filtered
-relation in it must carry its filter."""
+"""The post-rewrite verifier: the rewritten text parses to the intended tree and every filtered relation is filtered."""
 
 from __future__ import annotations
 
@@ -11,6 +10,8 @@ from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, nam
 
 _STAR_FIELDS = [{"A_Star": {}}]
 _WRAPPER_KEYS = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
+_FENCED_WRAPPER_KEYS = _WRAPPER_KEYS | {"limitOffset"}
+_OFFSET_ZERO: Node = {"A_Const": {"ival": {}}}
 _INSERT_WRAPPER_ALIAS = "_pgt"
 
 
@@ -44,41 +45,57 @@ def verify_rewrite(policy: TenantPolicy, intended: str, statements: list[Node], 
 
 def check_coverage(policy: TenantPolicy, node: Node) -> None:
     """Raise Unverified if any filtered relation in the statement tree is read or written without its filter."""
-    _Coverage(policy).any(node, frozenset())
+    _Coverage(policy).run(node)
 
 
 def _same(node: Any, expected: Node) -> bool:
     return node == expected or canonical(node) == expected
 
 
+# Nodes that cannot contain a relation reference.
+_LEAVES = frozenset(
+    {"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star", "ColumnRef", "ParamRef",
+     "SQLValueFunction", "LockingClause"}
+)
+_EMPTY: frozenset[str] = frozenset()
+
+
 class _Coverage:
-    """An independent walk (it shares no traversal code with walk.py) over one statement tree."""
+    """An independent walk over one statement tree (it shares no traversal code with walk.py): explicit stack,
+    CTE scopes, FROM positions, DML targets."""
 
     def __init__(self, policy: TenantPolicy) -> None:
         self.policy = policy
+        self.stack: list[tuple[Any, frozenset[str]]] = []
 
     def filtered(self, rv: Node) -> Any:
         return relation_filter(self.policy, rv)
 
-    def any(self, value: Any, scope: frozenset[str]) -> None:
-        if isinstance(value, list):
-            for item in value:
-                self.any(item, scope)
-            return
-        if not isinstance(value, dict):
-            return
-        if len(value) == 1:
-            (key,) = value
-            if key[:1].isupper():
-                self.tagged(key, value[key], scope)
-                return
-        if "relname" in value and "relpersistence" in value:
-            self.bare(value, "in this position")
-        elif "op" in value and "limitOption" in value:
-            self.select(value, scope)
-        else:
-            for v in value.values():
-                self.any(v, scope)
+    def run(self, node: Node) -> None:
+        stack = self.stack
+        stack.append((node, _EMPTY))
+        while stack:
+            value, scope = stack.pop()
+            if type(value) is list:
+                stack.extend((item, scope) for item in value if type(item) is dict or type(item) is list)
+                continue
+            if len(value) == 1:
+                (key,) = value
+                if key[:1].isupper():
+                    if key not in _LEAVES:
+                        self.tagged(key, value[key], scope)
+                    continue
+            if "relname" in value and "relpersistence" in value:
+                self.bare(value, "in this position")
+            elif "op" in value and "limitOption" in value:
+                self.select(value, scope)
+            else:
+                self.push(value, scope, ())
+
+    def push(self, body: Node, scope: frozenset[str], skip: tuple[str, ...]) -> None:
+        for k, v in body.items():
+            if (type(v) is dict or type(v) is list) and k not in skip:
+                self.stack.append((v, scope))
 
     def bare(self, rv: Node, where: str) -> None:
         if self.filtered(rv) is not None:
@@ -96,20 +113,13 @@ class _Coverage:
         elif tag == "CopyStmt":
             if "relation" in body:
                 self.bare(body["relation"], "as a COPY table")
-            self.rest(body, scope, ("relation",))
+            self.push(body, scope, ("relation",))
         elif tag in ("CreateStmt", "TableLikeClause"):
-            self.rest(body, scope, ("relation",))  # a new temp table's name / LIKE copies structure only
+            self.push(body, scope, ("relation",))  # a new temp table's name / LIKE copies structure only
         elif tag == "CreateTableAsStmt":
-            self.rest(body, scope, ("into",))
-        elif tag == "LockingClause":
-            return
+            self.push(body, scope, ("into",))
         else:
-            self.rest(body, scope, ())
-
-    def rest(self, body: Node, scope: frozenset[str], skip: tuple[str, ...]) -> None:
-        for k, v in body.items():
-            if k not in skip:
-                self.any(v, scope)
+            self.push(body, scope, ())
 
     def ctes(self, body: Node, scope: frozenset[str]) -> frozenset[str]:
         wc = body.get("withClause")
@@ -119,18 +129,14 @@ class _Coverage:
         names = [c.get("ctename", "") for c in items]
         for i, cte in enumerate(items):
             visible = scope | frozenset(names if wc.get("recursive") else names[:i])
-            self.any(cte.get("ctequery"), visible)
-            self.rest(cte, visible, ("ctequery", "ctename"))
+            self.push(cte, visible, ("ctename",))
         return scope | frozenset(names)
 
     def select(self, body: Node, scope: frozenset[str]) -> None:
         scope = self.ctes(body, scope)
         for item in body.get("fromClause", ()):
             self.from_item(item, scope)
-        for side in ("larg", "rarg"):
-            if side in body:
-                self.select(body[side], scope)
-        self.rest(body, scope, ("withClause", "fromClause", "larg", "rarg", "intoClause", "lockingClause"))
+        self.push(body, scope, ("withClause", "fromClause", "intoClause", "lockingClause"))
 
     def from_item(self, item: Node, scope: frozenset[str]) -> None:
         if "RangeVar" in item:
@@ -141,13 +147,13 @@ class _Coverage:
         elif "RangeSubselect" in item:
             body = item["RangeSubselect"]
             if not self.wrapper(body):
-                self.rest(body, scope, ())
+                self.push(body, scope, ())
         elif "JoinExpr" in item:
             body = item["JoinExpr"]
             for side in ("larg", "rarg"):
                 if side in body:
                     self.from_item(body[side], scope)
-            self.rest(body, scope, ("larg", "rarg"))
+            self.push(body, scope, ("larg", "rarg"))
         elif "RangeTableSample" in item:
             body = item["RangeTableSample"]
             rel = body.get("relation", {})
@@ -155,14 +161,17 @@ class _Coverage:
                 self.bare(rel["RangeVar"], "with TABLESAMPLE")
             else:
                 self.from_item(rel, scope)
-            self.rest(body, scope, ("relation",))
+            self.push(body, scope, ("relation",))
         else:
-            self.any(item, scope)
+            self.stack.append((item, scope))
 
     def wrapper(self, body: Node) -> bool:
         """True if this derived table is an injected filter wrapper (its predicate must then be exact)."""
         sub = body.get("subquery", {}).get("SelectStmt")
-        if not sub or set(sub) != _WRAPPER_KEYS or len(sub["fromClause"]) != 1:
+        keys = _FENCED_WRAPPER_KEYS if self.policy.fence else _WRAPPER_KEYS
+        if not sub or set(sub) != keys or len(sub["fromClause"]) != 1:
+            return False
+        if self.policy.fence and not _same(sub["limitOffset"], _OFFSET_ZERO):
             return False
         inner = sub["fromClause"][0].get("RangeVar")
         targets = sub["targetList"]
@@ -193,7 +202,7 @@ class _Coverage:
                 self.from_item(item, scope)
         if "sourceRelation" in body:
             self.from_item(body["sourceRelation"], scope)
-        self.rest(body, scope, ("withClause", "relation", "fromClause", "usingClause", "sourceRelation"))
+        self.push(body, scope, ("withClause", "relation", "fromClause", "usingClause", "sourceRelation"))
 
     def update_delete(self, tag: str, body: Node, rv: Node, flt: Any) -> None:
         refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")

@@ -86,6 +86,9 @@ class ProxyProcess:
     extra_users: dict[str, tuple[str, str]] = field(default_factory=dict)
     extra_roles: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    metrics_port: int = 0
+    audit: dict[str, Any] = field(default_factory=dict)
+    admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,6 +102,7 @@ class ProxyProcess:
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
         lines = [
             'secrets_file = "secrets.toml"',
             "[listen]",
@@ -110,6 +114,13 @@ class ProxyProcess:
             f"allowed_parameters = {json.dumps(list(self.extra_allowed))}",
             "[logging]",
             'level = "debug"',
+            "[metrics]",
+            f"port = {self.metrics_port}",
+            "max_tenants = 3",
+            "[audit]",
+            *(f"{k} = {json.dumps(v)}" for k, v in self.audit.items()),
+            "[admin]",
+            f"users = {json.dumps(sorted(self.admin_users))}",
         ]
         if self.tls is not None:
             lines += [
@@ -144,6 +155,7 @@ class ProxyProcess:
         self.config_path.write_text("\n".join(lines) + "\n")
         secrets = ["[users]"]
         secrets += [f'{u} = "{verifier(pw)}"' for u, (_, pw) in self.users.items()]
+        secrets += [f'{u} = "{verifier(pw)}"' for u, pw in self.admin_users.items()]
         secrets += ["[backends]", f'main = "{BACKEND_PASSWORD}"']
         roles = {**dict(TENANT_ROLES.values()), **self.extra_roles}
         secrets += ["[roles]", *(f'{role} = "{pw}"' for role, pw in roles.items())]
@@ -210,6 +222,10 @@ class ProxyProcess:
             except ValueError:
                 continue
         return out
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     @property
     def users(self) -> dict[str, tuple[str, str]]:

@@ -1,0 +1,83 @@
+"""The admin console's commands (PgBouncer style) answered as result sets; pure apart from its context."""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from typing import Protocol
+
+from proxy.errors import PgError
+from proxy.protocol.messages import frame
+
+ADMIN_DATABASE = "pgtenant"
+_TEXT_OID = 25
+_KILL = re.compile(r"^KILL_CLIENT\s+([0-9a-f]+)$", re.IGNORECASE)
+
+Rows = list[tuple[object, ...]]
+
+
+class AdminContext(Protocol):
+    """What the console may read and do; the driver implements it."""
+
+    def tenants(self) -> tuple[Sequence[str], Rows]: ...
+    def clients(self) -> tuple[Sequence[str], Rows]: ...
+    def servers(self) -> tuple[Sequence[str], Rows]: ...
+    def stats(self) -> tuple[Sequence[str], Rows]: ...
+    def config_rows(self) -> tuple[Sequence[str], Rows]: ...
+    def reload(self) -> str: ...
+    def kill_client(self, session_id: str) -> bool: ...
+
+
+def result_set(columns: Sequence[str], rows: Rows, tag: str) -> bytes:
+    """RowDescription + DataRows (text) + CommandComplete."""
+    desc = struct.pack("!h", len(columns)) + b"".join(
+        c.encode() + b"\x00" + struct.pack("!ihihih", 0, 0, _TEXT_OID, -1, -1, 0) for c in columns
+    )
+    out = bytearray(frame(b"T", desc))
+    for row in rows:
+        body = bytearray(struct.pack("!h", len(row)))
+        for value in row:
+            if value is None:
+                body += struct.pack("!i", -1)
+            else:
+                data = str(value).encode()
+                body += struct.pack("!i", len(data)) + data
+        out += frame(b"D", bytes(body))
+    out += frame(b"C", f"{tag}\x00".encode())
+    return bytes(out)
+
+
+def command_complete(tag: str) -> bytes:
+    return frame(b"C", f"{tag}\x00".encode())
+
+
+def execute(sql: str, ctx: AdminContext) -> bytes:
+    """The response to one console command (without ReadyForQuery); PgError for anything else."""
+    text = sql.strip().rstrip(";").strip()
+    upper = " ".join(text.upper().split())
+    shows = {
+        "SHOW TENANTS": ctx.tenants,
+        "SHOW CLIENTS": ctx.clients,
+        "SHOW SERVERS": ctx.servers,
+        "SHOW STATS": ctx.stats,
+        "SHOW CONFIG": ctx.config_rows,
+    }
+    if upper in shows:
+        columns, rows = shows[upper]()
+        return result_set(columns, rows, f"SHOW {len(rows)}") if rows or columns else command_complete("SHOW")
+    if upper == "RELOAD":
+        message = ctx.reload()
+        return frame(b"N", b"SNOTICE\x00VNOTICE\x00C00000\x00M" + message.encode() + b"\x00\x00") + command_complete(
+            "RELOAD"
+        )
+    m = _KILL.match(text)
+    if m:
+        if not ctx.kill_client(m.group(1).lower()):
+            raise PgError("42704", f"no client with session id {m.group(1)}")
+        return command_complete("KILL_CLIENT")
+    raise PgError(
+        "42601",
+        "pgtenant admin console: unknown command",
+        hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>.",
+    )

@@ -1,0 +1,74 @@
+"""The audit stream: one JSON line per statement; literal redaction by PostgreSQL's own scanner."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+from pglast import parser
+
+_CONSTANTS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "XCONST", "BCONST"})
+_COMMENTS = frozenset({"SQL_COMMENT", "C_COMMENT"})
+# BI tools that annotate queries with the end user; a claim for attribution, never an authentication.
+_METABASE = re.compile(r"--\s*Metabase::\s*userID:\s*(\d+)")
+_TABLEAU = re.compile(r"TableauServerUser\s*[=:]\s*'?([\w.@\\-]+)")
+
+
+@lru_cache(maxsize=4096)
+def redact(sql: str) -> str:
+    """`sql` with every literal replaced by `?` and comments emptied; unscannable text is withheld."""
+    try:
+        tokens = parser.scan(sql)  # offsets are character offsets into `sql`, end inclusive
+    except Exception:
+        return "<unscannable statement withheld>"
+    out: list[str] = []
+    pos = 0
+    for tok in tokens:
+        if tok.name in _CONSTANTS or tok.name in _COMMENTS:
+            out.append(sql[pos : tok.start])
+            out.append("?" if tok.name in _CONSTANTS else "/* */")
+            pos = tok.end + 1
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+def end_user_from_sql(sql: str) -> str | None:
+    """An end-user identity a BI tool wrote into the SQL (Metabase remark, Tableau initial SQL)."""
+    m = _METABASE.search(sql)
+    if m:
+        return f"metabase:{m.group(1)}"
+    m = _TABLEAU.search(sql)
+    if m:
+        return f"tableau:{m.group(1)}"
+    return None
+
+
+class AuditLog:
+    """Writes audit records as JSON lines to a file (appending) or to standard error."""
+
+    def __init__(self, file: Path | None, redact_literals: bool) -> None:
+        self.redact = redact_literals
+        self._lock = threading.Lock()
+        self._out: IO[str] = file.open("a", buffering=1) if file is not None else sys.stderr
+        self._owned = file is not None
+
+    def record(self, **fields: Any) -> None:
+        for key in ("sql", "rewritten_sql"):
+            if self.redact and fields.get(key):
+                fields[key] = redact(fields[key])
+        line = json.dumps(
+            {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "event": "statement", **fields},
+            default=str,
+        )
+        with self._lock:
+            self._out.write(line + "\n")
+
+    def close(self) -> None:
+        if self._owned:
+            self._out.close()

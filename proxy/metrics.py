@@ -1,0 +1,103 @@
+"""Every Prometheus metric pgtenant exports, in one place, with bounded label values."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OTHER_TENANT = "_other"
+# Latency buckets for BI traffic: sub-millisecond lookups to multi-minute extracts (seconds).
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)
+DECISION_BUCKETS: tuple[float, ...] = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
+)
+CONNECT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class TenantLabels:
+    """Caps the number of distinct tenant label values: the first `limit` tenants seen keep their
+    names, every later one is counted as `_other`. Tenant names come from config, never from clients."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, tenant: str | None) -> str:
+        if tenant is None:
+            return OTHER_TENANT
+        if tenant in self._known:
+            return tenant
+        with self._lock:
+            if len(self._known) < self.limit:
+                self._known.add(tenant)
+                return tenant
+        return OTHER_TENANT
+
+    def preload(self, tenants: Iterable[str]) -> None:
+        for t in tenants:
+            self(t)
+
+
+class Metrics:
+    """The metric objects, registered in their own registry (so tests and reloads stay independent)."""
+
+    def __init__(self, *, max_tenants: int = 100, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+        self.registry = CollectorRegistry()
+        self.tenant = TenantLabels(max_tenants)
+        r = self.registry
+        self.query_duration = Histogram(
+            "pgtenant_query_duration_seconds",
+            "Time from the client's Query or Sync to the backend's ReadyForQuery.",
+            ["tenant", "kind", "outcome"], buckets=buckets, registry=r,
+        )
+        self.decision_duration = Histogram(
+            "pgtenant_policy_decision_duration_seconds",
+            "Time the policy engine took to decide a statement (cache misses only).",
+            ["stage"], buckets=DECISION_BUCKETS, registry=r,
+        )
+        self.decision_cache = Counter(
+            "pgtenant_policy_cache_lookups_total", "Policy decision cache lookups.", ["result"], registry=r
+        )
+        self.backend_connect_duration = Histogram(
+            "pgtenant_backend_connect_duration_seconds",
+            "Time to open, negotiate and authenticate a backend connection.",
+            ["tenant"], buckets=CONNECT_BUCKETS, registry=r,
+        )
+        self.auth = Counter(
+            "pgtenant_auth_attempts_total", "Client authentication attempts.", ["outcome", "reason"], registry=r
+        )
+        self.denied = Counter(
+            "pgtenant_denied_statements_total", "Statements refused by the tenant policy.", ["tenant", "rule"],
+            registry=r,
+        )
+        self.clients = Gauge(
+            "pgtenant_client_connections", "Client connections.", ["tenant", "state"], registry=r
+        )
+        self.servers = Gauge(
+            "pgtenant_server_connections", "Backend connections.", ["tenant", "state"], registry=r
+        )
+        self.bytes_to_client = Counter(
+            "pgtenant_client_sent_bytes_total", "Bytes sent to clients.", ["tenant"], registry=r
+        )
+        self.bytes_from_client = Counter(
+            "pgtenant_client_received_bytes_total", "Bytes received from clients.", ["tenant"], registry=r
+        )
+        self.rows_to_client = Counter(
+            "pgtenant_client_rows_total", "Rows returned to clients (from CommandComplete tags).", ["tenant"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "pgtenant_backend_errors_total", "ErrorResponses from backends, by SQLSTATE class.",
+            ["tenant", "sqlstate_class"], registry=r,
+        )
+        self.reloads = Counter(
+            "pgtenant_config_reloads_total", "Configuration reloads.", ["outcome"], registry=r
+        )
+        self.preflight_ok = Gauge(
+            "pgtenant_preflight_ok", "1 when the tenant's isolation preflight passed.", ["tenant"], registry=r
+        )

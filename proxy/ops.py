@@ -1,0 +1,201 @@
+"""Operating a running proxy: readiness, live reload, and the admin console's view of it (I/O layer)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from proxy import errors
+from proxy.admin import Rows
+from proxy.config import Config, ConfigError, load_config
+from proxy.logs import get_logger
+
+if TYPE_CHECKING:
+    from proxy.driver import Proxy
+
+log = get_logger("pgtenant.ops")
+_WINDOW = 2048  # recent latencies kept per tenant for SHOW STATS quantiles
+
+
+@dataclass
+class TenantStats:
+    queries: int = 0
+    errors: int = 0
+    denied: int = 0
+    rows: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
+
+    def quantiles(self) -> tuple[float | None, float | None, float | None]:
+        if len(self.latencies) < 2:
+            only = self.latencies[0] * 1000 if self.latencies else None
+            return only, only, only
+        q = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        return q[49] * 1000, q[94] * 1000, q[98] * 1000
+
+
+class Ops:
+    """Everything an operator can ask of or do to the running proxy."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.stats: dict[str, TenantStats] = {}
+        self.started = time.time()
+        self._reload_lock = asyncio.Lock()
+        self._ready_cache: tuple[float, bool, dict[str, object]] | None = None
+
+    # --- readiness ------------------------------------------------------------------------
+
+    async def ready(self) -> tuple[bool, dict[str, object]]:
+        now = time.monotonic()
+        if self._ready_cache is not None and now - self._ready_cache[0] < 1.0:
+            return self._ready_cache[1], self._ready_cache[2]
+        proxy = self.proxy
+        detail: dict[str, object] = {"listening": proxy.server is not None and not proxy.stopping}
+        backends: dict[str, bool] = {}
+        for name, b in proxy.config.backends.items():
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), min(2.0, b.connect_timeout))
+                writer.close()
+                backends[name] = True
+            except (TimeoutError, OSError):
+                backends[name] = False
+        detail["backends"] = backends
+        pending = sorted(set(proxy.config.tenants) - set(proxy.policies))
+        detail["tenants_pending"] = pending
+        ok = bool(detail["listening"]) and all(backends.values()) and not pending
+        if pending and all(backends.values()):
+            # Backends are back: try to prepare the tenants that were waiting for them.
+            for name in pending:
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, proxy.prepare_tenant, name)
+                except Exception as exc:
+                    log.warning("tenant_pending", tenant=name, reason=str(exc))
+            detail["tenants_pending"] = sorted(set(proxy.config.tenants) - set(proxy.policies))
+            ok = not detail["tenants_pending"] and bool(detail["listening"])
+        self._ready_cache = (now, ok, detail)
+        return ok, detail
+
+    # --- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; on any error keep the old one and say why."""
+        proxy = self.proxy
+        source = proxy.config.source
+        if source is None:
+            return False, "the configuration was not loaded from a file"
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            try:
+                new: Config = await loop.run_in_executor(None, load_config, source)
+                problems = await loop.run_in_executor(None, proxy.apply_config, new)
+            except ConfigError as exc:
+                proxy.metrics.reloads.labels("rejected").inc()
+                log.error("reload_rejected", problem=str(exc))
+                return False, f"reload rejected, old configuration stays in force: {exc}"
+            except Exception as exc:
+                proxy.metrics.reloads.labels("rejected").inc()
+                log.error("reload_rejected", problem=str(exc))
+                return False, f"reload rejected, old configuration stays in force: {exc}"
+            if problems:
+                proxy.metrics.reloads.labels("rejected").inc()
+                log.error("reload_rejected", problem="; ".join(problems))
+                return False, "reload rejected, old configuration stays in force: " + "; ".join(problems)
+            proxy.metrics.reloads.labels("ok").inc()
+            log.info("reloaded", tenants=len(new.tenants), users=len(new.users))
+            return True, f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
+
+    # --- admin console (proxy.admin.AdminContext) ----------------------------------------
+
+    def tenant_stats(self, tenant: str) -> TenantStats:
+        st = self.stats.get(tenant)
+        if st is None:
+            st = self.stats[tenant] = TenantStats()
+        return st
+
+    def tenants(self) -> tuple[Sequence[str], Rows]:
+        cfg = self.proxy.config
+        rows: Rows = []
+        for t in cfg.tenants.values():
+            clients = sum(1 for c in self.proxy.clients if c.session and c.session.info.tenant == t.name)
+            rows.append((t.name, t.strategy, t.backend, t.database, cfg.backend_for(t).user,
+                         "ready" if t.name in self.proxy.policies else "pending", clients))
+        return ("tenant", "strategy", "backend", "database", "backend_role", "state", "clients"), rows
+
+    def clients(self) -> tuple[Sequence[str], Rows]:
+        rows: Rows = []
+        now = time.monotonic()
+        for c in self.proxy.clients:
+            s = c.session
+            if s is None:
+                continue
+            rows.append((s.info.session_id, s.info.user, s.info.tenant, s.info.application_name,
+                         s.info.client_address, "tls" if s.info.tls else "plain", s.state.value,
+                         s.info.tx_status.decode(), round(now - c.started, 1), c.bytes_in, c.bytes_out))
+        return ("id", "user", "tenant", "application_name", "address", "transport", "state", "tx", "age_s",
+                "bytes_in", "bytes_out"), rows
+
+    def servers(self) -> tuple[Sequence[str], Rows]:
+        rows: Rows = []
+        now = time.monotonic()
+        for link in self.proxy.pool.links:
+            sid = link.client.session.info.session_id if link.client.session else None
+            srv = link.server
+            rows.append((srv.backend.name, srv.backend.user, srv.database, srv.process_id, sid,
+                         "tls" if srv.tls else "plain", srv.state.value, round(now - link.connected_at, 1)))
+        return ("backend", "role", "database", "backend_pid", "client_id", "transport", "state", "age_s"), rows
+
+    def stats(self) -> tuple[Sequence[str], Rows]:
+        rows: Rows = []
+        for name, st in sorted(self.stats.items()):
+            p50, p95, p99 = st.quantiles()
+            def fmt(v):
+                return (None if v is None else round(v, 3))
+            rows.append((name, st.queries, st.errors, st.denied, st.rows, fmt(p50), fmt(p95), fmt(p99)))
+        return ("tenant", "queries", "errors", "denied", "rows", "p50_ms", "p95_ms", "p99_ms"), rows
+
+    def config_rows(self) -> tuple[Sequence[str], Rows]:
+        cfg = self.proxy.config
+        rows: Rows = [
+            ("listen", f"{cfg.listen.host}:{cfg.listen.port}"),
+            ("tls.enabled", cfg.tls.enabled), ("tls.require", cfg.tls.require),
+            ("limits.max_message_length", cfg.limits.max_message_length),
+            ("limits.startup_timeout", cfg.limits.startup_timeout),
+            ("limits.shutdown_timeout", cfg.limits.shutdown_timeout),
+            ("metrics", f"{cfg.metrics.host}:{cfg.metrics.port}" if cfg.metrics.enabled else "off"),
+            ("audit", "on" if cfg.audit.enabled else "off"), ("audit.redact", cfg.audit.redact),
+            ("preflight.enforce", cfg.preflight.enforce),
+            ("tenants", len(cfg.tenants)), ("users", len(cfg.users)), ("backends", len(cfg.backends)),
+            ("source", str(cfg.source)),
+        ]
+        return ("key", "value"), rows
+
+    def reload_now(self) -> str:
+        """Synchronous entry for the console: schedule the reload and report that it started."""
+        asyncio.get_running_loop().create_task(self.reload())
+        return "reload started; see the log (and SHOW CONFIG) for the result"
+
+    def kill_client(self, session_id: str) -> bool:
+        for c in list(self.proxy.clients):
+            if c.session is not None and c.session.info.session_id == session_id:
+                c.close(errors.admin_shutdown(), "killed_by_admin")
+                return True
+        return False
+
+
+class AdminView:
+    """Adapts Ops to proxy.admin.AdminContext."""
+
+    def __init__(self, ops: Ops) -> None:
+        self.ops = ops
+        self.tenants = ops.tenants
+        self.clients = ops.clients
+        self.servers = ops.servers
+        self.stats = ops.stats
+        self.config_rows = ops.config_rows
+        self.reload = ops.reload_now
+        self.kill_client = ops.kill_client

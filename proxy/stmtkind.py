@@ -1,0 +1,51 @@
+"""A statement's kind for metrics and audit (bounded label values), from its leading keyword; pure."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+KINDS = ("select", "insert", "update", "delete", "copy", "ddl", "utility", "other")
+
+_BY_KEYWORD = {
+    "select": "select", "with": "select", "values": "select", "table": "select", "fetch": "select",
+    "declare": "select", "move": "select",
+    "insert": "insert", "update": "update", "merge": "update", "delete": "delete", "copy": "copy",
+    "create": "ddl", "alter": "ddl", "drop": "ddl", "truncate": "ddl", "comment": "ddl", "grant": "ddl",
+    "revoke": "ddl", "reindex": "ddl", "cluster": "ddl", "refresh": "ddl", "security": "ddl",
+    "begin": "utility", "start": "utility", "commit": "utility", "end": "utility", "rollback": "utility",
+    "abort": "utility", "savepoint": "utility", "release": "utility", "set": "utility", "reset": "utility",
+    "show": "utility", "discard": "utility", "prepare": "utility", "execute": "utility",
+    "deallocate": "utility", "close": "utility", "listen": "utility", "unlisten": "utility",
+    "notify": "utility", "explain": "utility", "analyze": "utility", "vacuum": "utility", "lock": "utility",
+    "checkpoint": "utility", "load": "utility", "do": "utility", "call": "utility",
+}
+
+
+@lru_cache(maxsize=4096)
+def statement_kind(sql: str) -> str:
+    """Kind of the first statement in `sql`: skips blanks, comments and opening parentheses."""
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace() or c == "(":
+            i += 1
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            break
+    j = i
+    while j < n and (sql[j].isalpha() or sql[j] == "_"):
+        j += 1
+    if j == i:
+        return "other"
+    return _BY_KEYWORD.get(sql[i:j].lower(), "other")

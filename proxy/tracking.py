@@ -1,0 +1,103 @@
+"""Follows each client request (simple Query, or extended batch up to Sync) to its ReadyForQuery; pure."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from proxy.policy.model import Decision
+from proxy.stmtkind import statement_kind
+
+_MAX_STATEMENTS = 10_000
+
+
+@dataclass(slots=True)
+class Request:
+    """One request in flight: what it was, what the policy said, how it ended."""
+
+    start: float
+    kind: str = "other"
+    sql: str = ""
+    decision: Decision | None = None
+    outcome: str = "ok"  # ok | error | denied
+    sqlstate: str | None = None
+    rows: int = 0
+    end: float = 0.0
+    extra: list[tuple[str, Decision | None]] = field(default_factory=list)  # further statements of a batch
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
+class RequestTracker:
+    """Responses come back in request order, so a FIFO matches them; nothing here parses SQL deeply."""
+
+    def __init__(self, clock: Callable[[], float], on_done: Callable[[Request], None] | None = None) -> None:
+        self.clock = clock
+        self.on_done = on_done
+        self.pending: deque[Request] = deque()
+        self._batch: Request | None = None
+        self._statements: dict[str, tuple[str, str]] = {}
+
+    def _batch_request(self) -> Request:
+        if self._batch is None:
+            self._batch = Request(self.clock())
+            self.pending.append(self._batch)
+        return self._batch
+
+    def on_query(self, sql: str, decision: Decision | None) -> None:
+        self._batch = None
+        self.pending.append(Request(self.clock(), statement_kind(sql), sql, decision))
+
+    def on_function_call(self, decision: Decision | None) -> None:
+        self._batch = None
+        self.pending.append(Request(self.clock(), "other", "", decision))
+
+    def on_parse(self, name: str, sql: str, decision: Decision | None) -> None:
+        req = self._batch_request()
+        if not req.sql:
+            req.sql, req.kind, req.decision = sql, statement_kind(sql), decision
+        else:
+            req.extra.append((sql, decision))
+        if name:
+            if len(self._statements) >= _MAX_STATEMENTS:
+                self._statements.pop(next(iter(self._statements)))
+            self._statements[name] = (statement_kind(sql), sql)
+
+    def on_bind(self, statement: str) -> None:
+        req = self._batch_request()
+        if not req.sql and statement in self._statements:
+            req.kind, req.sql = self._statements[statement]
+
+    def on_close_statement(self, name: str) -> None:
+        self._statements.pop(name, None)
+
+    def on_sync(self) -> None:
+        self._batch_request()
+        self._batch = None
+
+    def on_error(self, sqlstate: str | None, denied: bool = False) -> None:
+        if self.pending:
+            head = self.pending[0]
+            if head.outcome == "ok":
+                head.outcome = "denied" if denied else "error"
+                head.sqlstate = sqlstate
+
+    def on_command_complete(self, tag: bytes) -> None:
+        if self.pending:
+            last = tag.rstrip(b"\x00").rsplit(b" ", 1)[-1]
+            if last.isdigit():
+                self.pending[0].rows += int(last)
+
+    def on_ready(self) -> Request | None:
+        if not self.pending:
+            return None  # e.g. the ReadyForQuery that ends startup
+        req = self.pending.popleft()
+        if req is self._batch:
+            self._batch = None
+        req.end = self.clock()
+        if self.on_done is not None:
+            self.on_done(req)
+        return req

@@ -1,0 +1,290 @@
+"""Unit tests of the policy engine's contract, its verifier and its helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from policy_corpus import POLICIES
+
+from proxy.policy import REAPPLY_CONTEXT, Allow, DecisionCache, Deny, Rewrite, TenantPolicy, decide, engine
+from proxy.policy import rewrite as rewrite_module
+from proxy.policy.builtins import BUILTIN_FUNCTIONS
+from proxy.policy.functions import never_allowed
+from proxy.policy.sqltext import (
+    Edit,
+    TextError,
+    apply_edits,
+    object_name_parts,
+    quote_ident,
+    quote_literal,
+    simple_name_end,
+    split_identifier_list,
+)
+from proxy.policy.tree import dumps, parse_json, strip_positions
+
+SHARED = POLICIES["shared"]
+
+
+def test_nul_byte_is_a_parse_error() -> None:
+    decision = decide(SHARED, "SELECT 1\x00; SELECT * FROM orders")
+    assert isinstance(decision, Deny) and decision.rule == "parse_error" and decision.sqlstate == "42601"
+
+
+def test_parse_error_message_carries_pglast_text() -> None:
+    decision = decide(SHARED, "SELECT FROM WHERE")
+    assert isinstance(decision, Deny)
+    assert "syntax error" in decision.message
+
+
+def test_multi_statement_denial_names_the_statement() -> None:
+    decision = decide(SHARED, "SELECT 1; SELECT 2; SET ROLE postgres")
+    assert isinstance(decision, Deny)
+    assert "statement 3 of 3" in decision.message and decision.rule == "set_role"
+
+
+def test_multi_statement_rewrite_keeps_separators_and_comments() -> None:
+    sql = "/* a */ SELECT 1 ;\n-- b\nSELECT * FROM orders;  "
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Rewrite)
+    assert decision.sql == (
+        "/* a */ SELECT 1 ;\n-- b\nSELECT * FROM (SELECT * FROM orders WHERE \"orders\".\"tenant_id\" = 'acme') "
+        '"orders";  '
+    )
+
+
+def test_non_ascii_text_around_references_keeps_byte_offsets_right() -> None:
+    sql = (
+        "SELECT 'ééé😀' AS \"naïve\", o.* FROM \"sales\".\"orders\" \"ördér\" "
+        "WHERE note = 'ü' AND x IN (TABLE customers)"
+    )
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Rewrite)
+    assert decision.sql == (
+        "SELECT 'ééé😀' AS \"naïve\", o.* FROM (SELECT * FROM \"sales\".\"orders\" WHERE \"orders\".\"tenant_id\" = "
+        "'acme') \"ördér\" WHERE note = 'ü' AND x IN (SELECT * FROM (SELECT * FROM customers WHERE "
+        "\"customers\".\"tenant_id\" = 'acme') \"customers\")"
+    )
+
+
+def test_tenant_value_is_quoted_as_a_literal() -> None:
+    policy = dataclasses.replace(SHARED, tenant_value="o'brien")
+    decision = decide(policy, "SELECT * FROM orders")
+    assert isinstance(decision, Rewrite)
+    assert "\"orders\".\"tenant_id\" = 'o''brien'" in decision.sql
+
+
+def test_reapply_effect_on_rewrite_and_allow() -> None:
+    assert decide(SHARED, "DISCARD ALL") == Allow(frozenset({REAPPLY_CONTEXT}))
+    decision = decide(SHARED, "SELECT * FROM orders; RESET ALL")
+    assert isinstance(decision, Rewrite) and decision.effects == frozenset({REAPPLY_CONTEXT})
+
+
+def test_fence_adds_offset_zero() -> None:
+    policy = dataclasses.replace(SHARED, fence=True)
+    decision = decide(policy, "SELECT * FROM orders o WHERE o.status::int = 1")
+    assert isinstance(decision, Rewrite)
+    assert decision.sql == (
+        "SELECT * FROM (SELECT * FROM orders WHERE \"orders\".\"tenant_id\" = 'acme' OFFSET 0) o "
+        "WHERE o.status::int = 1"
+    )
+    copy = decide(policy, "COPY orders TO STDOUT")
+    assert isinstance(copy, Rewrite) and "OFFSET 0" in copy.sql
+
+
+def test_integer_tenant_value_accepts_integer_literal_on_insert() -> None:
+    policy = dataclasses.replace(POLICIES["shared_rw"], tenant_value="42")
+    assert isinstance(decide(policy, "INSERT INTO orders (tenant_id, order_id) VALUES (42, 1)"), Allow)
+    denied = decide(policy, "INSERT INTO orders (tenant_id, order_id) VALUES (420, 1)")
+    assert isinstance(denied, Deny) and denied.rule == "foreign_tenant_value"
+
+
+# -- the verifier has the last word ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "tamper"),
+    [
+        ("SELECT * FROM orders", lambda s: s.replace("'acme'", "'globex'")),
+        ("SELECT * FROM orders", lambda s: s.replace("'acme'", "'acme' OR true")),
+        ("SELECT * FROM orders o, customers c", lambda s: s.split(", (SELECT")[0] + ", customers c"),
+        ("SELECT 1 AS x FROM orders", lambda s: s.replace("1 AS x", "2 AS x")),
+        ("SELECT * FROM orders WHERE a = 'x'", lambda s: s.replace("a = 'x'", "a = 'x' OR 1 = 1")),
+        ("UPDATE orders SET a = 1 WHERE b = 2", lambda s: s.replace(" AND \"orders\"", " OR \"orders\"")),
+        ("DELETE FROM orders", lambda s: s.replace(" WHERE \"orders\".\"tenant_id\" = 'acme'", "")),
+        ("INSERT INTO orders (a) VALUES (1)", lambda s: s.replace("'acme'", "'globex'")),
+        ("INSERT INTO orders (a) SELECT 1", lambda s: s.replace("'acme'", "'globex'")),
+        ("COPY orders TO STDOUT", lambda s: s.replace("'acme'", "'globex'")),
+    ],
+)
+def test_verifier_rejects_tampered_rewrites(monkeypatch: pytest.MonkeyPatch, sql: str, tamper: object) -> None:
+    policy = POLICIES["shared_rw"]
+    good = decide(policy, sql)
+    assert isinstance(good, Rewrite)
+    real_apply = engine.apply_edits
+
+    def tampered(data: bytes, edits: list[Edit]) -> str:
+        return tamper(real_apply(data, edits))  # type: ignore[operator]
+
+    monkeypatch.setattr(engine, "apply_edits", tampered)
+    decision = decide(policy, sql)
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", decision
+
+
+def test_coverage_check_catches_a_missed_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rewrite_module, "plan", lambda *args, **kwargs: None)
+    decision = decide(SHARED, "SELECT * FROM sales.orders")
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified"
+    assert isinstance(decide(SHARED, "SELECT * FROM countries"), Allow)
+
+
+def test_internal_errors_fail_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(engine, "analyze", boom)
+    decision = decide(SHARED, "SELECT 1")
+    assert isinstance(decision, Deny) and decision.rule == "internal_error" and decision.sqlstate == "XX000"
+
+
+def test_deep_nesting_never_raises() -> None:
+    for sql in ("SELECT " + " + ".join(["1"] * 20000), "SELECT " + "(" * 3000 + "1" + ")" * 3000):
+        decision = decide(SHARED, sql)
+        assert isinstance(decision, (Allow, Deny))
+
+
+def test_lone_surrogate_fails_closed() -> None:
+    decision = decide(SHARED, "SELECT '\ud800'")
+    assert isinstance(decision, Deny)
+
+
+# -- cache and policy value semantics ---------------------------------------------------------------------------
+
+
+def test_decision_cache_is_a_bounded_lru() -> None:
+    cache = DecisionCache(maxsize=2)
+    first = cache.get_or_decide(SHARED, "SELECT * FROM orders")
+    assert cache.get_or_decide(SHARED, "SELECT * FROM orders") is first
+    assert (cache.hits, cache.misses) == (1, 1)
+    cache.get_or_decide(SHARED, "SELECT 1")
+    cache.get_or_decide(SHARED, "SELECT * FROM orders")  # refresh
+    cache.get_or_decide(SHARED, "SELECT 2")  # evicts SELECT 1
+    assert len(cache) == 2
+    cache.get_or_decide(SHARED, "SELECT 1")
+    assert cache.misses == 4
+    same_values = dataclasses.replace(SHARED)
+    assert cache.get_or_decide(same_values, "SELECT 2") is cache.get_or_decide(SHARED, "SELECT 2")
+    other_role = dataclasses.replace(SHARED, allow_writes=True)
+    assert cache.get_or_decide(other_role, "SELECT 2") == cache.get_or_decide(SHARED, "SELECT 2")
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_policy_compares_and_hashes_by_value() -> None:
+    a = dataclasses.replace(SHARED)
+    assert a == SHARED and hash(a) == hash(SHARED)
+    assert dataclasses.replace(SHARED, tenant_value="globex") != SHARED
+    assert {SHARED: 1}[a] == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"strategy": "shared", "scoped_tables": {("s", "t"): "c"}},
+        {"strategy": "shared", "tenant_value": "acme"},
+        {"strategy": "schema"},
+        {"strategy": "schema", "tenant_schema": "t_acme", "search_path": ("t_acme", "public")},
+        {"strategy": "database", "tenant_setting": "tenant"},
+        {"strategy": "cluster"},
+    ],
+)
+def test_policy_validation(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        TenantPolicy(tenant="acme", **kwargs)  # type: ignore[arg-type]
+
+
+def test_schema_policy_defaults_search_path() -> None:
+    policy = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="t_acme", shared_schemas=("ref",))
+    assert policy.search_path == ("t_acme", "ref")
+    assert policy.allowed_schemas == {"t_acme", "ref", "pg_catalog", "information_schema", "pg_temp"}
+
+
+def test_custom_tenant_setting_is_reserved() -> None:
+    policy = dataclasses.replace(SHARED, tenant_setting="app.current_tenant")
+    for sql in ("SET app.current_tenant = 'x'", "SET APP.Current_Tenant TO DEFAULT",
+                "SELECT set_config('app.current_tenant', 'x', true)", "SET pgtenant.other = 1"):
+        decision = decide(policy, sql)
+        assert isinstance(decision, Deny) and decision.rule == "reserved_setting", sql
+    assert isinstance(decide(policy, "SHOW app.current_tenant"), Allow)
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+
+
+def test_quoting() -> None:
+    assert quote_ident('a"b') == '"a""b"'
+    assert quote_literal("it's") == "'it''s'"
+
+
+def test_split_identifier_list_matches_postgres() -> None:
+    assert split_identifier_list('a, "B",C') == ["a", "B", "c"]
+    assert split_identifier_list('"x,y" , z') == ["x,y", "z"]
+    assert split_identifier_list('"a""b"') == ['a"b']
+    assert split_identifier_list("a,,b") is None
+    assert split_identifier_list('"unterminated') is None
+
+
+def test_object_name_parts() -> None:
+    assert object_name_parts('s."T".f(int)') == ["s", "T", "f"]
+    assert object_name_parts("character varying") == ["character"]
+    assert object_name_parts("s.+") == ["s", ""]
+    assert object_name_parts("") is None
+
+
+def test_simple_name_end() -> None:
+    data = b'"sales"."or""d" x'
+    assert simple_name_end(data, 0, ("sales", 'or"d')) == 15
+    assert simple_name_end(b"SALES.Orders *", 0, ("sales", "orders")) is None  # '*' follows: use the scanner
+    assert simple_name_end(b"sales . orders", 0, ("sales", "orders")) is None
+
+
+def test_apply_edits_rejects_overlaps() -> None:
+    data = b"0123456789"
+    assert apply_edits(data, [Edit(2, 4, "x"), Edit(4, 4, "y"), Edit(4, 4, "z", seq=1), Edit(0, 0, "<")]) == (
+        "<01xyz456789"
+    )
+    with pytest.raises(TextError):
+        apply_edits(data, [Edit(2, 5, "x"), Edit(4, 6, "y")])
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT E'\\t\\n\\x01\\\\\"' <> '<&>', 'é😀\u2028' FROM t WHERE a >= b",
+        "SELECT $$ a \" b $$, U&'\\0041', B'101', X'ff', 1.5e10, -0",
+    ],
+)
+def test_json_round_trip_matches_libpg_query(sql: str) -> None:
+    text = parse_json(sql)
+    assert dumps(json.loads(text)) == text
+    assert "location" not in strip_positions(text)
+
+
+def test_builtin_allow_list_sanity() -> None:
+    for name in ("count", "sum", "date_trunc", "extract", "btrim", "format_type", "pg_get_expr", "array_lower",
+                 "generate_series", "quote_ident", "pg_table_is_visible", "has_table_privilege", "current_setting",
+                 "pg_get_constraintdef", "_pg_expandarray", "timezone", "pg_sleep", "pg_advisory_lock", "to_char"):
+        assert name in BUILTIN_FUNCTIONS, name
+    for name in ("pg_read_file", "pg_ls_dir", "lo_import", "lo_export", "dblink", "query_to_xml",
+                 "pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "current_query",
+                 "pg_stat_get_activity", "ts_stat", "setval"):
+        assert name not in BUILTIN_FUNCTIONS, name
+    for name in ("dblink_exec", "pg_read_binary_file", "lo_get", "cursor_to_xmlschema", "crosstab3"):
+        assert never_allowed(name), name
+
+
+def test_never_allowed_beats_extra_allowed() -> None:
+    policy = dataclasses.replace(SHARED, extra_allowed_functions=frozenset({"dblink", "public.dblink"}))
+    decision = decide(policy, "SELECT * FROM public.dblink('x', 'y') AS t(a int)")
+    assert isinstance(decision, Deny) and decision.rule == "function_not_allowed"

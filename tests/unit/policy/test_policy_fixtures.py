@@ -1,0 +1,38 @@
+"""Runs every case of tests/fixtures/policy/*.txt through the policy engine."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from policy_corpus import POLICIES, Case, load_cases
+
+from proxy.policy import Allow, Deny, Rewrite, decide
+from proxy.policy.tree import parse_json
+
+
+def test_fixture_case(fixture_case: Case) -> None:
+    decision = decide(POLICIES[fixture_case.policy], fixture_case.sql)
+    if fixture_case.expect == "deny":
+        assert isinstance(decision, Deny), decision
+        assert (decision.sqlstate, decision.rule) == (fixture_case.sqlstate, fixture_case.rule), decision
+        assert f"(rule {decision.rule})" in decision.message
+        assert decision.hint
+    elif fixture_case.expect == "allow":
+        assert isinstance(decision, Allow), decision
+        assert sorted(decision.effects) == sorted(fixture_case.effects)
+    else:
+        assert isinstance(decision, Rewrite), decision
+        assert decision.sql == fixture_case.rewritten
+        assert sorted(decision.effects) == sorted(fixture_case.effects)
+        assert decision.rules
+        parse_json(decision.sql)  # the forwarded text is valid PostgreSQL
+
+
+def test_corpus_size_and_spread() -> None:
+    cases = load_cases()
+    assert len(cases) >= 150
+    assert len({c.id for c in cases}) == len(cases), "fixture names must be unique per file"
+    strategies = Counter(POLICIES[c.policy].strategy for c in cases)
+    assert min(strategies.values()) >= 30, strategies
+    kinds = Counter(c.expect for c in cases)
+    assert min(kinds.values()) >= 50, kinds
