@@ -237,11 +237,10 @@ class ClientConnection(asyncio.Protocol):
             self._pending_data.append(data)
             return
         try:
-            actions = session.client_data(data)
+            self._run(session.client_data(data))
         except Exception:
             self.log.exception("internal_error")
-            actions = [CloseClient(errors.internal_error(), "internal_error")]
-        self._run(actions)
+            self.close(errors.internal_error(), "internal_error")
 
     def eof_received(self) -> bool | None:
         return None
@@ -281,7 +280,11 @@ class ClientConnection(asyncio.Protocol):
 
     def from_server(self, data: bytes) -> None:
         assert self.session is not None
-        self._run(self.session.server_data(data))
+        try:
+            self._run(self.session.server_data(data))
+        except Exception:
+            self.log.exception("internal_error")
+            self.close(errors.internal_error(), "internal_error")
 
     def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
         assert self.session is not None

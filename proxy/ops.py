@@ -43,7 +43,7 @@ class Ops:
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.stats: dict[str, TenantStats] = {}
+        self.per_tenant: dict[str, TenantStats] = {}
         self.started = time.time()
         self._reload_lock = asyncio.Lock()
         self._ready_cache: tuple[float, bool, dict[str, object]] | None = None
@@ -112,9 +112,9 @@ class Ops:
     # --- admin console (proxy.admin.AdminContext) ----------------------------------------
 
     def tenant_stats(self, tenant: str) -> TenantStats:
-        st = self.stats.get(tenant)
+        st = self.per_tenant.get(tenant)
         if st is None:
-            st = self.stats[tenant] = TenantStats()
+            st = self.per_tenant[tenant] = TenantStats()
         return st
 
     def tenants(self) -> tuple[Sequence[str], Rows]:
@@ -151,7 +151,7 @@ class Ops:
 
     def stats(self) -> tuple[Sequence[str], Rows]:
         rows: Rows = []
-        for name, st in sorted(self.stats.items()):
+        for name, st in sorted(self.per_tenant.items()):
             p50, p95, p99 = st.quantiles()
             def fmt(v):
                 return (None if v is None else round(v, 3))

@@ -580,10 +580,21 @@ class PgCluster:
             for f in (conf, main, self.data_dir / "pg_hba.conf"):
                 os.chown(f, self._run_as.uid, self._run_as.gid)
 
-    def _launch(self) -> None:
-        """Start the postmaster on a free port, retrying if the port got taken meanwhile."""
+    def pause(self) -> None:
+        """Stop only the postmaster (fast shutdown), keeping the data directory and the port for resume()."""
+        if self._proc is None:
+            raise PgClusterError("cluster not started")
+        self._proc.send_signal(signal.SIGINT)
+        self._proc.wait(30)
+
+    def resume(self) -> None:
+        """Start the postmaster again on the same port after pause()."""
+        self._launch(port=self.port)
+
+    def _launch(self, port: int | None = None) -> None:
+        """Start the postmaster on a free port (or `port`), retrying if a free port got taken meanwhile."""
         for _attempt in range(5):
-            self.port = free_port(self.host)
+            self.port = port or free_port(self.host)
             self._write_config()
             log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
             try:
