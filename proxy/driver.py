@@ -511,6 +511,8 @@ class ClientConnection(asyncio.Protocol):
         cache = self.proxy.decisions
         proxy = self.proxy
         metrics = proxy.metrics
+        cache_hit = metrics.decision_cache.labels("hit")
+        cache_miss = metrics.decision_cache.labels("miss")
 
         def decide(_kind: str, sql: str) -> Decision:
             current = proxy.policies.get(name, policy)  # a reload may have replaced it
@@ -519,6 +521,9 @@ class ClientConnection(asyncio.Protocol):
             decision = cache.get_or_decide(current, sql)
             if cache.misses != misses:
                 metrics.decision_duration.labels("total").observe(perf_counter() - t0)
+                cache_miss.inc()
+            else:
+                cache_hit.inc()
             return decision
 
         session.enable_policy(decide)
