@@ -21,6 +21,10 @@ COPY_FROM = "copy_from"  # COPY t FROM ...
 TRUNCATE = "truncate"
 UNKNOWN = "unknown"  # anywhere else; filtered relations found here are denied
 
+# Nodes that hold nothing worth recording.
+_LEAVES = frozenset({"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star", "ParamRef",
+                     "SQLValueFunction"})
+
 REG_TYPES: frozenset[str] = frozenset(
     {
         "regclass",
@@ -98,29 +102,32 @@ class _Walker:
 
     # -- generic traversal -------------------------------------------------------------------------------
     def any(self, value: Any, scope: Scope) -> None:
-        if isinstance(value, list):
+        if type(value) is list:
             for i, item in enumerate(value):
-                if isinstance(item, dict):
+                if type(item) is dict:
                     self.node(item, scope, value, i)
-                elif isinstance(item, list):
+                elif type(item) is list:
                     self.any(item, scope)
-        elif isinstance(value, dict):
+        elif type(value) is dict:
             self.node(value, scope, None, None)
 
     def node(self, node: Node, scope: Scope, holder: Any, key: Any) -> None:
-        tag = tag_of(node)
-        if tag is None:
-            self.struct(node, scope)
-            return
-        handler = _HANDLERS.get(tag)
-        if handler is None:
-            self.fields(node[tag], scope)
-        else:
-            handler(self, node[tag], scope, holder, key)
+        if len(node) == 1:
+            (tag,) = node
+            if tag[:1].isupper():
+                if tag in _LEAVES:
+                    return
+                handler = _HANDLERS.get(tag)
+                if handler is None:
+                    self.fields(node[tag], scope)
+                else:
+                    handler(self, node[tag], scope, holder, key)
+                return
+        self.struct(node, scope)
 
     def fields(self, body: Node, scope: Scope, skip: tuple[str, ...] = ()) -> None:
         for k, v in body.items():
-            if k not in skip and isinstance(v, (dict, list)):
+            if (type(v) is dict or type(v) is list) and k not in skip:
                 self.any(v, scope)
 
     def struct(self, d: Node, scope: Scope) -> None:
@@ -336,10 +343,6 @@ def _h_locking(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None
     w.out.locking = True
 
 
-def _h_skip(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
-    return None
-
-
 _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "SelectStmt": _h_select,
     "InsertStmt": _dml_handler("InsertStmt"),
@@ -361,6 +364,4 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "CreateTableAsStmt": _h_ctas,
     "TruncateStmt": _h_truncate,
     "LockingClause": _h_locking,
-    "A_Const": _h_skip,
-    "String": _h_skip,
 }
