@@ -38,6 +38,7 @@ class PreflightReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    rls_complete: bool = True  # every scoped relation has enabled, forced RLS with a policy
 
     @property
     def ok(self) -> bool:
@@ -119,6 +120,8 @@ def _check_shared(
             continue
         _, _, kind, rls, force, owner, has_policy = row
         name = f"{schema}.{table}"
+        if kind in ("v", "m", "f") or not (rls and force and has_policy) or owner:
+            report.rls_complete = False
         if kind in ("v", "m"):
             report.warnings.append(f"{where}: {name} is a view; only the proxy's rewrite filters it")
             continue
@@ -160,7 +163,9 @@ def _check_database(
 ) -> None:
     where = f"tenants.{tenant.name}"
     for other in config.tenants.values():
-        if other.database == tenant.database or other.backend != tenant.backend:
+        # Other tenants' own databases must be closed to this role; a shared database is guarded by
+        # its grants and RLS instead (revoking PUBLIC there could lock out the application itself).
+        if other.strategy != "database" or other.database == tenant.database or other.backend != tenant.backend:
             continue
         row = conn.execute(
             "SELECT has_database_privilege(d.oid, 'CONNECT') FROM pg_catalog.pg_database d WHERE datname = %s",

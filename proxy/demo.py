@@ -214,7 +214,7 @@ class Progress:
         took = time.monotonic() - self.started
         extra = f" ({detail})" if detail else ""
         if self.tty:
-            self._write(f"\r\x1b[2K[{self.index}/{self.total}] {self.title} … {took:.1f} s{extra}\n")
+            self._write(f"\r\x1b[2K[{self.index}/{self.total}] {self.title} ... {took:.1f} s{extra}\n")
         else:
             self._write(f"      done in {took:.1f} s{extra}\n")
 
@@ -607,7 +607,7 @@ class DemoRun:
         else:
             progress.step("dataset: loading")
             load_dataset(self.pg, progress)
-            progress.done(f"{sum(len(_loads(p)) for p in PLANS)} tables filled with INSERT … SELECT generate_series")
+            progress.done(f"{sum(len(_loads(p)) for p in PLANS)} tables filled with INSERT ... SELECT generate_series")
             progress.step("dataset: keys, foreign keys, indexes, ANALYZE")
             finish_dataset(self.pg)
             progress.done()
@@ -638,7 +638,7 @@ class DemoRun:
         if not reuse:
             self.state.save(self.base / STATE_FILE)  # the data directory is complete from here on
         progress.note(", ".join(f"{name} {n:,} rows" for name, n in rows.items())
-                      + f" — {sum(rows.values()):,} in all")
+                      + f"; {sum(rows.values()):,} in all")
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -684,7 +684,7 @@ class DemoRun:
         w(f"\npgtenant demo: PostgreSQL {self.pg.version} (embedded) behind pgtenant on "
           f"{_connect_host(self.opts.host)}:{port}, TLS required; ready in {took:.1f} s\n\n")
         for plan, t in zip(PLANS, tenants, strict=True):
-            counts = " · ".join(f"{k} {v:,}" for k, v in t["expected"].items())
+            counts = ", ".join(f"{k} {v:,}" for k, v in t["expected"].items())
             w(f"  {plan.name} ({plan.describe()})\n"
               f"    user {plan.user}, password {self.state.user_passwords[plan.user]}\n"
               f"    psql \"{t['dsn']}\"\n"

@@ -706,8 +706,11 @@ class Proxy:
             log.error("preflight_failed", tenant=name, problem=e)
         if report.errors and config.preflight.enforce:
             return None, report.errors
+        if tenant.strategy == "shared" and not report.rls_complete:
+            log.warning("rewrite_fenced", tenant=name,
+                        reason="row-level security does not cover every scoped table; filters become fences")
         try:
-            return tenant_policy(tenant, scoped), []
+            return tenant_policy(tenant, scoped, fence=not report.rls_complete), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]
 

@@ -150,3 +150,12 @@ def tenant_unavailable(tenant: str) -> PgError:
         "FATAL",
         hint="The operator must fix the database (see the pgtenant log, `pgtenant provision`).",
     )
+
+
+def client_encoding_not_utf8(value: str) -> PgError:
+    return PgError(
+        "0A000",
+        f'client_encoding "{value}" is not supported by pgtenant; only UTF8 is',
+        "FATAL",
+        hint="Connect with client_encoding=UTF8 (the default of most drivers).",
+    )

@@ -95,6 +95,10 @@ def backend_parameters(
             return {}, errors.startup_parameter_not_allowed(name, via_options)
         if key == "client_encoding":
             value = normalize_client_encoding(value)
+            if value.replace("-", "").replace("_", "").lower() not in ("utf8", "unicode", "sqlascii"):
+                # The policy engine parses SQL as UTF-8, exactly as the server then must (SQL_ASCII,
+                # what libpq picks under the C locale, passes bytes through unconverted: the same text).
+                return {}, errors.client_encoding_not_utf8(value)
         out[name] = value
     return out, None
 

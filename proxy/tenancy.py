@@ -47,11 +47,14 @@ def explicit_tables(tenant: TenantConfig) -> dict[tuple[str, str], str]:
     return out
 
 
-def tenant_policy(tenant: TenantConfig, scoped: ScopedTables | None = None) -> TenantPolicy:
-    """The engine's view of one tenant."""
+def tenant_policy(tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False) -> TenantPolicy:
+    """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
+    needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
+    client predicate that raises an error on another tenant's row before the tenant filter)."""
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(
+            fence=fence,
             tenant=tenant.name,
             strategy="shared",
             tenant_value=tenant.tenant_id,

@@ -42,6 +42,8 @@ def test_allowed_parameters_forwarded() -> None:
         ({"options": "-c session_authorization=postgres"}, "42501", "session_authorization"),
         ({"replication": "true"}, "42501", "replication"),
         ({"options": "-D /tmp"}, "08P01", "only -c"),
+        ({"client_encoding": "LATIN1"}, "0A000", "LATIN1"),
+        ({"options": "-c client_encoding=SJIS"}, "0A000", "SJIS"),
     ],
 )
 def test_refused(client: dict, sqlstate: str, needle: str) -> None:
@@ -54,6 +56,12 @@ def test_refused(client: dict, sqlstate: str, needle: str) -> None:
 def test_reserved_prefix_cannot_be_allowed() -> None:
     _, err = backend_parameters({"pgtenant.tenant_id": "x"}, {*DEFAULT_ALLOWED_PARAMETERS, "pgtenant.tenant_id"})
     assert err is not None and err.sqlstate == "42501"
+
+
+def test_utf8_spellings_accepted() -> None:
+    for enc in ("UTF8", "'utf-8'", "unicode", "SQL_ASCII"):
+        params, err = backend_parameters({"client_encoding": enc}, DEFAULT_ALLOWED_PARAMETERS)
+        assert err is None, enc
 
 
 def test_client_encoding_unquoted() -> None:
