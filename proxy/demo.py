@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -578,7 +579,21 @@ class DemoRun:
             os.chmod(self.base, 0o700)
         return reuse
 
+    def _check_port(self) -> None:
+        """Fail before the seconds of set-up, not after it, when the proxy's port is taken."""
+        if self.opts.port == 0:
+            return
+        family = socket.AF_INET6 if ":" in self.opts.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((self.opts.host, self.opts.port))
+            except OSError as exc:
+                raise DemoError(f"cannot listen on {self.opts.host}:{self.opts.port}: {exc.strerror or exc} "
+                                "(is another pgtenant running? --port 0 picks a free port)") from exc
+
     def setup(self, progress: Progress) -> None:
+        self._check_port()
         progress.step("PostgreSQL: initdb")
         bindir = embedded.find_bindir(self.opts.pg_bin)
         run_as = embedded.run_as_identity()

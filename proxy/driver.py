@@ -517,10 +517,13 @@ class ClientConnection(asyncio.Protocol):
         def decide(_kind: str, sql: str) -> Decision:
             current = proxy.policies.get(name, policy)  # a reload may have replaced it
             misses = cache.misses
+            stages: dict[str, float] = {}
             t0 = perf_counter()
-            decision = cache.get_or_decide(current, sql)
+            decision = cache.get_or_decide(current, sql, stages)
             if cache.misses != misses:
                 metrics.decision_duration.labels("total").observe(perf_counter() - t0)
+                for stage, seconds in stages.items():
+                    metrics.decision_duration.labels(stage).observe(seconds)
                 cache_miss.inc()
             else:
                 cache_hit.inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from time import perf_counter
 
 from pglast.parser import ParseError
 
@@ -16,10 +17,13 @@ from proxy.policy.verify import Unverified, check_coverage, intended_json, verif
 from proxy.policy.walk import analyze
 
 
-def decide(policy: TenantPolicy, sql: str) -> Decision:
-    """Decide one Query/Parse string. Never raises: anything unexpected is a Deny (fail closed)."""
+def decide(policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None) -> Decision:
+    """Decide one Query/Parse string. Never raises: anything unexpected is a Deny (fail closed).
+
+    With `timings`, the seconds spent in each stage are added under "gate", "rewrite" and "verify".
+    """
     try:
-        return _decide(policy, sql)
+        return _decide(policy, sql, timings if timings is not None else {})
     except Denied as exc:
         return exc.decision
     except RecursionError:
@@ -28,7 +32,8 @@ def decide(policy: TenantPolicy, sql: str) -> Decision:
         return deny("internal_error", f"could not decide the statement ({type(exc).__name__})")
 
 
-def _decide(policy: TenantPolicy, sql: str) -> Decision:
+def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float]) -> Decision:
+    t0 = perf_counter()
     if "\x00" in sql:
         raise fail("parse_error", "the query text contains a NUL byte")
     data = sql.encode("utf-8")
@@ -51,6 +56,8 @@ def _decide(policy: TenantPolicy, sql: str) -> Decision:
             where = f"statement {index + 1} of {count}: "
             return Deny(d.sqlstate, d.message.replace("pgtenant: ", "pgtenant: " + where, 1), d.hint, d.rule)
         effects |= stmt_effects
+    t1 = perf_counter()
+    timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     if not plan.edits:
         try:
             if may_name_filtered(policy, sql):
@@ -58,12 +65,17 @@ def _decide(policy: TenantPolicy, sql: str) -> Decision:
                     check_coverage(policy, stmt.node)
         except Unverified as exc:
             raise fail("rewrite_unverified", str(exc)) from None
+        finally:
+            timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t1)
         return Allow(frozenset(effects))
     try:
         new_sql = apply_edits(data, plan.edits)
         rewrite.mutate_all(plan)
+        t2 = perf_counter()
+        timings["rewrite"] = timings.get("rewrite", 0.0) + (t2 - t1)
         intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
         verify_rewrite(policy, intended, [stmt.node for stmt in statements], new_sql)
+        timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects))
@@ -98,8 +110,11 @@ class DecisionCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    def get_or_decide(self, policy: TenantPolicy, sql: str) -> Decision:
-        """The cached decision for (policy, sql), deciding and caching it on a miss."""
+    def get_or_decide(
+        self, policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None
+    ) -> Decision:
+        """The cached decision for (policy, sql), deciding and caching it on a miss (stage times in
+        `timings` on a miss only)."""
         key = (policy, sql)
         found = self._data.get(key)
         if found is not None:
@@ -107,7 +122,7 @@ class DecisionCache:
             self.hits += 1
             return found
         self.misses += 1
-        decision = decide(policy, sql)
+        decision = decide(policy, sql, timings)
         self._data[key] = decision
         if len(self._data) > self.maxsize:
             self._data.popitem(last=False)

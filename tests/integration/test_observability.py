@@ -83,6 +83,9 @@ def test_query_histogram_counts_real_traffic(obs_proxy: ProxyProcess) -> None:
     assert sample(text, "pgtenant_client_rows_total", tenant="acme") >= 2
     assert sample(text, "pgtenant_client_sent_bytes_total", tenant="acme") > 0
     assert "pgtenant_backend_connect_duration_seconds_bucket" in text
+    for stage in ("total", "gate", "rewrite", "verify"):  # rewrite: the acme SELECTs got tenant filters
+        assert sample(text, "pgtenant_policy_decision_duration_seconds_count", stage=stage) >= 1, stage
+    assert sample(text, "pgtenant_policy_cache_lookups_total", result="miss") >= 1
     assert "SELECT" not in text and "pg_sleep" not in text  # never SQL in labels
 
 
