@@ -759,9 +759,11 @@ class Proxy:
                 continue
             before = old.users.get(s.info.user)
             after = new.users.get(s.info.user)
+            # A removed user, a user moved to another tenant, or a tenant whose placement or rules
+            # changed: the session ends at its next statement (its backend connection is the old one).
             if after is None or before is None or after.tenant != before.tenant or (
                 new.tenants[after.tenant] != old.tenants.get(after.tenant)
-                and new.tenants[after.tenant].strategy != old.tenants[after.tenant].strategy
+                or new.backend_for(new.tenants[after.tenant]) != old.backend_for(old.tenants[after.tenant])
             ):
                 s.revoked = errors.user_removed(s.info.user)
             s.config = new
