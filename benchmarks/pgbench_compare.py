@@ -102,10 +102,10 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def host_cpu() -> tuple[int, int]:
-    """(total, idle) jiffies of the whole machine."""
+def host_cpu() -> tuple[int, int, int, int]:
+    """(total, idle, irq+softirq, steal) jiffies of the whole machine."""
     vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return sum(vals), vals[3] + vals[4]
+    return sum(vals), vals[3] + vals[4], vals[5] + vals[6], vals[7]
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -122,9 +122,9 @@ def wait_quiet(max_wait: float, limit_pct: float = 15.0) -> float:
     """Wait (up to max_wait s) until the host is nearly idle; return the last busy % seen."""
     deadline = time.monotonic() + max_wait
     while True:
-        (t0, i0) = host_cpu()
+        (t0, i0, *_) = host_cpu()
         time.sleep(0.5)
-        (t1, i1) = host_cpu()
+        (t1, i1, *_) = host_cpu()
         busy = 100 * (1 - (i1 - i0) / max(1, t1 - t0))
         if busy <= limit_pct or time.monotonic() > deadline:
             if busy > limit_pct:
@@ -296,10 +296,10 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
             raise RuntimeError(f"cannot parse pgbench output ({pattern}):\n{res.stdout}")
         return float(m.group(1))
 
-    (tot0, idle0), (tot1, idle1) = before[0], after[0]
-    busy = (tot1 - tot0 - (idle1 - idle0)) / CLK_TCK
+    host = [(b - a) / CLK_TCK for a, b in zip(before[0], after[0], strict=True)]
+    busy = host[0] - host[1]
     cpu = {"pgbench": after[1] - before[1], "postgres": after[2] - before[2], "proxy": after[3] - before[3]}
-    cpu["other"] = max(0.0, busy - sum(cpu.values()))
+    cpu["other"] = max(0.0, busy - sum(cpu.values()))  # includes irq/softirq and steal, reported below
     out: dict[str, Any] = {
         "tps": grab(r"tps = ([\d.]+) \(without initial connection time\)"),
         "latency_ms": grab(r"latency average = ([\d.]+) ms"),
@@ -308,6 +308,9 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
         "host_busy_before_pct": quiet,
         "host_cpu_busy_pct": round(100 * busy / (wall * (os.cpu_count() or 1)), 1),
         "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "irq_softirq_s": round(host[2], 3),
+        "steal_s": round(host[3], 3),
+        "other_pct_of_host": round(100 * cpu["other"] / (wall * (os.cpu_count() or 1)), 1),
     }
     if target.log:
         out["log_bytes"] = target.log.stat().st_size - log0
@@ -526,6 +529,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--profile", metavar="MODE", help="extra pgtenant run of MODE under py-spy; report top functions")
     p.add_argument("--native", action="store_true", help="py-spy --native: include C frames (uvloop, libc)")
     p.add_argument("--quiet-wait", type=float, default=90, help="max s to wait for an idle host before each run")
+    p.add_argument("--max-other", type=float, default=10, help="re-run if other processes took more %% of the host")
+    p.add_argument("--retries", type=int, default=2, help="re-runs allowed per measurement for --max-other")
     p.add_argument("--json", type=Path, help="write all results here")
     a = p.parse_args()
     if a.quick:
@@ -581,16 +586,23 @@ def main() -> int:
         if bouncer:
             targets["pgbouncer"] = start_pgbouncer(stack, bouncer, cluster, args.idle_clients + args.clients + 10)
         targets = {k: v for k, v in targets.items() if k in args.targets}
+        discarded: list[dict[str, Any]] = []
+        results["discarded_runs"] = discarded
         if not args.skip_bench:
             for mode in args.modes:
                 runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
                 for i in range(args.runs):
                     for name, target in targets.items():  # interleaved, so drift hits every target alike
-                        r = run_pgbench(pgbench, target, mode, args, pg_pid)
+                        for attempt in range(args.retries + 1):
+                            r = run_pgbench(pgbench, target, mode, args, pg_pid)
+                            say(f"{mode:9} run {i + 1}/{args.runs} {name:9} tps={r['tps']:9.1f} "
+                                f"lat={r['latency_ms']:.3f}ms cpu_s={r['cpu_s']} host busy={r['host_cpu_busy_pct']}% "
+                                f"log={r.get('log_bytes', '-')}B")
+                            if r["other_pct_of_host"] <= args.max_other or attempt == args.retries:
+                                break
+                            say(f"discarded: {r['other_pct_of_host']}% of the host went to other processes")
+                            discarded.append({"mode": mode, "target": name, **r})
                         runs[name].append(r)
-                        say(f"{mode:9} run {i + 1}/{args.runs} {name:9} tps={r['tps']:9.1f} "
-                            f"lat={r['latency_ms']:.3f}ms cpu_s={r['cpu_s']} "
-                            f"host busy={r['host_cpu_busy_pct']}% log={r.get('log_bytes', '-')}B")
                 results["bench"][mode] = {name: summarize(rs, name != "direct") for name, rs in runs.items()}
         if args.profile and "pgtenant" in targets:
             raw = (args.json.parent if args.json else Path.cwd()) / f"pyspy-{args.profile}.txt"

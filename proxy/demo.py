@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -83,35 +83,26 @@ PLANS: tuple[TenantPlan, ...] = (
 )
 
 
-# --- hooks for the observability endpoints ------------------------------------------------
-# The metrics endpoint (/metrics, /healthz, /readyz on its own port) and the admin console are being
-# built in their own issue; the demo reports `"metrics_url": null, "admin_dsn": null` until then.
-# To fill them in:
-#   * OBSERVABILITY_CONFIG returns the config tables merged into the generated pgtenant.toml. Today it
-#     switches the (in-progress) metrics listener off when the config model knows it, so a demo never
-#     collides with another pgtenant on the default port 9187. Enable it there instead, e.g.
-#     {"metrics": {"host": host, "port": 0 if proxy_port == 0 else 9187}} and, for the console, an
-#     [admin] user whose verifier goes into secrets.toml (generate its password in DemoState).
-#   * OBSERVABILITY_ENDPOINTS returns (metrics_url, admin_dsn) of the running proxy, e.g.
-#     f"http://{host}:{proxy.ops_server.port}/metrics" and a libpq URI for the admin user; the banner
-#     and the ready file pick both up with no other change.
+# --- observability: the metrics endpoint and the admin console ---------------------------------
+
+ADMIN_USER = "ops"
+METRICS_PORT = 9187
 
 
-def _observability_config(host: str, proxy_port: int) -> dict[str, Any]:
-    if "metrics" in Config.__dataclass_fields__:
-        return {"metrics": {"enabled": False}}
-    return {}
+def observability_config(host: str, proxy_port: int) -> dict[str, Any]:
+    """Config tables for the metrics endpoint (a free port with --port 0) and the admin console."""
+    return {
+        "metrics": {"host": host, "port": 0 if proxy_port == 0 else METRICS_PORT},
+        "admin": {"users": [ADMIN_USER]},
+    }
 
 
-def _observability_endpoints(proxy: Any, config: Config, host: str) -> tuple[str | None, str | None]:
-    return None, None
-
-
-OBSERVABILITY_CONFIG: Callable[[str, int], dict[str, Any]] = _observability_config
-"""HOOK: extra top-level config tables for the metrics endpoint / admin console (listen host, proxy port)."""
-
-OBSERVABILITY_ENDPOINTS: Callable[[Any, Config, str], tuple[str | None, str | None]] = _observability_endpoints
-"""HOOK: (metrics_url, admin_dsn) of the running proxy (the `driver.Proxy`, its config, the host to connect to)."""
+def observability_endpoints(proxy: Any, host: str, port: int, admin_password: str, ca: Path) -> tuple[str, str]:
+    """(metrics_url, admin_dsn) of the running proxy."""
+    metrics_url = f"http://{host}:{proxy.ops_server.port}/metrics"
+    admin_dsn = (f"postgresql://{ADMIN_USER}:{quote(admin_password, safe='')}@{host}:{port}/pgtenant"
+                 f"?sslmode=verify-full&sslrootcert={quote(str(ca), safe='/')}")
+    return metrics_url, admin_dsn
 
 
 # --- options and state ----------------------------------------------------------------------
@@ -136,6 +127,7 @@ class DemoState:
     role_passwords: dict[str, str]  # backend role -> password
     user_passwords: dict[str, str]  # login user -> password
     postgres_version: str = ""
+    admin_password: str = ""
 
     @classmethod
     def generate(cls) -> DemoState:
@@ -144,12 +136,14 @@ class DemoState:
             superuser_password=secrets.token_urlsafe(18),
             role_passwords={r: secrets.token_urlsafe(18) for r in sorted(roles)},
             user_passwords={p.user: secrets.token_urlsafe(12) for p in PLANS},
+            admin_password=secrets.token_urlsafe(12),
         )
 
     def save(self, path: Path) -> None:
         data = json.dumps(
             {"superuser_password": self.superuser_password, "role_passwords": self.role_passwords,
-             "user_passwords": self.user_passwords, "postgres_version": self.postgres_version}, indent=2
+             "user_passwords": self.user_passwords, "postgres_version": self.postgres_version,
+             "admin_password": self.admin_password}, indent=2
         )
         _write_private(path, data + "\n")
 
@@ -157,7 +151,7 @@ class DemoState:
     def load(cls, path: Path) -> DemoState:
         raw = json.loads(path.read_text())
         return cls(raw["superuser_password"], dict(raw["role_passwords"]), dict(raw["user_passwords"]),
-                   raw.get("postgres_version", ""))
+                   raw.get("postgres_version", ""), raw.get("admin_password") or secrets.token_urlsafe(12))
 
 
 class DemoError(RuntimeError):
@@ -504,7 +498,7 @@ def demo_config(opts: DemoOptions, pg_port: int, tls: certs.CertFiles) -> dict[s
         "tenants": tenants,
         "users": {p.user: {"tenant": p.name} for p in PLANS},
     }
-    raw.update(OBSERVABILITY_CONFIG(opts.host, opts.port))
+    raw.update(observability_config(opts.host, opts.port))
     return raw
 
 
@@ -516,7 +510,8 @@ def write_config(workdir: Path, raw: Mapping[str, Any], state: DemoState) -> Pat
     path.write_text("# Generated by `pgtenant demo`; runs as is with `pgtenant run --config` while the demo's\n"
                     "# PostgreSQL is up.\n" + to_toml(raw))
     secrets_raw = {
-        "users": {u: str(make_verifier(pw)) for u, pw in state.user_passwords.items()},
+        "users": {u: str(make_verifier(pw)) for u, pw in
+                  {**state.user_passwords, ADMIN_USER: state.admin_password}.items()},
         "backends": {"demo": state.role_passwords[BACKEND_ROLE]},
         "roles": {r: pw for r, pw in state.role_passwords.items() if r != BACKEND_ROLE},
     }
@@ -569,12 +564,17 @@ class DemoRun:
             if self.base.exists() and not reuse and any(self.base.iterdir()):
                 raise DemoError(f"--data-dir {self.base} is not empty and holds no complete demo "
                                 f"(no {STATE_FILE}); give an empty or new directory")
+            existing = next(p for p in (self.base, *self.base.parents) if p.exists())
+            if run_as is not None and not embedded.world_traversable(existing.parent if existing == self.base
+                                                                      else existing):
+                raise DemoError(f"{self.base}: running as root, the server runs as {run_as.name!r}, which cannot "
+                                "reach this directory; choose one it can traverse (e.g. under /tmp)")
             self.base.mkdir(parents=True, exist_ok=True)
         if run_as is not None:
             os.chmod(self.base, 0o711)  # the server's user may pass through, not list; secrets stay 0600 root
             if not embedded.world_traversable(self.base):
-                raise DemoError(f"{self.base}: running as root, the server runs as {run_as.name!r}, which cannot "
-                                "reach this directory; choose one it can traverse (e.g. under /tmp)")
+                raise DemoError(f"{self.base}: user {run_as.name!r} cannot reach this directory (check the "
+                                "permissions of its parents)")
         else:
             os.chmod(self.base, 0o700)
         return reuse
@@ -670,12 +670,16 @@ class DemoRun:
         await loop.run_in_executor(None, proxy.prepare)
         try:
             await proxy.start()
-        except OSError as exc:
-            raise DemoError(f"cannot listen on {self.opts.host}:{self.opts.port}: {exc.strerror or exc}"
+        except (OSError, driver.StartupError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise DemoError(f"cannot listen on {self.opts.host}:{self.opts.port}: {reason}"
                             + (" (try --port 0 for a free port)" if self.opts.port else "")) from exc
         progress.done(", ".join(proxy.addresses()))
         try:
-            metrics_url, admin_dsn = OBSERVABILITY_ENDPOINTS(proxy, self.config, _connect_host(self.opts.host))
+            assert self.state is not None and self.tls is not None
+            metrics_url, admin_dsn = observability_endpoints(
+                proxy, _connect_host(self.opts.host), proxy.port, self.state.admin_password, self.tls.cert_file
+            )
             self._announce(proxy.port, metrics_url, admin_dsn)
             await stop.wait()
         finally:

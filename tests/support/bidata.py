@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend
 
-DATA_VERSION = "bi-v3"
+DATA_VERSION = "bi-v4"
 
 SHARED_DB = "bi_shared"
 NORLS_DB = "bi_shared_norls"
@@ -294,7 +294,8 @@ def _countries(conn: psycopg.Connection, schema: str) -> None:
 
 def _build_shared(conn: psycopg.Connection) -> None:
     _create_tables(conn, "public", tenant_column=True, partitioned=True)
-    for key in SHARED_KEYS:
+    # The attackers' (acme's) rows are stored last, so a filter evaluated too late shows other tenants' rows first.
+    for key in reversed(SHARED_KEYS):
         _load(conn, "public", generate(key), tenant_column=True)
     _countries(conn, "public")
     conn.execute(
@@ -316,7 +317,7 @@ def _build_schema(conn: psycopg.Connection) -> None:
         "CREATE TABLE public.legacy_orders (id int PRIMARY KEY, tenant text NOT NULL, customer_name text NOT NULL,"
         " email text NOT NULL, amount numeric(12,2) NOT NULL)"
     )
-    for key in SCHEMA_KEYS:
+    for key in reversed(SCHEMA_KEYS):
         conn.execute(
             f"""INSERT INTO public.legacy_orders
                 SELECT o.id, '{key}', c.name, c.email, o.amount
@@ -462,3 +463,183 @@ def fingerprint(pg: PgCluster) -> dict[str, str]:
         for name, count, digest in pg.execute(" UNION ALL ".join(parts), dbname=db):
             out[f"{db}:{name}"] = f"{count}:{digest}"
     return out
+
+
+# ------------------------------------------------------------------------------------ a libpq-level test client
+
+_INT_TYPES = frozenset({20, 21, 23})  # int8, int2, int4
+
+
+@dataclass
+class Result:
+    """One result of a Query/Execute as the client saw it (values in text format)."""
+
+    kind: str  # rows | command | error | copy_out | copy_in | empty
+    tag: str = ""
+    columns: tuple[str, ...] = ()
+    types: tuple[int, ...] = ()
+    rows: list[tuple[str | None, ...]] = field(default_factory=list)
+    sqlstate: str | None = None
+    message: str = ""  # the full libpq error text: severity, message, DETAIL, HINT, CONTEXT
+    copy: bytes = b""
+
+    @property
+    def denied_by_proxy(self) -> bool:
+        return self.kind == "error" and "pgtenant:" in self.message
+
+    def int_cells(self) -> Iterator[int]:
+        for j, oid in enumerate(self.types):
+            if oid in _INT_TYPES:
+                for row in self.rows:
+                    if row[j] is not None:
+                        yield int(row[j])  # type: ignore[arg-type]
+
+    def text(self) -> str:
+        """Everything this result shows the client, as one string."""
+        parts = [self.tag, self.message, " ".join(self.columns), self.copy.decode("utf-8", "replace")]
+        parts += [" ".join("" if v is None else v for v in row) for row in self.rows]
+        return "\n".join(parts)
+
+
+class PqClient:
+    """A blocking libpq connection (psycopg.pq) that returns every result of a query string, including the
+    results before and after an error in a multi-statement simple Query, COPY data, and notices."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conninfo = conninfo
+        self.notices: list[str] = []
+        self.pgconn = self._connect()
+        self._names = 0
+
+    def _connect(self) -> pq.PGconn:
+        conn = pq.PGconn.connect(self.conninfo.encode())
+        if conn.status != pq.ConnStatus.OK:
+            msg = conn.get_error_message()
+            conn.finish()
+            raise ConnectionError(msg)
+        conn.notice_handler = lambda res: self.notices.append(res.error_message.decode("utf-8", "replace"))
+        return conn
+
+    @property
+    def broken(self) -> bool:
+        return self.pgconn.status != pq.ConnStatus.OK
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.pgconn.transaction_status != pq.TransactionStatus.IDLE
+
+    def reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self.pgconn.finish()
+        self.pgconn = self._connect()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.pgconn.finish()
+
+    def simple(self, text: str, copy_in: bytes | None = None) -> list[Result]:
+        """Send one simple Query message."""
+        self.pgconn.send_query(text.encode())
+        return self._collect(copy_in)
+
+    def extended(self, text: str, params: list[str | None] | None = None, copy_in: bytes | None = None,
+                 *, name: str | None = None) -> list[Result]:
+        """Parse as a named statement (like pgJDBC's S_n / asyncpg), then Bind + Execute + Sync."""
+        if name is None:
+            self._names += 1
+            name = f"bi_stmt_{self._names}"
+        self.pgconn.send_prepare(name.encode(), text.encode())
+        prep = self._collect(None)
+        if any(r.kind == "error" for r in prep):
+            return prep
+        values = [None if p is None else p.encode() for p in params or []]
+        self.pgconn.send_query_prepared(name.encode(), values)
+        return self._collect(copy_in)
+
+    def _collect(self, copy_in: bytes | None) -> list[Result]:
+        out: list[Result] = []
+        while True:
+            res = self.pgconn.get_result()
+            if res is None:
+                return out
+            out.append(self._result(res, copy_in))
+
+    def _result(self, res: pq.PGresult, copy_in: bytes | None) -> Result:
+        st = res.status
+        if st == pq.ExecStatus.COPY_OUT:
+            buf = bytearray()
+            while True:
+                n, data = self.pgconn.get_copy_data(0)
+                if n < 0:
+                    break
+                buf += bytes(data)
+            return Result("copy_out", copy=bytes(buf))
+        if st == pq.ExecStatus.COPY_IN:
+            if copy_in:
+                self.pgconn.put_copy_data(copy_in)
+            self.pgconn.put_copy_end()
+            return Result("copy_in", copy=copy_in or b"")
+        if st in (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.NONFATAL_ERROR, pq.ExecStatus.BAD_RESPONSE):
+            code = res.error_field(pq.DiagnosticField.SQLSTATE)
+            return Result(
+                "error", sqlstate=code.decode() if code else None,
+                message=res.error_message.decode("utf-8", "replace"),
+            )
+        tag = (res.command_status or b"").decode()
+        if st == pq.ExecStatus.EMPTY_QUERY:
+            return Result("empty")
+        if st == pq.ExecStatus.TUPLES_OK:
+            cols = tuple((res.fname(j) or b"").decode() for j in range(res.nfields))
+            types = tuple(res.ftype(j) for j in range(res.nfields))
+            rows = [
+                tuple(None if (v := res.get_value(i, j)) is None else v.decode("utf-8", "replace")
+                      for j in range(res.nfields))
+                for i in range(res.ntuples)
+            ]
+            return Result("rows", tag=tag, columns=cols, types=types, rows=rows)
+        return Result("command", tag=tag)
+
+
+def literal(value: str | int | None) -> str:
+    """A SQL literal for client-side parameter interpolation (the simple protocol's way of binding)."""
+    return sql.Literal(value).as_string(None)
+
+
+def bind_simple(text: str, params: tuple[str | int | None, ...] | None) -> str:
+    """`%s` placeholders replaced by literals (what psycopg's ClientCursor / psycopg2 / pgJDBC do)."""
+    if not params:
+        return text
+    parts = text.split("%s")
+    assert len(parts) == len(params) + 1, text
+    return parts[0] + "".join(literal(p) + rest for p, rest in zip(params, parts[1:], strict=True))
+
+
+def bind_extended(text: str, params: tuple[str | int | None, ...] | None) -> tuple[str, list[str | None]]:
+    """`%s` placeholders as $1..$n with text-format values."""
+    if not params:
+        return text, []
+    parts = text.split("%s")
+    assert len(parts) == len(params) + 1, text
+    out = parts[0] + "".join(f"${i}" + rest for i, rest in enumerate(parts[1:], 1))
+    return out, [None if p is None else str(p) for p in params]
+
+
+def rows_key(results: list[Result]) -> list[Any]:
+    """What two runs of the same statements must agree on: per row-returning result its column names and
+    rows as a multiset (COPY data as a multiset of lines); command tags of writes are left out."""
+    from collections import Counter
+
+    out: list[Any] = []
+    for r in results:
+        if r.kind == "rows":
+            out.append(("rows", r.columns, Counter(r.rows)))
+        elif r.kind == "copy_out":
+            out.append(("copy", Counter(r.copy.splitlines())))
+        elif r.kind == "error":
+            out.append(("error", r.sqlstate))
+    return out
+
+
+def id_range(key: str) -> range:
+    """The ids every generated row of tenant `key` has (customers, products, orders, lines, events)."""
+    return range(_ID_BASE[key] + 1, _ID_BASE[key] + 100_000)
