@@ -60,7 +60,7 @@ def test_reserved_prefix_cannot_be_allowed() -> None:
 
 def test_utf8_spellings_accepted() -> None:
     for enc in ("UTF8", "'utf-8'", "unicode", "SQL_ASCII"):
-        params, err = backend_parameters({"client_encoding": enc}, DEFAULT_ALLOWED_PARAMETERS)
+        _, err = backend_parameters({"client_encoding": enc}, DEFAULT_ALLOWED_PARAMETERS)
         assert err is None, enc
 
 
