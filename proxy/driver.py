@@ -448,15 +448,16 @@ class ClientConnection(asyncio.Protocol):
         tenant_name = session.info.tenant or "_none"
         label = metrics.tenant(tenant_name)
         if proxy.metrics_enabled:
-            metrics.query_duration.labels(label, req.kind, req.outcome).observe(req.duration)
+            metrics.query_child(label, req.kind, req.outcome).observe(req.duration)
+            sent_c, received_c, rows_c = metrics.traffic_children(label)
             if req.rows:
-                metrics.rows_to_client.labels(label).inc(req.rows)
+                rows_c.inc(req.rows)
             if req.outcome == "error" and req.sqlstate:
                 metrics.backend_errors.labels(label, req.sqlstate[:2]).inc()
             sent, received = self.bytes_out - self._bytes_reported[0], self.bytes_in - self._bytes_reported[1]
             self._bytes_reported = (self.bytes_out, self.bytes_in)
-            metrics.bytes_to_client.labels(label).inc(sent)
-            metrics.bytes_from_client.labels(label).inc(received)
+            sent_c.inc(sent)
+            received_c.inc(received)
         st = proxy.ops.tenant_stats(tenant_name)
         st.queries += 1
         st.rows += req.rows

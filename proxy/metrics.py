@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -101,3 +102,23 @@ class Metrics:
         self.preflight_ok = Gauge(
             "pgtenant_preflight_ok", "1 when the tenant's isolation preflight passed.", ["tenant"], registry=r
         )
+        self._query_children: dict[tuple[str, str, str], Any] = {}
+        self._tenant_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def query_child(self, tenant: str, kind: str, outcome: str) -> Any:
+        """The latency histogram child for these labels, memoized (this runs once per request)."""
+        key = (tenant, kind, outcome)
+        child = self._query_children.get(key)
+        if child is None:
+            child = self._query_children[key] = self.query_duration.labels(tenant, kind, outcome)
+        return child
+
+    def traffic_children(self, tenant: str) -> tuple[Any, Any, Any]:
+        """(bytes sent, bytes received, rows) counter children for a tenant label, memoized."""
+        children = self._tenant_children.get(tenant)
+        if children is None:
+            children = self._tenant_children[tenant] = (
+                self.bytes_to_client.labels(tenant), self.bytes_from_client.labels(tenant),
+                self.rows_to_client.labels(tenant),
+            )
+        return children
