@@ -8,7 +8,6 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Iterable
 from time import perf_counter
 
 from proxy import admin as admin_console
@@ -128,9 +127,12 @@ class ServerLink(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def writelines(self, chunks: Iterable[bytes | memoryview]) -> None:
+    def writelines(self, chunks: list[bytes | memoryview]) -> None:
         if self.transport is not None and not self.closed:
-            self.transport.writelines(chunks)
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            elif chunks:
+                self.transport.writelines(chunks)
 
     def terminate(self) -> None:
         if self.transport is not None and not self.closed:
@@ -346,9 +348,14 @@ class ClientConnection(asyncio.Protocol):
                     self.link.writelines(action.chunks)
             elif isinstance(action, RelayToClient):
                 if self.transport is not None and not self.closed:
-                    for c in action.chunks:
-                        self.bytes_out += len(c)
-                    self.transport.writelines(action.chunks)
+                    chunks = action.chunks
+                    if len(chunks) == 1:
+                        self.bytes_out += len(chunks[0])
+                        self.transport.write(chunks[0])
+                    elif chunks:
+                        for c in chunks:
+                            self.bytes_out += len(c)
+                        self.transport.writelines(chunks)
             elif isinstance(action, SendClient):
                 self.write(action.data)
             elif isinstance(action, StartClientTls):
