@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import pq, sql
 
 from tests.support.pgcluster import PgCluster
@@ -434,6 +435,23 @@ def start_bi_proxy(pg: PgCluster, workdir: Path, *, norls: bool = False) -> Prox
     proc.provision()
     after_provision(pg, norls=norls)
     return proc.start(provision=False)
+
+
+def bi_proxy_fixture(*, norls: bool = False, name: str = "bi_proxy") -> Any:
+    """A module-scoped pytest fixture (named `name`) yielding a started `start_bi_proxy(...)`, stopped afterwards.
+
+    Use at module level: ``bi_proxy = bidata.bi_proxy_fixture()``.
+    """
+
+    @pytest.fixture(scope="module", name=name)
+    def _fixture(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+        proc = start_bi_proxy(pg, tmp_path_factory.mktemp(name), norls=norls)
+        try:
+            yield proc
+        finally:
+            proc.stop()
+
+    return _fixture
 
 
 # -------------------------------------------------------------------------------------------- facts for tests
