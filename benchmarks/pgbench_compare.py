@@ -44,6 +44,7 @@ USER, DB = "ivan", "initech"  # tenant initech: database strategy = plain passth
 PASSWORD = USERS[USER][1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "pgtenant", "pgbouncer")
+code_versions: dict[str, str] = {}  # proxy name -> pgtenant code it was started with
 
 
 def say(msg: str) -> None:
@@ -176,6 +177,7 @@ def make_pgtenant(stack: contextlib.ExitStack, cluster: PgCluster) -> BenchProxy
 
 
 def start_pgtenant(proxy: BenchProxy, name: str = "pgtenant") -> Target:
+    code_versions[name] = code_version()
     proxy.start()  # runs `pgtenant provision` first when the helper supports it (idempotent)
     assert proxy.proc is not None
     target = Target(name, proxy.port, USER, PASSWORD, proxy.proc.pid, proxy.log_path)
@@ -494,17 +496,23 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def versions(pgbouncer: str | None, cluster: PgCluster) -> dict[str, str]:
-    def out(argv: list[str]) -> str:  # first line of stdout
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip().split("\n")[0]
-        except OSError:
-            return "?"
+def first_line(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip().split("\n")[0]
+    except OSError:
+        return "?"
 
+
+def code_version() -> str:
+    """The pgtenant code a proxy process starts with (the tree may change while a long run goes on)."""
+    dirty = first_line(["git", "status", "--porcelain", "proxy"])
+    return first_line(["git", "rev-parse", "--short", "HEAD"]) + (" + uncommitted changes in proxy/" if dirty else "")
+
+
+def versions(pgbouncer: str | None, cluster: PgCluster) -> dict[str, str]:
+    out = first_line
     return {"postgres": cluster.installation.version, "pgbouncer": out([pgbouncer, "--version"]) if pgbouncer else "-",
-            "python": platform.python_version(), "pgtenant_commit": out(["git", "rev-parse", "--short", "HEAD"])
-            + (" + uncommitted changes in proxy/" if out(["git", "status", "--porcelain", "proxy"]) else ""),
-            "cpus": str(os.cpu_count()), "kernel": platform.release()}
+            "python": platform.python_version(), "cpus": str(os.cpu_count()), "kernel": platform.release()}
 
 
 # --------------------------------------------------------------------------- main
@@ -619,6 +627,7 @@ def main() -> int:
                     say(f"{n}: streaming {args.stream_rows * args.stream_width / 1e6:.0f} MB "
                         f"({'slow' if slow else 'fast'} reader)")
                     results["memory"]["stream"][n].append(stream_rss(t, args.stream_rows, args.stream_width, slow))
+    results["versions"]["pgtenant_code"] = code_versions
     report = markdown(results)
     print(report)
     if "profile" in results and "self" in results["profile"]:

@@ -139,6 +139,8 @@ def user_removed(user: str) -> PgError:
 
 def policy_denied(sqlstate: str, message: str, hint: str, rule: str) -> PgError:
     """A statement refused by the tenant policy; the session stays usable."""
+    if sqlstate == "22021":  # data errors read as PostgreSQL's own
+        return PgError(sqlstate, message, "ERROR", hint=hint or None)
     text = message if rule in message else f"{message} (rule {rule})"
     return PgError(sqlstate, text if text.startswith("pgtenant") else f"pgtenant: {text}", "ERROR", hint=hint or None)
 

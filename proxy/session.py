@@ -430,6 +430,22 @@ class ClientSession:
         decide = self.decide
         if decide is None:
             return msg.raw()
+        if msg.type in (m.QUERY, m.PARSE):
+            text = msg.body
+            if msg.type == m.PARSE:  # name and query string only; the parameter type OIDs are binary
+                first = text.find(b"\x00")
+                text = text[: text.find(b"\x00", first + 1)] if first >= 0 else text
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                # PostgreSQL answers 22021 and keeps the session; so do we (the text is never forwarded).
+                decision = Deny("22021", "invalid byte sequence for encoding \"UTF8\"", "", "invalid_utf8")
+                if msg.type == m.QUERY:
+                    self.tracker.on_query("", decision)
+                    return m.Query(self._deny_marker(decision)).encode()
+                name = msg.body[: msg.body.find(b"\x00")].decode("utf-8", "replace")
+                self.tracker.on_parse(name, "", decision)
+                return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
         if msg.type == m.QUERY:
             query = m.Query.decode(msg.body)
             decision = decide("query", query.sql)

@@ -50,11 +50,18 @@ DENIED_RELATIONS: frozenset[str] = frozenset(
         "pg_largeobject",
         "pg_largeobject_metadata",
         "pg_config",
+        # shared catalogs that list objects of every database (their OIDs name other databases)
+        "pg_shdepend",
+        "pg_shdescription",
+        "pg_shseclabel",
+        "pg_db_role_setting",
     }
 )
 
-# Shared schema only: planner statistics hold real column values (most common values, histogram bounds) of
-# every tenant's rows. With RLS enforced PostgreSQL already hides them; without it only this list does.
+# Shared and schema strategies: planner statistics hold real column values (most common values, histogram
+# bounds) of rows the tenant may not read -- other tenants' rows of a shared table, or any table some other
+# grant lets the role see (the attack suite found a PUBLIC-readable table's values through pg_stats in the
+# schema strategy). Only the database strategy, whose database is the tenant's own, may read them.
 SHARED_DENIED_RELATIONS: frozenset[str] = frozenset(
     {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
 )
@@ -171,4 +178,4 @@ def is_denied_relation(policy: TenantPolicy, rv: Node) -> bool:
     name = rv.get("relname", "")
     if rv.get("schemaname") == "pg_temp":
         return False
-    return name in DENIED_RELATIONS or (policy.strategy == "shared" and name in SHARED_DENIED_RELATIONS)
+    return name in DENIED_RELATIONS or (policy.strategy != "database" and name in SHARED_DENIED_RELATIONS)

@@ -51,6 +51,13 @@ NEVER_NAMES: frozenset[str] = frozenset(
         "connectby",
         "pg_import_system_collations",
         "pg_switch_wal",
+        # name any object by OID, including other databases and other tenants' schemas (attack suite)
+        "pg_describe_object",
+        "pg_identify_object",
+        "pg_identify_object_as_address",
+        "pg_get_object_address",
+        # sizes of other databases by name or OID
+        "pg_database_size",
     }
 )
 SYSTEM_FUNCTION_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema"})

@@ -205,11 +205,6 @@ SN, C, D, ALL = "SN", "C", "D", "SNCD"
 # Known engine gaps, recorded as strict xfails (they start failing loudly the day they are fixed).
 GAP_SCHEMA_NAMES = ("catalog hygiene: other tenants' schema names (two_co, ghost_co) are visible through catalog "
                     "views/functions other than pg_namespace itself; only direct pg_namespace references are filtered")
-GAP_DB_NAMES = ("catalog hygiene: other tenants' database names are visible via pg_describe_object()/"
-                "pg_identify_object() on database oids from pg_shdepend; only pg_database itself is filtered")
-GAP_PG_STATS = ("leak: pg_stats shows most_common_vals/histogram_bounds of every table the backend role may read "
-                "(here public.legacy_orders with other schema tenants' rows); pg_stats is denied only in the "
-                "shared strategy")
 GAP_SYSTEM_COLUMNS = ("wrong result: system columns (ctid, xmin, tableoid) of a tenant-scoped table are lost in the "
                       "filtered subquery `(SELECT * FROM t WHERE …) t`, so the query fails with 42703")
 SCHEMA_GAP = {"schema": GAP_SCHEMA_NAMES}
@@ -273,12 +268,14 @@ ATTACKS: list[Attack] = [
     Attack("catalog_regnamespace_names", "SELECT DISTINCT relnamespace::regnamespace::text FROM pg_class", ALL,
            "any", xfail=SCHEMA_GAP),
     Attack("catalog_describe_database_names",
-           "SELECT DISTINCT pg_describe_object('pg_database'::regclass, dbid, 0) FROM pg_shdepend", ALL, "any",
-           xfail={s: GAP_DB_NAMES for s in STRATEGY_LETTERS.values()}),
+           "SELECT DISTINCT pg_describe_object('pg_database'::regclass, dbid, 0) FROM pg_shdepend", ALL, "deny",
+           by="proxy"),
+    Attack("catalog_describe_database_oid_scan",
+           "SELECT DISTINCT pg_describe_object('pg_database'::regclass, g, 0) FROM generate_series(1, 30000) g",
+           ALL, "deny", by="proxy"),
     Attack("catalog_pg_stats_values",
            "SELECT schemaname, tablename, attname, most_common_vals::text, histogram_bounds::text FROM pg_stats"
-           " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", ALL, "any",
-           xfail={"schema": GAP_PG_STATS}),
+           " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", "SNC", "deny", by="proxy"),
     Attack("catalog_pg_tables_schemanames", "SELECT DISTINCT schemaname FROM pg_tables", ALL, "any",
            xfail=SCHEMA_GAP),
     Attack("catalog_pg_stat_user_tables", "SELECT schemaname, relname, n_live_tup FROM pg_stat_user_tables", ALL,
@@ -288,8 +285,8 @@ ATTACKS: list[Attack] = [
     Attack("catalog_format_type_names", "SELECT format_type(reltype, NULL) FROM pg_class WHERE relkind = 'r'", ALL,
            "any", xfail=SCHEMA_GAP),
     Attack("catalog_describe_schema_names",
-           "SELECT DISTINCT pg_describe_object('pg_namespace'::regclass, relnamespace, 0) FROM pg_class", ALL, "any",
-           xfail=SCHEMA_GAP),
+           "SELECT DISTINCT pg_describe_object('pg_namespace'::regclass, relnamespace, 0) FROM pg_class", ALL, "deny",
+           by="proxy"),
     # --- search_path ----------------------------------------------------------------------------------------------
     Attack("sp_set_other_schema", {SN: "SET search_path = pg_catalog", C: "SET search_path = two_co"}, "SNC",
            "deny", by="proxy"),

@@ -202,3 +202,22 @@ def test_transition_table_is_closed() -> None:
         assert TRANSITIONS[(state, Event.CLOSE)] is State.CLOSED
     assert (State.READY, Event.STARTUP_MESSAGE) not in TRANSITIONS
     assert (State.STARTUP, Event.AUTH_OK) not in TRANSITIONS
+
+
+def test_invalid_utf8_is_22021_and_session_stays(session: ClientSession) -> None:
+    login(session)
+    session.server_ready({})
+    session.enable_policy(lambda kind, sql: __import__("proxy.policy.model", fromlist=["Allow"]).Allow())
+    [relay] = session.client_data(m.frame(b"Q", b"SELECT '\xff'\x00"))
+    forwarded = b"".join(bytes(c) for c in relay.chunks)
+    assert b"\xff" not in forwarded and b"pgtenant_denied_" in forwarded
+    marker = forwarded[5:-1]
+    err = m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": f'syntax error at or near "{marker.decode()}"'})
+    [back] = session.server_data(err + m.ready_for_query(b"I"))
+    out = b"".join(bytes(c) for c in back.chunks)
+    assert b"C22021\x00" in out and out.endswith(m.ready_for_query(b"I"))
+    assert session.state is State.READY
+    # A Parse with binary parameter type OIDs (0xff bytes) is not mistaken for invalid text.
+    parse = m.Parse("S_1", "SELECT $1", b"\x00\x01\x00\x00\x00\xff").encode()
+    [relay] = session.client_data(parse)
+    assert b"".join(bytes(c) for c in relay.chunks) == parse
