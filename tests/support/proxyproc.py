@@ -44,8 +44,7 @@ def verifier(password: str) -> str:
 
 def prepare_backend(cluster: PgCluster) -> None:
     """Idempotently create the backend role, the tenant databases, schema and a little data."""
-    exists = cluster.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BACKEND_ROLE,))
-    if exists:
+    if cluster.execute("SELECT 1 FROM pg_database WHERE datname = 'initech'"):
         return
     for db in ("saas", "initech"):
         cluster.execute(f"CREATE DATABASE {db}")

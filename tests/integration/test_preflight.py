@@ -1,0 +1,96 @@
+"""The proxy refuses to start when PostgreSQL does not enforce the tenant boundary (unless overridden)."""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend
+
+
+def _start_expecting_failure(p: ProxyProcess) -> str:
+    with pytest.raises(RuntimeError) as exc:
+        p.start(provision=False)
+    assert "pgtenant exited with 3" in str(exc.value)
+    return str(exc.value)
+
+
+def test_refuses_to_start_without_rls_and_runs_when_overridden(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    prepare_backend(pg)
+    ProxyProcess(pg, tmp_path_factory.mktemp("prov")).provision()  # the backend role exists from here on
+    db = pg.fresh_database("nrls")
+    pg.execute(
+        f"CREATE TABLE public.orders (id int, tenant_id text); GRANT CONNECT ON DATABASE {db} TO {BACKEND_ROLE};"
+        f"GRANT SELECT ON public.orders TO {BACKEND_ROLE}; INSERT INTO public.orders VALUES (1, 'acme'), (2, 'b')",
+        dbname=db,
+    )
+    tenant = {"strategy": "shared", "database": db, "tenant_id": "acme"}
+    workdir = tmp_path_factory.mktemp("norls")
+    p = ProxyProcess(pg, workdir, extra_tenants={"nrls": tenant}, extra_users={"nina": ("nrls", "nina-pw")})
+    p.provision()  # provisions the default tenants only: the new database stays without RLS
+    pg.execute("ALTER TABLE public.orders DISABLE ROW LEVEL SECURITY; DROP POLICY IF EXISTS pgtenant_isolation "
+               "ON public.orders", dbname=db)
+    log = _start_expecting_failure(p)
+    assert "tenants.nrls: row-level security is not enabled on public.orders" in log
+    assert "preflight.enforce = false" in log
+    # Explicitly overridden: it starts, fences its rewrites, and the rewrite alone still isolates.
+    p.preflight_enforce = False
+    p.start(provision=False)
+    try:
+        assert any(e.get("event") == "rewrite_fenced" and e.get("tenant") == "nrls" for e in p.log_events())
+        with psycopg.connect(p.dsn("nina")) as c:
+            assert c.execute("SELECT id, tenant_id FROM orders").fetchall() == [(1, "acme")]
+    finally:
+        p.stop()
+
+
+def test_refuses_a_superuser_backend_role(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    pg.execute("DROP ROLE IF EXISTS pgt_super; CREATE ROLE pgt_super LOGIN SUPERUSER PASSWORD 'super-pw'")
+    p = ProxyProcess(
+        pg, tmp_path_factory.mktemp("super"),
+        extra_tenants={"sup": {"strategy": "database", "database": "initech", "backend_user": "pgt_super"}},
+        extra_users={"sam": ("sup", "sam-pw")}, extra_roles={"pgt_super": "super-pw"},
+    )
+    p.provision()
+    pg.execute("ALTER ROLE pgt_super SUPERUSER")  # provision made it NOSUPERUSER; an operator undid that
+    log = _start_expecting_failure(p)
+    assert "backend role 'pgt_super' is a superuser" in log
+
+
+def test_metrics_basic_auth(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    workdir: Path = tmp_path_factory.mktemp("basic")
+    p = ProxyProcess(pg, workdir)
+    p.write_config()
+    p.config_path.write_text(p.config_path.read_text().replace("[metrics]\n", '[metrics]\nbasic_auth_user = "prom"\n'))
+    secrets = workdir / "secrets.toml"
+    secrets.write_text('metrics_password = "scrape-pw"\n' + secrets.read_text())
+    original_write = p.write_config
+    p.write_config = lambda: None  # type: ignore[method-assign]  # keep the edited files
+    try:
+        p.start(provision=True)
+    finally:
+        p.write_config = original_write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(p.metrics_url + "/metrics", timeout=5)
+        assert exc.value.code == 401
+        req = urllib.request.Request(p.metrics_url + "/metrics")
+        req.add_header("Authorization", "Basic " + base64.b64encode(b"prom:scrape-pw").decode())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200 and b"pgtenant_query_duration_seconds" in r.read()
+        bad = urllib.request.Request(p.metrics_url + "/metrics")
+        bad.add_header("Authorization", "Basic " + base64.b64encode(b"prom:wrong").decode())
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(bad, timeout=5)
+    finally:
+        p.stop()
