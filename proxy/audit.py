@@ -59,9 +59,11 @@ class AuditLog:
         self._owned = file is not None
 
     def record(self, **fields: Any) -> None:
-        for key in ("sql", "rewritten_sql"):
-            if self.redact and fields.get(key):
-                fields[key] = redact(fields[key])
+        if self.redact:
+            for record in (fields, *(fields.get("more") or ())):
+                for key in ("sql", "rewritten_sql"):
+                    if record.get(key):
+                        record[key] = redact(record[key])
         line = json.dumps(
             {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "event": "statement", **fields},
             default=str,

@@ -45,7 +45,7 @@ from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
-from proxy.tenancy import backend_context, tenant_policy
+from proxy.tenancy import backend_context, parsing_violation, tenant_policy
 from proxy.tracking import Request
 
 log = get_logger("pgtenant.driver")
@@ -293,6 +293,14 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             self.proxy.pool.release(link, reason="client_gone")
             return
+        for name, value in ready.parameters.items():
+            problem = parsing_violation(name, value)
+            if problem is not None:  # fail closed: the backend would read SQL differently from the engine
+                self.log.error("backend_parsing_mismatch", problem=problem)
+                self.proxy.pool.release(link, reason="parsing_mismatch")
+                self.link = None
+                self._run(self.session.server_failed(errors.backend_settings_unsafe(problem), "parsing_mismatch"))
+                return
         self.proxy.cancels.register(
             self.session.process_id,
             self.session.secret_key,
@@ -486,6 +494,7 @@ class ClientConnection(asyncio.Protocol):
                 outcome=req.outcome, sqlstate=req.sqlstate, duration_ms=round(req.duration * 1000, 3),
                 rows=req.rows, sql=req.sql, rewritten_sql=rewritten,
                 statements=len(req.extra) + 1,
+                more=[_audit_statement(sql, d) for sql, d in req.extra] or None,
             )
 
     def _connect_backend(self) -> None:
@@ -606,6 +615,16 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.client_finished()
 
 
+def _audit_statement(sql: str, decision: Decision | None) -> dict[str, object]:
+    """Audit fields of a further statement of the same request (an extended batch or a merged Query)."""
+    return {
+        "sql": sql,
+        "decision": type(decision).__name__.lower() if decision is not None else "none",
+        "rule": decision.rule if isinstance(decision, Deny) else None,
+        "rewritten_sql": decision.sql if isinstance(decision, Rewrite) else None,
+    }
+
+
 class Pool:
     """Hands server connections to client sessions: one fresh connection per session for now.
 
@@ -669,7 +688,10 @@ class Proxy:
     def server_parameters(self, session: ClientSession) -> dict[str, str]:
         """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
         assert session.tenant is not None
-        return {**session.backend_parameters, **backend_context(session.tenant)}
+        params = {**session.backend_parameters, **backend_context(session.tenant)}
+        if not any(k.lower() == "client_encoding" for k in params):
+            params["client_encoding"] = "UTF8"  # never the server's default: it could be a client-only encoding
+        return params
 
     def apply_config(self, new: Config) -> list[str]:
         """Blocking half of a reload (discovery and preflight under the new config); the switch itself
@@ -763,7 +785,11 @@ class Proxy:
         self.metrics.tenant.preload(sorted(new.tenants))
         for client in list(self.clients):
             s = client.session
-            if s is None or s.info.user is None or s.is_admin:
+            if s is None or s.info.user is None:
+                continue
+            if s.is_admin:
+                if s.info.user not in new.admin.users:
+                    s.revoked = errors.user_removed(s.info.user)
                 continue
             before = old.users.get(s.info.user)
             after = new.users.get(s.info.user)

@@ -161,3 +161,12 @@ def client_encoding_not_utf8(value: str) -> PgError:
         "FATAL",
         hint="Connect with client_encoding=UTF8 (the default of most drivers).",
     )
+
+
+def backend_settings_unsafe(problem: str) -> PgError:
+    return PgError(
+        "08006",
+        f"pgtenant closed the session: {problem}, so SQL would not be read the way pgtenant checks it",
+        "FATAL",
+        hint="The operator must not override standard_conforming_strings or client_encoding for pgtenant's roles.",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 import struct
 from collections.abc import Callable
@@ -31,10 +32,13 @@ from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.protocol.stream import FramingError, Message, MessageStream
 from proxy.startup import backend_parameters, end_user_claim
+from proxy.tenancy import parsing_violation
 from proxy.tracking import Request, RequestTracker
 
 _I32 = struct.Struct("!i")
-_MAX_PENDING_DENIALS = 1024
+_MAX_PENDING_DENIALS = 65536
+_MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
+_DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message).
 Decide = Callable[[str, str], Decision]
@@ -80,6 +84,10 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
+
+
+class ParsingMismatch(Exception):
+    """The backend now reads SQL text differently from the policy engine: the session must end."""
 
 
 class SessionError(Exception):
@@ -139,20 +147,23 @@ class ClientSession:
         self.secret_key = secrets.token_bytes(4)
         self._startup_buf = b""
         self._auth_stream = MessageStream(
-            intercept=m.FRONTEND_TYPES | frozenset(range(256)), max_length=config.limits.max_message_length
+            intercept=m.FRONTEND_TYPES | frozenset(range(256)),
+            max_length=min(_MAX_LOGIN_MESSAGE, config.limits.max_message_length),
         )
         self.frontend = MessageStream(
             intercept=frozenset({m.TERMINATE}), max_length=config.limits.max_message_length
         )
         self.backend_stream = MessageStream(
-            observe=frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COMMAND_COMPLETE}),
+            observe=frozenset(
+                {m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COMMAND_COMPLETE, m.PARAMETER_STATUS, m.COPY_IN_RESPONSE}
+            ),
             observer=self._observe_backend,
             limit_all=False,
         )
         self.decide: Decide | None = None
         self.on_decision = on_decision
         self.tracker = RequestTracker(clock, on_request_done)
-        self.frontend.observe = frozenset({m.SYNC, m.BIND, m.CLOSE})
+        self.frontend.observe = frozenset({m.SYNC, m.BIND, m.CLOSE, m.COPY_DONE, m.COPY_FAIL})
         self.frontend.observer = self._observe_frontend
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
@@ -218,6 +229,10 @@ class ClientSession:
         """Bytes from the server connection, once it is ready."""
         try:
             return [RelayToClient(self.backend_stream.feed(data))]
+        except ParsingMismatch as exc:
+            self.state = State.CLOSED
+            return [CloseServer("parsing_mismatch"),
+                    CloseClient(errors.backend_settings_unsafe(str(exc)), "parsing_mismatch")]
         except FramingError as exc:
             self.state = State.CLOSED
             return [CloseClient(errors.protocol_violation(f"backend: {exc}"), "backend_framing"), CloseServer()]
@@ -392,6 +407,9 @@ class ClientSession:
     # --- relay -----------------------------------------------------------------------------
 
     def _relay_from_client(self, data: bytes) -> list[Action]:
+        if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
+            self.state = State.CLOSED
+            return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
         items = self.frontend.feed(data)
         chunks: list[bytes | memoryview] = []
         for item in items:
@@ -402,7 +420,7 @@ class ClientSession:
                     if chunks:
                         actions.append(RelayToServer(chunks))
                     return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
-                if self.revoked is not None and item.type in (m.QUERY, m.PARSE, m.FUNCTION_CALL):
+                if self.revoked is not None:  # any message: Bind/Execute of a prepared statement too
                     self.state = State.CLOSED
                     return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
                 chunks.append(self._gate(item))
@@ -411,6 +429,9 @@ class ClientSession:
         return [RelayToServer(chunks)]
 
     def _admin_data(self, data: bytes) -> list[Action]:
+        if self.revoked is not None:
+            self.state = State.CLOSED
+            return [CloseClient(self.revoked, "user_removed")]
         actions: list[Action] = []
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
@@ -492,6 +513,8 @@ class ClientSession:
     def _observe_frontend(self, type_: int, body: bytes) -> bytes | None:
         if type_ == m.SYNC:
             self.tracker.on_sync()
+        elif type_ in (m.COPY_DONE, m.COPY_FAIL):
+            self.tracker.on_copy_end()
         elif type_ == m.BIND:
             end = body.find(b"\x00")
             stmt_end = body.find(b"\x00", end + 1)
@@ -502,6 +525,15 @@ class ClientSession:
         return None
 
     def _observe_backend(self, type_: int, body: bytes) -> bytes | None:
+        if type_ == m.PARAMETER_STATUS:
+            name, value = m.decode_parameter_status(body)
+            problem = parsing_violation(name, value)
+            if problem is not None:  # e.g. RESET client_encoding to a client-only server default
+                raise ParsingMismatch(problem)
+            return None
+        if type_ == m.COPY_IN_RESPONSE:
+            self.tracker.on_copy_in()
+            return None
         if type_ == m.COMMAND_COMPLETE:
             self.tracker.on_command_complete(body)
             return None
@@ -510,10 +542,16 @@ class ClientSession:
             self.tracker.on_ready()
             return None
         if type_ == m.ERROR_RESPONSE:
-            if self._denials and b"pgtenant_denied_" in body:
-                for marker in self._denials:
-                    if marker in body:
-                        err = self._denials.pop(marker)
+            if b"pgtenant_denied_" in body:
+                found = _DENIAL_MARKER.search(body)
+                if found is not None:
+                    marker = found.group(0)
+                    err = self._denials.pop(marker, None)
+                    if err is None and b"C42601\x00" in body and b'at or near "' + marker + b'"' in body:
+                        # The exact failure of a marker statement whose entry was evicted (a pipelined burst
+                        # of denials): still our denial, never the backend's syntax error naming the marker.
+                        err = errors.policy_denied("42501", "statement denied by the tenant policy", "", "denied")
+                    if err is not None:
                         self.tracker.on_error(err.sqlstate, denied=True)
                         return err.encode()
             pos = body.find(b"C")

@@ -9,6 +9,19 @@ from proxy.policy.model import TenantPolicy
 
 ScopedTables = Mapping[tuple[str, str], str]  # (schema, table) -> tenant column
 
+# Backend settings that decide how SQL text is tokenized: sent at startup, verified while relaying.
+PINNED_PARSING: Mapping[str, str] = {"standard_conforming_strings": "on"}
+SAFE_CLIENT_ENCODINGS = frozenset({"UTF8", "SQL_ASCII"})
+
+
+def parsing_violation(name: str, value: str) -> str | None:
+    """Why a reported backend setting breaks the engine's reading of SQL text, or None."""
+    if name == "standard_conforming_strings" and value != "on":
+        return "standard_conforming_strings is off on the backend"
+    if name == "client_encoding" and value.upper() not in SAFE_CLIENT_ENCODINGS:
+        return f"client_encoding is {value} on the backend"
+    return None
+
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -30,9 +43,12 @@ def backend_context(tenant: TenantConfig) -> dict[str, str]:
     Sent in the startup packet, they become the session's reset values: `RESET ALL` and
     `DISCARD ALL` restore them instead of clearing them.
     """
+    # The policy engine reads SQL text as UTF-8 with standard-conforming strings; the backend must read it the
+    # same way, whatever the server, database or role defaults say (a mismatch would let SQL hide in literals).
+    params = dict(PINNED_PARSING)
     if tenant.strategy == "database":
-        return {}  # the database itself is the boundary; the tenant's search_path is its own business
-    params = {"search_path": ", ".join(quote_ident(s) for s in search_path(tenant))}
+        return params  # the database itself is the boundary; the tenant's search_path is its own business
+    params["search_path"] = ", ".join(quote_ident(s) for s in search_path(tenant))
     if tenant.strategy == "shared":
         assert tenant.tenant_id is not None
         params[tenant.tenant_setting] = tenant.tenant_id

@@ -10,6 +10,7 @@ from proxy.policy.model import Decision
 from proxy.stmtkind import statement_kind
 
 _MAX_STATEMENTS = 10_000
+_MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped (their attribution is lost)
 
 
 @dataclass(slots=True)
@@ -25,6 +26,7 @@ class Request:
     rows: int = 0
     end: float = 0.0
     extra: list[tuple[str, Decision | None]] = field(default_factory=list)  # further statements of a batch
+    closed_by_sync: bool = False
 
     @property
     def duration(self) -> float:
@@ -40,20 +42,37 @@ class RequestTracker:
         self.pending: deque[Request] = deque()
         self._batch: Request | None = None
         self._statements: dict[str, tuple[str, str]] = {}
+        self.copy_in = False  # the backend is in COPY IN: it ignores Sync and Flush until CopyDone/CopyFail
+        self._swallowed_syncs = 0  # Syncs the backend swallowed in COPY IN (libpq sends another after it)
+        self.dropped = 0
+
+    def _push(self, req: Request) -> None:
+        if len(self.pending) >= _MAX_PENDING:
+            self.pending.popleft()
+            self.dropped += 1
+        self.pending.append(req)
 
     def _batch_request(self) -> Request:
         if self._batch is None:
             self._batch = Request(self.clock())
-            self.pending.append(self._batch)
+            self._push(self._batch)
         return self._batch
 
     def on_query(self, sql: str, decision: Decision | None) -> None:
+        if self._batch is not None and not self.copy_in:
+            # Extended messages without a Sync, then a Query: PostgreSQL answers both with one ReadyForQuery.
+            batch, self._batch = self._batch, None
+            if not batch.sql:
+                batch.sql, batch.kind, batch.decision = sql, statement_kind(sql), decision
+            else:
+                batch.extra.append((sql, decision))
+            return
         self._batch = None
-        self.pending.append(Request(self.clock(), statement_kind(sql), sql, decision))
+        self._push(Request(self.clock(), statement_kind(sql), sql, decision))
 
     def on_function_call(self, decision: Decision | None) -> None:
         self._batch = None
-        self.pending.append(Request(self.clock(), "other", "", decision))
+        self._push(Request(self.clock(), "other", "", decision))
 
     def on_parse(self, name: str, sql: str, decision: Decision | None) -> None:
         req = self._batch_request()
@@ -75,8 +94,26 @@ class RequestTracker:
         self._statements.pop(name, None)
 
     def on_sync(self) -> None:
-        self._batch_request()
+        if self.copy_in:
+            return  # ignored by the backend during COPY IN
+        if self._swallowed_syncs and self._batch is None:
+            self._swallowed_syncs -= 1  # the Sync that replaces the one COPY IN swallowed
+            return
+        req = self._batch_request()
+        req.closed_by_sync = True
         self._batch = None
+
+    def on_copy_in(self) -> None:
+        """The backend entered COPY IN for the head request."""
+        self.copy_in = True
+        if self.pending and self.pending[0].closed_by_sync:
+            # Its Sync was already sent (libpq pipelines it) and the backend swallowed it in COPY IN; the
+            # ReadyForQuery comes only after the Sync that follows CopyDone, which must not count again.
+            self._swallowed_syncs += 1
+
+    def on_copy_end(self) -> None:
+        """CopyDone or CopyFail from the client."""
+        self.copy_in = False
 
     def on_error(self, sqlstate: str | None, denied: bool = False) -> None:
         if self.pending:

@@ -41,7 +41,9 @@ class MessageStream:
     decoded; a large one is forwarded piece by piece as it arrives, so memory stays bounded.
     """
 
-    __slots__ = ("_buf", "_skip", "intercept", "limit_all", "max_length", "observe", "observer")
+    __slots__ = (
+        "_buf", "_parts", "_parts_len", "_skip", "_want", "intercept", "limit_all", "max_length", "observe", "observer"
+    )
 
     def __init__(
         self,
@@ -59,11 +61,16 @@ class MessageStream:
         self.limit_all = limit_all
         self._buf = b""
         self._skip = 0
+        # A held-back message whose length is known: its pieces are kept and joined once, when complete,
+        # so a large message arriving in many reads costs linear, not quadratic, time.
+        self._parts: list[bytes] = []
+        self._parts_len = 0
+        self._want = 0
 
     @property
     def pending(self) -> int:
         """Bytes held back waiting for the rest of a message."""
-        return len(self._buf)
+        return len(self._buf) + self._parts_len
 
     def feed(self, data: bytes) -> list[bytes | memoryview | Message]:
         out: list[bytes | memoryview | Message] = []
@@ -75,6 +82,13 @@ class MessageStream:
             out.append(memoryview(data)[: self._skip])
             data = data[self._skip :]
             self._skip = 0
+        if self._want:
+            self._parts.append(data)
+            self._parts_len += len(data)
+            if self._parts_len < self._want:
+                return out
+            data = b"".join(self._parts)
+            self._parts, self._parts_len, self._want = [], 0, 0
         buf = self._buf + data if self._buf else data
         n = len(buf)
         pos = 0
@@ -120,5 +134,13 @@ class MessageStream:
                 out.append(buf)
             else:
                 out.append(memoryview(buf)[run_start:pos])
-        self._buf = bytes(buf[pos:]) if pos < n else b""
+        rest = bytes(buf[pos:]) if pos < n else b""
+        if len(rest) >= 5:
+            # An incomplete held-back message: keep its pieces until its known length has arrived.
+            (length,) = _LEN.unpack_from(rest, 1)
+            self._want = length + 1
+            self._parts, self._parts_len = [rest], len(rest)
+            self._buf = b""
+        else:
+            self._buf = rest
         return out

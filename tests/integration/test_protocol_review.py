@@ -294,8 +294,6 @@ def test_marker_is_unpredictable_and_not_reused(proxy: ProxyProcess) -> None:
     sock.close()
 
 
-@pytest.mark.xfail(strict=True, reason="_MAX_PENDING_DENIALS evicts pending markers: a pipelined burst of "
-                   ">1024 denials returns raw backend syntax errors naming the marker (session.py:487)")
 def test_pipelined_denials_beyond_1024_all_get_the_policy_error(proxy: ProxyProcess) -> None:
     sock = connect(proxy, "alice")
     n = 1500
@@ -313,8 +311,6 @@ def test_pipelined_denials_beyond_1024_all_get_the_policy_error(proxy: ProxyProc
 # =============================================================================================
 
 
-@pytest.mark.xfail(strict=True, reason="a revoked session is only cut off at its next Query/Parse/FunctionCall; "
-                   "Bind/Execute of statements prepared before the reload keep reading (session.py:405)")
 def test_moved_user_cannot_keep_executing_prepared_statements(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -350,9 +346,6 @@ def test_moved_user_cannot_keep_executing_prepared_statements(
 # =============================================================================================
 
 
-@pytest.mark.xfail(strict=True, reason="RequestTracker counts one request per Query and per Sync, but PostgreSQL "
-                   "answers an unsynced extended batch + Query with one ReadyForQuery; the FIFO stays one behind "
-                   "and the last statements of the session are never audited (tracking.py:50-103)")
 def test_statements_after_unsynced_batch_are_audited(audited: ProxyProcess) -> None:
     sock = connect(audited, "alice")
     # An extended batch without Sync, then a simple Query: PostgreSQL sends ONE ReadyForQuery for both.
@@ -374,8 +367,6 @@ def test_statements_after_unsynced_batch_are_audited(audited: ProxyProcess) -> N
     assert denied and denied[-1]["outcome"] == "denied", "the denied statement is missing from the audit log"
 
 
-@pytest.mark.xfail(strict=True, reason="Syncs sent during COPY IN are ignored by PostgreSQL but each adds a "
-                   "Request to RequestTracker.pending, which is never answered: unbounded memory (tracking.py:40, 77)")
 def test_syncs_during_copy_in_do_not_grow_proxy_memory(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -409,9 +400,6 @@ def test_syncs_during_copy_in_do_not_grow_proxy_memory(
 # =============================================================================================
 
 
-@pytest.mark.xfail(strict=True, reason="before authentication the SASL messages are framed with "
-                   "limits.max_message_length (64 MB by default) instead of PostgreSQL's 65535-byte auth limit: an "
-                   "unauthenticated client can make the proxy buffer 64 MB per connection (session.py:142)")
 def test_oversized_sasl_message_is_refused_before_authentication(proxy: ProxyProcess) -> None:
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     sock.sendall(m.encode_startup_message({"user": "alice", "database": "acme"}))
@@ -425,22 +413,25 @@ def test_oversized_sasl_message_is_refused_before_authentication(proxy: ProxyPro
 
 
 def test_unauthenticated_memory_is_bounded(proxy: ProxyProcess) -> None:
-    """Measures what one unauthenticated connection can pin (reported, and capped at the configured
-    max_message_length): documents the cost behind the xfail above."""
+    """One unauthenticated connection announcing a 60 MB message is cut off at once and pins almost nothing."""
     assert proxy.proc is not None
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
     sock.sendall(m.encode_startup_message({"user": "nobody-at-all", "database": "x"}))
     assert read_message(sock)[0] == b"R"
     before = rss_kb(proxy.proc.pid)
-    sock.sendall(b"p" + struct.pack("!I", 60 << 20))
+    sent = 0
     chunk = b"\x00" * (1 << 20)
-    for _ in range(40):
-        sock.sendall(chunk)
-    time.sleep(0.5)
+    try:
+        sock.sendall(b"p" + struct.pack("!I", 60 << 20))
+        for _ in range(40):
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the proxy refused the message and closed the connection
     grown_mb = (rss_kb(proxy.proc.pid) - before) / 1024
     sock.close()
-    print(f"unauthenticated connection pinned {grown_mb:.0f} MB")
-    assert grown_mb < 64 + 16
+    print(f"unauthenticated connection: {sent >> 20} MB accepted by the socket, proxy grew {grown_mb:.1f} MB")
+    assert sent < 40 << 20 and grown_mb < 8
 
 
 # =============================================================================================
@@ -451,9 +442,6 @@ HIDE_SET = r"SELECT 'x\' AS a, $$' AS b, set_config('pgtenant.tenant_id', 'acme'
 HIDE_READ = r"SELECT 'x\' AS a, $$' AS b, (SELECT count(*) FROM orders) AS n -- $$"
 
 
-@pytest.mark.xfail(strict=True, reason="the proxy never pins standard_conforming_strings (nor client_encoding) on "
-                   "the backend and never checks it: where the database/role default is off, string literals lex "
-                   "differently for the policy engine and PostgreSQL (tenancy.py:27, startup.py:173)")
 def test_standard_conforming_strings_off_on_backend_cannot_hide_sql(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -480,15 +468,16 @@ def test_standard_conforming_strings_off_on_backend_cannot_hide_sql(
         sock.sendall(query("SELECT current_setting('pgtenant.tenant_id')"))
         setting = rows_in(read_until(sock))
         sock.close()
-        assert all(row[-1] in (None, "0") for row in rows_in(msgs)), f"read another tenant: {rows_in(msgs)}"
+        rows = rows_in(msgs)
+        # Safe: the backend lexes like the engine, so the "hidden" SQL is two columns of literal text,
+        # not a third column counting another tenant's rows.
+        assert all(len(row) == 2 for row in rows), f"read another tenant: {rows}"
         assert setting == [["legacy"]], f"tenant context changed to {setting}"
     finally:
         p.stop()
         pg.execute("ALTER ROLE pgt_legacy RESET standard_conforming_strings")
 
 
-@pytest.mark.xfail(strict=True, reason="reload never revokes admin console sessions (driver.py:766 skips "
-                   "is_admin; session.py _admin_data has no revoked check): a removed admin keeps SHOW/KILL/RELOAD")
 def test_removed_admin_loses_the_console(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("review-admin"), admin_users={"ops": "ops-pw"}).start()

@@ -9,7 +9,6 @@ import struct
 import time
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,8 +104,6 @@ def test_every_query_and_parse_is_decided_under_any_chunking(
 # --- revocation --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a revoked session is only closed at its next Query/Parse/FunctionCall "
-                   "(session.py:405); Bind/Execute of earlier prepared statements are still relayed")
 def test_revoked_session_refuses_bind_and_execute(tmp_path: Path) -> None:
     s = ready_session(tmp_path)
     s.client_data(m.Parse("s1", "SELECT * FROM orders", b"\x00\x00").encode() + m.SYNC_MESSAGE)
@@ -119,8 +116,6 @@ def test_revoked_session_refuses_bind_and_execute(tmp_path: Path) -> None:
 # --- request tracking ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="PostgreSQL answers Parse/Bind/Execute (no Sync) + Query with ONE "
-                   "ReadyForQuery, but the tracker queues two requests: it stays one behind for the session")
 def test_tracker_unsynced_batch_then_query_is_one_request() -> None:
     done = []
     t = RequestTracker(lambda: 0.0, done.append)
@@ -131,8 +126,6 @@ def test_tracker_unsynced_batch_then_query_is_one_request() -> None:
     assert not t.pending, [r.sql for r in t.pending]
 
 
-@pytest.mark.xfail(strict=True, reason="RequestTracker.pending has no bound; Syncs that PostgreSQL ignores "
-                   "(COPY IN) each add a never-answered Request (tracking.py:77)")
 def test_tracker_pending_is_bounded() -> None:
     t = RequestTracker(lambda: 0.0)
     for _ in range(200_000):
@@ -143,8 +136,6 @@ def test_tracker_pending_is_bounded() -> None:
 # --- buffering cost -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="MessageStream.feed re-concatenates the whole partial message on every "
-                   "read (stream.py:78 `self._buf + data`, :123 `bytes(buf[pos:])`): quadratic in message size")
 def test_large_intercepted_message_is_buffered_in_linear_time() -> None:
     s = MessageStream(intercept=frozenset({m.QUERY}), max_length=64 << 20)
     msg = m.Query("SELECT '" + "x" * (16 << 20) + "'").encode()
