@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import platform
@@ -54,11 +55,13 @@ def say(msg: str) -> None:
 # --------------------------------------------------------------------------- /proc helpers
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of a whole process (all threads) from /proc/<pid>/stat."""
+def cpu_seconds(pid: int | None) -> tuple[float, float]:
+    """(utime, stime) of a whole process (all threads) from /proc/<pid>/stat; (0, 0) for no process."""
+    if pid is None:
+        return 0.0, 0.0
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def rss_kb(pid: int) -> int:
@@ -177,7 +180,8 @@ def make_pgtenant(stack: contextlib.ExitStack, cluster: PgCluster) -> BenchProxy
 
 
 def start_pgtenant(proxy: BenchProxy, name: str = "pgtenant") -> Target:
-    code_versions[name] = code_version()
+    if "snapshot" not in code_versions:
+        code_versions[name] = code_version()
     proxy.start()  # runs `pgtenant provision` first when the helper supports it (idempotent)
     assert proxy.proc is not None
     target = Target(name, proxy.port, USER, PASSWORD, proxy.proc.pid, proxy.log_path)
@@ -284,11 +288,11 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
             "-j", str(args.threads), "-h", "127.0.0.1", "-p", str(target.port), "-U", target.user, DB]
     quiet = wait_quiet(args.quiet_wait)
     log0 = target.log.stat().st_size if target.log else 0
-    before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid) if target.pid else 0.0)
+    before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid))
     t0 = time.monotonic()
     res = subprocess.run(argv, env=pgbench_env(target.password), capture_output=True, text=True)
     wall = time.monotonic() - t0
-    after = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid) if target.pid else 0.0)
+    after = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid))
     if res.returncode != 0:
         raise RuntimeError(f"pgbench failed against {target.name} ({mode}):\n{res.stdout}\n{res.stderr}")
 
@@ -300,7 +304,8 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
 
     host = [(b - a) / CLK_TCK for a, b in zip(before[0], after[0], strict=True)]
     busy = host[0] - host[1]
-    cpu = {"pgbench": after[1] - before[1], "postgres": after[2] - before[2], "proxy": after[3] - before[3]}
+    user, system = (b - a for a, b in zip(before[3], after[3], strict=True))
+    cpu = {"pgbench": after[1] - before[1], "postgres": after[2] - before[2], "proxy": user + system}
     cpu["other"] = max(0.0, busy - sum(cpu.values()))  # includes irq/softirq and steal, reported below
     out: dict[str, Any] = {
         "tps": grab(r"tps = ([\d.]+) \(without initial connection time\)"),
@@ -310,6 +315,8 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
         "host_busy_before_pct": quiet,
         "host_cpu_busy_pct": round(100 * busy / (wall * (os.cpu_count() or 1)), 1),
         "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        "proxy_user_s": round(user, 3),
+        "proxy_sys_s": round(system, 3),
         "irq_softirq_s": round(host[2], 3),
         "steal_s": round(host[3], 3),
         "other_pct_of_host": round(100 * cpu["other"] / (wall * (os.cpu_count() or 1)), 1),
@@ -327,6 +334,8 @@ def summarize(runs: list[dict[str, Any]], proxied: bool) -> dict[str, Any]:
                          "cpu_us_per_txn": {k: round(v / txns * 1e6, 2) for k, v in cpu.items()}}
     if proxied:
         s["proxy_cpu_us_per_txn"] = s["cpu_us_per_txn"]["proxy"]
+        for k in ("user", "sys"):
+            s[f"proxy_{k}_us_per_txn"] = round(sum(r[f"proxy_{k}_s"] for r in runs) / txns * 1e6, 2)
         s["proxy_cpu_pct_of_core"] = round(100 * cpu["proxy"] / sum(r["wall_s"] for r in runs), 1)
     s["runs"] = runs
     return s
@@ -472,11 +481,14 @@ def markdown(results: dict[str, Any]) -> str:
                      f"| {g(p, 'proxy_cpu_us_per_txn')} / {g(b, 'proxy_cpu_us_per_txn')} "
                      f"| {g(p, 'proxy_cpu_pct_of_core')} / {g(b, 'proxy_cpu_pct_of_core')} |")
     lines += ["", "CPU per transaction, µs (all processes; 'other' = host CPU used by anything else):", "",
-              "| mode | target | pgbench | postgres | proxy | other | total |", "|---|---|---:|---:|---:|---:|---:|"]
+              "| mode | target | pgbench | postgres | proxy (user + sys) | other | total |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for mode, r in results["bench"].items():
         for name, t in r.items():
             c = t["cpu_us_per_txn"]
-            lines.append(f"| {mode} | {name} | {c['pgbench']} | {c['postgres']} | {c['proxy']} | {c['other']} "
+            split = f" ({t['proxy_user_us_per_txn']} + {t['proxy_sys_us_per_txn']})" if "proxy_sys_us_per_txn" in t \
+                else ""
+            lines.append(f"| {mode} | {name} | {c['pgbench']} | {c['postgres']} | {c['proxy']}{split} | {c['other']} "
                          f"| {sum(c.values()):.1f} |")
     mem = results.get("memory", {})
     if mem.get("idle"):
@@ -496,17 +508,33 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def first_line(argv: list[str]) -> str:
+def first_line(argv: list[str], cwd: Path = ROOT) -> str:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip().split("\n")[0]
+        return subprocess.run(argv, capture_output=True, text=True, cwd=cwd).stdout.strip().split("\n")[0]
     except OSError:
         return "?"
 
 
 def code_version() -> str:
     """The pgtenant code a proxy process starts with (the tree may change while a long run goes on)."""
+    if "snapshot" in code_versions:
+        return code_versions["snapshot"]
     dirty = first_line(["git", "status", "--porcelain", "proxy"])
     return first_line(["git", "rev-parse", "--short", "HEAD"]) + (" + uncommitted changes in proxy/" if dirty else "")
+
+
+def snapshot_code(stack: contextlib.ExitStack) -> None:
+    """Copy proxy/ to a temp dir first on PYTHONPATH: every proxy of the run runs the same code, whatever is edited."""
+    version = code_version()
+    tmp = Path(tempfile.mkdtemp(prefix="pgtenant-bench-code-"))
+    stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+    shutil.copytree(ROOT / "proxy", tmp / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(tmp), os.environ["PYTHONPATH"]])
+    os.chdir(tmp)  # `python -m proxy` puts the cwd first on sys.path: it must not be the repo root
+    where = first_line([sys.executable, "-c", "import proxy; print(proxy.__file__)"], cwd=tmp)
+    assert where.startswith(str(tmp)), where
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((tmp / "proxy").rglob("*.py")))).hexdigest()
+    code_versions["snapshot"] = f"{version} (snapshot of proxy/ at start, sha256 of *.py {digest[:12]})"
 
 
 def versions(pgbouncer: str | None, cluster: PgCluster) -> dict[str, str]:
@@ -539,14 +567,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quiet-wait", type=float, default=90, help="max s to wait for an idle host before each run")
     p.add_argument("--max-other", type=float, default=10, help="re-run if other processes took more %% of the host")
     p.add_argument("--retries", type=int, default=2, help="re-runs allowed per measurement for --max-other")
+    p.add_argument("--no-snapshot", action="store_true", help="run proxy/ from the working tree, not a copy")
     p.add_argument("--json", type=Path, help="write all results here")
     a = p.parse_args()
     if a.quick:
         a.duration, a.runs, a.idle_clients, a.stream_rows = 3, 1, 200, 30_000
     a.modes = [m for m in a.modes.split(",") if m]
     a.targets = [t for t in a.targets.split(",") if t]
-    if a.json:
-        a.json = a.json.resolve()
+    a.json = a.json.resolve() if a.json else None
+    a.pg_bin = str(Path(a.pg_bin).resolve()) if a.pg_bin else None
+    a.profile_out = (a.json.parent if a.json else Path.cwd()) / f"pyspy-{a.profile}.txt"
     return a
 
 
@@ -572,6 +602,8 @@ def main() -> int:
     results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                "bench": {}, "memory": {}}
     with contextlib.ExitStack() as stack:
+        if not args.no_snapshot:
+            snapshot_code(stack)
         cluster = PgCluster(installation, ssl=False, max_connections=args.idle_clients + 200)
         stack.callback(cluster.stop)
         say(f"starting PostgreSQL {installation.version} from {installation.bindir}")
@@ -613,8 +645,7 @@ def main() -> int:
                         runs[name].append(r)
                 results["bench"][mode] = {name: summarize(rs, name != "direct") for name, rs in runs.items()}
         if args.profile and "pgtenant" in targets:
-            raw = (args.json.parent if args.json else Path.cwd()) / f"pyspy-{args.profile}.txt"
-            results["profile"] = profile(pgbench, targets["pgtenant"], args.profile, args, pg_pid, raw)
+            results["profile"] = profile(pgbench, targets["pgtenant"], args.profile, args, pg_pid, args.profile_out)
         if not args.skip_memory:
             fresh = {n: t for n, t in targets.items() if n != "direct"}
             if "pgtenant" in fresh:  # a fresh proxy so the baseline is not inflated by the benchmark runs

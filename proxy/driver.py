@@ -530,6 +530,7 @@ class ClientConnection(asyncio.Protocol):
         metrics = proxy.metrics
         cache_hit = metrics.decision_cache.labels("hit")
         cache_miss = metrics.decision_cache.labels("miss")
+        decision_time = {st: metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
 
         def decide(_kind: str, sql: str) -> Decision:
             current = proxy.policies.get(name, policy)  # a reload may have replaced it
@@ -538,9 +539,9 @@ class ClientConnection(asyncio.Protocol):
             t0 = perf_counter()
             decision = cache.get_or_decide(current, sql, stages)
             if cache.misses != misses:
-                metrics.decision_duration.labels("total").observe(perf_counter() - t0)
+                decision_time["total"].observe(perf_counter() - t0)
                 for stage, seconds in stages.items():
-                    metrics.decision_duration.labels(stage).observe(seconds)
+                    decision_time[stage].observe(seconds)
                 cache_miss.inc()
             else:
                 cache_hit.inc()
