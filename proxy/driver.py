@@ -51,6 +51,7 @@ from proxy.tracking import Request
 log = get_logger("pgtenant.driver")
 
 WRITE_HIGH_WATER = 256 * 1024
+_BYTES_FLUSH = 64 * 1024  # byte counters are updated once this much traffic has accumulated
 WRITE_LOW_WATER = 64 * 1024
 
 
@@ -470,9 +471,10 @@ class ClientConnection(asyncio.Protocol):
             if req.outcome == "error" and req.sqlstate:
                 metrics.backend_errors.labels(label, req.sqlstate[:2]).inc()
             sent, received = self.bytes_out - self._bytes_reported[0], self.bytes_in - self._bytes_reported[1]
-            self._bytes_reported = (self.bytes_out, self.bytes_in)
-            sent_c.inc(sent)
-            received_c.inc(received)
+            if sent + received >= _BYTES_FLUSH:  # counted in batches (and at close), not per request
+                self._bytes_reported = (self.bytes_out, self.bytes_in)
+                sent_c.inc(sent)
+                received_c.inc(received)
         st = proxy.ops.tenant_stats(tenant_name)
         st.queries += 1
         st.rows += req.rows
@@ -528,8 +530,6 @@ class ClientConnection(asyncio.Protocol):
         cache = self.proxy.decisions
         proxy = self.proxy
         metrics = proxy.metrics
-        cache_hit = metrics.decision_cache.labels("hit")
-        cache_miss = metrics.decision_cache.labels("miss")
         decision_time = {st: metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
 
         def decide(_kind: str, sql: str) -> Decision:
@@ -542,9 +542,6 @@ class ClientConnection(asyncio.Protocol):
                 decision_time["total"].observe(perf_counter() - t0)
                 for stage, seconds in stages.items():
                     decision_time[stage].observe(seconds)
-                cache_miss.inc()
-            else:
-                cache_hit.inc()
             return decision
 
         session.enable_policy(decide)
@@ -594,7 +591,17 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
         self._finish(reason=reason)
 
+    def _flush_bytes(self) -> None:
+        session = self.session
+        if session is None or session.info.tenant is None or not self.proxy.metrics_enabled:
+            return
+        sent_c, received_c, _ = self.proxy.metrics.traffic_children(self.proxy.metrics.tenant(session.info.tenant))
+        sent_c.inc(self.bytes_out - self._bytes_reported[0])
+        received_c.inc(self.bytes_in - self._bytes_reported[1])
+        self._bytes_reported = (self.bytes_out, self.bytes_in)
+
     def _finish(self, reason: str = "") -> None:
+        self._flush_bytes()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -678,6 +685,7 @@ class Proxy:
         )
         self.metrics.tenant.preload(sorted(config.tenants))
         self.metrics_enabled = config.metrics.enabled
+        self.metrics.watch_cache(lambda: (self.decisions.hits, self.decisions.misses))
         self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
         self.ops = Ops(self)
         self.ops_server: OpsServer | None = None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 OTHER_TENANT = "_other"
 # Latency buckets for BI traffic: sub-millisecond lookups to multi-minute extracts (seconds).
@@ -44,6 +46,23 @@ class TenantLabels:
             self(t)
 
 
+class _CacheCollector(Collector):
+    """`pgtenant_policy_cache_lookups_total{result}` from the decision cache's hit and miss counts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "pgtenant_policy_cache_lookups", "Policy decision cache lookups.", labels=["result"]
+        )
+        source = self.metrics._cache_source
+        hits, misses = source() if source is not None else (0, 0)
+        family.add_metric(["hit"], hits)
+        family.add_metric(["miss"], misses)
+        yield family
+
+
 class Metrics:
     """The metric objects, registered in their own registry (so tests and reloads stay independent)."""
 
@@ -61,9 +80,9 @@ class Metrics:
             "Time the policy engine took to decide a statement (cache misses only).",
             ["stage"], buckets=DECISION_BUCKETS, registry=r,
         )
-        self.decision_cache = Counter(
-            "pgtenant_policy_cache_lookups_total", "Policy decision cache lookups.", ["result"], registry=r
-        )
+        # Read from the decision cache's own counters at scrape time: nothing to do per statement.
+        self._cache_source: Callable[[], tuple[int, int]] | None = None
+        r.register(_CacheCollector(self))
         self.backend_connect_duration = Histogram(
             "pgtenant_backend_connect_duration_seconds",
             "Time to open, negotiate and authenticate a backend connection.",
@@ -104,6 +123,10 @@ class Metrics:
         )
         self._query_children: dict[tuple[str, str, str], Any] = {}
         self._tenant_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def watch_cache(self, source: Callable[[], tuple[int, int]]) -> None:
+        """Report (hits, misses) of the decision cache at every scrape."""
+        self._cache_source = source
 
     def query_child(self, tenant: str, kind: str, outcome: str) -> Any:
         """The latency histogram child for these labels, memoized (this runs once per request)."""
