@@ -6,16 +6,23 @@ import argparse
 import getpass
 import sys
 
-from proxy.config import ConfigError, load_config
+from proxy.config import Config, ConfigError, load_config
+
+
+def _load(path: str) -> Config | None:
+    """The validated config, or None after printing the problem (exit code 2 for the caller)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
+        return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from proxy import driver, logs
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     logs.configure(config.logging.level, config.logging.format)
     try:
@@ -28,10 +35,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     print(
         f"{args.config}: OK — {len(config.tenants)} tenant(s), {len(config.users)} user(s), "
@@ -63,10 +68,8 @@ def _cmd_provision(args: argparse.Namespace) -> int:
 
     from proxy.provision import provision
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
+    config = _load(args.config)
+    if config is None:
         return 2
     dsn = args.admin_dsn or os.environ.get("PGTENANT_ADMIN_DSN")
     if not dsn:

@@ -17,22 +17,7 @@ from tests.support.certs import TlsFiles
 from tests.support.pgcluster import PgCluster, free_port
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 from tests.support.wire import backend_key, login, login_error, send_cancel
-
-
-def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    head = _recv_exact(sock, 5)
-    (length,) = struct.unpack("!I", head[1:])
-    return head[:1], _recv_exact(sock, length - 4)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
+from tests.support.wire import read_message as _read_message
 
 
 def _error_of(sock: socket.socket) -> dict[str, str]:
