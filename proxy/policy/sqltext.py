@@ -225,6 +225,22 @@ def apply_edits(data: bytes, edits: list[Edit]) -> str:
     return b"".join(out).decode("utf-8")
 
 
+def _read_quoted(text: str, i: int) -> tuple[str, int] | None:
+    """The double-quoted identifier starting at text[i] ('""' is a quote) and the index after it; None if open."""
+    j = i + 1
+    name: list[str] = []
+    while True:
+        k = text.find('"', j)
+        if k < 0:
+            return None
+        name.append(text[j:k])
+        if k + 1 < len(text) and text[k + 1] == '"':
+            name.append('"')
+            j = k + 2
+            continue
+        return "".join(name), k + 1
+
+
 def split_identifier_list(text: str) -> list[str] | None:
     """Split a GUC list value the way PostgreSQL's SplitIdentifierString does; None if malformed."""
     out: list[str] = []
@@ -233,20 +249,11 @@ def split_identifier_list(text: str) -> list[str] | None:
         while i < n and text[i].isspace():
             i += 1
         if i < n and text[i] == '"':
-            j = i + 1
-            name: list[str] = []
-            while True:
-                k = text.find('"', j)
-                if k < 0:
-                    return None
-                name.append(text[j:k])
-                if k + 1 < n and text[k + 1] == '"':
-                    name.append('"')
-                    j = k + 2
-                    continue
-                i = k + 1
-                break
-            out.append("".join(name))
+            quoted = _read_quoted(text, i)
+            if quoted is None:
+                return None
+            name, i = quoted
+            out.append(name)
         else:
             j = i
             while i < n and text[i] != "," and not text[i].isspace():
@@ -271,20 +278,11 @@ def object_name_parts(text: str) -> list[str] | None:
         while i < n and text[i].isspace():
             i += 1
         if i < n and text[i] == '"':
-            j = i + 1
-            name: list[str] = []
-            while True:
-                k = text.find('"', j)
-                if k < 0:
-                    return None
-                name.append(text[j:k])
-                if k + 1 < n and text[k + 1] == '"':
-                    name.append('"')
-                    j = k + 2
-                    continue
-                i = k + 1
-                break
-            parts.append("".join(name))
+            quoted = _read_quoted(text, i)
+            if quoted is None:
+                return None
+            name, i = quoted
+            parts.append(name)
         else:
             j = i
             while i < n and (text[i].isalnum() or text[i] in "_$" or ord(text[i]) > 127):
