@@ -451,24 +451,11 @@ class ClientSession:
         decide = self.decide
         if decide is None:
             return msg.raw()
-        if msg.type in (m.QUERY, m.PARSE):
-            text = msg.body
-            if msg.type == m.PARSE:  # name and query string only; the parameter type OIDs are binary
-                first = text.find(b"\x00")
-                text = text[: text.find(b"\x00", first + 1)] if first >= 0 else text
-            try:
-                text.decode("utf-8")
-            except UnicodeDecodeError:
-                # PostgreSQL answers 22021 and keeps the session; so do we (the text is never forwarded).
-                decision = Deny("22021", "invalid byte sequence for encoding \"UTF8\"", "", "invalid_utf8")
-                if msg.type == m.QUERY:
-                    self.tracker.on_query("", decision)
-                    return m.Query(self._deny_marker(decision)).encode()
-                name = msg.body[: msg.body.find(b"\x00")].decode("utf-8", "replace")
-                self.tracker.on_parse(name, "", decision)
-                return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
         if msg.type == m.QUERY:
-            query = m.Query.decode(msg.body)
+            try:
+                query = m.Query.decode(msg.body)
+            except m.InvalidText:
+                return self._deny_invalid_text(msg)
             decision = decide("query", query.sql)
             self.tracker.on_query(query.sql, decision)
             self._report("query", query.sql, decision)
@@ -478,7 +465,10 @@ class ClientSession:
                 return m.Query(decision.sql).encode()
             return m.Query(self._deny_marker(decision)).encode()
         if msg.type == m.PARSE:
-            parse = m.Parse.decode(msg.body)
+            try:
+                parse = m.Parse.decode(msg.body)
+            except m.InvalidText:
+                return self._deny_invalid_text(msg)
             decision = decide("parse", parse.sql)
             self.tracker.on_parse(parse.name, parse.sql, decision)
             self._report("parse", parse.sql, decision)
@@ -497,6 +487,17 @@ class ClientSession:
         self.tracker.on_function_call(decision)
         self._report("function_call", "", decision)
         return m.Query(self._deny_marker(decision)).encode()
+
+    def _deny_invalid_text(self, msg: Message) -> bytes:
+        """PostgreSQL answers invalid UTF-8 with 22021 and keeps the session; so do we (the text is never
+        forwarded)."""
+        decision = Deny("22021", 'invalid byte sequence for encoding "UTF8"', "", "invalid_utf8")
+        if msg.type == m.QUERY:
+            self.tracker.on_query("", decision)
+            return m.Query(self._deny_marker(decision)).encode()
+        name = msg.body[: max(msg.body.find(b"\x00"), 0)].decode("utf-8", "replace")
+        self.tracker.on_parse(name, "", decision)
+        return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
 
     def _report(self, kind: str, sql: str, decision: Decision) -> None:
         if self.on_decision is not None:

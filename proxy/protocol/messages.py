@@ -49,6 +49,10 @@ class DecodeError(ValueError):
     """A message body that does not follow the protocol."""
 
 
+class InvalidText(DecodeError):
+    """A well-framed string that is not valid UTF-8 (PostgreSQL answers 22021 and keeps the session)."""
+
+
 # --- startup-phase packets (no type byte) -------------------------------------------------
 
 
@@ -161,7 +165,7 @@ def _cstring(body: bytes, pos: int) -> tuple[str, int]:
     try:
         return body[pos:end].decode("utf-8"), end + 1
     except UnicodeDecodeError as exc:
-        raise DecodeError("invalid UTF-8 in string") from exc
+        raise InvalidText("invalid UTF-8 in string") from exc
 
 
 @dataclass(frozen=True, slots=True)
