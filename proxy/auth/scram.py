@@ -68,8 +68,13 @@ def _b64(data: bytes) -> str:
 
 
 def _b64decode(text: str | bytes) -> bytes:
-    """Strict base64 decoding; raises ValueError (binascii.Error) on any non-alphabet byte or bad padding."""
-    return base64.b64decode(text, validate=True)
+    """Strict base64 decoding; ValueError on any non-alphabet byte, bad padding, or non-canonical encoding
+    (unused trailing bits set), so each value has exactly one accepted spelling."""
+    raw = text.encode("ascii") if isinstance(text, str) else bytes(text)
+    decoded = base64.b64decode(raw, validate=True)
+    if base64.b64encode(decoded) != raw:
+        raise ValueError("non-canonical base64")
+    return decoded
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:

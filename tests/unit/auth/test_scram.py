@@ -773,3 +773,17 @@ def test_libpq_client_unknown_user(libpq_login: Callable[..., Any]) -> None:
     conn, result = libpq_login("mallory", "whatever", tls=False)
     assert conn.status == psycopg.pq.ConnStatus.BAD
     assert result["reason"] == "unknown_user"
+
+
+def test_non_canonical_base64_proof_is_refused(verifier: ScramVerifier) -> None:
+    # The proof's last base64 character carries unused bits; flipping only those must not authenticate.
+    server, final = _started(verifier)
+    proof_b64 = final.rsplit(b"p=", 1)[1]
+    last = proof_b64.rstrip(b"=")[-1:]
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    twin = alphabet[alphabet.index(last) ^ 1 : (alphabet.index(last) ^ 1) + 1]  # same data bits, other filler
+    mutated_b64 = proof_b64.rstrip(b"=")[:-1] + twin + b"=" * (len(proof_b64) - len(proof_b64.rstrip(b"=")))
+    assert base64.b64decode(mutated_b64) == base64.b64decode(proof_b64)  # a real twin of the same proof
+    with pytest.raises(AuthFailed) as exc:
+        server.client_final(final[: -len(proof_b64)] + mutated_b64)
+    assert exc.value.reason == "malformed"
