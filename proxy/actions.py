@@ -17,14 +17,14 @@ class SendServer:
     data: bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every read, and a frozen __init__ costs twice as much
 class RelayToServer:
     """Runs of raw frontend bytes for the backend (hot path: written with one writelines call)."""
 
     chunks: list = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every read, and a frozen __init__ costs twice as much
 class RelayToClient:
     """Runs of raw backend bytes for the client."""
 

@@ -8,6 +8,7 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from time import perf_counter
 
 from proxy import admin as admin_console
@@ -38,8 +39,8 @@ from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
 from proxy.httpd import OpsServer
 from proxy.logs import get_logger
-from proxy.metrics import DEFAULT_BUCKETS, Metrics
-from proxy.ops import AdminView, Ops
+from proxy.metrics import DEFAULT_BUCKETS, Metrics, QueryRecorder
+from proxy.ops import AdminView, Ops, TenantStats
 from proxy.policy.engine import DecisionCache
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
@@ -199,6 +200,7 @@ class ClientConnection(asyncio.Protocol):
         self._sleeping = False
         self._pending_data: list[bytes] = []
         self._bytes_reported = (0, 0)
+        self._request_sinks: tuple[QueryRecorder, TenantStats, str] | None = None
         self._reading_paused = False
         self.log = log
 
@@ -457,47 +459,56 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_request_done(self, req: Request) -> None:
         """One request answered: metrics, stats and the audit line (never raw SQL in a label)."""
-        session = self.session
-        assert session is not None
+        sinks = self._request_sinks
+        if sinks is None:
+            sinks = self._request_sinks = self._bind_request_sinks()
+        recorder, st, label = sinks
         proxy = self.proxy
-        metrics = proxy.metrics
-        tenant_name = session.info.tenant or "_none"
-        label = metrics.tenant(tenant_name)
+        duration = req.end - req.start
+        outcome = req.outcome
         if proxy.metrics_enabled:
-            metrics.query_child(label, req.kind, req.outcome).observe(req.duration)
-            sent_c, received_c, rows_c = metrics.traffic_children(label)
-            if req.rows:
-                rows_c.inc(req.rows)
-            if req.outcome == "error" and req.sqlstate:
-                metrics.backend_errors.labels(label, req.sqlstate[:2]).inc()
-            sent, received = self.bytes_out - self._bytes_reported[0], self.bytes_in - self._bytes_reported[1]
-            if sent + received >= _BYTES_FLUSH:  # counted in batches (and at close), not per request
-                self._bytes_reported = (self.bytes_out, self.bytes_in)
-                sent_c.inc(sent)
-                received_c.inc(received)
-        st = proxy.ops.tenant_stats(tenant_name)
+            recorder.record(req.kind, outcome, duration, req.rows)
+            if outcome == "error" and req.sqlstate:
+                proxy.metrics.backend_errors.labels(label, req.sqlstate[:2]).inc()
+            reported = self._bytes_reported
+            if self.bytes_out + self.bytes_in - reported[0] - reported[1] >= _BYTES_FLUSH:
+                self._flush_bytes()  # counted in batches (and at close), not per request
         st.queries += 1
         st.rows += req.rows
-        st.latencies.append(req.duration)
-        if req.outcome == "error":
+        st.latencies.append(duration)
+        if outcome == "error":
             st.errors += 1
-        elif req.outcome == "denied":
+        elif outcome == "denied":
             st.denied += 1
         if proxy.audit is not None:
-            decision = req.decision
-            rewritten = decision.sql if isinstance(decision, Rewrite) else None
-            proxy.audit.record(
-                session_id=session.info.session_id, tenant=session.info.tenant, user=session.info.user,
-                application_name=session.info.application_name, client_addr=session.info.client_address,
-                end_user=session.end_user or end_user_from_sql(req.sql), kind=req.kind,
-                decision=type(decision).__name__.lower() if decision is not None else "none",
-                rule=decision.rule if isinstance(decision, Deny) else (
-                    ",".join(decision.rules) if isinstance(decision, Rewrite) else None),
-                outcome=req.outcome, sqlstate=req.sqlstate, duration_ms=round(req.duration * 1000, 3),
-                rows=req.rows, sql=req.sql, rewritten_sql=rewritten,
-                statements=len(req.extra) + 1,
-                more=[_audit_statement(sql, d) for sql, d in req.extra] or None,
-            )
+            self._audit(req)
+
+    def _bind_request_sinks(self) -> tuple[QueryRecorder, TenantStats, str]:
+        """The per-tenant recorder, stats and label this session reports to (its tenant never changes)."""
+        session = self.session
+        assert session is not None
+        tenant_name = session.info.tenant or "_none"
+        label = self.proxy.metrics.tenant(tenant_name)
+        return self.proxy.metrics.query_recorder(label), self.proxy.ops.tenant_stats(tenant_name), label
+
+    def _audit(self, req: Request) -> None:
+        session = self.session
+        proxy = self.proxy
+        assert session is not None and proxy.audit is not None
+        decision = req.decision
+        rewritten = decision.sql if isinstance(decision, Rewrite) else None
+        proxy.audit.record(
+            session_id=session.info.session_id, tenant=session.info.tenant, user=session.info.user,
+            application_name=session.info.application_name, client_addr=session.info.client_address,
+            end_user=session.end_user or end_user_from_sql(req.sql), kind=req.kind,
+            decision=type(decision).__name__.lower() if decision is not None else "none",
+            rule=decision.rule if isinstance(decision, Deny) else (
+                ",".join(decision.rules) if isinstance(decision, Rewrite) else None),
+            outcome=req.outcome, sqlstate=req.sqlstate, duration_ms=round(req.duration * 1000, 3),
+            rows=req.rows, sql=req.sql, rewritten_sql=rewritten,
+            statements=len(req.extra or ()) + 1,
+            more=[_audit_statement(sql, d) for sql, d in req.extra or ()] or None,
+        )
 
     def _connect_backend(self) -> None:
         session = self.session
@@ -526,25 +537,8 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.closed:
             return
-        policy = self.proxy.policies[name]
-        cache = self.proxy.decisions
         proxy = self.proxy
-        metrics = proxy.metrics
-        decision_time = {st: metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
-
-        def decide(_kind: str, sql: str) -> Decision:
-            current = proxy.policies.get(name, policy)  # a reload may have replaced it
-            misses = cache.misses
-            stages: dict[str, float] = {}
-            t0 = perf_counter()
-            decision = cache.get_or_decide(current, sql, stages)
-            if cache.misses != misses:
-                decision_time["total"].observe(perf_counter() - t0)
-                for stage, seconds in stages.items():
-                    decision_time[stage].observe(seconds)
-            return decision
-
-        session.enable_policy(decide)
+        session.enable_policy(proxy.decider(name), lambda: proxy.policies.get(name))
         await self._acquire()
 
     async def _acquire(self) -> None:
@@ -595,7 +589,7 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         if session is None or session.info.tenant is None or not self.proxy.metrics_enabled:
             return
-        sent_c, received_c, _ = self.proxy.metrics.traffic_children(self.proxy.metrics.tenant(session.info.tenant))
+        sent_c, received_c = self.proxy.metrics.traffic_children(self.proxy.metrics.tenant(session.info.tenant))
         sent_c.inc(self.bytes_out - self._bytes_reported[0])
         received_c.inc(self.bytes_in - self._bytes_reported[1])
         self._bytes_reported = (self.bytes_out, self.bytes_in)
@@ -693,6 +687,30 @@ class Proxy:
         self._idle = asyncio.Event()
         self._idle.set()
         self.stopping = False
+
+    def decider(self, tenant: str) -> Callable[[str, str], Decision]:
+        """The policy gate of one tenant's sessions: the shared decision cache, under the tenant's current
+        policy (a reload may replace it), with decision times observed on cache misses."""
+        policy = self.policies[tenant]
+        cache = self.decisions
+        decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
+
+        def decide(_kind: str, sql: str) -> Decision:
+            current = self.policies.get(tenant, policy)  # a reload replaces the dict
+            found = cache.cached(current, sql)
+            if found is not None:
+                return found
+            misses = cache.misses
+            stages: dict[str, float] = {}
+            t0 = perf_counter()
+            decision = cache.get_or_decide(current, sql, stages)
+            if cache.misses != misses:
+                decision_time["total"].observe(perf_counter() - t0)
+                for stage, seconds in stages.items():
+                    decision_time[stage].observe(seconds)
+            return decision
+
+        return decide
 
     def server_parameters(self, session: ClientSession) -> dict[str, str]:
         """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 OTHER_TENANT = "_other"
 # Latency buckets for BI traffic: sub-millisecond lookups to multi-minute extracts (seconds).
@@ -63,6 +65,59 @@ class _CacheCollector(Collector):
         yield family
 
 
+class QueryRecorder:
+    """Per-request latency and row counts of one tenant label, kept as plain numbers (no lock, no label lookup
+    on the hot path) and exported at scrape time by `_QueryCollector`."""
+
+    __slots__ = ("_bounds", "_width", "rows", "series")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self._width = len(bounds) + 2  # one count per bucket, one for +Inf, then the sum
+        self.series: dict[tuple[str, str], list[float]] = {}
+        self.rows = 0
+
+    def record(self, kind: str, outcome: str, seconds: float, rows: int) -> None:
+        """One request answered: its statement kind, outcome, latency and rows."""
+        counts = self.series.get((kind, outcome))
+        if counts is None:
+            counts = self.series[(kind, outcome)] = [0] * self._width
+        counts[bisect_left(self._bounds, seconds)] += 1
+        counts[-1] += seconds
+        self.rows += rows
+
+
+class _QueryCollector(Collector):
+    """`pgtenant_query_duration_seconds{tenant,kind,outcome}` and `pgtenant_client_rows_total{tenant}` from the
+    recorders."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+        m = self.metrics
+        latency = HistogramMetricFamily(
+            "pgtenant_query_duration_seconds",
+            "Time from the client's Query or Sync to the backend's ReadyForQuery.",
+            labels=["tenant", "kind", "outcome"],
+        )
+        rows = CounterMetricFamily(
+            "pgtenant_client_rows", "Rows returned to clients (from CommandComplete tags).", labels=["tenant"]
+        )
+        bounds = [floatToGoString(b) for b in m.buckets]
+        for tenant, recorder in list(m._recorders.items()):
+            rows.add_metric([tenant], recorder.rows)
+            for (kind, outcome), counts in list(recorder.series.items()):
+                snapshot = list(counts)
+                cumulative, total = [], 0
+                for bound, count in zip([*bounds, "+Inf"], snapshot[:-1], strict=True):
+                    total += count
+                    cumulative.append((bound, total))
+                latency.add_metric([tenant, kind, outcome], cumulative, snapshot[-1])
+        yield latency
+        yield rows
+
+
 class Metrics:
     """The metric objects, registered in their own registry (so tests and reloads stay independent)."""
 
@@ -70,11 +125,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.tenant = TenantLabels(max_tenants)
         r = self.registry
-        self.query_duration = Histogram(
-            "pgtenant_query_duration_seconds",
-            "Time from the client's Query or Sync to the backend's ReadyForQuery.",
-            ["tenant", "kind", "outcome"], buckets=buckets, registry=r,
-        )
+        self.buckets = tuple(sorted(buckets))
+        self._recorders: dict[str, QueryRecorder] = {}
+        r.register(_QueryCollector(self))
         self.decision_duration = Histogram(
             "pgtenant_policy_decision_duration_seconds",
             "Time the policy engine took to decide a statement (cache misses only).",
@@ -107,10 +160,6 @@ class Metrics:
         self.bytes_from_client = Counter(
             "pgtenant_client_received_bytes_total", "Bytes received from clients.", ["tenant"], registry=r
         )
-        self.rows_to_client = Counter(
-            "pgtenant_client_rows_total", "Rows returned to clients (from CommandComplete tags).", ["tenant"],
-            registry=r,
-        )
         self.backend_errors = Counter(
             "pgtenant_backend_errors_total", "ErrorResponses from backends, by SQLSTATE class.",
             ["tenant", "sqlstate_class"], registry=r,
@@ -121,27 +170,24 @@ class Metrics:
         self.preflight_ok = Gauge(
             "pgtenant_preflight_ok", "1 when the tenant's isolation preflight passed.", ["tenant"], registry=r
         )
-        self._query_children: dict[tuple[str, str, str], Any] = {}
-        self._tenant_children: dict[str, tuple[Any, Any, Any]] = {}
+        self._tenant_children: dict[str, tuple[Any, Any]] = {}
 
     def watch_cache(self, source: Callable[[], tuple[int, int]]) -> None:
         """Report (hits, misses) of the decision cache at every scrape."""
         self._cache_source = source
 
-    def query_child(self, tenant: str, kind: str, outcome: str) -> Any:
-        """The latency histogram child for these labels, memoized (this runs once per request)."""
-        key = (tenant, kind, outcome)
-        child = self._query_children.get(key)
-        if child is None:
-            child = self._query_children[key] = self.query_duration.labels(tenant, kind, outcome)
-        return child
+    def query_recorder(self, tenant: str) -> QueryRecorder:
+        """The latency/rows recorder for a tenant label (a session binds it once)."""
+        recorder = self._recorders.get(tenant)
+        if recorder is None:
+            recorder = self._recorders[tenant] = QueryRecorder(self.buckets)
+        return recorder
 
-    def traffic_children(self, tenant: str) -> tuple[Any, Any, Any]:
-        """(bytes sent, bytes received, rows) counter children for a tenant label, memoized."""
+    def traffic_children(self, tenant: str) -> tuple[Any, Any]:
+        """(bytes sent, bytes received) counter children for a tenant label, memoized."""
         children = self._tenant_children.get(tenant)
         if children is None:
             children = self._tenant_children[tenant] = (
                 self.bytes_to_client.labels(tenant), self.bytes_from_client.labels(tenant),
-                self.rows_to_client.labels(tenant),
             )
         return children

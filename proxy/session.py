@@ -32,6 +32,7 @@ from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.protocol.stream import FramingError, Message, MessageStream
 from proxy.startup import backend_parameters, end_user_claim
+from proxy.stmtkind import statement_kind
 from proxy.tenancy import parsing_violation
 from proxy.tracking import Request, RequestTracker
 
@@ -39,6 +40,8 @@ _I32 = struct.Struct("!i")
 _MAX_PENDING_DENIALS = 65536
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
+_TRACKED_FRONTEND = frozenset({m.SYNC, m.BIND, m.CLOSE, m.COPY_DONE, m.COPY_FAIL})
+_GATED = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL})
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message).
 Decide = Callable[[str, str], Decision]
@@ -161,9 +164,12 @@ class ClientSession:
             limit_all=False,
         )
         self.decide: Decide | None = None
+        self._policy_token: Callable[[], object] = lambda: None
+        # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
+        self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
         self.on_decision = on_decision
         self.tracker = RequestTracker(clock, on_request_done)
-        self.frontend.observe = frozenset({m.SYNC, m.BIND, m.CLOSE, m.COPY_DONE, m.COPY_FAIL})
+        self.frontend.observe = _TRACKED_FRONTEND
         self.frontend.observer = self._observe_frontend
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
@@ -173,10 +179,17 @@ class ClientSession:
         self.end_user: str | None = None  # a claim from the startup packet (pgtenant.end_user), for the audit
         self.revoked: PgError | None = None  # set by a reload that removed this user
 
-    def enable_policy(self, decide: Decide) -> None:
-        """Route every Query, Parse and FunctionCall through `decide` from now on."""
+    def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None) -> None:
+        """Route every Query, Parse and FunctionCall through `decide` from now on. They are observed, not held
+        back: an allowed one stays inside its run of raw bytes, only a rewrite or a denial replaces it.
+
+        `policy_token` returns an object that changes whenever `decide` may answer differently (the tenant's
+        policy, replaced by a reload): a Parse repeated byte for byte under the same token reuses its outcome.
+        """
         self.decide = decide
-        self.frontend.intercept = frozenset({m.TERMINATE, m.QUERY, m.PARSE, m.FUNCTION_CALL})
+        self._policy_token = policy_token
+        self._parse_memo = None
+        self.frontend.observe = _TRACKED_FRONTEND | _GATED
 
     # --- state machine plumbing ------------------------------------------------------------
 
@@ -410,22 +423,12 @@ class ClientSession:
         if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
             self.state = State.CLOSED
             return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
-        items = self.frontend.feed(data)
-        chunks: list[bytes | memoryview] = []
-        for item in items:
-            if isinstance(item, Message):
-                if item.type == m.TERMINATE:
-                    self.state = State.CLOSED
-                    actions: list[Action] = []
-                    if chunks:
-                        actions.append(RelayToServer(chunks))
-                    return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
-                if self.revoked is not None:  # any message: Bind/Execute of a prepared statement too
-                    self.state = State.CLOSED
-                    return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
-                chunks.append(self._gate(item))
-            else:
-                chunks.append(item)
+        chunks = self.frontend.feed(data)
+        for i, item in enumerate(chunks):
+            if isinstance(item, Message):  # only Terminate is held back
+                self.state = State.CLOSED
+                actions: list[Action] = [RelayToServer(chunks[:i])] if i else []
+                return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
         return [RelayToServer(chunks)]
 
     def _admin_data(self, data: bytes) -> list[Action]:
@@ -446,36 +449,49 @@ class ClientSession:
             actions.append(AdminQuery(m.Query.decode(item.body).sql))
         return actions
 
-    def _gate(self, msg: Message) -> bytes:
-        """Apply the policy to one Query/Parse/FunctionCall; return the bytes to forward in its place."""
+    def _gate(self, type_: int, body: bytes) -> bytes | None:
+        """Apply the policy to one Query/Parse/FunctionCall: None forwards it as it is, else the bytes to forward
+        in its place."""
         decide = self.decide
         if decide is None:
-            return msg.raw()
-        if msg.type == m.QUERY:
+            return None
+        if type_ == m.QUERY:
             try:
-                query = m.Query.decode(msg.body)
+                query = m.Query.decode(body)
             except m.InvalidText:
-                return self._deny_invalid_text(msg)
+                return self._deny_invalid_text(type_, body)
             decision = decide("query", query.sql)
             self.tracker.on_query(query.sql, decision)
+            if type(decision) is Allow:
+                return None
             self._report("query", query.sql, decision)
-            if isinstance(decision, Allow):
-                return msg.raw()
             if isinstance(decision, Rewrite):
                 return m.Query(decision.sql).encode()
             return m.Query(self._deny_marker(decision)).encode()
-        if msg.type == m.PARSE:
+        if type_ == m.PARSE:
+            memo = self._parse_memo
+            token = self._policy_token()
+            if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
+                _, _, name, sql, kind, decision, out = memo
+                self.tracker.on_parse(name, sql, decision, kind)
+                if out is not None:
+                    self._report("parse", sql, decision)
+                return out
             try:
-                parse = m.Parse.decode(msg.body)
+                parse = m.Parse.decode(body)
             except m.InvalidText:
-                return self._deny_invalid_text(msg)
+                return self._deny_invalid_text(type_, body)
             decision = decide("parse", parse.sql)
-            self.tracker.on_parse(parse.name, parse.sql, decision)
+            kind = statement_kind(parse.sql)
+            self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+            if type(decision) is Allow:
+                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, None)
+                return None
             self._report("parse", parse.sql, decision)
-            if isinstance(decision, Allow):
-                return msg.raw()
             if isinstance(decision, Rewrite):
-                return m.Parse(parse.name, decision.sql, parse.param_types).encode()
+                out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
+                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, out)
+                return out
             return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
         # FunctionCall invokes any function by OID, around every SQL-level check: never allowed.
         decision = Deny(
@@ -488,14 +504,14 @@ class ClientSession:
         self._report("function_call", "", decision)
         return m.Query(self._deny_marker(decision)).encode()
 
-    def _deny_invalid_text(self, msg: Message) -> bytes:
+    def _deny_invalid_text(self, type_: int, body: bytes) -> bytes:
         """PostgreSQL answers invalid UTF-8 with 22021 and keeps the session; so do we (the text is never
         forwarded)."""
         decision = Deny("22021", 'invalid byte sequence for encoding "UTF8"', "", "invalid_utf8")
-        if msg.type == m.QUERY:
+        if type_ == m.QUERY:
             self.tracker.on_query("", decision)
             return m.Query(self._deny_marker(decision)).encode()
-        name = msg.body[: max(msg.body.find(b"\x00"), 0)].decode("utf-8", "replace")
+        name = body[: max(body.find(b"\x00"), 0)].decode("utf-8", "replace")
         self.tracker.on_parse(name, "", decision)
         return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
 
@@ -512,20 +528,29 @@ class ClientSession:
         return marker
 
     def _observe_frontend(self, type_: int, body: bytes) -> bytes | None:
-        if type_ == m.SYNC:
-            self.tracker.on_sync()
-        elif type_ in (m.COPY_DONE, m.COPY_FAIL):
-            self.tracker.on_copy_end()
-        elif type_ == m.BIND:
+        if type_ == m.BIND:
             end = body.find(b"\x00")
             stmt_end = body.find(b"\x00", end + 1)
             if end >= 0 and stmt_end > end:
                 self.tracker.on_bind(body[end + 1 : stmt_end].decode("utf-8", "replace"))
+        elif type_ == m.SYNC:
+            self.tracker.on_sync()
+        elif type_ in _GATED:
+            return self._gate(type_, body)
+        elif type_ in (m.COPY_DONE, m.COPY_FAIL):
+            self.tracker.on_copy_end()
         elif type_ == m.CLOSE and body[:1] == b"S":
             self.tracker.on_close_statement(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
         return None
 
     def _observe_backend(self, type_: int, body: bytes) -> bytes | None:
+        if type_ == m.READY_FOR_QUERY:
+            self.info.tx_status = body[:1]
+            self.tracker.on_ready()
+            return None
+        if type_ == m.COMMAND_COMPLETE:
+            self.tracker.on_command_complete(body)
+            return None
         if type_ == m.PARAMETER_STATUS:
             name, value = m.decode_parameter_status(body)
             problem = parsing_violation(name, value)
@@ -534,13 +559,6 @@ class ClientSession:
             return None
         if type_ == m.COPY_IN_RESPONSE:
             self.tracker.on_copy_in()
-            return None
-        if type_ == m.COMMAND_COMPLETE:
-            self.tracker.on_command_complete(body)
-            return None
-        if type_ == m.READY_FOR_QUERY:
-            self.info.tx_status = body[:1]
-            self.tracker.on_ready()
             return None
         if type_ == m.ERROR_RESPONSE:
             if b"pgtenant_denied_" in body:

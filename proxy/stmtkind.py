@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 KINDS = ("select", "insert", "update", "delete", "copy", "ddl", "utility", "other")
@@ -21,9 +22,19 @@ _BY_KEYWORD = {
 }
 
 
-@lru_cache(maxsize=4096)
+_LEADING_WORD = re.compile(r"[A-Za-z_]+(?![^\W\d])")  # a whole word: not followed by a letter or _
+
+
 def statement_kind(sql: str) -> str:
     """Kind of the first statement in `sql`: skips blanks, comments and opening parentheses."""
+    word = _LEADING_WORD.match(sql)  # the usual case, decided without the cache (most texts are new)
+    if word is not None:
+        return _BY_KEYWORD.get(word.group().lower(), "other")
+    return _statement_kind(sql)
+
+
+@lru_cache(maxsize=4096)
+def _statement_kind(sql: str) -> str:
     i, n = 0, len(sql)
     while i < n:
         c = sql[i]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.policy.model import Decision
 from proxy.stmtkind import statement_kind
@@ -25,12 +25,18 @@ class Request:
     sqlstate: str | None = None
     rows: int = 0
     end: float = 0.0
-    extra: list[tuple[str, Decision | None]] = field(default_factory=list)  # further statements of a batch
+    extra: list[tuple[str, Decision | None]] | None = None  # further statements of a batch
     closed_by_sync: bool = False
 
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+    def more(self, sql: str, decision: Decision | None) -> None:
+        """Another statement of the same batch."""
+        if self.extra is None:
+            self.extra = []
+        self.extra.append((sql, decision))
 
 
 class RequestTracker:
@@ -65,7 +71,7 @@ class RequestTracker:
             if not batch.sql:
                 batch.sql, batch.kind, batch.decision = sql, statement_kind(sql), decision
             else:
-                batch.extra.append((sql, decision))
+                batch.more(sql, decision)
             return
         self._batch = None
         self._push(Request(self.clock(), statement_kind(sql), sql, decision))
@@ -74,19 +80,23 @@ class RequestTracker:
         self._batch = None
         self._push(Request(self.clock(), "other", "", decision))
 
-    def on_parse(self, name: str, sql: str, decision: Decision | None) -> None:
+    def on_parse(self, name: str, sql: str, decision: Decision | None, kind: str | None = None) -> None:
         req = self._batch_request()
+        if kind is None:
+            kind = statement_kind(sql)
         if not req.sql:
-            req.sql, req.kind, req.decision = sql, statement_kind(sql), decision
+            req.sql, req.kind, req.decision = sql, kind, decision
         else:
-            req.extra.append((sql, decision))
+            req.more(sql, decision)
         if name:
             if len(self._statements) >= _MAX_STATEMENTS:
                 self._statements.pop(next(iter(self._statements)))
-            self._statements[name] = (statement_kind(sql), sql)
+            self._statements[name] = (kind, sql)
 
     def on_bind(self, statement: str) -> None:
-        req = self._batch_request()
+        req = self._batch
+        if req is None:
+            req = self._batch_request()
         if not req.sql and statement in self._statements:
             req.kind, req.sql = self._statements[statement]
 
@@ -99,7 +109,9 @@ class RequestTracker:
         if self._swallowed_syncs and self._batch is None:
             self._swallowed_syncs -= 1  # the Sync that replaces the one COPY IN swallowed
             return
-        req = self._batch_request()
+        req = self._batch
+        if req is None:
+            req = self._batch_request()
         req.closed_by_sync = True
         self._batch = None
 
@@ -124,7 +136,7 @@ class RequestTracker:
 
     def on_command_complete(self, tag: bytes) -> None:
         if self.pending:
-            last = tag.rstrip(b"\x00").rsplit(b" ", 1)[-1]
+            last = tag[tag.rfind(b" ") + 1 :].rstrip(b"\x00")
             if last.isdigit():
                 self.pending[0].rows += int(last)
 

@@ -42,7 +42,8 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_parts", "_parts_len", "_skip", "_want", "intercept", "limit_all", "max_length", "observe", "observer"
+        "_buf", "_intercept", "_observe", "_parts", "_parts_len", "_role", "_skip", "_want", "limit_all",
+        "max_length", "observer",
     )
 
     def __init__(
@@ -54,6 +55,8 @@ class MessageStream:
         max_length: int = 1 << 30,
         limit_all: bool = True,
     ) -> None:
+        self._role = bytes(256)  # per message type: 0 pass, 1 intercept, 2 observe (one index per message)
+        self._intercept = self._observe = frozenset()
         self.intercept = intercept
         self.observe = observe
         self.observer = observer
@@ -68,11 +71,40 @@ class MessageStream:
         self._want = 0
 
     @property
+    def intercept(self) -> frozenset[int]:
+        """Message types held back and returned as `Message`."""
+        return self._intercept
+
+    @intercept.setter
+    def intercept(self, types: frozenset[int]) -> None:
+        self._intercept = frozenset(types)
+        self._build_roles()
+
+    @property
+    def observe(self) -> frozenset[int]:
+        """Message types shown to the observer without breaking the run (unless it returns a replacement)."""
+        return self._observe
+
+    @observe.setter
+    def observe(self, types: frozenset[int]) -> None:
+        self._observe = frozenset(types)
+        self._build_roles()
+
+    def _build_roles(self) -> None:
+        role = bytearray(256)
+        for t in self._observe:
+            role[t] = 2
+        for t in self._intercept:
+            role[t] = 1
+        self._role = bytes(role)
+
+    @property
     def pending(self) -> int:
         """Bytes held back waiting for the rest of a message."""
         return len(self._buf) + self._parts_len
 
     def feed(self, data: bytes) -> list[bytes | memoryview | Message]:
+        """Frame `data` (bytes: message bodies are slices of it)."""
         out: list[bytes | memoryview | Message] = []
         if self._skip:
             n = len(data)
@@ -93,9 +125,10 @@ class MessageStream:
         n = len(buf)
         pos = 0
         run_start = 0
-        intercept = self.intercept
-        observe = self.observe
+        role = self._role
+        observer = self.observer
         max_length = self.max_length
+        limit_all = self.limit_all
         unpack = _LEN.unpack_from
         while n - pos >= 5:
             t = buf[pos]
@@ -103,18 +136,19 @@ class MessageStream:
             if length < 4:
                 raise FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
-            if t in intercept or t in observe:
+            r = role[t]
+            if r:
                 if length > max_length:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
                     break
-                if t in intercept:
+                if r == 1:
                     if run_start < pos:
                         out.append(memoryview(buf)[run_start:pos])
-                    out.append(Message(t, bytes(buf[pos + 5 : end])))
+                    out.append(Message(t, buf[pos + 5 : end]))
                     run_start = end
-                elif self.observer is not None:
-                    replacement = self.observer(t, bytes(buf[pos + 5 : end]))
+                elif observer is not None:
+                    replacement = observer(t, buf[pos + 5 : end])
                     if replacement is not None:
                         if run_start < pos:
                             out.append(memoryview(buf)[run_start:pos])
@@ -122,7 +156,7 @@ class MessageStream:
                         run_start = end
                 pos = end
             else:
-                if self.limit_all and length > max_length:
+                if limit_all and length > max_length:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
                     self._skip = end - n

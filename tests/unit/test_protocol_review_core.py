@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from proxy import errors
 from proxy.actions import CloseClient, RelayToServer
 from proxy.auth.throttle import AuthThrottle
-from proxy.policy.model import Allow, Deny
+from proxy.policy.model import Allow, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.protocol.stream import MessageStream
 from proxy.session import ClientSession
@@ -23,7 +23,8 @@ from proxy.tracking import RequestTracker
 from tests.unit.test_session import login, make_config
 
 
-def ready_session(tmp_path: Path, decide=None) -> ClientSession:
+def ready_session(tmp_path: Path, decide=None, policy_token=object) -> ClientSession:
+    """A relaying session; by default every Parse gets a fresh policy token, so each one is decided anew."""
     s = ClientSession(
         make_config(tmp_path, max_message_length=1 << 20),
         session_id="s1",
@@ -33,7 +34,8 @@ def ready_session(tmp_path: Path, decide=None) -> ClientSession:
         tls_available=False,
     )
     login(s)
-    s.enable_policy(decide or (lambda kind, sql: Deny("42501", "no", "", "r") if "deny" in sql else Allow()))
+    s.enable_policy(decide or (lambda kind, sql: Deny("42501", "no", "", "r") if "deny" in sql else Allow()),
+                    policy_token)
     s.server_ready({})
     return s
 
@@ -146,3 +148,36 @@ def test_large_intercepted_message_is_buffered_in_linear_time() -> None:
     elapsed = time.perf_counter() - t0
     assert len(items) == 1
     assert elapsed < 1.0, f"{elapsed:.2f}s to buffer one 16 MB Query from 4 kB reads"
+
+
+# --- a Parse repeated byte for byte ------------------------------------------------------------------
+
+
+def test_repeated_parse_reuses_its_outcome_only_under_the_same_policy(tmp_path: Path) -> None:
+    decided: list[str] = []
+    token = [object()]
+
+    def decide(kind: str, sql: str):
+        decided.append(sql)
+        if "deny" in sql:
+            return Deny("42501", "no", "", "r")
+        return Rewrite(sql.replace(" t", " u"), ("r",)) if "rewrite" in sql else Allow()
+
+    s = ready_session(tmp_path, decide, lambda: token[0])
+    allowed = m.Parse("", "SELECT 1", b"\x00\x00").encode()
+    rewritten = m.Parse("", "SELECT 'rewrite' FROM t", b"\x00\x00").encode()
+    denied = m.Parse("", "SELECT 'deny'", b"\x00\x00").encode()
+    sync = m.frame(b"S", b"")
+    assert forwarded(s.client_data(allowed + sync)) == allowed + sync
+    assert forwarded(s.client_data(allowed + sync)) == allowed + sync
+    assert decided == ["SELECT 1"]
+    first = forwarded(s.client_data(rewritten + sync))
+    assert forwarded(s.client_data(rewritten + sync)) == first
+    assert decided == ["SELECT 1", "SELECT 'rewrite' FROM t"]
+    assert m.Parse.decode(frames(first)[0][1]).sql == "SELECT 'rewrite' FROM u"
+    token[0] = object()  # a reload replaced the policy: decided again
+    forwarded(s.client_data(rewritten + sync))
+    assert decided[-1] == "SELECT 'rewrite' FROM t" and len(decided) == 3
+    markers = {frames(forwarded(s.client_data(denied + sync)))[0][1] for _ in range(2)}
+    assert len(markers) == 2 and len(decided) == 5  # a denial is never reused: each gets its own marker
+    assert len(s.tracker.pending) == 7  # every Parse + Sync is still a tracked request

@@ -167,16 +167,16 @@ def test_decision_cache_is_a_bounded_lru() -> None:
     first = cache.get_or_decide(SHARED, "SELECT * FROM orders")
     assert cache.get_or_decide(SHARED, "SELECT * FROM orders") is first
     assert (cache.hits, cache.misses) == (1, 1)
-    cache.get_or_decide(SHARED, "SELECT 1")
+    cache.get_or_decide(SHARED, "SELECT 'one'")
     cache.get_or_decide(SHARED, "SELECT * FROM orders")  # refresh
-    cache.get_or_decide(SHARED, "SELECT 2")  # evicts SELECT 1
+    cache.get_or_decide(SHARED, "SELECT 'two'")  # evicts the first
     assert len(cache) == 2
-    cache.get_or_decide(SHARED, "SELECT 1")
+    cache.get_or_decide(SHARED, "SELECT 'one'")
     assert cache.misses == 4
     same_values = dataclasses.replace(SHARED)
-    assert cache.get_or_decide(same_values, "SELECT 2") is cache.get_or_decide(SHARED, "SELECT 2")
+    assert cache.get_or_decide(same_values, "SELECT 'two'") is cache.get_or_decide(SHARED, "SELECT 'two'")
     other_role = dataclasses.replace(SHARED, allow_writes=True)
-    assert cache.get_or_decide(other_role, "SELECT 2") == cache.get_or_decide(SHARED, "SELECT 2")
+    assert cache.get_or_decide(other_role, "SELECT 'two'") == cache.get_or_decide(SHARED, "SELECT 'two'")
     cache.clear()
     assert len(cache) == 0
 

@@ -1,0 +1,187 @@
+"""Python CPU per pgbench -S transaction in pgtenant's relay path, without sockets: driver, session, policy
+cache, request tracking and metrics, fed the bytes pgbench and PostgreSQL exchange, through fake transports.
+
+Run from the repository root:  .venv/bin/python -m benchmarks.relay_bench [--reps 15] [--txns 10000]
+`--count MODE:N` runs N transactions of one mode once and exits: wrap it in
+`valgrind --tool=callgrind` (twice, different N) for exact instructions per transaction.
+What it leaves out (uvloop, the kernel) is what benchmarks/pgbench_compare.py measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from proxy.auth.scram import make_verifier  # noqa: E402
+from proxy.config import parse_config  # noqa: E402
+from proxy.driver import ClientConnection, Proxy, ServerLink  # noqa: E402
+from proxy.logs import configure as configure_logs  # noqa: E402
+from proxy.policy import TenantPolicy  # noqa: E402
+from proxy.server import ServerConnection  # noqa: E402
+from proxy.session import State  # noqa: E402
+
+SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+POLICIES = {
+    "database": TenantPolicy(tenant="initech", strategy="database"),
+    "shared": TenantPolicy(tenant="acme", strategy="shared", tenant_value="acme",
+                           scoped_tables={("public", "pgbench_accounts"): "tenant_id"}),
+}
+
+
+def _frame(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+def conversation(mode: str) -> tuple[Callable[[int], bytes], bytes]:
+    """(client bytes of transaction i, server bytes answering it) as pgbench -S -M mode and PostgreSQL send them."""
+    row = _frame(b"D", struct.pack("!hi", 1, 4) + b"1234")
+    done = _frame(b"C", b"SELECT 1\x00") + _frame(b"Z", b"I")
+    desc = _frame(b"T", struct.pack("!h", 1) + b"abalance\x00" + struct.pack("!ihihih", 0, 0, 23, 4, -1, 0))
+    sync = _frame(b"S", b"")
+    execute = _frame(b"E", b"\x00" + struct.pack("!i", 0))
+
+    def bind(stmt: bytes, i: int) -> bytes:
+        value = str(i).encode()
+        return _frame(b"B", b"\x00" + stmt + b"\x00" + struct.pack("!hh", 0, 1) + struct.pack("!i", len(value))
+                      + value + struct.pack("!h", 0))
+
+    param_sql = SQL.format("$1").encode()
+    if mode == "simple":
+        return (lambda i: _frame(b"Q", SQL.format(i).encode() + b"\x00")), desc + row + done
+    if mode == "extended":
+        parse = _frame(b"P", b"\x00" + param_sql + b"\x00" + struct.pack("!h", 0))
+        describe = _frame(b"D", b"P\x00")
+        return (lambda i: parse + bind(b"", i) + describe + execute + sync), (
+            _frame(b"1", b"") + _frame(b"2", b"") + desc + row + done)
+    if mode == "prepared":
+        return (lambda i: bind(b"P0_1", i) + execute + sync), _frame(b"2", b"") + row + done
+    raise ValueError(mode)
+
+
+class _Transport:
+    """Stands in for a uvloop transport: takes the writes, counts the bytes."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.written += len(data)
+
+    def writelines(self, chunks: list[bytes | memoryview]) -> None:
+        for c in chunks:
+            self.written += len(c)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _proxy(workdir: Path) -> Proxy:
+    (workdir / "secrets.toml").write_text(f'[users]\nivan = "{make_verifier("pw")}"\nalice = "{make_verifier("pw")}"\n')
+    config = parse_config({
+        "secrets_file": "secrets.toml",
+        "backends": {"main": {}},
+        "tenants": {
+            "initech": {"strategy": "database", "database": "initech"},
+            "acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"},
+        },
+        "users": {"ivan": {"tenant": "initech"}, "alice": {"tenant": "acme"}},
+    }, base=workdir)
+    proxy = Proxy(config)
+    for policy in POLICIES.values():
+        proxy.policies[policy.tenant] = policy
+    return proxy
+
+
+def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
+    """A client connection in READY with its policy gate and a relaying server link, on fake transports."""
+    tenant = POLICIES[strategy].tenant
+    conn = ClientConnection(proxy)
+    conn.connection_made(_Transport())  # type: ignore[arg-type]
+    session = conn.session
+    assert session is not None
+    if conn._timer is not None:
+        conn._timer.cancel()
+        conn._timer = None
+    session.state = State.READY
+    session.tenant = proxy.config.tenants[tenant]
+    session.info.tenant = tenant
+    session.enable_policy(proxy.decider(tenant), lambda: proxy.policies.get(tenant))
+    link = ServerLink(conn, ServerConnection(proxy.config.backends["main"], tenant, {}))
+    link.transport = _Transport()  # type: ignore[assignment]
+    link.relaying = True
+    conn.link = link
+    if mode == "prepared":  # the statement pgbench prepares once per connection
+        name, sql = b"P0_1", SQL.format("$1").encode()
+        conn.data_received(_frame(b"P", name + b"\x00" + sql + b"\x00" + struct.pack("!h", 0)) + _frame(b"S", b""))
+        link.data_received(_frame(b"1", b"") + _frame(b"Z", b"I"))
+    return conn, link
+
+
+def run(conn: ClientConnection, link: ServerLink, client: Callable[[int], bytes], server: bytes, start: int,
+        count: int) -> float:
+    """CPU seconds for `count` transactions."""
+    pool = [client(start + i) for i in range(1000)]  # distinct literals, built outside the timed loop
+    from_client, from_server = conn.data_received, link.data_received
+    t0 = time.process_time()
+    for i in range(count):
+        from_client(pool[i % 1000])
+        from_server(server)
+    return time.process_time() - t0
+
+
+async def _main(args: argparse.Namespace) -> int:
+    configure_logs("warning")  # as in production at "info", minus the per-connection lines
+    with tempfile.TemporaryDirectory() as tmp:
+        proxy = _proxy(Path(tmp))
+        if args.count:
+            mode, _, n = args.count.partition(":")
+            conn, link = relaying_pair(proxy, args.strategy[0], mode)
+            client, server = conversation(mode)
+            run(conn, link, client, server, 0, int(n))
+            return 0
+        print("| tenant strategy | mode | Python µs per transaction (best of reps) |")
+        print("|---|---|---:|")
+        for strategy in args.strategy:
+            for mode in args.modes:
+                conn, link = relaying_pair(proxy, strategy, mode)
+                client, server = conversation(mode)
+                run(conn, link, client, server, 0, min(1000, args.txns))  # warm the caches
+                best = min(run(conn, link, client, server, (r + 1) * args.txns, args.txns) for r in range(args.reps))
+                print(f"| {strategy} | {mode} | {best / args.txns * 1e6:.2f} |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--txns", type=int, default=10_000)
+    ap.add_argument("--modes", type=lambda s: s.split(","), default=["simple", "extended", "prepared"])
+    ap.add_argument("--strategy", type=lambda s: s.split(","), default=["database", "shared"])
+    ap.add_argument("--count", metavar="MODE:N", help="run N transactions of MODE once (for callgrind)")
+    return asyncio.run(_main(ap.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Literal-insensitive decision keys: a simple-protocol statement with its integer literals as parameters.
+
+`SELECT abalance FROM pgbench_accounts WHERE aid = 4711` has the shape
+`SELECT abalance FROM pgbench_accounts WHERE aid = $1`. The engine must already decide a Parse with `$n`
+soundly for every value a client may bind, so a decision for the shape that allows (or rewrites) holds for
+every integer in those places: the engine never reads an integer literal's value to allow something (it
+reads them only to refuse, e.g. an INSERT of another tenant's key, and a parameter there is refused too).
+A shape whose decision is a denial says nothing about the literal text, which is then decided as written.
+
+Only plain text is shaped: ASCII, with no quote, dollar sign, backslash or comment anywhere, so the only
+tokens holding digits are identifiers, numbers and operators, and a digit run that no identifier, dot or
+dollar touches is an integer literal. Anything else is decided by its exact text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from pglast.parser import ParseError, parse_sql_json, scan
+
+from proxy.policy.model import Allow, Decision, Rewrite
+
+_UNSHAPEABLE = ("'", '"', "$", "\\", "--", "/*")
+_INTEGER = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
+_MAX_LITERALS = 1000
+
+
+def split(sql: str) -> tuple[str, list[str]] | None:
+    """The shape of `sql` and its integer literals in order, or None when it has none or is not plain."""
+    if not sql.isascii():
+        return None
+    for mark in _UNSHAPEABLE:
+        if mark in sql:
+            return None
+    parts = _INTEGER.split(sql)
+    count = len(parts) // 2
+    if count == 0 or count > _MAX_LITERALS:
+        return None
+    literals = parts[1::2]
+    for i in range(count):
+        parts[2 * i + 1] = f"${i + 1}"
+    return "".join(parts), literals
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A rewrite of a shape: text pieces around its parameters, and which literal goes after each piece."""
+
+    pieces: tuple[str, ...]
+    order: tuple[int, ...]
+    rules: tuple[str, ...]
+    effects: frozenset[str]
+
+    def fill(self, literals: list[str]) -> Rewrite:
+        """The rewrite of the statement whose literals are `literals`."""
+        pieces, order = self.pieces, self.order
+        out = [pieces[0]]
+        for i, k in enumerate(order):
+            out.append(literals[k])
+            out.append(pieces[i + 1])
+        return Rewrite("".join(out), self.rules, self.effects)
+
+
+ShapeDecision = Allow | Template | None
+
+
+def from_decision(shape: str, count: int, decision: Decision) -> ShapeDecision:
+    """What a shape's decision says for every statement of that shape; None when it says nothing."""
+    if not isinstance(decision, Allow | Rewrite) or not _params_plain(shape):
+        return None
+    if isinstance(decision, Allow):
+        return decision
+    return _template(decision, count)
+
+
+def _params_plain(shape: str) -> bool:
+    """True when no parameter of the shape is the operand of a cast (`4711::regclass` names a relation)."""
+    try:
+        tree = json.loads(parse_sql_json(shape))
+    except (ParseError, ValueError):
+        return False
+    return not _cast_param(tree)
+
+
+def _cast_param(node: object) -> bool:
+    if isinstance(node, dict):
+        cast = node.get("TypeCast")
+        if isinstance(cast, dict) and isinstance(cast.get("arg"), dict) and "ParamRef" in cast["arg"]:
+            return True
+        return any(_cast_param(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_cast_param(v) for v in node)
+    return False
+
+
+def _template(decision: Rewrite, count: int) -> Template | None:
+    """Cut the rewritten shape at its parameter tokens; each of $1..$count must appear exactly once."""
+    sql = decision.sql
+    if not sql.isascii():  # scanner positions are characters; keep them equal to string indexes
+        return None
+    try:
+        tokens = scan(sql)
+    except ParseError:
+        return None
+    pieces: list[str] = []
+    order: list[int] = []
+    last = 0
+    for tok in tokens:
+        if tok.name != "PARAM":
+            continue
+        number = int(sql[tok.start + 1 : tok.end + 1])
+        pieces.append(sql[last : tok.start])
+        order.append(number - 1)
+        last = tok.end + 1
+    pieces.append(sql[last:])
+    if sorted(order) != list(range(count)):
+        return None
+    return Template(tuple(pieces), tuple(order), decision.rules, decision.effects)
