@@ -103,6 +103,39 @@ def _tenant_filter(policy: TenantPolicy, schema: str, table: str, column: str) -
     return Filter("tenant", f"{schema}.{table}", column, template)
 
 
+# Schema strategy: catalogs whose rows belong to a schema, by the column holding the schema's OID. Their rows
+# in other tenants' schemas are filtered out, so neither the rows nor `<column>::regnamespace` show them.
+NAMESPACE_OID_COLUMNS: dict[str, str] = {
+    "pg_class": "relnamespace",
+    "pg_type": "typnamespace",
+    "pg_proc": "pronamespace",
+    "pg_constraint": "connamespace",
+    "pg_operator": "oprnamespace",
+    "pg_collation": "collnamespace",
+    "pg_conversion": "connamespace",
+    "pg_opclass": "opcnamespace",
+    "pg_opfamily": "opfnamespace",
+    "pg_extension": "extnamespace",
+    "pg_ts_config": "cfgnamespace",
+    "pg_ts_dict": "dictnamespace",
+    "pg_ts_parser": "prsnamespace",
+    "pg_ts_template": "tmplnamespace",
+}
+# Schema strategy: system views with a `schemaname` column (names, not OIDs).
+SCHEMANAME_VIEWS: frozenset[str] = frozenset(
+    {
+        "pg_tables", "pg_indexes", "pg_views", "pg_matviews", "pg_sequences", "pg_policies", "pg_rules",
+        "pg_stat_all_tables", "pg_stat_user_tables", "pg_stat_sys_tables",
+        "pg_stat_xact_all_tables", "pg_stat_xact_user_tables", "pg_stat_xact_sys_tables",
+        "pg_statio_all_tables", "pg_statio_user_tables", "pg_statio_sys_tables",
+        "pg_stat_all_indexes", "pg_stat_user_indexes", "pg_stat_sys_indexes",
+        "pg_statio_all_indexes", "pg_statio_user_indexes", "pg_statio_sys_indexes",
+        "pg_statio_all_sequences", "pg_statio_user_sequences", "pg_statio_sys_sequences",
+        "pg_stat_user_functions", "pg_stat_xact_user_functions",
+    }
+)
+
+
 @lru_cache(maxsize=256)
 def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
     out = {
@@ -119,6 +152,18 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             "nspname",
             '({ref}."nspname" IN (' + listed + ') OR {ref}."oid" = pg_catalog.pg_my_temp_schema())',
         )
+        oids = ", ".join(f"pg_catalog.to_regnamespace({quote_literal(s)})::pg_catalog.oid" for s in visible)
+        for relation, column in NAMESPACE_OID_COLUMNS.items():
+            out[relation] = Filter(
+                "catalog", f"pg_catalog.{relation}", column,
+                f'({{ref}}."{column}" IN ({oids}) OR {{ref}}."{column}" = pg_catalog.pg_my_temp_schema())',
+            )
+        own_temp = "pg_catalog.pg_my_temp_schema()::pg_catalog.regnamespace::pg_catalog.text"
+        for view in SCHEMANAME_VIEWS:
+            out[view] = Filter(
+                "catalog", f"pg_catalog.{view}", "schemaname",
+                '({ref}."schemaname" IN (' + listed + ") OR {ref}.\"schemaname\" = " + own_temp + ")",
+            )
     return out
 
 

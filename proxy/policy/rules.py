@@ -38,6 +38,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Only allow-listed functions may be called; ask an administrator to allow this function.",
     ),
     "foreign_schema": (INSUFFICIENT_PRIVILEGE, "Only your own schema and the shared schemas can be referenced."),
+    "unchecked_object_name": (
+        INSUFFICIENT_PRIVILEGE,
+        "Name the object in a string literal ('schema.name'::regclass); OIDs, parameters and computed names "
+        "cannot be checked against your schemas.",
+    ),
     "shared_schema_write": (INSUFFICIENT_PRIVILEGE, "Shared reference schemas are read-only."),
     "cross_database": (INSUFFICIENT_PRIVILEGE, "Names may not refer to another database."),
     "catalog_denied": (

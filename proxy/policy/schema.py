@@ -6,7 +6,7 @@ from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import object_name_parts
 from proxy.policy.tree import string_const
-from proxy.policy.walk import Analysis
+from proxy.policy.walk import Analysis, name_source_is_plain
 
 # Functions whose argument at the given position is an object name given as text (implicitly cast to a reg*
 # type); kind "schema" means the whole literal is a schema name. Negative positions count from the end
@@ -92,7 +92,10 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         check(names[-2], "operator " + ".".join(names))
     for names in analysis.collations:
         check(names[-2], "collation " + ".".join(names))
+    for regtype in analysis.reg_unchecked:
+        raise fail("unchecked_object_name", f"a {regtype} value that is not a string literal cannot be checked")
     for regtype, literal in analysis.reg_literals:
+        _check_not_oid(literal, f"'{literal}'::{regtype}")
         check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), f"'{literal}'::{regtype}")
     for call in analysis.calls:
         spec = NAME_ARGUMENTS.get(call.names[-1])
@@ -106,7 +109,16 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
             node = node["TypeCast"].get("arg")
         literal = string_const(node)
         if literal is not None:
+            _check_not_oid(literal, f"{call.names[-1]}('{literal}')")
             check(_literal_schema(literal, kind), f"{call.names[-1]}('{literal}')")
+        elif not name_source_is_plain(call.args[index]):
+            raise fail("unchecked_object_name", f"the object name given to {call.names[-1]}() cannot be checked")
+
+
+def _check_not_oid(literal: str, what: str) -> None:
+    """An all-digit reg* literal is read as an OID: any object, in any schema."""
+    if literal.strip().isdigit():
+        raise fail("unchecked_object_name", f"{what} names an object by OID")
 
 
 def check_writes_to_shared(policy: TenantPolicy, schema: str | None, relname: str) -> None:

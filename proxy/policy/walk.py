@@ -77,6 +77,7 @@ class Analysis:
     collations: list[tuple[str, ...]] = field(default_factory=list)
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
     reg_literals: list[tuple[str, str]] = field(default_factory=list)
+    reg_unchecked: list[str] = field(default_factory=list)  # reg* casts of a parameter, number or expression
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
     locking: bool = False
@@ -88,6 +89,18 @@ def analyze(node: Node) -> Analysis:
     walker = _Walker()
     walker.any(node, frozenset())
     return walker.out
+
+
+def name_source_is_plain(node: Node | None) -> bool:
+    """True when a reg*-typed value comes from a column (an OID the query read) or is NULL: not from a
+    parameter, a number or a computed expression, whose object the proxy cannot check."""
+    while node and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    if not node:
+        return True
+    if "ColumnRef" in node:
+        return True
+    return "A_Const" in node and bool(node["A_Const"].get("isnull"))
 
 
 def _literal_below_casts(node: Node | None) -> str | None:
@@ -280,6 +293,8 @@ def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
         literal = _literal_below_casts(b.get("arg"))
         if literal is not None:
             w.out.reg_literals.append((names[-1], literal))
+        elif not name_source_is_plain(b.get("arg")):
+            w.out.reg_unchecked.append(names[-1])
     w.fields(b, scope)
 
 
