@@ -44,7 +44,7 @@ from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, USERS, Proxy
 USER, DB = "ivan", "initech"  # tenant initech: database strategy = plain passthrough to database initech
 PASSWORD = USERS[USER][1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "pgtenant", "pgbouncer")
+TARGETS = ("direct", "pgtenant", "pgbouncer", "pyrelay")  # pyrelay: the floor for any Python proxy
 code_versions: dict[str, str] = {}  # proxy name -> pgtenant code it was started with
 
 
@@ -205,6 +205,18 @@ def ensure_pgbouncer() -> str:
             subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
             subprocess.run(["apt-get", "install", "-y", "pgbouncer"], env=env, capture_output=True, check=True)
     return shutil.which("pgbouncer", path=path) or "pgbouncer"
+
+
+def start_pyrelay(stack: contextlib.ExitStack, cluster: PgCluster) -> Target:
+    """benchmarks/pyrelay.py: a byte relay that frames and decides nothing, the floor for a Python proxy."""
+    role, role_pw = backend_role()
+    port = pgcluster.free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "pyrelay.py"), str(port), str(cluster.port)],
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pdeathsig())
+    stack.callback(stop_process, proc)
+    target = Target("pyrelay", port, role, role_pw, proc.pid)
+    wait_ready(target, proc)
+    return target
 
 
 def start_pgbouncer(stack: contextlib.ExitStack, exe: str, cluster: PgCluster, pool_size: int) -> Target:
@@ -462,16 +474,18 @@ def profile(pgbench: str, target: Target, mode: str, args: argparse.Namespace, p
 # --------------------------------------------------------------------------- report
 
 
+def ratio(x: dict[str, Any], y: dict[str, Any]) -> str:
+    """x's median tps over y's, or '-' when either target did not run."""
+    return f"{x['tps'] / y['tps']:.2f}" if x and y else "-"
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| mode | direct tps | pgtenant tps | pgbouncer tps | pgtenant/pgbouncer | pgtenant/direct "
              "| latency ms direct / pgtenant / pgbouncer | proxy CPU µs/txn pgtenant / pgbouncer "
              "| proxy CPU % of a core pgtenant / pgbouncer |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, r in results["bench"].items():
-        d, p, b = (r.get(t, {}) for t in TARGETS)
-
-        def ratio(x: dict[str, Any], y: dict[str, Any]) -> str:
-            return f"{x['tps'] / y['tps']:.2f}" if x and y else "-"
+        d, p, b, _ = (r.get(t, {}) for t in TARGETS)
 
         def g(x: dict[str, Any], k: str) -> str:
             return str(x.get(k, "-"))
@@ -480,6 +494,14 @@ def markdown(results: dict[str, Any]) -> str:
                      f"| {g(d, 'latency_ms')} / {g(p, 'latency_ms')} / {g(b, 'latency_ms')} "
                      f"| {g(p, 'proxy_cpu_us_per_txn')} / {g(b, 'proxy_cpu_us_per_txn')} "
                      f"| {g(p, 'proxy_cpu_pct_of_core')} / {g(b, 'proxy_cpu_pct_of_core')} |")
+    if any("pyrelay" in r for r in results["bench"].values()):
+        lines += ["", "The floor for a Python proxy (benchmarks/pyrelay.py: uvloop, no framing, no policy):", "",
+                  "| mode | pyrelay tps | pyrelay/pgbouncer | pgtenant/pyrelay | proxy CPU µs/txn pyrelay |",
+                  "|---|---:|---:|---:|---:|"]
+        for mode, r in results["bench"].items():
+            p, b, f = r.get("pgtenant", {}), r.get("pgbouncer", {}), r.get("pyrelay", {})
+            lines.append(f"| {mode} | {f.get('tps', '-')} | {ratio(f, b)} | {ratio(p, f)} "
+                         f"| {f.get('proxy_cpu_us_per_txn', '-')} |")
     lines += ["", "CPU per transaction, µs (all processes; 'other' = host CPU used by anything else):", "",
               "| mode | target | pgbench | postgres | proxy (user + sys) | other | total |",
               "|---|---|---:|---:|---:|---:|---:|"]
@@ -625,6 +647,8 @@ def main() -> int:
             targets["pgtenant"] = start_pgtenant(proxy)
         if bouncer:
             targets["pgbouncer"] = start_pgbouncer(stack, bouncer, cluster, args.idle_clients + args.clients + 10)
+        if "pyrelay" in args.targets:
+            targets["pyrelay"] = start_pyrelay(stack, cluster)
         targets = {k: v for k, v in targets.items() if k in args.targets}
         discarded: list[dict[str, Any]] = []
         results["discarded_runs"] = discarded

@@ -40,8 +40,6 @@ _I32 = struct.Struct("!i")
 _MAX_PENDING_DENIALS = 65536
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
-_TRACKED_FRONTEND = frozenset({m.SYNC, m.BIND, m.CLOSE, m.COPY_DONE, m.COPY_FAIL})
-_GATED = frozenset({m.QUERY, m.PARSE, m.FUNCTION_CALL})
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message).
 Decide = Callable[[str, str], Decision]
@@ -156,21 +154,30 @@ class ClientSession:
         self.frontend = MessageStream(
             intercept=frozenset({m.TERMINATE}), max_length=config.limits.max_message_length
         )
-        self.backend_stream = MessageStream(
-            observe=frozenset(
-                {m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.COMMAND_COMPLETE, m.PARAMETER_STATUS, m.COPY_IN_RESPONSE}
-            ),
-            observer=self._observe_backend,
-            limit_all=False,
-        )
+        self.backend_stream = MessageStream(limit_all=False)
         self.decide: Decide | None = None
         self._policy_token: Callable[[], object] = lambda: None
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
         self.on_decision = on_decision
         self.tracker = RequestTracker(clock, on_request_done)
-        self.frontend.observe = _TRACKED_FRONTEND
-        self.frontend.observer = self._observe_frontend
+        tracker = self.tracker
+        # One handler per observed message type: the stream calls it with the body (the hot path).
+        self.backend_stream.handlers = {
+            m.READY_FOR_QUERY: self._on_ready_for_query,
+            m.COMMAND_COMPLETE: tracker.on_command_complete,
+            m.ERROR_RESPONSE: self._on_error_response,
+            m.PARAMETER_STATUS: self._on_parameter_status,
+            m.COPY_IN_RESPONSE: self._on_copy_in_response,
+        }
+        self._frontend_tracked: dict[int, Callable[[bytes], bytes | None]] = {
+            m.BIND: self._on_bind,
+            m.SYNC: self._on_sync,
+            m.CLOSE: self._on_close,
+            m.COPY_DONE: self._on_copy_end,
+            m.COPY_FAIL: self._on_copy_end,
+        }
+        self.frontend.handlers = self._frontend_tracked
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -189,7 +196,12 @@ class ClientSession:
         self.decide = decide
         self._policy_token = policy_token
         self._parse_memo = None
-        self.frontend.observe = _TRACKED_FRONTEND | _GATED
+        self.frontend.handlers = {
+            **self._frontend_tracked,
+            m.QUERY: self._gate_query,
+            m.PARSE: self._gate_parse,
+            m.FUNCTION_CALL: self._gate_function_call,
+        }
 
     # --- state machine plumbing ------------------------------------------------------------
 
@@ -449,51 +461,56 @@ class ClientSession:
             actions.append(AdminQuery(m.Query.decode(item.body).sql))
         return actions
 
-    def _gate(self, type_: int, body: bytes) -> bytes | None:
-        """Apply the policy to one Query/Parse/FunctionCall: None forwards it as it is, else the bytes to forward
-        in its place."""
+    def _gate_query(self, body: bytes) -> bytes | None:
+        """Apply the policy to a Query: None forwards it as it is, else the bytes to forward in its place."""
         decide = self.decide
         if decide is None:
             return None
-        if type_ == m.QUERY:
-            try:
-                query = m.Query.decode(body)
-            except m.InvalidText:
-                return self._deny_invalid_text(type_, body)
-            decision = decide("query", query.sql)
-            self.tracker.on_query(query.sql, decision)
-            if type(decision) is Allow:
-                return None
-            self._report("query", query.sql, decision)
-            if isinstance(decision, Rewrite):
-                return m.Query(decision.sql).encode()
-            return m.Query(self._deny_marker(decision)).encode()
-        if type_ == m.PARSE:
-            memo = self._parse_memo
-            token = self._policy_token()
-            if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
-                _, _, name, sql, kind, decision, out = memo
-                self.tracker.on_parse(name, sql, decision, kind)
-                if out is not None:
-                    self._report("parse", sql, decision)
-                return out
-            try:
-                parse = m.Parse.decode(body)
-            except m.InvalidText:
-                return self._deny_invalid_text(type_, body)
-            decision = decide("parse", parse.sql)
-            kind = statement_kind(parse.sql)
-            self.tracker.on_parse(parse.name, parse.sql, decision, kind)
-            if type(decision) is Allow:
-                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, None)
-                return None
-            self._report("parse", parse.sql, decision)
-            if isinstance(decision, Rewrite):
-                out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
-                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, out)
-                return out
-            return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
-        # FunctionCall invokes any function by OID, around every SQL-level check: never allowed.
+        try:
+            query = m.Query.decode(body)
+        except m.InvalidText:
+            return self._deny_invalid_text(m.QUERY, body)
+        decision = decide("query", query.sql)
+        self.tracker.on_query(query.sql, decision)
+        if type(decision) is Allow:
+            return None
+        self._report("query", query.sql, decision)
+        if isinstance(decision, Rewrite):
+            return m.Query(decision.sql).encode()
+        return m.Query(self._deny_marker(decision)).encode()
+
+    def _gate_parse(self, body: bytes) -> bytes | None:
+        """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
+        decide = self.decide
+        if decide is None:
+            return None
+        memo = self._parse_memo
+        token = self._policy_token()
+        if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
+            _, _, name, sql, kind, decision, out = memo
+            self.tracker.on_parse(name, sql, decision, kind)
+            if out is not None:
+                self._report("parse", sql, decision)
+            return out
+        try:
+            parse = m.Parse.decode(body)
+        except m.InvalidText:
+            return self._deny_invalid_text(m.PARSE, body)
+        decision = decide("parse", parse.sql)
+        kind = statement_kind(parse.sql)
+        self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+        if type(decision) is Allow:
+            self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, None)
+            return None
+        self._report("parse", parse.sql, decision)
+        if isinstance(decision, Rewrite):
+            out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
+            self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, out)
+            return out
+        return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
+
+    def _gate_function_call(self, body: bytes) -> bytes:
+        """FunctionCall invokes any function by OID, around every SQL-level check: never allowed."""
         decision = Deny(
             "42501",
             "the FunctionCall protocol message is not allowed through pgtenant",
@@ -527,60 +544,58 @@ class ClientSession:
         self._denials[marker.encode()] = errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule)
         return marker
 
-    def _observe_frontend(self, type_: int, body: bytes) -> bytes | None:
-        if type_ == m.BIND:
-            end = body.find(b"\x00")
-            stmt_end = body.find(b"\x00", end + 1)
-            if end >= 0 and stmt_end > end:
-                self.tracker.on_bind(body[end + 1 : stmt_end].decode("utf-8", "replace"))
-        elif type_ == m.SYNC:
-            self.tracker.on_sync()
-        elif type_ in _GATED:
-            return self._gate(type_, body)
-        elif type_ in (m.COPY_DONE, m.COPY_FAIL):
-            self.tracker.on_copy_end()
-        elif type_ == m.CLOSE and body[:1] == b"S":
-            self.tracker.on_close_statement(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
-        return None
+    # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
-    def _observe_backend(self, type_: int, body: bytes) -> bytes | None:
-        if type_ == m.READY_FOR_QUERY:
-            self.info.tx_status = body[:1]
-            self.tracker.on_ready()
-            return None
-        if type_ == m.COMMAND_COMPLETE:
-            self.tracker.on_command_complete(body)
-            return None
-        if type_ == m.PARAMETER_STATUS:
-            name, value = m.decode_parameter_status(body)
-            problem = parsing_violation(name, value)
-            if problem is not None:  # e.g. RESET client_encoding to a client-only server default
-                raise ParsingMismatch(problem)
-            return None
-        if type_ == m.COPY_IN_RESPONSE:
-            self.tracker.on_copy_in()
-            return None
-        if type_ == m.ERROR_RESPONSE:
-            if b"pgtenant_denied_" in body:
-                found = _DENIAL_MARKER.search(body)
-                if found is not None:
-                    marker = found.group(0)
-                    err = self._denials.pop(marker, None)
-                    if err is None and b"C42601\x00" in body and b'at or near "' + marker + b'"' in body:
-                        # The exact failure of a marker statement whose entry was evicted (a pipelined burst
-                        # of denials): still our denial, never the backend's syntax error naming the marker.
-                        err = errors.policy_denied("42501", "statement denied by the tenant policy", "", "denied")
-                    if err is not None:
-                        self.tracker.on_error(err.sqlstate, denied=True)
-                        return err.encode()
-            pos = body.find(b"C")
-            code = None
-            while pos >= 0:  # find the 'C' field at a field start
-                if pos == 0 or body[pos - 1] == 0:
-                    code = body[pos + 1 : pos + 6].decode("ascii", "replace")
-                    break
-                pos = body.find(b"C", pos + 1)
-            self.tracker.on_error(code)
+    def _on_bind(self, body: bytes) -> None:
+        end = body.find(b"\x00")
+        stmt_end = body.find(b"\x00", end + 1)
+        if end >= 0 and stmt_end > end:
+            self.tracker.on_bind(body[end + 1 : stmt_end].decode("utf-8", "replace"))
+
+    def _on_sync(self, _body: bytes) -> None:
+        self.tracker.on_sync()
+
+    def _on_close(self, body: bytes) -> None:
+        if body[:1] == b"S":
+            self.tracker.on_close_statement(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
+
+    def _on_copy_end(self, _body: bytes) -> None:
+        self.tracker.on_copy_end()
+
+    def _on_ready_for_query(self, body: bytes) -> None:
+        self.info.tx_status = body[:1]
+        self.tracker.on_ready()
+
+    def _on_parameter_status(self, body: bytes) -> None:
+        name, value = m.decode_parameter_status(body)
+        problem = parsing_violation(name, value)
+        if problem is not None:  # e.g. RESET client_encoding to a client-only server default
+            raise ParsingMismatch(problem)
+
+    def _on_copy_in_response(self, _body: bytes) -> None:
+        self.tracker.on_copy_in()
+
+    def _on_error_response(self, body: bytes) -> bytes | None:
+        if b"pgtenant_denied_" in body:
+            found = _DENIAL_MARKER.search(body)
+            if found is not None:
+                marker = found.group(0)
+                err = self._denials.pop(marker, None)
+                if err is None and b"C42601\x00" in body and b'at or near "' + marker + b'"' in body:
+                    # The exact failure of a marker statement whose entry was evicted (a pipelined burst
+                    # of denials): still our denial, never the backend's syntax error naming the marker.
+                    err = errors.policy_denied("42501", "statement denied by the tenant policy", "", "denied")
+                if err is not None:
+                    self.tracker.on_error(err.sqlstate, denied=True)
+                    return err.encode()
+        pos = body.find(b"C")
+        code = None
+        while pos >= 0:  # find the 'C' field at a field start
+            if pos == 0 or body[pos - 1] == 0:
+                code = body[pos + 1 : pos + 6].decode("ascii", "replace")
+                break
+            pos = body.find(b"C", pos + 1)
+        self.tracker.on_error(code)
         return None
 
     def close(self) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 _LEN = struct.Struct("!I")
 
@@ -31,6 +32,8 @@ class FramingError(Exception):
 
 # An observer sees a whole message without stopping the run; it may return bytes to put in its place.
 Observer = Callable[[int, bytes], bytes | None]
+# A handler is the same for one message type, given only the body (one call per message on the hot path).
+Handler = Callable[[bytes], bytes | None]
 
 
 class MessageStream:
@@ -42,8 +45,8 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_intercept", "_observe", "_parts", "_parts_len", "_role", "_skip", "_want", "limit_all",
-        "max_length", "observer",
+        "_buf", "_handlers", "_intercept", "_observe", "_observer", "_parts", "_parts_len", "_role", "_skip",
+        "_table", "_want", "limit_all", "max_length",
     )
 
     def __init__(
@@ -56,7 +59,11 @@ class MessageStream:
         limit_all: bool = True,
     ) -> None:
         self._role = bytes(256)  # per message type: 0 pass, 1 intercept, 2 observe (one index per message)
-        self._intercept = self._observe = frozenset()
+        self._table: list[Handler | None] = [None] * 256  # per observed message type: its handler
+        self._intercept: frozenset[int] = frozenset()
+        self._observe: frozenset[int] = frozenset()
+        self._observer: Observer | None = None
+        self._handlers: dict[int, Handler] = {}
         self.intercept = intercept
         self.observe = observe
         self.observer = observer
@@ -90,13 +97,40 @@ class MessageStream:
         self._observe = frozenset(types)
         self._build_roles()
 
+    @property
+    def observer(self) -> Observer | None:
+        """Called as observer(type, body) for the `observe` types that have no handler of their own."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: Observer | None) -> None:
+        self._observer = observer
+        self._build_roles()
+
+    @property
+    def handlers(self) -> Mapping[int, Handler]:
+        """Per-type handlers, called as handler(body): observed like `observe`, one call per message."""
+        return self._handlers
+
+    @handlers.setter
+    def handlers(self, handlers: Mapping[int, Handler]) -> None:
+        self._handlers = dict(handlers)
+        self._build_roles()
+
     def _build_roles(self) -> None:
         role = bytearray(256)
-        for t in self._observe:
+        table: list[Handler | None] = [None] * 256
+        if self._observer is not None:
+            for t in self._observe:
+                role[t] = 2
+                table[t] = partial(self._observer, t)
+        for t, handler in self._handlers.items():
             role[t] = 2
+            table[t] = handler
         for t in self._intercept:
             role[t] = 1
         self._role = bytes(role)
+        self._table = table
 
     @property
     def pending(self) -> int:
@@ -126,7 +160,7 @@ class MessageStream:
         pos = 0
         run_start = 0
         role = self._role
-        observer = self.observer
+        table = self._table
         max_length = self.max_length
         limit_all = self.limit_all
         unpack = _LEN.unpack_from
@@ -147,8 +181,8 @@ class MessageStream:
                         out.append(memoryview(buf)[run_start:pos])
                     out.append(Message(t, buf[pos + 5 : end]))
                     run_start = end
-                elif observer is not None:
-                    replacement = observer(t, buf[pos + 5 : end])
+                else:
+                    replacement = table[t](buf[pos + 5 : end])  # type: ignore[misc]  # role 2 has a handler
                     if replacement is not None:
                         if run_start < pos:
                             out.append(memoryview(buf)[run_start:pos])
