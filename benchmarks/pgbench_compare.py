@@ -671,7 +671,8 @@ def main() -> int:
         if args.profile and "pgtenant" in targets:
             results["profile"] = profile(pgbench, targets["pgtenant"], args.profile, args, pg_pid, args.profile_out)
         if not args.skip_memory:
-            fresh = {n: t for n, t in targets.items() if n != "direct"}
+            # pyrelay opens a backend connection per client and PgBouncer keeps its own: no slots left for it
+            fresh = {n: t for n, t in targets.items() if n not in ("direct", "pyrelay")}
             if "pgtenant" in fresh:  # a fresh proxy so the baseline is not inflated by the benchmark runs
                 fresh["pgtenant"] = start_pgtenant(make_pgtenant(stack, cluster), "pgtenant (fresh)")
             results["memory"]["idle"] = {n: idle_rss(t, cluster, args.idle_clients) for n, t in fresh.items()}
