@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
 from tests.support.proxyproc import USERS, ProxyProcess, prepare_backend
 from tests.support.psql import run_psql
 
@@ -124,7 +125,13 @@ def test_audit_lines(obs_proxy: ProxyProcess) -> None:
         c.execute("-- Metabase:: userID: 7 queryType: MBQL\nSELECT id FROM orders WHERE amount > 1000").fetchall()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             c.execute("SELECT set_config('pgtenant.tenant_id', 'bigco', false)")
-    lines = [json.loads(x) for x in (Path(obs_proxy.config_path).parent / "audit.log").read_text().splitlines()]
+    path = Path(obs_proxy.config_path).parent / "audit.log"
+
+    def both_written() -> list[dict] | None:  # the audit file is flushed in batches
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        return lines if any("set_config" in (x.get("sql") or "") for x in lines) else None
+
+    lines = until(both_written, what="the audit lines of both statements")
     sel = [x for x in lines if "amount > 1000" in (x.get("sql") or "")]
     assert sel, lines[-3:]
     rec = sel[-1]
@@ -143,7 +150,8 @@ def test_audit_redaction(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
     try:
         with psycopg.connect(p.dsn("ivan"), autocommit=True) as c:
             c.execute("SELECT 'secret-value' AS s, 4242 WHERE 'x' <> 'y'").fetchall()
-        rec = [json.loads(x) for x in (workdir / "a.log").read_text().splitlines()][-1]
+        lines = until(lambda: (workdir / "a.log").read_text().splitlines(), what="the audit line")
+        rec = json.loads(lines[-1])
         assert rec["sql"] == "SELECT ? AS s, ? WHERE ? <> ?"
         assert "secret-value" not in (workdir / "a.log").read_text()
     finally:

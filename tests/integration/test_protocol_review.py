@@ -18,6 +18,7 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 from tests.support.wire import login, read_message
 
@@ -359,8 +360,13 @@ def test_statements_after_unsynced_batch_are_audited(audited: ProxyProcess) -> N
     sock.sendall(m.TERMINATE_MESSAGE)
     closed_by_peer(sock)
     sock.close()
-    time.sleep(0.3)  # the audit file is line-buffered; let the proxy finish the session
-    lines = audit_lines(audited)
+
+    def both_written() -> list[dict] | None:  # the audit file is flushed in batches
+        lines = audit_lines(audited)
+        return lines if any(x.get("sql") == DENIED and x.get("outcome") == "denied" for x in lines) and any(
+            probe in (x.get("sql") or "") for x in lines) else None
+
+    lines = until(both_written, what="the probe and the denied statement in the audit log")
     mine = [x for x in lines if probe in (x.get("sql") or "")]
     assert mine and mine[-1]["outcome"] == "ok", "the probe statement is missing from the audit log"
     denied = [x for x in lines if x.get("sql") == DENIED and x.get("session_id") == mine[-1]["session_id"]]
