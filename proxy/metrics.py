@@ -125,7 +125,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.tenant = TenantLabels(max_tenants)
         r = self.registry
-        self.buckets = tuple(sorted(buckets))
+        self.buckets = tuple(b for b in sorted(buckets) if b != float("inf"))  # +Inf is always the last bucket
         self._recorders: dict[str, QueryRecorder] = {}
         r.register(_QueryCollector(self))
         self.decision_duration = Histogram(
