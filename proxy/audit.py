@@ -67,17 +67,28 @@ class AuditLog:
         self._out: IO[str] = file.open("a", buffering=1 << 16) if file is not None else sys.stderr
         self._owned = file is not None
         self._flush_scheduled = False
+        self._second = -1
+        self._head = ""
 
-    def record(self, **fields: Any) -> None:
+    @staticmethod
+    def fields(**fields: Any) -> str:
+        """Fields encoded once for many records (a session's id, tenant, user…): pass it as `record(prefix)`."""
+        return json.dumps(fields, default=str)[1:-1]
+
+    def record(self, prefix: str = "", /, **fields: Any) -> None:
+        """One JSON line: timestamp, event, the pre-encoded `prefix` fields, then `fields`."""
         if self.redact:
             for record in (fields, *(fields.get("more") or ())):
                 for key in ("sql", "rewritten_sql"):
                     if record.get(key):
                         record[key] = redact(record[key])
-        line = json.dumps(
-            {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "event": "statement", **fields},
-            default=str,
-        )
+        now = time.time()
+        if int(now) != self._second:  # the timestamp has one-second resolution: format it once a second
+            self._second = int(now)
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second)) + "Z"
+            self._head = '{"timestamp": "' + stamp + '", "event": "statement"'
+        body = json.dumps(fields, default=str)
+        line = self._head + (", " + prefix if prefix else "") + (", " + body[1:] if fields else "}")
         with self._lock:
             self._out.write(line + "\n")
         if not self._flush_scheduled:

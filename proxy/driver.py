@@ -201,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         self._pending_data: list[bytes] = []
         self._bytes_reported = (0, 0)
         self._request_sinks: tuple[QueryRecorder, TenantStats, str] | None = None
+        self._audit_prefix: str | None = None
         self._reading_paused = False
         self.log = log
 
@@ -497,9 +498,14 @@ class ClientConnection(asyncio.Protocol):
         assert session is not None and proxy.audit is not None
         decision = req.decision
         rewritten = decision.sql if isinstance(decision, Rewrite) else None
+        prefix = self._audit_prefix
+        if prefix is None:  # the session's own fields, encoded once
+            info = session.info
+            prefix = self._audit_prefix = proxy.audit.fields(
+                session_id=info.session_id, tenant=info.tenant, user=info.user,
+                application_name=info.application_name, client_addr=info.client_address)
         proxy.audit.record(
-            session_id=session.info.session_id, tenant=session.info.tenant, user=session.info.user,
-            application_name=session.info.application_name, client_addr=session.info.client_address,
+            prefix,
             end_user=session.end_user or end_user_from_sql(req.sql), kind=req.kind,
             decision=type(decision).__name__.lower() if decision is not None else "none",
             rule=decision.rule if isinstance(decision, Deny) else (

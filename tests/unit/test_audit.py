@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 from proxy.audit import FLUSH_INTERVAL, AuditLog
@@ -47,3 +48,20 @@ def test_without_a_loop_every_record_is_written_at_once(tmp_path: Path) -> None:
     log.record(sql="SELECT 1")
     assert [x["sql"] for x in _lines(path)] == ["SELECT 1"]
     log.close()
+
+
+def test_session_fields_are_encoded_once_and_lines_stay_json(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, redact_literals=False)
+    prefix = log.fields(session_id="s1", tenant='we"ird', user="u")
+    log.record(prefix, sql="SELECT 1", rows=1)
+    log.record(prefix)
+    log.record(sql="SELECT 2")
+    log.close()
+    first, bare, plain = _lines(path)
+    assert list(first) == ["timestamp", "event", "session_id", "tenant", "user", "sql", "rows"]
+    assert first["tenant"] == 'we"ird' and first["event"] == "statement"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["timestamp"])
+    assert bare == {"timestamp": bare["timestamp"], "event": "statement", "session_id": "s1", "tenant": 'we"ird',
+                    "user": "u"}
+    assert plain["sql"] == "SELECT 2" and "session_id" not in plain
