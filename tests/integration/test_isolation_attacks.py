@@ -206,6 +206,9 @@ SN, C, D, ALL = "SN", "C", "D", "SNCD"
 GAP_OID_NAMES = ("catalog hygiene: an OID-to-name conversion of a column (`g::regclass` over generate_series, "
                  "`attrelid::regclass` from an unfiltered catalog) names other tenants' objects with their schema; "
                  "the proxy filters the catalogs that list schemas and objects, not every OID a query can produce")
+GAP_NAME_COLUMN = ("catalog hygiene: a schema name held in a column (VALUES, a CTE, a parameter cast to text) and "
+                   "cast to regnamespace is resolved by PostgreSQL without any privilege: the proxy checks only "
+                   "literals, so the query reveals whether another tenant's schema exists")
 GAP_SYSTEM_COLUMNS = ("wrong result: system columns (ctid, xmin, tableoid) of a tenant-scoped table are lost in the "
                       "filtered subquery `(SELECT * FROM t WHERE …) t`, so the query fails with 42703")
 NEW_CUSTOMER = ("INSERT INTO customers (id, name, email, segment, created_at, is_active) "
@@ -257,6 +260,8 @@ ATTACKS: list[Attack] = [
     Attack("qual_regclass_expression", "SELECT ('two' || '_co.orders')::regclass::oid", C, "deny", by="proxy"),
     Attack("qual_relation_size_param", "SELECT pg_total_relation_size(%s)", C, "deny", by="proxy",
            params=("two_co.orders",)),
+    Attack("qual_regnamespace_from_column", "SELECT n::regnamespace::oid FROM (VALUES ('two_co')) v(n)", C, "deny",
+           by="proxy", xfail={"schema": GAP_NAME_COLUMN}),
     Attack("catalog_oid_scan_regclass",
            "SELECT string_agg(g::regclass::text, ',') FROM generate_series(16384, 17384) g"
            " WHERE g::regclass::text LIKE '%%.%%'", C, "any", xfail={"schema": GAP_OID_NAMES}),
