@@ -45,6 +45,11 @@ _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 Decide = Callable[[str, str], Decision]
 
 
+def _undecided(_kind: str, _sql: str) -> Decision:
+    """The gate before a policy is attached: never called (the gate handlers come with the policy)."""
+    return Deny("XX000", "no tenant policy is attached to this session", "", "internal_error")
+
+
 class State(enum.Enum):
     STARTUP = "startup"  # waiting for SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
     TLS_HANDSHAKE = "tls_handshake"  # 'S' sent; the driver runs the TLS handshake
@@ -155,7 +160,7 @@ class ClientSession:
             intercept=frozenset({m.TERMINATE}), max_length=config.limits.max_message_length
         )
         self.backend_stream = MessageStream(limit_all=False)
-        self.decide: Decide | None = None
+        self.decide: Decide = _undecided  # replaced by enable_policy, which also installs the gate handlers
         self._policy_token: Callable[[], object] = lambda: None
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
@@ -463,14 +468,11 @@ class ClientSession:
 
     def _gate_query(self, body: bytes) -> bytes | None:
         """Apply the policy to a Query: None forwards it as it is, else the bytes to forward in its place."""
-        decide = self.decide
-        if decide is None:
-            return None
         try:
             query = m.Query.decode(body)
         except m.InvalidText:
             return self._deny_invalid_text(m.QUERY, body)
-        decision = decide("query", query.sql)
+        decision = self.decide("query", query.sql)
         self.tracker.on_query(query.sql, decision)
         if type(decision) is Allow:
             return None
@@ -481,9 +483,6 @@ class ClientSession:
 
     def _gate_parse(self, body: bytes) -> bytes | None:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
-        decide = self.decide
-        if decide is None:
-            return None
         memo = self._parse_memo
         token = self._policy_token()
         if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
@@ -496,7 +495,7 @@ class ClientSession:
             parse = m.Parse.decode(body)
         except m.InvalidText:
             return self._deny_invalid_text(m.PARSE, body)
-        decision = decide("parse", parse.sql)
+        decision = self.decide("parse", parse.sql)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         if type(decision) is Allow:
