@@ -137,7 +137,8 @@ def accessible_bindir(bindir: Path, who: RunAs, scratch: Path) -> Path:
     return dest / "bin"
 
 
-def _chown_tree(root: Path, who: RunAs) -> None:
+def chown_tree(root: Path, who: RunAs) -> None:
+    """Give `root` and everything below it to `who` (symlinks themselves, not their targets)."""
     os.chown(root, who.uid, who.gid)
     for dirpath, dirs, files in os.walk(root):
         for name in dirs + files:
@@ -156,7 +157,7 @@ def world_traversable(path: Path) -> bool:
     return True
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """preexec_fn: the server gets SIGQUIT (immediate shutdown) if we die without stopping it."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -170,15 +171,17 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free on `host` a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _conf_value(value: str | int | bool) -> str:
+def conf_value(value: str | int | float | bool) -> str:
+    """A value as postgresql.conf spells it."""
     if isinstance(value, bool):
         return "on" if value else "off"
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(value)
     return "'" + value.replace("'", "''") + "'"
 
@@ -247,7 +250,7 @@ class EmbeddedPostgres:
 
     def _own(self, path: Path) -> None:
         if self.run_as is not None:
-            _chown_tree(path, self.run_as)
+            chown_tree(path, self.run_as)
 
     def init(self) -> None:
         """initdb: SCRAM for everyone, UTF8, C locale, no fsync."""
@@ -294,7 +297,7 @@ class EmbeddedPostgres:
             "dynamic_shared_memory_type": "posix" if _shm_ok() else "mmap",
         }
         conf = self.data_dir / "pgtenant-demo.conf"
-        conf.write_text("".join(f"{k} = {_conf_value(v)}\n" for k, v in settings.items()))
+        conf.write_text("".join(f"{k} = {conf_value(v)}\n" for k, v in settings.items()))
         main = self.data_dir / "postgresql.conf"
         text = main.read_text()
         if "include 'pgtenant-demo.conf'" not in text:
@@ -320,7 +323,7 @@ class EmbeddedPostgres:
                 self._proc = subprocess.Popen(
                     [str(self.bindir / "postgres"), "-D", str(self.data_dir)],
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,  # Ctrl-C is ours to forward
-                    preexec_fn=_die_with_parent(), **self._spawn_kwargs(),
+                    preexec_fn=die_with_parent(), **self._spawn_kwargs(),
                 )
             if self._wait_ready(timeout):
                 return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import functools
 import glob
@@ -13,13 +12,12 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +26,8 @@ from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
+
+from proxy.embedded import RunAs, chown_tree, conf_value, die_with_parent, free_port, world_traversable
 
 from .certs import TlsFiles, make_certs
 
@@ -217,13 +217,7 @@ def default_installation() -> PgInstallation:
 # --------------------------------------------------------------------------- running as root
 
 
-@dataclass(frozen=True)
-class _RunAs:
-    """Unprivileged identity used to run initdb/postgres when the test process is root."""
-
-    name: str
-    uid: int
-    gid: int
+_RunAs = RunAs  # the unprivileged identity initdb/postgres run as when the test process is root
 
 
 def _ensure_unprivileged_user() -> _RunAs:
@@ -291,63 +285,6 @@ def _make_accessible(inst: PgInstallation, run_as: _RunAs) -> PgInstallation:
     if not _user_can_run(copied, run_as):
         raise PgClusterError(f"user {run_as.name} cannot execute {inst.bindir} nor its copy {copied.bindir}")
     return copied
-
-
-def _world_traversable(path: Path) -> bool:
-    """True if every directory from / to ``path`` has the other-execute bit."""
-    p = path.resolve()
-    for d in [p, *p.parents]:
-        try:
-            if not os.stat(d).st_mode & 0o001:
-                return False
-        except OSError:
-            return False
-    return True
-
-
-def _chown_tree(root: Path, run_as: _RunAs) -> None:
-    """Recursively chown ``root`` to ``run_as``."""
-    os.chown(root, run_as.uid, run_as.gid)
-    for dirpath, dirs, files in os.walk(root):
-        for name in dirs + files:
-            os.chown(os.path.join(dirpath, name), run_as.uid, run_as.gid, follow_symlinks=False)
-
-
-@functools.lru_cache(maxsize=1)
-def _libc_prctl() -> Callable[..., int] | None:
-    """``prctl`` from libc, loaded in the parent so the post-fork hook does no dlopen."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    """preexec_fn making the server get SIGQUIT (immediate shutdown) if the test process dies."""
-    prctl = _libc_prctl()
-    if prctl is None:
-        return None
-
-    def hook() -> None:
-        prctl(1, int(signal.SIGQUIT))  # PR_SET_PDEATHSIG; runs after the uid switch, so it sticks
-
-    return hook
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _conf_value(value: SettingValue) -> str:
-    """Render a postgresql.conf value."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int | float):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _quote_conninfo(value: str) -> str:
@@ -469,7 +406,7 @@ class PgCluster:
         if self._run_as is not None:
             self.installation = _make_accessible(self.installation, self._run_as)
         parent = self._base_parent
-        if parent is None and self._run_as is not None and not _world_traversable(Path(tempfile.gettempdir())):
+        if parent is None and self._run_as is not None and not world_traversable(Path(tempfile.gettempdir())):
             parent = Path("/tmp")
         self.base_dir = Path(tempfile.mkdtemp(prefix=f"pgtenant-{self.installation.id}-", dir=parent))
         self._finalizer = weakref.finalize(self, _cleanup, None, self.base_dir)
@@ -516,7 +453,7 @@ class PgCluster:
             self.tls = make_certs(base / "tls")
         os.chmod(base, 0o700)
         if self._run_as is not None:
-            _chown_tree(base, self._run_as)
+            chown_tree(base, self._run_as)
         argv = [
             "initdb", "-D", self.data_dir, "-U", self.superuser, f"--pwfile={pwfile}",
             "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync",
@@ -563,7 +500,7 @@ class PgCluster:
 
     def _write_config(self) -> None:
         """(Re)write our settings into postgresql.auto.conf-independent include file and pg_hba.conf."""
-        lines = [f"{k} = {_conf_value(v)}" for k, v in self.settings().items()]
+        lines = [f"{k} = {conf_value(v)}" for k, v in self.settings().items()]
         conf = self.data_dir / "pgtenant.conf"
         conf.write_text("\n".join(lines) + "\n")
         main = self.data_dir / "postgresql.conf"
@@ -601,7 +538,7 @@ class PgCluster:
                 proc = subprocess.Popen(
                     self._server_cmd("postgres", "-D", self.data_dir),
                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                    preexec_fn=_die_with_parent_hook(), **self._spawn_kwargs(),
+                    preexec_fn=die_with_parent(), **self._spawn_kwargs(),
                 )
             finally:
                 log.close()
