@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import os
 import pwd
@@ -20,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,13 +187,71 @@ def conf_value(value: str | int | float | bool) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _shm_ok() -> bool:
+@functools.lru_cache(maxsize=1)
+def shm_ok() -> bool:
     """Whether /dev/shm is big enough for POSIX dynamic shared memory (small in some containers)."""
     try:
         st = os.statvfs("/dev/shm")
     except OSError:
         return False
     return st.f_bavail * st.f_frsize >= 256 * 1024 * 1024
+
+
+def poll_ready(
+    proc: subprocess.Popen[bytes], dsns: Sequence[str], timeout: float
+) -> tuple[bool | None, Exception | None]:
+    """Poll until a login with every DSN works: (True, None); (False, None) if the server died first;
+    (None, the last login error) on timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False, None
+        try:
+            for dsn in dsns:
+                with psycopg.connect(dsn, connect_timeout=5) as conn:
+                    conn.execute("SELECT 1")
+            return True, None
+        except psycopg.OperationalError as exc:
+            last = exc
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+    return None, last
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a postmaster: fast shutdown (SIGINT), escalating to immediate (SIGQUIT), then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def throwaway_settings() -> dict[str, str | int | bool]:
+    """postgresql.conf settings every throwaway cluster shares (demo, tests): speed over durability, UTC,
+    C messages, SCRAM passwords."""
+    return {
+        "fsync": False,
+        "synchronous_commit": False,
+        "full_page_writes": False,
+        "wal_level": "minimal",
+        "max_wal_senders": 0,
+        "jit": False,
+        "password_encryption": "scram-sha-256",
+        "timezone": "UTC",
+        "log_timezone": "UTC",
+        "lc_messages": "C",
+        "logging_collector": False,
+        "log_min_messages": "warning",
+        "dynamic_shared_memory_type": "posix" if shm_ok() else "mmap",
+    }
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -281,20 +340,8 @@ class EmbeddedPostgres:
             "unix_socket_directories": str(self.socket_dir),
             "max_connections": 200,
             "shared_buffers": "128MB",
-            "fsync": False,  # a throwaway demo: speed over durability
-            "synchronous_commit": False,
-            "full_page_writes": False,
-            "wal_level": "minimal",
-            "max_wal_senders": 0,
             "max_wal_size": "1GB",
-            "jit": False,
-            "password_encryption": "scram-sha-256",
-            "timezone": "UTC",
-            "log_timezone": "UTC",
-            "lc_messages": "C",
-            "logging_collector": False,
-            "log_min_messages": "warning",
-            "dynamic_shared_memory_type": "posix" if _shm_ok() else "mmap",
+            **throwaway_settings(),
         }
         conf = self.data_dir / "pgtenant-demo.conf"
         conf.write_text("".join(f"{k} = {conf_value(v)}\n" for k, v in settings.items()))
@@ -335,21 +382,9 @@ class EmbeddedPostgres:
 
     def _wait_ready(self, timeout: float) -> bool:
         assert self._proc is not None
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                return False
-            try:
-                for tcp in (False, True):
-                    with psycopg.connect(self.dsn(tcp=tcp), connect_timeout=5) as conn:
-                        conn.execute("SELECT 1")
-                return True
-            except psycopg.OperationalError as exc:
-                last = exc
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
+        ready, last = poll_ready(self._proc, [self.dsn(tcp=False), self.dsn(tcp=True)], timeout)
+        if ready is not None:
+            return ready
         self.stop()
         raise EmbeddedError(f"postgres not ready after {timeout:.0f}s (last error: {last}); log:\n{self.read_log()}")
 
@@ -360,13 +395,5 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Fast shutdown (SIGINT), escalating to immediate (SIGQUIT) and SIGKILL. Idempotent."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if proc is not None:
+            stop_server(proc)

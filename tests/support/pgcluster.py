@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import glob
@@ -27,7 +26,17 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from proxy.embedded import RunAs, chown_tree, conf_value, die_with_parent, free_port, world_traversable
+from proxy.embedded import (
+    RunAs,
+    chown_tree,
+    conf_value,
+    die_with_parent,
+    free_port,
+    poll_ready,
+    stop_server,
+    throwaway_settings,
+    world_traversable,
+)
 
 from .certs import TlsFiles, make_certs
 
@@ -478,20 +487,8 @@ class PgCluster:
             "max_connections": self.max_connections,
             "superuser_reserved_connections": 3,
             "shared_buffers": "32MB",
-            "fsync": False,
-            "synchronous_commit": False,
-            "full_page_writes": False,
-            "wal_level": "minimal",
-            "max_wal_senders": 0,
-            "jit": False,
-            "password_encryption": "scram-sha-256",
-            "timezone": "UTC",
-            "log_timezone": "UTC",
-            "lc_messages": "C",
-            "logging_collector": False,
-            "log_min_messages": "warning",
             "log_line_prefix": "%m [%p] %q%u@%d ",
-            "dynamic_shared_memory_type": "posix" if _shm_ok() else "mmap",
+            **throwaway_settings(),
         }
         if self.tls is not None:
             s.update(ssl=True, ssl_cert_file=str(self.tls.cert_file), ssl_key_file=str(self.tls.key_file))
@@ -557,21 +554,10 @@ class PgCluster:
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> bool:
         """Poll until a SCRAM login over the unix socket and over TCP works; False if the server died."""
-        deadline = time.monotonic() + self.startup_timeout
-        delay = 0.01
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return False
-            try:
-                for host in (str(self.socket_dir), self.host):
-                    with psycopg.connect(self.dsn(host=host, sslmode="disable"), connect_timeout=5) as conn:
-                        conn.execute("SELECT 1")
-                return True
-            except psycopg.OperationalError as exc:
-                last = exc
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
+        dsns = [self.dsn(host=host, sslmode="disable") for host in (str(self.socket_dir), self.host)]
+        ready, last = poll_ready(proc, dsns, self.startup_timeout)
+        if ready is not None:
+            return ready
         raise PgClusterError(
             f"postgres not ready after {self.startup_timeout}s (last error: {last}); log:\n{self.read_log()}"
         )
@@ -686,27 +672,10 @@ class PgCluster:
         return f"<PgCluster {self.installation.id} {self.installation.version} port={self.port} dir={self.base_dir}>"
 
 
-@functools.lru_cache(maxsize=1)
-def _shm_ok() -> bool:
-    """Whether /dev/shm is big enough for POSIX dynamic shared memory (small in some containers)."""
-    try:
-        st = os.statvfs("/dev/shm")
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize >= 256 * 1024 * 1024
-
-
 def _cleanup(proc: subprocess.Popen[bytes] | None, base_dir: Path | None) -> None:
     """Stop ``proc`` (fast shutdown, escalating) and delete ``base_dir``."""
-    if proc is not None and proc.poll() is None:
-        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 10.0), (signal.SIGKILL, 10.0)):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+    if proc is not None:
+        stop_server(proc)
     if base_dir is not None:
         shutil.rmtree(base_dir, ignore_errors=True)
 
