@@ -82,6 +82,11 @@ def is_allowed(policy: TenantPolicy, names: tuple[str, ...]) -> bool:
     return qualified in policy.extra_allowed_functions or name in policy.extra_allowed_functions
 
 
+# Advisory locks are keyed per database: outside the database strategy every tenant of the database shares
+# them, so one tenant could block another's or learn that another session holds a key (like NOTIFY channels).
+ADVISORY_PREFIXES: tuple[str, ...] = ("pg_advisory_", "pg_try_advisory_")
+
+
 def check(policy: TenantPolicy, analysis: Analysis) -> None:
     """Deny the first call that is not allowed; apply the settings rules to set_config & co."""
     for call in analysis.calls:
@@ -90,6 +95,8 @@ def check(policy: TenantPolicy, analysis: Analysis) -> None:
             raise fail("cross_database", "function name " + ".".join(names) + " has too many parts")
         if not is_allowed(policy, names):
             raise fail("function_not_allowed", "function " + ".".join(names) + "() is not allowed")
+        if policy.strategy != "database" and names[-1].startswith(ADVISORY_PREFIXES):
+            raise fail("advisory_lock_shared", f"{names[-1]}() is not allowed in this strategy")
         settings.check_function(policy, call)
     for fields in analysis.column_refs:
         # `t.f` calls f(t) when t has no column f (functional notation): never-allowed names are refused here.

@@ -55,6 +55,11 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "COPY to or from a server file is not allowed; use COPY ... TO STDOUT / FROM STDIN (psql \\copy).",
     ),
+    "advisory_lock_shared": (
+        INSUFFICIENT_PRIVILEGE,
+        "Advisory locks are shared by every tenant of this database and are not available; use the database "
+        "strategy for a database of your own.",
+    ),
     "notify_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "LISTEN/NOTIFY channels are shared by every tenant of this database and are not available.",

@@ -670,6 +670,9 @@ ATTACKS: list[Attack] = [
     Attack("fn_current_query", "SELECT current_query()", ALL, "deny", by="proxy"),
     Attack("fn_pg_notify", "SELECT pg_notify('bi_channel', 'x')", "SNC", "deny", by="proxy"),
     Attack("fn_notify_statement", "NOTIFY bi_channel, 'x'", "SNC", "deny", by="proxy"),
+    Attack("fn_advisory_lock_probe", "SELECT pg_try_advisory_lock(4242), pg_advisory_unlock(4242)", "SNC", "deny",
+           by="proxy"),
+    Attack("fn_advisory_xact_lock", "SELECT pg_advisory_xact_lock(4242)", "SNC", "deny", by="proxy"),
     Attack("fn_listen_statement", "LISTEN bi_channel", "SNC", "deny", by="proxy"),
     # --- EXPLAIN ---------------------------------------------------------------------------------------------------
     Attack("explain_analyze_verbose", "EXPLAIN (ANALYZE, VERBOSE) SELECT * FROM orders", ALL,
