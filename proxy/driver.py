@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from time import perf_counter
 
+from proxy import _accel, dbcheck, errors
 from proxy import admin as admin_console
-from proxy import dbcheck, errors
 from proxy.actions import (
     Action,
     AdminQuery,
@@ -854,7 +854,7 @@ class Proxy:
         except OSError as exc:
             listen = self.config.listen
             raise StartupError(f"listen: cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from exc
-        log.info("listening", address=self.addresses())
+        log.info("listening", address=self.addresses(), compiled_hot_path=_accel.status())
 
     def addresses(self) -> list[str]:
         if self.server is None:

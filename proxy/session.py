@@ -166,11 +166,10 @@ class ClientSession:
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
         self.on_decision = on_decision
         self.tracker = RequestTracker(clock, on_request_done)
-        tracker = self.tracker
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = {
             m.READY_FOR_QUERY: self._on_ready_for_query,
-            m.COMMAND_COMPLETE: tracker.on_command_complete,
+            m.COMMAND_COMPLETE: self._on_command_complete,
             m.ERROR_RESPONSE: self._on_error_response,
             m.PARAMETER_STATUS: self._on_parameter_status,
             m.COPY_IN_RESPONSE: self._on_copy_in_response,
@@ -564,6 +563,9 @@ class ClientSession:
     def _on_ready_for_query(self, body: bytes) -> None:
         self.info.tx_status = body[:1]
         self.tracker.on_ready()
+
+    def _on_command_complete(self, body: bytes) -> None:
+        self.tracker.on_command_complete(body)
 
     def _on_parameter_status(self, body: bytes) -> None:
         name, value = m.decode_parameter_status(body)

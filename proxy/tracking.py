@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from proxy.policy.model import Decision
 from proxy.stmtkind import statement_kind
@@ -13,20 +12,22 @@ _MAX_STATEMENTS = 10_000
 _MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped (their attribution is lost)
 
 
-@dataclass(slots=True)
 class Request:
     """One request in flight: what it was, what the policy said, how it ended."""
 
-    start: float
-    kind: str = "other"
-    sql: str = ""
-    decision: Decision | None = None
-    outcome: str = "ok"  # ok | error | denied
-    sqlstate: str | None = None
-    rows: int = 0
-    end: float = 0.0
-    extra: list[tuple[str, Decision | None]] | None = None  # further statements of a batch
-    closed_by_sync: bool = False
+    __slots__ = ("closed_by_sync", "decision", "end", "extra", "kind", "outcome", "rows", "sql", "sqlstate", "start")
+
+    def __init__(self, start: float, kind: str = "other", sql: str = "", decision: Decision | None = None) -> None:
+        self.start = start
+        self.kind = kind
+        self.sql = sql
+        self.decision = decision
+        self.outcome = "ok"  # ok | error | denied
+        self.sqlstate: str | None = None
+        self.rows = 0
+        self.end = 0.0
+        self.extra: list[tuple[str, Decision | None]] | None = None  # further statements of a batch
+        self.closed_by_sync = False
 
     @property
     def duration(self) -> float:

@@ -9,6 +9,9 @@ from functools import partial
 
 _LEN = struct.Struct("!I")
 
+# True in the build Cython compiled (setup.py): there the header is read with C byte arithmetic.
+_COMPILED = not __file__.endswith(".py")
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -166,7 +169,10 @@ class MessageStream:
         unpack = _LEN.unpack_from
         while n - pos >= 5:
             t = buf[pos]
-            (length,) = unpack(buf, pos + 1)
+            if _COMPILED:
+                length = (buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
+            else:
+                (length,) = unpack(buf, pos + 1)
             if length < 4:
                 raise FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length

@@ -1,0 +1,15 @@
+# C types for session.py when Cython compiles it (setup.py); the .py stays the source of truth.
+
+from proxy.protocol.stream cimport MessageStream
+from proxy.tracking cimport RequestTracker
+
+cdef class ClientSession:
+    cdef public object config, state, info, throttle, clock, channel_binding
+    cdef public bint tls_available, is_admin
+    cdef public object user_config, tenant, backend, backend_parameters, scram, process_id, secret_key
+    cdef public bytes _startup_buf
+    cdef public MessageStream _auth_stream, frontend, backend_stream
+    cdef public object decide, _policy_token, _parse_memo, on_decision
+    cdef public RequestTracker tracker
+    cdef public dict _frontend_tracked, _denials
+    cdef public object end_user, revoked

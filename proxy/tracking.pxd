@@ -1,0 +1,29 @@
+# C types for tracking.py when Cython compiles it (setup.py); the .py stays the source of truth.
+
+cdef class Request:
+    cdef public double start, end
+    cdef public str kind, sql, outcome
+    cdef public object decision, sqlstate, extra
+    cdef public long long rows
+    cdef public bint closed_by_sync
+
+cdef class RequestTracker:
+    cdef public object clock, on_done, pending
+    cdef public Py_ssize_t dropped
+    cdef object _batch
+    cdef dict _statements
+    cdef public bint copy_in
+    cdef Py_ssize_t _swallowed_syncs
+    cdef void _push(self, Request req)
+    cdef Request _batch_request(self)
+    cpdef void on_query(self, str sql, decision)
+    cpdef void on_function_call(self, decision)
+    cpdef void on_parse(self, str name, str sql, decision, kind=*)
+    cpdef void on_bind(self, str statement)
+    cpdef void on_close_statement(self, str name)
+    cpdef void on_sync(self)
+    cpdef void on_copy_in(self)
+    cpdef void on_copy_end(self)
+    cpdef void on_error(self, sqlstate, bint denied=*)
+    cpdef void on_command_complete(self, bytes tag)
+    cpdef on_ready(self)
