@@ -21,11 +21,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# gcc compiles the relay's hot path (setup.py, Cython); only this stage has it, the runtime image does not.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 RUN python -m venv /opt/pgtenant \
     && /opt/pgtenant/bin/pip install --no-cache-dir . \
-    && /opt/pgtenant/bin/pgtenant --help >/dev/null
+    && /opt/pgtenant/bin/pgtenant --help >/dev/null \
+    && /opt/pgtenant/bin/python -c "from proxy import _accel; s = _accel.status(); assert set(s.values()) == {'compiled'}, s"
 
 # --- runtime: the same slim base, the venv, a non-root user ----------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -556,7 +556,9 @@ def snapshot_code(stack: contextlib.ExitStack) -> None:
     where = first_line([sys.executable, "-c", "import proxy; print(proxy.__file__)"], cwd=tmp)
     assert where.startswith(str(tmp)), where
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((tmp / "proxy").rglob("*.py")))).hexdigest()
-    code_versions["snapshot"] = f"{version} (snapshot of proxy/ at start, sha256 of *.py {digest[:12]})"
+    build = first_line([sys.executable, "-c", "import proxy, json; print(json.dumps(proxy._accel.status()))"], cwd=tmp)
+    compiled = "compiled hot path" if set(json.loads(build).values()) == {"compiled"} else f"pure Python: {build}"
+    code_versions["snapshot"] = f"{version} (snapshot of proxy/ at start, sha256 of *.py {digest[:12]}; {compiled})"
 
 
 def versions(pgbouncer: str | None, cluster: PgCluster) -> dict[str, str]:

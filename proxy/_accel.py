@@ -75,12 +75,22 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, _source(fullname))
 
 
+def _strays() -> set[str]:
+    """Modules with a compiled file but no `.pxd` (left by an old build): never imported from that file."""
+    found = set()
+    for lib in (*_PACKAGE.rglob("*.so"), *_PACKAGE.rglob("*.pyd")):
+        module = lib.parent / lib.name.split(".", 1)[0]
+        if not module.with_suffix(".pxd").exists() and module.with_suffix(".py").exists():
+            found.add(".".join(module.relative_to(_PACKAGE.parent).parts))
+    return found
+
+
 def install() -> None:
     """Decide once per process, before any accelerated module is imported (called from `proxy/__init__.py`)."""
     if _status:
         return
     _status.update(_decide())
-    source_only = {m for m, s in _status.items() if s != "compiled"}
+    source_only = {m for m, s in _status.items() if s != "compiled"} | _strays()
     if source_only:
         sys.meta_path.insert(0, _SourceFinder(source_only))
 

@@ -4,6 +4,7 @@ that `PGTENANT_PURE=1` runs the Python sources (`make test` runs the unit suite 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import json
 import os
 import shutil
@@ -91,3 +92,14 @@ def test_without_a_manifest_nothing_compiled_runs(tmp_path: Path) -> None:
     (tmp_path / "proxy" / "_accel_manifest.json").unlink(missing_ok=True)
     status = _status_in(tmp_path)
     assert all(s == "pure: not compiled" and f.endswith(".py") for s, f in status.values())
+
+
+def test_a_compiled_file_without_a_pxd_is_never_imported(tmp_path: Path) -> None:
+    """A module that was compiled once and no longer is (its .pxd removed) runs from its .py."""
+    shutil.copytree(ROOT / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
+    stray = tmp_path / "proxy" / f"stmtkind{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    stray.write_bytes(b"not a shared object")  # importing it would fail loudly
+    code = "import proxy.stmtkind as k; print(k.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == str(tmp_path / "proxy" / "stmtkind.py")
