@@ -1,5 +1,7 @@
 # C types for session.py when Cython compiles it (setup.py); the .py stays the source of truth.
 
+import cython
+
 from proxy.protocol.stream cimport MessageStream
 from proxy.tracking cimport RequestTracker
 
@@ -13,3 +15,6 @@ cdef class ClientSession:
     cdef public RequestTracker tracker
     cdef public dict _frontend_tracked, _denials
     cdef public object end_user, revoked
+
+@cython.locals(end=Py_ssize_t, stmt_end=Py_ssize_t)
+cdef str _bind_statement(bytes body)

@@ -50,6 +50,15 @@ def _undecided(_kind: str, _sql: str) -> Decision:
     return Deny("XX000", "no tenant policy is attached to this session", "", "internal_error")
 
 
+def _bind_statement(body: bytes) -> str | None:
+    """The prepared statement a Bind names (None when the body is malformed: the backend says so)."""
+    end = body.find(b"\x00")
+    stmt_end = body.find(b"\x00", end + 1)
+    if end < 0 or stmt_end <= end:
+        return None
+    return body[end + 1 : stmt_end].decode("utf-8", "replace")
+
+
 class State(enum.Enum):
     STARTUP = "startup"  # waiting for SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
     TLS_HANDSHAKE = "tls_handshake"  # 'S' sent; the driver runs the TLS handshake
@@ -468,14 +477,14 @@ class ClientSession:
     def _gate_query(self, body: bytes) -> bytes | None:
         """Apply the policy to a Query: None forwards it as it is, else the bytes to forward in its place."""
         try:
-            query = m.Query.decode(body)
+            sql = m.query_text(body)
         except m.InvalidText:
             return self._deny_invalid_text(m.QUERY, body)
-        decision = self.decide("query", query.sql)
-        self.tracker.on_query(query.sql, decision)
+        decision = self.decide("query", sql)
+        self.tracker.on_query(sql, decision)
         if type(decision) is Allow:
             return None
-        self._report("query", query.sql, decision)
+        self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
             return m.Query(decision.sql).encode()
         return m.Query(self._deny_marker(decision)).encode()
@@ -545,10 +554,9 @@ class ClientSession:
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
     def _on_bind(self, body: bytes) -> None:
-        end = body.find(b"\x00")
-        stmt_end = body.find(b"\x00", end + 1)
-        if end >= 0 and stmt_end > end:
-            self.tracker.on_bind(body[end + 1 : stmt_end].decode("utf-8", "replace"))
+        statement = _bind_statement(body)
+        if statement is not None:
+            self.tracker.on_bind(statement)
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()

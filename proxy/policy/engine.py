@@ -152,9 +152,10 @@ class DecisionCache:
         self.misses += 1
         split = shape.split(sql)
         if split is not None:
-            text, literals = split
-            skey = (policy, text)
+            key, literals = split
+            skey = (policy, key)
             if skey not in self._shapes:
+                text = shape.text(key)
                 by_shape = shape.from_decision(text, len(literals), decide(policy, text, timings))
                 self._store(self._shapes, skey, by_shape)
                 if by_shape is not None:

@@ -168,16 +168,21 @@ def _cstring(body: bytes, pos: int) -> tuple[str, int]:
         raise InvalidText("invalid UTF-8 in string") from exc
 
 
+def query_text(body: bytes) -> str:
+    """The SQL of a Query body, without building a `Query` (the relay's hot path)."""
+    sql, pos = _cstring(body, 0)
+    if pos != len(body):
+        raise DecodeError("trailing bytes after Query string")
+    return sql
+
+
 @dataclass(frozen=True, slots=True)
 class Query:
     sql: str
 
     @classmethod
     def decode(cls, body: bytes) -> Query:
-        sql, pos = _cstring(body, 0)
-        if pos != len(body):
-            raise DecodeError("trailing bytes after Query string")
-        return cls(sql)
+        return cls(query_text(body))
 
     def encode(self) -> bytes:
         return frame(b"Q", self.sql.encode() + b"\x00")

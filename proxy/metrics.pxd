@@ -1,0 +1,8 @@
+# C types for metrics.py when Cython compiles it (setup.py); the .py stays the source of truth.
+
+cdef class QueryRecorder:
+    cdef tuple _bounds
+    cdef Py_ssize_t _width
+    cdef public dict series
+    cdef public object rows
+    cpdef void record(self, str kind, str outcome, double seconds, long long rows)
