@@ -57,7 +57,7 @@ def _decide() -> dict[str, str]:
     if broken:  # the compiled modules share C types (cimport): they run together or not at all
         for module, state in status.items():
             if state == "compiled":
-                status[module] = f"pure: {', '.join(broken)} cannot use its compiled build"
+                status[module] = f"pure: the compiled modules run together, and {', '.join(broken)} runs pure"
     return status
 
 

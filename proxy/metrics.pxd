@@ -5,4 +5,4 @@ cdef class QueryRecorder:
     cdef Py_ssize_t _width
     cdef public dict series
     cdef public object rows
-    cpdef void record(self, str kind, str outcome, double seconds, long long rows)
+    cpdef void record(self, str kind, str outcome, double seconds, rows)

@@ -4,7 +4,7 @@ cdef class Request:
     cdef public double start, end
     cdef public str kind, sql, outcome
     cdef public object decision, sqlstate, extra
-    cdef public long long rows
+    cdef public object rows  # a Python int: PostgreSQL counts rows in 64 bits, unsigned
     cdef public bint closed_by_sync
 
 cdef class RequestTracker:

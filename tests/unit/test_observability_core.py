@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from proxy import admin
 from proxy.audit import end_user_from_sql, redact
 from proxy.errors import PgError
-from proxy.metrics import Metrics, TenantLabels
+from proxy.metrics import Metrics, QueryRecorder, TenantLabels
 from proxy.policy.model import Allow, Deny
 from proxy.stmtkind import statement_kind
 from proxy.tracking import RequestTracker
@@ -57,6 +57,22 @@ def test_tracker_matches_responses_in_order() -> None:
     ]
     assert done[1].sqlstate == "23505"
     assert t.on_ready() is None  # nothing pending: e.g. the startup ReadyForQuery
+
+
+def test_row_counts_past_64_bits_are_counted_exactly() -> None:
+    """PostgreSQL's row counts are unsigned 64-bit: the compiled build must not narrow them either."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_query("SELECT 1", Allow())
+    t.on_command_complete(b"SELECT 18446744073709551615\x00")
+    t.on_command_complete(b"SELECT 2\x00")
+    t.on_ready()
+    assert done[0].rows == 18446744073709551617
+    recorder = QueryRecorder((0.1, 1.0))
+    recorder.record("select", "ok", 0.5, done[0].rows)
+    recorder.record("select", "ok", 2.0, 1)
+    assert recorder.rows == 18446744073709551618
+    assert recorder.series[("select", "ok")] == [0, 1, 1, 2.5]
 
 
 def test_tracker_denied_outcome() -> None:
