@@ -8,7 +8,6 @@ decides at import time which build of each module runs (see its docstring).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -18,25 +17,10 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-MANIFEST = "_accel_manifest.json"  # in the proxy package: module -> hash of the sources it was compiled from
+sys.path.insert(0, str(ROOT))
+from proxy._accel import MANIFEST, accelerated_sources, source_hash  # noqa: E402  # one definition of each
+
 DIRECTIVES = {"language_level": 3, "annotation_typing": False}
-
-
-def accelerated() -> list[Path]:
-    """The `.py` files that have a `.pxd` beside them (relative to the project root)."""
-    return sorted(p.with_suffix(".py").relative_to(ROOT) for p in (ROOT / "proxy").rglob("*.pxd"))
-
-
-def source_hash(py: Path) -> str:
-    """What a compiled module was built from: its `.py` and its `.pxd`."""
-    digest = hashlib.sha256()
-    for part in (py, py.with_suffix(".pxd")):
-        digest.update(part.read_bytes())
-    return digest.hexdigest()
-
-
-def module_name(py: Path) -> str:
-    return ".".join(py.with_suffix("").parts)
 
 
 class OptionalBuildExt(build_ext):
@@ -64,7 +48,7 @@ class OptionalBuildExt(build_ext):
         targets = [ROOT / "proxy"] if self.inplace else [Path(self.build_lib) / "proxy"]
         for target in targets:
             target.mkdir(parents=True, exist_ok=True)
-            (target / MANIFEST).write_text(text)
+            (target / MANIFEST.name).write_text(text)
 
 
 def ext_modules() -> list:
@@ -76,9 +60,9 @@ def ext_modules() -> list:
         print("pgtenant: Cython is not available; using pure Python", file=sys.stderr)
         return []
     modules = []
-    for py in accelerated():  # one at a time: a module Cython rejects stays pure, the others still compile
+    for py in accelerated_sources():  # one at a time: a module Cython rejects stays pure, the others still compile
         try:
-            modules += cythonize([str(py)], compiler_directives=DIRECTIVES, quiet=True)
+            modules += cythonize([str(py.relative_to(ROOT))], compiler_directives=DIRECTIVES, quiet=True)
         except Exception as exc:  # the import-time check (proxy/_accel.py) then reports it as pure
             print(f"pgtenant: Cython failed on {py} ({exc}); it stays pure Python", file=sys.stderr)
     return modules

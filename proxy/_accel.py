@@ -29,11 +29,17 @@ def _source(module: str) -> Path:
     return _PACKAGE.parent.joinpath(*module.split(".")).with_suffix(".py")
 
 
-def _hash(py: Path) -> str:
+def source_hash(py: Path) -> str:
+    """What a compiled module is built from: its `.py` and its `.pxd` (setup.py records this at build time)."""
     digest = hashlib.sha256()
     for part in (py, py.with_suffix(".pxd")):
         digest.update(part.read_bytes())
     return digest.hexdigest()
+
+
+def accelerated_sources() -> list[Path]:
+    """The `.py` files that have a `.pxd` beside them: the modules setup.py compiles."""
+    return sorted(pxd.with_suffix(".py") for pxd in _PACKAGE.rglob("*.pxd"))
 
 
 def _decide() -> dict[str, str]:
@@ -43,13 +49,13 @@ def _decide() -> dict[str, str]:
         built = {}
     pure = os.environ.get("PGTENANT_PURE") == "1"
     status: dict[str, str] = {}
-    for pxd in sorted(_PACKAGE.rglob("*.pxd")):
-        module = ".".join(pxd.with_suffix("").relative_to(_PACKAGE.parent).parts)
+    for py in accelerated_sources():
+        module = ".".join(py.with_suffix("").relative_to(_PACKAGE.parent).parts)
         if pure:
             status[module] = "pure: PGTENANT_PURE=1"
         elif module not in built:
             status[module] = "pure: not compiled"
-        elif built[module] != _hash(_source(module)):
+        elif built[module] != source_hash(_source(module)):
             status[module] = "pure: the compiled build is older than its source (rebuild: make venv)"
         else:
             status[module] = "compiled"
