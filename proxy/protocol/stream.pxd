@@ -6,7 +6,7 @@ cdef bint _COMPILED
 cdef class MessageStream:
     cdef bytes _role
     cdef list _table
-    cdef object _intercept, _observe, _observer, _handlers
+    cdef object _intercept, _handlers
     cdef bytes _buf
     cdef list _parts
     cdef Py_ssize_t _parts_len, _want, _skip

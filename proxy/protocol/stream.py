@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 
 _LEN = struct.Struct("!I")
 
@@ -33,9 +32,8 @@ class FramingError(Exception):
         self.too_large = too_large
 
 
-# An observer sees a whole message without stopping the run; it may return bytes to put in its place.
-Observer = Callable[[int, bytes], bytes | None]
-# A handler is the same for one message type, given only the body (one call per message on the hot path).
+# A handler sees a whole message of its type without stopping the run (one call per message, given the body);
+# it may return bytes to put in the message's place.
 Handler = Callable[[bytes], bytes | None]
 
 
@@ -48,7 +46,7 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_handlers", "_intercept", "_observe", "_observer", "_parts", "_parts_len", "_role", "_skip",
+        "_buf", "_handlers", "_intercept", "_parts", "_parts_len", "_role", "_skip",
         "_table", "_want", "limit_all", "max_length",
     )
 
@@ -56,20 +54,14 @@ class MessageStream:
         self,
         *,
         intercept: frozenset[int] = frozenset(),
-        observe: frozenset[int] = frozenset(),
-        observer: Observer | None = None,
         max_length: int = 1 << 30,
         limit_all: bool = True,
     ) -> None:
-        self._role = bytes(256)  # per message type: 0 pass, 1 intercept, 2 observe (one index per message)
-        self._table: list[Handler | None] = [None] * 256  # per observed message type: its handler
+        self._role = bytes(256)  # per message type: 0 pass, 1 intercept, 2 handler (one index per message)
+        self._table: list[Handler | None] = [None] * 256  # per handled message type: its handler
         self._intercept: frozenset[int] = frozenset()
-        self._observe: frozenset[int] = frozenset()
-        self._observer: Observer | None = None
         self._handlers: dict[int, Handler] = {}
         self.intercept = intercept
-        self.observe = observe
-        self.observer = observer
         self.max_length = max_length
         self.limit_all = limit_all
         self._buf = b""
@@ -91,28 +83,8 @@ class MessageStream:
         self._build_roles()
 
     @property
-    def observe(self) -> frozenset[int]:
-        """Message types shown to the observer without breaking the run (unless it returns a replacement)."""
-        return self._observe
-
-    @observe.setter
-    def observe(self, types: frozenset[int]) -> None:
-        self._observe = frozenset(types)
-        self._build_roles()
-
-    @property
-    def observer(self) -> Observer | None:
-        """Called as observer(type, body) for the `observe` types that have no handler of their own."""
-        return self._observer
-
-    @observer.setter
-    def observer(self, observer: Observer | None) -> None:
-        self._observer = observer
-        self._build_roles()
-
-    @property
     def handlers(self) -> Mapping[int, Handler]:
-        """Per-type handlers, called as handler(body): observed like `observe`, one call per message."""
+        """Per-type handlers, called as handler(body) without breaking the run (see `Handler`)."""
         return self._handlers
 
     @handlers.setter
@@ -123,10 +95,6 @@ class MessageStream:
     def _build_roles(self) -> None:
         role = bytearray(256)
         table: list[Handler | None] = [None] * 256
-        if self._observer is not None:
-            for t in self._observe:
-                role[t] = 2
-                table[t] = partial(self._observer, t)
         for t, handler in self._handlers.items():
             role[t] = 2
             table[t] = handler

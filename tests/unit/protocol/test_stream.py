@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import pytest
 from hypothesis import given
@@ -62,7 +63,8 @@ def test_observer_sees_and_can_replace() -> None:
         return frame(b"E", b"replaced") if t == ord("E") else None
 
     data = frame(b"D", b"1") + frame(b"E", b"orig") + frame(b"Z", b"I")
-    s = MessageStream(observe=frozenset(b"EZ"), observer=observer)
+    s = MessageStream()
+    s.handlers = {t: partial(observer, t) for t in b"EZ"}
     out = s.feed(data)
     assert seen == [(ord("E"), b"orig"), (ord("Z"), b"I")]
     assert _join(out) == frame(b"D", b"1") + frame(b"E", b"replaced") + frame(b"Z", b"I")
