@@ -73,6 +73,16 @@ class _Transport:
 
     def __init__(self) -> None:
         self.written = 0
+        self.protocol: object = None
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> object:
+        return self.protocol
+
+    def is_closing(self) -> bool:
+        return False
 
     def write(self, data: bytes | memoryview) -> None:
         self.written += len(data)
@@ -132,18 +142,25 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
     link.transport = _Transport()  # type: ignore[assignment]
     link.relaying = True
     conn.link = link
+    conn.start_relay(link)
     if mode == "prepared":  # the statement pgbench prepares once per connection
         name, sql = b"P0_1", SQL.format("$1").encode()
-        conn.data_received(_frame(b"P", name + b"\x00" + sql + b"\x00" + struct.pack("!h", 0)) + _frame(b"S", b""))
-        link.data_received(_frame(b"1", b"") + _frame(b"Z", b"I"))
+        from_client, from_server = _readers(conn, link)
+        from_client(_frame(b"P", name + b"\x00" + sql + b"\x00" + struct.pack("!h", 0)) + _frame(b"S", b""))
+        from_server(_frame(b"1", b"") + _frame(b"Z", b"I"))
     return conn, link
+
+
+def _readers(conn: ClientConnection, link: ServerLink) -> tuple[Callable[[bytes], None], Callable[[bytes], None]]:
+    """The data_received of the protocols the two transports read into."""
+    return conn.transport.get_protocol().data_received, link.transport.get_protocol().data_received  # type: ignore
 
 
 def run(conn: ClientConnection, link: ServerLink, client: Callable[[int], bytes], server: bytes, start: int,
         count: int) -> float:
     """CPU seconds for `count` transactions."""
     pool = [client(start + i) for i in range(1000)]  # distinct literals, built outside the timed loop
-    from_client, from_server = conn.data_received, link.data_received
+    from_client, from_server = _readers(conn, link)
     t0 = time.process_time()
     for i in range(count):
         from_client(pool[i % 1000])

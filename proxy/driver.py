@@ -39,11 +39,12 @@ from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
 from proxy.httpd import OpsServer
 from proxy.logs import get_logger
-from proxy.metrics import DEFAULT_BUCKETS, Metrics, QueryRecorder
-from proxy.ops import AdminView, Ops, TenantStats
+from proxy.metrics import DEFAULT_BUCKETS, Metrics
+from proxy.ops import AdminView, Ops
 from proxy.policy.engine import DecisionCache
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
+from proxy.relay import ClientRelay, ServerRelay
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
 from proxy.tenancy import backend_context, parsing_violation, tenant_policy
@@ -52,7 +53,6 @@ from proxy.tracking import Request
 log = get_logger("pgtenant.driver")
 
 WRITE_HIGH_WATER = 256 * 1024
-_BYTES_FLUSH = 64 * 1024  # byte counters are updated once this much traffic has accumulated
 WRITE_LOW_WATER = 64 * 1024
 
 
@@ -99,7 +99,6 @@ class ServerLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.relaying = False
         self.closed = False
-        self.bytes_in = 0
         self.connected_at = time.monotonic()
         self.gauge_label: str | None = None
 
@@ -109,10 +108,7 @@ class ServerLink(asyncio.Protocol):
         self._run(self.server.initiate())
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        if self.relaying:
-            self.client.from_server(data)
-        else:
+        if not self.relaying:  # once relaying, a ServerRelay reads this socket (ClientConnection.start_relay)
             self._run(self.server.data(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -193,14 +189,14 @@ class ClientConnection(asyncio.Protocol):
         self.session: ClientSession | None = None
         self.link: ServerLink | None = None
         self.closed = False
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self.relay: ClientRelay | None = None  # the transports' protocol once relaying (start_relay)
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._sleeping = False
         self._pending_data: list[bytes] = []
         self._bytes_reported = (0, 0)
-        self._request_sinks: tuple[QueryRecorder, TenantStats, str] | None = None
         self._audit_prefix: str | None = None
         self._reading_paused = False
         self.log = log
@@ -223,30 +219,28 @@ class ClientConnection(asyncio.Protocol):
             tls_available=self.proxy.client_ssl is not None,
             channel_binding=lambda: self.proxy.channel_binding,
             on_decision=self._on_decision,
-            on_request_done=self._on_request_done,
         )
         self.log = log.bind(session_id=sid, client_addr=address)
         self.proxy.clients.add(self)
         self.proxy.metrics.clients.labels("_none", "authenticating").inc()
         self._gauge: tuple[str, str] | None = ("_none", "authenticating")
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
-            self._run([CloseClient(errors.PgError("53300", "sorry, too many clients already", "FATAL"), "too_many")])
+            self.run([CloseClient(errors.PgError("53300", "sorry, too many clients already", "FATAL"), "too_many")])
             return
         self._timer = asyncio.get_running_loop().call_later(cfg.limits.startup_timeout, self._on_timeout)
         self.log.info("connection_accepted")
 
     def data_received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
+        self._bytes_in += len(data)
         session = self.session
         assert session is not None
         if self._sleeping:  # throttled: keep bytes until the delay has passed
             self._pending_data.append(data)
             return
         try:
-            self._run(session.client_data(data))
+            self.run(session.client_data(data))
         except Exception:
-            self.log.exception("internal_error")
-            self.close(errors.internal_error(), "internal_error")
+            self.internal_error()
 
     def eof_received(self) -> bool | None:
         return None
@@ -282,15 +276,37 @@ class ClientConnection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    @property
+    def bytes_in(self) -> int:
+        return self._bytes_in + (self.relay.bytes_in if self.relay is not None else 0)
+
+    @property
+    def bytes_out(self) -> int:
+        return self._bytes_out + (self.relay.bytes_out if self.relay is not None else 0)
+
+    def internal_error(self) -> None:
+        """A bug of ours while handling input (called inside the `except`): logged with its traceback, the
+        client gets XX000 without it."""
+        self.log.exception("internal_error")
+        self.close(errors.internal_error(), "internal_error")
+
     # --- from the server link -----------------------------------------------------------
 
-    def from_server(self, data: bytes) -> None:
-        assert self.session is not None
-        try:
-            self._run(self.session.server_data(data))
-        except Exception:
-            self.log.exception("internal_error")
-            self.close(errors.internal_error(), "internal_error")
+    def start_relay(self, link: ServerLink) -> None:
+        """The session relays from now on: both transports read into the compiled hot path (proxy.relay)."""
+        session, proxy = self.session, self.proxy
+        assert session is not None and self.transport is not None and link.transport is not None
+        tenant = session.info.tenant or "_none"
+        relay = self.relay = ClientRelay(
+            self, session, self.transport, link.transport,
+            recorder=proxy.metrics.query_recorder(proxy.metrics.tenant(tenant)),
+            stats=proxy.ops.tenant_stats(tenant),
+            metrics_enabled=proxy.metrics_enabled,
+            audit=proxy.audit is not None,
+        )
+        session.tracker.on_done = relay.request_done
+        self.transport.set_protocol(relay)
+        link.transport.set_protocol(ServerRelay(link, relay))
 
     def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
         assert self.session is not None
@@ -303,7 +319,7 @@ class ClientConnection(asyncio.Protocol):
                 self.log.error("backend_parsing_mismatch", problem=problem)
                 self.proxy.pool.release(link, reason="parsing_mismatch")
                 self.link = None
-                self._run(self.session.server_failed(errors.backend_settings_unsafe(problem), "parsing_mismatch"))
+                self.run(self.session.server_failed(errors.backend_settings_unsafe(problem), "parsing_mismatch"))
                 return
         self.proxy.cancels.register(
             self.session.process_id,
@@ -328,21 +344,23 @@ class ClientConnection(asyncio.Protocol):
         self._set_gauge(label, "active")
         for notice in ready.notices:
             self.write(notice)
-        self._run(self.session.server_ready(ready.parameters))
+        self.run(self.session.server_ready(ready.parameters))
+        if self.session.state is State.READY and not self.closed:
+            self.start_relay(link)
 
     def server_failed(self, link: ServerLink, reason: str) -> None:
         assert self.session is not None
         backend = link.server.backend
         self.log.warning("backend_failed", backend=backend.name, reason=reason)
         if self.session.state is State.CONNECTING:
-            self._run(self.session.server_failed(errors.backend_unreachable(backend.describe(), reason), "backend"))
+            self.run(self.session.server_failed(errors.backend_unreachable(backend.describe(), reason), "backend"))
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
         if self.link is not link or self.closed:
             return
         assert self.session is not None
         if self.session.state is State.READY:
-            self._run([CloseClient(errors.server_closed(), "server_closed")])
+            self.run([CloseClient(errors.server_closed(), "server_closed")])
         elif self.session.state is State.CONNECTING:
             self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
 
@@ -350,10 +368,10 @@ class ClientConnection(asyncio.Protocol):
 
     def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.closed and data:
-            self.bytes_out += len(data)
+            self._bytes_out += len(data)
             self.transport.write(data)
 
-    def _run(self, actions: list[Action]) -> None:
+    def run(self, actions: list[Action]) -> None:
         for i, action in enumerate(actions):
             if isinstance(action, RelayToServer):
                 if self.link is not None:
@@ -362,11 +380,11 @@ class ClientConnection(asyncio.Protocol):
                 if self.transport is not None and not self.closed:
                     chunks = action.chunks
                     if len(chunks) == 1:
-                        self.bytes_out += len(chunks[0])
+                        self._bytes_out += len(chunks[0])
                         self.transport.write(chunks[0])
                     elif chunks:
                         for c in chunks:
-                            self.bytes_out += len(c)
+                            self._bytes_out += len(c)
                         self.transport.writelines(chunks)
             elif isinstance(action, SendClient):
                 self.write(action.data)
@@ -404,7 +422,7 @@ class ClientConnection(asyncio.Protocol):
             self._pending_data = []
             if self.closed:
                 return
-            self._run(rest)
+            self.run(rest)
             if not self.closed:
                 self.transport.resume_reading()  # type: ignore[union-attr]
                 for data in pending:
@@ -433,7 +451,7 @@ class ClientConnection(asyncio.Protocol):
         if new is None:
             return
         self.transport = new
-        self._run(self.session.tls_done())
+        self.run(self.session.tls_done())
 
     def _set_gauge(self, tenant: str, state: str) -> None:
         gauge = self.proxy.metrics.clients
@@ -458,41 +476,14 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(decision, Rewrite):
             self.log.debug("statement_rewritten", kind=kind, rules=list(decision.rules))
 
-    def _on_request_done(self, req: Request) -> None:
-        """One request answered: metrics, stats and the audit line (never raw SQL in a label)."""
-        sinks = self._request_sinks
-        if sinks is None:
-            sinks = self._request_sinks = self._bind_request_sinks()
-        recorder, st, label = sinks
-        proxy = self.proxy
-        duration = req.end - req.start
-        outcome = req.outcome
-        if proxy.metrics_enabled:
-            recorder.record(req.kind, outcome, duration, req.rows)
-            if outcome == "error" and req.sqlstate:
-                proxy.metrics.backend_errors.labels(label, req.sqlstate[:2]).inc()
-            reported = self._bytes_reported
-            if self.bytes_out + self.bytes_in - reported[0] - reported[1] >= _BYTES_FLUSH:
-                self._flush_bytes()  # counted in batches (and at close), not per request
-        st.queries += 1
-        st.rows += req.rows
-        st.latencies.append(duration)
-        if outcome == "error":
-            st.errors += 1
-        elif outcome == "denied":
-            st.denied += 1
-        if proxy.audit is not None:
-            self._audit(req)
+    def count_backend_error(self, sqlstate: str) -> None:
+        """A request ended in a backend error: counted per tenant and SQLSTATE class."""
+        metrics = self.proxy.metrics
+        assert self.session is not None
+        metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), sqlstate[:2]).inc()
 
-    def _bind_request_sinks(self) -> tuple[QueryRecorder, TenantStats, str]:
-        """The per-tenant recorder, stats and label this session reports to (its tenant never changes)."""
-        session = self.session
-        assert session is not None
-        tenant_name = session.info.tenant or "_none"
-        label = self.proxy.metrics.tenant(tenant_name)
-        return self.proxy.metrics.query_recorder(label), self.proxy.ops.tenant_stats(tenant_name), label
-
-    def _audit(self, req: Request) -> None:
+    def audit(self, req: Request) -> None:
+        """The audit line of one answered request."""
         session = self.session
         proxy = self.proxy
         assert session is not None and proxy.audit is not None
@@ -535,11 +526,11 @@ class ClientConnection(asyncio.Protocol):
             try:
                 problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
             except BackendCheckError as exc:
-                self._run(session.server_failed(errors.backend_unreachable(session.backend.describe(), str(exc)),
+                self.run(session.server_failed(errors.backend_unreachable(session.backend.describe(), str(exc)),
                                                 "backend"))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
-                self._run([CloseClient(errors.tenant_unavailable(name), "preflight_failed")])
+                self.run([CloseClient(errors.tenant_unavailable(name), "preflight_failed")])
                 return
         if self.closed:
             return
@@ -556,7 +547,7 @@ class ClientConnection(asyncio.Protocol):
         except (TimeoutError, OSError) as exc:
             reason = "connection timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
             self.log.warning("backend_failed", backend=session.backend.name, reason=reason)
-            self._run(session.server_failed(errors.backend_unreachable(session.backend.describe(), reason), "backend"))
+            self.run(session.server_failed(errors.backend_unreachable(session.backend.describe(), reason), "backend"))
             return
         if self.closed:
             self.proxy.pool.release(link, reason="client_gone")
@@ -566,7 +557,7 @@ class ClientConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if self.session is not None:
-            self._run(self.session.timeout())
+            self.run(self.session.timeout())
 
     def close(self, error: PgError | None, reason: str) -> None:
         if self.closed:
@@ -591,7 +582,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
         self._finish(reason=reason)
 
-    def _flush_bytes(self) -> None:
+    def flush_bytes(self) -> None:
         session = self.session
         if session is None or session.info.tenant is None or not self.proxy.metrics_enabled:
             return
@@ -601,7 +592,7 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_reported = (self.bytes_out, self.bytes_in)
 
     def _finish(self, reason: str = "") -> None:
-        self._flush_bytes()
+        self.flush_bytes()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -15,6 +15,8 @@ cdef class ClientSession:
     cdef public RequestTracker tracker
     cdef public dict _frontend_tracked, _denials
     cdef public object end_user, revoked
+    cpdef list client_data(self, data)
+    cpdef list server_data(self, data)
 
 @cython.locals(end=Py_ssize_t, stmt_end=Py_ssize_t)
 cdef str _bind_statement(bytes body)

@@ -1,0 +1,24 @@
+# C types for relay.py when Cython compiles it (setup.py); the .py stays the source of truth.
+
+import cython
+
+from proxy.metrics cimport QueryRecorder
+from proxy.session cimport ClientSession
+from proxy.tracking cimport Request
+
+@cython.locals(n=Py_ssize_t)
+cdef Py_ssize_t _write(transport, list chunks) except -1
+
+cdef class ClientRelay:
+    cdef public unsigned long long bytes_in, bytes_out, bytes_flushed
+    cdef public object conn, client, server, stats
+    cdef public ClientSession session
+    cdef public QueryRecorder recorder
+    cdef public bint metrics_enabled, audit
+    cpdef from_server(self, bytes data)
+    @cython.locals(duration=double, total="unsigned long long")
+    cpdef request_done(self, Request req)
+
+cdef class ServerRelay:
+    cdef public object link
+    cdef public ClientRelay relay

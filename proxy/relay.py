@@ -1,0 +1,149 @@
+"""The sockets' hot path once a session relays: each read goes through the session and is written on directly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.actions import RelayToClient, RelayToServer
+from proxy.metrics import QueryRecorder
+from proxy.session import ClientSession
+from proxy.tracking import Request
+
+_BYTES_FLUSH = 64 * 1024  # the byte counters are updated once this much traffic has accumulated (and at close)
+
+
+def _write(transport: Any, chunks: list) -> int:
+    """Write a run of chunks with one call; the bytes written."""
+    if len(chunks) == 1:
+        chunk = chunks[0]
+        transport.write(chunk)
+        return len(chunk)
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+    if n:
+        transport.writelines(chunks)
+    return n
+
+
+class ClientRelay:
+    """The client transport's protocol while its session relays (installed by the driver with set_protocol).
+
+    A read that the session answers with a plain relay is written to the server transport here; any other
+    answer (a Terminate, a revoked user, a framing error) goes to the connection's general action runner.
+    The socket events it does not handle itself go to the connection as before. Each answered request is
+    reported here too (`request_done`): the tenant's latency/rows recorder and admin stats, the audit log.
+    """
+
+    __slots__ = (
+        "audit", "bytes_flushed", "bytes_in", "bytes_out", "client", "conn", "metrics_enabled", "recorder",
+        "server", "session", "stats",
+    )
+
+    def __init__(
+        self, conn: Any, session: ClientSession, client: Any, server: Any, *,
+        recorder: QueryRecorder, stats: Any, metrics_enabled: bool, audit: bool,
+    ) -> None:
+        self.conn = conn  # the ClientConnection: everything but the plain relay
+        self.session = session
+        self.client = client  # the client transport
+        self.server = server  # the server transport
+        self.bytes_in = 0
+        self.bytes_out = 0  # bytes relayed to the client (the connection counts what it writes itself)
+        self.bytes_flushed = 0
+        self.recorder = recorder  # the tenant's latency/rows recorder (metrics)
+        self.stats = stats  # the tenant's TenantStats (admin console)
+        self.metrics_enabled = metrics_enabled
+        self.audit = audit
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        try:
+            actions = self.session.client_data(data)
+        except Exception:
+            self.conn.internal_error()
+            return
+        if len(actions) == 1:
+            action = actions[0]
+            if type(action) is RelayToServer:
+                server = self.server
+                if not server.is_closing():
+                    _write(server, action.chunks)
+                return
+        self.conn.run(actions)
+
+    def from_server(self, data: bytes) -> None:
+        """A read from the server transport (see ServerRelay)."""
+        try:
+            actions = self.session.server_data(data)
+        except Exception:
+            self.conn.internal_error()
+            return
+        if len(actions) == 1:
+            action = actions[0]
+            if type(action) is RelayToClient:
+                client = self.client
+                if not client.is_closing():
+                    self.bytes_out += _write(client, action.chunks)
+                return
+        self.conn.run(actions)
+
+    def request_done(self, req: Request) -> None:
+        """One request answered (the session's tracker calls this); never raw SQL in a metric label."""
+        duration = req.end - req.start
+        outcome = req.outcome
+        if self.metrics_enabled:
+            self.recorder.record(req.kind, outcome, duration, req.rows)
+            if outcome == "error" and req.sqlstate:
+                self.conn.count_backend_error(req.sqlstate)
+            total = self.bytes_in + self.bytes_out
+            if total - self.bytes_flushed >= _BYTES_FLUSH:
+                self.bytes_flushed = total
+                self.conn.flush_bytes()
+        stats = self.stats
+        stats.queries += 1
+        stats.rows += req.rows
+        stats.latencies.append(duration)
+        if outcome == "error":
+            stats.errors += 1
+        elif outcome == "denied":
+            stats.denied += 1
+        if self.audit:
+            self.conn.audit(req)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
+class ServerRelay:
+    """The server transport's protocol while its session relays: reads go to the client relay."""
+
+    __slots__ = ("link", "relay")
+
+    def __init__(self, link: Any, relay: ClientRelay) -> None:
+        self.link = link
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.from_server(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.link.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.link.resume_writing()
