@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.errors import PgError
 
@@ -17,18 +17,28 @@ class SendServer:
     data: bytes | memoryview
 
 
-@dataclass(slots=True)  # not frozen: built for every read, and a frozen __init__ costs twice as much
 class RelayToServer:
-    """Runs of raw frontend bytes for the backend (hot path: written with one writelines call)."""
+    """Runs of raw frontend bytes for the backend (hot path: built for every read, compiled with actions.pxd)."""
 
-    chunks: list = field(default_factory=list)
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list) -> None:
+        self.chunks = chunks
+
+    def __repr__(self) -> str:
+        return f"RelayToServer({self.chunks!r})"
 
 
-@dataclass(slots=True)  # not frozen: built for every read, and a frozen __init__ costs twice as much
 class RelayToClient:
-    """Runs of raw backend bytes for the client."""
+    """Runs of raw backend bytes for the client (hot path, like RelayToServer)."""
 
-    chunks: list = field(default_factory=list)
+    __slots__ = ("chunks",)
+
+    def __init__(self, chunks: list) -> None:
+        self.chunks = chunks
+
+    def __repr__(self) -> str:
+        return f"RelayToClient({self.chunks!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,3 +6,8 @@ cdef class QueryRecorder:
     cdef public dict series
     cdef public object rows
     cpdef void record(self, str kind, str outcome, double seconds, rows)
+
+cdef class TenantStats:
+    cdef public unsigned long long queries, errors, denied
+    cdef public object rows  # a Python int (64-bit unsigned row counts add up past 2^64)
+    cdef public object latencies

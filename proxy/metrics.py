@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
 import threading
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -21,6 +23,7 @@ DECISION_BUCKETS: tuple[float, ...] = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
 )
 CONNECT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_WINDOW = 2048  # recent latencies kept per tenant for SHOW STATS quantiles
 
 
 class TenantLabels:
@@ -85,6 +88,27 @@ class QueryRecorder:
         counts[bisect_left(self._bounds, seconds)] += 1
         counts[-1] += seconds
         self.rows += rows
+
+
+class TenantStats:
+    """One tenant's request counts and recent latencies, for the admin console's SHOW STATS."""
+
+    __slots__ = ("denied", "errors", "latencies", "queries", "rows")
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.errors = 0
+        self.denied = 0
+        self.rows = 0
+        self.latencies: deque[float] = deque(maxlen=_WINDOW)
+
+    def quantiles(self) -> tuple[float | None, float | None, float | None]:
+        """p50, p95 and p99 of the recent latencies, in milliseconds."""
+        if len(self.latencies) < 2:
+            only = self.latencies[0] * 1000 if self.latencies else None
+            return only, only, only
+        q = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        return q[49] * 1000, q[94] * 1000, q[98] * 1000
 
 
 class _QueryCollector(Collector):

@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from proxy import errors
 from proxy.admin import Rows
 from proxy.config import Config, ConfigError, load_config
 from proxy.logs import get_logger
+from proxy.metrics import TenantStats
 
 if TYPE_CHECKING:
     from proxy.driver import Proxy
 
 log = get_logger("pgtenant.ops")
-_WINDOW = 2048  # recent latencies kept per tenant for SHOW STATS quantiles
-
-
-@dataclass
-class TenantStats:
-    queries: int = 0
-    errors: int = 0
-    denied: int = 0
-    rows: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=_WINDOW))
-
-    def quantiles(self) -> tuple[float | None, float | None, float | None]:
-        if len(self.latencies) < 2:
-            only = self.latencies[0] * 1000 if self.latencies else None
-            return only, only, only
-        q = statistics.quantiles(self.latencies, n=100, method="inclusive")
-        return q[49] * 1000, q[94] * 1000, q[98] * 1000
 
 
 class Ops:

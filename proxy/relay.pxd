@@ -2,7 +2,8 @@
 
 import cython
 
-from proxy.metrics cimport QueryRecorder
+from proxy.actions cimport RelayToClient, RelayToServer
+from proxy.metrics cimport QueryRecorder, TenantStats
 from proxy.session cimport ClientSession
 from proxy.tracking cimport Request
 
@@ -11,10 +12,14 @@ cdef Py_ssize_t _write(transport, list chunks) except -1
 
 cdef class ClientRelay:
     cdef public unsigned long long bytes_in, bytes_out, bytes_flushed
-    cdef public object conn, client, server, stats
+    cdef public object conn, client, server
+    cdef public TenantStats stats
     cdef public ClientSession session
     cdef public QueryRecorder recorder
     cdef public bint metrics_enabled, audit
+    @cython.locals(to_server=RelayToServer)
+    cpdef data_received(self, data)
+    @cython.locals(to_client=RelayToClient)
     cpdef from_server(self, bytes data)
     @cython.locals(duration=double, total="unsigned long long")
     cpdef request_done(self, Request req)

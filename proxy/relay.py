@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.actions import RelayToClient, RelayToServer
-from proxy.metrics import QueryRecorder
+from proxy.metrics import QueryRecorder, TenantStats
 from proxy.session import ClientSession
 from proxy.tracking import Request
 
@@ -42,7 +42,7 @@ class ClientRelay:
 
     def __init__(
         self, conn: Any, session: ClientSession, client: Any, server: Any, *,
-        recorder: QueryRecorder, stats: Any, metrics_enabled: bool, audit: bool,
+        recorder: QueryRecorder, stats: TenantStats, metrics_enabled: bool, audit: bool,
     ) -> None:
         self.conn = conn  # the ClientConnection: everything but the plain relay
         self.session = session
@@ -66,9 +66,10 @@ class ClientRelay:
         if len(actions) == 1:
             action = actions[0]
             if type(action) is RelayToServer:
+                to_server = action
                 server = self.server
                 if not server.is_closing():
-                    _write(server, action.chunks)
+                    _write(server, to_server.chunks)
                 return
         self.conn.run(actions)
 
@@ -82,9 +83,10 @@ class ClientRelay:
         if len(actions) == 1:
             action = actions[0]
             if type(action) is RelayToClient:
+                to_client = action
                 client = self.client
                 if not client.is_closing():
-                    self.bytes_out += _write(client, action.chunks)
+                    self.bytes_out += _write(client, to_client.chunks)
                 return
         self.conn.run(actions)
 

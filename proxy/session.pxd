@@ -2,6 +2,7 @@
 
 import cython
 
+from proxy.actions cimport RelayToClient, RelayToServer
 from proxy.protocol.stream cimport MessageStream
 from proxy.tracking cimport RequestTracker
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,7 +9,7 @@ import pytest
 
 from proxy.actions import CloseClient, CloseServer
 from proxy.auth.throttle import AuthThrottle
-from proxy.metrics import QueryRecorder
+from proxy.metrics import QueryRecorder, TenantStats
 from proxy.policy.model import Allow
 from proxy.protocol import messages as m
 from proxy.relay import ClientRelay, ServerRelay
@@ -72,7 +71,7 @@ def relay(tmp_path: Path) -> ClientRelay:
                             throttle=AuthThrottle(max_failures=2), clock=lambda: float(clock()), tls_available=False)
     session.state = State.READY
     session.enable_policy(lambda _kind, _sql: Allow())
-    stats = SimpleNamespace(queries=0, rows=0, errors=0, denied=0, latencies=deque())
+    stats = TenantStats()
     r = ClientRelay(Conn(), session, Transport(), Transport(), recorder=QueryRecorder((0.5, 5.0)), stats=stats,
                     metrics_enabled=True, audit=True)
     session.tracker.on_done = r.request_done
