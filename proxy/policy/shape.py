@@ -29,9 +29,12 @@ _GAP = "\x00"  # joins the text between the literals into a shape key (no Query 
 _MAX_LITERALS = 1000
 
 
-def split(sql: str) -> tuple[str, list[str]] | None:
-    """The shape key of `sql` (its text between integer literals) and the literals in order, or None when it
-    has none or is not plain. `text(key)` is the shape's SQL; only a cache miss needs it."""
+# True in the build Cython compiled (setup.py, shape.pxd): there `split` is one typed pass over the text.
+_COMPILED = not __file__.endswith(".py")
+
+
+def split_regex(sql: str) -> tuple[str, list[str]] | None:
+    """`split` with a regular expression: the faster way in pure Python."""
     if not sql.isascii():
         return None
     for mark in _UNSHAPEABLE:
@@ -42,6 +45,52 @@ def split(sql: str) -> tuple[str, list[str]] | None:
     if count == 0 or count > _MAX_LITERALS:
         return None
     return _GAP.join(parts[0::2]), parts[1::2]
+
+
+def _word_or_dot(c: int) -> bool:
+    """[A-Za-z0-9_.]: what may not touch an integer literal."""
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95 or c == 46
+
+
+def split_scan(sql: str) -> tuple[str, list[str]] | None:
+    """`split` as one pass over the characters: the faster way once compiled (the same answers as
+    `split_regex`, checked by the tests)."""
+    if not sql.isascii():
+        return None
+    n = len(sql)
+    gaps: list[str] = []
+    literals: list[str] = []
+    last = 0  # where the text after the previous literal starts
+    prev = 0  # the character before position i (0 at the start)
+    i = 0
+    while i < n:
+        c = ord(sql[i])
+        if c == 39 or c == 34 or c == 36 or c == 92:  # ' " $ \
+            return None
+        if (c == 45 or c == 47) and i + 1 < n and ord(sql[i + 1]) == (45 if c == 45 else 42):  # -- or /*
+            return None
+        if 48 <= c <= 57 and not _word_or_dot(prev):
+            j = i + 1
+            while j < n and 48 <= ord(sql[j]) <= 57:
+                j += 1
+            if j == n or not _word_or_dot(ord(sql[j])):
+                gaps.append(sql[last:i])
+                literals.append(sql[i:j])
+                last = j
+            prev = ord(sql[j - 1])
+            i = j
+            continue
+        prev = c
+        i += 1
+    if not literals or len(literals) > _MAX_LITERALS:
+        return None
+    gaps.append(sql[last:])
+    return _GAP.join(gaps), literals
+
+
+# split(sql): the shape key of `sql` (its text between integer literals) and the literals in order, or None when
+# it has none or is not plain. `text(key)` is the shape's SQL; only a cache miss needs it.
+split = split_scan if _COMPILED else split_regex
 
 
 def text(key: str) -> str:

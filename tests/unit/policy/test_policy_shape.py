@@ -6,6 +6,8 @@ import dataclasses
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from policy_corpus import POLICIES, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide, shape
@@ -176,3 +178,21 @@ def test_cache_stays_bounded() -> None:
         cache.get_or_decide(policy, f"SELECT {i}" + ", 1" * i)
         cache.get_or_decide(policy, f"SELECT '{i}'")
     assert len(cache) <= 10
+
+
+_SHAPE_ALPHABET = "0123456789 .,_-/*()=<>+aZ$'\"\\\n\x00é"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=_SHAPE_ALPHABET, max_size=40) | st.sampled_from(STATEMENTS))
+def test_the_scan_and_the_regex_split_alike(sql: str) -> None:
+    """The compiled build's one-pass scan gives exactly the regex's answer (both run in either build)."""
+    assert shape.split_scan(sql) == shape.split_regex(sql)
+
+
+def test_split_is_the_scan_only_when_compiled() -> None:
+    assert shape.split is (shape.split_scan if shape._COMPILED else shape.split_regex)
+    key, literals = shape.split("SELECT * FROM t WHERE a = 12 AND b.c1 = 3") or ("", [])
+    assert (key, literals) == ("SELECT * FROM t WHERE a = \x00 AND b.c1 = \x00", ["12", "3"])
+    assert shape.split("SELECT x1, 1.5, 2e3 FROM t") is None  # no integer literal standing alone
+    assert shape.split("SELECT 1 -- 2") is None and shape.split("SELECT 1 /* 2 */") is None
