@@ -17,8 +17,8 @@ class SendServer:
     data: bytes | memoryview
 
 
-class RelayToServer:
-    """Runs of raw frontend bytes for the backend (hot path: built for every read, compiled with actions.pxd)."""
+class Relay:
+    """Runs of raw bytes to forward as they are (hot path: built for every read, compiled with actions.pxd)."""
 
     __slots__ = ("chunks",)
 
@@ -26,19 +26,19 @@ class RelayToServer:
         self.chunks = chunks
 
     def __repr__(self) -> str:
-        return f"RelayToServer({self.chunks!r})"
+        return f"{type(self).__name__}({self.chunks!r})"
 
 
-class RelayToClient:
-    """Runs of raw backend bytes for the client (hot path, like RelayToServer)."""
+class RelayToServer(Relay):
+    """Runs of raw frontend bytes for the backend."""
 
-    __slots__ = ("chunks",)
+    __slots__ = ()
 
-    def __init__(self, chunks: list) -> None:
-        self.chunks = chunks
 
-    def __repr__(self) -> str:
-        return f"RelayToClient({self.chunks!r})"
+class RelayToClient(Relay):
+    """Runs of raw backend bytes for the client."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 import cython
 
-from proxy.actions cimport RelayToClient, RelayToServer
+from proxy.actions cimport Relay
 from proxy.metrics cimport QueryRecorder, TenantStats
 from proxy.session cimport ClientSession
 from proxy.tracking cimport Request
@@ -10,20 +10,22 @@ from proxy.tracking cimport Request
 @cython.locals(n=Py_ssize_t)
 cdef Py_ssize_t _write(transport, list chunks) except -1
 
-cdef class ClientRelay:
+cdef class _SocketEvents:
+    cdef public object owner
+
+cdef class ClientRelay(_SocketEvents):
     cdef public unsigned long long bytes_in, bytes_out, bytes_flushed
-    cdef public object conn, client, server
+    cdef public object client, server
     cdef public TenantStats stats
     cdef public ClientSession session
     cdef public QueryRecorder recorder
     cdef public bint metrics_enabled, audit
-    @cython.locals(to_server=RelayToServer)
     cpdef data_received(self, data)
-    @cython.locals(to_client=RelayToClient)
     cpdef from_server(self, bytes data)
+    @cython.locals(relay=Relay)
+    cdef Py_ssize_t _forward(self, list actions, type kind, transport) except -1
     @cython.locals(duration=double, total="unsigned long long")
     cpdef request_done(self, Request req)
 
-cdef class ServerRelay:
-    cdef public object link
+cdef class ServerRelay(_SocketEvents):
     cdef public ClientRelay relay

@@ -26,7 +26,25 @@ def _write(transport: Any, chunks: list) -> int:
     return n
 
 
-class ClientRelay:
+class _SocketEvents:
+    """What a relay protocol leaves to its owner (the ClientConnection or the ServerLink): EOF, loss, flow control."""
+
+    __slots__ = ("owner",)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
+
+
+class ClientRelay(_SocketEvents):
     """The client transport's protocol while its session relays (installed by the driver with set_protocol).
 
     A read that the session answers with a plain relay is written to the server transport here; any other
@@ -36,7 +54,7 @@ class ClientRelay:
     """
 
     __slots__ = (
-        "audit", "bytes_flushed", "bytes_in", "bytes_out", "client", "conn", "metrics_enabled", "recorder",
+        "audit", "bytes_flushed", "bytes_in", "bytes_out", "client", "metrics_enabled", "recorder",
         "server", "session", "stats",
     )
 
@@ -44,7 +62,7 @@ class ClientRelay:
         self, conn: Any, session: ClientSession, client: Any, server: Any, *,
         recorder: QueryRecorder, stats: TenantStats, metrics_enabled: bool, audit: bool,
     ) -> None:
-        self.conn = conn  # the ClientConnection: everything but the plain relay
+        self.owner = conn  # the ClientConnection: everything but the plain relay
         self.session = session
         self.client = client  # the client transport
         self.server = server  # the server transport
@@ -61,34 +79,27 @@ class ClientRelay:
         try:
             actions = self.session.client_data(data)
         except Exception:
-            self.conn.internal_error()
+            self.owner.internal_error()
             return
-        if len(actions) == 1:
-            action = actions[0]
-            if type(action) is RelayToServer:
-                to_server = action
-                server = self.server
-                if not server.is_closing():
-                    _write(server, to_server.chunks)
-                return
-        self.conn.run(actions)
+        self._forward(actions, RelayToServer, self.server)
 
     def from_server(self, data: bytes) -> None:
         """A read from the server transport (see ServerRelay)."""
         try:
             actions = self.session.server_data(data)
         except Exception:
-            self.conn.internal_error()
+            self.owner.internal_error()
             return
-        if len(actions) == 1:
-            action = actions[0]
-            if type(action) is RelayToClient:
-                to_client = action
-                client = self.client
-                if not client.is_closing():
-                    self.bytes_out += _write(client, to_client.chunks)
-                return
-        self.conn.run(actions)
+        self.bytes_out += self._forward(actions, RelayToClient, self.client)
+
+    def _forward(self, actions: list, kind: type, transport: Any) -> int:
+        """Write a plain relay (one action of `kind`) to `transport` unless it is closing; anything more goes to
+        the connection's action runner. The bytes written here."""
+        if len(actions) == 1 and type(actions[0]) is kind:
+            relay = actions[0]
+            return 0 if transport.is_closing() else _write(transport, relay.chunks)
+        self.owner.run(actions)
+        return 0
 
     def request_done(self, req: Request) -> None:
         """One request answered (the session's tracker calls this); never raw SQL in a metric label."""
@@ -97,11 +108,11 @@ class ClientRelay:
         if self.metrics_enabled:
             self.recorder.record(req.kind, outcome, duration, req.rows)
             if outcome == "error" and req.sqlstate:
-                self.conn.count_backend_error(req.sqlstate)
+                self.owner.count_backend_error(req.sqlstate)
             total = self.bytes_in + self.bytes_out
             if total - self.bytes_flushed >= _BYTES_FLUSH:
                 self.bytes_flushed = total
-                self.conn.flush_bytes()
+                self.owner.flush_bytes()
         stats = self.stats
         stats.queries += 1
         stats.rows += req.rows
@@ -111,41 +122,18 @@ class ClientRelay:
         elif outcome == "denied":
             stats.denied += 1
         if self.audit:
-            self.conn.audit(req)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.conn.resume_writing()
+            self.owner.audit(req)
 
 
-class ServerRelay:
-    """The server transport's protocol while its session relays: reads go to the client relay."""
+class ServerRelay(_SocketEvents):
+    """The server transport's protocol while its session relays: reads go to the client relay, the rest to
+    the ServerLink."""
 
-    __slots__ = ("link", "relay")
+    __slots__ = ("relay",)
 
     def __init__(self, link: Any, relay: ClientRelay) -> None:
-        self.link = link
+        self.owner = link  # the ServerLink
         self.relay = relay
 
     def data_received(self, data: bytes) -> None:
         self.relay.from_server(data)
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.link.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.link.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.link.resume_writing()

@@ -85,7 +85,7 @@ def answer(tag: bytes, status: bytes = b"I") -> bytes:
 def test_plain_reads_are_written_through_and_counted(relay: ClientRelay) -> None:
     q = m.Query("SELECT 1").encode()
     relay.data_received(q)
-    assert relay.server.out == [q] and relay.conn.ran == []
+    assert relay.server.out == [q] and relay.owner.ran == []
     back = m.frame(b"D", b"\x00\x01\x00\x00\x00\x011") + answer(b"SELECT 1")
     ServerRelay(SimpleNamespace(), relay).data_received(back)
     assert relay.client.out == [back]
@@ -93,13 +93,13 @@ def test_plain_reads_are_written_through_and_counted(relay: ClientRelay) -> None
     st = relay.stats
     assert (st.queries, st.rows, st.errors, len(st.latencies)) == (1, 1, 0, 1)
     assert relay.recorder.series[("select", "ok")][0] == 0 and relay.recorder.rows == 1
-    assert relay.conn.calls == [("audit", "SELECT 1")]
+    assert relay.owner.calls == [("audit", "SELECT 1")]
 
 
 def test_anything_but_a_plain_relay_goes_to_the_connection(relay: ClientRelay) -> None:
     q = m.Query("SELECT 1").encode()
     relay.data_received(q + m.TERMINATE_MESSAGE)
-    [actions] = relay.conn.ran
+    [actions] = relay.owner.ran
     assert [type(a) for a in actions][-2:] == [CloseServer, CloseClient]
     assert relay.server.out == []  # the connection's runner writes what precedes the Terminate
 
@@ -117,19 +117,19 @@ def test_a_bug_while_relaying_is_an_internal_error(relay: ClientRelay) -> None:
 
     relay.session.enable_policy(broken)
     relay.data_received(m.Query("SELECT 1").encode())
-    assert relay.conn.calls == [("internal_error",)]
+    assert relay.owner.calls == [("internal_error",)]
 
 
 def test_backend_errors_and_byte_batches_are_reported(relay: ClientRelay) -> None:
     relay.data_received(m.Query("SELECT 1/0").encode())
     err = m.frame(b"E", b"SERROR\x00C22012\x00Mdivision by zero\x00\x00") + m.ready_for_query(b"I")
     relay.from_server(err)
-    assert ("backend_error", "22012") in relay.conn.calls and relay.stats.errors == 1
-    assert ("flush",) not in relay.conn.calls
+    assert ("backend_error", "22012") in relay.owner.calls and relay.stats.errors == 1
+    assert ("flush",) not in relay.owner.calls
     big = m.Query("SELECT '" + "x" * 70_000 + "'").encode()
     relay.data_received(big)
     relay.from_server(answer(b"SELECT 0"))
-    assert relay.conn.calls.count(("flush",)) == 1  # once 64 KiB have passed, not per request
+    assert relay.owner.calls.count(("flush",)) == 1  # once 64 KiB have passed, not per request
 
 
 def test_socket_events_reach_the_owners(relay: ClientRelay) -> None:
@@ -140,6 +140,6 @@ def test_socket_events_reach_the_owners(relay: ClientRelay) -> None:
     relay.connection_lost(None)
     server.pause_writing()
     server.connection_lost(None)
-    assert relay.conn.calls == [("pause",), ("resume",), ("lost", None)]
+    assert relay.owner.calls == [("pause",), ("resume",), ("lost", None)]
     assert link.calls == [("pause",), ("lost", None)]
     assert relay.eof_received() is None and server.eof_received() is None
