@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import time
 import urllib.error
 import urllib.request
@@ -195,8 +194,7 @@ def test_sighup_reload(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) 
         # 1. An invalid new config is rejected and the old one stays in force.
         good = p.config_path.read_text()
         p.config_path.write_text(good + "\n[users.broken]\ntenant = 'nope'\n")
-        p.proc.send_signal(signal.SIGHUP)
-        _wait_for_log(p, "reload_rejected")
+        p.reload(expect="reload_rejected")
         assert keep.execute("SELECT 1").fetchone() == (1,)
         # 2. Add a user (dora -> acme) and remove bruno.
         p.extra_users = {"dora": ("acme", "dora-pw")}
@@ -207,8 +205,7 @@ def test_sighup_reload(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) 
         finally:
             USERS.clear()
             USERS.update(users_backup)
-        p.proc.send_signal(signal.SIGHUP)
-        _wait_for_log(p, "reloaded")
+        p.reload(expect="reloaded")
         with psycopg.connect(p.dsn("dora")) as c:
             assert c.execute("SELECT current_setting('pgtenant.tenant_id')").fetchone() == ("acme",)
         assert keep.execute("SELECT count(*) FROM orders").fetchone() == (40,)  # untouched session
@@ -218,17 +215,6 @@ def test_sighup_reload(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) 
         gone.close()
     finally:
         p.stop()
-
-
-def _wait_for_log(p: ProxyProcess, event: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    seen = len([e for e in p.log_events() if e.get("event") == event])
-    while time.monotonic() < deadline:
-        events = [e for e in p.log_events() if e.get("event") == event]
-        if len(events) > seen or (events and seen == 0):
-            return events[-1]
-        time.sleep(0.05)  # polling a log file, bounded by the deadline
-    raise AssertionError(f"no {event} in log:\n{p.read_log()[-3000:]}")
 
 
 def test_readyz_follows_the_backend(tmp_path_factory: pytest.TempPathFactory) -> None:

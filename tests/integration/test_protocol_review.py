@@ -7,7 +7,6 @@ behaviour and are marked ``xfail(strict=True)``: they fail today and will flag (
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import struct
 import time
@@ -111,15 +110,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def wait_for_log(p: ProxyProcess, event: str, after: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len([e for e in p.log_events() if e.get("event") == event]) > after:
-            return
-        time.sleep(0.05)  # polling a log file, bounded by the deadline
-    raise AssertionError(f"no new {event} in log:\n{p.read_log()[-3000:]}")
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -327,9 +317,7 @@ def test_moved_user_cannot_keep_executing_prepared_statements(
         p.extra_users = {"alice": ("bigco", "alice-pw")}
         p.write_config()
         assert p.proc is not None
-        before = len([e for e in p.log_events() if e.get("event") == "reloaded"])
-        p.proc.send_signal(signal.SIGHUP)
-        wait_for_log(p, "reloaded", before)
+        p.reload(expect="reloaded")
         sock.sendall(bind("s1") + execute() + SYNC)
         sock.settimeout(10)
         try:
@@ -495,9 +483,7 @@ def test_removed_admin_loses_the_console(pg: PgCluster, tmp_path_factory: pytest
         p.admin_users = {}
         p.write_config()
         assert p.proc is not None
-        before = len([e for e in p.log_events() if e.get("event") == "reloaded"])
-        p.proc.send_signal(signal.SIGHUP)
-        wait_for_log(p, "reloaded", before)
+        p.reload(expect="reloaded")
         sock.sendall(query("SHOW CLIENTS"))
         sock.settimeout(10)
         try:

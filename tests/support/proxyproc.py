@@ -222,6 +222,20 @@ class ProxyProcess:
                 continue
         return out
 
+    def reload(self, expect: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Send SIGHUP and return the first `expect` log event (e.g. "reloaded") logged after it. Events are
+        counted before the signal, so a fast proxy cannot log it before the wait starts."""
+        assert self.proc is not None
+        before = sum(1 for e in self.log_events() if e.get("event") == expect)
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.log_events() if e.get("event") == expect]
+            if len(found) > before:
+                return found[before]
+            time.sleep(0.05)  # polling a log file, bounded by the deadline
+        raise AssertionError(f"no new {expect} in log:\n{self.read_log()[-3000:]}")
+
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
