@@ -671,6 +671,7 @@ class Proxy:
         self.server: asyncio.AbstractServer | None = None
         self.policies: dict[str, TenantPolicy] = {}
         self.decisions = DecisionCache()
+        self._deciders: dict[str, Callable[[str, str], Decision]] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
         )
@@ -686,8 +687,15 @@ class Proxy:
         self.stopping = False
 
     def decider(self, tenant: str) -> Callable[[str, str], Decision]:
-        """The policy gate of one tenant's sessions: the shared decision cache, under the tenant's current
-        policy (a reload may replace it), with decision times observed on cache misses."""
+        """The policy gate of one tenant's sessions (one per tenant, shared by its sessions): the shared decision
+        cache, under the tenant's current policy (a reload may replace it), with decision times observed on
+        cache misses."""
+        found = self._deciders.get(tenant)
+        if found is None:
+            found = self._deciders[tenant] = self._new_decider(tenant)
+        return found
+
+    def _new_decider(self, tenant: str) -> Callable[[str, str], Decision]:
         policy = self.policies[tenant]
         cache = self.decisions
         decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
@@ -800,6 +808,7 @@ class Proxy:
         self.config = new
         self.policies = policies
         self.decisions.clear()
+        self._deciders.clear()
         self.client_ssl = client_ssl_context(new)
         self.channel_binding = own_channel_binding(new)
         self.throttle.max_failures = new.limits.max_auth_failures

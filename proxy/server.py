@@ -9,7 +9,7 @@ from proxy.actions import Action, SendServer, ServerFailed, ServerReady, StartSe
 from proxy.auth.backend import BackendAuthenticator, BackendAuthError
 from proxy.config import BackendConfig
 from proxy.protocol import messages as m
-from proxy.protocol.stream import FramingError, Message, MessageStream
+from proxy.protocol.stream import ALL_TYPES, FramingError, Message, MessageStream
 
 
 class ServerState(enum.Enum):
@@ -64,7 +64,7 @@ class ServerConnection:
         self.notices: list[bytes] = []
         self.tls = False
         self._auth: BackendAuthenticator | None = None
-        self._stream = MessageStream(intercept=frozenset(range(256)), max_length=1 << 24)
+        self._stream = MessageStream(intercept=ALL_TYPES, max_length=1 << 24)
 
     def _transition(self, event: ServerEvent) -> None:
         nxt = TRANSITIONS.get((self.state, event))

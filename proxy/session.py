@@ -30,7 +30,7 @@ from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
-from proxy.protocol.stream import FramingError, Message, MessageStream
+from proxy.protocol.stream import ALL_TYPES, FramingError, Message, MessageStream
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import parsing_violation
@@ -162,7 +162,7 @@ class ClientSession:
         self.secret_key = secrets.token_bytes(4)
         self._startup_buf = b""
         self._auth_stream = MessageStream(
-            intercept=m.FRONTEND_TYPES | frozenset(range(256)),
+            intercept=ALL_TYPES,
             max_length=min(_MAX_LOGIN_MESSAGE, config.limits.max_message_length),
         )
         self.frontend = MessageStream(

@@ -10,6 +10,7 @@ _LEN = struct.Struct("!I")
 
 # True in the build Cython compiled (setup.py): there the header is read with C byte arithmetic.
 _COMPILED = not __file__.endswith(".py")
+ALL_TYPES = frozenset(range(256))  # intercept every message (startup, authentication): one set for all streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +58,8 @@ class MessageStream:
         max_length: int = 1 << 30,
         limit_all: bool = True,
     ) -> None:
-        self._role = bytes(256)  # per message type: 0 pass, 1 intercept, 2 handler (one index per message)
-        self._table: list[Handler | None] = [None] * 256  # per handled message type: its handler
+        self._role = bytes(256)  # per message type: 0 pass, 1 intercept, 2 + n handler n (one index per message)
+        self._table: list[Handler] = []  # the handlers, in the order of their roles
         self._intercept: frozenset[int] = frozenset()
         self._handlers: dict[int, Handler] = {}
         self.intercept = intercept
@@ -94,10 +95,10 @@ class MessageStream:
 
     def _build_roles(self) -> None:
         role = bytearray(256)
-        table: list[Handler | None] = [None] * 256
+        table: list[Handler] = []
         for t, handler in self._handlers.items():
-            role[t] = 2
-            table[t] = handler
+            role[t] = 2 + len(table)
+            table.append(handler)
         for t in self._intercept:
             role[t] = 1
         self._role = bytes(role)
@@ -156,7 +157,7 @@ class MessageStream:
                     out.append(Message(t, buf[pos + 5 : end]))
                     run_start = end
                 else:
-                    replacement = table[t](buf[pos + 5 : end])  # type: ignore[misc]  # role 2 has a handler
+                    replacement = table[r - 2](buf[pos + 5 : end])
                     if replacement is not None:
                         if run_start < pos:
                             out.append(memoryview(buf)[run_start:pos])
