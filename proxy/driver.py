@@ -44,7 +44,7 @@ from proxy.ops import AdminView, Ops
 from proxy.policy.engine import DecisionCache
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
-from proxy.relay import ClientRelay, ServerRelay
+from proxy.relay import ClientRelay, ServerRelay, write_chunks
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
 from proxy.tenancy import backend_context, parsing_violation, tenant_policy
@@ -127,10 +127,7 @@ class ServerLink(asyncio.Protocol):
 
     def writelines(self, chunks: list[bytes | memoryview]) -> None:
         if self.transport is not None and not self.closed:
-            if len(chunks) == 1:
-                self.transport.write(chunks[0])
-            elif chunks:
-                self.transport.writelines(chunks)
+            write_chunks(self.transport, chunks)
 
     def terminate(self) -> None:
         if self.transport is not None and not self.closed:
@@ -378,14 +375,7 @@ class ClientConnection(asyncio.Protocol):
                     self.link.writelines(action.chunks)
             elif isinstance(action, RelayToClient):
                 if self.transport is not None and not self.closed:
-                    chunks = action.chunks
-                    if len(chunks) == 1:
-                        self._bytes_out += len(chunks[0])
-                        self.transport.write(chunks[0])
-                    elif chunks:
-                        for c in chunks:
-                            self._bytes_out += len(c)
-                        self.transport.writelines(chunks)
+                    self._bytes_out += write_chunks(self.transport, action.chunks)
             elif isinstance(action, SendClient):
                 self.write(action.data)
             elif isinstance(action, StartClientTls):

@@ -8,7 +8,7 @@ from proxy.session cimport ClientSession
 from proxy.tracking cimport Request
 
 @cython.locals(n=Py_ssize_t)
-cdef Py_ssize_t _write(transport, list chunks) except -1
+cpdef Py_ssize_t write_chunks(transport, list chunks) except -1
 
 cdef class _SocketEvents:
     cdef public object owner

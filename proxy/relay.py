@@ -12,8 +12,8 @@ from proxy.tracking import Request
 _BYTES_FLUSH = 64 * 1024  # the byte counters are updated once this much traffic has accumulated (and at close)
 
 
-def _write(transport: Any, chunks: list) -> int:
-    """Write a run of chunks with one call; the bytes written."""
+def write_chunks(transport: Any, chunks: list) -> int:
+    """Write a run of chunks with one call (the driver's runner uses it too); the bytes written."""
     if len(chunks) == 1:
         chunk = chunks[0]
         transport.write(chunk)
@@ -97,7 +97,7 @@ class ClientRelay(_SocketEvents):
         the connection's action runner. The bytes written here."""
         if len(actions) == 1 and type(actions[0]) is kind:
             relay = actions[0]
-            return 0 if transport.is_closing() else _write(transport, relay.chunks)
+            return 0 if transport.is_closing() else write_chunks(transport, relay.chunks)
         self.owner.run(actions)
         return 0
 
