@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from proxy.auth.scram import make_verifier
 from tests.support.pgcluster import PgCluster, free_port
+from tests.support.polling import until
 
 BACKEND_ROLE = "pgtenant_backend"
 BACKEND_PASSWORD = "backend-secret"
@@ -228,13 +229,12 @@ class ProxyProcess:
         assert self.proc is not None
         before = sum(1 for e in self.log_events() if e.get("event") == expect)
         self.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def new_event() -> dict[str, Any] | None:
             found = [e for e in self.log_events() if e.get("event") == expect]
-            if len(found) > before:
-                return found[before]
-            time.sleep(0.05)  # polling a log file, bounded by the deadline
-        raise AssertionError(f"no new {expect} in log:\n{self.read_log()[-3000:]}")
+            return found[before] if len(found) > before else None
+
+        return until(new_event, timeout, interval=0.05, what=f"a new {expect} in {self.log_path}")
 
     @property
     def metrics_url(self) -> str:
