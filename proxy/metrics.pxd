@@ -1,10 +1,18 @@
 # C types for metrics.py when Cython compiles it (setup.py); the .py stays the source of truth.
 
+import cython
+
+cdef class LatencySeries:
+    cdef unsigned long long[:] counts
+    cdef public double total
+
 cdef class QueryRecorder:
     cdef tuple _bounds
-    cdef Py_ssize_t _width
+    cdef LatencySeries _last
+    cdef str _last_kind, _last_outcome
     cdef public dict series
     cdef public object rows
+    @cython.locals(series=LatencySeries, bounds=tuple, i=Py_ssize_t, n=Py_ssize_t)
     cpdef void record(self, str kind, str outcome, double seconds, rows)
 
 cdef class TenantStats:

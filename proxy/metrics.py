@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import threading
-from bisect import bisect_left
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -68,26 +68,55 @@ class _CacheCollector(Collector):
         yield family
 
 
+class LatencySeries:
+    """One (kind, outcome) latency histogram: a count per bucket (+Inf last) and the sum of the seconds."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = memoryview(array("Q", bytes(8 * (buckets + 1))))  # unsigned 64-bit, as Prometheus counts
+        self.total = 0.0
+
+    def snapshot(self) -> list[float]:
+        """The counts, then the sum."""
+        counts = self.counts
+        out: list[float] = [counts[i] for i in range(len(counts))]
+        out.append(self.total)
+        return out
+
+
 class QueryRecorder:
     """Per-request latency and row counts of one tenant label, kept as plain numbers (no lock, no label lookup
     on the hot path) and exported at scrape time by `_QueryCollector`."""
 
-    __slots__ = ("_bounds", "_width", "rows", "series")
+    __slots__ = ("_bounds", "_last", "_last_kind", "_last_outcome", "rows", "series")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds
-        self._width = len(bounds) + 2  # one count per bucket, one for +Inf, then the sum
-        self.series: dict[tuple[str, str], list[float]] = {}
+        self._bounds = tuple(float(b) for b in bounds)
+        self.series: dict[tuple[str, str], LatencySeries] = {}
         self.rows = 0
+        # The series of the last call: requests mostly repeat their kind and outcome (the same str objects).
+        self._last_kind = self._last_outcome = ""
+        self._last = LatencySeries(len(self._bounds))
 
     def record(self, kind: str, outcome: str, seconds: float, rows: int) -> None:
         """One request answered: its statement kind, outcome, latency and rows."""
-        counts = self.series.get((kind, outcome))
-        if counts is None:
-            counts = self.series[(kind, outcome)] = [0] * self._width
-        counts[bisect_left(self._bounds, seconds)] += 1
-        counts[-1] += seconds
-        self.rows += rows
+        if kind is self._last_kind and outcome is self._last_outcome:
+            series = self._last
+        else:
+            series = self.series.get((kind, outcome))
+            if series is None:
+                series = self.series[(kind, outcome)] = LatencySeries(len(self._bounds))
+            self._last, self._last_kind, self._last_outcome = series, kind, outcome
+        bounds = self._bounds
+        i = 0
+        n = len(bounds)
+        while i < n and bounds[i] < seconds:  # the first bucket whose bound is >= seconds (bisect_left)
+            i += 1
+        series.counts[i] += 1
+        series.total += seconds
+        if rows:
+            self.rows += rows
 
 
 class TenantStats:
@@ -131,8 +160,8 @@ class _QueryCollector(Collector):
         bounds = [floatToGoString(b) for b in m.buckets]
         for tenant, recorder in list(m._recorders.items()):
             rows.add_metric([tenant], recorder.rows)
-            for (kind, outcome), counts in list(recorder.series.items()):
-                snapshot = list(counts)
+            for (kind, outcome), series in list(recorder.series.items()):
+                snapshot = series.snapshot()
                 cumulative, total = [], 0
                 for bound, count in zip([*bounds, "+Inf"], snapshot[:-1], strict=True):
                     total += count

@@ -10,7 +10,7 @@ cdef class ClientSession:
     cdef public object config, state, info, throttle, clock, channel_binding
     cdef public bint tls_available, is_admin
     cdef public object user_config, tenant, backend, backend_parameters, scram, process_id, secret_key
-    cdef public bytes _startup_buf
+    cdef public bytes _startup_buf, _tx_status
     cdef public MessageStream _auth_stream, frontend, backend_stream
     cdef public object decide, _policy_token, _parse_memo, on_decision
     cdef public RequestTracker tracker
@@ -19,5 +19,5 @@ cdef class ClientSession:
     cpdef list client_data(self, data)
     cpdef list server_data(self, data)
 
-@cython.locals(end=Py_ssize_t, stmt_end=Py_ssize_t)
-cdef str _bind_statement(bytes body)
+@cython.locals(n=Py_ssize_t, end=Py_ssize_t, stmt_end=Py_ssize_t)
+cpdef str _bind_statement(bytes body)

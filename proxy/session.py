@@ -52,10 +52,17 @@ def _undecided(_kind: str, _sql: str) -> Decision:
 
 def _bind_statement(body: bytes) -> str | None:
     """The prepared statement a Bind names (None when the body is malformed: the backend says so)."""
-    end = body.find(b"\x00")
-    stmt_end = body.find(b"\x00", end + 1)
-    if end < 0 or stmt_end <= end:
+    n = len(body)
+    end = 0
+    while end < n and body[end] != 0:  # the portal name
+        end += 1
+    stmt_end = end + 1
+    while stmt_end < n and body[stmt_end] != 0:
+        stmt_end += 1
+    if stmt_end >= n:
         return None
+    if stmt_end == end + 1:
+        return ""  # the unnamed statement
     return body[end + 1 : stmt_end].decode("utf-8", "replace")
 
 
@@ -148,6 +155,7 @@ class ClientSession:
         self.config = config
         self.state = State.STARTUP
         self.info = SessionInfo(session_id=session_id, client_address=client_address)
+        self._tx_status = self.info.tx_status  # the last ReadyForQuery's status, mirrored in info
         self.throttle = throttle
         self.clock = clock
         self.tls_available = tls_available
@@ -569,7 +577,9 @@ class ClientSession:
         self.tracker.on_copy_end()
 
     def _on_ready_for_query(self, body: bytes) -> None:
-        self.info.tx_status = body[:1]
+        if body != self._tx_status:  # the status changes rarely; setting it is not free
+            self._tx_status = body[:1]
+            self.info.tx_status = self._tx_status
         self.tracker.on_ready()
 
     def _on_command_complete(self, body: bytes) -> None:

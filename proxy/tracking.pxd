@@ -1,11 +1,18 @@
 # C types for tracking.py when Cython compiles it (setup.py); the .py stays the source of truth.
 
+import cython
+
 cdef class Request:
     cdef public double start, end
     cdef public str kind, sql, outcome
     cdef public object decision, sqlstate, extra
     cdef public object rows  # a Python int: PostgreSQL counts rows in 64 bits, unsigned
     cdef public bint closed_by_sync
+
+cpdef Request new_request(double start, str kind=*, str sql=*, decision=*)
+
+@cython.locals(end=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t, n="long long")
+cpdef object tag_rows(bytes tag)
 
 cdef class RequestTracker:
     cdef public object clock, on_done, pending

@@ -13,21 +13,19 @@ _MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped 
 
 
 class Request:
-    """One request in flight: what it was, what the policy said, how it ended."""
+    """One request in flight: what it was, what the policy said, how it ended (made by `new_request`)."""
 
     __slots__ = ("closed_by_sync", "decision", "end", "extra", "kind", "outcome", "rows", "sql", "sqlstate", "start")
-
-    def __init__(self, start: float, kind: str = "other", sql: str = "", decision: Decision | None = None) -> None:
-        self.start = start
-        self.kind = kind
-        self.sql = sql
-        self.decision = decision
-        self.outcome = "ok"  # ok | error | denied
-        self.sqlstate: str | None = None
-        self.rows = 0
-        self.end = 0.0
-        self.extra: list[tuple[str, Decision | None]] | None = None  # further statements of a batch
-        self.closed_by_sync = False
+    start: float
+    end: float
+    kind: str
+    sql: str
+    decision: Decision | None
+    outcome: str
+    sqlstate: str | None
+    rows: int
+    extra: list[tuple[str, Decision | None]] | None
+    closed_by_sync: bool
 
     @property
     def duration(self) -> float:
@@ -38,6 +36,40 @@ class Request:
         if self.extra is None:
             self.extra = []
         self.extra.append((sql, decision))
+
+
+def new_request(start: float, kind: str = "other", sql: str = "", decision: Decision | None = None) -> Request:
+    """A request that began at `start` (a plain function, so the compiled build skips Python's call protocol)."""
+    req = Request.__new__(Request)
+    req.start = start
+    req.kind = kind
+    req.sql = sql
+    req.decision = decision
+    req.outcome = "ok"  # ok | error | denied
+    req.sqlstate = None
+    req.rows = 0
+    req.end = 0.0
+    req.extra = None  # further statements of a batch: list[tuple[str, Decision | None]]
+    req.closed_by_sync = False
+    return req
+
+
+def tag_rows(tag: bytes) -> int:
+    """The row count a CommandComplete tag ends with ("SELECT 5", "INSERT 0 5"); 0 when it has none."""
+    end = len(tag)
+    while end and tag[end - 1] == 0:
+        end -= 1
+    start = end
+    while start and 48 <= tag[start - 1] <= 57:
+        start -= 1
+    if start == end or (start and tag[start - 1] != 32):
+        return 0
+    if end - start > 18:  # past what a C long long holds in every build: let Python's int read it
+        return int(tag[start:end])
+    n = 0
+    for i in range(start, end):
+        n = n * 10 + (tag[i] - 48)
+    return n
 
 
 class RequestTracker:
@@ -61,7 +93,7 @@ class RequestTracker:
 
     def _batch_request(self) -> Request:
         if self._batch is None:
-            self._batch = Request(self.clock())
+            self._batch = new_request(self.clock())
             self._push(self._batch)
         return self._batch
 
@@ -75,11 +107,11 @@ class RequestTracker:
                 batch.more(sql, decision)
             return
         self._batch = None
-        self._push(Request(self.clock(), statement_kind(sql), sql, decision))
+        self._push(new_request(self.clock(), statement_kind(sql), sql, decision))
 
     def on_function_call(self, decision: Decision | None) -> None:
         self._batch = None
-        self._push(Request(self.clock(), "other", "", decision))
+        self._push(new_request(self.clock(), "other", "", decision))
 
     def on_parse(self, name: str, sql: str, decision: Decision | None, kind: str | None = None) -> None:
         req = self._batch_request()
@@ -98,8 +130,10 @@ class RequestTracker:
         req = self._batch
         if req is None:
             req = self._batch_request()
-        if not req.sql and statement in self._statements:
-            req.kind, req.sql = self._statements[statement]
+        if not req.sql:
+            found = self._statements.get(statement)
+            if found is not None:
+                req.kind, req.sql = found
 
     def on_close_statement(self, name: str) -> None:
         self._statements.pop(name, None)
@@ -137,9 +171,9 @@ class RequestTracker:
 
     def on_command_complete(self, tag: bytes) -> None:
         if self.pending:
-            last = tag[tag.rfind(b" ") + 1 :].rstrip(b"\x00")
-            if last.isdigit():
-                self.pending[0].rows += int(last)
+            rows = tag_rows(tag)
+            if rows:
+                self.pending[0].rows += rows
 
     def on_ready(self) -> Request | None:
         if not self.pending:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from proxy import admin
@@ -14,8 +17,9 @@ from proxy.audit import end_user_from_sql, redact
 from proxy.errors import PgError
 from proxy.metrics import Metrics, QueryRecorder, TenantLabels
 from proxy.policy.model import Allow, Deny
+from proxy.session import _bind_statement
 from proxy.stmtkind import statement_kind
-from proxy.tracking import RequestTracker
+from proxy.tracking import RequestTracker, tag_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +76,48 @@ def test_row_counts_past_64_bits_are_counted_exactly() -> None:
     recorder.record("select", "ok", 0.5, done[0].rows)
     recorder.record("select", "ok", 2.0, 1)
     assert recorder.rows == 18446744073709551618
-    assert recorder.series[("select", "ok")] == [0, 1, 1, 2.5]
+    assert recorder.series[("select", "ok")].snapshot() == [0, 1, 1, 2.5]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=30) | st.lists(st.sampled_from([b"SELECT", b"INSERT", b" ", b"0", b"7", b"12", b"\x00",
+                                                           b"x", b"18446744073709551617"]), max_size=8).map(b"".join))
+def test_tag_rows_reads_the_trailing_count_as_the_spec_says(tag: bytes) -> None:
+    """The count is the tag's last space-separated word, without trailing NULs, when it is all ASCII digits."""
+    last = tag[tag.rfind(b" ") + 1 :].rstrip(b"\x00")
+    assert tag_rows(tag) == (int(last) if last.isdigit() else 0)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from([b"\x00", b"P0_1", b"\xff", b"s\xc3\xa9", b"\x00\x01"]), max_size=6).map(b"".join))
+def test_bind_statement_names_the_second_string(body: bytes) -> None:
+    end = body.find(b"\x00")
+    stmt_end = body.find(b"\x00", end + 1)
+    expected = None if end < 0 or stmt_end <= end else body[end + 1 : stmt_end].decode("utf-8", "replace")
+    assert _bind_statement(body) == expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.floats(0, 10), min_size=1, max_size=12, unique=True).map(sorted),
+       st.lists(st.floats(0, 12), max_size=20))
+def test_recorder_buckets_like_bisect_left(bounds: list[float], seconds: list[float]) -> None:
+    """A latency equal to a bound falls in that bound's bucket (Prometheus counts le), as bisect_left does."""
+    recorder = QueryRecorder(tuple(bounds))
+    expected = [0] * (len(bounds) + 1)
+    for s in [*seconds, *bounds]:
+        recorder.record("select", "ok", s, 0)
+        expected[bisect_left(bounds, s)] += 1
+    got = recorder.series[("select", "ok")].snapshot()
+    assert got[:-1] == expected and got[-1] == pytest.approx(sum(seconds) + sum(bounds))
+
+
+def test_recorder_keeps_series_apart_when_kind_or_outcome_changes() -> None:
+    recorder = QueryRecorder((1.0,))
+    for kind, outcome in [("select", "ok"), ("select", "ok"), ("insert", "ok"), ("select", "error"), ("select", "ok")]:
+        recorder.record(kind, outcome, 0.5, 1)
+    assert {k: v.snapshot() for k, v in recorder.series.items()} == {
+        ("select", "ok"): [3, 0, 1.5], ("insert", "ok"): [1, 0, 0.5], ("select", "error"): [1, 0, 0.5]}
+    assert recorder.rows == 5
 
 
 def test_tracker_denied_outcome() -> None:
