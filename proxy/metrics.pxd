@@ -18,4 +18,6 @@ cdef class QueryRecorder:
 cdef class TenantStats:
     cdef public unsigned long long queries, errors, denied
     cdef public object rows  # a Python int (64-bit unsigned row counts add up past 2^64)
-    cdef public object latencies
+    cdef double[:] _ring
+    cdef Py_ssize_t _next, _count
+    cpdef void add_latency(self, double seconds)

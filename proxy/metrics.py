@@ -5,7 +5,6 @@ from __future__ import annotations
 import statistics
 import threading
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -122,21 +121,35 @@ class QueryRecorder:
 class TenantStats:
     """One tenant's request counts and recent latencies, for the admin console's SHOW STATS."""
 
-    __slots__ = ("denied", "errors", "latencies", "queries", "rows")
+    __slots__ = ("_count", "_next", "_ring", "denied", "errors", "queries", "rows")
 
     def __init__(self) -> None:
         self.queries = 0
         self.errors = 0
         self.denied = 0
         self.rows = 0
-        self.latencies: deque[float] = deque(maxlen=_WINDOW)
+        self._ring = memoryview(array("d", bytes(8 * _WINDOW)))  # the last _WINDOW latencies, a ring
+        self._next = 0
+        self._count = 0
+
+    def add_latency(self, seconds: float) -> None:
+        self._ring[self._next] = seconds
+        self._next = (self._next + 1) % _WINDOW
+        if self._count < _WINDOW:
+            self._count += 1
+
+    def latencies(self) -> list[float]:
+        """The recent latencies in seconds, oldest first."""
+        ring, n, end = self._ring, self._count, self._next
+        return [ring[(end - n + k) % _WINDOW] for k in range(n)]
 
     def quantiles(self) -> tuple[float | None, float | None, float | None]:
         """p50, p95 and p99 of the recent latencies, in milliseconds."""
-        if len(self.latencies) < 2:
-            only = self.latencies[0] * 1000 if self.latencies else None
+        latencies = self.latencies()
+        if len(latencies) < 2:
+            only = latencies[0] * 1000 if latencies else None
             return only, only, only
-        q = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
         return q[49] * 1000, q[94] * 1000, q[98] * 1000
 
 

@@ -116,7 +116,7 @@ class ClientRelay(_SocketEvents):
         stats = self.stats
         stats.queries += 1
         stats.rows += req.rows
-        stats.latencies.append(duration)
+        stats.add_latency(duration)
         if outcome == "error":
             stats.errors += 1
         elif outcome == "denied":

@@ -18,6 +18,7 @@ cdef class ClientSession:
     cdef public object end_user, revoked
     cpdef list client_data(self, data)
     cpdef list server_data(self, data)
+    cpdef list _relay_from_client(self, data)
 
 @cython.locals(n=Py_ssize_t, end=Py_ssize_t, stmt_end=Py_ssize_t)
 cpdef str _bind_statement(bytes body)

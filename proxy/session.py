@@ -106,6 +106,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 }
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
+_READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
 
 
 class ParsingMismatch(Exception):
@@ -244,7 +245,7 @@ class ClientSession:
     def client_data(self, data: bytes) -> list[Action]:
         """Bytes from the client socket."""
         try:
-            if self.state is State.READY:
+            if self.state is _READY:
                 return self._relay_from_client(data)
             if self.state is State.ADMIN:
                 return self._admin_data(data)

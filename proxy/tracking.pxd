@@ -9,6 +9,7 @@ cdef class Request:
     cdef public object rows  # a Python int: PostgreSQL counts rows in 64 bits, unsigned
     cdef public bint closed_by_sync
 
+@cython.locals(req=Request)
 cpdef Request new_request(double start, str kind=*, str sql=*, decision=*)
 
 @cython.locals(end=Py_ssize_t, start=Py_ssize_t, i=Py_ssize_t, n="long long")

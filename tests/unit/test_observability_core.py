@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from proxy import admin
 from proxy.audit import end_user_from_sql, redact
 from proxy.errors import PgError
-from proxy.metrics import Metrics, QueryRecorder, TenantLabels
+from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats
 from proxy.policy.model import Allow, Deny
 from proxy.session import _bind_statement
 from proxy.stmtkind import statement_kind
@@ -118,6 +118,18 @@ def test_recorder_keeps_series_apart_when_kind_or_outcome_changes() -> None:
     assert {k: v.snapshot() for k, v in recorder.series.items()} == {
         ("select", "ok"): [3, 0, 1.5], ("insert", "ok"): [1, 0, 0.5], ("select", "error"): [1, 0, 0.5]}
     assert recorder.rows == 5
+
+
+def test_tenant_stats_keep_the_last_2048_latencies_in_order() -> None:
+    stats = TenantStats()
+    assert stats.latencies() == [] and stats.quantiles() == (None, None, None)
+    stats.add_latency(0.002)
+    assert stats.quantiles() == (2.0, 2.0, 2.0)
+    for i in range(1, 3001):
+        stats.add_latency(i / 1000)
+    recent = stats.latencies()
+    assert recent == [i / 1000 for i in range(953, 3001)]
+    assert stats.quantiles()[0] == pytest.approx(1976.5)
 
 
 def test_tracker_denied_outcome() -> None:

@@ -91,7 +91,7 @@ def test_plain_reads_are_written_through_and_counted(relay: ClientRelay) -> None
     assert relay.client.out == [back]
     assert (relay.bytes_in, relay.bytes_out) == (len(q), len(back))
     st = relay.stats
-    assert (st.queries, st.rows, st.errors, len(st.latencies)) == (1, 1, 0, 1)
+    assert (st.queries, st.rows, st.errors, len(st.latencies())) == (1, 1, 0, 1)
     assert relay.recorder.series[("select", "ok")].snapshot()[0] == 0 and relay.recorder.rows == 1
     assert relay.owner.calls == [("audit", "SELECT 1")]
 
