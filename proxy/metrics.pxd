@@ -2,6 +2,8 @@
 
 import cython
 
+cdef Py_ssize_t _WINDOW
+
 cdef class LatencySeries:
     cdef unsigned long long[:] counts
     cdef public double total

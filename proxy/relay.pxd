@@ -2,6 +2,8 @@
 
 import cython
 
+cdef unsigned long long _BYTES_FLUSH
+
 from proxy.actions cimport Relay
 from proxy.metrics cimport QueryRecorder, TenantStats
 from proxy.session cimport ClientSession

@@ -2,6 +2,8 @@
 
 import cython
 
+cdef Py_ssize_t _MAX_STATEMENTS, _MAX_PENDING
+
 cdef class Request:
     cdef public double start, end
     cdef public str kind, sql, outcome

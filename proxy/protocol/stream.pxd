@@ -14,6 +14,6 @@ cdef class MessageStream:
     cdef public bint limit_all
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, run_start=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t,
-                   t=cython.uchar, r=cython.uchar, buf=bytes, role=bytes, table=list, out=list,
+                   t=cython.uchar, r=cython.uchar, buf=bytes, p="const char*", role=bytes, table=list, out=list,
                    max_length=Py_ssize_t, limit_all=bint)
     cpdef list feed(self, data)

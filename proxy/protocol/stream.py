@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 _LEN = struct.Struct("!I")
+_unpack_len = _LEN.unpack_from
 
 # True in the build Cython compiled (setup.py): there the header is read with C byte arithmetic.
 _COMPILED = not __file__.endswith(".py")
@@ -135,13 +136,13 @@ class MessageStream:
         table = self._table
         max_length = self.max_length
         limit_all = self.limit_all
-        unpack = _LEN.unpack_from
+        p = buf  # the compiled build reads it as a C pointer: message bodies are copied out without slice objects
         while n - pos >= 5:
             t = buf[pos]
             if _COMPILED:
                 length = (buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
             else:
-                (length,) = unpack(buf, pos + 1)
+                (length,) = _unpack_len(buf, pos + 1)
             if length < 4:
                 raise FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
@@ -154,10 +155,10 @@ class MessageStream:
                 if r == 1:
                     if run_start < pos:
                         out.append(memoryview(buf)[run_start:pos])
-                    out.append(Message(t, buf[pos + 5 : end]))
+                    out.append(Message(t, p[pos + 5 : end]))
                     run_start = end
                 else:
-                    replacement = table[r - 2](buf[pos + 5 : end])
+                    replacement = table[r - 2](p[pos + 5 : end])
                     if replacement is not None:
                         if run_start < pos:
                             out.append(memoryview(buf)[run_start:pos])
@@ -177,10 +178,10 @@ class MessageStream:
                 out.append(buf)
             else:
                 out.append(memoryview(buf)[run_start:pos])
-        rest = bytes(buf[pos:]) if pos < n else b""
+        rest = p[pos:n] if pos < n else b""
         if len(rest) >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
-            (length,) = _LEN.unpack_from(rest, 1)
+            (length,) = _unpack_len(rest, 1)
             self._want = length + 1
             self._parts, self._parts_len = [rest], len(rest)
             self._buf = b""
