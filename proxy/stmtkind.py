@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 KINDS = ("select", "insert", "update", "delete", "copy", "ddl", "utility", "other")
@@ -20,16 +19,22 @@ _BY_KEYWORD = {
     "notify": "utility", "explain": "utility", "analyze": "utility", "vacuum": "utility", "lock": "utility",
     "checkpoint": "utility", "load": "utility", "do": "utility", "call": "utility",
 }
-
-
-_LEADING_WORD = re.compile(r"[A-Za-z_]+(?![^\W\d])")  # a whole word: not followed by a letter or _
+_BY_KEYWORD.update({word.upper(): kind for word, kind in _BY_KEYWORD.items()})  # found without .lower()
 
 
 def statement_kind(sql: str) -> str:
     """Kind of the first statement in `sql`: skips blanks, comments and opening parentheses."""
-    word = _LEADING_WORD.match(sql)  # the usual case, decided without the cache (most texts are new)
-    if word is not None:
-        return _BY_KEYWORD.get(word.group().lower(), "other")
+    n = len(sql)
+    j = 0
+    while j < n:  # the usual case: a keyword right at the start, decided without the cache (most texts are new)
+        c = ord(sql[j])
+        if not (65 <= c <= 90 or 97 <= c <= 122 or c == 95):  # [A-Za-z_]
+            break
+        j += 1
+    if j and (j == n or ord(sql[j]) < 128):  # a whole word (no letter of another alphabet goes on with it)
+        word = sql[:j]
+        kind = _BY_KEYWORD.get(word)
+        return kind if kind is not None else _BY_KEYWORD.get(word.lower(), "other")
     return _statement_kind(sql)
 
 

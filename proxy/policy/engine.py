@@ -102,7 +102,7 @@ def _decide_statement(policy: TenantPolicy, data: bytes, stmt: Statement, plan: 
 
 
 class DecisionCache:
-    """A bounded LRU of decisions keyed by (policy, SQL text); a policy compares by value.
+    """A bounded LRU of decisions keyed by (policy, SQL text); a policy compares by value (its `cache_id`).
 
     Plain simple-protocol text with integer literals is keyed by its shape (`proxy.policy.shape`), so
     `... WHERE id = 1` and `... WHERE id = 2` share one entry when the shape's decision holds for both.
@@ -112,15 +112,15 @@ class DecisionCache:
         self.maxsize = maxsize
         self.hits = 0
         self.misses = 0
-        self._data: OrderedDict[tuple[TenantPolicy, str], Decision] = OrderedDict()
-        self._shapes: OrderedDict[tuple[TenantPolicy, str], shape.ShapeDecision] = OrderedDict()
+        self._data: OrderedDict[tuple[int, str], Decision] = OrderedDict()
+        self._shapes: OrderedDict[tuple[int, str], shape.ShapeDecision] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._data) + len(self._shapes)
 
     def cached(self, policy: TenantPolicy, sql: str) -> Decision | None:
         """The cached decision for (policy, sql), by text or by shape (counted as a hit), else None."""
-        key = (policy, sql)
+        key = (policy.cache_id, sql)
         found = self._data.get(key)
         if found is not None:
             self._data.move_to_end(key)
@@ -129,7 +129,7 @@ class DecisionCache:
         split = shape.split(sql)
         if split is None:
             return None
-        skey = (policy, split[0])
+        skey = (policy.cache_id, split[0])
         by_shape = self._shapes.get(skey)
         if by_shape is None:  # not seen, or seen and not usable: the text decides
             return None
@@ -153,7 +153,7 @@ class DecisionCache:
         split = shape.split(sql)
         if split is not None:
             key, literals = split
-            skey = (policy, key)
+            skey = (policy.cache_id, key)
             if skey not in self._shapes:
                 text = shape.text(key)
                 by_shape = shape.from_decision(text, len(literals), decide(policy, text, timings))
@@ -161,9 +161,9 @@ class DecisionCache:
                 if by_shape is not None:
                     return by_shape if isinstance(by_shape, Allow) else by_shape.fill(literals)
                 timings = None  # the stage times are the shape's
-        return self._store(self._data, (policy, sql), decide(policy, sql, timings))
+        return self._store(self._data, (policy.cache_id, sql), decide(policy, sql, timings))
 
-    def _store(self, data: OrderedDict[tuple[TenantPolicy, str], _V], key: tuple[TenantPolicy, str], value: _V) -> _V:
+    def _store(self, data: OrderedDict[tuple[int, str], _V], key: tuple[int, str], value: _V) -> _V:
         data[key] = value
         if len(data) > self.maxsize:
             data.popitem(last=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -47,6 +48,10 @@ class Deny:
 Decision = Allow | Rewrite | Deny
 
 
+_POLICY_IDS: dict[tuple[Any, ...], int] = {}  # TenantPolicy.key -> cache_id (a few entries per configuration)
+_NEXT_POLICY_ID = itertools.count()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class TenantPolicy:
     """Everything the engine needs to decide for one tenant role; hashable and compared by value."""
@@ -69,6 +74,9 @@ class TenantPolicy:
     fence: bool = False
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
+    # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
+    # __hash__ and __eq__ are Python functions, several calls per cached statement).
+    cache_id: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.strategy not in ("shared", "schema", "database"):
@@ -114,6 +122,7 @@ class TenantPolicy:
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))
+        object.__setattr__(self, "cache_id", _POLICY_IDS.setdefault(key, next(_NEXT_POLICY_ID)))
 
     def __hash__(self) -> int:
         return self._hash

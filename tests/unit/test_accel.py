@@ -97,9 +97,9 @@ def test_without_a_manifest_nothing_compiled_runs(tmp_path: Path) -> None:
 def test_a_compiled_file_without_a_pxd_is_never_imported(tmp_path: Path) -> None:
     """A module that was compiled once and no longer is (its .pxd removed) runs from its .py."""
     shutil.copytree(ROOT / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
-    stray = tmp_path / "proxy" / f"stmtkind{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    stray = tmp_path / "proxy" / f"errors{importlib.machinery.EXTENSION_SUFFIXES[0]}"
     stray.write_bytes(b"not a shared object")  # importing it would fail loudly
-    code = "import proxy.stmtkind as k; print(k.__file__)"
+    code = "import proxy.errors as k; print(k.__file__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
                          capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == str(tmp_path / "proxy" / "stmtkind.py")
+    assert out.stdout.strip() == str(tmp_path / "proxy" / "errors.py")

@@ -18,7 +18,7 @@ from proxy.errors import PgError
 from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats
 from proxy.policy.model import Allow, Deny
 from proxy.session import _bind_statement
-from proxy.stmtkind import statement_kind
+from proxy.stmtkind import _BY_KEYWORD, _statement_kind, statement_kind
 from proxy.tracking import RequestTracker, tag_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,19 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_statement_kind(sql: str, kind: str) -> None:
     assert statement_kind(sql) == kind
+
+
+_OLD_LEADING_WORD = re.compile(r"[A-Za-z_]+(?![^\W\d])")
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(["select", "SELECT", "Update", "with", "_", "x", "é", "1", " ", "(", "--", "\n",
+                                 "/*", "*/", "insert", "ß", "K", "\u212a"]), max_size=6).map("".join))
+def test_statement_kind_reads_the_leading_word_as_before(sql: str) -> None:
+    """The typed scan answers as the regular expression it replaced (a whole word, case-insensitive)."""
+    word = _OLD_LEADING_WORD.match(sql)
+    expected = _BY_KEYWORD.get(word.group().lower(), "other") if word else _statement_kind(sql)
+    assert statement_kind(sql) == expected
 
 
 def test_tracker_matches_responses_in_order() -> None:
