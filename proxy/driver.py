@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import ssl
@@ -218,6 +219,7 @@ class ClientConnection(asyncio.Protocol):
             on_decision=self._on_decision,
         )
         self.log = log.bind(session_id=sid, client_addr=address)
+        self.session.report_rewrites = self.log.is_enabled_for(logging.DEBUG)
         self.proxy.clients.add(self)
         self.proxy.metrics.clients.labels("_none", "authenticating").inc()
         self._gauge: tuple[str, str] | None = ("_none", "authenticating")

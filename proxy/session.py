@@ -183,6 +183,7 @@ class ClientSession:
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
         self.on_decision = on_decision
+        self.report_rewrites = False  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = {
@@ -495,8 +496,8 @@ class ClientSession:
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
-            return m.Query(decision.sql).encode()
-        return m.Query(self._deny_marker(decision)).encode()
+            return m.query_message(decision.sql)
+        return m.query_message(self._deny_marker(decision))
 
     def _gate_parse(self, body: bytes) -> bytes | None:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
@@ -535,7 +536,7 @@ class ClientSession:
         )
         self.tracker.on_function_call(decision)
         self._report("function_call", "", decision)
-        return m.Query(self._deny_marker(decision)).encode()
+        return m.query_message(self._deny_marker(decision))
 
     def _deny_invalid_text(self, type_: int, body: bytes) -> bytes:
         """PostgreSQL answers invalid UTF-8 with 22021 and keeps the session; so do we (the text is never
@@ -543,13 +544,14 @@ class ClientSession:
         decision = Deny("22021", 'invalid byte sequence for encoding "UTF8"', "", "invalid_utf8")
         if type_ == m.QUERY:
             self.tracker.on_query("", decision)
-            return m.Query(self._deny_marker(decision)).encode()
+            return m.query_message(self._deny_marker(decision))
         name = body[: max(body.find(b"\x00"), 0)].decode("utf-8", "replace")
         self.tracker.on_parse(name, "", decision)
         return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
 
     def _report(self, kind: str, sql: str, decision: Decision) -> None:
-        if self.on_decision is not None:
+        """Tell `on_decision` of a denial, and of a rewrite when `report_rewrites` is set (debug logging)."""
+        if self.on_decision is not None and (self.report_rewrites or type(decision) is not Rewrite):
             self.on_decision(kind, sql, decision)
 
     def _deny_marker(self, deny: Decision) -> str:

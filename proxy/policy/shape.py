@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pglast.parser import ParseError, parse_sql_json, scan
 
-from proxy.policy.model import Allow, Decision, Rewrite
+from proxy.policy.model import Allow, Decision, Rewrite, new_rewrite
 
 _UNSHAPEABLE = ("'", '"', "$", "\\", "--", "/*")
 # \w and \d spelled out for ASCII (only ASCII text is shaped): the same tokens, found faster.
@@ -120,7 +120,7 @@ class Template:
         for i, k in enumerate(order):
             out.append(literals[k])
             out.append(pieces[i + 1])
-        return Rewrite("".join(out), self.rules, self.effects)
+        return new_rewrite("".join(out), self.rules, self.effects)
 
 
 ShapeDecision = Allow | Template | None

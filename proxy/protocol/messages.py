@@ -185,7 +185,12 @@ class Query:
         return cls(query_text(body))
 
     def encode(self) -> bytes:
-        return frame(b"Q", self.sql.encode() + b"\x00")
+        return query_message(self.sql)
+
+
+def query_message(sql: str) -> bytes:
+    """A Query message's bytes (without building a `Query`)."""
+    return frame(b"Q", sql.encode() + b"\x00")
 
 
 @dataclass(frozen=True, slots=True)

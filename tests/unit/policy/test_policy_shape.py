@@ -12,6 +12,7 @@ from policy_corpus import POLICIES, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide, shape
 from proxy.policy.engine import DecisionCache
+from proxy.policy.model import new_rewrite
 
 # A tenant whose key is an integer: the one place a literal's value decides (INSERT of the tenant column).
 _NUMERIC = TenantPolicy(
@@ -196,3 +197,12 @@ def test_split_is_the_scan_only_when_compiled() -> None:
     assert (key, literals) == ("SELECT * FROM t WHERE a = \x00 AND b.c1 = \x00", ["12", "3"])
     assert shape.split("SELECT x1, 1.5, 2e3 FROM t") is None  # no integer literal standing alone
     assert shape.split("SELECT 1 -- 2") is None and shape.split("SELECT 1 /* 2 */") is None
+
+
+def test_new_rewrite_is_a_rewrite_with_every_field() -> None:
+    """The hot path's constructor sets every field the dataclass has, and makes an equal, frozen object."""
+    made = new_rewrite("SELECT 1", ("rule",), frozenset({"e"}))
+    assert made == Rewrite("SELECT 1", ("rule",), frozenset({"e"}))
+    assert [getattr(made, f.name) for f in dataclasses.fields(Rewrite)] == ["SELECT 1", ("rule",), frozenset({"e"})]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.sql = "SELECT 2"  # type: ignore[misc]
