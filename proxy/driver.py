@@ -10,7 +10,6 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from time import perf_counter
 
 from proxy import _accel, dbcheck, errors
 from proxy import admin as admin_console
@@ -42,7 +41,7 @@ from proxy.httpd import OpsServer
 from proxy.logs import get_logger
 from proxy.metrics import DEFAULT_BUCKETS, Metrics
 from proxy.ops import AdminView, Ops
-from proxy.policy.engine import DecisionCache
+from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
@@ -687,25 +686,9 @@ class Proxy:
             found = self._deciders[tenant] = self._new_decider(tenant)
         return found
 
-    def _new_decider(self, tenant: str) -> Callable[[str, str], Decision]:
-        policy = self.policies[tenant]
-        cache = self.decisions
+    def _new_decider(self, tenant: str) -> Gate:
         decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
-
-        def decide(_kind: str, sql: str) -> Decision:
-            current = self.policies.get(tenant, policy)  # a reload replaces the dict
-            found = cache.cached(current, sql)
-            if found is not None:
-                return found
-            stages: dict[str, float] = {}
-            t0 = perf_counter()
-            decision = cache.decide_miss(current, sql, stages)
-            decision_time["total"].observe(perf_counter() - t0)
-            for stage, seconds in stages.items():
-                decision_time[stage].observe(seconds)
-            return decision
-
-        return decide
+        return Gate(self.decisions, self, tenant, lambda stage, seconds: decision_time[stage].observe(seconds))
 
     def server_parameters(self, session: ClientSession) -> dict[str, str]:
         """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from policy_corpus import POLICIES, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide, shape
-from proxy.policy.engine import DecisionCache
+from proxy.policy.cache import DecisionCache
 from proxy.policy.model import new_rewrite
 
 # A tenant whose key is an integer: the one place a literal's value decides (INSERT of the tenant column).

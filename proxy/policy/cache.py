@@ -1,0 +1,124 @@
+"""The decision cache and each tenant's gate: what every Query and Parse goes through before it is forwarded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from proxy.policy import shape
+from proxy.policy.engine import decide
+from proxy.policy.model import Allow, Decision, TenantPolicy
+from proxy.policy.shape import split
+
+
+class DecisionCache:
+    """A bounded LRU of decisions keyed by (policy, SQL text); a policy compares by value (its `cache_id`).
+
+    Plain simple-protocol text with integer literals is keyed by its shape (`proxy.policy.shape`), so
+    `... WHERE id = 1` and `... WHERE id = 2` share one entry when the shape's decision holds for both.
+    Both maps are plain dicts in recency order: a hit moves its entry to the end, the first one is evicted.
+    """
+
+    __slots__ = ("_data", "_shapes", "hits", "maxsize", "misses")
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._data: dict[tuple[int, str], Decision] = {}
+        self._shapes: dict[tuple[int, str], shape.ShapeDecision] = {}
+
+    def __len__(self) -> int:
+        return len(self._data) + len(self._shapes)
+
+    def cached(self, policy: TenantPolicy, sql: str) -> Decision | None:
+        """The cached decision for (policy, sql), by text or by shape (counted as a hit), else None."""
+        cache_id = policy.cache_id
+        key = (cache_id, sql)
+        data = self._data
+        found = data.get(key)
+        if found is not None:
+            del data[key]
+            data[key] = found
+            self.hits += 1
+            return found
+        parts = split(sql)
+        if parts is None:
+            return None
+        skey = (cache_id, parts[0])
+        shapes = self._shapes
+        by_shape = shapes.get(skey)
+        if by_shape is None:  # not seen, or seen and not usable: the text decides
+            return None
+        del shapes[skey]
+        shapes[skey] = by_shape
+        self.hits += 1
+        return by_shape if type(by_shape) is Allow else by_shape.fill(parts[1])
+
+    def get_or_decide(
+        self, policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None
+    ) -> Decision:
+        """The cached decision for (policy, sql), deciding and caching it on a miss (stage times in
+        `timings` on a miss only)."""
+        found = self.cached(policy, sql)
+        if found is not None:
+            return found
+        return self.decide_miss(policy, sql, timings)
+
+    def decide_miss(self, policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None) -> Decision:
+        """Decide (policy, sql) after `cached()` found nothing, and cache the outcome (counted as a miss)."""
+        self.misses += 1
+        parts = split(sql)
+        if parts is not None:
+            key, literals = parts
+            skey = (policy.cache_id, key)
+            if skey not in self._shapes:
+                text = shape.text(key)
+                by_shape = shape.from_decision(text, len(literals), decide(policy, text, timings))
+                self._store(self._shapes, skey, by_shape)
+                if by_shape is not None:
+                    return by_shape if isinstance(by_shape, Allow) else by_shape.fill(literals)
+                timings = None  # the stage times are the shape's
+        decision = decide(policy, sql, timings)
+        self._store(self._data, (policy.cache_id, sql), decision)
+        return decision
+
+    def _store(self, data: dict, key: tuple[int, str], value: object) -> None:
+        data[key] = value
+        if len(data) > self.maxsize:
+            del data[next(iter(data))]
+
+    def clear(self) -> None:
+        """Drop every cached decision (e.g. after a configuration reload)."""
+        self._data.clear()
+        self._shapes.clear()
+
+
+class Gate:
+    """One tenant's decision function, `gate(kind, sql)`, shared by its sessions: the shared cache under the
+    tenant's current policy (`owner.policies[tenant]`: a reload replaces that dict), with the decision time of
+    each miss given to `observe(stage, seconds)` (stages "total", "gate", "rewrite", "verify")."""
+
+    __slots__ = ("cache", "observe", "owner", "policy", "tenant")
+
+    def __init__(self, cache: DecisionCache, owner: Any, tenant: str, observe: Callable[[str, float], None]) -> None:
+        self.cache = cache
+        self.owner = owner
+        self.tenant = tenant
+        self.policy = owner.policies[tenant]  # the policy when the gate was made, should a reload drop the tenant
+        self.observe = observe
+
+    def __call__(self, kind: str, sql: str) -> Decision:
+        policies: dict[str, TenantPolicy] = self.owner.policies
+        current = policies.get(self.tenant, self.policy)
+        found = self.cache.cached(current, sql)
+        if found is not None:
+            return found
+        stages: dict[str, float] = {}
+        t0 = perf_counter()
+        decision = self.cache.decide_miss(current, sql, stages)
+        self.observe("total", perf_counter() - t0)
+        for stage, seconds in stages.items():
+            self.observe(stage, seconds)
+        return decision
