@@ -3,6 +3,7 @@
 import cython
 
 from proxy.actions cimport RelayToClient, RelayToServer
+from proxy.protocol.messages cimport query_message, query_text
 from proxy.protocol.stream cimport MessageStream
 from proxy.tracking cimport RequestTracker
 

@@ -30,6 +30,7 @@ from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
+from proxy.protocol.messages import query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, FramingError, Message, MessageStream
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
@@ -487,7 +488,7 @@ class ClientSession:
     def _gate_query(self, body: bytes) -> bytes | None:
         """Apply the policy to a Query: None forwards it as it is, else the bytes to forward in its place."""
         try:
-            sql = m.query_text(body)
+            sql = query_text(body)
         except m.InvalidText:
             return self._deny_invalid_text(m.QUERY, body)
         decision = self.decide("query", sql)
@@ -496,8 +497,8 @@ class ClientSession:
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
-            return m.query_message(decision.sql)
-        return m.query_message(self._deny_marker(decision))
+            return query_message(decision.sql)
+        return query_message(self._deny_marker(decision))
 
     def _gate_parse(self, body: bytes) -> bytes | None:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
@@ -536,7 +537,7 @@ class ClientSession:
         )
         self.tracker.on_function_call(decision)
         self._report("function_call", "", decision)
-        return m.query_message(self._deny_marker(decision))
+        return query_message(self._deny_marker(decision))
 
     def _deny_invalid_text(self, type_: int, body: bytes) -> bytes:
         """PostgreSQL answers invalid UTF-8 with 22021 and keeps the session; so do we (the text is never
@@ -544,7 +545,7 @@ class ClientSession:
         decision = Deny("22021", 'invalid byte sequence for encoding "UTF8"', "", "invalid_utf8")
         if type_ == m.QUERY:
             self.tracker.on_query("", decision)
-            return m.query_message(self._deny_marker(decision))
+            return query_message(self._deny_marker(decision))
         name = body[: max(body.find(b"\x00"), 0)].decode("utf-8", "replace")
         self.tracker.on_parse(name, "", decision)
         return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()

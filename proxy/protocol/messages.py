@@ -170,6 +170,15 @@ def _cstring(body: bytes, pos: int) -> tuple[str, int]:
 
 def query_text(body: bytes) -> str:
     """The SQL of a Query body, without building a `Query` (the relay's hot path)."""
+    n = len(body)
+    if n and body[n - 1] == 0:  # the usual case: one string, decoded in place
+        try:
+            sql = body[: n - 1].decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # the exact error comes from the general path below
+        else:
+            if "\x00" not in sql:
+                return sql
     sql, pos = _cstring(body, 0)
     if pos != len(body):
         raise DecodeError("trailing bytes after Query string")

@@ -114,3 +114,26 @@ def test_garbage_bodies_only_raise_decode_error(body: bytes) -> None:
     for decoder in (m.Query.decode, m.Parse.decode, m.SASLInitialResponse.decode, m.decode_parameter_status):
         with contextlib.suppress(m.DecodeError):
             decoder(body)
+
+
+def _query_text_by_the_book(body: bytes) -> str | type[Exception]:
+    """One NUL-terminated UTF-8 string and nothing after it; the first problem found decides the error."""
+    end = body.find(b"\x00")
+    if end < 0:
+        return m.DecodeError
+    try:
+        sql = body[:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return m.InvalidText
+    return sql if end == len(body) - 1 else m.DecodeError
+
+
+@given(st.lists(st.sampled_from([b"SELECT 1", b"\x00", b"\xff", b"\xc3\xa9", b"\xc3", b" "]), max_size=6).map(b"".join))
+def test_query_text_answers_every_body_as_the_protocol_says(body: bytes) -> None:
+    expected = _query_text_by_the_book(body)
+    if isinstance(expected, str):
+        assert m.query_text(body) == expected
+    else:
+        with pytest.raises(expected) as info:
+            m.query_text(body)
+        assert type(info.value) is expected
