@@ -9,7 +9,6 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
 
 from proxy import _accel, dbcheck, errors
 from proxy import admin as admin_console
@@ -662,7 +661,7 @@ class Proxy:
         self.server: asyncio.AbstractServer | None = None
         self.policies: dict[str, TenantPolicy] = {}
         self.decisions = DecisionCache()
-        self._deciders: dict[str, Callable[[str, str], Decision]] = {}
+        self._deciders: dict[str, Gate] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
         )
@@ -677,7 +676,7 @@ class Proxy:
         self._idle.set()
         self.stopping = False
 
-    def decider(self, tenant: str) -> Callable[[str, str], Decision]:
+    def decider(self, tenant: str) -> Gate:
         """The policy gate of one tenant's sessions (one per tenant, shared by its sessions): the shared decision
         cache, under the tenant's current policy (a reload may replace it), with decision times observed on
         cache misses."""
