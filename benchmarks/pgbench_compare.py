@@ -219,8 +219,11 @@ def start_pyrelay(stack: contextlib.ExitStack, cluster: PgCluster) -> Target:
     return target
 
 
-def start_pgbouncer(stack: contextlib.ExitStack, exe: str, cluster: PgCluster, pool_size: int) -> Target:
-    role, role_pw = backend_role()
+def start_pgbouncer(stack: contextlib.ExitStack, exe: str, cluster: PgCluster, pool_size: int,
+                    role: tuple[str, str] | None = None, name: str = "pgbouncer") -> Target:
+    """PgBouncer in session mode in front of database DB, logging in to PostgreSQL as `role` (default: the role
+    pgtenant uses for tenant initech); clients log in as USER."""
+    role, role_pw = role or backend_role()
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-pgbouncer-", dir="/tmp"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
     port = pgcluster.free_port()
@@ -256,7 +259,7 @@ ignore_startup_parameters = extra_float_digits
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=pdeathsig(), **kw)
     log.close()
     stack.callback(stop_process, proc)  # SIGTERM = immediate shutdown for pgbouncer
-    target = Target("pgbouncer", port, USER, PASSWORD, proc.pid, workdir / "pgbouncer.log")
+    target = Target(name, port, USER, PASSWORD, proc.pid, workdir / "pgbouncer.log")
     wait_ready(target, proc)
     return target
 

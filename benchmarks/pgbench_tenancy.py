@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -26,6 +28,9 @@ from tests.support import pgcluster, proxyproc  # noqa: E402
 from tests.support.pgcluster import PgCluster  # noqa: E402
 
 SHARED_USER, SHARED_PASSWORD, SHARED_ROLE, SHARED_ROLE_PW = "ben", "ben-pw", "pgt_bench", "bench-role-pw"
+# "PgBouncer + hand-written RLS", the set-up pgtenant replaces: PgBouncer logs in as a role for which the same
+# forced RLS policy applies, the tenant and search_path fixed by role settings (PgBouncer cannot set them).
+RLS_ROLE, RLS_ROLE_PW = "pgt_bench_rls", "bench-rls-pw"
 
 
 class TweakedProxy(pc.BenchProxy):
@@ -76,6 +81,31 @@ def prepare_shared_tables(cluster: PgCluster) -> None:
     )
 
 
+def prepare_rls_role(cluster: PgCluster) -> None:
+    """The role PgBouncer + RLS logs in as: not the owner, NOBYPASSRLS, tenant t1 and search_path bench by role
+    settings, so pgbench -S reads bench.pgbench_accounts under the very policy pgtenant's shared role does."""
+    cluster.execute(
+        f"""
+        DROP ROLE IF EXISTS {RLS_ROLE};
+        CREATE ROLE {RLS_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD '{RLS_ROLE_PW}';
+        GRANT CONNECT ON DATABASE {pc.DB} TO {RLS_ROLE};
+        ALTER ROLE {RLS_ROLE} SET search_path = bench;
+        ALTER ROLE {RLS_ROLE} SET pgtenant.tenant_id = 't1';
+        """,
+    )
+    cluster.execute(f"GRANT USAGE ON SCHEMA bench TO {RLS_ROLE}; "
+                    f"GRANT SELECT ON bench.pgbench_accounts, bench.pgbench_branches TO {RLS_ROLE}", dbname=pc.DB)
+
+
+def check_sees_one_tenant(target: pc.Target, expected: int) -> None:
+    """The target reads pgbench_accounts as tenant t1 only: the rows pgbench -S can hit, nothing else."""
+    with psycopg.connect(target.dsn(), autocommit=True) as conn:
+        seen = conn.execute("SELECT count(*), count(DISTINCT tenant_id), min(tenant_id) FROM pgbench_accounts")
+        row = seen.fetchone()
+    if row != (expected, 1, "t1"):
+        raise SystemExit(f"{target.name} does not see exactly tenant t1's {expected} rows: {row}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=10)
@@ -110,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         base.provision()  # forced RLS + policy on bench.pgbench_accounts, grants for the shared role
         cluster.execute(f"GRANT USAGE ON SCHEMA bench TO {SHARED_ROLE}; "
                         f"GRANT SELECT ON bench.pgbench_branches TO {SHARED_ROLE}", dbname=pc.DB)
+        prepare_rls_role(cluster)
         pg_pid = cluster.pid
         assert pg_pid is not None
         audit_file = Path(tempfile.mkdtemp(prefix="pgtenant-bench-audit-")) / "audit.log"
@@ -125,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         pc_user, pc_pw = pc.USER, pc.PASSWORD
         targets = {
             "pgbouncer": pc.start_pgbouncer(stack, bouncer, cluster, args.clients + 10),
+            "pgbouncer + RLS": pc.start_pgbouncer(stack, bouncer, cluster, args.clients + 10,
+                                                  role=(RLS_ROLE, RLS_ROLE_PW), name="pgbouncer + RLS"),
             "pgtenant passthrough": start(base, "pgtenant passthrough", pc_user, pc_pw),
             "pgtenant metrics off": start(make_proxy(stack, cluster, metrics_off), "pgtenant metrics off",
                                           pc_user, pc_pw),
@@ -132,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                                        pc_user, pc_pw),
             "pgtenant shared": start(make_proxy(stack, cluster), "pgtenant shared", SHARED_USER, SHARED_PASSWORD),
         }
+        t1_rows = cluster.execute("SELECT count(*) FROM bench.pgbench_accounts WHERE tenant_id = 't1'",
+                                  dbname=pc.DB)[0][0]
+        for name in ("pgbouncer + RLS", "pgtenant shared"):
+            check_sees_one_tenant(targets[name], t1_rows)
         if args.only:
             wanted = {n.strip() for n in args.only.split(",")}
             targets = {n: t for n, t in targets.items() if n in wanted}
@@ -147,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             results["bench"][mode] = {n: pc.summarize(rs, True) for n, rs in runs.items()}
         results["audit_lines"] = sum(1 for _ in audit_file.open()) if audit_file.exists() else 0
     names = list(next(iter(results["bench"].values()))) if results["bench"] else []
-    print("\n| mode | " + " | ".join(names) + " | shared/pgbouncer | metrics cost | audit cost |")
-    print("|---|" + "---:|" * (len(names) + 3))
+    print("\n| mode | " + " | ".join(names) + " | shared/(pgbouncer + RLS) | shared/pgbouncer | "
+          "metrics cost | audit cost |")
+    print("|---|" + "---:|" * (len(names) + 4))
     def ratio(tps: dict[str, float], a: str, b: str, cost: bool) -> str:
         if a not in tps or b not in tps:
             return "-"
@@ -157,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode, by in results["bench"].items():
         tps = {n: by[n]["tps"] for n in by}
         print(f"| {mode} | " + " | ".join(f"{tps[n]:.0f} ({by[n]['proxy_cpu_us_per_txn']} µs)" for n in by)
+              + f" | {ratio(tps, 'pgtenant shared', 'pgbouncer + RLS', False)}"
               + f" | {ratio(tps, 'pgtenant shared', 'pgbouncer', False)}"
               + f" | {ratio(tps, 'pgtenant passthrough', 'pgtenant metrics off', True)}"
               + f" | {ratio(tps, 'pgtenant audit on', 'pgtenant passthrough', True)} |")

@@ -33,8 +33,9 @@ def statement_kind(sql: str) -> str:
         j += 1
     if j and (j == n or ord(sql[j]) < 128):  # a whole word (no letter of another alphabet goes on with it)
         word = sql[:j]
-        kind = _BY_KEYWORD.get(word)
-        return kind if kind is not None else _BY_KEYWORD.get(word.lower(), "other")
+        table = _BY_KEYWORD  # typed (stmtkind.pxd): the compiled build looks it up without a method call
+        kind = table.get(word)
+        return kind if kind is not None else table.get(word.lower(), "other")
     return _statement_kind(sql)
 
 

@@ -2,6 +2,8 @@
 
 import cython
 
+from proxy.stmtkind cimport statement_kind
+
 cdef Py_ssize_t _MAX_STATEMENTS, _MAX_PENDING
 
 cdef class Request:

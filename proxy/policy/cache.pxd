@@ -1,12 +1,20 @@
 # C types for cache.py when Cython compiles it (setup.py); the .py stays the source of truth.
 import cython
 
+from proxy.policy.shape cimport split
+
+cdef class _Entry:
+    cdef public object value
+    cdef public long long seq
+
 cdef class DecisionCache:
     cdef public Py_ssize_t maxsize
     cdef public unsigned long long hits, misses
+    cdef long long _clock
     cdef dict _data, _shapes
-    @cython.locals(data=dict, shapes=dict, key=tuple, skey=tuple, parts=tuple)
+    @cython.locals(key=tuple, skey=tuple, parts=tuple, entry=_Entry)
     cpdef cached(self, policy, str sql)
+    cdef void _touch(self, dict data, tuple key, _Entry entry) except *
     cpdef decide_miss(self, policy, str sql, timings=*)
     cdef void _store(self, dict data, tuple key, object value) except *
 

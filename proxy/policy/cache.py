@@ -12,49 +12,68 @@ from proxy.policy.model import Allow, Decision, TenantPolicy
 from proxy.policy.shape import split
 
 
+class _Entry:
+    """A cached value and when it was stored or last moved to the recent end (the cache's clock)."""
+
+    __slots__ = ("seq", "value")
+
+    def __init__(self, value: object, seq: int) -> None:
+        self.value = value
+        self.seq = seq
+
+
 class DecisionCache:
-    """A bounded LRU of decisions keyed by (policy, SQL text); a policy compares by value (its `cache_id`).
+    """A bounded, roughly least-recently-used map of decisions keyed by (policy, SQL text); a policy compares by
+    value (its `cache_id`).
 
     Plain simple-protocol text with integer literals is keyed by its shape (`proxy.policy.shape`), so
     `... WHERE id = 1` and `... WHERE id = 2` share one entry when the shape's decision holds for both.
-    Both maps are plain dicts in recency order: a hit moves its entry to the end, the first one is evicted.
+    Both maps are plain dicts in recency order; the first entry is evicted. A hit moves its entry to the end
+    only once more than (maxsize - 1) // 2 stores and moves have happened since it was stored or last moved
+    (moving it on every hit cost more than the lookup), so an entry hit at least that often is never evicted;
+    a bound of 1 or 2 is exact LRU.
     """
 
-    __slots__ = ("_data", "_shapes", "hits", "maxsize", "misses")
+    __slots__ = ("_clock", "_data", "_shapes", "hits", "maxsize", "misses")
 
     def __init__(self, maxsize: int = 10_000) -> None:
         self.maxsize = maxsize
         self.hits = 0
         self.misses = 0
-        self._data: dict[tuple[int, str], Decision] = {}
-        self._shapes: dict[tuple[int, str], shape.ShapeDecision] = {}
+        self._clock = 0  # counts stores and moves: an entry's age is the clock minus its seq
+        self._data: dict[tuple[int, str], _Entry] = {}
+        self._shapes: dict[tuple[int, str], _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._data) + len(self._shapes)
 
     def cached(self, policy: TenantPolicy, sql: str) -> Decision | None:
-        """The cached decision for (policy, sql), by text or by shape (counted as a hit), else None."""
+        """The cached decision for (policy, sql), by shape or by text (counted as a hit), else None."""
         cache_id = policy.cache_id
-        key = (cache_id, sql)
-        data = self._data
-        found = data.get(key)
-        if found is not None:
-            del data[key]
-            data[key] = found
-            self.hits += 1
-            return found
         parts = split(sql)
-        if parts is None:
+        if parts is not None:  # a usable shape decides for every text of that shape
+            skey = (cache_id, parts[0])
+            entry = self._shapes.get(skey)
+            if entry is not None and entry.value is not None:
+                self._touch(self._shapes, skey, entry)
+                self.hits += 1
+                by_shape = entry.value
+                return by_shape if type(by_shape) is Allow else by_shape.fill(parts[1])
+        key = (cache_id, sql)
+        entry = self._data.get(key)
+        if entry is None:
             return None
-        skey = (cache_id, parts[0])
-        shapes = self._shapes
-        by_shape = shapes.get(skey)
-        if by_shape is None:  # not seen, or seen and not usable: the text decides
-            return None
-        del shapes[skey]
-        shapes[skey] = by_shape
+        self._touch(self._data, key, entry)
         self.hits += 1
-        return by_shape if type(by_shape) is Allow else by_shape.fill(parts[1])
+        return entry.value
+
+    def _touch(self, data: dict, key: tuple[int, str], entry: _Entry) -> None:
+        """A hit: move the entry to the recent end if it has aged by about half the bound."""
+        if self._clock - entry.seq > (self.maxsize - 1) // 2:
+            self._clock += 1
+            entry.seq = self._clock
+            del data[key]
+            data[key] = entry
 
     def get_or_decide(
         self, policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None
@@ -85,7 +104,8 @@ class DecisionCache:
         return decision
 
     def _store(self, data: dict, key: tuple[int, str], value: object) -> None:
-        data[key] = value
+        self._clock += 1
+        data[key] = _Entry(value, self._clock)
         if len(data) > self.maxsize:
             del data[next(iter(data))]
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pglast.parser import ParseError, parse_sql_json, scan
 
-from proxy.policy.model import Allow, Decision, Rewrite, new_rewrite
+from proxy.policy.model import Allow, Decision, Rewrite
 
 _UNSHAPEABLE = ("'", '"', "$", "\\", "--", "/*")
 # \w and \d spelled out for ASCII (only ASCII text is shaped): the same tokens, found faster.
@@ -54,15 +54,21 @@ def _word_or_dot(c: int) -> bool:
 
 def split_scan(sql: str) -> tuple[str, list[str]] | None:
     """`split` as one pass over the characters: the faster way once compiled (the same answers as
-    `split_regex`, checked by the tests)."""
+    `split_regex`, checked by the tests). The key is written as it goes, a NUL where each literal was."""
     n = len(sql)
-    raw = sql.encode("utf-8", "surrogatepass")  # the characters, just as many bytes when all are ASCII
+    try:
+        raw = sql.encode("utf-8")  # the characters, just as many bytes when all are ASCII
+    except UnicodeEncodeError:  # a lone surrogate: not plain
+        return None
     if len(raw) != n:
         return None
+    global _scratch
+    if len(_scratch) < n:
+        _scratch = bytearray(2 * n)
     p = raw  # the compiled build reads it through a C pointer: one byte per character
-    gaps: list[str] = []
+    q = _scratch  # and writes the key through another
+    k = 0  # the key's length so far
     literals: list[str] = []
-    last = 0  # where the text after the previous literal starts
     prev = 0  # the character before position i (0 at the start)
     i = 0
     while i < n:
@@ -76,23 +82,33 @@ def split_scan(sql: str) -> tuple[str, list[str]] | None:
             while j < n and 48 <= p[j] <= 57:
                 j += 1
             if j == n or not _word_or_dot(p[j]):
-                gaps.append(sql[last:i])
                 literals.append(sql[i:j])
-                last = j
+                q[k] = 0
+                k += 1
+            else:
+                while i < j:
+                    q[k] = p[i]
+                    k += 1
+                    i += 1
             prev = p[j - 1]
             i = j
             continue
+        q[k] = c
+        k += 1
         prev = c
         i += 1
     if not literals or len(literals) > _MAX_LITERALS:
         return None
-    gaps.append(sql[last:])
-    return _GAP.join(gaps), literals
+    return q[:k].decode("ascii"), literals
 
 
-# split(sql): the shape key of `sql` (its text between integer literals) and the literals in order, or None when
-# it has none or is not plain. `text(key)` is the shape's SQL; only a cache miss needs it.
-split = split_scan if _COMPILED else split_regex
+_scratch = bytearray(4096)  # split_scan's key buffer (it runs to its end without yielding), grown on demand
+
+
+def split(sql: str) -> tuple[str, list[str]] | None:
+    """The shape key of `sql` (its text between integer literals, a NUL for each) and the literals in order, or
+    None when it has none or is not plain; `text(key)` is the shape's SQL (only a cache miss needs it)."""
+    return split_scan(sql) if _COMPILED else split_regex(sql)
 
 
 def text(key: str) -> str:
@@ -122,6 +138,25 @@ class Template:
             out.append(pieces[i + 1])
         return new_rewrite("".join(out), self.rules, self.effects)
 
+
+def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str]) -> Rewrite:
+    """`Rewrite(sql, rules, effects)` for the shape cache's hot path, at a fraction of the cost of the frozen
+    dataclass's __init__ (the same object; a test holds the two to the same fields)."""
+    if _COMPILED:  # what object.__new__ and object.__setattr__ do, as C calls (shape.pxd cimports them)
+        rewrite = new_object(Rewrite)  # noqa: F821
+        PyObject_GenericSetAttr(rewrite, "sql", sql)  # noqa: F821
+        PyObject_GenericSetAttr(rewrite, "rules", rules)  # noqa: F821
+        PyObject_GenericSetAttr(rewrite, "effects", effects)  # noqa: F821
+        return rewrite
+    rewrite = _new_object(Rewrite)
+    _set_attribute(rewrite, "sql", sql)
+    _set_attribute(rewrite, "rules", rules)
+    _set_attribute(rewrite, "effects", effects)
+    return rewrite
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
 
 ShapeDecision = Allow | Template | None
 

@@ -137,3 +137,12 @@ def test_query_text_answers_every_body_as_the_protocol_says(body: bytes) -> None
         with pytest.raises(expected) as info:
             m.query_text(body)
         assert type(info.value) is expected
+
+
+@given(st.text(max_size=300).filter(lambda s: "\x00" not in s))
+def test_query_message_is_the_framed_text(sql: str) -> None:
+    """'Q', an int32 length counting itself, the UTF-8 text and its NUL (built in C in the compiled build)."""
+    data = sql.encode()
+    out = m.query_message(sql)
+    assert out == b"Q" + struct.pack("!I", len(data) + 5) + data + b"\x00"
+    assert m.query_text(out[5:]) == sql
