@@ -137,7 +137,8 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
     session.state = State.READY
     session.tenant = proxy.config.tenants[tenant]
     session.info.tenant = tenant
-    session.enable_policy(proxy.decider(tenant), lambda: proxy.policies.get(tenant))
+    gate = proxy.decider(tenant)
+    session.enable_policy(gate, gate.current)  # as ClientConnection does once the backend is ready
     link = ServerLink(conn, ServerConnection(proxy.config.backends["main"], tenant, {}))
     link.transport = _Transport()  # type: ignore[assignment]
     link.relaying = True

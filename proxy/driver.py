@@ -524,8 +524,8 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.closed:
             return
-        proxy = self.proxy
-        session.enable_policy(proxy.decider(name), lambda: proxy.policies.get(name))
+        gate = self.proxy.decider(name)
+        session.enable_policy(gate, gate.current)  # a Parse memo holds while the gate's policy stays
         await self._acquire()
 
     async def _acquire(self) -> None:

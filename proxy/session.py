@@ -507,7 +507,7 @@ class ClientSession:
         if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
-            if out is not None:
+            if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
             return out
         try:

@@ -22,3 +22,5 @@ cdef class Gate:
     cdef public DecisionCache cache
     cdef public object observe, owner, policy
     cdef public str tenant
+    @cython.locals(policies=dict)
+    cpdef current(self)

@@ -129,9 +129,13 @@ class Gate:
         self.policy = owner.policies[tenant]  # the policy when the gate was made, should a reload drop the tenant
         self.observe = observe
 
-    def __call__(self, kind: str, sql: str) -> Decision:
+    def current(self) -> TenantPolicy:
+        """The policy the gate decides by now (what a session's Parse memo is keyed by)."""
         policies: dict[str, TenantPolicy] = self.owner.policies
-        current = policies.get(self.tenant, self.policy)
+        return policies.get(self.tenant, self.policy)
+
+    def __call__(self, kind: str, sql: str) -> Decision:
+        current = self.current()
         found = self.cache.cached(current, sql)
         if found is not None:
             return found

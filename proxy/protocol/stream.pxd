@@ -2,6 +2,9 @@
 import cython
 
 cdef bint _COMPILED
+cdef Py_ssize_t _COPY_RUN
+
+cdef object _run(bytes buf, const char* p, Py_ssize_t start, Py_ssize_t end)
 
 cdef class MessageStream:
     cdef bytes _role

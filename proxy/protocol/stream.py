@@ -39,6 +39,17 @@ class FramingError(Exception):
 Handler = Callable[[bytes], bytes | None]
 
 
+_COPY_RUN = 4096  # a run of raw messages shorter than this is copied, a longer one is a view of the read
+
+
+def _run(buf: bytes, p: bytes, start: int, end: int) -> bytes | memoryview:
+    """buf[start:end] to forward: a copy when short (cheaper than a view), a memoryview when long (no copy).
+    `p` is `buf` (read through a C pointer in the compiled build)."""
+    if end - start < _COPY_RUN:
+        return p[start:end]
+    return memoryview(buf)[start:end]
+
+
 class MessageStream:
     """Incremental framing for one direction of a session.
 
@@ -154,14 +165,14 @@ class MessageStream:
                     break
                 if r == 1:
                     if run_start < pos:
-                        out.append(memoryview(buf)[run_start:pos])
+                        out.append(_run(buf, p, run_start, pos))
                     out.append(Message(t, p[pos + 5 : end]))
                     run_start = end
                 else:
                     replacement = table[r - 2](p[pos + 5 : end])
                     if replacement is not None:
                         if run_start < pos:
-                            out.append(memoryview(buf)[run_start:pos])
+                            out.append(_run(buf, p, run_start, pos))
                         out.append(replacement)
                         run_start = end
                 pos = end
@@ -177,7 +188,7 @@ class MessageStream:
             if run_start == 0 and pos == n:
                 out.append(buf)
             else:
-                out.append(memoryview(buf)[run_start:pos])
+                out.append(_run(buf, p, run_start, pos))
         rest = p[pos:n] if pos < n else b""
         if len(rest) >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.

@@ -29,8 +29,17 @@ def test_intercepted_message_splits_the_run() -> None:
     data = frame(b"B", b"x") + q + frame(b"S", b"")
     s = MessageStream(intercept=frozenset(b"Q"))
     out = s.feed(data)
-    assert [type(i) for i in out] == [memoryview, Message, memoryview]
+    assert [type(i) for i in out] == [bytes, Message, bytes]  # short runs are copied
     assert isinstance(out[1], Message) and out[1].body == b"SELECT 1\x00"
+    assert _join(out) == data
+
+
+def test_a_long_run_around_an_intercepted_message_is_a_view_not_a_copy() -> None:
+    rows = frame(b"d", b"x" * 5000)
+    data = rows + frame(b"Q", b"SELECT 1\x00") + rows
+    out = MessageStream(intercept=frozenset(b"Q")).feed(data)
+    assert [type(i) for i in out] == [memoryview, Message, memoryview]
+    assert all(i.obj is data for i in out if isinstance(i, memoryview))
     assert _join(out) == data
 
 
