@@ -478,8 +478,15 @@ def profile(pgbench: str, target: Target, mode: str, args: argparse.Namespace, p
 
 
 def ratio(x: dict[str, Any], y: dict[str, Any]) -> str:
-    """x's median tps over y's, or '-' when either target did not run."""
-    return f"{x['tps'] / y['tps']:.2f}" if x and y else "-"
+    """x's median tps over y's, or '-' when either target did not run; with several runs, the range of the
+    run-by-run ratios after it (the runs are interleaved, so run i of x and of y are neighbours in time)."""
+    if not x or not y:
+        return "-"
+    out = f"{x['tps'] / y['tps']:.2f}"
+    pairs = [a["tps"] / b["tps"] for a, b in zip(x.get("runs", ()), y.get("runs", ()), strict=False)]
+    if len(pairs) > 1:
+        out += f" ({min(pairs):.2f} to {max(pairs):.2f})"
+    return out
 
 
 def markdown(results: dict[str, Any]) -> str:

@@ -187,19 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| mode | " + " | ".join(names) + " | shared/(pgbouncer + RLS) | shared/pgbouncer | "
           "metrics cost | audit cost |")
     print("|---|" + "---:|" * (len(names) + 4))
-    def ratio(tps: dict[str, float], a: str, b: str, cost: bool) -> str:
-        if a not in tps or b not in tps:
-            return "-"
-        return f"{100 * (1 - tps[a] / tps[b]):.1f} %" if cost else f"{tps[a] / tps[b]:.2f}"
+    def cost(tps: dict[str, float], a: str, b: str) -> str:
+        return f"{100 * (1 - tps[a] / tps[b]):.1f} %" if a in tps and b in tps else "-"
 
     for mode, by in results["bench"].items():
         tps = {n: by[n]["tps"] for n in by}
         print(f"| {mode} | " + " | ".join(f"{tps[n]:.0f} ({by[n]['proxy_cpu_us_per_txn']} µs)" for n in by)
-              + f" | {ratio(tps, 'pgtenant shared', 'pgbouncer + RLS', False)}"
-              + f" | {ratio(tps, 'pgtenant shared', 'pgbouncer', False)}"
-              + f" | {ratio(tps, 'pgtenant passthrough', 'pgtenant metrics off', True)}"
-              + f" | {ratio(tps, 'pgtenant audit on', 'pgtenant passthrough', True)} |")
-    print("\n(tps, with proxy CPU µs per transaction in parentheses)")
+              + f" | {pc.ratio(by.get('pgtenant shared', {}), by.get('pgbouncer + RLS', {}))}"
+              + f" | {pc.ratio(by.get('pgtenant shared', {}), by.get('pgbouncer', {}))}"
+              + f" | {cost(tps, 'pgtenant passthrough', 'pgtenant metrics off')}"
+              + f" | {cost(tps, 'pgtenant audit on', 'pgtenant passthrough')} |")
+    print("\n(tps, with proxy CPU µs per transaction in parentheses; ratios of the median tps, with the range "
+          "of the run-by-run ratios)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

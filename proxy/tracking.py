@@ -173,7 +173,8 @@ class RequestTracker:
         if self.pending:
             rows = tag_rows(tag)
             if rows:
-                self.pending[0].rows += rows
+                head = self.pending[0]
+                head.rows += rows
 
     def on_ready(self) -> Request | None:
         if not self.pending:
