@@ -107,7 +107,7 @@ class _Transport:
         pass
 
 
-def _proxy(workdir: Path) -> Proxy:
+def _proxy(workdir: Path, audit: bool = False) -> Proxy:
     (workdir / "secrets.toml").write_text(f'[users]\nivan = "{make_verifier("pw")}"\nalice = "{make_verifier("pw")}"\n')
     config = parse_config({
         "secrets_file": "secrets.toml",
@@ -117,6 +117,7 @@ def _proxy(workdir: Path) -> Proxy:
             "acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"},
         },
         "users": {"ivan": {"tenant": "initech"}, "alice": {"tenant": "acme"}},
+        "audit": {"enabled": audit, "file": str(workdir / "audit.log")},
     }, base=workdir)
     proxy = Proxy(config)
     for policy in POLICIES.values():
@@ -172,7 +173,7 @@ def run(conn: ClientConnection, link: ServerLink, client: Callable[[int], bytes]
 async def _main(args: argparse.Namespace) -> int:
     configure_logs("warning")  # as in production at "info", minus the per-connection lines
     with tempfile.TemporaryDirectory() as tmp:
-        proxy = _proxy(Path(tmp))
+        proxy = _proxy(Path(tmp), args.audit)
         if args.count:
             mode, _, n = args.count.partition(":")
             conn, link = relaying_pair(proxy, args.strategy[0], mode)
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", type=lambda s: s.split(","), default=["simple", "extended", "prepared"])
     ap.add_argument("--strategy", type=lambda s: s.split(","), default=["database", "shared"])
     ap.add_argument("--count", metavar="MODE:N", help="run N transactions of MODE once (for callgrind)")
+    ap.add_argument("--audit", action="store_true", help="with the audit log on (written to a temporary file)")
     return asyncio.run(_main(ap.parse_args(argv)))
 
 

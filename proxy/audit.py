@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
@@ -50,6 +51,24 @@ def end_user_from_sql(sql: str) -> str | None:
     return None
 
 
+def _make_encoder() -> Callable[[Any], str]:
+    """`json.dumps(obj, default=str)` for the audit's flat records: the C encoder json.dumps builds on every call
+    (with default= it also builds a JSONEncoder), built once here; json.dumps itself where it is unavailable or
+    would answer differently."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        try:
+            chunks = make(None, str, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True)
+            probe = {"a": "é\n", "b": [1, None, True, 1.5], "c": {"d": Path("x")}}
+            if "".join(chunks(probe, 0)) == json.dumps(probe, default=str):
+                return lambda obj: "".join(chunks(obj, 0))
+        except (TypeError, ValueError):
+            pass
+    return lambda obj: json.dumps(obj, default=str)
+
+
+_to_json = _make_encoder()
+
 FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer: one write() per batch, not per statement
 
 
@@ -73,7 +92,7 @@ class AuditLog:
     @staticmethod
     def fields(**fields: Any) -> str:
         """Fields encoded once for many records (a session's id, tenant, user…): pass it as `record(prefix)`."""
-        return json.dumps(fields, default=str)[1:-1]
+        return _to_json(fields)[1:-1]
 
     def record(self, prefix: str = "", /, **fields: Any) -> None:
         """One JSON line: timestamp, event, the pre-encoded `prefix` fields, then `fields`."""
@@ -87,7 +106,7 @@ class AuditLog:
             self._second = int(now)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second)) + "Z"
             self._head = '{"timestamp": "' + stamp + '", "event": "statement"'
-        body = json.dumps(fields, default=str)
+        body = _to_json(fields)
         line = self._head + (", " + prefix if prefix else "") + (", " + body[1:] if fields else "}")
         with self._lock:
             self._out.write(line + "\n")

@@ -7,7 +7,10 @@ import json
 import re
 from pathlib import Path
 
-from proxy.audit import FLUSH_INTERVAL, AuditLog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.audit import FLUSH_INTERVAL, AuditLog, _to_json
 
 
 def _lines(path: Path) -> list[dict]:
@@ -65,3 +68,14 @@ def test_session_fields_are_encoded_once_and_lines_stay_json(tmp_path: Path) -> 
     assert bare == {"timestamp": bare["timestamp"], "event": "statement", "session_id": "s1", "tenant": 'we"ird',
                     "user": "u"}
     assert plain["sql"] == "SELECT 2" and "session_id" not in plain
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.builds(Path, st.text(max_size=5)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+))
+def test_records_are_encoded_exactly_as_json_dumps_would(value: object) -> None:
+    """The audit's once-built encoder writes what json.dumps(…, default=str) writes, byte for byte."""
+    record = {"sql": "SELECT 1", "value": value}
+    assert _to_json(record) == json.dumps(record, default=str)
