@@ -50,3 +50,14 @@ def test_a_shape_and_its_texts_share_one_entry() -> None:
     assert again.sql == first.sql.replace("id = 1", "id = 22") and again.rules == first.rules
     assert cache.cached(shared, "SELECT amount FROM orders WHERE id = '1'") is None
     assert (len(cache), cache.hits, cache.misses) == (1, 1, 1)
+
+
+def test_an_unusable_shape_leaves_each_text_to_its_own_entry() -> None:
+    """A literal cast to regclass names a relation: its shape decides nothing, so every text is decided as written
+    (the shape is looked up first, finds its 'unusable' mark, and the text's own entry answers)."""
+    cache = DecisionCache(maxsize=10)
+    first = cache.get_or_decide(READ_ONLY, "SELECT 1259::regclass")
+    assert cache.cached(READ_ONLY, "SELECT 1259::regclass") is first
+    assert cache.cached(READ_ONLY, "SELECT 2615::regclass") is None  # not answered by the other text's entry
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert len(cache) == 2  # the shape's mark and the text's decision
