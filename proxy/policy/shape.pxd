@@ -12,11 +12,11 @@ cdef extern from *:
 
 cdef bint _word_or_dot(int c)
 
-cdef Py_ssize_t _MAX_LITERALS
+cdef Py_ssize_t _MAX_LITERALS, _SCRATCH_SIZE
 cdef bytearray _scratch
 
 @cython.locals(n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t, prev=cython.int, c=cython.int,
-               literals=list, raw=bytes, p="const char*", q="char*")
+               literals=list, raw=bytes, key=bytearray, p="const char*", q="char*")
 cpdef split_scan(str sql)
 cpdef split(str sql)
 cpdef new_rewrite(str sql, tuple rules, frozenset effects)

@@ -62,11 +62,11 @@ def split_scan(sql: str) -> tuple[str, list[str]] | None:
         return None
     if len(raw) != n:
         return None
-    global _scratch
-    if len(_scratch) < n:
-        _scratch = bytearray(2 * n)
     p = raw  # the compiled build reads it through a C pointer: one byte per character
-    q = _scratch  # and writes the key through another
+    # ... and writes the key (never longer than the text) through another: into the shared scratch buffer, or a
+    # buffer of its own for a text longer than that (not kept: one huge statement must not pin its size)
+    key = _scratch if n <= _SCRATCH_SIZE else bytearray(n)
+    q = key
     k = 0  # the key's length so far
     literals: list[str] = []
     prev = 0  # the character before position i (0 at the start)
@@ -83,6 +83,8 @@ def split_scan(sql: str) -> tuple[str, list[str]] | None:
                 j += 1
             if j == n or not _word_or_dot(p[j]):
                 literals.append(sql[i:j])
+                if len(literals) > _MAX_LITERALS:
+                    return None
                 q[k] = 0
                 k += 1
             else:
@@ -97,12 +99,13 @@ def split_scan(sql: str) -> tuple[str, list[str]] | None:
         k += 1
         prev = c
         i += 1
-    if not literals or len(literals) > _MAX_LITERALS:
+    if not literals:
         return None
     return q[:k].decode("ascii"), literals
 
 
-_scratch = bytearray(4096)  # split_scan's key buffer (it runs to its end without yielding), grown on demand
+_SCRATCH_SIZE = 4096
+_scratch = bytearray(_SCRATCH_SIZE)  # split_scan's key buffer (a scan runs to its end without yielding)
 
 
 def split(sql: str) -> tuple[str, list[str]] | None:

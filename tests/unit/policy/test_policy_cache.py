@@ -61,3 +61,14 @@ def test_an_unusable_shape_leaves_each_text_to_its_own_entry() -> None:
     assert cache.cached(READ_ONLY, "SELECT 2615::regclass") is None  # not answered by the other text's entry
     assert (cache.hits, cache.misses) == (1, 1)
     assert len(cache) == 2  # the shape's mark and the text's decision
+
+
+def test_lru_keeps_what_was_used_last() -> None:
+    cache = DecisionCache(maxsize=2)
+    for sql in ("SELECT 'a'", "SELECT 'b'"):
+        cache.get_or_decide(READ_ONLY, sql)
+    assert cache.cached(READ_ONLY, "SELECT 'a'") is not None  # now the most recent
+    cache.get_or_decide(READ_ONLY, "SELECT 'c'")  # evicts 'b'
+    assert cache.cached(READ_ONLY, "SELECT 'b'") is None
+    assert cache.cached(READ_ONLY, "SELECT 'a'") is not None
+    assert (cache.hits, cache.misses) == (2, 3)

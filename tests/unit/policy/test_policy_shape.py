@@ -204,3 +204,13 @@ def test_new_rewrite_is_a_rewrite_with_every_field() -> None:
     assert [getattr(made, f.name) for f in dataclasses.fields(Rewrite)] == ["SELECT 1", ("rule",), frozenset({"e"})]
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.sql = "SELECT 2"  # type: ignore[misc]
+
+
+def test_long_texts_and_many_literals_split_alike() -> None:
+    """A text longer than the scan's shared key buffer, and one past the literal limit, answer as the regex does."""
+    long_text = "SELECT a FROM t WHERE id IN (" + ", ".join(str(i) for i in range(900)) + ")"
+    assert len(long_text) > 4096
+    assert shape.split_scan(long_text) == shape.split_regex(long_text) is not None
+    too_many = "SELECT " + ", ".join(str(i) for i in range(1001))
+    assert shape.split_scan(too_many) is None and shape.split_regex(too_many) is None
+    assert shape.split_scan("SELECT 7") == shape.split_regex("SELECT 7")  # the shared buffer again, after both
