@@ -29,7 +29,7 @@ from proxy.actions import (
     StartClientTls,
     StartServerTls,
 )
-from proxy.audit import AuditLog, end_user_from_sql
+from proxy.audit import AuditLog
 from proxy.auth.scram import tls_server_end_point
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry, CancelTarget
@@ -47,7 +47,6 @@ from proxy.relay import ClientRelay, ServerRelay, write_chunks
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
 from proxy.tenancy import backend_context, parsing_violation, tenant_policy
-from proxy.tracking import Request
 
 log = get_logger("pgtenant.driver")
 
@@ -193,7 +192,6 @@ class ClientConnection(asyncio.Protocol):
         self._sleeping = False
         self._pending_data: list[bytes] = []
         self._bytes_reported = (0, 0)
-        self._audit_prefix: str | None = None
         self._reading_paused = False
         self.log = log
 
@@ -299,7 +297,8 @@ class ClientConnection(asyncio.Protocol):
             recorder=proxy.metrics.query_recorder(proxy.metrics.tenant(tenant)),
             stats=proxy.ops.tenant_stats(tenant),
             metrics_enabled=proxy.metrics_enabled,
-            audit=proxy.audit is not None,
+            audit=proxy.audit,
+            audit_prefix=self._audit_fields() if proxy.audit is not None else "",
         )
         session.tracker.on_done = relay.request_done
         self.transport.set_protocol(relay)
@@ -472,30 +471,11 @@ class ClientConnection(asyncio.Protocol):
         assert self.session is not None
         metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), sqlstate[:2]).inc()
 
-    def audit(self, req: Request) -> None:
-        """The audit line of one answered request."""
-        session = self.session
-        proxy = self.proxy
-        assert session is not None and proxy.audit is not None
-        decision = req.decision
-        rewritten = decision.sql if isinstance(decision, Rewrite) else None
-        prefix = self._audit_prefix
-        if prefix is None:  # the session's own fields, encoded once
-            info = session.info
-            prefix = self._audit_prefix = proxy.audit.fields(
-                session_id=info.session_id, tenant=info.tenant, user=info.user,
-                application_name=info.application_name, client_addr=info.client_address)
-        proxy.audit.record(
-            prefix,
-            end_user=session.end_user or end_user_from_sql(req.sql), kind=req.kind,
-            decision=type(decision).__name__.lower() if decision is not None else "none",
-            rule=decision.rule if isinstance(decision, Deny) else (
-                ",".join(decision.rules) if isinstance(decision, Rewrite) else None),
-            outcome=req.outcome, sqlstate=req.sqlstate, duration_ms=round(req.duration * 1000, 3),
-            rows=req.rows, sql=req.sql, rewritten_sql=rewritten,
-            statements=len(req.extra or ()) + 1,
-            more=[_audit_statement(sql, d) for sql, d in req.extra or ()] or None,
-        )
+    def _audit_fields(self) -> str:
+        """The session's own audit fields, encoded once for all its lines."""
+        info = self.session.info  # type: ignore[union-attr]
+        return AuditLog.fields(session_id=info.session_id, tenant=info.tenant, user=info.user,
+                               application_name=info.application_name, client_addr=info.client_address)
 
     def _connect_backend(self) -> None:
         session = self.session
@@ -602,16 +582,6 @@ class ClientConnection(asyncio.Protocol):
                         bytes_out=self.bytes_out,
                     )
         self.proxy.client_finished()
-
-
-def _audit_statement(sql: str, decision: Decision | None) -> dict[str, object]:
-    """Audit fields of a further statement of the same request (an extended batch or a merged Query)."""
-    return {
-        "sql": sql,
-        "decision": type(decision).__name__.lower() if decision is not None else "none",
-        "rule": decision.rule if isinstance(decision, Deny) else None,
-        "rewritten_sql": decision.sql if isinstance(decision, Rewrite) else None,
-    }
 
 
 class Pool:

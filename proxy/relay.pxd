@@ -5,6 +5,7 @@ import cython
 cdef unsigned long long _BYTES_FLUSH
 
 from proxy.actions cimport Relay
+from proxy.audit cimport AuditLog
 from proxy.metrics cimport QueryRecorder, TenantStats
 from proxy.session cimport ClientSession
 from proxy.tracking cimport Request
@@ -21,12 +22,15 @@ cdef class ClientRelay(_SocketEvents):
     cdef public TenantStats stats
     cdef public ClientSession session
     cdef public QueryRecorder recorder
-    cdef public bint metrics_enabled, audit
+    cdef public bint metrics_enabled
+    cdef public AuditLog audit  # None when the audit log is off
+    cdef public str audit_prefix
+    cdef public object end_user
     cpdef data_received(self, data)
     cpdef from_server(self, bytes data)
     @cython.locals(relay=Relay)
     cdef Py_ssize_t _forward(self, list actions, type kind, transport) except -1
-    @cython.locals(duration=double, total="unsigned long long")
+    @cython.locals(duration=double, total="unsigned long long", audit=AuditLog)
     cpdef request_done(self, Request req)
 
 cdef class ServerRelay(_SocketEvents):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.actions import RelayToClient, RelayToServer
+from proxy.audit import AuditLog
 from proxy.metrics import QueryRecorder, TenantStats
 from proxy.session import ClientSession
 from proxy.tracking import Request
@@ -54,13 +55,14 @@ class ClientRelay(_SocketEvents):
     """
 
     __slots__ = (
-        "audit", "bytes_flushed", "bytes_in", "bytes_out", "client", "metrics_enabled", "recorder",
-        "server", "session", "stats",
+        "audit", "audit_prefix", "bytes_flushed", "bytes_in", "bytes_out", "client", "end_user", "metrics_enabled",
+        "recorder", "server", "session", "stats",
     )
 
     def __init__(
         self, conn: Any, session: ClientSession, client: Any, server: Any, *,
-        recorder: QueryRecorder, stats: TenantStats, metrics_enabled: bool, audit: bool,
+        recorder: QueryRecorder, stats: TenantStats, metrics_enabled: bool, audit: AuditLog | None,
+        audit_prefix: str = "",
     ) -> None:
         self.owner = conn  # the ClientConnection: everything but the plain relay
         self.session = session
@@ -72,7 +74,9 @@ class ClientRelay(_SocketEvents):
         self.recorder = recorder  # the tenant's latency/rows recorder (metrics)
         self.stats = stats  # the tenant's TenantStats (admin console)
         self.metrics_enabled = metrics_enabled
-        self.audit = audit
+        self.audit = audit  # the audit log, if on: a line per request, with the session's fields `audit_prefix`
+        self.audit_prefix = audit_prefix
+        self.end_user = session.end_user  # the startup packet's end-user claim (else the SQL's, per request)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
@@ -121,8 +125,9 @@ class ClientRelay(_SocketEvents):
             stats.errors += 1
         elif outcome == "denied":
             stats.denied += 1
-        if self.audit:
-            self.owner.audit(req)
+        audit = self.audit
+        if audit is not None:
+            audit.request(self.audit_prefix, self.end_user, req)
 
 
 class ServerRelay(_SocketEvents):

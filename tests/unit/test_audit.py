@@ -10,7 +10,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.audit import FLUSH_INTERVAL, AuditLog, _to_json
+from proxy.audit import DECISIONS, FLUSH_INTERVAL, OUTCOMES, AuditLog, _to_json, decision_fields
+from proxy.policy.model import Allow, Deny, Rewrite
+from proxy.stmtkind import KINDS as KINDS_
 
 
 def _lines(path: Path) -> list[dict]:
@@ -79,3 +81,107 @@ def test_records_are_encoded_exactly_as_json_dumps_would(value: object) -> None:
     """The audit's once-built encoder writes what json.dumps(…, default=str) writes, byte for byte."""
     record = {"sql": "SELECT 1", "value": value}
     assert _to_json(record) == json.dumps(record, default=str)
+
+
+_STATEMENT_KEYS = ("end_user", "kind", "decision", "rule", "outcome", "sqlstate", "duration_ms", "rows", "sql",
+                   "rewritten_sql", "statements", "more")
+
+
+def test_statement_words_need_no_quoting() -> None:
+    """statement() writes kind, decision and outcome unquoted: every value they can take is a plain word."""
+    from proxy.stmtkind import _BY_KEYWORD, KINDS
+
+    decisions = (Allow(), Rewrite("SELECT 2", ("a", "b")), Deny("42501", "no", "hint", "rule"), None)
+    names = [decision_fields(d)[0] for d in decisions]
+    assert names == list(DECISIONS)
+    assert [decision_fields(d)[1:] for d in decisions] == [(None, None), ("a,b", "SELECT 2"), ("rule", None),
+                                                          (None, None)]
+    words = {*KINDS, *_BY_KEYWORD.values(), "other", *DECISIONS, *OUTCOMES}
+    assert set(_BY_KEYWORD.values()) <= set(KINDS)
+    for word in words:
+        assert re.fullmatch(r"[a-z]+", word), word
+
+
+_text = st.none() | st.text()
+
+
+@given(end_user=_text, kind=st.sampled_from(KINDS_), decision=st.sampled_from(DECISIONS),
+       rule=_text, outcome=st.sampled_from(OUTCOMES), sqlstate=_text,
+       seconds=st.floats(min_value=0, max_value=1e6), rows=st.integers(min_value=0, max_value=2**64 - 1),
+       sql=st.text(), rewritten=_text, more=st.none() | st.lists(st.fixed_dictionaries(
+           {"sql": st.text(), "decision": st.sampled_from(DECISIONS), "rule": _text, "rewritten_sql": _text}),
+           min_size=1, max_size=3))
+def test_statement_line_is_the_record_line(
+    end_user: str | None, kind: str, decision: str, rule: str | None, outcome: str, sqlstate: str | None,
+    seconds: float, rows: int, sql: str, rewritten: str | None, more: list[dict] | None,
+) -> None:
+    """statement() writes the line record() would, field for field and in the same order (the duration with
+    three decimals)."""
+    fast, generic = _Capture(), _Capture()
+    prefix = AuditLog.fields(session_id="s", tenant="t\u00e9")
+    statements = len(more) + 1 if more else 1
+    fast.statement(prefix, end_user, kind, decision, rule, outcome, sqlstate, seconds, rows, sql, rewritten,
+                   statements, more)
+    values = (end_user, kind, decision, rule, outcome, sqlstate, round(seconds * 1000, 3), rows, sql, rewritten,
+              statements, more)
+    generic.record(prefix, **dict(zip(_STATEMENT_KEYS, values, strict=True)))
+    (line,), (expected,) = fast.lines, generic.lines
+    assert line.isascii()
+    got, want = json.loads(line), json.loads(expected)
+    assert list(got) == list(want)
+    assert abs(got.pop("duration_ms") - want.pop("duration_ms")) <= 0.0005 + 1e-9 * seconds * 1000
+    assert got == want
+
+
+class _Capture(AuditLog):
+    """An AuditLog whose lines stay in a list."""
+
+    def __init__(self) -> None:
+        super().__init__(None, redact_literals=False)
+        self.lines: list[str] = []
+        self._out = self  # type: ignore[assignment]
+        self._owned = False
+
+    def write(self, text: str) -> None:
+        self.lines.append(text.rstrip("\n"))
+
+    def flush(self) -> None:
+        pass
+
+    closed = False
+
+
+def test_statement_redacts_like_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, redact_literals=True)
+    more = [{"sql": "SELECT 'b'", "decision": "allow", "rule": None, "rewritten_sql": None}]
+    log.statement("", None, "select", "rewrite", "r", "ok", None, 0.001, 1, "SELECT 'a' -- x",
+                  "SELECT 'a' FROM t", 2, more)
+    log.close()
+    (line,) = _lines(path)
+    assert (line["sql"], line["rewritten_sql"], line["more"][0]["sql"]) == ("SELECT ? /* */", "SELECT ? FROM t",
+                                                                             "SELECT ?")
+    assert line["duration_ms"] == 1.0 and line["statements"] == 2
+
+
+def test_request_line_from_a_tracked_request() -> None:
+    """request() writes a tracked request's fields: the decision's name and rule, the batch's further statements,
+    and the end user from the session or, failing that, from the SQL."""
+    from proxy.tracking import new_request
+
+    req = new_request(10.0, "select", "SELECT 1 -- Metabase:: userID: 7", Rewrite("SELECT 1 AS x", ("r1", "r2")))
+    req.end, req.rows, req.outcome, req.sqlstate = 10.25, 3, "error", "57014"
+    req.more("SELECT 2", Deny("42501", "no", "hint", "fn_denied"))
+    req.more("SELECT 3", None)
+    log = _Capture()
+    log.request("", None, req)
+    log.request("", "tableau:ann", req)
+    first, second = (json.loads(x) for x in log.lines)
+    assert first == {
+        "timestamp": first["timestamp"], "event": "statement", "end_user": "metabase:7", "kind": "select",
+        "decision": "rewrite", "rule": "r1,r2", "outcome": "error", "sqlstate": "57014", "duration_ms": 250.0,
+        "rows": 3, "sql": "SELECT 1 -- Metabase:: userID: 7", "rewritten_sql": "SELECT 1 AS x", "statements": 3,
+        "more": [{"sql": "SELECT 2", "decision": "deny", "rule": "fn_denied", "rewritten_sql": None},
+                 {"sql": "SELECT 3", "decision": "none", "rule": None, "rewritten_sql": None}],
+    }
+    assert second["end_user"] == "tableau:ann"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from proxy.actions import CloseClient, CloseServer
+from proxy.audit import AuditLog
 from proxy.auth.throttle import AuthThrottle
 from proxy.metrics import QueryRecorder, TenantStats
 from proxy.policy.model import Allow
@@ -51,9 +53,6 @@ class Conn:
     def flush_bytes(self) -> None:
         self.calls.append(("flush",))
 
-    def audit(self, req: object) -> None:
-        self.calls.append(("audit", req.sql))  # type: ignore[attr-defined]
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.calls.append(("lost", exc))
 
@@ -72,8 +71,9 @@ def relay(tmp_path: Path) -> ClientRelay:
     session.state = State.READY
     session.enable_policy(lambda _kind, _sql: Allow())
     stats = TenantStats()
+    audit = AuditLog(tmp_path / "audit.log", redact_literals=False)
     r = ClientRelay(Conn(), session, Transport(), Transport(), recorder=QueryRecorder((0.5, 5.0)), stats=stats,
-                    metrics_enabled=True, audit=True)
+                    metrics_enabled=True, audit=audit, audit_prefix=AuditLog.fields(session_id="s1"))
     session.tracker.on_done = r.request_done
     return r
 
@@ -82,7 +82,7 @@ def answer(tag: bytes, status: bytes = b"I") -> bytes:
     return m.frame(b"C", tag + b"\x00") + m.ready_for_query(status)
 
 
-def test_plain_reads_are_written_through_and_counted(relay: ClientRelay) -> None:
+def test_plain_reads_are_written_through_and_counted(relay: ClientRelay, tmp_path: Path) -> None:
     q = m.Query("SELECT 1").encode()
     relay.data_received(q)
     assert relay.server.out == [q] and relay.owner.ran == []
@@ -93,7 +93,10 @@ def test_plain_reads_are_written_through_and_counted(relay: ClientRelay) -> None
     st = relay.stats
     assert (st.queries, st.rows, st.errors, len(st.latencies())) == (1, 1, 0, 1)
     assert relay.recorder.series[("select", "ok")].snapshot()[0] == 0 and relay.recorder.rows == 1
-    assert relay.owner.calls == [("audit", "SELECT 1")]
+    assert relay.owner.calls == []
+    relay.audit.close()
+    [line] = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert (line["session_id"], line["sql"], line["kind"], line["rows"]) == ("s1", "SELECT 1", "select", 1)
 
 
 def test_anything_but_a_plain_relay_goes_to_the_connection(relay: ClientRelay) -> None:
