@@ -39,6 +39,7 @@ class PreflightReport:
     warnings: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
     rls_complete: bool = True  # every scoped relation has enabled, forced RLS with a policy
+    rls_tables: set[tuple[str, str]] = field(default_factory=set)  # the scoped tables that have it
 
     @property
     def ok(self) -> bool:
@@ -122,6 +123,8 @@ def _check_shared(
         name = f"{schema}.{table}"
         if kind in ("v", "m", "f") or not (rls and force and has_policy) or owner:
             report.rls_complete = False
+        else:
+            report.rls_tables.add((schema, table))
         if kind in ("v", "m"):
             report.warnings.append(f"{where}: {name} is a view; only the proxy's rewrite filters it")
             continue

@@ -717,7 +717,7 @@ class Proxy:
             log.warning("rewrite_fenced", tenant=name,
                         reason="row-level security does not cover every scoped table; filters become fences")
         try:
-            return tenant_policy(tenant, scoped, fence=not report.rls_complete), []
+            return tenant_policy(tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]
 

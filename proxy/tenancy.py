@@ -63,14 +63,20 @@ def explicit_tables(tenant: TenantConfig) -> dict[tuple[str, str], str]:
     return out
 
 
-def tenant_policy(tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False) -> TenantPolicy:
+def tenant_policy(
+    tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False,
+    rls_tables: Iterable[tuple[str, str]] = (),
+) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
-    client predicate that raises an error on another tenant's row before the tenant filter)."""
+    client predicate that raises an error on another tenant's row before the tenant filter).
+    `rls_tables`: the scoped tables the preflight found with forced RLS (a SELECT naming their system
+    columns may get the tenant predicate in its WHERE clause)."""
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(
             fence=fence,
+            rls_tables=frozenset(rls_tables),
             tenant=tenant.name,
             strategy="shared",
             tenant_value=tenant.tenant_id,

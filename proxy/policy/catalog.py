@@ -78,6 +78,7 @@ class Filter:
     relation: str  # display name, e.g. sales.orders
     column: str  # the tenant column for "tenant" filters, the filtered column for "catalog" filters
     template: str  # predicate with {ref} standing for the quoted reference name
+    table: tuple[str, str] = ("", "")  # (schema, table) of a "tenant" filter's scoped table
 
     def predicate(self, ref: str) -> str:
         """The predicate SQL for a reference named `ref`."""
@@ -100,7 +101,7 @@ def _scoped_by_name(policy: TenantPolicy) -> dict[str, dict[str, str]]:
 @lru_cache(maxsize=4096)
 def _tenant_filter(policy: TenantPolicy, schema: str, table: str, column: str) -> Filter:
     template = "{ref}." + quote_ident(column) + " = " + quote_literal(policy.tenant_value or "")
-    return Filter("tenant", f"{schema}.{table}", column, template)
+    return Filter("tenant", f"{schema}.{table}", column, template, (schema, table))
 
 
 # Schema strategy: catalogs whose rows belong to a schema, by the column holding the schema's OID. Their rows

@@ -72,6 +72,10 @@ class TenantPolicy:
     # leaky expressions (casts, division) then only ever see the tenant's rows. Needed when RLS is not
     # enforced in the database (RLS quals are security barriers already); costs index use for outer quals.
     fence: bool = False
+    # Scoped tables with enabled, FORCEd row-level security and a policy (the preflight's finding): their RLS
+    # quals run before any qual of a query, so a SELECT that names one's system columns (ctid, xmin…) may
+    # carry the tenant predicate in its WHERE clause instead of a wrapper (which has no system columns).
+    rls_tables: frozenset[tuple[str, str]] = frozenset()
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -105,6 +109,7 @@ class TenantPolicy:
         object.__setattr__(self, "shared_schemas", shared_schemas)
         object.__setattr__(self, "extra_allowed_functions", frozenset(self.extra_allowed_functions))
         object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
+        object.__setattr__(self, "rls_tables", frozenset((str(s), str(t)) for s, t in self.rls_tables))
         key = (
             self.tenant,
             self.strategy,
@@ -119,6 +124,7 @@ class TenantPolicy:
             tuple(sorted(self.extra_allowed_functions)),
             tuple(sorted(self.denied_functions)),
             self.fence,
+            tuple(sorted(self.rls_tables)),
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

@@ -32,6 +32,13 @@ from proxy.policy.tree import Node, Statement, const_text, dumps, expr_node, nam
 from proxy.policy.walk import COPY_FROM, COPY_TO, READ, TARGET, Analysis, RelRef
 
 WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT is wrapped in
+# A relation's system columns: a derived table does not have them, so a SELECT that names one gets the tenant
+# predicate in its WHERE clause instead of a wrapper, where that is exact and safe (`_Planner.filter_in_where`).
+SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+# Tokens that end a SELECT's FROM and WHERE clauses at nesting depth 0 (besides an unmatched ')' and ';').
+_WHERE_END = frozenset(
+    {"GROUP_P", "HAVING", "WINDOW", "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR", "UNION", "INTERSECT", "EXCEPT"}
+)
 _STAR: Node = {"ResTarget": {"val": {"ColumnRef": {"fields": [{"A_Star": {}}]}}}}
 _SELECT_DEFAULTS: Node = {"limitOption": "LIMIT_OPTION_DEFAULT", "op": "SETOP_NONE"}
 
@@ -260,6 +267,47 @@ class _Planner:
             self.mutate(and_where)
         self.rule("tenant_update" if ref.stmt_kind == "UpdateStmt" else "tenant_delete")
 
+    def filter_in_where(self, body: Node, refs: list[tuple[RelRef, Filter]]) -> None:
+        """AND the tenant predicates of `refs` (plain FROM items of the SELECT `body`) into its WHERE clause:
+        the relations stay in FROM, so their system columns stay visible. Exact for a plain FROM item (the
+        WHERE clause filters its rows before anything else of the SELECT sees them); used only for tables under
+        forced RLS, whose policies run before any qual of the query."""
+        preds_sql = [flt.predicate(_refname(ref.rv)) for ref, flt in refs]
+        preds = [expr_node(p) for p in preds_sql]
+        first = min(ref.rv["location"] for ref, _ in refs)
+        toks = self.text.toks_from(first)
+        end = clause_end(toks, 0, _WHERE_END)
+        where_at = self._first_at_depth0(toks, 0, end, "WHERE")
+        where = body.get("whereClause")
+        added = " AND ".join(preds_sql)
+        if where is None:
+            if where_at is not None:
+                raise TextError("found WHERE where the tree has none")
+            self.edit(toks[end - 1].end, toks[end - 1].end, f" WHERE {added}")
+
+            def set_where() -> None:
+                body["whereClause"] = preds[0] if len(preds) == 1 else {
+                    "BoolExpr": {"boolop": "AND_EXPR", "args": list(preds)}}
+                reorder(body, "SelectStmt")
+
+            self.mutate(set_where)
+        else:
+            if where_at is None or where_at + 1 >= end:
+                raise TextError("WHERE clause not found")
+            self.edit(toks[where_at + 1].start, toks[where_at + 1].start, "(")
+            self.edit(toks[end - 1].end, toks[end - 1].end, f") AND {added}")
+
+            def and_where() -> None:  # what the parser builds: `(a AND b) AND p` is one AND of a, b, p
+                current = body["whereClause"]
+                boolexpr = current.get("BoolExpr")
+                if boolexpr is not None and boolexpr.get("boolop") == "AND_EXPR":
+                    boolexpr["args"].extend(preds)
+                else:
+                    body["whereClause"] = {"BoolExpr": {"boolop": "AND_EXPR", "args": [current, *preds]}}
+
+            self.mutate(and_where)
+        self.rule("tenant_filter_where")
+
     @staticmethod
     def _first_at_depth0(toks: list[Tok], first: int, end: int, name: str) -> int | None:
         depth = 0
@@ -357,15 +405,63 @@ class _Planner:
         self.rule("tenant_insert")
 
 
+def _refname(rv: Node) -> str:
+    """The name a FROM item's columns are qualified with: its alias, else its relation name."""
+    alias: str = rv.get("alias", {}).get("aliasname") or rv["relname"]
+    return alias
+
+
+def where_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
+    """True when the tenant predicate of `ref` may go into its SELECT's WHERE clause instead of a wrapper: a
+    plain FROM item of a SELECT (not in a join, not `TABLE t`), a tenant filter that is one comparison, and
+    forced RLS on that table behind it."""
+    return (
+        ref.role == READ
+        and ref.stmt is not None
+        and not ref.stmt_kind
+        and not ref.table_form
+        and flt.kind == "tenant"
+        and flt.table in policy.rls_tables
+        and "BoolExpr" not in expr_node(flt.predicate(_refname(ref.rv)))
+    )
+
+
+def names_system_column(node: Any) -> bool:
+    """True if the tree has a column reference whose last name is a system column (ctid, xmin, tableoid…)."""
+    stack = [node]
+    while stack:
+        value = stack.pop()
+        if type(value) is dict:
+            col = value.get("ColumnRef")
+            if col is not None:
+                fields = col.get("fields") or ()
+                last = fields[-1].get("String", {}).get("sval") if fields else None
+                if last in SYSTEM_COLUMNS:
+                    return True
+            stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
+        elif type(value) is list:
+            stack.extend(v for v in value if type(v) is dict or type(v) is list)
+    return False
+
+
 def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, out: Plan) -> None:
     """Add the edits that filter every filtered relation referenced by `stmt` to `out`."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
+    system_columns: bool | None = None  # looked for once, and only when a SELECT could keep them
     for ref in analysis.refs:
         if ref.cte or ref.role not in (READ, COPY_TO, COPY_FROM, TARGET):
             continue
         flt = relation_filter(policy, ref.rv)
         if flt is None:
             continue
+        if ref.role == READ and where_filterable(policy, ref, flt):
+            if system_columns is None:
+                system_columns = _mentions_system_column(data, stmt) and names_system_column(stmt.node)
+            if system_columns:
+                assert ref.stmt is not None
+                in_where.setdefault(id(ref.stmt), (ref.stmt, []))[1].append((ref, flt))
+                continue
         if ref.role == READ:
             planner.wrap(ref, flt)
         elif ref.role == COPY_TO:
@@ -380,8 +476,16 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             planner.where(ref, flt)
         else:
             raise fail("rewrite_unsupported", f"MERGE into tenant-scoped {flt.relation} is not supported")
+    for body, refs in in_where.values():
+        planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
+
+
+def _mentions_system_column(data: bytes, stmt: Statement) -> bool:
+    """A quick look at the text before the tree walk: could the statement name a system column at all?"""
+    text = data[stmt.start : stmt.end].lower()
+    return any(name.encode() in text for name in SYSTEM_COLUMNS)
 
 
 def mutate_all(plan_: Plan) -> None:

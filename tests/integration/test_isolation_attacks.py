@@ -209,8 +209,9 @@ GAP_OID_NAMES = ("catalog hygiene: an OID-to-name conversion of a column (`g::re
 GAP_NAME_COLUMN = ("catalog hygiene: a schema name held in a column (VALUES, a CTE, a parameter cast to text) and "
                    "cast to regnamespace is resolved by PostgreSQL without any privilege: the proxy checks only "
                    "literals, so the query reveals whether another tenant's schema exists")
-GAP_SYSTEM_COLUMNS = ("wrong result: system columns (ctid, xmin, tableoid) of a tenant-scoped table are lost in the "
-                      "filtered subquery `(SELECT * FROM t WHERE …) t`, so the query fails with 42703")
+GAP_SYSTEM_COLUMNS = ("wrong result: without forced RLS (a fence), system columns (ctid, xmin, tableoid) of a "
+                      "tenant-scoped table are lost in the filtered subquery `(SELECT * FROM t WHERE … OFFSET 0) t`, "
+                      "so the query fails with 42703 (with forced RLS the predicate goes into the WHERE clause)")
 NEW_CUSTOMER = ("INSERT INTO customers (id, name, email, segment, created_at, is_active) "
                 "VALUES (1990002, 'new', 'new@new.example', 'Consumer', '2025-01-01', true)")
 NEW_CUSTOMER_SN = NEW_CUSTOMER + " RETURNING tenant_id"
@@ -555,7 +556,14 @@ ATTACKS: list[Attack] = [
     Attack("rewrite_or_true_predicate", "SELECT count(*) FROM orders WHERE tenant_id = 'acme' OR true", SN, "same"),
     Attack("rewrite_negated_own_tenant", "SELECT count(*) FROM orders WHERE NOT (tenant_id = 'acme')", SN, "same"),
     Attack("rewrite_ctid_first_heap_tuple", "SELECT * FROM orders WHERE ctid = '(0,1)'", ALL, "same",
-           xfail={"shared": GAP_SYSTEM_COLUMNS, "norls": GAP_SYSTEM_COLUMNS}),
+           xfail={"norls": GAP_SYSTEM_COLUMNS}),
+    Attack("rewrite_system_columns_or_true", "SELECT ctid, xmin, id FROM orders WHERE ctid <> '(0,0)' OR true "
+           "ORDER BY id", ALL, "same", xfail={"norls": GAP_SYSTEM_COLUMNS}),
+    Attack("rewrite_tableoid_grouped", "SELECT tableoid::regclass::text AS t, count(*) FROM orders o "
+           "GROUP BY 1 HAVING count(*) > 0", ALL, "same", xfail={"norls": GAP_SYSTEM_COLUMNS}),
+    Attack("rewrite_system_column_two_tables", "SELECT o.ctid, c.xmin::text FROM orders o, customers c "
+           "WHERE c.id = o.customer_id OR c.id = o.customer_id + 1 ORDER BY 1, 2 LIMIT 50", ALL, "same",
+           xfail={"norls": GAP_SYSTEM_COLUMNS}),
     Attack("rewrite_grouping_sets", "SELECT status, channel, count(*) FROM orders "
            "GROUP BY GROUPING SETS ((status), (channel), ())", ALL, "same"),
     Attack("rewrite_window_clause", "SELECT id, sum(amount) OVER w FROM orders "

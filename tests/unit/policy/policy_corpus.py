@@ -11,16 +11,18 @@ from proxy.policy import TenantPolicy
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
 
+_SCOPED = {
+    ("sales", "orders"): "tenant_id",
+    ("sales", "customers"): "tenant_id",
+    ("sales", "order_items"): "tenant_id",
+    ("public", "events"): "tenant_id",
+}
 _SHARED = TenantPolicy(
     tenant="acme",
     strategy="shared",
     tenant_value="acme",
-    scoped_tables={
-        ("sales", "orders"): "tenant_id",
-        ("sales", "customers"): "tenant_id",
-        ("sales", "order_items"): "tenant_id",
-        ("public", "events"): "tenant_id",
-    },
+    scoped_tables=_SCOPED,
+    rls_tables=frozenset(_SCOPED),  # forced RLS on every scoped table, as `pgtenant provision` leaves it
     search_path=("sales", "public"),
     extra_allowed_functions=frozenset({"public.fiscal_quarter"}),
     denied_functions=frozenset({"pg_sleep_for"}),
@@ -32,6 +34,7 @@ POLICIES: dict[str, TenantPolicy] = {
     "shared": _SHARED,
     "shared_rw": dataclasses.replace(_SHARED, allow_writes=True),
     "shared_noddl": dataclasses.replace(_SHARED, allow_ddl_temp=False),
+    "shared_fence": dataclasses.replace(_SHARED, fence=True, rls_tables=frozenset()),
     "schema": _SCHEMA,
     "schema_rw": dataclasses.replace(_SCHEMA, allow_writes=True),
     "database": _DATABASE,

@@ -288,3 +288,33 @@ def test_never_allowed_beats_extra_allowed() -> None:
     policy = dataclasses.replace(SHARED, extra_allowed_functions=frozenset({"dblink", "public.dblink"}))
     decision = decide(policy, "SELECT * FROM public.dblink('x', 'y') AS t(a int)")
     assert isinstance(decision, Deny) and decision.rule == "function_not_allowed"
+
+
+def test_system_columns_keep_the_wrapper_on_tables_without_forced_rls() -> None:
+    """Only a table the preflight found under forced RLS gets its predicate in the WHERE clause."""
+    only_orders = dataclasses.replace(SHARED, rls_tables=frozenset({("sales", "orders")}))
+    decision = decide(only_orders, "SELECT o.ctid, c.name FROM orders o, customers c WHERE c.id = o.customer_id")
+    assert isinstance(decision, Rewrite) and decision.rules == ("tenant_filter", "tenant_filter_where")
+    assert decision.sql == (
+        "SELECT o.ctid, c.name FROM orders o, (SELECT * FROM customers WHERE \"customers\".\"tenant_id\" = 'acme') c"
+        " WHERE (c.id = o.customer_id) AND \"o\".\"tenant_id\" = 'acme'"
+    )
+
+
+@pytest.mark.parametrize("rls_tables", [frozenset(), frozenset({("sales", "customers")})])
+def test_verifier_accepts_a_where_predicate_only_under_forced_rls(rls_tables: frozenset) -> None:
+    """A plain FROM item with the tenant predicate in its SELECT's WHERE counts as filtered only when its table
+    is under forced RLS; a predicate that is not a top-level conjunct never counts."""
+    from proxy.policy.verify import Unverified, check_coverage
+
+    policy = dataclasses.replace(SHARED, rls_tables=rls_tables | {("sales", "orders")})
+    tree = parse_json("SELECT ctid FROM orders WHERE \"orders\".\"tenant_id\" = 'acme' AND true")
+    check_coverage(policy, json.loads(tree)["stmts"][0]["stmt"])
+    for sql in ("SELECT ctid FROM orders WHERE \"orders\".\"tenant_id\" = 'acme' OR true",
+                "SELECT ctid FROM orders o WHERE \"orders\".\"tenant_id\" = 'acme'",  # not its reference name
+                "SELECT ctid FROM orders WHERE \"orders\".\"tenant_id\" = 'other'"):
+        with pytest.raises(Unverified):
+            check_coverage(policy, json.loads(parse_json(sql))["stmts"][0]["stmt"])
+    without = dataclasses.replace(SHARED, rls_tables=rls_tables)
+    with pytest.raises(Unverified):
+        check_coverage(without, json.loads(tree)["stmts"][0]["stmt"])

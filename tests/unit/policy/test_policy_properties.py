@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pglast import ast, parse_sql
+from pglast import ast, enums, parse_sql
 from policy_corpus import POLICIES, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, decide
@@ -44,8 +44,33 @@ def _is_wrapper_for(sub: ast.RangeSubselect, rv: ast.RangeVar, value: str) -> bo
         and getattr(const.val, "sval", None) == value
         and query.targetList is not None
         and len(query.targetList) == 1
+        and isinstance(query.targetList[0].val, ast.ColumnRef)
         and isinstance(query.targetList[0].val.fields[0], ast.A_Star)
     )
+
+
+def _is_tenant_predicate(expr: Any, ref: str, column: str, value: str) -> bool:
+    """`"<ref>"."<column>" = '<value>'`."""
+    return (
+        isinstance(expr, ast.A_Expr)
+        and [s.sval for s in expr.name] == ["="]
+        and isinstance(expr.lexpr, ast.ColumnRef)
+        and [getattr(f, "sval", None) for f in expr.lexpr.fields] == [ref, column]
+        and isinstance(expr.rexpr, ast.A_Const)
+        and getattr(expr.rexpr.val, "sval", None) == value
+    )
+
+
+def _where_has_filter(query: ast.SelectStmt, rv: ast.RangeVar, value: str) -> bool:
+    """The SELECT's WHERE clause is, or is an AND with, the tenant predicate on `rv`'s reference name."""
+    names = {"relname": rv.relname, **({"schemaname": rv.schemaname} if rv.schemaname else {})}
+    column = relation_filter(SHARED, names)
+    assert column is not None
+    ref = rv.alias.aliasname if rv.alias else rv.relname
+    where = query.whereClause
+    conjuncts = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR else (
+        where,)
+    return any(_is_tenant_predicate(c, ref, column.column, value) for c in conjuncts)
 
 
 def unfiltered_references(sql: str, value: str = "acme") -> list[str]:
@@ -68,7 +93,14 @@ def unfiltered_references(sql: str, value: str = "acme") -> list[str]:
                 and isinstance(parents[-3], ast.RangeSubselect)
                 and _is_wrapper_for(parents[-3], node, value)
             )
-            if not (is_target or wrapped):
+            in_where = (  # a plain FROM item of a SELECT whose WHERE has its predicate as a top-level conjunct
+                len(parents) >= 2
+                and isinstance(parent, tuple)
+                and isinstance(parents[-2], ast.SelectStmt)
+                and parents[-2].fromClause is parent
+                and _where_has_filter(parents[-2], node, value)
+            )
+            if not (is_target or wrapped or in_where):
                 problems.append(node.relname)
         for child in _children(node):
             visit(child, [*parents, node])
@@ -115,7 +147,7 @@ def predicate(draw: st.DrawFn, depth: int) -> str:
 
 @st.composite
 def select(draw: st.DrawFn, depth: int = 0) -> str:
-    head = draw(st.sampled_from(["SELECT *", "SELECT count(*)", "SELECT 1 AS one", "TABLE"]))
+    head = draw(st.sampled_from(["SELECT *", "SELECT count(*)", "SELECT 1 AS one", "SELECT ctid, xmin", "TABLE"]))
     if head == "TABLE":
         return "TABLE " + draw(st.sampled_from(TABLES[:7]))
     sql = f"{head} FROM " + draw(from_item(depth))
