@@ -85,6 +85,13 @@ class Filter:
         return self.template.replace("{ref}", quote_ident(ref))
 
 
+def needs_fence(policy: TenantPolicy, flt: Filter) -> bool:
+    """True when `flt`'s wrapper must be an optimization fence (`OFFSET 0`): the tenant has `fence` set (RLS
+    does not back every scoped relation) and this relation is not one under forced RLS (its RLS quals would
+    already run before any qual of the client's)."""
+    return policy.fence and (flt.kind != "tenant" or flt.table not in policy.rls_tables)
+
+
 def rv_names(rv: Node) -> tuple[str | None, str | None, str]:
     """(catalog, schema, relation) of a RangeVar body."""
     return rv.get("catalogname"), rv.get("schemaname"), rv.get("relname", "")

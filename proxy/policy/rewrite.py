@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.policy.catalog import Filter, relation_filter
+from proxy.policy.catalog import Filter, needs_fence, relation_filter
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import (
@@ -180,7 +180,7 @@ class _Planner:
                 end = after[0].end
             if only:
                 name = "ONLY " + name
-        fence = self.policy.fence
+        fence = needs_fence(self.policy, flt)
         sub = wrapper_sql(name, flt, rv["relname"], fence)
         alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
         self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
@@ -203,7 +203,7 @@ class _Planner:
             end = toks[matching_close(toks, 0)].end
         cols_sql = ", ".join(quote_ident(c) for c in columns) if columns else "*"
         ref_name = quote_ident(rv["relname"])
-        fence = self.policy.fence
+        fence = needs_fence(self.policy, flt)
         self.edit(start, end, f"(SELECT {cols_sql} FROM {wrapper_sql(name, flt, rv['relname'], fence)} {ref_name})")
         targets = (
             [{"ResTarget": {"val": {"ColumnRef": {"fields": [{"String": {"sval": c}}]}}}} for c in columns]

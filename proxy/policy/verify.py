@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.policy.catalog import relation_filter
+from proxy.policy.catalog import needs_fence, relation_filter
 from proxy.policy.model import TenantPolicy
 from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
 
@@ -188,19 +188,21 @@ class _Coverage:
     def wrapper(self, body: Node) -> bool:
         """True if this derived table is an injected filter wrapper (its predicate must then be exact)."""
         sub = body.get("subquery", {}).get("SelectStmt")
-        keys = _FENCED_WRAPPER_KEYS if self.policy.fence else _WRAPPER_KEYS
-        if not sub or set(sub) != keys or len(sub["fromClause"]) != 1:
-            return False
-        if self.policy.fence and not _same(sub["limitOffset"], _OFFSET_ZERO):
+        if not sub or len(sub.get("fromClause") or ()) != 1:
             return False
         inner = sub["fromClause"][0].get("RangeVar")
+        flt = self.filtered(inner) if inner is not None else None
+        if flt is None:
+            return False
+        fence = needs_fence(self.policy, flt)
+        if set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
+            return False
+        if fence and not _same(sub["limitOffset"], _OFFSET_ZERO):
+            return False
         targets = sub["targetList"]
-        if inner is None or "alias" in inner or len(targets) != 1:
+        if "alias" in inner or len(targets) != 1:
             return False
         if targets[0].get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") != _STAR_FIELDS:
-            return False
-        flt = self.filtered(inner)
-        if flt is None:
             return False
         # Not the exact filter: not a wrapper, so its SELECT is checked like any other (a client's
         # `(SELECT * FROM t WHERE …)` whose WHERE got the tenant predicate AND-ed in, or a forgery that fails there).

@@ -82,7 +82,7 @@ def test_reapply_effect_on_rewrite_and_allow() -> None:
 
 
 def test_fence_adds_offset_zero() -> None:
-    policy = dataclasses.replace(SHARED, fence=True)
+    policy = dataclasses.replace(SHARED, fence=True, rls_tables=frozenset())
     decision = decide(policy, "SELECT * FROM orders o WHERE o.status::int = 1")
     assert isinstance(decision, Rewrite)
     assert decision.sql == (
@@ -91,6 +91,19 @@ def test_fence_adds_offset_zero() -> None:
     )
     copy = decide(policy, "COPY orders TO STDOUT")
     assert isinstance(copy, Rewrite) and "OFFSET 0" in copy.sql
+
+
+def test_fence_only_where_rls_does_not_back_the_table() -> None:
+    """A tenant with a scoped relation that lacks forced RLS (a view, say) is fenced, but only the wrappers of
+    such relations get OFFSET 0: a table under forced RLS keeps its indexes usable for the client's quals."""
+    policy = dataclasses.replace(SHARED, fence=True, rls_tables=frozenset({("sales", "orders")}))
+    decision = decide(policy, "SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 5")
+    assert isinstance(decision, Rewrite)
+    assert decision.sql == (
+        "SELECT * FROM (SELECT * FROM orders WHERE \"orders\".\"tenant_id\" = 'acme') o "
+        "JOIN (SELECT * FROM customers WHERE \"customers\".\"tenant_id\" = 'acme' OFFSET 0) c "
+        "ON c.id = o.customer_id WHERE o.id = 5"
+    )
 
 
 def test_integer_tenant_value_accepts_integer_literal_on_insert() -> None:
