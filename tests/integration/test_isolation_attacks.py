@@ -200,6 +200,13 @@ def last_empty(results: list[Result], actor: Actor) -> None:
     assert _last_rows(results).rows == []
 
 
+def plan_uses_index(results: list[Result], actor: Actor) -> None:
+    """EXPLAIN output: the client's key predicate reaches the table's index (no fence under forced RLS; the norls
+    tenant, whose filters are all fences, reads the tenant's rows and filters them instead)."""
+    plan = "\n".join(row[0] for row in _last_rows(results).rows)
+    assert ("Index" in plan) != (actor.strategy == "norls"), plan
+
+
 SN, C, D, ALL = "SN", "C", "D", "SNCD"
 
 # Known engine gaps, recorded as strict xfails (they start failing loudly the day they are fixed).
@@ -564,6 +571,8 @@ ATTACKS: list[Attack] = [
     Attack("rewrite_system_column_two_tables", "SELECT o.ctid, c.xmin::text FROM orders o, customers c "
            "WHERE c.id = o.customer_id OR c.id = o.customer_id + 1 ORDER BY 1, 2 LIMIT 50", ALL, "same",
            xfail={"norls": GAP_SYSTEM_COLUMNS}),
+    Attack("rewrite_key_lookup_keeps_index", "EXPLAIN SELECT * FROM orders WHERE id = <<lo>>", SN, "ok",
+           check=plan_uses_index),
     Attack("rewrite_grouping_sets", "SELECT status, channel, count(*) FROM orders "
            "GROUP BY GROUPING SETS ((status), (channel), ())", ALL, "same"),
     Attack("rewrite_window_clause", "SELECT id, sum(amount) OVER w FROM orders "
