@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -869,11 +870,23 @@ class StartupError(RuntimeError):
     """The proxy cannot start safely; the message says why."""
 
 
+def freeze_heap() -> int:
+    """Move everything made until now (modules, parsers, policies: it lives as long as the process) out of the
+    cyclic garbage collector's reach; returns how many objects that is. A full collection walked all of it
+    (~20 ms for ~90k objects here), stalling every session at once; objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("heap_frozen", objects=frozen)
+    return frozen
+
+
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run the proxy until SIGTERM/SIGINT."""
     proxy = Proxy(config)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, proxy.prepare)
+    freeze_heap()  # before listening: the log line precedes readiness
     await proxy.start()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
