@@ -222,10 +222,56 @@ class _Planner:
         self.rule("copy_to_query")
         self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
 
+    # -- WHERE predicates ----------------------------------------------------------------------------------
+    def and_where(self, body: Node, tag: str, location: int, stop_words: frozenset[str], preds_sql: list[str]) -> None:
+        """AND `preds_sql` into the WHERE clause of the statement `body` (a `tag` node) whose relation text starts
+        at `location` and whose WHERE clause ends at a depth-0 stop word: `WHERE (<where>) AND p1 AND p2`, or
+        `WHERE p1 AND p2` after the clause before it. The tree gets what the parser builds for that text
+        (`(a AND b) AND p` is one AND of a, b and p)."""
+        preds = [expr_node(p) for p in preds_sql]
+        toks = self.text.toks_from(location)
+        end = clause_end(toks, 0, stop_words)
+        where_at = self._first_at_depth0(toks, 0, end, "WHERE")
+        added = " AND ".join(preds_sql)
+        if body.get("whereClause") is None:
+            if where_at is not None:
+                raise TextError("found WHERE where the tree has none")
+            self.edit(toks[end - 1].end, toks[end - 1].end, f" WHERE {added}")
+
+            def set_where() -> None:
+                body["whereClause"] = preds[0] if len(preds) == 1 else {
+                    "BoolExpr": {"boolop": "AND_EXPR", "args": list(preds)}}
+                reorder(body, tag)
+
+            self.mutate(set_where)
+            return
+        if where_at is None or where_at + 1 >= end:
+            raise TextError("WHERE clause not found")
+        self.edit(toks[where_at + 1].start, toks[where_at + 1].start, "(")
+        self.edit(toks[end - 1].end, toks[end - 1].end, f") AND {added}")
+
+        def extend_where() -> None:
+            current = body["whereClause"]
+            boolexpr = current.get("BoolExpr")
+            if boolexpr is not None and boolexpr.get("boolop") == "AND_EXPR":
+                boolexpr["args"].extend(preds)
+            else:
+                body["whereClause"] = {"BoolExpr": {"boolop": "AND_EXPR", "args": [current, *preds]}}
+
+        self.mutate(extend_where)
+
+    def filter_in_where(self, body: Node, refs: list[tuple[RelRef, Filter]]) -> None:
+        """AND the tenant predicates of `refs` (plain FROM items of the SELECT `body`) into its WHERE clause:
+        the relations stay in FROM, so their system columns stay visible. Exact for a plain FROM item (the
+        WHERE clause filters its rows before anything else of the SELECT sees them); used only for tables under
+        forced RLS, whose policies run before any qual of the query."""
+        first = min(ref.rv["location"] for ref, _ in refs)
+        self.and_where(body, "SelectStmt", first, _WHERE_END, [flt.predicate(_refname(ref.rv)) for ref, flt in refs])
+        self.rule("tenant_filter_where")
+
     # -- DML targets ---------------------------------------------------------------------------------------
     def where(self, ref: RelRef, flt: Filter) -> None:
         rv, body = ref.rv, ref.stmt or {}
-        refname = rv.get("alias", {}).get("aliasname") or rv["relname"]
         kind = ref.stmt_kind
         if kind == "UpdateStmt":
             for target in body.get("targetList", ()):
@@ -234,79 +280,8 @@ class _Planner:
         where = body.get("whereClause")
         if where is not None and "CurrentOfExpr" in where:
             raise fail("rewrite_unsupported", "WHERE CURRENT OF on a tenant-scoped table is not supported")
-        toks = self.text.toks_from(rv["location"])
-        i = 0
-        end = clause_end(toks, i, frozenset({"RETURNING"}))
-        where_at = self._first_at_depth0(toks, i, end, "WHERE")
-        pred_sql = flt.predicate(refname)
-        pred = expr_node(pred_sql)
-        if where is None:
-            if where_at is not None:
-                raise TextError("found WHERE where the tree has none")
-            self.edit(toks[end - 1].end, toks[end - 1].end, f" WHERE {pred_sql}")
-
-            def set_where() -> None:
-                body["whereClause"] = pred
-                reorder(body, kind)
-
-            self.mutate(set_where)
-        else:
-            if where_at is None or where_at + 1 >= end:
-                raise TextError("WHERE clause not found")
-            self.edit(toks[where_at + 1].start, toks[where_at + 1].start, "(")
-            self.edit(toks[end - 1].end, toks[end - 1].end, f") AND {pred_sql}")
-
-            def and_where() -> None:
-                current = body["whereClause"]
-                boolexpr = current.get("BoolExpr")
-                if boolexpr is not None and boolexpr.get("boolop") == "AND_EXPR":
-                    boolexpr["args"].append(pred)
-                else:
-                    body["whereClause"] = {"BoolExpr": {"boolop": "AND_EXPR", "args": [current, pred]}}
-
-            self.mutate(and_where)
-        self.rule("tenant_update" if ref.stmt_kind == "UpdateStmt" else "tenant_delete")
-
-    def filter_in_where(self, body: Node, refs: list[tuple[RelRef, Filter]]) -> None:
-        """AND the tenant predicates of `refs` (plain FROM items of the SELECT `body`) into its WHERE clause:
-        the relations stay in FROM, so their system columns stay visible. Exact for a plain FROM item (the
-        WHERE clause filters its rows before anything else of the SELECT sees them); used only for tables under
-        forced RLS, whose policies run before any qual of the query."""
-        preds_sql = [flt.predicate(_refname(ref.rv)) for ref, flt in refs]
-        preds = [expr_node(p) for p in preds_sql]
-        first = min(ref.rv["location"] for ref, _ in refs)
-        toks = self.text.toks_from(first)
-        end = clause_end(toks, 0, _WHERE_END)
-        where_at = self._first_at_depth0(toks, 0, end, "WHERE")
-        where = body.get("whereClause")
-        added = " AND ".join(preds_sql)
-        if where is None:
-            if where_at is not None:
-                raise TextError("found WHERE where the tree has none")
-            self.edit(toks[end - 1].end, toks[end - 1].end, f" WHERE {added}")
-
-            def set_where() -> None:
-                body["whereClause"] = preds[0] if len(preds) == 1 else {
-                    "BoolExpr": {"boolop": "AND_EXPR", "args": list(preds)}}
-                reorder(body, "SelectStmt")
-
-            self.mutate(set_where)
-        else:
-            if where_at is None or where_at + 1 >= end:
-                raise TextError("WHERE clause not found")
-            self.edit(toks[where_at + 1].start, toks[where_at + 1].start, "(")
-            self.edit(toks[end - 1].end, toks[end - 1].end, f") AND {added}")
-
-            def and_where() -> None:  # what the parser builds: `(a AND b) AND p` is one AND of a, b, p
-                current = body["whereClause"]
-                boolexpr = current.get("BoolExpr")
-                if boolexpr is not None and boolexpr.get("boolop") == "AND_EXPR":
-                    boolexpr["args"].extend(preds)
-                else:
-                    body["whereClause"] = {"BoolExpr": {"boolop": "AND_EXPR", "args": [current, *preds]}}
-
-            self.mutate(and_where)
-        self.rule("tenant_filter_where")
+        self.and_where(body, kind, rv["location"], frozenset({"RETURNING"}), [flt.predicate(_refname(rv))])
+        self.rule("tenant_update" if kind == "UpdateStmt" else "tenant_delete")
 
     @staticmethod
     def _first_at_depth0(toks: list[Tok], first: int, end: int, name: str) -> int | None:
@@ -413,13 +388,15 @@ def _refname(rv: Node) -> str:
 
 def where_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
     """True when the tenant predicate of `ref` may go into its SELECT's WHERE clause instead of a wrapper: a
-    plain FROM item of a SELECT (not in a join, not `TABLE t`), a tenant filter that is one comparison, and
-    forced RLS on that table behind it."""
+    plain FROM item of a SELECT (not in a join, not `TABLE t`) without a column alias list (`t AS o(a, tenant_id)`
+    renames the table's columns: `o.tenant_id` would be another column), a tenant filter that is one
+    comparison, and forced RLS on that table behind it."""
     return (
         ref.role == READ
         and ref.stmt is not None
         and not ref.stmt_kind
         and not ref.table_form
+        and not ref.rv.get("alias", {}).get("colnames")
         and flt.kind == "tenant"
         and flt.table in policy.rls_tables
         and "BoolExpr" not in expr_node(flt.predicate(_refname(ref.rv)))

@@ -52,6 +52,18 @@ def _same(node: Any, expected: Node) -> bool:
     return node == expected or canonical(node) == expected
 
 
+def _where_has_predicate(body: Node, rv: Node, flt: Any) -> bool:
+    """True if the WHERE clause of the statement `body` is, or is an AND with, `flt`'s predicate on the
+    reference name of `rv` (its alias, else its relation name)."""
+    refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")
+    pred = expr_node(flt.predicate(refname))
+    where = body.get("whereClause")
+    conjuncts = [where]
+    if where is not None and where.get("BoolExpr", {}).get("boolop") == "AND_EXPR":
+        conjuncts = where["BoolExpr"]["args"]
+    return any(c is not None and _same(c, pred) for c in conjuncts)
+
+
 # Nodes that cannot contain a relation reference.
 _LEAVES = frozenset(
     {"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star", "ColumnRef", "ParamRef",
@@ -174,16 +186,12 @@ class _Coverage:
         before any qual of the query)."""
         if "schemaname" not in rv and "catalogname" not in rv and rv.get("relname") in scope:
             return False  # a CTE: from_item decides
+        if rv.get("alias", {}).get("colnames"):
+            return False  # `t AS o(a, tenant_id)`: o.tenant_id names whichever column the list renamed
         flt = self.filtered(rv)
         if flt is None or flt.kind != "tenant" or flt.table not in self.policy.rls_tables:
             return False
-        refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")
-        pred = expr_node(flt.predicate(refname))
-        where = body.get("whereClause")
-        conjuncts = [where]
-        if where is not None and where.get("BoolExpr", {}).get("boolop") == "AND_EXPR":
-            conjuncts = where["BoolExpr"]["args"]
-        return any(c is not None and _same(c, pred) for c in conjuncts)
+        return _where_has_predicate(body, rv, flt)
 
     def wrapper(self, body: Node) -> bool:
         """True if this derived table is an injected filter wrapper (its predicate must then be exact)."""
@@ -227,13 +235,7 @@ class _Coverage:
         self.push(body, scope, ("withClause", "relation", "fromClause", "usingClause", "sourceRelation"))
 
     def update_delete(self, tag: str, body: Node, rv: Node, flt: Any) -> None:
-        refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")
-        pred = expr_node(flt.predicate(refname))
-        where = body.get("whereClause")
-        conjuncts = [where]
-        if where is not None and where.get("BoolExpr", {}).get("boolop") == "AND_EXPR":
-            conjuncts = where["BoolExpr"]["args"]
-        if not any(c is not None and _same(c, pred) for c in conjuncts):
+        if not _where_has_predicate(body, rv, flt):
             raise Unverified(f'"{rv.get("relname")}" is changed without the tenant predicate')
         if tag == "UpdateStmt":
             for target in body.get("targetList", ()):

@@ -571,6 +571,9 @@ ATTACKS: list[Attack] = [
     Attack("rewrite_system_column_two_tables", "SELECT o.ctid, c.xmin::text FROM orders o, customers c "
            "WHERE c.id = o.customer_id OR c.id = o.customer_id + 1 ORDER BY 1, 2 LIMIT 50", ALL, "same",
            xfail={"norls": GAP_SYSTEM_COLUMNS}),
+    Attack("rewrite_system_column_alias_list_renames_tenant_column",
+           "SELECT ctid, o.real_tenant FROM orders AS o (id, real_tenant, customer_id, order_date, tenant_id) "
+           "WHERE o.real_tenant <> 'acme'", SN, "any"),
     Attack("rewrite_key_lookup_keeps_index", "EXPLAIN SELECT * FROM orders WHERE id = <<lo>>", SN, "ok",
            check=plan_uses_index),
     Attack("rewrite_grouping_sets", "SELECT status, channel, count(*) FROM orders "

@@ -331,3 +331,6 @@ def test_verifier_accepts_a_where_predicate_only_under_forced_rls(rls_tables: fr
     without = dataclasses.replace(SHARED, rls_tables=rls_tables)
     with pytest.raises(Unverified):
         check_coverage(without, json.loads(tree)["stmts"][0]["stmt"])
+    renamed = "SELECT ctid FROM orders AS o (id, real_tenant, x, y, tenant_id) WHERE \"o\".\"tenant_id\" = 'acme'"
+    with pytest.raises(Unverified):  # the column alias list makes o.tenant_id another column
+        check_coverage(policy, json.loads(parse_json(renamed))["stmts"][0]["stmt"])

@@ -62,7 +62,10 @@ def _is_tenant_predicate(expr: Any, ref: str, column: str, value: str) -> bool:
 
 
 def _where_has_filter(query: ast.SelectStmt, rv: ast.RangeVar, value: str) -> bool:
-    """The SELECT's WHERE clause is, or is an AND with, the tenant predicate on `rv`'s reference name."""
+    """The SELECT's WHERE clause is, or is an AND with, the tenant predicate on `rv`'s reference name (and `rv`
+    has no column alias list, which could rename another column to the tenant column's name)."""
+    if rv.alias is not None and rv.alias.colnames:
+        return False
     names = {"relname": rv.relname, **({"schemaname": rv.schemaname} if rv.schemaname else {})}
     column = relation_filter(SHARED, names)
     assert column is not None
