@@ -21,7 +21,16 @@ SELECT n.nspname, c.relname
 _TABLE_FACTS = """
 SELECT n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
        pg_catalog.pg_get_userbyid(c.relowner) = current_user AS is_owner,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS has_policy
+       EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS has_policy,
+       -- A permissive policy that lets the backend role read rows without testing the tenant setting: policies
+       -- OR together, so the rows it admits are every tenant's (e.g. a leftover USING (true)).
+       EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
+                WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('r', '*')
+                  AND p.polqual IS NOT NULL
+                  AND (0 = ANY (p.polroles) OR EXISTS (
+                        SELECT 1 FROM unnest(p.polroles) AS r(oid)
+                         WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')))
+                  AND strpos(lower(pg_catalog.pg_get_expr(p.polqual, p.polrelid)), lower(%s)) = 0) AS open_policy
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = %s AND c.relname = %s
 """
@@ -115,13 +124,19 @@ def _check_shared(
         )
         return
     for schema, table in tables:
-        row = conn.execute(_TABLE_FACTS, (schema, table)).fetchone()
+        row = conn.execute(_TABLE_FACTS, (tenant.tenant_setting, schema, table)).fetchone()
         if row is None:
             report.errors.append(f"{where}.tables: {schema}.{table} does not exist")
             continue
-        _, _, kind, rls, force, owner, has_policy = row
+        _, _, kind, rls, force, owner, has_policy, open_policy = row
         name = f"{schema}.{table}"
-        if kind in ("v", "m", "f") or not (rls and force and has_policy) or owner:
+        if open_policy and kind not in ("v", "m", "f"):
+            report.errors.append(
+                f"{where}: {name} has a permissive row-level security policy that does not test "
+                f"{tenant.tenant_setting}; the rows it admits are readable by every tenant (drop it, or make it "
+                "RESTRICTIVE or for other roles)"
+            )
+        if kind in ("v", "m", "f") or not (rls and force and has_policy) or owner or open_policy:
             report.rls_complete = False
         else:
             report.rls_tables.add((schema, table))

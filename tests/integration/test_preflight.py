@@ -52,6 +52,34 @@ def test_refuses_to_start_without_rls_and_runs_when_overridden(
         p.stop()
 
 
+def test_refuses_a_permissive_policy_that_ignores_the_tenant(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Policies OR together: one more permissive policy that does not test the tenant setting (a leftover
+    USING (true)) opens every tenant's rows, so RLS does not back the rewrite; a restrictive one, or one for
+    another role, does not."""
+    prepare_backend(pg)
+    ProxyProcess(pg, tmp_path_factory.mktemp("prov2")).provision()
+    db = pg.fresh_database("openpol")
+    pg.execute(
+        f"CREATE TABLE public.orders (id int, tenant_id text); GRANT CONNECT ON DATABASE {db} TO {BACKEND_ROLE};"
+        "INSERT INTO public.orders VALUES (1, 'acme'), (2, 'b')",
+        dbname=db,
+    )
+    tenant = {"strategy": "shared", "database": db, "tenant_id": "acme"}
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("openpol"), extra_tenants={"opn": tenant},
+                     extra_users={"olga": ("opn", "olga-pw")})
+    p.provision()  # RLS forced with the tenant policy
+    pg.execute("CREATE ROLE pgt_auditor NOLOGIN; CREATE POLICY for_auditors ON public.orders TO pgt_auditor "
+               "USING (true); CREATE POLICY only_small ON public.orders AS RESTRICTIVE USING (id < 100)", dbname=db)
+    p.start(provision=False)  # neither of those opens the table to the backend role
+    p.stop()
+    pg.execute("CREATE POLICY leftover ON public.orders USING (true)", dbname=db)
+    log = _start_expecting_failure(p)
+    assert ("tenants.opn: public.orders has a permissive row-level security policy that does not test "
+            "pgtenant.tenant_id") in log
+
+
 def test_refuses_a_superuser_backend_role(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
     prepare_backend(pg)
     pg.execute("DROP ROLE IF EXISTS pgt_super; CREATE ROLE pgt_super LOGIN SUPERUSER PASSWORD 'super-pw'")
