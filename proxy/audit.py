@@ -164,7 +164,7 @@ class AuditLog:
                         if isinstance(text, str) and text:
                             record[key] = redact(text)
         quote = _quote
-        micros = int(seconds * 1e6 + 0.5) if seconds > 0 else 0  # written as milliseconds, three decimals
+        micros = int(min(seconds, 1e9) * 1e6 + 0.5) if seconds > 0 else 0  # ms with three decimals (NaN: 0)
         self._write(
             f'{self._head_now()}{", " if prefix else ""}{prefix}, '
             f'"end_user": {"null" if end_user is None else quote(end_user)}, "kind": "{kind}", '

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from proxy.config import BackendConfig, Config, TenantConfig
+from proxy.policy.tree import expr_node, names_of, string_const
 from proxy.tenancy import ScopedTables, explicit_tables
 
 _DISCOVER = """
@@ -20,20 +21,65 @@ SELECT n.nspname, c.relname
 
 _TABLE_FACTS = """
 SELECT n.nspname, c.relname, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
-       pg_catalog.pg_get_userbyid(c.relowner) = current_user AS is_owner,
-       EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS has_policy,
-       -- A permissive policy that lets the backend role read rows without testing the tenant setting: policies
-       -- OR together, so the rows it admits are every tenant's (e.g. a leftover USING (true)).
-       EXISTS (SELECT 1 FROM pg_catalog.pg_policy p
-                WHERE p.polrelid = c.oid AND p.polpermissive AND p.polcmd IN ('r', '*')
-                  AND p.polqual IS NOT NULL
-                  AND (0 = ANY (p.polroles) OR EXISTS (
-                        SELECT 1 FROM unnest(p.polroles) AS r(oid)
-                         WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')))
-                  AND strpos(lower(pg_catalog.pg_get_expr(p.polqual, p.polrelid)), lower(%s)) = 0) AS open_policy
+       pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER') AS is_owner,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid) AS has_policy, c.oid
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = %s AND c.relname = %s
 """
+
+# The permissive policies that apply to the backend role (PUBLIC, or a role whose privileges it has, as
+# PostgreSQL decides it): policies OR together, so each of them alone decides which rows the role can reach.
+_PERMISSIVE_POLICIES = """
+SELECT p.polname, p.polcmd::text, pg_catalog.pg_get_expr(p.polqual, p.polrelid),
+       pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+  FROM pg_catalog.pg_policy p
+ WHERE p.polrelid = %s AND p.polpermissive
+   AND (0 = ANY (p.polroles) OR EXISTS (SELECT 1 FROM unnest(p.polroles) AS r(oid)
+                                          WHERE pg_catalog.pg_has_role(current_user, r.oid, 'USAGE')))
+ ORDER BY 1
+"""
+
+
+def policy_pins_tenant(expr: str, column: str, setting: str) -> str:
+    """How an RLS policy expression relates to the tenant: "exact" when a top-level AND term is
+    `<column> = current_setting('<setting>'…)` (casts allowed), "open" when it cannot depend on the session at
+    all (no function call, no subquery: `true`, `is_public`), else "unproven" (e.g. a helper function)."""
+    try:
+        node = expr_node(expr)
+    except Exception:  # not an expression pglast parses: nothing is proven
+        return "unproven"
+    terms = node["BoolExpr"]["args"] if node.get("BoolExpr", {}).get("boolop") == "AND_EXPR" else [node]
+    for term in terms:
+        op = term.get("A_Expr")
+        if op is None or op.get("kind") != "AEXPR_OP" or names_of(op.get("name")) != ("=",):
+            continue
+        sides = (_uncast(op.get("lexpr")), _uncast(op.get("rexpr")))
+        for a, b in (sides, sides[::-1]):
+            if names_of(a.get("ColumnRef", {}).get("fields"))[-1:] != (column,):
+                continue
+            call = b.get("FuncCall", {})
+            args = call.get("args") or [{}]
+            if names_of(call.get("funcname"))[-1:] == ("current_setting",) and (
+                (string_const(_uncast(args[0])) or "").lower() == setting.lower()
+            ):
+                return "exact"
+    return "unproven" if _calls_anything(node) else "open"
+
+
+def _uncast(node: dict | None) -> dict:
+    while node and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return node or {}
+
+
+def _calls_anything(node: object) -> bool:
+    if isinstance(node, dict):
+        if "FuncCall" in node or "SubLink" in node:
+            return True
+        return any(_calls_anything(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_calls_anything(v) for v in node)
+    return False
 
 
 class BackendCheckError(RuntimeError):
@@ -124,19 +170,16 @@ def _check_shared(
         )
         return
     for schema, table in tables:
-        row = conn.execute(_TABLE_FACTS, (tenant.tenant_setting, schema, table)).fetchone()
+        row = conn.execute(_TABLE_FACTS, (schema, table)).fetchone()
         if row is None:
             report.errors.append(f"{where}.tables: {schema}.{table} does not exist")
             continue
-        _, _, kind, rls, force, owner, has_policy, open_policy = row
+        _, _, kind, rls, force, owner, has_policy, oid = row
         name = f"{schema}.{table}"
-        if open_policy and kind not in ("v", "m", "f"):
-            report.errors.append(
-                f"{where}: {name} has a permissive row-level security policy that does not test "
-                f"{tenant.tenant_setting}; the rows it admits are readable by every tenant (drop it, or make it "
-                "RESTRICTIVE or for other roles)"
-            )
-        if kind in ("v", "m", "f") or not (rls and force and has_policy) or owner or open_policy:
+        pinned = True
+        if kind not in ("v", "m", "f"):
+            pinned = _check_policies(conn, tenant, oid, name, tables[(schema, table)], report)
+        if kind in ("v", "m", "f") or not (rls and force and has_policy) or owner or not pinned:
             report.rls_complete = False
         else:
             report.rls_tables.add((schema, table))
@@ -151,9 +194,43 @@ def _check_shared(
         elif not has_policy:
             report.errors.append(f"{where}: {name} has row-level security but no policy")
         if owner:
-            report.errors.append(f"{where}: the backend role owns {name}; owners can alter or drop its policies")
+            report.errors.append(
+                f"{where}: the backend role owns {name} (or is a member of its owner); owners can alter or drop "
+                "its policies"
+            )
         elif rls and not force:
             report.warnings.append(f"{where}: row-level security on {name} is not FORCEd")
+
+
+def _check_policies(
+    conn: psycopg.Connection, tenant: TenantConfig, oid: int, name: str, column: str, report: PreflightReport
+) -> bool:
+    """Check each permissive policy the backend role is under; True when every one that governs reads provably
+    keeps it to the tenant's rows (only then does the rewrite count on RLS: no fence, WHERE-form filters)."""
+    where = f"tenants.{tenant.name}"
+    commands = ("r", "*", "w", "d", "a") if tenant.allow_writes else ("r", "*")
+    pinned = True
+    for polname, cmd, qual, check in conn.execute(_PERMISSIVE_POLICIES, (oid,)).fetchall():
+        if cmd not in commands:
+            continue
+        for expr in (qual, check if cmd in ("a", "w", "*") else None):
+            if expr is None:
+                continue
+            verdict = policy_pins_tenant(expr, column, tenant.tenant_setting)
+            if verdict == "open":
+                report.errors.append(
+                    f"{where}: policy {polname!r} on {name} admits rows whatever the tenant ({expr}); policies OR "
+                    "together, so every tenant reaches them (drop it, or make it RESTRICTIVE or for other roles)"
+                )
+            elif verdict == "unproven":
+                report.warnings.append(
+                    f"{where}: policy {polname!r} on {name} is not of the form {column} = "
+                    f"current_setting('{tenant.tenant_setting}') ({expr}); pgtenant does not count on it, so its "
+                    f"filters on {name} are fenced"
+                )
+            if verdict != "exact" and cmd in ("r", "*"):
+                pinned = False
+    return pinned
 
 
 def _check_schema(conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport) -> None:

@@ -55,15 +55,18 @@ def test_refuses_to_start_without_rls_and_runs_when_overridden(
 def test_refuses_a_permissive_policy_that_ignores_the_tenant(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Policies OR together: one more permissive policy that does not test the tenant setting (a leftover
-    USING (true)) opens every tenant's rows, so RLS does not back the rewrite; a restrictive one, or one for
-    another role, does not."""
+    """Policies OR together: one more permissive policy that cannot depend on the tenant (a leftover
+    USING (true)) opens every tenant's rows, so startup is refused; a restrictive one, or one for another role,
+    is fine; one the preflight cannot read (a helper function) is not counted on: that table's filters are
+    fenced, with a warning."""
     prepare_backend(pg)
     ProxyProcess(pg, tmp_path_factory.mktemp("prov2")).provision()
     db = pg.fresh_database("openpol")
     pg.execute(
         f"CREATE TABLE public.orders (id int, tenant_id text); GRANT CONNECT ON DATABASE {db} TO {BACKEND_ROLE};"
-        "INSERT INTO public.orders VALUES (1, 'acme'), (2, 'b')",
+        "INSERT INTO public.orders VALUES (1, 'acme'), (2, 'b');"
+        "CREATE FUNCTION public.cur_tenant() RETURNS text LANGUAGE sql STABLE "
+        "AS $$ SELECT current_setting('pgtenant.tenant_id', true) $$",
         dbname=db,
     )
     tenant = {"strategy": "shared", "database": db, "tenant_id": "acme"}
@@ -73,11 +76,24 @@ def test_refuses_a_permissive_policy_that_ignores_the_tenant(
     pg.execute("CREATE ROLE pgt_auditor NOLOGIN; CREATE POLICY for_auditors ON public.orders TO pgt_auditor "
                "USING (true); CREATE POLICY only_small ON public.orders AS RESTRICTIVE USING (id < 100)", dbname=db)
     p.start(provision=False)  # neither of those opens the table to the backend role
-    p.stop()
+    try:
+        assert not any(e.get("event") == "rewrite_fenced" and e.get("tenant") == "opn" for e in p.log_events())
+    finally:
+        p.stop()
+    pg.execute("CREATE POLICY by_helper ON public.orders USING (tenant_id = public.cur_tenant())", dbname=db)
+    p.start(provision=False)
+    try:
+        events = p.log_events()
+        assert any(e.get("event") == "rewrite_fenced" and e.get("tenant") == "opn" for e in events)
+        assert any("policy 'by_helper' on public.orders is not of the form" in str(e.get("problem"))
+                   for e in events if e.get("event") == "preflight_warning")
+        with psycopg.connect(p.dsn("olga")) as c:
+            assert c.execute("SELECT id, tenant_id FROM orders").fetchall() == [(1, "acme")]
+    finally:
+        p.stop()
     pg.execute("CREATE POLICY leftover ON public.orders USING (true)", dbname=db)
     log = _start_expecting_failure(p)
-    assert ("tenants.opn: public.orders has a permissive row-level security policy that does not test "
-            "pgtenant.tenant_id") in log
+    assert "tenants.opn: policy 'leftover' on public.orders admits rows whatever the tenant (true)" in log
 
 
 def test_refuses_a_superuser_backend_role(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:

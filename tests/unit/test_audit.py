@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -185,3 +186,11 @@ def test_request_line_from_a_tracked_request() -> None:
                  {"sql": "SELECT 3", "decision": "none", "rule": None, "rewritten_sql": None}],
     }
     assert second["end_user"] == "tableau:ann"
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan"), float("inf"), 1e300])
+def test_statement_odd_durations_stay_numbers(seconds: float) -> None:
+    """A duration the clock cannot produce still gives a valid line, in both builds (clamped to 1e9 s)."""
+    log = _Capture()
+    log.statement("", None, "select", "allow", None, "ok", None, seconds, 0, "SELECT 1", None, 1, None)
+    assert 0.0 <= json.loads(log.lines[0])["duration_ms"] <= 1e12
