@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from pglast import ast, enums, parse_sql
 from policy_corpus import POLICIES, load_cases
 
-from proxy.policy import Allow, Deny, Rewrite, decide
+from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide
 from proxy.policy.catalog import relation_filter
 
 SHARED = POLICIES["shared"]
@@ -25,8 +26,13 @@ def _children(node: Any) -> list[Any]:
     return []
 
 
-def _is_wrapper_for(sub: ast.RangeSubselect, rv: ast.RangeVar, value: str) -> bool:
-    """RangeSubselect(SELECT * FROM rv WHERE "<relname>"."<column>" = '<value>' [OFFSET 0])."""
+def _rls_backed(policy: TenantPolicy, table: tuple[str, str]) -> bool:
+    return table in policy.rls_tables
+
+
+def _is_wrapper_for(sub: ast.RangeSubselect, rv: ast.RangeVar, value: str, policy: TenantPolicy) -> bool:
+    """RangeSubselect(SELECT * FROM rv WHERE "<relname>"."<column>" = '<value>' [OFFSET 0]), with OFFSET 0
+    whenever the policy is fenced and the table is not under forced RLS."""
     query = sub.subquery
     if not isinstance(query, ast.SelectStmt) or len(query.fromClause or ()) != 1 or query.fromClause[0] is not rv:
         return False
@@ -36,6 +42,10 @@ def _is_wrapper_for(sub: ast.RangeSubselect, rv: ast.RangeVar, value: str) -> bo
     names = {"relname": rv.relname, **({"schemaname": rv.schemaname} if rv.schemaname else {})}
     column = relation_filter(SHARED, names)
     assert column is not None
+    if policy.fence and not _rls_backed(policy, column.table):
+        offset = query.limitOffset
+        if not (isinstance(offset, ast.A_Const) and getattr(offset.val, "ival", None) == 0):
+            return False
     fields = [f.sval for f in where.lexpr.fields]
     const = where.rexpr
     return (
@@ -61,14 +71,17 @@ def _is_tenant_predicate(expr: Any, ref: str, column: str, value: str) -> bool:
     )
 
 
-def _where_has_filter(query: ast.SelectStmt, rv: ast.RangeVar, value: str) -> bool:
+def _where_has_filter(query: ast.SelectStmt, rv: ast.RangeVar, value: str, policy: TenantPolicy) -> bool:
     """The SELECT's WHERE clause is, or is an AND with, the tenant predicate on `rv`'s reference name (and `rv`
-    has no column alias list, which could rename another column to the tenant column's name)."""
+    has no column alias list, which could rename another column to the tenant column's name, and its table is
+    under forced RLS, which must run before the client's quals)."""
     if rv.alias is not None and rv.alias.colnames:
         return False
     names = {"relname": rv.relname, **({"schemaname": rv.schemaname} if rv.schemaname else {})}
     column = relation_filter(SHARED, names)
     assert column is not None
+    if not _rls_backed(policy, column.table):
+        return False
     ref = rv.alias.aliasname if rv.alias else rv.relname
     where = query.whereClause
     conjuncts = where.args if isinstance(where, ast.BoolExpr) and where.boolop == enums.BoolExprType.AND_EXPR else (
@@ -76,9 +89,11 @@ def _where_has_filter(query: ast.SelectStmt, rv: ast.RangeVar, value: str) -> bo
     return any(_is_tenant_predicate(c, ref, column.column, value) for c in conjuncts)
 
 
-def unfiltered_references(sql: str, value: str = "acme") -> list[str]:
-    """Scoped-table RangeVars (unqualified or sales./public.-qualified) that are read without the tenant wrapper.
-    Generated queries never name a CTE like a scoped table, so no CTE scoping is needed here."""
+def unfiltered_references(sql: str, value: str = "acme", policy: TenantPolicy | None = None) -> list[str]:
+    """Scoped-table RangeVars (unqualified or sales./public.-qualified) that are read without the tenant wrapper
+    (fenced where `policy` needs it) or a WHERE-clause filter where it allows one. Generated queries never name a
+    CTE like a scoped table, so no CTE scoping is needed here."""
+    policy = policy or SHARED
     problems: list[str] = []
 
     def visit(node: Any, parents: list[Any]) -> None:
@@ -94,14 +109,14 @@ def unfiltered_references(sql: str, value: str = "acme") -> list[str]:
                 and isinstance(parent, tuple)  # the wrapper's FROM list
                 and isinstance(parents[-2], ast.SelectStmt)
                 and isinstance(parents[-3], ast.RangeSubselect)
-                and _is_wrapper_for(parents[-3], node, value)
+                and _is_wrapper_for(parents[-3], node, value, policy)
             )
             in_where = (  # a plain FROM item of a SELECT whose WHERE has its predicate as a top-level conjunct
                 len(parents) >= 2
                 and isinstance(parent, tuple)
                 and isinstance(parents[-2], ast.SelectStmt)
                 and parents[-2].fromClause is parent
-                and _where_has_filter(parents[-2], node, value)
+                and _where_has_filter(parents[-2], node, value, policy)
             )
             if not (is_target or wrapped or in_where):
                 problems.append(node.relname)
@@ -183,6 +198,23 @@ def test_generated_queries_are_always_filtered(sql: str) -> None:
         return
     forwarded = decision.sql if isinstance(decision, Rewrite) else sql
     assert unfiltered_references(forwarded) == [], (sql, forwarded)
+
+
+# A tenant fenced for one relation without forced RLS: only sales.orders is RLS-backed.
+MIXED = dataclasses.replace(SHARED_RW, fence=True, rls_tables=frozenset({("sales", "orders")}))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(statement())
+def test_generated_queries_fence_what_rls_does_not_back(sql: str) -> None:
+    """With a fence for some relations: every other scoped table's wrapper has OFFSET 0, and only the RLS-backed
+    one may take the WHERE form."""
+    decision = decide(MIXED, sql)
+    if isinstance(decision, Deny):
+        assert decision.rule in {"rewrite_unsupported", "read_only", "parse_error"}, (sql, decision)
+        return
+    forwarded = decision.sql if isinstance(decision, Rewrite) else sql
+    assert unfiltered_references(forwarded, policy=MIXED) == [], (sql, forwarded)
 
 
 # -- garbage in, a decision out -------------------------------------------------------------------------------
