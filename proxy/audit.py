@@ -100,6 +100,13 @@ def _further_statement(sql: str, decision: Decision | None) -> dict[str, object]
     name, rule, rewritten = decision_fields(decision)
     return {"sql": sql, "decision": name, "rule": rule if name == "deny" else None, "rewritten_sql": rewritten}
 
+def _redact_record(record: dict[str, Any]) -> None:
+    """Redact the SQL texts of one audit record (or of one further statement of it) in place."""
+    for key in ("sql", "rewritten_sql"):
+        if record.get(key):
+            record[key] = redact(record[key])
+
+
 FLUSH_INTERVAL = 0.1  # seconds a record may wait in the buffer: one write() per batch, not per statement
 
 
@@ -129,9 +136,7 @@ class AuditLog:
         """One JSON line: timestamp, event, the pre-encoded `prefix` fields, then `fields`."""
         if self.redact:
             for record in (fields, *(fields.get("more") or ())):
-                for key in ("sql", "rewritten_sql"):
-                    if record.get(key):
-                        record[key] = redact(record[key])
+                _redact_record(record)
         head = self._head_now() + (", " + prefix if prefix else "")
         self._write(head + (", " + _to_json(fields)[1:] if fields else "}") + "\n")
 
@@ -157,12 +162,8 @@ class AuditLog:
             sql = redact(sql) if sql else sql
             if rewritten:
                 rewritten = redact(rewritten)
-            if more:
-                for record in more:
-                    for key in ("sql", "rewritten_sql"):
-                        text = record.get(key)
-                        if isinstance(text, str) and text:
-                            record[key] = redact(text)
+            for record in more or ():
+                _redact_record(record)
         quote = _quote
         micros = int(min(seconds, 1e9) * 1e6 + 0.5) if seconds > 0 else 0  # ms with three decimals (NaN: 0)
         self._write(
