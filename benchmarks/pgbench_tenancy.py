@@ -83,7 +83,8 @@ def prepare_shared_tables(cluster: PgCluster) -> None:
 
 def prepare_rls_role(cluster: PgCluster) -> None:
     """The role PgBouncer + RLS logs in as: not the owner, NOBYPASSRLS, tenant t1 and search_path bench by role
-    settings, so pgbench -S reads bench.pgbench_accounts under the very policy pgtenant's shared role does."""
+    settings, so pgbench -S reads bench.pgbench_accounts under a policy with the very predicate pgtenant's shared role
+    has (`pgtenant provision` makes its own policy TO its backend roles only)."""
     cluster.execute(
         f"""
         DROP ROLE IF EXISTS {RLS_ROLE};
@@ -94,7 +95,9 @@ def prepare_rls_role(cluster: PgCluster) -> None:
         """,
     )
     cluster.execute(f"GRANT USAGE ON SCHEMA bench TO {RLS_ROLE}; "
-                    f"GRANT SELECT ON bench.pgbench_accounts, bench.pgbench_branches TO {RLS_ROLE}", dbname=pc.DB)
+                    f"GRANT SELECT ON bench.pgbench_accounts, bench.pgbench_branches TO {RLS_ROLE}; "
+                    f"CREATE POLICY bench_rls ON bench.pgbench_accounts TO {RLS_ROLE} "
+                    "USING (tenant_id::text = pg_catalog.current_setting('pgtenant.tenant_id', true))", dbname=pc.DB)
 
 
 def check_sees_one_tenant(target: pc.Target, expected: int) -> None:

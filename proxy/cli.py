@@ -66,7 +66,7 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
 def _cmd_provision(args: argparse.Namespace) -> int:
     import os
 
-    from proxy.provision import provision
+    from proxy.provision import ProvisionRefused, provision
 
     config = _load(args.config)
     if config is None:
@@ -79,11 +79,15 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     import psycopg
 
     try:
-        provision(config, dsn, log=lambda line: print(line))
+        provision(config, dsn, log=print, warn=lambda line: print(line, file=sys.stderr), force=args.force,
+                  dry_run=args.dry_run, trust=args.trust)
+    except ProvisionRefused:
+        return 3
     except psycopg.Error as exc:
         print(f"pgtenant: provision failed: {exc}", file=sys.stderr)
         return 1
-    print("provisioned")
+    if not args.dry_run:
+        print("provisioned")
     return 0
 
 
@@ -119,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("provision", help="create roles, grants and RLS policies so PostgreSQL enforces the boundary")
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--admin-dsn", help="libpq DSN of an administrative role (default: $PGTENANT_ADMIN_DSN)")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL it would run (a psql script) and run nothing")
+    p.add_argument("--force", action="store_true",
+                   help="proceed although other roles read tenant-scoped tables without a tenant check they cannot "
+                   "forge, or would lose access (each problem is printed)")
+    p.add_argument("--trust", action="append", default=[], metavar="ROLE",
+                   help="a role whose sessions your application controls (never a person's login): its direct "
+                   "access to every tenant's rows is noted, not a problem (repeatable)")
     p.set_defaults(func=_cmd_provision)
     p = sub.add_parser(
         "demo",

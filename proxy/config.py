@@ -98,6 +98,8 @@ class TenantConfig:
     # schema strategy
     schema: str | None = None
     shared_schemas: tuple[str, ...] = ()
+    # database strategy: the schemas holding the tenant's data (provision grants on exactly these)
+    schemas: tuple[str, ...] = ("public",)
     # all
     allow_writes: bool = False
     backend_user: str | None = None  # the tenant's own backend role (password in secrets [roles])
@@ -383,7 +385,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             tr_,
             {
                 "strategy", "backend", "database", "tenant_id", "tenant_column", "tenant_schemas", "tables",
-                "tenant_setting", "schema", "shared_schemas", "allow_writes", "backend_user",
+                "tenant_setting", "schema", "shared_schemas", "schemas", "allow_writes", "backend_user",
             },
             w,
         )
@@ -410,6 +412,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             tenant_setting=_get(tr_, "tenant_setting", str, w, "pgtenant.tenant_id"),
             schema=_get(tr_, "schema", str, w, None),
             shared_schemas=_str_list(tr_, "shared_schemas", w, ()),
+            schemas=_str_list(tr_, "schemas", w, ("public",)),
             allow_writes=_get(tr_, "allow_writes", bool, w, False),
             backend_user=_get(tr_, "backend_user", str, w, None),
         )
@@ -421,6 +424,11 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             raise ConfigError(f"{w}tenant_id: required for the shared strategy")
         if strategy == "schema" and not t.schema:
             raise ConfigError(f"{w}schema: required for the schema strategy")
+        if "schemas" in tr_ and strategy != "database":
+            raise ConfigError(f"{w}schemas: only for the database strategy (shared tenants: tenant_schemas; "
+                              "schema tenants: schema and shared_schemas)")
+        if not t.schemas:
+            raise ConfigError(f"{w}schemas: at least one schema")
         if "." not in t.tenant_setting:
             raise ConfigError(f"{w}tenant_setting: must be a two-part name such as pgtenant.tenant_id")
         for tbl in t.tables:

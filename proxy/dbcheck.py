@@ -135,6 +135,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> Pre
         _check_role(conn, backend, report)
         if tenant.strategy == "shared":
             _check_shared(conn, tenant, scoped, report)
+            _check_direct_readers(conn, config, tenant, scoped, report)
         elif tenant.strategy == "schema":
             _check_schema(conn, config, tenant, report)
         else:
@@ -231,6 +232,44 @@ def _check_policies(
             if verdict != "exact" and cmd in ("r", "*"):
                 pinned = False
     return pinned
+
+
+def _check_direct_readers(
+    conn: psycopg.Connection, config: Config, tenant: TenantConfig, tables: ScopedTables, report: PreflightReport
+) -> None:
+    """Roles other than pgtenant's backend roles that can read a scoped table without a tenant check they cannot
+    forge. An error when it is pgtenant's own lock they can open (its policy applying to them, membership in its
+    backend role); a warning when it is the database's own posture, which the proxy neither made nor uses
+    (docs/security.md says why)."""
+    from proxy import access
+
+    where = f"tenants.{tenant.name}"
+    own_role = config.backend_for(tenant).user
+    proxy_roles = sorted({config.backend_for(t).user for t in config.tenants.values()})
+    for member, role in access.proxy_role_members(conn, proxy_roles):
+        if role == own_role:
+            report.errors.append(
+                f"{where}: role {member!r} is a member of the backend role {role!r}: it can act as that role with a "
+                f"{tenant.tenant_setting} of its choosing and read every tenant's rows (REVOKE {role} FROM {member})"
+            )
+    for schema, table in tables:
+        facts = access.read_table(conn, schema, table, proxy_roles)
+        if facts is None or facts.kind not in ("r", "p"):
+            continue
+        for p in facts.policies:
+            others = sorted(set(p.roles) - set(proxy_roles))
+            if p.name == access.OWN_POLICY and others:
+                report.errors.append(
+                    f"{where}: policy {p.name!r} on {facts.name} applies to {', '.join(others)} besides pgtenant's "
+                    f"backend roles: they can SET {tenant.tenant_setting} and read every tenant's rows (left by an "
+                    "older `pgtenant provision`: run it again, it makes the policy TO pgtenant's roles only)"
+                )
+        for reader, a in access.direct_readers(facts):
+            who = "PUBLIC (every role)" if reader.role == access.PUBLIC else f"role {reader.role!r}"
+            report.warnings.append(
+                f"{where}: {who} can read other tenants' rows of {facts.name} directly, without a tenant check it "
+                f"cannot forge ({a.why}); not through pgtenant, but `pgtenant provision --dry-run` lists what to fix"
+            )
 
 
 def _check_schema(conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport) -> None:

@@ -77,9 +77,9 @@ PLANS: tuple[TenantPlan, ...] = (
     TenantPlan("acme", "shared", "alice", SHARED_DATABASE, "public", 3_000, 250, 36_000, 60_000, "USD"),
     TenantPlan("umbrella", "shared", "uma", SHARED_DATABASE, "public", 150, 40, 1_500, 3_000, "EUR"),
     TenantPlan("globex", "schema", "gina", SHARED_DATABASE, "globex", 1_200, 120, 12_000, 20_000, "GBP",
-               backend_user="pgt_globex"),
+               backend_user="pgtenant_r1"),
     TenantPlan("initech", "database", "ivan", "initech", "public", 40, 25, 400, 800, "USD",
-               backend_user="pgt_initech"),
+               backend_user="pgtenant_r2"),
 )
 
 

@@ -1,25 +1,232 @@
-"""`pgtenant provision`: makes PostgreSQL enforce the same tenant boundary as the proxy, idempotently."""
+"""`pgtenant provision`: makes PostgreSQL enforce the same tenant boundary as the proxy, idempotently, and never
+widens what any role but pgtenant's own backend roles can read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
-from psycopg import sql
 
+from proxy import access
+from proxy.access import OWN_POLICY, PUBLIC, TableFacts
 from proxy.config import Config, TenantConfig
-from proxy.tenancy import explicit_tables
+from proxy.tenancy import explicit_tables, quote_ident
 
-POLICY_NAME = "pgtenant_isolation"
+POLICY_NAME = OWN_POLICY
+_ROLE_ATTRS = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
+
+Log = Callable[[str], None]
+
+
+class ProvisionRefused(RuntimeError):
+    """Provision found what it must not paper over (listed through its `warn` callback); nothing was changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement: `sql` runs, `shown` is printed (secrets redacted), `done` is logged once it ran."""
+
+    sql: str
+    shown: str = ""
+    done: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.shown or self.sql
 
 
 @dataclass
-class ProvisionLog:
-    steps: list[str] = field(default_factory=list)
+class Findings:
+    """What the access analysis found: refusals stop provision whatever the flags (provision itself would widen
+    access); problems stop it unless --force; notes are printed."""
 
-    def __call__(self, text: str) -> None:
-        self.steps.append(text)
+    refusals: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def extend(self, other: Findings) -> None:
+        self.refusals += other.refusals
+        self.problems += other.problems
+        self.notes += other.notes
+
+
+@dataclass(frozen=True, slots=True)
+class TableTarget:
+    """A tenant-scoped table of shared tenants: the policy `pgtenant_isolation` TO `readers` keys `column` on
+    `setting`; `writers` (allow_writes tenants' roles) also get INSERT, UPDATE, DELETE."""
+
+    schema: str
+    table: str
+    column: str
+    setting: str
+    readers: tuple[str, ...]
+    writers: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+# --- pure: SQL text -------------------------------------------------------------------------------------------
+
+
+def quote_literal(value: str) -> str:
+    """A SQL string literal that reads the same whatever standard_conforming_strings says."""
+    body = value.replace("'", "''")
+    return f"E'{body.replace(chr(92), chr(92) * 2)}'" if "\\" in value else f"'{body}'"
+
+
+def _rel(schema: str, table: str) -> str:
+    return f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def _roles_sql(roles: Iterable[str]) -> str:
+    return ", ".join(quote_ident(r) for r in roles)
+
+
+def predicate_sql(column: str, setting: str) -> str:
+    return f"{quote_ident(column)}::text = pg_catalog.current_setting({quote_literal(setting)}, true)"
+
+
+def role_step(name: str, password: str | None, exists: bool) -> Step:
+    verb = "ALTER" if exists else "CREATE"
+    base = f"{verb} ROLE {quote_ident(name)} {_ROLE_ATTRS}"
+    done = f"role {name}: {'updated' if exists else 'created'} (LOGIN NOSUPERUSER NOBYPASSRLS)"
+    if password is None:
+        return Step(base, done=done)
+    return Step(f"{base} PASSWORD {quote_literal(password)}", f"{base} PASSWORD '…'", done)
+
+
+def table_steps(t: TableTarget, *, policy_current: bool) -> list[Step]:
+    """ENABLE and FORCE row-level security, the policy TO pgtenant's roles only (remade unless `policy_current`),
+    and the grants."""
+    rel, pol = _rel(t.schema, t.table), quote_ident(POLICY_NAME)
+    pred = predicate_sql(t.column, t.setting)
+    steps = [Step(f"ALTER TABLE {rel} ENABLE ROW LEVEL SECURITY"), Step(f"ALTER TABLE {rel} FORCE ROW LEVEL SECURITY")]
+    if not policy_current:
+        steps += [
+            Step(f"DROP POLICY IF EXISTS {pol} ON {rel}"),
+            Step(f"CREATE POLICY {pol} ON {rel} AS PERMISSIVE FOR ALL TO {_roles_sql(t.readers)} "
+                 f"USING ({pred}) WITH CHECK ({pred})"),
+        ]
+    steps.append(Step(f"GRANT SELECT ON {rel} TO {_roles_sql(t.readers)}"))
+    if t.writers:
+        steps.append(Step(f"GRANT INSERT, UPDATE, DELETE ON {rel} TO {_roles_sql(t.writers)}"))
+    steps[-1] = Step(steps[-1].sql, done=f"{t.name}: forced RLS, policy {POLICY_NAME} TO {', '.join(t.readers)} "
+                     f"on {t.column} = {t.setting}")
+    return steps
+
+
+def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bool) -> list[Step]:
+    s, r = quote_ident(schema), quote_ident(role)
+    privileges = "SELECT, INSERT, UPDATE, DELETE" if writes else "SELECT"
+    steps = [Step(f"CREATE SCHEMA IF NOT EXISTS {s}")] if create else []
+    return [*steps,
+            Step(f"GRANT USAGE ON SCHEMA {s} TO {r}"),
+            Step(f"GRANT {privileges} ON ALL TABLES IN SCHEMA {s} TO {r}"),
+            Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {privileges} ON TABLES TO {r}",
+                 done=f"tenant {where}: {role} may {'read and write' if writes else 'read'} schema {schema}")]
+
+
+def shared_targets(
+    tenants: Sequence[TenantConfig], tables: Mapping[str, Sequence[tuple[str, str]]], roles: Mapping[str, str]
+) -> tuple[list[TableTarget], list[str]]:
+    """One target per scoped table of the shared tenants of a database (`tables` and backend `roles` by tenant
+    name), and the conflicts that stop provision (two tenants keying one table on different columns/settings)."""
+    keys: dict[tuple[str, str], dict[tuple[str, str], list[str]]] = {}
+    readers: dict[tuple[str, str], set[str]] = {}
+    writers: dict[tuple[str, str], set[str]] = {}
+    for t in tenants:
+        for rel in tables.get(t.name, ()):
+            keys.setdefault(rel, {}).setdefault((t.tenant_column, t.tenant_setting), []).append(t.name)
+            readers.setdefault(rel, set()).add(roles[t.name])
+            if t.allow_writes:
+                writers.setdefault(rel, set()).add(roles[t.name])
+    targets, conflicts = [], []
+    for rel in sorted(keys):
+        if len(keys[rel]) > 1:
+            conflicts.append(f"{rel[0]}.{rel[1]}: tenants key it differently (" + "; ".join(
+                f"{', '.join(names)}: {col} = {setting}" for (col, setting), names in sorted(keys[rel].items())
+            ) + "); one policy cannot serve them: give them the same tenant_column and tenant_setting")
+            continue
+        ((column, setting),) = keys[rel]
+        targets.append(TableTarget(rel[0], rel[1], column, setting, tuple(sorted(readers[rel])),
+                                   tuple(sorted(writers.get(rel, ())))))
+    return targets, conflicts
+
+
+def policy_current(facts: TableFacts, target: TableTarget) -> bool:
+    """Whether the table already has pgtenant's policy exactly as `target` wants it (then it is left alone)."""
+    from proxy.dbcheck import policy_pins_tenant
+
+    for p in facts.policies:
+        if p.name == POLICY_NAME:
+            exprs = (p.qual, p.check)
+            return (p.permissive and p.cmd == "*" and set(p.roles) == set(target.readers) and all(
+                e is not None and policy_pins_tenant(e, target.column, target.setting) == "exact" for e in exprs))
+    return False
+
+
+# --- pure: the access analysis ---------------------------------------------------------------------------------
+
+
+def _who(role: str) -> str:
+    return "PUBLIC (every role)" if role == PUBLIC else f"role {role}"
+
+
+def assess_table(facts: TableFacts, target: TableTarget, trusted: frozenset[str] = frozenset()) -> Findings:
+    """What enabling and forcing RLS with a policy for pgtenant's roles only does to every other reader of a table:
+    a reader that still reads other tenants' rows without a check it cannot forge, or that reads today and would
+    see nothing afterwards, is a problem; one whose access only pgtenant's earlier policy made is a note (closed)."""
+    out = Findings()
+    ignore = frozenset({POLICY_NAME})
+    for reader in facts.readers:
+        before = access.access(reader, facts.rls, facts.force, ignore=ignore)
+        with_own = access.access(reader, facts.rls, facts.force)
+        after = access.access(reader, True, True, ignore=ignore)
+        who = _who(reader.role)
+        if after.level in access.OPEN_LEVELS:
+            if reader.bypassrls:
+                out.notes.append(f"{facts.name}: {who} has BYPASSRLS: it reads every tenant's rows, with or without "
+                                 "pgtenant")
+            elif reader.role in trusted:
+                out.notes.append(f"{facts.name}: {who} (--trust) reads other tenants' rows directly ({after.why})")
+            else:
+                out.problems.append(
+                    f"{facts.name}: {who} can read other tenants' rows directly, without a tenant check it cannot "
+                    f"forge ({after.why}); provision does not change that. Revoke its SELECT, restrict that policy "
+                    "to your application's role (ALTER POLICY … TO app_role), or, if its sessions are your "
+                    f"application's and never a person's login, pass --trust {reader.role}"
+                )
+        elif after.level == "none" and before.level != "none":
+            out.problems.append(
+                f"{facts.name}: {who} reads it today ({before.why}); with row-level security enabled and forced and "
+                f"no policy for it, it would see no rows. If it is your application, give it a policy of its own "
+                f"first (CREATE POLICY app_access ON {_rel(facts.schema, facts.table)} TO {quote_ident(reader.role)} "
+                "USING (…)), or accept the change with --force"
+            )
+        elif with_own.level in access.OPEN_LEVELS and after.level not in access.OPEN_LEVELS:
+            out.notes.append(f"{facts.name}: closes what an earlier pgtenant provision opened: {who} could choose "
+                             f"any tenant ({with_own.why})")
+    for setting, policy in sorted(access.reusable_settings(facts, target.column).items()):
+        if setting != target.setting.lower():
+            out.notes.append(
+                f"{facts.name}: policy {policy!r} already keys {target.column} on {setting}. To have pgtenant set "
+                f"that setting too (views and functions reading it then work through the proxy), set "
+                f'tenant_setting = "{setting}" on the shared tenants of this database. That is safe when {policy!r} '
+                "applies only to roles whose sessions your application or pgtenant control, never to a role a "
+                f"person logs in with: any login can SET {setting}"
+            )
+    return out
+
+
+def assess_members(members: Iterable[tuple[str, str]]) -> list[str]:
+    return [f"role {m} is a member of pgtenant's backend role {b}: it could act as {b}, under pgtenant's policy, with "
+            f"a tenant setting of its choosing (REVOKE {quote_ident(b)} FROM {quote_ident(m)})" for m, b in members]
+
+
+# --- reading and running ---------------------------------------------------------------------------------------
 
 
 def _roles(config: Config) -> dict[str, str | None]:
@@ -31,113 +238,175 @@ def _roles(config: Config) -> dict[str, str | None]:
     return out
 
 
-def _ensure_role(conn: psycopg.Connection, name: str, password: str | None, log: Callable[[str], None]) -> None:
-    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (name,)).fetchone()
-    verb = "ALTER" if exists else "CREATE"
-    q = sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION").format(
-        sql.SQL(verb), sql.Identifier(name)
-    )
-    if password is not None:
-        q = sql.SQL("{} PASSWORD {}").format(q, sql.Literal(password))
-    conn.execute(q)
-    log(f"role {name}: {'updated' if exists else 'created'} (LOGIN NOSUPERUSER NOBYPASSRLS)")
+def _password_current(conn: psycopg.Connection, name: str, password: str) -> bool:
+    """True when the role's stored SCRAM verifier is for `password` (only a superuser may read it)."""
+    from proxy.auth.scram import ScramVerifier, make_verifier
+
+    try:
+        row = conn.execute("SELECT rolpassword FROM pg_catalog.pg_authid WHERE rolname = %s", (name,)).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    if row is None or not row[0]:
+        return False
+    try:
+        stored = ScramVerifier.parse(row[0])
+    except ValueError:
+        return False
+    return str(make_verifier(password, iterations=stored.iterations, salt=stored.salt)) == row[0]
 
 
-def _ensure_database(conn: psycopg.Connection, name: str, log: Callable[[str], None]) -> None:
-    if conn.execute("SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s", (name,)).fetchone() is None:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        log(f"database {name}: created")
+def _cluster_steps(conn: psycopg.Connection, config: Config, log: Log) -> list[Step]:
+    steps: list[Step] = []
+    for role, password in _roles(config).items():
+        row = conn.execute(
+            "SELECT rolcanlogin, rolsuper, rolbypassrls, rolcreatedb, rolcreaterole, rolreplication "
+            "FROM pg_catalog.pg_roles WHERE rolname = %s", (role,)
+        ).fetchone()
+        if row == (True, False, False, False, False, False) and (
+            password is None or _password_current(conn, role, password)
+        ):
+            log(f"role {role}: unchanged (LOGIN NOSUPERUSER NOBYPASSRLS)")
+            continue
+        steps.append(role_step(role, password, row is not None))
+    existing = {r[0] for r in conn.execute("SELECT datname FROM pg_catalog.pg_database").fetchall()}
+    for db in sorted({t.database for t in config.tenants.values()} - existing):
+        steps.append(Step(f"CREATE DATABASE {quote_ident(db)}", done=f"database {db}: created"))
+    for db in sorted({t.database for t in config.tenants.values() if t.strategy == "database"}):
+        steps.append(Step(f"REVOKE CONNECT, TEMPORARY ON DATABASE {quote_ident(db)} FROM PUBLIC",
+                          done=f"database {db}: CONNECT revoked from PUBLIC"))
+    for t in config.tenants.values():
+        steps.append(Step(f"GRANT CONNECT, TEMPORARY ON DATABASE {quote_ident(t.database)} TO "
+                          f"{quote_ident(config.backend_for(t).user)}"))
+    return steps
 
 
-def provision(config: Config, admin_dsn: str, log: Callable[[str], None] = print) -> None:
+_DISCOVER = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE c.relkind IN ('r', 'p') AND a.attname = %s AND n.nspname = ANY(%s) ORDER BY 1, 2
+"""
+
+
+def _database_steps(
+    conn: psycopg.Connection, config: Config, db: str, trusted: frozenset[str], findings: Findings
+) -> list[Step]:
+    """The statements for one database, after reading it; what the analysis finds goes to `findings`."""
+    proxy_roles = sorted(_roles(config))
+    tenants = [t for t in config.tenants.values() if t.database == db]
+    steps: list[Step] = []
+    shared = [t for t in tenants if t.strategy == "shared"]
+    roles = {t.name: config.backend_for(t).user for t in tenants}
+    for t in shared:
+        for schema in t.tenant_schemas:
+            steps.append(Step(f"GRANT USAGE ON SCHEMA {quote_ident(schema)} TO {quote_ident(roles[t.name])}"))
+    tables = {
+        t.name: sorted(explicit_tables(t)) if t.tables else [
+            (s, n) for s, n in conn.execute(_DISCOVER, (t.tenant_column, list(t.tenant_schemas))).fetchall()
+        ]
+        for t in shared
+    }
+    targets, conflicts = shared_targets(shared, tables, roles)
+    findings.refusals += conflicts
+    for target in targets:
+        facts = access.read_table(conn, target.schema, target.table, proxy_roles)
+        if facts is None:
+            findings.problems.append(f"{target.name}: listed in tables but does not exist in database {db}")
+            continue
+        if facts.kind not in ("r", "p"):
+            findings.notes.append(f"{target.name}: not a table (relkind {facts.kind}); only the proxy's rewrite "
+                                  "filters it, so provision leaves it alone")
+            continue
+        findings.extend(assess_table(facts, target, trusted))
+        steps += table_steps(target, policy_current=policy_current(facts, target))
+    for t in tenants:
+        if t.strategy == "schema":
+            assert t.schema is not None
+            steps += schema_steps(t.schema, roles[t.name], t.allow_writes, where=t.name, create=True)
+            for s in t.shared_schemas:
+                steps += schema_steps(s, roles[t.name], False, where=t.name, create=True)
+        elif t.strategy == "database":
+            for s in t.schemas:
+                steps += schema_steps(s, roles[t.name], t.allow_writes, where=t.name, create=True)
+    return steps
+
+
+def _report(findings: Findings, warn: Log, force: bool) -> bool:
+    """Print the findings; True when provision may go on."""
+    for line in findings.notes:
+        warn(f"note: {line}")
+    for line in findings.refusals:
+        warn(f"REFUSED: {line}")
+    for line in findings.problems:
+        warn(f"{'WARNING (--force)' if force else 'PROBLEM'}: {line}")
+    if findings.refusals:
+        warn("pgtenant provision: refused; nothing was changed. --force does not override the REFUSED lines: "
+             "provision would widen what a role other than pgtenant's own can read")
+        return False
+    if findings.problems and not force:
+        warn(f"pgtenant provision: {len(findings.problems)} problem(s); nothing was changed. Fix them, or run again "
+             "with --force to proceed anyway (see --dry-run for the SQL)")
+        return False
+    if findings.problems:
+        warn(f"pgtenant provision: --force: PROCEEDING DESPITE {len(findings.problems)} PROBLEM(S) ABOVE")
+    return True
+
+
+def provision(
+    config: Config, admin_dsn: str, log: Log = print, *, warn: Log | None = None, force: bool = False,
+    dry_run: bool = False, trust: Iterable[str] = (),
+) -> Findings:
     """Create roles, databases, schemas, grants and RLS policies for every tenant in `config`.
 
-    `admin_dsn` is a libpq connection string of a role allowed to do all that (a superuser, or the
-    owner of the tenant tables with CREATEROLE and CREATEDB). Running it again changes nothing new.
+    First reads every database and decides (nothing changes before): policies are made TO pgtenant's backend roles
+    only; the analysis (`assess_table`) lists who else reads each tenant-scoped table and stops provision
+    (`ProvisionRefused`) on a problem unless `force`. With `dry_run` the SQL is passed to `log` (a psql script)
+    and nothing runs. `admin_dsn`: a role allowed to do all that (a superuser, or the owner of the tenant tables
+    with CREATEROLE and CREATEDB). Running it again changes nothing new.
     """
+    warn = warn or log
+    trusted = frozenset(trust)
+    findings = Findings()
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        for role, password in _roles(config).items():
-            _ensure_role(admin, role, password, log)
-        databases = {t.database for t in config.tenants.values()}
-        for db in sorted(databases):
-            _ensure_database(admin, db, log)
-        dbowned = {t.database for t in config.tenants.values() if t.strategy == "database"}
-        for db in sorted(dbowned):
-            admin.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db)))
-            log(f"database {db}: CONNECT revoked from PUBLIC")
-        for t in config.tenants.values():
-            role = config.backend_for(t).user
-            admin.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
-                sql.Identifier(t.database), sql.Identifier(role)
-            ))
-    for db in sorted(databases):
-        dsn = psycopg.conninfo.make_conninfo(admin_dsn, dbname=db)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for t in config.tenants.values():
-                if t.database != db:
-                    continue
-                role = config.backend_for(t).user
-                if t.strategy == "shared":
-                    _provision_shared(conn, t, role, log)
-                elif t.strategy == "schema":
-                    _provision_schema(conn, t, role, log)
-                else:
-                    _grant_schema(conn, "public", role, t.allow_writes, log, where=t.name)
+        cluster = _cluster_steps(admin, config, log)
+        existing = {r[0] for r in admin.execute("SELECT datname FROM pg_catalog.pg_database").fetchall()}
+        findings.refusals += assess_members(access.proxy_role_members(admin, sorted(_roles(config))))
+    databases = sorted({t.database for t in config.tenants.values()})
+    planned: dict[str, list[Step]] = {}
+    for db in databases:
+        if db in existing:
+            with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=db), autocommit=True) as conn:
+                planned[db] = _database_steps(conn, config, db, trusted, findings)
+    ok = _report(findings, warn, force)
+    if dry_run:
+        log("-- pgtenant provision --dry-run: nothing was run; the statements it would run"
+            + ("" if ok else " once the problems are fixed (or with --force)"))
+        log("\n".join(f"{s.text};" for s in cluster))
+        for db in databases:
+            log(f"\\connect {quote_ident(db)}")
+            if db not in planned:
+                log(f"-- database {db} does not exist yet: its statements are decided once it is created")
+            log("\n".join(f"{s.text};" for s in planned.get(db, [])))
+    if not ok:
+        raise ProvisionRefused("provision refused; nothing was changed")
+    if dry_run:
+        return findings
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        _run(admin, cluster, log)
+    for db in databases:
+        with psycopg.connect(psycopg.conninfo.make_conninfo(admin_dsn, dbname=db), autocommit=True) as conn:
+            if db not in planned:  # created just now: empty, so nothing to analyse beyond what is planned here
+                late = Findings()
+                planned[db] = _database_steps(conn, config, db, trusted, late)
+                if not _report(late, warn, force):
+                    raise ProvisionRefused(f"provision refused in new database {db}")
+            with conn.transaction():
+                _run(conn, planned[db], log)
+    return findings
 
 
-def _privileges(writes: bool) -> sql.Composable:
-    return sql.SQL("SELECT, INSERT, UPDATE, DELETE" if writes else "SELECT")
-
-
-def _grant_schema(
-    conn: psycopg.Connection, schema: str, role: str, writes: bool, log: Callable[[str], None], *, where: str
-) -> None:
-    s, r = sql.Identifier(schema), sql.Identifier(role)
-    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, r))
-    conn.execute(sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(_privileges(writes), s, r))
-    conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT {} ON TABLES TO {}").format(
-        s, _privileges(writes), r
-    ))
-    log(f"tenant {where}: {role} may {'read and write' if writes else 'read'} schema {schema}")
-
-
-def _provision_schema(conn: psycopg.Connection, t: TenantConfig, role: str, log: Callable[[str], None]) -> None:
-    assert t.schema is not None
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(t.schema)))
-    _grant_schema(conn, t.schema, role, t.allow_writes, log, where=t.name)
-    for shared in t.shared_schemas:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(shared)))
-        _grant_schema(conn, shared, role, False, log, where=t.name)
-
-
-def _provision_shared(conn: psycopg.Connection, t: TenantConfig, role: str, log: Callable[[str], None]) -> None:
-    if t.tables:
-        tables = sorted(explicit_tables(t))
-    else:
-        rows = conn.execute(
-            """SELECT n.nspname, c.relname FROM pg_catalog.pg_class c
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                 JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                WHERE c.relkind IN ('r', 'p') AND a.attname = %s AND n.nspname = ANY(%s) ORDER BY 1, 2""",
-            (t.tenant_column, list(t.tenant_schemas)),
-        ).fetchall()
-        tables = [(r[0], r[1]) for r in rows]
-    r = sql.Identifier(role)
-    for schema in t.tenant_schemas:
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), r))
-    setting = sql.Literal(t.tenant_setting)
-    for schema, table in tables:
-        rel = sql.Identifier(schema, table)
-        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(rel))
-        conn.execute(sql.SQL("ALTER TABLE {} FORCE ROW LEVEL SECURITY").format(rel))
-        conn.execute(sql.SQL("DROP POLICY IF EXISTS {} ON {}").format(sql.Identifier(POLICY_NAME), rel))
-        predicate = sql.SQL("{}::text = pg_catalog.current_setting({}, true)").format(
-            sql.Identifier(t.tenant_column), setting
-        )
-        conn.execute(
-            sql.SQL("CREATE POLICY {} ON {} AS PERMISSIVE FOR ALL TO PUBLIC USING ({}) WITH CHECK ({})").format(
-                sql.Identifier(POLICY_NAME), rel, predicate, predicate
-            )
-        )
-        conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(_privileges(t.allow_writes), rel, r))
-        log(f"tenant {t.name}: {schema}.{table} has forced RLS on {t.tenant_column} = {t.tenant_setting}")
+def _run(conn: psycopg.Connection, steps: Sequence[Step], log: Log) -> None:
+    for step in steps:
+        conn.execute(step.sql.encode())
+        if step.done:
+            log(step.done)

@@ -5,8 +5,9 @@ For every shared tenant T (acme, bigco, smallco) and every query of ``tests/fixt
 * **through the proxy**: as T's login (``n_acme`` …) on ``bi_shared_norls``, where row-level security is disabled
   after provisioning -- only the proxy's rewrite keeps other tenants' rows out; sent once with the simple protocol
   and once with the extended protocol (named statement);
-* **directly**: the same text as role ``bi_direct`` (not an owner, NOBYPASSRLS, forced RLS with pgtenant's own
-  policy) on the RLS-enabled ``bi_shared``, with ``pgtenant.tenant_id = T`` and the same search_path.
+* **directly**: the same text as role ``bi_direct`` (not an owner, NOBYPASSRLS, forced RLS with a policy of
+  its own keyed like pgtenant's, which is for pgtenant's backend roles only) on the RLS-enabled ``bi_shared``,
+  with ``pgtenant.tenant_id = T`` and the same search_path.
 
 The two must agree: column names and rows as multisets (and row order for queries marked ``-- @ordered``).
 A query the proxy refuses (an ErrorResponse from pgtenant itself) is a *refusal*, not a mismatch; refusals are

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
 
 
 @pytest.fixture
@@ -21,7 +21,8 @@ def conn(proxy: ProxyProcess):
 
 def test_tenant_lands_in_its_database(proxy: ProxyProcess) -> None:
     with psycopg.connect(proxy.dsn("ivan")) as c:
-        assert c.execute("SELECT current_database(), current_user").fetchone() == ("initech", "pgt_initech")
+        row = c.execute("SELECT current_database(), current_user").fetchone()
+        assert row == ("initech", TENANT_ROLES["initech"][0])
     with psycopg.connect(proxy.dsn("alice")) as c:
         assert c.execute("SELECT current_database(), current_setting('pgtenant.tenant_id')").fetchone() == (
             "saas", "acme"

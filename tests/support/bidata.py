@@ -122,6 +122,7 @@ TENANT_ROLES: dict[str, str] = {
 # The role the result-equality oracle runs its reference queries as: not an owner, NOBYPASSRLS, forced RLS.
 DIRECT_ROLE = "bi_direct"
 DIRECT_PASSWORD = "bi-direct-pw"
+DIRECT_TRUST = ("--trust", DIRECT_ROLE)  # `pgtenant provision` options: bi_direct reads every tenant by design
 
 
 def markers(key: str) -> tuple[str, ...]:
@@ -385,9 +386,16 @@ def _ensure_direct_role(pg: PgCluster) -> None:
             )
         )
     tables = [*SHARED_TABLES, *EVENT_PARTITIONS, "countries"]
+    # Its own policy, the same predicate as pgtenant's (which is TO pgtenant's backend roles only): a role that
+    # chooses its tenant by SET, so `pgtenant provision` is told to trust it (DIRECT_TRUST).
+    policies = "".join(
+        f"DROP POLICY IF EXISTS bi_direct_oracle ON public.{t}; CREATE POLICY bi_direct_oracle ON public.{t} "
+        f"TO {DIRECT_ROLE} USING (tenant_id::text = current_setting('pgtenant.tenant_id', true));"
+        for t in [*SHARED_TABLES, *EVENT_PARTITIONS]
+    )
     pg.execute(
         f"GRANT USAGE ON SCHEMA public TO {DIRECT_ROLE};"
-        + "".join(f"GRANT SELECT ON public.{t} TO {DIRECT_ROLE};" for t in tables),
+        + "".join(f"GRANT SELECT ON public.{t} TO {DIRECT_ROLE};" for t in tables) + policies,
         dbname=SHARED_DB,
     )
 
@@ -430,7 +438,7 @@ def start_bi_proxy(pg: PgCluster, workdir: Path, *, norls: bool = False) -> Prox
         users.update(NORLS_USERS)
     proc = ProxyProcess(
         pg, workdir, backend_sslmode="disable", preflight_enforce=not norls,
-        extra_tenants=tenants, extra_users=users, extra_roles=dict(TENANT_ROLES),
+        extra_tenants=tenants, extra_users=users, extra_roles=dict(TENANT_ROLES), provision_args=DIRECT_TRUST,
     )
     proc.provision()
     after_provision(pg, norls=norls)

@@ -22,8 +22,8 @@ BACKEND_ROLE = "pgtenant_backend"
 BACKEND_PASSWORD = "backend-secret"
 # Tenants with their own backend role (the database then tells them apart too): tenant -> (role, password)
 TENANT_ROLES: dict[str, tuple[str, str]] = {
-    "globex": ("pgt_globex", "globex-role-pw"),
-    "initech": ("pgt_initech", "initech-role-pw"),
+    "globex": ("pgt_role_1", "role-1-pw"),
+    "initech": ("pgt_role_2", "role-2-pw"),
 }
 
 # login user -> (tenant, password)
@@ -89,6 +89,7 @@ class ProxyProcess:
     metrics_port: int = 0
     audit: dict[str, Any] = field(default_factory=dict)
     admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
+    provision_args: tuple[str, ...] = ()  # more `pgtenant provision` options, e.g. ("--trust", "app")
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -166,7 +167,7 @@ class ProxyProcess:
         self.write_config()
         res = subprocess.run(
             [sys.executable, "-m", "proxy", "provision", "--config", str(self.config_path),
-             "--admin-dsn", self.cluster.dsn()],
+             "--admin-dsn", self.cluster.dsn(), *self.provision_args],
             capture_output=True, text=True, timeout=60, check=False,
         )
         if res.returncode != 0:
