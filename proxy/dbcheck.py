@@ -140,6 +140,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> Pre
             _check_schema(conn, config, tenant, report)
         else:
             _check_database(conn, config, tenant, report)
+            _check_database_schemas(conn, tenant, report)
     report.checked.append(tenant.name)
     return report
 
@@ -310,3 +311,17 @@ def _check_database(
                 f"{where}: its backend role may connect to database {other.database!r} of tenant {other.name!r}; "
                 "only the proxy keeps it out (run `pgtenant provision`)"
             )
+
+
+def _check_database_schemas(conn: psycopg.Connection, tenant: TenantConfig, report: PreflightReport) -> None:
+    """Each schema of a database tenant's `schemas` key exists and its backend role may use it."""
+    for schema in tenant.schemas:
+        row = conn.execute(
+            "SELECT has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE nspname = %s", (schema,)
+        ).fetchone()
+        if row is None:
+            report.warnings.append(f"tenants.{tenant.name}.schemas: schema {schema!r} does not exist in "
+                                   f"{tenant.database!r}")
+        elif not row[0]:
+            report.warnings.append(f"tenants.{tenant.name}.schemas: its backend role may not use schema {schema!r} "
+                                   "(run `pgtenant provision`)")

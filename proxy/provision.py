@@ -200,11 +200,13 @@ def assess_table(facts: TableFacts, target: TableTarget, trusted: frozenset[str]
                     f"application's and never a person's login, pass --trust {reader.role}"
                 )
         elif after.level == "none" and before.level != "none":
+            role, how = ("app_role", "through that grant") if reader.role == PUBLIC else (
+                quote_ident(reader.role), "as that role")
             out.problems.append(
                 f"{facts.name}: {who} reads it today ({before.why}); with row-level security enabled and forced and "
-                f"no policy for it, it would see no rows. If it is your application, give it a policy of its own "
-                f"first (CREATE POLICY app_access ON {_rel(facts.schema, facts.table)} TO {quote_ident(reader.role)} "
-                "USING (…)), or accept the change with --force"
+                f"no policy for it, it would see no rows. If your application reads it {how}, "
+                f"give its role a policy of its own first (CREATE POLICY app_access ON "
+                f"{_rel(facts.schema, facts.table)} TO {role} USING (…)), or accept the change with --force"
             )
         elif with_own.level in access.OPEN_LEVELS and after.level not in access.OPEN_LEVELS:
             out.notes.append(f"{facts.name}: closes what an earlier pgtenant provision opened: {who} could choose "

@@ -21,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 
-def _readme_line(prefix: str) -> list[str]:
+def _readme_line(prefix: str, *, dry_run: bool = False) -> list[str]:
     import shlex
 
-    line = next(x.strip() for x in README.splitlines() if x.strip().startswith(prefix))
+    line = next(x.strip() for x in README.splitlines()
+                if x.strip().startswith(prefix) and ("--dry-run" in x) == dry_run)
     return shlex.split(line)
 
 
@@ -58,11 +59,18 @@ def test_run_with_the_example_config_as_written() -> None:
 
 def test_provision_command_as_written(tmp_path: Path) -> None:
     args = _readme_line("pgtenant provision --config")
+    dry = _readme_line("pgtenant provision --config", dry_run=True)
     cluster = PgCluster(ssl=False)
     cluster.start()
     try:
-        i = args.index("--admin-dsn")
-        args[i + 1] = cluster.dsn()  # the README's placeholder DSN, pointed at the throwaway cluster
+        for argv in (args, dry):
+            i = argv.index("--admin-dsn")
+            argv[i + 1] = cluster.dsn()  # the README's placeholder DSN, pointed at the throwaway cluster
+        res = subprocess.run([sys.executable, "-m", "proxy", *dry[1:]], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120, check=False)
+        assert res.returncode == 0, res.stderr
+        assert 'CREATE ROLE "pgtenant" LOGIN' in res.stdout and "CREATE DATABASE \"saas\"" in res.stdout
+        assert not cluster.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pgtenant'")  # nothing was run
         res = subprocess.run([sys.executable, "-m", "proxy", *args[1:]], cwd=ROOT, capture_output=True, text=True,
                              timeout=120, check=False)
         assert res.returncode == 0, res.stderr
@@ -72,6 +80,6 @@ def test_provision_command_as_written(tmp_path: Path) -> None:
         assert roles == [(False, False)]
         again = subprocess.run([sys.executable, "-m", "proxy", *args[1:]], cwd=ROOT, capture_output=True, text=True,
                                timeout=120, check=False)
-        assert again.returncode == 0 and "role pgtenant: updated" in again.stdout  # idempotent
+        assert again.returncode == 0 and "role pgtenant: unchanged" in again.stdout  # idempotent, password kept
     finally:
         cluster.stop()
