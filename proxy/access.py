@@ -40,7 +40,8 @@ class PolicyFact:
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """A role (or PUBLIC) with SELECT on a table and USAGE on its schema; `policies` are those that apply to it."""
+    """A role (or PUBLIC) with SELECT on a table, USAGE on its schema and CONNECT on its database; `policies` are those
+    that apply to it."""
 
     role: str
     bypassrls: bool = False
@@ -50,12 +51,16 @@ class Reader:
 
 @dataclass(frozen=True, slots=True)
 class Access:
+    """What a reader reads of a table, and why (for the message)."""
+
     level: Level
     why: str
 
 
 @dataclass(frozen=True, slots=True)
 class TableFacts:
+    """A tenant-scoped table as the catalogs describe it: RLS state, owner, policies, direct readers."""
+
     schema: str
     table: str
     kind: str
@@ -166,6 +171,10 @@ SELECT c.oid, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity, pg_catal
        OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
                    WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT'),
        EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) a WHERE a.grantee = 0 AND a.privilege_type = 'USAGE')
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_database d,
+                          pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba))) a
+                    WHERE d.datname = pg_catalog.current_database() AND a.grantee = 0
+                      AND a.privilege_type = 'CONNECT')
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = %s AND c.relname = %s
 """
@@ -178,8 +187,9 @@ SELECT p.polname, p.polpermissive, p.polcmd::text, pg_catalog.pg_get_expr(p.polq
   FROM pg_catalog.pg_policy p WHERE p.polrelid = %s ORDER BY 1
 """
 
-# Roles that can read the table (by grant, membership, ownership or pg_read_all_data), superusers and built-in
-# roles aside, with the policies that apply to each (PUBLIC's, or a role whose privileges it has).
+# Roles that can read the table (by grant, membership, ownership or pg_read_all_data; a login role only if it may
+# connect to this database, a group role always, as its members may), superusers and built-in roles aside, with
+# the policies that apply to each (PUBLIC's, or a role whose privileges it has).
 _READERS = """
 SELECT r.rolname, r.rolbypassrls, pg_catalog.pg_has_role(r.oid, c.relowner, 'USAGE'),
        ARRAY(SELECT p.polname FROM pg_catalog.pg_policy p
@@ -189,6 +199,7 @@ SELECT r.rolname, r.rolbypassrls, pg_catalog.pg_has_role(r.oid, c.relowner, 'USA
  WHERE c.oid = %s AND NOT r.rolsuper AND r.rolname !~ '^pg_' AND NOT r.rolname = ANY (%s)
    AND pg_catalog.has_any_column_privilege(r.oid, c.oid, 'SELECT')
    AND pg_catalog.has_schema_privilege(r.oid, c.relnamespace, 'USAGE')
+   AND (NOT r.rolcanlogin OR pg_catalog.has_database_privilege(r.oid, pg_catalog.current_database(), 'CONNECT'))
  ORDER BY 1
 """
 
@@ -205,14 +216,14 @@ def read_table(conn: psycopg.Connection, schema: str, table: str, proxy_roles: S
     row = conn.execute(_TABLE, (schema, table)).fetchone()
     if row is None:
         return None
-    oid, kind, rls, force, owner, public_select, public_usage = row
+    oid, kind, rls, force, owner, public_select, public_reaches = row
     policies = tuple(
         PolicyFact(name, permissive, cmd, qual, tuple(roles), check)
         for name, permissive, cmd, qual, roles, check in conn.execute(_POLICIES, (oid,)).fetchall()
     )
     by_name = {p.name: p for p in policies}
     readers: list[Reader] = []
-    if public_select and public_usage:
+    if public_select and public_reaches:
         readers.append(Reader(PUBLIC, policies=tuple(p for p in policies if PUBLIC in p.roles)))
     for role, bypass, owns, names in conn.execute(_READERS, (oid, list(proxy_roles))).fetchall():
         reader = Reader(role, bool(bypass), bool(owns), tuple(by_name[n] for n in names))

@@ -368,6 +368,9 @@ def provision(
     """
     warn = warn or log
     trusted = frozenset(trust)
+    if any(r.upper() == PUBLIC for r in trusted):
+        warn("REFUSED: --trust PUBLIC: PUBLIC is every role, a person's login included")
+        raise ProvisionRefused("provision refused; nothing was changed")
     findings = Findings()
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         cluster = _cluster_steps(admin, config, log)

@@ -143,6 +143,10 @@ def test_public_and_analyst_without_rls_refused_then_forced(db: Db) -> None:
     for tenant in TENANTS:
         assert db.backend_sees("pgtenant.tenant_id", tenant) == [(tenant, ROWS[tenant])]
     provisioned = db.catalogs()
+    dry = db.provision("--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "ENABLE ROW LEVEL SECURITY" in dry.stdout and "CREATE POLICY" not in dry.stdout  # the policy is current
+    assert db.catalogs() == provisioned
     again = db.provision()  # nobody reads without a policy any more: nothing to refuse, nothing to change
     assert again.returncode == 0, again.stderr
     assert "PROBLEM" not in again.stderr and "role pgtenant_backend: unchanged" in again.stdout
@@ -260,6 +264,17 @@ def test_database_tenant_schemas(pg: PgCluster, tmp_path: Path) -> None:
         (role,) * 4, dbname=dbname,
     )
     assert privileges == [(True, True, True, False)]
+    # provision makes a missing schema of the key (empty); the preflight says when one is gone again
+    proxy = ProxyProcess(pg, tmp_path / "proxy", extra_roles={role: "role-pw"}, extra_tenants={"dbt": {
+        "strategy": "database", "database": dbname, "schemas": ["sales", "nosuch"], "backend_user": role}})
+    proxy.provision()
+    pg.execute("DROP SCHEMA nosuch", dbname=dbname)
+    proxy.start(provision=False)
+    try:
+        warnings = [str(e.get("problem")) for e in proxy.log_events() if e.get("event") == "preflight_warning"]
+    finally:
+        proxy.stop()
+    assert f"tenants.dbt.schemas: schema 'nosuch' does not exist in '{dbname}'" in warnings
 
 
 def _preflight(db: Db) -> ProxyProcess:

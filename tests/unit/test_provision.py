@@ -9,10 +9,12 @@ import pytest
 from proxy.access import PUBLIC, PolicyFact, Reader, TableFacts, access, direct_readers, policy_key
 from proxy.config import ConfigError, TenantConfig, parse_config
 from proxy.provision import (
+    ProvisionRefused,
     TableTarget,
     assess_members,
     assess_table,
     policy_current,
+    provision,
     quote_literal,
     role_step,
     shared_targets,
@@ -197,3 +199,11 @@ def test_schemas_key_is_for_database_tenants() -> None:
         parse_config(_config({"strategy": "schema", "database": "t", "schema": "s", "schemas": ["x"]}), base=Path("."))
     with pytest.raises(ConfigError, match=r"tenants\.t\.schemas: at least one schema"):
         parse_config(_config({"strategy": "database", "database": "t", "schemas": []}), base=Path("."))
+
+
+def test_public_cannot_be_trusted() -> None:
+    config = parse_config(_config({"strategy": "database", "database": "t"}), base=Path("."))
+    said: list[str] = []
+    with pytest.raises(ProvisionRefused):  # before connecting: the DSN is never used
+        provision(config, "host=/nonexistent", log=said.append, trust=["public"])
+    assert said == ["REFUSED: --trust PUBLIC: PUBLIC is every role, a person's login included"]
