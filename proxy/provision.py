@@ -171,8 +171,10 @@ def policy_current(facts: TableFacts, target: TableTarget) -> bool:
 # --- pure: the access analysis ---------------------------------------------------------------------------------
 
 
-def _who(role: str) -> str:
-    return "PUBLIC (every role)" if role == PUBLIC else f"role {role}"
+def _who(reader: access.Reader) -> str:
+    if reader.role == PUBLIC:
+        return "PUBLIC (every role)"
+    return f"role {reader.role}" + (" (its owner)" if reader.owner else "")
 
 
 def assess_table(facts: TableFacts, target: TableTarget, trusted: frozenset[str] = frozenset()) -> Findings:
@@ -185,28 +187,35 @@ def assess_table(facts: TableFacts, target: TableTarget, trusted: frozenset[str]
         before = access.access(reader, facts.rls, facts.force, ignore=ignore)
         with_own = access.access(reader, facts.rls, facts.force)
         after = access.access(reader, True, True, ignore=ignore)
-        who = _who(reader.role)
+        who = _who(reader)
         if after.level in access.OPEN_LEVELS:
-            if reader.bypassrls:
-                out.notes.append(f"{facts.name}: {who} has BYPASSRLS: it reads every tenant's rows, with or without "
-                                 "pgtenant")
+            if reader.bypassrls or reader.owner:
+                out.notes.append(f"{facts.name}: {who} reads every tenant's rows ({after.why}), with or without "
+                                 "pgtenant: it " + ("has BYPASSRLS" if reader.bypassrls else "can change the table's "
+                                                    "row-level security"))
             elif reader.role in trusted:
                 out.notes.append(f"{facts.name}: {who} (--trust) reads other tenants' rows directly ({after.why})")
             else:
+                fix = ("revoke SELECT from PUBLIC (grant it to the roles that need it)" if reader.role == PUBLIC else
+                       f"revoke its SELECT, or, if its sessions are your application's and never a person's login, "
+                       f"pass --trust {reader.role}")
                 out.problems.append(
                     f"{facts.name}: {who} can read other tenants' rows directly, without a tenant check it cannot "
-                    f"forge ({after.why}); provision does not change that. Revoke its SELECT, restrict that policy "
-                    "to your application's role (ALTER POLICY … TO app_role), or, if its sessions are your "
-                    f"application's and never a person's login, pass --trust {reader.role}"
+                    f"forge ({after.why}); provision does not change that. Restrict that access: make the policy "
+                    f"for your application's role only (ALTER POLICY … TO app_role), or {fix}"
                 )
         elif after.level == "none" and before.level != "none":
-            role, how = ("app_role", "through that grant") if reader.role == PUBLIC else (
-                quote_ident(reader.role), "as that role")
+            if reader.role == PUBLIC:
+                fix = (f"grant SELECT to your application's role and give it a policy of its own first (CREATE POLICY "
+                       f"app_access ON {_rel(facts.schema, facts.table)} TO app_role USING (…), then --trust app_role)")
+            else:
+                then = ")" if reader.owner else f", then --trust {reader.role})"
+                fix = (f"give it a policy of its own first (CREATE POLICY app_access ON "
+                       f"{_rel(facts.schema, facts.table)} TO {quote_ident(reader.role)} USING (…){then}")
             out.problems.append(
                 f"{facts.name}: {who} reads it today ({before.why}); with row-level security enabled and forced and "
-                f"no policy for it, it would see no rows. If your application reads it {how}, "
-                f"give its role a policy of its own first (CREATE POLICY app_access ON "
-                f"{_rel(facts.schema, facts.table)} TO {role} USING (…)), or accept the change with --force"
+                f"no policy for it, it would see no rows. If your application reads it that way, {fix}; or accept "
+                "the change with --force"
             )
         elif with_own.level in access.OPEN_LEVELS and after.level not in access.OPEN_LEVELS:
             out.notes.append(f"{facts.name}: closes what an earlier pgtenant provision opened: {who} could choose "

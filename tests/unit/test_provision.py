@@ -77,9 +77,9 @@ def test_public_without_rls_is_a_problem_it_would_cut_off() -> None:
     found = assess_table(_facts(Reader(PUBLIC)), TARGET)
     assert found.problems == [
         "public.orders: PUBLIC (every role) reads it today (no row-level security); with row-level security enabled "
-        "and forced and no policy for it, it would see no rows. If your application reads it through that grant, "
-        'give its role a policy of its own first (CREATE POLICY app_access ON "public"."orders" TO app_role USING '
-        "(…)), or accept the change with --force"
+        "and forced and no policy for it, it would see no rows. If your application reads it that way, grant SELECT "
+        "to your application's role and give it a policy of its own first (CREATE POLICY app_access ON "
+        '"public"."orders" TO app_role USING (…), then --trust app_role); or accept the change with --force'
     ]
     assert not found.refusals and not found.notes
 
@@ -106,7 +106,13 @@ def test_trusted_roles_owners_and_pgtenants_old_policy() -> None:
     assert not trusted.problems and trusted.notes[0].startswith("public.orders: role app (--trust) reads other")
     # the owner reads without RLS being forced; FORCE would leave it nothing: said, not done silently
     (owner,) = assess_table(_facts(Reader("app_owner", owner=True), rls=True), TARGET).problems
-    assert owner.startswith("public.orders: role app_owner reads it today (owner; row-level security not forced)")
+    assert owner.startswith("public.orders: role app_owner (its owner) reads it today (owner; row-level security "
+                            "not forced); with row-level security enabled and forced and no policy for it, it would "
+                            "see no rows")
+    # an owner with a policy of its own reads everything, as owners can anyway: a note, not a problem
+    mine = PolicyFact("owner_reads", True, "*", "true", ("app_owner",))
+    owns = assess_table(_facts(Reader("app_owner", owner=True, policies=(mine,)), rls=True), TARGET)
+    assert not owns.problems and "can change the table's row-level security" in owns.notes[0]
     # a BYPASSRLS role reads everything, with or without pgtenant: a note
     bypass = assess_table(_facts(Reader("etl", bypassrls=True)), TARGET)
     assert not bypass.problems and "BYPASSRLS" in bypass.notes[0]
