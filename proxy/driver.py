@@ -466,6 +466,9 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         assert session is not None
         self._logged_in()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.log = self.log.bind(user=session.info.user, admin=True, application_name=session.info.application_name)
         self.log.info("auth_ok", tls=session.info.tls)
         self.proxy.metrics.auth.labels("success", "ok").inc()
