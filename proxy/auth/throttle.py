@@ -172,13 +172,17 @@ class AuthThrottle:
         """A login of ``user`` from ``address`` starts: None (it counts as in flight until it ends), or why not."""
         now = _now(now)
         pair = (address, user)
-        checks = [(self._pairs, pair, self.max_failures, LIMITS[0])]
-        if not self.known(address, user, now):
-            checks += [(self._users, user, self.max_user_failures, LIMITS[1]),
-                       (self._addresses, address, self.max_address_failures, LIMITS[2])]
-        for budgets, key, limit, name in checks:
-            if budgets.used(key, now) >= limit:
-                return Refusal(name, budgets.retry_after(key, now))
+        known = self.known(address, user, now)
+        checks = (  # all three are looked at every time: the work does not depend on what is known
+            (self._pairs, pair, self.max_failures, LIMITS[0], True),
+            (self._users, user, self.max_user_failures, LIMITS[1], not known),
+            (self._addresses, address, self.max_address_failures, LIMITS[2], not known),
+        )
+        spent = [(budgets, key, name) for budgets, key, limit, name, applies in checks
+                 if budgets.used(key, now) >= limit and applies]
+        if spent:
+            budgets, key, name = spent[0]
+            return Refusal(name, budgets.retry_after(key, now))
         self._pairs.begin(pair, now)
         self._users.begin(user, now)
         self._addresses.begin(address, now)
