@@ -9,6 +9,7 @@ import pytest
 from scramp import ScramClient
 
 from proxy.actions import (
+    AdminLogin,
     CloseClient,
     CloseServer,
     ConnectBackend,
@@ -271,3 +272,23 @@ def test_invalid_utf8_is_22021_and_session_stays(session: ClientSession) -> None
     parse = m.Parse("S_1", "SELECT $1", b"\x00\x01\x00\x00\x00\xff").encode()
     [relay] = session.client_data(parse)
     assert b"".join(bytes(c) for c in relay.chunks) == parse
+
+
+def test_admin_login_ends_the_startup_deadline(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\nops = "{make_verifier("pw")}"\n')
+    config = parse_config(
+        {"secrets_file": "s.toml", "backends": {"main": {}}, "admin": {"users": ["ops"]},
+         "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
+         "users": {"alice": {"tenant": "acme"}}},
+        base=tmp_path,
+    )
+    s = ClientSession(config, session_id="s", client_address="a", throttle=AuthThrottle(), clock=lambda: 0.0,
+                      tls_available=False)
+    s.client_data(m.encode_startup_message({"user": "ops", "database": "pgtenant"}))
+    client = ScramClient(["SCRAM-SHA-256"], "ops", "pw")
+    first = client.get_client_first().encode()
+    out = sent(s.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first)))
+    client.set_server_first(out[9:].decode())
+    actions = s.client_data(m.frame(b"p", client.get_client_final().encode()))
+    assert s.state is State.ADMIN and isinstance(actions[-1], AdminLogin)  # the driver logs, counts, audits it
+    assert s.timeout() == [] and s.state is State.ADMIN  # the startup deadline no longer applies
