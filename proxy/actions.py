@@ -52,10 +52,8 @@ class StartServerTls:
 
 
 @dataclass(frozen=True, slots=True)
-class Sleep:
-    """Delay the remaining actions (auth throttling); reading stays paused meanwhile."""
-
-    seconds: float
+class AdminLogin:
+    """An admin user logged in to the console: no startup deadline from now on; log, count and audit it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +108,6 @@ class ServerFailed:
 
 
 Action = (
-    SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | Sleep
+    SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
     | ConnectBackend | AdminQuery | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
 )

@@ -140,6 +140,13 @@ class AuditLog:
         head = self._head_now() + (", " + prefix if prefix else "")
         self._write(head + (", " + _to_json(fields)[1:] if fields else "}") + "\n")
 
+    def event(self, event: str, prefix: str = "", /, **fields: Any) -> None:
+        """One JSON line of another event than a statement (an admin login or command): timestamp, event,
+        the pre-encoded `prefix` fields, then `fields`."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z"
+        head = _to_json({"timestamp": stamp, "event": event})[:-1] + (", " + prefix if prefix else "")
+        self._write(head + (", " + _to_json(fields)[1:] if fields else "}") + "\n")
+
     def request(self, prefix: str, end_user: str | None, req: Request) -> None:
         """The line of one answered request; `end_user` is the session's claim, else one the SQL carries."""
         name, rule, rewritten = decision_fields(req.decision)

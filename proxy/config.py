@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from proxy.auth.scram import ScramVerifier
+from proxy.auth.scram import DEFAULT_ITERATIONS, IterationProfile, ScramVerifier
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 Strategy = Literal["shared", "schema", "database"]
@@ -51,9 +52,14 @@ class LimitsConfig:
     max_message_length: int = 64 * 1024 * 1024
     startup_timeout: float = 15.0
     shutdown_timeout: float = 30.0
-    max_auth_failures: int = 5
+    max_auth_failures: int = 5  # failed logins per (client address, user) in the window; more are refused
     auth_failure_window: float = 60.0
+    max_auth_failures_per_user: int = 20  # per user, over all addresses it has not logged in from lately
+    max_auth_failures_per_address: int = 100  # per address, over the users not known to log in from it
     max_client_connections: int = 10_000
+    max_prelogin_connections: int = 1000  # not yet logged in, in total (kept well below max_client_connections)
+    max_prelogin_connections_per_address: int = 100
+    first_message_timeout: float = 5.0  # seconds a new connection may stay silent (at most startup_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,7 @@ class MetricsConfig:
     max_tenants: int = 100  # distinct tenant label values; the rest are counted as tenant="_other"
     buckets: tuple[float, ...] = ()  # query latency buckets in seconds; empty = the built-in BI buckets
     basic_auth_user: str | None = None
+    auth_failure_detail: bool = False  # split failed logins into unknown_user and bad_proof (reveals which users exist)
     basic_auth_password: str | None = field(default=None, repr=False)  # from secrets metrics_password
 
 
@@ -170,7 +177,17 @@ class Config:
     admin: AdminConfig = AdminConfig()
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
+    auth_mock_secret_random: bool = False  # True: not configured, a random one per load (see proxy.mocksecret)
     source: Path | None = None
+    # Derived: every login's verifier (tenant and admin users), and the iteration profile mocks are drawn from.
+    verifiers: Mapping[str, ScramVerifier] = field(init=False, repr=False, compare=False)
+    iteration_profile: IterationProfile = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        verifiers = {**self.admin.verifiers, **{name: u.verifier for name, u in self.users.items()}}
+        counts = Counter(v.iterations for v in verifiers.values()) or Counter({DEFAULT_ITERATIONS: 1})
+        object.__setattr__(self, "verifiers", verifiers)
+        object.__setattr__(self, "iteration_profile", tuple(sorted(counts.items())))
 
     def user_tenant(self, user: str) -> tuple[UserConfig, TenantConfig, BackendConfig] | None:
         u = self.users.get(user)
@@ -299,6 +316,12 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         _positive(getattr(limits, k), f"limits.{k}")
     if limits.max_message_length < 1024:
         raise ConfigError("limits.max_message_length: must be at least 1024 bytes")
+    if limits.max_prelogin_connections >= limits.max_client_connections:
+        raise ConfigError("limits.max_prelogin_connections: must be below limits.max_client_connections, "
+                          "so that logged-in sessions always have room")
+    if limits.max_prelogin_connections_per_address > limits.max_prelogin_connections:
+        raise ConfigError("limits.max_prelogin_connections_per_address: must not exceed "
+                          "limits.max_prelogin_connections")
 
     tr = _table(raw, "tls", "")
     _check_keys(tr, {"cert_file", "key_file", "require", "channel_binding"}, "tls.")
@@ -477,7 +500,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             raise ConfigError(f"secrets.users.{name}: no [users.{name}] entry in the config")
 
     mr = _table(raw, "metrics", "")
-    _check_keys(mr, {"enabled", "host", "port", "max_tenants", "buckets", "basic_auth_user"}, "metrics.")
+    _check_keys(mr, {"enabled", "host", "port", "max_tenants", "buckets", "basic_auth_user", "auth_failure_detail"},
+                "metrics.")
     buckets = _get(mr, "buckets", list, "metrics.", [])
     if not all(isinstance(b, int | float) and not isinstance(b, bool) and b > 0 for b in buckets) or sorted(
         buckets
@@ -491,6 +515,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         max_tenants=_get(mr, "max_tenants", int, "metrics.", 100),
         buckets=tuple(float(b) for b in buckets),
         basic_auth_user=_get(mr, "basic_auth_user", str, "metrics.", None),
+        auth_failure_detail=_get(mr, "auth_failure_detail", bool, "metrics.", False),
         basic_auth_password=_resolve_secret(metrics_password, "secrets.metrics_password")
         if isinstance(metrics_password, str) else None,
     )
@@ -534,5 +559,6 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         admin=AdminConfig(users=admin_users, verifiers=admin_verifiers),
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
+        auth_mock_secret_random=not mock,
         source=source,
     )

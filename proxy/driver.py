@@ -15,6 +15,7 @@ from proxy import _accel, dbcheck, errors
 from proxy import admin as admin_console
 from proxy.actions import (
     Action,
+    AdminLogin,
     AdminQuery,
     CloseClient,
     CloseServer,
@@ -26,11 +27,11 @@ from proxy.actions import (
     SendServer,
     ServerFailed,
     ServerReady,
-    Sleep,
     StartClientTls,
     StartServerTls,
 )
 from proxy.audit import AuditLog
+from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.scram import tls_server_end_point
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry, CancelTarget
@@ -38,8 +39,9 @@ from proxy.config import BackendConfig, Config
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
 from proxy.httpd import OpsServer
-from proxy.logs import get_logger
+from proxy.logs import LogLimiter, get_logger
 from proxy.metrics import DEFAULT_BUCKETS, Metrics
+from proxy.mocksecret import with_mock_secret
 from proxy.ops import AdminView, Ops
 from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
@@ -53,6 +55,9 @@ log = get_logger("pgtenant.driver")
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
+# TLS 1.2 suites clients may use (TLS 1.3's own suites are all AEAD): forward-secret ECDHE with AES-GCM or
+# ChaCha20-Poly1305 only, as Mozilla's "intermediate" profile; no CBC, RSA key exchange, SHA-1 MACs.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!SHA1:!SHA256:!SHA384"
 
 
 def client_ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -60,6 +65,8 @@ def client_ssl_context(config: Config) -> ssl.SSLContext | None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     assert config.tls.cert_file and config.tls.key_file
     ctx.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
     return ctx
@@ -190,8 +197,8 @@ class ClientConnection(asyncio.Protocol):
         self.relay: ClientRelay | None = None  # the transports' protocol once relaying (start_relay)
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
-        self._sleeping = False
-        self._pending_data: list[bytes] = []
+        self._spoke = False  # the client has sent something (until then first_message_timeout applies)
+        self.authenticated = False  # logged in: no longer counted, timed or logged as a pre-login connection
         self._bytes_reported = (0, 0)
         self._reading_paused = False
         self.log = log
@@ -223,16 +230,20 @@ class ClientConnection(asyncio.Protocol):
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
             self.run([CloseClient(errors.PgError("53300", "sorry, too many clients already", "FATAL"), "too_many")])
             return
-        self._timer = asyncio.get_running_loop().call_later(cfg.limits.startup_timeout, self._on_timeout)
-        self.log.info("connection_accepted")
+        for victim, limit in self.proxy.prelogin.admit(self, address):  # the oldest waiting one makes room
+            assert isinstance(victim, ClientConnection)
+            self.proxy.metrics.prelogin_closed.labels(limit).inc()
+            victim.close(errors.too_many_waiting(limit), f"prelogin_{limit}_limit")
+        silent = min(cfg.limits.first_message_timeout, cfg.limits.startup_timeout)
+        self._timer = asyncio.get_running_loop().call_later(silent, self._on_timeout)
+        self.prelog("info", "connection_accepted")
 
     def data_received(self, data: bytes) -> None:
         self._bytes_in += len(data)
         session = self.session
         assert session is not None
-        if self._sleeping:  # throttled: keep bytes until the delay has passed
-            self._pending_data.append(data)
-            return
+        if not self._spoke:
+            self._first_data()
         try:
             self.run(session.client_data(data))
         except Exception:
@@ -240,6 +251,26 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return None
+
+    def _first_data(self) -> None:
+        """The client spoke: from now on the whole startup_timeout applies, and it is evicted after silent ones."""
+        self._spoke = True
+        self.proxy.prelogin.spoke(self)
+        if self._timer is not None and not self.closed:
+            self._timer.cancel()
+            remaining = self.proxy.config.limits.startup_timeout - (time.monotonic() - self.started)
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._on_timeout)
+
+    def prelog(self, level: str, event: str, **fields: object) -> None:
+        """Log a line of a connection not logged in: rate-limited, since anyone can cause any number of them."""
+        if not self.authenticated:
+            dropped = self.proxy.prelogin_log.allow(time.monotonic())
+            if dropped is None:
+                self.proxy.metrics.log_suppressed.inc()
+                return
+            if dropped:
+                fields["suppressed_before"] = dropped
+        getattr(self.log, level)(event, **fields)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -369,7 +400,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def run(self, actions: list[Action]) -> None:
-        for i, action in enumerate(actions):
+        for action in actions:
             if isinstance(action, RelayToServer):
                 if self.link is not None:
                     self.link.writelines(action.chunks)
@@ -382,9 +413,8 @@ class ClientConnection(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.pause_reading()
                 asyncio.get_running_loop().create_task(self._start_tls())
-            elif isinstance(action, Sleep):
-                self._sleep(action.seconds, actions[i + 1 :])
-                return
+            elif isinstance(action, AdminLogin):
+                self._admin_login()
             elif isinstance(action, ConnectBackend):
                 self._connect_backend()
             elif isinstance(action, AdminQuery):
@@ -401,25 +431,6 @@ class ClientConnection(asyncio.Protocol):
             else:  # pragma: no cover
                 raise AssertionError(f"unexpected client action {action!r}")
 
-    def _sleep(self, seconds: float, rest: list[Action]) -> None:
-        assert self.transport is not None
-        self.transport.pause_reading()
-        self._sleeping = True
-
-        def wake() -> None:
-            pending = self._pending_data
-            self._sleeping = False
-            self._pending_data = []
-            if self.closed:
-                return
-            self.run(rest)
-            if not self.closed:
-                self.transport.resume_reading()  # type: ignore[union-attr]
-                for data in pending:
-                    self.data_received(data)
-
-        asyncio.get_running_loop().call_later(seconds, wake)
-
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
         assert self.transport is not None and self.proxy.client_ssl is not None and self.session is not None
@@ -432,7 +443,7 @@ class ClientConnection(asyncio.Protocol):
                 ssl_handshake_timeout=self.proxy.config.limits.startup_timeout,
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-            self.log.info("tls_handshake_failed", error=str(exc))
+            self.prelog("info", "tls_handshake_failed", error=str(exc))
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
@@ -450,12 +461,31 @@ class ClientConnection(asyncio.Protocol):
         self._gauge = (tenant, state)
         gauge.labels(tenant, state).inc()
 
+    def _admin_login(self) -> None:
+        """An admin logged in to the console: no startup deadline any more; logged, counted and audited."""
+        session = self.session
+        assert session is not None
+        self._logged_in()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.log = self.log.bind(user=session.info.user, admin=True, application_name=session.info.application_name)
+        self.log.info("auth_ok", tls=session.info.tls)
+        self.proxy.metrics.auth.labels("success", "ok").inc()
+        if self.proxy.audit is not None:
+            self.proxy.audit.event("admin_login", self._audit_fields(), tls=session.info.tls)
+
     def _admin_query(self, sql: str) -> None:
         try:
             out = admin_console.execute(sql, AdminView(self.proxy.ops))
+            outcome = "ok"
         except PgError as exc:
             out = exc.encode()
-        self.log.info("admin_command", command=sql.strip().split(" ")[0][:32].upper())
+            outcome = exc.sqlstate
+        command = " ".join(sql.split())[:64]
+        self.log.info("admin_command", command=command, outcome=outcome)
+        if self.proxy.audit is not None:
+            self.proxy.audit.event("admin_command", self._audit_fields(), command=command, outcome=outcome)
         self.write(out + m.ready_for_query(b"I"))
 
     def _on_decision(self, kind: str, sql: str, decision: Decision) -> None:
@@ -484,6 +514,7 @@ class ClientConnection(asyncio.Protocol):
         self.log = self.log.bind(
             user=session.info.user, tenant=session.tenant.name, application_name=session.info.application_name
         )
+        self._logged_in()
         self.log.info("auth_ok", tls=session.info.tls)
         self.proxy.metrics.auth.labels("success", "ok").inc()
         self._set_gauge(self.proxy.metrics.tenant(session.tenant.name), "connecting")
@@ -525,16 +556,30 @@ class ClientConnection(asyncio.Protocol):
             return
         self.link = link
 
+    def _logged_in(self) -> None:
+        """Authentication succeeded: the connection leaves the pre-login caps and its log lines are all kept."""
+        self.authenticated = True
+        self.proxy.prelogin.done(self)
+
     def _on_timeout(self) -> None:
         self._timer = None
-        if self.session is not None:
+        if not self._spoke:
+            self.proxy.metrics.prelogin_closed.labels("first_message_timeout").inc()
+            self.close(errors.startup_timeout(), "first_message_timeout")
+        elif self.session is not None:
             self.run(self.session.timeout())
 
     def close(self, error: PgError | None, reason: str) -> None:
         if self.closed:
             return
-        if reason.startswith("auth_failed"):
-            self.proxy.metrics.auth.labels("failure", reason.partition(":")[2] or "unknown").inc()
+        kind, _, detail = reason.partition(":")
+        if kind == "auth_failed":
+            if detail in ("unknown_user", "bad_proof") and not self.proxy.config.metrics.auth_failure_detail:
+                detail = "invalid_credentials"  # one reason for both, as the client sees one 28P01
+            self.proxy.metrics.auth.labels("failure", detail or "unknown").inc()
+        elif kind == "auth_throttled":
+            self.proxy.metrics.auth.labels("refused", "throttled").inc()
+            self.proxy.metrics.auth_throttled.labels(detail).inc()
         elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout"):
             self.proxy.metrics.auth.labels("refused", reason).inc()
         if self.session is not None and self.session.is_admin and reason == "client_terminate":
@@ -542,7 +587,7 @@ class ClientConnection(asyncio.Protocol):
         if error is not None:
             self.write(error.encode())
             level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
-            getattr(self.log, level)("session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
+            self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
         if self.session is not None:
             self.session.close()
@@ -563,6 +608,7 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_reported = (self.bytes_out, self.bytes_in)
 
     def _finish(self, reason: str = "") -> None:
+        self.proxy.prelogin.done(self)
         self.flush_bytes()
         if self._timer is not None:
             self._timer.cancel()
@@ -575,7 +621,8 @@ class ClientConnection(asyncio.Protocol):
             if self.session is not None:
                 self.proxy.cancels.unregister(self.session.process_id)
                 if self.session.info.user is not None or reason not in ("cancel_request",):
-                    self.log.info(
+                    self.prelog(
+                        "info",
                         "connection_closed",
                         reason=reason,
                         duration_s=round(time.monotonic() - self.started, 3),
@@ -620,12 +667,16 @@ class Proxy:
     """The listener and everything shared between sessions."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config
+        self.config = config = with_mock_secret(config)
         self.client_ssl = client_ssl_context(config)
         self.channel_binding = own_channel_binding(config)
+        lim = config.limits
         self.throttle = AuthThrottle(
-            max_failures=config.limits.max_auth_failures, window=config.limits.auth_failure_window
+            max_failures=lim.max_auth_failures, window=lim.auth_failure_window,
+            max_user_failures=lim.max_auth_failures_per_user, max_address_failures=lim.max_auth_failures_per_address,
         )
+        self.prelogin = PreloginLimiter(lim.max_prelogin_connections_per_address, lim.max_prelogin_connections)
+        self.prelogin_log = LogLimiter()
         self.cancels = CancelRegistry()
         self.clients: set[ClientConnection] = set()
         self.pool = Pool(self)
@@ -750,14 +801,19 @@ class Proxy:
         """On the event loop: switch to a new config; sessions of removed or moved users end at their
         next statement, everyone else keeps going under the new policy."""
         old = self.config
-        self.config = new
+        self.config = new = with_mock_secret(new, old)
         self.policies = policies
         self.decisions.clear()
         self._deciders.clear()
         self.client_ssl = client_ssl_context(new)
         self.channel_binding = own_channel_binding(new)
-        self.throttle.max_failures = new.limits.max_auth_failures
-        self.throttle.window = new.limits.auth_failure_window
+        lim = new.limits
+        self.throttle.max_failures = lim.max_auth_failures
+        self.throttle.max_user_failures = lim.max_auth_failures_per_user
+        self.throttle.max_address_failures = lim.max_auth_failures_per_address
+        self.throttle.window = lim.auth_failure_window
+        self.prelogin.per_address = lim.max_prelogin_connections_per_address
+        self.prelogin.total = lim.max_prelogin_connections
         self.metrics.tenant.preload(sorted(new.tenants))
         for client in list(self.clients):
             s = client.session

@@ -67,11 +67,24 @@ def auth_failed(user: str) -> PgError:
     return PgError("28P01", f'password authentication failed for user "{user}"', "FATAL")
 
 
-def auth_throttled() -> PgError:
+def auth_throttled(user: str, retry_after: float) -> PgError:
+    # The same for unknown and real users: the budgets count both alike.
     return PgError(
-        "28000",
-        "too many failed authentication attempts from this address; try again later",
+        "28P01",
+        f'too many failed authentication attempts for user "{user}"; login refused, '
+        f"try again in {max(1, round(retry_after))} seconds",
         "FATAL",
+        hint="Failed logins are limited per user and client address (pgtenant limits.max_auth_failures).",
+    )
+
+
+def too_many_waiting(limit: str) -> PgError:
+    where = "from this address" if limit == "address" else "in all"
+    return PgError(
+        "53300",
+        f"too many connections waiting to log in {where}; the oldest waiting connection is closed",
+        "FATAL",
+        hint="pgtenant limits connections that have not logged in yet (limits.max_prelogin_connections*).",
     )
 
 

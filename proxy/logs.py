@@ -29,3 +29,26 @@ def configure(level: str = "info", fmt: str = "json") -> None:
 
 def get_logger(name: str = "pgtenant") -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger(name)
+
+
+class LogLimiter:
+    """A token bucket for log lines an attacker can cause at will (connections closed before login): at most
+    ``burst`` at once and ``rate`` per second after that. Pure: the caller passes the time."""
+
+    def __init__(self, rate: float = 20.0, burst: float = 100.0) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last = 0.0
+        self.suppressed = 0  # lines dropped since the last one let through
+
+    def allow(self, now: float) -> int | None:
+        """None to drop this line; else how many were dropped before it (to report with it)."""
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1.0:
+            self.suppressed += 1
+            return None
+        self._tokens -= 1.0
+        dropped, self.suppressed = self.suppressed, 0
+        return dropped

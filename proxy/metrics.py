@@ -211,6 +211,18 @@ class Metrics:
         self.auth = Counter(
             "pgtenant_auth_attempts_total", "Client authentication attempts.", ["outcome", "reason"], registry=r
         )
+        self.auth_throttled = Counter(
+            "pgtenant_auth_throttled_total", "Logins refused because a failed-login budget is spent, by budget.",
+            ["limit"], registry=r,
+        )
+        self.prelogin_closed = Counter(
+            "pgtenant_prelogin_closed_total",
+            "Connections closed before login by a pre-login limit (address, total, first_message_timeout).",
+            ["limit"], registry=r,
+        )
+        self.log_suppressed = Counter(
+            "pgtenant_log_lines_suppressed_total", "Pre-login log lines dropped by the log rate limit.", registry=r
+        )
         self.denied = Counter(
             "pgtenant_denied_statements_total", "Statements refused by the tenant policy.", ["tenant", "rule"],
             registry=r,

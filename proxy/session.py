@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from proxy import errors
 from proxy.actions import (
     Action,
+    AdminLogin,
     AdminQuery,
     CloseClient,
     CloseServer,
@@ -20,7 +21,6 @@ from proxy.actions import (
     RelayToClient,
     RelayToServer,
     SendClient,
-    Sleep,
     StartClientTls,
 )
 from proxy.admin import ADMIN_DATABASE
@@ -207,6 +207,8 @@ class ClientSession:
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
         self.is_admin = False
+        self._auth_pending = False  # admitted by the throttle, not yet settled (success or failure)
+        self._challenged = False  # the client has had the SCRAM server-first
         self.end_user: str | None = None  # a claim from the startup packet (pgtenant.end_user), for the audit
         self.revoked: PgError | None = None  # set by a reload that removed this user
 
@@ -265,8 +267,9 @@ class ClientSession:
         except SessionError as exc:
             return self._fail(exc)
         except FramingError as exc:
+            cap = self.frontend.max_length if self.state is _READY else self._auth_stream.max_length
             err = (
-                errors.message_too_large(exc.length, self.config.limits.max_message_length)
+                errors.message_too_large(exc.length, cap)
                 if exc.too_large
                 else errors.protocol_violation(str(exc))
             )
@@ -312,7 +315,7 @@ class ClientSession:
 
     def timeout(self) -> list[Action]:
         """The startup/authentication deadline passed."""
-        if self.state in (State.READY, State.CLOSED):
+        if self.state in (State.READY, State.ADMIN, State.CLOSED):
             return []
         self.state = State.CLOSED
         return [CloseClient(errors.startup_timeout(), "startup_timeout")]
@@ -375,21 +378,19 @@ class ClientSession:
         actions: list[Action] = []
         if msg.minor > 0 or msg.protocol_options:
             actions.append(SendClient(m.negotiate_protocol_version(m.PROTOCOL_3_0, sorted(msg.protocol_options))))
-        found = self.config.user_tenant(user)
-        verifier = None
-        if found is not None:
-            self.user_config, self.tenant, self.backend = found
-            verifier = self.user_config.verifier
-        elif user in self.config.admin.users:
-            self.is_admin = True
-            verifier = self.config.admin.verifiers.get(user)
+        # The same work, in the same order, whether the user exists or not (the tenant is resolved only once
+        # the proof is accepted): nothing in the timing of any reply tells the two apart.
+        config = self.config
+        refusal = self.throttle.admit(self.info.client_address, user, self.clock())
+        if refusal is not None:
+            raise SessionError(errors.auth_throttled(user, refusal.retry_after), f"auth_throttled:{refusal.limit}")
+        self._auth_pending = True
+        self.is_admin = user in config.admin.users
         cb = self.channel_binding() if self.info.tls else None
         self.scram = ScramServerExchange(
-            verifier, username=user, mock_secret=self.config.auth_mock_secret, channel_binding=cb
+            config.verifiers.get(user), username=user, mock_secret=config.auth_mock_secret, channel_binding=cb,
+            mock_iterations=config.iteration_profile,
         )
-        delay = self.throttle.delay_for(self.info.client_address, self.clock())
-        if delay > 0:
-            actions.append(Sleep(delay))
         actions.append(SendClient(m.authentication_sasl(self.scram.mechanisms())))
         return actions
 
@@ -419,13 +420,21 @@ class ClientSession:
                 init = m.SASLInitialResponse.decode(body)
                 server_first = self.scram.client_first(init.mechanism, init.data)
                 self._transition(Event.SASL_RESPONSE)
+                self._challenged = True
                 return [SendClient(m.authentication(m.AUTH_SASL_CONTINUE, server_first))]
+            # Checked again before the proof is looked at: the budget may have been spent by logins that started
+            # alongside this one. Then the guess gets no answer.
+            refusal = self.throttle.admit(self.info.client_address, user, self.clock())
+            if refusal is not None:
+                self._auth_pending = False
+                raise SessionError(errors.auth_throttled(user, refusal.retry_after), f"auth_throttled:{refusal.limit}")
             server_final = self.scram.client_final(body)
         except (AuthFailed, m.DecodeError) as exc:
             reason = exc.reason if isinstance(exc, AuthFailed) else "malformed"
-            self.throttle.record_failure(self.info.client_address, self.clock())
+            self._settle_auth()
             raise SessionError(errors.auth_failed(user), f"auth_failed:{reason}") from exc
-        self.throttle.record_success(self.info.client_address, self.clock())
+        self._auth_pending = False
+        self.throttle.succeeded(self.info.client_address, user, self.clock())
         db = self.info.database or user
         actions: list[Action] = [
             SendClient(m.authentication(m.AUTH_SASL_FINAL, server_final) + m.authentication(m.AUTH_OK))
@@ -439,9 +448,12 @@ class ClientSession:
                 "client_encoding", "UTF8"
             ) + m.parameter_status("standard_conforming_strings", "on")
             return [*actions, SendClient(status + m.backend_key_data(self.process_id, self.secret_key)
-                                         + m.ready_for_query(b"I"))]
+                                         + m.ready_for_query(b"I")), AdminLogin()]
+        found = self.config.user_tenant(user)
+        if found is None:  # a reload removed the user during its login
+            raise SessionError(errors.user_removed(user), "user_removed")
+        self.user_config, self.tenant, self.backend = found
         self._transition(Event.AUTH_OK)
-        assert self.tenant is not None
         self.info.tenant = self.tenant.name
         if db not in self.tenant.client_database_names and db != user:
             raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
@@ -452,6 +464,13 @@ class ClientSession:
         self.end_user = end_user_claim(self.info.startup_parameters)
         actions.append(ConnectBackend())
         return actions
+
+    def _settle_auth(self) -> None:
+        """An admitted login failed: it counts in the failed-login budgets (once)."""
+        if self._auth_pending:
+            self._auth_pending = False
+            assert self.info.user is not None
+            self.throttle.failed(self.info.client_address, self.info.user, self.clock())
 
     # --- relay -----------------------------------------------------------------------------
 
@@ -622,4 +641,7 @@ class ClientSession:
         return None
 
     def close(self) -> None:
+        if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)
+            self._settle_auth()
+        self._auth_pending = False
         self.state = State.CLOSED

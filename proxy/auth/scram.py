@@ -22,6 +22,7 @@ __all__ = [
     "SCRAM_SHA_256_PLUS",
     "AuthFailReason",
     "AuthFailed",
+    "IterationProfile",
     "ScramServerExchange",
     "ScramVerifier",
     "derive_keys",
@@ -252,18 +253,38 @@ def make_verifier(
     return ScramVerifier(iterations=iterations, salt=salt, stored_key=stored_key, server_key=server_key)
 
 
-def mock_verifier(username: str, secret: bytes, *, iterations: int = DEFAULT_ITERATIONS) -> ScramVerifier:
+# How many configured users have each iteration count: ((count, users), ...), the profile mocks are drawn from.
+IterationProfile = tuple[tuple[int, int], ...]
+
+
+def mock_verifier(
+    username: str, secret: bytes, *, iterations: int | IterationProfile = DEFAULT_ITERATIONS
+) -> ScramVerifier:
     """A deterministic fake verifier for a user that does not exist (cf. PostgreSQL's scram_mock_salt()).
 
-    The same username always gets the same salt, so probing twice cannot tell a mock from a real user.
+    The same username always gets the same salt and iteration count, so probing twice cannot tell a mock from
+    a real user. ``iterations`` is one count, or the configured users' profile: each name then gets a count
+    drawn (deterministically) in the users' own proportions, so a count used by real users is no tell.
     ``secret`` must be unguessable (say 32 random bytes) and stable across restarts and replicas;
     otherwise the salt handed out for an unknown user can be predicted or changes, giving the game away.
+    The work is the same whatever the arguments (four HMACs), so it can be done for every login.
     """
     if not secret:
         raise ValueError("mock secret must not be empty")
     user = encode_text(username)
+    profile = ((iterations, 1),) if isinstance(iterations, int) else iterations
+    total = sum(weight for _, weight in profile)
+    if total < 1:
+        raise ValueError("the iteration profile must hold at least one user")
+    pick = int.from_bytes(_hmac(secret, b"iterations\x00" + user)[:8], "big") * total >> 64
+    chosen = profile[-1][0]
+    for count, weight in profile:
+        if pick < weight:
+            chosen = count
+            break
+        pick -= weight
     return ScramVerifier(
-        iterations=iterations,
+        iterations=chosen,
         salt=_hmac(secret, b"salt\x00" + user)[:SALT_LEN],
         stored_key=_hmac(secret, b"stored-key\x00" + user),
         server_key=_hmac(secret, b"server-key\x00" + user),
@@ -327,24 +348,22 @@ class ScramServerExchange:
         username: str,
         mock_secret: bytes,
         channel_binding: bytes | None = None,
-        mock_iterations: int = DEFAULT_ITERATIONS,
+        mock_iterations: int | IterationProfile = DEFAULT_ITERATIONS,
     ) -> None:
         """``verifier`` None means the user is unknown: a mock exchange runs and fails at the very end.
 
         ``channel_binding`` is tls_server_end_point() of the proxy's certificate when the client session
-        is on TLS (then SCRAM-SHA-256-PLUS is offered), else None. ``mock_iterations`` should equal the
-        iteration count of real verifiers so unknown users are indistinguishable.
+        is on TLS (then SCRAM-SHA-256-PLUS is offered), else None. ``mock_iterations`` should be the
+        configured users' iteration profile so unknown users are indistinguishable.
+        The mock verifier is made for known users too, here, so every step costs the same for both.
         """
         if channel_binding is not None and not channel_binding:
             raise ValueError("channel_binding data must not be empty")
         if not mock_secret:  # checked for known users too, so a misconfiguration shows up at once
             raise ValueError("mock secret must not be empty")
+        mock = mock_verifier(username, mock_secret, iterations=mock_iterations)
         self._doomed = verifier is None
-        self._verifier = (
-            verifier
-            if verifier is not None
-            else mock_verifier(username, mock_secret, iterations=mock_iterations)
-        )
+        self._verifier = mock if verifier is None else verifier
         self._cbind_data = channel_binding
         self._stage = _Stage.EXPECT_CLIENT_FIRST
         self._use_plus = False

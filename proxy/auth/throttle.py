@@ -1,109 +1,178 @@
-"""Per-client-address throttle for failed logins: decides how long to stall the next attempt."""
+"""Failed-login budgets per (address, user), per user and per address: decides whether a login may start."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict, deque
+from collections.abc import Hashable
+from dataclasses import dataclass
 
-__all__ = ["AuthThrottle"]
+__all__ = ["AuthThrottle", "Refusal"]
+
+LIMITS = ("address_user", "user", "address")  # the metric label of each budget
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A login refused before it starts: which budget is spent, and in how many seconds one frees up."""
+
+    limit: str
+    retry_after: float
+
+
+class _Budgets:
+    """Failure timestamps within the window, per key; bounded, least recently failed keys forgotten first."""
+
+    def __init__(self, window: float, max_tracked: int) -> None:
+        self.window = window
+        self.max_tracked = max_tracked
+        self.entries: OrderedDict[Hashable, deque[float]] = OrderedDict()
+
+    def used(self, key: Hashable, now: float) -> int:
+        failures = self.entries.get(key)
+        if failures is None:
+            return 0
+        self._expire(failures, now)
+        return len(failures)
+
+    def retry_after(self, key: Hashable, now: float) -> float:
+        """Seconds until the oldest failure of `key` leaves the window (at least 1)."""
+        failures = self.entries.get(key)
+        return max(1.0, failures[0] + self.window - now) if failures else 1.0
+
+    def record(self, key: Hashable, now: float, limit: int) -> None:
+        self._prune(now)
+        failures = self.entries.get(key)
+        if failures is None:
+            failures = self.entries[key] = deque()
+            if len(self.entries) > self.max_tracked:
+                self.entries.popitem(last=False)
+        else:
+            self.entries.move_to_end(key)
+        failures.append(now)
+        while len(failures) > limit:  # older ones no longer change any decision
+            failures.popleft()
+
+    def clear(self, key: Hashable) -> None:
+        self.entries.pop(key, None)
+
+    def _expire(self, failures: deque[float], now: float) -> None:
+        cutoff = now - self.window
+        while failures and failures[0] <= cutoff:
+            failures.popleft()
+
+    def _prune(self, now: float) -> None:
+        """Drop keys whose failures all expired (least recently failed first)."""
+        cutoff = now - self.window
+        while self.entries:
+            key, failures = next(iter(self.entries.items()))
+            if failures and failures[-1] > cutoff:
+                break
+            del self.entries[key]
 
 
 class AuthThrottle:
-    """Counts failed logins per client address and says how long to delay/refuse the next attempt.
+    """Budgets of failed logins in a sliding window of ``window`` seconds; a login beyond one is refused.
 
-    Failures are counted in a sliding window of ``window`` seconds. While fewer than ``max_failures``
-    are in the window there is no delay; from then on the delay doubles with every further failure:
-    ``base_delay * 2 ** (failures - max_failures)``, capped at ``max_delay``. A success clears the address.
+    * (address, user): ``max_failures`` — guessing one user's password from one place;
+    * user, across addresses: ``max_user_failures`` — a distributed guess at one user;
+    * address, across users: ``max_address_failures`` — a password spray over many user names from one place.
 
-    Pure logic: every method takes ``now`` (seconds on any monotonic clock; time.monotonic() when omitted),
-    so behaviour is deterministic in tests. Memory is bounded: at most ``max_tracked`` addresses, each with
-    a short fixed-size history; the addresses whose last failure is oldest are forgotten first.
-    Not thread-safe; meant for a single event loop.
+    A login is checked when it starts and again when its proof arrives, before the proof is looked at: logins
+    started in parallel cannot outrun a budget (only the budget's worth of guesses ever get an answer), while
+    parallel logins with the right password (a pool filling up) are not held back. The
+    user and address budgets do not apply to a user logging in from an address it logged in from successfully
+    within ``remember_success`` seconds: someone else's failures (another tenant's user behind the same NAT or
+    Tableau Server, a guesser elsewhere) never lock out a user where it is known. A success clears only its own
+    (address, user) failures. Unknown user names are counted like real ones, so a refusal tells nothing.
+
+    Pure logic: every method takes ``now`` (seconds on any monotonic clock; time.monotonic() when omitted).
+    Memory is bounded: at most ``max_tracked`` keys per budget and remembered successes. One event loop only.
     """
 
     def __init__(
         self,
         max_failures: int = 5,
         window: float = 60.0,
-        base_delay: float = 0.5,
-        max_delay: float = 10.0,
+        max_user_failures: int = 20,
+        max_address_failures: int = 100,
         max_tracked: int = 10000,
+        remember_success: float = 86400.0,
     ) -> None:
-        if max_failures < 1:
-            raise ValueError("max_failures must be at least 1")
-        if not window > 0:
-            raise ValueError("window must be positive")
-        if base_delay < 0 or max_delay < base_delay:
-            raise ValueError("delays must satisfy 0 <= base_delay <= max_delay")
+        if min(max_failures, max_user_failures, max_address_failures) < 1:
+            raise ValueError("failure budgets must be at least 1")
+        if not window > 0 or not remember_success > 0:
+            raise ValueError("window and remember_success must be positive")
         if max_tracked < 1:
             raise ValueError("max_tracked must be at least 1")
         self.max_failures = max_failures
-        self.window = window
-        self.base_delay = base_delay
-        self.max_delay = max_delay
+        self.max_user_failures = max_user_failures
+        self.max_address_failures = max_address_failures
+        self.remember_success = remember_success
+        self._pairs = _Budgets(window, max_tracked)
+        self._users = _Budgets(window, max_tracked)
+        self._addresses = _Budgets(window, max_tracked)
+        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()  # (address, user) -> last success
         self.max_tracked = max_tracked
-        # Failures beyond this many no longer change the delay, so older timestamps need not be kept.
-        doublings = 0
-        if base_delay > 0:
-            doublings = min(1024, math.ceil(math.log2(max_delay) - math.log2(base_delay)))
-        self._history_len = max_failures + doublings + 1
-        # address -> failure timestamps (oldest first); dict order = least recently failed first.
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    @property
+    def window(self) -> float:
+        return self._pairs.window
+
+    @window.setter
+    def window(self, value: float) -> None:
+        for budgets in (self._pairs, self._users, self._addresses):
+            budgets.window = value
 
     def __len__(self) -> int:
-        """Number of addresses currently tracked."""
-        return len(self._failures)
+        """Keys currently tracked, over all budgets."""
+        return len(self._pairs.entries) + len(self._users.entries) + len(self._addresses.entries)
 
-    def failures(self, address: str, now: float | None = None) -> int:
-        """Failures recorded for ``address`` within the window ending at ``now``."""
-        now = time.monotonic() if now is None else now
-        history = self._failures.get(address)
-        if history is None:
-            return 0
-        self._expire(history, now)
-        if not history:
-            del self._failures[address]
-            return 0
-        return len(history)
+    def failures(self, address: str, user: str, now: float | None = None) -> int:
+        """Failures of (address, user) within the window ending at ``now``."""
+        return self._pairs.used((address, user), _now(now))
 
-    def delay_for(self, address: str, now: float | None = None) -> float:
-        """Seconds to wait before answering the next auth attempt from ``address`` (0 under the limit)."""
-        count = self.failures(address, now)
-        if count < self.max_failures:
-            return 0.0
-        exponent = min(count - self.max_failures, 1023)  # 2.0**1024 would raise OverflowError
-        return min(self.max_delay, self.base_delay * 2.0**exponent)
+    def known(self, address: str, user: str, now: float | None = None) -> bool:
+        """True when ``user`` logged in successfully from ``address`` within ``remember_success``."""
+        last = self._known.get((address, user))
+        return last is not None and _now(now) - last < self.remember_success
 
-    def record_failure(self, address: str, now: float | None = None) -> None:
-        """Count one failed authentication from ``address``."""
-        now = time.monotonic() if now is None else now
-        history = self._failures.get(address)
-        if history is None:
-            history = deque(maxlen=self._history_len)
-            self._failures[address] = history
-        else:
-            self._failures.move_to_end(address)
-            self._expire(history, now)
-        history.append(now)
-        self._prune(now)
+    def admit(self, address: str, user: str, now: float | None = None) -> Refusal | None:
+        """May a login of ``user`` from ``address`` start, or its proof be looked at? None, or why not."""
+        now = _now(now)
+        pair = (address, user)
+        known = self.known(address, user, now)
+        checks = (  # all three are looked at every time: the work does not depend on what is known
+            (self._pairs, pair, self.max_failures, LIMITS[0], True),
+            (self._users, user, self.max_user_failures, LIMITS[1], not known),
+            (self._addresses, address, self.max_address_failures, LIMITS[2], not known),
+        )
+        spent = [(budgets, key, name) for budgets, key, limit, name, applies in checks
+                 if budgets.used(key, now) >= limit and applies]
+        if spent:
+            budgets, key, name = spent[0]
+            return Refusal(name, budgets.retry_after(key, now))
+        return None
 
-    def record_success(self, address: str, now: float | None = None) -> None:
-        """A successful login clears the address's failure history."""
-        self._failures.pop(address, None)
+    def failed(self, address: str, user: str, now: float | None = None) -> None:
+        """A login failed (or was abandoned after the server's challenge): it counts in every budget."""
+        now = _now(now)
+        self._pairs.record((address, user), now, self.max_failures)
+        self._users.record(user, now, self.max_user_failures)
+        self._addresses.record(address, now, self.max_address_failures)
 
-    def _expire(self, history: deque[float], now: float) -> None:
-        cutoff = now - self.window
-        while history and history[0] <= cutoff:
-            history.popleft()
-
-    def _prune(self, now: float) -> None:
-        """Drop addresses whose whole history expired, then the least recently failed past max_tracked."""
-        cutoff = now - self.window
-        while self._failures:
-            oldest_address, history = next(iter(self._failures.items()))
-            if history and history[-1] > cutoff:
+    def succeeded(self, address: str, user: str, now: float | None = None) -> None:
+        """A login succeeded: its own (address, user) failures are cleared, the address remembered for the user."""
+        now = _now(now)
+        self._pairs.clear((address, user))
+        self._known[(address, user)] = now
+        self._known.move_to_end((address, user))
+        while self._known:
+            key, last = next(iter(self._known.items()))
+            if now - last < self.remember_success and len(self._known) <= self.max_tracked:
                 break
-            del self._failures[oldest_address]
-        while len(self._failures) > self.max_tracked:
-            self._failures.popitem(last=False)
+            del self._known[key]
+
+
+def _now(now: float | None) -> float:
+    return time.monotonic() if now is None else now

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
@@ -175,6 +175,43 @@ def test_metrics_and_admin_console(demo: dict[str, Any]) -> None:
     with psycopg.connect(demo["doc"]["admin_dsn"], autocommit=True) as admin:
         rows = admin.execute("SHOW TENANTS").fetchall()
     assert {r[0] for r in rows} == {t["name"] for t in demo["doc"]["tenants"]}
+
+
+def _salt_over_tls(host: str, port: int, ca: str, user: str) -> bytes:
+    """The salt and iteration count the demo offers `user` in its SCRAM server-first (no proof sent)."""
+    import ssl
+    import struct
+
+    from proxy.protocol import messages as m
+    from tests.support.wire import read_message
+
+    raw = socket.create_connection((host, port), timeout=10)
+    raw.sendall(m.encode_ssl_request())
+    assert raw.recv(1) == b"S"
+    with ssl.create_default_context(cafile=ca).wrap_socket(raw, server_hostname=host) as sock:
+        sock.sendall(m.encode_startup_message({"user": user}))
+        assert read_message(sock)[0] == b"R"
+        first = b"n,,n=,r=demononce"
+        sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+        t, body = read_message(sock)
+        assert t == b"R"
+        return body[4:].split(b",", 1)[1]
+
+
+def test_unknown_users_salts_survive_a_reload(demo: dict[str, Any]) -> None:
+    # The demo configures its own auth_mock_secret: a RELOAD (re-reading the secrets) keeps every salt.
+    url = urlsplit(demo["doc"]["tenants"][0]["dsn"])
+    ca = parse_qs(url.query)["sslrootcert"][0]
+    users = ("nosuchuser", "Alice", "alice")
+    before = [_salt_over_tls(url.hostname or "", url.port or 0, ca, u) for u in users]
+    with psycopg.connect(demo["doc"]["admin_dsn"], autocommit=True) as admin:
+        admin.execute("RELOAD")
+    metrics = demo["doc"]["metrics_url"]
+    deadline = time.monotonic() + 60
+    while 'pgtenant_config_reloads_total{outcome="ok"} 1.0' not in urllib.request.urlopen(metrics).read().decode():
+        assert time.monotonic() < deadline, "the reload did not finish"
+        time.sleep(0.1)  # poll, bounded by the deadline
+    assert [_salt_over_tls(url.hostname or "", url.port or 0, ca, u) for u in users] == before
 
 
 def test_sigterm_stops_everything_and_removes_temporary_data(demo: dict[str, Any]) -> None:

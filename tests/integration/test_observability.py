@@ -100,11 +100,31 @@ def test_tenant_label_cardinality_is_capped(obs_proxy: ProxyProcess) -> None:
     assert tenants <= {"acme", "bigco", "globex", "_other", "_none"}
 
 
-def test_auth_failures_counted_by_reason(obs_proxy: ProxyProcess) -> None:
-    with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(f"host=127.0.0.1 port={obs_proxy.port} user=alice password=bad sslmode=disable")
-    text = scrape(obs_proxy.metrics_url)
-    assert sample(text, "pgtenant_auth_attempts_total", outcome="failure", reason="bad_proof") >= 1
+def _fail_logins(proxy: ProxyProcess) -> str:
+    """One wrong password and one unknown user; the metrics text after them."""
+    for user in ("alice", "nosuchuser"):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(f"host=127.0.0.1 port={proxy.port} user={user} password=bad sslmode=disable")
+    return scrape(proxy.metrics_url)
+
+
+def test_auth_failures_do_not_tell_unknown_users_from_wrong_passwords(obs_proxy: ProxyProcess) -> None:
+    before = sample(scrape(obs_proxy.metrics_url), "pgtenant_auth_attempts_total", outcome="failure",
+                    reason="invalid_credentials")
+    text = _fail_logins(obs_proxy)
+    assert sample(text, "pgtenant_auth_attempts_total", outcome="failure", reason="invalid_credentials") == before + 2
+    assert "unknown_user" not in text and "bad_proof" not in text
+
+
+def test_auth_failure_detail_is_an_operators_choice(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("detail"), metrics={"auth_failure_detail": True}).start()
+    try:
+        text = _fail_logins(p)
+        assert sample(text, "pgtenant_auth_attempts_total", outcome="failure", reason="bad_proof") == 1
+        assert sample(text, "pgtenant_auth_attempts_total", outcome="failure", reason="unknown_user") == 1
+    finally:
+        p.stop()
 
 
 def test_health_and_readiness(obs_proxy: ProxyProcess) -> None:

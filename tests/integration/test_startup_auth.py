@@ -7,6 +7,7 @@ import ssl
 import statistics
 import struct
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import psycopg
@@ -15,7 +16,7 @@ import pytest
 from proxy.protocol import messages as m
 from tests.support.certs import TlsFiles
 from tests.support.pgcluster import PgCluster, free_port
-from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.proxyproc import USERS, ProxyProcess, prepare_backend
 from tests.support.wire import backend_key, login, login_error, send_cancel
 from tests.support.wire import read_message as _read_message
 
@@ -51,9 +52,13 @@ def test_wrong_password_and_unknown_user_look_the_same(proxy: ProxyProcess) -> N
         psycopg.connect(f"host=127.0.0.1 port={proxy.port} user=ivan password=nope sslmode=disable")
 
 
+NO_THROTTLE = {"max_auth_failures": 100000, "max_auth_failures_per_user": 100000,
+               "max_auth_failures_per_address": 100000}
+
+
 def test_auth_timing_unknown_vs_known(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
     prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("timing"), limits={"max_auth_failures": 1000}).start()
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("timing"), limits=NO_THROTTLE).start()
     try:
         def timed(user: str) -> float:
             t0 = time.perf_counter()
@@ -72,26 +77,89 @@ def test_auth_timing_unknown_vs_known(pg: PgCluster, tmp_path_factory: pytest.Te
         p.stop()
 
 
-def test_repeated_failures_are_throttled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.fixture(scope="module")
+def budget_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """Small failed-login budgets: 3 per (address, user), 10 per address."""
     prepare_backend(pg)
     p = ProxyProcess(
-        pg, tmp_path_factory.mktemp("throttle"), limits={"max_auth_failures": 2, "auth_failure_window": 60}
+        pg, tmp_path_factory.mktemp("budget"),
+        limits={"max_auth_failures": 3, "max_auth_failures_per_address": 10, "auth_failure_window": 600},
     ).start()
-    try:
-        def timed() -> float:
-            t0 = time.perf_counter()
-            with pytest.raises(psycopg.OperationalError):
-                psycopg.connect(f"host=127.0.0.1 port={p.port} user=ivan password=bad sslmode=disable")
-            return time.perf_counter() - t0
+    yield p
+    p.stop()
 
-        fast = [timed() for _ in range(2)]
-        slow = timed()
-        assert slow > max(fast) + 0.3, (fast, slow)
-        # The right password still works after the delay, and clears the counter.
-        with psycopg.connect(p.dsn("ivan")) as c:
-            assert c.execute("SELECT 1").fetchone() == (1,)
+
+def _attempt(port: int, user: str, password: str) -> dict[str, str] | None:
+    """The error a login ends with, or None when it succeeds."""
+    sock, msgs = login(port, {"user": user, "database": USERS.get(user, ("x",))[0]}, password)
+    sock.close()
+    errs = [fields for t, fields in msgs if t == "E"]
+    return errs[0] if errs else None
+
+
+def test_one_tenants_failures_never_lock_out_another_tenants_user(budget_proxy: ProxyProcess) -> None:
+    # Behind one address (a Tableau Server, a NAT): alice (acme) logs in, bruno (bigco) is guessed at.
+    port = budget_proxy.port
+    assert _attempt(port, "alice", budget_proxy.password("alice")) is None
+    answers = [_attempt(port, "bruno", "guess") for _ in range(12)]
+    assert [a["M"].startswith("password authentication failed") for a in answers] == [True] * 3 + [False] * 9
+    refused = answers[-1]
+    assert refused["C"] == "28P01" and 'too many failed authentication attempts for user "bruno"' in refused["M"]
+    assert "try again in" in refused["M"]
+    # alice's success in between clears nothing of bruno's, and bruno's failures refuse nothing of alice's.
+    for _ in range(3):
+        assert _attempt(port, "alice", budget_proxy.password("alice")) is None
+        assert _attempt(port, "bruno", budget_proxy.password("bruno"))["M"].startswith("too many failed")
+    # The address budget (10) is spent by a spray over new names; alice, known here, still logs in.
+    for i in range(8):
+        _attempt(port, f"spray{i}", "guess")
+    assert _attempt(port, "gina", budget_proxy.password("gina"))["M"].startswith("too many failed")
+    assert _attempt(port, "alice", budget_proxy.password("alice")) is None
+    text = urllib.request.urlopen(budget_proxy.metrics_url + "/metrics", timeout=10).read().decode()
+    assert 'pgtenant_auth_throttled_total{limit="address_user"}' in text
+    assert 'pgtenant_auth_throttled_total{limit="address"}' in text
+
+
+def test_parallel_guesses_cannot_outrun_the_budget(budget_proxy: ProxyProcess) -> None:
+    # 40 logins of ivan at once: they all start before any fails, yet only the budget's worth try a password.
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(lambda _: _attempt(budget_proxy.port, "ivan", "guess"), range(40)))
+    tried = [a for a in answers if a is not None and a["M"].startswith("password authentication failed")]
+    refused = [a for a in answers if a is not None and a["M"].startswith("too many failed")]
+    assert len(tried) <= 3 and len(tried) + len(refused) == 40
+
+
+def _server_first(port: int, user: str) -> bytes:
+    """The salt and iteration count (",s=...,i=...") the proxy offers `user`; hangs up before any proof."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(m.encode_startup_message({"user": user}))
+        assert _read_message(sock)[0] == b"R"
+        first = b"n,,n=,r=fixedclientnonce"
+        sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+        t, body = _read_message(sock)
+        assert t == b"R" and struct.unpack_from("!i", body)[0] == m.AUTH_SASL_CONTINUE
+        return body[4:].split(b",", 1)[1]
+
+
+def test_unknown_users_salts_stay_the_same_across_reloads_and_restarts(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # No auth_mock_secret configured (as in the demo before): the proxy persists one beside its config.
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("salts"), limits=NO_THROTTLE).start()
+    users = ("alice", "nosuchuser", "Alice", "alice ")
+    try:
+        before = [_server_first(p.port, u) for u in users]
+        p.reload("reloaded")
+        assert [_server_first(p.port, u) for u in users] == before
+        p.stop()
+        p.start(provision=False)
+        assert [_server_first(p.port, u) for u in users] == before
     finally:
         p.stop()
+    assert len(set(before)) == len(users)
 
 
 def test_scram_over_tls_with_channel_binding(proxy: ProxyProcess, tls_certs: TlsFiles) -> None:

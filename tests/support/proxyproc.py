@@ -88,6 +88,7 @@ class ProxyProcess:
     port: int = 0
     metrics_port: int = 0
     audit: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # more [metrics] keys
     admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
     provision_args: tuple[str, ...] = ()  # more `pgtenant provision` options, e.g. ("--trust", "app")
     proc: subprocess.Popen[bytes] | None = None
@@ -118,6 +119,7 @@ class ProxyProcess:
             "[metrics]",
             f"port = {self.metrics_port}",
             "max_tenants = 3",
+            *(f"{k} = {json.dumps(v)}" for k, v in self.metrics.items()),
             "[audit]",
             *(f"{k} = {json.dumps(v)}" for k, v in self.audit.items()),
             "[admin]",

@@ -9,6 +9,7 @@ import pytest
 from scramp import ScramClient
 
 from proxy.actions import (
+    AdminLogin,
     CloseClient,
     CloseServer,
     ConnectBackend,
@@ -16,7 +17,6 @@ from proxy.actions import (
     RelayToClient,
     RelayToServer,
     SendClient,
-    Sleep,
     StartClientTls,
 )
 from proxy.auth.scram import make_verifier
@@ -117,13 +117,64 @@ def test_unknown_user_same_shape(session: ClientSession) -> None:
     assert close.error.sqlstate == "28P01" and close.reason == "auth_failed:unknown_user"
 
 
-def test_throttle_delays_after_failures(tmp_path: Path) -> None:
+def test_login_beyond_the_failure_budget_is_refused(tmp_path: Path) -> None:
     throttle = AuthThrottle(max_failures=1)
-    throttle.record_failure("10.0.0.1", 100.0)
+    assert throttle.admit("10.0.0.1", "alice", 100.0) is None
+    throttle.failed("10.0.0.1", "alice", 100.0)
     s = ClientSession(make_config(tmp_path), session_id="s", client_address="10.0.0.1", throttle=throttle,
                       clock=lambda: 100.0, tls_available=False)
-    actions = s.client_data(m.encode_startup_message({"user": "alice"}))
-    assert isinstance(actions[0], Sleep) and actions[0].seconds > 0
+    [close] = s.client_data(m.encode_startup_message({"user": "alice"}))
+    assert isinstance(close, CloseClient) and close.reason == "auth_throttled:address_user"
+    assert close.error.sqlstate == "28P01" and "try again in 60 seconds" in close.error.message
+    # Another user from the same address is not concerned.
+    other = ClientSession(make_config(tmp_path), session_id="t", client_address="10.0.0.1", throttle=throttle,
+                          clock=lambda: 100.0, tls_available=False)
+    assert sent(other.client_data(m.encode_startup_message({"user": "bob"})))[:1] == b"R"
+
+
+def test_a_client_leaving_after_the_challenge_counts_as_a_failure(tmp_path: Path) -> None:
+    throttle = AuthThrottle(max_failures=5)
+
+    def session() -> ClientSession:
+        return ClientSession(make_config(tmp_path), session_id="s", client_address="10.0.0.1", throttle=throttle,
+                             clock=lambda: 100.0, tls_available=False)
+
+    psql = session()  # psql hangs up at AuthenticationSASL to ask for the password: not a failure
+    psql.client_data(m.encode_startup_message({"user": "alice"}))
+    psql.close()
+    assert throttle.failures("10.0.0.1", "alice", 100.0) == 0
+    probe = session()  # a timing probe leaves after the server-first: a failure
+    probe.client_data(m.encode_startup_message({"user": "alice"}))
+    first = b"n,,n=,r=abcdefgh"
+    assert sent(probe.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first)))
+    probe.close()
+    assert throttle.failures("10.0.0.1", "alice", 100.0) == 1
+
+
+def test_mock_iterations_follow_the_configured_users(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw", iterations=10000)}"\n')
+    config = parse_config(
+        {"secrets_file": "s.toml", "backends": {"main": {}},
+         "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
+         "users": {"alice": {"tenant": "acme"}}},
+        base=tmp_path,
+    )
+    s = ClientSession(config, session_id="s", client_address="a", throttle=AuthThrottle(), clock=lambda: 0.0,
+                      tls_available=False)
+    s.client_data(m.encode_startup_message({"user": "nosuchuser"}))
+    first = b"n,,n=,r=abcdefgh"
+    out = sent(s.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first)))
+    assert out.endswith(b",i=10000")
+
+
+def test_oversized_login_message_names_the_real_cap(tmp_path: Path) -> None:
+    # Before login the cap is PostgreSQL's 65,535 bytes, whatever limits.max_message_length (64 MiB by default).
+    s = ClientSession(make_config(tmp_path), session_id="s", client_address="a", throttle=AuthThrottle(),
+                      clock=lambda: 0.0, tls_available=False)
+    s.client_data(m.encode_startup_message({"user": "alice"}))
+    [close] = s.client_data(b"p" + struct.pack("!i", 70000) + b"x" * 16)
+    assert close.error.sqlstate == "54000"
+    assert close.error.message == "message of 70000 bytes exceeds pgtenant's limit of 65535 bytes"
 
 
 def test_ssl_request_then_startup(session: ClientSession) -> None:
@@ -221,3 +272,23 @@ def test_invalid_utf8_is_22021_and_session_stays(session: ClientSession) -> None
     parse = m.Parse("S_1", "SELECT $1", b"\x00\x01\x00\x00\x00\xff").encode()
     [relay] = session.client_data(parse)
     assert b"".join(bytes(c) for c in relay.chunks) == parse
+
+
+def test_admin_login_ends_the_startup_deadline(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\nops = "{make_verifier("pw")}"\n')
+    config = parse_config(
+        {"secrets_file": "s.toml", "backends": {"main": {}}, "admin": {"users": ["ops"]},
+         "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
+         "users": {"alice": {"tenant": "acme"}}},
+        base=tmp_path,
+    )
+    s = ClientSession(config, session_id="s", client_address="a", throttle=AuthThrottle(), clock=lambda: 0.0,
+                      tls_available=False)
+    s.client_data(m.encode_startup_message({"user": "ops", "database": "pgtenant"}))
+    client = ScramClient(["SCRAM-SHA-256"], "ops", "pw")
+    first = client.get_client_first().encode()
+    out = sent(s.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first)))
+    client.set_server_first(out[9:].decode())
+    actions = s.client_data(m.frame(b"p", client.get_client_final().encode()))
+    assert s.state is State.ADMIN and isinstance(actions[-1], AdminLogin)  # the driver logs, counts, audits it
+    assert s.timeout() == [] and s.state is State.ADMIN  # the startup deadline no longer applies

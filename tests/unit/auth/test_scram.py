@@ -787,3 +787,48 @@ def test_non_canonical_base64_proof_is_refused(verifier: ScramVerifier) -> None:
     with pytest.raises(AuthFailed) as exc:
         server.client_final(final[: -len(proof_b64)] + mutated_b64)
     assert exc.value.reason == "malformed"
+
+
+# ------------------------------------------------------------------------------- unknown users: same work
+
+
+def _work_per_step(monkeypatch: pytest.MonkeyPatch, verifier: ScramVerifier | None, **kwargs: Any) -> list[int]:
+    """HMACs computed by each step of an exchange that ends with a wrong proof."""
+    import proxy.auth.scram as scram
+
+    calls: list[bytes] = []
+    real = scram._hmac
+    monkeypatch.setattr(scram, "_hmac", lambda key, msg: calls.append(msg) or real(key, msg))
+    counts = []
+    server = ScramServerExchange(verifier, username="alice", mock_secret=SECRET, **kwargs)
+    counts.append(len(calls))
+    client = ScramClient([SCRAM_SHA_256], "alice", "wrong horse")
+    server_first = server.client_first(SCRAM_SHA_256, client.get_client_first().encode())
+    counts.append(len(calls) - sum(counts))
+    client.set_server_first(server_first.decode())
+    with pytest.raises(AuthFailed):
+        server.client_final(client.get_client_final().encode())
+    counts.append(len(calls) - sum(counts))
+    return counts
+
+
+def test_known_and_unknown_users_do_the_same_work_at_every_step(
+    monkeypatch: pytest.MonkeyPatch, verifier: ScramVerifier
+) -> None:
+    # The mock verifier is made for a real user too, at the same moment: no step is faster for either.
+    known = _work_per_step(monkeypatch, verifier)
+    unknown = _work_per_step(monkeypatch, None)
+    assert known == unknown
+    assert known[0] >= 3  # the mock's salt and keys are computed up front, for both
+
+
+def test_mock_iteration_count_mimics_the_configured_users() -> None:
+    assert mock_verifier("ghost", SECRET, iterations=((10000, 3),)).iterations == 10000
+    mixed = ((4096, 1), (10000, 3))
+    counts = [mock_verifier(f"ghost{i}", SECRET, iterations=mixed).iterations for i in range(400)]
+    assert set(counts) == {4096, 10000}
+    assert 0.6 < counts.count(10000) / len(counts) < 0.9  # drawn by the users' own proportions (3 in 4)
+    # Stable per name, so probing twice cannot tell a mock from a real user.
+    assert [mock_verifier(f"ghost{i}", SECRET, iterations=mixed).iterations for i in range(400)] == counts
+    server = ScramServerExchange(None, username="ghost", mock_secret=SECRET, mock_iterations=((10000, 2),))
+    assert server.client_first(SCRAM_SHA_256, b"n,,n=,r=abc").endswith(b",i=10000")

@@ -1,4 +1,4 @@
-"""Failed-login throttle: free attempts, exponential delay, sliding window, success reset, bounded memory."""
+"""Failed-login budgets: refusal beyond the budget, parallel logins, per user and per address, known addresses."""
 
 from __future__ import annotations
 
@@ -6,116 +6,122 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.auth.throttle import AuthThrottle
+from proxy.auth.throttle import AuthThrottle, Refusal
 
 A = "198.51.100.7"
 B = "203.0.113.9"
 
 
-def fail(throttle: AuthThrottle, address: str, times: int, now: float) -> None:
+def fail(t: AuthThrottle, address: str, user: str, times: int, now: float) -> None:
     for _ in range(times):
-        throttle.record_failure(address, now)
+        assert t.admit(address, user, now) is None
+        t.failed(address, user, now)
 
 
-def test_no_delay_under_the_limit() -> None:
+def test_attempts_beyond_the_budget_are_refused_not_delayed() -> None:
+    t = AuthThrottle(max_failures=3, window=60.0)
+    fail(t, A, "uma", 3, 10.0)
+    refusal = t.admit(A, "uma", 20.0)
+    assert refusal == Refusal("address_user", 50.0)  # the first failure leaves the window at 70
+    assert t.admit(A, "uma", 70.5) is None  # a slot freed up
+
+
+def test_parallel_attempts_cannot_outrun_the_budget() -> None:
+    # 300 logins started at once all pass the first check; their proofs arrive one by one, each checked again
+    # before it is looked at: only the budget's worth of guesses get an answer.
     t = AuthThrottle(max_failures=5)
-    assert t.delay_for(A, 0.0) == 0.0
-    fail(t, A, 4, 0.0)
-    assert t.delay_for(A, 1.0) == 0.0
-    assert t.failures(A, 1.0) == 4
+    assert all(t.admit(A, "uma", 0.0) is None for _ in range(300))
+    answered = 0
+    for _ in range(300):
+        if t.admit(A, "uma", 0.1) is None:
+            answered += 1
+            t.failed(A, "uma", 0.1)
+    assert answered == 5
 
 
-def test_exponential_delay_after_the_limit_then_capped() -> None:
-    t = AuthThrottle(max_failures=5, window=60.0, base_delay=0.5, max_delay=10.0)
-    delays = []
-    for i in range(10):
-        t.record_failure(A, float(i))
-        delays.append(t.delay_for(A, float(i)))
-    assert delays == [0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+def test_parallel_logins_with_the_right_password_are_not_held_back() -> None:
+    t = AuthThrottle(max_failures=5)
+    assert all(t.admit(A, "ivan", 0.0) is None for _ in range(50))  # a pool filling up
+    for _ in range(50):
+        assert t.admit(A, "ivan", 0.1) is None
+        t.succeeded(A, "ivan", 0.1)
 
 
-def test_addresses_are_independent() -> None:
+def test_another_users_success_does_not_clear_failures() -> None:
+    t = AuthThrottle(max_failures=4)
+    tried = 0
+    for _ in range(10):  # 40 guesses against uma with a correct alice login every 4th
+        for _ in range(3):
+            if t.admit(A, "uma", 1.0) is None:
+                t.failed(A, "uma", 1.0)
+                tried += 1
+        assert t.admit(A, "alice", 1.0) is None
+        t.succeeded(A, "alice", 1.0)
+    assert tried == 4  # only the budget's worth were even tried
+    assert t.admit(A, "uma", 1.0) is not None
+
+
+def test_own_success_clears_own_failures_only() -> None:
+    t = AuthThrottle(max_failures=3)
+    fail(t, A, "alice", 2, 0.0)
+    fail(t, A, "uma", 2, 0.0)
+    assert t.admit(A, "alice", 0.0) is None
+    t.succeeded(A, "alice", 0.0)
+    assert t.failures(A, "alice", 0.0) == 0 and t.failures(A, "uma", 0.0) == 2
+
+
+def test_one_tenants_failures_never_refuse_another_user_behind_the_same_address() -> None:
+    # A Tableau Server / NAT: uma's guesses spend uma's budget, alice logs in as before.
+    t = AuthThrottle(max_failures=5, max_address_failures=10)
+    assert t.admit(A, "alice", 0.0) is None
+    t.succeeded(A, "alice", 0.0)
+    fail(t, A, "uma", 5, 1.0)
+    for i in range(5):
+        fail(t, A, f"spray{i}", 1, 1.0)  # the address budget (10) is now spent too
+    assert t.admit(A, "uma", 2.0).limit == "address_user"  # type: ignore[union-attr]
+    assert t.admit(A, "newcomer", 2.0).limit == "address"  # type: ignore[union-attr]
+    assert t.admit(A, "alice", 2.0) is None  # alice is known at this address: no budget of others applies
+
+
+def test_a_distributed_guess_at_one_user_is_bounded() -> None:
+    t = AuthThrottle(max_failures=5, max_user_failures=8)
+    for i in range(8):
+        fail(t, f"10.0.0.{i}", "alice", 1, 0.0)
+    assert t.admit("10.9.9.9", "alice", 1.0) == Refusal("user", 59.0)
+    t2 = AuthThrottle(max_failures=5, max_user_failures=8)
+    assert t2.admit(B, "alice", 0.0) is None
+    t2.succeeded(B, "alice", 0.0)
+    for i in range(8):
+        fail(t2, f"10.0.0.{i}", "alice", 1, 0.0)
+    assert t2.admit(B, "alice", 1.0) is None  # where alice logs in from, she still can
+    assert t2.admit(B, "alice", 86401.0) is None  # (and after a day the failures are long gone)
+
+
+def test_unknown_and_known_users_are_counted_alike() -> None:
     t = AuthThrottle(max_failures=2)
-    fail(t, A, 3, 0.0)
-    assert t.delay_for(A, 0.0) > 0
-    assert t.delay_for(B, 0.0) == 0.0
+    fail(t, A, "alice", 2, 0.0)
+    fail(t, A, "no_such_user", 2, 0.0)
+    assert t.admit(A, "alice", 0.0) == t.admit(A, "no_such_user", 0.0)
 
 
-def test_failures_expire_with_the_sliding_window() -> None:
-    t = AuthThrottle(max_failures=3, window=60.0, base_delay=1.0, max_delay=30.0)
-    t.record_failure(A, 0.0)
-    t.record_failure(A, 30.0)
-    t.record_failure(A, 50.0)
-    t.record_failure(A, 55.0)
-    assert t.delay_for(A, 55.0) == 2.0  # 4 failures in (-5, 55]
-    assert t.delay_for(A, 60.0) == 1.0  # the one at t=0 left the window
-    assert t.delay_for(A, 90.0) == 0.0  # only 50 and 55 remain
-    assert t.delay_for(A, 115.0) == 0.0
-    assert len(t) == 0  # fully expired entries are dropped
-
-
-def test_success_clears_the_address() -> None:
-    t = AuthThrottle(max_failures=1)
-    fail(t, A, 5, 0.0)
-    assert t.delay_for(A, 1.0) > 0
-    t.record_success(A, 1.0)
-    assert t.delay_for(A, 1.0) == 0.0
-    assert len(t) == 0
-    t.record_success(B, 1.0)  # unknown address: no-op
-
-
-def test_memory_is_bounded_and_oldest_evicted_first() -> None:
-    t = AuthThrottle(max_failures=1, window=1000.0, max_tracked=3)
-    for i, address in enumerate(["a", "b", "c", "d"]):
-        t.record_failure(address, float(i))
-    assert len(t) == 3
-    assert t.failures("a", 4.0) == 0  # evicted: least recently failed
-    assert t.failures("d", 4.0) == 1
-    t.record_failure("b", 5.0)  # b becomes the most recent
-    t.record_failure("e", 6.0)
-    assert t.failures("c", 6.0) == 0 and t.failures("b", 6.0) == 2
-
-
-def test_expired_addresses_are_pruned_on_new_failures() -> None:
-    t = AuthThrottle(window=10.0)
+def test_failures_expire_and_memory_is_bounded() -> None:
+    t = AuthThrottle(max_failures=3, window=10.0, max_tracked=3)
     for i in range(100):
-        t.record_failure(f"10.0.0.{i}", 0.0)
-    assert len(t) == 100
-    t.record_failure(A, 11.0)
-    assert len(t) == 1
-
-
-def test_per_address_history_is_bounded() -> None:
-    t = AuthThrottle(max_failures=5, base_delay=0.5, max_delay=10.0)
-    fail(t, A, 10_000, 0.0)
-    assert t.failures(A, 0.0) <= 5 + 5 + 1
-    assert t.delay_for(A, 0.0) == 10.0
-
-
-def test_huge_exponents_do_not_overflow() -> None:
-    for base, cap in ((1e-300, 1e300), (2.0, 1e308)):
-        t = AuthThrottle(max_failures=1, base_delay=base, max_delay=cap)
-        fail(t, A, 3000, 0.0)
-        assert 0 < t.delay_for(A, 0.0) <= cap
-    assert t.delay_for(A, 0.0) == 1e308  # 2.0 * 2**1023 overflows to inf, then the cap applies
-
-
-def test_default_clock_is_used_when_now_is_omitted() -> None:
-    t = AuthThrottle(max_failures=1)
-    t.record_failure(A)
-    assert t.delay_for(A) == 0.5
-    assert t.failures(A) == 1
+        fail(t, f"10.0.0.{i}", f"u{i}", 1, float(i) / 100)
+    assert len(t._pairs.entries) <= 3 and len(t._users.entries) <= 3 and len(t._addresses.entries) <= 3
+    t.failed(A, "x", 100.0)
+    assert len(t) == 3  # everything else expired: only the new failure, once in each budget
+    big = AuthThrottle(max_failures=2)
+    for _ in range(1000):
+        big.admit(A, "alice", 0.0)
+        big.failed(A, "alice", 0.0)
+    assert len(big._pairs.entries[(A, "alice")]) <= 2  # history kept no longer than it matters
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [
-        {"max_failures": 0},
-        {"window": 0.0},
-        {"base_delay": -1.0},
-        {"base_delay": 5.0, "max_delay": 1.0},
-        {"max_tracked": 0},
-    ],
+    [{"max_failures": 0}, {"window": 0.0}, {"max_user_failures": 0}, {"max_address_failures": 0},
+     {"max_tracked": 0}, {"remember_success": 0.0}],
 )
 def test_invalid_configuration(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -124,21 +130,26 @@ def test_invalid_configuration(kwargs: dict[str, float]) -> None:
 
 @given(
     events=st.lists(
-        st.tuples(
-            st.sampled_from(["fail", "ok", "ask"]), st.sampled_from(["a", "b", "c", "d"]), st.floats(0, 5)
-        ),
-        max_size=60,
+        st.tuples(st.sampled_from(["fail", "ok", "leave"]), st.sampled_from(["a", "b"]),
+                  st.sampled_from(["u", "v", "w"]), st.floats(0, 5)),
+        max_size=80,
     )
 )
-def test_delay_always_within_bounds(events: list[tuple[str, str, float]]) -> None:
-    t = AuthThrottle(max_failures=2, window=10.0, base_delay=0.25, max_delay=3.0, max_tracked=3)
+def test_never_more_tried_than_the_budget_in_any_window(events: list[tuple[str, str, str, float]]) -> None:
+    t = AuthThrottle(max_failures=2, window=10.0, max_user_failures=3, max_address_failures=4, max_tracked=50)
     now = 0.0
-    for kind, address, step in events:
+    tried: list[tuple[float, str, str]] = []  # failed attempts
+    for kind, address, user, step in events:
         now += step
-        if kind == "fail":
-            t.record_failure(address, now)
+        if t.admit(address, user, now) is not None:
+            continue
+        if kind == "fail" and t.admit(address, user, now) is None:  # checked again when the proof arrives
+            t.failed(address, user, now)
+            tried.append((now, address, user))
         elif kind == "ok":
-            t.record_success(address, now)
-        delay = t.delay_for(address, now)
-        assert delay == 0.0 or 0.25 <= delay <= 3.0
-        assert len(t) <= 3
+            t.succeeded(address, user, now)
+            tried = [x for x in tried if (x[1], x[2]) != (address, user)]
+        recent = [x for x in tried if x[0] > now - 10.0]
+        for a in ("a", "b"):
+            for u in ("u", "v", "w"):
+                assert sum(1 for x in recent if x[1:] == (a, u)) <= 2
