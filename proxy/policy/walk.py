@@ -55,6 +55,7 @@ class RelRef:
     key: Any = None
     stmt: Node | None = None
     stmt_kind: str = ""
+    sample: Node | None = None  # the RangeTableSample body of a SAMPLE ref (`holder[key]` holds that node)
 
 
 @dataclass(slots=True)
@@ -80,6 +81,10 @@ class Analysis:
     reg_unchecked: list[str] = field(default_factory=list)  # reg* casts of a parameter, number or expression
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
+    # Names that may be whole-row references: single-name column references (`SELECT o`, `row_to_json(o)`)
+    # and the X of `X.*` / `s.X.*` (a whole row inside an expression, columns at the top of a target list).
+    row_names: set[str] = field(default_factory=set)
+    star_names: set[str] = field(default_factory=set)
     locking: bool = False
     kinds: set[str] = field(default_factory=set)
 
@@ -223,7 +228,7 @@ class _Walker:
             body = item[tag]
             rel = body.get("relation", {})
             if "RangeVar" in rel:
-                self.ref(rel["RangeVar"], SAMPLE, scope, body, "relation")
+                self.ref(rel["RangeVar"], SAMPLE, scope, holder, key, sample=body)
             else:
                 self.from_item(rel, scope, body, "relation")
             self.fields(body, scope, skip=("relation",))
@@ -318,6 +323,10 @@ def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> No
         w.out.column_refs.append(names)
         if len(names) > 2:
             w.out.qualified_columns.append(b)
+        if names[-1] == "*":
+            w.out.star_names.add(names[-2])
+    elif names and names[0] != "*":
+        w.out.row_names.add(names[0])
 
 
 def _h_copy(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
