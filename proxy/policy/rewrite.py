@@ -490,36 +490,12 @@ def join_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
     )
 
 
-def names_whole_row(analysis: Analysis, node: Node, ref: RelRef) -> bool:
+def names_whole_row(analysis: Analysis, ref: RelRef) -> bool:
     """True if the statement may reference `ref`'s FROM item as a whole row: a single-name column reference
-    with its reference name (`o`, `row_to_json(o)`, `o = o2`, `(o).id`), or `o.*` anywhere but at the top of a
-    target list (where it stands for the columns)."""
+    with its reference name (`o`, `row_to_json(o)`, `o = o2`, `(o).id`), or `o.*` anywhere but as a target-list
+    entry (where it stands for the columns)."""
     name = _refname(ref.rv)
-    if name in analysis.row_names:
-        return True
-    return name in analysis.star_names and _star_in_expression(node, name)
-
-
-def _star_in_expression(node: Node, name: str) -> bool:
-    """True if the tree has a column reference `<name>.*` (or `s.<name>.*`) that is not itself an entry of a
-    target or RETURNING list (a ResTarget whose value is the bare column reference)."""
-    stack: list[Any] = [node]
-    while stack:
-        value = stack.pop()
-        if type(value) is list:
-            stack.extend(v for v in value if type(v) is dict or type(v) is list)
-            continue
-        target = value.get("ResTarget")
-        if target is not None and "ColumnRef" in target.get("val", {}):
-            continue
-        col = value.get("ColumnRef")
-        if col is not None:
-            fields = names_of(col.get("fields"))
-            if len(fields) > 1 and fields[-1] == "*" and fields[-2] == name:
-                return True
-            continue
-        stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
-    return False
+    return name in analysis.row_names or name in analysis.star_names
 
 
 def names_system_column(node: Any) -> bool:
@@ -552,11 +528,11 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         flt = relation_filter(policy, ref.rv)
         if flt is None:
             continue
-        if ref.role == READ and join_filterable(policy, ref, flt):
+        if ref.role == READ and ref.holder is not None and not ref.table_form:
             # The relation stays (its system columns, its row type for whole-row references) when named so.
             if system_columns is None:
                 system_columns = _mentions_system_column(data, stmt) and names_system_column(stmt.node)
-            if system_columns or names_whole_row(analysis, stmt.node, ref):
+            if (system_columns or names_whole_row(analysis, ref)) and join_filterable(policy, ref, flt):
                 if where_filterable(policy, ref, flt):
                     assert ref.stmt is not None
                     in_where.setdefault(id(ref.stmt), (ref.stmt, []))[1].append((ref, flt))

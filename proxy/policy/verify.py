@@ -205,7 +205,7 @@ class _Coverage:
         """True if this join is an injected join filter `(<t> JOIN (SELECT) <alias> ON <tenant predicate>)`: an
         inner join of a plain relation (no column alias list) with an empty row, nothing else; only for a table
         under forced RLS, like the WHERE form."""
-        if set(body) != _JOIN_FILTER_KEYS or body["jointype"] != "JOIN_INNER":
+        if len(body) != 4 or body.get("jointype") != "JOIN_INNER" or set(body) != _JOIN_FILTER_KEYS:
             return False
         rv = body["larg"].get("RangeVar")
         empty = body["rarg"].get("RangeSubselect")

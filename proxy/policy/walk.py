@@ -82,7 +82,7 @@ class Analysis:
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
     # Names that may be whole-row references: single-name column references (`SELECT o`, `row_to_json(o)`)
-    # and the X of `X.*` / `s.X.*` (a whole row inside an expression, columns at the top of a target list).
+    # and the X of `X.*` / `s.X.*` inside an expression (a whole row; a target-list entry `X.*` is X's columns).
     row_names: set[str] = field(default_factory=set)
     star_names: set[str] = field(default_factory=set)
     locking: bool = False
@@ -323,10 +323,22 @@ def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> No
         w.out.column_refs.append(names)
         if len(names) > 2:
             w.out.qualified_columns.append(b)
-        if names[-1] == "*":
+        if names[-1] == "*" and holder is not _TARGET:
             w.out.star_names.add(names[-2])
     elif names and names[0] != "*":
         w.out.row_names.add(names[0])
+
+
+_TARGET = object()  # holder marker: the column reference is a whole target-list entry
+
+
+def _h_restarget(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    val = b.get("val")
+    if val is not None and "ColumnRef" in val:  # `o.*` here stands for o's columns, not for a row
+        _h_columnref(w, val["ColumnRef"], scope, _TARGET, None)
+        w.fields(b, scope, skip=("val",))
+    else:
+        w.fields(b, scope)
 
 
 def _h_copy(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
@@ -382,6 +394,7 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "A_Expr": _h_aexpr,
     "CollateClause": _h_collate,
     "ColumnRef": _h_columnref,
+    "ResTarget": _h_restarget,
     "CopyStmt": _h_copy,
     "CreateStmt": _h_create,
     "TableLikeClause": _h_like,
