@@ -78,10 +78,10 @@ def wrapper_node(rv: Node, flt: Filter, fence: bool = False) -> Node:
     return {"RangeSubselect": {"subquery": star_select([_STAR], {"RangeVar": inner}, where, fence), "alias": alias}}
 
 
-def join_filter_node(rv: Node, dummy: str, pred: str) -> Node:
-    """The tree of `(<rv> JOIN (SELECT) <dummy> ON <pred>)` (see `_Planner.join_filter`)."""
+def join_filter_node(item: Node, dummy: str, pred: str) -> Node:
+    """The tree of `(<item> JOIN (SELECT) <dummy> ON <pred>)` (see `_Planner.join_filter`)."""
     empty = {"RangeSubselect": {"subquery": {"SelectStmt": dict(_SELECT_DEFAULTS)}, "alias": {"aliasname": dummy}}}
-    return {"JoinExpr": {"jointype": "JOIN_INNER", "larg": {"RangeVar": rv}, "rarg": empty, "quals": expr_node(pred)}}
+    return {"JoinExpr": {"jointype": "JOIN_INNER", "larg": item, "rarg": empty, "quals": expr_node(pred)}}
 
 
 def wrapper_sql(name: str, flt: Filter, relname: str, fence: bool) -> str:
@@ -207,10 +207,13 @@ class _Planner:
         """Keep the relation of a FROM item and filter it by an inner join with an empty row on the tenant
         predicate: `(<item> JOIN (SELECT) "_pgt_<n>" ON "<ref>"."<col>" = '<value>')`. Exactly the table's
         rows of the tenant, in any FROM or JOIN position; the item keeps its row type (whole-row references)
-        and system columns. Used only for tables under forced RLS (like `filter_in_where`)."""
+        and system columns. Used only for tables under forced RLS (like `filter_in_where`). A sampled item
+        (`t TABLESAMPLE …`) is joined as a whole: sampled, then filtered, like the sampled wrapper."""
         rv = ref.rv
         start, end, _name = self.name_span(ref)
-        if "alias" in rv:
+        if ref.sample is not None:
+            end = self.text.toks_from(end)[self.sample_clause(end)[1]].end
+        elif "alias" in rv:
             toks = tokens_from(self.text.data, end, self.text.end, need=2)
             at = 1 if toks and toks[0].name == "AS" else 0
             if at >= len(toks):
@@ -224,20 +227,24 @@ class _Planner:
         pred = flt.predicate(_refname(rv))
         self.edit(start, start, "(")
         self.edit(end, end, f" JOIN (SELECT) {quote_ident(dummy)} ON {pred})")
-        self.replace_leaf(ref.holder, ref.key, join_filter_node(rv, dummy, pred))
+        if ref.sample is None:
+            self.replace_leaf(ref.holder, ref.key, join_filter_node({"RangeVar": rv}, dummy, pred))
+        else:  # the sampling arguments may hold filtered subqueries of their own: no leaf splice
+            holder, key, node = ref.holder, ref.key, join_filter_node({"RangeTableSample": ref.sample}, dummy, pred)
+
+            def mutation() -> None:
+                holder[key] = node
+
+            self.mutate(mutation)
         self.rule("tenant_filter_join")
 
-    def sample(self, ref: RelRef, flt: Filter) -> None:
-        """`t [AS a] TABLESAMPLE m (args) [REPEATABLE (seed)]` becomes `(SELECT * FROM t TABLESAMPLE m (args)
-        [REPEATABLE (seed)] WHERE <filter> [OFFSET 0]) [AS a]`: the sample is drawn from the table, then
-        filtered (as PostgreSQL applies forced RLS to the sampled rows)."""
-        rv, body = ref.rv, ref.sample or {}
-        start, end, name = self.name_span(ref)
+    def sample_clause(self, end: int) -> tuple[int, int]:
+        """Indexes, in the tokens from byte `end` (the end of a sampled relation's name), of the TABLESAMPLE
+        keyword and of the `)` that ends the clause (its arguments, or its REPEATABLE seed)."""
         toks = self.text.toks_from(end)
         at = self._first_at_depth0(toks, 0, len(toks), "TABLESAMPLE")
         if at is None or at + 1 >= len(toks):
             raise TextError("TABLESAMPLE not found")
-        alias_text = self.text.cut(end, toks[at].start).strip() if "alias" in rv else quote_ident(rv["relname"])
         j = at + 1
         while j < len(toks) and toks[j].name != OPEN:
             j += 1
@@ -246,6 +253,17 @@ class _Planner:
         close = matching_close(toks, j)
         if close + 2 < len(toks) and toks[close + 1].name == "REPEATABLE" and toks[close + 2].name == OPEN:
             close = matching_close(toks, close + 2)
+        return at, close
+
+    def sample(self, ref: RelRef, flt: Filter) -> None:
+        """`t [AS a] TABLESAMPLE m (args) [REPEATABLE (seed)]` becomes `(SELECT * FROM t TABLESAMPLE m (args)
+        [REPEATABLE (seed)] WHERE <filter> [OFFSET 0]) [AS a]`: the sample is drawn from the table, then
+        filtered (as PostgreSQL applies forced RLS to the sampled rows)."""
+        rv, body = ref.rv, ref.sample or {}
+        start, end, name = self.name_span(ref)
+        toks = self.text.toks_from(end)
+        at, close = self.sample_clause(end)
+        alias_text = self.text.cut(end, toks[at].start).strip() if "alias" in rv else quote_ident(rv["relname"])
         fence = needs_fence(self.policy, flt)
         self.edit(start, toks[at].start, f"(SELECT * FROM {name} ")
         where = f" WHERE {flt.predicate(rv['relname'])}{' OFFSET 0' if fence else ''})"
@@ -478,9 +496,10 @@ def where_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
 
 def join_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
     """True when `ref` may keep its relation and be filtered by `_Planner.join_filter`: a FROM or JOIN item (not
-    `TABLE t`) without a column alias list, a tenant filter that is one comparison, forced RLS behind it."""
+    `TABLE t`; sampled or not) without a column alias list, a tenant filter that is one comparison, forced RLS
+    behind it."""
     return (
-        ref.role == READ
+        ref.role in (READ, SAMPLE)
         and ref.holder is not None
         and not ref.table_form
         and not ref.rv.get("alias", {}).get("colnames")
@@ -528,12 +547,12 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         flt = relation_filter(policy, ref.rv)
         if flt is None:
             continue
-        if ref.role == READ and ref.holder is not None and not ref.table_form:
+        if ref.role in (READ, SAMPLE) and ref.holder is not None and not ref.table_form:
             # The relation stays (its system columns, its row type for whole-row references) when named so.
             if system_columns is None:
                 system_columns = _mentions_system_column(data, stmt) and names_system_column(stmt.node)
             if (system_columns or names_whole_row(analysis, ref)) and join_filterable(policy, ref, flt):
-                if where_filterable(policy, ref, flt):
+                if ref.role == READ and where_filterable(policy, ref, flt):
                     assert ref.stmt is not None
                     in_where.setdefault(id(ref.stmt), (ref.stmt, []))[1].append((ref, flt))
                 else:

@@ -172,6 +172,9 @@ class _Coverage:
         elif "JoinExpr" in item:
             body = item["JoinExpr"]
             if self.join_filter(body):
+                sample = body["larg"].get("RangeTableSample")
+                if sample is not None:  # its arguments may hold subqueries
+                    self.push(sample, scope, ("relation",))
                 return
             for side in ("larg", "rarg"):
                 if side in body:
@@ -203,11 +206,14 @@ class _Coverage:
 
     def join_filter(self, body: Node) -> bool:
         """True if this join is an injected join filter `(<t> JOIN (SELECT) <alias> ON <tenant predicate>)`: an
-        inner join of a plain relation (no column alias list) with an empty row, nothing else; only for a table
-        under forced RLS, like the WHERE form."""
+        inner join of a plain (or sampled) relation without a column alias list with an empty row, nothing else;
+        only for a table under forced RLS, like the WHERE form."""
         if len(body) != 4 or body.get("jointype") != "JOIN_INNER" or set(body) != _JOIN_FILTER_KEYS:
             return False
-        rv = body["larg"].get("RangeVar")
+        larg = body["larg"]
+        if "RangeTableSample" in larg:  # sampled, then filtered (the caller checks the sampling arguments)
+            larg = larg["RangeTableSample"].get("relation", {})
+        rv = larg.get("RangeVar")
         empty = body["rarg"].get("RangeSubselect")
         if rv is None or empty is None or rv.get("alias", {}).get("colnames"):
             return False

@@ -214,6 +214,8 @@ ROW_QUERIES = [
     "SELECT c.id, (array_agg(o ORDER BY o.id))[1] FROM customers c LEFT JOIN orders o ON o.customer_id = c.id"
     " GROUP BY c.id ORDER BY c.id",
     "SELECT (o).id, o.*, o FROM ONLY orders AS o WHERE o.id % 11 = 0 ORDER BY o.id",
+    "SELECT o, c FROM orders o TABLESAMPLE BERNOULLI (30) REPEATABLE (2) JOIN customers c ON c.id = o.customer_id"
+    " ORDER BY o.id",
 ]
 
 

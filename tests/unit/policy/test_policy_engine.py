@@ -383,7 +383,11 @@ def test_verifier_checks_a_sampled_wrapper_and_its_arguments() -> None:
         " WHERE \"orders\".\"tenant_id\" = 'acme') o",
     ):
         assert not _coverage_ok(SHARED, bad), bad
+    joined = "SELECT o FROM (orders o TABLESAMPLE SYSTEM ({}) JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme')"
+    assert _coverage_ok(SHARED, joined.format(5))
+    assert not _coverage_ok(SHARED, joined.format("(SELECT count(*) FROM customers)"))  # arguments checked
     fenced = POLICIES["shared_fence"]
+    assert not _coverage_ok(fenced, joined.format(5))
     assert not _coverage_ok(fenced, ok)  # without forced RLS the wrapper must be fenced
     assert _coverage_ok(fenced, ok.replace("'acme')", "'acme' OFFSET 0)"))
 

@@ -95,9 +95,11 @@ def _where_has_filter(query: ast.SelectStmt, rv: ast.RangeVar, value: str, polic
 
 
 def _is_join_filter_for(join: ast.JoinExpr, rv: ast.RangeVar, value: str, policy: TenantPolicy) -> bool:
-    """`(<rv> JOIN (SELECT) <name> ON "<ref>"."<column>" = '<value>')`: an inner join (no USING, not NATURAL, no
-    alias) of `rv` (no column alias list, its table under forced RLS) with an empty SELECT, on the predicate."""
-    if join.jointype != enums.JoinType.JOIN_INNER or join.larg is not rv or join.isNatural or join.usingClause:
+    """`(<rv> [TABLESAMPLE …] JOIN (SELECT) <name> ON "<ref>"."<column>" = '<value>')`: an inner join (no USING,
+    not NATURAL, no alias) of `rv` (no column alias list, its table under forced RLS), or of `rv`'s sample, with an
+    empty SELECT, on the predicate."""
+    left = join.larg.relation if isinstance(join.larg, ast.RangeTableSample) else join.larg
+    if join.jointype != enums.JoinType.JOIN_INNER or left is not rv or join.isNatural or join.usingClause:
         return False
     if join.alias is not None or join.join_using_alias is not None or (rv.alias is not None and rv.alias.colnames):
         return False
@@ -145,7 +147,12 @@ def unfiltered_references(sql: str, value: str = "acme", policy: TenantPolicy | 
                 and isinstance(parents[-4], ast.RangeSubselect)
                 and _is_wrapper_for(parents[-4], node, value, policy)
             )
-            joined = isinstance(parent, ast.JoinExpr) and _is_join_filter_for(parent, node, value, policy)
+            joined = (isinstance(parent, ast.JoinExpr) and _is_join_filter_for(parent, node, value, policy)) or (
+                isinstance(parent, ast.RangeTableSample)  # a sampled relation joined with the empty row
+                and len(parents) >= 2
+                and isinstance(parents[-2], ast.JoinExpr)
+                and _is_join_filter_for(parents[-2], node, value, policy)
+            )
             in_where = (  # a plain FROM item of a SELECT whose WHERE has its predicate as a top-level conjunct
                 len(parents) >= 2
                 and isinstance(parent, tuple)
