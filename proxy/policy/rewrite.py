@@ -517,22 +517,12 @@ def names_whole_row(analysis: Analysis, ref: RelRef) -> bool:
     return name in analysis.row_names or name in analysis.star_names
 
 
-def names_system_column(node: Any) -> bool:
-    """True if the tree has a column reference whose last name is a system column (ctid, xmin, tableoid…)."""
-    stack = [node]
-    while stack:
-        value = stack.pop()
-        if type(value) is dict:
-            col = value.get("ColumnRef")
-            if col is not None:
-                fields = col.get("fields") or ()
-                last = fields[-1].get("String", {}).get("sval") if fields else None
-                if last in SYSTEM_COLUMNS:
-                    return True
-            stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
-        elif type(value) is list:
-            stack.extend(v for v in value if type(v) is dict or type(v) is list)
-    return False
+def names_system_column(analysis: Analysis) -> bool:
+    """True if the statement has a column reference whose last name is a system column (ctid, xmin, tableoid…):
+    the walk's single names and qualified references, already case-folded by the parser."""
+    if not SYSTEM_COLUMNS.isdisjoint(analysis.row_names):
+        return True
+    return any(names[-1] in SYSTEM_COLUMNS for names in analysis.column_refs)
 
 
 def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, out: Plan) -> None:
@@ -550,7 +540,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         if ref.role in (READ, SAMPLE) and ref.holder is not None and not ref.table_form:
             # The relation stays (its system columns, its row type for whole-row references) when named so.
             if system_columns is None:
-                system_columns = _mentions_system_column(data, stmt) and names_system_column(stmt.node)
+                system_columns = names_system_column(analysis)
             if (system_columns or names_whole_row(analysis, ref)) and join_filterable(policy, ref, flt):
                 if ref.role == READ and where_filterable(policy, ref, flt):
                     assert ref.stmt is not None
@@ -579,12 +569,6 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
-
-
-def _mentions_system_column(data: bytes, stmt: Statement) -> bool:
-    """A quick look at the text before the tree walk: could the statement name a system column at all?"""
-    text = data[stmt.start : stmt.end].lower()
-    return any(name.encode() in text for name in SYSTEM_COLUMNS)
 
 
 def mutate_all(plan_: Plan) -> None:
