@@ -33,9 +33,9 @@ from proxy.policy.walk import COPY_FROM, COPY_TO, READ, SAMPLE, TARGET, Analysis
 
 WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT is wrapped in
 JOIN_ALIAS = "_pgt_"  # alias prefix of the empty row a FROM item is joined with (`_Planner.join_filter`)
-# A relation's system columns: a derived table does not have them, so a SELECT that names one gets the tenant
-# predicate in its WHERE clause instead of a wrapper, where that is exact and safe (`_Planner.filter_in_where`).
-SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+# A relation's system columns (walk.SYSTEM_COLUMNS): a derived table does not have them, so a SELECT that names
+# one gets the tenant predicate in its WHERE clause instead of a wrapper, where that is exact and safe
+# (`_Planner.filter_in_where`), or a join filter (`_Planner.join_filter`).
 # Tokens that end a SELECT's FROM and WHERE clauses at nesting depth 0 (besides an unmatched ')' and ';').
 _WHERE_END = frozenset(
     {"GROUP_P", "HAVING", "WINDOW", "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR", "UNION", "INTERSECT", "EXCEPT"}
@@ -517,19 +517,10 @@ def names_whole_row(analysis: Analysis, ref: RelRef) -> bool:
     return name in analysis.row_names or name in analysis.star_names
 
 
-def names_system_column(analysis: Analysis) -> bool:
-    """True if the statement has a column reference whose last name is a system column (ctid, xmin, tableoid…):
-    the walk's single names and qualified references, already case-folded by the parser."""
-    if not SYSTEM_COLUMNS.isdisjoint(analysis.row_names):
-        return True
-    return any(names[-1] in SYSTEM_COLUMNS for names in analysis.column_refs)
-
-
 def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, out: Plan) -> None:
     """Add the edits that filter every filtered relation referenced by `stmt` to `out`."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
-    system_columns: bool | None = None  # looked for once, and only when a SELECT could keep them
     taken: set[str] | None = None  # FROM-item names, for the empty rows of join filters
     for ref in analysis.refs:
         if ref.cte or ref.role not in (READ, SAMPLE, COPY_TO, COPY_FROM, TARGET):
@@ -537,18 +528,16 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         flt = relation_filter(policy, ref.rv)
         if flt is None:
             continue
-        if ref.role in (READ, SAMPLE) and ref.holder is not None and not ref.table_form:
-            # The relation stays (its system columns, its row type for whole-row references) when named so.
-            if system_columns is None:
-                system_columns = names_system_column(analysis)
-            if (system_columns or names_whole_row(analysis, ref)) and join_filterable(policy, ref, flt):
-                if ref.role == READ and where_filterable(policy, ref, flt):
-                    assert ref.stmt is not None
-                    in_where.setdefault(id(ref.stmt), (ref.stmt, []))[1].append((ref, flt))
-                else:
-                    taken = set(analysis.refnames) if taken is None else taken
-                    planner.join_filter(ref, flt, taken)
-                continue
+        # The relation stays (its system columns, its row type for whole-row references) when named so.
+        keep = ref.role in (READ, SAMPLE) and (analysis.system_columns or names_whole_row(analysis, ref))
+        if keep and join_filterable(policy, ref, flt):
+            if ref.role == READ and where_filterable(policy, ref, flt):
+                assert ref.stmt is not None
+                in_where.setdefault(id(ref.stmt), (ref.stmt, []))[1].append((ref, flt))
+            else:
+                taken = set(analysis.refnames) if taken is None else taken
+                planner.join_filter(ref, flt, taken)
+            continue
         if ref.role == READ:
             planner.wrap(ref, flt)
         elif ref.role == SAMPLE:

@@ -42,6 +42,9 @@ REG_TYPES: frozenset[str] = frozenset(
 
 Scope = frozenset[str]
 
+# A relation's system columns: a derived table does not have them (see rewrite.py).
+SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+
 
 @dataclass(slots=True)
 class RelRef:
@@ -85,6 +88,7 @@ class Analysis:
     # and the X of `X.*` / `s.X.*` inside an expression (a whole row; a target-list entry `X.*` is X's columns).
     row_names: set[str] = field(default_factory=set)
     star_names: set[str] = field(default_factory=set)
+    system_columns: bool = False  # a column reference names a system column (ctid, xmin, tableoid…)
     locking: bool = False
     kinds: set[str] = field(default_factory=set)
 
@@ -319,6 +323,8 @@ def _h_collate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None
 
 def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("fields"))
+    if names and names[-1] in SYSTEM_COLUMNS:
+        w.out.system_columns = True
     if len(names) > 1:
         w.out.column_refs.append(names)
         if len(names) > 2:
