@@ -191,5 +191,5 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
                 raise fail("temp_shadows_scoped", f'a temporary table may not be called "{rel}"')
         elif ref.role == INHERIT:
             raise fail("ddl_not_allowed", "temporary tables may not inherit from other tables")
-        elif ref.role in (SAMPLE, UNKNOWN) and not ref.cte and relation_filter(policy, rv) is not None:
+        elif ref.role == UNKNOWN and not ref.cte and relation_filter(policy, rv) is not None:
             raise fail("rewrite_unsupported", f'"{rel}" is tenant-filtered and cannot be used in this position')

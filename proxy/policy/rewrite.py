@@ -29,12 +29,13 @@ from proxy.policy.sqltext import (
     tokens_from,
 )
 from proxy.policy.tree import Node, Statement, const_text, dumps, expr_node, names_of, reorder
-from proxy.policy.walk import COPY_FROM, COPY_TO, READ, TARGET, Analysis, RelRef
+from proxy.policy.walk import COPY_FROM, COPY_TO, READ, SAMPLE, TARGET, Analysis, RelRef
 
 WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT is wrapped in
-# A relation's system columns: a derived table does not have them, so a SELECT that names one gets the tenant
-# predicate in its WHERE clause instead of a wrapper, where that is exact and safe (`_Planner.filter_in_where`).
-SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+JOIN_ALIAS = "_pgt_"  # alias prefix of the empty row a FROM item is joined with (`_Planner.join_filter`)
+# A relation's system columns (walk.SYSTEM_COLUMNS): a derived table does not have them, so a SELECT that names
+# one gets the tenant predicate in its WHERE clause instead of a wrapper, where that is exact and safe
+# (`_Planner.filter_in_where`), or a join filter (`_Planner.join_filter`).
 # Tokens that end a SELECT's FROM and WHERE clauses at nesting depth 0 (besides an unmatched ')' and ';').
 _WHERE_END = frozenset(
     {"GROUP_P", "HAVING", "WINDOW", "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR", "UNION", "INTERSECT", "EXCEPT"}
@@ -75,6 +76,12 @@ def wrapper_node(rv: Node, flt: Filter, fence: bool = False) -> Node:
     alias = rv.get("alias") or {"aliasname": rv.get("relname", "")}
     where = expr_node(flt.predicate(rv.get("relname", "")))
     return {"RangeSubselect": {"subquery": star_select([_STAR], {"RangeVar": inner}, where, fence), "alias": alias}}
+
+
+def join_filter_node(item: Node, dummy: str, pred: str) -> Node:
+    """The tree of `(<item> JOIN (SELECT) <dummy> ON <pred>)` (see `_Planner.join_filter`)."""
+    empty = {"RangeSubselect": {"subquery": {"SelectStmt": dict(_SELECT_DEFAULTS)}, "alias": {"aliasname": dummy}}}
+    return {"JoinExpr": {"jointype": "JOIN_INNER", "larg": item, "rarg": empty, "quals": expr_node(pred)}}
 
 
 def wrapper_sql(name: str, flt: Filter, relname: str, fence: bool) -> str:
@@ -161,6 +168,20 @@ class _Planner:
 
     def wrap(self, ref: RelRef, flt: Filter) -> None:
         rv = ref.rv
+        start, end, name = self.name_span(ref)
+        fence = needs_fence(self.policy, flt)
+        sub = wrapper_sql(name, flt, rv["relname"], fence)
+        alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
+        self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
+        self.replace_leaf(ref.holder, ref.key, wrapper_node(rv, flt, fence))
+        if "alias" not in rv:
+            self.unaliased.add((flt.relation.split(".", 1)[0], rv["relname"]))
+        self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+
+    def name_span(self, ref: RelRef) -> tuple[int, int, str]:
+        """Byte span and text of a FROM item's relation name, with a `TABLE` / `ONLY` keyword before it (and the
+        `)` of `ONLY ( name )`); the text starts with "ONLY " for a relation read without its children."""
+        rv = ref.rv
         loc = rv["location"]
         start, end = loc, simple_name_end(self.text.data, loc, _rv_names(rv))
         if end is None:
@@ -180,13 +201,83 @@ class _Planner:
                 end = after[0].end
             if only:
                 name = "ONLY " + name
+        return start, end, name
+
+    def join_filter(self, ref: RelRef, flt: Filter, taken: set[str]) -> None:
+        """Keep the relation of a FROM item and filter it by an inner join with an empty row on the tenant
+        predicate: `(<item> JOIN (SELECT) "_pgt_<n>" ON "<ref>"."<col>" = '<value>')`. Exactly the table's
+        rows of the tenant, in any FROM or JOIN position; the item keeps its row type (whole-row references)
+        and system columns. Used only for tables under forced RLS (like `filter_in_where`). A sampled item
+        (`t TABLESAMPLE …`) is joined as a whole: sampled, then filtered, like the sampled wrapper."""
+        rv = ref.rv
+        start, end, _name = self.name_span(ref)
+        if ref.sample is not None:
+            end = self.text.toks_from(end)[self.sample_clause(end)[1]].end
+        elif "alias" in rv:
+            toks = tokens_from(self.text.data, end, self.text.end, need=2)
+            at = 1 if toks and toks[0].name == "AS" else 0
+            if at >= len(toks):
+                raise TextError("expected the FROM item's alias")
+            end = toks[at].end
+        number = 1
+        while f"{JOIN_ALIAS}{number}" in taken:
+            number += 1
+        dummy = f"{JOIN_ALIAS}{number}"
+        taken.add(dummy)
+        pred = flt.predicate(_refname(rv))
+        self.edit(start, start, "(")
+        self.edit(end, end, f" JOIN (SELECT) {quote_ident(dummy)} ON {pred})")
+        if ref.sample is None:
+            self.replace_leaf(ref.holder, ref.key, join_filter_node({"RangeVar": rv}, dummy, pred))
+        else:  # the sampling arguments may hold filtered subqueries of their own: no leaf splice
+            holder, key, node = ref.holder, ref.key, join_filter_node({"RangeTableSample": ref.sample}, dummy, pred)
+
+            def mutation() -> None:
+                holder[key] = node
+
+            self.mutate(mutation)
+        self.rule("tenant_filter_join")
+
+    def sample_clause(self, end: int) -> tuple[int, int]:
+        """Indexes, in the tokens from byte `end` (the end of a sampled relation's name), of the TABLESAMPLE
+        keyword and of the `)` that ends the clause (its arguments, or its REPEATABLE seed)."""
+        toks = self.text.toks_from(end)
+        at = self._first_at_depth0(toks, 0, len(toks), "TABLESAMPLE")
+        if at is None or at + 1 >= len(toks):
+            raise TextError("TABLESAMPLE not found")
+        j = at + 1
+        while j < len(toks) and toks[j].name != OPEN:
+            j += 1
+        if j >= len(toks):
+            raise TextError("expected the TABLESAMPLE arguments")
+        close = matching_close(toks, j)
+        if close + 2 < len(toks) and toks[close + 1].name == "REPEATABLE" and toks[close + 2].name == OPEN:
+            close = matching_close(toks, close + 2)
+        return at, close
+
+    def sample(self, ref: RelRef, flt: Filter) -> None:
+        """`t [AS a] TABLESAMPLE m (args) [REPEATABLE (seed)]` becomes `(SELECT * FROM t TABLESAMPLE m (args)
+        [REPEATABLE (seed)] WHERE <filter> [OFFSET 0]) [AS a]`: the sample is drawn from the table, then
+        filtered (as PostgreSQL applies forced RLS to the sampled rows)."""
+        rv, body = ref.rv, ref.sample or {}
+        start, end, name = self.name_span(ref)
+        toks = self.text.toks_from(end)
+        at, close = self.sample_clause(end)
+        alias_text = self.text.cut(end, toks[at].start).strip() if "alias" in rv else quote_ident(rv["relname"])
         fence = needs_fence(self.policy, flt)
-        sub = wrapper_sql(name, flt, rv["relname"], fence)
-        alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
-        self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
-        self.replace_leaf(ref.holder, ref.key, wrapper_node(rv, flt, fence))
-        if "alias" not in rv:
-            self.unaliased.add((flt.relation.split(".", 1)[0], rv["relname"]))
+        self.edit(start, toks[at].start, f"(SELECT * FROM {name} ")
+        where = f" WHERE {flt.predicate(rv['relname'])}{' OFFSET 0' if fence else ''})"
+        self.edit(toks[close].end, toks[close].end, f"{where} {alias_text}")
+        inner = {k: v for k, v in rv.items() if k != "alias"}
+        alias = rv.get("alias") or {"aliasname": rv.get("relname", "")}
+        sampled = {"RangeTableSample": {**body, "relation": {"RangeVar": inner}}}
+        query = star_select([_STAR], sampled, expr_node(flt.predicate(rv["relname"])), fence)
+        holder, key = ref.holder, ref.key
+
+        def mutation() -> None:
+            holder[key] = {"RangeSubselect": {"subquery": query, "alias": alias}}
+
+        self.mutate(mutation)
         self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
 
     def copy_to(self, ref: RelRef, flt: Filter) -> None:
@@ -403,44 +494,54 @@ def where_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
     )
 
 
-def names_system_column(node: Any) -> bool:
-    """True if the tree has a column reference whose last name is a system column (ctid, xmin, tableoid…)."""
-    stack = [node]
-    while stack:
-        value = stack.pop()
-        if type(value) is dict:
-            col = value.get("ColumnRef")
-            if col is not None:
-                fields = col.get("fields") or ()
-                last = fields[-1].get("String", {}).get("sval") if fields else None
-                if last in SYSTEM_COLUMNS:
-                    return True
-            stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
-        elif type(value) is list:
-            stack.extend(v for v in value if type(v) is dict or type(v) is list)
-    return False
+def join_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
+    """True when `ref` may keep its relation and be filtered by `_Planner.join_filter`: a FROM or JOIN item (not
+    `TABLE t`; sampled or not) without a column alias list, a tenant filter that is one comparison, forced RLS
+    behind it."""
+    return (
+        ref.role in (READ, SAMPLE)
+        and ref.holder is not None
+        and not ref.table_form
+        and not ref.rv.get("alias", {}).get("colnames")
+        and flt.kind == "tenant"
+        and flt.table in policy.rls_tables
+        and "BoolExpr" not in expr_node(flt.predicate(_refname(ref.rv)))
+    )
+
+
+def names_whole_row(analysis: Analysis, ref: RelRef) -> bool:
+    """True if the statement may reference `ref`'s FROM item as a whole row: a single-name column reference
+    with its reference name (`o`, `row_to_json(o)`, `o = o2`, `(o).id`), or `o.*` anywhere but as a target-list
+    entry (where it stands for the columns)."""
+    name = _refname(ref.rv)
+    return name in analysis.row_names or name in analysis.star_names
 
 
 def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, out: Plan) -> None:
     """Add the edits that filter every filtered relation referenced by `stmt` to `out`."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
-    system_columns: bool | None = None  # looked for once, and only when a SELECT could keep them
+    taken: set[str] | None = None  # FROM-item names, for the empty rows of join filters
     for ref in analysis.refs:
-        if ref.cte or ref.role not in (READ, COPY_TO, COPY_FROM, TARGET):
+        if ref.cte or ref.role not in (READ, SAMPLE, COPY_TO, COPY_FROM, TARGET):
             continue
         flt = relation_filter(policy, ref.rv)
         if flt is None:
             continue
-        if ref.role == READ and where_filterable(policy, ref, flt):
-            if system_columns is None:
-                system_columns = _mentions_system_column(data, stmt) and names_system_column(stmt.node)
-            if system_columns:
+        # The relation stays (its system columns, its row type for whole-row references) when named so.
+        keep = ref.role in (READ, SAMPLE) and (analysis.system_columns or names_whole_row(analysis, ref))
+        if keep and join_filterable(policy, ref, flt):
+            if ref.role == READ and where_filterable(policy, ref, flt):
                 assert ref.stmt is not None
                 in_where.setdefault(id(ref.stmt), (ref.stmt, []))[1].append((ref, flt))
-                continue
+            else:
+                taken = set(analysis.refnames) if taken is None else taken
+                planner.join_filter(ref, flt, taken)
+            continue
         if ref.role == READ:
             planner.wrap(ref, flt)
+        elif ref.role == SAMPLE:
+            planner.sample(ref, flt)
         elif ref.role == COPY_TO:
             planner.copy_to(ref, flt)
         elif ref.role == COPY_FROM:
@@ -457,12 +558,6 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
-
-
-def _mentions_system_column(data: bytes, stmt: Statement) -> bool:
-    """A quick look at the text before the tree walk: could the statement name a system column at all?"""
-    text = data[stmt.start : stmt.end].lower()
-    return any(name.encode() in text for name in SYSTEM_COLUMNS)
 
 
 def mutate_all(plan_: Plan) -> None:

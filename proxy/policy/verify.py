@@ -13,6 +13,8 @@ _WRAPPER_KEYS = frozenset({"targetList", "fromClause", "whereClause", "limitOpti
 _FENCED_WRAPPER_KEYS = _WRAPPER_KEYS | {"limitOffset"}
 _OFFSET_ZERO: Node = {"A_Const": {"ival": {}}}
 _INSERT_WRAPPER_ALIAS = "_pgt"
+_JOIN_FILTER_KEYS = frozenset({"jointype", "larg", "rarg", "quals"})
+_EMPTY_SELECT: Node = {"SelectStmt": {"limitOption": "LIMIT_OPTION_DEFAULT", "op": "SETOP_NONE"}}
 
 
 class Unverified(Exception):
@@ -163,8 +165,17 @@ class _Coverage:
             body = item["RangeSubselect"]
             if not self.wrapper(body):
                 self.push(body, scope, ())
+            else:
+                sample = body["subquery"]["SelectStmt"]["fromClause"][0].get("RangeTableSample")
+                if sample is not None:  # its arguments may hold subqueries
+                    self.push(sample, scope, ("relation",))
         elif "JoinExpr" in item:
             body = item["JoinExpr"]
+            if self.join_filter(body):
+                sample = body["larg"].get("RangeTableSample")
+                if sample is not None:  # its arguments may hold subqueries
+                    self.push(sample, scope, ("relation",))
+                return
             for side in ("larg", "rarg"):
                 if side in body:
                     self.from_item(body[side], scope)
@@ -193,12 +204,39 @@ class _Coverage:
             return False
         return _where_has_predicate(body, rv, flt)
 
+    def join_filter(self, body: Node) -> bool:
+        """True if this join is an injected join filter `(<t> JOIN (SELECT) <alias> ON <tenant predicate>)`: an
+        inner join of a plain (or sampled) relation without a column alias list with an empty row, nothing else;
+        only for a table under forced RLS, like the WHERE form."""
+        if len(body) != 4 or body.get("jointype") != "JOIN_INNER" or set(body) != _JOIN_FILTER_KEYS:
+            return False
+        larg = body["larg"]
+        if "RangeTableSample" in larg:  # sampled, then filtered (the caller checks the sampling arguments)
+            larg = larg["RangeTableSample"].get("relation", {})
+        rv = larg.get("RangeVar")
+        empty = body["rarg"].get("RangeSubselect")
+        if rv is None or empty is None or rv.get("alias", {}).get("colnames"):
+            return False
+        if set(empty) != {"subquery", "alias"} or empty["subquery"] != _EMPTY_SELECT:
+            return False
+        if set(empty["alias"]) != {"aliasname"}:
+            return False
+        flt = self.filtered(rv)
+        if flt is None or flt.kind != "tenant" or flt.table not in self.policy.rls_tables:
+            return False
+        refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")
+        return _same(body["quals"], expr_node(flt.predicate(refname)))
+
     def wrapper(self, body: Node) -> bool:
-        """True if this derived table is an injected filter wrapper (its predicate must then be exact)."""
+        """True if this derived table is an injected filter wrapper (its predicate must then be exact); its FROM
+        item may be the relation with a TABLESAMPLE clause (whose arguments the caller checks)."""
         sub = body.get("subquery", {}).get("SelectStmt")
         if not sub or len(sub.get("fromClause") or ()) != 1:
             return False
-        inner = sub["fromClause"][0].get("RangeVar")
+        item = sub["fromClause"][0]
+        if "RangeTableSample" in item:
+            item = item["RangeTableSample"].get("relation", {})
+        inner = item.get("RangeVar")
         flt = self.filtered(inner) if inner is not None else None
         if flt is None:
             return False

@@ -42,6 +42,9 @@ REG_TYPES: frozenset[str] = frozenset(
 
 Scope = frozenset[str]
 
+# A relation's system columns: a derived table does not have them (see rewrite.py).
+SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+
 
 @dataclass(slots=True)
 class RelRef:
@@ -55,6 +58,7 @@ class RelRef:
     key: Any = None
     stmt: Node | None = None
     stmt_kind: str = ""
+    sample: Node | None = None  # the RangeTableSample body of a SAMPLE ref (`holder[key]` holds that node)
 
 
 @dataclass(slots=True)
@@ -80,6 +84,11 @@ class Analysis:
     reg_unchecked: list[str] = field(default_factory=list)  # reg* casts of a parameter, number or expression
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
+    # Names that may be whole-row references: single-name column references (`SELECT o`, `row_to_json(o)`)
+    # and the X of `X.*` / `s.X.*` inside an expression (a whole row; a target-list entry `X.*` is X's columns).
+    row_names: set[str] = field(default_factory=set)
+    star_names: set[str] = field(default_factory=set)
+    system_columns: bool = False  # a column reference names a system column (ctid, xmin, tableoid…)
     locking: bool = False
     kinds: set[str] = field(default_factory=set)
 
@@ -223,7 +232,7 @@ class _Walker:
             body = item[tag]
             rel = body.get("relation", {})
             if "RangeVar" in rel:
-                self.ref(rel["RangeVar"], SAMPLE, scope, body, "relation")
+                self.ref(rel["RangeVar"], SAMPLE, scope, holder, key, sample=body)
             else:
                 self.from_item(rel, scope, body, "relation")
             self.fields(body, scope, skip=("relation",))
@@ -314,10 +323,28 @@ def _h_collate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None
 
 def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("fields"))
+    if names and names[-1] in SYSTEM_COLUMNS:
+        w.out.system_columns = True
     if len(names) > 1:
         w.out.column_refs.append(names)
         if len(names) > 2:
             w.out.qualified_columns.append(b)
+        if names[-1] == "*" and holder is not _TARGET:
+            w.out.star_names.add(names[-2])
+    elif names and names[0] != "*":
+        w.out.row_names.add(names[0])
+
+
+_TARGET = object()  # holder marker: the column reference is a whole target-list entry
+
+
+def _h_restarget(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    val = b.get("val")
+    if val is not None and "ColumnRef" in val:  # `o.*` here stands for o's columns, not for a row
+        _h_columnref(w, val["ColumnRef"], scope, _TARGET, None)
+        w.fields(b, scope, skip=("val",))
+    else:
+        w.fields(b, scope)
 
 
 def _h_copy(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
@@ -373,6 +400,7 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "A_Expr": _h_aexpr,
     "CollateClause": _h_collate,
     "ColumnRef": _h_columnref,
+    "ResTarget": _h_restarget,
     "CopyStmt": _h_copy,
     "CreateStmt": _h_create,
     "TableLikeClause": _h_like,

@@ -201,3 +201,85 @@ def test_refusal_rate_reported(oracle: Oracle, capsys: pytest.CaptureFixture[str
     with capsys.disabled():
         print("\n" + "\n".join(lines))
     assert rate <= 1.0
+
+
+# -- whole-row references and TABLESAMPLE on tables under forced RLS (the default deployment) ------------------
+# The strict shared tenants (t_*) reach bi_shared, where every scoped table has forced RLS: the proxy keeps the
+# relation of an item named as a row, so the column has the table's row type, as it has directly.
+
+STRICT = {"acme": "t_acme", "bigco": "t_bigco", "smallco": "t_small"}
+ROW_QUERIES = [
+    "SELECT p FROM products p WHERE p.id % 7 = 0 ORDER BY p.id",
+    "SELECT products FROM products WHERE id % 5 = 0 ORDER BY id",
+    "SELECT o, c.name FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 50",
+    "SELECT c.id, (array_agg(o ORDER BY o.id))[1] FROM customers c LEFT JOIN orders o ON o.customer_id = c.id"
+    " GROUP BY c.id ORDER BY c.id",
+    "SELECT (o).id, o.*, o FROM ONLY orders AS o WHERE o.id % 11 = 0 ORDER BY o.id",
+    "SELECT o, c FROM orders o TABLESAMPLE BERNOULLI (30) REPEATABLE (2) JOIN customers c ON c.id = o.customer_id"
+    " ORDER BY o.id",
+]
+
+
+@pytest.mark.parametrize("tenant", list(STRICT))
+@pytest.mark.parametrize("sql", ROW_QUERIES)
+def test_whole_row_column_has_the_tables_row_type(oracle: Oracle, pg: PgCluster, sql: str, tenant: str) -> None:
+    direct = oracle.direct_client(tenant).simple(sql)
+    assert [r.kind for r in direct] == ["rows"], direct
+    row_types = dict(pg.execute("SELECT typname::text, oid::int FROM pg_type WHERE typname IN ('orders', 'products')"
+                                " AND typnamespace = 'public'::regnamespace", dbname=bidata.SHARED_DB))
+    assert set(direct[0].types) & set(row_types.values())  # the premise: a column of a row type
+    client = PqClient(oracle.proxy.dsn(STRICT[tenant], dbname=bidata.SHARED_DB))
+    try:
+        for got in (client.simple(sql), client.extended(sql)):
+            assert [r.kind for r in got] == ["rows"], got
+            assert got[0].types == direct[0].types  # RowDescription: the same type OIDs
+            assert got[0].columns == direct[0].columns and got[0].rows == direct[0].rows
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("tenant", list(STRICT))
+def test_psycopg_loads_the_composite_through_the_proxy(oracle: Oracle, pg: PgCluster, tenant: str) -> None:
+    """psycopg's composite support (CompositeInfo from the catalogs, register_composite) works through the proxy:
+    a whole-row column comes back as the registered Python type, equal to PostgreSQL's own answer, in text and
+    binary format."""
+    import psycopg
+    from psycopg.types.composite import CompositeInfo, register_composite
+
+    sql = "SELECT o FROM orders o WHERE o.id % 9 = 0 ORDER BY o.id"
+    direct_dsn = pg.dsn(bidata.DIRECT_ROLE, bidata.DIRECT_PASSWORD, bidata.SHARED_DB, sslmode="disable",
+                        options=f"-c pgtenant.tenant_id={tenant}")
+    with psycopg.connect(direct_dsn, autocommit=True) as direct:
+        info = CompositeInfo.fetch(direct, "orders")
+        assert info is not None
+        register_composite(info, direct)
+        expected = direct.execute(sql).fetchall()
+    assert expected and type(expected[0][0]).__name__ == "orders"
+    with psycopg.connect(oracle.proxy.dsn(STRICT[tenant], dbname=bidata.SHARED_DB), autocommit=True) as conn:
+        info = CompositeInfo.fetch(conn, "orders")
+        assert info is not None
+        register_composite(info, conn)
+        for binary in (False, True):
+            got = conn.cursor(binary=binary).execute(sql).fetchall()
+            assert got == expected
+            assert type(got[0][0]).__name__ == "orders" and got[0][0].id == expected[0][0].id
+
+
+@pytest.mark.parametrize("tenant", list(STRICT))
+@pytest.mark.parametrize("sample", ["BERNOULLI (20) REPEATABLE (11)", "SYSTEM (35) REPEATABLE (5)"])
+def test_tablesample_is_the_rls_sample_and_repeatable(oracle: Oracle, tenant: str, sample: str) -> None:
+    """TABLESAMPLE through the proxy draws the sample from the table, then keeps the tenant's rows: exactly what
+    PostgreSQL's forced RLS gives for the same seed; repeated, the same rows; never another tenant's."""
+    sql = f"SELECT o.id, o.tenant_id FROM orders o TABLESAMPLE {sample} ORDER BY o.id"
+    direct = oracle.direct_client(tenant).simple(sql)
+    assert [r.kind for r in direct] == ["rows"], direct
+    client = PqClient(oracle.proxy.dsn(STRICT[tenant], dbname=bidata.SHARED_DB))
+    try:
+        runs = [client.simple(sql), client.extended(sql), client.simple(sql)]
+    finally:
+        client.close()
+    for got in runs:
+        assert [r.kind for r in got] == ["rows"], got
+        assert got[0].rows == direct[0].rows
+    assert {t for _, t in direct[0].rows} <= {tenant}
+    assert len(direct[0].rows) <= bidata.own_counts(tenant)["orders"]  # SYSTEM samples whole pages

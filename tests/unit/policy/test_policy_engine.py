@@ -334,3 +334,70 @@ def test_verifier_accepts_a_where_predicate_only_under_forced_rls(rls_tables: fr
     renamed = "SELECT ctid FROM orders AS o (id, real_tenant, x, y, tenant_id) WHERE \"o\".\"tenant_id\" = 'acme'"
     with pytest.raises(Unverified):  # the column alias list makes o.tenant_id another column
         check_coverage(policy, json.loads(parse_json(renamed))["stmts"][0]["stmt"])
+
+
+def _coverage_ok(policy: TenantPolicy, sql: str) -> bool:
+    from proxy.policy.verify import Unverified, check_coverage
+
+    try:
+        check_coverage(policy, json.loads(parse_json(sql))["stmts"][0]["stmt"])
+    except Unverified:
+        return False
+    return True
+
+
+def test_verifier_accepts_exactly_the_join_filter_under_forced_rls() -> None:
+    """`(<t> JOIN (SELECT) <name> ON <tenant predicate>)` counts as filtered only in that exact form, with no
+    column alias list, and only for a table under forced RLS."""
+    exact = "SELECT o FROM (orders o JOIN (SELECT) \"_pgt_1\" ON \"o\".\"tenant_id\" = 'acme') LEFT JOIN x ON true"
+    assert _coverage_ok(SHARED, exact)
+    assert _coverage_ok(SHARED, "SELECT 1 FROM (sales.orders JOIN (SELECT) z ON \"orders\".\"tenant_id\" = 'acme')")
+    assert not _coverage_ok(dataclasses.replace(SHARED, rls_tables=frozenset({("sales", "customers")})), exact)
+    for forged in (
+        "SELECT 1 FROM (orders o JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'globex')",  # another tenant
+        "SELECT 1 FROM (orders o JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme' OR true)",
+        "SELECT 1 FROM (orders o JOIN (SELECT) z ON \"orders\".\"tenant_id\" = 'acme')",  # not its reference name
+        "SELECT 1 FROM (orders o LEFT JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme')",  # keeps every row
+        "SELECT 1 FROM (orders o RIGHT JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme')",
+        "SELECT 1 FROM (orders o FULL JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme')",
+        "SELECT 1 FROM ((SELECT) z JOIN orders o ON \"o\".\"tenant_id\" = 'acme')",  # not the shape it injects
+        "SELECT 1 FROM (orders o JOIN (SELECT WHERE false) z ON \"o\".\"tenant_id\" = 'acme')",
+        "SELECT 1 FROM (orders o JOIN (SELECT 1) z ON \"o\".\"tenant_id\" = 'acme')",
+        "SELECT 1 FROM (orders o JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme') AS j",
+        "SELECT 1 FROM (orders AS o (a, tenant_id) JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme')",
+        "SELECT 1 FROM (orders o JOIN (SELECT) z (c) ON \"o\".\"tenant_id\" = 'acme')",
+        "SELECT 1 FROM (orders o JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme' JOIN orders p ON true)",
+    ):
+        assert not _coverage_ok(SHARED, forged), forged
+
+
+def test_verifier_checks_a_sampled_wrapper_and_its_arguments() -> None:
+    ok = "SELECT * FROM (SELECT * FROM orders TABLESAMPLE SYSTEM (5) WHERE \"orders\".\"tenant_id\" = 'acme') o"
+    assert _coverage_ok(SHARED, ok)
+    for bad in (
+        "SELECT * FROM orders TABLESAMPLE SYSTEM (5) WHERE \"orders\".\"tenant_id\" = 'acme'",
+        "SELECT * FROM (SELECT * FROM orders TABLESAMPLE SYSTEM (5) WHERE \"orders\".\"tenant_id\" = 'x') o",
+        "SELECT * FROM (SELECT * FROM orders TABLESAMPLE SYSTEM ((SELECT count(*) FROM customers)) "
+        "WHERE \"orders\".\"tenant_id\" = 'acme') o",  # an unfiltered read in the sampling arguments
+        "SELECT * FROM (SELECT * FROM orders TABLESAMPLE SYSTEM (5) REPEATABLE ((SELECT min(order_id) FROM orders))"
+        " WHERE \"orders\".\"tenant_id\" = 'acme') o",
+    ):
+        assert not _coverage_ok(SHARED, bad), bad
+    joined = "SELECT o FROM (orders o TABLESAMPLE SYSTEM ({}) JOIN (SELECT) z ON \"o\".\"tenant_id\" = 'acme')"
+    assert _coverage_ok(SHARED, joined.format(5))
+    assert not _coverage_ok(SHARED, joined.format("(SELECT count(*) FROM customers)"))  # arguments checked
+    fenced = POLICIES["shared_fence"]
+    assert not _coverage_ok(fenced, joined.format(5))
+    assert not _coverage_ok(fenced, ok)  # without forced RLS the wrapper must be fenced
+    assert _coverage_ok(fenced, ok.replace("'acme')", "'acme' OFFSET 0)"))
+
+
+def test_whole_row_references_keep_the_relation_only_when_named() -> None:
+    """The relation stays (WHERE form or join filter) only for an item the statement names as a row; `t.*` at
+    the top of a target list names columns, inside an expression a row."""
+    plain = decide(SHARED, "SELECT t.*, t.order_id FROM orders t JOIN customers c ON true")
+    assert isinstance(plain, Rewrite) and plain.rules == ("tenant_filter",)
+    inside = decide(SHARED, "SELECT t.*, count(t.*) OVER () FROM orders t JOIN customers c ON true")
+    assert isinstance(inside, Rewrite) and inside.rules == ("tenant_filter_join", "tenant_filter"), inside
+    returning = decide(POLICIES["shared_rw"], "DELETE FROM customers c USING orders o WHERE true RETURNING o.*")
+    assert isinstance(returning, Rewrite) and "tenant_filter_join" not in returning.rules, returning

@@ -34,7 +34,12 @@ def _is_wrapper_for(sub: ast.RangeSubselect, rv: ast.RangeVar, value: str, polic
     """RangeSubselect(SELECT * FROM rv WHERE "<relname>"."<column>" = '<value>' [OFFSET 0]), with OFFSET 0
     whenever the policy is fenced and the table is not under forced RLS."""
     query = sub.subquery
-    if not isinstance(query, ast.SelectStmt) or len(query.fromClause or ()) != 1 or query.fromClause[0] is not rv:
+    if not isinstance(query, ast.SelectStmt) or len(query.fromClause or ()) != 1:
+        return False
+    item = query.fromClause[0]
+    if isinstance(item, ast.RangeTableSample):  # `SELECT * FROM t TABLESAMPLE … WHERE …`: sampled, then filtered
+        item = item.relation
+    if item is not rv:
         return False
     where = query.whereClause
     if not isinstance(where, ast.A_Expr) or [s.sval for s in where.name] != ["="]:
@@ -89,6 +94,30 @@ def _where_has_filter(query: ast.SelectStmt, rv: ast.RangeVar, value: str, polic
     return any(_is_tenant_predicate(c, ref, column.column, value) for c in conjuncts)
 
 
+def _is_join_filter_for(join: ast.JoinExpr, rv: ast.RangeVar, value: str, policy: TenantPolicy) -> bool:
+    """`(<rv> [TABLESAMPLE …] JOIN (SELECT) <name> ON "<ref>"."<column>" = '<value>')`: an inner join (no USING,
+    not NATURAL, no alias) of `rv` (no column alias list, its table under forced RLS), or of `rv`'s sample, with an
+    empty SELECT, on the predicate."""
+    left = join.larg.relation if isinstance(join.larg, ast.RangeTableSample) else join.larg
+    if join.jointype != enums.JoinType.JOIN_INNER or left is not rv or join.isNatural or join.usingClause:
+        return False
+    if join.alias is not None or join.join_using_alias is not None or (rv.alias is not None and rv.alias.colnames):
+        return False
+    empty = join.rarg
+    if not isinstance(empty, ast.RangeSubselect) or empty.lateral or (empty.alias and empty.alias.colnames):
+        return False
+    query = empty.subquery
+    if not isinstance(query, ast.SelectStmt) or any(
+        getattr(query, attr) for attr in query if attr not in ("limitOption", "op")
+    ):
+        return False
+    names = {"relname": rv.relname, **({"schemaname": rv.schemaname} if rv.schemaname else {})}
+    column = relation_filter(SHARED, names)
+    assert column is not None
+    ref = rv.alias.aliasname if rv.alias else rv.relname
+    return _rls_backed(policy, column.table) and _is_tenant_predicate(join.quals, ref, column.column, value)
+
+
 def unfiltered_references(sql: str, value: str = "acme", policy: TenantPolicy | None = None) -> list[str]:
     """Scoped-table RangeVars (unqualified or sales./public.-qualified) that are read without the tenant wrapper
     (fenced where `policy` needs it) or a WHERE-clause filter where it allows one. Generated queries never name a
@@ -110,6 +139,19 @@ def unfiltered_references(sql: str, value: str = "acme", policy: TenantPolicy | 
                 and isinstance(parents[-2], ast.SelectStmt)
                 and isinstance(parents[-3], ast.RangeSubselect)
                 and _is_wrapper_for(parents[-3], node, value, policy)
+            ) or (
+                len(parents) >= 4
+                and isinstance(parent, ast.RangeTableSample)  # a sampled relation inside the wrapper
+                and isinstance(parents[-2], tuple)
+                and isinstance(parents[-3], ast.SelectStmt)
+                and isinstance(parents[-4], ast.RangeSubselect)
+                and _is_wrapper_for(parents[-4], node, value, policy)
+            )
+            joined = (isinstance(parent, ast.JoinExpr) and _is_join_filter_for(parent, node, value, policy)) or (
+                isinstance(parent, ast.RangeTableSample)  # a sampled relation joined with the empty row
+                and len(parents) >= 2
+                and isinstance(parents[-2], ast.JoinExpr)
+                and _is_join_filter_for(parents[-2], node, value, policy)
             )
             in_where = (  # a plain FROM item of a SELECT whose WHERE has its predicate as a top-level conjunct
                 len(parents) >= 2
@@ -118,7 +160,7 @@ def unfiltered_references(sql: str, value: str = "acme", policy: TenantPolicy | 
                 and parents[-2].fromClause is parent
                 and _where_has_filter(parents[-2], node, value, policy)
             )
-            if not (is_target or wrapped or in_where):
+            if not (is_target or wrapped or in_where or joined):
                 problems.append(node.relname)
         for child in _children(node):
             visit(child, [*parents, node])
@@ -136,10 +178,14 @@ TABLES = ["orders", "sales.orders", '"sales"."orders"', "customers", "sales.cust
 
 @st.composite
 def from_item(draw: st.DrawFn, depth: int) -> str:
-    kind = draw(st.sampled_from(["table", "table", "only", "sub", "join", "lateral"] if depth < 3 else ["table"]))
+    kind = draw(st.sampled_from(["table", "table", "only", "sub", "join", "lateral", "sample"] if depth < 3
+                                else ["table", "sample"]))
     alias = draw(st.sampled_from(["", " t", ' AS "Custom SQL Query"', " x1", " AS o(a, b, c)"]))
     if kind == "table":
         return draw(st.sampled_from(TABLES)) + alias
+    if kind == "sample":
+        method = draw(st.sampled_from(["SYSTEM (10)", "BERNOULLI (5) REPEATABLE (1)", "BERNOULLI (100)"]))
+        return draw(st.sampled_from(["", "ONLY "])) + draw(st.sampled_from(TABLES)) + alias + " TABLESAMPLE " + method
     if kind == "only":
         return "ONLY " + draw(st.sampled_from(TABLES)) + alias
     if kind == "sub":
@@ -165,7 +211,9 @@ def predicate(draw: st.DrawFn, depth: int) -> str:
 
 @st.composite
 def select(draw: st.DrawFn, depth: int = 0) -> str:
-    head = draw(st.sampled_from(["SELECT *", "SELECT count(*)", "SELECT 1 AS one", "SELECT ctid, xmin", "TABLE"]))
+    head = draw(st.sampled_from(["SELECT *", "SELECT count(*)", "SELECT 1 AS one", "SELECT ctid, xmin", "TABLE",
+                                 "SELECT t, x1", "SELECT row_to_json(t.*)", "SELECT t.*", "SELECT orders::text",
+                                 'SELECT count(*) FILTER (WHERE "Custom SQL Query" = t)']))
     if head == "TABLE":
         return "TABLE " + draw(st.sampled_from(TABLES[:7]))
     sql = f"{head} FROM " + draw(from_item(depth))
