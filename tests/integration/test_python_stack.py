@@ -24,6 +24,8 @@ DB_ROLE = ("pgt_r_pyd", "pyd-role-pw")
 # a comment, an enum column, and a view.
 _OBJECTS = """
 CREATE TYPE {s}.order_status AS ENUM ('open', 'shipped', 'returned');
+CREATE TYPE {s}.address AS (street text, city text);
+CREATE TYPE {s}.amount_range AS RANGE (subtype = numeric);
 CREATE TABLE {s}.customers (id int PRIMARY KEY, {tcol}name text NOT NULL, UNIQUE ({tkey}name));
 CREATE TABLE {s}.orders (
     id int PRIMARY KEY, {tcol}customer_id int NOT NULL REFERENCES {s}.customers (id),
@@ -200,9 +202,20 @@ def test_psycopg_type_info_sees_own_types_only(stack: ProxyProcess, tenant: str)
         assert own is not None and own.labels == ["open", "shipped", "returned"]
         assert psycopg.types.TypeInfo.fetch(conn, "hstore") is None  # no such type here: nothing, as directly
         assert psycopg.types.TypeInfo.fetch(conn, "numeric").oid == 1700
+        composite = psycopg.types.composite.CompositeInfo.fetch(conn, f"{t['schema']}.address")
+        assert composite is not None and list(composite.field_names) == ["street", "city"]
+        psycopg.types.composite.register_composite(composite, conn)
+        row = conn.execute(f"SELECT ROW('Main St', 'Springfield')::{t['schema']}.address").fetchone()
+        assert (row[0].street, row[0].city) == ("Main St", "Springfield")
+        own_range = psycopg.types.range.RangeInfo.fetch(conn, f"{t['schema']}.amount_range")
+        assert own_range is not None and own_range.subtype_oid == 1700
+        assert psycopg.types.range.RangeInfo.fetch(conn, "int4range").oid == 3904
         if t["keys"]["database"] == DB:
             other = "ps_data" if t["schema"] == "sales" else "sales"
-            assert psycopg.types.TypeInfo.fetch(conn, f"{other}.order_status") is None
+            for info in (psycopg.types.TypeInfo, psycopg.types.enum.EnumInfo, psycopg.types.composite.CompositeInfo,
+                         psycopg.types.range.RangeInfo):
+                name = {"EnumInfo": "order_status", "CompositeInfo": "address", "RangeInfo": "amount_range"}
+                assert info.fetch(conn, f"{other}.{name.get(info.__name__, 'order_status')}") is None
 
 
 @pytest.mark.parametrize("tenant", ["pa", "ps", "pd"])
