@@ -214,8 +214,8 @@ def assess_table(facts: TableFacts, target: TableTarget, trusted: frozenset[str]
                        f"{_rel(facts.schema, facts.table)} TO {quote_ident(reader.role)} USING (…){then}")
             out.problems.append(
                 f"{facts.name}: {who} reads it today ({before.why}); with row-level security enabled and forced and "
-                f"no policy for it, it would see no rows. If your application reads it that way, {fix}; or accept "
-                "the change with --force"
+                f"no policy for it, it would see (and change) no rows. If your application reads it that way, {fix}; "
+                "or accept the change with --force"
             )
         elif with_own.level in access.OPEN_LEVELS and after.level not in access.OPEN_LEVELS:
             out.notes.append(f"{facts.name}: closes what an earlier pgtenant provision opened: {who} could choose "

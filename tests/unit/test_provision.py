@@ -77,8 +77,8 @@ def test_public_without_rls_is_a_problem_it_would_cut_off() -> None:
     found = assess_table(_facts(Reader(PUBLIC)), TARGET)
     assert found.problems == [
         "public.orders: PUBLIC (every role) reads it today (no row-level security); with row-level security enabled "
-        "and forced and no policy for it, it would see no rows. If your application reads it that way, grant SELECT "
-        "to your application's role and give it a policy of its own first (CREATE POLICY app_access ON "
+        "and forced and no policy for it, it would see (and change) no rows. If your application reads it that way, "
+        "grant SELECT to your application's role and give it a policy of its own first (CREATE POLICY app_access ON "
         '"public"."orders" TO app_role USING (…), then --trust app_role); or accept the change with --force'
     ]
     assert not found.refusals and not found.notes
@@ -108,7 +108,7 @@ def test_trusted_roles_owners_and_pgtenants_old_policy() -> None:
     (owner,) = assess_table(_facts(Reader("app_owner", owner=True), rls=True), TARGET).problems
     assert owner.startswith("public.orders: role app_owner (its owner) reads it today (owner; row-level security "
                             "not forced); with row-level security enabled and forced and no policy for it, it would "
-                            "see no rows")
+                            "see (and change) no rows")
     # an owner with a policy of its own reads everything, as owners can anyway: a note, not a problem
     mine = PolicyFact("owner_reads", True, "*", "true", ("app_owner",))
     owns = assess_table(_facts(Reader("app_owner", owner=True, policies=(mine,)), rls=True), TARGET)
