@@ -207,7 +207,7 @@ class ClientSession:
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
         self.is_admin = False
-        self._auth_pending = False  # admitted by the throttle, not yet settled (success, failure or release)
+        self._auth_pending = False  # admitted by the throttle, not yet settled (success or failure)
         self._challenged = False  # the client has had the SCRAM server-first
         self.end_user: str | None = None  # a claim from the startup packet (pgtenant.end_user), for the audit
         self.revoked: PgError | None = None  # set by a reload that removed this user
@@ -422,10 +422,16 @@ class ClientSession:
                 self._transition(Event.SASL_RESPONSE)
                 self._challenged = True
                 return [SendClient(m.authentication(m.AUTH_SASL_CONTINUE, server_first))]
+            # Checked again before the proof is looked at: the budget may have been spent by logins that started
+            # alongside this one. Then the guess gets no answer.
+            refusal = self.throttle.admit(self.info.client_address, user, self.clock())
+            if refusal is not None:
+                self._auth_pending = False
+                raise SessionError(errors.auth_throttled(user, refusal.retry_after), f"auth_throttled:{refusal.limit}")
             server_final = self.scram.client_final(body)
         except (AuthFailed, m.DecodeError) as exc:
             reason = exc.reason if isinstance(exc, AuthFailed) else "malformed"
-            self._settle_auth(failed=True)
+            self._settle_auth()
             raise SessionError(errors.auth_failed(user), f"auth_failed:{reason}") from exc
         self._auth_pending = False
         self.throttle.succeeded(self.info.client_address, user, self.clock())
@@ -459,16 +465,12 @@ class ClientSession:
         actions.append(ConnectBackend())
         return actions
 
-    def _settle_auth(self, *, failed: bool) -> None:
-        """An admitted login ends without success: a failure once the client has had our challenge (a client
-        that leaves then was probing), else released (psql goes to ask for the password)."""
+    def _settle_auth(self) -> None:
+        """An admitted login failed: it counts in the failed-login budgets (once)."""
         if self._auth_pending:
             self._auth_pending = False
             assert self.info.user is not None
-            if failed:
-                self.throttle.failed(self.info.client_address, self.info.user, self.clock())
-            else:
-                self.throttle.released(self.info.client_address, self.info.user, self.clock())
+            self.throttle.failed(self.info.client_address, self.info.user, self.clock())
 
     # --- relay -----------------------------------------------------------------------------
 
@@ -639,6 +641,7 @@ class ClientSession:
         return None
 
     def close(self) -> None:
-        if self._auth_pending:
-            self._settle_auth(failed=self._challenged)
+        if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)
+            self._settle_auth()
+        self._auth_pending = False
         self.state = State.CLOSED

@@ -20,88 +20,55 @@ class Refusal:
     retry_after: float
 
 
-class _Entry:
-    __slots__ = ("failures", "pending")
-
-    def __init__(self) -> None:
-        self.failures: deque[float] = deque()
-        self.pending = 0
-
-
 class _Budgets:
-    """Failure timestamps (within the window) and logins in flight per key; bounded, least recently used
-    keys forgotten first."""
+    """Failure timestamps within the window, per key; bounded, least recently failed keys forgotten first."""
 
     def __init__(self, window: float, max_tracked: int) -> None:
         self.window = window
         self.max_tracked = max_tracked
-        self.entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self.entries: OrderedDict[Hashable, deque[float]] = OrderedDict()
 
     def used(self, key: Hashable, now: float) -> int:
-        entry = self.entries.get(key)
-        if entry is None:
+        failures = self.entries.get(key)
+        if failures is None:
             return 0
-        self._expire(entry, now)
-        return len(entry.failures) + entry.pending
+        self._expire(failures, now)
+        return len(failures)
 
     def retry_after(self, key: Hashable, now: float) -> float:
-        """Seconds until the oldest failure of `key` leaves the window (at least 1: logins in flight end too)."""
-        entry = self.entries.get(key)
-        if entry is None or not entry.failures:
-            return 1.0
-        return max(1.0, entry.failures[0] + self.window - now)
+        """Seconds until the oldest failure of `key` leaves the window (at least 1)."""
+        failures = self.entries.get(key)
+        return max(1.0, failures[0] + self.window - now) if failures else 1.0
 
-    def begin(self, key: Hashable, now: float) -> None:
-        self._touch(key, now).pending += 1
-
-    def end(self, key: Hashable, now: float, *, failed: bool, limit: int) -> None:
-        entry = self.entries.get(key)
-        if entry is None:  # forgotten meanwhile (memory bound): a failure still counts
-            if not failed:
-                return
-            entry = self._touch(key, now)
-        else:
-            self.entries.move_to_end(key)
-            entry.pending = max(0, entry.pending - 1)
-        if failed:
-            entry.failures.append(now)
-            while len(entry.failures) > limit:  # older ones no longer change any decision
-                entry.failures.popleft()
-
-    def clear(self, key: Hashable) -> None:
-        entry = self.entries.get(key)
-        if entry is not None:
-            entry.failures.clear()
-            if not entry.pending:
-                del self.entries[key]
-
-    def _touch(self, key: Hashable, now: float) -> _Entry:
+    def record(self, key: Hashable, now: float, limit: int) -> None:
         self._prune(now)
-        entry = self.entries.get(key)
-        if entry is None:
-            entry = self.entries[key] = _Entry()
+        failures = self.entries.get(key)
+        if failures is None:
+            failures = self.entries[key] = deque()
             if len(self.entries) > self.max_tracked:
                 self.entries.popitem(last=False)
         else:
             self.entries.move_to_end(key)
-            self._expire(entry, now)
-        return entry
+        failures.append(now)
+        while len(failures) > limit:  # older ones no longer change any decision
+            failures.popleft()
 
-    def _expire(self, entry: _Entry, now: float) -> None:
+    def clear(self, key: Hashable) -> None:
+        self.entries.pop(key, None)
+
+    def _expire(self, failures: deque[float], now: float) -> None:
         cutoff = now - self.window
-        while entry.failures and entry.failures[0] <= cutoff:
-            entry.failures.popleft()
+        while failures and failures[0] <= cutoff:
+            failures.popleft()
 
     def _prune(self, now: float) -> None:
-        """Drop idle keys whose failures all expired (oldest first), then the least recently used past the bound."""
+        """Drop keys whose failures all expired (least recently failed first)."""
         cutoff = now - self.window
         while self.entries:
-            key, entry = next(iter(self.entries.items()))
-            if entry.pending or (entry.failures and entry.failures[-1] > cutoff):
+            key, failures = next(iter(self.entries.items()))
+            if failures and failures[-1] > cutoff:
                 break
             del self.entries[key]
-        while len(self.entries) > self.max_tracked:
-            self.entries.popitem(last=False)
 
 
 class AuthThrottle:
@@ -111,7 +78,9 @@ class AuthThrottle:
     * user, across addresses: ``max_user_failures`` — a distributed guess at one user;
     * address, across users: ``max_address_failures`` — a password spray over many user names from one place.
 
-    A login in flight counts against every budget until it ends, so parallel attempts cannot outrun them. The
+    A login is checked when it starts and again when its proof arrives, before the proof is looked at: logins
+    started in parallel cannot outrun a budget (only the budget's worth of guesses ever get an answer), while
+    parallel logins with the right password (a pool filling up) are not held back. The
     user and address budgets do not apply to a user logging in from an address it logged in from successfully
     within ``remember_success`` seconds: someone else's failures (another tenant's user behind the same NAT or
     Tableau Server, a guesser elsewhere) never lock out a user where it is known. A success clears only its own
@@ -160,7 +129,7 @@ class AuthThrottle:
         return len(self._pairs.entries) + len(self._users.entries) + len(self._addresses.entries)
 
     def failures(self, address: str, user: str, now: float | None = None) -> int:
-        """Failures and logins in flight of (address, user) within the window ending at ``now``."""
+        """Failures of (address, user) within the window ending at ``now``."""
         return self._pairs.used((address, user), _now(now))
 
     def known(self, address: str, user: str, now: float | None = None) -> bool:
@@ -169,7 +138,7 @@ class AuthThrottle:
         return last is not None and _now(now) - last < self.remember_success
 
     def admit(self, address: str, user: str, now: float | None = None) -> Refusal | None:
-        """A login of ``user`` from ``address`` starts: None (it counts as in flight until it ends), or why not."""
+        """May a login of ``user`` from ``address`` start, or its proof be looked at? None, or why not."""
         now = _now(now)
         pair = (address, user)
         known = self.known(address, user, now)
@@ -183,23 +152,18 @@ class AuthThrottle:
         if spent:
             budgets, key, name = spent[0]
             return Refusal(name, budgets.retry_after(key, now))
-        self._pairs.begin(pair, now)
-        self._users.begin(user, now)
-        self._addresses.begin(address, now)
         return None
 
     def failed(self, address: str, user: str, now: float | None = None) -> None:
-        """An admitted login failed (or was abandoned after the server's challenge): it counts everywhere."""
-        self._end(address, user, _now(now), failed=True)
-
-    def released(self, address: str, user: str, now: float | None = None) -> None:
-        """An admitted login ended before any proof was asked for (psql asking for the password): not counted."""
-        self._end(address, user, _now(now), failed=False)
+        """A login failed (or was abandoned after the server's challenge): it counts in every budget."""
+        now = _now(now)
+        self._pairs.record((address, user), now, self.max_failures)
+        self._users.record(user, now, self.max_user_failures)
+        self._addresses.record(address, now, self.max_address_failures)
 
     def succeeded(self, address: str, user: str, now: float | None = None) -> None:
-        """An admitted login succeeded: its own (address, user) failures are cleared, the address remembered."""
+        """A login succeeded: its own (address, user) failures are cleared, the address remembered for the user."""
         now = _now(now)
-        self._end(address, user, now, failed=False)
         self._pairs.clear((address, user))
         self._known[(address, user)] = now
         self._known.move_to_end((address, user))
@@ -208,11 +172,6 @@ class AuthThrottle:
             if now - last < self.remember_success and len(self._known) <= self.max_tracked:
                 break
             del self._known[key]
-
-    def _end(self, address: str, user: str, now: float, *, failed: bool) -> None:
-        self._pairs.end((address, user), now, failed=failed, limit=self.max_failures)
-        self._users.end(user, now, failed=failed, limit=self.max_user_failures)
-        self._addresses.end(address, now, failed=failed, limit=self.max_address_failures)
 
 
 def _now(now: float | None) -> float:
