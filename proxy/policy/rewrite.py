@@ -529,7 +529,8 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         if flt is None:
             continue
         # The relation stays (its system columns, its row type for whole-row references) when named so.
-        keep = ref.role in (READ, SAMPLE) and (analysis.system_columns or names_whole_row(analysis, ref))
+        named = bool(analysis.row_names or analysis.star_names) and names_whole_row(analysis, ref)
+        keep = ref.role in (READ, SAMPLE) and (analysis.system_columns or named)
         if keep and join_filterable(policy, ref, flt):
             if ref.role == READ and where_filterable(policy, ref, flt):
                 assert ref.stmt is not None

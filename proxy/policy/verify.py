@@ -171,7 +171,8 @@ class _Coverage:
                     self.push(sample, scope, ("relation",))
         elif "JoinExpr" in item:
             body = item["JoinExpr"]
-            if self.join_filter(body):
+            empty = body.get("rarg", {}).get("RangeSubselect", {}).get("subquery") == _EMPTY_SELECT
+            if empty and self.join_filter(body):
                 sample = body["larg"].get("RangeTableSample")
                 if sample is not None:  # its arguments may hold subqueries
                     self.push(sample, scope, ("relation",))
