@@ -12,6 +12,7 @@ from policy_corpus import POLICIES, case_policy, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide
 from proxy.policy.catalog import relation_filter
+from proxy.policy.model import SessionContext
 
 SHARED = POLICIES["shared"]
 SHARED_RW = POLICIES["shared_rw"]
@@ -261,3 +262,57 @@ def test_corpus_rewrites_pass_the_independent_check() -> None:
         assert unfiltered_references(case.rewritten) == [], case.id
         checked += 1
     assert checked > 40
+
+
+# -- in a session context: temporary relations (some shadowing tenant tables) and the session's search_path ------
+
+WRITES = ["INSERT INTO {t} (id) VALUES (1)", "INSERT INTO {t} SELECT * FROM orders", "UPDATE {t} SET id = 1",
+          "DELETE FROM {t} WHERE id IN (SELECT id FROM customers)", "TRUNCATE {t}", "COPY {t} FROM STDIN",
+          "MERGE INTO {t} USING orders o ON o.id = {t}.id WHEN MATCHED THEN DELETE", "DROP TABLE {t}"]
+
+
+@st.composite
+def session_context(draw: st.DrawFn) -> TenantPolicy:
+    tables = draw(st.sets(st.sampled_from(["orders", "customers", "events", "scratch", "picks"])))
+    views = draw(st.sets(st.sampled_from(["v", "customers", "recent"]))) - tables
+    path = draw(st.sampled_from([None, ("sales", "public"), ("pg_temp", "sales", "public"), ("sales", "pg_temp"),
+                                 ("public",), ("pg_catalog", "pg_temp", "sales"), ()]))
+    context = SessionContext(temp_tables=frozenset(tables), temp_views=frozenset(views), path=path)
+    return SHARED.with_context(context)
+
+
+def _written_relations(sql: str) -> list[ast.RangeVar]:
+    out: list[ast.RangeVar] = []
+
+    def visit(node: Any) -> None:
+        dml = isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt))
+        if dml or (isinstance(node, ast.CopyStmt) and node.is_from and node.relation is not None):
+            out.append(node.relation)
+        elif isinstance(node, ast.TruncateStmt):
+            out.extend(node.relations)
+        elif isinstance(node, ast.DropStmt):
+            out.extend(ast.RangeVar(schemaname=o[0].sval if len(o) > 1 else None, relname=o[-1].sval)
+                       for o in node.objects)
+        for child in _children(node):
+            visit(child)
+
+    for raw in parse_sql(sql):
+        visit(raw.stmt)
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(session_context(), st.one_of(statement(), st.builds(lambda w, t: w.format(t=t), st.sampled_from(WRITES),
+                                                           st.sampled_from(["orders", "customers", "scratch", "v",
+                                                                            "pg_temp.orders", "sales.orders"]))))
+def test_in_a_session_context_reads_are_filtered_and_writes_reach_only_pg_temp(policy: TenantPolicy, sql: str) -> None:
+    """A read-only tenant with temporary relations: every scoped reference is still filtered or is pg_temp.<name>,
+    and whatever is written, truncated or dropped is pg_temp.<name>."""
+    decision = decide(policy, sql)
+    if isinstance(decision, Deny):
+        assert decision.rule != "internal_error" and decision.rule != "rewrite_unverified", (sql, decision)
+        return
+    forwarded = decision.sql if isinstance(decision, Rewrite) else sql
+    assert unfiltered_references(forwarded) == [], (sql, forwarded)
+    for rv in _written_relations(forwarded):
+        assert rv.schemaname == "pg_temp", (sql, forwarded)
