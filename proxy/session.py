@@ -530,8 +530,8 @@ class ClientSession:
             self.tracker.on_parse(name, sql, decision, kind)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
-            if self._tracking or decision.changes:  # type: ignore[union-attr]
-                self._parse_changes(name, decision.changes)  # type: ignore[union-attr]
+            if self._tracking:  # (a decision with changes is never memoized)
+                self._parse_changes(name, ())
             return out
         try:
             parse = m.Parse.decode(body)
@@ -541,16 +541,24 @@ class ClientSession:
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         if type(decision) is Allow:
-            self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, None)
-            if self._tracking or decision.changes:
-                self._parse_changes(parse.name, decision.changes)
+            changes = decision.changes
+            if changes:
+                self._parse_changes(parse.name, changes)
+            else:
+                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, None)
+                if self._tracking:
+                    self._parse_changes(parse.name, ())
             return None
         self._report("parse", parse.sql, decision)
         if isinstance(decision, Rewrite):
             out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
-            self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, out)
-            if self._tracking or decision.changes:
-                self._parse_changes(parse.name, decision.changes)
+            changes = decision.changes
+            if changes:
+                self._parse_changes(parse.name, changes)
+            else:
+                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, out)
+                if self._tracking:
+                    self._parse_changes(parse.name, ())
             return out
         if self._tracking:
             self._parse_changes(parse.name, ())
