@@ -541,28 +541,27 @@ class ClientSession:
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         if type(decision) is Allow:
-            changes = decision.changes
-            if changes:
-                self._parse_changes(parse.name, changes)
-            else:
-                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, None)
-                if self._tracking:
-                    self._parse_changes(parse.name, ())
+            self._parsed(body, token, parse.name, parse.sql, kind, decision, None)
             return None
         self._report("parse", parse.sql, decision)
         if isinstance(decision, Rewrite):
             out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
-            changes = decision.changes
-            if changes:
-                self._parse_changes(parse.name, changes)
-            else:
-                self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, out)
-                if self._tracking:
-                    self._parse_changes(parse.name, ())
+            self._parsed(body, token, parse.name, parse.sql, kind, decision, out)
             return out
         if self._tracking:
             self._parse_changes(parse.name, ())
         return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
+
+    def _parsed(self, body: bytes, token: object, name: str, sql: str, kind: str, decision: Allow | Rewrite,
+                out: bytes | None) -> None:
+        """Memoize an allowed or rewritten Parse, unless it changes the session (then follow that)."""
+        changes = decision.changes
+        if changes:
+            self._parse_changes(name, changes)
+            return
+        self._parse_memo = (body, token, name, sql, kind, decision, out)
+        if self._tracking:
+            self._parse_changes(name, ())
 
     # --- the session's context (proxy/sessionstate.py) ---------------------------------------------
 

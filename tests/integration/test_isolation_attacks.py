@@ -1263,6 +1263,8 @@ def test_attack(env: Env, attack: Attack, strategy: str, protocol: str) -> None:
 
 
 READ_ONLY_USERS = {"shared": "t_bigco", "norls": "n_bigco", "schema": "s_two", "database": "d_five"}
+READ_ONLY_DBS = {"shared": bidata.SHARED_DB, "norls": bidata.NORLS_DB, "schema": bidata.SCHEMA_DB,
+                 "database": bidata.DB_FIVE}
 READ_ONLY_WRITES = {
     "insert": NEW_CUSTOMER,
     "update": "UPDATE orders SET amount = 0",
@@ -1279,8 +1281,7 @@ def test_read_only_tenant_cannot_write(env: Env, strategy: str, what: str, proto
     """The victims' logins are read-only roles: every write is refused by the proxy (25006), reads still work."""
     actor = ACTORS[strategy]
     user = READ_ONLY_USERS[strategy]
-    db = {"shared": bidata.SHARED_DB, "norls": bidata.NORLS_DB, "schema": bidata.SCHEMA_DB,
-          "database": bidata.DB_FIVE}[strategy]
+    db = READ_ONLY_DBS[strategy]
     client = PqClient(env.proxy(actor).dsn(user, dbname=db))
     try:
         sql = READ_ONLY_WRITES[what]
@@ -1377,8 +1378,7 @@ def test_read_only_tenant_temp_tables(env: Env, strategy: str, case: str, protoc
     actor = ACTORS[strategy]
     user = READ_ONLY_USERS[strategy]
     key = {"shared": "bigco", "norls": "bigco", "schema": "two_co", "database": "dfive"}[strategy]
-    db = {"shared": bidata.SHARED_DB, "norls": bidata.NORLS_DB, "schema": bidata.SCHEMA_DB,
-          "database": bidata.DB_FIVE}[strategy]
+    db = READ_ONLY_DBS[strategy]
     own = str(bidata.own_counts(key)["orders"])
     reader = dataclasses.replace(actor, user=user, key=key, db=db)
     client = PqClient(env.proxy(actor).dsn(user, dbname=db))
@@ -1408,8 +1408,7 @@ def test_read_only_tenant_temp_tables(env: Env, strategy: str, case: str, protoc
 def test_temp_table_invisible_to_another_session_of_the_tenant(env: Env, strategy: str, protocol: str) -> None:
     actor = ACTORS[strategy]
     user = READ_ONLY_USERS[strategy]
-    db = {"shared": bidata.SHARED_DB, "norls": bidata.NORLS_DB, "schema": bidata.SCHEMA_DB,
-          "database": bidata.DB_FIVE}[strategy]
+    db = READ_ONLY_DBS[strategy]
     first, second = (PqClient(env.proxy(actor).dsn(user, dbname=db)) for _ in range(2))
     try:
         assert _temp_step_failed(first.simple("CREATE TEMP TABLE bi_private AS SELECT 'secret-of-first' AS s")) is None
