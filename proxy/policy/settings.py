@@ -49,6 +49,18 @@ def usable_schema(policy: TenantPolicy, entry: str) -> bool:
     return entry != "$user" and not entry.startswith("pg_") and entry not in policy.foreign_schemas
 
 
+def _usable(policy: TenantPolicy, entries: list[str]) -> list[int]:
+    """Indexes of the entries that may reach PostgreSQL. Outside the database strategy pg_catalog also goes when a
+    schema other than pg_temp comes before it: PostgreSQL then searches it first, so an unqualified built-in
+    function, type or operator always means pg_catalog's (what the function allow-list assumes)."""
+    kept = [i for i, entry in enumerate(entries) if usable_schema(policy, entry)]
+    if policy.strategy != "database":
+        first = next((k for k, i in enumerate(kept) if entries[i] == "pg_catalog"), None)
+        if first is not None and any(entries[i] != "pg_temp" for i in kept[:first]):
+            kept = [i for i in kept if entries[i] != "pg_catalog"]
+    return kept
+
+
 def identifier(name: str) -> str:
     """`name` as PostgreSQL's quote_identifier() writes it (what SHOW prints for a search_path entry)."""
     safe = bool(name) and (name[0].islower() or name[0] == "_") and name.isascii()
@@ -73,7 +85,7 @@ def search_path_change(policy: TenantPolicy, body: Node, index: int) -> tuple[Ch
     if None in entries:
         raise fail("search_path_pinned", "search_path must be set to schema names")
     names = [e for e in entries if e is not None]
-    kept = [i for i, name in enumerate(names) if usable_schema(policy, name)]
+    kept = _usable(policy, names)
     path = tuple(names[i] for i in kept)
     if len(kept) == len(names):
         return Change(index, SET_PATH, path=path, flag=local), None
@@ -89,7 +101,7 @@ def set_config_path(policy: TenantPolicy, call: Call, index: int) -> tuple[Chang
     if entries is None:
         raise fail("search_path_pinned", "set_config() can only set search_path to a literal list of schemas")
     local = _bool_arg(call, 2)
-    kept = [e for e in entries if usable_schema(policy, e)]
+    kept = [entries[i] for i in _usable(policy, entries)]
     if len(kept) == len(entries):
         return Change(index, SET_PATH, path=tuple(entries), flag=local), None
     return Change(index, SET_PATH, path=tuple(kept), shown=value, flag=local), ", ".join(identifier(e) for e in kept)
