@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from proxy.policy import Allow, DecisionCache, Deny, Rewrite, decide  # noqa: E402
-from tests.unit.policy.policy_corpus import POLICIES, load_cases  # noqa: E402
+from tests.unit.policy.policy_corpus import case_policy, load_cases  # noqa: E402
 
 
 def _us(values: list[float]) -> dict[str, float]:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     stages: dict[str, list[float]] = {"gate": [], "rewrite": [], "verify": []}
     bi_rewrites: list[float] = []
     for case in cases:
-        policy = POLICIES[case.policy]
+        policy = case_policy(case)
         times: list[float] = []
         last_stages: dict[str, float] = {}
         decision = None
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
                 bi_rewrites.append(t)
     cache = DecisionCache()
     for case in cases:
-        cache.get_or_decide(POLICIES[case.policy], case.sql)
+        cache.get_or_decide(case_policy(case), case.sql)
     cached: list[float] = []
     for _ in range(args.repeat):
         for case in cases:
-            policy = POLICIES[case.policy]
+            policy = case_policy(case)
             t0 = time.perf_counter()
             cache.get_or_decide(policy, case.sql)
             cached.append(time.perf_counter() - t0)

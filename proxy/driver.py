@@ -537,7 +537,8 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         gate = self.proxy.decider(name)
-        session.enable_policy(gate, gate.current)  # a Parse memo holds while the gate's policy stays
+        # a Parse memo holds while the gate's policy (and the session's context) stays
+        session.enable_policy(gate, gate.current, gate.with_context)
         await self._acquire()
 
     async def _acquire(self) -> None:
@@ -769,7 +770,8 @@ class Proxy:
             log.warning("rewrite_fenced", tenant=name,
                         reason="row-level security does not cover every scoped table; filters become fences")
         try:
-            return tenant_policy(tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables), []
+            return tenant_policy(tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
+                                 others=config.tenants.values()), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]
 

@@ -17,6 +17,9 @@ cdef class ClientSession:
     cdef public RequestTracker tracker
     cdef public dict _frontend_tracked, _denials
     cdef public object end_user, revoked
+    cdef public object context, _contextual, _decided_in
+    cdef public bint _tracking
+    cdef public Py_ssize_t _binds, _done
     cpdef list client_data(self, data)
     cpdef list server_data(self, data)
     cpdef list _relay_from_client(self, data)

@@ -28,10 +28,11 @@ from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
-from proxy.policy.model import Allow, Decision, Deny, Rewrite
+from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
 from proxy.protocol import messages as m
 from proxy.protocol.messages import query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, FramingError, Message, MessageStream
+from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import parsing_violation
@@ -44,6 +45,8 @@ _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message).
 Decide = Callable[[str, str], Decision]
+# A session context -> the decision function for it (with a `current` method: the policy token).
+Contextual = Callable[[SessionContext], Decide]
 
 
 def _undecided(_kind: str, _sql: str) -> Decision:
@@ -211,16 +214,29 @@ class ClientSession:
         self._challenged = False  # the client has had the SCRAM server-first
         self.end_user: str | None = None  # a claim from the startup packet (pgtenant.end_user), for the audit
         self.revoked: PgError | None = None  # set by a reload that removed this user
+        # The session's own context (temporary relations, search_path), followed through its transactions; the
+        # decision function is swapped for one that decides in that context while it is not the empty one.
+        self.context = SessionState()
+        self._tracking = False  # the context needs following (SessionState.idle is false)
+        self._binds = 0  # Binds since the last Sync: the position of the next one in its request
+        self._done = 0  # CommandCompletes of the request being answered
+        self._contextual: Contextual | None = None
+        self._decided_in: object = None  # the context `decide` decides in
 
-    def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None) -> None:
+    def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
+                      contextual: Contextual | None = None) -> None:
         """Route every Query, Parse and FunctionCall through `decide` from now on. They are observed, not held
         back: an allowed one stays inside its run of raw bytes, only a rewrite or a denial replaces it.
 
         `policy_token` returns an object that changes whenever `decide` may answer differently (the tenant's
         policy, replaced by a reload): a Parse repeated byte for byte under the same token reuses its outcome.
+        `contextual(context)` gives the decision function for the session's context (whose `current()` is its
+        policy token); without it the context is followed but decisions do not depend on it.
         """
         self.decide = decide
         self._policy_token = policy_token
+        self._contextual = contextual
+        self._decided_in = self.context.belief
         self._parse_memo = None
         self.frontend.handlers = {
             **self._frontend_tracked,
@@ -512,10 +528,15 @@ class ClientSession:
             return self._deny_invalid_text(m.QUERY, body)
         decision = self.decide("query", sql)
         self.tracker.on_query(sql, decision)
+        first, self._binds = self._binds, 0
         if type(decision) is Allow:
+            if decision.changes:
+                self._query_changes(first, decision.changes)
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
+            if decision.changes:
+                self._query_changes(first, decision.changes)
             return query_message(decision.sql)
         return query_message(self._deny_marker(decision))
 
@@ -528,6 +549,8 @@ class ClientSession:
             self.tracker.on_parse(name, sql, decision, kind)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
+            if self._tracking:  # (a decision with changes is never memoized)
+                self._parse_changes(name, ())
             return out
         try:
             parse = m.Parse.decode(body)
@@ -537,14 +560,49 @@ class ClientSession:
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         if type(decision) is Allow:
-            self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, None)
+            self._parsed(body, token, parse.name, parse.sql, kind, decision, None)
             return None
         self._report("parse", parse.sql, decision)
         if isinstance(decision, Rewrite):
             out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
-            self._parse_memo = (body, token, parse.name, parse.sql, kind, decision, out)
+            self._parsed(body, token, parse.name, parse.sql, kind, decision, out)
             return out
+        if self._tracking:
+            self._parse_changes(parse.name, ())
         return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
+
+    def _parsed(self, body: bytes, token: object, name: str, sql: str, kind: str, decision: Allow | Rewrite,
+                out: bytes | None) -> None:
+        """Memoize an allowed or rewritten Parse, unless it changes the session (then follow that)."""
+        changes = decision.changes
+        if changes:
+            self._parse_changes(name, changes)
+            return
+        self._parse_memo = (body, token, name, sql, kind, decision, out)
+        if self._tracking:
+            self._parse_changes(name, ())
+
+    # --- the session's context (proxy/sessionstate.py) ---------------------------------------------
+
+    def _query_changes(self, first: int, changes: tuple[Change, ...]) -> None:
+        pending = self.tracker.pending
+        self.context.query(pending[-1] if pending else None, first, changes)
+        self._context_changed()
+
+    def _parse_changes(self, name: str, changes: tuple[Change, ...]) -> None:
+        self.context.parse(name, changes)
+        self._context_changed()
+
+    def _context_changed(self) -> None:
+        """Follow the context while it is not idle, and decide in what it now is."""
+        self._tracking = not self.context.idle
+        belief = self.context.belief
+        if belief is not self._decided_in:
+            self._decided_in = belief
+            if self._contextual is not None:
+                decide = self._contextual(belief)
+                self.decide = decide
+                self._policy_token = decide.current  # type: ignore[attr-defined]
 
     def _gate_function_call(self, body: bytes) -> bytes:
         """FunctionCall invokes any function by OID, around every SQL-level check: never allowed."""
@@ -588,13 +646,23 @@ class ClientSession:
         statement = _bind_statement(body)
         if statement is not None:
             self.tracker.on_bind(statement)
+            if self._tracking:
+                pending = self.tracker.pending
+                self.context.bind(pending[-1] if pending else None, self._binds, statement)
+                self._context_changed()
+        self._binds += 1
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
+        self._binds = 0
 
     def _on_close(self, body: bytes) -> None:
         if body[:1] == b"S":
-            self.tracker.on_close_statement(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
+            name = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+            self.tracker.on_close_statement(name)
+            if self._tracking:
+                self.context.close(name)
+                self._context_changed()
 
     def _on_copy_end(self, _body: bytes) -> None:
         self.tracker.on_copy_end()
@@ -603,16 +671,29 @@ class ClientSession:
         if body != self._tx_status:  # the status changes rarely; setting it is not free
             self._tx_status = body[:1]
             self.info.tx_status = self._tx_status
-        self.tracker.on_ready()
+        request = self.tracker.on_ready()
+        self._done = 0
+        if self._tracking:
+            self.context.ready(request, body[:1])
+            self._context_changed()
 
     def _on_command_complete(self, body: bytes) -> None:
         self.tracker.on_command_complete(body)
+        self._done += 1
+        if self._tracking:
+            pending = self.tracker.pending
+            self.context.completed(pending[0] if pending else None, self._done, body)
 
-    def _on_parameter_status(self, body: bytes) -> None:
+    def _on_parameter_status(self, body: bytes) -> bytes | None:
         name, value = m.decode_parameter_status(body)
         problem = parsing_violation(name, value)
         if problem is not None:  # e.g. RESET client_encoding to a client-only server default
             raise ParsingMismatch(problem)
+        if name == "search_path" and self._tracking:  # PostgreSQL 18 reports it: the client sees its own value
+            shown = self.context.parameter_status(value)
+            if shown != value:
+                return m.parameter_status(name, shown)
+        return None
 
     def _on_copy_in_response(self, _body: bytes) -> None:
         self.tracker.on_copy_in()
@@ -629,6 +710,8 @@ class ClientSession:
                     err = errors.policy_denied("42501", "statement denied by the tenant policy", "", "denied")
                 if err is not None:
                     self.tracker.on_error(err.sqlstate, denied=True)
+                    if self._tracking:
+                        self._context_failed()
                     return err.encode()
         pos = body.find(b"C")
         code = None
@@ -638,7 +721,13 @@ class ClientSession:
                 break
             pos = body.find(b"C", pos + 1)
         self.tracker.on_error(code)
+        if self._tracking:
+            self._context_failed()
         return None
+
+    def _context_failed(self) -> None:
+        pending = self.tracker.pending
+        self.context.failed(pending[0] if pending else None, self._done)
 
     def close(self) -> None:
         if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)

@@ -63,20 +63,34 @@ def explicit_tables(tenant: TenantConfig) -> dict[tuple[str, str], str]:
     return out
 
 
+def foreign_schemas(tenant: TenantConfig, tenants: Iterable[TenantConfig]) -> frozenset[str]:
+    """The schemas of the other schema-per-tenant tenants in `tenant`'s database (same backend, same database
+    name): a shared-strategy session's search_path never gets them."""
+    own = {*tenant.tenant_schemas, *(tenant.shared_schemas or ())}
+    return frozenset(
+        other.schema
+        for other in tenants
+        if other.name != tenant.name and other.strategy == "schema" and other.schema and other.schema not in own
+        and other.backend == tenant.backend and other.database == tenant.database
+    )
+
+
 def tenant_policy(
     tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False,
-    rls_tables: Iterable[tuple[str, str]] = (),
+    rls_tables: Iterable[tuple[str, str]] = (), others: Iterable[TenantConfig] = (),
 ) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
     client predicate that raises an error on another tenant's row before the tenant filter).
     `rls_tables`: the scoped tables the preflight found with forced RLS (a SELECT naming their system
-    columns may get the tenant predicate in its WHERE clause)."""
+    columns may get the tenant predicate in its WHERE clause). `others`: every tenant of the configuration
+    (their schemas in this tenant's database stay out of its search_path)."""
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(
             fence=fence,
             rls_tables=frozenset(rls_tables),
+            foreign_schemas=foreign_schemas(tenant, others),
             tenant=tenant.name,
             strategy="shared",
             tenant_value=tenant.tenant_id,

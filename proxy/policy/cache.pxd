@@ -24,3 +24,4 @@ cdef class Gate:
     cdef public str tenant
     @cython.locals(policies=dict)
     cpdef current(self)
+    cpdef decide_for(self, policy, str sql)

@@ -8,7 +8,7 @@ from typing import Any
 
 from proxy.policy import shape
 from proxy.policy.engine import decide
-from proxy.policy.model import Allow, Decision, TenantPolicy
+from proxy.policy.model import EMPTY_CONTEXT, Allow, Decision, SessionContext, TenantPolicy
 from proxy.policy.shape import split
 
 
@@ -135,14 +135,56 @@ class Gate:
         return policies.get(self.tenant, self.policy)
 
     def __call__(self, kind: str, sql: str) -> Decision:
-        current = self.current()
-        found = self.cache.cached(current, sql)
+        return self.decide_for(self.current(), sql)
+
+    def decide_for(self, policy: TenantPolicy, sql: str) -> Decision:
+        """The decision for `sql` under `policy` (the tenant's, or a session's `with_context` of it)."""
+        found = self.cache.cached(policy, sql)
         if found is not None:
             return found
         stages: dict[str, float] = {}
         t0 = perf_counter()
-        decision = self.cache.decide_miss(current, sql, stages)
+        decision = self.cache.decide_miss(policy, sql, stages)
         self.observe("total", perf_counter() - t0)
         for stage, seconds in stages.items():
             self.observe(stage, seconds)
         return decision
+
+    def with_context(self, context: SessionContext) -> Gate | ContextGate:
+        """The decision function of a session in `context`: this gate itself for the empty context."""
+        return self if context is EMPTY_CONTEXT else ContextGate(self, context)
+
+
+class ContextGate:
+    """A session's decisions while it has a context (temporary relations, its own search_path): under the
+    tenant's current policy `with_context` of it, through the shared cache (sessions in the same context share
+    entries). A text that cannot name one of the session's temporary relations, in a session whose search_path
+    is the tenant's default, is decided under the tenant's policy itself (the same decision, a shared entry)."""
+
+    __slots__ = ("_base", "_names", "_policy", "_whole", "context", "gate")
+
+    def __init__(self, gate: Gate, context: SessionContext) -> None:
+        self.gate = gate
+        self.context = context
+        self._names = tuple(n.lower() for n in (*context.temp_tables, *context.temp_views))
+        self._base: TenantPolicy | None = None
+        self._policy: TenantPolicy | None = None
+        self._whole = True  # every statement depends on the context (its search_path is not the default)
+
+    def current(self) -> TenantPolicy:
+        """The session's policy now (a reload replaces the tenant's): what its Parse memo is keyed by."""
+        base = self.gate.current()
+        if base is not self._base or self._policy is None:
+            self._base = base
+            self._policy = policy = base.with_context(self.context)
+            self._whole = policy.path != base.search_path or policy.shown_search_path is not None
+        return self._policy
+
+    def __call__(self, kind: str, sql: str) -> Decision:
+        policy = self.current()
+        if self._whole:
+            return self.gate.decide_for(policy, sql)
+        low = sql.lower()
+        if "u&" in low or any(name in low for name in self._names):
+            return self.gate.decide_for(policy, sql)
+        return self.gate.decide_for(policy.base, sql)

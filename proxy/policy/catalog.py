@@ -74,7 +74,7 @@ CATALOG_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema",
 class Filter:
     """A row filter the proxy injects for one relation; `predicate(ref)` is SQL qualified by `ref`."""
 
-    kind: str  # "tenant" (shared-schema scoped table) or "catalog"
+    kind: str  # "tenant" (shared-schema scoped table), "catalog", or "temp" (name it pg_temp.<name>: no filter)
     relation: str  # display name, e.g. sales.orders
     column: str  # the tenant column for "tenant" filters, the filtered column for "catalog" filters
     template: str  # predicate with {ref} standing for the quoted reference name
@@ -175,20 +175,36 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
     return out
 
 
+@lru_cache(maxsize=4096)
+def temp_marker(name: str) -> Filter:
+    """The "filter" of an unqualified name that means one of the session's temporary relations where a filtered
+    relation has the same name: the reference is qualified with pg_temp, so it can only ever mean that one."""
+    return Filter("temp", f"pg_temp.{name}", "", "")
+
+
 def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
-    """The row filter for a RangeVar, or None. Unqualified names match scoped tables in any schema."""
+    """The row filter for a RangeVar, or None. Unqualified names match scoped tables in any schema, except names
+    the session has as temporary relations (found first): those get the `temp_marker`. A scoped table is picked
+    along the session's search_path; when tables of that name are scoped in several schemas, the filter's
+    `qualify` says to name the one picked explicitly."""
     _, schema, table = rv_names(rv)
+    if schema is None and policy.temp_first and (table in policy.temp_tables or table in policy.temp_views):
+        if (policy.strategy == "shared" and table in _scoped_by_name(policy.base)) or table in _catalog_filters(
+            policy.base
+        ):
+            return temp_marker(table)
+        return None
     if policy.strategy == "shared":
-        by_schema = _scoped_by_name(policy).get(table)
+        by_schema = _scoped_by_name(policy.base).get(table)
         if by_schema:
             if schema is not None:
                 column = by_schema.get(schema)
                 if column is not None:
-                    return _tenant_filter(policy, schema, table, column)
+                    return _tenant_filter(policy.base, schema, table, column)
             else:
-                for candidate in policy.search_path:
+                for candidate in policy.path:
                     if candidate in by_schema:
-                        return _tenant_filter(policy, candidate, table, by_schema[candidate])
+                        return _tenant_filter(policy.base, candidate, table, by_schema[candidate])
                 columns = set(by_schema.values())
                 if len(columns) != 1:
                     raise fail(
@@ -197,25 +213,32 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
                         "tenant columns; qualify it with its schema",
                     )
                 first = sorted(by_schema)[0]
-                return _tenant_filter(policy, first, table, by_schema[first])
+                return _tenant_filter(policy.base, first, table, by_schema[first])
     if schema is None or schema == "pg_catalog":
-        return _catalog_filters(policy).get(table)
+        return _catalog_filters(policy.base).get(table)
     return None
 
 
+def ambiguous_scoped(policy: TenantPolicy, name: str) -> bool:
+    """True when tables called `name` are scoped in more than one schema (an unqualified reference's filter then
+    depends on the search_path: the wrapper names the table it was built for)."""
+    return len(_scoped_by_name(policy.base).get(name, ())) > 1
+
+
 def is_filtered_name(policy: TenantPolicy, name: str) -> bool:
-    """True if an unqualified relation called `name` would be filtered (used for temp-table shadowing)."""
-    if policy.strategy == "shared" and name in _scoped_by_name(policy):
-        return True
-    return name in _catalog_filters(policy)
+    """True if `name` is a system catalog the proxy filters: a temporary relation may not take it (a tenant-scoped
+    table's name it may: the session's own temporary relation then comes first, as in PostgreSQL)."""
+    return name in _catalog_filters(policy.base)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
 def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
-    """Lower-cased names of every relation this policy filters."""
-    names = set(_catalog_filters(policy))
+    """Lower-cased names of every relation this policy filters, and of the session's temporary relations."""
+    names = set(_catalog_filters(policy.base))
     if policy.strategy == "shared":
-        names.update(_scoped_by_name(policy))
+        names.update(_scoped_by_name(policy.base))
+    names.update(policy.temp_tables)
+    names.update(policy.temp_views)
     return tuple(sorted(n.lower() for n in names))
 
 

@@ -38,7 +38,10 @@ WALKED: frozenset[str] = QUERY_KINDS | {
     "CreateStmt",
     "CreateTableAsStmt",
     "TruncateStmt",
+    "ViewStmt",
 }
+# Statements that create a relation (a temporary one: check_references, verified by verify.py).
+CREATES: frozenset[str] = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt"})
 _NOT_ALLOWED_DETAIL: dict[str, str] = {
     "DoStmt": "DO blocks are not allowed",
     "CreateFunctionStmt": "creating functions or procedures is not allowed",
@@ -117,7 +120,14 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
             raise fail("ddl_not_allowed", "only temporary tables may be created")
         if any(k in body for k in ("inhRelations", "partbound", "partspec", "ofTypename")):
             raise fail("ddl_not_allowed", "temporary tables may not use INHERITS, PARTITION or OF")
+        _check_table_elements(policy, body.get("tableElts") or ())
         return frozenset()
+    if kind == "ViewStmt":
+        if not _is_temp(body.get("view", {})) or not policy.allow_ddl_temp:
+            raise fail("ddl_not_allowed", "only temporary views may be created")
+        if body.get("withCheckOption", "NO_CHECK_OPTION") != "NO_CHECK_OPTION":
+            raise fail("ddl_not_allowed", "temporary views are read-only; WITH CHECK OPTION is not supported")
+        return _nested(policy, body.get("query", {}), frozenset({"SelectStmt"}))
     if kind == "CreateTableAsStmt":
         rel = body.get("into", {}).get("rel", {})
         if body.get("objtype") != "OBJECT_TABLE" or not _is_temp(rel) or not policy.allow_ddl_temp:
@@ -127,9 +137,7 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
         _check_drop(policy, body)
         return frozenset()
     if kind == "TruncateStmt":
-        if policy.strategy == "shared":
-            raise fail("statement_not_allowed", "TRUNCATE is not allowed in the shared-schema strategy")
-        return frozenset()
+        return frozenset()  # per relation: check_references
     if kind in ("ListenStmt", "NotifyStmt"):
         if policy.strategy != "database":
             raise fail("notify_not_allowed", "LISTEN/NOTIFY are not allowed in this strategy")
@@ -153,17 +161,40 @@ def _nested(policy: TenantPolicy, node: Node, allowed: frozenset[str]) -> frozen
     return gate(policy, kind, node[kind])
 
 
+# LIKE options that copy expressions (defaults, generated columns, constraints, index expressions): they would
+# run on every write to the new table without the proxy ever seeing them (CREATE_TABLE_LIKE_* bits).
+_LIKE_COPIES_EXPRESSIONS = {4: "CONSTRAINTS", 8: "DEFAULTS", 16: "GENERATED", 64: "INDEXES"}
+
+
+def _check_table_elements(policy: TenantPolicy, elements: list[Node] | tuple[Node, ...]) -> None:
+    """A temporary table's LIKE clauses copy no expressions, and its foreign keys reference temporary tables."""
+    for element in elements:
+        like = element.get("TableLikeClause")
+        if like is not None:
+            copied = [word for bit, word in _LIKE_COPIES_EXPRESSIONS.items() if like.get("options", 0) & bit]
+            if copied:
+                raise fail("ddl_not_allowed", "LIKE ... INCLUDING " + ", ".join(copied) + " copies expressions "
+                           "the proxy cannot check; use INCLUDING COMMENTS, STORAGE, COMPRESSION, IDENTITY or "
+                           "STATISTICS")
+        column = element.get("ColumnDef")
+        constraints = column.get("constraints") or () if column is not None else (element,)
+        for item in constraints:
+            constraint = item.get("Constraint", {})
+            if constraint.get("contype") == "CONSTR_FOREIGN":
+                pk = constraint.get("pktable", {})
+                if policy.temp_kind(pk.get("schemaname"), pk.get("relname", "")) != "table":
+                    raise fail("ddl_not_allowed", "a temporary table may only reference temporary tables")
+
+
 def _check_drop(policy: TenantPolicy, body: Node) -> None:
-    if body.get("removeType") != "OBJECT_TABLE" or not policy.allow_ddl_temp:
-        raise fail("ddl_not_allowed", "only temporary tables may be dropped")
+    """DROP TABLE / VIEW of the session's temporary relations only: every name is (made) pg_temp.<name>."""
+    if body.get("removeType") not in ("OBJECT_TABLE", "OBJECT_VIEW") or not policy.allow_ddl_temp:
+        raise fail("ddl_not_allowed", "only temporary tables and views may be dropped")
     for obj in body.get("objects", ()):
         names = names_of(obj.get("List", {}).get("items"))
-        if len(names) == 2 and names[0] == "pg_temp":
+        if len(names) == 1 or (len(names) == 2 and names[0] == "pg_temp"):
             continue
-        if len(names) != 1:
-            raise fail("ddl_not_allowed", "only temporary tables may be dropped (qualify them with pg_temp)")
-        if is_filtered_name(policy, names[0]):
-            raise fail("ddl_not_allowed", f'"{names[0]}" is a tenant-scoped table and cannot be dropped')
+        raise fail("ddl_not_allowed", "only temporary tables and views may be dropped (qualify them with pg_temp)")
 
 
 def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
@@ -178,18 +209,28 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
         if ref.role in (TARGET, COPY_FROM, TRUNCATE):
             if schema in CATALOG_SCHEMAS or (schema is None and rel.startswith("pg_")):
                 raise fail("catalog_write", f'"{rel}" is a system catalog')
-            if schema != "pg_temp" and not policy.allow_writes:
+            temp = policy.temp_kind(schema, rel)
+            if temp == "view":
+                raise fail("temp_view_write", f'"{rel}" is a temporary view')
+            if temp == "table":
+                continue  # the session's own temporary table: the rewrite names it pg_temp.<name>
+            if not policy.allow_writes:
                 raise fail("read_only", f'writing to "{rel}" is not allowed for this read-only role')
+            if ref.role == TRUNCATE and policy.strategy == "shared":
+                raise fail("statement_not_allowed", "TRUNCATE of a table other than a temporary one is not "
+                           "allowed in the shared-schema strategy")
             if policy.strategy == "schema":
                 check_writes_to_shared(policy, schema, rel)
         elif ref.role in (INTO, CREATE):
             if not _is_temp(rv) or not policy.allow_ddl_temp:
-                raise fail("ddl_not_allowed", "only temporary tables may be created")
+                raise fail("ddl_not_allowed", "only temporary tables and views may be created")
             if schema not in (None, "pg_temp"):
-                raise fail("ddl_not_allowed", "temporary tables cannot be created in a named schema")
+                raise fail("ddl_not_allowed", "temporary relations cannot be created in a named schema")
             if is_filtered_name(policy, rel):
-                raise fail("temp_shadows_scoped", f'a temporary table may not be called "{rel}"')
+                raise fail("temp_shadows_scoped", f'a temporary relation may not be called "{rel}"')
         elif ref.role == INHERIT:
             raise fail("ddl_not_allowed", "temporary tables may not inherit from other tables")
-        elif ref.role == UNKNOWN and not ref.cte and relation_filter(policy, rv) is not None:
-            raise fail("rewrite_unsupported", f'"{rel}" is tenant-filtered and cannot be used in this position')
+        elif ref.role == UNKNOWN and not ref.cte:
+            found = relation_filter(policy, rv)
+            if found is not None and found.kind != "temp":
+                raise fail("rewrite_unsupported", f'"{rel}" is tenant-filtered and cannot be used in this position')

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import perf_counter
+from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, functions, rewrite, schema
+from proxy.policy import classify, context, functions, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
-from proxy.policy.model import REAPPLY_CONTEXT, Allow, Decision, Deny, Rewrite, TenantPolicy
+from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
-from proxy.policy.tree import Statement, parse
+from proxy.policy.tree import Node, Statement, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, verify_rewrite
-from proxy.policy.walk import analyze
+from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
 
 
 def decide(policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None) -> Decision:
@@ -42,10 +44,13 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float]) -> Decisi
         raise fail("parse_error", f"syntax error: {exc}") from None
     plan = rewrite.Plan()
     effects: set[str] = set()
+    changes: list[Change] = []
     count = len(statements)
+    current = policy
+    policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
     for index, stmt in enumerate(statements):
         try:
-            stmt_effects = _decide_statement(policy, data, stmt, plan)
+            stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
             if REAPPLY_CONTEXT in stmt_effects and index != count - 1:
                 raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
         except Denied as exc:
@@ -55,43 +60,103 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float]) -> Decisi
             where = f"statement {index + 1} of {count}: "
             return Deny(d.sqlstate, d.message.replace("pgtenant: ", "pgtenant: " + where, 1), d.hint, d.rule)
         effects |= stmt_effects
+        policies.append(current)
+        if stmt_changes:
+            changes += stmt_changes
+            if index != count - 1:  # the later statements see what this one does to the session
+                context = current.context
+                for change in stmt_changes:
+                    context = context.apply(change)
+                current = current.with_context(context)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
+    nodes = [stmt.node for stmt in statements]
     if not plan.edits:
         try:
-            if may_name_filtered(policy, sql):
-                for stmt in statements:
-                    check_coverage(policy, stmt.node)
+            if plan.verify or any(may_name_filtered(p, sql) for p in _distinct(policies)):
+                for p, node in zip(policies, nodes, strict=True):
+                    check_coverage(p, node)
         except Unverified as exc:
             raise fail("rewrite_unverified", str(exc)) from None
         finally:
             timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t1)
-        return Allow(frozenset(effects))
+        return Allow(frozenset(effects), tuple(changes))
     try:
         new_sql = apply_edits(data, plan.edits)
         rewrite.mutate_all(plan)
         t2 = perf_counter()
         timings["rewrite"] = timings.get("rewrite", 0.0) + (t2 - t1)
         intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
-        verify_rewrite(policy, intended, [stmt.node for stmt in statements], new_sql)
+        verify_rewrite(list(zip(policies, nodes, strict=True)), intended, new_sql)
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
-    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects))
+    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
 
 
-def _decide_statement(policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan) -> frozenset[str]:
-    effects = classify.gate(policy, stmt.kind, stmt.body)
-    if stmt.kind not in classify.WALKED:
-        return effects
+def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
+    return policies if len(policies) < 2 or policies[0] is policies[-1] else list(dict.fromkeys(policies))
+
+
+def _decide_statement(
+    policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int
+) -> tuple[frozenset[str], list[Change]]:
+    kind, body = stmt.kind, stmt.body
+    effects = classify.gate(policy, kind, body)
+    changes = context.statement_changes(kind, body, index)
+    if kind == "VariableSetStmt":
+        if body.get("name", "").lower() == "search_path":
+            change, kept = settings.search_path_change(policy, body, index)
+            if kept is not None:
+                _located(rewrite.set_arguments, policy, data, stmt, kept, plan)
+            if change is not None:
+                changes.append(change)
+        return effects, changes
+    if kind == "VariableShowStmt":
+        if body.get("name", "").lower() == "search_path" and policy.shown_search_path is not None:
+            _located(rewrite.show_value, policy, data, stmt, "search_path", policy.shown_search_path, plan)
+        return effects, changes
+    if kind == "DropStmt":
+        _located(rewrite.qualify_drop, policy, data, stmt, plan)
+        plan.verify = True
+        return effects, changes
+    if kind not in classify.WALKED:
+        return effects, changes
     analysis = analyze(stmt.node)
     schema.check_cross_database(analysis)
     if policy.strategy == "schema":
         schema.check_schemas(policy, analysis)
     classify.check_references(policy, analysis)
     functions.check(policy, analysis)
+    if kind == "ViewStmt":
+        _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:
         rewrite.plan(policy, data, stmt, analysis, plan)
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
-    return effects
+    for call in analysis.calls:
+        if settings.is_set_config_path(call):
+            change, literal = settings.set_config_path(policy, call, index)
+            if literal is not None:
+                _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
+            changes.append(change)
+    if any(ref.role in WRITES for ref in analysis.refs) or kind in classify.CREATES:
+        plan.verify = True  # the write rule: verified whatever names the statement uses
+    return effects, changes
+
+
+WRITES = frozenset({TARGET, COPY_FROM, TRUNCATE})
+
+
+def _below_casts(node: Node) -> Node:
+    while "TypeCast" in node:
+        node = node["TypeCast"]["arg"]
+    return node
+
+
+def _located(edit: Callable[..., None], *args: Any) -> None:
+    """Run a rewrite step that finds its place in the text; a text it cannot read is refused."""
+    try:
+        edit(*args)
+    except TextError as exc:
+        raise fail("rewrite_unverified", f"could not locate the statement's parts in the text: {exc}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -18,12 +18,96 @@ SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", 
 
 RESERVED_NAMESPACE = "pgtenant."
 
+# What a statement changes in its session when it succeeds (`Change.op`).
+TEMP_TABLE = "temp_table"  # a temporary table `name` was created (flag: ON COMMIT DROP)
+TEMP_VIEW = "temp_view"  # a temporary view `name` was created
+DROP_TEMP = "drop_temp"  # the temporary relation `name` was dropped
+DISCARD_TEMP = "discard_temp"  # every temporary relation was dropped (DISCARD TEMP / ALL)
+SET_PATH = "set_path"  # search_path set (`path`: what PostgreSQL got, None = the tenant's default; flag: LOCAL)
+COMMIT = "commit"  # COMMIT / END: ends the transaction (the backend's tag says whether it committed)
+ROLLBACK = "rollback"  # ROLLBACK / ABORT
+SAVEPOINT = "savepoint"  # SAVEPOINT `name`
+RELEASE = "release"  # RELEASE [SAVEPOINT] `name`
+ROLLBACK_TO = "rollback_to"  # ROLLBACK TO [SAVEPOINT] `name`
+TRANSACTION_OPS: frozenset[str] = frozenset({COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK_TO})
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change a statement makes to its session's state when it succeeds; `at` is the statement's index in
+    its query string. The session applies it (`SessionContext.apply`) and follows the backend's answer."""
+
+    at: int
+    op: str
+    name: str = ""
+    path: tuple[str, ...] | None = None
+    shown: str | None = None  # SET_PATH: the client's value as SHOW prints it, when PostgreSQL got another one
+    flag: bool = False  # TEMP_TABLE: ON COMMIT DROP; SET_PATH: LOCAL
+    if_not_exists: bool = False  # TEMP_TABLE / TEMP_VIEW: an existing relation of that name stays as it is
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What a session has changed that decisions depend on: its temporary relations and its search_path.
+    Plain, hashable data; `apply` returns the context after a change (transaction changes are the session's)."""
+
+    temp_tables: frozenset[str] = frozenset()
+    temp_views: frozenset[str] = frozenset()
+    drop_at_commit: frozenset[str] = frozenset()  # temporary tables created ON COMMIT DROP
+    path: tuple[str, ...] | None = None  # the search_path PostgreSQL has (None: the tenant's default)
+    shown: str | None = None  # what SHOW search_path prints for it, when that differs (the client's value)
+    local: tuple[tuple[str, ...] | None, str | None] | None = None  # SET LOCAL (path, shown) in the open transaction
+
+    def apply(self, change: Change) -> SessionContext:
+        """The context after `change` (transaction changes other than COMMIT leave it as it is)."""
+        op, name = change.op, change.name
+        if op in (TEMP_TABLE, TEMP_VIEW):
+            if change.if_not_exists and (name in self.temp_tables or name in self.temp_views):
+                return self
+            tables, views = self.temp_tables - {name}, self.temp_views - {name}
+            if op == TEMP_TABLE:
+                tables |= {name}
+            else:
+                views |= {name}
+            at_commit = self.drop_at_commit | {name} if change.flag else self.drop_at_commit - {name}
+            return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit)
+        if op == DROP_TEMP:
+            if name not in self.temp_tables and name not in self.temp_views:
+                return self
+            return replace(self, temp_tables=self.temp_tables - {name}, temp_views=self.temp_views - {name},
+                           drop_at_commit=self.drop_at_commit - {name})
+        if op == DISCARD_TEMP:
+            return replace(self, temp_tables=frozenset(), temp_views=frozenset(), drop_at_commit=frozenset())
+        if op == SET_PATH:
+            if change.flag:
+                return replace(self, local=(change.path, change.shown))
+            return replace(self, path=change.path, shown=change.shown, local=None)
+        if op == COMMIT:
+            return self.end_of_transaction()
+        return self
+
+    def end_of_transaction(self) -> SessionContext:
+        """The context once the open transaction commits: SET LOCAL and ON COMMIT DROP tables are gone."""
+        if self.local is None and not self.drop_at_commit:
+            return self
+        gone = self.drop_at_commit
+        return replace(self, temp_tables=self.temp_tables - gone, temp_views=self.temp_views - gone,
+                       drop_at_commit=frozenset(), local=None)
+
+    def effective(self) -> tuple[tuple[str, ...] | None, str | None]:
+        """(search_path PostgreSQL has, SHOW text) in effect: SET LOCAL's, else the session's."""
+        return self.local if self.local is not None else (self.path, self.shown)
+
+
+EMPTY_CONTEXT = SessionContext()
+
 
 @dataclass(frozen=True, slots=True)
 class Allow:
     """Forward the client's original bytes untouched."""
 
     effects: frozenset[str] = frozenset()
+    changes: tuple[Change, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +117,7 @@ class Rewrite:
     sql: str
     rules: tuple[str, ...]
     effects: frozenset[str] = frozenset()
+    changes: tuple[Change, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +133,33 @@ class Deny:
 Decision = Allow | Rewrite | Deny
 
 
-_POLICY_IDS: dict[tuple[Any, ...], int] = {}  # TenantPolicy.key -> cache_id (a few entries per configuration)
+# TenantPolicy.key -> cache_id: a few entries per configuration, and one per distinct session context in use
+# (bounded: a key evicted here only gets a new number next time, so its cached decisions are not found again).
+_POLICY_IDS: dict[tuple[Any, ...], int] = {}
+_MAX_POLICY_IDS = 4096
 _NEXT_POLICY_ID = itertools.count()
+
+
+def _policy_id(key: tuple[Any, ...]) -> int:
+    found = _POLICY_IDS.get(key)
+    if found is None:
+        if len(_POLICY_IDS) >= _MAX_POLICY_IDS:
+            del _POLICY_IDS[next(iter(_POLICY_IDS))]
+        found = _POLICY_IDS[key] = next(_NEXT_POLICY_ID)
+    return found
+
+
+def temp_schema_first(path: tuple[str, ...]) -> bool:
+    """True when an unqualified relation name resolves to a temporary relation of that name before any other
+    schema's: pg_temp is not in the path (PostgreSQL then searches it first) or only pg_catalog precedes it."""
+    if "pg_temp" not in path:
+        return True
+    for entry in path:
+        if entry == "pg_temp":
+            return True
+        if entry != "pg_catalog":
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -76,6 +186,16 @@ class TenantPolicy:
     # quals run before any qual of a query, so a SELECT that names one's system columns (ctid, xmin…) may
     # carry the tenant predicate in its WHERE clause instead of a wrapper (which has no system columns).
     rls_tables: frozenset[tuple[str, str]] = frozenset()
+    # Shared strategy: schemas of other tenants of the same database (a search_path never gets them).
+    foreign_schemas: frozenset[str] = frozenset()
+    # The session's context (`with_context`); the policy without one is `base`.
+    context: SessionContext = field(init=False, repr=False)
+    base: TenantPolicy = field(init=False, repr=False)
+    path: tuple[str, ...] = field(init=False, repr=False)  # the search_path in effect (the context's, else the default)
+    temp_tables: frozenset[str] = field(init=False, repr=False)
+    temp_views: frozenset[str] = field(init=False, repr=False)
+    temp_first: bool = field(init=False, repr=False)  # unqualified names find temporary relations first
+    shown_search_path: str | None = field(init=False, repr=False)  # what SHOW search_path must print, if not PG's
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -110,6 +230,14 @@ class TenantPolicy:
         object.__setattr__(self, "extra_allowed_functions", frozenset(self.extra_allowed_functions))
         object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
         object.__setattr__(self, "rls_tables", frozenset((str(s), str(t)) for s, t in self.rls_tables))
+        object.__setattr__(self, "foreign_schemas", frozenset(self.foreign_schemas))
+        object.__setattr__(self, "context", EMPTY_CONTEXT)
+        object.__setattr__(self, "base", self)
+        object.__setattr__(self, "path", search_path)
+        object.__setattr__(self, "temp_tables", frozenset())
+        object.__setattr__(self, "temp_views", frozenset())
+        object.__setattr__(self, "temp_first", temp_schema_first(search_path))
+        object.__setattr__(self, "shown_search_path", None)
         key = (
             self.tenant,
             self.strategy,
@@ -125,10 +253,35 @@ class TenantPolicy:
             tuple(sorted(self.denied_functions)),
             self.fence,
             tuple(sorted(self.rls_tables)),
+            tuple(sorted(self.foreign_schemas)),
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))
-        object.__setattr__(self, "cache_id", _POLICY_IDS.setdefault(key, next(_NEXT_POLICY_ID)))
+        object.__setattr__(self, "cache_id", _policy_id(key))
+
+    def with_context(self, context: SessionContext) -> TenantPolicy:
+        """This tenant's policy for a session in `context` (the base policy itself for the empty context).
+        Compared and cached by value like any policy: sessions in the same context share decisions."""
+        base = self.base
+        if context == EMPTY_CONTEXT:
+            return base
+        derived = object.__new__(TenantPolicy)
+        for name in _INIT_FIELDS:
+            object.__setattr__(derived, name, getattr(base, name))
+        path, shown = context.effective()
+        path = base.search_path if path is None else path
+        object.__setattr__(derived, "context", context)
+        object.__setattr__(derived, "base", base)
+        object.__setattr__(derived, "path", path)
+        object.__setattr__(derived, "temp_tables", context.temp_tables)
+        object.__setattr__(derived, "temp_views", context.temp_views)
+        object.__setattr__(derived, "temp_first", temp_schema_first(path))
+        object.__setattr__(derived, "shown_search_path", shown)
+        key = (*base.key, context)
+        object.__setattr__(derived, "key", key)
+        object.__setattr__(derived, "_hash", hash(key))
+        object.__setattr__(derived, "cache_id", _policy_id(key))
+        return derived
 
     def __hash__(self) -> int:
         return self._hash
@@ -149,3 +302,18 @@ class TenantPolicy:
         """True for the RLS tenant setting and everything in the proxy's reserved namespace."""
         low = name.lower()
         return low == self.tenant_setting.lower() or low.startswith(RESERVED_NAMESPACE)
+
+    def temp_kind(self, schema: str | None, name: str) -> str | None:
+        """"table" or "view" when the relation `schema.name` is one of the session's temporary relations as far
+        as it knows (any name in pg_temp is: a table unless known as a view), else None."""
+        if schema == "pg_temp":
+            return "view" if name in self.temp_views else "table"
+        if schema is None and self.temp_first:
+            if name in self.temp_tables:
+                return "table"
+            if name in self.temp_views:
+                return "view"
+        return None
+
+
+_INIT_FIELDS = tuple(f.name for f in fields(TenantPolicy) if f.init)

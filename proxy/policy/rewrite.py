@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.policy.catalog import Filter, needs_fence, relation_filter
+from proxy.policy.catalog import Filter, ambiguous_scoped, needs_fence, relation_filter
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import (
@@ -28,10 +28,19 @@ from proxy.policy.sqltext import (
     tokens,
     tokens_from,
 )
-from proxy.policy.tree import Node, Statement, const_text, dumps, expr_node, names_of, reorder
-from proxy.policy.walk import COPY_FROM, COPY_TO, READ, SAMPLE, TARGET, Analysis, RelRef
+from proxy.policy.tree import (
+    Node,
+    Statement,
+    const_text,
+    dumps,
+    expr_node,
+    names_of,
+    reorder,
+    statement_node,
+)
+from proxy.policy.walk import COPY_FROM, COPY_TO, LIKE, READ, SAMPLE, TARGET, TRUNCATE, UNKNOWN, Analysis, RelRef
 
-WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT is wrapped in
+WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT and a temporary view's query are wrapped in
 JOIN_ALIAS = "_pgt_"  # alias prefix of the empty row a FROM item is joined with (`_Planner.join_filter`)
 # A relation's system columns (walk.SYSTEM_COLUMNS): a derived table does not have them, so a SELECT that names
 # one gets the tenant predicate in its WHERE clause instead of a wrapper, where that is exact and safe
@@ -41,6 +50,7 @@ _WHERE_END = frozenset(
     {"GROUP_P", "HAVING", "WINDOW", "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR", "UNION", "INTERSECT", "EXCEPT"}
 )
 _STAR: Node = {"ResTarget": {"val": {"ColumnRef": {"fields": [{"A_Star": {}}]}}}}
+TEMP_PREFIX = "pg_temp."
 _SELECT_DEFAULTS: Node = {"limitOption": "LIMIT_OPTION_DEFAULT", "op": "SETOP_NONE"}
 
 
@@ -55,6 +65,7 @@ class Plan:
     # original JSON text: (JSON text of the replaced node, its replacement node).
     splices: list[tuple[str, Node]] = field(default_factory=list)
     full_dump: bool = False
+    verify: bool = False  # verify even an unchanged statement (it writes, creates or drops)
 
 
 def star_select(targets: list[Node], from_item: Node, where: Node | None = None, fence: bool = False) -> Node:
@@ -168,19 +179,21 @@ class _Planner:
 
     def wrap(self, ref: RelRef, flt: Filter) -> None:
         rv = ref.rv
-        start, end, name = self.name_span(ref)
+        start, end, name, inner = self.name_span(ref, flt)
         fence = needs_fence(self.policy, flt)
         sub = wrapper_sql(name, flt, rv["relname"], fence)
         alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
         self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
-        self.replace_leaf(ref.holder, ref.key, wrapper_node(rv, flt, fence))
+        self.replace_leaf(ref.holder, ref.key, wrapper_node(inner, flt, fence))
         if "alias" not in rv:
             self.unaliased.add((flt.relation.split(".", 1)[0], rv["relname"]))
         self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
 
-    def name_span(self, ref: RelRef) -> tuple[int, int, str]:
+    def name_span(self, ref: RelRef, flt: Filter | None = None) -> tuple[int, int, str, Node]:
         """Byte span and text of a FROM item's relation name, with a `TABLE` / `ONLY` keyword before it (and the
-        `)` of `ONLY ( name )`); the text starts with "ONLY " for a relation read without its children."""
+        `)` of `ONLY ( name )`); the text starts with "ONLY " for a relation read without its children. Also the
+        RangeVar that text names: with a tenant filter `flt` for a name scoped in several schemas, the name is
+        qualified with the filter's schema."""
         rv = ref.rv
         loc = rv["location"]
         start, end = loc, simple_name_end(self.text.data, loc, _rv_names(rv))
@@ -188,6 +201,14 @@ class _Planner:
             parts = 1 + ("schemaname" in rv) + ("catalogname" in rv)
             start, end, _star = name_span(self.text.data, loc, self.text.end, parts)
         name = self.text.cut(start, end)
+        inner = rv
+        if flt is not None and "schemaname" not in rv and flt.kind == "tenant" and ambiguous_scoped(
+            self.policy, rv["relname"]
+        ):
+            # Tables of this name are scoped in several schemas: name the one the filter is for (the search_path
+            # picked it), so PostgreSQL cannot read another, whatever the session's search_path turns out to be.
+            inner = {"schemaname": flt.table[0], **rv}
+            name = quote_ident(flt.table[0]) + "." + name
         only = not rv.get("inh", False)
         if ref.table_form or only:
             keyword = "table" if ref.table_form else "only"
@@ -201,7 +222,7 @@ class _Planner:
                 end = after[0].end
             if only:
                 name = "ONLY " + name
-        return start, end, name
+        return start, end, name, inner
 
     def join_filter(self, ref: RelRef, flt: Filter, taken: set[str]) -> None:
         """Keep the relation of a FROM item and filter it by an inner join with an empty row on the tenant
@@ -210,7 +231,7 @@ class _Planner:
         and system columns. Used only for tables under forced RLS (like `filter_in_where`). A sampled item
         (`t TABLESAMPLE …`) is joined as a whole: sampled, then filtered, like the sampled wrapper."""
         rv = ref.rv
-        start, end, _name = self.name_span(ref)
+        start, end, _name, _inner = self.name_span(ref)
         if ref.sample is not None:
             end = self.text.toks_from(end)[self.sample_clause(end)[1]].end
         elif "alias" in rv:
@@ -260,7 +281,7 @@ class _Planner:
         [REPEATABLE (seed)] WHERE <filter> [OFFSET 0]) [AS a]`: the sample is drawn from the table, then
         filtered (as PostgreSQL applies forced RLS to the sampled rows)."""
         rv, body = ref.rv, ref.sample or {}
-        start, end, name = self.name_span(ref)
+        start, end, name, named = self.name_span(ref, flt)
         toks = self.text.toks_from(end)
         at, close = self.sample_clause(end)
         alias_text = self.text.cut(end, toks[at].start).strip() if "alias" in rv else quote_ident(rv["relname"])
@@ -268,7 +289,7 @@ class _Planner:
         self.edit(start, toks[at].start, f"(SELECT * FROM {name} ")
         where = f" WHERE {flt.predicate(rv['relname'])}{' OFFSET 0' if fence else ''})"
         self.edit(toks[close].end, toks[close].end, f"{where} {alias_text}")
-        inner = {k: v for k, v in rv.items() if k != "alias"}
+        inner = {k: v for k, v in named.items() if k != "alias"}
         alias = rv.get("alias") or {"aliasname": rv.get("relname", "")}
         sampled = {"RangeTableSample": {**body, "relation": {"RangeVar": inner}}}
         query = star_select([_STAR], sampled, expr_node(flt.predicate(rv["relname"])), fence)
@@ -279,6 +300,21 @@ class _Planner:
 
         self.mutate(mutation)
         self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+
+    def qualify(self, rv: Node) -> None:
+        """Name the relation written at `rv` pg_temp.<name>: then only the session's own temporary relation can be
+        meant, whatever else the session has or believes it has."""
+        loc = rv["location"]
+        self.edit(loc, loc, TEMP_PREFIX)
+
+        def mutation() -> None:
+            fields = list(rv.items())
+            rv.clear()
+            rv["schemaname"] = "pg_temp"
+            rv.update(fields)
+
+        self.mutate(mutation)
+        self.rule("temp_relation")
 
     def copy_to(self, ref: RelRef, flt: Filter) -> None:
         rv, body = ref.rv, ref.stmt or {}
@@ -490,6 +526,7 @@ def where_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
         and not ref.rv.get("alias", {}).get("colnames")
         and flt.kind == "tenant"
         and flt.table in policy.rls_tables
+        and ("schemaname" in ref.rv or not ambiguous_scoped(policy, ref.rv["relname"]))
         and "BoolExpr" not in expr_node(flt.predicate(_refname(ref.rv)))
     )
 
@@ -505,6 +542,7 @@ def join_filterable(policy: TenantPolicy, ref: RelRef, flt: Filter) -> bool:
         and not ref.rv.get("alias", {}).get("colnames")
         and flt.kind == "tenant"
         and flt.table in policy.rls_tables
+        and ("schemaname" in ref.rv or not ambiguous_scoped(policy, ref.rv["relname"]))
         and "BoolExpr" not in expr_node(flt.predicate(_refname(ref.rv)))
     )
 
@@ -523,11 +561,24 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
     in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
     taken: set[str] | None = None  # FROM-item names, for the empty rows of join filters
     for ref in analysis.refs:
-        if ref.cte or ref.role not in (READ, SAMPLE, COPY_TO, COPY_FROM, TARGET):
+        if ref.cte:
+            continue
+        if ref.role in (TARGET, COPY_FROM, TRUNCATE):
+            if "schemaname" not in ref.rv and policy.temp_kind(None, ref.rv["relname"]) == "table":
+                planner.qualify(ref.rv)  # a write to the session's own temporary table
+                continue
+        elif ref.role not in (READ, COPY_TO, SAMPLE, UNKNOWN, LIKE):
+            continue
+        if ref.role == TRUNCATE:
             continue
         flt = relation_filter(policy, ref.rv)
         if flt is None:
             continue
+        if flt.kind == "temp":
+            planner.qualify(ref.rv)  # the session's temporary relation, where a filtered one has the same name
+            continue
+        if ref.role in (UNKNOWN, LIKE):
+            continue  # check_references refused filtered ones in UNKNOWN; LIKE copies structure only
         # The relation stays (its system columns, its row type for whole-row references) when named so.
         named = bool(analysis.row_names or analysis.star_names) and names_whole_row(analysis, ref)
         keep = ref.role in (READ, SAMPLE) and (analysis.system_columns or named)
@@ -559,6 +610,131 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
+
+
+def _statement_tokens(data: bytes, stmt: Statement) -> list[Tok]:
+    toks = tokens(data, stmt.start, stmt.end)
+    while toks and toks[-1].name == "ASCII_59":  # a trailing ';'
+        toks.pop()
+    if not toks:
+        raise TextError("empty statement")
+    return toks
+
+
+def set_arguments(policy: TenantPolicy, data: bytes, stmt: Statement, kept: list[int], out: Plan) -> None:
+    """SET [LOCAL] search_path: keep only the arguments at `kept` (as the client wrote them), or '' for none."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    args = stmt.body["args"]
+    spans = []
+    for arg in args:
+        loc = arg["A_Const"]["location"]
+        toks = tokens_from(data, loc, stmt.end, need=2)
+        if not toks or toks[0].start != loc or (len(toks) > 1 and toks[1].name == "UESCAPE"):
+            raise TextError("expected a search_path entry")
+        spans.append((loc, toks[0].end))
+    text = ", ".join(planner.text.cut(*spans[i]) for i in kept) or "''"
+    planner.edit(spans[0][0], spans[-1][1], text)
+    new_args = [args[i] for i in kept] or [dict(expr_node("''"))]
+
+    def mutation() -> None:
+        stmt.body["args"] = new_args
+
+    planner.mutate(mutation)
+    planner.rule("search_path_filtered")
+
+
+def replace_literal(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
+    """Replace the string literal `node` (an A_Const, e.g. set_config's value) with `value`."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    const = node["A_Const"]
+    loc = const["location"]
+    toks = tokens_from(data, loc, stmt.end, need=2)
+    if not toks or toks[0].start != loc or (len(toks) > 1 and toks[1].name == "UESCAPE"):
+        raise TextError("expected a string literal")
+    planner.edit(loc, toks[0].end, quote_literal(value))
+
+    def mutation() -> None:
+        const["sval"] = {"sval": value}
+
+    planner.mutate(mutation)
+    planner.rule("search_path_filtered")
+
+
+def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, value: str, out: Plan) -> None:
+    """SHOW `name` becomes a SELECT of `value` (the client's own setting, where PostgreSQL has another one)."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    toks = _statement_tokens(data, stmt)
+    sql = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
+    planner.edit(toks[0].start, toks[-1].end, sql)
+    select = statement_node(sql)
+
+    def mutation() -> None:
+        stmt.node.clear()
+        stmt.node.update(select)
+
+    planner.mutate(mutation)
+    planner.rule("search_path_shown")
+
+
+def qualify_drop(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) -> None:
+    """DROP TABLE / VIEW: every unqualified name becomes pg_temp.<name> (only temporary relations can go)."""
+    objects = [obj.get("List", {}).get("items", []) for obj in stmt.body.get("objects", ())]
+    if all(len(items) > 1 for items in objects):
+        return
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    toks = _statement_tokens(data, stmt)
+    i = 2  # DROP TABLE | VIEW
+    if i + 1 < len(toks) and toks[i].name == "IF_P" and toks[i + 1].name == "EXISTS":
+        i += 2
+    for items in objects:
+        if i >= len(toks):
+            raise TextError("DROP names do not match the tree")
+        if len(items) == 1:
+            planner.edit(toks[i].start, toks[i].start, TEMP_PREFIX)
+        while i < len(toks) and toks[i].name != COMMA:
+            i += 1
+        i += 1
+    temp = {"String": {"sval": "pg_temp"}}
+
+    def mutation() -> None:
+        for items in objects:
+            if len(items) == 1:
+                items.insert(0, dict(temp))
+
+    planner.mutate(mutation)
+    planner.rule("temp_relation")
+
+
+def wrap_view(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) -> None:
+    """CREATE TEMP VIEW v AS <query>: the query becomes `SELECT * FROM (<query>) "_pgt"`, which PostgreSQL never
+    updates automatically, so no write through the view can reach the relations it reads."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    body = stmt.body
+    toks = planner.text.toks_from(body["view"]["location"])
+    while toks and toks[-1].name == "ASCII_59":
+        toks = toks[:-1]
+    depth, at = 0, None
+    for j, tok in enumerate(toks):
+        if tok.name == OPEN:
+            depth += 1
+        elif tok.name == CLOSE:
+            depth -= 1
+        elif depth == 0 and tok.name == "AS":
+            at = j
+            break
+    if at is None or at + 1 >= len(toks):
+        raise TextError("expected AS <query> in CREATE VIEW")
+    alias = quote_ident(WRAPPER_ALIAS)
+    planner.edit(toks[at + 1].start, toks[at + 1].start, "SELECT * FROM (")
+    planner.edit(toks[-1].end, toks[-1].end, f") {alias}")
+    original = body["query"]
+    wrapped = star_select([_STAR], {"RangeSubselect": {"subquery": original, "alias": {"aliasname": WRAPPER_ALIAS}}})
+
+    def mutation() -> None:
+        body["query"] = wrapped
+
+    planner.mutate(mutation)
+    planner.rule("temp_view_read_only")
 
 
 def mutate_all(plan_: Plan) -> None:

@@ -31,7 +31,8 @@ RULES: dict[str, tuple[str, str]] = {
     ),
     "search_path_pinned": (
         INSUFFICIENT_PRIVILEGE,
-        "search_path is pinned by the proxy; qualify names with one of your schemas instead.",
+        "Set search_path to a literal list of schema names (SET search_path TO a, b); the proxy keeps the ones "
+        "you may use.",
     ),
     "function_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
@@ -71,7 +72,11 @@ RULES: dict[str, tuple[str, str]] = {
     ),
     "temp_shadows_scoped": (
         INSUFFICIENT_PRIVILEGE,
-        "A temporary relation may not take the name of a tenant-scoped or filtered table; choose another name.",
+        "A temporary relation may not take the name of a system catalog the proxy filters; choose another name.",
+    ),
+    "temp_view_write": (
+        FEATURE_NOT_SUPPORTED,
+        "Temporary views are read-only through pgtenant; write to a temporary table instead.",
     ),
     "tenant_column_write": (
         INSUFFICIENT_PRIVILEGE,

@@ -19,4 +19,4 @@ cdef bytearray _scratch
                literals=list, raw=bytes, key=bytearray, p="const char*", q="char*")
 cpdef split_scan(str sql)
 cpdef split(str sql)
-cpdef new_rewrite(str sql, tuple rules, frozenset effects)
+cpdef new_rewrite(str sql, tuple rules, frozenset effects, tuple changes)

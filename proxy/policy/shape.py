@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pglast.parser import ParseError, parse_sql_json, scan
 
-from proxy.policy.model import Allow, Decision, Rewrite
+from proxy.policy.model import Allow, Change, Decision, Rewrite
 
 _UNSHAPEABLE = ("'", '"', "$", "\\", "--", "/*")
 # \w and \d spelled out for ASCII (only ASCII text is shaped): the same tokens, found faster.
@@ -131,6 +131,7 @@ class Template:
     order: tuple[int, ...]
     rules: tuple[str, ...]
     effects: frozenset[str]
+    changes: tuple[Change, ...]
 
     def fill(self, literals: list[str]) -> Rewrite:
         """The rewrite of the statement whose literals are `literals`."""
@@ -139,22 +140,24 @@ class Template:
         for i, k in enumerate(order):
             out.append(literals[k])
             out.append(pieces[i + 1])
-        return new_rewrite("".join(out), self.rules, self.effects)
+        return new_rewrite("".join(out), self.rules, self.effects, self.changes)
 
 
-def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str]) -> Rewrite:
-    """`Rewrite(sql, rules, effects)` for the shape cache's hot path, at a fraction of the cost of the frozen
-    dataclass's __init__ (the same object; a test holds the two to the same fields)."""
+def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str], changes: tuple[Change, ...]) -> Rewrite:
+    """`Rewrite(sql, rules, effects, changes)` for the shape cache's hot path, at a fraction of the cost of the
+    frozen dataclass's __init__ (the same object; a test holds the two to the same fields)."""
     if _COMPILED:  # what object.__new__ and object.__setattr__ do, as C calls (shape.pxd cimports them)
         rewrite = new_object(Rewrite)  # noqa: F821
         PyObject_GenericSetAttr(rewrite, "sql", sql)  # noqa: F821
         PyObject_GenericSetAttr(rewrite, "rules", rules)  # noqa: F821
         PyObject_GenericSetAttr(rewrite, "effects", effects)  # noqa: F821
+        PyObject_GenericSetAttr(rewrite, "changes", changes)  # noqa: F821
         return rewrite
     rewrite = _new_object(Rewrite)
     _set_attribute(rewrite, "sql", sql)
     _set_attribute(rewrite, "rules", rules)
     _set_attribute(rewrite, "effects", effects)
+    _set_attribute(rewrite, "changes", changes)
     return rewrite
 
 
@@ -215,4 +218,4 @@ def _template(decision: Rewrite, count: int) -> Template | None:
     pieces.append(sql[last:])
     if sorted(order) != list(range(count)):
         return None
-    return Template(tuple(pieces), tuple(order), decision.rules, decision.effects)
+    return Template(tuple(pieces), tuple(order), decision.rules, decision.effects, decision.changes)

@@ -126,6 +126,12 @@ def expr_node(expr: str) -> Node:
     return node
 
 
+def statement_node(sql: str) -> Node:
+    """The position-free parse tree of the one statement `sql` (a tagged node)."""
+    node: Node = json.loads(strip_positions(parse_json(sql)))["stmts"][0]["stmt"]
+    return node
+
+
 @lru_cache(maxsize=64)
 def _field_order(tag: str) -> dict[str, int]:
     return {name: i for i, name in enumerate(getattr(ast, tag).__slots__)}

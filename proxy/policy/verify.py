@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.policy.catalog import needs_fence, relation_filter
+from proxy.policy.catalog import ambiguous_scoped, needs_fence, relation_filter
 from proxy.policy.model import TenantPolicy
 from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
 
@@ -36,17 +36,21 @@ def intended_json(original_json: str, doc: Node, splices: list[tuple[str, Node]]
     return text
 
 
-def verify_rewrite(policy: TenantPolicy, intended: str, statements: list[Node], rewritten_sql: str) -> None:
+def verify_rewrite(statements: list[tuple[TenantPolicy, Node]], intended: str, rewritten_sql: str) -> None:
     """Raise Unverified unless `rewritten_sql` parses to exactly the `intended` JSON parse tree (positions
-    ignored) and every filtered relation in the (edited) statement trees carries its filter."""
+    ignored) and every filtered relation in the (edited) statement trees carries its filter, each statement under
+    its policy (the session context the statements before it leave)."""
     if strip_positions(parse_json(rewritten_sql)) != strip_positions(intended):
         raise Unverified("the rewritten text does not parse to the intended statement")
-    for node in statements:
+    for policy, node in statements:
         check_coverage(policy, node)
 
 
 def check_coverage(policy: TenantPolicy, node: Node) -> None:
-    """Raise Unverified if any filtered relation in the statement tree is read or written without its filter."""
+    """Raise Unverified if any filtered relation in the statement tree is read or written without its filter, or
+    if the statement writes, creates or drops what the write rule does not allow: a read-only role writes only
+    pg_temp.<name>, every role drops only pg_temp.<name>, creates only temporary relations, and a temporary view's
+    query is always the wrapper PostgreSQL cannot update through."""
     _Coverage(policy).run(node)
 
 
@@ -127,11 +131,31 @@ class _Coverage:
         elif tag == "CopyStmt":
             if "relation" in body:
                 self.bare(body["relation"], "as a COPY table")
+                if body.get("is_from"):
+                    self.written(body["relation"])
             self.push(body, scope, ("relation",))
-        elif tag in ("CreateStmt", "TableLikeClause"):
-            self.push(body, scope, ("relation",))  # a new temp table's name / LIKE copies structure only
+        elif tag == "CreateStmt":
+            self.created(body.get("relation", {}))
+            self.push(body, scope, ("relation",))
+        elif tag == "TableLikeClause":
+            self.push(body, scope, ("relation",))  # LIKE copies structure only
         elif tag == "CreateTableAsStmt":
+            self.created(body.get("into", {}).get("rel", {}))
             self.push(body, scope, ("into",))
+        elif tag == "ViewStmt":
+            self.created(body.get("view", {}))
+            self.view_query(body.get("query", {}))
+            self.push(body, scope, ("view",))
+        elif tag == "TruncateStmt":
+            for item in body.get("relations", ()):
+                rv = item.get("RangeVar", {})
+                self.bare(rv, "as a TRUNCATE table")
+                self.written(rv, truncate=True)
+        elif tag == "DropStmt":
+            for obj in body.get("objects", ()):
+                names = [i.get("String", {}).get("sval") for i in obj.get("List", {}).get("items", ())]
+                if len(names) != 2 or names[0] != "pg_temp":
+                    raise Unverified("DROP of a relation that is not named pg_temp.<name>")
         else:
             self.push(body, scope, ())
 
@@ -153,6 +177,8 @@ class _Coverage:
             if rv is not None and self.filtered_in_where(body, rv, scope):
                 continue
             self.from_item(item, scope)
+        if "intoClause" in body:
+            self.created(body["intoClause"].get("rel", {}))
         self.push(body, scope, ("withClause", "fromClause", "intoClause", "lockingClause"))
 
     def from_item(self, item: Node, scope: frozenset[str]) -> None:
@@ -200,6 +226,8 @@ class _Coverage:
             return False  # a CTE: from_item decides
         if rv.get("alias", {}).get("colnames"):
             return False  # `t AS o(a, tenant_id)`: o.tenant_id names whichever column the list renamed
+        if "schemaname" not in rv and ambiguous_scoped(self.policy, rv.get("relname", "")):
+            return False  # which of the tables of that name is read depends on the search_path
         flt = self.filtered(rv)
         if flt is None or flt.kind != "tenant" or flt.table not in self.policy.rls_tables:
             return False
@@ -222,6 +250,8 @@ class _Coverage:
             return False
         if set(empty["alias"]) != {"aliasname"}:
             return False
+        if "schemaname" not in rv and ambiguous_scoped(self.policy, rv.get("relname", "")):
+            return False  # scoped in several schemas: the wrapper names the one the filter is for
         flt = self.filtered(rv)
         if flt is None or flt.kind != "tenant" or flt.table not in self.policy.rls_tables:
             return False
@@ -239,7 +269,7 @@ class _Coverage:
             item = item["RangeTableSample"].get("relation", {})
         inner = item.get("RangeVar")
         flt = self.filtered(inner) if inner is not None else None
-        if flt is None:
+        if flt is None or flt.kind == "temp":
             return False
         fence = needs_fence(self.policy, flt)
         if set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
@@ -255,12 +285,40 @@ class _Coverage:
         # `(SELECT * FROM t WHERE …)` whose WHERE got the tenant predicate AND-ed in, or a forgery that fails there).
         return _same(sub["whereClause"], expr_node(flt.predicate(inner.get("relname", ""))))
 
+    def written(self, rv: Node, truncate: bool = False) -> None:
+        """The write rule: a read-only role (and TRUNCATE in the shared strategy) writes only pg_temp.<name>."""
+        if rv.get("schemaname") != "pg_temp" and (
+            not self.policy.allow_writes or (truncate and self.policy.strategy == "shared")
+        ):
+            raise Unverified(f'"{rv.get("relname")}" is written outside pg_temp by a role that may only write there')
+
+    def created(self, rv: Node) -> None:
+        if rv.get("relpersistence") != "t" and rv.get("schemaname") != "pg_temp":
+            raise Unverified(f'"{rv.get("relname")}" would not be a temporary relation')
+
+    def view_query(self, query: Node) -> None:
+        """A temporary view's query must be `SELECT * FROM (<query>) "_pgt"`: never automatically updatable."""
+        sub = query.get("SelectStmt", {})
+        items = sub.get("fromClause") or ()
+        ok = (
+            set(sub) == _WRAPPER_KEYS - {"whereClause"}
+            and len(items) == 1
+            and "RangeSubselect" in items[0]
+            and items[0]["RangeSubselect"].get("alias", {}).get("aliasname") == _INSERT_WRAPPER_ALIAS
+            and len(sub["targetList"]) == 1
+            and sub["targetList"][0].get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields")
+            == _STAR_FIELDS
+        )
+        if not ok:
+            raise Unverified("a temporary view's query is not wrapped to be read-only")
+
     def dml(self, tag: str, body: Node, scope: frozenset[str]) -> None:
         scope = self.ctes(body, scope)
         rv = body.get("relation", {})
+        self.written(rv)
         flt = self.filtered(rv)
         if flt is not None:
-            if tag == "MergeStmt" or flt.kind != "tenant":
+            if tag == "MergeStmt" or flt.kind != "tenant":  # ("temp": a temporary table left unqualified)
                 raise Unverified(f'"{rv.get("relname")}" is written without a verifiable filter')
             if tag == "InsertStmt":
                 self.insert(body, flt.column)

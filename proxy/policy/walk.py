@@ -12,7 +12,7 @@ from proxy.policy.tree import Node, names_of, string_const, tag_of
 READ = "read"  # FROM / JOIN / USING / MERGE source / TABLE t: rows are read
 TARGET = "target"  # INSERT / UPDATE / DELETE / MERGE target
 INTO = "into"  # SELECT INTO / CREATE TABLE AS: the new table's name
-CREATE = "create"  # CREATE TABLE: the new table's name
+CREATE = "create"  # CREATE TABLE / CREATE VIEW: the new relation's name
 LIKE = "like"  # CREATE TABLE (LIKE t): structure only
 INHERIT = "inherit"  # CREATE TABLE ... INHERITS (t)
 SAMPLE = "sample"  # t TABLESAMPLE ...
@@ -363,6 +363,12 @@ def _h_create(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     w.fields(b, scope, skip=("relation", "inhRelations"))
 
 
+def _h_view(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.kinds.add("ViewStmt")
+    w.ref(b["view"], CREATE, scope)
+    w.fields(b, scope, skip=("view",))
+
+
 def _h_like(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     w.ref(b["relation"], LIKE, scope)
     w.fields(b, scope, skip=("relation",))
@@ -404,6 +410,7 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "CopyStmt": _h_copy,
     "CreateStmt": _h_create,
     "TableLikeClause": _h_like,
+    "ViewStmt": _h_view,
     "CreateTableAsStmt": _h_ctas,
     "TruncateStmt": _h_truncate,
     "LockingClause": _h_locking,

@@ -161,7 +161,10 @@ def test_other_strategies_are_out_of_reach(demo: dict[str, Any]) -> None:
                 assert state in ("42501", "42P01"), (t["name"], state)
     with psycopg.connect(schema_tenant["dsn"], autocommit=True, connect_timeout=10) as conn:
         assert _denied(conn, "SELECT count(*) FROM public.customers") == "42501"
-        assert _denied(conn, "SET search_path TO public") == "42501"
+        conn.execute("SET search_path TO public")  # accepted, but public never reaches PostgreSQL
+        assert conn.execute("SHOW search_path").fetchone() == ("public",)
+        assert _denied(conn, "SELECT count(*) FROM customers") == "42P01"
+        conn.execute("RESET search_path")
         assert conn.execute("SELECT count(*) FROM customers").fetchone() == (schema_tenant["expected"]["customers"],)
 
 

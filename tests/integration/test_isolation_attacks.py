@@ -24,6 +24,7 @@ parameters as $n. Startup and portal cases use asyncpg for the extended side; Fu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -176,6 +177,12 @@ def copy_lines_is(table: str, header: int = 0) -> Check:
     return check
 
 
+def value_is(value: str) -> Check:
+    def check(results: list[Result], actor: Actor) -> None:
+        assert _last_rows(results).rows[0][0] == value
+    return check
+
+
 def own_tenant_cells(results: list[Result], actor: Actor) -> None:
     last = _last_rows(results)
     assert last.rows, "expected rows"
@@ -311,29 +318,69 @@ ATTACKS: list[Attack] = [
     Attack("catalog_describe_schema_names",
            "SELECT DISTINCT pg_describe_object('pg_namespace'::regclass, relnamespace, 0) FROM pg_class", ALL, "deny",
            by="proxy"),
-    # --- search_path ----------------------------------------------------------------------------------------------
-    Attack("sp_set_other_schema", {SN: "SET search_path = pg_catalog", C: "SET search_path = two_co"}, "SNC",
-           "deny", by="proxy"),
-    Attack("sp_set_local", {SN: ("BEGIN", "SET LOCAL search_path = pg_temp, public", "SELECT count(*) FROM orders",
-                                 "ROLLBACK"),
-                            C: ("BEGIN", "SET LOCAL search_path = two_co", "SELECT count(*) FROM orders", "ROLLBACK")},
-           "SNC", "deny", by="proxy"),
-    Attack("sp_set_config", {SN: "SELECT set_config('search_path', 'pg_temp,public', false)",
-                             C: "SELECT set_config('search_path', 'two_co', false)"}, "SNC", "deny", by="proxy"),
-    Attack("sp_set_config_local", {SN: "SELECT set_config('search_path', 'public,pg_catalog', true)",
-                                   C: "SELECT set_config('search_path', 'one_co,two_co', true)"}, "SNC", "deny",
-           by="proxy"),
-    Attack("sp_set_config_param", "SELECT set_config('search_path', %s, false)", "SNC", "deny", by="proxy",
-           params=("two_co",)),
-    Attack("sp_append_schema", "SET search_path = one_co, two_co", C, "deny", by="proxy"),
-    Attack("sp_user_variable", 'SET search_path = "$user", two_co', C, "deny", by="proxy"),
+    # --- search_path: any SET is accepted, PostgreSQL only gets the schemas the tenant may use -----------------------
+    Attack("sp_set_other_schema", {SN: ("SET search_path = pg_catalog", "SELECT count(*) FROM orders",
+                                        "RESET search_path"),
+                                   C: ("SET search_path = two_co", "SELECT count(*) FROM orders", "RESET search_path")},
+           "SNC", "deny"),  # nothing the tenant may use is left: PostgreSQL's 42P01, never two_co.orders
+    Attack("sp_other_tenant_first", {SN: ("SET search_path = two_co, one_co, public", "SELECT count(*) FROM orders",
+                                          "RESET search_path"),
+                                     C: ("SET search_path = two_co, one_co", "SELECT count(*) FROM orders",
+                                         "RESET search_path"),
+                                     D: ("SET search_path = two_co, public", "SELECT count(*) FROM orders",
+                                         "RESET search_path")}, ALL, "ok", check=count_is("orders")),
+    Attack("sp_other_tenant_quoted", ('SET search_path = "two_co", "ONE_CO", "one_co", public',
+                                      "SELECT count(*) FROM orders", "RESET search_path"), ALL, "ok",
+           check=count_is("orders")),
+    Attack("sp_user_variable", ('SET search_path = "$user", two_co', "SELECT count(*) FROM orders",
+                                "RESET search_path"), "SNC", "deny"),
+    Attack("sp_empty", ("SET search_path = ''", "SELECT count(*) FROM orders", "RESET search_path"), ALL, "deny"),
+    Attack("sp_pg_temp_first", {SN: ("SET search_path = pg_temp, two_co, public", "SELECT count(*) FROM orders",
+                                     "RESET search_path"),
+                                "CD": ("SET search_path = pg_temp, two_co, one_co, public",
+                                       "SELECT count(*) FROM orders", "RESET search_path")}, ALL, "ok",
+           check=count_is("orders")),
+    Attack("sp_pg_temp_first_with_shadow", ("SET search_path = pg_temp, two_co, one_co, public",
+                                            "CREATE TEMP TABLE orders (id int)", "SELECT count(*) FROM orders",
+                                            "DROP TABLE orders", "SELECT count(*) FROM orders", "RESET search_path"),
+           ALL, "ok", check=count_is("orders")),
+    Attack("sp_pg_temp_last_with_shadow",
+           {"SND": ("SET search_path = public, pg_temp", "CREATE TEMP TABLE orders (id int)",
+                    "SELECT count(*) FROM orders", "DROP TABLE orders", "RESET search_path"),
+            C: ("SET search_path = one_co, pg_temp", "CREATE TEMP TABLE orders (id int)",
+                "SELECT count(*) FROM orders", "DROP TABLE orders", "RESET search_path")}, ALL, "ok",
+           check=count_is("orders")),
+    Attack("sp_set_local", {SN: ("BEGIN", "SET LOCAL search_path = pg_temp, two_co, public",
+                                 "SELECT count(*) FROM orders", "ROLLBACK"),
+                            "CD": ("BEGIN", "SET LOCAL search_path = two_co, one_co, public",
+                                   "SELECT count(*) FROM orders", "ROLLBACK")}, ALL, "ok", check=count_is("orders")),
+    Attack("sp_set_local_then_commit", ("BEGIN", "SET LOCAL search_path = two_co", "COMMIT",
+                                        "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
+    Attack("sp_set_config", {SN: ("SELECT set_config('search_path', 'pg_temp,two_co,public', false)",
+                                  "SELECT count(*) FROM orders", "RESET search_path"),
+                             "CD": ("SELECT set_config('search_path', 'two_co, one_co, public', false)",
+                                    "SELECT count(*) FROM orders", "RESET search_path")}, ALL, "ok",
+           check=count_is("orders")),
+    Attack("sp_set_config_local", {SN: ("BEGIN", "SELECT set_config('search_path', 'two_co,public,pg_catalog', true)",
+                                        "SELECT count(*) FROM orders", "COMMIT"),
+                                   "CD": ("BEGIN", "SELECT set_config('search_path', 'two_co,one_co,public', true)",
+                                          "SELECT count(*) FROM orders", "COMMIT")}, ALL, "ok",
+           check=count_is("orders")),
+    Attack("sp_set_config_param", ("SELECT set_config('search_path', %s, false)", "RESET search_path"), "SNC", "any",
+           params=("two_co",)),  # a parameter is refused (extended); interpolated it is a literal (simple)
+    Attack("sp_append_schema", ("SET search_path = one_co, two_co", "SELECT count(*) FROM orders",
+                                "RESET search_path"), C, "ok", check=count_is("orders")),
     Attack("sp_computed_value",
            "SELECT set_config('search_path', current_setting('search_path') || ', two_co', false)", "SNC", "deny",
            by="proxy"),
+    Attack("sp_rolled_back", ("BEGIN", "SET search_path = two_co", "ROLLBACK", "SELECT count(*) FROM orders"), ALL,
+           "ok", check=count_is("orders")),
     Attack("sp_reset", ("RESET search_path", "SELECT count(*) FROM orders"), "SNC", "any"),
     Attack("sp_to_default", ("SET search_path TO DEFAULT", "SELECT count(*) FROM orders"), "SNC", "any"),
-    Attack("sp_single_quoted_list", ("SET search_path = 'one_co, two_co'", "SELECT count(*) FROM orders"), C, "any"),
-    Attack("sp_session_keyword", "SET SESSION search_path TO two_co, one_co", C, "deny", by="proxy"),
+    Attack("sp_single_quoted_list", ("SET search_path = 'one_co, two_co'", "SELECT count(*) FROM orders",
+                                     "RESET search_path"), C, "any"),
+    Attack("sp_session_keyword", ("SET SESSION search_path TO two_co, one_co", "SELECT count(*) FROM orders",
+                                  "RESET search_path"), C, "ok", check=count_is("orders")),
     Attack("sp_then_select_multi", "SET search_path = two_co; SELECT * FROM orders", C, "deny", multi=True),
     # --- the tenant setting (the RLS context) -----------------------------------------------------------------------
     Attack("ctx_set", "SET pgtenant.tenant_id = 'bigco'", ALL, "deny", by="proxy"),
@@ -672,24 +719,55 @@ ATTACKS: list[Attack] = [
            copy_in=b"1990004\tbigco\tx\tx@x\tConsumer\t2025-01-01\tt\n"),
     # --- temp tables and views shadowing real tables ----------------------------------------------------------------
     Attack("temp_table_shadows_scoped", ("CREATE TEMP TABLE orders (id int, tenant_id text)",
-                                         "SELECT count(*) FROM orders"), SN, "deny", by="proxy"),
-    Attack("temp_ctas_shadows_scoped", "CREATE TEMP TABLE customers AS SELECT * FROM customers", SN, "deny",
-           by="proxy"),
-    Attack("temp_pg_temp_qualified_shadow", "CREATE TABLE pg_temp.orders (id int)", SN, "deny", by="proxy"),
-    Attack("temp_shadows_partition", "CREATE TEMP TABLE events_2024 (id int)", SN, "deny", by="proxy"),
+                                         "INSERT INTO orders VALUES (1, 'bigco'), (2, 'smallco')",
+                                         "SELECT count(*) FROM orders", "DROP TABLE orders"), ALL, "ok",
+           check=value_is("2")),
+    Attack("temp_ctas_shadows_scoped", ("CREATE TEMP TABLE customers AS SELECT * FROM customers",
+                                        "SELECT count(*), count(DISTINCT id) FROM customers", "DROP TABLE customers"),
+           ALL, "same"),
+    Attack("temp_pg_temp_qualified_shadow", ("CREATE TABLE pg_temp.orders (id int)", "SELECT count(*) FROM orders",
+                                             "DROP TABLE orders", "SELECT count(*) FROM orders"), ALL, "ok",
+           check=count_is("orders")),
+    Attack("temp_shadows_partition", ("CREATE TEMP TABLE events_2024 (id int)", "SELECT count(*) FROM events_2024",
+                                      "DROP TABLE events_2024"), SN, "ok", check=value_is("0")),
     Attack("temp_shadows_pg_database", "CREATE TEMP TABLE pg_database (datname name)", ALL, "deny", by="proxy"),
     Attack("temp_shadow_from_other_schema", "CREATE TEMP TABLE orders AS SELECT * FROM two_co.orders", C, "deny",
            by="proxy"),
     Attack("temp_shadow_then_read", ("CREATE TEMP TABLE orders AS SELECT * FROM orders",
-                                     "SELECT count(*) FROM orders"), "CD", "any"),
+                                     "SELECT count(*), sum(amount) FROM orders", "DROP TABLE orders"), ALL, "same"),
+    Attack("temp_shadow_every_order", ("CREATE TEMP TABLE orders (id int, tenant_id text)",
+                                       "INSERT INTO orders VALUES (1, 'bigco')", "DROP TABLE orders",
+                                       "SELECT count(*) FROM orders",
+                                       "CREATE TEMP TABLE orders AS SELECT * FROM orders",
+                                       "DELETE FROM orders WHERE id < 0", "DROP TABLE orders",
+                                       "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
     Attack("temp_copy_then_query", ("CREATE TEMP TABLE bi_my_orders AS SELECT * FROM orders",
                                     "SELECT count(*), sum(amount) FROM bi_my_orders"), ALL, "same"),
     Attack("temp_select_into", ("SELECT * INTO TEMP bi_my_customers FROM customers",
                                 "SELECT count(*) FROM bi_my_customers"), ALL, "same"),
-    Attack("temp_view", ("CREATE TEMP VIEW bi_v_orders AS SELECT * FROM orders", "SELECT count(*) FROM bi_v_orders"),
-           ALL, "any"),
+    Attack("temp_view", ("CREATE TEMP VIEW bi_v_orders AS SELECT * FROM orders", "SELECT count(*) FROM bi_v_orders",
+                         "DROP VIEW bi_v_orders"), ALL, "same"),
     Attack("temp_view_shadows_scoped", ("CREATE TEMP VIEW orders AS SELECT * FROM public.orders",
-                                        "SELECT count(*) FROM orders"), SN, "any"),
+                                        "SELECT count(*) FROM orders", "DROP VIEW orders"), SN, "same"),
+    Attack("temp_view_is_not_updatable", ("CREATE TEMP VIEW bi_wv AS SELECT * FROM orders",
+                                          "SELECT is_updatable || is_insertable_into FROM information_schema.views "
+                                          "WHERE table_name = 'bi_wv'", "DROP VIEW bi_wv"), ALL, "ok",
+           check=value_is("NONO")),
+    Attack("temp_view_write_through", ("CREATE TEMP VIEW bi_wv AS SELECT * FROM orders", "UPDATE bi_wv SET amount = 0",
+                                       "DELETE FROM pg_temp.bi_wv", "INSERT INTO bi_wv (id) VALUES (1990007)",
+                                       "DROP VIEW bi_wv"), ALL, "deny", by="proxy"),
+    Attack("temp_pg_temp_write_without_table", ("INSERT INTO pg_temp.orders (id) VALUES (1990008)",
+                                                "UPDATE pg_temp.customers SET name = 'x'",
+                                                "DELETE FROM pg_temp.order_lines", "TRUNCATE pg_temp.orders",
+                                                "SELECT count(*) FROM orders"), ALL, "deny"),
+    Attack("temp_rollback_create", ("BEGIN", "CREATE TEMP TABLE orders (id int)", "ROLLBACK",
+                                    "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
+    Attack("temp_rollback_drop", ("CREATE TEMP TABLE orders (id int)", "BEGIN", "DROP TABLE orders", "ROLLBACK",
+                                  "SELECT count(*) FROM orders", "DROP TABLE orders"), ALL, "ok", check=value_is("0")),
+    Attack("temp_like_including_defaults", "CREATE TEMP TABLE bi_l (LIKE orders INCLUDING DEFAULTS)", ALL, "deny",
+           by="proxy"),
+    Attack("temp_foreign_key_to_tenant_table", "CREATE TEMP TABLE bi_fk (id int REFERENCES orders (id))", ALL,
+           "deny", by="proxy"),
     Attack("temp_like_other_schema", "CREATE TEMP TABLE bi_x (LIKE two_co.orders)", C, "deny", by="proxy"),
     Attack("ddl_disable_rls", "ALTER TABLE orders DISABLE ROW LEVEL SECURITY", ALL, "deny", by="proxy"),
     Attack("ddl_drop_policy", "DROP POLICY pgtenant_isolation ON orders", ALL, "deny", by="proxy"),
@@ -1225,6 +1303,8 @@ def test_attack(env: Env, attack: Attack, strategy: str, protocol: str) -> None:
 
 
 READ_ONLY_USERS = {"shared": "t_bigco", "norls": "n_bigco", "schema": "s_two", "database": "d_five"}
+READ_ONLY_DBS = {"shared": bidata.SHARED_DB, "norls": bidata.NORLS_DB, "schema": bidata.SCHEMA_DB,
+                 "database": bidata.DB_FIVE}
 READ_ONLY_WRITES = {
     "insert": NEW_CUSTOMER,
     "update": "UPDATE orders SET amount = 0",
@@ -1241,8 +1321,7 @@ def test_read_only_tenant_cannot_write(env: Env, strategy: str, what: str, proto
     """The victims' logins are read-only roles: every write is refused by the proxy (25006), reads still work."""
     actor = ACTORS[strategy]
     user = READ_ONLY_USERS[strategy]
-    db = {"shared": bidata.SHARED_DB, "norls": bidata.NORLS_DB, "schema": bidata.SCHEMA_DB,
-          "database": bidata.DB_FIVE}[strategy]
+    db = READ_ONLY_DBS[strategy]
     client = PqClient(env.proxy(actor).dsn(user, dbname=db))
     try:
         sql = READ_ONLY_WRITES[what]
@@ -1252,6 +1331,139 @@ def test_read_only_tenant_cannot_write(env: Env, strategy: str, what: str, proto
         assert client.simple("SELECT count(*) FROM orders")[0].kind == "rows"
     finally:
         client.close()
+
+
+# Read-only tenants may now write their own temporary tables: every new permission, attacked. Each step is
+# (sql, expected): "ok", an exact first value of its last row result, "error" (PostgreSQL refuses: the proxy let
+# it through, it could not do harm) or "proxy" (pgtenant refuses). <<n>> is the tenant's own order count.
+READ_ONLY_TEMP_ATTACKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "shadow_create_write_drop_recreate": (
+        ("CREATE TEMP TABLE orders (id int, tenant_id text)", "ok"),
+        ("INSERT INTO orders VALUES (1, 'acme'), (2, 'smallco')", "ok"),
+        ("SELECT count(*) FROM orders", "2"),
+        ("UPDATE orders SET tenant_id = 'bigco'", "ok"),
+        ("DROP TABLE orders", "ok"),
+        ("SELECT count(*) FROM orders", "<<n>>"),
+        ("INSERT INTO orders (id) VALUES (1990009)", "proxy"),
+        ("CREATE TEMP TABLE orders AS SELECT * FROM orders", "ok"),
+        ("SELECT count(*) FROM orders", "<<n>>"),
+        ("DELETE FROM orders", "ok"),
+        ("SELECT count(*) FROM orders", "0"),
+        ("DROP TABLE orders", "ok"),
+        ("SELECT count(*) FROM orders", "<<n>>"),
+    ),
+    "write_through_temp_view": (
+        ("CREATE TEMP VIEW bi_v AS SELECT * FROM orders", "ok"),
+        ("SELECT count(*) FROM bi_v", "<<n>>"),
+        ("UPDATE bi_v SET amount = 0", "proxy"),
+        ("DELETE FROM bi_v", "proxy"),
+        ("INSERT INTO pg_temp.bi_v (id) VALUES (1990010)", "proxy"),
+        ("SELECT pg_relation_is_updatable('pg_temp.bi_v'::regclass, false)", "0"),
+        ("DROP VIEW bi_v", "ok"),
+        ("CREATE TEMP VIEW orders AS SELECT * FROM orders", "ok"),
+        ("SELECT count(*) FROM orders", "<<n>>"),
+        ("DELETE FROM orders", "proxy"),
+        ("DROP VIEW orders", "ok"),
+    ),
+    "pg_temp_qualified_writes": (
+        ("INSERT INTO pg_temp.orders (id) VALUES (1990011)", "error"),
+        ("UPDATE pg_temp.customers SET name = 'x'", "error"),
+        ("DELETE FROM pg_temp.order_lines", "error"),
+        ("TRUNCATE pg_temp.orders", "error"),
+        ("COPY pg_temp.orders FROM STDIN", "error"),
+        ("DROP TABLE orders", "error"),  # pg_temp.orders: there is none
+        ("SELECT count(*) FROM orders", "<<n>>"),
+    ),
+    "rollback_of_create_and_drop": (
+        ("BEGIN", "ok"),
+        ("CREATE TEMP TABLE orders (id int)", "ok"),
+        ("ROLLBACK", "ok"),
+        ("SELECT count(*) FROM orders", "<<n>>"),
+        ("INSERT INTO orders (id) VALUES (1990012)", "proxy"),
+        ("CREATE TEMP TABLE scratch (id int)", "ok"),
+        ("BEGIN", "ok"),
+        ("DROP TABLE scratch", "ok"),
+        ("ROLLBACK", "ok"),
+        ("INSERT INTO scratch VALUES (1)", "ok"),
+        ("SELECT count(*) FROM scratch", "1"),
+    ),
+    "copy_into_a_tenant_table": (
+        ("CREATE TEMP TABLE bi_c (id int)", "ok"),
+        ("COPY orders (id) FROM STDIN", "proxy"),
+        ("TRUNCATE orders", "proxy"),
+        ("MERGE INTO orders o USING bi_c c ON o.id = c.id WHEN MATCHED THEN DELETE", "proxy"),
+    ),
+    "search_path_for_readers": (
+        ("SET search_path = pg_temp, one_co, two_co, ghost_co, public", "ok"),
+        ("SELECT count(*) FROM orders", "<<n>>"),
+        ("CREATE TEMP TABLE orders (id int)", "ok"),
+        ("SELECT count(*) FROM orders", "0"),
+        ("SET search_path = public, one_co, two_co, pg_temp", "ok"),
+        ("INSERT INTO orders (id) VALUES (1990013)", "proxy"),  # pg_temp last: `orders` is the tenant's table
+        ("RESET search_path", "ok"),
+        ("DROP TABLE orders", "ok"),
+    ),
+}
+
+
+def _temp_step_failed(results: list[Result]) -> Result | None:
+    return next((r for r in results if r.kind == "error"), None)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("case", list(READ_ONLY_TEMP_ATTACKS))
+@pytest.mark.parametrize("strategy", list(READ_ONLY_USERS))
+def test_read_only_tenant_temp_tables(env: Env, strategy: str, case: str, protocol: str) -> None:
+    """A read-only tenant writes its own temporary tables and nothing else, whatever it names or shadows."""
+    actor = ACTORS[strategy]
+    user = READ_ONLY_USERS[strategy]
+    key = {"shared": "bigco", "norls": "bigco", "schema": "two_co", "database": "dfive"}[strategy]
+    db = READ_ONLY_DBS[strategy]
+    own = str(bidata.own_counts(key)["orders"])
+    reader = dataclasses.replace(actor, user=user, key=key, db=db)
+    client = PqClient(env.proxy(actor).dsn(user, dbname=db))
+    try:
+        everything: list[Result] = []
+        for sql, expected in READ_ONLY_TEMP_ATTACKS[case]:
+            results = client.simple(sql) if protocol == "simple" else client.extended(sql)
+            everything += results
+            error = _temp_step_failed(results)
+            if expected == "ok" or expected.isdigit() or expected == "<<n>>":
+                assert error is None, (sql, _describe(results))
+                if expected != "ok":
+                    assert _last_rows(results).rows[0][0] == expected.replace("<<n>>", own), (sql, _describe(results))
+            else:
+                assert error is not None, (sql, _describe(results))
+                assert error.denied_by_proxy == (expected == "proxy"), (sql, _describe(results))
+            if client.in_transaction and expected not in ("ok",):
+                client.simple("ROLLBACK")
+        leaks = find_leaks(reader, everything, client.notices, " ".join(s for s, _ in READ_ONLY_TEMP_ATTACKS[case]))
+        assert not leaks, f"LEAK: {leaks}"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("strategy", list(READ_ONLY_USERS))
+def test_temp_table_invisible_to_another_session_of_the_tenant(env: Env, strategy: str, protocol: str) -> None:
+    actor = ACTORS[strategy]
+    user = READ_ONLY_USERS[strategy]
+    db = READ_ONLY_DBS[strategy]
+    first, second = (PqClient(env.proxy(actor).dsn(user, dbname=db)) for _ in range(2))
+    try:
+        assert _temp_step_failed(first.simple("CREATE TEMP TABLE bi_private AS SELECT 'secret-of-first' AS s")) is None
+        schema = _last_rows(first.simple("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()")).rows[0][0]
+        assert schema and schema.startswith("pg_temp_")
+        for sql in ("SELECT * FROM bi_private", "SELECT * FROM pg_temp.bi_private",
+                    f"SELECT * FROM {schema}.bi_private", "INSERT INTO bi_private VALUES ('x')",
+                    f"DELETE FROM {schema}.bi_private", "DROP TABLE bi_private"):
+            results = second.simple(sql) if protocol == "simple" else second.extended(sql)
+            assert _temp_step_failed(results) is not None, (sql, _describe(results))
+            assert "secret-of-first" not in "\n".join(r.text() for r in results)
+        assert _last_rows(first.simple("SELECT count(*) FROM bi_private")).rows == [("1",)]
+    finally:
+        first.close()
+        second.close()
 
 
 def test_attack_catalogue_size() -> None:

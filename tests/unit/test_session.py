@@ -292,3 +292,83 @@ def test_admin_login_ends_the_startup_deadline(tmp_path: Path) -> None:
     actions = s.client_data(m.frame(b"p", client.get_client_final().encode()))
     assert s.state is State.ADMIN and isinstance(actions[-1], AdminLogin)  # the driver logs, counts, audits it
     assert s.timeout() == [] and s.state is State.ADMIN  # the startup deadline no longer applies
+
+
+# --- the session's context (temporary relations, search_path) --------------------------------------------------
+
+
+class _ContextDecider:
+    """A decision function per session context, like Gate.with_context: records the contexts it was made for."""
+
+    def __init__(self, made: list[object], context: object) -> None:
+        made.append(context)
+        self.context = context
+
+    def __call__(self, kind: str, sql: str):
+        from proxy.policy.model import SET_PATH, TEMP_TABLE, Allow, Change
+
+        if sql.startswith("CREATE"):
+            return Allow(changes=(Change(0, TEMP_TABLE, sql.split()[-1]),))
+        if sql.startswith("SET"):
+            return Allow(changes=(Change(0, SET_PATH, path=("public",), shown="globex, public"),))
+        return Allow()
+
+    def current(self) -> object:
+        return self.context
+
+
+def _context_session(session: ClientSession) -> list[object]:
+    from proxy.policy.model import EMPTY_CONTEXT
+
+    made: list[object] = []
+    login(session)
+    session.server_ready({})
+    session.enable_policy(_ContextDecider(made, EMPTY_CONTEXT), lambda: EMPTY_CONTEXT,
+                          lambda context: _ContextDecider(made, context))
+    return made
+
+
+def _answer(session: ClientSession, *messages: bytes) -> bytes:
+    [relay] = session.server_data(b"".join(messages))
+    return b"".join(bytes(c) for c in relay.chunks)
+
+
+def test_a_decided_change_is_decided_in_at_once_and_kept_when_it_succeeds(session: ClientSession) -> None:
+    made = _context_session(session)
+    session.client_data(m.Query("CREATE TEMP TABLE t").encode())
+    assert made[-1].temp_tables == {"t"} and session.context.belief.temp_tables == {"t"}
+    _answer(session, m.frame(b"C", b"CREATE TABLE\x00"), m.ready_for_query(b"I"))
+    assert session.context.committed.temp_tables == {"t"}
+    assert session.decide is not None and session.decide.context.temp_tables == {"t"}  # type: ignore[attr-defined]
+    assert session._policy_token() is made[-1]
+
+
+def test_a_failed_change_is_taken_back(session: ClientSession) -> None:
+    from proxy.policy.model import EMPTY_CONTEXT
+
+    made = _context_session(session)
+    session.client_data(m.Query("CREATE TEMP TABLE t").encode())
+    err = m.encode_error_fields(b"E", {"S": "ERROR", "C": "42P07", "M": "relation already exists"})
+    _answer(session, err, m.ready_for_query(b"I"))
+    assert made[-1] is EMPTY_CONTEXT and session.context.idle and not session._tracking
+
+
+def test_a_pipelined_parse_sees_the_create_parsed_before_it(session: ClientSession) -> None:
+    made = _context_session(session)
+    bind = m.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+    execute = m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+    session.client_data(m.Parse("", "CREATE TEMP TABLE t", b"\x00\x00").encode() + bind + execute
+                        + m.Parse("", "INSERT INTO t VALUES (1)", b"\x00\x00").encode() + bind + execute
+                        + m.SYNC_MESSAGE)
+    assert made[-1].temp_tables == {"t"}
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.frame(b"C", b"CREATE TABLE\x00"),
+            m.frame(b"1", b""), m.frame(b"2", b""), m.frame(b"C", b"INSERT 0 1\x00"), m.ready_for_query(b"I"))
+    assert session.context.committed.temp_tables == {"t"}
+
+
+def test_parameter_status_of_search_path_shows_the_clients_value(session: ClientSession) -> None:
+    _context_session(session)
+    session.client_data(m.Query("SET search_path = globex, public").encode())
+    out = _answer(session, m.parameter_status("search_path", "public"), m.frame(b"C", b"SET\x00"),
+                  m.ready_for_query(b"I"))
+    assert out.startswith(m.parameter_status("search_path", "globex, public"))

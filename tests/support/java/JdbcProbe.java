@@ -16,6 +16,7 @@ import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.SQLException;
 import java.sql.Statement;
+import java.sql.Types;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.LinkedHashMap;
@@ -32,7 +33,7 @@ public final class JdbcProbe {
 
     public static void main(String[] argv) {
         if (argv.length < 2) {
-            System.err.println("usage: JdbcProbe <jdbc-url> <metadata|prepared|fetchsize|cancel|ssl|query|driverinfo> [args]");
+            System.err.println("usage: JdbcProbe <jdbc-url> <metadata|prepared|fetchsize|cancel|ssl|query|script|driverinfo> [args]");
             System.exit(2);
         }
         String url = argv[0];
@@ -53,6 +54,7 @@ public final class JdbcProbe {
                 case "cancel": result = cancel(url, props, args); break;
                 case "ssl": result = ssl(url, props); break;
                 case "query": result = query(url, props, args); break;
+                case "script": result = script(url, props, args); break;
                 case "driverinfo": result = driverinfo(url); break;
                 default:
                     System.err.println("unknown scenario: " + scenario);
@@ -271,6 +273,78 @@ public final class JdbcProbe {
             out.put("columns", cols);
             out.put("rows", rows);
             return out;
+        }
+    }
+
+    /**
+     * Run each argument on one connection, in order, as a BI tool's session does: a plain Statement (a string with
+     * several statements is one batch: pgJDBC sends one Parse/Bind/Execute each and one Sync), or, for
+     * "SQL|||v1|||v2", a PreparedStatement with those string parameters. An argument "autocommit=off" / "commit" /
+     * "rollback" drives the transaction. Each step reports every result it returned, or its error; the script
+     * goes on after an error (like a tool that reports it and carries on).
+     */
+    static Object script(String url, Properties props, String[] args) throws SQLException {
+        List<Object> steps = new ArrayList<>();
+        try (Connection c = DriverManager.getConnection(url, props)) {
+            for (String arg : args) {
+                Map<String, Object> step = new LinkedHashMap<>();
+                step.put("sql", arg);
+                List<Object> results = new ArrayList<>();
+                try {
+                    if (arg.equals("autocommit=off")) {
+                        c.setAutoCommit(false);
+                    } else if (arg.equals("commit")) {
+                        c.commit();
+                    } else if (arg.equals("rollback")) {
+                        c.rollback();
+                    } else if (arg.contains("|||")) {
+                        String[] parts = arg.split("\\|\\|\\|", -1);
+                        try (PreparedStatement ps = c.prepareStatement(parts[0])) {
+                            // untyped, as a tool binding a literal: PostgreSQL infers the parameter's type
+                            for (int i = 1; i < parts.length; i++) ps.setObject(i, parts[i], Types.OTHER);
+                            collect(ps, ps.execute(), results);
+                        }
+                    } else {
+                        try (Statement st = c.createStatement()) {
+                            collect(st, st.execute(arg), results);
+                        }
+                    }
+                } catch (SQLException e) {
+                    step.put("error", e.getMessage());
+                    step.put("sqlstate", e.getSQLState());
+                }
+                step.put("results", results);
+                steps.add(step);
+            }
+        }
+        return steps;
+    }
+
+    /** Every result of an executed statement: {"columns", "rows"} or {"update_count"}. */
+    static void collect(Statement st, boolean isResultSet, List<Object> out) throws SQLException {
+        while (true) {
+            Map<String, Object> res = new LinkedHashMap<>();
+            if (isResultSet) {
+                try (ResultSet rs = st.getResultSet()) {
+                    int n = rs.getMetaData().getColumnCount();
+                    List<Object> cols = new ArrayList<>();
+                    for (int i = 1; i <= n; i++) cols.add(rs.getMetaData().getColumnLabel(i));
+                    List<Object> rows = new ArrayList<>();
+                    while (rs.next()) {
+                        List<Object> row = new ArrayList<>();
+                        for (int i = 1; i <= n; i++) row.add(rs.getString(i));
+                        rows.add(row);
+                    }
+                    res.put("columns", cols);
+                    res.put("rows", rows);
+                }
+            } else {
+                int count = st.getUpdateCount();
+                if (count == -1) return;
+                res.put("update_count", count);
+            }
+            out.add(res);
+            isResultSet = st.getMoreResults();
         }
     }
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.policy import TenantPolicy
+from proxy.policy.model import SessionContext
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
 
@@ -26,6 +27,7 @@ _SHARED = TenantPolicy(
     search_path=("sales", "public"),
     extra_allowed_functions=frozenset({"public.fiscal_quarter"}),
     denied_functions=frozenset({"pg_sleep_for"}),
+    foreign_schemas=frozenset({"tenant_globex"}),  # another tenant's schema in the same database
 )
 _SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("ref",))
 _DATABASE = TenantPolicy(tenant="acme", strategy="database")
@@ -55,13 +57,39 @@ class Case:
     sqlstate: str = ""
     rule: str = ""
     rewritten: str = ""
+    context: str = ""  # the session's context: `temp_tables=a,b temp_views=v search_path=s,pg_temp shown=...`
 
     @property
     def id(self) -> str:
         return f"{self.file}:{self.name}"
 
 
-_DIRECTIVE = re.compile(r"^-- (name|policy|expect|note):\s*(.*)$")
+def parse_context(text: str) -> SessionContext:
+    """A `-- context:` directive: space-separated key=value, lists comma-separated (shown= takes the rest)."""
+    fields: dict[str, object] = {}
+    rest = text.strip()
+    if "shown=" in rest:
+        rest, shown = rest.split("shown=", 1)
+        fields["shown"] = shown
+    for item in rest.split():
+        key, value = item.split("=", 1)
+        values = tuple(v for v in value.split(",") if v)
+        if key in ("temp_tables", "temp_views"):
+            fields[key] = frozenset(values)
+        elif key == "search_path":
+            fields["path"] = values
+        else:
+            raise ValueError(f"unknown context key {key!r}")
+    return SessionContext(**fields)  # type: ignore[arg-type]
+
+
+def case_policy(case: Case) -> TenantPolicy:
+    """The policy a case is decided under: its named policy, in its session context."""
+    policy = POLICIES[case.policy]
+    return policy.with_context(parse_context(case.context)) if case.context else policy
+
+
+_DIRECTIVE = re.compile(r"^-- (name|policy|context|expect|note):\s*(.*)$")
 
 
 def parse_fixture_text(file: str, text: str) -> list[Case]:
@@ -77,7 +105,8 @@ def parse_fixture_text(file: str, text: str) -> list[Case]:
             return
         expect = block["expect"].split()
         kind = expect[0]
-        common = dict(file=file, name=block["name"], policy=block["policy"], sql="\n".join(sql_lines).strip("\n"))
+        common = dict(file=file, name=block["name"], policy=block["policy"], sql="\n".join(sql_lines).strip("\n"),
+                      context=block.get("context", ""))
         if kind == "deny":
             cases.append(Case(**common, expect="deny", sqlstate=expect[1], rule=expect[2]))
         elif kind == "allow":
@@ -93,10 +122,12 @@ def parse_fixture_text(file: str, text: str) -> list[Case]:
         if m and m.group(1) == "name":
             finish()
             block, sql_lines, out_lines, state = {"name": m.group(2).strip()}, [], [], "header"
-        elif m and state == "header" and m.group(1) in ("policy", "note"):
+        elif m and state == "header" and m.group(1) in ("policy", "note", "context"):
             block[m.group(1)] = m.group(2).strip()
             if m.group(1) == "policy":
                 state = "sql"
+        elif m and state == "sql" and m.group(1) == "context" and not sql_lines:
+            block["context"] = m.group(2).strip()
         elif m and state == "sql" and m.group(1) == "expect":
             block["expect"] = m.group(2).strip()
             state = "after"

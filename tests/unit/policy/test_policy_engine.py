@@ -76,7 +76,8 @@ def test_tenant_value_is_quoted_as_a_literal() -> None:
 
 
 def test_reapply_effect_on_rewrite_and_allow() -> None:
-    assert decide(SHARED, "DISCARD ALL") == Allow(frozenset({REAPPLY_CONTEXT}))
+    discard = decide(SHARED, "DISCARD ALL")
+    assert isinstance(discard, Allow) and discard.effects == frozenset({REAPPLY_CONTEXT})
     decision = decide(SHARED, "SELECT * FROM orders; RESET ALL")
     assert isinstance(decision, Rewrite) and decision.effects == frozenset({REAPPLY_CONTEXT})
 

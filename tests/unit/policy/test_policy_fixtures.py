@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from policy_corpus import POLICIES, Case, load_cases
+from policy_corpus import POLICIES, Case, case_policy, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, decide
 from proxy.policy.tree import parse_json
 
 
 def test_fixture_case(fixture_case: Case) -> None:
-    decision = decide(POLICIES[fixture_case.policy], fixture_case.sql)
+    decision = decide(case_policy(fixture_case), fixture_case.sql)
     if fixture_case.expect == "deny":
         assert isinstance(decision, Deny), decision
         assert (decision.sqlstate, decision.rule) == (fixture_case.sqlstate, fixture_case.rule), decision

@@ -8,10 +8,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pglast import ast, enums, parse_sql
-from policy_corpus import POLICIES, load_cases
+from policy_corpus import POLICIES, case_policy, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide
 from proxy.policy.catalog import relation_filter
+from proxy.policy.model import SessionContext
 
 SHARED = POLICIES["shared"]
 SHARED_RW = POLICIES["shared_rw"]
@@ -120,16 +121,21 @@ def _is_join_filter_for(join: ast.JoinExpr, rv: ast.RangeVar, value: str, policy
 
 def unfiltered_references(sql: str, value: str = "acme", policy: TenantPolicy | None = None) -> list[str]:
     """Scoped-table RangeVars (unqualified or sales./public.-qualified) that are read without the tenant wrapper
-    (fenced where `policy` needs it) or a WHERE-clause filter where it allows one. Generated queries never name a
-    CTE like a scoped table, so no CTE scoping is needed here."""
+    (fenced where `policy` needs it) or a WHERE-clause filter where it allows one (pg_temp.<name> is the session's
+    own temporary relation; a new relation's name is not a reference). Generated queries never name a CTE like a
+    scoped table, so no CTE scoping is needed here."""
     policy = policy or SHARED
     problems: list[str] = []
 
     def visit(node: Any, parents: list[Any]) -> None:
         if isinstance(node, ast.LockingClause):
             return  # FOR UPDATE OF <name> names FROM items, not relations
-        if isinstance(node, ast.RangeVar) and node.relname in SCOPED_NAMES:
+        if isinstance(node, ast.RangeVar) and node.relname in SCOPED_NAMES and node.schemaname != "pg_temp":
             parent = parents[-1] if parents else None
+            if isinstance(parent, (ast.IntoClause, ast.CreateStmt, ast.ViewStmt)) and node is not getattr(
+                parent, "query", None
+            ):
+                return  # the name of a new (temporary) relation
             is_target = isinstance(parent, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)) and (
                 parent.relation is node
             )
@@ -298,9 +304,63 @@ def test_decide_never_raises_on_token_soup(words: list[str]) -> None:
 def test_corpus_rewrites_pass_the_independent_check() -> None:
     checked = 0
     for case in load_cases():
-        policy = POLICIES[case.policy]
+        policy = case_policy(case)
         if case.expect != "rewrite" or policy.strategy != "shared" or "WITH" in case.sql.upper():
             continue
         assert unfiltered_references(case.rewritten) == [], case.id
         checked += 1
     assert checked > 40
+
+
+# -- in a session context: temporary relations (some shadowing tenant tables) and the session's search_path ------
+
+WRITES = ["INSERT INTO {t} (id) VALUES (1)", "INSERT INTO {t} SELECT * FROM orders", "UPDATE {t} SET id = 1",
+          "DELETE FROM {t} WHERE id IN (SELECT id FROM customers)", "TRUNCATE {t}", "COPY {t} FROM STDIN",
+          "MERGE INTO {t} USING orders o ON o.id = {t}.id WHEN MATCHED THEN DELETE", "DROP TABLE {t}"]
+
+
+@st.composite
+def session_context(draw: st.DrawFn) -> TenantPolicy:
+    tables = draw(st.sets(st.sampled_from(["orders", "customers", "events", "scratch", "picks"])))
+    views = draw(st.sets(st.sampled_from(["v", "customers", "recent"]))) - tables
+    path = draw(st.sampled_from([None, ("sales", "public"), ("pg_temp", "sales", "public"), ("sales", "pg_temp"),
+                                 ("public",), ("pg_catalog", "pg_temp", "sales"), ()]))
+    context = SessionContext(temp_tables=frozenset(tables), temp_views=frozenset(views), path=path)
+    return SHARED.with_context(context)
+
+
+def _written_relations(sql: str) -> list[ast.RangeVar]:
+    out: list[ast.RangeVar] = []
+
+    def visit(node: Any) -> None:
+        dml = isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt))
+        if dml or (isinstance(node, ast.CopyStmt) and node.is_from and node.relation is not None):
+            out.append(node.relation)
+        elif isinstance(node, ast.TruncateStmt):
+            out.extend(node.relations)
+        elif isinstance(node, ast.DropStmt):
+            out.extend(ast.RangeVar(schemaname=o[0].sval if len(o) > 1 else None, relname=o[-1].sval)
+                       for o in node.objects)
+        for child in _children(node):
+            visit(child)
+
+    for raw in parse_sql(sql):
+        visit(raw.stmt)
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(session_context(), st.one_of(statement(), st.builds(lambda w, t: w.format(t=t), st.sampled_from(WRITES),
+                                                           st.sampled_from(["orders", "customers", "scratch", "v",
+                                                                            "pg_temp.orders", "sales.orders"]))))
+def test_in_a_session_context_reads_are_filtered_and_writes_reach_only_pg_temp(policy: TenantPolicy, sql: str) -> None:
+    """A read-only tenant with temporary relations: every scoped reference is still filtered or is pg_temp.<name>,
+    and whatever is written, truncated or dropped is pg_temp.<name>."""
+    decision = decide(policy, sql)
+    if isinstance(decision, Deny):
+        assert decision.rule != "internal_error" and decision.rule != "rewrite_unverified", (sql, decision)
+        return
+    forwarded = decision.sql if isinstance(decision, Rewrite) else sql
+    assert unfiltered_references(forwarded) == [], (sql, forwarded)
+    for rv in _written_relations(forwarded):
+        assert rv.schemaname == "pg_temp", (sql, forwarded)

@@ -8,10 +8,11 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policy_corpus import POLICIES, load_cases
+from policy_corpus import POLICIES, case_policy, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide, shape
 from proxy.policy.cache import DecisionCache
+from proxy.policy.model import TEMP_TABLE, Change
 
 # A tenant whose key is an integer: the one place a literal's value decides (INSERT of the tenant column).
 _NUMERIC = TenantPolicy(
@@ -107,7 +108,7 @@ def test_fixture_corpus_through_the_cache() -> None:
     cache = DecisionCache()
     cases = load_cases()
     for case in cases:
-        policy = POLICIES[case.policy]
+        policy = case_policy(case)
         assert _same(cache.get_or_decide(policy, case.sql), decide(policy, case.sql)), case.id
 
 
@@ -199,9 +200,11 @@ def test_split_keys_and_literals() -> None:
 
 def test_new_rewrite_is_a_rewrite_with_every_field() -> None:
     """The hot path's constructor sets every field the dataclass has, and makes an equal, frozen object."""
-    made = shape.new_rewrite("SELECT 1", ("rule",), frozenset({"e"}))
-    assert made == Rewrite("SELECT 1", ("rule",), frozenset({"e"}))
-    assert [getattr(made, f.name) for f in dataclasses.fields(Rewrite)] == ["SELECT 1", ("rule",), frozenset({"e"})]
+    changes = (Change(0, TEMP_TABLE, "t"),)
+    made = shape.new_rewrite("SELECT 1", ("rule",), frozenset({"e"}), changes)
+    assert made == Rewrite("SELECT 1", ("rule",), frozenset({"e"}), changes)
+    assert [getattr(made, f.name) for f in dataclasses.fields(Rewrite)] == [
+        "SELECT 1", ("rule",), frozenset({"e"}), changes]
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.sql = "SELECT 2"  # type: ignore[misc]
 

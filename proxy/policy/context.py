@@ -1,0 +1,77 @@
+"""What a statement changes in its session: temporary relations, search_path, transaction boundaries."""
+
+from __future__ import annotations
+
+from proxy.policy.model import (
+    COMMIT,
+    DISCARD_TEMP,
+    DROP_TEMP,
+    RELEASE,
+    ROLLBACK,
+    ROLLBACK_TO,
+    SAVEPOINT,
+    SET_PATH,
+    TEMP_TABLE,
+    TEMP_VIEW,
+    Change,
+)
+from proxy.policy.tree import Node, names_of, tag_of
+
+_TRANSACTION = {
+    "TRANS_STMT_COMMIT": COMMIT,
+    "TRANS_STMT_ROLLBACK": ROLLBACK,
+    "TRANS_STMT_SAVEPOINT": SAVEPOINT,
+    "TRANS_STMT_RELEASE": RELEASE,
+    "TRANS_STMT_ROLLBACK_TO": ROLLBACK_TO,
+}
+
+
+def _created(kind: str, body: Node) -> tuple[Node, str, Node] | None:
+    """(new relation's RangeVar, "table" | "view", the node holding ON COMMIT / IF NOT EXISTS) of a statement that
+    creates a relation when it runs (EXPLAIN only with ANALYZE; DECLARE and PREPARE do not run it)."""
+    if kind == "CreateStmt":
+        return body.get("relation", {}), "table", body
+    if kind == "CreateTableAsStmt" and body.get("objtype") == "OBJECT_TABLE":
+        into = body.get("into", {})
+        return into.get("rel", {}), "table", {**into, "if_not_exists": body.get("if_not_exists")}
+    if kind == "SelectStmt":
+        while body.get("larg") and "intoClause" not in body:  # SELECT ... INTO ... UNION ...: the first arm's
+            body = body["larg"]
+        into = body.get("intoClause")
+        return (into.get("rel", {}), "table", into) if into else None
+    if kind == "ViewStmt":
+        return body.get("view", {}), "view", {}
+    if kind == "ExplainStmt" and any(
+        opt.get("DefElem", {}).get("defname") == "analyze" for opt in body.get("options") or ()
+    ):
+        query = body.get("query", {})
+        inner = tag_of(query)
+        return _created(inner, query[inner]) if inner else None
+    return None
+
+
+def statement_changes(kind: str, body: Node, index: int) -> list[Change]:
+    """The changes statement `index` of its string makes to the session when it succeeds, but for search_path
+    values (`settings.search_path_change`, `settings.set_config_path`: they come with a rewrite)."""
+    out: list[Change] = []
+    created = _created(kind, body)
+    if created is not None:
+        rv, what, options = created
+        on_commit = options.get("oncommit") or options.get("onCommit")
+        out.append(Change(index, TEMP_TABLE if what == "table" else TEMP_VIEW, rv.get("relname", ""),
+                          flag=on_commit == "ONCOMMIT_DROP", if_not_exists=bool(options.get("if_not_exists"))))
+    elif kind == "DropStmt":
+        for obj in body.get("objects", ()):
+            out.append(Change(index, DROP_TEMP, names_of(obj.get("List", {}).get("items"))[-1]))
+    elif kind == "DiscardStmt":
+        if body.get("target") in ("DISCARD_ALL", "DISCARD_TEMP"):
+            out.append(Change(index, DISCARD_TEMP))
+        if body.get("target") == "DISCARD_ALL":
+            out.append(Change(index, SET_PATH))
+    elif kind == "VariableSetStmt" and body.get("kind") == "VAR_RESET_ALL":
+        out.append(Change(index, SET_PATH))
+    elif kind == "TransactionStmt":
+        op = _TRANSACTION.get(body.get("kind", ""))
+        if op is not None:
+            out.append(Change(index, op, body.get("savepoint_name", "")))
+    return out

@@ -1,0 +1,216 @@
+"""Follows a session's context (temporary relations, search_path) through its transactions; pure, no I/O.
+
+Decisions are made on what the session *believes*: the context the backend has confirmed, plus every change of
+a statement decided but not yet answered (so a pipelined Parse CREATE TEMP, Parse INSERT, Sync works). The
+backend's answers correct it: a statement's CommandComplete confirms its changes, an ErrorResponse voids the
+changes of that statement and of the rest of its request, a transaction that ends in a rollback (ROLLBACK, a
+failed COMMIT, an error outside a transaction block, ROLLBACK TO SAVEPOINT) takes back what it did, and a commit
+ends SET LOCAL and drops ON COMMIT DROP tables.
+
+Nothing here is relied on for isolation: the policy engine names every temporary relation it writes, reads
+instead of a filtered table, or drops `pg_temp.<name>`, and filters PostgreSQL's search_path itself, so a wrong
+belief costs an error ("relation does not exist", a refused write), never another tenant's rows.
+
+Statements are matched with the backend's answers by position within their request (a simple Query, or the
+extended-protocol messages up to Sync): the k-th CommandComplete answers the k-th statement of a Query, or the
+k-th Bind's portal.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from proxy.policy.model import (
+    COMMIT,
+    EMPTY_CONTEXT,
+    RELEASE,
+    ROLLBACK,
+    ROLLBACK_TO,
+    SAVEPOINT,
+    SET_PATH,
+    TRANSACTION_OPS,
+    Change,
+    SessionContext,
+)
+from proxy.policy.settings import identifier
+
+_MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
+_MAX_SHOWN = 16  # search_path values PostgreSQL got -> what the client set (for ParameterStatus)
+
+
+@dataclass(slots=True)
+class _Request:
+    """The changes of one request's statements, by the statement's position in the request."""
+
+    request: object  # the tracker's request (identity only)
+    changes: list[tuple[int, Change]] = field(default_factory=list)
+    failed: bool = False
+
+
+class SessionState:
+    """What one session has changed, as the backend confirmed it and as the next decision must assume it."""
+
+    def __init__(self) -> None:
+        self.committed = EMPTY_CONTEXT  # at the start of the open transaction (or now, outside one)
+        self.current = EMPTY_CONTEXT  # as the backend has confirmed it
+        self.belief = EMPTY_CONTEXT  # what decisions assume: current + changes not yet answered
+        self.savepoints: list[tuple[str, SessionContext]] = []
+        self.requests: deque[_Request] = deque()
+        self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
+        self.shown: dict[str, str] = {}  # search_path text PostgreSQL reports -> the client's value
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to follow: default context, no change in flight, no prepared statement that changes state."""
+        return (
+            self.belief is EMPTY_CONTEXT
+            and self.current is EMPTY_CONTEXT
+            and self.committed is EMPTY_CONTEXT
+            and not self.requests
+            and not self.savepoints
+            and not any(_stateful(c) for c in self.statements.values())
+        )
+
+    # --- the client's side: decisions -------------------------------------------------------------
+
+    def query(self, request: object, first: int, changes: tuple[Change, ...]) -> None:
+        """A Query's decision: statement i of its text is statement `first + i` of its request."""
+        if self.idle and not any(_stateful((c,)) for c in changes):
+            return  # a transaction boundary while there is nothing to take back
+        self._record(request, [(first + c.at, c) for c in changes])
+
+    def parse(self, name: str, changes: tuple[Change, ...]) -> None:
+        """A Parse's decision: the changes happen when a Bind runs it (they count from now on, speculatively)."""
+        if changes:
+            if name not in self.statements and len(self.statements) >= _MAX_STATEMENTS:
+                self.statements.pop(next(iter(self.statements)))
+            self.statements[name] = changes
+            self.belief = _apply(self.belief, changes)
+            self._shown(changes)
+        else:
+            self.statements.pop(name, None)
+
+    def bind(self, request: object, position: int, name: str) -> None:
+        """A Bind of prepared statement `name`, statement `position` of its request."""
+        changes = self.statements.get(name)
+        if changes and (not self.idle or any(_stateful((c,)) for c in changes)):
+            self._record(request, [(position, c) for c in changes])
+
+    def close(self, name: str) -> None:
+        self.statements.pop(name, None)
+
+    def _record(self, request: object, changes: list[tuple[int, Change]]) -> None:
+        if not changes:
+            return
+        if not self.requests or self.requests[-1].request is not request:
+            self.requests.append(_Request(request))
+        self.requests[-1].changes += changes
+        self.belief = _apply(self.belief, tuple(c for _, c in changes))
+        self._shown(tuple(c for _, c in changes))
+
+    def _shown(self, changes: tuple[Change, ...]) -> None:
+        for change in changes:
+            if change.op != SET_PATH or change.path is None:
+                continue
+            key = ", ".join(identifier(entry) for entry in change.path)  # as PostgreSQL reports it
+            self.shown.pop(key, None)
+            if change.shown is not None:
+                if len(self.shown) >= _MAX_SHOWN:
+                    self.shown.pop(next(iter(self.shown)))
+                self.shown[key] = change.shown
+
+    # --- the backend's side: answers --------------------------------------------------------------
+
+    def _head(self, request: object) -> _Request | None:
+        head = self.requests[0] if self.requests else None
+        return head if head is not None and head.request is request else None
+
+    def completed(self, request: object, done: int, tag: bytes) -> None:
+        """The `done`-th CommandComplete of `request` (the head of the pipeline) arrived, with `tag`."""
+        head = self._head(request)
+        if head is None:
+            return
+        while head.changes and head.changes[0][0] < done:
+            _, change = head.changes.pop(0)
+            self._confirm(change, tag)
+
+    def failed(self, request: object, done: int) -> None:
+        """An ErrorResponse after `done` CommandCompletes of `request`: that statement and the rest failed."""
+        head = self._head(request)
+        if head is not None:
+            head.changes = [(pos, c) for pos, c in head.changes if pos < done]
+            head.failed = True
+        else:
+            self.requests.appendleft(_Request(request, failed=True))
+
+    def ready(self, request: object, status: bytes) -> None:
+        """ReadyForQuery `status` (I, T or E) ended `request`."""
+        head = self._head(request)
+        failed = False
+        if head is not None:
+            self.requests.popleft()
+            failed = head.failed
+            for _, change in head.changes:  # answered without a CommandComplete of their own (never in practice)
+                self._confirm(change, b"")
+        if status == b"I":  # no transaction block open: the request's transaction committed or rolled back
+            if failed:
+                self.current = self.committed
+            else:
+                self.current = self.current.end_of_transaction()
+                self.committed = self.current
+            self.savepoints.clear()
+        belief = self.current
+        for later in self.requests:
+            belief = _apply(belief, tuple(c for _, c in later.changes))
+        self.belief = _canonical(belief)
+        self.current = _canonical(self.current)
+        self.committed = _canonical(self.committed)
+
+    def _confirm(self, change: Change, tag: bytes) -> None:
+        op = change.op
+        if op not in TRANSACTION_OPS:
+            self.current = self.current.apply(change)
+        elif op == COMMIT and not tag.startswith(b"ROLLBACK"):  # COMMIT of a failed transaction rolls back
+            self.current = self.current.end_of_transaction()
+            self.committed = self.current
+            self.savepoints.clear()
+        elif op in (COMMIT, ROLLBACK):
+            self.current = self.committed
+            self.savepoints.clear()
+        elif op == SAVEPOINT:
+            self.savepoints.append((change.name, self.current))
+        else:
+            at = next((i for i in range(len(self.savepoints) - 1, -1, -1) if self.savepoints[i][0] == change.name),
+                      None)
+            if op == RELEASE:
+                if at is not None:
+                    del self.savepoints[at:]
+            elif op == ROLLBACK_TO:
+                # A savepoint set while there was nothing to follow was set in the empty context.
+                self.current = self.savepoints[at][1] if at is not None else EMPTY_CONTEXT
+                if at is not None:
+                    del self.savepoints[at + 1 :]
+
+    def parameter_status(self, value: str) -> str:
+        """What the client is told search_path is when PostgreSQL reports `value` (PostgreSQL 18 reports it): the
+        client's own value where the proxy sent PostgreSQL another one. (The tenant's default, from the startup
+        packet, is reported as sent there, every entry quoted: it does not match a SET's canonical text.)"""
+        return self.shown.get(value, value)
+
+
+def _stateful(changes: tuple[Change, ...]) -> bool:
+    """True if some change is not a transaction boundary (those only matter once there is state to take back)."""
+    return any(c.op not in TRANSACTION_OPS for c in changes)
+
+
+def _apply(context: SessionContext, changes: tuple[Change, ...]) -> SessionContext:
+    for change in changes:
+        if change.op not in TRANSACTION_OPS or change.op == COMMIT:
+            context = context.apply(change)
+    return _canonical(context)
+
+
+def _canonical(context: SessionContext) -> SessionContext:
+    """The empty context as the one EMPTY_CONTEXT object (compared by identity on the hot path)."""
+    return EMPTY_CONTEXT if context == EMPTY_CONTEXT else context

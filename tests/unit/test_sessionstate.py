@@ -1,0 +1,202 @@
+"""SessionState: a session's context as decisions assume it and as the backend's answers confirm it."""
+
+from __future__ import annotations
+
+from proxy.policy.model import (
+    COMMIT,
+    DISCARD_TEMP,
+    DROP_TEMP,
+    EMPTY_CONTEXT,
+    RELEASE,
+    ROLLBACK,
+    ROLLBACK_TO,
+    SAVEPOINT,
+    SET_PATH,
+    TEMP_TABLE,
+    TEMP_VIEW,
+    Change,
+    SessionContext,
+)
+from proxy.sessionstate import SessionState
+
+
+def create(name: str, at: int = 0, **kw: object) -> Change:
+    return Change(at, TEMP_TABLE, name, **kw)  # type: ignore[arg-type]
+
+
+def tx(op: str, at: int = 0, name: str = "") -> Change:
+    return Change(at, op, name)
+
+
+class Wire:
+    """Drives a SessionState the way ClientSession does: requests in order, answered in order."""
+
+    def __init__(self) -> None:
+        self.state = SessionState()
+        self.sent: list[object] = []
+
+    def query(self, *changes: Change) -> object:
+        request = object()
+        self.sent.append(request)
+        self.state.query(request, 0, changes)
+        return request
+
+    def answer(self, completions: int, status: bytes = b"I", error: bool = False, tags: tuple[bytes, ...] = ()) -> None:
+        request = self.sent.pop(0)
+        for done in range(1, completions + 1):
+            self.state.completed(request, done, tags[done - 1] if done <= len(tags) else b"X")
+        if error:
+            self.state.failed(request, completions)
+        self.state.ready(request, status)
+
+
+def tables(ctx: SessionContext) -> set[str]:
+    return set(ctx.temp_tables)
+
+
+def test_a_create_counts_before_its_answer_and_after_it() -> None:
+    w = Wire()
+    w.query(create("t"))
+    assert tables(w.state.belief) == {"t"} and w.state.current is EMPTY_CONTEXT  # decided, not yet answered
+    w.answer(1)
+    assert tables(w.state.current) == tables(w.state.committed) == tables(w.state.belief) == {"t"}
+    w.query(Change(0, DROP_TEMP, "t"))
+    w.answer(1)
+    assert w.state.belief is EMPTY_CONTEXT and w.state.idle
+
+
+def test_an_error_outside_a_transaction_block_takes_back_the_whole_request() -> None:
+    w = Wire()
+    w.query(create("a", 0), create("b", 1))  # CREATE a; CREATE b; SELECT 1/0
+    w.answer(2, b"I", error=True)
+    assert w.state.belief is EMPTY_CONTEXT and w.state.idle
+    w.query(create("a"))
+    w.answer(1)
+    w.query(create("a"))  # already exists: the error leaves the first one in place
+    w.answer(0, b"I", error=True)
+    assert tables(w.state.belief) == {"a"}
+
+
+def test_rollback_and_commit_of_a_transaction_block() -> None:
+    w = Wire()
+    w.query(create("keep"))
+    w.answer(1)
+    w.query(create("gone"))  # after BEGIN (not recorded: nothing follows from it)
+    w.answer(1, b"T")
+    w.query(Change(0, DROP_TEMP, "keep"))
+    w.answer(1, b"T")
+    assert tables(w.state.belief) == {"gone"}
+    w.query(tx(ROLLBACK))
+    w.answer(1, b"I", tags=(b"ROLLBACK\x00",))
+    assert tables(w.state.belief) == {"keep"}
+    w.query(create("new"))
+    w.answer(1, b"T")
+    w.query(tx(COMMIT))
+    w.answer(1, b"I", tags=(b"COMMIT\x00",))
+    assert tables(w.state.committed) == {"keep", "new"}
+
+
+def test_commit_of_a_failed_transaction_is_a_rollback() -> None:
+    w = Wire()
+    w.query(create("t"))
+    w.answer(1, b"T")
+    w.query()  # SELECT 1/0
+    w.answer(0, b"E", error=True)
+    w.query(tx(COMMIT))
+    w.answer(1, b"I", tags=(b"ROLLBACK\x00",))
+    assert w.state.belief is EMPTY_CONTEXT
+
+
+def test_savepoints() -> None:
+    w = Wire()
+    w.query(create("a", 0), tx(SAVEPOINT, 1, "s"), create("b", 2))
+    w.answer(3, b"T")
+    w.query(tx(ROLLBACK_TO, 0, "s"), create("c", 1), tx(SAVEPOINT, 2, "s2"), create("d", 3), tx(RELEASE, 4, "s2"))
+    w.answer(5, b"T")
+    assert tables(w.state.current) == {"a", "c", "d"}
+    w.query(tx(ROLLBACK_TO, 0, "s"))
+    w.answer(1, b"T")
+    assert tables(w.state.current) == {"a"}
+    w.query(tx(COMMIT))
+    w.answer(1, b"I", tags=(b"COMMIT\x00",))
+    assert tables(w.state.committed) == {"a"}
+
+
+def test_a_savepoint_set_while_idle_holds_the_empty_context() -> None:
+    w = Wire()
+    w.query(tx(SAVEPOINT, 0, "psql_svp"))  # ignored: nothing to take back yet
+    assert w.state.idle and not w.state.requests
+    w.sent.pop(0)  # (its answer reaches a state with nothing pending)
+    w.query(create("t"))
+    w.answer(1, b"T")
+    w.query(tx(ROLLBACK_TO, 0, "psql_svp"))
+    w.answer(1, b"T")
+    assert w.state.current == EMPTY_CONTEXT
+
+
+def test_error_after_some_statements_of_a_request_in_a_block() -> None:
+    """Inside a block: the statements before the error happened (until the block is rolled back)."""
+    w = Wire()
+    w.query(tx(SAVEPOINT, 0, "s"), create("t", 1), create("u", 3))  # SAVEPOINT; CREATE t; SELECT 1/0; CREATE u
+    w.answer(2, b"E", error=True)
+    assert tables(w.state.current) == {"t"} and tables(w.state.belief) == {"t"}
+    w.query(tx(ROLLBACK_TO, 0, "s"))
+    w.answer(1, b"T")
+    assert w.state.current == EMPTY_CONTEXT
+
+
+def test_set_local_ends_with_the_transaction_and_on_commit_drop_tables_with_the_commit() -> None:
+    w = Wire()
+    w.query(Change(0, SET_PATH, path=("a",)), Change(1, SET_PATH, path=("b",), flag=True),
+            create("tmp", 2, flag=True))
+    assert w.state.belief.effective() == (("b",), None)
+    w.answer(3, b"T")
+    w.query(tx(COMMIT))
+    w.answer(1, b"I", tags=(b"COMMIT\x00",))
+    assert w.state.belief.effective() == (("a",), None) and tables(w.state.belief) == set()
+    w.query(create("tmp2", flag=True))  # outside a block: dropped at the end of its own statement
+    w.answer(1, b"I")
+    assert tables(w.state.belief) == set()
+
+
+def test_extended_protocol_parse_then_bind() -> None:
+    """A Parse's changes count at once (a pipelined Parse INSERT after Parse CREATE sees the table); a Bind records
+    them for the answer; a Parse never bound is forgotten at the end of its request."""
+    state = SessionState()
+    state.parse("", (create("t"),))
+    assert tables(state.belief) == {"t"}
+    request = object()
+    state.bind(request, 0, "")
+    state.completed(request, 1, b"CREATE TABLE\x00")
+    state.ready(request, b"I")
+    assert tables(state.committed) == {"t"}
+    state.parse("S_1", (Change(0, TEMP_VIEW, "v"),))
+    other = object()
+    state.ready(other, b"I")  # that request never bound S_1
+    assert state.belief.temp_views == frozenset()
+    later = object()
+    state.bind(later, 3, "S_1")  # S_1 run later, fourth statement of its request
+    assert state.belief.temp_views == {"v"}
+    state.completed(later, 3, b"SELECT 1\x00")
+    state.failed(later, 3)  # the fourth statement failed
+    state.ready(later, b"I")
+    assert state.belief.temp_views == frozenset() and tables(state.belief) == {"t"}
+    state.close("S_1")
+    state.parse("", ())
+    state.query(object(), 0, (Change(0, DISCARD_TEMP),))
+    assert state.belief is EMPTY_CONTEXT
+
+
+def test_idle_ignores_transaction_boundaries() -> None:
+    state = SessionState()
+    state.query(object(), 0, (tx(SAVEPOINT, 0, "x"), tx(COMMIT, 1)))
+    assert state.idle and not state.requests
+
+
+def test_parameter_status_shows_the_clients_value() -> None:
+    state = SessionState()
+    state.query(object(), 0, (Change(0, SET_PATH, path=("public", "Mixed"), shown="globex, public, \"Mixed\""),))
+    assert state.parameter_status('public, "Mixed"') == 'globex, public, "Mixed"'
+    assert state.parameter_status('"public"') == '"public"'  # the tenant's default, as the startup packet had it
+    state.query(object(), 0, (Change(0, SET_PATH, path=("public", "Mixed")),))  # the same path, nothing dropped
+    assert state.parameter_status('public, "Mixed"') == 'public, "Mixed"'
