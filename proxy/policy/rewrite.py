@@ -587,7 +587,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
                 assert ref.stmt is not None
                 in_where.setdefault(id(ref.stmt), (ref.stmt, []))[1].append((ref, flt))
             else:
-                taken = set(analysis.refnames) if taken is None else taken
+                taken = {*analysis.refnames, *analysis.other_names} if taken is None else taken
                 planner.join_filter(ref, flt, taken)
             continue
         if ref.role == READ:

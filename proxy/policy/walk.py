@@ -84,6 +84,8 @@ class Analysis:
     reg_unchecked: list[str] = field(default_factory=list)  # reg* casts of a parameter, number or expression
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
+    # Other names a query level can reference a row by: JOIN ... USING (...) AS x, the target of UPDATE/DELETE/MERGE
+    other_names: list[str] = field(default_factory=list)
     # Names that may be whole-row references: single-name column references (`SELECT o`, `row_to_json(o)`)
     # and the X of `X.*` / `s.X.*` inside an expression (a whole row; a target-list entry `X.*` is X's columns).
     row_names: set[str] = field(default_factory=set)
@@ -173,6 +175,8 @@ class _Walker:
         )
         if role in (READ, SAMPLE):
             self.out.refnames.append(rv.get("alias", {}).get("aliasname") or rv.get("relname", ""))
+        elif role == TARGET:
+            self.out.other_names.append(rv.get("alias", {}).get("aliasname") or rv.get("relname", ""))
         self.out.refs.append(RelRef(rv=rv, role=role, cte=cte, holder=holder, key=key, **kw))
 
     # -- scopes -----------------------------------------------------------------------------------------
@@ -248,6 +252,9 @@ class _Walker:
         name = body.get("alias", {}).get("aliasname")
         if name:
             self.out.refnames.append(name)
+        using = body.get("join_using_alias", {}).get("aliasname")
+        if using:
+            self.out.other_names.append(using)
 
     def dml(self, tag: str, b: Node, scope: Scope) -> None:
         self.out.kinds.add(tag)
