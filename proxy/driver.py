@@ -145,7 +145,7 @@ class ServerLink(asyncio.Protocol):
                 self.relaying = True
                 self.client.server_ready(self, action)
             elif isinstance(action, ServerFailed):
-                self.client.server_failed(self, action.reason)
+                self.client.server_failed(self, action.reason, action.error)
                 self.terminate()
             else:  # pragma: no cover - the server machine emits only the above
                 raise AssertionError(f"unexpected server action {action!r}")
@@ -221,7 +221,7 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.metrics.clients.labels("_none", "authenticating").inc()
         self._gauge: tuple[str, str] | None = ("_none", "authenticating")
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
-            self.run([CloseClient(errors.PgError("53300", "sorry, too many clients already", "FATAL"), "too_many")])
+            self.run([CloseClient(errors.too_many_clients(cfg.limits.max_client_connections), "too_many_clients")])
             return
         self._timer = asyncio.get_running_loop().call_later(cfg.limits.startup_timeout, self._on_timeout)
         self.log.info("connection_accepted")
@@ -345,19 +345,29 @@ class ClientConnection(asyncio.Protocol):
         if self.session.state is State.READY and not self.closed:
             self.start_relay(link)
 
-    def server_failed(self, link: ServerLink, reason: str) -> None:
+    def server_failed(self, link: ServerLink, reason: str, refusal: PgError | None = None) -> None:
+        """The backend connection failed; `refusal` is the backend's own ErrorResponse, if it sent one."""
         assert self.session is not None
         backend = link.server.backend
-        self.log.warning("backend_failed", backend=backend.name, reason=reason)
+        self.log.warning("backend_failed", backend=backend.name, reason=reason,
+                         sqlstate=refusal.sqlstate if refusal else None)
+        if refusal is not None:
+            metrics = self.proxy.metrics
+            metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), refusal.sqlstate[:2]).inc()
         if self.session.state is State.CONNECTING:
-            self.run(self.session.server_failed(errors.backend_unreachable(backend.describe(), reason), "backend"))
+            error = (errors.backend_refused(backend.describe(), refusal) if refusal is not None
+                     else errors.backend_unreachable(backend.describe(), reason))
+            self.run(self.session.server_failed(error, "backend"))
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
         if self.link is not link or self.closed:
             return
         assert self.session is not None
-        if self.session.state is State.READY:
-            self.run([CloseClient(errors.server_closed(), "server_closed")])
+        if self.session.state is State.READY:  # after the backend's own FATAL, PostgreSQL's word is the last
+            if self.session.backend_fatal:
+                self.run([CloseClient(None, "server_fatal")])
+            else:
+                self.run([CloseClient(errors.server_closed(), "server_closed")])
         elif self.session.state is State.CONNECTING:
             self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
 
@@ -535,7 +545,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if reason.startswith("auth_failed"):
             self.proxy.metrics.auth.labels("failure", reason.partition(":")[2] or "unknown").inc()
-        elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout"):
+        elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout",
+                        "too_many_clients"):
             self.proxy.metrics.auth.labels("refused", reason).inc()
         if self.session is not None and self.session.is_admin and reason == "client_terminate":
             self.log.info("admin_logout")
