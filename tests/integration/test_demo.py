@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from tests.support.polling import until
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -175,6 +177,25 @@ def test_metrics_and_admin_console(demo: dict[str, Any]) -> None:
     with psycopg.connect(demo["doc"]["admin_dsn"], autocommit=True) as admin:
         rows = admin.execute("SHOW TENANTS").fetchall()
     assert {r[0] for r in rows} == {t["name"] for t in demo["doc"]["tenants"]}
+
+
+def test_sighup_reloads_and_keeps_serving(demo: dict[str, Any]) -> None:
+    """SIGHUP re-reads pgtenant.toml as `pgtenant run` does (it killed the demo and its PostgreSQL, leaving the
+    ready file behind: issue 17); sessions open across it keep working, new ones connect."""
+    proc: subprocess.Popen[bytes] = demo["proc"]
+    tenant = demo["doc"]["tenants"][0]
+    with psycopg.connect(tenant["dsn"], autocommit=True, connect_timeout=10) as before:
+        proc.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            assert proc.poll() is None, f"the demo died on SIGHUP\n{demo['logs']()}"
+            return "reloaded" in (demo["logs"]() or "")
+
+        until(reloaded, STOP_TIMEOUT, interval=0.1, what="the demo's reloaded log line")
+        assert before.execute("SELECT count(*) FROM orders").fetchone() == (tenant["expected"]["orders"],)
+    assert demo["ready"].exists() and json.loads(demo["ready"].read_text()) == demo["doc"]
+    with psycopg.connect(tenant["dsn"], autocommit=True, connect_timeout=10) as after:
+        assert after.execute("SELECT count(*) FROM orders").fetchone() == (tenant["expected"]["orders"],)
 
 
 def test_sigterm_stops_everything_and_removes_temporary_data(demo: dict[str, Any]) -> None:
