@@ -13,7 +13,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.protocol import messages as m
 from tests.support.wire import login
@@ -54,7 +54,8 @@ class Case:
     """One corpus entry: a phase to reach, then bytes to send (built per side from its `Login`).
 
     `messages`: compare error texts too (where PostgreSQL's words are the point). `differs`: pgtenant answers
-    differently on purpose — the reason, and `proxy` is what pgtenant must answer instead.
+    differently on purpose — the reason, and `proxy` is what pgtenant must answer instead; with `when`, only
+    where PostgreSQL's own answer satisfies it (a build with GSSAPI, a cluster without TLS), else the same.
     """
 
     name: str
@@ -63,7 +64,7 @@ class Case:
     messages: bool = False
     differs: str = ""
     proxy: Outcome | None = None
-    tags: tuple[str, ...] = field(default=())
+    when: Callable[[Outcome], bool] | None = None
 
 
 # --- reading --------------------------------------------------------------------------------
