@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.protocol import messages as m
-from tests.support.wire import login
+from tests.support.wire import login, recv_exact
 
 QUIET = 2.0  # seconds without a byte after which a side counts as waiting for more input (only such cases pay it)
 
@@ -169,23 +169,13 @@ def enter_phase(side: Login, phase: str) -> socket.socket:
         sock.sendall(m.Query("COPY difftest_copy FROM STDIN").encode())
         sock.settimeout(10)
         head = sock.recv(1)
-        (length,) = struct.unpack("!I", _recv_exact(sock, 4))
-        _recv_exact(sock, length - 4)
+        (length,) = struct.unpack("!I", recv_exact(sock, 4))
+        recv_exact(sock, length - 4)
         if head != b"G":
             raise AssertionError(f"no CopyInResponse: {head!r}")
     elif phase == "extended_pending":  # a statement parsed, bound and executed, no Sync yet
         sock.sendall(parse("SELECT 1") + bind() + execute())
     return sock
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        chunk = sock.recv(n - len(out))
-        if not chunk:
-            raise ConnectionError("closed")
-        out += chunk
-    return out
 
 
 def run_case(side: Login, case: Case) -> Outcome:
