@@ -192,7 +192,7 @@ def test_fault_table_rows_are_all_checked() -> None:
     here = {"backend-refuses-login", "client-limit", "backend-ends-session", "protocol-violation-after-login",
             "malformed-message", "unencrypted-after-negotiation", "bad-startup-packet"}
     elsewhere = {
-        "backend-down": "tests/integration/test_observability.py (/readyz 503 while PostgreSQL is paused)",
+        "backend-down": "test_startup_auth.py::test_backend_unreachable_gives_08001, test_observability.py (/readyz)",
         "startup-timeout": "tests/integration/test_startup_auth.py::test_stalled_client_is_dropped",
         "message-too-large": "tests/unit/test_session.py (54000)",
         "backend-closes": "no test: a killed backend makes PostgreSQL restart every session of the shared cluster",
