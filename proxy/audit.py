@@ -9,12 +9,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
 from pglast import parser
 
+from proxy.memory import text_cache
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.tracking import Request
 
@@ -25,7 +25,7 @@ _METABASE = re.compile(r"--\s*Metabase::\s*userID:\s*(\d+)")
 _TABLEAU = re.compile(r"TableauServerUser\s*[=:]\s*'?([\w.@\\-]+)")
 
 
-@lru_cache(maxsize=4096)
+@text_cache(4096)  # a long text is computed, not kept: 4096 x 2 KB at most
 def redact(sql: str) -> str:
     """`sql` with every literal replaced by `?` and comments emptied; unscannable text is withheld."""
     try:

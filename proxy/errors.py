@@ -41,6 +41,19 @@ def protocol_violation(message: str) -> PgError:
     return PgError("08P01", message, "FATAL")
 
 
+def malformed_message(message: str) -> PgError:
+    """A message PostgreSQL cannot read either (its pq_getmsg* errors): ERROR, the session goes on."""
+    return PgError("08P01", message, "ERROR")
+
+
+def unencrypted_data_after(request: str) -> PgError:
+    """Bytes pipelined after an SSLRequest/GSSENCRequest (CVE-2021-23222): PostgreSQL's words."""
+    return PgError(
+        "08P01", f"received unencrypted data after {request}", "FATAL",
+        detail="This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
+    )
+
+
 def message_too_large(length: int, limit: int) -> PgError:
     return PgError(
         "54000",
@@ -127,6 +140,28 @@ def backend_unreachable(target: str, reason: str) -> PgError:
         f'pgtenant could not connect to backend "{target}": {reason}',
         "FATAL",
         hint="The database behind pgtenant is unavailable; try again later or contact the operator.",
+    )
+
+
+def backend_refused(target: str, refusal: PgError) -> PgError:
+    """The backend answered the proxy's login with an error (53300 too many clients, 57P03 starting up, 3D000...):
+    the client gets its SQLSTATE, detail and hint, the message says it came from behind pgtenant."""
+    return PgError(
+        refusal.sqlstate,
+        f'pgtenant could not connect to backend "{target}": {refusal.message}',
+        "FATAL",
+        detail=refusal.detail,
+        hint=refusal.hint,
+    )
+
+
+def too_many_clients(limit: int) -> PgError:
+    """pgtenant's own connection limit (PostgreSQL's SQLSTATE and words, and whose limit it is)."""
+    return PgError(
+        "53300",
+        f"sorry, too many clients already: pgtenant accepts at most {limit} client connections",
+        "FATAL",
+        hint="The limit is limits.max_client_connections in the pgtenant configuration; try again later.",
     )
 
 

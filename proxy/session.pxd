@@ -9,7 +9,7 @@ from proxy.tracking cimport RequestTracker
 
 cdef class ClientSession:
     cdef public object config, state, info, throttle, clock, channel_binding
-    cdef public bint tls_available, is_admin, report_rewrites, _auth_pending, _challenged
+    cdef public bint tls_available, is_admin, report_rewrites, _auth_pending, _challenged, backend_fatal
     cdef public object user_config, tenant, backend, backend_parameters, scram, process_id, secret_key
     cdef public bytes _startup_buf, _tx_status
     cdef public MessageStream _auth_stream, frontend, backend_stream

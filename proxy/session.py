@@ -40,6 +40,8 @@ from proxy.tracking import Request, RequestTracker
 
 _I32 = struct.Struct("!i")
 _MAX_PENDING_DENIALS = 65536
+# What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
+_MALFORMED = Deny("08P01", "malformed message", "", "malformed_message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 
@@ -222,6 +224,7 @@ class ClientSession:
         self._done = 0  # CommandCompletes of the request being answered
         self._contextual: Contextual | None = None
         self._decided_in: object = None  # the context `decide` decides in
+        self.backend_fatal = False  # the backend sent FATAL/PANIC: its close needs no error of ours
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -349,13 +352,15 @@ class ClientSession:
             return []
         packet, rest = buf[:length], buf[length:]
         self._startup_buf = b""
-        actions = self._startup_packet(m.decode_startup_packet(packet))
+        decoded = m.decode_startup_packet(packet)
+        actions = self._startup_packet(decoded)
         if rest:
             if self.state is State.TLS_HANDSHAKE:
                 # Bytes after SSLRequest before our 'S' could be injected plaintext (CVE-2021-23222).
-                raise SessionError(
-                    errors.protocol_violation("received unencrypted data after SSL request"), "ssl_injection"
-                )
+                raise SessionError(errors.unencrypted_data_after("SSL request"), "ssl_injection")
+            if isinstance(decoded, (m.SSLRequest, m.GSSENCRequest)):  # answered 'N': PostgreSQL refuses them too
+                what = "SSL request" if isinstance(decoded, m.SSLRequest) else "GSSAPI encryption request"
+                return [*actions, *self._fail(SessionError(errors.unencrypted_data_after(what), "ssl_injection"))]
             if self.state is State.CLOSED:
                 return actions
             actions += self.client_data(rest)
@@ -420,9 +425,7 @@ class ClientSession:
                 raise SessionError(errors.protocol_violation("unexpected message during authentication"), "auth_extra")
             if item.type != m.PASSWORD:
                 raise SessionError(
-                    errors.protocol_violation(
-                        f"expected SASL response, got message type {chr(item.type)!r}"
-                    ),
+                    errors.protocol_violation(f"expected SASL response, got message type {item.type}"),
                     "auth_unexpected",
                 )
             actions += self._sasl_message(item.body)
@@ -526,6 +529,9 @@ class ClientSession:
             sql = query_text(body)
         except m.InvalidText:
             return self._deny_invalid_text(m.QUERY, body)
+        except m.DecodeError as exc:  # PostgreSQL: ERROR 08P01, the session goes on
+            self.tracker.on_query("", _MALFORMED)
+            return query_message(self._error_marker(errors.malformed_message(str(exc))))
         decision = self.decide("query", sql)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
@@ -556,6 +562,10 @@ class ClientSession:
             parse = m.Parse.decode(body)
         except m.InvalidText:
             return self._deny_invalid_text(m.PARSE, body)
+        except m.DecodeError as exc:  # PostgreSQL: ERROR 08P01, skip to Sync, the session goes on
+            self.tracker.on_parse("", "", _MALFORMED)
+            marker = self._error_marker(errors.malformed_message(str(exc)))
+            return m.Parse(marker, marker, b"\x00\x00").encode()  # named: the unnamed statement stays
         decision = self.decide("parse", parse.sql)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
@@ -634,10 +644,14 @@ class ClientSession:
 
     def _deny_marker(self, deny: Decision) -> str:
         assert isinstance(deny, Deny)
+        return self._error_marker(errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule))
+
+    def _error_marker(self, err: PgError) -> str:
+        """A statement that fails in the backend where the original would have; its error is replaced by `err`."""
         marker = "pgtenant_denied_" + secrets.token_hex(8)
         if len(self._denials) >= _MAX_PENDING_DENIALS:
             self._denials.pop(next(iter(self._denials)))
-        self._denials[marker.encode()] = errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule)
+        self._denials[marker.encode()] = err
         return marker
 
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
@@ -699,6 +713,8 @@ class ClientSession:
         self.tracker.on_copy_in()
 
     def _on_error_response(self, body: bytes) -> bytes | None:
+        if b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body:  # the backend ends the session itself
+            self.backend_fatal = True
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
             if found is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from proxy.memory import text_cache
 
 KINDS = ("select", "insert", "update", "delete", "copy", "ddl", "utility", "other")
 
@@ -39,7 +39,7 @@ def statement_kind(sql: str) -> str:
     return _statement_kind(sql)
 
 
-@lru_cache(maxsize=4096)
+@text_cache(4096)  # a long text is computed, not kept: 4096 x 2 KB at most
 def _statement_kind(sql: str) -> str:
     i, n = 0, len(sql)
     while i < n:

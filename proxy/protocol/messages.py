@@ -16,7 +16,6 @@ _U32 = struct.Struct("!I")
 _HDR = struct.Struct("!cI")
 # True in the build Cython compiled (setup.py, messages.pxd): there a Query message is built in C.
 _COMPILED = not __file__.endswith(".py")
-_I16 = struct.Struct("!h")
 
 # Message type bytes (PostgreSQL's names).
 QUERY = ord("Q")
@@ -113,22 +112,12 @@ def decode_startup_packet(packet: bytes) -> StartupPacket:
         return StartupMessage(major, minor)
     params: dict[str, str] = {}
     options: dict[str, str] = {}
-    body = bytes(packet[8:length])
-    if not body.endswith(b"\x00"):
-        raise DecodeError("startup packet is not terminated")
-    parts = body[:-1].split(b"\x00")
-    if parts and parts[-1] == b"":
-        parts.pop()
-    if len(parts) % 2:
-        raise DecodeError("startup packet has a parameter name without a value")
-    for i in range(0, len(parts), 2):
+    for raw_name, raw_value in _startup_pairs(bytes(packet[8:length])):
         try:
-            name = parts[i].decode("utf-8")
-            value = parts[i + 1].decode("utf-8")
+            name = raw_name.decode("utf-8")
+            value = raw_value.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DecodeError("startup packet is not valid UTF-8") from exc
-        if not name:
-            raise DecodeError("empty parameter name in startup packet")
         if name in params or name in options:
             raise DecodeError(f'duplicate startup parameter "{name}"')
         if name.startswith("_pq_."):
@@ -136,6 +125,28 @@ def decode_startup_packet(packet: bytes) -> StartupPacket:
         else:
             params[name] = value
     return StartupMessage(major, minor, params, options)
+
+
+def _startup_pairs(body: bytes) -> list[tuple[bytes, bytes]]:
+    """The name/value pairs of a startup packet's body, read the way PostgreSQL's ProcessStartupPacket reads
+    them: pairs up to an empty name, which must be the body's last byte."""
+    pairs: list[tuple[bytes, bytes]] = []
+    n = len(body)
+    pos = 0
+    while pos < n and body[pos] != 0:
+        name_end = body.find(b"\x00", pos)
+        if name_end < 0:
+            name_end = n
+        if name_end + 1 >= n:
+            break  # a name without a value: the layout check below refuses it
+        value_end = body.find(b"\x00", name_end + 1)
+        if value_end < 0:
+            value_end = n
+        pairs.append((body[pos:name_end], body[name_end + 1 : value_end]))
+        pos = value_end + 1
+    if pos != n - 1:
+        raise DecodeError("invalid startup packet layout: expected terminator as last byte")
+    return pairs
 
 
 def encode_startup_message(parameters: dict[str, str]) -> bytes:
@@ -163,7 +174,7 @@ def frame(type_byte: bytes, body: bytes) -> bytes:
 def _cstring(body: bytes, pos: int) -> tuple[str, int]:
     end = body.find(b"\x00", pos)
     if end < 0:
-        raise DecodeError("unterminated string")
+        raise DecodeError("invalid string in message")  # PostgreSQL's pq_getmsgstring
     try:
         return body[pos:end].decode("utf-8"), end + 1
     except UnicodeDecodeError as exc:
@@ -183,7 +194,7 @@ def query_text(body: bytes) -> str:
                 return sql
     sql, pos = _cstring(body, 0)
     if pos != len(body):
-        raise DecodeError("trailing bytes after Query string")
+        raise DecodeError("invalid message format")  # PostgreSQL's pq_getmsgend
     return sql
 
 
@@ -217,11 +228,15 @@ class Parse:
         name, pos = _cstring(body, 0)
         sql, pos = _cstring(body, pos)
         rest = body[pos:]
+        # Read as PostgreSQL reads it: the count is unsigned (-1 is 65535 types), each missing byte is
+        # "insufficient data left in message", anything after the types "invalid message format".
         if len(rest) < 2:
-            raise DecodeError("Parse message too short")
-        (count,) = _I16.unpack_from(rest, 0)
-        if count < 0 or len(rest) != 2 + 4 * count:
-            raise DecodeError("bad parameter type list in Parse")
+            raise DecodeError("insufficient data left in message")
+        count = rest[0] << 8 | rest[1]
+        if len(rest) < 2 + 4 * count:
+            raise DecodeError("insufficient data left in message")
+        if len(rest) != 2 + 4 * count:
+            raise DecodeError("invalid message format")
         return cls(name, sql, rest)
 
     def encode(self) -> bytes:

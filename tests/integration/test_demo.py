@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 
+from tests.support.polling import until
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,14 +209,40 @@ def test_unknown_users_salts_survive_a_reload(demo: dict[str, Any]) -> None:
     ca = parse_qs(url.query)["sslrootcert"][0]
     users = ("nosuchuser", "Alice", "alice")
     before = [_salt_over_tls(url.hostname or "", url.port or 0, ca, u) for u in users]
+    metrics = demo["doc"]["metrics_url"]
+
+    def reloads() -> float:
+        found = re.search(r'pgtenant_config_reloads_total\{outcome="ok"\} ([0-9.]+)',
+                          urllib.request.urlopen(metrics).read().decode())
+        return float(found.group(1)) if found else 0.0
+
+    done = reloads()
     with psycopg.connect(demo["doc"]["admin_dsn"], autocommit=True) as admin:
         admin.execute("RELOAD")
-    metrics = demo["doc"]["metrics_url"]
     deadline = time.monotonic() + 60
-    while 'pgtenant_config_reloads_total{outcome="ok"} 1.0' not in urllib.request.urlopen(metrics).read().decode():
+    while reloads() <= done:
         assert time.monotonic() < deadline, "the reload did not finish"
         time.sleep(0.1)  # poll, bounded by the deadline
     assert [_salt_over_tls(url.hostname or "", url.port or 0, ca, u) for u in users] == before
+
+
+def test_sighup_reloads_and_keeps_serving(demo: dict[str, Any]) -> None:
+    """SIGHUP re-reads pgtenant.toml as `pgtenant run` does (it killed the demo and its PostgreSQL, leaving the
+    ready file behind: issue 17); sessions open across it keep working, new ones connect."""
+    proc: subprocess.Popen[bytes] = demo["proc"]
+    tenant = demo["doc"]["tenants"][0]
+    with psycopg.connect(tenant["dsn"], autocommit=True, connect_timeout=10) as before:
+        proc.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            assert proc.poll() is None, f"the demo died on SIGHUP\n{demo['logs']()}"
+            return "reloaded" in (demo["logs"]() or "")
+
+        until(reloaded, STOP_TIMEOUT, interval=0.1, what="the demo's reloaded log line")
+        assert before.execute("SELECT count(*) FROM orders").fetchone() == (tenant["expected"]["orders"],)
+    assert demo["ready"].exists() and json.loads(demo["ready"].read_text()) == demo["doc"]
+    with psycopg.connect(tenant["dsn"], autocommit=True, connect_timeout=10) as after:
+        assert after.execute("SELECT count(*) FROM orders").fetchone() == (tenant["expected"]["orders"],)
 
 
 def test_sigterm_stops_everything_and_removes_temporary_data(demo: dict[str, Any]) -> None:

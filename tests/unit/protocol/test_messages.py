@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 
 import pytest
@@ -47,18 +48,45 @@ def test_special_startup_packets(packet: bytes, kind: type) -> None:
         assert decoded.secret_key == b"\x01\x02\x03\x04"
 
 
+def _startup(body: bytes) -> bytes:
+    return struct.pack("!ii", len(body) + 8, m.PROTOCOL_3_0) + body
+
+
 @pytest.mark.parametrize(
     "packet",
     [
         struct.pack("!i", 4) + b"\x00" * 4,  # length too small
         struct.pack("!i", 20000) + b"\x00" * 4,  # longer than PostgreSQL's limit
-        m.encode_startup_message({"user": "a"})[:-1] + b"x",  # not NUL-terminated
         struct.pack("!ii", 11, 196608) + b"a\x00\x00",  # name without value
     ],
 )
 def test_bad_startup_packets(packet: bytes) -> None:
     with pytest.raises(m.DecodeError):
         m.decode_startup_packet(packet)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"user\x00alice\x00database\x00acme\x00",  # no final terminator (was accepted: issue 17)
+        b"",  # no terminator at all
+        b"user\x00alice\x00\x00\x00",  # bytes after the terminator
+        b"user\x00alice\x00\x00extra",
+        b"user\x00alice",  # an unterminated value
+        b"user\x00",  # a name without a value
+    ],
+)
+def test_startup_packet_layout_refused_like_postgresql(body: bytes) -> None:
+    with pytest.raises(m.DecodeError, match=r"^invalid startup packet layout: expected terminator as last byte$"):
+        m.decode_startup_packet(_startup(body))
+
+
+def test_startup_packet_layout_accepted_like_postgresql() -> None:
+    """PostgreSQL only checks that the pairs end on the packet's last byte: a trailing unterminated name is
+    ignored (its value would start past the end), so `user\0a\0x` logs in as user a, here as there."""
+    decoded = m.decode_startup_packet(_startup(b"user\x00a\x00x"))
+    assert isinstance(decoded, m.StartupMessage)
+    assert decoded.parameters == {"user": "a"}
 
 
 def test_duplicate_startup_parameter_rejected() -> None:
@@ -77,9 +105,22 @@ def test_query_and_parse_round_trip() -> None:
     assert m.Parse.decode(raw[5:]) == p
 
 
-def test_parse_rejects_bad_type_list() -> None:
-    with pytest.raises(m.DecodeError):
-        m.Parse.decode(b"\x00SELECT 1\x00" + struct.pack("!h", 2) + b"\x00\x00\x00\x17")
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # PostgreSQL's own words for each (pq_getmsgint / pq_getmsgend / pq_getmsgstring): issue 17
+        (b"\x00SELECT 1\x00" + struct.pack("!hi", 2, 23), "insufficient data left in message"),
+        (b"\x00SELECT 1\x00" + struct.pack("!h", -1), "insufficient data left in message"),  # read unsigned
+        (b"\x00SELECT 1\x00\x00", "insufficient data left in message"),
+        (b"\x00SELECT 1\x00", "insufficient data left in message"),
+        (b"\x00SELECT 1\x00" + struct.pack("!hi", 1, 23) + b"\x00", "invalid message format"),
+        (b"\x00SELECT 1", "invalid string in message"),
+        (b"S_1", "invalid string in message"),
+    ],
+)
+def test_parse_rejects_like_postgresql(body: bytes, message: str) -> None:
+    with pytest.raises(m.DecodeError, match=f"^{re.escape(message)}$"):
+        m.Parse.decode(body)
 
 
 def test_error_fields_round_trip() -> None:

@@ -1,0 +1,188 @@
+"""Differential protocol tests: malformed and edge-case bytes at every phase, to PostgreSQL and through pgtenant.
+
+The corpus below is compared case by case (tests/support/differential.py says how). Where pgtenant answers
+differently on purpose, the entry says why and what pgtenant must answer instead: a policy denial, its own
+startup and authentication rules. Runs against every selected PostgreSQL major (the `pg` fixture).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from proxy.protocol import messages as m
+from tests.support import differential as d
+from tests.support.differential import GSSENC, SYNC, Case, Login, Outcome, bind, execute, parse, startup_body
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
+
+USER, DATABASE = "ivan", "initech"  # the database strategy: the same database, as pgt_initech on both sides
+
+
+def _q(sql: str) -> bytes:
+    return m.Query(sql).encode()
+
+
+def _raw(type_byte: bytes, body: bytes) -> bytes:
+    return m.frame(type_byte, body)
+
+
+def _fixed(data: bytes) -> Callable[[Login], bytes]:
+    return lambda _side: data
+
+
+def _sasl_initial(mechanism: bytes, data: bytes) -> bytes:
+    return _raw(b"p", mechanism + b"\x00" + struct.pack("!i", len(data)) + data)
+
+
+POST_AUTH_PHASES = ("idle", "in_transaction", "failed_transaction", "extended_pending")
+_GARBAGE_PARSE = {
+    # issue 17: ERROR 08P01 with PostgreSQL's words, the session kept
+    "parse_type_list_short": _raw(b"P", b"\x00SELECT 1\x00" + struct.pack("!hi", 2, 23)) + SYNC,
+    "parse_type_count_minus_one": _raw(b"P", b"\x00SELECT 1\x00" + struct.pack("!h", -1)) + SYNC,
+    "parse_unterminated_query": _raw(b"P", b"\x00SELECT 1") + SYNC,
+    "parse_unterminated_name": _raw(b"P", b"S_1") + SYNC,
+    "parse_trailing_bytes": _raw(b"P", b"\x00SELECT 1\x00" + struct.pack("!hi", 1, 23) + b"\x01") + SYNC,
+    "query_unterminated": _raw(b"Q", b"SELECT 1"),
+    "query_trailing_bytes": _raw(b"Q", b"SELECT 1\x00x"),
+}
+_EDGE = {
+    "empty_query": _q(""),
+    "sync_alone": SYNC,
+    "bind_unknown_statement": bind("no_such_statement") + SYNC,
+    "bind_short": _raw(b"B", b"\x00\x00\x00") + SYNC,
+    "execute_unknown_portal": execute("no_such_portal") + SYNC,
+    "describe_bad_kind": _raw(b"D", b"Xname\x00") + SYNC,
+    "close_bad_kind": _raw(b"C", b"Xname\x00") + SYNC,
+    "copy_data_outside_copy": _raw(b"d", b"1\n") + _raw(b"c", b"") + SYNC,
+    "flush_then_sync": _raw(b"H", b"") + SYNC,
+    "parse_invalid_utf8": parse("SELECT '\udcff'".encode("utf-8", "surrogateescape").decode("latin-1")) + SYNC,
+    "syntax_error": _q("SELEC 1"),
+    "division_by_zero": _q("SELECT 1/0"),
+    "pipeline_error_then_statement": parse("SELECT 1/0") + bind() + execute() + parse("SELECT 2") + SYNC,
+    "unknown_message_type": _raw(b"y", b""),  # issue 17: PostgreSQL's FATAL, and no second one
+    "terminate": _raw(b"X", b""),
+    "commit": _q("COMMIT"),
+}
+
+
+def _corpus() -> list[Case]:
+    cases: list[Case] = []
+    for phase in POST_AUTH_PHASES:
+        for name, data in {**_GARBAGE_PARSE, **_EDGE}.items():
+            cases.append(Case(f"{phase}-{name}", phase, _fixed(data), messages=name in _GARBAGE_PARSE))
+    # In COPY FROM STDIN
+    for name, data in {
+        "copy_bad_row": _raw(b"d", b"not a number\n") + _raw(b"c", b""),
+        "copy_fail": _raw(b"f", b"client gave up\x00"),
+        "copy_good_row": _raw(b"d", b"1\n") + _raw(b"c", b""),
+        "copy_query_inside": _q("SELECT 1"),
+        "copy_unknown_type": _raw(b"y", b""),
+        "copy_sync_inside": SYNC + _raw(b"c", b""),
+    }.items():
+        cases.append(Case(f"copy_in-{name}", "copy_in", _fixed(data)))
+    # Startup: the packet itself
+    cases += [
+        Case("startup-no_final_terminator", "startup",  # issue 17
+             lambda s: startup_body(f"user\0{s.user}\0database\0{s.database}\0".encode()), messages=True),
+        Case("startup-bytes_after_terminator", "startup",
+             lambda s: startup_body(f"user\0{s.user}\0\0\0".encode()), messages=True),
+        Case("startup-name_without_value", "startup", lambda s: startup_body(b"user\0"), messages=True),
+        Case("startup-trailing_unterminated_name", "startup",
+             lambda s: startup_body(f"user\0{s.user}\0database\0{s.database}\0x".encode())),
+        Case("startup-no_user", "startup", lambda s: startup_body(b"database\0x\0\0")),
+        Case("startup-protocol_2", "startup", lambda s: startup_body(f"user\0{s.user}\0\0".encode(), 2 << 16),
+             differs="PostgreSQL answers a 2.0 client in the 2.0 error format; pgtenant in 3.0 (libpq reads both)",
+             proxy=Outcome("E", (("FATAL", "0A000", ""),), "closed")),
+        Case("startup-valid", "startup", lambda s: s.startup()),
+        Case("startup-incomplete", "startup", lambda s: s.startup()[:-3]),
+        Case("startup-cancel_unknown_key", "startup", _fixed(m.encode_cancel_request(12345, b"\x01\x02\x03\x04"))),
+        Case("startup-unknown_database", "startup",
+             lambda s: m.encode_startup_message({"user": s.user, "database": "no_such_database"})),
+        Case("startup-length_too_small", "startup", _fixed(struct.pack("!ii", 4, 0)),
+             differs="PostgreSQL closes without a word (COMMERROR); pgtenant says why in a FATAL 08P01",
+             proxy=Outcome("E", (("FATAL", "08P01", ""),), "closed")),
+        Case("startup-length_too_large", "startup", _fixed(struct.pack("!ii", 20000, m.PROTOCOL_3_0)),
+             differs="PostgreSQL closes without a word (COMMERROR); pgtenant says why in a FATAL 08P01",
+             proxy=Outcome("E", (("FATAL", "08P01", ""),), "closed")),
+    ]
+    # SSL / GSSAPI negotiation (pgtenant offers TLS, and so does the cluster when it has OpenSSL). PostgreSQL
+    # built with GSSAPI answers 'G' and starts a GSSAPI handshake; pgtenant has no GSSAPI encryption and
+    # answers 'N' like a PostgreSQL built without it, refusing bytes sent before its answer like PostgreSQL.
+    no_gss = "pgtenant has no GSSAPI encryption: it answers 'N', as PostgreSQL built without GSSAPI does"
+    unencrypted = ("FATAL", "08P01", "received unencrypted data after GSSAPI encryption request")
+
+    def gss_build(pg: Outcome) -> bool:
+        return pg.types.startswith("G")
+
+    cases += [
+        Case("negotiation-gssenc", "negotiation", _fixed(GSSENC), differs=no_gss, when=gss_build,
+             proxy=Outcome("N", (), "waiting")),
+        Case("negotiation-two_gssenc_in_one_write", "negotiation", _fixed(GSSENC + GSSENC),  # issue 17
+             differs=no_gss, when=gss_build, proxy=Outcome("NE", (unencrypted,), "closed"), messages=True),
+        Case("negotiation-gssenc_then_startup_in_one_write", "negotiation", lambda s: GSSENC + s.startup(),
+             differs=no_gss, when=gss_build, proxy=Outcome("NE", (unencrypted,), "closed"), messages=True),
+        Case("negotiation-ssl", "negotiation", _fixed(m.encode_ssl_request()),
+             differs="pgtenant offers TLS here where the cluster has none", when=lambda pg: pg.types == "N",
+             proxy=Outcome("S", (), "tls")),
+        Case("negotiation-ssl_then_startup_in_one_write", "negotiation",
+             lambda s: m.encode_ssl_request() + s.startup(),
+             differs="pgtenant refuses the injected bytes (CVE-2021-23222) before answering 'S'; PostgreSQL "
+             "answers 'S' and refuses them after its TLS handshake",
+             proxy=Outcome("E", (("FATAL", "08P01", "received unencrypted data after SSL request"),), "closed"),
+             messages=True),
+    ]
+    # SASL
+    cases += [
+        Case("sasl-query_instead", "sasl", _fixed(_q("SELECT 1")), messages=True),
+        Case("sasl-unknown_mechanism", "sasl", _fixed(_sasl_initial(b"PLAIN", b"n,,n=x,r=abc")),
+             differs="pgtenant answers every failed SASL exchange as a failed password (28P01): nothing to probe",
+             proxy=Outcome("E", (("FATAL", "28P01", ""),), "closed")),
+        Case("sasl-malformed_client_first", "sasl", _fixed(_sasl_initial(b"SCRAM-SHA-256", b"garbage")),
+             differs="pgtenant answers every failed SASL exchange as a failed password (28P01): nothing to probe",
+             proxy=Outcome("E", (("FATAL", "28P01", ""),), "closed")),
+        Case("sasl-truncated_initial_response", "sasl", _fixed(_raw(b"p", b"SCRAM-SHA-256\x00\x00\x00")),
+             differs="pgtenant answers every failed SASL exchange as a failed password (28P01): nothing to probe",
+             proxy=Outcome("E", (("FATAL", "28P01", ""),), "closed")),
+    ]
+    # Policy: pgtenant must differ
+    cases += [
+        Case("idle-function_call_message", "idle",
+             _fixed(_raw(b"F", struct.pack("!ih", 1299, 0) + struct.pack("!hh", 0, 0))),  # now()
+             differs="the FunctionCall message bypasses every SQL check: pgtenant refuses it (42501)",
+             proxy=Outcome("EZ", (("ERROR", "42501", ""),), "ZI", True)),
+    ]
+    return cases
+
+
+CORPUS = _corpus()
+
+
+@pytest.fixture(scope="module")
+def sides(pg: PgCluster, proxy: ProxyProcess) -> dict[str, Login]:
+    role, role_pw = TENANT_ROLES["initech"]
+    return {
+        "postgres": Login(pg.port, role, DATABASE, role_pw),
+        "pgtenant": Login(proxy.port, USER, DATABASE, proxy.password(USER)),
+    }
+
+
+def _shape(o: Outcome, messages: bool) -> tuple[object, ...]:
+    return o.key(messages)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
+def test_same_answer_as_postgresql(case: Case, sides: dict[str, Login]) -> None:
+    direct = d.run_case(sides["postgres"], case)
+    proxied = d.run_case(sides["pgtenant"], case)
+    if not case.differs or (case.when is not None and not case.when(direct)):
+        assert _shape(proxied, case.messages) == _shape(direct, case.messages), (
+            f"\nPostgreSQL: {direct}\npgtenant:   {proxied}")
+        return
+    assert case.proxy is not None
+    assert _shape(proxied, case.messages) == _shape(case.proxy, case.messages), (
+        f"\npgtenant: {proxied}\n(PostgreSQL: {direct})")
+    assert _shape(direct, False) != _shape(proxied, False), (
+        f"listed as a difference ({case.differs}) but PostgreSQL answers the same: {direct}")
