@@ -54,6 +54,12 @@ class LimitsConfig:
     max_auth_failures: int = 5
     auth_failure_window: float = 60.0
     max_client_connections: int = 10_000
+    max_statements_per_query: int = 1000
+    max_parse_tree_nodes: int = 250_000
+    decision_timeout: float = 10.0
+    decision_workers: int = 2
+    decision_cache_entries: int = 10_000
+    decision_cache_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +303,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         _positive(getattr(limits, k), f"limits.{k}")
     if limits.max_message_length < 1024:
         raise ConfigError("limits.max_message_length: must be at least 1024 bytes")
+    if limits.decision_cache_bytes < 1024 * 1024:
+        raise ConfigError("limits.decision_cache_bytes: must be at least 1048576 bytes")
 
     tr = _table(raw, "tls", "")
     _check_keys(tr, {"cert_file", "key_file", "require", "channel_binding"}, "tls.")
