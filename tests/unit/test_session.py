@@ -247,7 +247,8 @@ def _decision(sql: str) -> Decision:
     return Rewrite(sql.replace("SELECT", "SELECT /* r */"), ("r",)) if "7" in sql else Allow()
 
 
-def _frames(data: bytes) -> list[tuple[bytes, bytes]]:
+def frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (type, body) of each message in `data`."""
     out, pos = [], 0
     while pos < len(data):
         (length,) = struct.unpack_from("!I", data, pos + 1)
@@ -302,7 +303,7 @@ def test_a_decision_made_elsewhere_holds_everything_after_it_in_order(
             run(actions)
             pos += step
         i += 1
-    sent_frames, client_frames = _frames(out), _frames(data)
+    sent_frames, client_frames = frames(out), frames(data)
     assert [t for t, _ in sent_frames] == [t for t, _ in client_frames]
     statements = [m.Query.decode(b).sql if t == b"Q" else m.Parse.decode(b).sql
                   for t, b in client_frames if t in (b"Q", b"P")]
