@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.errors import PgError
 
@@ -69,6 +70,15 @@ class AdminQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class RunDecision:
+    """A cache miss to decide off the event loop: `pending` (a `proxy.policy.cache.Pending`) goes to a decision
+    worker. The session holds that message and every byte after it until `session.decision_ready(decision)`;
+    meanwhile the client's socket is not read."""
+
+    pending: Any
+
+
+@dataclass(frozen=True, slots=True)
 class ForwardCancel:
     process_id: int
     secret_key: bytes
@@ -109,5 +119,5 @@ class ServerFailed:
 
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
-    | ConnectBackend | AdminQuery | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
+    | ConnectBackend | AdminQuery | RunDecision | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
 )

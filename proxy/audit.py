@@ -154,7 +154,7 @@ class AuditLog:
         extra = req.extra
         self.statement(
             prefix, end_user or end_user_from_sql(sql), req.kind, name, rule, req.outcome, req.sqlstate,
-            req.end - req.start, req.rows, sql, rewritten, len(extra) + 1 if extra else 1,
+            req.end - req.start, req.rows, sql, rewritten, req.statements,
             [_further_statement(text, decision) for text, decision in extra] if extra else None,
         )
 

@@ -60,6 +60,12 @@ class LimitsConfig:
     max_prelogin_connections: int = 1000  # not yet logged in, in total (kept well below max_client_connections)
     max_prelogin_connections_per_address: int = 100
     first_message_timeout: float = 5.0  # seconds a new connection may stay silent (at most startup_timeout)
+    max_statements_per_query: int = 1000
+    max_parse_tree_nodes: int = 250_000
+    decision_timeout: float = 10.0
+    decision_workers: int = 2
+    decision_cache_entries: int = 10_000
+    decision_cache_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +328,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     if limits.max_prelogin_connections_per_address > limits.max_prelogin_connections:
         raise ConfigError("limits.max_prelogin_connections_per_address: must not exceed "
                           "limits.max_prelogin_connections")
+    if limits.decision_cache_bytes < 1024 * 1024:
+        raise ConfigError("limits.decision_cache_bytes: must be at least 1048576 bytes")
 
     tr = _table(raw, "tls", "")
     _check_keys(tr, {"cert_file", "key_file", "require", "channel_binding"}, "tls.")

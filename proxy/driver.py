@@ -11,7 +11,7 @@ import signal
 import ssl
 import time
 
-from proxy import _accel, dbcheck, errors, memory
+from proxy import _accel, allocator, dbcheck, errors, memory
 from proxy import admin as admin_console
 from proxy.actions import (
     Action,
@@ -23,6 +23,7 @@ from proxy.actions import (
     ForwardCancel,
     RelayToClient,
     RelayToServer,
+    RunDecision,
     SendClient,
     SendServer,
     ServerFailed,
@@ -43,13 +44,15 @@ from proxy.logs import LogLimiter, get_logger
 from proxy.metrics import DEFAULT_BUCKETS, Metrics
 from proxy.mocksecret import with_mock_secret
 from proxy.ops import AdminView, Ops
-from proxy.policy.cache import DecisionCache, Gate
+from proxy.policy.cache import DecisionCache, Gate, Pending
+from proxy.policy.engine import Limits
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
 from proxy.tenancy import backend_context, parsing_violation, tenant_policy
+from proxy.workers import DecisionWorkers
 
 log = get_logger("pgtenant.driver")
 
@@ -201,6 +204,8 @@ class ClientConnection(asyncio.Protocol):
         self.authenticated = False  # logged in: no longer counted, timed or logged as a pre-login connection
         self._bytes_reported = (0, 0)
         self._reading_paused = False
+        self._backpressure = False  # the server link's write buffer is full
+        self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -273,6 +278,7 @@ class ClientConnection(asyncio.Protocol):
         getattr(self.log, level)(event, **fields)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._drop_decision()
         if self.closed:
             self._finish()
             return
@@ -294,14 +300,25 @@ class ClientConnection(asyncio.Protocol):
                 self.link.transport.resume_reading()
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pause_reading()
+        """Backpressure: the server link cannot take more for now."""
+        self._backpressure = True
+        self._update_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed and self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()
+        self._backpressure = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read the client's socket unless the server link is full or the session waits for a decision."""
+        if self.transport is None or self.closed:
+            return
+        paused = self._backpressure or self._decision is not None
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
 
     @property
     def bytes_in(self) -> int:
@@ -429,6 +446,8 @@ class ClientConnection(asyncio.Protocol):
                 self._connect_backend()
             elif isinstance(action, AdminQuery):
                 self._admin_query(action.sql)
+            elif isinstance(action, RunDecision):
+                self._run_decision(action.pending)
             elif isinstance(action, ForwardCancel):
                 asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
             elif isinstance(action, CloseServer):
@@ -440,6 +459,27 @@ class ClientConnection(asyncio.Protocol):
                 return
             else:  # pragma: no cover
                 raise AssertionError(f"unexpected client action {action!r}")
+
+    def _run_decision(self, pending: Pending) -> None:
+        """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
+        metrics = self.proxy.metrics
+        metrics.offloaded.labels(metrics.tenant(pending.tenant)).inc()
+        self._decision = self.proxy.workers.submit(
+            pending, lambda decision, stages: self._decided(pending, decision, stages)
+        )
+        self._update_reading()
+
+    def _decided(self, pending: Pending, decision: Decision, stages: dict[str, float]) -> None:
+        self._decision = None
+        pending.finish(decision, stages)
+        if self.closed or self.session is None:
+            return
+        try:
+            self.run(self.session.decision_ready(decision))
+        except Exception:
+            self.internal_error()
+            return
+        self._update_reading()
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -601,6 +641,7 @@ class ClientConnection(asyncio.Protocol):
             level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
             self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
+        self._drop_decision()
         if self.session is not None:
             self.session.close()
         if self.link is not None:
@@ -609,6 +650,12 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self._finish(reason=reason)
+
+    def _drop_decision(self) -> None:
+        """The client is gone: nobody waits for its decision any more."""
+        if self._decision is not None:
+            self.proxy.workers.cancel(self._decision)  # type: ignore[arg-type]
+            self._decision = None
 
     def flush_bytes(self) -> None:
         session = self.session
@@ -695,14 +742,22 @@ class Proxy:
         self.pool = Pool(self)
         self.server: asyncio.AbstractServer | None = None
         self.policies: dict[str, TenantPolicy] = {}
-        self.decisions = DecisionCache()
+        limits = config.limits
+        self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
+        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
         self._deciders: dict[str, Gate] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
         )
         self.metrics.tenant.preload(sorted(config.tenants))
         self.metrics_enabled = config.metrics.enabled
-        self.metrics.watch_cache(lambda: (self.decisions.hits, self.decisions.misses))
+        self.metrics.watch_cache(lambda: (
+            self.decisions.hits, self.decisions.misses, self.decisions.entries, self.decisions.held
+        ))
+        self.workers = DecisionWorkers(
+            limits.decision_workers, limits.decision_timeout,
+            on_restart=lambda reason: self.metrics.worker_restarts.labels(reason).inc(),
+        )
         self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
         self.ops = Ops(self)
         self.ops_server: OpsServer | None = None
@@ -722,7 +777,8 @@ class Proxy:
 
     def _new_decider(self, tenant: str) -> Gate:
         decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
-        return Gate(self.decisions, self, tenant, lambda stage, seconds: decision_time[stage].observe(seconds))
+        return Gate(self.decisions, self, tenant, lambda stage, seconds: decision_time[stage].observe(seconds),
+                    self.decision_limits)
 
     def server_parameters(self, session: ClientSession) -> dict[str, str]:
         """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
@@ -817,8 +873,14 @@ class Proxy:
         old = self.config
         self.config = new = with_mock_secret(new, old)
         self.policies = policies
+        limits = new.limits
         self.decisions.clear()
+        self.decisions.maxsize, self.decisions.max_bytes = limits.decision_cache_entries, limits.decision_cache_bytes
+        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
+        for gate in self._deciders.values():  # sessions keep their gate: it decides under the new limits too
+            gate.limits = self.decision_limits
         self._deciders.clear()
+        self.workers.count, self.workers.timeout = limits.decision_workers, limits.decision_timeout
         self.client_ssl = client_ssl_context(new)
         self.channel_binding = own_channel_binding(new)
         lim = new.limits
@@ -942,6 +1004,7 @@ class Proxy:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
         if self.ops_server is not None:
             await self.ops_server.close()
+        self.workers.close()
         if self.audit is not None:
             self.audit.close()
         log.info("shutdown_complete")
@@ -964,6 +1027,7 @@ def freeze_heap() -> int:
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     """Run the proxy until SIGTERM/SIGINT."""
+    allocator.return_large_blocks()  # RSS returns after big messages (glibc keeps them otherwise)
     proxy = Proxy(config)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, proxy.prepare)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -51,20 +51,26 @@ class TenantLabels:
 
 
 class _CacheCollector(Collector):
-    """`pgtenant_policy_cache_lookups_total{result}` from the decision cache's hit and miss counts."""
+    """`pgtenant_policy_cache_lookups_total{result}`, `pgtenant_policy_cache_entries` and `pgtenant_policy_cache_bytes`
+    from the decision cache's own counts."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         family = CounterMetricFamily(
             "pgtenant_policy_cache_lookups", "Policy decision cache lookups.", labels=["result"]
         )
         source = self.metrics._cache_source
-        hits, misses = source() if source is not None else (0, 0)
+        hits, misses, entries, held = source() if source is not None else (0, 0, 0, 0)
         family.add_metric(["hit"], hits)
         family.add_metric(["miss"], misses)
         yield family
+        yield GaugeMetricFamily("pgtenant_policy_cache_entries", "Decisions held by the policy cache.", value=entries)
+        yield GaugeMetricFamily(
+            "pgtenant_policy_cache_bytes", "Bytes held by the policy cache (its texts and a fixed cost per entry).",
+            value=held,
+        )
 
 
 class LatencySeries:
@@ -201,8 +207,18 @@ class Metrics:
             ["stage"], buckets=DECISION_BUCKETS, registry=r,
         )
         # Read from the decision cache's own counters at scrape time: nothing to do per statement.
-        self._cache_source: Callable[[], tuple[int, int]] | None = None
+        self._cache_source: Callable[[], tuple[int, int, int, int]] | None = None
         r.register(_CacheCollector(self))
+        self.offloaded = Counter(
+            "pgtenant_policy_offloaded_total",
+            "Cache misses decided by a decision worker (a long text, or past the tenant's share of the event loop).",
+            ["tenant"], registry=r,
+        )
+        self.worker_restarts = Counter(
+            "pgtenant_policy_worker_restarts_total",
+            "Decision workers replaced: killed at limits.decision_timeout (timeout), or failed.", ["reason"],
+            registry=r,
+        )
         self.backend_connect_duration = Histogram(
             "pgtenant_backend_connect_duration_seconds",
             "Time to open, negotiate and authenticate a backend connection.",
@@ -251,8 +267,8 @@ class Metrics:
         )
         self._tenant_children: dict[str, tuple[Any, Any]] = {}
 
-    def watch_cache(self, source: Callable[[], tuple[int, int]]) -> None:
-        """Report (hits, misses) of the decision cache at every scrape."""
+    def watch_cache(self, source: Callable[[], tuple[int, int, int, int]]) -> None:
+        """Report (hits, misses, entries, bytes) of the decision cache at every scrape."""
         self._cache_source = source
 
     def query_recorder(self, tenant: str) -> QueryRecorder:

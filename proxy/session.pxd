@@ -16,6 +16,8 @@ cdef class ClientSession:
     cdef public object decide, _policy_token, _parse_memo, on_decision
     cdef public RequestTracker tracker
     cdef public dict _frontend_tracked, _denials
+    cdef public Py_ssize_t _denial_bytes
+    cdef public object _held
     cdef public object end_user, revoked
     cdef public object context, _contextual, _decided_in
     cdef public bint _tracking

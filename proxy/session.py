@@ -20,6 +20,7 @@ from proxy.actions import (
     ForwardCancel,
     RelayToClient,
     RelayToServer,
+    RunDecision,
     SendClient,
     StartClientTls,
 )
@@ -28,10 +29,11 @@ from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
+from proxy.policy.cache import Pending
 from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
 from proxy.protocol import messages as m
 from proxy.protocol.messages import query_message, query_text
-from proxy.protocol.stream import ALL_TYPES, FramingError, Message, MessageStream
+from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
@@ -39,14 +41,20 @@ from proxy.tenancy import parsing_violation
 from proxy.tracking import Request, RequestTracker
 
 _I32 = struct.Struct("!i")
+# Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
+# burst past either loses only its oldest messages' wording, see _on_error_response).
 _MAX_PENDING_DENIALS = 65536
+_MAX_DENIAL_BYTES = 1 << 20
+_DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
+_MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = Deny("08P01", "malformed message", "", "malformed_message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 
-# (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message).
-Decide = Callable[[str, str], Decision]
+# (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
+# decision is to be made off the event loop (the session then holds the message, see RunDecision).
+Decide = Callable[[str, str], Decision | Pending]
 # A session context -> the decision function for it (with a `current` method: the policy token).
 Contextual = Callable[[SessionContext], Decide]
 
@@ -70,6 +78,24 @@ def _bind_statement(body: bytes) -> str | None:
     if stmt_end == end + 1:
         return ""  # the unnamed statement
     return body[end + 1 : stmt_end].decode("utf-8", "replace")
+
+
+def _denial_size(message: str) -> int:
+    """The bytes a pending denial holds (its message; the hint is the rule's shared text)."""
+    return _DENIAL_OVERHEAD + len(message)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A Query or Parse waiting for its decision, and the client's bytes received after it."""
+
+    type: int
+    body: bytes
+    sql: str
+    pending: Pending
+    token: object = None  # a Parse: the policy token its memo is keyed by
+    parse: m.Parse | None = None
+    after: list[bytes] = field(default_factory=list)
 
 
 class State(enum.Enum):
@@ -211,6 +237,10 @@ class ClientSession:
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
+        self._denial_bytes = 0
+        # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
+        # after it: nothing after it is framed or forwarded until `decision_ready`.
+        self._held: _Held | None = None
         self.is_admin = False
         self._auth_pending = False  # admitted by the throttle, not yet settled (success or failure)
         self._challenged = False  # the client has had the SCRAM server-first
@@ -494,6 +524,9 @@ class ClientSession:
     # --- relay -----------------------------------------------------------------------------
 
     def _relay_from_client(self, data: bytes) -> list[Action]:
+        if self._held is not None:  # a decision is being made: keep the bytes, in order, for decision_ready
+            self._held.after.append(data)
+            return []
         if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
             self.state = State.CLOSED
             return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
@@ -503,7 +536,29 @@ class ClientSession:
                 self.state = State.CLOSED
                 actions: list[Action] = [RelayToServer(chunks[:i])] if i else []
                 return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
+        if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
+            return [RelayToServer(chunks), RunDecision(self._held.pending)]
         return [RelayToServer(chunks)]
+
+    def decision_ready(self, decision: Decision) -> list[Action]:
+        """The decision for the held message (RunDecision) arrived: forward the message or what replaces it, then
+        go on with the bytes received after it (which may hold again)."""
+        held = self._held
+        if held is None or self.state is not _READY:
+            return []
+        self._held = None
+        if held.type == m.QUERY:
+            out = self._query_decided(held.sql, decision)
+        else:
+            out = self._parse_decided(held.body, held.token, held.parse, decision)
+        raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
+        return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
+
+    def _hold(self, type_: int, body: bytes, sql: str, pending: Pending, token: object = None,
+              parse: m.Parse | None = None) -> object:
+        """Stop at this message until its decision arrives (what the stream handler returns)."""
+        self._held = _Held(type_, body, sql, pending, token, parse)
+        return HOLD
 
     def _admin_data(self, data: bytes) -> list[Action]:
         if self.revoked is not None:
@@ -523,8 +578,9 @@ class ClientSession:
             actions.append(AdminQuery(m.Query.decode(item.body).sql))
         return actions
 
-    def _gate_query(self, body: bytes) -> bytes | None:
-        """Apply the policy to a Query: None forwards it as it is, else the bytes to forward in its place."""
+    def _gate_query(self, body: bytes) -> object:
+        """Apply the policy to a Query: None forwards it as it is, else the bytes to forward in its place (or HOLD
+        while its decision is made elsewhere)."""
         try:
             sql = query_text(body)
         except m.InvalidText:
@@ -533,6 +589,11 @@ class ClientSession:
             self.tracker.on_query("", _MALFORMED)
             return query_message(self._error_marker(errors.malformed_message(str(exc))))
         decision = self.decide("query", sql)
+        if type(decision) is Pending:
+            return self._hold(m.QUERY, body, sql, decision)
+        return self._query_decided(sql, decision)
+
+    def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if type(decision) is Allow:
@@ -546,7 +607,7 @@ class ClientSession:
             return query_message(decision.sql)
         return query_message(self._deny_marker(decision))
 
-    def _gate_parse(self, body: bytes) -> bytes | None:
+    def _gate_parse(self, body: bytes) -> object:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
         memo = self._parse_memo
         token = self._policy_token()
@@ -567,28 +628,35 @@ class ClientSession:
             marker = self._error_marker(errors.malformed_message(str(exc)))
             return m.Parse(marker, marker, b"\x00\x00").encode()  # named: the unnamed statement stays
         decision = self.decide("parse", parse.sql)
+        if type(decision) is Pending:
+            return self._hold(m.PARSE, body, parse.sql, decision, token, parse)
+        return self._parse_decided(body, token, parse, decision)
+
+    def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+        memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
-            self._parsed(body, token, parse.name, parse.sql, kind, decision, None)
+            self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
         if isinstance(decision, Rewrite):
             out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
-            self._parsed(body, token, parse.name, parse.sql, kind, decision, out)
+            self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
             return out
         if self._tracking:
             self._parse_changes(parse.name, ())
         return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
 
     def _parsed(self, body: bytes, token: object, name: str, sql: str, kind: str, decision: Allow | Rewrite,
-                out: bytes | None) -> None:
-        """Memoize an allowed or rewritten Parse, unless it changes the session (then follow that)."""
+                out: bytes | None, memo: bool = True) -> None:
+        """Memoize an allowed or rewritten Parse (if `memo`: not too long), unless it changes the session (then
+        follow that)."""
         changes = decision.changes
         if changes:
             self._parse_changes(name, changes)
             return
-        self._parse_memo = (body, token, name, sql, kind, decision, out)
+        self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
             self._parse_changes(name, ())
 
@@ -649,9 +717,11 @@ class ClientSession:
     def _error_marker(self, err: PgError) -> str:
         """A statement that fails in the backend where the original would have; its error is replaced by `err`."""
         marker = "pgtenant_denied_" + secrets.token_hex(8)
-        if len(self._denials) >= _MAX_PENDING_DENIALS:
-            self._denials.pop(next(iter(self._denials)))
-        self._denials[marker.encode()] = err
+        denials = self._denials
+        self._denial_bytes += _denial_size(err.message)
+        while denials and (len(denials) >= _MAX_PENDING_DENIALS or self._denial_bytes > _MAX_DENIAL_BYTES):
+            self._denial_bytes -= _denial_size(denials.pop(next(iter(denials))).message)
+        denials[marker.encode()] = err
         return marker
 
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
@@ -720,6 +790,8 @@ class ClientSession:
             if found is not None:
                 marker = found.group(0)
                 err = self._denials.pop(marker, None)
+                if err is not None:
+                    self._denial_bytes -= _denial_size(err.message)
                 if err is None and b"C42601\x00" in body and b'at or near "' + marker + b'"' in body:
                     # The exact failure of a marker statement whose entry was evicted (a pipelined burst
                     # of denials): still our denial, never the backend's syntax error naming the marker.

@@ -5,17 +5,27 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from proxy.policy.model import Decision
+from proxy.policy.model import Decision, Rewrite
 from proxy.stmtkind import statement_kind
 
 _MAX_STATEMENTS = 10_000
 _MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped (their attribution is lost)
+_MAX_EXTRA = 1000  # further statements of one request kept with their text; more are only counted
+# The SQL texts a session's tracker holds (requests in flight, their further statements, named prepared statements)
+# for the audit log: a text is held up to MAX_TEXT characters, then "... [N characters]"; once the texts held come
+# to MAX_HELD characters, new ones are held up to SHORT_TEXT characters, and the oldest named statements go.
+MAX_TEXT = 64 * 1024
+SHORT_TEXT = 256
+MAX_HELD = 1 << 20
 
 
 class Request:
     """One request in flight: what it was, what the policy said, how it ended (made by `new_request`)."""
 
-    __slots__ = ("closed_by_sync", "decision", "end", "extra", "kind", "outcome", "rows", "sql", "sqlstate", "start")
+    __slots__ = (
+        "closed_by_sync", "decision", "end", "extra", "extra_dropped", "held", "kind", "outcome", "rows", "sql",
+        "sqlstate", "start",
+    )
     start: float
     end: float
     kind: str
@@ -25,17 +35,27 @@ class Request:
     sqlstate: str | None
     rows: int
     extra: list[tuple[str, Decision | None]] | None
+    extra_dropped: int
+    held: int
     closed_by_sync: bool
 
     @property
     def duration(self) -> float:
         return self.end - self.start
 
+    @property
+    def statements(self) -> int:
+        """How many statements the request had (the first, the further ones kept, the further ones counted)."""
+        return 1 + (len(self.extra) if self.extra is not None else 0) + self.extra_dropped
+
     def more(self, sql: str, decision: Decision | None) -> None:
         """Another statement of the same batch."""
         if self.extra is None:
             self.extra = []
-        self.extra.append((sql, decision))
+        if len(self.extra) < _MAX_EXTRA:
+            self.extra.append((sql, decision))
+        else:
+            self.extra_dropped += 1
 
 
 def new_request(start: float, kind: str = "other", sql: str = "", decision: Decision | None = None) -> Request:
@@ -50,8 +70,17 @@ def new_request(start: float, kind: str = "other", sql: str = "", decision: Deci
     req.rows = 0
     req.end = 0.0
     req.extra = None  # further statements of a batch: list[tuple[str, Decision | None]]
+    req.extra_dropped = 0
+    req.held = 0  # characters of SQL text it holds (its own, its further statements' and their rewrites')
     req.closed_by_sync = False
     return req
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters followed by how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text)} characters]"
 
 
 def tag_rows(tag: bytes) -> int:
@@ -84,12 +113,44 @@ class RequestTracker:
         self.copy_in = False  # the backend is in COPY IN: it ignores Sync and Flush until CopyDone/CopyFail
         self._swallowed_syncs = 0  # Syncs the backend swallowed in COPY IN (libpq sends another after it)
         self.dropped = 0
+        self.held = 0  # characters of SQL text held, by requests in flight and by named statements
 
     def _push(self, req: Request) -> None:
         if len(self.pending) >= _MAX_PENDING:
-            self.pending.popleft()
+            self.held -= self.pending.popleft().held
             self.dropped += 1
         self.pending.append(req)
+
+    def _keep(self, req: Request, sql: str, decision: Decision | None) -> tuple[str, Decision | None]:
+        """The text and decision `req` keeps for a statement (clipped: see MAX_TEXT), counted as held."""
+        limit = MAX_TEXT if self.held < MAX_HELD else SHORT_TEXT
+        if len(sql) > limit:
+            sql = clip(sql, limit)
+        size = len(sql)
+        if type(decision) is Rewrite:
+            rewritten: str = decision.sql  # type: ignore[union-attr]
+            if len(rewritten) > limit:
+                decision = Rewrite(clip(rewritten, limit), decision.rules, decision.effects)  # type: ignore[union-attr]
+                rewritten = decision.sql
+            size += len(rewritten)
+        req.held += size
+        self.held += size
+        return sql, decision
+
+    def _name(self, name: str, kind: str, sql: str) -> None:
+        """Remember a named prepared statement's kind and text (for the Binds that name it)."""
+        old = self._statements.pop(name, None)
+        if old is not None:
+            self.held -= len(old[1])
+        if len(sql) > MAX_TEXT:
+            sql = clip(sql, MAX_TEXT)
+        statements = self._statements
+        while statements and (len(statements) >= _MAX_STATEMENTS or self.held + len(sql) > MAX_HELD):
+            self.held -= len(statements.pop(next(iter(statements)))[1])
+        if len(sql) > SHORT_TEXT and self.held + len(sql) > MAX_HELD:  # the requests in flight hold the rest
+            sql = clip(sql, SHORT_TEXT)
+        statements[name] = (kind, sql)
+        self.held += len(sql)
 
     def _batch_request(self) -> Request:
         if self._batch is None:
@@ -102,12 +163,23 @@ class RequestTracker:
             # Extended messages without a Sync, then a Query: PostgreSQL answers both with one ReadyForQuery.
             batch, self._batch = self._batch, None
             if not batch.sql:
-                batch.sql, batch.kind, batch.decision = sql, statement_kind(sql), decision
+                kind = statement_kind(sql)
+                batch.sql, batch.decision = self._keep(batch, sql, decision)
+                batch.kind = kind
             else:
-                batch.more(sql, decision)
+                self._more(batch, sql, decision)
             return
         self._batch = None
-        self._push(new_request(self.clock(), statement_kind(sql), sql, decision))
+        req = new_request(self.clock(), statement_kind(sql))
+        req.sql, req.decision = self._keep(req, sql, decision)
+        self._push(req)
+
+    def _more(self, req: Request, sql: str, decision: Decision | None) -> None:
+        if req.extra is not None and len(req.extra) >= _MAX_EXTRA:
+            req.extra_dropped += 1
+            return
+        sql, decision = self._keep(req, sql, decision)
+        req.more(sql, decision)
 
     def on_function_call(self, decision: Decision | None) -> None:
         self._batch = None
@@ -117,14 +189,13 @@ class RequestTracker:
         req = self._batch_request()
         if kind is None:
             kind = statement_kind(sql)
-        if not req.sql:
-            req.sql, req.kind, req.decision = sql, kind, decision
-        else:
-            req.more(sql, decision)
         if name:
-            if len(self._statements) >= _MAX_STATEMENTS:
-                self._statements.pop(next(iter(self._statements)))
-            self._statements[name] = (kind, sql)
+            self._name(name, kind, sql)
+        if not req.sql:
+            req.sql, req.decision = self._keep(req, sql, decision)
+            req.kind = kind
+        else:
+            self._more(req, sql, decision)
 
     def on_bind(self, statement: str) -> None:
         req = self._batch
@@ -133,10 +204,12 @@ class RequestTracker:
         if not req.sql:
             found = self._statements.get(statement)
             if found is not None:
-                req.kind, req.sql = found
+                req.kind, req.sql = found  # shared with the statement map: held once
 
     def on_close_statement(self, name: str) -> None:
-        self._statements.pop(name, None)
+        old = self._statements.pop(name, None)
+        if old is not None:
+            self.held -= len(old[1])
 
     def on_sync(self) -> None:
         if self.copy_in:
@@ -180,6 +253,7 @@ class RequestTracker:
         if not self.pending:
             return None  # e.g. the ReadyForQuery that ends startup
         req = self.pending.popleft()
+        self.held -= req.held
         if req is self._batch:
             self._batch = None
         req.end = self.clock()

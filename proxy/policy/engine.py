@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -13,39 +14,70 @@ from proxy.policy.catalog import may_name_filtered
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
-from proxy.policy.tree import Node, Statement, parse
+from proxy.policy.tree import Node, Statement, TreeTooLarge, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, verify_rewrite
 from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
 
 
-def decide(policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None) -> Decision:
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much one Query/Parse string may ask of the engine (config `limits.max_statements_per_query` and
+    `limits.max_parse_tree_nodes`, where the defaults are): past either, it is denied with 54001 before it is
+    walked."""
+
+    max_statements: int
+    max_nodes: int
+
+
+UNLIMITED = Limits(max_statements=1 << 62, max_nodes=1 << 62)
+_MAX_DETAIL = 200  # characters of a parser message quoted in a denial (it may quote a token of any length)
+
+
+def decide(
+    policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None, limits: Limits = UNLIMITED
+) -> Decision:
     """Decide one Query/Parse string. Never raises: anything unexpected is a Deny (fail closed).
 
     With `timings`, the seconds spent in each stage are added under "gate", "rewrite" and "verify".
     """
     try:
-        return _decide(policy, sql, timings if timings is not None else {})
+        return _decide(policy, sql, timings if timings is not None else {}, limits)
     except Denied as exc:
         return exc.decision
     except RecursionError:
         return deny("statement_too_complex", "the statement is nested too deeply to be checked")
+    except MemoryError:
+        return deny("statement_too_large", "the statement needs more memory to check than pgtenant allows")
     except Exception as exc:  # fail closed on any defect
         return deny("internal_error", f"could not decide the statement ({type(exc).__name__})")
 
 
-def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float]) -> Decision:
+def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: Limits) -> Decision:
     t0 = perf_counter()
     if "\x00" in sql:
         raise fail("parse_error", "the query text contains a NUL byte")
     data = sql.encode("utf-8")
     try:
-        original_json, doc, statements = parse(sql, len(data))
+        original_json, doc, statements = parse(sql, len(data), limits.max_nodes)
     except ParseError as exc:
-        raise fail("parse_error", f"syntax error: {exc}") from None
+        detail = str(exc)
+        if len(detail) > _MAX_DETAIL:
+            detail = detail[:_MAX_DETAIL] + "..."
+        raise fail("parse_error", f"syntax error: {detail}") from None
+    except TreeTooLarge as exc:
+        raise fail(
+            "statement_too_large",
+            f"the statement's parse tree has {exc.nodes} nodes, more than the limit of {limits.max_nodes}",
+        ) from None
+    count = len(statements)
+    if count > limits.max_statements:
+        raise fail(
+            "too_many_statements",
+            f"the query string has {count} statements, more than the limit of {limits.max_statements}",
+        )
     plan = rewrite.Plan()
     effects: set[str] = set()
     changes: list[Change] = []
-    count = len(statements)
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
     for index, stmt in enumerate(statements):

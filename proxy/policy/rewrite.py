@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,11 +151,12 @@ class _Planner:
     def unqualify_columns(self, analysis: Analysis) -> None:
         """`schema.table.column` cannot name a derived table: drop the schema from such references to a
         wrapped, unaliased table (only when no other FROM item or CTE of the statement has that name)."""
+        refnames = Counter(analysis.refnames)
         for col in analysis.qualified_columns:
             fields = names_of(col.get("fields"))
             if (fields[0], fields[1]) not in self.unaliased:
                 continue
-            if analysis.refnames.count(fields[1]) != 1:
+            if refnames[fields[1]] != 1:
                 raise fail(
                     "rewrite_unsupported",
                     f'"{fields[0]}.{fields[1]}.{fields[2]}" is ambiguous once "{fields[1]}" is filtered; use aliases',

@@ -9,6 +9,7 @@ SYNTAX_ERROR = "42601"
 FEATURE_NOT_SUPPORTED = "0A000"
 READ_ONLY_SQL_TRANSACTION = "25006"
 STATEMENT_TOO_COMPLEX = "54001"
+QUERY_CANCELED = "57014"
 INTERNAL_ERROR = "XX000"
 
 # rule id -> (SQLSTATE, hint). Rule ids are part of the public contract (logs, metrics, fixtures).
@@ -96,6 +97,19 @@ RULES: dict[str, tuple[str, str]] = {
         "The tenant filter could not be verified for this statement; rephrase it or report it to the admin.",
     ),
     "statement_too_complex": (STATEMENT_TOO_COMPLEX, "Simplify the statement (it is nested too deeply)."),
+    "too_many_statements": (
+        STATEMENT_TOO_COMPLEX,
+        "Send the statements in several query strings (the limit is limits.max_statements_per_query).",
+    ),
+    "statement_too_large": (
+        STATEMENT_TOO_COMPLEX,
+        "Split the statement, or pass long lists of values as a parameter (= ANY($1)); the limit is "
+        "limits.max_parse_tree_nodes.",
+    ),
+    "decision_timeout": (
+        QUERY_CANCELED,
+        "Simplify or split the statement; pgtenant gives each check limits.decision_timeout seconds.",
+    ),
     "internal_error": (INTERNAL_ERROR, "pgtenant failed closed while deciding this statement; please report it."),
 }
 

@@ -47,9 +47,28 @@ def parse_json(sql: str) -> str:
     return parse_sql_json(sql)
 
 
-def parse(sql: str, size: int) -> tuple[str, Node, list[Statement]]:
-    """Parse `sql` (UTF-8 length `size`) into JSON text, the JSON document and statements with byte spans."""
+class TreeTooLarge(Exception):
+    """The parse tree has more nodes than allowed (raised before it is decoded)."""
+
+    def __init__(self, nodes: int) -> None:
+        super().__init__(nodes)
+        self.nodes = nodes
+
+
+def tree_size(json_text: str) -> int:
+    """The nodes of a JSON parse tree, counted as its objects (each node and each structured field; a brace in a
+    string value counts too, so this never undercounts): one pass over the text, before it is decoded."""
+    return json_text.count("{")
+
+
+def parse(sql: str, size: int, max_nodes: int | None = None) -> tuple[str, Node, list[Statement]]:
+    """Parse `sql` (UTF-8 length `size`) into JSON text, the JSON document and statements with byte spans; raise
+    TreeTooLarge, before decoding it, when the tree has more than `max_nodes` nodes."""
     text = parse_json(sql)
+    if max_nodes is not None:
+        nodes = tree_size(text)
+        if nodes > max_nodes:
+            raise TreeTooLarge(nodes)
     doc: Node = json.loads(text)
     out: list[Statement] = []
     for raw in doc.get("stmts", ()):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from typing import Any
 
 from proxy.policy.catalog import ambiguous_scoped, needs_fence, relation_filter
@@ -15,6 +17,9 @@ _OFFSET_ZERO: Node = {"A_Const": {"ival": {}}}
 _INSERT_WRAPPER_ALIAS = "_pgt"
 _JOIN_FILTER_KEYS = frozenset({"jointype", "larg", "rarg", "quals"})
 _EMPTY_SELECT: Node = {"SelectStmt": {"limitOption": "LIMIT_OPTION_DEFAULT", "op": "SETOP_NONE"}}
+# Splicing k edits costs k searches of the JSON text; one serialization of the edited tree costs about 45 searches
+# (measured on the BI fixture corpus): beyond this many edits the tree is serialized, so the cost stays linear.
+_MAX_SPLICES = 16
 
 
 class Unverified(Exception):
@@ -22,10 +27,11 @@ class Unverified(Exception):
 
 
 def intended_json(original_json: str, doc: Node, splices: list[tuple[str, Node]], full_dump: bool) -> str:
-    """JSON text of the intended tree: the client's tree with the filters applied as tree edits. When all
-    edits replace leaves, splice them into the client's JSON text (the JSON text of a tree is the
-    concatenation of its parts' texts); otherwise serialize the edited document."""
-    if full_dump:
+    """JSON text of the intended tree: the client's tree with the filters applied as tree edits (`doc`, already
+    edited). When a few edits replace leaves, splice them into the client's JSON text (the JSON text of a tree is
+    the concatenation of its parts' texts: each splice is a search over the whole text, cheaper than serializing
+    the document for up to _MAX_SPLICES of them); otherwise serialize the edited document, in linear time."""
+    if full_dump or len(splices) > _MAX_SPLICES:
         return dumps(doc)
     text = original_json
     for old, new in splices:
@@ -58,16 +64,35 @@ def _same(node: Any, expected: Node) -> bool:
     return node == expected or canonical(node) == expected
 
 
-def _where_has_predicate(body: Node, rv: Node, flt: Any) -> bool:
-    """True if the WHERE clause of the statement `body` is, or is an AND with, `flt`'s predicate on the
-    reference name of `rv` (its alias, else its relation name)."""
-    refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")
-    pred = expr_node(flt.predicate(refname))
-    where = body.get("whereClause")
-    conjuncts = [where]
-    if where is not None and where.get("BoolExpr", {}).get("boolop") == "AND_EXPR":
-        conjuncts = where["BoolExpr"]["args"]
-    return any(c is not None and _same(c, pred) for c in conjuncts)
+def _key(node: Any) -> str:
+    """A text equal for two parse-tree values exactly when they are equal ignoring positions (and key order)."""
+    return json.dumps(canonical(node), sort_keys=True, separators=(",", ":"))
+
+
+class _Conjuncts:
+    """The top-level conjuncts of statements' WHERE clauses, each statement's made once into a set of keys: a
+    statement with n plain FROM items costs n lookups, not n scans of its n conjuncts."""
+
+    def __init__(self) -> None:
+        self._sets: dict[int, tuple[Node, frozenset[str]]] = {}
+
+    def has_predicate(self, body: Node, rv: Node, flt: Any) -> bool:
+        """True if the WHERE clause of the statement `body` is, or is an AND with, `flt`'s predicate on the
+        reference name of `rv` (its alias, else its relation name)."""
+        found = self._sets.get(id(body))
+        if found is None or found[0] is not body:
+            where = body.get("whereClause")
+            conjuncts = [where]
+            if where is not None and where.get("BoolExpr", {}).get("boolop") == "AND_EXPR":
+                conjuncts = where["BoolExpr"]["args"]
+            found = self._sets[id(body)] = (body, frozenset(_key(c) for c in conjuncts if c is not None))
+        refname = rv.get("alias", {}).get("aliasname") or rv.get("relname", "")
+        return _predicate_key(flt.predicate(refname)) in found[1]
+
+
+@lru_cache(maxsize=1024)
+def _predicate_key(predicate: str) -> str:
+    return _key(expr_node(predicate))
 
 
 # Nodes that cannot contain a relation reference.
@@ -75,7 +100,20 @@ _LEAVES = frozenset(
     {"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star", "ColumnRef", "ParamRef",
      "SQLValueFunction", "LockingClause"}
 )
-_EMPTY: frozenset[str] = frozenset()
+# CTE names in scope: None (none), or (WITH clause's names -> index of the first CTE of that name, how many of them
+# are visible here, the enclosing scope). A CTE of a non-recursive WITH sees only those before it; a chain rather
+# than a set per CTE keeps a long WITH list linear.
+_Scope = tuple[dict[str, int], int, "_Scope"] | None
+_EMPTY: _Scope = None
+
+
+def _in_scope(scope: _Scope, name: Any) -> bool:
+    while scope is not None:
+        first, visible, scope = scope
+        index = first.get(name)
+        if index is not None and index < visible:
+            return True
+    return False
 
 
 class _Coverage:
@@ -84,7 +122,8 @@ class _Coverage:
 
     def __init__(self, policy: TenantPolicy) -> None:
         self.policy = policy
-        self.stack: list[tuple[Any, frozenset[str]]] = []
+        self.stack: list[tuple[Any, _Scope]] = []
+        self.conjuncts = _Conjuncts()
 
     def filtered(self, rv: Node) -> Any:
         return relation_filter(self.policy, rv)
@@ -110,7 +149,7 @@ class _Coverage:
             else:
                 self.push(value, scope, ())
 
-    def push(self, body: Node, scope: frozenset[str], skip: tuple[str, ...]) -> None:
+    def push(self, body: Node, scope: _Scope, skip: tuple[str, ...]) -> None:
         for k, v in body.items():
             if (type(v) is dict or type(v) is list) and k not in skip:
                 self.stack.append((v, scope))
@@ -119,7 +158,7 @@ class _Coverage:
         if self.filtered(rv) is not None:
             raise Unverified(f'"{rv.get("relname")}" appears unfiltered {where}')
 
-    def tagged(self, tag: str, body: Node, scope: frozenset[str]) -> None:
+    def tagged(self, tag: str, body: Node, scope: _Scope) -> None:
         if tag == "SelectStmt":
             self.select(body, scope)
         elif tag in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
@@ -159,18 +198,19 @@ class _Coverage:
         else:
             self.push(body, scope, ())
 
-    def ctes(self, body: Node, scope: frozenset[str]) -> frozenset[str]:
+    def ctes(self, body: Node, scope: _Scope) -> _Scope:
         wc = body.get("withClause")
         if not wc:
             return scope
         items = [c.get("CommonTableExpr", {}) for c in wc.get("ctes", ())]
-        names = [c.get("ctename", "") for c in items]
+        first: dict[str, int] = {}
+        for i, c in enumerate(items):
+            first.setdefault(c.get("ctename", ""), i)
         for i, cte in enumerate(items):
-            visible = scope | frozenset(names if wc.get("recursive") else names[:i])
-            self.push(cte, visible, ("ctename",))
-        return scope | frozenset(names)
+            self.push(cte, (first, len(items) if wc.get("recursive") else i, scope), ("ctename",))
+        return (first, len(items), scope)
 
-    def select(self, body: Node, scope: frozenset[str]) -> None:
+    def select(self, body: Node, scope: _Scope) -> None:
         scope = self.ctes(body, scope)
         for item in body.get("fromClause", ()):
             rv = item.get("RangeVar")
@@ -181,10 +221,10 @@ class _Coverage:
             self.created(body["intoClause"].get("rel", {}))
         self.push(body, scope, ("withClause", "fromClause", "intoClause", "lockingClause"))
 
-    def from_item(self, item: Node, scope: frozenset[str]) -> None:
+    def from_item(self, item: Node, scope: _Scope) -> None:
         if "RangeVar" in item:
             rv = item["RangeVar"]
-            is_cte = "schemaname" not in rv and "catalogname" not in rv and rv.get("relname") in scope
+            is_cte = "schemaname" not in rv and "catalogname" not in rv and _in_scope(scope, rv.get("relname"))
             if not is_cte:
                 self.bare(rv, "in FROM")
         elif "RangeSubselect" in item:
@@ -218,11 +258,11 @@ class _Coverage:
         else:
             self.stack.append((item, scope))
 
-    def filtered_in_where(self, body: Node, rv: Node, scope: frozenset[str]) -> bool:
+    def filtered_in_where(self, body: Node, rv: Node, scope: _Scope) -> bool:
         """True if the plain FROM item `rv` of the SELECT `body` is a tenant-scoped table whose tenant predicate
         is a conjunct of that SELECT's WHERE clause (accepted only for a table with forced RLS, which runs
         before any qual of the query)."""
-        if "schemaname" not in rv and "catalogname" not in rv and rv.get("relname") in scope:
+        if "schemaname" not in rv and "catalogname" not in rv and _in_scope(scope, rv.get("relname")):
             return False  # a CTE: from_item decides
         if rv.get("alias", {}).get("colnames"):
             return False  # `t AS o(a, tenant_id)`: o.tenant_id names whichever column the list renamed
@@ -231,7 +271,7 @@ class _Coverage:
         flt = self.filtered(rv)
         if flt is None or flt.kind != "tenant" or flt.table not in self.policy.rls_tables:
             return False
-        return _where_has_predicate(body, rv, flt)
+        return self.conjuncts.has_predicate(body, rv, flt)
 
     def join_filter(self, body: Node) -> bool:
         """True if this join is an injected join filter `(<t> JOIN (SELECT) <alias> ON <tenant predicate>)`: an
@@ -312,7 +352,7 @@ class _Coverage:
         if not ok:
             raise Unverified("a temporary view's query is not wrapped to be read-only")
 
-    def dml(self, tag: str, body: Node, scope: frozenset[str]) -> None:
+    def dml(self, tag: str, body: Node, scope: _Scope) -> None:
         scope = self.ctes(body, scope)
         rv = body.get("relation", {})
         self.written(rv)
@@ -332,7 +372,7 @@ class _Coverage:
         self.push(body, scope, ("withClause", "relation", "fromClause", "usingClause", "sourceRelation"))
 
     def update_delete(self, tag: str, body: Node, rv: Node, flt: Any) -> None:
-        if not _where_has_predicate(body, rv, flt):
+        if not self.conjuncts.has_predicate(body, rv, flt):
             raise Unverified(f'"{rv.get("relname")}" is changed without the tenant predicate')
         if tag == "UpdateStmt":
             for target in body.get("targetList", ()):

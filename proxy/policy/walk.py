@@ -40,7 +40,27 @@ REG_TYPES: frozenset[str] = frozenset(
     }
 )
 
-Scope = frozenset[str]
+
+
+class Scope:
+    """The CTE names visible at a point of a statement: a chain of WITH clauses, each visible up to a position in its
+    list (a CTE of a non-recursive WITH sees only those before it), so a long WITH list costs linear time."""
+
+    __slots__ = ("names", "parent", "upto")
+
+    def __init__(self, parent: Scope | None = None, names: dict[str, int] | None = None, upto: int = 0) -> None:
+        self.parent = parent
+        self.names = names or {}  # name -> index of its first CTE in the list
+        self.upto = upto
+
+    def __contains__(self, name: object) -> bool:
+        scope: Scope | None = self
+        while scope is not None:
+            index = scope.names.get(name)  # type: ignore[call-overload]
+            if index is not None and index < scope.upto:
+                return True
+            scope = scope.parent
+        return False
 
 # A relation's system columns: a derived table does not have them (see rewrite.py).
 SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
@@ -98,7 +118,7 @@ class Analysis:
 def analyze(node: Node) -> Analysis:
     """Walk a tagged statement node."""
     walker = _Walker()
-    walker.any(node, frozenset())
+    walker.any(node, Scope())
     return walker.out
 
 
@@ -186,11 +206,13 @@ class _Walker:
         ctes = [c.get("CommonTableExpr", {}) for c in wc.get("ctes", ())]
         names = [c.get("ctename", "") for c in ctes]
         self.out.refnames.extend(names)
+        first: dict[str, int] = {}
+        for i, name in enumerate(names):
+            first.setdefault(name, i)
         recursive = bool(wc.get("recursive"))
         for i, cte in enumerate(ctes):
-            inner = scope | frozenset(names if recursive else names[:i])
-            self.fields(cte, inner)
-        return scope | frozenset(names)
+            self.fields(cte, Scope(scope, first, len(names) if recursive else i))
+        return Scope(scope, first, len(names))
 
     # -- statements -------------------------------------------------------------------------------------
     def select(self, b: Node, scope: Scope, holder: Any = None, key: Any = None) -> None:

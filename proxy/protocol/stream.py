@@ -34,9 +34,17 @@ class FramingError(Exception):
         self.too_large = too_large
 
 
+class _Hold:
+    """The type of HOLD."""
+
+
+# What a handler returns to stop the stream at its message: the runs before it are returned, the message itself is
+# the handler's to keep, and every byte after it waits (unframed) for the next `feed`, which frames it first.
+HOLD = _Hold()
+
 # A handler sees a whole message of its type without stopping the run (one call per message, given the body);
-# it may return bytes to put in the message's place.
-Handler = Callable[[bytes], bytes | None]
+# it may return bytes to put in the message's place, or HOLD.
+Handler = Callable[[bytes], "bytes | _Hold | None"]
 
 
 _COPY_RUN = 4096  # a run of raw messages shorter than this is copied, a longer one is a view of the read
@@ -122,7 +130,7 @@ class MessageStream:
         return len(self._buf) + self._parts_len
 
     def feed(self, data: bytes) -> list[bytes | memoryview | Message]:
-        """Frame `data` (bytes: message bodies are slices of it)."""
+        """Frame `data` (bytes: message bodies are slices of it), after the bytes a HOLD left unframed."""
         out: list[bytes | memoryview | Message] = []
         if self._skip:
             n = len(data)
@@ -173,6 +181,9 @@ class MessageStream:
                     if replacement is not None:
                         if run_start < pos:
                             out.append(_run(buf, p, run_start, pos))
+                        if replacement is HOLD:
+                            self._buf = p[end:n]
+                            return out
                         out.append(replacement)
                         run_start = end
                 pos = end

@@ -20,7 +20,7 @@ from proxy.protocol import messages as m
 from proxy.protocol.stream import MessageStream
 from proxy.session import ClientSession
 from proxy.tracking import RequestTracker
-from tests.unit.test_session import login, make_config
+from tests.unit.test_session import frames, login, make_config
 
 
 def ready_session(tmp_path: Path, decide=None, policy_token=object) -> ClientSession:
@@ -38,15 +38,6 @@ def ready_session(tmp_path: Path, decide=None, policy_token=object) -> ClientSes
                     policy_token)
     s.server_ready({})
     return s
-
-
-def frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    out, pos = [], 0
-    while pos < len(data):
-        (length,) = struct.unpack_from("!I", data, pos + 1)
-        out.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
-        pos += 1 + length
-    return out
 
 
 def forwarded(actions: list) -> bytes:

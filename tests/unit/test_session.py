@@ -6,6 +6,8 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scramp import ScramClient
 
 from proxy.actions import (
@@ -16,12 +18,15 @@ from proxy.actions import (
     ForwardCancel,
     RelayToClient,
     RelayToServer,
+    RunDecision,
     SendClient,
     StartClientTls,
 )
 from proxy.auth.scram import make_verifier
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import parse_config
+from proxy.policy.cache import Pending
+from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import TRANSITIONS, ClientSession, Event, State
 
@@ -372,3 +377,121 @@ def test_parameter_status_of_search_path_shows_the_clients_value(session: Client
     out = _answer(session, m.parameter_status("search_path", "public"), m.frame(b"C", b"SET\x00"),
                   m.ready_for_query(b"I"))
     assert out.startswith(m.parameter_status("search_path", "globex, public"))
+
+
+# --- decisions made off the event loop: the message and everything after it wait, in order -------------------
+
+_HOLD_MESSAGES = st.one_of(
+    st.builds(lambda i, slow: m.Query(f"SELECT {i}{' -- slow' if slow else ''}{' -- deny' if i % 3 == 0 else ''}")
+              .encode(), st.integers(0, 99), st.booleans()),
+    st.builds(lambda i, slow: m.Parse(f"s{i}", f"SELECT {i}{' /* slow */' if slow else ''}", b"\x00\x00").encode(),
+              st.integers(0, 99), st.booleans()),
+    st.just(m.frame(b"B", b"\x00s1\x00" + struct.pack("!hhh", 0, 0, 0))),
+    st.just(m.frame(b"E", b"\x00" + struct.pack("!i", 0))), st.just(m.SYNC_MESSAGE),
+    st.builds(lambda n: m.frame(b"d", m.Query("SELECT 'slow'").encode() * n), st.integers(0, 50)),
+)
+
+
+def _decision(sql: str) -> Decision:
+    if "deny" in sql:
+        return Deny("42501", "no", "", "r")
+    return Rewrite(sql.replace("SELECT", "SELECT /* r */"), ("r",)) if "7" in sql else Allow()
+
+
+def frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (type, body) of each message in `data`."""
+    out, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("!I", data, pos + 1)
+        out.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
+        pos += 1 + length
+    return out
+
+
+def _relayed(actions: list) -> bytes:
+    return b"".join(bytes(c) for a in actions if isinstance(a, RelayToServer) for c in a.chunks)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(st.lists(_HOLD_MESSAGES, min_size=1, max_size=20), st.lists(st.integers(1, 300), min_size=1, max_size=6),
+       st.lists(st.booleans(), min_size=1, max_size=5))
+def test_a_decision_made_elsewhere_holds_everything_after_it_in_order(
+    tmp_path: Path, msgs: list[bytes], cuts: list[int], early: list[bool]
+) -> None:
+    """Some statements ("slow") are decided elsewhere: whatever the chunking, and whether more bytes arrive while one
+    is pending, every message reaches the backend once, in the client's order, with its statement's decision."""
+    s = ClientSession(make_config(tmp_path, max_message_length=1 << 20), session_id="s1", client_address="10.0.0.1",
+                      throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=False)
+    login(s)
+    s.server_ready({})
+    decided: list[str] = []
+
+    def decide(kind: str, sql: str) -> Decision | Pending:
+        if "slow" in sql:
+            return Pending(None, None, sql)  # type: ignore[arg-type]
+        decided.append(sql)
+        return _decision(sql)
+
+    s.enable_policy(decide, object)  # a fresh policy token each time: every Parse is decided (no memo)
+    data = b"".join(msgs)
+    out, pending, pos, i = b"", [], 0, 0
+
+    def run(actions: list) -> None:
+        nonlocal out
+        out += _relayed(actions)
+        pending.extend(a.pending for a in actions if isinstance(a, RunDecision))
+
+    while pos < len(data) or pending:
+        if pending and (pos >= len(data) or not early[i % len(early)]):
+            p = pending.pop(0)
+            assert not pending  # one decision at a time
+            decided.append(p.sql)
+            run(s.decision_ready(_decision(p.sql)))
+        else:
+            step = cuts[i % len(cuts)]
+            actions = s.client_data(data[pos : pos + step])
+            assert not pending or actions == []  # bytes arriving while a decision is pending are only kept
+            run(actions)
+            pos += step
+        i += 1
+    sent_frames, client_frames = frames(out), frames(data)
+    assert [t for t, _ in sent_frames] == [t for t, _ in client_frames]
+    statements = [m.Query.decode(b).sql if t == b"Q" else m.Parse.decode(b).sql
+                  for t, b in client_frames if t in (b"Q", b"P")]
+    assert decided == statements  # each decided once, in order
+    for (t, body), (_, original) in zip(sent_frames, client_frames, strict=True):
+        if t in (b"Q", b"P"):
+            sql = m.Query.decode(original).sql if t == b"Q" else m.Parse.decode(original).sql
+            got = m.Query.decode(body).sql if t == b"Q" else m.Parse.decode(body).sql
+            d = _decision(sql)
+            if type(d) is Deny:
+                assert got.startswith("pgtenant_denied_")
+            else:
+                assert got == (d.sql if type(d) is Rewrite else sql)
+        else:
+            assert body == original
+
+
+def test_pending_denials_are_bounded_in_bytes(session: ClientSession) -> None:
+    login(session)
+    session.server_ready({})
+    session.enable_policy(lambda kind, sql: Deny("42501", "x" * 900, "", "r"))
+    for i in range(5000):
+        session.client_data(m.Query(f"SELECT {i}").encode())
+    assert session._denial_bytes <= 1 << 20 and 0 < len(session._denials) < 5000
+    assert session._denial_bytes == sum(200 + len(e.message) for e in session._denials.values())
+
+
+def test_a_long_parse_is_not_memoized(tmp_path: Path) -> None:
+    """The memo would keep a Parse's body until the next one: a long one is decided again instead."""
+    s = ClientSession(make_config(tmp_path, max_message_length=1 << 20), session_id="s1", client_address="10.0.0.1",
+                      throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=False)
+    login(s)
+    s.server_ready({})
+    decided: list[str] = []
+    s.enable_policy(lambda kind, sql: decided.append(sql) or Allow(), lambda: None)
+    short = m.Parse("", "SELECT 1", b"\x00\x00").encode()
+    long = m.Parse("", "SELECT 1" + " " * 70_000, b"\x00\x00").encode()
+    for parse in (short, short, long, long):
+        s.client_data(parse + m.SYNC_MESSAGE)
+    assert len(decided) == 3 and s._parse_memo is None

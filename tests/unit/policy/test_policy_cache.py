@@ -1,11 +1,22 @@
-"""The decision cache's gate: the tenant's current policy after a reload, misses observed, hits not."""
+"""The decision cache and its gate: the current policy after a reload, misses observed, bounds in bytes per tenant."""
 
 from __future__ import annotations
 
+from time import perf_counter
 from types import SimpleNamespace
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy
-from proxy.policy.cache import DecisionCache, Gate
+from proxy.policy.cache import (
+    INLINE_BURST,
+    INLINE_SHARE,
+    LONG_TEXT,
+    DecisionCache,
+    Gate,
+    Pending,
+    entry_size,
+    text_key,
+)
+from proxy.policy.engine import Limits
 
 READ_ONLY = TenantPolicy(tenant="t", strategy="database")
 WRITER = TenantPolicy(tenant="t", strategy="database", allow_writes=True)
@@ -72,3 +83,117 @@ def test_lru_keeps_what_was_used_last() -> None:
     assert cache.cached(READ_ONLY, "SELECT 'b'") is None
     assert cache.cached(READ_ONLY, "SELECT 'a'") is not None
     assert (cache.hits, cache.misses) == (2, 3)
+
+
+# --- bounded in bytes, per tenant --------------------------------------------------------------------------------
+
+ACME = TenantPolicy(tenant="acme", strategy="database")
+GLOBEX = TenantPolicy(tenant="globex", strategy="database")
+
+
+def _fill(cache: DecisionCache, policy: TenantPolicy, count: int, pad: int = 0, tag: str = "") -> list[str]:
+    texts = [f"SELECT '{tag}{i}'{' ' * pad}" for i in range(count)]
+    for sql in texts:
+        cache.get_or_decide(policy, sql)
+    return texts
+
+
+def test_the_cache_is_bounded_in_bytes_as_well_as_entries() -> None:
+    cache = DecisionCache(maxsize=100_000, max_bytes=1 << 20)
+    texts = _fill(cache, ACME, 2000, pad=3000)  # ~3.5 KB an entry: the bytes bound binds long before the entries'
+    assert cache.held <= 1 << 20 and 200 < len(cache) < 400
+    assert cache.held == sum(entry_size(sql, Allow()) for sql in texts if cache.cached(ACME, sql) is not None)
+    assert cache.cached(ACME, texts[-1]) is not None and cache.cached(ACME, texts[0]) is None  # the oldest went
+
+
+def test_one_tenant_cannot_evict_another_below_its_share() -> None:
+    """A tenant filling the cache evicts its own entries once it holds the most; a tenant holding less keeps all of
+    its entries, whatever the other sends."""
+    cache = DecisionCache(maxsize=1000, max_bytes=1 << 20)
+    mine = _fill(cache, GLOBEX, 100, tag="g")
+    _fill(cache, ACME, 20_000, pad=500, tag="a")  # an attacker's stream of distinct texts
+    assert all(cache.cached(GLOBEX, sql) is not None for sql in mine)
+    acme, globex = cache.tenant_usage("acme"), cache.tenant_usage("globex")
+    assert globex[0] == 100 and acme[1] + globex[1] == cache.held <= 1 << 20
+    _fill(cache, ACME, 2000, tag="b")  # bounded in entries too: same outcome
+    assert all(cache.cached(GLOBEX, sql) is not None for sql in mine)
+    assert len(cache) <= 1000
+
+
+def test_tenants_that_fill_the_cache_together_share_it() -> None:
+    cache = DecisionCache(maxsize=300, max_bytes=1 << 30)
+    for i in range(3000):  # both send distinct texts without end, globex twice as fast
+        cache.get_or_decide(ACME, f"SELECT 'a{i}'")
+        cache.get_or_decide(GLOBEX, f"SELECT 'g{i}a'")
+        cache.get_or_decide(GLOBEX, f"SELECT 'g{i}b'")
+    assert cache.tenant_usage("acme")[0] == cache.tenant_usage("globex")[0] == 150
+
+
+def test_a_long_text_is_keyed_by_its_digest_and_not_shaped() -> None:
+    cache = DecisionCache()
+    long = "SELECT 1 " + " " * LONG_TEXT
+    decision = cache.get_or_decide(ACME, long)
+    assert cache.cached(ACME, long) is decision and cache.cached(ACME, long + " ") is None
+    key = text_key(long)
+    assert isinstance(key, bytes) and len(key) == 20 and text_key("SELECT 1") == "SELECT 1"
+    entries, held = cache.tenant_usage("acme")
+    assert entries == 1 and held == entry_size(key, decision) < 1000  # one entry (no shape), without the text
+
+
+def test_a_text_that_does_not_parse_is_not_kept() -> None:
+    cache = DecisionCache()
+    for sql in ("SELEC 1", "SELEC 1 " + "x" * 100_000):
+        first = cache.get_or_decide(ACME, sql)
+        assert isinstance(first, Deny) and first.rule == "parse_error" and len(first.message) < 400
+        assert cache.cached(ACME, sql) is None
+    assert len(cache) == 0 and cache.held == 0
+
+
+def test_a_huge_rewrite_is_not_kept() -> None:
+    """One entry may hold at most 1/64 of the byte bound."""
+    cache = DecisionCache(max_bytes=1 << 20)
+    shared = TenantPolicy(tenant="acme", strategy="shared", tenant_value="acme",
+                          scoped_tables={("public", "orders"): "tenant_id"})
+    sql = "SELECT 1 FROM orders WHERE note = '" + "x" * 20_000 + "'"
+    assert isinstance(cache.get_or_decide(shared, sql), Rewrite)
+    assert len(cache) == 0
+
+
+# --- the gate: cheap misses here, the rest for a decision worker -------------------------------------------------
+
+
+def _gate(policy: TenantPolicy = ACME) -> tuple[Gate, list[str]]:
+    observed: list[str] = []
+    owner = SimpleNamespace(policies={policy.tenant: policy})
+    return Gate(DecisionCache(), owner, policy.tenant, lambda stage, _s: observed.append(stage)), observed
+
+
+def test_a_long_text_is_left_to_a_worker_and_cached_when_decided() -> None:
+    gate, observed = _gate()
+    long = "SELECT 1" + " " * LONG_TEXT
+    pending = gate("query", long)
+    assert isinstance(pending, Pending) and pending.sql == long and pending.policy is ACME and not observed
+    decision, stages = pending.run()
+    assert isinstance(decision, Allow) and "total" in stages
+    pending.finish(decision, stages)
+    assert gate("query", long) is decision and "total" in observed
+
+
+def test_a_tenant_past_its_share_of_the_event_loop_goes_to_a_worker() -> None:
+    gate, _ = _gate()
+    assert isinstance(gate("query", "SELECT 1"), Allow)
+    gate.allowance, gate.stamp = -1.0, perf_counter() + 3600  # spent: nothing comes back until then
+    assert isinstance(gate("query", "SELECT 'two'"), Pending)
+    assert isinstance(gate("query", "SELECT 1"), Allow)  # a hit costs nothing: still answered here
+    gate.allowance, gate.stamp = -1.0, perf_counter() - 4 / INLINE_SHARE  # 4 s later: back, up to the burst
+    assert isinstance(gate("query", "SELECT 'two'"), Allow) and 0 < gate.allowance <= INLINE_BURST
+
+
+def test_the_gate_applies_its_limits() -> None:
+    gate, _ = _gate()
+    gate.limits = Limits(max_statements=2, max_nodes=1000)
+    denied = gate("query", "SELECT 1; SELECT 2; SELECT 3")
+    assert isinstance(denied, Deny) and denied.sqlstate == "54001" and denied.rule == "too_many_statements"
+    pending = gate("query", "SELECT 1 " + " " * LONG_TEXT + "; SELECT 2; SELECT 3")
+    assert isinstance(pending, Pending) and pending.limits is gate.limits
+    assert pending.run()[0].rule == "too_many_statements"

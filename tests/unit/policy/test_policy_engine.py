@@ -10,6 +10,7 @@ from policy_corpus import POLICIES
 
 from proxy.policy import REAPPLY_CONTEXT, Allow, DecisionCache, Deny, Rewrite, TenantPolicy, decide, engine
 from proxy.policy import rewrite as rewrite_module
+from proxy.policy import tree as tree_module
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.functions import never_allowed
 from proxy.policy.sqltext import (
@@ -402,3 +403,77 @@ def test_whole_row_references_keep_the_relation_only_when_named() -> None:
     assert isinstance(inside, Rewrite) and inside.rules == ("tenant_filter_join", "tenant_filter"), inside
     returning = decide(POLICIES["shared_rw"], "DELETE FROM customers c USING orders o WHERE true RETURNING o.*")
     assert isinstance(returning, Rewrite) and "tenant_filter_join" not in returning.rules, returning
+
+
+# --- bounded work: limits, and a verifier that stays linear ------------------------------------------------------
+
+LIMITS = engine.Limits(max_statements=3, max_nodes=200)
+
+
+def test_too_many_statements_is_54001_naming_the_limit() -> None:
+    assert isinstance(decide(SHARED, "SELECT 1; SELECT 2; SELECT 3", limits=LIMITS), Allow)
+    d = decide(SHARED, "SELECT 1; SELECT 2; SELECT 3; SELECT 4", limits=LIMITS)
+    assert isinstance(d, Deny) and (d.sqlstate, d.rule) == ("54001", "too_many_statements")
+    assert "4 statements, more than the limit of 3" in d.message and "max_statements_per_query" in d.hint
+
+
+def test_a_parse_tree_over_the_limit_is_refused_before_it_is_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    sql = "SELECT * FROM orders WHERE id IN (" + ", ".join(str(i) for i in range(100)) + ")"
+    assert isinstance(decide(SHARED, sql), Rewrite)
+
+    def no_decoding(text: str) -> object:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(tree_module.json, "loads", no_decoding)
+    d = decide(SHARED, sql, limits=LIMITS)
+    assert isinstance(d, Deny) and (d.sqlstate, d.rule) == ("54001", "statement_too_large")
+    assert "more than the limit of 200" in d.message and "max_parse_tree_nodes" in d.hint
+
+
+def test_running_out_of_memory_is_54001(monkeypatch: pytest.MonkeyPatch) -> None:
+    def oom(*args: object) -> object:
+        raise MemoryError
+
+    monkeypatch.setattr(engine, "analyze", oom)
+    d = decide(SHARED, "SELECT * FROM orders")
+    assert isinstance(d, Deny) and (d.sqlstate, d.rule) == ("54001", "statement_too_large")
+
+
+def test_a_parser_message_is_quoted_only_in_part() -> None:
+    d = decide(SHARED, 'SELECT 1 "' + "x" * 5000 + '" "' + "y" * 5000 + '"')  # the message quotes the token
+    assert isinstance(d, Deny) and d.rule == "parse_error" and len(d.message) < 300
+
+
+def _many(n: int) -> str:
+    return "SELECT 1 FROM " + ", ".join(f"sales.orders o{i}" for i in range(n))
+
+
+@pytest.mark.parametrize("n", [3, 40])  # the spliced JSON text (up to 16 edits) and the serialized tree (more)
+def test_the_verifier_rejects_tampering_whatever_the_number_of_references(monkeypatch: pytest.MonkeyPatch,
+                                                                          n: int) -> None:
+    assert isinstance(decide(SHARED, _many(n)), Rewrite)
+    real_apply = engine.apply_edits
+    last = f" o{n - 1}"
+    monkeypatch.setattr(engine, "apply_edits", lambda data, edits: real_apply(data, edits).replace(last, " o0x"))
+    d = decide(SHARED, _many(n))
+    assert isinstance(d, Deny) and d.rule == "rewrite_unverified"
+
+
+def test_a_long_with_list_scopes_each_cte_from_its_definition_on() -> None:
+    """CTEs defined before `customers AS (...)` read the table (filtered); those after it read the CTE."""
+    ctes = [f"c{i} AS (SELECT * FROM customers)" for i in range(30)]
+    ctes.insert(20, "customers AS (SELECT 1 AS x)")
+    d = decide(SHARED, "WITH " + ", ".join(ctes) + " SELECT * FROM c0, c29")
+    assert isinstance(d, Rewrite) and d.sql.count("\"tenant_id\" = 'acme'") == 20
+    d = decide(SHARED, "WITH RECURSIVE " + ", ".join(ctes) + " SELECT * FROM c0, c29")
+    assert isinstance(d, Allow)  # every customers is the CTE
+
+
+def test_many_plain_from_items_with_system_columns_each_carry_their_predicate(monkeypatch: pytest.MonkeyPatch) -> None:
+    sql = "SELECT o0.ctid FROM " + ", ".join(f"sales.orders o{i}" for i in range(30))
+    d = decide(SHARED, sql)
+    assert isinstance(d, Rewrite) and d.rules == ("tenant_filter_where",) and d.sql.count("'acme'") == 30
+    real_apply = engine.apply_edits
+    monkeypatch.setattr(engine, "apply_edits",
+                        lambda data, edits: real_apply(data, edits).replace(' AND "o7"."tenant_id" = \'acme\'', ""))
+    assert decide(SHARED, sql).rule == "rewrite_unverified"  # type: ignore[union-attr]

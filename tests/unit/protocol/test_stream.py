@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.protocol.messages import frame
-from proxy.protocol.stream import FramingError, Message, MessageStream
+from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
 
 
 def _join(items: list) -> bytes:
@@ -106,3 +106,27 @@ def test_garbage_only_raises_framing_error(data: bytes) -> None:
     s = MessageStream(intercept=frozenset(b"QP"), max_length=10_000)
     with contextlib.suppress(FramingError):
         s.feed(data)
+
+
+def test_a_handler_holding_its_message_stops_the_stream_until_the_next_feed() -> None:
+    """HOLD: the runs before the message come back, the message is the handler's, the bytes after it wait."""
+    held: list[bytes] = []
+    seen: list[bytes] = []
+
+    def on_query(body: bytes) -> object:
+        seen.append(body)
+        if body.startswith(b"hold") and body not in held:
+            held.append(body)
+            return HOLD
+        return None
+
+    s = MessageStream()
+    s.handlers = {ord("Q"): on_query}
+    before, after = frame(b"B", b"x"), frame(b"E", b"y") + frame(b"Q", b"SELECT 2\x00") + frame(b"S", b"")
+    out = s.feed(before + frame(b"Q", b"hold 1\x00") + after[:3])
+    assert _join(out) == before and held == [b"hold 1\x00"]
+    assert s.pending == len(after[:3])
+    assert seen == [b"hold 1\x00"]  # nothing after the held message was framed
+    out = s.feed(after[3:])
+    assert _join(out) == after and seen[-1] == b"SELECT 2\x00"
+    assert s.pending == 0

@@ -1,0 +1,251 @@
+"""One tenant's costly statements neither stall other sessions nor fill the proxy's memory (issue 23, points 4-5).
+
+Both protocols: a simple Query and a Parse. The limits answer with their exact SQLSTATE and keep the session
+usable; the stall is measured as another tenant's latency while one tenant sends the worst inputs (slow); the
+memory attack of the issue (twenty distinct 30 MB texts) leaves the proxy's RSS near where it started (slow).
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.protocol import messages as m
+from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.wire import login, read_message
+
+
+@pytest.fixture(scope="module")
+def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable")
+    p.start()
+    yield p
+    p.stop()
+
+
+def connect(p: ProxyProcess, user: str) -> socket.socket:
+    sock, msgs = login(p.port, {"user": user, "database": p.users[user][0]}, p.password(user), timeout=60)
+    assert msgs and msgs[-1][0] == b"Z", msgs
+    return sock
+
+
+def query(sql: str) -> bytes:
+    return m.Query(sql).encode()
+
+
+def extended(sql: str) -> bytes:
+    """Parse (unnamed), Bind, Execute, Sync."""
+    bind = m.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+    execute = m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+    return m.Parse("", sql, b"\x00\x00").encode() + bind + execute + m.SYNC_MESSAGE
+
+
+def prepare(sql: str) -> bytes:
+    """Parse (unnamed) and Sync: PostgreSQL analyses the statement, never plans or runs it."""
+    return m.Parse("", sql, b"\x00\x00").encode() + m.SYNC_MESSAGE
+
+
+def answer(sock: socket.socket) -> tuple[list[dict[str, str]], list[bytes]]:
+    """Read up to ReadyForQuery: (error fields, DataRow bodies)."""
+    errors: list[dict[str, str]] = []
+    rows: list[bytes] = []
+    while True:
+        t, body = read_message(sock)
+        if t == b"E":
+            errors.append(m.decode_error_fields(body))
+        elif t == b"D":
+            rows.append(body)
+        elif t == b"Z":
+            return errors, rows
+
+
+def still_usable(sock: socket.socket) -> None:
+    sock.sendall(query("SELECT count(*) FROM orders"))
+    errors, rows = answer(sock)
+    assert not errors and len(rows) == 1
+
+
+PROTOCOLS = {"query": query, "parse": extended}
+
+
+# --- limits: exact SQLSTATE, session usable --------------------------------------------------------------------
+
+
+def test_too_many_statements_in_one_query_is_54001(proxy: ProxyProcess) -> None:
+    sock = connect(proxy, "alice")
+    sock.sendall(query("SELECT 1 FROM orders;" * 1001))
+    errors, rows = answer(sock)
+    assert [e["C"] for e in errors] == ["54001"] and not rows
+    assert "too_many_statements" in errors[0]["M"] and "max_statements_per_query" in errors[0]["H"]
+    sock.sendall(query("SELECT count(*) FROM orders;" * 1000))  # at the limit: decided (rewritten) and run
+    errors, rows = answer(sock)
+    assert not errors and set(rows) == {struct.pack("!hi", 1, 3) + b"200"} and len(rows) == 1000
+    still_usable(sock)
+    sock.close()
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_a_parse_tree_over_the_limit_is_54001(proxy: ProxyProcess, protocol: str) -> None:
+    sock = connect(proxy, "alice")
+    values = ",".join(str(i % 10) for i in range(90_000))  # each literal is several nodes: over 250,000 in all
+    sock.sendall(PROTOCOLS[protocol](f"SELECT count(*) FROM orders WHERE id IN ({values})"))
+    errors, rows = answer(sock)
+    assert [e["C"] for e in errors] == ["54001"] and not rows
+    assert "statement_too_large" in errors[0]["M"] and "max_parse_tree_nodes" in errors[0]["H"]
+    values = ",".join(str(i % 10) for i in range(20_000))  # under the limit: decided and run
+    sock.sendall(PROTOCOLS[protocol](f"SELECT count(*) FROM orders WHERE id IN ({values})"))
+    errors, rows = answer(sock)
+    assert not errors and len(rows) == 1
+    still_usable(sock)
+    sock.close()
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_a_decision_past_its_time_budget_is_57014(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
+                                                   protocol: str) -> None:
+    """A budget far below what the decision needs (a worker cannot even start in a millisecond): fail closed."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
+                     limits={"decision_timeout": 0.001})
+    p.start()
+    try:
+        sock = connect(p, "alice")
+        sock.sendall(PROTOCOLS[protocol]("SELECT 1 FROM orders;" * (1 if protocol == "parse" else 400)
+                                         + " " * 5000))
+        errors, rows = answer(sock)
+        assert [e["C"] for e in errors] == ["57014"] and not rows
+        assert "decision_timeout" in errors[0]["M"] and "decision_timeout" in errors[0]["H"]
+        still_usable(sock)
+        sock.close()
+        assert until(lambda: "decision_worker_replaced" in p.read_log(), timeout=10)
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_a_long_statement_decided_elsewhere_keeps_pipelined_order(proxy: ProxyProcess, protocol: str) -> None:
+    """A long statement's decision is made off the event loop; the messages behind it, sent in the same write,
+    are held and answered after it, in order, with the transaction state PostgreSQL reports."""
+    sock = connect(proxy, "alice")
+    pad = " " * 6000  # past 4 KiB: the decision goes to a worker
+    burst = (query("BEGIN") + PROTOCOLS[protocol](f"SELECT count(*) FROM orders{pad}")
+             + query("SELECT 2") + query("SELECT * FROM pg_authid") + query("SELECT 3") + query("COMMIT"))
+    sock.sendall(burst)
+    seen = [answer(sock) for _ in range(6)]
+    assert [len(rows) for _, rows in seen] == [0, 1, 1, 0, 0, 0]
+    assert seen[1][1] == [struct.pack("!hi", 1, 3) + b"200"]  # acme's 200 rows, not all 300
+    assert [e["C"] for e in seen[3][0]] == ["42501"]
+    assert [e["C"] for e in seen[4][0]] == ["25P02"]  # the denial aborted the transaction, as PostgreSQL's would
+    still_usable(sock)
+    sock.close()
+
+
+# --- fairness: another tenant's latency while one tenant sends the worst inputs ---------------------------------
+
+
+class Pinger(threading.Thread):
+    """Another tenant's session running a 1 ms query over and over, recording each latency."""
+
+    def __init__(self, p: ProxyProcess) -> None:
+        super().__init__(daemon=True)
+        self.sock = connect(p, "bruno")
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            self.sock.sendall(query("SELECT count(*) FROM orders"))
+            errors, rows = answer(self.sock)
+            self.latencies.append(time.perf_counter() - t0)
+            assert not errors and len(rows) == 1
+            time.sleep(0.005)
+
+
+WORST = {
+    # the issue's Query: 8,000 statements (192 KB), now over the statement limit; and 1,000 of them, at it
+    "query": (query, ["".join(f"SELECT {i % 7} FROM orders;" for i in range(8000)),
+                      "".join(f"SELECT {i % 7} FROM orders;" for i in range(1000))]),
+    # the issue's single statement with 10,000 FROM items (0.17 MB), and 3,000 of them (prepared, never run)
+    "parse": (prepare, ["SELECT 1 FROM " + ", ".join(f"orders o{i}" for i in range(n)) for n in (10_000, 3000)]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_worst_statements_do_not_stall_another_tenant(proxy: ProxyProcess, protocol: str) -> None:
+    """Before: the 8,000-statement Query stalled every other session for up to 23.5 s (issue 23). A generous bound
+    on this shared machine: no query of the other tenant waits a second, while the worst inputs take longer."""
+    attacker = connect(proxy, "alice")
+    pinger = Pinger(proxy)
+    pinger.start()
+    time.sleep(0.3)
+    send, texts = WORST[protocol]
+    t0 = time.perf_counter()
+    for i in range(3):
+        for sql in texts:
+            attacker.sendall(send(sql + f" -- {i}"))  # distinct texts: no cache hit
+            answer(attacker)
+    attack_seconds = time.perf_counter() - t0
+    pinger.stop.set()
+    pinger.join(timeout=30)
+    still_usable(attacker)
+    attacker.close()
+    during = sorted(pinger.latencies)
+    assert len(during) > 20
+    worst = during[-1]
+    print(f"attack {attack_seconds:.1f} s; other tenant: {len(during)} queries, median "
+          f"{statistics.median(during) * 1000:.1f} ms, max {worst * 1000:.1f} ms")
+    assert worst < 1.0, f"another tenant waited {worst:.2f} s"
+
+
+# --- memory: twenty distinct 30 MB texts -------------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_twenty_30mb_texts_leave_rss_near_its_start(proxy: ProxyProcess, protocol: str) -> None:
+    """Before: 119 MB -> 837 MB, still 837 MB after the client left (issue 23): the decision cache kept each text."""
+    assert proxy.proc is not None
+    pid = proxy.proc.pid
+    sock = connect(proxy, "alice")
+    filler = "x" * (30 << 20)
+    sock.sendall(PROTOCOLS[protocol](f"SELEC 0 {filler}"))  # the first one starts a decision worker
+    answer(sock)
+    before = _rss_mb(pid)
+    peak = before
+    for i in range(1, 21):
+        sock.sendall(PROTOCOLS[protocol](f"SELEC {i} {filler}"))
+        errors, _ = answer(sock)
+        assert [e["C"] for e in errors] == ["42601"]
+        peak = max(peak, _rss_mb(pid))
+    still_usable(sock)
+    sock.close()
+    time.sleep(0.5)
+    after = _rss_mb(pid)
+    workers = [_rss_mb(child) for child in _children(pid)]
+    print(f"proxy RSS {before:.0f} MB before, peak {peak:.0f} MB, {after:.0f} MB after; workers {workers} MB")
+    assert after - before < 40, f"RSS {before:.0f} MB -> {after:.0f} MB"
+    assert workers and max(workers) < 200, f"decision workers' RSS: {workers} MB"
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]

@@ -1,0 +1,150 @@
+"""Decision workers: each answer reaches its session once; tenants take turns; the time budget fails closed."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+from types import SimpleNamespace
+
+from proxy.policy.cache import DecisionCache, Gate, Pending
+from proxy.policy.engine import Limits
+from proxy.policy.model import Allow, Decision, Deny, Rewrite, TenantPolicy
+from proxy.workers import _LENGTH, DecisionWorkers, _Worker, frame
+
+SHARED = TenantPolicy(tenant="acme", strategy="shared", tenant_value="acme",
+                      scoped_tables={("public", "orders"): "tenant_id"})
+
+
+def pending(tenant: str, sql: str, policy: TenantPolicy = SHARED) -> Pending:
+    owner = SimpleNamespace(policies={tenant: policy})
+    return Pending(Gate(DecisionCache(), owner, tenant, lambda *_: None, Limits(1000, 250_000)), policy, sql)
+
+
+class FakeProcess:
+    def __init__(self) -> None:
+        self.killed = False
+
+    def poll(self) -> int | None:
+        return -9 if self.killed else None
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def wait(self, timeout: float | None = None) -> int:
+        return -9
+
+
+class PlayedWorker(_Worker):
+    """A worker the test plays: it reads the tasks from the other end of the socket pair and answers them."""
+
+    started: list[PlayedWorker] = []
+
+    def __init__(self) -> None:
+        ours, self.theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.sock, self.inbox, self.task, self.process = ours, bytearray(), None, FakeProcess()
+        PlayedWorker.started.append(self)
+
+    def received(self) -> tuple[int, TenantPolicy, str, Limits]:
+        (length,) = _LENGTH.unpack(self.theirs.recv(_LENGTH.size, socket.MSG_WAITALL))
+        return pickle.loads(self.theirs.recv(length, socket.MSG_WAITALL))
+
+    def answer(self, task_id: int, decision: Decision) -> None:
+        self.theirs.sendall(frame((task_id, decision, {"total": 0.001})))
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def run(coro: object) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_tenants_take_turns_and_one_tenant_runs_at_most_half_the_workers_while_another_waits() -> None:
+    async def main() -> None:
+        PlayedWorker.started = []
+        workers = DecisionWorkers(2, 60, start=PlayedWorker)
+        answered: list[str] = []
+        for i in range(4):
+            workers.submit(pending("acme", f"SELECT {i}"), lambda d, st, i=i: answered.append(f"acme {i}"))
+        workers.submit(pending("globex", "SELECT 'g'"), lambda d, st: answered.append("globex"))
+        await settle()
+        one, two = PlayedWorker.started
+        assert [one.received()[2], two.received()[2]] == ["SELECT 0", "SELECT 1"]  # nobody else was waiting yet
+        one.answer(1, Allow())
+        await settle()
+        assert answered == ["acme 0"]
+        task_id, policy, sql, limits = one.received()
+        assert sql == "SELECT 'g'" and policy == SHARED and limits == Limits(1000, 250_000)  # globex's turn
+        one.answer(task_id, Allow())
+        two.answer(2, Allow())
+        await settle()
+        assert answered == ["acme 0", "globex", "acme 1"]
+        assert {one.received()[2], two.received()[2]} == {"SELECT 2", "SELECT 3"}
+        workers.close()
+
+    run(main())
+
+
+def test_a_decision_past_its_budget_is_denied_and_its_worker_replaced() -> None:
+    async def main() -> None:
+        PlayedWorker.started = []
+        restarts: list[str] = []
+        workers = DecisionWorkers(1, 0.05, on_restart=restarts.append, start=PlayedWorker)
+        done: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        workers.submit(pending("acme", "SELECT 1"), lambda d, st: done.set_result(d))
+        late: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        workers.submit(pending("acme", "SELECT 2"), lambda d, st: late.set_result(d))  # queued behind it
+        decision = await asyncio.wait_for(done, 10)
+        assert isinstance(decision, Deny) and (decision.sqlstate, decision.rule) == ("57014", "decision_timeout")
+        [first, *_] = PlayedWorker.started
+        assert first.process.killed and restarts[0] == "timeout"
+        assert isinstance(await asyncio.wait_for(late, 10), Deny)  # its own budget ran out too, queued or not
+        workers.close()
+
+    run(main())
+
+
+def test_a_task_nobody_waits_for_is_dropped_from_its_queue() -> None:
+    async def main() -> None:
+        PlayedWorker.started = []
+        workers = DecisionWorkers(1, 60, start=PlayedWorker)
+        answered: list[str] = []
+        workers.submit(pending("acme", "SELECT 1"), lambda d, st: answered.append("first"))
+        second = workers.submit(pending("acme", "SELECT 2"), lambda d, st: answered.append("second"))
+        workers.cancel(second)
+        await settle()
+        [worker] = PlayedWorker.started
+        assert worker.received()[2] == "SELECT 1"
+        worker.answer(1, Allow())
+        await settle()
+        assert answered == ["first"] and worker.task is None
+        workers.close()
+
+    run(main())
+
+
+def test_a_real_worker_decides_and_a_failed_one_is_replaced() -> None:
+    async def main() -> None:
+        restarts: list[str] = []
+        workers = DecisionWorkers(1, 60, on_restart=restarts.append)
+        loop = asyncio.get_running_loop()
+
+        async def decide(sql: str) -> Decision:
+            done: asyncio.Future[Decision] = loop.create_future()
+            workers.submit(pending("acme", sql), lambda d, st: done.set_result(d))
+            return await asyncio.wait_for(done, 60)
+
+        rewrite = await decide("SELECT * FROM orders" + " " * 5000)
+        assert isinstance(rewrite, Rewrite) and "\"tenant_id\" = 'acme'" in rewrite.sql
+        [worker] = workers._workers
+        worker.process.kill()
+        failed = await decide("SELECT 1")
+        assert isinstance(failed, Deny) and failed.sqlstate == "XX000" and restarts == ["failed"]
+        assert isinstance(await decide("SELECT 1"), Allow)  # a new worker
+        workers.close()
+
+    run(main())
