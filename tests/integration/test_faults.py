@@ -58,10 +58,11 @@ def events(p: ProxyProcess, event: str, **fields: object) -> list[dict[str, obje
 
 @pytest.fixture(scope="module")
 def limited(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
-    """pgtenant with room for one client connection."""
+    """pgtenant with room for two client connections (one of them not logged in yet)."""
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("limited"), tls=tls_certs, backend_sslmode="disable",
-                     limits={"max_client_connections": 1})
+                     limits={"max_client_connections": 2, "max_prelogin_connections": 1,
+                             "max_prelogin_connections_per_address": 1})
     p.start()
     yield p
     p.stop()
@@ -102,13 +103,15 @@ def test_own_connection_limit_is_distinguishable(limited: ProxyProcess) -> None:
     first = until(logged_in, what="one session within the limit")
     try:
         with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as second:
-            got = read_outcome(second)
+            second.sendall(b"\x00\x00")  # has spoken (half a length word): kept while it waits
+            with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as third:
+                got = read_outcome(third)
     finally:
         first.close()
     assert got.end == "closed" and len(got.errors) == 1, got
     severity, code, message = got.errors[0]
     assert (severity, code) == ("FATAL", "53300")
-    assert "pgtenant accepts at most 1 client connections" in message and "backend" not in message
+    assert "pgtenant accepts at most 2 client connections" in message and "backend" not in message
     until(lambda: metric(limited, "pgtenant_auth_attempts_total", outcome="refused", reason="too_many_clients"),
           what="the refusal counted")
     assert events(limited, "session_error", reason="too_many_clients", sqlstate="53300")
