@@ -52,6 +52,7 @@ from proxy.session import ClientSession, State
 from proxy.tenancy import backend_context, parsing_violation, tenant_policy
 
 log = get_logger("pgtenant.driver")
+SCRAM_STATES = (State.SASL_INITIAL, State.SASL_CONTINUE)  # a login in its SCRAM exchange
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
@@ -230,7 +231,12 @@ class ClientConnection(asyncio.Protocol):
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
             self.run([CloseClient(errors.PgError("53300", "sorry, too many clients already", "FATAL"), "too_many")])
             return
-        for victim, limit in self.proxy.prelogin.admit(self, address):  # the oldest waiting one makes room
+        victims, refused = self.proxy.prelogin.admit(self, address)  # a waiting one not logging in makes room
+        if refused is not None:  # every place is held by a login in its SCRAM exchange: this one waits outside
+            self.proxy.metrics.prelogin_closed.labels(f"{refused}_refused").inc()
+            self.run([CloseClient(errors.too_many_logging_in(refused), f"prelogin_{refused}_refused")])
+            return
+        for victim, limit in victims:
             assert isinstance(victim, ClientConnection)
             self.proxy.metrics.prelogin_closed.labels(limit).inc()
             victim.close(errors.too_many_waiting(limit), f"prelogin_{limit}_limit")
@@ -248,6 +254,9 @@ class ClientConnection(asyncio.Protocol):
             self.run(session.client_data(data))
         except Exception:
             self.internal_error()
+            return
+        if session.state in SCRAM_STATES and not self.authenticated:
+            self.proxy.prelogin.exchanging(self)  # a real login under way: never closed to make room
 
     def eof_received(self) -> bool | None:
         return None

@@ -88,6 +88,16 @@ def too_many_waiting(limit: str) -> PgError:
     )
 
 
+def too_many_logging_in(limit: str) -> PgError:
+    where = "from this address" if limit == "address" else "in all"
+    return PgError(
+        "53300",
+        f"too many connections logging in {where}; try again in a moment",
+        "FATAL",
+        hint="pgtenant limits connections that have not logged in yet (limits.max_prelogin_connections*).",
+    )
+
+
 def tls_required() -> PgError:
     return PgError(
         "28000",

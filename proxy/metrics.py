@@ -217,7 +217,8 @@ class Metrics:
         )
         self.prelogin_closed = Counter(
             "pgtenant_prelogin_closed_total",
-            "Connections closed before login by a pre-login limit (address, total, first_message_timeout).",
+            "Connections closed before login by a pre-login limit (address, total, address_refused, total_refused, "
+            "first_message_timeout).",
             ["limit"], registry=r,
         )
         self.log_suppressed = Counter(
