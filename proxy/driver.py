@@ -882,8 +882,13 @@ class Proxy:
 
     async def forward_cancel(self, action: ForwardCancel) -> None:
         target = self.cancels.lookup(action.process_id, action.secret_key)
-        if target is None:
-            log.info("cancel_ignored", reason="unknown_key")
+        if target is None:  # anyone can send these: counted, and logged through the pre-login limiter
+            self.metrics.cancel_ignored.inc()
+            dropped = self.prelogin_log.allow(time.monotonic())
+            if dropped is None:
+                self.metrics.log_suppressed.inc()
+            else:
+                log.info("cancel_ignored", reason="unknown_key", **({"suppressed_before": dropped} if dropped else {}))
             return
         backend = target.backend
         try:

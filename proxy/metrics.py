@@ -221,6 +221,9 @@ class Metrics:
             "first_message_timeout).",
             ["limit"], registry=r,
         )
+        self.cancel_ignored = Counter(
+            "pgtenant_cancel_ignored_total", "CancelRequests with a key of no running session (ignored).", registry=r
+        )
         self.log_suppressed = Counter(
             "pgtenant_log_lines_suppressed_total", "Pre-login log lines dropped by the log rate limit.", registry=r
         )

@@ -69,6 +69,22 @@ def test_an_idle_socket_flood_from_one_address_does_not_lock_out_a_real_client(c
     assert any(e.get("suppressed_before") for e in capped.log_events()) or "pgtenant_log_lines_suppressed_total" in text
 
 
+def test_cancel_requests_with_unknown_keys_are_counted_and_their_log_lines_rate_limited(capped: ProxyProcess) -> None:
+    # Anyone can send CancelRequests: 1,000 with random keys wrote 1,000 cancel_ignored lines.
+    for i in range(1000):
+        with socket.create_connection(("127.0.0.1", capped.port), timeout=10) as sock:
+            sock.sendall(struct.pack("!iiii", 16, 80877102, 1_000_000 + i, random.getrandbits(31)))
+
+    def ignored() -> float:
+        text = urllib.request.urlopen(capped.metrics_url + "/metrics", timeout=10).read().decode()
+        line = next((x for x in text.splitlines() if x.startswith("pgtenant_cancel_ignored_total ")), "x 0")
+        return float(line.split()[1]) >= 1000
+
+    until(ignored, timeout=60, what="1,000 ignored cancel requests counted")
+    lines = [e for e in capped.log_events() if e.get("event") == "cancel_ignored"]
+    assert 0 < len(lines) < 1000
+
+
 def test_a_silent_connection_is_closed_early_a_slow_one_is_not(capped: ProxyProcess) -> None:
     silent = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
     slow = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
