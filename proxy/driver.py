@@ -388,9 +388,10 @@ class ClientConnection(asyncio.Protocol):
     def server_failed(self, link: ServerLink, reason: str) -> None:
         assert self.session is not None
         backend = link.server.backend
-        self.log.warning("backend_failed", backend=backend.name, reason=reason)
-        if self.session.state is State.CONNECTING:
-            self.run(self.session.server_failed(errors.backend_unreachable(backend.describe(), reason), "backend"))
+        self.log.warning("backend_failed", backend=backend.describe(), reason=reason)
+        if self.session.state is State.CONNECTING:  # the client is told the backend's name, never its address
+            self.run(self.session.server_failed(errors.backend_unreachable(backend.name, "see the proxy log"),
+                                                "backend"))
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
         if self.link is not link or self.closed:
@@ -537,7 +538,8 @@ class ClientConnection(asyncio.Protocol):
             try:
                 problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
             except BackendCheckError as exc:
-                self.run(session.server_failed(errors.backend_unreachable(session.backend.describe(), str(exc)),
+                self.log.warning("backend_failed", backend=session.backend.describe(), reason=str(exc))
+                self.run(session.server_failed(errors.backend_unreachable(session.backend.name, "its check failed"),
                                                 "backend"))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
@@ -556,9 +558,11 @@ class ClientConnection(asyncio.Protocol):
             link = await self.proxy.pool.acquire(self, session.backend, session.tenant.database,
                                                  self.proxy.server_parameters(session))
         except (TimeoutError, OSError) as exc:
-            reason = "connection timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
-            self.log.warning("backend_failed", backend=session.backend.name, reason=reason)
-            self.run(session.server_failed(errors.backend_unreachable(session.backend.describe(), reason), "backend"))
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
+            self.log.warning("backend_failed", backend=session.backend.describe(), reason=reason)
+            shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
+            self.run(session.server_failed(errors.backend_unreachable(session.backend.name, shown), "backend"))
             return
         if self.closed:
             self.proxy.pool.release(link, reason="client_gone")
