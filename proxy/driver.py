@@ -199,6 +199,7 @@ class ClientConnection(asyncio.Protocol):
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._spoke = False  # the client has sent something (until then first_message_timeout applies)
+        self._tls_pending = False  # between SSLRequest's answer and the end of the TLS handshake
         self.authenticated = False  # logged in: no longer counted, timed or logged as a pre-login connection
         self._bytes_reported = (0, 0)
         self._reading_paused = False
@@ -422,6 +423,7 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, StartClientTls):
                 assert self.transport is not None
                 self.transport.pause_reading()
+                self._tls_pending = True
                 asyncio.get_running_loop().create_task(self._start_tls())
             elif isinstance(action, AdminLogin):
                 self._admin_login()
@@ -462,6 +464,7 @@ class ClientConnection(asyncio.Protocol):
         if new is None:
             return
         self.transport = new
+        self._tls_pending = False
         self.run(self.session.tls_done())
 
     def _set_gauge(self, tenant: str, state: str) -> None:
@@ -598,7 +601,8 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None and self.session.is_admin and reason == "client_terminate":
             self.log.info("admin_logout")
         if error is not None:
-            self.write(error.encode())
+            if not self._tls_pending:  # never plaintext into a TLS handshake: that connection is just cut
+                self.write(error.encode())
             level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
             self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
@@ -608,7 +612,10 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.pool.release(self.link, reason=reason)
             self.link = None
         if self.transport is not None:
-            self.transport.close()
+            if self._tls_pending:
+                self.transport.abort()
+            else:
+                self.transport.close()
         self._finish(reason=reason)
 
     def flush_bytes(self) -> None:

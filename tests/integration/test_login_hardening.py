@@ -85,6 +85,34 @@ def test_cancel_requests_with_unknown_keys_are_counted_and_their_log_lines_rate_
     assert 0 < len(lines) < 1000
 
 
+@pytest.fixture(scope="module")
+def tls_capped(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("tlscapped"), tls=tls_certs, limits=PRELOGIN).start()
+    yield p
+    p.stop()
+
+
+def test_a_connection_closed_mid_tls_handshake_gets_no_plaintext(tls_capped: ProxyProcess) -> None:
+    # 21 connections from one address answered 'S' to SSLRequest and never start the handshake: the one closed
+    # to make room (cap 20) is cut, without a plaintext ErrorResponse written into what should be TLS.
+    socks = []
+    try:
+        for _ in range(PRELOGIN["max_prelogin_connections_per_address"] + 1):
+            sock = socket.create_connection(("127.0.0.1", tls_capped.port), timeout=10)
+            sock.sendall(m.encode_ssl_request())
+            assert sock.recv(1) == b"S"
+            socks.append(sock)
+        try:
+            first = socks[0].recv(1)
+        except ConnectionResetError:
+            first = b""
+        assert first == b""  # closed, and not b"E"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_silent_connection_is_closed_early_a_slow_one_is_not(capped: ProxyProcess) -> None:
     silent = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
     slow = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
