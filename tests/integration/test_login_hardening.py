@@ -69,6 +69,39 @@ def test_an_idle_socket_flood_from_one_address_does_not_lock_out_a_real_client(c
     assert any(e.get("suppressed_before") for e in capped.log_events()) or "pgtenant_log_lines_suppressed_total" in text
 
 
+def test_a_login_in_its_scram_exchange_is_never_closed_to_make_room(capped: ProxyProcess) -> None:
+    # ivan is in his SCRAM exchange when 300 connections from his address each send one byte (20 places):
+    # they close one another, never him, and he finishes his login.
+    from scramp import ScramClient
+
+    sock = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
+    sock.sendall(m.encode_startup_message({"user": "ivan", "database": capped.users["ivan"][0]}))
+    t, body = read_message(sock)
+    assert t == b"R" and struct.unpack_from("!i", body)[0] == m.AUTH_SASL
+    flood = []
+    try:
+        for _ in range(300):
+            f = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
+            f.sendall(b"\x00")
+            flood.append(f)
+        assert _error_fields(flood[0])["C"] == "53300"
+        client = ScramClient(["SCRAM-SHA-256"], "ivan", capped.users["ivan"][1])
+        first = client.get_client_first().encode()
+        sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+        t, body = read_message(sock)
+        assert t == b"R" and struct.unpack_from("!i", body)[0] == m.AUTH_SASL_CONTINUE
+        client.set_server_first(body[4:].decode())
+        sock.sendall(m.frame(b"p", client.get_client_final().encode()))
+        types = []
+        while not types or types[-1] not in (b"Z", b"E"):
+            types.append(read_message(sock)[0])
+        assert types[-1] == b"Z"
+    finally:
+        sock.close()
+        for f in flood:
+            f.close()
+
+
 def test_cancel_requests_with_unknown_keys_are_counted_and_their_log_lines_rate_limited(capped: ProxyProcess) -> None:
     # Anyone can send CancelRequests: 1,000 with random keys wrote 1,000 cancel_ignored lines.
     for i in range(1000):
