@@ -13,6 +13,7 @@ from proxy.protocol.messages import frame
 ADMIN_DATABASE = "pgtenant"
 _TEXT_OID = 25
 _KILL = re.compile(r"^KILL_CLIENT\s+([0-9a-f]+)$", re.IGNORECASE)
+_UNLOCK = re.compile(r"^UNLOCK\s+(?:\"([^\"]+)\"|(\S+))$", re.IGNORECASE)
 
 Rows = list[tuple[object, ...]]
 
@@ -27,6 +28,7 @@ class AdminContext(Protocol):
     def config_rows(self) -> tuple[Sequence[str], Rows]: ...
     def reload(self) -> str: ...
     def kill_client(self, session_id: str) -> bool: ...
+    def unlock(self, user: str) -> int: ...
 
 
 def result_set(columns: Sequence[str], rows: Rows, tag: str) -> bytes:
@@ -76,8 +78,12 @@ def execute(sql: str, ctx: AdminContext) -> bytes:
         if not ctx.kill_client(m.group(1).lower()):
             raise PgError("42704", f"no client with session id {m.group(1)}")
         return command_complete("KILL_CLIENT")
+    m = _UNLOCK.match(text)
+    if m:  # forget a user's failed logins (every address): its login budgets are whole again
+        return command_complete(f"UNLOCK {ctx.unlock(m.group(1) or m.group(2))}")
     raise PgError(
         "42601",
         "pgtenant admin console: unknown command",
-        hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>.",
+        hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
+        "UNLOCK <user>.",
     )

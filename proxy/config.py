@@ -54,8 +54,8 @@ class LimitsConfig:
     shutdown_timeout: float = 30.0
     max_auth_failures: int = 5  # failed logins per (client address, user) in the window; more are refused
     auth_failure_window: float = 60.0
-    max_auth_failures_per_user: int = 20  # per user, over all addresses it has not logged in from lately
-    max_auth_failures_per_address: int = 100  # per address, over the users not known to log in from it
+    max_auth_failures_per_user: int = 20  # per user, over all addresses; refuses only where the user failed
+    max_auth_failures_per_address: int = 100  # per address, over all users; refuses only users that failed there
     max_client_connections: int = 10_000
     max_prelogin_connections: int = 1000  # not yet logged in, in total (kept well below max_client_connections)
     max_prelogin_connections_per_address: int = 100

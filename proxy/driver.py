@@ -55,6 +55,7 @@ from proxy.tenancy import backend_context, parsing_violation, tenant_policy
 from proxy.workers import DecisionWorkers
 
 log = get_logger("pgtenant.driver")
+SCRAM_STATES = (State.SASL_INITIAL, State.SASL_CONTINUE)  # a login in its SCRAM exchange
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
@@ -201,6 +202,7 @@ class ClientConnection(asyncio.Protocol):
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._spoke = False  # the client has sent something (until then first_message_timeout applies)
+        self._tls_pending = False  # between SSLRequest's answer and the end of the TLS handshake
         self.authenticated = False  # logged in: no longer counted, timed or logged as a pre-login connection
         self._bytes_reported = (0, 0)
         self._reading_paused = False
@@ -235,7 +237,12 @@ class ClientConnection(asyncio.Protocol):
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
             self.run([CloseClient(errors.too_many_clients(cfg.limits.max_client_connections), "too_many_clients")])
             return
-        for victim, limit in self.proxy.prelogin.admit(self, address):  # the oldest waiting one makes room
+        victims, refused = self.proxy.prelogin.admit(self, address)  # a waiting one not logging in makes room
+        if refused is not None:  # every place is held by a login in its SCRAM exchange: this one waits outside
+            self.proxy.metrics.prelogin_closed.labels(f"{refused}_refused").inc()
+            self.run([CloseClient(errors.too_many_logging_in(refused), f"prelogin_{refused}_refused")])
+            return
+        for victim, limit in victims:
             assert isinstance(victim, ClientConnection)
             self.proxy.metrics.prelogin_closed.labels(limit).inc()
             victim.close(errors.too_many_waiting(limit), f"prelogin_{limit}_limit")
@@ -253,6 +260,9 @@ class ClientConnection(asyncio.Protocol):
             self.run(session.client_data(data))
         except Exception:
             self.internal_error()
+            return
+        if session.state in SCRAM_STATES and not self.authenticated:
+            self.proxy.prelogin.exchanging(self)  # a real login under way: never closed to make room
 
     def eof_received(self) -> bool | None:
         return None
@@ -397,14 +407,14 @@ class ClientConnection(asyncio.Protocol):
         """The backend connection failed; `refusal` is the backend's own ErrorResponse, if it sent one."""
         assert self.session is not None
         backend = link.server.backend
-        self.log.warning("backend_failed", backend=backend.name, reason=reason,
+        self.log.warning("backend_failed", backend=backend.describe(), reason=reason,
                          sqlstate=refusal.sqlstate if refusal else None)
         if refusal is not None:
             metrics = self.proxy.metrics
             metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), refusal.sqlstate[:2]).inc()
-        if self.session.state is State.CONNECTING:
-            error = (errors.backend_refused(backend.describe(), refusal) if refusal is not None
-                     else errors.backend_unreachable(backend.describe(), reason))
+        if self.session.state is State.CONNECTING:  # the client is told the backend's name, never its address
+            error = (errors.backend_refused(backend.name, refusal) if refusal is not None
+                     else errors.backend_unreachable(backend.name, "see the proxy log"))
             self.run(self.session.server_failed(error, "backend"))
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
@@ -439,6 +449,7 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, StartClientTls):
                 assert self.transport is not None
                 self.transport.pause_reading()
+                self._tls_pending = True
                 asyncio.get_running_loop().create_task(self._start_tls())
             elif isinstance(action, AdminLogin):
                 self._admin_login()
@@ -502,6 +513,7 @@ class ClientConnection(asyncio.Protocol):
         if new is None:
             return
         self.transport = new
+        self._tls_pending = False
         self.run(self.session.tls_done())
 
     def _set_gauge(self, tenant: str, state: str) -> None:
@@ -578,7 +590,8 @@ class ClientConnection(asyncio.Protocol):
             try:
                 problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
             except BackendCheckError as exc:
-                self.run(session.server_failed(errors.backend_unreachable(session.backend.describe(), str(exc)),
+                self.log.warning("backend_failed", backend=session.backend.describe(), reason=str(exc))
+                self.run(session.server_failed(errors.backend_unreachable(session.backend.name, "its check failed"),
                                                 "backend"))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
@@ -598,9 +611,11 @@ class ClientConnection(asyncio.Protocol):
             link = await self.proxy.pool.acquire(self, session.backend, session.tenant.database,
                                                  self.proxy.server_parameters(session))
         except (TimeoutError, OSError) as exc:
-            reason = "connection timed out" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
-            self.log.warning("backend_failed", backend=session.backend.name, reason=reason)
-            self.run(session.server_failed(errors.backend_unreachable(session.backend.describe(), reason), "backend"))
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
+            self.log.warning("backend_failed", backend=session.backend.describe(), reason=reason)
+            shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
+            self.run(session.server_failed(errors.backend_unreachable(session.backend.name, shown), "backend"))
             return
         if self.closed:
             self.proxy.pool.release(link, reason="client_gone")
@@ -637,7 +652,8 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None and self.session.is_admin and reason == "client_terminate":
             self.log.info("admin_logout")
         if error is not None:
-            self.write(error.encode())
+            if not self._tls_pending:  # never plaintext into a TLS handshake: that connection is just cut
+                self.write(error.encode())
             level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
             self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
@@ -648,7 +664,10 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.pool.release(self.link, reason=reason)
             self.link = None
         if self.transport is not None:
-            self.transport.close()
+            if self._tls_pending:
+                self.transport.abort()
+            else:
+                self.transport.close()
         self._finish(reason=reason)
 
     def _drop_decision(self) -> None:
@@ -960,8 +979,13 @@ class Proxy:
 
     async def forward_cancel(self, action: ForwardCancel) -> None:
         target = self.cancels.lookup(action.process_id, action.secret_key)
-        if target is None:
-            log.info("cancel_ignored", reason="unknown_key")
+        if target is None:  # anyone can send these: counted, and logged through the pre-login limiter
+            self.metrics.cancel_ignored.inc()
+            dropped = self.prelogin_log.allow(time.monotonic())
+            if dropped is None:
+                self.metrics.log_suppressed.inc()
+            else:
+                log.info("cancel_ignored", reason="unknown_key", **({"suppressed_before": dropped} if dropped else {}))
             return
         backend = target.backend
         try:

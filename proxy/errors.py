@@ -92,10 +92,18 @@ def auth_throttled(user: str, retry_after: float) -> PgError:
 
 
 def too_many_waiting(limit: str) -> PgError:
+    return _prelogin_cap("waiting to log in", limit, "the oldest waiting connection is closed")
+
+
+def too_many_logging_in(limit: str) -> PgError:
+    return _prelogin_cap("logging in", limit, "try again in a moment")
+
+
+def _prelogin_cap(what: str, limit: str, then: str) -> PgError:
     where = "from this address" if limit == "address" else "in all"
     return PgError(
         "53300",
-        f"too many connections waiting to log in {where}; the oldest waiting connection is closed",
+        f"too many connections {what} {where}; {then}",
         "FATAL",
         hint="pgtenant limits connections that have not logged in yet (limits.max_prelogin_connections*).",
     )

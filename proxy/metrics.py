@@ -233,8 +233,12 @@ class Metrics:
         )
         self.prelogin_closed = Counter(
             "pgtenant_prelogin_closed_total",
-            "Connections closed before login by a pre-login limit (address, total, first_message_timeout).",
+            "Connections closed before login by a pre-login limit (address, total, address_refused, total_refused, "
+            "first_message_timeout).",
             ["limit"], registry=r,
+        )
+        self.cancel_ignored = Counter(
+            "pgtenant_cancel_ignored_total", "CancelRequests with a key of no running session (ignored).", registry=r
         )
         self.log_suppressed = Counter(
             "pgtenant_log_lines_suppressed_total", "Pre-login log lines dropped by the log rate limit.", registry=r

@@ -168,6 +168,11 @@ class Ops:
         return False
 
 
+    def unlock(self, user: str) -> int:
+        """Forget the failed logins of ``user`` (the console's UNLOCK); how many budget entries went."""
+        return self.proxy.throttle.unlock(user)
+
+
 class AdminView:
     """Adapts Ops to proxy.admin.AdminContext."""
 
@@ -180,3 +185,4 @@ class AdminView:
         self.config_rows = ops.config_rows
         self.reload = ops.reload_now
         self.kill_client = ops.kill_client
+        self.unlock = ops.unlock

@@ -1,21 +1,39 @@
-"""Caps on connections that have not logged in yet, per client address and in total; no I/O."""
+"""Caps on connections that have not logged in yet, per client address (IPv6: per /64) and in total; no I/O."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
-__all__ = ["PreloginLimiter"]
+__all__ = ["PreloginLimiter", "address_key"]
+
+SILENT, SPOKEN, EXCHANGING = 0, 1, 2  # sent nothing; sent something; reached the SCRAM exchange
+
+
+def address_key(address: str) -> str:
+    """The unit the per-address cap counts: an IPv4 address, or the /64 of an IPv6 one (one host's share)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address  # a Unix socket or anything else: as given
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
 
 
 class PreloginLimiter:
     """Keeps at most ``per_address`` unauthenticated connections per address and ``total`` in all.
 
-    A newcomer is always admitted: when a cap is reached, the oldest waiting connection makes room — of the
-    newcomer's own address for the per-address cap, of the address holding the most for the total cap —
-    and among those one that has sent nothing yet goes first. Thousands of idle sockets from one address
-    therefore only ever hold ``per_address`` places, and a real client that logs in within milliseconds is
-    not the oldest for long: it gets in (see docs/security.md). Connections are any hashable keys.
+    When a cap is reached, a waiting connection makes room for the newcomer: one that has sent nothing
+    first (oldest first; of the newcomer's own address for the per-address cap, of any address for the
+    total cap), then one that has spoken but not reached the SCRAM exchange. A connection in the SCRAM
+    exchange (a real client typing or sending its password) is never closed to make room: when only such
+    connections are left, the newcomer is refused instead. Silent sockets, from one address or from
+    hundreds, therefore never push out a client that is logging in (see docs/security.md). IPv6 addresses
+    count per /64. Connections are any hashable keys.
     """
 
     def __init__(self, per_address: int, total: int) -> None:
@@ -23,49 +41,73 @@ class PreloginLimiter:
             raise ValueError("need 1 <= per_address <= total")
         self.per_address = per_address
         self.total = total
-        self._by_address: dict[str, OrderedDict[Hashable, bool]] = {}  # address -> {conn: has spoken}, oldest first
+        self._by_address: dict[str, OrderedDict[Hashable, int]] = {}  # address -> {conn: stage}, oldest first
+        self._by_stage: tuple[OrderedDict[Hashable, None], ...] = (OrderedDict(), OrderedDict(), OrderedDict())
         self._address_of: dict[Hashable, str] = {}
 
     def __len__(self) -> int:
         return len(self._address_of)
 
     def count(self, address: str) -> int:
-        waiting = self._by_address.get(address)
+        waiting = self._by_address.get(address_key(address))
         return len(waiting) if waiting is not None else 0
 
-    def admit(self, conn: Hashable, address: str) -> list[tuple[Hashable, str]]:
-        """Track a new connection; returns the (connection, limit) pairs to close to make room for it."""
-        victims: list[tuple[Hashable, str]] = []
-        if self.count(address) >= self.per_address:
-            victims.append((self._oldest(address), "address"))
-            self.done(victims[-1][0])
-        if len(self._address_of) >= self.total:
-            fullest = max(self._by_address, key=lambda a: len(self._by_address[a]))
-            victims.append((self._oldest(fullest), "total"))
-            self.done(victims[-1][0])
-        self._by_address.setdefault(address, OrderedDict())[conn] = False
-        self._address_of[conn] = address
-        return victims
+    def admit(self, conn: Hashable, address: str) -> tuple[list[tuple[Hashable, str]], str | None]:
+        """Track a new connection: (the (connection, limit) pairs to close to make room for it, None), or
+        ([], limit) when the newcomer is refused because every place is held by a SCRAM exchange."""
+        key = address_key(address)
+        if self.count(key) >= self.per_address:
+            victim, limit = self._evictable(self._by_address[key].items()), "address"
+        elif len(self._address_of) >= self.total:  # (making room at the address also made room in all)
+            victim, limit = next(iter(self._by_stage[SILENT] or self._by_stage[SPOKEN]), None), "total"
+        else:
+            victim, limit = None, ""
+        if limit and victim is None:
+            return [], limit
+        self.done(victim)
+        self._add(conn, key, SILENT)
+        return ([(victim, limit)] if victim is not None else []), None
 
     def spoke(self, conn: Hashable) -> None:
         """The connection sent its first bytes: it is now evicted only after every silent one."""
-        address = self._address_of.get(conn)
-        if address is not None:
-            self._by_address[address][conn] = True
+        self._advance(conn, SPOKEN)
 
-    def done(self, conn: Hashable) -> None:
+    def exchanging(self, conn: Hashable) -> None:
+        """The connection reached the SCRAM exchange: it is never evicted to make room."""
+        self._advance(conn, EXCHANGING)
+
+    def done(self, conn: Hashable | None) -> None:
         """The connection logged in or closed."""
-        address = self._address_of.pop(conn, None)
-        if address is None:
+        key = self._address_of.pop(conn, None)
+        if key is None:
             return
-        waiting = self._by_address[address]
-        del waiting[conn]
+        waiting = self._by_address[key]
+        del self._by_stage[waiting.pop(conn)][conn]
         if not waiting:
-            del self._by_address[address]
+            del self._by_address[key]
 
-    def _oldest(self, address: str) -> Hashable:
-        waiting = self._by_address[address]
-        for conn, spoken in waiting.items():
-            if not spoken:
+    def _add(self, conn: Hashable, key: str, stage: int) -> None:
+        self._by_address.setdefault(key, OrderedDict())[conn] = stage
+        self._by_stage[stage][conn] = None
+        self._address_of[conn] = key
+
+    def _advance(self, conn: Hashable, stage: int) -> None:
+        key = self._address_of.get(conn)
+        if key is None:
+            return
+        waiting = self._by_address[key]
+        if waiting[conn] < stage:
+            del self._by_stage[waiting[conn]][conn]
+            waiting[conn] = stage
+            self._by_stage[stage][conn] = None
+
+    @staticmethod
+    def _evictable(waiting: Iterable[tuple[Hashable, int]]) -> Hashable | None:
+        """The oldest silent connection, else the oldest that has spoken, else None."""
+        spoken = None
+        for conn, stage in waiting:
+            if stage == SILENT:
                 return conn
-        return next(iter(waiting))
+            if stage == SPOKEN and spoken is None:
+                spoken = conn
+        return spoken

@@ -7,6 +7,8 @@ from collections import OrderedDict, deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from proxy.auth.prelogin import address_key
+
 __all__ = ["AuthThrottle", "Refusal"]
 
 LIMITS = ("address_user", "user", "address")  # the metric label of each budget
@@ -74,20 +76,26 @@ class _Budgets:
 class AuthThrottle:
     """Budgets of failed logins in a sliding window of ``window`` seconds; a login beyond one is refused.
 
-    * (address, user): ``max_failures`` — guessing one user's password from one place;
+    * (address, user): ``max_failures`` — guessing one user's password from one place; always applies;
     * user, across addresses: ``max_user_failures`` — a distributed guess at one user;
     * address, across users: ``max_address_failures`` — a password spray over many user names from one place.
 
+    The user and address budgets, once spent, refuse only a user that has itself failed from that address
+    within the window (and has not logged in from there within ``remember_success`` seconds): a user that
+    has not failed where it logs in from is never refused because of others' failures — another tenant's
+    user behind the same NAT or Tableau Server, junk names sprayed from its address, a guesser elsewhere, a
+    restart. What is left to an attacker once they are spent is one guess per (address, user) per window
+    (docs/security.md says what this bounds). Addresses count per /64 for IPv6.
+
     A login is checked when it starts and again when its proof arrives, before the proof is looked at: logins
     started in parallel cannot outrun a budget (only the budget's worth of guesses ever get an answer), while
-    parallel logins with the right password (a pool filling up) are not held back. The
-    user and address budgets do not apply to a user logging in from an address it logged in from successfully
-    within ``remember_success`` seconds: someone else's failures (another tenant's user behind the same NAT or
-    Tableau Server, a guesser elsewhere) never lock out a user where it is known. A success clears only its own
-    (address, user) failures. Unknown user names are counted like real ones, so a refusal tells nothing.
+    parallel logins with the right password (a pool filling up) are not held back. A success clears only its
+    own (address, user) failures. Unknown user names are counted like real ones, so a refusal tells nothing.
+    ``unlock`` forgets a user's failures (the admin console's UNLOCK).
 
     Pure logic: every method takes ``now`` (seconds on any monotonic clock; time.monotonic() when omitted).
-    Memory is bounded: at most ``max_tracked`` keys per budget and remembered successes. One event loop only.
+    Memory is bounded: at most ``max_tracked`` keys per budget, and ``max_known_addresses`` remembered
+    successes per user (only real users succeed, so other users cannot push a user's out). One event loop only.
     """
 
     def __init__(
@@ -98,21 +106,23 @@ class AuthThrottle:
         max_address_failures: int = 100,
         max_tracked: int = 10000,
         remember_success: float = 86400.0,
+        max_known_addresses: int = 16,
     ) -> None:
         if min(max_failures, max_user_failures, max_address_failures) < 1:
             raise ValueError("failure budgets must be at least 1")
         if not window > 0 or not remember_success > 0:
             raise ValueError("window and remember_success must be positive")
-        if max_tracked < 1:
-            raise ValueError("max_tracked must be at least 1")
+        if max_tracked < 1 or max_known_addresses < 1:
+            raise ValueError("max_tracked and max_known_addresses must be at least 1")
         self.max_failures = max_failures
         self.max_user_failures = max_user_failures
         self.max_address_failures = max_address_failures
         self.remember_success = remember_success
+        self.max_known_addresses = max_known_addresses
         self._pairs = _Budgets(window, max_tracked)
         self._users = _Budgets(window, max_tracked)
         self._addresses = _Budgets(window, max_tracked)
-        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()  # (address, user) -> last success
+        self._known: dict[str, OrderedDict[str, float]] = {}  # user -> {address: last success}, oldest first
         self.max_tracked = max_tracked
 
     @property
@@ -130,22 +140,24 @@ class AuthThrottle:
 
     def failures(self, address: str, user: str, now: float | None = None) -> int:
         """Failures of (address, user) within the window ending at ``now``."""
-        return self._pairs.used((address, user), _now(now))
+        return self._pairs.used((address_key(address), user), _now(now))
 
     def known(self, address: str, user: str, now: float | None = None) -> bool:
         """True when ``user`` logged in successfully from ``address`` within ``remember_success``."""
-        last = self._known.get((address, user))
+        last = self._known.get(user, {}).get(address_key(address))
         return last is not None and _now(now) - last < self.remember_success
 
     def admit(self, address: str, user: str, now: float | None = None) -> Refusal | None:
         """May a login of ``user`` from ``address`` start, or its proof be looked at? None, or why not."""
         now = _now(now)
+        address = address_key(address)
         pair = (address, user)
-        known = self.known(address, user, now)
+        failed_here = self._pairs.used(pair, now) > 0
+        shared = failed_here and not self.known(address, user, now)  # others' failures can refuse it
         checks = (  # all three are looked at every time: the work does not depend on what is known
             (self._pairs, pair, self.max_failures, LIMITS[0], True),
-            (self._users, user, self.max_user_failures, LIMITS[1], not known),
-            (self._addresses, address, self.max_address_failures, LIMITS[2], not known),
+            (self._users, user, self.max_user_failures, LIMITS[1], shared),
+            (self._addresses, address, self.max_address_failures, LIMITS[2], shared),
         )
         spent = [(budgets, key, name) for budgets, key, limit, name, applies in checks
                  if budgets.used(key, now) >= limit and applies]
@@ -157,6 +169,7 @@ class AuthThrottle:
     def failed(self, address: str, user: str, now: float | None = None) -> None:
         """A login failed (or was abandoned after the server's challenge): it counts in every budget."""
         now = _now(now)
+        address = address_key(address)
         self._pairs.record((address, user), now, self.max_failures)
         self._users.record(user, now, self.max_user_failures)
         self._addresses.record(address, now, self.max_address_failures)
@@ -164,14 +177,22 @@ class AuthThrottle:
     def succeeded(self, address: str, user: str, now: float | None = None) -> None:
         """A login succeeded: its own (address, user) failures are cleared, the address remembered for the user."""
         now = _now(now)
+        address = address_key(address)
         self._pairs.clear((address, user))
-        self._known[(address, user)] = now
-        self._known.move_to_end((address, user))
-        while self._known:
-            key, last = next(iter(self._known.items()))
-            if now - last < self.remember_success and len(self._known) <= self.max_tracked:
-                break
-            del self._known[key]
+        known = self._known.setdefault(user, OrderedDict())
+        known[address] = now
+        known.move_to_end(address)
+        while len(known) > self.max_known_addresses or now - next(iter(known.values())) >= self.remember_success:
+            known.popitem(last=False)
+
+    def unlock(self, user: str) -> int:
+        """Forget every failure of ``user`` (per user and per (address, user)); returns how many keys went."""
+        keys = [key for key in self._pairs.entries if key[1] == user]
+        for key in keys:
+            self._pairs.clear(key)
+        gone = len(keys) + (user in self._users.entries)
+        self._users.clear(user)
+        return gone
 
 
 def _now(now: float | None) -> float:

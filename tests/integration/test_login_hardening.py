@@ -69,6 +69,84 @@ def test_an_idle_socket_flood_from_one_address_does_not_lock_out_a_real_client(c
     assert any(e.get("suppressed_before") for e in capped.log_events()) or "pgtenant_log_lines_suppressed_total" in text
 
 
+def test_a_login_in_its_scram_exchange_is_never_closed_to_make_room(capped: ProxyProcess) -> None:
+    # ivan is in his SCRAM exchange when 300 connections from his address each send one byte (20 places):
+    # they close one another, never him, and he finishes his login.
+    from scramp import ScramClient
+
+    sock = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
+    sock.sendall(m.encode_startup_message({"user": "ivan", "database": capped.users["ivan"][0]}))
+    t, body = read_message(sock)
+    assert t == b"R" and struct.unpack_from("!i", body)[0] == m.AUTH_SASL
+    flood = []
+    try:
+        for _ in range(300):
+            f = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
+            f.sendall(b"\x00")
+            flood.append(f)
+        assert _error_fields(flood[0])["C"] == "53300"
+        client = ScramClient(["SCRAM-SHA-256"], "ivan", capped.users["ivan"][1])
+        first = client.get_client_first().encode()
+        sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+        t, body = read_message(sock)
+        assert t == b"R" and struct.unpack_from("!i", body)[0] == m.AUTH_SASL_CONTINUE
+        client.set_server_first(body[4:].decode())
+        sock.sendall(m.frame(b"p", client.get_client_final().encode()))
+        types = []
+        while not types or types[-1] not in (b"Z", b"E"):
+            types.append(read_message(sock)[0])
+        assert types[-1] == b"Z"
+    finally:
+        sock.close()
+        for f in flood:
+            f.close()
+
+
+def test_cancel_requests_with_unknown_keys_are_counted_and_their_log_lines_rate_limited(capped: ProxyProcess) -> None:
+    # Anyone can send CancelRequests: 1,000 with random keys wrote 1,000 cancel_ignored lines.
+    for i in range(1000):
+        with socket.create_connection(("127.0.0.1", capped.port), timeout=10) as sock:
+            sock.sendall(struct.pack("!iiii", 16, 80877102, 1_000_000 + i, random.getrandbits(31)))
+
+    def ignored() -> float:
+        text = urllib.request.urlopen(capped.metrics_url + "/metrics", timeout=10).read().decode()
+        line = next((x for x in text.splitlines() if x.startswith("pgtenant_cancel_ignored_total ")), "x 0")
+        return float(line.split()[1]) >= 1000
+
+    until(ignored, timeout=60, what="1,000 ignored cancel requests counted")
+    # (they share the limiter with every other pre-login line: after earlier floods, possibly none is left)
+    lines = [e for e in capped.log_events() if e.get("event") == "cancel_ignored"]
+    assert len(lines) < 1000
+
+
+@pytest.fixture(scope="module")
+def tls_capped(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("tlscapped"), tls=tls_certs, limits=PRELOGIN).start()
+    yield p
+    p.stop()
+
+
+def test_a_connection_closed_mid_tls_handshake_gets_no_plaintext(tls_capped: ProxyProcess) -> None:
+    # 21 connections from one address answered 'S' to SSLRequest and never start the handshake: the one closed
+    # to make room (cap 20) is cut, without a plaintext ErrorResponse written into what should be TLS.
+    socks = []
+    try:
+        for _ in range(PRELOGIN["max_prelogin_connections_per_address"] + 1):
+            sock = socket.create_connection(("127.0.0.1", tls_capped.port), timeout=10)
+            sock.sendall(m.encode_ssl_request())
+            assert sock.recv(1) == b"S"
+            socks.append(sock)
+        try:
+            first = socks[0].recv(1)
+        except ConnectionResetError:
+            first = b""
+        assert first == b""  # closed, and not b"E"
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_a_silent_connection_is_closed_early_a_slow_one_is_not(capped: ProxyProcess) -> None:
     silent = socket.create_connection(("127.0.0.1", capped.port), timeout=10)
     slow = socket.create_connection(("127.0.0.1", capped.port), timeout=10)

@@ -183,6 +183,9 @@ class _Ctx:
     def kill_client(self, session_id: str) -> bool:
         return session_id == "abc"
 
+    def unlock(self, user: str) -> int:
+        return 3 if user == "Alice x" else 0
+
 
 def test_admin_console_commands() -> None:
     out = admin.execute(" show   tenants ; ", _Ctx())
@@ -190,6 +193,8 @@ def test_admin_console_commands() -> None:
     assert b"\xff\xff\xff\xff" in out  # NULL encoded as -1
     assert admin.execute("RELOAD", _Ctx()).startswith(b"N")
     assert admin.execute("kill_client abc", _Ctx()).startswith(b"C")
+    assert admin.execute('unlock "Alice x";', _Ctx()) == admin.command_complete("UNLOCK 3")
+    assert admin.execute("UNLOCK bob", _Ctx()) == admin.command_complete("UNLOCK 0")
     with pytest.raises(PgError) as exc:
         admin.execute("KILL_CLIENT fff", _Ctx())
     assert exc.value.sqlstate == "42704"

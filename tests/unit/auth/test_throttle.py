@@ -71,30 +71,68 @@ def test_own_success_clears_own_failures_only() -> None:
 
 
 def test_one_tenants_failures_never_refuse_another_user_behind_the_same_address() -> None:
-    # A Tableau Server / NAT: uma's guesses spend uma's budget, alice logs in as before.
+    # A Tableau Server / NAT: uma's guesses and a spray of junk names spend their own budgets; alice, who has
+    # not failed there, logs in — whether she logged in from there before or not (a restart forgets that).
     t = AuthThrottle(max_failures=5, max_address_failures=10)
-    assert t.admit(A, "alice", 0.0) is None
-    t.succeeded(A, "alice", 0.0)
     fail(t, A, "uma", 5, 1.0)
     for i in range(5):
         fail(t, A, f"spray{i}", 1, 1.0)  # the address budget (10) is now spent too
     assert t.admit(A, "uma", 2.0).limit == "address_user"  # type: ignore[union-attr]
+    assert t.admit(A, "spray0", 2.0).limit == "address"  # type: ignore[union-attr]  # failed here: refused
+    assert t.admit(A, "alice", 2.0) is None  # never failed here: no budget of others applies
+    assert t.admit(A, "bob", 2.0) is None
+    t.failed(A, "newcomer", 2.0)  # beyond the address budget a new name gets one guess per window, no more
     assert t.admit(A, "newcomer", 2.0).limit == "address"  # type: ignore[union-attr]
-    assert t.admit(A, "alice", 2.0) is None  # alice is known at this address: no budget of others applies
 
 
-def test_a_distributed_guess_at_one_user_is_bounded() -> None:
+def test_a_spray_from_one_address_gets_one_guess_per_name_once_the_budget_is_spent() -> None:
+    t = AuthThrottle(max_failures=5, max_address_failures=100)
+    answered = 0
+    for round_ in range(5):  # five passwords tried against 1,000 names
+        for i in range(1000):
+            if t.admit(A, f"u{i}", float(round_)) is None:
+                answered += 1
+                t.failed(A, f"u{i}", float(round_))
+    assert answered == 100 + (1000 - 100)  # the budget, then one guess for each name not yet tried
+
+
+def test_a_distributed_guess_at_one_user_is_bounded_and_never_locks_it_out() -> None:
     t = AuthThrottle(max_failures=5, max_user_failures=8)
     for i in range(8):
         fail(t, f"10.0.0.{i}", "alice", 1, 0.0)
+    assert t.admit("10.0.0.1", "alice", 1.0) == Refusal("user", 59.0)  # an address that failed for alice
+    assert t.admit("10.9.9.9", "alice", 1.0) is None  # one guess from a new address, then refused there
+    t.failed("10.9.9.9", "alice", 1.0)
     assert t.admit("10.9.9.9", "alice", 1.0) == Refusal("user", 59.0)
-    t2 = AuthThrottle(max_failures=5, max_user_failures=8)
-    assert t2.admit(B, "alice", 0.0) is None
-    t2.succeeded(B, "alice", 0.0)
-    for i in range(8):
-        fail(t2, f"10.0.0.{i}", "alice", 1, 0.0)
-    assert t2.admit(B, "alice", 1.0) is None  # where alice logs in from, she still can
-    assert t2.admit(B, "alice", 86401.0) is None  # (and after a day the failures are long gone)
+    assert t.admit(B, "alice", 1.0) is None  # where alice works (not failed, known or not) she logs in
+    v6 = AuthThrottle(max_failures=5, max_user_failures=1)
+    fail(v6, "2001:db8::1", "alice", 1, 0.0)
+    assert v6.admit("2001:db8::2", "alice", 0.0) == Refusal("user", 60.0)  # a /64 is one address
+
+
+def test_another_users_successes_never_evict_a_users_known_address() -> None:
+    t = AuthThrottle(max_failures=1, max_user_failures=1, max_tracked=100)
+    t.succeeded(A, "alice", 0.0)
+    for i in range(10_001):  # one valid login from 10,001 addresses
+        t.succeeded(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", "mallory", 1.0)
+    assert t.known(A, "alice", 2.0)
+    assert len(t._known["mallory"]) == t.max_known_addresses  # each user's list is small and bounded
+    t2 = AuthThrottle(max_failures=2, max_user_failures=1)
+    t2.succeeded(A, "alice", 0.0)
+    fail(t2, B, "alice", 1, 1.0)
+    t2.failed(A, "alice", 1.0)
+    assert t2.admit(A, "alice", 1.0) is None  # known at A: the user budget spent at B does not apply
+
+
+def test_unlock_forgets_a_users_failures_only() -> None:
+    t = AuthThrottle(max_failures=2, max_user_failures=3)
+    fail(t, A, "alice", 2, 0.0)
+    fail(t, B, "alice", 1, 0.0)
+    fail(t, A, "uma", 2, 0.0)
+    assert t.admit(A, "alice", 0.0) is not None
+    assert t.unlock("alice") == 3
+    assert t.admit(A, "alice", 0.0) is None and t.admit(B, "alice", 0.0) is None
+    assert t.admit(A, "uma", 0.0) is not None and t.unlock("nobody") == 0
 
 
 def test_unknown_and_known_users_are_counted_alike() -> None:
@@ -121,7 +159,7 @@ def test_failures_expire_and_memory_is_bounded() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"max_failures": 0}, {"window": 0.0}, {"max_user_failures": 0}, {"max_address_failures": 0},
-     {"max_tracked": 0}, {"remember_success": 0.0}],
+     {"max_tracked": 0}, {"remember_success": 0.0}, {"max_known_addresses": 0}],
 )
 def test_invalid_configuration(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
