@@ -8,6 +8,7 @@ from pglast.parser import ParseError
 
 from proxy.policy import classify, functions, rewrite, schema
 from proxy.policy.catalog import may_name_filtered
+from proxy.policy.guards import may_need_guard
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Decision, Deny, Rewrite, TenantPolicy
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
@@ -59,7 +60,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float]) -> Decisi
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     if not plan.edits:
         try:
-            if may_name_filtered(policy, sql):
+            if may_name_filtered(policy, sql) or may_need_guard(sql):
                 for stmt in statements:
                     check_coverage(policy, stmt.node)
         except Unverified as exc:
@@ -86,8 +87,7 @@ def _decide_statement(policy: TenantPolicy, data: bytes, stmt: Statement, plan: 
         return effects
     analysis = analyze(stmt.node)
     schema.check_cross_database(analysis)
-    if policy.strategy == "schema":
-        schema.check_schemas(policy, analysis)
+    schema.check_schemas(policy, analysis)
     classify.check_references(policy, analysis)
     functions.check(policy, analysis)
     try:

@@ -76,6 +76,14 @@ class TenantPolicy:
     # quals run before any qual of a query, so a SELECT that names one's system columns (ctid, xmin…) may
     # carry the tenant predicate in its WHERE clause instead of a wrapper (which has no system columns).
     rls_tables: frozenset[tuple[str, str]] = frozenset()
+    # Schemas of other tenants of the same database (schema-strategy tenants'): hidden from every catalog, name
+    # conversion and qualified reference of a shared- or database-strategy tenant (a schema tenant sees an
+    # allow-list instead: its own, the shared and the system schemas).
+    hidden_schemas: frozenset[str] = frozenset()
+    # Column names of the catalogs the proxy replaces column values in (pg_class statistics, pg_stat*/pg_statio*
+    # counters), in the catalog's own order, read from the server when the tenant is prepared: they differ between
+    # PostgreSQL majors. A catalog whose list is missing cannot be scrubbed and is denied where it would need it.
+    catalog_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -110,6 +118,10 @@ class TenantPolicy:
         object.__setattr__(self, "extra_allowed_functions", frozenset(self.extra_allowed_functions))
         object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
         object.__setattr__(self, "rls_tables", frozenset((str(s), str(t)) for s, t in self.rls_tables))
+        hidden = frozenset(self.hidden_schemas) - self.allowed_schemas - set(search_path)
+        object.__setattr__(self, "hidden_schemas", hidden)
+        columns = {str(r): tuple(str(c) for c in cols) for r, cols in dict(self.catalog_columns).items()}
+        object.__setattr__(self, "catalog_columns", MappingProxyType(columns))
         key = (
             self.tenant,
             self.strategy,
@@ -125,6 +137,8 @@ class TenantPolicy:
             tuple(sorted(self.denied_functions)),
             self.fence,
             tuple(sorted(self.rls_tables)),
+            tuple(sorted(hidden)),
+            tuple(sorted(columns.items())),
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.policy.catalog import needs_fence, relation_filter
+from proxy.policy import guards
+from proxy.policy.catalog import needs_fence, relation_filter, wrapper_select
 from proxy.policy.model import TenantPolicy
 from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
 
@@ -46,6 +47,56 @@ def verify_rewrite(policy: TenantPolicy, intended: str, statements: list[Node], 
 def check_coverage(policy: TenantPolicy, node: Node) -> None:
     """Raise Unverified if any filtered relation in the statement tree is read or written without its filter."""
     _Coverage(policy).run(node)
+
+
+_DESCRIBED: dict[str, str] = {
+    "pg_class": "class", "pg_type": "type", "pg_proc": "proc", "pg_namespace": "namespace",
+    "pg_constraint": "constraint", "pg_trigger": "trigger", "pg_rewrite": "rule", "pg_operator": "oper",
+    "pg_collation": "collation", "pg_statistic_ext": "statext", "pg_ts_config": "config",
+    "pg_ts_dict": "dictionary", "pg_ts_parser": "ts_parser", "pg_ts_template": "ts_template",
+    "pg_conversion": "conversion", "pg_opclass": "opclass", "pg_opfamily": "opfamily",
+}
+_OWN_ROLE = frozenset({"SVFOP_CURRENT_USER", "SVFOP_SESSION_USER", "SVFOP_CURRENT_ROLE", "SVFOP_USER"})
+
+
+def _uncast(node: Node | None) -> Node:
+    while node and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return node or {}
+
+
+def _is_null(node: Node | None) -> bool:
+    return bool(_uncast(node).get("A_Const", {}).get("isnull"))
+
+
+def _literal(node: Node | None) -> str | None:
+    """A string literal that is not all digits (a name, checked when decided), else None."""
+    const = _uncast(node).get("A_Const", {})
+    if "sval" not in const:
+        return None
+    text = str(const["sval"].get("sval", ""))
+    return None if text.strip().isdigit() else text
+
+
+def _checked_value(node: Node | None, kind: str, mode: str) -> bool:
+    """True for a value that may name an object without a guard: NULL, the session's own role, or a name in a
+    string literal (checked against the tenant's schemas when the statement is decided) where the kind allows."""
+    if node is None or _is_null(node):
+        return True
+    if kind == "role" and _uncast(node).get("SQLValueFunction", {}).get("op") in _OWN_ROLE:
+        return True
+    return mode != guards.OID and kind not in guards.ALWAYS and _literal(node) is not None
+
+
+def _costs(options: list[Node] | None) -> bool | None:
+    """EXPLAIN's COSTS option: True, False or None (not given: on)."""
+    for opt in options or ():
+        d = opt.get("DefElem", {})
+        if d.get("defname") == "costs":
+            arg = d.get("arg")
+            text = "true" if arg is None else (const_text(arg) or arg.get("String", {}).get("sval") or "true")
+            return str(text).lower() not in ("false", "off", "0", "no")
+    return None
 
 
 def _same(node: Any, expected: Node) -> bool:
@@ -114,6 +165,15 @@ class _Coverage:
             raise Unverified(f'"{rv.get("relname")}" appears unfiltered {where}')
 
     def tagged(self, tag: str, body: Node, scope: frozenset[str]) -> None:
+        if tag in ("SubLink", "A_Indirection") and self.guard({tag: body}, scope):
+            return
+        if tag == "TypeCast":
+            self.cast(body)
+        elif tag == "FuncCall":
+            if self.call(body, scope):
+                return
+        elif tag == "ExplainStmt" and self.policy.strategy == "shared" and _costs(body.get("options")) is not False:
+            raise Unverified("EXPLAIN without COSTS OFF shows estimates computed from every tenant's rows")
         if tag == "SelectStmt":
             self.select(body, scope)
         elif tag in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
@@ -132,6 +192,80 @@ class _Coverage:
             self.push(body, scope, ("into",))
         else:
             self.push(body, scope, ())
+
+    # -- run-time guards (guards.py): an OID or a name becomes an object only through a guard ----------------------
+    def guard(self, node: Node, scope: frozenset[str]) -> bool:
+        """True (and the client's expression inside pushed) when `node` is a guard; a node that names itself a
+        guard but is not exactly one is refused."""
+        ident = guards.ident_of(node)
+        if ident is None:
+            return False
+        template = guards.template_named(self.policy, ident)
+        inner = guards.operand(template, node) if template is not None else None
+        if template is None or inner is None:
+            raise Unverified("an object guard does not have its exact form")
+        call = inner.get("FuncCall")
+        if call is not None and names_of(call.get("funcname"))[-1:] == ("pg_filenode_relation",):
+            self.push(call, scope, ("funcname",))  # the guarded lookup itself
+        else:
+            self.stack.append((inner, scope))
+        return True
+
+    def required(self, kind: str) -> bool:
+        return guards.required(self.policy, kind)
+
+    def cast(self, body: Node) -> None:
+        names = names_of(body.get("typeName", {}).get("names"))
+        kind = guards.CAST_KINDS.get(names[-1]) if names else None
+        if kind is not None and self.required(kind) and not _checked_value(body.get("arg"), kind, guards.PARSE):
+            raise Unverified(f"a conversion to {names[-1]} without its guard")
+
+    def call(self, body: Node, scope: frozenset[str]) -> bool:
+        """Check a call of a function that names objects; True when its arguments were pushed here."""
+        names = names_of(body.get("funcname"))
+        if not names or (len(names) > 1 and names[-2] != "pg_catalog") or names[-1] not in guards.GUARDED_NAMES:
+            return False
+        name, args = names[-1], body.get("args") or []
+        if name in guards.RESULT_CALLS:
+            kind = guards.RESULT_CALLS[name][0]
+            if self.required(kind) and not all(_checked_value(a, kind, guards.PARSE) for a in args):
+                raise Unverified(f"{name}() of a value without its guard")
+        elif name in guards.RESULT_WRAPPED:
+            if self.required(guards.RESULT_WRAPPED[name][0]):
+                raise Unverified(f"{name}() outside its guard")
+        elif name in ("pg_get_userbyid", "oidvectortypes"):
+            if not all(_is_null(a) for a in args):
+                raise Unverified(f"{name}() outside its guard")
+        elif name == "current_setting":
+            if args and _literal(args[0]) is None and not _is_null(args[0]):
+                inner = guards.operand(guards.setting_name(self.policy), args[0])
+                if inner is None:
+                    raise Unverified("current_setting() of a value without its guard")
+                self.stack.append((inner, scope))
+                for arg in args[1:]:
+                    self.stack.append((arg, scope))
+                return True
+        else:
+            self.call_args(name, args)
+        return False
+
+    def call_args(self, name: str, args: list[Node]) -> None:
+        for spec in guards.CALL_ARGS.get(name, ()):
+            if spec.nargs is not None and len(args) not in spec.nargs:
+                continue
+            index = spec.index if spec.index >= 0 else len(args) + spec.index
+            if not 0 <= index < len(args):
+                continue
+            kind = spec.kind
+            if name == "obj_description" and len(args) == 2:
+                kind = _DESCRIBED.get(_literal(args[1]) or "", "object")
+            arg = args[index]
+            if not self.required(kind) or _checked_value(arg, kind, spec.mode):
+                continue
+            out = "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
+            expected = {guards.carrier(self.policy, kind, spec.mode, out, param).ident for param in (False, True)}
+            if guards.ident_of(arg) not in expected:
+                raise Unverified(f"argument {index + 1} of {name}() names an object without its guard")
 
     def ctes(self, body: Node, scope: frozenset[str]) -> frozenset[str]:
         wc = body.get("withClause")
@@ -196,14 +330,24 @@ class _Coverage:
     def wrapper(self, body: Node) -> bool:
         """True if this derived table is an injected filter wrapper (its predicate must then be exact)."""
         sub = body.get("subquery", {}).get("SelectStmt")
-        if not sub or len(sub.get("fromClause") or ()) != 1:
+        if not sub or not sub.get("fromClause"):
             return False
         inner = sub["fromClause"][0].get("RangeVar")
         flt = self.filtered(inner) if inner is not None else None
         if flt is None:
             return False
         fence = needs_fence(self.policy, flt)
-        if set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
+        if not flt.plain:  # a catalog wrapper that replaces column values: exactly its own select list and FROM
+            if "alias" in inner:
+                return False
+            expected = wrapper_select(flt, inner.get("relname", ""), fence)
+            actual = {k: v for k, v in sub.items() if k != "fromClause"}
+            return (
+                len(sub["fromClause"]) == len(expected["fromClause"])
+                and _same(actual, {k: v for k, v in expected.items() if k != "fromClause"})
+                and all(_same(a, e) for a, e in zip(sub["fromClause"][1:], expected["fromClause"][1:], strict=True))
+            )
+        if len(sub["fromClause"]) != 1 or set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
             return False
         if fence and not _same(sub["limitOffset"], _OFFSET_ZERO):
             return False

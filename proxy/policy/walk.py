@@ -59,11 +59,23 @@ class RelRef:
 
 @dataclass(slots=True)
 class Call:
-    """One function call."""
+    """One function call; `holder[key]` is its tagged node."""
 
     names: tuple[str, ...]
     args: list[Node]
     named: bool
+    holder: Any = None
+    key: Any = None
+
+
+@dataclass(slots=True)
+class Site:
+    """A place where a value may become an object's name: a cast to a reg* type (`regrole` too) or a function
+    call, in the order the walk met them (outer before inner); `holder[key]` is its tagged node."""
+
+    node: Node
+    holder: Any
+    key: Any
 
 
 @dataclass(slots=True)
@@ -77,8 +89,8 @@ class Analysis:
     collations: list[tuple[str, ...]] = field(default_factory=list)
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
     reg_literals: list[tuple[str, str]] = field(default_factory=list)
-    reg_unchecked: list[str] = field(default_factory=list)  # reg* casts of a parameter, number or expression
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
+    sites: list[Site] = field(default_factory=list)  # reg* casts and calls, outer ones first
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
     locking: bool = False
     kinds: set[str] = field(default_factory=set)
@@ -89,18 +101,6 @@ def analyze(node: Node) -> Analysis:
     walker = _Walker()
     walker.any(node, frozenset())
     return walker.out
-
-
-def name_source_is_plain(node: Node | None) -> bool:
-    """True when a reg*-typed value comes from a column (an OID the query read) or is NULL: not from a
-    parameter, a number or a computed expression, whose object the proxy cannot check."""
-    while node and "TypeCast" in node:
-        node = node["TypeCast"].get("arg")
-    if not node:
-        return True
-    if "ColumnRef" in node:
-        return True
-    return "A_Const" in node and bool(node["A_Const"].get("isnull"))
 
 
 def _literal_below_casts(node: Node | None) -> str | None:
@@ -114,7 +114,7 @@ class _Walker:
         self.out = Analysis()
 
     # -- generic traversal -------------------------------------------------------------------------------
-    def any(self, value: Any, scope: Scope) -> None:
+    def any(self, value: Any, scope: Scope, holder: Any = None, key: Any = None) -> None:
         if type(value) is list:
             for i, item in enumerate(value):
                 if type(item) is dict:
@@ -122,7 +122,7 @@ class _Walker:
                 elif type(item) is list:
                     self.any(item, scope)
         elif type(value) is dict:
-            self.node(value, scope, None, None)
+            self.node(value, scope, holder, key)
 
     def node(self, node: Node, scope: Scope, holder: Any, key: Any) -> None:
         if len(node) == 1:
@@ -140,7 +140,11 @@ class _Walker:
 
     def fields(self, body: Node, scope: Scope, skip: tuple[str, ...] = ()) -> None:
         for k, v in body.items():
-            if (type(v) is dict or type(v) is list) and k not in skip:
+            if k in skip:
+                continue
+            if type(v) is dict:
+                self.node(v, scope, body, k)
+            elif type(v) is list:
                 self.any(v, scope)
 
     def struct(self, d: Node, scope: Scope) -> None:
@@ -200,7 +204,7 @@ class _Walker:
             elif k == "lockingClause":
                 self.out.locking = True  # lockedRels name FROM items, not relations
             elif isinstance(v, (dict, list)):
-                self.any(v, scope)
+                self.any(v, scope, b, k)
 
     def into(self, d: Node, scope: Scope) -> None:
         self.ref(d["rel"], INTO, scope)
@@ -253,7 +257,7 @@ class _Walker:
             elif k == "sourceRelation":
                 self.from_item(v, scope, b, k)
             elif isinstance(v, (dict, list)):
-                self.any(v, scope)
+                self.any(v, scope, b, k)
 
 
 def _h_select(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
@@ -282,19 +286,21 @@ def _from_handler(tag: str) -> Callable[[_Walker, Node, Scope, Any, Any], None]:
 def _h_funccall(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     args = b.get("args", [])
     named = any("NamedArgExpr" in a for a in args)
-    w.out.calls.append(Call(names=names_of(b.get("funcname")), args=args, named=named))
+    w.out.calls.append(Call(names=names_of(b.get("funcname")), args=args, named=named, holder=holder, key=key))
+    if holder is not None:
+        w.out.sites.append(Site(holder[key], holder, key))
     w.fields(b, scope, skip=("funcname",))
 
 
 def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     type_name = b.get("typeName", {})
     names = names_of(type_name.get("names"))
+    if names and (names[-1] in REG_TYPES or names[-1] == "regrole") and holder is not None:
+        w.out.sites.append(Site(holder[key], holder, key))
     if names and names[-1] in REG_TYPES:
         literal = _literal_below_casts(b.get("arg"))
         if literal is not None:
             w.out.reg_literals.append((names[-1], literal))
-        elif not name_source_is_plain(b.get("arg")):
-            w.out.reg_unchecked.append(names[-1])
     w.fields(b, scope)
 
 

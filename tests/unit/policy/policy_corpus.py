@@ -11,6 +11,78 @@ from proxy.policy import TenantPolicy
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
 
+# PostgreSQL 15's column lists of the catalogs the shared strategy scrubs (dbcheck.catalog_columns reads them from
+# the server a tenant runs on).
+PG15_CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pg_class": (
+        "oid", "relname", "relnamespace", "reltype", "reloftype", "relowner", "relam", "relfilenode",
+        "reltablespace", "relpages", "reltuples", "relallvisible", "reltoastrelid", "relhasindex", "relisshared",
+        "relpersistence", "relkind", "relnatts", "relchecks", "relhasrules", "relhastriggers", "relhassubclass",
+        "relrowsecurity", "relforcerowsecurity", "relispopulated", "relreplident", "relispartition", "relrewrite",
+        "relfrozenxid", "relminmxid", "relacl", "reloptions", "relpartbound"
+    ),
+    "pg_stat_all_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_scan", "idx_tup_read", "idx_tup_fetch"
+    ),
+    "pg_stat_all_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd", "n_live_tup", "n_dead_tup", "n_mod_since_analyze",
+        "n_ins_since_vacuum", "last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze", "vacuum_count",
+        "autovacuum_count", "analyze_count", "autoanalyze_count"
+    ),
+    "pg_stat_sys_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_scan", "idx_tup_read", "idx_tup_fetch"
+    ),
+    "pg_stat_sys_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd", "n_live_tup", "n_dead_tup", "n_mod_since_analyze",
+        "n_ins_since_vacuum", "last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze", "vacuum_count",
+        "autovacuum_count", "analyze_count", "autoanalyze_count"
+    ),
+    "pg_stat_user_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_scan", "idx_tup_read", "idx_tup_fetch"
+    ),
+    "pg_stat_user_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd", "n_live_tup", "n_dead_tup", "n_mod_since_analyze",
+        "n_ins_since_vacuum", "last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze", "vacuum_count",
+        "autovacuum_count", "analyze_count", "autoanalyze_count"
+    ),
+    "pg_stat_xact_all_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd"
+    ),
+    "pg_stat_xact_sys_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd"
+    ),
+    "pg_stat_xact_user_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd"
+    ),
+    "pg_statio_all_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_blks_read", "idx_blks_hit"
+    ),
+    "pg_statio_all_tables": (
+        "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
+        "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit"
+    ),
+    "pg_statio_sys_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_blks_read", "idx_blks_hit"
+    ),
+    "pg_statio_sys_tables": (
+        "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
+        "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit"
+    ),
+    "pg_statio_user_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_blks_read", "idx_blks_hit"
+    ),
+    "pg_statio_user_tables": (
+        "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
+        "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit"
+    ),
+}
+
 _SCOPED = {
     ("sales", "orders"): "tenant_id",
     ("sales", "customers"): "tenant_id",
@@ -26,6 +98,7 @@ _SHARED = TenantPolicy(
     search_path=("sales", "public"),
     extra_allowed_functions=frozenset({"public.fiscal_quarter"}),
     denied_functions=frozenset({"pg_sleep_for"}),
+    catalog_columns=PG15_CATALOG_COLUMNS,
 )
 _SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("ref",))
 _DATABASE = TenantPolicy(tenant="acme", strategy="database")
