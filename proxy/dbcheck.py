@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from proxy.config import BackendConfig, Config, TenantConfig
-from proxy.policy.catalog import SCRUBBED_RELATIONS
+from proxy.policy.catalog import COLUMN_LISTED
 from proxy.policy.tree import expr_node, names_of, string_const
 from proxy.tenancy import ScopedTables, explicit_tables
 
@@ -84,7 +84,7 @@ def _calls_anything(node: object) -> bool:
 
 
 # The column names, in order, of the catalogs whose values the proxy replaces (pg_class statistics and the
-# pg_stat*/pg_statio* counters of tenant-scoped tables): the lists differ between PostgreSQL majors.
+# pg_stat*/pg_statio* counters of tenant-scoped tables, ACLs, role-name arrays): they differ between majors.
 _CATALOG_COLUMNS = """
 SELECT c.relname, pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
@@ -96,7 +96,7 @@ SELECT c.relname, pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
 
 def catalog_columns(conn: psycopg.Connection) -> dict[str, tuple[str, ...]]:
     """The column lists of the catalogs the policy scrubs, as this server has them."""
-    rows = conn.execute(_CATALOG_COLUMNS, (sorted(SCRUBBED_RELATIONS),)).fetchall()
+    rows = conn.execute(_CATALOG_COLUMNS, (sorted(COLUMN_LISTED),)).fetchall()
     return {name: tuple(columns) for name, columns in rows}
 
 

@@ -13,6 +13,7 @@ from proxy.policy.tree import Node, parse_json, strip_positions
 from proxy.policy.visibility import (
     hides_namespaces,
     namespace_visible,
+    role_name_visible,
     role_visible,
     schema_name_visible,
     scoped_relations,
@@ -260,6 +261,17 @@ STAT_VIEWS: dict[str, str] = {  # view -> the column holding the relation the ro
 }
 _STAT_IDENTITY = frozenset({"relid", "indexrelid", "schemaname", "relname", "indexrelname"})
 SCRUBBED_RELATIONS: frozenset[str] = frozenset({"pg_class", *STAT_VIEWS})
+# Every strategy: ACLs name the roles privileges were granted to (other tenants' backend roles, on a shared schema
+# say); the entries naming a role the tenant may not see are left out.
+ACL_COLUMNS: dict[str, str] = {
+    "pg_class": "relacl", "pg_namespace": "nspacl", "pg_database": "datacl", "pg_proc": "proacl",
+    "pg_type": "typacl", "pg_attribute": "attacl", "pg_default_acl": "defaclacl", "pg_tablespace": "spcacl",
+    "pg_language": "lanacl", "pg_foreign_data_wrapper": "fdwacl", "pg_foreign_server": "srvacl",
+    "pg_parameter_acl": "paracl", "pg_init_privs": "initprivs",
+}
+ROLE_NAME_ARRAYS: dict[str, str] = {"pg_policies": "roles"}  # name[] columns of role names
+# The catalogs whose column lists the policy carries (read from the server: dbcheck.catalog_columns).
+COLUMN_LISTED: frozenset[str] = frozenset({*SCRUBBED_RELATIONS, *ACL_COLUMNS, *ROLE_NAME_ARRAYS})
 
 
 def _in_visible(policy: TenantPolicy, catalog: str, nspcol: str, expr: str) -> str:
@@ -292,24 +304,70 @@ def _hidden_object(policy: TenantPolicy, classid: str, objid: str) -> str:
     return "(" + " OR ".join(terms) + ")"
 
 
-def _scrub_filter(policy: TenantPolicy, relation: str, predicate: str) -> Filter | None:
-    """Shared strategy: the wrapper of a catalog whose statistics come from every tenant's rows (None: its column
-    list is unknown, the relation is then denied)."""
+def _acl_visible(policy: TenantPolicy, column: str) -> str:
+    """An aclitem[] column with the entries that name a role the tenant may not see (as grantee or grantor) left
+    out; NULL (the default privileges) stays NULL."""
+    explode = (
+        "NOT EXISTS (SELECT FROM pg_catalog.aclexplode(ARRAY[pgt_a.x]) pgt_e WHERE NOT ("
+        + role_visible(policy, "pgt_e.grantee") + " AND " + role_visible(policy, "pgt_e.grantor") + "))"
+    )
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE ARRAY(SELECT pgt_a.x FROM pg_catalog.unnest({column}) WITH "
+        f"ORDINALITY pgt_a(x, n) WHERE {explode} ORDER BY pgt_a.n) END"
+    )
+
+
+def _role_names_visible(policy: TenantPolicy, column: str) -> str:
+    """A name[] column of role names with the names of roles the tenant may not see left out."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE ARRAY(SELECT pgt_a.x FROM pg_catalog.unnest({column}) WITH "
+        f"ORDINALITY pgt_a(x, n) WHERE {role_name_visible(policy, 'pgt_a.x')} ORDER BY pgt_a.n) END"
+    )
+
+
+def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...]) -> tuple[dict[str, str], str]:
+    """The column values `relation`'s wrapper replaces ({column: SQL with {ref}}) and its extra FROM items."""
+    replaced: dict[str, str] = {}
+    extra = ""
+    if policy.strategy == "shared" and relation in SCRUBBED_RELATIONS:
+        ident = "oid" if relation == "pg_class" else STAT_VIEWS[relation]
+        values = SCRUBBED_PG_CLASS if relation == "pg_class" else {
+            c: "NULL" for c in columns if c not in _STAT_IDENTITY
+        }
+        for c in columns:
+            if c in values:
+                replaced[c] = f'CASE WHEN pgt_s.pgt_scrub THEN {values[c]} ELSE {{ref}}."{c}" END'
+        extra = f', LATERAL (SELECT {{ref}}."{ident}" IN {scoped_relations(policy)} AS pgt_scrub) pgt_s'
+    acl = ACL_COLUMNS.get(relation)
+    if acl in columns:
+        replaced[acl] = _acl_visible(policy, f'{{ref}}."{acl}"')
+    names = ROLE_NAME_ARRAYS.get(relation)
+    if names in columns:
+        replaced[names] = _role_names_visible(policy, f'{{ref}}."{names}"')
+    return replaced, extra
+
+
+def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) -> Filter | None:
+    """The wrapper of a catalog some of whose column values are replaced (statistics of tenant-scoped tables in the
+    shared strategy, ACLs and role-name arrays everywhere), in the server's column order; None when its column
+    list is unknown (the relation is then denied: `unscrubbable`)."""
     columns = policy.catalog_columns.get(relation)
     if not columns:
         return None
-    if relation == "pg_class":
-        ident, replaced = "oid", SCRUBBED_PG_CLASS
-    else:
-        ident = STAT_VIEWS[relation]
-        replaced = {c: "NULL" for c in columns if c not in _STAT_IDENTITY}
-    targets = ", ".join(
-        f'CASE WHEN pgt_s.pgt_scrub THEN {replaced[c]} ELSE {{ref}}."{c}" END AS "{c}"' if c in replaced
-        else f'{{ref}}."{c}"'
-        for c in columns
+    replaced, extra = _replacements(policy, relation, columns)
+    if not replaced:
+        return current
+    targets = ", ".join(f'{replaced[c]} AS "{c}"' if c in replaced else f'{{ref}}."{c}"' for c in columns)
+    predicate = current.template if current is not None else "true"
+    column = current.column if current is not None else columns[0]
+    return Filter("catalog", f"pg_catalog.{relation}", column, predicate, targets=targets, extra=extra)
+
+
+def needs_columns(policy: TenantPolicy, relation: str) -> bool:
+    """Whether `relation`'s wrapper replaces column values under this policy (it then needs the column list)."""
+    return relation in ACL_COLUMNS or relation in ROLE_NAME_ARRAYS or (
+        policy.strategy == "shared" and relation in SCRUBBED_RELATIONS
     )
-    extra = f', LATERAL (SELECT {{ref}}."{ident}" IN {scoped_relations(policy)} AS pgt_scrub) pgt_s'
-    return Filter("catalog", f"pg_catalog.{relation}", ident, predicate, targets=targets, extra=extra)
 
 
 @lru_cache(maxsize=256)
@@ -351,13 +409,11 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             out[view] = Filter(
                 "catalog", f"pg_catalog.{view}", "schemaname", schema_name_visible(policy, '{ref}."schemaname"')
             )
-    if policy.strategy == "shared":
-        for relation in SCRUBBED_RELATIONS:
-            current = out.get(relation)
-            predicate = current.template if current is not None else "true"
-            scrub = _scrub_filter(policy, relation, predicate)
-            if scrub is not None:
-                out[relation] = scrub
+    for relation in COLUMN_LISTED:
+        if needs_columns(policy, relation):
+            replaced = _column_filter(policy, relation, out.get(relation))
+            if replaced is not None:
+                out[relation] = replaced
     return out
 
 
@@ -376,10 +432,8 @@ def _information_schema_filters(policy: TenantPolicy) -> dict[str, Filter]:
 
 @lru_cache(maxsize=256)
 def unscrubbable(policy: TenantPolicy) -> frozenset[str]:
-    """Shared strategy: catalogs that need their statistics replaced but whose column list is unknown (denied)."""
-    if policy.strategy != "shared":
-        return frozenset()
-    return frozenset(r for r in SCRUBBED_RELATIONS if not policy.catalog_columns.get(r))
+    """Catalogs whose wrapper would replace column values but whose column list is unknown: denied."""
+    return frozenset(r for r in COLUMN_LISTED if needs_columns(policy, r) and not policy.catalog_columns.get(r))
 
 
 def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:

@@ -305,27 +305,35 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
 # -- the conversion of the client's value to an OID ---------------------------------------------------------------
 
 
-def _by_name(kind: Kind, mode: str, text: str) -> str:
+# Kinds whose names carry a schema: a name qualified with a schema the tenant may not see is not looked up.
+_QUALIFIED = frozenset({"class", "type", "proc", "oper", "collation", "config", "dictionary", "sized"})
+
+
+def _by_name(policy: TenantPolicy, kind: Kind, mode: str, text: str) -> str:
     if mode == EXACT and kind.exact is not None:
         catalog, column = kind.exact
         return f"(SELECT pgt_x.oid FROM pg_catalog.{catalog} pgt_x WHERE pgt_x.{column} = {text})"
     if kind.to_reg is not None:
-        return f"pg_catalog.{kind.to_reg}({text})::pg_catalog.oid"
-    if kind.regtype is not None:
-        return f"{text}::pg_catalog.{kind.regtype}::pg_catalog.oid"
-    return f"{text}::pg_catalog.oid"
+        lookup = f"pg_catalog.{kind.to_reg}({text})::pg_catalog.oid"
+    elif kind.regtype is not None:
+        lookup = f"{text}::pg_catalog.{kind.regtype}::pg_catalog.oid"
+    else:
+        return f"{text}::pg_catalog.oid"
+    if kind.name in _QUALIFIED and vis.hides_namespaces(policy):
+        return f"CASE WHEN {vis.name_in_hidden_schema(policy, text)} THEN NULL ELSE {lookup} END"
+    return lookup
 
 
-def conversion(kind: Kind, mode: str, value: str) -> str:
+def conversion(policy: TenantPolicy, kind: Kind, mode: str, value: str) -> str:
     """SQL of the OID the value column `value` stands for: itself when it is an OID (numeric or reg* typed), an
-    all-digit text as an OID, any other text as a name (missing: NULL)."""
+    all-digit text as an OID, any other text as a name (missing, or in a schema the tenant may not see: NULL)."""
     if mode == OID:
         return value
     text = f"{value}::pg_catalog.text"
     return (
         f"CASE WHEN (SELECT pgt_y.typcategory FROM pg_catalog.pg_type pgt_y WHERE pgt_y.oid = "
         f"pg_catalog.pg_typeof({value})) <> 'S' THEN {value}::pg_catalog.oid WHEN {text} ~ {vis.DIGITS} THEN "
-        f"{text}::pg_catalog.oid ELSE {_by_name(kind, mode, text)} END"
+        f"{text}::pg_catalog.oid ELSE {_by_name(policy, kind, mode, text)} END"
     )
 
 
@@ -411,9 +419,10 @@ def carrier(policy: TenantPolicy, kind_name: str, mode: str, out: str, param: bo
     else:
         value = f"({_PLACEHOLDER_SQL})::pg_catalog.text" if param else f"({_PLACEHOLDER_SQL})"
     o = f"{ident}.o"
+    oid = conversion(policy, kind, mode, "pgt_v.t")
     sql = (
-        f"(SELECT {o}::{_out_sql(kind, out)} FROM (SELECT {conversion(kind, mode, 'pgt_v.t')} AS o FROM (SELECT "
-        f"{value} AS t OFFSET 0) pgt_v) {ident} WHERE {o} = '0'::pg_catalog.oid OR {visible(policy, kind_name, o)})"
+        f"(SELECT {o}::{_out_sql(kind, out)} FROM (SELECT {oid} AS o FROM (SELECT {value} AS t OFFSET 0) pgt_v) "
+        f"{ident} WHERE {o} = '0'::pg_catalog.oid OR {visible(policy, kind_name, o)})"
     )
     return _make(ident, sql)
 

@@ -113,6 +113,29 @@ def role_name_visible(policy: TenantPolicy, expr: str) -> str:
     )
 
 
+_IDENT = r'"(?:[^"]|"")*"|[A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*'
+_UPPER, _LOWER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz"
+
+
+@lru_cache(maxsize=256)
+def name_in_hidden_schema(policy: TenantPolicy, text: str) -> str:
+    """Predicate: the object name `text` (a reg* input string such as `'two_co.orders'`, `'db.two_co.t'`,
+    `'"Two".f(int)'`) is qualified with a schema the tenant may not see (or none that exists). Such a name is
+    never handed to `to_regclass` & co., which report "permission denied for schema" for an existing schema
+    the role may not use -- and NULL for a missing one."""
+    three = rf"(pg_catalog.regexp_match({text}, '^\s*({_IDENT})\s*\.\s*({_IDENT})\s*\.'))[2]"
+    two = rf"(pg_catalog.regexp_match({text}, '^\s*({_IDENT})\s*\.'))[1]"
+    name = (
+        "CASE WHEN pgt_q.p LIKE '\"%' THEN pg_catalog.replace(pg_catalog.substr(pgt_q.p, 2, "
+        "pg_catalog.length(pgt_q.p) - 2), '\"\"', '\"') ELSE "
+        f"pg_catalog.translate(pgt_q.p, '{_UPPER}', '{_LOWER}') END"
+    )
+    return (
+        f"EXISTS (SELECT FROM (SELECT COALESCE({three}, {two}) AS p) pgt_q WHERE pgt_q.p IS NOT NULL AND NOT "
+        f"({schema_name_visible(policy, name)} OR {name} = 'pg_temp'))"
+    )
+
+
 def current_database_oid() -> str:
     """The current database's OID as a scalar subquery."""
     return (
