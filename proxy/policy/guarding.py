@@ -55,13 +55,11 @@ def is_null(node: Node | None) -> bool:
 
 
 def name_literal(node: Node | None) -> str | None:
-    """The text of a string literal that names an object (checked when the statement is decided), else None:
-    an all-digit literal is an OID, which only a guard can check."""
+    """The text of a string literal (under any casts), else None."""
     inner = below_casts(node)
     if not inner or "A_Const" not in inner or "sval" not in inner["A_Const"]:
         return None
-    text = str(inner["A_Const"]["sval"].get("sval", ""))
-    return None if text.strip().isdigit() else text
+    return str(inner["A_Const"]["sval"].get("sval", ""))
 
 
 def is_own_role(node: Node | None) -> bool:
@@ -70,14 +68,15 @@ def is_own_role(node: Node | None) -> bool:
     return bool(inner) and inner.get("SQLValueFunction", {}).get("op") in OWN_ROLE_FUNCTIONS  # type: ignore[union-attr]
 
 
-def needs_guard(node: Node | None, kind: str, mode: str) -> bool:
-    """Whether an argument of `kind` read in `mode` needs a guard (the policy requires the kind's guards)."""
+def needs_guard(policy: TenantPolicy, node: Node | None, kind: str, mode: str) -> bool:
+    """Whether an argument of `kind` read in `mode` needs a guard (the policy requires the kind's guards): not
+    NULL, not the session's own role, not a name in a literal that is checked otherwise (guards.literal_checked)."""
     if node is None or is_null(node):
         return False
     if kind == "role" and is_own_role(node):
         return False
-    # a name in a literal is checked against the tenant's schemas when the statement is decided
-    return mode == g.OID or kind in g.ALWAYS or name_literal(node) is None
+    text = name_literal(node)
+    return text is None or not g.literal_checked(policy, kind, mode, text)
 
 
 def row_level(node: Any) -> bool:
@@ -258,7 +257,7 @@ def _cast(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     regtype = names_of(type_name.get("names"))[-1]
     kind = g.CAST_KINDS[regtype]
     operand = body.get("arg")
-    if operand is None or not g.required(policy, kind) or not needs_guard(operand, kind, g.PARSE):
+    if operand is None or not g.required(policy, kind) or not needs_guard(policy, operand, kind, g.PARSE):
         return
     is_array = bool(type_name.get("arrayBounds"))
     if is_array:
@@ -317,12 +316,12 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     if any("NamedArgExpr" in a for a in args):
         raise fail("rewrite_unsupported", f"{name}() must be called with positional arguments")
     if name == "current_setting":
-        if args and name_literal(args[0]) is None and not is_null(args[0]):
+        if args and name_literal(args[0]) is None and not is_null(args[0]):  # a literal name: settings.py
             _wrap_arg(planner, site, body, 0, g.setting_name(policy), kind=None)
         return
     if name in g.RESULT_CALLS:
         kind, out = g.RESULT_CALLS[name]
-        if len(args) == 1 and g.required(policy, kind) and needs_guard(args[0], kind, g.PARSE):
+        if len(args) == 1 and g.required(policy, kind) and needs_guard(policy, args[0], kind, g.PARSE):
             _whole_call(planner, site, body, _template_for(policy, kind, g.PARSE, out, args[0]))
         return
     if name in g.RESULT_WRAPPED:
@@ -346,7 +345,7 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
             _whole_call(planner, site, body, template)
         return
     for index, kind, mode in call_guards(name, args):
-        if g.required(policy, kind) and needs_guard(args[index], kind, mode):
+        if g.required(policy, kind) and needs_guard(policy, args[index], kind, mode):
             template = _template_for(policy, kind, mode, call_out(name), args[index])
             _wrap_arg(planner, site, body, index, template, kind)
 

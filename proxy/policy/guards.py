@@ -32,7 +32,8 @@ from typing import Any
 from pglast.parser import parse_sql_json
 
 from proxy.policy import visibility as vis
-from proxy.policy.model import TenantPolicy
+from proxy.policy.model import SYSTEM_SCHEMAS, TenantPolicy
+from proxy.policy.sqltext import object_name_parts
 from proxy.policy.tree import Node, strip_positions
 
 PLACEHOLDER = "pgtenant.operand"  # a quoted column name no client can mean: the hole in a template's tree
@@ -231,6 +232,23 @@ _GUARD_WORDS = re.compile(
 def may_need_guard(sql: str) -> bool:
     """False only when no word of `sql` can be a conversion, a naming function or EXPLAIN."""
     return _GUARD_WORDS.search(sql.lower()) is not None
+
+
+def literal_checked(policy: TenantPolicy, kind: str, mode: str, text: str) -> bool:
+    """Whether a name written in a string literal needs no guard: in the schema strategy every literal naming
+    another schema is refused when the statement is decided (schema.check_schemas); in the others a literal that is
+    unqualified (resolved on the tenant's search_path) or qualified with a system schema or one of the tenant's
+    own cannot name another tenant's object, and any other is guarded (refusing only other tenants' schemas would
+    tell them from schemas that do not exist)."""
+    if mode == OID or kind in ALWAYS or text.strip().isdigit():
+        return False
+    if policy.strategy == "schema":
+        return True
+    parts = object_name_parts(text)
+    if not parts:
+        return False
+    schema = parts[0] if kind == "namespace" else (parts[-2] if len(parts) >= 2 else None)
+    return schema is None or schema in SYSTEM_SCHEMAS or schema in policy.search_path
 
 
 def required(policy: TenantPolicy, kind: str) -> bool:

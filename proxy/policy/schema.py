@@ -76,8 +76,9 @@ def check_cross_database(analysis: Analysis) -> None:
 def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
     """Every explicitly named schema must be one the tenant may name: in the schema strategy its own, a shared one
     or a system one; in the others any schema but another tenant's (`policy.hidden_schemas`). A name given as a
-    value (a `reg*` cast, `to_regclass(…)`, `has_table_privilege(…)`) is checked here when it is a string literal;
-    any other value (an OID, a parameter, a column, an expression) gets a run-time guard (guards.py)."""
+    value (a `reg*` cast, `to_regclass(…)`, `has_table_privilege(…)`) is checked here when it is a string literal
+    in the schema strategy; any other value (an OID, a parameter, a column, an expression), and every such value in
+    the other strategies, gets a run-time guard (guards.py)."""
     if policy.strategy == "schema":
         allowed = policy.allowed_schemas
 
@@ -107,6 +108,8 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         check(names[-2], "operator " + ".".join(names))
     for names in analysis.collations:
         check(names[-2], "collation " + ".".join(names))
+    if policy.strategy != "schema":
+        return  # names given as values: guarded at run time (refusing only other tenants' would single them out)
     for regtype, literal in analysis.reg_literals:
         if not literal.strip().isdigit():  # an OID in a string: guarded at run time
             check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), f"'{literal}'::{regtype}")

@@ -70,22 +70,20 @@ def _is_null(node: Node | None) -> bool:
 
 
 def _literal(node: Node | None) -> str | None:
-    """A string literal that is not all digits (a name, checked when decided), else None."""
+    """The text of a string literal (under any casts), else None."""
     const = _uncast(node).get("A_Const", {})
-    if "sval" not in const:
-        return None
-    text = str(const["sval"].get("sval", ""))
-    return None if text.strip().isdigit() else text
+    return str(const["sval"].get("sval", "")) if "sval" in const else None
 
 
-def _checked_value(node: Node | None, kind: str, mode: str) -> bool:
+def _checked_value(policy: TenantPolicy, node: Node | None, kind: str, mode: str) -> bool:
     """True for a value that may name an object without a guard: NULL, the session's own role, or a name in a
-    string literal (checked against the tenant's schemas when the statement is decided) where the kind allows."""
+    string literal that is checked otherwise (guards.literal_checked)."""
     if node is None or _is_null(node):
         return True
     if kind == "role" and _uncast(node).get("SQLValueFunction", {}).get("op") in _OWN_ROLE:
         return True
-    return mode != guards.OID and kind not in guards.ALWAYS and _literal(node) is not None
+    text = _literal(node)
+    return text is not None and guards.literal_checked(policy, kind, mode, text)
 
 
 def _costs(options: list[Node] | None) -> bool | None:
@@ -217,7 +215,8 @@ class _Coverage:
     def cast(self, body: Node) -> None:
         names = names_of(body.get("typeName", {}).get("names"))
         kind = guards.CAST_KINDS.get(names[-1]) if names else None
-        if kind is not None and self.required(kind) and not _checked_value(body.get("arg"), kind, guards.PARSE):
+        arg = body.get("arg")
+        if kind is not None and self.required(kind) and not _checked_value(self.policy, arg, kind, guards.PARSE):
             raise Unverified(f"a conversion to {names[-1]} without its guard")
 
     def call(self, body: Node, scope: frozenset[str]) -> bool:
@@ -228,7 +227,7 @@ class _Coverage:
         name, args = names[-1], body.get("args") or []
         if name in guards.RESULT_CALLS:
             kind = guards.RESULT_CALLS[name][0]
-            if self.required(kind) and not all(_checked_value(a, kind, guards.PARSE) for a in args):
+            if self.required(kind) and not all(_checked_value(self.policy, a, kind, guards.PARSE) for a in args):
                 raise Unverified(f"{name}() of a value without its guard")
         elif name in guards.RESULT_WRAPPED:
             if self.required(guards.RESULT_WRAPPED[name][0]):
@@ -260,7 +259,7 @@ class _Coverage:
             if name == "obj_description" and len(args) == 2:
                 kind = _DESCRIBED.get(_literal(args[1]) or "", "object")
             arg = args[index]
-            if not self.required(kind) or _checked_value(arg, kind, spec.mode):
+            if not self.required(kind) or _checked_value(self.policy, arg, kind, spec.mode):
                 continue
             out = "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
             expected = {guards.carrier(self.policy, kind, spec.mode, out, param).ident for param in (False, True)}
