@@ -326,6 +326,8 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
         return
     if name in g.RESULT_WRAPPED:
         kind, out = g.RESULT_WRAPPED[name]
+        if not g.required(policy, kind):
+            return
         template = g.carrier(policy, kind, g.OID, out)
         if not row_level(site.node):
             raise fail("rewrite_unsupported", f"{name}() cannot be checked here; call it in a subquery")
@@ -338,7 +340,8 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
         planner.rule("object_guard")
         return
     if name in ("pg_get_userbyid", "oidvectortypes"):
-        if len(args) == 1 and not is_null(args[0]):
+        kind = "role" if name == "pg_get_userbyid" else "type"
+        if len(args) == 1 and not is_null(args[0]) and g.required(policy, kind):
             template = g.userbyid(policy) if name == "pg_get_userbyid" else g.vectortypes(policy)
             if not row_level(args[0]):
                 raise fail("rewrite_unsupported", f"the argument of {name}() cannot be checked here; use a subquery")

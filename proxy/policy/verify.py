@@ -233,7 +233,8 @@ class _Coverage:
             if self.required(guards.RESULT_WRAPPED[name][0]):
                 raise Unverified(f"{name}() outside its guard")
         elif name in ("pg_get_userbyid", "oidvectortypes"):
-            if not all(_is_null(a) for a in args):
+            kind = "role" if name == "pg_get_userbyid" else "type"
+            if self.required(kind) and not all(_is_null(a) for a in args):
                 raise Unverified(f"{name}() outside its guard")
         elif name == "current_setting":
             if args and _literal(args[0]) is None and not _is_null(args[0]):
