@@ -165,6 +165,9 @@ POLICIES: dict[str, TenantPolicy] = {
     "schema_rw": dataclasses.replace(_SCHEMA, allow_writes=True),
     "database": _DATABASE,
     "database_rw": dataclasses.replace(_DATABASE, allow_writes=True),
+    # the same database holds a schema tenant's schema (tenant_globex): hidden from these tenants too
+    "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"})),
+    "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"})),
 }
 
 
