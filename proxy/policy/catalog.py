@@ -21,9 +21,9 @@ from proxy.policy.visibility import (
 
 # Relations that show other sessions' query text, locks, prepared transactions, connection details, server
 # files or cluster-wide object names. Matched by relation name in any schema (pg_stat_statements usually lives
-# in `public`). Everything else in pg_catalog / information_schema stays readable so BI introspection works;
-# what that still reveals is documented in the report (row estimates in pg_class.reltuples and pg_stat_*_tables,
-# names of other tenants' tables in pg_class for the schema strategy, role names in pg_roles).
+# in `public`). Everything else in pg_catalog / information_schema stays readable so BI introspection works,
+# through the filters below (other tenants' schemas, objects and roles left out; statistics of tenant-scoped
+# tables replaced in the shared strategy); what remains visible is listed in docs/security.md.
 DENIED_RELATIONS: frozenset[str] = frozenset(
     {
         "pg_stat_activity",
