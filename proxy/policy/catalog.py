@@ -482,11 +482,22 @@ def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
     return tuple(sorted(n.lower() for n in names))
 
 
-def may_name_filtered(policy: TenantPolicy, sql: str) -> bool:
-    """False only if no identifier in `sql` can name a filtered relation: a relation name comes from the
-    text itself (lower-cased, or quoted verbatim) unless written with Unicode escapes (U&"...")."""
-    low = sql.lower()
-    return "u&" in low or any(name in low for name in filtered_names(policy))
+@lru_cache(maxsize=256)
+def _filtered_words(policy: TenantPolicy) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The words `may_name_filtered` looks for: those starting with `pg_` (checked only when `pg_` occurs) and
+    the others."""
+    words = {*filtered_names(policy), "u&"}
+    if _information_schema_filters(policy):
+        words.add("information_schema")
+    catalogs = tuple(sorted(w for w in words if w.startswith("pg_")))
+    return catalogs, tuple(sorted(w for w in words if not w.startswith("pg_")))
+
+
+def may_name_filtered(policy: TenantPolicy, low: str) -> bool:
+    """False only if no identifier in the lower-cased text `low` can name a filtered relation: a relation name comes
+    from the text itself (lower-cased, or quoted verbatim) unless written with Unicode escapes (U&"...")."""
+    catalogs, others = _filtered_words(policy)
+    return any(w in low for w in others) or ("pg_" in low and any(w in low for w in catalogs))
 
 
 def is_denied_relation(policy: TenantPolicy, rv: Node) -> bool:

@@ -60,7 +60,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float]) -> Decisi
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     if not plan.edits:
         try:
-            if may_name_filtered(policy, sql) or may_need_guard(sql):
+            low = sql.lower()
+            if may_name_filtered(policy, low) or may_need_guard(low):
                 for stmt in statements:
                     check_coverage(policy, stmt.node)
         except Unverified as exc:

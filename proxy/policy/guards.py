@@ -220,18 +220,26 @@ SET_RETURNING: frozenset[str] = frozenset(
 
 
 # Words of the texts that may need a guard or the EXPLAIN rewrite: an allowed statement holding one is checked
-# by the verifier too (an identifier written with Unicode escapes is caught by catalog.may_name_filtered).
-_GUARD_WORDS = re.compile(
-    r"reg(?:class|type|procedure|proc|operator|oper|namespace|collation|config|dictionary|role)\b|format_type|"
-    r"pg_get_|_description|_size\b|has_|current_setting|oidvectortypes|acldefault|makeaclitem|_is_visible|"
-    r"row_security_active|pg_partition_|pg_sequence_|pg_index_|_is_updatable|_is_publishable|pg_input_|"
-    r"pg_basetype|_actual_version|pg_filenode_relation|explain"
+# by the verifier too (an identifier written with Unicode escapes is caught by catalog.may_name_filtered). Plain
+# substrings first (cheap), then the reg* and pg_* families by a regular expression only when their prefix occurs.
+_GUARD_SUBSTRINGS = (
+    "format_type", "_description", "has_", "current_setting", "oidvectortypes", "acldefault", "makeaclitem",
+    "row_security_active", "explain",
+)
+_REG_WORDS = re.compile(r"reg(?:class|type|procedure|proc|operator|oper|namespace|collation|config|dictionary|role)\b")
+_PG_WORDS = re.compile(
+    r"pg_(?:get_|has_role|partition_|sequence_|index_|input_|basetype|filenode_relation|relation_|column_is_|"
+    r"total_relation_size|table_size|indexes_size|database_size|[a-z_]*_is_visible|[a-z_]*_actual_version)"
 )
 
 
-def may_need_guard(sql: str) -> bool:
-    """False only when no word of `sql` can be a conversion, a naming function or EXPLAIN."""
-    return _GUARD_WORDS.search(sql.lower()) is not None
+def may_need_guard(low: str) -> bool:
+    """False only when no word of the lower-cased text `low` can be a conversion, a naming function or EXPLAIN."""
+    if any(w in low for w in _GUARD_SUBSTRINGS):
+        return True
+    if "reg" in low and _REG_WORDS.search(low):
+        return True
+    return "pg_" in low and _PG_WORDS.search(low) is not None
 
 
 def literal_checked(policy: TenantPolicy, kind: str, mode: str, text: str) -> bool:

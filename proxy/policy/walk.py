@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.policy.guards import GUARDED_NAMES
 from proxy.policy.tree import Node, names_of, string_const, tag_of
 
 # Roles of a RangeVar in its statement.
@@ -70,8 +71,9 @@ class Call:
 
 @dataclass(slots=True)
 class Site:
-    """A place where a value may become an object's name: a cast to a reg* type (`regrole` too) or a function
-    call, in the order the walk met them (outer before inner); `holder[key]` is its tagged node."""
+    """A place where a value may become an object's name: a cast to a reg* type (`regrole` too) or a call of a
+    function that names objects (guards.GUARDED_NAMES), in the order the walk met them (outer before inner);
+    `holder[key]` is its tagged node."""
 
     node: Node
     holder: Any
@@ -286,8 +288,9 @@ def _from_handler(tag: str) -> Callable[[_Walker, Node, Scope, Any, Any], None]:
 def _h_funccall(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     args = b.get("args", [])
     named = any("NamedArgExpr" in a for a in args)
-    w.out.calls.append(Call(names=names_of(b.get("funcname")), args=args, named=named, holder=holder, key=key))
-    if holder is not None:
+    names = names_of(b.get("funcname"))
+    w.out.calls.append(Call(names=names, args=args, named=named, holder=holder, key=key))
+    if holder is not None and names and names[-1] in GUARDED_NAMES:
         w.out.sites.append(Site(holder[key], holder, key))
     w.fields(b, scope, skip=("funcname",))
 
