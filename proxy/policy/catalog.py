@@ -92,6 +92,7 @@ class Filter:
     table: tuple[str, str] = ("", "")  # (schema, table) of a "tenant" filter's scoped table
     targets: str = "*"  # the wrapper's select list, with {ref}
     extra: str = ""  # more FROM items after the relation (", LATERAL (…) pgt_s"), with {ref}
+    replaced: frozenset[str] = frozenset()  # the columns `targets` replaces
 
     def predicate(self, ref: str) -> str:
         """The predicate SQL for a reference named `ref`."""
@@ -110,12 +111,95 @@ class Filter:
         """`SELECT * FROM <relation> WHERE <predicate>`: no column replaced."""
         return self.targets == "*" and not self.extra
 
+    def lean(self) -> Filter:
+        """The same row filter without the column replacements: for a statement that reads none of them."""
+        return Filter(self.kind, self.relation, self.column, self.template, self.table)
+
+    def needed_for(self, usage: ColumnUsage, rv: Node) -> Filter:
+        """This filter, or its lean variant when the statement (its column `usage`) cannot read a replaced column
+        of the relation reference `rv` (no `*` of it, no whole row, no column alias list renaming its columns)."""
+        if self.plain or (rv.get("alias") or {}).get("colnames") or rv.get("location", -1) in usage.whole:
+            return self
+        return self if usage.names & self.replaced else self.lean()
+
     def wrapper_text(self, name: str, relname: str, fence: bool) -> str:
         """The injected filter's text around the relation text `name` (reference name `relname`)."""
         return (
             f"(SELECT {self.select_list(relname)} FROM {name}{self.extra_from(relname)} WHERE "
             f"{self.predicate(relname)}{' OFFSET 0' if fence else ''})"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnUsage:
+    """Which columns a statement may read: `names`, the last names of its column references (a single name may also
+    be a whole row: `t`, `row_to_json(t)`) and USING lists; `whole`, the locations of the relation references whose
+    every column it may read (a `*` of their SELECT, a NATURAL join, `t.*`, a whole row `t`)."""
+
+    names: frozenset[str]
+    whole: frozenset[int]
+
+
+def _from_relations(items: list[Node], out: list[Node]) -> None:
+    """The RangeVars of a FROM list, through joins (not into subqueries)."""
+    for item in items:
+        if "RangeVar" in item:
+            out.append(item["RangeVar"])
+        elif "JoinExpr" in item:
+            join = item["JoinExpr"]
+            _from_relations([join[k] for k in ("larg", "rarg") if k in join], out)
+
+
+def column_usage(node: Node) -> ColumnUsage:
+    """The column usage of a (client's) statement tree."""
+    names: set[str] = set()
+    whole: set[int] = set()
+    rows: set[str] = set()  # names used as a whole row or with `.*`
+    relations: list[Node] = []
+    stack: list[object] = [node]
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(value)
+            continue
+        if type(value) is not dict:
+            continue
+        select = value.get("SelectStmt")
+        if select is not None:
+            direct: list[Node] = []
+            _from_relations(select.get("fromClause") or [], direct)
+            relations.extend(direct)
+            stars = any(
+                [f for f in (t.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") or ())]
+                == [{"A_Star": {}}]
+                for t in select.get("targetList") or ()
+            )
+            if stars:
+                whole.update(rv.get("location", -1) for rv in direct)
+        col = value.get("ColumnRef")
+        if col is not None:
+            fields = col.get("fields") or ()
+            if fields and "A_Star" in fields[-1]:
+                if len(fields) >= 2:
+                    rows.add(fields[-2].get("String", {}).get("sval", ""))
+            elif fields:
+                name = fields[-1].get("String", {}).get("sval", "")
+                names.add(name)
+                if len(fields) == 1:
+                    rows.add(name)
+            continue
+        join = value.get("JoinExpr")
+        if join is not None:
+            names.update(u["String"].get("sval", "") for u in join.get("usingClause") or () if "String" in u)
+            if join.get("isNatural"):
+                joined: list[Node] = []
+                _from_relations([join[k] for k in ("larg", "rarg") if k in join], joined)
+                whole.update(rv.get("location", -1) for rv in joined)
+        stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
+    for rv in relations:
+        if ((rv.get("alias") or {}).get("aliasname") or rv.get("relname")) in rows:
+            whole.add(rv.get("location", -1))
+    return ColumnUsage(frozenset(names), frozenset(whole))
 
 
 @lru_cache(maxsize=1024)
@@ -360,7 +444,8 @@ def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) 
     targets = ", ".join(f'{replaced[c]} AS "{c}"' if c in replaced else f'{{ref}}."{c}"' for c in columns)
     predicate = current.template if current is not None else "true"
     column = current.column if current is not None else columns[0]
-    return Filter("catalog", f"pg_catalog.{relation}", column, predicate, targets=targets, extra=extra)
+    return Filter("catalog", f"pg_catalog.{relation}", column, predicate, targets=targets, extra=extra,
+                  replaced=frozenset(replaced))
 
 
 def needs_columns(policy: TenantPolicy, relation: str) -> bool:

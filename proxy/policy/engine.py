@@ -13,7 +13,7 @@ from proxy.policy.model import REAPPLY_CONTEXT, Allow, Decision, Deny, Rewrite, 
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
 from proxy.policy.tree import Statement, parse
-from proxy.policy.verify import Unverified, check_coverage, intended_json, verify_rewrite
+from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
 from proxy.policy.walk import analyze
 
 
@@ -71,11 +71,12 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float]) -> Decisi
         return Allow(frozenset(effects))
     try:
         new_sql = apply_edits(data, plan.edits)
+        reads = [reads_of(stmt.node) for stmt in statements] if "catalog_filter" in plan.rules else None
         rewrite.mutate_all(plan)
         t2 = perf_counter()
         timings["rewrite"] = timings.get("rewrite", 0.0) + (t2 - t1)
         intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
-        verify_rewrite(policy, intended, [stmt.node for stmt in statements], new_sql)
+        verify_rewrite(policy, intended, [stmt.node for stmt in statements], new_sql, reads)
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None

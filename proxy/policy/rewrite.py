@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.policy import guarding
-from proxy.policy.catalog import Filter, needs_fence, relation_filter, wrapper_select
+from proxy.policy.catalog import ColumnUsage, Filter, column_usage, needs_fence, relation_filter, wrapper_select
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import (
@@ -502,12 +502,16 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
     system_columns: bool | None = None  # looked for once, and only when a SELECT could keep them
+    usage: ColumnUsage | None = None  # computed once, for the first catalog wrapper that replaces columns
     for ref in analysis.refs:
         if ref.cte or ref.role not in (READ, COPY_TO, COPY_FROM, TARGET):
             continue
         flt = relation_filter(policy, ref.rv)
         if flt is None:
             continue
+        if ref.role == READ and not flt.plain:
+            usage = usage or column_usage(stmt.node)
+            flt = flt.needed_for(usage, ref.rv)
         if ref.role == READ and where_filterable(policy, ref, flt):
             if system_columns is None:
                 system_columns = _mentions_system_column(data, stmt) and names_system_column(stmt.node)

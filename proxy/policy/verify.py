@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.policy import guards
@@ -35,18 +36,86 @@ def intended_json(original_json: str, doc: Node, splices: list[tuple[str, Node]]
     return text
 
 
-def verify_rewrite(policy: TenantPolicy, intended: str, statements: list[Node], rewritten_sql: str) -> None:
+def verify_rewrite(
+    policy: TenantPolicy, intended: str, statements: list[Node], rewritten_sql: str, reads: list[Reads] | None = None
+) -> None:
     """Raise Unverified unless `rewritten_sql` parses to exactly the `intended` JSON parse tree (positions
     ignored) and every filtered relation in the (edited) statement trees carries its filter."""
     if strip_positions(parse_json(rewritten_sql)) != strip_positions(intended):
         raise Unverified("the rewritten text does not parse to the intended statement")
-    for node in statements:
-        check_coverage(policy, node)
+    for i, node in enumerate(statements):
+        check_coverage(policy, node, reads[i] if reads is not None else None)
 
 
-def check_coverage(policy: TenantPolicy, node: Node) -> None:
-    """Raise Unverified if any filtered relation in the statement tree is read or written without its filter."""
-    _Coverage(policy).run(node)
+def check_coverage(policy: TenantPolicy, node: Node, reads: Reads | None = None) -> None:
+    """Raise Unverified if any filtered relation in the statement tree is read or written without its filter.
+    `reads`: what the client's statement reads (`reads_of`, before the rewrite), which lets a catalog filter
+    leave out column replacements the statement cannot see."""
+    _Coverage(policy, reads).run(node)
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What a client's statement may read: column names (the last name of each column reference; a lone name may
+    be a whole row) and USING names; the locations of relation references it may read whole."""
+
+    names: frozenset[str]
+    whole: frozenset[int]
+
+
+def _relations_of(from_items: list[Any], found: list[Node]) -> None:
+    for it in from_items:
+        if "JoinExpr" in it:
+            j = it["JoinExpr"]
+            _relations_of([j[side] for side in ("larg", "rarg") if side in j], found)
+        elif "RangeVar" in it:
+            found.append(it["RangeVar"])
+
+
+def reads_of(node: Node) -> Reads:
+    """What a client's statement may read (taken before the rewrite): a `*` reads every column of the relations of
+    its own SELECT, `t.*` and a lone `t` of the relations so named, a NATURAL join of its two sides."""
+    found: set[str] = set()
+    whole: set[int] = set()
+    row_names: set[str] = set()
+    every_relation: list[Node] = []
+    todo: list[Any] = [node]
+    while todo:
+        item = todo.pop()
+        if type(item) is list:
+            todo.extend(item)
+        elif type(item) is dict:
+            if "ColumnRef" in item:
+                parts = item["ColumnRef"].get("fields") or []
+                if parts and "A_Star" in parts[-1]:
+                    row_names.update(p.get("String", {}).get("sval", "") for p in parts[-2:-1])
+                elif parts:
+                    last = parts[-1].get("String", {}).get("sval", "")
+                    found.add(last)
+                    if len(parts) == 1:
+                        row_names.add(last)
+                continue
+            if "SelectStmt" in item:
+                sel = item["SelectStmt"]
+                mine: list[Node] = []
+                _relations_of(sel.get("fromClause") or [], mine)
+                every_relation += mine
+                for target in sel.get("targetList") or []:
+                    ref = target.get("ResTarget", {}).get("val", {}).get("ColumnRef", {})
+                    if ref.get("fields") == [{"A_Star": {}}]:
+                        whole.update(rv.get("location", -1) for rv in mine)
+            if "JoinExpr" in item:
+                j = item["JoinExpr"]
+                found.update(u.get("String", {}).get("sval", "") for u in j.get("usingClause") or [])
+                if j.get("isNatural"):
+                    sides: list[Node] = []
+                    _relations_of([j[side] for side in ("larg", "rarg") if side in j], sides)
+                    whole.update(rv.get("location", -1) for rv in sides)
+            todo.extend(item.values())
+    for rv in every_relation:
+        if ((rv.get("alias") or {}).get("aliasname") or rv.get("relname")) in row_names:
+            whole.add(rv.get("location", -1))
+    return Reads(frozenset(found), frozenset(whole))
 
 
 _DESCRIBED: dict[str, str] = {
@@ -125,9 +194,18 @@ class _Coverage:
     """An independent walk over one statement tree (it shares no traversal code with walk.py): explicit stack,
     CTE scopes, FROM positions, DML targets."""
 
-    def __init__(self, policy: TenantPolicy) -> None:
+    def __init__(self, policy: TenantPolicy, reads: Reads | None = None) -> None:
         self.policy = policy
+        self.reads = reads
         self.stack: list[tuple[Any, frozenset[str]]] = []
+
+    def reads_none_of(self, columns: frozenset[str], inner: Node, renamed: bool) -> bool:
+        """True when the client's statement (`self.reads`, taken before the rewrite) cannot read any of `columns`
+        of the relation reference `inner`: not read whole, no column alias list, none of `columns` named."""
+        reads = self.reads
+        if reads is None or renamed or inner.get("location", -1) in reads.whole:
+            return False
+        return not (reads.names & columns)
 
     def filtered(self, rv: Node) -> Any:
         return relation_filter(self.policy, rv)
@@ -342,11 +420,17 @@ class _Coverage:
                 return False
             expected = wrapper_select(flt, inner.get("relname", ""), fence)
             actual = {k: v for k, v in sub.items() if k != "fromClause"}
-            return (
+            if (
                 len(sub["fromClause"]) == len(expected["fromClause"])
                 and _same(actual, {k: v for k, v in expected.items() if k != "fromClause"})
                 and all(_same(a, e) for a, e in zip(sub["fromClause"][1:], expected["fromClause"][1:], strict=True))
-            )
+            ):
+                return True
+            # ... or its plain row filter, when the statement reads none of the replaced columns of this reference
+            alias = body.get("alias") or {}
+            if not self.reads_none_of(flt.replaced, inner, bool(alias.get("colnames"))):
+                return False
+            flt = flt.lean()
         if len(sub["fromClause"]) != 1 or set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
             return False
         if fence and not _same(sub["limitOffset"], _OFFSET_ZERO):

@@ -238,3 +238,40 @@ def test_template_lookup_by_name() -> None:
             assert guards.ident_of(template.tree) == template.ident
     assert guards.template_named(SHARED, "pgt_g_c__nope__oid__oid") is None
     assert guards.template_named(SHARED, "pgt_g_x") is None
+
+
+# -- column replacements only where the statement can read them ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("sql", "full"), [
+    ("SELECT relname FROM pg_class WHERE relkind = 'r'", False),
+    ("SELECT c.relname, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace", False),
+    ("SELECT relname, reltuples FROM pg_class", True),
+    ("SELECT * FROM pg_class", True),
+    ("SELECT c.* FROM pg_class c", True),
+    ("SELECT c FROM pg_class c", True),
+    ("SELECT row_to_json(c) FROM pg_class c", True),
+    ("SELECT relname FROM pg_class NATURAL JOIN (SELECT 1 AS x) s", True),
+    ("SELECT a FROM pg_class AS c (a, b, d)", True),
+    ("SELECT x.relacl FROM (SELECT c.relname, c.relacl FROM pg_class c) x", True),
+    ("SELECT relname FROM pg_class JOIN (SELECT NULL::aclitem[] AS relacl) s USING (relacl)", True),
+    ("TABLE pg_class", True),
+    ("SELECT * FROM (SELECT relname FROM pg_class) s", False),
+    ("WITH t AS (SELECT relname FROM pg_class) SELECT DISTINCT *, 1 FROM t", False),
+    ("SELECT (c).relname FROM pg_class c", True),
+])
+def test_catalog_values_are_replaced_when_the_statement_can_read_them(sql: str, full: bool) -> None:
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Rewrite), decision
+    assert ("pgt_scrub" in decision.sql) == full, decision.sql
+    assert ("aclexplode" in decision.sql) == full, decision.sql
+
+
+def test_verifier_refuses_a_plain_catalog_filter_where_values_must_be_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.policy.catalog import Filter
+
+    monkeypatch.setattr(Filter, "needed_for", lambda self, usage, rv: self.lean())
+    assert isinstance(decide(SHARED, "SELECT relname FROM pg_class"), Rewrite)
+    for sql in ("SELECT relname, reltuples FROM pg_class", "SELECT * FROM pg_class", "SELECT c FROM pg_class c"):
+        decision = decide(SHARED, sql)
+        assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", (sql, decision)
