@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from proxy.config import BackendConfig, Config, TenantConfig
+from proxy.policy.catalog import COLUMN_LISTED
 from proxy.policy.tree import expr_node, names_of, string_const
 from proxy.tenancy import ScopedTables, explicit_tables
 
@@ -82,6 +83,23 @@ def _calls_anything(node: object) -> bool:
     return False
 
 
+# The column names, in order, of the catalogs whose values the proxy replaces (pg_class statistics and the
+# pg_stat*/pg_statio* counters of tenant-scoped tables, ACLs, role-name arrays): they differ between majors.
+_CATALOG_COLUMNS = """
+SELECT c.relname, pg_catalog.array_agg(a.attname::text ORDER BY a.attnum)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+ WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.relname = ANY(%s)
+   AND a.attnum > 0 AND NOT a.attisdropped
+ GROUP BY c.relname
+"""
+
+
+def catalog_columns(conn: psycopg.Connection) -> dict[str, tuple[str, ...]]:
+    """The column lists of the catalogs the policy scrubs, as this server has them."""
+    rows = conn.execute(_CATALOG_COLUMNS, (sorted(COLUMN_LISTED),)).fetchall()
+    return {name: tuple(columns) for name, columns in rows}
+
+
 class BackendCheckError(RuntimeError):
     """A backend could not be reached or asked."""
 
@@ -95,6 +113,7 @@ class PreflightReport:
     checked: list[str] = field(default_factory=list)
     rls_complete: bool = True  # every scoped relation has enabled, forced RLS with a policy
     rls_tables: set[tuple[str, str]] = field(default_factory=set)  # the scoped tables that have it
+    catalog_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # see catalog_columns()
 
     @property
     def ok(self) -> bool:
@@ -133,6 +152,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> Pre
     backend = config.backend_for(tenant)
     with connect(backend, tenant.database) as conn:
         _check_role(conn, backend, report)
+        report.catalog_columns = catalog_columns(conn)
         if tenant.strategy == "shared":
             _check_shared(conn, tenant, scoped, report)
             _check_direct_readers(conn, config, tenant, scoped, report)

@@ -51,7 +51,7 @@ from proxy.protocol import messages as m
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
-from proxy.tenancy import backend_context, parsing_violation, tenant_policy
+from proxy.tenancy import backend_context, other_tenants_schemas, parsing_violation, tenant_policy
 from proxy.workers import DecisionWorkers
 
 log = get_logger("pgtenant.driver")
@@ -857,8 +857,10 @@ class Proxy:
             log.warning("rewrite_fenced", tenant=name,
                         reason="row-level security does not cover every scoped table; filters become fences")
         try:
-            return tenant_policy(tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
-                                 others=config.tenants.values()), []
+            return tenant_policy(
+                tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
+                hidden_schemas=other_tenants_schemas(config, tenant), catalog_columns=report.catalog_columns,
+            ), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from proxy.config import TenantConfig
+from proxy.config import Config, TenantConfig
 from proxy.policy.model import TenantPolicy
 
 ScopedTables = Mapping[tuple[str, str], str]  # (schema, table) -> tenant column
@@ -63,34 +63,37 @@ def explicit_tables(tenant: TenantConfig) -> dict[tuple[str, str], str]:
     return out
 
 
-def foreign_schemas(tenant: TenantConfig, tenants: Iterable[TenantConfig]) -> frozenset[str]:
-    """The schemas of the other schema-per-tenant tenants in `tenant`'s database (same backend, same database
-    name): a shared-strategy session's search_path never gets them."""
-    own = {*tenant.tenant_schemas, *(tenant.shared_schemas or ())}
+def other_tenants_schemas(config: Config, tenant: TenantConfig) -> frozenset[str]:
+    """The schemas of the other tenants of `tenant`'s database (schema-strategy tenants on the same backend and
+    database): hidden from `tenant` in every catalog and name conversion."""
+    mine = {tenant.schema, *tenant.shared_schemas, *tenant.tenant_schemas}
     return frozenset(
         other.schema
-        for other in tenants
-        if other.name != tenant.name and other.strategy == "schema" and other.schema and other.schema not in own
-        and other.backend == tenant.backend and other.database == tenant.database
+        for other in config.tenants.values()
+        if other.name != tenant.name and other.strategy == "schema" and other.schema is not None
+        and other.database == tenant.database and other.backend == tenant.backend and other.schema not in mine
     )
 
 
 def tenant_policy(
     tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False,
-    rls_tables: Iterable[tuple[str, str]] = (), others: Iterable[TenantConfig] = (),
+    rls_tables: Iterable[tuple[str, str]] = (), hidden_schemas: Iterable[str] = (),
+    catalog_columns: Mapping[str, tuple[str, ...]] | None = None,
 ) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
     client predicate that raises an error on another tenant's row before the tenant filter).
     `rls_tables`: the scoped tables the preflight found with forced RLS (a SELECT naming their system
-    columns may get the tenant predicate in its WHERE clause). `others`: every tenant of the configuration
-    (their schemas in this tenant's database stay out of its search_path)."""
+    columns may get the tenant predicate in its WHERE clause). `hidden_schemas`: other tenants' schemas in
+    the same database (`other_tenants_schemas`). `catalog_columns`: the server's column lists of the catalogs
+    whose statistics the policy replaces (`dbcheck.catalog_columns`)."""
+    common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {})}
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(
             fence=fence,
             rls_tables=frozenset(rls_tables),
-            foreign_schemas=foreign_schemas(tenant, others),
+            foreign_schemas=frozenset(hidden_schemas),  # a client's search_path never gets them
             tenant=tenant.name,
             strategy="shared",
             tenant_value=tenant.tenant_id,
@@ -98,6 +101,7 @@ def tenant_policy(
             search_path=search_path(tenant),
             tenant_setting=tenant.tenant_setting,
             allow_writes=tenant.allow_writes,
+            **common,
         )
     if tenant.strategy == "schema":
         return TenantPolicy(
@@ -108,6 +112,7 @@ def tenant_policy(
             shared_schemas=tenant.shared_schemas,
             tenant_setting=tenant.tenant_setting,
             allow_writes=tenant.allow_writes,
+            **common,
         )
     return TenantPolicy(
         tenant=tenant.name,
@@ -115,6 +120,7 @@ def tenant_policy(
         search_path=search_path(tenant),
         tenant_setting=tenant.tenant_setting,
         allow_writes=tenant.allow_writes,
+        **common,
     )
 
 

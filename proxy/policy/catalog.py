@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import quote_ident, quote_literal
-from proxy.policy.tree import Node
+from proxy.policy.tree import Node, parse_json, strip_positions
+from proxy.policy.visibility import (
+    hides_namespaces,
+    namespace_visible,
+    role_name_visible,
+    role_visible,
+    schema_name_visible,
+    scoped_relations,
+)
 
 # Relations that show other sessions' query text, locks, prepared transactions, connection details, server
 # files or cluster-wide object names. Matched by relation name in any schema (pg_stat_statements usually lives
-# in `public`). Everything else in pg_catalog / information_schema stays readable so BI introspection works;
-# what that still reveals is documented in the report (row estimates in pg_class.reltuples and pg_stat_*_tables,
-# names of other tenants' tables in pg_class for the schema strategy, role names in pg_roles).
+# in `public`). Everything else in pg_catalog / information_schema stays readable so BI introspection works,
+# through the filters below (other tenants' schemas, objects and roles left out; statistics of tenant-scoped
+# tables replaced in the shared strategy); what remains visible is listed in docs/security.md.
 DENIED_RELATIONS: frozenset[str] = frozenset(
     {
         "pg_stat_activity",
@@ -72,24 +81,150 @@ CATALOG_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema",
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """A row filter the proxy injects for one relation; `predicate(ref)` is SQL qualified by `ref`."""
+    """A row filter the proxy injects for one relation; `predicate(ref)` is SQL qualified by `ref`. A catalog
+    filter may also replace column values (`targets`, the wrapper's select list in the catalog's column order) with
+    the help of more FROM items (`extra`)."""
 
     kind: str  # "tenant" (shared-schema scoped table), "catalog", or "temp" (name it pg_temp.<name>: no filter)
     relation: str  # display name, e.g. sales.orders
     column: str  # the tenant column for "tenant" filters, the filtered column for "catalog" filters
     template: str  # predicate with {ref} standing for the quoted reference name
     table: tuple[str, str] = ("", "")  # (schema, table) of a "tenant" filter's scoped table
+    targets: str = "*"  # the wrapper's select list, with {ref}
+    extra: str = ""  # more FROM items after the relation (", LATERAL (…) pgt_s"), with {ref}
+    replaced: frozenset[str] = frozenset()  # the columns `targets` replaces
 
     def predicate(self, ref: str) -> str:
         """The predicate SQL for a reference named `ref`."""
         return self.template.replace("{ref}", quote_ident(ref))
 
+    def select_list(self, ref: str) -> str:
+        """The wrapper's select list for a reference named `ref`."""
+        return self.targets.replace("{ref}", quote_ident(ref))
+
+    def extra_from(self, ref: str) -> str:
+        """The FROM items after the relation for a reference named `ref`."""
+        return self.extra.replace("{ref}", quote_ident(ref))
+
+    @property
+    def plain(self) -> bool:
+        """`SELECT * FROM <relation> WHERE <predicate>`: no column replaced."""
+        return self.targets == "*" and not self.extra
+
+    def lean(self) -> Filter:
+        """The same row filter without the column replacements: for a statement that reads none of them."""
+        return Filter(self.kind, self.relation, self.column, self.template, self.table)
+
+    def needed_for(self, usage: ColumnUsage, rv: Node) -> Filter:
+        """This filter, or its lean variant when the statement (its column `usage`) cannot read a replaced column
+        of the relation reference `rv` (no `*` of it, no whole row, no column alias list renaming its columns)."""
+        if self.plain or (rv.get("alias") or {}).get("colnames") or rv.get("location", -1) in usage.whole:
+            return self
+        return self if usage.names & self.replaced else self.lean()
+
+    def wrapper_text(self, name: str, relname: str, fence: bool) -> str:
+        """The injected filter's text around the relation text `name` (reference name `relname`)."""
+        return (
+            f"(SELECT {self.select_list(relname)} FROM {name}{self.extra_from(relname)} WHERE "
+            f"{self.predicate(relname)}{' OFFSET 0' if fence else ''})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnUsage:
+    """Which columns a statement may read: `names`, the last names of its column references (a single name may also
+    be a whole row: `t`, `row_to_json(t)`) and USING lists; `whole`, the locations of the relation references whose
+    every column it may read (a `*` of their SELECT, a NATURAL join, `t.*`, a whole row `t`)."""
+
+    names: frozenset[str]
+    whole: frozenset[int]
+
+
+def _from_relations(items: list[Node], out: list[Node]) -> None:
+    """The RangeVars of a FROM list, through joins (not into subqueries)."""
+    for item in items:
+        if "RangeVar" in item:
+            out.append(item["RangeVar"])
+        elif "JoinExpr" in item:
+            join = item["JoinExpr"]
+            _from_relations([join[k] for k in ("larg", "rarg") if k in join], out)
+
+
+def column_usage(node: Node) -> ColumnUsage:
+    """The column usage of a (client's) statement tree."""
+    names: set[str] = set()
+    whole: set[int] = set()
+    rows: set[str] = set()  # names used as a whole row or with `.*`
+    relations: list[Node] = []
+    stack: list[object] = [node]
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(value)
+            continue
+        if type(value) is not dict:
+            continue
+        select = value.get("SelectStmt")
+        if select is not None:
+            direct: list[Node] = []
+            _from_relations(select.get("fromClause") or [], direct)
+            relations.extend(direct)
+            stars = any(
+                [f for f in (t.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") or ())]
+                == [{"A_Star": {}}]
+                for t in select.get("targetList") or ()
+            )
+            if stars:
+                whole.update(rv.get("location", -1) for rv in direct)
+        col = value.get("ColumnRef")
+        if col is not None:
+            fields = col.get("fields") or ()
+            if fields and "A_Star" in fields[-1]:
+                if len(fields) >= 2:
+                    rows.add(fields[-2].get("String", {}).get("sval", ""))
+            elif fields:
+                name = fields[-1].get("String", {}).get("sval", "")
+                names.add(name)
+                if len(fields) == 1:
+                    rows.add(name)
+            continue
+        join = value.get("JoinExpr")
+        if join is not None:
+            names.update(u["String"].get("sval", "") for u in join.get("usingClause") or () if "String" in u)
+            if join.get("isNatural"):
+                joined: list[Node] = []
+                _from_relations([join[k] for k in ("larg", "rarg") if k in join], joined)
+                whole.update(rv.get("location", -1) for rv in joined)
+        stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
+    for rv in relations:
+        if ((rv.get("alias") or {}).get("aliasname") or rv.get("relname")) in rows:
+            whole.add(rv.get("location", -1))
+    return ColumnUsage(frozenset(names), frozenset(whole))
+
+
+@lru_cache(maxsize=1024)
+def _wrapper_json(flt: Filter, relname: str, fence: bool) -> str:
+    sql = "SELECT * FROM " + flt.wrapper_text(quote_ident(relname), relname, fence) + " pgt"
+    doc = json.loads(strip_positions(parse_json(sql)))
+    select = doc["stmts"][0]["stmt"]["SelectStmt"]["fromClause"][0]["RangeSubselect"]["subquery"]["SelectStmt"]
+    return json.dumps(select)
+
+
+def wrapper_select(flt: Filter, relname: str, fence: bool) -> Node:
+    """The position-free SelectStmt body of `flt`'s wrapper for reference name `relname`; its first FROM item
+    is a placeholder RangeVar (the client's relation goes there). A fresh copy each call."""
+    node: Node = json.loads(_wrapper_json(flt, relname, fence))
+    return node
+
 
 def needs_fence(policy: TenantPolicy, flt: Filter) -> bool:
-    """True when `flt`'s wrapper must be an optimization fence (`OFFSET 0`): the tenant has `fence` set (RLS
-    does not back every scoped relation) and this relation is not one under forced RLS (its RLS quals would
-    already run before any qual of the client's)."""
-    return policy.fence and (flt.kind != "tenant" or flt.table not in policy.rls_tables)
+    """True when `flt`'s wrapper must be an optimization fence (`OFFSET 0`). Always for a catalog filter: the
+    planner would otherwise evaluate the client's conditions (`relname::int = 0`) on the rows the filter hides and
+    echo their values in an error. For a tenant filter when the tenant has `fence` set (RLS does not back every
+    scoped relation) and this relation is not one under forced RLS (its RLS quals already run first)."""
+    if flt.kind != "tenant":
+        return True
+    return policy.fence and flt.table not in policy.rls_tables
 
 
 def rv_names(rv: Node) -> tuple[str | None, str | None, str]:
@@ -111,8 +246,9 @@ def _tenant_filter(policy: TenantPolicy, schema: str, table: str, column: str) -
     return Filter("tenant", f"{schema}.{table}", column, template, (schema, table))
 
 
-# Schema strategy: catalogs whose rows belong to a schema, by the column holding the schema's OID. Their rows
-# in other tenants' schemas are filtered out, so neither the rows nor `<column>::regnamespace` show them.
+# Catalogs whose rows belong to a schema, by the column holding the schema's OID: their rows in schemas the tenant
+# may not see are filtered out (schema strategy: all but its own, the shared and the system ones; the others:
+# other tenants' schemas), so neither the rows nor `<column>::regnamespace` show them.
 NAMESPACE_OID_COLUMNS: dict[str, str] = {
     "pg_class": "relnamespace",
     "pg_type": "typnamespace",
@@ -128,8 +264,33 @@ NAMESPACE_OID_COLUMNS: dict[str, str] = {
     "pg_ts_dict": "dictnamespace",
     "pg_ts_parser": "prsnamespace",
     "pg_ts_template": "tmplnamespace",
+    "pg_statistic_ext": "stxnamespace",
+    "pg_publication_namespace": "pnnspid",
 }
-# Schema strategy: system views with a `schemaname` column (names, not OIDs).
+# Catalogs whose rows belong to a relation (or a type, a function): hidden with it.
+RELATION_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pg_attribute": ("attrelid",), "pg_index": ("indexrelid",), "pg_attrdef": ("adrelid",),
+    "pg_trigger": ("tgrelid",), "pg_policy": ("polrelid",), "pg_rewrite": ("ev_class",), "pg_sequence": ("seqrelid",),
+    "pg_partitioned_table": ("partrelid",), "pg_foreign_table": ("ftrelid",), "pg_publication_rel": ("prrelid",),
+    "pg_inherits": ("inhrelid", "inhparent"), "pg_statistic": ("starelid",),
+}
+TYPE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pg_enum": ("enumtypid",), "pg_range": ("rngtypid",), "pg_cast": ("castsource", "casttarget"),
+    "pg_transform": ("trftype",),
+}
+PROC_COLUMNS: dict[str, tuple[str, ...]] = {"pg_aggregate": ("aggfnoid",)}
+# Catalogs that describe objects of any catalog by (class OID, object OID) pairs.
+OBJECT_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "pg_depend": (("classid", "objid"), ("refclassid", "refobjid")),
+    "pg_description": (("classoid", "objoid"),),
+    "pg_init_privs": (("classoid", "objoid"),),
+    "pg_seclabel": (("classoid", "objoid"),),
+}
+# Catalogs whose objects belong to a relation, for OBJECT_COLUMNS (attribute defaults, triggers, rules, policies).
+_OWNED_BY_RELATION: dict[str, str] = {
+    "pg_attrdef": "adrelid", "pg_trigger": "tgrelid", "pg_rewrite": "ev_class", "pg_policy": "polrelid",
+}
+# System views with a `schemaname` column (names, not OIDs).
 SCHEMANAME_VIEWS: frozenset[str] = frozenset(
     {
         "pg_tables", "pg_indexes", "pg_views", "pg_matviews", "pg_sequences", "pg_policies", "pg_rules",
@@ -139,9 +300,159 @@ SCHEMANAME_VIEWS: frozenset[str] = frozenset(
         "pg_stat_all_indexes", "pg_stat_user_indexes", "pg_stat_sys_indexes",
         "pg_statio_all_indexes", "pg_statio_user_indexes", "pg_statio_sys_indexes",
         "pg_statio_all_sequences", "pg_statio_user_sequences", "pg_statio_sys_sequences",
-        "pg_stat_user_functions", "pg_stat_xact_user_functions",
+        "pg_stat_user_functions", "pg_stat_xact_user_functions", "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs",
+        "pg_publication_tables",
     }
 )
+# information_schema views, by the columns holding the schema of the object each row describes.
+INFORMATION_SCHEMA_COLUMNS: dict[str, tuple[str, ...]] = {
+    "tables": ("table_schema",), "columns": ("table_schema",), "views": ("table_schema",),
+    "schemata": ("schema_name",), "routines": ("specific_schema",), "parameters": ("specific_schema",),
+    "sequences": ("sequence_schema",), "table_constraints": ("constraint_schema", "table_schema"),
+    "key_column_usage": ("constraint_schema", "table_schema"),
+    "referential_constraints": ("constraint_schema", "unique_constraint_schema"),
+    "check_constraints": ("constraint_schema",), "constraint_column_usage": ("table_schema", "constraint_schema"),
+    "constraint_table_usage": ("table_schema", "constraint_schema"), "triggers": ("trigger_schema",),
+    "triggered_update_columns": ("trigger_schema",), "domains": ("domain_schema",),
+    "domain_constraints": ("constraint_schema", "domain_schema"), "domain_udt_usage": ("domain_schema",),
+    "column_domain_usage": ("domain_schema", "table_schema"), "user_defined_types": ("user_defined_type_schema",),
+    "attributes": ("udt_schema",), "element_types": ("object_schema",), "column_udt_usage": ("table_schema",),
+    "view_table_usage": ("view_schema", "table_schema"), "view_column_usage": ("view_schema", "table_schema"),
+    "view_routine_usage": ("table_schema", "specific_schema"), "routine_table_usage": ("specific_schema",),
+    "routine_column_usage": ("specific_schema",), "routine_routine_usage": ("specific_schema",),
+    "routine_sequence_usage": ("specific_schema",), "table_privileges": ("table_schema",),
+    "column_privileges": ("table_schema",), "role_table_grants": ("table_schema",),
+    "role_column_grants": ("table_schema",), "routine_privileges": ("specific_schema",),
+    "role_routine_grants": ("specific_schema",), "usage_privileges": ("object_schema",),
+    "role_usage_grants": ("object_schema",), "udt_privileges": ("udt_schema",), "role_udt_grants": ("udt_schema",),
+    "data_type_privileges": ("object_schema",), "collations": ("collation_schema",),
+    "collation_character_set_applicability": ("collation_schema",), "foreign_tables": ("foreign_table_schema",),
+    "column_options": ("table_schema",), "foreign_table_options": ("foreign_table_schema",),
+    "column_column_usage": ("table_schema",), "check_constraint_routine_usage": ("constraint_schema",),
+}
+# Catalogs that list roles: the rows of roles the tenant may not see named are filtered out (every strategy).
+ROLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pg_roles": ("oid",), "pg_user": ("usesysid",), "pg_group": ("grosysid",),
+    "pg_auth_members": ("roleid", "member"),
+}
+# Shared strategy: planner statistics of pg_class and the activity counters of these views come from every
+# tenant's rows of a tenant-scoped table; for its rows (and its indexes' and TOAST table's) they are replaced.
+SCRUBBED_PG_CLASS: dict[str, str] = {"reltuples": "-1", "relpages": "0", "relallvisible": "0", "relallfrozen": "0"}
+STAT_VIEWS: dict[str, str] = {  # view -> the column holding the relation the row counts for
+    **{f"pg_stat{io}_{w}_tables": "relid" for io in ("", "io") for w in ("all", "user", "sys")},
+    **{f"pg_stat_xact_{w}_tables": "relid" for w in ("all", "user", "sys")},
+    **{f"pg_stat{io}_{w}_indexes": "indexrelid" for io in ("", "io") for w in ("all", "user", "sys")},
+}
+_STAT_IDENTITY = frozenset({"relid", "indexrelid", "schemaname", "relname", "indexrelname"})
+SCRUBBED_RELATIONS: frozenset[str] = frozenset({"pg_class", *STAT_VIEWS})
+# Every strategy: ACLs name the roles privileges were granted to (other tenants' backend roles, on a shared schema
+# say); the entries naming a role the tenant may not see are left out.
+ACL_COLUMNS: dict[str, str] = {
+    "pg_class": "relacl", "pg_namespace": "nspacl", "pg_database": "datacl", "pg_proc": "proacl",
+    "pg_type": "typacl", "pg_attribute": "attacl", "pg_default_acl": "defaclacl", "pg_tablespace": "spcacl",
+    "pg_language": "lanacl", "pg_foreign_data_wrapper": "fdwacl", "pg_foreign_server": "srvacl",
+    "pg_parameter_acl": "paracl", "pg_init_privs": "initprivs",
+}
+ROLE_NAME_ARRAYS: dict[str, str] = {"pg_policies": "roles"}  # name[] columns of role names
+# The catalogs whose column lists the policy carries (read from the server: dbcheck.catalog_columns).
+COLUMN_LISTED: frozenset[str] = frozenset({*SCRUBBED_RELATIONS, *ACL_COLUMNS, *ROLE_NAME_ARRAYS})
+
+
+def _in_visible(policy: TenantPolicy, catalog: str, nspcol: str, expr: str) -> str:
+    return (
+        f"{expr} IN (SELECT pgt_c.oid FROM pg_catalog.{catalog} pgt_c WHERE "
+        + namespace_visible(policy, f"pgt_c.{nspcol}") + ")"
+    )
+
+
+def _hidden_object(policy: TenantPolicy, classid: str, objid: str) -> str:
+    """Predicate: (classid, objid) is an object in a schema the tenant may not see (or of such a relation)."""
+    terms = []
+    for catalog, nspcol in sorted(NAMESPACE_OID_COLUMNS.items()):
+        if catalog == "pg_publication_namespace":
+            continue
+        terms.append(
+            f"({classid} = 'pg_catalog.{catalog}'::pg_catalog.regclass AND {objid} IN (SELECT pgt_h.oid FROM "
+            f"pg_catalog.{catalog} pgt_h WHERE NOT " + namespace_visible(policy, f"pgt_h.{nspcol}") + "))"
+        )
+    terms.append(
+        f"({classid} = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND NOT "
+        + namespace_visible(policy, objid) + ")"
+    )
+    for catalog, relcol in sorted(_OWNED_BY_RELATION.items()):
+        owner_visible = _in_visible(policy, "pg_class", "relnamespace", f"pgt_h.{relcol}")
+        terms.append(
+            f"({classid} = 'pg_catalog.{catalog}'::pg_catalog.regclass AND {objid} IN (SELECT pgt_h.oid FROM "
+            f"pg_catalog.{catalog} pgt_h WHERE NOT {owner_visible}))"
+        )
+    return "(" + " OR ".join(terms) + ")"
+
+
+def _acl_visible(policy: TenantPolicy, column: str) -> str:
+    """An aclitem[] column with the entries that name a role the tenant may not see (as grantee or grantor) left
+    out; NULL (the default privileges) stays NULL."""
+    explode = (
+        "NOT EXISTS (SELECT FROM pg_catalog.aclexplode(ARRAY[pgt_a.x]) pgt_e WHERE NOT ("
+        + role_visible(policy, "pgt_e.grantee") + " AND " + role_visible(policy, "pgt_e.grantor") + "))"
+    )
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE ARRAY(SELECT pgt_a.x FROM pg_catalog.unnest({column}) WITH "
+        f"ORDINALITY pgt_a(x, n) WHERE {explode} ORDER BY pgt_a.n) END"
+    )
+
+
+def _role_names_visible(policy: TenantPolicy, column: str) -> str:
+    """A name[] column of role names with the names of roles the tenant may not see left out."""
+    return (
+        f"CASE WHEN {column} IS NULL THEN NULL ELSE ARRAY(SELECT pgt_a.x FROM pg_catalog.unnest({column}) WITH "
+        f"ORDINALITY pgt_a(x, n) WHERE {role_name_visible(policy, 'pgt_a.x')} ORDER BY pgt_a.n) END"
+    )
+
+
+def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...]) -> tuple[dict[str, str], str]:
+    """The column values `relation`'s wrapper replaces ({column: SQL with {ref}}) and its extra FROM items."""
+    replaced: dict[str, str] = {}
+    extra = ""
+    if policy.strategy == "shared" and relation in SCRUBBED_RELATIONS:
+        ident = "oid" if relation == "pg_class" else STAT_VIEWS[relation]
+        values = SCRUBBED_PG_CLASS if relation == "pg_class" else {
+            c: "NULL" for c in columns if c not in _STAT_IDENTITY
+        }
+        for c in columns:
+            if c in values:
+                replaced[c] = f'CASE WHEN pgt_s.pgt_scrub THEN {values[c]} ELSE {{ref}}."{c}" END'
+        extra = f', LATERAL (SELECT {{ref}}."{ident}" IN {scoped_relations(policy)} AS pgt_scrub) pgt_s'
+    acl = ACL_COLUMNS.get(relation)
+    if acl in columns:
+        replaced[acl] = _acl_visible(policy, f'{{ref}}."{acl}"')
+    names = ROLE_NAME_ARRAYS.get(relation)
+    if names in columns:
+        replaced[names] = _role_names_visible(policy, f'{{ref}}."{names}"')
+    return replaced, extra
+
+
+def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) -> Filter | None:
+    """The wrapper of a catalog some of whose column values are replaced (statistics of tenant-scoped tables in the
+    shared strategy, ACLs and role-name arrays everywhere), in the server's column order; None when its column
+    list is unknown (the relation is then denied: `unscrubbable`)."""
+    columns = policy.catalog_columns.get(relation)
+    if not columns:
+        return None
+    replaced, extra = _replacements(policy, relation, columns)
+    if not replaced:
+        return current
+    targets = ", ".join(f'{replaced[c]} AS "{c}"' if c in replaced else f'{{ref}}."{c}"' for c in columns)
+    predicate = current.template if current is not None else "true"
+    column = current.column if current is not None else columns[0]
+    return Filter("catalog", f"pg_catalog.{relation}", column, predicate, targets=targets, extra=extra,
+                  replaced=frozenset(replaced))
+
+
+def needs_columns(policy: TenantPolicy, relation: str) -> bool:
+    """Whether `relation`'s wrapper replaces column values under this policy (it then needs the column list)."""
+    return relation in ACL_COLUMNS or relation in ROLE_NAME_ARRAYS or (
+        policy.strategy == "shared" and relation in SCRUBBED_RELATIONS
+    )
 
 
 @lru_cache(maxsize=256)
@@ -151,27 +462,43 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             "catalog", "pg_catalog.pg_database", "datname", '{ref}."datname" = pg_catalog.current_database()'
         )
     }
-    if policy.strategy == "schema":
-        visible = [policy.tenant_schema or "", *policy.shared_schemas, "pg_catalog", "information_schema"]
-        listed = ", ".join(quote_literal(s) for s in visible)
-        out["pg_namespace"] = Filter(
-            "catalog",
-            "pg_catalog.pg_namespace",
-            "nspname",
-            '({ref}."nspname" IN (' + listed + ') OR {ref}."oid" = pg_catalog.pg_my_temp_schema())',
+    for relation, columns in ROLE_COLUMNS.items():
+        out[relation] = Filter(
+            "catalog", f"pg_catalog.{relation}", columns[0],
+            " AND ".join(role_visible(policy, f'{{ref}}."{c}"') for c in columns),
         )
-        oids = ", ".join(f"pg_catalog.to_regnamespace({quote_literal(s)})::pg_catalog.oid" for s in visible)
+    if hides_namespaces(policy):
+        out["pg_namespace"] = Filter(
+            "catalog", "pg_catalog.pg_namespace", "oid", namespace_visible(policy, '{ref}."oid"')
+        )
         for relation, column in NAMESPACE_OID_COLUMNS.items():
             out[relation] = Filter(
-                "catalog", f"pg_catalog.{relation}", column,
-                f'({{ref}}."{column}" IN ({oids}) OR {{ref}}."{column}" = pg_catalog.pg_my_temp_schema())',
+                "catalog", f"pg_catalog.{relation}", column, namespace_visible(policy, f'{{ref}}."{column}"')
             )
-        own_temp = "pg_catalog.pg_my_temp_schema()::pg_catalog.regnamespace::pg_catalog.text"
+        for table, (catalog, nspcol) in (
+            *((r, ("pg_class", "relnamespace")) for r in RELATION_COLUMNS),
+            *((r, ("pg_type", "typnamespace")) for r in TYPE_COLUMNS),
+            *((r, ("pg_proc", "pronamespace")) for r in PROC_COLUMNS),
+        ):
+            columns = RELATION_COLUMNS.get(table) or TYPE_COLUMNS.get(table) or PROC_COLUMNS[table]
+            out[table] = Filter(
+                "catalog", f"pg_catalog.{table}", columns[0],
+                " AND ".join(_in_visible(policy, catalog, nspcol, f'{{ref}}."{c}"') for c in columns),
+            )
+        for relation, pairs in OBJECT_COLUMNS.items():
+            out[relation] = Filter(
+                "catalog", f"pg_catalog.{relation}", pairs[0][1],
+                " AND ".join("NOT " + _hidden_object(policy, f'{{ref}}."{c}"', f'{{ref}}."{o}"') for c, o in pairs),
+            )
         for view in SCHEMANAME_VIEWS:
             out[view] = Filter(
-                "catalog", f"pg_catalog.{view}", "schemaname",
-                '({ref}."schemaname" IN (' + listed + ") OR {ref}.\"schemaname\" = " + own_temp + ")",
+                "catalog", f"pg_catalog.{view}", "schemaname", schema_name_visible(policy, '{ref}."schemaname"')
             )
+    for relation in COLUMN_LISTED:
+        if needs_columns(policy, relation):
+            replaced = _column_filter(policy, relation, out.get(relation))
+            if replaced is not None:
+                out[relation] = replaced
     return out
 
 
@@ -180,6 +507,25 @@ def temp_marker(name: str) -> Filter:
     """The "filter" of an unqualified name that means one of the session's temporary relations where a filtered
     relation has the same name: the reference is qualified with pg_temp, so it can only ever mean that one."""
     return Filter("temp", f"pg_temp.{name}", "", "")
+
+
+@lru_cache(maxsize=256)
+def _information_schema_filters(policy: TenantPolicy) -> dict[str, Filter]:
+    if not hides_namespaces(policy):
+        return {}
+    return {
+        view: Filter(
+            "catalog", f"information_schema.{view}", columns[0],
+            " AND ".join(schema_name_visible(policy, f'{{ref}}."{c}"') for c in columns),
+        )
+        for view, columns in INFORMATION_SCHEMA_COLUMNS.items()
+    }
+
+
+@lru_cache(maxsize=256)
+def unscrubbable(policy: TenantPolicy) -> frozenset[str]:
+    """Catalogs whose wrapper would replace column values but whose column list is unknown: denied."""
+    return frozenset(r for r in COLUMN_LISTED if needs_columns(policy, r) and not policy.catalog_columns.get(r))
 
 
 def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
@@ -216,6 +562,8 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
                 return _tenant_filter(policy.base, first, table, by_schema[first])
     if schema is None or schema == "pg_catalog":
         return _catalog_filters(policy.base).get(table)
+    if schema == "information_schema":
+        return _information_schema_filters(policy.base).get(table)
     return None
 
 
@@ -242,11 +590,22 @@ def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
     return tuple(sorted(n.lower() for n in names))
 
 
-def may_name_filtered(policy: TenantPolicy, sql: str) -> bool:
-    """False only if no identifier in `sql` can name a filtered relation: a relation name comes from the
-    text itself (lower-cased, or quoted verbatim) unless written with Unicode escapes (U&"...")."""
-    low = sql.lower()
-    return "u&" in low or any(name in low for name in filtered_names(policy))
+@lru_cache(maxsize=256)
+def _filtered_words(policy: TenantPolicy) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The words `may_name_filtered` looks for: those starting with `pg_` (checked only when `pg_` occurs) and
+    the others."""
+    words = {*filtered_names(policy), "u&"}
+    if _information_schema_filters(policy):
+        words.add("information_schema")
+    catalogs = tuple(sorted(w for w in words if w.startswith("pg_")))
+    return catalogs, tuple(sorted(w for w in words if not w.startswith("pg_")))
+
+
+def may_name_filtered(policy: TenantPolicy, low: str) -> bool:
+    """False only if no identifier in the lower-cased text `low` can name a filtered relation: a relation name comes
+    from the text itself (lower-cased, or quoted verbatim) unless written with Unicode escapes (U&"...")."""
+    catalogs, others = _filtered_words(policy)
+    return any(w in low for w in others) or ("pg_" in low and any(w in low for w in catalogs))
 
 
 def is_denied_relation(policy: TenantPolicy, rv: Node) -> bool:
@@ -254,4 +613,6 @@ def is_denied_relation(policy: TenantPolicy, rv: Node) -> bool:
     name = rv.get("relname", "")
     if rv.get("schemaname") == "pg_temp":
         return False
-    return name in DENIED_RELATIONS or (policy.strategy != "database" and name in SHARED_DENIED_RELATIONS)
+    if name in DENIED_RELATIONS or (policy.strategy != "database" and name in SHARED_DENIED_RELATIONS):
+        return True
+    return name in unscrubbable(policy) and rv.get("schemaname") in (None, "pg_catalog")

@@ -92,6 +92,8 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
     if kind == "ExplainStmt":
         if policy.strategy == "shared" and _option_on(body.get("options"), "analyze"):
             raise fail("explain_analyze", "EXPLAIN ANALYZE is not allowed for tenant-scoped data")
+        if policy.strategy == "shared" and _option_on(body.get("options"), "costs"):
+            raise fail("explain_costs", "EXPLAIN with COSTS would show estimates computed from every tenant's rows")
         return _nested(policy, body.get("query", {}), QUERY_KINDS | {"ExecuteStmt", "CreateTableAsStmt"})
     if kind == "DeclareCursorStmt":
         return _nested(policy, body.get("query", {}), frozenset({"SelectStmt"}))

@@ -11,11 +11,12 @@ from pglast.parser import ParseError
 
 from proxy.policy import classify, context, functions, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
+from proxy.policy.guards import may_need_guard
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
 from proxy.policy.tree import Node, Statement, TreeTooLarge, parse
-from proxy.policy.verify import Unverified, check_coverage, intended_json, verify_rewrite
+from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
 from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
 
 
@@ -105,7 +106,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     nodes = [stmt.node for stmt in statements]
     if not plan.edits:
         try:
-            if plan.verify or any(may_name_filtered(p, sql) for p in _distinct(policies)):
+            low = sql.lower()
+            if plan.verify or may_need_guard(low) or any(may_name_filtered(p, low) for p in _distinct(policies)):
                 for p, node in zip(policies, nodes, strict=True):
                     check_coverage(p, node)
         except Unverified as exc:
@@ -115,11 +117,12 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         return Allow(frozenset(effects), tuple(changes))
     try:
         new_sql = apply_edits(data, plan.edits)
+        reads = [reads_of(stmt.node) for stmt in statements] if "catalog_filter" in plan.rules else None
         rewrite.mutate_all(plan)
         t2 = perf_counter()
         timings["rewrite"] = timings.get("rewrite", 0.0) + (t2 - t1)
         intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
-        verify_rewrite(list(zip(policies, nodes, strict=True)), intended, new_sql)
+        verify_rewrite(list(zip(policies, nodes, strict=True)), intended, new_sql, reads)
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
@@ -156,8 +159,7 @@ def _decide_statement(
         return effects, changes
     analysis = analyze(stmt.node)
     schema.check_cross_database(analysis)
-    if policy.strategy == "schema":
-        schema.check_schemas(policy, analysis)
+    schema.check_schemas(policy, analysis)
     classify.check_references(policy, analysis)
     functions.check(policy, analysis)
     if kind == "ViewStmt":

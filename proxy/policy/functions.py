@@ -56,8 +56,20 @@ NEVER_NAMES: frozenset[str] = frozenset(
         "pg_identify_object",
         "pg_identify_object_as_address",
         "pg_get_object_address",
-        # sizes of other databases by name or OID
-        "pg_database_size",
+        # the size of a tablespace holds every database's (every tenant's) data; an object's ACL names roles
+        "pg_tablespace_size",
+        "pg_get_acl",
+    }
+)
+# The server's transaction counter, snapshots and commit times: every tenant's (every database's) activity as it
+# happens. Refused in every strategy (rule cluster_activity); `age(xid)` stays (see docs/security.md).
+CLUSTER_ACTIVITY: frozenset[str] = frozenset(
+    {
+        "pg_current_snapshot", "pg_current_xact_id", "pg_current_xact_id_if_assigned", "txid_current",
+        "txid_current_if_assigned", "txid_current_snapshot", "txid_status", "pg_xact_status",
+        "pg_xact_commit_timestamp", "pg_xact_commit_timestamp_origin", "pg_last_committed_xact", "mxid_age",
+        "pg_snapshot_xip", "pg_snapshot_xmin", "pg_snapshot_xmax", "txid_snapshot_xip", "txid_snapshot_xmin",
+        "txid_snapshot_xmax", "pg_visible_in_snapshot", "txid_visible_in_snapshot", "pg_notification_queue_usage",
     }
 )
 SYSTEM_FUNCTION_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema"})
@@ -93,6 +105,8 @@ def check(policy: TenantPolicy, analysis: Analysis) -> None:
         names = call.names
         if len(names) > 2:
             raise fail("cross_database", "function name " + ".".join(names) + " has too many parts")
+        if names[-1] in CLUSTER_ACTIVITY and (len(names) == 1 or names[-2] == "pg_catalog"):
+            raise fail("cluster_activity", f"{names[-1]}() shows the activity of every tenant of the server")
         if not is_allowed(policy, names):
             raise fail("function_not_allowed", "function " + ".".join(names) + "() is not allowed")
         if policy.strategy != "database" and names[-1].startswith(ADVISORY_PREFIXES):

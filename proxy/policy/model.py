@@ -196,6 +196,14 @@ class TenantPolicy:
     temp_views: frozenset[str] = field(init=False, repr=False)
     temp_first: bool = field(init=False, repr=False)  # unqualified names find temporary relations first
     shown_search_path: str | None = field(init=False, repr=False)  # what SHOW search_path must print, if not PG's
+    # Schemas of other tenants of the same database (schema-strategy tenants'): hidden from every catalog, name
+    # conversion and qualified reference of a shared- or database-strategy tenant (a schema tenant sees an
+    # allow-list instead: its own, the shared and the system schemas).
+    hidden_schemas: frozenset[str] = frozenset()
+    # Column names of the catalogs the proxy replaces column values in (pg_class statistics, pg_stat*/pg_statio*
+    # counters), in the catalog's own order, read from the server when the tenant is prepared: they differ between
+    # PostgreSQL majors. A catalog whose list is missing cannot be scrubbed and is denied where it would need it.
+    catalog_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -238,6 +246,10 @@ class TenantPolicy:
         object.__setattr__(self, "temp_views", frozenset())
         object.__setattr__(self, "temp_first", temp_schema_first(search_path))
         object.__setattr__(self, "shown_search_path", None)
+        hidden = frozenset(self.hidden_schemas) - self.allowed_schemas - set(search_path)
+        object.__setattr__(self, "hidden_schemas", hidden)
+        columns = {str(r): tuple(str(c) for c in cols) for r, cols in dict(self.catalog_columns).items()}
+        object.__setattr__(self, "catalog_columns", MappingProxyType(columns))
         key = (
             self.tenant,
             self.strategy,
@@ -254,6 +266,8 @@ class TenantPolicy:
             self.fence,
             tuple(sorted(self.rls_tables)),
             tuple(sorted(self.foreign_schemas)),
+            tuple(sorted(hidden)),
+            tuple(sorted(columns.items())),
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

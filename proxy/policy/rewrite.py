@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.policy.catalog import Filter, ambiguous_scoped, needs_fence, relation_filter
+from proxy.policy import guarding
+from proxy.policy.catalog import (
+    ColumnUsage,
+    Filter,
+    ambiguous_scoped,
+    column_usage,
+    needs_fence,
+    relation_filter,
+    wrapper_select,
+)
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import (
@@ -36,8 +47,10 @@ from proxy.policy.tree import (
     dumps,
     expr_node,
     names_of,
+    parse_json,
     reorder,
     statement_node,
+    strip_positions,
 )
 from proxy.policy.walk import COPY_FROM, COPY_TO, LIKE, READ, SAMPLE, TARGET, TRUNCATE, UNKNOWN, Analysis, RelRef
 
@@ -83,11 +96,18 @@ def star_select(targets: list[Node], from_item: Node, where: Node | None = None,
 
 
 def wrapper_node(rv: Node, flt: Filter, fence: bool = False) -> Node:
-    """The tree of `(SELECT * FROM <rv> WHERE <filter> [OFFSET 0]) <alias>` for a RangeVar body."""
+    """The tree of `(SELECT * FROM <rv> WHERE <filter> [OFFSET 0]) <alias>` for a RangeVar body (a catalog filter
+    that replaces column values has its own select list and FROM items: `Filter.wrapper_text`)."""
     inner = {k: v for k, v in rv.items() if k != "alias"}
     alias = rv.get("alias") or {"aliasname": rv.get("relname", "")}
-    where = expr_node(flt.predicate(rv.get("relname", "")))
-    return {"RangeSubselect": {"subquery": star_select([_STAR], {"RangeVar": inner}, where, fence), "alias": alias}}
+    if flt.plain:
+        where = expr_node(flt.predicate(rv.get("relname", "")))
+        subquery = star_select([_STAR], {"RangeVar": inner}, where, fence)
+    else:
+        select = wrapper_select(flt, rv.get("relname", ""), fence)
+        select["fromClause"][0] = {"RangeVar": inner}
+        subquery = {"SelectStmt": select}
+    return {"RangeSubselect": {"subquery": subquery, "alias": alias}}
 
 
 def join_filter_node(item: Node, dummy: str, pred: str) -> Node:
@@ -98,7 +118,9 @@ def join_filter_node(item: Node, dummy: str, pred: str) -> Node:
 
 def wrapper_sql(name: str, flt: Filter, relname: str, fence: bool) -> str:
     """The text of an injected filter around the relation text `name`."""
-    return f"(SELECT * FROM {name} WHERE {flt.predicate(relname)}{' OFFSET 0' if fence else ''})"
+    if flt.plain:
+        return f"(SELECT * FROM {name} WHERE {flt.predicate(relname)}{' OFFSET 0' if fence else ''})"
+    return flt.wrapper_text(name, relname, fence)
 
 
 def _rv_names(rv: Node) -> tuple[str, ...]:
@@ -127,6 +149,50 @@ class _Planner:
     def __init__(self, policy: TenantPolicy, text: _Text, plan: Plan) -> None:
         self.policy, self.text, self.plan = policy, text, plan
         self.unaliased: set[tuple[str, str]] = set()
+        self.deferred: list[Callable[[], None]] = []
+
+    def statement_tokens(self) -> list[Tok]:
+        """Every token of the statement (scanned once)."""
+        return self.text.toks_from(self.text.start)
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """A tree edit of a guard: they run after the others, innermost first."""
+        self.deferred.append(fn)
+
+    def finish(self) -> None:
+        if self.deferred:
+            self.plan.mutations.extend(reversed(self.deferred))
+            self.plan.full_dump = True
+            self.deferred = []
+
+    # -- EXPLAIN ---------------------------------------------------------------------------------------------
+    def costs_off(self, body: Node) -> None:
+        """Shared strategy: `EXPLAIN … ` → `EXPLAIN (…, COSTS OFF) …`: the planner's estimates come from every
+        tenant's rows (most common values, histograms), so a plan is shown without them."""
+        if any(o.get("DefElem", {}).get("defname") == "costs" for o in body.get("options") or ()):
+            return  # COSTS OFF already (COSTS ON is refused by the gate)
+        toks = self.statement_tokens()
+        if not toks or toks[0].name != "EXPLAIN":
+            raise TextError("expected EXPLAIN")
+        after = toks[1] if len(toks) > 1 else None
+        options = body.get("options")
+        if options and after is not None and after.name == OPEN:
+            close = matching_close(toks, 1)
+            self.edit(toks[close].start, toks[close].start, ", COSTS OFF")
+        elif options:
+            last = 1 + len(options) - 1  # EXPLAIN VERBOSE: the old keywords, one token each
+            words = " ".join(self.text.cut(t.start, t.end) for t in toks[1 : last + 1])
+            self.edit(toks[1].start, toks[last].end, f"({', '.join(words.split())}, COSTS OFF)")
+        else:
+            self.edit(toks[0].end, toks[0].end, " (COSTS OFF)")
+        option = _costs_off_node()
+
+        def mutation() -> None:
+            body["options"] = [*(body.get("options") or []), option]
+            reorder(body, "ExplainStmt")
+
+        self.mutate(mutation)
+        self.rule("explain_costs_off")
 
     def edit(self, start: int, end: int, text: str) -> None:
         self.plan.edits.append(Edit(start, end, text, len(self.plan.edits)))
@@ -509,6 +575,16 @@ class _Planner:
         self.rule("tenant_insert")
 
 
+_COSTS_OFF: list[Node] = []
+
+
+def _costs_off_node() -> Node:
+    if not _COSTS_OFF:
+        doc = json.loads(strip_positions(parse_json("EXPLAIN (COSTS OFF) SELECT")))
+        _COSTS_OFF.append(doc["stmts"][0]["stmt"]["ExplainStmt"]["options"][0])
+    return copy.deepcopy(_COSTS_OFF[0])
+
+
 def _refname(rv: Node) -> str:
     """The name a FROM item's columns are qualified with: its alias, else its relation name."""
     alias: str = rv.get("alias", {}).get("aliasname") or rv["relname"]
@@ -562,6 +638,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
     taken: set[str] | None = None  # FROM-item names, for the empty rows of join filters
+    usage: ColumnUsage | None = None  # computed once, for the first catalog wrapper that replaces columns
     for ref in analysis.refs:
         if ref.cte:
             continue
@@ -581,6 +658,9 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             continue
         if ref.role in (UNKNOWN, LIKE):
             continue  # check_references refused filtered ones in UNKNOWN; LIKE copies structure only
+        if ref.role == READ and not flt.plain:
+            usage = usage or column_usage(stmt.node)
+            flt = flt.needed_for(usage, ref.rv)
         # The relation stays (its system columns, its row type for whole-row references) when named so.
         named = bool(analysis.row_names or analysis.star_names) and names_whole_row(analysis, ref)
         keep = ref.role in (READ, SAMPLE) and (analysis.system_columns or named)
@@ -612,6 +692,10 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
+    if stmt.kind == "ExplainStmt" and policy.strategy == "shared":
+        planner.costs_off(stmt.body)
+    guarding.plan(planner, analysis)
+    planner.finish()
 
 
 def _statement_tokens(data: bytes, stmt: Statement) -> list[Tok]:

@@ -71,6 +71,14 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "EXPLAIN ANALYZE would report row counts of other tenants; use EXPLAIN without ANALYZE.",
     ),
+    "explain_costs": (
+        INSUFFICIENT_PRIVILEGE,
+        "The planner's estimates come from every tenant's rows; plans are shown with COSTS OFF (leave COSTS out).",
+    ),
+    "cluster_activity": (
+        INSUFFICIENT_PRIVILEGE,
+        "Transaction ids, snapshots and commit times show the activity of every tenant of the server.",
+    ),
     "temp_shadows_scoped": (
         INSUFFICIENT_PRIVILEGE,
         "A temporary relation may not take the name of a system catalog the proxy filters; choose another name.",

@@ -6,13 +6,14 @@ from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import object_name_parts
 from proxy.policy.tree import string_const
-from proxy.policy.walk import Analysis, name_source_is_plain
+from proxy.policy.walk import Analysis
 
 # Functions whose argument at the given position is an object name given as text (implicitly cast to a reg*
 # type); kind "schema" means the whole literal is a schema name. Negative positions count from the end
 # (has_*_privilege take an optional leading role argument).
 NAME_ARGUMENTS: dict[str, tuple[int, str]] = {
     "to_regclass": (0, "object"),
+    "regclass": (0, "object"),
     "to_regtype": (0, "object"),
     "to_regtypemod": (0, "object"),
     "to_regproc": (0, "routine"),
@@ -73,11 +74,26 @@ def check_cross_database(analysis: Analysis) -> None:
 
 
 def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
-    """Schema strategy: every explicitly named schema must be the tenant's, a shared one or a system one."""
-    allowed = policy.allowed_schemas
+    """Every explicitly named schema must be one the tenant may name: in the schema strategy its own, a shared one
+    or a system one; in the others any schema but another tenant's (`policy.hidden_schemas`). A name given as a
+    value (a `reg*` cast, `to_regclass(…)`, `has_table_privilege(…)`) is checked here when it is a string literal
+    in the schema strategy; any other value (an OID, a parameter, a column, an expression), and every such value in
+    the other strategies, gets a run-time guard (guards.py)."""
+    if policy.strategy == "schema":
+        allowed = policy.allowed_schemas
+
+        def refused(schema: str) -> bool:
+            return schema not in allowed
+    elif policy.hidden_schemas:
+        hidden = policy.hidden_schemas
+
+        def refused(schema: str) -> bool:
+            return schema in hidden
+    else:
+        return
 
     def check(schema: str | None, what: str) -> None:
-        if schema is not None and schema not in allowed:
+        if schema is not None and refused(schema):
             raise fail("foreign_schema", f'{what} refers to schema "{schema}"')
 
     for ref in analysis.refs:
@@ -92,11 +108,11 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         check(names[-2], "operator " + ".".join(names))
     for names in analysis.collations:
         check(names[-2], "collation " + ".".join(names))
-    for regtype in analysis.reg_unchecked:
-        raise fail("unchecked_object_name", f"a {regtype} value that is not a string literal cannot be checked")
+    if policy.strategy != "schema":
+        return  # names given as values: guarded at run time (refusing only other tenants' would single them out)
     for regtype, literal in analysis.reg_literals:
-        _check_not_oid(literal, f"'{literal}'::{regtype}")
-        check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), f"'{literal}'::{regtype}")
+        if not literal.strip().isdigit():  # an OID in a string: guarded at run time
+            check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), f"'{literal}'::{regtype}")
     for call in analysis.calls:
         spec = NAME_ARGUMENTS.get(call.names[-1])
         if spec is None or call.named:
@@ -108,17 +124,8 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         while node and "TypeCast" in node:
             node = node["TypeCast"].get("arg")
         literal = string_const(node)
-        if literal is not None:
-            _check_not_oid(literal, f"{call.names[-1]}('{literal}')")
+        if literal is not None and not literal.strip().isdigit():
             check(_literal_schema(literal, kind), f"{call.names[-1]}('{literal}')")
-        elif not name_source_is_plain(call.args[index]):
-            raise fail("unchecked_object_name", f"the object name given to {call.names[-1]}() cannot be checked")
-
-
-def _check_not_oid(literal: str, what: str) -> None:
-    """An all-digit reg* literal is read as an OID: any object, in any schema."""
-    if literal.strip().isdigit():
-        raise fail("unchecked_object_name", f"{what} names an object by OID")
 
 
 def check_writes_to_shared(policy: TenantPolicy, schema: str | None, relname: str) -> None:

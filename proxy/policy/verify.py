@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from proxy.policy.catalog import ambiguous_scoped, needs_fence, relation_filter
+from proxy.policy import guards
+from proxy.policy.catalog import ambiguous_scoped, needs_fence, relation_filter, wrapper_select
 from proxy.policy.model import TenantPolicy
 from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
 
@@ -42,22 +44,137 @@ def intended_json(original_json: str, doc: Node, splices: list[tuple[str, Node]]
     return text
 
 
-def verify_rewrite(statements: list[tuple[TenantPolicy, Node]], intended: str, rewritten_sql: str) -> None:
+def verify_rewrite(
+    statements: list[tuple[TenantPolicy, Node]], intended: str, rewritten_sql: str, reads: list[Reads] | None = None
+) -> None:
     """Raise Unverified unless `rewritten_sql` parses to exactly the `intended` JSON parse tree (positions
     ignored) and every filtered relation in the (edited) statement trees carries its filter, each statement under
     its policy (the session context the statements before it leave)."""
     if strip_positions(parse_json(rewritten_sql)) != strip_positions(intended):
         raise Unverified("the rewritten text does not parse to the intended statement")
-    for policy, node in statements:
-        check_coverage(policy, node)
+    for i, (policy, node) in enumerate(statements):
+        check_coverage(policy, node, reads[i] if reads is not None else None)
 
 
-def check_coverage(policy: TenantPolicy, node: Node) -> None:
+def check_coverage(policy: TenantPolicy, node: Node, reads: Reads | None = None) -> None:
     """Raise Unverified if any filtered relation in the statement tree is read or written without its filter, or
     if the statement writes, creates or drops what the write rule does not allow: a read-only role writes only
     pg_temp.<name>, every role drops only pg_temp.<name>, creates only temporary relations, and a temporary view's
-    query is always the wrapper PostgreSQL cannot update through."""
-    _Coverage(policy).run(node)
+    query is always the wrapper PostgreSQL cannot update through. `reads`: what the client's statement reads
+    (`reads_of`, before the rewrite), which lets a catalog filter leave out column replacements it cannot see."""
+    _Coverage(policy, reads).run(node)
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What a client's statement may read: column names (the last name of each column reference; a lone name may
+    be a whole row) and USING names; the locations of relation references it may read whole."""
+
+    names: frozenset[str]
+    whole: frozenset[int]
+
+
+def _relations_of(from_items: list[Any], found: list[Node]) -> None:
+    for it in from_items:
+        if "JoinExpr" in it:
+            j = it["JoinExpr"]
+            _relations_of([j[side] for side in ("larg", "rarg") if side in j], found)
+        elif "RangeVar" in it:
+            found.append(it["RangeVar"])
+
+
+def reads_of(node: Node) -> Reads:
+    """What a client's statement may read (taken before the rewrite): a `*` reads every column of the relations of
+    its own SELECT, `t.*` and a lone `t` of the relations so named, a NATURAL join of its two sides."""
+    found: set[str] = set()
+    whole: set[int] = set()
+    row_names: set[str] = set()
+    every_relation: list[Node] = []
+    todo: list[Any] = [node]
+    while todo:
+        item = todo.pop()
+        if type(item) is list:
+            todo.extend(item)
+        elif type(item) is dict:
+            if "ColumnRef" in item:
+                parts = item["ColumnRef"].get("fields") or []
+                if parts and "A_Star" in parts[-1]:
+                    row_names.update(p.get("String", {}).get("sval", "") for p in parts[-2:-1])
+                elif parts:
+                    last = parts[-1].get("String", {}).get("sval", "")
+                    found.add(last)
+                    if len(parts) == 1:
+                        row_names.add(last)
+                continue
+            if "SelectStmt" in item:
+                sel = item["SelectStmt"]
+                mine: list[Node] = []
+                _relations_of(sel.get("fromClause") or [], mine)
+                every_relation += mine
+                for target in sel.get("targetList") or []:
+                    ref = target.get("ResTarget", {}).get("val", {}).get("ColumnRef", {})
+                    if ref.get("fields") == [{"A_Star": {}}]:
+                        whole.update(rv.get("location", -1) for rv in mine)
+            if "JoinExpr" in item:
+                j = item["JoinExpr"]
+                found.update(u.get("String", {}).get("sval", "") for u in j.get("usingClause") or [])
+                if j.get("isNatural"):
+                    sides: list[Node] = []
+                    _relations_of([j[side] for side in ("larg", "rarg") if side in j], sides)
+                    whole.update(rv.get("location", -1) for rv in sides)
+            todo.extend(item.values())
+    for rv in every_relation:
+        if ((rv.get("alias") or {}).get("aliasname") or rv.get("relname")) in row_names:
+            whole.add(rv.get("location", -1))
+    return Reads(frozenset(found), frozenset(whole))
+
+
+_DESCRIBED: dict[str, str] = {
+    "pg_class": "class", "pg_type": "type", "pg_proc": "proc", "pg_namespace": "namespace",
+    "pg_constraint": "constraint", "pg_trigger": "trigger", "pg_rewrite": "rule", "pg_operator": "oper",
+    "pg_collation": "collation", "pg_statistic_ext": "statext", "pg_ts_config": "config",
+    "pg_ts_dict": "dictionary", "pg_ts_parser": "ts_parser", "pg_ts_template": "ts_template",
+    "pg_conversion": "conversion", "pg_opclass": "opclass", "pg_opfamily": "opfamily",
+}
+_OWN_ROLE = frozenset({"SVFOP_CURRENT_USER", "SVFOP_SESSION_USER", "SVFOP_CURRENT_ROLE", "SVFOP_USER"})
+
+
+def _uncast(node: Node | None) -> Node:
+    while node and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return node or {}
+
+
+def _is_null(node: Node | None) -> bool:
+    return bool(_uncast(node).get("A_Const", {}).get("isnull"))
+
+
+def _literal(node: Node | None) -> str | None:
+    """The text of a string literal (under any casts), else None."""
+    const = _uncast(node).get("A_Const", {})
+    return str(const["sval"].get("sval", "")) if "sval" in const else None
+
+
+def _checked_value(policy: TenantPolicy, node: Node | None, kind: str, mode: str) -> bool:
+    """True for a value that may name an object without a guard: NULL, the session's own role, or a name in a
+    string literal that is checked otherwise (guards.literal_checked)."""
+    if node is None or _is_null(node):
+        return True
+    if kind == "role" and _uncast(node).get("SQLValueFunction", {}).get("op") in _OWN_ROLE:
+        return True
+    text = _literal(node)
+    return text is not None and guards.literal_checked(policy, kind, mode, text)
+
+
+def _costs(options: list[Node] | None) -> bool | None:
+    """EXPLAIN's COSTS option: True, False or None (not given: on)."""
+    for opt in options or ():
+        d = opt.get("DefElem", {})
+        if d.get("defname") == "costs":
+            arg = d.get("arg")
+            text = "true" if arg is None else (const_text(arg) or arg.get("String", {}).get("sval") or "true")
+            return str(text).lower() not in ("false", "off", "0", "no")
+    return None
 
 
 def _same(node: Any, expected: Node) -> bool:
@@ -120,10 +237,19 @@ class _Coverage:
     """An independent walk over one statement tree (it shares no traversal code with walk.py): explicit stack,
     CTE scopes, FROM positions, DML targets."""
 
-    def __init__(self, policy: TenantPolicy) -> None:
+    def __init__(self, policy: TenantPolicy, reads: Reads | None = None) -> None:
         self.policy = policy
+        self.reads = reads
         self.stack: list[tuple[Any, _Scope]] = []
         self.conjuncts = _Conjuncts()
+
+    def reads_none_of(self, columns: frozenset[str], inner: Node, renamed: bool) -> bool:
+        """True when the client's statement (`self.reads`, taken before the rewrite) cannot read any of `columns`
+        of the relation reference `inner`: not read whole, no column alias list, none of `columns` named."""
+        reads = self.reads
+        if reads is None or renamed or inner.get("location", -1) in reads.whole:
+            return False
+        return not (reads.names & columns)
 
     def filtered(self, rv: Node) -> Any:
         return relation_filter(self.policy, rv)
@@ -159,6 +285,15 @@ class _Coverage:
             raise Unverified(f'"{rv.get("relname")}" appears unfiltered {where}')
 
     def tagged(self, tag: str, body: Node, scope: _Scope) -> None:
+        if tag in ("SubLink", "A_Indirection") and self.guard({tag: body}, scope):
+            return
+        if tag == "TypeCast":
+            self.cast(body)
+        elif tag == "FuncCall":
+            if self.call(body, scope):
+                return
+        elif tag == "ExplainStmt" and self.policy.strategy == "shared" and _costs(body.get("options")) is not False:
+            raise Unverified("EXPLAIN without COSTS OFF shows estimates computed from every tenant's rows")
         if tag == "SelectStmt":
             self.select(body, scope)
         elif tag in ("InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"):
@@ -197,6 +332,82 @@ class _Coverage:
                     raise Unverified("DROP of a relation that is not named pg_temp.<name>")
         else:
             self.push(body, scope, ())
+
+    # -- run-time guards (guards.py): an OID or a name becomes an object only through a guard ----------------------
+    def guard(self, node: Node, scope: _Scope) -> bool:
+        """True (and the client's expression inside pushed) when `node` is a guard; a node that names itself a
+        guard but is not exactly one is refused."""
+        ident = guards.ident_of(node)
+        if ident is None:
+            return False
+        template = guards.template_named(self.policy, ident)
+        inner = guards.operand(template, node) if template is not None else None
+        if template is None or inner is None:
+            raise Unverified("an object guard does not have its exact form")
+        call = inner.get("FuncCall")
+        if call is not None and names_of(call.get("funcname"))[-1:] == ("pg_filenode_relation",):
+            self.push(call, scope, ("funcname",))  # the guarded lookup itself
+        else:
+            self.stack.append((inner, scope))
+        return True
+
+    def required(self, kind: str) -> bool:
+        return guards.required(self.policy, kind)
+
+    def cast(self, body: Node) -> None:
+        names = names_of(body.get("typeName", {}).get("names"))
+        kind = guards.CAST_KINDS.get(names[-1]) if names else None
+        arg = body.get("arg")
+        if kind is not None and self.required(kind) and not _checked_value(self.policy, arg, kind, guards.PARSE):
+            raise Unverified(f"a conversion to {names[-1]} without its guard")
+
+    def call(self, body: Node, scope: _Scope) -> bool:
+        """Check a call of a function that names objects; True when its arguments were pushed here."""
+        names = names_of(body.get("funcname"))
+        if not names or (len(names) > 1 and names[-2] != "pg_catalog") or names[-1] not in guards.GUARDED_NAMES:
+            return False
+        name, args = names[-1], body.get("args") or []
+        if name in guards.RESULT_CALLS:
+            kind = guards.RESULT_CALLS[name][0]
+            if self.required(kind) and not all(_checked_value(self.policy, a, kind, guards.PARSE) for a in args):
+                raise Unverified(f"{name}() of a value without its guard")
+        elif name in guards.RESULT_WRAPPED:
+            if self.required(guards.RESULT_WRAPPED[name][0]):
+                raise Unverified(f"{name}() outside its guard")
+        elif name in ("pg_get_userbyid", "oidvectortypes"):
+            kind = "role" if name == "pg_get_userbyid" else "type"
+            if self.required(kind) and not all(_is_null(a) for a in args):
+                raise Unverified(f"{name}() outside its guard")
+        elif name == "current_setting":
+            if args and _literal(args[0]) is None and not _is_null(args[0]):
+                inner = guards.operand(guards.setting_name(self.policy), args[0])
+                if inner is None:
+                    raise Unverified("current_setting() of a value without its guard")
+                self.stack.append((inner, scope))
+                for arg in args[1:]:
+                    self.stack.append((arg, scope))
+                return True
+        else:
+            self.call_args(name, args)
+        return False
+
+    def call_args(self, name: str, args: list[Node]) -> None:
+        for spec in guards.CALL_ARGS.get(name, ()):
+            if spec.nargs is not None and len(args) not in spec.nargs:
+                continue
+            index = spec.index if spec.index >= 0 else len(args) + spec.index
+            if not 0 <= index < len(args):
+                continue
+            kind = spec.kind
+            if name == "obj_description" and len(args) == 2:
+                kind = _DESCRIBED.get(_literal(args[1]) or "", "object")
+            arg = args[index]
+            if not self.required(kind) or _checked_value(self.policy, arg, kind, spec.mode):
+                continue
+            out = "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
+            expected = {guards.carrier(self.policy, kind, spec.mode, out, param).ident for param in (False, True)}
+            if guards.ident_of(arg) not in expected:
+                raise Unverified(f"argument {index + 1} of {name}() names an object without its guard")
 
     def ctes(self, body: Node, scope: _Scope) -> _Scope:
         wc = body.get("withClause")
@@ -302,7 +513,7 @@ class _Coverage:
         """True if this derived table is an injected filter wrapper (its predicate must then be exact); its FROM
         item may be the relation with a TABLESAMPLE clause (whose arguments the caller checks)."""
         sub = body.get("subquery", {}).get("SelectStmt")
-        if not sub or len(sub.get("fromClause") or ()) != 1:
+        if not sub or not sub.get("fromClause"):
             return False
         item = sub["fromClause"][0]
         if "RangeTableSample" in item:
@@ -312,7 +523,23 @@ class _Coverage:
         if flt is None or flt.kind == "temp":
             return False
         fence = needs_fence(self.policy, flt)
-        if set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
+        if not flt.plain:  # a catalog wrapper that replaces column values: exactly its own select list and FROM
+            if "alias" in inner:
+                return False
+            expected = wrapper_select(flt, inner.get("relname", ""), fence)
+            actual = {k: v for k, v in sub.items() if k != "fromClause"}
+            if (
+                len(sub["fromClause"]) == len(expected["fromClause"])
+                and _same(actual, {k: v for k, v in expected.items() if k != "fromClause"})
+                and all(_same(a, e) for a, e in zip(sub["fromClause"][1:], expected["fromClause"][1:], strict=True))
+            ):
+                return True
+            # ... or its plain row filter, when the statement reads none of the replaced columns of this reference
+            alias = body.get("alias") or {}
+            if not self.reads_none_of(flt.replaced, inner, bool(alias.get("colnames"))):
+                return False
+            flt = flt.lean()
+        if len(sub["fromClause"]) != 1 or set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
             return False
         if fence and not _same(sub["limitOffset"], _OFFSET_ZERO):
             return False

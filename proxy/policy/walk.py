@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.policy.guards import GUARDED_NAMES
 from proxy.policy.tree import Node, names_of, string_const, tag_of
 
 # Roles of a RangeVar in its statement.
@@ -83,11 +84,24 @@ class RelRef:
 
 @dataclass(slots=True)
 class Call:
-    """One function call."""
+    """One function call; `holder[key]` is its tagged node."""
 
     names: tuple[str, ...]
     args: list[Node]
     named: bool
+    holder: Any = None
+    key: Any = None
+
+
+@dataclass(slots=True)
+class Site:
+    """A place where a value may become an object's name: a cast to a reg* type (`regrole` too) or a call of a
+    function that names objects (guards.GUARDED_NAMES), in the order the walk met them (outer before inner);
+    `holder[key]` is its tagged node."""
+
+    node: Node
+    holder: Any
+    key: Any
 
 
 @dataclass(slots=True)
@@ -101,8 +115,8 @@ class Analysis:
     collations: list[tuple[str, ...]] = field(default_factory=list)
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
     reg_literals: list[tuple[str, str]] = field(default_factory=list)
-    reg_unchecked: list[str] = field(default_factory=list)  # reg* casts of a parameter, number or expression
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
+    sites: list[Site] = field(default_factory=list)  # reg* casts and calls, outer ones first
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
     # Other names a query level can reference a row by: JOIN ... USING (...) AS x, the target of UPDATE/DELETE/MERGE
     other_names: list[str] = field(default_factory=list)
@@ -122,18 +136,6 @@ def analyze(node: Node) -> Analysis:
     return walker.out
 
 
-def name_source_is_plain(node: Node | None) -> bool:
-    """True when a reg*-typed value comes from a column (an OID the query read) or is NULL: not from a
-    parameter, a number or a computed expression, whose object the proxy cannot check."""
-    while node and "TypeCast" in node:
-        node = node["TypeCast"].get("arg")
-    if not node:
-        return True
-    if "ColumnRef" in node:
-        return True
-    return "A_Const" in node and bool(node["A_Const"].get("isnull"))
-
-
 def _literal_below_casts(node: Node | None) -> str | None:
     while node and "TypeCast" in node:
         node = node["TypeCast"].get("arg")
@@ -145,7 +147,7 @@ class _Walker:
         self.out = Analysis()
 
     # -- generic traversal -------------------------------------------------------------------------------
-    def any(self, value: Any, scope: Scope) -> None:
+    def any(self, value: Any, scope: Scope, holder: Any = None, key: Any = None) -> None:
         if type(value) is list:
             for i, item in enumerate(value):
                 if type(item) is dict:
@@ -153,7 +155,7 @@ class _Walker:
                 elif type(item) is list:
                     self.any(item, scope)
         elif type(value) is dict:
-            self.node(value, scope, None, None)
+            self.node(value, scope, holder, key)
 
     def node(self, node: Node, scope: Scope, holder: Any, key: Any) -> None:
         if len(node) == 1:
@@ -171,7 +173,11 @@ class _Walker:
 
     def fields(self, body: Node, scope: Scope, skip: tuple[str, ...] = ()) -> None:
         for k, v in body.items():
-            if (type(v) is dict or type(v) is list) and k not in skip:
+            if k in skip:
+                continue
+            if type(v) is dict:
+                self.node(v, scope, body, k)
+            elif type(v) is list:
                 self.any(v, scope)
 
     def struct(self, d: Node, scope: Scope) -> None:
@@ -235,7 +241,7 @@ class _Walker:
             elif k == "lockingClause":
                 self.out.locking = True  # lockedRels name FROM items, not relations
             elif isinstance(v, (dict, list)):
-                self.any(v, scope)
+                self.any(v, scope, b, k)
 
     def into(self, d: Node, scope: Scope) -> None:
         self.ref(d["rel"], INTO, scope)
@@ -291,7 +297,7 @@ class _Walker:
             elif k == "sourceRelation":
                 self.from_item(v, scope, b, k)
             elif isinstance(v, (dict, list)):
-                self.any(v, scope)
+                self.any(v, scope, b, k)
 
 
 def _h_select(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
@@ -320,19 +326,22 @@ def _from_handler(tag: str) -> Callable[[_Walker, Node, Scope, Any, Any], None]:
 def _h_funccall(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     args = b.get("args", [])
     named = any("NamedArgExpr" in a for a in args)
-    w.out.calls.append(Call(names=names_of(b.get("funcname")), args=args, named=named))
+    names = names_of(b.get("funcname"))
+    w.out.calls.append(Call(names=names, args=args, named=named, holder=holder, key=key))
+    if holder is not None and names and names[-1] in GUARDED_NAMES:
+        w.out.sites.append(Site(holder[key], holder, key))
     w.fields(b, scope, skip=("funcname",))
 
 
 def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     type_name = b.get("typeName", {})
     names = names_of(type_name.get("names"))
+    if names and (names[-1] in REG_TYPES or names[-1] == "regrole") and holder is not None:
+        w.out.sites.append(Site(holder[key], holder, key))
     if names and names[-1] in REG_TYPES:
         literal = _literal_below_casts(b.get("arg"))
         if literal is not None:
             w.out.reg_literals.append((names[-1], literal))
-        elif not name_source_is_plain(b.get("arg")):
-            w.out.reg_unchecked.append(names[-1])
     w.fields(b, scope)
 
 

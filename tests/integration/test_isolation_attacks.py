@@ -77,7 +77,12 @@ class Actor:
     @property
     def foreign_names(self) -> tuple[str, ...]:
         dbs = (*bidata.ALL_DATABASES, "saas", "initech")
-        return (*self.foreign_keys, *(d for d in dbs if d != self.db))
+        return (*self.foreign_keys, *(d for d in dbs if d != self.db), *(r for r in ALL_ROLES if r != self.role))
+
+    @property
+    def role(self) -> str:
+        """The backend role the attacker's session runs as."""
+        return {"schema": "pgt_bi_one", "database": "pgt_bi_four"}.get(self.strategy, bidata.BACKEND_ROLE)
 
     def expected_context(self) -> tuple[str | None, ...]:
         n = str(self.counts["orders"])
@@ -87,6 +92,9 @@ class Actor:
             return ("pgt_bi_one", '"one_co", "reference"', n)
         return ("pgt_bi_four", self.db, n)
 
+
+# Every role of the test cluster but the bootstrap superuser: other tenants' backend roles must never be named.
+ALL_ROLES = (bidata.BACKEND_ROLE, *bidata.TENANT_ROLES, "pgt_globex", "pgt_initech", bidata.DIRECT_ROLE)
 
 _SHARED_POST = ("SELECT current_setting('pgtenant.tenant_id', true), current_user, current_setting('search_path'),"
                 " (SELECT count(*) FROM orders)")
@@ -139,10 +147,17 @@ class Attack:
         return (sql,) if isinstance(sql, str) else sql
 
     def expect_for(self, letter: str, protocol: str) -> str:
+        """The expectation for a strategy letter and protocol: keys "SN" (letters) or "C:simple" (per protocol)."""
         if self.multi and protocol == "extended":
             return "deny"
         e = self.expect
-        return e if isinstance(e, str) else next(v for k, v in e.items() if letter in k)
+        if isinstance(e, str):
+            return e
+        for key, value in e.items():
+            letters, _, proto = key.partition(":")
+            if letter in letters and proto == protocol:
+                return value
+        return next(v for k, v in e.items() if letter in k and ":" not in k)
 
 
 def _last_rows(results: list[Result]) -> Result:
@@ -207,6 +222,38 @@ def last_empty(results: list[Result], actor: Actor) -> None:
     assert _last_rows(results).rows == []
 
 
+def all_null(results: list[Result], actor: Actor) -> None:
+    """Every cell of the last row result is NULL: the object is hidden exactly as a missing one."""
+    rows = _last_rows(results).rows
+    assert rows and all(cell is None for row in rows for cell in row), rows
+
+
+def first_cell_is(value: str) -> Check:
+    def check(results: list[Result], actor: Actor) -> None:
+        assert _last_rows(results).rows[0][0] == value, _last_rows(results).rows
+    return check
+
+
+_STRING_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
+def same_plan_each_step(results: list[Result], actor: Actor) -> None:
+    """Every EXPLAIN step shows the same plan once the constants the query spelled are blanked out (a value only
+    another tenant has and one nobody has), and no estimate at all."""
+    plans = ["\n".join(c or "" for row in r.rows for c in row) for r in results if r.kind == "rows"]
+    assert len(plans) >= 2, plans
+    blanked = {_STRING_LITERAL.sub("'?'", p) for p in plans}
+    assert len(blanked) == 1, plans
+    for word in ("rows=", "cost=", "Plan Rows", "Total Cost", "Plan Width"):
+        assert word not in plans[0], plans[0]
+
+
+def scrubbed_statistics(results: list[Result], actor: Actor) -> None:
+    """pg_class of a tenant-scoped table and its index: reltuples -1, relpages and relallvisible 0."""
+    rows = _last_rows(results).rows
+    assert rows and {row[1:] for row in rows} == {("-1", "0", "0")}, rows
+
+
 def plan_uses_index(results: list[Result], actor: Actor) -> None:
     """EXPLAIN output: the client's key predicate reaches the table's index (no fence under forced RLS; the norls
     tenant, whose filters are all fences, reads the tenant's rows and filters them instead)."""
@@ -224,14 +271,11 @@ def row_typed(index: int) -> Check:
 
 
 SN, C, D, ALL = "SN", "C", "D", "SNCD"
+# A name given as a parameter: a string literal through the simple protocol (checked when decided, refused when it
+# names another schema), a bound value through the extended protocol (guarded at run time: NULL, like a missing one).
+BY_VALUE = {"C:simple": "deny", "C:extended": "ok"}
 
 # Known engine gaps, recorded as strict xfails (they start failing loudly the day they are fixed).
-GAP_OID_NAMES = ("catalog hygiene: an OID-to-name conversion of a column (`g::regclass` over generate_series, "
-                 "`attrelid::regclass` from an unfiltered catalog) names other tenants' objects with their schema; "
-                 "the proxy filters the catalogs that list schemas and objects, not every OID a query can produce")
-GAP_NAME_COLUMN = ("catalog hygiene: a schema name held in a column (VALUES, a CTE, a parameter cast to text) and "
-                   "cast to regnamespace is resolved by PostgreSQL without any privilege: the proxy checks only "
-                   "literals, so the query reveals whether another tenant's schema exists")
 GAP_SYSTEM_COLUMNS = ("wrong result: without forced RLS (a fence), system columns (ctid, xmin, tableoid) of a "
                       "tenant-scoped table are lost in the filtered subquery `(SELECT * FROM t WHERE … OFFSET 0) t`, "
                       "so the query fails with 42703 (with forced RLS the predicate goes into the WHERE clause)")
@@ -274,21 +318,129 @@ ATTACKS: list[Attack] = [
     Attack("qual_regnamespace_literal", "SELECT 'two_co'::regnamespace::oid", C, "deny", by="proxy"),
     Attack("qual_has_table_privilege", "SELECT has_table_privilege('two_co.orders', 'SELECT')", C, "deny",
            by="proxy"),
-    Attack("qual_regclass_param", "SELECT %s::regclass::oid", C, "deny", by="proxy", params=("two_co.orders",)),
+    # An OID or a name given as a value (parameter, number, expression, column) is checked while the statement runs:
+    # another tenant's object gives NULL, exactly like one that does not exist.
+    # (Through the simple protocol the value arrives as a string literal and is checked when decided: refused.)
+    Attack("qual_regclass_param", "SELECT %s::regclass::oid", C, BY_VALUE, by="proxy", params=("two_co.orders",),
+           check=all_null),
+    Attack("qual_regclass_param_missing", "SELECT %s::regclass::oid", C, BY_VALUE, by="proxy",
+           params=("no_co.orders",), check=all_null),
     Attack("qual_regnamespace_param", "SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace", C,
-           "deny", by="proxy", params=("two_co",)),
-    Attack("qual_relation_size", "SELECT pg_total_relation_size('two_co.orders')", C, "deny", by="proxy"),
-    Attack("qual_regclass_oid_number", "SELECT (SELECT min(oid) FROM pg_namespace)::int::regclass::text", C, "deny",
-           by="proxy"),
-    Attack("qual_regclass_oid_string", "SELECT '16384'::regclass::text", C, "deny", by="proxy"),
-    Attack("qual_regclass_expression", "SELECT ('two' || '_co.orders')::regclass::oid", C, "deny", by="proxy"),
-    Attack("qual_relation_size_param", "SELECT pg_total_relation_size(%s)", C, "deny", by="proxy",
-           params=("two_co.orders",)),
-    Attack("qual_regnamespace_from_column", "SELECT n::regnamespace::oid FROM (VALUES ('two_co')) v(n)", C, "deny",
-           by="proxy", xfail={"schema": GAP_NAME_COLUMN}),
+           BY_VALUE, by="proxy", params=("two_co",), check=first_cell_is("0")),
+    Attack("qual_regclass_oid_number", "SELECT (SELECT min(oid) FROM pg_namespace)::int::regclass::text", C, "any"),
+    Attack("qual_regclass_oid_string", "SELECT '16384'::regclass::text", C, "any"),
+    Attack("qual_regclass_expression", "SELECT ('two' || '_co.orders')::regclass::oid", C, "ok", check=all_null),
+    Attack("qual_relation_size_param", "SELECT pg_total_relation_size(%s)", C, BY_VALUE, by="proxy",
+           params=("two_co.orders",), check=all_null),
+    Attack("qual_regnamespace_from_column", "SELECT n::regnamespace::oid FROM (VALUES ('two_co')) v(n)", C, "ok",
+           check=all_null),
+    Attack("qual_regnamespace_from_column_missing", "SELECT n::regnamespace::oid FROM (VALUES ('no_co')) v(n)", C,
+           "ok", check=all_null),
     Attack("catalog_oid_scan_regclass",
            "SELECT string_agg(g::regclass::text, ',') FROM generate_series(16384, 17384) g"
-           " WHERE g::regclass::text LIKE '%%.%%'", C, "any", xfail={"schema": GAP_OID_NAMES}),
+           " WHERE g::regclass::text LIKE '%%.%%'", C, "any"),
+    # --- other tenants' OIDs through every conversion (literal, parameter, column, generate_series, subquery) ------
+    Attack("oid_attrelid_regclass", "SELECT DISTINCT attrelid::regclass::text FROM pg_attribute", ALL, "any"),
+    Attack("oid_attrelid_unfiltered_pg_depend", "SELECT DISTINCT objid::regclass::text, refobjid::regclass::text "
+           "FROM pg_depend WHERE classid = 'pg_class'::regclass", ALL, "any"),
+    Attack("oid_regtype_scan", "SELECT string_agg(g::regtype::text, ',') FROM generate_series(16384, 40000) g", ALL,
+           "any"),
+    Attack("oid_regtype_cast_syntax", "SELECT string_agg(CAST(g AS regtype)::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("oid_regtype_array", "SELECT array_agg(g)::regtype[]::text FROM generate_series(16384, 20000) g", ALL,
+           "any"),
+    Attack("oid_regtype_aggregate", "SELECT max(g)::regtype::text FROM generate_series(16384, 40000) g", ALL, "any"),
+    Attack("oid_regclass_set_returning", "SELECT generate_series(16384, 40000)::regclass::text", ALL, "any"),
+    Attack("oid_regclass_volatile", "SELECT (16384 + (random() * 20000)::int)::regclass::text", ALL, "any"),
+    Attack("oid_regclass_param_number", "SELECT %s::int::regclass::text", ALL, "any", params=(16500,)),
+    Attack("oid_regclass_subquery", "SELECT (SELECT max(c) FROM generate_series(16384, 40000) c)::regclass::text",
+           ALL, "any"),
+    Attack("oid_format_type_scan", "SELECT string_agg(format_type(g::oid, NULL), ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("oid_oidvectortypes", "SELECT oidvectortypes(string_agg(g::text, ' ')::oidvector) FROM "
+           "generate_series(16384, 16900) g", ALL, "any"),
+    Attack("oid_pg_get_viewdef_scan", "SELECT string_agg(pg_get_viewdef(c.oid), ';') FROM "
+           "(SELECT g::oid AS oid FROM generate_series(16384, 40000) g) c "
+           "WHERE EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = c.oid AND k.relkind = 'v')", ALL, "any"),
+    Attack("oid_pg_get_viewdef_unfiltered", "SELECT pg_get_viewdef(g::oid) FROM generate_series(16384, 40000) g "
+           "WHERE pg_get_viewdef(g::oid) IS NOT NULL LIMIT 50", ALL, "any"),
+    Attack("oid_obj_description_scan", "SELECT string_agg(obj_description(g::oid, 'pg_class'), ';') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("oid_obj_description_any", "SELECT string_agg(obj_description(g::oid), ';') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("oid_col_description_scan", "SELECT string_agg(col_description(g::oid, 5), ';') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("oid_pg_description_rows", "SELECT string_agg(description, ';') FROM pg_description", ALL, "any"),
+    Attack("oid_to_regtype_param", "SELECT typname FROM pg_type WHERE oid = to_regtype(%s)", C,
+           {"C:simple": "deny", "C:extended": "empty"}, by="proxy", params=("two_co.cat_mood",)),
+    Attack("oid_to_regtype_param_own", "SELECT typname FROM pg_type WHERE oid = to_regtype(%s)", C, "ok",
+           params=("one_co.cat_mood",), check=first_cell_is("cat_mood")),
+    Attack("oid_to_regclass_column", "SELECT to_regclass(n) FROM (VALUES ('two_co.orders')) v(n)", C, "ok",
+           check=all_null),
+    Attack("oid_has_table_privilege_param", "SELECT has_table_privilege(%s, 'SELECT')", C, BY_VALUE, by="proxy",
+           params=("two_co.orders",), check=all_null),
+    Attack("oid_relation_size_scan", "SELECT string_agg(g || ':' || pg_relation_size(g::regclass), ',') FROM "
+           "generate_series(16384, 20000) g", ALL, "any"),
+    # --- role names: through every catalog and function --------------------------------------------------------------
+    Attack("role_pg_roles", "SELECT rolname FROM pg_roles", ALL, "any"),
+    Attack("role_pg_user", "SELECT usename FROM pg_user", ALL, "any"),
+    Attack("role_pg_group", "SELECT groname FROM pg_group", ALL, "any"),
+    Attack("role_pg_auth_members", "SELECT roleid::regrole::text, member::regrole::text FROM pg_auth_members", ALL,
+           "any"),
+    Attack("role_regrole_scan", "SELECT string_agg(g::regrole::text, ',') FROM generate_series(10, 40000) g", ALL,
+           "any"),
+    Attack("role_to_regrole_literal", "SELECT to_regrole('pgt_bi_two')", ALL, "ok", check=all_null),
+    Attack("role_regrole_literal", "SELECT 'pgt_bi_two'::regrole", ALL, "ok", check=all_null),
+    Attack("role_regrole_param", "SELECT %s::regrole::oid", ALL, "ok", params=("pgt_bi_two",), check=all_null),
+    Attack("role_pg_has_role", "SELECT pg_has_role('pgt_bi_two', 'MEMBER')", ALL, "ok", check=all_null),
+    Attack("role_pg_has_role_param", "SELECT pg_has_role(%s, 'USAGE')", ALL, "ok", params=("pgt_bi_two",),
+           check=all_null),
+    Attack("role_has_table_privilege", "SELECT has_table_privilege('pgt_bi_two', 'orders', 'SELECT')", ALL, "ok",
+           check=all_null),
+    Attack("role_has_schema_privilege", "SELECT has_schema_privilege('pgt_bi_two', 'pg_catalog', 'USAGE')", ALL,
+           "ok", check=all_null),
+    Attack("role_pg_get_userbyid_scan", "SELECT string_agg(pg_get_userbyid(g::oid), ',') FROM "
+           "generate_series(16384, 40000) g WHERE pg_get_userbyid(g::oid) NOT LIKE 'unknown%%'", ALL, "any"),
+    Attack("role_acldefault", "SELECT string_agg(acldefault('r', g::oid)::text, ',') FROM "
+           "generate_series(16384, 20000) g", ALL, "any"),
+    Attack("role_acl_pg_class", "SELECT relname, relacl::text FROM pg_class WHERE relacl IS NOT NULL", ALL, "any"),
+    Attack("role_acl_pg_namespace", "SELECT nspname, nspacl::text FROM pg_namespace", ALL, "any"),
+    Attack("role_acl_pg_database", "SELECT datname, datacl::text FROM pg_database", ALL, "any"),
+    Attack("role_acl_explode", "SELECT DISTINCT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a",
+           ALL, "any"),
+    Attack("role_acl_columns", "SELECT attname, attacl::text FROM pg_attribute WHERE attacl IS NOT NULL", ALL,
+           "any"),
+    Attack("role_policies", "SELECT tablename, roles::text FROM pg_policies", ALL, "any"),
+    Attack("role_owner_of_own_tables", "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class", ALL, "any"),
+    # --- planner statistics and activity counters (shared strategy: computed over every tenant's rows) -------------
+    Attack("stats_explain_other_tenant_value", ("EXPLAIN SELECT * FROM orders WHERE tenant_id = 'bigco'",
+                                                "EXPLAIN SELECT * FROM orders WHERE tenant_id = 'nobody'"),
+           SN, "ok", check=same_plan_each_step),
+    Attack("stats_explain_prefix_search", ("EXPLAIN SELECT * FROM orders WHERE tenant_id >= 'b' AND tenant_id < 'c'",
+                                           "EXPLAIN SELECT * FROM orders WHERE tenant_id >= 'x' AND tenant_id < 'y'"),
+           SN, "ok", check=same_plan_each_step),
+    Attack("stats_explain_json", ("EXPLAIN (FORMAT JSON) SELECT * FROM customers WHERE segment = 'Consumer'",
+                                  "EXPLAIN (FORMAT JSON) SELECT * FROM customers WHERE segment = 'nobody'"),
+           SN, "ok", check=same_plan_each_step),
+    Attack("stats_explain_costs_on", "EXPLAIN (COSTS ON) SELECT * FROM orders", SN, "deny", by="proxy"),
+    Attack("stats_explain_costs_true", "EXPLAIN (FORMAT YAML, COSTS true) SELECT * FROM orders", SN, "deny",
+           by="proxy"),
+    Attack("stats_pg_class_estimates", "SELECT relname, reltuples::text, relpages::text, relallvisible::text "
+           "FROM pg_class WHERE relname IN ('orders', 'orders_pkey', 'customers')", SN, "ok",
+           check=scrubbed_statistics),
+    Attack("stats_pg_stat_user_tables", "SELECT n_live_tup, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch, "
+           "n_tup_ins, last_analyze FROM pg_stat_user_tables WHERE relname = 'orders'", SN, "ok", check=all_null),
+    Attack("stats_pg_stat_user_indexes", "SELECT idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes "
+           "WHERE relname = 'orders'", SN, "ok", check=all_null),
+    Attack("stats_pg_statio_user_tables", "SELECT heap_blks_read, heap_blks_hit, idx_blks_hit FROM "
+           "pg_statio_user_tables WHERE relname = 'orders'", SN, "ok", check=all_null),
+    Attack("stats_table_size", "SELECT pg_total_relation_size('orders'), pg_relation_size('orders_pkey'), "
+           "pg_table_size('customers'), pg_indexes_size('orders')", SN, "ok", check=all_null),
+    Attack("stats_current_snapshot", "SELECT pg_current_snapshot()", ALL, "deny", by="proxy"),
+    Attack("stats_txid_current", "SELECT txid_current()", ALL, "deny", by="proxy"),
+    Attack("stats_snapshot_xmax", "SELECT pg_snapshot_xmax(pg_current_snapshot())", ALL, "deny", by="proxy"),
+    Attack("stats_xact_commit_timestamp", "SELECT pg_xact_commit_timestamp(xmin) FROM countries LIMIT 1", ALL,
+           "deny", by="proxy"),
     Attack("db_create_database", "CREATE DATABASE bi_evil", ALL, "deny", by="proxy"),
     Attack("db_rename_other_database", "ALTER DATABASE <<otherdb>> RENAME TO bi_x", ALL, "deny", by="proxy"),
     Attack("db_drop_other_database", "DROP DATABASE <<otherdb>>", ALL, "deny", by="proxy"),

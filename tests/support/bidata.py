@@ -39,7 +39,7 @@ from psycopg import pq, sql
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend
 
-DATA_VERSION = "bi-v4"
+DATA_VERSION = "bi-v5"
 
 SHARED_DB = "bi_shared"
 NORLS_DB = "bi_shared_norls"
@@ -294,12 +294,32 @@ def _countries(conn: psycopg.Connection, schema: str) -> None:
             cp.write_row(r)
 
 
+_CATALOG_OBJECTS = """
+CREATE TYPE {s}.cat_mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TYPE {s}.cat_pair AS (amount numeric, label text);
+CREATE TYPE {s}.cat_span AS RANGE (subtype = numeric);
+"""
+
+
+def _catalog_objects(conn: psycopg.Connection, schema: str, canary: str | None) -> None:
+    """Types (enum, composite, range) for catalog hygiene tests and, in a tenant's own schema, a view and comments
+    carrying its canary, so a description leaking to another tenant is caught like a row."""
+    conn.execute(_CATALOG_OBJECTS.format(s=schema))
+    if canary is not None:  # a tenant's own schema (not the shared one: a view there would need a tenant column)
+        conn.execute(f"CREATE VIEW {schema}.paid_orders AS SELECT id, customer_id, amount FROM {schema}.orders "
+                     "WHERE status = 'paid'")
+        conn.execute(f"COMMENT ON TABLE {schema}.orders IS 'CANARY-{canary} orders'")
+        conn.execute(f"COMMENT ON COLUMN {schema}.customers.email IS 'CANARY-{canary} e-mail'")
+        conn.execute(f"COMMENT ON TYPE {schema}.cat_mood IS 'CANARY-{canary} mood'")
+
+
 def _build_shared(conn: psycopg.Connection) -> None:
     _create_tables(conn, "public", tenant_column=True, partitioned=True)
     # The attackers' (acme's) rows are stored last, so a filter evaluated too late shows other tenants' rows first.
     for key in reversed(SHARED_KEYS):
         _load(conn, "public", generate(key), tenant_column=True)
     _countries(conn, "public")
+    _catalog_objects(conn, "public", None)
     conn.execute(
         """CREATE VIEW public.customer_revenue AS
              SELECT c.tenant_id, c.id AS customer_id, c.name, coalesce(sum(o.amount), 0) AS revenue
@@ -313,6 +333,7 @@ def _build_schema(conn: psycopg.Connection) -> None:
         conn.execute(f"CREATE SCHEMA {key}")
         _create_tables(conn, key, tenant_column=False, partitioned=False)
         _load(conn, key, generate(key), tenant_column=False)
+        _catalog_objects(conn, key, key)
     conn.execute(f"CREATE SCHEMA {REFERENCE_SCHEMA}")
     _countries(conn, REFERENCE_SCHEMA)
     conn.execute(
@@ -332,6 +353,7 @@ def _build_db(conn: psycopg.Connection, key: str) -> None:
     _create_tables(conn, "public", tenant_column=False, partitioned=False)
     _load(conn, "public", generate(key), tenant_column=False)
     _countries(conn, "public")
+    _catalog_objects(conn, "public", key)
 
 
 _lock = threading.Lock()

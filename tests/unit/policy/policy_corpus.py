@@ -12,6 +12,130 @@ from proxy.policy.model import SessionContext
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
 
+# PostgreSQL 15's column lists of the catalogs the shared strategy scrubs (dbcheck.catalog_columns reads them from
+# the server a tenant runs on).
+PG15_CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pg_attribute": (
+        "attrelid", "attname", "atttypid", "attstattarget", "attlen", "attnum", "attndims", "attcacheoff",
+        "atttypmod", "attbyval", "attalign", "attstorage", "attcompression", "attnotnull", "atthasdef",
+        "atthasmissing", "attidentity", "attgenerated", "attisdropped", "attislocal", "attinhcount", "attcollation",
+        "attacl", "attoptions", "attfdwoptions", "attmissingval",
+    ),
+    "pg_class": (
+        "oid", "relname", "relnamespace", "reltype", "reloftype", "relowner", "relam", "relfilenode",
+        "reltablespace", "relpages", "reltuples", "relallvisible", "reltoastrelid", "relhasindex", "relisshared",
+        "relpersistence", "relkind", "relnatts", "relchecks", "relhasrules", "relhastriggers", "relhassubclass",
+        "relrowsecurity", "relforcerowsecurity", "relispopulated", "relreplident", "relispartition", "relrewrite",
+        "relfrozenxid", "relminmxid", "relacl", "reloptions", "relpartbound",
+    ),
+    "pg_database": (
+        "oid", "datname", "datdba", "encoding", "datlocprovider", "datistemplate", "datallowconn", "datconnlimit",
+        "datfrozenxid", "datminmxid", "dattablespace", "datcollate", "datctype", "daticulocale", "datcollversion",
+        "datacl",
+    ),
+    "pg_default_acl": (
+        "oid", "defaclrole", "defaclnamespace", "defaclobjtype", "defaclacl",
+    ),
+    "pg_foreign_data_wrapper": (
+        "oid", "fdwname", "fdwowner", "fdwhandler", "fdwvalidator", "fdwacl", "fdwoptions",
+    ),
+    "pg_foreign_server": (
+        "oid", "srvname", "srvowner", "srvfdw", "srvtype", "srvversion", "srvacl", "srvoptions",
+    ),
+    "pg_init_privs": (
+        "objoid", "classoid", "objsubid", "privtype", "initprivs",
+    ),
+    "pg_language": (
+        "oid", "lanname", "lanowner", "lanispl", "lanpltrusted", "lanplcallfoid", "laninline", "lanvalidator",
+        "lanacl",
+    ),
+    "pg_namespace": (
+        "oid", "nspname", "nspowner", "nspacl",
+    ),
+    "pg_parameter_acl": (
+        "oid", "parname", "paracl",
+    ),
+    "pg_policies": (
+        "schemaname", "tablename", "policyname", "permissive", "roles", "cmd", "qual", "with_check",
+    ),
+    "pg_proc": (
+        "oid", "proname", "pronamespace", "proowner", "prolang", "procost", "prorows", "provariadic", "prosupport",
+        "prokind", "prosecdef", "proleakproof", "proisstrict", "proretset", "provolatile", "proparallel",
+        "pronargs", "pronargdefaults", "prorettype", "proargtypes", "proallargtypes", "proargmodes", "proargnames",
+        "proargdefaults", "protrftypes", "prosrc", "probin", "prosqlbody", "proconfig", "proacl",
+    ),
+    "pg_stat_all_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_scan", "idx_tup_read", "idx_tup_fetch",
+    ),
+    "pg_stat_all_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd", "n_live_tup", "n_dead_tup", "n_mod_since_analyze",
+        "n_ins_since_vacuum", "last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze", "vacuum_count",
+        "autovacuum_count", "analyze_count", "autoanalyze_count",
+    ),
+    "pg_stat_sys_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_scan", "idx_tup_read", "idx_tup_fetch",
+    ),
+    "pg_stat_sys_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd", "n_live_tup", "n_dead_tup", "n_mod_since_analyze",
+        "n_ins_since_vacuum", "last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze", "vacuum_count",
+        "autovacuum_count", "analyze_count", "autoanalyze_count",
+    ),
+    "pg_stat_user_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_scan", "idx_tup_read", "idx_tup_fetch",
+    ),
+    "pg_stat_user_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd", "n_live_tup", "n_dead_tup", "n_mod_since_analyze",
+        "n_ins_since_vacuum", "last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze", "vacuum_count",
+        "autovacuum_count", "analyze_count", "autoanalyze_count",
+    ),
+    "pg_stat_xact_all_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd",
+    ),
+    "pg_stat_xact_sys_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd",
+    ),
+    "pg_stat_xact_user_tables": (
+        "relid", "schemaname", "relname", "seq_scan", "seq_tup_read", "idx_scan", "idx_tup_fetch", "n_tup_ins",
+        "n_tup_upd", "n_tup_del", "n_tup_hot_upd",
+    ),
+    "pg_statio_all_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_blks_read", "idx_blks_hit",
+    ),
+    "pg_statio_all_tables": (
+        "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
+        "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit",
+    ),
+    "pg_statio_sys_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_blks_read", "idx_blks_hit",
+    ),
+    "pg_statio_sys_tables": (
+        "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
+        "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit",
+    ),
+    "pg_statio_user_indexes": (
+        "relid", "indexrelid", "schemaname", "relname", "indexrelname", "idx_blks_read", "idx_blks_hit",
+    ),
+    "pg_statio_user_tables": (
+        "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
+        "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit",
+    ),
+    "pg_tablespace": (
+        "oid", "spcname", "spcowner", "spcacl", "spcoptions",
+    ),
+    "pg_type": (
+        "oid", "typname", "typnamespace", "typowner", "typlen", "typbyval", "typtype", "typcategory",
+        "typispreferred", "typisdefined", "typdelim", "typrelid", "typsubscript", "typelem", "typarray", "typinput",
+        "typoutput", "typreceive", "typsend", "typmodin", "typmodout", "typanalyze", "typalign", "typstorage",
+        "typnotnull", "typbasetype", "typtypmod", "typndims", "typcollation", "typdefaultbin", "typdefault",
+        "typacl",
+    ),
+}
+
 _SCOPED = {
     ("sales", "orders"): "tenant_id",
     ("sales", "customers"): "tenant_id",
@@ -28,9 +152,11 @@ _SHARED = TenantPolicy(
     extra_allowed_functions=frozenset({"public.fiscal_quarter"}),
     denied_functions=frozenset({"pg_sleep_for"}),
     foreign_schemas=frozenset({"tenant_globex"}),  # another tenant's schema in the same database
+    catalog_columns=PG15_CATALOG_COLUMNS,
 )
-_SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("ref",))
-_DATABASE = TenantPolicy(tenant="acme", strategy="database")
+_SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("ref",),
+                       catalog_columns=PG15_CATALOG_COLUMNS)
+_DATABASE = TenantPolicy(tenant="acme", strategy="database", catalog_columns=PG15_CATALOG_COLUMNS)
 
 POLICIES: dict[str, TenantPolicy] = {
     "shared": _SHARED,
@@ -41,6 +167,9 @@ POLICIES: dict[str, TenantPolicy] = {
     "schema_rw": dataclasses.replace(_SCHEMA, allow_writes=True),
     "database": _DATABASE,
     "database_rw": dataclasses.replace(_DATABASE, allow_writes=True),
+    # the same database holds a schema tenant's schema (tenant_globex): hidden from these tenants too
+    "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"})),
+    "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"})),
 }
 
 

@@ -1,0 +1,382 @@
+"""Plans the run-time guards of one statement: which casts and calls get one, and the byte + tree edits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from proxy.policy import guards as g
+from proxy.policy.builtins import BUILTIN_FUNCTIONS
+from proxy.policy.model import TenantPolicy
+from proxy.policy.rules import fail
+from proxy.policy.sqltext import CLOSE, COMMA, DOT, OPEN, TextError, Tok, index_at, matching_close
+from proxy.policy.tree import Node, names_of, tag_of
+from proxy.policy.walk import Analysis, Site
+
+LBRACKET, RBRACKET = "ASCII_91", "ASCII_93"
+OWN_ROLE_FUNCTIONS = frozenset({"SVFOP_CURRENT_USER", "SVFOP_SESSION_USER", "SVFOP_CURRENT_ROLE", "SVFOP_USER"})
+# obj_description(oid, '<catalog>'): the kind of object the catalog holds.
+DESCRIBED_KINDS: dict[str, str] = {
+    "pg_class": "class", "pg_type": "type", "pg_proc": "proc", "pg_namespace": "namespace",
+    "pg_constraint": "constraint", "pg_trigger": "trigger", "pg_rewrite": "rule", "pg_operator": "oper",
+    "pg_collation": "collation", "pg_statistic_ext": "statext", "pg_ts_config": "config",
+    "pg_ts_dict": "dictionary", "pg_ts_parser": "ts_parser", "pg_ts_template": "ts_template",
+    "pg_conversion": "conversion", "pg_opclass": "opclass", "pg_opfamily": "opfamily",
+}
+
+
+class Planner(Protocol):
+    """What the guard planning needs of `rewrite._Planner`."""
+
+    policy: TenantPolicy
+
+    def edit(self, start: int, end: int, text: str) -> None: ...
+
+    def rule(self, rule: str) -> None: ...
+
+    def statement_tokens(self) -> list[Tok]: ...
+
+    def defer(self, fn: Callable[[], None]) -> None: ...
+
+
+# -- what is a literal, what stays a row-level value ------------------------------------------------------------
+
+
+def below_casts(node: Node | None) -> Node | None:
+    """The expression under any chain of casts."""
+    while node and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    return node
+
+
+def is_null(node: Node | None) -> bool:
+    inner = below_casts(node)
+    return bool(inner) and "A_Const" in inner and bool(inner["A_Const"].get("isnull"))  # type: ignore[index]
+
+
+def name_literal(node: Node | None) -> str | None:
+    """The text of a string literal (under any casts), else None."""
+    inner = below_casts(node)
+    if not inner or "A_Const" not in inner or "sval" not in inner["A_Const"]:
+        return None
+    return str(inner["A_Const"]["sval"].get("sval", ""))
+
+
+def is_own_role(node: Node | None) -> bool:
+    """CURRENT_USER, SESSION_USER, CURRENT_ROLE, USER: the session's own role, always the tenant's to see."""
+    inner = below_casts(node)
+    return bool(inner) and inner.get("SQLValueFunction", {}).get("op") in OWN_ROLE_FUNCTIONS  # type: ignore[union-attr]
+
+
+def needs_guard(policy: TenantPolicy, node: Node | None, kind: str, mode: str) -> bool:
+    """Whether an argument of `kind` read in `mode` needs a guard (the policy requires the kind's guards): not
+    NULL, not the session's own role, not a name in a literal that is checked otherwise (guards.literal_checked)."""
+    if node is None or is_null(node):
+        return False
+    if kind == "role" and is_own_role(node):
+        return False
+    text = name_literal(node)
+    return text is None or not g.literal_checked(policy, kind, mode, text)
+
+
+def row_level(node: Any) -> bool:
+    """True when the expression holds no aggregate, window or set-returning call outside a nested query (and no
+    call of a function the proxy does not know): it can be evaluated in a subquery of the same row."""
+    stack = [node]
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(value)
+            continue
+        if type(value) is not dict:
+            continue
+        tag = tag_of(value)
+        if tag in ("SubLink", "SelectStmt"):
+            continue
+        if tag == "GroupingFunc":
+            return False
+        if tag == "FuncCall":
+            call = value["FuncCall"]
+            names = names_of(call.get("funcname"))
+            if call.get("over") or any(call.get(k) for k in ("agg_star", "agg_distinct", "agg_order", "agg_filter",
+                                                            "agg_within_group")):
+                return False
+            name = names[-1] if names else ""
+            if name in g.AGGREGATES or name in g.SET_RETURNING or name not in BUILTIN_FUNCTIONS:
+                return False
+            if len(names) > 1 and names[-2] not in ("pg_catalog", "information_schema"):
+                return False
+        stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
+    return True
+
+
+def call_guards(name: str, args: list[Node]) -> list[tuple[int, str, str]]:
+    """(argument index, kind, mode) of each argument of a call of `name` that names an object."""
+    out = []
+    for spec in g.CALL_ARGS.get(name, ()):
+        if spec.nargs is not None and len(args) not in spec.nargs:
+            continue
+        index = spec.index if spec.index >= 0 else len(args) + spec.index
+        if not 0 <= index < len(args):
+            continue
+        kind = spec.kind
+        if name == "obj_description" and len(args) == 2:
+            catalog = name_literal(args[1])
+            kind = DESCRIBED_KINDS.get(catalog or "", "object")
+        out.append((index, kind, spec.mode))
+    return out
+
+
+def call_out(name: str) -> str:
+    """The result type of an argument guard: the function's parameter type (text for the two that read names)."""
+    return "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
+
+
+# -- text spans --------------------------------------------------------------------------------------------------
+
+
+def _min_location(node: Any) -> int | None:
+    best: int | None = None
+    stack = [node]
+    while stack:
+        value = stack.pop()
+        if type(value) is dict:
+            for k, v in value.items():
+                if k == "location" and type(v) is int and v >= 0:
+                    best = v if best is None or v < best else best
+                elif type(v) is dict or type(v) is list:
+                    stack.append(v)
+        elif type(value) is list:
+            stack.extend(value)
+    return best
+
+
+def _operand_start(toks: list[Tok], node: Node, before: int) -> int:
+    """Index of the first token of the expression `node`, which ends before token `before` (parentheses
+    around its first part or around all of it carry no location of their own)."""
+    start = _min_location(node)
+    if start is None:
+        raise TextError("an expression without a location")
+    i = index_at(toks, start)
+    while i > 0 and toks[i - 1].name == OPEN and matching_close(toks, i - 1) < before:
+        i -= 1
+    return i
+
+
+def _type_end(toks: list[Tok], i: int) -> int:
+    """Index after the type name starting at token `i` (qualified, with typmods and array bounds)."""
+    if i >= len(toks):
+        raise TextError("missing type name")
+    i += 1
+    while i + 1 < len(toks) and toks[i].name == DOT:
+        i += 2
+    if i < len(toks) and toks[i].name == OPEN:
+        i = matching_close(toks, i) + 1
+    if i < len(toks) and toks[i].name == "ARRAY":
+        i += 1
+    while i < len(toks) and toks[i].name == LBRACKET:
+        depth = 0
+        while i < len(toks):
+            if toks[i].name == LBRACKET:
+                depth += 1
+            elif toks[i].name == RBRACKET:
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        i += 1
+    return i
+
+
+def _call_args(toks: list[Tok], location: int, count: int) -> tuple[int, list[tuple[int, int]], int]:
+    """(index of '(', [(first, last) token index of each argument], index of ')') of the call at `location`."""
+    i = index_at(toks, location)
+    while i < len(toks) and toks[i].name != OPEN:
+        i += 1
+    if i >= len(toks):
+        raise TextError("a call without parentheses")
+    close = matching_close(toks, i)
+    spans: list[tuple[int, int]] = []
+    depth, first = 0, i + 1
+    for j in range(i + 1, close):
+        name = toks[j].name
+        if name in (OPEN, LBRACKET):
+            depth += 1
+        elif name in (CLOSE, RBRACKET):
+            depth -= 1
+        elif name == COMMA and depth == 0:
+            spans.append((first, j - 1))
+            first = j + 1
+    if close > i + 1:
+        spans.append((first, close - 1))
+    if len(spans) != count:
+        raise TextError("the call's arguments do not match the tree")
+    return i, spans, close
+
+
+# -- planning -----------------------------------------------------------------------------------------------------
+
+
+def plan(planner: Planner, analysis: Analysis) -> None:
+    """Add a guard for every site of the statement that needs one (outer sites first: their text goes around)."""
+    policy = planner.policy
+    for site in analysis.sites:
+        tag = tag_of(site.node)
+        if tag == "TypeCast":
+            _cast(planner, policy, site)
+        elif tag == "FuncCall":
+            _call(planner, policy, site)
+
+
+def _replace(planner: Planner, site: Site, build: Callable[[Node], Node]) -> None:
+    """Replace the site's node in the tree by `build(<its node at that time>)`: deferred so that a guard around
+    an inner guard wraps the inner one (the tree edits run inner first)."""
+    holder, key = site.holder, site.key
+
+    def mutation() -> None:
+        holder[key] = build(holder[key])
+
+    planner.defer(mutation)
+
+
+def _template_for(policy: TenantPolicy, kind: str, mode: str, out: str, operand: Node) -> g.Template:
+    if not row_level(operand):
+        if out not in g.CAST_KINDS:
+            raise fail(
+                "rewrite_unsupported",
+                "an object named by an aggregate, window or set-returning function cannot be checked here; "
+                "name it in a column of a subquery instead",
+            )
+        return g.array_form(policy, kind, out)
+    return g.carrier(policy, kind, mode, out, param="ParamRef" in operand or "A_Const" in operand)
+
+
+def _cast(planner: Planner, policy: TenantPolicy, site: Site) -> None:
+    body = site.node["TypeCast"]
+    type_name = body.get("typeName", {})
+    regtype = names_of(type_name.get("names"))[-1]
+    kind = g.CAST_KINDS[regtype]
+    operand = body.get("arg")
+    if operand is None or not g.required(policy, kind) or not needs_guard(policy, operand, kind, g.PARSE):
+        return
+    is_array = bool(type_name.get("arrayBounds"))
+    if is_array:
+        if not row_level(operand):
+            raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
+        template = g.array_cast(policy, kind, regtype)
+    else:
+        template = _template_for(policy, kind, g.PARSE, regtype, operand)
+    toks = planner.statement_tokens()
+    loc = body.get("location", -1)
+    if loc < 0:  # `regclass '1259'`: the type name, then a string literal
+        start = index_at(toks, type_name["location"])
+        lit = index_at(toks, operand["A_Const"]["location"])
+        planner.edit(toks[start].start, toks[lit].start, template.prefix)
+        planner.edit(toks[lit].end, toks[lit].end, template.suffix)
+        _replace(planner, site, lambda node: template.instantiate(node["TypeCast"]["arg"]))
+        planner.rule("object_guard")
+        return
+    at = index_at(toks, loc)
+    if toks[at].name == "CAST":
+        open_ = at + 1
+        close = matching_close(toks, open_)
+        depth, as_at = 0, -1
+        for j in range(open_ + 1, close):
+            name = toks[j].name
+            if name == OPEN:
+                depth += 1
+            elif name == CLOSE:
+                depth -= 1
+            elif name == "AS" and depth == 0:
+                as_at = j
+        if as_at < 0:
+            raise TextError("CAST without AS")
+        planner.edit(toks[at].start, toks[open_ + 1].start, template.prefix)
+        planner.edit(toks[as_at - 1].end, toks[close].end, template.suffix)
+    elif toks[at].name == "TYPECAST":
+        first = _operand_start(toks, operand, at)
+        end = _type_end(toks, at + 1)
+        planner.edit(toks[first].start, toks[first].start, template.prefix)
+        planner.edit(toks[at].start, toks[end - 1].end, template.suffix)
+    else:
+        raise TextError("a cast written in an unexpected way")
+    _replace(planner, site, lambda node: template.instantiate(node["TypeCast"]["arg"]))
+    planner.rule("object_guard")
+
+
+def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
+    body = site.node["FuncCall"]
+    names = names_of(body.get("funcname"))
+    if not names or (len(names) > 1 and names[-2] != "pg_catalog"):
+        return
+    name = names[-1]
+    if name not in g.GUARDED_NAMES:
+        return
+    args: list[Node] = body.get("args") or []
+    if any("NamedArgExpr" in a for a in args):
+        raise fail("rewrite_unsupported", f"{name}() must be called with positional arguments")
+    if name == "current_setting":
+        if args and name_literal(args[0]) is None and not is_null(args[0]):  # a literal name: settings.py
+            _wrap_arg(planner, site, body, 0, g.setting_name(policy), kind=None)
+        return
+    if name in g.RESULT_CALLS:
+        kind, out = g.RESULT_CALLS[name]
+        if len(args) == 1 and g.required(policy, kind) and needs_guard(policy, args[0], kind, g.PARSE):
+            _whole_call(planner, site, body, _template_for(policy, kind, g.PARSE, out, args[0]))
+        return
+    if name in g.RESULT_WRAPPED:
+        kind, out = g.RESULT_WRAPPED[name]
+        if not g.required(policy, kind):
+            return
+        template = g.carrier(policy, kind, g.OID, out)
+        if not row_level(site.node):
+            raise fail("rewrite_unsupported", f"{name}() cannot be checked here; call it in a subquery")
+        toks = planner.statement_tokens()
+        _, _, close = _call_args(toks, body["location"], len(args))
+        start = index_at(toks, body["location"])
+        planner.edit(toks[start].start, toks[start].start, template.prefix)
+        planner.edit(toks[close].end, toks[close].end, template.suffix)
+        _replace(planner, site, template.instantiate)
+        planner.rule("object_guard")
+        return
+    if name in ("pg_get_userbyid", "oidvectortypes"):
+        kind = "role" if name == "pg_get_userbyid" else "type"
+        if len(args) == 1 and not is_null(args[0]) and g.required(policy, kind):
+            template = g.userbyid(policy) if name == "pg_get_userbyid" else g.vectortypes(policy)
+            if not row_level(args[0]):
+                raise fail("rewrite_unsupported", f"the argument of {name}() cannot be checked here; use a subquery")
+            _whole_call(planner, site, body, template)
+        return
+    for index, kind, mode in call_guards(name, args):
+        if g.required(policy, kind) and needs_guard(policy, args[index], kind, mode):
+            template = _template_for(policy, kind, mode, call_out(name), args[index])
+            _wrap_arg(planner, site, body, index, template, kind)
+
+
+def _whole_call(planner: Planner, site: Site, body: Node, template: g.Template) -> None:
+    """Replace `f(x)` by the guard around x."""
+    toks = planner.statement_tokens()
+    _, spans, close = _call_args(toks, body["location"], 1)
+    first, last = spans[0]
+    start = index_at(toks, body["location"])
+    planner.edit(toks[start].start, toks[first].start, template.prefix)
+    planner.edit(toks[last].end, toks[close].end, template.suffix)
+    _replace(planner, site, lambda node: template.instantiate(node["FuncCall"]["args"][0]))
+    planner.rule("object_guard")
+
+
+def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.Template, kind: str | None) -> None:
+    """Put argument `index` of the call into the guard."""
+    toks = planner.statement_tokens()
+    args = body.get("args") or []
+    _, spans, _ = _call_args(toks, body["location"], len(args))
+    first, last = spans[index]
+    planner.edit(toks[first].start, toks[first].start, template.prefix)
+    planner.edit(toks[last].end, toks[last].end, template.suffix)
+    call_args = args
+
+    def mutation() -> None:
+        call_args[index] = template.instantiate(call_args[index])
+
+    planner.defer(mutation)
+    planner.rule("setting_guard" if kind is None else "object_guard")

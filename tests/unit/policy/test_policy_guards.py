@@ -1,0 +1,277 @@
+"""Run-time guards (guards.py, guarding.py): which conversions get one, its exact form, and the verifier's refusal of
+an unguarded or altered one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from policy_corpus import POLICIES
+
+from proxy.policy import Allow, Deny, Rewrite, decide, engine, guards
+from proxy.policy import guarding as guarding_module
+from proxy.policy.sqltext import Edit
+from proxy.policy.tree import parse_json
+
+SHARED, SCHEMA, DATABASE = POLICIES["shared"], POLICIES["schema"], POLICIES["database"]
+# A database tenant with another tenant's schema in its database (a deny-list).
+DATABASE_HIDING = dataclasses.replace(DATABASE, hidden_schemas=frozenset({"tenant_globex"}))
+
+CONVERSIONS = [
+    "SELECT attrelid::regclass FROM pg_attribute",
+    "SELECT CAST(c.oid AS regclass) FROM pg_class c",
+    "SELECT regclass '16385'",
+    "SELECT 16385::regclass, '16385'::regtype",
+    "SELECT $1::regnamespace",
+    "SELECT ('tenant_' || 'globex')::regnamespace",
+    "SELECT to_regtype($1)",
+    "SELECT pg_catalog.to_regclass(n) FROM (VALUES ('x')) v(n)",
+    "SELECT regclass(relname::text) FROM pg_class",
+    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute",
+    "SELECT pg_get_viewdef(c.oid, true) FROM pg_class c",
+    "SELECT obj_description(c.oid, 'pg_class'), col_description(c.oid, 1) FROM pg_class c",
+    "SELECT pg_get_constraintdef(oid) FROM pg_constraint",
+    "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef",
+    "SELECT max(oid)::regclass FROM pg_class",
+    "SELECT generate_series(16384, 16400)::regtype",
+    "SELECT proargtypes::regtype[] FROM pg_proc",
+    "SELECT oidvectortypes(proargtypes) FROM pg_proc",
+    "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c",
+    "SELECT pg_relation_size(c.oid) FROM pg_class c",
+    "SELECT pg_filenode_relation(0, relfilenode) FROM pg_class",
+]
+ROLE_CONVERSIONS = [
+    "SELECT 'someone'::regrole",
+    "SELECT to_regrole($1)",
+    "SELECT pg_get_userbyid(relowner) FROM pg_class",
+    "SELECT pg_has_role($1, 'MEMBER')",
+    "SELECT has_table_privilege('someone', 'pg_class', 'SELECT')",
+    "SELECT acldefault('r', relowner) FROM pg_class",
+]
+
+
+@pytest.mark.parametrize("policy_name", ["shared", "schema", "database_hiding"])
+@pytest.mark.parametrize("sql", CONVERSIONS + ROLE_CONVERSIONS)
+def test_every_conversion_gets_a_guard(policy_name: str, sql: str) -> None:
+    policy = DATABASE_HIDING if policy_name == "database_hiding" else POLICIES[policy_name]
+    decision = decide(policy, sql)
+    assert isinstance(decision, Rewrite), decision
+    assert "object_guard" in decision.rules, decision
+    parse_json(decision.sql)
+
+
+@pytest.mark.parametrize("sql", CONVERSIONS)
+def test_a_database_of_its_own_needs_no_namespace_guard(sql: str) -> None:
+    """Nothing in the database is hidden from a database tenant: only role names are guarded."""
+    decision = decide(DATABASE, sql)
+    assert isinstance(decision, Allow | Rewrite), decision
+    assert not isinstance(decision, Rewrite) or "object_guard" not in decision.rules, decision
+
+
+@pytest.mark.parametrize("sql", ROLE_CONVERSIONS)
+def test_role_names_are_guarded_in_a_database_of_its_own_too(sql: str) -> None:
+    decision = decide(DATABASE, sql)
+    assert isinstance(decision, Rewrite) and "object_guard" in decision.rules, decision
+
+
+@pytest.mark.parametrize(
+    ("policy_name", "sql"),
+    [
+        ("schema", "SELECT 'orders'::regclass, 'tenant_acme.orders'::regclass, to_regclass('ref.x')"),
+        ("shared", "SELECT 'sales.orders'::regclass, 'pg_class'::regclass, 'pg_catalog.int4'::regtype"),
+        ("shared", "SELECT NULL::regclass, has_table_privilege('orders', 'SELECT')"),
+        ("shared", "SELECT pg_has_role(current_user, 'MEMBER'), has_table_privilege(session_user, 'orders', 'SELECT')"),
+    ],
+)
+def test_names_checked_when_decided_need_no_guard(policy_name: str, sql: str) -> None:
+    decision = decide(POLICIES[policy_name], sql)
+    rules = decision.rules if isinstance(decision, Rewrite) else ()
+    assert not isinstance(decision, Deny) and "object_guard" not in rules, decision
+
+
+def test_a_literal_naming_another_schema_is_guarded_outside_the_schema_strategy() -> None:
+    """Refusing only the names of other tenants' schemas would tell them apart from missing ones."""
+    for schema in ("tenant_globex", "no_such_schema"):
+        decision = decide(SHARED, f"SELECT '{schema}.orders'::regclass")
+        assert isinstance(decision, Rewrite) and "object_guard" in decision.rules
+    assert decide(SCHEMA, "SELECT 'tenant_globex.orders'::regclass").rule == "foreign_schema"  # type: ignore[union-attr]
+    assert decide(SCHEMA, "SELECT 'no_such_schema.orders'::regclass").rule == "foreign_schema"  # type: ignore[union-attr]
+
+
+def test_the_client_expression_appears_once() -> None:
+    """Evaluated once: the client's text is inside the guard exactly once (volatile, aggregate, SRF alike)."""
+    for expr in ("random()::int", "max(oid)", "generate_series(1, 3)", "$1", "nextval('s')"):
+        decision = decide(SHARED, f"SELECT ({expr})::regclass FROM pg_class")
+        assert isinstance(decision, Rewrite)
+        assert decision.sql.count(expr) == 1, decision.sql
+
+
+def test_aggregates_windows_and_set_returning_functions_use_the_array_form() -> None:
+    for expr in ("max(oid)", "count(*)", "row_number() OVER ()", "generate_series(1, 3)", "unnest(ARRAY[1])"):
+        decision = decide(SCHEMA, f"SELECT ({expr})::regclass FROM pg_class")
+        assert isinstance(decision, Rewrite) and "pg_catalog.array_position(" in decision.sql, (expr, decision)
+    for expr in ("oid", "oid + 1", "(SELECT max(oid) FROM pg_class)", "random()::int"):
+        decision = decide(SCHEMA, f"SELECT ({expr})::regclass FROM pg_class")
+        assert isinstance(decision, Rewrite) and "array_position" not in decision.sql, (expr, decision)
+
+
+def test_the_result_type_is_the_clients() -> None:
+    for regtype in guards.CAST_KINDS:
+        decision = decide(SCHEMA, f"SELECT x::{regtype} FROM (VALUES (1)) v(x)")
+        assert isinstance(decision, Rewrite)
+        assert f"::pg_catalog.{regtype} FROM" in decision.sql, (regtype, decision.sql)
+
+
+def test_a_parameter_keeps_a_type_postgresql_can_infer() -> None:
+    decision = decide(SCHEMA, "SELECT $1::regclass")
+    assert isinstance(decision, Rewrite) and "($1)::pg_catalog.text" in decision.sql
+
+
+def test_current_setting_of_a_value_is_guarded_and_set_config_still_refused() -> None:
+    decision = decide(SHARED, "SELECT current_setting($1::VARCHAR)")
+    assert isinstance(decision, Rewrite) and "setting_guard" in decision.rules
+    assert "pg_catalog.regexp_replace($1::VARCHAR, '^pgtenant\\.(?!tenant_id$).*$'" in decision.sql
+    assert isinstance(decide(SHARED, "SELECT current_setting('work_mem')"), Allow)
+    denied = decide(SHARED, "SELECT set_config($1, 'x', false)")
+    assert isinstance(denied, Deny) and denied.rule == "reserved_setting"
+
+
+def test_own_setting_is_spared_by_the_setting_guard() -> None:
+    custom = dataclasses.replace(SHARED, tenant_setting="app.tenant_id")
+    template = guards.setting_name(custom)
+    assert "(?!" not in template.prefix + template.suffix  # no exception needed: every pgtenant.* is reserved
+    assert "(?!tenant_id$)" in (guards.setting_name(SHARED).prefix + guards.setting_name(SHARED).suffix)
+
+
+# -- the verifier ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "tamper"),
+    [
+        ("SELECT attrelid::regclass FROM pg_attribute", lambda s: "SELECT attrelid::regclass FROM pg_attribute"),
+        ("SELECT attrelid::regclass FROM pg_attribute",
+         lambda s: s.replace("relnamespace = ANY", "relnamespace <> ANY")),
+        ("SELECT format_type(atttypid, NULL) FROM pg_attribute",
+         lambda s: s.replace("pgt_g_c__type", "pgt_g_c__class")),
+        ("SELECT to_regtype($1)", lambda s: s.replace("'S'", "'X'")),
+        ("SELECT current_setting($1)", lambda s: s.replace("(?!tenant_id$)", "")),
+        ("SELECT pg_get_userbyid(relowner) FROM pg_class", lambda s: s.replace("'unknown (OID='", "'x'")),
+    ],
+)
+def test_verifier_refuses_an_unguarded_or_altered_conversion(
+    monkeypatch: pytest.MonkeyPatch, sql: str, tamper: object
+) -> None:
+    good = decide(SCHEMA, sql)
+    assert isinstance(good, Rewrite)
+    real_apply = engine.apply_edits
+
+    def tampered(data: bytes, edits: list[Edit]) -> str:
+        return tamper(real_apply(data, edits))  # type: ignore[operator]
+
+    monkeypatch.setattr(engine, "apply_edits", tampered)
+    decision = decide(SCHEMA, sql)
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", decision
+
+
+@pytest.mark.parametrize("sql", ["SELECT 16385::regclass", "SELECT format_type($1, NULL)",
+                                 "SELECT pg_get_userbyid(10)", "SELECT to_regclass($1)",
+                                 "SELECT current_setting($1)", "SELECT proargtypes::regtype[] FROM pg_proc"])
+def test_verifier_refuses_when_no_guard_was_planned(monkeypatch: pytest.MonkeyPatch, sql: str) -> None:
+    """The independent walk refuses an unguarded conversion even when the statement is otherwise allowed."""
+    monkeypatch.setattr(guarding_module, "plan", lambda *args, **kwargs: None)
+    decision = decide(SCHEMA, sql)
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", decision
+
+
+def test_a_forged_guard_cannot_carry_a_conversion() -> None:
+    """A client's subquery named like a guard is not one: what it holds is checked, and refused."""
+    decision = decide(SCHEMA, "SELECT (SELECT x::regclass FROM (SELECT 1 AS x) pgt_g_c__class__oid__regclass)")
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified"
+
+
+def test_explain_without_costs_off_is_refused_by_the_verifier(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.policy import rewrite
+
+    monkeypatch.setattr(rewrite._Planner, "costs_off", lambda self, body: None)
+    decision = decide(SHARED, "EXPLAIN SELECT 1")
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified"
+
+
+@pytest.mark.parametrize("sql", ["EXPLAIN (COSTS) SELECT 1", "EXPLAIN (COSTS ON) SELECT 1",
+                                 "EXPLAIN (FORMAT JSON, COSTS 1) SELECT 1"])
+def test_explain_costs_on_is_refused_in_the_shared_strategy(sql: str) -> None:
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Deny) and decision.rule == "explain_costs" and decision.sqlstate == "42501"
+    assert isinstance(decide(SCHEMA, sql), Allow)
+
+
+@pytest.mark.parametrize(("sql", "expected"), [
+    ("EXPLAIN SELECT 1", "EXPLAIN (COSTS OFF) SELECT 1"),
+    ("explain verbose SELECT 1", "explain (verbose, COSTS OFF) SELECT 1"),
+    ("EXPLAIN (FORMAT JSON, VERBOSE) SELECT 1", "EXPLAIN (FORMAT JSON, VERBOSE, COSTS OFF) SELECT 1"),
+    ("EXPLAIN (COSTS OFF) SELECT 1", None),
+])
+def test_explain_gets_costs_off_in_the_shared_strategy(sql: str, expected: str | None) -> None:
+    decision = decide(SHARED, sql)
+    if expected is None:
+        assert isinstance(decision, Allow)
+    else:
+        assert isinstance(decision, Rewrite) and decision.sql == expected
+
+
+@pytest.mark.parametrize("name", ["pg_current_snapshot", "txid_current", "pg_current_xact_id", "mxid_age",
+                                  "pg_snapshot_xmin", "pg_xact_commit_timestamp", "txid_status"])
+def test_cluster_activity_readers_are_refused_everywhere(name: str) -> None:
+    for policy in (SHARED, SCHEMA, DATABASE):
+        decision = decide(policy, f"SELECT {name}(NULL)")
+        assert isinstance(decision, Deny) and decision.rule == "cluster_activity", (name, policy.strategy)
+
+
+def test_template_lookup_by_name() -> None:
+    for policy in (SHARED, SCHEMA, DATABASE_HIDING):
+        for template in (guards.carrier(policy, "class", guards.PARSE, "regclass"),
+                         guards.carrier(policy, "role", guards.EXACT, "oid", param=True),
+                         guards.array_form(policy, "type", "regtype"), guards.array_cast(policy, "proc", "regproc"),
+                         guards.userbyid(policy), guards.vectortypes(policy)):
+            assert guards.template_named(policy, template.ident) == template
+            assert guards.ident_of(template.tree) == template.ident
+    assert guards.template_named(SHARED, "pgt_g_c__nope__oid__oid") is None
+    assert guards.template_named(SHARED, "pgt_g_x") is None
+
+
+# -- column replacements only where the statement can read them ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("sql", "full"), [
+    ("SELECT relname FROM pg_class WHERE relkind = 'r'", False),
+    ("SELECT c.relname, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace", False),
+    ("SELECT relname, reltuples FROM pg_class", True),
+    ("SELECT * FROM pg_class", True),
+    ("SELECT c.* FROM pg_class c", True),
+    ("SELECT c FROM pg_class c", True),
+    ("SELECT row_to_json(c) FROM pg_class c", True),
+    ("SELECT relname FROM pg_class NATURAL JOIN (SELECT 1 AS x) s", True),
+    ("SELECT a FROM pg_class AS c (a, b, d)", True),
+    ("SELECT x.relacl FROM (SELECT c.relname, c.relacl FROM pg_class c) x", True),
+    ("SELECT relname FROM pg_class JOIN (SELECT NULL::aclitem[] AS relacl) s USING (relacl)", True),
+    ("TABLE pg_class", True),
+    ("SELECT * FROM (SELECT relname FROM pg_class) s", False),
+    ("WITH t AS (SELECT relname FROM pg_class) SELECT DISTINCT *, 1 FROM t", False),
+    ("SELECT (c).relname FROM pg_class c", True),
+])
+def test_catalog_values_are_replaced_when_the_statement_can_read_them(sql: str, full: bool) -> None:
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Rewrite), decision
+    assert ("pgt_scrub" in decision.sql) == full, decision.sql
+    assert ("aclexplode" in decision.sql) == full, decision.sql
+
+
+def test_verifier_refuses_a_plain_catalog_filter_where_values_must_be_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.policy.catalog import Filter
+
+    monkeypatch.setattr(Filter, "needed_for", lambda self, usage, rv: self.lean())
+    assert isinstance(decide(SHARED, "SELECT relname FROM pg_class"), Rewrite)
+    for sql in ("SELECT relname, reltuples FROM pg_class", "SELECT * FROM pg_class", "SELECT c FROM pg_class c"):
+        decision = decide(SHARED, sql)
+        assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", (sql, decision)
