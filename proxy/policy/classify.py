@@ -232,7 +232,8 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
                 raise fail("temp_shadows_scoped", f'a temporary relation may not be called "{rel}"')
         elif ref.role == INHERIT:
             raise fail("ddl_not_allowed", "temporary tables may not inherit from other tables")
-        elif ref.role == UNKNOWN and not ref.cte:
+        elif ref.role in (SAMPLE, UNKNOWN) and not ref.cte:
             found = relation_filter(policy, rv)
-            if found is not None and found.kind != "temp":
+            # A catalog filter is not sampled (tenant tables are: rewrite.sample); nothing filtered goes elsewhere.
+            if found is not None and (found.kind == "catalog" if ref.role == SAMPLE else found.kind != "temp"):
                 raise fail("rewrite_unsupported", f'"{rel}" is tenant-filtered and cannot be used in this position')
