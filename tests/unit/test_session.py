@@ -200,6 +200,18 @@ def test_ssl_request_without_tls_configured(tmp_path: Path) -> None:
     assert s.state is State.STARTUP
 
 
+def test_a_flood_of_negotiation_requests_in_one_write_ends_in_one_error(tmp_path: Path) -> None:
+    """32,768 GSSENCRequests in one write crashed the compiled proxy (a recursion per packet; red-team finding):
+    the first is answered N, the bytes after it are refused like PostgreSQL refuses them, nothing recurses."""
+    s = ClientSession(make_config(tmp_path), session_id="s", client_address="a", throttle=AuthThrottle(),
+                      clock=lambda: 0.0, tls_available=False)
+    gss = (8).to_bytes(4, "big") + m.GSSENC_REQUEST_CODE.to_bytes(4, "big")
+    actions = s.client_data(gss * 40_000)
+    assert sent(actions[:-1]) == b"N"
+    assert isinstance(actions[-1], CloseClient) and actions[-1].error.sqlstate == "08P01"
+    assert s.state is State.CLOSED
+
+
 def test_cancel_request(session: ClientSession) -> None:
     actions = session.client_data(m.encode_cancel_request(42, b"abcd"))
     assert actions[0] == ForwardCancel(42, b"abcd")
