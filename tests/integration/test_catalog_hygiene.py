@@ -31,11 +31,11 @@ from psycopg.types.range import RangeInfo
 from tests.support import bidata
 from tests.support.bidata import PqClient, Result
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, ProxyProcess
+from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, TENANT_ROLES, ProxyProcess
 from tests.support.psql import find_psql, run_psql
 
 CATALOG_QUERIES = Path(__file__).resolve().parent.parent / "fixtures" / "catalog_queries.sql"
-ROLES = (BACKEND_ROLE, "pgt_globex", "pgt_initech", *bidata.TENANT_ROLES, bidata.DIRECT_ROLE)
+ROLES = (BACKEND_ROLE, TENANT_ROLES["globex"][0], TENANT_ROLES["initech"][0], *bidata.TENANT_ROLES, bidata.DIRECT_ROLE)
 DATABASES = ("saas", "initech", *bidata.ALL_DATABASES)
 SCHEMAS = ("globex", "one_co", "two_co", "ghost_co")
 
@@ -60,10 +60,10 @@ TENANTS = {
     t.user: t for t in (
         Tenant("alice", "shared", "saas", "public", BACKEND_ROLE, ("globex.cat_mood", "globex.cat_pair")),
         Tenant("t_acme", "shared", bidata.SHARED_DB, "public", BACKEND_ROLE),
-        Tenant("gina", "schema", "saas", "globex", "pgt_globex", ("public.cat_mood", "public.cat_pair")),
+        Tenant("gina", "schema", "saas", "globex", TENANT_ROLES["globex"][0], ("public.cat_mood", "public.cat_pair")),
         Tenant("s_one", "schema", bidata.SCHEMA_DB, "one_co", "pgt_bi_one",
                ("two_co.cat_mood", "two_co.cat_pair", "ghost_co.cat_span")),
-        Tenant("ivan", "database", "initech", "public", "pgt_initech"),
+        Tenant("ivan", "database", "initech", "public", TENANT_ROLES["initech"][0]),
         Tenant("d_four", "database", bidata.DB_FOUR, "public", "pgt_bi_four"),
     )
 }
@@ -88,7 +88,7 @@ def proxy(pg: PgCluster, catalog_proxy: ProxyProcess) -> ProxyProcess:
     pg.execute(_TYPES.format(s="public") + ";" + _TYPES.format(s="globex"), dbname="saas")
     pg.execute(_TYPES.format(s="public"), dbname="initech")
     pg.execute("CREATE OR REPLACE VIEW globex.big_orders AS SELECT id FROM globex.orders WHERE amount > 10;"
-               "GRANT SELECT ON globex.big_orders TO pgt_globex", dbname="saas")
+               "GRANT SELECT ON globex.big_orders TO " + TENANT_ROLES["globex"][0], dbname="saas")
     return catalog_proxy
 
 

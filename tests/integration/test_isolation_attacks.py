@@ -42,7 +42,7 @@ from proxy.protocol import messages as m
 from tests.support import bidata
 from tests.support.bidata import PqClient, Result
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
 from tests.support.wire import login, read_message
 
 STRATEGY_LETTERS = {"S": "shared", "N": "norls", "C": "schema", "D": "database"}
@@ -94,7 +94,8 @@ class Actor:
 
 
 # Every role of the test cluster but the bootstrap superuser: other tenants' backend roles must never be named.
-ALL_ROLES = (bidata.BACKEND_ROLE, *bidata.TENANT_ROLES, "pgt_globex", "pgt_initech", bidata.DIRECT_ROLE)
+ALL_ROLES = (bidata.BACKEND_ROLE, *bidata.TENANT_ROLES, TENANT_ROLES["globex"][0], TENANT_ROLES["initech"][0],
+             bidata.DIRECT_ROLE)
 
 _SHARED_POST = ("SELECT current_setting('pgtenant.tenant_id', true), current_user, current_setting('search_path'),"
                 " (SELECT count(*) FROM orders)")
