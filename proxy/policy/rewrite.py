@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.policy import guarding
-from proxy.policy.catalog import ColumnUsage, Filter, column_usage, needs_fence, relation_filter, wrapper_select
+from proxy.policy.catalog import (
+    ColumnUsage,
+    Filter,
+    column_usage,
+    conditions_are_safe,
+    needs_fence,
+    relation_filter,
+    wrapper_select,
+)
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import (
@@ -127,10 +135,18 @@ class _Text:
 
 
 class _Planner:
-    def __init__(self, policy: TenantPolicy, text: _Text, plan: Plan) -> None:
+    def __init__(self, policy: TenantPolicy, text: _Text, plan: Plan, node: Node | None = None) -> None:
         self.policy, self.text, self.plan = policy, text, plan
         self.unaliased: set[tuple[str, str]] = set()
         self.deferred: list[Callable[[], None]] = []
+        self.node = node
+        self._safe: bool | None = None
+
+    def safe_conditions(self) -> bool:
+        """Whether the statement's conditions cannot fail on a row (catalog filters then need no fence)."""
+        if self._safe is None:
+            self._safe = self.node is not None and conditions_are_safe(self.node)
+        return self._safe
 
     def statement_tokens(self) -> list[Tok]:
         """Every token of the statement (scanned once)."""
@@ -246,7 +262,7 @@ class _Planner:
                 end = after[0].end
             if only:
                 name = "ONLY " + name
-        fence = needs_fence(self.policy, flt)
+        fence = needs_fence(self.policy, flt, flt.kind != "tenant" and self.safe_conditions())
         sub = wrapper_sql(name, flt, rv["relname"], fence)
         alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
         self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
@@ -499,7 +515,7 @@ def names_system_column(node: Any) -> bool:
 
 def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, out: Plan) -> None:
     """Add the edits that filter every filtered relation referenced by `stmt` to `out`."""
-    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out, stmt.node)
     in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
     system_columns: bool | None = None  # looked for once, and only when a SELECT could keep them
     usage: ColumnUsage | None = None  # computed once, for the first catalog wrapper that replaces columns
