@@ -9,7 +9,7 @@ from functools import lru_cache
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import quote_ident, quote_literal
-from proxy.policy.tree import Node, parse_json, strip_positions
+from proxy.policy.tree import Node, parse_json, strip_positions, walk_dicts
 from proxy.policy.visibility import (
     hides_namespaces,
     namespace_visible,
@@ -156,25 +156,15 @@ def column_usage(node: Node) -> ColumnUsage:
     whole: set[int] = set()
     rows: set[str] = set()  # names used as a whole row or with `.*`
     relations: list[Node] = []
-    stack: list[object] = [node]
-    while stack:
-        value = stack.pop()
-        if type(value) is list:
-            stack.extend(value)
-            continue
-        if type(value) is not dict:
-            continue
+    for value in walk_dicts(node, lambda d: "ColumnRef" in d):
         select = value.get("SelectStmt")
         if select is not None:
             direct: list[Node] = []
             _from_relations(select.get("fromClause") or [], direct)
             relations.extend(direct)
-            stars = any(
-                [f for f in (t.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") or ())]
-                == [{"A_Star": {}}]
-                for t in select.get("targetList") or ()
-            )
-            if stars:
+            star = [{"A_Star": {}}]
+            if any(t.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") == star
+                   for t in select.get("targetList") or ()):
                 whole.update(rv.get("location", -1) for rv in direct)
         col = value.get("ColumnRef")
         if col is not None:
@@ -187,7 +177,6 @@ def column_usage(node: Node) -> ColumnUsage:
                 names.add(name)
                 if len(fields) == 1:
                     rows.add(name)
-            continue
         join = value.get("JoinExpr")
         if join is not None:
             names.update(u["String"].get("sval", "") for u in join.get("usingClause") or () if "String" in u)
@@ -195,7 +184,6 @@ def column_usage(node: Node) -> ColumnUsage:
                 joined: list[Node] = []
                 _from_relations([join[k] for k in ("larg", "rarg") if k in join], joined)
                 whole.update(rv.get("location", -1) for rv in joined)
-        stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
     for rv in relations:
         if ((rv.get("alias") or {}).get("aliasname") or rv.get("relname")) in rows:
             whole.add(rv.get("location", -1))
@@ -276,19 +264,11 @@ def _safe_condition(node: Node) -> bool:
 
 def conditions_are_safe(node: Node) -> bool:
     """True when every WHERE, HAVING and JOIN condition of the statement is a safe condition (see above)."""
-    stack: list[object] = [node]
-    while stack:
-        value = stack.pop()
-        if type(value) is list:
-            stack.extend(value)
-            continue
-        if type(value) is not dict:
-            continue
+    for value in walk_dicts(node):
         for tag, key in (("SelectStmt", "whereClause"), ("SelectStmt", "havingClause"), ("JoinExpr", "quals")):
             body = value.get(tag)
             if body is not None and body.get(key) is not None and not _safe_condition(body[key]):
                 return False
-        stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
     return True
 
 
