@@ -10,7 +10,7 @@ from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import CLOSE, COMMA, DOT, OPEN, TextError, Tok, index_at, matching_close
-from proxy.policy.tree import Node, names_of, tag_of
+from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 from proxy.policy.walk import Analysis, Site
 
 LBRACKET, RBRACKET = "ASCII_91", "ASCII_93"
@@ -82,31 +82,21 @@ def needs_guard(policy: TenantPolicy, node: Node | None, kind: str, mode: str) -
 def row_level(node: Any) -> bool:
     """True when the expression holds no aggregate, window or set-returning call outside a nested query (and no
     call of a function the proxy does not know): it can be evaluated in a subquery of the same row."""
-    stack = [node]
-    while stack:
-        value = stack.pop()
-        if type(value) is list:
-            stack.extend(value)
-            continue
-        if type(value) is not dict:
-            continue
-        tag = tag_of(value)
-        if tag in ("SubLink", "SelectStmt"):
-            continue
-        if tag == "GroupingFunc":
+    for value in walk_dicts(node, lambda d: tag_of(d) in ("SubLink", "SelectStmt")):
+        if "GroupingFunc" in value:
             return False
-        if tag == "FuncCall":
-            call = value["FuncCall"]
-            names = names_of(call.get("funcname"))
-            if call.get("over") or any(call.get(k) for k in ("agg_star", "agg_distinct", "agg_order", "agg_filter",
-                                                            "agg_within_group")):
-                return False
-            name = names[-1] if names else ""
-            if name in g.AGGREGATES or name in g.SET_RETURNING or name not in BUILTIN_FUNCTIONS:
-                return False
-            if len(names) > 1 and names[-2] not in ("pg_catalog", "information_schema"):
-                return False
-        stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
+        call = value.get("FuncCall")
+        if call is None or tag_of(value) != "FuncCall":
+            continue
+        names = names_of(call.get("funcname"))
+        if call.get("over") or any(call.get(k) for k in ("agg_star", "agg_distinct", "agg_order", "agg_filter",
+                                                        "agg_within_group")):
+            return False
+        name = names[-1] if names else ""
+        if name in g.AGGREGATES or name in g.SET_RETURNING or name not in BUILTIN_FUNCTIONS:
+            return False
+        if len(names) > 1 and names[-2] not in ("pg_catalog", "information_schema"):
+            return False
     return True
 
 

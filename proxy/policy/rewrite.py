@@ -15,6 +15,7 @@ from proxy.policy.catalog import (
     Filter,
     ambiguous_scoped,
     column_usage,
+    conditions_are_safe,
     needs_fence,
     relation_filter,
     wrapper_select,
@@ -146,10 +147,18 @@ class _Text:
 
 
 class _Planner:
-    def __init__(self, policy: TenantPolicy, text: _Text, plan: Plan) -> None:
+    def __init__(self, policy: TenantPolicy, text: _Text, plan: Plan, node: Node | None = None) -> None:
         self.policy, self.text, self.plan = policy, text, plan
         self.unaliased: set[tuple[str, str]] = set()
         self.deferred: list[Callable[[], None]] = []
+        self.node = node
+        self._safe: bool | None = None
+
+    def safe_conditions(self) -> bool:
+        """Whether the statement's conditions cannot fail on a row (catalog filters then need no fence)."""
+        if self._safe is None:
+            self._safe = self.node is not None and conditions_are_safe(self.node)
+        return self._safe
 
     def statement_tokens(self) -> list[Tok]:
         """Every token of the statement (scanned once)."""
@@ -248,7 +257,7 @@ class _Planner:
     def wrap(self, ref: RelRef, flt: Filter) -> None:
         rv = ref.rv
         start, end, name, inner = self.name_span(ref, flt)
-        fence = needs_fence(self.policy, flt)
+        fence = needs_fence(self.policy, flt, flt.kind != "tenant" and self.safe_conditions())
         sub = wrapper_sql(name, flt, rv["relname"], fence)
         alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
         self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)
@@ -635,7 +644,7 @@ def names_whole_row(analysis: Analysis, ref: RelRef) -> bool:
 
 def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, out: Plan) -> None:
     """Add the edits that filter every filtered relation referenced by `stmt` to `out`."""
-    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out, stmt.node)
     in_where: dict[int, tuple[Node, list[tuple[RelRef, Filter]]]] = {}
     taken: set[str] | None = None  # FROM-item names, for the empty rows of join filters
     usage: ColumnUsage | None = None  # computed once, for the first catalog wrapper that replaces columns

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -94,6 +95,19 @@ def strip_positions(json_text: str) -> str:
 def dumps(value: Any) -> str:
     """Compact JSON text in libpg_query's format (same separators and escapes; it also escapes < and >)."""
     return _ENCODER.encode(value).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def walk_dicts(node: Any, prune: Callable[[Node], bool] | None = None) -> Iterator[Node]:
+    """Every dict of a parse tree (depth first, explicit stack); below a dict for which `prune` is true nothing."""
+    stack = [node]
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(value)
+        elif type(value) is dict:
+            yield value
+            if prune is None or not prune(value):
+                stack.extend(v for v in value.values() if type(v) is dict or type(v) is list)
 
 
 def canonical(value: Any) -> Any:

@@ -68,10 +68,12 @@ def check_coverage(policy: TenantPolicy, node: Node, reads: Reads | None = None)
 @dataclass(frozen=True, slots=True)
 class Reads:
     """What a client's statement may read: column names (the last name of each column reference; a lone name may
-    be a whole row) and USING names; the locations of relation references it may read whole."""
+    be a whole row) and USING names; the locations of relation references it may read whole; whether every
+    condition of it cannot fail on a row (`safe`: catalog filters may then be unfenced)."""
 
     names: frozenset[str]
     whole: frozenset[int]
+    safe: bool = False
 
 
 def _relations_of(from_items: list[Any], found: list[Node]) -> None:
@@ -126,7 +128,71 @@ def reads_of(node: Node) -> Reads:
     for rv in every_relation:
         if ((rv.get("alias") or {}).get("aliasname") or rv.get("relname")) in row_names:
             whole.add(rv.get("location", -1))
-    return Reads(frozenset(found), frozenset(whole))
+    return Reads(frozenset(found), frozenset(whole), _conditions_cannot_fail(node))
+
+
+_COMPARISONS = frozenset({"=", "<>", "!=", "<", "<=", ">", ">="})
+_MATCHES = frozenset({"~", "~*", "!~", "!~*", "~~", "~~*", "!~~", "!~~*"})
+
+
+def _is_constant(node: Any) -> bool:
+    while type(node) is dict and ("TypeCast" in node or "CollateClause" in node):
+        node = next(iter(node.values())).get("arg")
+    return type(node) is dict and ("A_Const" in node or "ParamRef" in node)
+
+
+def _is_operand(node: Any) -> bool:
+    if type(node) is not dict:
+        return False
+    if "CollateClause" in node:
+        return _is_operand(node["CollateClause"].get("arg"))
+    if "ColumnRef" in node:
+        parts = node["ColumnRef"].get("fields") or []
+        return bool(parts) and "A_Star" not in parts[-1]
+    if "A_ArrayExpr" in node:
+        return all(_is_operand(x) for x in node["A_ArrayExpr"].get("elements") or [])
+    return _is_constant(node)
+
+
+def _cannot_fail(node: Any) -> bool:
+    """A condition that raises no error whatever the row: comparisons of columns and constants, pattern matches
+    against a constant, IN lists, NULL/boolean tests, and AND/OR/NOT of them."""
+    if type(node) is not dict:
+        return False
+    if "BoolExpr" in node:
+        return all(_cannot_fail(a) for a in node["BoolExpr"].get("args") or [])
+    for tag in ("NullTest", "BooleanTest"):
+        if tag in node:
+            return _is_operand(node[tag].get("arg"))
+    if "A_Expr" in node:
+        e = node["A_Expr"]
+        op = [n.get("String", {}).get("sval") for n in e.get("name") or []]
+        if not op or op[:-1] not in ([], ["pg_catalog"]) or e.get("kind") not in (
+            "AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL", "AEXPR_IN", "AEXPR_DISTINCT", "AEXPR_NOT_DISTINCT",
+            "AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN",
+        ):
+            return False
+        right = e.get("rexpr")
+        operands = right["List"].get("items") or [] if type(right) is dict and "List" in right else [right]
+        if op[-1] in _MATCHES:
+            return _is_operand(e.get("lexpr")) and all(_is_constant(x) for x in operands)
+        return op[-1] in _COMPARISONS and _is_operand(e.get("lexpr")) and all(_is_operand(x) for x in operands)
+    return _is_operand(node)
+
+
+def _conditions_cannot_fail(node: Node) -> bool:
+    todo: list[Any] = [node]
+    while todo:
+        item = todo.pop()
+        if type(item) is list:
+            todo.extend(item)
+        elif type(item) is dict:
+            sel, join = item.get("SelectStmt"), item.get("JoinExpr")
+            for cond in ((sel or {}).get("whereClause"), (sel or {}).get("havingClause"), (join or {}).get("quals")):
+                if cond is not None and not _cannot_fail(cond):
+                    return False
+            todo.extend(item.values())
+    return True
 
 
 _DESCRIBED: dict[str, str] = {
@@ -522,7 +588,9 @@ class _Coverage:
         flt = self.filtered(inner) if inner is not None else None
         if flt is None or flt.kind == "temp":
             return False
-        fence = needs_fence(self.policy, flt)
+        fence = needs_fence(self.policy, flt)  # a catalog filter: fenced, or plain when the conditions cannot fail
+        if flt.kind != "tenant" and self.reads is not None and self.reads.safe and "limitOffset" not in sub:
+            fence = False
         if not flt.plain:  # a catalog wrapper that replaces column values: exactly its own select list and FROM
             if "alias" in inner:
                 return False

@@ -462,6 +462,14 @@ ATTACKS: list[Attack] = [
     Attack("catalog_pg_stats_values",
            "SELECT schemaname, tablename, attname, most_common_vals::text, histogram_bounds::text FROM pg_stats"
            " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')", "SNC", "deny", by="proxy"),
+    # a condition that fails on a row must never see a row the catalog filter hides (its value would be in the error)
+    Attack("catalog_error_probe_relname", "SELECT relname FROM pg_class WHERE relname::int = 0", ALL, "any"),
+    Attack("catalog_error_probe_nspname", "SELECT nspname FROM pg_namespace WHERE nspname::int = 1", ALL, "any"),
+    Attack("catalog_error_probe_datname", "SELECT datname FROM pg_database WHERE datname::int = 1", ALL, "any"),
+    Attack("catalog_error_probe_rolname", "SELECT rolname FROM pg_roles WHERE rolname::int = 1", ALL, "any"),
+    Attack("catalog_error_probe_join", "SELECT c.relname FROM pg_class c JOIN pg_namespace n "
+           "ON n.oid = c.relnamespace AND n.nspname::int = 1", ALL, "any"),
+    Attack("catalog_error_probe_description", "SELECT 1 FROM pg_description WHERE description::int = 1", ALL, "any"),
     Attack("catalog_pg_tables_schemanames", "SELECT DISTINCT schemaname FROM pg_tables", ALL, "any"),
     Attack("catalog_pg_stat_user_tables", "SELECT schemaname, relname, n_live_tup FROM pg_stat_user_tables", ALL,
            "any"),

@@ -364,3 +364,69 @@ def test_in_a_session_context_reads_are_filtered_and_writes_reach_only_pg_temp(p
     assert unfiltered_references(forwarded) == [], (sql, forwarded)
     for rv in _written_relations(forwarded):
         assert rv.schemaname == "pg_temp", (sql, forwarded)
+
+
+# -- OID-to-name conversions: never forwarded outside a guard -------------------------------------------------------
+
+REG_TYPES = ["regclass", "regtype", "regnamespace", "regproc", "regprocedure", "regrole", "pg_catalog.regclass"]
+VALUES = ["oid", "c.oid", "16385", "'16385'", "$1", "relname", "relnamespace + 0", "(SELECT max(oid) FROM pg_type)",
+          "max(oid)", "generate_series(1, 3)", "random()::int", "NULL", "'pg_class'", "'tenant_globex.orders'"]
+CALLS = ["format_type({v}, NULL)", "pg_get_viewdef({v})", "obj_description({v}, 'pg_class')",
+         "pg_get_userbyid({v})", "to_regclass({v}::text)", "has_table_privilege({v}, 'SELECT')",
+         "pg_relation_size({v})", "current_setting({v}::text)", "{v}::{t}", "CAST({v} AS {t})", "{v}::{t}[]"]
+
+
+@st.composite
+def conversion(draw: st.DrawFn) -> str:
+    call = draw(st.sampled_from(CALLS))
+    expr = call.format(v=draw(st.sampled_from(VALUES)), t=draw(st.sampled_from(REG_TYPES)))
+    outer = draw(st.sampled_from(["{}", "({})::text", "upper({}::text)", "coalesce({}::text, 'x')"]))
+    where = draw(st.sampled_from(["", " WHERE c.relkind = 'r'", " WHERE {} IS NOT NULL"]))
+    return f"SELECT {outer.format(expr)} FROM pg_class c" + where.format(expr)
+
+
+def _unguarded_conversions(sql: str) -> list[str]:
+    """Casts to reg* types of anything but a string literal, and naming calls, outside a `pgt_g_*` guard."""
+    problems: list[str] = []
+
+    def is_guard(node: Any) -> bool:
+        sub = getattr(node, "subselect", None)
+        if isinstance(node, ast.A_Indirection):
+            sub = getattr(node.arg, "subselect", None)
+        items = getattr(sub, "fromClause", None) or ()
+        alias = getattr(items[0], "alias", None) if items else None
+        return alias is not None and alias.aliasname.startswith("pgt_g_")
+
+    def visit(node: Any) -> None:
+        if isinstance(node, ast.SubLink | ast.A_Indirection) and is_guard(node):
+            return  # the verifier checks the guard's exact form; what it holds is visited by it
+        if isinstance(node, ast.TypeCast):
+            name = node.typeName.names[-1].sval
+            arg = node.arg
+            while isinstance(arg, ast.TypeCast):
+                arg = arg.arg
+            literal = isinstance(arg, ast.A_Const) and (arg.isnull or isinstance(arg.val, ast.String))
+            if name.startswith("reg") and not literal:
+                problems.append(name)
+        if isinstance(node, ast.FuncCall) and node.funcname[-1].sval in ("format_type", "pg_get_userbyid"):
+            first = node.args[0]
+            null = isinstance(first, ast.A_Const) and first.isnull
+            if not null and (node.funcname[-1].sval == "pg_get_userbyid" or not is_guard(first)):
+                problems.append(node.funcname[-1].sval)
+        for child in _children(node):
+            visit(child)
+
+    for raw in parse_sql(sql):
+        visit(raw.stmt)
+    return problems
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conversion(), st.sampled_from(["shared", "schema"]))
+def test_conversions_are_never_forwarded_unguarded(sql: str, policy_name: str) -> None:
+    decision = decide(POLICIES[policy_name], sql)
+    if isinstance(decision, Deny):  # honest refusals only: a name in another schema, a shape a guard cannot take
+        assert decision.rule in {"foreign_schema", "rewrite_unsupported"}, (sql, decision)
+        return
+    forwarded = decision.sql if isinstance(decision, Rewrite) else sql
+    assert _unguarded_conversions(forwarded) == [], (sql, forwarded)
