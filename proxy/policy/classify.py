@@ -16,6 +16,7 @@ from proxy.policy.walk import (
     INTO,
     LIKE,
     READ,
+    REG_TYPES,
     SAMPLE,
     TARGET,
     TRUNCATE,
@@ -178,7 +179,10 @@ def _check_table_elements(policy: TenantPolicy, elements: list[Node] | tuple[Nod
                 raise fail("ddl_not_allowed", "LIKE ... INCLUDING " + ", ".join(copied) + " copies expressions "
                            "the proxy cannot check; use INCLUDING COMMENTS, STORAGE, COMPRESSION, IDENTITY or "
                            "STATISTICS")
+            _check_like_source(like.get("relation", {}))
         column = element.get("ColumnDef")
+        if column is not None:
+            _check_column_type(names_of(column.get("typeName", {}).get("names")))
         constraints = column.get("constraints") or () if column is not None else (element,)
         for item in constraints:
             constraint = item.get("Constraint", {})
@@ -186,6 +190,32 @@ def _check_table_elements(policy: TenantPolicy, elements: list[Node] | tuple[Nod
                 pk = constraint.get("pktable", {})
                 if policy.temp_kind(pk.get("schemaname"), pk.get("relname", "")) != "table":
                     raise fail("ddl_not_allowed", "a temporary table may only reference temporary tables")
+
+
+# Object-identifier types print an object's name and read one: a column of one in a temporary table would convert
+# every value written into it (an assignment cast, COPY) and read from it without the run-time guards that every
+# written conversion gets (proxy/policy/guards.py). The same for the catalogs' row types, which hold such columns.
+_SAFE_PG_TYPES = frozenset({"pg_lsn", "pg_snapshot"})
+
+
+def _check_column_type(names: tuple[str, ...]) -> None:
+    """Refuse a temporary table column of an object-identifier type (regclass, regrole…) or a catalog's row type."""
+    if not names:
+        return
+    name, schema = names[-1].lower(), (names[-2] if len(names) > 1 else None)
+    if name in REG_TYPES or name == "regrole" or (
+        name.startswith("pg_") and name not in _SAFE_PG_TYPES and schema in (None, "pg_catalog")
+    ) or schema == "information_schema":
+        raise fail("ddl_not_allowed", f"a temporary table may not have a column of type {'.'.join(names)}: it names "
+                   "objects without the checks the proxy applies to conversions (store the OID as oid, or the name "
+                   "as text)")
+
+
+def _check_like_source(rv: Node) -> None:
+    """LIKE copies column types: not from a catalog (its object-identifier columns, see `_check_column_type`)."""
+    schema, name = rv.get("schemaname"), rv.get("relname", "")
+    if schema in CATALOG_SCHEMAS or (schema is None and name.startswith("pg_")):
+        raise fail("ddl_not_allowed", f'a temporary table may not be created LIKE the catalog "{name}"')
 
 
 def _check_drop(policy: TenantPolicy, body: Node) -> None:
