@@ -231,7 +231,7 @@ class _Planner:
             fields = names_of(col.get("fields"))
             if (fields[0], fields[1]) not in self.unaliased:
                 continue
-            if refnames[fields[1]] != 1:
+            if refnames[fields[1]] != 1 and not _same_relation_everywhere(analysis, fields[0], fields[1]):
                 raise fail(
                     "rewrite_unsupported",
                     f'"{fields[0]}.{fields[1]}.{fields[2]}" is ambiguous once "{fields[1]}" is filtered; use aliases',
@@ -592,6 +592,21 @@ def _costs_off_node() -> Node:
         doc = json.loads(strip_positions(parse_json("EXPLAIN (COSTS OFF) SELECT")))
         _COSTS_OFF.append(doc["stmts"][0]["stmt"]["ExplainStmt"]["options"][0])
     return copy.deepcopy(_COSTS_OFF[0])
+
+
+def _same_relation_everywhere(analysis: Analysis, schema: str, name: str) -> bool:
+    """True when every FROM item, CTE and alias of the statement called `name` is the unaliased relation
+    `schema.name` (written so, or unqualified for a pg_catalog relation, which is searched first): then
+    `name.column` resolves to the nearest of them exactly as `schema.name.column` did (SQLAlchemy qualifies every
+    column of its catalog queries, whose subqueries read the same catalogs again)."""
+    items = [ref.rv for ref in analysis.refs if ref.role in (READ, SAMPLE) and not ref.cte and _refname(ref.rv) == name]
+    if len(items) != analysis.refnames.count(name) or name in analysis.other_names:
+        return False  # a CTE, a subquery or function alias, a join alias of that name
+    return all(
+        "alias" not in rv and rv.get("relname") == name and "catalogname" not in rv
+        and rv.get("schemaname", "pg_catalog" if schema == "pg_catalog" else None) == schema
+        for rv in items
+    )
 
 
 def _refname(rv: Node) -> str:
