@@ -373,6 +373,9 @@ class _Coverage:
             kind = guards.RESULT_CALLS[name][0]
             if self.required(kind) and not all(_checked_value(self.policy, a, kind, guards.PARSE) for a in args):
                 raise Unverified(f"{name}() of a value without its guard")
+        elif name == "to_regtypemod":
+            if self.required("type") and not all(_checked_value(self.policy, a, "type", guards.PARSE) for a in args):
+                raise Unverified("to_regtypemod() of a value that names no checked type")
         elif name in guards.RESULT_WRAPPED:
             if self.required(guards.RESULT_WRAPPED[name][0]):
                 raise Unverified(f"{name}() outside its guard")

@@ -308,3 +308,11 @@ def test_verifier_refuses_an_unfenced_catalog_filter_where_a_condition_can_fail(
     assert isinstance(decide(SCHEMA, "SELECT relname FROM pg_class WHERE relkind = 'r'"), Rewrite)
     decision = decide(SCHEMA, "SELECT relname FROM pg_class WHERE relname::int = 0")
     assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", decision
+
+
+def test_to_regtypemod_of_a_value_is_refused_where_schemas_are_hidden() -> None:
+    for policy in (SHARED, SCHEMA, DATABASE_HIDING):
+        decision = decide(policy, "SELECT to_regtypemod($1)")
+        assert isinstance(decision, Deny) and decision.rule == "unchecked_object_name", decision
+        assert not isinstance(decide(policy, "SELECT to_regtypemod('varchar(10)')"), Deny)
+    assert not isinstance(decide(DATABASE, "SELECT to_regtypemod($1)"), Deny)
