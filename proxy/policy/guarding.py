@@ -231,7 +231,7 @@ def _replace(planner: Planner, site: Site, build: Callable[[Node], Node]) -> Non
 
 def _template_for(policy: TenantPolicy, kind: str, mode: str, out: str, operand: Node) -> g.Template:
     if not row_level(operand):
-        if out not in g.CAST_KINDS:
+        if out not in g.CAST_KINDS and not (out == "oid" and g.KINDS[kind].catalog):
             raise fail(
                 "rewrite_unsupported",
                 "an object named by an aggregate, window or set-returning function cannot be checked here; "

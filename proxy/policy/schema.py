@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import object_name_parts
@@ -126,6 +127,22 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         literal = string_const(node)
         if literal is not None and not literal.strip().isdigit():
             check(_literal_schema(literal, kind), f"{call.names[-1]}('{literal}')")
+    for call in analysis.calls:  # the naming functions' object arguments read as names (guards.CALL_ARGS)
+        if call.named or (len(call.names) > 1 and call.names[-2] != "pg_catalog"):
+            continue
+        for spec in CALL_ARGS.get(call.names[-1], ()):
+            index = spec.index if spec.index >= 0 else len(call.args) + spec.index
+            if spec.mode == OID or spec.kind in ALWAYS or not 0 <= index < len(call.args):
+                continue
+            if spec.nargs is not None and len(call.args) not in spec.nargs:
+                continue
+            node = call.args[index]
+            while node and "TypeCast" in node:
+                node = node["TypeCast"].get("arg")
+            literal = string_const(node)
+            if literal is not None and not literal.strip().isdigit():
+                how = "schema" if spec.kind == "namespace" else "routine" if spec.kind == "proc" else "object"
+                check(_literal_schema(literal, how), f"{call.names[-1]}('{literal}')")
 
 
 def check_writes_to_shared(policy: TenantPolicy, schema: str | None, relname: str) -> None:

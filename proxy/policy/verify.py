@@ -411,6 +411,8 @@ class _Coverage:
                 continue
             out = "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
             expected = {guards.carrier(self.policy, kind, spec.mode, out, param).ident for param in (False, True)}
+            if out == "oid" and guards.KINDS[kind].catalog:
+                expected.add(guards.array_form(self.policy, kind, out).ident)
             if guards.ident_of(arg) not in expected:
                 raise Unverified(f"argument {index + 1} of {name}() names an object without its guard")
 

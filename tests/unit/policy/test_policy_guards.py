@@ -316,3 +316,23 @@ def test_to_regtypemod_of_a_value_is_refused_where_schemas_are_hidden() -> None:
         assert isinstance(decision, Deny) and decision.rule == "unchecked_object_name", decision
         assert not isinstance(decide(policy, "SELECT to_regtypemod('varchar(10)')"), Deny)
     assert not isinstance(decide(DATABASE, "SELECT to_regtypemod($1)"), Deny)
+
+
+def test_a_literal_name_given_to_a_naming_function_is_checked_in_the_schema_strategy() -> None:
+    """pg_input_is_valid('x', 'tenant_globex.t') reports 'permission denied' for another tenant's schema, unlike a
+    missing one: such literals are decided like a cast's."""
+    for sql in (
+        "SELECT pg_input_is_valid('x', 'tenant_globex.mood')",
+        "SELECT has_table_privilege('tenant_globex.orders', 'SELECT')",
+        "SELECT pg_relation_size('tenant_globex.orders')",
+    ):
+        decision = decide(SCHEMA, sql)
+        assert isinstance(decision, Deny) and decision.rule == "foreign_schema", (sql, decision)
+    for sql in ("SELECT pg_input_is_valid('x', 'int4')", "SELECT pg_relation_size('tenant_acme.orders')"):
+        assert not isinstance(decide(SCHEMA, sql), Deny), sql
+
+
+def test_a_naming_function_of_an_aggregate_uses_the_array_form() -> None:
+    for policy in (SHARED, SCHEMA):
+        decision = decide(policy, "SELECT format_type(max(atttypid), NULL) FROM pg_attribute")
+        assert isinstance(decision, Rewrite) and "pg_catalog.array_position(" in decision.sql, decision
