@@ -159,8 +159,11 @@ def column_usage(node: Node) -> ColumnUsage:
     for value in walk_dicts(node, lambda d: "ColumnRef" in d):
         # A SELECT's body (tagged, or an untagged arm of a set operation) and its `*`; a RETURNING `*` of an
         # UPDATE, DELETE or MERGE returns the columns of its FROM / USING / source relations too.
-        outputs = "targetList" if "op" in value and "limitOption" in value else "returningList"
-        if outputs in value:
+        if "op" in value and "limitOption" in value:
+            outputs = value.get("targetList")
+        else:
+            outputs = value.get("returningList") or (value.get("returningClause") or {}).get("exprs")
+        if outputs:
             direct: list[Node] = []
             sources = [*(value.get("fromClause") or ()), *(value.get("usingClause") or ())]
             if isinstance(value.get("sourceRelation"), dict):
@@ -169,7 +172,7 @@ def column_usage(node: Node) -> ColumnUsage:
             relations.extend(direct)
             star = [{"A_Star": {}}]
             if any(t.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") == star
-                   for t in value[outputs] or ()):
+                   for t in outputs):
                 whole.update(rv.get("location", -1) for rv in direct)
         col = value.get("ColumnRef")
         if col is not None:

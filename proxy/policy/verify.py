@@ -98,14 +98,15 @@ def reads_of(node: Node) -> Reads:
                         row_names.add(last)
                 continue
             is_select = "op" in item and "limitOption" in item  # a SELECT body, tagged or a set operation's arm
-            if is_select or "returningList" in item:
+            returning = item.get("returningList") or (item.get("returningClause") or {}).get("exprs") or []
+            if is_select or returning:
                 mine: list[Node] = []
                 from_items = list(item.get("fromClause") or []) + list(item.get("usingClause") or [])
                 if "sourceRelation" in item:
                     from_items.append(item["sourceRelation"])
                 _relations_of(from_items, mine)
                 every_relation += mine
-                for target in item.get("targetList" if is_select else "returningList") or []:
+                for target in (item.get("targetList") or []) if is_select else returning:
                     ref = target.get("ResTarget", {}).get("val", {}).get("ColumnRef", {})
                     if ref.get("fields") == [{"A_Star": {}}]:
                         whole.update(rv.get("location", -1) for rv in mine)

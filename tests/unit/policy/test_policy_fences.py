@@ -174,3 +174,18 @@ def test_a_set_operation_arm_reading_whole_rows_gets_the_replaced_columns(sql: s
     decision = decide(SHARED, sql)
     assert isinstance(decision, Rewrite), decision
     assert "(SELECT * FROM pg_" not in decision.sql, decision.sql
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE orders SET amount = amount FROM pg_namespace n WHERE false RETURNING *",
+        "DELETE FROM orders USING pg_namespace n WHERE false RETURNING *",
+    ],
+)
+def test_returning_star_reads_the_whole_rows_of_from_and_using(sql: str) -> None:
+    """RETURNING * returns the columns of the FROM / USING relations too (PostgreSQL 18 parses it as
+    returningClause.exprs, older releases as returningList)."""
+    decision = decide(POLICIES["shared_rw"], sql)
+    assert isinstance(decision, Rewrite), decision
+    assert "(SELECT * FROM pg_" not in decision.sql and '"nspacl"' in decision.sql, decision.sql
