@@ -157,14 +157,22 @@ def column_usage(node: Node) -> ColumnUsage:
     rows: set[str] = set()  # names used as a whole row or with `.*`
     relations: list[Node] = []
     for value in walk_dicts(node, lambda d: "ColumnRef" in d):
-        select = value.get("SelectStmt")
-        if select is not None:
+        # A SELECT's body (tagged, or an untagged arm of a set operation) and its `*`; a RETURNING `*` of an
+        # UPDATE, DELETE or MERGE returns the columns of its FROM / USING / source relations too.
+        if "op" in value and "limitOption" in value:
+            outputs = value.get("targetList")
+        else:
+            outputs = value.get("returningList") or (value.get("returningClause") or {}).get("exprs")
+        if outputs:
             direct: list[Node] = []
-            _from_relations(select.get("fromClause") or [], direct)
+            sources = [*(value.get("fromClause") or ()), *(value.get("usingClause") or ())]
+            if isinstance(value.get("sourceRelation"), dict):
+                sources.append(value["sourceRelation"])
+            _from_relations(sources, direct)
             relations.extend(direct)
             star = [{"A_Star": {}}]
             if any(t.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields") == star
-                   for t in select.get("targetList") or ()):
+                   for t in outputs):
                 whole.update(rv.get("location", -1) for rv in direct)
         col = value.get("ColumnRef")
         if col is not None:
@@ -205,71 +213,16 @@ def wrapper_select(flt: Filter, relname: str, fence: bool) -> Node:
     return node
 
 
-def needs_fence(policy: TenantPolicy, flt: Filter, safe_conditions: bool = False) -> bool:
-    """True when `flt`'s wrapper must be an optimization fence (`OFFSET 0`). For a catalog filter unless every
-    condition of the statement is one that cannot raise an error whatever the row (`conditions_are_safe`): the
+def needs_fence(policy: TenantPolicy, flt: Filter, quiet: bool = False) -> bool:
+    """True when `flt`'s wrapper must be an optimization fence (`OFFSET 0`). For a catalog filter unless the
+    relation reference is quiet (`fences.quiet_references`: no condition that can fail reaches its rows): the
     planner would otherwise evaluate a client's condition (`relname::int = 0`) on the rows the filter hides and echo
-    their values in an error; with safe conditions the filter may merge with them, and the catalog's indexes serve.
-    For a tenant filter when the tenant has `fence` set (RLS does not back every scoped relation) and this relation
-    is not one under forced RLS (its RLS quals already run first)."""
+    their values in an error; a quiet reference's filter merges with the client's conditions, and the catalog's
+    indexes serve them. For a tenant filter when the tenant has `fence` set (RLS does not back every scoped
+    relation) and this relation is not one under forced RLS (its RLS quals already run first)."""
     if flt.kind != "tenant":
-        return not safe_conditions
+        return not quiet
     return policy.fence and flt.table not in policy.rls_tables
-
-
-# Conditions that cannot raise an error whatever the row: comparisons and pattern matches of columns with
-# columns or constants, IN lists, NULL and boolean tests, AND/OR/NOT of them (a constant's cast or collation is
-# applied when the statement is planned, not per row). Anything else -- a cast of a column, a function call, a
-# subquery, CASE -- may fail on a hidden row and keeps the catalog filters fenced.
-SAFE_OPERATORS = frozenset({"=", "<>", "!=", "<", "<=", ">", ">="})
-PATTERN_OPERATORS = frozenset({"~", "~*", "!~", "!~*", "~~", "~~*", "!~~", "!~~*"})
-_SAFE_KINDS = frozenset({"AEXPR_OP", "AEXPR_OP_ANY", "AEXPR_OP_ALL", "AEXPR_IN", "AEXPR_DISTINCT",
-                         "AEXPR_NOT_DISTINCT", "AEXPR_BETWEEN", "AEXPR_NOT_BETWEEN"})
-
-
-def _constant(node: Node) -> bool:
-    while "TypeCast" in node or "CollateClause" in node:
-        node = (node.get("TypeCast") or node.get("CollateClause") or {}).get("arg") or {}
-    return "A_Const" in node or "ParamRef" in node
-
-
-def _plain_value(node: Node) -> bool:
-    if "CollateClause" in node:
-        return _plain_value(node["CollateClause"].get("arg") or {})
-    if "ColumnRef" in node:
-        fields = node["ColumnRef"].get("fields") or ()
-        return bool(fields) and "A_Star" not in fields[-1]
-    if "A_ArrayExpr" in node:
-        return all(_plain_value(e) for e in node["A_ArrayExpr"].get("elements") or ())
-    return _constant(node)
-
-
-def _safe_condition(node: Node) -> bool:
-    if "BoolExpr" in node:
-        return all(_safe_condition(a) for a in node["BoolExpr"].get("args") or ())
-    if "NullTest" in node or "BooleanTest" in node:
-        return _plain_value((node.get("NullTest") or node.get("BooleanTest") or {}).get("arg") or {})
-    if "A_Expr" in node:
-        expr = node["A_Expr"]
-        names = [n.get("String", {}).get("sval", "") for n in expr.get("name") or ()]
-        if expr.get("kind") not in _SAFE_KINDS or len(names) > 2 or names[:-1] not in ([], ["pg_catalog"]):
-            return False
-        left, right = expr.get("lexpr") or {}, expr.get("rexpr") or {}
-        rights = right["List"].get("items") or [] if "List" in right else [right]
-        if names[-1] in PATTERN_OPERATORS:
-            return _plain_value(left) and all(_constant(r) for r in rights)
-        return names[-1] in SAFE_OPERATORS and _plain_value(left) and all(_plain_value(r) for r in rights)
-    return _plain_value(node)
-
-
-def conditions_are_safe(node: Node) -> bool:
-    """True when every WHERE, HAVING and JOIN condition of the statement is a safe condition (see above)."""
-    for value in walk_dicts(node):
-        for tag, key in (("SelectStmt", "whereClause"), ("SelectStmt", "havingClause"), ("JoinExpr", "quals")):
-            body = value.get(tag)
-            if body is not None and body.get(key) is not None and not _safe_condition(body[key]):
-                return False
-    return True
 
 
 def rv_names(rv: Node) -> tuple[str | None, str | None, str]:

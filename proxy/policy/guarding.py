@@ -231,7 +231,7 @@ def _replace(planner: Planner, site: Site, build: Callable[[Node], Node]) -> Non
 
 def _template_for(policy: TenantPolicy, kind: str, mode: str, out: str, operand: Node) -> g.Template:
     if not row_level(operand):
-        if out not in g.CAST_KINDS:
+        if out not in g.CAST_KINDS and not (out == "oid" and g.KINDS[kind].catalog):
             raise fail(
                 "rewrite_unsupported",
                 "an object named by an aggregate, window or set-returning function cannot be checked here; "
@@ -305,6 +305,10 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     args: list[Node] = body.get("args") or []
     if any("NamedArgExpr" in a for a in args):
         raise fail("rewrite_unsupported", f"{name}() must be called with positional arguments")
+    if name == "to_regtypemod":  # a type modifier, not an object: nothing to guard it with, so a value is refused
+        if args and g.required(policy, "type") and needs_guard(policy, args[0], "type", g.PARSE):
+            raise fail("unchecked_object_name", "the type name given to to_regtypemod() cannot be checked")
+        return
     if name == "current_setting":
         if args and name_literal(args[0]) is None and not is_null(args[0]):  # a literal name: settings.py
             _wrap_arg(planner, site, body, 0, g.setting_name(policy), kind=None)

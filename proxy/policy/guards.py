@@ -185,7 +185,7 @@ RESULT_CALLS: dict[str, tuple[str, str]] = {
 # Functions whose whole result is an object OID from a lookup the proxy cannot see (by file node).
 RESULT_WRAPPED: dict[str, tuple[str, str]] = {"pg_filenode_relation": ("class", "regclass")}
 # Template families with their own SQL (see the builders below).
-SPECIAL_CALLS = frozenset({"pg_get_userbyid", "oidvectortypes", "current_setting"})
+SPECIAL_CALLS = frozenset({"pg_get_userbyid", "oidvectortypes", "current_setting", "to_regtypemod"})
 GUARDED_NAMES = frozenset(CALL_ARGS) | frozenset(RESULT_CALLS) | frozenset(RESULT_WRAPPED) | SPECIAL_CALLS
 
 # Aggregates, window-only functions and set-returning functions of pg_catalog (PostgreSQL 18): an expression

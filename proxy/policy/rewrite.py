@@ -15,11 +15,11 @@ from proxy.policy.catalog import (
     Filter,
     ambiguous_scoped,
     column_usage,
-    conditions_are_safe,
     needs_fence,
     relation_filter,
     wrapper_select,
 )
+from proxy.policy.fences import quiet_references
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import (
@@ -152,13 +152,14 @@ class _Planner:
         self.unaliased: set[tuple[str, str]] = set()
         self.deferred: list[Callable[[], None]] = []
         self.node = node
-        self._safe: bool | None = None
+        self._quiet: frozenset[int] | None = None
 
-    def safe_conditions(self) -> bool:
-        """Whether the statement's conditions cannot fail on a row (catalog filters then need no fence)."""
-        if self._safe is None:
-            self._safe = self.node is not None and conditions_are_safe(self.node)
-        return self._safe
+    def quiet(self, rv: Node) -> bool:
+        """Whether no condition that can fail reaches the rows of relation reference `rv` (its catalog filter then
+        needs no fence; `fences.quiet_references`)."""
+        if self._quiet is None:
+            self._quiet = quiet_references(self.node) if self.node is not None else frozenset()
+        return rv.get("location", -1) in self._quiet
 
     def statement_tokens(self) -> list[Tok]:
         """Every token of the statement (scanned once)."""
@@ -257,7 +258,7 @@ class _Planner:
     def wrap(self, ref: RelRef, flt: Filter) -> None:
         rv = ref.rv
         start, end, name, inner = self.name_span(ref, flt)
-        fence = needs_fence(self.policy, flt, flt.kind != "tenant" and self.safe_conditions())
+        fence = needs_fence(self.policy, flt, flt.kind != "tenant" and self.quiet(rv))
         sub = wrapper_sql(name, flt, rv["relname"], fence)
         alias = "" if "alias" in rv else " " + quote_ident(rv["relname"])
         self.edit(start, end, f"SELECT * FROM {sub}{alias}" if ref.table_form else sub + alias)

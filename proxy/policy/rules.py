@@ -42,8 +42,7 @@ RULES: dict[str, tuple[str, str]] = {
     "foreign_schema": (INSUFFICIENT_PRIVILEGE, "Only your own schema and the shared schemas can be referenced."),
     "unchecked_object_name": (
         INSUFFICIENT_PRIVILEGE,
-        "Name the object in a string literal ('schema.name'::regclass); OIDs, parameters and computed names "
-        "cannot be checked against your schemas.",
+        "Name the type in a string literal: to_regtypemod() of a parameter or a computed name cannot be checked.",
     ),
     "shared_schema_write": (INSUFFICIENT_PRIVILEGE, "Shared reference schemas are read-only."),
     "cross_database": (INSUFFICIENT_PRIVILEGE, "Names may not refer to another database."),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import object_name_parts
 from proxy.policy.tree import string_const
-from proxy.policy.walk import Analysis
+from proxy.policy.walk import Analysis, Call
 
 # Functions whose argument at the given position is an object name given as text (implicitly cast to a reg*
 # type); kind "schema" means the whole literal is a schema name. Negative positions count from the end
@@ -113,19 +114,28 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
     for regtype, literal in analysis.reg_literals:
         if not literal.strip().isdigit():  # an OID in a string: guarded at run time
             check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), f"'{literal}'::{regtype}")
-    for call in analysis.calls:
-        spec = NAME_ARGUMENTS.get(call.names[-1])
-        if spec is None or call.named:
-            continue
-        index, kind = spec
-        if not -len(call.args) <= index < len(call.args):
-            continue
+
+    def check_argument(call: Call, index: int, kind: str) -> None:
         node = call.args[index]
         while node and "TypeCast" in node:
             node = node["TypeCast"].get("arg")
         literal = string_const(node)
         if literal is not None and not literal.strip().isdigit():
             check(_literal_schema(literal, kind), f"{call.names[-1]}('{literal}')")
+
+    for call in analysis.calls:
+        spec = NAME_ARGUMENTS.get(call.names[-1])
+        if spec is not None and not call.named and -len(call.args) <= spec[0] < len(call.args):
+            check_argument(call, spec[0], spec[1])
+        if call.named or (len(call.names) > 1 and call.names[-2] != "pg_catalog"):
+            continue
+        for arg in CALL_ARGS.get(call.names[-1], ()):  # the naming functions' object arguments read as names
+            index = arg.index if arg.index >= 0 else len(call.args) + arg.index
+            if arg.mode == OID or arg.kind in ALWAYS or not 0 <= index < len(call.args):
+                continue
+            if arg.nargs is None or len(call.args) in arg.nargs:
+                how = "schema" if arg.kind == "namespace" else "routine" if arg.kind == "proc" else "object"
+                check_argument(call, index, how)
 
 
 def check_writes_to_shared(policy: TenantPolicy, schema: str | None, relname: str) -> None:

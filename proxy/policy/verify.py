@@ -68,12 +68,12 @@ def check_coverage(policy: TenantPolicy, node: Node, reads: Reads | None = None)
 @dataclass(frozen=True, slots=True)
 class Reads:
     """What a client's statement may read: column names (the last name of each column reference; a lone name may
-    be a whole row) and USING names; the locations of relation references it may read whole; whether every
-    condition of it cannot fail on a row (`safe`: catalog filters may then be unfenced)."""
+    be a whole row) and USING names; the locations of relation references it may read whole; the locations of the
+    relation references no condition that can fail reaches (`quiet`: their catalog filters may be unfenced)."""
 
     names: frozenset[str]
     whole: frozenset[int]
-    safe: bool = False
+    quiet: frozenset[int] = frozenset()
 
 
 def _relations_of(from_items: list[Any], found: list[Node]) -> None:
@@ -108,12 +108,16 @@ def reads_of(node: Node) -> Reads:
                     if len(parts) == 1:
                         row_names.add(last)
                 continue
-            if "SelectStmt" in item:
-                sel = item["SelectStmt"]
+            is_select = "op" in item and "limitOption" in item  # a SELECT body, tagged or a set operation's arm
+            returning = item.get("returningList") or (item.get("returningClause") or {}).get("exprs") or []
+            if is_select or returning:
                 mine: list[Node] = []
-                _relations_of(sel.get("fromClause") or [], mine)
+                from_items = list(item.get("fromClause") or []) + list(item.get("usingClause") or [])
+                if "sourceRelation" in item:
+                    from_items.append(item["sourceRelation"])
+                _relations_of(from_items, mine)
                 every_relation += mine
-                for target in sel.get("targetList") or []:
+                for target in (item.get("targetList") or []) if is_select else returning:
                     ref = target.get("ResTarget", {}).get("val", {}).get("ColumnRef", {})
                     if ref.get("fields") == [{"A_Star": {}}]:
                         whole.update(rv.get("location", -1) for rv in mine)
@@ -128,7 +132,7 @@ def reads_of(node: Node) -> Reads:
     for rv in every_relation:
         if ((rv.get("alias") or {}).get("aliasname") or rv.get("relname")) in row_names:
             whole.add(rv.get("location", -1))
-    return Reads(frozenset(found), frozenset(whole), _conditions_cannot_fail(node))
+    return Reads(frozenset(found), frozenset(whole), quiet_locations(node))
 
 
 _COMPARISONS = frozenset({"=", "<>", "!=", "<", "<=", ">", ">="})
@@ -180,19 +184,196 @@ def _cannot_fail(node: Any) -> bool:
     return _is_operand(node)
 
 
-def _conditions_cannot_fail(node: Node) -> bool:
+def _body(node: Any) -> Node | None:
+    if type(node) is dict and len(node) == 1 and "SelectStmt" in node:
+        return node["SelectStmt"]  # type: ignore[no-any-return]
+    return None
+
+
+def _flatten_from(items: list[Any], leaves: list[Node], quals: list[Node]) -> None:
+    for it in items:
+        if type(it) is dict and len(it) == 1 and "JoinExpr" in it:
+            j = it["JoinExpr"]
+            if j.get("quals") is not None:
+                quals.append(j["quals"])
+            _flatten_from([j[side] for side in ("larg", "rarg") if side in j], leaves, quals)
+        else:
+            leaves.append(it)
+
+
+_VALUE_FUNCTIONS = frozenset({"unnest", "generate_series", "generate_subscripts", "_pg_expandarray"})
+
+
+def _computed_once(cte: Node, recursive: bool) -> bool:
+    if cte.get("ctematerialized") == "CTEMaterializeAlways":
+        return True
+    if not recursive:
+        return False
+    todo: list[Any] = [cte.get("ctequery")]
+    while todo:
+        item = todo.pop()
+        if type(item) is list:
+            todo.extend(item)
+        elif type(item) is dict:
+            if item.get("relname") == cte.get("ctename") and "relpersistence" in item and "schemaname" not in item:
+                return True
+            todo.extend(item.values())
+    return False
+
+
+class _QuietFinder:
+    """verify's own account of fences.quiet_references: the relation references no condition that can fail reaches
+    (the rules are in fences.py's docstring)."""
+
+    def __init__(self, node: Node) -> None:
+        self.found: set[int] = set()
+        self.ctes: dict[str, bool] = {}  # name -> whether every CTE of that name is computed once
+        todo: list[Any] = [node]
+        while todo:
+            item = todo.pop()
+            if type(item) is list:
+                todo.extend(item)
+            elif type(item) is dict:
+                for c in item.get("ctes") or []:
+                    cte = c.get("CommonTableExpr") or {}
+                    once = _computed_once(cte, bool(item.get("recursive")))
+                    self.ctes[cte.get("ctename", "")] = self.ctes.get(cte.get("ctename", ""), True) and once
+                todo.extend(item.values())
+        while len(node) == 1 and next(iter(node)) in ("ExplainStmt", "CreateTableAsStmt", "DeclareCursorStmt",
+                                                         "CopyStmt"):
+            node = next(iter(node.values())).get("query") or {}
+        top = _body(node)
+        if top is not None:
+            self.visit(top, ok=True, reached=False, above=True)
+
+    def stored(self, item: Any) -> bool:
+        if type(item) is not dict or len(item) != 1:
+            return False
+        (tag, body), = item.items()
+        if tag == "RangeVar":
+            schema, name = body.get("schemaname"), str(body.get("relname", ""))
+            if "catalogname" in body:
+                return False
+            if schema is None:
+                return self.ctes[name] if name in self.ctes else name.startswith("pg_")
+            return schema in ("pg_catalog", "information_schema")
+        if tag == "RangeSubselect":
+            sub = _body(body.get("subquery"))
+            return sub is not None and self.columns_stored(sub)
+        if tag == "RangeFunction":
+            for f in body.get("functions") or []:
+                items = (f.get("List") or {}).get("items") or []
+                call = items[0].get("FuncCall") if items else None
+                name = [n.get("String", {}).get("sval") for n in (call or {}).get("funcname") or []]
+                if not name or name[-1] not in _VALUE_FUNCTIONS or name[:-1] not in (
+                    [], ["pg_catalog"], ["information_schema"]
+                ):
+                    return False
+            return True
+        return False
+
+    def columns_stored(self, sel: Node) -> bool:
+        if sel.get("op") not in (None, "SETOP_NONE"):
+            return all(self.columns_stored(sel[s]) for s in ("larg", "rarg") if s in sel)
+        for t in sel.get("targetList") or []:
+            val = t.get("ResTarget", {}).get("val")
+            if not (type(val) is dict and ("ColumnRef" in val or _is_operand(val))):
+                return False
+        leaves: list[Node] = []
+        _flatten_from(sel.get("fromClause") or [], leaves, [])
+        return all(self.stored(x) for x in leaves)
+
+    def visit(self, sel: Node, ok: bool, reached: bool, above: bool) -> None:
+        for cte in (sel.get("withClause") or {}).get("ctes") or []:
+            q = _body(cte.get("CommonTableExpr", {}).get("ctequery"))
+            if q is None:
+                continue
+            if _computed_once(cte.get("CommonTableExpr") or {}, bool((sel.get("withClause") or {}).get("recursive"))):
+                self.visit(q, ok=True, reached=False, above=True)
+            else:
+                self.visit(q, ok=False, reached=True, above=False)
+        if sel.get("op") not in (None, "SETOP_NONE"):
+            for s in ("larg", "rarg"):
+                if s in sel:
+                    self.visit(sel[s], ok, reached, above)
+            return
+        leaves: list[Node] = []
+        quals = [sel[k] for k in ("whereClause", "havingClause") if sel.get(k) is not None]
+        _flatten_from(sel.get("fromClause") or [], leaves, quals)
+        reached = reached or len(quals) > 0
+        stored = all(self.stored(x) for x in leaves)
+        lateral = [x["RangeSubselect"] for x in leaves if "RangeSubselect" in x and x["RangeSubselect"].get("lateral")]
+        lateral_fine = True
+        for sub in lateral:
+            q = _body(sub.get("subquery"))
+            lateral_fine = lateral_fine and q is not None and self.columns_stored(q) and _all_cannot_fail(q)
+        mine = ok and above and lateral_fine and all(_cannot_fail(q) for q in quals) and (stored or not reached)
+        for x in leaves:
+            if "RangeVar" in x and mine and "location" in x["RangeVar"]:
+                self.found.add(x["RangeVar"]["location"])
+            elif "RangeSubselect" in x:
+                q = _body(x["RangeSubselect"].get("subquery"))
+                if q is not None:
+                    self.visit(q, mine, reached, above and (stored or not x["RangeSubselect"].get("lateral")))
+        todo: list[Any] = [v for k, v in sel.items() if k not in ("withClause", "larg", "rarg")]
+        while todo:
+            item = todo.pop()
+            if type(item) is list:
+                todo.extend(item)
+                continue
+            if type(item) is not dict:
+                continue
+            if len(item) == 1 and "RangeSubselect" in item:
+                continue
+            if len(item) == 1 and "SubLink" in item:
+                link = item["SubLink"]
+                if link.get("testexpr") is not None:
+                    todo.append(link["testexpr"])
+                q = _body(link.get("subselect"))
+                if q is None:
+                    continue
+                kind = link.get("subLinkType")
+                if kind in ("EXPR_SUBLINK", "ARRAY_SUBLINK"):
+                    self.visit(q, ok=True, reached=False, above=True)
+                elif kind == "EXISTS_SUBLINK":
+                    self.visit(q, ok=True, reached=False, above=above and stored)
+                elif kind == "ANY_SUBLINK":
+                    op = [n.get("String", {}).get("sval") for n in link.get("operName") or []]
+                    fine = (
+                        _is_operand(link.get("testexpr"))
+                        and (op == [] or (op[-1] in _COMPARISONS and op[:-1] in ([], ["pg_catalog"])))
+                        and self.columns_stored(q)
+                    )
+                    self.visit(q, ok=fine, reached=True, above=above and stored)
+                else:
+                    self.visit(q, ok=False, reached=True, above=False)
+                continue
+            nested = _body(item) if len(item) == 1 else (item if "op" in item and "limitOption" in item else None)
+            if nested is not None:
+                self.visit(nested, ok=False, reached=True, above=False)
+                continue
+            todo.extend(item.values())
+
+
+def _all_cannot_fail(node: Node) -> bool:
     todo: list[Any] = [node]
     while todo:
         item = todo.pop()
         if type(item) is list:
             todo.extend(item)
         elif type(item) is dict:
-            sel, join = item.get("SelectStmt"), item.get("JoinExpr")
-            for cond in ((sel or {}).get("whereClause"), (sel or {}).get("havingClause"), (join or {}).get("quals")):
-                if cond is not None and not _cannot_fail(cond):
+            for key in ("whereClause", "havingClause"):
+                if item.get(key) is not None and not _cannot_fail(item[key]):
                     return False
+            if "jointype" in item and item.get("quals") is not None and not _cannot_fail(item["quals"]):
+                return False
             todo.extend(item.values())
     return True
+
+
+def quiet_locations(node: Node) -> frozenset[int]:
+    """The locations of the relation references of a client's statement whose catalog filter may be unfenced."""
+    return frozenset(_QuietFinder(node).found)
 
 
 _DESCRIBED: dict[str, str] = {
@@ -437,6 +618,9 @@ class _Coverage:
             kind = guards.RESULT_CALLS[name][0]
             if self.required(kind) and not all(_checked_value(self.policy, a, kind, guards.PARSE) for a in args):
                 raise Unverified(f"{name}() of a value without its guard")
+        elif name == "to_regtypemod":
+            if self.required("type") and not all(_checked_value(self.policy, a, "type", guards.PARSE) for a in args):
+                raise Unverified("to_regtypemod() of a value that names no checked type")
         elif name in guards.RESULT_WRAPPED:
             if self.required(guards.RESULT_WRAPPED[name][0]):
                 raise Unverified(f"{name}() outside its guard")
@@ -472,6 +656,8 @@ class _Coverage:
                 continue
             out = "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
             expected = {guards.carrier(self.policy, kind, spec.mode, out, param).ident for param in (False, True)}
+            if out == "oid" and guards.KINDS[kind].catalog:
+                expected.add(guards.array_form(self.policy, kind, out).ident)
             if guards.ident_of(arg) not in expected:
                 raise Unverified(f"argument {index + 1} of {name}() names an object without its guard")
 
@@ -589,7 +775,8 @@ class _Coverage:
         if flt is None or flt.kind == "temp":
             return False
         fence = needs_fence(self.policy, flt)  # a catalog filter: fenced, or plain when the conditions cannot fail
-        if flt.kind != "tenant" and self.reads is not None and self.reads.safe and "limitOffset" not in sub:
+        quiet = self.reads is not None and inner.get("location", -1) in self.reads.quiet
+        if flt.kind != "tenant" and quiet and "limitOffset" not in sub:
             fence = False
         if not flt.plain:  # a catalog wrapper that replaces column values: exactly its own select list and FROM
             if "alias" in inner:

@@ -470,6 +470,20 @@ ATTACKS: list[Attack] = [
     Attack("catalog_error_probe_join", "SELECT c.relname FROM pg_class c JOIN pg_namespace n "
            "ON n.oid = c.relnamespace AND n.nspname::int = 1", ALL, "any"),
     Attack("catalog_error_probe_description", "SELECT 1 FROM pg_description WHERE description::int = 1", ALL, "any"),
+    # ... nor through a subquery's output, a CTE, a set operation's arm or a correlated subquery (the CASE fails
+    # only on a schema the schema tenant may not see, two_co)
+    Attack("catalog_error_probe_subquery_output", "SELECT * FROM (SELECT CASE WHEN nspname LIKE 't%\\_co' THEN "
+           "nspname::int END AS n FROM pg_namespace) s WHERE n = 0", ALL, "empty"),
+    Attack("catalog_error_probe_cte", "WITH x AS (SELECT CASE WHEN nspname LIKE 't%\\_co' THEN nspname::int END "
+           "AS n FROM pg_namespace) SELECT * FROM x WHERE n = 0", ALL, "empty"),
+    Attack("catalog_error_probe_union_arm", "SELECT nspname FROM pg_namespace WHERE CASE WHEN nspname LIKE "
+           "'t%\\_co' THEN nspname::int END = 0 UNION ALL SELECT nspname FROM pg_namespace WHERE false", ALL,
+           "empty"),
+    Attack("catalog_error_probe_correlated", "SELECT relname FROM pg_class c WHERE EXISTS (SELECT FROM "
+           "pg_namespace n WHERE n.oid = c.relnamespace AND CASE WHEN n.nspname LIKE 't%\\_co' THEN "
+           "n.nspname::int END = 0)", ALL, "empty"),
+    Attack("catalog_union_arm_whole_rows", "SELECT * FROM pg_namespace WHERE false UNION ALL SELECT * FROM "
+           "pg_namespace", ALL, "any"),
     Attack("catalog_pg_tables_schemanames", "SELECT DISTINCT schemaname FROM pg_tables", ALL, "any"),
     Attack("catalog_pg_stat_user_tables", "SELECT schemaname, relname, n_live_tup FROM pg_stat_user_tables", ALL,
            "any"),
