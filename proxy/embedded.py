@@ -283,10 +283,6 @@ class EmbeddedPostgres:
     def log_path(self) -> Path:
         return self.base_dir / "postgres.log"
 
-    @property
-    def initialized(self) -> bool:
-        return (self.data_dir / "PG_VERSION").is_file()
-
     def read_log(self, tail: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-tail:])
@@ -387,10 +383,6 @@ class EmbeddedPostgres:
             return ready
         self.stop()
         raise EmbeddedError(f"postgres not ready after {timeout:.0f}s (last error: {last}); log:\n{self.read_log()}")
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), escalating to immediate (SIGQUIT) and SIGKILL. Idempotent."""

@@ -20,10 +20,6 @@ class PgError(Exception):
     def __str__(self) -> str:
         return f"{self.severity} {self.sqlstate}: {self.message}"
 
-    @property
-    def fatal(self) -> bool:
-        return self.severity in ("FATAL", "PANIC")
-
     def fields(self) -> dict[str, str]:
         out = {"S": self.severity, "V": self.severity, "C": self.sqlstate, "M": self.message}
         if self.detail:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import re
 import secrets
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,7 +39,6 @@ from proxy.stmtkind import statement_kind
 from proxy.tenancy import parsing_violation
 from proxy.tracking import Request, RequestTracker
 
-_I32 = struct.Struct("!i")
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
 # burst past either loses only its oldest messages' wording, see _on_error_response).
 _MAX_PENDING_DENIALS = 65536

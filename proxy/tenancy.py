@@ -122,7 +122,3 @@ def tenant_policy(
         allow_writes=tenant.allow_writes,
         **common,
     )
-
-
-def describe_tables(tables: Iterable[tuple[str, str]]) -> list[str]:
-    return sorted(f"{s}.{t}" for s, t in tables)

@@ -17,7 +17,7 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.support.certs import TlsFiles
-from tests.support.differential import GSSENC, Login, read_outcome
+from tests.support.differential import GSSENC, read_outcome
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
@@ -66,10 +66,6 @@ def limited(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: 
     p.start()
     yield p
     p.stop()
-
-
-def _side(p: ProxyProcess, user: str) -> Login:
-    return Login(p.port, user, p.users[user][0] if user != "ivan" else "initech", p.password(user))
 
 
 def test_backend_refusal_keeps_its_sqlstate(pg: PgCluster, proxy: ProxyProcess) -> None:

@@ -65,11 +65,6 @@ def jdbc_missing_reason() -> str | None:
     return f"missing {', '.join(missing)}" if missing else None
 
 
-def jdbc_available() -> bool:
-    """True if JDBC scenarios can run."""
-    return jdbc_missing_reason() is None
-
-
 def require_jdbc() -> None:
     """Skip the calling test if JDBC is unavailable, but fail under CI (env ``CI`` set)."""
     reason = jdbc_missing_reason()

@@ -695,11 +695,6 @@ class ClusterPool:
             self._clusters[installation] = cluster
         return cluster
 
-    @property
-    def clusters(self) -> list[PgCluster]:
-        """Clusters started so far."""
-        return list(self._clusters.values())
-
     def close(self) -> None:
         """Stop every cluster."""
         errors: list[BaseException] = []
