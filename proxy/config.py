@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from proxy.auth.scram import DEFAULT_ITERATIONS, IterationProfile, ScramVerifier
+from proxy.policy.model import Strategy
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
-Strategy = Literal["shared", "schema", "database"]
 
 # Startup parameters (and `options -c` settings) a client may pass; each is forwarded to the backend.
 DEFAULT_ALLOWED_PARAMETERS: frozenset[str] = frozenset(
@@ -254,6 +256,47 @@ def _str_list(raw: Mapping[str, Any], key: str, where: str, default: tuple[str, 
     return tuple(value)
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _value(raw: Mapping[str, Any], key: str, hint: Any, where: str, base: Path) -> Any:
+    """The value of `key`, read as its field's annotation types it (an optional `X | None` field reads an X)."""
+    if get_origin(hint) in (Union, UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        value = _get(raw, key, str, where, None)
+        if value not in args:
+            raise ConfigError(f"{where}{key}: must be {_one_of(args)}, got {value!r}")
+        return value
+    if hint is Path:
+        return _path(base, _get(raw, key, str, where, None))
+    if origin in (tuple, frozenset) and args[0] is str:
+        return origin(_str_list(raw, key, where, ()))
+    if origin is tuple and args[0] is float:
+        values = _get(raw, key, list, where, None)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"{where}{key}: expected a list of numbers")
+        return tuple(float(v) for v in values)
+    if hint not in (str, int, float, bool):
+        raise TypeError(f"{where}{key}: no reader for a field of type {hint}")
+    return _get(raw, key, hint, where, None)
+
+
+def _read(cls: type, raw: Mapping[str, Any], where: str, base: Path, *, exclude: tuple[str, ...] = ()) -> dict:
+    """Keyword arguments for the dataclass `cls` from its TOML table: one key per field, typed by the field's
+    annotation. A key left out is left out here too, so its default is the dataclass's, written once."""
+    hints = _field_types(cls)
+    _check_keys(raw, {f.name for f in fields(cls) if f.init} - set(exclude), where)
+    return {key: _value(raw, key, hints[key], where, base) for key in raw}
+
+
 def _path(base: Path, value: str | None) -> Path | None:
     if value is None:
         return None
@@ -305,21 +348,13 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             raise ConfigError(f"secrets_file: {sp} is not valid TOML: {exc}") from exc
         _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret", "metrics_password"}, "secrets.")
 
-    lr = _table(raw, "listen", "")
-    _check_keys(lr, {"host", "port"}, "listen.")
-    listen = ListenConfig(
-        host=_get(lr, "host", str, "listen.", "127.0.0.1"),
-        port=_get(lr, "port", int, "listen.", 6432),
-    )
+    listen = ListenConfig(**_read(ListenConfig, _table(raw, "listen", ""), "listen.", base))
     if not 0 <= listen.port <= 65535:
         raise ConfigError(f"listen.port: must be 0..65535, got {listen.port}")
 
-    lim = _table(raw, "limits", "")
-    fields_ = {f: type(getattr(LimitsConfig(), f)) for f in LimitsConfig.__dataclass_fields__}
-    _check_keys(lim, set(fields_), "limits.")
-    limits = LimitsConfig(**{k: _get(lim, k, fields_[k], "limits.", getattr(LimitsConfig(), k)) for k in fields_})
-    for k in fields_:
-        _positive(getattr(limits, k), f"limits.{k}")
+    limits = LimitsConfig(**_read(LimitsConfig, _table(raw, "limits", ""), "limits.", base))
+    for f in fields(LimitsConfig):
+        _positive(getattr(limits, f.name), f"limits.{f.name}")
     if limits.max_message_length < 1024:
         raise ConfigError("limits.max_message_length: must be at least 1024 bytes")
     if limits.max_prelogin_connections >= limits.max_client_connections:
@@ -331,14 +366,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     if limits.decision_cache_bytes < 1024 * 1024:
         raise ConfigError("limits.decision_cache_bytes: must be at least 1048576 bytes")
 
-    tr = _table(raw, "tls", "")
-    _check_keys(tr, {"cert_file", "key_file", "require", "channel_binding"}, "tls.")
-    tls = TlsConfig(
-        cert_file=_path(base, _get(tr, "cert_file", str, "tls.", None)),
-        key_file=_path(base, _get(tr, "key_file", str, "tls.", None)),
-        require=_get(tr, "require", bool, "tls.", False),
-        channel_binding=_get(tr, "channel_binding", bool, "tls.", True),
-    )
+    tls = TlsConfig(**_read(TlsConfig, _table(raw, "tls", ""), "tls.", base))
     if (tls.cert_file is None) != (tls.key_file is None):
         raise ConfigError("tls: cert_file and key_file must be given together")
     if tls.require and not tls.enabled:
@@ -353,15 +381,11 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     extra = _str_list(st, "allowed_parameters", "startup.", ())
     allowed = DEFAULT_ALLOWED_PARAMETERS | {p.lower() for p in extra}
 
-    lg = _table(raw, "logging", "")
-    _check_keys(lg, {"level", "format"}, "logging.")
-    level = _get(lg, "level", str, "logging.", "info").lower()
+    logging_cfg = LoggingConfig(**_read(LoggingConfig, _table(raw, "logging", ""), "logging.", base))
+    level = logging_cfg.level.lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"logging.level: must be debug, info, warning or error, got {level!r}")
-    fmt = _get(lg, "format", str, "logging.", "json")
-    if fmt not in ("json", "console"):
-        raise ConfigError(f"logging.format: must be json or console, got {fmt!r}")
-    logging_cfg = LoggingConfig(level=level, format=fmt)
+    logging_cfg = replace(logging_cfg, level=level)
 
     backend_secrets = _table(secrets, "backends", "secrets.")
     backends: dict[str, BackendConfig] = {}
@@ -369,24 +393,14 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         w = f"backends.{name}."
         if not isinstance(br, Mapping):
             raise ConfigError(f"backends.{name}: expected a table")
-        _check_keys(br, {"host", "port", "user", "sslmode", "sslrootcert", "connect_timeout"}, w)
-        sslmode = _get(br, "sslmode", str, w, "prefer")
-        if sslmode not in ("disable", "prefer", "require", "verify-ca", "verify-full"):
-            raise ConfigError(f"{w}sslmode: must be disable, prefer, require, verify-ca or verify-full")
+        given = _read(BackendConfig, br, w, base, exclude=("name", "password"))
         password = backend_secrets.get(name)
         if password is not None and not isinstance(password, str):
             raise ConfigError(f"secrets.backends.{name}: expected a string")
         if password is not None and "\x00" in _resolve_secret(password, f"secrets.backends.{name}"):
             raise ConfigError(f"secrets.backends.{name}: must not contain a NUL character")
         b = BackendConfig(
-            name=name,
-            host=_get(br, "host", str, w, "127.0.0.1"),
-            port=_get(br, "port", int, w, 5432),
-            user=_get(br, "user", str, w, "pgtenant"),
-            password=_resolve_secret(password, f"secrets.backends.{name}") if password else None,
-            sslmode=sslmode,
-            sslrootcert=_path(base, _get(br, "sslrootcert", str, w, None)),
-            connect_timeout=_get(br, "connect_timeout", float, w, 5.0),
+            name=name, password=_resolve_secret(password, f"secrets.backends.{name}") if password else None, **given
         )
         _positive(b.connect_timeout, f"{w}connect_timeout")
         if b.sslmode in ("verify-ca", "verify-full") and b.sslrootcert is None:
@@ -403,52 +417,28 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         if "\x00" in role_secrets[role]:
             raise ConfigError(f"secrets.roles.{role}: must not contain a NUL character")
 
-    pf = _table(raw, "preflight", "")
-    _check_keys(pf, {"enforce"}, "preflight.")
-    preflight = PreflightConfig(enforce=_get(pf, "enforce", bool, "preflight.", True))
+    preflight = PreflightConfig(**_read(PreflightConfig, _table(raw, "preflight", ""), "preflight.", base))
 
     tenants: dict[str, TenantConfig] = {}
     for name, tr_ in _table(raw, "tenants", "").items():
         w = f"tenants.{name}."
         if not isinstance(tr_, Mapping):
             raise ConfigError(f"tenants.{name}: expected a table")
-        _check_keys(
-            tr_,
-            {
-                "strategy", "backend", "database", "tenant_id", "tenant_column", "tenant_schemas", "tables",
-                "tenant_setting", "schema", "shared_schemas", "schemas", "allow_writes", "backend_user",
-            },
-            w,
-        )
-        strategy = _get(tr_, "strategy", str, w, None)
-        if strategy not in ("shared", "schema", "database"):
-            raise ConfigError(f"{w}strategy: must be shared, schema or database, got {strategy!r}")
-        backend = _get(tr_, "backend", str, w, next(iter(backends)) if len(backends) == 1 else None)
+        tenant_id = tr_.get("tenant_id")
+        if isinstance(tenant_id, int) and not isinstance(tenant_id, bool):
+            tr_ = {**tr_, "tenant_id": str(tenant_id)}  # a number in TOML: the same key as its digits
+        given = _read(TenantConfig, tr_, w, base, exclude=("name",))
+        strategy = given.get("strategy")
+        if strategy is None:
+            raise ConfigError(f"{w}strategy: must be {_one_of(get_args(Strategy))}, got None")
+        backend = given.setdefault("backend", next(iter(backends)) if len(backends) == 1 else None)
         if backend is None:
             raise ConfigError(f"{w}backend: required when more than one backend is defined")
         if backend not in backends:
             raise ConfigError(f"{w}backend: unknown backend {backend!r} (defined: {', '.join(backends)})")
-        database = _get(tr_, "database", str, w, None)
-        if not database:
+        if not given.get("database"):
             raise ConfigError(f"{w}database: required")
-        t = TenantConfig(
-            name=name,
-            strategy=strategy,
-            backend=backend,
-            database=database,
-            tenant_id=_get(tr_, "tenant_id", (str, int), w, None),
-            tenant_column=_get(tr_, "tenant_column", str, w, "tenant_id"),
-            tenant_schemas=_str_list(tr_, "tenant_schemas", w, ("public",)),
-            tables=_str_list(tr_, "tables", w, ()),
-            tenant_setting=_get(tr_, "tenant_setting", str, w, "pgtenant.tenant_id"),
-            schema=_get(tr_, "schema", str, w, None),
-            shared_schemas=_str_list(tr_, "shared_schemas", w, ()),
-            schemas=_str_list(tr_, "schemas", w, ("public",)),
-            allow_writes=_get(tr_, "allow_writes", bool, w, False),
-            backend_user=_get(tr_, "backend_user", str, w, None),
-        )
-        if t.tenant_id is not None:
-            t = replace(t, tenant_id=str(t.tenant_id))
+        t = TenantConfig(name=name, **given)
         if t.backend_user is not None and t.backend_user not in role_secrets:
             raise ConfigError(f"{w}backend_user: no password for role {t.backend_user!r} in secrets [roles]")
         if strategy == "shared" and t.tenant_id is None:
@@ -473,8 +463,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         w = f"users.{name}."
         if not isinstance(ur, Mapping):
             raise ConfigError(f"users.{name}: expected a table")
-        _check_keys(ur, {"tenant"}, w)
-        tenant = _get(ur, "tenant", str, w, None)
+        tenant = _read(UserConfig, ur, w, base, exclude=("name", "verifier")).get("tenant")
         if tenant is None:
             raise ConfigError(f"{w}tenant: required")
         if tenant not in tenants:
@@ -489,11 +478,9 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         except ValueError as exc:
             raise ConfigError(f"secrets.users.{name}: {exc}") from exc
         users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier)
-    ad = _table(raw, "admin", "")
-    _check_keys(ad, {"users"}, "admin.")
-    admin_users = frozenset(_str_list(ad, "users", "admin.", ()))
+    admin = AdminConfig(**_read(AdminConfig, _table(raw, "admin", ""), "admin.", base, exclude=("verifiers",)))
     admin_verifiers: dict[str, ScramVerifier] = {}
-    for name in sorted(admin_users):
+    for name in sorted(admin.users):
         if name in users:
             raise ConfigError(f"admin.users: {name!r} is also a tenant user; admin logins must be separate")
         text = user_secrets.get(name)
@@ -504,29 +491,17 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         except ValueError as exc:
             raise ConfigError(f"secrets.users.{name}: {exc}") from exc
     for name in user_secrets:
-        if name not in users and name not in admin_users:
+        if name not in users and name not in admin.users:
             raise ConfigError(f"secrets.users.{name}: no [users.{name}] entry in the config")
 
-    mr = _table(raw, "metrics", "")
-    _check_keys(mr, {"enabled", "host", "port", "max_tenants", "buckets", "basic_auth_user", "auth_failure_detail"},
-                "metrics.")
-    buckets = _get(mr, "buckets", list, "metrics.", [])
-    if not all(isinstance(b, int | float) and not isinstance(b, bool) and b > 0 for b in buckets) or sorted(
-        buckets
-    ) != buckets:
-        raise ConfigError("metrics.buckets: expected increasing positive numbers (seconds)")
     metrics_password = secrets.get("metrics_password")
     metrics = MetricsConfig(
-        enabled=_get(mr, "enabled", bool, "metrics.", True),
-        host=_get(mr, "host", str, "metrics.", "127.0.0.1"),
-        port=_get(mr, "port", int, "metrics.", 9187),
-        max_tenants=_get(mr, "max_tenants", int, "metrics.", 100),
-        buckets=tuple(float(b) for b in buckets),
-        basic_auth_user=_get(mr, "basic_auth_user", str, "metrics.", None),
-        auth_failure_detail=_get(mr, "auth_failure_detail", bool, "metrics.", False),
+        **_read(MetricsConfig, _table(raw, "metrics", ""), "metrics.", base, exclude=("basic_auth_password",)),
         basic_auth_password=_resolve_secret(metrics_password, "secrets.metrics_password")
         if isinstance(metrics_password, str) else None,
     )
+    if any(b <= 0 for b in metrics.buckets) or sorted(metrics.buckets) != list(metrics.buckets):
+        raise ConfigError("metrics.buckets: expected increasing positive numbers (seconds)")
     if not 0 <= metrics.port <= 65535:
         raise ConfigError(f"metrics.port: must be 0..65535, got {metrics.port}")
     if metrics.max_tenants < 1:
@@ -534,13 +509,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     if metrics.basic_auth_user and not metrics.basic_auth_password:
         raise ConfigError("metrics.basic_auth_user: needs secrets.metrics_password")
 
-    au = _table(raw, "audit", "")
-    _check_keys(au, {"enabled", "file", "redact"}, "audit.")
-    audit = AuditConfig(
-        enabled=_get(au, "enabled", bool, "audit.", False),
-        file=_path(base, _get(au, "file", str, "audit.", None)),
-        redact=_get(au, "redact", bool, "audit.", False),
-    )
+    audit = AuditConfig(**_read(AuditConfig, _table(raw, "audit", ""), "audit.", base))
 
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):
@@ -564,7 +533,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         preflight=preflight,
         metrics=metrics,
         audit=audit,
-        admin=AdminConfig(users=admin_users, verifiers=admin_verifiers),
+        admin=replace(admin, verifiers=admin_verifiers),
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         auth_mock_secret_random=not mock,

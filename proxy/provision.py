@@ -11,7 +11,8 @@ import psycopg
 from proxy import access
 from proxy.access import OWN_POLICY, PUBLIC, TableFacts
 from proxy.config import Config, TenantConfig
-from proxy.tenancy import explicit_tables, quote_ident
+from proxy.policy.sqltext import quote_ident
+from proxy.tenancy import explicit_tables
 
 POLICY_NAME = OWN_POLICY
 _ROLE_ATTRS = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"

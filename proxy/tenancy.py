@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from proxy.config import Config, TenantConfig
 from proxy.policy.model import TenantPolicy
+from proxy.policy.sqltext import quote_ident
 
 ScopedTables = Mapping[tuple[str, str], str]  # (schema, table) -> tenant column
 
@@ -21,10 +22,6 @@ def parsing_violation(name: str, value: str) -> str | None:
     if name == "client_encoding" and value.upper() not in SAFE_CLIENT_ENCODINGS:
         return f"client_encoding is {value} on the backend"
     return None
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def search_path(tenant: TenantConfig) -> tuple[str, ...]:

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config import (
+    AdminConfig,
+    AuditConfig,
+    BackendConfig,
+    ConfigError,
+    LimitsConfig,
+    ListenConfig,
+    LoggingConfig,
+    MetricsConfig,
+    PreflightConfig,
+    TenantConfig,
+    TlsConfig,
+    UserConfig,
+    load_config,
+    parse_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 VERIFIER = (
@@ -38,6 +55,67 @@ def test_example_config_is_valid() -> None:
     assert set(cfg.tenants) == {"acme", "globex", "initech"}
     assert cfg.user_tenant("gina")[1].strategy == "schema"  # type: ignore[index]
     assert cfg.backends["main"].password == "change-me"
+
+
+# Each table of the config file, the dataclass it fills, and the fields that come from elsewhere (name, secrets).
+TABLES = {
+    "listen": (ListenConfig, ()), "limits": (LimitsConfig, ()), "tls": (TlsConfig, ()),
+    "logging": (LoggingConfig, ()), "preflight": (PreflightConfig, ()),
+    "metrics": (MetricsConfig, ("basic_auth_password",)), "audit": (AuditConfig, ()),
+    "admin": (AdminConfig, ("verifiers",)), "backends": (BackendConfig, ("name", "password")),
+    "tenants": (TenantConfig, ("name",)), "users": (UserConfig, ("name", "verifier")),
+}
+
+
+def _example_keys() -> dict[str, set[str]]:
+    """The keys each table of the example names, set or commented out (`# key = value`); [tenants.x] -> tenants."""
+    keys: dict[str, set[str]] = {}
+    table = ""
+    for line in (ROOT / "config" / "pgtenant.example.toml").read_text().splitlines():
+        header = re.match(r"\[(\w+)", line)
+        if header:
+            table = header.group(1)
+        elif key := re.match(r"#? ?(\w+) = ", line):
+            keys.setdefault(table, set()).add(key.group(1))
+    return keys
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_example_names_every_key_of_each_table(table: str) -> None:
+    cls, elsewhere = TABLES[table]
+    expected = {f.name for f in fields(cls) if f.init} - set(elsewhere)
+    assert _example_keys()[table] == expected
+
+
+def test_example_values_are_the_defaults() -> None:
+    """The example says "every key, with its default": where it sets a key that has a default, it is the default."""
+    cfg = load_config(ROOT / "config" / "pgtenant.example.toml")
+    assert (cfg.listen, cfg.limits, cfg.tls, cfg.logging, cfg.preflight, cfg.audit) == (
+        ListenConfig(), LimitsConfig(), TlsConfig(), LoggingConfig(), PreflightConfig(), AuditConfig())
+    assert replace(cfg.metrics, basic_auth_password=None) == MetricsConfig()
+    assert cfg.admin.users == AdminConfig().users
+    assert replace(cfg.backends["main"], password=None) == BackendConfig("main")
+    acme = cfg.tenants["acme"]
+    assert acme == TenantConfig("acme", acme.strategy, "main", acme.database, tenant_id=acme.tenant_id)
+
+
+def test_defaults_come_from_the_dataclasses(tmp_path: Path) -> None:
+    cfg = load(base(), tmp_path)
+    assert (cfg.listen, cfg.limits, cfg.tls, cfg.logging, cfg.metrics, cfg.audit) == (  # type: ignore[attr-defined]
+        ListenConfig(), LimitsConfig(), TlsConfig(), LoggingConfig(), MetricsConfig(), AuditConfig())
+    assert cfg.backends["main"] == BackendConfig("main", host="db")  # type: ignore[attr-defined]
+
+
+def test_values_are_read_as_their_fields_are_typed(tmp_path: Path) -> None:
+    raw = base()
+    raw.update(limits={"startup_timeout": 3}, tls={"channel_binding": False}, audit={"file": "a.log"},
+               metrics={"buckets": [1, 2.5]}, admin={"users": []}, logging={"level": "DEBUG", "format": "console"})
+    raw["tenants"]["acme"].update(tenant_id=7, tables=["s.t"])
+    cfg = load(raw, tmp_path)
+    assert cfg.limits.startup_timeout == 3.0 and isinstance(cfg.limits.startup_timeout, float)  # type: ignore
+    assert cfg.tls.channel_binding is False and cfg.audit.file == tmp_path / "a.log"  # type: ignore[attr-defined]
+    assert cfg.metrics.buckets == (1.0, 2.5) and cfg.logging.level == "debug"  # type: ignore[attr-defined]
+    assert cfg.tenants["acme"].tenant_id == "7" and cfg.tenants["acme"].tables == ("s.t",)  # type: ignore
 
 
 def test_check_config_cli(tmp_path: Path) -> None:
@@ -80,6 +158,15 @@ def test_minimal_config(tmp_path: Path) -> None:
         (lambda r: r["users"]["alice"].update(tenant="zzz"), "users.alice.tenant: unknown tenant 'zzz'"),
         (lambda r: r.update(startup={"allowed_parameters": [1]}), "startup.allowed_parameters: expected a list"),
         (lambda r: r.update(logging={"level": "loud"}), "logging.level: must be debug"),
+        (lambda r: r.update(logging={"format": "xml"}), "logging.format: must be json or console, got 'xml'"),
+        (lambda r: r.update(metrics={"buckets": [2, 1]}), "metrics.buckets: expected increasing positive numbers"),
+        (lambda r: r.update(metrics={"buckets": ["1"]}), "metrics.buckets: expected a list of numbers"),
+        (lambda r: r.update(audit={"file": 1}), "audit.file: expected str, got int"),
+        (lambda r: r.update(admin={"users": "root"}), "admin.users: expected list, got str"),
+        (lambda r: r["tenants"]["acme"].pop("strategy"), "tenants.acme.strategy: must be shared, schema or database"),
+        (lambda r: r["tenants"]["acme"].update(allow_writes="yes"), "tenants.acme.allow_writes: expected bool"),
+        (lambda r: r["users"]["alice"].update(verifier="x"), "users.alice.verifier: unknown key (allowed: tenant)"),
+        (lambda r: r["backends"]["main"].update(password="x"), "backends.main.password: unknown key"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, mutate, message: str) -> None:
