@@ -1,4 +1,5 @@
-"""The audit log's batching: records reach the file within the flush interval, and nothing is lost at close."""
+"""The audit log: batching (records reach the file within the flush interval, nothing is lost at close), literal
+redaction, and the end user a BI tool names in its comment."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.audit import DECISIONS, FLUSH_INTERVAL, OUTCOMES, AuditLog, _to_json, decision_fields
+from proxy.audit import (
+    DECISIONS,
+    FLUSH_INTERVAL,
+    OUTCOMES,
+    AuditLog,
+    _to_json,
+    decision_fields,
+    end_user_from_sql,
+    redact,
+)
 from proxy.policy.model import Allow, Deny, Rewrite
 from proxy.stmtkind import KINDS as KINDS_
 
@@ -194,3 +204,12 @@ def test_statement_odd_durations_stay_numbers(seconds: float) -> None:
     log = _Capture()
     log.statement("", None, "select", "allow", None, "ok", None, seconds, 0, "SELECT 1", None, 1, None)
     assert 0.0 <= json.loads(log.lines[0])["duration_ms"] <= 1e12
+
+
+def test_redaction_and_end_user() -> None:
+    assert redact("SELECT 'a''b', 1.5, x'ff', $$d$$ FROM t WHERE n = E'\\n' /* c */") == (
+        "SELECT ?, ?, ?, ? FROM t WHERE n = ? /* */"
+    )
+    assert redact("SELECT 'é', 'x'") == "SELECT ?, ?"
+    assert end_user_from_sql("-- Metabase:: userID: 12 queryType: MBQL\nSELECT 1") == "metabase:12"
+    assert end_user_from_sql("SELECT 1") is None

@@ -1,11 +1,22 @@
-"""The lock-free query recorders export the same Prometheus histogram and counter a client library would."""
+"""Metrics: the lock-free query recorders export the same Prometheus histogram and counter a client library
+would, per-tenant latencies and the tenant label cap, and the dashboard reads only exported metrics."""
 
 from __future__ import annotations
 
+import json
+import re
+from bisect import bisect_left
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -43,3 +54,55 @@ def test_a_configured_infinite_bucket_is_not_doubled() -> None:
     text = generate_latest(metrics.registry).decode()
     assert text.count('le="+Inf"') == 1
     assert 'pgtenant_query_duration_seconds_bucket{kind="other",le="0.5",outcome="ok",tenant="t"} 0.0' in text
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.floats(0, 10), min_size=1, max_size=12, unique=True).map(sorted),
+       st.lists(st.floats(0, 12), max_size=20))
+def test_recorder_buckets_like_bisect_left(bounds: list[float], seconds: list[float]) -> None:
+    """A latency equal to a bound falls in that bound's bucket (Prometheus counts le), as bisect_left does."""
+    recorder = QueryRecorder(tuple(bounds))
+    expected = [0] * (len(bounds) + 1)
+    for s in [*seconds, *bounds]:
+        recorder.record("select", "ok", s, 0)
+        expected[bisect_left(bounds, s)] += 1
+    got = recorder.series[("select", "ok")].snapshot()
+    assert got[:-1] == expected and got[-1] == pytest.approx(sum(seconds) + sum(bounds))
+
+
+def test_recorder_keeps_series_apart_when_kind_or_outcome_changes() -> None:
+    recorder = QueryRecorder((1.0,))
+    for kind, outcome in [("select", "ok"), ("select", "ok"), ("insert", "ok"), ("select", "error"), ("select", "ok")]:
+        recorder.record(kind, outcome, 0.5, 1)
+    assert {k: v.snapshot() for k, v in recorder.series.items()} == {
+        ("select", "ok"): [3, 0, 1.5], ("insert", "ok"): [1, 0, 0.5], ("select", "error"): [1, 0, 0.5]}
+    assert recorder.rows == 5
+
+
+def test_tenant_stats_keep_the_last_2048_latencies_in_order() -> None:
+    stats = TenantStats()
+    assert stats.latencies() == [] and stats.quantiles() == (None, None, None)
+    stats.add_latency(0.002)
+    assert stats.quantiles() == (2.0, 2.0, 2.0)
+    for i in range(1, 3001):
+        stats.add_latency(i / 1000)
+    recent = stats.latencies()
+    assert recent == [i / 1000 for i in range(953, 3001)]
+    assert stats.quantiles()[0] == pytest.approx(1976.5)
+
+
+def test_tenant_label_cap() -> None:
+    labels = TenantLabels(2)
+    assert [labels(t) for t in ("a", "b", "c", "a", None)] == ["a", "b", "_other", "a", "_other"]
+
+
+def test_dashboard_uses_only_real_metrics() -> None:
+    exported = generate_latest(Metrics().registry).decode()
+    names = set(re.findall(r"^# TYPE (\w+) ", exported, re.M))
+    dash = json.loads((ROOT / "config" / "grafana" / "pgtenant-dashboard.json").read_text())
+    used = set(re.findall(r"pgtenant_\w+", json.dumps(dash)))
+    histogram_parts = {n + s for n in names for s in ("_bucket", "_count", "_sum")}
+    counters = {n + "_total" for n in names}
+    missing = used - names - histogram_parts - counters
+    assert not missing, missing
+    assert len(dash["panels"]) >= 8

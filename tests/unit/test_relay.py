@@ -16,7 +16,7 @@ from proxy.policy.model import Allow
 from proxy.protocol import messages as m
 from proxy.relay import ClientRelay, ServerRelay
 from proxy.session import ClientSession, State
-from tests.unit.test_session import make_config
+from tests.support.sessions import make_config
 
 
 class Transport:

@@ -19,7 +19,6 @@ from proxy.actions import (
     RelayToClient,
     RelayToServer,
     RunDecision,
-    SendClient,
     StartClientTls,
 )
 from proxy.auth.scram import make_verifier
@@ -29,20 +28,7 @@ from proxy.policy.cache import Pending
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import TRANSITIONS, ClientSession, Event, State
-
-
-def make_config(tmp_path: Path, **limits: object):
-    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
-    return parse_config(
-        {
-            "secrets_file": "s.toml",
-            "limits": dict(limits),
-            "backends": {"main": {}},
-            "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
-            "users": {"alice": {"tenant": "acme"}},
-        },
-        base=tmp_path,
-    )
+from tests.support.sessions import frames, login, make_config, sent
 
 
 @pytest.fixture
@@ -55,23 +41,6 @@ def session(tmp_path: Path) -> ClientSession:
         clock=lambda: 100.0,
         tls_available=True,
     )
-
-
-def sent(actions: list) -> bytes:
-    return b"".join(bytes(a.data) for a in actions if isinstance(a, SendClient))
-
-
-def login(session: ClientSession, password: str = "pw", **params: str) -> list:
-    actions = session.client_data(m.encode_startup_message({"user": "alice", **params}))
-    out = sent(actions)
-    assert out[:1] == b"R" and struct.unpack_from("!i", out, 5)[0] == m.AUTH_SASL
-    assert b"SCRAM-SHA-256\x00" in out and b"PLUS" not in out  # no TLS, no channel binding offered
-    client = ScramClient(["SCRAM-SHA-256"], "alice", password)
-    first = client.get_client_first().encode()
-    actions = session.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
-    out = sent(actions)
-    client.set_server_first(out[9:].decode())
-    return session.client_data(m.frame(b"p", client.get_client_final().encode()))
 
 
 def test_full_conversation(session: ClientSession) -> None:
@@ -408,16 +377,6 @@ def _decision(sql: str) -> Decision:
     if "deny" in sql:
         return Deny("42501", "no", "", "r")
     return Rewrite(sql.replace("SELECT", "SELECT /* r */"), ("r",)) if "7" in sql else Allow()
-
-
-def frames(data: bytes) -> list[tuple[bytes, bytes]]:
-    """The (type, body) of each message in `data`."""
-    out, pos = [], 0
-    while pos < len(data):
-        (length,) = struct.unpack_from("!I", data, pos + 1)
-        out.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
-        pos += 1 + length
-    return out
 
 
 def _relayed(actions: list) -> bytes:

@@ -1,9 +1,14 @@
-"""The request tracker holds a bounded amount of SQL text per session, whatever a client sends."""
+"""The request tracker: responses matched to requests in order, row counts, and a bounded amount of SQL text
+held per session whatever a client sends."""
 
 from __future__ import annotations
 
-from proxy.policy.model import Allow, Rewrite
-from proxy.tracking import MAX_HELD, MAX_TEXT, SHORT_TEXT, RequestTracker, clip
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.metrics import QueryRecorder
+from proxy.policy.model import Allow, Deny, Rewrite
+from proxy.tracking import MAX_HELD, MAX_TEXT, SHORT_TEXT, RequestTracker, clip, tag_rows
 
 
 def test_a_long_text_is_held_clipped_with_its_length() -> None:
@@ -62,3 +67,79 @@ def test_a_batch_keeps_the_text_of_a_thousand_and_one_statements_and_counts_the_
     [req] = done
     assert len(req.extra) == 1000 and req.extra_dropped == 3999 and req.statements == 5000
     assert t.held == 0
+
+
+def test_tracker_matches_responses_in_order() -> None:
+    now = [0.0]
+    done: list = []
+    t = RequestTracker(lambda: now[0], done.append)
+    t.on_query("SELECT 1", Allow())
+    t.on_parse("S_1", "INSERT INTO t VALUES ($1)", Allow())
+    t.on_bind("S_1")
+    t.on_sync()
+    t.on_bind("S_1")  # reuse of the named statement: kind known from its Parse
+    t.on_sync()
+    now[0] = 1.0
+    t.on_command_complete(b"SELECT 1\x00")
+    t.on_ready()
+    t.on_error("23505")
+    t.on_ready()
+    t.on_command_complete(b"INSERT 0 3\x00")
+    now[0] = 2.5
+    t.on_ready()
+    assert [(r.kind, r.outcome, r.rows, r.duration) for r in done] == [
+        ("select", "ok", 1, 1.0), ("insert", "error", 0, 1.0), ("insert", "ok", 3, 2.5),
+    ]
+    assert done[1].sqlstate == "23505"
+    assert t.on_ready() is None  # nothing pending: e.g. the startup ReadyForQuery
+
+
+def test_row_counts_past_64_bits_are_counted_exactly() -> None:
+    """PostgreSQL's row counts are unsigned 64-bit: the compiled build must not narrow them either."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_query("SELECT 1", Allow())
+    t.on_command_complete(b"SELECT 18446744073709551615\x00")
+    t.on_command_complete(b"SELECT 2\x00")
+    t.on_ready()
+    assert done[0].rows == 18446744073709551617
+    recorder = QueryRecorder((0.1, 1.0))
+    recorder.record("select", "ok", 0.5, done[0].rows)
+    recorder.record("select", "ok", 2.0, 1)
+    assert recorder.rows == 18446744073709551618
+    assert recorder.series[("select", "ok")].snapshot() == [0, 1, 1, 2.5]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=30) | st.lists(st.sampled_from([b"SELECT", b"INSERT", b" ", b"0", b"7", b"12", b"\x00",
+                                                           b"x", b"18446744073709551617"]), max_size=8).map(b"".join))
+def test_tag_rows_reads_the_trailing_count_as_the_spec_says(tag: bytes) -> None:
+    """The count is the tag's last space-separated word, without trailing NULs, when it is all ASCII digits."""
+    last = tag[tag.rfind(b" ") + 1 :].rstrip(b"\x00")
+    assert tag_rows(tag) == (int(last) if last.isdigit() else 0)
+
+
+def test_tracker_denied_outcome() -> None:
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_query("SET pgtenant.tenant_id = 'x'", Deny("42501", "no", "", "reserved_setting"))
+    t.on_error("42501", denied=True)
+    t.on_ready()
+    assert done[0].outcome == "denied"
+
+
+def test_tracker_unsynced_batch_then_query_is_one_request() -> None:
+    done = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_parse("", "SELECT 1", Allow())
+    t.on_bind("")
+    t.on_query("SELECT 2", Allow())
+    t.on_ready()  # the only ReadyForQuery PostgreSQL sends for the above
+    assert not t.pending, [r.sql for r in t.pending]
+
+
+def test_tracker_pending_is_bounded() -> None:
+    t = RequestTracker(lambda: 0.0)
+    for _ in range(200_000):
+        t.on_sync()
+    assert len(t.pending) <= 10_000

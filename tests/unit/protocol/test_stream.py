@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.protocol.messages import frame
+from proxy.protocol.messages import QUERY, Query, frame
 from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
 
 
@@ -130,3 +130,17 @@ def test_a_handler_holding_its_message_stops_the_stream_until_the_next_feed() ->
     out = s.feed(after[3:])
     assert _join(out) == after and seen[-1] == b"SELECT 2\x00"
     assert s.pending == 0
+
+
+def test_a_large_intercepted_message_arriving_in_small_reads_is_held_then_returned_whole() -> None:
+    """16 MB in 4 kB reads: held (counted in `pending`) until complete, then one Message with the whole body.
+    How long this takes for growing sizes is benchmarks/stream_bench.py's (it stays linear)."""
+    s = MessageStream(intercept=frozenset({QUERY}), max_length=64 << 20)
+    msg = Query("SELECT '" + "x" * (16 << 20) + "'").encode()
+    items: list = []
+    for i in range(0, len(msg), 4096):
+        items += s.feed(msg[i : i + 4096])
+        if i + 4096 < len(msg):
+            assert not items and s.pending == i + 4096
+    assert len(items) == 1 and s.pending == 0
+    assert bytes(items[0].raw()) == msg

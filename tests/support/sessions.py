@@ -1,0 +1,58 @@
+"""Driving a ClientSession in unit tests: a one-tenant config, a SCRAM login, and the bytes its actions carry."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from scramp import ScramClient
+
+from proxy.actions import SendClient
+from proxy.auth.scram import make_verifier
+from proxy.config import Config, parse_config
+from proxy.protocol import messages as m
+from proxy.session import ClientSession
+
+
+def make_config(tmp_path: Path, **limits: object) -> Config:
+    """Tenant acme (shared strategy) on backend main, user alice with password "pw"; `limits` as [limits]."""
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
+    return parse_config(
+        {
+            "secrets_file": "s.toml",
+            "limits": dict(limits),
+            "backends": {"main": {}},
+            "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
+            "users": {"alice": {"tenant": "acme"}},
+        },
+        base=tmp_path,
+    )
+
+
+def sent(actions: list) -> bytes:
+    """The bytes the session sends its client in `actions`."""
+    return b"".join(bytes(a.data) for a in actions if isinstance(a, SendClient))
+
+
+def login(session: ClientSession, password: str = "pw", **params: str) -> list:
+    """Alice's startup and SCRAM exchange (no TLS); the actions answering her final message."""
+    actions = session.client_data(m.encode_startup_message({"user": "alice", **params}))
+    out = sent(actions)
+    assert out[:1] == b"R" and struct.unpack_from("!i", out, 5)[0] == m.AUTH_SASL
+    assert b"SCRAM-SHA-256\x00" in out and b"PLUS" not in out  # no TLS, no channel binding offered
+    client = ScramClient(["SCRAM-SHA-256"], "alice", password)
+    first = client.get_client_first().encode()
+    actions = session.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+    out = sent(actions)
+    client.set_server_first(out[9:].decode())
+    return session.client_data(m.frame(b"p", client.get_client_final().encode()))
+
+
+def frames(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (type, body) of each message in `data`."""
+    out, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("!I", data, pos + 1)
+        out.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
+        pos += 1 + length
+    return out
