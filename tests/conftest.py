@@ -23,6 +23,7 @@ from tests.support.pgcluster import (  # noqa: E402
     find_installations,
     select_installations,
 )
+from tests.support.reports import print_reports  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -34,6 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_report_header(config: pytest.Config) -> str:
     """Show which PostgreSQL installations were found."""
     return f"postgresql installations: {describe(find_installations())}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Figures tests reported instead of asserting (tests/support/reports.py)."""
+    print_reports(terminalreporter)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -30,8 +30,7 @@ def test_slow_reader_of_200mb_result(proxy: ProxyProcess) -> None:
     received = 0
     peak = baseline
     tail = b""
-    t0 = time.monotonic()
-    while True:
+    while True:  # each recv times out after 10 s (login's socket): a stalled relay fails the test
         chunk = sock.recv(65536)
         assert chunk, "connection closed mid-result"
         received += len(chunk)
@@ -41,7 +40,6 @@ def test_slow_reader_of_200mb_result(proxy: ProxyProcess) -> None:
             time.sleep(0.005)  # read slower than PostgreSQL writes, so backpressure must engage
         if tail.endswith(m.ready_for_query(b"I")):
             break
-        assert time.monotonic() - t0 < 120
     sock.close()
     assert received > rows * 1000
     growth_mb = (peak - baseline) / 1024

@@ -8,7 +8,6 @@ sessions), TLS with certificate verification, and startup errors with their SQLS
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -99,15 +98,13 @@ def test_fetch_size_reads_through_named_portal(proxy: ProxyProcess) -> None:
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_statement_cancel(proxy: ProxyProcess, sslmode: str) -> None:
-    # pgJDBC opens a new plaintext socket for the CancelRequest, even when the session uses TLS.
-    t0 = time.monotonic()
+    # pgJDBC opens a new plaintext socket for the CancelRequest, even when the session uses TLS. pg_sleep(30)
+    # cancelled after 1 s: "due to user request" (57014) is the cancel's own message, so no clock is needed.
     out = _jdbc(proxy, "ivan", "cancel", 1000, 30, sslmode=sslmode)
     assert out["sqlstate"] == "57014", out
     assert "canceling statement due to user request" in out["message"]
     assert out["cancel_error"] is None
-    assert 900 <= out["elapsed_ms"] < 5000, out
     assert out["usable_after"] is True
-    assert time.monotonic() - t0 < 30
 
 
 # --- TLS --------------------------------------------------------------------------------------

@@ -190,15 +190,12 @@ def test_ctrl_c_cancels_the_running_query(proxy: ProxyProcess, pg: PgCluster, ps
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the query never became active on the backend"
             time.sleep(0.05)  # poll interval, bounded by the deadline
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=5)
-        elapsed = time.monotonic() - t0
+        stdout, stderr = proc.communicate(timeout=15)  # pg_sleep(30) otherwise: TimeoutExpired fails the test
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert "canceling statement due to user request" in stderr, (stdout, stderr)
     assert proc.returncode == 1
-    assert elapsed < 5
     assert not _active_sleep_pids(pg, app)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import psycopg
 import pytest
@@ -116,10 +115,8 @@ def test_notice_and_listen_notify(proxy: ProxyProcess, conn: psycopg.Connection)
 def test_cancel(conn: psycopg.Connection) -> None:
     timer = threading.Timer(0.5, conn.cancel_safe)
     timer.start()
-    t0 = time.monotonic()
-    with pytest.raises(psycopg.errors.QueryCanceled):
+    with pytest.raises(psycopg.errors.QueryCanceled, match="due to user request"):  # not pg_sleep's 20 s
         conn.execute("SELECT pg_sleep(20)")
-    assert time.monotonic() - t0 < 10
     timer.join()
     assert conn.execute("SELECT 3").fetchone() == (3,)
 

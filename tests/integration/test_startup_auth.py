@@ -56,6 +56,7 @@ NO_THROTTLE = {"max_auth_failures": 100000, "max_auth_failures_per_user": 100000
                "max_auth_failures_per_address": 100000}
 
 
+@pytest.mark.slow
 def test_auth_timing_unknown_vs_known(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("timing"), limits=NO_THROTTLE).start()
@@ -328,10 +329,8 @@ def test_stalled_client_is_dropped(pg: PgCluster, tmp_path_factory: pytest.TempP
         sock.sendall(m.encode_startup_message({"user": "ivan", "database": "initech"}))
         t, _ = _read_message(sock)
         assert t == b"R"  # SASL offered; we never answer
-        t0 = time.monotonic()
         fields = _error_of(sock)
-        assert fields["C"] == "08006"
-        assert 0.5 < time.monotonic() - t0 < 5
+        assert (fields["C"], fields["M"]) == ("08006", "canceling authentication due to timeout")
         _assert_closed(sock)
         # A client that sends nothing at all is dropped too.
         idle = socket.create_connection(("127.0.0.1", p.port), timeout=10)
@@ -385,12 +384,11 @@ def test_require_tls_accepts_plaintext_cancel(tls_only_proxy: ProxyProcess, tls_
     pid, secret = backend_key(msgs)
     assert len(secret) == 4
     sock.sendall(m.Query("SELECT pg_sleep(20)").encode())
-    t0 = time.monotonic()
     timer = threading.Timer(0.5, send_cancel, (tls_only_proxy.port, pid, secret))
     timer.start()
     fields = _error_of(sock)
     timer.join()
-    assert fields["C"] == "57014" and time.monotonic() - t0 < 10
+    assert (fields["C"], fields["M"]) == ("57014", "canceling statement due to user request")
     assert _read_message(sock)[0] == b"Z"
     # A wrong secret cancels nothing.
     sock.sendall(m.Query("SELECT pg_sleep(1.5)").encode())
