@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-import statistics
 import struct
 import time
 import urllib.request
@@ -54,28 +53,6 @@ def test_wrong_password_and_unknown_user_look_the_same(proxy: ProxyProcess) -> N
 
 NO_THROTTLE = {"max_auth_failures": 100000, "max_auth_failures_per_user": 100000,
                "max_auth_failures_per_address": 100000}
-
-
-@pytest.mark.slow
-def test_auth_timing_unknown_vs_known(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
-    prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("timing"), limits=NO_THROTTLE).start()
-    try:
-        def timed(user: str) -> float:
-            t0 = time.perf_counter()
-            with pytest.raises(psycopg.OperationalError):
-                psycopg.connect(f"host=127.0.0.1 port={p.port} user={user} password=bad sslmode=disable")
-            return time.perf_counter() - t0
-
-        known_t, unknown_t = [], []
-        for _ in range(9):  # interleaved, so background load hits both series alike
-            known_t.append(timed("ivan"))
-            unknown_t.append(timed("ghost"))
-        known, unknown = statistics.median(known_t), statistics.median(unknown_t)
-        # The unknown user runs the same PBKDF2 work on a mock verifier; medians stay within 2x.
-        assert 0.5 < unknown / known < 2.0, (known, unknown)
-    finally:
-        p.stop()
 
 
 @pytest.fixture(scope="module")
