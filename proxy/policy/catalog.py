@@ -11,6 +11,7 @@ from proxy.policy.rules import fail
 from proxy.policy.sqltext import quote_ident, quote_literal
 from proxy.policy.tree import Node, parse_json, strip_positions, walk_dicts
 from proxy.policy.visibility import (
+    current_database_oid,
     hides_namespaces,
     namespace_visible,
     role_name_visible,
@@ -58,11 +59,9 @@ DENIED_RELATIONS: frozenset[str] = frozenset(
         "pg_user_mappings",
         "pg_largeobject",
         "pg_config",
-        # shared catalogs that list objects of every database (their OIDs name other databases)
+        # shared catalog that lists objects of every database (their OIDs name other databases); pg_shdescription,
+        # pg_shseclabel and pg_db_role_setting are filtered to the current database's rows
         "pg_shdepend",
-        "pg_shdescription",
-        "pg_shseclabel",
-        "pg_db_role_setting",
     }
 )
 
@@ -368,6 +367,7 @@ ROLE_NAME_ARRAYS: dict[str, str] = {"pg_policies": "roles"}  # name[] columns of
 # The filtered catalogs that are tables (views have no system columns: `Filter.with_tableoid`).
 CATALOG_TABLES: frozenset[str] = frozenset(
     {"pg_namespace", "pg_database", "pg_auth_members", "pg_default_acl", "pg_largeobject_metadata",
+     "pg_shdescription", "pg_shseclabel", "pg_db_role_setting",
      *NAMESPACE_OID_COLUMNS, *RELATION_COLUMNS,
      *TYPE_COLUMNS, *PROC_COLUMNS, *OBJECT_COLUMNS, *ACL_COLUMNS}
 )
@@ -492,6 +492,20 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             + namespace_visible(policy, '{ref}."defaclnamespace"') + ")"
         )
     out["pg_default_acl"] = Filter("catalog", "pg_catalog.pg_default_acl", "defaclrole", " AND ".join(default_acl))
+    # Shared catalogs, to the rows about the current database (pg_dump's DATABASE entry: its comment, security
+    # labels, settings); rows of other databases name them
+    this_database = current_database_oid()
+    for relation in ("pg_shdescription", "pg_shseclabel"):
+        out[relation] = Filter(
+            "catalog", f"pg_catalog.{relation}", "objoid",
+            f"{{ref}}.\"classoid\" = 'pg_catalog.pg_database'::pg_catalog.regclass AND {{ref}}.\"objoid\" = "
+            f"{this_database}",
+        )
+    out["pg_db_role_setting"] = Filter(
+        "catalog", "pg_catalog.pg_db_role_setting", "setdatabase",
+        f'{{ref}}."setdatabase" = {this_database} AND ({{ref}}."setrole" = \'0\'::pg_catalog.oid OR '
+        + role_visible(policy, '{ref}."setrole"') + ")",
+    )
     # Large objects belong to the database, not to a tenant of it: none in the shared and schema strategies (their
     # contents stay unreadable everywhere: lo_* functions are never allowed)
     out["pg_largeobject_metadata"] = Filter(
