@@ -309,3 +309,21 @@ def test_locks_and_copies_beyond_a_dump_are_refused(pg: PgCluster, dump_proxy: P
         with conn.cursor().copy(f"COPY {own} (note) TO STDOUT") as copy:
             notes = {row[0] for row in copy.rows()}
     assert notes == {r[-1] for r in _own_rows(pg, tenant, "orders")}
+
+
+def test_shared_sequence_position_needs_a_grant_or_is_left_out(
+    pg: PgCluster, dump_proxy: ProxyProcess, tmp_path: Path
+) -> None:
+    """A shared table's sequence counts every tenant's rows: without SELECT on it pg_dump stops, and
+    --exclude-table-data leaves its position out (docs/export.md)."""
+    pg.execute(f"REVOKE SELECT ON sales.orders_id_seq FROM {BACKEND_ROLE}", dbname=DB)
+    try:
+        res = _dump(pg, dump_proxy, "dtb", tmp_path / "x.sql")
+        assert res.returncode != 0 and "orders_id_seq" in res.stderr, res.stderr
+        dump = _dumped(pg, dump_proxy, "dtb", tmp_path / "b.sql", "--exclude-table-data", "*_seq")
+    finally:
+        pg.execute(f"GRANT SELECT ON sales.orders_id_seq TO {BACKEND_ROLE}", dbname=DB)
+    assert "setval" not in dump.read_text()
+    db = _fresh(pg, "dtb")
+    _restore(pg, dump, db, custom=False)
+    assert _rows(pg, db, "sales", "orders") == _own_rows(pg, "dtb", "orders")
