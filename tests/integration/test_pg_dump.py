@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend
+from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, tenants_proxy
 
 DB = "dumpsrc"  # shared tenants dta and dtb (schema "sales"), schema tenants dts ("ds_data") and dtx ("dx_vault")
 DB_OWN = "dumpsrc_own"  # the database tenant dtd's own database
@@ -60,12 +60,12 @@ def _fill(pg: PgCluster) -> None:
     """The tenants' schemas and rows, once per cluster; every value names its tenant (`<tenant> ...`)."""
     if pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)):
         return
-    pg.create_database(DB)
-    pg.create_database(DB_OWN)
-    pg.execute("CREATE SCHEMA sales; CREATE SCHEMA ds_data; CREATE SCHEMA dx_vault", dbname=DB)
-    pg.execute(_OBJECTS.format(s="sales", tcol="tenant_id text NOT NULL, ", tkey="tenant_id, "), dbname=DB)
-    for schema, db in (("ds_data", DB), ("dx_vault", DB), ("public", DB_OWN)):
-        pg.execute(_OBJECTS.format(s=schema, tcol="", tkey=""), dbname=db)
+    for db in (DB, DB_OWN):
+        pg.create_database(db)
+    for schema, db in (("sales", DB), ("ds_data", DB), ("dx_vault", DB), ("public", DB_OWN)):
+        tcol, tkey = ("tenant_id text NOT NULL, ", "tenant_id, ") if schema == "sales" else ("", "")
+        create = f"CREATE SCHEMA IF NOT EXISTS {schema};"
+        pg.execute(create + _OBJECTS.format(s=schema, tcol=tcol, tkey=tkey), dbname=db)
     for name, t in TENANTS.items():
         db = t["keys"]["database"]
         cols, vals = ("tenant_id, ", f"'{t['value']}', ") if "value" in t else ("", "")
@@ -85,13 +85,7 @@ def _fill(pg: PgCluster) -> None:
 def dump_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
     _fill(pg)
-    p = ProxyProcess(
-        pg, tmp_path_factory.mktemp("pgdump"),
-        extra_tenants={name: t["keys"] for name, t in TENANTS.items()},
-        extra_users={t["user"]: (name, f"{t['user']}-pw") for name, t in TENANTS.items()},
-        extra_roles=dict(ROLES.values()),
-    )
-    p.start()
+    p = tenants_proxy(pg, tmp_path_factory.mktemp("pgdump"), TENANTS, dict(ROLES.values())).start()
     # What the SaaS grants besides provision (docs/export.md): the view over the shared tables, and the position of
     # the shared tables' identity sequence (it counts every tenant's rows; provision grants the sequences of a
     # schema or database tenant's own schemas only).
