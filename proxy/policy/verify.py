@@ -22,7 +22,7 @@ def _without_tableoid(sub: Node, relname: str) -> Node:
     targets = sub.get("targetList") or ()
     last = targets[-1].get("ResTarget", {}) if len(targets) > 1 else {}
     fields = [{"String": {"sval": relname}}, {"String": {"sval": "tableoid"}}]
-    if set(last) != {"val"} or last["val"].get("ColumnRef", {}).get("fields") != fields:
+    if set(last) - {"location"} != {"val"} or last["val"].get("ColumnRef", {}).get("fields") != fields:
         return sub
     return {**sub, "targetList": targets[:-1]}
 _WRAPPER_KEYS = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
