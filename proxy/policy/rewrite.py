@@ -768,6 +768,8 @@ def replace_literal(
     planner.edit(loc, toks[0].end, quote_literal(value))
 
     def mutation() -> None:
+        for key in ("ival", "fval", "boolval", "bsval"):  # a number or boolean written for a string setting
+            const.pop(key, None)
         const["sval"] = {"sval": value}
 
     planner.mutate(mutation)
