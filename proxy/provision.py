@@ -126,6 +126,9 @@ def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bo
     return [*steps,
             Step(f"GRANT USAGE ON SCHEMA {s} TO {r}"),
             Step(f"GRANT {privileges} ON ALL TABLES IN SCHEMA {s} TO {r}"),
+            # the positions of the schema's own sequences: pg_dump reads them (its identity and serial columns)
+            Step(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}"),
+            Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON SEQUENCES TO {r}"),
             Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {privileges} ON TABLES TO {r}",
                  done=f"tenant {where}: {role} may {'read and write' if writes else 'read'} schema {schema}")]
 

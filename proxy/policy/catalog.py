@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from proxy.policy.model import TenantPolicy
@@ -11,6 +11,7 @@ from proxy.policy.rules import fail
 from proxy.policy.sqltext import quote_ident, quote_literal
 from proxy.policy.tree import Node, parse_json, strip_positions, walk_dicts
 from proxy.policy.visibility import (
+    current_database_oid,
     hides_namespaces,
     namespace_visible,
     role_name_visible,
@@ -57,13 +58,10 @@ DENIED_RELATIONS: frozenset[str] = frozenset(
         "pg_shadow",
         "pg_user_mappings",
         "pg_largeobject",
-        "pg_largeobject_metadata",
         "pg_config",
-        # shared catalogs that list objects of every database (their OIDs name other databases)
+        # shared catalog that lists objects of every database (their OIDs name other databases); pg_shdescription,
+        # pg_shseclabel and pg_db_role_setting are filtered to the current database's rows
         "pg_shdepend",
-        "pg_shdescription",
-        "pg_shseclabel",
-        "pg_db_role_setting",
     }
 )
 
@@ -115,12 +113,26 @@ class Filter:
         """The same row filter without the column replacements: for a statement that reads none of them."""
         return Filter(self.kind, self.relation, self.column, self.template, self.table)
 
+    def with_tableoid(self) -> Filter:
+        """This catalog filter with `<ref>.tableoid` as its wrapper's last column: a derived table has no system
+        columns, and a catalog row's tableoid is the catalog's own OID (pg_dump reads it with every object)."""
+        return replace(self, targets=f"{self.targets}, {{ref}}.tableoid")
+
     def needed_for(self, usage: ColumnUsage, rv: Node) -> Filter:
         """This filter, or its lean variant when the statement (its column `usage`) cannot read a replaced column
         of the relation reference `rv` (no `*` of it, no whole row, no column alias list renaming its columns)."""
         if self.plain or (rv.get("alias") or {}).get("colnames") or rv.get("location", -1) in usage.whole:
             return self
         return self if usage.names & self.replaced else self.lean()
+
+    def for_reads(self, usage: ColumnUsage, rv: Node) -> Filter:
+        """`needed_for`, with the relation's tableoid when the statement names that column and no `*` or whole row
+        of this reference (which would then get one more column)."""
+        flt = self if self.plain else self.needed_for(usage, rv)
+        alias = rv.get("alias") or {}
+        if "tableoid" not in usage.names or rv.get("location", -1) in usage.whole or alias.get("colnames"):
+            return flt
+        return flt.with_tableoid() if self.relation.removeprefix("pg_catalog.") in CATALOG_TABLES else flt
 
     def wrapper_text(self, name: str, relname: str, fence: bool) -> str:
         """The injected filter's text around the relation text `name` (reference name `relname`)."""
@@ -349,9 +361,16 @@ ACL_COLUMNS: dict[str, str] = {
     "pg_class": "relacl", "pg_namespace": "nspacl", "pg_database": "datacl", "pg_proc": "proacl",
     "pg_type": "typacl", "pg_attribute": "attacl", "pg_default_acl": "defaclacl", "pg_tablespace": "spcacl",
     "pg_language": "lanacl", "pg_foreign_data_wrapper": "fdwacl", "pg_foreign_server": "srvacl",
-    "pg_parameter_acl": "paracl", "pg_init_privs": "initprivs",
+    "pg_parameter_acl": "paracl", "pg_init_privs": "initprivs", "pg_largeobject_metadata": "lomacl",
 }
 ROLE_NAME_ARRAYS: dict[str, str] = {"pg_policies": "roles"}  # name[] columns of role names
+# The filtered catalogs that are tables (views have no system columns: `Filter.with_tableoid`).
+CATALOG_TABLES: frozenset[str] = frozenset(
+    {"pg_namespace", "pg_database", "pg_auth_members", "pg_default_acl", "pg_largeobject_metadata",
+     "pg_shdescription", "pg_shseclabel", "pg_db_role_setting",
+     *NAMESPACE_OID_COLUMNS, *RELATION_COLUMNS,
+     *TYPE_COLUMNS, *PROC_COLUMNS, *OBJECT_COLUMNS, *ACL_COLUMNS}
+)
 # The catalogs whose column lists the policy carries (read from the server: dbcheck.catalog_columns).
 COLUMN_LISTED: frozenset[str] = frozenset({*SCRUBBED_RELATIONS, *ACL_COLUMNS, *ROLE_NAME_ARRAYS})
 
@@ -465,6 +484,34 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             "catalog", f"pg_catalog.{relation}", columns[0],
             " AND ".join(role_visible(policy, f'{{ref}}."{c}"') for c in columns),
         )
+    # default privileges: set by a role for a schema (0: every schema), both named in pg_dump's output
+    default_acl = [role_visible(policy, '{ref}."defaclrole"')]
+    if hides_namespaces(policy):
+        default_acl.append(
+            "(" + '{ref}."defaclnamespace" = \'0\'::pg_catalog.oid OR '
+            + namespace_visible(policy, '{ref}."defaclnamespace"') + ")"
+        )
+    out["pg_default_acl"] = Filter("catalog", "pg_catalog.pg_default_acl", "defaclrole", " AND ".join(default_acl))
+    # Shared catalogs, to the rows about the current database (pg_dump's DATABASE entry: its comment, security
+    # labels, settings); rows of other databases name them
+    this_database = current_database_oid()
+    for relation in ("pg_shdescription", "pg_shseclabel"):
+        out[relation] = Filter(
+            "catalog", f"pg_catalog.{relation}", "objoid",
+            f"{{ref}}.\"classoid\" = 'pg_catalog.pg_database'::pg_catalog.regclass AND {{ref}}.\"objoid\" = "
+            f"{this_database}",
+        )
+    out["pg_db_role_setting"] = Filter(
+        "catalog", "pg_catalog.pg_db_role_setting", "setdatabase",
+        f'{{ref}}."setdatabase" = {this_database} AND ({{ref}}."setrole" = \'0\'::pg_catalog.oid OR '
+        + role_visible(policy, '{ref}."setrole"') + ")",
+    )
+    # Large objects belong to the database, not to a tenant of it: none in the shared and schema strategies (their
+    # contents stay unreadable everywhere: lo_* functions are never allowed)
+    out["pg_largeobject_metadata"] = Filter(
+        "catalog", "pg_catalog.pg_largeobject_metadata", "lomowner",
+        role_visible(policy, '{ref}."lomowner"') if policy.strategy == "database" else "false",
+    )
     if hides_namespaces(policy):
         out["pg_namespace"] = Filter(
             "catalog", "pg_catalog.pg_namespace", "oid", namespace_visible(policy, '{ref}."oid"')

@@ -15,6 +15,7 @@ from proxy.policy.walk import (
     INHERIT,
     INTO,
     LIKE,
+    LOCK,
     READ,
     REG_TYPES,
     SAMPLE,
@@ -40,7 +41,9 @@ WALKED: frozenset[str] = QUERY_KINDS | {
     "CreateTableAsStmt",
     "TruncateStmt",
     "ViewStmt",
+    "LockStmt",
 }
+ACCESS_SHARE = 1  # LockStmt.mode of IN ACCESS SHARE MODE (PostgreSQL's AccessShareLock)
 # Statements that create a relation (a temporary one: check_references, verified by verify.py).
 CREATES: frozenset[str] = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt"})
 _NOT_ALLOWED_DETAIL: dict[str, str] = {
@@ -50,7 +53,6 @@ _NOT_ALLOWED_DETAIL: dict[str, str] = {
     "LoadStmt": "LOAD is not allowed",
     "CreateExtensionStmt": "CREATE EXTENSION is not allowed",
     "VacuumStmt": "VACUUM / ANALYZE are not allowed",
-    "LockStmt": "LOCK TABLE is not allowed",
     "CheckPointStmt": "CHECKPOINT is not allowed",
     "AlterSystemStmt": "ALTER SYSTEM is not allowed",
     "ReindexStmt": "REINDEX is not allowed",
@@ -140,6 +142,10 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
         _check_drop(policy, body)
         return frozenset()
     if kind == "TruncateStmt":
+        return frozenset()  # per relation: check_references
+    if kind == "LockStmt":
+        if body.get("mode") != ACCESS_SHARE:
+            raise fail("lock_mode", "LOCK TABLE is allowed only IN ACCESS SHARE MODE")
         return frozenset()  # per relation: check_references
     if kind in ("ListenStmt", "NotifyStmt"):
         if policy.strategy != "database":
@@ -260,6 +266,11 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
                 raise fail("ddl_not_allowed", "temporary relations cannot be created in a named schema")
             if is_filtered_name(policy, rel):
                 raise fail("temp_shadows_scoped", f'a temporary relation may not be called "{rel}"')
+        elif ref.role == LOCK:
+            if schema in CATALOG_SCHEMAS or (schema is None and rel.startswith("pg_")) or is_denied_relation(
+                policy, rv
+            ):
+                raise fail("lock_mode", f'"{rel}" is a system catalog: only your own tables may be locked')
         elif ref.role == INHERIT:
             raise fail("ddl_not_allowed", "temporary tables may not inherit from other tables")
         elif ref.role in (SAMPLE, UNKNOWN) and not ref.cte:

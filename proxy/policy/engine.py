@@ -15,7 +15,7 @@ from proxy.policy.guards import may_need_guard
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
-from proxy.policy.tree import Node, Statement, TreeTooLarge, parse
+from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
 from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
 
@@ -140,6 +140,11 @@ def _decide_statement(
     effects = classify.gate(policy, kind, body)
     changes = context.statement_changes(kind, body, index)
     if kind == "VariableSetStmt":
+        args = body.get("args") or ()
+        if body.get("name", "").lower() == "row_security" and len(args) == 1 and settings.row_security_off(
+            policy, const_text(args[0])
+        ):
+            _located(rewrite.replace_literal, policy, data, stmt, args[0], "on", plan, ROW_SECURITY_KEPT)
         if body.get("name", "").lower() == "search_path":
             change, kept = settings.search_path_change(policy, body, index)
             if kept is not None:
@@ -161,7 +166,7 @@ def _decide_statement(
     schema.check_cross_database(analysis)
     schema.check_schemas(policy, analysis)
     classify.check_references(policy, analysis)
-    functions.check(policy, analysis)
+    functions.check(policy, analysis, body if kind == "SelectStmt" else None)
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:
@@ -169,7 +174,12 @@ def _decide_statement(
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
     for call in analysis.calls:
-        if settings.is_set_config_path(call):
+        if settings.is_set_config_named(call, "row_security") and settings.row_security_off(
+            policy, settings.literal_arg(call, 1)
+        ):
+            _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), "on", plan,
+                     ROW_SECURITY_KEPT)
+        if settings.is_set_config_named(call, "search_path"):
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
@@ -180,6 +190,7 @@ def _decide_statement(
 
 
 WRITES = frozenset({TARGET, COPY_FROM, TRUNCATE})
+ROW_SECURITY_KEPT = "row_security_kept"  # rewrite rule: row_security off reaches PostgreSQL as on (shared)
 
 
 def _below_casts(node: Node) -> Node:

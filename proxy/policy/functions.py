@@ -6,6 +6,7 @@ from proxy.policy import settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
+from proxy.policy.tree import Node
 from proxy.policy.walk import Analysis
 
 # Never allowed, not even through extra_allowed_functions: they reach outside the tenant (other databases or
@@ -99,8 +100,9 @@ def is_allowed(policy: TenantPolicy, names: tuple[str, ...]) -> bool:
 ADVISORY_PREFIXES: tuple[str, ...] = ("pg_advisory_", "pg_try_advisory_")
 
 
-def check(policy: TenantPolicy, analysis: Analysis) -> None:
-    """Deny the first call that is not allowed; apply the settings rules to set_config & co."""
+def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) -> None:
+    """Deny the first call that is not allowed; apply the settings rules to set_config & co (`select`: the
+    statement's SelectStmt, if it is one)."""
     for call in analysis.calls:
         names = call.names
         if len(names) > 2:
@@ -111,7 +113,7 @@ def check(policy: TenantPolicy, analysis: Analysis) -> None:
             raise fail("function_not_allowed", "function " + ".".join(names) + "() is not allowed")
         if policy.strategy != "database" and names[-1].startswith(ADVISORY_PREFIXES):
             raise fail("advisory_lock_shared", f"{names[-1]}() is not allowed in this strategy")
-        settings.check_function(policy, call)
+        settings.check_function(policy, call, select)
     for fields in analysis.column_refs:
         # `t.f` calls f(t) when t has no column f (functional notation): never-allowed names are refused here.
         last = fields[-1]

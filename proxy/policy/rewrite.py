@@ -683,9 +683,9 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             continue
         if ref.role in (UNKNOWN, LIKE):
             continue  # check_references refused filtered ones in UNKNOWN; LIKE copies structure only
-        if ref.role == READ and not flt.plain:
+        if ref.role == READ and flt.kind == "catalog" and (not flt.plain or analysis.system_columns):
             usage = usage or column_usage(stmt.node)
-            flt = flt.needed_for(usage, ref.rv)
+            flt = flt.for_reads(usage, ref.rv)
         # The relation stays (its system columns, its row type for whole-row references) when named so.
         named = bool(analysis.row_names or analysis.star_names) and names_whole_row(analysis, ref)
         keep = ref.role in (READ, SAMPLE) and (analysis.system_columns or named)
@@ -754,7 +754,10 @@ def set_arguments(policy: TenantPolicy, data: bytes, stmt: Statement, kept: list
     planner.rule("search_path_filtered")
 
 
-def replace_literal(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
+def replace_literal(
+    policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan,
+    rule: str = "search_path_filtered",
+) -> None:
     """Replace the string literal `node` (an A_Const, e.g. set_config's value) with `value`."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     const = node["A_Const"]
@@ -765,10 +768,12 @@ def replace_literal(policy: TenantPolicy, data: bytes, stmt: Statement, node: No
     planner.edit(loc, toks[0].end, quote_literal(value))
 
     def mutation() -> None:
+        for key in ("ival", "fval", "boolval", "bsval"):  # a number or boolean written for a string setting
+            const.pop(key, None)
         const["sval"] = {"sval": value}
 
     planner.mutate(mutation)
-    planner.rule("search_path_filtered")
+    planner.rule(rule)
 
 
 def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, value: str, out: Plan) -> None:

@@ -65,6 +65,16 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "LISTEN/NOTIFY channels are shared by every tenant of this database and are not available.",
     ),
+    "lock_mode": (
+        INSUFFICIENT_PRIVILEGE,
+        "LOCK TABLE ... IN ACCESS SHARE MODE (the lock every SELECT takes, what pg_dump sends) is allowed on your own "
+        "tables; stronger locks would block other tenants.",
+    ),
+    "snapshot_sharing": (
+        FEATURE_NOT_SUPPORTED,
+        "Snapshots are shared by every tenant of this database; run pg_dump without -j/--jobs and --snapshot (one "
+        "connection, one snapshot: the dump is just as consistent).",
+    ),
     "two_phase_commit": (INSUFFICIENT_PRIVILEGE, "Prepared transactions are not available through pgtenant."),
     "explain_analyze": (
         INSUFFICIENT_PRIVILEGE,

@@ -7,17 +7,20 @@ from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME
 from proxy.policy.model import REAPPLY_CONTEXT, SET_PATH, Change, TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import split_identifier_list
-from proxy.policy.tree import Node, const_text, string_const
+from proxy.policy.tree import Node, const_text, names_of, string_const
 from proxy.policy.walk import Call
 
 ROLE_SETTINGS: frozenset[str] = frozenset({"role", "session_authorization"})
 
+_ON = frozenset({"on", "true", "yes", "1"})
 # Settings whose value the proxy relies on: the SQL text the proxy parses must mean the same to the server
-# (encoding, string escapes), and row security must stay enforced. Allowed values, or empty = never changed.
+# (encoding, string escapes). Allowed values, or empty = never changed.
 PINNED_VALUES: dict[str, frozenset[str]] = {
     "client_encoding": frozenset({"utf8", "unicode"}),
-    "standard_conforming_strings": frozenset({"on", "true", "yes", "1"}),
-    "row_security": frozenset({"on", "true", "yes", "1"}),
+    "standard_conforming_strings": _ON,
+    # off never bypasses row-level security for a role without BYPASSRLS (every backend role: dbcheck); PostgreSQL
+    # then raises an error where a policy would filter rows. pg_dump sends it (see row_security_off).
+    "row_security": _ON | {"off", "false", "no", "0"},
     "backslash_quote": frozenset(),
     "session_replication_role": frozenset(),
 }
@@ -96,7 +99,7 @@ def search_path_change(policy: TenantPolicy, body: Node, index: int) -> tuple[Ch
 def set_config_path(policy: TenantPolicy, call: Call, index: int) -> tuple[Change, str | None]:
     """set_config('search_path', '<literal>', is_local): its change, and the literal PostgreSQL must get
     instead (None when every entry may stay)."""
-    value = _literal_arg(call, 1)
+    value = literal_arg(call, 1)
     entries = None if value is None else ([] if not value.strip() else split_identifier_list(value))
     if entries is None:
         raise fail("search_path_pinned", "set_config() can only set search_path to a literal list of schemas")
@@ -107,12 +110,12 @@ def set_config_path(policy: TenantPolicy, call: Call, index: int) -> tuple[Chang
     return Change(index, SET_PATH, path=tuple(kept), shown=value, flag=local), ", ".join(identifier(e) for e in kept)
 
 
-def is_set_config_path(call: Call) -> bool:
-    """True for set_config('search_path', ...)."""
+def is_set_config_named(call: Call, setting: str) -> bool:
+    """True for set_config('<setting>', ...)."""
     if call.names[-1] != "set_config" or call.names[:-1] not in ((), ("pg_catalog",)) or call.named:
         return False
-    name = _literal_arg(call, 0)
-    return name is not None and name.lower() == "search_path"
+    name = literal_arg(call, 0)
+    return name is not None and name.lower() == setting
 
 
 def _bool_arg(call: Call, index: int) -> bool:
@@ -141,6 +144,8 @@ def check_set(policy: TenantPolicy, body: Node) -> frozenset[str]:
     if kind == "VAR_RESET_ALL":
         return frozenset({REAPPLY_CONTEXT})
     if kind == "VAR_SET_MULTI":  # SET TRANSACTION ..., SET SESSION CHARACTERISTICS ..., TRANSACTION SNAPSHOT
+        if body.get("name", "").upper() == "TRANSACTION SNAPSHOT":
+            check_snapshot_sharing(policy, "SET TRANSACTION SNAPSHOT")
         return frozenset()
     name = _check_name(policy, body.get("name", ""))
     args = body.get("args") or []
@@ -151,6 +156,14 @@ def check_set(policy: TenantPolicy, body: Node) -> frozenset[str]:
     return frozenset()
 
 
+def row_security_off(policy: TenantPolicy, value: str | None) -> bool:
+    """Whether row_security = `value` must reach PostgreSQL as on: in the shared strategy, where the proxy filters
+    every read of a tenant-scoped table to the tenant's rows, which are all the rows the tenant has. pg_dump sets
+    row_security off (unless --enable-row-security) so that a table is dumped whole or not at all; PostgreSQL
+    would refuse every forced-RLS table, the proxy's filter already gives the tenant the whole table it can see."""
+    return policy.strategy == "shared" and value is not None and _norm(value) in ("off", "false", "no", "0")
+
+
 def check_show(policy: TenantPolicy, body: Node) -> None:
     """Decide SHOW: everything except reserved settings other than the tenant's own context."""
     name = body.get("name", "").lower()
@@ -158,7 +171,7 @@ def check_show(policy: TenantPolicy, body: Node) -> None:
         raise fail("reserved_setting", f'setting "{name}" is reserved for the proxy')
 
 
-def _literal_arg(call: Call, index: int) -> str | None:
+def literal_arg(call: Call, index: int) -> str | None:
     if index >= len(call.args):
         return None
     node = call.args[index]
@@ -167,18 +180,30 @@ def _literal_arg(call: Call, index: int) -> str | None:
     return string_const(node)
 
 
-def check_function(policy: TenantPolicy, call: Call) -> None:
-    """Extra rules for set_config(), current_setting() and pg_notify()."""
+def check_snapshot_sharing(policy: TenantPolicy, what: str) -> None:
+    """Exported snapshots (pg_dump -j, --snapshot) are the database's: outside the database strategy other tenants'
+    sessions share it, and a snapshot id names one of their transactions."""
+    if policy.strategy != "database":
+        raise fail("snapshot_sharing", f"{what} is not available in this strategy")
+
+
+def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -> None:
+    """Extra rules for set_config(), current_setting(), pg_notify() and pg_export_snapshot(); `body` is the
+    statement's SelectStmt."""
     name = call.names[-1]
+    if name == "pg_export_snapshot":
+        check_snapshot_sharing(policy, "pg_export_snapshot()")
     if name == "pg_notify" and policy.strategy != "database":
         raise fail("notify_not_allowed", "pg_notify() is not allowed in this strategy")
     if name not in ("set_config", "current_setting"):
         return
     if call.named:
         raise fail("reserved_setting", f"{name}() must be called with positional arguments")
-    setting = _literal_arg(call, 0)
+    setting = literal_arg(call, 0)
     if setting is None and name == "current_setting":
         return  # read at run time through a guard that turns a reserved name into no name (guards.setting_name)
+    if setting is None and body is not None:
+        setting = pg_settings_row(body, call)
     if setting is None:
         raise fail("reserved_setting", f"{name}() needs a literal setting name")
     if name == "current_setting":
@@ -186,4 +211,33 @@ def check_function(policy: TenantPolicy, call: Call) -> None:
         return
     low = _check_name(policy, setting)
     if low in PINNED_VALUES:
-        _check_pinned(low, _literal_arg(call, 1))
+        _check_pinned(low, literal_arg(call, 1))
+
+
+_LOOKUP_CLAUSES = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
+
+
+def pg_settings_row(body: Node, call: Call) -> str | None:
+    """The setting of `SELECT set_config(name, <value>, <is_local>) FROM pg_settings WHERE name = '<setting>'`,
+    pg_dump's way to set a setting only where the server has it (restrict_nonsystem_relation_kind): when `call` is
+    that statement's only output and its first argument the `name` column of the one row, that row's name."""
+    targets = body.get("targetList") or ()
+    items = body.get("fromClause") or ()
+    if set(body) - _LOOKUP_CLAUSES or len(targets) != 1 or len(items) != 1 or not call.args:
+        return None
+    if call.holder is None or targets[0].get("ResTarget", {}).get("val") is not call.holder[call.key]:
+        return None
+    rv = items[0].get("RangeVar", {})
+    if rv.get("relname") != "pg_settings" or rv.get("schemaname") not in (None, "pg_catalog") or "alias" in rv:
+        return None
+    where = body.get("whereClause", {}).get("A_Expr", {})
+    if where.get("kind") != "AEXPR_OP" or names_of(where.get("name")) != ("=",):
+        return None
+    if not (_is_name_column(call.args[0]) and _is_name_column(where.get("lexpr", {}))):
+        return None
+    return string_const(where.get("rexpr"))
+
+
+def _is_name_column(node: Node) -> bool:
+    fields = node.get("ColumnRef", {}).get("fields") or ()
+    return [f.get("String", {}).get("sval") for f in fields] in (["name"], ["pg_settings", "name"])

@@ -13,6 +13,18 @@ from proxy.policy.model import TenantPolicy
 from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
 
 _STAR_FIELDS = [{"A_Star": {}}]
+_ACCESS_SHARE = 1  # LockStmt.mode: LOCK TABLE names relations without reading a row, in this mode only
+
+
+def _without_tableoid(sub: Node, relname: str) -> Node:
+    """A catalog wrapper's SELECT without a last output `<relname>.tableoid` (`Filter.with_tableoid`: the catalog's
+    own OID, nothing a filter hides), else `sub` as it is."""
+    targets = sub.get("targetList") or ()
+    last = targets[-1].get("ResTarget", {}) if len(targets) > 1 else {}
+    fields = [{"String": {"sval": relname}}, {"String": {"sval": "tableoid"}}]
+    if set(last) - {"location"} != {"val"} or last["val"].get("ColumnRef", {}).get("fields") != fields:
+        return sub
+    return {**sub, "targetList": targets[:-1]}
 _WRAPPER_KEYS = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
 _FENCED_WRAPPER_KEYS = _WRAPPER_KEYS | {"limitOffset"}
 _OFFSET_ZERO: Node = {"A_Const": {"ival": {}}}
@@ -572,6 +584,9 @@ class _Coverage:
                 rv = item.get("RangeVar", {})
                 self.bare(rv, "as a TRUNCATE table")
                 self.written(rv, truncate=True)
+        elif tag == "LockStmt":
+            if body.get("mode") != _ACCESS_SHARE:
+                raise Unverified("LOCK TABLE in a mode stronger than ACCESS SHARE")
         elif tag == "DropStmt":
             for obj in body.get("objects", ()):
                 names = [i.get("String", {}).get("sval") for i in obj.get("List", {}).get("items", ())]
@@ -774,6 +789,8 @@ class _Coverage:
         flt = self.filtered(inner) if inner is not None else None
         if flt is None or flt.kind == "temp":
             return False
+        if flt.kind == "catalog":
+            sub = _without_tableoid(sub, inner.get("relname", ""))
         fence = needs_fence(self.policy, flt)  # a catalog filter: fenced, or plain when the conditions cannot fail
         quiet = self.reads is not None and inner.get("location", -1) in self.reads.quiet
         if flt.kind != "tenant" and quiet and "limitOffset" not in sub:

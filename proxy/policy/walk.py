@@ -20,6 +20,7 @@ SAMPLE = "sample"  # t TABLESAMPLE ...
 COPY_TO = "copy_to"  # COPY t TO ...
 COPY_FROM = "copy_from"  # COPY t FROM ...
 TRUNCATE = "truncate"
+LOCK = "lock"  # LOCK TABLE t: no rows are read
 UNKNOWN = "unknown"  # anywhere else; filtered relations found here are denied
 
 # Nodes that hold nothing worth recording.
@@ -425,6 +426,13 @@ def _h_truncate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
             w.ref(item["RangeVar"], TRUNCATE, scope)
 
 
+def _h_lock(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.kinds.add("LockStmt")
+    for item in b.get("relations", ()):
+        if "RangeVar" in item:
+            w.ref(item["RangeVar"], LOCK, scope)
+
+
 def _h_locking(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     w.out.locking = True
 
@@ -451,5 +459,6 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "ViewStmt": _h_view,
     "CreateTableAsStmt": _h_ctas,
     "TruncateStmt": _h_truncate,
+    "LockStmt": _h_lock,
     "LockingClause": _h_locking,
 }

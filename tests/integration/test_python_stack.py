@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend
+from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, tenants_proxy
 
 DB = "pystack"  # shared tenants pa and pb (schema "sales") and the schema tenant ps (schema "ps_data")
 DB_OWN = "pystack_pd"  # the database tenant pd's own database
@@ -80,13 +80,7 @@ def _fill(pg: PgCluster) -> None:
 def stack(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
     _fill(pg)
-    p = ProxyProcess(
-        pg, tmp_path_factory.mktemp("pystack"),
-        extra_tenants={name: t["keys"] for name, t in TENANTS.items()},
-        extra_users={t["user"]: (name, f"{t['user']}-pw") for name, t in TENANTS.items()},
-        extra_roles=dict([SCHEMA_ROLE, DB_ROLE]),
-    )
-    p.start()
+    p = tenants_proxy(pg, tmp_path_factory.mktemp("pystack"), TENANTS, dict([SCHEMA_ROLE, DB_ROLE])).start()
     # provision grants the shared tenants' tables; a view over them is the SaaS's to grant (it runs with the
     # invoker's rights, so the tables' row-level security applies to it as well as the proxy's filter)
     pg.execute(f"GRANT SELECT ON sales.big_orders TO {BACKEND_ROLE}", dbname=DB)

@@ -266,3 +266,15 @@ class ProxyProcess:
     def jdbc_url(self, user: str = "alice", **params: str | int) -> str:
         q = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in params.items())
         return f"jdbc:postgresql://127.0.0.1:{self.port}/{self.users[user][0]}" + (f"?{q}" if q else "")
+
+
+def tenants_proxy(cluster: PgCluster, workdir: Path, tenants: dict[str, dict[str, Any]],
+                  roles: dict[str, str]) -> ProxyProcess:
+    """A ProxyProcess with more tenants, each `{"keys": <its config keys>, "user": <its login>}` (password
+    `<login>-pw`), and their own backend `roles` (role -> password)."""
+    return ProxyProcess(
+        cluster, workdir,
+        extra_tenants={name: t["keys"] for name, t in tenants.items()},
+        extra_users={t["user"]: (name, f"{t['user']}-pw") for name, t in tenants.items()},
+        extra_roles=roles,
+    )

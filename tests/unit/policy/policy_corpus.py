@@ -15,6 +15,7 @@ FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
 # PostgreSQL 15's column lists of the catalogs the shared strategy scrubs (dbcheck.catalog_columns reads them from
 # the server a tenant runs on).
 PG15_CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pg_largeobject_metadata": ("oid", "lomowner", "lomacl"),
     "pg_attribute": (
         "attrelid", "attname", "atttypid", "attstattarget", "attlen", "attnum", "attndims", "attcacheoff",
         "atttypmod", "attbyval", "attalign", "attstorage", "attcompression", "attnotnull", "atthasdef",

@@ -477,3 +477,24 @@ def test_many_plain_from_items_with_system_columns_each_carry_their_predicate(mo
     monkeypatch.setattr(engine, "apply_edits",
                         lambda data, edits: real_apply(data, edits).replace(' AND "o7"."tenant_id" = \'acme\'', ""))
     assert decide(SHARED, sql).rule == "rewrite_unverified"  # type: ignore[union-attr]
+
+
+def test_verifier_lock_names_relations_in_access_share_mode_only() -> None:
+    """LOCK TABLE reads no row: its relations may be bare, in ACCESS SHARE MODE only (the engine's gate refuses the
+    other modes first; the verifier holds without it)."""
+    assert _coverage_ok(SHARED, "LOCK TABLE sales.orders, sales.customers IN ACCESS SHARE MODE")
+    for mode in ("", " IN ROW SHARE MODE", " IN SHARE MODE", " IN ACCESS EXCLUSIVE MODE"):
+        assert not _coverage_ok(SHARED, f"LOCK TABLE sales.orders{mode}")
+
+
+def test_verifier_accepts_a_catalog_wrapper_ending_with_its_own_tableoid_only() -> None:
+    from proxy.policy.catalog import relation_filter
+
+    flt = relation_filter(SHARED, {"relname": "pg_extension"})
+    assert flt is not None
+    wrapper = f'SELECT x.tableoid FROM (SELECT *, "pg_extension".tableoid FROM pg_extension WHERE ' \
+              f'{flt.predicate("pg_extension")} OFFSET 0) x'
+    assert _coverage_ok(SHARED, wrapper)
+    for forged in ('"pg_extension".ctid', 'pgt.tableoid', '"pg_extension".tableoid AS t', 'tableoid'):
+        assert not _coverage_ok(SHARED, wrapper.replace('"pg_extension".tableoid', forged, 1)), forged
+    assert not _coverage_ok(SHARED, wrapper.replace(flt.predicate("pg_extension"), "true"))
