@@ -26,14 +26,13 @@ BUILT_FROM = PGTENANT_BUILT_FROM.decode("ascii")
 
 cdef bint _bound = False
 cdef object Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
-cdef object RelayToServer, RelayToClient, Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
+cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
 
 
 cdef int _bind() except -1:
     global _bound, Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
-    global RelayToServer, RelayToClient, Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision
+    global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision
     global _cstring, DecodeError
-    from proxy.actions import RelayToClient, RelayToServer
     from proxy.policy.engine import UNLIMITED, decide
     from proxy.policy.model import Allow, Deny
     from proxy.policy.shape import Template, from_decision
@@ -795,127 +794,3 @@ cdef class RequestTracker:
         if self.on_done is not None:
             self.on_done(req)
         return req
-
-
-# --- proxy.relay --------------------------------------------------------------------------------------------
-
-cdef unsigned long long _BYTES_FLUSH = 64 * 1024
-
-
-cdef Py_ssize_t write_chunks(transport, list chunks) except -1:
-    """proxy.relay.write_chunks."""
-    cdef Py_ssize_t n = 0
-    if len(chunks) == 1:
-        chunk = chunks[0]
-        transport.write(chunk)
-        return len(chunk)
-    for chunk in chunks:
-        n += len(chunk)
-    if n:
-        transport.writelines(chunks)
-    return n
-
-
-cdef class _SocketEvents:
-    """proxy.relay._SocketEvents."""
-
-    cdef public object owner
-
-    def eof_received(self):
-        return None
-
-    def connection_lost(self, exc):
-        self.owner.connection_lost(exc)
-
-    def pause_writing(self):
-        self.owner.pause_writing()
-
-    def resume_writing(self):
-        self.owner.resume_writing()
-
-
-cdef class ClientRelay(_SocketEvents):
-    """proxy.relay.ClientRelay, with C fields and C calls to its tracker's requests."""
-
-    cdef public unsigned long long bytes_in, bytes_out, bytes_flushed
-    cdef public object client, server, session, recorder, stats, audit, end_user
-    cdef public bint metrics_enabled
-    cdef public str audit_prefix
-
-    def __init__(self, conn, session, client, server, *, recorder, stats, bint metrics_enabled, audit,
-                 str audit_prefix=""):
-        if not _bound:
-            _bind()
-        self.owner = conn
-        self.session = session
-        self.client = client
-        self.server = server
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.bytes_flushed = 0
-        self.recorder = recorder
-        self.stats = stats
-        self.metrics_enabled = metrics_enabled
-        self.audit = audit
-        self.audit_prefix = audit_prefix
-        self.end_user = session.end_user
-
-    def data_received(self, data):
-        self.bytes_in += len(data)
-        try:
-            actions = self.session.client_data(data)
-        except Exception:
-            self.owner.internal_error()
-            return
-        self._forward(actions, RelayToServer, self.server)
-
-    cpdef from_server(self, data):
-        try:
-            actions = self.session.server_data(data)
-        except Exception:
-            self.owner.internal_error()
-            return
-        self.bytes_out += self._forward(actions, RelayToClient, self.client)
-
-    cdef Py_ssize_t _forward(self, list actions, type kind, transport) except -1:
-        if len(actions) == 1 and type(actions[0]) is kind:
-            return 0 if transport.is_closing() else write_chunks(transport, actions[0].chunks)
-        self.owner.run(actions)
-        return 0
-
-    cpdef request_done(self, Request req):
-        cdef double duration = req.end - req.start
-        cdef unsigned long long total
-        outcome = req.outcome
-        if self.metrics_enabled:
-            self.recorder.record(req.kind, outcome, duration, req.rows)
-            if outcome == "error" and req.sqlstate:
-                self.owner.count_backend_error(req.sqlstate)
-            total = self.bytes_in + self.bytes_out
-            if total - self.bytes_flushed >= _BYTES_FLUSH:
-                self.bytes_flushed = total
-                self.owner.flush_bytes()
-        stats = self.stats
-        stats.queries += 1
-        stats.rows += req.rows
-        stats.add_latency(duration)
-        if outcome == "error":
-            stats.errors += 1
-        elif outcome == "denied":
-            stats.denied += 1
-        audit = self.audit
-        if audit is not None:
-            audit.request(self.audit_prefix, self.end_user, req)
-
-
-cdef class ServerRelay(_SocketEvents):
-    """proxy.relay.ServerRelay."""
-
-    cdef public ClientRelay relay
-
-    def __init__(self, link, ClientRelay relay):
-        self.owner = link
-        self.relay = relay
-
-    def data_received(self, data):
-        self.relay.from_server(data)

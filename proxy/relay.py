@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy._accel import speedups
 from proxy.actions import RelayToClient, RelayToServer
 from proxy.audit import AuditLog
 from proxy.metrics import QueryRecorder, TenantStats
@@ -143,8 +142,3 @@ class ServerRelay(_SocketEvents):
 
     def data_received(self, data: bytes) -> None:
         self.relay.from_server(data)
-
-
-if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
-    ClientRelay = speedups.ClientRelay
-    ServerRelay = speedups.ServerRelay

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from proxy import _accel
 from proxy._accel import speedups
-from proxy.actions import CloseClient, RelayToClient, RelayToServer
 from proxy.policy.model import Allow, Deny, Rewrite, TenantPolicy
 
 # Every speed-up: (module, the name it replaces there, its name in the extension).
@@ -34,8 +33,6 @@ HOOKED = [
     ("proxy.tracking", "new_request", "new_request"),
     ("proxy.tracking", "tag_rows", "tag_rows"),
     ("proxy.tracking", "RequestTracker", "RequestTracker"),
-    ("proxy.relay", "ClientRelay", "ClientRelay"),
-    ("proxy.relay", "ServerRelay", "ServerRelay"),
 ]
 PURE_RUN = os.environ.get("PGTENANT_PURE") == "1"
 compiled = pytest.mark.skipif(speedups is None, reason=f"the speed-ups do not run here ({_accel.status()})")
@@ -355,79 +352,3 @@ def _cache_run(cls: type, maxsize: int, max_bytes: int, calls: list[tuple[str, i
 def test_decision_cache(maxsize: int, max_bytes: int, calls: list[tuple[str, int, str, int]]) -> None:
     py, fast = both("proxy.policy.cache", "DecisionCache")
     assert _cache_run(fast, maxsize, max_bytes, calls) == _cache_run(py, maxsize, max_bytes, calls)
-
-
-class _Recorder:
-    """Stands in for every collaborator of a relay: each call is logged, with what it was given."""
-
-    def __init__(self, log: list[object], name: str, answers: dict[str, Any] | None = None) -> None:
-        self._log, self._name, self._answers = log, name, answers if answers is not None else {}
-        self.end_user = "claimed"
-        self.queries = self.rows = self.errors = self.denied = 0
-
-    def __getattr__(self, attr: str) -> Callable[..., Any]:
-        def call(*args: Any) -> Any:
-            self._log.append((self._name, attr, [_plain(a) for a in args]))
-            answer = self._answers.get(attr)
-            if isinstance(answer, Exception):
-                raise answer
-            return answer() if callable(answer) else answer
-        return call
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, (RelayToClient, RelayToServer)):
-        return type(value).__name__, [bytes(c) for c in value.chunks]
-    if type(value).__name__ == "Request":
-        return _request(value)
-    return value
-
-
-_ANSWERS = st.sampled_from([
-    [RelayToServer([b"Q1"])], [RelayToServer([b"a", b"bc"])], [RelayToClient([b"x"])], [],
-    [RelayToServer([b"a"]), CloseClient(None, "client_terminate")], ValueError("boom"),
-])
-
-
-@compiled
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["client", "server", "done"]), _ANSWERS, st.booleans(),
-                          st.sampled_from(["ok", "error", "denied"]), st.sampled_from([None, "23505"])), max_size=12),
-       st.booleans(), st.booleans())
-def test_client_and_server_relay(events: list[tuple[Any, ...]], metrics_enabled: bool, audited: bool) -> None:
-    """The same reads, answers and requests give the same writes, calls and counts."""
-    relay_py, relay_fast = pure("proxy.relay"), importlib.import_module("proxy.relay")
-    tracking_py, tracking_fast = pure("proxy.tracking"), importlib.import_module("proxy.tracking")
-    logs = []
-    for relay, tracking in ((relay_py, tracking_py), (relay_fast, tracking_fast)):
-        log: list[object] = []
-        answers: dict[str, Any] = {}
-        closing = [False]
-        session = _Recorder(log, "session", answers)
-        transports = [_Recorder(log, side, {"is_closing": lambda closing=closing: closing[0]})
-                      for side in ("client", "server")]
-        owner, link = _Recorder(log, "owner"), _Recorder(log, "link")
-        client = relay.ClientRelay(owner, session, *transports, recorder=_Recorder(log, "recorder"),
-                                   stats=_Recorder(log, "stats"), metrics_enabled=metrics_enabled,
-                                   audit=_Recorder(log, "audit") if audited else None, audit_prefix="p")
-        server = relay.ServerRelay(link, client)
-        for i, (where, answer, is_closing, outcome, sqlstate) in enumerate(events):
-            closing[0] = is_closing
-            answers["client_data"] = answers["server_data"] = answer
-            if where == "client":
-                client.data_received(b"c" * (i + 1) * 10_000)
-            elif where == "server":
-                server.data_received(b"s" * (i + 1) * 10_000)
-            else:
-                req = tracking.new_request(1.0, "select", "SELECT 1")
-                req.end, req.outcome, req.sqlstate, req.rows = 3.5, outcome, sqlstate, i
-                client.request_done(req)
-            log.append(("counts", client.bytes_in, client.bytes_out, client.bytes_flushed, client.stats.queries,
-                        client.stats.rows, client.stats.errors, client.stats.denied))
-        for protocol in (client, server):
-            protocol.connection_lost(None)
-            protocol.pause_writing()
-            protocol.resume_writing()
-            log.append(protocol.eof_received())
-        logs.append(log)
-    assert logs[1] == logs[0]
