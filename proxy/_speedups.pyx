@@ -19,10 +19,10 @@ cdef extern from *:
     """
     const char *PGTENANT_BUILT_FROM
 
-# What this build was compiled from: setup.py passes the hash of proxy/_accel.SOURCES (checked at import).
+# What this build was compiled from: setup.py passes proxy._accel.source_hash() (checked at import).
 BUILT_FROM = PGTENANT_BUILT_FROM.decode("ascii")
 
-# --- names shared with the Python modules, bound on first use ------------------------------------------------
+# --- names and numbers shared with the Python modules, bound on first use ------------------------------------
 
 cdef bint _bound = False
 cdef object Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
@@ -31,24 +31,30 @@ cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision,
 
 cdef int _bind() except -1:
     global _bound, Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
-    global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision
-    global _cstring, DecodeError
+    global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
+    global _COPY_RUN, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
+    global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
+    from proxy.policy import cache, shape
     from proxy.policy.engine import UNLIMITED, decide
-    from proxy.policy.model import Allow, Deny
-    from proxy.policy.shape import Template, from_decision
-    from proxy.policy.shape import text as shape_text
+    from proxy.policy.model import Allow, Deny, Rewrite
+    from proxy.protocol import stream
     from proxy.protocol.messages import DecodeError, _cstring
-    from proxy.policy.model import Rewrite
-    from proxy.protocol.stream import HOLD, FramingError, Message
     from proxy.stmtkind import _BY_KEYWORD
     from proxy.stmtkind import _statement_kind as _statement_kind_general
+    from proxy import tracking
+    Message, HOLD, FramingError, _COPY_RUN = stream.Message, stream.HOLD, stream.FramingError, stream._COPY_RUN
+    Template, from_decision, shape_text, _MAX_LITERALS = shape.Template, shape.from_decision, shape.text, \
+        shape._MAX_LITERALS
+    _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
+    _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA = tracking._MAX_STATEMENTS, tracking._MAX_PENDING, tracking._MAX_EXTRA
+    MAX_TEXT, SHORT_TEXT, MAX_HELD = tracking.MAX_TEXT, tracking.SHORT_TEXT, tracking.MAX_HELD
     _bound = True
     return 0
 
 
 # --- proxy.protocol.stream ----------------------------------------------------------------------------------
 
-cdef Py_ssize_t _COPY_RUN = 4096
+cdef Py_ssize_t _COPY_RUN  # the numbers are the Python modules' own, bound by _bind()
 
 
 cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
@@ -247,7 +253,7 @@ cpdef str query_text(bytes body):
 
 # --- proxy.policy.shape -------------------------------------------------------------------------------------
 
-cdef Py_ssize_t _MAX_LITERALS = 1000
+cdef Py_ssize_t _MAX_LITERALS
 cdef Py_ssize_t _SCRATCH_SIZE = 4096
 cdef bytearray _scratch = bytearray(_SCRATCH_SIZE)  # the key buffer (a scan runs to its end without yielding)
 
@@ -266,6 +272,8 @@ cpdef split(str sql):
     cdef bytearray key
     cdef const unsigned char *p
     cdef unsigned char *q
+    if not _bound:
+        _bind()
     try:
         raw = sql.encode("utf-8")  # the characters, just as many bytes when all are ASCII
     except UnicodeEncodeError:  # a lone surrogate: not plain
@@ -319,9 +327,7 @@ cpdef split(str sql):
 from hashlib import blake2b as _blake2b
 from sys import getsizeof as _getsizeof
 
-cdef Py_ssize_t _LONG_TEXT = 4096
-cdef Py_ssize_t _ENTRY_OVERHEAD = 400
-cdef Py_ssize_t _ENTRY_SHARE = 64
+cdef Py_ssize_t _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
 
 
 cdef text_key(str sql):
@@ -548,12 +554,7 @@ cpdef str statement_kind(str sql):
 
 from collections import deque as _deque
 
-cdef Py_ssize_t _MAX_STATEMENTS = 10_000
-cdef Py_ssize_t _MAX_PENDING = 10_000
-cdef Py_ssize_t _MAX_EXTRA = 1000
-cdef Py_ssize_t MAX_TEXT = 64 * 1024
-cdef Py_ssize_t SHORT_TEXT = 256
-cdef Py_ssize_t MAX_HELD = 1 << 20
+cdef Py_ssize_t _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
 
 
 cdef class Request:
@@ -586,6 +587,8 @@ cdef class Request:
 cpdef Request new_request(double start, str kind="other", str sql="", decision=None):
     """proxy.tracking.new_request."""
     cdef Request req = Request.__new__(Request)
+    if not _bound:
+        _bind()
     req.start = start
     req.kind = kind
     req.sql = sql
