@@ -3,10 +3,9 @@
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.pgtenant-installed
-# The compiled hot path (setup.py): each module with a .pxd, rebuilt whenever its .py or .pxd changes.
-ACCEL_SRC := $(wildcard proxy/*.pxd proxy/*/*.pxd)
-ACCEL_SRC += $(ACCEL_SRC:.pxd=.py)
-ACCEL := proxy/_accel_manifest.json
+# The compiled speed-ups (setup.py): proxy/_speedups.pyx, rebuilt whenever it or a module it hooks into changes.
+ACCEL_SRC := proxy/_speedups.pyx $(shell grep -rlx 'from proxy._accel import speedups' proxy --include='*.py')
+ACCEL := $(VENV)/.pgtenant-speedups
 
 .PHONY: venv test demo run
 
@@ -18,8 +17,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# pip's install above builds it too; this only rebuilds what changed since (a module that fails to compile
-# stays pure Python, and proxy/_accel.py never runs a build older than its source).
+# pip's install above builds it too; this rebuilds it when a source changed since (a failed build leaves pure
+# Python, and proxy/_accel.py never runs a build older than its sources).
 $(ACCEL): $(STAMP) $(ACCEL_SRC) setup.py
 	$(VENV)/bin/python setup.py --quiet build_ext --inplace
 	@touch $(ACCEL)

@@ -1,106 +1,67 @@
-"""Picks, per accelerated module, its compiled build or the Python source it was compiled from, at import time.
+"""Chooses, once per process, whether the compiled speed-ups (`proxy/_speedups.pyx`) replace their Python names.
 
-`setup.py` compiles every module that has a `.pxd` beside it and records in `_accel_manifest.json` a hash of
-the sources each build came from. A compiled module is used only when that hash still matches its `.py` and
-`.pxd` (so an edited source is never shadowed by a stale build); otherwise, or with `PGTENANT_PURE=1`, the
-`.py` is imported. The compiled modules share C types, so they run together or not at all. `status()` says
-which build runs, for the startup log and the tests.
+The model is psycopg's `_cmodule.py`: each module with a speed-up ends with a hook,
+`if speedups is not None: name = speedups.name`, and runs as written when `speedups` is None: with
+`PGTENANT_PURE=1`, when the extension was not built, or when it was built from other sources than the ones beside
+it. setup.py compiles `source_hash()` (the `.pyx` and every module with a hook) into the extension
+(`_speedups.BUILT_FROM`); an edited `.pyx`, or an edited module whose names it replaces, makes the two differ until
+the next build, so a stale build never runs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import json
 import os
-import sys
-from collections.abc import Sequence
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from types import ModuleType
 
 _PACKAGE = Path(__file__).resolve().parent
-MANIFEST = _PACKAGE / "_accel_manifest.json"
-_status: dict[str, str] = {}  # module -> "compiled" | "pure: <why>"
+HOOK = "from proxy._accel import speedups"  # the line each module with a speed-up imports its replacements with
 
 
-def _source(module: str) -> Path:
-    return _PACKAGE.parent.joinpath(*module.split(".")).with_suffix(".py")
+def hooked_sources(package: Path = _PACKAGE) -> list[Path]:
+    """The modules whose names the extension replaces: those with the HOOK line."""
+    return sorted(py for py in package.rglob("*.py") if HOOK in py.read_text(encoding="utf-8").splitlines())
 
 
-def source_hash(py: Path) -> str:
-    """What a compiled module is built from: its `.py` and its `.pxd` (setup.py records this at build time)."""
+def source_hash(package: Path = _PACKAGE) -> str:
+    """What a build is compiled from: `_speedups.pyx` and the hooked modules, names and contents."""
     digest = hashlib.sha256()
-    for part in (py, py.with_suffix(".pxd")):
-        digest.update(part.read_bytes())
+    for path in [package / "_speedups.pyx", *hooked_sources(package)]:
+        digest.update(path.relative_to(package).as_posix().encode() + b"\x00" + path.read_bytes() + b"\x00")
     return digest.hexdigest()
 
 
-def accelerated_sources() -> list[Path]:
-    """The `.py` files that have a `.pxd` beside them: the modules setup.py compiles."""
-    return sorted(pxd.with_suffix(".py") for pxd in _PACKAGE.rglob("*.pxd"))
+def strays(package: Path = _PACKAGE) -> list[Path]:
+    """Compiled files of single modules, left by an older build (which compiled whole modules): Python would import
+    one instead of its `.py`."""
+    return sorted(
+        lib for suffix in EXTENSION_SUFFIXES for lib in package.rglob(f"*{suffix}")
+        if lib.name.split(".", 1)[0] != "_speedups"
+    )
 
 
-def _decide() -> dict[str, str]:
+def _load() -> tuple[ModuleType | None, str]:
+    stale = strays()
+    if stale:  # proxy/__init__.py imports this module first: no module has been imported from one of them yet
+        names = ", ".join(str(p.relative_to(_PACKAGE.parent)) for p in stale)
+        raise ImportError(f"pgtenant: stale compiled modules would shadow their sources ({names}): rebuild with "
+                          "`make venv` (or `python setup.py build_ext --inplace`), or delete them")
+    if os.environ.get("PGTENANT_PURE") == "1":
+        return None, "pure: PGTENANT_PURE=1"
     try:
-        built: dict[str, str] = json.loads(MANIFEST.read_text())
-    except (OSError, ValueError):
-        built = {}
-    pure = os.environ.get("PGTENANT_PURE") == "1"
-    status: dict[str, str] = {}
-    for py in accelerated_sources():
-        module = ".".join(py.with_suffix("").relative_to(_PACKAGE.parent).parts)
-        if pure:
-            status[module] = "pure: PGTENANT_PURE=1"
-        elif module not in built:
-            status[module] = "pure: not compiled"
-        elif built[module] != source_hash(_source(module)):
-            status[module] = "pure: the compiled build is older than its source (rebuild: make venv)"
-        else:
-            status[module] = "compiled"
-    broken = sorted(m for m, s in status.items() if s != "compiled")
-    if broken:  # the compiled modules share C types (cimport): they run together or not at all
-        for module, state in status.items():
-            if state == "compiled":
-                status[module] = f"pure: the compiled modules run together, and {', '.join(broken)} runs pure"
-    return status
+        from proxy import _speedups
+    except ImportError:
+        return None, "pure: not compiled"
+    if source_hash() != _speedups.BUILT_FROM:
+        return None, "pure: the compiled build is older than its sources (rebuild: make venv)"
+    return _speedups, "compiled"
 
 
-class _SourceFinder(importlib.abc.MetaPathFinder):
-    """Imports the `.py` of the modules that must not use their compiled build."""
-
-    def __init__(self, modules: set[str]) -> None:
-        self.modules = modules
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in self.modules:
-            return None
-        return importlib.util.spec_from_file_location(fullname, _source(fullname))
-
-
-def _strays() -> set[str]:
-    """Modules with a compiled file but no `.pxd` (left by an old build): never imported from that file."""
-    found = set()
-    for lib in (*_PACKAGE.rglob("*.so"), *_PACKAGE.rglob("*.pyd")):
-        module = lib.parent / lib.name.split(".", 1)[0]
-        if not module.with_suffix(".pxd").exists() and module.with_suffix(".py").exists():
-            found.add(".".join(module.relative_to(_PACKAGE.parent).parts))
-    return found
-
-
-def install() -> None:
-    """Decide once per process, before any accelerated module is imported (called from `proxy/__init__.py`)."""
-    if _status:
-        return
-    _status.update(_decide())
-    source_only = {m for m, s in _status.items() if s != "compiled"} | _strays()
-    if source_only:
-        sys.meta_path.insert(0, _SourceFinder(source_only))
+speedups, _status = _load()
 
 
 def status() -> dict[str, str]:
-    """Which build of each accelerated module this process runs."""
-    return dict(_status)
+    """Per hooked module, which build of its hot path runs: "compiled", or "pure: <why>" (the startup log)."""
+    return {".".join(("proxy", *p.with_suffix("").relative_to(_PACKAGE).parts)): _status for p in hooked_sources()}

@@ -19,7 +19,7 @@ class SendServer:
 
 
 class Relay:
-    """Runs of raw bytes to forward as they are (hot path: built for every read, compiled with actions.pxd)."""
+    """Runs of raw bytes to forward as they are (hot path: built for every read)."""
 
     __slots__ = ("chunks",)
 

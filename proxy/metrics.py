@@ -101,7 +101,7 @@ class QueryRecorder:
         self.series: dict[tuple[str, str], LatencySeries] = {}
         self.rows = 0
         # The series of the last call: requests mostly repeat their kind and outcome (the same str objects).
-        # Until the first call it is a spare series no (kind, outcome) matches (never None: it is a typed field).
+        # Until the first call it is a spare series no (kind, outcome) matches.
         self._last_kind = self._last_outcome = ""
         self._last = LatencySeries(len(self._bounds))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy._accel import speedups
 from proxy.memory import text_cache
 
 KINDS = ("select", "insert", "update", "delete", "copy", "ddl", "utility", "other")
@@ -33,9 +34,8 @@ def statement_kind(sql: str) -> str:
         j += 1
     if j and (j == n or ord(sql[j]) < 128):  # a whole word (no letter of another alphabet goes on with it)
         word = sql[:j]
-        table = _BY_KEYWORD  # typed (stmtkind.pxd): the compiled build looks it up without a method call
-        kind = table.get(word)
-        return kind if kind is not None else table.get(word.lower(), "other")
+        kind = _BY_KEYWORD.get(word)
+        return kind if kind is not None else _BY_KEYWORD.get(word.lower(), "other")
     return _statement_kind(sql)
 
 
@@ -66,3 +66,7 @@ def _statement_kind(sql: str) -> str:
     if j == i:
         return "other"
     return _BY_KEYWORD.get(sql[i:j].lower(), "other")
+
+
+if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
+    statement_kind = speedups.statement_kind

@@ -8,6 +8,7 @@ from hashlib import blake2b
 from time import perf_counter
 from typing import Any
 
+from proxy._accel import speedups
 from proxy.policy import shape
 from proxy.policy.engine import UNLIMITED, Limits, decide
 from proxy.policy.model import EMPTY_CONTEXT, Allow, Decision, Deny, Rewrite, SessionContext, TenantPolicy
@@ -15,7 +16,7 @@ from proxy.policy.shape import split
 
 # A text longer than this (in characters) is cached under a digest of it, not under the text, is never shaped, and
 # on a miss is decided by a worker process rather than on the event loop (its decision may take a while).
-_LONG_TEXT = 4096  # typed in the compiled build (cache.pxd); LONG_TEXT is the same number for Python
+_LONG_TEXT = 4096
 LONG_TEXT = _LONG_TEXT
 # What an entry costs besides its texts: the key tuple, the entry, the dict slot, the decision object (bytes).
 _ENTRY_OVERHEAD = 400
@@ -366,3 +367,7 @@ class ContextGate:
         if "u&" in low or any(name in low for name in self._names):
             return self.gate.decide_for(policy, sql)
         return self.gate.decide_for(policy.base, sql)
+
+
+if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
+    DecisionCache = speedups.DecisionCache

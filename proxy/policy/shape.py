@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pglast.parser import ParseError, parse_sql_json, scan
 
+from proxy._accel import speedups
 from proxy.policy.model import Allow, Change, Decision, Rewrite
 
 _UNSHAPEABLE = ("'", '"', "$", "\\", "--", "/*")
@@ -29,12 +30,9 @@ _GAP = "\x00"  # joins the text between the literals into a shape key (no Query 
 _MAX_LITERALS = 1000
 
 
-# True in the build Cython compiled (setup.py, shape.pxd): there `split` is one typed pass over the text.
-_COMPILED = not __file__.endswith(".py")
-
-
-def split_regex(sql: str) -> tuple[str, list[str]] | None:
-    """`split` with a regular expression: the faster way in pure Python."""
+def split(sql: str) -> tuple[str, list[str]] | None:
+    """The shape key of `sql` (its text between integer literals, a NUL for each) and the literals in order, or
+    None when it has none or is not plain; `text(key)` is the shape's SQL (only a cache miss needs it)."""
     if not sql.isascii():
         return None
     for mark in _UNSHAPEABLE:
@@ -45,73 +43,6 @@ def split_regex(sql: str) -> tuple[str, list[str]] | None:
     if count == 0 or count > _MAX_LITERALS:
         return None
     return _GAP.join(parts[0::2]), parts[1::2]
-
-
-def _word_or_dot(c: int) -> bool:
-    """[A-Za-z0-9_.]: what may not touch an integer literal."""
-    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95 or c == 46
-
-
-def split_scan(sql: str) -> tuple[str, list[str]] | None:
-    """`split` as one pass over the characters: the faster way once compiled (the same answers as
-    `split_regex`, checked by the tests). The key is written as it goes, a NUL where each literal was."""
-    n = len(sql)
-    try:
-        raw = sql.encode("utf-8")  # the characters, just as many bytes when all are ASCII
-    except UnicodeEncodeError:  # a lone surrogate: not plain
-        return None
-    if len(raw) != n:
-        return None
-    p = raw  # the compiled build reads it through a C pointer: one byte per character
-    # ... and writes the key (never longer than the text) through another: into the shared scratch buffer, or a
-    # buffer of its own for a text longer than that (not kept: one huge statement must not pin its size)
-    key = _scratch if n <= _SCRATCH_SIZE else bytearray(n)
-    q = key
-    k = 0  # the key's length so far
-    literals: list[str] = []
-    prev = 0  # the character before position i (0 at the start)
-    i = 0
-    while i < n:
-        c = p[i]
-        if c == 39 or c == 34 or c == 36 or c == 92:  # ' " $ \
-            return None
-        if (c == 45 or c == 47) and i + 1 < n and p[i + 1] == (45 if c == 45 else 42):  # -- or /*
-            return None
-        if 48 <= c <= 57 and not _word_or_dot(prev):
-            j = i + 1
-            while j < n and 48 <= p[j] <= 57:
-                j += 1
-            if j == n or not _word_or_dot(p[j]):
-                literals.append(sql[i:j])
-                if len(literals) > _MAX_LITERALS:
-                    return None
-                q[k] = 0
-                k += 1
-            else:
-                while i < j:
-                    q[k] = p[i]
-                    k += 1
-                    i += 1
-            prev = p[j - 1]
-            i = j
-            continue
-        q[k] = c
-        k += 1
-        prev = c
-        i += 1
-    if not literals:
-        return None
-    return q[:k].decode("ascii"), literals
-
-
-_SCRATCH_SIZE = 4096
-_scratch = bytearray(_SCRATCH_SIZE)  # split_scan's key buffer (a scan runs to its end without yielding)
-
-
-def split(sql: str) -> tuple[str, list[str]] | None:
-    """The shape key of `sql` (its text between integer literals, a NUL for each) and the literals in order, or
-    None when it has none or is not plain; `text(key)` is the shape's SQL (only a cache miss needs it)."""
-    return split_scan(sql) if _COMPILED else split_regex(sql)
 
 
 def text(key: str) -> str:
@@ -146,13 +77,6 @@ class Template:
 def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str], changes: tuple[Change, ...]) -> Rewrite:
     """`Rewrite(sql, rules, effects, changes)` for the shape cache's hot path, at a fraction of the cost of the
     frozen dataclass's __init__ (the same object; a test holds the two to the same fields)."""
-    if _COMPILED:  # what object.__new__ and object.__setattr__ do, as C calls (shape.pxd cimports them)
-        rewrite = new_object(Rewrite)  # noqa: F821
-        PyObject_GenericSetAttr(rewrite, "sql", sql)  # noqa: F821
-        PyObject_GenericSetAttr(rewrite, "rules", rules)  # noqa: F821
-        PyObject_GenericSetAttr(rewrite, "effects", effects)  # noqa: F821
-        PyObject_GenericSetAttr(rewrite, "changes", changes)  # noqa: F821
-        return rewrite
     rewrite = _new_object(Rewrite)
     _set_attribute(rewrite, "sql", sql)
     _set_attribute(rewrite, "rules", rules)
@@ -219,3 +143,7 @@ def _template(decision: Rewrite, count: int) -> Template | None:
     if sorted(order) != list(range(count)):
         return None
     return Template(tuple(pieces), tuple(order), decision.rules, decision.effects, decision.changes)
+
+
+if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
+    split = speedups.split

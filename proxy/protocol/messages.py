@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from proxy._accel import speedups
+
 PROTOCOL_3_0 = 196608
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
@@ -14,8 +16,6 @@ MAX_STARTUP_PACKET = 10_000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 _HDR = struct.Struct("!cI")
-# True in the build Cython compiled (setup.py, messages.pxd): there a Query message is built in C.
-_COMPILED = not __file__.endswith(".py")
 
 # Message type bytes (PostgreSQL's names).
 QUERY = ord("Q")
@@ -212,8 +212,6 @@ class Query:
 
 def query_message(sql: str) -> bytes:
     """A Query message's bytes (without building a `Query`)."""
-    if _COMPILED:  # one allocation and a copy, in C (messages.pxd)
-        return c_query_message(sql.encode())  # noqa: F821
     return frame(b"Q", sql.encode() + b"\x00")
 
 
@@ -332,3 +330,8 @@ def decode_error_fields(body: bytes) -> dict[str, str]:
 
 TERMINATE_MESSAGE = frame(b"X", b"")
 SYNC_MESSAGE = frame(b"S", b"")
+
+
+if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
+    query_text = speedups.query_text
+    query_message = speedups.query_message

@@ -6,11 +6,11 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from proxy._accel import speedups
+
 _LEN = struct.Struct("!I")
 _unpack_len = _LEN.unpack_from
 
-# True in the build Cython compiled (setup.py): there the header is read with C byte arithmetic.
-_COMPILED = not __file__.endswith(".py")
 ALL_TYPES = frozenset(range(256))  # intercept every message (startup, authentication): one set for all streams
 
 
@@ -50,11 +50,10 @@ Handler = Callable[[bytes], "bytes | _Hold | None"]
 _COPY_RUN = 4096  # a run of raw messages shorter than this is copied, a longer one is a view of the read
 
 
-def _run(buf: bytes, p: bytes, start: int, end: int) -> bytes | memoryview:
-    """buf[start:end] to forward: a copy when short (cheaper than a view), a memoryview when long (no copy).
-    `p` is `buf` (read through a C pointer in the compiled build)."""
+def _run(buf: bytes, start: int, end: int) -> bytes | memoryview:
+    """buf[start:end] to forward: a copy when short (cheaper than a view), a memoryview when long (no copy)."""
     if end - start < _COPY_RUN:
-        return p[start:end]
+        return buf[start:end]
     return memoryview(buf)[start:end]
 
 
@@ -155,13 +154,9 @@ class MessageStream:
         table = self._table
         max_length = self.max_length
         limit_all = self.limit_all
-        p = buf  # the compiled build reads it as a C pointer: message bodies are copied out without slice objects
         while n - pos >= 5:
             t = buf[pos]
-            if _COMPILED:
-                length = (buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
-            else:
-                (length,) = _unpack_len(buf, pos + 1)
+            (length,) = _unpack_len(buf, pos + 1)
             if length < 4:
                 raise FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
@@ -173,16 +168,16 @@ class MessageStream:
                     break
                 if r == 1:
                     if run_start < pos:
-                        out.append(_run(buf, p, run_start, pos))
-                    out.append(Message(t, p[pos + 5 : end]))
+                        out.append(_run(buf, run_start, pos))
+                    out.append(Message(t, buf[pos + 5 : end]))
                     run_start = end
                 else:
-                    replacement = table[r - 2](p[pos + 5 : end])
+                    replacement = table[r - 2](buf[pos + 5 : end])
                     if replacement is not None:
                         if run_start < pos:
-                            out.append(_run(buf, p, run_start, pos))
+                            out.append(_run(buf, run_start, pos))
                         if replacement is HOLD:
-                            self._buf = p[end:n]
+                            self._buf = buf[end:n]
                             return out
                         out.append(replacement)
                         run_start = end
@@ -199,8 +194,8 @@ class MessageStream:
             if run_start == 0 and pos == n:
                 out.append(buf)
             else:
-                out.append(_run(buf, p, run_start, pos))
-        rest = p[pos:n] if pos < n else b""
+                out.append(_run(buf, run_start, pos))
+        rest = buf[pos:n] if pos < n else b""
         if len(rest) >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             (length,) = _unpack_len(rest, 1)
@@ -210,3 +205,7 @@ class MessageStream:
         else:
             self._buf = rest
         return out
+
+
+if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
+    MessageStream = speedups.MessageStream

@@ -1,15 +1,15 @@
-"""The compiled hot path: which build runs, that an edited source is never shadowed by an older build, and
-that `PGTENANT_PURE=1` runs the Python sources (`make test` runs the unit suite once more that way)."""
+"""Which build runs: the compiled speed-ups only with the sources they were built from, never beside an older
+build's compiled modules, and the Python as written with `PGTENANT_PURE=1` (`make test` runs the unit suite once
+more that way). tests/unit/test_speedups.py holds the two builds to the same answers."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
 import json
 import os
 import shutil
 import subprocess
 import sys
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 import pytest
@@ -18,88 +18,88 @@ import proxy
 from proxy import _accel
 
 ROOT = Path(proxy.__file__).resolve().parent.parent
-ACCELERATED = sorted(".".join(p.with_suffix("").relative_to(ROOT).parts) for p in (ROOT / "proxy").rglob("*.pxd"))
 PURE = os.environ.get("PGTENANT_PURE") == "1"
+COMPILED = set(_accel.status().values()) == {"compiled"}
+_PROBE = (
+    "import json, proxy.protocol.stream as s, proxy.tracking as t\n"
+    "from proxy import _accel\n"
+    "statuses = sorted(set(_accel.status().values()))\n"
+    "print(json.dumps([statuses, s.MessageStream.__module__, t.RequestTracker.__module__]))"
+)
 
 
-def _status_in(cwd: Path, env: dict[str, str] | None = None) -> dict[str, list[str]]:
-    """{module: [status, file]} as a fresh interpreter started in `cwd` sees them."""
-    code = (
-        "import importlib, json, proxy\n"
-        "from proxy import _accel\n"
-        "print(json.dumps({m: [s, importlib.import_module(m).__file__] for m, s in _accel.status().items()}))\n"
-    )
+def _run_in(tree: Path, env: dict[str, str] | None = None, unbuilt: bool = False) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k != "PGTENANT_PURE"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env={**base, **(env or {}), "PYTHONPATH": str(cwd)},
-        capture_output=True, text=True, check=True, timeout=60,
-    )
+    env = {**base, **(env or {}), "PYTHONPATH": str(tree)}
+    code = ("import sys\nsys.modules['proxy._speedups'] = None\n" if unbuilt else "") + _PROBE  # None: not importable
+    return subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _probe(tree: Path, env: dict[str, str] | None = None, unbuilt: bool = False) -> list[object]:
+    """[the statuses, the module of MessageStream, the module of RequestTracker] in a fresh interpreter."""
+    out = _run_in(tree, env, unbuilt)
+    assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
-def test_every_module_with_a_pxd_is_reported() -> None:
-    assert ACCELERATED, "the hot path has modules to compile"
-    assert sorted(_accel.status()) == ACCELERATED
+def _copy(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    return tmp_path
+
+
+PYTHON = [["pure: PGTENANT_PURE=1"], "proxy.protocol.stream", "proxy.tracking"]
 
 
 @pytest.mark.skipif(PURE, reason="this run imports the Python sources on purpose")
 def test_ci_runs_the_compiled_build() -> None:
     """CI machines have a C compiler: there the suite must exercise the build that production runs."""
-    status = _accel.status()
-    if os.environ.get("CI") != "true" and set(status.values()) != {"compiled"}:
-        pytest.skip(f"not built here (no C compiler?): {status}")
-    assert set(status.values()) == {"compiled"}, status
-    for module in ACCELERATED:
-        assert not importlib.import_module(module).__file__.endswith(".py")
+    if os.environ.get("CI") != "true" and not COMPILED:
+        pytest.skip(f"not built here (no C compiler?): {_accel.status()}")
+    assert COMPILED, _accel.status()
+    assert _accel.speedups is not None
 
 
-@pytest.mark.skipif(not PURE, reason="only in the PGTENANT_PURE=1 run")
-def test_pure_run_imports_the_sources() -> None:
-    import proxy.protocol.stream
-    import proxy.session
-    import proxy.tracking
-
-    assert set(_accel.status().values()) == {"pure: PGTENANT_PURE=1"}
-    for module in (proxy.protocol.stream, proxy.session, proxy.tracking):
-        assert module.__file__.endswith(".py")
-
-
-def test_an_edited_source_is_never_shadowed_by_its_older_build(tmp_path: Path) -> None:
-    if set(_accel.status().values()) != {"compiled"}:
-        pytest.skip("needs the compiled build")
-    shutil.copytree(ROOT / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
-    before = _status_in(tmp_path)
-    assert {m: s for m, (s, _) in before.items()} == dict.fromkeys(ACCELERATED, "compiled")
-    assert all(not f.endswith(".py") for _, f in before.values())
-
-    edited = tmp_path / "proxy" / "tracking.py"
-    edited.write_text(edited.read_text() + "\n# edited after the build\n")
-    after = _status_in(tmp_path)
-    assert after["proxy.tracking"][0].startswith("pure: the compiled build is older than its source")
-    assert after["proxy.tracking"][1] == str(edited)
-    for module in ACCELERATED:  # they share C types: all of them fall back together
-        assert after[module][1].endswith(".py")
-        if module != "proxy.tracking":
-            assert after[module][0] == "pure: the compiled modules run together, and proxy.tracking runs pure"
-
-    pure = _status_in(tmp_path, {"PGTENANT_PURE": "1"})
-    assert all(s == "pure: PGTENANT_PURE=1" and f.endswith(".py") for s, f in pure.values())
+def test_every_module_with_a_hook_is_hashed(tmp_path: Path) -> None:
+    """A module that gains a hook is part of what a build is made from; others are not."""
+    package = tmp_path / "proxy"
+    package.mkdir()
+    (package / "_speedups.pyx").write_text("# the extension\n")
+    (package / "plain.py").write_text("x = 1\n")
+    before = _accel.source_hash(package)
+    (package / "plain.py").write_text("x = 2\n")
+    assert _accel.source_hash(package) == before
+    (package / "hooked.py").write_text(f"{_accel.HOOK}\n\nx = 1\n")
+    assert _accel.hooked_sources(package) == [package / "hooked.py"]
+    assert _accel.source_hash(package) != before
 
 
-def test_without_a_manifest_nothing_compiled_runs(tmp_path: Path) -> None:
-    """A build whose origin is unknown (no manifest) is never trusted."""
-    shutil.copytree(ROOT / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "proxy" / "_accel_manifest.json").unlink(missing_ok=True)
-    status = _status_in(tmp_path)
-    assert all(s == "pure: not compiled" and f.endswith(".py") for s, f in status.values())
+@pytest.mark.skipif(not COMPILED, reason="needs the compiled build")
+def test_an_edited_source_never_runs_with_an_older_build(tmp_path: Path) -> None:
+    tree = _copy(tmp_path)
+    assert _probe(tree) == [["compiled"], "proxy._speedups", "proxy._speedups"]
+    assert _probe(tree, {"PGTENANT_PURE": "1"}) == PYTHON
+    older = [["pure: the compiled build is older than its sources (rebuild: make venv)"], "proxy.protocol.stream",
+             "proxy.tracking"]
+    for edited in (tree / "proxy" / "tracking.py", tree / "proxy" / "_speedups.pyx"):
+        original = edited.read_text()
+        edited.write_text(original + "\n# edited after the build\n")
+        assert _probe(tree) == older, edited
+        edited.write_text(original)
+    assert _probe(tree)[0] == ["compiled"]
 
 
-def test_a_compiled_file_without_a_pxd_is_never_imported(tmp_path: Path) -> None:
-    """A module that was compiled once and no longer is (its .pxd removed) runs from its .py."""
-    shutil.copytree(ROOT / "proxy", tmp_path / "proxy", ignore=shutil.ignore_patterns("__pycache__"))
-    stray = tmp_path / "proxy" / f"errors{importlib.machinery.EXTENSION_SUFFIXES[0]}"
-    stray.write_bytes(b"not a shared object")  # importing it would fail loudly
-    code = "import proxy.errors as k; print(k.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
-                         capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == str(tmp_path / "proxy" / "errors.py")
+def test_without_a_build_the_python_runs() -> None:
+    assert _probe(ROOT, unbuilt=True) == [["pure: not compiled"], "proxy.protocol.stream", "proxy.tracking"]
+    assert _probe(ROOT, {"PGTENANT_PURE": "1"}, unbuilt=True) == PYTHON
+
+
+def test_an_older_builds_compiled_module_is_refused(tmp_path: Path) -> None:
+    """A module compiled whole by an older build would be imported instead of its `.py`: pgtenant refuses to start
+    beside one (setup.py deletes them)."""
+    tree = _copy(tmp_path)
+    stray = tree / "proxy" / "protocol" / f"stream{EXTENSION_SUFFIXES[0]}"
+    stray.write_bytes(b"not a shared object")
+    out = _run_in(tree)
+    assert out.returncode != 0
+    assert "stale compiled modules would shadow their sources (proxy/protocol/stream" in out.stderr
+    assert "make venv" in out.stderr

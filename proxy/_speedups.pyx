@@ -1,0 +1,799 @@
+# cython: language_level=3
+"""Compiled versions of named hot-path functions and classes; each module they replace ends with a hook.
+
+The Python modules are the reference: each name here answers exactly as the one it replaces (the differential
+tests in tests/unit/test_speedups.py run both on the same inputs), and `proxy/_accel.py` decides whether they are
+used. Nothing here imports a module that has a hook at load time (that would be an import cycle): the names they
+share are bound by `_bind()` on first use.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcpy
+
+cdef extern from *:
+    """
+    #ifndef PGTENANT_BUILT_FROM
+    #define PGTENANT_BUILT_FROM ""
+    #endif
+    """
+    const char *PGTENANT_BUILT_FROM
+
+# What this build was compiled from: setup.py passes proxy._accel.source_hash() (checked at import).
+BUILT_FROM = PGTENANT_BUILT_FROM.decode("ascii")
+
+# --- names and numbers shared with the Python modules, bound on first use ------------------------------------
+
+cdef bint _bound = False
+cdef object Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
+cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
+
+
+cdef int _bind() except -1:
+    global _bound, Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
+    global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
+    global _COPY_RUN, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
+    global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
+    from proxy.policy import cache, shape
+    from proxy.policy.engine import UNLIMITED, decide
+    from proxy.policy.model import Allow, Deny, Rewrite
+    from proxy.protocol import stream
+    from proxy.protocol.messages import DecodeError, _cstring
+    from proxy.stmtkind import _BY_KEYWORD
+    from proxy.stmtkind import _statement_kind as _statement_kind_general
+    from proxy import tracking
+    Message, HOLD, FramingError, _COPY_RUN = stream.Message, stream.HOLD, stream.FramingError, stream._COPY_RUN
+    Template, from_decision, shape_text, _MAX_LITERALS = shape.Template, shape.from_decision, shape.text, \
+        shape._MAX_LITERALS
+    _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
+    _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA = tracking._MAX_STATEMENTS, tracking._MAX_PENDING, tracking._MAX_EXTRA
+    MAX_TEXT, SHORT_TEXT, MAX_HELD = tracking.MAX_TEXT, tracking.SHORT_TEXT, tracking.MAX_HELD
+    _bound = True
+    return 0
+
+
+# --- proxy.protocol.stream ----------------------------------------------------------------------------------
+
+cdef Py_ssize_t _COPY_RUN  # the numbers are the Python modules' own, bound by _bind()
+
+
+cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
+    if end - start < _COPY_RUN:
+        return PyBytes_FromStringAndSize(<const char *>p + start, end - start)
+    return memoryview(buf)[start:end]
+
+
+cdef class MessageStream:
+    """proxy.protocol.stream.MessageStream: the header read with C byte arithmetic, bodies copied from a C pointer."""
+
+    cdef bytes _role
+    cdef list _table
+    cdef object _intercept
+    cdef dict _handlers
+    cdef bytes _buf
+    cdef list _parts
+    cdef Py_ssize_t _parts_len, _want, _skip
+    cdef public Py_ssize_t max_length
+    cdef public bint limit_all
+
+    def __init__(self, *, intercept=frozenset(), max_length=1 << 30, limit_all=True):
+        if not _bound:
+            _bind()
+        self._role = bytes(256)
+        self._table = []
+        self._intercept = frozenset()
+        self._handlers = {}
+        self.intercept = intercept
+        self.max_length = max_length
+        self.limit_all = limit_all
+        self._buf = b""
+        self._skip = 0
+        self._parts = []
+        self._parts_len = 0
+        self._want = 0
+
+    @property
+    def intercept(self):
+        return self._intercept
+
+    @intercept.setter
+    def intercept(self, types):
+        self._intercept = frozenset(types)
+        self._build_roles()
+
+    @property
+    def handlers(self):
+        return self._handlers
+
+    @handlers.setter
+    def handlers(self, handlers):
+        self._handlers = dict(handlers)
+        self._build_roles()
+
+    cdef _build_roles(self):
+        role = bytearray(256)
+        table = []
+        for t, handler in self._handlers.items():
+            role[t] = 2 + len(table)
+            table.append(handler)
+        for t in self._intercept:
+            role[t] = 1
+        self._role = bytes(role)
+        self._table = table
+
+    @property
+    def pending(self):
+        return len(self._buf) + self._parts_len
+
+    cpdef list feed(self, data):
+        cdef list out = []
+        cdef Py_ssize_t n, pos, run_start, end, length, max_length
+        cdef unsigned char t, r
+        cdef bytes buf
+        cdef const unsigned char *p
+        cdef const unsigned char *role
+        cdef bint limit_all
+        if self._skip:
+            n = len(data)
+            if n <= self._skip:
+                self._skip -= n
+                return [data]
+            out.append(memoryview(data)[: self._skip])
+            data = data[self._skip :]
+            self._skip = 0
+        if self._want:
+            self._parts.append(data)
+            self._parts_len += len(data)
+            if self._parts_len < self._want:
+                return out
+            data = b"".join(self._parts)
+            self._parts, self._parts_len, self._want = [], 0, 0
+        buf = self._buf + data if self._buf else bytes(data)
+        n = PyBytes_GET_SIZE(buf)
+        p = <const unsigned char *>PyBytes_AS_STRING(buf)
+        role = <const unsigned char *>PyBytes_AS_STRING(self._role)
+        table = self._table
+        max_length = self.max_length
+        limit_all = self.limit_all
+        pos = 0
+        run_start = 0
+        while n - pos >= 5:
+            t = p[pos]
+            length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)
+                      | (<Py_ssize_t>p[pos + 3] << 8) | <Py_ssize_t>p[pos + 4])
+            if length < 4:
+                raise FramingError(f"invalid message length {length}", length)
+            end = pos + 1 + length
+            r = role[t]
+            if r:
+                if length > max_length:
+                    raise FramingError("message too large", length, too_large=True)
+                if end > n:
+                    break
+                if r == 1:
+                    if run_start < pos:
+                        out.append(_run(buf, p, run_start, pos))
+                    out.append(Message(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4)))
+                    run_start = end
+                else:
+                    replacement = table[r - 2](PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4))
+                    if replacement is not None:
+                        if run_start < pos:
+                            out.append(_run(buf, p, run_start, pos))
+                        if replacement is HOLD:
+                            self._buf = PyBytes_FromStringAndSize(<const char *>p + end, n - end)
+                            return out
+                        out.append(replacement)
+                        run_start = end
+                pos = end
+            else:
+                if limit_all and length > max_length:
+                    raise FramingError("message too large", length, too_large=True)
+                if end > n:
+                    self._skip = end - n
+                    pos = n
+                    break
+                pos = end
+        if run_start < pos:
+            if run_start == 0 and pos == n:
+                out.append(buf)
+            else:
+                out.append(_run(buf, p, run_start, pos))
+        if n - pos >= 5:
+            # An incomplete held-back message: keep its pieces until its known length has arrived.
+            length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)
+                      | (<Py_ssize_t>p[pos + 3] << 8) | <Py_ssize_t>p[pos + 4])
+            self._want = length + 1
+            self._parts, self._parts_len = [PyBytes_FromStringAndSize(<const char *>p + pos, n - pos)], n - pos
+            self._buf = b""
+        else:
+            self._buf = PyBytes_FromStringAndSize(<const char *>p + pos, n - pos) if pos < n else b""
+        return out
+
+
+# --- proxy.protocol.messages --------------------------------------------------------------------------------
+
+cpdef bytes query_message(str sql):
+    """proxy.protocol.messages.query_message: one allocation and a copy."""
+    cdef bytes text = sql.encode()
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(text)
+    if n > 0x7FFFFFFF - 5:
+        raise OverflowError("query text too long")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 6)
+    cdef unsigned char *q = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef unsigned long length = <unsigned long>(n + 5)
+    q[0] = 81  # 'Q'
+    q[1] = (length >> 24) & 0xFF
+    q[2] = (length >> 16) & 0xFF
+    q[3] = (length >> 8) & 0xFF
+    q[4] = length & 0xFF
+    memcpy(q + 5, PyBytes_AS_STRING(text), <size_t>n)
+    q[n + 5] = 0
+    return out
+
+
+cpdef str query_text(bytes body):
+    """proxy.protocol.messages.query_text: the usual case (one string and its NUL) decoded in place."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body)
+    if not _bound:
+        _bind()
+    if n and (<const unsigned char *>PyBytes_AS_STRING(body))[n - 1] == 0:
+        try:
+            sql = PyUnicode_DecodeUTF8(PyBytes_AS_STRING(body), n - 1, NULL)
+        except UnicodeDecodeError:
+            pass  # the exact error comes from the general path
+        else:
+            if "\x00" not in sql:
+                return sql
+    sql, pos = _cstring(body, 0)
+    if pos != n:
+        raise DecodeError("invalid message format")  # PostgreSQL's pq_getmsgend
+    return sql
+
+
+# --- proxy.policy.shape -------------------------------------------------------------------------------------
+
+cdef Py_ssize_t _MAX_LITERALS
+cdef Py_ssize_t _SCRATCH_SIZE = 4096
+cdef bytearray _scratch = bytearray(_SCRATCH_SIZE)  # the key buffer (a scan runs to its end without yielding)
+
+
+cdef inline bint _word_or_dot(int c):
+    """[A-Za-z0-9_.]: what may not touch an integer literal."""
+    return (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 95 or c == 46
+
+
+cpdef split(str sql):
+    """proxy.policy.shape.split as one pass over the characters, the key written as it goes (a NUL where each
+    literal was): the same answers as the regular expression."""
+    cdef Py_ssize_t n = len(sql), i, j, k
+    cdef int c, prev
+    cdef bytes raw
+    cdef bytearray key
+    cdef const unsigned char *p
+    cdef unsigned char *q
+    if not _bound:
+        _bind()
+    try:
+        raw = sql.encode("utf-8")  # the characters, just as many bytes when all are ASCII
+    except UnicodeEncodeError:  # a lone surrogate: not plain
+        return None
+    if PyBytes_GET_SIZE(raw) != n:
+        return None
+    p = <const unsigned char *>PyBytes_AS_STRING(raw)
+    # the key is never longer than the text: the shared scratch buffer, or one of its own for a longer text (not
+    # kept: one huge statement must not pin its size)
+    key = _scratch if n <= _SCRATCH_SIZE else bytearray(n)
+    q = <unsigned char *>(<char *>key)
+    k = 0
+    literals = []
+    prev = 0  # the character before position i (0 at the start)
+    i = 0
+    while i < n:
+        c = p[i]
+        if c == 39 or c == 34 or c == 36 or c == 92:  # ' " $ \
+            return None
+        if (c == 45 or c == 47) and i + 1 < n and p[i + 1] == (45 if c == 45 else 42):  # -- or /*
+            return None
+        if 48 <= c <= 57 and not _word_or_dot(prev):
+            j = i + 1
+            while j < n and 48 <= p[j] <= 57:
+                j += 1
+            if j == n or not _word_or_dot(p[j]):
+                literals.append(sql[i:j])
+                if len(literals) > _MAX_LITERALS:
+                    return None
+                q[k] = 0
+                k += 1
+            else:
+                while i < j:
+                    q[k] = p[i]
+                    k += 1
+                    i += 1
+            prev = p[j - 1]
+            i = j
+            continue
+        q[k] = c
+        k += 1
+        prev = c
+        i += 1
+    if not literals:
+        return None
+    return (<char *>q)[:k].decode("ascii"), literals
+
+
+# --- proxy.policy.cache -------------------------------------------------------------------------------------
+
+from hashlib import blake2b as _blake2b
+from sys import getsizeof as _getsizeof
+
+cdef Py_ssize_t _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
+
+
+cdef text_key(str sql):
+    """proxy.policy.cache.text_key."""
+    if len(sql) <= _LONG_TEXT:
+        return sql
+    return _blake2b(sql.encode("utf-8", "surrogatepass"), digest_size=20).digest()
+
+
+cdef Py_ssize_t entry_size(key, value) except -1:
+    """proxy.policy.cache.entry_size."""
+    cdef Py_ssize_t size = _ENTRY_OVERHEAD + _getsizeof(key)
+    kind = type(value)
+    if kind is Rewrite:
+        size += _getsizeof(value.sql)
+    elif kind is Deny:
+        size += _getsizeof(value.message)
+    elif kind is Template:
+        for piece in value.pieces:
+            size += _getsizeof(piece)
+    return size
+
+
+cdef inline bint _parse_error(decision):
+    return type(decision) is Deny and decision.rule == "parse_error"
+
+
+cdef class _Entry:
+    cdef public object value
+    cdef public long long seq
+    cdef public Py_ssize_t size
+
+    def __init__(self, value, long long seq, Py_ssize_t size):
+        self.value = value
+        self.seq = seq
+        self.size = size
+
+
+cdef class _Part:
+    cdef public str tenant
+    cdef public dict data, shapes
+    cdef public Py_ssize_t entries, held
+
+    def __init__(self, str tenant):
+        self.tenant = tenant
+        self.data = {}
+        self.shapes = {}
+        self.entries = 0
+        self.held = 0
+
+
+cdef class DecisionCache:
+    """proxy.policy.cache.DecisionCache, with C fields and C calls between its methods."""
+
+    cdef public Py_ssize_t maxsize, max_bytes, entries, held
+    cdef public unsigned long long hits, misses
+    cdef long long _clock
+    cdef dict _parts
+
+    def __init__(self, Py_ssize_t maxsize=10_000, Py_ssize_t max_bytes=64 << 20):
+        if not _bound:
+            _bind()
+        self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+        self.entries = 0
+        self.held = 0
+        self._clock = 0
+        self._parts = {}
+
+    def __len__(self):
+        return self.entries
+
+    def tenant_usage(self, str tenant):
+        part = self._parts.get(tenant)
+        if part is None:
+            return 0, 0
+        return (<_Part>part).entries, (<_Part>part).held
+
+    cpdef cached(self, policy, str sql):
+        cdef _Part part
+        cdef _Entry found, entry
+        cdef tuple key, skey
+        found_part = self._parts.get(policy.tenant)
+        if found_part is None:
+            return None
+        part = found_part
+        cache_id = policy.cache_id
+        if len(sql) <= _LONG_TEXT:
+            parts = split(sql)
+            if parts is not None:
+                skey = (cache_id, (<tuple>parts)[0])
+                by_key = part.shapes.get(skey)
+                if by_key is not None and (<_Entry>by_key).value is not None:
+                    found = by_key
+                    self._touch(part.shapes, skey, found)
+                    self.hits += 1
+                    by_shape = found.value
+                    return by_shape if type(by_shape) is Allow else by_shape.fill((<tuple>parts)[1])
+            key = (cache_id, sql)
+        else:
+            key = (cache_id, text_key(sql))
+        by_text = part.data.get(key)
+        if by_text is None:
+            return None
+        entry = by_text
+        self._touch(part.data, key, entry)
+        self.hits += 1
+        return entry.value
+
+    cdef _touch(self, dict data, tuple key, _Entry entry):
+        if self._clock - entry.seq > (self.maxsize - 1) // 2:
+            self._clock += 1
+            entry.seq = self._clock
+            del data[key]
+            data[key] = entry
+
+    def get_or_decide(self, policy, str sql, timings=None, limits=None):
+        found = self.cached(policy, sql)
+        if found is not None:
+            return found
+        return self.decide_miss(policy, sql, timings, UNLIMITED if limits is None else limits)
+
+    cpdef decide_miss(self, policy, str sql, timings=None, limits=None):
+        cdef _Part part
+        if limits is None:
+            limits = UNLIMITED
+        self.misses += 1
+        parts = split(sql) if len(sql) <= _LONG_TEXT else None
+        if parts is not None:
+            key, literals = parts
+            skey = (policy.cache_id, key)
+            part = self._part(policy.tenant)
+            if skey not in part.shapes:
+                text = shape_text(key)
+                decision = decide(policy, text, timings, limits)
+                by_shape = from_decision(text, len(literals), decision)
+                if by_shape is not None or not _parse_error(decision):
+                    self._store(part, part.shapes, skey, key, by_shape)
+                if by_shape is not None:
+                    return by_shape if isinstance(by_shape, Allow) else by_shape.fill(literals)
+                timings = None
+        decision = decide(policy, sql, timings, limits)
+        self.store(policy, sql, decision)
+        return decision
+
+    cpdef store(self, policy, str sql, decision):
+        cdef _Part part
+        if _parse_error(decision):
+            return
+        part = self._part(policy.tenant)
+        key = text_key(sql)
+        self._store(part, part.data, (policy.cache_id, key), key, decision)
+
+    cdef _Part _part(self, str tenant):
+        part = self._parts.get(tenant)
+        if part is None:
+            part = self._parts[tenant] = _Part(tenant)
+        return part
+
+    cdef _store(self, _Part part, dict data, tuple key, text, value):
+        cdef Py_ssize_t size = entry_size(text, value)
+        if size > self.max_bytes // _ENTRY_SHARE:
+            return
+        old = data.pop(key, None)
+        if old is not None:
+            self._forget(part, old)
+        self._clock += 1
+        data[key] = _Entry(value, self._clock, size)
+        part.entries += 1
+        part.held += size
+        self.entries += 1
+        self.held += size
+        while self.entries > self.maxsize or self.held > self.max_bytes:
+            self._evict(part)
+
+    cdef _forget(self, _Part part, _Entry entry):
+        part.entries -= 1
+        part.held -= entry.size
+        self.entries -= 1
+        self.held -= entry.size
+
+    cdef _evict(self, _Part storing):
+        cdef bint by_bytes = self.held > self.max_bytes
+        cdef _Part victim = storing, part
+        for candidate in self._parts.values():
+            part = candidate
+            if (part.held > victim.held) if by_bytes else (part.entries > victim.entries):
+                victim = part
+        data, shapes = victim.data, victim.shapes
+        if shapes and (not data or (<_Entry>next(iter(shapes.values()))).seq < (<_Entry>next(iter(data.values()))).seq):
+            data = shapes
+        key = next(iter(data))
+        self._forget(victim, data.pop(key))
+
+    def clear(self):
+        self._parts.clear()
+        self.entries = 0
+        self.held = 0
+
+
+# --- proxy.stmtkind -----------------------------------------------------------------------------------------
+
+cpdef str statement_kind(str sql):
+    """proxy.stmtkind.statement_kind: the leading keyword read without the cache."""
+    cdef Py_ssize_t n = len(sql), j = 0
+    cdef Py_UCS4 c
+    if not _bound:
+        _bind()
+    while j < n:
+        c = sql[j]
+        if not (65 <= c <= 90 or 97 <= c <= 122 or c == 95):  # [A-Za-z_]
+            break
+        j += 1
+    if j and (j == n or <Py_UCS4>sql[j] < 128):
+        word = sql[:j]
+        kind = (<dict>_BY_KEYWORD).get(word)
+        return kind if kind is not None else (<dict>_BY_KEYWORD).get(word.lower(), "other")
+    return _statement_kind_general(sql)
+
+
+# --- proxy.tracking -----------------------------------------------------------------------------------------
+
+from collections import deque as _deque
+
+cdef Py_ssize_t _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
+
+
+cdef class Request:
+    """proxy.tracking.Request, with C fields."""
+
+    cdef public double start, end
+    cdef public str kind, sql, outcome
+    cdef public object decision, sqlstate, extra
+    cdef public object rows  # a Python int: PostgreSQL counts rows in 64 bits, unsigned
+    cdef public bint closed_by_sync
+    cdef public Py_ssize_t extra_dropped, held
+
+    @property
+    def duration(self):
+        return self.end - self.start
+
+    @property
+    def statements(self):
+        return 1 + (len(self.extra) if self.extra is not None else 0) + self.extra_dropped
+
+    def more(self, str sql, decision):
+        if self.extra is None:
+            self.extra = []
+        if len(self.extra) < _MAX_EXTRA:
+            self.extra.append((sql, decision))
+        else:
+            self.extra_dropped += 1
+
+
+cpdef Request new_request(double start, str kind="other", str sql="", decision=None):
+    """proxy.tracking.new_request."""
+    cdef Request req = Request.__new__(Request)
+    if not _bound:
+        _bind()
+    req.start = start
+    req.kind = kind
+    req.sql = sql
+    req.decision = decision
+    req.outcome = "ok"
+    req.sqlstate = None
+    req.rows = 0
+    req.end = 0.0
+    req.extra = None
+    req.extra_dropped = 0
+    req.held = 0
+    req.closed_by_sync = False
+    return req
+
+
+cdef str clip(str text, Py_ssize_t limit):
+    """proxy.tracking.clip."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... [{len(text)} characters]"
+
+
+cpdef object tag_rows(bytes tag):
+    """proxy.tracking.tag_rows: the digits read from a C pointer."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(tag)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(tag), start, i
+    cdef long long n = 0
+    while end and p[end - 1] == 0:
+        end -= 1
+    start = end
+    while start and 48 <= p[start - 1] <= 57:
+        start -= 1
+    if start == end or (start and p[start - 1] != 32):
+        return 0
+    if end - start > 18:  # past what a C long long holds: let Python's int read it
+        return int(tag[start:end])
+    for i in range(start, end):
+        n = n * 10 + (p[i] - 48)
+    return n
+
+
+cdef class RequestTracker:
+    """proxy.tracking.RequestTracker, with C fields and C calls between its methods."""
+
+    cdef public object clock, on_done, pending
+    cdef public Py_ssize_t dropped, held
+    cdef public bint copy_in
+    cdef Request _batch
+    cdef dict _statements
+    cdef Py_ssize_t _swallowed_syncs
+
+    def __init__(self, clock, on_done=None):
+        if not _bound:
+            _bind()
+        self.clock = clock
+        self.on_done = on_done
+        self.pending = _deque()
+        self._batch = None
+        self._statements = {}
+        self.copy_in = False
+        self._swallowed_syncs = 0
+        self.dropped = 0
+        self.held = 0
+
+    cdef _push(self, Request req):
+        if len(self.pending) >= _MAX_PENDING:
+            self.held -= (<Request>self.pending.popleft()).held
+            self.dropped += 1
+        self.pending.append(req)
+
+    cdef tuple _keep(self, Request req, str sql, decision):
+        cdef Py_ssize_t limit = MAX_TEXT if self.held < MAX_HELD else SHORT_TEXT, size
+        cdef str rewritten
+        if len(sql) > limit:
+            sql = clip(sql, limit)
+        size = len(sql)
+        if type(decision) is Rewrite:
+            rewritten = decision.sql
+            if len(rewritten) > limit:
+                decision = Rewrite(clip(rewritten, limit), decision.rules, decision.effects)
+                rewritten = decision.sql
+            size += len(rewritten)
+        req.held += size
+        self.held += size
+        return sql, decision
+
+    cdef _name(self, str name, str kind, str sql):
+        cdef dict statements = self._statements
+        old = statements.pop(name, None)
+        if old is not None:
+            self.held -= len((<tuple>old)[1])
+        if len(sql) > MAX_TEXT:
+            sql = clip(sql, MAX_TEXT)
+        while statements and (len(statements) >= _MAX_STATEMENTS or self.held + len(sql) > MAX_HELD):
+            self.held -= len((<tuple>statements.pop(next(iter(statements))))[1])
+        if len(sql) > SHORT_TEXT and self.held + len(sql) > MAX_HELD:
+            sql = clip(sql, SHORT_TEXT)
+        statements[name] = (kind, sql)
+        self.held += len(sql)
+
+    cdef Request _batch_request(self):
+        if self._batch is None:
+            self._batch = new_request(self.clock())
+            self._push(self._batch)
+        return self._batch
+
+    cpdef on_query(self, str sql, decision):
+        cdef Request batch, req
+        if self._batch is not None and not self.copy_in:
+            batch, self._batch = self._batch, None
+            if not batch.sql:
+                kind = statement_kind(sql)
+                batch.sql, batch.decision = self._keep(batch, sql, decision)
+                batch.kind = kind
+            else:
+                self._more(batch, sql, decision)
+            return
+        self._batch = None
+        req = new_request(self.clock(), statement_kind(sql))
+        req.sql, req.decision = self._keep(req, sql, decision)
+        self._push(req)
+
+    cdef _more(self, Request req, str sql, decision):
+        if req.extra is not None and len(req.extra) >= _MAX_EXTRA:
+            req.extra_dropped += 1
+            return
+        sql, decision = self._keep(req, sql, decision)
+        req.more(sql, decision)
+
+    cpdef on_function_call(self, decision):
+        self._batch = None
+        self._push(new_request(self.clock(), "other", "", decision))
+
+    cpdef on_parse(self, str name, str sql, decision, kind=None):
+        cdef Request req = self._batch_request()
+        if kind is None:
+            kind = statement_kind(sql)
+        if name:
+            self._name(name, kind, sql)
+        if not req.sql:
+            req.sql, req.decision = self._keep(req, sql, decision)
+            req.kind = kind
+        else:
+            self._more(req, sql, decision)
+
+    cpdef on_bind(self, str statement):
+        cdef Request req = self._batch
+        if req is None:
+            req = self._batch_request()
+        if not req.sql:
+            found = self._statements.get(statement)
+            if found is not None:
+                req.kind, req.sql = found
+
+    cpdef on_close_statement(self, str name):
+        old = self._statements.pop(name, None)
+        if old is not None:
+            self.held -= len((<tuple>old)[1])
+
+    cpdef on_sync(self):
+        cdef Request req
+        if self.copy_in:
+            return
+        if self._swallowed_syncs and self._batch is None:
+            self._swallowed_syncs -= 1
+            return
+        req = self._batch
+        if req is None:
+            req = self._batch_request()
+        req.closed_by_sync = True
+        self._batch = None
+
+    cpdef on_copy_in(self):
+        self.copy_in = True
+        if self.pending and (<Request>self.pending[0]).closed_by_sync:
+            self._swallowed_syncs += 1
+
+    cpdef on_copy_end(self):
+        self.copy_in = False
+
+    cpdef on_error(self, sqlstate, bint denied=False):
+        cdef Request head
+        if self.pending:
+            head = self.pending[0]
+            if head.outcome == "ok":
+                head.outcome = "denied" if denied else "error"
+                head.sqlstate = sqlstate
+
+    cpdef on_command_complete(self, bytes tag):
+        cdef Request head
+        if self.pending:
+            rows = tag_rows(tag)
+            if rows:
+                head = self.pending[0]
+                head.rows += rows
+
+    cpdef on_ready(self):
+        cdef Request req
+        if not self.pending:
+            return None
+        req = self.pending.popleft()
+        self.held -= req.held
+        if req is self._batch:
+            self._batch = None
+        req.end = self.clock()
+        if self.on_done is not None:
+            self.on_done(req)
+        return req

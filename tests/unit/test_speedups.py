@@ -1,0 +1,354 @@
+"""The compiled speed-ups (proxy/_speedups.pyx) answer exactly as the Python they replace: every hooked name, run
+both ways on the same inputs (the Python module is run again as written, without its hook)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import _accel
+from proxy._accel import speedups
+from proxy.policy.model import Allow, Deny, Rewrite, TenantPolicy
+
+# Every speed-up: (module, the name it replaces there, its name in the extension).
+HOOKED = [
+    ("proxy.protocol.stream", "MessageStream", "MessageStream"),
+    ("proxy.protocol.messages", "query_text", "query_text"),
+    ("proxy.protocol.messages", "query_message", "query_message"),
+    ("proxy.policy.shape", "split", "split"),
+    ("proxy.policy.cache", "DecisionCache", "DecisionCache"),
+    ("proxy.stmtkind", "statement_kind", "statement_kind"),
+    ("proxy.tracking", "Request", "Request"),
+    ("proxy.tracking", "new_request", "new_request"),
+    ("proxy.tracking", "tag_rows", "tag_rows"),
+    ("proxy.tracking", "RequestTracker", "RequestTracker"),
+]
+PURE_RUN = os.environ.get("PGTENANT_PURE") == "1"
+compiled = pytest.mark.skipif(speedups is None, reason=f"the speed-ups do not run here ({_accel.status()})")
+
+
+@contextmanager
+def _no_speedups() -> Iterator[None]:
+    with mock.patch.object(_accel, "speedups", None):
+        yield
+
+
+_pure_modules: dict[str, ModuleType] = {}
+
+
+def pure(module: str) -> ModuleType:
+    """`module` as written: its source run again under another name, its hook finding no speed-ups."""
+    if module not in _pure_modules:
+        origin = importlib.util.find_spec(module).origin  # type: ignore[union-attr]
+        spec = importlib.util.spec_from_file_location(f"_pure_{module.replace('.', '_')}", origin)
+        assert spec is not None and spec.loader is not None
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = loaded  # dataclasses look their module up
+        with _no_speedups():
+            spec.loader.exec_module(loaded)
+        _pure_modules[module] = loaded
+    return _pure_modules[module]
+
+
+def both(module: str, name: str) -> tuple[Any, Any]:
+    """(the Python name as written, the name the module runs)."""
+    return getattr(pure(module), name), getattr(importlib.import_module(module), name)
+
+
+# --- which build runs ------------------------------------------------------------------------------------------
+
+
+def test_every_hook_is_listed_here() -> None:
+    """A module with a hook is hashed into the build and tested here; nothing else is."""
+    hooked = {m for m, _, _ in HOOKED}
+    assert set(_accel.status()) == hooked
+    if speedups is not None:
+        provided = {n for n in dir(speedups) if not n.startswith("_") and n != "BUILT_FROM"}
+        assert provided == {attr for _, _, attr in HOOKED}, "every speed-up is hooked and tested"
+
+
+@compiled
+def test_the_hooks_put_the_compiled_names_in_place() -> None:
+    for module, name, attr in HOOKED:
+        assert getattr(importlib.import_module(module), name) is getattr(speedups, attr), (module, name)
+        assert getattr(pure(module), name) is not getattr(speedups, attr), (module, name)
+
+
+@pytest.mark.skipif(not PURE_RUN, reason="only in the PGTENANT_PURE=1 run")
+def test_pure_run_runs_the_python() -> None:
+    assert speedups is None
+    assert set(_accel.status().values()) == {"pure: PGTENANT_PURE=1"}
+    for module, name, _ in HOOKED:
+        assert getattr(importlib.import_module(module), name).__module__ == module
+
+
+def test_the_python_of_every_hooked_name_is_at_hand() -> None:
+    """The differential tests below compare with the modules as written (their hooks finding nothing)."""
+    for module, name, _ in HOOKED:
+        assert getattr(pure(module), name).__module__ == pure(module).__name__
+
+
+# --- proxy.protocol.stream.MessageStream ----------------------------------------------------------------------
+
+_TYPES = b"QPBSCZDEdTX"
+
+
+def _frame(t: int, body: bytes) -> bytes:
+    return bytes((t,)) + struct.pack("!I", len(body) + 4) + body
+
+
+@st.composite
+def _conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """Messages (a broken length now and then), cut into reads at arbitrary points."""
+    parts = []
+    for _ in range(draw(st.integers(0, 8))):
+        t = draw(st.sampled_from(_TYPES))
+        body = draw(st.binary(max_size=40) | st.integers(0, 9000).map(lambda n: b"x" * n))
+        parts.append(_frame(t, body) if draw(st.integers(0, 30)) else bytes((t,)) + struct.pack("!I", 2))
+    data = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    return data, cuts
+
+
+def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], intercept: frozenset[int],
+                handled: dict[int, str], max_length: int, limit_all: bool) -> list[object]:
+    """What a stream class makes of the reads: the items (runs as bytes), the pending counts, the error."""
+    events: list[object] = []
+
+    def handler(kind: str) -> Callable[[bytes], object]:
+        def handle(body: bytes) -> object:
+            events.append(("handled", kind, body))
+            if kind == "replace":
+                return b"<" + body[:3] + b">"
+            if kind == "hold" and len(events) % 3 == 0:
+                return module.HOLD
+            return None
+        return handle
+
+    stream = cls(intercept=intercept, max_length=max_length, limit_all=limit_all)
+    stream.handlers = {t: handler(kind) for t, kind in handled.items()}
+    reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)] + [b""]
+    try:
+        for read in reads:
+            for item in stream.feed(read):
+                if type(item).__name__ == "Message":
+                    events.append(("message", item.type, item.body))
+                else:
+                    events.append(("run", bytes(item)))
+            events.append(("pending", stream.pending))
+    except Exception as exc:
+        events.append(("error", type(exc).__name__, str(exc), exc.length, exc.too_large))
+    events.append(("intercept", stream.intercept, sorted(stream.handlers)))
+    return events
+
+
+@compiled
+@settings(max_examples=1500, deadline=None)
+@given(_conversation(), st.frozensets(st.sampled_from(_TYPES)),
+       st.dictionaries(st.sampled_from(_TYPES), st.sampled_from(["observe", "replace", "hold"]), max_size=3),
+       st.sampled_from([1 << 30, 5000, 20]), st.booleans())
+def test_message_stream(conversation: tuple[bytes, list[int]], intercept: frozenset[int], handled: dict[int, str],
+                        max_length: int, limit_all: bool) -> None:
+    data, cuts = conversation
+    py, fast = both("proxy.protocol.stream", "MessageStream")
+    stream = importlib.import_module("proxy.protocol.stream")
+    expected = _stream_run(pure("proxy.protocol.stream"), py, data, cuts, intercept, handled, max_length, limit_all)
+    assert _stream_run(stream, fast, data, cuts, intercept, handled, max_length, limit_all) == expected
+
+
+@compiled
+def test_message_stream_runs_keep_their_types() -> None:
+    """A long run is a view of the read, a short one a copy; a whole read is passed on as it is."""
+    py, fast = both("proxy.protocol.stream", "MessageStream")
+    long_run = _frame(ord("D"), b"x" * 5000)
+    for cls in (py, fast):
+        data = long_run + _frame(ord("X"), b"")
+        out = cls(intercept=frozenset(b"X")).feed(data)
+        assert type(out[0]) is memoryview and bytes(out[0]) == long_run
+        whole = _frame(ord("D"), b"abc")
+        assert cls().feed(whole)[0] is whole
+
+
+# --- the functions ---------------------------------------------------------------------------------------------
+
+_SHAPE_ALPHABET = "0123456789 .,_-/*()=<>+aZ$'\"\\\n\x00é"
+_SQL = [
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 4711",
+    "SELECT * FROM orders WHERE id IN (1, 2, 3) ORDER BY 1 LIMIT 10 OFFSET 20",
+    "SELECT x1, 1.5, 2e3 FROM t", "SELECT 1 -- 2", "SELECT 1 /* 2 */", "UPDATE t SET a = a + 1 WHERE id = 3",
+    "SELECT a FROM t WHERE id IN (" + ", ".join(str(i) for i in range(900)) + ")",  # past the shared key buffer
+    "SELECT " + ", ".join(str(i) for i in range(1001)),  # past the literal limit
+    "select 7", "\ud800 1",
+]
+
+
+@compiled
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=_SHAPE_ALPHABET, max_size=40) | st.sampled_from(_SQL) | st.text(max_size=30))
+def test_split(sql: str) -> None:
+    py, fast = both("proxy.policy.shape", "split")
+    assert fast(sql) == py(sql)
+
+
+@compiled
+def test_split_after_a_long_text() -> None:
+    """The shared key buffer holds nothing of an earlier, longer text."""
+    py, fast = both("proxy.policy.shape", "split")
+    for sql in ["SELECT 1234567 FROM abcdefgh WHERE x = 1", "SELECT 7", _SQL[6], "SELECT 8"]:
+        assert fast(sql) == py(sql)
+
+
+@compiled
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=20) | st.text(max_size=20).map(lambda t: t.encode("utf-8", "surrogatepass") + b"\x00"))
+def test_query_text(body: bytes) -> None:
+    py, fast = both("proxy.protocol.messages", "query_text")
+    assert _outcome(fast, body) == _outcome(py, body)
+
+
+def _outcome(function: Callable[..., Any], *args: Any) -> object:
+    """What a call returns, or the name and text of what it raises."""
+    try:
+        return function(*args)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+@compiled
+@given(st.text(max_size=300))
+def test_query_message(sql: str) -> None:
+    py, fast = both("proxy.protocol.messages", "query_message")
+    assert fast(sql) == py(sql)
+
+
+@compiled
+@settings(max_examples=2000, deadline=None)
+@given(st.text(max_size=30) | st.sampled_from(["SELECT 1", "with x", "  /* c */ (select", "insert", "Ǆelete",
+                                                  "update\u00e9", "_x", "", "-- c\nDELETE", "SeLeCt"]))
+def test_statement_kind(sql: str) -> None:
+    py, fast = both("proxy.stmtkind", "statement_kind")
+    assert fast(sql) == py(sql)
+
+
+@compiled
+@settings(max_examples=3000, deadline=None)
+@given(st.binary(max_size=30) | st.lists(st.sampled_from([b"SELECT", b"INSERT", b" ", b"0", b"7", b"12", b"\x00",
+                                                           b"x", b"18446744073709551617"]), max_size=8).map(b"".join))
+def test_tag_rows(tag: bytes) -> None:
+    py, fast = both("proxy.tracking", "tag_rows")
+    assert fast(tag) == py(tag)
+
+
+# --- the classes: the same calls on both, the same state after each -------------------------------------------
+
+_LONG = ["SELECT '" + "y" * 70_000 + "'", "INSERT " + "z" * 300]
+_DECISIONS = st.sampled_from([None, Allow(), Deny("42501", "no", "", "r"), Rewrite("SELECT 2", ("r",)),
+                              Rewrite("R" * 70_000, ("r",))])
+_TEXTS = st.sampled_from(["SELECT 1", "insert into t values (1)", "", "BEGIN", *_LONG]) | st.text(max_size=8)
+_NAMES = st.sampled_from(["", "s1", "s2", "P0_1"])
+_TRACKER_CALLS = st.lists(st.one_of(
+    st.tuples(st.just("on_query"), _TEXTS, _DECISIONS),
+    st.tuples(st.just("on_function_call"), _DECISIONS),
+    st.tuples(st.just("on_parse"), _NAMES, _TEXTS, _DECISIONS),
+    st.tuples(st.just("on_parse"), _NAMES, _TEXTS, _DECISIONS, st.sampled_from(["select", "ddl"])),
+    st.tuples(st.just("on_bind"), _NAMES),
+    st.tuples(st.just("on_close_statement"), _NAMES),
+    st.tuples(st.sampled_from(["on_sync", "on_copy_in", "on_copy_end", "on_ready", "on_ready"])),
+    st.tuples(st.just("on_error"), st.sampled_from([None, "23505"]), st.booleans()),
+    st.tuples(st.just("on_command_complete"), st.sampled_from([b"SELECT 3\x00", b"INSERT 0 18446744073709551615\x00",
+                                                               b"BEGIN\x00"])),
+), max_size=40)
+
+
+def _request(req: Any) -> tuple[object, ...]:
+    return (req.start, req.end, req.kind, req.sql, req.decision, req.outcome, req.sqlstate, req.rows, req.extra,
+            req.extra_dropped, req.held, req.closed_by_sync, req.statements, req.duration)
+
+
+def _tracker_run(cls: type, calls: list[tuple[Any, ...]]) -> list[object]:
+    now = [0.0]
+    done: list[Any] = []
+
+    def clock() -> float:
+        now[0] += 0.5
+        return now[0]
+
+    tracker = cls(clock, done.append)
+    log: list[object] = []
+    for name, *args in calls:
+        result = getattr(tracker, name)(*args)
+        log.append((name, _request(result) if result is not None else None, [_request(r) for r in done],
+                    [_request(r) for r in tracker.pending], tracker.held, tracker.dropped, tracker.copy_in))
+        done.clear()
+    return log
+
+
+@compiled
+@settings(max_examples=400, deadline=None)
+@given(_TRACKER_CALLS)
+def test_request_tracker(calls: list[tuple[Any, ...]]) -> None:
+    py, fast = both("proxy.tracking", "RequestTracker")
+    assert _tracker_run(fast, calls) == _tracker_run(py, calls)
+
+
+@compiled
+@given(st.floats(allow_nan=False), st.sampled_from(["select", "other"]), _TEXTS, _DECISIONS,
+       st.lists(st.tuples(_TEXTS, _DECISIONS), max_size=3))
+def test_new_request(start: float, kind: str, sql: str, decision: Any, more: list[tuple[str, Any]]) -> None:
+    tracking, fast = pure("proxy.tracking"), importlib.import_module("proxy.tracking")
+    made = [module.new_request(start, kind, sql, decision) for module in (tracking, fast)]
+    for req in made:
+        for text, further in more:
+            req.more(text, further)
+    assert type(made[1]) is speedups.Request
+    assert _request(made[1]) == _request(made[0])
+    assert _request(fast.new_request(start)) == _request(tracking.new_request(start))
+
+
+_POLICIES = [TenantPolicy(tenant="initech", strategy="database"),
+             TenantPolicy(tenant="acme", strategy="shared", tenant_value="acme",
+                          scoped_tables={("public", "orders"): "tenant_id"})]
+_CACHE_SQL = st.sampled_from([
+    "SELECT * FROM orders WHERE id = {}", "SELECT {} FROM orders", "SELECT * FROM orders WHERE note = '{}'",
+    "SELEC {}", "SELECT * FROM pg_class WHERE oid = {}::regclass", "SELECT * FROM orders -- {}",
+    "SELECT * FROM orders WHERE id IN (" + ", ".join(["{0}"] * 1400) + ")",  # a long text: kept under its digest
+])
+_CACHE_CALLS = st.lists(st.tuples(
+    st.sampled_from(["cached", "get_or_decide", "get_or_decide", "decide_miss", "store", "clear", "usage"]),
+    st.integers(0, 1), _CACHE_SQL, st.integers(0, 3)), max_size=25)
+
+
+def _cache_run(cls: type, maxsize: int, max_bytes: int, calls: list[tuple[str, int, str, int]]) -> list[object]:
+    cache = cls(maxsize, max_bytes)
+    log: list[object] = []
+    for name, which, template, literal in calls:
+        policy, sql = _POLICIES[which], template.format(literal)
+        if name == "clear":
+            result: object = cache.clear()
+        elif name == "usage":
+            result = [cache.tenant_usage(p.tenant) for p in _POLICIES]
+        elif name == "store":
+            result = cache.store(policy, sql, Deny("42501", "x" * literal * 5000, "", "r"))
+        else:
+            result = getattr(cache, name)(policy, sql)
+        log.append((name, result, len(cache), cache.entries, cache.held, cache.hits, cache.misses))
+    return log
+
+
+@compiled
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([1, 2, 3, 10_000]), st.sampled_from([64 << 20, 300_000, 3000]), _CACHE_CALLS)
+def test_decision_cache(maxsize: int, max_bytes: int, calls: list[tuple[str, int, str, int]]) -> None:
+    py, fast = both("proxy.policy.cache", "DecisionCache")
+    assert _cache_run(fast, maxsize, max_bytes, calls) == _cache_run(py, maxsize, max_bytes, calls)
