@@ -712,7 +712,8 @@ class ClientSession:
 
     def _deny_marker(self, deny: Decision) -> str:
         assert isinstance(deny, Deny)
-        return self._error_marker(errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule))
+        return self._error_marker(errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule,
+                                                       deny.position))
 
     def _error_marker(self, err: PgError) -> str:
         """A statement that fails in the backend where the original would have; its error is replaced by `err`."""

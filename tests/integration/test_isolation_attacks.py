@@ -128,7 +128,8 @@ class Attack:
     sql: Steps | dict[str, Steps]  # per-strategy variants keyed by strategy letters ("SN", "C", ...)
     where: str = "SNCD"
     expect: str | dict[str, str] = "any"  # deny | same | ok | empty | any (per strategy letters if a dict)
-    by: str | None = None  # "proxy": the denial must come from pgtenant itself, not from PostgreSQL
+    by: str | None = None  # "proxy": the denial must come from pgtenant itself, not from PostgreSQL; "missing": it
+    # must be PostgreSQL's answer for a schema that does not exist (the schema exists: PostgreSQL would refuse it)
     params: tuple[str | int | None, ...] | None = None
     check: Check | None = None
     runner: str = "sql"  # sql | startup | function_call | portal
@@ -289,19 +290,19 @@ FOREIGN_ORDER = ("INSERT INTO orders (id, tenant_id, customer_id, order_date, st
 
 ATTACKS: list[Attack] = [
     # --- qualified names, other schemas, other databases -------------------------------------------------------
-    Attack("qual_other_schema", "SELECT * FROM two_co.orders", C, "deny", by="proxy"),
-    Attack("qual_other_schema_quoted", 'SELECT * FROM "two_co"."customers"', C, "deny", by="proxy"),
-    Attack("qual_other_schema_case_folded", "SELECT * FROM TWO_CO.Customers", C, "deny", by="proxy"),
+    Attack("qual_other_schema", "SELECT * FROM two_co.orders", C, "deny", by="missing"),
+    Attack("qual_other_schema_quoted", 'SELECT * FROM "two_co"."customers"', C, "deny", by="missing"),
+    Attack("qual_other_schema_case_folded", "SELECT * FROM TWO_CO.Customers", C, "deny", by="missing"),
     Attack("qual_three_part_other_db", "SELECT * FROM <<otherdb>>.public.orders", "SND", "deny"),
     Attack("qual_three_part_other_schema", "SELECT * FROM bi_schema.two_co.orders", C, "deny"),
     Attack("qual_three_part_own_db", "SELECT count(*) FROM <<db>>.public.orders", "SND", "any"),
-    Attack("qual_public_legacy_table", "SELECT * FROM public.legacy_orders", C, "deny", by="proxy"),
+    Attack("qual_public_legacy_table", "SELECT * FROM public.legacy_orders", C, "deny", by="missing"),
     Attack("qual_join_other_schema", "SELECT o.id FROM orders o JOIN two_co.customers c ON c.id = o.customer_id",
-           C, "deny", by="proxy"),
+           C, "deny", by="missing"),
     Attack("qual_scalar_subquery_other_schema", "SELECT (SELECT count(*) FROM ghost_co.orders)", C, "deny",
-           by="proxy"),
-    Attack("qual_regclass_literal", "SELECT 'two_co.orders'::regclass::oid", C, "deny", by="proxy"),
-    Attack("qual_to_regclass", "SELECT to_regclass('two_co.customers')", C, "deny", by="proxy"),
+           by="missing"),
+    Attack("qual_regclass_literal", "SELECT 'two_co.orders'::regclass::oid", C, "deny", by="missing"),
+    Attack("qual_to_regclass", "SELECT to_regclass('two_co.customers')", C, "deny", by="missing"),
     Attack("qual_schema_qualified_own", "SELECT count(*) FROM public.orders", SN, "same"),
     Attack("qual_foreign_tenant_literal", "SELECT * FROM orders WHERE tenant_id = 'bigco'", SN, "empty"),
     Attack("qual_foreign_tenant_param", "SELECT * FROM orders WHERE tenant_id = %s", SN, "empty",
@@ -311,27 +312,27 @@ ATTACKS: list[Attack] = [
     Attack("qual_foreign_id_range", "SELECT * FROM orders WHERE id NOT BETWEEN <<lo>> AND <<hi>>", ALL, "empty"),
     Attack("qual_foreign_customer_param", "SELECT count(*) FROM orders WHERE customer_id = ANY(%s::int[])", ALL,
            "same", params=("{200001,200002,600001,900001,100001,500001,800001}",)),
-    Attack("qual_type_other_schema", "SELECT NULL::two_co.orders", C, "deny", by="proxy"),
-    Attack("qual_operator_other_schema", "SELECT 1 OPERATOR(two_co.+) 1", C, "deny", by="proxy"),
+    Attack("qual_type_other_schema", "SELECT NULL::two_co.orders", C, "deny", by="missing"),
+    Attack("qual_operator_other_schema", "SELECT 1 OPERATOR(two_co.+) 1", C, "deny", by="missing"),
     Attack("qual_collation_other_schema", 'SELECT name FROM customers ORDER BY name COLLATE two_co."C"', C, "deny",
-           by="proxy"),
-    Attack("qual_function_other_schema", "SELECT two_co.now()", C, "deny", by="proxy"),
-    Attack("qual_regnamespace_literal", "SELECT 'two_co'::regnamespace::oid", C, "deny", by="proxy"),
+           by="missing"),
+    Attack("qual_function_other_schema", "SELECT two_co.now()", C, "deny", by="proxy"),  # as for no_co.now()
+    Attack("qual_regnamespace_literal", "SELECT 'two_co'::regnamespace::oid", C, "deny", by="missing"),
     Attack("qual_has_table_privilege", "SELECT has_table_privilege('two_co.orders', 'SELECT')", C, "deny",
-           by="proxy"),
+           by="missing"),
     # An OID or a name given as a value (parameter, number, expression, column) is checked while the statement runs:
     # another tenant's object gives NULL, exactly like one that does not exist.
     # (Through the simple protocol the value arrives as a string literal and is checked when decided: refused.)
-    Attack("qual_regclass_param", "SELECT %s::regclass::oid", C, BY_VALUE, by="proxy", params=("two_co.orders",),
+    Attack("qual_regclass_param", "SELECT %s::regclass::oid", C, BY_VALUE, by="missing", params=("two_co.orders",),
            check=all_null),
-    Attack("qual_regclass_param_missing", "SELECT %s::regclass::oid", C, BY_VALUE, by="proxy",
+    Attack("qual_regclass_param_missing", "SELECT %s::regclass::oid", C, BY_VALUE, by="missing",
            params=("no_co.orders",), check=all_null),
     Attack("qual_regnamespace_param", "SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace", C,
-           BY_VALUE, by="proxy", params=("two_co",), check=first_cell_is("0")),
+           BY_VALUE, by="missing", params=("two_co",), check=first_cell_is("0")),
     Attack("qual_regclass_oid_number", "SELECT (SELECT min(oid) FROM pg_namespace)::int::regclass::text", C, "any"),
     Attack("qual_regclass_oid_string", "SELECT '16384'::regclass::text", C, "any"),
     Attack("qual_regclass_expression", "SELECT ('two' || '_co.orders')::regclass::oid", C, "ok", check=all_null),
-    Attack("qual_relation_size_param", "SELECT pg_total_relation_size(%s)", C, BY_VALUE, by="proxy",
+    Attack("qual_relation_size_param", "SELECT pg_total_relation_size(%s)", C, BY_VALUE, by="missing",
            params=("two_co.orders",), check=all_null),
     Attack("qual_regnamespace_from_column", "SELECT n::regnamespace::oid FROM (VALUES ('two_co')) v(n)", C, "ok",
            check=all_null),
@@ -373,12 +374,12 @@ ATTACKS: list[Attack] = [
            "generate_series(16384, 40000) g", ALL, "any"),
     Attack("oid_pg_description_rows", "SELECT string_agg(description, ';') FROM pg_description", ALL, "any"),
     Attack("oid_to_regtype_param", "SELECT typname FROM pg_type WHERE oid = to_regtype(%s)", C,
-           {"C:simple": "deny", "C:extended": "empty"}, by="proxy", params=("two_co.cat_mood",)),
+           {"C:simple": "deny", "C:extended": "empty"}, by="missing", params=("two_co.cat_mood",)),
     Attack("oid_to_regtype_param_own", "SELECT typname FROM pg_type WHERE oid = to_regtype(%s)", C, "ok",
            params=("one_co.cat_mood",), check=first_cell_is("cat_mood")),
     Attack("oid_to_regclass_column", "SELECT to_regclass(n) FROM (VALUES ('two_co.orders')) v(n)", C, "ok",
            check=all_null),
-    Attack("oid_has_table_privilege_param", "SELECT has_table_privilege(%s, 'SELECT')", C, BY_VALUE, by="proxy",
+    Attack("oid_has_table_privilege_param", "SELECT has_table_privilege(%s, 'SELECT')", C, BY_VALUE, by="missing",
            params=("two_co.orders",), check=all_null),
     Attack("oid_relation_size_scan", "SELECT string_agg(g || ':' || pg_relation_size(g::regclass), ',') FROM "
            "generate_series(16384, 20000) g", ALL, "any"),
@@ -1459,6 +1460,9 @@ def test_attack(env: Env, attack: Attack, strategy: str, protocol: str) -> None:
         assert all(e.sqlstate and len(e.sqlstate) == 5 for e in errors)
         if attack.by == "proxy" and not (attack.multi and protocol == "extended"):
             assert any(e.denied_by_proxy for e in errors), f"denied by PostgreSQL, not by pgtenant: {_describe(errors)}"
+        if attack.by == "missing":  # PostgreSQL's answer for a missing schema (for an existing one it would refuse)
+            assert any(e.sqlstate in ("3F000", "42P01") and " does not exist" in e.message and "pgtenant" not in
+                       e.message for e in errors), f"not answered as a missing schema: {_describe(errors)}"
     elif expect in ("same", "ok", "empty"):
         assert not errors, f"unexpected error: {_describe(errors)}"
         if expect == "empty":
@@ -1647,3 +1651,41 @@ def test_attack_catalogue_size() -> None:
     assert len(ATTACKS) >= 80
     per_strategy = {s: sum(1 for a in ATTACKS if letter in a.where) for letter, s in STRATEGY_LETTERS.items()}
     assert all(n >= 50 for n in per_strategy.values()), per_strategy
+
+
+# Another tenant's schema named in each way a name can be written (schema strategy: two_co exists, the tenant may not
+# use it; nix_co, of the same length, does not exist).
+HIDDEN_FORMS = {
+    "relation": "SELECT * FROM {s}.orders",
+    "join": "SELECT o.id FROM orders o JOIN {s}.customers c ON c.id = o.customer_id",
+    "subquery": "SELECT (SELECT count(*) FROM {s}.orders)",
+    "type": "SELECT NULL::{s}.orders",
+    "regclass": "SELECT '{s}.orders'::regclass",
+    "regnamespace": "SELECT '{s}'::regnamespace",
+    "operator": "SELECT 1 OPERATOR({s}.+) 1",
+    "copy": "COPY {s}.orders TO STDOUT",
+}
+
+
+@pytest.mark.parametrize("form", sorted(HIDDEN_FORMS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: str) -> None:
+    """Naming another tenant's schema gets exactly PostgreSQL's own answer for a schema that does not exist (the
+    SQLSTATE, the message, the position libpq prints as LINE/caret): the difference no longer tells that it exists."""
+    actor = ACTORS["schema"]
+    sql = HIDDEN_FORMS[form]
+    if form == "copy" and protocol == "extended":
+        pytest.skip("COPY is sent as a simple Query")
+    client, ref = env.client(actor), env.ref(actor)
+    try:
+        hidden = client.simple(sql.format(s="two_co")) if protocol == "simple" else client.extended(
+            sql.format(s="two_co"))
+        missing = ref.simple(sql.format(s="nix_co")) if protocol == "simple" else ref.extended(sql.format(s="nix_co"))
+    finally:
+        for c in (client, ref):
+            if c.in_transaction:
+                c.simple("ROLLBACK")
+    got = [(r.sqlstate, r.message.replace("two_co", "nix_co")) for r in hidden if r.kind == "error"]
+    expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
+    assert expected and got == expected, (got, expected)
+
