@@ -9,7 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, context, functions, rewrite, schema, settings
+from proxy.policy import classify, context, functions, implicit, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
@@ -163,6 +163,9 @@ def _decide_statement(
     if kind not in classify.WALKED:
         return effects, changes
     analysis = analyze(stmt.node)
+    new_table = implicit.new_table_query(kind, body)
+    if new_table is not None:
+        implicit.check_new_table(stmt.node, new_table)
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
     functions.check(policy, analysis)

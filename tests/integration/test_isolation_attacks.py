@@ -383,6 +383,53 @@ ATTACKS: list[Attack] = [
            params=("two_co.orders",), check=all_null),
     Attack("oid_relation_size_scan", "SELECT string_agg(g || ':' || pg_relation_size(g::regclass), ',') FROM "
            "generate_series(16384, 20000) g", ALL, "any"),
+    # --- OIDs made object identifiers by PostgreSQL's type resolution, without a written conversion (implicit.py) ----
+    Attack("implicit_case_scan", "SELECT string_agg(x::text, ',') FROM (SELECT CASE WHEN g > 0 THEN g ELSE "
+           "NULL::regclass END AS x FROM generate_series(16384, 40000) g) s", ALL, "any"),
+    Attack("implicit_case_regtype_scan", "SELECT string_agg((CASE WHEN false THEN 'int4'::regtype ELSE g END)::text,"
+           " ',') FROM generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_coalesce_scan", "SELECT string_agg(COALESCE(NULL::regclass, g)::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_greatest_scan", "SELECT string_agg(GREATEST('pg_class'::regclass, g)::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_least_nullif_scan", "SELECT string_agg(LEAST(g, NULL::regtype)::text || NULLIF(g, "
+           "'int4'::regtype)::text, ',') FROM generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_union_scan", "SELECT string_agg(x::text, ',') FROM (SELECT NULL::regclass AS x UNION ALL "
+           "SELECT g FROM generate_series(16384, 40000) g) s", ALL, "any"),
+    Attack("implicit_values_literals", "SELECT string_agg(v::text, ',') FROM (VALUES (NULL::regnamespace), "
+           "('16384'), ('16390'), ('16400'), ('16450'), ('16500'), ('17000')) t(v)", ALL, "any"),
+    Attack("implicit_values_scan", "SELECT string_agg(v::text, ',') FROM generate_series(16384, 40000) g, "
+           "LATERAL (VALUES (NULL::regclass), (g)) t(v)", ALL, "any"),
+    Attack("implicit_array_scan", "SELECT string_agg(array_to_string(ARRAY[NULL::regclass, g], ','), ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_array_append_scan", "SELECT string_agg(array_append(ARRAY['pg_class'::regclass], g)::text, "
+           "',') FROM generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_subquery_column_scan", "SELECT string_agg(COALESCE(s.r, g)::text, ',') FROM (SELECT "
+           "NULL::regtype AS r) s, generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_nested_union_max", "SELECT string_agg(x::text, ',') FROM (SELECT 'pg_class'::regclass AS x "
+           "UNION SELECT g FROM generate_series(16384, 40000) g UNION SELECT 1259) s", ALL, "any"),
+    Attack("implicit_catalog_column", "SELECT string_agg(COALESCE(NULLIF(t.typinput, t.typinput), g)::text, ',') "
+           "FROM (SELECT typinput FROM pg_type LIMIT 1) t, generate_series(16384, 40000) g", ALL, "any"),
+    # a name beside an object-identifier value is read by its input function: a hidden schema's answer is a
+    # missing one's (NULL through the guard, or refused when decided in the schema strategy)
+    Attack("implicit_array_position_name", "SELECT array_position(ARRAY['pg_class'::regclass], 'two_co.orders')", C,
+           "deny", by="missing"),
+    Attack("implicit_coalesce_name", "SELECT COALESCE(NULL::regclass, 'two_co.orders')", C, "deny", by="missing"),
+    Attack("implicit_coalesce_param", "SELECT COALESCE(NULL::regclass, %s)", C, BY_VALUE, by="missing",
+           params=("two_co.orders",), check=all_null),
+    # a new table or view: no column of an object-identifier type (writes into it would convert without a guard)
+    Attack("implicit_ctas_regclass", "CREATE TEMP TABLE bi_oids AS SELECT 'pg_class'::regclass AS r", ALL, "deny",
+           by="proxy"),
+    Attack("implicit_select_into_coalesce", "SELECT COALESCE(NULL::regclass, 1259) AS r INTO TEMP bi_oids", ALL,
+           "deny", by="proxy"),
+    Attack("implicit_ctas_catalog_star", "CREATE TEMP TABLE bi_types AS SELECT * FROM pg_type", ALL, "deny",
+           by="proxy"),
+    Attack("implicit_temp_view_regproc", "CREATE TEMP VIEW bi_procs AS SELECT typinput FROM pg_type", ALL, "deny",
+           by="proxy"),
+    Attack("implicit_array_literal_cast", "SELECT string_agg(('{' || g || '}')::text::regclass[]::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_array_literal_oids", "SELECT '{16384,16385,16386,16387,16388,16389,16390}'::regclass[]::text",
+           ALL, "any"),
     # --- role names: through every catalog and function --------------------------------------------------------------
     Attack("role_pg_roles", "SELECT rolname FROM pg_roles", ALL, "any"),
     Attack("role_pg_user", "SELECT usename FROM pg_user", ALL, "any"),
@@ -1663,6 +1710,7 @@ HIDDEN_FORMS = {
     "regclass": "SELECT '{s}.orders'::regclass",
     "regnamespace": "SELECT '{s}'::regnamespace",
     "operator": "SELECT 1 OPERATOR({s}.+) 1",
+    "coalesced_name": "SELECT COALESCE(NULL::regclass, '{s}.orders')",
     "copy": "COPY {s}.orders TO STDOUT",
 }
 
