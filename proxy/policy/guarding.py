@@ -230,7 +230,7 @@ def plan(planner: Planner, analysis: Analysis) -> None:
     root = planner.node
     columns = [*(n[-1] for n in analysis.column_refs if n), *analysis.row_names]
     if root is None or not implicit.may_anchor(len(analysis.sites), (c.names[-1] for c in analysis.calls if c.names),
-                                               iter(columns)):
+                                               iter(columns), (r.rv.get("relname", "") for r in analysis.refs)):
         for site in analysis.sites:
             _site(planner, policy, site)
         return
@@ -262,6 +262,11 @@ def _site(planner: Planner, policy: TenantPolicy, site: Site) -> None:
 def _group(planner: Planner, policy: TenantPolicy, types: implicit.Types, group: implicit.Group,
            done: set[int]) -> None:
     """Guard what PostgreSQL would convert to the group's reg* type without a written conversion."""
+    if group.kind == implicit.STARRED:
+        if types.qualified or implicit.reads_reg_relation(planner.node):
+            raise fail("rewrite_unsupported", "a set operation with * over a relation or subquery that has columns "
+                       "of an object-identifier type cannot be checked; name the columns")
+        return
     full = implicit.anchor(types, group)
     if full is None:
         return

@@ -67,7 +67,7 @@ ARRAY_COMPARES: dict[str, tuple[str, ...]] = {
     "array_remove": ("A", "E"), "array_position": ("A", "E"), "array_positions": ("A", "E"),
 }
 
-VALUE, COMPARE, COLUMN = "value", "compare", "column"
+VALUE, COMPARE, COLUMN, STARRED = "value", "compare", "column", "starred"
 # Node types that may hold a group (node_groups).
 GROUP_TAGS = frozenset({"CoalesceExpr", "MinMaxExpr", "CaseExpr", "A_ArrayExpr", "A_Expr", "FuncCall", "SelectStmt",
                         "InsertStmt"})
@@ -144,6 +144,8 @@ class Types:
             if name in ARRAY_FUNCTIONS:
                 found = self._first(args[: len(ARRAY_FUNCTIONS[name])])
                 return None if found is None else _scalar(found) + "[]"
+            if len(args) == 1 and len(names) == 1 and name in self.columns:  # r(s): the field r of the row s
+                return self.columns[name]
             return None
         if tag == "ColumnRef":
             names = names_of(body.get("fields"))
@@ -178,6 +180,9 @@ class Types:
                 return None
             return found if kind == "EXPR_SUBLINK" else _scalar(found) + "[]"
         if tag == "A_Indirection":
+            last = (body.get("indirection") or [{}])[-1]
+            if "String" in last:  # (s).r: a field of a row, by its name
+                return self.columns.get(last["String"].get("sval", ""))
             found = self.of(body.get("arg"))
             if found is None or not found.endswith("[]"):
                 return None
@@ -282,6 +287,18 @@ def types_of(root: Node) -> Types:
             if str(alias.get("aliasname", "")).startswith("pgt_"):
                 continue  # a guard's own subqueries (guards.py)
             sources.append((body["subquery"], alias.get("aliasname"), names_of(alias.get("colnames"))))
+        elif tag == "RangeFunction":  # FROM f(...) [AS a [(c, ...)]]: a function's value is a column
+            alias = body.get("alias") or {}
+            colnames = names_of(alias.get("colnames"))
+            for item in body.get("functions") or []:
+                call = (item.get("List", {}).get("items") or [None])[0] if type(item) is dict else None
+                found = types.of(call)
+                names = names_of((call or {}).get("FuncCall", {}).get("funcname")) if found else ()
+                if found and names:
+                    name = colnames[0] if colnames else alias.get("aliasname") or names[-1]
+                    types.columns[name] = found
+                    if alias.get("aliasname"):
+                        types.qualified[(alias["aliasname"], name)] = found
         elif tag == "CommonTableExpr" and body.get("ctequery"):
             sources.append((body["ctequery"], body.get("ctename"), names_of(body.get("aliascolnames"))))
     for _ in range(4):  # nested subqueries: a few rounds reach a fixed point
@@ -408,7 +425,14 @@ def _arrayish(node: Any) -> bool:
 def _select_columns(body: Node, inserted: set[int]) -> Iterator[Group]:
     if body.get("op", "SETOP_NONE") != "SETOP_NONE":
         columns: list[list[Member]] = []
-        for leaf in _leaves(body):
+        leaves = _leaves(body)
+        stars = [t for leaf in leaves for t in leaf.get("targetList") or []
+                 if names_of(t.get("ResTarget", {}).get("val", {}).get("ColumnRef", {}).get("fields"))[-1:] == ("*",)]
+        if stars:  # the columns a * stands for are not known: every column of every arm, one group
+            members = [Member(t.get("ResTarget", {}), "val") for leaf in leaves for t in leaf.get("targetList") or []]
+            yield Group(STARRED, members)
+            return
+        for leaf in leaves:
             for row in leaf.get("valuesLists") or [[]]:
                 items = _items(row) if row else [t.get("ResTarget", {}) for t in leaf.get("targetList") or []]
                 for i, item in enumerate(items):
@@ -437,11 +461,11 @@ def anchor(types: Types, group: Group) -> str | None:
     return None
 
 
-def may_anchor(sites: int, calls: Iterator[str], columns: Iterator[str]) -> bool:
+def may_anchor(sites: int, calls: Iterator[str], columns: Iterator[str], relations: Iterator[str]) -> bool:
     """Whether a statement can hold a value of a reg* type: a written conversion (`sites`), a function returning one,
-    a catalog column of one."""
-    return bool(sites) or any(c in RESULT_TYPES for c in calls) or any(
-        c in DISTINCT_COLUMNS or c in _SOURCE_NAMES for c in columns)
+    a catalog column of one, a catalog relation that has one (read with *)."""
+    return bool(sites) or any(c in RESULT_TYPES or c in REG_RELATIONS for c in calls) or any(
+        c in DISTINCT_COLUMNS or c in _SOURCE_NAMES for c in columns) or any(r in REG_RELATIONS for r in relations)
 
 
 _SOURCE_NAMES = frozenset(name for columns in SOURCE_COLUMNS.values() for name in columns)
@@ -465,6 +489,30 @@ REG_RELATIONS = frozenset({"pg_aggregate", "pg_am", "pg_amproc", "pg_conversion"
                            "pg_prepared_statements", "pg_partition_tree", "pg_partition_ancestors"})
 
 
+def reg_relations(root: Any) -> set[str]:
+    """The names (relation names and aliases) by which the statement reads a catalog relation or function that has a
+    column of a reg* type."""
+    catalogs: set[str] = set()  # names a catalog with a reg* column is read by
+    for node, _holder, _key in walk(root):
+        tag = tag_of(node)
+        body = node[tag]  # type: ignore[index]
+        if tag == "RangeVar" and body.get("relname") in REG_RELATIONS and body.get("schemaname") in (
+                None, "pg_catalog"):
+            catalogs.update({body["relname"], (body.get("alias") or {}).get("aliasname", body["relname"])})
+        elif tag == "RangeFunction":
+            for item in body.get("functions") or []:
+                for call in item.get("List", {}).get("items") or [] if type(item) is dict else []:
+                    names = names_of((call or {}).get("FuncCall", {}).get("funcname"))
+                    if names and names[-1] in REG_RELATIONS:
+                        catalogs.add((body.get("alias") or {}).get("aliasname", names[-1]))
+    return catalogs
+
+
+def reads_reg_relation(root: Any) -> bool:
+    """Whether the statement reads a catalog relation or function that has a column of a reg* type."""
+    return bool(root) and bool(reg_relations(root))
+
+
 def new_table_query(kind: str, body: Node) -> Any:
     """The query of CREATE TABLE AS / SELECT INTO / CREATE VIEW (None for any other statement): a view's column types
     would carry a reg* type into later statements, where the guards could not follow it."""
@@ -481,19 +529,7 @@ def check_new_table(root: Node, query: Any) -> None:
     if type(query) is not dict or tag_of(query) not in (None, "SelectStmt"):
         raise fail("ddl_not_allowed", "a new table is made from a SELECT or VALUES query only")
     types = types_of(root)
-    catalogs: set[str] = set()  # names a catalog with a reg* column is read by
-    for node, _holder, _key in walk(root):
-        tag = tag_of(node)
-        body = node[tag]  # type: ignore[index]
-        if tag == "RangeVar" and body.get("relname") in REG_RELATIONS and body.get("schemaname") in (
-                None, "pg_catalog"):
-            catalogs.update({body["relname"], (body.get("alias") or {}).get("aliasname", body["relname"])})
-        elif tag == "RangeFunction":
-            for item in body.get("functions") or []:
-                for call in item.get("List", {}).get("items") or [] if type(item) is dict else []:
-                    names = names_of((call or {}).get("FuncCall", {}).get("funcname"))
-                    if names and names[-1] in REG_RELATIONS:
-                        catalogs.add((body.get("alias") or {}).get("aliasname", names[-1]))
+    catalogs = reg_relations(root)
     body = query.get("SelectStmt", query)
     for leaf in _leaves(body):
         for row in leaf.get("valuesLists") or []:
@@ -519,3 +555,16 @@ def _check_column(types: Types, node: Any) -> None:
     if found is not None:
         raise fail("ddl_not_allowed", f"a new table or view may not have a column of type {found}: it names objects "
                    "without the checks the proxy applies to conversions (store the OID as oid, or the name as text)")
+
+
+# The OIDs of the reg* types and their arrays (pg_type, stable since they are built in).
+REG_TYPE_OIDS = frozenset({24, 2202, 2203, 2204, 2205, 2206, 4089, 4096, 4191, 3734, 3769,  # regproc ... regdictionary
+                           1008, 2207, 2208, 2209, 2210, 2211, 4090, 4097, 4192, 3735, 3770})  # their arrays
+
+
+def declares_reg_parameter(param_types: bytes) -> bool:
+    """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a reg* type: the client's value
+    would be read by regclassin & co. and printed as a name without a written conversion the guards could follow."""
+    count = int.from_bytes(param_types[:2], "big")
+    return any(int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big") in REG_TYPE_OIDS for i in range(count))
+

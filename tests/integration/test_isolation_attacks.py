@@ -426,6 +426,12 @@ ATTACKS: list[Attack] = [
            by="proxy"),
     Attack("implicit_temp_view_regproc", "CREATE TEMP VIEW bi_procs AS SELECT typinput FROM pg_type", ALL, "deny",
            by="proxy"),
+    Attack("implicit_function_column_scan", "SELECT string_agg(COALESCE(f, g)::text, ',') FROM pg_typeof(1) f, "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_row_field_scan", "SELECT string_agg(COALESCE((s).r, g)::text, ',') FROM (SELECT NULL::regtype "
+           "AS r) s, generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_union_star", "SELECT * FROM (SELECT NULL::regclass) s UNION ALL SELECT g FROM "
+           "generate_series(16384, 40000) g", ALL, "deny", by="proxy"),
     Attack("implicit_array_literal_cast", "SELECT string_agg(('{' || g || '}')::text::regclass[]::text, ',') FROM "
            "generate_series(16384, 40000) g", ALL, "any"),
     Attack("implicit_array_literal_oids", "SELECT '{16384,16385,16386,16387,16388,16389,16390}'::regclass[]::text",
@@ -1736,4 +1742,26 @@ def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: s
     got = [(r.sqlstate, r.message.replace("two_co", "nix_co")) for r in hidden if r.kind == "error"]
     expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
     assert expected and got == expected, (got, expected)
+
+
+@pytest.mark.parametrize("strategy", ["shared", "schema"])
+def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) -> None:
+    """A Parse message may declare $1 regclass: its value ('16385') would be read by regclassin and printed as the
+    name of any relation, another tenant's too, without a conversion in the text for a guard. Refused; the session
+    goes on, and the same statement with the type unspecified and the conversion written is guarded."""
+    actor = ACTORS[strategy]
+    client = env.client(actor)
+    conn = client.pgconn
+    for types in ([2205], [0, 2211]):  # regclass; an array of regtype as the second parameter
+        conn.send_prepare(b"bi_reg_param", b"SELECT $1::text", param_types=types)
+        results = client._collect(None)
+        errors = [r for r in results if r.kind == "error"]
+        assert errors and errors[0].sqlstate == "42501" and "reg_parameter_type" in errors[0].message, results
+    conn.send_prepare(b"bi_reg_param_ok", b"SELECT $1::regclass::text", param_types=[0])
+    assert not [r for r in client._collect(None) if r.kind == "error"]
+    conn.send_query_prepared(b"bi_reg_param_ok", [b"pg_class"])
+    assert _last_rows(client._collect(None)).rows == [("pg_class",)]
+    post = client.simple(actor.post_sql)
+    assert post[0].rows == [actor.expected_context()]
+    client.simple("DEALLOCATE ALL")
 

@@ -45,6 +45,11 @@ IMPLICIT = [
     "SELECT COALESCE('x'::regclass, 'tenant_globex.orders')",
     "SELECT ARRAY['x'::regclass] || '{16385}'",
     "SELECT COALESCE('x'::regclass, max(c.oid)) FROM pg_class c",
+    "SELECT COALESCE(f, 16385) FROM pg_typeof(1) f",
+    "SELECT COALESCE(u, 16385) FROM unnest(ARRAY['x'::regclass]) AS u",
+    "SELECT COALESCE((s).r, 16385) FROM (SELECT 'x'::regclass AS r) s",
+    "SELECT COALESCE(x, 16385) FROM (VALUES ('x'::regclass)) v(x)",
+    "SELECT COALESCE(v.column1, 16385) FROM (VALUES ('x'::regclass)) v",
 ]
 
 
@@ -129,6 +134,26 @@ def test_legitimate_statements_are_left_alone(sql: str) -> None:
 def test_an_operand_of_concatenation_that_is_not_a_literal_is_refused() -> None:
     decision = decide(SHARED, "SELECT ARRAY['x'::regclass] || 16385")
     assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", decision
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM (SELECT 'x'::regclass) s UNION ALL SELECT 16385",
+        "SELECT * FROM pg_am UNION ALL SELECT 1, 'x', 16385, 't'",
+    ],
+)
+def test_a_set_operation_of_star_over_reg_columns_is_refused(sql: str) -> None:
+    """The columns a * stands for are not known, so neither is which arm's value PostgreSQL converts."""
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", decision
+
+
+def test_declared_reg_parameters() -> None:
+    assert implicit.declares_reg_parameter(b"\x00\x01" + (2205).to_bytes(4, "big"))
+    assert implicit.declares_reg_parameter(b"\x00\x02" + (25).to_bytes(4, "big") + (4097).to_bytes(4, "big"))
+    assert not implicit.declares_reg_parameter(b"\x00\x02" + (25).to_bytes(4, "big") + (26).to_bytes(4, "big"))
+    assert not implicit.declares_reg_parameter(b"\x00\x00")
 
 
 def test_no_guard_is_needed_where_nothing_is_hidden() -> None:
