@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.policy import guards as g
+from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.rules import fail
-from proxy.policy.tree import Node, names_of, tag_of
+from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 
 # Catalog columns of an object-identifier type (PostgreSQL 15-18) whose names no other relation uses.
 DISTINCT_COLUMNS: dict[str, str] = {
@@ -103,12 +104,31 @@ class Group:
     node: Node | None = None  # the construct (VALUE)
 
 
-@dataclass(slots=True)
 class Types:
-    """What decides whether an expression may be of a reg* type in one statement: the column names that are."""
+    """What decides whether an expression may be of a reg* type in one statement: the column names that are (read
+    from the statement `root` when a column is first looked up)."""
 
-    columns: dict[str, str] = field(default_factory=dict)  # unqualified column name -> reg* type
-    qualified: dict[tuple[str, str], str] = field(default_factory=dict)  # (relation alias, column) -> type
+    __slots__ = ("_columns", "_qualified", "root")
+
+    def __init__(self, root: Any = None) -> None:
+        self.root = root
+        self._columns: dict[str, str] | None = None
+        self._qualified: dict[tuple[str, str], str] = {}
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Unqualified column name -> reg* type."""
+        if self._columns is None:
+            self._columns = dict(DISTINCT_COLUMNS)
+            if self.root is not None:
+                _read_columns(self, self.root)
+        return self._columns
+
+    @property
+    def qualified(self) -> dict[tuple[str, str], str]:
+        """(relation alias, column) -> reg* type."""
+        _ = self.columns
+        return self._qualified
 
     def of(self, node: Any) -> str | None:
         """The reg* type (`regclass`, `regtype[]`…) the expression may have, else None."""
@@ -144,7 +164,8 @@ class Types:
             if name in ARRAY_FUNCTIONS:
                 found = self._first(args[: len(ARRAY_FUNCTIONS[name])])
                 return None if found is None else _scalar(found) + "[]"
-            if len(args) == 1 and len(names) == 1 and name in self.columns:  # r(s): the field r of the row s
+            if len(args) == 1 and len(names) == 1 and name not in BUILTIN_FUNCTIONS and name in self.columns:
+                # r(s): the field r of the row s
                 return self.columns[name]
             return None
         if tag == "ColumnRef":
@@ -269,19 +290,27 @@ def walk(node: Any, holder: Any = None, key: Any = None) -> Iterator[tuple[Node,
 
 
 def types_of(root: Node) -> Types:
-    """The column names that may be of a reg* type in the statement `root`: catalog columns, and the outputs of its
-    subqueries and CTEs that may be (by their names, qualified with the subquery's alias and not)."""
-    types = Types(dict(DISTINCT_COLUMNS))
+    """The reg* typing of the statement `root`: catalog columns, and the outputs of its subqueries and CTEs that may
+    be of a reg* type (by their names, qualified with the subquery's alias and not), read when first needed."""
+    return Types(root)
+
+
+def _read_columns(types: Types, root: Node) -> None:
+    columns = types.columns
     sources: list[tuple[Node, str | None, list[str]]] = []  # (select, alias, alias column names)
-    for node, _holder, _key in walk(root):
-        tag = tag_of(node)
-        body = node[tag]  # type: ignore[index]
+    for node in walk_dicts(root):
+        if len(node) != 1:
+            continue
+        tag = next(iter(node))
+        if tag not in _SOURCE_TAGS:
+            continue
+        body = node[tag]
         if tag == "RangeVar" and body.get("relname") in SOURCE_COLUMNS:
-            types.columns.update(SOURCE_COLUMNS[body["relname"]])
+            columns.update(SOURCE_COLUMNS[body["relname"]])
         elif tag == "FuncCall":
             names = names_of(body.get("funcname"))
             if names and names[-1] in SOURCE_COLUMNS:
-                types.columns.update(SOURCE_COLUMNS[names[-1]])
+                columns.update(SOURCE_COLUMNS[names[-1]])
         elif tag == "RangeSubselect" and body.get("subquery"):
             alias = body.get("alias") or {}
             if str(alias.get("aliasname", "")).startswith("pgt_"):
@@ -316,7 +345,9 @@ def types_of(root: Node) -> Types:
                     types.qualified[(alias, name)] = found
         if (len(types.columns), len(types.qualified)) == before:
             break
-    return types
+
+
+_SOURCE_TAGS = frozenset({"RangeVar", "FuncCall", "RangeSubselect", "RangeFunction", "CommonTableExpr"})
 
 
 def _output_names(select: Node) -> list[str | None]:
