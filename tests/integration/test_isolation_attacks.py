@@ -712,9 +712,9 @@ ATTACKS: list[Attack] = [
     Attack("startup_replication", "", ALL, "deny", runner="startup", startup={"replication": "database"}),
     Attack("startup_other_tenant_database", "", ALL, "deny", runner="startup", startup={"database": "<<otherdb>>"}),
     # --- names hidden by comments, quoting and escapes -------------------------------------------------------------
-    Attack("hide_comment_in_qualified_name", "SELECT * FROM two_co/**/.orders", C, "deny", by="proxy"),
-    Attack("hide_whitespace_in_qualified_name", 'SELECT * FROM "two_co" . "orders"', C, "deny", by="proxy"),
-    Attack("hide_unicode_escaped_schema", 'SELECT * FROM U&"\\0074wo_co".orders', C, "deny", by="proxy"),
+    Attack("hide_comment_in_qualified_name", "SELECT * FROM two_co/**/.orders", C, "deny", by="missing"),
+    Attack("hide_whitespace_in_qualified_name", 'SELECT * FROM "two_co" . "orders"', C, "deny", by="missing"),
+    Attack("hide_unicode_escaped_schema", 'SELECT * FROM U&"\\0074wo_co".orders', C, "deny", by="missing"),
     Attack("hide_unicode_escaped_table", 'SELECT count(*) FROM U&"\\006Frders"', ALL, "same"),
     Attack("hide_line_comment_where", "SELECT * FROM orders -- WHERE tenant_id = 'acme'\nWHERE tenant_id <> 'acme'",
            SN, "empty"),
@@ -900,8 +900,10 @@ ATTACKS: list[Attack] = [
            check=nrows_is("orders")),
     Attack("rewrite_ctas_table_statement", ("CREATE TEMP TABLE bi_x5 AS TABLE orders", "SELECT count(*) FROM bi_x5"),
            ALL, "same"),
+    # CREATE TABLE AS EXECUTE: the prepared statement's column types are not known to the proxy (a Parse message can
+    # name one too), so one of a reg* type could not be kept out of the new table: refused (implicit.py)
     Attack("rewrite_ctas_execute", ("PREPARE bi_q6 AS SELECT * FROM orders", "CREATE TEMP TABLE bi_x6 AS EXECUTE bi_q6",
-                                    "SELECT count(*) FROM bi_x6"), ALL, "same"),
+                                    "SELECT count(*) FROM bi_x6"), ALL, "deny", by="proxy"),
     Attack("rewrite_explain_execute", ("PREPARE bi_q7 AS SELECT * FROM orders", "EXPLAIN EXECUTE bi_q7"), ALL, "ok"),
     # --- prepared statements, portals, cursors --------------------------------------------------------------------
     Attack("sql_prepare_execute", ("PREPARE bi_q1 AS SELECT id, amount FROM orders", "EXECUTE bi_q1",
@@ -938,7 +940,7 @@ ATTACKS: list[Attack] = [
     Attack("copy_partition_to_stdout", "COPY events_2025 TO STDOUT", SN, "same"),
     Attack("copy_view_to_stdout", "COPY (SELECT * FROM customer_revenue) TO STDOUT", SN, "ok",
            check=copy_lines_is("customers")),
-    Attack("copy_other_schema", "COPY two_co.customers TO STDOUT", C, "deny", by="proxy"),
+    Attack("copy_other_schema", "COPY two_co.customers TO STDOUT", C, "deny", by="missing"),
     Attack("copy_to_server_file", "COPY orders TO '/tmp/pgtenant_bi_leak.txt'", ALL, "deny", by="proxy"),
     Attack("copy_to_program", "COPY orders TO PROGRAM 'cat > /dev/null'", ALL, "deny", by="proxy"),
     Attack("copy_from_program", "COPY orders FROM PROGRAM 'echo 1'", ALL, "deny", by="proxy", writes=True),
@@ -961,7 +963,7 @@ ATTACKS: list[Attack] = [
                                       "DROP TABLE events_2024"), SN, "ok", check=value_is("0")),
     Attack("temp_shadows_pg_database", "CREATE TEMP TABLE pg_database (datname name)", ALL, "deny", by="proxy"),
     Attack("temp_shadow_from_other_schema", "CREATE TEMP TABLE orders AS SELECT * FROM two_co.orders", C, "deny",
-           by="proxy"),
+           by="missing"),
     Attack("temp_shadow_then_read", ("CREATE TEMP TABLE orders AS SELECT * FROM orders",
                                      "SELECT count(*), sum(amount) FROM orders", "DROP TABLE orders"), ALL, "same"),
     Attack("temp_shadow_every_order", ("CREATE TEMP TABLE orders (id int, tenant_id text)",
@@ -997,7 +999,7 @@ ATTACKS: list[Attack] = [
            by="proxy"),
     Attack("temp_foreign_key_to_tenant_table", "CREATE TEMP TABLE bi_fk (id int REFERENCES orders (id))", ALL,
            "deny", by="proxy"),
-    Attack("temp_like_other_schema", "CREATE TEMP TABLE bi_x (LIKE two_co.orders)", C, "deny", by="proxy"),
+    Attack("temp_like_other_schema", "CREATE TEMP TABLE bi_x (LIKE two_co.orders)", C, "deny", by="missing"),
     Attack("ddl_disable_rls", "ALTER TABLE orders DISABLE ROW LEVEL SECURITY", ALL, "deny", by="proxy"),
     Attack("ddl_drop_policy", "DROP POLICY pgtenant_isolation ON orders", ALL, "deny", by="proxy"),
     Attack("ddl_create_policy", "CREATE POLICY bi_open ON orders USING (true)", ALL, "deny", by="proxy"),
@@ -1051,7 +1053,7 @@ ATTACKS: list[Attack] = [
     Attack("explain_verbose", "EXPLAIN (VERBOSE, COSTS OFF) SELECT * FROM orders o JOIN customers c "
            "ON c.id = o.customer_id", ALL, "ok"),
     Attack("explain_json", "EXPLAIN (FORMAT JSON) SELECT count(*) FROM orders", ALL, "ok"),
-    Attack("explain_analyze_other_schema", "EXPLAIN ANALYZE SELECT * FROM two_co.orders", C, "deny", by="proxy"),
+    Attack("explain_analyze_other_schema", "EXPLAIN ANALYZE SELECT * FROM two_co.orders", C, "deny", by="missing"),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
     Attack("err_div_zero_foreign_rows", "SELECT 1/0 FROM orders WHERE tenant_id = 'bigco'", SN, "any"),
     Attack("err_cast_name_in_select", "SELECT name::int FROM customers", ALL, "deny"),
@@ -1069,7 +1071,7 @@ ATTACKS: list[Attack] = [
            "SELECT id FROM customers WHERE 1/(CASE WHEN tenant_id = 'bigco' THEN 0 ELSE 1 END) = 1", SN, "same"),
     Attack("err_division_in_join_qual", "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id "
            "AND 1/(CASE WHEN c.tenant_id = 'bigco' THEN 0 ELSE 1 END) = 1", SN, "same"),
-    Attack("err_regclass_other_schema", "SELECT 'two_co.nonexistent'::regclass", C, "deny", by="proxy"),
+    Attack("err_regclass_other_schema", "SELECT 'two_co.nonexistent'::regclass", C, "deny", by="missing"),
     # --- writes (the attackers are writing roles; everything is rolled back) --------------------------------------
     Attack("w_insert_foreign_tenant", FOREIGN_ORDER.format(v="'bigco'"), SN, "deny", by="proxy", writes=True),
     Attack("w_insert_fills_own_tenant", {SN: NEW_CUSTOMER_SN, "CD": NEW_CUSTOMER_CD}, ALL, "ok", writes=True,
@@ -1139,18 +1141,18 @@ ATTACKS: list[Attack] = [
            "ok", writes=True, check=nrows_is("orders")),
     Attack("w_merge_from_other_schema", "MERGE INTO customers c USING two_co.customers s ON c.id = s.id "
            "WHEN NOT MATCHED THEN INSERT (id, name, email, segment, created_at, is_active) "
-           "VALUES (s.id, s.name, s.email, s.segment, s.created_at, s.is_active)", C, "deny", by="proxy",
+           "VALUES (s.id, s.name, s.email, s.segment, s.created_at, s.is_active)", C, "deny", by="missing",
            writes=True),
     Attack("w_insert_select_from_other_schema", "INSERT INTO customers SELECT * FROM two_co.customers", C, "deny",
-           by="proxy", writes=True),
+           by="missing", writes=True),
     Attack("w_copy_in_own_rows", "COPY customers (id, name, email, segment, created_at, is_active) FROM STDIN", ALL,
            "any", writes=True, copy_in=b"1990006\tnew\tnew@new.example\tConsumer\t2025-01-01\tt\n"),
     Attack("w_truncate", "TRUNCATE order_lines", SN, "deny", by="proxy", writes=True),
-    Attack("w_truncate_other_schema", "TRUNCATE two_co.order_lines", C, "deny", by="proxy", writes=True),
-    Attack("w_update_other_schema", "UPDATE two_co.orders SET amount = 0", C, "deny", by="proxy", writes=True),
+    Attack("w_truncate_other_schema", "TRUNCATE two_co.order_lines", C, "deny", by="missing", writes=True),
+    Attack("w_update_other_schema", "UPDATE two_co.orders SET amount = 0", C, "deny", by="missing", writes=True),
     Attack("w_insert_reference_schema", "INSERT INTO reference.countries VALUES ('XX', 'X', 'X')", C, "deny",
            by="proxy", writes=True),
-    Attack("w_delete_legacy_public", "DELETE FROM public.legacy_orders", C, "deny", by="proxy", writes=True),
+    Attack("w_delete_legacy_public", "DELETE FROM public.legacy_orders", C, "deny", by="missing", writes=True),
     Attack("w_lock_table", "LOCK TABLE orders IN ACCESS EXCLUSIVE MODE", ALL, "deny", by="proxy", writes=True),
     Attack("w_vacuum", "VACUUM orders", ALL, "deny", by="proxy"),
     Attack("w_analyze", "ANALYZE orders", ALL, "deny", by="proxy"),
