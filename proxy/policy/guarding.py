@@ -321,20 +321,15 @@ def _schema_literal(policy: TenantPolicy, node: Node, kind: str) -> None:
 
 def _wrap_construct(planner: Planner, policy: TenantPolicy, group: implicit.Group, kind: str, regtype: str,
                     array: bool) -> None:
-    """The construct's result through the guard of its type (CASE/COALESCE/GREATEST/LEAST/NULLIF/ARRAY/array_*)."""
+    """The construct's result through the guard of its type (CASE/COALESCE/GREATEST/LEAST/ARRAY/array_*)."""
     node = group.node
     assert node is not None
     tag = tag_of(node)
     body = node[tag]  # type: ignore[index]
-    if tag == "A_Expr" and body.get("kind") != "AEXPR_NULLIF":
+    if tag == "A_Expr":
         raise fail("rewrite_unsupported", f"|| of {regtype} values and other values cannot be checked; write the "
                    f"conversion to {regtype} on each operand")
-    if array:
-        if not row_level(node):
-            raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
-        template = g.array_cast(policy, kind, regtype)
-    else:
-        template = _template_for(policy, kind, g.OID, regtype, node)
+    template = _implicit_template(policy, node, kind, regtype, array, g.OID)
     toks = planner.statement_tokens()
     first = index_at(toks, body["location"])
     if tag == "CaseExpr":
@@ -348,9 +343,24 @@ def _wrap_construct(planner: Planner, policy: TenantPolicy, group: implicit.Grou
         if open_ >= len(toks):
             raise TextError("a construct without parentheses")
         last = matching_close(toks, open_)
+    _wrap_span(planner, toks, first, last, Site(node, group.holder, group.key), template)
+
+
+def _implicit_template(policy: TenantPolicy, node: Node, kind: str, regtype: str, array: bool,
+                       mode: str) -> g.Template:
+    """The guard of a value PostgreSQL converts to `regtype` (an array of it when `array`)."""
+    if not array:
+        return _template_for(policy, kind, mode, regtype, node)
+    if not row_level(node):
+        raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
+    return g.array_cast(policy, kind, regtype)
+
+
+def _wrap_span(planner: Planner, toks: list[Tok], first: int, last: int, site: Site, template: g.Template) -> None:
+    """Put tokens first..last (the site's expression) into the guard, in the text and in the tree."""
     planner.edit(toks[first].start, toks[first].start, template.prefix)
     planner.edit(toks[last].end, toks[last].end, template.suffix)
-    _replace(planner, Site(node, group.holder, group.key), template.instantiate)
+    _replace(planner, site, template.instantiate)
     planner.rule("object_guard")
 
 
@@ -371,12 +381,7 @@ def _wrap_member(planner: Planner, policy: TenantPolicy, member: implicit.Member
                  array: bool) -> None:
     """A set operation's or VALUES' column value through the guard its written conversion would get."""
     node = member.node
-    if array:
-        if not row_level(node):
-            raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
-        template = g.array_cast(policy, kind, regtype)
-    else:
-        template = _template_for(policy, kind, g.PARSE, regtype, node)
+    template = _implicit_template(policy, node, kind, regtype, array, g.PARSE)
     toks = planner.statement_tokens()
     holder = member.holder
     if isinstance(holder, dict) and member.key == "val":  # a ResTarget: from its start to its alias or the next one
@@ -384,10 +389,7 @@ def _wrap_member(planner: Planner, policy: TenantPolicy, member: implicit.Member
         last = _target_last(toks, first, bool(holder.get("name")))
     else:
         first, last = _value_span(toks, node)
-    planner.edit(toks[first].start, toks[first].start, template.prefix)
-    planner.edit(toks[last].end, toks[last].end, template.suffix)
-    _replace(planner, Site(node, holder, member.key), template.instantiate)
-    planner.rule("object_guard")
+    _wrap_span(planner, toks, first, last, Site(node, holder, member.key), template)
 
 
 _TARGET_STOPS = frozenset({"FROM", "INTO", "WHERE", "GROUP_P", "HAVING", "WINDOW", "UNION", "INTERSECT", "EXCEPT",

@@ -4,18 +4,16 @@ never gets a column of a reg* type."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
-from policy_corpus import POLICIES
+from policy_corpus import DATABASE_HIDING, POLICIES
 
 from proxy.policy import Allow, Deny, Rewrite, decide, implicit
 from proxy.policy.tree import parse_json
 from proxy.policy.verify import Unverified, check_coverage
 
 SHARED, SCHEMA, DATABASE = POLICIES["shared"], POLICIES["schema"], POLICIES["database"]
-DATABASE_HIDING = dataclasses.replace(DATABASE, hidden_schemas=frozenset({"tenant_globex"}))
 
 # Each statement converts a raw OID (or a name) to a reg* type without a written conversion.
 IMPLICIT = [

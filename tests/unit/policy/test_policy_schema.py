@@ -3,16 +3,13 @@ exist, after every check a missing schema would meet first, with PostgreSQL's po
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-from policy_corpus import POLICIES
+from policy_corpus import DATABASE_HIDING, POLICIES
 
 from proxy.errors import policy_denied
 from proxy.policy import Allow, Deny, decide
 
 SCHEMA = POLICIES["schema"]
-DATABASE_HIDING = dataclasses.replace(POLICIES["database"], hidden_schemas=frozenset({"tenant_globex"}))
 
 
 @pytest.mark.parametrize(
