@@ -16,6 +16,7 @@ class PgError(Exception):
     severity: str = "ERROR"
     detail: str | None = None
     hint: str | None = None
+    position: int = 0  # 1-based character position in the client's query text (0: none)
 
     def __str__(self) -> str:
         return f"{self.severity} {self.sqlstate}: {self.message}"
@@ -26,6 +27,8 @@ class PgError(Exception):
             out["D"] = self.detail
         if self.hint:
             out["H"] = self.hint
+        if self.position:
+            out["P"] = str(self.position)
         return out
 
     def encode(self) -> bytes:
@@ -189,10 +192,10 @@ def user_removed(user: str) -> PgError:
     return PgError("28000", f'role "{user}" is no longer allowed to connect', "FATAL")
 
 
-def policy_denied(sqlstate: str, message: str, hint: str, rule: str) -> PgError:
+def policy_denied(sqlstate: str, message: str, hint: str, rule: str, position: int = 0) -> PgError:
     """A statement refused by the tenant policy; the session stays usable."""
-    if sqlstate == "22021":  # data errors read as PostgreSQL's own
-        return PgError(sqlstate, message, "ERROR", hint=hint or None)
+    if sqlstate in ("22021", "3F000", "42P01"):  # data errors and missing objects read as PostgreSQL's own
+        return PgError(sqlstate, message, "ERROR", hint=hint or None, position=position)
     text = message if rule in message else f"{message} (rule {rule})"
     return PgError(sqlstate, text if text.startswith("pgtenant") else f"pgtenant: {text}", "ERROR", hint=hint or None)
 

@@ -29,7 +29,9 @@ from proxy.auth.throttle import AuthThrottle
 from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.cache import Pending
+from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
+from proxy.policy.rules import deny
 from proxy.protocol import messages as m
 from proxy.protocol.messages import query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
@@ -47,6 +49,8 @@ _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker k
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = Deny("08P01", "malformed message", "", "malformed_message")
+_REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
+                      "(regclass, regtype...) in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 
@@ -625,7 +629,10 @@ class ClientSession:
             self.tracker.on_parse("", "", _MALFORMED)
             marker = self._error_marker(errors.malformed_message(str(exc)))
             return m.Parse(marker, marker, b"\x00\x00").encode()  # named: the unnamed statement stays
-        decision = self.decide("parse", parse.sql)
+        if parse.param_types != b"\x00\x00" and declares_reg_parameter(parse.param_types):
+            decision = _REG_PARAMETER  # its values would be names read and printed without a guard
+        else:
+            decision = self.decide("parse", parse.sql)
         if type(decision) is Pending:
             return self._hold(m.PARSE, body, parse.sql, decision, token, parse)
         return self._parse_decided(body, token, parse, decision)
@@ -710,7 +717,8 @@ class ClientSession:
 
     def _deny_marker(self, deny: Decision) -> str:
         assert isinstance(deny, Deny)
-        return self._error_marker(errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule))
+        return self._error_marker(errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule,
+                                                       deny.position))
 
     def _error_marker(self, err: PgError) -> str:
         """A statement that fails in the backend where the original would have; its error is replaced by `err`."""

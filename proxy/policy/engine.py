@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, context, functions, rewrite, schema, settings
+from proxy.policy import classify, context, functions, implicit, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
@@ -42,15 +42,19 @@ def decide(
     With `timings`, the seconds spent in each stage are added under "gate", "rewrite" and "verify".
     """
     try:
-        return _decide(policy, sql, timings if timings is not None else {}, limits)
+        decision = _decide(policy, sql, timings if timings is not None else {}, limits)
     except Denied as exc:
-        return exc.decision
+        decision = exc.decision
     except RecursionError:
         return deny("statement_too_complex", "the statement is nested too deeply to be checked")
     except MemoryError:
         return deny("statement_too_large", "the statement needs more memory to check than pgtenant allows")
     except Exception as exc:  # fail closed on any defect
         return deny("internal_error", f"could not decide the statement ({type(exc).__name__})")
+    if type(decision) is Deny and decision.position:  # a byte offset + 1: PostgreSQL counts characters
+        at = len(sql.encode("utf-8")[: decision.position - 1].decode("utf-8", "ignore")) + 1
+        decision = replace(decision, position=at)
+    return decision
 
 
 def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: Limits) -> Decision:
@@ -91,7 +95,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 raise
             d = exc.decision
             where = f"statement {index + 1} of {count}: "
-            return Deny(d.sqlstate, d.message.replace("pgtenant: ", "pgtenant: " + where, 1), d.hint, d.rule)
+            return Deny(d.sqlstate, d.message.replace("pgtenant: ", "pgtenant: " + where, 1), d.hint, d.rule,
+                        d.position)
         effects |= stmt_effects
         policies.append(current)
         if stmt_changes:
@@ -163,10 +168,13 @@ def _decide_statement(
     if kind not in classify.WALKED:
         return effects, changes
     analysis = analyze(stmt.node)
+    new_table = implicit.new_table_query(kind, body)
+    if new_table is not None:
+        implicit.check_new_table(stmt.node, new_table)
     schema.check_cross_database(analysis)
-    schema.check_schemas(policy, analysis)
     classify.check_references(policy, analysis)
     functions.check(policy, analysis, body if kind == "SelectStmt" else None)
+    schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:

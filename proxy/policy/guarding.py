@@ -6,10 +6,22 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from proxy.policy import guards as g
+from proxy.policy import implicit
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
-from proxy.policy.sqltext import CLOSE, COMMA, DOT, OPEN, TextError, Tok, index_at, matching_close
+from proxy.policy.schema import missing
+from proxy.policy.sqltext import (
+    CLOSE,
+    COMMA,
+    DOT,
+    OPEN,
+    TextError,
+    Tok,
+    index_at,
+    matching_close,
+    object_name_parts,
+)
 from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 from proxy.policy.walk import Analysis, Site
 
@@ -37,6 +49,10 @@ class Planner(Protocol):
     def statement_tokens(self) -> list[Tok]: ...
 
     def defer(self, fn: Callable[[], None]) -> None: ...
+
+    def cut(self, start: int, end: int) -> str: ...
+
+    node: Node | None
 
 
 # -- what is a literal, what stays a row-level value ------------------------------------------------------------
@@ -208,14 +224,252 @@ def _call_args(toks: list[Tok], location: int, count: int) -> tuple[int, list[tu
 
 
 def plan(planner: Planner, analysis: Analysis) -> None:
-    """Add a guard for every site of the statement that needs one (outer sites first: their text goes around)."""
+    """Add a guard for every site of the statement that needs one, and for every group of expressions that
+    PostgreSQL resolves to an object-identifier type (implicit.py); outer ones first: their text goes around."""
     policy = planner.policy
-    for site in analysis.sites:
-        tag = tag_of(site.node)
-        if tag == "TypeCast":
-            _cast(planner, policy, site)
-        elif tag == "FuncCall":
-            _call(planner, policy, site)
+    root = planner.node
+    columns = [*(n[-1] for n in analysis.column_refs if n), *analysis.row_names]
+    if root is None or not implicit.may_anchor(len(analysis.sites), (c.names[-1] for c in analysis.calls if c.names),
+                                               iter(columns), (r.rv.get("relname", "") for r in analysis.refs)):
+        for site in analysis.sites:
+            _site(planner, policy, site)
+        return
+    explicit = {id(site.node): site for site in analysis.sites}
+    types = implicit.types_of(root)
+    seen = implicit.Seen()
+    done: set[int] = set()
+    for node, holder, key in implicit.walk(root):
+        site = explicit.pop(id(node), None)
+        if site is not None:
+            _site(planner, policy, site)
+        for group in implicit.node_groups(node, holder, key, seen):
+            _group(planner, policy, types, group, done)
+    for site in explicit.values():  # not reached by the walk (never expected): still guarded
+        _site(planner, policy, site)
+
+
+def _site(planner: Planner, policy: TenantPolicy, site: Site) -> None:
+    tag = tag_of(site.node)
+    if tag == "TypeCast":
+        _cast(planner, policy, site)
+    elif tag == "FuncCall":
+        _call(planner, policy, site)
+
+
+# -- implicit conversions (implicit.py) --------------------------------------------------------------------------
+
+
+def _group(planner: Planner, policy: TenantPolicy, types: implicit.Types, group: implicit.Group,
+           done: set[int]) -> None:
+    """Guard what PostgreSQL would convert to the group's reg* type without a written conversion."""
+    if group.kind == implicit.STARRED:
+        if types.qualified or implicit.reads_reg_relation(planner.node):
+            raise fail("rewrite_unsupported", "a set operation with * over a relation or subquery that has columns "
+                       "of an object-identifier type cannot be checked; name the columns")
+        return
+    full = implicit.anchor(types, group)
+    if full is None:
+        return
+    regtype = full.removesuffix("[]")
+    kind = g.CAST_KINDS[regtype]
+    if not g.required(policy, kind):
+        return
+    level = full.endswith("[]")
+    names: list[tuple[implicit.Member, bool]] = []  # name inputs to guard as if the conversion were written
+    raw: list[tuple[implicit.Member, bool]] = []  # other values PostgreSQL converts
+    for member in group.members:
+        node = member.node
+        if node is None or implicit.is_null(node) or id(node) in done or types.of(node) is not None:
+            continue
+        array = member.array or level
+        if implicit.is_name_input(node) and (not array or group.kind == implicit.VALUE):
+            if policy.strategy == "schema" and not array:
+                _schema_literal(policy, node, kind)
+            if needs_guard(policy, node, kind, g.PARSE):
+                names.append((member, array))
+        elif group.kind == implicit.COLUMN:
+            if not (implicit.is_name_input(node) and not needs_guard(policy, node, kind, g.PARSE)):
+                raw.append((member, array))
+        elif group.kind == implicit.VALUE:
+            raw.append((member, array))
+    if raw and group.kind == implicit.VALUE:
+        _wrap_construct(planner, policy, group, kind, regtype, group.array or level)
+    for member, array in raw if group.kind == implicit.COLUMN else ():
+        done.add(id(member.node))
+        _wrap_member(planner, policy, member, kind, regtype, array)
+    for member, array in names:
+        done.add(id(member.node))
+        if array:
+            template = g.array_cast(policy, kind, regtype)
+        else:
+            template = _template_for(policy, kind, g.PARSE, regtype, member.node)
+        _wrap_token(planner, member, template)
+
+
+def _schema_literal(policy: TenantPolicy, node: Node, kind: str) -> None:
+    """Schema strategy: a name read by a reg* input function without a written cast is checked like a cast's literal
+    (schema.check_schemas): one in a schema the tenant may not name gets PostgreSQL's answer for a missing schema."""
+    const = node.get("A_Const") or {}
+    text = name_literal(node)
+    if text is None or text.strip().isdigit():
+        return
+    parts = object_name_parts(text) or []
+    schema = parts[0] if kind == "namespace" else (parts[-2] if len(parts) >= 2 else None)
+    if schema is not None and schema not in policy.allowed_schemas:
+        raise missing(schema, location=const.get("location", -1))
+
+
+def _wrap_construct(planner: Planner, policy: TenantPolicy, group: implicit.Group, kind: str, regtype: str,
+                    array: bool) -> None:
+    """The construct's result through the guard of its type (CASE/COALESCE/GREATEST/LEAST/ARRAY/array_*)."""
+    node = group.node
+    assert node is not None
+    tag = tag_of(node)
+    body = node[tag]  # type: ignore[index]
+    if tag == "A_Expr":
+        raise fail("rewrite_unsupported", f"|| of {regtype} values and other values cannot be checked; write the "
+                   f"conversion to {regtype} on each operand")
+    template = _implicit_template(policy, node, kind, regtype, array, g.OID)
+    toks = planner.statement_tokens()
+    first = index_at(toks, body["location"])
+    if tag == "CaseExpr":
+        last = _case_end(toks, first)
+    elif tag == "A_ArrayExpr":
+        last = index_at(toks, body["list_end"])
+    else:
+        open_ = first
+        while open_ < len(toks) and toks[open_].name != OPEN:
+            open_ += 1
+        if open_ >= len(toks):
+            raise TextError("a construct without parentheses")
+        last = matching_close(toks, open_)
+    _wrap_span(planner, toks, first, last, Site(node, group.holder, group.key), template)
+
+
+def _implicit_template(policy: TenantPolicy, node: Node, kind: str, regtype: str, array: bool,
+                       mode: str) -> g.Template:
+    """The guard of a value PostgreSQL converts to `regtype` (an array of it when `array`)."""
+    if not array:
+        return _template_for(policy, kind, mode, regtype, node)
+    if not row_level(node):
+        raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
+    return g.array_cast(policy, kind, regtype)
+
+
+def _wrap_span(planner: Planner, toks: list[Tok], first: int, last: int, site: Site, template: g.Template) -> None:
+    """Put tokens first..last (the site's expression) into the guard, in the text and in the tree."""
+    planner.edit(toks[first].start, toks[first].start, template.prefix)
+    planner.edit(toks[last].end, toks[last].end, template.suffix)
+    _replace(planner, site, template.instantiate)
+    planner.rule("object_guard")
+
+
+def _case_end(toks: list[Tok], first: int) -> int:
+    """Index of the END closing the CASE at token `first`."""
+    depth = 0
+    for i in range(first, len(toks)):
+        if toks[i].name == "CASE":
+            depth += 1
+        elif toks[i].name == "END_P":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise TextError("CASE without END")
+
+
+def _wrap_member(planner: Planner, policy: TenantPolicy, member: implicit.Member, kind: str, regtype: str,
+                 array: bool) -> None:
+    """A set operation's or VALUES' column value through the guard its written conversion would get."""
+    node = member.node
+    template = _implicit_template(policy, node, kind, regtype, array, g.PARSE)
+    toks = planner.statement_tokens()
+    holder = member.holder
+    if isinstance(holder, dict) and member.key == "val":  # a ResTarget: from its start to its alias or the next one
+        first = index_at(toks, holder["location"])
+        last = _target_last(toks, first, bool(holder.get("name")))
+    else:
+        first, last = _value_span(toks, node)
+    _wrap_span(planner, toks, first, last, Site(node, holder, member.key), template)
+
+
+_TARGET_STOPS = frozenset({"FROM", "INTO", "WHERE", "GROUP_P", "HAVING", "WINDOW", "UNION", "INTERSECT", "EXCEPT",
+                           "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR", "AS", "ASCII_59", COMMA})
+
+
+def _target_last(toks: list[Tok], first: int, named: bool) -> int:
+    """Index of the last token of the expression of the target starting at token `first` (before its alias)."""
+    depth = case = 0
+    i = first
+    while i < len(toks):
+        name = toks[i].name
+        if name in (OPEN, LBRACKET):
+            depth += 1
+        elif name in (CLOSE, RBRACKET):
+            if depth == 0:
+                break
+            depth -= 1
+        elif depth == 0:
+            if name == "CASE":
+                case += 1
+            elif name == "END_P" and case:
+                case -= 1
+            elif case == 0 and name in _TARGET_STOPS:
+                break
+        i += 1
+    last = i - 1
+    if named and (i >= len(toks) or toks[i].name != "AS"):
+        last -= 1  # a bare alias
+    if last < first:
+        raise TextError("a target without an expression")
+    return last
+
+
+def _value_span(toks: list[Tok], node: Node) -> tuple[int, int]:
+    """(first, last) token index of the VALUES item `node`: its row's VALUES list is split at its commas."""
+    start = _min_location(node)
+    if start is None:
+        raise TextError("a VALUES item without a location")
+    at = index_at(toks, start)
+    i, depth = at, 0
+    while i > 0 and not (toks[i].name == "VALUES" and depth < 0):  # back to the VALUES this item's row follows
+        i -= 1
+        if toks[i].name == CLOSE:
+            depth += 1
+        elif toks[i].name == OPEN:
+            depth -= 1
+    if toks[i].name != "VALUES":
+        raise TextError("a VALUES item outside a VALUES list")
+    j = i + 1
+    while j < len(toks) and toks[j].name == OPEN:
+        close = matching_close(toks, j)
+        first, depth = j + 1, 0
+        for k in range(j + 1, close + 1):
+            name = toks[k].name
+            if name in (OPEN, LBRACKET) and k < close:
+                depth += 1
+            elif name in (CLOSE, RBRACKET) and k < close:
+                depth -= 1
+            elif (name == COMMA and depth == 0) or k == close:
+                if first <= at <= k - 1:
+                    return first, k - 1
+                first = k + 1
+        j = close + 1
+        if j < len(toks) and toks[j].name == COMMA:
+            j += 1
+        else:
+            break
+    raise TextError("a VALUES item not found in its list")
+
+
+def _wrap_token(planner: Planner, member: implicit.Member, template: g.Template) -> None:
+    """A literal or a parameter (one token) through the guard of the group's type."""
+    node = member.node
+    location = (node.get("A_Const") or node.get("ParamRef") or {}).get("location", -1)
+    toks = planner.statement_tokens()
+    tok = toks[index_at(toks, location)]
+    planner.edit(tok.start, tok.end, template.prefix + planner.cut(tok.start, tok.end) + template.suffix)
+    _replace(planner, Site(node, member.holder, member.key), template.instantiate)
+    planner.rule("object_guard")
 
 
 def _replace(planner: Planner, site: Site, build: Callable[[Node], Node]) -> None:

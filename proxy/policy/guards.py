@@ -248,8 +248,8 @@ def literal_checked(policy: TenantPolicy, kind: str, mode: str, text: str) -> bo
     unqualified (resolved on the tenant's search_path) or qualified with a system schema or one of the tenant's
     own cannot name another tenant's object, and any other is guarded (refusing only other tenants' schemas would
     tell them from schemas that do not exist)."""
-    if mode == OID or kind in ALWAYS or text.strip().isdigit():
-        return False
+    if mode == OID or kind in ALWAYS or text.strip().isdigit() or text.lstrip().startswith("{"):
+        return False  # an OID, or an array literal (of OIDs or names, `'{16385}'::regclass[]`)
     if policy.strategy == "schema":
         return True
     parts = object_name_parts(text)

@@ -128,6 +128,7 @@ class Deny:
     message: str
     hint: str
     rule: str
+    position: int = 0  # 1-based character position in the statement text PostgreSQL would report (0: none)
 
 
 Decision = Allow | Rewrite | Deny

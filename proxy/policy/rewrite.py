@@ -169,6 +169,10 @@ class _Planner:
         """A tree edit of a guard: they run after the others, innermost first."""
         self.deferred.append(fn)
 
+    def cut(self, start: int, end: int) -> str:
+        """The client's text data[start:end]."""
+        return self.text.cut(start, end)
+
     def finish(self) -> None:
         if self.deferred:
             self.plan.mutations.extend(reversed(self.deferred))

@@ -44,6 +44,11 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "Name the type in a string literal: to_regtypemod() of a parameter or a computed name cannot be checked.",
     ),
+    "reg_parameter_type": (
+        INSUFFICIENT_PRIVILEGE,
+        "Declare the parameter as text (or leave its type unspecified) and write the conversion in the statement "
+        "($1::regclass): the proxy checks that one.",
+    ),
     "shared_schema_write": (INSUFFICIENT_PRIVILEGE, "Shared reference schemas are read-only."),
     "cross_database": (INSUFFICIENT_PRIVILEGE, "Names may not refer to another database."),
     "catalog_denied": (

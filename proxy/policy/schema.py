@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
-from proxy.policy.model import TenantPolicy
-from proxy.policy.rules import fail
+from proxy.policy.model import Deny, TenantPolicy
+from proxy.policy.rules import Denied, fail
 from proxy.policy.sqltext import object_name_parts
 from proxy.policy.tree import string_const
-from proxy.policy.walk import Analysis, Call
+from proxy.policy.walk import COPY_FROM, COPY_TO, TRUNCATE, Analysis, Call
 
 # Functions whose argument at the given position is an object name given as text (implicitly cast to a reg*
 # type); kind "schema" means the whole literal is a schema name. Negative positions count from the end
@@ -61,6 +61,17 @@ def _literal_schema(text: str, kind: str) -> str | None:
     return parts[-2] if len(parts) >= 2 else None
 
 
+def missing(schema: str, relation: str | None = None, location: int = -1) -> Denied:
+    """PostgreSQL's own answer for a schema that does not exist, for a schema the tenant may not see: the same
+    SQLSTATE, message and position, so a hidden schema cannot be told from a missing one (the statement is still
+    sent to the server as a failing marker: the same round trip). A relation reference gets `relation "s.t" does
+    not exist` (42P01, parserOpenTable), every other name `schema "s" does not exist` (3F000)."""
+    position = location + 1 if location >= 0 else 0  # a byte offset here; engine.decide makes it a character one
+    if relation is not None:
+        return Denied(Deny("42P01", f'relation "{schema}.{relation}" does not exist', "", "foreign_schema", position))
+    return Denied(Deny("3F000", f'schema "{schema}" does not exist', "", "foreign_schema", position))
+
+
 def check_cross_database(analysis: Analysis) -> None:
     """Deny three-part relation names and over-qualified type names (another database)."""
     for ref in analysis.refs:
@@ -93,27 +104,31 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
     else:
         return
 
-    def check(schema: str | None, what: str) -> None:
+    def check(schema: str | None, relation: str | None = None, location: int = -1) -> None:
         if schema is not None and refused(schema):
-            raise fail("foreign_schema", f'{what} refers to schema "{schema}"')
+            raise missing(schema, relation, location)
 
-    for ref in analysis.refs:
-        check(ref.rv.get("schemaname"), f'relation "{ref.rv.get("relname", "")}"')
+    for ref in analysis.refs:  # COPY and TRUNCATE look the schema up first, outside the parser (no position)
+        if ref.role in (COPY_TO, COPY_FROM, TRUNCATE):
+            check(ref.rv.get("schemaname"))
+        else:
+            check(ref.rv.get("schemaname"), ref.rv.get("relname", ""), ref.rv.get("location", -1))
     for call in analysis.calls:
         if len(call.names) > 1:
-            check(call.names[-2], "function " + ".".join(call.names))
-    for names in analysis.type_names:
+            node = call.holder[call.key] if call.holder is not None else {}
+            check(call.names[-2], location=node.get("FuncCall", {}).get("location", -1))
+    for names, location in zip(analysis.type_names, analysis.type_locations, strict=True):
         if len(names) > 1:
-            check(names[-2], "type " + ".".join(names))
-    for names in analysis.operators:
-        check(names[-2], "operator " + ".".join(names))
+            check(names[-2], location=location)
+    for names, location in zip(analysis.operators, analysis.operator_locations, strict=True):
+        check(names[-2], location=location)
     for names in analysis.collations:
-        check(names[-2], "collation " + ".".join(names))
+        check(names[-2])
     if policy.strategy != "schema":
         return  # names given as values: guarded at run time (refusing only other tenants' would single them out)
-    for regtype, literal in analysis.reg_literals:
+    for regtype, literal, location in analysis.reg_literals:
         if not literal.strip().isdigit():  # an OID in a string: guarded at run time
-            check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), f"'{literal}'::{regtype}")
+            check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), location=location)
 
     def check_argument(call: Call, index: int, kind: str) -> None:
         node = call.args[index]
@@ -121,7 +136,7 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
             node = node["TypeCast"].get("arg")
         literal = string_const(node)
         if literal is not None and not literal.strip().isdigit():
-            check(_literal_schema(literal, kind), f"{call.names[-1]}('{literal}')")
+            check(_literal_schema(literal, kind))
 
     for call in analysis.calls:
         spec = NAME_ARGUMENTS.get(call.names[-1])

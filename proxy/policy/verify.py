@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from proxy.policy import guards
+from proxy.policy import guards, implicit
 from proxy.policy.catalog import ambiguous_scoped, needs_fence, relation_filter, wrapper_select
 from proxy.policy.model import TenantPolicy
 from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
@@ -501,6 +501,10 @@ class _Coverage:
         self.reads = reads
         self.stack: list[tuple[Any, _Scope]] = []
         self.conjuncts = _Conjuncts()
+        self.root: Node | None = None
+        self.types: implicit.Types | None = None  # reg* typing of the statement (implicit.py), when first needed
+        self.seen = implicit.Seen()
+        self.guarded: set[int] = set()  # the client's expressions found inside a guard
 
     def reads_none_of(self, columns: frozenset[str], inner: Node, renamed: bool) -> bool:
         """True when the client's statement (`self.reads`, taken before the rewrite) cannot read any of `columns`
@@ -514,6 +518,7 @@ class _Coverage:
         return relation_filter(self.policy, rv)
 
     def run(self, node: Node) -> None:
+        self.root = node
         stack = self.stack
         stack.append((node, _EMPTY))
         while stack:
@@ -546,6 +551,8 @@ class _Coverage:
     def tagged(self, tag: str, body: Node, scope: _Scope) -> None:
         if tag in ("SubLink", "A_Indirection") and self.guard({tag: body}, scope):
             return
+        if tag in implicit.GROUP_TAGS:
+            self.implicit(tag, body)
         if tag == "TypeCast":
             self.cast(body)
         elif tag == "FuncCall":
@@ -606,6 +613,9 @@ class _Coverage:
         inner = guards.operand(template, node) if template is not None else None
         if template is None or inner is None:
             raise Unverified("an object guard does not have its exact form")
+        inner_tag = next(iter(inner)) if type(inner) is dict and len(inner) == 1 else None
+        if inner_tag is not None:
+            self.guarded.add(id(inner[inner_tag]))
         call = inner.get("FuncCall")
         if call is not None and names_of(call.get("funcname"))[-1:] == ("pg_filenode_relation",):
             self.push(call, scope, ("funcname",))  # the guarded lookup itself
@@ -615,6 +625,35 @@ class _Coverage:
 
     def required(self, kind: str) -> bool:
         return guards.required(self.policy, kind)
+
+    def implicit(self, tag: str, body: Node) -> None:
+        """What PostgreSQL converts to a reg* type without a written conversion is guarded (implicit.py): a name
+        input is a guard or a name checked otherwise; a set operation's or VALUES' column value is a guard; a value
+        construct with another arm is inside one."""
+        for group in implicit.node_groups({tag: body}, None, None, self.seen):
+            if self.types is None:
+                self.types = implicit.types_of(self.root or {})
+            types = self.types
+            full = implicit.anchor(types, group)
+            if full is None:
+                continue
+            regtype = full.removesuffix("[]")
+            kind = guards.CAST_KINDS[regtype]
+            if not self.required(kind):
+                continue
+            for member in group.members:
+                node = member.node
+                if node is None or implicit.is_null(node) or types.of(node) is not None:
+                    continue
+                array = member.array or full.endswith("[]")
+                checked = implicit.is_name_input(node) and _checked_value(self.policy, node, kind, guards.PARSE)
+                if implicit.is_name_input(node) and (not array or group.kind == implicit.VALUE):
+                    if not checked:
+                        raise Unverified(f"a value converted to {regtype} without its guard")
+                elif group.kind == implicit.COLUMN and not checked:
+                    raise Unverified(f"a column of {regtype} values with an unguarded value")
+                elif group.kind == implicit.VALUE and id(body) not in self.guarded:
+                    raise Unverified(f"an expression of {regtype} values outside its guard")
 
     def cast(self, body: Node) -> None:
         names = names_of(body.get("typeName", {}).get("names"))

@@ -112,10 +112,12 @@ class Analysis:
     refs: list[RelRef] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     type_names: list[tuple[str, ...]] = field(default_factory=list)
+    type_locations: list[int] = field(default_factory=list)  # where each of type_names is written
     operators: list[tuple[str, ...]] = field(default_factory=list)
+    operator_locations: list[int] = field(default_factory=list)  # where each of operators is written
     collations: list[tuple[str, ...]] = field(default_factory=list)
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
-    reg_literals: list[tuple[str, str]] = field(default_factory=list)
+    reg_literals: list[tuple[str, str, int]] = field(default_factory=list)  # (reg* type, literal, its location)
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     sites: list[Site] = field(default_factory=list)  # reg* casts and calls, outer ones first
     refnames: list[str] = field(default_factory=list)  # every FROM-item / CTE name in the statement
@@ -187,6 +189,7 @@ class _Walker:
             self.ref(d, UNKNOWN, scope)
         elif "names" in d and "typemod" in d:
             self.out.type_names.append(names_of(d["names"]))
+            self.out.type_locations.append(d.get("location", -1))
             self.fields(d, scope, skip=("names",))
         elif "op" in d and "limitOption" in d:
             self.select(d, scope)
@@ -342,7 +345,10 @@ def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
     if names and names[-1] in REG_TYPES:
         literal = _literal_below_casts(b.get("arg"))
         if literal is not None:
-            w.out.reg_literals.append((names[-1], literal))
+            arg = b.get("arg") or {}
+            while "TypeCast" in arg:
+                arg = arg["TypeCast"].get("arg") or {}
+            w.out.reg_literals.append((names[-1], literal, arg.get("A_Const", {}).get("location", -1)))
     w.fields(b, scope)
 
 
@@ -350,6 +356,7 @@ def _h_aexpr(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("name"))
     if len(names) > 1:
         w.out.operators.append(names)
+        w.out.operator_locations.append(b.get("location", -1))
     w.fields(b, scope, skip=("name",))
 
 

@@ -128,7 +128,8 @@ class Attack:
     sql: Steps | dict[str, Steps]  # per-strategy variants keyed by strategy letters ("SN", "C", ...)
     where: str = "SNCD"
     expect: str | dict[str, str] = "any"  # deny | same | ok | empty | any (per strategy letters if a dict)
-    by: str | None = None  # "proxy": the denial must come from pgtenant itself, not from PostgreSQL
+    by: str | None = None  # "proxy": the denial must come from pgtenant itself, not from PostgreSQL; "missing": it
+    # must be PostgreSQL's answer for a schema that does not exist (the schema exists: PostgreSQL would refuse it)
     params: tuple[str | int | None, ...] | None = None
     check: Check | None = None
     runner: str = "sql"  # sql | startup | function_call | portal
@@ -289,19 +290,19 @@ FOREIGN_ORDER = ("INSERT INTO orders (id, tenant_id, customer_id, order_date, st
 
 ATTACKS: list[Attack] = [
     # --- qualified names, other schemas, other databases -------------------------------------------------------
-    Attack("qual_other_schema", "SELECT * FROM two_co.orders", C, "deny", by="proxy"),
-    Attack("qual_other_schema_quoted", 'SELECT * FROM "two_co"."customers"', C, "deny", by="proxy"),
-    Attack("qual_other_schema_case_folded", "SELECT * FROM TWO_CO.Customers", C, "deny", by="proxy"),
+    Attack("qual_other_schema", "SELECT * FROM two_co.orders", C, "deny", by="missing"),
+    Attack("qual_other_schema_quoted", 'SELECT * FROM "two_co"."customers"', C, "deny", by="missing"),
+    Attack("qual_other_schema_case_folded", "SELECT * FROM TWO_CO.Customers", C, "deny", by="missing"),
     Attack("qual_three_part_other_db", "SELECT * FROM <<otherdb>>.public.orders", "SND", "deny"),
     Attack("qual_three_part_other_schema", "SELECT * FROM bi_schema.two_co.orders", C, "deny"),
     Attack("qual_three_part_own_db", "SELECT count(*) FROM <<db>>.public.orders", "SND", "any"),
-    Attack("qual_public_legacy_table", "SELECT * FROM public.legacy_orders", C, "deny", by="proxy"),
+    Attack("qual_public_legacy_table", "SELECT * FROM public.legacy_orders", C, "deny", by="missing"),
     Attack("qual_join_other_schema", "SELECT o.id FROM orders o JOIN two_co.customers c ON c.id = o.customer_id",
-           C, "deny", by="proxy"),
+           C, "deny", by="missing"),
     Attack("qual_scalar_subquery_other_schema", "SELECT (SELECT count(*) FROM ghost_co.orders)", C, "deny",
-           by="proxy"),
-    Attack("qual_regclass_literal", "SELECT 'two_co.orders'::regclass::oid", C, "deny", by="proxy"),
-    Attack("qual_to_regclass", "SELECT to_regclass('two_co.customers')", C, "deny", by="proxy"),
+           by="missing"),
+    Attack("qual_regclass_literal", "SELECT 'two_co.orders'::regclass::oid", C, "deny", by="missing"),
+    Attack("qual_to_regclass", "SELECT to_regclass('two_co.customers')", C, "deny", by="missing"),
     Attack("qual_schema_qualified_own", "SELECT count(*) FROM public.orders", SN, "same"),
     Attack("qual_foreign_tenant_literal", "SELECT * FROM orders WHERE tenant_id = 'bigco'", SN, "empty"),
     Attack("qual_foreign_tenant_param", "SELECT * FROM orders WHERE tenant_id = %s", SN, "empty",
@@ -311,27 +312,27 @@ ATTACKS: list[Attack] = [
     Attack("qual_foreign_id_range", "SELECT * FROM orders WHERE id NOT BETWEEN <<lo>> AND <<hi>>", ALL, "empty"),
     Attack("qual_foreign_customer_param", "SELECT count(*) FROM orders WHERE customer_id = ANY(%s::int[])", ALL,
            "same", params=("{200001,200002,600001,900001,100001,500001,800001}",)),
-    Attack("qual_type_other_schema", "SELECT NULL::two_co.orders", C, "deny", by="proxy"),
-    Attack("qual_operator_other_schema", "SELECT 1 OPERATOR(two_co.+) 1", C, "deny", by="proxy"),
+    Attack("qual_type_other_schema", "SELECT NULL::two_co.orders", C, "deny", by="missing"),
+    Attack("qual_operator_other_schema", "SELECT 1 OPERATOR(two_co.+) 1", C, "deny", by="missing"),
     Attack("qual_collation_other_schema", 'SELECT name FROM customers ORDER BY name COLLATE two_co."C"', C, "deny",
-           by="proxy"),
-    Attack("qual_function_other_schema", "SELECT two_co.now()", C, "deny", by="proxy"),
-    Attack("qual_regnamespace_literal", "SELECT 'two_co'::regnamespace::oid", C, "deny", by="proxy"),
+           by="missing"),
+    Attack("qual_function_other_schema", "SELECT two_co.now()", C, "deny", by="proxy"),  # as for no_co.now()
+    Attack("qual_regnamespace_literal", "SELECT 'two_co'::regnamespace::oid", C, "deny", by="missing"),
     Attack("qual_has_table_privilege", "SELECT has_table_privilege('two_co.orders', 'SELECT')", C, "deny",
-           by="proxy"),
+           by="missing"),
     # An OID or a name given as a value (parameter, number, expression, column) is checked while the statement runs:
     # another tenant's object gives NULL, exactly like one that does not exist.
     # (Through the simple protocol the value arrives as a string literal and is checked when decided: refused.)
-    Attack("qual_regclass_param", "SELECT %s::regclass::oid", C, BY_VALUE, by="proxy", params=("two_co.orders",),
+    Attack("qual_regclass_param", "SELECT %s::regclass::oid", C, BY_VALUE, by="missing", params=("two_co.orders",),
            check=all_null),
-    Attack("qual_regclass_param_missing", "SELECT %s::regclass::oid", C, BY_VALUE, by="proxy",
+    Attack("qual_regclass_param_missing", "SELECT %s::regclass::oid", C, BY_VALUE, by="missing",
            params=("no_co.orders",), check=all_null),
     Attack("qual_regnamespace_param", "SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace", C,
-           BY_VALUE, by="proxy", params=("two_co",), check=first_cell_is("0")),
+           BY_VALUE, by="missing", params=("two_co",), check=first_cell_is("0")),
     Attack("qual_regclass_oid_number", "SELECT (SELECT min(oid) FROM pg_namespace)::int::regclass::text", C, "any"),
     Attack("qual_regclass_oid_string", "SELECT '16384'::regclass::text", C, "any"),
     Attack("qual_regclass_expression", "SELECT ('two' || '_co.orders')::regclass::oid", C, "ok", check=all_null),
-    Attack("qual_relation_size_param", "SELECT pg_total_relation_size(%s)", C, BY_VALUE, by="proxy",
+    Attack("qual_relation_size_param", "SELECT pg_total_relation_size(%s)", C, BY_VALUE, by="missing",
            params=("two_co.orders",), check=all_null),
     Attack("qual_regnamespace_from_column", "SELECT n::regnamespace::oid FROM (VALUES ('two_co')) v(n)", C, "ok",
            check=all_null),
@@ -373,15 +374,68 @@ ATTACKS: list[Attack] = [
            "generate_series(16384, 40000) g", ALL, "any"),
     Attack("oid_pg_description_rows", "SELECT string_agg(description, ';') FROM pg_description", ALL, "any"),
     Attack("oid_to_regtype_param", "SELECT typname FROM pg_type WHERE oid = to_regtype(%s)", C,
-           {"C:simple": "deny", "C:extended": "empty"}, by="proxy", params=("two_co.cat_mood",)),
+           {"C:simple": "deny", "C:extended": "empty"}, by="missing", params=("two_co.cat_mood",)),
     Attack("oid_to_regtype_param_own", "SELECT typname FROM pg_type WHERE oid = to_regtype(%s)", C, "ok",
            params=("one_co.cat_mood",), check=first_cell_is("cat_mood")),
     Attack("oid_to_regclass_column", "SELECT to_regclass(n) FROM (VALUES ('two_co.orders')) v(n)", C, "ok",
            check=all_null),
-    Attack("oid_has_table_privilege_param", "SELECT has_table_privilege(%s, 'SELECT')", C, BY_VALUE, by="proxy",
+    Attack("oid_has_table_privilege_param", "SELECT has_table_privilege(%s, 'SELECT')", C, BY_VALUE, by="missing",
            params=("two_co.orders",), check=all_null),
     Attack("oid_relation_size_scan", "SELECT string_agg(g || ':' || pg_relation_size(g::regclass), ',') FROM "
            "generate_series(16384, 20000) g", ALL, "any"),
+    # --- OIDs made object identifiers by PostgreSQL's type resolution, without a written conversion (implicit.py) ----
+    Attack("implicit_case_scan", "SELECT string_agg(x::text, ',') FROM (SELECT CASE WHEN g > 0 THEN g ELSE "
+           "NULL::regclass END AS x FROM generate_series(16384, 40000) g) s", ALL, "any"),
+    Attack("implicit_case_regtype_scan", "SELECT string_agg((CASE WHEN false THEN 'int4'::regtype ELSE g END)::text,"
+           " ',') FROM generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_coalesce_scan", "SELECT string_agg(COALESCE(NULL::regclass, g)::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_greatest_scan", "SELECT string_agg(GREATEST('pg_class'::regclass, g)::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_least_nullif_scan", "SELECT string_agg(LEAST(g, NULL::regtype)::text || NULLIF(g, "
+           "'int4'::regtype)::text, ',') FROM generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_union_scan", "SELECT string_agg(x::text, ',') FROM (SELECT NULL::regclass AS x UNION ALL "
+           "SELECT g FROM generate_series(16384, 40000) g) s", ALL, "any"),
+    Attack("implicit_values_literals", "SELECT string_agg(v::text, ',') FROM (VALUES (NULL::regnamespace), "
+           "('16384'), ('16390'), ('16400'), ('16450'), ('16500'), ('17000')) t(v)", ALL, "any"),
+    Attack("implicit_values_scan", "SELECT string_agg(v::text, ',') FROM generate_series(16384, 40000) g, "
+           "LATERAL (VALUES (NULL::regclass), (g)) t(v)", ALL, "any"),
+    Attack("implicit_array_scan", "SELECT string_agg(array_to_string(ARRAY[NULL::regclass, g], ','), ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_array_append_scan", "SELECT string_agg(array_append(ARRAY['pg_class'::regclass], g)::text, "
+           "',') FROM generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_subquery_column_scan", "SELECT string_agg(COALESCE(s.r, g)::text, ',') FROM (SELECT "
+           "NULL::regtype AS r) s, generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_nested_union_max", "SELECT string_agg(x::text, ',') FROM (SELECT 'pg_class'::regclass AS x "
+           "UNION SELECT g FROM generate_series(16384, 40000) g UNION SELECT 1259) s", ALL, "any"),
+    Attack("implicit_catalog_column", "SELECT string_agg(COALESCE(NULLIF(t.typinput, t.typinput), g)::text, ',') "
+           "FROM (SELECT typinput FROM pg_type LIMIT 1) t, generate_series(16384, 40000) g", ALL, "any"),
+    # a name beside an object-identifier value is read by its input function: a hidden schema's answer is a
+    # missing one's (NULL through the guard, or refused when decided in the schema strategy)
+    Attack("implicit_array_position_name", "SELECT array_position(ARRAY['pg_class'::regclass], 'two_co.orders')", C,
+           "deny", by="missing"),
+    Attack("implicit_coalesce_name", "SELECT COALESCE(NULL::regclass, 'two_co.orders')", C, "deny", by="missing"),
+    Attack("implicit_coalesce_param", "SELECT COALESCE(NULL::regclass, %s)", C, BY_VALUE, by="missing",
+           params=("two_co.orders",), check=all_null),
+    # a new table or view: no column of an object-identifier type (writes into it would convert without a guard)
+    Attack("implicit_ctas_regclass", "CREATE TEMP TABLE bi_oids AS SELECT 'pg_class'::regclass AS r", ALL, "deny",
+           by="proxy"),
+    Attack("implicit_select_into_coalesce", "SELECT COALESCE(NULL::regclass, 1259) AS r INTO TEMP bi_oids", ALL,
+           "deny", by="proxy"),
+    Attack("implicit_ctas_catalog_star", "CREATE TEMP TABLE bi_types AS SELECT * FROM pg_type", ALL, "deny",
+           by="proxy"),
+    Attack("implicit_temp_view_regproc", "CREATE TEMP VIEW bi_procs AS SELECT typinput FROM pg_type", ALL, "deny",
+           by="proxy"),
+    Attack("implicit_function_column_scan", "SELECT string_agg(COALESCE(f, g)::text, ',') FROM pg_typeof(1) f, "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_row_field_scan", "SELECT string_agg(COALESCE((s).r, g)::text, ',') FROM (SELECT NULL::regtype "
+           "AS r) s, generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_union_star", "SELECT * FROM (SELECT NULL::regclass) s UNION ALL SELECT g FROM "
+           "generate_series(16384, 40000) g", ALL, "deny", by="proxy"),
+    Attack("implicit_array_literal_cast", "SELECT string_agg(('{' || g || '}')::text::regclass[]::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("implicit_array_literal_oids", "SELECT '{16384,16385,16386,16387,16388,16389,16390}'::regclass[]::text",
+           ALL, "any"),
     # --- role names: through every catalog and function --------------------------------------------------------------
     Attack("role_pg_roles", "SELECT rolname FROM pg_roles", ALL, "any"),
     Attack("role_pg_user", "SELECT usename FROM pg_user", ALL, "any"),
@@ -662,9 +716,9 @@ ATTACKS: list[Attack] = [
     Attack("startup_replication", "", ALL, "deny", runner="startup", startup={"replication": "database"}),
     Attack("startup_other_tenant_database", "", ALL, "deny", runner="startup", startup={"database": "<<otherdb>>"}),
     # --- names hidden by comments, quoting and escapes -------------------------------------------------------------
-    Attack("hide_comment_in_qualified_name", "SELECT * FROM two_co/**/.orders", C, "deny", by="proxy"),
-    Attack("hide_whitespace_in_qualified_name", 'SELECT * FROM "two_co" . "orders"', C, "deny", by="proxy"),
-    Attack("hide_unicode_escaped_schema", 'SELECT * FROM U&"\\0074wo_co".orders', C, "deny", by="proxy"),
+    Attack("hide_comment_in_qualified_name", "SELECT * FROM two_co/**/.orders", C, "deny", by="missing"),
+    Attack("hide_whitespace_in_qualified_name", 'SELECT * FROM "two_co" . "orders"', C, "deny", by="missing"),
+    Attack("hide_unicode_escaped_schema", 'SELECT * FROM U&"\\0074wo_co".orders', C, "deny", by="missing"),
     Attack("hide_unicode_escaped_table", 'SELECT count(*) FROM U&"\\006Frders"', ALL, "same"),
     Attack("hide_line_comment_where", "SELECT * FROM orders -- WHERE tenant_id = 'acme'\nWHERE tenant_id <> 'acme'",
            SN, "empty"),
@@ -850,8 +904,10 @@ ATTACKS: list[Attack] = [
            check=nrows_is("orders")),
     Attack("rewrite_ctas_table_statement", ("CREATE TEMP TABLE bi_x5 AS TABLE orders", "SELECT count(*) FROM bi_x5"),
            ALL, "same"),
+    # CREATE TABLE AS EXECUTE: the prepared statement's column types are not known to the proxy (a Parse message can
+    # name one too), so one of a reg* type could not be kept out of the new table: refused (implicit.py)
     Attack("rewrite_ctas_execute", ("PREPARE bi_q6 AS SELECT * FROM orders", "CREATE TEMP TABLE bi_x6 AS EXECUTE bi_q6",
-                                    "SELECT count(*) FROM bi_x6"), ALL, "same"),
+                                    "SELECT count(*) FROM bi_x6"), ALL, "deny", by="proxy"),
     Attack("rewrite_explain_execute", ("PREPARE bi_q7 AS SELECT * FROM orders", "EXPLAIN EXECUTE bi_q7"), ALL, "ok"),
     # --- prepared statements, portals, cursors --------------------------------------------------------------------
     Attack("sql_prepare_execute", ("PREPARE bi_q1 AS SELECT id, amount FROM orders", "EXECUTE bi_q1",
@@ -888,7 +944,7 @@ ATTACKS: list[Attack] = [
     Attack("copy_partition_to_stdout", "COPY events_2025 TO STDOUT", SN, "same"),
     Attack("copy_view_to_stdout", "COPY (SELECT * FROM customer_revenue) TO STDOUT", SN, "ok",
            check=copy_lines_is("customers")),
-    Attack("copy_other_schema", "COPY two_co.customers TO STDOUT", C, "deny", by="proxy"),
+    Attack("copy_other_schema", "COPY two_co.customers TO STDOUT", C, "deny", by="missing"),
     Attack("copy_to_server_file", "COPY orders TO '/tmp/pgtenant_bi_leak.txt'", ALL, "deny", by="proxy"),
     Attack("copy_to_program", "COPY orders TO PROGRAM 'cat > /dev/null'", ALL, "deny", by="proxy"),
     Attack("copy_from_program", "COPY orders FROM PROGRAM 'echo 1'", ALL, "deny", by="proxy", writes=True),
@@ -911,7 +967,7 @@ ATTACKS: list[Attack] = [
                                       "DROP TABLE events_2024"), SN, "ok", check=value_is("0")),
     Attack("temp_shadows_pg_database", "CREATE TEMP TABLE pg_database (datname name)", ALL, "deny", by="proxy"),
     Attack("temp_shadow_from_other_schema", "CREATE TEMP TABLE orders AS SELECT * FROM two_co.orders", C, "deny",
-           by="proxy"),
+           by="missing"),
     Attack("temp_shadow_then_read", ("CREATE TEMP TABLE orders AS SELECT * FROM orders",
                                      "SELECT count(*), sum(amount) FROM orders", "DROP TABLE orders"), ALL, "same"),
     Attack("temp_shadow_every_order", ("CREATE TEMP TABLE orders (id int, tenant_id text)",
@@ -947,7 +1003,7 @@ ATTACKS: list[Attack] = [
            by="proxy"),
     Attack("temp_foreign_key_to_tenant_table", "CREATE TEMP TABLE bi_fk (id int REFERENCES orders (id))", ALL,
            "deny", by="proxy"),
-    Attack("temp_like_other_schema", "CREATE TEMP TABLE bi_x (LIKE two_co.orders)", C, "deny", by="proxy"),
+    Attack("temp_like_other_schema", "CREATE TEMP TABLE bi_x (LIKE two_co.orders)", C, "deny", by="missing"),
     Attack("ddl_disable_rls", "ALTER TABLE orders DISABLE ROW LEVEL SECURITY", ALL, "deny", by="proxy"),
     Attack("ddl_drop_policy", "DROP POLICY pgtenant_isolation ON orders", ALL, "deny", by="proxy"),
     Attack("ddl_create_policy", "CREATE POLICY bi_open ON orders USING (true)", ALL, "deny", by="proxy"),
@@ -1001,7 +1057,7 @@ ATTACKS: list[Attack] = [
     Attack("explain_verbose", "EXPLAIN (VERBOSE, COSTS OFF) SELECT * FROM orders o JOIN customers c "
            "ON c.id = o.customer_id", ALL, "ok"),
     Attack("explain_json", "EXPLAIN (FORMAT JSON) SELECT count(*) FROM orders", ALL, "ok"),
-    Attack("explain_analyze_other_schema", "EXPLAIN ANALYZE SELECT * FROM two_co.orders", C, "deny", by="proxy"),
+    Attack("explain_analyze_other_schema", "EXPLAIN ANALYZE SELECT * FROM two_co.orders", C, "deny", by="missing"),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
     Attack("err_div_zero_foreign_rows", "SELECT 1/0 FROM orders WHERE tenant_id = 'bigco'", SN, "any"),
     Attack("err_cast_name_in_select", "SELECT name::int FROM customers", ALL, "deny"),
@@ -1019,7 +1075,7 @@ ATTACKS: list[Attack] = [
            "SELECT id FROM customers WHERE 1/(CASE WHEN tenant_id = 'bigco' THEN 0 ELSE 1 END) = 1", SN, "same"),
     Attack("err_division_in_join_qual", "SELECT count(*) FROM orders o JOIN customers c ON c.id = o.customer_id "
            "AND 1/(CASE WHEN c.tenant_id = 'bigco' THEN 0 ELSE 1 END) = 1", SN, "same"),
-    Attack("err_regclass_other_schema", "SELECT 'two_co.nonexistent'::regclass", C, "deny", by="proxy"),
+    Attack("err_regclass_other_schema", "SELECT 'two_co.nonexistent'::regclass", C, "deny", by="missing"),
     # --- writes (the attackers are writing roles; everything is rolled back) --------------------------------------
     Attack("w_insert_foreign_tenant", FOREIGN_ORDER.format(v="'bigco'"), SN, "deny", by="proxy", writes=True),
     Attack("w_insert_fills_own_tenant", {SN: NEW_CUSTOMER_SN, "CD": NEW_CUSTOMER_CD}, ALL, "ok", writes=True,
@@ -1089,18 +1145,18 @@ ATTACKS: list[Attack] = [
            "ok", writes=True, check=nrows_is("orders")),
     Attack("w_merge_from_other_schema", "MERGE INTO customers c USING two_co.customers s ON c.id = s.id "
            "WHEN NOT MATCHED THEN INSERT (id, name, email, segment, created_at, is_active) "
-           "VALUES (s.id, s.name, s.email, s.segment, s.created_at, s.is_active)", C, "deny", by="proxy",
+           "VALUES (s.id, s.name, s.email, s.segment, s.created_at, s.is_active)", C, "deny", by="missing",
            writes=True),
     Attack("w_insert_select_from_other_schema", "INSERT INTO customers SELECT * FROM two_co.customers", C, "deny",
-           by="proxy", writes=True),
+           by="missing", writes=True),
     Attack("w_copy_in_own_rows", "COPY customers (id, name, email, segment, created_at, is_active) FROM STDIN", ALL,
            "any", writes=True, copy_in=b"1990006\tnew\tnew@new.example\tConsumer\t2025-01-01\tt\n"),
     Attack("w_truncate", "TRUNCATE order_lines", SN, "deny", by="proxy", writes=True),
-    Attack("w_truncate_other_schema", "TRUNCATE two_co.order_lines", C, "deny", by="proxy", writes=True),
-    Attack("w_update_other_schema", "UPDATE two_co.orders SET amount = 0", C, "deny", by="proxy", writes=True),
+    Attack("w_truncate_other_schema", "TRUNCATE two_co.order_lines", C, "deny", by="missing", writes=True),
+    Attack("w_update_other_schema", "UPDATE two_co.orders SET amount = 0", C, "deny", by="missing", writes=True),
     Attack("w_insert_reference_schema", "INSERT INTO reference.countries VALUES ('XX', 'X', 'X')", C, "deny",
            by="proxy", writes=True),
-    Attack("w_delete_legacy_public", "DELETE FROM public.legacy_orders", C, "deny", by="proxy", writes=True),
+    Attack("w_delete_legacy_public", "DELETE FROM public.legacy_orders", C, "deny", by="missing", writes=True),
     Attack("w_lock_table", "LOCK TABLE orders IN ACCESS EXCLUSIVE MODE", ALL, "deny", by="proxy", writes=True),
     # --- what pg_dump sends (tests/integration/test_pg_dump.py dumps and restores) -----------------------------------
     Attack("dump_lock_access_share", ("LOCK TABLE orders, customers IN ACCESS SHARE MODE",
@@ -1481,6 +1537,9 @@ def test_attack(env: Env, attack: Attack, strategy: str, protocol: str) -> None:
         assert all(e.sqlstate and len(e.sqlstate) == 5 for e in errors)
         if attack.by == "proxy" and not (attack.multi and protocol == "extended"):
             assert any(e.denied_by_proxy for e in errors), f"denied by PostgreSQL, not by pgtenant: {_describe(errors)}"
+        if attack.by == "missing":  # PostgreSQL's answer for a missing schema (for an existing one it would refuse)
+            assert any(e.sqlstate in ("3F000", "42P01") and " does not exist" in e.message and "pgtenant" not in
+                       e.message for e in errors), f"not answered as a missing schema: {_describe(errors)}"
     elif expect in ("same", "ok", "empty"):
         assert not errors, f"unexpected error: {_describe(errors)}"
         if expect == "empty":
@@ -1669,3 +1728,70 @@ def test_attack_catalogue_size() -> None:
     assert len(ATTACKS) >= 80
     per_strategy = {s: sum(1 for a in ATTACKS if letter in a.where) for letter, s in STRATEGY_LETTERS.items()}
     assert all(n >= 50 for n in per_strategy.values()), per_strategy
+
+
+GAP_PG18_REGCLASS = ("PostgreSQL 18 answers a qualified regclass name in a missing schema with 42P01 relation "
+                     "\"s.t\" does not exist (15: 3F000 schema \"s\" does not exist); the proxy does not know the "
+                     "server's major version when it decides and answers as 15 does")
+# Another tenant's schema named in each way a name can be written (schema strategy: two_co exists, the tenant may not
+# use it; nix_co, of the same length, does not exist).
+HIDDEN_FORMS = {
+    "relation": "SELECT * FROM {s}.orders",
+    "join": "SELECT o.id FROM orders o JOIN {s}.customers c ON c.id = o.customer_id",
+    "subquery": "SELECT (SELECT count(*) FROM {s}.orders)",
+    "type": "SELECT NULL::{s}.orders",
+    "regclass": "SELECT '{s}.orders'::regclass",
+    "regnamespace": "SELECT '{s}'::regnamespace",
+    "operator": "SELECT 1 OPERATOR({s}.+) 1",
+    "coalesced_name": "SELECT COALESCE(NULL::regclass, '{s}.orders')",
+    "copy": "COPY {s}.orders TO STDOUT",
+}
+
+
+@pytest.mark.parametrize("form", sorted(HIDDEN_FORMS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: str,
+                                                request: pytest.FixtureRequest) -> None:
+    """Naming another tenant's schema gets exactly PostgreSQL's own answer for a schema that does not exist (the
+    SQLSTATE, the message, the position libpq prints as LINE/caret): the difference no longer tells that it exists."""
+    if form in ("regclass", "coalesced_name") and "pg18" in request.node.name:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=GAP_PG18_REGCLASS))
+    actor = ACTORS["schema"]
+    sql = HIDDEN_FORMS[form]
+    if form == "copy" and protocol == "extended":
+        pytest.skip("COPY is sent as a simple Query")
+    client, ref = env.client(actor), env.ref(actor)
+    try:
+        hidden = client.simple(sql.format(s="two_co")) if protocol == "simple" else client.extended(
+            sql.format(s="two_co"))
+        missing = ref.simple(sql.format(s="nix_co")) if protocol == "simple" else ref.extended(sql.format(s="nix_co"))
+    finally:
+        for c in (client, ref):
+            if c.in_transaction:
+                c.simple("ROLLBACK")
+    got = [(r.sqlstate, r.message.replace("two_co", "nix_co")) for r in hidden if r.kind == "error"]
+    expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
+    assert expected and got == expected, (got, expected)
+
+
+@pytest.mark.parametrize("strategy", ["shared", "schema"])
+def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) -> None:
+    """A Parse message may declare $1 regclass: its value ('16385') would be read by regclassin and printed as the
+    name of any relation, another tenant's too, without a conversion in the text for a guard. Refused; the session
+    goes on, and the same statement with the type unspecified and the conversion written is guarded."""
+    actor = ACTORS[strategy]
+    client = env.client(actor)
+    conn = client.pgconn
+    for types in ([2205], [0, 2211]):  # regclass; an array of regtype as the second parameter
+        conn.send_prepare(b"bi_reg_param", b"SELECT $1::text", param_types=types)
+        results = client._collect(None)
+        errors = [r for r in results if r.kind == "error"]
+        assert errors and errors[0].sqlstate == "42501" and "reg_parameter_type" in errors[0].message, results
+    conn.send_prepare(b"bi_reg_param_ok", b"SELECT $1::regclass::text", param_types=[0])
+    assert not [r for r in client._collect(None) if r.kind == "error"]
+    conn.send_query_prepared(b"bi_reg_param_ok", [b"pg_class"])
+    assert _last_rows(client._collect(None)).rows == [("pg_class",)]
+    post = client.simple(actor.post_sql)
+    assert post[0].rows == [actor.expected_context()]
+    client.simple("DEALLOCATE ALL")
+

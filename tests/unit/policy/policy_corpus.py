@@ -172,6 +172,8 @@ POLICIES: dict[str, TenantPolicy] = {
     "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"})),
     "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"})),
 }
+# A database tenant with another tenant's schema in its database (a deny-list).
+DATABASE_HIDING = dataclasses.replace(POLICIES["database"], hidden_schemas=frozenset({"tenant_globex"}))
 
 
 @dataclass(frozen=True)

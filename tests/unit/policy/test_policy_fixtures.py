@@ -15,8 +15,11 @@ def test_fixture_case(fixture_case: Case) -> None:
     if fixture_case.expect == "deny":
         assert isinstance(decision, Deny), decision
         assert (decision.sqlstate, decision.rule) == (fixture_case.sqlstate, fixture_case.rule), decision
-        assert f"(rule {decision.rule})" in decision.message
-        assert decision.hint
+        if decision.sqlstate in ("3F000", "42P01"):  # a hidden schema: answered in PostgreSQL's own words
+            assert decision.message.endswith(" does not exist") and not decision.hint, decision
+        else:
+            assert f"(rule {decision.rule})" in decision.message
+            assert decision.hint
     elif fixture_case.expect == "allow":
         assert isinstance(decision, Allow), decision
         assert sorted(decision.effects) == sorted(fixture_case.effects)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from policy_corpus import POLICIES
+from policy_corpus import DATABASE_HIDING, POLICIES
 
 from proxy.policy import Allow, Deny, Rewrite, decide, engine, guards
 from proxy.policy import guarding as guarding_module
@@ -14,8 +14,6 @@ from proxy.policy.sqltext import Edit
 from proxy.policy.tree import parse_json
 
 SHARED, SCHEMA, DATABASE = POLICIES["shared"], POLICIES["schema"], POLICIES["database"]
-# A database tenant with another tenant's schema in its database (a deny-list).
-DATABASE_HIDING = dataclasses.replace(DATABASE, hidden_schemas=frozenset({"tenant_globex"}))
 
 CONVERSIONS = [
     "SELECT attrelid::regclass FROM pg_attribute",
