@@ -14,7 +14,7 @@ from proxy.logs import get_logger
 from proxy.metrics import TenantStats
 
 if TYPE_CHECKING:
-    from proxy.driver import Proxy
+    from proxy.io.listener import Proxy
 
 log = get_logger("pgtenant.ops")
 
