@@ -169,6 +169,21 @@ class SessionInfo:
     startup_parameters: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A session as plain data, for the I/O layer's reload and the admin console (never a live reference)."""
+
+    session_id: str
+    user: str | None
+    tenant: str | None
+    application_name: str | None
+    client_address: str
+    tls: bool
+    state: str
+    tx_status: str
+    admin: bool
+
+
 class ClientSession:
     """One client connection's protocol state. Feed it bytes and events; it returns actions."""
 
@@ -277,6 +292,20 @@ class ClientSession:
             m.PARSE: self._gate_parse,
             m.FUNCTION_CALL: self._gate_function_call,
         }
+
+    def row(self) -> SessionRow:
+        """What the session is now, as plain data."""
+        info = self.info
+        return SessionRow(info.session_id, info.user, info.tenant, info.application_name, info.client_address,
+                          info.tls, self.state.value, info.tx_status.decode(), self.is_admin)
+
+    def reconfigure(self, config: Config) -> None:
+        """Event: a reload installed `config`; the session decides under it from now on."""
+        self.config = config
+
+    def revoke(self, error: PgError) -> None:
+        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement."""
+        self.revoked = error
 
     # --- state machine plumbing ------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from proxy.actions import (
 )
 from proxy.audit import AuditLog
 from proxy.cancel import CancelTarget
+from proxy.config import Config
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
 from proxy.io.backend import WRITE_HIGH_WATER, WRITE_LOW_WATER, ServerLink
@@ -38,7 +39,7 @@ from proxy.policy.cache import Pending
 from proxy.policy.model import Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
-from proxy.session import ClientSession, State
+from proxy.session import ClientSession, SessionRow, State
 from proxy.tenancy import parsing_violation
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused = False
         self._backpressure = False  # the server link's write buffer is full
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
+        self.session_id = ""  # set with the session (connection_made)
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -78,7 +80,7 @@ class ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, tuple) else str(peer or "local")
-        sid = os.urandom(6).hex()
+        sid = self.session_id = os.urandom(6).hex()
         cfg = self.proxy.config
         self.session = ClientSession(
             cfg,
@@ -110,6 +112,20 @@ class ClientConnection(asyncio.Protocol):
         silent = min(cfg.limits.first_message_timeout, cfg.limits.startup_timeout)
         self._timer = asyncio.get_running_loop().call_later(silent, self._on_timeout)
         self.prelog("info", "connection_accepted")
+
+    def row(self) -> SessionRow | None:
+        """The session as plain data (None before it exists)."""
+        return self.session.row() if self.session is not None else None
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload installed `config`: the session hears of it."""
+        if self.session is not None:
+            self.session.reconfigure(config)
+
+    def revoke(self, error: PgError) -> None:
+        """A reload revoked this session's user: the session ends with `error` at its next statement."""
+        if self.session is not None:
+            self.session.revoke(error)
 
     def data_received(self, data: bytes) -> None:
         self._bytes_in += len(data)

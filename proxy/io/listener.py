@@ -29,8 +29,9 @@ from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.engine import Limits
 from proxy.policy.model import TenantPolicy
 from proxy.protocol import messages as m
-from proxy.session import ClientSession
-from proxy.tenancy import backend_context, other_tenants_schemas, tenant_policy
+from proxy.registry import SessionRef, TenantRegistry
+from proxy.session import ClientSession, SessionRow
+from proxy.tenancy import backend_context
 from proxy.workers import DecisionWorkers
 
 log = get_logger("pgtenant.driver")
@@ -40,7 +41,8 @@ class Proxy:
     """The listener and everything shared between sessions."""
 
     def __init__(self, config: Config) -> None:
-        self.config = config = with_mock_secret(config)
+        config = with_mock_secret(config)
+        self.registry = TenantRegistry(config, dbcheck.discover, dbcheck.preflight)
         self.client_ssl = client_ssl_context(config)
         self.channel_binding = own_channel_binding(config)
         lim = config.limits
@@ -55,7 +57,6 @@ class Proxy:
         self.finished_since_trim = 0  # sessions ended since the allocator was last trimmed (_trim_memory)
         self.pool = Pool(self)
         self.server: asyncio.AbstractServer | None = None
-        self.policies: dict[str, TenantPolicy] = {}
         limits = config.limits
         self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
         self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
@@ -79,6 +80,16 @@ class Proxy:
         self._idle = asyncio.Event()
         self._idle.set()
         self.stopping = False
+
+    @property
+    def config(self) -> Config:
+        """The config in force (the registry's: a reload replaces it)."""
+        return self.registry.config
+
+    @property
+    def policies(self) -> dict[str, TenantPolicy]:
+        """Every prepared tenant's current policy (the registry's: a reload replaces the dict)."""
+        return self.registry.policies
 
     def decider(self, tenant: str) -> Gate:
         """The policy gate of one tenant's sessions (one per tenant, shared by its sessions): the shared decision
@@ -135,60 +146,22 @@ class Proxy:
                 + " (fix it, e.g. with `pgtenant provision`, or set preflight.enforce = false)"
             )
 
-    def build_tenant(self, config: Config, name: str) -> tuple[TenantPolicy | None, list[str]]:
-        """Blocking: discover, check and build one tenant's policy under `config`; (policy, problems)."""
-        tenant = config.tenants[name]
-        scoped = dbcheck.discover(config, tenant) if tenant.strategy == "shared" else {}
-        if tenant.strategy == "shared":
-            log.info("tenant_tables", tenant=name, tables=sorted(f"{s}.{t}" for s, t in scoped))
-        report = dbcheck.preflight(config, tenant, scoped)
-        for w in report.warnings:
-            log.warning("preflight_warning", tenant=name, problem=w)
-        for e in report.errors:
-            log.error("preflight_failed", tenant=name, problem=e)
-        if report.errors and config.preflight.enforce:
-            return None, report.errors
-        if tenant.strategy == "shared" and not report.rls_complete:
-            log.warning("rewrite_fenced", tenant=name,
-                        reason="row-level security does not cover every scoped table; filters become fences")
-        try:
-            return tenant_policy(
-                tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
-                hidden_schemas=other_tenants_schemas(config, tenant), catalog_columns=report.catalog_columns,
-            ), []
-        except ValueError as exc:
-            return None, [f"tenants.{name}: {exc}"]
-
     def prepare_tenant(self, name: str) -> list[str]:
         """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""
-        policy, problems = self.build_tenant(self.config, name)
-        if policy is not None:
-            self.policies[name] = policy
-        self.metrics.preflight_ok.labels(self.metrics.tenant(name)).set(1 if policy is not None else 0)
+        problems = self.registry.prepare_tenant(name)
+        ready = self.registry.policy(name) is not None
+        self.metrics.preflight_ok.labels(self.metrics.tenant(name)).set(1 if ready else 0)
         return problems
 
     def prepare_config(self, new: Config) -> tuple[dict[str, TenantPolicy], list[str]]:
         """Blocking: build every tenant's policy under a new config (for reload); tenants whose backend
         is down are left to be prepared later."""
-        policies: dict[str, TenantPolicy] = {}
-        problems: list[str] = []
-        for name in new.tenants:
-            try:
-                policy, found = self.build_tenant(new, name)
-            except BackendCheckError as exc:
-                log.warning("tenant_pending", tenant=name, reason=str(exc))
-                continue
-            problems += found
-            if policy is not None:
-                policies[name] = policy
-        return policies, problems
+        return self.registry.prepare_config(new, BackendCheckError)
 
     def install_config(self, new: Config, policies: dict[str, TenantPolicy]) -> None:
         """On the event loop: switch to a new config; sessions of removed or moved users end at their
         next statement, everyone else keeps going under the new policy."""
-        old = self.config
-        self.config = new = with_mock_secret(new, old)
-        self.policies = policies
+        new = with_mock_secret(new, self.config)
         limits = new.limits
         self.decisions.clear()
         self.decisions.maxsize, self.decisions.max_bytes = limits.decision_cache_entries, limits.decision_cache_bytes
@@ -207,24 +180,19 @@ class Proxy:
         self.prelogin.per_address = lim.max_prelogin_connections_per_address
         self.prelogin.total = lim.max_prelogin_connections
         self.metrics.tenant.preload(sorted(new.tenants))
-        for client in list(self.clients):
-            s = client.session
-            if s is None or s.info.user is None:
-                continue
-            if s.is_admin:
-                if s.info.user not in new.admin.users:
-                    s.revoked = errors.user_removed(s.info.user)
-                continue
-            before = old.users.get(s.info.user)
-            after = new.users.get(s.info.user)
-            # A removed user, a user moved to another tenant, or a tenant whose placement or rules
-            # changed: the session ends at its next statement (its backend connection is the old one).
-            if after is None or before is None or after.tenant != before.tenant or (
-                new.tenants[after.tenant] != old.tenants.get(after.tenant)
-                or new.backend_for(new.tenants[after.tenant]) != old.backend_for(old.tenants[after.tenant])
-            ):
-                s.revoked = errors.user_removed(s.info.user)
-            s.config = new
+        by_id = {client.session_id: client for client in self.clients}
+        sessions = [SessionRef(row.session_id, row.user, row.admin)
+                    for row in self.session_rows() if row.user is not None]
+        revoked = self.registry.install(new, policies, sessions)
+        for ref in sessions:  # logged-in and logging-in users' sessions decide under the new config
+            if not ref.admin:
+                by_id[ref.session_id].reconfigure(new)
+        for revocation in revoked:  # each ends at its next statement
+            by_id[revocation.session_id].revoke(revocation.error)
+
+    def session_rows(self) -> list[SessionRow]:
+        """Every connection's session, as plain data (for reload and the admin console)."""
+        return [row for row in (client.row() for client in list(self.clients)) if row is not None]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
