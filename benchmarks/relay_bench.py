@@ -138,8 +138,7 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
         conn._timer.cancel()
         conn._timer = None
     session.state = State.READY
-    session.tenant = proxy.config.tenants[tenant]
-    session.info.tenant = tenant
+    conn.tenant = proxy.tenant(tenant)
     gate = proxy.decider(tenant)
     session.enable_policy(gate, gate.current)  # as ClientConnection does once the backend is ready
     link = ServerLink(conn, ServerConnection(proxy.config.backends["main"], tenant, {}))

@@ -6,7 +6,7 @@ import enum
 import re
 import secrets
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy import errors
@@ -18,11 +18,14 @@ from proxy.actions import (
     CloseServer,
     ConnectBackend,
     ForwardCancel,
+    Login,
+    LoginStarted,
     RelayToClient,
     RelayToServer,
     RunDecision,
     SendClient,
     StartClientTls,
+    StartRelay,
 )
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
@@ -37,7 +40,7 @@ from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, Messag
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
-from proxy.tenancy import parsing_violation
+from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
 
 _I32 = struct.Struct("!i")
@@ -199,6 +202,7 @@ class ClientSession:
         channel_binding: Callable[[], bytes | None] = lambda: None,
         on_decision: Callable[[str, str, Decision], None] | None = None,
         on_request_done: Callable[[Request], None] | None = None,
+        report_rewrites: bool = False,
     ) -> None:
         self.config = config
         self.state = State.STARTUP
@@ -230,7 +234,7 @@ class ClientSession:
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
         self.on_decision = on_decision
-        self.report_rewrites = False  # rewrites are only logged at debug level: not reported unless asked
+        self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = {
@@ -375,21 +379,44 @@ class ClientSession:
         self.info.tls = True
         return []
 
-    def server_ready(self, parameters: dict[str, str]) -> list[Action]:
+    def server_ready(self, parameters: dict[str, str], notices: Sequence[bytes] = ()) -> list[Action]:
+        """Event: the server connection finished its startup. The client gets the backend's notices, parameter
+        statuses, our cancel key and ReadyForQuery, and the session relays (StartRelay); a backend that would read
+        SQL differently from the policy engine ends the session instead (fail closed)."""
+        for name, value in parameters.items():
+            problem = parsing_violation(name, value)
+            if problem is not None:
+                return [CloseServer("parsing_mismatch"), *self.server_failed(errors.backend_settings_unsafe(problem),
+                                                                             "parsing_mismatch")]
         try:
             self._transition(Event.SERVER_READY)
         except SessionError as exc:
             return self._fail(exc)
         out = bytearray()
+        for notice in notices:
+            out += notice
         for name, value in parameters.items():
             out += m.parameter_status(name, value)
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
-        return [SendClient(bytes(out))]
+        return [SendClient(bytes(out)), StartRelay()]
 
     def server_failed(self, error: PgError, reason: str) -> list[Action]:
+        """Event: the server connection could not be made; the client gets `error` (only while connecting)."""
+        if self.state is not State.CONNECTING:
+            return []
         self.state = State.CLOSED
         return [CloseClient(error, reason)]
+
+    def server_closed(self) -> list[Action]:
+        """Event: the server connection closed while relaying; after the backend's own FATAL its word is the last."""
+        if self.backend_fatal:
+            return [CloseClient(None, "server_fatal")]
+        return [CloseClient(errors.server_closed(), "server_closed")]
+
+    def report_requests(self, on_done: Callable[[Request], None]) -> None:
+        """Event: from now on every answered request goes to `on_done` (the relay's recorder)."""
+        self.tracker.on_done = on_done
 
     def timeout(self) -> list[Action]:
         """The startup/authentication deadline passed."""
@@ -472,6 +499,7 @@ class ClientSession:
             mock_iterations=config.iteration_profile,
         )
         actions.append(SendClient(m.authentication_sasl(self.scram.mechanisms())))
+        actions.append(LoginStarted())
         return actions
 
     # --- authentication ---------------------------------------------------------------------
@@ -526,7 +554,7 @@ class ClientSession:
                 "client_encoding", "UTF8"
             ) + m.parameter_status("standard_conforming_strings", "on")
             return [*actions, SendClient(status + m.backend_key_data(self.process_id, self.secret_key)
-                                         + m.ready_for_query(b"I")), AdminLogin()]
+                                         + m.ready_for_query(b"I")), AdminLogin(self._login())]
         found = self.config.user_tenant(user)
         if found is None:  # a reload removed the user during its login
             raise SessionError(errors.user_removed(user), "user_removed")
@@ -540,8 +568,23 @@ class ClientSession:
             raise SessionError(err, "startup_parameter")
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
-        actions.append(ConnectBackend())
+        actions.append(ConnectBackend(
+            self._login(), self.tenant.name, self.backend, self.tenant.database, self._server_parameters(),
+            (self.process_id, self.secret_key), self.end_user,
+        ))
         return actions
+
+    def _login(self) -> Login:
+        assert self.info.user is not None
+        return Login(self.info.user, self.info.application_name, self.info.tls)
+
+    def _server_parameters(self) -> dict[str, str]:
+        """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
+        assert self.tenant is not None
+        params = {**self.backend_parameters, **backend_context(self.tenant)}
+        if not any(k.lower() == "client_encoding" for k in params):
+            params["client_encoding"] = "UTF8"  # never the server's default: it could be a client-only encoding
+        return params
 
     def _settle_auth(self) -> None:
         """An admitted login failed: it counts in the failed-login budgets (once)."""

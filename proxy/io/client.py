@@ -20,12 +20,15 @@ from proxy.actions import (
     CloseServer,
     ConnectBackend,
     ForwardCancel,
+    Login,
+    LoginStarted,
     RelayToClient,
     RelayToServer,
     RunDecision,
     SendClient,
     ServerReady,
     StartClientTls,
+    StartRelay,
 )
 from proxy.audit import AuditLog
 from proxy.cancel import CancelTarget
@@ -38,15 +41,14 @@ from proxy.ops import AdminView
 from proxy.policy.cache import Pending
 from proxy.policy.model import Decision, Deny, Rewrite
 from proxy.protocol import messages as m
+from proxy.registry import Tenant
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
-from proxy.session import ClientSession, SessionRow, State
-from proxy.tenancy import parsing_violation
+from proxy.session import ClientSession, SessionRow
 
 if TYPE_CHECKING:
     from proxy.io.listener import Proxy
 
 log = get_logger("pgtenant.driver")
-SCRAM_STATES = (State.SASL_INITIAL, State.SASL_CONTINUE)  # a login in its SCRAM exchange
 
 
 class ClientConnection(asyncio.Protocol):
@@ -71,6 +73,12 @@ class ClientConnection(asyncio.Protocol):
         self._backpressure = False  # the server link's write buffer is full
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
         self.session_id = ""  # set with the session (connection_made)
+        self.address = ""
+        self.login: Login | None = None  # who logged in (AdminLogin / ConnectBackend)
+        self.admin = False
+        self.tenant: Tenant | None = None  # the tenant identity (ConnectBackend)
+        self._connect: ConnectBackend | None = None  # where the session's server connection goes
+        self._ready: ServerReady | None = None  # the server connection's startup answer, until the session relays
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -91,9 +99,10 @@ class ClientConnection(asyncio.Protocol):
             tls_available=self.proxy.client_ssl is not None,
             channel_binding=lambda: self.proxy.channel_binding,
             on_decision=self._on_decision,
+            report_rewrites=log.is_enabled_for(logging.DEBUG),
         )
+        self.address = address
         self.log = log.bind(session_id=sid, client_addr=address)
-        self.session.report_rewrites = self.log.is_enabled_for(logging.DEBUG)
         self.proxy.clients.add(self)
         self.proxy.metrics.clients.labels("_none", "authenticating").inc()
         self._gauge: tuple[str, str] | None = ("_none", "authenticating")
@@ -137,9 +146,6 @@ class ClientConnection(asyncio.Protocol):
             self.run(session.client_data(data))
         except Exception:
             self.internal_error()
-            return
-        if session.state in SCRAM_STATES and not self.authenticated:
-            self.proxy.prelogin.exchanging(self)  # a real login under way: never closed to make room
 
     def eof_received(self) -> bool | None:
         return None
@@ -225,18 +231,19 @@ class ClientConnection(asyncio.Protocol):
 
     def start_relay(self, link: ServerLink) -> None:
         """The session relays from now on: both transports read into the compiled hot path (proxy.relay)."""
-        session, proxy = self.session, self.proxy
+        session, proxy, tenant = self.session, self.proxy, self.tenant
         assert session is not None and self.transport is not None and link.transport is not None
-        tenant = session.info.tenant or "_none"
+        assert tenant is not None
         relay = self.relay = ClientRelay(
             self, session, self.transport, link.transport,
-            recorder=proxy.metrics.query_recorder(proxy.metrics.tenant(tenant)),
-            stats=proxy.ops.tenant_stats(tenant),
+            recorder=proxy.metrics.query_recorder(tenant.label),
+            stats=proxy.ops.tenant_stats(tenant.name),
             metrics_enabled=proxy.metrics_enabled,
             audit=proxy.audit,
             audit_prefix=self._audit_fields() if proxy.audit is not None else "",
+            end_user=self._connect.end_user if self._connect is not None else None,
         )
-        session.tracker.on_done = relay.request_done
+        session.report_requests(relay.request_done)
         self.transport.set_protocol(relay)
         link.transport.set_protocol(ServerRelay(link, relay))
 
@@ -245,19 +252,16 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             self.proxy.pool.release(link, reason="client_gone")
             return
-        for name, value in ready.parameters.items():
-            problem = parsing_violation(name, value)
-            if problem is not None:  # fail closed: the backend would read SQL differently from the engine
-                self.log.error("backend_parsing_mismatch", problem=problem)
-                self.proxy.pool.release(link, reason="parsing_mismatch")
-                self.link = None
-                self.run(self.session.server_failed(errors.backend_settings_unsafe(problem), "parsing_mismatch"))
-                return
-        self.proxy.cancels.register(
-            self.session.process_id,
-            self.session.secret_key,
-            CancelTarget(link.server.backend, ready.process_id, ready.secret_key),
-        )
+        self._ready = ready
+        self.run(self.session.server_ready(ready.parameters, ready.notices))
+
+    def _start_relay(self) -> None:
+        """The session is ready: its cancel key forwards to this backend, the startup deadline ends, it relays."""
+        link, ready, tenant, connect = self.link, self._ready, self.tenant, self._connect
+        assert link is not None and ready is not None and tenant is not None and connect is not None
+        self._ready = None
+        self.proxy.cancels.register(*connect.cancel_key, CancelTarget(link.server.backend, ready.process_id,
+                                                                      ready.secret_key))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -269,41 +273,34 @@ class ClientConnection(asyncio.Protocol):
             tls=link.server.tls,
             connect_ms=round(connect_s * 1000, 2),
         )
-        label = self.proxy.metrics.tenant(self.session.info.tenant)
+        label = tenant.label
         self.proxy.metrics.backend_connect_duration.labels(label).observe(connect_s)
         self.proxy.metrics.servers.labels(label, "active").inc()
         link.gauge_label = label
         self._set_gauge(label, "active")
-        for notice in ready.notices:
-            self.write(notice)
-        self.run(self.session.server_ready(ready.parameters))
-        if self.session.state is State.READY and not self.closed:
+        if not self.closed:
             self.start_relay(link)
 
     def server_failed(self, link: ServerLink, reason: str, refusal: PgError | None = None) -> None:
         """The backend connection failed; `refusal` is the backend's own ErrorResponse, if it sent one."""
-        assert self.session is not None
+        assert self.session is not None and self.tenant is not None
         backend = link.server.backend
         self.log.warning("backend_failed", backend=backend.describe(), reason=reason,
                          sqlstate=refusal.sqlstate if refusal else None)
         if refusal is not None:
-            metrics = self.proxy.metrics
-            metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), refusal.sqlstate[:2]).inc()
-        if self.session.state is State.CONNECTING:  # the client is told the backend's name, never its address
-            error = (errors.backend_refused(backend.name, refusal) if refusal is not None
-                     else errors.backend_unreachable(backend.name, "see the proxy log"))
-            self.run(self.session.server_failed(error, "backend"))
+            self.proxy.metrics.backend_errors.labels(self.tenant.label, refusal.sqlstate[:2]).inc()
+        # the session tells the client while it is connecting: the backend's name, never its address
+        error = (errors.backend_refused(backend.name, refusal) if refusal is not None
+                 else errors.backend_unreachable(backend.name, "see the proxy log"))
+        self.run(self.session.server_failed(error, "backend"))
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
         if self.link is not link or self.closed:
             return
         assert self.session is not None
-        if self.session.state is State.READY:  # after the backend's own FATAL, PostgreSQL's word is the last
-            if self.session.backend_fatal:
-                self.run([CloseClient(None, "server_fatal")])
-            else:
-                self.run([CloseClient(errors.server_closed(), "server_closed")])
-        elif self.session.state is State.CONNECTING:
+        if self.relay is not None:
+            self.run(self.session.server_closed())
+        else:
             self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
 
     # --- action execution ----------------------------------------------------------------
@@ -328,10 +325,15 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.pause_reading()
                 self._tls_pending = True
                 asyncio.get_running_loop().create_task(self._start_tls())
+            elif isinstance(action, StartRelay):
+                self._start_relay()
+            elif isinstance(action, LoginStarted):
+                if not self.authenticated:
+                    self.proxy.prelogin.exchanging(self)  # a real login under way: never closed to make room
             elif isinstance(action, AdminLogin):
-                self._admin_login()
+                self._admin_login(action.login)
             elif isinstance(action, ConnectBackend):
-                self._connect_backend()
+                self._connect_backend(action)
             elif isinstance(action, AdminQuery):
                 self._admin_query(action.sql)
             elif isinstance(action, RunDecision):
@@ -400,19 +402,18 @@ class ClientConnection(asyncio.Protocol):
         self._gauge = (tenant, state)
         gauge.labels(tenant, state).inc()
 
-    def _admin_login(self) -> None:
+    def _admin_login(self, login: Login) -> None:
         """An admin logged in to the console: no startup deadline any more; logged, counted and audited."""
-        session = self.session
-        assert session is not None
+        self.login, self.admin = login, True
         self._logged_in()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.log = self.log.bind(user=session.info.user, admin=True, application_name=session.info.application_name)
-        self.log.info("auth_ok", tls=session.info.tls)
+        self.log = self.log.bind(user=login.user, admin=True, application_name=login.application_name)
+        self.log.info("auth_ok", tls=login.tls)
         self.proxy.metrics.auth.labels("success", "ok").inc()
         if self.proxy.audit is not None:
-            self.proxy.audit.event("admin_login", self._audit_fields(), tls=session.info.tls)
+            self.proxy.audit.event("admin_login", self._audit_fields(), tls=login.tls)
 
     def _admin_query(self, sql: str) -> None:
         try:
@@ -430,46 +431,45 @@ class ClientConnection(asyncio.Protocol):
     def _on_decision(self, kind: str, sql: str, decision: Decision) -> None:
         if isinstance(decision, Deny):
             self.log.info("statement_denied", kind=kind, rule=decision.rule, sqlstate=decision.sqlstate)
-            tenant = self.session.info.tenant if self.session else None
-            self.proxy.metrics.denied.labels(self.proxy.metrics.tenant(tenant), decision.rule).inc()
+            label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
+            self.proxy.metrics.denied.labels(label, decision.rule).inc()
         elif isinstance(decision, Rewrite):
             self.log.debug("statement_rewritten", kind=kind, rules=list(decision.rules))
 
     def count_backend_error(self, sqlstate: str) -> None:
         """A request ended in a backend error: counted per tenant and SQLSTATE class."""
-        metrics = self.proxy.metrics
-        assert self.session is not None
-        metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), sqlstate[:2]).inc()
+        assert self.tenant is not None
+        self.proxy.metrics.backend_errors.labels(self.tenant.label, sqlstate[:2]).inc()
 
     def _audit_fields(self) -> str:
         """The session's own audit fields, encoded once for all its lines."""
-        info = self.session.info  # type: ignore[union-attr]
-        return AuditLog.fields(session_id=info.session_id, tenant=info.tenant, user=info.user,
-                               application_name=info.application_name, client_addr=info.client_address)
+        login = self.login
+        assert login is not None
+        return AuditLog.fields(session_id=self.session_id, tenant=self.tenant.name if self.tenant else None,
+                               user=login.user, application_name=login.application_name, client_addr=self.address)
 
-    def _connect_backend(self) -> None:
-        session = self.session
-        assert session is not None and session.backend is not None and session.tenant is not None
+    def _connect_backend(self, connect: ConnectBackend) -> None:
+        self._connect, self.login = connect, connect.login
+        self.tenant = tenant = self.proxy.tenant(connect.tenant)
         self.log = self.log.bind(
-            user=session.info.user, tenant=session.tenant.name, application_name=session.info.application_name
+            user=connect.login.user, tenant=tenant.name, application_name=connect.login.application_name
         )
         self._logged_in()
-        self.log.info("auth_ok", tls=session.info.tls)
+        self.log.info("auth_ok", tls=connect.login.tls)
         self.proxy.metrics.auth.labels("success", "ok").inc()
-        self._set_gauge(self.proxy.metrics.tenant(session.tenant.name), "connecting")
-        asyncio.get_running_loop().create_task(self._attach_policy_and_connect())
+        self._set_gauge(tenant.label, "connecting")
+        asyncio.get_running_loop().create_task(self._attach_policy_and_connect(connect))
 
-    async def _attach_policy_and_connect(self) -> None:
+    async def _attach_policy_and_connect(self, connect: ConnectBackend) -> None:
         session = self.session
-        assert session is not None and session.backend is not None and session.tenant is not None
-        name = session.tenant.name
+        assert session is not None
+        name, backend = connect.tenant, connect.backend
         if name not in self.proxy.policies:  # its backend was down at startup: prepare it now
             try:
                 problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
             except BackendCheckError as exc:
-                self.log.warning("backend_failed", backend=session.backend.describe(), reason=str(exc))
-                self.run(session.server_failed(errors.backend_unreachable(session.backend.name, "its check failed"),
-                                                "backend"))
+                self.log.warning("backend_failed", backend=backend.describe(), reason=str(exc))
+                self.run(session.server_failed(errors.backend_unreachable(backend.name, "its check failed"), "backend"))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
                 self.run([CloseClient(errors.tenant_unavailable(name), "preflight_failed")])
@@ -479,20 +479,20 @@ class ClientConnection(asyncio.Protocol):
         gate = self.proxy.decider(name)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
-        await self._acquire()
+        await self._acquire(connect)
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, connect: ConnectBackend) -> None:
         session = self.session
-        assert session is not None and session.backend is not None and session.tenant is not None
+        assert session is not None
+        backend = connect.backend
         try:
-            link = await self.proxy.pool.acquire(self, session.backend, session.tenant.database,
-                                                 self.proxy.server_parameters(session))
+            link = await self.proxy.pool.acquire(self, backend, connect.database, connect.parameters)
         except (TimeoutError, OSError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
-            self.log.warning("backend_failed", backend=session.backend.describe(), reason=reason)
+            self.log.warning("backend_failed", backend=backend.describe(), reason=reason)
             shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
-            self.run(session.server_failed(errors.backend_unreachable(session.backend.name, shown), "backend"))
+            self.run(session.server_failed(errors.backend_unreachable(backend.name, shown), "backend"))
             return
         if self.closed:
             self.proxy.pool.release(link, reason="client_gone")
@@ -526,7 +526,7 @@ class ClientConnection(asyncio.Protocol):
         elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout",
                         "too_many_clients"):
             self.proxy.metrics.auth.labels("refused", reason).inc()
-        if self.session is not None and self.session.is_admin and reason == "client_terminate":
+        if self.admin and reason == "client_terminate":
             self.log.info("admin_logout")
         if error is not None:
             if not self._tls_pending:  # never plaintext into a TLS handshake: that connection is just cut
@@ -554,10 +554,9 @@ class ClientConnection(asyncio.Protocol):
             self._decision = None
 
     def flush_bytes(self) -> None:
-        session = self.session
-        if session is None or session.info.tenant is None or not self.proxy.metrics_enabled:
+        if self.tenant is None or not self.proxy.metrics_enabled:
             return
-        sent_c, received_c = self.proxy.metrics.traffic_children(self.proxy.metrics.tenant(session.info.tenant))
+        sent_c, received_c = self.proxy.metrics.traffic_children(self.tenant.label)
         sent_c.inc(self.bytes_out - self._bytes_reported[0])
         received_c.inc(self.bytes_in - self._bytes_reported[1])
         self._bytes_reported = (self.bytes_out, self.bytes_in)
@@ -574,8 +573,9 @@ class ClientConnection(asyncio.Protocol):
         if self in self.proxy.clients:
             self.proxy.clients.discard(self)
             if self.session is not None:
-                self.proxy.cancels.unregister(self.session.process_id)
-                if self.session.info.user is not None or reason not in ("cancel_request",):
+                if self._connect is not None:
+                    self.proxy.cancels.unregister(self._connect.cancel_key[0])
+                if reason != "cancel_request":  # (a CancelRequest comes before any user)
                     self.prelog(
                         "info",
                         "connection_closed",

@@ -24,14 +24,13 @@ from proxy.io.tls import backend_ssl_context, client_ssl_context, own_channel_bi
 from proxy.logs import LogLimiter, get_logger
 from proxy.metrics import DEFAULT_BUCKETS, Metrics
 from proxy.mocksecret import with_mock_secret
-from proxy.ops import Ops
+from proxy.ops import ClientRow, Ops, Running, ServerRow, Snapshot
 from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.engine import Limits
 from proxy.policy.model import TenantPolicy
 from proxy.protocol import messages as m
-from proxy.registry import SessionRef, TenantRegistry
-from proxy.session import ClientSession, SessionRow
-from proxy.tenancy import backend_context
+from proxy.registry import SessionRef, Tenant, TenantRegistry
+from proxy.session import SessionRow
 from proxy.workers import DecisionWorkers
 
 log = get_logger("pgtenant.driver")
@@ -61,6 +60,7 @@ class Proxy:
         self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
         self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
         self._deciders: dict[str, Gate] = {}
+        self._tenants: dict[str, Tenant] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
         )
@@ -74,7 +74,10 @@ class Proxy:
             on_restart=lambda reason: self.metrics.worker_restarts.labels(reason).inc(),
         )
         self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
-        self.ops = Ops(self)
+        self.ops = Ops(Running(
+            config=lambda: self.config, snapshot=self.snapshot, prepare_tenant=self.prepare_tenant,
+            apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
+        ))
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -105,13 +108,12 @@ class Proxy:
         return Gate(self.decisions, self, tenant, lambda stage, seconds: decision_time[stage].observe(seconds),
                     self.decision_limits)
 
-    def server_parameters(self, session: ClientSession) -> dict[str, str]:
-        """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
-        assert session.tenant is not None
-        params = {**session.backend_parameters, **backend_context(session.tenant)}
-        if not any(k.lower() == "client_encoding" for k in params):
-            params["client_encoding"] = "UTF8"  # never the server's default: it could be a client-only encoding
-        return params
+    def tenant(self, name: str) -> Tenant:
+        """A tenant's identity for its sessions, with its metrics label (computed once per tenant and config)."""
+        found = self._tenants.get(name)
+        if found is None:
+            found = self._tenants[name] = Tenant(name, self.config.tenants[name].strategy, self.metrics.tenant(name))
+        return found
 
     def apply_config(self, new: Config) -> list[str]:
         """Blocking half of a reload (discovery and preflight under the new config); the switch itself
@@ -169,6 +171,7 @@ class Proxy:
         for gate in self._deciders.values():  # sessions keep their gate: it decides under the new limits too
             gate.limits = self.decision_limits
         self._deciders.clear()
+        self._tenants.clear()
         self.workers.count, self.workers.timeout = limits.decision_workers, limits.decision_timeout
         self.client_ssl = client_ssl_context(new)
         self.channel_binding = own_channel_binding(new)
@@ -193,6 +196,30 @@ class Proxy:
     def session_rows(self) -> list[SessionRow]:
         """Every connection's session, as plain data (for reload and the admin console)."""
         return [row for row in (client.row() for client in list(self.clients)) if row is not None]
+
+    def snapshot(self) -> Snapshot:
+        """The running proxy as plain data (the admin console's and readiness' only view of it)."""
+        now = time.monotonic()
+        clients = []
+        for c in list(self.clients):
+            row = c.row()
+            if row is not None:
+                clients.append(ClientRow(row, now - c.started, c.bytes_in, c.bytes_out))
+        servers = [
+            ServerRow(link.server.backend.name, link.server.backend.user, link.server.database,
+                      link.server.process_id, link.client.session_id or None, link.server.tls,
+                      link.server.state.value, now - link.connected_at)
+            for link in list(self.pool.links)
+        ]
+        return Snapshot(self.server is not None and not self.stopping, self.registry.pending(), clients, servers)
+
+    def kill(self, session_id: str) -> bool:
+        """End one session (the console's KILL_CLIENT); False if there is none of that id."""
+        for c in list(self.clients):
+            if c.session_id == session_id and c.session is not None:
+                c.close(errors.admin_shutdown(), "killed_by_admin")
+                return True
+        return False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
