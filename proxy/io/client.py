@@ -352,8 +352,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _run_decision(self, pending: Pending) -> None:
         """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
-        metrics = self.proxy.metrics
-        metrics.offloaded.labels(metrics.tenant(pending.tenant)).inc()
+        self.proxy.metrics.offloaded.labels(pending.gate.tenant.label).inc()
         self._decision = self.proxy.workers.submit(
             pending, lambda decision, stages: self._decided(pending, decision, stages)
         )

@@ -105,8 +105,8 @@ class Proxy:
 
     def _new_decider(self, tenant: str) -> Gate:
         decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
-        return Gate(self.decisions, self, tenant, lambda stage, seconds: decision_time[stage].observe(seconds),
-                    self.decision_limits)
+        return Gate(self.decisions, self.registry.policy, self.tenant(tenant),
+                    lambda stage, seconds: decision_time[stage].observe(seconds), self.decision_limits)
 
     def tenant(self, name: str) -> Tenant:
         """A tenant's identity for its sessions, with its metrics label (computed once per tenant and config)."""

@@ -41,10 +41,8 @@ cdef class DecisionCache:
 
 cdef class Gate:
     cdef public DecisionCache cache
-    cdef public object observe, owner, policy, limits
-    cdef public str tenant
+    cdef public object observe, policies, policy, limits, tenant
     cdef public double allowance, stamp
-    @cython.locals(policies=dict)
     cpdef current(self)
     cpdef decide_for(self, policy, str sql)
 
