@@ -10,24 +10,16 @@ from proxy import errors
 from proxy.config import Config, TenantConfig
 from proxy.errors import PgError
 from proxy.logs import get_logger
-from proxy.policy.model import TenantPolicy
+from proxy.policy.model import Tenant, TenantPolicy
 from proxy.tenancy import other_tenants_schemas, tenant_policy
 
 log = get_logger("pgtenant.registry")
+__all__ = ["Revocation", "SessionRef", "Tenant", "TenantRegistry", "revocations"]
 
 # The blocking database checks a tenant is prepared with (proxy.dbcheck's discover and preflight): passed in, so
 # the registry itself never opens a connection.
 Discover = Callable[[Config, TenantConfig], dict[tuple[str, str], str]]
 Preflight = Callable[[Config, TenantConfig, dict[tuple[str, str], str]], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Tenant:
-    """A session's tenant identity, one value passed along: its name, strategy, and metrics label."""
-
-    name: str
-    strategy: str
-    label: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ cdef class ClientSession:
     cdef public MessageStream _auth_stream, frontend, backend_stream
     cdef public object decide, _policy_token, _parse_memo, on_decision
     cdef public RequestTracker tracker
-    cdef public dict _frontend_tracked, _denials
+    cdef public dict _frontend_tracked, _denials, _on_data
     cdef public Py_ssize_t _denial_bytes
     cdef public object _held
     cdef public object end_user, revoked

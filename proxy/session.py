@@ -123,6 +123,7 @@ class Event(enum.Enum):
     ADMIN_OK = "admin_ok"
     SERVER_READY = "server_ready"
     SERVER_FAILED = "server_failed"
+    TIMEOUT = "timeout"
     CLOSE = "close"
 
 
@@ -139,6 +140,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.CONNECTING, Event.SERVER_READY): State.READY,
     (State.CONNECTING, Event.SERVER_FAILED): State.CLOSED,
 }
+for _s in (State.STARTUP, State.TLS_HANDSHAKE, State.SASL_INITIAL, State.SASL_CONTINUE, State.CONNECTING):
+    TRANSITIONS[(_s, Event.TIMEOUT)] = State.CLOSED  # the startup/authentication deadline
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
@@ -252,6 +255,15 @@ class ClientSession:
             m.COPY_FAIL: self._on_copy_end,
         }
         self.frontend.handlers = self._frontend_tracked
+        # What a read from the client does, per state (a state without a handler expects no data: 08P01).
+        self._on_data: dict[State, Callable[[bytes], list[Action]]] = {
+            State.STARTUP: self._startup_data,
+            State.SASL_INITIAL: self._auth_data,
+            State.SASL_CONTINUE: self._auth_data,
+            State.READY: self._relay_from_client,
+            State.ADMIN: self._admin_data,
+            State.CLOSED: self._ignore,
+        }
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -322,8 +334,12 @@ class ClientSession:
             )
         self.state = nxt
 
+    def _close(self) -> None:
+        """The session ends (CLOSE is a row of every state: this never raises)."""
+        self._transition(Event.CLOSE)
+
     def _fail(self, exc: SessionError) -> list[Action]:
-        self.state = State.CLOSED
+        self._close()
         return [CloseClient(exc.error, exc.reason)]
 
     # --- inputs ----------------------------------------------------------------------------
@@ -331,21 +347,13 @@ class ClientSession:
     def client_data(self, data: bytes) -> list[Action]:
         """Bytes from the client socket."""
         try:
-            if self.state is _READY:
-                return self._relay_from_client(data)
-            if self.state is State.ADMIN:
-                return self._admin_data(data)
-            if self.state in (State.STARTUP,):
-                return self._startup_data(data)
-            if self.state in (State.SASL_INITIAL, State.SASL_CONTINUE):
-                return self._auth_data(data)
-            if self.state is State.CLOSED:
-                return []
-            # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer.
-            raise SessionError(
-                errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
-                "unexpected_data",
-            )
+            handler = self._on_data.get(self.state)
+            if handler is None:  # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer
+                raise SessionError(
+                    errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
+                    "unexpected_data",
+                )
+            return handler(data)
         except SessionError as exc:
             return self._fail(exc)
         except FramingError as exc:
@@ -359,16 +367,20 @@ class ClientSession:
         except m.DecodeError as exc:
             return self._fail(SessionError(errors.protocol_violation(str(exc)), "decode"))
 
+    def _ignore(self, _data: bytes) -> list[Action]:
+        """A read after the session closed: nothing to do."""
+        return []
+
     def server_data(self, data: bytes) -> list[Action]:
         """Bytes from the server connection, once it is ready."""
         try:
             return [RelayToClient(self.backend_stream.feed(data))]
         except ParsingMismatch as exc:
-            self.state = State.CLOSED
+            self._close()
             return [CloseServer("parsing_mismatch"),
                     CloseClient(errors.backend_settings_unsafe(str(exc)), "parsing_mismatch")]
         except FramingError as exc:
-            self.state = State.CLOSED
+            self._close()
             return [CloseClient(errors.protocol_violation(f"backend: {exc}"), "backend_framing"), CloseServer()]
 
     def tls_done(self) -> list[Action]:
@@ -405,7 +417,7 @@ class ClientSession:
         """Event: the server connection could not be made; the client gets `error` (only while connecting)."""
         if self.state is not State.CONNECTING:
             return []
-        self.state = State.CLOSED
+        self._transition(Event.SERVER_FAILED)
         return [CloseClient(error, reason)]
 
     def server_closed(self) -> list[Action]:
@@ -420,9 +432,9 @@ class ClientSession:
 
     def timeout(self) -> list[Action]:
         """The startup/authentication deadline passed."""
-        if self.state in (State.READY, State.ADMIN, State.CLOSED):
+        if (self.state, Event.TIMEOUT) not in TRANSITIONS:  # logged in (or gone): no deadline
             return []
-        self.state = State.CLOSED
+        self._transition(Event.TIMEOUT)
         return [CloseClient(errors.startup_timeout(), "startup_timeout")]
 
     # --- startup ---------------------------------------------------------------------------
@@ -600,12 +612,12 @@ class ClientSession:
             self._held.after.append(data)
             return []
         if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
-            self.state = State.CLOSED
+            self._close()
             return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
-                self.state = State.CLOSED
+                self._close()
                 actions: list[Action] = [RelayToServer(chunks[:i])] if i else []
                 return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
@@ -634,13 +646,13 @@ class ClientSession:
 
     def _admin_data(self, data: bytes) -> list[Action]:
         if self.revoked is not None:
-            self.state = State.CLOSED
+            self._close()
             return [CloseClient(self.revoked, "user_removed")]
         actions: list[Action] = []
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if item.type == m.TERMINATE:
-                self.state = State.CLOSED
+                self._close()
                 return [*actions, CloseClient(None, "client_terminate")]
             if item.type != m.QUERY:
                 raise SessionError(
@@ -893,4 +905,4 @@ class ClientSession:
         if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)
             self._settle_auth()
         self._auth_pending = False
-        self.state = State.CLOSED
+        self._close()

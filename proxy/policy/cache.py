@@ -6,15 +6,11 @@ import sys
 from collections.abc import Callable
 from hashlib import blake2b
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 from proxy.policy import shape
 from proxy.policy.engine import UNLIMITED, Limits, decide
-from proxy.policy.model import EMPTY_CONTEXT, Allow, Decision, Deny, Rewrite, SessionContext, TenantPolicy
+from proxy.policy.model import EMPTY_CONTEXT, Allow, Decision, Deny, Rewrite, SessionContext, Tenant, TenantPolicy
 from proxy.policy.shape import split
-
-if TYPE_CHECKING:
-    from proxy.registry import Tenant
 
 # A text longer than this (in characters) is cached under a digest of it, not under the text, is never shaped, and
 # on a miss is decided by a worker process rather than on the event loop (its decision may take a while).
