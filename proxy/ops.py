@@ -34,9 +34,9 @@ class ServerRow:
     role: str
     database: str
     backend_pid: int
-    client_id: str | None
     tls: bool
     state: str
+    client_id: str | None
     age_s: float
 
 

@@ -83,6 +83,10 @@ class ServerConnection:
             m.READY_FOR_QUERY: self._on_ready_for_query,
         }
 
+    def row(self) -> tuple[str, str, str, int, bool, str]:
+        """The connection as plain data: backend name, role, database, backend pid, TLS, state."""
+        return (self.backend.name, self.backend.user, self.database, self.process_id, self.tls, self.state.value)
+
     def _transition(self, event: ServerEvent) -> None:
         nxt = TRANSITIONS.get((self.state, event))
         if nxt is None:

@@ -205,12 +205,8 @@ class Proxy:
             row = c.row()
             if row is not None:
                 clients.append(ClientRow(row, now - c.started, c.bytes_in, c.bytes_out))
-        servers = [
-            ServerRow(link.server.backend.name, link.server.backend.user, link.server.database,
-                      link.server.process_id, link.client.session_id or None, link.server.tls,
-                      link.server.state.value, now - link.connected_at)
-            for link in list(self.pool.links)
-        ]
+        servers = [ServerRow(*link.server.row(), link.client.session_id or None, now - link.connected_at)
+                   for link in list(self.pool.links)]
         return Snapshot(self.server is not None and not self.stopping, self.registry.pending(), clients, servers)
 
     def kill(self, session_id: str) -> bool:

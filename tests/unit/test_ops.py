@@ -27,7 +27,7 @@ ALICE = SessionRow("ab12", "alice", "acme", "psql", "10.0.0.1", True, "ready", "
 SNAPSHOT = Snapshot(
     listening=True, pending=["globex"],
     clients=[ClientRow(ALICE, 12.34, 100, 200)],
-    servers=[ServerRow("main", "pgt_acme", "acme", 4242, "ab12", False, "ready", 12.0)],
+    servers=[ServerRow("main", "pgt_acme", "acme", 4242, False, "ready", "ab12", 12.0)],
 )
 
 
