@@ -252,6 +252,8 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             self.proxy.pool.release(link, reason="client_gone")
             return
+        # The startup can finish before _acquire resumes (one round trip without a password): the link is ours.
+        self.link = link
         self._ready = ready
         self.run(self.session.server_ready(ready.parameters, ready.notices))
 
