@@ -347,6 +347,8 @@ class ClientSession:
     def client_data(self, data: bytes) -> list[Action]:
         """Bytes from the client socket."""
         try:
+            if self.state is _READY:  # the hot path (every read while relaying): READY's handler, called directly
+                return self._relay_from_client(data)
             handler = self._on_data.get(self.state)
             if handler is None:  # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer
                 raise SessionError(
