@@ -24,7 +24,9 @@ if str(ROOT) not in sys.path:
 
 from proxy.auth.scram import make_verifier  # noqa: E402
 from proxy.config import parse_config  # noqa: E402
-from proxy.driver import ClientConnection, Proxy, ServerLink  # noqa: E402
+from proxy.io.backend import ServerLink  # noqa: E402
+from proxy.io.client import ClientConnection  # noqa: E402
+from proxy.io.listener import Proxy  # noqa: E402
 from proxy.logs import configure as configure_logs  # noqa: E402
 from proxy.policy import TenantPolicy  # noqa: E402
 from proxy.server import ServerConnection  # noqa: E402
@@ -136,8 +138,7 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
         conn._timer.cancel()
         conn._timer = None
     session.state = State.READY
-    session.tenant = proxy.config.tenants[tenant]
-    session.info.tenant = tenant
+    conn.tenant = proxy.tenant(tenant)
     gate = proxy.decider(tenant)
     session.enable_policy(gate, gate.current)  # as ClientConnection does once the backend is ready
     link = ServerLink(conn, ServerConnection(proxy.config.backends["main"], tenant, {}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.config import BackendConfig
 from proxy.errors import PgError
 
 
@@ -53,13 +54,45 @@ class StartServerTls:
 
 
 @dataclass(frozen=True, slots=True)
+class Login:
+    """Who logged in, for the I/O layer's logs, metrics and audit lines."""
+
+    user: str
+    application_name: str | None
+    tls: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoginStarted:
+    """The client's StartupMessage was accepted and the SCRAM exchange offered: a real login is under way (the
+    pre-login caps never close it to make room)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AdminLogin:
     """An admin user logged in to the console: no startup deadline from now on; log, count and audit it."""
+
+    login: Login
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectBackend:
-    """Authentication succeeded: obtain a server connection for this session from the pool."""
+    """Authentication succeeded: attach the tenant's policy (`session.enable_policy`), then obtain a server
+    connection to `backend`/`database` with startup `parameters`; answered with `session.server_ready` or
+    `session.server_failed`. `cancel_key` is the key the client was given (its CancelRequests name it)."""
+
+    login: Login
+    tenant: str
+    backend: BackendConfig
+    database: str
+    parameters: dict[str, str]
+    cancel_key: tuple[int, bytes]
+    end_user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartRelay:
+    """The session is ready (ReadyForQuery sent): relay from now on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,5 +152,6 @@ class ServerFailed:
 
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
-    | ConnectBackend | AdminQuery | RunDecision | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
+    | ConnectBackend | StartRelay | LoginStarted
+    | AdminQuery | RunDecision | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
 )

@@ -19,15 +19,16 @@ def _load(path: str) -> Config | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from proxy import driver, logs
+    from proxy import logs
+    from proxy.io import listener
 
     config = _load(args.config)
     if config is None:
         return 2
     logs.configure(config.logging.level, config.logging.format)
     try:
-        driver.run(config)
-    except driver.StartupError as exc:
+        listener.run(config)
+    except listener.StartupError as exc:
         logs.get_logger("pgtenant").error("startup_failed", problem=str(exc))
         print(f"pgtenant: cannot start: {exc}", file=sys.stderr)
         return 3

@@ -663,7 +663,7 @@ class DemoRun:
     # -- serving ---------------------------------------------------------------------------
 
     async def serve(self, progress: Progress) -> None:
-        from proxy import driver
+        from proxy.io import listener
 
         assert self.config is not None
         loop = asyncio.get_running_loop()
@@ -671,11 +671,11 @@ class DemoRun:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         progress.step("pgtenant: preflight and listen")
-        proxy = driver.Proxy(self.config)
+        proxy = listener.Proxy(self.config)
         await loop.run_in_executor(None, proxy.prepare)
         try:
             await proxy.start()
-        except (OSError, driver.StartupError) as exc:
+        except (OSError, listener.StartupError) as exc:
             reason = getattr(exc, "strerror", None) or exc
             raise DemoError(f"cannot listen on {self.opts.host}:{self.opts.port}: {reason}"
                             + (" (try --port 0 for a free port)" if self.opts.port else "")) from exc
@@ -778,7 +778,8 @@ def _run_loop(coro: Any) -> None:
 
 def run_demo(opts: DemoOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the demo until Ctrl-C / SIGTERM; 0 after a clean stop, 1 when it cannot start, 130 if interrupted."""
-    from proxy import driver, logs
+    from proxy import logs
+    from proxy.io import listener
 
     logs.configure(opts.log_level, "console")
     progress = Progress(total=7, stream=err)
@@ -794,7 +795,7 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None, err: TextIO | None = 
     except (KeyboardInterrupt, _Interrupted):
         print("\npgtenant demo: interrupted during set-up", file=err or sys.stderr)
         code = 130
-    except (DemoError, embedded.EmbeddedError, driver.StartupError) as exc:
+    except (DemoError, embedded.EmbeddedError, listener.StartupError) as exc:
         print(f"\npgtenant demo: cannot start: {exc}", file=err or sys.stderr)
         code = 1
     except psycopg.Error as exc:

@@ -4,25 +4,69 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from proxy import errors
 from proxy.admin import Rows
 from proxy.config import Config, ConfigError, load_config
 from proxy.logs import get_logger
-from proxy.metrics import TenantStats
-
-if TYPE_CHECKING:
-    from proxy.driver import Proxy
+from proxy.metrics import Metrics, TenantStats
+from proxy.session import SessionRow
 
 log = get_logger("pgtenant.ops")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRow:
+    """A client connection as plain data: its session and the socket's figures."""
+
+    session: SessionRow
+    age_s: float
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """A server connection as plain data."""
+
+    backend: str
+    role: str
+    database: str
+    backend_pid: int
+    tls: bool
+    state: str
+    client_id: str | None
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The running proxy as plain data, taken when asked."""
+
+    listening: bool
+    pending: list[str]  # tenants without a policy yet
+    clients: list[ClientRow]
+    servers: list[ServerRow]
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What ops may read of and do to the running proxy (the listener passes these in): reads return plain data."""
+
+    config: Callable[[], Config]
+    snapshot: Callable[[], Snapshot]
+    prepare_tenant: Callable[[str], list[str]]  # blocking: run off the loop
+    apply_config: Callable[[Config], list[str]]  # blocking: run off the loop
+    kill: Callable[[str], bool]  # end a session by id (the console's KILL_CLIENT)
+    unlock: Callable[[str], int]  # forget a user's failed logins (the console's UNLOCK)
+    metrics: Metrics
 
 
 class Ops:
     """Everything an operator can ask of or do to the running proxy."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Running) -> None:
         self.proxy = proxy
         self.per_tenant: dict[str, TenantStats] = {}
         self.started = time.time()
@@ -36,9 +80,9 @@ class Ops:
         if self._ready_cache is not None and now - self._ready_cache[0] < 1.0:
             return self._ready_cache[1], self._ready_cache[2]
         proxy = self.proxy
-        detail: dict[str, object] = {"listening": proxy.server is not None and not proxy.stopping}
+        detail: dict[str, object] = {"listening": proxy.snapshot().listening}
         backends: dict[str, bool] = {}
-        for name, b in proxy.config.backends.items():
+        for name, b in proxy.config().backends.items():
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), min(2.0, b.connect_timeout))
                 writer.close()
@@ -46,7 +90,7 @@ class Ops:
             except (TimeoutError, OSError):
                 backends[name] = False
         detail["backends"] = backends
-        pending = sorted(set(proxy.config.tenants) - set(proxy.policies))
+        pending = proxy.snapshot().pending
         detail["tenants_pending"] = pending
         ok = bool(detail["listening"]) and all(backends.values()) and not pending
         if pending and all(backends.values()):
@@ -56,7 +100,7 @@ class Ops:
                     await asyncio.get_running_loop().run_in_executor(None, proxy.prepare_tenant, name)
                 except Exception as exc:
                     log.warning("tenant_pending", tenant=name, reason=str(exc))
-            detail["tenants_pending"] = sorted(set(proxy.config.tenants) - set(proxy.policies))
+            detail["tenants_pending"] = proxy.snapshot().pending
             ok = not detail["tenants_pending"] and bool(detail["listening"])
         self._ready_cache = (now, ok, detail)
         return ok, detail
@@ -66,7 +110,7 @@ class Ops:
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config file; on any error keep the old one and say why."""
         proxy = self.proxy
-        source = proxy.config.source
+        source = proxy.config().source
         if source is None:
             return False, "the configuration was not loaded from a file"
         async with self._reload_lock:
@@ -99,35 +143,28 @@ class Ops:
         return st
 
     def tenants(self) -> tuple[Sequence[str], Rows]:
-        cfg = self.proxy.config
+        cfg = self.proxy.config()
+        snap = self.proxy.snapshot()
         rows: Rows = []
         for t in cfg.tenants.values():
-            clients = sum(1 for c in self.proxy.clients if c.session and c.session.info.tenant == t.name)
+            clients = sum(1 for c in snap.clients if c.session.tenant == t.name)
             rows.append((t.name, t.strategy, t.backend, t.database, cfg.backend_for(t).user,
-                         "ready" if t.name in self.proxy.policies else "pending", clients))
+                         "pending" if t.name in snap.pending else "ready", clients))
         return ("tenant", "strategy", "backend", "database", "backend_role", "state", "clients"), rows
 
     def clients(self) -> tuple[Sequence[str], Rows]:
         rows: Rows = []
-        now = time.monotonic()
-        for c in self.proxy.clients:
+        for c in self.proxy.snapshot().clients:
             s = c.session
-            if s is None:
-                continue
-            rows.append((s.info.session_id, s.info.user, s.info.tenant, s.info.application_name,
-                         s.info.client_address, "tls" if s.info.tls else "plain", s.state.value,
-                         s.info.tx_status.decode(), round(now - c.started, 1), c.bytes_in, c.bytes_out))
+            rows.append((s.session_id, s.user, s.tenant, s.application_name, s.client_address,
+                         "tls" if s.tls else "plain", s.state, s.tx_status, round(c.age_s, 1), c.bytes_in,
+                         c.bytes_out))
         return ("id", "user", "tenant", "application_name", "address", "transport", "state", "tx", "age_s",
                 "bytes_in", "bytes_out"), rows
 
     def servers(self) -> tuple[Sequence[str], Rows]:
-        rows: Rows = []
-        now = time.monotonic()
-        for link in self.proxy.pool.links:
-            sid = link.client.session.info.session_id if link.client.session else None
-            srv = link.server
-            rows.append((srv.backend.name, srv.backend.user, srv.database, srv.process_id, sid,
-                         "tls" if srv.tls else "plain", srv.state.value, round(now - link.connected_at, 1)))
+        rows: Rows = [(s.backend, s.role, s.database, s.backend_pid, s.client_id, "tls" if s.tls else "plain", s.state,
+                       round(s.age_s, 1)) for s in self.proxy.snapshot().servers]
         return ("backend", "role", "database", "backend_pid", "client_id", "transport", "state", "age_s"), rows
 
     def stats(self) -> tuple[Sequence[str], Rows]:
@@ -140,7 +177,7 @@ class Ops:
         return ("tenant", "queries", "errors", "denied", "rows", "p50_ms", "p95_ms", "p99_ms"), rows
 
     def config_rows(self) -> tuple[Sequence[str], Rows]:
-        cfg = self.proxy.config
+        cfg = self.proxy.config()
         rows: Rows = [
             ("listen", f"{cfg.listen.host}:{cfg.listen.port}"),
             ("tls.enabled", cfg.tls.enabled), ("tls.require", cfg.tls.require),
@@ -161,16 +198,12 @@ class Ops:
         return "reload started; see the log (and SHOW CONFIG) for the result"
 
     def kill_client(self, session_id: str) -> bool:
-        for c in list(self.proxy.clients):
-            if c.session is not None and c.session.info.session_id == session_id:
-                c.close(errors.admin_shutdown(), "killed_by_admin")
-                return True
-        return False
+        return self.proxy.kill(session_id)
 
 
     def unlock(self, user: str) -> int:
         """Forget the failed logins of ``user`` (the console's UNLOCK); how many budget entries went."""
-        return self.proxy.throttle.unlock(user)
+        return self.proxy.unlock(user)
 
 
 class AdminView:

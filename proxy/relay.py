@@ -63,6 +63,7 @@ class ClientRelay(_SocketEvents):
         self, conn: Any, session: ClientSession, client: Any, server: Any, *,
         recorder: QueryRecorder, stats: TenantStats, metrics_enabled: bool, audit: AuditLog | None,
         audit_prefix: str = "",
+        end_user: str | None = None,
     ) -> None:
         self.owner = conn  # the ClientConnection: everything but the plain relay
         self.session = session
@@ -76,7 +77,7 @@ class ClientRelay(_SocketEvents):
         self.metrics_enabled = metrics_enabled
         self.audit = audit  # the audit log, if on: a line per request, with the session's fields `audit_prefix`
         self.audit_prefix = audit_prefix
-        self.end_user = session.end_user  # the startup packet's end-user claim (else the SQL's, per request)
+        self.end_user = end_user  # the startup packet's end-user claim (else the SQL's, per request)
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)

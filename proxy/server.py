@@ -58,7 +58,8 @@ class ServerConnection:
         self.database = database
         self.parameters = parameters
         self.channel_binding = channel_binding
-        self.state = ServerState.STARTUP
+        # The first state: TLS negotiation first unless sslmode is disable (initiate sends what it asks for).
+        self.state = ServerState.STARTUP if backend.sslmode == "disable" else ServerState.SSL_NEGOTIATION
         self.status: dict[str, str] = {}
         self.process_id = 0
         self.secret_key = b""
@@ -66,6 +67,25 @@ class ServerConnection:
         self.tls = False
         self._auth: BackendAuthenticator | None = None
         self._stream = MessageStream(intercept=ALL_TYPES, max_length=1 << 24)
+        # What a read from the backend does, per state (a state without a handler expects no data).
+        self._on_data: dict[ServerState, Callable[[bytes], list[Action]]] = {
+            ServerState.SSL_NEGOTIATION: self._ssl_answer,
+            ServerState.STARTUP: self._startup_data,
+        }
+        # What each backend message does during startup, by type (any other type is a protocol error).
+        self._on_message: dict[int, Callable[[Message], list[Action]]] = {
+            m.AUTHENTICATION: self._on_authentication,
+            m.PARAMETER_STATUS: self._on_parameter_status,
+            m.BACKEND_KEY_DATA: self._on_backend_key_data,
+            m.NOTICE_RESPONSE: self._on_notice,
+            m.NEGOTIATE_PROTOCOL_VERSION: self._on_negotiate_protocol_version,
+            m.ERROR_RESPONSE: self._on_error_response,
+            m.READY_FOR_QUERY: self._on_ready_for_query,
+        }
+
+    def row(self) -> tuple[str, str, str, int, bool, str]:
+        """The connection as plain data: backend name, role, database, backend pid, TLS, state."""
+        return (self.backend.name, self.backend.user, self.database, self.process_id, self.tls, self.state.value)
 
     def _transition(self, event: ServerEvent) -> None:
         nxt = TRANSITIONS.get((self.state, event))
@@ -74,10 +94,9 @@ class ServerConnection:
         self.state = nxt
 
     def initiate(self) -> list[Action]:
-        if self.backend.sslmode == "disable":
-            self.state = ServerState.STARTUP
+        """The socket is connected: the SSLRequest, or the StartupMessage when sslmode is disable."""
+        if self.state is ServerState.STARTUP:
             return [SendServer(self._startup())]
-        self.state = ServerState.SSL_NEGOTIATION
         return [SendServer(m.encode_ssl_request())]
 
     def _startup(self) -> bytes:
@@ -98,27 +117,32 @@ class ServerConnection:
         try:
             return self._data(data)
         except (ServerProtocolError, BackendAuthError, m.DecodeError, FramingError, ValueError) as exc:
-            self.state = ServerState.FAILED
+            self._transition(ServerEvent.FAIL)
             return [ServerFailed(str(exc))]
 
     def _data(self, data: bytes) -> list[Action]:
-        if self.state is ServerState.SSL_NEGOTIATION:
-            answer, rest = data[:1], data[1:]
-            if rest:
-                raise ServerProtocolError("received unencrypted data after SSL request")
-            if answer == b"S":
-                self._transition(ServerEvent.SSL_ACCEPTED)
-                return [StartServerTls()]
-            if answer == b"N":
-                if self.backend.sslmode != "prefer":
-                    raise ServerProtocolError(f"server does not support TLS (sslmode={self.backend.sslmode})")
-                self._transition(ServerEvent.SSL_REFUSED)
-                return [SendServer(self._startup())]
-            if answer == b"E":
-                raise ServerProtocolError("server rejected the SSL request")
-            raise ServerProtocolError(f"unexpected answer {answer!r} to SSL request")
-        if self.state is not ServerState.STARTUP:
+        handler = self._on_data.get(self.state)
+        if handler is None:
             raise ServerProtocolError(f"unexpected data from backend in state {self.state.value}")
+        return handler(data)
+
+    def _ssl_answer(self, data: bytes) -> list[Action]:
+        answer, rest = data[:1], data[1:]
+        if rest:
+            raise ServerProtocolError("received unencrypted data after SSL request")
+        if answer == b"S":
+            self._transition(ServerEvent.SSL_ACCEPTED)
+            return [StartServerTls()]
+        if answer == b"N":
+            if self.backend.sslmode != "prefer":
+                raise ServerProtocolError(f"server does not support TLS (sslmode={self.backend.sslmode})")
+            self._transition(ServerEvent.SSL_REFUSED)
+            return [SendServer(self._startup())]
+        if answer == b"E":
+            raise ServerProtocolError("server rejected the SSL request")
+        raise ServerProtocolError(f"unexpected answer {answer!r} to SSL request")
+
+    def _startup_data(self, data: bytes) -> list[Action]:
         actions: list[Action] = []
         for item in self._stream.feed(data):
             assert isinstance(item, Message)
@@ -130,30 +154,39 @@ class ServerConnection:
         return actions
 
     def _message(self, msg: Message) -> list[Action]:
-        t = msg.type
-        if t == m.AUTHENTICATION:
-            assert self._auth is not None
-            reply = self._auth.on_auth_request(msg.body)
-            return [SendServer(reply)] if reply else []
-        if t == m.PARAMETER_STATUS:
-            name, value = m.decode_parameter_status(msg.body)
-            self.status[name] = value
-            return []
-        if t == m.BACKEND_KEY_DATA:
-            self.process_id, self.secret_key = m.decode_backend_key_data(msg.body)
-            return []
-        if t == m.NOTICE_RESPONSE:
-            self.notices.append(msg.raw())
-            return []
-        if t == m.NEGOTIATE_PROTOCOL_VERSION:
-            return []
-        if t == m.ERROR_RESPONSE:
-            fields = m.decode_error_fields(msg.body)
-            self.state = ServerState.FAILED
-            error = PgError(fields.get("C") or "08001", fields.get("M", "error"), "FATAL",
-                            detail=fields.get("D"), hint=fields.get("H"))  # its SQLSTATE reaches the client
-            return [ServerFailed(f"{fields.get('C', '')} {fields.get('M', 'error')}".strip(), error)]
-        if t == m.READY_FOR_QUERY:
-            self._transition(ServerEvent.READY_FOR_QUERY)
-            return [ServerReady(dict(self.status), self.process_id, self.secret_key, self.notices)]
-        raise ServerProtocolError(f"unexpected message type {chr(t)!r} from backend during startup")
+        handler = self._on_message.get(msg.type)
+        if handler is None:
+            raise ServerProtocolError(f"unexpected message type {chr(msg.type)!r} from backend during startup")
+        return handler(msg)
+
+    def _on_authentication(self, msg: Message) -> list[Action]:
+        assert self._auth is not None
+        reply = self._auth.on_auth_request(msg.body)
+        return [SendServer(reply)] if reply else []
+
+    def _on_parameter_status(self, msg: Message) -> list[Action]:
+        name, value = m.decode_parameter_status(msg.body)
+        self.status[name] = value
+        return []
+
+    def _on_backend_key_data(self, msg: Message) -> list[Action]:
+        self.process_id, self.secret_key = m.decode_backend_key_data(msg.body)
+        return []
+
+    def _on_notice(self, msg: Message) -> list[Action]:
+        self.notices.append(msg.raw())
+        return []
+
+    def _on_negotiate_protocol_version(self, _msg: Message) -> list[Action]:
+        return []
+
+    def _on_error_response(self, msg: Message) -> list[Action]:
+        fields = m.decode_error_fields(msg.body)
+        self._transition(ServerEvent.FAIL)
+        error = PgError(fields.get("C") or "08001", fields.get("M", "error"), "FATAL",
+                        detail=fields.get("D"), hint=fields.get("H"))  # its SQLSTATE reaches the client
+        return [ServerFailed(f"{fields.get('C', '')} {fields.get('M', 'error')}".strip(), error)]
+
+    def _on_ready_for_query(self, _msg: Message) -> list[Action]:
+        self._transition(ServerEvent.READY_FOR_QUERY)
+        return [ServerReady(dict(self.status), self.process_id, self.secret_key, self.notices)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy import errors
@@ -17,11 +17,14 @@ from proxy.actions import (
     CloseServer,
     ConnectBackend,
     ForwardCancel,
+    Login,
+    LoginStarted,
     RelayToClient,
     RelayToServer,
     RunDecision,
     SendClient,
     StartClientTls,
+    StartRelay,
 )
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
@@ -38,7 +41,7 @@ from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, Messag
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
-from proxy.tenancy import parsing_violation
+from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
 
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
@@ -122,6 +125,7 @@ class Event(enum.Enum):
     ADMIN_OK = "admin_ok"
     SERVER_READY = "server_ready"
     SERVER_FAILED = "server_failed"
+    TIMEOUT = "timeout"
     CLOSE = "close"
 
 
@@ -138,6 +142,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.CONNECTING, Event.SERVER_READY): State.READY,
     (State.CONNECTING, Event.SERVER_FAILED): State.CLOSED,
 }
+for _s in (State.STARTUP, State.TLS_HANDSHAKE, State.SASL_INITIAL, State.SASL_CONTINUE, State.CONNECTING):
+    TRANSITIONS[(_s, Event.TIMEOUT)] = State.CLOSED  # the startup/authentication deadline
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
@@ -171,6 +177,21 @@ class SessionInfo:
     startup_parameters: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """A session as plain data, for the I/O layer's reload and the admin console (never a live reference)."""
+
+    session_id: str
+    user: str | None
+    tenant: str | None
+    application_name: str | None
+    client_address: str
+    tls: bool
+    state: str
+    tx_status: str
+    admin: bool
+
+
 class ClientSession:
     """One client connection's protocol state. Feed it bytes and events; it returns actions."""
 
@@ -186,6 +207,7 @@ class ClientSession:
         channel_binding: Callable[[], bytes | None] = lambda: None,
         on_decision: Callable[[str, str, Decision], None] | None = None,
         on_request_done: Callable[[Request], None] | None = None,
+        report_rewrites: bool = False,
     ) -> None:
         self.config = config
         self.state = State.STARTUP
@@ -217,7 +239,7 @@ class ClientSession:
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
         self.on_decision = on_decision
-        self.report_rewrites = False  # rewrites are only logged at debug level: not reported unless asked
+        self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = {
@@ -235,6 +257,15 @@ class ClientSession:
             m.COPY_FAIL: self._on_copy_end,
         }
         self.frontend.handlers = self._frontend_tracked
+        # What a read from the client does, per state (a state without a handler expects no data: 08P01).
+        self._on_data: dict[State, Callable[[bytes], list[Action]]] = {
+            State.STARTUP: self._startup_data,
+            State.SASL_INITIAL: self._auth_data,
+            State.SASL_CONTINUE: self._auth_data,
+            State.READY: self._relay_from_client,
+            State.ADMIN: self._admin_data,
+            State.CLOSED: self._ignore,
+        }
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -280,6 +311,20 @@ class ClientSession:
             m.FUNCTION_CALL: self._gate_function_call,
         }
 
+    def row(self) -> SessionRow:
+        """What the session is now, as plain data."""
+        info = self.info
+        return SessionRow(info.session_id, info.user, info.tenant, info.application_name, info.client_address,
+                          info.tls, self.state.value, info.tx_status.decode(), self.is_admin)
+
+    def reconfigure(self, config: Config) -> None:
+        """Event: a reload installed `config`; the session decides under it from now on."""
+        self.config = config
+
+    def revoke(self, error: PgError) -> None:
+        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement."""
+        self.revoked = error
+
     # --- state machine plumbing ------------------------------------------------------------
 
     def _transition(self, event: Event) -> None:
@@ -291,8 +336,12 @@ class ClientSession:
             )
         self.state = nxt
 
+    def _close(self) -> None:
+        """The session ends (CLOSE is a row of every state: this never raises)."""
+        self._transition(Event.CLOSE)
+
     def _fail(self, exc: SessionError) -> list[Action]:
-        self.state = State.CLOSED
+        self._close()
         return [CloseClient(exc.error, exc.reason)]
 
     # --- inputs ----------------------------------------------------------------------------
@@ -300,21 +349,15 @@ class ClientSession:
     def client_data(self, data: bytes) -> list[Action]:
         """Bytes from the client socket."""
         try:
-            if self.state is _READY:
+            if self.state is _READY:  # the hot path (every read while relaying): READY's handler, called directly
                 return self._relay_from_client(data)
-            if self.state is State.ADMIN:
-                return self._admin_data(data)
-            if self.state in (State.STARTUP,):
-                return self._startup_data(data)
-            if self.state in (State.SASL_INITIAL, State.SASL_CONTINUE):
-                return self._auth_data(data)
-            if self.state is State.CLOSED:
-                return []
-            # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer.
-            raise SessionError(
-                errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
-                "unexpected_data",
-            )
+            handler = self._on_data.get(self.state)
+            if handler is None:  # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer
+                raise SessionError(
+                    errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
+                    "unexpected_data",
+                )
+            return handler(data)
         except SessionError as exc:
             return self._fail(exc)
         except FramingError as exc:
@@ -328,16 +371,20 @@ class ClientSession:
         except m.DecodeError as exc:
             return self._fail(SessionError(errors.protocol_violation(str(exc)), "decode"))
 
+    def _ignore(self, _data: bytes) -> list[Action]:
+        """A read after the session closed: nothing to do."""
+        return []
+
     def server_data(self, data: bytes) -> list[Action]:
         """Bytes from the server connection, once it is ready."""
         try:
             return [RelayToClient(self.backend_stream.feed(data))]
         except ParsingMismatch as exc:
-            self.state = State.CLOSED
+            self._close()
             return [CloseServer("parsing_mismatch"),
                     CloseClient(errors.backend_settings_unsafe(str(exc)), "parsing_mismatch")]
         except FramingError as exc:
-            self.state = State.CLOSED
+            self._close()
             return [CloseClient(errors.protocol_violation(f"backend: {exc}"), "backend_framing"), CloseServer()]
 
     def tls_done(self) -> list[Action]:
@@ -348,27 +395,50 @@ class ClientSession:
         self.info.tls = True
         return []
 
-    def server_ready(self, parameters: dict[str, str]) -> list[Action]:
+    def server_ready(self, parameters: dict[str, str], notices: Sequence[bytes] = ()) -> list[Action]:
+        """Event: the server connection finished its startup. The client gets the backend's notices, parameter
+        statuses, our cancel key and ReadyForQuery, and the session relays (StartRelay); a backend that would read
+        SQL differently from the policy engine ends the session instead (fail closed)."""
+        for name, value in parameters.items():
+            problem = parsing_violation(name, value)
+            if problem is not None:
+                return [CloseServer("parsing_mismatch"), *self.server_failed(errors.backend_settings_unsafe(problem),
+                                                                             "parsing_mismatch")]
         try:
             self._transition(Event.SERVER_READY)
         except SessionError as exc:
             return self._fail(exc)
         out = bytearray()
+        for notice in notices:
+            out += notice
         for name, value in parameters.items():
             out += m.parameter_status(name, value)
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
-        return [SendClient(bytes(out))]
+        return [SendClient(bytes(out)), StartRelay()]
 
     def server_failed(self, error: PgError, reason: str) -> list[Action]:
-        self.state = State.CLOSED
+        """Event: the server connection could not be made; the client gets `error` (only while connecting)."""
+        if self.state is not State.CONNECTING:
+            return []
+        self._transition(Event.SERVER_FAILED)
         return [CloseClient(error, reason)]
+
+    def server_closed(self) -> list[Action]:
+        """Event: the server connection closed while relaying; after the backend's own FATAL its word is the last."""
+        if self.backend_fatal:
+            return [CloseClient(None, "server_fatal")]
+        return [CloseClient(errors.server_closed(), "server_closed")]
+
+    def report_requests(self, on_done: Callable[[Request], None]) -> None:
+        """Event: from now on every answered request goes to `on_done` (the relay's recorder)."""
+        self.tracker.on_done = on_done
 
     def timeout(self) -> list[Action]:
         """The startup/authentication deadline passed."""
-        if self.state in (State.READY, State.ADMIN, State.CLOSED):
+        if (self.state, Event.TIMEOUT) not in TRANSITIONS:  # logged in (or gone): no deadline
             return []
-        self.state = State.CLOSED
+        self._transition(Event.TIMEOUT)
         return [CloseClient(errors.startup_timeout(), "startup_timeout")]
 
     # --- startup ---------------------------------------------------------------------------
@@ -445,6 +515,7 @@ class ClientSession:
             mock_iterations=config.iteration_profile,
         )
         actions.append(SendClient(m.authentication_sasl(self.scram.mechanisms())))
+        actions.append(LoginStarted())
         return actions
 
     # --- authentication ---------------------------------------------------------------------
@@ -499,7 +570,7 @@ class ClientSession:
                 "client_encoding", "UTF8"
             ) + m.parameter_status("standard_conforming_strings", "on")
             return [*actions, SendClient(status + m.backend_key_data(self.process_id, self.secret_key)
-                                         + m.ready_for_query(b"I")), AdminLogin()]
+                                         + m.ready_for_query(b"I")), AdminLogin(self._login())]
         found = self.config.user_tenant(user)
         if found is None:  # a reload removed the user during its login
             raise SessionError(errors.user_removed(user), "user_removed")
@@ -513,8 +584,23 @@ class ClientSession:
             raise SessionError(err, "startup_parameter")
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
-        actions.append(ConnectBackend())
+        actions.append(ConnectBackend(
+            self._login(), self.tenant.name, self.backend, self.tenant.database, self._server_parameters(),
+            (self.process_id, self.secret_key), self.end_user,
+        ))
         return actions
+
+    def _login(self) -> Login:
+        assert self.info.user is not None
+        return Login(self.info.user, self.info.application_name, self.info.tls)
+
+    def _server_parameters(self) -> dict[str, str]:
+        """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
+        assert self.tenant is not None
+        params = {**self.backend_parameters, **backend_context(self.tenant)}
+        if not any(k.lower() == "client_encoding" for k in params):
+            params["client_encoding"] = "UTF8"  # never the server's default: it could be a client-only encoding
+        return params
 
     def _settle_auth(self) -> None:
         """An admitted login failed: it counts in the failed-login budgets (once)."""
@@ -530,12 +616,12 @@ class ClientSession:
             self._held.after.append(data)
             return []
         if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
-            self.state = State.CLOSED
+            self._close()
             return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
-                self.state = State.CLOSED
+                self._close()
                 actions: list[Action] = [RelayToServer(chunks[:i])] if i else []
                 return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
@@ -564,13 +650,13 @@ class ClientSession:
 
     def _admin_data(self, data: bytes) -> list[Action]:
         if self.revoked is not None:
-            self.state = State.CLOSED
+            self._close()
             return [CloseClient(self.revoked, "user_removed")]
         actions: list[Action] = []
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if item.type == m.TERMINATE:
-                self.state = State.CLOSED
+                self._close()
                 return [*actions, CloseClient(None, "client_terminate")]
             if item.type != m.QUERY:
                 raise SessionError(
@@ -827,4 +913,4 @@ class ClientSession:
         if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)
             self._settle_auth()
         self._auth_pending = False
-        self.state = State.CLOSED
+        self._close()

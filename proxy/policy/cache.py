@@ -6,12 +6,11 @@ import sys
 from collections.abc import Callable
 from hashlib import blake2b
 from time import perf_counter
-from typing import Any
 
 from proxy._accel import speedups
 from proxy.policy import shape
 from proxy.policy.engine import UNLIMITED, Limits, decide
-from proxy.policy.model import EMPTY_CONTEXT, Allow, Decision, Deny, Rewrite, SessionContext, TenantPolicy
+from proxy.policy.model import EMPTY_CONTEXT, Allow, Decision, Deny, Rewrite, SessionContext, Tenant, TenantPolicy
 from proxy.policy.shape import split
 
 # A text longer than this (in characters) is cached under a digest of it, not under the text, is never shaped, and
@@ -254,7 +253,7 @@ class Pending:
 
     @property
     def tenant(self) -> str:
-        return self.gate.tenant
+        return self.gate.tenant.name
 
     @property
     def limits(self) -> Limits:
@@ -278,23 +277,27 @@ class Pending:
 
 class Gate:
     """One tenant's decision function, `gate(kind, sql)`, shared by its sessions: the shared cache under the
-    tenant's current policy (`owner.policies[tenant]`: a reload replaces that dict), with the decision time of
-    each miss given to `observe(stage, seconds)` (stages "total", "gate", "rewrite", "verify").
+    tenant's current policy (`policies(name)`, e.g. the tenant registry's lookup: a reload replaces the policy),
+    with the decision time of each miss given to `observe(stage, seconds)` (stages "total", "gate", "rewrite",
+    "verify").
 
     A miss is decided on the spot (on the event loop) while it is cheap: a text of at most LONG_TEXT characters,
     within the tenant's inline budget (INLINE_SHARE of the time, INLINE_BURST at once). Any other miss is answered
     with a `Pending`, for a decision worker, so a tenant's costly statements never stall other sessions."""
 
-    __slots__ = ("allowance", "cache", "limits", "observe", "owner", "policy", "stamp", "tenant")
+    __slots__ = ("allowance", "cache", "limits", "observe", "policies", "policy", "stamp", "tenant")
 
     def __init__(
-        self, cache: DecisionCache, owner: Any, tenant: str, observe: Callable[[str, float], None],
-        limits: Limits = UNLIMITED,
+        self, cache: DecisionCache, policies: Callable[[str], TenantPolicy | None], tenant: Tenant,
+        observe: Callable[[str, float], None], limits: Limits = UNLIMITED,
     ) -> None:
         self.cache = cache
-        self.owner = owner
+        self.policies = policies
         self.tenant = tenant
-        self.policy = owner.policies[tenant]  # the policy when the gate was made, should a reload drop the tenant
+        policy = policies(tenant.name)
+        if policy is None:
+            raise KeyError(tenant.name)
+        self.policy = policy  # the policy when the gate was made, should a reload drop the tenant
         self.observe = observe
         self.limits = limits
         self.allowance = INLINE_BURST  # seconds of inline deciding the tenant may still spend now
@@ -302,8 +305,8 @@ class Gate:
 
     def current(self) -> TenantPolicy:
         """The policy the gate decides by now (what a session's Parse memo is keyed by)."""
-        policies: dict[str, TenantPolicy] = self.owner.policies
-        return policies.get(self.tenant, self.policy)
+        found = self.policies(self.tenant.name)
+        return self.policy if found is None else found
 
     def __call__(self, kind: str, sql: str) -> Decision | Pending:
         return self.decide_for(self.current(), sql)

@@ -332,3 +332,12 @@ class TenantPolicy:
 
 
 _INIT_FIELDS = tuple(f.name for f in fields(TenantPolicy) if f.init)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A session's tenant identity, one value passed along: its name, strategy, and metrics label."""
+
+    name: str
+    strategy: str
+    label: str

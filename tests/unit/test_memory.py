@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from proxy import driver, memory
+from proxy import memory
+from proxy.io import listener
 from tests.unit.test_session import make_config
 
 
@@ -51,7 +52,7 @@ def test_proxy_trims_only_after_sessions_ended(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(memory, "trim", lambda: trims.append(1) or True)
 
     async def scenario() -> list[Any]:
-        proxy = driver.Proxy(make_config(tmp_path))
+        proxy = listener.Proxy(make_config(tmp_path))
         proxy.server = object()  # type: ignore[assignment]  # listening: the trim re-arms itself
         proxy._trim_memory()
         first = len(trims)

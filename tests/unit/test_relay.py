@@ -74,7 +74,7 @@ def relay(tmp_path: Path) -> ClientRelay:
     audit = AuditLog(tmp_path / "audit.log", redact_literals=False)
     r = ClientRelay(Conn(), session, Transport(), Transport(), recorder=QueryRecorder((0.5, 5.0)), stats=stats,
                     metrics_enabled=True, audit=audit, audit_prefix=AuditLog.fields(session_id="s1"))
-    session.tracker.on_done = r.request_done
+    session.report_requests(r.request_done)
     return r
 
 

@@ -44,6 +44,7 @@ def test_scram_startup_to_ready() -> None:
     assert ready.parameters == {"server_version": "15.18"}
     assert (ready.process_id, ready.secret_key) == (77, b"\x01\x02\x03\x04")
     assert conn.state is ServerState.READY
+    assert conn.row() == ("main", "proxy", "saas", 77, False, "ready")  # what SHOW SERVERS lists
 
 
 def test_ssl_negotiation() -> None:

@@ -95,7 +95,7 @@ def test_every_query_and_parse_is_decided_under_any_chunking(
 def test_revoked_session_refuses_bind_and_execute(tmp_path: Path) -> None:
     s = ready_session(tmp_path)
     s.client_data(m.Parse("s1", "SELECT * FROM orders", b"\x00\x00").encode() + m.SYNC_MESSAGE)
-    s.revoked = errors.user_removed("alice")
+    s.revoke(errors.user_removed("alice"))
     actions = s.client_data(bind("s1") + EXECUTE + m.SYNC_MESSAGE)
     assert any(isinstance(a, CloseClient) for a in actions), actions
     assert not forwarded(actions).startswith(b"B")

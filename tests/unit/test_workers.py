@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import pickle
 import socket
-from types import SimpleNamespace
 
 from proxy.policy.cache import DecisionCache, Gate, Pending
 from proxy.policy.engine import Limits
 from proxy.policy.model import Allow, Decision, Deny, Rewrite, TenantPolicy
+from proxy.registry import Tenant
 from proxy.workers import _LENGTH, DecisionWorkers, _Worker, frame
 
 SHARED = TenantPolicy(tenant="acme", strategy="shared", tenant_value="acme",
@@ -17,8 +17,9 @@ SHARED = TenantPolicy(tenant="acme", strategy="shared", tenant_value="acme",
 
 
 def pending(tenant: str, sql: str, policy: TenantPolicy = SHARED) -> Pending:
-    owner = SimpleNamespace(policies={tenant: policy})
-    return Pending(Gate(DecisionCache(), owner, tenant, lambda *_: None, Limits(1000, 250_000)), policy, sql)
+    gate = Gate(DecisionCache(), {tenant: policy}.get, Tenant(tenant, policy.strategy, tenant), lambda *_: None,
+                Limits(1000, 250_000))
+    return Pending(gate, policy, sql)
 
 
 class FakeProcess:

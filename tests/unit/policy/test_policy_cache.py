@@ -17,6 +17,7 @@ from proxy.policy.cache import (
     text_key,
 )
 from proxy.policy.engine import Limits
+from proxy.registry import Tenant
 
 READ_ONLY = TenantPolicy(tenant="t", strategy="database")
 WRITER = TenantPolicy(tenant="t", strategy="database", allow_writes=True)
@@ -26,9 +27,10 @@ INSERT = "INSERT INTO orders (id) VALUES (1)"
 def test_a_gate_follows_the_policy_a_reload_installs() -> None:
     owner = SimpleNamespace(policies={"t": READ_ONLY})
     observed: list[str] = []
-    gate = Gate(DecisionCache(), owner, "t", lambda stage, _seconds: observed.append(stage))
+    gate = Gate(DecisionCache(), lambda name: owner.policies.get(name), Tenant("t", "database", "t"),
+                lambda stage, _seconds: observed.append(stage))
     assert isinstance(gate("query", INSERT), Deny)
-    owner.policies = {"t": WRITER}  # what Proxy.install_config does: a new dict
+    owner.policies = {"t": WRITER}  # what a reload does (TenantRegistry.install): a new dict
     assert isinstance(gate("query", INSERT), Allow)
     owner.policies = {}  # the tenant is gone: its sessions end elsewhere; the gate keeps its first policy
     assert isinstance(gate("query", INSERT), Deny)
@@ -164,8 +166,9 @@ def test_a_huge_rewrite_is_not_kept() -> None:
 
 def _gate(policy: TenantPolicy = ACME) -> tuple[Gate, list[str]]:
     observed: list[str] = []
-    owner = SimpleNamespace(policies={policy.tenant: policy})
-    return Gate(DecisionCache(), owner, policy.tenant, lambda stage, _s: observed.append(stage)), observed
+    tenant = Tenant(policy.tenant, policy.strategy, policy.tenant)
+    gate = Gate(DecisionCache(), {policy.tenant: policy}.get, tenant, lambda stage, _s: observed.append(stage))
+    return gate, observed
 
 
 def test_a_long_text_is_left_to_a_worker_and_cached_when_decided() -> None:

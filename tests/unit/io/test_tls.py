@@ -1,10 +1,10 @@
-"""The I/O layer's pure helpers: the client TLS context's suites."""
+"""The client TLS context's suites (proxy.io.tls)."""
 
 from __future__ import annotations
 
 import ssl
 
-from proxy.driver import TLS12_CIPHERS
+from proxy.io.tls import TLS12_CIPHERS
 
 
 def test_tls12_suites_are_forward_secret_aead_only() -> None:

@@ -1,0 +1,588 @@
+"""The socket side of one client session (ClientConnection): feeds the session bytes and runs its actions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from proxy import admin as admin_console
+from proxy import errors
+from proxy.actions import (
+    Action,
+    AdminLogin,
+    AdminQuery,
+    CloseClient,
+    CloseServer,
+    ConnectBackend,
+    ForwardCancel,
+    Login,
+    LoginStarted,
+    RelayToClient,
+    RelayToServer,
+    RunDecision,
+    SendClient,
+    ServerReady,
+    StartClientTls,
+    StartRelay,
+)
+from proxy.audit import AuditLog
+from proxy.cancel import CancelTarget
+from proxy.config import Config
+from proxy.dbcheck import BackendCheckError
+from proxy.errors import PgError
+from proxy.io.backend import WRITE_HIGH_WATER, WRITE_LOW_WATER, ServerLink
+from proxy.logs import get_logger
+from proxy.ops import AdminView
+from proxy.policy.cache import Pending
+from proxy.policy.model import Decision, Deny, Rewrite
+from proxy.protocol import messages as m
+from proxy.registry import Tenant
+from proxy.relay import ClientRelay, ServerRelay, write_chunks
+from proxy.session import ClientSession, SessionRow
+
+if TYPE_CHECKING:
+    from proxy.io.listener import Proxy
+
+log = get_logger("pgtenant.driver")
+
+
+class ClientConnection(asyncio.Protocol):
+    """The socket side of one client session."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.session: ClientSession | None = None
+        self.link: ServerLink | None = None
+        self.closed = False
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self.relay: ClientRelay | None = None  # the transports' protocol once relaying (start_relay)
+        self.started = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._spoke = False  # the client has sent something (until then first_message_timeout applies)
+        self._tls_pending = False  # between SSLRequest's answer and the end of the TLS handshake
+        self.authenticated = False  # logged in: no longer counted, timed or logged as a pre-login connection
+        self._bytes_reported = (0, 0)
+        self._reading_paused = False
+        self._backpressure = False  # the server link's write buffer is full
+        self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
+        self.session_id = ""  # set with the session (connection_made)
+        self.address = ""
+        self.login: Login | None = None  # who logged in (AdminLogin / ConnectBackend)
+        self.admin = False
+        self.tenant: Tenant | None = None  # the tenant identity (ConnectBackend)
+        self._connect: ConnectBackend | None = None  # where the session's server connection goes
+        self._ready: ServerReady | None = None  # the server connection's startup answer, until the session relays
+        self.log = log
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) else str(peer or "local")
+        sid = self.session_id = os.urandom(6).hex()
+        cfg = self.proxy.config
+        self.session = ClientSession(
+            cfg,
+            session_id=sid,
+            client_address=address,
+            throttle=self.proxy.throttle,
+            clock=time.monotonic,
+            tls_available=self.proxy.client_ssl is not None,
+            channel_binding=lambda: self.proxy.channel_binding,
+            on_decision=self._on_decision,
+            report_rewrites=log.is_enabled_for(logging.DEBUG),
+        )
+        self.address = address
+        self.log = log.bind(session_id=sid, client_addr=address)
+        self.proxy.clients.add(self)
+        self.proxy.metrics.clients.labels("_none", "authenticating").inc()
+        self._gauge: tuple[str, str] | None = ("_none", "authenticating")
+        if len(self.proxy.clients) > cfg.limits.max_client_connections:
+            self.run([CloseClient(errors.too_many_clients(cfg.limits.max_client_connections), "too_many_clients")])
+            return
+        victims, refused = self.proxy.prelogin.admit(self, address)  # a waiting one not logging in makes room
+        if refused is not None:  # every place is held by a login in its SCRAM exchange: this one waits outside
+            self.proxy.metrics.prelogin_closed.labels(f"{refused}_refused").inc()
+            self.run([CloseClient(errors.too_many_logging_in(refused), f"prelogin_{refused}_refused")])
+            return
+        for victim, limit in victims:
+            assert isinstance(victim, ClientConnection)
+            self.proxy.metrics.prelogin_closed.labels(limit).inc()
+            victim.close(errors.too_many_waiting(limit), f"prelogin_{limit}_limit")
+        silent = min(cfg.limits.first_message_timeout, cfg.limits.startup_timeout)
+        self._timer = asyncio.get_running_loop().call_later(silent, self._on_timeout)
+        self.prelog("info", "connection_accepted")
+
+    def row(self) -> SessionRow | None:
+        """The session as plain data (None before it exists)."""
+        return self.session.row() if self.session is not None else None
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload installed `config`: the session hears of it."""
+        if self.session is not None:
+            self.session.reconfigure(config)
+
+    def revoke(self, error: PgError) -> None:
+        """A reload revoked this session's user: the session ends with `error` at its next statement."""
+        if self.session is not None:
+            self.session.revoke(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_in += len(data)
+        session = self.session
+        assert session is not None
+        if not self._spoke:
+            self._first_data()
+        try:
+            self.run(session.client_data(data))
+        except Exception:
+            self.internal_error()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def _first_data(self) -> None:
+        """The client spoke: from now on the whole startup_timeout applies, and it is evicted after silent ones."""
+        self._spoke = True
+        self.proxy.prelogin.spoke(self)
+        if self._timer is not None and not self.closed:
+            self._timer.cancel()
+            remaining = self.proxy.config.limits.startup_timeout - (time.monotonic() - self.started)
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._on_timeout)
+
+    def prelog(self, level: str, event: str, **fields: object) -> None:
+        """Log a line of a connection not logged in: rate-limited, since anyone can cause any number of them."""
+        if not self.authenticated:
+            dropped = self.proxy.prelogin_log.allow(time.monotonic())
+            if dropped is None:
+                self.proxy.metrics.log_suppressed.inc()
+                return
+            if dropped:
+                fields["suppressed_before"] = dropped
+        getattr(self.log, level)(event, **fields)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._drop_decision()
+        if self.closed:
+            self._finish()
+            return
+        self.closed = True
+        if self.session is not None:
+            self.session.close()
+        if self.link is not None:
+            self.proxy.pool.release(self.link, reason="client_gone")
+        self._finish(reason="client_disconnected")
+
+    def pause_writing(self) -> None:
+        if self.link is not None and self.link.transport is not None:
+            with contextlib.suppress(Exception):
+                self.link.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.link is not None and self.link.transport is not None and not self.link.closed:
+            with contextlib.suppress(Exception):
+                self.link.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        """Backpressure: the server link cannot take more for now."""
+        self._backpressure = True
+        self._update_reading()
+
+    def resume_reading(self) -> None:
+        self._backpressure = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read the client's socket unless the server link is full or the session waits for a decision."""
+        if self.transport is None or self.closed:
+            return
+        paused = self._backpressure or self._decision is not None
+        if paused != self._reading_paused:
+            self._reading_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    @property
+    def bytes_in(self) -> int:
+        return self._bytes_in + (self.relay.bytes_in if self.relay is not None else 0)
+
+    @property
+    def bytes_out(self) -> int:
+        return self._bytes_out + (self.relay.bytes_out if self.relay is not None else 0)
+
+    def internal_error(self) -> None:
+        """A bug of ours while handling input (called inside the `except`): logged with its traceback, the
+        client gets XX000 without it."""
+        self.log.exception("internal_error")
+        self.close(errors.internal_error(), "internal_error")
+
+    # --- from the server link -----------------------------------------------------------
+
+    def start_relay(self, link: ServerLink) -> None:
+        """The session relays from now on: both transports read into the compiled hot path (proxy.relay)."""
+        session, proxy, tenant = self.session, self.proxy, self.tenant
+        assert session is not None and self.transport is not None and link.transport is not None
+        assert tenant is not None
+        relay = self.relay = ClientRelay(
+            self, session, self.transport, link.transport,
+            recorder=proxy.metrics.query_recorder(tenant.label),
+            stats=proxy.ops.tenant_stats(tenant.name),
+            metrics_enabled=proxy.metrics_enabled,
+            audit=proxy.audit,
+            audit_prefix=self._audit_fields() if proxy.audit is not None else "",
+            end_user=self._connect.end_user if self._connect is not None else None,
+        )
+        session.report_requests(relay.request_done)
+        self.transport.set_protocol(relay)
+        link.transport.set_protocol(ServerRelay(link, relay))
+
+    def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
+        assert self.session is not None
+        if self.closed:
+            self.proxy.pool.release(link, reason="client_gone")
+            return
+        # The startup can finish before _acquire resumes (one round trip without a password): the link is ours.
+        self.link = link
+        self._ready = ready
+        self.run(self.session.server_ready(ready.parameters, ready.notices))
+
+    def _start_relay(self) -> None:
+        """The session is ready: its cancel key forwards to this backend, the startup deadline ends, it relays."""
+        link, ready, tenant, connect = self.link, self._ready, self.tenant, self._connect
+        assert link is not None and ready is not None and tenant is not None and connect is not None
+        self._ready = None
+        self.proxy.cancels.register(*connect.cancel_key, CancelTarget(link.server.backend, ready.process_id,
+                                                                      ready.secret_key))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        connect_s = time.monotonic() - link.connected_at
+        self.log.info(
+            "backend_connected",
+            backend=link.server.backend.name,
+            database=link.server.database,
+            tls=link.server.tls,
+            connect_ms=round(connect_s * 1000, 2),
+        )
+        label = tenant.label
+        self.proxy.metrics.backend_connect_duration.labels(label).observe(connect_s)
+        self.proxy.metrics.servers.labels(label, "active").inc()
+        link.gauge_label = label
+        self._set_gauge(label, "active")
+        if not self.closed:
+            self.start_relay(link)
+
+    def server_failed(self, link: ServerLink, reason: str, refusal: PgError | None = None) -> None:
+        """The backend connection failed; `refusal` is the backend's own ErrorResponse, if it sent one."""
+        assert self.session is not None and self.tenant is not None
+        backend = link.server.backend
+        self.log.warning("backend_failed", backend=backend.describe(), reason=reason,
+                         sqlstate=refusal.sqlstate if refusal else None)
+        if refusal is not None:
+            self.proxy.metrics.backend_errors.labels(self.tenant.label, refusal.sqlstate[:2]).inc()
+        # the session tells the client while it is connecting: the backend's name, never its address
+        error = (errors.backend_refused(backend.name, refusal) if refusal is not None
+                 else errors.backend_unreachable(backend.name, "see the proxy log"))
+        self.run(self.session.server_failed(error, "backend"))
+
+    def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
+        if self.link is not link or self.closed:
+            return
+        assert self.session is not None
+        if self.relay is not None:
+            self.run(self.session.server_closed())
+        else:
+            self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
+
+    # --- action execution ----------------------------------------------------------------
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.transport is not None and not self.closed and data:
+            self._bytes_out += len(data)
+            self.transport.write(data)
+
+    def run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, RelayToServer):
+                if self.link is not None:
+                    self.link.writelines(action.chunks)
+            elif isinstance(action, RelayToClient):
+                if self.transport is not None and not self.closed:
+                    self._bytes_out += write_chunks(self.transport, action.chunks)
+            elif isinstance(action, SendClient):
+                self.write(action.data)
+            elif isinstance(action, StartClientTls):
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self._tls_pending = True
+                asyncio.get_running_loop().create_task(self._start_tls())
+            elif isinstance(action, StartRelay):
+                self._start_relay()
+            elif isinstance(action, LoginStarted):
+                if not self.authenticated:
+                    self.proxy.prelogin.exchanging(self)  # a real login under way: never closed to make room
+            elif isinstance(action, AdminLogin):
+                self._admin_login(action.login)
+            elif isinstance(action, ConnectBackend):
+                self._connect_backend(action)
+            elif isinstance(action, AdminQuery):
+                self._admin_query(action.sql)
+            elif isinstance(action, RunDecision):
+                self._run_decision(action.pending)
+            elif isinstance(action, ForwardCancel):
+                asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
+            elif isinstance(action, CloseServer):
+                if self.link is not None:
+                    self.proxy.pool.release(self.link, reason=action.reason)
+                    self.link = None
+            elif isinstance(action, CloseClient):
+                self.close(action.error, action.reason)
+                return
+            else:  # pragma: no cover
+                raise AssertionError(f"unexpected client action {action!r}")
+
+    def _run_decision(self, pending: Pending) -> None:
+        """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
+        self.proxy.metrics.offloaded.labels(pending.gate.tenant.label).inc()
+        self._decision = self.proxy.workers.submit(
+            pending, lambda decision, stages: self._decided(pending, decision, stages)
+        )
+        self._update_reading()
+
+    def _decided(self, pending: Pending, decision: Decision, stages: dict[str, float]) -> None:
+        self._decision = None
+        pending.finish(decision, stages)
+        if self.closed or self.session is None:
+            return
+        try:
+            self.run(self.session.decision_ready(decision))
+        except Exception:
+            self.internal_error()
+            return
+        self._update_reading()
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.transport is not None and self.proxy.client_ssl is not None and self.session is not None
+        try:
+            new = await loop.start_tls(
+                self.transport,
+                self,
+                self.proxy.client_ssl,
+                server_side=True,
+                ssl_handshake_timeout=self.proxy.config.limits.startup_timeout,
+            )
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
+            self.prelog("info", "tls_handshake_failed", error=str(exc))
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self._finish(reason="tls_failed")
+            return
+        if new is None:
+            return
+        self.transport = new
+        self._tls_pending = False
+        self.run(self.session.tls_done())
+
+    def _set_gauge(self, tenant: str, state: str) -> None:
+        gauge = self.proxy.metrics.clients
+        if self._gauge is not None:
+            gauge.labels(*self._gauge).dec()
+        self._gauge = (tenant, state)
+        gauge.labels(tenant, state).inc()
+
+    def _admin_login(self, login: Login) -> None:
+        """An admin logged in to the console: no startup deadline any more; logged, counted and audited."""
+        self.login, self.admin = login, True
+        self._logged_in()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.log = self.log.bind(user=login.user, admin=True, application_name=login.application_name)
+        self.log.info("auth_ok", tls=login.tls)
+        self.proxy.metrics.auth.labels("success", "ok").inc()
+        if self.proxy.audit is not None:
+            self.proxy.audit.event("admin_login", self._audit_fields(), tls=login.tls)
+
+    def _admin_query(self, sql: str) -> None:
+        try:
+            out = admin_console.execute(sql, AdminView(self.proxy.ops))
+            outcome = "ok"
+        except PgError as exc:
+            out = exc.encode()
+            outcome = exc.sqlstate
+        command = " ".join(sql.split())[:64]
+        self.log.info("admin_command", command=command, outcome=outcome)
+        if self.proxy.audit is not None:
+            self.proxy.audit.event("admin_command", self._audit_fields(), command=command, outcome=outcome)
+        self.write(out + m.ready_for_query(b"I"))
+
+    def _on_decision(self, kind: str, sql: str, decision: Decision) -> None:
+        if isinstance(decision, Deny):
+            self.log.info("statement_denied", kind=kind, rule=decision.rule, sqlstate=decision.sqlstate)
+            label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
+            self.proxy.metrics.denied.labels(label, decision.rule).inc()
+        elif isinstance(decision, Rewrite):
+            self.log.debug("statement_rewritten", kind=kind, rules=list(decision.rules))
+
+    def count_backend_error(self, sqlstate: str) -> None:
+        """A request ended in a backend error: counted per tenant and SQLSTATE class."""
+        assert self.tenant is not None
+        self.proxy.metrics.backend_errors.labels(self.tenant.label, sqlstate[:2]).inc()
+
+    def _audit_fields(self) -> str:
+        """The session's own audit fields, encoded once for all its lines."""
+        login = self.login
+        assert login is not None
+        return AuditLog.fields(session_id=self.session_id, tenant=self.tenant.name if self.tenant else None,
+                               user=login.user, application_name=login.application_name, client_addr=self.address)
+
+    def _connect_backend(self, connect: ConnectBackend) -> None:
+        self._connect, self.login = connect, connect.login
+        self.tenant = tenant = self.proxy.tenant(connect.tenant)
+        self.log = self.log.bind(
+            user=connect.login.user, tenant=tenant.name, application_name=connect.login.application_name
+        )
+        self._logged_in()
+        self.log.info("auth_ok", tls=connect.login.tls)
+        self.proxy.metrics.auth.labels("success", "ok").inc()
+        self._set_gauge(tenant.label, "connecting")
+        asyncio.get_running_loop().create_task(self._attach_policy_and_connect(connect))
+
+    async def _attach_policy_and_connect(self, connect: ConnectBackend) -> None:
+        session = self.session
+        assert session is not None
+        name, backend = connect.tenant, connect.backend
+        if name not in self.proxy.policies:  # its backend was down at startup: prepare it now
+            try:
+                problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
+            except BackendCheckError as exc:
+                self.log.warning("backend_failed", backend=backend.describe(), reason=str(exc))
+                self.run(session.server_failed(errors.backend_unreachable(backend.name, "its check failed"), "backend"))
+                return
+            if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
+                self.run([CloseClient(errors.tenant_unavailable(name), "preflight_failed")])
+                return
+        if self.closed:
+            return
+        gate = self.proxy.decider(name)
+        # a Parse memo holds while the gate's policy (and the session's context) stays
+        session.enable_policy(gate, gate.current, gate.with_context)
+        await self._acquire(connect)
+
+    async def _acquire(self, connect: ConnectBackend) -> None:
+        session = self.session
+        assert session is not None
+        backend = connect.backend
+        try:
+            link = await self.proxy.pool.acquire(self, backend, connect.database, connect.parameters)
+        except (TimeoutError, OSError) as exc:
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
+            self.log.warning("backend_failed", backend=backend.describe(), reason=reason)
+            shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
+            self.run(session.server_failed(errors.backend_unreachable(backend.name, shown), "backend"))
+            return
+        if self.closed:
+            self.proxy.pool.release(link, reason="client_gone")
+            return
+        self.link = link
+
+    def _logged_in(self) -> None:
+        """Authentication succeeded: the connection leaves the pre-login caps and its log lines are all kept."""
+        self.authenticated = True
+        self.proxy.prelogin.done(self)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if not self._spoke:
+            self.proxy.metrics.prelogin_closed.labels("first_message_timeout").inc()
+            self.close(errors.startup_timeout(), "first_message_timeout")
+        elif self.session is not None:
+            self.run(self.session.timeout())
+
+    def close(self, error: PgError | None, reason: str) -> None:
+        if self.closed:
+            return
+        kind, _, detail = reason.partition(":")
+        if kind == "auth_failed":
+            if detail in ("unknown_user", "bad_proof") and not self.proxy.config.metrics.auth_failure_detail:
+                detail = "invalid_credentials"  # one reason for both, as the client sees one 28P01
+            self.proxy.metrics.auth.labels("failure", detail or "unknown").inc()
+        elif kind == "auth_throttled":
+            self.proxy.metrics.auth.labels("refused", "throttled").inc()
+            self.proxy.metrics.auth_throttled.labels(detail).inc()
+        elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout",
+                        "too_many_clients"):
+            self.proxy.metrics.auth.labels("refused", reason).inc()
+        if self.admin and reason == "client_terminate":
+            self.log.info("admin_logout")
+        if error is not None:
+            if not self._tls_pending:  # never plaintext into a TLS handshake: that connection is just cut
+                self.write(error.encode())
+            level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
+            self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
+        self.closed = True
+        self._drop_decision()
+        if self.session is not None:
+            self.session.close()
+        if self.link is not None:
+            self.proxy.pool.release(self.link, reason=reason)
+            self.link = None
+        if self.transport is not None:
+            if self._tls_pending:
+                self.transport.abort()
+            else:
+                self.transport.close()
+        self._finish(reason=reason)
+
+    def _drop_decision(self) -> None:
+        """The client is gone: nobody waits for its decision any more."""
+        if self._decision is not None:
+            self.proxy.workers.cancel(self._decision)  # type: ignore[arg-type]
+            self._decision = None
+
+    def flush_bytes(self) -> None:
+        if self.tenant is None or not self.proxy.metrics_enabled:
+            return
+        sent_c, received_c = self.proxy.metrics.traffic_children(self.tenant.label)
+        sent_c.inc(self.bytes_out - self._bytes_reported[0])
+        received_c.inc(self.bytes_in - self._bytes_reported[1])
+        self._bytes_reported = (self.bytes_out, self.bytes_in)
+
+    def _finish(self, reason: str = "") -> None:
+        self.proxy.prelogin.done(self)
+        self.flush_bytes()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._gauge is not None:
+            self.proxy.metrics.clients.labels(*self._gauge).dec()
+            self._gauge = None
+        if self in self.proxy.clients:
+            self.proxy.clients.discard(self)
+            if self.session is not None:
+                if self._connect is not None:
+                    self.proxy.cancels.unregister(self._connect.cancel_key[0])
+                if reason != "cancel_request":  # (a CancelRequest comes before any user)
+                    self.prelog(
+                        "info",
+                        "connection_closed",
+                        reason=reason,
+                        duration_s=round(time.monotonic() - self.started, 3),
+                        bytes_in=self.bytes_in,
+                        bytes_out=self.bytes_out,
+                    )
+        self.proxy.client_finished()

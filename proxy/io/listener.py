@@ -1,0 +1,372 @@
+"""The listener and what sessions share (Proxy): listening, tenant preparation, reload, cancel, shutdown, run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import signal
+import ssl
+import time
+
+from proxy import _accel, allocator, dbcheck, errors, memory
+from proxy.actions import ForwardCancel
+from proxy.audit import AuditLog
+from proxy.auth.prelogin import PreloginLimiter
+from proxy.auth.throttle import AuthThrottle
+from proxy.cancel import CancelRegistry
+from proxy.config import Config
+from proxy.dbcheck import BackendCheckError
+from proxy.httpd import OpsServer
+from proxy.io.client import ClientConnection
+from proxy.io.pool import Pool
+from proxy.io.tls import backend_ssl_context, client_ssl_context, own_channel_binding
+from proxy.logs import LogLimiter, get_logger
+from proxy.metrics import DEFAULT_BUCKETS, Metrics
+from proxy.mocksecret import with_mock_secret
+from proxy.ops import ClientRow, Ops, Running, ServerRow, Snapshot
+from proxy.policy.cache import DecisionCache, Gate
+from proxy.policy.engine import Limits
+from proxy.policy.model import TenantPolicy
+from proxy.protocol import messages as m
+from proxy.registry import SessionRef, Tenant, TenantRegistry
+from proxy.session import SessionRow
+from proxy.workers import DecisionWorkers
+
+log = get_logger("pgtenant.driver")
+
+
+class Proxy:
+    """The listener and everything shared between sessions."""
+
+    def __init__(self, config: Config) -> None:
+        config = with_mock_secret(config)
+        self.registry = TenantRegistry(config, dbcheck.discover, dbcheck.preflight)
+        self.client_ssl = client_ssl_context(config)
+        self.channel_binding = own_channel_binding(config)
+        lim = config.limits
+        self.throttle = AuthThrottle(
+            max_failures=lim.max_auth_failures, window=lim.auth_failure_window,
+            max_user_failures=lim.max_auth_failures_per_user, max_address_failures=lim.max_auth_failures_per_address,
+        )
+        self.prelogin = PreloginLimiter(lim.max_prelogin_connections_per_address, lim.max_prelogin_connections)
+        self.prelogin_log = LogLimiter()
+        self.cancels = CancelRegistry()
+        self.clients: set[ClientConnection] = set()
+        self.finished_since_trim = 0  # sessions ended since the allocator was last trimmed (_trim_memory)
+        self.pool = Pool(self)
+        self.server: asyncio.AbstractServer | None = None
+        limits = config.limits
+        self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
+        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
+        self._deciders: dict[str, Gate] = {}
+        self._tenants: dict[str, Tenant] = {}
+        self.metrics = Metrics(
+            max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
+        )
+        self.metrics.tenant.preload(sorted(config.tenants))
+        self.metrics_enabled = config.metrics.enabled
+        self.metrics.watch_cache(lambda: (
+            self.decisions.hits, self.decisions.misses, self.decisions.entries, self.decisions.held
+        ))
+        self.workers = DecisionWorkers(
+            limits.decision_workers, limits.decision_timeout,
+            on_restart=lambda reason: self.metrics.worker_restarts.labels(reason).inc(),
+        )
+        self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
+        self.ops = Ops(Running(
+            config=lambda: self.config, snapshot=self.snapshot, prepare_tenant=self.prepare_tenant,
+            apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
+        ))
+        self.ops_server: OpsServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.stopping = False
+
+    @property
+    def config(self) -> Config:
+        """The config in force (the registry's: a reload replaces it)."""
+        return self.registry.config
+
+    @property
+    def policies(self) -> dict[str, TenantPolicy]:
+        """Every prepared tenant's current policy (the registry's: a reload replaces the dict)."""
+        return self.registry.policies
+
+    def decider(self, tenant: str) -> Gate:
+        """The policy gate of one tenant's sessions (one per tenant, shared by its sessions): the shared decision
+        cache, under the tenant's current policy (a reload may replace it), with decision times observed on
+        cache misses."""
+        found = self._deciders.get(tenant)
+        if found is None:
+            found = self._deciders[tenant] = self._new_decider(tenant)
+        return found
+
+    def _new_decider(self, tenant: str) -> Gate:
+        decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
+        return Gate(self.decisions, self.registry.policy, self.tenant(tenant),
+                    lambda stage, seconds: decision_time[stage].observe(seconds), self.decision_limits)
+
+    def tenant(self, name: str) -> Tenant:
+        """A tenant's identity for its sessions, with its metrics label (computed once per tenant and config)."""
+        found = self._tenants.get(name)
+        if found is None:
+            found = self._tenants[name] = Tenant(name, self.config.tenants[name].strategy, self.metrics.tenant(name))
+        return found
+
+    def apply_config(self, new: Config) -> list[str]:
+        """Blocking half of a reload (discovery and preflight under the new config); the switch itself
+        is scheduled on the loop. Returns the problems that reject the reload."""
+        policies, problems = self.prepare_config(new)
+        if problems:
+            return problems
+        loop = self._loop
+        assert loop is not None
+        done = asyncio.run_coroutine_threadsafe(self._install(new, policies), loop)
+        done.result(30)
+        return []
+
+    async def _install(self, new: Config, policies: dict[str, TenantPolicy]) -> None:
+        self.install_config(new, policies)
+
+    def prepare(self) -> None:
+        """Blocking startup work for every tenant: discovery, isolation preflight, policy.
+
+        A tenant whose backend is unreachable is prepared later, when its first client arrives; a
+        reachable database that does not enforce the boundary stops the start (unless overridden).
+        """
+        problems: list[str] = []
+        for tenant in self.config.tenants.values():
+            try:
+                problems += self.prepare_tenant(tenant.name)
+            except BackendCheckError as exc:
+                log.warning("tenant_pending", tenant=tenant.name, reason=str(exc))
+        if problems:
+            raise StartupError(
+                "the database does not enforce the tenant boundary: " + "; ".join(problems)
+                + " (fix it, e.g. with `pgtenant provision`, or set preflight.enforce = false)"
+            )
+
+    def prepare_tenant(self, name: str) -> list[str]:
+        """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""
+        problems = self.registry.prepare_tenant(name)
+        ready = self.registry.policy(name) is not None
+        self.metrics.preflight_ok.labels(self.metrics.tenant(name)).set(1 if ready else 0)
+        return problems
+
+    def prepare_config(self, new: Config) -> tuple[dict[str, TenantPolicy], list[str]]:
+        """Blocking: build every tenant's policy under a new config (for reload); tenants whose backend
+        is down are left to be prepared later."""
+        return self.registry.prepare_config(new, BackendCheckError)
+
+    def install_config(self, new: Config, policies: dict[str, TenantPolicy]) -> None:
+        """On the event loop: switch to a new config; sessions of removed or moved users end at their
+        next statement, everyone else keeps going under the new policy."""
+        new = with_mock_secret(new, self.config)
+        limits = new.limits
+        self.decisions.clear()
+        self.decisions.maxsize, self.decisions.max_bytes = limits.decision_cache_entries, limits.decision_cache_bytes
+        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
+        for gate in self._deciders.values():  # sessions keep their gate: it decides under the new limits too
+            gate.limits = self.decision_limits
+        self._deciders.clear()
+        self._tenants.clear()
+        self.workers.count, self.workers.timeout = limits.decision_workers, limits.decision_timeout
+        self.client_ssl = client_ssl_context(new)
+        self.channel_binding = own_channel_binding(new)
+        lim = new.limits
+        self.throttle.max_failures = lim.max_auth_failures
+        self.throttle.max_user_failures = lim.max_auth_failures_per_user
+        self.throttle.max_address_failures = lim.max_auth_failures_per_address
+        self.throttle.window = lim.auth_failure_window
+        self.prelogin.per_address = lim.max_prelogin_connections_per_address
+        self.prelogin.total = lim.max_prelogin_connections
+        self.metrics.tenant.preload(sorted(new.tenants))
+        by_id = {client.session_id: client for client in self.clients}
+        sessions = [SessionRef(row.session_id, row.user, row.admin)
+                    for row in self.session_rows() if row.user is not None]
+        revoked = self.registry.install(new, policies, sessions)
+        for ref in sessions:  # logged-in and logging-in users' sessions decide under the new config
+            if not ref.admin:
+                by_id[ref.session_id].reconfigure(new)
+        for revocation in revoked:  # each ends at its next statement
+            by_id[revocation.session_id].revoke(revocation.error)
+
+    def session_rows(self) -> list[SessionRow]:
+        """Every connection's session, as plain data (for reload and the admin console)."""
+        return [row for row in (client.row() for client in list(self.clients)) if row is not None]
+
+    def snapshot(self) -> Snapshot:
+        """The running proxy as plain data (the admin console's and readiness' only view of it)."""
+        now = time.monotonic()
+        clients = []
+        for c in list(self.clients):
+            row = c.row()
+            if row is not None:
+                clients.append(ClientRow(row, now - c.started, c.bytes_in, c.bytes_out))
+        servers = [ServerRow(*link.server.row(), link.client.session_id or None, now - link.connected_at)
+                   for link in list(self.pool.links)]
+        return Snapshot(self.server is not None and not self.stopping, self.registry.pending(), clients, servers)
+
+    def kill(self, session_id: str) -> bool:
+        """End one session (the console's KILL_CLIENT); False if there is none of that id."""
+        for c in list(self.clients):
+            if c.session_id == session_id and c.session is not None:
+                c.close(errors.admin_shutdown(), "killed_by_admin")
+                return True
+        return False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        if self.config.metrics.enabled:
+            self.ops_server = OpsServer(self.config.metrics, self.metrics, self.ops.ready)
+            try:
+                await self.ops_server.start()
+            except OSError as exc:
+                m_cfg = self.config.metrics
+                raise StartupError(f"metrics: cannot listen on {m_cfg.host}:{m_cfg.port}: {exc.strerror}") from exc
+        try:
+            self.server = await loop.create_server(
+                lambda: ClientConnection(self),
+                self.config.listen.host,
+                self.config.listen.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            listen = self.config.listen
+            raise StartupError(f"listen: cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from exc
+        log.info("listening", address=self.addresses(), compiled_hot_path=_accel.status())
+        loop.call_later(memory.TRIM_INTERVAL, self._trim_memory)
+
+    def _trim_memory(self) -> None:
+        """Every TRIM_INTERVAL while sessions come and go: what connections freed goes back to the system (RSS
+        grew ~2 KB per connection without it, in freed heap pages glibc kept)."""
+        if self.finished_since_trim:
+            self.finished_since_trim = 0
+            memory.trim()
+        if self.server is not None:
+            asyncio.get_running_loop().call_later(memory.TRIM_INTERVAL, self._trim_memory)
+
+    def addresses(self) -> list[str]:
+        if self.server is None:
+            return []
+        return [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in self.server.sockets]
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def client_finished(self) -> None:
+        self.finished_since_trim += 1
+        if not self.clients:
+            self._idle.set()
+
+    async def forward_cancel(self, action: ForwardCancel) -> None:
+        target = self.cancels.lookup(action.process_id, action.secret_key)
+        if target is None:  # anyone can send these: counted, and logged through the pre-login limiter
+            self.metrics.cancel_ignored.inc()
+            dropped = self.prelogin_log.allow(time.monotonic())
+            if dropped is None:
+                self.metrics.log_suppressed.inc()
+            else:
+                log.info("cancel_ignored", reason="unknown_key", **({"suppressed_before": dropped} if dropped else {}))
+            return
+        backend = target.backend
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(backend.host, backend.port), backend.connect_timeout
+            )
+            if backend.sslmode != "disable":
+                writer.write(m.encode_ssl_request())
+                answer = await asyncio.wait_for(reader.readexactly(1), backend.connect_timeout)
+                if answer == b"S":
+                    await writer.start_tls(backend_ssl_context(backend), server_hostname=backend.host)
+                elif backend.sslmode != "prefer":
+                    raise ConnectionError("backend refused TLS for the cancel request")
+            writer.write(m.encode_cancel_request(target.process_id, target.secret_key))
+            await writer.drain()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            log.info("cancel_forwarded", backend=backend.name)
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.warning("cancel_failed", backend=backend.name, error=str(exc))
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let sessions finish until the deadline, then end the rest with 57P01."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.server is not None:
+            self.server.close()
+        deadline = self.config.limits.shutdown_timeout
+        log.info("shutdown_started", sessions=len(self.clients), deadline_s=deadline)
+        if self.clients:
+            self._idle.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), deadline)
+        for client in list(self.clients):
+            client.close(errors.admin_shutdown(), "shutdown")
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+        if self.ops_server is not None:
+            await self.ops_server.close()
+        self.workers.close()
+        if self.audit is not None:
+            self.audit.close()
+        log.info("shutdown_complete")
+
+
+class StartupError(RuntimeError):
+    """The proxy cannot start safely; the message says why."""
+
+
+def freeze_heap() -> int:
+    """Move everything made until now (modules, parsers, policies: it lives as long as the process) out of the
+    cyclic garbage collector's reach; returns how many objects that is. A full collection walked all of it
+    (~20 ms for ~90k objects here), stalling every session at once; objects made later are collected as usual."""
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("heap_frozen", objects=frozen)
+    return frozen
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run the proxy until SIGTERM/SIGINT."""
+    allocator.return_large_blocks()  # RSS returns after big messages (glibc keeps them otherwise)
+    proxy = Proxy(config)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, proxy.prepare)
+    freeze_heap()  # before listening: the log line precedes readiness
+    await proxy.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(proxy.ops.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await proxy.shutdown()
+
+
+def run(config: Config) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(serve(config))
+        return
+    uvloop.run(serve(config))

@@ -1,0 +1,71 @@
+"""Ops through the Running interface: the admin console's rows come from plain snapshots, reload's outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from proxy.auth.scram import make_verifier
+from proxy.config import Config, load_config, parse_config
+from proxy.metrics import Metrics
+from proxy.ops import ClientRow, Ops, Running, ServerRow, Snapshot
+from proxy.session import SessionRow
+
+
+def make_config(tmp_path: Path) -> Config:
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
+    return parse_config({
+        "secrets_file": "s.toml",
+        "backends": {"main": {}},
+        "tenants": {"acme": {"strategy": "database", "database": "acme"},
+                    "globex": {"strategy": "database", "database": "globex"}},
+        "users": {"alice": {"tenant": "acme"}},
+    }, base=tmp_path)
+
+
+ALICE = SessionRow("ab12", "alice", "acme", "psql", "10.0.0.1", True, "ready", "I", False)
+SNAPSHOT = Snapshot(
+    listening=True, pending=["globex"],
+    clients=[ClientRow(ALICE, 12.34, 100, 200)],
+    servers=[ServerRow("main", "pgt_acme", "acme", 4242, False, "ready", "ab12", 12.0)],
+)
+
+
+def ops(config: Config, *, problems: list[str] | None = None, killed: list[str] | None = None) -> Ops:
+    return Ops(Running(
+        config=lambda: config, snapshot=lambda: SNAPSHOT, prepare_tenant=lambda _name: [],
+        apply_config=lambda _new: problems or [], kill=lambda sid: killed is not None and not killed.append(sid),
+        unlock=lambda user: len(user), metrics=Metrics(max_tenants=10),
+    ))
+
+
+def test_console_rows_come_from_the_snapshot(tmp_path: Path) -> None:
+    o = ops(make_config(tmp_path))
+    columns, rows = o.tenants()
+    assert columns[0] == "tenant"
+    assert [(r[0], r[5], r[6]) for r in rows] == [("acme", "ready", 1), ("globex", "pending", 0)]
+    assert o.clients()[1] == [("ab12", "alice", "acme", "psql", "10.0.0.1", "tls", "ready", "I", 12.3, 100, 200)]
+    assert o.servers()[1] == [("main", "pgt_acme", "acme", 4242, "ab12", "plain", "ready", 12.0)]
+
+
+def test_kill_and_unlock_go_to_the_running_proxy(tmp_path: Path) -> None:
+    killed: list[str] = []
+    o = ops(make_config(tmp_path), killed=killed)
+    assert o.kill_client("ab12") and killed == ["ab12"]
+    assert o.unlock("alice") == 5
+
+
+def test_reload_without_a_file_and_with_problems(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert asyncio.run(ops(config).reload()) == (False, "the configuration was not loaded from a file")
+    (tmp_path / "p.toml").write_text(
+        'secrets_file = "s.toml"\n[backends.main]\n[tenants.acme]\nstrategy = "database"\ndatabase = "acme"\n'
+        '[users.alice]\ntenant = "acme"\n'
+    )
+    from_file = load_config(tmp_path / "p.toml")
+    rejected = ops(from_file, problems=["acme: RLS is off"])
+    ok, message = asyncio.run(rejected.reload())
+    assert not ok and message == "reload rejected, old configuration stays in force: acme: RLS is off"
+    ok, message = asyncio.run(ops(from_file).reload())
+    assert ok and message == "configuration reloaded: 1 tenant(s), 1 user(s)"
+
