@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Sequence
 from typing import Protocol
 
 from proxy.errors import PgError
-from proxy.protocol.messages import frame
+from proxy.protocol.messages import command_complete, data_row, frame, row_description
 
 ADMIN_DATABASE = "pgtenant"
-_TEXT_OID = 25
 _KILL = re.compile(r"^KILL_CLIENT\s+([0-9a-f]+)$", re.IGNORECASE)
 _UNLOCK = re.compile(r"^UNLOCK\s+(?:\"([^\"]+)\"|(\S+))$", re.IGNORECASE)
 
@@ -33,25 +31,11 @@ class AdminContext(Protocol):
 
 def result_set(columns: Sequence[str], rows: Rows, tag: str) -> bytes:
     """RowDescription + DataRows (text) + CommandComplete."""
-    desc = struct.pack("!h", len(columns)) + b"".join(
-        c.encode() + b"\x00" + struct.pack("!ihihih", 0, 0, _TEXT_OID, -1, -1, 0) for c in columns
-    )
-    out = bytearray(frame(b"T", desc))
+    out = bytearray(row_description(columns))
     for row in rows:
-        body = bytearray(struct.pack("!h", len(row)))
-        for value in row:
-            if value is None:
-                body += struct.pack("!i", -1)
-            else:
-                data = str(value).encode()
-                body += struct.pack("!i", len(data)) + data
-        out += frame(b"D", bytes(body))
-    out += frame(b"C", f"{tag}\x00".encode())
+        out += data_row([None if value is None else str(value).encode() for value in row])
+    out += command_complete(tag)
     return bytes(out)
-
-
-def command_complete(tag: str) -> bytes:
-    return frame(b"C", f"{tag}\x00".encode())
 
 
 def execute(sql: str, ctx: AdminContext) -> bytes:

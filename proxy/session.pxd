@@ -3,7 +3,7 @@
 import cython
 
 from proxy.actions cimport RelayToClient, RelayToServer
-from proxy.protocol.messages cimport query_message, query_text
+from proxy.protocol.messages cimport bind_statement, query_message, query_text
 from proxy.protocol.stream cimport MessageStream
 from proxy.tracking cimport RequestTracker
 
@@ -25,6 +25,3 @@ cdef class ClientSession:
     cpdef list client_data(self, data)
     cpdef list server_data(self, data)
     cpdef list _relay_from_client(self, data)
-
-@cython.locals(n=Py_ssize_t, end=Py_ssize_t, stmt_end=Py_ssize_t)
-cpdef str _bind_statement(bytes body)

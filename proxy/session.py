@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import re
 import secrets
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +31,7 @@ from proxy.errors import PgError
 from proxy.policy.cache import Pending
 from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
 from proxy.protocol import messages as m
-from proxy.protocol.messages import query_message, query_text
+from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
@@ -40,7 +39,6 @@ from proxy.stmtkind import statement_kind
 from proxy.tenancy import parsing_violation
 from proxy.tracking import Request, RequestTracker
 
-_I32 = struct.Struct("!i")
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
 # burst past either loses only its oldest messages' wording, see _on_error_response).
 _MAX_PENDING_DENIALS = 65536
@@ -62,22 +60,6 @@ Contextual = Callable[[SessionContext], Decide]
 def _undecided(_kind: str, _sql: str) -> Decision:
     """The gate before a policy is attached: never called (the gate handlers come with the policy)."""
     return Deny("XX000", "no tenant policy is attached to this session", "", "internal_error")
-
-
-def _bind_statement(body: bytes) -> str | None:
-    """The prepared statement a Bind names (None when the body is malformed: the backend says so)."""
-    n = len(body)
-    end = 0
-    while end < n and body[end] != 0:  # the portal name
-        end += 1
-    stmt_end = end + 1
-    while stmt_end < n and body[stmt_end] != 0:
-        stmt_end += 1
-    if stmt_end >= n:
-        return None
-    if stmt_end == end + 1:
-        return ""  # the unnamed statement
-    return body[end + 1 : stmt_end].decode("utf-8", "replace")
 
 
 def _denial_size(message: str) -> int:
@@ -701,7 +683,7 @@ class ClientSession:
         if type_ == m.QUERY:
             self.tracker.on_query("", decision)
             return query_message(self._deny_marker(decision))
-        name = body[: max(body.find(b"\x00"), 0)].decode("utf-8", "replace")
+        name = m.parse_name(body)
         self.tracker.on_parse(name, "", decision)
         return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
 
@@ -727,7 +709,7 @@ class ClientSession:
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
     def _on_bind(self, body: bytes) -> None:
-        statement = _bind_statement(body)
+        statement = bind_statement(body)
         if statement is not None:
             self.tracker.on_bind(statement)
             if self._tracking:
@@ -741,8 +723,8 @@ class ClientSession:
         self._binds = 0
 
     def _on_close(self, body: bytes) -> None:
-        if body[:1] == b"S":
-            name = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+        name = m.close_statement(body)
+        if name is not None:
             self.tracker.on_close_statement(name)
             if self._tracking:
                 self.context.close(name)
@@ -783,7 +765,7 @@ class ClientSession:
         self.tracker.on_copy_in()
 
     def _on_error_response(self, body: bytes) -> bytes | None:
-        if b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body:  # the backend ends the session itself
+        if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
@@ -801,14 +783,7 @@ class ClientSession:
                     if self._tracking:
                         self._context_failed()
                     return err.encode()
-        pos = body.find(b"C")
-        code = None
-        while pos >= 0:  # find the 'C' field at a field start
-            if pos == 0 or body[pos - 1] == 0:
-                code = body[pos + 1 : pos + 6].decode("ascii", "replace")
-                break
-            pos = body.find(b"C", pos + 1)
-        self.tracker.on_error(code)
+        self.tracker.on_error(m.error_sqlstate(body))
         if self._tracking:
             self._context_failed()
         return None

@@ -22,3 +22,5 @@ cdef extern from *:
 @cython.locals(n=Py_ssize_t)
 cpdef str query_text(bytes body)
 cpdef bytes query_message(str sql)
+@cython.locals(n=Py_ssize_t, end=Py_ssize_t, stmt_end=Py_ssize_t)
+cpdef str bind_statement(bytes body)

@@ -17,7 +17,6 @@ from proxy.audit import end_user_from_sql, redact
 from proxy.errors import PgError
 from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats
 from proxy.policy.model import Allow, Deny
-from proxy.session import _bind_statement
 from proxy.stmtkind import _BY_KEYWORD, _statement_kind, statement_kind
 from proxy.tracking import RequestTracker, tag_rows
 
@@ -99,15 +98,6 @@ def test_tag_rows_reads_the_trailing_count_as_the_spec_says(tag: bytes) -> None:
     """The count is the tag's last space-separated word, without trailing NULs, when it is all ASCII digits."""
     last = tag[tag.rfind(b" ") + 1 :].rstrip(b"\x00")
     assert tag_rows(tag) == (int(last) if last.isdigit() else 0)
-
-
-@settings(max_examples=3000, deadline=None)
-@given(st.lists(st.sampled_from([b"\x00", b"P0_1", b"\xff", b"s\xc3\xa9", b"\x00\x01"]), max_size=6).map(b"".join))
-def test_bind_statement_names_the_second_string(body: bytes) -> None:
-    end = body.find(b"\x00")
-    stmt_end = body.find(b"\x00", end + 1)
-    expected = None if end < 0 or stmt_end <= end else body[end + 1 : stmt_end].decode("utf-8", "replace")
-    assert _bind_statement(body) == expected
 
 
 @settings(max_examples=2000, deadline=None)
