@@ -6,8 +6,8 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
-from proxy.errors import PgError
-from proxy.protocol.messages import command_complete, data_row, frame, row_description
+from proxy import errors
+from proxy.protocol.messages import command_complete, data_row, row_description
 
 ADMIN_DATABASE = "pgtenant"
 _KILL = re.compile(r"^KILL_CLIENT\s+([0-9a-f]+)$", re.IGNORECASE)
@@ -54,20 +54,13 @@ def execute(sql: str, ctx: AdminContext) -> bytes:
         return result_set(columns, rows, f"SHOW {len(rows)}") if rows or columns else command_complete("SHOW")
     if upper == "RELOAD":
         message = ctx.reload()
-        return frame(b"N", b"SNOTICE\x00VNOTICE\x00C00000\x00M" + message.encode() + b"\x00\x00") + command_complete(
-            "RELOAD"
-        )
+        return errors.admin_reloaded(message).encode() + command_complete("RELOAD")
     m = _KILL.match(text)
     if m:
         if not ctx.kill_client(m.group(1).lower()):
-            raise PgError("42704", f"no client with session id {m.group(1)}")
+            raise errors.admin_no_client(m.group(1))
         return command_complete("KILL_CLIENT")
     m = _UNLOCK.match(text)
     if m:  # forget a user's failed logins (every address): its login budgets are whole again
         return command_complete(f"UNLOCK {ctx.unlock(m.group(1) or m.group(2))}")
-    raise PgError(
-        "42601",
-        "pgtenant admin console: unknown command",
-        hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
-        "UNLOCK <user>.",
-    )
+    raise errors.admin_unknown_command()

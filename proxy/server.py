@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
+from proxy import errors
 from proxy.actions import Action, SendServer, ServerFailed, ServerReady, StartServerTls
 from proxy.auth.backend import BackendAuthenticator, BackendAuthError
 from proxy.config import BackendConfig
-from proxy.errors import PgError
 from proxy.protocol import messages as m
 from proxy.protocol.stream import ALL_TYPES, FramingError, Message, MessageStream
 
@@ -150,8 +150,7 @@ class ServerConnection:
         if t == m.ERROR_RESPONSE:
             fields = m.decode_error_fields(msg.body)
             self.state = ServerState.FAILED
-            error = PgError(fields.get("C") or "08001", fields.get("M", "error"), "FATAL",
-                            detail=fields.get("D"), hint=fields.get("H"))  # its SQLSTATE reaches the client
+            error = errors.backend_error(fields)  # its SQLSTATE reaches the client
             return [ServerFailed(f"{fields.get('C', '')} {fields.get('M', 'error')}".strip(), error)]
         if t == m.READY_FOR_QUERY:
             self._transition(ServerEvent.READY_FOR_QUERY)

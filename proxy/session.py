@@ -30,6 +30,7 @@ from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.cache import Pending
 from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
+from proxy.policy.rules import deny
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
@@ -46,7 +47,7 @@ _MAX_DENIAL_BYTES = 1 << 20
 _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
-_MALFORMED = Deny("08P01", "malformed message", "", "malformed_message")
+_MALFORMED = deny("malformed_message", "malformed message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 
@@ -59,7 +60,7 @@ Contextual = Callable[[SessionContext], Decide]
 
 def _undecided(_kind: str, _sql: str) -> Decision:
     """The gate before a policy is attached: never called (the gate handlers come with the policy)."""
-    return Deny("XX000", "no tenant policy is attached to this session", "", "internal_error")
+    return deny("internal_error", "no tenant policy is attached to this session")
 
 
 def _denial_size(message: str) -> int:
@@ -666,12 +667,7 @@ class ClientSession:
 
     def _gate_function_call(self, body: bytes) -> bytes:
         """FunctionCall invokes any function by OID, around every SQL-level check: never allowed."""
-        decision = Deny(
-            "42501",
-            "the FunctionCall protocol message is not allowed through pgtenant",
-            "Call the function from a SQL statement instead.",
-            "function_call_message",
-        )
+        decision = deny("function_call_message", "the FunctionCall protocol message is not allowed through pgtenant")
         self.tracker.on_function_call(decision)
         self._report("function_call", "", decision)
         return query_message(self._deny_marker(decision))
@@ -679,7 +675,7 @@ class ClientSession:
     def _deny_invalid_text(self, type_: int, body: bytes) -> bytes:
         """PostgreSQL answers invalid UTF-8 with 22021 and keeps the session; so do we (the text is never
         forwarded)."""
-        decision = Deny("22021", 'invalid byte sequence for encoding "UTF8"', "", "invalid_utf8")
+        decision = deny("invalid_utf8", 'invalid byte sequence for encoding "UTF8"')
         if type_ == m.QUERY:
             self.tracker.on_query("", decision)
             return query_message(self._deny_marker(decision))
@@ -692,9 +688,9 @@ class ClientSession:
         if self.on_decision is not None and (self.report_rewrites or type(decision) is not Rewrite):
             self.on_decision(kind, sql, decision)
 
-    def _deny_marker(self, deny: Decision) -> str:
-        assert isinstance(deny, Deny)
-        return self._error_marker(errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule))
+    def _deny_marker(self, decision: Decision) -> str:
+        assert isinstance(decision, Deny)
+        return self._error_marker(errors.policy_denied(decision))
 
     def _error_marker(self, err: PgError) -> str:
         """A statement that fails in the backend where the original would have; its error is replaced by `err`."""
@@ -777,7 +773,7 @@ class ClientSession:
                 if err is None and b"C42601\x00" in body and b'at or near "' + marker + b'"' in body:
                     # The exact failure of a marker statement whose entry was evicted (a pipelined burst
                     # of denials): still our denial, never the backend's syntax error naming the marker.
-                    err = errors.policy_denied("42501", "statement denied by the tenant policy", "", "denied")
+                    err = errors.denial_evicted()
                 if err is not None:
                     self.tracker.on_error(err.sqlstate, denied=True)
                     if self._tracking:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import perf_counter
 from typing import Any
 
@@ -12,7 +12,7 @@ from pglast.parser import ParseError
 from proxy.policy import classify, context, functions, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.guards import may_need_guard
-from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
+from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Rewrite, TenantPolicy
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
 from proxy.policy.tree import Node, Statement, TreeTooLarge, parse
@@ -89,9 +89,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         except Denied as exc:
             if count == 1:
                 raise
-            d = exc.decision
-            where = f"statement {index + 1} of {count}: "
-            return Deny(d.sqlstate, d.message.replace("pgtenant: ", "pgtenant: " + where, 1), d.hint, d.rule)
+            return replace(exc.decision, statement=(index + 1, count))
         effects |= stmt_effects
         policies.append(current)
         if stmt_changes:

@@ -122,12 +122,14 @@ class Rewrite:
 
 @dataclass(frozen=True, slots=True)
 class Deny:
-    """Answer the client with an ErrorResponse; the session stays usable."""
+    """Answer the client with an ErrorResponse; the session stays usable. `message` says what the rule found;
+    proxy.errors.policy_denied renders the client's text from it, the rule and `statement`."""
 
     sqlstate: str
     message: str
     hint: str
     rule: str
+    statement: tuple[int, int] | None = None  # (position from 1, count) in a string of several statements
 
 
 Decision = Allow | Rewrite | Deny

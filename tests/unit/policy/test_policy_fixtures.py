@@ -6,6 +6,7 @@ from collections import Counter
 
 from policy_corpus import POLICIES, Case, case_policy, load_cases
 
+from proxy.errors import policy_denied
 from proxy.policy import Allow, Deny, Rewrite, decide
 from proxy.policy.tree import parse_json
 
@@ -15,7 +16,7 @@ def test_fixture_case(fixture_case: Case) -> None:
     if fixture_case.expect == "deny":
         assert isinstance(decision, Deny), decision
         assert (decision.sqlstate, decision.rule) == (fixture_case.sqlstate, fixture_case.rule), decision
-        assert f"(rule {decision.rule})" in decision.message
+        assert policy_denied(decision).message.endswith(f"(rule {decision.rule})")
         assert decision.hint
     elif fixture_case.expect == "allow":
         assert isinstance(decision, Allow), decision
