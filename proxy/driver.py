@@ -48,6 +48,7 @@ from proxy.policy.cache import DecisionCache, Gate, Pending
 from proxy.policy.engine import Limits
 from proxy.policy.model import Decision, Deny, Rewrite, TenantPolicy
 from proxy.protocol import messages as m
+from proxy.reasons import CloseReason
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
@@ -232,20 +233,18 @@ class ClientConnection(asyncio.Protocol):
         self.log = log.bind(session_id=sid, client_addr=address)
         self.session.report_rewrites = self.log.is_enabled_for(logging.DEBUG)
         self.proxy.clients.add(self)
-        self.proxy.metrics.clients.labels("_none", "authenticating").inc()
-        self._gauge: tuple[str, str] | None = ("_none", "authenticating")
+        self._gauge = self.proxy.metrics.client_moved(None, ("_none", "authenticating"))
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
-            self.run([CloseClient(errors.too_many_clients(cfg.limits.max_client_connections), "too_many_clients")])
+            self.run([CloseClient(errors.too_many_clients(cfg.limits.max_client_connections),
+                                  CloseReason.TOO_MANY_CLIENTS)])
             return
         victims, refused = self.proxy.prelogin.admit(self, address)  # a waiting one not logging in makes room
         if refused is not None:  # every place is held by a login in its SCRAM exchange: this one waits outside
-            self.proxy.metrics.prelogin_closed.labels(f"{refused}_refused").inc()
-            self.run([CloseClient(errors.too_many_logging_in(refused), f"prelogin_{refused}_refused")])
+            self.run([CloseClient(errors.too_many_logging_in(refused), CloseReason.prelogin_cap(refused, True))])
             return
         for victim, limit in victims:
             assert isinstance(victim, ClientConnection)
-            self.proxy.metrics.prelogin_closed.labels(limit).inc()
-            victim.close(errors.too_many_waiting(limit), f"prelogin_{limit}_limit")
+            victim.close(errors.too_many_waiting(limit), CloseReason.prelogin_cap(limit, False))
         silent = min(cfg.limits.first_message_timeout, cfg.limits.startup_timeout)
         self._timer = asyncio.get_running_loop().call_later(silent, self._on_timeout)
         self.prelog("info", "connection_accepted")
@@ -281,7 +280,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.authenticated:
             dropped = self.proxy.prelogin_log.allow(time.monotonic())
             if dropped is None:
-                self.proxy.metrics.log_suppressed.inc()
+                self.proxy.metrics.log_line_suppressed()
                 return
             if dropped:
                 fields["suppressed_before"] = dropped
@@ -296,8 +295,8 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.close()
         if self.link is not None:
-            self.proxy.pool.release(self.link, reason="client_gone")
-        self._finish(reason="client_disconnected")
+            self.proxy.pool.release(self.link, reason=CloseReason.CLIENT_GONE)
+        self._finish(reason=CloseReason.CLIENT_DISCONNECTED)
 
     def pause_writing(self) -> None:
         if self.link is not None and self.link.transport is not None:
@@ -342,7 +341,7 @@ class ClientConnection(asyncio.Protocol):
         """A bug of ours while handling input (called inside the `except`): logged with its traceback, the
         client gets XX000 without it."""
         self.log.exception("internal_error")
-        self.close(errors.internal_error(), "internal_error")
+        self.close(errors.internal_error(), CloseReason.INTERNAL_ERROR)
 
     # --- from the server link -----------------------------------------------------------
 
@@ -366,15 +365,16 @@ class ClientConnection(asyncio.Protocol):
     def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
         assert self.session is not None
         if self.closed:
-            self.proxy.pool.release(link, reason="client_gone")
+            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
             return
         for name, value in ready.parameters.items():
             problem = parsing_violation(name, value)
             if problem is not None:  # fail closed: the backend would read SQL differently from the engine
                 self.log.error("backend_parsing_mismatch", problem=problem)
-                self.proxy.pool.release(link, reason="parsing_mismatch")
+                self.proxy.pool.release(link, reason=CloseReason.PARSING_MISMATCH)
                 self.link = None
-                self.run(self.session.server_failed(errors.backend_settings_unsafe(problem), "parsing_mismatch"))
+                self.run(self.session.server_failed(errors.backend_settings_unsafe(problem),
+                                                    CloseReason.PARSING_MISMATCH))
                 return
         self.proxy.cancels.register(
             self.session.process_id,
@@ -393,8 +393,7 @@ class ClientConnection(asyncio.Protocol):
             connect_ms=round(connect_s * 1000, 2),
         )
         label = self.proxy.metrics.tenant(self.session.info.tenant)
-        self.proxy.metrics.backend_connect_duration.labels(label).observe(connect_s)
-        self.proxy.metrics.servers.labels(label, "active").inc()
+        self.proxy.metrics.backend_connected(label, connect_s)
         link.gauge_label = label
         self._set_gauge(label, "active")
         for notice in ready.notices:
@@ -410,12 +409,11 @@ class ClientConnection(asyncio.Protocol):
         self.log.warning("backend_failed", backend=backend.describe(), reason=reason,
                          sqlstate=refusal.sqlstate if refusal else None)
         if refusal is not None:
-            metrics = self.proxy.metrics
-            metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), refusal.sqlstate[:2]).inc()
+            self.proxy.metrics.backend_error(self.session.info.tenant, refusal.sqlstate)
         if self.session.state is State.CONNECTING:  # the client is told the backend's name, never its address
             error = (errors.backend_refused(backend.name, refusal) if refusal is not None
                      else errors.backend_unreachable(backend.name, "see the proxy log"))
-            self.run(self.session.server_failed(error, "backend"))
+            self.run(self.session.server_failed(error, CloseReason.BACKEND))
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
         if self.link is not link or self.closed:
@@ -423,9 +421,9 @@ class ClientConnection(asyncio.Protocol):
         assert self.session is not None
         if self.session.state is State.READY:  # after the backend's own FATAL, PostgreSQL's word is the last
             if self.session.backend_fatal:
-                self.run([CloseClient(None, "server_fatal")])
+                self.run([CloseClient(None, CloseReason.SERVER_FATAL)])
             else:
-                self.run([CloseClient(errors.server_closed(), "server_closed")])
+                self.run([CloseClient(errors.server_closed(), CloseReason.SERVER_CLOSED)])
         elif self.session.state is State.CONNECTING:
             self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
 
@@ -473,8 +471,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _run_decision(self, pending: Pending) -> None:
         """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
-        metrics = self.proxy.metrics
-        metrics.offloaded.labels(metrics.tenant(pending.tenant)).inc()
+        self.proxy.metrics.decision_offloaded(pending.tenant)
         self._decision = self.proxy.workers.submit(
             pending, lambda decision, stages: self._decided(pending, decision, stages)
         )
@@ -508,7 +505,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
-            self._finish(reason="tls_failed")
+            self._finish(reason=CloseReason.TLS_FAILED)
             return
         if new is None:
             return
@@ -517,11 +514,7 @@ class ClientConnection(asyncio.Protocol):
         self.run(self.session.tls_done())
 
     def _set_gauge(self, tenant: str, state: str) -> None:
-        gauge = self.proxy.metrics.clients
-        if self._gauge is not None:
-            gauge.labels(*self._gauge).dec()
-        self._gauge = (tenant, state)
-        gauge.labels(tenant, state).inc()
+        self._gauge = self.proxy.metrics.client_moved(self._gauge, (tenant, state))
 
     def _admin_login(self) -> None:
         """An admin logged in to the console: no startup deadline any more; logged, counted and audited."""
@@ -533,7 +526,7 @@ class ClientConnection(asyncio.Protocol):
             self._timer = None
         self.log = self.log.bind(user=session.info.user, admin=True, application_name=session.info.application_name)
         self.log.info("auth_ok", tls=session.info.tls)
-        self.proxy.metrics.auth.labels("success", "ok").inc()
+        self.proxy.metrics.auth_succeeded()
         if self.proxy.audit is not None:
             self.proxy.audit.event("admin_login", self._audit_fields(), tls=session.info.tls)
 
@@ -554,15 +547,14 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(decision, Deny):
             self.log.info("statement_denied", kind=kind, rule=decision.rule, sqlstate=decision.sqlstate)
             tenant = self.session.info.tenant if self.session else None
-            self.proxy.metrics.denied.labels(self.proxy.metrics.tenant(tenant), decision.rule).inc()
+            self.proxy.metrics.statement_denied(tenant, decision.rule)
         elif isinstance(decision, Rewrite):
             self.log.debug("statement_rewritten", kind=kind, rules=list(decision.rules))
 
     def count_backend_error(self, sqlstate: str) -> None:
         """A request ended in a backend error: counted per tenant and SQLSTATE class."""
-        metrics = self.proxy.metrics
         assert self.session is not None
-        metrics.backend_errors.labels(metrics.tenant(self.session.info.tenant), sqlstate[:2]).inc()
+        self.proxy.metrics.backend_error(self.session.info.tenant, sqlstate)
 
     def _audit_fields(self) -> str:
         """The session's own audit fields, encoded once for all its lines."""
@@ -578,7 +570,7 @@ class ClientConnection(asyncio.Protocol):
         )
         self._logged_in()
         self.log.info("auth_ok", tls=session.info.tls)
-        self.proxy.metrics.auth.labels("success", "ok").inc()
+        self.proxy.metrics.auth_succeeded()
         self._set_gauge(self.proxy.metrics.tenant(session.tenant.name), "connecting")
         asyncio.get_running_loop().create_task(self._attach_policy_and_connect())
 
@@ -592,10 +584,10 @@ class ClientConnection(asyncio.Protocol):
             except BackendCheckError as exc:
                 self.log.warning("backend_failed", backend=session.backend.describe(), reason=str(exc))
                 self.run(session.server_failed(errors.backend_unreachable(session.backend.name, "its check failed"),
-                                                "backend"))
+                                               CloseReason.BACKEND))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
-                self.run([CloseClient(errors.tenant_unavailable(name), "preflight_failed")])
+                self.run([CloseClient(errors.tenant_unavailable(name), CloseReason.PREFLIGHT_FAILED)])
                 return
         if self.closed:
             return
@@ -615,10 +607,11 @@ class ClientConnection(asyncio.Protocol):
             reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
             self.log.warning("backend_failed", backend=session.backend.describe(), reason=reason)
             shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
-            self.run(session.server_failed(errors.backend_unreachable(session.backend.name, shown), "backend"))
+            error = errors.backend_unreachable(session.backend.name, shown)
+            self.run(session.server_failed(error, CloseReason.BACKEND))
             return
         if self.closed:
-            self.proxy.pool.release(link, reason="client_gone")
+            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
             return
         self.link = link
 
@@ -630,31 +623,20 @@ class ClientConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if not self._spoke:
-            self.proxy.metrics.prelogin_closed.labels("first_message_timeout").inc()
-            self.close(errors.startup_timeout(), "first_message_timeout")
+            self.close(errors.startup_timeout(), CloseReason.FIRST_MESSAGE_TIMEOUT)
         elif self.session is not None:
             self.run(self.session.timeout())
 
-    def close(self, error: PgError | None, reason: str) -> None:
+    def close(self, error: PgError | None, reason: CloseReason) -> None:
         if self.closed:
             return
-        kind, _, detail = reason.partition(":")
-        if kind == "auth_failed":
-            if detail in ("unknown_user", "bad_proof") and not self.proxy.config.metrics.auth_failure_detail:
-                detail = "invalid_credentials"  # one reason for both, as the client sees one 28P01
-            self.proxy.metrics.auth.labels("failure", detail or "unknown").inc()
-        elif kind == "auth_throttled":
-            self.proxy.metrics.auth.labels("refused", "throttled").inc()
-            self.proxy.metrics.auth_throttled.labels(detail).inc()
-        elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout",
-                        "too_many_clients"):
-            self.proxy.metrics.auth.labels("refused", reason).inc()
-        if self.session is not None and self.session.is_admin and reason == "client_terminate":
+        self.proxy.metrics.session_closed(reason, self.proxy.config.metrics.auth_failure_detail)
+        if self.session is not None and self.session.is_admin and reason is CloseReason.CLIENT_TERMINATE:
             self.log.info("admin_logout")
         if error is not None:
             if not self._tls_pending:  # never plaintext into a TLS handshake: that connection is just cut
                 self.write(error.encode())
-            level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
+            level = "info" if reason in (CloseReason.CLIENT_TERMINATE, CloseReason.CANCEL_REQUEST) else "warning"
             self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
         self._drop_decision()
@@ -680,25 +662,23 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         if session is None or session.info.tenant is None or not self.proxy.metrics_enabled:
             return
-        sent_c, received_c = self.proxy.metrics.traffic_children(self.proxy.metrics.tenant(session.info.tenant))
-        sent_c.inc(self.bytes_out - self._bytes_reported[0])
-        received_c.inc(self.bytes_in - self._bytes_reported[1])
+        sent, received = self.bytes_out - self._bytes_reported[0], self.bytes_in - self._bytes_reported[1]
+        self.proxy.metrics.client_bytes(self.proxy.metrics.tenant(session.info.tenant), sent, received)
         self._bytes_reported = (self.bytes_out, self.bytes_in)
 
-    def _finish(self, reason: str = "") -> None:
+    def _finish(self, reason: CloseReason | None = None) -> None:
         self.proxy.prelogin.done(self)
         self.flush_bytes()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._gauge is not None:
-            self.proxy.metrics.clients.labels(*self._gauge).dec()
-            self._gauge = None
+            self._gauge = self.proxy.metrics.client_moved(self._gauge, None)
         if self in self.proxy.clients:
             self.proxy.clients.discard(self)
             if self.session is not None:
                 self.proxy.cancels.unregister(self.session.process_id)
-                if self.session.info.user is not None or reason not in ("cancel_request",):
+                if self.session.info.user is not None or reason is not CloseReason.CANCEL_REQUEST:
                     self.prelog(
                         "info",
                         "connection_closed",
@@ -733,9 +713,9 @@ class Pool:
         self.links.add(link)
         return link
 
-    def release(self, link: ServerLink, *, reason: str = "") -> None:
+    def release(self, link: ServerLink, *, reason: CloseReason | None = None) -> None:
         if link in self.links and link.gauge_label is not None:
-            self.proxy.metrics.servers.labels(link.gauge_label, "active").dec()
+            self.proxy.metrics.backend_released(link.gauge_label)
             link.gauge_label = None
         self.links.discard(link)
         link.terminate()
@@ -775,7 +755,7 @@ class Proxy:
         ))
         self.workers = DecisionWorkers(
             limits.decision_workers, limits.decision_timeout,
-            on_restart=lambda reason: self.metrics.worker_restarts.labels(reason).inc(),
+            on_restart=self.metrics.worker_restarted,
         )
         self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
         self.ops = Ops(self)
@@ -795,9 +775,7 @@ class Proxy:
         return found
 
     def _new_decider(self, tenant: str) -> Gate:
-        decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
-        return Gate(self.decisions, self, tenant, lambda stage, seconds: decision_time[stage].observe(seconds),
-                    self.decision_limits)
+        return Gate(self.decisions, self, tenant, self.metrics.decision_timed, self.decision_limits)
 
     def server_parameters(self, session: ClientSession) -> dict[str, str]:
         """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
@@ -869,7 +847,7 @@ class Proxy:
         policy, problems = self.build_tenant(self.config, name)
         if policy is not None:
             self.policies[name] = policy
-        self.metrics.preflight_ok.labels(self.metrics.tenant(name)).set(1 if policy is not None else 0)
+        self.metrics.preflight(name, policy is not None)
         return problems
 
     def prepare_config(self, new: Config) -> tuple[dict[str, TenantPolicy], list[str]]:
@@ -982,10 +960,10 @@ class Proxy:
     async def forward_cancel(self, action: ForwardCancel) -> None:
         target = self.cancels.lookup(action.process_id, action.secret_key)
         if target is None:  # anyone can send these: counted, and logged through the pre-login limiter
-            self.metrics.cancel_ignored.inc()
+            self.metrics.cancel_ignored()
             dropped = self.prelogin_log.allow(time.monotonic())
             if dropped is None:
-                self.metrics.log_suppressed.inc()
+                self.metrics.log_line_suppressed()
             else:
                 log.info("cancel_ignored", reason="unknown_key", **({"suppressed_before": dropped} if dropped else {}))
             return
@@ -997,7 +975,7 @@ class Proxy:
             if backend.sslmode != "disable":
                 writer.write(m.encode_ssl_request())
                 answer = await asyncio.wait_for(reader.readexactly(1), backend.connect_timeout)
-                if answer == b"S":
+                if answer == m.SSL_ACCEPTED:
                     await writer.start_tls(backend_ssl_context(backend), server_hostname=backend.host)
                 elif backend.sslmode != "prefer":
                     raise ConnectionError("backend refused TLS for the cancel request")
@@ -1024,7 +1002,7 @@ class Proxy:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), deadline)
         for client in list(self.clients):
-            client.close(errors.admin_shutdown(), "shutdown")
+            client.close(errors.admin_shutdown(), CloseReason.SHUTDOWN)
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)

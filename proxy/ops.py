@@ -12,6 +12,7 @@ from proxy.admin import Rows
 from proxy.config import Config, ConfigError, load_config
 from proxy.logs import get_logger
 from proxy.metrics import TenantStats
+from proxy.reasons import CloseReason
 
 if TYPE_CHECKING:
     from proxy.driver import Proxy
@@ -75,18 +76,18 @@ class Ops:
                 new: Config = await loop.run_in_executor(None, load_config, source)
                 problems = await loop.run_in_executor(None, proxy.apply_config, new)
             except ConfigError as exc:
-                proxy.metrics.reloads.labels("rejected").inc()
+                proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem=str(exc))
                 return False, f"reload rejected, old configuration stays in force: {exc}"
             except Exception as exc:
-                proxy.metrics.reloads.labels("rejected").inc()
+                proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem=str(exc))
                 return False, f"reload rejected, old configuration stays in force: {exc}"
             if problems:
-                proxy.metrics.reloads.labels("rejected").inc()
+                proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem="; ".join(problems))
                 return False, "reload rejected, old configuration stays in force: " + "; ".join(problems)
-            proxy.metrics.reloads.labels("ok").inc()
+            proxy.metrics.config_reloaded(True)
             log.info("reloaded", tenants=len(new.tenants), users=len(new.users))
             return True, f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
 
@@ -163,7 +164,7 @@ class Ops:
     def kill_client(self, session_id: str) -> bool:
         for c in list(self.proxy.clients):
             if c.session is not None and c.session.info.session_id == session_id:
-                c.close(errors.admin_shutdown(), "killed_by_admin")
+                c.close(errors.admin_shutdown(), CloseReason.KILLED_BY_ADMIN)
                 return True
         return False
 

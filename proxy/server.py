@@ -106,15 +106,15 @@ class ServerConnection:
             answer, rest = data[:1], data[1:]
             if rest:
                 raise ServerProtocolError("received unencrypted data after SSL request")
-            if answer == b"S":
+            if answer == m.SSL_ACCEPTED:
                 self._transition(ServerEvent.SSL_ACCEPTED)
                 return [StartServerTls()]
-            if answer == b"N":
+            if answer == m.SSL_REFUSED:
                 if self.backend.sslmode != "prefer":
                     raise ServerProtocolError(f"server does not support TLS (sslmode={self.backend.sslmode})")
                 self._transition(ServerEvent.SSL_REFUSED)
                 return [SendServer(self._startup())]
-            if answer == b"E":
+            if answer == m.SSL_ERROR:
                 raise ServerProtocolError("server rejected the SSL request")
             raise ServerProtocolError(f"unexpected answer {answer!r} to SSL request")
         if self.state is not ServerState.STARTUP:

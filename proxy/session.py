@@ -34,6 +34,7 @@ from proxy.policy.rules import deny
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
+from proxy.reasons import CloseReason
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
@@ -131,7 +132,7 @@ class ParsingMismatch(Exception):
 class SessionError(Exception):
     """Raised inside the state machine; carries the client-facing error."""
 
-    def __init__(self, error: PgError, reason: str) -> None:
+    def __init__(self, error: PgError, reason: CloseReason) -> None:
         super().__init__(reason)
         self.error = error
         self.reason = reason
@@ -268,7 +269,7 @@ class ClientSession:
         if nxt is None:
             raise SessionError(
                 errors.protocol_violation(f"unexpected {event.value} in state {self.state.value}"),
-                f"unexpected_{event.value}",
+                CloseReason.unexpected(event.value),
             )
         self.state = nxt
 
@@ -294,7 +295,7 @@ class ClientSession:
             # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer.
             raise SessionError(
                 errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
-                "unexpected_data",
+                CloseReason.UNEXPECTED_DATA,
             )
         except SessionError as exc:
             return self._fail(exc)
@@ -305,9 +306,9 @@ class ClientSession:
                 if exc.too_large
                 else errors.protocol_violation(str(exc))
             )
-            return self._fail(SessionError(err, "framing"))
+            return self._fail(SessionError(err, CloseReason.FRAMING))
         except m.DecodeError as exc:
-            return self._fail(SessionError(errors.protocol_violation(str(exc)), "decode"))
+            return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
 
     def server_data(self, data: bytes) -> list[Action]:
         """Bytes from the server connection, once it is ready."""
@@ -315,11 +316,12 @@ class ClientSession:
             return [RelayToClient(self.backend_stream.feed(data))]
         except ParsingMismatch as exc:
             self.state = State.CLOSED
-            return [CloseServer("parsing_mismatch"),
-                    CloseClient(errors.backend_settings_unsafe(str(exc)), "parsing_mismatch")]
+            return [CloseServer(CloseReason.PARSING_MISMATCH),
+                    CloseClient(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)]
         except FramingError as exc:
             self.state = State.CLOSED
-            return [CloseClient(errors.protocol_violation(f"backend: {exc}"), "backend_framing"), CloseServer()]
+            return [CloseClient(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING),
+                    CloseServer()]
 
     def tls_done(self) -> list[Action]:
         try:
@@ -341,7 +343,7 @@ class ClientSession:
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out))]
 
-    def server_failed(self, error: PgError, reason: str) -> list[Action]:
+    def server_failed(self, error: PgError, reason: CloseReason) -> list[Action]:
         self.state = State.CLOSED
         return [CloseClient(error, reason)]
 
@@ -350,7 +352,7 @@ class ClientSession:
         if self.state in (State.READY, State.ADMIN, State.CLOSED):
             return []
         self.state = State.CLOSED
-        return [CloseClient(errors.startup_timeout(), "startup_timeout")]
+        return [CloseClient(errors.startup_timeout(), CloseReason.STARTUP_TIMEOUT)]
 
     # --- startup ---------------------------------------------------------------------------
 
@@ -370,10 +372,11 @@ class ClientSession:
         if rest:
             if self.state is State.TLS_HANDSHAKE:
                 # Bytes after SSLRequest before our 'S' could be injected plaintext (CVE-2021-23222).
-                raise SessionError(errors.unencrypted_data_after("SSL request"), "ssl_injection")
+                raise SessionError(errors.unencrypted_data_after("SSL request"), CloseReason.SSL_INJECTION)
             if isinstance(decoded, (m.SSLRequest, m.GSSENCRequest)):  # answered 'N': PostgreSQL refuses them too
                 what = "SSL request" if isinstance(decoded, m.SSLRequest) else "GSSAPI encryption request"
-                return [*actions, *self._fail(SessionError(errors.unencrypted_data_after(what), "ssl_injection"))]
+                refused = SessionError(errors.unencrypted_data_after(what), CloseReason.SSL_INJECTION)
+                return [*actions, *self._fail(refused)]
             if self.state is State.CLOSED:
                 return actions
             actions += self.client_data(rest)
@@ -382,30 +385,32 @@ class ClientSession:
     def _startup_packet(self, packet: m.StartupPacket) -> list[Action]:
         if isinstance(packet, m.SSLRequest):
             if self.info.tls:
-                raise SessionError(errors.protocol_violation("SSL request on an encrypted connection"), "ssl_twice")
+                raise SessionError(errors.protocol_violation("SSL request on an encrypted connection"),
+                                   CloseReason.SSL_TWICE)
             if not self.tls_available:
-                return [SendClient(b"N")]
+                return [SendClient(m.SSL_REFUSED)]
             self._transition(Event.SSL_REQUEST)
-            return [SendClient(b"S"), StartClientTls()]
+            return [SendClient(m.SSL_ACCEPTED), StartClientTls()]
         if isinstance(packet, m.GSSENCRequest):
             self._transition(Event.GSSENC_REQUEST)
-            return [SendClient(b"N")]
+            return [SendClient(m.SSL_REFUSED)]
         if isinstance(packet, m.CancelRequest):
             self._transition(Event.CANCEL_REQUEST)
-            return [ForwardCancel(packet.process_id, packet.secret_key), CloseClient(None, "cancel_request")]
+            return [ForwardCancel(packet.process_id, packet.secret_key),
+                    CloseClient(None, CloseReason.CANCEL_REQUEST)]
         return self._startup_message(packet)
 
     def _startup_message(self, msg: m.StartupMessage) -> list[Action]:
         if msg.major != 3:
-            raise SessionError(errors.unsupported_protocol(msg.major, msg.minor), "protocol_version")
+            raise SessionError(errors.unsupported_protocol(msg.major, msg.minor), CloseReason.PROTOCOL_VERSION)
         self._transition(Event.STARTUP_MESSAGE)
         if self.config.tls.require and not self.info.tls:
-            raise SessionError(errors.tls_required(), "tls_required")
+            raise SessionError(errors.tls_required(), CloseReason.TLS_REQUIRED)
         params = msg.parameters
         self.info.startup_parameters = dict(params)
         user = params.get("user", "")
         if not user:
-            raise SessionError(errors.no_user(), "no_user")
+            raise SessionError(errors.no_user(), CloseReason.NO_USER)
         self.info.user = user
         self.info.application_name = params.get("application_name")
         self.info.database = params.get("database") or user
@@ -417,7 +422,8 @@ class ClientSession:
         config = self.config
         refusal = self.throttle.admit(self.info.client_address, user, self.clock())
         if refusal is not None:
-            raise SessionError(errors.auth_throttled(user, refusal.retry_after), f"auth_throttled:{refusal.limit}")
+            raise SessionError(errors.auth_throttled(user, refusal.retry_after),
+                               CloseReason.auth_throttled(refusal.limit))
         self._auth_pending = True
         self.is_admin = user in config.admin.users
         cb = self.channel_binding() if self.info.tls else None
@@ -435,11 +441,12 @@ class ClientSession:
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if self.state not in (State.SASL_INITIAL, State.SASL_CONTINUE):
-                raise SessionError(errors.protocol_violation("unexpected message during authentication"), "auth_extra")
+                raise SessionError(errors.protocol_violation("unexpected message during authentication"),
+                                   CloseReason.AUTH_EXTRA)
             if item.type != m.PASSWORD:
                 raise SessionError(
                     errors.protocol_violation(f"expected SASL response, got message type {item.type}"),
-                    "auth_unexpected",
+                    CloseReason.AUTH_UNEXPECTED,
                 )
             actions += self._sasl_message(item.body)
         return actions
@@ -459,12 +466,13 @@ class ClientSession:
             refusal = self.throttle.admit(self.info.client_address, user, self.clock())
             if refusal is not None:
                 self._auth_pending = False
-                raise SessionError(errors.auth_throttled(user, refusal.retry_after), f"auth_throttled:{refusal.limit}")
+                raise SessionError(errors.auth_throttled(user, refusal.retry_after),
+                                   CloseReason.auth_throttled(refusal.limit))
             server_final = self.scram.client_final(body)
         except (AuthFailed, m.DecodeError) as exc:
             reason = exc.reason if isinstance(exc, AuthFailed) else "malformed"
             self._settle_auth()
-            raise SessionError(errors.auth_failed(user), f"auth_failed:{reason}") from exc
+            raise SessionError(errors.auth_failed(user), CloseReason.auth_failed(reason)) from exc
         self._auth_pending = False
         self.throttle.succeeded(self.info.client_address, user, self.clock())
         db = self.info.database or user
@@ -473,7 +481,7 @@ class ClientSession:
         ]
         if self.is_admin:
             if db != ADMIN_DATABASE:
-                raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
+                raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
             self._transition(Event.ADMIN_OK)
             self.info.tenant = None
             status = m.parameter_status("server_version", "15.0 (pgtenant admin)") + m.parameter_status(
@@ -483,15 +491,15 @@ class ClientSession:
                                          + m.ready_for_query(b"I")), AdminLogin()]
         found = self.config.user_tenant(user)
         if found is None:  # a reload removed the user during its login
-            raise SessionError(errors.user_removed(user), "user_removed")
+            raise SessionError(errors.user_removed(user), CloseReason.USER_REMOVED)
         self.user_config, self.tenant, self.backend = found
         self._transition(Event.AUTH_OK)
         self.info.tenant = self.tenant.name
         if db not in self.tenant.client_database_names and db != user:
-            raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
+            raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
         params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
         if err is not None:
-            raise SessionError(err, "startup_parameter")
+            raise SessionError(err, CloseReason.STARTUP_PARAMETER)
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
         actions.append(ConnectBackend())
@@ -512,13 +520,14 @@ class ClientSession:
             return []
         if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
             self.state = State.CLOSED
-            return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
+            return [CloseServer(CloseReason.USER_REMOVED), CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
                 self.state = State.CLOSED
                 actions: list[Action] = [RelayToServer(chunks[:i])] if i else []
-                return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
+                return [*actions, CloseServer(CloseReason.CLIENT_TERMINATE),
+                        CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
             return [RelayToServer(chunks), RunDecision(self._held.pending)]
         return [RelayToServer(chunks)]
@@ -546,17 +555,17 @@ class ClientSession:
     def _admin_data(self, data: bytes) -> list[Action]:
         if self.revoked is not None:
             self.state = State.CLOSED
-            return [CloseClient(self.revoked, "user_removed")]
+            return [CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         actions: list[Action] = []
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if item.type == m.TERMINATE:
                 self.state = State.CLOSED
-                return [*actions, CloseClient(None, "client_terminate")]
+                return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
             if item.type != m.QUERY:
                 raise SessionError(
                     errors.protocol_violation("the pgtenant admin console supports only the simple query protocol"),
-                    "admin_extended",
+                    CloseReason.ADMIN_EXTENDED,
                 )
             actions.append(AdminQuery(m.Query.decode(item.body).sql))
         return actions

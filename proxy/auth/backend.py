@@ -163,14 +163,10 @@ class BackendAuthenticator:
         return None
 
     def _on_sasl(self, payload: bytes) -> bytes:
-        if not payload.endswith(b"\x00"):
-            raise BackendAuthError("malformed AuthenticationSASL request (mechanism list not terminated)")
-        mechanisms = payload[:-1].split(b"\x00")
-        if mechanisms and mechanisms[-1] == b"":
-            mechanisms.pop()
-        if b"" in mechanisms:
-            raise BackendAuthError("malformed AuthenticationSASL request (empty mechanism name)")
-        names = [m.decode("ascii", "replace") for m in mechanisms]
+        try:
+            names = m.decode_sasl_mechanisms(payload)
+        except m.DecodeError as exc:
+            raise BackendAuthError(f"malformed AuthenticationSASL request ({exc})") from None
         if SCRAM_SHA_256_PLUS in names and self._cbind_data is not None:
             mechanism = SCRAM_SHA_256_PLUS
             self._gs2_header = b"p=" + CHANNEL_BINDING_TYPE.encode("ascii") + b",,"

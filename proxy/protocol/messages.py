@@ -52,6 +52,11 @@ TEXT_OID = 25  # pg_type's text
 
 FRONTEND_TYPES = frozenset(b"QPBEDCSHXFdcfp")
 
+# The one-byte answers to an SSLRequest or GSSENCRequest (or an ErrorResponse's type byte from a server too old).
+SSL_ACCEPTED = b"S"
+SSL_REFUSED = b"N"
+SSL_ERROR = b"E"
+
 
 class DecodeError(ValueError):
     """A message body that does not follow the protocol."""
@@ -293,6 +298,18 @@ AUTH_SASL_FINAL = 12
 
 def authentication(code: int, payload: bytes = b"") -> bytes:
     return frame(b"R", _I32.pack(code) + payload)
+
+
+def decode_sasl_mechanisms(payload: bytes) -> list[str]:
+    """The mechanism names of an AuthenticationSASL request (its payload after the code)."""
+    if not payload.endswith(b"\x00"):
+        raise DecodeError("mechanism list not terminated")
+    names = payload[:-1].split(b"\x00")
+    if names and names[-1] == b"":
+        names.pop()
+    if b"" in names:
+        raise DecodeError("empty mechanism name")
+    return [name.decode("ascii", "replace") for name in names]
 
 
 def decode_authentication(body: bytes) -> tuple[int, bytes]:

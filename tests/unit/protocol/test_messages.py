@@ -258,3 +258,12 @@ def test_sasl_initial_response_encode_round_trip() -> None:
     assert msg[:1] == b"p" and struct.unpack_from("!I", msg, 1)[0] == len(msg) - 1
     assert m.SASLInitialResponse.decode(msg[5:]) == m.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=xyz")
     assert m.password_message(b"secret\x00") == b"p" + struct.pack("!I", 11) + b"secret\x00"
+
+
+def test_sasl_mechanisms_round_trip() -> None:
+    msg = m.authentication_sasl(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])
+    code, payload = m.decode_authentication(msg[5:])
+    assert code == m.AUTH_SASL and m.decode_sasl_mechanisms(payload) == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    for bad in (b"SCRAM-SHA-256", b"A\x00\x00B\x00\x00"):  # not terminated; an empty name
+        with pytest.raises(m.DecodeError):
+            m.decode_sasl_mechanisms(bad)
