@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.config import BackendConfig
 from proxy.errors import PgError
+from proxy.reasons import CloseReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,15 +122,15 @@ class ForwardCancel:
 class CloseClient:
     """Send the error (if any) and close the client connection."""
 
-    error: PgError | None = None
-    reason: str = ""
+    error: PgError | None
+    reason: CloseReason
 
 
 @dataclass(frozen=True, slots=True)
 class CloseServer:
     """Terminate the server connection (1:1 for now; a pool would release it instead)."""
 
-    reason: str = ""
+    reason: CloseReason | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Sequence
 from typing import Protocol
 
-from proxy.errors import PgError
-from proxy.protocol.messages import frame
+from proxy import errors
+from proxy.protocol.messages import command_complete, data_row, row_description
 
 ADMIN_DATABASE = "pgtenant"
-_TEXT_OID = 25
 _KILL = re.compile(r"^KILL_CLIENT\s+([0-9a-f]+)$", re.IGNORECASE)
 _UNLOCK = re.compile(r"^UNLOCK\s+(?:\"([^\"]+)\"|(\S+))$", re.IGNORECASE)
 
@@ -33,25 +31,11 @@ class AdminContext(Protocol):
 
 def result_set(columns: Sequence[str], rows: Rows, tag: str) -> bytes:
     """RowDescription + DataRows (text) + CommandComplete."""
-    desc = struct.pack("!h", len(columns)) + b"".join(
-        c.encode() + b"\x00" + struct.pack("!ihihih", 0, 0, _TEXT_OID, -1, -1, 0) for c in columns
-    )
-    out = bytearray(frame(b"T", desc))
+    out = bytearray(row_description(columns))
     for row in rows:
-        body = bytearray(struct.pack("!h", len(row)))
-        for value in row:
-            if value is None:
-                body += struct.pack("!i", -1)
-            else:
-                data = str(value).encode()
-                body += struct.pack("!i", len(data)) + data
-        out += frame(b"D", bytes(body))
-    out += frame(b"C", f"{tag}\x00".encode())
+        out += data_row([None if value is None else str(value).encode() for value in row])
+    out += command_complete(tag)
     return bytes(out)
-
-
-def command_complete(tag: str) -> bytes:
-    return frame(b"C", f"{tag}\x00".encode())
 
 
 def execute(sql: str, ctx: AdminContext) -> bytes:
@@ -70,20 +54,13 @@ def execute(sql: str, ctx: AdminContext) -> bytes:
         return result_set(columns, rows, f"SHOW {len(rows)}") if rows or columns else command_complete("SHOW")
     if upper == "RELOAD":
         message = ctx.reload()
-        return frame(b"N", b"SNOTICE\x00VNOTICE\x00C00000\x00M" + message.encode() + b"\x00\x00") + command_complete(
-            "RELOAD"
-        )
+        return errors.admin_reloaded(message).encode() + command_complete("RELOAD")
     m = _KILL.match(text)
     if m:
         if not ctx.kill_client(m.group(1).lower()):
-            raise PgError("42704", f"no client with session id {m.group(1)}")
+            raise errors.admin_no_client(m.group(1))
         return command_complete("KILL_CLIENT")
     m = _UNLOCK.match(text)
     if m:  # forget a user's failed logins (every address): its login budgets are whole again
         return command_complete(f"UNLOCK {ctx.unlock(m.group(1) or m.group(2))}")
-    raise PgError(
-        "42601",
-        "pgtenant admin console: unknown command",
-        hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
-        "UNLOCK <user>.",
-    )
+    raise errors.admin_unknown_command()

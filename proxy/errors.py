@@ -1,15 +1,48 @@
-"""Every client-visible error: one place that builds ErrorResponse/NoticeResponse with a SQLSTATE."""
+"""Every client-visible error and notice in one registry: SQLSTATE, severity, message template and hint."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from string import Formatter
+from typing import TYPE_CHECKING
 
 from proxy.protocol.messages import encode_error_fields
+
+if TYPE_CHECKING:
+    from proxy.policy.model import Deny
+
+# SQLSTATEs, with PostgreSQL's names (errcodes.txt). The only place in proxy/ a SQLSTATE is written: a test
+# (tests/unit/test_errors.py) scans the tree for SQLSTATE literals elsewhere.
+SUCCESSFUL_COMPLETION = "00000"
+SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION = "08001"
+CONNECTION_FAILURE = "08006"
+PROTOCOL_VIOLATION = "08P01"
+FEATURE_NOT_SUPPORTED = "0A000"
+CHARACTER_NOT_IN_REPERTOIRE = "22021"
+READ_ONLY_SQL_TRANSACTION = "25006"
+INVALID_AUTHORIZATION_SPECIFICATION = "28000"
+INVALID_SCHEMA_NAME = "3F000"
+INVALID_PASSWORD = "28P01"
+INVALID_CATALOG_NAME = "3D000"
+UNDEFINED_TABLE = "42P01"
+INSUFFICIENT_PRIVILEGE = "42501"
+SYNTAX_ERROR = "42601"
+UNDEFINED_OBJECT = "42704"
+TOO_MANY_CONNECTIONS = "53300"
+PROGRAM_LIMIT_EXCEEDED = "54000"
+STATEMENT_TOO_COMPLEX = "54001"
+QUERY_CANCELED = "57014"
+ADMIN_SHUTDOWN = "57P01"
+CANNOT_CONNECT_NOW = "57P03"
+INTERNAL_ERROR = "XX000"
+
+_AS_POSTGRESQL = frozenset({CHARACTER_NOT_IN_REPERTOIRE, INVALID_SCHEMA_NAME, UNDEFINED_TABLE})
+_NOTICE_SEVERITIES = frozenset({"NOTICE", "WARNING", "INFO", "LOG", "DEBUG"})
 
 
 @dataclass(frozen=True, slots=True)
 class PgError(Exception):
-    """An error the proxy reports to a client as an ErrorResponse."""
+    """An error the proxy reports to a client as an ErrorResponse (a notice as a NoticeResponse)."""
 
     sqlstate: str
     message: str
@@ -32,196 +65,216 @@ class PgError(Exception):
         return out
 
     def encode(self) -> bytes:
-        """The full ErrorResponse message ('E')."""
-        return encode_error_fields(b"E", self.fields())
+        """The full ErrorResponse message ('E'), or NoticeResponse ('N') for a notice's severity."""
+        return encode_error_fields(b"N" if self.severity in _NOTICE_SEVERITIES else b"E", self.fields())
 
 
-def protocol_violation(message: str) -> PgError:
-    return PgError("08P01", message, "FATAL")
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    """One registered error. Calling it fills the `{field}`s of its message (and detail, hint) from its arguments,
+    positional ones in the order the fields first appear: `auth_failed("bob")`."""
+
+    name: str
+    sqlstate: str
+    severity: str
+    message: str
+    hint: str | None = None
+    detail: str | None = None
+    fields: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names: list[str] = []
+        for text in (self.message, self.detail, self.hint):
+            for _, name, _, _ in Formatter().parse(text or ""):
+                if name and name not in names:
+                    names.append(name)
+        object.__setattr__(self, "fields", tuple(names))
+
+    def __call__(self, *args: object, **values: object) -> PgError:
+        if len(args) > len(self.fields):
+            raise TypeError(f"{self.name}() takes {len(self.fields)} arguments")
+        values.update(zip(self.fields, args, strict=False))
+        return PgError(
+            self.sqlstate,
+            self.message.format(**values),
+            self.severity,
+            detail=self.detail.format(**values) if self.detail else None,
+            hint=self.hint.format(**values) if self.hint else None,
+        )
 
 
-def malformed_message(message: str) -> PgError:
-    """A message PostgreSQL cannot read either (its pq_getmsg* errors): ERROR, the session goes on."""
-    return PgError("08P01", message, "ERROR")
+# name -> spec: every error pgtenant itself reports to a client (the policy's rule ids and their SQLSTATEs and
+# hints are in proxy/policy/rules.py, rendered by `policy_denied` below).
+REGISTRY: dict[str, ErrorSpec] = {}
 
 
-def unencrypted_data_after(request: str) -> PgError:
-    """Bytes pipelined after an SSLRequest/GSSENCRequest (CVE-2021-23222): PostgreSQL's words."""
-    return PgError(
-        "08P01", f"received unencrypted data after {request}", "FATAL",
-        detail="This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
-    )
+def _register(name: str, sqlstate: str, severity: str, message: str, hint: str | None = None,
+              detail: str | None = None) -> ErrorSpec:
+    spec = REGISTRY[name] = ErrorSpec(name, sqlstate, severity, message, hint, detail)
+    return spec
 
 
-def message_too_large(length: int, limit: int) -> PgError:
-    return PgError(
-        "54000",
-        f"message of {length} bytes exceeds pgtenant's limit of {limit} bytes",
-        "FATAL",
-        hint="Raise limits.max_message_length in the pgtenant configuration if this is legitimate.",
-    )
+# --- the connection and its messages -----------------------------------------------------
 
+protocol_violation = _register("protocol_violation", PROTOCOL_VIOLATION, "FATAL", "{message}")
+# A message PostgreSQL cannot read either (its pq_getmsg* errors): ERROR, the session goes on.
+malformed_message = _register("malformed_message", PROTOCOL_VIOLATION, "ERROR", "{message}")
+# Bytes pipelined after an SSLRequest/GSSENCRequest (CVE-2021-23222): PostgreSQL's words.
+unencrypted_data_after = _register(
+    "unencrypted_data_after", PROTOCOL_VIOLATION, "FATAL", "received unencrypted data after {request}",
+    detail="This could be either a client-software bug or evidence of an attempted man-in-the-middle attack.",
+)
+message_too_large = _register(
+    "message_too_large", PROGRAM_LIMIT_EXCEEDED, "FATAL",
+    "message of {length} bytes exceeds pgtenant's limit of {limit} bytes",
+    hint="Raise limits.max_message_length in the pgtenant configuration if this is legitimate.",
+)
+unsupported_protocol = _register(
+    "unsupported_protocol", FEATURE_NOT_SUPPORTED, "FATAL",
+    "unsupported frontend protocol {major}.{minor}: server supports 3.0",
+)
+bad_startup_options = _register("bad_startup_options", PROTOCOL_VIOLATION, "FATAL", "invalid startup options: {reason}")
+startup_timeout = _register("startup_timeout", CONNECTION_FAILURE, "FATAL", "canceling authentication due to timeout")
+internal_error = _register(
+    "internal_error", INTERNAL_ERROR, "FATAL", "internal error in pgtenant; the connection is closed"
+)
+admin_shutdown = _register(
+    "admin_shutdown", ADMIN_SHUTDOWN, "FATAL", "terminating connection due to administrator command"
+)
 
-def unsupported_protocol(major: int, minor: int) -> PgError:
-    return PgError(
-        "0A000",
-        f"unsupported frontend protocol {major}.{minor}: server supports 3.0",
-        "FATAL",
-    )
+# --- login ------------------------------------------------------------------------------
 
+no_user = _register("no_user", INVALID_AUTHORIZATION_SPECIFICATION, "FATAL",
+                    "no PostgreSQL user name specified in startup packet")
+# The same text for unknown users and wrong passwords, as PostgreSQL does.
+auth_failed = _register("auth_failed", INVALID_PASSWORD, "FATAL", 'password authentication failed for user "{user}"')
+_auth_throttled = _register(
+    "auth_throttled", INVALID_PASSWORD, "FATAL",
+    'too many failed authentication attempts for user "{user}"; login refused, try again in {seconds} seconds',
+    hint="Failed logins are limited per user and client address (pgtenant limits.max_auth_failures).",
+)
+_prelogin_cap = _register(
+    "prelogin_cap", TOO_MANY_CONNECTIONS, "FATAL", "too many connections {what} {where}; {then}",
+    hint="pgtenant limits connections that have not logged in yet (limits.max_prelogin_connections*).",
+)
+tls_required = _register(
+    "tls_required", INVALID_AUTHORIZATION_SPECIFICATION, "FATAL", "pgtenant accepts only TLS connections",
+    hint="Connect with sslmode=require (or verify-full).",
+)
+# Never say whether the database exists elsewhere.
+database_not_allowed = _register("database_not_allowed", INVALID_CATALOG_NAME, "FATAL",
+                                 'database "{name}" does not exist')
+_startup_parameter_not_allowed = _register(
+    "startup_parameter_not_allowed", INSUFFICIENT_PRIVILEGE, "FATAL", '{where} "{name}" is not allowed by pgtenant',
+    hint="Remove it from the connection settings, or add it to "
+    "startup.allowed_parameters in the pgtenant configuration if it is safe.",
+)
+replication_not_allowed = _register(
+    "replication_not_allowed", INSUFFICIENT_PRIVILEGE, "FATAL",
+    "replication connections are not allowed through pgtenant",
+)
+# pgtenant's own connection limit (PostgreSQL's SQLSTATE and words, and whose limit it is).
+too_many_clients = _register(
+    "too_many_clients", TOO_MANY_CONNECTIONS, "FATAL",
+    "sorry, too many clients already: pgtenant accepts at most {limit} client connections",
+    hint="The limit is limits.max_client_connections in the pgtenant configuration; try again later.",
+)
+user_removed = _register("user_removed", INVALID_AUTHORIZATION_SPECIFICATION, "FATAL",
+                         'role "{user}" is no longer allowed to connect')
+client_encoding_not_utf8 = _register(
+    "client_encoding_not_utf8", FEATURE_NOT_SUPPORTED, "FATAL",
+    'client_encoding "{value}" is not supported by pgtenant; only UTF8 is',
+    hint="Connect with client_encoding=UTF8 (the default of most drivers).",
+)
 
-def no_user() -> PgError:
-    return PgError("28000", "no PostgreSQL user name specified in startup packet", "FATAL")
+# --- the backend ------------------------------------------------------------------------
 
+backend_unreachable = _register(
+    "backend_unreachable", SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, "FATAL",
+    'pgtenant could not connect to backend "{target}": {reason}',
+    hint="The database behind pgtenant is unavailable; try again later or contact the operator.",
+)
+# The backend's own SQLSTATE, detail and hint (`backend_refused`); this one when it sent no SQLSTATE.
+_backend_refused = _register(
+    "backend_refused", SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, "FATAL",
+    'pgtenant could not connect to backend "{target}": {message}',
+)
+server_closed = _register("server_closed", CONNECTION_FAILURE, "FATAL", "the backend connection closed unexpectedly")
+tenant_unavailable = _register(
+    "tenant_unavailable", CANNOT_CONNECT_NOW, "FATAL",
+    'tenant "{tenant}" is not available: its database does not enforce the tenant boundary',
+    hint="The operator must fix the database (see the pgtenant log, `pgtenant provision`).",
+)
+backend_settings_unsafe = _register(
+    "backend_settings_unsafe", CONNECTION_FAILURE, "FATAL",
+    "pgtenant closed the session: {problem}, so SQL would not be read the way pgtenant checks it",
+    hint="The operator must not override standard_conforming_strings or client_encoding for pgtenant's roles.",
+)
 
-def auth_failed(user: str) -> PgError:
-    # The same text for unknown users and wrong passwords, as PostgreSQL does.
-    return PgError("28P01", f'password authentication failed for user "{user}"', "FATAL")
+# --- statements -------------------------------------------------------------------------
+
+# A denial whose wording a pipelined burst of denials evicted (session.py): still ours, never the backend's.
+denial_evicted = _register("denial_evicted", INSUFFICIENT_PRIVILEGE, "ERROR",
+                           "pgtenant: statement denied by the tenant policy")
+# A statement refused by the tenant policy (a Deny) reads so, with its rule's SQLSTATE and hint (the rule ids are
+# in proxy/policy/rules.py); `statement` names the statement of a string of several.
+POLICY_DENIED = "pgtenant: {statement}{detail} (rule {rule})"
+POLICY_DENIED_STATEMENT = "statement {index} of {count}: "
+
+# --- the admin console ------------------------------------------------------------------
+
+admin_reloaded = _register("admin_reloaded", SUCCESSFUL_COMPLETION, "NOTICE", "{message}")
+admin_no_client = _register("admin_no_client", UNDEFINED_OBJECT, "ERROR", "no client with session id {session_id}")
+admin_unknown_command = _register(
+    "admin_unknown_command", SYNTAX_ERROR, "ERROR", "pgtenant admin console: unknown command",
+    hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
+    "UNLOCK <user>.",
+)
 
 
 def auth_throttled(user: str, retry_after: float) -> PgError:
     # The same for unknown and real users: the budgets count both alike.
-    return PgError(
-        "28P01",
-        f'too many failed authentication attempts for user "{user}"; login refused, '
-        f"try again in {max(1, round(retry_after))} seconds",
-        "FATAL",
-        hint="Failed logins are limited per user and client address (pgtenant limits.max_auth_failures).",
-    )
+    return _auth_throttled(user, max(1, round(retry_after)))
 
 
 def too_many_waiting(limit: str) -> PgError:
-    return _prelogin_cap("waiting to log in", limit, "the oldest waiting connection is closed")
+    return _prelogin_cap("waiting to log in", _where(limit), "the oldest waiting connection is closed")
 
 
 def too_many_logging_in(limit: str) -> PgError:
-    return _prelogin_cap("logging in", limit, "try again in a moment")
+    return _prelogin_cap("logging in", _where(limit), "try again in a moment")
 
 
-def _prelogin_cap(what: str, limit: str, then: str) -> PgError:
-    where = "from this address" if limit == "address" else "in all"
-    return PgError(
-        "53300",
-        f"too many connections {what} {where}; {then}",
-        "FATAL",
-        hint="pgtenant limits connections that have not logged in yet (limits.max_prelogin_connections*).",
-    )
-
-
-def tls_required() -> PgError:
-    return PgError(
-        "28000",
-        "pgtenant accepts only TLS connections",
-        "FATAL",
-        hint="Connect with sslmode=require (or verify-full).",
-    )
-
-
-def database_not_allowed(name: str) -> PgError:
-    # Never say whether the database exists elsewhere.
-    return PgError("3D000", f'database "{name}" does not exist', "FATAL")
+def _where(limit: str) -> str:
+    return "from this address" if limit == "address" else "in all"
 
 
 def startup_parameter_not_allowed(name: str, via_options: bool) -> PgError:
-    where = "startup option -c" if via_options else "startup parameter"
-    return PgError(
-        "42501",
-        f'{where} "{name}" is not allowed by pgtenant',
-        "FATAL",
-        hint="Remove it from the connection settings, or add it to "
-        "startup.allowed_parameters in the pgtenant configuration if it is safe.",
-    )
+    return _startup_parameter_not_allowed("startup option -c" if via_options else "startup parameter", name)
 
 
-def bad_startup_options(reason: str) -> PgError:
-    return PgError("08P01", f"invalid startup options: {reason}", "FATAL")
-
-
-def replication_not_allowed() -> PgError:
-    return PgError("42501", "replication connections are not allowed through pgtenant", "FATAL")
-
-
-def backend_unreachable(target: str, reason: str) -> PgError:
-    return PgError(
-        "08001",
-        f'pgtenant could not connect to backend "{target}": {reason}',
-        "FATAL",
-        hint="The database behind pgtenant is unavailable; try again later or contact the operator.",
-    )
+def backend_error(fields: dict[str, str]) -> PgError:
+    """The fields of an ErrorResponse the backend sent during the proxy's login (its SQLSTATE reaches the client)."""
+    return PgError(fields.get("C") or _backend_refused.sqlstate, fields.get("M", "error"), "FATAL",
+                   detail=fields.get("D"), hint=fields.get("H"))
 
 
 def backend_refused(target: str, refusal: PgError) -> PgError:
     """The backend answered the proxy's login with an error (53300 too many clients, 57P03 starting up, 3D000...):
     the client gets its SQLSTATE, detail and hint, the message says it came from behind pgtenant."""
-    return PgError(
-        refusal.sqlstate,
-        f'pgtenant could not connect to backend "{target}": {refusal.message}',
-        "FATAL",
-        detail=refusal.detail,
-        hint=refusal.hint,
-    )
+    text = _backend_refused(target, refusal.message).message
+    return PgError(refusal.sqlstate, text, "FATAL", detail=refusal.detail, hint=refusal.hint)
 
 
-def too_many_clients(limit: int) -> PgError:
-    """pgtenant's own connection limit (PostgreSQL's SQLSTATE and words, and whose limit it is)."""
-    return PgError(
-        "53300",
-        f"sorry, too many clients already: pgtenant accepts at most {limit} client connections",
-        "FATAL",
-        hint="The limit is limits.max_client_connections in the pgtenant configuration; try again later.",
-    )
-
-
-def startup_timeout() -> PgError:
-    return PgError("08006", "canceling authentication due to timeout", "FATAL")
-
-
-def admin_shutdown() -> PgError:
-    return PgError("57P01", "terminating connection due to administrator command", "FATAL")
-
-
-def server_closed() -> PgError:
-    return PgError("08006", "the backend connection closed unexpectedly", "FATAL")
-
-
-def internal_error() -> PgError:
-    return PgError("XX000", "internal error in pgtenant; the connection is closed", "FATAL")
-
-
-def user_removed(user: str) -> PgError:
-    return PgError("28000", f'role "{user}" is no longer allowed to connect', "FATAL")
-
-
-def policy_denied(sqlstate: str, message: str, hint: str, rule: str, position: int = 0) -> PgError:
-    """A statement refused by the tenant policy; the session stays usable."""
-    if sqlstate in ("22021", "3F000", "42P01"):  # data errors and missing objects read as PostgreSQL's own
-        return PgError(sqlstate, message, "ERROR", hint=hint or None, position=position)
-    text = message if rule in message else f"{message} (rule {rule})"
-    return PgError(sqlstate, text if text.startswith("pgtenant") else f"pgtenant: {text}", "ERROR", hint=hint or None)
-
-
-def tenant_unavailable(tenant: str) -> PgError:
-    return PgError(
-        "57P03",
-        f'tenant "{tenant}" is not available: its database does not enforce the tenant boundary',
-        "FATAL",
-        hint="The operator must fix the database (see the pgtenant log, `pgtenant provision`).",
-    )
-
-
-def client_encoding_not_utf8(value: str) -> PgError:
-    return PgError(
-        "0A000",
-        f'client_encoding "{value}" is not supported by pgtenant; only UTF8 is',
-        "FATAL",
-        hint="Connect with client_encoding=UTF8 (the default of most drivers).",
-    )
-
-
-def backend_settings_unsafe(problem: str) -> PgError:
-    return PgError(
-        "08006",
-        f"pgtenant closed the session: {problem}, so SQL would not be read the way pgtenant checks it",
-        "FATAL",
-        hint="The operator must not override standard_conforming_strings or client_encoding for pgtenant's roles.",
-    )
+def policy_denied(deny: Deny) -> PgError:
+    """A statement refused by the tenant policy; the session stays usable. The message names the rule and, in a
+    string of several statements, which one (`Deny.statement`). Data errors and missing objects (another tenant's
+    schema is answered as a missing one) read as PostgreSQL's own, with its position."""
+    if deny.sqlstate in _AS_POSTGRESQL:
+        return PgError(deny.sqlstate, deny.message, "ERROR", hint=deny.hint or None, position=deny.position)
+    where = ""
+    if deny.statement is not None:
+        index, count = deny.statement
+        where = POLICY_DENIED_STATEMENT.format(index=index, count=count)
+    text = POLICY_DENIED.format(statement=where, detail=deny.message, rule=deny.rule)
+    return PgError(deny.sqlstate, text, "ERROR", hint=deny.hint or None)

@@ -9,8 +9,6 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
 from proxy.config import MetricsConfig
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
@@ -86,7 +84,8 @@ class OpsServer:
             elif not self._authorized(headers):
                 status, body, extra = 401, b"unauthorized\n", 'WWW-Authenticate: Basic realm="pgtenant"\r\n'
             elif path == "/metrics":
-                status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+                status = 200
+                ctype, body = self.metrics.exposition()
             elif path == "/healthz":
                 status, body = 200, b"ok\n"
             elif path == "/readyz":

@@ -8,10 +8,12 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from proxy.reasons import CloseReason
 
 OTHER_TENANT = "_other"
 # Latency buckets for BI traffic: sub-millisecond lookups to multi-minute extracts (seconds).
@@ -21,6 +23,7 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 DECISION_BUCKETS: tuple[float, ...] = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05,
 )
+DECISION_STAGES = ("total", "gate", "rewrite", "verify")
 CONNECT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _WINDOW = 2048  # recent latencies kept per tenant for SHOW STATS quantiles
 
@@ -192,7 +195,8 @@ class _QueryCollector(Collector):
 
 
 class Metrics:
-    """The metric objects, registered in their own registry (so tests and reloads stay independent)."""
+    """The metric objects, registered in their own registry (so tests and reloads stay independent), and the one
+    writer of them: every change goes through a named method below (no other module touches a metric object)."""
 
     def __init__(self, *, max_tenants: int = 100, buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
         self.registry = CollectorRegistry()
@@ -201,75 +205,80 @@ class Metrics:
         self.buckets = tuple(b for b in sorted(buckets) if b != float("inf"))  # +Inf is always the last bucket
         self._recorders: dict[str, QueryRecorder] = {}
         r.register(_QueryCollector(self))
-        self.decision_duration = Histogram(
+        self._decision_duration = Histogram(
             "pgtenant_policy_decision_duration_seconds",
             "Time the policy engine took to decide a statement (cache misses only).",
             ["stage"], buckets=DECISION_BUCKETS, registry=r,
         )
+        self._decision_stages: dict[str, Any] = {}  # stage -> its child, made at the first decision
         # Read from the decision cache's own counters at scrape time: nothing to do per statement.
         self._cache_source: Callable[[], tuple[int, int, int, int]] | None = None
         r.register(_CacheCollector(self))
-        self.offloaded = Counter(
+        self._offloaded = Counter(
             "pgtenant_policy_offloaded_total",
             "Cache misses decided by a decision worker (a long text, or past the tenant's share of the event loop).",
             ["tenant"], registry=r,
         )
-        self.worker_restarts = Counter(
+        self._worker_restarts = Counter(
             "pgtenant_policy_worker_restarts_total",
             "Decision workers replaced: killed at limits.decision_timeout (timeout), or failed.", ["reason"],
             registry=r,
         )
-        self.backend_connect_duration = Histogram(
+        self._backend_connect_duration = Histogram(
             "pgtenant_backend_connect_duration_seconds",
             "Time to open, negotiate and authenticate a backend connection.",
             ["tenant"], buckets=CONNECT_BUCKETS, registry=r,
         )
-        self.auth = Counter(
+        self._auth = Counter(
             "pgtenant_auth_attempts_total", "Client authentication attempts.", ["outcome", "reason"], registry=r
         )
-        self.auth_throttled = Counter(
+        self._auth_throttled = Counter(
             "pgtenant_auth_throttled_total", "Logins refused because a failed-login budget is spent, by budget.",
             ["limit"], registry=r,
         )
-        self.prelogin_closed = Counter(
+        self._prelogin_closed = Counter(
             "pgtenant_prelogin_closed_total",
             "Connections closed before login by a pre-login limit (address, total, address_refused, total_refused, "
             "first_message_timeout).",
             ["limit"], registry=r,
         )
-        self.cancel_ignored = Counter(
+        self._cancel_ignored = Counter(
             "pgtenant_cancel_ignored_total", "CancelRequests with a key of no running session (ignored).", registry=r
         )
-        self.log_suppressed = Counter(
+        self._log_suppressed = Counter(
             "pgtenant_log_lines_suppressed_total", "Pre-login log lines dropped by the log rate limit.", registry=r
         )
-        self.denied = Counter(
+        self._denied = Counter(
             "pgtenant_denied_statements_total", "Statements refused by the tenant policy.", ["tenant", "rule"],
             registry=r,
         )
-        self.clients = Gauge(
+        self._clients = Gauge(
             "pgtenant_client_connections", "Client connections.", ["tenant", "state"], registry=r
         )
-        self.servers = Gauge(
+        self._servers = Gauge(
             "pgtenant_server_connections", "Backend connections.", ["tenant", "state"], registry=r
         )
-        self.bytes_to_client = Counter(
+        self._bytes_to_client = Counter(
             "pgtenant_client_sent_bytes_total", "Bytes sent to clients.", ["tenant"], registry=r
         )
-        self.bytes_from_client = Counter(
+        self._bytes_from_client = Counter(
             "pgtenant_client_received_bytes_total", "Bytes received from clients.", ["tenant"], registry=r
         )
-        self.backend_errors = Counter(
+        self._backend_errors = Counter(
             "pgtenant_backend_errors_total", "ErrorResponses from backends, by SQLSTATE class.",
             ["tenant", "sqlstate_class"], registry=r,
         )
-        self.reloads = Counter(
+        self._reloads = Counter(
             "pgtenant_config_reloads_total", "Configuration reloads.", ["outcome"], registry=r
         )
-        self.preflight_ok = Gauge(
+        self._preflight_ok = Gauge(
             "pgtenant_preflight_ok", "1 when the tenant's isolation preflight passed.", ["tenant"], registry=r
         )
         self._tenant_children: dict[str, tuple[Any, Any]] = {}
+
+    def exposition(self) -> tuple[str, bytes]:
+        """(content type, body) of the metrics endpoint: every metric in Prometheus' text format."""
+        return CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
     def watch_cache(self, source: Callable[[], tuple[int, int, int, int]]) -> None:
         """Report (hits, misses, entries, bytes) of the decision cache at every scrape."""
@@ -282,11 +291,84 @@ class Metrics:
             recorder = self._recorders[tenant] = QueryRecorder(self.buckets)
         return recorder
 
-    def traffic_children(self, tenant: str) -> tuple[Any, Any]:
-        """(bytes sent, bytes received) counter children for a tenant label, memoized."""
+    # --- client connections -------------------------------------------------------------------
+
+    def client_moved(self, before: tuple[str, str] | None, after: tuple[str, str] | None) -> tuple[str, str] | None:
+        """A client connection moved from the (tenant label, state) `before` to `after` (None: not counted, i.e.
+        new or gone); returns `after`."""
+        if before is not None:
+            self._clients.labels(*before).dec()
+        if after is not None:
+            self._clients.labels(*after).inc()
+        return after
+
+    def session_closed(self, reason: CloseReason, auth_detail: bool = False) -> None:
+        """A client connection closed for `reason`: counted under the labels the reason carries (a failed or refused
+        login, a pre-login cap); `auth_detail` is metrics.auth_failure_detail."""
+        labels = reason.auth_labels(auth_detail)
+        if labels is not None:
+            self._auth.labels(*labels).inc()
+        if reason.limit is not None:
+            (self._prelogin_closed if reason.prelogin else self._auth_throttled).labels(reason.limit).inc()
+
+    def auth_succeeded(self) -> None:
+        self._auth.labels("success", "ok").inc()
+
+    def log_line_suppressed(self) -> None:
+        """A pre-login log line was dropped by the log rate limit."""
+        self._log_suppressed.inc()
+
+    def cancel_ignored(self) -> None:
+        """A CancelRequest with a key of no running session."""
+        self._cancel_ignored.inc()
+
+    def client_bytes(self, tenant: str, sent: int, received: int) -> None:
+        """Bytes sent to and received from a client of a tenant label since the last call."""
         children = self._tenant_children.get(tenant)
         if children is None:
             children = self._tenant_children[tenant] = (
-                self.bytes_to_client.labels(tenant), self.bytes_from_client.labels(tenant),
+                self._bytes_to_client.labels(tenant), self._bytes_from_client.labels(tenant),
             )
-        return children
+        children[0].inc(sent)
+        children[1].inc(received)
+
+    # --- backends ----------------------------------------------------------------------------
+
+    def backend_connected(self, tenant: str, seconds: float) -> None:
+        """A backend connection of a tenant label is ready, `seconds` after it was opened."""
+        self._backend_connect_duration.labels(tenant).observe(seconds)
+        self._servers.labels(tenant, "active").inc()
+
+    def backend_released(self, tenant: str) -> None:
+        """An active backend connection of a tenant label was released."""
+        self._servers.labels(tenant, "active").dec()
+
+    def backend_error(self, tenant: str | None, sqlstate: str) -> None:
+        """A backend's ErrorResponse to a tenant's request (or login), counted by SQLSTATE class."""
+        self._backend_errors.labels(self.tenant(tenant), sqlstate[:2]).inc()
+
+    # --- the policy --------------------------------------------------------------------------
+
+    def statement_denied(self, tenant: str | None, rule: str) -> None:
+        self._denied.labels(self.tenant(tenant), rule).inc()
+
+    def decision_offloaded(self, tenant: str | None) -> None:
+        """A cache miss of a tenant was sent to a decision worker."""
+        self._offloaded.labels(self.tenant(tenant)).inc()
+
+    def decision_timed(self, stage: str, seconds: float) -> None:
+        """Seconds the policy engine spent on a cache miss, in one of DECISION_STAGES."""
+        stages = self._decision_stages
+        if not stages:
+            stages.update((st, self._decision_duration.labels(st)) for st in DECISION_STAGES)
+        stages[stage].observe(seconds)
+
+    def worker_restarted(self, reason: str) -> None:
+        self._worker_restarts.labels(reason).inc()
+
+    def preflight(self, tenant: str, ok: bool) -> None:
+        """The outcome of a tenant's isolation preflight."""
+        self._preflight_ok.labels(self.tenant(tenant)).set(1 if ok else 0)
+
+    def config_reloaded(self, ok: bool) -> None:
+        self._reloads.labels("ok" if ok else "rejected").inc()

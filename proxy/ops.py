@@ -119,18 +119,18 @@ class Ops:
                 new: Config = await loop.run_in_executor(None, load_config, source)
                 problems = await loop.run_in_executor(None, proxy.apply_config, new)
             except ConfigError as exc:
-                proxy.metrics.reloads.labels("rejected").inc()
+                proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem=str(exc))
                 return False, f"reload rejected, old configuration stays in force: {exc}"
             except Exception as exc:
-                proxy.metrics.reloads.labels("rejected").inc()
+                proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem=str(exc))
                 return False, f"reload rejected, old configuration stays in force: {exc}"
             if problems:
-                proxy.metrics.reloads.labels("rejected").inc()
+                proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem="; ".join(problems))
                 return False, "reload rejected, old configuration stays in force: " + "; ".join(problems)
-            proxy.metrics.reloads.labels("ok").inc()
+            proxy.metrics.config_reloaded(True)
             log.info("reloaded", tenants=len(new.tenants), users=len(new.users))
             return True, f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
+from proxy import errors
 from proxy.actions import Action, SendServer, ServerFailed, ServerReady, StartServerTls
 from proxy.auth.backend import BackendAuthenticator, BackendAuthError
 from proxy.config import BackendConfig
-from proxy.errors import PgError
 from proxy.protocol import messages as m
 from proxy.protocol.stream import ALL_TYPES, FramingError, Message, MessageStream
 
@@ -130,15 +130,15 @@ class ServerConnection:
         answer, rest = data[:1], data[1:]
         if rest:
             raise ServerProtocolError("received unencrypted data after SSL request")
-        if answer == b"S":
+        if answer == m.SSL_ACCEPTED:
             self._transition(ServerEvent.SSL_ACCEPTED)
             return [StartServerTls()]
-        if answer == b"N":
+        if answer == m.SSL_REFUSED:
             if self.backend.sslmode != "prefer":
                 raise ServerProtocolError(f"server does not support TLS (sslmode={self.backend.sslmode})")
             self._transition(ServerEvent.SSL_REFUSED)
             return [SendServer(self._startup())]
-        if answer == b"E":
+        if answer == m.SSL_ERROR:
             raise ServerProtocolError("server rejected the SSL request")
         raise ServerProtocolError(f"unexpected answer {answer!r} to SSL request")
 
@@ -183,8 +183,7 @@ class ServerConnection:
     def _on_error_response(self, msg: Message) -> list[Action]:
         fields = m.decode_error_fields(msg.body)
         self._transition(ServerEvent.FAIL)
-        error = PgError(fields.get("C") or "08001", fields.get("M", "error"), "FATAL",
-                        detail=fields.get("D"), hint=fields.get("H"))  # its SQLSTATE reaches the client
+        error = errors.backend_error(fields)  # its SQLSTATE reaches the client
         return [ServerFailed(f"{fields.get('C', '')} {fields.get('M', 'error')}".strip(), error)]
 
     def _on_ready_for_query(self, _msg: Message) -> list[Action]:

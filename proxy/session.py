@@ -36,8 +36,9 @@ from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
 from proxy.policy.rules import deny
 from proxy.protocol import messages as m
-from proxy.protocol.messages import query_message, query_text
+from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
+from proxy.reasons import CloseReason
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.stmtkind import statement_kind
@@ -51,7 +52,7 @@ _MAX_DENIAL_BYTES = 1 << 20
 _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
-_MALFORMED = Deny("08P01", "malformed message", "", "malformed_message")
+_MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
@@ -66,23 +67,7 @@ Contextual = Callable[[SessionContext], Decide]
 
 def _undecided(_kind: str, _sql: str) -> Decision:
     """The gate before a policy is attached: never called (the gate handlers come with the policy)."""
-    return Deny("XX000", "no tenant policy is attached to this session", "", "internal_error")
-
-
-def _bind_statement(body: bytes) -> str | None:
-    """The prepared statement a Bind names (None when the body is malformed: the backend says so)."""
-    n = len(body)
-    end = 0
-    while end < n and body[end] != 0:  # the portal name
-        end += 1
-    stmt_end = end + 1
-    while stmt_end < n and body[stmt_end] != 0:
-        stmt_end += 1
-    if stmt_end >= n:
-        return None
-    if stmt_end == end + 1:
-        return ""  # the unnamed statement
-    return body[end + 1 : stmt_end].decode("utf-8", "replace")
+    return deny("internal_error", "no tenant policy is attached to this session")
 
 
 def _denial_size(message: str) -> int:
@@ -156,7 +141,7 @@ class ParsingMismatch(Exception):
 class SessionError(Exception):
     """Raised inside the state machine; carries the client-facing error."""
 
-    def __init__(self, error: PgError, reason: str) -> None:
+    def __init__(self, error: PgError, reason: CloseReason) -> None:
         super().__init__(reason)
         self.error = error
         self.reason = reason
@@ -332,7 +317,7 @@ class ClientSession:
         if nxt is None:
             raise SessionError(
                 errors.protocol_violation(f"unexpected {event.value} in state {self.state.value}"),
-                f"unexpected_{event.value}",
+                CloseReason.unexpected(event.value),
             )
         self.state = nxt
 
@@ -355,7 +340,7 @@ class ClientSession:
             if handler is None:  # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer
                 raise SessionError(
                     errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
-                    "unexpected_data",
+                    CloseReason.UNEXPECTED_DATA,
                 )
             return handler(data)
         except SessionError as exc:
@@ -367,9 +352,9 @@ class ClientSession:
                 if exc.too_large
                 else errors.protocol_violation(str(exc))
             )
-            return self._fail(SessionError(err, "framing"))
+            return self._fail(SessionError(err, CloseReason.FRAMING))
         except m.DecodeError as exc:
-            return self._fail(SessionError(errors.protocol_violation(str(exc)), "decode"))
+            return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
 
     def _ignore(self, _data: bytes) -> list[Action]:
         """A read after the session closed: nothing to do."""
@@ -381,11 +366,12 @@ class ClientSession:
             return [RelayToClient(self.backend_stream.feed(data))]
         except ParsingMismatch as exc:
             self._close()
-            return [CloseServer("parsing_mismatch"),
-                    CloseClient(errors.backend_settings_unsafe(str(exc)), "parsing_mismatch")]
+            return [CloseServer(CloseReason.PARSING_MISMATCH),
+                    CloseClient(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)]
         except FramingError as exc:
             self._close()
-            return [CloseClient(errors.protocol_violation(f"backend: {exc}"), "backend_framing"), CloseServer()]
+            return [CloseClient(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING),
+                    CloseServer()]
 
     def tls_done(self) -> list[Action]:
         try:
@@ -402,8 +388,8 @@ class ClientSession:
         for name, value in parameters.items():
             problem = parsing_violation(name, value)
             if problem is not None:
-                return [CloseServer("parsing_mismatch"), *self.server_failed(errors.backend_settings_unsafe(problem),
-                                                                             "parsing_mismatch")]
+                return [CloseServer(CloseReason.PARSING_MISMATCH),
+                        *self.server_failed(errors.backend_settings_unsafe(problem), CloseReason.PARSING_MISMATCH)]
         try:
             self._transition(Event.SERVER_READY)
         except SessionError as exc:
@@ -417,7 +403,7 @@ class ClientSession:
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
 
-    def server_failed(self, error: PgError, reason: str) -> list[Action]:
+    def server_failed(self, error: PgError, reason: CloseReason) -> list[Action]:
         """Event: the server connection could not be made; the client gets `error` (only while connecting)."""
         if self.state is not State.CONNECTING:
             return []
@@ -427,8 +413,8 @@ class ClientSession:
     def server_closed(self) -> list[Action]:
         """Event: the server connection closed while relaying; after the backend's own FATAL its word is the last."""
         if self.backend_fatal:
-            return [CloseClient(None, "server_fatal")]
-        return [CloseClient(errors.server_closed(), "server_closed")]
+            return [CloseClient(None, CloseReason.SERVER_FATAL)]
+        return [CloseClient(errors.server_closed(), CloseReason.SERVER_CLOSED)]
 
     def report_requests(self, on_done: Callable[[Request], None]) -> None:
         """Event: from now on every answered request goes to `on_done` (the relay's recorder)."""
@@ -439,7 +425,7 @@ class ClientSession:
         if (self.state, Event.TIMEOUT) not in TRANSITIONS:  # logged in (or gone): no deadline
             return []
         self._transition(Event.TIMEOUT)
-        return [CloseClient(errors.startup_timeout(), "startup_timeout")]
+        return [CloseClient(errors.startup_timeout(), CloseReason.STARTUP_TIMEOUT)]
 
     # --- startup ---------------------------------------------------------------------------
 
@@ -459,10 +445,11 @@ class ClientSession:
         if rest:
             if self.state is State.TLS_HANDSHAKE:
                 # Bytes after SSLRequest before our 'S' could be injected plaintext (CVE-2021-23222).
-                raise SessionError(errors.unencrypted_data_after("SSL request"), "ssl_injection")
+                raise SessionError(errors.unencrypted_data_after("SSL request"), CloseReason.SSL_INJECTION)
             if isinstance(decoded, (m.SSLRequest, m.GSSENCRequest)):  # answered 'N': PostgreSQL refuses them too
                 what = "SSL request" if isinstance(decoded, m.SSLRequest) else "GSSAPI encryption request"
-                return [*actions, *self._fail(SessionError(errors.unencrypted_data_after(what), "ssl_injection"))]
+                refused = SessionError(errors.unencrypted_data_after(what), CloseReason.SSL_INJECTION)
+                return [*actions, *self._fail(refused)]
             if self.state is State.CLOSED:
                 return actions
             actions += self.client_data(rest)
@@ -471,30 +458,32 @@ class ClientSession:
     def _startup_packet(self, packet: m.StartupPacket) -> list[Action]:
         if isinstance(packet, m.SSLRequest):
             if self.info.tls:
-                raise SessionError(errors.protocol_violation("SSL request on an encrypted connection"), "ssl_twice")
+                raise SessionError(errors.protocol_violation("SSL request on an encrypted connection"),
+                                   CloseReason.SSL_TWICE)
             if not self.tls_available:
-                return [SendClient(b"N")]
+                return [SendClient(m.SSL_REFUSED)]
             self._transition(Event.SSL_REQUEST)
-            return [SendClient(b"S"), StartClientTls()]
+            return [SendClient(m.SSL_ACCEPTED), StartClientTls()]
         if isinstance(packet, m.GSSENCRequest):
             self._transition(Event.GSSENC_REQUEST)
-            return [SendClient(b"N")]
+            return [SendClient(m.SSL_REFUSED)]
         if isinstance(packet, m.CancelRequest):
             self._transition(Event.CANCEL_REQUEST)
-            return [ForwardCancel(packet.process_id, packet.secret_key), CloseClient(None, "cancel_request")]
+            return [ForwardCancel(packet.process_id, packet.secret_key),
+                    CloseClient(None, CloseReason.CANCEL_REQUEST)]
         return self._startup_message(packet)
 
     def _startup_message(self, msg: m.StartupMessage) -> list[Action]:
         if msg.major != 3:
-            raise SessionError(errors.unsupported_protocol(msg.major, msg.minor), "protocol_version")
+            raise SessionError(errors.unsupported_protocol(msg.major, msg.minor), CloseReason.PROTOCOL_VERSION)
         self._transition(Event.STARTUP_MESSAGE)
         if self.config.tls.require and not self.info.tls:
-            raise SessionError(errors.tls_required(), "tls_required")
+            raise SessionError(errors.tls_required(), CloseReason.TLS_REQUIRED)
         params = msg.parameters
         self.info.startup_parameters = dict(params)
         user = params.get("user", "")
         if not user:
-            raise SessionError(errors.no_user(), "no_user")
+            raise SessionError(errors.no_user(), CloseReason.NO_USER)
         self.info.user = user
         self.info.application_name = params.get("application_name")
         self.info.database = params.get("database") or user
@@ -506,7 +495,8 @@ class ClientSession:
         config = self.config
         refusal = self.throttle.admit(self.info.client_address, user, self.clock())
         if refusal is not None:
-            raise SessionError(errors.auth_throttled(user, refusal.retry_after), f"auth_throttled:{refusal.limit}")
+            raise SessionError(errors.auth_throttled(user, refusal.retry_after),
+                               CloseReason.auth_throttled(refusal.limit))
         self._auth_pending = True
         self.is_admin = user in config.admin.users
         cb = self.channel_binding() if self.info.tls else None
@@ -525,11 +515,12 @@ class ClientSession:
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if self.state not in (State.SASL_INITIAL, State.SASL_CONTINUE):
-                raise SessionError(errors.protocol_violation("unexpected message during authentication"), "auth_extra")
+                raise SessionError(errors.protocol_violation("unexpected message during authentication"),
+                                   CloseReason.AUTH_EXTRA)
             if item.type != m.PASSWORD:
                 raise SessionError(
                     errors.protocol_violation(f"expected SASL response, got message type {item.type}"),
-                    "auth_unexpected",
+                    CloseReason.AUTH_UNEXPECTED,
                 )
             actions += self._sasl_message(item.body)
         return actions
@@ -549,12 +540,13 @@ class ClientSession:
             refusal = self.throttle.admit(self.info.client_address, user, self.clock())
             if refusal is not None:
                 self._auth_pending = False
-                raise SessionError(errors.auth_throttled(user, refusal.retry_after), f"auth_throttled:{refusal.limit}")
+                raise SessionError(errors.auth_throttled(user, refusal.retry_after),
+                                   CloseReason.auth_throttled(refusal.limit))
             server_final = self.scram.client_final(body)
         except (AuthFailed, m.DecodeError) as exc:
             reason = exc.reason if isinstance(exc, AuthFailed) else "malformed"
             self._settle_auth()
-            raise SessionError(errors.auth_failed(user), f"auth_failed:{reason}") from exc
+            raise SessionError(errors.auth_failed(user), CloseReason.auth_failed(reason)) from exc
         self._auth_pending = False
         self.throttle.succeeded(self.info.client_address, user, self.clock())
         db = self.info.database or user
@@ -563,7 +555,7 @@ class ClientSession:
         ]
         if self.is_admin:
             if db != ADMIN_DATABASE:
-                raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
+                raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
             self._transition(Event.ADMIN_OK)
             self.info.tenant = None
             status = m.parameter_status("server_version", "15.0 (pgtenant admin)") + m.parameter_status(
@@ -573,15 +565,15 @@ class ClientSession:
                                          + m.ready_for_query(b"I")), AdminLogin(self._login())]
         found = self.config.user_tenant(user)
         if found is None:  # a reload removed the user during its login
-            raise SessionError(errors.user_removed(user), "user_removed")
+            raise SessionError(errors.user_removed(user), CloseReason.USER_REMOVED)
         self.user_config, self.tenant, self.backend = found
         self._transition(Event.AUTH_OK)
         self.info.tenant = self.tenant.name
         if db not in self.tenant.client_database_names and db != user:
-            raise SessionError(errors.database_not_allowed(db), "database_not_allowed")
+            raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
         params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
         if err is not None:
-            raise SessionError(err, "startup_parameter")
+            raise SessionError(err, CloseReason.STARTUP_PARAMETER)
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
         actions.append(ConnectBackend(
@@ -617,13 +609,14 @@ class ClientSession:
             return []
         if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
             self._close()
-            return [CloseServer("user_removed"), CloseClient(self.revoked, "user_removed")]
+            return [CloseServer(CloseReason.USER_REMOVED), CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
                 self._close()
                 actions: list[Action] = [RelayToServer(chunks[:i])] if i else []
-                return [*actions, CloseServer("client_terminate"), CloseClient(None, "client_terminate")]
+                return [*actions, CloseServer(CloseReason.CLIENT_TERMINATE),
+                        CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
             return [RelayToServer(chunks), RunDecision(self._held.pending)]
         return [RelayToServer(chunks)]
@@ -651,17 +644,17 @@ class ClientSession:
     def _admin_data(self, data: bytes) -> list[Action]:
         if self.revoked is not None:
             self._close()
-            return [CloseClient(self.revoked, "user_removed")]
+            return [CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         actions: list[Action] = []
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if item.type == m.TERMINATE:
                 self._close()
-                return [*actions, CloseClient(None, "client_terminate")]
+                return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
             if item.type != m.QUERY:
                 raise SessionError(
                     errors.protocol_violation("the pgtenant admin console supports only the simple query protocol"),
-                    "admin_extended",
+                    CloseReason.ADMIN_EXTENDED,
                 )
             actions.append(AdminQuery(m.Query.decode(item.body).sql))
         return actions
@@ -775,12 +768,7 @@ class ClientSession:
 
     def _gate_function_call(self, body: bytes) -> bytes:
         """FunctionCall invokes any function by OID, around every SQL-level check: never allowed."""
-        decision = Deny(
-            "42501",
-            "the FunctionCall protocol message is not allowed through pgtenant",
-            "Call the function from a SQL statement instead.",
-            "function_call_message",
-        )
+        decision = deny("function_call_message", "the FunctionCall protocol message is not allowed through pgtenant")
         self.tracker.on_function_call(decision)
         self._report("function_call", "", decision)
         return query_message(self._deny_marker(decision))
@@ -788,11 +776,11 @@ class ClientSession:
     def _deny_invalid_text(self, type_: int, body: bytes) -> bytes:
         """PostgreSQL answers invalid UTF-8 with 22021 and keeps the session; so do we (the text is never
         forwarded)."""
-        decision = Deny("22021", 'invalid byte sequence for encoding "UTF8"', "", "invalid_utf8")
+        decision = deny("invalid_utf8", 'invalid byte sequence for encoding "UTF8"')
         if type_ == m.QUERY:
             self.tracker.on_query("", decision)
             return query_message(self._deny_marker(decision))
-        name = body[: max(body.find(b"\x00"), 0)].decode("utf-8", "replace")
+        name = m.parse_name(body)
         self.tracker.on_parse(name, "", decision)
         return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
 
@@ -801,10 +789,9 @@ class ClientSession:
         if self.on_decision is not None and (self.report_rewrites or type(decision) is not Rewrite):
             self.on_decision(kind, sql, decision)
 
-    def _deny_marker(self, deny: Decision) -> str:
-        assert isinstance(deny, Deny)
-        return self._error_marker(errors.policy_denied(deny.sqlstate, deny.message, deny.hint, deny.rule,
-                                                       deny.position))
+    def _deny_marker(self, decision: Decision) -> str:
+        assert isinstance(decision, Deny)
+        return self._error_marker(errors.policy_denied(decision))
 
     def _error_marker(self, err: PgError) -> str:
         """A statement that fails in the backend where the original would have; its error is replaced by `err`."""
@@ -819,7 +806,7 @@ class ClientSession:
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
     def _on_bind(self, body: bytes) -> None:
-        statement = _bind_statement(body)
+        statement = bind_statement(body)
         if statement is not None:
             self.tracker.on_bind(statement)
             if self._tracking:
@@ -833,8 +820,8 @@ class ClientSession:
         self._binds = 0
 
     def _on_close(self, body: bytes) -> None:
-        if body[:1] == b"S":
-            name = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+        name = m.close_statement(body)
+        if name is not None:
             self.tracker.on_close_statement(name)
             if self._tracking:
                 self.context.close(name)
@@ -875,7 +862,7 @@ class ClientSession:
         self.tracker.on_copy_in()
 
     def _on_error_response(self, body: bytes) -> bytes | None:
-        if b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body:  # the backend ends the session itself
+        if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
@@ -887,20 +874,13 @@ class ClientSession:
                 if err is None and b"C42601\x00" in body and b'at or near "' + marker + b'"' in body:
                     # The exact failure of a marker statement whose entry was evicted (a pipelined burst
                     # of denials): still our denial, never the backend's syntax error naming the marker.
-                    err = errors.policy_denied("42501", "statement denied by the tenant policy", "", "denied")
+                    err = errors.denial_evicted()
                 if err is not None:
                     self.tracker.on_error(err.sqlstate, denied=True)
                     if self._tracking:
                         self._context_failed()
                     return err.encode()
-        pos = body.find(b"C")
-        code = None
-        while pos >= 0:  # find the 'C' field at a field start
-            if pos == 0 or body[pos - 1] == 0:
-                code = body[pos + 1 : pos + 6].decode("ascii", "replace")
-                break
-            pos = body.find(b"C", pos + 1)
-        self.tracker.on_error(code)
+        self.tracker.on_error(m.error_sqlstate(body))
         if self._tracking:
             self._context_failed()
         return None

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import secrets
-import struct
 from enum import Enum
 
 from proxy.auth.scram import (
@@ -18,28 +17,16 @@ from proxy.auth.scram import (
     derive_keys,
     encode_text,
 )
+from proxy.protocol import messages as m
 
 __all__ = ["BackendAuthError", "BackendAuthenticator"]
 
-# AuthenticationRequest codes ('R' message, first int32 of the body).
-AUTH_OK = 0
-AUTH_KERBEROS_V5 = 2
-AUTH_CLEARTEXT_PASSWORD = 3
-AUTH_MD5_PASSWORD = 5
-AUTH_SCM_CREDENTIAL = 6
-AUTH_GSS = 7
-AUTH_GSS_CONTINUE = 8
-AUTH_SSPI = 9
-AUTH_SASL = 10
-AUTH_SASL_CONTINUE = 11
-AUTH_SASL_FINAL = 12
-
 _UNSUPPORTED = {
-    AUTH_KERBEROS_V5: "KerberosV5",
-    AUTH_SCM_CREDENTIAL: "SCM credential",
-    AUTH_GSS: "GSSAPI",
-    AUTH_GSS_CONTINUE: "GSSAPI",
-    AUTH_SSPI: "SSPI",
+    m.AUTH_KERBEROS_V5: "KerberosV5",
+    m.AUTH_SCM_CREDENTIAL: "SCM credential",
+    m.AUTH_GSS: "GSSAPI",
+    m.AUTH_GSS_CONTINUE: "GSSAPI",
+    m.AUTH_SSPI: "SSPI",
 }
 
 # DoS guard against a hostile backend: PBKDF2 runs in the caller's thread (PostgreSQL's default is 4096;
@@ -57,11 +44,6 @@ class _State(Enum):
     SASL_FINAL_SENT = 3  # sent client-final, expecting SASLFinal
     AWAIT_OK = 4  # credentials sent (or server signature verified), expecting AuthenticationOk
     DONE = 5  # AuthenticationOk received
-
-
-def _frontend_message(payload: bytes) -> bytes:
-    """A full 'p' message (PasswordMessage / SASLInitialResponse / SASLResponse share the type byte)."""
-    return b"p" + struct.pack("!I", len(payload) + 4) + payload
 
 
 def _escape_username(user: str) -> bytes:
@@ -114,22 +96,22 @@ class BackendAuthenticator:
     def on_auth_request(self, body: bytes) -> bytes | None:
         """Handle one AuthenticationRequest body; return the full message to send, or None."""
         body = bytes(body)
-        if len(body) < 4:
-            raise BackendAuthError("malformed authentication request from backend (shorter than 4 bytes)")
-        (code,) = struct.unpack_from("!i", body)
-        payload = body[4:]
+        try:
+            code, payload = m.decode_authentication(body)
+        except m.DecodeError:
+            raise BackendAuthError("malformed authentication request from backend (shorter than 4 bytes)") from None
         if self._state is _State.DONE:
             raise BackendAuthError(f"backend sent authentication request {code} after AuthenticationOk")
 
-        if code == AUTH_OK:
+        if code == m.AUTH_OK:
             return self._on_ok(payload)
-        if code == AUTH_CLEARTEXT_PASSWORD:
+        if code == m.AUTH_CLEARTEXT:
             self._expect_start("password")
             self._method = "password"
             password = self._require_password("cleartext password authentication")
             self._state = _State.AWAIT_OK
-            return _frontend_message(encode_text(password) + b"\x00")
-        if code == AUTH_MD5_PASSWORD:
+            return m.password_message(encode_text(password) + b"\x00")
+        if code == m.AUTH_MD5:
             self._expect_start("md5")
             self._method = "md5"
             if len(payload) != 4:
@@ -138,15 +120,15 @@ class BackendAuthenticator:
             inner = hashlib.md5(encode_text(password) + encode_text(self._user)).hexdigest().encode("ascii")
             outer = b"md5" + hashlib.md5(inner + payload).hexdigest().encode("ascii")
             self._state = _State.AWAIT_OK
-            return _frontend_message(outer + b"\x00")
-        if code == AUTH_SASL:
+            return m.password_message(outer + b"\x00")
+        if code == m.AUTH_SASL:
             self._expect_start("SASL")
             return self._on_sasl(payload)
-        if code == AUTH_SASL_CONTINUE:
+        if code == m.AUTH_SASL_CONTINUE:
             if self._state is not _State.SASL_FIRST_SENT:
                 raise BackendAuthError("backend sent an unexpected AuthenticationSASLContinue")
             return self._on_sasl_continue(payload)
-        if code == AUTH_SASL_FINAL:
+        if code == m.AUTH_SASL_FINAL:
             if self._state is not _State.SASL_FINAL_SENT:
                 raise BackendAuthError("backend sent an unexpected AuthenticationSASLFinal")
             self._on_sasl_final(payload)
@@ -181,14 +163,10 @@ class BackendAuthenticator:
         return None
 
     def _on_sasl(self, payload: bytes) -> bytes:
-        if not payload.endswith(b"\x00"):
-            raise BackendAuthError("malformed AuthenticationSASL request (mechanism list not terminated)")
-        mechanisms = payload[:-1].split(b"\x00")
-        if mechanisms and mechanisms[-1] == b"":
-            mechanisms.pop()
-        if b"" in mechanisms:
-            raise BackendAuthError("malformed AuthenticationSASL request (empty mechanism name)")
-        names = [m.decode("ascii", "replace") for m in mechanisms]
+        try:
+            names = m.decode_sasl_mechanisms(payload)
+        except m.DecodeError as exc:
+            raise BackendAuthError(f"malformed AuthenticationSASL request ({exc})") from None
         if SCRAM_SHA_256_PLUS in names and self._cbind_data is not None:
             mechanism = SCRAM_SHA_256_PLUS
             self._gs2_header = b"p=" + CHANNEL_BINDING_TYPE.encode("ascii") + b",,"
@@ -205,9 +183,7 @@ class BackendAuthenticator:
         self._client_first_bare = b"n=" + _escape_username(self._user) + b",r=" + self._client_nonce
         client_first = self._gs2_header + self._client_first_bare
         self._state = _State.SASL_FIRST_SENT
-        return _frontend_message(
-            mechanism.encode("ascii") + b"\x00" + struct.pack("!i", len(client_first)) + client_first
-        )
+        return m.SASLInitialResponse(mechanism, client_first).encode()
 
     def _on_sasl_continue(self, server_first: bytes) -> bytes:
         if server_first.startswith(b"e="):
@@ -252,7 +228,7 @@ class BackendAuthenticator:
         proof = bytes(a ^ b for a, b in zip(client_key, client_signature, strict=True))
         self._expected_server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
         self._state = _State.SASL_FINAL_SENT
-        return _frontend_message(without_proof + b",p=" + base64.b64encode(proof))
+        return m.password_message(without_proof + b",p=" + base64.b64encode(proof))
 
     def _on_sasl_final(self, server_final: bytes) -> None:
         if server_final.startswith(b"e="):

@@ -41,6 +41,7 @@ from proxy.ops import AdminView
 from proxy.policy.cache import Pending
 from proxy.policy.model import Decision, Deny, Rewrite
 from proxy.protocol import messages as m
+from proxy.reasons import CloseReason
 from proxy.registry import Tenant
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
 from proxy.session import ClientSession, SessionRow
@@ -104,20 +105,18 @@ class ClientConnection(asyncio.Protocol):
         self.address = address
         self.log = log.bind(session_id=sid, client_addr=address)
         self.proxy.clients.add(self)
-        self.proxy.metrics.clients.labels("_none", "authenticating").inc()
-        self._gauge: tuple[str, str] | None = ("_none", "authenticating")
+        self._gauge: tuple[str, str] | None = self.proxy.metrics.client_moved(None, ("_none", "authenticating"))
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
-            self.run([CloseClient(errors.too_many_clients(cfg.limits.max_client_connections), "too_many_clients")])
+            self.run([CloseClient(errors.too_many_clients(cfg.limits.max_client_connections),
+                                  CloseReason.TOO_MANY_CLIENTS)])
             return
         victims, refused = self.proxy.prelogin.admit(self, address)  # a waiting one not logging in makes room
         if refused is not None:  # every place is held by a login in its SCRAM exchange: this one waits outside
-            self.proxy.metrics.prelogin_closed.labels(f"{refused}_refused").inc()
-            self.run([CloseClient(errors.too_many_logging_in(refused), f"prelogin_{refused}_refused")])
+            self.run([CloseClient(errors.too_many_logging_in(refused), CloseReason.prelogin_cap(refused, True))])
             return
         for victim, limit in victims:
             assert isinstance(victim, ClientConnection)
-            self.proxy.metrics.prelogin_closed.labels(limit).inc()
-            victim.close(errors.too_many_waiting(limit), f"prelogin_{limit}_limit")
+            victim.close(errors.too_many_waiting(limit), CloseReason.prelogin_cap(limit, False))
         silent = min(cfg.limits.first_message_timeout, cfg.limits.startup_timeout)
         self._timer = asyncio.get_running_loop().call_later(silent, self._on_timeout)
         self.prelog("info", "connection_accepted")
@@ -164,7 +163,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.authenticated:
             dropped = self.proxy.prelogin_log.allow(time.monotonic())
             if dropped is None:
-                self.proxy.metrics.log_suppressed.inc()
+                self.proxy.metrics.log_line_suppressed()
                 return
             if dropped:
                 fields["suppressed_before"] = dropped
@@ -179,8 +178,8 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.close()
         if self.link is not None:
-            self.proxy.pool.release(self.link, reason="client_gone")
-        self._finish(reason="client_disconnected")
+            self.proxy.pool.release(self.link, reason=CloseReason.CLIENT_GONE)
+        self._finish(reason=CloseReason.CLIENT_DISCONNECTED)
 
     def pause_writing(self) -> None:
         if self.link is not None and self.link.transport is not None:
@@ -225,7 +224,7 @@ class ClientConnection(asyncio.Protocol):
         """A bug of ours while handling input (called inside the `except`): logged with its traceback, the
         client gets XX000 without it."""
         self.log.exception("internal_error")
-        self.close(errors.internal_error(), "internal_error")
+        self.close(errors.internal_error(), CloseReason.INTERNAL_ERROR)
 
     # --- from the server link -----------------------------------------------------------
 
@@ -250,7 +249,7 @@ class ClientConnection(asyncio.Protocol):
     def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
         assert self.session is not None
         if self.closed:
-            self.proxy.pool.release(link, reason="client_gone")
+            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
             return
         # The startup can finish before _acquire resumes (one round trip without a password): the link is ours.
         self.link = link
@@ -276,8 +275,7 @@ class ClientConnection(asyncio.Protocol):
             connect_ms=round(connect_s * 1000, 2),
         )
         label = tenant.label
-        self.proxy.metrics.backend_connect_duration.labels(label).observe(connect_s)
-        self.proxy.metrics.servers.labels(label, "active").inc()
+        self.proxy.metrics.backend_connected(label, connect_s)
         link.gauge_label = label
         self._set_gauge(label, "active")
         if not self.closed:
@@ -290,11 +288,11 @@ class ClientConnection(asyncio.Protocol):
         self.log.warning("backend_failed", backend=backend.describe(), reason=reason,
                          sqlstate=refusal.sqlstate if refusal else None)
         if refusal is not None:
-            self.proxy.metrics.backend_errors.labels(self.tenant.label, refusal.sqlstate[:2]).inc()
+            self.proxy.metrics.backend_error(self.tenant.label, refusal.sqlstate)
         # the session tells the client while it is connecting: the backend's name, never its address
         error = (errors.backend_refused(backend.name, refusal) if refusal is not None
                  else errors.backend_unreachable(backend.name, "see the proxy log"))
-        self.run(self.session.server_failed(error, "backend"))
+        self.run(self.session.server_failed(error, CloseReason.BACKEND))
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
         if self.link is not link or self.closed:
@@ -354,7 +352,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _run_decision(self, pending: Pending) -> None:
         """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
-        self.proxy.metrics.offloaded.labels(pending.gate.tenant.label).inc()
+        self.proxy.metrics.decision_offloaded(pending.gate.tenant.label)
         self._decision = self.proxy.workers.submit(
             pending, lambda decision, stages: self._decided(pending, decision, stages)
         )
@@ -388,7 +386,7 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
-            self._finish(reason="tls_failed")
+            self._finish(reason=CloseReason.TLS_FAILED)
             return
         if new is None:
             return
@@ -397,11 +395,7 @@ class ClientConnection(asyncio.Protocol):
         self.run(self.session.tls_done())
 
     def _set_gauge(self, tenant: str, state: str) -> None:
-        gauge = self.proxy.metrics.clients
-        if self._gauge is not None:
-            gauge.labels(*self._gauge).dec()
-        self._gauge = (tenant, state)
-        gauge.labels(tenant, state).inc()
+        self._gauge = self.proxy.metrics.client_moved(self._gauge, (tenant, state))
 
     def _admin_login(self, login: Login) -> None:
         """An admin logged in to the console: no startup deadline any more; logged, counted and audited."""
@@ -412,7 +406,7 @@ class ClientConnection(asyncio.Protocol):
             self._timer = None
         self.log = self.log.bind(user=login.user, admin=True, application_name=login.application_name)
         self.log.info("auth_ok", tls=login.tls)
-        self.proxy.metrics.auth.labels("success", "ok").inc()
+        self.proxy.metrics.auth_succeeded()
         if self.proxy.audit is not None:
             self.proxy.audit.event("admin_login", self._audit_fields(), tls=login.tls)
 
@@ -433,14 +427,14 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(decision, Deny):
             self.log.info("statement_denied", kind=kind, rule=decision.rule, sqlstate=decision.sqlstate)
             label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
-            self.proxy.metrics.denied.labels(label, decision.rule).inc()
+            self.proxy.metrics.statement_denied(label, decision.rule)
         elif isinstance(decision, Rewrite):
             self.log.debug("statement_rewritten", kind=kind, rules=list(decision.rules))
 
     def count_backend_error(self, sqlstate: str) -> None:
         """A request ended in a backend error: counted per tenant and SQLSTATE class."""
         assert self.tenant is not None
-        self.proxy.metrics.backend_errors.labels(self.tenant.label, sqlstate[:2]).inc()
+        self.proxy.metrics.backend_error(self.tenant.label, sqlstate)
 
     def _audit_fields(self) -> str:
         """The session's own audit fields, encoded once for all its lines."""
@@ -457,7 +451,7 @@ class ClientConnection(asyncio.Protocol):
         )
         self._logged_in()
         self.log.info("auth_ok", tls=connect.login.tls)
-        self.proxy.metrics.auth.labels("success", "ok").inc()
+        self.proxy.metrics.auth_succeeded()
         self._set_gauge(tenant.label, "connecting")
         asyncio.get_running_loop().create_task(self._attach_policy_and_connect(connect))
 
@@ -470,10 +464,11 @@ class ClientConnection(asyncio.Protocol):
                 problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
             except BackendCheckError as exc:
                 self.log.warning("backend_failed", backend=backend.describe(), reason=str(exc))
-                self.run(session.server_failed(errors.backend_unreachable(backend.name, "its check failed"), "backend"))
+                self.run(session.server_failed(errors.backend_unreachable(backend.name, "its check failed"),
+                                               CloseReason.BACKEND))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
-                self.run([CloseClient(errors.tenant_unavailable(name), "preflight_failed")])
+                self.run([CloseClient(errors.tenant_unavailable(name), CloseReason.PREFLIGHT_FAILED)])
                 return
         if self.closed:
             return
@@ -493,10 +488,10 @@ class ClientConnection(asyncio.Protocol):
             reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
             self.log.warning("backend_failed", backend=backend.describe(), reason=reason)
             shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
-            self.run(session.server_failed(errors.backend_unreachable(backend.name, shown), "backend"))
+            self.run(session.server_failed(errors.backend_unreachable(backend.name, shown), CloseReason.BACKEND))
             return
         if self.closed:
-            self.proxy.pool.release(link, reason="client_gone")
+            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
             return
         self.link = link
 
@@ -508,31 +503,20 @@ class ClientConnection(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if not self._spoke:
-            self.proxy.metrics.prelogin_closed.labels("first_message_timeout").inc()
-            self.close(errors.startup_timeout(), "first_message_timeout")
+            self.close(errors.startup_timeout(), CloseReason.FIRST_MESSAGE_TIMEOUT)
         elif self.session is not None:
             self.run(self.session.timeout())
 
-    def close(self, error: PgError | None, reason: str) -> None:
+    def close(self, error: PgError | None, reason: CloseReason) -> None:
         if self.closed:
             return
-        kind, _, detail = reason.partition(":")
-        if kind == "auth_failed":
-            if detail in ("unknown_user", "bad_proof") and not self.proxy.config.metrics.auth_failure_detail:
-                detail = "invalid_credentials"  # one reason for both, as the client sees one 28P01
-            self.proxy.metrics.auth.labels("failure", detail or "unknown").inc()
-        elif kind == "auth_throttled":
-            self.proxy.metrics.auth.labels("refused", "throttled").inc()
-            self.proxy.metrics.auth_throttled.labels(detail).inc()
-        elif reason in ("tls_required", "database_not_allowed", "startup_parameter", "startup_timeout",
-                        "too_many_clients"):
-            self.proxy.metrics.auth.labels("refused", reason).inc()
-        if self.admin and reason == "client_terminate":
+        self.proxy.metrics.session_closed(reason, self.proxy.config.metrics.auth_failure_detail)
+        if self.admin and reason is CloseReason.CLIENT_TERMINATE:
             self.log.info("admin_logout")
         if error is not None:
             if not self._tls_pending:  # never plaintext into a TLS handshake: that connection is just cut
                 self.write(error.encode())
-            level = "info" if reason in ("client_terminate", "cancel_request") else "warning"
+            level = "info" if reason in (CloseReason.CLIENT_TERMINATE, CloseReason.CANCEL_REQUEST) else "warning"
             self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
         self._drop_decision()
@@ -557,26 +541,24 @@ class ClientConnection(asyncio.Protocol):
     def flush_bytes(self) -> None:
         if self.tenant is None or not self.proxy.metrics_enabled:
             return
-        sent_c, received_c = self.proxy.metrics.traffic_children(self.tenant.label)
-        sent_c.inc(self.bytes_out - self._bytes_reported[0])
-        received_c.inc(self.bytes_in - self._bytes_reported[1])
+        sent, received = self.bytes_out - self._bytes_reported[0], self.bytes_in - self._bytes_reported[1]
+        self.proxy.metrics.client_bytes(self.tenant.label, sent, received)
         self._bytes_reported = (self.bytes_out, self.bytes_in)
 
-    def _finish(self, reason: str = "") -> None:
+    def _finish(self, reason: CloseReason | None = None) -> None:
         self.proxy.prelogin.done(self)
         self.flush_bytes()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self._gauge is not None:
-            self.proxy.metrics.clients.labels(*self._gauge).dec()
-            self._gauge = None
+            self._gauge = self.proxy.metrics.client_moved(self._gauge, None)
         if self in self.proxy.clients:
             self.proxy.clients.discard(self)
             if self.session is not None:
                 if self._connect is not None:
                     self.proxy.cancels.unregister(self._connect.cancel_key[0])
-                if reason != "cancel_request":  # (a CancelRequest comes before any user)
+                if reason is not CloseReason.CANCEL_REQUEST:  # (a CancelRequest comes before any user)
                     self.prelog(
                         "info",
                         "connection_closed",

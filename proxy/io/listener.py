@@ -29,6 +29,7 @@ from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.engine import Limits
 from proxy.policy.model import TenantPolicy
 from proxy.protocol import messages as m
+from proxy.reasons import CloseReason
 from proxy.registry import SessionRef, Tenant, TenantRegistry
 from proxy.session import SessionRow
 from proxy.workers import DecisionWorkers
@@ -71,7 +72,7 @@ class Proxy:
         ))
         self.workers = DecisionWorkers(
             limits.decision_workers, limits.decision_timeout,
-            on_restart=lambda reason: self.metrics.worker_restarts.labels(reason).inc(),
+            on_restart=self.metrics.worker_restarted,
         )
         self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
         self.ops = Ops(Running(
@@ -104,9 +105,8 @@ class Proxy:
         return found
 
     def _new_decider(self, tenant: str) -> Gate:
-        decision_time = {st: self.metrics.decision_duration.labels(st) for st in ("total", "gate", "rewrite", "verify")}
-        return Gate(self.decisions, self.registry.policy, self.tenant(tenant),
-                    lambda stage, seconds: decision_time[stage].observe(seconds), self.decision_limits)
+        return Gate(self.decisions, self.registry.policy, self.tenant(tenant), self.metrics.decision_timed,
+                    self.decision_limits)
 
     def tenant(self, name: str) -> Tenant:
         """A tenant's identity for its sessions, with its metrics label (computed once per tenant and config)."""
@@ -152,7 +152,7 @@ class Proxy:
         """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""
         problems = self.registry.prepare_tenant(name)
         ready = self.registry.policy(name) is not None
-        self.metrics.preflight_ok.labels(self.metrics.tenant(name)).set(1 if ready else 0)
+        self.metrics.preflight(name, ready)
         return problems
 
     def prepare_config(self, new: Config) -> tuple[dict[str, TenantPolicy], list[str]]:
@@ -213,7 +213,7 @@ class Proxy:
         """End one session (the console's KILL_CLIENT); False if there is none of that id."""
         for c in list(self.clients):
             if c.session_id == session_id and c.session is not None:
-                c.close(errors.admin_shutdown(), "killed_by_admin")
+                c.close(errors.admin_shutdown(), CloseReason.KILLED_BY_ADMIN)
                 return True
         return False
 
@@ -268,10 +268,10 @@ class Proxy:
     async def forward_cancel(self, action: ForwardCancel) -> None:
         target = self.cancels.lookup(action.process_id, action.secret_key)
         if target is None:  # anyone can send these: counted, and logged through the pre-login limiter
-            self.metrics.cancel_ignored.inc()
+            self.metrics.cancel_ignored()
             dropped = self.prelogin_log.allow(time.monotonic())
             if dropped is None:
-                self.metrics.log_suppressed.inc()
+                self.metrics.log_line_suppressed()
             else:
                 log.info("cancel_ignored", reason="unknown_key", **({"suppressed_before": dropped} if dropped else {}))
             return
@@ -283,7 +283,7 @@ class Proxy:
             if backend.sslmode != "disable":
                 writer.write(m.encode_ssl_request())
                 answer = await asyncio.wait_for(reader.readexactly(1), backend.connect_timeout)
-                if answer == b"S":
+                if answer == m.SSL_ACCEPTED:
                     await writer.start_tls(backend_ssl_context(backend), server_hostname=backend.host)
                 elif backend.sslmode != "prefer":
                     raise ConnectionError("backend refused TLS for the cancel request")
@@ -310,7 +310,7 @@ class Proxy:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), deadline)
         for client in list(self.clients):
-            client.close(errors.admin_shutdown(), "shutdown")
+            client.close(errors.admin_shutdown(), CloseReason.SHUTDOWN)
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)

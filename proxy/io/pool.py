@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from proxy.config import BackendConfig
 from proxy.io.backend import ServerLink
+from proxy.reasons import CloseReason
 from proxy.server import ServerConnection
 
 if TYPE_CHECKING:
@@ -37,9 +38,9 @@ class Pool:
         self.links.add(link)
         return link
 
-    def release(self, link: ServerLink, *, reason: str = "") -> None:
+    def release(self, link: ServerLink, *, reason: CloseReason | None = None) -> None:
         if link in self.links and link.gauge_label is not None:
-            self.proxy.metrics.servers.labels(link.gauge_label, "active").dec()
+            self.proxy.metrics.backend_released(link.gauge_label)
             link.gauge_label = None
         self.links.discard(link)
         link.terminate()

@@ -93,10 +93,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         except Denied as exc:
             if count == 1:
                 raise
-            d = exc.decision
-            where = f"statement {index + 1} of {count}: "
-            return Deny(d.sqlstate, d.message.replace("pgtenant: ", "pgtenant: " + where, 1), d.hint, d.rule,
-                        d.position)
+            return replace(exc.decision, statement=(index + 1, count))
         effects |= stmt_effects
         policies.append(current)
         if stmt_changes:

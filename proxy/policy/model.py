@@ -122,13 +122,15 @@ class Rewrite:
 
 @dataclass(frozen=True, slots=True)
 class Deny:
-    """Answer the client with an ErrorResponse; the session stays usable."""
+    """Answer the client with an ErrorResponse; the session stays usable. `message` says what the rule found;
+    proxy.errors.policy_denied renders the client's text from it, the rule and `statement`."""
 
     sqlstate: str
     message: str
     hint: str
     rule: str
     position: int = 0  # 1-based character position in the statement text PostgreSQL would report (0: none)
+    statement: tuple[int, int] | None = None  # (position from 1, count) in a string of several statements
 
 
 Decision = Allow | Rewrite | Deny

@@ -1,16 +1,19 @@
-"""Stable denial rule ids with their SQLSTATE and hint, and the Deny builder."""
+"""Stable denial rule ids with their SQLSTATE (proxy/errors.py's names) and hint, and the Deny builder."""
 
 from __future__ import annotations
 
+from proxy.errors import (
+    CHARACTER_NOT_IN_REPERTOIRE,
+    FEATURE_NOT_SUPPORTED,
+    INSUFFICIENT_PRIVILEGE,
+    INTERNAL_ERROR,
+    PROTOCOL_VIOLATION,
+    QUERY_CANCELED,
+    READ_ONLY_SQL_TRANSACTION,
+    STATEMENT_TOO_COMPLEX,
+    SYNTAX_ERROR,
+)
 from proxy.policy.model import Deny
-
-INSUFFICIENT_PRIVILEGE = "42501"
-SYNTAX_ERROR = "42601"
-FEATURE_NOT_SUPPORTED = "0A000"
-READ_ONLY_SQL_TRANSACTION = "25006"
-STATEMENT_TOO_COMPLEX = "54001"
-QUERY_CANCELED = "57014"
-INTERNAL_ERROR = "XX000"
 
 # rule id -> (SQLSTATE, hint). Rule ids are part of the public contract (logs, metrics, fixtures).
 RULES: dict[str, tuple[str, str]] = {
@@ -133,13 +136,18 @@ RULES: dict[str, tuple[str, str]] = {
         "Simplify or split the statement; pgtenant gives each check limits.decision_timeout seconds.",
     ),
     "internal_error": (INTERNAL_ERROR, "pgtenant failed closed while deciding this statement; please report it."),
+    # Refused by the session before any policy decides (proxy/session.py).
+    "malformed_message": (PROTOCOL_VIOLATION, ""),
+    "invalid_utf8": (CHARACTER_NOT_IN_REPERTOIRE, ""),
+    "function_call_message": (INSUFFICIENT_PRIVILEGE, "Call the function from a SQL statement instead."),
 }
 
 
 def deny(rule: str, detail: str) -> Deny:
-    """Build the Deny for `rule` with a message naming the rule."""
+    """Build the Deny for `rule`: `detail` says what was found (proxy.errors.policy_denied renders the client's
+    message, naming the rule)."""
     sqlstate, hint = RULES[rule]
-    return Deny(sqlstate=sqlstate, message=f"pgtenant: {detail} (rule {rule})", hint=hint, rule=rule)
+    return Deny(sqlstate=sqlstate, message=detail, hint=hint, rule=rule)
 
 
 class Denied(Exception):

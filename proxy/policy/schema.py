@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.errors import INVALID_SCHEMA_NAME, UNDEFINED_TABLE
 from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
 from proxy.policy.model import Deny, TenantPolicy
 from proxy.policy.rules import Denied, fail
@@ -68,8 +69,8 @@ def missing(schema: str, relation: str | None = None, location: int = -1) -> Den
     not exist` (42P01, parserOpenTable), every other name `schema "s" does not exist` (3F000)."""
     position = location + 1 if location >= 0 else 0  # a byte offset here; engine.decide makes it a character one
     if relation is not None:
-        return Denied(Deny("42P01", f'relation "{schema}.{relation}" does not exist', "", "foreign_schema", position))
-    return Denied(Deny("3F000", f'schema "{schema}" does not exist', "", "foreign_schema", position))
+        return Denied(Deny(UNDEFINED_TABLE, f'relation "{schema}.{relation}" does not exist', "", "foreign_schema", position))
+    return Denied(Deny(INVALID_SCHEMA_NAME, f'schema "{schema}" does not exist', "", "foreign_schema", position))
 
 
 def check_cross_database(analysis: Analysis) -> None:

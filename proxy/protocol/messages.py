@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from proxy._accel import speedups
@@ -13,7 +14,9 @@ GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
 MAX_STARTUP_PACKET = 10_000  # PostgreSQL's MAX_STARTUP_PACKET_LENGTH
 
+_I16 = struct.Struct("!h")
 _I32 = struct.Struct("!i")
+_FIELD = struct.Struct("!ihihih")  # a RowDescription field after its name: table, column, type, size, modifier, format
 _U32 = struct.Struct("!I")
 _HDR = struct.Struct("!cI")
 
@@ -42,8 +45,17 @@ NOTICE_RESPONSE = ord("N")
 NEGOTIATE_PROTOCOL_VERSION = ord("v")
 COMMAND_COMPLETE = ord("C")
 COPY_IN_RESPONSE = ord("G")
+ROW_DESCRIPTION = ord("T")
+DATA_ROW = ord("D")
+
+TEXT_OID = 25  # pg_type's text
 
 FRONTEND_TYPES = frozenset(b"QPBEDCSHXFdcfp")
+
+# The one-byte answers to an SSLRequest or GSSENCRequest (or an ErrorResponse's type byte from a server too old).
+SSL_ACCEPTED = b"S"
+SSL_REFUSED = b"N"
+SSL_ERROR = b"E"
 
 
 class DecodeError(ValueError):
@@ -259,17 +271,51 @@ class SASLInitialResponse:
             raise DecodeError("SASLInitialResponse length mismatch")
         return cls(mechanism, bytes(data))
 
+    def encode(self) -> bytes:
+        return password_message(self.mechanism.encode() + b"\x00" + _I32.pack(len(self.data)) + self.data)
+
+
+def password_message(payload: bytes) -> bytes:
+    """A 'p' message: PasswordMessage, SASLInitialResponse and SASLResponse share the type byte."""
+    return frame(b"p", payload)
+
+
+# AuthenticationRequest codes ('R' message, first int32 of the body).
+AUTH_OK = 0
+AUTH_KERBEROS_V5 = 2
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SCM_CREDENTIAL = 6
+AUTH_GSS = 7
+AUTH_GSS_CONTINUE = 8
+AUTH_SSPI = 9
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
 
 def authentication(code: int, payload: bytes = b"") -> bytes:
     return frame(b"R", _I32.pack(code) + payload)
 
 
-AUTH_OK = 0
-AUTH_CLEARTEXT = 3
-AUTH_MD5 = 5
-AUTH_SASL = 10
-AUTH_SASL_CONTINUE = 11
-AUTH_SASL_FINAL = 12
+def decode_sasl_mechanisms(payload: bytes) -> list[str]:
+    """The mechanism names of an AuthenticationSASL request (its payload after the code)."""
+    if not payload.endswith(b"\x00"):
+        raise DecodeError("mechanism list not terminated")
+    names = payload[:-1].split(b"\x00")
+    if names and names[-1] == b"":
+        names.pop()
+    if b"" in names:
+        raise DecodeError("empty mechanism name")
+    return [name.decode("ascii", "replace") for name in names]
+
+
+def decode_authentication(body: bytes) -> tuple[int, bytes]:
+    """(code, payload) of an AuthenticationRequest body."""
+    if len(body) < 4:
+        raise DecodeError("authentication request shorter than 4 bytes")
+    (code,) = _I32.unpack_from(body, 0)
+    return code, bytes(body[4:])
 
 
 def authentication_sasl(mechanisms: list[str]) -> bytes:
@@ -326,6 +372,70 @@ def decode_error_fields(body: bytes) -> dict[str, str]:
         out[code] = body[pos + 1 : end].decode("utf-8", "replace")
         pos = end + 1
     return out
+
+
+def error_sqlstate(body: bytes) -> str | None:
+    """The SQLSTATE (the 'C' field) of an ErrorResponse/NoticeResponse body, without decoding the rest."""
+    pos = body.find(b"C")
+    while pos >= 0:  # a 'C' at a field start
+        if pos == 0 or body[pos - 1] == 0:
+            return body[pos + 1 : pos + 6].decode("ascii", "replace")
+        pos = body.find(b"C", pos + 1)
+    return None
+
+
+def error_is_fatal(body: bytes) -> bool:
+    """True when an ErrorResponse body's (non-localized) severity is FATAL or PANIC: the backend ends the session."""
+    return b"\x00VFATAL\x00" in body or b"\x00VPANIC\x00" in body
+
+
+def bind_statement(body: bytes) -> str | None:
+    """The prepared statement a Bind body names (None when the body is malformed: the backend says so)."""
+    n = len(body)
+    end = 0
+    while end < n and body[end] != 0:  # the portal name
+        end += 1
+    stmt_end = end + 1
+    while stmt_end < n and body[stmt_end] != 0:
+        stmt_end += 1
+    if stmt_end >= n:
+        return None
+    if stmt_end == end + 1:
+        return ""  # the unnamed statement
+    return body[end + 1 : stmt_end].decode("utf-8", "replace")
+
+
+def close_statement(body: bytes) -> str | None:
+    """The prepared statement a Close body closes (None when it closes a portal)."""
+    if body[:1] != b"S":
+        return None
+    return body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+
+
+def parse_name(body: bytes) -> str:
+    """The statement name of a Parse body, leniently (for a Parse whose text cannot be decoded)."""
+    return body[: max(body.find(b"\x00"), 0)].decode("utf-8", "replace")
+
+
+def row_description(columns: Sequence[str], type_oid: int = TEXT_OID) -> bytes:
+    """RowDescription of columns of one type, in text format, of no table."""
+    field_tail = _FIELD.pack(0, 0, type_oid, -1, -1, 0)
+    return frame(b"T", _I16.pack(len(columns)) + b"".join(c.encode() + b"\x00" + field_tail for c in columns))
+
+
+def data_row(values: Sequence[bytes | None]) -> bytes:
+    """DataRow of values already in their wire form (None is NULL)."""
+    body = bytearray(_I16.pack(len(values)))
+    for value in values:
+        if value is None:
+            body += _I32.pack(-1)
+        else:
+            body += _I32.pack(len(value)) + value
+    return frame(b"D", bytes(body))
+
+
+def command_complete(tag: str) -> bytes:
+    return frame(b"C", tag.encode() + b"\x00")
 
 
 TERMINATE_MESSAGE = frame(b"X", b"")

@@ -3,6 +3,7 @@ would, per-tenant latencies and the tenant label cap, and the dashboard reads on
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from bisect import bisect_left
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy import metrics as metrics_module
 from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats
+from proxy.reasons import CloseReason
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +109,97 @@ def test_dashboard_uses_only_real_metrics() -> None:
     missing = used - names - histogram_parts - counters
     assert not missing, missing
     assert len(dash["panels"]) >= 8
+
+
+# Methods that change a prometheus_client metric; `labels` only ever leads to one of them.
+_MUTATORS = {"labels", "inc", "dec", "observe", "set", "set_to_current_time"}
+
+
+def metric_mutations(source: str) -> list[int]:
+    """Lines of calls that change a Prometheus metric: any `.labels(`, `.inc(` or `.dec(`; `.observe(` and `.set(`
+    of a `.labels(...)` child or of something reached through a `metrics` attribute (an Event's `.set()`, a
+    gate's own `observe` callback are not metrics)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _MUTATORS):
+            continue
+        receiver = node.func.value
+        chain = ast.unparse(receiver)
+        if node.func.attr in ("labels", "inc", "dec") or ".labels(" in chain or "metrics" in chain:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_only_metrics_py_touches_prometheus_objects() -> None:
+    """proxy/metrics.py is the one writer: everything else calls its named methods."""
+    root = Path(metrics_module.__file__).resolve().parent
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "metrics.py":
+            continue
+        source = path.read_text()
+        if "prometheus_client" in source:
+            found[f"{path.relative_to(root.parent)}: imports prometheus_client"] = 0
+        for line in metric_mutations(source):
+            found[f"{path.relative_to(root.parent)}:{line}"] = line
+    assert not found, f"metrics changed outside proxy/metrics.py: {sorted(found)}"
+
+
+def test_the_scan_sees_a_mutation() -> None:
+    source = "m.denied.labels('t', 'r').inc()\nself.proxy.metrics.x.observe(1)\n" \
+        "self._idle.set()\nself.observe('a', 1)\n"
+    assert sorted(set(metric_mutations(source))) == [1, 2]
+
+
+def _value(metrics: Metrics, name: str, **labels: str) -> float:
+    return _samples(metrics).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_session_closed_counts_the_labels_the_reason_carries() -> None:
+    metrics = Metrics()
+    metrics.session_closed(CloseReason.AUTH_FAILED_BAD_PROOF)
+    metrics.session_closed(CloseReason.AUTH_FAILED_UNKNOWN_USER, auth_detail=True)
+    metrics.session_closed(CloseReason.AUTH_THROTTLED_USER)
+    metrics.session_closed(CloseReason.PRELOGIN_ADDRESS_REFUSED)
+    metrics.session_closed(CloseReason.TOO_MANY_CLIENTS)
+    metrics.session_closed(CloseReason.CLIENT_TERMINATE)
+    auth = "pgtenant_auth_attempts_total"
+    assert _value(metrics, auth, outcome="failure", reason="invalid_credentials") == 1
+    assert _value(metrics, auth, outcome="failure", reason="unknown_user") == 1
+    assert _value(metrics, auth, outcome="refused", reason="throttled") == 1
+    assert _value(metrics, "pgtenant_auth_throttled_total", limit="user") == 1
+    assert _value(metrics, "pgtenant_prelogin_closed_total", limit="address_refused") == 1
+    assert _value(metrics, auth, outcome="refused", reason="too_many_clients") == 1
+    assert sum(v for (name, _), v in _samples(metrics).items() if name == auth) == 4  # a terminate counts nowhere
+
+
+def test_client_moved_keeps_one_gauge_per_connection() -> None:
+    metrics = Metrics()
+    at = metrics.client_moved(None, ("_none", "authenticating"))
+    at = metrics.client_moved(at, ("acme", "active"))
+    assert _value(metrics, "pgtenant_client_connections", tenant="_none", state="authenticating") == 0
+    assert _value(metrics, "pgtenant_client_connections", tenant="acme", state="active") == 1
+    assert metrics.client_moved(at, None) is None
+    assert _value(metrics, "pgtenant_client_connections", tenant="acme", state="active") == 0
+
+
+def test_named_writers_reach_their_metrics() -> None:
+    metrics = Metrics(max_tenants=1)
+    metrics.statement_denied("acme", "set_role")
+    metrics.statement_denied("globex", "set_role")  # past the label cap
+    metrics.backend_error("acme", "57P01")
+    metrics.client_bytes("acme", 10, 3)
+    metrics.client_bytes("acme", 5, 0)
+    metrics.decision_timed("gate", 0.001)
+    metrics.preflight("acme", False)
+    metrics.config_reloaded(True)
+    assert _value(metrics, "pgtenant_denied_statements_total", tenant="acme", rule="set_role") == 1
+    assert _value(metrics, "pgtenant_denied_statements_total", tenant="_other", rule="set_role") == 1
+    assert _value(metrics, "pgtenant_backend_errors_total", tenant="acme", sqlstate_class="57") == 1
+    assert _value(metrics, "pgtenant_client_sent_bytes_total", tenant="acme") == 15
+    assert _value(metrics, "pgtenant_client_received_bytes_total", tenant="acme") == 3
+    assert _value(metrics, "pgtenant_policy_decision_duration_seconds_count", stage="gate") == 1
+    assert _value(metrics, "pgtenant_preflight_ok", tenant="acme") == 0
+    assert _value(metrics, "pgtenant_config_reloads_total", outcome="ok") == 1
+    content_type, body = metrics.exposition()
+    assert content_type.startswith("text/plain") and b"pgtenant_config_reloads_total" in body

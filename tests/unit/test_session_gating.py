@@ -14,7 +14,7 @@ from proxy.actions import CloseClient, RelayToServer
 from proxy.auth.throttle import AuthThrottle
 from proxy.policy.model import Allow, Deny, Rewrite
 from proxy.protocol import messages as m
-from proxy.session import ClientSession, _bind_statement
+from proxy.session import ClientSession
 from tests.support.sessions import frames, login, make_config
 
 
@@ -137,10 +137,3 @@ def test_repeated_parse_reuses_its_outcome_only_under_the_same_policy(tmp_path: 
 # --- the statement a Bind names ---------------------------------------------------------------------
 
 
-@settings(max_examples=3000, deadline=None)
-@given(st.lists(st.sampled_from([b"\x00", b"P0_1", b"\xff", b"s\xc3\xa9", b"\x00\x01"]), max_size=6).map(b"".join))
-def test_bind_statement_names_the_second_string(body: bytes) -> None:
-    end = body.find(b"\x00")
-    stmt_end = body.find(b"\x00", end + 1)
-    expected = None if end < 0 or stmt_end <= end else body[end + 1 : stmt_end].decode("utf-8", "replace")
-    assert _bind_statement(body) == expected

@@ -8,6 +8,7 @@ import json
 import pytest
 from policy_corpus import POLICIES
 
+from proxy.errors import policy_denied
 from proxy.policy import REAPPLY_CONTEXT, Allow, DecisionCache, Deny, Rewrite, TenantPolicy, decide, engine
 from proxy.policy import rewrite as rewrite_module
 from proxy.policy import tree as tree_module
@@ -42,7 +43,15 @@ def test_parse_error_message_carries_pglast_text() -> None:
 def test_multi_statement_denial_names_the_statement() -> None:
     decision = decide(SHARED, "SELECT 1; SELECT 2; SET ROLE postgres")
     assert isinstance(decision, Deny)
-    assert "statement 3 of 3" in decision.message and decision.rule == "set_role"
+    assert decision.statement == (3, 3) and decision.rule == "set_role"
+    assert policy_denied(decision).message.startswith("pgtenant: statement 3 of 3: ")
+    assert decision.message in policy_denied(decision).message  # the rule's own words, unedited
+
+
+def test_single_statement_denial_names_no_statement() -> None:
+    decision = decide(SHARED, "SET ROLE postgres")
+    assert isinstance(decision, Deny) and decision.statement is None
+    assert policy_denied(decision).message == f"pgtenant: {decision.message} (rule set_role)"
 
 
 def test_multi_statement_rewrite_keeps_separators_and_comments() -> None:

@@ -34,7 +34,7 @@ def test_a_hidden_schema_is_answered_as_a_missing_one(sql: str, sqlstate: str, m
     assert (decision.sqlstate, decision.message, decision.hint, decision.position) == (
         sqlstate, message, "", position), decision
     assert decision.rule == "foreign_schema"  # for the logs and metrics
-    fields = policy_denied(decision.sqlstate, decision.message, decision.hint, decision.rule, decision.position)
+    fields = policy_denied(decision)
     assert fields.fields() == {"S": "ERROR", "V": "ERROR", "C": sqlstate, "M": message,
                                **({"P": str(position)} if position else {})}
 

@@ -187,3 +187,83 @@ def test_query_message_is_the_framed_text(sql: str) -> None:
     out = m.query_message(sql)
     assert out == b"Q" + struct.pack("!I", len(data) + 5) + data + b"\x00"
     assert m.query_text(out[5:]) == sql
+
+
+@given(st.lists(st.sampled_from([b"\x00", b"P0_1", b"\xff", b"s\xc3\xa9", b"\x00\x01"]), max_size=6).map(b"".join))
+def test_bind_statement_names_the_second_string(body: bytes) -> None:
+    end = body.find(b"\x00")
+    stmt_end = body.find(b"\x00", end + 1)
+    expected = None if end < 0 or stmt_end <= end else body[end + 1 : stmt_end].decode("utf-8", "replace")
+    assert m.bind_statement(body) == expected
+
+
+def test_bind_statement_of_a_real_bind() -> None:
+    body = b"portal\x00stmt_1\x00" + struct.pack("!hhh", 0, 0, 0)
+    assert m.bind_statement(body) == "stmt_1"
+    assert m.bind_statement(b"\x00\x00" + struct.pack("!hhh", 0, 0, 0)) == ""  # the unnamed statement
+
+
+@pytest.mark.parametrize(("body", "name"), [
+    (b"Sstmt_1\x00", "stmt_1"), (b"S\x00", ""), (b"Pportal\x00", None), (b"", None),
+])
+def test_close_statement(body: bytes, name: str | None) -> None:
+    assert m.close_statement(body) == name
+
+
+def test_parse_name_reads_the_name_of_an_unreadable_parse() -> None:
+    assert m.parse_name(b"s1\x00\xff\x00\x00\x00") == "s1"
+    assert m.parse_name(b"no terminator") == ""
+
+
+@pytest.mark.parametrize(("fields", "sqlstate"), [
+    ({"S": "ERROR", "V": "ERROR", "C": "42501", "M": "x"}, "42501"),
+    ({"S": "ERROR", "M": "a C in the text", "C": "22021"}, "22021"),  # a 'C' inside a value is no field start
+    ({"S": "ERROR", "M": "no code"}, None),
+])
+def test_error_sqlstate_reads_the_code_field(fields: dict[str, str], sqlstate: str | None) -> None:
+    body = m.encode_error_fields(b"E", fields)[5:]
+    assert m.error_sqlstate(body) == sqlstate == m.decode_error_fields(body).get("C")
+
+
+@pytest.mark.parametrize(("severity", "fatal"), [("FATAL", True), ("PANIC", True), ("ERROR", False)])
+def test_error_is_fatal_reads_the_unlocalized_severity(severity: str, fatal: bool) -> None:
+    body = m.encode_error_fields(b"E", {"S": "FATAL", "V": severity, "C": "57P01", "M": "bye"})[5:]
+    assert m.error_is_fatal(body) is fatal
+
+
+def test_result_set_messages_layout() -> None:
+    """RowDescription/DataRow/CommandComplete as the protocol documents them (text columns of no table)."""
+    desc = m.row_description(["a", "bc"])
+    assert desc[:1] == b"T" and struct.unpack_from("!I", desc, 1)[0] == len(desc) - 1
+    assert desc[5:] == struct.pack("!h", 2) + b"".join(
+        name + b"\x00" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0) for name in (b"a", b"bc")
+    )
+    row = m.data_row([b"1", None, b""])
+    assert row == b"D" + struct.pack("!Ih", 4 + 2 + 5 + 4 + 4, 3) + struct.pack("!i", 1) + b"1" + struct.pack(
+        "!ii", -1, 0
+    )
+    assert m.command_complete("SHOW 2") == b"C" + struct.pack("!I", 11) + b"SHOW 2\x00"
+
+
+def test_authentication_round_trip() -> None:
+    msg = m.authentication(m.AUTH_SASL_CONTINUE, b"r=abc")
+    assert msg[:1] == b"R"
+    assert m.decode_authentication(msg[5:]) == (m.AUTH_SASL_CONTINUE, b"r=abc")
+    with pytest.raises(m.DecodeError):
+        m.decode_authentication(b"\x00\x00")
+
+
+def test_sasl_initial_response_encode_round_trip() -> None:
+    msg = m.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=xyz").encode()
+    assert msg[:1] == b"p" and struct.unpack_from("!I", msg, 1)[0] == len(msg) - 1
+    assert m.SASLInitialResponse.decode(msg[5:]) == m.SASLInitialResponse("SCRAM-SHA-256", b"n,,n=,r=xyz")
+    assert m.password_message(b"secret\x00") == b"p" + struct.pack("!I", 11) + b"secret\x00"
+
+
+def test_sasl_mechanisms_round_trip() -> None:
+    msg = m.authentication_sasl(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])
+    code, payload = m.decode_authentication(msg[5:])
+    assert code == m.AUTH_SASL and m.decode_sasl_mechanisms(payload) == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+    for bad in (b"SCRAM-SHA-256", b"A\x00\x00B\x00\x00"):  # not terminated; an empty name
+        with pytest.raises(m.DecodeError):
+            m.decode_sasl_mechanisms(bad)
