@@ -69,7 +69,8 @@ def missing(schema: str, relation: str | None = None, location: int = -1) -> Den
     not exist` (42P01, parserOpenTable), every other name `schema "s" does not exist` (3F000)."""
     position = location + 1 if location >= 0 else 0  # a byte offset here; engine.decide makes it a character one
     if relation is not None:
-        return Denied(Deny(UNDEFINED_TABLE, f'relation "{schema}.{relation}" does not exist', "", "foreign_schema", position))
+        missing = f'relation "{schema}.{relation}" does not exist'
+        return Denied(Deny(UNDEFINED_TABLE, missing, "", "foreign_schema", position))
     return Denied(Deny(INVALID_SCHEMA_NAME, f'schema "{schema}" does not exist', "", "foreign_schema", position))
 
 
