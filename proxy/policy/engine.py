@@ -9,7 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, context, functions, implicit, rewrite, schema, settings
+from proxy.policy import classify, context, functions, implicit, nametypes, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
@@ -85,9 +85,10 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     changes: list[Change] = []
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
+    name_types = nametypes.may_name(sql.lower())
     for index, stmt in enumerate(statements):
         try:
-            stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
+            stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index, name_types)
             if REAPPLY_CONTEXT in stmt_effects and index != count - 1:
                 raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
         except Denied as exc:
@@ -139,10 +140,12 @@ def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
 
 
 def _decide_statement(
-    policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int
+    policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int, name_types: bool = True
 ) -> tuple[frozenset[str], list[Change]]:
     kind, body = stmt.kind, stmt.body
     effects = classify.gate(policy, kind, body)
+    if name_types:  # the text may write a name-bearing type
+        nametypes.check(stmt.node)
     changes = context.statement_changes(kind, body, index)
     if kind == "VariableSetStmt":
         if body.get("name", "").lower() == "search_path":

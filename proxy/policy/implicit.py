@@ -29,6 +29,7 @@ from typing import Any
 
 from proxy.policy import guards as g
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
+from proxy.policy.nametypes import NAME_TYPE_OIDS, RESULT_FUNCTIONS, ROW_FUNCTIONS
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 
@@ -45,13 +46,11 @@ DISTINCT_COLUMNS: dict[str, str] = {
 SOURCE_COLUMNS: dict[str, dict[str, str]] = {
     "pg_sequences": {"data_type": "regtype"},
     "pg_prepared_statements": {"parameter_types": "regtype[]", "result_types": "regtype[]"},
-    "pg_partition_tree": {"relid": "regclass", "parentrelid": "regclass"},
-    "pg_partition_ancestors": {"relid": "regclass", "pg_partition_ancestors": "regclass"},
+    **ROW_FUNCTIONS,
 }
 # Functions returning a reg* value (besides guards.RESULT_CALLS / RESULT_WRAPPED).
 RESULT_TYPES: dict[str, str] = {
-    "pg_typeof": "regtype", "get_current_ts_config": "regconfig", "pg_get_replica_identity_index": "regclass",
-    "pg_partition_root": "regclass", "pg_partition_ancestors": "regclass",
+    **RESULT_FUNCTIONS,
     **{name: out for name, (_, out) in g.RESULT_CALLS.items()},
     **{name: out for name, (_, out) in g.RESULT_WRAPPED.items()},
 }
@@ -517,7 +516,7 @@ def is_null(node: Any) -> bool:
 # Catalog relations with a column of a reg* type (and the row types holding them): a new table takes none of them.
 REG_RELATIONS = frozenset({"pg_aggregate", "pg_am", "pg_amproc", "pg_conversion", "pg_operator", "pg_proc", "pg_range",
                            "pg_ts_parser", "pg_ts_template", "pg_transform", "pg_type", "pg_sequences",
-                           "pg_prepared_statements", "pg_partition_tree", "pg_partition_ancestors"})
+                           "pg_prepared_statements", *ROW_FUNCTIONS})
 
 
 def reg_relations(root: Any) -> set[str]:
@@ -588,14 +587,10 @@ def _check_column(types: Types, node: Any) -> None:
                    "without the checks the proxy applies to conversions (store the OID as oid, or the name as text)")
 
 
-# The OIDs of the reg* types and their arrays (pg_type, stable since they are built in).
-REG_TYPE_OIDS = frozenset({24, 2202, 2203, 2204, 2205, 2206, 4089, 4096, 4191, 3734, 3769,  # regproc ... regdictionary
-                           1008, 2207, 2208, 2209, 2210, 2211, 4090, 4097, 4192, 3735, 3770})  # their arrays
-
-
 def declares_reg_parameter(param_types: bytes) -> bool:
-    """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a reg* type: the client's value
-    would be read by regclassin & co. and printed as a name without a written conversion the guards could follow."""
+    """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a name-bearing type (a reg* type,
+    an array of one, a catalog row type holding one: nametypes.py): the client's value would be read by regclassin
+    & co. and printed as a name without a written conversion the guards could follow."""
     count = int.from_bytes(param_types[:2], "big")
-    return any(int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big") in REG_TYPE_OIDS for i in range(count))
+    return any(int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big") in NAME_TYPE_OIDS for i in range(count))
 

@@ -436,6 +436,37 @@ ATTACKS: list[Attack] = [
            "generate_series(16384, 40000) g", ALL, "any"),
     Attack("implicit_array_literal_oids", "SELECT '{16384,16385,16386,16387,16388,16389,16390}'::regclass[]::text",
            ALL, "any"),
+    # --- name-bearing types written another way (redteam-guards-1 F1-F5, nametypes.py): refused by the proxy ----------
+    Attack("nametype_coldef_scan", "SELECT string_agg(x.c::text, ',') FROM generate_series(16384, 40000) g, "
+           "jsonb_to_record(jsonb_build_object('c', g)) AS x(c regclass)", ALL, "deny", by="proxy"),
+    Attack("nametype_coldef_roles", "SELECT x.* FROM jsonb_to_record('{\"n\":16384,\"r\":10}') AS x(n regnamespace, "
+           "r regrole)", ALL, "deny", by="proxy"),
+    Attack("nametype_rows_from_coldef", "SELECT * FROM ROWS FROM (json_to_record('{\"a\":\"16384\"}') AS "
+           "(a regclass))", ALL, "deny", by="proxy"),
+    Attack("nametype_coldef_param", "SELECT * FROM jsonb_to_recordset(jsonb_build_array(jsonb_build_object('c', "
+           "%s::int))) AS x(c regclass)", ALL, "deny", by="proxy", params=(16385,)),
+    Attack("nametype_array_spelling", "SELECT ('{' || string_agg(g::text, ',') || '}')::_regclass::text FROM "
+           "generate_series(16384, 40000) g", ALL, "deny", by="proxy"),
+    Attack("nametype_array_roles", "SELECT '{10,16384,16385,16386}'::pg_catalog._regrole", ALL, "deny", by="proxy"),
+    Attack("nametype_array_param", "SELECT %s::_regclass::text", ALL, "deny", by="proxy",
+           params=("{16384,16385,16386}",)),
+    Attack("nametype_temp_array_column", "CREATE TEMP TABLE bi_arr (a _regclass, b _regnamespace)", ALL, "deny",
+           by="proxy"),
+    Attack("nametype_temp_row_array_column", "CREATE TEMP TABLE bi_seqs (a _pg_sequences)", ALL, "deny", by="proxy"),
+    Attack("nametype_row_literal", "SELECT '(a,b,c,16385,1,1,1,1,f,1,1)'::pg_sequences", ALL, "deny", by="proxy"),
+    Attack("nametype_row_constructor", "SELECT ROW('a','b','c',16385,1,1,1,1,false,1,1)::pg_sequences", ALL, "deny",
+           by="proxy"),
+    Attack("nametype_populate_record", "SELECT string_agg((jsonb_populate_record(null::pg_sequences, "
+           "jsonb_build_object('data_type', g))).data_type::text, ',') FROM generate_series(16384, 40000) g", ALL,
+           "deny", by="proxy"),
+    Attack("nametype_populate_recordset", "SELECT * FROM jsonb_populate_recordset(null::pg_prepared_statements, "
+           "'[{\"parameter_types\":[16384,16385]}]')", ALL, "deny", by="proxy"),
+    Attack("nametype_ctas_coldef", "CREATE TEMP TABLE bi_t1 AS SELECT * FROM jsonb_to_record('{}') AS x(a regclass)",
+           ALL, "deny", by="proxy"),
+    Attack("nametype_ctas_row", "CREATE TEMP TABLE bi_t2 AS SELECT jsonb_populate_record(null::pg_sequences, '{}') r",
+           ALL, "deny", by="proxy"),
+    Attack("nametype_json_value_returning", "SELECT json_value('16385', '$' RETURNING regclass)", ALL, "deny",
+           by="proxy"),
     # --- role names: through every catalog and function --------------------------------------------------------------
     Attack("role_pg_roles", "SELECT rolname FROM pg_roles", ALL, "any"),
     Attack("role_pg_user", "SELECT usename FROM pg_user", ALL, "any"),
@@ -1754,7 +1785,8 @@ def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) ->
     actor = ACTORS[strategy]
     client = env.client(actor)
     conn = client.pgconn
-    for types in ([2205], [0, 2211]):  # regclass; an array of regtype as the second parameter
+    # regclass; an array of regtype as the second parameter; _regrole; pg_sequences' row type and its array
+    for types in ([2205], [0, 2211], [4097], [12050], [0, 12049]):
         conn.send_prepare(b"bi_reg_param", b"SELECT $1::text", param_types=types)
         results = client._collect(None)
         errors = [r for r in results if r.kind == "error"]
