@@ -38,6 +38,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from proxy.policy import nametypes
 from proxy.protocol import messages as m
 from tests.support import bidata
 from tests.support.bidata import PqClient, Result
@@ -467,6 +468,25 @@ ATTACKS: list[Attack] = [
            ALL, "deny", by="proxy"),
     Attack("nametype_json_value_returning", "SELECT json_value('16385', '$' RETURNING regclass)", ALL, "deny",
            by="proxy"),
+    # anchors from the catalog and renamed columns (F5): guarded, or refused where a rename cannot be followed
+    Attack("nametype_basetype_coalesce_scan", "SELECT string_agg(COALESCE(pg_basetype(NULL), g)::text, ',') FROM "
+           "generate_series(16384, 40000) g", ALL, "any"),
+    Attack("nametype_basetype_union_scan", "SELECT string_agg(x::text, ',') FROM (SELECT pg_basetype(NULL) AS x "
+           "UNION ALL SELECT g FROM generate_series(16384, 40000) g) s", ALL, "any"),
+    Attack("nametype_foreign_keys_column_scan", "SELECT string_agg(COALESCE(CASE WHEN false THEN f.fktable END, g)"
+           "::text, ',') FROM (SELECT * FROM pg_get_catalog_foreign_keys() LIMIT 1) f, generate_series(16384, 40000) g",
+           ALL, "any"),
+    Attack("nametype_cte_alias_rename_scan", "WITH a AS (SELECT NULL::regclass AS r) SELECT string_agg(COALESCE(z, g)"
+           "::text, ',') FROM a AS b(z), generate_series(16384, 40000) g", ALL, "any"),
+    Attack("nametype_join_alias_rename", "WITH a AS (SELECT NULL::regclass AS r) SELECT COALESCE(j.z, 16385) FROM "
+           "(a CROSS JOIN (SELECT 1) q) AS j(z, w)", ALL, "deny", by="proxy"),
+    Attack("nametype_unnest_second_column_scan", "SELECT string_agg(COALESCE(n, g)::text, ',') FROM unnest(ARRAY[1], "
+           "'{NULL}'::regtype[]) AS u(m, n), generate_series(16384, 40000) g", ALL, "any"),
+    # an IN list of two items or more resolves to one type with its left side (F6): a name in it is read by regclassin
+    Attack("nametype_in_list_name", "SELECT 'pg_class'::regclass IN (0, 'two_co.orders')", C, "deny", by="missing"),
+    Attack("nametype_in_list_param", "SELECT 'pg_class'::regclass IN (%s, 0)", C, BY_VALUE, by="missing",
+           params=("two_co.orders",)),
+    Attack("nametype_in_list_typeof", "SELECT pg_typeof(NULL) IN (0, 'two_co.orders')", C, "deny", by="missing"),
     # --- role names: through every catalog and function --------------------------------------------------------------
     Attack("role_pg_roles", "SELECT rolname FROM pg_roles", ALL, "any"),
     Attack("role_pg_user", "SELECT usename FROM pg_user", ALL, "any"),
@@ -1750,6 +1770,7 @@ HIDDEN_FORMS = {
     "regnamespace": "SELECT '{s}'::regnamespace",
     "operator": "SELECT 1 OPERATOR({s}.+) 1",
     "coalesced_name": "SELECT COALESCE(NULL::regclass, '{s}.orders')",
+    "in_list": "SELECT 'pg_class'::regclass IN (0, '{s}.orders')",
     "copy": "COPY {s}.orders TO STDOUT",
 }
 
@@ -1799,3 +1820,16 @@ def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) ->
     assert post[0].rows == [actor.expected_context()]
     client.simple("DEALLOCATE ALL")
 
+
+
+def test_name_bearing_types_match_the_catalog(pg: PgCluster) -> None:
+    """nametypes.py's tables are PostgreSQL's catalog: the reg* types, their arrays, domains and the composite types
+    holding one (TYPE_QUERY), and the pg_catalog functions returning one (FUNCTION_QUERY), on every major tested."""
+    rows = pg.execute(nametypes.TYPE_QUERY)
+    assert {(name, oid) for schema, name, oid in rows if schema == "pg_catalog"} == set(nametypes.NAME_TYPES.items())
+    assert all(schema == "pg_catalog" for schema, _, _ in rows), rows  # a fresh cluster: no user type holds one
+    functions = {name for (name,) in pg.execute(nametypes.FUNCTION_QUERY, {"types": sorted(nametypes.NAME_TYPE_OIDS)})}
+    listed = set(nametypes.RESULT_FUNCTIONS) | set(nametypes.ROW_FUNCTIONS)
+    internal = {f for f in functions if f.endswith(("in", "recv")) and f.startswith("reg")}
+    assert functions - internal <= listed, functions - internal - listed
+    assert listed - functions <= {"pg_basetype"}  # since PostgreSQL 17

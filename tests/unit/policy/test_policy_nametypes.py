@@ -99,3 +99,76 @@ def test_the_tables_agree() -> None:
     assert {"pg_basetype", "regclass", "to_regrole"} <= set(nametypes.RESULT_FUNCTIONS)
     assert implicit.RESULT_TYPES["pg_basetype"] == "regtype"
     assert implicit.SOURCE_COLUMNS["pg_get_catalog_foreign_keys"] == {"fktable": "regclass", "pktable": "regclass"}
+
+
+# redteam-guards-1 F5: anchors the hand list missed, and columns renamed on the way to an implicit-typing construct.
+GUARDED_RENAMES = [
+    "SELECT coalesce(pg_basetype(NULL), 16447)",
+    "SELECT GREATEST(pg_basetype(NULL), 16447)",
+    "SELECT ARRAY[pg_basetype(NULL), 16447]",
+    "SELECT pg_basetype(NULL) UNION ALL SELECT 16447",
+    "SELECT * FROM (VALUES (pg_basetype(NULL)), (16447)) v",
+    "SELECT coalesce(pg_basetype(NULL), $1::int)",
+    "SELECT COALESCE(CASE WHEN false THEN fktable END, 16445) FROM pg_get_catalog_foreign_keys() LIMIT 1",
+    "WITH a AS (SELECT NULL::regclass AS r) SELECT COALESCE(z, 16445) FROM a AS b(z)",
+    "WITH a AS (SELECT NULL::regclass AS r) SELECT COALESCE(b.z, 16445) FROM a AS b(z)",
+    "SELECT COALESCE(n, 16447) FROM unnest(ARRAY[1], '{NULL}'::regtype[]) AS u(m, n)",
+    "SELECT COALESCE(u.n, 16447) FROM ROWS FROM (pg_typeof(1), pg_typeof(2)) AS u(m, n)",
+]
+REFUSED_RENAMES = [
+    "WITH a AS (SELECT NULL::regclass AS r) SELECT COALESCE(j.z, 16445) FROM (a CROSS JOIN (SELECT 1) q) AS j(z, w)",
+    "SELECT COALESCE(z, 16447) FROM pg_get_catalog_foreign_keys() AS f(z)",
+    "SELECT COALESCE(z, 16447) FROM pg_type AS t(a, b, c, d, e, f, g, h, i, j, k, l, m, n, z)",
+    "SELECT COALESCE(n, 16447) FROM ROWS FROM (jsonb_each('{}'), pg_typeof(1)) AS u(m, n, o)",
+]
+
+
+@pytest.mark.parametrize("policy", [SHARED, SCHEMA, DATABASE_HIDING], ids=["shared", "schema", "database_hiding"])
+@pytest.mark.parametrize("sql", GUARDED_RENAMES)
+def test_anchors_and_renamed_columns_are_guarded(policy: object, sql: str) -> None:
+    decision = decide(policy, sql)  # type: ignore[arg-type]
+    assert isinstance(decision, Rewrite) and "object_guard" in decision.rules, decision
+    raw = "16445" if "16445" in sql else "16447" if "16447" in sql else "$1"
+    assert "pgt_g_" in decision.sql[: decision.sql.index(raw)], decision.sql  # the value is inside a guard
+
+
+@pytest.mark.parametrize("sql", REFUSED_RENAMES)
+def test_renames_that_cannot_be_followed_are_refused(sql: str) -> None:
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", decision
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT COALESCE(x, 16385) FROM generate_series(1, 3) AS g(x)",
+    "SELECT COALESCE(j.x, 2) FROM ((SELECT 1) a(x) JOIN (SELECT 2) b(y) ON true) AS j(x, y)",
+    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace",
+])
+def test_renames_without_object_identifiers_are_left_alone(sql: str) -> None:
+    assert not isinstance(decide(SHARED, sql), Deny)
+
+
+# redteam-guards-1 F6: an IN list of two items or more is resolved to one type with its left side.
+@pytest.mark.parametrize("sql", [
+    "SELECT 'pg_class'::regclass IN (0, 'tenant_globex.zz')",
+    "SELECT 'pg_class'::regclass NOT IN (0, 'tenant_globex.zz')",
+    "SELECT pg_typeof(NULL) IN (0, 'tenant_globex.x')",
+    "SELECT 0 IN ('pg_class'::regclass, 'tenant_globex.zz')",
+    "SELECT 'pg_class'::regclass IN ($1, 0)",
+])
+def test_in_lists_read_names_through_the_guard(sql: str) -> None:
+    for policy in (SHARED, DATABASE_HIDING):
+        decision = decide(policy, sql)
+        assert isinstance(decision, Rewrite) and "object_guard" in decision.rules, decision
+        raw = "$1" if "$1" in sql else "'tenant_globex"
+        assert "pgt_g_" in decision.sql[: decision.sql.index(raw)], decision.sql
+    decision = decide(SCHEMA, sql)  # the schema strategy decides a literal name as a cast's
+    assert isinstance(decision, Deny if "$1" not in sql else Rewrite), decision
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 'pg_class'::regclass IN ('tenant_globex.zz')",  # one item: oid = oid, read by oidin
+    "SELECT relname FROM pg_class WHERE relkind IN ('r', 'v')",
+])
+def test_other_in_lists_are_left_alone(sql: str) -> None:
+    decision = decide(SHARED, sql)
+    assert not isinstance(decision, Deny) and "object_guard" not in getattr(decision, "rules", ()), decision
