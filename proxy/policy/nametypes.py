@@ -16,12 +16,15 @@ The sets below are PostgreSQL's catalog (`TYPE_QUERY`, `FUNCTION_QUERY`): the sa
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
+from pglast.parser import ParseError, parse_sql_json
+
 from proxy.policy.guards import CAST_KINDS
 from proxy.policy.rules import fail
-from proxy.policy.tree import names_of, walk_dicts
+from proxy.policy.tree import names_of, string_const, walk_dicts
 
 # The name-bearing types of a database: reg* types, then arrays of, domains over, and composite types with a field
 # of a name-bearing type, to a fixed point.
@@ -43,7 +46,7 @@ SELECT n.nspname, t.typname, t.oid::int8 FROM nb JOIN pg_catalog.pg_type t USING
 FUNCTION_QUERY = """
 SELECT DISTINCT p.proname::text FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace
    AND (p.prorettype = ANY (%(types)s::oid[]) OR EXISTS (
-        SELECT FROM pg_catalog.unnest(p.proallargtypes, p.proargmodes) u(t, m)
+        SELECT FROM unnest(p.proallargtypes, p.proargmodes) u(t, m)
          WHERE u.m IN ('o', 'b', 't') AND u.t = ANY (%(types)s::oid[])))
  ORDER BY 1
 """
@@ -81,10 +84,14 @@ ROW_FUNCTIONS: dict[str, dict[str, str]] = {
 _WORDS = re.compile(r"\b_?(?:" + "|".join(sorted((*_REG, *_ROW), key=len, reverse=True)) + r")\b")
 
 
+# Functions reading a value with the input function of a type named in a text argument (index 1).
+INPUT_FUNCTIONS = frozenset({"pg_input_is_valid", "pg_input_error_info"})
+
+
 def may_name(low: str) -> bool:
     """False only when the lower-cased text `low` cannot write a name-bearing type (a Unicode-escaped identifier
-    `U&"..."` may spell any)."""
-    return "u&" in low or _WORDS.search(low) is not None
+    `U&"..."` may spell any) nor call an input function by a type's name."""
+    return "u&" in low or "pg_input_" in low or _WORDS.search(low) is not None
 
 
 def _is_type_name(node: dict[str, Any]) -> bool:
@@ -110,8 +117,36 @@ def check(root: Any) -> None:
             names = names_of(type_name.get("names"))
             if names and names[-1] in CAST_KINDS and (len(names) == 1 or names[-2] == "pg_catalog"):
                 guarded.add(id(type_name))
+        elif "FuncCall" in node:
+            _check_input_call(node["FuncCall"])
         elif _is_type_name(node) and id(node) not in guarded:
             found = name_bearing(node)
             if found is not None:
                 raise fail("name_bearing_type", f"type {found} reads and prints object names without the checks "
                            "the proxy applies to a written conversion")
+
+
+def _check_input_call(call: dict[str, Any]) -> None:
+    """pg_input_is_valid(text, type) & co. read the text with the type's input function: regclassin would look a name
+    up (and answer `permission denied` for a hidden schema, `f` for a missing one). The type must be a string literal
+    naming a type that is not name-bearing."""
+    names = names_of(call.get("funcname"))
+    if not names or names[-1] not in INPUT_FUNCTIONS or (len(names) > 1 and names[-2] != "pg_catalog"):
+        return
+    args = call.get("args") or []
+    arg = args[1] if len(args) > 1 else None
+    while type(arg) is dict and "TypeCast" in arg:
+        arg = arg["TypeCast"].get("arg")
+    literal = string_const(arg) if len(args) > 1 else None
+    found: str | None = "a type computed at run time"
+    if literal is not None:
+        try:
+            doc = json.loads(parse_sql_json(f"SELECT NULL::{literal}"))
+            type_name = doc["stmts"][0]["stmt"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]["TypeCast"][
+                "typeName"]
+            found = name_bearing(type_name)
+        except (ParseError, KeyError, IndexError, TypeError, ValueError):
+            found = f"type {literal!r}"
+    if found is not None:
+        raise fail("name_bearing_type", f"{names[-1]}() of {found} reads object names without the checks the proxy "
+                   "applies to a written conversion")
