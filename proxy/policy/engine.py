@@ -85,10 +85,9 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     changes: list[Change] = []
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
-    name_types = nametypes.may_name(sql.lower())
     for index, stmt in enumerate(statements):
         try:
-            stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index, name_types)
+            stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
             if REAPPLY_CONTEXT in stmt_effects and index != count - 1:
                 raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
         except Denied as exc:
@@ -140,12 +139,10 @@ def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
 
 
 def _decide_statement(
-    policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int, name_types: bool = True
+    policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int
 ) -> tuple[frozenset[str], list[Change]]:
     kind, body = stmt.kind, stmt.body
     effects = classify.gate(policy, kind, body)
-    if name_types:  # the text may write a name-bearing type
-        nametypes.check(stmt.node)
     changes = context.statement_changes(kind, body, index)
     if kind == "VariableSetStmt":
         if body.get("name", "").lower() == "search_path":
@@ -166,13 +163,20 @@ def _decide_statement(
     if kind not in classify.WALKED:
         return effects, changes
     analysis = analyze(stmt.node)
+    if nametypes.may_name(analysis):
+        nametypes.check(stmt.node)
     new_table = implicit.new_table_query(kind, body)
     if new_table is not None:
         implicit.check_new_table(stmt.node, new_table)
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
     functions.check(policy, analysis)
-    schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
+    try:
+        schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
+    except Denied as exc:  # a view's query is sent wrapped: PostgreSQL places a missing schema in the wrapped text
+        if kind == "ViewStmt" and exc.decision.position:
+            raise Denied(replace(exc.decision, position=exc.decision.position + len(rewrite.VIEW_PREFIX))) from None
+        raise
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:

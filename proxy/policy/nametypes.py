@@ -17,7 +17,6 @@ The sets below are PostgreSQL's catalog (`TYPE_QUERY`, `FUNCTION_QUERY`): the sa
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
@@ -25,6 +24,7 @@ from pglast.parser import ParseError, parse_sql_json
 from proxy.policy.guards import CAST_KINDS
 from proxy.policy.rules import fail
 from proxy.policy.tree import names_of, string_const, walk_dicts
+from proxy.policy.walk import Analysis
 
 # The name-bearing types of a database: reg* types, then arrays of, domains over, and composite types with a field
 # of a name-bearing type, to a fixed point.
@@ -81,17 +81,16 @@ ROW_FUNCTIONS: dict[str, dict[str, str]] = {
     "ts_debug": {"dictionaries": "regdictionary[]", "dictionary": "regdictionary"},
 }
 
-_WORDS = re.compile(r"\b_?(?:" + "|".join(sorted((*_REG, *_ROW), key=len, reverse=True)) + r")\b")
-
 
 # Functions reading a value with the input function of a type named in a text argument (index 1).
 INPUT_FUNCTIONS = frozenset({"pg_input_is_valid", "pg_input_error_info"})
 
 
-def may_name(low: str) -> bool:
-    """False only when the lower-cased text `low` cannot write a name-bearing type (a Unicode-escaped identifier
-    `U&"..."` may spell any) nor call an input function by a type's name."""
-    return "u&" in low or "pg_input_" in low or _WORDS.search(low) is not None
+def may_name(analysis: Analysis) -> bool:
+    """Whether the statement writes a name-bearing type (a conversion to one too) or calls an input function by a
+    type's name: only then is it walked again (`check`)."""
+    return any(names and names[-1] in NAME_TYPES for names in analysis.type_names) or any(
+        call.names and call.names[-1] in INPUT_FUNCTIONS for call in analysis.calls)
 
 
 def _is_type_name(node: dict[str, Any]) -> bool:

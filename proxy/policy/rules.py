@@ -55,6 +55,10 @@ RULES: dict[str, tuple[str, str]] = {
         "(_regclass), catalog row types, column definition lists and RETURNING clauses of these types are not "
         "available.",
     ),
+    "qualified_column": (
+        INSUFFICIENT_PRIVILEGE,
+        "Qualify the column with its table or alias only (t.c), or write the schema in FROM too (FROM s.t).",
+    ),
     "shared_schema_write": (INSUFFICIENT_PRIVILEGE, "Shared reference schemas are read-only."),
     "cross_database": (INSUFFICIENT_PRIVILEGE, "Names may not refer to another database."),
     "catalog_denied": (

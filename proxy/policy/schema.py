@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
 from proxy.policy.model import Deny, TenantPolicy
 from proxy.policy.rules import Denied, fail
 from proxy.policy.sqltext import object_name_parts
-from proxy.policy.tree import string_const
-from proxy.policy.walk import COPY_FROM, COPY_TO, TRUNCATE, Analysis, Call
+from proxy.policy.tree import names_of, string_const
+from proxy.policy.walk import COPY_FROM, COPY_TO, LIKE, TRUNCATE, Analysis, Call
 
 # Functions whose argument at the given position is an object name given as text (implicitly cast to a reg*
 # type); kind "schema" means the whole literal is a schema name. Negative positions count from the end
@@ -61,6 +63,11 @@ def _literal_schema(text: str, kind: str) -> str | None:
     return parts[-2] if len(parts) >= 2 else None
 
 
+# A session's temporary schemas by their own names: another session's answers `permission denied`, a missing one
+# `does not exist`; the session's own is `pg_temp` (the proxy cannot tell which pg_temp_N it is).
+_OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")
+
+
 def missing(schema: str, relation: str | None = None, location: int = -1) -> Denied:
     """PostgreSQL's own answer for a schema that does not exist, for a schema the tenant may not see: the same
     SQLSTATE, message and position, so a hidden schema cannot be told from a missing one (the statement is still
@@ -70,6 +77,24 @@ def missing(schema: str, relation: str | None = None, location: int = -1) -> Den
     if relation is not None:
         return Denied(Deny("42P01", f'relation "{schema}.{relation}" does not exist', "", "foreign_schema", position))
     return Denied(Deny("3F000", f'schema "{schema}" does not exist', "", "foreign_schema", position))
+
+
+def check_qualified_column(analysis: Analysis, names: tuple[str, ...], location: int, hidden: bool) -> None:
+    """`s.t.c` names the column of a FROM item `s.t`. Without an item of that name, PostgreSQL answers `missing
+    FROM-clause entry for table "t"` when schema s does not exist (errorMissingRTE), so a hidden schema gets that
+    answer. With an item named t that is not written `s.t`, its answer for a missing schema differs between majors
+    (an invalid reference with a HINT or a DETAIL) and for a hidden one is `permission denied`: refused alike for
+    every schema (`qualified_column`)."""
+    schema, table = names[0], names[1]
+    if any(r.rv.get("schemaname") == schema and r.rv.get("relname") == table and not r.rv.get("alias")
+           for r in analysis.refs):
+        return
+    if table in analysis.refnames:
+        raise fail("qualified_column", f'column reference "{".".join(names)}" names table "{table}" with a schema '
+                   "its FROM item is not written with")
+    if hidden:
+        position = location + 1 if location >= 0 else 0
+        raise Denied(Deny("42P01", f'missing FROM-clause entry for table "{table}"', "", "foreign_schema", position))
 
 
 def check_cross_database(analysis: Analysis) -> None:
@@ -96,13 +121,11 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
 
         def refused(schema: str) -> bool:
             return schema not in allowed
-    elif policy.hidden_schemas:
+    else:
         hidden = policy.hidden_schemas
 
         def refused(schema: str) -> bool:
-            return schema in hidden
-    else:
-        return
+            return schema in hidden or _OTHER_TEMP.fullmatch(schema) is not None
 
     def check(schema: str | None, relation: str | None = None, location: int = -1) -> None:
         if schema is not None and refused(schema):
@@ -111,6 +134,8 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
     for ref in analysis.refs:  # COPY and TRUNCATE look the schema up first, outside the parser (no position)
         if ref.role in (COPY_TO, COPY_FROM, TRUNCATE):
             check(ref.rv.get("schemaname"))
+        elif ref.role == LIKE:  # LIKE looks the schema up before the relation (transformTableLikeClause)
+            check(ref.rv.get("schemaname"), location=ref.rv.get("location", -1))
         else:
             check(ref.rv.get("schemaname"), ref.rv.get("relname", ""), ref.rv.get("location", -1))
     for call in analysis.calls:
@@ -122,8 +147,12 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
             check(names[-2], location=location)
     for names, location in zip(analysis.operators, analysis.operator_locations, strict=True):
         check(names[-2], location=location)
-    for names in analysis.collations:
-        check(names[-2])
+    for names, location in zip(analysis.collations, analysis.collation_locations, strict=True):
+        check(names[-2], location=location)
+    for column in analysis.qualified_columns:  # schema.table.column
+        names = names_of(column.get("fields"))
+        if len(names) == 3:
+            check_qualified_column(analysis, names, column.get("location", -1), refused(names[0]))
     if policy.strategy != "schema":
         return  # names given as values: guarded at run time (refusing only other tenants' would single them out)
     for regtype, literal, location in analysis.reg_literals:

@@ -82,10 +82,13 @@ def test_other_types_are_left_alone(sql: str) -> None:
     assert not (isinstance(decision, Deny) and decision.rule == "name_bearing_type"), decision
 
 
-def test_the_text_check_sees_every_spelling() -> None:
-    assert nametypes.may_name("select '{}'::_regclass")
-    assert nametypes.may_name('select null::u&"pg_sequence\\0073"')
-    assert not nametypes.may_name("select relname from pg_class")
+@pytest.mark.parametrize("sql", [
+    'SELECT NULL::u&"pg_sequence\\0073"', "SELECT '{}'::\"_regclass\"", "PREPARE bi_p(regclass) AS SELECT $1::text",
+    "PREPARE bi_q(int, _regtype) AS SELECT 1",
+])
+def test_every_spelling_and_place_is_seen(sql: str) -> None:
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Deny) and decision.rule == "name_bearing_type", decision
 
 
 def test_declared_name_bearing_parameters() -> None:
