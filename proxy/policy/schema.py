@@ -79,6 +79,23 @@ def missing(schema: str, relation: str | None = None, location: int = -1) -> Den
     return Denied(Deny("3F000", f'schema "{schema}" does not exist', "", "foreign_schema", position))
 
 
+def missing_name(policy: TenantPolicy, kind: str, text: str, schema: str, location: int = -1) -> Denied:
+    """PostgreSQL's answer for a name in a missing schema read by a reg* input function: since PostgreSQL 16
+    regclassin looks a relation up with missing_ok and answers `relation "s.t" does not exist` (42P01); the others,
+    and every input function before 16, `schema "s" does not exist` (3F000)."""
+    if kind in ("class", "object") and reads_names_softly(policy):
+        position = location + 1 if location >= 0 else 0
+        name = ".".join(object_name_parts(text) or [text])
+        return Denied(Deny("42P01", f'relation "{name}" does not exist', "", "foreign_schema", position))
+    return missing(schema, location=location)
+
+
+def reads_names_softly(policy: TenantPolicy) -> bool:
+    """Whether the server is PostgreSQL 16 or later (the reg* input functions report soft errors): told by a column
+    16 added to the statistics views whose column lists are read when the tenant is prepared."""
+    return "last_seq_scan" in policy.catalog_columns.get("pg_stat_all_tables", ())
+
+
 def check_qualified_column(analysis: Analysis, names: tuple[str, ...], location: int, hidden: bool) -> None:
     """`s.t.c` names the column of a FROM item `s.t`. Without an item of that name, PostgreSQL answers `missing
     FROM-clause entry for table "t"` when schema s does not exist (errorMissingRTE), so a hidden schema gets that
@@ -157,7 +174,9 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         return  # names given as values: guarded at run time (refusing only other tenants' would single them out)
     for regtype, literal, location in analysis.reg_literals:
         if not literal.strip().isdigit():  # an OID in a string: guarded at run time
-            check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), location=location)
+            schema = _literal_schema(literal, _REG_KIND.get(regtype, "object"))
+            if schema is not None and refused(schema):
+                raise missing_name(policy, "class" if regtype == "regclass" else regtype, literal, schema, location)
 
     def check_argument(call: Call, index: int, kind: str) -> None:
         node = call.args[index]

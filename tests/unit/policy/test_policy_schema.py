@@ -103,3 +103,21 @@ def test_a_qualified_column_whose_schema_is_not_its_from_items_is_refused_alike(
         decision = decide(policy, f"SELECT {schema}.zz.id FROM zz")
         assert isinstance(decision, Deny) and decision.rule == "qualified_column", decision
     assert not isinstance(decide(DATABASE_HIDING, "SELECT public.zz.id FROM public.zz"), Deny)
+
+
+def test_a_reg_literal_is_answered_as_the_servers_major_answers() -> None:
+    """regclassin of a name in a missing schema: `schema "s" does not exist` before PostgreSQL 16, `relation "s.t"
+    does not exist` since (told by the statistics views' column lists read from the server)."""
+    import dataclasses
+
+    columns = dict(SCHEMA.catalog_columns)
+    columns["pg_stat_all_tables"] = (*columns.get("pg_stat_all_tables", ()), "last_seq_scan")
+    newer = dataclasses.replace(SCHEMA, catalog_columns=columns)
+    for sql in ("SELECT 'tenant_globex.zz'::regclass", "SELECT COALESCE(NULL::regclass, 'tenant_globex.zz')"):
+        old, new = decide(SCHEMA, sql), decide(newer, sql)
+        assert isinstance(old, Deny) and (old.sqlstate, old.message) == (
+            "3F000", 'schema "tenant_globex" does not exist'), old
+        assert isinstance(new, Deny) and (new.sqlstate, new.message, new.position) == (
+            "42P01", 'relation "tenant_globex.zz" does not exist', old.position), new
+    decision = decide(newer, "SELECT 'tenant_globex'::regnamespace")
+    assert isinstance(decision, Deny) and decision.sqlstate == "3F000", decision
