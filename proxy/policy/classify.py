@@ -5,6 +5,7 @@ from __future__ import annotations
 from proxy.policy import settings
 from proxy.policy.catalog import CATALOG_SCHEMAS, is_denied_relation, is_filtered_name, relation_filter
 from proxy.policy.model import REAPPLY_CONTEXT, TenantPolicy
+from proxy.policy.nametypes import NAME_TYPES
 from proxy.policy.rules import fail
 from proxy.policy.schema import check_writes_to_shared
 from proxy.policy.tree import Node, const_text, names_of, tag_of
@@ -201,7 +202,7 @@ def _check_table_elements(policy: TenantPolicy, elements: list[Node] | tuple[Nod
 # Object-identifier types print an object's name and read one: a column of one in a temporary table would convert
 # every value written into it (an assignment cast, COPY) and read from it without the run-time guards that every
 # written conversion gets (proxy/policy/guards.py). The same for the catalogs' row types, which hold such columns.
-_SAFE_PG_TYPES = frozenset({"pg_lsn", "pg_snapshot"})
+_SAFE_PG_TYPES = frozenset({"pg_lsn", "pg_snapshot", "_pg_lsn", "_pg_snapshot"})
 
 
 def _check_column_type(names: tuple[str, ...]) -> None:
@@ -209,8 +210,8 @@ def _check_column_type(names: tuple[str, ...]) -> None:
     if not names:
         return
     name, schema = names[-1].lower(), (names[-2] if len(names) > 1 else None)
-    if name in REG_TYPES or name == "regrole" or (
-        name.startswith("pg_") and name not in _SAFE_PG_TYPES and schema in (None, "pg_catalog")
+    if name in REG_TYPES or name == "regrole" or (name in NAME_TYPES and schema in (None, "pg_catalog")) or (
+        name.removeprefix("_").startswith("pg_") and name not in _SAFE_PG_TYPES and schema in (None, "pg_catalog")
     ) or schema == "information_schema":
         raise fail("ddl_not_allowed", f"a temporary table may not have a column of type {'.'.join(names)}: it names "
                    "objects without the checks the proxy applies to conversions (store the OID as oid, or the name "

@@ -9,7 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, context, functions, implicit, rewrite, schema, settings
+from proxy.policy import classify, context, functions, implicit, nametypes, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
@@ -165,13 +165,20 @@ def _decide_statement(
     if kind not in classify.WALKED:
         return effects, changes
     analysis = analyze(stmt.node)
+    if nametypes.may_name(analysis):
+        nametypes.check(stmt.node)
     new_table = implicit.new_table_query(kind, body)
     if new_table is not None:
         implicit.check_new_table(stmt.node, new_table)
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
     functions.check(policy, analysis, body if kind == "SelectStmt" else None)
-    schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
+    try:
+        schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
+    except Denied as exc:  # a view's query is sent wrapped: PostgreSQL places a missing schema in the wrapped text
+        if kind == "ViewStmt" and exc.decision.position:
+            raise Denied(replace(exc.decision, position=exc.decision.position + len(rewrite.VIEW_PREFIX))) from None
+        raise
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:

@@ -10,7 +10,7 @@ from proxy.policy import implicit
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
-from proxy.policy.schema import missing
+from proxy.policy.schema import missing_name
 from proxy.policy.sqltext import (
     CLOSE,
     COMMA,
@@ -316,7 +316,7 @@ def _schema_literal(policy: TenantPolicy, node: Node, kind: str) -> None:
     parts = object_name_parts(text) or []
     schema = parts[0] if kind == "namespace" else (parts[-2] if len(parts) >= 2 else None)
     if schema is not None and schema not in policy.allowed_schemas:
-        raise missing(schema, location=const.get("location", -1))
+        raise missing_name(policy, kind, text, schema, const.get("location", -1))
 
 
 def _wrap_construct(planner: Planner, policy: TenantPolicy, group: implicit.Group, kind: str, regtype: str,

@@ -29,6 +29,7 @@ from typing import Any
 
 from proxy.policy import guards as g
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
+from proxy.policy.nametypes import NAME_TYPE_OIDS, RESULT_FUNCTIONS, ROW_FUNCTIONS
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 
@@ -45,13 +46,11 @@ DISTINCT_COLUMNS: dict[str, str] = {
 SOURCE_COLUMNS: dict[str, dict[str, str]] = {
     "pg_sequences": {"data_type": "regtype"},
     "pg_prepared_statements": {"parameter_types": "regtype[]", "result_types": "regtype[]"},
-    "pg_partition_tree": {"relid": "regclass", "parentrelid": "regclass"},
-    "pg_partition_ancestors": {"relid": "regclass", "pg_partition_ancestors": "regclass"},
+    **ROW_FUNCTIONS,
 }
 # Functions returning a reg* value (besides guards.RESULT_CALLS / RESULT_WRAPPED).
 RESULT_TYPES: dict[str, str] = {
-    "pg_typeof": "regtype", "get_current_ts_config": "regconfig", "pg_get_replica_identity_index": "regclass",
-    "pg_partition_root": "regclass", "pg_partition_ancestors": "regclass",
+    **RESULT_FUNCTIONS,
     **{name: out for name, (_, out) in g.RESULT_CALLS.items()},
     **{name: out for name, (_, out) in g.RESULT_WRAPPED.items()},
 }
@@ -298,6 +297,9 @@ def types_of(root: Node) -> Types:
 def _read_columns(types: Types, root: Node) -> None:
     columns = types.columns
     sources: list[tuple[Node, str | None, list[str]]] = []  # (select, alias, alias column names)
+    ctes: dict[str, Node] = {}
+    renamed: list[Node] = []  # relation references with an alias column list: `FROM a AS b(z)`
+    joins = False  # a join with an alias column list: `(a JOIN b ...) AS j(x, y)`
     for node in walk_dicts(root):
         if len(node) != 1:
             continue
@@ -305,8 +307,11 @@ def _read_columns(types: Types, root: Node) -> None:
         if tag not in _SOURCE_TAGS:
             continue
         body = node[tag]
-        if tag == "RangeVar" and body.get("relname") in SOURCE_COLUMNS:
-            columns.update(SOURCE_COLUMNS[body["relname"]])
+        if tag == "RangeVar":
+            if body.get("relname") in SOURCE_COLUMNS:
+                columns.update(SOURCE_COLUMNS[body["relname"]])
+            if (body.get("alias") or {}).get("colnames"):
+                renamed.append(body)
         elif tag == "FuncCall":
             names = names_of(body.get("funcname"))
             if names and names[-1] in SOURCE_COLUMNS:
@@ -317,19 +322,18 @@ def _read_columns(types: Types, root: Node) -> None:
                 continue  # a guard's own subqueries (guards.py)
             sources.append((body["subquery"], alias.get("aliasname"), names_of(alias.get("colnames"))))
         elif tag == "RangeFunction":  # FROM f(...) [AS a [(c, ...)]]: a function's value is a column
-            alias = body.get("alias") or {}
-            colnames = names_of(alias.get("colnames"))
-            for item in body.get("functions") or []:
-                call = (item.get("List", {}).get("items") or [None])[0] if type(item) is dict else None
-                found = types.of(call)
-                names = names_of((call or {}).get("FuncCall", {}).get("funcname")) if found else ()
-                if found and names:
-                    name = colnames[0] if colnames else alias.get("aliasname") or names[-1]
-                    types.columns[name] = found
-                    if alias.get("aliasname"):
-                        types.qualified[(alias["aliasname"], name)] = found
+            _function_columns(types, body)
         elif tag == "CommonTableExpr" and body.get("ctequery"):
             sources.append((body["ctequery"], body.get("ctename"), names_of(body.get("aliascolnames"))))
+            ctes.setdefault(body.get("ctename") or "", body["ctequery"])
+        elif tag == "JoinExpr" and (body.get("alias") or {}).get("colnames"):
+            joins = True
+    for rv in renamed:  # a CTE read under new column names: its columns by position
+        alias = rv["alias"]
+        if rv.get("schemaname") is None and rv.get("relname") in ctes:
+            sources.append((ctes[rv["relname"]], alias.get("aliasname"), names_of(alias.get("colnames"))))
+        elif rv.get("relname") in REG_RELATIONS and rv.get("schemaname") in (None, "pg_catalog"):
+            raise _renamed(rv["relname"])
     for _ in range(4):  # nested subqueries: a few rounds reach a fixed point
         before = (len(types.columns), len(types.qualified))
         for select, alias, colnames in sources:
@@ -345,9 +349,63 @@ def _read_columns(types: Types, root: Node) -> None:
                     types.qualified[(alias, name)] = found
         if (len(types.columns), len(types.qualified)) == before:
             break
+    if joins and (len(columns) > len(DISTINCT_COLUMNS) or reads_reg_relation(root)):
+        raise _renamed("a join")
 
 
-_SOURCE_TAGS = frozenset({"RangeVar", "FuncCall", "RangeSubselect", "RangeFunction", "CommonTableExpr"})
+def _renamed(what: str) -> Exception:
+    return fail("rewrite_unsupported", f"the columns of {what} renamed by an alias column list may be of an "
+                "object-identifier type, which the proxy cannot follow through the new names; name the columns in "
+                "the subquery instead")
+
+
+def _function_columns(types: Types, body: Node) -> None:
+    """The columns of `FROM f(...) [AS a [(c, ...)]]` or `ROWS FROM (f(...), g(...))` of a reg* type, by position:
+    a multi-argument unnest has one column per array, a function of a known row type its output columns."""
+    alias = body.get("alias") or {}
+    aliasname = alias.get("aliasname")
+    colnames = names_of(alias.get("colnames"))
+    functions = body.get("functions") or []
+    position, known = 0, True
+    for item in functions:
+        parts = (item.get("List", {}).get("items") or [None, None]) if type(item) is dict else [None, None]
+        call, coldefs = parts[0], parts[1] if len(parts) > 1 else None
+        fcall = (call or {}).get("FuncCall") if type(call) is dict else None
+        names = names_of((fcall or {}).get("funcname"))
+        name = names[-1] if names else ""
+        args = (fcall or {}).get("args") or []
+        outs: list[tuple[str, str | None]] | None
+        if name in SOURCE_COLUMNS and (len(names) == 1 or names[-2] == "pg_catalog") and name not in RESULT_TYPES:
+            if colnames:  # a row of a function whose column positions differ between majors
+                raise _renamed(f"function {name}")
+            outs = None
+        elif name == "unnest" and len(args) > 1:
+            outs = [("unnest", _scalar(t) if (t := types.of(a)) and t.endswith("[]") else None) for a in args]
+        elif coldefs:
+            outs = [("", None) for _ in coldefs]
+        else:
+            found = types.of(call)
+            outs = [(name, found)] if found is not None else None
+        if outs is None:
+            known = False
+            continue
+        for default, found in outs:
+            if found is not None:
+                if not known and len(colnames) > position:
+                    raise _renamed("a function in FROM")
+                if position < len(colnames):
+                    column = colnames[position]
+                elif len(functions) == 1 and len(outs) == 1 and aliasname:
+                    column = aliasname
+                else:
+                    column = default
+                types.columns[column] = found
+                if aliasname:
+                    types.qualified[(aliasname, column)] = found
+            position += 1
+
+
+_SOURCE_TAGS = frozenset({"RangeVar", "FuncCall", "RangeSubselect", "RangeFunction", "CommonTableExpr", "JoinExpr"})
 
 
 def _output_names(select: Node) -> list[str | None]:
@@ -438,9 +496,16 @@ def _array_elements(body: Node, out: list[Member], nested: set[int]) -> None:
 
 
 def _a_expr(node: Node, body: Node, holder: Any, key: Any) -> Iterator[Group]:
-    """`||` of an array of a reg* type and another operand. (A comparison, IN, BETWEEN, = ANY, NULLIF or a simple
-    CASE's test is resolved as `oid = oid`: an unknown literal beside a reg* value is read as an OID, by oidin, and
-    no name is looked up or printed.)"""
+    """`||` of an array of a reg* type and another operand; an IN list of two items or more, which PostgreSQL
+    resolves with its left side to one type (an unknown literal in it is read by regclassin & co.). (A comparison,
+    a one-item IN, BETWEEN, = ANY, NULLIF or a simple CASE's test is resolved as `oid = oid`: an unknown literal
+    beside a reg* value is read as an OID, by oidin, and no name is looked up or printed.)"""
+    if body.get("kind") == "AEXPR_IN":  # x IN (a, b): the left side and the items resolve to one type
+        rexpr = body.get("rexpr")
+        items = rexpr.get("List", {}).get("items") if type(rexpr) is dict else rexpr
+        if type(items) is list and len(items) >= 2:
+            yield Group(COMPARE, [Member(body, "lexpr"), *(Member(items, i) for i in range(len(items)))])
+        return
     if body.get("kind") == "AEXPR_OP" and names_of(body.get("name")) == ("||",):
         left, right = body.get("lexpr"), body.get("rexpr")
         yield Group(VALUE, [Member(body, "lexpr", _arrayish(left)), Member(body, "rexpr", _arrayish(right))],
@@ -517,7 +582,7 @@ def is_null(node: Any) -> bool:
 # Catalog relations with a column of a reg* type (and the row types holding them): a new table takes none of them.
 REG_RELATIONS = frozenset({"pg_aggregate", "pg_am", "pg_amproc", "pg_conversion", "pg_operator", "pg_proc", "pg_range",
                            "pg_ts_parser", "pg_ts_template", "pg_transform", "pg_type", "pg_sequences",
-                           "pg_prepared_statements", "pg_partition_tree", "pg_partition_ancestors"})
+                           "pg_prepared_statements", *ROW_FUNCTIONS})
 
 
 def reg_relations(root: Any) -> set[str]:
@@ -588,14 +653,10 @@ def _check_column(types: Types, node: Any) -> None:
                    "without the checks the proxy applies to conversions (store the OID as oid, or the name as text)")
 
 
-# The OIDs of the reg* types and their arrays (pg_type, stable since they are built in).
-REG_TYPE_OIDS = frozenset({24, 2202, 2203, 2204, 2205, 2206, 4089, 4096, 4191, 3734, 3769,  # regproc ... regdictionary
-                           1008, 2207, 2208, 2209, 2210, 2211, 4090, 4097, 4192, 3735, 3770})  # their arrays
-
-
 def declares_reg_parameter(param_types: bytes) -> bool:
-    """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a reg* type: the client's value
-    would be read by regclassin & co. and printed as a name without a written conversion the guards could follow."""
+    """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a name-bearing type (a reg* type,
+    an array of one, a catalog row type holding one: nametypes.py): the client's value would be read by regclassin
+    & co. and printed as a name without a written conversion the guards could follow."""
     count = int.from_bytes(param_types[:2], "big")
-    return any(int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big") in REG_TYPE_OIDS for i in range(count))
+    return any(int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big") in NAME_TYPE_OIDS for i in range(count))
 

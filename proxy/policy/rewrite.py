@@ -825,6 +825,9 @@ def qualify_drop(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) 
     planner.rule("temp_relation")
 
 
+VIEW_PREFIX = "SELECT * FROM ("  # what wrap_view writes before a view's query
+
+
 def wrap_view(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) -> None:
     """CREATE TEMP VIEW v AS <query>: the query becomes `SELECT * FROM (<query>) "_pgt"`, which PostgreSQL never
     updates automatically, so no write through the view can reach the relations it reads."""
@@ -845,7 +848,7 @@ def wrap_view(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) -> 
     if at is None or at + 1 >= len(toks):
         raise TextError("expected AS <query> in CREATE VIEW")
     alias = quote_ident(WRAPPER_ALIAS)
-    planner.edit(toks[at + 1].start, toks[at + 1].start, "SELECT * FROM (")
+    planner.edit(toks[at + 1].start, toks[at + 1].start, VIEW_PREFIX)
     planner.edit(toks[-1].end, toks[-1].end, f") {alias}")
     original = body["query"]
     wrapped = star_select([_STAR], {"RangeSubselect": {"subquery": original, "alias": {"aliasname": WRAPPER_ALIAS}}})

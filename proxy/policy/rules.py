@@ -52,6 +52,16 @@ RULES: dict[str, tuple[str, str]] = {
         "Declare the parameter as text (or leave its type unspecified) and write the conversion in the statement "
         "($1::regclass): the proxy checks that one.",
     ),
+    "name_bearing_type": (
+        INSUFFICIENT_PRIVILEGE,
+        "Write the conversion as a scalar cast (x::regclass, x::regtype[]), which the proxy checks; array spellings "
+        "(_regclass), catalog row types, column definition lists and RETURNING clauses of these types are not "
+        "available.",
+    ),
+    "qualified_column": (
+        INSUFFICIENT_PRIVILEGE,
+        "Qualify the column with its table or alias only (t.c), or write the schema in FROM too (FROM s.t).",
+    ),
     "shared_schema_write": (INSUFFICIENT_PRIVILEGE, "Shared reference schemas are read-only."),
     "cross_database": (INSUFFICIENT_PRIVILEGE, "Names may not refer to another database."),
     "catalog_denied": (

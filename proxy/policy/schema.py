@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from proxy.errors import INVALID_SCHEMA_NAME, UNDEFINED_TABLE
 from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
 from proxy.policy.model import Deny, TenantPolicy
 from proxy.policy.rules import Denied, fail
 from proxy.policy.sqltext import object_name_parts
-from proxy.policy.tree import string_const
-from proxy.policy.walk import COPY_FROM, COPY_TO, TRUNCATE, Analysis, Call
+from proxy.policy.tree import names_of, string_const
+from proxy.policy.walk import COPY_FROM, COPY_TO, LIKE, TRUNCATE, Analysis, Call
 
 # Functions whose argument at the given position is an object name given as text (implicitly cast to a reg*
 # type); kind "schema" means the whole literal is a schema name. Negative positions count from the end
@@ -62,6 +64,11 @@ def _literal_schema(text: str, kind: str) -> str | None:
     return parts[-2] if len(parts) >= 2 else None
 
 
+# A session's temporary schemas by their own names: another session's answers `permission denied`, a missing one
+# `does not exist`; the session's own is `pg_temp` (the proxy cannot tell which pg_temp_N it is).
+_OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")
+
+
 def missing(schema: str, relation: str | None = None, location: int = -1) -> Denied:
     """PostgreSQL's own answer for a schema that does not exist, for a schema the tenant may not see: the same
     SQLSTATE, message and position, so a hidden schema cannot be told from a missing one (the statement is still
@@ -72,6 +79,42 @@ def missing(schema: str, relation: str | None = None, location: int = -1) -> Den
         missing = f'relation "{schema}.{relation}" does not exist'
         return Denied(Deny(UNDEFINED_TABLE, missing, "", "foreign_schema", position))
     return Denied(Deny(INVALID_SCHEMA_NAME, f'schema "{schema}" does not exist', "", "foreign_schema", position))
+
+
+def missing_name(policy: TenantPolicy, kind: str, text: str, schema: str, location: int = -1) -> Denied:
+    """PostgreSQL's answer for a name in a missing schema read by a reg* input function: since PostgreSQL 16
+    regclassin looks a relation up with missing_ok and answers `relation "s.t" does not exist` (42P01); the others,
+    and every input function before 16, `schema "s" does not exist` (3F000)."""
+    if kind in ("class", "object") and reads_names_softly(policy):
+        position = location + 1 if location >= 0 else 0
+        name = ".".join(object_name_parts(text) or [text])
+        return Denied(Deny(UNDEFINED_TABLE, f'relation "{name}" does not exist', "", "foreign_schema", position))
+    return missing(schema, location=location)
+
+
+def reads_names_softly(policy: TenantPolicy) -> bool:
+    """Whether the server is PostgreSQL 16 or later (the reg* input functions report soft errors): told by a column
+    16 added to the statistics views whose column lists are read when the tenant is prepared."""
+    return "last_seq_scan" in policy.catalog_columns.get("pg_stat_all_tables", ())
+
+
+def check_qualified_column(analysis: Analysis, names: tuple[str, ...], location: int, hidden: bool) -> None:
+    """`s.t.c` names the column of a FROM item `s.t`. Without an item of that name, PostgreSQL answers `missing
+    FROM-clause entry for table "t"` when schema s does not exist (errorMissingRTE), so a hidden schema gets that
+    answer. With an item named t that is not written `s.t`, its answer for a missing schema differs between majors
+    (an invalid reference with a HINT or a DETAIL) and for a hidden one is `permission denied`: refused alike for
+    every schema (`qualified_column`)."""
+    schema, table = names[0], names[1]
+    if any(r.rv.get("schemaname") == schema and r.rv.get("relname") == table and not r.rv.get("alias")
+           for r in analysis.refs):
+        return
+    if table in analysis.refnames:
+        raise fail("qualified_column", f'column reference "{".".join(names)}" names table "{table}" with a schema '
+                   "its FROM item is not written with")
+    if hidden:
+        position = location + 1 if location >= 0 else 0
+        text = f'missing FROM-clause entry for table "{table}"'
+        raise Denied(Deny(UNDEFINED_TABLE, text, "", "foreign_schema", position))
 
 
 def check_cross_database(analysis: Analysis) -> None:
@@ -98,13 +141,11 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
 
         def refused(schema: str) -> bool:
             return schema not in allowed
-    elif policy.hidden_schemas:
+    else:
         hidden = policy.hidden_schemas
 
         def refused(schema: str) -> bool:
-            return schema in hidden
-    else:
-        return
+            return schema in hidden or _OTHER_TEMP.fullmatch(schema) is not None
 
     def check(schema: str | None, relation: str | None = None, location: int = -1) -> None:
         if schema is not None and refused(schema):
@@ -113,6 +154,8 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
     for ref in analysis.refs:  # COPY and TRUNCATE look the schema up first, outside the parser (no position)
         if ref.role in (COPY_TO, COPY_FROM, TRUNCATE):
             check(ref.rv.get("schemaname"))
+        elif ref.role == LIKE:  # LIKE looks the schema up before the relation (transformTableLikeClause)
+            check(ref.rv.get("schemaname"), location=ref.rv.get("location", -1))
         else:
             check(ref.rv.get("schemaname"), ref.rv.get("relname", ""), ref.rv.get("location", -1))
     for call in analysis.calls:
@@ -124,13 +167,19 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
             check(names[-2], location=location)
     for names, location in zip(analysis.operators, analysis.operator_locations, strict=True):
         check(names[-2], location=location)
-    for names in analysis.collations:
-        check(names[-2])
+    for names, location in zip(analysis.collations, analysis.collation_locations, strict=True):
+        check(names[-2], location=location)
+    for column in analysis.qualified_columns:  # schema.table.column
+        names = names_of(column.get("fields"))
+        if len(names) == 3:
+            check_qualified_column(analysis, names, column.get("location", -1), refused(names[0]))
     if policy.strategy != "schema":
         return  # names given as values: guarded at run time (refusing only other tenants' would single them out)
     for regtype, literal, location in analysis.reg_literals:
         if not literal.strip().isdigit():  # an OID in a string: guarded at run time
-            check(_literal_schema(literal, _REG_KIND.get(regtype, "object")), location=location)
+            schema = _literal_schema(literal, _REG_KIND.get(regtype, "object"))
+            if schema is not None and refused(schema):
+                raise missing_name(policy, "class" if regtype == "regclass" else regtype, literal, schema, location)
 
     def check_argument(call: Call, index: int, kind: str) -> None:
         node = call.args[index]

@@ -116,6 +116,7 @@ class Analysis:
     operators: list[tuple[str, ...]] = field(default_factory=list)
     operator_locations: list[int] = field(default_factory=list)  # where each of operators is written
     collations: list[tuple[str, ...]] = field(default_factory=list)
+    collation_locations: list[int] = field(default_factory=list)  # where each of collations is written
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
     reg_literals: list[tuple[str, str, int]] = field(default_factory=list)  # (reg* type, literal, its location)
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
@@ -364,6 +365,7 @@ def _h_collate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None
     names = names_of(b.get("collname"))
     if len(names) > 1:
         w.out.collations.append(names)
+        w.out.collation_locations.append(b.get("location", -1))
     w.fields(b, scope, skip=("collname",))
 
 
@@ -463,6 +465,7 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "CopyStmt": _h_copy,
     "CreateStmt": _h_create,
     "TableLikeClause": _h_like,
+    "TypeName": lambda w, b, scope, holder, key: w.struct(b, scope),  # a tagged one (PREPARE's argtypes)
     "ViewStmt": _h_view,
     "CreateTableAsStmt": _h_ctas,
     "TruncateStmt": _h_truncate,

@@ -57,3 +57,67 @@ def test_checks_a_missing_schema_meets_first_come_first(sql: str) -> None:
 
 def test_a_schema_nothing_hides_is_left_to_postgresql() -> None:
     assert isinstance(decide(DATABASE_HIDING, "SELECT * FROM no_such_sch.zz"), Allow)
+
+
+# redteam-guards-1 F7: the forms where a hidden schema still answered differently from a missing one. Each is what
+# PostgreSQL answers for a schema that does not exist (checked against PostgreSQL 15 and 18).
+@pytest.mark.parametrize("policy", [SCHEMA, DATABASE_HIDING], ids=["schema", "database_hiding"])
+@pytest.mark.parametrize(
+    ("sql", "sqlstate", "message", "position"),
+    [
+        ("SELECT {s}.zz.id", "42P01", 'missing FROM-clause entry for table "zz"', 8),
+        ("SELECT ({s}.zz.*)", "42P01", 'missing FROM-clause entry for table "zz"', 9),
+        ("SELECT 'a' COLLATE {s}.c", "3F000", 'schema "{s}" does not exist', 12),
+        ("CREATE TEMP TABLE lk (LIKE {s}.zz)", "3F000", 'schema "{s}" does not exist', 28),
+        # a view's query is sent wrapped (SELECT * FROM (<query>) "_pgt"): PostgreSQL's position is in that text
+        ("CREATE TEMP VIEW v AS SELECT * FROM {s}.zz", "42P01", 'relation "{s}.zz" does not exist', 52),
+    ],
+)
+def test_more_forms_of_a_hidden_schema(policy: object, sql: str, sqlstate: str, message: str, position: int) -> None:
+    decision = decide(policy, sql.format(s="tenant_globex"))  # type: ignore[arg-type]
+    assert isinstance(decision, Deny) and decision.rule == "foreign_schema", decision
+    assert (decision.sqlstate, decision.message, decision.position) == (
+        sqlstate, message.format(s="tenant_globex"), position)
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM pg_temp_64.x", "SELECT pg_temp_3.zz.id",
+                                 "SELECT 'a' COLLATE pg_toast_temp_3.c"])
+def test_another_sessions_temp_schema_is_answered_as_a_missing_one(sql: str) -> None:
+    for policy in (POLICIES["shared"], POLICIES["database"], SCHEMA):
+        decision = decide(policy, sql)
+        assert isinstance(decision, Deny) and decision.rule == "foreign_schema", decision
+        assert "does not exist" in decision.message or "missing FROM-clause" in decision.message, decision
+
+
+@pytest.mark.parametrize("policy", [SCHEMA, DATABASE_HIDING, POLICIES["shared"]])
+def test_a_qualified_column_of_a_visible_schema_is_left_alone(policy: object) -> None:
+    decision = decide(policy, "SELECT pg_catalog.pg_am.amname FROM pg_catalog.pg_am")  # type: ignore[arg-type]
+    assert not isinstance(decision, Deny), decision
+
+
+@pytest.mark.parametrize("schema", ["tenant_globex", "nosuch_schema", "tenant_acme"])
+def test_a_qualified_column_whose_schema_is_not_its_from_items_is_refused_alike(schema: str) -> None:
+    """PostgreSQL's answer for a missing schema differs between majors (HINT or DETAIL), for a hidden one it is
+    `permission denied`: one refusal for every schema."""
+    for policy in (SCHEMA, DATABASE_HIDING):
+        decision = decide(policy, f"SELECT {schema}.zz.id FROM zz")
+        assert isinstance(decision, Deny) and decision.rule == "qualified_column", decision
+    assert not isinstance(decide(DATABASE_HIDING, "SELECT public.zz.id FROM public.zz"), Deny)
+
+
+def test_a_reg_literal_is_answered_as_the_servers_major_answers() -> None:
+    """regclassin of a name in a missing schema: `schema "s" does not exist` before PostgreSQL 16, `relation "s.t"
+    does not exist` since (told by the statistics views' column lists read from the server)."""
+    import dataclasses
+
+    columns = dict(SCHEMA.catalog_columns)
+    columns["pg_stat_all_tables"] = (*columns.get("pg_stat_all_tables", ()), "last_seq_scan")
+    newer = dataclasses.replace(SCHEMA, catalog_columns=columns)
+    for sql in ("SELECT 'tenant_globex.zz'::regclass", "SELECT COALESCE(NULL::regclass, 'tenant_globex.zz')"):
+        old, new = decide(SCHEMA, sql), decide(newer, sql)
+        assert isinstance(old, Deny) and (old.sqlstate, old.message) == (
+            "3F000", 'schema "tenant_globex" does not exist'), old
+        assert isinstance(new, Deny) and (new.sqlstate, new.message, new.position) == (
+            "42P01", 'relation "tenant_globex.zz" does not exist', old.position), new
+    decision = decide(newer, "SELECT 'tenant_globex'::regnamespace")
+    assert isinstance(decision, Deny) and decision.sqlstate == "3F000", decision
