@@ -21,6 +21,7 @@ from proxy.policy.sqltext import (
     index_at,
     matching_close,
     object_name_parts,
+    quote_ident,
 )
 from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 from proxy.policy.walk import Analysis, Site
@@ -381,15 +382,39 @@ def _wrap_member(planner: Planner, policy: TenantPolicy, member: implicit.Member
                  array: bool) -> None:
     """A set operation's or VALUES' column value through the guard its written conversion would get."""
     node = member.node
-    template = _implicit_template(policy, node, kind, regtype, array, g.PARSE)
-    toks = planner.statement_tokens()
     holder = member.holder
+    column = isinstance(holder, dict) and "ColumnRef" in (holder.get(member.key) or {})
+    # A column keeps a number (oid) out of its guard: beside a reg* arm PostgreSQL resolves an oid column's set
+    # operation to oid (its preferred type), and pg_dump reads such columns as numbers (its dependency query).
+    out = "oid" if column and not array else regtype
+    template = _implicit_template(policy, node, kind, out, array, g.PARSE)
+    toks = planner.statement_tokens()
     if isinstance(holder, dict) and member.key == "val":  # a ResTarget: from its start to its alias or the next one
         first = index_at(toks, holder["location"])
         last = _target_last(toks, first, bool(holder.get("name")))
     else:
         first, last = _value_span(toks, node)
     _wrap_span(planner, toks, first, last, Site(node, holder, member.key), template)
+    if isinstance(holder, dict) and member.key == "val" and not holder.get("name"):
+        _keep_column_name(planner, holder, toks[last].end)
+
+
+def _keep_column_name(planner: Planner, target: dict[str, Any], end: int) -> None:
+    """A column reference wrapped in a guard keeps the output name PostgreSQL gave it (clients read columns by
+    name: pg_dump's dependency query names `classid` in the arm a guarded UNION column wraps)."""
+    fields = (target.get("val") or {}).get("ColumnRef", {}).get("fields") or ()
+    name = fields[-1].get("String", {}).get("sval") if fields else None
+    if not name:
+        return
+    planner.edit(end, end, " AS " + quote_ident(name))
+
+    def named() -> None:  # "name" first, where the parser puts it (the verifier compares the trees as JSON text)
+        rest = dict(target)
+        target.clear()
+        target["name"] = name
+        target.update(rest)
+
+    planner.defer(named)
 
 
 _TARGET_STOPS = frozenset({"FROM", "INTO", "WHERE", "GROUP_P", "HAVING", "WINDOW", "UNION", "INTERSECT", "EXCEPT",

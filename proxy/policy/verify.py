@@ -645,6 +645,9 @@ class _Coverage:
                 node = member.node
                 if node is None or implicit.is_null(node) or types.of(node) is not None:
                     continue
+                ident = guards.ident_of(node)
+                if ident is not None and guards.template_named(self.policy, ident) is not None:
+                    continue  # a guard (its exact form is checked where the walk meets it)
                 array = member.array or full.endswith("[]")
                 checked = implicit.is_name_input(node) and _checked_value(self.policy, node, kind, guards.PARSE)
                 if implicit.is_name_input(node) and (not array or group.kind == implicit.VALUE):

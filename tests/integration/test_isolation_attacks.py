@@ -1215,7 +1215,7 @@ ATTACKS: list[Attack] = [
     Attack("dump_lock_default_mode", "LOCK TABLE orders", ALL, "deny", by="proxy", writes=True),
     Attack("dump_lock_share", "LOCK TABLE orders IN SHARE MODE NOWAIT", ALL, "deny", by="proxy", writes=True),
     Attack("dump_lock_row_exclusive", "LOCK orders IN ROW EXCLUSIVE MODE", ALL, "deny", by="proxy", writes=True),
-    Attack("dump_lock_other_schema", "LOCK TABLE two_co.customers IN ACCESS SHARE MODE", C, "deny", by="proxy",
+    Attack("dump_lock_other_schema", "LOCK TABLE two_co.customers IN ACCESS SHARE MODE", C, "deny", by="missing",
            writes=True),
     Attack("dump_lock_catalog", "LOCK TABLE pg_catalog.pg_authid IN ACCESS SHARE MODE", ALL, "deny", by="proxy",
            writes=True),
