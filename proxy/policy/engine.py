@@ -166,7 +166,8 @@ def _decide_statement(
     schema.check_cross_database(analysis)
     schema.check_schemas(policy, analysis)
     classify.check_references(policy, analysis)
-    functions.check(policy, analysis, body if kind == "SelectStmt" else None)
+    select = body if kind == "SelectStmt" else None
+    functions.check(policy, analysis, select)
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:
@@ -174,12 +175,11 @@ def _decide_statement(
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
     for call in analysis.calls:
-        if settings.is_set_config_named(call, "row_security") and settings.row_security_off(
-            policy, settings.literal_arg(call, 1)
-        ):
+        setting = settings.set_config_setting(call, select)
+        if setting == "row_security" and settings.row_security_off(policy, settings.literal_arg(call, 1)):
             _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), "on", plan,
                      ROW_SECURITY_KEPT)
-        if settings.is_set_config_named(call, "search_path"):
+        if setting == "search_path":
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
