@@ -36,7 +36,7 @@ from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.scram import tls_server_end_point
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry, CancelTarget
-from proxy.config import BackendConfig, Config
+from proxy.config import BackendConfig, Config, LimitsConfig
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
 from proxy.httpd import OpsServer
@@ -98,6 +98,11 @@ def backend_ssl_context(backend: BackendConfig) -> ssl.SSLContext:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _decision_limits(limits: LimitsConfig) -> Limits:
+    """What the policy engine is given of the `[limits]` table."""
+    return Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes, limits.max_temp_relations)
 
 
 class ServerLink(asyncio.Protocol):
@@ -763,7 +768,7 @@ class Proxy:
         self.policies: dict[str, TenantPolicy] = {}
         limits = config.limits
         self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
-        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
+        self.decision_limits = _decision_limits(limits)
         self._deciders: dict[str, Gate] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
@@ -897,7 +902,7 @@ class Proxy:
         limits = new.limits
         self.decisions.clear()
         self.decisions.maxsize, self.decisions.max_bytes = limits.decision_cache_entries, limits.decision_cache_bytes
-        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
+        self.decision_limits = _decision_limits(limits)
         for gate in self._deciders.values():  # sessions keep their gate: it decides under the new limits too
             gate.limits = self.decision_limits
         self._deciders.clear()

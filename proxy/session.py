@@ -249,6 +249,7 @@ class ClientSession:
         # The session's own context (temporary relations, search_path), followed through its transactions; the
         # decision function is swapped for one that decides in that context while it is not the empty one.
         self.context = SessionState()
+        self.context.max_temp_relations = config.limits.max_temp_relations
         self._tracking = False  # the context needs following (SessionState.idle is false)
         self._binds = 0  # Binds since the last Sync: the position of the next one in its request
         self._done = 0  # CommandCompletes of the request being answered
@@ -726,15 +727,20 @@ class ClientSession:
 
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
-    def _on_bind(self, body: bytes) -> None:
+    def _on_bind(self, body: bytes) -> bytes | None:
         statement = _bind_statement(body)
+        out = None
         if statement is not None:
             self.tracker.on_bind(statement)
             if self._tracking:
                 pending = self.tracker.pending
-                self.context.bind(pending[-1] if pending else None, self._binds, statement)
+                denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)
+                if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
+                    self._report("bind", statement, denied)
+                    out = m.bind_renamed(body, self._deny_marker(denied))
                 self._context_changed()
         self._binds += 1
+        return out
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()

@@ -29,10 +29,14 @@ from proxy.policy.model import (
     ROLLBACK_TO,
     SAVEPOINT,
     SET_PATH,
+    TEMP_TABLE,
+    TEMP_VIEW,
     TRANSACTION_OPS,
     Change,
+    Deny,
     SessionContext,
 )
+from proxy.policy.rules import temp_relation_limit
 from proxy.policy.settings import identifier
 
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
@@ -59,6 +63,7 @@ class SessionState:
         self.requests: deque[_Request] = deque()
         self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
         self.shown: dict[str, str] = {}  # search_path text PostgreSQL reports -> the client's value
+        self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
 
     @property
     def idle(self) -> bool:
@@ -91,11 +96,20 @@ class SessionState:
         else:
             self.statements.pop(name, None)
 
-    def bind(self, request: object, position: int, name: str) -> None:
-        """A Bind of prepared statement `name`, statement `position` of its request."""
+    def bind(self, request: object, position: int, name: str) -> Deny | None:
+        """A Bind of prepared statement `name`, statement `position` of its request; the denial to answer instead
+        when running it would take the session past `max_temp_relations` (its Parse was decided once, a prepared
+        CREATE TEMP and DROP can run again and again in one transaction)."""
         changes = self.statements.get(name)
-        if changes and (not self.idle or any(_stateful((c,)) for c in changes)):
+        if not changes:
+            return None
+        if any(c.op in (TEMP_TABLE, TEMP_VIEW) for c in changes):
+            relations = _apply(self.belief, changes).temp_relations
+            if relations > self.max_temp_relations:
+                return temp_relation_limit(relations, self.max_temp_relations)
+        if not self.idle or any(_stateful((c,)) for c in changes):
             self._record(request, [(position, c) for c in changes])
+        return None
 
     def close(self, name: str) -> None:
         self.statements.pop(name, None)

@@ -12,8 +12,19 @@ from pglast.parser import ParseError
 from proxy.policy import classify, context, functions, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.guards import may_need_guard
-from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
-from proxy.policy.rules import Denied, deny, fail
+from proxy.policy.model import (
+    REAPPLY_CONTEXT,
+    TEMP_TABLE,
+    TEMP_VIEW,
+    Allow,
+    Change,
+    Decision,
+    Deny,
+    Rewrite,
+    SessionContext,
+    TenantPolicy,
+)
+from proxy.policy.rules import Denied, deny, fail, temp_relation_limit
 from proxy.policy.sqltext import TextError, apply_edits
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
@@ -28,6 +39,7 @@ class Limits:
 
     max_statements: int
     max_nodes: int
+    max_temp_relations: int = 1 << 62  # config `limits.max_temp_relations`: SessionContext.temp_relations
 
 
 UNLIMITED = Limits(max_statements=1 << 62, max_nodes=1 << 62)
@@ -86,6 +98,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
             stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
             if REAPPLY_CONTEXT in stmt_effects and index != count - 1:
                 raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
+            after = _after(current.context, stmt_changes, limits.max_temp_relations)
         except Denied as exc:
             if count == 1:
                 raise
@@ -97,10 +110,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         if stmt_changes:
             changes += stmt_changes
             if index != count - 1:  # the later statements see what this one does to the session
-                context = current.context
-                for change in stmt_changes:
-                    context = context.apply(change)
-                current = current.with_context(context)
+                current = current.with_context(after)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
@@ -127,6 +137,15 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+
+
+def _after(context: SessionContext, changes: list[Change], limit: int) -> SessionContext:
+    """The session's context after a statement's changes; refused past `limit` temporary relations."""
+    for change in changes:
+        context = context.apply(change)
+    if any(c.op in (TEMP_TABLE, TEMP_VIEW) for c in changes) and context.temp_relations > limit:
+        raise Denied(temp_relation_limit(context.temp_relations, limit))
+    return context
 
 
 def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:

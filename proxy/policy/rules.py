@@ -9,6 +9,7 @@ SYNTAX_ERROR = "42601"
 FEATURE_NOT_SUPPORTED = "0A000"
 READ_ONLY_SQL_TRANSACTION = "25006"
 STATEMENT_TOO_COMPLEX = "54001"
+CONFIGURATION_LIMIT_EXCEEDED = "53400"
 QUERY_CANCELED = "57014"
 INTERNAL_ERROR = "XX000"
 
@@ -123,6 +124,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Split the statement, or pass long lists of values as a parameter (= ANY($1)); the limit is "
         "limits.max_parse_tree_nodes.",
     ),
+    "temp_relation_limit": (
+        CONFIGURATION_LIMIT_EXCEEDED,
+        "Drop the temporary tables you no longer need and end the transaction: relations dropped in a transaction "
+        "count until it ends (PostgreSQL locks them until then); the limit is limits.max_temp_relations.",
+    ),
     "decision_timeout": (
         QUERY_CANCELED,
         "Simplify or split the statement; pgtenant gives each check limits.decision_timeout seconds.",
@@ -148,3 +154,12 @@ class Denied(Exception):
 def fail(rule: str, detail: str) -> Denied:
     """Return a Denied exception for `rule` (use as `raise fail(...)`)."""
     return Denied(deny(rule, detail))
+
+
+def temp_relation_limit(relations: int, limit: int) -> Deny:
+    """The denial of a statement (or a Bind) that would give its session more than `limit` temporary relations."""
+    return deny(
+        "temp_relation_limit",
+        f"the session would have {relations} temporary relations (tables with their indexes and sequences, views, "
+        f"and those dropped in the open transaction), more than limits.max_temp_relations = {limit}",
+    )

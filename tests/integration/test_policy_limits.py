@@ -180,6 +180,68 @@ WORST = {
 }
 
 
+# --- temporary relations: the cluster's shared lock table (red team, issue 21) ---------------------------------
+
+
+def run_all(sock: socket.socket, messages: list[bytes]) -> list[tuple[list[dict[str, str]], list[bytes]]]:
+    """Send every request at once (pipelined), then read one answer per request."""
+    sock.sendall(b"".join(messages))
+    return [answer(sock) for _ in messages]
+
+
+def limit_error(errors: list[dict[str, str]]) -> None:
+    assert [e["C"] for e in errors] == ["53400"], errors
+    assert "temp_relation_limit" in errors[0]["M"] and "limits.max_temp_relations = 64" in errors[0]["M"]
+    assert "max_temp_relations" in errors[0]["H"]
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_temporary_tables_in_one_transaction_stop_at_the_limit(proxy: ProxyProcess, protocol: str) -> None:
+    """The red team's loop (SAVEPOINT; CREATE TEMP TABLE; RELEASE, thousands of times in one transaction) filled
+    the lock table of the whole server; the 65th temporary table of a session is refused, the rollback frees
+    them."""
+    sock = connect(proxy, "alice")
+    send = PROTOCOLS[protocol]
+    loop = [send(sql) for i in range(64) for sql in ("SAVEPOINT s", f"CREATE TEMP TABLE rt_{i} (a text)",
+                                                      "RELEASE SAVEPOINT s")]
+    answers = run_all(sock, [send("BEGIN"), *loop, send("SAVEPOINT s"), send("CREATE TEMP TABLE rt_64 (a text)")])
+    assert all(not errors for errors, _ in answers[:-1]), [e for e, _ in answers if e][:1]
+    limit_error(answers[-1][0])
+    answers = run_all(sock, [send("ROLLBACK TO SAVEPOINT s"), send("SELECT count(*) FROM rt_63"),
+                             send("DROP TABLE rt_63"), send("CREATE TEMP TABLE rt_64 (a text)")])
+    assert not any(errors for errors, _ in answers[:3])  # a drop in the transaction still counts
+    limit_error(answers[3][0])
+    answers = run_all(sock, [send("ROLLBACK"), send("CREATE TEMP TABLE rt_0 (a text)")])
+    assert not any(errors for errors, _ in answers)
+    still_usable(sock)
+    sock.close()
+
+
+def test_a_prepared_create_and_drop_stop_at_the_limit(proxy: ProxyProcess) -> None:
+    """Named statements decided once, bound again and again in one transaction: each Bind counts."""
+    sock = connect(proxy, "alice")
+    sock.sendall(m.Parse("mk", "CREATE TEMP TABLE x (a text)", b"\x00\x00").encode()
+                 + m.Parse("rm", "DROP TABLE x", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    assert not answer(sock)[0]
+
+    def run(name: str) -> bytes:
+        bind = m.frame(b"B", b"\x00" + name.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+        return bind + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) + m.SYNC_MESSAGE
+
+    answers = run_all(sock, [query("BEGIN"), *(run(name) for _ in range(70) for name in ("mk", "rm"))])
+    errors = [e for e, _ in answers]
+    first = next(i for i, e in enumerate(errors) if e)
+    assert all(not e for e in errors[:first]) and first <= 1 + 2 * 64  # BEGIN, then no more than 64 creates ran
+    limit_error(errors[first])
+    assert all(e and e[0]["C"] in ("25P02", "53400") for e in errors[first + 1:])  # the transaction is aborted
+    sock.sendall(query("ROLLBACK"))
+    assert not answer(sock)[0]
+    sock.sendall(run("mk") + run("rm"))  # the rollback freed them
+    assert not answer(sock)[0] and not answer(sock)[0]
+    still_usable(sock)
+    sock.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_worst_statements_do_not_stall_another_tenant(proxy: ProxyProcess, protocol: str) -> None:
