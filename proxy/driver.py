@@ -100,6 +100,10 @@ def backend_ssl_context(backend: BackendConfig) -> ssl.SSLContext:
     return ctx
 
 
+# Ends a session whose transaction stays idle past limits.idle_in_transaction_timeout, unless its client set one.
+IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
+
+
 def _decision_limits(limits: LimitsConfig) -> Limits:
     """What the policy engine is given of the `[limits]` table."""
     return Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes, limits.max_temp_relations)
@@ -810,6 +814,8 @@ class Proxy:
         params = {**session.backend_parameters, **backend_context(session.tenant)}
         if not any(k.lower() == "client_encoding" for k in params):
             params["client_encoding"] = "UTF8"  # never the server's default: it could be a client-only encoding
+        if not any(k.lower() == IDLE_IN_TRANSACTION for k in params):  # an idle open transaction's locks queue
+            params[IDLE_IN_TRANSACTION] = f"{round(self.config.limits.idle_in_transaction_timeout * 1000)}ms"
         return params
 
     def apply_config(self, new: Config) -> list[str]:

@@ -242,6 +242,37 @@ def test_a_prepared_create_and_drop_stop_at_the_limit(proxy: ProxyProcess) -> No
     sock.close()
 
 
+def test_an_idle_transaction_ends_after_the_default_timeout(pg: PgCluster, proxy: ProxyProcess,
+                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tenant sessions get idle_in_transaction_session_timeout (limits.idle_in_transaction_timeout, 5 min) unless
+    the client sets one: an idle open transaction's locks (ACCESS SHARE too) queue a migration and everyone after
+    it (red team, issue 21)."""
+    sock = connect(proxy, "alice")
+    sock.sendall(query("SHOW idle_in_transaction_session_timeout"))
+    errors, rows = answer(sock)
+    assert not errors and rows == [struct.pack("!hi", 1, 4) + b"5min"]
+    sock.close()
+    own, msgs = login(proxy.port, {"user": "alice", "database": proxy.users["alice"][0],
+                                   "options": "-c idle_in_transaction_session_timeout=10s"}, proxy.password("alice"))
+    assert msgs[-1][0] == b"Z", msgs
+    own.sendall(query("SHOW idle_in_transaction_session_timeout"))
+    assert answer(own)[1] == [struct.pack("!hi", 1, 3) + b"10s"]  # the client's own value wins
+    own.close()
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
+                     limits={"idle_in_transaction_timeout": 0.5})
+    p.start()
+    try:
+        sock = connect(p, "alice")
+        sock.sendall(query("BEGIN") + query("LOCK TABLE orders IN ACCESS SHARE MODE"))
+        assert not answer(sock)[0] and not answer(sock)[0]
+        t, body = read_message(sock)  # PostgreSQL ends the session once the transaction has been idle too long
+        assert t == b"E" and m.decode_error_fields(body)["C"] == "25P03", (t, body)
+        sock.close()
+    finally:
+        p.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_worst_statements_do_not_stall_another_tenant(proxy: ProxyProcess, protocol: str) -> None:
