@@ -201,6 +201,16 @@ def policy_denied(sqlstate: str, message: str, hint: str, rule: str) -> PgError:
     return PgError(sqlstate, text if text.startswith("pgtenant") else f"pgtenant: {text}", "ERROR", hint=hint or None)
 
 
+def snapshot_not_imported() -> PgError:
+    """Any failure of SET TRANSACTION SNAPSHOT, as one answer: PostgreSQL tells "cannot import a snapshot from a
+    different database" from "invalid snapshot identifier", which finds other databases' exports by scanning ids."""
+    return PgError(
+        "22023", "invalid snapshot identifier, or a snapshot that cannot be imported here",
+        hint="Import a snapshot exported by a transaction of this database that is still open, first thing in a "
+        "REPEATABLE READ or SERIALIZABLE transaction (pg_dump -j does).",
+    )
+
+
 def tenant_unavailable(tenant: str) -> PgError:
     return PgError(
         "57P03",

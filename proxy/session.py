@@ -814,6 +814,12 @@ class ClientSession:
                 code = body[pos + 1 : pos + 6].decode("ascii", "replace")
                 break
             pos = body.find(b"C", pos + 1)
+        if b"\x00RImportSnapshot\x00" in body:  # SET TRANSACTION SNAPSHOT failed: one answer for every reason
+            err = errors.snapshot_not_imported()
+            self.tracker.on_error(err.sqlstate)
+            if self._tracking:
+                self._context_failed()
+            return err.encode()
         self.tracker.on_error(code)
         if self._tracking:
             self._context_failed()

@@ -21,9 +21,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from proxy.policy.context import refusal
 from proxy.policy.model import (
     COMMIT,
     EMPTY_CONTEXT,
+    EXPORT_SNAPSHOT,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
@@ -36,11 +38,11 @@ from proxy.policy.model import (
     Deny,
     SessionContext,
 )
-from proxy.policy.rules import temp_relation_limit
 from proxy.policy.settings import identifier
 
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
 _MAX_SHOWN = 16  # search_path values PostgreSQL got -> what the client set (for ParameterStatus)
+_LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
 
 
 @dataclass(slots=True)
@@ -103,13 +105,20 @@ class SessionState:
         changes = self.statements.get(name)
         if not changes:
             return None
-        if any(c.op in (TEMP_TABLE, TEMP_VIEW) for c in changes):
-            relations = _apply(self.belief, changes).temp_relations
-            if relations > self.max_temp_relations:
-                return temp_relation_limit(relations, self.max_temp_relations)
+        if any(c.op in _LIMITED for c in changes):
+            denied = refusal(self._recorded(), changes, self.max_temp_relations)[1]
+            if denied is not None:
+                return denied
         if not self.idle or any(_stateful((c,)) for c in changes):
             self._record(request, [(position, c) for c in changes])
         return None
+
+    def _recorded(self) -> SessionContext:
+        """The context once every recorded statement has run (the belief without Parses not bound yet)."""
+        context = self.current
+        for request in self.requests:
+            context = _apply(context, tuple(c for _, c in request.changes))
+        return context
 
     def close(self, name: str) -> None:
         self.statements.pop(name, None)

@@ -6,6 +6,7 @@ from proxy.policy.model import (
     COMMIT,
     DISCARD_TEMP,
     DROP_TEMP,
+    EXPORT_SNAPSHOT,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
@@ -14,7 +15,10 @@ from proxy.policy.model import (
     TEMP_TABLE,
     TEMP_VIEW,
     Change,
+    Deny,
+    SessionContext,
 )
+from proxy.policy.rules import deny, temp_relation_limit
 from proxy.policy.tree import Node, names_of, tag_of
 
 _TRANSACTION = {
@@ -100,3 +104,18 @@ def statement_changes(kind: str, body: Node, index: int) -> list[Change]:
         if op is not None:
             out.append(Change(index, op, body.get("savepoint_name", "")))
     return out
+
+
+def refusal(context: SessionContext, changes: tuple[Change, ...] | list[Change],
+            max_temp_relations: int) -> tuple[SessionContext, Deny | None]:
+    """The context after a statement's changes, and the denial when they take the session past what it may hold:
+    more than `max_temp_relations` temporary relations, a second exported snapshot in one transaction. Checked
+    where the statement is decided and at each Bind of a prepared one (decided once, run again and again)."""
+    after = context
+    for change in changes:
+        if change.op == EXPORT_SNAPSHOT and after.exported:
+            return after, deny("snapshot_export_once", "this transaction has already exported a snapshot")
+        after = after.apply(change)
+    if any(c.op in (TEMP_TABLE, TEMP_VIEW) for c in changes) and after.temp_relations > max_temp_relations:
+        return after, temp_relation_limit(after.temp_relations, max_temp_relations)
+    return after, None

@@ -11,11 +11,11 @@ from pglast.parser import ParseError
 
 from proxy.policy import classify, context, functions, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
+from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
+    EXPORT_SNAPSHOT,
     REAPPLY_CONTEXT,
-    TEMP_TABLE,
-    TEMP_VIEW,
     Allow,
     Change,
     Decision,
@@ -24,7 +24,7 @@ from proxy.policy.model import (
     SessionContext,
     TenantPolicy,
 )
-from proxy.policy.rules import Denied, deny, fail, temp_relation_limit
+from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
@@ -140,12 +140,13 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
 
 
 def _after(context: SessionContext, changes: list[Change], limit: int) -> SessionContext:
-    """The session's context after a statement's changes; refused past `limit` temporary relations."""
-    for change in changes:
-        context = context.apply(change)
-    if any(c.op in (TEMP_TABLE, TEMP_VIEW) for c in changes) and context.temp_relations > limit:
-        raise Denied(temp_relation_limit(context.temp_relations, limit))
-    return context
+    """The session's context after a statement's changes (refused past what a session may hold)."""
+    if not changes:
+        return context
+    after, denied = refusal(context, changes, limit)
+    if denied is not None:
+        raise Denied(denied)
+    return after
 
 
 def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
@@ -198,6 +199,8 @@ def _decide_statement(
         if setting == "row_security" and settings.row_security_off(policy, settings.literal_arg(call, 1)):
             _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), "on", plan,
                      ROW_SECURITY_KEPT)
+        if call.names[-1] == "pg_export_snapshot":
+            changes.append(Change(index, EXPORT_SNAPSHOT))
         if setting == "search_path":
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:

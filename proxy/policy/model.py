@@ -29,6 +29,7 @@ ROLLBACK = "rollback"  # ROLLBACK / ABORT
 SAVEPOINT = "savepoint"  # SAVEPOINT `name`
 RELEASE = "release"  # RELEASE [SAVEPOINT] `name`
 ROLLBACK_TO = "rollback_to"  # ROLLBACK TO [SAVEPOINT] `name`
+EXPORT_SNAPSHOT = "export_snapshot"  # pg_export_snapshot(): a file in pg_snapshots until the transaction ends
 TRANSACTION_OPS: frozenset[str] = frozenset({COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK_TO})
 
 
@@ -58,6 +59,7 @@ class SessionContext:
     # Temporary tables that come with indexes or sequences (their constraints'): (name, relations in all).
     sizes: frozenset[tuple[str, int]] = frozenset()
     dropped: int = 0  # temporary relations dropped in the open transaction (PostgreSQL holds their locks to its end)
+    exported: bool = False  # the open transaction exported a snapshot (once per transaction)
     path: tuple[str, ...] | None = None  # the search_path PostgreSQL has (None: the tenant's default)
     shown: str | None = None  # what SHOW search_path prints for it, when that differs (the client's value)
     local: tuple[tuple[str, ...] | None, str | None] | None = None  # SET LOCAL (path, shown) in the open transaction
@@ -91,17 +93,19 @@ class SessionContext:
             if change.flag:
                 return replace(self, local=(change.path, change.shown))
             return replace(self, path=change.path, shown=change.shown, local=None)
+        if op == EXPORT_SNAPSHOT:
+            return replace(self, exported=True)
         if op == COMMIT:
             return self.end_of_transaction()
         return self
 
     def end_of_transaction(self) -> SessionContext:
         """The context once the open transaction commits: SET LOCAL and ON COMMIT DROP tables are gone."""
-        if self.local is None and not self.drop_at_commit and not self.dropped:
+        if self.local is None and not self.drop_at_commit and not self.dropped and not self.exported:
             return self
         gone = self.drop_at_commit
         return replace(self, temp_tables=self.temp_tables - gone, temp_views=self.temp_views - gone,
-                       drop_at_commit=frozenset(), local=None, dropped=0,
+                       drop_at_commit=frozenset(), local=None, dropped=0, exported=False,
                        sizes=frozenset(s for s in self.sizes if s[0] not in gone))
 
     @property

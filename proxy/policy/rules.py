@@ -76,6 +76,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Snapshots are shared by every tenant of this database; run pg_dump without -j/--jobs and --snapshot (one "
         "connection, one snapshot: the dump is just as consistent).",
     ),
+    "snapshot_export_once": (
+        FEATURE_NOT_SUPPORTED,
+        "Export one snapshot per transaction (pg_dump does): each export keeps a file on the server until the "
+        "transaction ends.",
+    ),
     "two_phase_commit": (INSUFFICIENT_PRIVILEGE, "Prepared transactions are not available through pgtenant."),
     "explain_analyze": (
         INSUFFICIENT_PRIVILEGE,

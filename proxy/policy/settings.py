@@ -198,6 +198,9 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     name = call.names[-1]
     if name == "pg_export_snapshot":
         check_snapshot_sharing(policy, "pg_export_snapshot()")
+        if not _alone(body, call):
+            raise fail("snapshot_export_once", "pg_export_snapshot() is allowed only as SELECT "
+                       "pg_catalog.pg_export_snapshot(), alone (once per transaction)")
     if name == "pg_notify" and policy.strategy != "database":
         raise fail("notify_not_allowed", "pg_notify() is not allowed in this strategy")
     if name not in ("set_config", "current_setting"):
@@ -217,6 +220,14 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     low = _check_name(policy, setting)
     if low in PINNED_VALUES:
         _check_pinned(low, literal_arg(call, 1))
+
+
+def _alone(body: Node | None, call: Call) -> bool:
+    """True for `SELECT <call>` with nothing else (pg_dump's `SELECT pg_catalog.pg_export_snapshot()`)."""
+    if body is None or set(body) - {"targetList", "limitOption", "op"} or len(body.get("targetList") or ()) != 1:
+        return False
+    target = body["targetList"][0].get("ResTarget", {})
+    return call.holder is not None and target.get("val") is call.holder[call.key]
 
 
 _LOOKUP_CLAUSES = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})

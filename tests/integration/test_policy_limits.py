@@ -273,6 +273,58 @@ def test_an_idle_transaction_ends_after_the_default_timeout(pg: PgCluster, proxy
         p.stop()
 
 
+# --- exported snapshots (database strategy; red team, issue 21) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_one_snapshot_export_per_transaction(proxy: ProxyProcess, protocol: str) -> None:
+    """20,000 exports in one statement filled the server's pg_snapshots; pg_dump exports one, alone."""
+    sock = connect(proxy, "ivan")
+    send = PROTOCOLS[protocol]
+    answers = run_all(sock, [send("BEGIN ISOLATION LEVEL REPEATABLE READ"), send("SELECT pg_export_snapshot()"),
+                             send("SELECT pg_catalog.pg_export_snapshot()"), send("ROLLBACK")])
+    answers += run_all(sock, [send("SELECT count(pg_export_snapshot()) FROM generate_series(1, 20000)"),
+                              send("SELECT pg_catalog.pg_export_snapshot()")])  # (after the rollback's answer)
+    assert not answers[0][0] and not answers[1][0] and len(answers[1][1]) == 1
+    for errors, _ in (answers[2], answers[4]):
+        assert [e["C"] for e in errors] == ["0A000"] and "snapshot_export_once" in errors[0]["M"], errors
+    assert not answers[5][0]  # outside a transaction block: its own transaction
+    # a named statement decided once and bound twice in one transaction
+    sock.sendall(m.Parse("ex", "SELECT pg_catalog.pg_export_snapshot()", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    assert not answer(sock)[0]
+    run = (m.frame(b"B", b"\x00ex\x00" + struct.pack("!hhh", 0, 0, 0)) + m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+           + m.SYNC_MESSAGE)
+    answers = run_all(sock, [query("BEGIN ISOLATION LEVEL REPEATABLE READ"), run, run, query("ROLLBACK")])
+    assert not answers[1][0] and [e["C"] for e in answers[2][0]] == ["0A000"], answers
+    still_usable_database(sock)
+    sock.close()
+
+
+def still_usable_database(sock: socket.socket) -> None:
+    sock.sendall(query("SELECT 1"))
+    assert answer(sock) == ([], [struct.pack("!hi", 1, 1) + b"1"])
+
+
+def test_importing_another_databases_snapshot_answers_as_a_missing_one(pg: PgCluster, proxy: ProxyProcess) -> None:
+    """PostgreSQL says "cannot import a snapshot from a different database" for an id another database exported
+    and "invalid snapshot identifier" for one nobody did: scanning ids found other tenants' exports."""
+    with pg.connect(dbname="saas", autocommit=False) as other:
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        exported = other.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        missing = exported.rsplit("-", 1)[0] + "-99"
+        sock = connect(proxy, "ivan")
+        seen = []
+        for snapshot in (exported, missing):
+            sock.sendall(query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                         + query(f"SET TRANSACTION SNAPSHOT '{snapshot}'") + query("ROLLBACK"))
+            answers = [answer(sock) for _ in range(3)]
+            assert not answers[0][0] and not answers[2][0]
+            seen.append([(e["C"], e["M"]) for e in answers[1][0]])
+        assert seen[0] == seen[1] and seen[0][0][0] == "22023", seen
+        still_usable_database(sock)
+        sock.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_worst_statements_do_not_stall_another_tenant(proxy: ProxyProcess, protocol: str) -> None:

@@ -7,6 +7,7 @@ from proxy.policy.model import (
     DISCARD_TEMP,
     DROP_TEMP,
     EMPTY_CONTEXT,
+    EXPORT_SNAPSHOT,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
@@ -237,7 +238,17 @@ def test_a_bind_past_the_temp_relation_limit_is_refused() -> None:
         assert state.bind(request, 2 * runs + 1, "drop") is None
         runs += 1
     assert denied is not None and (denied.sqlstate, denied.rule) == ("53400", "temp_relation_limit")
-    assert "limits.max_temp_relations = 3" in denied.message and 1 < runs <= 3
-    assert state.belief.temp_relations == 3
+    assert "limits.max_temp_relations = 3" in denied.message and runs == 3  # three creates ran, all dropped
     state.ready(request, b"I")  # the transaction ended: its drops no longer count
     assert state.belief.temp_relations == 0 and state.bind(object(), 0, "create") is None
+
+
+def test_a_prepared_export_runs_once_per_transaction() -> None:
+    state = SessionState()
+    state.parse("ex", (Change(0, EXPORT_SNAPSHOT),))
+    request = object()
+    assert state.bind(request, 0, "ex") is None  # its own Parse does not count as a run
+    denied = state.bind(request, 1, "ex")
+    assert denied is not None and (denied.sqlstate, denied.rule) == ("0A000", "snapshot_export_once")
+    state.ready(request, b"I")
+    assert state.bind(object(), 0, "ex") is None  # a new transaction
