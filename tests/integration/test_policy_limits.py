@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,6 +31,18 @@ def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     p.start()
     yield p
     p.stop()
+
+
+@contextmanager
+def limited_proxy(pg: PgCluster, factory: pytest.TempPathFactory, **limits: float) -> Iterator[ProxyProcess]:
+    """A proxy of its own with these `[limits]`."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, factory.mktemp("pgtenant"), backend_sslmode="disable", limits=limits)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
 
 
 def connect(p: ProxyProcess, user: str) -> socket.socket:
@@ -113,11 +126,7 @@ def test_a_parse_tree_over_the_limit_is_54001(proxy: ProxyProcess, protocol: str
 def test_a_decision_past_its_time_budget_is_57014(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
                                                    protocol: str) -> None:
     """A budget far below what the decision needs (a worker cannot even start in a millisecond): fail closed."""
-    prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
-                     limits={"decision_timeout": 0.001})
-    p.start()
-    try:
+    with limited_proxy(pg, tmp_path_factory, decision_timeout=0.001) as p:
         sock = connect(p, "alice")
         sock.sendall(PROTOCOLS[protocol]("SELECT 1 FROM orders;" * (1 if protocol == "parse" else 400)
                                          + " " * 5000))
@@ -127,8 +136,6 @@ def test_a_decision_past_its_time_budget_is_57014(pg: PgCluster, tmp_path_factor
         still_usable(sock)
         sock.close()
         assert until(lambda: "decision_worker_replaced" in p.read_log(), timeout=10)
-    finally:
-        p.stop()
 
 
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
@@ -258,19 +265,13 @@ def test_an_idle_transaction_ends_after_the_default_timeout(pg: PgCluster, proxy
     own.sendall(query("SHOW idle_in_transaction_session_timeout"))
     assert answer(own)[1] == [struct.pack("!hi", 1, 3) + b"10s"]  # the client's own value wins
     own.close()
-    prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
-                     limits={"idle_in_transaction_timeout": 0.5})
-    p.start()
-    try:
+    with limited_proxy(pg, tmp_path_factory, idle_in_transaction_timeout=0.5) as p:
         sock = connect(p, "alice")
         sock.sendall(query("BEGIN") + query("LOCK TABLE orders IN ACCESS SHARE MODE"))
         assert not answer(sock)[0] and not answer(sock)[0]
         t, body = read_message(sock)  # PostgreSQL ends the session once the transaction has been idle too long
         assert t == b"E" and m.decode_error_fields(body)["C"] == "25P03", (t, body)
         sock.close()
-    finally:
-        p.stop()
 
 
 # --- exported snapshots (database strategy; red team, issue 21) ----------------------------------------------------
