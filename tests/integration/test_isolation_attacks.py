@@ -1134,8 +1134,9 @@ ATTACKS: list[Attack] = [
            ("BEGIN", _LOOKUP.format("two_co, one_co, public", "search_path").replace("false", "true"),
             "SELECT count(*) FROM orders", "COMMIT"), "SNC", "ok", check=count_is("orders")),
     Attack("dump_settings_lookup_catalog_first", (_LOOKUP.format("public, pg_catalog", "search_path"),
-                                                  "SELECT (current_schemas(true))[1]", "RESET search_path"),
-           "SNC", "ok", check=first_cell_is("pg_catalog")),
+                                                  "SELECT array_position(current_schemas(true), 'pg_catalog') < "
+                                                  "coalesce(array_position(current_schemas(true), 'public'), 99)",
+                                                  "RESET search_path"), "SNC", "ok", check=first_cell_is("t")),
     Attack("dump_settings_lookup_hidden_public", (_LOOKUP.format("public", "search_path"),
                                                   "SELECT 1 FROM legacy_orders", "RESET search_path"), C, "deny"),
     Attack("dump_settings_lookup_row_security_off", (_LOOKUP.format("off", "row_security"), "SHOW row_security",
