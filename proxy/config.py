@@ -64,6 +64,8 @@ class LimitsConfig:
     first_message_timeout: float = 5.0  # seconds a new connection may stay silent (at most startup_timeout)
     max_statements_per_query: int = 1000
     max_parse_tree_nodes: int = 250_000
+    max_temp_relations: int = 64  # per session, incl. indexes, sequences, dropped in the open transaction
+    idle_in_transaction_timeout: float = 300.0  # backend default for tenant sessions whose client sets none
     decision_timeout: float = 10.0
     decision_workers: int = 2
     decision_cache_entries: int = 10_000

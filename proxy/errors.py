@@ -19,6 +19,7 @@ CONNECTION_FAILURE = "08006"
 PROTOCOL_VIOLATION = "08P01"
 FEATURE_NOT_SUPPORTED = "0A000"
 CHARACTER_NOT_IN_REPERTOIRE = "22021"
+INVALID_PARAMETER_VALUE = "22023"
 READ_ONLY_SQL_TRANSACTION = "25006"
 INVALID_AUTHORIZATION_SPECIFICATION = "28000"
 INVALID_SCHEMA_NAME = "3F000"
@@ -29,6 +30,7 @@ INSUFFICIENT_PRIVILEGE = "42501"
 SYNTAX_ERROR = "42601"
 UNDEFINED_OBJECT = "42704"
 TOO_MANY_CONNECTIONS = "53300"
+CONFIGURATION_LIMIT_EXCEEDED = "53400"
 PROGRAM_LIMIT_EXCEEDED = "54000"
 STATEMENT_TOO_COMPLEX = "54001"
 QUERY_CANCELED = "57014"
@@ -278,3 +280,13 @@ def policy_denied(deny: Deny) -> PgError:
         where = POLICY_DENIED_STATEMENT.format(index=index, count=count)
     text = POLICY_DENIED.format(statement=where, detail=deny.message, rule=deny.rule)
     return PgError(deny.sqlstate, text, "ERROR", hint=deny.hint or None)
+
+
+def snapshot_not_imported() -> PgError:
+    """Any failure of SET TRANSACTION SNAPSHOT, as one answer: PostgreSQL tells "cannot import a snapshot from a
+    different database" from "invalid snapshot identifier", which finds other databases' exports by scanning ids."""
+    return PgError(
+        INVALID_PARAMETER_VALUE, "invalid snapshot identifier, or a snapshot that cannot be imported here",
+        hint="Import a snapshot exported by a transaction of this database that is still open, first thing in a "
+        "REPEATABLE READ or SERIALIZABLE transaction (pg_dump -j does).",
+    )

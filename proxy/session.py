@@ -53,6 +53,8 @@ _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker k
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
+# Ends a session whose transaction stays idle past limits.idle_in_transaction_timeout, unless its client set one.
+IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
@@ -267,6 +269,7 @@ class ClientSession:
         # The session's own context (temporary relations, search_path), followed through its transactions; the
         # decision function is swapped for one that decides in that context while it is not the empty one.
         self.context = SessionState()
+        self.context.max_temp_relations = config.limits.max_temp_relations
         self._tracking = False  # the context needs following (SessionState.idle is false)
         self._binds = 0  # Binds since the last Sync: the position of the next one in its request
         self._done = 0  # CommandCompletes of the request being answered
@@ -592,6 +595,8 @@ class ClientSession:
         params = {**self.backend_parameters, **backend_context(self.tenant)}
         if not any(k.lower() == "client_encoding" for k in params):
             params["client_encoding"] = "UTF8"  # never the server's default: it could be a client-only encoding
+        if not any(k.lower() == IDLE_IN_TRANSACTION for k in params):  # an idle open transaction's locks queue
+            params[IDLE_IN_TRANSACTION] = f"{round(self.config.limits.idle_in_transaction_timeout * 1000)}ms"
         return params
 
     def _settle_auth(self) -> None:
@@ -805,15 +810,20 @@ class ClientSession:
 
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
-    def _on_bind(self, body: bytes) -> None:
+    def _on_bind(self, body: bytes) -> bytes | None:
         statement = bind_statement(body)
+        out = None
         if statement is not None:
             self.tracker.on_bind(statement)
             if self._tracking:
                 pending = self.tracker.pending
-                self.context.bind(pending[-1] if pending else None, self._binds, statement)
+                denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)
+                if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
+                    self._report("bind", statement, denied)
+                    out = m.bind_renamed(body, self._deny_marker(denied))
                 self._context_changed()
         self._binds += 1
+        return out
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
@@ -880,6 +890,12 @@ class ClientSession:
                     if self._tracking:
                         self._context_failed()
                     return err.encode()
+        if b"\x00RImportSnapshot\x00" in body:  # SET TRANSACTION SNAPSHOT failed: one answer for every reason
+            err = errors.snapshot_not_imported()
+            self.tracker.on_error(err.sqlstate)
+            if self._tracking:
+                self._context_failed()
+            return err.encode()
         self.tracker.on_error(m.error_sqlstate(body))
         if self._tracking:
             self._context_failed()

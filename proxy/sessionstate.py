@@ -21,22 +21,28 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from proxy.policy.context import refusal
 from proxy.policy.model import (
     COMMIT,
     EMPTY_CONTEXT,
+    EXPORT_SNAPSHOT,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
     SAVEPOINT,
     SET_PATH,
+    TEMP_TABLE,
+    TEMP_VIEW,
     TRANSACTION_OPS,
     Change,
+    Deny,
     SessionContext,
 )
 from proxy.policy.settings import identifier
 
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
 _MAX_SHOWN = 16  # search_path values PostgreSQL got -> what the client set (for ParameterStatus)
+_LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
 
 
 @dataclass(slots=True)
@@ -59,6 +65,7 @@ class SessionState:
         self.requests: deque[_Request] = deque()
         self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
         self.shown: dict[str, str] = {}  # search_path text PostgreSQL reports -> the client's value
+        self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
 
     @property
     def idle(self) -> bool:
@@ -91,11 +98,27 @@ class SessionState:
         else:
             self.statements.pop(name, None)
 
-    def bind(self, request: object, position: int, name: str) -> None:
-        """A Bind of prepared statement `name`, statement `position` of its request."""
+    def bind(self, request: object, position: int, name: str) -> Deny | None:
+        """A Bind of prepared statement `name`, statement `position` of its request; the denial to answer instead
+        when running it would take the session past `max_temp_relations` (its Parse was decided once, a prepared
+        CREATE TEMP and DROP can run again and again in one transaction)."""
         changes = self.statements.get(name)
-        if changes and (not self.idle or any(_stateful((c,)) for c in changes)):
+        if not changes:
+            return None
+        if any(c.op in _LIMITED for c in changes):
+            denied = refusal(self._recorded(), changes, self.max_temp_relations)[1]
+            if denied is not None:
+                return denied
+        if not self.idle or any(_stateful((c,)) for c in changes):
             self._record(request, [(position, c) for c in changes])
+        return None
+
+    def _recorded(self) -> SessionContext:
+        """The context once every recorded statement has run (the belief without Parses not bound yet)."""
+        context = self.current
+        for request in self.requests:
+            context = _apply(context, tuple(c for _, c in request.changes))
+        return context
 
     def close(self, name: str) -> None:
         self.statements.pop(name, None)

@@ -59,7 +59,8 @@ class Proxy:
         self.server: asyncio.AbstractServer | None = None
         limits = config.limits
         self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
-        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
+        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes,
+                                      limits.max_temp_relations)
         self._deciders: dict[str, Gate] = {}
         self._tenants: dict[str, Tenant] = {}
         self.metrics = Metrics(
@@ -167,7 +168,8 @@ class Proxy:
         limits = new.limits
         self.decisions.clear()
         self.decisions.maxsize, self.decisions.max_bytes = limits.decision_cache_entries, limits.decision_cache_bytes
-        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes)
+        self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes,
+                                      limits.max_temp_relations)
         for gate in self._deciders.values():  # sessions keep their gate: it decides under the new limits too
             gate.limits = self.decision_limits
         self._deciders.clear()

@@ -367,7 +367,7 @@ class ContextGate:
         if self._whole:
             return self.gate.decide_for(policy, sql)
         low = sql.lower()
-        if "u&" in low or any(name in low for name in self._names):
+        if "u&" in low or "temp" in low or "snapshot" in low or any(name in low for name in self._names):
             return self.gate.decide_for(policy, sql)
         return self.gate.decide_for(policy.base, sql)
 

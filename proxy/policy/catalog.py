@@ -13,11 +13,14 @@ from proxy.policy.tree import Node, parse_json, strip_positions, walk_dicts
 from proxy.policy.visibility import (
     current_database_oid,
     hides_namespaces,
+    hides_toast,
     namespace_visible,
+    relation_visible,
     role_name_visible,
     role_visible,
     schema_name_visible,
     scoped_relations,
+    toast_row_visible,
 )
 
 # Relations that show other sessions' query text, locks, prepared transactions, connection details, server
@@ -520,6 +523,10 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             out[relation] = Filter(
                 "catalog", f"pg_catalog.{relation}", column, namespace_visible(policy, f'{{ref}}."{column}"')
             )
+        out["pg_class"] = Filter(  # a TOAST table (index) with the relation it belongs to
+            "catalog", "pg_catalog.pg_class", "relnamespace",
+            relation_visible(policy, '{ref}."oid"', '{ref}."relnamespace"'),
+        )
         for table, (catalog, nspcol) in (
             *((r, ("pg_class", "relnamespace")) for r in RELATION_COLUMNS),
             *((r, ("pg_type", "typnamespace")) for r in TYPE_COLUMNS),
@@ -536,9 +543,10 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
                 " AND ".join("NOT " + _hidden_object(policy, f'{{ref}}."{c}"', f'{{ref}}."{o}"') for c, o in pairs),
             )
         for view in SCHEMANAME_VIEWS:
-            out[view] = Filter(
-                "catalog", f"pg_catalog.{view}", "schemaname", schema_name_visible(policy, '{ref}."schemaname"')
-            )
+            visible = schema_name_visible(policy, '{ref}."schemaname"')
+            if view in STAT_VIEWS and hides_toast(policy):  # a TOAST table's counters with its relation's
+                visible += " AND " + toast_row_visible(policy, f'{{ref}}."{STAT_VIEWS[view]}"', '{ref}."schemaname"')
+            out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", visible)
     for relation in COLUMN_LISTED:
         if needs_columns(policy, relation):
             replaced = _column_filter(policy, relation, out.get(relation))

@@ -272,6 +272,10 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
                 policy, rv
             ):
                 raise fail("lock_mode", f'"{rel}" is a system catalog: only your own tables may be locked')
+            if schema is None and any(s in CATALOG_SCHEMAS for s in policy.path if s != "pg_catalog"):
+                # information_schema on the path: an unqualified name may be its view (pg_catalog's all start pg_)
+                raise fail("lock_mode", f'"{rel}" may name a system catalog through search_path: qualify it with '
+                           "its schema to lock it")
         elif ref.role == INHERIT:
             raise fail("ddl_not_allowed", "temporary tables may not inherit from other tables")
         elif ref.role in (SAMPLE, UNKNOWN) and not ref.cte:

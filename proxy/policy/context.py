@@ -6,6 +6,7 @@ from proxy.policy.model import (
     COMMIT,
     DISCARD_TEMP,
     DROP_TEMP,
+    EXPORT_SNAPSHOT,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
@@ -14,7 +15,10 @@ from proxy.policy.model import (
     TEMP_TABLE,
     TEMP_VIEW,
     Change,
+    Deny,
+    SessionContext,
 )
+from proxy.policy.rules import deny, temp_relation_limit
 from proxy.policy.tree import Node, names_of, tag_of
 
 _TRANSACTION = {
@@ -50,6 +54,30 @@ def _created(kind: str, body: Node) -> tuple[Node, str, Node] | None:
     return None
 
 
+# Constraints that make a relation of their own (an index, an identity column's sequence), and serial types.
+_MAKE_RELATIONS = frozenset({"CONSTR_PRIMARY", "CONSTR_UNIQUE", "CONSTR_EXCLUSION", "CONSTR_IDENTITY"})
+_SERIALS = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
+_LIKE_IDENTITY = 32  # CREATE_TABLE_LIKE_IDENTITY: LIKE copies the identity columns (each with a new sequence)
+
+
+def _made_with(body: Node) -> int:
+    """Relations CREATE TABLE makes besides the table: an index per PRIMARY KEY / UNIQUE / EXCLUDE constraint, a
+    sequence per serial or identity column (a LIKE ... INCLUDING IDENTITY counts as one)."""
+    made = 0
+    for element in body.get("tableElts") or ():
+        column = element.get("ColumnDef")
+        if column is not None:
+            names = names_of(column.get("typeName", {}).get("names"))
+            made += bool(names) and names[-1].lower() in _SERIALS
+            items = column.get("constraints") or ()
+        else:
+            like = element.get("TableLikeClause")
+            made += like is not None and bool(like.get("options", 0) & _LIKE_IDENTITY)
+            items = (element,)
+        made += sum(item.get("Constraint", {}).get("contype") in _MAKE_RELATIONS for item in items)
+    return made
+
+
 def statement_changes(kind: str, body: Node, index: int) -> list[Change]:
     """The changes statement `index` of its string makes to the session when it succeeds, but for search_path
     values (`settings.search_path_change`, `settings.set_config_path`: they come with a rewrite)."""
@@ -59,7 +87,8 @@ def statement_changes(kind: str, body: Node, index: int) -> list[Change]:
         rv, what, options = created
         on_commit = options.get("oncommit") or options.get("onCommit")
         out.append(Change(index, TEMP_TABLE if what == "table" else TEMP_VIEW, rv.get("relname", ""),
-                          flag=on_commit == "ONCOMMIT_DROP", if_not_exists=bool(options.get("if_not_exists"))))
+                          flag=on_commit == "ONCOMMIT_DROP", if_not_exists=bool(options.get("if_not_exists")),
+                          relations=1 + _made_with(body) if kind == "CreateStmt" else 1))
     elif kind == "DropStmt":
         for obj in body.get("objects", ()):
             out.append(Change(index, DROP_TEMP, names_of(obj.get("List", {}).get("items"))[-1]))
@@ -75,3 +104,18 @@ def statement_changes(kind: str, body: Node, index: int) -> list[Change]:
         if op is not None:
             out.append(Change(index, op, body.get("savepoint_name", "")))
     return out
+
+
+def refusal(context: SessionContext, changes: tuple[Change, ...] | list[Change],
+            max_temp_relations: int) -> tuple[SessionContext, Deny | None]:
+    """The context after a statement's changes, and the denial when they take the session past what it may hold:
+    more than `max_temp_relations` temporary relations, a second exported snapshot in one transaction. Checked
+    where the statement is decided and at each Bind of a prepared one (decided once, run again and again)."""
+    after = context
+    for change in changes:
+        if change.op == EXPORT_SNAPSHOT and after.exported:
+            return after, deny("snapshot_export_once", "this transaction has already exported a snapshot")
+        after = after.apply(change)
+    if any(c.op in (TEMP_TABLE, TEMP_VIEW) for c in changes) and after.temp_relations > max_temp_relations:
+        return after, temp_relation_limit(after.temp_relations, max_temp_relations)
+    return after, None

@@ -11,8 +11,19 @@ from pglast.parser import ParseError
 
 from proxy.policy import classify, context, functions, implicit, nametypes, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
+from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
-from proxy.policy.model import REAPPLY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, TenantPolicy
+from proxy.policy.model import (
+    EXPORT_SNAPSHOT,
+    REAPPLY_CONTEXT,
+    Allow,
+    Change,
+    Decision,
+    Deny,
+    Rewrite,
+    SessionContext,
+    TenantPolicy,
+)
 from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
@@ -28,6 +39,7 @@ class Limits:
 
     max_statements: int
     max_nodes: int
+    max_temp_relations: int = 1 << 62  # config `limits.max_temp_relations`: SessionContext.temp_relations
 
 
 UNLIMITED = Limits(max_statements=1 << 62, max_nodes=1 << 62)
@@ -90,6 +102,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
             stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
             if REAPPLY_CONTEXT in stmt_effects and index != count - 1:
                 raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
+            after = _after(current.context, stmt_changes, limits.max_temp_relations)
         except Denied as exc:
             if count == 1:
                 raise
@@ -99,10 +112,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         if stmt_changes:
             changes += stmt_changes
             if index != count - 1:  # the later statements see what this one does to the session
-                context = current.context
-                for change in stmt_changes:
-                    context = context.apply(change)
-                current = current.with_context(context)
+                current = current.with_context(after)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
@@ -129,6 +139,16 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+
+
+def _after(context: SessionContext, changes: list[Change], limit: int) -> SessionContext:
+    """The session's context after a statement's changes (refused past what a session may hold)."""
+    if not changes:
+        return context
+    after, denied = refusal(context, changes, limit)
+    if denied is not None:
+        raise Denied(denied)
+    return after
 
 
 def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
@@ -172,7 +192,8 @@ def _decide_statement(
         implicit.check_new_table(stmt.node, new_table)
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
-    functions.check(policy, analysis, body if kind == "SelectStmt" else None)
+    select = body if kind == "SelectStmt" else None
+    functions.check(policy, analysis, select)
     try:
         schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
     except Denied as exc:  # a view's query is sent wrapped: PostgreSQL places a missing schema in the wrapped text
@@ -186,12 +207,13 @@ def _decide_statement(
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
     for call in analysis.calls:
-        if settings.is_set_config_named(call, "row_security") and settings.row_security_off(
-            policy, settings.literal_arg(call, 1)
-        ):
+        setting = settings.set_config_setting(call, select)
+        if setting == "row_security" and settings.row_security_off(policy, settings.literal_arg(call, 1)):
             _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), "on", plan,
                      ROW_SECURITY_KEPT)
-        if settings.is_set_config_named(call, "search_path"):
+        if call.names[-1] == "pg_export_snapshot":
+            changes.append(Change(index, EXPORT_SNAPSHOT))
+        if setting == "search_path":
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)

@@ -272,10 +272,11 @@ def required(policy: TenantPolicy, kind: str) -> bool:
 
 
 def _in_catalog(policy: TenantPolicy, kind: Kind, o: str) -> str:
-    return (
-        f"EXISTS (SELECT FROM pg_catalog.{kind.catalog} pgt_k WHERE pgt_k.oid = {o} AND "
-        + vis.namespace_visible(policy, f"pgt_k.{kind.nspcol}") + ")"
-    )
+    if kind.catalog == "pg_class":  # a TOAST table (index) is seen with the relation it belongs to
+        visible = vis.relation_visible(policy, "pgt_k.oid", "pgt_k.relnamespace")
+    else:
+        visible = vis.namespace_visible(policy, f"pgt_k.{kind.nspcol}")
+    return f"EXISTS (SELECT FROM pg_catalog.{kind.catalog} pgt_k WHERE pgt_k.oid = {o} AND {visible})"
 
 
 def _by_relation(policy: TenantPolicy, catalog: str, column: str, o: str) -> str:

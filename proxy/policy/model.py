@@ -29,6 +29,7 @@ ROLLBACK = "rollback"  # ROLLBACK / ABORT
 SAVEPOINT = "savepoint"  # SAVEPOINT `name`
 RELEASE = "release"  # RELEASE [SAVEPOINT] `name`
 ROLLBACK_TO = "rollback_to"  # ROLLBACK TO [SAVEPOINT] `name`
+EXPORT_SNAPSHOT = "export_snapshot"  # pg_export_snapshot(): a file in pg_snapshots until the transaction ends
 TRANSACTION_OPS: frozenset[str] = frozenset({COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK_TO})
 
 
@@ -44,6 +45,7 @@ class Change:
     shown: str | None = None  # SET_PATH: the client's value as SHOW prints it, when PostgreSQL got another one
     flag: bool = False  # TEMP_TABLE: ON COMMIT DROP; SET_PATH: LOCAL
     if_not_exists: bool = False  # TEMP_TABLE / TEMP_VIEW: an existing relation of that name stays as it is
+    relations: int = 1  # TEMP_TABLE: relations it makes (the table, its constraints' indexes and sequences)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,10 @@ class SessionContext:
     temp_tables: frozenset[str] = frozenset()
     temp_views: frozenset[str] = frozenset()
     drop_at_commit: frozenset[str] = frozenset()  # temporary tables created ON COMMIT DROP
+    # Temporary tables that come with indexes or sequences (their constraints'): (name, relations in all).
+    sizes: frozenset[tuple[str, int]] = frozenset()
+    dropped: int = 0  # temporary relations dropped in the open transaction (PostgreSQL holds their locks to its end)
+    exported: bool = False  # the open transaction exported a snapshot (once per transaction)
     path: tuple[str, ...] | None = None  # the search_path PostgreSQL has (None: the tenant's default)
     shown: str | None = None  # what SHOW search_path prints for it, when that differs (the client's value)
     local: tuple[tuple[str, ...] | None, str | None] | None = None  # SET LOCAL (path, shown) in the open transaction
@@ -65,34 +71,57 @@ class SessionContext:
             if change.if_not_exists and (name in self.temp_tables or name in self.temp_views):
                 return self
             tables, views = self.temp_tables - {name}, self.temp_views - {name}
+            sizes = self._sizes_without(name)
             if op == TEMP_TABLE:
                 tables |= {name}
+                if change.relations > 1:
+                    sizes |= {(name, change.relations)}
             else:
                 views |= {name}
             at_commit = self.drop_at_commit | {name} if change.flag else self.drop_at_commit - {name}
-            return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit)
+            return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit, sizes=sizes)
         if op == DROP_TEMP:
             if name not in self.temp_tables and name not in self.temp_views:
                 return self
             return replace(self, temp_tables=self.temp_tables - {name}, temp_views=self.temp_views - {name},
-                           drop_at_commit=self.drop_at_commit - {name})
+                           drop_at_commit=self.drop_at_commit - {name}, sizes=self._sizes_without(name),
+                           dropped=self.dropped + self._relations_of(name))
         if op == DISCARD_TEMP:
-            return replace(self, temp_tables=frozenset(), temp_views=frozenset(), drop_at_commit=frozenset())
+            return replace(self, temp_tables=frozenset(), temp_views=frozenset(), drop_at_commit=frozenset(),
+                           sizes=frozenset(), dropped=self.temp_relations)
         if op == SET_PATH:
             if change.flag:
                 return replace(self, local=(change.path, change.shown))
             return replace(self, path=change.path, shown=change.shown, local=None)
+        if op == EXPORT_SNAPSHOT:
+            return replace(self, exported=True)
         if op == COMMIT:
             return self.end_of_transaction()
         return self
 
     def end_of_transaction(self) -> SessionContext:
         """The context once the open transaction commits: SET LOCAL and ON COMMIT DROP tables are gone."""
-        if self.local is None and not self.drop_at_commit:
+        if self.local is None and not self.drop_at_commit and not self.dropped and not self.exported:
             return self
         gone = self.drop_at_commit
         return replace(self, temp_tables=self.temp_tables - gone, temp_views=self.temp_views - gone,
-                       drop_at_commit=frozenset(), local=None)
+                       drop_at_commit=frozenset(), local=None, dropped=0, exported=False,
+                       sizes=frozenset(s for s in self.sizes if s[0] not in gone))
+
+    @property
+    def temp_relations(self) -> int:
+        """Temporary relations the session has (a table with its constraints' indexes and sequences, a view),
+        and those it dropped in the open transaction: what `limits.max_temp_relations` bounds. PostgreSQL locks
+        each relation a transaction creates or drops until the transaction ends, in a lock table of fixed size
+        shared by the whole server, and drops them all in one transaction when the session ends."""
+        extra = sum(n - 1 for _, n in self.sizes)
+        return len(self.temp_tables) + len(self.temp_views) + extra + self.dropped
+
+    def _relations_of(self, name: str) -> int:
+        return next((n for table, n in self.sizes if table == name), 1)
+
+    def _sizes_without(self, name: str) -> frozenset[tuple[str, int]]:
+        return frozenset(s for s in self.sizes if s[0] != name) if self.sizes else self.sizes
 
     def effective(self) -> tuple[tuple[str, ...] | None, str | None]:
         """(search_path PostgreSQL has, SHOW text) in effect: SET LOCAL's, else the session's."""

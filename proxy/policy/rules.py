@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxy.errors import (
     CHARACTER_NOT_IN_REPERTOIRE,
+    CONFIGURATION_LIMIT_EXCEEDED,
     FEATURE_NOT_SUPPORTED,
     INSUFFICIENT_PRIVILEGE,
     INTERNAL_ERROR,
@@ -93,6 +94,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Snapshots are shared by every tenant of this database; run pg_dump without -j/--jobs and --snapshot (one "
         "connection, one snapshot: the dump is just as consistent).",
     ),
+    "snapshot_export_once": (
+        FEATURE_NOT_SUPPORTED,
+        "Export one snapshot per transaction (pg_dump does): each export keeps a file on the server until the "
+        "transaction ends.",
+    ),
     "two_phase_commit": (INSUFFICIENT_PRIVILEGE, "Prepared transactions are not available through pgtenant."),
     "explain_analyze": (
         INSUFFICIENT_PRIVILEGE,
@@ -141,6 +147,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Split the statement, or pass long lists of values as a parameter (= ANY($1)); the limit is "
         "limits.max_parse_tree_nodes.",
     ),
+    "temp_relation_limit": (
+        CONFIGURATION_LIMIT_EXCEEDED,
+        "Drop the temporary tables you no longer need and end the transaction: relations dropped in a transaction "
+        "count until it ends (PostgreSQL locks them until then); the limit is limits.max_temp_relations.",
+    ),
     "decision_timeout": (
         QUERY_CANCELED,
         "Simplify or split the statement; pgtenant gives each check limits.decision_timeout seconds.",
@@ -171,3 +182,12 @@ class Denied(Exception):
 def fail(rule: str, detail: str) -> Denied:
     """Return a Denied exception for `rule` (use as `raise fail(...)`)."""
     return Denied(deny(rule, detail))
+
+
+def temp_relation_limit(relations: int, limit: int) -> Deny:
+    """The denial of a statement (or a Bind) that would give its session more than `limit` temporary relations."""
+    return deny(
+        "temp_relation_limit",
+        f"the session would have {relations} temporary relations (tables with their indexes and sequences, views, "
+        f"and those dropped in the open transaction), more than limits.max_temp_relations = {limit}",
+    )

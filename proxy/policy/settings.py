@@ -110,12 +110,17 @@ def set_config_path(policy: TenantPolicy, call: Call, index: int) -> tuple[Chang
     return Change(index, SET_PATH, path=tuple(kept), shown=value, flag=local), ", ".join(identifier(e) for e in kept)
 
 
-def is_set_config_named(call: Call, setting: str) -> bool:
-    """True for set_config('<setting>', ...)."""
+def set_config_setting(call: Call, body: Node | None) -> str | None:
+    """The setting (lower case) a set_config() call changes: its literal first argument, or the row of pg_dump's
+    `FROM pg_settings WHERE name = '<setting>'` form (`body`: the statement's SelectStmt). Both forms are decided,
+    filtered, rewritten and tracked alike; None for another function or a name known only at run time (which
+    check_function refuses)."""
     if call.names[-1] != "set_config" or call.names[:-1] not in ((), ("pg_catalog",)) or call.named:
-        return False
+        return None
     name = literal_arg(call, 0)
-    return name is not None and name.lower() == setting
+    if name is None and body is not None:
+        name = pg_settings_row(body, call)
+    return None if name is None else name.lower()
 
 
 def _bool_arg(call: Call, index: int) -> bool:
@@ -193,6 +198,9 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     name = call.names[-1]
     if name == "pg_export_snapshot":
         check_snapshot_sharing(policy, "pg_export_snapshot()")
+        if not _alone(body, call):
+            raise fail("snapshot_export_once", "pg_export_snapshot() is allowed only as SELECT "
+                       "pg_catalog.pg_export_snapshot(), alone (once per transaction)")
     if name == "pg_notify" and policy.strategy != "database":
         raise fail("notify_not_allowed", "pg_notify() is not allowed in this strategy")
     if name not in ("set_config", "current_setting"):
@@ -203,7 +211,7 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     if setting is None and name == "current_setting":
         return  # read at run time through a guard that turns a reserved name into no name (guards.setting_name)
     if setting is None and body is not None:
-        setting = pg_settings_row(body, call)
+        setting = pg_settings_row(body, call)  # then decided, rewritten and tracked as the literal (engine)
     if setting is None:
         raise fail("reserved_setting", f"{name}() needs a literal setting name")
     if name == "current_setting":
@@ -212,6 +220,14 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     low = _check_name(policy, setting)
     if low in PINNED_VALUES:
         _check_pinned(low, literal_arg(call, 1))
+
+
+def _alone(body: Node | None, call: Call) -> bool:
+    """True for `SELECT <call>` with nothing else (pg_dump's `SELECT pg_catalog.pg_export_snapshot()`)."""
+    if body is None or set(body) - {"targetList", "limitOption", "op"} or len(body.get("targetList") or ()) != 1:
+        return False
+    target = body["targetList"][0].get("ResTarget", {})
+    return call.holder is not None and target.get("val") is call.holder[call.key]
 
 
 _LOOKUP_CLAUSES = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
@@ -235,7 +251,10 @@ def pg_settings_row(body: Node, call: Call) -> str | None:
         return None
     if not (_is_name_column(call.args[0]) and _is_name_column(where.get("lexpr", {}))):
         return None
-    return string_const(where.get("rexpr"))
+    setting = string_const(where.get("rexpr"))
+    # pg_settings names are lower case: another spelling matches no row and changes nothing, which the proxy
+    # would track as a change (refused instead, as a name it cannot know).
+    return setting if setting is not None and setting == setting.lower() else None
 
 
 def _is_name_column(node: Node) -> bool:

@@ -66,6 +66,46 @@ def namespace_visible(policy: TenantPolicy, expr: str) -> str:
     return f"{expr} = ANY ({namespace_array(policy)})"
 
 
+PG_TOAST_NAMESPACE = "'99'::pg_catalog.oid"  # pg_toast's OID, fixed at initdb (pg_namespace.dat)
+
+
+def hides_toast(policy: TenantPolicy) -> bool:
+    """True when pg_toast is visible but holds the TOAST tables of relations the tenant may not see (whose sizes
+    and activity counters tell how much other tenants store and read); the schema strategy hides pg_toast."""
+    return policy.strategy != "schema" and hides_namespaces(policy)
+
+
+@lru_cache(maxsize=256)
+def toast_array(policy: TenantPolicy) -> str:
+    """`ARRAY(...)` of the OIDs of the TOAST tables of the relations in schemas the tenant sees, and their
+    indexes."""
+    owners = (
+        "SELECT pgt_o.reltoastrelid FROM pg_catalog.pg_class pgt_o WHERE pgt_o.reltoastrelid <> "
+        "'0'::pg_catalog.oid AND " + namespace_visible(policy, "pgt_o.relnamespace")
+    )
+    return (
+        f"ARRAY({owners} UNION ALL SELECT pgt_x.indexrelid FROM pg_catalog.pg_index pgt_x WHERE pgt_x.indrelid IN "
+        f"({owners}))"
+    )
+
+
+def relation_visible(policy: TenantPolicy, oid: str, namespace: str) -> str:
+    """Predicate over a relation's OID and namespace OID: the tenant may see it (its schema, and for a TOAST table
+    or index, the relation it belongs to). The TOAST array is only computed for rows in pg_toast."""
+    visible = namespace_visible(policy, namespace)
+    if not hides_toast(policy):
+        return visible
+    return f"({visible} AND ({namespace} <> {PG_TOAST_NAMESPACE} OR {oid} = ANY ({toast_array(policy)})))"
+
+
+def toast_row_visible(policy: TenantPolicy, oid: str, schema_name: str) -> str:
+    """Predicate over a statistics view row (relation OID, schema *name*): not a TOAST table or index of a
+    relation the tenant may not see ("true" where pg_toast is hidden anyway)."""
+    if not hides_toast(policy):
+        return "true"
+    return f"({schema_name} <> 'pg_toast' OR {oid} = ANY ({toast_array(policy)}))"
+
+
 @lru_cache(maxsize=256)
 def schema_name_visible(policy: TenantPolicy, expr: str) -> str:
     """Predicate: the schema *name* `expr` (a name or sql_identifier column) is one the tenant sees."""

@@ -183,6 +183,13 @@ def frame(type_byte: bytes, body: bytes) -> bytes:
     return _HDR.pack(type_byte, len(body) + 4) + body
 
 
+def bind_renamed(body: bytes, statement: str) -> bytes:
+    """The Bind message of `body` (a well-formed Bind's body) naming prepared statement `statement` instead."""
+    portal_end = body.index(b"\x00")
+    stmt_end = body.index(b"\x00", portal_end + 1)
+    return frame(b"B", body[: portal_end + 1] + statement.encode() + body[stmt_end:])
+
+
 def _cstring(body: bytes, pos: int) -> tuple[str, int]:
     end = body.find(b"\x00", pos)
     if end < 0:

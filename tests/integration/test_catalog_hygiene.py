@@ -390,6 +390,40 @@ def test_shared_tenant_never_sees_the_schema_tenants_schema(proxy: ProxyProcess,
         client.close()
 
 
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_toast_tables_of_hidden_tables_are_hidden(proxy: ProxyProcess, pg: PgCluster, protocol: str) -> None:
+    """alice (shared, saas) sees pg_toast, but not the TOAST tables and indexes of globex's tables (red team: their
+    sizes and counters moved with the schema tenant's writes and reads); a visible table's TOAST table stays."""
+    hidden = pg.execute(
+        "SELECT c.reltoastrelid::oid::int, i.indexrelid::oid::int FROM pg_class c JOIN pg_index i ON i.indrelid = "
+        "c.reltoastrelid WHERE c.relnamespace = 'globex'::regnamespace AND c.relname = 'orders'", dbname="saas")
+    assert hidden, "globex.orders has a TOAST table"
+    toast, index = hidden[0]
+    client = PqClient(proxy.dsn("alice"))
+
+    def rows(sql: str) -> list[tuple[str | None, ...]]:
+        res = client.simple(sql) if protocol == "simple" else client.extended(sql)
+        assert not [r for r in res if r.kind == "error"], (sql, res)
+        return next(r.rows for r in res if r.kind == "rows")
+
+    try:
+        for oid in (toast, index):
+            assert rows(f"SELECT relname FROM pg_class WHERE oid = {oid} OR relname = 'pg_toast_{toast}'") == []
+            assert rows(f"SELECT count(*) FROM pg_stat_all_tables WHERE relid = {oid}") == [("0",)]
+            assert rows(f"SELECT count(*) FROM pg_statio_all_tables WHERE relid = {oid}") == [("0",)]
+            assert rows(f"SELECT count(*) FROM pg_stat_all_indexes WHERE indexrelid = {oid} OR relid = {oid}"
+                        ) == [("0",)]
+            assert rows(f"SELECT pg_relation_size({oid}), pg_total_relation_size({oid}::oid)") == [(None, None)]
+        # pg_proc's TOAST table (a catalog's) and its index: still there, with their sizes
+        seen = rows("SELECT c.relname, pg_relation_size(c.oid) IS NOT NULL FROM pg_class c JOIN pg_class o ON "
+                    "c.oid IN (o.reltoastrelid, (SELECT indexrelid FROM pg_index WHERE indrelid = o.reltoastrelid)) "
+                    "WHERE o.oid = 'pg_catalog.pg_proc'::regclass ORDER BY 1")
+        assert [r[1] for r in seen] == ["t", "t"] and seen[0][0].startswith("pg_toast_"), seen
+        assert rows("SELECT count(*) > 0 FROM pg_stat_sys_tables WHERE schemaname = 'pg_toast'") == [("t",)]
+    finally:
+        client.close()
+
+
 # --- activity counters before and after another tenant's query (issue 23.3) -----------------------------------------
 
 COUNTERS = (

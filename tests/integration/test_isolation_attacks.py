@@ -274,6 +274,7 @@ def row_typed(index: int) -> Check:
 
 
 SN, C, D, ALL = "SN", "C", "D", "SNCD"
+_LOOKUP = "SELECT set_config(name, '{}', false) FROM pg_settings WHERE name = '{}'"  # pg_dump's form
 # A name given as a parameter: a string literal through the simple protocol (checked when decided, refused when it
 # names another schema), a bound value through the extended protocol (guarded at run time: NULL, like a missing one).
 BY_VALUE = {"C:simple": "deny", "C:extended": "ok"}
@@ -1219,6 +1220,9 @@ ATTACKS: list[Attack] = [
            writes=True),
     Attack("dump_lock_catalog", "LOCK TABLE pg_catalog.pg_authid IN ACCESS SHARE MODE", ALL, "deny", by="proxy",
            writes=True),
+    Attack("dump_lock_catalog_through_search_path", ("SET search_path = information_schema, public",
+                                                     "LOCK TABLE tables IN ACCESS SHARE MODE"), ALL, "deny",
+           by="proxy", writes=True),
     Attack("dump_export_snapshot", "SELECT pg_export_snapshot()", "SNC", "deny", by="proxy", writes=True),
     Attack("dump_import_snapshot", "SET TRANSACTION SNAPSHOT '00000003-00000002-1'", "SNC", "deny", by="proxy",
            writes=True),
@@ -1227,6 +1231,26 @@ ATTACKS: list[Attack] = [
     Attack("dump_settings_lookup_reserved",
            "SELECT set_config(name, 'bigco', false) FROM pg_settings WHERE name = 'pgtenant.tenant_id'", ALL, "deny",
            by="proxy"),
+    # pg_dump's pg_settings form of set_config is filtered, rewritten and tracked exactly as the literal form
+    Attack("dump_settings_lookup_search_path",
+           {SN: (_LOOKUP.format("pg_temp,two_co,public", "search_path"), "SELECT count(*) FROM orders",
+                 "RESET search_path"),
+            "CD": (_LOOKUP.format("two_co, one_co, public", "search_path"), "SELECT count(*) FROM orders",
+                   "RESET search_path")}, ALL, "ok", check=count_is("orders")),
+    Attack("dump_settings_lookup_search_path_local",
+           ("BEGIN", _LOOKUP.format("two_co, one_co, public", "search_path").replace("false", "true"),
+            "SELECT count(*) FROM orders", "COMMIT"), "SNC", "ok", check=count_is("orders")),
+    Attack("dump_settings_lookup_catalog_first", (_LOOKUP.format("public, pg_catalog", "search_path"),
+                                                  "SELECT array_position(current_schemas(true), 'pg_catalog') < "
+                                                  "coalesce(array_position(current_schemas(true), 'public'), 99)",
+                                                  "RESET search_path"), "SNC", "ok", check=first_cell_is("t")),
+    Attack("dump_settings_lookup_hidden_public", (_LOOKUP.format("public", "search_path"),
+                                                  "SELECT 1 FROM legacy_orders", "RESET search_path"), C, "deny"),
+    Attack("dump_settings_lookup_row_security_off", (_LOOKUP.format("off", "row_security"), "SHOW row_security",
+                                                     "RESET row_security"), SN, "ok", check=first_cell_is("on")),
+    Attack("dump_settings_lookup_computed_path",
+           "SELECT set_config(name, current_setting('search_path') || ', two_co', false) FROM pg_settings"
+           " WHERE name = 'search_path'", "SNC", "deny", by="proxy"),
     Attack("w_vacuum", "VACUUM orders", ALL, "deny", by="proxy"),
     Attack("w_analyze", "ANALYZE orders", ALL, "deny", by="proxy"),
     Attack("w_prepare_transaction", "PREPARE TRANSACTION 'bi_x'", ALL, "deny", by="proxy", writes=True),

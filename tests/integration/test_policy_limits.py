@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,6 +31,18 @@ def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     p.start()
     yield p
     p.stop()
+
+
+@contextmanager
+def limited_proxy(pg: PgCluster, factory: pytest.TempPathFactory, **limits: float) -> Iterator[ProxyProcess]:
+    """A proxy of its own with these `[limits]`."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, factory.mktemp("pgtenant"), backend_sslmode="disable", limits=limits)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
 
 
 def connect(p: ProxyProcess, user: str) -> socket.socket:
@@ -113,11 +126,7 @@ def test_a_parse_tree_over_the_limit_is_54001(proxy: ProxyProcess, protocol: str
 def test_a_decision_past_its_time_budget_is_57014(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
                                                    protocol: str) -> None:
     """A budget far below what the decision needs (a worker cannot even start in a millisecond): fail closed."""
-    prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
-                     limits={"decision_timeout": 0.001})
-    p.start()
-    try:
+    with limited_proxy(pg, tmp_path_factory, decision_timeout=0.001) as p:
         sock = connect(p, "alice")
         sock.sendall(PROTOCOLS[protocol]("SELECT 1 FROM orders;" * (1 if protocol == "parse" else 400)
                                          + " " * 5000))
@@ -127,8 +136,6 @@ def test_a_decision_past_its_time_budget_is_57014(pg: PgCluster, tmp_path_factor
         still_usable(sock)
         sock.close()
         assert until(lambda: "decision_worker_replaced" in p.read_log(), timeout=10)
-    finally:
-        p.stop()
 
 
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
@@ -178,6 +185,145 @@ WORST = {
     # the issue's single statement with 10,000 FROM items (0.17 MB), and 3,000 of them (prepared, never run)
     "parse": (prepare, ["SELECT 1 FROM " + ", ".join(f"orders o{i}" for i in range(n)) for n in (10_000, 3000)]),
 }
+
+
+# --- temporary relations: the cluster's shared lock table (red team, issue 21) ---------------------------------
+
+
+def run_all(sock: socket.socket, messages: list[bytes]) -> list[tuple[list[dict[str, str]], list[bytes]]]:
+    """Send every request at once (pipelined), then read one answer per request."""
+    sock.sendall(b"".join(messages))
+    return [answer(sock) for _ in messages]
+
+
+def limit_error(errors: list[dict[str, str]]) -> None:
+    assert [e["C"] for e in errors] == ["53400"], errors
+    assert "temp_relation_limit" in errors[0]["M"] and "limits.max_temp_relations = 64" in errors[0]["M"]
+    assert "max_temp_relations" in errors[0]["H"]
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_temporary_tables_in_one_transaction_stop_at_the_limit(proxy: ProxyProcess, protocol: str) -> None:
+    """The red team's loop (SAVEPOINT; CREATE TEMP TABLE; RELEASE, thousands of times in one transaction) filled
+    the lock table of the whole server; the 65th temporary table of a session is refused, the rollback frees
+    them."""
+    sock = connect(proxy, "alice")
+    send = PROTOCOLS[protocol]
+    loop = [send(sql) for i in range(64) for sql in ("SAVEPOINT s", f"CREATE TEMP TABLE rt_{i} (a text)",
+                                                      "RELEASE SAVEPOINT s")]
+    answers = run_all(sock, [send("BEGIN"), *loop, send("SAVEPOINT s"), send("CREATE TEMP TABLE rt_64 (a text)")])
+    assert all(not errors for errors, _ in answers[:-1]), [e for e, _ in answers if e][:1]
+    limit_error(answers[-1][0])
+    answers = run_all(sock, [send("ROLLBACK TO SAVEPOINT s"), send("SELECT count(*) FROM rt_63"),
+                             send("DROP TABLE rt_63"), send("CREATE TEMP TABLE rt_64 (a text)")])
+    assert not any(errors for errors, _ in answers[:3])  # a drop in the transaction still counts
+    limit_error(answers[3][0])
+    answers = run_all(sock, [send("ROLLBACK"), send("CREATE TEMP TABLE rt_0 (a text)")])
+    assert not any(errors for errors, _ in answers)
+    still_usable(sock)
+    sock.close()
+
+
+def test_a_prepared_create_and_drop_stop_at_the_limit(proxy: ProxyProcess) -> None:
+    """Named statements decided once, bound again and again in one transaction: each Bind counts."""
+    sock = connect(proxy, "alice")
+    sock.sendall(m.Parse("mk", "CREATE TEMP TABLE x (a text)", b"\x00\x00").encode()
+                 + m.Parse("rm", "DROP TABLE x", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    assert not answer(sock)[0]
+
+    def run(name: str) -> bytes:
+        bind = m.frame(b"B", b"\x00" + name.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+        return bind + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) + m.SYNC_MESSAGE
+
+    answers = run_all(sock, [query("BEGIN"), *(run(name) for _ in range(70) for name in ("mk", "rm"))])
+    errors = [e for e, _ in answers]
+    first = next(i for i, e in enumerate(errors) if e)
+    assert all(not e for e in errors[:first]) and first <= 1 + 2 * 64  # BEGIN, then no more than 64 creates ran
+    limit_error(errors[first])
+    assert all(e and e[0]["C"] in ("25P02", "53400") for e in errors[first + 1:])  # the transaction is aborted
+    sock.sendall(query("ROLLBACK"))
+    assert not answer(sock)[0]
+    sock.sendall(run("mk") + run("rm"))  # the rollback freed them
+    assert not answer(sock)[0] and not answer(sock)[0]
+    still_usable(sock)
+    sock.close()
+
+
+def test_an_idle_transaction_ends_after_the_default_timeout(pg: PgCluster, proxy: ProxyProcess,
+                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tenant sessions get idle_in_transaction_session_timeout (limits.idle_in_transaction_timeout, 5 min) unless
+    the client sets one: an idle open transaction's locks (ACCESS SHARE too) queue a migration and everyone after
+    it (red team, issue 21)."""
+    sock = connect(proxy, "alice")
+    sock.sendall(query("SHOW idle_in_transaction_session_timeout"))
+    errors, rows = answer(sock)
+    assert not errors and rows == [struct.pack("!hi", 1, 4) + b"5min"]
+    sock.close()
+    own, msgs = login(proxy.port, {"user": "alice", "database": proxy.users["alice"][0],
+                                   "options": "-c idle_in_transaction_session_timeout=10s"}, proxy.password("alice"))
+    assert msgs[-1][0] == b"Z", msgs
+    own.sendall(query("SHOW idle_in_transaction_session_timeout"))
+    assert answer(own)[1] == [struct.pack("!hi", 1, 3) + b"10s"]  # the client's own value wins
+    own.close()
+    with limited_proxy(pg, tmp_path_factory, idle_in_transaction_timeout=0.5) as p:
+        sock = connect(p, "alice")
+        sock.sendall(query("BEGIN") + query("LOCK TABLE orders IN ACCESS SHARE MODE"))
+        assert not answer(sock)[0] and not answer(sock)[0]
+        t, body = read_message(sock)  # PostgreSQL ends the session once the transaction has been idle too long
+        assert t == b"E" and m.decode_error_fields(body)["C"] == "25P03", (t, body)
+        sock.close()
+
+
+# --- exported snapshots (database strategy; red team, issue 21) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_one_snapshot_export_per_transaction(proxy: ProxyProcess, protocol: str) -> None:
+    """20,000 exports in one statement filled the server's pg_snapshots; pg_dump exports one, alone."""
+    sock = connect(proxy, "ivan")
+    send = PROTOCOLS[protocol]
+    answers = run_all(sock, [send("BEGIN ISOLATION LEVEL REPEATABLE READ"), send("SELECT pg_export_snapshot()"),
+                             send("SELECT pg_catalog.pg_export_snapshot()"), send("ROLLBACK")])
+    answers += run_all(sock, [send("SELECT count(pg_export_snapshot()) FROM generate_series(1, 20000)"),
+                              send("SELECT pg_catalog.pg_export_snapshot()")])  # (after the rollback's answer)
+    assert not answers[0][0] and not answers[1][0] and len(answers[1][1]) == 1
+    for errors, _ in (answers[2], answers[4]):
+        assert [e["C"] for e in errors] == ["0A000"] and "snapshot_export_once" in errors[0]["M"], errors
+    assert not answers[5][0]  # outside a transaction block: its own transaction
+    # a named statement decided once and bound twice in one transaction
+    sock.sendall(m.Parse("ex", "SELECT pg_catalog.pg_export_snapshot()", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    assert not answer(sock)[0]
+    run = (m.frame(b"B", b"\x00ex\x00" + struct.pack("!hhh", 0, 0, 0)) + m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+           + m.SYNC_MESSAGE)
+    answers = run_all(sock, [query("BEGIN ISOLATION LEVEL REPEATABLE READ"), run, run, query("ROLLBACK")])
+    assert not answers[1][0] and [e["C"] for e in answers[2][0]] == ["0A000"], answers
+    still_usable_database(sock)
+    sock.close()
+
+
+def still_usable_database(sock: socket.socket) -> None:
+    sock.sendall(query("SELECT 1"))
+    assert answer(sock) == ([], [struct.pack("!hi", 1, 1) + b"1"])
+
+
+def test_importing_another_databases_snapshot_answers_as_a_missing_one(pg: PgCluster, proxy: ProxyProcess) -> None:
+    """PostgreSQL says "cannot import a snapshot from a different database" for an id another database exported
+    and "invalid snapshot identifier" for one nobody did: scanning ids found other tenants' exports."""
+    with pg.connect(dbname="saas", autocommit=False) as other:
+        other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        exported = other.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        missing = exported.rsplit("-", 1)[0] + "-99"
+        sock = connect(proxy, "ivan")
+        seen = []
+        for snapshot in (exported, missing):
+            sock.sendall(query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                         + query(f"SET TRANSACTION SNAPSHOT '{snapshot}'") + query("ROLLBACK"))
+            answers = [answer(sock) for _ in range(3)]
+            assert not answers[0][0] and not answers[2][0]
+            seen.append([(e["C"], e["M"]) for e in answers[1][0]])
+        assert seen[0] == seen[1] and seen[0][0][0] == "22023", seen
+        still_usable_database(sock)
+        sock.close()
 
 
 @pytest.mark.slow

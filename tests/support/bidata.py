@@ -500,7 +500,7 @@ def fingerprint(pg: PgCluster) -> dict[str, str]:
         rels = pg.execute(
             """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-                ORDER BY 1, 2""",
+                  AND c.relpersistence <> 't' ORDER BY 1, 2""",
             dbname=db,
         )
         parts = [

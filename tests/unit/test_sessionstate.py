@@ -7,6 +7,7 @@ from proxy.policy.model import (
     DISCARD_TEMP,
     DROP_TEMP,
     EMPTY_CONTEXT,
+    EXPORT_SNAPSHOT,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
@@ -183,7 +184,10 @@ def test_extended_protocol_parse_then_bind() -> None:
     assert state.belief.temp_views == frozenset() and tables(state.belief) == {"t"}
     state.close("S_1")
     state.parse("", ())
-    state.query(object(), 0, (Change(0, DISCARD_TEMP),))
+    discard = object()
+    state.query(discard, 0, (Change(0, DISCARD_TEMP),))
+    assert not state.belief.temp_tables and state.belief.temp_relations == 1  # locked until its transaction ends
+    state.ready(discard, b"I")
     assert state.belief is EMPTY_CONTEXT
 
 
@@ -200,3 +204,51 @@ def test_parameter_status_shows_the_clients_value() -> None:
     assert state.parameter_status('"public"') == '"public"'  # the tenant's default, as the startup packet had it
     state.query(object(), 0, (Change(0, SET_PATH, path=("public", "Mixed")),))  # the same path, nothing dropped
     assert state.parameter_status('public, "Mixed"') == 'public, "Mixed"'
+
+
+def test_temp_relations_count_indexes_sequences_and_drops_until_the_transaction_ends() -> None:
+    """PostgreSQL locks what a transaction creates or drops until it ends: a drop counts until then."""
+    w = Wire()
+    w.query(create("a", 0, relations=3), create("b", 1), Change(2, TEMP_VIEW, "v"))
+    w.answer(3, b"T")
+    assert w.state.current.temp_relations == 5
+    w.query(tx(SAVEPOINT, 0, "s"), Change(1, DROP_TEMP, "a"), create("c", 2), tx(RELEASE, 3, "s"))
+    w.answer(4, b"T")
+    assert w.state.current.temp_relations == 6 and tables(w.state.current) == {"b", "c"}
+    w.query(tx(SAVEPOINT, 0, "s2"), Change(1, DISCARD_TEMP))
+    w.answer(2, b"T")
+    assert w.state.current.temp_relations == 6 and not tables(w.state.current)
+    w.query(tx(ROLLBACK_TO, 0, "s2"))  # the subtransaction's locks go with it
+    w.answer(1, b"T")
+    assert w.state.current.temp_relations == 6 and tables(w.state.current) == {"b", "c"}
+    w.query(tx(COMMIT))
+    w.answer(1, b"I", tags=(b"COMMIT\x00",))
+    assert w.state.committed.temp_relations == 3  # b, c, v
+
+
+def test_a_bind_past_the_temp_relation_limit_is_refused() -> None:
+    """A prepared CREATE TEMP and DROP decided once can run again and again in one transaction: each Bind counts."""
+    state = SessionState()
+    state.max_temp_relations = 3
+    state.parse("create", (create("t"),))
+    state.parse("drop", (Change(0, DROP_TEMP, "t"),))
+    request = object()
+    runs = 0
+    while (denied := state.bind(request, 2 * runs, "create")) is None and runs < 10:
+        assert state.bind(request, 2 * runs + 1, "drop") is None
+        runs += 1
+    assert denied is not None and (denied.sqlstate, denied.rule) == ("53400", "temp_relation_limit")
+    assert "limits.max_temp_relations = 3" in denied.message and runs == 3  # three creates ran, all dropped
+    state.ready(request, b"I")  # the transaction ended: its drops no longer count
+    assert state.belief.temp_relations == 0 and state.bind(object(), 0, "create") is None
+
+
+def test_a_prepared_export_runs_once_per_transaction() -> None:
+    state = SessionState()
+    state.parse("ex", (Change(0, EXPORT_SNAPSHOT),))
+    request = object()
+    assert state.bind(request, 0, "ex") is None  # its own Parse does not count as a run
+    denied = state.bind(request, 1, "ex")
+    assert denied is not None and (denied.sqlstate, denied.rule) == ("0A000", "snapshot_export_once")
+    state.ready(request, b"I")
+    assert state.bind(object(), 0, "ex") is None  # a new transaction

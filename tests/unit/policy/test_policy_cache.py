@@ -17,6 +17,7 @@ from proxy.policy.cache import (
     text_key,
 )
 from proxy.policy.engine import Limits
+from proxy.policy.model import EMPTY_CONTEXT, TEMP_TABLE, Change
 from proxy.registry import Tenant
 
 READ_ONLY = TenantPolicy(tenant="t", strategy="database")
@@ -200,3 +201,14 @@ def test_the_gate_applies_its_limits() -> None:
     pending = gate("query", "SELECT 1 " + " " * LONG_TEXT + "; SELECT 2; SELECT 3")
     assert isinstance(pending, Pending) and pending.limits is gate.limits
     assert pending.run()[0].rule == "too_many_statements"
+
+
+def test_a_session_with_temporary_relations_decides_a_new_one_in_its_context() -> None:
+    """CREATE TEMP names no relation the session has, yet its decision depends on how many it has (the limit)."""
+    gate, _ = _gate()
+    gate.limits = Limits(max_statements=10, max_nodes=10_000, max_temp_relations=2)
+    context = EMPTY_CONTEXT.apply(Change(0, TEMP_TABLE, "a")).apply(Change(0, TEMP_TABLE, "b"))
+    session = gate.with_context(context)
+    denied = session("query", "CREATE TEMP TABLE c (x int)")
+    assert isinstance(denied, Deny) and denied.rule == "temp_relation_limit"
+    assert isinstance(gate("query", "CREATE TEMP TABLE c (x int)"), Allow)  # a session without any

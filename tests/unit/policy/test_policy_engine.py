@@ -439,6 +439,36 @@ def test_a_parse_tree_over_the_limit_is_refused_before_it_is_decoded(monkeypatch
     assert "more than the limit of 200" in d.message and "max_parse_tree_nodes" in d.hint
 
 
+TEMP_LIMITS = engine.Limits(max_statements=100, max_nodes=1 << 20, max_temp_relations=4)
+
+
+def test_temporary_relations_past_the_limit_are_53400_naming_it() -> None:
+    """A table counts with its constraints' indexes and its serial / identity sequences; a view counts once."""
+    created = decide(SHARED, "CREATE TEMP TABLE t (a int PRIMARY KEY, b serial, c int UNIQUE)", limits=TEMP_LIMITS)
+    assert isinstance(created, Allow) and [c.relations for c in created.changes] == [4]
+    ctx = SHARED.context
+    for change in created.changes:
+        ctx = ctx.apply(change)
+    d = decide(SHARED.with_context(ctx), "CREATE TEMP VIEW v AS SELECT 1", limits=TEMP_LIMITS)
+    assert isinstance(d, Deny) and (d.sqlstate, d.rule) == ("53400", "temp_relation_limit")
+    assert "5 temporary relations" in d.message and "limits.max_temp_relations = 4" in d.message
+    assert "max_temp_relations" in d.hint
+    assert not isinstance(decide(SHARED.with_context(ctx), "SELECT * FROM t", limits=TEMP_LIMITS), Deny)
+    identity = decide(SHARED, "CREATE TEMP TABLE i (a int GENERATED ALWAYS AS IDENTITY, LIKE sales.orders "
+                      "INCLUDING IDENTITY, CONSTRAINT k EXCLUDE (a WITH =))", limits=TEMP_LIMITS)
+    assert isinstance(identity, Allow) and [c.relations for c in identity.changes] == [4]
+
+
+def test_temporary_relations_dropped_in_one_string_still_count() -> None:
+    """The red team's loop in one string: dropping each table again does not free its lock before the end."""
+    sql = "; ".join(f"CREATE TEMP TABLE t{i} (a text); DROP TABLE t{i}" for i in range(3))
+    d = decide(SHARED, sql, limits=TEMP_LIMITS)
+    assert isinstance(d, Rewrite) and len(d.changes) == 6
+    d = decide(SHARED, sql + "; CREATE TEMP TABLE t3 (a text); DROP TABLE t3; SELECT * INTO TEMP t4 FROM sales.orders",
+               limits=TEMP_LIMITS)
+    assert isinstance(d, Deny) and d.rule == "temp_relation_limit" and d.statement == (9, 9)
+
+
 def test_running_out_of_memory_is_54001(monkeypatch: pytest.MonkeyPatch) -> None:
     def oom(*args: object) -> object:
         raise MemoryError
