@@ -54,7 +54,7 @@ _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would sta
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
-                      "(regclass, regtype...) in the Parse message")
+                      "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 

@@ -468,6 +468,15 @@ ATTACKS: list[Attack] = [
            ALL, "deny", by="proxy"),
     Attack("nametype_json_value_returning", "SELECT json_value('16385', '$' RETURNING regclass)", ALL, "deny",
            by="proxy"),
+    # qualified spellings of || (redteam-guards-2 G3): the same operator, refused like the plain one
+    Attack("guards2_qualified_concat_scan", "SELECT string_agg((ARRAY[NULL::regclass] OPERATOR(pg_catalog.||) "
+           "g)::text, ',') FROM generate_series(16384, 40000) g", SN + C, "deny", by="proxy"),
+    Attack("guards2_qualified_concat_roles", "SELECT string_agg((ARRAY[NULL::regrole] OPERATOR(pg_catalog.||) "
+           "g)::text, ',') FROM generate_series(16384, 40000) g", ALL, "deny", by="proxy"),
+    Attack("guards2_qualified_concat_literal", "SELECT 16385 OPERATOR(pg_catalog.||) ARRAY[NULL::regrole]", ALL, "ok",
+           check=first_cell_is("{NULL,NULL}")),
+    Attack("guards2_qualified_concat_param", "SELECT (ARRAY[NULL::regclass] OPERATOR(pg_catalog.||) %s::int)::text",
+           SN + C, "deny", by="proxy", params=(16385,)),
     # anchors from the catalog and renamed columns (F5): guarded, or refused where a rename cannot be followed
     Attack("nametype_basetype_coalesce_scan", "SELECT string_agg(COALESCE(pg_basetype(NULL), g)::text, ',') FROM "
            "generate_series(16384, 40000) g", ALL, "any"),
@@ -1825,6 +1834,24 @@ def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: s
     assert expected and got == expected, (got, expected)
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_sequence_functions_take_no_hidden_relation(env: Env, protocol: str) -> None:
+    """currval/nextval(regclass) given another tenant's table OID or a computed name answered with its name in the
+    error ('cannot open relation "orders"'), or told a hidden table from a missing one (redteam-guards-2 G4): the
+    argument is guarded like pg_sequence_last_value's, a hidden relation is NULL (and so is the result)."""
+    actor = ACTORS["schema"]
+    hidden = int(env.pg.execute("SELECT 'two_co.orders'::regclass::oid", dbname=actor.db)[0][0])
+    client = env.client(actor)
+    for sql, params in ((f"SELECT currval({hidden})", None), (f"SELECT nextval({hidden}::oid)", None),
+                        ("SELECT currval(%s::int)", (hidden,)),
+                        ("SELECT currval(concat('two_co.', 'orders')), currval(concat('two_co.', 'zz'))", None)):
+        results = client.simple(bidata.bind_simple(sql, params)) if protocol == "simple" else client.extended(
+            *bidata.bind_extended(sql, params))
+        assert not [r for r in results if r.kind == "error"], (sql, results)
+        all_null(results, actor)
+    assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
+
+
 @pytest.mark.parametrize("strategy", ["shared", "schema"])
 def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) -> None:
     """A Parse message may declare $1 regclass: its value ('16385') would be read by regclassin and printed as the
@@ -1836,6 +1863,15 @@ def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) ->
     # regclass; an array of regtype as the second parameter; _regrole; pg_sequences' row type and its array
     for types in ([2205], [0, 2211], [4097], [12050], [0, 12049]):
         conn.send_prepare(b"bi_reg_param", b"SELECT $1::text", param_types=types)
+        results = client._collect(None)
+        errors = [r for r in results if r.kind == "error"]
+        assert errors and errors[0].sqlstate == "42501" and "reg_parameter_type" in errors[0].message, results
+    # G5: a table's row type (another tenant's in the schema strategy) would describe its columns and name it
+    user_type = int(env.pg.execute("SELECT reltype FROM pg_catalog.pg_class WHERE relname = 'orders' "
+                                   "AND relkind = 'r' ORDER BY oid DESC LIMIT 1", dbname=actor.db)[0][0])
+    assert user_type >= 16384
+    for sql in (b"SELECT ($1).*", b"SELECT pg_typeof($1)", b"SELECT format('%s', pg_typeof($1))"):
+        conn.send_prepare(b"bi_user_param", sql, param_types=[user_type])
         results = client._collect(None)
         errors = [r for r in results if r.kind == "error"]
         assert errors and errors[0].sqlstate == "42501" and "reg_parameter_type" in errors[0].message, results

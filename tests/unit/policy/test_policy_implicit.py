@@ -129,9 +129,12 @@ def test_legitimate_statements_are_left_alone(sql: str) -> None:
     assert not isinstance(decision, Rewrite) or "object_guard" not in decision.rules, decision
 
 
-def test_an_operand_of_concatenation_that_is_not_a_literal_is_refused() -> None:
-    decision = decide(SHARED, "SELECT ARRAY['x'::regclass] || 16385")
-    assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", decision
+@pytest.mark.parametrize("op", ["||", "OPERATOR(||)", "OPERATOR(pg_catalog.||)"])
+def test_an_operand_of_concatenation_that_is_not_a_literal_is_refused(op: str) -> None:
+    """The qualified spelling of || is the same operator (redteam-guards-2 G3)."""
+    for sql in (f"SELECT ARRAY['x'::regclass] {op} 16385", f"SELECT 16385 {op} ARRAY[NULL::regclass]"):
+        decision = decide(SHARED, sql)
+        assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", (sql, decision)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +155,10 @@ def test_declared_reg_parameters() -> None:
     assert implicit.declares_reg_parameter(b"\x00\x02" + (25).to_bytes(4, "big") + (4097).to_bytes(4, "big"))
     assert not implicit.declares_reg_parameter(b"\x00\x02" + (25).to_bytes(4, "big") + (26).to_bytes(4, "big"))
     assert not implicit.declares_reg_parameter(b"\x00\x00")
+    # a type that is not built in (a table's row type, a domain: OID >= FirstNormalObjectId) is refused too
+    assert implicit.declares_reg_parameter(b"\x00\x01" + (16447).to_bytes(4, "big"))
+    assert implicit.declares_reg_parameter(b"\x00\x02" + (0).to_bytes(4, "big") + (16384).to_bytes(4, "big"))
+    assert not implicit.declares_reg_parameter(b"\x00\x01" + (16383).to_bytes(4, "big"))
 
 
 def test_no_guard_is_needed_where_nothing_is_hidden() -> None:
