@@ -57,6 +57,8 @@ RESULT_TYPES: dict[str, str] = {
 # Functions returning (an array of) their argument's type.
 _SAME_TYPE = frozenset({"any_value", "mode", "percentile_disc", "first_value", "last_value", "nth_value", "lag",
                         "lead", "array_fill"})
+# Window functions whose default (third) argument resolves with their value (first) to one type.
+_WINDOW_DEFAULTS = frozenset({"lag", "lead"})
 # Polymorphic array functions: the position of each argument that is an array (A) or an element (E); the value
 # ones return the array, the others compare only.
 ARRAY_FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -473,6 +475,9 @@ def node_groups(node: Node, holder: Any, key: Any, seen: Seen) -> Iterator[Group
         names = names_of(body.get("funcname"))
         name = names[-1] if names and (len(names) == 1 or names[-2] == "pg_catalog") else ""
         args = body.get("args") or []
+        if name in _WINDOW_DEFAULTS and len(args) == 3 and not any("NamedArgExpr" in a for a in args):
+            # lag/lead(value, offset, default): value and default resolve to one type (anycompatible)
+            yield Group(VALUE, [Member(args, 0), Member(args, 2)], holder, key, node=node)
         roles = ARRAY_FUNCTIONS.get(name) or ARRAY_COMPARES.get(name)
         if roles and len(args) >= len(roles) and not any("NamedArgExpr" in a for a in args):
             members = [Member(args, i, role == "A") for i, role in enumerate(roles)]

@@ -477,6 +477,15 @@ ATTACKS: list[Attack] = [
            check=first_cell_is("{NULL,NULL}")),
     Attack("guards2_qualified_concat_param", "SELECT (ARRAY[NULL::regclass] OPERATOR(pg_catalog.||) %s::int)::text",
            SN + C, "deny", by="proxy", params=(16385,)),
+    # lag/lead's default converted to the value's reg* type (redteam-guards-2 G1): refused
+    Attack("guards2_lag_default_scan", "SELECT string_agg(x::text, ',') FROM (SELECT lag(NULL::regclass, 1, g::oid) "
+           "OVER (PARTITION BY g) AS x FROM generate_series(16384, 40000) g) s", SN + C, "deny", by="proxy"),
+    Attack("guards2_lead_value_anchor", "SELECT lead(16385, 0, NULL::regclass) OVER ()", SN + C, "any",
+           check=all_null),  # (the policy cache reads the literal as a parameter: guarded, NULL)
+    Attack("guards2_lag_roles", "SELECT lag(NULL::regrole, 1, g::oid) OVER (PARTITION BY g) FROM "
+           "generate_series(10, 40000) g", ALL, "deny", by="proxy"),
+    Attack("guards2_lag_typeof_param", "SELECT lag(pg_typeof(1), 1, %s::int::oid) OVER ()", SN + C, "deny",
+           by="proxy", params=(16385,)),
     # anchors from the catalog and renamed columns (F5): guarded, or refused where a rename cannot be followed
     Attack("nametype_basetype_coalesce_scan", "SELECT string_agg(COALESCE(pg_basetype(NULL), g)::text, ',') FROM "
            "generate_series(16384, 40000) g", ALL, "any"),

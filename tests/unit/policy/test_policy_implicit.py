@@ -140,6 +140,31 @@ def test_an_operand_of_concatenation_that_is_not_a_literal_is_refused(op: str) -
 @pytest.mark.parametrize(
     "sql",
     [
+        "SELECT lag(NULL::regclass, 1, 16445) OVER ()",
+        "SELECT lead(16445, 0, NULL::regclass) OVER ()",
+        "SELECT lag(pg_typeof(1), 1, 16447) OVER ()",
+        "SELECT pg_catalog.lag(to_regrole('x'), 1, 16683) OVER ()",
+        "SELECT g, lag(NULL::regclass, 1, g::oid) OVER (PARTITION BY g) FROM generate_series(16384, 16700) g",
+    ],
+)
+def test_a_lag_lead_default_beside_a_reg_value_is_refused(sql: str) -> None:
+    """lag/lead(anycompatible, int, anycompatible): the default is converted to the value's reg* type and printed
+    (redteam-guards-2 G1); unless both are written conversions (or the default is NULL), refused."""
+    decision = decide(SHARED, sql)
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", decision
+
+
+def test_lag_lead_without_a_converted_default_are_left_alone() -> None:
+    decision = decide(SHARED, "SELECT lag(relname, 1, 'x') OVER (), lag(c.oid::regclass, 1, NULL) OVER (), "
+                      "lag(c.oid::regclass, 1, c.oid::regclass) OVER () FROM pg_class c")
+    assert isinstance(decision, Rewrite), decision
+    guarded = decide(SHARED, "SELECT lead(NULL::regclass, 1, $1) OVER ()")  # a parameter: read as a name, guarded
+    assert isinstance(guarded, Rewrite) and "object_guard" in guarded.rules, guarded
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
         "SELECT * FROM (SELECT 'x'::regclass) s UNION ALL SELECT 16385",
         "SELECT * FROM pg_am UNION ALL SELECT 1, 'x', 16385, 't'",
     ],
