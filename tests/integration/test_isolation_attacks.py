@@ -486,6 +486,17 @@ ATTACKS: list[Attack] = [
            "generate_series(10, 40000) g", ALL, "deny", by="proxy"),
     Attack("guards2_lag_typeof_param", "SELECT lag(pg_typeof(1), 1, %s::int::oid) OVER ()", SN + C, "deny",
            by="proxy", params=(16385,)),
+    # populate functions over a row holding a reg* field (redteam-guards-2 G2): refused unless NULL::<named type>
+    Attack("guards2_populate_row_scan", "SELECT string_agg(jsonb_populate_record(ROW(NULL::regclass), "
+           "jsonb_build_object('f1', g))::text, ',') FROM generate_series(16384, 40000) g", ALL, "deny", by="proxy"),
+    Attack("guards2_populate_subselect_row", "SELECT jsonb_populate_record(r, '{\"x\":16385}') FROM (SELECT "
+           "NULL::regclass AS x) r", ALL, "deny", by="proxy"),
+    Attack("guards2_populate_recordset_roles", "SELECT jsonb_populate_recordset(ROW(NULL::regrole, "
+           "NULL::regnamespace), '[{\"f1\":10,\"f2\":16385}]')", ALL, "deny", by="proxy"),
+    Attack("guards2_populate_param", "SELECT jsonb_populate_record(ROW(NULL::regtype), jsonb_build_object('f1', "
+           "%s::int))::text", ALL, "deny", by="proxy", params=(16385,)),
+    Attack("guards2_populate_named_type", "SELECT count(*) FROM jsonb_populate_recordset(NULL::orders, "
+           "'[{\"id\":1},{\"id\":2}]')", ALL, "ok", check=first_cell_is("2")),
     # anchors from the catalog and renamed columns (F5): guarded, or refused where a rename cannot be followed
     Attack("nametype_basetype_coalesce_scan", "SELECT string_agg(COALESCE(pg_basetype(NULL), g)::text, ',') FROM "
            "generate_series(16384, 40000) g", ALL, "any"),
