@@ -1916,3 +1916,48 @@ def test_name_bearing_types_match_the_catalog(pg: PgCluster) -> None:
     internal = {f for f in functions if f.endswith(("in", "recv")) and f.startswith("reg")}
     assert functions - internal <= listed, functions - internal - listed
     assert listed - functions <= {"pg_basetype"}  # since PostgreSQL 17
+
+
+# ------------------------------------------------------------- known limits (redteam-guards-2 G6-G9): strict xfail
+
+@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G6: an unknown literal read as a reg* array (@>, =, &&, "
+                   "width_bucket) reaches regclassin: a hidden schema answers 42501, a missing one 42P01")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_reg_array_literal_does_not_tell_a_hidden_schema(env: Env, protocol: str) -> None:
+    actor = ACTORS["schema"]
+    client = env.client(actor)
+    answers = []
+    for schema in ("two_co", "nix_co"):
+        sql = f"SELECT ARRAY[NULL::regclass] @> '{{{schema}.orders}}'"
+        results = client.simple(sql) if protocol == "simple" else client.extended(sql)
+        answers.append([r.sqlstate for r in results if r.kind == "error"])
+    assert answers[0] == answers[1], answers
+
+
+@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G9: pg_is_other_temp_schema(oid) is not guarded: it lists "
+                   "the temporary schemas of other sessions (other tenants' activity)")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_other_sessions_temp_schemas_are_not_listed(env: Env, protocol: str) -> None:
+    actor = ACTORS["schema"]
+    other = env.ref(actor)  # another backend of the same database, holding a temporary schema
+    other.simple("CREATE TEMP TABLE IF NOT EXISTS bi_g9_other (x int)")
+    try:
+        client = env.client(actor)
+        sql = "SELECT count(*) FROM generate_series(16384, 100000) n WHERE pg_is_other_temp_schema(n::oid)"
+        results = client.simple(sql) if protocol == "simple" else client.extended(sql)
+        assert not [r for r in results if r.kind == "error"], results
+        assert _last_rows(results).rows == [("0",)], _last_rows(results).rows
+    finally:
+        other.simple("DROP TABLE IF EXISTS bi_g9_other")
+
+
+@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G8: in the shared strategy a tenant's own rows' ctid "
+                   "shows how many other tenants' rows are stored before and between them")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ctid_of_own_rows_is_not_shown(env: Env, protocol: str) -> None:
+    actor = ACTORS["shared"]
+    client = env.client(actor)
+    sql = "SELECT min(ctid)::text, max(ctid)::text FROM orders"
+    results = client.simple(sql) if protocol == "simple" else client.extended(sql)
+    rows = [r for r in results if r.kind == "rows"]
+    assert not rows or all(cell is None for row in rows[-1].rows for cell in row), rows
