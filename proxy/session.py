@@ -56,7 +56,7 @@ _MALFORMED = deny("malformed_message", "malformed message")
 # Ends a session whose transaction stays idle past limits.idle_in_transaction_timeout, unless its client set one.
 IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
-                      "(regclass, regtype...) in the Parse message")
+                      "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 

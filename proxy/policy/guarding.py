@@ -330,6 +330,9 @@ def _wrap_construct(planner: Planner, policy: TenantPolicy, group: implicit.Grou
     if tag == "A_Expr":
         raise fail("rewrite_unsupported", f"|| of {regtype} values and other values cannot be checked; write the "
                    f"conversion to {regtype} on each operand")
+    if tag == "FuncCall" and body.get("over") is not None:
+        raise fail("rewrite_unsupported", f"the default of lag/lead over {regtype} values cannot be checked; write "
+                   f"the conversion to {regtype} on the value and on the default")
     template = _implicit_template(policy, node, kind, regtype, array, g.OID)
     toks = planner.statement_tokens()
     first = index_at(toks, body["location"])

@@ -128,7 +128,8 @@ CALL_ARGS: dict[str, tuple[ArgGuard, ...]] = {
     **_args("class", PARSE, "pg_get_viewdef", "pg_get_replica_identity_index", "pg_column_is_updatable",
             "pg_relation_is_updatable", "pg_relation_is_publishable", "pg_index_column_has_property",
             "pg_index_has_property", "row_security_active", "pg_partition_tree", "pg_partition_root",
-            "pg_partition_ancestors", "pg_sequence_last_value", "pg_get_sequence_data"),
+            "pg_partition_ancestors", "pg_sequence_last_value", "pg_get_sequence_data",
+            "currval", "nextval", "setval"),  # (regclass arguments: an OID's error names any relation)
     **_args("sized", PARSE, "pg_relation_size", "pg_total_relation_size", "pg_table_size", "pg_indexes_size"),
     **_args("dbsize", EXACT, "pg_database_size"),
     **_args("object", OID, "obj_description"),

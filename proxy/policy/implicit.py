@@ -57,6 +57,8 @@ RESULT_TYPES: dict[str, str] = {
 # Functions returning (an array of) their argument's type.
 _SAME_TYPE = frozenset({"any_value", "mode", "percentile_disc", "first_value", "last_value", "nth_value", "lag",
                         "lead", "array_fill"})
+# Window functions whose default (third) argument resolves with their value (first) to one type.
+_WINDOW_DEFAULTS = frozenset({"lag", "lead"})
 # Polymorphic array functions: the position of each argument that is an array (A) or an element (E); the value
 # ones return the array, the others compare only.
 ARRAY_FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -183,7 +185,7 @@ class Types:
             found = self._first(body.get("elements") or [])
             return None if found is None else _scalar(found) + "[]"
         if tag == "A_Expr":  # NULLIF is resolved as `oid = oid`: an OID
-            if names_of(body.get("name")) == ("||",):
+            if names_of(body.get("name"))[-1:] == ("||",):
                 found = self._first([body.get("lexpr"), body.get("rexpr")])
                 return None if found is None else _scalar(found) + "[]"
             return None
@@ -473,6 +475,9 @@ def node_groups(node: Node, holder: Any, key: Any, seen: Seen) -> Iterator[Group
         names = names_of(body.get("funcname"))
         name = names[-1] if names and (len(names) == 1 or names[-2] == "pg_catalog") else ""
         args = body.get("args") or []
+        if name in _WINDOW_DEFAULTS and len(args) == 3 and not any("NamedArgExpr" in a for a in args):
+            # lag/lead(value, offset, default): value and default resolve to one type (anycompatible)
+            yield Group(VALUE, [Member(args, 0), Member(args, 2)], holder, key, node=node)
         roles = ARRAY_FUNCTIONS.get(name) or ARRAY_COMPARES.get(name)
         if roles and len(args) >= len(roles) and not any("NamedArgExpr" in a for a in args):
             members = [Member(args, i, role == "A") for i, role in enumerate(roles)]
@@ -506,7 +511,7 @@ def _a_expr(node: Node, body: Node, holder: Any, key: Any) -> Iterator[Group]:
         if type(items) is list and len(items) >= 2:
             yield Group(COMPARE, [Member(body, "lexpr"), *(Member(items, i) for i in range(len(items)))])
         return
-    if body.get("kind") == "AEXPR_OP" and names_of(body.get("name")) == ("||",):
+    if body.get("kind") == "AEXPR_OP" and names_of(body.get("name"))[-1:] == ("||",):
         left, right = body.get("lexpr"), body.get("rexpr")
         yield Group(VALUE, [Member(body, "lexpr", _arrayish(left)), Member(body, "rexpr", _arrayish(right))],
                     holder, key, array=True, node=node)
@@ -653,10 +658,20 @@ def _check_column(types: Types, node: Any) -> None:
                    "without the checks the proxy applies to conversions (store the OID as oid, or the name as text)")
 
 
-def declares_reg_parameter(param_types: bytes) -> bool:
-    """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a name-bearing type (a reg* type,
-    an array of one, a catalog row type holding one: nametypes.py): the client's value would be read by regclassin
-    & co. and printed as a name without a written conversion the guards could follow."""
-    count = int.from_bytes(param_types[:2], "big")
-    return any(int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big") in NAME_TYPE_OIDS for i in range(count))
+# PostgreSQL's FirstNormalObjectId: OIDs below it are the built-in catalog's; a type at or above it is a user's
+# (a table's row type, a domain, an enum...), possibly another tenant's or another session's temporary one.
+FIRST_NORMAL_OID = 16384
 
+
+def declares_reg_parameter(param_types: bytes) -> bool:
+    """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a type a client may not: a
+    name-bearing type (a reg* type, an array of one, a catalog row type holding one: nametypes.py), whose values
+    would be read by regclassin & co. and printed as names without a written conversion the guards could follow, or
+    any type that is not built in (OID >= FirstNormalObjectId): a hidden table's row type would describe its columns
+    (`SELECT ($1).*`) and name it (`pg_typeof($1)`)."""
+    count = int.from_bytes(param_types[:2], "big")
+    for i in range(count):
+        oid = int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big")
+        if oid in NAME_TYPE_OIDS or oid >= FIRST_NORMAL_OID:
+            return True
+    return False

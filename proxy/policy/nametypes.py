@@ -86,11 +86,17 @@ ROW_FUNCTIONS: dict[str, dict[str, str]] = {
 INPUT_FUNCTIONS = frozenset({"pg_input_is_valid", "pg_input_error_info"})
 
 
+# Functions reading JSON (hstore) values into the fields of their first argument's row type with the fields' input
+# functions: a ROW(NULL::regclass), a sub-select's row or a catalog row would read and print names unguarded.
+POPULATE_FUNCTIONS = frozenset({"json_populate_record", "json_populate_recordset", "jsonb_populate_record",
+                                "jsonb_populate_recordset", "jsonb_populate_record_valid", "populate_record"})
+
+
 def may_name(analysis: Analysis) -> bool:
     """Whether the statement writes a name-bearing type (a conversion to one too) or calls an input function by a
-    type's name: only then is it walked again (`check`)."""
+    type's name or a populate function: only then is it walked again (`check`)."""
     return any(names and names[-1] in NAME_TYPES for names in analysis.type_names) or any(
-        call.names and call.names[-1] in INPUT_FUNCTIONS for call in analysis.calls)
+        call.names and call.names[-1] in (INPUT_FUNCTIONS | POPULATE_FUNCTIONS) for call in analysis.calls)
 
 
 def _is_type_name(node: dict[str, Any]) -> bool:
@@ -118,6 +124,7 @@ def check(root: Any) -> None:
                 guarded.add(id(type_name))
         elif "FuncCall" in node:
             _check_input_call(node["FuncCall"])
+            _check_populate_call(node["FuncCall"])
         elif _is_type_name(node) and id(node) not in guarded:
             found = name_bearing(node)
             if found is not None:
@@ -149,3 +156,18 @@ def _check_input_call(call: dict[str, Any]) -> None:
     if found is not None:
         raise fail("name_bearing_type", f"{names[-1]}() of {found} reads object names without the checks the proxy "
                    "applies to a written conversion")
+
+
+def _check_populate_call(call: dict[str, Any]) -> None:
+    """jsonb_populate_record(base, json) & co. read the JSON values with the input functions of base's row type: the
+    base must be a NULL cast to a named type that is not name-bearing (`NULL::my_table`), whose fields the schema
+    checks have seen; a ROW(), a sub-select's row or a column may hold a reg* field (redteam-guards-2 G2)."""
+    names = names_of(call.get("funcname"))
+    if not names or names[-1] not in POPULATE_FUNCTIONS or (len(names) > 1 and names[-2] != "pg_catalog"):
+        return
+    args = call.get("args") or []
+    cast = args[0].get("TypeCast") if args and type(args[0]) is dict else None
+    arg = (cast or {}).get("arg")
+    if cast is None or type(arg) is not dict or not (arg.get("A_Const") or {}).get("isnull"):
+        raise fail("name_bearing_type", f"{names[-1]}() reads values with the input functions of its first "
+                   "argument's fields: write it as NULL::<type> of a named table or composite type")

@@ -50,8 +50,8 @@ RULES: dict[str, tuple[str, str]] = {
     ),
     "reg_parameter_type": (
         INSUFFICIENT_PRIVILEGE,
-        "Declare the parameter as text (or leave its type unspecified) and write the conversion in the statement "
-        "($1::regclass): the proxy checks that one.",
+        "Declare the parameter as text or another built-in type (or leave its type unspecified) and write the "
+        "conversion in the statement ($1::regclass, $1::my_type): the proxy checks that one.",
     ),
     "name_bearing_type": (
         INSUFFICIENT_PRIVILEGE,

@@ -208,3 +208,12 @@ def test_verifier_never_in_repr(tmp_path: Path) -> None:
     cfg = load(base(), tmp_path, f'[users]\nalice = "{VERIFIER}"\n[backends]\nmain = "s3cret-pw"\n')
     text = repr(cfg)
     assert "s3cret-pw" not in text and "zMqJ8k8" not in text
+
+
+@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G7: no per-tenant cap on client/backend connections: one "
+                   "tenant's idle connections can take every PostgreSQL backend slot and lock the others out")
+def test_limits_cap_connections_per_tenant() -> None:
+    from proxy.config import LimitsConfig
+
+    per_tenant = [f.name for f in fields(LimitsConfig) if "tenant" in f.name and "connection" in f.name]
+    assert per_tenant, [f.name for f in fields(LimitsConfig)]

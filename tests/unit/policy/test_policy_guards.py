@@ -37,6 +37,7 @@ CONVERSIONS = [
     "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c",
     "SELECT pg_relation_size(c.oid) FROM pg_class c",
     "SELECT pg_filenode_relation(0, relfilenode) FROM pg_class",
+    "SELECT currval(16385), nextval($1), currval(concat('public.', 'zz'))",  # regclass arguments (G4)
 ]
 ROLE_CONVERSIONS = [
     "SELECT 'someone'::regrole",

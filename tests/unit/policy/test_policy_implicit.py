@@ -129,9 +129,37 @@ def test_legitimate_statements_are_left_alone(sql: str) -> None:
     assert not isinstance(decision, Rewrite) or "object_guard" not in decision.rules, decision
 
 
-def test_an_operand_of_concatenation_that_is_not_a_literal_is_refused() -> None:
-    decision = decide(SHARED, "SELECT ARRAY['x'::regclass] || 16385")
+@pytest.mark.parametrize("op", ["||", "OPERATOR(||)", "OPERATOR(pg_catalog.||)"])
+def test_an_operand_of_concatenation_that_is_not_a_literal_is_refused(op: str) -> None:
+    """The qualified spelling of || is the same operator (redteam-guards-2 G3)."""
+    for sql in (f"SELECT ARRAY['x'::regclass] {op} 16385", f"SELECT 16385 {op} ARRAY[NULL::regclass]"):
+        decision = decide(SHARED, sql)
+        assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", (sql, decision)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT lag(NULL::regclass, 1, 16445) OVER ()",
+        "SELECT lead(16445, 0, NULL::regclass) OVER ()",
+        "SELECT lag(pg_typeof(1), 1, 16447) OVER ()",
+        "SELECT pg_catalog.lag(to_regrole('x'), 1, 16683) OVER ()",
+        "SELECT g, lag(NULL::regclass, 1, g::oid) OVER (PARTITION BY g) FROM generate_series(16384, 16700) g",
+    ],
+)
+def test_a_lag_lead_default_beside_a_reg_value_is_refused(sql: str) -> None:
+    """lag/lead(anycompatible, int, anycompatible): the default is converted to the value's reg* type and printed
+    (redteam-guards-2 G1); unless both are written conversions (or the default is NULL), refused."""
+    decision = decide(SHARED, sql)
     assert isinstance(decision, Deny) and decision.rule == "rewrite_unsupported", decision
+
+
+def test_lag_lead_without_a_converted_default_are_left_alone() -> None:
+    decision = decide(SHARED, "SELECT lag(relname, 1, 'x') OVER (), lag(c.oid::regclass, 1, NULL) OVER (), "
+                      "lag(c.oid::regclass, 1, c.oid::regclass) OVER () FROM pg_class c")
+    assert isinstance(decision, Rewrite), decision
+    guarded = decide(SHARED, "SELECT lead(NULL::regclass, 1, $1) OVER ()")  # a parameter: read as a name, guarded
+    assert isinstance(guarded, Rewrite) and "object_guard" in guarded.rules, guarded
 
 
 @pytest.mark.parametrize(
@@ -152,6 +180,10 @@ def test_declared_reg_parameters() -> None:
     assert implicit.declares_reg_parameter(b"\x00\x02" + (25).to_bytes(4, "big") + (4097).to_bytes(4, "big"))
     assert not implicit.declares_reg_parameter(b"\x00\x02" + (25).to_bytes(4, "big") + (26).to_bytes(4, "big"))
     assert not implicit.declares_reg_parameter(b"\x00\x00")
+    # a type that is not built in (a table's row type, a domain: OID >= FirstNormalObjectId) is refused too
+    assert implicit.declares_reg_parameter(b"\x00\x01" + (16447).to_bytes(4, "big"))
+    assert implicit.declares_reg_parameter(b"\x00\x02" + (0).to_bytes(4, "big") + (16384).to_bytes(4, "big"))
+    assert not implicit.declares_reg_parameter(b"\x00\x01" + (16383).to_bytes(4, "big"))
 
 
 def test_no_guard_is_needed_where_nothing_is_hidden() -> None:

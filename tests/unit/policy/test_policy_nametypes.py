@@ -40,6 +40,13 @@ REFUSED = [
     # F4: new tables
     "CREATE TEMP TABLE t1 AS SELECT * FROM jsonb_to_record('{}') AS x(a regclass)",
     "CREATE TEMP TABLE t2 AS SELECT jsonb_populate_record(null::pg_sequences,'{}') r",
+    # redteam-guards-2 G2: populate functions on a row that is not NULL::<named type>
+    """SELECT jsonb_populate_record(ROW(NULL::regclass), '{"f1":16445}')""",
+    """SELECT jsonb_populate_record(r, '{"x":16693}') FROM (SELECT NULL::regclass AS x) r""",
+    """SELECT jsonb_populate_recordset(ROW(NULL::regrole, NULL::regnamespace), '[{"f1":16682,"f2":16444}]')""",
+    """SELECT json_populate_record(ROW(NULL::regclass), '{"f1":"public.customers"}')""",
+    """SELECT pg_catalog.jsonb_populate_record(t, '{"typinput":16445}') FROM pg_type t""",
+    "SELECT jsonb_populate_record(ROW(NULL::regtype), jsonb_build_object('f1', $1::int))",
     # other places a type is written
     "SELECT json_value('16445', '$' RETURNING regclass)",
     "SELECT * FROM XMLTABLE('/r' PASSING ('<r><a>16445</a></r>'::xml) COLUMNS a regclass PATH 'a')",
@@ -76,6 +83,8 @@ def test_scalar_conversions_stay_guarded(sql: str) -> None:
     "SELECT NULL::pg_lsn", "SELECT * FROM jsonb_to_record('{}') AS x(a int, b text)",
     "SELECT '{1}'::_int4", "SELECT NULL::my_schema.pg_sequences", "SELECT relname FROM pg_class",
     "CREATE TEMP TABLE t (a oid, b text, c pg_lsn)",
+    """SELECT * FROM jsonb_populate_record(NULL::orders, '{"id":1}')""",
+    """SELECT * FROM json_populate_recordset(CAST(NULL AS orders), '[{"id":1}]')""",
 ])
 def test_other_types_are_left_alone(sql: str) -> None:
     decision = decide(SHARED, sql)
