@@ -40,6 +40,15 @@ DENIED_RELATIONS: frozenset[str] = frozenset(
         "pg_replication_slots",
         "pg_replication_origin_status",
         "pg_stat_wal_receiver",
+        # cluster-wide activity counters: every database's writes move them (a red-team finding: one tenant watched
+        # another database's write volume through pg_stat_wal and pg_stat_bgwriter)
+        "pg_stat_wal",
+        "pg_stat_bgwriter",
+        "pg_stat_checkpointer",
+        "pg_stat_io",
+        "pg_stat_slru",
+        "pg_stat_archiver",
+        "pg_stat_recovery_prefetch",
         "pg_stat_subscription",
         "pg_stat_subscription_stats",
         "pg_stat_ssl",

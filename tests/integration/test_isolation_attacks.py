@@ -1116,6 +1116,9 @@ ATTACKS: list[Attack] = [
     Attack("fn_ts_stat_executes_sql", "SELECT * FROM ts_stat('SELECT to_tsvector(name) FROM customers')", ALL,
            "deny", by="proxy"),
     Attack("fn_pg_stat_activity", "SELECT pid, query FROM pg_stat_activity", ALL, "deny", by="proxy"),
+    # cluster-wide write counters: another database's writes moved them (red team, pg_dump round 2)
+    Attack("stat_wal_activity", "SELECT wal_records, wal_bytes FROM pg_stat_wal", ALL, "deny", by="proxy"),
+    Attack("stat_bgwriter_activity", "SELECT buffers_alloc FROM pg_stat_bgwriter", ALL, "deny", by="proxy"),
     Attack("fn_pg_stat_activity_qualified",
            "SELECT query FROM pg_catalog.pg_stat_activity WHERE query ILIKE '%orders%'", ALL, "deny", by="proxy"),
     Attack("fn_pg_stat_statements", "SELECT query FROM pg_stat_statements", ALL, "deny", by="proxy"),
