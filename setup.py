@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent
 for stray in (*ROOT.glob("proxy/**/*.so"), *ROOT.glob("proxy/**/*.pyd")):
     if not stray.name.startswith("_speedups."):
         stray.unlink()
+(ROOT / "proxy" / "_accel_manifest.json").unlink(missing_ok=True)  # that build's record of its sources
 sys.path.insert(0, str(ROOT))
 from proxy._accel import hooked_sources, source_hash  # noqa: E402  # one definition of what a build is made from
 
