@@ -162,6 +162,15 @@ class ServerReady:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerQueryDone:
+    """The proxy's own query on a server (reset, health check, settings) was answered: `ok` when the answer was
+    exactly the one expected, ending in ReadyForQuery 'I'; `error` is the backend's, if it sent one."""
+
+    ok: bool
+    error: PgError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerFailed:
     """The backend could not be connected, negotiated or authenticated."""
 
@@ -172,5 +181,6 @@ class ServerFailed:
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
-    | AdminQuery | RunDecision | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
+    | AdminQuery | RunDecision | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerQueryDone
+    | ServerFailed
 )
