@@ -180,7 +180,8 @@ class ServerConnection:
         return [SendServer(b"".join(m.query_message(q) for q in queries))]
 
     def _query_data(self, data: bytes) -> list[Action]:
-        for item in self._stream.feed(data):
+        items = self._stream.feed(data)
+        for i, item in enumerate(items):
             assert isinstance(item, Message)
             if item.type == m.PARAMETER_STATUS:
                 self._on_parameter_status(item)
@@ -196,7 +197,7 @@ class ServerConnection:
             if sum(1 for t, _ in self._answer if t == m.READY_FOR_QUERY) < sum(
                     1 for t, _ in self._expect if t == m.READY_FOR_QUERY):
                 continue
-            if self._stream.pending:
+            if self._stream.pending or i + 1 < len(items):
                 raise ServerProtocolError("backend sent data after the answer to pgtenant's query")
             self._transition(ServerEvent.READY_FOR_QUERY)
             pairs = zip(self._answer, self._expect, strict=False)
