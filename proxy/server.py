@@ -154,16 +154,18 @@ class ServerConnection:
 
     def reset(self) -> list[Action]:
         """DISCARD ALL, then a query of a random value: only the server's own answer to both, first on the wire,
-        proves that nothing of the last client is still on its way (a tail of its results could mimic the first)."""
+        proves that nothing of the last client is still on its way (a tail of its results could mimic the first).
+        The same query asks for the session's temporary schema: once a backend has one it keeps it (empty) after
+        DISCARD ALL, and `current_schemas(true)` shows it; such a server is not like a new one, so it is closed."""
         nonce = secrets.token_hex(16)
         expect: Transcript = [
             (m.COMMAND_COMPLETE, b"DISCARD ALL\x00"), _READY_IDLE,
-            (m.ROW_DESCRIPTION, None), (m.DATA_ROW, m.data_row([nonce.encode()])[5:]),
+            (m.ROW_DESCRIPTION, None), (m.DATA_ROW, m.data_row([nonce.encode(), b"0"])[5:]),
             (m.COMMAND_COMPLETE, b"SELECT 1\x00"), _READY_IDLE,
         ]
         self.settings.clear()
         self.prepared.clear()
-        return self._query([RESET_QUERY, f"SELECT '{nonce}'"], expect)
+        return self._query([RESET_QUERY, f"SELECT '{nonce}', pg_catalog.pg_my_temp_schema()"], expect)
 
     def check(self) -> list[Action]:
         """The health check of a server that was idle long: an empty query."""

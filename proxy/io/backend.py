@@ -37,7 +37,7 @@ class ServerLink(asyncio.Protocol):
         self.closed = False
         self.connected_at = time.monotonic()
         self.on_query: Callable[[ServerQueryDone], None] | None = None  # who waits for the answer of `query`
-        self.cancels = 0  # cancel connections in flight to its backend process (Proxy.forward_cancel)
+        self.grants = 0  # how many times the pool handed it to a client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses

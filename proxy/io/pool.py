@@ -208,6 +208,7 @@ class Pool:
         link = self.links[grant.server]
         assert client is not None
         link.owner = client
+        link.grants += 1
         link.server.last_used = self.clock()
         if client.tenant is not None:
             self.proxy.metrics.pool_waited(client.tenant.label, grant.waited)

@@ -97,11 +97,11 @@ def _ready_server() -> ServerConnection:
     return conn
 
 
-def _reset_answer(sent: bytes) -> bytes:
+def _reset_answer(sent: bytes, temp_schema: bytes = b"0") -> bytes:
     nonce = sent.split(b"'")[1]
     return (m.command_complete("DISCARD ALL") + m.parameter_status("application_name", "")
-            + m.ready_for_query(b"I") + m.row_description(["?column?"]) + m.data_row([nonce])
-            + m.command_complete("SELECT 1") + m.ready_for_query(b"I"))
+            + m.ready_for_query(b"I") + m.row_description(["?column?", "pg_my_temp_schema"])
+            + m.data_row([nonce, temp_schema]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I"))
 
 
 def test_reset_is_done_only_by_its_own_exact_answer() -> None:
@@ -115,6 +115,8 @@ def test_reset_is_done_only_by_its_own_exact_answer() -> None:
     assert conn.data(answer[:9]) == []
     assert conn.data(answer[9:]) == [ServerQueryDone(True)]
     assert conn.state is ServerState.READY
+    [send] = conn.reset()  # a backend that made a temporary schema keeps it: not like a new one
+    assert conn.data(_reset_answer(bytes(send.data), b"16391")) == [ServerQueryDone(False)]
 
 
 def test_a_reset_answer_behind_the_last_clients_tail_fails() -> None:
@@ -123,7 +125,7 @@ def test_a_reset_answer_behind_the_last_clients_tail_fails() -> None:
     conn = _ready_server()
     [send] = conn.reset()
     forged = m.command_complete("DISCARD ALL") + m.ready_for_query(b"I") + m.row_description(["?column?"]) + \
-        m.data_row([b"guess"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+        m.data_row([b"guess", b"0"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
     assert conn.data(forged) == [ServerQueryDone(False)]
     tail = m.data_row([b"x"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
     conn2 = _ready_server()
