@@ -105,6 +105,7 @@ class Refuse:
     client: Hashable
     error: PgError
     reason: CloseReason
+    waited: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +431,7 @@ class PoolManager:
             self._unqueue(waiter)
             error = errors.pool_wait_timeout(waiter.request.tenant, _seconds(cfg.query_wait_timeout),
                                              waiter.pool.size)
-            out.append(Refuse(waiter.client, error, CloseReason.POOL_WAIT_TIMEOUT))
+            out.append(Refuse(waiter.client, error, CloseReason.POOL_WAIT_TIMEOUT, now - waiter.since))
         for server in list(self.servers.values()):
             pool = server.pool
             if server.state is State.IDLE and server.cancels == 0:

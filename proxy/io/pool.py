@@ -190,6 +190,8 @@ class Pool:
             elif isinstance(action, Refuse):
                 client = self._clients.pop(action.client, None)  # type: ignore[call-overload]
                 if client is not None:
+                    if action.waited and client.tenant is not None:  # a wait that timed out counts as one too
+                        self.proxy.metrics.pool_waited(client.tenant.label, action.waited)
                     client.server_refused(action.error, action.reason)
             elif isinstance(action, Close):
                 link = self.links.get(action.server)

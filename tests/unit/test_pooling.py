@@ -309,7 +309,7 @@ def test_query_wait_timeout_refuses_with_the_error_naming_the_limit(tmp_path: Pa
     assert s.pm.tick(s.now) == []
     s.now = 30.0
     out = s.pm.tick(s.now)
-    assert out == [Refuse("a2", errors.pool_wait_timeout("a", "30", 1), CloseReason.POOL_WAIT_TIMEOUT)]
+    assert out == [Refuse("a2", errors.pool_wait_timeout("a", "30", 1), CloseReason.POOL_WAIT_TIMEOUT, 30.0)]
     error = out[0].error
     assert error.sqlstate == "53300"
     assert error.message == 'pgtenant: no server connection for tenant "a" within query_wait_timeout (30 s); ' \
@@ -382,14 +382,14 @@ def test_min_pool_size_is_warmed_for_a_pool_with_traffic(tmp_path: Path) -> None
 def test_server_lifetime_closes_at_release_and_when_idle(tmp_path: Path) -> None:
     s = Script(config(tmp_path, pool={"server_lifetime": 100, "server_check_delay": 1000}))
     first = s.hold("a1")
-    s.hold("a2")
+    s.now = 60.0
+    second = s.hold("a2")  # opened at 60
     s.now = 100.0
     assert s.release("a1") == [Close(first, Closing.LIFETIME)]
-    s.now = 50.0
-    s.pm.servers[s.pm.holding("a2")].created = 0.0  # (released while young)
-    second = s.pm.holding("a2")
-    s.release("a2")
-    s.now = 101.0
+    assert s.release("a2") == []  # 40 s old: idle
+    s.now = 159.0
+    assert s.pm.tick(s.now) == []
+    s.now = 160.0
     assert s.pm.tick(s.now) == [Close(second, Closing.LIFETIME)]
 
 
