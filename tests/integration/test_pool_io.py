@@ -26,10 +26,11 @@ CANCEL_CODE = 80877102
 
 def pooled_proxy(pg: PgCluster, workdir: Path, *, backend: tuple[str, int] | None = None,
                  **pool: object) -> ProxyProcess:
-    """A proxy of its own with these [pool] keys (and an admin user), optionally reaching PostgreSQL through
-    `backend` (host, port)."""
+    """A proxy of its own with these [pool] keys in session mode (a session holds its server from login to end),
+    and an admin user; optionally reaching PostgreSQL through `backend` (host, port)."""
     prepare_backend(pg)
-    p = ProxyProcess(pg, workdir, backend_sslmode="disable", pool=dict(pool), admin_users={"ops": ADMIN_PASSWORD})
+    p = ProxyProcess(pg, workdir, backend_sslmode="disable", pool={"pool_mode": "session", **pool},
+                     admin_users={"ops": ADMIN_PASSWORD})
     if backend is not None:
         p.write_config()
         text = p.config_path.read_text()
