@@ -314,16 +314,15 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        reused = link.grants > 1
+        connect_s = time.monotonic() - link.connected_at
         self.log.info(
             "backend_connected",
             backend=link.server.backend.name,
             database=link.server.database,
             tls=link.server.tls,
-            connect_ms=None if reused else round((time.monotonic() - link.connected_at) * 1000, 2),
+            connect_ms=round(connect_s * 1000, 2),
             server=link.server.id,
             pid=ready.process_id,
-            reused=reused,
         )
         self._set_gauge(tenant.label, "active")
         if not self.closed:
