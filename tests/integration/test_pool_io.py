@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
-from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
+from tests.support.proxyproc import BACKEND_ROLE, TENANT_ROLES, ProxyProcess, prepare_backend
 from tests.support.psql import run_psql
 from tests.support.wire import login_error
 
@@ -108,6 +108,34 @@ def test_a_waiting_session_gets_the_server_another_releases(small_pools: ProxyPr
     assert pid in pids  # the same backend, reused
     assert app == ""  # reset (DISCARD ALL) before it was handed over
     assert backends_of(pg, role) <= 2
+
+
+def test_the_database_budget_is_shared_by_its_tenants(pg: PgCluster, tmp_path: Path) -> None:
+    """max_db_connections 1 on saas (acme and bigco, one backend role): bigco waits while acme's session holds the
+    only server, and gets one (acme's idle server closed to make room) when acme's session ends."""
+    p = pooled_proxy(pg, tmp_path, max_db_connections=1)
+    try:
+        acme = psycopg.connect(p.dsn("alice"), autocommit=True)
+        acme.execute("SELECT 1")
+        got: list[object] = []
+
+        def bigco() -> None:
+            try:
+                with psycopg.connect(p.dsn("bruno"), autocommit=True) as conn:
+                    got.append(conn.execute("SELECT current_setting('pgtenant.tenant_id')").fetchone())
+            except Exception as exc:
+                got.append(exc)
+
+        waiter = threading.Thread(target=bigco)
+        waiter.start()
+        until_waiting(p, "bigco")
+        assert backends_of(pg, BACKEND_ROLE) == 1
+        acme.close()
+        waiter.join(30)
+        assert got == [("bigco",)]
+        assert backends_of(pg, BACKEND_ROLE) <= 1
+    finally:
+        p.stop()
 
 
 def _connect_and_pid(p: ProxyProcess) -> tuple[int, str] | Exception:
