@@ -8,6 +8,7 @@ import logging
 import os
 import ssl
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from proxy import admin as admin_console
@@ -26,12 +27,12 @@ from proxy.actions import (
     RelayToServer,
     RunDecision,
     SendClient,
+    ServerQueryDone,
     ServerReady,
     StartClientTls,
     StartRelay,
 )
 from proxy.audit import AuditLog
-from proxy.cancel import CancelTarget
 from proxy.config import Config
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
@@ -40,6 +41,7 @@ from proxy.logs import get_logger
 from proxy.ops import AdminView
 from proxy.policy.cache import Pending
 from proxy.policy.model import Decision, Deny, Rewrite
+from proxy.pooling import client_settings, server_request
 from proxy.protocol import messages as m
 from proxy.reasons import CloseReason
 from proxy.registry import Tenant
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
     from proxy.io.listener import Proxy
 
 log = get_logger("pgtenant.driver")
+# Why a session may end with its server reusable (after a reset), if it is at ReadyForQuery 'I'.
+_REUSABLE_AFTER = frozenset({CloseReason.CLIENT_TERMINATE, CloseReason.CLIENT_DISCONNECTED})
 
 
 class ClientConnection(asyncio.Protocol):
@@ -80,6 +84,7 @@ class ClientConnection(asyncio.Protocol):
         self.tenant: Tenant | None = None  # the tenant identity (ConnectBackend)
         self._connect: ConnectBackend | None = None  # where the session's server connection goes
         self._ready: ServerReady | None = None  # the server connection's startup answer, until the session relays
+        self._settings: list[str] = []  # SETs of the client's own startup parameters, run on a server it gets
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -177,8 +182,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         if self.session is not None:
             self.session.close()
-        if self.link is not None:
-            self.proxy.pool.release(self.link, reason=CloseReason.CLIENT_GONE)
+        self._release(CloseReason.CLIENT_DISCONNECTED)
         self._finish(reason=CloseReason.CLIENT_DISCONNECTED)
 
     def pause_writing(self) -> None:
@@ -244,25 +248,69 @@ class ClientConnection(asyncio.Protocol):
         )
         session.report_requests(relay.request_done)
         self.transport.set_protocol(relay)
+        link.relaying = True
         link.transport.set_protocol(ServerRelay(link, relay))
 
-    def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
-        assert self.session is not None
-        if self.closed:
-            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
+    # --- from the pool (the Pool API of issue 16; the session mode of the current session) -----------
+
+    def server_granted(self, link: ServerLink) -> None:
+        """The pool handed us `link` (ReadyForQuery 'I'): the client's own startup parameters are applied with SET
+        (a server starts with its pool's context only), then the session answers the client's startup."""
+        if self.closed or self.session is None:  # (withdrawn at close: never expected, never leaked)
+            self.proxy.pool.release(link, reusable=True, reset=True, reason=CloseReason.CLIENT_GONE)
             return
-        # The startup can finish before _acquire resumes (one round trip without a password): the link is ours.
         self.link = link
-        self._ready = ready
-        self.run(self.session.server_ready(ready.parameters, ready.notices))
+        if self._settings:
+            link.query(link.server.apply(self._settings), self._settings_applied)
+        else:
+            self._attached()
+
+    def _settings_applied(self, answer: ServerQueryDone) -> None:
+        if self.link is None or self.closed or self.session is None:
+            return
+        if answer.ok:
+            self._attached()
+            return
+        # PostgreSQL refuses a bad startup parameter with FATAL at login: so do we, with its SQLSTATE and words
+        error = answer.error or errors.protocol_violation("the backend did not accept the startup parameters")
+        self._release(CloseReason.STARTUP_PARAMETER, reusable=True)
+        self.run(self.session.server_failed(replace(error, severity="FATAL"), CloseReason.STARTUP_PARAMETER))
+
+    def _attached(self) -> None:
+        link, session = self.link, self.session
+        assert link is not None and session is not None
+        server = link.server
+        notices, server.notices = server.notices, []  # a new server's startup notices go to its first client
+        ready = self._ready = ServerReady(dict(server.status), server.process_id, server.secret_key, notices)
+        self.run(session.server_ready(ready.parameters, ready.notices))
+
+    def server_refused(self, error: PgError, reason: CloseReason) -> None:
+        """The pool has no server for us (wait timeout, connect failure)."""
+        if self.session is None or self.closed:
+            return
+        if error.severity == "ERROR":  # at login, as PostgreSQL's own refusals
+            error = replace(error, severity="FATAL")
+        self.run(self.session.server_failed(error, reason))
+
+    def _release(self, reason: CloseReason, *, reusable: bool | None = None) -> None:
+        """Give the server back (session mode: at the end of the session), reset before its next client; or leave
+        the queue if still waiting."""
+        link, self.link = self.link, None
+        if link is None:
+            self.proxy.pool.withdraw(self)
+            return
+        if reusable is None:
+            row = self.row()
+            reusable = (reason in _REUSABLE_AFTER and self.relay is not None and row is not None
+                        and row.tx_status == "I")
+        self.proxy.pool.release(link, reusable=reusable, reset=True, reason=reason)
 
     def _start_relay(self) -> None:
         """The session is ready: its cancel key forwards to this backend, the startup deadline ends, it relays."""
         link, ready, tenant, connect = self.link, self._ready, self.tenant, self._connect
         assert link is not None and ready is not None and tenant is not None and connect is not None
         self._ready = None
-        self.proxy.cancels.register(*connect.cancel_key, CancelTarget(link.server.backend, ready.process_id,
-                                                                      ready.secret_key))
+        self.proxy.cancels.register(*connect.cancel_key, self)  # a cancel goes to the server we hold then
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -273,35 +321,24 @@ class ClientConnection(asyncio.Protocol):
             database=link.server.database,
             tls=link.server.tls,
             connect_ms=round(connect_s * 1000, 2),
+            server=link.server.id,
+            pid=ready.process_id,
         )
-        label = tenant.label
-        self.proxy.metrics.backend_connected(label, connect_s)
-        link.gauge_label = label
-        self._set_gauge(label, "active")
+        self._set_gauge(tenant.label, "active")
         if not self.closed:
             self.start_relay(link)
 
-    def server_failed(self, link: ServerLink, reason: str, refusal: PgError | None = None) -> None:
-        """The backend connection failed; `refusal` is the backend's own ErrorResponse, if it sent one."""
-        assert self.session is not None and self.tenant is not None
-        backend = link.server.backend
-        self.log.warning("backend_failed", backend=backend.describe(), reason=reason,
-                         sqlstate=refusal.sqlstate if refusal else None)
-        if refusal is not None:
-            self.proxy.metrics.backend_error(self.tenant.label, refusal.sqlstate)
-        # the session tells the client while it is connecting: the backend's name, never its address
-        error = (errors.backend_refused(backend.name, refusal) if refusal is not None
-                 else errors.backend_unreachable(backend.name, "see the proxy log"))
-        self.run(self.session.server_failed(error, CloseReason.BACKEND))
-
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
+        """The server we hold closed."""
         if self.link is not link or self.closed:
             return
         assert self.session is not None
         if self.relay is not None:
             self.run(self.session.server_closed())
         else:
-            self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
+            self.log.warning("backend_failed", backend=link.server.backend.describe(),
+                             reason=f"connection closed{f': {exc}' if exc else ''}")
+            self.run(self.session.server_failed(errors.server_closed(), CloseReason.SERVER_CLOSED))
 
     # --- action execution ----------------------------------------------------------------
 
@@ -342,8 +379,7 @@ class ClientConnection(asyncio.Protocol):
                 asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
             elif isinstance(action, CloseServer):
                 if self.link is not None:
-                    self.proxy.pool.release(self.link, reason=action.reason)
-                    self.link = None
+                    self._release(action.reason or CloseReason.SERVER_CLOSED)
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return
@@ -478,22 +514,13 @@ class ClientConnection(asyncio.Protocol):
         await self._acquire(connect)
 
     async def _acquire(self, connect: ConnectBackend) -> None:
-        session = self.session
-        assert session is not None
-        backend = connect.backend
-        try:
-            link = await self.proxy.pool.acquire(self, backend, connect.database, connect.parameters)
-        except (TimeoutError, OSError) as exc:
-            timed_out = isinstance(exc, asyncio.TimeoutError)
-            reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
-            self.log.warning("backend_failed", backend=backend.describe(), reason=reason)
-            shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
-            self.run(session.server_failed(errors.backend_unreachable(backend.name, shown), CloseReason.BACKEND))
-            return
-        if self.closed:
-            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
-            return
-        self.link = link
+        """Ask the pool for a server of the tenant's context; the client's own startup parameters are SET on it."""
+        request = server_request(self.proxy.config, connect.tenant)
+        self._settings = client_settings(connect.parameters, request.parameters)
+        if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait
+            self._timer.cancel()
+            self._timer = None
+        self.proxy.pool.request(self, request)
 
     def _logged_in(self) -> None:
         """Authentication succeeded: the connection leaves the pre-login caps and its log lines are all kept."""
@@ -522,9 +549,7 @@ class ClientConnection(asyncio.Protocol):
         self._drop_decision()
         if self.session is not None:
             self.session.close()
-        if self.link is not None:
-            self.proxy.pool.release(self.link, reason=reason)
-            self.link = None
+        self._release(reason)
         if self.transport is not None:
             if self._tls_pending:
                 self.transport.abort()

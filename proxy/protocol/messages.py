@@ -47,6 +47,7 @@ COMMAND_COMPLETE = ord("C")
 COPY_IN_RESPONSE = ord("G")
 ROW_DESCRIPTION = ord("T")
 DATA_ROW = ord("D")
+EMPTY_QUERY_RESPONSE = ord("I")
 
 TEXT_OID = 25  # pg_type's text
 
