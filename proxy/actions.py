@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.config import BackendConfig
 from proxy.errors import PgError
+from proxy.pooling import ServerRequest
 from proxy.reasons import CloseReason
 
 
@@ -92,6 +93,23 @@ class ConnectBackend:
 
 
 @dataclass(frozen=True, slots=True)
+class AcquireServer:
+    """The session needs a server of `request.key`: the pool answers with `server_attached` or `server_refused`."""
+
+    request: ServerRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseServer:
+    """The session gives its server back. `reusable`: it is at ReadyForQuery 'I' with nothing in flight (else the
+    pool closes it); `reset`: the pool runs DISCARD ALL before anyone else gets it."""
+
+    reusable: bool
+    reset: bool
+    reason: CloseReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StartRelay:
     """The session is ready (ReadyForQuery sent): relay from now on."""
 
@@ -153,6 +171,6 @@ class ServerFailed:
 
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
-    | ConnectBackend | StartRelay | LoginStarted
+    | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerFailed
 )

@@ -89,6 +89,9 @@ class CloseReason(enum.StrEnum):
     SERVER_FATAL = "server_fatal"
     SERVER_CLOSED = "server_closed"
     PREFLIGHT_FAILED = "preflight_failed"
+    # the pool
+    POOL_WAIT_TIMEOUT = "pool_wait_timeout"
+    POOL_RETIRED = "pool_retired"
     # pgtenant
     INTERNAL_ERROR = "internal_error"
     SHUTDOWN = "shutdown"
