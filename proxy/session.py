@@ -41,6 +41,7 @@ from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, Messag
 from proxy.reasons import CloseReason
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
+from proxy.statements import RESPONSES, Statements
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -59,6 +60,9 @@ _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of 
                       "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
+_DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
+# A Query that forgets every prepared statement (the statement maps follow it: proxy/statements.py).
+_FORGETS_STATEMENTS = re.compile(r"\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*", re.IGNORECASE)
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
 # decision is to be made off the event loop (the session then holds the message, see RunDecision).
@@ -244,6 +248,8 @@ class ClientSession:
             m.COPY_FAIL: self._on_copy_end,
         }
         self.frontend.handlers = self._frontend_tracked
+        self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
+        self._backend_own = dict(self.backend_stream.handlers)
         # What a read from the client does, per state (a state without a handler expects no data: 08P01).
         self._on_data: dict[State, Callable[[bytes], list[Action]]] = {
             State.STARTUP: self._startup_data,
@@ -276,6 +282,7 @@ class ClientSession:
         self._contextual: Contextual | None = None
         self._decided_in: object = None  # the context `decide` decides in
         self.backend_fatal = False  # the backend sent FATAL/PANIC: its close needs no error of ours
+        self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -292,12 +299,109 @@ class ClientSession:
         self._contextual = contextual
         self._decided_in = self.context.belief
         self._parse_memo = None
-        self.frontend.handlers = {
-            **self._frontend_tracked,
-            m.QUERY: self._gate_query,
-            m.PARSE: self._gate_parse,
-            m.FUNCTION_CALL: self._gate_function_call,
-        }
+        self._gates = {m.QUERY: self._gate_query, m.PARSE: self._gate_parse,
+                       m.FUNCTION_CALL: self._gate_function_call}
+        self.frontend.handlers = {**self._frontend_tracked, **self._gates}
+        if self.statements is not None:
+            self._follow_statements()
+
+    # --- protocol-level prepared statements and the statement cache (proxy/statements.py) ----------------
+
+    def enable_statements(self, prepared: dict[str, int], *, cache: bool, cache_size: int = 500,
+                          cache_bytes: int = 4 << 20) -> None:
+        """Keep the client's prepared statements here and give them content-derived names on the server (whose
+        statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
+        self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
+                                     cache_bytes=cache_bytes)
+        self.statements.attach(prepared)
+        self._follow_statements()
+
+    def _follow_statements(self) -> None:
+        """Route every message with an answer through the statement maps and the response ledger."""
+        st = self.statements
+        assert st is not None
+        front = {**self._frontend_tracked, **self._gates}
+        gate_query, gate_parse, gate_call = front.get(m.QUERY), front.get(m.PARSE), front.get(m.FUNCTION_CALL)
+        bind, close, sync = self._on_bind, self._on_close, self._on_sync
+
+        def on_query(body: bytes) -> object:
+            out = gate_query(body) if gate_query is not None else None
+            if out is HOLD:
+                return out
+            return self._statement_query(body, out)  # type: ignore[arg-type]
+
+        def on_parse(body: bytes) -> object:
+            out = gate_parse(body) if gate_parse is not None else None
+            if out is HOLD:
+                return out
+            return self._statement_parse(body, out)  # type: ignore[arg-type]
+
+        def on_call(body: bytes) -> object:
+            out = gate_call(body) if gate_call is not None else None
+            st.query()
+            return out
+
+        def on_bind(body: bytes) -> bytes | None:
+            out = bind(body)
+            if out is not None:  # renamed to a denial marker: fails in the backend as it is
+                st.passthrough(m.BIND, out)
+                return out
+            return st.bind(body)
+
+        def on_close(body: bytes) -> bytes | None:
+            close(body)
+            return st.close(body)
+
+        def on_sync(body: bytes) -> None:
+            sync(body)
+            st.sync()
+
+        def on_execute(body: bytes) -> None:
+            st.execute(body)
+
+        def on_copy_end(body: bytes) -> None:
+            self._on_copy_end(body)
+            st.copy_end()
+
+        front.update({m.QUERY: on_query, m.PARSE: on_parse, m.FUNCTION_CALL: on_call, m.BIND: on_bind,
+                      m.CLOSE: on_close, m.SYNC: on_sync, m.EXECUTE: on_execute, m.DESCRIBE: st.describe,
+                      m.COPY_DONE: on_copy_end, m.COPY_FAIL: on_copy_end})
+        self.frontend.handlers = front
+        back = dict(self._backend_own)
+        for type_ in RESPONSES:
+            back[type_] = _answer(st, type_, back.get(type_))
+        self.backend_stream.handlers = back
+
+    def _statement_parse(self, body: bytes, out: bytes | None) -> bytes | None:
+        """A Parse as the gate forwards it (None: as it is), given to the statement maps."""
+        st = self.statements
+        assert st is not None
+        try:
+            parse = m.Parse.decode(out[5:] if out is not None else body)
+        except m.DecodeError:
+            parse = None
+        if parse is None or parse.sql.startswith(_DENIED_TEXT):  # fails in the backend: nothing is made
+            st.passthrough(m.PARSE, out if out is not None else m.frame(b"P", body))
+            return out
+        edited = st.parse(parse.name, parse.sql, parse.param_types, repr(self.context.belief.path))
+        return out if edited is None else edited
+
+    def _statement_query(self, body: bytes, out: bytes | None) -> bytes | None:
+        """A Query as the gate forwards it: it ends the unnamed statement; DEALLOCATE ALL / DISCARD ALL forget every
+        statement; DDL closes the cache's statements (their plans could fail with 0A000)."""
+        st = self.statements
+        assert st is not None
+        try:
+            sql = query_text(out[5:] if out is not None else body)
+        except m.DecodeError:
+            st.query()
+            return out
+        st.query(reset=_FORGETS_STATEMENTS.fullmatch(sql) is not None)
+        if st.cache and statement_kind(sql) == "ddl":
+            closes = st.invalidate()
+            if closes:
+                return (out if out is not None else m.frame(b"Q", body)) + closes
+        return out
 
     def row(self) -> SessionRow:
         """What the session is now, as plain data."""
@@ -366,7 +470,12 @@ class ClientSession:
     def server_data(self, data: bytes) -> list[Action]:
         """Bytes from the server connection, once it is ready."""
         try:
-            return [RelayToClient(self.backend_stream.feed(data))]
+            chunks = self.backend_stream.feed(data)
+            if self.statements is not None:
+                again = self.statements.take_server()  # a batch sent again (a stale cached plan)
+                if again:
+                    return [RelayToClient(chunks), RelayToServer([again])]
+            return [RelayToClient(chunks)]
         except ParsingMismatch as exc:
             self._close()
             return [CloseServer(CloseReason.PARSING_MISMATCH),
@@ -404,6 +513,9 @@ class ClientSession:
             out += m.parameter_status(name, value)
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
+        cache, size, size_bytes = statement_settings(self.config)
+        if cache:  # the session holds this server for its whole life: its statement map is the session's
+            self.enable_statements({}, cache=True, cache_size=size, cache_bytes=size_bytes)
         return [SendClient(bytes(out)), StartRelay()]
 
     def server_failed(self, error: PgError, reason: CloseReason) -> list[Action]:
@@ -623,8 +735,16 @@ class ClientSession:
                 return [*actions, CloseServer(CloseReason.CLIENT_TERMINATE),
                         CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
-            return [RelayToServer(chunks), RunDecision(self._held.pending)]
+            return [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
+        if self.statements is not None:
+            return [RelayToServer(chunks), *self._statement_answers()]
         return [RelayToServer(chunks)]
+
+    def _statement_answers(self) -> list[Action]:
+        """The fake answers (to messages the server never saw) whose turn has come."""
+        st = self.statements
+        fakes = st.take_client() if st is not None else b""
+        return [SendClient(fakes)] if fakes else []
 
     def decision_ready(self, decision: Decision) -> list[Action]:
         """The decision for the held message (RunDecision) arrived: forward the message or what replaces it, then
@@ -635,8 +755,12 @@ class ClientSession:
         self._held = None
         if held.type == m.QUERY:
             out = self._query_decided(held.sql, decision)
+            if self.statements is not None:
+                out = self._statement_query(held.body, out)
         else:
             out = self._parse_decided(held.body, held.token, held.parse, decision)
+            if self.statements is not None:
+                out = self._statement_parse(held.body, out)
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
         return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
 
@@ -910,3 +1034,22 @@ class ClientSession:
             self._settle_auth()
         self._auth_pending = False
         self._close()
+
+
+def statement_settings(config: Config) -> tuple[bool, int, int]:
+    """[pool] statement_cache, statement_cache_size, statement_cache_bytes."""
+    pool = config.pool
+    return pool.statement_cache, pool.statement_cache_size, pool.statement_cache_bytes
+
+
+def _answer(st: Statements, type_: int,
+            inner: Callable[[bytes], bytes | None] | None) -> Callable[[bytes], bytes | None]:
+    """The backend handler of `type_` once statements are followed: the session's own (if any), then the ledger."""
+    respond = st.respond
+    if inner is None:
+        return lambda body: respond(type_, body)
+
+    def handler(body: bytes) -> bytes | None:
+        return respond(type_, body, inner(body))
+
+    return handler

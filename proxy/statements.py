@@ -187,12 +187,13 @@ class Statements:
         self.named[name] = stmt
         return self._client_parse(stmt, name, None)
 
-    def denied_parse(self, raw: bytes) -> None:
-        """A Parse the session replaced by `raw`, one that fails (a denial): its answer passes, nothing is made."""
-        self._note(("raw", raw))
+    def passthrough(self, type_: int, raw: bytes) -> None:
+        """A Parse or Bind the session replaced by `raw`, one that fails (a denial): its answer passes, and no
+        statement is made or named."""
+        self._note(("raw", (type_, raw)))
         if not self._skipping:
             self._open = True
-            self._ledger.append(_Entry(_PARSE))
+            self._ledger.append(_Entry(type_) if type_ == _PARSE else type_)
 
     def bind(self, body: bytes) -> bytes | None:
         """A Bind (its body): the Bind to send in its place (with the Parse it needs first), or None."""
@@ -285,13 +286,14 @@ class Statements:
         self._ledger.append(entry)
 
     def invalidate(self) -> bytes:
-        """DDL the session sent: close the statements on the server (plans of the old schema could fail with
-        0A000); the Closes to send after it."""
+        """DDL the session sent: close every statement on the server, those of the open transaction too (a plan
+        of the old schema could fail with 0A000, which cannot be retried in a transaction block); the Closes to
+        send after it."""
         prepared = self.prepared
         if self._skipping or not prepared:
             return b""
         out = bytearray()
-        for name in [n for n in prepared if n not in self._tx_names]:
+        for name in list(prepared):
             out += self._close_server(name)
         return bytes(out)
 
@@ -404,8 +406,8 @@ class Statements:
                     self.sync()
                     out = m.SYNC_MESSAGE
                 elif step == "raw":
-                    self.denied_parse(arg)  # type: ignore[arg-type]
-                    out = arg  # type: ignore[assignment]
+                    self.passthrough(*arg)  # type: ignore[misc]
+                    out = arg[1]  # type: ignore[index]
                 if out:
                     self._to_server += out
         finally:

@@ -569,3 +569,108 @@ def test_idle_after_every_answer(cache: bool) -> None:
     assert not p.st.idle
     p.pump()
     assert p.st.idle
+
+
+# --- through ClientSession (the hooks in proxy/session.py) ----------------------------------------------------
+
+
+def session_with_statements(tmp_path, cache: bool, prepared: dict[str, int]):  # type: ignore[no-untyped-def]
+    from proxy.auth.throttle import AuthThrottle
+    from proxy.policy.model import Allow, Deny, Rewrite
+    from proxy.session import ClientSession
+    from tests.support.sessions import login, make_config
+
+    def decide(kind: str, sql: str) -> object:
+        if "secret" in sql:
+            return Deny("42501", "no", "", "r")
+        if "tenant_view" in sql:
+            return Rewrite(sql.replace("tenant_view", "(SELECT 1) AS t"), ("r",))
+        return Allow()
+
+    s = ClientSession(make_config(tmp_path), session_id="s1", client_address="10.0.0.1",
+                      throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=False)
+    login(s)
+    s.enable_policy(decide, object)  # type: ignore[arg-type]
+    s.server_ready({})
+    s.enable_statements(prepared, cache=cache)
+    return s
+
+
+def through_session(session, backend: Backend, *batches: tuple[bytes, ...]) -> list[str]:  # type: ignore[no-untyped-def]
+    from proxy.actions import RelayToClient, RelayToServer, SendClient
+
+    seen = b""
+    for batch in batches:
+        pending = [session.client_data(b"".join(batch))]
+        while pending:
+            actions = pending.pop()
+            for a in actions:
+                if isinstance(a, RelayToServer):
+                    backend.feed(b"".join(bytes(c) for c in a.chunks))
+                elif isinstance(a, SendClient):
+                    seen += bytes(a.data)
+                elif isinstance(a, RelayToClient):
+                    seen += b"".join(bytes(c) for c in a.chunks)
+            if backend.out:
+                answers, backend.out = backend.out, []
+                pending.append(session.server_data(b"".join(m.frame(bytes((t,)), b) for t, b in answers)))
+    return transcript(frames(seen))
+
+
+def direct(*batches: tuple[bytes, ...]) -> list[str]:
+    d = Direct()
+    for batch in batches:
+        d.send(*batch)
+        d.pump()
+    return transcript(d.seen)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_session_named_and_unnamed_statements_as_on_a_direct_connection(tmp_path, cache: bool) -> None:  # type: ignore[no-untyped-def]
+    batches = [
+        (parse("S_1", "SELECT * FROM tenant_view"), describe("S", "S_1"), SYNC),
+        (bind("S_1"), EXECUTE, SYNC),
+        *[unnamed_run("SELECT 7") for _ in range(3)],
+        (parse("S_2", "SELECT secret"), bind("S_2"), SYNC),  # denied: fails, makes nothing
+        (bind("S_2"), SYNC),
+        (close("S", "S_1"), bind("S_1"), SYNC),
+        (parse("S_1", "SELECT 2"), bind("S_1"), EXECUTE, SYNC),
+        (query("DISCARD ALL"),),
+        (bind("S_1"), SYNC),
+    ]
+    backend = Backend()
+    prepared: dict[str, int] = {}
+    s = session_with_statements(tmp_path, cache, prepared)
+    got = through_session(s, backend, *batches)
+    want = direct(*[tuple(m.Parse(*_rewritten(b)).encode() if b[:1] == b"P" else b for b in batch)
+                    for batch in batches])
+    # The denial (a syntax error on the direct server of this script) is the policy's 42501 through the session.
+    assert [":".join(g.split(":")[:2]) for g in got] == [w[:7].replace("42601", "42501") for w in want]
+    assert "E:42501" in [g[:7] for g in got]
+    assert s.statements.idle and set(prepared) == set(backend.named)
+    assert backend.parses == (4 if cache else 5)  # the third unnamed run was a Bind of the cached statement
+
+
+def _rewritten(body: bytes) -> tuple[str, str, bytes]:
+    p = m.Parse.decode(body[5:])
+    sql = p.sql.replace("tenant_view", "(SELECT 1) AS t")
+    if "secret" in sql:
+        sql = "fail: denied"
+    return p.name, sql, p.param_types
+
+
+def test_session_retries_a_stale_cached_plan(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    backend = Backend()
+    s = session_with_statements(tmp_path, True, {})
+    through_session(s, backend, unnamed_run(), unnamed_run())
+    backend.broken.add(server_name("SELECT 1", b"\x00\x00", repr(None)))
+    original = backend.message
+
+    def unbreak(t: str, body: bytes) -> None:
+        if t == "C" and body[:1] == b"S":
+            backend.broken.clear()
+        original(t, body)
+
+    backend.message = unbreak  # type: ignore[method-assign]
+    assert through_session(s, backend, unnamed_run()) == ["1", "2", "T", "D", "C", "Z"]
+    assert s.statements.retries == 1

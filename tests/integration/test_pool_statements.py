@@ -1,0 +1,134 @@
+"""Prepared statements kept by pgtenant and the server-side statement cache, with real clients and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support.certs import TlsFiles
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+
+@pytest.fixture(scope="module")
+def cached(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """pgtenant with the statement cache on (a small one: 8 statements per server)."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+                     backend_sslmode="require" if pg.ssl_enabled else "disable",
+                     pool={"statement_cache": True, "statement_cache_size": 8})
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def table(pg: PgCluster) -> Iterator[str]:
+    """A table of tenant initech (database strategy) whose row type a test changes behind the session's back."""
+    owner = "pgt_role_2"
+    pg.execute(f'DROP TABLE IF EXISTS stale_t; CREATE TABLE stale_t (a int); INSERT INTO stale_t VALUES (1), (2);'
+               f'ALTER TABLE stale_t OWNER TO "{owner}"', dbname="initech")
+    yield "stale_t"
+    pg.execute("DROP TABLE IF EXISTS stale_t", dbname="initech")
+
+
+def server_statements(conn: psycopg.Connection) -> list[str]:
+    """The statements prepared on the server this session holds, as PostgreSQL lists them."""
+    return [r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements ORDER BY name").fetchall()]
+
+
+def test_repeated_unnamed_statements_become_a_server_statement(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True, prepare_threshold=None) as c:
+        for i in range(6):  # psycopg never prepares here: an unnamed Parse each time
+            assert c.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+        names = server_statements(c)
+        assert len(names) == 1 and names[0].startswith("pgt_")
+        assert c.execute("SELECT 'once', %s::int", (1,)).fetchone() == ("once", 1)  # seen once: not admitted
+        assert len(server_statements(c)) == 1
+
+
+def test_a_changed_row_type_is_retried_transparently(cached: ProxyProcess, pg: PgCluster, table: str) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True, prepare_threshold=None) as c:
+        for _ in range(3):
+            assert c.execute(f"SELECT * FROM {table} WHERE a > %s ORDER BY a", (0,)).fetchall() == [(1,), (2,)]
+        pg.execute(f"ALTER TABLE {table} ADD COLUMN b text DEFAULT 'x'", dbname="initech")  # not through pgtenant
+        # A direct connection parses the unnamed statement again: so does the retry (the 0A000 never shows).
+        assert c.execute(f"SELECT * FROM {table} WHERE a > %s ORDER BY a", (0,)).fetchall() == [(1, "x"), (2, "x")]
+
+
+def test_a_changed_row_type_in_a_transaction_block_fails_once(cached: ProxyProcess, pg: PgCluster,
+                                                               table: str) -> None:
+    with psycopg.connect(cached.dsn("ivan"), prepare_threshold=None) as c:
+        for _ in range(3):
+            c.execute(f"SELECT * FROM {table} WHERE a > %s", (0,)).fetchall()
+            c.commit()
+        pg.execute(f"ALTER TABLE {table} ADD COLUMN b text DEFAULT 'x'", dbname="initech")
+        c.execute("SELECT 1")  # a transaction block is open: the error cannot be retried without its effects
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan must not change result type"):
+            c.execute(f"SELECT * FROM {table} WHERE a > %s", (0,))
+        c.rollback()
+        assert c.execute(f"SELECT * FROM {table} WHERE a > %s ORDER BY a", (0,)).fetchall() == [(1, "x"), (2, "x")]
+
+
+def test_ddl_through_the_session_closes_its_cached_statements(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), prepare_threshold=None) as c:
+        c.execute("CREATE TEMP TABLE tmp_t (a int)")
+        c.execute("INSERT INTO tmp_t VALUES (1)")
+        for _ in range(3):
+            assert c.execute("SELECT * FROM tmp_t WHERE a > %s", (0,)).fetchall() == [(1,)]
+        assert server_statements(c)
+        c.execute("DROP TABLE tmp_t")  # in the same transaction block: a stale plan could not be retried
+        assert server_statements(c) == []
+        c.execute("CREATE TEMP TABLE tmp_t (a int, b text DEFAULT 'y')")
+        c.execute("INSERT INTO tmp_t VALUES (2)")
+        assert c.execute("SELECT * FROM tmp_t WHERE a > %s", (0,)).fetchall() == [(2, "y")]
+        c.commit()
+
+
+def test_psycopg_prepared_statements_and_errors(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True) as c:
+        for i in range(8):  # named _pg3_N from the fifth execution on
+            assert c.execute("SELECT %s::int8 * 2", (i,), prepare=i > 1).fetchone() == (2 * i,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("SELECT 1 / %s::int", (0,), prepare=True)
+        assert c.execute("SELECT %s::int8 * 2", (21,)).fetchone() == (42,)
+        c.execute("DEALLOCATE ALL")
+        assert c.execute("SELECT %s::int8 * 3", (2,), prepare=True).fetchone() == (6,)
+        c.execute("DISCARD ALL")
+        assert c.execute("SELECT %s::int8 * 3", (3,), prepare=True).fetchone() == (9,)
+
+
+def test_more_statements_than_the_cache_holds(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True) as c:
+        for round_ in range(2):
+            for i in range(20):  # 20 named statements on a server that keeps 8
+                assert c.execute(f"SELECT %s::int + {i}", (round_,), prepare=True).fetchone() == (round_ + i,)
+        assert len(server_statements(c)) <= 8
+
+
+def test_asyncpg_statement_cache_and_errors(cached: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(cached.url("ivan"), ssl=False)
+        try:
+            stmt = await conn.prepare("SELECT $1::int8 * 2")
+            for i in range(10):
+                assert await stmt.fetchval(i) == 2 * i
+            for i in range(10):  # asyncpg's statement cache: one named statement, executed again and again
+                assert await conn.fetchval("SELECT $1::int + 1", i) == i + 1
+            with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+                await conn.fetchval("SELECT 1 / $1::int", 0)
+            async with conn.transaction():
+                assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
+            await conn.execute("DEALLOCATE ALL")  # as on a direct connection: asyncpg's cached statement is gone
+            with pytest.raises(asyncpg.exceptions.InvalidSQLStatementNameError):
+                await conn.fetchval("SELECT $1::int + 1", 1)
+            stmt = await conn.prepare("SELECT $1::int + 1")
+            assert await stmt.fetchval(1) == 2
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
