@@ -33,7 +33,7 @@ from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
-from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
+from proxy.policy.model import EMPTY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, SessionContext
 from proxy.policy.rules import deny
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
@@ -41,7 +41,7 @@ from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, Messag
 from proxy.reasons import CloseReason
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
-from proxy.statements import RESPONSES, Statements
+from proxy.statements import RESPONSES, Statements, forgets
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -61,8 +61,6 @@ _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of 
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 _DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
-# A Query that forgets every prepared statement (the statement maps follow it: proxy/statements.py).
-_FORGETS_STATEMENTS = re.compile(r"\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*", re.IGNORECASE)
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
 # decision is to be made off the event loop (the session then holds the message, see RunDecision).
@@ -283,6 +281,7 @@ class ClientSession:
         self._decided_in: object = None  # the context `decide` decides in
         self.backend_fatal = False  # the backend sent FATAL/PANIC: its close needs no error of ours
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
+        self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -383,8 +382,17 @@ class ClientSession:
         if parse is None or parse.sql.startswith(_DENIED_TEXT):  # fails in the backend: nothing is made
             st.passthrough(m.PARSE, out if out is not None else m.frame(b"P", body))
             return out
-        edited = st.parse(parse.name, parse.sql, parse.param_types, repr(self.context.belief.path))
+        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope())
         return out if edited is None else edited
+
+    def _statement_scope(self) -> str:
+        """What a statement's meaning depends on besides its text: the session's context (search_path, temporary
+        relations that shadow tables), as the statement names on servers include it."""
+        belief = self.context.belief
+        scope = self._scope
+        if scope[0] is not belief:
+            scope = self._scope = (belief, "" if belief == EMPTY_CONTEXT else repr(belief))
+        return scope[1]
 
     def _statement_query(self, body: bytes, out: bytes | None) -> bytes | None:
         """A Query as the gate forwards it: it ends the unnamed statement; DEALLOCATE ALL / DISCARD ALL forget every
@@ -396,7 +404,10 @@ class ClientSession:
         except m.DecodeError:
             st.query()
             return out
-        st.query(reset=_FORGETS_STATEMENTS.fullmatch(sql) is not None)
+        instead = st.deallocate(sql)
+        if instead is not None:  # SQL DEALLOCATE of a statement only the proxy has (psqlODBC's _PLAN statements)
+            return query_message(instead)
+        st.query(reset=forgets(sql))
         if st.cache and statement_kind(sql) == "ddl":
             closes = st.invalidate()
             if closes:

@@ -23,6 +23,7 @@ after re-preparing); otherwise the error passes and the statement is re-prepared
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import deque
 from collections.abc import Callable
 
@@ -54,12 +55,25 @@ _FAKE_CLOSE = m.frame(b"3", b"")
 _MAX_TEXTS = 2000  # texts a session remembers for admission and hashing (LRU)
 _MAX_REPLAY = 1 << 20  # bytes of one batch kept for a transparent retry; a larger batch is not retried
 _STALE_PLAN = b"RRevalidateCachedQuery\x00"  # the routine of "cached plan must not change result type"
+# Statements that deallocate every prepared statement of the session (and of the server under it).
+_FORGETS = re.compile(r"\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*", re.IGNORECASE)
+# SQL DEALLOCATE of one statement (psqlODBC closes its _PLAN statements so): the name, quoted or not.
+_DEALLOCATE = re.compile(r'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\s*;?\s*',
+                         re.IGNORECASE)
+# What a DEALLOCATE of a client's statement becomes: its CommandComplete "DEALLOCATE" from a statement of ours (the
+# PREPARE's CommandComplete is swallowed); the server never has the client's name.
+_DEALLOCATED = "PREPARE pgt_deallocate AS SELECT; DEALLOCATE pgt_deallocate"
+
+
+def forgets(sql: str) -> bool:
+    """True for DEALLOCATE ALL and DISCARD ALL (alone): every prepared statement goes."""
+    return _FORGETS.fullmatch(sql) is not None
 
 
 class Stmt:
     """A statement's content and its server-side name (shared by the client names and texts that have it)."""
 
-    __slots__ = ("cached", "seen", "server", "size", "sql", "types")
+    __slots__ = ("cached", "resets", "seen", "server", "size", "sql", "types")
 
     def __init__(self, server: str, sql: str, types: bytes) -> None:
         self.server = server
@@ -68,6 +82,7 @@ class Stmt:
         self.size = len(sql) + len(types) + len(server)
         self.seen = 0  # unnamed Parses of it by this session (admitted to the cache from the second)
         self.cached = False  # an unnamed Parse of it went to the server under its name
+        self.resets = forgets(sql)  # running it deallocates every statement (never cached)
 
     def parse(self) -> bytes:
         return m.Parse(self.server, self.sql, self.types).encode()
@@ -82,7 +97,8 @@ def server_name(sql: str, types: bytes, scope: str) -> str:
 class _Entry:
     """A ledger entry that is more than a plain pass-through (those are just the message type, an int)."""
 
-    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "replay", "server", "snapshot", "type")
+    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "replay", "server", "snapshot", "swallow",
+                 "type")
 
     def __init__(self, type_: int, action: int = PASS) -> None:
         self.type = type_
@@ -95,6 +111,7 @@ class _Entry:
         self.replay: list[tuple[str, object]] | None = None  # the batch from here to its Sync, for a retry
         self.snapshot: tuple[dict[str, Stmt], Stmt | None, dict[str, int]] | None = None  # Query: DEALLOCATE ALL
         self.done = 0  # Query: CommandCompletes received
+        self.swallow = 0  # Query: its first CommandCompletes to swallow (statements of ours)
 
 
 class Statements:
@@ -122,6 +139,7 @@ class Statements:
         self._recorded = 0
         self._retried = False  # the batch being sent again is a retry (never retried twice)
         self._tx_names: set[str] = set()  # server statements bound in the open transaction (never evicted)
+        self._resets = False  # the last Bind runs DEALLOCATE ALL / DISCARD ALL (its Execute forgets everything)
         self.status = b"I"  # the last ReadyForQuery's transaction status
         self._to_client = bytearray()
         self._to_server = bytearray()
@@ -168,7 +186,7 @@ class Statements:
             return None  # the server ignores it, and so does the session: the statement is not made
         if not name:
             stmt = self._stmt(sql, types, scope)
-            if self.cache and stmt.seen:
+            if self.cache and stmt.seen and not stmt.resets:
                 old, self.unnamed = self.unnamed, stmt
                 stmt.seen += 1
                 stmt.cached = True
@@ -201,6 +219,8 @@ class Statements:
         if self._skipping:
             return None
         name = m.bind_statement(body)
+        target = self.unnamed if name == "" else self.named.get(name or "")
+        self._resets = target is not None and target.resets
         if name is None:  # malformed: the backend says so
             self._sent(_BIND)
             return None
@@ -255,8 +275,13 @@ class Statements:
     def execute(self, body: bytes) -> None:
         """An Execute (its body), forwarded as it is."""
         self._note(("execute", body))
-        if not self._skipping:
+        if self._skipping:
+            return
+        if not self._resets:
             self._sent(_EXECUTE)
+            return
+        self._open = True
+        self._ledger.append(self._forget_all(_EXECUTE))
 
     def sync(self) -> None:
         """A Sync, forwarded as it is."""
@@ -278,12 +303,40 @@ class Statements:
         if not reset:
             self._ledger.append(_QUERY)
             return
-        entry = _Entry(_QUERY)
+        self._ledger.append(self._forget_all(_QUERY))
+
+    def _forget_all(self, type_: int) -> _Entry:
+        """The entry of a message that deallocates every statement: forgotten now (the server runs it before
+        anything sent after it), restored if it fails."""
+        entry = _Entry(type_)
         prepared = self.prepared if self.prepared is not None else {}
         entry.snapshot = (dict(self.named), None, dict(prepared))
         self.named.clear()
         prepared.clear()
+        return entry
+
+    def deallocate(self, sql: str) -> str | None:
+        """A Query that may be SQL DEALLOCATE of one of the client's statements: the SQL to send in its place
+        (None: not one), after which the statement is forgotten (restored if it fails). Call before `query`."""
+        if self._skipping or "eallocate" not in sql[:32].lower():
+            return None
+        found = _DEALLOCATE.fullmatch(sql)
+        if found is None:
+            return None
+        name = found.group(1)
+        name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+        stmt = self.named.pop(name, None)
+        if stmt is None:
+            return None
+        self.unnamed = None
+        self._unnamed_here = False
+        self._open = False
+        self._recording = None
+        entry = _Entry(_QUERY)
+        entry.snapshot = ({name: stmt}, None, {})
+        entry.swallow = 1
         self._ledger.append(entry)
+        return _DEALLOCATED
 
     def invalidate(self) -> bytes:
         """DDL the session sent: close every statement on the server, those of the open transaction too (a plan
@@ -326,6 +379,9 @@ class Statements:
         elif _COMPLETES[type_] != kind:
             if type_ == COMMAND_COMPLETE and kind == _QUERY and type(head) is _Entry:
                 head.done += 1  # type: ignore[union-attr]
+                if head.swallow:  # type: ignore[union-attr]
+                    head.swallow -= 1  # type: ignore[union-attr]
+                    return b""
             return replaced  # part of a longer answer (a Query's, a Describe's ParameterDescription...)
         self._pop()
         keep = type(head) is int or head.action == PASS  # type: ignore[union-attr]

@@ -8,7 +8,7 @@ import pytest
 
 from proxy.errors import PgError
 from proxy.protocol import messages as m
-from proxy.statements import PREFIX, RESPONSES, Statements, server_name
+from proxy.statements import PREFIX, RESPONSES, Statements, forgets, server_name
 
 _STALE = {"S": "ERROR", "V": "ERROR", "C": "0A000", "M": "cached plan must not change result type",
           "R": "RevalidateCachedQuery"}
@@ -83,6 +83,8 @@ class Backend:
                 return self._fail(error("26000", "unnamed prepared statement does not exist"))
             if name in self.broken:
                 return self._fail((ord("E"), m.encode_error_fields(b"E", _STALE)[5:]))
+            if t == "B":
+                self.last_portal_resets = (self.named.get(name) if name else self.unnamed) == "DISCARD ALL"
             self.out += [(ord("2"), b"")] if t == "B" else [(ord("t"), b"\x00\x00"), (ord("T"), b"\x00\x00")]
         elif t == "D":
             self.out.append((ord("T"), b"\x00\x00"))
@@ -93,17 +95,38 @@ class Backend:
                 self.named.pop(body[1:-1].decode(), None)
             self.out.append((ord("3"), b""))
         elif t == "Q":
-            sql = m.query_text(body)
             self.unnamed = None
-            if "fail" in sql:
-                self._fail(error("42601", "syntax error"), extended=False)
-            elif sql in ("DEALLOCATE ALL", "DISCARD ALL"):
-                self.named.clear()
-                self.out.append((ord("C"), sql.encode() + b"\x00"))
-            else:
-                self.tx = {"BEGIN": b"T", "COMMIT": b"I", "ROLLBACK": b"I"}.get(sql, self.tx)
-                self.out.append((ord("C"), b"OK\x00"))
+            for sql in m.query_text(body).split("; "):
+                if not self.statement(sql):
+                    break
             self.out.append((ord("Z"), self.tx))
+        if t == "E" and self.last_portal_resets:
+            self.named.clear()
+
+    last_portal_resets = False
+
+    def statement(self, sql: str) -> bool:
+        """One statement of a simple Query: False when it failed."""
+        if self.tx == b"E" and sql != "ROLLBACK":
+            self._fail(error("25P02", "current transaction is aborted"), extended=False)
+            return False
+        if "fail" in sql:
+            self._fail(error("42601", "syntax error"), extended=False)
+            return False
+        if sql in ("DEALLOCATE ALL", "DISCARD ALL"):
+            self.named.clear()
+        elif sql.startswith("DEALLOCATE "):
+            name = sql.split(" ", 1)[1].strip('"')
+            if self.named.pop(name, None) is None:
+                self._fail(error("26000", f'prepared statement "{name}" does not exist'), extended=False)
+                return False
+            sql = "DEALLOCATE"
+        elif sql.startswith("PREPARE "):
+            self.named[sql.split()[1]] = sql
+            sql = "PREPARE"
+        self.tx = {"BEGIN": b"T", "COMMIT": b"I", "ROLLBACK": b"I"}.get(sql, self.tx)
+        self.out.append((ord("C"), sql.encode() + b"\x00"))
+        return True
 
 
 def parse(name: str, sql: str) -> bytes:
@@ -206,10 +229,14 @@ class Proxied:
                 edited = None
             elif c == "Q":
                 sql = m.query_text(body)
-                st.query(reset=sql in ("DEALLOCATE ALL", "DISCARD ALL"))
-                edited = None
-                if sql.startswith("CREATE"):
-                    edited = raw + st.invalidate()
+                instead = st.deallocate(sql)
+                if instead is not None:
+                    edited = query(instead)
+                else:
+                    st.query(reset=forgets(sql))
+                    edited = None
+                    if sql.startswith("CREATE"):
+                        edited = raw + st.invalidate()
             else:
                 edited = None
             out += raw if edited is None else edited
@@ -663,7 +690,7 @@ def test_session_retries_a_stale_cached_plan(tmp_path) -> None:  # type: ignore[
     backend = Backend()
     s = session_with_statements(tmp_path, True, {})
     through_session(s, backend, unnamed_run(), unnamed_run())
-    backend.broken.add(server_name("SELECT 1", b"\x00\x00", repr(None)))
+    backend.broken.add(server_name("SELECT 1", b"\x00\x00", ""))
     original = backend.message
 
     def unbreak(t: str, body: bytes) -> None:
@@ -674,3 +701,32 @@ def test_session_retries_a_stale_cached_plan(tmp_path) -> None:  # type: ignore[
     backend.message = unbreak  # type: ignore[method-assign]
     assert through_session(s, backend, unnamed_run()) == ["1", "2", "T", "D", "C", "Z"]
     assert s.statements.retries == 1
+
+
+def test_sql_deallocate_of_a_clients_statement() -> None:
+    script = [("a", (parse("_PLAN0x1", "SELECT 1"), bind("_PLAN0x1"), EXECUTE, SYNC)),
+              ("a", (query('DEALLOCATE "_PLAN0x1"'),)),  # psqlODBC
+              ("a", (parse("_PLAN0x1", "SELECT 2"), bind("_PLAN0x1"), EXECUTE, SYNC)),
+              ("a", (query("DEALLOCATE nope"),)),  # not one of the client's: as it is (the server says 26000)
+              ("a", (query("BEGIN"),)), ("a", (query("SELECT fail"),)),
+              ("a", (query("DEALLOCATE _plan0x1"),)),  # unquoted: folded to lower case, not the client's name
+              ("a", (query('DEALLOCATE "_PLAN0x1"'),)),  # in a failed transaction: 25P02, the statement stays
+              ("a", (query("ROLLBACK"),)), ("a", (bind("_PLAN0x1"), EXECUTE, SYNC))]
+    want, got, _, _ = run(script)
+    assert got == want
+    assert got["a"][5:7] == ["C", "Z"] and got["a"][-4:] == ["2", "D", "C", "Z"]
+
+
+def test_discard_all_through_the_extended_protocol_forgets_everything() -> None:
+    script = [("a", (parse("S_1", "SELECT 1"), SYNC)), ("a", unnamed_run("DISCARD ALL")),
+              ("a", (bind("S_1"), SYNC)), ("a", (parse("S_1", "SELECT 1"), bind("S_1"), SYNC)),
+              ("a", unnamed_run("DISCARD ALL")), ("a", unnamed_run("DISCARD ALL")), ("a", (bind("S_1"), SYNC))]
+    backends, maps = same(script, cache=True)
+    assert maps[0] == {} and backends[0].named == {}
+
+
+def test_a_failed_discard_all_forgets_nothing() -> None:
+    script = [("a", (parse("S_1", "SELECT 1"), SYNC)), ("a", (query("BEGIN"),)), ("a", (query("SELECT fail"),)),
+              ("a", (query("DISCARD ALL"),)), ("a", (query("ROLLBACK"),)), ("a", (bind("S_1"), EXECUTE, SYNC))]
+    backends, maps = same(script)
+    assert len(maps[0]) == 1 == len(backends[0].named)
