@@ -282,6 +282,7 @@ class ClientSession:
         self.backend_fatal = False  # the backend sent FATAL/PANIC: its close needs no error of ours
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
+        self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -375,10 +376,17 @@ class ClientSession:
         """A Parse as the gate forwards it (None: as it is), given to the statement maps."""
         st = self.statements
         assert st is not None
-        try:
-            parse = m.Parse.decode(out[5:] if out is not None else body)
-        except m.DecodeError:
-            parse = None
+        key = out if out is not None else body
+        memo = self._statement_memo  # the same Parse again (drivers send the same unnamed one again and again)
+        if memo[0] == key:
+            parse = memo[1]
+        else:
+            try:
+                parse = m.Parse.decode(out[5:] if out is not None else body)
+            except m.DecodeError:
+                parse = None
+            if len(key) <= _MAX_MEMO_BODY:
+                self._statement_memo = (key, parse)
         if parse is None or parse.sql.startswith(_DENIED_TEXT):  # fails in the backend: nothing is made
             st.passthrough(m.PARSE, out if out is not None else m.frame(b"P", body))
             return out

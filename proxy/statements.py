@@ -53,7 +53,7 @@ PASS, SWALLOW, FAKE = 0, 1, 2  # what becomes of an entry's answer
 _FAKE_PARSE = m.frame(b"1", b"")
 _FAKE_CLOSE = m.frame(b"3", b"")
 _MAX_TEXTS = 2000  # texts a session remembers for admission and hashing (LRU)
-_MAX_REPLAY = 1 << 20  # bytes of one batch kept for a transparent retry; a larger batch is not retried
+_MAX_REPLAY = 256  # messages of one batch kept for a transparent retry; a longer batch is not retried
 _STALE_PLAN = b"RRevalidateCachedQuery\x00"  # the routine of "cached plan must not change result type"
 # Statements that deallocate every prepared statement of the session (and of the server under it).
 _FORGETS = re.compile(r"\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*", re.IGNORECASE)
@@ -73,7 +73,7 @@ def forgets(sql: str) -> bool:
 class Stmt:
     """A statement's content and its server-side name (shared by the client names and texts that have it)."""
 
-    __slots__ = ("cached", "resets", "seen", "server", "size", "sql", "types")
+    __slots__ = ("cached", "resets", "scope", "seen", "server", "size", "sql", "types")
 
     def __init__(self, server: str, sql: str, types: bytes) -> None:
         self.server = server
@@ -83,6 +83,7 @@ class Stmt:
         self.seen = 0  # unnamed Parses of it by this session (admitted to the cache from the second)
         self.cached = False  # an unnamed Parse of it went to the server under its name
         self.resets = forgets(sql)  # running it deallocates every statement (never cached)
+        self.scope = ""
 
     def parse(self) -> bytes:
         return m.Parse(self.server, self.sql, self.types).encode()
@@ -130,13 +131,13 @@ class Statements:
         self.unnamed: Stmt | None = None  # the unnamed statement (a Stmt with `cached` when the cache has it)
         self._unnamed_here = False  # the unnamed statement was parsed on the server held now (and is still there)
         self._texts: dict[tuple[str, bytes, str], Stmt] = {}  # (text, types, scope) -> Stmt, LRU
+        self._last: Stmt | None = None  # the last one looked up
         self.prepared: dict[str, int] | None = None  # the held server's statement map (ServerConnection.prepared)
         self._ledger: deque[int | _Entry] = deque()
         self._fakes = 0  # FAKE entries in the ledger
         self._skipping = False  # an error arrived before the client's Sync: the server ignores messages up to it
         self._open = False  # a message of the current batch (since the last Sync/Query) has been sent
         self._recording: _Entry | None = None  # the entry whose batch is recorded for a retry
-        self._recorded = 0
         self._retried = False  # the batch being sent again is a retry (never retried twice)
         self._tx_names: set[str] = set()  # server statements bound in the open transaction (never evicted)
         self._resets = False  # the last Bind runs DEALLOCATE ALL / DISCARD ALL (its Execute forgets everything)
@@ -166,7 +167,17 @@ class Statements:
         return not self._ledger and not self._to_client and not self._to_server
 
     def take_client(self) -> bytes:
-        """What the client gets now (fake answers whose turn has come)."""
+        """What the client gets now: fake answers with nothing unanswered before them, unless an answer of the
+        server follows them (they go with it, in one write), and what a retry left."""
+        ledger = self._ledger
+        if self._fakes and _is_fake(ledger[0]):
+            for entry in ledger:
+                if not _is_fake(entry):
+                    break  # sent just before that entry's answer (see `respond`)
+            else:
+                self._to_client += self._due()
+        if not self._to_client:
+            return b""
         out = bytes(self._to_client)
         self._to_client.clear()
         return out
@@ -181,7 +192,11 @@ class Statements:
 
     def parse(self, name: str, sql: str, types: bytes, scope: str = "") -> bytes | None:
         """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none)."""
-        self._note(("parse", (name, sql, types, scope)))
+        if self._recording is not None:
+            self._recording.replay.append(("parse", (name, sql, types, scope)))  # type: ignore[union-attr]
+            if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
+                self._recording.replay = None
+                self._recording = None
         if self._skipping:
             return None  # the server ignores it, and so does the session: the statement is not made
         if not name:
@@ -208,14 +223,16 @@ class Statements:
     def passthrough(self, type_: int, raw: bytes) -> None:
         """A Parse or Bind the session replaced by `raw`, one that fails (a denial): its answer passes, and no
         statement is made or named."""
-        self._note(("raw", (type_, raw)))
+        if self._recording is not None:
+            self._recording.replay.append(("raw", (type_, raw)))  # type: ignore[union-attr]
         if not self._skipping:
             self._open = True
             self._ledger.append(_Entry(type_) if type_ == _PARSE else type_)
 
     def bind(self, body: bytes) -> bytes | None:
         """A Bind (its body): the Bind to send in its place (with the Parse it needs first), or None."""
-        self._note(("bind", body))
+        if self._recording is not None:
+            self._recording.replay.append(("bind", body))  # type: ignore[union-attr]
         if self._skipping:
             return None
         name = m.bind_statement(body)
@@ -236,7 +253,8 @@ class Statements:
 
     def describe(self, body: bytes) -> bytes | None:
         """A Describe: for a statement, the Describe naming its server statement (after its Parse), or None."""
-        self._note(("describe", body))
+        if self._recording is not None:
+            self._recording.replay.append(("describe", body))  # type: ignore[union-attr]
         if self._skipping:
             return None
         if body[:1] != b"S":
@@ -255,7 +273,8 @@ class Statements:
 
     def close(self, body: bytes) -> bytes | None:
         """A Close: a statement's is answered here (the server statement stays for others), a portal's passes."""
-        self._note(("close", body))
+        if self._recording is not None:
+            self._recording.replay.append(("close", body))  # type: ignore[union-attr]
         if self._skipping:
             return None
         if body[:1] != b"S":
@@ -274,7 +293,11 @@ class Statements:
 
     def execute(self, body: bytes) -> None:
         """An Execute (its body), forwarded as it is."""
-        self._note(("execute", body))
+        if self._recording is not None:
+            self._recording.replay.append(("execute", body))  # type: ignore[union-attr]
+            if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
+                self._recording.replay = None
+                self._recording = None
         if self._skipping:
             return
         if not self._resets:
@@ -285,7 +308,8 @@ class Statements:
 
     def sync(self) -> None:
         """A Sync, forwarded as it is."""
-        self._note(("sync", b""))
+        if self._recording is not None:
+            self._recording.replay.append(("sync", b""))  # type: ignore[union-attr]
         self._ledger.append(_SYNC)
         self._skipping = False
         self._open = False
@@ -361,6 +385,10 @@ class Statements:
         """An answer of type `type_` (one of RESPONSES) arrived, `replaced` by the session or not: the bytes to
         send the client in its place (None: as it is)."""
         ledger = self._ledger
+        if self._fakes and _is_fake(ledger[0]):  # answers of ours that were waiting for this one
+            before = self._due()
+            out = self.respond(type_, body, replaced)
+            return before + (out if out is not None else m.frame(bytes((type_,)), body))
         if type_ == ERROR_RESPONSE:
             return self._error(body, replaced)
         if not ledger:
@@ -489,6 +517,9 @@ class Statements:
     # --- helpers ----------------------------------------------------------------------------------
 
     def _stmt(self, sql: str, types: bytes, scope: str) -> Stmt:
+        last = self._last
+        if last is not None and last.sql is sql and last.types is types and last.scope is scope:
+            return last  # the same decoded Parse again (the session's memo): already the most recent
         key = (sql, types, scope)
         texts = self._texts
         stmt = texts.pop(key, None)
@@ -497,6 +528,8 @@ class Statements:
             if len(texts) >= _MAX_TEXTS:
                 texts.pop(next(iter(texts)))
         texts[key] = stmt
+        stmt.scope = scope
+        self._last = stmt
         return stmt
 
     def _client_parse(self, stmt: Stmt, name: str, old: Stmt | None) -> bytes:
@@ -587,15 +620,15 @@ class Statements:
             prepared[name] = -prepared[name]
 
     def _fake(self, type_: int, answer: bytes, client: tuple[str, Stmt | None]) -> bytes:
-        """The server never sees this message: its answer is sent in its turn."""
-        entry = _Entry(type_, FAKE)
-        entry.fake = answer
-        entry.client = client
+        """The server never sees this message: its answer is sent in its turn (see `take_client`)."""
         if self._ledger:
-            self._ledger.append(entry)
-            self._fakes += 1
+            entry = _Entry(type_, FAKE)
+            entry.fake = answer
+            entry.client = client  # undone if an error before it makes the server skip it
         else:
-            self._to_client += answer  # nothing before it is unanswered
+            entry = _HEAD_FAKES[type_]  # nothing before it can fail
+        self._ledger.append(entry)
+        self._fakes += 1
         return b""
 
     def _sent(self, type_: int) -> None:
@@ -611,23 +644,8 @@ class Statements:
         if not self._open and not self._retried and stmt.cached and stmt is self.unnamed:
             entry.replay = [step]
             self._recording = entry
-            self._recorded = 0
         self._open = True
         self._ledger.append(entry)
-
-    def _note(self, step: tuple[str, object]) -> None:
-        """Record a client message of the batch being recorded for a retry (its first is recorded by its entry)."""
-        recording = self._recording
-        if recording is None:
-            return
-        replay = recording.replay
-        assert replay is not None
-        self._recorded += len(step[1]) if isinstance(step[1], bytes) else 64
-        if self._recorded > _MAX_REPLAY:
-            recording.replay = None
-            self._recording = None
-            return
-        replay.append(step)
 
     def _pop(self) -> None:
         """The head entry is answered; COPY markers that reach the head go too."""
@@ -683,6 +701,19 @@ class Statements:
         if self.prepared is not None:
             for name, size in prepared.items():
                 self.prepared.setdefault(name, size)
+
+
+def _is_fake(entry: object) -> bool:
+    return type(entry) is _Entry and entry.action == FAKE
+
+
+def _head_fake(type_: int, answer: bytes) -> _Entry:
+    entry = _Entry(type_, FAKE)
+    entry.fake = answer
+    return entry
+
+
+_HEAD_FAKES = {_PARSE: _head_fake(_PARSE, _FAKE_PARSE), _CLOSE: _head_fake(_CLOSE, _FAKE_CLOSE)}
 
 
 def _describe(name: str) -> bytes:
