@@ -72,6 +72,8 @@ _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
 PROTOCOL_STATEMENT = "prepared_statement"  # the pin reason of protocol-level named statements (until wp-stmts)
+# The backend's answers that pass ClientSession._statement in transaction pooling, by message type.
+_ANSWERS = {ord("1"): "parse_complete", ord("3"): "close_complete", m.ERROR_RESPONSE: "error"}
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
 # decision is to be made off the event loop (the session then holds the message, see RunDecision).
@@ -346,7 +348,7 @@ class ClientSession:
         self.frontend.handlers = {
             **self._frontend_tracked,
             m.QUERY: self._gate_query,
-            m.PARSE: self._gate_parse,
+            m.PARSE: self._pooled_parse if self.pooled else self._gate_parse,
             m.FUNCTION_CALL: self._gate_function_call,
         }
 
@@ -823,9 +825,12 @@ class ClientSession:
         self.request = self._server_request()
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
-            self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
-                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_request_message}
+            self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._pooled_describe,
+                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_request_message,
+                                      m.BIND: self._pooled_bind}
             self.frontend.handlers = self._frontend_tracked
+            self.backend_stream.handlers = {**self.backend_stream.handlers,
+                                            **{t: self._statement_answer(t) for t in _ANSWERS if t != m.ERROR_RESPONSE}}
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user,
@@ -898,6 +903,8 @@ class ClientSession:
         else:
             out = self._parse_decided(held.body, held.token, held.parse, decision)
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
+        if self.pooled and held.type == m.PARSE and held.body[:1] != b"\x00":
+            raw = self._statement("parse", m.parse_name(held.body), held.body, raw) or raw
         if self.state is _READY:
             return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
         self._waiting.append(raw)
@@ -978,8 +985,6 @@ class ClientSession:
 
     def _gate_parse(self, body: bytes) -> object:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
-        if self.pooled and body[:1] != b"\x00":
-            self._named_statement("parse", m.parse_name(body))
         memo = self._parse_memo
         token = self._policy_token()
         if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
@@ -1116,15 +1121,16 @@ class ClientSession:
         self.tracker.on_sync()
         self._binds = 0
 
-    def _on_close(self, body: bytes) -> None:
+    def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
         if name is not None:
-            if self.pooled:
-                self._named_statement("close", name)
             self.tracker.on_close_statement(name)
             if self._tracking:
                 self.context.close(name)
                 self._context_changed()
+            if self.pooled and name:
+                return self._statement("close", name, body, None)
+        return None
 
     def _on_copy_end(self, _body: bytes) -> None:
         self.tracker.on_copy_end()
@@ -1169,14 +1175,45 @@ class ClientSession:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
 
-    def _named_statement(self, op: str, name: str) -> None:
-        """Where the protocol-level named statements pass (Parse `op` "parse", Close "close"): in transaction
-        pooling they pin the session while any exists (proxy/statements.py replaces this: prepared again on the
-        server the client lands on)."""
+    # --- transaction pooling: protocol-level named statements (the seam of proxy/statements.py) -----------
+
+    def _pooled_parse(self, body: bytes) -> object:
+        out = self._gate_parse(body)
+        if body[:1] == b"\x00" or out is HOLD:  # unnamed; or decided elsewhere (decision_ready passes it on)
+            return out
+        replaced = self._statement("parse", m.parse_name(body), body, out)  # type: ignore[arg-type]
+        return out if replaced is None else replaced
+
+    def _pooled_bind(self, body: bytes) -> bytes | None:
+        out = self._on_bind(body)
+        name = bind_statement(body)
+        if not name:
+            return out
+        replaced = self._statement("bind", name, body, out)
+        return out if replaced is None else replaced
+
+    def _pooled_describe(self, body: bytes) -> bytes | None:
+        self._on_request_message(body)
+        if body[:1] != b"S" or len(body) < 3:
+            return None
+        return self._statement("describe", body[1:-1].decode("utf-8", "replace"), body, None)
+
+    def _statement_answer(self, type_: int) -> Callable[[bytes], bytes | None]:
+        def answer(body: bytes) -> bytes | None:
+            return self._statement(_ANSWERS[type_], "", body, None)
+        return answer
+
+    def _statement(self, op: str, name: str, body: bytes, out: bytes | None) -> bytes | None:
+        """Where protocol-level named statements pass in transaction pooling: the client's Parse ("parse", `out`:
+        the gated message that goes to the server, None = `body` as it is), Bind, Describe and Close of statement
+        `name`, and the backend's answers ("parse_complete", "close_complete", "error"; no name); returns what
+        replaces the message (None: as it is). For now they pin the session while any exists; proxy/statements.py
+        (wp-stmts) replaces this: prepared again under its own names on the server the client lands on."""
         if op == "parse":
             self._named.add(name)
-        else:
+        elif op == "close":
             self._named.discard(name)
+        return None
 
     def _on_copy_in_response(self, _body: bytes) -> None:
         self.tracker.on_copy_in()
@@ -1184,6 +1221,8 @@ class ClientSession:
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
+        if self.pooled:
+            self._statement("error", "", body, None)
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
             if found is not None:
