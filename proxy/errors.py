@@ -219,6 +219,11 @@ tenant_reconfigured = _register(
     hint="Reconnect.",
 )
 server_closed = _register("server_closed", CONNECTION_FAILURE, "FATAL", "the backend connection closed unexpectedly")
+settings_not_restored = _register(
+    "settings_not_restored", CONNECTION_FAILURE, "FATAL",
+    "pgtenant closed the session: the server connection it got refused the session's settings ({message})",
+    hint="A setting the session made earlier is not accepted any more; reconnect.",
+)
 tenant_unavailable = _register(
     "tenant_unavailable", CANNOT_CONNECT_NOW, "FATAL",
     'tenant "{tenant}" is not available: its database does not enforce the tenant boundary',

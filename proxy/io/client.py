@@ -13,20 +13,24 @@ from typing import TYPE_CHECKING
 from proxy import admin as admin_console
 from proxy import errors
 from proxy.actions import (
+    AcquireServer,
     Action,
     AdminLogin,
     AdminQuery,
     CloseClient,
-    CloseServer,
     ConnectBackend,
     ForwardCancel,
     Login,
     LoginStarted,
     RelayToClient,
     RelayToServer,
+    ReleaseServer,
     RunDecision,
     SendClient,
     ServerReady,
+    ServerRequest,
+    SessionPinned,
+    SessionUnpinned,
     StartClientTls,
     StartRelay,
 )
@@ -79,7 +83,10 @@ class ClientConnection(asyncio.Protocol):
         self.admin = False
         self.tenant: Tenant | None = None  # the tenant identity (ConnectBackend)
         self._connect: ConnectBackend | None = None  # where the session's server connection goes
-        self._ready: ServerReady | None = None  # the server connection's startup answer, until the session relays
+        self._waiting_server = False  # the pool was asked for a server (the client is not read meanwhile)
+        self._relaying = False  # the session's startup was answered: the client transport reads into the relay
+        self._pinned_at: float | None = None  # since when the session is pinned to its server (transaction pooling)
+        self._pin_timer: asyncio.TimerHandle | None = None
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -175,11 +182,19 @@ class ClientConnection(asyncio.Protocol):
             self._finish()
             return
         self.closed = True
-        if self.session is not None:
-            self.session.close()
-        if self.link is not None:
-            self.proxy.pool.release(self.link, reason=CloseReason.CLIENT_GONE)
+        self._let_go(CloseReason.CLIENT_GONE)
         self._finish(reason=CloseReason.CLIENT_DISCONNECTED)
+
+    def _let_go(self, reason: CloseReason) -> None:
+        """The connection ends: the session gives its server back (or the pool forgets its request)."""
+        if self.session is not None:
+            self.run([a for a in self.session.close() if isinstance(a, ReleaseServer)])
+        if self.link is not None:  # (the session did not hold it yet: not reusable as far as it knows)
+            self._release(ReleaseServer(reusable=False, reset=True, reason=reason))
+        if self._waiting_server:
+            self._waiting_server = False
+            self.proxy.pool.withdraw(self)
+        self._unpinned()
 
     def pause_writing(self) -> None:
         if self.link is not None and self.link.transport is not None:
@@ -204,7 +219,7 @@ class ClientConnection(asyncio.Protocol):
         """Read the client's socket unless the server link is full or the session waits for a decision."""
         if self.transport is None or self.closed:
             return
-        paused = self._backpressure or self._decision is not None
+        paused = self._backpressure or self._decision is not None or self._waiting_server
         if paused != self._reading_paused:
             self._reading_paused = paused
             if paused:
@@ -229,40 +244,66 @@ class ClientConnection(asyncio.Protocol):
     # --- from the server link -----------------------------------------------------------
 
     def start_relay(self, link: ServerLink) -> None:
-        """The session relays from now on: both transports read into the compiled hot path (proxy.relay)."""
+        """The session relays from now on through `link` (both transports read into the compiled hot path,
+        proxy.relay): as `server_granted` and StartRelay do it."""
+        self._install(link)
+        self._relay_client()
+
+    def _install(self, link: ServerLink) -> None:
+        """A server is lent to the session: its socket reads into the client's relay (made at the first one)."""
         session, proxy, tenant = self.session, self.proxy, self.tenant
         assert session is not None and self.transport is not None and link.transport is not None
         assert tenant is not None
-        relay = self.relay = ClientRelay(
-            self, session, self.transport, link.transport,
-            recorder=proxy.metrics.query_recorder(tenant.label),
-            stats=proxy.ops.tenant_stats(tenant.name),
-            metrics_enabled=proxy.metrics_enabled,
-            audit=proxy.audit,
-            audit_prefix=self._audit_fields() if proxy.audit is not None else "",
-            end_user=self._connect.end_user if self._connect is not None else None,
-        )
-        session.report_requests(relay.request_done)
-        self.transport.set_protocol(relay)
+        relay = self.relay
+        if relay is None:
+            relay = self.relay = ClientRelay(
+                self, session, self.transport, None,
+                recorder=proxy.metrics.query_recorder(tenant.label),
+                stats=proxy.ops.tenant_stats(tenant.name),
+                metrics_enabled=proxy.metrics_enabled,
+                audit=proxy.audit,
+                audit_prefix=self._audit_fields() if proxy.audit is not None else "",
+                end_user=self._connect.end_user if self._connect is not None else None,
+            )
+            session.report_requests(relay.request_done)
+        self.link = link
+        relay.server = link.transport
         link.transport.set_protocol(ServerRelay(link, relay))
 
+    def _relay_client(self) -> None:
+        """The client's startup is answered: its transport reads into the relay."""
+        assert self.transport is not None and self.relay is not None
+        self._relaying = True
+        self.transport.set_protocol(self.relay)
+
     def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
-        assert self.session is not None
-        if self.closed:
-            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
+        """The one-connection-per-request pool's link finished its startup: it is granted (until wp-pool's Pool)."""
+        self.server_granted(link)
+
+    def server_granted(self, link: ServerLink) -> None:
+        """The pool lends the session `link` (READY, idle), maybe inside `Pool.request` itself."""
+        self._waiting_server = False
+        session = self.session
+        if self.closed or session is None:
+            self.proxy.pool.release(link, reusable=True, reset=False, reason=CloseReason.CLIENT_GONE)
             return
-        # The startup can finish before _acquire resumes (one round trip without a password): the link is ours.
-        self.link = link
-        self._ready = ready
-        self.run(self.session.server_ready(ready.parameters, ready.notices))
+        self._install(link)
+        connect = self._connect
+        assert connect is not None
+        server = link.server
+        self.proxy.cancels.register(*connect.cancel_key, CancelTarget(server.backend, server.process_id,
+                                                                      server.secret_key))
+        try:
+            self.run(session.server_attached(server, server.notices))
+        except Exception:
+            self.internal_error()
+            return
+        self._update_reading()
 
     def _start_relay(self) -> None:
-        """The session is ready: its cancel key forwards to this backend, the startup deadline ends, it relays."""
-        link, ready, tenant, connect = self.link, self._ready, self.tenant, self._connect
-        assert link is not None and ready is not None and tenant is not None and connect is not None
-        self._ready = None
-        self.proxy.cancels.register(*connect.cancel_key, CancelTarget(link.server.backend, ready.process_id,
-                                                                      ready.secret_key))
+        """The client's startup is answered: the startup deadline ends, the session relays."""
+        link, tenant = self.link, self.tenant
+        assert link is not None and tenant is not None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -275,11 +316,12 @@ class ClientConnection(asyncio.Protocol):
             connect_ms=round(connect_s * 1000, 2),
         )
         label = tenant.label
-        self.proxy.metrics.backend_connected(label, connect_s)
-        link.gauge_label = label
+        if link.gauge_label is None:
+            self.proxy.metrics.backend_connected(label, connect_s)
+            link.gauge_label = label
         self._set_gauge(label, "active")
         if not self.closed:
-            self.start_relay(link)
+            self._relay_client()
 
     def server_failed(self, link: ServerLink, reason: str, refusal: PgError | None = None) -> None:
         """The backend connection failed; `refusal` is the backend's own ErrorResponse, if it sent one."""
@@ -292,16 +334,73 @@ class ClientConnection(asyncio.Protocol):
         # the session tells the client while it is connecting: the backend's name, never its address
         error = (errors.backend_refused(backend.name, refusal) if refusal is not None
                  else errors.backend_unreachable(backend.name, "see the proxy log"))
-        self.run(self.session.server_failed(error, CloseReason.BACKEND))
+        self.server_refused(error, CloseReason.BACKEND)
+
+    def server_refused(self, error: PgError, reason: CloseReason) -> None:
+        """The pool has no server for the session (its wait timed out, the backend cannot be reached)."""
+        self._waiting_server = False
+        if self.session is None or self.closed:
+            return
+        self.run(self.session.server_refused(error, reason))
+        self._update_reading()
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
         if self.link is not link or self.closed:
             return
         assert self.session is not None
         if self.relay is not None:
+            self.link = None
+            self.relay.server = None
+            if self._connect is not None:
+                self.proxy.cancels.unregister(self._connect.cancel_key[0])
             self.run(self.session.server_closed())
         else:
             self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
+
+    def _request_server(self, request: ServerRequest) -> None:
+        """Ask the pool for a server (answered by server_granted or server_refused, maybe at once)."""
+        self._waiting_server = True
+        self._update_reading()
+        self.proxy.pool.request(self, request)
+
+    def _release(self, action: ReleaseServer) -> None:
+        """Give the server back to the pool; the client's relay stops reading it."""
+        link, self.link = self.link, None
+        if link is None:
+            return
+        if self.relay is not None:
+            self.relay.server = None
+        if self._connect is not None:
+            self.proxy.cancels.unregister(self._connect.cancel_key[0])
+        if link.transport is not None and not link.closed:
+            link.transport.set_protocol(link)
+        self._backpressure = False
+        self.proxy.pool.release(link, reusable=action.reusable, reset=action.reset, reason=action.reason)
+        self._update_reading()
+
+    def _pinned(self, reason: str) -> None:
+        """The session is pinned to its server for `reason` (counted); a pin held past max_pin_time is logged once."""
+        assert self.tenant is not None
+        self.proxy.metrics.session_pinned(self.tenant.label, reason)
+        if self._pinned_at is None:
+            self._pinned_at = time.monotonic()
+            limit = getattr(getattr(self.proxy.config, "pool", None), "max_pin_time", 600.0)
+            self._pin_timer = asyncio.get_running_loop().call_later(limit, self._pinned_long, limit)
+
+    def _pinned_long(self, limit: float) -> None:
+        self._pin_timer = None
+        if not self.closed and self._pinned_at is not None:
+            self.log.warning("session_pinned_long", seconds=round(time.monotonic() - self._pinned_at, 1),
+                             max_pin_time=limit)
+
+    def _unpinned(self) -> None:
+        """The session holds nothing on its server any more (or ends): how long it was pinned."""
+        if self._pin_timer is not None:
+            self._pin_timer.cancel()
+            self._pin_timer = None
+        if self._pinned_at is not None and self.tenant is not None:
+            self.proxy.metrics.session_unpinned(self.tenant.label, time.monotonic() - self._pinned_at)
+        self._pinned_at = None
 
     # --- action execution ----------------------------------------------------------------
 
@@ -340,10 +439,14 @@ class ClientConnection(asyncio.Protocol):
                 self._run_decision(action.pending)
             elif isinstance(action, ForwardCancel):
                 asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
-            elif isinstance(action, CloseServer):
-                if self.link is not None:
-                    self.proxy.pool.release(self.link, reason=action.reason)
-                    self.link = None
+            elif isinstance(action, ReleaseServer):
+                self._release(action)
+            elif isinstance(action, AcquireServer):
+                self._request_server(action.request)
+            elif isinstance(action, SessionPinned):
+                self._pinned(action.reason)
+            elif isinstance(action, SessionUnpinned):
+                self._unpinned()
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return
@@ -464,8 +567,8 @@ class ClientConnection(asyncio.Protocol):
                 problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
             except BackendCheckError as exc:
                 self.log.warning("backend_failed", backend=backend.describe(), reason=str(exc))
-                self.run(session.server_failed(errors.backend_unreachable(backend.name, "its check failed"),
-                                               CloseReason.BACKEND))
+                self.run(session.server_refused(errors.backend_unreachable(backend.name, "its check failed"),
+                                                CloseReason.BACKEND))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
                 self.run([CloseClient(errors.tenant_unavailable(name), CloseReason.PREFLIGHT_FAILED)])
@@ -475,25 +578,7 @@ class ClientConnection(asyncio.Protocol):
         gate = self.proxy.decider(name)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
-        await self._acquire(connect)
-
-    async def _acquire(self, connect: ConnectBackend) -> None:
-        session = self.session
-        assert session is not None
-        backend = connect.backend
-        try:
-            link = await self.proxy.pool.acquire(self, backend, connect.database, connect.parameters)
-        except (TimeoutError, OSError) as exc:
-            timed_out = isinstance(exc, asyncio.TimeoutError)
-            reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
-            self.log.warning("backend_failed", backend=backend.describe(), reason=reason)
-            shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
-            self.run(session.server_failed(errors.backend_unreachable(backend.name, shown), CloseReason.BACKEND))
-            return
-        if self.closed:
-            self.proxy.pool.release(link, reason=CloseReason.CLIENT_GONE)
-            return
-        self.link = link
+        self.run([AcquireServer(connect.request)])
 
     def _logged_in(self) -> None:
         """Authentication succeeded: the connection leaves the pre-login caps and its log lines are all kept."""
@@ -520,11 +605,7 @@ class ClientConnection(asyncio.Protocol):
             self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
         self._drop_decision()
-        if self.session is not None:
-            self.session.close()
-        if self.link is not None:
-            self.proxy.pool.release(self.link, reason=reason)
-            self.link = None
+        self._let_go(reason)
         if self.transport is not None:
             if self._tls_pending:
                 self.transport.abort()

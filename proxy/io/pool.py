@@ -1,11 +1,12 @@
-"""Where sessions get their server connections (ServerLink): one fresh connection per session for now."""
+"""Where sessions get their server connections (ServerLink): one fresh connection per request for now."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING
 
-from proxy.config import BackendConfig
+from proxy import errors
+from proxy.actions import ServerRequest
 from proxy.io.backend import ServerLink
 from proxy.reasons import CloseReason
 from proxy.server import ServerConnection
@@ -16,29 +17,41 @@ if TYPE_CHECKING:
 
 
 class Pool:
-    """Hands server connections to client sessions: one fresh connection per session for now.
-
-    Later, pooling will keep connections per (backend, database, tenant parameters) and re-use them,
-    re-applying the tenant context and pinning session state; sessions only see acquire/release.
-    """
+    """Hands server connections to client sessions: one fresh connection per request for now, closed when given
+    back (the contract's API: `request` answered by `client.server_granted` / `client.server_refused`,
+    `withdraw`, `release`; proxy/pooling.py's manager replaces this)."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.links: set[ServerLink] = set()
 
-    async def acquire(
-        self, client: ClientConnection, backend: BackendConfig, database: str, parameters: dict[str, str]
-    ) -> ServerLink:
-        loop = asyncio.get_running_loop()
-        server = ServerConnection(backend, database, parameters)
-        _, link = await asyncio.wait_for(
-            loop.create_connection(lambda: ServerLink(client, server), backend.host, backend.port),
-            backend.connect_timeout,
-        )
-        self.links.add(link)
-        return link
+    def request(self, client: ClientConnection, request: ServerRequest) -> None:
+        """Connect a server for `client`; its startup ends in client.server_ready (granted) or server_failed."""
+        asyncio.get_running_loop().create_task(self._connect(client, request))
 
-    def release(self, link: ServerLink, *, reason: CloseReason | None = None) -> None:
+    async def _connect(self, client: ClientConnection, request: ServerRequest) -> None:
+        loop = asyncio.get_running_loop()
+        backend = request.backend
+        server = ServerConnection(backend, request.key.database, dict(request.parameters))
+        try:
+            _, link = await asyncio.wait_for(
+                loop.create_connection(lambda: ServerLink(client, server), backend.host, backend.port),
+                backend.connect_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
+            client.log.warning("backend_failed", backend=backend.describe(), reason=reason)
+            shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
+            client.server_refused(errors.backend_unreachable(backend.name, shown), CloseReason.BACKEND)
+            return
+        self.links.add(link)
+
+    def withdraw(self, client: ClientConnection) -> None:
+        """The client left while waiting: a server connecting for it is given back when it is ready."""
+
+    def release(self, link: ServerLink, *, reusable: bool = False, reset: bool = False,
+                reason: CloseReason | None = None) -> None:
         if link in self.links and link.gauge_label is not None:
             self.proxy.metrics.backend_released(link.gauge_label)
             link.gauge_label = None

@@ -11,6 +11,7 @@ from proxy.actions import SendClient
 from proxy.auth.scram import make_verifier
 from proxy.config import Config, parse_config
 from proxy.protocol import messages as m
+from proxy.server import ServerConnection
 from proxy.session import ClientSession
 
 
@@ -56,3 +57,16 @@ def frames(data: bytes) -> list[tuple[bytes, bytes]]:
         out.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
         pos += 1 + length
     return out
+
+
+def server_for(session: ClientSession, status: dict[str, str] | None = None) -> ServerConnection:
+    """A server connection of the session's backend, as the pool lends it (READY), reporting `status`."""
+    assert session.backend is not None and session.request is not None
+    server = ServerConnection(session.backend, session.request.key.database, dict(session.request.parameters))
+    server.status.update(status or {})
+    return server
+
+
+def attach(session: ClientSession, status: dict[str, str] | None = None) -> list:
+    """The pool lends the session a fresh server reporting `status`: the session's answer."""
+    return session.server_attached(server_for(session, status))

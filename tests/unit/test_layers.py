@@ -16,7 +16,7 @@ IO_MODULES = ("asyncio", "socket", "ssl", "selectors", "proxy.io", "proxy.relay"
 ENTRY_POINTS = ("cli.py", "demo.py")
 # What the I/O layer may call on a ClientSession: its inputs (events) and its plain-data view; never a field.
 SESSION_EVENTS = frozenset({
-    "client_data", "server_data", "tls_done", "server_ready", "server_failed", "server_closed", "timeout",
+    "client_data", "server_data", "tls_done", "server_attached", "server_refused", "server_closed", "timeout",
     "decision_ready", "enable_policy", "report_requests", "reconfigure", "revoke", "row", "close",
 })
 

@@ -605,7 +605,7 @@ def session_with_statements(tmp_path, cache: bool, prepared: dict[str, int]):  #
     from proxy.auth.throttle import AuthThrottle
     from proxy.policy.model import Allow, Deny, Rewrite
     from proxy.session import ClientSession
-    from tests.support.sessions import login, make_config
+    from tests.support.sessions import login, make_config, server_for
 
     def decide(kind: str, sql: str) -> object:
         if "secret" in sql:
@@ -618,7 +618,7 @@ def session_with_statements(tmp_path, cache: bool, prepared: dict[str, int]):  #
                       throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=False)
     login(s)
     s.enable_policy(decide, object)  # type: ignore[arg-type]
-    s.server_ready({})
+    s.server_attached(server_for(s))
     s.enable_statements(prepared, cache=cache)
     return s
 
