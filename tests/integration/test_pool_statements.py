@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 
 import asyncpg
 import psycopg
 import pytest
+from psycopg import pq
 
 from tests.support.certs import TlsFiles
+from tests.support.jdbc import jdbc_missing_reason, run_jdbc
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
@@ -21,6 +24,18 @@ def cached(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: T
     p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
                      backend_sslmode="require" if pg.ssl_enabled else "disable",
                      pool={"statement_cache": True, "statement_cache_size": 8})
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """pgtenant in transaction pooling with one server per pool: clients take turns on it between transactions."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+                     backend_sslmode="require" if pg.ssl_enabled else "disable",
+                     pool={"pool_mode": "transaction", "pool_size": 1})
     p.start()
     yield p
     p.stop()
@@ -132,3 +147,96 @@ def test_asyncpg_statement_cache_and_errors(cached: ProxyProcess) -> None:
             await conn.close()
 
     asyncio.run(main())
+
+
+# --- transaction pooling: every client's statements on whichever server its transaction lands on ---------------
+
+
+def test_psycopg_prepared_statements_of_two_clients_interleaving(pooled: ProxyProcess) -> None:
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        for i in range(8):  # both clients name their statements _pg3_0, _pg3_1...
+            assert a.execute("SELECT %s::int * 2", (i,), prepare=True).fetchone() == (2 * i,)
+            assert b.execute("SELECT %s::int * 3", (i,), prepare=True).fetchone() == (3 * i,)
+        with a.transaction():  # a transaction keeps its server: a's statements run there, b waits its turn
+            assert a.execute("SELECT %s::int * 2", (21,), prepare=True).fetchone() == (42,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            b.execute("SELECT 1 / %s::int", (0,), prepare=True)
+        assert b.execute("SELECT %s::int * 3", (3,), prepare=True).fetchone() == (9,)
+
+
+def test_asyncpg_statement_cache_in_transaction_pooling(pooled: ProxyProcess) -> None:
+    async def main() -> None:
+        a = await asyncpg.connect(pooled.url("ivan"), ssl=False)
+        b = await asyncpg.connect(pooled.url("ivan"), ssl=False)
+        try:
+            for i in range(10):  # the same __asyncpg_stmt_N__ names in both, other texts
+                assert await a.fetchval("SELECT $1::int + 1", i) == i + 1
+                assert await b.fetchval("SELECT $1::int + 2", i) == i + 2
+            stmt = await a.prepare("SELECT $1::int8 * 2, $2::text")
+            for i in range(5):
+                assert tuple(await stmt.fetchrow(i, "x")) == (2 * i, "x")
+                assert await b.fetchval("SELECT $1::int + 2", i) == i + 2
+            async with a.transaction():
+                assert await a.fetchval("SELECT $1::int + 1", 41) == 42
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_node_style_named_statements(pooled: ProxyProcess) -> None:
+    """node-postgres parses a named query once per connection, then only binds and executes it."""
+    a, b = pq.PGconn.connect(pooled.dsn("ivan").encode()), pq.PGconn.connect(pooled.dsn("ivan").encode())
+    try:
+        for conn, sql in ((a, b"SELECT $1::int + 100"), (b, b"SELECT $1::int + 200")):
+            assert conn.prepare(b"fetch-thing", sql).status == pq.ExecStatus.COMMAND_OK
+        for i in range(5):
+            for conn, plus in ((a, 100), (b, 200)):
+                res = conn.exec_prepared(b"fetch-thing", [str(i).encode()])
+                assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+                assert res.get_value(0, 0) == str(i + plus).encode()
+        assert a.describe_prepared(b"fetch-thing").nparams == 1
+        missing = a.exec_prepared(b"nope", [])
+        assert missing.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        duplicate = a.prepare(b"fetch-thing", b"SELECT 1")
+        assert duplicate.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+        assert a.exec_prepared(b"fetch-thing", [b"1"]).get_value(0, 0) == b"101"
+    finally:
+        a.finish()
+        b.finish()
+
+
+def test_clients_in_threads_share_the_server(pooled: ProxyProcess) -> None:
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
+                for i in range(30):
+                    assert c.execute("SELECT %s::int + %s::int", (i, n), prepare=i % 3 != 0).fetchone() == (i + n,)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("threshold", [5, 1])
+def test_pgjdbc_server_prepared_statements(pooled: ProxyProcess, threshold: int) -> None:
+    if jdbc_missing_reason():
+        pytest.skip(jdbc_missing_reason() or "")
+    url = pooled.jdbc_url("ivan", sslmode="disable", prepareThreshold=threshold)
+    out = run_jdbc(url, "ivan", pooled.password("ivan"), "prepared", 10)
+    rows = out["rows"]
+    assert out["prepare_threshold"] == threshold
+    assert [r["sum"] for r in rows] == [i * 1000 + 1 for i in range(1, 11)]
+    assert [r["product"] for r in rows] == [f"{2 * i}.50" for i in range(1, 11)]
+    assert [r["server_prepared"] for r in rows] == [i >= threshold for i in range(1, 11)]
+    # PostgreSQL lists the statement under pgtenant's name for it (docs/statements.md)
+    assert len(out["prepared_statements"]) <= 1 and all(n.startswith("pgt_") for n in out["prepared_statements"])
