@@ -362,3 +362,17 @@ def test_a_replay_the_server_refuses_ends_the_session(pooled: ClientSession) -> 
     out = pooled.server_data(error("22023"))
     assert kinds(out)[0] is ReleaseServer and isinstance(out[-1], CloseClient)
     assert out[-1].reason is CloseReason.SETTINGS_REPLAY
+
+
+def test_a_cursor_closed_in_a_rolled_back_transaction_stays_closed(pooled: ClientSession) -> None:
+    pinned(pooled, ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", done("DECLARE CURSOR")))
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, "CLOSE c", done("CLOSE CURSOR", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]
+
+
+def test_a_deallocate_in_a_rolled_back_transaction_stays_done(pooled: ClientSession) -> None:
+    pinned(pooled, ("PREPARE p AS SELECT 1", done("PREPARE")))
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, "DEALLOCATE p", done("DEALLOCATE", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]
