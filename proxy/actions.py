@@ -7,6 +7,7 @@ from typing import Any
 
 from proxy.config import BackendConfig
 from proxy.errors import PgError
+from proxy.pooling import ServerRequest
 from proxy.reasons import CloseReason
 
 
@@ -74,28 +75,6 @@ class AdminLogin:
     """An admin user logged in to the console: no startup deadline from now on; log, count and audit it."""
 
     login: Login
-
-
-@dataclass(frozen=True, slots=True)
-class PoolKey:
-    """What a server connection may serve (until wp-pool's proxy/pooling.py lands: the same fields)."""
-
-    backend: str
-    database: str
-    role: str
-    context: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ServerRequest:
-    """A session asks for a server (until wp-pool's proxy/pooling.py lands: the same fields)."""
-
-    tenant: str
-    key: PoolKey
-    mode: str
-    weight: float
-    backend: BackendConfig
-    parameters: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +171,15 @@ class ServerReady:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerQueryDone:
+    """The proxy's own query on a server (reset, health check, settings) was answered: `ok` when the answer was
+    exactly the one expected, ending in ReadyForQuery 'I'; `error` is the backend's, if it sent one."""
+
+    ok: bool
+    error: PgError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerFailed:
     """The backend could not be connected, negotiated or authenticated."""
 
@@ -201,7 +189,7 @@ class ServerFailed:
 
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
-    | ConnectBackend | StartRelay | LoginStarted
-    | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerFailed
-    | AcquireServer | ReleaseServer | SessionPinned | SessionUnpinned
+    | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
+    | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
+    | SessionPinned | SessionUnpinned
 )

@@ -16,6 +16,7 @@ from proxy.auth.scram import DEFAULT_ITERATIONS, IterationProfile, ScramVerifier
 from proxy.policy.model import Strategy
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+PoolMode = Literal["session", "transaction"]
 
 # Startup parameters (and `options -c` settings) a client may pass; each is forwarded to the backend.
 DEFAULT_ALLOWED_PARAMETERS: frozenset[str] = frozenset(
@@ -94,6 +95,7 @@ class BackendConfig:
     sslmode: SslMode = "prefer"
     sslrootcert: Path | None = None
     connect_timeout: float = 5.0
+    max_db_connections: int | None = None  # servers per database of this backend, over all pools ([pool] default)
 
     def describe(self) -> str:
         return f"{self.name} ({self.host}:{self.port})"
@@ -119,11 +121,48 @@ class TenantConfig:
     # all
     allow_writes: bool = False
     backend_user: str | None = None  # the tenant's own backend role (password in secrets [roles])
+    # pooling: None takes the [pool] value
+    pool_mode: PoolMode | None = None
+    pool_size: int | None = None
+    min_pool_size: int | None = None
+    reserve_pool: int | None = None
+    weight: float = 1.0  # its share of a contended database budget (the fair queue across tenants)
 
     @property
     def client_database_names(self) -> frozenset[str]:
         """Database names a client of this tenant may put in its startup packet."""
         return frozenset({self.name, self.database})
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """[pool]: the server connection pools (per tenant values may override the first four sizes and the mode)."""
+
+    pool_mode: PoolMode = "session"
+    pool_size: int = 20  # servers per pool (a pool serves one tenant context)
+    min_pool_size: int = 0  # servers kept open per pool once it has had a client
+    reserve_pool: int = 0  # extra servers for a pool whose client has waited reserve_pool_timeout
+    reserve_pool_timeout: float = 5.0
+    max_db_connections: int = 0  # servers per (backend, database) over all its pools; 0 = no budget
+    server_idle_timeout: float = 600.0  # an idle server is closed after this long (min_pool_size stays)
+    server_lifetime: float = 3600.0  # a server older than this is closed when released
+    server_check_delay: float = 30.0  # an idle server idle this long is checked (empty query) before reuse
+    query_wait_timeout: float = 120.0  # a client waiting this long for a server gets an error
+    max_pin_time: float = 600.0  # a session pinned longer is logged once (session_pinned_long)
+    statement_cache: bool = False
+    statement_cache_size: int = 500  # statements per server
+    statement_cache_bytes: int = 4 * 1024 * 1024  # statement text bytes per server
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPool:
+    """One tenant's pool settings: its own values over the [pool] defaults."""
+
+    mode: PoolMode
+    size: int
+    min_size: int
+    reserve: int
+    weight: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +224,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
+    pool: PoolConfig = PoolConfig()
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     auth_mock_secret_random: bool = False  # True: not configured, a random one per load (see proxy.mocksecret)
@@ -212,6 +252,24 @@ class Config:
         if tenant.backend_user is None:
             return b
         return replace(b, user=tenant.backend_user, password=self.role_passwords.get(tenant.backend_user))
+
+    def tenant_pool(self, name: str) -> TenantPool:
+        """A tenant's pool settings ([tenants.X] over [pool])."""
+        t, p = self.tenants[name], self.pool
+        return TenantPool(
+            t.pool_mode or p.pool_mode,
+            p.pool_size if t.pool_size is None else t.pool_size,
+            p.min_pool_size if t.min_pool_size is None else t.min_pool_size,
+            p.reserve_pool if t.reserve_pool is None else t.reserve_pool,
+            t.weight,
+        )
+
+    def db_budget(self, backend: str) -> int:
+        """Servers allowed per database of a backend over all its pools (0: no budget)."""
+        b = self.backends.get(backend)
+        if b is not None and b.max_db_connections is not None:
+            return b.max_db_connections
+        return self.pool.max_db_connections
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -306,6 +364,34 @@ def _path(base: Path, value: str | None) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
+def _check_pool_sizes(t: TenantConfig, where: str) -> None:
+    """A tenant's own pool values: sizes of at least 1 (pool_size) or 0 (the others), a positive weight."""
+    if t.pool_size is not None and t.pool_size < 1:
+        raise ConfigError(f"{where}pool_size: must be at least 1, got {t.pool_size}")
+    for key in ("min_pool_size", "reserve_pool"):
+        value = getattr(t, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{where}{key}: must be 0 or more, got {value}")
+    if not t.weight > 0:
+        raise ConfigError(f"{where}weight: must be positive, got {t.weight}")
+
+
+def _pool_config(given: dict[str, Any]) -> PoolConfig:
+    """[pool], checked: sizes, budgets and timeouts in range, with errors naming the key."""
+    pool = PoolConfig(**given)
+    if pool.pool_size < 1:
+        raise ConfigError(f"pool.pool_size: must be at least 1, got {pool.pool_size}")
+    for key in ("min_pool_size", "reserve_pool", "max_db_connections", "server_check_delay"):
+        if getattr(pool, key) < 0:
+            raise ConfigError(f"pool.{key}: must be 0 or more, got {getattr(pool, key)}")
+    if pool.min_pool_size > pool.pool_size:
+        raise ConfigError(f"pool.min_pool_size: {pool.min_pool_size} exceeds pool.pool_size {pool.pool_size}")
+    for key in ("reserve_pool_timeout", "server_idle_timeout", "server_lifetime", "query_wait_timeout",
+                "max_pin_time", "statement_cache_size", "statement_cache_bytes"):
+        _positive(getattr(pool, key), f"pool.{key}")
+    return pool
+
+
 def _resolve_secret(value: str, where: str) -> str:
     """Secrets may be literal or `env:NAME`."""
     if value.startswith("env:"):
@@ -333,7 +419,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         raw,
         {
             "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
-            "preflight", "metrics", "audit", "admin",
+            "preflight", "metrics", "audit", "admin", "pool",
         },
         "",
     )
@@ -405,6 +491,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             name=name, password=_resolve_secret(password, f"secrets.backends.{name}") if password else None, **given
         )
         _positive(b.connect_timeout, f"{w}connect_timeout")
+        if b.max_db_connections is not None and b.max_db_connections < 0:
+            raise ConfigError(f"{w}max_db_connections: must be 0 (no budget) or more, got {b.max_db_connections}")
         if b.sslmode in ("verify-ca", "verify-full") and b.sslrootcert is None:
             raise ConfigError(f"{w}sslrootcert: required with sslmode={b.sslmode}")
         backends[name] = b
@@ -457,6 +545,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         for tbl in t.tables:
             if tbl.count(".") != 1:
                 raise ConfigError(f"{w}tables: {tbl!r} must be schema.table")
+        _check_pool_sizes(t, w)
         tenants[name] = t
 
     user_secrets = _table(secrets, "users", "secrets.")
@@ -512,6 +601,12 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         raise ConfigError("metrics.basic_auth_user: needs secrets.metrics_password")
 
     audit = AuditConfig(**_read(AuditConfig, _table(raw, "audit", ""), "audit.", base))
+    pool = _pool_config(_read(PoolConfig, _table(raw, "pool", ""), "pool.", base))
+    for t in tenants.values():
+        resolved_min = pool.min_pool_size if t.min_pool_size is None else t.min_pool_size
+        resolved_size = pool.pool_size if t.pool_size is None else t.pool_size
+        if resolved_min > resolved_size:
+            raise ConfigError(f"tenants.{t.name}.min_pool_size: {resolved_min} exceeds its pool_size {resolved_size}")
 
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):
@@ -536,6 +631,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         metrics=metrics,
         audit=audit,
         admin=replace(admin, verifiers=admin_verifiers),
+        pool=pool,
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         auth_mock_secret_random=not mock,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 
-from proxy import server, session
+from proxy import pooling, server, session
 
 
 def mermaid(transitions: Mapping[tuple[enum.Enum, enum.Enum], enum.Enum],
@@ -29,6 +29,9 @@ def diagrams() -> dict[str, str]:
             [(server.ServerState.SSL_NEGOTIATION, "sslmode is not disable"),
              (server.ServerState.STARTUP, "sslmode = disable")],
             [server.ServerState.READY, server.ServerState.FAILED],
+        ),
+        "pooling.Server (a pooled server; it may close in any state)": mermaid(
+            pooling.TRANSITIONS, [(pooling.State.CONNECTING, "")], [],
         ),
     }
 

@@ -201,6 +201,21 @@ _backend_refused = _register(
     "backend_refused", SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION, "FATAL",
     'pgtenant could not connect to backend "{target}": {message}',
 )
+# No server for a client within query_wait_timeout: 53300 (class 53, insufficient resources), as PostgreSQL answers
+# when it is out of connection slots; nothing ran, so a retry is safe (57014 would read as a canceled statement).
+pool_wait_timeout = _register(
+    "pool_wait_timeout", TOO_MANY_CONNECTIONS, "ERROR",
+    'pgtenant: no server connection for tenant "{tenant}" within query_wait_timeout ({seconds} s); '
+    "its pool_size is {pool_size}",
+    hint="Every server of the tenant's pool (or of its database's max_db_connections) was busy; retry later, or "
+    "raise pool_size (pool.pool_size or tenants.{tenant}.pool_size), reserve_pool, max_db_connections or "
+    "pool.query_wait_timeout in the pgtenant configuration.",
+)
+tenant_reconfigured = _register(
+    "tenant_reconfigured", ADMIN_SHUTDOWN, "FATAL",
+    'terminating connection: the configuration of tenant "{tenant}" changed while it waited for a server',
+    hint="Reconnect.",
+)
 server_closed = _register("server_closed", CONNECTION_FAILURE, "FATAL", "the backend connection closed unexpectedly")
 settings_not_restored = _register(
     "settings_not_restored", CONNECTION_FAILURE, "FATAL",
@@ -234,7 +249,7 @@ admin_reloaded = _register("admin_reloaded", SUCCESSFUL_COMPLETION, "NOTICE", "{
 admin_no_client = _register("admin_no_client", UNDEFINED_OBJECT, "ERROR", "no client with session id {session_id}")
 admin_unknown_command = _register(
     "admin_unknown_command", SYNTAX_ERROR, "ERROR", "pgtenant admin console: unknown command",
-    hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
+    hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | POOLS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
     "UNLOCK <user>.",
 )
 

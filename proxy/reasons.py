@@ -92,6 +92,9 @@ class CloseReason(enum.StrEnum):
     SERVER_CLOSED = "server_closed"
     SETTINGS_REPLAY = "settings_replay"  # a server refused the client's settings (transaction pooling's replay)
     PREFLIGHT_FAILED = "preflight_failed"
+    # the pool
+    POOL_WAIT_TIMEOUT = "pool_wait_timeout"
+    POOL_RETIRED = "pool_retired"
     # pgtenant
     INTERNAL_ERROR = "internal_error"
     SHUTDOWN = "shutdown"

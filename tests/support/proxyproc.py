@@ -90,6 +90,7 @@ class ProxyProcess:
     audit: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # more [metrics] keys
     admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
+    pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys
     provision_args: tuple[str, ...] = ()  # more `pgtenant provision` options, e.g. ("--trust", "app")
     proc: subprocess.Popen[bytes] | None = None
 
@@ -124,6 +125,8 @@ class ProxyProcess:
             *(f"{k} = {json.dumps(v)}" for k, v in self.audit.items()),
             "[admin]",
             f"users = {json.dumps(sorted(self.admin_users))}",
+            "[pool]",
+            *(f"{k} = {json.dumps(v)}" for k, v in self.pool.items()),
         ]
         if self.tls is not None:
             lines += [

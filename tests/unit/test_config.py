@@ -19,6 +19,7 @@ from proxy.config import (
     ListenConfig,
     LoggingConfig,
     MetricsConfig,
+    PoolConfig,
     PreflightConfig,
     TenantConfig,
     TlsConfig,
@@ -64,6 +65,7 @@ TABLES = {
     "metrics": (MetricsConfig, ("basic_auth_password",)), "audit": (AuditConfig, ()),
     "admin": (AdminConfig, ("verifiers",)), "backends": (BackendConfig, ("name", "password")),
     "tenants": (TenantConfig, ("name",)), "users": (UserConfig, ("name", "verifier")),
+    "pool": (PoolConfig, ()),
 }
 
 
@@ -90,8 +92,8 @@ def test_example_names_every_key_of_each_table(table: str) -> None:
 def test_example_values_are_the_defaults() -> None:
     """The example says "every key, with its default": where it sets a key that has a default, it is the default."""
     cfg = load_config(ROOT / "config" / "pgtenant.example.toml")
-    assert (cfg.listen, cfg.limits, cfg.tls, cfg.logging, cfg.preflight, cfg.audit) == (
-        ListenConfig(), LimitsConfig(), TlsConfig(), LoggingConfig(), PreflightConfig(), AuditConfig())
+    assert (cfg.listen, cfg.limits, cfg.tls, cfg.logging, cfg.preflight, cfg.audit, cfg.pool) == (
+        ListenConfig(), LimitsConfig(), TlsConfig(), LoggingConfig(), PreflightConfig(), AuditConfig(), PoolConfig())
     assert replace(cfg.metrics, basic_auth_password=None) == MetricsConfig()
     assert cfg.admin.users == AdminConfig().users
     assert replace(cfg.backends["main"], password=None) == BackendConfig("main")
@@ -210,10 +212,42 @@ def test_verifier_never_in_repr(tmp_path: Path) -> None:
     assert "s3cret-pw" not in text and "zMqJ8k8" not in text
 
 
-@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G7: no per-tenant cap on client/backend connections: one "
-                   "tenant's idle connections can take every PostgreSQL backend slot and lock the others out")
-def test_limits_cap_connections_per_tenant() -> None:
-    from proxy.config import LimitsConfig
+@pytest.mark.parametrize(("where", "key", "value", "message"), [
+    ("pool", "pool_size", 0, "pool.pool_size: must be at least 1"),
+    ("pool", "min_pool_size", -1, "pool.min_pool_size: must be 0 or more"),
+    ("pool", "min_pool_size", 30, "pool.min_pool_size: 30 exceeds pool.pool_size 20"),
+    ("pool", "max_db_connections", -5, "pool.max_db_connections: must be 0 or more"),
+    ("pool", "query_wait_timeout", 0, "pool.query_wait_timeout: must be positive"),
+    ("pool", "server_check_delay", -1.0, "pool.server_check_delay: must be 0 or more"),
+    ("pool", "pool_mode", "statement", "pool.pool_mode: must be session or transaction"),
+    ("pool", "pool_size", "20", "pool.pool_size: expected int, got str"),
+    ("tenant", "pool_size", 0, "tenants.acme.pool_size: must be at least 1"),
+    ("tenant", "reserve_pool", -1, "tenants.acme.reserve_pool: must be 0 or more"),
+    ("tenant", "weight", 0, "tenants.acme.weight: must be positive"),
+    ("tenant", "min_pool_size", 21, "tenants.acme.min_pool_size: 21 exceeds its pool_size 20"),
+    ("backend", "max_db_connections", -1, "backends.main.max_db_connections: must be 0 (no budget) or more"),
+])
+def test_bad_pool_values_name_their_key(tmp_path: Path, where: str, key: str, value: object, message: str) -> None:
+    raw = base()
+    if where == "pool":
+        raw["pool"] = {key: value}
+    elif where == "tenant":
+        raw["tenants"]["acme"][key] = value
+    else:
+        raw["backends"]["main"][key] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(raw, tmp_path)
 
-    per_tenant = [f.name for f in fields(LimitsConfig) if "tenant" in f.name and "connection" in f.name]
-    assert per_tenant, [f.name for f in fields(LimitsConfig)]
+
+def test_tenant_pool_values_override_the_pool_table(tmp_path: Path) -> None:
+    raw = base()
+    raw["pool"] = {"pool_size": 5, "reserve_pool": 2, "max_db_connections": 40, "pool_mode": "transaction"}
+    raw["tenants"]["acme"].update(pool_size=3, weight=2, pool_mode="session")
+    raw["tenants"]["acme"]["backend"] = "main"
+    raw["tenants"]["beta"] = {"strategy": "shared", "database": "saas", "tenant_id": "beta", "backend": "main"}
+    raw["backends"]["other"] = {"host": "db2", "max_db_connections": 7}
+    cfg = load(raw, tmp_path)
+    acme, beta = cfg.tenant_pool("acme"), cfg.tenant_pool("beta")  # type: ignore[attr-defined]
+    assert (acme.mode, acme.size, acme.reserve, acme.weight) == ("session", 3, 2, 2.0)
+    assert (beta.mode, beta.size, beta.reserve, beta.weight) == ("transaction", 5, 2, 1.0)
+    assert (cfg.db_budget("main"), cfg.db_budget("other")) == (40, 7)  # type: ignore[attr-defined]

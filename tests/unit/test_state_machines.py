@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy import diagrams, server, session
+from proxy import diagrams, pooling, server, session
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import parse_config
 
@@ -55,7 +55,8 @@ def test_the_scan_finds_a_direct_assignment(tmp_path: Path) -> None:
     assert state_assignments(probe, tmp_path) == ["probe.py:3 in close"]
 
 
-@pytest.mark.parametrize(("source", "events"), [("session.py", session.Event), ("server.py", server.ServerEvent)])
+@pytest.mark.parametrize(("source", "events"), [("session.py", session.Event), ("server.py", server.ServerEvent),
+                                               ("pooling.py", pooling.Event)])
 def test_every_event_is_fired(source: str, events: type) -> None:
     """Each event of a table is fired somewhere outside the table itself (no dead rows)."""
     source = (PROXY / source).read_text()

@@ -1,0 +1,512 @@
+"""The pool manager, conversation by conversation on a fake clock: sizes, budget, fairness, timers, cancels."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from proxy import errors
+from proxy.config import Config, parse_config
+from proxy.pooling import (
+    Check,
+    Close,
+    Closing,
+    Connect,
+    Grant,
+    PoolAction,
+    PoolManager,
+    Refuse,
+    Reset,
+    server_request,
+)
+from proxy.reasons import CloseReason
+
+VERIFIER = (
+    "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$zMqJ8k8FpC7CY8Io6qVbZrdP1k1b9QQ9mF7d4sW7b3E="
+    ":Vfhh0k0K0Sx6LDOa3ySdBBTy9HzPJvdnM9rDTrqF8gU="
+)
+
+
+def config(tmp_path: Path, pool: dict | None = None, **tenants: dict) -> Config:
+    """Tenants a, b, c (shared strategy, one database) with their own pool values."""
+    raw_tenants = {}
+    for name in ("a", "b", "c"):
+        raw_tenants[name] = {"strategy": "shared", "database": "saas", "tenant_id": name, **tenants.get(name, {})}
+    raw_tenants["d"] = {"strategy": "database", "database": "other"}
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{VERIFIER}"\n')
+    raw = {
+        "secrets_file": "s.toml",
+        "backends": {"main": {"host": "db"}},
+        "tenants": raw_tenants,
+        "users": {"alice": {"tenant": "a"}},
+        "pool": pool or {},
+    }
+    return parse_config(raw, base=tmp_path)
+
+
+class Script:
+    """A manager, a clock and helpers that play the I/O layer's part."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.pm = PoolManager(cfg)
+        self.now = 0.0
+        self.requests = {t: server_request(cfg, t) for t in cfg.tenants}
+
+    def request(self, client: str, tenant: str | None = None) -> list[PoolAction]:
+        return self.pm.request(client, self.requests[tenant or client[0]], self.now)
+
+    def connect_all(self, actions: list[PoolAction]) -> list[PoolAction]:
+        """Answer every Connect with `connected` (and every Reset/Check with success), until none is left."""
+        out: list[PoolAction] = []
+        todo = list(actions)
+        while todo:
+            action = todo.pop(0)
+            out.append(action)
+            if isinstance(action, Connect):
+                todo += self.pm.connected(action.server, self.now)
+            elif isinstance(action, Reset):
+                todo += self.pm.reset_done(action.server, True, self.now)
+            elif isinstance(action, Check):
+                todo += self.pm.checked(action.server, True, self.now)
+        return out
+
+    def hold(self, client: str, tenant: str | None = None) -> int:
+        """`client` asks and gets a server (connected as needed); its id."""
+        out = self.connect_all(self.request(client, tenant))
+        granted = [a for a in out if isinstance(a, Grant) and a.client == client]
+        assert granted, out
+        return granted[0].server
+
+    def release(self, client: str, *, reusable: bool = True, reset: bool = False) -> list[PoolAction]:
+        server = self.pm.holding(client)
+        assert server is not None
+        return self.pm.released(server, reusable=reusable, reset=reset, now=self.now)
+
+
+def grants(actions: list[PoolAction]) -> list[str]:
+    return [str(a.client) for a in actions if isinstance(a, Grant)]
+
+
+def kinds(actions: list[PoolAction]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+# --- keys and requests ----------------------------------------------------------------------------
+
+
+def test_a_server_request_carries_only_the_tenant_context(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    a, b, d = (server_request(cfg, t) for t in ("a", "b", "d"))
+    assert a.parameters["pgtenant.tenant_id"] == "a" and a.parameters["client_encoding"] == "UTF8"
+    assert a.parameters["idle_in_transaction_session_timeout"] == "300000ms"
+    assert a.key != b.key and a.key.budget == b.key.budget == ("main", "saas")
+    assert dict(a.key.context) == a.parameters and "application_name" not in a.parameters
+    assert d.key.budget == ("main", "other")
+
+
+# --- pool_size, reuse ------------------------------------------------------------------------------
+
+
+def test_an_idle_server_is_granted_synchronously_and_reused(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    first = s.request("a1")
+    assert kinds(first) == ["Connect"]  # nothing idle: a new server, the client waits
+    assert s.pm.is_waiting("a1")
+    assert grants(s.pm.connected(first[0].server, s.now)) == ["a1"]
+    assert s.release("a1") == []
+    again = s.request("a2")
+    assert again == [Grant("a2", first[0].server, 0.0)]
+
+
+def test_pool_size_caps_the_servers_of_a_pool_and_the_rest_wait(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 2}))
+    held = [s.hold("a1"), s.hold("a2")]
+    assert s.request("a3") == []  # no third server: it waits
+    s.now = 3.0
+    out = s.release("a1")
+    assert out == [Grant("a3", held[0], 3.0)]  # the released server goes to the waiter, who waited 3 s
+    assert [r.sv_active for r in s.pm.rows(s.now)] == [2]
+
+
+def test_reset_runs_before_anyone_else_gets_the_server(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.request("a2")
+    out = s.release("a1", reset=True)
+    assert out == [Reset(server)]  # not granted while resetting
+    assert s.pm.reset_done(server, True, s.now) == [Grant("a2", server, 0.0)]
+
+
+def test_a_failed_reset_or_unreusable_release_closes_and_the_waiter_gets_a_new_server(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.request("a2")
+    s.release("a1", reset=True)
+    out = s.pm.reset_done(server, False, s.now)
+    assert out[0] == Close(server, Closing.RESET_FAILED) and isinstance(out[1], Connect)
+    assert grants(s.pm.connected(out[1].server, s.now)) == ["a2"]
+    out = s.release("a2", reusable=False)
+    assert out == [Close(out[0].server, Closing.NOT_REUSABLE)]
+
+
+def test_a_client_cannot_wait_twice(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    s.request("a1")
+    with pytest.raises(ValueError):
+        s.request("a1")
+
+
+def test_withdraw_leaves_the_queue_and_its_server_goes_idle(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    connect = s.request("a1")[0]
+    assert s.pm.withdraw("a1", s.now) == []
+    assert not s.pm.is_waiting("a1")
+    assert s.pm.connected(connect.server, s.now) == []  # nobody waits: it stays idle
+    assert [r.sv_idle for r in s.pm.rows(s.now)] == [1]
+    assert s.pm.withdraw("nobody", s.now) == []
+
+
+# --- reserve_pool ------------------------------------------------------------------------------------
+
+
+def test_reserve_servers_open_only_for_a_client_that_waited_reserve_pool_timeout(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1, "reserve_pool": 1, "reserve_pool_timeout": 5.0}))
+    s.hold("a1")
+    assert s.request("a2") == []
+    s.now = 4.9
+    assert s.pm.tick(s.now) == []
+    s.now = 5.0
+    out = s.pm.tick(s.now)
+    assert kinds(out) == ["Connect"]
+    assert grants(s.pm.connected(out[0].server, s.now)) == ["a2"]
+    s.request("a3")
+    s.now = 20.0
+    assert s.pm.tick(s.now) == []  # size + reserve reached
+
+
+# --- the database budget ---------------------------------------------------------------------------------
+
+
+def test_the_database_budget_closes_another_pools_idle_server_lru_first(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 2}))
+    b1 = s.hold("b1")
+    s.now = 1.0
+    c1 = s.hold("c1")
+    s.now = 2.0
+    s.release("b1")  # b's server is less recently used than c's
+    s.now = 3.0
+    s.release("c1")
+    s.now = 4.0
+    out = s.request("a1")
+    assert out[0] == Close(b1, Closing.BUDGET)  # released first: least recently used
+    assert isinstance(out[1], Connect) and c1 in s.pm.servers
+    s.connect_all(out)
+    out = s.request("a2")  # a's own server is busy, c's idle one makes room
+    assert out[0] == Close(c1, Closing.BUDGET)
+
+
+def test_the_budget_is_per_database_and_overridden_per_backend(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 1}))
+    s.hold("a1")
+    s.hold("d1")  # another database: its own budget
+    assert s.request("b1") == []  # saas is full and nothing there is idle: b waits
+    assert [r.cl_waiting for r in s.pm.rows(s.now) if r.tenant == "b"] == [1]
+
+
+def test_a_budget_full_of_busy_servers_makes_clients_wait_not_fail(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 1}))
+    a1 = s.hold("a1")
+    assert s.request("b1") == []
+    out = s.release("a1")
+    assert out[0] == Close(a1, Closing.BUDGET)  # a's server made room for b
+    assert grants(s.connect_all(out)) == ["b1"]
+
+
+# --- fairness ------------------------------------------------------------------------------------------
+
+
+def flood(s: Script, tenant: str, n: int) -> list[str]:
+    clients = [f"{tenant}{i}" for i in range(n)]
+    for c in clients:
+        s.connect_all(s.request(c, tenant))
+    return clients
+
+
+def serve_rounds(s: Script, rounds: int) -> Counter[str]:
+    """Every round the holders release (and ask again at the back of their queue); who got the servers."""
+    got: Counter[str] = Counter()
+    for _ in range(rounds):
+        holders = [client for client in list(s.pm._held)]
+        for client in holders:
+            out = s.connect_all(s.release(client))
+            for g in grants(out):
+                got[s.pm._held[g].pool.tenant] += 1
+            s.connect_all(s.request(client + "'", client[0]))
+    return got
+
+
+def test_a_flooding_tenant_cannot_starve_another_on_a_shared_budget(tmp_path: Path) -> None:
+    """a fills the database budget and queues 20 more; b arrives later with one client. A plain FIFO gives every
+    server a releases to a's older waiters (b waits until a's flood is over); the fair queue gives b the next one."""
+    s = Script(config(tmp_path, pool={"max_db_connections": 4}))
+    flood(s, "a", 24)
+    assert s.request("b1") == []
+    held = s.pm.holding("a0")
+    out = s.connect_all(s.release("a0"))
+    assert out[0] == Close(held, Closing.BUDGET)  # a's released server makes room for b
+    assert grants(out) == ["b1"]
+
+
+def test_weights_share_a_contended_budget(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 4}, a={"weight": 3}))
+    flood(s, "a", 40)
+    flood(s, "b", 40)
+    got = serve_rounds(s, 10)
+    assert got["a"] == pytest.approx(3 * got["b"], rel=0.2), got
+
+
+def test_equal_weights_alternate_inside_one_pool_budget(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 2}))
+    flood(s, "a", 10)
+    flood(s, "b", 10)
+    got = serve_rounds(s, 8)
+    assert abs(got["a"] - got["b"]) <= 1, got
+
+
+def test_inside_a_tenant_waiters_are_served_first_come_first_served(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    s.hold("a0")
+    for c in ("a1", "a2", "a3"):
+        s.request(c)
+    order = []
+    for holder in ("a0", "a1", "a2"):
+        order += grants(s.release(holder))
+    assert order == ["a1", "a2", "a3"]
+
+
+def test_a_tenant_that_was_idle_banks_no_credit(tmp_path: Path) -> None:
+    """b used nothing for a long time while a alone used the budget: b gets its fair share from then on, not every
+    server until it has caught up."""
+    s = Script(config(tmp_path, pool={"max_db_connections": 2}))
+    flood(s, "a", 4)
+    serve_rounds(s, 20)  # a alone: nobody competes
+    flood(s, "b", 6)
+    got = serve_rounds(s, 6)
+    assert got["a"] >= got["b"] - 2 and got["a"] > 0, got
+
+
+# --- waiting ------------------------------------------------------------------------------------------
+
+
+def test_query_wait_timeout_refuses_with_the_error_naming_the_limit(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1, "query_wait_timeout": 30}, a={"pool_size": 1}))
+    s.hold("a1")
+    s.request("a2")
+    s.now = 29.0
+    assert s.pm.tick(s.now) == []
+    s.now = 30.0
+    out = s.pm.tick(s.now)
+    assert out == [Refuse("a2", errors.pool_wait_timeout("a", "30", 1), CloseReason.POOL_WAIT_TIMEOUT)]
+    error = out[0].error
+    assert error.sqlstate == "53300"
+    assert error.message == 'pgtenant: no server connection for tenant "a" within query_wait_timeout (30 s); ' \
+        "its pool_size is 1"
+    assert "tenants.a.pool_size" in (error.hint or "")
+    assert not s.pm.is_waiting("a2")
+
+
+def test_max_wait_and_waiting_counts_in_rows(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    s.hold("a1")
+    s.request("a2")
+    s.now = 7.5
+    s.request("a3")
+    row = s.pm.rows(s.now)[0]
+    assert (row.cl_active, row.cl_waiting, row.maxwait, row.sv_active) == (1, 2, 7.5, 1)
+    assert s.pm.wait_seconds(s.now) == {"a": 7.5}
+
+
+# --- connect failures ------------------------------------------------------------------------------
+
+
+def test_a_failed_connect_refuses_the_waiter_it_was_opened_for(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    connect = s.request("a1")[0]
+    error = errors.backend_unreachable("main", "connection refused")
+    out = s.pm.connect_failed(connect.server, error, CloseReason.BACKEND, s.now)
+    assert out == [Refuse("a1", error, CloseReason.BACKEND)]
+    assert s.pm.servers == {}
+
+
+def test_a_server_whose_startup_takes_longer_than_startup_timeout_is_given_up(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    connect = s.request("a1")[0]
+    s.now = 14.0
+    assert s.pm.tick(s.now) == []
+    s.now = 15.0
+    out = s.pm.tick(s.now)
+    assert out[0] == Close(connect.server, Closing.TIMEOUT)
+    assert isinstance(out[1], Refuse) and out[1].client == "a1" and out[1].error.sqlstate == "08001"
+    assert s.pm.connected(connect.server, s.now) == []  # too late: forgotten
+
+
+# --- timers ----------------------------------------------------------------------------------------
+
+
+def test_idle_servers_close_after_server_idle_timeout_but_min_pool_size_stays(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"server_idle_timeout": 60, "min_pool_size": 1, "server_check_delay": 1000}))
+    s.hold("a1")
+    s.hold("a2")
+    s.release("a1")
+    s.now = 10.0
+    s.release("a2")
+    s.now = 60.0
+    out = s.pm.tick(s.now)
+    assert kinds(out) == ["Close"] and out[0].reason == Closing.IDLE_TIMEOUT
+    s.now = 500.0
+    assert s.pm.tick(s.now) == []  # the last one is min_pool_size
+
+
+def test_min_pool_size_is_warmed_for_a_pool_with_traffic(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"min_pool_size": 2}))
+    s.hold("a1")
+    out = s.pm.tick(s.now)
+    assert kinds(out) == ["Connect"]
+    s.connect_all(out)
+    assert [r.sv_idle + r.sv_active for r in s.pm.rows(s.now)] == [2]
+
+
+def test_server_lifetime_closes_at_release_and_when_idle(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"server_lifetime": 100, "server_check_delay": 1000}))
+    first = s.hold("a1")
+    s.hold("a2")
+    s.now = 100.0
+    assert s.release("a1") == [Close(first, Closing.LIFETIME)]
+    s.now = 50.0
+    s.pm.servers[s.pm.holding("a2")].created = 0.0  # (released while young)
+    second = s.pm.holding("a2")
+    s.release("a2")
+    s.now = 101.0
+    assert s.pm.tick(s.now) == [Close(second, Closing.LIFETIME)]
+
+
+def test_a_server_idle_past_server_check_delay_is_checked_before_it_is_granted(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"server_check_delay": 30}))
+    server = s.hold("a1")
+    s.release("a1")
+    s.now = 29.0
+    assert s.request("a2") == [Grant("a2", server, 0.0)]  # not idle long enough
+    s.release("a2")
+    s.now = 60.0
+    assert s.request("a3") == [Check(server)]
+    assert s.pm.checked(server, True, s.now) == [Grant("a3", server, 0.0)]
+
+
+def test_a_failed_check_closes_the_server_and_the_client_gets_another(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"server_check_delay": 30}))
+    server = s.hold("a1")
+    s.release("a1")
+    s.now = 60.0
+    s.request("a2")
+    out = s.pm.checked(server, False, s.now)
+    assert out[0] == Close(server, Closing.CHECK_FAILED) and isinstance(out[1], Connect)
+    assert grants(s.connect_all(out)) == ["a2"]
+
+
+def test_a_reset_or_check_that_never_answers_is_closed_after_the_connect_timeout(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    server = s.hold("a1")
+    s.release("a1", reset=True)
+    s.now = 4.9
+    assert s.pm.tick(s.now) == []
+    s.now = 5.0
+    assert s.pm.tick(s.now) == [Close(server, Closing.TIMEOUT)]
+
+
+def test_a_server_that_closes_by_itself_is_forgotten(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.request("a2")
+    out = s.pm.closed(server, s.now)
+    assert kinds(out) == ["Connect"]  # its place goes to the waiter
+    assert s.pm.holding("a1") is None
+
+
+# --- cancel -----------------------------------------------------------------------------------------
+
+
+def test_a_server_with_a_cancel_in_flight_is_granted_to_nobody_until_the_cancel_closed(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.pm.cancel_started(server)
+    s.request("a2")
+    assert s.release("a1") == []  # released, but the cancel may still reach it
+    assert s.pm.cancel_done(server, s.now) == [Grant("a2", server, 0.0)]
+
+
+def test_a_cancelled_server_released_with_reset_waits_for_both(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.pm.cancel_started(server)
+    s.request("a2")
+    assert s.release("a1", reset=True) == [Reset(server)]
+    assert s.pm.reset_done(server, True, s.now) == []
+    assert grants(s.pm.cancel_done(server, s.now)) == ["a2"]
+
+
+# --- pinning, reload, shutdown ---------------------------------------------------------------------
+
+
+def test_pinned_servers_are_counted_apart(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    server = s.hold("a1")
+    s.hold("a2")
+    s.pm.pinned(server, True)
+    row = s.pm.rows(s.now)[0]
+    assert (row.sv_active, row.sv_pinned) == (1, 1)
+    assert {r.state for r in s.pm.server_rows(s.now)} == {"active", "pinned"}
+    s.release("a1")
+    assert s.pm.rows(s.now)[0].sv_pinned == 0
+
+
+def test_a_reload_that_changes_the_context_retires_the_pool(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    busy = s.hold("a1")
+    idle = s.hold("a2")
+    s.release("a2")
+    s.hold("b1")
+    (tmp_path / "x").mkdir()
+    out = s.pm.reconfigure(config(tmp_path / "x", a={"tenant_id": "a2"}))
+    assert out == [Close(idle, Closing.RETIRED)]
+    assert s.release("a1") == [Close(busy, Closing.RETIRED)]
+    assert s.pm.rows(s.now)[0].tenant == "b"  # the old pool is gone, b's stays
+
+
+def test_a_reload_refuses_the_waiters_of_a_retired_pool(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    s.hold("a1")
+    s.request("a2")
+    (tmp_path / "x").mkdir()
+    out = s.pm.reconfigure(config(tmp_path / "x", pool={"pool_size": 1}, a={"tenant_id": "other"}))
+    assert [(type(a).__name__, getattr(a, "client", None)) for a in out] == [("Refuse", "a2")]
+    assert out[0].error.sqlstate == "57P01"
+
+
+def test_a_reload_resizes_pools_in_place(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    s.hold("a1")
+    s.request("a2")
+    (tmp_path / "x").mkdir()
+    assert s.pm.reconfigure(config(tmp_path / "x", pool={"pool_size": 2})) == []
+    assert kinds(s.pm.tick(s.now)) == ["Connect"]
+
+
+def test_shutdown_closes_the_idle_servers(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    s.hold("a1")
+    idle = s.hold("a2")
+    s.release("a2")
+    assert s.pm.shutdown() == [Close(idle, Closing.SHUTDOWN)]
