@@ -645,11 +645,14 @@ class ClientSession:
         if self._replaying:
             return actions
         if self._replay_error is not None:
-            message = m.decode_error_fields(self._replay_error).get("M", "")
+            fields = m.decode_error_fields(self._replay_error)
             self._replay_error = None
             self._close()
-            return [*self._give_back(reusable=True, reset=True, reason=CloseReason.SETTINGS_REPLAY),
-                    CloseClient(errors.settings_not_restored(message), CloseReason.SETTINGS_REPLAY)]
+            if not self._answered:  # a startup parameter the server refuses: PostgreSQL's own FATAL, as at login
+                error, reason = errors.backend_error(fields), CloseReason.STARTUP_PARAMETER
+            else:
+                error, reason = errors.settings_not_restored(fields.get("M", "")), CloseReason.SETTINGS_REPLAY
+            return [*self._give_back(reusable=True, reset=True, reason=reason), CloseClient(error, reason)]
         self._applied = self._replayed
         if not self._answered:
             actions += self._startup_answer()
