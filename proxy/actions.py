@@ -171,6 +171,15 @@ class ServerReady:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerQueryDone:
+    """The proxy's own query on a server (reset, health check, settings) was answered: `ok` when the answer was
+    exactly the one expected, ending in ReadyForQuery 'I'; `error` is the backend's, if it sent one."""
+
+    ok: bool
+    error: PgError | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerFailed:
     """The backend could not be connected, negotiated or authenticated."""
 
@@ -180,7 +189,7 @@ class ServerFailed:
 
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
-    | ConnectBackend | StartRelay | LoginStarted
-    | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerFailed
-    | AcquireServer | ReleaseServer | SessionPinned | SessionUnpinned
+    | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
+    | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
+    | SessionPinned | SessionUnpinned
 )

@@ -258,7 +258,7 @@ admin_reloaded = _register("admin_reloaded", SUCCESSFUL_COMPLETION, "NOTICE", "{
 admin_no_client = _register("admin_no_client", UNDEFINED_OBJECT, "ERROR", "no client with session id {session_id}")
 admin_unknown_command = _register(
     "admin_unknown_command", SYNTAX_ERROR, "ERROR", "pgtenant admin console: unknown command",
-    hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
+    hint="Commands: SHOW TENANTS | CLIENTS | SERVERS | POOLS | STATS | CONFIG, RELOAD, KILL_CLIENT <session id>, "
     "UNLOCK <user>.",
 )
 

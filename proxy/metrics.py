@@ -27,6 +27,12 @@ DECISION_STAGES = ("total", "gate", "rewrite", "verify")
 CONNECT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PIN_BUCKETS: tuple[float, ...] = (0.01, 0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
 _WINDOW = 2048  # recent latencies kept per tenant for SHOW STATS quantiles
+# Seconds a client waited for a server: none for most, up to query_wait_timeout for some.
+WAIT_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+)
+# (tenant, clients waiting, servers active, idle, pinned, resetting or checked, connecting) per pool.
+PoolGauges = tuple[str, int, int, int, int, int, int]
 
 
 class TenantLabels:
@@ -75,6 +81,33 @@ class _CacheCollector(Collector):
             "pgtenant_policy_cache_bytes", "Bytes held by the policy cache (its texts and a fixed cost per entry).",
             value=held,
         )
+
+
+class _PoolCollector(Collector):
+    """`pgtenant_server_connections{tenant,state}` and `pgtenant_pool_clients_waiting{tenant}` from the pools' own
+    counts at scrape time (nothing to do per grant)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        servers = GaugeMetricFamily("pgtenant_server_connections", "Backend connections, by pool state.",
+                                    labels=["tenant", "state"])
+        waiting = GaugeMetricFamily("pgtenant_pool_clients_waiting", "Clients waiting for a server connection.",
+                                    labels=["tenant"])
+        source = self.metrics._pool_source
+        totals: dict[str, list[int]] = {}
+        for tenant, *counts in (source() if source is not None else []):
+            label = self.metrics.tenant(tenant)
+            row = totals.setdefault(label, [0] * len(counts))
+            for i, n in enumerate(counts):
+                row[i] += n
+        for label, (wait, *states) in sorted(totals.items()):
+            waiting.add_metric([label], wait)
+            for state, n in zip(("active", "idle", "pinned", "used", "connecting"), states, strict=True):
+                servers.add_metric([label, state], n)
+        yield servers
+        yield waiting
 
 
 class LatencySeries:
@@ -256,8 +289,20 @@ class Metrics:
         self._clients = Gauge(
             "pgtenant_client_connections", "Client connections.", ["tenant", "state"], registry=r
         )
-        self._servers = Gauge(
-            "pgtenant_server_connections", "Backend connections.", ["tenant", "state"], registry=r
+        self._pool_source: Callable[[], list[PoolGauges]] | None = None
+        r.register(_PoolCollector(self))
+        self._pool_wait = Histogram(
+            "pgtenant_pool_wait_seconds", "Time a client waited for a server connection.", ["tenant"],
+            buckets=WAIT_BUCKETS, registry=r,
+        )
+        self._pool_wait_children: dict[str, Any] = {}
+        self._servers_opened = Counter(
+            "pgtenant_pool_servers_opened_total", "Backend connections opened by the pools.", ["tenant"], registry=r
+        )
+        self._servers_closed = Counter(
+            "pgtenant_pool_servers_closed_total",
+            "Backend connections closed by the pools, by reason (idle_timeout, lifetime, budget, not_reusable, "
+            "reset_failed, check_failed, timeout, retired, lost, connect_failed, shutdown).", ["reason"], registry=r,
         )
         self._bytes_to_client = Counter(
             "pgtenant_client_sent_bytes_total", "Bytes sent to clients.", ["tenant"], registry=r
@@ -348,11 +393,25 @@ class Metrics:
     def backend_connected(self, tenant: str, seconds: float) -> None:
         """A backend connection of a tenant label is ready, `seconds` after it was opened."""
         self._backend_connect_duration.labels(tenant).observe(seconds)
-        self._servers.labels(tenant, "active").inc()
 
-    def backend_released(self, tenant: str) -> None:
-        """An active backend connection of a tenant label was released."""
-        self._servers.labels(tenant, "active").dec()
+    # --- pools -----------------------------------------------------------------------------------
+
+    def watch_pools(self, source: Callable[[], list[PoolGauges]]) -> None:
+        """Report the pools' gauges (per pool: tenant, clients waiting, servers by state) at every scrape."""
+        self._pool_source = source
+
+    def pool_waited(self, tenant: str, seconds: float) -> None:
+        """A client of a tenant label got a server after waiting `seconds`."""
+        child = self._pool_wait_children.get(tenant)
+        if child is None:
+            child = self._pool_wait_children[tenant] = self._pool_wait.labels(tenant)
+        child.observe(seconds)
+
+    def pool_server_opened(self, tenant: str) -> None:
+        self._servers_opened.labels(tenant).inc()
+
+    def pool_server_closed(self, reason: str) -> None:
+        self._servers_closed.labels(str(reason)).inc()
 
     def session_pinned(self, tenant: str, reason: str) -> None:
         """A session of a tenant label was pinned to its server for `reason` (a pin reason: a fixed set)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.admin import Rows
 from proxy.config import Config, ConfigError, load_config
 from proxy.logs import get_logger
 from proxy.metrics import Metrics, TenantStats
+from proxy.pooling import PoolRow
 from proxy.session import SessionRow
 
 log = get_logger("pgtenant.ops")
@@ -38,6 +39,7 @@ class ServerRow:
     state: str
     client_id: str | None
     age_s: float
+    tenant: str = ""  # the tenant whose pool it is in
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class Snapshot:
     pending: list[str]  # tenants without a policy yet
     clients: list[ClientRow]
     servers: list[ServerRow]
+    pools: list[PoolRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +166,16 @@ class Ops:
                 "bytes_in", "bytes_out"), rows
 
     def servers(self) -> tuple[Sequence[str], Rows]:
-        rows: Rows = [(s.backend, s.role, s.database, s.backend_pid, s.client_id, "tls" if s.tls else "plain", s.state,
-                       round(s.age_s, 1)) for s in self.proxy.snapshot().servers]
-        return ("backend", "role", "database", "backend_pid", "client_id", "transport", "state", "age_s"), rows
+        rows: Rows = [(s.tenant, s.backend, s.role, s.database, s.backend_pid, s.client_id, "tls" if s.tls else "plain",
+                       s.state, round(s.age_s, 1)) for s in self.proxy.snapshot().servers]
+        return ("pool", "backend", "role", "database", "backend_pid", "client_id", "transport", "state", "age_s"), rows
+
+    def pools(self) -> tuple[Sequence[str], Rows]:
+        rows: Rows = [(p.tenant, p.backend, p.database, p.role, p.mode, p.cl_active, p.cl_waiting, p.sv_active,
+                       p.sv_idle, p.sv_pinned, p.sv_used, p.sv_connecting, round(p.maxwait, 1), p.size)
+                      for p in sorted(self.proxy.snapshot().pools, key=lambda p: (p.tenant, p.database, p.role))]
+        return ("tenant", "backend", "database", "role", "pool_mode", "cl_active", "cl_waiting", "sv_active", "sv_idle",
+                "sv_pinned", "sv_used", "sv_connecting", "maxwait_s", "pool_size"), rows
 
     def stats(self) -> tuple[Sequence[str], Rows]:
         rows: Rows = []
@@ -214,6 +224,7 @@ class AdminView:
         self.tenants = ops.tenants
         self.clients = ops.clients
         self.servers = ops.servers
+        self.pools = ops.pools
         self.stats = ops.stats
         self.config_rows = ops.config_rows
         self.reload = ops.reload_now

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from proxy import errors
 from proxy.config import BackendConfig, Config, PoolMode, TenantConfig
 from proxy.errors import PgError
+from proxy.policy.sqltext import quote_ident, quote_literal
 from proxy.reasons import CloseReason
 from proxy.tenancy import backend_context
 
@@ -60,6 +61,21 @@ def server_request(config: Config, tenant: str) -> ServerRequest:
     key = PoolKey(backend.name, t.database, backend.user, tuple(sorted(params.items())))
     settings = config.tenant_pool(tenant)
     return ServerRequest(tenant, key, settings.mode, settings.weight, backend, params)
+
+
+def client_settings(parameters: dict[str, str], context: dict[str, str]) -> list[str]:
+    """SET statements giving a server started with `context` a client's own startup `parameters` (those the
+    context does not already fix to the same value)."""
+    fixed = {k.lower(): v for k, v in context.items()}
+
+    def same(name: str, value: str) -> bool:
+        given = fixed.get(name.lower())
+        if name.lower() == "client_encoding" and given is not None:
+            return given.replace("-", "").lower() == value.replace("-", "").lower()
+        return given == value
+
+    return [f"SET {quote_ident(name)} TO {quote_literal(value)}" for name, value in parameters.items()
+            if not same(name, value)]
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -360,16 +376,7 @@ class PoolManager:
         server = self.servers.get(server_id)
         if server is None or server.state is not State.CONNECTING:
             return []
-        out: list[PoolAction] = []
-        self._forget(server)
-        tenant = self._tenants.get(server.opened_for)
-        if tenant is not None:
-            tenant.promised = max(0, tenant.promised - 1)
-            waiter = next((w for w in tenant.waiters if w.pool is server.pool), None)
-            if waiter is not None:
-                self._unqueue(waiter)
-                out.append(Refuse(waiter.client, error, reason))
-        return out + self._dispatch(now)
+        return self._connect_failed(server, error, reason) + self._dispatch(now)
 
     def reset_done(self, server_id: int, ok: bool, now: float) -> list[PoolAction]:
         """The reset answered (ok: exactly its own answer, ReadyForQuery 'I')."""
@@ -436,6 +443,10 @@ class PoolManager:
             elif (server.state in (State.RESET, State.CHECKING)
                   and now - server.since >= server.request.backend.connect_timeout):
                 self._close(server, Closing.TIMEOUT, out)
+            elif server.state is State.CONNECTING and now - server.since >= self.config.limits.startup_timeout:
+                out.append(Close(server.id, Closing.TIMEOUT))
+                error = errors.backend_unreachable(server.request.backend.name, "its startup timed out")
+                out += self._connect_failed(server, error, CloseReason.BACKEND)
         for pool in list(self.pools.values()):
             while not pool.retired and len(pool.servers) < pool.min_size and self._has_room(pool.key.budget):
                 self._connect(pool, pool.request, "", now, out)
@@ -667,6 +678,19 @@ class PoolManager:
         else:
             self._close(server, failure, out)
         return out + self._dispatch(now)
+
+    def _connect_failed(self, server: Server, error: PgError, reason: CloseReason) -> list[PoolAction]:
+        """Forget a server that could not be opened; the waiter it was opened for gets `error`."""
+        self._forget(server)
+        tenant = self._tenants.get(server.opened_for)
+        if tenant is None:
+            return []
+        tenant.promised = max(0, tenant.promised - 1)
+        waiter = next((w for w in tenant.waiters if w.pool is server.pool), None)
+        if waiter is None:
+            return []
+        self._unqueue(waiter)
+        return [Refuse(waiter.client, error, reason)]
 
     def _has_room(self, budget: tuple[str, str]) -> bool:
         limit = self.config.db_budget(budget[0])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Callable
+from typing import Any
 
 from proxy import errors
-from proxy.actions import Action, SendServer, ServerFailed, ServerReady, StartServerTls
+from proxy.actions import Action, SendServer, ServerFailed, ServerQueryDone, ServerReady, StartServerTls
 from proxy.auth.backend import BackendAuthenticator, BackendAuthError
 from proxy.config import BackendConfig
 from proxy.protocol import messages as m
@@ -17,7 +19,8 @@ class ServerState(enum.Enum):
     SSL_NEGOTIATION = "ssl_negotiation"  # SSLRequest sent; waiting for 'S' or 'N'
     TLS_HANDSHAKE = "tls_handshake"
     STARTUP = "startup"  # StartupMessage sent; authentication and parameter statuses
-    READY = "ready"
+    READY = "ready"  # idle in the pool (nothing may arrive), or held by a session (its relay reads the socket)
+    QUERYING = "querying"  # the proxy's own query (reset, check, settings) sent; its answer is read here
     FAILED = "failed"
 
 
@@ -26,6 +29,7 @@ class ServerEvent(enum.Enum):
     SSL_REFUSED = "ssl_refused"
     TLS_DONE = "tls_done"
     READY_FOR_QUERY = "ready_for_query"
+    QUERY = "query"
     FAIL = "fail"
 
 
@@ -34,6 +38,8 @@ TRANSITIONS: dict[tuple[ServerState, ServerEvent], ServerState] = {
     (ServerState.SSL_NEGOTIATION, ServerEvent.SSL_REFUSED): ServerState.STARTUP,
     (ServerState.TLS_HANDSHAKE, ServerEvent.TLS_DONE): ServerState.STARTUP,
     (ServerState.STARTUP, ServerEvent.READY_FOR_QUERY): ServerState.READY,
+    (ServerState.READY, ServerEvent.QUERY): ServerState.QUERYING,
+    (ServerState.QUERYING, ServerEvent.READY_FOR_QUERY): ServerState.READY,
 }
 for _s in ServerState:
     TRANSITIONS[(_s, ServerEvent.FAIL)] = ServerState.FAILED
@@ -41,6 +47,14 @@ for _s in ServerState:
 
 class ServerProtocolError(Exception):
     pass
+
+
+# What the proxy's own queries answer: (message type, body) in order; a body of None matches any.
+Transcript = list[tuple[int, bytes | None]]
+_READY_IDLE = (m.READY_FOR_QUERY, b"I")
+CHECK_QUERY = ";"
+_CHECK_ANSWER: Transcript = [(m.EMPTY_QUERY_RESPONSE, b""), _READY_IDLE]
+RESET_QUERY = "DISCARD ALL"
 
 
 class ServerConnection:
@@ -69,12 +83,22 @@ class ServerConnection:
         self.secret_key = b""
         self.notices: list[bytes] = []
         self.tls = False
+        # Plain data of a pooled server, read and updated by the sessions that hold it (issue 16's contract).
+        self.id = 0  # the pool's number for it
+        self.created = 0.0
+        self.last_used = 0.0
+        self.settings: dict[str, str] = {}  # session settings a client applied: name -> the SET text sent
+        self.prepared: dict[str, Any] = {}  # statements prepared on it by the proxy (proxy/statements.py)
+        self._expect: Transcript = []  # the answer the proxy's own query must get
+        self._answer: Transcript = []
+        self._error: errors.PgError | None = None
         self._auth: BackendAuthenticator | None = None
         self._stream = MessageStream(intercept=ALL_TYPES, max_length=1 << 24)
         # What a read from the backend does, per state (a state without a handler expects no data).
         self._on_data: dict[ServerState, Callable[[bytes], list[Action]]] = {
             ServerState.SSL_NEGOTIATION: self._ssl_answer,
             ServerState.STARTUP: self._startup_data,
+            ServerState.QUERYING: self._query_data,
         }
         # What each backend message does during startup, by type (any other type is a protocol error).
         self._on_message: dict[int, Callable[[Message], list[Action]]] = {
@@ -129,6 +153,62 @@ class ServerConnection:
         if handler is None:
             raise ServerProtocolError(f"unexpected data from backend in state {self.state.value}")
         return handler(data)
+
+    # --- the proxy's own queries on a pooled server ------------------------------------------------
+
+    def reset(self) -> list[Action]:
+        """DISCARD ALL, then a query of a random value: only the server's own answer to both, first on the wire,
+        proves that nothing of the last client is still on its way (a tail of its results could mimic the first)."""
+        nonce = secrets.token_hex(16)
+        expect: Transcript = [
+            (m.COMMAND_COMPLETE, b"DISCARD ALL\x00"), _READY_IDLE,
+            (m.ROW_DESCRIPTION, None), (m.DATA_ROW, m.data_row([nonce.encode()])[5:]),
+            (m.COMMAND_COMPLETE, b"SELECT 1\x00"), _READY_IDLE,
+        ]
+        self.settings.clear()
+        self.prepared.clear()
+        return self._query([RESET_QUERY, f"SELECT '{nonce}'"], expect)
+
+    def check(self) -> list[Action]:
+        """The health check of a server that was idle long: an empty query."""
+        return self._query([CHECK_QUERY], list(_CHECK_ANSWER))
+
+    def apply(self, statements: list[str]) -> list[Action]:
+        """Session settings (SET statements, one query) applied for a client; each must answer SET."""
+        return self._query(["; ".join(statements)], [*[(m.COMMAND_COMPLETE, b"SET\x00")] * len(statements),
+                                                      _READY_IDLE])
+
+    def _query(self, queries: list[str], expect: Transcript) -> list[Action]:
+        self._transition(ServerEvent.QUERY)
+        self._expect, self._answer, self._error = expect, [], None
+        return [SendServer(b"".join(m.query_message(q) for q in queries))]
+
+    def _query_data(self, data: bytes) -> list[Action]:
+        items = self._stream.feed(data)
+        for i, item in enumerate(items):
+            assert isinstance(item, Message)
+            if item.type == m.PARAMETER_STATUS:
+                self._on_parameter_status(item)
+            elif item.type == m.ERROR_RESPONSE:
+                fields = m.decode_error_fields(item.body)
+                if self._error is None:
+                    self._error = errors.backend_error(fields)
+                self._answer.append((item.type, None))
+            elif item.type != m.NOTICE_RESPONSE:
+                self._answer.append((item.type, bytes(item.body)))
+            if item.type != m.READY_FOR_QUERY:
+                continue
+            if sum(1 for t, _ in self._answer if t == m.READY_FOR_QUERY) < sum(
+                    1 for t, _ in self._expect if t == m.READY_FOR_QUERY):
+                continue
+            if self._stream.pending or i + 1 < len(items):
+                raise ServerProtocolError("backend sent data after the answer to pgtenant's query")
+            self._transition(ServerEvent.READY_FOR_QUERY)
+            pairs = zip(self._answer, self._expect, strict=False)
+            ok = len(self._answer) == len(self._expect) and all(
+                t == et and (eb is None or b == eb) for (t, b), (et, eb) in pairs)
+            return [ServerQueryDone(ok, self._error)]
+        return []
 
     def _ssl_answer(self, data: bytes) -> list[Action]:
         answer, rest = data[:1], data[1:]

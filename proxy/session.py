@@ -7,7 +7,7 @@ import enum
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from proxy import errors
 from proxy.actions import (
@@ -25,7 +25,6 @@ from proxy.actions import (
     ReleaseServer,
     RunDecision,
     SendClient,
-    ServerRequest,
     SessionPinned,
     SessionUnpinned,
     StartClientTls,
@@ -41,7 +40,7 @@ from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import EMPTY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, SessionContext
 from proxy.policy.rules import deny
 from proxy.policy.settings import identifier, set_config_statement
-from proxy.pooling import PoolKey
+from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
@@ -62,8 +61,6 @@ _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker k
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
-# Ends a session whose transaction stays idle past limits.idle_in_transaction_timeout, unless its client set one.
-IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
@@ -650,9 +647,9 @@ class ClientSession:
         login the client is closed with `error`; later each request the client sent meanwhile is answered with
         `error` and ReadyForQuery, as a failed implicit transaction (the session stays usable), unless an extended
         batch without its Sync is among them: then the session ends with `error`."""
-        if self.state is State.CONNECTING:
+        if self.state is State.CONNECTING:  # at login, as PostgreSQL's own refusals: FATAL
             self._transition(Event.SERVER_REFUSED)
-            return [CloseClient(error, reason)]
+            return [CloseClient(replace(error, severity="FATAL") if error.severity == "ERROR" else error, reason)]
         if self.state is not State.WAITING:
             return []
         self._transition(Event.SERVER_REFUSED)
@@ -804,11 +801,14 @@ class ClientSession:
         if self._replaying:
             return actions
         if self._replay_error is not None:
-            message = m.decode_error_fields(self._replay_error).get("M", "")
+            fields = m.decode_error_fields(self._replay_error)
             self._replay_error = None
             self._close()
-            return [*self._give_back(reusable=True, reset=True, reason=CloseReason.SETTINGS_REPLAY),
-                    CloseClient(errors.settings_not_restored(message), CloseReason.SETTINGS_REPLAY)]
+            if not self._answered:  # a startup parameter the server refuses: PostgreSQL's own FATAL, as at login
+                error, reason = errors.backend_error(fields), CloseReason.STARTUP_PARAMETER
+            else:
+                error, reason = errors.settings_not_restored(fields.get("M", "")), CloseReason.SETTINGS_REPLAY
+            return [*self._give_back(reusable=True, reset=True, reason=reason), CloseClient(error, reason)]
         self._applied = self._replayed
         if not self._answered:
             actions += self._startup_answer()
@@ -995,22 +995,16 @@ class ClientSession:
         return Login(self.info.user, self.info.application_name, self.info.tls)
 
     def _server_request(self) -> ServerRequest:
-        """What the session asks the pool for. A server starts with the tenant context, client_encoding UTF8 and
-        the idle-in-transaction default only; the client's allowed startup parameters are its settings, set on
-        whichever server it gets (`_startup_settings`, replayed as a diff against `server.settings`)."""
-        assert self.tenant is not None and self.backend is not None
-        params = dict(backend_context(self.tenant))
-        params.setdefault("client_encoding", "UTF8")  # never the server's default: it could be a client-only one
-        # an idle open transaction's locks queue
-        params.setdefault(IDLE_IN_TRANSACTION, f"{round(self.config.limits.idle_in_transaction_timeout * 1000)}ms")
-        own = {k.lower() for k in params} | _SERVER_OWN
+        """What the session asks the pool for (proxy/pooling.py). A server starts with the tenant context,
+        client_encoding UTF8 and the idle-in-transaction default only; the client's allowed startup parameters are
+        its settings, set on whichever server it gets (`_startup_settings`, replayed as a diff against
+        `server.settings`)."""
+        assert self.tenant is not None
+        request = server_request(self.config, self.tenant.name)
+        own = {k.lower() for k in backend_context(self.tenant)} | _SERVER_OWN  # (the client may set the rest)
         self._startup_settings = {k.lower(): set_config_statement(k, v) for k, v in self.backend_parameters.items()
                                   if k.lower() not in own}
-        key = PoolKey(self.backend.name, self.tenant.database, self.backend.user, tuple(sorted(params.items())))
-        pool = getattr(self.config, "pool", None)  # (proxy/config.py's [pool], from wp-pool)
-        mode = getattr(self.tenant, "pool_mode", None) or getattr(pool, "pool_mode", "session")
-        weight = float(getattr(self.tenant, "weight", 1.0))
-        return ServerRequest(self.tenant.name, key, mode, weight, self.backend, params)
+        return request
 
     def _settle_auth(self) -> None:
         """An admitted login failed: it counts in the failed-login budgets (once)."""

@@ -5,33 +5,39 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from proxy.actions import Action, SendServer, ServerFailed, ServerReady, StartServerTls
+from proxy.actions import Action, SendServer, ServerFailed, ServerQueryDone, ServerReady, StartServerTls
 from proxy.auth.scram import tls_server_end_point
 from proxy.io.tls import backend_ssl_context
 from proxy.protocol import messages as m
 from proxy.relay import write_chunks
-from proxy.server import ServerConnection
+from proxy.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
     from proxy.io.client import ClientConnection
+    from proxy.io.pool import Pool
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 
 class ServerLink(asyncio.Protocol):
-    """The socket side of one server connection; relays to its client once ready."""
+    """The socket side of one pooled server connection. While idle (no `owner`) it reads its own socket: only the
+    answers to the pool's reset and health check may arrive, anything else (or EOF) closes it. While a client holds
+    it, that client's relay reads the socket (ClientConnection.start_relay) until it is released."""
 
-    def __init__(self, client: ClientConnection, server: ServerConnection) -> None:
-        self.client = client
+    def __init__(self, pool: Pool, server: ServerConnection) -> None:
+        self.pool = pool
         self.server = server
+        self.owner: ClientConnection | None = None
         self.transport: asyncio.Transport | None = None
-        self.relaying = False
+        self.relaying = False  # a client's relay reads the socket
         self.closed = False
         self.connected_at = time.monotonic()
-        self.gauge_label: str | None = None
+        self.on_query: Callable[[ServerQueryDone], None] | None = None  # who waits for the answer of `query`
+        self.cancels = 0  # cancel connections in flight to its backend process (Proxy.forward_cancel)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses
@@ -44,13 +50,15 @@ class ServerLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.client.server_lost(self, exc)
+        self.pool.link_lost(self, exc)
 
     def pause_writing(self) -> None:
-        self.client.pause_reading()
+        if self.owner is not None:
+            self.owner.pause_reading()
 
     def resume_writing(self) -> None:
-        self.client.resume_reading()
+        if self.owner is not None:
+            self.owner.resume_reading()
 
     def write(self, data: bytes | memoryview) -> None:
         if self.transport is not None and not self.closed:
@@ -60,9 +68,24 @@ class ServerLink(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             write_chunks(self.transport, chunks)
 
+    def query(self, actions: list[Action], on_done: Callable[[ServerQueryDone], None]) -> None:
+        """Run one of the server's own queries (`server.reset()`, `check()`, `apply(...)`): `on_done` gets the
+        answer, unless the link fails first."""
+        self.on_query = on_done
+        self._run(actions)
+
+    def detach(self) -> None:
+        """The holder let go: this link reads its own socket again."""
+        self.owner = None
+        if self.relaying:
+            self.relaying = False
+            if self.transport is not None and not self.closed:
+                self.transport.set_protocol(self)
+                self.transport.resume_reading()
+
     def terminate(self) -> None:
         if self.transport is not None and not self.closed:
-            if self.relaying:
+            if self.server.state in (ServerState.READY, ServerState.QUERYING):
                 self.transport.write(m.TERMINATE_MESSAGE)
             self.closed = True
             self.transport.close()
@@ -74,11 +97,14 @@ class ServerLink(asyncio.Protocol):
             elif isinstance(action, StartServerTls):
                 asyncio.get_running_loop().create_task(self._start_tls())
             elif isinstance(action, ServerReady):
-                self.relaying = True
-                self.client.server_ready(self, action)
+                self.pool.link_ready(self, action)
+            elif isinstance(action, ServerQueryDone):
+                done, self.on_query = self.on_query, None
+                if done is not None:
+                    done(action)
             elif isinstance(action, ServerFailed):
-                self.client.server_failed(self, action.reason, action.error)
                 self.terminate()
+                self.pool.link_failed(self, action.reason, action.error)
             else:  # pragma: no cover - the server machine emits only the above
                 raise AssertionError(f"unexpected server action {action!r}")
 
@@ -95,8 +121,8 @@ class ServerLink(asyncio.Protocol):
                 ssl_handshake_timeout=backend.connect_timeout,
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
-            self.client.server_failed(self, f"TLS handshake failed: {exc}")
             self.terminate()
+            self.pool.link_failed(self, f"TLS handshake failed: {exc}")
             return
 
         def binding() -> bytes | None:

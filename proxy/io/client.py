@@ -27,7 +27,6 @@ from proxy.actions import (
     ReleaseServer,
     RunDecision,
     SendClient,
-    ServerReady,
     ServerRequest,
     SessionPinned,
     SessionUnpinned,
@@ -35,7 +34,6 @@ from proxy.actions import (
     StartRelay,
 )
 from proxy.audit import AuditLog
-from proxy.cancel import CancelTarget
 from proxy.config import Config
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
@@ -268,6 +266,7 @@ class ClientConnection(asyncio.Protocol):
             session.report_requests(relay.request_done)
         self.link = link
         relay.server = link.transport
+        link.relaying = True  # (until Pool.release detaches it: it reads its own socket again)
         link.transport.set_protocol(ServerRelay(link, relay))
 
     def _relay_client(self) -> None:
@@ -275,10 +274,6 @@ class ClientConnection(asyncio.Protocol):
         assert self.transport is not None and self.relay is not None
         self._relaying = True
         self.transport.set_protocol(self.relay)
-
-    def server_ready(self, link: ServerLink, ready: ServerReady) -> None:
-        """The one-connection-per-request pool's link finished its startup: it is granted (until wp-pool's Pool)."""
-        self.server_granted(link)
 
     def server_granted(self, link: ServerLink) -> None:
         """The pool lends the session `link` (READY, idle), maybe inside `Pool.request` itself."""
@@ -288,25 +283,21 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.pool.release(link, reusable=True, reset=False, reason=CloseReason.CLIENT_GONE)
             return
         self._install(link)
-        connect = self._connect
-        assert connect is not None
         server = link.server
-        self.proxy.cancels.register(*connect.cancel_key, CancelTarget(server.backend, server.process_id,
-                                                                      server.secret_key))
+        notices, server.notices = server.notices, []  # a new server's startup notices go to its first client
         try:
-            self.run(session.server_attached(server, server.notices))
+            self.run(session.server_attached(server, notices))
         except Exception:
             self.internal_error()
             return
         self._update_reading()
 
     def _start_relay(self) -> None:
-        """The client's startup is answered: the startup deadline ends, the session relays."""
-        link, tenant = self.link, self.tenant
-        assert link is not None and tenant is not None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """The client's startup is answered: its cancel key names this connection (a cancel goes to the server it
+        holds then, if any), the session relays."""
+        link, tenant, connect = self.link, self.tenant, self._connect
+        assert link is not None and tenant is not None and connect is not None
+        self.proxy.cancels.register(*connect.cancel_key, self)
         connect_s = time.monotonic() - link.connected_at
         self.log.info(
             "backend_connected",
@@ -314,27 +305,12 @@ class ClientConnection(asyncio.Protocol):
             database=link.server.database,
             tls=link.server.tls,
             connect_ms=round(connect_s * 1000, 2),
+            server=link.server.id,
+            pid=link.server.process_id,
         )
-        label = tenant.label
-        if link.gauge_label is None:
-            self.proxy.metrics.backend_connected(label, connect_s)
-            link.gauge_label = label
-        self._set_gauge(label, "active")
+        self._set_gauge(tenant.label, "active")
         if not self.closed:
             self._relay_client()
-
-    def server_failed(self, link: ServerLink, reason: str, refusal: PgError | None = None) -> None:
-        """The backend connection failed; `refusal` is the backend's own ErrorResponse, if it sent one."""
-        assert self.session is not None and self.tenant is not None
-        backend = link.server.backend
-        self.log.warning("backend_failed", backend=backend.describe(), reason=reason,
-                         sqlstate=refusal.sqlstate if refusal else None)
-        if refusal is not None:
-            self.proxy.metrics.backend_error(self.tenant.label, refusal.sqlstate)
-        # the session tells the client while it is connecting: the backend's name, never its address
-        error = (errors.backend_refused(backend.name, refusal) if refusal is not None
-                 else errors.backend_unreachable(backend.name, "see the proxy log"))
-        self.server_refused(error, CloseReason.BACKEND)
 
     def server_refused(self, error: PgError, reason: CloseReason) -> None:
         """The pool has no server for the session (its wait timed out, the backend cannot be reached)."""
@@ -348,14 +324,12 @@ class ClientConnection(asyncio.Protocol):
         if self.link is not link or self.closed:
             return
         assert self.session is not None
+        self.link = None
         if self.relay is not None:
-            self.link = None
             self.relay.server = None
-            if self._connect is not None:
-                self.proxy.cancels.unregister(self._connect.cancel_key[0])
-            self.run(self.session.server_closed())
-        else:
-            self.server_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
+        self.log.warning("server_lost", backend=link.server.backend.describe(), server=link.server.id,
+                         reason=f"connection closed{f': {exc}' if exc else ''}")
+        self.run(self.session.server_closed())
 
     def _request_server(self, request: ServerRequest) -> None:
         """Ask the pool for a server (answered by server_granted or server_refused, maybe at once)."""
@@ -370,10 +344,6 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.relay is not None:
             self.relay.server = None
-        if self._connect is not None:
-            self.proxy.cancels.unregister(self._connect.cancel_key[0])
-        if link.transport is not None and not link.closed:
-            link.transport.set_protocol(link)
         self._backpressure = False
         self.proxy.pool.release(link, reusable=action.reusable, reset=action.reset, reason=action.reason)
         self._update_reading()
@@ -384,7 +354,9 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.metrics.session_pinned(self.tenant.label, reason)
         if self._pinned_at is None:
             self._pinned_at = time.monotonic()
-            limit = getattr(getattr(self.proxy.config, "pool", None), "max_pin_time", 600.0)
+            if self.link is not None:
+                self.proxy.pool.pinned(self.link, True)
+            limit = self.proxy.config.pool.max_pin_time
             self._pin_timer = asyncio.get_running_loop().call_later(limit, self._pinned_long, limit)
 
     def _pinned_long(self, limit: float) -> None:
@@ -400,6 +372,8 @@ class ClientConnection(asyncio.Protocol):
             self._pin_timer = None
         if self._pinned_at is not None and self.tenant is not None:
             self.proxy.metrics.session_unpinned(self.tenant.label, time.monotonic() - self._pinned_at)
+            if self.link is not None:
+                self.proxy.pool.pinned(self.link, False)
         self._pinned_at = None
 
     # --- action execution ----------------------------------------------------------------
@@ -578,6 +552,9 @@ class ClientConnection(asyncio.Protocol):
         gate = self.proxy.decider(name)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
+        if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait
+            self._timer.cancel()
+            self._timer = None
         self.run([AcquireServer(connect.request)])
 
     def _logged_in(self) -> None:

@@ -15,7 +15,7 @@ from proxy.audit import AuditLog
 from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry
-from proxy.config import Config
+from proxy.config import BackendConfig, Config
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
@@ -71,6 +71,10 @@ class Proxy:
         self.metrics.watch_cache(lambda: (
             self.decisions.hits, self.decisions.misses, self.decisions.entries, self.decisions.held
         ))
+        self.metrics.watch_pools(lambda: [
+            (r.tenant, r.cl_waiting, r.sv_active, r.sv_idle, r.sv_pinned, r.sv_used, r.sv_connecting)
+            for r in self.pool.rows()
+        ])
         self.workers = DecisionWorkers(
             limits.decision_workers, limits.decision_timeout,
             on_restart=self.metrics.worker_restarted,
@@ -194,6 +198,7 @@ class Proxy:
                 by_id[ref.session_id].reconfigure(new)
         for revocation in revoked:  # each ends at its next statement
             by_id[revocation.session_id].revoke(revocation.error)
+        self.pool.reconfigure(self.config)  # sizes follow; a tenant whose context changed gets a new pool
 
     def session_rows(self) -> list[SessionRow]:
         """Every connection's session, as plain data (for reload and the admin console)."""
@@ -207,9 +212,17 @@ class Proxy:
             row = c.row()
             if row is not None:
                 clients.append(ClientRow(row, now - c.started, c.bytes_in, c.bytes_out))
-        servers = [ServerRow(*link.server.row(), link.client.session_id or None, now - link.connected_at)
-                   for link in list(self.pool.links)]
-        return Snapshot(self.server is not None and not self.stopping, self.registry.pending(), clients, servers)
+        servers = []
+        for row in self.pool.manager.server_rows(self.pool.clock()):
+            link = self.pool.links.get(row.id)
+            if link is None:
+                continue
+            s = link.server
+            owner = link.owner.session_id if link.owner is not None else None
+            servers.append(ServerRow(s.backend.name, s.backend.user, s.database, s.process_id, s.tls, row.state,
+                                     owner or None, row.age, row.tenant))
+        return Snapshot(self.server is not None and not self.stopping, self.registry.pending(), clients, servers,
+                        self.pool.rows())
 
     def kill(self, session_id: str) -> bool:
         """End one session (the console's KILL_CLIENT); False if there is none of that id."""
@@ -242,6 +255,7 @@ class Proxy:
             raise StartupError(f"listen: cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from exc
         log.info("listening", address=self.addresses(), compiled_hot_path=_accel.status())
         loop.call_later(memory.TRIM_INTERVAL, self._trim_memory)
+        self.pool.start()
 
     def _trim_memory(self) -> None:
         """Every TRIM_INTERVAL while sessions come and go: what connections freed goes back to the system (RSS
@@ -268,8 +282,11 @@ class Proxy:
             self._idle.set()
 
     async def forward_cancel(self, action: ForwardCancel) -> None:
-        target = self.cancels.lookup(action.process_id, action.secret_key)
-        if target is None:  # anyone can send these: counted, and logged through the pre-login limiter
+        """A CancelRequest: forwarded only while its session holds a server, to that server's backend process. The
+        server goes to nobody else until the cancel connection has closed, so a cancel racing the release of the
+        server can never reach the next client's query (PgBouncer 1.19+ does the same)."""
+        client = self.cancels.lookup(action.process_id, action.secret_key)
+        if client is None:  # anyone can send these: counted, and logged through the pre-login limiter
             self.metrics.cancel_ignored()
             dropped = self.prelogin_log.allow(time.monotonic())
             if dropped is None:
@@ -277,7 +294,19 @@ class Proxy:
             else:
                 log.info("cancel_ignored", reason="unknown_key", **({"suppressed_before": dropped} if dropped else {}))
             return
-        backend = target.backend
+        link = self.pool.holding(client)  # type: ignore[arg-type]
+        if link is None or link.closed:
+            log.info("cancel_ignored", reason="no_server_held")
+            return
+        self.pool.cancel_started(link)
+        try:
+            await self._send_cancel(link.server.backend, link.server.process_id, link.server.secret_key)
+        finally:
+            self.pool.cancel_done(link)
+
+    async def _send_cancel(self, backend: BackendConfig, process_id: int, secret_key: bytes) -> None:
+        """Send one CancelRequest and wait until the backend closed that connection (it has acted on it then)."""
+        writer = None
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(backend.host, backend.port), backend.connect_timeout
@@ -289,14 +318,18 @@ class Proxy:
                     await writer.start_tls(backend_ssl_context(backend), server_hostname=backend.host)
                 elif backend.sslmode != "prefer":
                     raise ConnectionError("backend refused TLS for the cancel request")
-            writer.write(m.encode_cancel_request(target.process_id, target.secret_key))
+            writer.write(m.encode_cancel_request(process_id, secret_key))
             await writer.drain()
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            with contextlib.suppress(ssl.SSLError, ConnectionError):
+                await asyncio.wait_for(reader.read(), backend.connect_timeout)  # EOF: the cancel was processed
             log.info("cancel_forwarded", backend=backend.name)
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.warning("cancel_failed", backend=backend.name, error=str(exc))
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
     async def shutdown(self) -> None:
         """Stop accepting, let sessions finish until the deadline, then end the rest with 57P01."""
@@ -313,6 +346,7 @@ class Proxy:
                 await asyncio.wait_for(self._idle.wait(), deadline)
         for client in list(self.clients):
             client.close(errors.admin_shutdown(), CloseReason.SHUTDOWN)
+        self.pool.shutdown()  # the idle servers (closed sessions' servers were reset or closed on release)
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 2)

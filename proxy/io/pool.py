@@ -1,59 +1,271 @@
-"""Where sessions get their server connections (ServerLink): one fresh connection per request for now."""
+"""Where sessions get their server connections: runs the pool manager (proxy/pooling.py) on real sockets."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from proxy import errors
-from proxy.actions import ServerRequest
+from proxy.actions import ServerQueryDone, ServerReady
+from proxy.config import Config
+from proxy.errors import PgError
 from proxy.io.backend import ServerLink
+from proxy.logs import get_logger
+from proxy.pooling import (
+    Check,
+    Close,
+    Closing,
+    Connect,
+    Grant,
+    PoolAction,
+    PoolManager,
+    PoolRow,
+    Refuse,
+    Reset,
+    ServerRequest,
+    State,
+)
 from proxy.reasons import CloseReason
-from proxy.server import ServerConnection
+from proxy.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
     from proxy.io.client import ClientConnection
     from proxy.io.listener import Proxy
 
+log = get_logger("pgtenant.pool")
+TICK = 1.0  # seconds between the pool's timer events (wait timeouts, idle timeouts, min_pool_size)
+
 
 class Pool:
-    """Hands server connections to client sessions: one fresh connection per request for now, closed when given
-    back (the contract's API: `request` answered by `client.server_granted` / `client.server_refused`,
-    `withdraw`, `release`; proxy/pooling.py's manager replaces this)."""
+    """Hands server connections (ServerLink) to client sessions, by the contract of issue 16:
+
+    `request(client, request)`: the pool calls exactly one of `client.server_granted(link)` (synchronously, inside
+    this call, when an idle server is there) or `client.server_refused(error, reason)`; `withdraw(client)` when the
+    client leaves while waiting; `release(link, reusable=..., reset=..., reason=...)` when it gives the server back.
+    """
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.links: set[ServerLink] = set()
+        self.manager = PoolManager(proxy.config)
+        self.links: dict[int, ServerLink] = {}
+        self._clients: dict[int, ClientConnection] = {}  # id(client) -> client, while it waits or holds a server
+        self._timer: asyncio.TimerHandle | None = None
+        self.clock = time.monotonic
+
+    # --- the sessions' API -------------------------------------------------------------------
 
     def request(self, client: ClientConnection, request: ServerRequest) -> None:
-        """Connect a server for `client`; its startup ends in client.server_ready (granted) or server_failed."""
-        asyncio.get_running_loop().create_task(self._connect(client, request))
+        self._clients[id(client)] = client
+        self._run(self.manager.request(id(client), request, self.clock()))
 
-    async def _connect(self, client: ClientConnection, request: ServerRequest) -> None:
-        loop = asyncio.get_running_loop()
-        backend = request.backend
-        server = ServerConnection(backend, request.key.database, dict(request.parameters))
+    def withdraw(self, client: ClientConnection) -> None:
+        if self.manager.is_waiting(id(client)):
+            self._clients.pop(id(client), None)
+            self._run(self.manager.withdraw(id(client), self.clock()))
+
+    def release(self, link: ServerLink, *, reusable: bool, reset: bool, reason: CloseReason | None = None) -> None:
+        owner = link.owner
+        if owner is not None:
+            self._clients.pop(id(owner), None)
+        link.detach()
+        if link.closed:
+            reusable = False
+        self._run(self.manager.released(link.server.id, reusable=reusable, reset=reset, now=self.clock()))
+
+    def pinned(self, link: ServerLink, pinned: bool) -> None:
+        """The session holding `link` is pinned to it, or no longer (SHOW POOLS / SERVERS)."""
+        self.manager.pinned(link.server.id, pinned)
+
+    def holding(self, client: ClientConnection) -> ServerLink | None:
+        """The server link `client` holds, if any."""
+        server = self.manager.holding(id(client))
+        return self.links.get(server) if server is not None else None
+
+    # --- cancel --------------------------------------------------------------------------------
+
+    def cancel_started(self, link: ServerLink) -> None:
+        """A cancel connection to `link`'s backend process opens: the link goes to nobody else until it closed."""
+        self.manager.cancel_started(link.server.id)
+
+    def cancel_done(self, link: ServerLink) -> None:
+        self._run(self.manager.cancel_done(link.server.id, self.clock()))
+
+    # --- the proxy's life ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
         try:
-            _, link = await asyncio.wait_for(
-                loop.create_connection(lambda: ServerLink(client, server), backend.host, backend.port),
-                backend.connect_timeout,
-            )
+            self._run(self.manager.tick(self.clock()))
+        except Exception:  # pragma: no cover - a bug of ours must not stop the timer
+            log.exception("pool_tick_failed")
+
+    def reconfigure(self, config: Config) -> None:
+        """A reload: sizes follow; a pool whose tenant context changed is retired."""
+        self._run(self.manager.reconfigure(config))
+
+    def shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._run(self.manager.shutdown())
+
+    def rows(self) -> list[PoolRow]:
+        return self.manager.rows(self.clock())
+
+    # --- the links' events ----------------------------------------------------------------------
+
+    def link_ready(self, link: ServerLink, ready: ServerReady) -> None:
+        """A new server finished its startup."""
+        seconds = time.monotonic() - link.connected_at
+        self.proxy.metrics.backend_connected(self._label(link), seconds)
+        self._run(self.manager.connected(link.server.id, self.clock()))
+
+    def link_failed(self, link: ServerLink, reason: str, refusal: PgError | None = None) -> None:
+        """A link failed: while connecting, its waiter is refused; later (an idle server sent something, or the
+        answer to the pool's own query was not readable) it is closed."""
+        if self.links.get(link.server.id) is not link:
+            return
+        if not self._connecting(link):
+            log.info("server_closed", server=link.server.id, reason=reason)
+            self._lost(link)
+            return
+        backend = link.server.backend
+        log.warning("backend_failed", backend=backend.describe(), reason=reason,
+                    sqlstate=refusal.sqlstate if refusal else None)
+        if refusal is not None:
+            self.proxy.metrics.backend_error(self._tenant(link), refusal.sqlstate)
+        # the client hears the backend's name, never its address
+        error = (errors.backend_refused(backend.name, refusal) if refusal is not None
+                 else errors.backend_unreachable(backend.name, "see the proxy log"))
+        self._forget(link, Closing.CONNECT_FAILED)
+        link.terminate()
+        self._run(self.manager.connect_failed(link.server.id, error, CloseReason.BACKEND, self.clock()))
+
+    def link_lost(self, link: ServerLink, exc: Exception | None) -> None:
+        """The link's connection closed (by the backend, or by us)."""
+        owner = link.owner
+        if owner is not None:
+            owner.server_lost(link, exc)
+        if self.links.get(link.server.id) is not link:
+            return
+        if self._connecting(link):
+            self.link_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
+        else:
+            self._lost(link)
+
+    def _connecting(self, link: ServerLink) -> bool:
+        entry = self.manager.servers.get(link.server.id)
+        return entry is not None and entry.state is State.CONNECTING
+
+    def _tenant(self, link: ServerLink) -> str | None:
+        entry = self.manager.servers.get(link.server.id)
+        return entry.pool.tenant if entry is not None else None
+
+    def _lost(self, link: ServerLink) -> None:
+        if self.links.get(link.server.id) is not link:
+            return
+        owner = link.owner
+        if owner is not None:
+            self._clients.pop(id(owner), None)
+        self._forget(link, Closing.LOST)
+        link.terminate()
+        self._run(self.manager.closed(link.server.id, self.clock()))
+
+    def _forget(self, link: ServerLink, reason: Closing) -> None:
+        if self.links.pop(link.server.id, None) is not None:
+            self.proxy.metrics.pool_server_closed(reason)
+
+    # --- running the manager's actions -------------------------------------------------------------
+
+    def _run(self, actions: list[PoolAction]) -> None:
+        for action in actions:
+            if isinstance(action, Grant):
+                self._grant(action)
+            elif isinstance(action, Connect):
+                self._connect(action)
+            elif isinstance(action, Refuse):
+                client = self._clients.pop(action.client, None)  # type: ignore[call-overload]
+                if client is not None:
+                    client.server_refused(action.error, action.reason)
+            elif isinstance(action, Close):
+                link = self.links.get(action.server)
+                if link is not None:
+                    self._forget(link, Closing(action.reason))
+                    link.terminate()
+            elif isinstance(action, Reset):
+                self._own_query(action.server, "reset")
+            elif isinstance(action, Check):
+                self._own_query(action.server, "check")
+            else:  # pragma: no cover
+                raise AssertionError(f"unexpected pool action {action!r}")
+
+    def _grant(self, grant: Grant) -> None:
+        client = self._clients.get(grant.client)  # type: ignore[call-overload]
+        link = self.links[grant.server]
+        assert client is not None
+        link.owner = client
+        link.server.last_used = self.clock()
+        if client.tenant is not None:
+            self.proxy.metrics.pool_waited(client.tenant.label, grant.waited)
+        client.server_granted(link)
+
+    def _connect(self, connect: Connect) -> None:
+        request = connect.request
+        server = ServerConnection(request.backend, request.key.database, dict(request.parameters))
+        server.id = connect.server
+        server.created = server.last_used = self.clock()
+        link = ServerLink(self, server)
+        self.links[server.id] = link
+        self.proxy.metrics.pool_server_opened(self.proxy.metrics.tenant(request.tenant))
+        asyncio.get_running_loop().create_task(self._open(link))
+
+    async def _open(self, link: ServerLink) -> None:
+        loop = asyncio.get_running_loop()
+        backend = link.server.backend
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: link, backend.host, backend.port),
+                                   backend.connect_timeout)
         except (TimeoutError, OSError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             reason = "connection timed out" if timed_out else (exc.strerror or str(exc))
-            client.log.warning("backend_failed", backend=backend.describe(), reason=reason)
             shown = reason if timed_out or exc.strerror else "connection failed"  # str(exc) may name the address
-            client.server_refused(errors.backend_unreachable(backend.name, shown), CloseReason.BACKEND)
+            log.warning("backend_failed", backend=backend.describe(), reason=reason)
+            if self.links.get(link.server.id) is not link:
+                return
+            self._forget(link, Closing.CONNECT_FAILED)
+            error = errors.backend_unreachable(backend.name, shown)
+            self._run(self.manager.connect_failed(link.server.id, error, CloseReason.BACKEND, self.clock()))
             return
-        self.links.add(link)
+        if self.links.get(link.server.id) is not link:  # closed meanwhile (shutdown, a reload)
+            link.terminate()
 
-    def withdraw(self, client: ClientConnection) -> None:
-        """The client left while waiting: a server connecting for it is given back when it is ready."""
+    def _own_query(self, server_id: int, what: str) -> None:
+        """Run the reset or the health check on a server; the manager hears how it went."""
+        link = self.links.get(server_id)
+        if link is None:
+            return
+        server = link.server
+        event = self.manager.reset_done if what == "reset" else self.manager.checked
+        failure = Closing.RESET_FAILED if what == "reset" else Closing.CHECK_FAILED
 
-    def release(self, link: ServerLink, *, reusable: bool = False, reset: bool = False,
-                reason: CloseReason | None = None) -> None:
-        if link in self.links and link.gauge_label is not None:
-            self.proxy.metrics.backend_released(link.gauge_label)
-            link.gauge_label = None
-        self.links.discard(link)
-        link.terminate()
+        def done(answer: ServerQueryDone) -> None:
+            if answer.ok:
+                server.last_used = self.clock()
+            else:
+                log.info(f"server_{what}_failed", server=server_id,
+                         sqlstate=answer.error.sqlstate if answer.error else None)
+                self._forget(link, failure)
+                link.terminate()
+            self._run(event(server_id, answer.ok, self.clock()))
+
+        if link.closed or server.state is not ServerState.READY:
+            done(ServerQueryDone(False))
+            return
+        link.query(server.reset() if what == "reset" else server.check(), done)
+
+    def _label(self, link: ServerLink) -> str:
+        return self.proxy.metrics.tenant(self._tenant(link))

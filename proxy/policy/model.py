@@ -45,7 +45,8 @@ SETTING = "setting"  # session SET of `name` (lower case): `shown` is the statem
 RESET_SETTINGS = "reset_settings"  # RESET ALL / DISCARD ALL: every setting back to the session's defaults
 PIN = "pin"  # session state the proxy cannot follow or replay: pinned for the rest of the session (`name`: reason)
 DISCARD_ALL = "discard_all"  # DISCARD ALL: cursors, prepared statements, LISTEN, advisory locks (and the rest)
-# Not undone by a rollback (PostgreSQL: SQL prepared statements and session advisory locks ignore transactions).
+# Not undone by a rollback (PostgreSQL: SQL prepared statements and session advisory locks ignore transactions; a
+# CLOSE stays done too: sessionstate._rolled_back).
 NOT_TRANSACTIONAL: frozenset[str] = frozenset({SQL_PREPARE, DEALLOCATE, ADVISORY_LOCK, ADVISORY_UNLOCK, PIN})
 # Kept even when their statement fails: an advisory lock taken before the statement's error stays taken.
 KEPT_ON_ERROR: frozenset[str] = frozenset({ADVISORY_LOCK, PIN})

@@ -48,6 +48,7 @@ COPY_IN_RESPONSE = ord("G")
 ROW_DESCRIPTION = ord("T")
 DATA_ROW = ord("D")
 NOTIFICATION_RESPONSE = ord("A")
+EMPTY_QUERY_RESPONSE = ord("I")
 
 TEXT_OID = 25  # pg_type's text
 

@@ -15,12 +15,14 @@ from proxy.server import ServerConnection
 from proxy.session import ClientSession
 
 
-def make_config(tmp_path: Path, **limits: object) -> Config:
-    """Tenant acme (shared strategy) on backend main, user alice with password "pw"; `limits` as [limits]."""
+def make_config(tmp_path: Path, pool: dict[str, object] | None = None, **limits: object) -> Config:
+    """Tenant acme (shared strategy) on backend main, user alice with password "pw"; `limits` as [limits], `pool`
+    as [pool]."""
     (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
     return parse_config(
         {
             "secrets_file": "s.toml",
+            "pool": dict(pool or {}),
             "limits": dict(limits),
             "backends": {"main": {}},
             "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},

@@ -12,7 +12,7 @@ class _Ctx:
     def tenants(self):
         return ("tenant", "strategy"), [("acme", "shared"), ("globex", None)]
 
-    clients = servers = stats = config_rows = tenants
+    clients = servers = pools = stats = config_rows = tenants
 
     def reload(self) -> str:
         return "reload started"

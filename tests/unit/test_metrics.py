@@ -203,3 +203,22 @@ def test_named_writers_reach_their_metrics() -> None:
     assert _value(metrics, "pgtenant_config_reloads_total", outcome="ok") == 1
     content_type, body = metrics.exposition()
     assert content_type.startswith("text/plain") and b"pgtenant_config_reloads_total" in body
+
+
+def test_pool_gauges_come_from_the_pools_at_scrape_time() -> None:
+    metrics = Metrics(max_tenants=1)
+    rows = [("acme", 3, 2, 1, 1, 0, 1), ("acme", 0, 1, 0, 0, 1, 0), ("globex", 1, 1, 0, 0, 0, 0)]
+    metrics.watch_pools(lambda: rows)
+    metrics.pool_waited("acme", 0.02)
+    metrics.pool_server_opened("acme")
+    metrics.pool_server_closed("budget")
+    s = _samples(metrics)
+    assert s[("pgtenant_pool_clients_waiting", (("tenant", "acme"),))] == 3  # two pools of acme, summed
+    assert s[("pgtenant_server_connections", (("state", "active"), ("tenant", "acme")))] == 3
+    assert s[("pgtenant_server_connections", (("state", "used"), ("tenant", "acme")))] == 1
+    assert s[("pgtenant_server_connections", (("state", "active"), ("tenant", "_other")))] == 1  # the label cap
+    assert s[("pgtenant_pool_wait_seconds_count", (("tenant", "acme"),))] == 1
+    assert s[("pgtenant_pool_servers_opened_total", (("tenant", "acme"),))] == 1
+    assert s[("pgtenant_pool_servers_closed_total", (("reason", "budget"),))] == 1
+    rows.clear()
+    assert ("pgtenant_pool_clients_waiting", (("tenant", "acme"),)) not in _samples(metrics)

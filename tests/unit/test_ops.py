@@ -9,6 +9,7 @@ from proxy.auth.scram import make_verifier
 from proxy.config import Config, load_config, parse_config
 from proxy.metrics import Metrics
 from proxy.ops import ClientRow, Ops, Running, ServerRow, Snapshot
+from proxy.pooling import PoolRow
 from proxy.session import SessionRow
 
 
@@ -27,7 +28,8 @@ ALICE = SessionRow("ab12", "alice", "acme", "psql", "10.0.0.1", True, "ready", "
 SNAPSHOT = Snapshot(
     listening=True, pending=["globex"],
     clients=[ClientRow(ALICE, 12.34, 100, 200)],
-    servers=[ServerRow("main", "pgt_acme", "acme", 4242, False, "ready", "ab12", 12.0)],
+    servers=[ServerRow("main", "pgt_acme", "acme", 4242, False, "active", "ab12", 12.0, "acme")],
+    pools=[PoolRow("acme", "main", "acme", "pgt_acme", "session", 1, 2, 1, 0, 0, 0, 0, 3.25, 20)],
 )
 
 
@@ -45,7 +47,12 @@ def test_console_rows_come_from_the_snapshot(tmp_path: Path) -> None:
     assert columns[0] == "tenant"
     assert [(r[0], r[5], r[6]) for r in rows] == [("acme", "ready", 1), ("globex", "pending", 0)]
     assert o.clients()[1] == [("ab12", "alice", "acme", "psql", "10.0.0.1", "tls", "ready", "I", 12.3, 100, 200)]
-    assert o.servers()[1] == [("main", "pgt_acme", "acme", 4242, "ab12", "plain", "ready", 12.0)]
+    assert o.servers()[1] == [("acme", "main", "pgt_acme", "acme", 4242, "ab12", "plain", "active", 12.0)]
+    columns, rows = o.pools()
+    assert dict(zip(columns, rows[0], strict=True)) == {
+        "tenant": "acme", "backend": "main", "database": "acme", "role": "pgt_acme", "pool_mode": "session",
+        "cl_active": 1, "cl_waiting": 2, "sv_active": 1, "sv_idle": 0, "sv_pinned": 0, "sv_used": 0,
+        "sv_connecting": 0, "maxwait_s": 3.2, "pool_size": 20}
 
 
 def test_kill_and_unlock_go_to_the_running_proxy(tmp_path: Path) -> None:

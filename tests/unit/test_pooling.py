@@ -341,6 +341,18 @@ def test_a_failed_connect_refuses_the_waiter_it_was_opened_for(tmp_path: Path) -
     assert s.pm.servers == {}
 
 
+def test_a_server_whose_startup_takes_longer_than_startup_timeout_is_given_up(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    connect = s.request("a1")[0]
+    s.now = 14.0
+    assert s.pm.tick(s.now) == []
+    s.now = 15.0
+    out = s.pm.tick(s.now)
+    assert out[0] == Close(connect.server, Closing.TIMEOUT)
+    assert isinstance(out[1], Refuse) and out[1].client == "a1" and out[1].error.sqlstate == "08001"
+    assert s.pm.connected(connect.server, s.now) == []  # too late: forgotten
+
+
 # --- timers ----------------------------------------------------------------------------------------
 
 

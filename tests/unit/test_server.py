@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from proxy.actions import SendServer, ServerFailed, ServerReady, StartServerTls
+from proxy.actions import SendServer, ServerFailed, ServerQueryDone, ServerReady, StartServerTls
 from proxy.auth.scram import ScramServerExchange, make_verifier
 from proxy.config import BackendConfig
 from proxy.protocol import messages as m
@@ -87,3 +87,74 @@ def test_plaintext_injection_after_ssl_answer() -> None:
     conn.initiate()
     [failed] = conn.data(b"S" + m.ready_for_query(b"I"))
     assert isinstance(failed, ServerFailed) and "unencrypted" in failed.reason
+
+
+def _ready_server() -> ServerConnection:
+    conn = ServerConnection(BackendConfig(name="main", sslmode="disable"), "db", {})
+    conn.initiate()
+    conn.data(m.authentication(m.AUTH_OK) + m.parameter_status("application_name", "") + m.ready_for_query(b"I"))
+    assert conn.state is ServerState.READY
+    return conn
+
+
+def _reset_answer(sent: bytes) -> bytes:
+    nonce = sent.split(b"'")[1]
+    return (m.command_complete("DISCARD ALL") + m.parameter_status("application_name", "")
+            + m.ready_for_query(b"I") + m.row_description(["?column?"]) + m.data_row([nonce])
+            + m.command_complete("SELECT 1") + m.ready_for_query(b"I"))
+
+
+def test_reset_is_done_only_by_its_own_exact_answer() -> None:
+    conn = _ready_server()
+    conn.settings["DateStyle"] = "SET DateStyle = 'SQL'"
+    [send] = conn.reset()
+    queries = [q for q in _frontend(bytes(send.data))]
+    assert [m.Query.decode(q.body).sql.split("'")[0] for q in queries] == ["DISCARD ALL", "SELECT "]
+    assert conn.state is ServerState.QUERYING and conn.settings == {}
+    answer = _reset_answer(bytes(send.data))
+    assert conn.data(answer[:9]) == []
+    assert conn.data(answer[9:]) == [ServerQueryDone(True)]
+    assert conn.state is ServerState.READY
+
+
+def test_a_reset_answer_behind_the_last_clients_tail_fails() -> None:
+    """What the last client left on the wire comes first: a forged DISCARD ALL answer in it cannot carry the
+    random value of the reset's second query."""
+    conn = _ready_server()
+    [send] = conn.reset()
+    forged = m.command_complete("DISCARD ALL") + m.ready_for_query(b"I") + m.row_description(["?column?"]) + \
+        m.data_row([b"guess"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+    assert conn.data(forged) == [ServerQueryDone(False)]
+    tail = m.data_row([b"x"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+    conn2 = _ready_server()
+    [send] = conn2.reset()
+    [failed] = conn2.data(tail + _reset_answer(bytes(send.data)))  # a tail, then the real answer: too much
+    assert isinstance(failed, ServerFailed)
+
+
+def test_check_and_settings_answers() -> None:
+    conn = _ready_server()
+    [send] = conn.check()
+    assert bytes(send.data) == m.query_message(";")
+    assert conn.data(m.frame(b"I", b"") + m.ready_for_query(b"I")) == [ServerQueryDone(True)]
+    [send] = conn.apply(['SET "application_name" TO \'bi\'', 'SET "DateStyle" TO \'SQL\''])
+    assert m.Query.decode(_frontend(bytes(send.data))[0].body).sql == (
+        'SET "application_name" TO \'bi\'; SET "DateStyle" TO \'SQL\'')
+    answer = m.command_complete("SET") + m.parameter_status("application_name", "bi") + m.command_complete("SET") + \
+        m.ready_for_query(b"I")
+    assert conn.data(answer) == [ServerQueryDone(True)]
+    assert conn.status["application_name"] == "bi"  # the ParameterStatus it reported
+    [send] = conn.apply(['SET "DateStyle" TO \'nonsense\''])
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "22023", "M": 'invalid value for parameter "DateStyle"'})
+    [done] = conn.data(error + m.ready_for_query(b"I"))
+    assert not done.ok and done.error is not None and done.error.sqlstate == "22023"
+
+
+def test_an_idle_server_that_speaks_fails() -> None:
+    conn = _ready_server()
+    [failed] = conn.data(m.parameter_status("application_name", "x"))
+    assert isinstance(failed, ServerFailed) and conn.state is ServerState.FAILED
+    conn = _ready_server()
+    conn.check()
+    [failed] = conn.data(m.frame(b"I", b"") + m.ready_for_query(b"I") + m.ready_for_query(b"I"))
+    assert isinstance(failed, ServerFailed)  # more than its answer

@@ -4,7 +4,6 @@ the startup answer on a reused server."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,16 +32,10 @@ from tests.support.sessions import frames, login, make_config, sent, server_for
 POLICY = TenantPolicy(tenant="acme", strategy="database")  # LISTEN and advisory locks are allowed there
 
 
-def _session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> ClientSession:
-    original = ClientSession._server_request
-
-    def request(self: ClientSession):  # type: ignore[no-untyped-def]
-        return replace(original(self), mode=mode)
-
-    monkeypatch.setattr(ClientSession, "_server_request", request)
-    s = ClientSession(make_config(tmp_path), session_id="s1", client_address="10.0.0.1",
-                      throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0, tls_available=False)
-    return s
+def _session(tmp_path: Path, mode: str) -> ClientSession:
+    return ClientSession(make_config(tmp_path, pool={"pool_mode": mode}), session_id="s1",
+                         client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
+                         tls_available=False)
 
 
 def _log_in(s: ClientSession, **params: str) -> list:
@@ -53,9 +46,9 @@ def _log_in(s: ClientSession, **params: str) -> list:
 
 
 @pytest.fixture
-def pooled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ClientSession:
+def pooled(tmp_path: Path) -> ClientSession:
     """A transaction-pooled session, logged in, its startup answered, its first server given back."""
-    s = _session(tmp_path, monkeypatch, "transaction")
+    s = _session(tmp_path, "transaction")
     _log_in(s)
     actions = s.server_attached(server_for(s, {"application_name": ""}))
     assert [type(a) for a in actions] == [SendClient, StartRelay, ReleaseServer]
@@ -101,9 +94,8 @@ def kinds(actions: list) -> list[type]:
 # --- where the server is taken and given back -------------------------------------------------
 
 
-def test_session_pooling_holds_its_server_until_the_client_leaves(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    s = _session(tmp_path, monkeypatch, "session")
+def test_session_pooling_holds_its_server_until_the_client_leaves(tmp_path: Path) -> None:
+    s = _session(tmp_path, "session")
     [*_, connect] = _log_in(s)
     assert connect.request.mode == "session" and ("client_encoding", "UTF8") in connect.request.key.context
     assert kinds(s.server_attached(server_for(s))) == [StartRelay]
@@ -167,7 +159,7 @@ def test_a_client_leaving_in_a_transaction_gives_back_a_server_that_is_not_reusa
 
 def test_a_refused_wait_answers_each_request_and_the_session_goes_on(pooled: ClientSession) -> None:
     pooled.client_data(query("SELECT 1") + query("SELECT 2"))
-    err = errors.backend_unreachable("main", "connection timed out")
+    err = errors.pool_wait_timeout(tenant="acme", seconds=120.0, pool_size=1)
     out = relayed(pooled.server_refused(err, CloseReason.BACKEND), RelayToClient)
     assert [t for t, _ in frames(out)] == [b"E", b"Z", b"E", b"Z"] and pooled.state is State.IDLE
     assert not pooled.tracker.pending
@@ -180,11 +172,12 @@ def test_a_refused_wait_with_an_unsynced_batch_ends_the_session(pooled: ClientSe
     assert pooled.server_refused(err, CloseReason.BACKEND) == [CloseClient(err, CloseReason.BACKEND)]
 
 
-def test_a_refused_login_closes_the_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    s = _session(tmp_path, monkeypatch, "transaction")
+def test_a_refused_login_closes_the_client(tmp_path: Path) -> None:
+    s = _session(tmp_path, "transaction")
     _log_in(s)
-    err = errors.backend_unreachable("main", "connection timed out")
-    assert s.server_refused(err, CloseReason.BACKEND) == [CloseClient(err, CloseReason.BACKEND)]
+    err = errors.pool_wait_timeout(tenant="acme", seconds=120.0, pool_size=1)
+    [close] = s.server_refused(err, CloseReason.BACKEND)
+    assert close.error.severity == "FATAL" and close.error.sqlstate == "53300"  # at login, as PostgreSQL refuses
     assert s.state is State.CLOSED
 
 
@@ -319,9 +312,8 @@ def test_session_settings_are_replayed_on_the_next_server_as_a_diff(pooled: Clie
         "datestyle": "SET DateStyle = German", "work_mem": "SET work_mem = '8MB'"}
 
 
-def test_reset_all_gives_the_client_its_startup_settings_back(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    s = _session(tmp_path, monkeypatch, "session")
+def test_reset_all_gives_the_client_its_startup_settings_back(tmp_path: Path) -> None:
+    s = _session(tmp_path, "session")
     _log_in(s, application_name="psql")
     server = server_for(s, {"application_name": ""})
     [replay] = s.server_attached(server)
@@ -342,9 +334,8 @@ def test_reset_all_gives_the_client_its_startup_settings_back(tmp_path: Path,
     assert server.settings == {"application_name": startup}
 
 
-def test_a_reused_server_answers_the_startup_with_the_clients_own_settings(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    s = _session(tmp_path, monkeypatch, "transaction")
+def test_a_reused_server_answers_the_startup_with_the_clients_own_settings(tmp_path: Path) -> None:
+    s = _session(tmp_path, "transaction")
     _log_in(s, application_name="bob")
     server = server_for(s, {"application_name": "alice", "server_version": "18.1"})
     server.settings = {"application_name": "SELECT pg_catalog.set_config('application_name', 'alice', false)",
@@ -370,3 +361,17 @@ def test_a_replay_the_server_refuses_ends_the_session(pooled: ClientSession) -> 
     out = pooled.server_data(error("22023"))
     assert kinds(out)[0] is ReleaseServer and isinstance(out[-1], CloseClient)
     assert out[-1].reason is CloseReason.SETTINGS_REPLAY
+
+
+def test_a_cursor_closed_in_a_rolled_back_transaction_stays_closed(pooled: ClientSession) -> None:
+    pinned(pooled, ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", done("DECLARE CURSOR")))
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, "CLOSE c", done("CLOSE CURSOR", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]
+
+
+def test_a_deallocate_in_a_rolled_back_transaction_stays_done(pooled: ClientSession) -> None:
+    pinned(pooled, ("PREPARE p AS SELECT 1", done("PREPARE")))
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, "DEALLOCATE p", done("DEALLOCATE", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]

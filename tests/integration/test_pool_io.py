@@ -1,0 +1,234 @@
+"""The pools on a real PostgreSQL: a tenant's servers are capped by its pool (redteam-guards-2 G7), servers are reset
+and reused, a cancel racing the release of its server never reaches the next client, SHOW POOLS / SERVERS."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
+from tests.support.psql import run_psql
+from tests.support.wire import login_error
+
+ADMIN_PASSWORD = "ops-pw"
+CANCEL_CODE = 80877102
+
+
+def pooled_proxy(pg: PgCluster, workdir: Path, *, backend: tuple[str, int] | None = None,
+                 **pool: object) -> ProxyProcess:
+    """A proxy of its own with these [pool] keys (and an admin user), optionally reaching PostgreSQL through
+    `backend` (host, port)."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, workdir, backend_sslmode="disable", pool=dict(pool), admin_users={"ops": ADMIN_PASSWORD})
+    if backend is not None:
+        p.write_config()
+        text = p.config_path.read_text()
+        text = text.replace(f'host = "{pg.host}"\nport = {pg.port}', f'host = "{backend[0]}"\nport = {backend[1]}')
+        p.config_path.write_text(text)
+        p.write_config = lambda: None  # type: ignore[method-assign]  # keep the edited file
+    return p.start()
+
+
+@pytest.fixture(scope="module")
+def small_pools(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("pool"), pool_size=2, query_wait_timeout=3.0)
+    yield p
+    p.stop()
+
+
+def backends_of(pg: PgCluster, role: str) -> int:
+    with psycopg.connect(pg.dsn(), autocommit=True) as su:
+        row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'",
+                         (role,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def console(p: ProxyProcess, command: str) -> list[dict[str, str]]:
+    """The rows of one admin console command, by column name."""
+    conninfo = f"host=127.0.0.1 port={p.port} user=ops dbname=pgtenant sslmode=disable"
+    res = run_psql(conninfo, command + "\n", password=ADMIN_PASSWORD, args=("-A", "-F", "|"))
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if "|" in line]
+    header = lines[0].split("|")
+    return [dict(zip(header, line.split("|"), strict=True)) for line in lines[1:]]
+
+
+def test_one_tenant_cannot_take_every_backend_connection(small_pools: ProxyProcess, pg: PgCluster) -> None:
+    """G7 of redteam-guards-2: initech's sessions beyond its pool_size wait (and time out with the wait error)
+    instead of each taking a PostgreSQL backend; another tenant still logs in and queries."""
+    p = small_pools
+    role = TENANT_ROLES["initech"][0]
+    held = [psycopg.connect(p.dsn("ivan"), autocommit=True) for _ in range(2)]
+    try:
+        for conn in held:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        error = login_error(p.port, {"user": "ivan", "database": "initech"}, p.password("ivan"))
+        assert (error["S"], error["C"]) == ("FATAL", "53300")
+        assert error["M"] == ('pgtenant: no server connection for tenant "initech" within query_wait_timeout (3 s); '
+                              "its pool_size is 2"), error
+        assert "tenants.initech.pool_size" in error["H"]
+        assert backends_of(pg, role) == 2
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as other:  # another tenant is not locked out
+            assert other.execute("SELECT current_setting('pgtenant.tenant_id')").fetchone() == ("acme",)
+        rows = {r["tenant"]: r for r in console(p, "SHOW POOLS;")}
+        assert (rows["initech"]["cl_active"], rows["initech"]["sv_active"], rows["initech"]["pool_size"]) == (
+            "2", "2", "2")
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_a_waiting_session_gets_the_server_another_releases(small_pools: ProxyProcess, pg: PgCluster) -> None:
+    p = small_pools
+    role = TENANT_ROLES["initech"][0]
+    held = [psycopg.connect(p.dsn("ivan"), autocommit=True) for _ in range(2)]
+    pids = {conn.execute("SELECT pg_backend_pid()").fetchone()[0] for conn in held}  # type: ignore[index]
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(_connect_and_pid(p)))
+    waiter.start()
+    until_waiting(p, "initech")
+    held[0].execute("SET application_name = 'left behind'")  # session state the next client must not see
+    held[0].close()
+    waiter.join(30)
+    held[1].close()
+    assert got and isinstance(got[0], tuple), got
+    pid, app = got[0]
+    assert pid in pids  # the same backend, reused
+    assert app == ""  # reset (DISCARD ALL) before it was handed over
+    assert backends_of(pg, role) <= 2
+
+
+def _connect_and_pid(p: ProxyProcess) -> tuple[int, str] | Exception:
+    try:
+        with psycopg.connect(p.dsn("ivan"), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid(), current_setting('application_name')").fetchone()
+            assert row is not None
+            return int(row[0]), str(row[1])
+    except Exception as exc:  # reported to the test thread
+        return exc
+
+
+def until_waiting(p: ProxyProcess, tenant: str) -> None:
+    """Until SHOW POOLS shows a client of `tenant` waiting."""
+    until(lambda: any(r["tenant"] == tenant and r["cl_waiting"] != "0" for r in console(p, "SHOW POOLS;")),
+          timeout=20, interval=0.05, what=f"a waiting client of {tenant}")
+
+
+def test_client_startup_parameters_are_set_on_the_pooled_server(small_pools: ProxyProcess) -> None:
+    with psycopg.connect(small_pools.dsn("alice", application_name="tableau", options="-c DateStyle=SQL,DMY"),
+                         autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('application_name'), current_setting('DateStyle'), "
+                           "current_setting('pgtenant.tenant_id')").fetchone()
+        assert row == ("tableau", "SQL, DMY", "acme")
+        assert conn.info.parameter_status("application_name") == "tableau"
+    with pytest.raises(psycopg.OperationalError, match="DateStyle"):
+        psycopg.connect(small_pools.dsn("alice", options="-c DateStyle=nonsense"))
+
+
+def test_show_servers_lists_pool_state_and_holder(small_pools: ProxyProcess) -> None:
+    with psycopg.connect(small_pools.dsn("gina"), autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        rows = [r for r in console(small_pools, "SHOW SERVERS;") if r["backend_pid"] == str(pid)]
+        assert len(rows) == 1 and rows[0]["pool"] == "globex" and rows[0]["state"] == "active"
+        assert rows[0]["client_id"]
+    rows = [r for r in console(small_pools, "SHOW SERVERS;") if r["backend_pid"] == str(pid)]
+    assert [r["state"] for r in rows] in (["idle"], ["reset"])
+
+
+# --- the cancel race ---------------------------------------------------------------------------------
+
+
+class SlowCancels:
+    """A TCP forwarder to PostgreSQL that holds back every CancelRequest for `delay` seconds (a slow network
+    between the proxy and the database), and forwards everything else at once."""
+
+    def __init__(self, host: str, port: int, delay: float) -> None:
+        self.target = (host, port)
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cancels = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        first = b""
+        while len(first) < 8:
+            chunk = client.recv(8 - len(first))
+            if not chunk:
+                client.close()
+                return
+            first += chunk
+        if struct.unpack("!ii", first)[1] == CANCEL_CODE:
+            self.cancels += 1
+            time.sleep(self.delay)
+        server = socket.create_connection(self.target)
+        server.sendall(first)
+        threading.Thread(target=_pipe, args=(server, client), daemon=True).start()
+        _pipe(client, server)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: PgCluster, tmp_path: Path) -> None:
+    """pool_size 1: A's cancel is still on its way to PostgreSQL when A leaves and B, waiting, would get the same
+    server and start pg_sleep; the server goes to B only once A's cancel connection has closed, so B's query runs
+    to its end. (Without that rule B's pg_sleep is cancelled by A's late CancelRequest.)"""
+    slow = SlowCancels(pg.host, pg.port, delay=1.0)
+    p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), pool_size=1)
+    try:
+        a = psycopg.connect(p.dsn("alice"), autocommit=True)
+        a_pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        outcome: list[object] = []
+
+        def b_session() -> None:
+            try:
+                with psycopg.connect(p.dsn("alice"), autocommit=True) as b:
+                    pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+                    b.execute("SELECT pg_sleep(2)")
+                    outcome.append(("done", pid))
+            except Exception as exc:
+                outcome.append(exc)
+
+        b_thread = threading.Thread(target=b_session)
+        b_thread.start()
+        until_waiting(p, "acme")
+        a.cancel()  # nothing runs: the cancel is only on its way (held back by the forwarder)
+        a.close()  # A releases its server while its cancel is in flight
+        b_thread.join(30)
+        assert slow.cancels == 1
+        assert outcome and outcome[0] == ("done", a_pid), outcome  # B got A's server and its query was not cancelled
+    finally:
+        p.stop()
+        slow.close()
