@@ -454,7 +454,8 @@ class ClientSession:
         belief = self.context.belief
         scope = self._scope
         if scope[0] is not belief:
-            scope = self._scope = (belief, "" if belief == EMPTY_CONTEXT else repr(belief))
+            key = (belief.path, belief.local, sorted(belief.temp_tables), sorted(belief.temp_views))  # names resolve by
+            scope = self._scope = (belief, "" if key == (None, None, [], []) else repr(key))
         return scope[1]
 
     def _statement_query(self, body: bytes, out: bytes | None) -> bytes | None:

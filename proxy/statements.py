@@ -135,6 +135,7 @@ class Statements:
         self.prepared: dict[str, int] | None = None  # the held server's statement map (ServerConnection.prepared)
         self._ledger: deque[int | _Entry] = deque()
         self._fakes = 0  # FAKE entries in the ledger
+        self._markers = 0  # COPY-end markers in the ledger
         self._skipping = False  # an error arrived before the client's Sync: the server ignores messages up to it
         self._open = False  # a message of the current batch (since the last Sync/Query) has been sent
         self._recording: _Entry | None = None  # the entry whose batch is recorded for a retry
@@ -154,12 +155,18 @@ class Statements:
         """The session now holds a server whose statement map is `prepared` (its unnamed statement is not ours)."""
         self.prepared = prepared
         self._unnamed_here = False
+        self._tx_names.clear()
 
     def detach(self) -> None:
-        """The session gives its server back (only when `idle`)."""
+        """The session gives its server back: when `idle`, or for good (what was in flight there is dropped)."""
         self.prepared = None
         self._unnamed_here = False
         self._tx_names.clear()
+        if self._ledger:
+            self._ledger.clear()
+            self._fakes = self._markers = 0
+            self._skipping = False
+            self._recording = None
 
     @property
     def idle(self) -> bool:
@@ -378,6 +385,7 @@ class Statements:
         """CopyDone or CopyFail: the end of a COPY IN (the server ignored the Syncs sent before it)."""
         if self._ledger:
             self._ledger.append(_COPY_END)
+            self._markers += 1
 
     # --- the server's answers ----------------------------------------------------------------------
 
@@ -385,6 +393,22 @@ class Statements:
         """An answer of type `type_` (one of RESPONSES) arrived, `replaced` by the session or not: the bytes to
         send the client in its place (None: as it is)."""
         ledger = self._ledger
+        if ledger:
+            head = ledger[0]
+            if type(head) is int:  # the usual case: a message passed as it is, at the head
+                if _COMPLETES.get(type_) == head or (type_ == READY_FOR_QUERY and head in (_SYNC, _QUERY)):
+                    ledger.popleft()
+                    if self._markers and ledger and ledger[0] == _COPY_END:
+                        self._pop_markers()
+                    if type_ == READY_FOR_QUERY:
+                        self.status = body[:1]
+                        if self.status == b"I" and self._tx_names:
+                            self._tx_names.clear()
+                    if self._fakes and ledger and _is_fake(ledger[0]):
+                        return (replaced if replaced is not None else m.frame(bytes((type_,)), body)) + self._due()
+                    return replaced
+                if type_ != ERROR_RESPONSE and type_ != COPY_IN_RESPONSE and type_ != READY_FOR_QUERY:
+                    return replaced  # part of a longer answer (a Query's rows, a Describe's...)
         if self._fakes and _is_fake(ledger[0]):  # answers of ours that were waiting for this one
             before = self._due()
             out = self.respond(type_, body, replaced)
@@ -507,7 +531,7 @@ class Statements:
         while ledger:
             item = ledger.popleft()
             if item == _COPY_END:
-                kept.append(item)
+                self._markers -= 1
                 break
             if item == _SYNC or (type(item) is _Entry and item.type == _SYNC):  # type: ignore[union-attr]
                 continue
@@ -651,8 +675,14 @@ class Statements:
         """The head entry is answered; COPY markers that reach the head go too."""
         ledger = self._ledger
         ledger.popleft()
+        if self._markers:
+            self._pop_markers()
+
+    def _pop_markers(self) -> None:
+        ledger = self._ledger
         while ledger and ledger[0] == _COPY_END:
             ledger.popleft()
+            self._markers -= 1
 
     def _due(self) -> bytes:
         """The fakes at the head of the ledger, now that what precedes them is answered."""
@@ -666,6 +696,8 @@ class Statements:
 
     def _undo_plain(self, kind: int) -> None:
         """A pass-through message failed or was skipped."""
+        if kind == _COPY_END:
+            self._markers -= 1
         if kind == _PARSE:  # the unnamed Parse: PostgreSQL dropped the old unnamed statement before it failed
             if self.unnamed is not None and not self.unnamed.cached:
                 self.unnamed = None
