@@ -248,15 +248,7 @@ class Statements:
         if name is None:  # malformed: the backend says so
             self._sent(_BIND)
             return None
-        stmt, prefix, missing = self._resolve(name)
-        if missing is not None:
-            self._sent(_BIND)
-            return m.bind_renamed(body, missing)
-        if stmt is None:
-            self._sent(_BIND)
-            return prefix + m.frame(b"B", body) if prefix else None
-        self._sent_named(_BIND, stmt, ("bind", body))
-        return prefix + m.bind_renamed(body, stmt.server)
+        return self._naming(_BIND, name, body, lambda named: m.bind_renamed(body, named))
 
     def describe(self, body: bytes) -> bytes | None:
         """A Describe: for a statement, the Describe naming its server statement (after its Parse), or None."""
@@ -267,16 +259,20 @@ class Statements:
         if body[:1] != b"S":
             self._sent(_DESCRIBE)
             return None
-        name = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+        return self._naming(_DESCRIBE, body[1:].rstrip(b"\x00").decode("utf-8", "replace"), body, _describe)
+
+    def _naming(self, type_: int, name: str, body: bytes, renamed: Callable[[str], bytes]) -> bytes | None:
+        """A Bind or Describe of statement `name`: what to send in its place (`renamed(server name)` after what the
+        server needs first; a name that fails when the client has no such statement), or None."""
         stmt, prefix, missing = self._resolve(name)
         if missing is not None:
-            self._sent(_DESCRIBE)
-            return _describe(missing)
+            self._sent(type_)
+            return renamed(missing)
         if stmt is None:
-            self._sent(_DESCRIBE)
-            return prefix + m.frame(b"D", body) if prefix else None
-        self._sent_named(_DESCRIBE, stmt, ("describe", body))
-        return prefix + _describe(stmt.server)
+            self._sent(type_)
+            return prefix + m.frame(bytes((type_,)), body) if prefix else None
+        self._sent_named(type_, stmt, ("bind" if type_ == _BIND else "describe", body))
+        return prefix + renamed(stmt.server)
 
     def close(self, body: bytes) -> bytes | None:
         """A Close: a statement's is answered here (the server statement stays for others), a portal's passes."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import psycopg
@@ -209,22 +209,13 @@ def test_node_style_named_statements(pooled: ProxyProcess) -> None:
 
 
 def test_clients_in_threads_share_the_server(pooled: ProxyProcess) -> None:
-    errors: list[BaseException] = []
+    def client(n: int) -> list[tuple[int, ...]]:
+        with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
+            return [c.execute("SELECT %s::int + %s::int", (i, n), prepare=i % 3 != 0).fetchone() for i in range(30)]
 
-    def client(n: int) -> None:
-        try:
-            with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
-                for i in range(30):
-                    assert c.execute("SELECT %s::int + %s::int", (i, n), prepare=i % 3 != 0).fetchone() == (i + n,)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(client, range(4)))
+    assert results == [[(i + n,) for i in range(30)] for n in range(4)]
 
 
 @pytest.mark.parametrize("threshold", [5, 1])

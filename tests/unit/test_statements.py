@@ -504,7 +504,9 @@ def test_cache_describe_of_the_unnamed_statement_names_the_server_statement() ->
     same([("a", run_), ("a", run_), ("b", run_), ("b", run_), ("a", run_)], cache=True, servers=2)
 
 
-def test_cache_retries_a_stale_plan_transparently() -> None:
+def stale_cached() -> tuple[Proxied, Backend, dict[str, int], str]:
+    """A client whose unnamed SELECT 1 is cached on its server, and whose plan there now fails with 0A000 (another
+    session's ALTER TABLE changed the row type)."""
     p = Proxied(cache=True)
     backend = Backend()
     prepared: dict[str, int] = {}
@@ -513,7 +515,12 @@ def test_cache_retries_a_stale_plan_transparently() -> None:
         p.send(*unnamed_run())
         p.pump()
     name = server_name("SELECT 1", b"\x00\x00", "")
-    backend.broken.add(name)  # another session's ALTER TABLE changed the row type
+    backend.broken.add(name)
+    return p, backend, prepared, name
+
+
+def test_cache_retries_a_stale_plan_transparently() -> None:
+    p, backend, prepared, name = stale_cached()
     seen = len(p.seen)
 
     def unbreak(t: str, body: bytes, original=backend.message) -> None:
@@ -529,15 +536,7 @@ def test_cache_retries_a_stale_plan_transparently() -> None:
 
 
 def test_cache_stale_plan_in_a_transaction_block_reaches_the_client_and_is_reprepared() -> None:
-    p = Proxied(cache=True)
-    backend = Backend()
-    prepared: dict[str, int] = {}
-    p.attach(backend, prepared)
-    for _ in range(2):
-        p.send(*unnamed_run())
-        p.pump()
-    name = server_name("SELECT 1", b"\x00\x00", "")
-    backend.broken.add(name)
+    p, backend, prepared, name = stale_cached()
     p.send(query("BEGIN"))
     p.pump()
     seen = len(p.seen)
