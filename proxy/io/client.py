@@ -74,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_reported = (0, 0)
         self._reading_paused = False
         self._backpressure = False  # the server link's write buffer is full
+        self._client_full = False  # the client's write buffer is full (the server link is not read meanwhile)
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
         self.session_id = ""  # set with the session (connection_made)
         self.address = ""
@@ -195,11 +196,13 @@ class ClientConnection(asyncio.Protocol):
         self._unpinned()
 
     def pause_writing(self) -> None:
+        self._client_full = True
         if self.link is not None and self.link.transport is not None:
             with contextlib.suppress(Exception):
                 self.link.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._client_full = False
         if self.link is not None and self.link.transport is not None and not self.link.closed:
             with contextlib.suppress(Exception):
                 self.link.transport.resume_reading()
@@ -268,6 +271,8 @@ class ClientConnection(asyncio.Protocol):
         relay.server = link.transport
         link.relaying = True  # (until Pool.release detaches it: it reads its own socket again)
         link.transport.set_protocol(ServerRelay(link, relay))
+        if self._client_full:  # the client's socket is still full: the new server waits too
+            link.transport.pause_reading()
 
     def _relay_client(self) -> None:
         """The client's startup is answered: its transport reads into the relay."""
