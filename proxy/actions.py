@@ -79,34 +79,50 @@ class AdminLogin:
 
 @dataclass(frozen=True, slots=True)
 class ConnectBackend:
-    """Authentication succeeded: attach the tenant's policy (`session.enable_policy`), then obtain a server
-    connection to `backend`/`database` with startup `parameters`; answered with `session.server_ready` or
-    `session.server_failed`. `cancel_key` is the key the client was given (its CancelRequests name it)."""
+    """Authentication succeeded: attach the tenant's policy (`session.enable_policy`), then run
+    AcquireServer(`request`) (answered with `session.server_attached` or `session.server_refused`). `cancel_key`
+    is the key the client was given (its CancelRequests name it)."""
 
     login: Login
     tenant: str
     backend: BackendConfig
     database: str
-    parameters: dict[str, str]
+    request: ServerRequest
     cancel_key: tuple[int, bytes]
     end_user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AcquireServer:
-    """The session needs a server of `request.key`: the pool answers with `server_attached` or `server_refused`."""
+    """Ask the pool for a server connection; answered with `session.server_attached` or `session.server_refused`.
+    Meanwhile the client's socket is not read (what it sent is held by the session)."""
 
     request: ServerRequest
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseServer:
-    """The session gives its server back. `reusable`: it is at ReadyForQuery 'I' with nothing in flight (else the
-    pool closes it); `reset`: the pool runs DISCARD ALL before anyone else gets it."""
+    """Give the server connection back to the pool. `reusable`: it is at ReadyForQuery 'I' with nothing in flight
+    (else the pool closes it); `reset`: the session left state on it, the pool runs DISCARD ALL before anyone else
+    gets it. The client's relay stops reading it."""
 
     reusable: bool
     reset: bool
     reason: CloseReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPinned:
+    """The session keeps its server connection for `reason` from now on (metrics: pins by reason)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUnpinned:
+    """The session no longer holds state on its server connection; `reasons` were its pins (metrics: durations)."""
+
+    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +161,6 @@ class CloseClient:
 
 
 @dataclass(frozen=True, slots=True)
-class CloseServer:
-    """Terminate the server connection (1:1 for now; a pool would release it instead)."""
-
-    reason: CloseReason | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ServerReady:
     """The backend finished startup: parameter statuses and its key."""
 
@@ -181,6 +190,6 @@ class ServerFailed:
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
-    | AdminQuery | RunDecision | ForwardCancel | CloseClient | CloseServer | ServerReady | ServerQueryDone
-    | ServerFailed
+    | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
+    | SessionPinned | SessionUnpinned
 )

@@ -25,6 +25,7 @@ DECISION_BUCKETS: tuple[float, ...] = (
 )
 DECISION_STAGES = ("total", "gate", "rewrite", "verify")
 CONNECT_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PIN_BUCKETS: tuple[float, ...] = (0.01, 0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
 _WINDOW = 2048  # recent latencies kept per tenant for SHOW STATS quantiles
 # Seconds a client waited for a server: none for most, up to query_wait_timeout for some.
 WAIT_BUCKETS: tuple[float, ...] = (
@@ -313,6 +314,16 @@ class Metrics:
             "pgtenant_backend_errors_total", "ErrorResponses from backends, by SQLSTATE class.",
             ["tenant", "sqlstate_class"], registry=r,
         )
+        self._pins = Counter(
+            "pgtenant_session_pins_total",
+            "Transaction pooling: sessions pinned to their server connection, by the state that pins them.",
+            ["tenant", "reason"], registry=r,
+        )
+        self._pinned_seconds = Histogram(
+            "pgtenant_session_pinned_seconds",
+            "Transaction pooling: how long a session stayed pinned to its server connection.",
+            ["tenant"], buckets=PIN_BUCKETS, registry=r,
+        )
         self._reloads = Counter(
             "pgtenant_config_reloads_total", "Configuration reloads.", ["outcome"], registry=r
         )
@@ -401,6 +412,14 @@ class Metrics:
 
     def pool_server_closed(self, reason: str) -> None:
         self._servers_closed.labels(str(reason)).inc()
+
+    def session_pinned(self, tenant: str, reason: str) -> None:
+        """A session of a tenant label was pinned to its server for `reason` (a pin reason: a fixed set)."""
+        self._pins.labels(tenant, reason).inc()
+
+    def session_unpinned(self, tenant: str, seconds: float) -> None:
+        """A session of a tenant label is no longer pinned (or ended pinned), after `seconds`."""
+        self._pinned_seconds.labels(tenant).observe(seconds)
 
     def backend_error(self, tenant: str | None, sqlstate: str) -> None:
         """A backend's ErrorResponse to a tenant's request (or login), counted by SQLSTATE class."""

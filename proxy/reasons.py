@@ -55,8 +55,10 @@ class CloseReason(enum.StrEnum):
     UNEXPECTED_SASL_RESPONSE = "unexpected_sasl_response"
     UNEXPECTED_AUTH_OK = "unexpected_auth_ok"
     UNEXPECTED_ADMIN_OK = "unexpected_admin_ok"
-    UNEXPECTED_SERVER_READY = "unexpected_server_ready"
-    UNEXPECTED_SERVER_FAILED = "unexpected_server_failed"
+    UNEXPECTED_SERVER_ATTACHED = "unexpected_server_attached"
+    UNEXPECTED_SERVER_REFUSED = "unexpected_server_refused"
+    UNEXPECTED_SERVER_RELEASED = "unexpected_server_released"
+    UNEXPECTED_REQUEST = "unexpected_request"
     UNEXPECTED_CLOSE = "unexpected_close"
     UNEXPECTED_TIMEOUT = "unexpected_timeout"
     # login refused
@@ -88,6 +90,7 @@ class CloseReason(enum.StrEnum):
     PARSING_MISMATCH = "parsing_mismatch"
     SERVER_FATAL = "server_fatal"
     SERVER_CLOSED = "server_closed"
+    SETTINGS_REPLAY = "settings_replay"  # a server refused the client's settings (transaction pooling's replay)
     PREFLIGHT_FAILED = "preflight_failed"
     # the pool
     POOL_WAIT_TIMEOUT = "pool_wait_timeout"

@@ -74,7 +74,11 @@ class ServerConnection:
         self.channel_binding = channel_binding
         # The first state: TLS negotiation first unless sslmode is disable (initiate sends what it asks for).
         self.state = ServerState.STARTUP if backend.sslmode == "disable" else ServerState.SSL_NEGOTIATION
-        self.status: dict[str, str] = {}
+        self.status: dict[str, str] = {}  # the server's ParameterStatus values as last reported
+        # Session settings some client applied on it beyond its startup parameters: name -> the exact statement
+        # that was sent ({} after DISCARD ALL / RESET ALL); kept up to date by the session holding it.
+        self.settings: dict[str, str] = {}
+        self.prepared: dict[str, object] = {}  # statements the proxy prepared on it (proxy/statements.py)
         self.process_id = 0
         self.secret_key = b""
         self.notices: list[bytes] = []

@@ -1,4 +1,5 @@
-"""The client session state machine: startup, TLS, SCRAM, tenant identity, then relay; no I/O."""
+"""The client session state machine: startup, TLS, SCRAM, tenant identity, then relay through the server connections
+the pool lends it (for the whole session, or per transaction with automatic pinning); no I/O."""
 
 from __future__ import annotations
 
@@ -6,23 +7,26 @@ import enum
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from proxy import errors
 from proxy.actions import (
+    AcquireServer,
     Action,
     AdminLogin,
     AdminQuery,
     CloseClient,
-    CloseServer,
     ConnectBackend,
     ForwardCancel,
     Login,
     LoginStarted,
     RelayToClient,
     RelayToServer,
+    ReleaseServer,
     RunDecision,
     SendClient,
+    SessionPinned,
+    SessionUnpinned,
     StartClientTls,
     StartRelay,
 )
@@ -33,14 +37,18 @@ from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
-from proxy.policy.model import Allow, Change, Decision, Deny, Rewrite, SessionContext
+from proxy.policy.model import EMPTY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, SessionContext
 from proxy.policy.rules import deny
+from proxy.policy.settings import identifier, set_config_statement
+from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
+from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
+from proxy.statements import RESPONSES, Statements, forgets
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -53,18 +61,28 @@ _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker k
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
-# Ends a session whose transaction stays idle past limits.idle_in_transaction_timeout, unless its client set one.
-IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
+# Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
+_REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
+# Startup parameters that are the server connection's own (its pool key's context), never a client setting.
+_SERVER_OWN = frozenset({"client_encoding"})
+_DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
 # decision is to be made off the event loop (the session then holds the message, see RunDecision).
 Decide = Callable[[str, str], Decision | Pending]
 # A session context -> the decision function for it (with a `current` method: the policy token).
 Contextual = Callable[[SessionContext], Decide]
+
+
+def _settings_diff(applied: dict[str, str], desired: dict[str, str]) -> str:
+    """The statements taking a server from settings `applied` to `desired` (name -> statement): RESETs, then SETs."""
+    parts = [f"RESET {'.'.join(identifier(p) for p in name.split('.'))}" for name in applied if name not in desired]
+    parts += [text for name, text in desired.items() if applied.get(name) != text]
+    return "; ".join(parts)
 
 
 def _undecided(_kind: str, _sql: str) -> Decision:
@@ -95,8 +113,10 @@ class State(enum.Enum):
     TLS_HANDSHAKE = "tls_handshake"  # 'S' sent; the driver runs the TLS handshake
     SASL_INITIAL = "sasl_initial"  # AuthenticationSASL sent; waiting for SASLInitialResponse
     SASL_CONTINUE = "sasl_continue"  # AuthenticationSASLContinue sent; waiting for SASLResponse
-    CONNECTING = "connecting"  # authenticated; waiting for the server connection
-    READY = "ready"  # relaying
+    CONNECTING = "connecting"  # authenticated; waiting for the first server connection
+    READY = "ready"  # relaying, holding a server connection
+    IDLE = "idle"  # transaction pooling: between transactions, holding no server connection
+    WAITING = "waiting"  # transaction pooling: the client sent a request, the pool has not lent a server yet
     ADMIN = "admin"  # the admin console: simple queries answered by the proxy itself
     CLOSED = "closed"
 
@@ -110,8 +130,10 @@ class Event(enum.Enum):
     SASL_RESPONSE = "sasl_response"
     AUTH_OK = "auth_ok"
     ADMIN_OK = "admin_ok"
-    SERVER_READY = "server_ready"
-    SERVER_FAILED = "server_failed"
+    SERVER_ATTACHED = "server_attached"
+    SERVER_REFUSED = "server_refused"
+    SERVER_RELEASED = "server_released"
+    REQUEST = "request"
     TIMEOUT = "timeout"
     CLOSE = "close"
 
@@ -126,8 +148,12 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.SASL_INITIAL, Event.SASL_RESPONSE): State.SASL_CONTINUE,
     (State.SASL_CONTINUE, Event.AUTH_OK): State.CONNECTING,
     (State.SASL_CONTINUE, Event.ADMIN_OK): State.ADMIN,
-    (State.CONNECTING, Event.SERVER_READY): State.READY,
-    (State.CONNECTING, Event.SERVER_FAILED): State.CLOSED,
+    (State.CONNECTING, Event.SERVER_ATTACHED): State.READY,
+    (State.CONNECTING, Event.SERVER_REFUSED): State.CLOSED,
+    (State.READY, Event.SERVER_RELEASED): State.IDLE,
+    (State.IDLE, Event.REQUEST): State.WAITING,
+    (State.WAITING, Event.SERVER_ATTACHED): State.READY,
+    (State.WAITING, Event.SERVER_REFUSED): State.IDLE,
 }
 for _s in (State.STARTUP, State.TLS_HANDSHAKE, State.SASL_INITIAL, State.SASL_CONTINUE, State.CONNECTING):
     TRANSITIONS[(_s, Event.TIMEOUT)] = State.CLOSED  # the startup/authentication deadline
@@ -244,12 +270,16 @@ class ClientSession:
             m.COPY_FAIL: self._on_copy_end,
         }
         self.frontend.handlers = self._frontend_tracked
+        self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
+        self._backend_own = dict(self.backend_stream.handlers)
         # What a read from the client does, per state (a state without a handler expects no data: 08P01).
         self._on_data: dict[State, Callable[[bytes], list[Action]]] = {
             State.STARTUP: self._startup_data,
             State.SASL_INITIAL: self._auth_data,
             State.SASL_CONTINUE: self._auth_data,
             State.READY: self._relay_from_client,
+            State.IDLE: self._detached_data,
+            State.WAITING: self._detached_data,
             State.ADMIN: self._admin_data,
             State.CLOSED: self._ignore,
         }
@@ -274,8 +304,31 @@ class ClientSession:
         self._binds = 0  # Binds since the last Sync: the position of the next one in its request
         self._done = 0  # CommandCompletes of the request being answered
         self._contextual: Contextual | None = None
-        self._decided_in: object = None  # the context `decide` decides in
+        self._decided_in: object = None  # the context `decide` was last chosen for
+        self._decisive: object = EMPTY_CONTEXT  # the part of it decisions depend on (SessionContext.for_decisions)
         self.backend_fatal = False  # the backend sent FATAL/PANIC: its close needs no error of ours
+        # --- pooling: the server connection the session holds (None between transactions), what it asked for,
+        # what it sent while it held none, the settings replay, the pins.
+        self.server: ServerConnection | None = None
+        self.request: ServerRequest | None = None  # built at login
+        self.pooled = False  # transaction pooling: the server goes back to the pool between transactions
+        self._waiting: list[bytes | memoryview] = []  # gated client bytes for the server the session waits for
+        self._answered = False  # the client has had its startup answer (ParameterStatus, key, ReadyForQuery)
+        self._idle_check = False  # a ReadyForQuery 'I' arrived: see what the session holds once the read is relayed
+        self._replaying = 0  # ReadyForQuerys of the proxy's own statements still to swallow (the settings replay)
+        self._replay_buf = b""
+        self._replay_error: bytes | None = None
+        self._replayed: dict[str, str] = {}  # what the server's settings are once the replay succeeds
+        self._startup_settings: dict[str, str] = {}  # the client's startup parameters, as statements setting them
+        self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
+        self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
+        self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
+        self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
+        self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
+        self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
+        self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
+        self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
+        self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -291,13 +344,140 @@ class ClientSession:
         self._policy_token = policy_token
         self._contextual = contextual
         self._decided_in = self.context.belief
+        self._decisive = self.context.belief.for_decisions()
         self._parse_memo = None
-        self.frontend.handlers = {
-            **self._frontend_tracked,
-            m.QUERY: self._gate_query,
-            m.PARSE: self._gate_parse,
-            m.FUNCTION_CALL: self._gate_function_call,
-        }
+        self._gates = {m.QUERY: self._gate_query, m.PARSE: self._gate_parse,
+                       m.FUNCTION_CALL: self._gate_function_call}
+        self.frontend.handlers = {**self._frontend_tracked, **self._gates}
+        if self.statements is not None:
+            self._follow_statements()
+
+    # --- protocol-level prepared statements and the statement cache (proxy/statements.py) ----------------
+
+    def enable_statements(self, prepared: dict[str, int], *, cache: bool, cache_size: int = 500,
+                          cache_bytes: int = 4 << 20) -> None:
+        """Keep the client's prepared statements here and give them content-derived names on the server (whose
+        statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
+        self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
+                                     cache_bytes=cache_bytes)
+        self.statements.attach(prepared)
+        self._follow_statements()
+
+    def _follow_statements(self) -> None:
+        """Route every message with an answer through the statement maps and the response ledger."""
+        st = self.statements
+        assert st is not None
+        front = {**self._frontend_tracked, **self._gates}
+        gate_query, gate_parse, gate_call = front.get(m.QUERY), front.get(m.PARSE), front.get(m.FUNCTION_CALL)
+        bind, close, sync, copy_end = front[m.BIND], front[m.CLOSE], front[m.SYNC], front[m.COPY_DONE]
+        describe, execute = front.get(m.DESCRIBE), front.get(m.EXECUTE)  # (transaction pooling: they open requests)
+
+        def on_query(body: bytes) -> object:
+            out = gate_query(body) if gate_query is not None else None
+            if out is HOLD:
+                return out
+            return self._statement_query(body, out)  # type: ignore[arg-type]
+
+        def on_parse(body: bytes) -> object:
+            out = gate_parse(body) if gate_parse is not None else None
+            if out is HOLD:
+                return out
+            return self._statement_parse(body, out)  # type: ignore[arg-type]
+
+        def on_call(body: bytes) -> object:
+            out = gate_call(body) if gate_call is not None else None
+            st.query()
+            return out
+
+        def on_bind(body: bytes) -> bytes | None:
+            out = bind(body)
+            if out is not None:  # renamed to a denial marker: fails in the backend as it is
+                st.passthrough(m.BIND, out)  # type: ignore[arg-type]
+                return out  # type: ignore[return-value]
+            return st.bind(body)
+
+        def on_describe(body: bytes) -> bytes | None:
+            if describe is not None:
+                describe(body)
+            return st.describe(body)
+
+        def on_close(body: bytes) -> bytes | None:
+            close(body)
+            return st.close(body)
+
+        def on_sync(body: bytes) -> None:
+            sync(body)
+            st.sync()
+
+        def on_execute(body: bytes) -> None:
+            if execute is not None:
+                execute(body)
+            st.execute(body)
+
+        def on_copy_end(body: bytes) -> None:
+            copy_end(body)
+            st.copy_end()
+
+        front.update({m.QUERY: on_query, m.PARSE: on_parse, m.FUNCTION_CALL: on_call, m.BIND: on_bind,
+                      m.CLOSE: on_close, m.SYNC: on_sync, m.EXECUTE: on_execute, m.DESCRIBE: on_describe,
+                      m.COPY_DONE: on_copy_end, m.COPY_FAIL: on_copy_end})
+        self.frontend.handlers = front
+        back = dict(self._backend_own)
+        for type_ in RESPONSES:
+            back[type_] = _answer(st, type_, back.get(type_))
+        self.backend_stream.handlers = back
+
+    def _statement_parse(self, body: bytes, out: bytes | None) -> bytes | None:
+        """A Parse as the gate forwards it (None: as it is), given to the statement maps."""
+        st = self.statements
+        assert st is not None
+        key = out if out is not None else body
+        memo = self._statement_memo  # the same Parse again (drivers send the same unnamed one again and again)
+        if memo[0] == key:
+            parse = memo[1]
+        else:
+            try:
+                parse = m.Parse.decode(out[5:] if out is not None else body)
+            except m.DecodeError:
+                parse = None
+            if len(key) <= _MAX_MEMO_BODY:
+                self._statement_memo = (key, parse)
+        if parse is None or parse.sql.startswith(_DENIED_TEXT):  # fails in the backend: nothing is made
+            st.passthrough(m.PARSE, out if out is not None else m.frame(b"P", body))
+            return out
+        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope())
+        return out if edited is None else edited
+
+    def _statement_scope(self) -> str:
+        """What a statement's meaning depends on besides its text: the session's context (search_path, temporary
+        relations that shadow tables), as the statement names on servers include it."""
+        belief = self.context.belief
+        scope = self._scope
+        if scope[0] is not belief:
+            key = (belief.path, belief.local, sorted(belief.temp_tables), sorted(belief.temp_views))  # names resolve by
+            scope = self._scope = (belief, "" if key == (None, None, [], []) else repr(key))
+        return scope[1]
+
+    def _statement_query(self, body: bytes, out: bytes | None) -> bytes | None:
+        """A Query as the gate forwards it: it ends the unnamed statement; DEALLOCATE ALL / DISCARD ALL forget every
+        statement; DDL closes the cache's statements (their plans could fail with 0A000)."""
+        st = self.statements
+        assert st is not None
+        try:
+            sql = query_text(out[5:] if out is not None else body)
+        except m.DecodeError:
+            st.query()
+            return out
+        instead = st.deallocate(sql)
+        if instead is not None:  # SQL DEALLOCATE of a statement only the proxy has (psqlODBC's _PLAN statements)
+            return query_message(instead)
+        st.query(reset=forgets(sql))
+        if st.cache and statement_kind(sql) == "ddl":
+            closes = st.invalidate()
+            if closes:
+                return (out if out is not None else m.frame(b"Q", body)) + closes
+        return out
+
 
     def row(self) -> SessionRow:
         """What the session is now, as plain data."""
@@ -364,17 +544,27 @@ class ClientSession:
         return []
 
     def server_data(self, data: bytes) -> list[Action]:
-        """Bytes from the server connection, once it is ready."""
+        """Bytes from the server connection the session holds."""
+        if self._replaying:
+            return self._replay_data(data)
         try:
-            return [RelayToClient(self.backend_stream.feed(data))]
+            chunks = self.backend_stream.feed(data)
         except ParsingMismatch as exc:
-            self._close()
-            return [CloseServer(CloseReason.PARSING_MISMATCH),
-                    CloseClient(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)]
+            return self._end_with_server(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)
         except FramingError as exc:
-            self._close()
-            return [CloseClient(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING),
-                    CloseServer()]
+            return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
+        if self.statements is not None:
+            again = self.statements.take_server()  # a batch sent again (a stale cached plan)
+            if again:
+                return [RelayToClient(chunks), RelayToServer([again])]
+        if self._idle_check:
+            return self._at_idle(chunks)
+        return [RelayToClient(chunks)]
+
+    def _end_with_server(self, error: PgError, reason: CloseReason) -> list[Action]:
+        """The server connection cannot be trusted any more: it is closed, and the session ends with `error`."""
+        self._close()
+        return [*self._give_back(reusable=False, reset=True, reason=reason), CloseClient(error, reason)]
 
     def tls_done(self) -> list[Action]:
         try:
@@ -384,40 +574,250 @@ class ClientSession:
         self.info.tls = True
         return []
 
-    def server_ready(self, parameters: dict[str, str], notices: Sequence[bytes] = ()) -> list[Action]:
-        """Event: the server connection finished its startup. The client gets the backend's notices, parameter
-        statuses, our cancel key and ReadyForQuery, and the session relays (StartRelay); a backend that would read
-        SQL differently from the policy engine ends the session instead (fail closed)."""
-        for name, value in parameters.items():
-            problem = parsing_violation(name, value)
-            if problem is not None:
-                return [CloseServer(CloseReason.PARSING_MISMATCH),
-                        *self.server_failed(errors.backend_settings_unsafe(problem), CloseReason.PARSING_MISMATCH)]
+    def server_attached(self, server: ServerConnection, notices: Sequence[bytes] = ()) -> list[Action]:
+        """Event: the pool lent the session `server` (READY, idle; `notices`: a new server's startup notices). The
+        session sends it the settings replay (answers swallowed), then what the client sent meanwhile; the first
+        attach answers the client's startup once the replay is done (a backend that would read SQL differently
+        from the policy engine ends the session instead: fail closed)."""
+        first = self.state is State.CONNECTING
+        if first:
+            for name, value in server.status.items():
+                problem = parsing_violation(name, value)
+                if problem is not None:
+                    self._transition(Event.SERVER_REFUSED)
+                    reason = CloseReason.PARSING_MISMATCH
+                    return [ReleaseServer(reusable=False, reset=True, reason=reason),
+                            CloseClient(errors.backend_settings_unsafe(problem), reason)]
         try:
-            self._transition(Event.SERVER_READY)
+            self._transition(Event.SERVER_ATTACHED)
         except SessionError as exc:
-            return self._fail(exc)
+            return [ReleaseServer(reusable=True, reset=True), *self._fail(exc)]
+        self.server = server
+        if self.statements is not None:
+            self.statements.attach(server.prepared)  # type: ignore[arg-type]
+        else:
+            cache, size, size_bytes = statement_settings(self.config)
+            if self.pooled or cache:  # the client's statements are kept here and prepared on each server
+                self.enable_statements(server.prepared, cache=cache, cache_size=size,  # type: ignore[arg-type]
+                                       cache_bytes=size_bytes)
+        desired = self._desired()
+        replay = _settings_diff(server.settings, desired)
+        out: list[bytes | memoryview] = []
+        if replay:
+            self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, desired
+            out.append(query_message(replay))
+        else:
+            self._applied = desired
+        out += self._waiting
+        self._waiting = []
+        more: list[Action] = []
+        if self._unread:  # what the client sent meanwhile, read now that its statements can be placed
+            unread, self._unread = self._unread, b""
+            more = self._relay_from_client(unread)
+            while more and type(more[0]) is RelayToServer:  # one write with the replay
+                out += more.pop(0).chunks  # type: ignore[union-attr]
+        actions: list[Action] = [RelayToServer(out)] if out else []
+        actions += more
+        if first:
+            self._notices = list(notices)
+            if not replay:
+                actions += self._startup_answer()
+                if self.pooled and not out:  # nothing to do yet: the server goes back at once
+                    actions += self._at_idle([])[1:]
+        return actions
+
+    def _startup_answer(self) -> list[Action]:
+        """The end of the client's startup: the server's ParameterStatus values with the client's settings applied
+        (as the client set them), our cancel key, ReadyForQuery; then the session relays."""
+        assert self.server is not None
+        self._answered = True
         out = bytearray()
-        for notice in notices:
+        for notice in self._notices:
             out += notice
-        for name, value in parameters.items():
-            out += m.parameter_status(name, value)
+        self._notices = []
+        for name, value in self.server.status.items():
+            shown = self.context.parameter_status(value) if name == "search_path" else value
+            self._client_status[name] = shown
+            out += m.parameter_status(name, shown)
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
 
-    def server_failed(self, error: PgError, reason: CloseReason) -> list[Action]:
-        """Event: the server connection could not be made; the client gets `error` (only while connecting)."""
-        if self.state is not State.CONNECTING:
+    def server_refused(self, error: PgError, reason: CloseReason) -> list[Action]:
+        """Event: the pool has no server for the session (its wait timed out, the backend cannot be reached). At
+        login the client is closed with `error`; later each request the client sent meanwhile is answered with
+        `error` and ReadyForQuery, as a failed implicit transaction (the session stays usable), unless an extended
+        batch without its Sync is among them: then the session ends with `error`."""
+        if self.state is State.CONNECTING:  # at login, as PostgreSQL's own refusals: FATAL
+            self._transition(Event.SERVER_REFUSED)
+            return [CloseClient(replace(error, severity="FATAL") if error.severity == "ERROR" else error, reason)]
+        if self.state is not State.WAITING:
             return []
-        self._transition(Event.SERVER_FAILED)
-        return [CloseClient(error, reason)]
+        self._transition(Event.SERVER_REFUSED)
+        waiting, self._waiting = self._waiting, []
+        ends = sum(t in _REQUEST_ENDS for t, _, _ in m.split_messages(b"".join(bytes(c) for c in waiting))[0])
+        if self._unread:  # unread: every request in it ends (a batch without its Sync closes the session)
+            unread, self._unread = self._unread, b""
+            messages, used = m.split_messages(unread)
+            if waiting or used != len(unread) or not messages or messages[-1][0] not in _REQUEST_ENDS:
+                self._close()
+                return [CloseClient(error, reason)]
+            answer = (error.encode() + m.ready_for_query(b"I")) * sum(t in _REQUEST_ENDS for t, _, _ in messages)
+            return [RelayToClient([answer])]
+        if ends != len(self.tracker.pending) or self._held is not None:
+            self._close()
+            return [CloseClient(error, reason)]
+        answer = (error.encode() + m.ready_for_query(b"I")) * ends
+        return [RelayToClient(self.backend_stream.feed(answer))]
 
     def server_closed(self) -> list[Action]:
-        """Event: the server connection closed while relaying; after the backend's own FATAL its word is the last."""
+        """Event: the server connection the session held closed; after the backend's own FATAL its word is the
+        last."""
+        self.server = None
         if self.backend_fatal:
             return [CloseClient(None, CloseReason.SERVER_FATAL)]
         return [CloseClient(errors.server_closed(), CloseReason.SERVER_CLOSED)]
+
+    # --- pooling: settings replay, pins, release ---------------------------------------------
+
+    def _desired(self) -> dict[str, str]:
+        """The settings the client expects its server to have: its startup ones, then its session SETs."""
+        return {**self._startup_settings, **self._overrides} if self._overrides else dict(self._startup_settings)
+
+    def _settle(self) -> dict[str, str] | None:
+        """Between transactions, nothing in flight: fold the session SETs confirmed since the last settle into the
+        client's settings; the statement text setting the held server to them when it differs (else None)."""
+        changed = self.context.current.settings
+        if not changed:
+            return None
+        applied, overrides = dict(self._applied), dict(self._overrides)
+        for name, text in changed:
+            if name == "*":  # RESET ALL / DISCARD ALL: the server's own defaults, the client's startup settings
+                applied, overrides = {}, {}
+            elif not text:  # RESET: the server's default; the client expects its startup value
+                applied.pop(name, None)
+                overrides.pop(name, None)
+            else:
+                applied[name] = overrides[name] = text
+        self._overrides = {k: v for k, v in overrides.items() if self._startup_settings.get(k) != v}
+        self._applied = applied
+        self.context.settle_settings(())
+        self._context_changed()
+        return self._desired()
+
+    def _at_idle(self, chunks: list) -> list[Action]:
+        """A ReadyForQuery 'I' was relayed: with nothing in flight, the session's settings are settled (replayed on
+        the held server when it keeps it), its pins counted, and in transaction pooling the server goes back to
+        the pool unless the session is pinned."""
+        self._idle_check = False
+        actions: list[Action] = [RelayToClient(chunks)]
+        if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.pending
+                or self._replaying or (self.statements is not None and not self.statements.idle)):
+            return actions
+        desired = self._settle()
+        pins = self._pin_reasons()
+        if self.pooled:
+            actions += self._pin_actions(pins)
+            if not pins:
+                return actions + self._release()
+        if desired is not None and desired != self._applied:
+            replay = _settings_diff(self._applied, desired)
+            self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, desired
+            actions.append(RelayToServer([query_message(replay)]))
+        return actions
+
+    def _pin_reasons(self) -> tuple[str, ...]:
+        return self.context.current.pin_reasons()
+
+    def _pin_actions(self, pins: tuple[str, ...]) -> list[Action]:
+        """Metrics: the reasons the session is newly pinned for, or its unpinning."""
+        old, self._pins = self._pins, pins
+        if pins == old:
+            return []
+        out: list[Action] = [SessionPinned(r) for r in pins if r not in old]
+        if old and not pins:
+            out.append(SessionUnpinned(old))
+        return out
+
+    def _release(self) -> list[Action]:
+        """Transaction pooling, at ReadyForQuery 'I' with nothing in flight and no pin: the server goes back."""
+        self._transition(Event.SERVER_RELEASED)
+        return self._give_back(reusable=True, reset=False)
+
+    def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None) -> list[Action]:
+        """The server leaves the session: it records the settings the session left on it."""
+        server, self.server = self.server, None
+        if server is None:
+            return []
+        if self.statements is not None:
+            self.statements.detach()
+        server.settings = dict(self._applied)
+        self._applied = {}
+        return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
+
+    def _close_server(self, reason: CloseReason) -> list[Action]:
+        """The session ends: its server goes back to the pool, reusable when it is between transactions with
+        nothing in flight, reset unless transaction pooling left nothing on it."""
+        if self.server is None:
+            return []
+        idle = (self._tx_status == b"I" and not self.tracker.pending and self._held is None and not self._replaying
+                and not self.frontend.pending and (self.statements is None or self.statements.idle))
+        if idle:
+            self._settle()
+        clean = self.pooled and not self._pin_reasons()  # (settings are recorded on it: the next client's diff)
+        return self._give_back(reusable=idle, reset=not (idle and clean), reason=reason)
+
+    def _replay_data(self, data: bytes) -> list[Action]:
+        """The answers to the proxy's own statements (the settings replay): swallowed, but for the ParameterStatus
+        values the client has not been told (a setting it changed may show); then the session relays again."""
+        server = self.server
+        assert server is not None
+        messages, used = m.split_messages(self._replay_buf + data if self._replay_buf else data)
+        buf = self._replay_buf + data if self._replay_buf else data
+        out = bytearray()
+        end = 0
+        for type_, body, stop in messages:
+            end = stop
+            if type_ == m.PARAMETER_STATUS:
+                name, value = m.decode_parameter_status(body)
+                problem = parsing_violation(name, value)
+                if problem is not None:
+                    return self._end_with_server(errors.backend_settings_unsafe(problem), CloseReason.PARSING_MISMATCH)
+                server.status[name] = value
+                shown = self.context.parameter_status(value) if name == "search_path" else value
+                if self._answered and self._client_status.get(name) != shown:
+                    self._client_status[name] = shown
+                    out += m.parameter_status(name, shown)
+            elif type_ == m.ERROR_RESPONSE:
+                self._replay_error = body
+            elif type_ == m.NOTIFICATION_RESPONSE:  # a LISTENing session's notification: the client's
+                out += m.frame(b"A", body)
+            elif type_ == m.READY_FOR_QUERY:
+                self._replaying -= 1
+                if not self._replaying:
+                    break
+        rest = buf[end:] if not self._replaying else b""
+        self._replay_buf = buf[used:] if self._replaying else b""
+        actions: list[Action] = [SendClient(bytes(out))] if out else []
+        if self._replaying:
+            return actions
+        if self._replay_error is not None:
+            fields = m.decode_error_fields(self._replay_error)
+            self._replay_error = None
+            self._close()
+            if not self._answered:  # a startup parameter the server refuses: PostgreSQL's own FATAL, as at login
+                error, reason = errors.backend_error(fields), CloseReason.STARTUP_PARAMETER
+            else:
+                error, reason = errors.settings_not_restored(fields.get("M", "")), CloseReason.SETTINGS_REPLAY
+            return [*self._give_back(reusable=True, reset=True, reason=reason), CloseClient(error, reason)]
+        self._applied = self._replayed
+        if not self._answered:
+            actions += self._startup_answer()
+        if self.pooled and not self.tracker.pending:
+            self._idle_check = True  # nothing the client sent is waiting: the server may go back
+        if rest or self._idle_check:
+            return actions + self.server_data(rest)
+        return actions
 
     def report_requests(self, on_done: Callable[[Request], None]) -> None:
         """Event: from now on every answered request goes to `on_done` (the relay's recorder)."""
@@ -579,8 +979,14 @@ class ClientSession:
             raise SessionError(err, CloseReason.STARTUP_PARAMETER)
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
+        self.request = self._server_request()
+        self.pooled = self.request.mode == "transaction"
+        if self.pooled:  # a request may begin with any of these: each opens one in the tracker
+            self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
+                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_request_message}
+            self.frontend.handlers = self._frontend_tracked
         actions.append(ConnectBackend(
-            self._login(), self.tenant.name, self.backend, self.tenant.database, self._server_parameters(),
+            self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user,
         ))
         return actions
@@ -589,15 +995,17 @@ class ClientSession:
         assert self.info.user is not None
         return Login(self.info.user, self.info.application_name, self.info.tls)
 
-    def _server_parameters(self) -> dict[str, str]:
-        """Startup parameters for the backend: the client's allowed ones, then the tenant context over them."""
+    def _server_request(self) -> ServerRequest:
+        """What the session asks the pool for (proxy/pooling.py). A server starts with the tenant context,
+        client_encoding UTF8 and the idle-in-transaction default only; the client's allowed startup parameters are
+        its settings, set on whichever server it gets (`_startup_settings`, replayed as a diff against
+        `server.settings`)."""
         assert self.tenant is not None
-        params = {**self.backend_parameters, **backend_context(self.tenant)}
-        if not any(k.lower() == "client_encoding" for k in params):
-            params["client_encoding"] = "UTF8"  # never the server's default: it could be a client-only encoding
-        if not any(k.lower() == IDLE_IN_TRANSACTION for k in params):  # an idle open transaction's locks queue
-            params[IDLE_IN_TRANSACTION] = f"{round(self.config.limits.idle_in_transaction_timeout * 1000)}ms"
-        return params
+        request = server_request(self.config, self.tenant.name)
+        own = {k.lower() for k in backend_context(self.tenant)} | _SERVER_OWN  # (the client may set the rest)
+        self._startup_settings = {k.lower(): set_config_statement(k, v) for k, v in self.backend_parameters.items()
+                                  if k.lower() not in own}
+        return request
 
     def _settle_auth(self) -> None:
         """An admitted login failed: it counts in the failed-login budgets (once)."""
@@ -613,32 +1021,81 @@ class ClientSession:
             self._held.after.append(data)
             return []
         if self.revoked is not None:  # a reload removed or moved this user: nothing more reaches the backend
+            released = self._close_server(CloseReason.USER_REMOVED)
             self._close()
-            return [CloseServer(CloseReason.USER_REMOVED), CloseClient(self.revoked, CloseReason.USER_REMOVED)]
+            return [*released, CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
+                actions: list[Action] = []
+                if i and self.server is not None:  # requests in flight: the server is not reusable
+                    actions = [RelayToServer(chunks[:i]), *self._give_back(
+                        reusable=False, reset=True, reason=CloseReason.CLIENT_TERMINATE)]
+                else:  # (a request sent with the goodbye while holding no server is not sent anywhere)
+                    actions = self._close_server(CloseReason.CLIENT_TERMINATE)
                 self._close()
-                actions: list[Action] = [RelayToServer(chunks[:i])] if i else []
-                return [*actions, CloseServer(CloseReason.CLIENT_TERMINATE),
-                        CloseClient(None, CloseReason.CLIENT_TERMINATE)]
+                return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
-            return [RelayToServer(chunks), RunDecision(self._held.pending)]
+            return [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
+        if self.statements is not None:
+            return [RelayToServer(chunks), *self._statement_answers()]
         return [RelayToServer(chunks)]
+
+    def _statement_answers(self) -> list[Action]:
+        """The fake answers (to messages the server never saw) whose turn has come."""
+        st = self.statements
+        fakes = st.take_client() if st is not None else b""
+        return [SendClient(fakes)] if fakes else []
+
 
     def decision_ready(self, decision: Decision) -> list[Action]:
         """The decision for the held message (RunDecision) arrived: forward the message or what replaces it, then
         go on with the bytes received after it (which may hold again)."""
         held = self._held
-        if held is None or self.state is not _READY:
+        if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
         self._held = None
         if held.type == m.QUERY:
             out = self._query_decided(held.sql, decision)
+            if self.statements is not None:
+                out = self._statement_query(held.body, out)
         else:
             out = self._parse_decided(held.body, held.token, held.parse, decision)
+            if self.statements is not None:
+                out = self._statement_parse(held.body, out)
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
-        return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
+        if self.state is _READY:
+            return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
+        self._waiting.append(raw)
+        return self._detached(self.client_data(b"".join(held.after)))
+
+    def _detached_data(self, data: bytes) -> list[Action]:
+        """Client bytes while the session holds no server (transaction pooling): kept unread for the server the
+        session asks the pool for (the statement maps place a Parse or Bind by what that server has), but for a
+        Terminate, which needs no server."""
+        if self.statements is None or data[:1] == b"X" or self._held is not None:
+            return self._detached(self._relay_from_client(data))
+        self._unread += data
+        if self.state is not State.IDLE:
+            return []
+        assert self.request is not None
+        self._transition(Event.REQUEST)
+        return [AcquireServer(self.request)]
+
+    def _detached(self, actions: list[Action]) -> list[Action]:
+        """`actions` of a read while the session holds no server: what is for the server waits for it (bounded: the
+        connection does not read the client while the pool is asked), the first of it asks the pool."""
+        out: list[Action] = []
+        for action in actions:
+            if type(action) is RelayToServer:
+                self._waiting += [c if type(c) is bytes else bytes(c) for c in action.chunks]
+            else:
+                out.append(action)
+        if self._waiting and self.state is State.IDLE:
+            assert self.request is not None
+            self._transition(Event.REQUEST)
+            out.append(AcquireServer(self.request))
+        return out
 
     def _hold(self, type_: int, body: bytes, sql: str, pending: Pending, token: object = None,
               parse: m.Parse | None = None) -> object:
@@ -761,13 +1218,15 @@ class ClientSession:
         self._context_changed()
 
     def _context_changed(self) -> None:
-        """Follow the context while it is not idle, and decide in what it now is."""
+        """Follow the context while it is not idle, and decide in what it now is (what decisions depend on)."""
         self._tracking = not self.context.idle
         belief = self.context.belief
         if belief is not self._decided_in:
+            decisive = belief.for_decisions()
             self._decided_in = belief
-            if self._contextual is not None:
-                decide = self._contextual(belief)
+            if self._contextual is not None and decisive != self._decisive:
+                self._decisive = decisive
+                decide = self._contextual(decisive)
                 self.decide = decide
                 self._policy_token = decide.current  # type: ignore[attr-defined]
 
@@ -829,13 +1288,14 @@ class ClientSession:
         self.tracker.on_sync()
         self._binds = 0
 
-    def _on_close(self, body: bytes) -> None:
+    def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
         if name is not None:
             self.tracker.on_close_statement(name)
             if self._tracking:
                 self.context.close(name)
                 self._context_changed()
+        return None
 
     def _on_copy_end(self, _body: bytes) -> None:
         self.tracker.on_copy_end()
@@ -849,6 +1309,10 @@ class ClientSession:
         if self._tracking:
             self.context.ready(request, body[:1])
             self._context_changed()
+            if body == b"I":
+                self._idle_check = True  # settle settings, count pins, release (see _at_idle)
+        elif self.pooled and body == b"I":
+            self._idle_check = True
 
     def _on_command_complete(self, body: bytes) -> None:
         self.tracker.on_command_complete(body)
@@ -862,11 +1326,19 @@ class ClientSession:
         problem = parsing_violation(name, value)
         if problem is not None:  # e.g. RESET client_encoding to a client-only server default
             raise ParsingMismatch(problem)
+        if self.server is not None:
+            self.server.status[name] = value  # what the next client of this server is told at its startup
         if name == "search_path" and self._tracking:  # PostgreSQL 18 reports it: the client sees its own value
             shown = self.context.parameter_status(value)
             if shown != value:
+                self._client_status[name] = shown
                 return m.parameter_status(name, shown)
+        self._client_status[name] = value
         return None
+
+    def _on_request_message(self, _body: bytes) -> None:
+        """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
+        self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
 
     def _on_copy_in_response(self, _body: bytes) -> None:
         self.tracker.on_copy_in()
@@ -905,8 +1377,30 @@ class ClientSession:
         pending = self.tracker.pending
         self.context.failed(pending[0] if pending else None, self._done)
 
-    def close(self) -> None:
+    def close(self) -> list[Action]:
+        """Event: the client connection is gone; the server the session holds goes back to the pool."""
         if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)
             self._settle_auth()
         self._auth_pending = False
+        released = self._close_server(CloseReason.CLIENT_GONE)
         self._close()
+        return released
+
+
+def statement_settings(config: Config) -> tuple[bool, int, int]:
+    """[pool] statement_cache, statement_cache_size, statement_cache_bytes."""
+    pool = config.pool
+    return pool.statement_cache, pool.statement_cache_size, pool.statement_cache_bytes
+
+
+def _answer(st: Statements, type_: int,
+            inner: Callable[[bytes], bytes | None] | None) -> Callable[[bytes], bytes | None]:
+    """The backend handler of `type_` once statements are followed: the session's own (if any), then the ledger."""
+    respond = st.respond
+    if inner is None:
+        return lambda body: respond(type_, body)
+
+    def handler(body: bytes) -> bytes | None:
+        return respond(type_, body, inner(body))
+
+    return handler

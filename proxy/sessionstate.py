@@ -19,13 +19,14 @@ k-th Bind's portal.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from proxy.policy.context import refusal
 from proxy.policy.model import (
     COMMIT,
     EMPTY_CONTEXT,
     EXPORT_SNAPSHOT,
+    KEPT_ON_ERROR,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
@@ -162,6 +163,9 @@ class SessionState:
         """An ErrorResponse after `done` CommandCompletes of `request`: that statement and the rest failed."""
         head = self._head(request)
         if head is not None:
+            for pos, change in head.changes:
+                if pos == done and change.op in KEPT_ON_ERROR:  # e.g. a lock taken before the statement's error
+                    self._confirm(change, b"")
             head.changes = [(pos, c) for pos, c in head.changes if pos < done]
             head.failed = True
         else:
@@ -178,7 +182,7 @@ class SessionState:
                 self._confirm(change, b"")
         if status == b"I":  # no transaction block open: the request's transaction committed or rolled back
             if failed:
-                self.current = self.committed
+                self.current = _rolled_back(self.committed, self.current)
             else:
                 self.current = self.current.end_of_transaction()
                 self.committed = self.current
@@ -199,7 +203,7 @@ class SessionState:
             self.committed = self.current
             self.savepoints.clear()
         elif op in (COMMIT, ROLLBACK):
-            self.current = self.committed
+            self.current = _rolled_back(self.committed, self.current)
             self.savepoints.clear()
         elif op == SAVEPOINT:
             self.savepoints.append((change.name, self.current))
@@ -211,15 +215,33 @@ class SessionState:
                     del self.savepoints[at:]
             elif op == ROLLBACK_TO:
                 # A savepoint set while there was nothing to follow was set in the empty context.
-                self.current = self.savepoints[at][1] if at is not None else EMPTY_CONTEXT
+                self.current = _rolled_back(self.savepoints[at][1] if at is not None else EMPTY_CONTEXT,
+                                            self.current)
                 if at is not None:
                     del self.savepoints[at + 1 :]
+
+    def settle_settings(self, settings: tuple[tuple[str, str], ...]) -> None:
+        """Between transactions, with nothing in flight: the session's settings are now `settings` (what the proxy
+        has just made of them, see ClientSession._sync_settings)."""
+        self.committed = _canonical(replace(self.committed, settings=settings))
+        self.current = _canonical(replace(self.current, settings=settings))
+        self.belief = _canonical(replace(self.belief, settings=settings))
 
     def parameter_status(self, value: str) -> str:
         """What the client is told search_path is when PostgreSQL reports `value` (PostgreSQL 18 reports it): the
         client's own value where the proxy sent PostgreSQL another one. (The tenant's default, from the startup
         packet, is reported as sent there, every entry quoted: it does not match a SET's canonical text.)"""
         return self.shown.get(value, value)
+
+
+def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:
+    """The context after a rollback to `to` from `now`: what ignores transactions stays as it is now (SQL prepared
+    statements, session advisory locks, the pins the proxy cannot follow), and a WITH HOLD cursor closed since
+    stays closed (PostgreSQL drops a portal at once; one created since is gone with its transaction)."""
+    cursors = to.cursors & now.cursors if to.cursors else to.cursors
+    if to.prepared == now.prepared and to.locks == now.locks and to.pins == now.pins and cursors == to.cursors:
+        return to
+    return replace(to, prepared=now.prepared, locks=now.locks, pins=now.pins, cursors=cursors)
 
 
 def _stateful(changes: tuple[Change, ...]) -> bool:

@@ -8,27 +8,28 @@ import logging
 import os
 import ssl
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from proxy import admin as admin_console
 from proxy import errors
 from proxy.actions import (
+    AcquireServer,
     Action,
     AdminLogin,
     AdminQuery,
     CloseClient,
-    CloseServer,
     ConnectBackend,
     ForwardCancel,
     Login,
     LoginStarted,
     RelayToClient,
     RelayToServer,
+    ReleaseServer,
     RunDecision,
     SendClient,
-    ServerQueryDone,
-    ServerReady,
+    ServerRequest,
+    SessionPinned,
+    SessionUnpinned,
     StartClientTls,
     StartRelay,
 )
@@ -41,7 +42,6 @@ from proxy.logs import get_logger
 from proxy.ops import AdminView
 from proxy.policy.cache import Pending
 from proxy.policy.model import Decision, Deny, Rewrite
-from proxy.pooling import client_settings, server_request
 from proxy.protocol import messages as m
 from proxy.reasons import CloseReason
 from proxy.registry import Tenant
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
     from proxy.io.listener import Proxy
 
 log = get_logger("pgtenant.driver")
-# Why a session may end with its server reusable (after a reset), if it is at ReadyForQuery 'I'.
-_REUSABLE_AFTER = frozenset({CloseReason.CLIENT_TERMINATE, CloseReason.CLIENT_DISCONNECTED})
 
 
 class ClientConnection(asyncio.Protocol):
@@ -76,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_reported = (0, 0)
         self._reading_paused = False
         self._backpressure = False  # the server link's write buffer is full
+        self._client_full = False  # the client's write buffer is full (the server link is not read meanwhile)
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
         self.session_id = ""  # set with the session (connection_made)
         self.address = ""
@@ -83,8 +82,10 @@ class ClientConnection(asyncio.Protocol):
         self.admin = False
         self.tenant: Tenant | None = None  # the tenant identity (ConnectBackend)
         self._connect: ConnectBackend | None = None  # where the session's server connection goes
-        self._ready: ServerReady | None = None  # the server connection's startup answer, until the session relays
-        self._settings: list[str] = []  # SETs of the client's own startup parameters, run on a server it gets
+        self._waiting_server = False  # the pool was asked for a server (the client is not read meanwhile)
+        self._relaying = False  # the session's startup was answered: the client transport reads into the relay
+        self._pinned_at: float | None = None  # since when the session is pinned to its server (transaction pooling)
+        self._pin_timer: asyncio.TimerHandle | None = None
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -180,17 +181,28 @@ class ClientConnection(asyncio.Protocol):
             self._finish()
             return
         self.closed = True
-        if self.session is not None:
-            self.session.close()
-        self._release(CloseReason.CLIENT_DISCONNECTED)
+        self._let_go(CloseReason.CLIENT_GONE)
         self._finish(reason=CloseReason.CLIENT_DISCONNECTED)
 
+    def _let_go(self, reason: CloseReason) -> None:
+        """The connection ends: the session gives its server back (or the pool forgets its request)."""
+        if self.session is not None:
+            self.run([a for a in self.session.close() if isinstance(a, ReleaseServer)])
+        if self.link is not None:  # (the session did not hold it yet: not reusable as far as it knows)
+            self._release(ReleaseServer(reusable=False, reset=True, reason=reason))
+        if self._waiting_server:
+            self._waiting_server = False
+            self.proxy.pool.withdraw(self)
+        self._unpinned()
+
     def pause_writing(self) -> None:
+        self._client_full = True
         if self.link is not None and self.link.transport is not None:
             with contextlib.suppress(Exception):
                 self.link.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._client_full = False
         if self.link is not None and self.link.transport is not None and not self.link.closed:
             with contextlib.suppress(Exception):
                 self.link.transport.resume_reading()
@@ -208,7 +220,7 @@ class ClientConnection(asyncio.Protocol):
         """Read the client's socket unless the server link is full or the session waits for a decision."""
         if self.transport is None or self.closed:
             return
-        paused = self._backpressure or self._decision is not None
+        paused = self._backpressure or self._decision is not None or self._waiting_server
         if paused != self._reading_paused:
             self._reading_paused = paused
             if paused:
@@ -233,87 +245,64 @@ class ClientConnection(asyncio.Protocol):
     # --- from the server link -----------------------------------------------------------
 
     def start_relay(self, link: ServerLink) -> None:
-        """The session relays from now on: both transports read into the compiled hot path (proxy.relay)."""
+        """The session relays from now on through `link` (both transports read into the compiled hot path,
+        proxy.relay): as `server_granted` and StartRelay do it."""
+        self._install(link)
+        self._relay_client()
+
+    def _install(self, link: ServerLink) -> None:
+        """A server is lent to the session: its socket reads into the client's relay (made at the first one)."""
         session, proxy, tenant = self.session, self.proxy, self.tenant
         assert session is not None and self.transport is not None and link.transport is not None
         assert tenant is not None
-        relay = self.relay = ClientRelay(
-            self, session, self.transport, link.transport,
-            recorder=proxy.metrics.query_recorder(tenant.label),
-            stats=proxy.ops.tenant_stats(tenant.name),
-            metrics_enabled=proxy.metrics_enabled,
-            audit=proxy.audit,
-            audit_prefix=self._audit_fields() if proxy.audit is not None else "",
-            end_user=self._connect.end_user if self._connect is not None else None,
-        )
-        session.report_requests(relay.request_done)
-        self.transport.set_protocol(relay)
-        link.relaying = True
+        relay = self.relay
+        if relay is None:
+            relay = self.relay = ClientRelay(
+                self, session, self.transport, None,
+                recorder=proxy.metrics.query_recorder(tenant.label),
+                stats=proxy.ops.tenant_stats(tenant.name),
+                metrics_enabled=proxy.metrics_enabled,
+                audit=proxy.audit,
+                audit_prefix=self._audit_fields() if proxy.audit is not None else "",
+                end_user=self._connect.end_user if self._connect is not None else None,
+            )
+            session.report_requests(relay.request_done)
+        self.link = link
+        relay.server = link.transport
+        link.relaying = True  # (until Pool.release detaches it: it reads its own socket again)
         link.transport.set_protocol(ServerRelay(link, relay))
+        if self._client_full:  # the client's socket is still full: the new server waits too
+            link.transport.pause_reading()
 
-    # --- from the pool (the Pool API of issue 16; the session mode of the current session) -----------
+    def _relay_client(self) -> None:
+        """The client's startup is answered: its transport reads into the relay."""
+        assert self.transport is not None and self.relay is not None
+        self._relaying = True
+        self.transport.set_protocol(self.relay)
 
     def server_granted(self, link: ServerLink) -> None:
-        """The pool handed us `link` (ReadyForQuery 'I'): the client's own startup parameters are applied with SET
-        (a server starts with its pool's context only), then the session answers the client's startup."""
-        if self.closed or self.session is None:  # (withdrawn at close: never expected, never leaked)
-            self.proxy.pool.release(link, reusable=True, reset=True, reason=CloseReason.CLIENT_GONE)
+        """The pool lends the session `link` (READY, idle), maybe inside `Pool.request` itself."""
+        self._waiting_server = False
+        session = self.session
+        if self.closed or session is None:
+            self.proxy.pool.release(link, reusable=True, reset=False, reason=CloseReason.CLIENT_GONE)
             return
-        self.link = link
-        if self._settings:
-            link.query(link.server.apply(self._settings), self._settings_applied)
-        else:
-            self._attached()
-
-    def _settings_applied(self, answer: ServerQueryDone) -> None:
-        if self.link is None or self.closed or self.session is None:
-            return
-        if answer.ok:
-            self._attached()
-            return
-        # PostgreSQL refuses a bad startup parameter with FATAL at login: so do we, with its SQLSTATE and words
-        error = answer.error or errors.protocol_violation("the backend did not accept the startup parameters")
-        self._release(CloseReason.STARTUP_PARAMETER, reusable=True)
-        self.run(self.session.server_failed(replace(error, severity="FATAL"), CloseReason.STARTUP_PARAMETER))
-
-    def _attached(self) -> None:
-        link, session = self.link, self.session
-        assert link is not None and session is not None
+        self._install(link)
         server = link.server
         notices, server.notices = server.notices, []  # a new server's startup notices go to its first client
-        ready = self._ready = ServerReady(dict(server.status), server.process_id, server.secret_key, notices)
-        self.run(session.server_ready(ready.parameters, ready.notices))
-
-    def server_refused(self, error: PgError, reason: CloseReason) -> None:
-        """The pool has no server for us (wait timeout, connect failure)."""
-        if self.session is None or self.closed:
+        try:
+            self.run(session.server_attached(server, notices))
+        except Exception:
+            self.internal_error()
             return
-        if error.severity == "ERROR":  # at login, as PostgreSQL's own refusals
-            error = replace(error, severity="FATAL")
-        self.run(self.session.server_failed(error, reason))
-
-    def _release(self, reason: CloseReason, *, reusable: bool | None = None) -> None:
-        """Give the server back (session mode: at the end of the session), reset before its next client; or leave
-        the queue if still waiting."""
-        link, self.link = self.link, None
-        if link is None:
-            self.proxy.pool.withdraw(self)
-            return
-        if reusable is None:
-            row = self.row()
-            reusable = (reason in _REUSABLE_AFTER and self.relay is not None and row is not None
-                        and row.tx_status == "I")
-        self.proxy.pool.release(link, reusable=reusable, reset=True, reason=reason)
+        self._update_reading()
 
     def _start_relay(self) -> None:
-        """The session is ready: its cancel key forwards to this backend, the startup deadline ends, it relays."""
-        link, ready, tenant, connect = self.link, self._ready, self.tenant, self._connect
-        assert link is not None and ready is not None and tenant is not None and connect is not None
-        self._ready = None
-        self.proxy.cancels.register(*connect.cancel_key, self)  # a cancel goes to the server we hold then
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """The client's startup is answered: its cancel key names this connection (a cancel goes to the server it
+        holds then, if any), the session relays."""
+        link, tenant, connect = self.link, self.tenant, self._connect
+        assert link is not None and tenant is not None and connect is not None
+        self.proxy.cancels.register(*connect.cancel_key, self)
         connect_s = time.monotonic() - link.connected_at
         self.log.info(
             "backend_connected",
@@ -322,23 +311,75 @@ class ClientConnection(asyncio.Protocol):
             tls=link.server.tls,
             connect_ms=round(connect_s * 1000, 2),
             server=link.server.id,
-            pid=ready.process_id,
+            pid=link.server.process_id,
         )
         self._set_gauge(tenant.label, "active")
         if not self.closed:
-            self.start_relay(link)
+            self._relay_client()
+
+    def server_refused(self, error: PgError, reason: CloseReason) -> None:
+        """The pool has no server for the session (its wait timed out, the backend cannot be reached)."""
+        self._waiting_server = False
+        if self.session is None or self.closed:
+            return
+        self.run(self.session.server_refused(error, reason))
+        self._update_reading()
 
     def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
-        """The server we hold closed."""
         if self.link is not link or self.closed:
             return
         assert self.session is not None
+        self.link = None
         if self.relay is not None:
-            self.run(self.session.server_closed())
-        else:
-            self.log.warning("backend_failed", backend=link.server.backend.describe(),
-                             reason=f"connection closed{f': {exc}' if exc else ''}")
-            self.run(self.session.server_failed(errors.server_closed(), CloseReason.SERVER_CLOSED))
+            self.relay.server = None
+        self.log.warning("server_lost", backend=link.server.backend.describe(), server=link.server.id,
+                         reason=f"connection closed{f': {exc}' if exc else ''}")
+        self.run(self.session.server_closed())
+
+    def _request_server(self, request: ServerRequest) -> None:
+        """Ask the pool for a server (answered by server_granted or server_refused, maybe at once)."""
+        self._waiting_server = True
+        self._update_reading()
+        self.proxy.pool.request(self, request)
+
+    def _release(self, action: ReleaseServer) -> None:
+        """Give the server back to the pool; the client's relay stops reading it."""
+        link, self.link = self.link, None
+        if link is None:
+            return
+        if self.relay is not None:
+            self.relay.server = None
+        self._backpressure = False
+        self.proxy.pool.release(link, reusable=action.reusable, reset=action.reset, reason=action.reason)
+        self._update_reading()
+
+    def _pinned(self, reason: str) -> None:
+        """The session is pinned to its server for `reason` (counted); a pin held past max_pin_time is logged once."""
+        assert self.tenant is not None
+        self.proxy.metrics.session_pinned(self.tenant.label, reason)
+        if self._pinned_at is None:
+            self._pinned_at = time.monotonic()
+            if self.link is not None:
+                self.proxy.pool.pinned(self.link, True)
+            limit = self.proxy.config.pool.max_pin_time
+            self._pin_timer = asyncio.get_running_loop().call_later(limit, self._pinned_long, limit)
+
+    def _pinned_long(self, limit: float) -> None:
+        self._pin_timer = None
+        if not self.closed and self._pinned_at is not None:
+            self.log.warning("session_pinned_long", seconds=round(time.monotonic() - self._pinned_at, 1),
+                             max_pin_time=limit)
+
+    def _unpinned(self) -> None:
+        """The session holds nothing on its server any more (or ends): how long it was pinned."""
+        if self._pin_timer is not None:
+            self._pin_timer.cancel()
+            self._pin_timer = None
+        if self._pinned_at is not None and self.tenant is not None:
+            self.proxy.metrics.session_unpinned(self.tenant.label, time.monotonic() - self._pinned_at)
+            if self.link is not None:
+                self.proxy.pool.pinned(self.link, False)
+        self._pinned_at = None
 
     # --- action execution ----------------------------------------------------------------
 
@@ -377,9 +418,14 @@ class ClientConnection(asyncio.Protocol):
                 self._run_decision(action.pending)
             elif isinstance(action, ForwardCancel):
                 asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
-            elif isinstance(action, CloseServer):
-                if self.link is not None:
-                    self._release(action.reason or CloseReason.SERVER_CLOSED)
+            elif isinstance(action, ReleaseServer):
+                self._release(action)
+            elif isinstance(action, AcquireServer):
+                self._request_server(action.request)
+            elif isinstance(action, SessionPinned):
+                self._pinned(action.reason)
+            elif isinstance(action, SessionUnpinned):
+                self._unpinned()
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return
@@ -500,8 +546,8 @@ class ClientConnection(asyncio.Protocol):
                 problems = await asyncio.get_running_loop().run_in_executor(None, self.proxy.prepare_tenant, name)
             except BackendCheckError as exc:
                 self.log.warning("backend_failed", backend=backend.describe(), reason=str(exc))
-                self.run(session.server_failed(errors.backend_unreachable(backend.name, "its check failed"),
-                                               CloseReason.BACKEND))
+                self.run(session.server_refused(errors.backend_unreachable(backend.name, "its check failed"),
+                                                CloseReason.BACKEND))
                 return
             if problems or name not in self.proxy.policies:  # fail closed: no policy, no session
                 self.run([CloseClient(errors.tenant_unavailable(name), CloseReason.PREFLIGHT_FAILED)])
@@ -511,16 +557,10 @@ class ClientConnection(asyncio.Protocol):
         gate = self.proxy.decider(name)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
-        await self._acquire(connect)
-
-    async def _acquire(self, connect: ConnectBackend) -> None:
-        """Ask the pool for a server of the tenant's context; the client's own startup parameters are SET on it."""
-        request = server_request(self.proxy.config, connect.tenant)
-        self._settings = client_settings(connect.parameters, request.parameters)
         if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait
             self._timer.cancel()
             self._timer = None
-        self.proxy.pool.request(self, request)
+        self.run([AcquireServer(connect.request)])
 
     def _logged_in(self) -> None:
         """Authentication succeeded: the connection leaves the pre-login caps and its log lines are all kept."""
@@ -547,9 +587,7 @@ class ClientConnection(asyncio.Protocol):
             self.prelog(level, "session_error", reason=reason, sqlstate=error.sqlstate, message=error.message)
         self.closed = True
         self._drop_decision()
-        if self.session is not None:
-            self.session.close()
-        self._release(reason)
+        self._let_go(reason)
         if self.transport is not None:
             if self._tls_pending:
                 self.transport.abort()

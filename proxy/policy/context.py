@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 from proxy.policy.model import (
+    ADVISORY_LOCK,
+    ADVISORY_UNLOCK,
+    CLOSE_CURSOR,
     COMMIT,
+    DEALLOCATE,
+    DISCARD_ALL,
     DISCARD_TEMP,
     DROP_TEMP,
     EXPORT_SNAPSHOT,
+    HOLD_CURSOR,
+    LISTEN,
+    PIN,
     RELEASE,
+    RESET_SETTINGS,
     ROLLBACK,
     ROLLBACK_TO,
     SAVEPOINT,
     SET_PATH,
+    SQL_PREPARE,
     TEMP_TABLE,
     TEMP_VIEW,
+    UNLISTEN,
     Change,
     Deny,
     SessionContext,
 )
 from proxy.policy.rules import deny, temp_relation_limit
-from proxy.policy.tree import Node, names_of, tag_of
+from proxy.policy.tree import Node, const_text, names_of, tag_of
+from proxy.policy.walk import Call
 
 _TRANSACTION = {
     "TRANS_STMT_COMMIT": COMMIT,
@@ -96,14 +108,76 @@ def statement_changes(kind: str, body: Node, index: int) -> list[Change]:
         if body.get("target") in ("DISCARD_ALL", "DISCARD_TEMP"):
             out.append(Change(index, DISCARD_TEMP))
         if body.get("target") == "DISCARD_ALL":
-            out.append(Change(index, SET_PATH))
+            out += [Change(index, SET_PATH), Change(index, DISCARD_ALL)]
     elif kind == "VariableSetStmt" and body.get("kind") == "VAR_RESET_ALL":
-        out.append(Change(index, SET_PATH))
+        out += [Change(index, SET_PATH), Change(index, RESET_SETTINGS)]
+    elif kind in _HELD:
+        out += _HELD[kind](body, index)
     elif kind == "TransactionStmt":
         op = _TRANSACTION.get(body.get("kind", ""))
         if op is not None:
             out.append(Change(index, op, body.get("savepoint_name", "")))
     return out
+
+
+_CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt.options: WITH HOLD
+
+
+def _declare(body: Node, index: int) -> list[Change]:
+    return [Change(index, HOLD_CURSOR, body.get("portalname", ""))] if body.get("options", 0) & _CURSOR_OPT_HOLD else []
+
+
+def _close(body: Node, index: int) -> list[Change]:
+    return [Change(index, CLOSE_CURSOR, body.get("portalname") or "")]
+
+
+def _prepare(body: Node, index: int) -> list[Change]:
+    return [Change(index, SQL_PREPARE, body.get("name", ""))]
+
+
+def _deallocate(body: Node, index: int) -> list[Change]:
+    return [Change(index, DEALLOCATE, "" if body.get("isall") else body.get("name") or "")]
+
+
+def _listen(body: Node, index: int) -> list[Change]:
+    return [Change(index, LISTEN, body.get("conditionname", ""))]
+
+
+def _unlisten(body: Node, index: int) -> list[Change]:
+    return [Change(index, UNLISTEN, body.get("conditionname") or "*")]
+
+
+# Statements that leave state on the server connection (what pins a pooled session), by kind.
+_HELD = {"DeclareCursorStmt": _declare, "ClosePortalStmt": _close, "PrepareStmt": _prepare,
+         "DeallocateStmt": _deallocate, "ListenStmt": _listen, "UnlistenStmt": _unlisten}
+# Session-level advisory lock functions (the _xact_ ones end with their transaction), and their unlocks.
+_LOCKS = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock",
+                    "pg_try_advisory_lock_shared"})
+_UNLOCKS = frozenset({"pg_advisory_unlock", "pg_advisory_unlock_shared"})
+# Functions whose effect stays with the server connection and cannot be followed: the session pins for good.
+STATEFUL_FUNCTIONS = frozenset({"setseed"})
+UNKNOWN_KEY = "?"  # an advisory lock whose key is not written as constants (only pg_advisory_unlock_all frees it)
+
+
+def call_changes(call: Call, index: int) -> list[Change]:
+    """What a function call leaves on the server connection: session advisory locks and their unlocks (keyed by
+    their arguments as written; `_shared` and exclusive locks of one key are told apart), setseed()."""
+    names = call.names
+    if len(names) > 1 and names[0] != "pg_catalog":
+        return []
+    name = names[-1]
+    if name == "pg_advisory_unlock_all":
+        return [Change(index, ADVISORY_UNLOCK, "*")]
+    if name in STATEFUL_FUNCTIONS:
+        return [Change(index, PIN, name)]
+    if name not in _LOCKS and name not in _UNLOCKS:
+        return []
+    args = [const_text(a) for a in call.args]
+    shared = "shared:" if name.endswith("_shared") else ""
+    key = UNKNOWN_KEY if None in args or call.named else shared + ",".join(a or "" for a in args)
+    if name in _LOCKS:
+        return [Change(index, ADVISORY_LOCK, key)]
+    return [] if key == UNKNOWN_KEY else [Change(index, ADVISORY_UNLOCK, key)]
 
 
 def refusal(context: SessionContext, changes: tuple[Change, ...] | list[Change],

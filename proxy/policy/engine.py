@@ -163,16 +163,19 @@ def _decide_statement(
     changes = context.statement_changes(kind, body, index)
     if kind == "VariableSetStmt":
         args = body.get("args") or ()
-        if body.get("name", "").lower() == "row_security" and len(args) == 1 and settings.row_security_off(
-            policy, const_text(args[0])
-        ):
+        row_security_on = body.get("name", "").lower() == "row_security" and len(args) == 1 and (
+            settings.row_security_off(policy, const_text(args[0])))
+        if row_security_on:
             _located(rewrite.replace_literal, policy, data, stmt, args[0], "on", plan, ROW_SECURITY_KEPT)
+        change = None
         if body.get("name", "").lower() == "search_path":
             change, kept = settings.search_path_change(policy, body, index)
             if kept is not None:
                 _located(rewrite.set_arguments, policy, data, stmt, kept, plan)
             if change is not None:
                 changes.append(change)
+        text = data[stmt.start : stmt.end].decode("utf-8")
+        changes += settings.session_setting(body, index, text, change, row_security_on)
         return effects, changes
     if kind == "VariableShowStmt":
         if body.get("name", "").lower() == "search_path" and policy.shown_search_path is not None:
@@ -208,9 +211,11 @@ def _decide_statement(
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
     for call in analysis.calls:
         setting = settings.set_config_setting(call, select)
+        literal = None
         if setting == "row_security" and settings.row_security_off(policy, settings.literal_arg(call, 1)):
             _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), "on", plan,
                      ROW_SECURITY_KEPT)
+            literal = "on"
         if call.names[-1] == "pg_export_snapshot":
             changes.append(Change(index, EXPORT_SNAPSHOT))
         if setting == "search_path":
@@ -218,6 +223,12 @@ def _decide_statement(
             if literal is not None:
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
             changes.append(change)
+        if setting is not None:
+            held = settings.set_config_change(call, setting, index, literal)
+            if held is not None:
+                changes.append(held)
+        else:
+            changes += context.call_changes(call, index)
     if any(ref.role in WRITES for ref in analysis.refs) or kind in classify.CREATES:
         plan.verify = True  # the write rule: verified whatever names the statement uses
     return effects, changes

@@ -31,6 +31,25 @@ RELEASE = "release"  # RELEASE [SAVEPOINT] `name`
 ROLLBACK_TO = "rollback_to"  # ROLLBACK TO [SAVEPOINT] `name`
 EXPORT_SNAPSHOT = "export_snapshot"  # pg_export_snapshot(): a file in pg_snapshots until the transaction ends
 TRANSACTION_OPS: frozenset[str] = frozenset({COMMIT, ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK_TO})
+# Session state held on the server connection (what pins a session to its server in transaction pooling, and what
+# the settings replay restores elsewhere). Transactional unless listed in NOT_TRANSACTIONAL.
+HOLD_CURSOR = "hold_cursor"  # DECLARE `name` ... WITH HOLD (a cursor that outlives its transaction)
+CLOSE_CURSOR = "close_cursor"  # CLOSE `name` ("" = CLOSE ALL)
+SQL_PREPARE = "sql_prepare"  # SQL PREPARE `name`
+DEALLOCATE = "deallocate"  # DEALLOCATE `name` ("" = DEALLOCATE ALL)
+LISTEN = "listen"  # LISTEN `name` (takes effect at commit)
+UNLISTEN = "unlisten"  # UNLISTEN `name` ("*" = every channel)
+ADVISORY_LOCK = "advisory_lock"  # a session-level advisory lock (`name`: its key as written, "" = not literal)
+ADVISORY_UNLOCK = "advisory_unlock"  # pg_advisory_unlock(`name`) ("*" = pg_advisory_unlock_all())
+SETTING = "setting"  # session SET of `name` (lower case): `shown` is the statement replaying it, None = RESET
+RESET_SETTINGS = "reset_settings"  # RESET ALL / DISCARD ALL: every setting back to the session's defaults
+PIN = "pin"  # session state the proxy cannot follow or replay: pinned for the rest of the session (`name`: reason)
+DISCARD_ALL = "discard_all"  # DISCARD ALL: cursors, prepared statements, LISTEN, advisory locks (and the rest)
+# Not undone by a rollback (PostgreSQL: SQL prepared statements and session advisory locks ignore transactions; a
+# CLOSE stays done too: sessionstate._rolled_back).
+NOT_TRANSACTIONAL: frozenset[str] = frozenset({SQL_PREPARE, DEALLOCATE, ADVISORY_LOCK, ADVISORY_UNLOCK, PIN})
+# Kept even when their statement fails: an advisory lock taken before the statement's error stays taken.
+KEPT_ON_ERROR: frozenset[str] = frozenset({ADVISORY_LOCK, PIN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +82,21 @@ class SessionContext:
     path: tuple[str, ...] | None = None  # the search_path PostgreSQL has (None: the tenant's default)
     shown: str | None = None  # what SHOW search_path prints for it, when that differs (the client's value)
     local: tuple[tuple[str, ...] | None, str | None] | None = None  # SET LOCAL (path, shown) in the open transaction
+    # Session state on the server that decisions do not depend on (`for_decisions` leaves it out): what pins the
+    # session to its server connection, and the settings replayed on another one.
+    cursors: frozenset[str] = frozenset()  # WITH HOLD cursors open
+    prepared: frozenset[str] = frozenset()  # SQL PREPAREd statements
+    listening: frozenset[str] = frozenset()  # LISTEN channels
+    locks: tuple[str, ...] = ()  # session advisory locks held (their keys as written, sorted; "?" = not constant)
+    # Session SETs since the last settle, in order: (name, replay statement; "" = RESET; name "*": RESET ALL).
+    settings: tuple[tuple[str, str], ...] = ()
+    pins: frozenset[str] = frozenset()  # reasons the proxy cannot follow (PIN), for the rest of the session
 
     def apply(self, change: Change) -> SessionContext:
         """The context after `change` (transaction changes other than COMMIT leave it as it is)."""
         op, name = change.op, change.name
+        if op in _HELD_OPS:
+            return _apply_held(self, change)
         if op in (TEMP_TABLE, TEMP_VIEW):
             if change.if_not_exists and (name in self.temp_tables or name in self.temp_views):
                 return self
@@ -127,6 +157,70 @@ class SessionContext:
         """(search_path PostgreSQL has, SHOW text) in effect: SET LOCAL's, else the session's."""
         return self.local if self.local is not None else (self.path, self.shown)
 
+    def for_decisions(self) -> SessionContext:
+        """This context without the state decisions do not depend on (EMPTY_CONTEXT when nothing is left)."""
+        if not (self.cursors or self.prepared or self.listening or self.locks or self.settings or self.pins):
+            return self
+        held = replace(self, cursors=frozenset(), prepared=frozenset(), listening=frozenset(), locks=(),
+                       settings=(), pins=frozenset())
+        return EMPTY_CONTEXT if held == EMPTY_CONTEXT else held
+
+    def pin_reasons(self) -> tuple[str, ...]:
+        """Why the session must keep its server connection (empty when it holds nothing there), by reason."""
+        reasons: list[str] = []
+        if self.temp_tables or self.temp_views:
+            reasons.append("temp_relation")
+        if self.cursors:
+            reasons.append("hold_cursor")
+        if self.prepared:
+            reasons.append("sql_prepare")
+        if self.listening:
+            reasons.append("listen")
+        if self.locks:
+            reasons.append("advisory_lock")
+        reasons += sorted(self.pins)
+        return tuple(reasons)
+
+
+def _apply_held(context: SessionContext, change: Change) -> SessionContext:
+    """`SessionContext.apply` for the state held on the server connection."""
+    op, name = change.op, change.name
+    if op == HOLD_CURSOR:
+        return replace(context, cursors=context.cursors | {name})
+    if op == CLOSE_CURSOR:
+        return replace(context, cursors=context.cursors - {name} if name else frozenset())
+    if op == SQL_PREPARE:
+        return replace(context, prepared=context.prepared | {name})
+    if op == DEALLOCATE:
+        return replace(context, prepared=context.prepared - {name} if name else frozenset())
+    if op == LISTEN:
+        return replace(context, listening=context.listening | {name})
+    if op == UNLISTEN:
+        return replace(context, listening=frozenset() if name == "*" else context.listening - {name})
+    if op == ADVISORY_LOCK:
+        return replace(context, locks=tuple(sorted((*context.locks, name))))
+    if op == ADVISORY_UNLOCK:
+        if name == "*":
+            return replace(context, locks=())
+        locks = list(context.locks)
+        if name in locks:
+            locks.remove(name)  # a key held twice is released once per unlock (PostgreSQL counts them)
+        return replace(context, locks=tuple(locks))
+    if op == SETTING:
+        kept = tuple(s for s in context.settings if s[0] != name)
+        return replace(context, settings=(*kept, (name, change.shown or "")))
+    if op == RESET_SETTINGS:
+        return replace(context, settings=(("*", ""),))
+    if op == PIN:
+        return replace(context, pins=context.pins | {name})
+    if op == DISCARD_ALL:  # DISCARD ALL = CLOSE ALL, DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), RESET ALL...
+        return replace(context, cursors=frozenset(), prepared=frozenset(), listening=frozenset(), locks=(),
+                       settings=(("*", ""),))
+    return context
+
+
+_HELD_OPS = frozenset({HOLD_CURSOR, CLOSE_CURSOR, SQL_PREPARE, DEALLOCATE, LISTEN, UNLISTEN, ADVISORY_LOCK,
+                       ADVISORY_UNLOCK, SETTING, RESET_SETTINGS, PIN, DISCARD_ALL})
 
 EMPTY_CONTEXT = SessionContext()
 
@@ -309,6 +403,7 @@ class TenantPolicy:
         """This tenant's policy for a session in `context` (the base policy itself for the empty context).
         Compared and cached by value like any policy: sessions in the same context share decisions."""
         base = self.base
+        context = context.for_decisions()
         if context == EMPTY_CONTEXT:
             return base
         derived = object.__new__(TenantPolicy)

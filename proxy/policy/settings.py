@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
-from proxy.policy.model import REAPPLY_CONTEXT, SET_PATH, Change, TenantPolicy
+from proxy.policy.model import PIN, REAPPLY_CONTEXT, SET_PATH, SETTING, Change, TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import split_identifier_list
 from proxy.policy.tree import Node, const_text, names_of, string_const
@@ -260,3 +260,80 @@ def pg_settings_row(body: Node, call: Call) -> str | None:
 def _is_name_column(node: Node) -> bool:
     fields = node.get("ColumnRef", {}).get("fields") or ()
     return [f.get("String", {}).get("sval") for f in fields] in (["name"], ["pg_settings", "name"])
+
+
+# Settings whose SET cannot be replayed on another server connection with the same effect: setting the random seed
+# restarts random()'s sequence there (the session pins instead).
+NOT_REPLAYABLE: frozenset[str] = frozenset({"seed"})
+# SET SESSION CHARACTERISTICS AS TRANSACTION ...: the setting each of its options sets.
+_CHARACTERISTICS = {"transaction_isolation": "default_transaction_isolation",
+                    "transaction_read_only": "default_transaction_read_only",
+                    "transaction_deferrable": "default_transaction_deferrable"}
+
+
+def quote_literal(value: str) -> str:
+    """`value` as an SQL string literal (standard_conforming_strings is on: quotes doubled, backslashes kept)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def set_config_statement(name: str, value: str) -> str:
+    """The statement that sets `name` to `value` for the session, read as a startup parameter would be."""
+    return f"SELECT pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+
+
+def session_setting(body: Node, index: int, text: str, path: Change | None, row_security_on: bool) -> list[Change]:
+    """What a session-level SET / RESET (`body`, statement `index` whose gated text is `text`) leaves on the server:
+    SETTING changes carrying the statement that replays it elsewhere (`path`: the search_path change, whose gated
+    form is written from what PostgreSQL got; `row_security_on`: the statement reaches PostgreSQL as on), or a PIN
+    when it cannot be replayed. SET LOCAL and SET TRANSACTION end with their transaction: nothing."""
+    kind = body.get("kind", "")
+    if body.get("is_local") or kind == "VAR_RESET_ALL":  # (RESET ALL: context.statement_changes)
+        return []
+    name = body.get("name", "").lower()
+    if kind == "VAR_SET_MULTI":
+        if name != "session characteristics":
+            return []  # SET TRANSACTION ...: this transaction only
+        out = []
+        for item in body.get("args") or ():
+            option = item.get("DefElem", {})
+            setting = _CHARACTERISTICS.get(option.get("defname", ""))
+            value = const_text(option.get("arg") or {})
+            if setting is None or value is None:
+                return [Change(index, PIN, "setting")]
+            if setting != "default_transaction_isolation":
+                value = "on" if value.lower() in ("1", "true", "on") else "off"
+            out.append(Change(index, SETTING, setting, shown=f"SET {setting} TO {quote_literal(value)}"))
+        return out
+    if kind == "VAR_SET_CURRENT" or name in NOT_REPLAYABLE:
+        return [Change(index, PIN, "setting")]
+    if kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
+        return [Change(index, SETTING, name)]
+    if name == "search_path" and path is not None:
+        entries = ", ".join(identifier(e) for e in path.path or ()) or "''"
+        return [Change(index, SETTING, name, shown=f"SET search_path TO {entries}")]
+    if row_security_on:
+        return [Change(index, SETTING, name, shown="SET row_security TO on")]
+    return [Change(index, SETTING, name, shown=text)]
+
+
+def set_config_change(call: Call, setting: str, index: int, literal: str | None) -> Change | None:
+    """What set_config(`setting`, value, is_local) leaves on the server (`literal`: the value PostgreSQL gets
+    instead of the written one): a SETTING replayed as a set_config() call with the literal value, a PIN when the
+    value or is_local is not a literal, None for is_local true."""
+    local = literal_arg(call, 2) if len(call.args) > 2 else None
+    if len(call.args) > 2 and not _literal_bool(call.args[2]):
+        return Change(index, PIN, "setting")
+    if (local is not None and _norm(local) in ("on", "true", "yes", "1", "t", "y")) or _bool_arg(call, 2):
+        return None
+    value = literal if literal is not None else literal_arg(call, 1)
+    if value is None or setting in NOT_REPLAYABLE:
+        return Change(index, PIN, "setting")
+    return Change(index, SETTING, setting, shown=set_config_statement(setting, value))
+
+
+def _literal_bool(node: Node) -> bool:
+    """True when `node` is a constant (a boolean or a string, under casts)."""
+    while node and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")
+    const = (node or {}).get("A_Const", {})
+    return "boolval" in const or "sval" in const

@@ -47,6 +47,7 @@ COMMAND_COMPLETE = ord("C")
 COPY_IN_RESPONSE = ord("G")
 ROW_DESCRIPTION = ord("T")
 DATA_ROW = ord("D")
+NOTIFICATION_RESPONSE = ord("A")
 EMPTY_QUERY_RESPONSE = ord("I")
 
 TEXT_OID = 25  # pg_type's text
@@ -178,6 +179,22 @@ def encode_cancel_request(process_id: int, secret_key: bytes) -> bytes:
 
 
 # --- regular messages ----------------------------------------------------------------------
+
+
+def split_messages(buf: bytes) -> tuple[list[tuple[int, bytes, int]], int]:
+    """The complete messages at the start of `buf` as (type, body, offset after it), and the bytes they take."""
+    out: list[tuple[int, bytes, int]] = []
+    pos, n = 0, len(buf)
+    while n - pos >= 5:
+        (length,) = struct.unpack_from("!I", buf, pos + 1)
+        if length < 4:
+            raise DecodeError(f"invalid message length {length}")
+        end = pos + 1 + length
+        if end > n:
+            break
+        out.append((buf[pos], buf[pos + 5 : end], end))
+        pos = end
+    return out, pos
 
 
 def frame(type_byte: bytes, body: bytes) -> bytes:

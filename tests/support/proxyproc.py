@@ -34,7 +34,24 @@ USERS: dict[str, tuple[str, str]] = {
     "ivan": ("initech", "ivan-pw"),
 }
 
+# Run the suite pooled: when set, every ProxyProcess writes these `[pool]` keys (a test's own `pool` keys win).
+ENV_POOL_MODE = "PGTENANT_TEST_POOL_MODE"  # "session" | "transaction"
+ENV_POOL_SIZE = "PGTENANT_TEST_POOL_SIZE"  # servers per pool, e.g. 2
+ENV_STATEMENT_CACHE = "PGTENANT_TEST_STATEMENT_CACHE"  # "1": [pool] statement_cache = true
+
 _verifier_cache: dict[str, str] = {}
+
+
+def env_pool() -> dict[str, Any]:
+    """The `[pool]` keys asked for by the environment (PGTENANT_TEST_POOL_MODE / _SIZE); {} when unset."""
+    out: dict[str, Any] = {}
+    if mode := os.environ.get(ENV_POOL_MODE, "").strip():
+        out["pool_mode"] = mode
+    if size := os.environ.get(ENV_POOL_SIZE, "").strip():
+        out["pool_size"] = int(size)
+    if os.environ.get(ENV_STATEMENT_CACHE, "").strip() == "1":
+        out["statement_cache"] = True
+    return out
 
 
 def verifier(password: str) -> str:
@@ -90,8 +107,8 @@ class ProxyProcess:
     audit: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # more [metrics] keys
     admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
-    pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys
     provision_args: tuple[str, ...] = ()  # more `pgtenant provision` options, e.g. ("--trust", "app")
+    pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys, over those of env_pool()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -125,9 +142,10 @@ class ProxyProcess:
             *(f"{k} = {json.dumps(v)}" for k, v in self.audit.items()),
             "[admin]",
             f"users = {json.dumps(sorted(self.admin_users))}",
-            "[pool]",
-            *(f"{k} = {json.dumps(v)}" for k, v in self.pool.items()),
         ]
+        pool = {**env_pool(), **self.pool}
+        if pool:  # no [pool] table at all otherwise (a build without pooling refuses the table)
+            lines += ["[pool]", *(f"{k} = {json.dumps(v)}" for k, v in pool.items())]
         if self.tls is not None:
             lines += [
                 "[tls]",

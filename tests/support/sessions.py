@@ -11,15 +11,18 @@ from proxy.actions import SendClient
 from proxy.auth.scram import make_verifier
 from proxy.config import Config, parse_config
 from proxy.protocol import messages as m
+from proxy.server import ServerConnection
 from proxy.session import ClientSession
 
 
-def make_config(tmp_path: Path, **limits: object) -> Config:
-    """Tenant acme (shared strategy) on backend main, user alice with password "pw"; `limits` as [limits]."""
+def make_config(tmp_path: Path, pool: dict[str, object] | None = None, **limits: object) -> Config:
+    """Tenant acme (shared strategy) on backend main, user alice with password "pw"; `limits` as [limits], `pool`
+    as [pool]."""
     (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
     return parse_config(
         {
             "secrets_file": "s.toml",
+            "pool": dict(pool or {}),
             "limits": dict(limits),
             "backends": {"main": {}},
             "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},
@@ -56,3 +59,16 @@ def frames(data: bytes) -> list[tuple[bytes, bytes]]:
         out.append((data[pos : pos + 1], data[pos + 5 : pos + 1 + length]))
         pos += 1 + length
     return out
+
+
+def server_for(session: ClientSession, status: dict[str, str] | None = None) -> ServerConnection:
+    """A server connection of the session's backend, as the pool lends it (READY), reporting `status`."""
+    assert session.backend is not None and session.request is not None
+    server = ServerConnection(session.backend, session.request.key.database, dict(session.request.parameters))
+    server.status.update(status or {})
+    return server
+
+
+def attach(session: ClientSession, status: dict[str, str] | None = None) -> list:
+    """The pool lends the session a fresh server reporting `status`: the session's answer."""
+    return session.server_attached(server_for(session, status))

@@ -222,3 +222,17 @@ def test_pool_gauges_come_from_the_pools_at_scrape_time() -> None:
     assert s[("pgtenant_pool_servers_closed_total", (("reason", "budget"),))] == 1
     rows.clear()
     assert ("pgtenant_pool_clients_waiting", (("tenant", "acme"),)) not in _samples(metrics)
+
+
+def test_pins_are_counted_by_reason_and_timed() -> None:
+    metrics = Metrics(max_tenants=2)
+    metrics.session_pinned("acme", "temp_relation")
+    metrics.session_pinned("acme", "listen")
+    metrics.session_pinned("acme", "temp_relation")
+    metrics.session_unpinned("acme", 12.0)
+    s = _samples(metrics)
+    assert s[("pgtenant_session_pins_total", (("reason", "temp_relation"), ("tenant", "acme")))] == 2
+    assert s[("pgtenant_session_pins_total", (("reason", "listen"), ("tenant", "acme")))] == 1
+    assert s[("pgtenant_session_pinned_seconds_count", (("tenant", "acme"),))] == 1
+    assert s[("pgtenant_session_pinned_seconds_bucket", (("le", "15.0"), ("tenant", "acme")))] == 1
+    assert s[("pgtenant_session_pinned_seconds_bucket", (("le", "5.0"), ("tenant", "acme")))] == 0

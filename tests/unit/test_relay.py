@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from proxy.actions import CloseClient, CloseServer
+from proxy.actions import CloseClient, ReleaseServer
 from proxy.audit import AuditLog
 from proxy.auth.throttle import AuthThrottle
 from proxy.metrics import QueryRecorder, TenantStats
@@ -69,6 +69,7 @@ def relay(tmp_path: Path) -> ClientRelay:
     session = ClientSession(make_config(tmp_path), session_id="s1", client_address="10.0.0.1",
                             throttle=AuthThrottle(max_failures=2), clock=lambda: float(clock()), tls_available=False)
     session.state = State.READY
+    session.server = SimpleNamespace(settings={}, status={})  # type: ignore[assignment]  # the server it holds
     session.enable_policy(lambda _kind, _sql: Allow())
     stats = TenantStats()
     audit = AuditLog(tmp_path / "audit.log", redact_literals=False)
@@ -103,7 +104,7 @@ def test_anything_but_a_plain_relay_goes_to_the_connection(relay: ClientRelay) -
     q = m.Query("SELECT 1").encode()
     relay.data_received(q + m.TERMINATE_MESSAGE)
     [actions] = relay.owner.ran
-    assert [type(a) for a in actions][-2:] == [CloseServer, CloseClient]
+    assert [type(a) for a in actions][-2:] == [ReleaseServer, CloseClient]
     assert relay.server.out == []  # the connection's runner writes what precedes the Terminate
 
 

@@ -13,11 +13,11 @@ from scramp import ScramClient
 from proxy.actions import (
     AdminLogin,
     CloseClient,
-    CloseServer,
     ConnectBackend,
     ForwardCancel,
     RelayToClient,
     RelayToServer,
+    ReleaseServer,
     RunDecision,
     StartClientTls,
 )
@@ -28,7 +28,7 @@ from proxy.policy.cache import Pending
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import TRANSITIONS, ClientSession, Event, State
-from tests.support.sessions import frames, login, make_config, sent
+from tests.support.sessions import attach, frames, login, make_config, sent, server_for
 
 
 @pytest.fixture
@@ -50,8 +50,19 @@ def test_full_conversation(session: ClientSession) -> None:
     assert sent(actions).endswith(m.authentication(m.AUTH_OK))
     assert session.tenant is not None and session.tenant.name == "acme"
     assert session.backend_parameters == {"application_name": "psql", "statement_timeout": "5"}
-    out = sent(session.server_ready({"server_version": "15.18"}))
-    assert out.startswith(m.parameter_status("server_version", "15.18"))
+    server = server_for(session, {"server_version": "15.18", "application_name": ""})
+    # The client's startup parameters are its settings: set on the server it gets, the answers swallowed.
+    [replay] = session.server_attached(server)
+    assert isinstance(replay, RelayToServer)
+    assert frames(b"".join(replay.chunks)) == [(b"Q", b"SELECT pg_catalog.set_config('application_name', 'psql', "
+                                                      b"false); SELECT pg_catalog.set_config('statement_timeout', "
+                                                      b"'5', false)\x00")]
+    row = m.frame(b"T", b"\x00\x00") + m.frame(b"D", b"\x00\x00") + m.frame(b"C", b"SELECT 1\x00")
+    out = sent(session.server_data(m.parameter_status("application_name", "psql") + row * 2
+                                   + m.ready_for_query(b"I")))
+    assert server.settings == {} and session.state is State.READY  # (recorded when the server goes back)
+    assert out.startswith(m.parameter_status("server_version", "15.18") + m.parameter_status("application_name",
+                                                                                              "psql"))
     assert m.backend_key_data(session.process_id, session.secret_key) in out
     assert out.endswith(m.ready_for_query(b"I"))
     assert session.state is State.READY
@@ -63,7 +74,7 @@ def test_full_conversation(session: ClientSession) -> None:
     assert isinstance(back, RelayToClient)
     assert session.info.tx_status == b"T"
     actions = session.client_data(m.TERMINATE_MESSAGE)
-    assert [type(a) for a in actions] == [CloseServer, CloseClient]
+    assert [type(a) for a in actions] == [ReleaseServer, CloseClient]
     assert session.state is State.CLOSED
 
 
@@ -216,7 +227,7 @@ def test_non_password_message_during_auth(session: ClientSession) -> None:
 
 def test_oversized_message_in_relay(session: ClientSession) -> None:
     login(session)
-    session.server_ready({})
+    attach(session)
     [close] = session.client_data(b"Q" + struct.pack("!I", 10_000))
     assert close.error.sqlstate == "54000"
 
@@ -229,7 +240,7 @@ def test_data_while_connecting_is_a_violation(session: ClientSession) -> None:
 
 def test_timeout_only_before_ready(session: ClientSession) -> None:
     login(session)
-    session.server_ready({})
+    attach(session)
     assert session.timeout() == []
 
 
@@ -243,7 +254,7 @@ def test_transition_table_is_closed() -> None:
 
 def test_invalid_utf8_is_22021_and_session_stays(session: ClientSession) -> None:
     login(session)
-    session.server_ready({})
+    attach(session)
     session.enable_policy(lambda kind, sql: __import__("proxy.policy.model", fromlist=["Allow"]).Allow())
     [relay] = session.client_data(m.frame(b"Q", b"SELECT '\xff'\x00"))
     forwarded = b"".join(bytes(c) for c in relay.chunks)
@@ -308,7 +319,7 @@ def _context_session(session: ClientSession) -> list[object]:
 
     made: list[object] = []
     login(session)
-    session.server_ready({})
+    attach(session)
     session.enable_policy(_ContextDecider(made, EMPTY_CONTEXT), lambda: EMPTY_CONTEXT,
                           lambda context: _ContextDecider(made, context))
     return made
@@ -394,7 +405,7 @@ def test_a_decision_made_elsewhere_holds_everything_after_it_in_order(
     s = ClientSession(make_config(tmp_path, max_message_length=1 << 20), session_id="s1", client_address="10.0.0.1",
                       throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=False)
     login(s)
-    s.server_ready({})
+    attach(s)
     decided: list[str] = []
 
     def decide(kind: str, sql: str) -> Decision | Pending:
@@ -445,7 +456,7 @@ def test_a_decision_made_elsewhere_holds_everything_after_it_in_order(
 
 def test_pending_denials_are_bounded_in_bytes(session: ClientSession) -> None:
     login(session)
-    session.server_ready({})
+    attach(session)
     session.enable_policy(lambda kind, sql: Deny("42501", "x" * 900, "", "r"))
     for i in range(5000):
         session.client_data(m.Query(f"SELECT {i}").encode())
@@ -458,7 +469,7 @@ def test_a_long_parse_is_not_memoized(tmp_path: Path) -> None:
     s = ClientSession(make_config(tmp_path, max_message_length=1 << 20), session_id="s1", client_address="10.0.0.1",
                       throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=False)
     login(s)
-    s.server_ready({})
+    attach(s)
     decided: list[str] = []
     s.enable_policy(lambda kind, sql: decided.append(sql) or Allow(), lambda: None)
     short = m.Parse("", "SELECT 1", b"\x00\x00").encode()

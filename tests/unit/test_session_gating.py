@@ -15,7 +15,7 @@ from proxy.auth.throttle import AuthThrottle
 from proxy.policy.model import Allow, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
-from tests.support.sessions import frames, login, make_config
+from tests.support.sessions import attach, frames, login, make_config
 
 
 def ready_session(tmp_path: Path, decide=None, policy_token=object) -> ClientSession:
@@ -31,7 +31,7 @@ def ready_session(tmp_path: Path, decide=None, policy_token=object) -> ClientSes
     login(s)
     s.enable_policy(decide or (lambda kind, sql: Deny("42501", "no", "", "r") if "deny" in sql else Allow()),
                     policy_token)
-    s.server_ready({})
+    attach(s)
     return s
 
 

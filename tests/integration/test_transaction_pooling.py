@@ -1,0 +1,100 @@
+"""Transaction pooling on a real PostgreSQL with one server per pool: two psycopg clients of one tenant take turns
+on the same backend, each with its own settings and ParameterStatus; a temporary table pins its session (the other
+waits) until it is dropped; a bad startup parameter is refused at login with PostgreSQL's own error."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.integration.test_pool_io import console, pooled_proxy, until_waiting
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess
+
+
+@pytest.fixture(scope="module")
+def one_server(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("txn"), pool_mode="transaction", pool_size=1,
+                     query_wait_timeout=20.0)
+    yield p
+    p.stop()
+
+
+def settings(conn: psycopg.Connection) -> tuple[object, ...]:
+    row = conn.execute("SELECT pg_backend_pid(), current_setting('application_name'), current_setting('DateStyle'), "
+                       "current_setting('pgtenant.tenant_id')").fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_two_clients_take_turns_on_one_server_each_with_its_own_settings(one_server: ProxyProcess) -> None:
+    a = psycopg.connect(one_server.dsn("alice", application_name="client-a", options="-c DateStyle=SQL,DMY"),
+                        autocommit=True)
+    b = psycopg.connect(one_server.dsn("alice", application_name="client-b"), autocommit=True)
+    try:
+        pid, *rest = settings(a)
+        assert rest == ["client-a", "SQL, DMY", "acme"]
+        assert settings(b) == (pid, "client-b", "ISO, MDY", "acme")  # the same backend, its own settings
+        a.execute("SET DateStyle = German")
+        b.execute("SET work_mem = '8MB'")
+        for _ in range(3):
+            assert settings(a) == (pid, "client-a", "German, DMY", "acme")
+            assert a.execute("SHOW work_mem").fetchone() == ("4MB",)
+            assert settings(b) == (pid, "client-b", "ISO, MDY", "acme")
+            assert b.execute("SHOW work_mem").fetchone() == ("8MB",)
+        assert a.info.parameter_status("application_name") == "client-a"
+        assert a.info.parameter_status("DateStyle") == "German, DMY"
+        assert b.info.parameter_status("application_name") == "client-b"
+        assert b.info.parameter_status("DateStyle") == "ISO, MDY"
+        a.execute("RESET ALL")  # back to its own startup settings, not the server's
+        assert settings(a) == (pid, "client-a", "SQL, DMY", "acme")
+        with b.transaction():  # a transaction holds the server to its end
+            b.execute("SET LOCAL DateStyle = 'Postgres'")
+            assert settings(b)[2] == "Postgres, MDY"
+        assert settings(b)[2] == "ISO, MDY"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_temporary_table_pins_its_session_until_it_is_dropped(one_server: ProxyProcess) -> None:
+    a = psycopg.connect(one_server.dsn("alice"), autocommit=True)
+    b = psycopg.connect(one_server.dsn("alice"), autocommit=True)
+    try:
+        a.execute("CREATE TEMP TABLE scratch (n int)")
+        a.execute("INSERT INTO scratch VALUES (1), (2)")
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(b.execute("SELECT 41 + 1").fetchone()))
+        waiter.start()
+        until_waiting(one_server, "acme")  # a holds the only server while its table exists
+        assert a.execute("SELECT count(*) FROM scratch").fetchone() == (2,)
+        pinned = {r["tenant"]: r for r in console(one_server, "SHOW POOLS;")}["acme"]
+        assert pinned["sv_pinned"] == "1"
+        a.execute("DROP TABLE scratch")
+        waiter.join(20)
+        assert got == [(42,)]
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            b.execute("SELECT * FROM pg_temp.scratch")  # nothing of a's is left on the server b now holds
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_refused_startup_parameter_is_postgresqls_own_error(one_server: ProxyProcess) -> None:
+    with pytest.raises(psycopg.OperationalError, match='invalid value for parameter "DateStyle"'):
+        psycopg.connect(one_server.dsn("alice", options="-c DateStyle=nonsense"))
+    with psycopg.connect(one_server.dsn("alice"), autocommit=True) as conn:  # the server stays usable
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_idle_clients_hold_no_server(one_server: ProxyProcess) -> None:
+    conns = [psycopg.connect(one_server.dsn("alice"), autocommit=True) for _ in range(5)]
+    try:
+        pids = {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in conns}  # type: ignore[index]
+        assert len(pids) == 1
+    finally:
+        for c in conns:
+            c.close()

@@ -1,0 +1,377 @@
+"""ClientSession with pooled server connections, scripted: where it takes and gives back its server in session and
+transaction pooling, what it holds meanwhile, the pins per reason (rollbacks included), the settings replay and
+the startup answer on a reused server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy import errors
+from proxy.actions import (
+    AcquireServer,
+    CloseClient,
+    ConnectBackend,
+    RelayToClient,
+    RelayToServer,
+    ReleaseServer,
+    SendClient,
+    SessionPinned,
+    SessionUnpinned,
+    StartRelay,
+)
+from proxy.auth.throttle import AuthThrottle
+from proxy.policy import TenantPolicy, decide
+from proxy.protocol import messages as m
+from proxy.reasons import CloseReason
+from proxy.server import ServerConnection
+from proxy.session import ClientSession, State
+from tests.support.sessions import frames, login, make_config, sent, server_for
+
+POLICY = TenantPolicy(tenant="acme", strategy="database")  # LISTEN and advisory locks are allowed there
+
+
+def _session(tmp_path: Path, mode: str) -> ClientSession:
+    return ClientSession(make_config(tmp_path, pool={"pool_mode": mode}), session_id="s1",
+                         client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
+                         tls_available=False)
+
+
+def _log_in(s: ClientSession, **params: str) -> list:
+    actions = login(s, **params)
+    assert isinstance(actions[-1], ConnectBackend)
+    s.enable_policy(lambda _kind, sql: decide(POLICY, sql))
+    return actions
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> ClientSession:
+    """A transaction-pooled session, logged in, its startup answered, its first server given back."""
+    s = _session(tmp_path, "transaction")
+    _log_in(s)
+    actions = s.server_attached(server_for(s, {"application_name": ""}))
+    assert [type(a) for a in actions] == [SendClient, StartRelay, ReleaseServer]
+    assert actions[-1] == ReleaseServer(reusable=True, reset=False)
+    assert s.state is State.IDLE and s.server is None
+    return s
+
+
+def query(sql: str) -> bytes:
+    return m.Query(sql).encode()
+
+
+def done(*tags: str, status: bytes = b"I") -> bytes:
+    return b"".join(m.frame(b"C", t.encode() + b"\x00") for t in tags) + m.ready_for_query(status)
+
+
+def error(sqlstate: str = "42P01", status: bytes = b"I") -> bytes:
+    return m.encode_error_fields(b"E", {"S": "ERROR", "C": sqlstate, "M": "no"}) + m.ready_for_query(status)
+
+
+def relayed(actions: list, kind: type = RelayToServer) -> bytes:
+    return b"".join(bytes(c) for a in actions if type(a) is kind for c in a.chunks)
+
+
+def run(s: ClientSession, sql: str, answer: bytes, server: ServerConnection | None = None) -> list:
+    """The client sends `sql`; the session gets `server` (a fresh one) if it holds none; the backend answers."""
+    out = list(s.client_data(query(sql)))
+    if s.state is State.WAITING:
+        assert isinstance(out[-1], AcquireServer)
+        attached = s.server_attached(server or server_for(s))
+        assert relayed(attached).startswith(b"Q")
+        out += attached
+    else:
+        assert relayed(out).startswith(b"Q")
+    return out + s.server_data(answer)
+
+
+def kinds(actions: list) -> list[type]:
+    """The pooling and closing actions (what is relayed or sent aside; AcquireServer too: `run` checks it)."""
+    return [type(a) for a in actions if type(a) not in (RelayToServer, RelayToClient, SendClient, AcquireServer)]
+
+
+# --- where the server is taken and given back -------------------------------------------------
+
+
+def test_session_pooling_holds_its_server_until_the_client_leaves(tmp_path: Path) -> None:
+    s = _session(tmp_path, "session")
+    [*_, connect] = _log_in(s)
+    assert connect.request.mode == "session" and ("client_encoding", "UTF8") in connect.request.key.context
+    assert kinds(s.server_attached(server_for(s))) == [StartRelay]
+    assert kinds(run(s, "SELECT 1", done("SELECT 1"))) == []  # ReadyForQuery 'I': it keeps it
+    assert s.state is State.READY
+    assert s.client_data(m.TERMINATE_MESSAGE) == [ReleaseServer(reusable=True, reset=True,
+                                                                reason=CloseReason.CLIENT_TERMINATE),
+                                                  CloseClient(None, CloseReason.CLIENT_TERMINATE)]
+
+
+def test_a_request_takes_a_server_and_its_ready_for_query_gives_it_back(pooled: ClientSession) -> None:
+    first = pooled.client_data(query("SELECT 1"))
+    assert first == [AcquireServer(pooled.request)] and pooled.state is State.WAITING  # nothing sent anywhere
+    more = pooled.client_data(query("SELECT 2"))  # (the connection does not read meanwhile; the session keeps it)
+    assert more == []
+    server = server_for(pooled)
+    assert relayed(pooled.server_attached(server)) == query("SELECT 1") + query("SELECT 2")
+    assert kinds(pooled.server_data(done("SELECT 1"))) == []  # SELECT 2 is in flight: the server stays
+    out = pooled.server_data(done("SELECT 1"))
+    assert relayed(out, RelayToClient) == done("SELECT 1") and kinds(out) == [ReleaseServer]
+    assert pooled.state is State.IDLE
+
+
+def test_a_transaction_keeps_its_server_until_it_ends(pooled: ClientSession) -> None:
+    assert kinds(run(pooled, "BEGIN", done("BEGIN", status=b"T"))) == []
+    assert pooled.state is State.READY
+    assert kinds(run(pooled, "SELECT 1", done("SELECT 1", status=b"T"))) == []
+    assert kinds(run(pooled, "COMMIT", done("COMMIT"))) == [ReleaseServer]
+
+
+def test_an_extended_batch_keeps_its_server_until_its_sync_is_answered(pooled: ClientSession) -> None:
+    parse = m.Parse("", "SELECT 1", b"\x00\x00").encode()
+    bind = m.frame(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00")
+    describe = m.frame(b"D", b"P\x00")
+    execute = m.frame(b"E", b"\x00\x00\x00\x00\x00")
+    assert pooled.client_data(parse + bind + describe + execute + m.frame(b"H", b"")) == [
+        AcquireServer(pooled.request)]
+    pooled.server_attached(server_for(pooled))
+    answers = m.frame(b"1", b"") + m.frame(b"2", b"") + m.frame(b"n", b"") + m.frame(b"C", b"SELECT 1\x00")
+    assert kinds(pooled.server_data(answers)) == []  # (the Describe's answer too: NoData)
+    assert kinds(pooled.client_data(m.SYNC_MESSAGE)) == []
+    assert kinds(pooled.server_data(m.ready_for_query(b"I"))) == [ReleaseServer]
+
+
+def test_a_describe_alone_is_a_request_in_flight(pooled: ClientSession) -> None:
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    pooled.client_data(query("COMMIT"))
+    assert kinds(pooled.client_data(m.frame(b"D", b"Sname\x00"))) == []  # before the COMMIT's answer
+    assert kinds(pooled.server_data(done("COMMIT"))) == []  # the Describe is in flight: the server stays
+    pooled.client_data(m.SYNC_MESSAGE)
+    # (the client has no statement "name": the server fails the Describe, as PostgreSQL would)
+    failed = m.encode_error_fields(b"E", {"S": "ERROR", "C": "26000", "M": "no"})
+    assert kinds(pooled.server_data(failed + m.ready_for_query(b"I"))) == [ReleaseServer]
+
+
+def test_a_client_leaving_in_a_transaction_gives_back_a_server_that_is_not_reusable(pooled: ClientSession) -> None:
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    [release] = pooled.close()
+    assert release == ReleaseServer(reusable=False, reset=True, reason=CloseReason.CLIENT_GONE)
+
+
+def test_a_refused_wait_answers_each_request_and_the_session_goes_on(pooled: ClientSession) -> None:
+    pooled.client_data(query("SELECT 1") + query("SELECT 2"))
+    err = errors.pool_wait_timeout(tenant="acme", seconds=120.0, pool_size=1)
+    out = relayed(pooled.server_refused(err, CloseReason.BACKEND), RelayToClient)
+    assert [t for t, _ in frames(out)] == [b"E", b"Z", b"E", b"Z"] and pooled.state is State.IDLE
+    assert not pooled.tracker.pending
+    assert pooled.client_data(query("SELECT 3")) == [AcquireServer(pooled.request)]
+
+
+def test_a_refused_wait_with_an_unsynced_batch_ends_the_session(pooled: ClientSession) -> None:
+    pooled.client_data(m.Parse("", "SELECT 1", b"\x00\x00").encode() + m.frame(b"H", b""))
+    err = errors.backend_unreachable("main", "connection timed out")
+    assert pooled.server_refused(err, CloseReason.BACKEND) == [CloseClient(err, CloseReason.BACKEND)]
+
+
+def test_a_refused_login_closes_the_client(tmp_path: Path) -> None:
+    s = _session(tmp_path, "transaction")
+    _log_in(s)
+    err = errors.pool_wait_timeout(tenant="acme", seconds=120.0, pool_size=1)
+    [close] = s.server_refused(err, CloseReason.BACKEND)
+    assert close.error.severity == "FATAL" and close.error.sqlstate == "53300"  # at login, as PostgreSQL refuses
+    assert s.state is State.CLOSED
+
+
+# --- pins: per reason, with PostgreSQL's rollback semantics ---------------------------------------------------
+
+
+def pinned(s: ClientSession, *script: tuple[str, bytes]) -> list:
+    """Run (sql, answer) pairs; the pooling actions of the last one (pins, unpins, release)."""
+    out: list = []
+    for sql, answer in script:
+        out = run(s, sql, answer)
+    return [a for a in out if type(a) in (SessionPinned, SessionUnpinned, ReleaseServer)]
+
+
+@pytest.mark.parametrize(("take", "give_back", "reason"), [
+    ("CREATE TEMP TABLE t (a int)", "DROP TABLE t", "temp_relation"),
+    ("CREATE TEMP VIEW v AS SELECT 1", "DISCARD TEMP", "temp_relation"),
+    ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "CLOSE c", "hold_cursor"),
+    ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "CLOSE ALL", "hold_cursor"),
+    ("PREPARE p AS SELECT 1", "DEALLOCATE p", "sql_prepare"),
+    ("PREPARE p AS SELECT 1", "DEALLOCATE ALL", "sql_prepare"),
+    ("LISTEN ch", "UNLISTEN ch", "listen"),
+    ("LISTEN ch", "UNLISTEN *", "listen"),
+    ("SELECT pg_advisory_lock(7)", "SELECT pg_advisory_unlock(7)", "advisory_lock"),
+    ("SELECT pg_try_advisory_lock_shared(1, 2)", "SELECT pg_advisory_unlock_shared(1, 2)", "advisory_lock"),
+    ("SELECT pg_advisory_lock(7 + 0)", "SELECT pg_advisory_unlock_all()", "advisory_lock"),
+    ("SELECT pg_advisory_lock(7)", "DISCARD ALL", "advisory_lock"),
+    ("LISTEN ch", "DISCARD ALL", "listen"),
+])
+def test_each_pin_reason_holds_the_server_until_its_state_is_gone(pooled: ClientSession, take: str,
+                                                                  give_back: str, reason: str) -> None:
+    assert pinned(pooled, (take, done("X"))) == [SessionPinned(reason)]
+    assert pooled.state is State.READY  # pinned: the server stays
+    assert kinds(run(pooled, "SELECT 1", done("SELECT 1"))) == []
+    actions = pinned(pooled, (give_back, done("X")))
+    assert actions == [SessionUnpinned((reason,)), ReleaseServer(reusable=True, reset=False)]
+    assert pooled.state is State.IDLE
+
+
+def test_an_unlock_of_another_key_keeps_the_pin(pooled: ClientSession) -> None:
+    pinned(pooled, ("SELECT pg_advisory_lock(7)", done("SELECT 1")))
+    assert pinned(pooled, ("SELECT pg_advisory_unlock(8)", done("SELECT 1"))) == []
+    assert pinned(pooled, ("SELECT pg_advisory_lock(7)", done("SELECT 1"))) == []  # held twice: unlocked twice
+    assert pinned(pooled, ("SELECT pg_advisory_unlock(7)", done("SELECT 1"))) == []
+    assert kinds(run(pooled, "SELECT pg_advisory_unlock(7)", done("SELECT 1"))) == [SessionUnpinned, ReleaseServer]
+
+
+@pytest.mark.parametrize("take", ["CREATE TEMP TABLE t (a int)", "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+                                  "LISTEN ch"])
+def test_state_of_a_rolled_back_transaction_does_not_pin(pooled: ClientSession, take: str) -> None:
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, take, done("X", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [ReleaseServer]
+
+
+def test_a_failed_statement_does_not_pin(pooled: ClientSession) -> None:
+    assert kinds(run(pooled, "CREATE TEMP TABLE t (a int)", error())) == [ReleaseServer]
+
+
+@pytest.mark.parametrize("take", ["PREPARE p AS SELECT 1", "SELECT pg_advisory_lock(7)"])
+def test_what_ignores_transactions_pins_after_a_rollback(pooled: ClientSession, take: str) -> None:
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, take, done("X", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionPinned]
+
+
+def test_an_advisory_lock_in_a_failing_statement_pins(pooled: ClientSession) -> None:
+    assert kinds(run(pooled, "SELECT pg_advisory_lock(7), 1/0", error("22012"))) == [SessionPinned]
+
+
+@pytest.mark.parametrize("sql", ["SET seed = 0.5", "SELECT setseed(0.5)", "SET work_mem FROM CURRENT",
+                                 "SELECT set_config('work_mem', current_setting('work_mem'), false)"])
+def test_what_cannot_be_replayed_pins_for_good(pooled: ClientSession, sql: str) -> None:
+    assert kinds(run(pooled, sql, done("SET"))) == [SessionPinned]
+    assert kinds(run(pooled, "DISCARD ALL", done("DISCARD ALL"))) == []
+    [release] = pooled.close()
+    assert release.reset and release.reusable
+
+
+def test_protocol_named_statements_do_not_pin(pooled: ClientSession) -> None:
+    """They are kept by the session (proxy/statements.py) and prepared again on the server it lands on."""
+    parse = m.Parse("S_1", "SELECT 1", b"\x00\x00").encode()
+    assert pooled.client_data(parse + m.SYNC_MESSAGE) == [AcquireServer(pooled.request)]
+    pooled.server_attached(server_for(pooled))
+    assert kinds(pooled.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))) == [ReleaseServer]
+    bind = m.frame(b"B", b"\x00S_1\x00\x00\x00\x00\x00\x00\x00")
+    assert pooled.client_data(bind + m.SYNC_MESSAGE) == [AcquireServer(pooled.request)]
+    sent_ = relayed(pooled.server_attached(server_for(pooled)))  # another server: S_1 is prepared there first
+    assert [t for t, _ in frames(sent_)] == [b"P", b"B", b"S"] and b"pgt_" in sent_ and b"S_1" not in sent_
+    out = pooled.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.ready_for_query(b"I"))
+    assert relayed(out, RelayToClient) == m.frame(b"2", b"") + m.ready_for_query(b"I")  # its ParseComplete: ours
+    assert kinds(out) == [ReleaseServer]
+
+
+def test_a_pinned_session_leaving_gets_its_server_reset(pooled: ClientSession) -> None:
+    pinned(pooled, ("CREATE TEMP TABLE t (a int)", done("CREATE TABLE")))
+    [release] = pooled.close()
+    assert release == ReleaseServer(reusable=True, reset=True, reason=CloseReason.CLIENT_GONE)
+
+
+# --- settings: recorded as the gated statement, replayed as a diff ------------------------------------------------
+
+
+def test_session_settings_are_replayed_on_the_next_server_as_a_diff(pooled: ClientSession) -> None:
+    assert kinds(run(pooled, "SET DateStyle = German", m.parameter_status("DateStyle", "German, DMY")
+                     + done("SET"))) == [ReleaseServer]
+    first = ServerConnection(pooled.backend, "saas", {})  # type: ignore[arg-type]
+    pooled.client_data(query("SET work_mem = '8MB'"))
+    [sent_] = pooled.server_attached(first)  # a fresh server: the session's DateStyle first, swallowed
+    assert frames(relayed([sent_])) == [(b"Q", b"SET DateStyle = German\x00"), (b"Q", b"SET work_mem = '8MB'\x00")]
+    assert kinds(pooled.server_data(m.parameter_status("DateStyle", "German, DMY") + done("SET"))) == []
+    out = pooled.server_data(done("SET"))
+    assert relayed(out, RelayToClient) == done("SET") and kinds(out) == [ReleaseServer]
+    # the server it had records what the session left on it
+    assert first.settings == {"datestyle": "SET DateStyle = German", "work_mem": "SET work_mem = '8MB'"}
+    other = server_for(pooled)
+    other.settings = {"timezone": "SET TimeZone = 'Asia/Tokyo'", "work_mem": "SET work_mem = '8MB'"}
+    other.status["TimeZone"] = "Asia/Tokyo"
+    pooled.client_data(query("SELECT 1"))
+    [sent_] = pooled.server_attached(other)
+    replay = "RESET timezone; SET DateStyle = German"
+    assert frames(b"".join(bytes(c) for c in sent_.chunks)) == [(b"Q", replay.encode() + b"\x00"),
+                                                                (b"Q", b"SELECT 1\x00")]
+    answer = (m.parameter_status("TimeZone", "UTC") + m.parameter_status("DateStyle", "German, DMY")
+              + done("RESET", "SET"))
+    out = pooled.server_data(answer + done("SELECT 1"))
+    # The replay's answers are swallowed; of its statuses only what the client has not been told reaches it (it saw
+    # DateStyle German when it set it; this fake server never reported TimeZone at its startup).
+    assert relayed(out, RelayToClient) == done("SELECT 1")
+    assert sent(out) == m.parameter_status("TimeZone", "UTC")
+    assert kinds(out) == [ReleaseServer] and other.settings == {
+        "datestyle": "SET DateStyle = German", "work_mem": "SET work_mem = '8MB'"}
+
+
+def test_reset_all_gives_the_client_its_startup_settings_back(tmp_path: Path) -> None:
+    s = _session(tmp_path, "session")
+    _log_in(s, application_name="psql")
+    server = server_for(s, {"application_name": ""})
+    [replay] = s.server_attached(server)
+    startup = "SELECT pg_catalog.set_config('application_name', 'psql', false)"
+    assert frames(relayed([replay])) == [(b"Q", startup.encode() + b"\x00")]
+    s.server_data(m.parameter_status("application_name", "psql") + m.frame(b"C", b"SELECT 1\x00")
+                  + m.ready_for_query(b"I"))
+    assert server.status["application_name"] == "psql"
+    run(s, "SET application_name = 'mine'", m.parameter_status("application_name", "mine") + done("SET"))
+    out = run(s, "RESET ALL", m.parameter_status("application_name", "") + done("RESET"))
+    # PostgreSQL resets to the server's startup value; the client expects its own startup value: set again
+    assert frames(relayed(out))[-1] == (b"Q", startup.encode() + b"\x00")
+    back = s.server_data(m.parameter_status("application_name", "psql") + m.frame(b"C", b"SELECT 1\x00")
+                         + m.ready_for_query(b"I"))
+    assert sent(back) == m.parameter_status("application_name", "psql")  # it saw '' from the RESET
+    assert s.client_data(m.TERMINATE_MESSAGE)[0] == ReleaseServer(reusable=True, reset=True,
+                                                                  reason=CloseReason.CLIENT_TERMINATE)
+    assert server.settings == {"application_name": startup}
+
+
+def test_a_reused_server_answers_the_startup_with_the_clients_own_settings(tmp_path: Path) -> None:
+    s = _session(tmp_path, "transaction")
+    _log_in(s, application_name="bob")
+    server = server_for(s, {"application_name": "alice", "server_version": "18.1"})
+    server.settings = {"application_name": "SELECT pg_catalog.set_config('application_name', 'alice', false)",
+                       "datestyle": "SET DateStyle = German"}
+    [replay] = s.server_attached(server)
+    assert frames(relayed([replay])) == [(b"Q", b"RESET datestyle; SELECT pg_catalog.set_config("
+                                                b"'application_name', 'bob', false)\x00")]
+    out = s.server_data(m.parameter_status("DateStyle", "ISO, MDY") + m.frame(b"C", b"RESET\x00")
+                        + m.parameter_status("application_name", "bob") + m.frame(b"C", b"SELECT 1\x00")
+                        + m.ready_for_query(b"I"))
+    answer = sent(out)
+    assert m.parameter_status("application_name", "bob") in answer and b"alice" not in answer
+    assert answer.endswith(m.ready_for_query(b"I"))
+    assert kinds(out) == [StartRelay, ReleaseServer]
+    assert server.settings == {"application_name": "SELECT pg_catalog.set_config('application_name', 'bob', "
+                                                   "false)"}
+
+
+def test_a_replay_the_server_refuses_ends_the_session(pooled: ClientSession) -> None:
+    run(pooled, "SET work_mem = '8MB'", done("SET"))
+    pooled.client_data(query("SELECT 1"))
+    pooled.server_attached(server_for(pooled))
+    out = pooled.server_data(error("22023"))
+    assert kinds(out)[0] is ReleaseServer and isinstance(out[-1], CloseClient)
+    assert out[-1].reason is CloseReason.SETTINGS_REPLAY
+
+
+def test_a_cursor_closed_in_a_rolled_back_transaction_stays_closed(pooled: ClientSession) -> None:
+    pinned(pooled, ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", done("DECLARE CURSOR")))
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, "CLOSE c", done("CLOSE CURSOR", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]
+
+
+def test_a_deallocate_in_a_rolled_back_transaction_stays_done(pooled: ClientSession) -> None:
+    pinned(pooled, ("PREPARE p AS SELECT 1", done("PREPARE")))
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    run(pooled, "DEALLOCATE p", done("DEALLOCATE", status=b"T"))
+    assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]
