@@ -269,7 +269,7 @@ def test_protocol_statements_interleave_on_one_server(iso: ProxyProcess) -> None
 @dataclass(frozen=True)
 class Pin:
     """A pin reason: A's steps that pin, B's probe (what it returns once A's state is gone: had B run on the server
-    while A held the state, it would have seen it), A's steps that end the state."""
+    while A held the state, it would have seen it), A's steps that end the state (none: A disconnects)."""
 
     hold: tuple[str, ...]
     probe: str
@@ -296,6 +296,10 @@ PINS: dict[str, Pin] = {
     "advisory_lock_unlock_all": Pin(("SELECT pg_advisory_lock(77)", "SELECT pg_advisory_lock_shared(78)"),
                                     "SELECT pg_advisory_unlock(77)", rows((False,)),
                                     ("SELECT pg_advisory_unlock_all()",)),
+    # pinned for the rest of the session (nothing the proxy can follow ends it): B gets the server when A leaves
+    "setting_not_replayable": Pin(("SELECT set_config('work_mem', (SELECT '3MB'), false)",),
+                                  "SELECT current_setting('work_mem') = '3MB'", rows((False,)), ()),
+    "set_seed": Pin(("SET seed = 0.5",), "SELECT 1", rows((1,)), ()),
     "discard_all": Pin(("CREATE TEMP TABLE pin_t (v text)", "PREPARE pin_p AS SELECT 1", "LISTEN pin_ch"),
                        "SELECT count(*) FROM pin_t", error("42P01"), ("DISCARD ALL",)),
 }
@@ -322,6 +326,8 @@ def test_pin_keeps_the_server_until_the_state_is_gone(iso: ProxyProcess, reason:
         assert waiter.is_alive() and not got  # B has not run: the one server is A's
         for step in pin.release:
             a.execute(step)
+        if not pin.release:
+            a.close()
         waiter.join(30)
         assert got == [(pin.gone, pid)], f"B got {got}, expected {pin.gone} on server {pid}"
         assert pool_count(pool_row(iso, "iso_a"), "pinned") == 0

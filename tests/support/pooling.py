@@ -53,7 +53,7 @@ def admin_show(proxy: ProxyProcess, what: str) -> list[dict[str, str | None]]:
 
 def pool_row(proxy: ProxyProcess, tenant: str) -> dict[str, str | None]:
     """The one SHOW POOLS row of `tenant`'s pool."""
-    rows = [r for r in admin_show(proxy, "POOLS") if tenant in {str(v) for v in r.values()}]
+    rows = [r for r in admin_show(proxy, "POOLS") if r.get("tenant") == tenant]
     assert len(rows) == 1, rows
     return rows[0]
 
