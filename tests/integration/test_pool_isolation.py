@@ -14,12 +14,14 @@ budget of one server in a second proxy, so the server is closed and another open
 * ``test_pin_*``: per pin reason, A holds state (pinned), B asks for the one server and waits (``SHOW POOLS``),
   and gets it only once A dropped the state; B's probe would see A's state had it run on the server before.
 * A rolled-back CREATE TEMP / DECLARE WITH HOLD / LISTEN pins nothing; a server's tenant context never changes;
-  a cancel racing with the release of a server never cancels the next client's query.
+  a cancel racing with the release of a server never cancels the next client's query; a tenant flooding the
+  database budget does not make another tenant wait behind its queue.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -410,3 +412,38 @@ def test_server_tenant_context_never_changes(budget: ProxyProcess) -> None:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute("SELECT set_config('pgtenant.tenant_id', 'acme', false)")
     assert set(seen.values()) == {"acme", "bigco"}
+
+
+def test_a_flooding_tenant_does_not_starve_another(budget: ProxyProcess) -> None:
+    # acme's clients queue for the database's one server; bigco's single query must get it at the next release,
+    # not behind every acme request already waiting (the fair queue across tenants). Counted from the server's own
+    # statement start times: how many acme statements started between bigco's request and bigco's statement.
+    starts: list[datetime.datetime] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def flood() -> None:
+        with _connect(budget, "alice") as conn:
+            while not stop.is_set():
+                row = conn.execute("SELECT statement_timestamp() FROM pg_sleep(0.1)").fetchone()
+                with lock:
+                    starts.append(row[0])  # type: ignore[index]
+
+    threads = [threading.Thread(target=flood, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        until(lambda: len(starts) >= 6 and pool_count(pool_row(budget, "acme"), "waiting") >= 4, 30, 0.05,
+              "acme's clients queueing")
+        asked = datetime.datetime.now(datetime.UTC)
+        with _connect(budget, "bruno") as bigco:  # the login takes a server too (to answer the startup)
+            [(started,)] = bigco.execute("SELECT statement_timestamp()").fetchall()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    with lock:
+        overtaking = [s for s in starts if asked < s < started]
+    # two grants to bigco (its login, its query), each at most one acme statement behind; in arrival order, each
+    # would come after the (at least 4) acme requests already waiting
+    assert len(overtaking) <= 3, f"{len(overtaking)} acme statements went before bigco's waiting requests"
