@@ -282,6 +282,15 @@ def wait_ready(target: Target, proc: subprocess.Popen[bytes] | None = None, time
 # --------------------------------------------------------------------------- pgbench
 
 
+def pgbench_binary(installation: pgcluster.PgInstallation) -> str:
+    """The installation's pgbench, else PostgreSQL 15's, else PATH's; exits when there is none."""
+    pgbench = next((str(p) for p in (installation.bin("pgbench"), Path("/usr/lib/postgresql/15/bin/pgbench"))
+                    if p.exists()), None) or shutil.which("pgbench")
+    if not pgbench:
+        raise SystemExit("pgbench not found")
+    return pgbench
+
+
 def pgbench_env(password: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": password, "PGSSLMODE": "disable",
             "LC_ALL": "C"}
@@ -629,10 +638,7 @@ def main() -> int:
     installation = pgcluster.probe_installation(args.pg_bin) if args.pg_bin else pgcluster.default_installation()
     if installation is None:
         raise SystemExit(f"--pg-bin {args.pg_bin}: no initdb/postgres there")
-    pgbench = next((str(p) for p in (installation.bin("pgbench"), Path("/usr/lib/postgresql/15/bin/pgbench"))
-                    if p.exists()), None) or shutil.which("pgbench")
-    if not pgbench:
-        raise SystemExit("pgbench not found")
+    pgbench = pgbench_binary(installation)
     bouncer = ensure_pgbouncer() if "pgbouncer" in args.targets else None
     results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                "bench": {}, "memory": {}}
@@ -712,9 +718,14 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(entry: Any) -> None:
+    """Exit with `entry()`'s status; Ctrl-C (or SIGTERM, see main) after the ExitStack cleaned up: 130."""
     try:
-        sys.exit(main())
+        sys.exit(entry())
     except KeyboardInterrupt:
         say("interrupted; cleaned up")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -16,7 +16,6 @@ import contextlib
 import json
 import multiprocessing
 import resource
-import shutil
 import signal
 import statistics
 import sys
@@ -363,10 +362,7 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     installation = pgcluster.default_installation()
-    pgbench = next((str(p) for p in (installation.bin("pgbench"), Path("/usr/lib/postgresql/15/bin/pgbench"))
-                    if p.exists()), None) or shutil.which("pgbench")
-    if not pgbench:
-        raise SystemExit("pgbench not found")
+    pgbench = pc.pgbench_binary(installation)
     bouncer = pc.ensure_pgbouncer()
     results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     with contextlib.ExitStack() as stack:
@@ -415,8 +411,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        say("interrupted; cleaned up")
-        sys.exit(130)
+    pc.cli(main)

@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
-import signal
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -28,18 +24,12 @@ import asyncpg
 import psycopg
 import pytest
 
+from tests.integration import test_asyncpg as base_asyncpg
+from tests.integration import test_psycopg as base_psycopg
 from tests.support.pgcluster import PgCluster
-from tests.support.pooling import (
-    ADMIN_PASSWORD,
-    ADMIN_USER,
-    Churn,
-    pool_count,
-    pool_row,
-    require_pooling,
-    server_pids,
-)
-from tests.support.proxyproc import ProxyProcess, prepare_backend, tenants_proxy
-from tests.support.psql import find_psql, run_psql
+from tests.support.pooling import Churn, pool_count, pool_row, server_pids, start_pooled
+from tests.support.proxyproc import ProxyProcess
+from tests.support.psql import find_psql, interrupt_psql, run_psql
 
 DB = "pool_clients"
 ROLE = ("pgt_r_poolco", "poolco-role-pw")
@@ -60,16 +50,7 @@ CHURN_PROBE = ("SELECT pg_backend_pid(), current_setting('application_name'), cu
 
 @pytest.fixture(scope="module")
 def pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    require_pooling()
-    prepare_backend(pg)
-    if not pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)):
-        pg.create_database(DB)
-        pg.execute("CREATE TABLE public.orders (id int PRIMARY KEY, amount numeric NOT NULL);"
-                   f"INSERT INTO public.orders SELECT g, g FROM generate_series(1, {ROWS}) g", dbname=DB)
-    p = tenants_proxy(pg, tmp_path_factory.mktemp("pool-clients"), TENANTS, dict([ROLE]))
-    p.pool = dict(POOL)
-    p.admin_users = {ADMIN_USER: ADMIN_PASSWORD}
-    p.start()
+    p = start_pooled(pg, tmp_path_factory.mktemp("pool-clients"), TENANTS, dict([ROLE]), POOL, ROWS)
     yield p
     p.stop()
 
@@ -146,15 +127,8 @@ def test_psycopg_protocols_under_contention(pooled: ProxyProcess, churn: Churn) 
         with conn.pipeline():
             curs = [conn.execute("SELECT %s::int", (i,)) for i in range(50)]
         assert [c.fetchone()[0] for c in curs] == list(range(50))
-        conn.autocommit = False
-        with pytest.raises(psycopg.errors.UndefinedTable):
-            conn.execute("SELECT * FROM no_such_table")
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
-        conn.rollback()
-        assert conn.execute("SELECT 2").fetchone() == (2,)
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-        conn.commit()
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        base_psycopg.test_error_mid_stream_then_recovery(conn)  # an error, then in a transaction, rolled back
+        base_psycopg.test_transaction_status_tracked(conn)
 
 
 def test_psycopg_copy_through_a_temp_table_keeps_its_server(pooled: ProxyProcess, churn: Churn) -> None:
@@ -315,17 +289,11 @@ def test_asyncpg_statement_cache_under_contention(pooled: ProxyProcess, churn: C
     asyncio.run(main())
 
 
-def test_asyncpg_cancel_via_timeout(pooled: ProxyProcess, churn: Churn) -> None:
-    async def main() -> None:
-        conn = await asyncpg.connect(pooled.url(USER), ssl=False)
-        try:
-            with pytest.raises(asyncio.TimeoutError):
-                await conn.fetchval("SELECT pg_sleep(600)", timeout=0.5)  # asyncpg cancels on timeout
-            assert await conn.fetchval("SELECT 1") == 1
-        finally:
-            await conn.close()
-
-    asyncio.run(main())
+def test_asyncpg_cancel_via_timeout(pooled: ProxyProcess) -> None:
+    # (ivan: tenant initech, pooled in transaction mode too; its own churn, whose queries must not be cancelled)
+    with Churn(pooled.dsn("ivan"), clients=3, probe="SELECT pg_backend_pid(), pg_sleep(0.01)") as churn:
+        base_asyncpg.test_cancel_via_timeout(pooled)
+    assert churn.rounds > 0
 
 
 # --- psql ------------------------------------------------------------------------------------------------
@@ -367,30 +335,13 @@ def test_psql_sessions_in_parallel(pooled: ProxyProcess, psql_exe: str, churn: C
 
 def test_psql_ctrl_c_cancels_the_running_query(pooled: ProxyProcess, pg: PgCluster, psql_exe: str,
                                                churn: Churn) -> None:
-    app = f"psql-cancel-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGPASSWORD=pooled.password(USER), PGAPPNAME=app, PGCONNECT_TIMEOUT="10")
-    proc = subprocess.Popen([psql_exe, "-X", "-w", "-d", pooled.dsn(USER), "-c", "SELECT pg_sleep(30)"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
-
     def active() -> list[tuple[Any, ...]]:
         return pg.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND state = 'active' "
                           "AND query = 'SELECT pg_sleep(30)'", (DB,))
 
-    try:
-        deadline = time.monotonic() + 15
-        while not active():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the query never became active on the backend"
-            time.sleep(0.05)  # poll interval, bounded by the deadline
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=15)  # pg_sleep(30) otherwise: TimeoutExpired fails the test
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert "canceling statement due to user request" in stderr, (stdout, stderr)
+    res = interrupt_psql(psql_exe, pooled.dsn(USER), pooled.password(USER), "SELECT pg_sleep(30)",
+                         f"psql-cancel-{uuid.uuid4().hex[:8]}", lambda: bool(active()))
+    assert "canceling statement due to user request" in res.stderr, res
     assert not active()
 
 

@@ -32,8 +32,8 @@ import pytest
 
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
-from tests.support.pooling import ADMIN_PASSWORD, ADMIN_USER, pool_count, pool_row, require_pooling
-from tests.support.proxyproc import ProxyProcess, prepare_backend, tenants_proxy
+from tests.support.pooling import ADMIN_PASSWORD, ADMIN_USER, pool_count, pool_row, require_pooling, start_pooled
+from tests.support.proxyproc import ProxyProcess, prepare_backend
 
 SECRET = "secret-of-a"
 TENANTS = {
@@ -52,24 +52,9 @@ SETTINGS_PROBE = ("SELECT current_setting('work_mem'), current_setting('statemen
                   "current_setting('TimeZone'), current_setting('lock_timeout')")
 
 
-def _fill(pg: PgCluster) -> None:
-    for t in TENANTS.values():
-        db = t["keys"]["database"]
-        if not pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)):
-            pg.create_database(db)
-            pg.execute("CREATE TABLE public.orders (id int PRIMARY KEY, amount numeric NOT NULL);"
-                       "INSERT INTO public.orders SELECT g, g FROM generate_series(1, 5) g", dbname=db)
-
-
 @pytest.fixture(scope="module")
 def iso(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    require_pooling()
-    prepare_backend(pg)
-    _fill(pg)
-    p = tenants_proxy(pg, tmp_path_factory.mktemp("pool-iso"), TENANTS, ROLES)
-    p.pool = dict(POOL)
-    p.admin_users = {ADMIN_USER: ADMIN_PASSWORD}
-    p.start()
+    p = start_pooled(pg, tmp_path_factory.mktemp("pool-iso"), TENANTS, ROLES, POOL, 5)
     yield p
     p.stop()
 

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import ProxyProcess, prepare_backend, tenants_proxy
 
 ADMIN_USER, ADMIN_PASSWORD = "pool_ops", "pool-ops-pw"
 
@@ -39,6 +39,24 @@ def require_pooling() -> None:
         import pytest
 
         pytest.skip(reason)
+
+
+def start_pooled(pg: PgCluster, workdir: Path, tenants: dict[str, dict[str, Any]], roles: dict[str, str],
+                 pool: dict[str, Any], rows: int) -> ProxyProcess:
+    """A started proxy with `[pool]` = `pool` and the admin user, for database-strategy `tenants` (tenants_proxy's
+    shape; each database gets a table orders of `rows` rows when it does not exist yet). Skips without pooling."""
+    require_pooling()
+    prepare_backend(pg)
+    for t in tenants.values():
+        db = t["keys"]["database"]
+        if not pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)):
+            pg.create_database(db)
+            pg.execute("CREATE TABLE public.orders (id int PRIMARY KEY, amount numeric NOT NULL);"
+                       f"INSERT INTO public.orders SELECT g, g FROM generate_series(1, {rows}) g", dbname=db)
+    p = tenants_proxy(pg, workdir, tenants, roles)
+    p.pool = dict(pool)
+    p.admin_users = {ADMIN_USER: ADMIN_PASSWORD}
+    return p.start()
 
 
 def admin_show(proxy: ProxyProcess, what: str) -> list[dict[str, str | None]]:
