@@ -113,6 +113,9 @@ class Churn:
     def _run(self) -> None:
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
+                # no protocol-level prepared statements (psycopg prepares a text from its 5th execution): the churn's
+                # servers must pass from client to client whether or not named statements pin a session
+                conn.prepare_threshold = None
                 conn.add_notify_handler(lambda n: self.notifies.append((n.channel, n.payload)))
                 self._started.wait(60)
                 while not self.stop_event.is_set():
