@@ -81,7 +81,8 @@ def _dsn(pooled: ProxyProcess, **params: str | int) -> str:
 
 
 def _pid(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    """The server the client is on now (never a prepared statement of its own: the probe changes nothing)."""
+    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -162,7 +163,7 @@ def test_session_settings_follow_the_client(pooled: ProxyProcess, churn: Churn, 
         expected = (app, "Asia/Tokyo", "SQL, DMY", "pc_extra, public", "3MB", "45s", ROWS)
         pids = set()
         for _ in range(20):
-            row = conn.execute(CHURN_PROBE).fetchone()
+            row = conn.execute(CHURN_PROBE, prepare=False).fetchone()  # (settings, not prepared statements, here)
             assert row is not None and tuple(row[1:]) == expected, row
             pids.add(row[0])
         assert conn.execute("SELECT 0.1::float8::text").fetchone() == ("0.1",)  # extra_float_digits 1

@@ -78,7 +78,7 @@ def _connect(proxy: ProxyProcess, user: str) -> psycopg.Connection:
 
 
 def _pid(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    row = conn.execute("SELECT pg_backend_pid()", prepare=False).fetchone()
     assert row is not None
     return int(row[0])
 
