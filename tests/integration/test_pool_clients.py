@@ -224,12 +224,22 @@ def test_with_hold_cursor_loops_across_commits(pooled: ProxyProcess, churn: Chur
         cur = conn.cursor()
         cur.execute('BEGIN;declare "SQL_CUR0x2" cursor with hold for SELECT id FROM orders ORDER BY id;'
                     'fetch 3 in "SQL_CUR0x2"')
-        rows = [r[0] for r in cur.fetchall()]
+        rows = _last_rows(cur)
         cur.execute('SAVEPOINT _EXEC_SVP_0x1;fetch 3 in "SQL_CUR0x2"')
-        rows += [r[0] for r in cur.fetchall()]
+        rows += _last_rows(cur)
         cur.execute('close "SQL_CUR0x2";commit')
         assert rows == [1, 2, 3, 4, 5, 6]
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+def _last_rows(cur: psycopg.Cursor) -> list[Any]:
+    """The first column of the last result of a multi-statement Query."""
+    rows: list[Any] = []
+    while True:
+        if cur.description is not None:
+            rows = [r[0] for r in cur.fetchall()]
+        if not cur.nextset():
+            return rows
 
 
 def test_listen_notify_reaches_the_listener_only(pooled: ProxyProcess, churn: Churn) -> None:
