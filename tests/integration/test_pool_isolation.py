@@ -253,10 +253,14 @@ def test_protocol_statements_interleave_on_one_server(iso: ProxyProcess) -> None
             assert a.execute("SELECT 'from-a'::text, %s::int", (i,)).fetchone() == ("from-a", i)
             assert b.execute("SELECT 'from-b'::text, %s::int", (i,)).fetchone() == ("from-b", i)
         assert _pid(a) == _pid(b)
-        names_a = [r[0] for r in a.execute("SELECT name FROM pg_prepared_statements ORDER BY 1").fetchall()]
-        names_b = [r[0] for r in b.execute("SELECT name FROM pg_prepared_statements ORDER BY 1").fetchall()]
-        assert names_a and all(n.startswith("_pg3_") for n in names_a), names_a
-        assert names_b and all(n.startswith("_pg3_") for n in names_b), names_b
+        # as on a direct connection: each client sees its own statements, by its own names, and nothing of the other
+        listing = "SELECT name, statement FROM pg_prepared_statements ORDER BY 1"
+        seen_a = a.execute(listing, prepare=False).fetchall()
+        seen_b = b.execute(listing, prepare=False).fetchall()
+        assert not [s for _, s in seen_b if "from-a" in s], f"B sees A's statements: {seen_b}"
+        assert not [s for _, s in seen_a if "from-b" in s], f"A sees B's statements: {seen_a}"
+        assert seen_a and all(n.startswith("_pg3_") for n, _ in seen_a), seen_a
+        assert seen_b and all(n.startswith("_pg3_") for n, _ in seen_b), seen_b
 
 
 @dataclass(frozen=True)
