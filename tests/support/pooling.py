@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import ProxyProcess, prepare_backend, tenants_proxy
 
 ADMIN_USER, ADMIN_PASSWORD = "pool_ops", "pool-ops-pw"
 
@@ -41,6 +41,24 @@ def require_pooling() -> None:
         pytest.skip(reason)
 
 
+def start_pooled(pg: PgCluster, workdir: Path, tenants: dict[str, dict[str, Any]], roles: dict[str, str],
+                 pool: dict[str, Any], rows: int) -> ProxyProcess:
+    """A started proxy with `[pool]` = `pool` and the admin user, for database-strategy `tenants` (tenants_proxy's
+    shape; each database gets a table orders of `rows` rows when it does not exist yet). Skips without pooling."""
+    require_pooling()
+    prepare_backend(pg)
+    for t in tenants.values():
+        db = t["keys"]["database"]
+        if not pg.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)):
+            pg.create_database(db)
+            pg.execute("CREATE TABLE public.orders (id int PRIMARY KEY, amount numeric NOT NULL);"
+                       f"INSERT INTO public.orders SELECT g, g FROM generate_series(1, {rows}) g", dbname=db)
+    p = tenants_proxy(pg, workdir, tenants, roles)
+    p.pool = dict(pool)
+    p.admin_users = {ADMIN_USER: ADMIN_PASSWORD}
+    return p.start()
+
+
 def admin_show(proxy: ProxyProcess, what: str) -> list[dict[str, str | None]]:
     """`SHOW <what>` on the proxy's admin console (the proxy needs admin_users={ADMIN_USER: ADMIN_PASSWORD})."""
     dsn = (f"host=127.0.0.1 port={proxy.port} user={ADMIN_USER} password={ADMIN_PASSWORD} dbname=pgtenant "
@@ -53,7 +71,7 @@ def admin_show(proxy: ProxyProcess, what: str) -> list[dict[str, str | None]]:
 
 def pool_row(proxy: ProxyProcess, tenant: str) -> dict[str, str | None]:
     """The one SHOW POOLS row of `tenant`'s pool."""
-    rows = [r for r in admin_show(proxy, "POOLS") if tenant in {str(v) for v in r.values()}]
+    rows = [r for r in admin_show(proxy, "POOLS") if r.get("tenant") == tenant]
     assert len(rows) == 1, rows
     return rows[0]
 
@@ -95,6 +113,9 @@ class Churn:
     def _run(self) -> None:
         try:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
+                # no protocol-level prepared statements (psycopg prepares a text from its 5th execution): the churn's
+                # servers must pass from client to client whether or not named statements pin a session
+                conn.prepare_threshold = None
                 conn.add_notify_handler(lambda n: self.notifies.append((n.channel, n.payload)))
                 self._started.wait(60)
                 while not self.stop_event.is_set():
