@@ -57,6 +57,17 @@ from proxy.policy.walk import COPY_FROM, COPY_TO, LIKE, READ, SAMPLE, TARGET, TR
 
 WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT and a temporary view's query are wrapped in
 JOIN_ALIAS = "_pgt_"  # alias prefix of the empty row a FROM item is joined with (`_Planner.join_filter`)
+def check_row_position(ref: RelRef, ctid_names: set[str | None]) -> None:
+    """A tenant-scoped table's `ctid` is where a row is stored in a table every tenant's rows share: the gaps between
+    a tenant's own rows' positions (`min(ctid)`, `max(ctid)`, `WHERE ctid < '(16,0)'`) count the other tenants' rows
+    stored before and between them. Refused, unqualified or qualified with the table's name (forced RLS, PostgreSQL's
+    own row filter, shows it as it is)."""
+    refname = (ref.rv.get("alias") or {}).get("aliasname") or ref.rv.get("relname")
+    if None in ctid_names or refname in ctid_names:
+        raise fail("row_position", f'the ctid of tenant-scoped "{ref.rv.get("relname")}" is not available: it '
+                   "tells where other tenants' rows are stored")
+
+
 # A relation's system columns (walk.SYSTEM_COLUMNS): a derived table does not have them, so a SELECT that names
 # one gets the tenant predicate in its WHERE clause instead of a wrapper, where that is exact and safe
 # (`_Planner.filter_in_where`), or a join filter (`_Planner.join_filter`).
@@ -687,6 +698,8 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             continue
         if ref.role in (UNKNOWN, LIKE):
             continue  # check_references refused filtered ones in UNKNOWN; LIKE copies structure only
+        if flt.kind == "tenant" and analysis.ctid_names:
+            check_row_position(ref, analysis.ctid_names)
         if ref.role == READ and flt.kind == "catalog" and (not flt.plain or analysis.system_columns):
             usage = usage or column_usage(stmt.node)
             flt = flt.for_reads(usage, ref.rv)
