@@ -124,7 +124,7 @@ def call_guards(name: str, args: list[Node]) -> list[tuple[int, str, str]]:
         if spec.nargs is not None and len(args) not in spec.nargs:
             continue
         index = spec.index if spec.index >= 0 else len(args) + spec.index
-        if not 0 <= index < len(args):
+        if not 0 <= index < len(args) or (spec.literal_only and name_literal(args[index]) is None):
             continue
         kind = spec.kind
         if name == "obj_description" and len(args) == 2:
@@ -135,8 +135,8 @@ def call_guards(name: str, args: list[Node]) -> list[tuple[int, str, str]]:
 
 
 def call_out(name: str) -> str:
-    """The result type of an argument guard: the function's parameter type (text for the two that read names)."""
-    return "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
+    """The result type of an argument guard: the function's parameter type (guards.CALL_OUT)."""
+    return g.CALL_OUT.get(name, "oid")
 
 
 # -- text spans --------------------------------------------------------------------------------------------------
@@ -283,25 +283,24 @@ def _group(planner: Planner, policy: TenantPolicy, types: implicit.Types, group:
         if node is None or implicit.is_null(node) or id(node) in done or types.of(node) is not None:
             continue
         array = member.array or level
-        if implicit.is_name_input(node) and (not array or group.kind == implicit.VALUE):
+        if implicit.is_name_input(node):
             if policy.strategy == "schema" and not array:
                 _schema_literal(policy, node, kind)
             if needs_guard(policy, node, kind, g.PARSE):
                 names.append((member, array))
-        elif group.kind == implicit.COLUMN:
-            if not (implicit.is_name_input(node) and not needs_guard(policy, node, kind, g.PARSE)):
-                raw.append((member, array))
-        elif group.kind == implicit.VALUE:
+        elif group.kind in (implicit.COLUMN, implicit.VALUE):
             raw.append((member, array))
     if raw and group.kind == implicit.VALUE:
         _wrap_construct(planner, policy, group, kind, regtype, group.array or level)
     for member, array in raw if group.kind == implicit.COLUMN else ():
         done.add(id(member.node))
         _wrap_member(planner, policy, member, kind, regtype, array)
+    if names and group.kind == implicit.COMPARE and group.node is not None:  # x IN (one item)
+        raise fail("rewrite_unsupported", f"IN with one {regtype}[] value cannot be checked; write = instead")
     for member, array in names:
         done.add(id(member.node))
         if array:
-            template = g.array_cast(policy, kind, regtype)
+            template = _array_template(policy, kind, regtype, member.node)
         else:
             template = _template_for(policy, kind, g.PARSE, regtype, member.node)
         _wrap_token(planner, member, template)
@@ -357,7 +356,12 @@ def _implicit_template(policy: TenantPolicy, node: Node, kind: str, regtype: str
         return _template_for(policy, kind, mode, regtype, node)
     if not row_level(node):
         raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
-    return g.array_cast(policy, kind, regtype)
+    return _array_template(policy, kind, regtype, node)
+
+
+def _array_template(policy: TenantPolicy, kind: str, regtype: str, operand: Node) -> g.Template:
+    """The guard of an array of `regtype` values (a bare parameter typed as text)."""
+    return g.array_cast(policy, kind, regtype, param="ParamRef" in operand)
 
 
 def _wrap_span(planner: Planner, toks: list[Tok], first: int, last: int, site: Site, template: g.Template) -> None:
@@ -535,7 +539,7 @@ def _cast(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     if is_array:
         if not row_level(operand):
             raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
-        template = g.array_cast(policy, kind, regtype)
+        template = _array_template(policy, kind, regtype, operand)
     else:
         template = _template_for(policy, kind, g.PARSE, regtype, operand)
     toks = planner.statement_tokens()
