@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.policy import guarding
+from proxy.policy import guarding, guards
 from proxy.policy.catalog import (
     ColumnUsage,
     Filter,
@@ -798,6 +798,118 @@ def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, va
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     toks = _statement_tokens(data, stmt)
     sql = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
+    planner.edit(toks[0].start, toks[-1].end, sql)
+    select = statement_node(sql)
+
+    def mutation() -> None:
+        stmt.node.clear()
+        stmt.node.update(select)
+
+    planner.mutate(mutation)
+    planner.rule("search_path_shown")
+
+
+def call_result(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
+    """The call `node` (a FuncCall) reads as `value`, the client's own search_path where PostgreSQL has fewer entries
+    (what SHOW prints): `current_setting('search_path')` becomes `(SELECT '<value>'::pg_catalog.text AS
+    current_setting)`; `set_config('search_path', …)` still runs, `(SELECT '<value>'::pg_catalog.text AS set_config
+    FROM (SELECT set_config(…)) pgt_r)`. Same value, type and column name whatever PostgreSQL got."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    body = node["FuncCall"]
+    name = names_of(body.get("funcname"))[-1]
+    toks = planner.statement_tokens()
+    first = index_at(toks, body["location"])
+    open_ = first
+    while open_ < len(toks) and toks[open_].name != OPEN:
+        open_ += 1
+    if open_ >= len(toks):
+        raise TextError("a call without parentheses")
+    close = matching_close(toks, open_)
+    literal = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
+    keep = name == "set_config"
+    if keep:
+        planner.edit(toks[first].start, toks[first].start, f"({literal} FROM (SELECT ")
+        planner.edit(toks[close].end, toks[close].end, ") pgt_r)")
+        sublink = expr_node(f"({literal} FROM (SELECT NULL) pgt_r)")
+    else:
+        planner.edit(toks[first].start, toks[close].end, f"({literal})")
+        sublink = expr_node(f"({literal})")
+
+    def mutation() -> None:
+        new = json.loads(json.dumps(sublink))
+        if keep:  # the call itself where the template has NULL
+            inner = new["SubLink"]["subselect"]["SelectStmt"]["fromClause"][0]["RangeSubselect"]["subquery"]
+            inner["SelectStmt"]["targetList"][0]["ResTarget"]["val"] = {"FuncCall": body}
+        node.clear()
+        node.update(new)
+
+    planner.mutate(mutation)
+    planner.rule("search_path_shown")
+
+
+_HOLE, _HOLE2 = '"pgtenant.operand"', '"pgtenant.operand2"'
+
+
+def computed_setting(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
+    """`current_setting(<a computed name>)` in a session whose search_path PostgreSQL got with fewer entries: the name
+    is compared once more, `(SELECT CASE WHEN pg_catalog.lower((<name>)::pg_catalog.text) = 'search_path' THEN
+    '<value>'::pg_catalog.text ELSE current_setting(<name>) END AS current_setting)`, so search_path reads as SHOW
+    prints it and every other setting as PostgreSQL has it."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    body = node["FuncCall"]
+    args = body.get("args") or []
+    toks = planner.statement_tokens()
+    first = index_at(toks, body["location"])
+    open_ = first
+    while open_ < len(toks) and toks[open_].name != OPEN:
+        open_ += 1
+    if open_ >= len(toks) or not args:
+        raise TextError("a call without parentheses")
+    close = matching_close(toks, open_)
+    depth, last = 0, close - 1
+    for j in range(open_ + 1, close):  # the first argument: up to the first comma outside parentheses
+        name = toks[j].name
+        if name in (OPEN, "["):
+            depth += 1
+        elif name in (CLOSE, "]"):
+            depth -= 1
+        elif name == COMMA and depth == 0:
+            last = j - 1
+            break
+    name_text = planner.cut(toks[open_ + 1].start, toks[last].end)
+    prefix = (f"(SELECT CASE WHEN pg_catalog.lower(({name_text})::pg_catalog.text) = 'search_path' THEN "
+              f"{quote_literal(value)}::pg_catalog.text ELSE ")
+    planner.edit(toks[first].start, toks[first].start, prefix)
+    planner.edit(toks[close].end, toks[close].end, ' END AS "current_setting")')
+    template = expr_node(f"(SELECT CASE WHEN pg_catalog.lower(({_HOLE})::pg_catalog.text) = 'search_path' THEN "
+                         f"{quote_literal(value)}::pg_catalog.text ELSE {_HOLE2} END AS \"current_setting\")")
+    name_node = copy.deepcopy(args[0])
+
+    def mutation() -> None:
+        new = json.loads(json.dumps(template))
+        case = new["SubLink"]["subselect"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]["CaseExpr"]
+        lower = case["args"][0]["CaseWhen"]["expr"]["A_Expr"]["lexpr"]["FuncCall"]
+        lower["args"][0]["TypeCast"]["arg"] = name_node
+        case["defresult"] = {"FuncCall": dict(body)}
+        node.clear()
+        node.update(new)
+
+    planner.mutate(mutation)
+    planner.rule("search_path_shown")
+
+
+def show_all(policy: TenantPolicy, data: bytes, stmt: Statement, value: str, out: Plan) -> None:
+    """SHOW ALL where PostgreSQL's search_path lacks entries the client set: the same rows (the settings SHOW ALL
+    lists, in its order, formatted as SHOW formats them) with the client's search_path."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    toks = _statement_tokens(data, stmt)
+    guard = guards.setting_name(policy)  # the verifier's form of current_setting(<a name known at run time>)
+    sql = (
+        "SELECT pgt_a.name, CASE WHEN pgt_a.name = 'search_path' THEN "
+        f"{quote_literal(value)}::pg_catalog.text ELSE pg_catalog.current_setting({guard.prefix}pgt_a.name"
+        f"{guard.suffix}, true) END AS setting, pgt_a.short_desc AS description FROM "
+        "pg_catalog.pg_show_all_settings() pgt_a"
+    )
     planner.edit(toks[0].start, toks[-1].end, sql)
     select = statement_node(sql)
 

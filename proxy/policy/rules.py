@@ -113,6 +113,10 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "The planner's estimates come from every tenant's rows; plans are shown with COSTS OFF (leave COSTS out).",
     ),
+    "explain_settings": (
+        INSUFFICIENT_PRIVILEGE,
+        "Leave SETTINGS out: SHOW and current_setting() show the settings of your session.",
+    ),
     "cluster_activity": (
         INSUFFICIENT_PRIVILEGE,
         "Transaction ids, snapshots and commit times show the activity of every tenant of the server.",

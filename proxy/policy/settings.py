@@ -201,6 +201,8 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
         if not _alone(body, call):
             raise fail("snapshot_export_once", "pg_export_snapshot() is allowed only as SELECT "
                        "pg_catalog.pg_export_snapshot(), alone (once per transaction)")
+    if name == "pg_show_all_settings" and policy.strategy == "shared":  # pg_settings' rows, unfiltered
+        raise fail("function_not_allowed", "pg_show_all_settings() is not allowed in this strategy; read pg_settings")
     if name == "pg_notify" and policy.strategy != "database":
         raise fail("notify_not_allowed", "pg_notify() is not allowed in this strategy")
     if name not in ("set_config", "current_setting"):
@@ -220,6 +222,21 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     low = _check_name(policy, setting)
     if low in PINNED_VALUES:
         _check_pinned(low, literal_arg(call, 1))
+
+
+def reads_search_path(call: Call) -> str | None:
+    """Whether a call may read search_path, which PostgreSQL has without the entries the proxy kept from it (another
+    tenant's schema: a missing one stays, the difference would tell them apart): "literal" for
+    `current_setting('search_path' [, missing_ok])`, "computed" for current_setting of a name known at run time,
+    else None. The session's SHOW text is the answer (rewrite.call_result, rewrite.computed_setting)."""
+    if call.names[-1] != "current_setting" or call.names[:-1] not in ((), ("pg_catalog",)) or call.named:
+        return None
+    if not call.args or (call.args[0].get("A_Const") or {}).get("isnull"):
+        return None
+    name = literal_arg(call, 0)
+    if name is None:
+        return "computed"
+    return "literal" if name.lower() == "search_path" else None
 
 
 def _alone(body: Node | None, call: Call) -> bool:
