@@ -168,6 +168,9 @@ CALL_ARGS: dict[str, tuple[ArgGuard, ...]] = {
     # or an OID in it is read by regconfigin & co., which answer "permission denied for schema" for a hidden one.
     **{name: (ArgGuard(0, "config", PARSE, nargs),) for name, nargs in _TS_CONFIG.items()},
     "ts_lexize": (ArgGuard(0, "dictionary", PARSE, (2,)),),
+    # a text search parser by name (text) or OID: looked up by the function itself, "permission denied" likewise
+    "ts_parse": (ArgGuard(0, "ts_parser", PARSE),),
+    "ts_token_type": (ArgGuard(0, "ts_parser", PARSE),),
     # ts_headline(config, document, query) and ts_headline(document, query, options) both take three arguments:
     # the first is a configuration only when PostgreSQL resolves it so: a column or a parameter there is a document
     # (text has no implicit cast to regconfig), a string literal may be either and is guarded when it is a name.
@@ -412,7 +415,7 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
 
 
 # Kinds whose names carry a schema: a name qualified with a schema the tenant may not see is not looked up.
-_QUALIFIED = frozenset({"class", "type", "proc", "oper", "collation", "config", "dictionary", "sized"})
+_QUALIFIED = frozenset({"class", "type", "proc", "oper", "collation", "config", "dictionary", "sized", "ts_parser"})
 
 
 def _by_name(policy: TenantPolicy, kind: Kind, mode: str, text: str) -> str:
@@ -423,6 +426,15 @@ def _by_name(policy: TenantPolicy, kind: Kind, mode: str, text: str) -> str:
         lookup = f"pg_catalog.{kind.to_reg}({text})::pg_catalog.oid"
     elif kind.regtype is not None:
         lookup = f"{text}::pg_catalog.{kind.regtype}::pg_catalog.oid"
+    elif kind.name == "ts_parser":  # no reg* type: looked up as get_ts_parser_oid does (qualified, else visible)
+        parts = f"pg_catalog.parse_ident({text})"
+        lookup = (
+            f"(SELECT pgt_x.oid FROM pg_catalog.pg_ts_parser pgt_x WHERE pgt_x.prsname = ({parts})"
+            f"[pg_catalog.cardinality({parts})] AND CASE WHEN pg_catalog.cardinality({parts}) = 1 THEN "
+            f"pg_catalog.pg_ts_parser_is_visible(pgt_x.oid) ELSE pgt_x.prsnamespace = (SELECT pgt_n.oid FROM "
+            f"pg_catalog.pg_namespace pgt_n WHERE pgt_n.nspname = ({parts})[pg_catalog.cardinality({parts}) - 1]) "
+            "END)"
+        )
     else:
         return f"{text}::pg_catalog.oid"
     if kind.name in _QUALIFIED and vis.hides_namespaces(policy):

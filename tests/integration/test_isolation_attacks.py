@@ -2014,6 +2014,8 @@ NAME_LITERAL_FORMS = {
     "ts_headline": "SELECT ts_headline('{s}.cfg', 'a b', to_tsquery('a'))",
     "jsonb_to_tsvector": "SELECT jsonb_to_tsvector('{s}.cfg', '{{\"a\": \"b\"}}', '[\"string\"]')",
     "ts_lexize": "SELECT ts_lexize('{s}.simple', 'a')",
+    "ts_parse": "SELECT * FROM ts_parse('{s}.default', 'a b')",  # a parser's name as text (self-red-team)
+    "ts_token_type": "SELECT count(*) FROM ts_token_type('{s}.default')",
 }
 # The same through a bound value (the extended protocol: a parameter PostgreSQL infers as regclass[] / regconfig).
 NAME_PARAMETER_FORMS = {
@@ -2023,6 +2025,7 @@ NAME_PARAMETER_FORMS = {
     "width_bucket": ("SELECT width_bucket(NULL::regclass, %s)", "{{{s}.orders}}"),
     "to_tsvector": ("SELECT to_tsvector(%s, 'a')", "{s}.cfg"),
     "ts_lexize": ("SELECT ts_lexize(%s, 'a')", "{s}.simple"),
+    "ts_token_type": ("SELECT count(*) FROM ts_token_type(%s)", "{s}.default"),
 }
 
 
