@@ -437,6 +437,29 @@ def test_search_path_reads_back_alike_for_a_hidden_schema(proxy: ProxyProcess, p
     assert not leaks(tenant, flat.replace("<s>", "")), flat
 
 
+@pytest.mark.xfail(strict=True, reason="self-red-team of the search_path read-backs: a statement decided before the "
+                   "SET (PREPARE, DECLARE CURSOR, a temporary view, a named Parse) reads PostgreSQL's value when run "
+                   "after it: the rewrite answers the client's value only in statements decided while it differs")
+@pytest.mark.parametrize("form", ["prepare", "cursor"])
+def test_search_path_read_prepared_before_the_set(proxy: ProxyProcess, form: str) -> None:
+    steps = {
+        "prepare": ("PREPARE bi_sp AS SELECT current_setting('search_path')", "EXECUTE bi_sp"),
+        "cursor": ("BEGIN", "DECLARE bi_sp CURSOR FOR SELECT current_setting('search_path')", "FETCH ALL FROM bi_sp"),
+    }[form]
+    answers = []
+    for schema in ("globex", "nosuch"):
+        client = PqClient(proxy.dsn("alice"))
+        try:
+            for step in steps[:-1]:
+                client.simple(step)
+            client.simple(f"SET search_path = {schema}, public")
+            rows = [r.rows for r in client.simple(steps[-1]) if r.kind == "rows"]
+            answers.append(json.loads(json.dumps(rows).replace(schema, "<s>")))
+        finally:
+            client.close()
+    assert answers[0] == answers[1], answers
+
+
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_toast_tables_of_hidden_tables_are_hidden(proxy: ProxyProcess, pg: PgCluster, protocol: str) -> None:
     """alice (shared, saas) sees pg_toast, but not the TOAST tables and indexes of globex's tables (red team: their
