@@ -195,7 +195,7 @@ def _type_end(toks: list[Tok], i: int) -> int:
     return i
 
 
-def _call_args(toks: list[Tok], location: int, count: int) -> tuple[int, list[tuple[int, int]], int]:
+def call_args(toks: list[Tok], location: int, count: int) -> tuple[int, list[tuple[int, int]], int]:
     """(index of '(', [(first, last) token index of each argument], index of ')') of the call at `location`."""
     i = index_at(toks, location)
     while i < len(toks) and toks[i].name != OPEN:
@@ -612,7 +612,7 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
         if not row_level(site.node):
             raise fail("rewrite_unsupported", f"{name}() cannot be checked here; call it in a subquery")
         toks = planner.statement_tokens()
-        _, _, close = _call_args(toks, body["location"], len(args))
+        _, _, close = call_args(toks, body["location"], len(args))
         start = index_at(toks, body["location"])
         planner.edit(toks[start].start, toks[start].start, template.prefix)
         planner.edit(toks[close].end, toks[close].end, template.suffix)
@@ -636,7 +636,7 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
 def _whole_call(planner: Planner, site: Site, body: Node, template: g.Template) -> None:
     """Replace `f(x)` by the guard around x."""
     toks = planner.statement_tokens()
-    _, spans, close = _call_args(toks, body["location"], 1)
+    _, spans, close = call_args(toks, body["location"], 1)
     first, last = spans[0]
     start = index_at(toks, body["location"])
     planner.edit(toks[start].start, toks[first].start, template.prefix)
@@ -649,14 +649,13 @@ def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.
     """Put argument `index` of the call into the guard."""
     toks = planner.statement_tokens()
     args = body.get("args") or []
-    _, spans, _ = _call_args(toks, body["location"], len(args))
+    _, spans, _ = call_args(toks, body["location"], len(args))
     first, last = spans[index]
     planner.edit(toks[first].start, toks[first].start, template.prefix)
     planner.edit(toks[last].end, toks[last].end, template.suffix)
-    call_args = args
 
     def mutation() -> None:
-        call_args[index] = template.instantiate(call_args[index])
+        args[index] = template.instantiate(args[index])
 
     planner.defer(mutation)
     planner.rule("setting_guard" if kind is None else "object_guard")

@@ -795,9 +795,14 @@ def replace_literal(
 
 def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, value: str, out: Plan) -> None:
     """SHOW `name` becomes a SELECT of `value` (the client's own setting, where PostgreSQL has another one)."""
+    _replace_statement(policy, data, stmt, f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}",
+                       out)
+
+
+def _replace_statement(policy: TenantPolicy, data: bytes, stmt: Statement, sql: str, out: Plan) -> None:
+    """The whole statement becomes `sql` (a SHOW answered by a SELECT)."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     toks = _statement_tokens(data, stmt)
-    sql = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
     planner.edit(toks[0].start, toks[-1].end, sql)
     select = statement_node(sql)
 
@@ -819,12 +824,7 @@ def call_result(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, 
     name = names_of(body.get("funcname"))[-1]
     toks = planner.statement_tokens()
     first = index_at(toks, body["location"])
-    open_ = first
-    while open_ < len(toks) and toks[open_].name != OPEN:
-        open_ += 1
-    if open_ >= len(toks):
-        raise TextError("a call without parentheses")
-    close = matching_close(toks, open_)
+    _, _, close = guarding.call_args(toks, body["location"], len(body.get("args") or []))
     literal = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
     keep = name == "set_config"
     if keep:
@@ -860,23 +860,8 @@ def computed_setting(policy: TenantPolicy, data: bytes, stmt: Statement, node: N
     args = body.get("args") or []
     toks = planner.statement_tokens()
     first = index_at(toks, body["location"])
-    open_ = first
-    while open_ < len(toks) and toks[open_].name != OPEN:
-        open_ += 1
-    if open_ >= len(toks) or not args:
-        raise TextError("a call without parentheses")
-    close = matching_close(toks, open_)
-    depth, last = 0, close - 1
-    for j in range(open_ + 1, close):  # the first argument: up to the first comma outside parentheses
-        name = toks[j].name
-        if name in (OPEN, "["):
-            depth += 1
-        elif name in (CLOSE, "]"):
-            depth -= 1
-        elif name == COMMA and depth == 0:
-            last = j - 1
-            break
-    name_text = planner.cut(toks[open_ + 1].start, toks[last].end)
+    _, spans, close = guarding.call_args(toks, body["location"], len(args))
+    name_text = planner.cut(toks[spans[0][0]].start, toks[spans[0][1]].end)
     prefix = (f"(SELECT CASE WHEN pg_catalog.lower(({name_text})::pg_catalog.text) = 'search_path' THEN "
               f"{quote_literal(value)}::pg_catalog.text ELSE ")
     planner.edit(toks[first].start, toks[first].start, prefix)
@@ -901,8 +886,6 @@ def computed_setting(policy: TenantPolicy, data: bytes, stmt: Statement, node: N
 def show_all(policy: TenantPolicy, data: bytes, stmt: Statement, value: str, out: Plan) -> None:
     """SHOW ALL where PostgreSQL's search_path lacks entries the client set: the same rows (the settings SHOW ALL
     lists, in its order, formatted as SHOW formats them) with the client's search_path."""
-    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
-    toks = _statement_tokens(data, stmt)
     guard = guards.setting_name(policy)  # the verifier's form of current_setting(<a name known at run time>)
     sql = (
         "SELECT pgt_a.name, CASE WHEN pgt_a.name = 'search_path' THEN "
@@ -910,15 +893,7 @@ def show_all(policy: TenantPolicy, data: bytes, stmt: Statement, value: str, out
         f"{guard.suffix}, true) END AS setting, pgt_a.short_desc AS description FROM "
         "pg_catalog.pg_show_all_settings() pgt_a"
     )
-    planner.edit(toks[0].start, toks[-1].end, sql)
-    select = statement_node(sql)
-
-    def mutation() -> None:
-        stmt.node.clear()
-        stmt.node.update(select)
-
-    planner.mutate(mutation)
-    planner.rule("search_path_shown")
+    _replace_statement(policy, data, stmt, sql, out)
 
 
 def qualify_drop(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) -> None:
