@@ -627,6 +627,11 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
                 raise fail("rewrite_unsupported", f"the argument of {name}() cannot be checked here; use a subquery")
             _whole_call(planner, site, body, template)
         return
+    if name == "ts_headline" and len(args) == 3 and "ParamRef" in args[0]:
+        # (config, document, query) or (document, query, options): PostgreSQL resolves an untyped $1 by the other
+        # arguments' types, which the proxy does not know; as a configuration its value would reach regconfigin
+        raise fail("rewrite_unsupported", "the first argument of ts_headline() with three arguments may be a "
+                   "configuration or a document; write $1::regconfig or $1::text")
     for index, kind, mode in call_guards(name, args):
         if g.required(policy, kind) and needs_guard(policy, args[index], kind, mode):
             template = _template_for(policy, kind, mode, call_out(name), args[index])

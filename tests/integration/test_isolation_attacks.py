@@ -2016,6 +2016,9 @@ NAME_LITERAL_FORMS = {
     "ts_lexize": "SELECT ts_lexize('{s}.simple', 'a')",
     "ts_parse": "SELECT * FROM ts_parse('{s}.default', 'a b')",  # a parser's name as text (self-red-team)
     "ts_token_type": "SELECT count(*) FROM ts_token_type('{s}.default')",
+    # a setting whose value names a configuration, looked up when set (self-red-team)
+    "default_text_search_config": "SET default_text_search_config = '{s}.cfg'",
+    "default_text_search_config_set_config": "SELECT set_config('default_text_search_config', '{s}.cfg', false)",
 }
 # The same through a bound value (the extended protocol: a parameter PostgreSQL infers as regclass[] / regconfig).
 NAME_PARAMETER_FORMS = {
@@ -2097,6 +2100,11 @@ def test_own_text_search_configuration_still_works(env: Env) -> None:
             assert not [r for r in results if r.kind == "error"], (strategy, sql, results)
         assert _last_rows(client.simple("SELECT to_tsvector('english', 'The quick foxes')::text")).rows == [
             ("'fox':3 'quick':2",)]
+        steps = ("SET default_text_search_config = 'pg_catalog.simple'", "SELECT to_tsvector('The foxes')::text",
+                 "RESET default_text_search_config")
+        results = [r for step in steps for r in client.simple(step)]
+        assert not [r for r in results if r.kind == "error"], (strategy, results)
+        assert _last_rows(results).rows == [("'foxes':2 'the':1",)], (strategy, results)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

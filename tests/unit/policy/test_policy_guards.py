@@ -371,5 +371,42 @@ def test_a_scalar_beside_a_reg_value_is_compared_as_an_oid() -> None:
 
 def test_ts_headline_guards_its_first_argument_only_where_it_is_a_configuration() -> None:
     policy = POLICIES["shared_hiding"]
-    assert isinstance(decide(policy, "SELECT ts_headline($1, to_tsquery($2), $3)"), Allow)  # a document
+    assert isinstance(decide(policy, "SELECT ts_headline('a b', to_tsquery($2), $3)"), Allow)  # a document
     assert isinstance(decide(policy, "SELECT ts_headline($1, $2, to_tsquery($3), $4)"), Rewrite)  # a configuration
+
+
+def test_ts_headline_with_an_untyped_first_parameter_is_refused() -> None:
+    """ts_headline($1, body, query): PostgreSQL resolves $1 as a configuration (its value read by regconfigin) or a
+    document by the other arguments' types (self-red-team of G6): the client writes which."""
+    policy = POLICIES["shared_hiding"]
+    denied = decide(policy, "SELECT ts_headline($1, body, q) FROM docs")
+    assert isinstance(denied, Deny) and denied.rule == "rewrite_unsupported", denied
+    assert isinstance(decide(policy, "SELECT ts_headline($1::text, to_tsquery($2), $3)"), Allow)
+    assert isinstance(decide(policy, "SELECT ts_headline($1::regconfig, 'a', to_tsquery($2))"), Rewrite)
+
+
+@pytest.mark.parametrize(
+    ("policy_name", "sql", "allowed"),
+    [
+        ("shared_hiding", "SET default_text_search_config = 'pg_catalog.english'", True),
+        ("shared_hiding", "SET default_text_search_config TO english", True),
+        ("shared_hiding", "SET LOCAL default_text_search_config = 'public.mine'", True),  # on the search_path
+        ("shared_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", False),  # hidden
+        ("shared_hiding", "SET default_text_search_config = 'nosuch.cfg'", False),  # missing: the same answer
+        ("shared_hiding", "SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)", False),
+        ("shared_hiding", "SELECT set_config('default_text_search_config', $1, false)", False),
+        ("schema", "SET default_text_search_config = 'ref.cfg'", True),
+        ("schema", "SET default_text_search_config = 'tenant_globex.cfg'", False),
+        ("database", "SET default_text_search_config = 'anywhere.cfg'", True),
+        ("database_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", False),
+    ],
+)
+def test_text_search_configuration_setting_names_usable_schemas(policy_name: str, sql: str, allowed: bool) -> None:
+    """default_text_search_config is looked up when set: PostgreSQL answers "permission denied for schema" for a
+    schema the role may not use, "invalid value" for a missing one (self-red-team of G6). A qualified value must
+    name a schema the tenant may use by its text, whether it exists or not."""
+    decision = decide(POLICIES[policy_name], sql)
+    if allowed:
+        assert not isinstance(decision, Deny), decision
+    else:
+        assert isinstance(decision, Deny) and decision.rule == "foreign_schema" and decision.sqlstate == "42501"
