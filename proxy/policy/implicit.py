@@ -545,9 +545,20 @@ def _compared(body: Node) -> Iterator[Group]:
     rows = [m.node.get("RowExpr", {}).get("args") for m in operands if type(m.node) is dict]
     if len(operands) == 2 and all(type(r) is list for r in rows) and len(rows[0]) == len(rows[1]):
         for i in range(len(rows[0])):
-            yield Group(COMPARE, [Member(rows[0], i), Member(rows[1], i)], arrays_only=True)
-    elif len(operands) >= 2:
+            pair = [Member(rows[0], i), Member(rows[1], i)]
+            if any(_array_input(m.node) for m in pair):
+                yield Group(COMPARE, pair, arrays_only=True)
+    elif len(operands) >= 2 and any(_array_input(m.node) for m in operands):
         yield Group(COMPARE, operands, arrays_only=True)
+
+
+def _array_input(node: Any) -> bool:
+    """A parameter, or a string literal array_in would read (`{…}`, `[…]={…}`; any other text it refuses before
+    reading an element): what such a comparison group guards (a value of another kind is compared, never named)."""
+    if type(node) is not dict:
+        return False
+    text = (node.get("A_Const") or {}).get("sval", {}).get("sval") if "A_Const" in node else None
+    return "ParamRef" in node or (text is not None and text.lstrip()[:1] in ("{", "["))
 
 
 def _arrayish(node: Any) -> bool:
