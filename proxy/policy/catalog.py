@@ -590,6 +590,27 @@ def unscrubbable(policy: TenantPolicy) -> frozenset[str]:
     return frozenset(r for r in COLUMN_LISTED if needs_columns(policy, r) and not policy.catalog_columns.get(r))
 
 
+# pg_settings' columns on PostgreSQL 15-18 (tests/integration/test_isolation_attacks.py compares them with the server).
+SETTINGS_COLUMNS = ("name", "setting", "unit", "category", "short_desc", "extra_desc", "context", "vartype", "source",
+                    "min_val", "max_val", "enumvals", "boot_val", "reset_val", "sourcefile", "sourceline",
+                    "pending_restart")
+
+
+@lru_cache(maxsize=256)
+def settings_filter(policy: TenantPolicy) -> Filter | None:
+    """pg_settings of a session whose search_path PostgreSQL got with fewer entries than the client set (another
+    tenant's schema, `$user`, `pg_*`: a missing schema stays, so the difference would tell a hidden one from it): the
+    search_path row shows the client's value, as SHOW does; None while PostgreSQL has the client's value."""
+    shown = policy.shown_search_path
+    if shown is None:
+        return None
+    value = (f"CASE WHEN {{ref}}.\"name\" = 'search_path' THEN {quote_literal(shown)}::pg_catalog.text "
+             "ELSE {ref}.\"setting\" END")
+    targets = ", ".join(f'{value} AS "setting"' if c == "setting" else f'{{ref}}."{c}"' for c in SETTINGS_COLUMNS)
+    return Filter("catalog", "pg_catalog.pg_settings", "name", "true", targets=targets,
+                  replaced=frozenset({"setting"}))
+
+
 def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
     """The row filter for a RangeVar, or None. Unqualified names match scoped tables in any schema, except names
     the session has as temporary relations (found first): those get the `temp_marker`. A scoped table is picked
@@ -623,6 +644,8 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
                 first = sorted(by_schema)[0]
                 return _tenant_filter(policy.base, first, table, by_schema[first])
     if schema is None or schema == "pg_catalog":
+        if table == "pg_settings" and policy.shown_search_path is not None:
+            return settings_filter(policy)
         return _catalog_filters(policy.base).get(table)
     if schema == "information_schema":
         return _information_schema_filters(policy.base).get(table)
@@ -649,6 +672,8 @@ def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
         names.update(_scoped_by_name(policy.base))
     names.update(policy.temp_tables)
     names.update(policy.temp_views)
+    if policy.shown_search_path is not None:
+        names.add("pg_settings")
     return tuple(sorted(n.lower() for n in names))
 
 

@@ -98,6 +98,9 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
             raise fail("explain_analyze", "EXPLAIN ANALYZE is not allowed for tenant-scoped data")
         if policy.strategy == "shared" and _option_on(body.get("options"), "costs"):
             raise fail("explain_costs", "EXPLAIN with COSTS would show estimates computed from every tenant's rows")
+        if policy.strategy == "shared" and _option_on(body.get("options"), "settings"):
+            raise fail("explain_settings", "EXPLAIN with SETTINGS would show the search_path PostgreSQL has, without "
+                       "the schemas the proxy keeps from it")
         return _nested(policy, body.get("query", {}), QUERY_KINDS | {"ExecuteStmt", "CreateTableAsStmt"})
     if kind == "DeclareCursorStmt":
         return _nested(policy, body.get("query", {}), frozenset({"SelectStmt"}))

@@ -180,6 +180,8 @@ def _decide_statement(
     if kind == "VariableShowStmt":
         if body.get("name", "").lower() == "search_path" and policy.shown_search_path is not None:
             _located(rewrite.show_value, policy, data, stmt, "search_path", policy.shown_search_path, plan)
+        elif body.get("name", "").lower() == "all" and policy.shown_search_path is not None:
+            _located(rewrite.show_all, policy, data, stmt, policy.shown_search_path, plan)
         return effects, changes
     if kind == "DropStmt":
         _located(rewrite.qualify_drop, policy, data, stmt, plan)
@@ -222,7 +224,16 @@ def _decide_statement(
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
+                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], change.shown, plan)
             changes.append(change)
+        elif policy.shown_search_path is not None and call.holder is not None:
+            read = settings.reads_search_path(call)
+            if read == "literal":
+                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], policy.shown_search_path,
+                         plan)
+            elif read == "computed":
+                _located(rewrite.computed_setting, policy, data, stmt, call.holder[call.key],
+                         policy.shown_search_path, plan)
         if setting is not None:
             held = settings.set_config_change(call, setting, index, literal)
             if held is not None:

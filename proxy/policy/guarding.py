@@ -124,7 +124,7 @@ def call_guards(name: str, args: list[Node]) -> list[tuple[int, str, str]]:
         if spec.nargs is not None and len(args) not in spec.nargs:
             continue
         index = spec.index if spec.index >= 0 else len(args) + spec.index
-        if not 0 <= index < len(args):
+        if not 0 <= index < len(args) or (spec.literal_only and name_literal(args[index]) is None):
             continue
         kind = spec.kind
         if name == "obj_description" and len(args) == 2:
@@ -135,8 +135,8 @@ def call_guards(name: str, args: list[Node]) -> list[tuple[int, str, str]]:
 
 
 def call_out(name: str) -> str:
-    """The result type of an argument guard: the function's parameter type (text for the two that read names)."""
-    return "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
+    """The result type of an argument guard: the function's parameter type (guards.CALL_OUT)."""
+    return g.CALL_OUT.get(name, "oid")
 
 
 # -- text spans --------------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def _type_end(toks: list[Tok], i: int) -> int:
     return i
 
 
-def _call_args(toks: list[Tok], location: int, count: int) -> tuple[int, list[tuple[int, int]], int]:
+def call_args(toks: list[Tok], location: int, count: int) -> tuple[int, list[tuple[int, int]], int]:
     """(index of '(', [(first, last) token index of each argument], index of ')') of the call at `location`."""
     i = index_at(toks, location)
     while i < len(toks) and toks[i].name != OPEN:
@@ -283,25 +283,24 @@ def _group(planner: Planner, policy: TenantPolicy, types: implicit.Types, group:
         if node is None or implicit.is_null(node) or id(node) in done or types.of(node) is not None:
             continue
         array = member.array or level
-        if implicit.is_name_input(node) and (not array or group.kind == implicit.VALUE):
+        if implicit.is_name_input(node):
             if policy.strategy == "schema" and not array:
                 _schema_literal(policy, node, kind)
             if needs_guard(policy, node, kind, g.PARSE):
                 names.append((member, array))
-        elif group.kind == implicit.COLUMN:
-            if not (implicit.is_name_input(node) and not needs_guard(policy, node, kind, g.PARSE)):
-                raw.append((member, array))
-        elif group.kind == implicit.VALUE:
+        elif group.kind in (implicit.COLUMN, implicit.VALUE):
             raw.append((member, array))
     if raw and group.kind == implicit.VALUE:
         _wrap_construct(planner, policy, group, kind, regtype, group.array or level)
     for member, array in raw if group.kind == implicit.COLUMN else ():
         done.add(id(member.node))
         _wrap_member(planner, policy, member, kind, regtype, array)
+    if names and group.kind == implicit.COMPARE and group.node is not None:  # x IN (one item)
+        raise fail("rewrite_unsupported", f"IN with one {regtype}[] value cannot be checked; write = instead")
     for member, array in names:
         done.add(id(member.node))
         if array:
-            template = g.array_cast(policy, kind, regtype)
+            template = _array_template(policy, kind, regtype, member.node)
         else:
             template = _template_for(policy, kind, g.PARSE, regtype, member.node)
         _wrap_token(planner, member, template)
@@ -357,7 +356,12 @@ def _implicit_template(policy: TenantPolicy, node: Node, kind: str, regtype: str
         return _template_for(policy, kind, mode, regtype, node)
     if not row_level(node):
         raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
-    return g.array_cast(policy, kind, regtype)
+    return _array_template(policy, kind, regtype, node)
+
+
+def _array_template(policy: TenantPolicy, kind: str, regtype: str, operand: Node) -> g.Template:
+    """The guard of an array of `regtype` values (a bare parameter typed as text)."""
+    return g.array_cast(policy, kind, regtype, param="ParamRef" in operand)
 
 
 def _wrap_span(planner: Planner, toks: list[Tok], first: int, last: int, site: Site, template: g.Template) -> None:
@@ -535,7 +539,7 @@ def _cast(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     if is_array:
         if not row_level(operand):
             raise fail("rewrite_unsupported", f"an array of {regtype} values computed this way cannot be checked")
-        template = g.array_cast(policy, kind, regtype)
+        template = _array_template(policy, kind, regtype, operand)
     else:
         template = _template_for(policy, kind, g.PARSE, regtype, operand)
     toks = planner.statement_tokens()
@@ -608,7 +612,7 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
         if not row_level(site.node):
             raise fail("rewrite_unsupported", f"{name}() cannot be checked here; call it in a subquery")
         toks = planner.statement_tokens()
-        _, _, close = _call_args(toks, body["location"], len(args))
+        _, _, close = call_args(toks, body["location"], len(args))
         start = index_at(toks, body["location"])
         planner.edit(toks[start].start, toks[start].start, template.prefix)
         planner.edit(toks[close].end, toks[close].end, template.suffix)
@@ -623,6 +627,11 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
                 raise fail("rewrite_unsupported", f"the argument of {name}() cannot be checked here; use a subquery")
             _whole_call(planner, site, body, template)
         return
+    if name == "ts_headline" and len(args) == 3 and "ParamRef" in args[0]:
+        # (config, document, query) or (document, query, options): PostgreSQL resolves an untyped $1 by the other
+        # arguments' types, which the proxy does not know; as a configuration its value would reach regconfigin
+        raise fail("rewrite_unsupported", "the first argument of ts_headline() with three arguments may be a "
+                   "configuration or a document; write $1::regconfig or $1::text")
     for index, kind, mode in call_guards(name, args):
         if g.required(policy, kind) and needs_guard(policy, args[index], kind, mode):
             template = _template_for(policy, kind, mode, call_out(name), args[index])
@@ -632,7 +641,7 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
 def _whole_call(planner: Planner, site: Site, body: Node, template: g.Template) -> None:
     """Replace `f(x)` by the guard around x."""
     toks = planner.statement_tokens()
-    _, spans, close = _call_args(toks, body["location"], 1)
+    _, spans, close = call_args(toks, body["location"], 1)
     first, last = spans[0]
     start = index_at(toks, body["location"])
     planner.edit(toks[start].start, toks[first].start, template.prefix)
@@ -645,14 +654,13 @@ def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.
     """Put argument `index` of the call into the guard."""
     toks = planner.statement_tokens()
     args = body.get("args") or []
-    _, spans, _ = _call_args(toks, body["location"], len(args))
+    _, spans, _ = call_args(toks, body["location"], len(args))
     first, last = spans[index]
     planner.edit(toks[first].start, toks[first].start, template.prefix)
     planner.edit(toks[last].end, toks[last].end, template.suffix)
-    call_args = args
 
     def mutation() -> None:
-        call_args[index] = template.instantiate(call_args[index])
+        args[index] = template.instantiate(args[index])
 
     planner.defer(mutation)
     planner.rule("setting_guard" if kind is None else "object_guard")

@@ -101,12 +101,13 @@ OID, PARSE, EXACT = "oid", "parse", "exact"
 @dataclass(frozen=True, slots=True)
 class ArgGuard:
     """Guard argument `index` of a call (negative: from the end) with `kind`/`mode` when the call has `nargs`
-    arguments (None: any number)."""
+    arguments (None: any number); `literal_only`: only when it is a string literal."""
 
     index: int
     kind: str
     mode: str
     nargs: tuple[int, ...] | None = None
+    literal_only: bool = False  # only a string literal is guarded (the argument may be of another type)
 
 
 def _args(kind: str, mode: str, *names: str, index: int = 0) -> dict[str, tuple[ArgGuard, ...]]:
@@ -119,6 +120,12 @@ def _privilege(obj_kind: str | None, obj_mode: str, obj_index: int, role_nargs: 
         out.append(ArgGuard(obj_index, obj_kind, obj_mode))
     return tuple(out)
 
+
+# Text search functions taking a configuration (regconfig) first when called with these numbers of arguments.
+_TS_CONFIG: dict[str, tuple[int, ...]] = {
+    "to_tsvector": (2,), "to_tsquery": (2,), "plainto_tsquery": (2,), "phraseto_tsquery": (2,),
+    "websearch_to_tsquery": (2,), "ts_debug": (2,), "json_to_tsvector": (3,), "jsonb_to_tsvector": (3,),
+}
 
 # Naming functions: the arguments that name an object, the kind that decides whether the tenant may see it.
 CALL_ARGS: dict[str, tuple[ArgGuard, ...]] = {
@@ -155,6 +162,19 @@ CALL_ARGS: dict[str, tuple[ArgGuard, ...]] = {
     **_args("ts_template", OID, "pg_ts_template_is_visible"),
     **_args("database", OID, "pg_database_collation_actual_version"),
     **_args("type", PARSE, "pg_input_is_valid", "pg_input_error_info", index=1),
+    **_args("namespace", OID, "pg_is_other_temp_schema"),  # another session's temporary schema: its activity
+    # The text search functions' regconfig / regdictionary parameter (pg_proc; tests/integration/test_name_catalog.py
+    # checks that every allow-listed function with a parameter of a reg* type is here): a name literal, a parameter
+    # or an OID in it is read by regconfigin & co., which answer "permission denied for schema" for a hidden one.
+    **{name: (ArgGuard(0, "config", PARSE, nargs),) for name, nargs in _TS_CONFIG.items()},
+    "ts_lexize": (ArgGuard(0, "dictionary", PARSE, (2,)),),
+    # a text search parser by name (text) or OID: looked up by the function itself, "permission denied" likewise
+    "ts_parse": (ArgGuard(0, "ts_parser", PARSE),),
+    "ts_token_type": (ArgGuard(0, "ts_parser", PARSE),),
+    # ts_headline(config, document, query) and ts_headline(document, query, options) both take three arguments:
+    # the first is a configuration only when PostgreSQL resolves it so: a column or a parameter there is a document
+    # (text has no implicit cast to regconfig), a string literal may be either and is guarded when it is a name.
+    "ts_headline": (ArgGuard(0, "config", PARSE, (4,)), ArgGuard(0, "config", PARSE, (3,), literal_only=True)),
     "pg_get_expr": (ArgGuard(1, "class", OID),),
     "pg_get_serial_sequence": (ArgGuard(0, "class", PARSE),),
     "acldefault": (ArgGuard(1, "role", OID),),
@@ -173,6 +193,12 @@ CALL_ARGS: dict[str, tuple[ArgGuard, ...]] = {
     "has_server_privilege": _privilege(None, OID, 0, 3),
     "has_tablespace_privilege": _privilege(None, OID, 0, 3),
     "has_parameter_privilege": _privilege(None, OID, 0, 3),
+}
+# The type an argument guard gives its value: the function's parameter type (oid unless listed).
+CALL_OUT: dict[str, str] = {
+    **dict.fromkeys(("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info"), "text"),
+    **dict.fromkeys((*_TS_CONFIG, "ts_headline"), "regconfig"),
+    "ts_lexize": "regdictionary",
 }
 # Functions that return an object looked up by name: the whole call becomes the guard of its first argument
 # (to_regclass(x) and regclass(x) alike: NULL when the object is missing or hidden), with this result type.
@@ -249,15 +275,70 @@ def literal_checked(policy: TenantPolicy, kind: str, mode: str, text: str) -> bo
     unqualified (resolved on the tenant's search_path) or qualified with a system schema or one of the tenant's
     own cannot name another tenant's object, and any other is guarded (refusing only other tenants' schemas would
     tell them from schemas that do not exist)."""
-    if mode == OID or kind in ALWAYS or text.strip().isdigit() or text.lstrip().startswith("{"):
-        return False  # an OID, or an array literal (of OIDs or names, `'{16385}'::regclass[]`)
-    if policy.strategy == "schema":
-        return True
+    if mode == OID or kind in ALWAYS or text.strip().isdigit():
+        return False  # an OID
+    if text.lstrip().startswith("{"):  # an array literal: each name as in a literal of its own (none in the schema
+        elements = array_elements(text)  # strategy is checked when the statement is decided), an OID never
+        return elements is not None and all(
+            e is None or (not e.strip().isdigit() and _name_checked(policy, kind, e, policy.strategy == "schema"))
+            for e in elements)
+    return policy.strategy == "schema" or _name_checked(policy, kind, text, False)
+
+
+def _name_checked(policy: TenantPolicy, kind: str, text: str, allow_list: bool) -> bool:
     parts = object_name_parts(text)
     if not parts:
         return False
     schema = parts[0] if kind == "namespace" else (parts[-2] if len(parts) >= 2 else None)
+    if allow_list:
+        return schema is None or schema in policy.allowed_schemas
     return schema is None or schema in SYSTEM_SCHEMAS or schema in policy.search_path
+
+
+def array_elements(text: str) -> list[str | None] | None:
+    """The elements of a one-dimensional array literal (`'{a,"b c",NULL}'`, None for NULL) as array_in reads them,
+    or None when the text is not such a literal (the guard then reads it at run time)."""
+    body = text.strip()
+    if len(body) < 2 or body[0] != "{" or body[-1] != "}":
+        return None
+    body = body[1:-1]
+    if not body.strip():
+        return []
+    out: list[str | None] = []
+    i, n = 0, len(body)
+    while True:
+        while i < n and body[i].isspace():
+            i += 1
+        chars: list[str] = []
+        quoted = False
+        if i < n and body[i] == '"':
+            quoted, i = True, i + 1
+            while i < n and body[i] != '"':
+                if body[i] == "\\":
+                    i += 1
+                if i < n:
+                    chars.append(body[i])
+                i += 1
+            if i >= n:
+                return None
+            i += 1
+            while i < n and body[i].isspace():
+                i += 1
+        else:
+            while i < n and body[i] != ",":
+                if body[i] in '{}"\\':
+                    return None
+                chars.append(body[i])
+                i += 1
+        element = "".join(chars) if quoted else "".join(chars).strip()
+        if not quoted and not element:
+            return None
+        out.append(None if not quoted and element.upper() == "NULL" else element)
+        if i >= n:
+            return out
+        if body[i] != ",":
+            return None
+        i += 1
 
 
 def required(policy: TenantPolicy, kind: str) -> bool:
@@ -334,7 +415,7 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
 
 
 # Kinds whose names carry a schema: a name qualified with a schema the tenant may not see is not looked up.
-_QUALIFIED = frozenset({"class", "type", "proc", "oper", "collation", "config", "dictionary", "sized"})
+_QUALIFIED = frozenset({"class", "type", "proc", "oper", "collation", "config", "dictionary", "sized", "ts_parser"})
 
 
 def _by_name(policy: TenantPolicy, kind: Kind, mode: str, text: str) -> str:
@@ -345,6 +426,15 @@ def _by_name(policy: TenantPolicy, kind: Kind, mode: str, text: str) -> str:
         lookup = f"pg_catalog.{kind.to_reg}({text})::pg_catalog.oid"
     elif kind.regtype is not None:
         lookup = f"{text}::pg_catalog.{kind.regtype}::pg_catalog.oid"
+    elif kind.name == "ts_parser":  # no reg* type: looked up as get_ts_parser_oid does (qualified, else visible)
+        parts = f"pg_catalog.parse_ident({text})"
+        lookup = (
+            f"(SELECT pgt_x.oid FROM pg_catalog.pg_ts_parser pgt_x WHERE pgt_x.prsname = ({parts})"
+            f"[pg_catalog.cardinality({parts})] AND CASE WHEN pg_catalog.cardinality({parts}) = 1 THEN "
+            f"pg_catalog.pg_ts_parser_is_visible(pgt_x.oid) ELSE pgt_x.prsnamespace = (SELECT pgt_n.oid FROM "
+            f"pg_catalog.pg_namespace pgt_n WHERE pgt_n.nspname = ({parts})[pg_catalog.cardinality({parts}) - 1]) "
+            "END)"
+        )
     else:
         return f"{text}::pg_catalog.oid"
     if kind.name in _QUALIFIED and vis.hides_namespaces(policy):
@@ -470,18 +560,40 @@ def array_form(policy: TenantPolicy, kind_name: str, out: str) -> Template:
     return _make(ident, sql)
 
 
+# Whether the value column `pgt_v.t` is a string or an array of strings (read by the reg* input functions).
+_STRINGS = (
+    "(SELECT CASE WHEN pgt_y.typcategory = 'A' THEN (SELECT pgt_z.typcategory FROM pg_catalog.pg_type pgt_z WHERE "
+    "pgt_z.oid = pgt_y.typelem) ELSE pgt_y.typcategory END FROM pg_catalog.pg_type pgt_y WHERE pgt_y.oid = "
+    "pg_catalog.pg_typeof(pgt_v.t)) = 'S'"
+)
+
+
 @lru_cache(maxsize=256)
-def array_cast(policy: TenantPolicy, kind_name: str, out: str) -> Template:
-    """`x::regclass[]` & co.: the array as cast when every element is visible, else each hidden one NULL."""
+def array_cast(policy: TenantPolicy, kind_name: str, out: str, param: bool = False) -> Template:
+    """`x::regclass[]` & co.: the array as cast when every element is visible, else each hidden one NULL. A string
+    (an array literal, a parameter, a text[] value) never reaches the reg* input function: it is read as text[]
+    and each element converted as the carrier converts a name or an all-digit OID (a name in a hidden or missing
+    schema gives NULL, where the input function would tell "permission denied" from "does not exist"). A bare
+    parameter (`param`) is typed as text, so PostgreSQL can infer its type."""
     kind = KINDS[kind_name]
-    ident = _ident("r", kind_name, out)
+    ident = _ident("q" if param else "r", kind_name, out)
     seen = f"(pgt_e.e = '0'::pg_catalog.oid OR {visible(policy, kind_name, 'pgt_e.e::pg_catalog.oid')})"
     array = f"{ident}.a"
+    regarray = f"{_out_sql(kind, out)}[]"
+    element = (
+        f"CASE WHEN pgt_f.f ~ {vis.DIGITS} THEN pgt_f.f::pg_catalog.oid ELSE "
+        f"{_by_name(policy, kind, PARSE, 'pgt_f.f')} END"
+    )
+    value = (
+        f"CASE WHEN {_STRINGS} THEN ARRAY(SELECT {element} FROM pg_catalog.unnest(pgt_v.t::pg_catalog.text[]) WITH "
+        f"ORDINALITY pgt_f(f, n) ORDER BY pgt_f.n)::{regarray} ELSE pgt_v.t::{regarray} END"
+    )
     sql = (
         f"(SELECT CASE WHEN {array} IS NULL OR NOT EXISTS (SELECT FROM pg_catalog.unnest({array}) pgt_e(e) WHERE "
         f"pgt_e.e IS NOT NULL AND NOT {seen}) THEN {array} ELSE ARRAY(SELECT CASE WHEN {seen} THEN pgt_e.e END "
         f"FROM pg_catalog.unnest({array}) WITH ORDINALITY pgt_e(e, n) ORDER BY pgt_e.n) END "
-        f"FROM (SELECT ({_PLACEHOLDER_SQL})::{_out_sql(kind, out)}[] AS a OFFSET 0) {ident})"
+        f"FROM (SELECT {value} AS a FROM (SELECT ({_PLACEHOLDER_SQL}){'::pg_catalog.text' if param else ''} AS t "
+        f"OFFSET 0) pgt_v OFFSET 0) {ident})"
     )
     return _make(ident, sql)
 
@@ -621,8 +733,8 @@ def template_named(policy: TenantPolicy, ident: str) -> Template | None:
             template = carrier(policy, parts[0], parts[1], parts[2], family == "p")
         elif family == "a" and len(parts) == 2:
             template = array_form(policy, parts[0], parts[1])
-        elif family == "r" and len(parts) == 2:
-            template = array_cast(policy, parts[0], parts[1])
+        elif family in ("r", "q") and len(parts) == 2:
+            template = array_cast(policy, parts[0], parts[1], family == "q")
         else:
             return None
     except (KeyError, ValueError):

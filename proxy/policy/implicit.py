@@ -67,6 +67,7 @@ ARRAY_FUNCTIONS: dict[str, tuple[str, ...]] = {
 }
 ARRAY_COMPARES: dict[str, tuple[str, ...]] = {
     "array_remove": ("A", "E"), "array_position": ("A", "E"), "array_positions": ("A", "E"),
+    "width_bucket": ("E", "A"),
 }
 
 VALUE, COMPARE, COLUMN, STARRED = "value", "compare", "column", "starred"
@@ -103,6 +104,7 @@ class Group:
     key: Any = None
     array: bool = False
     node: Node | None = None  # the construct (VALUE)
+    arrays_only: bool = False  # a comparison: only an array of a reg* type makes its members one (see _compared)
 
 
 class Types:
@@ -244,11 +246,11 @@ def _guard_type(node: Node) -> str | None:
     if ident is None:
         return None
     family, *parts = ident.removeprefix("pgt_g_").split("__")
-    out = parts[2] if family in ("c", "p") and len(parts) == 3 else parts[1] if family in ("a", "r") and len(
+    out = parts[2] if family in ("c", "p") and len(parts) == 3 else parts[1] if family in ("a", "r", "q") and len(
         parts) == 2 else ""
     if out not in g.CAST_KINDS:
         return ""
-    return out + "[]" if family == "r" else out
+    return out + "[]" if family in ("r", "q") else out
 
 
 def _items(row: Any) -> list[Any]:
@@ -464,6 +466,8 @@ def node_groups(node: Node, holder: Any, key: Any, seen: Seen) -> Iterator[Group
         if body.get("defresult") is not None:
             arms.append(Member(body, "defresult"))
         yield Group(VALUE, arms, holder, key, node=node)
+        if body.get("arg") is not None:  # CASE x WHEN a ...: x = a
+            yield Group(COMPARE, [Member(body, "arg"), *(Member(w, "expr") for w in whens)], arrays_only=True)
     elif tag == "A_ArrayExpr":
         if id(body) not in seen.nested:
             elements: list[Member] = []
@@ -505,16 +509,56 @@ def _a_expr(node: Node, body: Node, holder: Any, key: Any) -> Iterator[Group]:
     resolves with its left side to one type (an unknown literal in it is read by regclassin & co.). (A comparison,
     a one-item IN, BETWEEN, = ANY, NULLIF or a simple CASE's test is resolved as `oid = oid`: an unknown literal
     beside a reg* value is read as an OID, by oidin, and no name is looked up or printed.)"""
-    if body.get("kind") == "AEXPR_IN":  # x IN (a, b): the left side and the items resolve to one type
+    kind = body.get("kind")
+    if kind == "AEXPR_IN":  # x IN (a, b): the left side and the items resolve to one type
         rexpr = body.get("rexpr")
         items = rexpr.get("List", {}).get("items") if type(rexpr) is dict else rexpr
         if type(items) is list and len(items) >= 2:
             yield Group(COMPARE, [Member(body, "lexpr"), *(Member(items, i) for i in range(len(items)))])
-        return
-    if body.get("kind") == "AEXPR_OP" and names_of(body.get("name"))[-1:] == ("||",):
+            return
+    if kind == "AEXPR_OP" and names_of(body.get("name"))[-1:] == ("||",):
         left, right = body.get("lexpr"), body.get("rexpr")
         yield Group(VALUE, [Member(body, "lexpr", _arrayish(left)), Member(body, "rexpr", _arrayish(right))],
                     holder, key, array=True, node=node)
+    elif kind not in ("AEXPR_OP_ANY", "AEXPR_OP_ALL"):  # (x = ANY (a): an element of a beside x)
+        for group in _compared(body):
+            if kind == "AEXPR_IN":
+                group.node = node  # x IN (a): a guard of a would read as IN (subquery) (guarding refuses it)
+            yield group
+
+
+def _compared(body: Node) -> Iterator[Group]:
+    """The operands of an operator, IS [NOT] DISTINCT FROM, NULLIF, a one-item IN, BETWEEN (row comparisons column by
+    column): pg_operator has no operator taking a reg* type, so a value of one is compared by an oid operator
+    (an unknown literal beside it is read by oidin), but an array of one is compared by the anyarray operators, which
+    read an unknown literal or a parameter beside it as an array of that type, with regclassin & co."""
+    operands: list[Member] = []
+    for side in ("lexpr", "rexpr"):
+        value = body.get(side)
+        items = value.get("List", {}).get("items") if type(value) is dict and "List" in value else None
+        if type(value) is list:
+            items = value
+        if items is not None:
+            operands.extend(Member(items, i) for i in range(len(items)))
+        elif value is not None:
+            operands.append(Member(body, side))
+    rows = [m.node.get("RowExpr", {}).get("args") for m in operands if type(m.node) is dict]
+    if len(operands) == 2 and all(type(r) is list for r in rows) and len(rows[0]) == len(rows[1]):
+        for i in range(len(rows[0])):
+            pair = [Member(rows[0], i), Member(rows[1], i)]
+            if any(_array_input(m.node) for m in pair):
+                yield Group(COMPARE, pair, arrays_only=True)
+    elif len(operands) >= 2 and any(_array_input(m.node) for m in operands):
+        yield Group(COMPARE, operands, arrays_only=True)
+
+
+def _array_input(node: Any) -> bool:
+    """A parameter, or a string literal array_in would read (`{…}`, `[…]={…}`; any other text it refuses before
+    reading an element): what such a comparison group guards (a value of another kind is compared, never named)."""
+    if type(node) is not dict:
+        return False
+    text = (node.get("A_Const") or {}).get("sval", {}).get("sval") if "A_Const" in node else None
+    return "ParamRef" in node or (text is not None and text.lstrip()[:1] in ("{", "["))
 
 
 def _arrayish(node: Any) -> bool:
@@ -554,11 +598,12 @@ def _select_columns(body: Node, inserted: set[int]) -> Iterator[Group]:
 
 def anchor(types: Types, group: Group) -> str | None:
     """The reg* type of the first member of the group that is of one (`regclass`, or `regclass[]` when that member is
-    an array where the group's members are elements), else None."""
+    an array where the group's members are elements), else None (also for a scalar one where only arrays count)."""
     for member in group.members:
         found = types.of(member.node)
         if found is not None:
-            return _scalar(found) if member.array else found
+            found = _scalar(found) if member.array else found
+            return None if group.arrays_only and not found.endswith("[]") else found
     return None
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.policy import guarding
+from proxy.policy import guarding, guards
 from proxy.policy.catalog import (
     ColumnUsage,
     Filter,
@@ -57,6 +57,17 @@ from proxy.policy.walk import COPY_FROM, COPY_TO, LIKE, READ, SAMPLE, TARGET, TR
 
 WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT and a temporary view's query are wrapped in
 JOIN_ALIAS = "_pgt_"  # alias prefix of the empty row a FROM item is joined with (`_Planner.join_filter`)
+def check_row_position(ref: RelRef, ctid_names: set[str | None]) -> None:
+    """A tenant-scoped table's `ctid` is where a row is stored in a table every tenant's rows share: the gaps between
+    a tenant's own rows' positions (`min(ctid)`, `max(ctid)`, `WHERE ctid < '(16,0)'`) count the other tenants' rows
+    stored before and between them. Refused, unqualified or qualified with the table's name (forced RLS, PostgreSQL's
+    own row filter, shows it as it is)."""
+    refname = (ref.rv.get("alias") or {}).get("aliasname") or ref.rv.get("relname")
+    if None in ctid_names or refname in ctid_names:
+        raise fail("row_position", f'the ctid of tenant-scoped "{ref.rv.get("relname")}" is not available: it '
+                   "tells where other tenants' rows are stored")
+
+
 # A relation's system columns (walk.SYSTEM_COLUMNS): a derived table does not have them, so a SELECT that names
 # one gets the tenant predicate in its WHERE clause instead of a wrapper, where that is exact and safe
 # (`_Planner.filter_in_where`), or a join filter (`_Planner.join_filter`).
@@ -687,6 +698,8 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             continue
         if ref.role in (UNKNOWN, LIKE):
             continue  # check_references refused filtered ones in UNKNOWN; LIKE copies structure only
+        if flt.kind == "tenant" and analysis.ctid_names:
+            check_row_position(ref, analysis.ctid_names)
         if ref.role == READ and flt.kind == "catalog" and (not flt.plain or analysis.system_columns):
             usage = usage or column_usage(stmt.node)
             flt = flt.for_reads(usage, ref.rv)
@@ -782,9 +795,14 @@ def replace_literal(
 
 def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, value: str, out: Plan) -> None:
     """SHOW `name` becomes a SELECT of `value` (the client's own setting, where PostgreSQL has another one)."""
+    _replace_statement(policy, data, stmt, f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}",
+                       out)
+
+
+def _replace_statement(policy: TenantPolicy, data: bytes, stmt: Statement, sql: str, out: Plan) -> None:
+    """The whole statement becomes `sql` (a SHOW answered by a SELECT)."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     toks = _statement_tokens(data, stmt)
-    sql = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
     planner.edit(toks[0].start, toks[-1].end, sql)
     select = statement_node(sql)
 
@@ -794,6 +812,88 @@ def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, va
 
     planner.mutate(mutation)
     planner.rule("search_path_shown")
+
+
+def call_result(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
+    """The call `node` (a FuncCall) reads as `value`, the client's own search_path where PostgreSQL has fewer entries
+    (what SHOW prints): `current_setting('search_path')` becomes `(SELECT '<value>'::pg_catalog.text AS
+    current_setting)`; `set_config('search_path', …)` still runs, `(SELECT '<value>'::pg_catalog.text AS set_config
+    FROM (SELECT set_config(…)) pgt_r)`. Same value, type and column name whatever PostgreSQL got."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    body = node["FuncCall"]
+    name = names_of(body.get("funcname"))[-1]
+    toks = planner.statement_tokens()
+    first = index_at(toks, body["location"])
+    _, _, close = guarding.call_args(toks, body["location"], len(body.get("args") or []))
+    literal = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
+    keep = name == "set_config"
+    if keep:
+        planner.edit(toks[first].start, toks[first].start, f"({literal} FROM (SELECT ")
+        planner.edit(toks[close].end, toks[close].end, ") pgt_r)")
+        sublink = expr_node(f"({literal} FROM (SELECT NULL) pgt_r)")
+    else:
+        planner.edit(toks[first].start, toks[close].end, f"({literal})")
+        sublink = expr_node(f"({literal})")
+
+    def mutation() -> None:
+        new = json.loads(json.dumps(sublink))
+        if keep:  # the call itself where the template has NULL
+            inner = new["SubLink"]["subselect"]["SelectStmt"]["fromClause"][0]["RangeSubselect"]["subquery"]
+            inner["SelectStmt"]["targetList"][0]["ResTarget"]["val"] = {"FuncCall": body}
+        node.clear()
+        node.update(new)
+
+    planner.mutate(mutation)
+    planner.rule("search_path_shown")
+
+
+_HOLE, _HOLE2 = '"pgtenant.operand"', '"pgtenant.operand2"'
+
+
+def computed_setting(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
+    """`current_setting(<a computed name>)` in a session whose search_path PostgreSQL got with fewer entries: the name
+    is compared once more, `(SELECT CASE WHEN pg_catalog.lower((<name>)::pg_catalog.text) = 'search_path' THEN
+    '<value>'::pg_catalog.text ELSE current_setting(<name>) END AS current_setting)`, so search_path reads as SHOW
+    prints it and every other setting as PostgreSQL has it."""
+    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
+    body = node["FuncCall"]
+    args = body.get("args") or []
+    toks = planner.statement_tokens()
+    first = index_at(toks, body["location"])
+    _, spans, close = guarding.call_args(toks, body["location"], len(args))
+    name_text = planner.cut(toks[spans[0][0]].start, toks[spans[0][1]].end)
+    prefix = (f"(SELECT CASE WHEN pg_catalog.lower(({name_text})::pg_catalog.text) = 'search_path' THEN "
+              f"{quote_literal(value)}::pg_catalog.text ELSE ")
+    planner.edit(toks[first].start, toks[first].start, prefix)
+    planner.edit(toks[close].end, toks[close].end, ' END AS "current_setting")')
+    template = expr_node(f"(SELECT CASE WHEN pg_catalog.lower(({_HOLE})::pg_catalog.text) = 'search_path' THEN "
+                         f"{quote_literal(value)}::pg_catalog.text ELSE {_HOLE2} END AS \"current_setting\")")
+    name_node = copy.deepcopy(args[0])
+
+    def mutation() -> None:
+        new = json.loads(json.dumps(template))
+        case = new["SubLink"]["subselect"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]["CaseExpr"]
+        lower = case["args"][0]["CaseWhen"]["expr"]["A_Expr"]["lexpr"]["FuncCall"]
+        lower["args"][0]["TypeCast"]["arg"] = name_node
+        case["defresult"] = {"FuncCall": dict(body)}
+        node.clear()
+        node.update(new)
+
+    planner.mutate(mutation)
+    planner.rule("search_path_shown")
+
+
+def show_all(policy: TenantPolicy, data: bytes, stmt: Statement, value: str, out: Plan) -> None:
+    """SHOW ALL where PostgreSQL's search_path lacks entries the client set: the same rows (the settings SHOW ALL
+    lists, in its order, formatted as SHOW formats them) with the client's search_path."""
+    guard = guards.setting_name(policy)  # the verifier's form of current_setting(<a name known at run time>)
+    sql = (
+        "SELECT pgt_a.name, CASE WHEN pgt_a.name = 'search_path' THEN "
+        f"{quote_literal(value)}::pg_catalog.text ELSE pg_catalog.current_setting({guard.prefix}pgt_a.name"
+        f"{guard.suffix}, true) END AS setting, pgt_a.short_desc AS description FROM "
+        "pg_catalog.pg_show_all_settings() pgt_a"
+    )
+    _replace_statement(policy, data, stmt, sql, out)
 
 
 def qualify_drop(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) -> None:

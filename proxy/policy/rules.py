@@ -44,6 +44,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Only allow-listed functions may be called; ask an administrator to allow this function.",
     ),
     "foreign_schema": (INSUFFICIENT_PRIVILEGE, "Only your own schema and the shared schemas can be referenced."),
+    "row_position": (
+        INSUFFICIENT_PRIVILEGE,
+        "Identify rows by their key columns: ctid is a row's physical position in a table shared with other "
+        "tenants, and the positions of your rows tell how many of theirs are stored around them.",
+    ),
     "unchecked_object_name": (
         INSUFFICIENT_PRIVILEGE,
         "Name the type in a string literal: to_regtypemod() of a parameter or a computed name cannot be checked.",
@@ -107,6 +112,10 @@ RULES: dict[str, tuple[str, str]] = {
     "explain_costs": (
         INSUFFICIENT_PRIVILEGE,
         "The planner's estimates come from every tenant's rows; plans are shown with COSTS OFF (leave COSTS out).",
+    ),
+    "explain_settings": (
+        INSUFFICIENT_PRIVILEGE,
+        "Leave SETTINGS out: SHOW and current_setting() show the settings of your session.",
     ),
     "cluster_activity": (
         INSUFFICIENT_PRIVILEGE,

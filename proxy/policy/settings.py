@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
-from proxy.policy.model import PIN, REAPPLY_CONTEXT, SET_PATH, SETTING, Change, TenantPolicy
+from proxy.policy.model import PIN, REAPPLY_CONTEXT, SET_PATH, SETTING, SYSTEM_SCHEMAS, Change, TenantPolicy
 from proxy.policy.rules import fail
-from proxy.policy.sqltext import split_identifier_list
+from proxy.policy.sqltext import object_name_parts, split_identifier_list
 from proxy.policy.tree import Node, const_text, names_of, string_const
 from proxy.policy.walk import Call
 
@@ -143,6 +143,27 @@ def _check_pinned(name: str, value: str | None) -> None:
         raise fail("session_setting", f'"{name}" may not be changed{"" if value is None else " to " + value}')
 
 
+# Settings whose value names a schema-qualified object, looked up when set: PostgreSQL answers "permission denied for
+# schema" for a schema the role may not use and "invalid value" for one that does not exist.
+OBJECT_NAME_SETTINGS: frozenset[str] = frozenset({"default_text_search_config"})
+
+
+def check_object_name_value(policy: TenantPolicy, name: str, value: str | None) -> None:
+    """default_text_search_config = '<schema>.<name>': the schema must be one the tenant may use by its text (a system
+    schema, one of its search_path, its own or a shared one), whether the schema exists or not, so the answer never
+    tells another tenant's schema from a missing one; a value that is not a literal is refused alike."""
+    if policy.strategy == "database" and not policy.hidden_schemas:
+        return  # every schema of the database is the tenant's
+    if value is None:
+        raise fail("foreign_schema", f'"{name}" can only be set to a literal name')
+    parts = object_name_parts(value) or []
+    schema = parts[-2] if len(parts) >= 2 else None
+    usable = {*SYSTEM_SCHEMAS, *policy.search_path, *policy.path, *policy.allowed_schemas}
+    if schema is not None and (schema not in usable or not usable_schema(policy, schema)):
+        raise fail("foreign_schema", f'"{name}" may only name an object of your schemas or a system schema, not '
+                   f'"{schema}"')
+
+
 def check_set(policy: TenantPolicy, body: Node) -> frozenset[str]:
     """Decide a VariableSetStmt (SET / SET LOCAL / RESET / SET ... TO DEFAULT); returns effects."""
     kind = body.get("kind", "")
@@ -154,6 +175,8 @@ def check_set(policy: TenantPolicy, body: Node) -> frozenset[str]:
         return frozenset()
     name = _check_name(policy, body.get("name", ""))
     args = body.get("args") or []
+    if name in OBJECT_NAME_SETTINGS and kind == "VAR_SET_VALUE":
+        check_object_name_value(policy, name, const_text(args[0]) if len(args) == 1 else None)
     if name in PINNED_VALUES:
         if kind in ("VAR_RESET", "VAR_SET_DEFAULT", "VAR_SET_CURRENT") and PINNED_VALUES[name]:
             return frozenset()  # back to the connection's value, which the proxy pins at startup
@@ -201,6 +224,8 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
         if not _alone(body, call):
             raise fail("snapshot_export_once", "pg_export_snapshot() is allowed only as SELECT "
                        "pg_catalog.pg_export_snapshot(), alone (once per transaction)")
+    if name == "pg_show_all_settings" and policy.strategy == "shared":  # pg_settings' rows, unfiltered
+        raise fail("function_not_allowed", "pg_show_all_settings() is not allowed in this strategy; read pg_settings")
     if name == "pg_notify" and policy.strategy != "database":
         raise fail("notify_not_allowed", "pg_notify() is not allowed in this strategy")
     if name not in ("set_config", "current_setting"):
@@ -220,6 +245,23 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     low = _check_name(policy, setting)
     if low in PINNED_VALUES:
         _check_pinned(low, literal_arg(call, 1))
+    if low in OBJECT_NAME_SETTINGS:
+        check_object_name_value(policy, low, literal_arg(call, 1))
+
+
+def reads_search_path(call: Call) -> str | None:
+    """Whether a call may read search_path, which PostgreSQL has without the entries the proxy kept from it (another
+    tenant's schema: a missing one stays, the difference would tell them apart): "literal" for
+    `current_setting('search_path' [, missing_ok])`, "computed" for current_setting of a name known at run time,
+    else None. The session's SHOW text is the answer (rewrite.call_result, rewrite.computed_setting)."""
+    if call.names[-1] != "current_setting" or call.names[:-1] not in ((), ("pg_catalog",)) or call.named:
+        return None
+    if not call.args or (call.args[0].get("A_Const") or {}).get("isnull"):
+        return None
+    name = literal_arg(call, 0)
+    if name is None:
+        return "computed"
+    return "literal" if name.lower() == "search_path" else None
 
 
 def _alone(body: Node | None, call: Call) -> bool:

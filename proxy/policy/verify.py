@@ -648,12 +648,10 @@ class _Coverage:
                 ident = guards.ident_of(node)
                 if ident is not None and guards.template_named(self.policy, ident) is not None:
                     continue  # a guard (its exact form is checked where the walk meets it)
-                array = member.array or full.endswith("[]")
-                checked = implicit.is_name_input(node) and _checked_value(self.policy, node, kind, guards.PARSE)
-                if implicit.is_name_input(node) and (not array or group.kind == implicit.VALUE):
-                    if not checked:
+                if implicit.is_name_input(node):  # a literal or parameter read by the input function
+                    if not _checked_value(self.policy, node, kind, guards.PARSE):
                         raise Unverified(f"a value converted to {regtype} without its guard")
-                elif group.kind == implicit.COLUMN and not checked:
+                elif group.kind == implicit.COLUMN:
                     raise Unverified(f"a column of {regtype} values with an unguarded value")
                 elif group.kind == implicit.VALUE and id(body) not in self.guarded:
                     raise Unverified(f"an expression of {regtype} values outside its guard")
@@ -703,7 +701,7 @@ class _Coverage:
             if spec.nargs is not None and len(args) not in spec.nargs:
                 continue
             index = spec.index if spec.index >= 0 else len(args) + spec.index
-            if not 0 <= index < len(args):
+            if not 0 <= index < len(args) or (spec.literal_only and _literal(args[index]) is None):
                 continue
             kind = spec.kind
             if name == "obj_description" and len(args) == 2:
@@ -711,9 +709,9 @@ class _Coverage:
             arg = args[index]
             if not self.required(kind) or _checked_value(self.policy, arg, kind, spec.mode):
                 continue
-            out = "text" if name in ("pg_get_serial_sequence", "pg_input_is_valid", "pg_input_error_info") else "oid"
+            out = guards.CALL_OUT.get(name, "oid")
             expected = {guards.carrier(self.policy, kind, spec.mode, out, param).ident for param in (False, True)}
-            if out == "oid" and guards.KINDS[kind].catalog:
+            if out in guards.CAST_KINDS or (out == "oid" and guards.KINDS[kind].catalog):
                 expected.add(guards.array_form(self.policy, kind, out).ident)
             if guards.ident_of(arg) not in expected:
                 raise Unverified(f"argument {index + 1} of {name}() names an object without its guard")

@@ -129,6 +129,7 @@ class Analysis:
     row_names: set[str] = field(default_factory=set)
     star_names: set[str] = field(default_factory=set)
     system_columns: bool = False  # a column reference names a system column (ctid, xmin, tableoid…)
+    ctid_names: set[str | None] = field(default_factory=set)  # qualifiers of `ctid` references (None: unqualified)
     locking: bool = False
     kinds: set[str] = field(default_factory=set)
 
@@ -373,6 +374,8 @@ def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> No
     names = names_of(b.get("fields"))
     if names and names[-1] in SYSTEM_COLUMNS:
         w.out.system_columns = True
+        if names[-1] == "ctid":
+            w.out.ctid_names.add(names[-2] if len(names) > 1 else None)
     if len(names) > 1:
         w.out.column_refs.append(names)
         if len(names) > 2:

@@ -16,6 +16,7 @@ role counts as a leak wherever it appears.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +389,75 @@ def test_shared_tenant_never_sees_the_schema_tenants_schema(proxy: ProxyProcess,
         assert 'relation "globex.orders" does not exist' in denied[0].message and not denied[0].denied_by_proxy
     finally:
         client.close()
+
+
+SEARCH_PATH_READS = (
+    "SHOW search_path",
+    "SELECT current_setting('search_path')",
+    "SELECT pg_catalog.current_setting('Search_Path', true) AS p",
+    "SELECT current_setting(lower('SEARCH_PATH'))",
+    "SELECT name, current_setting(name) FROM pg_settings WHERE name IN ('search_path', 'DateStyle') ORDER BY 1",
+    "SELECT setting, reset_val FROM pg_catalog.pg_settings WHERE name = 'search_path'",
+    "SELECT s.* FROM pg_settings s WHERE s.name = 'search_path'",
+    "SELECT current_schemas(false), current_schema()",
+    "SELECT count(*) FROM orders",
+)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_search_path_reads_back_alike_for_a_hidden_schema(proxy: ProxyProcess, protocol: str) -> None:
+    """alice (shared, saas) sets a search_path naming globex (a schema tenant's schema of the same database) or a
+    schema that does not exist: PostgreSQL gets the path without globex and with the missing one, so its value told
+    them apart. Every way to read the setting (SHOW, current_setting with a literal or a computed name, pg_settings,
+    SHOW ALL, set_config's result) answers the client's value in both sessions; EXPLAIN (SETTINGS) and
+    pg_show_all_settings() are refused (in every session)."""
+    tenant = TENANTS["alice"]
+    answers = []
+    for schema in ("globex", "nosuch"):
+        client = PqClient(proxy.dsn("alice"))
+        run = client.simple if protocol == "simple" else client.extended
+        try:
+            out = [[(r.kind, r.sqlstate, r.rows) for r in client.simple(f"SET search_path = {schema}, public")]]
+            for sql in SEARCH_PATH_READS:
+                out.append([(r.kind, r.sqlstate, r.rows) for r in run(sql)])
+            show_all = [row for r in client.simple("SHOW ALL") if r.kind == "rows" for row in r.rows]
+            out.append([row for row in show_all if row[0] == "search_path"])
+            out.append([(r.kind, r.rows) for r in run(f"SELECT set_config('search_path', '{schema},public', false)")])
+            out.append([(r.kind, r.rows) for r in run("SELECT current_setting('search_path')")])
+            for sql in ("EXPLAIN (SETTINGS) SELECT 1", "SELECT name FROM pg_show_all_settings() a"):
+                out.append([(r.kind, r.sqlstate, r.denied_by_proxy) for r in run(sql) if r.kind == "error"])
+            answers.append(json.loads(json.dumps(out, default=str).replace(schema, "<s>")))
+        finally:
+            client.close()
+    assert answers[0] == answers[1], answers
+    flat = json.dumps(answers[0])
+    assert '"<s>, public"' in flat and '"<s>,public"' in flat, flat  # the client's values, as set
+    assert flat.count('"42501", true') == 2, flat  # EXPLAIN (SETTINGS), pg_show_all_settings()
+    assert "error" not in json.dumps(answers[0][:len(SEARCH_PATH_READS) + 3]), answers[0]
+    assert not leaks(tenant, flat.replace("<s>", "")), flat
+
+
+@pytest.mark.xfail(strict=True, reason="self-red-team of the search_path read-backs: a statement decided before the "
+                   "SET (PREPARE, DECLARE CURSOR, a temporary view, a named Parse) reads PostgreSQL's value when run "
+                   "after it: the rewrite answers the client's value only in statements decided while it differs")
+@pytest.mark.parametrize("form", ["prepare", "cursor"])
+def test_search_path_read_prepared_before_the_set(proxy: ProxyProcess, form: str) -> None:
+    steps = {
+        "prepare": ("PREPARE bi_sp AS SELECT current_setting('search_path')", "EXECUTE bi_sp"),
+        "cursor": ("BEGIN", "DECLARE bi_sp CURSOR FOR SELECT current_setting('search_path')", "FETCH ALL FROM bi_sp"),
+    }[form]
+    answers = []
+    for schema in ("globex", "nosuch"):
+        client = PqClient(proxy.dsn("alice"))
+        try:
+            for step in steps[:-1]:
+                client.simple(step)
+            client.simple(f"SET search_path = {schema}, public")
+            rows = [r.rows for r in client.simple(steps[-1]) if r.kind == "rows"]
+            answers.append(json.loads(json.dumps(rows).replace(schema, "<s>")))
+        finally:
+            client.close()
+    assert answers[0] == answers[1], answers
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])

@@ -928,7 +928,7 @@ ATTACKS: list[Attack] = [
            "customers c WHERE c.id = o.customer_id", ALL, "same"),
     Attack("whole_row_client_join_filter_other_tenant", "SELECT count(*), count(o) FROM "
            "(orders o JOIN (SELECT) z ON o.tenant_id <> 'acme')", SN, "same"),
-    Attack("whole_row_system_columns_in_join", "SELECT o.ctid, c.xmin::text, o FROM orders o JOIN customers c "
+    Attack("whole_row_system_columns_in_join", "SELECT o.xmin::text, c.xmin::text, o FROM orders o JOIN customers c "
            "ON c.id = o.customer_id ORDER BY o.id LIMIT 30", ALL, "same", check=row_typed(2),
            xfail={"norls": GAP_SYSTEM_COLUMNS}),
     Attack("values_join", "SELECT v.x, count(o.id) FROM (VALUES (1), (2)) v(x) LEFT JOIN orders o "
@@ -963,17 +963,20 @@ ATTACKS: list[Attack] = [
                                               "JOIN orders AS o2 ON o2.id = orders.id"}, ALL, "same"),
     Attack("rewrite_or_true_predicate", "SELECT count(*) FROM orders WHERE tenant_id = 'acme' OR true", SN, "same"),
     Attack("rewrite_negated_own_tenant", "SELECT count(*) FROM orders WHERE NOT (tenant_id = 'acme')", SN, "same"),
-    Attack("rewrite_ctid_first_heap_tuple", "SELECT * FROM orders WHERE ctid = '(0,1)'", ALL, "same",
-           xfail={"norls": GAP_SYSTEM_COLUMNS}),
-    Attack("rewrite_system_columns_or_true", "SELECT ctid, xmin, id FROM orders WHERE ctid <> '(0,0)' OR true "
+    # ctid: where a row is stored; in a table shared by every tenant it counts the others' rows (redteam-guards-2 G8)
+    Attack("rewrite_ctid_first_heap_tuple", "SELECT * FROM orders WHERE ctid = '(0,1)'", ALL,
+           {SN: "deny", C + D: "same"}, by="proxy"),
+    Attack("rewrite_ctid_range_of_own_rows", "SELECT min(ctid)::text, max(ctid)::text FROM orders", ALL,
+           {SN: "deny", C + D: "same"}, by="proxy"),
+    Attack("rewrite_system_columns_or_true", "SELECT xmin::text, cmin::text, id FROM orders WHERE xmin <> '0' OR true "
            "ORDER BY id", ALL, "same", xfail={"norls": GAP_SYSTEM_COLUMNS}),
     Attack("rewrite_tableoid_grouped", "SELECT tableoid::regclass::text AS t, count(*) FROM orders o "
            "GROUP BY 1 HAVING count(*) > 0", ALL, "same", xfail={"norls": GAP_SYSTEM_COLUMNS}),
-    Attack("rewrite_system_column_two_tables", "SELECT o.ctid, c.xmin::text FROM orders o, customers c "
+    Attack("rewrite_system_column_two_tables", "SELECT o.xmin::text, c.xmin::text FROM orders o, customers c "
            "WHERE c.id = o.customer_id OR c.id = o.customer_id + 1 ORDER BY 1, 2 LIMIT 50", ALL, "same",
            xfail={"norls": GAP_SYSTEM_COLUMNS}),
     Attack("rewrite_system_column_alias_list_renames_tenant_column",
-           "SELECT ctid, o.real_tenant FROM orders AS o (id, real_tenant, customer_id, order_date, tenant_id) "
+           "SELECT xmin, o.real_tenant FROM orders AS o (id, real_tenant, customer_id, order_date, tenant_id) "
            "WHERE o.real_tenant <> 'acme'", SN, "any"),
     Attack("rewrite_key_lookup_keeps_index", "EXPLAIN SELECT * FROM orders WHERE id = <<lo>>", SN, "ok",
            check=plan_uses_index),
@@ -1945,26 +1948,169 @@ def test_name_bearing_types_match_the_catalog(pg: PgCluster) -> None:
     assert listed - functions <= {"pg_basetype"}  # since PostgreSQL 17
 
 
-# ------------------------------------------------------------- known limits (redteam-guards-2 G6-G9): strict xfail
+_REG_TYPES = "SELECT oid FROM pg_catalog.pg_type WHERE typname ~ '^_?reg' AND typnamespace = 'pg_catalog'::regnamespace"
 
-@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G6: an unknown literal read as a reg* array (@>, =, &&, "
-                   "width_bucket) reaches regclassin: a hidden schema answers 42501, a missing one 42P01")
+
+def test_name_conversions_match_the_catalog(pg: PgCluster) -> None:
+    """Where PostgreSQL reads a value with a reg* input function without a written conversion, the guards follow it,
+    decided on the catalog of every major tested (redteam-guards-2 G4, G6): every allow-listed pg_catalog function
+    with a parameter of a reg* type (or an array of one) has that argument guarded (guards.CALL_ARGS, for that number
+    of arguments); every allow-listed one with two polymorphic parameters resolves them in implicit.py; no operator
+    takes a reg* type (a scalar beside one is compared as oid, read by oidin: only arrays need implicit.py's
+    comparison groups)."""
+    from proxy.policy import guards, implicit
+    from proxy.policy.builtins import BUILTIN_FUNCTIONS
+
+    rows = pg.execute(
+        "SELECT p.proname, p.pronargs, a.n - 1 FROM pg_catalog.pg_proc p, unnest(p.proargtypes) WITH ORDINALITY "
+        f"a(t, n) WHERE p.pronamespace = 'pg_catalog'::regnamespace AND a.t IN ({_REG_TYPES})")
+    missing = []
+    for name, nargs, index in rows:
+        if name not in BUILTIN_FUNCTIONS:
+            continue
+        specs = [a for a in guards.CALL_ARGS.get(name, ()) if a.nargs is None or nargs in a.nargs]
+        if not any((a.index if a.index >= 0 else nargs + a.index) == index for a in specs):
+            missing.append((name, nargs, index))
+    assert not missing, missing
+    polymorphic = pg.execute(
+        "SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p WHERE p.pronamespace = 'pg_catalog'::regnamespace AND "
+        "(SELECT count(*) FROM unnest(p.proargtypes) a WHERE a::regtype::text IN ('anyelement', 'anyarray', "
+        "'anycompatible', 'anycompatiblearray', 'anynonarray', 'anycompatiblenonarray')) >= 2")
+    known = {*implicit.ARRAY_FUNCTIONS, *implicit.ARRAY_COMPARES, *implicit._WINDOW_DEFAULTS}
+    assert {name for (name,) in polymorphic if name in BUILTIN_FUNCTIONS} <= known
+    assert pg.execute(f"SELECT oprname FROM pg_catalog.pg_operator WHERE oprleft IN ({_REG_TYPES}) OR oprright IN "
+                      f"({_REG_TYPES})") == []
+
+
+# ----------------------------------------------------- existence oracles of redteam-guards-2 G6, G8, G9 (closed)
+
+# A name PostgreSQL reads with a reg* input function without a written conversion: beside an array of a reg* type
+# (the anyarray operators, IS DISTINCT FROM, NULLIF, BETWEEN, a simple CASE, a row comparison, width_bucket,
+# array_position), a text search configuration or dictionary argument, a reg* array literal. The input function
+# answers "permission denied for schema" for a schema the role may not use and "does not exist" for a missing one;
+# through pgtenant both answer alike ({s}: two_co exists and is another tenant's, nix_co does not exist).
+NAME_LITERAL_FORMS = {
+    "array_contains": "SELECT ARRAY[NULL::regclass] @> '{{{s}.orders}}'",
+    "array_contained": "SELECT '{{{s}.orders}}' <@ ARRAY['pg_class'::regclass]",
+    "array_equal": "SELECT ARRAY['pg_class'::regclass] = '{{pg_class,{s}.orders}}'",
+    "array_overlap": "SELECT ARRAY[NULL::regclass] && '{{{s}.orders}}'",
+    "array_distinct": "SELECT NULL::regclass[] IS DISTINCT FROM '{{{s}.orders}}'",
+    "array_nullif": "SELECT NULLIF(NULL::regclass[], '{{{s}.orders}}')",
+    "array_between": "SELECT NULL::regclass[] BETWEEN '{{{s}.orders}}' AND '{{pg_class}}'",
+    "array_in_two": "SELECT NULL::regclass[] IN ('{{{s}.orders}}', '{{pg_class}}')",
+    "array_in_one": "SELECT NULL::regclass[] IN ('{{{s}.orders}}')",
+    "array_simple_case": "SELECT CASE NULL::regclass[] WHEN '{{{s}.orders}}' THEN 1 END",
+    "array_row_compare": "SELECT (NULL::regclass[], 1) < ('{{{s}.orders}}', 2)",
+    "array_cast": "SELECT '{{{s}.orders}}'::regclass[]",
+    "array_regtype_cast": "SELECT '{{int4,{s}.orders}}'::regtype[]",
+    "array_position": "SELECT array_position('{{{s}.orders}}', 'pg_class'::regclass)",
+    "width_bucket": "SELECT width_bucket(NULL::regclass, '{{{s}.orders}}')",
+    "to_tsvector": "SELECT to_tsvector('{s}.cfg', 'a')",
+    "to_tsquery": "SELECT to_tsquery('{s}.cfg', 'a')",
+    "plainto_tsquery": "SELECT plainto_tsquery('{s}.cfg', 'a')",
+    "phraseto_tsquery": "SELECT phraseto_tsquery('{s}.cfg', 'a')",
+    "websearch_to_tsquery": "SELECT websearch_to_tsquery('{s}.cfg', 'a')",
+    "ts_debug": "SELECT * FROM ts_debug('{s}.cfg', 'a')",
+    "ts_headline": "SELECT ts_headline('{s}.cfg', 'a b', to_tsquery('a'))",
+    "jsonb_to_tsvector": "SELECT jsonb_to_tsvector('{s}.cfg', '{{\"a\": \"b\"}}', '[\"string\"]')",
+    "ts_lexize": "SELECT ts_lexize('{s}.simple', 'a')",
+    "ts_parse": "SELECT * FROM ts_parse('{s}.default', 'a b')",  # a parser's name as text (self-red-team)
+    "ts_token_type": "SELECT count(*) FROM ts_token_type('{s}.default')",
+    # a setting whose value names a configuration, looked up when set (self-red-team)
+    "default_text_search_config": "SET default_text_search_config = '{s}.cfg'",
+    "default_text_search_config_set_config": "SELECT set_config('default_text_search_config', '{s}.cfg', false)",
+}
+# The same through a bound value (the extended protocol: a parameter PostgreSQL infers as regclass[] / regconfig).
+NAME_PARAMETER_FORMS = {
+    "array_contains": ("SELECT ARRAY[NULL::regclass] @> %s", "{{{s}.orders}}"),
+    "array_coalesce": ("SELECT COALESCE(NULL::regclass[], %s)", "{{{s}.orders}}"),
+    "array_cast": ("SELECT %s::regclass[]", "{{{s}.orders}}"),
+    "width_bucket": ("SELECT width_bucket(NULL::regclass, %s)", "{{{s}.orders}}"),
+    "to_tsvector": ("SELECT to_tsvector(%s, 'a')", "{s}.cfg"),
+    "ts_lexize": ("SELECT ts_lexize(%s, 'a')", "{s}.simple"),
+    "ts_token_type": ("SELECT count(*) FROM ts_token_type(%s)", "{s}.default"),
+}
+
+
+def _answer(results: list[Result]) -> list[tuple[str, ...]]:
+    """What a client sees: each error's SQLSTATE and message (the schema's name made the same), the last rows."""
+    out = [(r.sqlstate, r.message.replace("two_co", "nix_co")) for r in results if r.kind == "error"]
+    rows = [r for r in results if r.kind == "rows"]
+    return out + ([tuple(str(c) for row in rows[-1].rows for c in row)] if rows and not out else [])
+
+
+@pytest.mark.parametrize("form", sorted(NAME_LITERAL_FORMS))
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_reg_array_literal_does_not_tell_a_hidden_schema(env: Env, protocol: str) -> None:
+def test_name_literal_does_not_tell_a_hidden_schema(env: Env, protocol: str, form: str) -> None:
+    """redteam-guards-2 G6: another tenant's schema and a missing one get the same answer (an array of names is read
+    as text[] and each name looked up only outside hidden schemas; a configuration's name the same way)."""
     actor = ACTORS["schema"]
     client = env.client(actor)
     answers = []
     for schema in ("two_co", "nix_co"):
-        sql = f"SELECT ARRAY[NULL::regclass] @> '{{{schema}.orders}}'"
+        sql = NAME_LITERAL_FORMS[form].format(s=schema)
         results = client.simple(sql) if protocol == "simple" else client.extended(sql)
-        answers.append([r.sqlstate for r in results if r.kind == "error"])
+        answers.append(_answer(results))
     assert answers[0] == answers[1], answers
+    assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
 
 
-@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G9: pg_is_other_temp_schema(oid) is not guarded: it lists "
-                   "the temporary schemas of other sessions (other tenants' activity)")
+@pytest.mark.parametrize("form", sorted(NAME_PARAMETER_FORMS))
+def test_name_parameter_does_not_tell_a_hidden_schema(env: Env, form: str) -> None:
+    """G6 through a bound parameter whose type PostgreSQL infers as regclass[] or regconfig."""
+    actor = ACTORS["schema"]
+    client = env.client(actor)
+    sql, value = NAME_PARAMETER_FORMS[form]
+    answers = [_answer(client.extended(*bidata.bind_extended(sql, (value.format(s=s),)))) for s in ("two_co", "nix_co")]
+    assert answers[0] == answers[1], answers
+    assert not [a for a in answers[0] if len(a) == 2 and a[0] == "42501"], answers
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_other_sessions_temp_schema_in_a_name_literal(env: Env, protocol: str) -> None:
+    """G6, shared strategy: another session's temporary schema named in a configuration or an array of names answers
+    as a temporary schema that does not exist (another tenant's session, in this strategy)."""
+    actor = ACTORS["shared"]
+    other = env.ref(actor)
+    other.simple("CREATE TEMP TABLE IF NOT EXISTS bi_g6_other (x int)")
+    try:
+        temp = _last_rows(other.simple("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()")).rows[0][0]
+        client = env.client(actor)
+        for sql in ("SELECT to_tsvector('{t}.cfg', 'a')", "SELECT ARRAY[NULL::regclass] @> '{{{t}.bi_g6_other}}'",
+                    "SELECT '{{{t}.bi_g6_other}}'::regclass[]"):
+            answers = []
+            for schema in (temp, "pg_temp_987654"):
+                text = sql.format(t=schema)
+                results = client.simple(text) if protocol == "simple" else client.extended(text)
+                answers.append([(r.sqlstate, r.message.replace(schema, "?")) for r in results if r.kind == "error"]
+                               or _last_rows(results).rows)
+            assert answers[0] == answers[1], (sql, answers)
+    finally:
+        other.simple("DROP TABLE IF EXISTS bi_g6_other")
+
+
+def test_own_text_search_configuration_still_works(env: Env) -> None:
+    """Reporting use of the text search functions is unchanged: a built-in configuration by its name."""
+    for strategy in ("shared", "schema", "database"):
+        client = env.client(ACTORS[strategy])
+        for sql in ("SELECT to_tsvector('english', 'The quick foxes')::text",
+                    "SELECT to_tsvector('pg_catalog.english', 'The quick foxes')::text",
+                    "SELECT ts_headline('english', 'The quick foxes', to_tsquery('english', 'fox'))"):
+            results = client.extended(sql)
+            assert not [r for r in results if r.kind == "error"], (strategy, sql, results)
+        assert _last_rows(client.simple("SELECT to_tsvector('english', 'The quick foxes')::text")).rows == [
+            ("'fox':3 'quick':2",)]
+        steps = ("SET default_text_search_config = 'pg_catalog.simple'", "SELECT to_tsvector('The foxes')::text",
+                 "RESET default_text_search_config")
+        results = [r for step in steps for r in client.simple(step)]
+        assert not [r for r in results if r.kind == "error"], (strategy, results)
+        assert _last_rows(results).rows == [("'foxes':2 'the':1",)], (strategy, results)
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_other_sessions_temp_schemas_are_not_listed(env: Env, protocol: str) -> None:
+    """redteam-guards-2 G9: pg_is_other_temp_schema(oid) over a range of OIDs listed other sessions' temporary
+    schemas (other tenants' activity): its argument is guarded, a hidden schema reads as NULL like a missing one."""
     actor = ACTORS["schema"]
     other = env.ref(actor)  # another backend of the same database, holding a temporary schema
     other.simple("CREATE TEMP TABLE IF NOT EXISTS bi_g9_other (x int)")
@@ -1978,13 +2124,34 @@ def test_other_sessions_temp_schemas_are_not_listed(env: Env, protocol: str) -> 
         other.simple("DROP TABLE IF EXISTS bi_g9_other")
 
 
-@pytest.mark.xfail(strict=True, reason="redteam-guards-2 G8: in the shared strategy a tenant's own rows' ctid "
-                   "shows how many other tenants' rows are stored before and between them")
+@pytest.mark.parametrize("strategy", ["shared", "norls"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_ctid_of_own_rows_is_not_shown(env: Env, protocol: str) -> None:
-    actor = ACTORS["shared"]
+def test_ctid_of_own_rows_is_not_shown(env: Env, protocol: str, strategy: str) -> None:
+    """redteam-guards-2 G8: the ctid of a tenant's rows in a table every tenant shares told how many other tenants'
+    rows are stored before and between them: refused with its rule, the session goes on; other system columns and a
+    temporary table's ctid stay available."""
+    actor = ACTORS[strategy]
     client = env.client(actor)
-    sql = "SELECT min(ctid)::text, max(ctid)::text FROM orders"
-    results = client.simple(sql) if protocol == "simple" else client.extended(sql)
-    rows = [r for r in results if r.kind == "rows"]
-    assert not rows or all(cell is None for row in rows[-1].rows for cell in row), rows
+    for sql in ("SELECT min(ctid)::text, max(ctid)::text FROM orders",
+                "SELECT count(*) FROM orders o WHERE o.ctid < '(1,0)'",
+                "SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY c.ctid LIMIT 1"):
+        results = client.simple(sql) if protocol == "simple" else client.extended(sql)
+        errors = [r for r in results if r.kind == "error"]
+        assert errors and errors[0].sqlstate == "42501" and "(rule row_position)" in errors[0].message, results
+        assert not [r for r in results if r.kind == "rows"], results
+    if strategy == "shared":  # xmin under forced RLS keeps the relation (the WHERE form)
+        assert _last_rows(client.simple("SELECT count(xmin) FROM orders")).rows == [(str(actor.counts["orders"]),)]
+    steps = ("CREATE TEMP TABLE bi_g8_temp AS SELECT 1 AS x", "SELECT ctid::text FROM bi_g8_temp",
+             "DROP TABLE bi_g8_temp")
+    results = [r for step in steps for r in client.simple(step)]
+    assert not [r for r in results if r.kind == "error"], results
+    assert _last_rows(results).rows == [("(0,1)",)]
+    assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
+
+
+@pytest.mark.parametrize("strategy", ["schema", "database"])
+def test_ctid_stays_in_a_tenant_of_its_own(env: Env, strategy: str) -> None:
+    """A schema or database of the tenant's own holds only its rows: ctid is PostgreSQL's."""
+    actor = ACTORS[strategy]
+    rows = _last_rows(env.client(actor).simple("SELECT count(ctid) FROM orders")).rows
+    assert rows == [(str(actor.counts["orders"]),)]

@@ -317,10 +317,10 @@ def test_never_allowed_beats_extra_allowed() -> None:
 def test_system_columns_keep_the_wrapper_on_tables_without_forced_rls() -> None:
     """Only a table the preflight found under forced RLS gets its predicate in the WHERE clause."""
     only_orders = dataclasses.replace(SHARED, rls_tables=frozenset({("sales", "orders")}))
-    decision = decide(only_orders, "SELECT o.ctid, c.name FROM orders o, customers c WHERE c.id = o.customer_id")
+    decision = decide(only_orders, "SELECT o.xmin, c.name FROM orders o, customers c WHERE c.id = o.customer_id")
     assert isinstance(decision, Rewrite) and decision.rules == ("tenant_filter", "tenant_filter_where")
     assert decision.sql == (
-        "SELECT o.ctid, c.name FROM orders o, (SELECT * FROM customers WHERE \"customers\".\"tenant_id\" = 'acme') c"
+        "SELECT o.xmin, c.name FROM orders o, (SELECT * FROM customers WHERE \"customers\".\"tenant_id\" = 'acme') c"
         " WHERE (c.id = o.customer_id) AND \"o\".\"tenant_id\" = 'acme'"
     )
 
@@ -509,7 +509,7 @@ def test_a_long_with_list_scopes_each_cte_from_its_definition_on() -> None:
 
 
 def test_many_plain_from_items_with_system_columns_each_carry_their_predicate(monkeypatch: pytest.MonkeyPatch) -> None:
-    sql = "SELECT o0.ctid FROM " + ", ".join(f"sales.orders o{i}" for i in range(30))
+    sql = "SELECT o0.xmin FROM " + ", ".join(f"sales.orders o{i}" for i in range(30))
     d = decide(SHARED, sql)
     assert isinstance(d, Rewrite) and d.rules == ("tenant_filter_where",) and d.sql.count("'acme'") == 30
     real_apply = engine.apply_edits

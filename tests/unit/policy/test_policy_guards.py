@@ -302,3 +302,111 @@ def test_a_naming_function_of_an_aggregate_uses_the_array_form() -> None:
     for policy in (SHARED, SCHEMA):
         decision = decide(policy, "SELECT format_type(max(atttypid), NULL) FROM pg_attribute")
         assert isinstance(decision, Rewrite) and "pg_catalog.array_position(" in decision.sql, decision
+
+
+@pytest.mark.parametrize(
+    ("text", "elements"),
+    [
+        ("{a,b}", ["a", "b"]),
+        (' { a.b , "c d" ,NULL, "NULL"} ', ["a.b", "c d", None, "NULL"]),
+        ('{"a\\"b.c"}', ['a"b.c']),
+        ("{}", []),
+        ("{{a},{b}}", None),  # more than one dimension: read at run time
+        ("[1:2]={a,b}", None),  # bounds: ditto
+        ('{a"b}', None),
+        ("{a,}", None),
+        ("{a\\,b}", None),
+    ],
+)
+def test_array_literal_elements_as_array_in_reads_them(text: str, elements: list[str | None] | None) -> None:
+    assert guards.array_elements(text) == elements
+
+
+@pytest.mark.parametrize(
+    ("policy_name", "text", "checked"),
+    [
+        ("shared", "{orders,pg_catalog.pg_class,public.events,NULL}", True),
+        ("shared", "{orders,tenant_globex.orders}", False),  # another schema: read at run time
+        ("shared", "{orders,16385}", False),  # an OID: visibility checked at run time
+        ("shared", "{pg_temp_3.x}", False),  # another session's temporary schema
+        ("schema", "{orders,tenant_acme.orders,ref.rates}", True),
+        ("schema", "{orders,tenant_globex.orders}", False),  # not refused when decided: guarded
+        ("schema", "{{orders}}", False),
+    ],
+)
+def test_array_literal_names_checked_when_decided(policy_name: str, text: str, checked: bool) -> None:
+    assert guards.literal_checked(POLICIES[policy_name], "class", guards.PARSE, text) is checked
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT ARRAY[NULL::regclass] @> '{tenant_globex.orders}'",
+        "SELECT NULLIF(NULL::regclass[], '{tenant_globex.orders}')",
+        "SELECT CASE NULL::regclass[] WHEN '{tenant_globex.orders}' THEN 1 END",
+        "SELECT ROW(NULL::regclass[], 1) = ROW('{tenant_globex.orders}', 1)",
+        "SELECT NULL::regclass[] BETWEEN '{tenant_globex.orders}' AND '{pg_class}'",
+        "SELECT width_bucket(NULL::regclass, '{tenant_globex.orders}')",
+        "SELECT array_position('{tenant_globex.orders}', NULL::regclass)",
+        "SELECT ARRAY[NULL::regclass] = $1",
+        "SELECT to_tsvector('tenant_globex.cfg', 'a')",
+        "SELECT ts_headline('tenant_globex.cfg', 'a', to_tsquery('a'))",
+        "SELECT jsonb_to_tsvector($1, '{}', '[\"all\"]')",
+        "SELECT to_tsvector(16385, 'a')",
+    ],
+)
+def test_names_read_by_an_input_function_are_guarded(sql: str) -> None:
+    """redteam-guards-2 G6: each such literal or parameter goes through a guard (the verifier accepts nothing else)."""
+    decision = decide(POLICIES["shared_hiding"], sql)
+    assert isinstance(decision, Rewrite) and "object_guard" in decision.rules, decision
+    assert "pgt_g_" in decision.sql
+
+
+def test_a_scalar_beside_a_reg_value_is_compared_as_an_oid() -> None:
+    """Only an array of a reg* type makes a comparison read names: a scalar one resolves to oid = oid (oidin)."""
+    for sql in ("SELECT NULL::regclass = 'x.y'", "SELECT NULL::regclass IS DISTINCT FROM 'x.y'",
+                "SELECT CASE NULL::regclass WHEN 'x.y' THEN 1 END"):
+        assert isinstance(decide(POLICIES["shared_hiding"], sql), Allow), sql
+
+
+def test_ts_headline_guards_its_first_argument_only_where_it_is_a_configuration() -> None:
+    policy = POLICIES["shared_hiding"]
+    assert isinstance(decide(policy, "SELECT ts_headline('a b', to_tsquery($2), $3)"), Allow)  # a document
+    assert isinstance(decide(policy, "SELECT ts_headline($1, $2, to_tsquery($3), $4)"), Rewrite)  # a configuration
+
+
+def test_ts_headline_with_an_untyped_first_parameter_is_refused() -> None:
+    """ts_headline($1, body, query): PostgreSQL resolves $1 as a configuration (its value read by regconfigin) or a
+    document by the other arguments' types (self-red-team of G6): the client writes which."""
+    policy = POLICIES["shared_hiding"]
+    denied = decide(policy, "SELECT ts_headline($1, body, q) FROM docs")
+    assert isinstance(denied, Deny) and denied.rule == "rewrite_unsupported", denied
+    assert isinstance(decide(policy, "SELECT ts_headline($1::text, to_tsquery($2), $3)"), Allow)
+    assert isinstance(decide(policy, "SELECT ts_headline($1::regconfig, 'a', to_tsquery($2))"), Rewrite)
+
+
+@pytest.mark.parametrize(
+    ("policy_name", "sql", "allowed"),
+    [
+        ("shared_hiding", "SET default_text_search_config = 'pg_catalog.english'", True),
+        ("shared_hiding", "SET default_text_search_config TO english", True),
+        ("shared_hiding", "SET LOCAL default_text_search_config = 'public.mine'", True),  # on the search_path
+        ("shared_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", False),  # hidden
+        ("shared_hiding", "SET default_text_search_config = 'nosuch.cfg'", False),  # missing: the same answer
+        ("shared_hiding", "SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)", False),
+        ("shared_hiding", "SELECT set_config('default_text_search_config', $1, false)", False),
+        ("schema", "SET default_text_search_config = 'ref.cfg'", True),
+        ("schema", "SET default_text_search_config = 'tenant_globex.cfg'", False),
+        ("database", "SET default_text_search_config = 'anywhere.cfg'", True),
+        ("database_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", False),
+    ],
+)
+def test_text_search_configuration_setting_names_usable_schemas(policy_name: str, sql: str, allowed: bool) -> None:
+    """default_text_search_config is looked up when set: PostgreSQL answers "permission denied for schema" for a
+    schema the role may not use, "invalid value" for a missing one (self-red-team of G6). A qualified value must
+    name a schema the tenant may use by its text, whether it exists or not."""
+    decision = decide(POLICIES[policy_name], sql)
+    if allowed:
+        assert not isinstance(decision, Deny), decision
+    else:
+        assert isinstance(decision, Deny) and decision.rule == "foreign_schema" and decision.sqlstate == "42501"

@@ -217,7 +217,7 @@ def predicate(draw: st.DrawFn, depth: int) -> str:
 
 @st.composite
 def select(draw: st.DrawFn, depth: int = 0) -> str:
-    head = draw(st.sampled_from(["SELECT *", "SELECT count(*)", "SELECT 1 AS one", "SELECT ctid, xmin", "TABLE",
+    head = draw(st.sampled_from(["SELECT *", "SELECT count(*)", "SELECT 1 AS one", "SELECT xmin, cmin", "TABLE",
                                  "SELECT t, x1", "SELECT row_to_json(t.*)", "SELECT t.*", "SELECT orders::text",
                                  'SELECT count(*) FILTER (WHERE "Custom SQL Query" = t)']))
     if head == "TABLE":
