@@ -7,7 +7,7 @@ STAMP := $(VENV)/.pgtenant-installed
 ACCEL_SRC := proxy/_speedups.pyx $(shell grep -rlx 'from proxy._accel import speedups' proxy --include='*.py')
 ACCEL := $(VENV)/.pgtenant-speedups
 
-.PHONY: venv test demo run
+.PHONY: venv test test-txn demo run
 
 venv: $(STAMP) $(ACCEL)
 
@@ -25,6 +25,11 @@ $(ACCEL): $(STAMP) $(ACCEL_SRC) setup.py
 
 test: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/pytest -q && PGTENANT_PURE=1 $(VENV)/bin/pytest -q tests/unit
+
+# The integration suite again with every proxy pooled in transaction mode, 2 servers per pool (issue 16;
+# tests/support/proxyproc.py reads these variables; a test's own [pool] keys win).
+test-txn: venv
+	PGTENANT_TEST_POOL_MODE=transaction PGTENANT_TEST_POOL_SIZE=2 $(VENV)/bin/pytest -q tests/integration
 
 demo: venv
 	$(VENV)/bin/pgtenant demo

@@ -220,8 +220,8 @@ def start_pyrelay(stack: contextlib.ExitStack, cluster: PgCluster) -> Target:
 
 
 def start_pgbouncer(stack: contextlib.ExitStack, exe: str, cluster: PgCluster, pool_size: int,
-                    role: tuple[str, str] | None = None, name: str = "pgbouncer") -> Target:
-    """PgBouncer in session mode in front of database DB, logging in to PostgreSQL as `role` (default: the role
+                    role: tuple[str, str] | None = None, name: str = "pgbouncer", pool_mode: str = "session") -> Target:
+    """PgBouncer in `pool_mode` in front of database DB, logging in to PostgreSQL as `role` (default: the role
     pgtenant uses for tenant initech); clients log in as USER."""
     role, role_pw = role or backend_role()
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-pgbouncer-", dir="/tmp"))
@@ -238,7 +238,7 @@ listen_port = {port}
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = {workdir}/userlist.txt
-pool_mode = session
+pool_mode = {pool_mode}
 max_client_conn = 5000
 default_pool_size = {pool_size}
 server_tls_sslmode = disable
@@ -282,6 +282,15 @@ def wait_ready(target: Target, proc: subprocess.Popen[bytes] | None = None, time
 # --------------------------------------------------------------------------- pgbench
 
 
+def pgbench_binary(installation: pgcluster.PgInstallation) -> str:
+    """The installation's pgbench, else PostgreSQL 15's, else PATH's; exits when there is none."""
+    pgbench = next((str(p) for p in (installation.bin("pgbench"), Path("/usr/lib/postgresql/15/bin/pgbench"))
+                    if p.exists()), None) or shutil.which("pgbench")
+    if not pgbench:
+        raise SystemExit("pgbench not found")
+    return pgbench
+
+
 def pgbench_env(password: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PGPASSWORD": password, "PGSSLMODE": "disable",
             "LC_ALL": "C"}
@@ -300,7 +309,8 @@ def init_pgbench(pgbench: str, cluster: PgCluster, scale: int, owner: str) -> No
 def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespace, pg_pid: int) -> dict[str, Any]:
     """One pgbench run; CPU seconds of every party (pgbench, postgres, the proxy, everything else) around it."""
     argv = [pgbench, "-n", "-S", "-M", mode, "-T", str(args.duration), "-c", str(args.clients),
-            "-j", str(args.threads), "-h", "127.0.0.1", "-p", str(target.port), "-U", target.user, DB]
+            "-j", str(args.threads), *getattr(args, "pgbench_extra", ()), "-h", "127.0.0.1", "-p", str(target.port),
+            "-U", target.user, DB]
     quiet = wait_quiet(args.quiet_wait)
     log0 = target.log.stat().st_size if target.log else 0
     before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid))
@@ -323,7 +333,7 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
     cpu = {"pgbench": after[1] - before[1], "postgres": after[2] - before[2], "proxy": user + system}
     cpu["other"] = max(0.0, busy - sum(cpu.values()))  # includes irq/softirq and steal, reported below
     out: dict[str, Any] = {
-        "tps": grab(r"tps = ([\d.]+) \(without initial connection time\)"),
+        "tps": grab(r"tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)"),
         "latency_ms": grab(r"latency average = ([\d.]+) ms"),
         "transactions": int(grab(r"number of transactions actually processed: (\d+)")),
         "wall_s": round(wall, 2),
@@ -628,10 +638,7 @@ def main() -> int:
     installation = pgcluster.probe_installation(args.pg_bin) if args.pg_bin else pgcluster.default_installation()
     if installation is None:
         raise SystemExit(f"--pg-bin {args.pg_bin}: no initdb/postgres there")
-    pgbench = next((str(p) for p in (installation.bin("pgbench"), Path("/usr/lib/postgresql/15/bin/pgbench"))
-                    if p.exists()), None) or shutil.which("pgbench")
-    if not pgbench:
-        raise SystemExit("pgbench not found")
+    pgbench = pgbench_binary(installation)
     bouncer = ensure_pgbouncer() if "pgbouncer" in args.targets else None
     results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                                "bench": {}, "memory": {}}
@@ -711,9 +718,14 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli(entry: Any) -> None:
+    """Exit with `entry()`'s status; Ctrl-C (or SIGTERM, see main) after the ExitStack cleaned up: 130."""
     try:
-        sys.exit(main())
+        sys.exit(entry())
     except KeyboardInterrupt:
         say("interrupted; cleaned up")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    cli(main)

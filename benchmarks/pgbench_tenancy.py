@@ -123,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     installation = pgcluster.default_installation()
-    pgbench = next((str(p) for p in (installation.bin("pgbench"), Path("/usr/lib/postgresql/15/bin/pgbench"))
-                    if p.exists()), None) or shutil.which("pgbench")
-    if not pgbench:
-        raise SystemExit("pgbench not found")
+    pgbench = pc.pgbench_binary(installation)
     bouncer = pc.ensure_pgbouncer()
     results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "bench": {}}
     with contextlib.ExitStack() as stack:

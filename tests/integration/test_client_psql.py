@@ -8,9 +8,6 @@ a plaintext CancelRequest (PQcancel) on SIGINT.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 from tests.support.certs import TlsFiles
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess
-from tests.support.psql import PsqlResult, find_psql, run_psql
+from tests.support.psql import PsqlResult, find_psql, interrupt_psql, run_psql
 
 
 @pytest.fixture(scope="module")
@@ -178,24 +175,8 @@ def _active_sleep_pids(pg: PgCluster, application_name: str) -> list[int]:
 
 def test_ctrl_c_cancels_the_running_query(proxy: ProxyProcess, pg: PgCluster, psql_exe: str) -> None:
     app = f"psql-cancel-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PGPASSWORD=proxy.password("ivan"), PGAPPNAME=app, PGCONNECT_TIMEOUT="10")
-    proc = subprocess.Popen(
-        [psql_exe, "-X", "-w", "-d", proxy.dsn("ivan"), "-c", "SELECT pg_sleep(30)"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not _active_sleep_pids(pg, app):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the query never became active on the backend"
-            time.sleep(0.05)  # poll interval, bounded by the deadline
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=15)  # pg_sleep(30) otherwise: TimeoutExpired fails the test
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert "canceling statement due to user request" in stderr, (stdout, stderr)
-    assert proc.returncode == 1
+    res = interrupt_psql(psql_exe, proxy.dsn("ivan"), proxy.password("ivan"), "SELECT pg_sleep(30)", app,
+                         lambda: bool(_active_sleep_pids(pg, app)))
+    assert "canceling statement due to user request" in res.stderr, res
+    assert res.returncode == 1
     assert not _active_sleep_pids(pg, app)

@@ -34,7 +34,21 @@ USERS: dict[str, tuple[str, str]] = {
     "ivan": ("initech", "ivan-pw"),
 }
 
+# Run the suite pooled: when set, every ProxyProcess writes these `[pool]` keys (a test's own `pool` keys win).
+ENV_POOL_MODE = "PGTENANT_TEST_POOL_MODE"  # "session" | "transaction"
+ENV_POOL_SIZE = "PGTENANT_TEST_POOL_SIZE"  # servers per pool, e.g. 2
+
 _verifier_cache: dict[str, str] = {}
+
+
+def env_pool() -> dict[str, Any]:
+    """The `[pool]` keys asked for by the environment (PGTENANT_TEST_POOL_MODE / _SIZE); {} when unset."""
+    out: dict[str, Any] = {}
+    if mode := os.environ.get(ENV_POOL_MODE, "").strip():
+        out["pool_mode"] = mode
+    if size := os.environ.get(ENV_POOL_SIZE, "").strip():
+        out["pool_size"] = int(size)
+    return out
 
 
 def verifier(password: str) -> str:
@@ -92,6 +106,7 @@ class ProxyProcess:
     admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
     pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys
     provision_args: tuple[str, ...] = ()  # more `pgtenant provision` options, e.g. ("--trust", "app")
+    pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys, over those of env_pool()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -128,6 +143,9 @@ class ProxyProcess:
             "[pool]",
             *(f"{k} = {json.dumps(v)}" for k, v in self.pool.items()),
         ]
+        pool = {**env_pool(), **self.pool}
+        if pool:  # no [pool] table at all otherwise (a build without pooling refuses the table)
+            lines += ["[pool]", *(f"{k} = {json.dumps(v)}" for k, v in pool.items())]
         if self.tls is not None:
             lines += [
                 "[tls]",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,3 +79,28 @@ def run_psql(
                          check=False)
     result = PsqlResult(argv=argv, returncode=res.returncode, stdout=res.stdout, stderr=res.stderr)
     return result.check() if check else result
+
+
+def interrupt_psql(psql: str, conninfo: str, password: str, sql: str, app: str,
+                   running: Callable[[], bool]) -> PsqlResult:
+    """Run ``psql -c sql`` (application_name ``app``) and press Ctrl-C (SIGINT: psql sends a CancelRequest) once
+    ``running()`` sees the query active on the backend; fails if it never does within 15 s or psql then does not
+    end within 15 s."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGPASSWORD=password, PGAPPNAME=app, PGCONNECT_TIMEOUT="10")
+    argv = [psql, "-X", "-w", "-d", conninfo, "-c", sql]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        deadline = time.monotonic() + 15
+        while not running():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the query never became active on the backend"
+            time.sleep(0.05)  # poll interval, bounded by the deadline
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=15)  # the query otherwise: TimeoutExpired fails the test
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return PsqlResult(argv=argv, returncode=proc.returncode, stdout=stdout, stderr=stderr)
