@@ -104,7 +104,6 @@ class ProxyProcess:
     audit: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # more [metrics] keys
     admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
-    pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys
     provision_args: tuple[str, ...] = ()  # more `pgtenant provision` options, e.g. ("--trust", "app")
     pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys, over those of env_pool()
     proc: subprocess.Popen[bytes] | None = None
@@ -140,8 +139,6 @@ class ProxyProcess:
             *(f"{k} = {json.dumps(v)}" for k, v in self.audit.items()),
             "[admin]",
             f"users = {json.dumps(sorted(self.admin_users))}",
-            "[pool]",
-            *(f"{k} = {json.dumps(v)}" for k, v in self.pool.items()),
         ]
         pool = {**env_pool(), **self.pool}
         if pool:  # no [pool] table at all otherwise (a build without pooling refuses the table)
