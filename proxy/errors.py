@@ -18,6 +18,7 @@ SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION = "08001"
 CONNECTION_FAILURE = "08006"
 PROTOCOL_VIOLATION = "08P01"
 FEATURE_NOT_SUPPORTED = "0A000"
+INVALID_SQL_STATEMENT_NAME = "26000"
 CHARACTER_NOT_IN_REPERTOIRE = "22021"
 INVALID_PARAMETER_VALUE = "22023"
 READ_ONLY_SQL_TRANSACTION = "25006"
@@ -28,6 +29,7 @@ INVALID_CATALOG_NAME = "3D000"
 UNDEFINED_TABLE = "42P01"
 INSUFFICIENT_PRIVILEGE = "42501"
 SYNTAX_ERROR = "42601"
+DUPLICATE_PSTATEMENT = "42P05"
 UNDEFINED_OBJECT = "42704"
 TOO_MANY_CONNECTIONS = "53300"
 CONFIGURATION_LIMIT_EXCEEDED = "53400"
@@ -242,6 +244,13 @@ denial_evicted = _register("denial_evicted", INSUFFICIENT_PRIVILEGE, "ERROR",
 # in proxy/policy/rules.py); `statement` names the statement of a string of several.
 POLICY_DENIED = "pgtenant: {statement}{detail} (rule {rule})"
 POLICY_DENIED_STATEMENT = "statement {index} of {count}: "
+# Protocol-level prepared statements are kept by pgtenant (proxy/statements.py): PostgreSQL's own answers.
+prepared_statement_exists = _register("prepared_statement_exists", DUPLICATE_PSTATEMENT, "ERROR",
+                                      'prepared statement "{name}" already exists')
+prepared_statement_missing = _register("prepared_statement_missing", INVALID_SQL_STATEMENT_NAME, "ERROR",
+                                       'prepared statement "{name}" does not exist')
+unnamed_statement_missing = _register("unnamed_statement_missing", INVALID_SQL_STATEMENT_NAME, "ERROR",
+                                      "unnamed prepared statement does not exist")
 
 # --- the admin console ------------------------------------------------------------------
 

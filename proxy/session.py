@@ -48,6 +48,7 @@ from proxy.reasons import CloseReason
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
+from proxy.statements import RESPONSES, Statements, forgets
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -68,9 +69,7 @@ _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
-PROTOCOL_STATEMENT = "prepared_statement"  # the pin reason of protocol-level named statements (until wp-stmts)
-# The backend's answers that pass ClientSession._statement in transaction pooling, by message type.
-_ANSWERS = {ord("1"): "parse_complete", ord("3"): "close_complete", m.ERROR_RESPONSE: "error"}
+_DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
 # decision is to be made off the event loop (the session then holds the message, see RunDecision).
@@ -271,6 +270,8 @@ class ClientSession:
             m.COPY_FAIL: self._on_copy_end,
         }
         self.frontend.handlers = self._frontend_tracked
+        self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
+        self._backend_own = dict(self.backend_stream.handlers)
         # What a read from the client does, per state (a state without a handler expects no data: 08P01).
         self._on_data: dict[State, Callable[[bytes], list[Action]]] = {
             State.STARTUP: self._startup_data,
@@ -323,7 +324,10 @@ class ClientSession:
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
-        self._named: set[str] = set()  # protocol-level named statements (they pin until proxy/statements.py)
+        self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
+        self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
+        self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
+        self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
         self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
@@ -342,12 +346,138 @@ class ClientSession:
         self._decided_in = self.context.belief
         self._decisive = self.context.belief.for_decisions()
         self._parse_memo = None
-        self.frontend.handlers = {
-            **self._frontend_tracked,
-            m.QUERY: self._gate_query,
-            m.PARSE: self._pooled_parse if self.pooled else self._gate_parse,
-            m.FUNCTION_CALL: self._gate_function_call,
-        }
+        self._gates = {m.QUERY: self._gate_query, m.PARSE: self._gate_parse,
+                       m.FUNCTION_CALL: self._gate_function_call}
+        self.frontend.handlers = {**self._frontend_tracked, **self._gates}
+        if self.statements is not None:
+            self._follow_statements()
+
+    # --- protocol-level prepared statements and the statement cache (proxy/statements.py) ----------------
+
+    def enable_statements(self, prepared: dict[str, int], *, cache: bool, cache_size: int = 500,
+                          cache_bytes: int = 4 << 20) -> None:
+        """Keep the client's prepared statements here and give them content-derived names on the server (whose
+        statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
+        self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
+                                     cache_bytes=cache_bytes)
+        self.statements.attach(prepared)
+        self._follow_statements()
+
+    def _follow_statements(self) -> None:
+        """Route every message with an answer through the statement maps and the response ledger."""
+        st = self.statements
+        assert st is not None
+        front = {**self._frontend_tracked, **self._gates}
+        gate_query, gate_parse, gate_call = front.get(m.QUERY), front.get(m.PARSE), front.get(m.FUNCTION_CALL)
+        bind, close, sync, copy_end = front[m.BIND], front[m.CLOSE], front[m.SYNC], front[m.COPY_DONE]
+        describe, execute = front.get(m.DESCRIBE), front.get(m.EXECUTE)  # (transaction pooling: they open requests)
+
+        def on_query(body: bytes) -> object:
+            out = gate_query(body) if gate_query is not None else None
+            if out is HOLD:
+                return out
+            return self._statement_query(body, out)  # type: ignore[arg-type]
+
+        def on_parse(body: bytes) -> object:
+            out = gate_parse(body) if gate_parse is not None else None
+            if out is HOLD:
+                return out
+            return self._statement_parse(body, out)  # type: ignore[arg-type]
+
+        def on_call(body: bytes) -> object:
+            out = gate_call(body) if gate_call is not None else None
+            st.query()
+            return out
+
+        def on_bind(body: bytes) -> bytes | None:
+            out = bind(body)
+            if out is not None:  # renamed to a denial marker: fails in the backend as it is
+                st.passthrough(m.BIND, out)  # type: ignore[arg-type]
+                return out  # type: ignore[return-value]
+            return st.bind(body)
+
+        def on_describe(body: bytes) -> bytes | None:
+            if describe is not None:
+                describe(body)
+            return st.describe(body)
+
+        def on_close(body: bytes) -> bytes | None:
+            close(body)
+            return st.close(body)
+
+        def on_sync(body: bytes) -> None:
+            sync(body)
+            st.sync()
+
+        def on_execute(body: bytes) -> None:
+            if execute is not None:
+                execute(body)
+            st.execute(body)
+
+        def on_copy_end(body: bytes) -> None:
+            copy_end(body)
+            st.copy_end()
+
+        front.update({m.QUERY: on_query, m.PARSE: on_parse, m.FUNCTION_CALL: on_call, m.BIND: on_bind,
+                      m.CLOSE: on_close, m.SYNC: on_sync, m.EXECUTE: on_execute, m.DESCRIBE: on_describe,
+                      m.COPY_DONE: on_copy_end, m.COPY_FAIL: on_copy_end})
+        self.frontend.handlers = front
+        back = dict(self._backend_own)
+        for type_ in RESPONSES:
+            back[type_] = _answer(st, type_, back.get(type_))
+        self.backend_stream.handlers = back
+
+    def _statement_parse(self, body: bytes, out: bytes | None) -> bytes | None:
+        """A Parse as the gate forwards it (None: as it is), given to the statement maps."""
+        st = self.statements
+        assert st is not None
+        key = out if out is not None else body
+        memo = self._statement_memo  # the same Parse again (drivers send the same unnamed one again and again)
+        if memo[0] == key:
+            parse = memo[1]
+        else:
+            try:
+                parse = m.Parse.decode(out[5:] if out is not None else body)
+            except m.DecodeError:
+                parse = None
+            if len(key) <= _MAX_MEMO_BODY:
+                self._statement_memo = (key, parse)
+        if parse is None or parse.sql.startswith(_DENIED_TEXT):  # fails in the backend: nothing is made
+            st.passthrough(m.PARSE, out if out is not None else m.frame(b"P", body))
+            return out
+        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope())
+        return out if edited is None else edited
+
+    def _statement_scope(self) -> str:
+        """What a statement's meaning depends on besides its text: the session's context (search_path, temporary
+        relations that shadow tables), as the statement names on servers include it."""
+        belief = self.context.belief
+        scope = self._scope
+        if scope[0] is not belief:
+            key = (belief.path, belief.local, sorted(belief.temp_tables), sorted(belief.temp_views))  # names resolve by
+            scope = self._scope = (belief, "" if key == (None, None, [], []) else repr(key))
+        return scope[1]
+
+    def _statement_query(self, body: bytes, out: bytes | None) -> bytes | None:
+        """A Query as the gate forwards it: it ends the unnamed statement; DEALLOCATE ALL / DISCARD ALL forget every
+        statement; DDL closes the cache's statements (their plans could fail with 0A000)."""
+        st = self.statements
+        assert st is not None
+        try:
+            sql = query_text(out[5:] if out is not None else body)
+        except m.DecodeError:
+            st.query()
+            return out
+        instead = st.deallocate(sql)
+        if instead is not None:  # SQL DEALLOCATE of a statement only the proxy has (psqlODBC's _PLAN statements)
+            return query_message(instead)
+        st.query(reset=forgets(sql))
+        if st.cache and statement_kind(sql) == "ddl":
+            closes = st.invalidate()
+            if closes:
+                return (out if out is not None else m.frame(b"Q", body)) + closes
+        return out
+
 
     def row(self) -> SessionRow:
         """What the session is now, as plain data."""
@@ -423,6 +553,10 @@ class ClientSession:
             return self._end_with_server(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)
         except FramingError as exc:
             return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
+        if self.statements is not None:
+            again = self.statements.take_server()  # a batch sent again (a stale cached plan)
+            if again:
+                return [RelayToClient(chunks), RelayToServer([again])]
         if self._idle_check:
             return self._at_idle(chunks)
         return [RelayToClient(chunks)]
@@ -459,6 +593,13 @@ class ClientSession:
         except SessionError as exc:
             return [ReleaseServer(reusable=True, reset=True), *self._fail(exc)]
         self.server = server
+        if self.statements is not None:
+            self.statements.attach(server.prepared)  # type: ignore[arg-type]
+        else:
+            cache, size, size_bytes = statement_settings(self.config)
+            if self.pooled or cache:  # the client's statements are kept here and prepared on each server
+                self.enable_statements(server.prepared, cache=cache, cache_size=size,  # type: ignore[arg-type]
+                                       cache_bytes=size_bytes)
         desired = self._desired()
         replay = _settings_diff(server.settings, desired)
         out: list[bytes | memoryview] = []
@@ -469,7 +610,14 @@ class ClientSession:
             self._applied = desired
         out += self._waiting
         self._waiting = []
+        more: list[Action] = []
+        if self._unread:  # what the client sent meanwhile, read now that its statements can be placed
+            unread, self._unread = self._unread, b""
+            more = self._relay_from_client(unread)
+            while more and type(more[0]) is RelayToServer:  # one write with the replay
+                out += more.pop(0).chunks  # type: ignore[union-attr]
         actions: list[Action] = [RelayToServer(out)] if out else []
+        actions += more
         if first:
             self._notices = list(notices)
             if not replay:
@@ -508,6 +656,14 @@ class ClientSession:
         self._transition(Event.SERVER_REFUSED)
         waiting, self._waiting = self._waiting, []
         ends = sum(t in _REQUEST_ENDS for t, _, _ in m.split_messages(b"".join(bytes(c) for c in waiting))[0])
+        if self._unread:  # unread: every request in it ends (a batch without its Sync closes the session)
+            unread, self._unread = self._unread, b""
+            messages, used = m.split_messages(unread)
+            if waiting or used != len(unread) or not messages or messages[-1][0] not in _REQUEST_ENDS:
+                self._close()
+                return [CloseClient(error, reason)]
+            answer = (error.encode() + m.ready_for_query(b"I")) * sum(t in _REQUEST_ENDS for t, _, _ in messages)
+            return [RelayToClient([answer])]
         if ends != len(self.tracker.pending) or self._held is not None:
             self._close()
             return [CloseClient(error, reason)]
@@ -556,7 +712,7 @@ class ClientSession:
         self._idle_check = False
         actions: list[Action] = [RelayToClient(chunks)]
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.pending
-                or self._replaying):
+                or self._replaying or (self.statements is not None and not self.statements.idle)):
             return actions
         desired = self._settle()
         pins = self._pin_reasons()
@@ -571,8 +727,7 @@ class ClientSession:
         return actions
 
     def _pin_reasons(self) -> tuple[str, ...]:
-        reasons = self.context.current.pin_reasons()
-        return (*reasons, PROTOCOL_STATEMENT) if self._named else reasons
+        return self.context.current.pin_reasons()
 
     def _pin_actions(self, pins: tuple[str, ...]) -> list[Action]:
         """Metrics: the reasons the session is newly pinned for, or its unpinning."""
@@ -594,6 +749,8 @@ class ClientSession:
         server, self.server = self.server, None
         if server is None:
             return []
+        if self.statements is not None:
+            self.statements.detach()
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
@@ -604,7 +761,7 @@ class ClientSession:
         if self.server is None:
             return []
         idle = (self._tx_status == b"I" and not self.tracker.pending and self._held is None and not self._replaying
-                and not self.frontend.pending)
+                and not self.frontend.pending and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
         clean = self.pooled and not self._pin_reasons()  # (settings are recorded on it: the next client's diff)
@@ -825,12 +982,9 @@ class ClientSession:
         self.request = self._server_request()
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
-            self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._pooled_describe,
-                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_request_message,
-                                      m.BIND: self._pooled_bind}
+            self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
+                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_request_message}
             self.frontend.handlers = self._frontend_tracked
-            self.backend_stream.handlers = {**self.backend_stream.handlers,
-                                            **{t: self._statement_answer(t) for t in _ANSWERS if t != m.ERROR_RESPONSE}}
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user,
@@ -882,8 +1036,17 @@ class ClientSession:
                 self._close()
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
-            return [RelayToServer(chunks), RunDecision(self._held.pending)]
+            return [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
+        if self.statements is not None:
+            return [RelayToServer(chunks), *self._statement_answers()]
         return [RelayToServer(chunks)]
+
+    def _statement_answers(self) -> list[Action]:
+        """The fake answers (to messages the server never saw) whose turn has come."""
+        st = self.statements
+        fakes = st.take_client() if st is not None else b""
+        return [SendClient(fakes)] if fakes else []
+
 
     def decision_ready(self, decision: Decision) -> list[Action]:
         """The decision for the held message (RunDecision) arrived: forward the message or what replaces it, then
@@ -894,20 +1057,30 @@ class ClientSession:
         self._held = None
         if held.type == m.QUERY:
             out = self._query_decided(held.sql, decision)
+            if self.statements is not None:
+                out = self._statement_query(held.body, out)
         else:
             out = self._parse_decided(held.body, held.token, held.parse, decision)
+            if self.statements is not None:
+                out = self._statement_parse(held.body, out)
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
-        if self.pooled and held.type == m.PARSE and held.body[:1] != b"\x00":
-            raw = self._statement("parse", m.parse_name(held.body), held.body, raw) or raw
         if self.state is _READY:
             return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
         self._waiting.append(raw)
         return self._detached(self.client_data(b"".join(held.after)))
 
     def _detached_data(self, data: bytes) -> list[Action]:
-        """Client bytes while the session holds no server (transaction pooling): gated as ever, held for the
-        server the session asks the pool for."""
-        return self._detached(self._relay_from_client(data))
+        """Client bytes while the session holds no server (transaction pooling): kept unread for the server the
+        session asks the pool for (the statement maps place a Parse or Bind by what that server has), but for a
+        Terminate, which needs no server."""
+        if self.statements is None or data[:1] == b"X" or self._held is not None:
+            return self._detached(self._relay_from_client(data))
+        self._unread += data
+        if self.state is not State.IDLE:
+            return []
+        assert self.request is not None
+        self._transition(Event.REQUEST)
+        return [AcquireServer(self.request)]
 
     def _detached(self, actions: list[Action]) -> list[Action]:
         """`actions` of a read while the session holds no server: what is for the server waits for it (bounded: the
@@ -1122,8 +1295,6 @@ class ClientSession:
             if self._tracking:
                 self.context.close(name)
                 self._context_changed()
-            if self.pooled and name:
-                return self._statement("close", name, body, None)
         return None
 
     def _on_copy_end(self, _body: bytes) -> None:
@@ -1169,54 +1340,12 @@ class ClientSession:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
 
-    # --- transaction pooling: protocol-level named statements (the seam of proxy/statements.py) -----------
-
-    def _pooled_parse(self, body: bytes) -> object:
-        out = self._gate_parse(body)
-        if body[:1] == b"\x00" or out is HOLD:  # unnamed; or decided elsewhere (decision_ready passes it on)
-            return out
-        replaced = self._statement("parse", m.parse_name(body), body, out)  # type: ignore[arg-type]
-        return out if replaced is None else replaced
-
-    def _pooled_bind(self, body: bytes) -> bytes | None:
-        out = self._on_bind(body)
-        name = bind_statement(body)
-        if not name:
-            return out
-        replaced = self._statement("bind", name, body, out)
-        return out if replaced is None else replaced
-
-    def _pooled_describe(self, body: bytes) -> bytes | None:
-        self._on_request_message(body)
-        if body[:1] != b"S" or len(body) < 3:
-            return None
-        return self._statement("describe", body[1:-1].decode("utf-8", "replace"), body, None)
-
-    def _statement_answer(self, type_: int) -> Callable[[bytes], bytes | None]:
-        def answer(body: bytes) -> bytes | None:
-            return self._statement(_ANSWERS[type_], "", body, None)
-        return answer
-
-    def _statement(self, op: str, name: str, body: bytes, out: bytes | None) -> bytes | None:
-        """Where protocol-level named statements pass in transaction pooling: the client's Parse ("parse", `out`:
-        the gated message that goes to the server, None = `body` as it is), Bind, Describe and Close of statement
-        `name`, and the backend's answers ("parse_complete", "close_complete", "error"; no name); returns what
-        replaces the message (None: as it is). For now they pin the session while any exists; proxy/statements.py
-        (wp-stmts) replaces this: prepared again under its own names on the server the client lands on."""
-        if op == "parse":
-            self._named.add(name)
-        elif op == "close":
-            self._named.discard(name)
-        return None
-
     def _on_copy_in_response(self, _body: bytes) -> None:
         self.tracker.on_copy_in()
 
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
-        if self.pooled:
-            self._statement("error", "", body, None)
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
             if found is not None:
@@ -1256,3 +1385,22 @@ class ClientSession:
         released = self._close_server(CloseReason.CLIENT_GONE)
         self._close()
         return released
+
+
+def statement_settings(config: Config) -> tuple[bool, int, int]:
+    """[pool] statement_cache, statement_cache_size, statement_cache_bytes."""
+    pool = config.pool
+    return pool.statement_cache, pool.statement_cache_size, pool.statement_cache_bytes
+
+
+def _answer(st: Statements, type_: int,
+            inner: Callable[[bytes], bytes | None] | None) -> Callable[[bytes], bytes | None]:
+    """The backend handler of `type_` once statements are followed: the session's own (if any), then the ledger."""
+    respond = st.respond
+    if inner is None:
+        return lambda body: respond(type_, body)
+
+    def handler(body: bytes) -> bytes | None:
+        return respond(type_, body, inner(body))
+
+    return handler

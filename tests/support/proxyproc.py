@@ -37,6 +37,7 @@ USERS: dict[str, tuple[str, str]] = {
 # Run the suite pooled: when set, every ProxyProcess writes these `[pool]` keys (a test's own `pool` keys win).
 ENV_POOL_MODE = "PGTENANT_TEST_POOL_MODE"  # "session" | "transaction"
 ENV_POOL_SIZE = "PGTENANT_TEST_POOL_SIZE"  # servers per pool, e.g. 2
+ENV_STATEMENT_CACHE = "PGTENANT_TEST_STATEMENT_CACHE"  # "1": [pool] statement_cache = true
 
 _verifier_cache: dict[str, str] = {}
 
@@ -48,6 +49,8 @@ def env_pool() -> dict[str, Any]:
         out["pool_mode"] = mode
     if size := os.environ.get(ENV_POOL_SIZE, "").strip():
         out["pool_size"] = int(size)
+    if os.environ.get(ENV_STATEMENT_CACHE, "").strip() == "1":
+        out["statement_cache"] = True
     return out
 
 

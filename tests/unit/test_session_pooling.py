@@ -134,7 +134,8 @@ def test_an_extended_batch_keeps_its_server_until_its_sync_is_answered(pooled: C
     assert pooled.client_data(parse + bind + describe + execute + m.frame(b"H", b"")) == [
         AcquireServer(pooled.request)]
     pooled.server_attached(server_for(pooled))
-    assert kinds(pooled.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.frame(b"C", b"SELECT 1\x00"))) == []
+    answers = m.frame(b"1", b"") + m.frame(b"2", b"") + m.frame(b"n", b"") + m.frame(b"C", b"SELECT 1\x00")
+    assert kinds(pooled.server_data(answers)) == []  # (the Describe's answer too: NoData)
     assert kinds(pooled.client_data(m.SYNC_MESSAGE)) == []
     assert kinds(pooled.server_data(m.ready_for_query(b"I"))) == [ReleaseServer]
 
@@ -145,7 +146,9 @@ def test_a_describe_alone_is_a_request_in_flight(pooled: ClientSession) -> None:
     assert kinds(pooled.client_data(m.frame(b"D", b"Sname\x00"))) == []  # before the COMMIT's answer
     assert kinds(pooled.server_data(done("COMMIT"))) == []  # the Describe is in flight: the server stays
     pooled.client_data(m.SYNC_MESSAGE)
-    assert kinds(pooled.server_data(m.frame(b"t", b"\x00\x00") + m.ready_for_query(b"I"))) == [ReleaseServer]
+    # (the client has no statement "name": the server fails the Describe, as PostgreSQL would)
+    failed = m.encode_error_fields(b"E", {"S": "ERROR", "C": "26000", "M": "no"})
+    assert kinds(pooled.server_data(failed + m.ready_for_query(b"I"))) == [ReleaseServer]
 
 
 def test_a_client_leaving_in_a_transaction_gives_back_a_server_that_is_not_reusable(pooled: ClientSession) -> None:
@@ -254,14 +257,19 @@ def test_what_cannot_be_replayed_pins_for_good(pooled: ClientSession, sql: str) 
     assert release.reset and release.reusable
 
 
-def test_protocol_named_statements_pin_until_closed(pooled: ClientSession) -> None:
+def test_protocol_named_statements_do_not_pin(pooled: ClientSession) -> None:
+    """They are kept by the session (proxy/statements.py) and prepared again on the server it lands on."""
     parse = m.Parse("S_1", "SELECT 1", b"\x00\x00").encode()
     assert pooled.client_data(parse + m.SYNC_MESSAGE) == [AcquireServer(pooled.request)]
     pooled.server_attached(server_for(pooled))
-    assert kinds(pooled.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))) == [SessionPinned]
-    close = m.frame(b"C", b"SS_1\x00")
-    pooled.client_data(close + m.SYNC_MESSAGE)
-    assert kinds(pooled.server_data(m.frame(b"3", b"") + m.ready_for_query(b"I"))) == [SessionUnpinned, ReleaseServer]
+    assert kinds(pooled.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))) == [ReleaseServer]
+    bind = m.frame(b"B", b"\x00S_1\x00\x00\x00\x00\x00\x00\x00")
+    assert pooled.client_data(bind + m.SYNC_MESSAGE) == [AcquireServer(pooled.request)]
+    sent_ = relayed(pooled.server_attached(server_for(pooled)))  # another server: S_1 is prepared there first
+    assert [t for t, _ in frames(sent_)] == [b"P", b"B", b"S"] and b"pgt_" in sent_ and b"S_1" not in sent_
+    out = pooled.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.ready_for_query(b"I"))
+    assert relayed(out, RelayToClient) == m.frame(b"2", b"") + m.ready_for_query(b"I")  # its ParseComplete: ours
+    assert kinds(out) == [ReleaseServer]
 
 
 def test_a_pinned_session_leaving_gets_its_server_reset(pooled: ClientSession) -> None:

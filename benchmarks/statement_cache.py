@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""pgbench -S -M extended through pgtenant with and without [pool] statement_cache, vs PgBouncer in session mode.
+
+Run from the repo root:  .venv/bin/python benchmarks/statement_cache.py [--duration 15] [--runs 3] [--json out.json]
+The targets run interleaved (drift hits each alike); the table gives median tps and the range of the per-run ratios.
+See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import pgbench_compare as pc
+from tests.support import pgcluster, proxyproc
+from tests.support.pgcluster import PgCluster
+
+
+def start_proxy(stack: contextlib.ExitStack, cluster: PgCluster, name: str, pool: dict[str, Any]) -> pc.Target:
+    workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-proxy-"))
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    proxy = pc.BenchProxy(cluster, workdir, backend_sslmode="disable", pool=pool)
+    stack.callback(proxy.stop)
+    return pc.start_pgtenant(proxy, name)
+
+
+def ratios(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the per-run tps ratios a/b (runs paired in order)."""
+    r = [x["tps"] / y["tps"] for x, y in zip(a, b, strict=True)]
+    return statistics.median(r), min(r), max(r)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", type=int, default=10)
+    p.add_argument("--duration", type=int, default=15, help="seconds per pgbench run")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--quiet-wait", type=float, default=30, help="max s to wait for an idle host before each run")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    installation = pgcluster.default_installation()
+    if installation is None:
+        raise SystemExit("no PostgreSQL installation found")
+    pgbench = str(installation.bin("pgbench")) if installation.bin("pgbench").exists() else shutil.which("pgbench")
+    if not pgbench:
+        raise SystemExit("pgbench not found")
+    bouncer = pc.ensure_pgbouncer()
+    results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
+    with contextlib.ExitStack() as stack:
+        cluster = PgCluster(installation, ssl=False, max_connections=200)
+        stack.callback(cluster.stop)
+        cluster.start()
+        results["versions"] = pc.versions(bouncer, cluster)
+        proxyproc.prepare_backend(cluster)
+        workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-proxy-"))
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        pc.BenchProxy(cluster, workdir, backend_sslmode="disable").provision()
+        role, role_pw = pc.backend_role()
+        pc.init_pgbench(pgbench, cluster, args.scale, role)
+        assert cluster.pid is not None
+        targets = {
+            "direct": pc.Target("direct", cluster.port, role, role_pw),
+            "pgbouncer (session)": pc.start_pgbouncer(stack, bouncer, cluster, args.clients + 10),
+            "pgtenant": start_proxy(stack, cluster, "pgtenant", {}),
+            "pgtenant + cache": start_proxy(stack, cluster, "pgtenant + cache", {"statement_cache": True}),
+        }
+        pc.wait_ready(targets["direct"])
+        args.max_other = 100.0
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+        for i in range(args.runs):
+            for name, target in targets.items():
+                r = pc.run_pgbench(pgbench, target, "extended", args, cluster.pid)
+                pc.say(f"run {i + 1}/{args.runs} {name:20} tps={r['tps']:9.1f} cpu_s={r['cpu_s']}")
+                runs[name].append(r)
+    results["runs"] = runs
+    base = runs["pgbouncer (session)"]
+    lines = ["| target (pgbench -S -M extended, "
+             f"{args.clients} clients, {args.duration} s x {args.runs}) | median tps | / PgBouncer session: median "
+             "(range) | postgres CPU µs/txn | proxy CPU µs/txn |", "|---|---|---|---|---|"]
+    for name, rs in runs.items():
+        txns = sum(r["transactions"] for r in rs)
+        pg_us = sum(r["cpu_s"]["postgres"] for r in rs) / txns * 1e6
+        proxy_us = sum(r["cpu_s"]["proxy"] for r in rs) / txns * 1e6
+        med, lo, hi = ratios(rs, base)
+        lines.append(f"| {name} | {statistics.median(r['tps'] for r in rs):.0f} | {med:.2f}x ({lo:.2f}-{hi:.2f}) "
+                     f"| {pg_us:.0f} | {proxy_us:.0f} |")
+    report = "\n".join(lines)
+    print(report)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,752 @@
+"""Protocol-level prepared statements across pooled servers, and the server-side statement cache; pure, no I/O.
+
+A session's named statements (`S_1`, `__asyncpg_stmt_3__`, `_pg3_0`...) live here, not on a server: each is the
+gated text as it was forwarded, its parameter types, and a server-side name derived from the content (`pgt_<hash
+of text, types and the session's search_path scope>`), so the sessions of one pool (one tenant context) share a
+server's statement. Per server, `ServerConnection.prepared` (name -> bytes; negative: on the server but broken by
+a result-type change, to be closed before it is prepared again) is an LRU bounded in count and bytes.
+
+The client's messages are edited in order: Parse(S_1) becomes Parse(pgt_x), or is dropped with a fake ParseComplete
+when the server has pgt_x; Bind/Describe(S_1) name pgt_x, after an injected Parse(pgt_x) when the server it landed
+on lacks it; Close(S_1) is answered by a fake CloseComplete. The response ledger is the FIFO of what each message
+sent to the server will be answered with, and whether that answer passes, is swallowed (ours), or is followed by
+fakes (messages the server never saw). After an ErrorResponse the server skips to Sync: the ledger drops those
+messages' entries, undoes what they did to the statement maps, and never sends their fakes.
+
+The statement cache (`cache=True`): an unnamed Parse of a text the session has sent before becomes a server-side
+statement too (Bind/Describe of "" name it), so the server skips parse and plan. A `0A000 cached plan must not
+change result type` on the first statement of a batch that began outside a transaction block, whose Sync is the
+last thing sent, is retried transparently (the error and its ReadyForQuery are swallowed, the batch is sent again
+after re-preparing); otherwise the error passes and the statement is re-prepared at its next use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import deque
+from collections.abc import Callable
+
+from proxy import errors
+from proxy.errors import PgError
+from proxy.protocol import messages as m
+
+PREFIX = "pgt_"  # server-side statement names; a client naming one gets "does not exist" (see `_missing`)
+# Frontend message types.
+_PARSE, _BIND, _DESCRIBE, _CLOSE, _EXECUTE, _SYNC, _QUERY = (ord(c) for c in "PBDCESQ")
+_COPY_END = ord("c")  # a marker in the ledger (no answer): the client ended a COPY IN (CopyDone/CopyFail)
+# Backend message types.
+PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
+NO_DATA, ROW_DESCRIPTION, COMMAND_COMPLETE = ord("n"), ord("T"), ord("C")
+EMPTY_QUERY, PORTAL_SUSPENDED, READY_FOR_QUERY = ord("I"), ord("s"), ord("Z")
+ERROR_RESPONSE, COPY_IN_RESPONSE = ord("E"), ord("G")
+# The backend messages the ledger follows (the session's stream calls `respond` for each).
+RESPONSES = frozenset({PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, NO_DATA, ROW_DESCRIPTION, COMMAND_COMPLETE,
+                       EMPTY_QUERY, PORTAL_SUSPENDED, READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE})
+# The answer that completes each kind of entry (RowDescription completes a Describe only; see `respond`).
+_COMPLETES = {PARSE_COMPLETE: _PARSE, BIND_COMPLETE: _BIND, CLOSE_COMPLETE: _CLOSE, NO_DATA: _DESCRIBE,
+              ROW_DESCRIPTION: _DESCRIBE, COMMAND_COMPLETE: _EXECUTE, EMPTY_QUERY: _EXECUTE,
+              PORTAL_SUSPENDED: _EXECUTE}
+_EXTENDED = frozenset({_PARSE, _BIND, _DESCRIBE, _CLOSE, _EXECUTE})  # an error in one of these skips to Sync
+
+PASS, SWALLOW, FAKE = 0, 1, 2  # what becomes of an entry's answer
+_FAKE_PARSE = m.frame(b"1", b"")
+_FAKE_CLOSE = m.frame(b"3", b"")
+_MAX_TEXTS = 2000  # texts a session remembers for admission and hashing (LRU)
+_MAX_REPLAY = 256  # messages of one batch kept for a transparent retry; a longer batch is not retried
+_STALE_PLAN = b"RRevalidateCachedQuery\x00"  # the routine of "cached plan must not change result type"
+# Statements that deallocate every prepared statement of the session (and of the server under it).
+_FORGETS = re.compile(r"\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*", re.IGNORECASE)
+# SQL DEALLOCATE of one statement (psqlODBC closes its _PLAN statements so): the name, quoted or not.
+_DEALLOCATE = re.compile(r'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\s*;?\s*',
+                         re.IGNORECASE)
+# What a DEALLOCATE of a client's statement becomes: its CommandComplete "DEALLOCATE" from a statement of ours (the
+# PREPARE's CommandComplete is swallowed); the server never has the client's name.
+_DEALLOCATED = "PREPARE pgt_deallocate AS SELECT; DEALLOCATE pgt_deallocate"
+
+
+def forgets(sql: str) -> bool:
+    """True for DEALLOCATE ALL and DISCARD ALL (alone): every prepared statement goes."""
+    return _FORGETS.fullmatch(sql) is not None
+
+
+class Stmt:
+    """A statement's content and its server-side name (shared by the client names and texts that have it)."""
+
+    __slots__ = ("cached", "resets", "scope", "seen", "server", "size", "sql", "types")
+
+    def __init__(self, server: str, sql: str, types: bytes) -> None:
+        self.server = server
+        self.sql = sql
+        self.types = types
+        self.size = len(sql) + len(types) + len(server)
+        self.seen = 0  # unnamed Parses of it by this session (admitted to the cache from the second)
+        self.cached = False  # an unnamed Parse of it went to the server under its name
+        self.resets = forgets(sql)  # running it deallocates every statement (never cached)
+        self.scope = ""
+
+    def parse(self) -> bytes:
+        return m.Parse(self.server, self.sql, self.types).encode()
+
+
+def server_name(sql: str, types: bytes, scope: str) -> str:
+    """The name a statement gets on every server of a pool: its text, parameter types and search_path scope."""
+    digest = hashlib.blake2b(f"{scope}\x00{sql}".encode() + b"\x00" + types, digest_size=10).hexdigest()
+    return PREFIX + digest
+
+
+class _Entry:
+    """A ledger entry that is more than a plain pass-through (those are just the message type, an int)."""
+
+    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "replay", "server", "snapshot", "swallow",
+                 "type")
+
+    def __init__(self, type_: int, action: int = PASS) -> None:
+        self.type = type_
+        self.action = action
+        self.fake = b""  # FAKE: the answer to send the client in this message's place
+        self.added: str | None = None  # a Parse that put this name on the server (undone if it fails or is skipped)
+        self.evicted: tuple[str, int] | None = None  # a Close that took this (name, size) off the server
+        self.client: tuple[str, Stmt | None] | None = None  # (client name, its statement before this message)
+        self.server: str | None = None  # Bind/Describe: the server statement it names (0A000 handling)
+        self.replay: list[tuple[str, object]] | None = None  # the batch from here to its Sync, for a retry
+        self.snapshot: tuple[dict[str, Stmt], Stmt | None, dict[str, int]] | None = None  # Query: DEALLOCATE ALL
+        self.done = 0  # Query: CommandCompletes received
+        self.swallow = 0  # Query: its first CommandCompletes to swallow (statements of ours)
+
+
+class Statements:
+    """One session's prepared statements and the response ledger of the server it holds. Feed it each message
+    the session forwards (after the policy's gate) and each answer of the server; it says what to send instead
+    (None: the message as it is) and queues what the client gets in the place of messages the server never saw
+    (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
+
+    def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
+                 cache_bytes: int = 4 << 20) -> None:
+        self.error_marker = error_marker  # a statement text (or name) the server fails on, answered with the error
+        self.cache = cache
+        self.cache_size = max(1, cache_size)
+        self.cache_bytes = max(1, cache_bytes)
+        self.named: dict[str, Stmt] = {}
+        self.unnamed: Stmt | None = None  # the unnamed statement (a Stmt with `cached` when the cache has it)
+        self._unnamed_here = False  # the unnamed statement was parsed on the server held now (and is still there)
+        self._texts: dict[tuple[str, bytes, str], Stmt] = {}  # (text, types, scope) -> Stmt, LRU
+        self._last: Stmt | None = None  # the last one looked up
+        self.prepared: dict[str, int] | None = None  # the held server's statement map (ServerConnection.prepared)
+        self._ledger: deque[int | _Entry] = deque()
+        self._fakes = 0  # FAKE entries in the ledger
+        self._markers = 0  # COPY-end markers in the ledger
+        self._skipping = False  # an error arrived before the client's Sync: the server ignores messages up to it
+        self._open = False  # a message of the current batch (since the last Sync/Query) has been sent
+        self._recording: _Entry | None = None  # the entry whose batch is recorded for a retry
+        self._retried = False  # the batch being sent again is a retry (never retried twice)
+        self._tx_names: set[str] = set()  # server statements bound in the open transaction (never evicted)
+        self._resets = False  # the last Bind runs DEALLOCATE ALL / DISCARD ALL (its Execute forgets everything)
+        self.status = b"I"  # the last ReadyForQuery's transaction status
+        self._to_client = bytearray()
+        self._to_server = bytearray()
+        self.hits = 0  # cache: unnamed Parses answered by a statement already on the server
+        self.misses = 0  # cache: unnamed Parses of an admitted text that had to be prepared
+        self.retries = 0  # transparent re-prepares after 0A000
+
+    # --- the server held ------------------------------------------------------------------------
+
+    def attach(self, prepared: dict[str, int]) -> None:
+        """The session now holds a server whose statement map is `prepared` (its unnamed statement is not ours)."""
+        self.prepared = prepared
+        self._unnamed_here = False
+        self._tx_names.clear()
+
+    def detach(self) -> None:
+        """The session gives its server back: when `idle`, or for good (what was in flight there is dropped)."""
+        self.prepared = None
+        self._unnamed_here = False
+        self._tx_names.clear()
+        if self._ledger:
+            self._ledger.clear()
+            self._fakes = self._markers = 0
+            self._skipping = False
+            self._recording = None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing sent is unanswered and nothing is queued for either side."""
+        return not self._ledger and not self._to_client and not self._to_server
+
+    def take_client(self) -> bytes:
+        """What the client gets now: fake answers with nothing unanswered before them, unless an answer of the
+        server follows them (they go with it, in one write), and what a retry left."""
+        ledger = self._ledger
+        if self._fakes and _is_fake(ledger[0]):
+            for entry in ledger:
+                if not _is_fake(entry):
+                    break  # sent just before that entry's answer (see `respond`)
+            else:
+                self._to_client += self._due()
+        if not self._to_client:
+            return b""
+        out = bytes(self._to_client)
+        self._to_client.clear()
+        return out
+
+    def take_server(self) -> bytes:
+        """What the server gets now, after everything sent so far (a retried batch)."""
+        out = bytes(self._to_server)
+        self._to_server.clear()
+        return out
+
+    # --- the client's messages (as the session forwards them) --------------------------------------
+
+    def parse(self, name: str, sql: str, types: bytes, scope: str = "") -> bytes | None:
+        """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none)."""
+        if self._recording is not None:
+            self._recording.replay.append(("parse", (name, sql, types, scope)))  # type: ignore[union-attr]
+            if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
+                self._recording.replay = None
+                self._recording = None
+        if self._skipping:
+            return None  # the server ignores it, and so does the session: the statement is not made
+        if not name:
+            stmt = self._stmt(sql, types, scope)
+            if self.cache and stmt.seen and not stmt.resets:
+                old, self.unnamed = self.unnamed, stmt
+                stmt.seen += 1
+                stmt.cached = True
+                return self._client_parse(stmt, "", old)
+            stmt.seen += 1
+            self.unnamed = stmt
+            self._unnamed_here = True
+            self._sent(_PARSE)  # a failure or skip drops the unnamed statement (see `_undo`)
+            return None
+        if name in self.named:
+            marker = self.error_marker(errors.prepared_statement_exists(name))
+            self._open = True
+            self._ledger.append(_Entry(_PARSE))
+            return m.Parse(marker, marker, b"\x00\x00").encode()
+        stmt = self._stmt(sql, types, scope)
+        self.named[name] = stmt
+        return self._client_parse(stmt, name, None)
+
+    def passthrough(self, type_: int, raw: bytes) -> None:
+        """A Parse or Bind the session replaced by `raw`, one that fails (a denial): its answer passes, and no
+        statement is made or named."""
+        if self._recording is not None:
+            self._recording.replay.append(("raw", (type_, raw)))  # type: ignore[union-attr]
+        if not self._skipping:
+            self._open = True
+            self._ledger.append(_Entry(type_) if type_ == _PARSE else type_)
+
+    def bind(self, body: bytes) -> bytes | None:
+        """A Bind (its body): the Bind to send in its place (with the Parse it needs first), or None."""
+        if self._recording is not None:
+            self._recording.replay.append(("bind", body))  # type: ignore[union-attr]
+        if self._skipping:
+            return None
+        name = m.bind_statement(body)
+        target = self.unnamed if name == "" else self.named.get(name or "")
+        self._resets = target is not None and target.resets
+        if name is None:  # malformed: the backend says so
+            self._sent(_BIND)
+            return None
+        return self._naming(_BIND, name, body, lambda named: m.bind_renamed(body, named))
+
+    def describe(self, body: bytes) -> bytes | None:
+        """A Describe: for a statement, the Describe naming its server statement (after its Parse), or None."""
+        if self._recording is not None:
+            self._recording.replay.append(("describe", body))  # type: ignore[union-attr]
+        if self._skipping:
+            return None
+        if body[:1] != b"S":
+            self._sent(_DESCRIBE)
+            return None
+        return self._naming(_DESCRIBE, body[1:].rstrip(b"\x00").decode("utf-8", "replace"), body, _describe)
+
+    def _naming(self, type_: int, name: str, body: bytes, renamed: Callable[[str], bytes]) -> bytes | None:
+        """A Bind or Describe of statement `name`: what to send in its place (`renamed(server name)` after what the
+        server needs first; a name that fails when the client has no such statement), or None."""
+        stmt, prefix, missing = self._resolve(name)
+        if missing is not None:
+            self._sent(type_)
+            return renamed(missing)
+        if stmt is None:
+            self._sent(type_)
+            return prefix + m.frame(bytes((type_,)), body) if prefix else None
+        self._sent_named(type_, stmt, ("bind" if type_ == _BIND else "describe", body))
+        return prefix + renamed(stmt.server)
+
+    def close(self, body: bytes) -> bytes | None:
+        """A Close: a statement's is answered here (the server statement stays for others), a portal's passes."""
+        if self._recording is not None:
+            self._recording.replay.append(("close", body))  # type: ignore[union-attr]
+        if self._skipping:
+            return None
+        if body[:1] != b"S":
+            self._sent(_CLOSE)
+            return None
+        name = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+        if not name:
+            old = self.unnamed
+            self.unnamed = None
+            if old is not None and old.cached:
+                return self._fake(_CLOSE, _FAKE_CLOSE, ("", old))
+            self._unnamed_here = False
+            self._sent(_CLOSE)
+            return None
+        return self._fake(_CLOSE, _FAKE_CLOSE, (name, self.named.pop(name, None)))
+
+    def execute(self, body: bytes) -> None:
+        """An Execute (its body), forwarded as it is."""
+        if self._recording is not None:
+            self._recording.replay.append(("execute", body))  # type: ignore[union-attr]
+            if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
+                self._recording.replay = None
+                self._recording = None
+        if self._skipping:
+            return
+        if not self._resets:
+            self._sent(_EXECUTE)
+            return
+        self._open = True
+        self._ledger.append(self._forget_all(_EXECUTE))
+
+    def sync(self) -> None:
+        """A Sync, forwarded as it is."""
+        if self._recording is not None:
+            self._recording.replay.append(("sync", b""))  # type: ignore[union-attr]
+        self._ledger.append(_SYNC)
+        self._skipping = False
+        self._open = False
+        self._recording = None
+
+    def query(self, reset: bool = False) -> None:
+        """A simple Query (it destroys the unnamed statement). `reset`: it is `DEALLOCATE ALL` or `DISCARD ALL`,
+        which forgets every statement of the session and of the server (restored if it fails)."""
+        if self._skipping:
+            return  # ignored by the server up to the Sync
+        self.unnamed = None
+        self._unnamed_here = False
+        self._open = False
+        self._recording = None
+        if not reset:
+            self._ledger.append(_QUERY)
+            return
+        self._ledger.append(self._forget_all(_QUERY))
+
+    def _forget_all(self, type_: int) -> _Entry:
+        """The entry of a message that deallocates every statement: forgotten now (the server runs it before
+        anything sent after it), restored if it fails."""
+        entry = _Entry(type_)
+        prepared = self.prepared if self.prepared is not None else {}
+        entry.snapshot = (dict(self.named), None, dict(prepared))
+        self.named.clear()
+        prepared.clear()
+        return entry
+
+    def deallocate(self, sql: str) -> str | None:
+        """A Query that may be SQL DEALLOCATE of one of the client's statements: the SQL to send in its place
+        (None: not one), after which the statement is forgotten (restored if it fails). Call before `query`."""
+        if self._skipping or "eallocate" not in sql[:32].lower():
+            return None
+        found = _DEALLOCATE.fullmatch(sql)
+        if found is None:
+            return None
+        name = found.group(1)
+        name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+        stmt = self.named.pop(name, None)
+        if stmt is None:
+            return None
+        self.unnamed = None
+        self._unnamed_here = False
+        self._open = False
+        self._recording = None
+        entry = _Entry(_QUERY)
+        entry.snapshot = ({name: stmt}, None, {})
+        entry.swallow = 1
+        self._ledger.append(entry)
+        return _DEALLOCATED
+
+    def invalidate(self) -> bytes:
+        """DDL the session sent: close every statement on the server, those of the open transaction too (a plan
+        of the old schema could fail with 0A000, which cannot be retried in a transaction block); the Closes to
+        send after it."""
+        prepared = self.prepared
+        if self._skipping or not prepared:
+            return b""
+        out = bytearray()
+        for name in list(prepared):
+            out += self._close_server(name)
+        return bytes(out)
+
+    def copy_end(self) -> None:
+        """CopyDone or CopyFail: the end of a COPY IN (the server ignored the Syncs sent before it)."""
+        if self._ledger:
+            self._ledger.append(_COPY_END)
+            self._markers += 1
+
+    # --- the server's answers ----------------------------------------------------------------------
+
+    def respond(self, type_: int, body: bytes, replaced: bytes | None = None) -> bytes | None:
+        """An answer of type `type_` (one of RESPONSES) arrived, `replaced` by the session or not: the bytes to
+        send the client in its place (None: as it is)."""
+        ledger = self._ledger
+        if ledger:
+            head = ledger[0]
+            if type(head) is int:  # the usual case: a message passed as it is, at the head
+                if _COMPLETES.get(type_) == head or (type_ == READY_FOR_QUERY and head in (_SYNC, _QUERY)):
+                    ledger.popleft()
+                    if self._markers and ledger and ledger[0] == _COPY_END:
+                        self._pop_markers()
+                    if type_ == READY_FOR_QUERY:
+                        self.status = body[:1]
+                        if self.status == b"I" and self._tx_names:
+                            self._tx_names.clear()
+                    if self._fakes and ledger and _is_fake(ledger[0]):
+                        return (replaced if replaced is not None else m.frame(bytes((type_,)), body)) + self._due()
+                    return replaced
+                if type_ != ERROR_RESPONSE and type_ != COPY_IN_RESPONSE and type_ != READY_FOR_QUERY:
+                    return replaced  # part of a longer answer (a Query's rows, a Describe's...)
+        if self._fakes and _is_fake(ledger[0]):  # answers of ours that were waiting for this one
+            before = self._due()
+            out = self.respond(type_, body, replaced)
+            return before + (out if out is not None else m.frame(bytes((type_,)), body))
+        if type_ == ERROR_RESPONSE:
+            return self._error(body, replaced)
+        if not ledger:
+            return replaced
+        if type_ == COPY_IN_RESPONSE:
+            self._copy_in()
+            return replaced
+        head = ledger[0]
+        kind = head if type(head) is int else head.type  # type: ignore[union-attr]
+        if type_ == READY_FOR_QUERY:
+            if kind != _SYNC and kind != _QUERY:
+                return replaced  # not ours to match (never in practice)
+            self.status = body[:1]
+            if self.status == b"I":
+                self._tx_names.clear()
+        elif _COMPLETES[type_] != kind:
+            if type_ == COMMAND_COMPLETE and kind == _QUERY and type(head) is _Entry:
+                head.done += 1  # type: ignore[union-attr]
+                if head.swallow:  # type: ignore[union-attr]
+                    head.swallow -= 1  # type: ignore[union-attr]
+                    return b""
+            return replaced  # part of a longer answer (a Query's, a Describe's ParameterDescription...)
+        self._pop()
+        keep = type(head) is int or head.action == PASS  # type: ignore[union-attr]
+        after = self._due() if self._fakes else b""
+        if keep and not after:
+            return replaced
+        mine = (replaced if replaced is not None else m.frame(bytes((type_,)), body)) if keep else b""
+        return mine + after
+
+    def _error(self, body: bytes, replaced: bytes | None) -> bytes | None:
+        ledger = self._ledger
+        if not ledger:
+            return replaced
+        head = ledger[0]
+        kind = head if type(head) is int else head.type  # type: ignore[union-attr]
+        if kind not in _EXTENDED:  # a Query's error (its ReadyForQuery ends it), or an error at Sync
+            if type(head) is _Entry and head.snapshot is not None and head.done == 0:  # type: ignore[union-attr]
+                self._restore(head)  # type: ignore[arg-type]
+            return replaced
+        ledger.popleft()
+        keep = True
+        stale = b"C0A000\x00" in body and _STALE_PLAN in body
+        replay = None
+        if type(head) is _Entry:
+            if head.action == FAKE:  # type: ignore[union-attr]
+                self._fakes -= 1
+            self._undo(head)  # type: ignore[arg-type]
+            if stale and head.server is not None:  # type: ignore[union-attr]
+                self._broken(head.server)  # type: ignore[union-attr]
+                replay = head.replay  # type: ignore[union-attr]
+        else:
+            self._undo_plain(head)  # type: ignore[arg-type]
+        # The server skips everything up to the next Sync: those messages are never answered, their fakes never sent.
+        while ledger and ledger[0] != _SYNC and not (type(ledger[0]) is _Entry and ledger[0].type == _SYNC):
+            skipped = ledger.popleft()
+            if type(skipped) is _Entry:
+                if skipped.action == FAKE:  # type: ignore[union-attr]
+                    self._fakes -= 1
+                self._undo(skipped)  # type: ignore[arg-type]
+            else:
+                self._undo_plain(skipped)  # type: ignore[arg-type]
+        if not ledger:
+            self._skipping = True  # the client's Sync is still to come
+            self._recording = None
+            return replaced
+        if replay is not None and self.status == b"I" and len(ledger) == 1 and replay[-1][0] == "sync":
+            keep = False
+            sync = ledger.popleft()
+            swallowed = _Entry(_SYNC, SWALLOW)  # the aborted batch's ReadyForQuery
+            if type(sync) is _Entry and sync.action == FAKE:  # type: ignore[union-attr]
+                self._fakes -= 1
+            ledger.append(swallowed)
+            self.retries += 1
+            self._resend(replay)
+        return replaced if keep else b""
+
+    def _resend(self, replay: list[tuple[str, object]]) -> None:
+        """Send a batch again (after an 0A000): through the same steps, once."""
+        self._open = False
+        self._recording = None
+        self._retried = True
+        try:
+            for step, arg in replay:
+                out: bytes | None = None
+                if step == "parse":
+                    out = self.parse(*arg)  # type: ignore[misc]
+                    if out is None:
+                        name, sql, types, _ = arg  # type: ignore[misc]
+                        out = m.Parse(name, sql, types).encode()
+                elif step in ("bind", "describe", "close"):
+                    out = getattr(self, step)(arg)
+                    if out is None:
+                        out = m.frame(step[0].upper().encode(), arg)  # type: ignore[arg-type]
+                elif step == "execute":
+                    self.execute(arg)  # type: ignore[arg-type]
+                    out = m.frame(b"E", arg)  # type: ignore[arg-type]
+                elif step == "sync":
+                    self.sync()
+                    out = m.SYNC_MESSAGE
+                elif step == "raw":
+                    self.passthrough(*arg)  # type: ignore[misc]
+                    out = arg[1]  # type: ignore[index]
+                if out:
+                    self._to_server += out
+        finally:
+            self._retried = False
+
+    def _copy_in(self) -> None:
+        """COPY IN began: the Syncs the client sent before ending it are swallowed by the server."""
+        ledger = self._ledger
+        head = ledger[0]
+        if (head if type(head) is int else head.type) != _EXECUTE:  # type: ignore[union-attr]
+            return  # a Query's COPY: the client sends no Sync in it
+        kept: list[int | _Entry] = [ledger.popleft()]
+        while ledger:
+            item = ledger.popleft()
+            if item == _COPY_END:
+                self._markers -= 1
+                break
+            if item == _SYNC or (type(item) is _Entry and item.type == _SYNC):  # type: ignore[union-attr]
+                continue
+            kept.append(item)
+        ledger.extendleft(reversed(kept))
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _stmt(self, sql: str, types: bytes, scope: str) -> Stmt:
+        last = self._last
+        if last is not None and last.sql is sql and last.types is types and last.scope is scope:
+            return last  # the same decoded Parse again (the session's memo): already the most recent
+        key = (sql, types, scope)
+        texts = self._texts
+        stmt = texts.pop(key, None)
+        if stmt is None:
+            stmt = Stmt(server_name(sql, types, scope), sql, types)
+            if len(texts) >= _MAX_TEXTS:
+                texts.pop(next(iter(texts)))
+        texts[key] = stmt
+        stmt.scope = scope
+        self._last = stmt
+        return stmt
+
+    def _client_parse(self, stmt: Stmt, name: str, old: Stmt | None) -> bytes:
+        """A client's Parse of `stmt` (named `name`): dropped with a fake ParseComplete when the server has it."""
+        prepared = self.prepared
+        assert prepared is not None, "a Parse with no server held"
+        size = prepared.get(stmt.server, 0)
+        if size > 0:
+            prepared[stmt.server] = prepared.pop(stmt.server)  # most recently used
+            if not name:
+                self.hits += 1
+            return self._fake(_PARSE, _FAKE_PARSE, (name, old))
+        if not name:
+            self.misses += 1
+        self._open = True
+        out = self._make_room(stmt)
+        entry = _Entry(_PARSE)
+        entry.added = stmt.server
+        entry.client = (name, old)
+        self._ledger.append(entry)
+        return out + stmt.parse()
+
+    def _resolve(self, name: str) -> tuple[Stmt | None, bytes, str | None]:
+        """A Bind's or Describe's statement: (the Stmt it names on the server, or None for the unnamed one left as
+        it is; what to send first; an error marker to name instead when the client has no such statement)."""
+        if not name:
+            stmt = self.unnamed
+            if stmt is None:
+                return None, b"", self.error_marker(errors.unnamed_statement_missing())
+            if stmt.cached:
+                return stmt, self._ensure(stmt), None
+            if self._unnamed_here:
+                return None, b"", None
+            self._unnamed_here = True  # parsed again on this server, its answer swallowed
+            self._open = True
+            self._ledger.append(_Entry(_PARSE, SWALLOW))
+            return None, m.Parse("", stmt.sql, stmt.types).encode(), None
+        stmt = self.named.get(name)
+        if stmt is None:
+            return None, b"", self.error_marker(errors.prepared_statement_missing(name))
+        return stmt, self._ensure(stmt), None
+
+    def _ensure(self, stmt: Stmt) -> bytes:
+        """What to send so that the held server has `stmt` (its answers swallowed)."""
+        prepared = self.prepared
+        assert prepared is not None, "a Bind with no server held"
+        size = prepared.get(stmt.server, 0)
+        if size > 0:
+            prepared[stmt.server] = prepared.pop(stmt.server)
+            return b""
+        out = self._make_room(stmt)
+        entry = _Entry(_PARSE, SWALLOW)
+        entry.added = stmt.server
+        self._ledger.append(entry)
+        return out + stmt.parse()
+
+    def _make_room(self, stmt: Stmt) -> bytes:
+        """Close what must go for `stmt` to fit (a broken copy of it, least recently used ones); record it."""
+        prepared = self.prepared
+        assert prepared is not None
+        out = b""
+        if stmt.server in prepared:  # broken (negative): closed before it is prepared again
+            out += self._close_server(stmt.server)
+        if len(prepared) >= self.cache_size or _total(prepared) + stmt.size > self.cache_bytes:
+            total = _total(prepared)
+            for name in list(prepared):
+                if len(prepared) < self.cache_size and total + stmt.size <= self.cache_bytes:
+                    break
+                if name in self._tx_names:
+                    continue  # a portal of the open transaction may be built on it
+                total -= abs(prepared[name])
+                out += self._close_server(name)
+        prepared[stmt.server] = stmt.size
+        return out
+
+    def _close_server(self, name: str) -> bytes:
+        prepared = self.prepared
+        assert prepared is not None
+        entry = _Entry(_CLOSE, SWALLOW)
+        entry.evicted = (name, prepared.pop(name))
+        self._ledger.append(entry)
+        return b"C" + (len(name) + 6).to_bytes(4, "big") + b"S" + name.encode() + b"\x00"
+
+    def _broken(self, name: str) -> None:
+        """The server's `name` fails with 0A000: closed and prepared again at its next use."""
+        prepared = self.prepared
+        if prepared is not None and prepared.get(name, 0) > 0:
+            prepared[name] = -prepared[name]
+
+    def _fake(self, type_: int, answer: bytes, client: tuple[str, Stmt | None]) -> bytes:
+        """The server never sees this message: its answer is sent in its turn (see `take_client`)."""
+        if self._ledger:
+            entry = _Entry(type_, FAKE)
+            entry.fake = answer
+            entry.client = client  # undone if an error before it makes the server skip it
+        else:
+            entry = _HEAD_FAKES[type_]  # nothing before it can fail
+        self._ledger.append(entry)
+        self._fakes += 1
+        return b""
+
+    def _sent(self, type_: int) -> None:
+        self._open = True
+        self._ledger.append(type_)
+
+    def _sent_named(self, type_: int, stmt: Stmt, step: tuple[str, object]) -> None:
+        """A Bind or Describe of a server statement, followed for 0A000; the cache's, first to run in its batch, is
+        recorded with the rest of its batch for a transparent retry."""
+        entry = _Entry(type_)
+        entry.server = stmt.server
+        self._tx_names.add(stmt.server)
+        if not self._open and not self._retried and stmt.cached and stmt is self.unnamed:
+            entry.replay = [step]
+            self._recording = entry
+        self._open = True
+        self._ledger.append(entry)
+
+    def _pop(self) -> None:
+        """The head entry is answered; COPY markers that reach the head go too."""
+        ledger = self._ledger
+        ledger.popleft()
+        if self._markers:
+            self._pop_markers()
+
+    def _pop_markers(self) -> None:
+        ledger = self._ledger
+        while ledger and ledger[0] == _COPY_END:
+            ledger.popleft()
+            self._markers -= 1
+
+    def _due(self) -> bytes:
+        """The fakes at the head of the ledger, now that what precedes them is answered."""
+        ledger = self._ledger
+        out = b""
+        while ledger and type(ledger[0]) is _Entry and ledger[0].action == FAKE:  # type: ignore[union-attr]
+            entry = ledger.popleft()
+            self._fakes -= 1
+            out += entry.fake  # type: ignore[union-attr]
+        return out
+
+    def _undo_plain(self, kind: int) -> None:
+        """A pass-through message failed or was skipped."""
+        if kind == _COPY_END:
+            self._markers -= 1
+        if kind == _PARSE:  # the unnamed Parse: PostgreSQL dropped the old unnamed statement before it failed
+            if self.unnamed is not None and not self.unnamed.cached:
+                self.unnamed = None
+            self._unnamed_here = False
+
+    def _undo(self, entry: _Entry) -> None:
+        """What a message that failed or was skipped did to the maps is taken back."""
+        prepared = self.prepared
+        if entry.added is not None and prepared is not None:
+            prepared.pop(entry.added, None)
+        if entry.evicted is not None and prepared is not None:
+            name, size = entry.evicted
+            prepared[name] = size
+        if entry.client is not None:
+            name, old = entry.client
+            if not name:
+                self.unnamed = old
+            elif old is None:
+                self.named.pop(name, None)
+            else:
+                self.named[name] = old
+        if entry.type == _PARSE and entry.action == SWALLOW and entry.added is None:
+            self._unnamed_here = False  # the unnamed statement parsed again did not make it
+        if entry.snapshot is not None:
+            self._restore(entry)
+
+    def _restore(self, entry: _Entry) -> None:
+        assert entry.snapshot is not None
+        named, _, prepared = entry.snapshot
+        entry.snapshot = None
+        for name, stmt in named.items():
+            self.named.setdefault(name, stmt)
+        if self.prepared is not None:
+            for name, size in prepared.items():
+                self.prepared.setdefault(name, size)
+
+
+def _is_fake(entry: object) -> bool:
+    return type(entry) is _Entry and entry.action == FAKE
+
+
+def _head_fake(type_: int, answer: bytes) -> _Entry:
+    entry = _Entry(type_, FAKE)
+    entry.fake = answer
+    return entry
+
+
+_HEAD_FAKES = {_PARSE: _head_fake(_PARSE, _FAKE_PARSE), _CLOSE: _head_fake(_CLOSE, _FAKE_CLOSE)}
+
+
+def _describe(name: str) -> bytes:
+    return m.frame(b"D", b"S" + name.encode() + b"\x00")
+
+
+def _total(prepared: dict[str, int]) -> int:
+    return sum(abs(size) for size in prepared.values())

@@ -1,0 +1,235 @@
+"""Prepared statements kept by pgtenant and the server-side statement cache, with real clients and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg import pq
+
+from tests.support.certs import TlsFiles
+from tests.support.jdbc import jdbc_missing_reason, run_jdbc
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+
+@pytest.fixture(scope="module")
+def cached(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """pgtenant with the statement cache on (a small one: 8 statements per server)."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+                     backend_sslmode="require" if pg.ssl_enabled else "disable",
+                     pool={"statement_cache": True, "statement_cache_size": 8})
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """pgtenant in transaction pooling with one server per pool: clients take turns on it between transactions."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+                     backend_sslmode="require" if pg.ssl_enabled else "disable",
+                     pool={"pool_mode": "transaction", "pool_size": 1})
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def table(pg: PgCluster) -> Iterator[str]:
+    """A table of tenant initech (database strategy) whose row type a test changes behind the session's back."""
+    owner = "pgt_role_2"
+    pg.execute(f'DROP TABLE IF EXISTS stale_t; CREATE TABLE stale_t (a int); INSERT INTO stale_t VALUES (1), (2);'
+               f'ALTER TABLE stale_t OWNER TO "{owner}"', dbname="initech")
+    yield "stale_t"
+    pg.execute("DROP TABLE IF EXISTS stale_t", dbname="initech")
+
+
+def server_statements(conn: psycopg.Connection) -> list[str]:
+    """The statements prepared on the server this session holds, as PostgreSQL lists them."""
+    return [r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements ORDER BY name").fetchall()]
+
+
+def test_repeated_unnamed_statements_become_a_server_statement(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True, prepare_threshold=None) as c:
+        for i in range(6):  # psycopg never prepares here: an unnamed Parse each time
+            assert c.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+        names = server_statements(c)
+        assert len(names) == 1 and names[0].startswith("pgt_")
+        assert c.execute("SELECT 'once', %s::int", (1,)).fetchone() == ("once", 1)  # seen once: not admitted
+        assert len(server_statements(c)) == 1
+
+
+def test_a_changed_row_type_is_retried_transparently(cached: ProxyProcess, pg: PgCluster, table: str) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True, prepare_threshold=None) as c:
+        for _ in range(3):
+            assert c.execute(f"SELECT * FROM {table} WHERE a > %s ORDER BY a", (0,)).fetchall() == [(1,), (2,)]
+        pg.execute(f"ALTER TABLE {table} ADD COLUMN b text DEFAULT 'x'", dbname="initech")  # not through pgtenant
+        # A direct connection parses the unnamed statement again: so does the retry (the 0A000 never shows).
+        assert c.execute(f"SELECT * FROM {table} WHERE a > %s ORDER BY a", (0,)).fetchall() == [(1, "x"), (2, "x")]
+
+
+def test_a_changed_row_type_in_a_transaction_block_fails_once(cached: ProxyProcess, pg: PgCluster,
+                                                               table: str) -> None:
+    with psycopg.connect(cached.dsn("ivan"), prepare_threshold=None) as c:
+        for _ in range(3):
+            c.execute(f"SELECT * FROM {table} WHERE a > %s", (0,)).fetchall()
+            c.commit()
+        pg.execute(f"ALTER TABLE {table} ADD COLUMN b text DEFAULT 'x'", dbname="initech")
+        c.execute("SELECT 1")  # a transaction block is open: the error cannot be retried without its effects
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan must not change result type"):
+            c.execute(f"SELECT * FROM {table} WHERE a > %s", (0,))
+        c.rollback()
+        assert c.execute(f"SELECT * FROM {table} WHERE a > %s ORDER BY a", (0,)).fetchall() == [(1, "x"), (2, "x")]
+
+
+def test_ddl_through_the_session_closes_its_cached_statements(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), prepare_threshold=None) as c:
+        c.execute("CREATE TEMP TABLE tmp_t (a int)")
+        c.execute("INSERT INTO tmp_t VALUES (1)")
+        for _ in range(3):
+            assert c.execute("SELECT * FROM tmp_t WHERE a > %s", (0,)).fetchall() == [(1,)]
+        assert server_statements(c)
+        c.execute("DROP TABLE tmp_t")  # in the same transaction block: a stale plan could not be retried
+        assert server_statements(c) == []
+        c.execute("CREATE TEMP TABLE tmp_t (a int, b text DEFAULT 'y')")
+        c.execute("INSERT INTO tmp_t VALUES (2)")
+        assert c.execute("SELECT * FROM tmp_t WHERE a > %s", (0,)).fetchall() == [(2, "y")]
+        c.commit()
+
+
+def test_psycopg_prepared_statements_and_errors(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True) as c:
+        for i in range(8):  # named _pg3_N from the fifth execution on
+            assert c.execute("SELECT %s::int8 * 2", (i,), prepare=i > 1).fetchone() == (2 * i,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("SELECT 1 / %s::int", (0,), prepare=True)
+        assert c.execute("SELECT %s::int8 * 2", (21,)).fetchone() == (42,)
+        c.execute("DEALLOCATE ALL")
+        assert c.execute("SELECT %s::int8 * 3", (2,), prepare=True).fetchone() == (6,)
+        c.execute("DISCARD ALL")
+        assert c.execute("SELECT %s::int8 * 3", (3,), prepare=True).fetchone() == (9,)
+
+
+def test_more_statements_than_the_cache_holds(cached: ProxyProcess) -> None:
+    with psycopg.connect(cached.dsn("ivan"), autocommit=True) as c:
+        for round_ in range(2):
+            for i in range(20):  # 20 named statements on a server that keeps 8
+                assert c.execute(f"SELECT %s::int + {i}", (round_,), prepare=True).fetchone() == (round_ + i,)
+        assert len(server_statements(c)) <= 8
+
+
+def test_asyncpg_statement_cache_and_errors(cached: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(cached.url("ivan"), ssl=False)
+        try:
+            stmt = await conn.prepare("SELECT $1::int8 * 2")
+            for i in range(10):
+                assert await stmt.fetchval(i) == 2 * i
+            for i in range(10):  # asyncpg's statement cache: one named statement, executed again and again
+                assert await conn.fetchval("SELECT $1::int + 1", i) == i + 1
+            with pytest.raises(asyncpg.exceptions.DivisionByZeroError):
+                await conn.fetchval("SELECT 1 / $1::int", 0)
+            async with conn.transaction():
+                assert await conn.fetchval("SELECT $1::int + 1", 41) == 42
+            await conn.execute("DEALLOCATE ALL")  # as on a direct connection: asyncpg's cached statement is gone
+            with pytest.raises(asyncpg.exceptions.InvalidSQLStatementNameError):
+                await conn.fetchval("SELECT $1::int + 1", 1)
+            stmt = await conn.prepare("SELECT $1::int + 1")
+            assert await stmt.fetchval(1) == 2
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+# --- transaction pooling: every client's statements on whichever server its transaction lands on ---------------
+
+
+def test_psycopg_prepared_statements_of_two_clients_interleaving(pooled: ProxyProcess) -> None:
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        for i in range(8):  # both clients name their statements _pg3_0, _pg3_1...
+            assert a.execute("SELECT %s::int * 2", (i,), prepare=True).fetchone() == (2 * i,)
+            assert b.execute("SELECT %s::int * 3", (i,), prepare=True).fetchone() == (3 * i,)
+        with a.transaction():  # a transaction keeps its server: a's statements run there, b waits its turn
+            assert a.execute("SELECT %s::int * 2", (21,), prepare=True).fetchone() == (42,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            b.execute("SELECT 1 / %s::int", (0,), prepare=True)
+        assert b.execute("SELECT %s::int * 3", (3,), prepare=True).fetchone() == (9,)
+
+
+def test_asyncpg_statement_cache_in_transaction_pooling(pooled: ProxyProcess) -> None:
+    async def main() -> None:
+        a = await asyncpg.connect(pooled.url("ivan"), ssl=False)
+        b = await asyncpg.connect(pooled.url("ivan"), ssl=False)
+        try:
+            for i in range(10):  # the same __asyncpg_stmt_N__ names in both, other texts
+                assert await a.fetchval("SELECT $1::int + 1", i) == i + 1
+                assert await b.fetchval("SELECT $1::int + 2", i) == i + 2
+            stmt = await a.prepare("SELECT $1::int8 * 2, $2::text")
+            for i in range(5):
+                assert tuple(await stmt.fetchrow(i, "x")) == (2 * i, "x")
+                assert await b.fetchval("SELECT $1::int + 2", i) == i + 2
+            async with a.transaction():
+                assert await a.fetchval("SELECT $1::int + 1", 41) == 42
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_node_style_named_statements(pooled: ProxyProcess) -> None:
+    """node-postgres parses a named query once per connection, then only binds and executes it."""
+    a, b = pq.PGconn.connect(pooled.dsn("ivan").encode()), pq.PGconn.connect(pooled.dsn("ivan").encode())
+    try:
+        for conn, sql in ((a, b"SELECT $1::int + 100"), (b, b"SELECT $1::int + 200")):
+            assert conn.prepare(b"fetch-thing", sql).status == pq.ExecStatus.COMMAND_OK
+        for i in range(5):
+            for conn, plus in ((a, 100), (b, 200)):
+                res = conn.exec_prepared(b"fetch-thing", [str(i).encode()])
+                assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+                assert res.get_value(0, 0) == str(i + plus).encode()
+        assert a.describe_prepared(b"fetch-thing").nparams == 1
+        missing = a.exec_prepared(b"nope", [])
+        assert missing.error_field(pq.DiagnosticField.SQLSTATE) == b"26000"
+        duplicate = a.prepare(b"fetch-thing", b"SELECT 1")
+        assert duplicate.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+        assert a.exec_prepared(b"fetch-thing", [b"1"]).get_value(0, 0) == b"101"
+    finally:
+        a.finish()
+        b.finish()
+
+
+def test_clients_in_threads_share_the_server(pooled: ProxyProcess) -> None:
+    def client(n: int) -> list[tuple[int, ...]]:
+        with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
+            return [c.execute("SELECT %s::int + %s::int", (i, n), prepare=i % 3 != 0).fetchone() for i in range(30)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(client, range(4)))
+    assert results == [[(i + n,) for i in range(30)] for n in range(4)]
+
+
+@pytest.mark.parametrize("threshold", [5, 1])
+def test_pgjdbc_server_prepared_statements(pooled: ProxyProcess, threshold: int) -> None:
+    if jdbc_missing_reason():
+        pytest.skip(jdbc_missing_reason() or "")
+    url = pooled.jdbc_url("ivan", sslmode="disable", prepareThreshold=threshold)
+    out = run_jdbc(url, "ivan", pooled.password("ivan"), "prepared", 10)
+    rows = out["rows"]
+    assert out["prepare_threshold"] == threshold
+    assert [r["sum"] for r in rows] == [i * 1000 + 1 for i in range(1, 11)]
+    assert [r["product"] for r in rows] == [f"{2 * i}.50" for i in range(1, 11)]
+    assert [r["server_prepared"] for r in rows] == [i >= threshold for i in range(1, 11)]
+    # PostgreSQL lists the server's statements under pgtenant's names, those other sessions of the pool prepared on
+    # it too (docs/statements.md): never the client's S_1
+    names = out["prepared_statements"]
+    assert names and all(n.startswith("pgt_") for n in names) and "S_1" not in names
