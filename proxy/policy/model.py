@@ -48,6 +48,9 @@ DISCARD_ALL = "discard_all"  # DISCARD ALL: cursors, prepared statements, LISTEN
 # Not undone by a rollback (PostgreSQL: SQL prepared statements and session advisory locks ignore transactions; a
 # CLOSE stays done too: sessionstate._rolled_back).
 NOT_TRANSACTIONAL: frozenset[str] = frozenset({SQL_PREPARE, DEALLOCATE, ADVISORY_LOCK, ADVISORY_UNLOCK, PIN})
+# Changes that carry a literal's value (the replayed statement, a lock's key): never taken from a decision made for
+# another statement of the same shape (policy/shape.py).
+VALUE_OPS: frozenset[str] = frozenset({SETTING, ADVISORY_LOCK, ADVISORY_UNLOCK})
 # Kept even when their statement fails: an advisory lock taken before the statement's error stays taken.
 KEPT_ON_ERROR: frozenset[str] = frozenset({ADVISORY_LOCK, PIN})
 
