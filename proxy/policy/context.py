@@ -175,9 +175,9 @@ def call_changes(call: Call, index: int) -> list[Change]:
     args = [const_text(a) for a in call.args]
     shared = "shared:" if name.endswith("_shared") else ""
     key = UNKNOWN_KEY if None in args or call.named else shared + ",".join(a or "" for a in args)
-    if name in _LOCKS:
-        return [Change(index, ADVISORY_LOCK, key)]
-    return [] if key == UNKNOWN_KEY else [Change(index, ADVISORY_UNLOCK, key)]
+    # (an unlock of a key not written as constants frees nothing the proxy knows of, but is a change all the same:
+    # a decision with it is never reused for the same text with other integers, policy/shape.py)
+    return [Change(index, ADVISORY_LOCK if name in _LOCKS else ADVISORY_UNLOCK, key)]
 
 
 def refusal(context: SessionContext, changes: tuple[Change, ...] | list[Change],

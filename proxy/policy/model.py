@@ -205,6 +205,8 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
     if op == ADVISORY_UNLOCK:
         if name == "*":
             return replace(context, locks=())
+        if name == "?":  # a key not written as constants: which lock it frees is not known
+            return context
         locks = list(context.locks)
         if name in locks:
             locks.remove(name)  # a key held twice is released once per unlock (PostgreSQL counts them)

@@ -22,7 +22,8 @@ from proxy.actions import (
     StartRelay,
 )
 from proxy.auth.throttle import AuthThrottle
-from proxy.policy import TenantPolicy, decide
+from proxy.policy import TenantPolicy
+from proxy.policy.cache import DecisionCache
 from proxy.protocol import messages as m
 from proxy.reasons import CloseReason
 from proxy.server import ServerConnection
@@ -41,7 +42,8 @@ def _session(tmp_path: Path, mode: str) -> ClientSession:
 def _log_in(s: ClientSession, **params: str) -> list:
     actions = login(s, **params)
     assert isinstance(actions[-1], ConnectBackend)
-    s.enable_policy(lambda _kind, sql: decide(POLICY, sql))
+    cache = DecisionCache()  # as the proxy decides: by shape too (`SET x = 1` and `SET x = 2` share one)
+    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
     return actions
 
 

@@ -132,6 +132,7 @@ def test_shape_hits_skip_the_engine() -> None:
 @pytest.mark.parametrize(("first", "second", "held"), [
     ("SET extra_float_digits = 1", "SET extra_float_digits = 3", "SET extra_float_digits = 3"),
     ("SELECT pg_advisory_lock(7)", "SELECT pg_advisory_lock(8)", "8"),
+    ("SELECT pg_advisory_unlock(7)", "SELECT pg_advisory_unlock(8)", "8"),
 ])
 def test_what_the_session_keeps_of_a_literal_is_never_shared_between_values(first: str, second: str,
                                                                              held: str) -> None:
