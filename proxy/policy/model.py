@@ -72,8 +72,10 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class SessionContext:
-    """What a session has changed that decisions depend on: its temporary relations and its search_path.
-    Plain, hashable data; `apply` returns the context after a change (transaction changes are the session's)."""
+    """What a session has changed: its temporary relations and its search_path (what decisions depend on), and
+    the state it holds on its server connection (what pins it there in transaction pooling, and the settings
+    replayed elsewhere). Plain, hashable data; `apply` returns the context after a change (transaction changes are
+    the session's)."""
 
     temp_tables: frozenset[str] = frozenset()
     temp_views: frozenset[str] = frozenset()
