@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.policy.functions import is_builtin
 from proxy.policy.model import (
     ADVISORY_LOCK,
     ADVISORY_UNLOCK,
@@ -163,9 +164,12 @@ def call_changes(call: Call, index: int) -> list[Change]:
     """What a function call leaves on the server connection: session advisory locks and their unlocks (keyed by
     their arguments as written; `_shared` and exclusive locks of one key are told apart), setseed()."""
     names = call.names
+    name = names[-1]
+    if not is_builtin(names):
+        # a tenant's own function (extra_allowed_functions): what it leaves on the server is not known
+        return [Change(index, PIN, "function")]
     if len(names) > 1 and names[0] != "pg_catalog":
         return []
-    name = names[-1]
     if name == "pg_advisory_unlock_all":
         return [Change(index, ADVISORY_UNLOCK, "*")]
     if name in STATEFUL_FUNCTIONS:

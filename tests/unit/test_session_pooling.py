@@ -274,6 +274,18 @@ def test_protocol_named_statements_do_not_pin(pooled: ClientSession) -> None:
     assert kinds(out) == [ReleaseServer]
 
 
+def test_a_tenants_own_function_pins_for_good(tmp_path: Path) -> None:
+    s = _session(tmp_path, "transaction")
+    login(s)
+    own = TenantPolicy(tenant="acme", strategy="database", extra_allowed_functions=frozenset({"public.report"}))
+    s.enable_policy(lambda _kind, sql: DecisionCache().get_or_decide(own, sql))
+    s.server_attached(server_for(s))
+    assert kinds(run(s, "SELECT lower('A')", done("SELECT 1"))) == [ReleaseServer]  # a built-in: nothing held
+    # what a function of the tenant's own leaves on the server (a setting, a temporary table...) is not known
+    assert run(s, "SELECT public.report(1)", done("SELECT 1"))[-1] == SessionPinned("function")
+    assert kinds(run(s, "DISCARD ALL", done("DISCARD ALL"))) == []
+
+
 def test_a_pinned_session_leaving_gets_its_server_reset(pooled: ClientSession) -> None:
     pinned(pooled, ("CREATE TEMP TABLE t (a int)", done("CREATE TABLE")))
     [release] = pooled.close()
