@@ -389,3 +389,13 @@ def test_a_deallocate_in_a_rolled_back_transaction_stays_done(pooled: ClientSess
     run(pooled, "BEGIN", done("BEGIN", status=b"T"))
     run(pooled, "DEALLOCATE p", done("DEALLOCATE", status=b"T"))
     assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]
+
+
+def test_garbage_sent_between_transactions_ends_the_session_with_08p01(pooled: ClientSession) -> None:
+    actions = pooled.client_data(b"Q\x00\x00\x00\x02")  # a length below 4
+    if actions and isinstance(actions[-1], AcquireServer):  # (read once a server is there)
+        actions = pooled.server_attached(server_for(pooled))
+    assert isinstance(actions[-1], CloseClient) and actions[-1].error.sqlstate == "08P01"
+    assert pooled.state is State.CLOSED
+    [release] = pooled.close()
+    assert release.reusable  # nothing reached it
