@@ -526,18 +526,19 @@ class ClientSession:
                     CloseReason.UNEXPECTED_DATA,
                 )
             return handler(data)
-        except SessionError as exc:
+        except (SessionError, FramingError, m.DecodeError) as exc:
+            return self._rejected(exc)
+
+    def _rejected(self, exc: SessionError | FramingError | m.DecodeError) -> list[Action]:
+        """What the client sent cannot be read: the session ends with the error PostgreSQL would send."""
+        if isinstance(exc, SessionError):
             return self._fail(exc)
-        except FramingError as exc:
-            cap = self.frontend.max_length if self.state is _READY else self._auth_stream.max_length
-            err = (
-                errors.message_too_large(exc.length, cap)
-                if exc.too_large
-                else errors.protocol_violation(str(exc))
-            )
+        if isinstance(exc, FramingError):
+            relaying = self.state in (_READY, State.IDLE, State.WAITING)
+            cap = self.frontend.max_length if relaying else self._auth_stream.max_length
+            err = errors.message_too_large(exc.length, cap) if exc.too_large else errors.protocol_violation(str(exc))
             return self._fail(SessionError(err, CloseReason.FRAMING))
-        except m.DecodeError as exc:
-            return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
+        return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
 
     def _ignore(self, _data: bytes) -> list[Action]:
         """A read after the session closed: nothing to do."""
@@ -613,7 +614,10 @@ class ClientSession:
         more: list[Action] = []
         if self._unread:  # what the client sent meanwhile, read now that its statements can be placed
             unread, self._unread = self._unread, b""
-            more = self._relay_from_client(unread)
+            try:
+                more = self._relay_from_client(unread)
+            except (SessionError, FramingError, m.DecodeError) as exc:  # (its server goes back as the session ends)
+                return self._rejected(exc)
             while more and type(more[0]) is RelayToServer:  # one write with the replay
                 out += more.pop(0).chunks  # type: ignore[union-attr]
         actions: list[Action] = [RelayToServer(out)] if out else []

@@ -1,11 +1,13 @@
-"""Follows a session's context (temporary relations, search_path) through its transactions; pure, no I/O.
+"""Follows a session's context (temporary relations, search_path, and what it holds on its server connection: WITH
+HOLD cursors, SQL prepared statements, LISTEN, advisory locks, settings) through its transactions; pure, no I/O.
 
 Decisions are made on what the session *believes*: the context the backend has confirmed, plus every change of
 a statement decided but not yet answered (so a pipelined Parse CREATE TEMP, Parse INSERT, Sync works). The
 backend's answers correct it: a statement's CommandComplete confirms its changes, an ErrorResponse voids the
 changes of that statement and of the rest of its request, a transaction that ends in a rollback (ROLLBACK, a
 failed COMMIT, an error outside a transaction block, ROLLBACK TO SAVEPOINT) takes back what it did, and a commit
-ends SET LOCAL and drops ON COMMIT DROP tables.
+ends SET LOCAL and drops ON COMMIT DROP tables. What PostgreSQL does not take back with a transaction stays: SQL
+prepared statements, session advisory locks (also when their own statement fails), a CLOSE of a WITH HOLD cursor.
 
 Nothing here is relied on for isolation: the policy engine names every temporary relation it writes, reads
 instead of a filtered table, or drops `pg_temp.<name>`, and filters PostgreSQL's search_path itself, so a wrong

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.policy.functions import is_builtin
 from proxy.policy.model import (
     ADVISORY_LOCK,
     ADVISORY_UNLOCK,
@@ -163,9 +164,12 @@ def call_changes(call: Call, index: int) -> list[Change]:
     """What a function call leaves on the server connection: session advisory locks and their unlocks (keyed by
     their arguments as written; `_shared` and exclusive locks of one key are told apart), setseed()."""
     names = call.names
+    name = names[-1]
+    if not is_builtin(names):
+        # a tenant's own function (extra_allowed_functions): what it leaves on the server is not known
+        return [Change(index, PIN, "function")]
     if len(names) > 1 and names[0] != "pg_catalog":
         return []
-    name = names[-1]
     if name == "pg_advisory_unlock_all":
         return [Change(index, ADVISORY_UNLOCK, "*")]
     if name in STATEFUL_FUNCTIONS:
@@ -175,9 +179,9 @@ def call_changes(call: Call, index: int) -> list[Change]:
     args = [const_text(a) for a in call.args]
     shared = "shared:" if name.endswith("_shared") else ""
     key = UNKNOWN_KEY if None in args or call.named else shared + ",".join(a or "" for a in args)
-    if name in _LOCKS:
-        return [Change(index, ADVISORY_LOCK, key)]
-    return [] if key == UNKNOWN_KEY else [Change(index, ADVISORY_UNLOCK, key)]
+    # (an unlock of a key not written as constants frees nothing the proxy knows of, but is a change all the same:
+    # a decision with it is never reused for the same text with other integers, policy/shape.py)
+    return [Change(index, ADVISORY_LOCK if name in _LOCKS else ADVISORY_UNLOCK, key)]
 
 
 def refusal(context: SessionContext, changes: tuple[Change, ...] | list[Change],

@@ -81,6 +81,11 @@ def never_allowed(name: str) -> bool:
     return name in NEVER_NAMES or name.startswith(NEVER_PREFIXES)
 
 
+def is_builtin(names: tuple[str, ...]) -> bool:
+    """Whether the (possibly qualified) function `names` is one of the hand-picked built-ins."""
+    return (len(names) < 2 or names[-2] in SYSTEM_FUNCTION_SCHEMAS) and names[-1] in BUILTIN_FUNCTIONS
+
+
 def is_allowed(policy: TenantPolicy, names: tuple[str, ...]) -> bool:
     """Whether a call to the (possibly qualified) function `names` is allowed for this policy."""
     name = names[-1]
@@ -90,7 +95,7 @@ def is_allowed(policy: TenantPolicy, names: tuple[str, ...]) -> bool:
         return False
     if name in policy.denied_functions or qualified in policy.denied_functions:
         return False
-    if (schema is None or schema in SYSTEM_FUNCTION_SCHEMAS) and name in BUILTIN_FUNCTIONS:
+    if is_builtin(names):
         return True
     return qualified in policy.extra_allowed_functions or name in policy.extra_allowed_functions
 

@@ -48,6 +48,9 @@ DISCARD_ALL = "discard_all"  # DISCARD ALL: cursors, prepared statements, LISTEN
 # Not undone by a rollback (PostgreSQL: SQL prepared statements and session advisory locks ignore transactions; a
 # CLOSE stays done too: sessionstate._rolled_back).
 NOT_TRANSACTIONAL: frozenset[str] = frozenset({SQL_PREPARE, DEALLOCATE, ADVISORY_LOCK, ADVISORY_UNLOCK, PIN})
+# Changes that carry a literal's value (the replayed statement, a lock's key): never taken from a decision made for
+# another statement of the same shape (policy/shape.py).
+VALUE_OPS: frozenset[str] = frozenset({SETTING, ADVISORY_LOCK, ADVISORY_UNLOCK})
 # Kept even when their statement fails: an advisory lock taken before the statement's error stays taken.
 KEPT_ON_ERROR: frozenset[str] = frozenset({ADVISORY_LOCK, PIN})
 
@@ -69,8 +72,10 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class SessionContext:
-    """What a session has changed that decisions depend on: its temporary relations and its search_path.
-    Plain, hashable data; `apply` returns the context after a change (transaction changes are the session's)."""
+    """What a session has changed: its temporary relations and its search_path (what decisions depend on), and
+    the state it holds on its server connection (what pins it there in transaction pooling, and the settings
+    replayed elsewhere). Plain, hashable data; `apply` returns the context after a change (transaction changes are
+    the session's)."""
 
     temp_tables: frozenset[str] = frozenset()
     temp_views: frozenset[str] = frozenset()
@@ -202,6 +207,8 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
     if op == ADVISORY_UNLOCK:
         if name == "*":
             return replace(context, locks=())
+        if name == "?":  # a key not written as constants: which lock it frees is not known
+            return context
         locks = list(context.locks)
         if name in locks:
             locks.remove(name)  # a key held twice is released once per unlock (PostgreSQL counts them)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pglast.parser import ParseError, parse_sql_json, scan
 
 from proxy._accel import speedups
-from proxy.policy.model import Allow, Change, Decision, Rewrite
+from proxy.policy.model import VALUE_OPS, Allow, Change, Decision, Rewrite
 
 _UNSHAPEABLE = ("'", '"', "$", "\\", "--", "/*")
 # \w and \d spelled out for ASCII (only ASCII text is shaped): the same tokens, found faster.
@@ -94,6 +94,8 @@ ShapeDecision = Allow | Template | None
 def from_decision(shape: str, count: int, decision: Decision) -> ShapeDecision:
     """What a shape's decision says for every statement of that shape; None when it says nothing."""
     if not isinstance(decision, Allow | Rewrite) or not _params_plain(shape):
+        return None
+    if any(c.op in VALUE_OPS for c in decision.changes):  # `SET x = 1`: its replay must say 1, not $1
         return None
     if isinstance(decision, Allow):
         return decision

@@ -22,7 +22,8 @@ from proxy.actions import (
     StartRelay,
 )
 from proxy.auth.throttle import AuthThrottle
-from proxy.policy import TenantPolicy, decide
+from proxy.policy import TenantPolicy
+from proxy.policy.cache import DecisionCache
 from proxy.protocol import messages as m
 from proxy.reasons import CloseReason
 from proxy.server import ServerConnection
@@ -41,7 +42,8 @@ def _session(tmp_path: Path, mode: str) -> ClientSession:
 def _log_in(s: ClientSession, **params: str) -> list:
     actions = login(s, **params)
     assert isinstance(actions[-1], ConnectBackend)
-    s.enable_policy(lambda _kind, sql: decide(POLICY, sql))
+    cache = DecisionCache()  # as the proxy decides: by shape too (`SET x = 1` and `SET x = 2` share one)
+    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
     return actions
 
 
@@ -272,6 +274,18 @@ def test_protocol_named_statements_do_not_pin(pooled: ClientSession) -> None:
     assert kinds(out) == [ReleaseServer]
 
 
+def test_a_tenants_own_function_pins_for_good(tmp_path: Path) -> None:
+    s = _session(tmp_path, "transaction")
+    login(s)
+    own = TenantPolicy(tenant="acme", strategy="database", extra_allowed_functions=frozenset({"public.report"}))
+    s.enable_policy(lambda _kind, sql: DecisionCache().get_or_decide(own, sql))
+    s.server_attached(server_for(s))
+    assert kinds(run(s, "SELECT lower('A')", done("SELECT 1"))) == [ReleaseServer]  # a built-in: nothing held
+    # what a function of the tenant's own leaves on the server (a setting, a temporary table...) is not known
+    assert run(s, "SELECT public.report(1)", done("SELECT 1"))[-1] == SessionPinned("function")
+    assert kinds(run(s, "DISCARD ALL", done("DISCARD ALL"))) == []
+
+
 def test_a_pinned_session_leaving_gets_its_server_reset(pooled: ClientSession) -> None:
     pinned(pooled, ("CREATE TEMP TABLE t (a int)", done("CREATE TABLE")))
     [release] = pooled.close()
@@ -375,3 +389,13 @@ def test_a_deallocate_in_a_rolled_back_transaction_stays_done(pooled: ClientSess
     run(pooled, "BEGIN", done("BEGIN", status=b"T"))
     run(pooled, "DEALLOCATE p", done("DEALLOCATE", status=b"T"))
     assert kinds(run(pooled, "ROLLBACK", done("ROLLBACK"))) == [SessionUnpinned, ReleaseServer]
+
+
+def test_garbage_sent_between_transactions_ends_the_session_with_08p01(pooled: ClientSession) -> None:
+    actions = pooled.client_data(b"Q\x00\x00\x00\x02")  # a length below 4
+    if actions and isinstance(actions[-1], AcquireServer):  # (read once a server is there)
+        actions = pooled.server_attached(server_for(pooled))
+    assert isinstance(actions[-1], CloseClient) and actions[-1].error.sqlstate == "08P01"
+    assert pooled.state is State.CLOSED
+    [release] = pooled.close()
+    assert release.reusable  # nothing reached it

@@ -129,6 +129,22 @@ def test_shape_hits_skip_the_engine() -> None:
     assert second.sql == first.sql.replace("id = 1", "id = 22")
 
 
+@pytest.mark.parametrize(("first", "second", "held"), [
+    ("SET extra_float_digits = 1", "SET extra_float_digits = 3", "SET extra_float_digits = 3"),
+    ("SELECT pg_advisory_lock(7)", "SELECT pg_advisory_lock(8)", "8"),
+    ("SELECT pg_advisory_unlock(7)", "SELECT pg_advisory_unlock(8)", "8"),
+])
+def test_what_the_session_keeps_of_a_literal_is_never_shared_between_values(first: str, second: str,
+                                                                             held: str) -> None:
+    """A session SET is replayed elsewhere as written, a lock is keyed by its value: never as a shape's `$1`."""
+    cache = DecisionCache()
+    policy = TenantPolicy(tenant="initech", strategy="database")
+    cache.get_or_decide(policy, first)
+    decision = cache.get_or_decide(policy, second)
+    assert isinstance(decision, Allow)
+    assert [c.shown or c.name for c in decision.changes] == [held]
+
+
 def test_reg_cast_of_a_literal_is_decided_as_written() -> None:
     for sql in ("SELECT 16385::regclass", "SELECT CAST(16385 AS regnamespace)", "SELECT (7)::regclass"):
         split = shape.split(sql)
