@@ -1,4 +1,4 @@
-"""The `pgtenant` command line: run, check-config, passwd (and the subcommands later issues add)."""
+"""The `pgtenant` command line: run, check-config, passwd, provision, demo, mcp, mcp-token."""
 
 from __future__ import annotations
 
@@ -112,6 +112,65 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(opts)
 
 
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    import os
+
+    from proxy import logs
+
+    logs.configure(args.log_level, "json")  # stderr: on stdio, stdout carries the protocol
+    if args.max_rows < 1 or args.sample_rows < 1:
+        print("pgtenant: --max-rows and --sample-rows must be at least 1", file=sys.stderr)
+        return 2
+    from proxy.mcp.tools import Limits
+
+    limits = Limits(max_rows=args.max_rows, sample_rows=args.sample_rows)
+    if args.http:
+        host, sep, port = args.http.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            print(f"pgtenant: --http wants HOST:PORT, got {args.http!r}", file=sys.stderr)
+            return 2
+        if not args.tokens:
+            print("pgtenant: --http needs --tokens FILE (agents' token hashes and logins; see "
+                  "`pgtenant mcp-token`)", file=sys.stderr)
+            return 2
+        from proxy.mcp import tokens
+        from proxy.mcp.serve import run_http
+
+        warnings: list[str] = []
+        try:
+            book = tokens.load(args.tokens, warnings)
+        except tokens.TokenFileError as exc:
+            print(f"pgtenant: {exc}", file=sys.stderr)
+            return 2
+        for line in warnings:
+            print(f"pgtenant: warning: {line}", file=sys.stderr)
+        run_http(book, limits, host.strip("[]"), int(port))
+        return 0
+    dsn = args.dsn or os.environ.get("PGTENANT_MCP_DSN")
+    if not dsn:
+        print("pgtenant: mcp needs --dsn (or PGTENANT_MCP_DSN): the libpq connection string of a pgtenant login, "
+              "or --http HOST:PORT with --tokens FILE", file=sys.stderr)
+        return 2
+    from proxy.mcp.serve import run_stdio
+
+    run_stdio(dsn, limits)
+    return 0
+
+
+def _cmd_mcp_token(args: argparse.Namespace) -> int:
+    from proxy.mcp import tokens
+
+    if not tokens.NAME.fullmatch(args.agent):
+        print("pgtenant: an agent name is letters, digits, '_', '.', '-' (at most 63)", file=sys.stderr)
+        return 2
+    token, hexdigest = tokens.mint()
+    print(f"pgtenant: the bearer token of agent {args.agent} (shown once, stored nowhere; give it to the agent):",
+          file=sys.stderr)
+    print(token, file=sys.stderr)
+    print(tokens.stanza(args.agent, hexdigest, args.dsn), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgtenant", description="Tenant-isolating PostgreSQL proxy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="proxy log level (default info; logs go to stderr)")
     p.add_argument("--verbose", "-v", action="store_true", help="show every provisioning step")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser(
+        "mcp",
+        help="a Model Context Protocol server: a tenant-scoped, read-only door for AI agents (a pgtenant client)",
+        description="Serve the MCP tools list_tables, describe_table, sample_rows, query and explain to an AI agent, "
+        "as a client of pgtenant: every statement goes through the proxy as one pgtenant login. Over stdio "
+        "(--dsn) or streamable HTTP (--http, each request authenticated by an agent's bearer token).",
+    )
+    p.add_argument("--dsn", help="libpq connection string of the pgtenant login to act as, over stdio "
+                   "(default: $PGTENANT_MCP_DSN)")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    p.add_argument("--tokens", metavar="FILE", help="with --http: the agents' token hashes and logins (TOML, "
+                   "written by `pgtenant mcp-token`)")
+    p.add_argument("--max-rows", type=int, default=200, help="rows the query tool returns at most (default 200; "
+                   "the rest is not fetched and the answer says it was cut)")
+    p.add_argument("--sample-rows", type=int, default=20, help="rows sample_rows returns at most (default 20)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="log level (default info; logs go to stderr)")
+    p.set_defaults(func=_cmd_mcp)
+    p = sub.add_parser("mcp-token", help="mint an agent's bearer token for `pgtenant mcp --http`",
+                       description="Print a new random token on stderr (once) and, on stdout, the tokens-file entry "
+                       "that stores its SHA-256 with the pgtenant login the agent acts as.")
+    p.add_argument("agent", help="the agent's name (in logs)")
+    p.add_argument("--dsn", required=True, help="libpq connection string of the pgtenant login this agent acts as")
+    p.set_defaults(func=_cmd_mcp_token)
     p = sub.add_parser("passwd", help="read a password from stdin and print its SCRAM-SHA-256 verifier")
     p.add_argument("user")
     p.add_argument("--iterations", type=int, default=4096)

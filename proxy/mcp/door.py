@@ -1,0 +1,132 @@
+"""One pgtenant login, used by one tool call at a time: each statement alone, read-only, bounded, rolled back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+APPLICATION_NAME = "pgtenant-mcp"
+_RULE = re.compile(r"\(rule ([\w.-]+)\)")
+NO_ROWS = ("the statement ran but returns no rows: the tools answer with rows (SELECT, WITH, VALUES, TABLE, SHOW, "
+           "EXPLAIN); whatever a statement changes is rolled back")
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A statement's result: its columns (name, type), at most `limit` rows, and whether more were cut off."""
+
+    columns: list[tuple[str, str]]
+    rows: list[tuple[Any, ...]]
+    truncated: bool = False
+    status: str = ""  # the command tag of a statement that returns no rows (e.g. SET)
+
+
+@dataclass
+class DoorError(Exception):
+    """What PostgreSQL or pgtenant answered: the SQLSTATE, message, pgtenant rule (when it refused) and hint."""
+
+    message: str
+    sqlstate: str | None = None
+    detail: str | None = None
+    hint: str | None = None
+    rule: str | None = None
+    position: int | None = None
+
+    def __str__(self) -> str:
+        head = f"ERROR {self.sqlstate}: {self.message}" if self.sqlstate else f"ERROR: {self.message}"
+        lines = [head]
+        if self.rule:
+            lines.append(f"pgtenant rule: {self.rule}")
+        if self.detail:
+            lines.append(f"DETAIL: {self.detail}")
+        if self.hint:
+            lines.append(f"HINT: {self.hint}")
+        if self.position:
+            lines.append(f"POSITION: character {self.position} of the statement sent")
+        return "\n".join(lines)
+
+    @classmethod
+    def from_psycopg(cls, exc: psycopg.Error) -> DoorError:
+        diag = exc.diag
+        message = diag.message_primary or str(exc).strip() or type(exc).__name__
+        rule = _RULE.search(message)
+        position = int(diag.statement_position) if (diag.statement_position or "").isdigit() else None
+        return cls(message, diag.sqlstate, diag.message_detail, diag.message_hint, rule and rule.group(1), position)
+
+
+@dataclass
+class Door:
+    """A connection through pgtenant as one login (a libpq DSN), opened on first use and again after it broke.
+
+    Every statement runs alone in its own `BEGIN READ ONLY` transaction that is always rolled back, over the
+    extended protocol (one Parse: PostgreSQL refuses a string of several statements), its rows streamed and cut
+    at `limit` (the rest cancelled, not fetched). Calls are serialised: one statement at a time per login."""
+
+    dsn: str
+    connect_timeout: float = 10.0
+    _conn: psycopg.AsyncConnection[Any] | None = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+
+    async def run(self, sql: str, params: Sequence[Any] | None = None, *, limit: int) -> Rows:
+        async with self._lock:
+            conn = await self._connection()
+            try:
+                return await self._stream(conn, sql, params, limit)
+            except psycopg.ProgrammingError as exc:
+                if exc.sqlstate is None and "didn't produce a result" in str(exc):
+                    raise DoorError(NO_ROWS) from None  # psycopg's stream() answer to a statement without rows
+                raise DoorError.from_psycopg(exc) from None
+            except psycopg.Error as exc:
+                raise DoorError.from_psycopg(exc) from None
+            finally:
+                await self._rollback(conn)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=False, application_name=APPLICATION_NAME,
+                connect_timeout=max(1, int(self.connect_timeout)),
+            )
+        except psycopg.Error as exc:
+            raise DoorError.from_psycopg(exc) from None
+        await conn.set_read_only(True)  # psycopg opens each transaction with BEGIN READ ONLY
+        self._conn = conn
+        return conn
+
+    @staticmethod
+    async def _stream(conn: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any] | None,
+                      limit: int) -> Rows:
+        cur = conn.cursor()
+        rows: list[tuple[Any, ...]] = []
+        truncated = False
+        # stream(): Parse/Bind/Execute of the unnamed statement, rows one at a time; leaving early cancels the rest.
+        async with contextlib.aclosing(cur.stream(sql, params)) as stream:
+            async for row in stream:
+                if len(rows) >= limit:
+                    truncated = True
+                    break
+                rows.append(row)
+        columns = [(c.name, c.type_display) for c in cur.description or ()]
+        return Rows(columns, rows, truncated, "" if columns else cur.statusmessage or "")
+
+    async def _rollback(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """End the statement's transaction; a connection that cannot is dropped (reopened on the next call)."""
+        try:
+            await conn.rollback()
+        except psycopg.Error:
+            await conn.close()
+            self._conn = None
