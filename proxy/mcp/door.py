@@ -76,8 +76,11 @@ class Door:
     async def run(self, sql: str, params: Sequence[Any] | None = None, *, limit: int) -> Rows:
         async with self._lock:
             conn = await self._connection()
+            clean = False
             try:
-                return await self._stream(conn, sql, params, limit)
+                rows = await self._stream(conn, sql, params, limit)
+                clean = not rows.truncated
+                return rows
             except psycopg.ProgrammingError as exc:
                 if exc.sqlstate is None and "didn't produce a result" in str(exc):
                     raise DoorError(NO_ROWS) from None  # psycopg's stream() answer to a statement without rows
@@ -85,7 +88,7 @@ class Door:
             except psycopg.Error as exc:
                 raise DoorError.from_psycopg(exc) from None
             finally:
-                await self._rollback(conn)
+                await self._end(conn, clean)
 
     async def close(self) -> None:
         async with self._lock:
@@ -123,10 +126,15 @@ class Door:
         columns = [(c.name, c.type_display) for c in cur.description or ()]
         return Rows(columns, rows, truncated, "" if columns else cur.statusmessage or "")
 
-    async def _rollback(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """End the statement's transaction; a connection that cannot is dropped (reopened on the next call)."""
-        try:
-            await conn.rollback()
-        except psycopg.Error:
-            await conn.close()
-            self._conn = None
+    async def _end(self, conn: psycopg.AsyncConnection[Any], clean: bool) -> None:
+        """Roll the statement's transaction back. After an error or a cut-off result the connection is dropped
+        (reopened on the next call): psycopg's stream() then sent a CancelRequest, which may reach the server
+        after this statement ended, and must not cancel the next one."""
+        if clean:
+            try:
+                await conn.rollback()
+                return
+            except psycopg.Error:
+                pass
+        await conn.close()
+        self._conn = None
