@@ -161,7 +161,7 @@ def _cmd_mcp_token(args: argparse.Namespace) -> int:
     from proxy.mcp import tokens
 
     if not tokens.NAME.fullmatch(args.agent):
-        print("pgtenant: an agent name is letters, digits, '_', '.', '-' (at most 63)", file=sys.stderr)
+        print("pgtenant: an agent name is letters, digits, '_' and '-' (at most 63)", file=sys.stderr)
         return 2
     token, hexdigest = tokens.mint()
     print(f"pgtenant: the bearer token of agent {args.agent} (shown once, stored nowhere; give it to the agent):",

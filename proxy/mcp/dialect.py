@@ -30,6 +30,7 @@ def to_postgres(sql: str, dialect: str | None) -> str:
         out = sqlglot.transpile(sql, read=name, write="postgres", unsupported_level=ErrorLevel.RAISE)
     except SqlglotError as exc:
         raise DialectError(f"cannot translate this {name} statement to PostgreSQL: {_describe(exc)}") from exc
+    out = [statement for statement in out if statement.strip()]
     if not out:
         raise DialectError(f"no statement found in this {name} text")
     return ";\n".join(out)

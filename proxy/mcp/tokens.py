@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PREFIX = "pgtmcp_"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")  # a TOML bare key
 _HEX = re.compile(r"[0-9a-f]{64}")
 KEYS = frozenset({"token_sha256", "dsn"})
 
@@ -83,7 +83,7 @@ def load(path: str | Path, warn: list[str] | None = None) -> TokenBook:
     for name, entry in (data.get("agents") or {}).items():
         where = f"{path}: agents.{name}"
         if not NAME.fullmatch(name):
-            raise TokenFileError(f"{where}: a name is letters, digits, '_', '.', '-' (at most 63)")
+            raise TokenFileError(f"{where}: a name is letters, digits, '_' and '-' (at most 63)")
         if not isinstance(entry, dict) or set(entry) != KEYS:
             raise TokenFileError(f"{where}: needs exactly the keys {sorted(KEYS)}")
         hexdigest, dsn = entry["token_sha256"], entry["dsn"]
