@@ -15,6 +15,7 @@ APPLICATION_NAME = "pgtenant-mcp"
 _RULE = re.compile(r"\(rule ([\w.-]+)\)")
 NO_ROWS = ("the statement ran but returns no rows: the tools answer with rows (SELECT, WITH, VALUES, TABLE, SHOW, "
            "EXPLAIN); whatever a statement changes is rolled back")
+NO_COPY = "COPY is not available through these tools: run the SELECT itself (results are cut at max_rows)"
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class Door:
             except psycopg.ProgrammingError as exc:
                 if exc.sqlstate is None and "didn't produce a result" in str(exc):
                     raise DoorError(NO_ROWS) from None  # psycopg's stream() answer to a statement without rows
+                if exc.sqlstate is None and "COPY" in str(exc):
+                    raise DoorError(NO_COPY) from None
                 raise DoorError.from_psycopg(exc) from None
             except psycopg.Error as exc:
                 raise DoorError.from_psycopg(exc) from None
