@@ -7,16 +7,27 @@ the MCP door's read-only transaction stands between an agent and a write there).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
 
 from tests.support.mcpclient import Call, http_calls, http_server, stdio_calls, text
+from tests.support.pgcluster import free_port
+from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess
+
+REPORTING = Path(__file__).resolve().parents[2] / "docs" / "reporting.md"
 
 # user -> (the schema its tables are in, its rows in orders, the columns of its orders)
 TENANTS = {
@@ -273,3 +284,63 @@ def test_http_needs_a_valid_token_and_each_token_acts_as_its_own_login(proxy: Pr
     assert "mcp_request_refused" in log
     assert not any(token in log for token in server.tokens.values())
     assert proxy.cluster.execute("SELECT count(*) FROM globex.orders", dbname="saas") == [(40,)]
+
+
+# ------------------------------------------------------------------------------------------- docs/reporting.md
+
+
+def _doc_blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", REPORTING.read_text(), re.S)
+
+
+def _as_fixture(text: str, proxy: ProxyProcess, http_port: int) -> str:
+    """The doc's example login (acme_agent on 127.0.0.1:6432) pointed at the fixture's alice, its port at a free one."""
+    return (text.replace("port=6432", f"port={proxy.port}").replace("user=acme_agent", "user=alice")
+            .replace("agent-password", proxy.password("alice")).replace("8765", str(http_port)))
+
+
+def test_the_documented_commands_work_as_written(proxy: ProxyProcess, tmp_path: Path) -> None:
+    http_port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONUNBUFFERED": "1"}
+    lines = [line.strip() for block in _doc_blocks("sh") for line in block.splitlines() if line.strip()]
+    stdio_line = next(line for line in lines if line.startswith("PGPASSWORD="))
+    mint, chmod, serve = (next(line for line in lines if line.startswith(p))
+                          for p in ("pgtenant mcp-token", "chmod", "pgtenant mcp --http"))
+    stdio_json, http_json = (json.loads(_as_fixture(block, proxy, http_port))["mcpServers"]["acme-data"]
+                             for block in _doc_blocks("json"))
+
+    async def stdio(params: StdioServerParameters) -> list[CallToolResult]:
+        async with Client(params) as client:
+            return [await client.call_tool("list_tables", {}), await client.call_tool(*COUNT)]
+
+    # The stdio command line, through a shell as typed, and Claude Desktop's entry as the client would launch it.
+    for params in (StdioServerParameters(command="bash", args=["-c", _as_fixture(stdio_line, proxy, http_port)],
+                                         env=env, cwd=str(tmp_path)),
+                   StdioServerParameters(command=stdio_json["command"], args=stdio_json["args"],
+                                         env={**env, **stdio_json["env"]}, cwd=str(tmp_path))):
+        listed, count = asyncio.run(stdio(params))
+        assert {t["schema"] for t in _data(listed)["tables"]} == {"public"} and _rows(count) == [[200]]
+
+    minted = subprocess.run(["bash", "-c", f"{_as_fixture(mint, proxy, http_port)} && {chmod}"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60, check=True)
+    token = minted.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "mcp-tokens.toml").stat().st_mode & 0o777 == 0o600
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = subprocess.Popen(["bash", "-c", f"exec {_as_fixture(serve, proxy, http_port)}"], cwd=tmp_path,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        until(lambda: server.poll() is None and _listening(http_port), 30, what="the documented --http server")
+        assert http_json["url"] == f"http://127.0.0.1:{http_port}/mcp"
+        assert http_json["headers"]["Authorization"].startswith("Bearer pgtmcp_")
+        listed, count = http_calls(http_json["url"], token, [("list_tables", {}), COUNT])
+        assert {t["schema"] for t in _data(listed)["tables"]} == {"public"} and _rows(count) == [[200]]
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert token not in (tmp_path / "serve.log").read_text()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
