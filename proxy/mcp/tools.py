@@ -1,12 +1,13 @@
 """The MCP tools (list_tables, describe_table, sample_rows, query, explain), whatever the transport."""
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import ToolAnnotations
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from proxy.mcp import catalog
@@ -54,16 +55,16 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
             raise ToolError(str(exc)) from None
 
     @server.tool(annotations=READ_ONLY)
-    async def list_tables(ctx: Context) -> dict[str, Any]:
+    async def list_tables(ctx: Context) -> CallToolResult:
         """The tables and views this tenant may read: schema, name, kind and comment."""
-        return {"tables": records(await run(ctx, catalog.LIST_TABLES, None, CATALOG_ROWS))}
+        return _answer({"tables": records(await run(ctx, catalog.LIST_TABLES, None, CATALOG_ROWS))})
 
     @server.tool(annotations=READ_ONLY)
     async def describe_table(
         ctx: Context,
         table_name: Annotated[str, Field(description="A table or view, optionally schema-qualified, written as in "
                                          "SQL (quote mixed-case names: \"Orders\")")],
-    ) -> dict[str, Any]:
+    ) -> CallToolResult:
         """A table's columns (name, type, nullable, default, comment), keys and constraints, and its comment."""
         found = await run(ctx, catalog.FIND_TABLE, [table_name], 1)
         if not found.rows:
@@ -72,14 +73,14 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
         oid = info.pop("oid")
         info["columns"] = records(await run(ctx, catalog.COLUMNS, [oid], CATALOG_ROWS))
         info["constraints"] = records(await run(ctx, catalog.CONSTRAINTS, [oid], CATALOG_ROWS))
-        return info
+        return _answer(info)
 
     @server.tool(annotations=READ_ONLY)
     async def sample_rows(
         ctx: Context,
         table_name: Annotated[str, Field(description="A table or view, as for describe_table")],
         rows: Annotated[int, Field(ge=1, description=f"How many rows (at most {limits.sample_rows})")] = 5,
-    ) -> dict[str, Any]:
+    ) -> CallToolResult:
         """A few rows of a table or view, to see what its values look like."""
         found = await run(ctx, catalog.FIND_TABLE, [table_name], 1)
         if not found.rows:
@@ -87,7 +88,7 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
         (info,) = records(found)
         n = min(rows, limits.sample_rows)
         sql = f"SELECT * FROM {_ident(info['schema'])}.{_ident(info['name'])} LIMIT {n}"
-        return table(await run(ctx, sql, None, n), limit=n, limit_name="sample_rows")
+        return _answer(table(await run(ctx, sql, None, n), limit=n, limit_name="sample_rows"))
 
     @server.tool(annotations=READ_ONLY)
     async def query(
@@ -95,20 +96,20 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
         sql: Annotated[str, Field(description="Exactly one read-only SQL statement (SELECT, WITH, VALUES, TABLE, "
                                   "SHOW, EXPLAIN)")],
         dialect: Dialect = None,
-    ) -> dict[str, Any]:
+    ) -> CallToolResult:
         """Run one read-only SQL statement on this tenant's data and return its rows (the first max_rows)."""
         text = _translate(sql, dialect)
         out = table(await run(ctx, text, None, limits.max_rows), limit=limits.max_rows, limit_name="max_rows")
         if text != sql:
             out["sql"] = text  # what was sent, so the model learns the PostgreSQL form
-        return out
+        return _answer(out)
 
     @server.tool(annotations=READ_ONLY)
     async def explain(
         ctx: Context,
         sql: Annotated[str, Field(description="Exactly one statement to plan (it is not run)")],
         dialect: Dialect = None,
-    ) -> dict[str, Any]:
+    ) -> CallToolResult:
         """PostgreSQL's plan for one statement, with the planner's cost and row estimates; the statement is not run."""
         text = _translate(sql, dialect)
         # Options in parentheses: the statement cannot turn this into EXPLAIN ANALYZE (that would run it).
@@ -118,9 +119,15 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
             out["note"] = f"The plan is cut after {limits.explain_lines} lines."
         if text != sql:
             out["sql"] = text
-        return out
+        return _answer(out)
 
     return server
+
+
+def _answer(data: dict[str, Any]) -> CallToolResult:
+    """Structured content, and the same as compact JSON text (the SDK's default indents: thrice the tokens)."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 
 def _translate(sql: str, dialect: str | None) -> str:

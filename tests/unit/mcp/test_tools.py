@@ -76,6 +76,7 @@ def test_list_and_describe_answer_from_the_catalog_queries() -> None:
     listed, described, missing = _calls(door, ("list_tables", {}), ("describe_table", {"table_name": "orders"}),
                                         ("describe_table", {"table_name": "nope"}))
     assert listed.structured_content == {"tables": [{"schema": "public", "name": "orders"}]}
+    assert listed.content[0].text == '{"tables":[{"schema":"public","name":"orders"}]}'  # type: ignore[union-attr]
     assert described.structured_content == {
         "schema": "public", "name": 'we"ird', "kind": "table", "comment": "all orders",
         "columns": [{"name": "id", "type": "integer"}, {"name": "amount", "type": "numeric"}],
