@@ -49,7 +49,7 @@ class DoorError(Exception):
         if self.hint:
             lines.append(f"HINT: {self.hint}")
         if self.position:
-            lines.append(f"POSITION: character {self.position} of the statement sent")
+            lines.append(f"POSITION: character {self.position} of the statement")
         return "\n".join(lines)
 
     @classmethod
@@ -59,6 +59,14 @@ class DoorError(Exception):
         rule = _RULE.search(message)
         position = int(diag.statement_position) if (diag.statement_position or "").isdigit() else None
         return cls(message, diag.sqlstate, diag.message_detail, diag.message_hint, rule and rule.group(1), position)
+
+
+class _Lost(Exception):
+    """The connection broke under a statement (its DoorError inside)."""
+
+    def __init__(self, error: DoorError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass
@@ -76,22 +84,40 @@ class Door:
 
     async def run(self, sql: str, params: Sequence[Any] | None = None, *, limit: int) -> Rows:
         async with self._lock:
-            conn = await self._connection()
-            clean = False
+            reused = self._conn is not None and not self._conn.closed
             try:
-                rows = await self._stream(conn, sql, params, limit)
-                clean = not rows.truncated
-                return rows
-            except psycopg.ProgrammingError as exc:
-                if exc.sqlstate is None and "didn't produce a result" in str(exc):
-                    raise DoorError(NO_ROWS) from None  # psycopg's stream() answer to a statement without rows
-                if exc.sqlstate is None and "COPY" in str(exc):
-                    raise DoorError(NO_COPY) from None
-                raise DoorError.from_psycopg(exc) from None
-            except psycopg.Error as exc:
-                raise DoorError.from_psycopg(exc) from None
-            finally:
-                await self._end(conn, clean)
+                return await self._once(sql, params, limit)
+            except _Lost as lost:
+                if not reused:
+                    raise lost.error from None
+            # A connection idle since the last call was closed under it (a proxy restart, an idle timeout): the
+            # statement is read-only and was rolled back with the connection, so it runs again on a new one.
+            try:
+                return await self._once(sql, params, limit)
+            except _Lost as lost:
+                raise lost.error from None
+
+    async def _once(self, sql: str, params: Sequence[Any] | None, limit: int) -> Rows:
+        conn = await self._connection()
+        clean = False
+        try:
+            rows = await self._stream(conn, sql, params, limit)
+            clean = not rows.truncated
+            return rows
+        except psycopg.ProgrammingError as exc:
+            if exc.sqlstate is None and "didn't produce a result" in str(exc):
+                raise DoorError(NO_ROWS) from None  # psycopg's stream() answer to a statement without rows
+            if exc.sqlstate is None and "COPY" in str(exc):
+                raise DoorError(NO_COPY) from None
+            raise DoorError.from_psycopg(exc) from None
+        except psycopg.OperationalError as exc:
+            if conn.broken or conn.closed:
+                raise _Lost(DoorError.from_psycopg(exc)) from None
+            raise DoorError.from_psycopg(exc) from None
+        except psycopg.Error as exc:
+            raise DoorError.from_psycopg(exc) from None
+        finally:
+            await self._end(conn, clean)
 
     async def close(self) -> None:
         async with self._lock:

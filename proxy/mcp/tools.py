@@ -24,6 +24,7 @@ INSTRUCTIONS = (
     "one statement in a read-only transaction that is rolled back; errors name the SQLSTATE, the pgtenant rule "
     "and a hint: read them and change the statement."
 )
+EXPLAIN = "EXPLAIN (ANALYZE false, FORMAT TEXT) "
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 Dialect = Annotated[str | None, Field(
@@ -48,11 +49,19 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
     """An MCPServer with the five tools; `door_for` gives each call its pgtenant login."""
     server: MCPServer = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, warn_on_duplicate_tools=False)
 
-    async def run(ctx: Context, sql: str, params: list[Any] | None, limit: int) -> Rows:
+    async def run(ctx: Context, sql: str, params: list[Any] | None, limit: int, *, translated: str | None = None,
+                  prefix: int = 0) -> Rows:
+        """`sql` through the login; an error names the PostgreSQL text a dialect became, and positions count from
+        the model's statement (not from a `prefix` the tool put in front of it)."""
         try:
             return await door_for(ctx).run(sql, params, limit=limit)
         except DoorError as exc:
-            raise ToolError(str(exc)) from None
+            if exc.position is not None:
+                exc.position = exc.position - prefix if exc.position > prefix else None
+            message = str(exc)
+            if translated is not None:
+                message += f"\nSQL sent (the PostgreSQL it was translated to): {translated}"
+            raise ToolError(message) from None
 
     @server.tool(annotations=READ_ONLY)
     async def list_tables(ctx: Context) -> CallToolResult:
@@ -99,7 +108,9 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
     ) -> CallToolResult:
         """Run one read-only SQL statement on this tenant's data and return its rows (the first max_rows)."""
         text = _translate(sql, dialect)
-        out = table(await run(ctx, text, None, limits.max_rows), limit=limits.max_rows, limit_name="max_rows")
+        shown = text if text != sql else None
+        out = table(await run(ctx, text, None, limits.max_rows, translated=shown), limit=limits.max_rows,
+                    limit_name="max_rows")
         if text != sql:
             out["sql"] = text  # what was sent, so the model learns the PostgreSQL form
         return _answer(out)
@@ -113,7 +124,8 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
         """PostgreSQL's plan for one statement, with the planner's cost and row estimates; the statement is not run."""
         text = _translate(sql, dialect)
         # Options in parentheses: the statement cannot turn this into EXPLAIN ANALYZE (that would run it).
-        result = await run(ctx, f"EXPLAIN (ANALYZE false, FORMAT TEXT) {text}", None, limits.explain_lines)
+        result = await run(ctx, EXPLAIN + text, None, limits.explain_lines, translated=text if text != sql else None,
+                           prefix=len(EXPLAIN))
         out: dict[str, Any] = {"plan": "\n".join(str(row[0]) for row in result.rows)}
         if result.truncated:
             out["note"] = f"The plan is cut after {limits.explain_lines} lines."

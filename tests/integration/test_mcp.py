@@ -22,10 +22,11 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
 
+from proxy.mcp.door import APPLICATION_NAME, Door, Rows
 from tests.support.mcpclient import Call, http_calls, http_server, stdio_calls, text
 from tests.support.pgcluster import free_port
 from tests.support.polling import until
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
 
 REPORTING = Path(__file__).resolve().parents[2] / "docs" / "reporting.md"
 
@@ -143,6 +144,27 @@ def test_explain_plans_without_running(proxy: ProxyProcess) -> None:
     assert "orders" in _data(plan)["plan"]
     assert "42601" in _error(analyze)
     assert _initech_rows(proxy) == 7
+
+
+def test_a_connection_lost_while_idle_is_replaced_on_the_next_call(proxy: ProxyProcess) -> None:
+    """A server connection closed under an idle door (here: its backend terminated) costs the agent nothing: the
+    read-only statement runs again on a new login."""
+    role = TENANT_ROLES["initech"][0]
+
+    async def go() -> tuple[Rows, Rows]:
+        door = Door(proxy.dsn("ivan"))
+        try:
+            first = await door.run("SELECT pg_backend_pid()", limit=1)
+            killed = proxy.cluster.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
+                [role, APPLICATION_NAME], dbname="initech")
+            assert killed == [(True,)]
+            return first, await door.run("SELECT pg_backend_pid(), count(*) FROM orders", limit=1)
+        finally:
+            await door.close()
+
+    first, second = asyncio.run(go())
+    assert second.rows[0][0] != first.rows[0][0] and second.rows[0][1] == 7
 
 
 # ------------------------------------------------------------------------------------------------------ refusals

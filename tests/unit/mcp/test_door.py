@@ -33,7 +33,7 @@ def test_a_postgresql_error_keeps_its_detail_and_position() -> None:
         statement_position="15"))
     assert err.rule is None and err.position == 15
     assert str(err) == ('ERROR 42P01: relation "globex.orders" does not exist\nDETAIL: d\n'
-                        "POSITION: character 15 of the statement sent")
+                        "POSITION: character 15 of the statement")
 
 
 def test_an_error_without_diagnostics_still_says_something() -> None:

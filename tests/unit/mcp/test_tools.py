@@ -41,8 +41,11 @@ def _catalog(sql: str, params: Any) -> Rows:
                     [("orders_pkey", "primary key", "PRIMARY KEY (id)")])
     if sql == catalog.LIST_TABLES:
         return Rows([("schema", "name"), ("name", "name")], [("public", "orders")])
-    if sql.startswith("EXPLAIN"):
+    if sql.startswith("EXPLAIN") and "bad" not in sql:
         return Rows([("QUERY PLAN", "text")], [("Seq Scan on orders",), ("  Filter: x",)])
+    if "bad" in sql:
+        return_position = sql.index("bad") + 1
+        raise DoorError('syntax error at or near "bad"', "42601", position=return_position)
     if "refuse" in sql:
         raise DoorError("pgtenant: no (rule some_rule)", "42501", hint="do it differently", rule="some_rule")
     return Rows([("n", "int4")], [(1,), (2,)], truncated=True)
@@ -126,3 +129,17 @@ def test_explain_never_becomes_explain_analyze() -> None:
     (result,) = _calls(door, ("explain", {"sql": "ANALYZE SELECT 1"}))
     assert door.sent[-1][0] == "EXPLAIN (ANALYZE false, FORMAT TEXT) ANALYZE SELECT 1"  # a syntax error there
     assert result.structured_content == {"plan": "Seq Scan on orders\n  Filter: x"}
+
+
+def test_error_positions_count_from_the_models_statement_and_translations_are_shown() -> None:
+    door = FakeDoor(_catalog)
+    planned, translated = _calls(door, ("explain", {"sql": "SELECT bad"}),
+                                 ("query", {"sql": "SELECT `bad`", "dialect": "mysql"}))
+    assert "POSITION: character 8 of" in _text(planned)  # "SELECT bad": the tool's EXPLAIN prefix not counted
+    assert "SQL sent (the PostgreSQL it was translated to): SELECT \"bad\"" in _text(translated)
+    assert "POSITION: character 9 of" in _text(translated)  # in the PostgreSQL sent, which the error shows
+
+
+def _text(result: CallToolResult) -> str:
+    assert result.is_error
+    return result.content[0].text  # type: ignore[union-attr]
