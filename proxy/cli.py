@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from typing import TYPE_CHECKING
 
 from proxy.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:  # the MCP SDK is imported only by `pgtenant mcp`
+    from proxy.mcp.tools import Limits
 
 
 def _load(path: str) -> Config | None:
@@ -16,6 +20,16 @@ def _load(path: str) -> Config | None:
     except ConfigError as exc:
         print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
         return None
+
+
+def _dsn(given: str | None, env: str, problem: str) -> str | None:
+    """A DSN from its option, else from the environment variable `env`; None after printing `problem`."""
+    import os
+
+    dsn = given or os.environ.get(env)
+    if not dsn:
+        print(f"pgtenant: {problem}", file=sys.stderr)
+    return dsn
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -65,17 +79,14 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
-    import os
-
     from proxy.provision import ProvisionRefused, provision
 
     config = _load(args.config)
     if config is None:
         return 2
-    dsn = args.admin_dsn or os.environ.get("PGTENANT_ADMIN_DSN")
+    dsn = _dsn(args.admin_dsn, "PGTENANT_ADMIN_DSN", "provision needs --admin-dsn or PGTENANT_ADMIN_DSN (a role "
+               "that may create roles, databases, schemas and policies)")
     if not dsn:
-        print("pgtenant: provision needs --admin-dsn or PGTENANT_ADMIN_DSN (a role that may create roles, "
-              "databases, schemas and policies)", file=sys.stderr)
         return 2
     import psycopg
 
@@ -113,47 +124,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
-    import os
-
     from proxy import logs
+    from proxy.mcp.tools import Limits
 
     logs.configure(args.log_level, "json")  # stderr: on stdio, stdout carries the protocol
     if args.max_rows < 1 or args.sample_rows < 1:
         print("pgtenant: --max-rows and --sample-rows must be at least 1", file=sys.stderr)
         return 2
-    from proxy.mcp.tools import Limits
-
     limits = Limits(max_rows=args.max_rows, sample_rows=args.sample_rows)
     if args.http:
-        host, sep, port = args.http.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-            print(f"pgtenant: --http wants HOST:PORT, got {args.http!r}", file=sys.stderr)
-            return 2
-        if not args.tokens:
-            print("pgtenant: --http needs --tokens FILE (agents' token hashes and logins; see "
-                  "`pgtenant mcp-token`)", file=sys.stderr)
-            return 2
-        from proxy.mcp import tokens
-        from proxy.mcp.serve import run_http
-
-        warnings: list[str] = []
-        try:
-            book = tokens.load(args.tokens, warnings)
-        except tokens.TokenFileError as exc:
-            print(f"pgtenant: {exc}", file=sys.stderr)
-            return 2
-        for line in warnings:
-            print(f"pgtenant: warning: {line}", file=sys.stderr)
-        run_http(book, limits, host.strip("[]"), int(port))
-        return 0
-    dsn = args.dsn or os.environ.get("PGTENANT_MCP_DSN")
+        return _mcp_http(args, limits)
+    dsn = _dsn(args.dsn, "PGTENANT_MCP_DSN", "mcp needs --dsn (or PGTENANT_MCP_DSN): the libpq connection string "
+               "of a pgtenant login, or --http HOST:PORT with --tokens FILE")
     if not dsn:
-        print("pgtenant: mcp needs --dsn (or PGTENANT_MCP_DSN): the libpq connection string of a pgtenant login, "
-              "or --http HOST:PORT with --tokens FILE", file=sys.stderr)
         return 2
     from proxy.mcp.serve import run_stdio
 
     run_stdio(dsn, limits)
+    return 0
+
+
+def _mcp_http(args: argparse.Namespace, limits: Limits) -> int:
+    """`pgtenant mcp --http HOST:PORT --tokens FILE`."""
+    from proxy.mcp import tokens
+    from proxy.mcp.serve import run_http
+
+    host, sep, port = args.http.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        print(f"pgtenant: --http wants HOST:PORT, got {args.http!r}", file=sys.stderr)
+        return 2
+    if not args.tokens:
+        print("pgtenant: --http needs --tokens FILE (agents' token hashes and logins; see `pgtenant mcp-token`)",
+              file=sys.stderr)
+        return 2
+    warnings: list[str] = []
+    try:
+        book = tokens.load(args.tokens, warnings)
+    except tokens.TokenFileError as exc:
+        print(f"pgtenant: {exc}", file=sys.stderr)
+        return 2
+    for line in warnings:
+        print(f"pgtenant: warning: {line}", file=sys.stderr)
+    run_http(book, limits, host.strip("[]"), int(port))
     return 0
 
 
