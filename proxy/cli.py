@@ -128,10 +128,11 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
     from proxy.mcp.tools import Limits
 
     logs.configure(args.log_level, "json")  # stderr: on stdio, stdout carries the protocol
-    if args.max_rows < 1 or args.sample_rows < 1:
-        print("pgtenant: --max-rows and --sample-rows must be at least 1", file=sys.stderr)
+    if args.max_rows < 1 or args.sample_rows < 1 or not 0 <= args.statement_timeout <= 86400:
+        print("pgtenant: --max-rows and --sample-rows must be at least 1, --statement-timeout 0..86400 seconds",
+              file=sys.stderr)
         return 2
-    limits = Limits(max_rows=args.max_rows, sample_rows=args.sample_rows)
+    limits = Limits(max_rows=args.max_rows, sample_rows=args.sample_rows, statement_timeout=args.statement_timeout)
     if args.http:
         return _mcp_http(args, limits)
     dsn = _dsn(args.dsn, "PGTENANT_MCP_DSN", "mcp needs --dsn (or PGTENANT_MCP_DSN): the libpq connection string "
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=200, help="rows the query tool returns at most (default 200; "
                    "the rest is not fetched and the answer says it was cut)")
     p.add_argument("--sample-rows", type=int, default=20, help="rows sample_rows returns at most (default 20)")
+    p.add_argument("--statement-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="PostgreSQL's statement_timeout for the agent's statements (default 30; 0: none)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="log level (default info; logs go to stderr)")
     p.set_defaults(func=_cmd_mcp)

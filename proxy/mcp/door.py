@@ -25,7 +25,6 @@ class Rows:
     columns: list[tuple[str, str]]
     rows: list[tuple[Any, ...]]
     truncated: bool = False
-    status: str = ""  # the command tag of a statement that returns no rows (e.g. SET)
 
 
 @dataclass
@@ -78,6 +77,7 @@ class Door:
     at `limit` (the rest cancelled, not fetched). Calls are serialised: one statement at a time per login."""
 
     dsn: str
+    statement_timeout_ms: int = 0  # set for the session at login (0: none); a statement's own SET is rolled back
     connect_timeout: float = 10.0
     _conn: psycopg.AsyncConnection[Any] | None = field(default=None, init=False, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
@@ -135,7 +135,14 @@ class Door:
             )
         except psycopg.Error as exc:
             raise DoorError.from_psycopg(exc) from None
-        await conn.set_read_only(True)  # psycopg opens each transaction with BEGIN READ ONLY
+        try:
+            await conn.set_read_only(True)  # psycopg opens each transaction with BEGIN READ ONLY
+            if self.statement_timeout_ms:
+                await conn.execute(f"SET statement_timeout = {int(self.statement_timeout_ms)}")
+                await conn.commit()
+        except psycopg.Error as exc:
+            await conn.close()
+            raise DoorError.from_psycopg(exc) from None
         self._conn = conn
         return conn
 
@@ -153,7 +160,7 @@ class Door:
                     break
                 rows.append(row)
         columns = [(c.name, c.type_display) for c in cur.description or ()]
-        return Rows(columns, rows, truncated, "" if columns else cur.statusmessage or "")
+        return Rows(columns, rows, truncated)
 
     async def _end(self, conn: psycopg.AsyncConnection[Any], clean: bool) -> None:
         """Roll the statement's transaction back. After an error or a cut-off result the connection is dropped

@@ -18,7 +18,7 @@ MCP_PATH = "/mcp"
 
 def run_stdio(dsn: str, limits: Limits) -> None:
     """Serve one MCP client on stdin/stdout (stdout carries the protocol: logs go to stderr)."""
-    door = Door(dsn)
+    door = Door(dsn, _timeout_ms(limits))
     server = build_server(lambda _ctx: door, limits)
     logs.get_logger("pgtenant.mcp").info("mcp_started", transport="stdio", max_rows=limits.max_rows)
 
@@ -36,7 +36,7 @@ def run_http(book: TokenBook, limits: Limits, host: str, port: int) -> None:
     import uvicorn
 
     log = logs.get_logger("pgtenant.mcp")
-    doors = {agent.name: Door(agent.dsn) for agent in book.agents}
+    doors = {agent.name: Door(agent.dsn, _timeout_ms(limits)) for agent in book.agents}
 
     def door_for(ctx: Context) -> Door:
         request: Any = ctx.request_context.request
@@ -63,3 +63,7 @@ def run_http(book: TokenBook, limits: Limits, host: str, port: int) -> None:
                 await door.close()
 
     asyncio.run(main())
+
+
+def _timeout_ms(limits: Limits) -> int:
+    return round(limits.statement_timeout * 1000)

@@ -39,6 +39,7 @@ class Limits:
     max_rows: int = 200
     sample_rows: int = 20
     explain_lines: int = 500
+    statement_timeout: float = 30.0  # seconds; 0 = none
 
 
 # Which login a call runs as: the only one (stdio) or the one its bearer token maps to (HTTP).
@@ -59,6 +60,10 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
             if exc.position is not None:
                 exc.position = exc.position - prefix if exc.position > prefix else None
             message = str(exc)
+            if exc.sqlstate == "57014" and "statement timeout" in exc.message:
+                message += (f"\nThe statement ran longer than the MCP server's statement timeout "
+                            f"({limits.statement_timeout:g} s): aggregate, filter or LIMIT it, and check its plan "
+                            "with explain.")
             if translated is not None:
                 message += f"\nSQL sent (the PostgreSQL it was translated to): {translated}"
             raise ToolError(message) from None

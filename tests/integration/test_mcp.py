@@ -136,6 +136,20 @@ def test_results_are_cut_at_max_rows_with_a_note_and_the_session_goes_on(proxy: 
     assert _data(sample)["row_count"] == 4
 
 
+def test_the_statement_timeout_holds_whatever_the_agent_sets(proxy: ProxyProcess) -> None:
+    sleep: Call = ("query", {"sql": "SELECT pg_sleep(30)"})
+    results = stdio_calls(proxy.dsn("gina"), [
+        sleep,
+        ("query", {"sql": "SET statement_timeout = 0"}),  # alone in its transaction: rolled back
+        sleep,
+        ("query", {"sql": "SELECT set_config('statement_timeout', '0', false), pg_sleep(30)"}),
+        COUNT,
+    ], "--statement-timeout", "0.5")
+    for result in (results[0], results[2], results[3]):
+        assert "ERROR 57014" in _error(result) and "statement timeout (0.5 s)" in text(result)
+    assert _rows(results[-1]) == [[40]]
+
+
 def test_explain_plans_without_running(proxy: ProxyProcess) -> None:
     plan, analyze = stdio_calls(proxy.dsn("ivan"), [
         ("explain", {"sql": "SELECT * FROM `orders` WHERE `id` = 3", "dialect": "mysql"}),

@@ -46,6 +46,8 @@ def _catalog(sql: str, params: Any) -> Rows:
     if "bad" in sql:
         return_position = sql.index("bad") + 1
         raise DoorError('syntax error at or near "bad"', "42601", position=return_position)
+    if "sleep" in sql:
+        raise DoorError("canceling statement due to statement timeout", "57014")
     if "refuse" in sql:
         raise DoorError("pgtenant: no (rule some_rule)", "42501", hint="do it differently", rule="some_rule")
     return Rows([("n", "int4")], [(1,), (2,)], truncated=True)
@@ -143,3 +145,9 @@ def test_error_positions_count_from_the_models_statement_and_translations_are_sh
 def _text(result: CallToolResult) -> str:
     assert result.is_error
     return result.content[0].text  # type: ignore[union-attr]
+
+
+def test_a_statement_timeout_says_which_limit_and_what_to_do() -> None:
+    (result,) = _calls(FakeDoor(_catalog), ("query", {"sql": "SELECT pg_sleep(60)"}),
+                       limits=Limits(statement_timeout=2.5))
+    assert "ERROR 57014" in _text(result) and "statement timeout (2.5 s)" in _text(result)
