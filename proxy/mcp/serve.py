@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from mcp.server.mcpserver import Context
+from mcp.server.transport_security import TransportSecuritySettings
 
 from proxy import logs
 from proxy.mcp.door import Door
@@ -47,8 +48,12 @@ def run_http(book: TokenBook, limits: Limits, host: str, port: int) -> None:
 
     server = build_server(door_for, limits)
     # Stateless: every request stands alone (its own token, its own agent); no session to hand to another token.
-    app = server.streamable_http_app(streamable_http_path=MCP_PATH, stateless_http=True, json_response=True,
-                                     host=host)
+    # The SDK's Host/Origin check (against DNS rebinding) is off: it guards servers a browser can reach without a
+    # credential, while here every request needs a bearer token no web page has; left on for 127.0.0.1 it refuses
+    # the Host a TLS-terminating reverse proxy forwards (421).
+    app = server.streamable_http_app(
+        streamable_http_path=MCP_PATH, stateless_http=True, json_response=True, host=host,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
     guarded = BearerAuth(app, book, on_refused=lambda reason, peer: log.warning(
         "mcp_request_refused", reason=reason, peer=peer))
     config = uvicorn.Config(guarded, host=host, port=port, log_level="warning", access_log=False, lifespan="on")

@@ -316,6 +316,12 @@ def test_http_needs_a_valid_token_and_each_token_acts_as_its_own_login(proxy: Pr
         assert {t["schema"] for t in _data(acme[0])["tables"]} == {"public"} and _rows(acme[1]) == [[200]]
         assert {t["schema"] for t in _data(globex[0])["tables"]} == {"globex"} and _rows(globex[1]) == [[40]]
         assert "ERROR 42501" in _error(globex[2])
+        # Behind a TLS-terminating reverse proxy the Host is the public name: the token decides, not the Host.
+        proxied = httpx2.post(server.url, json=body, timeout=30, headers={
+            "Authorization": f"Bearer {server.tokens['acme-bot']}", "Host": "mcp.example.com",
+            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"})
+        assert proxied.status_code == 200, proxied.text
+        assert "list_tables" in proxied.text
         log = server.log()
     assert "mcp_request_refused" in log
     assert not any(token in log for token in server.tokens.values())
