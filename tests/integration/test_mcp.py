@@ -247,49 +247,79 @@ def test_cross_tenant_references_are_tool_errors(proxy: ProxyProcess) -> None:
     assert "ERROR 42P01" in _error(schema_tenant)
 
 
-# Attack-suite style, through the query tool: (sql, "deny" | "ok"); after each, the session still answers with
-# the tenant's own rows and tenant context, and no other tenant's name appears in any answer.
-ATTACKS = [
-    ("SELECT set_config('pgtenant.tenant_id', 'bigco', false), count(*) FROM orders", "deny"),
-    ("SET pgtenant.tenant_id = 'bigco'", "deny"),
-    ("SET ROLE pgtenant_backend", "deny"),
-    ("RESET ROLE", "deny"),
-    ("SET SESSION AUTHORIZATION DEFAULT", "deny"),
-    ("DO $$ BEGIN PERFORM set_config('pgtenant.tenant_id', 'bigco', false); END $$", "deny"),
-    ("COPY orders TO STDOUT", "deny"),
-    ("COPY (SELECT * FROM orders) TO '/tmp/pgtenant-mcp-leak'", "deny"),
-    ("SELECT * FROM dblink('dbname=saas', 'SELECT * FROM orders') AS t(id int)", "deny"),
-    ("SELECT pg_read_file('/etc/passwd')", "deny"),
-    ("LOCK orders IN ACCESS EXCLUSIVE MODE", "deny"),
-    ("PREPARE TRANSACTION 'x'", "deny"),
-    ("SELECT id FROM orders WHERE tenant_id <> 'acme'", "ok"),
-    ("SELECT count(*) FROM ONLY public.orders o WHERE o.tenant_id = 'bigco' OR true", "ok"),
-    ("SELECT nspname FROM pg_catalog.pg_namespace", "ok"),
-    ("SELECT datname FROM pg_catalog.pg_database", "ok"),
-    ("SELECT relname FROM pg_catalog.pg_class WHERE relname = 'orders'", "ok"),
-    ("SELECT current_setting('pgtenant.tenant_id')", "ok"),
-]
+# Attack-suite style, through the query tool, per strategy: (sql, "deny" | "ok" | "any"). Whatever happens, no
+# other tenant's name appears in an answer (unless the attack spelled it), and after each case the session answers
+# with the tenant's own context and rows.
+ATTACKS = {
+    "alice": [
+        ("SELECT set_config('pgtenant.tenant_id', 'bigco', false), count(*) FROM orders", "deny"),
+        ("SET pgtenant.tenant_id = 'bigco'", "deny"),
+        ("SET ROLE pgtenant_backend", "deny"),
+        ("RESET ROLE", "deny"),
+        ("SET SESSION AUTHORIZATION DEFAULT", "deny"),
+        ("DO $$ BEGIN PERFORM set_config('pgtenant.tenant_id', 'bigco', false); END $$", "deny"),
+        ("COPY orders TO STDOUT", "deny"),
+        ("COPY (SELECT * FROM orders) TO '/tmp/pgtenant-mcp-leak'", "deny"),
+        ("SELECT * FROM dblink('dbname=saas', 'SELECT * FROM orders') AS t(id int)", "deny"),
+        ("SELECT pg_read_file('/etc/passwd')", "deny"),
+        ("LOCK orders IN ACCESS EXCLUSIVE MODE", "deny"),
+        ("PREPARE TRANSACTION 'x'", "deny"),
+        ("SELECT id FROM orders WHERE tenant_id <> 'acme'", "ok"),
+        ("SELECT count(*) FROM ONLY public.orders o WHERE o.tenant_id = 'bigco' OR true", "ok"),
+        ("SELECT nspname FROM pg_catalog.pg_namespace", "ok"),
+        ("SELECT datname FROM pg_catalog.pg_database", "ok"),
+        ("SELECT relname FROM pg_catalog.pg_class WHERE relname = 'orders'", "ok"),
+        ("SELECT current_setting('pgtenant.tenant_id')", "ok"),
+    ],
+    "gina": [
+        ("SELECT * FROM public.orders", "deny"),
+        ("SELECT * FROM saas.public.orders", "deny"),
+        ("SELECT * FROM globex.orders o JOIN public.orders p USING (id)", "deny"),
+        ("SELECT set_config('search_path', 'public', false), count(*) FROM orders", "any"),
+        ("SET search_path = public, globex", "any"),
+        ("SELECT nspname FROM pg_catalog.pg_namespace", "ok"),
+        ("SELECT DISTINCT table_schema FROM information_schema.tables", "ok"),
+        ("SELECT datname FROM pg_catalog.pg_database", "ok"),
+        ("SELECT * FROM pg_catalog.pg_tables WHERE schemaname <> 'globex'", "any"),
+    ],
+    "ivan": [
+        ("SELECT * FROM saas.public.orders", "deny"),
+        ("SELECT * FROM dblink('dbname=saas', 'SELECT 1') AS t(x int)", "deny"),
+        ("CREATE TEMP TABLE t AS SELECT * FROM orders", "deny"),
+        ("TRUNCATE orders", "deny"),
+        ("SELECT pg_terminate_backend(pg_backend_pid())", "any"),
+        ("SELECT datname FROM pg_catalog.pg_database", "ok"),
+        ("SELECT nspname FROM pg_catalog.pg_namespace", "ok"),
+    ],
+}
+HEALTH = {
+    "alice": ("SELECT current_setting('pgtenant.tenant_id'), count(*), count(*) FILTER (WHERE tenant_id <> 'acme') "
+              "FROM orders", [["acme", 200, 0]]),
+    "gina": ("SELECT current_schemas(false), count(*) FROM orders", [[["globex"], 40]]),
+    "ivan": ("SELECT current_database(), count(*) FROM orders", [["initech", 7]]),
+}
+OTHERS = {"alice": ("bigco", "globex", "initech"), "gina": ("acme", "bigco", "initech"),
+          "ivan": ("acme", "bigco", "globex", "saas")}
 
 
-def test_attack_cases_through_the_query_tool(proxy: ProxyProcess) -> None:
+@pytest.mark.parametrize("user", sorted(ATTACKS))
+def test_attack_cases_through_the_query_tool(proxy: ProxyProcess, user: str) -> None:
+    health_sql, healthy = HEALTH[user]
     calls: list[Call] = []
-    for sql, _ in ATTACKS:
-        calls += [("query", {"sql": sql}), ("query", {"sql": "SELECT current_setting('pgtenant.tenant_id'), "
-                                                      "count(*), count(*) FILTER (WHERE tenant_id <> 'acme') "
-                                                      "FROM orders"})]
-    results = stdio_calls(proxy.dsn("alice"), calls)
-    for (sql, expect), attack, health in zip(ATTACKS, results[::2], results[1::2], strict=True):
+    for sql, _ in ATTACKS[user]:
+        calls += [("query", {"sql": sql}), ("query", {"sql": health_sql})]
+    results = stdio_calls(proxy.dsn(user), calls)
+    for (sql, expect), attack, health in zip(ATTACKS[user], results[::2], results[1::2], strict=True):
         answer = text(attack)
-        assert attack.is_error == (expect == "deny"), (sql, answer)
-        if expect == "deny":
+        if expect != "any":
+            assert attack.is_error == (expect == "deny"), (sql, answer)
+        if attack.is_error:
             assert "ERROR" in answer, (sql, answer)
-        else:
-            assert not {row[0] for row in _rows(attack)} & {"bigco", "globex", "initech"}, (sql, answer)
-            if "tenant_id" in sql and "FROM orders" in sql:
-                assert _data(attack)["rows"] in ([], [[0]]), (sql, answer)
-        for name in ("globex", "initech", "bigco"):
-            assert name not in answer or name in sql, (sql, answer)
-        assert _rows(health) == [["acme", 200, 0]], (sql, text(health))
+        for name in OTHERS[user]:
+            assert name not in answer or name in sql, (sql, name, answer)
+        if expect == "ok" and "tenant_id" in sql and "FROM orders" in sql:
+            assert _data(attack)["rows"] in ([], [[0]]), (sql, answer)
+        assert _rows(health) == healthy, (sql, text(health))
 
 
 # --------------------------------------------------------------------------------------------------------- HTTP
