@@ -48,7 +48,9 @@ DoorFor = Callable[[Context], Door]
 
 def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
     """An MCPServer with the five tools; `door_for` gives each call its pgtenant login."""
-    server: MCPServer = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, warn_on_duplicate_tools=False)
+    # The SDK logs each failed call at INFO (the model gets it as a tool error; the proxy audits the statement).
+    server: MCPServer = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, warn_on_duplicate_tools=False,
+                                  log_level="WARNING")
 
     async def run(ctx: Context, sql: str, params: list[Any] | None, limit: int, *, translated: str | None = None,
                   prefix: int = 0) -> Rows:
