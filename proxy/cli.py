@@ -124,10 +124,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_mcp(args: argparse.Namespace) -> int:
-    from proxy import logs
     from proxy.mcp.tools import Limits
 
-    logs.configure(args.log_level, "json")  # stderr: on stdio, stdout carries the protocol
     if args.max_rows < 1 or args.sample_rows < 1 or not 0 <= args.statement_timeout <= 86400:
         print("pgtenant: --max-rows and --sample-rows must be at least 1, --statement-timeout 0..86400 seconds",
               file=sys.stderr)
@@ -141,6 +139,7 @@ def _cmd_mcp(args: argparse.Namespace) -> int:
         return 2
     from proxy.mcp.serve import run_stdio
 
+    _mcp_logs(args.log_level)
     run_stdio(dsn, limits)
     return 0
 
@@ -166,8 +165,16 @@ def _mcp_http(args: argparse.Namespace, limits: Limits) -> int:
         return 2
     for line in warnings:
         print(f"pgtenant: warning: {line}", file=sys.stderr)
+    _mcp_logs(args.log_level)
     run_http(book, limits, host.strip("[]"), int(port))
     return 0
+
+
+def _mcp_logs(level: str) -> None:
+    """Logs as JSON lines on stderr (over stdio, stdout carries the protocol), once the arguments are good."""
+    from proxy import logs
+
+    logs.configure(level, "json")
 
 
 def _cmd_mcp_token(args: argparse.Namespace) -> int:

@@ -37,13 +37,14 @@ SELECT a.attname AS name, pg_catalog.format_type(a.atttypid, a.atttypmod) AS typ
  ORDER BY a.attnum
 """
 
-# Primary, unique and foreign keys (and checks), as PostgreSQL prints their definitions.
+# Primary, unique and foreign keys (and checks), as PostgreSQL prints their definitions. PostgreSQL 18 lists NOT
+# NULL as constraints too ('n'): left out, as before 18, since each column says whether it is nullable.
 CONSTRAINTS = """
 SELECT conname AS name,
        CASE contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique' WHEN 'f' THEN 'foreign key'
                     WHEN 'c' THEN 'check' WHEN 'x' THEN 'exclusion' ELSE contype::text END AS kind,
        pg_catalog.pg_get_constraintdef(oid) AS definition
   FROM pg_catalog.pg_constraint
- WHERE conrelid = %s::oid
+ WHERE conrelid = %s::oid AND contype <> 'n'
  ORDER BY CASE contype WHEN 'p' THEN 0 WHEN 'u' THEN 1 WHEN 'f' THEN 2 ELSE 3 END, conname
 """

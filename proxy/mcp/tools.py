@@ -10,6 +10,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
+from proxy.errors import QUERY_CANCELED
 from proxy.mcp import catalog
 from proxy.mcp.dialect import DIALECTS, DialectError, to_postgres
 from proxy.mcp.door import Door, DoorError, Rows
@@ -62,7 +63,7 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
             if exc.position is not None:
                 exc.position = exc.position - prefix if exc.position > prefix else None
             message = str(exc)
-            if exc.sqlstate == "57014" and "statement timeout" in exc.message:
+            if exc.sqlstate == QUERY_CANCELED and "statement timeout" in exc.message:
                 message += (f"\nThe statement ran longer than the MCP server's statement timeout "
                             f"({limits.statement_timeout:g} s): aggregate, filter or LIMIT it, and check its plan "
                             "with explain.")
