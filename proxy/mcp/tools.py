@@ -129,7 +129,8 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
         sql: Annotated[str, Field(description="Exactly one statement to plan (it is not run)")],
         dialect: Dialect = None,
     ) -> CallToolResult:
-        """PostgreSQL's plan for one statement, with the planner's cost and row estimates; the statement is not run."""
+        """PostgreSQL's plan for one statement (not run); cost and row estimates unless the tenant shares tables
+        with others (then pgtenant withholds them: they count every tenant's rows)."""
         text = _translate(sql, dialect)
         # Options in parentheses: the statement cannot turn this into EXPLAIN ANALYZE (that would run it).
         result = await run(ctx, EXPLAIN + text, None, limits.explain_lines, translated=text if text != sql else None,

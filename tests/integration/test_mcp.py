@@ -155,9 +155,12 @@ def test_explain_plans_without_running(proxy: ProxyProcess) -> None:
         ("explain", {"sql": "SELECT * FROM `orders` WHERE `id` = 3", "dialect": "mysql"}),
         ("explain", {"sql": "ANALYZE DELETE FROM orders"}),
     ])
-    assert "orders" in _data(plan)["plan"]
+    assert "orders" in _data(plan)["plan"] and "cost=" in _data(plan)["plan"]
     assert "42601" in _error(analyze)
     assert _initech_rows(proxy) == 7
+    (shared,) = stdio_calls(proxy.dsn("alice"), [("explain", {"sql": "SELECT * FROM orders"})])
+    assert "Seq Scan on orders" in _data(shared)["plan"]
+    assert "cost=" not in _data(shared)["plan"]  # COSTS OFF: estimates would count every tenant's rows
 
 
 def test_a_connection_lost_while_idle_is_replaced_on_the_next_call(proxy: ProxyProcess) -> None:
