@@ -1,12 +1,16 @@
-"""The `pgtenant` command line: run, check-config, passwd (and the subcommands later issues add)."""
+"""The `pgtenant` command line: run, check-config, passwd, provision, demo, mcp, mcp-token."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import sys
+from typing import TYPE_CHECKING
 
 from proxy.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:  # the MCP SDK is imported only by `pgtenant mcp`
+    from proxy.mcp.tools import Limits
 
 
 def _load(path: str) -> Config | None:
@@ -16,6 +20,16 @@ def _load(path: str) -> Config | None:
     except ConfigError as exc:
         print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
         return None
+
+
+def _dsn(given: str | None, env: str, problem: str) -> str | None:
+    """A DSN from its option, else from the environment variable `env`; None after printing `problem`."""
+    import os
+
+    dsn = given or os.environ.get(env)
+    if not dsn:
+        print(f"pgtenant: {problem}", file=sys.stderr)
+    return dsn
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -65,17 +79,14 @@ def _cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def _cmd_provision(args: argparse.Namespace) -> int:
-    import os
-
     from proxy.provision import ProvisionRefused, provision
 
     config = _load(args.config)
     if config is None:
         return 2
-    dsn = args.admin_dsn or os.environ.get("PGTENANT_ADMIN_DSN")
+    dsn = _dsn(args.admin_dsn, "PGTENANT_ADMIN_DSN", "provision needs --admin-dsn or PGTENANT_ADMIN_DSN (a role "
+               "that may create roles, databases, schemas and policies)")
     if not dsn:
-        print("pgtenant: provision needs --admin-dsn or PGTENANT_ADMIN_DSN (a role that may create roles, "
-              "databases, schemas and policies)", file=sys.stderr)
         return 2
     import psycopg
 
@@ -110,6 +121,74 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     return run_demo(opts)
+
+
+def _cmd_mcp(args: argparse.Namespace) -> int:
+    from proxy.mcp.tools import Limits
+
+    if args.max_rows < 1 or args.sample_rows < 1 or not 0 <= args.statement_timeout <= 86400:
+        print("pgtenant: --max-rows and --sample-rows must be at least 1, --statement-timeout 0..86400 seconds",
+              file=sys.stderr)
+        return 2
+    limits = Limits(max_rows=args.max_rows, sample_rows=args.sample_rows, statement_timeout=args.statement_timeout)
+    if args.http:
+        return _mcp_http(args, limits)
+    dsn = _dsn(args.dsn, "PGTENANT_MCP_DSN", "mcp needs --dsn (or PGTENANT_MCP_DSN): the libpq connection string "
+               "of a pgtenant login, or --http HOST:PORT with --tokens FILE")
+    if not dsn:
+        return 2
+    from proxy.mcp.serve import run_stdio
+
+    _mcp_logs(args.log_level)
+    run_stdio(dsn, limits)
+    return 0
+
+
+def _mcp_http(args: argparse.Namespace, limits: Limits) -> int:
+    """`pgtenant mcp --http HOST:PORT --tokens FILE`."""
+    from proxy.mcp import tokens
+    from proxy.mcp.serve import run_http
+
+    host, sep, port = args.http.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        print(f"pgtenant: --http wants HOST:PORT, got {args.http!r}", file=sys.stderr)
+        return 2
+    if not args.tokens:
+        print("pgtenant: --http needs --tokens FILE (agents' token hashes and logins; see `pgtenant mcp-token`)",
+              file=sys.stderr)
+        return 2
+    warnings: list[str] = []
+    try:
+        book = tokens.load(args.tokens, warnings)
+    except tokens.TokenFileError as exc:
+        print(f"pgtenant: {exc}", file=sys.stderr)
+        return 2
+    for line in warnings:
+        print(f"pgtenant: warning: {line}", file=sys.stderr)
+    _mcp_logs(args.log_level)
+    run_http(book, limits, host.strip("[]"), int(port))
+    return 0
+
+
+def _mcp_logs(level: str) -> None:
+    """Logs as JSON lines on stderr (over stdio, stdout carries the protocol), once the arguments are good."""
+    from proxy import logs
+
+    logs.configure(level, "json")
+
+
+def _cmd_mcp_token(args: argparse.Namespace) -> int:
+    from proxy.mcp import tokens
+
+    if not tokens.NAME.fullmatch(args.agent):
+        print("pgtenant: an agent name is letters, digits, '_' and '-' (at most 63)", file=sys.stderr)
+        return 2
+    token, hexdigest = tokens.mint()
+    print(f"pgtenant: the bearer token of agent {args.agent} (shown once, stored nowhere; give it to the agent):",
+          file=sys.stderr)
+    print(token, file=sys.stderr)
+    print(tokens.stanza(args.agent, hexdigest, args.dsn), end="")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +228,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="proxy log level (default info; logs go to stderr)")
     p.add_argument("--verbose", "-v", action="store_true", help="show every provisioning step")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser(
+        "mcp",
+        help="a Model Context Protocol server: a tenant-scoped, read-only door for AI agents (a pgtenant client)",
+        description="Serve the MCP tools list_tables, describe_table, sample_rows, query and explain to an AI agent, "
+        "as a client of pgtenant: every statement goes through the proxy as one pgtenant login. Over stdio "
+        "(--dsn) or streamable HTTP (--http, each request authenticated by an agent's bearer token).",
+    )
+    p.add_argument("--dsn", help="libpq connection string of the pgtenant login to act as, over stdio "
+                   "(default: $PGTENANT_MCP_DSN)")
+    p.add_argument("--http", metavar="HOST:PORT", help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    p.add_argument("--tokens", metavar="FILE", help="with --http: the agents' token hashes and logins (TOML, "
+                   "written by `pgtenant mcp-token`)")
+    p.add_argument("--max-rows", type=int, default=200, help="rows the query tool returns at most (default 200; "
+                   "the rest is not fetched and the answer says it was cut)")
+    p.add_argument("--sample-rows", type=int, default=20, help="rows sample_rows returns at most (default 20)")
+    p.add_argument("--statement-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="PostgreSQL's statement_timeout for the agent's statements (default 30; 0: none)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="log level (default info; logs go to stderr)")
+    p.set_defaults(func=_cmd_mcp)
+    p = sub.add_parser("mcp-token", help="mint an agent's bearer token for `pgtenant mcp --http`",
+                       description="Print a new random token on stderr (once) and, on stdout, the tokens-file entry "
+                       "that stores its SHA-256 with the pgtenant login the agent acts as.")
+    p.add_argument("agent", help="the agent's name (in logs)")
+    p.add_argument("--dsn", required=True, help="libpq connection string of the pgtenant login this agent acts as")
+    p.set_defaults(func=_cmd_mcp_token)
     p = sub.add_parser("passwd", help="read a password from stdin and print its SCRAM-SHA-256 verifier")
     p.add_argument("user")
     p.add_argument("--iterations", type=int, default=4096)

@@ -1,0 +1,1 @@
+"""`pgtenant mcp`: a tenant-scoped Model Context Protocol door for AI agents, itself a client of pgtenant."""

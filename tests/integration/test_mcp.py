@@ -1,0 +1,421 @@
+"""`pgtenant mcp` in front of a real pgtenant and PostgreSQL, driven by the MCP SDK's own client over stdio and HTTP.
+
+The fixture's tenants: alice is acme (shared schema, `saas.public.orders` rows with tenant_id 'acme', beside
+bigco's), gina is globex (schema `globex` in `saas`), ivan is initech (database `initech`, allow_writes = true: only
+the MCP door's read-only transaction stands between an agent and a write there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client, StdioServerParameters
+from mcp_types import CallToolResult
+
+from proxy.mcp.door import APPLICATION_NAME, Door, Rows
+from tests.support.mcpclient import Call, http_calls, http_server, stdio_calls, text
+from tests.support.pgcluster import free_port
+from tests.support.polling import until
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
+
+REPORTING = Path(__file__).resolve().parents[2] / "docs" / "reporting.md"
+
+# user -> (the schema its tables are in, its rows in orders, the columns of its orders)
+TENANTS = {
+    "alice": ("public", 200, ["id", "tenant_id", "amount"]),
+    "gina": ("globex", 40, ["id", "amount"]),
+    "ivan": ("public", 7, ["id", "amount"]),
+}
+# Names of the other tenants' objects that must never show up in a tenant's catalog answers.
+FOREIGN = {"alice": ("globex", "initech"), "gina": ("initech", "public"), "ivan": ("globex", "saas")}
+COUNT: Call = ("query", {"sql": "SELECT count(*) FROM orders"})
+
+
+def _data(result: CallToolResult) -> dict[str, Any]:
+    assert not result.is_error, text(result)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+def _error(result: CallToolResult) -> str:
+    assert result.is_error, text(result)
+    return text(result)
+
+
+def _rows(result: CallToolResult) -> list[list[Any]]:
+    return _data(result)["rows"]
+
+
+def _flat(exc: BaseException) -> str:
+    """An exception with everything it groups (anyio task groups wrap the SDK's HTTP errors)."""
+    inner = getattr(exc, "exceptions", ())
+    return repr(exc) + "".join(_flat(e) for e in inner) + (_flat(exc.__cause__) if exc.__cause__ else "")
+
+
+def _initech_rows(proxy: ProxyProcess) -> int:
+    return proxy.cluster.execute("SELECT count(*) FROM public.orders", dbname="initech")[0][0]
+
+
+# ------------------------------------------------------------------------------------------ catalog, per strategy
+
+
+@pytest.mark.parametrize("user", sorted(TENANTS))
+def test_list_and_describe_show_only_the_tenants_objects(proxy: ProxyProcess, user: str) -> None:
+    schema, rows, columns = TENANTS[user]
+    other = "public.orders" if user == "gina" else "globex.orders"
+    listed, described, hidden, sample, count = stdio_calls(proxy.dsn(user), [
+        ("list_tables", {}),
+        ("describe_table", {"table_name": "orders"}),
+        ("describe_table", {"table_name": other}),
+        ("sample_rows", {"table_name": "orders", "rows": 3}),
+        COUNT,
+    ])
+    tables = _data(listed)["tables"]
+    assert {"schema": schema, "name": "orders", "kind": "table"}.items() <= next(
+        t for t in tables if t["name"] == "orders").items()
+    assert {t["schema"] for t in tables} == {schema}
+    assert not any(name in json.dumps(tables) for name in FOREIGN[user])
+    info = _data(described)
+    assert (info["schema"], info["name"]) == (schema, "orders")
+    assert [c["name"] for c in info["columns"]] == columns
+    assert [(c["kind"], c["definition"]) for c in info["constraints"]] == [("primary key", "PRIMARY KEY (id)")]
+    assert "no table or view" in _error(hidden)
+    sampled = _data(sample)
+    assert sampled["row_count"] == 3 and [c["name"] for c in sampled["columns"]] == columns
+    if user == "alice":
+        assert {row[1] for row in sampled["rows"]} == {"acme"}
+    assert _rows(count) == [[rows]]
+
+
+# ------------------------------------------------------------------------------------------------ query & dialect
+
+
+def test_a_mysql_query_is_translated_and_returns_only_the_tenants_rows(proxy: ProxyProcess) -> None:
+    grouped, own_filter = stdio_calls(proxy.dsn("alice"), [
+        ("query", {"sql": "SELECT `tenant_id`, COUNT(*) AS n, IFNULL(SUM(`amount`), 0) AS total FROM `orders` "
+                   "GROUP BY `tenant_id`", "dialect": "mysql"}),
+        ("query", {"sql": "SELECT COUNT(*) FROM `orders` WHERE `tenant_id` = 'bigco'", "dialect": "mysql"}),
+    ])
+    data = _data(grouped)
+    assert "`" not in data["sql"] and "COALESCE" in data["sql"]
+    expected_total = sum(g * 1.5 for g in range(1, 301) if g % 3 != 0)
+    assert [row[:2] for row in data["rows"]] == [["acme", 200]] and float(data["rows"][0][2]) == expected_total
+    assert _rows(own_filter) == [[0]]  # another tenant's key finds nothing
+
+
+def test_tsql_top_and_snowflake_functions_through_the_schema_tenant(proxy: ProxyProcess) -> None:
+    top, iff = stdio_calls(proxy.dsn("gina"), [
+        ("query", {"sql": "SELECT TOP 3 [id] FROM [orders] ORDER BY [id] DESC", "dialect": "tsql"}),
+        ("query", {"sql": "SELECT IFF(amount > 20, 'big', 'small') AS size, COUNT(*) FROM orders GROUP BY 1 "
+                   "ORDER BY 1", "dialect": "snowflake"}),
+    ])
+    assert _rows(top) == [[40], [39], [38]] and "LIMIT 3" in _data(top)["sql"]
+    assert _rows(iff) == [["big", 20], ["small", 20]]
+
+
+def test_results_are_cut_at_max_rows_with_a_note_and_the_session_goes_on(proxy: ProxyProcess) -> None:
+    cut, after, sample = stdio_calls(proxy.dsn("alice"), [
+        ("query", {"sql": "SELECT id FROM orders ORDER BY id"}),
+        COUNT,
+        ("sample_rows", {"table_name": "orders", "rows": 50}),
+    ], "--max-rows", "5", "--sample-rows", "4")
+    data = _data(cut)
+    assert data["rows"] == [[1], [2], [4], [5], [7]] and data["truncated"] is True
+    assert "Only the first 5 rows" in data["note"]
+    assert _rows(after) == [[200]]
+    assert _data(sample)["row_count"] == 4
+
+
+def test_the_statement_timeout_holds_whatever_the_agent_sets(proxy: ProxyProcess) -> None:
+    sleep: Call = ("query", {"sql": "SELECT pg_sleep(30)"})
+    results = stdio_calls(proxy.dsn("gina"), [
+        sleep,
+        ("query", {"sql": "SET statement_timeout = 0"}),  # alone in its transaction: rolled back
+        sleep,
+        ("query", {"sql": "SELECT set_config('statement_timeout', '0', false), pg_sleep(30)"}),
+        COUNT,
+    ], "--statement-timeout", "0.5")
+    for result in (results[0], results[2], results[3]):
+        assert "ERROR 57014" in _error(result) and "statement timeout (0.5 s)" in text(result)
+    assert _rows(results[-1]) == [[40]]
+
+
+def test_explain_plans_without_running(proxy: ProxyProcess) -> None:
+    plan, analyze = stdio_calls(proxy.dsn("ivan"), [
+        ("explain", {"sql": "SELECT * FROM `orders` WHERE `id` = 3", "dialect": "mysql"}),
+        ("explain", {"sql": "ANALYZE DELETE FROM orders"}),
+    ])
+    assert "orders" in _data(plan)["plan"] and "cost=" in _data(plan)["plan"]
+    assert "42601" in _error(analyze)
+    assert _initech_rows(proxy) == 7
+    (shared,) = stdio_calls(proxy.dsn("alice"), [("explain", {"sql": "SELECT * FROM orders"})])
+    assert "Seq Scan on orders" in _data(shared)["plan"]
+    assert "cost=" not in _data(shared)["plan"]  # COSTS OFF: estimates would count every tenant's rows
+
+
+def test_a_connection_lost_while_idle_is_replaced_on_the_next_call(proxy: ProxyProcess) -> None:
+    """A server connection closed under an idle door (here: its backend terminated) costs the agent nothing: the
+    read-only statement runs again on a new login."""
+    role = TENANT_ROLES["initech"][0]
+
+    async def go() -> tuple[Rows, Rows]:
+        door = Door(proxy.dsn("ivan"))
+        try:
+            first = await door.run("SELECT pg_backend_pid()", limit=1)
+            killed = proxy.cluster.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND application_name = %s",
+                [role, APPLICATION_NAME], dbname="initech")
+            assert killed == [(True,)]
+            return first, await door.run("SELECT pg_backend_pid(), count(*) FROM orders", limit=1)
+        finally:
+            await door.close()
+
+    first, second = asyncio.run(go())
+    assert second.rows[0][0] != first.rows[0][0] and second.rows[0][1] == 7
+
+
+# ------------------------------------------------------------------------------------------------------ refusals
+
+
+def test_multi_statement_escape_from_the_read_only_transaction_is_refused(proxy: ProxyProcess) -> None:
+    """The reference PostgreSQL MCP server's read-only transaction was escaped with `COMMIT; DROP SCHEMA ...` in
+    one simple-protocol message. Here the text travels as one Parse: refused whole. For globex the proxy's policy
+    refuses the DROP first; initech may write, so there only PostgreSQL's "multiple commands" refusal stands."""
+    escapes = [
+        ("query", {"sql": "COMMIT; DROP SCHEMA globex CASCADE"}),
+        ("query", {"sql": "COMMIT; DROP SCHEMA `globex` CASCADE", "dialect": "mysql"}),
+        ("explain", {"sql": "SELECT 1; COMMIT; DROP SCHEMA globex CASCADE"}),
+        ("query", {"sql": "ROLLBACK; BEGIN READ WRITE; DROP SCHEMA globex CASCADE; COMMIT"}),
+    ]
+    results = stdio_calls(proxy.dsn("gina"), [*escapes, COUNT])
+    for result in results[:-1]:
+        assert "ERROR 42501" in _error(result) and "rule ddl_not_allowed" in text(result)
+    assert _rows(results[-1]) == [[40]]
+    assert proxy.cluster.execute("SELECT count(*) FROM globex.orders", dbname="saas") == [(40,)]
+    results = stdio_calls(proxy.dsn("ivan"), [
+        ("query", {"sql": "COMMIT; DELETE FROM orders"}),
+        ("query", {"sql": "COMMIT; DELETE FROM `orders`", "dialect": "mysql"}),
+        ("query", {"sql": "SELECT 1; COMMIT; BEGIN; DELETE FROM orders; COMMIT"}),
+        ("explain", {"sql": "SELECT 1; COMMIT; DELETE FROM orders"}),
+    ])
+    assert all("ERROR 42601" in _error(r) and "multiple commands" in text(r) for r in results)
+    assert _initech_rows(proxy) == 7
+
+
+def test_writes_are_tool_errors_even_where_the_tenant_may_write(proxy: ProxyProcess) -> None:
+    (shared,) = stdio_calls(proxy.dsn("alice"), [("query", {"sql": "DELETE FROM orders"})])
+    assert "ERROR 25006" in _error(shared) and "pgtenant rule: read_only" in text(shared)
+    writes = ["DELETE FROM orders", "UPDATE orders SET amount = 0", "INSERT INTO orders VALUES (99, 1) RETURNING id",
+              "SELECT * FROM orders FOR UPDATE", "EXPLAIN ANALYZE DELETE FROM orders",
+              "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d"]
+    results = stdio_calls(proxy.dsn("ivan"), [
+        *[("query", {"sql": sql}) for sql in writes],
+        ("query", {"sql": "SET TRANSACTION READ WRITE"}),  # runs alone, then rolled back: the next is read-only
+        ("query", {"sql": "DELETE FROM orders RETURNING id"}),
+        ("query", {"sql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"}),
+        ("query", {"sql": "DELETE FROM orders RETURNING id"}),
+        COUNT,
+    ])
+    for result in results[: len(writes)]:
+        assert "ERROR 25006" in _error(result) and "read-only transaction" in text(result)
+    assert "returns no rows" in _error(results[len(writes)])
+    assert "ERROR 25006" in _error(results[len(writes) + 1])
+    assert "ERROR 25006" in _error(results[len(writes) + 3])
+    assert _rows(results[-1]) == [[7]] and _initech_rows(proxy) == 7
+
+
+def test_cross_tenant_references_are_tool_errors(proxy: ProxyProcess) -> None:
+    results = stdio_calls(proxy.dsn("alice"), [
+        ("query", {"sql": "SELECT * FROM globex.orders"}),
+        ("query", {"sql": "SELECT * FROM initech.public.orders"}),
+        ("describe_table", {"table_name": "globex.orders"}),
+        ("sample_rows", {"table_name": "globex.orders"}),
+        ("query", {"sql": "SELECT * FROM `globex`.`orders`", "dialect": "mysql"}),
+    ])
+    assert "ERROR 42P01" in _error(results[0])
+    assert "ERROR 42501" in _error(results[1]) and "pgtenant rule: cross_database" in text(results[1])
+    assert "no table or view" in _error(results[2]) and "no table or view" in _error(results[3])
+    assert "ERROR 42P01" in _error(results[4])
+    (schema_tenant,) = stdio_calls(proxy.dsn("gina"), [("query", {"sql": "SELECT count(*) FROM public.orders"})])
+    assert "ERROR 42P01" in _error(schema_tenant)
+
+
+# Attack-suite style, through the query tool, per strategy: (sql, "deny" | "ok" | "any"). Whatever happens, no
+# other tenant's name appears in an answer (unless the attack spelled it), and after each case the session answers
+# with the tenant's own context and rows.
+ATTACKS = {
+    "alice": [
+        ("SELECT set_config('pgtenant.tenant_id', 'bigco', false), count(*) FROM orders", "deny"),
+        ("SET pgtenant.tenant_id = 'bigco'", "deny"),
+        ("SET ROLE pgtenant_backend", "deny"),
+        ("RESET ROLE", "deny"),
+        ("SET SESSION AUTHORIZATION DEFAULT", "deny"),
+        ("DO $$ BEGIN PERFORM set_config('pgtenant.tenant_id', 'bigco', false); END $$", "deny"),
+        ("COPY orders TO STDOUT", "deny"),
+        ("COPY (SELECT * FROM orders) TO '/tmp/pgtenant-mcp-leak'", "deny"),
+        ("SELECT * FROM dblink('dbname=saas', 'SELECT * FROM orders') AS t(id int)", "deny"),
+        ("SELECT pg_read_file('/etc/passwd')", "deny"),
+        ("LOCK orders IN ACCESS EXCLUSIVE MODE", "deny"),
+        ("PREPARE TRANSACTION 'x'", "deny"),
+        ("SELECT id FROM orders WHERE tenant_id <> 'acme'", "ok"),
+        ("SELECT count(*) FROM ONLY public.orders o WHERE o.tenant_id = 'bigco' OR true", "ok"),
+        ("SELECT nspname FROM pg_catalog.pg_namespace", "ok"),
+        ("SELECT datname FROM pg_catalog.pg_database", "ok"),
+        ("SELECT relname FROM pg_catalog.pg_class WHERE relname = 'orders'", "ok"),
+        ("SELECT current_setting('pgtenant.tenant_id')", "ok"),
+    ],
+    "gina": [
+        ("SELECT * FROM public.orders", "deny"),
+        ("SELECT * FROM saas.public.orders", "deny"),
+        ("SELECT * FROM globex.orders o JOIN public.orders p USING (id)", "deny"),
+        ("SELECT set_config('search_path', 'public', false), count(*) FROM orders", "any"),
+        ("SET search_path = public, globex", "any"),
+        ("SELECT nspname FROM pg_catalog.pg_namespace", "ok"),
+        ("SELECT DISTINCT table_schema FROM information_schema.tables", "ok"),
+        ("SELECT datname FROM pg_catalog.pg_database", "ok"),
+        ("SELECT * FROM pg_catalog.pg_tables WHERE schemaname <> 'globex'", "any"),
+    ],
+    "ivan": [
+        ("SELECT * FROM saas.public.orders", "deny"),
+        ("SELECT * FROM dblink('dbname=saas', 'SELECT 1') AS t(x int)", "deny"),
+        ("CREATE TEMP TABLE t AS SELECT * FROM orders", "deny"),
+        ("TRUNCATE orders", "deny"),
+        ("SELECT pg_terminate_backend(pg_backend_pid())", "any"),
+        ("SELECT datname FROM pg_catalog.pg_database", "ok"),
+        ("SELECT nspname FROM pg_catalog.pg_namespace", "ok"),
+    ],
+}
+HEALTH = {
+    "alice": ("SELECT current_setting('pgtenant.tenant_id'), count(*), count(*) FILTER (WHERE tenant_id <> 'acme') "
+              "FROM orders", [["acme", 200, 0]]),
+    "gina": ("SELECT current_schemas(false), count(*) FROM orders", [[["globex"], 40]]),
+    "ivan": ("SELECT current_database(), count(*) FROM orders", [["initech", 7]]),
+}
+OTHERS = {"alice": ("bigco", "globex", "initech"), "gina": ("acme", "bigco", "initech"),
+          "ivan": ("acme", "bigco", "globex", "saas")}
+
+
+@pytest.mark.parametrize("user", sorted(ATTACKS))
+def test_attack_cases_through_the_query_tool(proxy: ProxyProcess, user: str) -> None:
+    health_sql, healthy = HEALTH[user]
+    calls: list[Call] = []
+    for sql, _ in ATTACKS[user]:
+        calls += [("query", {"sql": sql}), ("query", {"sql": health_sql})]
+    results = stdio_calls(proxy.dsn(user), calls)
+    for (sql, expect), attack, health in zip(ATTACKS[user], results[::2], results[1::2], strict=True):
+        answer = text(attack)
+        if expect != "any":
+            assert attack.is_error == (expect == "deny"), (sql, answer)
+        if attack.is_error:
+            assert "ERROR" in answer, (sql, answer)
+        for name in OTHERS[user]:
+            assert name not in answer or name in sql, (sql, name, answer)
+        if expect == "ok" and "tenant_id" in sql and "FROM orders" in sql:
+            assert _data(attack)["rows"] in ([], [[0]]), (sql, answer)
+        assert _rows(health) == healthy, (sql, text(health))
+
+
+# --------------------------------------------------------------------------------------------------------- HTTP
+
+
+def test_http_needs_a_valid_token_and_each_token_acts_as_its_own_login(proxy: ProxyProcess, tmp_path: Path) -> None:
+    agents = {"acme-bot": proxy.dsn("alice"), "globex-bot": proxy.dsn("gina")}
+    with http_server(tmp_path / "mcp", agents) as server:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        basic = {"Authorization": f"Basic {server.tokens['acme-bot']}"}
+        for headers in ({}, {"Authorization": "Bearer pgtmcp_wrong"}, basic):
+            answer = httpx2.post(server.url, json=body, headers=headers, timeout=30)
+            assert answer.status_code == 401, answer.text
+            assert answer.headers["www-authenticate"].startswith('Bearer realm="pgtenant-mcp"')
+        assert httpx2.get(server.url.replace("/mcp", "/"), timeout=30).status_code == 401
+        before = server.log().count('"missing_token"')
+        with pytest.raises(Exception) as refused:  # the SDK client without a token gets nowhere
+            http_calls(server.url, None, [("list_tables", {})])
+        assert "Server returned an error response" in _flat(refused.value)
+        assert server.log().count('"missing_token"') > before
+        acme = http_calls(server.url, server.tokens["acme-bot"], [("list_tables", {}), COUNT])
+        globex = http_calls(server.url, server.tokens["globex-bot"], [
+            ("list_tables", {}), COUNT, ("query", {"sql": "COMMIT; DROP SCHEMA globex CASCADE"})])
+        assert {t["schema"] for t in _data(acme[0])["tables"]} == {"public"} and _rows(acme[1]) == [[200]]
+        assert {t["schema"] for t in _data(globex[0])["tables"]} == {"globex"} and _rows(globex[1]) == [[40]]
+        assert "ERROR 42501" in _error(globex[2])
+        # Behind a TLS-terminating reverse proxy the Host is the public name: the token decides, not the Host.
+        proxied = httpx2.post(server.url, json=body, timeout=30, headers={
+            "Authorization": f"Bearer {server.tokens['acme-bot']}", "Host": "mcp.example.com",
+            "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"})
+        assert proxied.status_code == 200, proxied.text
+        assert "list_tables" in proxied.text
+        log = server.log()
+    assert "mcp_request_refused" in log
+    assert not any(token in log for token in server.tokens.values())
+    assert proxy.cluster.execute("SELECT count(*) FROM globex.orders", dbname="saas") == [(40,)]
+
+
+# ------------------------------------------------------------------------------------------- docs/reporting.md
+
+
+def _doc_blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", REPORTING.read_text(), re.S)
+
+
+def _as_fixture(text: str, proxy: ProxyProcess, http_port: int) -> str:
+    """The doc's example login (acme_agent on 127.0.0.1:6432) pointed at the fixture's alice, its port at a free one."""
+    return (text.replace("port=6432", f"port={proxy.port}").replace("user=acme_agent", "user=alice")
+            .replace("agent-password", proxy.password("alice")).replace("8765", str(http_port)))
+
+
+def test_the_documented_commands_work_as_written(proxy: ProxyProcess, tmp_path: Path) -> None:
+    http_port = free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONUNBUFFERED": "1"}
+    lines = [line.strip() for block in _doc_blocks("sh") for line in block.splitlines() if line.strip()]
+    stdio_line = next(line for line in lines if line.startswith("PGPASSWORD="))
+    mint, chmod, serve = (next(line for line in lines if line.startswith(p))
+                          for p in ("pgtenant mcp-token", "chmod", "pgtenant mcp --http"))
+    stdio_json, http_json = (json.loads(_as_fixture(block, proxy, http_port))["mcpServers"]["acme-data"]
+                             for block in _doc_blocks("json"))
+
+    async def stdio(params: StdioServerParameters) -> list[CallToolResult]:
+        async with Client(params) as client:
+            return [await client.call_tool("list_tables", {}), await client.call_tool(*COUNT)]
+
+    # The stdio command line, through a shell as typed, and Claude Desktop's entry as the client would launch it.
+    for params in (StdioServerParameters(command="bash", args=["-c", _as_fixture(stdio_line, proxy, http_port)],
+                                         env=env, cwd=str(tmp_path)),
+                   StdioServerParameters(command=stdio_json["command"], args=stdio_json["args"],
+                                         env={**env, **stdio_json["env"]}, cwd=str(tmp_path))):
+        listed, count = asyncio.run(stdio(params))
+        assert {t["schema"] for t in _data(listed)["tables"]} == {"public"} and _rows(count) == [[200]]
+
+    minted = subprocess.run(["bash", "-c", f"{_as_fixture(mint, proxy, http_port)} && {chmod}"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60, check=True)
+    token = minted.stderr.strip().splitlines()[-1]
+    assert (tmp_path / "mcp-tokens.toml").stat().st_mode & 0o777 == 0o600
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = subprocess.Popen(["bash", "-c", f"exec {_as_fixture(serve, proxy, http_port)}"], cwd=tmp_path,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        until(lambda: server.poll() is None and _listening(http_port), 30, what="the documented --http server")
+        assert http_json["url"] == f"http://127.0.0.1:{http_port}/mcp"
+        assert http_json["headers"]["Authorization"].startswith("Bearer pgtmcp_")
+        listed, count = http_calls(http_json["url"], token, [("list_tables", {}), COUNT])
+        assert {t["schema"] for t in _data(listed)["tables"]} == {"public"} and _rows(count) == [[200]]
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert token not in (tmp_path / "serve.log").read_text()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
