@@ -68,21 +68,29 @@ _NOT_ALLOWED_DETAIL: dict[str, str] = {
 _DDL_PREFIXES = ("Create", "Alter", "Drop", "Rename", "Comment", "Define", "Index", "View", "Rule", "Secl")
 
 
-def _option_on(options: list[Node] | None, name: str) -> bool:
+def option_value(options: list[Node] | None, name: str) -> bool | None:
+    """A boolean option of a statement's option list (EXPLAIN's): True, False, or None when not given. A repeated
+    option counts by its last occurrence, as PostgreSQL reads it (`EXPLAIN (ANALYZE off, ANALYZE on)` analyzes)."""
+    value: bool | None = None
     for opt in options or ():
         d = opt.get("DefElem", {})
         if d.get("defname") == name:
             arg = d.get("arg")
             if arg is None:
-                return True
+                value = True
+                continue
             if "String" in arg:
                 text = str(arg["String"].get("sval", ""))
             elif "Boolean" in arg:
                 text = "true" if arg["Boolean"].get("boolval") else "false"
             else:
                 text = const_text(arg) or "true"
-            return text.lower() not in ("false", "off", "0", "no")
-    return False
+            value = text.lower() not in ("false", "off", "0", "no")
+    return value
+
+
+def _option_on(options: list[Node] | None, name: str) -> bool:
+    return option_value(options, name) is True
 
 
 def _is_temp(rel: Node) -> bool:

@@ -426,14 +426,8 @@ def _checked_value(policy: TenantPolicy, node: Node | None, kind: str, mode: str
 
 
 def _costs(options: list[Node] | None) -> bool | None:
-    """EXPLAIN's COSTS option: True, False or None (not given: on)."""
-    for opt in options or ():
-        d = opt.get("DefElem", {})
-        if d.get("defname") == "costs":
-            arg = d.get("arg")
-            text = "true" if arg is None else (const_text(arg) or arg.get("String", {}).get("sval") or "true")
-            return str(text).lower() not in ("false", "off", "0", "no")
-    return None
+    """EXPLAIN's COSTS option: True, False or None (not given: on); the last occurrence counts."""
+    return classify.option_value(options, "costs")
 
 
 def _same(node: Any, expected: Node) -> bool:
