@@ -9,6 +9,7 @@ from typing import Any
 
 from proxy.policy import guards, implicit
 from proxy.policy.catalog import ambiguous_scoped, needs_fence, relation_filter, wrapper_select
+from proxy.policy.classify import option_value
 from proxy.policy.model import TenantPolicy
 from proxy.policy.tree import Node, canonical, const_text, dumps, expr_node, names_of, parse_json, strip_positions
 
@@ -427,7 +428,7 @@ def _checked_value(policy: TenantPolicy, node: Node | None, kind: str, mode: str
 
 def _costs(options: list[Node] | None) -> bool | None:
     """EXPLAIN's COSTS option: True, False or None (not given: on); the last occurrence counts."""
-    return classify.option_value(options, "costs")
+    return option_value(options, "costs")
 
 
 def _same(node: Any, expected: Node) -> bool:
