@@ -84,6 +84,9 @@ PLANS: tuple[TenantPlan, ...] = (
 )
 
 
+DEMO_POOL_SIZE = 5  # server connections per tenant pool (the demo's clients share them, transaction by transaction)
+
+
 # --- observability: the metrics endpoint and the admin console ---------------------------------
 
 ADMIN_USER = "ops"
@@ -496,6 +499,8 @@ def demo_config(opts: DemoOptions, pg_port: int, tls: certs.CertFiles) -> dict[s
         "secrets_file": "secrets.toml",
         "listen": {"host": opts.host, "port": opts.port},
         "limits": {"shutdown_timeout": 5.0},
+        # transaction pooling: a tenant's idle clients hold no PostgreSQL backend; sessions with state are pinned
+        "pool": {"pool_mode": "transaction", "pool_size": DEMO_POOL_SIZE},
         "tls": {"cert_file": str(tls.cert_file), "key_file": str(tls.key_file), "require": True},
         "logging": {"level": opts.log_level, "format": "console"},
         "backends": {"demo": {"host": "127.0.0.1", "port": pg_port, "user": BACKEND_ROLE, "sslmode": "disable"}},

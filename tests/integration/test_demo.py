@@ -182,6 +182,37 @@ def test_metrics_and_admin_console(demo: dict[str, Any]) -> None:
     assert {r[0] for r in rows} == {t["name"] for t in demo["doc"]["tenants"]}
 
 
+def test_idle_clients_of_a_tenant_share_a_few_backends(demo: dict[str, Any]) -> None:
+    """The demo pools in transaction mode: 60 idle clients of one tenant hold at most its pool's servers, and SHOW
+    POOLS says so."""
+    from proxy.demo import DEMO_POOL_SIZE
+
+    acme = _tenants(demo)["acme"]
+    conns = [psycopg.connect(acme["dsn"], autocommit=True, connect_timeout=30) for _ in range(60)]
+    try:
+        for conn in conns:
+            assert conn.execute("SELECT count(*) FROM customers").fetchone() == (acme["expected"]["customers"],)
+        with psycopg.connect(demo["doc"]["admin_dsn"], autocommit=True) as admin:
+            [pool] = [r for r in _admin_rows(admin, "SHOW POOLS") if r["tenant"] == "acme"]
+            clients = [r for r in _admin_rows(admin, "SHOW CLIENTS") if r["tenant"] == "acme"]
+        assert pool["pool_mode"] == "transaction", pool
+        assert len(clients) >= 60, len(clients)
+        servers = sum(int(pool[k]) for k in ("sv_active", "sv_idle", "sv_pinned", "sv_used", "sv_connecting"))
+        assert 1 <= servers <= DEMO_POOL_SIZE, pool
+        assert int(pool["cl_active"]) <= DEMO_POOL_SIZE, pool  # clients holding a server right now: none is busy
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def _admin_rows(admin: psycopg.Connection, command: str) -> list[dict[str, Any]]:
+    """An admin console command's rows as dicts (the console answers the simple protocol only)."""
+    with admin.cursor() as cur:
+        cur.execute(command)
+        columns = [c.name for c in cur.description or ()]
+        return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+
+
 def _salt_over_tls(host: str, port: int, ca: str, user: str) -> bytes:
     """The salt and iteration count the demo offers `user` in its SCRAM server-first (no proof sent)."""
     import ssl
