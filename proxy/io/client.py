@@ -389,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def run(self, actions: list[Action]) -> None:
-        for i, action in enumerate(actions):
+        for action in actions:
             if isinstance(action, RelayToServer):
                 if self.link is not None:
                     self.link.writelines(action.chunks)
@@ -417,14 +417,7 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, RunDecision):
                 self._run_decision(action.pending)
             elif isinstance(action, ForwardCancel):
-                # What follows (closing this cancel connection) waits until the backend has acted on the cancel, as
-                # PostgreSQL's own cancel connection does: a client that sends its next query once the cancel
-                # connection closed must never have that query cancelled.
-                task = asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
-                rest = actions[i + 1:]
-                if rest:
-                    task.add_done_callback(lambda _task, rest=rest: self.run(rest))
-                return
+                asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
             elif isinstance(action, ReleaseServer):
                 self._release(action)
             elif isinstance(action, AcquireServer):
