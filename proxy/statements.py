@@ -29,9 +29,12 @@ from collections.abc import Callable
 
 from proxy import errors
 from proxy.errors import PgError
+from proxy.policy.model import RESERVED_STATEMENT_PREFIX
 from proxy.protocol import messages as m
 
-PREFIX = "pgt_"  # server-side statement names; a client naming one gets "does not exist" (see `_missing`)
+# Server-side statement names; a client's protocol message naming one gets "does not exist" (see `_missing`), its
+# SQL (PREPARE, EXECUTE, DEALLOCATE) is refused by the policy (rule reserved_statement_name).
+PREFIX = RESERVED_STATEMENT_PREFIX
 # Frontend message types.
 _PARSE, _BIND, _DESCRIBE, _CLOSE, _EXECUTE, _SYNC, _QUERY = (ord(c) for c in "PBDCESQ")
 _COPY_END = ord("c")  # a marker in the ledger (no answer): the client ended a COPY IN (CopyDone/CopyFail)
@@ -98,8 +101,8 @@ def server_name(sql: str, types: bytes, scope: str) -> str:
 class _Entry:
     """A ledger entry that is more than a plain pass-through (those are just the message type, an int)."""
 
-    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "replay", "server", "snapshot", "swallow",
-                 "type")
+    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "forgets_at", "replay", "server", "snapshot",
+                 "swallow", "type")
 
     def __init__(self, type_: int, action: int = PASS) -> None:
         self.type = type_
@@ -113,6 +116,8 @@ class _Entry:
         self.snapshot: tuple[dict[str, Stmt], Stmt | None, dict[str, int]] | None = None  # Query: DEALLOCATE ALL
         self.done = 0  # Query: CommandCompletes received
         self.swallow = 0  # Query: its first CommandCompletes to swallow (statements of ours)
+        self.forgets_at = 0  # Query with a snapshot: the index of its statement that deallocates (restored on an
+        # error before that statement completed: DEALLOCATE is not transactional, later errors do not undo it)
 
 
 class Statements:
@@ -197,8 +202,9 @@ class Statements:
 
     # --- the client's messages (as the session forwards them) --------------------------------------
 
-    def parse(self, name: str, sql: str, types: bytes, scope: str = "") -> bytes | None:
-        """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none)."""
+    def parse(self, name: str, sql: str, types: bytes, scope: str = "", resets: bool = False) -> bytes | None:
+        """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none).
+        `resets`: the policy's parse says it is DEALLOCATE ALL / DISCARD ALL (in a form `forgets` misses)."""
         if self._recording is not None:
             self._recording.replay.append(("parse", (name, sql, types, scope)))  # type: ignore[union-attr]
             if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
@@ -208,6 +214,7 @@ class Statements:
             return None  # the server ignores it, and so does the session: the statement is not made
         if not name:
             stmt = self._stmt(sql, types, scope)
+            stmt.resets = stmt.resets or resets
             if self.cache and stmt.seen and not stmt.resets:
                 old, self.unnamed = self.unnamed, stmt
                 stmt.seen += 1
@@ -224,6 +231,7 @@ class Statements:
             self._ledger.append(_Entry(_PARSE))
             return m.Parse(marker, marker, b"\x00\x00").encode()
         stmt = self._stmt(sql, types, scope)
+        stmt.resets = stmt.resets or resets
         self.named[name] = stmt
         return self._client_parse(stmt, name, None)
 
@@ -318,9 +326,10 @@ class Statements:
         self._open = False
         self._recording = None
 
-    def query(self, reset: bool = False) -> None:
-        """A simple Query (it destroys the unnamed statement). `reset`: it is `DEALLOCATE ALL` or `DISCARD ALL`,
-        which forgets every statement of the session and of the server (restored if it fails)."""
+    def query(self, reset: bool = False, at: int = 0) -> None:
+        """A simple Query (it destroys the unnamed statement). `reset`: its statement `at` is `DEALLOCATE ALL` or
+        `DISCARD ALL`, which forgets every statement of the session and of the server (restored if it fails before
+        that statement completed)."""
         if self._skipping:
             return  # ignored by the server up to the Sync
         self.unnamed = None
@@ -330,7 +339,9 @@ class Statements:
         if not reset:
             self._ledger.append(_QUERY)
             return
-        self._ledger.append(self._forget_all(_QUERY))
+        entry = self._forget_all(_QUERY)
+        entry.forgets_at = at
+        self._ledger.append(entry)
 
     def _forget_all(self, type_: int) -> _Entry:
         """The entry of a message that deallocates every statement: forgotten now (the server runs it before
@@ -446,7 +457,8 @@ class Statements:
         head = ledger[0]
         kind = head if type(head) is int else head.type  # type: ignore[union-attr]
         if kind not in _EXTENDED:  # a Query's error (its ReadyForQuery ends it), or an error at Sync
-            if type(head) is _Entry and head.snapshot is not None and head.done == 0:  # type: ignore[union-attr]
+            if (type(head) is _Entry and head.snapshot is not None
+                    and head.done <= head.forgets_at):  # type: ignore[union-attr]
                 self._restore(head)  # type: ignore[arg-type]
             return replaced
         ledger.popleft()

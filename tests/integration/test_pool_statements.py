@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -233,3 +234,40 @@ def test_pgjdbc_server_prepared_statements(pooled: ProxyProcess, threshold: int)
     # it too (docs/statements.md): never the client's S_1
     names = out["prepared_statements"]
     assert names and all(n.startswith("pgt_") for n in names) and "S_1" not in names
+
+
+# --- a client's SQL and the proxy's server statements (red team pool round 1 F1) ---------------------------------
+
+
+@pytest.mark.parametrize("forget", ["SELECT 1; DEALLOCATE ALL", "/* psql */ deallocate prepare all",
+                                    "SELECT 1; DEALLOCATE ALL; SELECT 1 / 0"])
+def test_deallocate_all_anywhere_keeps_the_servers_statements_known(pooled: ProxyProcess, forget: str) -> None:
+    """DEALLOCATE ALL wherever it is in a Query (the policy's parse says so): the proxy forgets what the server
+    held, so the other client's statement is prepared again instead of failing with 26000."""
+    sql = "SELECT count(*) FROM generate_series(1, 10) g WHERE g > %s"
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        for _ in range(3):
+            assert b.execute(sql, (5,), prepare=True).fetchone() == (5,)
+        with contextlib.suppress(psycopg.errors.DivisionByZero):  # DEALLOCATE ALL before it ran all the same
+            a.execute(forget)
+        assert server_statements(a) == []
+        for _ in range(2):
+            assert b.execute(sql, (6,), prepare=True).fetchone() == (4,)
+        with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
+            assert c.execute(sql, (7,), prepare=True).fetchone() == (3,)
+
+
+def test_sql_naming_a_proxy_statement_is_refused(pooled: ProxyProcess) -> None:
+    sql = "SELECT %s::int + 1"
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        assert b.execute(sql, (1,), prepare=True).fetchone() == (2,)
+        names = server_statements(a)
+        assert names and names[0].startswith("pgt_")
+        for attack in (f'DEALLOCATE "{names[0]}"', f"SELECT 1; DEALLOCATE {names[0]}", f"EXECUTE {names[0]}(1)",
+                       f"PREPARE {names[0]}x AS SELECT 1"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="reserved_statement_name"):
+                a.execute(attack)
+        assert server_statements(a) == names
+        assert b.execute(sql, (2,), prepare=True).fetchone() == (3,)
