@@ -369,8 +369,9 @@ class ClientSession:
                           cache_bytes: int = 4 << 20) -> None:
         """Keep the client's prepared statements here and give them content-derived names on the server (whose
         statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
+        max_named, max_bytes = session_statement_limits(self.config)
         self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
-                                     cache_bytes=cache_bytes)
+                                     cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes)
         self.statements.attach(prepared)
         self._follow_statements()
 
@@ -1422,6 +1423,11 @@ def statement_settings(config: Config) -> tuple[bool, int, int]:
     """[pool] statement_cache, statement_cache_size, statement_cache_bytes."""
     pool = config.pool
     return pool.statement_cache, pool.statement_cache_size, pool.statement_cache_bytes
+
+
+def session_statement_limits(config: Config) -> tuple[int, int]:
+    """[pool] max_session_statements, max_session_statement_bytes."""
+    return config.pool.max_session_statements, config.pool.max_session_statement_bytes
 
 
 def _answer(st: Statements, type_: int,

@@ -127,8 +127,11 @@ class Statements:
     (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
-                 cache_bytes: int = 4 << 20) -> None:
+                 cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20) -> None:
         self.error_marker = error_marker  # a statement text (or name) the server fails on, answered with the error
+        self.max_named = max(1, max_named)  # named statements the session may hold ([pool] max_session_statements)
+        self.max_bytes = max(1, max_bytes)  # their bytes, and those of the texts remembered (..._statement_bytes)
+        self._texts_bytes = 0  # the bytes of `_texts`
         self.cache = cache
         self.cache_size = max(1, cache_size)
         self.cache_bytes = max(1, cache_bytes)
@@ -225,8 +228,11 @@ class Statements:
             self._unnamed_here = True
             self._sent(_PARSE)  # a failure or skip drops the unnamed statement (see `_undo`)
             return None
-        if name in self.named:
-            marker = self.error_marker(errors.prepared_statement_exists(name))
+        limit = None if name not in self.named else errors.prepared_statement_exists(name)
+        if limit is None:
+            limit = self._past_limit(name, len(sql) + len(types) + len(PREFIX) + 20)
+        if limit is not None:
+            marker = self.error_marker(limit)
             self._open = True
             self._ledger.append(_Entry(_PARSE))
             return m.Parse(marker, marker, b"\x00\x00").encode()
@@ -548,6 +554,16 @@ class Statements:
 
     # --- helpers ----------------------------------------------------------------------------------
 
+    def _past_limit(self, name: str, size: int) -> PgError | None:
+        """The error for a new named statement of `size` bytes past the session's bounds (None: within them)."""
+        named = self.named
+        if len(named) >= self.max_named:
+            return errors.session_statements_limit(name=name, key="max_session_statements", limit=self.max_named)
+        if size + sum(stmt.size for stmt in named.values()) > self.max_bytes:
+            return errors.session_statements_limit(name=name, key="max_session_statement_bytes",
+                                                   limit=self.max_bytes)
+        return None
+
     def _stmt(self, sql: str, types: bytes, scope: str) -> Stmt:
         last = self._last
         if last is not None and last.sql is sql and last.types is types and last.scope is scope:
@@ -557,8 +573,9 @@ class Statements:
         stmt = texts.pop(key, None)
         if stmt is None:
             stmt = Stmt(server_name(sql, types, scope), sql, types)
-            if len(texts) >= _MAX_TEXTS:
-                texts.pop(next(iter(texts)))
+            self._texts_bytes += stmt.size
+            while texts and (len(texts) >= _MAX_TEXTS or self._texts_bytes > self.max_bytes):
+                self._texts_bytes -= texts.pop(next(iter(texts))).size  # (a named one stays in `named`)
         texts[key] = stmt
         stmt.scope = scope
         self._last = stmt

@@ -271,3 +271,39 @@ def test_sql_naming_a_proxy_statement_is_refused(pooled: ProxyProcess) -> None:
                 a.execute(attack)
         assert server_statements(a) == names
         assert b.execute(sql, (2,), prepare=True).fetchone() == (3,)
+
+
+@pytest.fixture(scope="module")
+def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """Transaction pooling with small per-session statement bounds: 3 statements, 64 KiB of their text."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+                     backend_sslmode="require" if pg.ssl_enabled else "disable",
+                     pool={"pool_mode": "transaction", "pool_size": 1, "max_session_statements": 3,
+                           "max_session_statement_bytes": 65536})
+    p.start()
+    yield p
+    p.stop()
+
+
+def test_named_statements_past_the_session_bounds_fail_and_the_session_goes_on(bounded: ProxyProcess) -> None:
+    """Red team pool round 1 F3: named statements of 2 MiB literals grew the proxy without bound (the server held
+    one statement); past the bounds a Parse fails as PostgreSQL fails out of memory, 53200."""
+    conn = pq.PGconn.connect(bounded.dsn("ivan").encode())
+    try:
+        big = "x" * 40000
+        assert conn.prepare(b"s0", f"SELECT '{big}' AS c0".encode()).status == pq.ExecStatus.COMMAND_OK
+        res = conn.prepare(b"s1", f"SELECT '{big}' AS c1".encode())
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"53200"
+        assert b"max_session_statement_bytes = 65536" in (res.error_message or b"")
+        for i in (1, 2):
+            assert conn.prepare(f"s{i}".encode(), f"SELECT {i}".encode()).status == pq.ExecStatus.COMMAND_OK
+        res = conn.prepare(b"s3", b"SELECT 3")
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"53200"
+        assert b"max_session_statements = 3" in (res.error_message or b"")
+        assert conn.exec_prepared(b"s2", []).get_value(0, 0) == b"2"  # the session goes on
+        assert conn.exec_(b"DEALLOCATE s1").status == pq.ExecStatus.COMMAND_OK
+        assert conn.prepare(b"s3", b"SELECT 3").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"s3", []).get_value(0, 0) == b"3"
+    finally:
+        conn.finish()
