@@ -699,8 +699,8 @@ class PoolManager:
 
     def _within_share(self, tenant: str, budget: tuple[str, str]) -> bool:
         """A tenant may open another server of a limited budget only while it would hold at most the budget less
-        one server per other tenant waiting on it: a tenant holding servers (pinned, or mid-request) cannot take the
-        last free places while another waits (red team pool round 1 F2)."""
+        one server per other tenant waiting on it (at least one): a tenant holding servers (pinned, or mid-request)
+        cannot take the last free places while another waits (red team pool round 1 F2)."""
         limit = self.config.db_budget(budget[0])
         if limit <= 0:
             return True
@@ -709,7 +709,7 @@ class PoolManager:
         if not others:
             return True
         held = sum(len(p.servers) for p in self.pools.values() if p.tenant == tenant and p.key.budget == budget)
-        return held + 1 <= limit - others
+        return held + 1 <= max(1, limit - others)  # (a tenant holding none may always open one: no deadlock)
 
     def _make_room(self, pool: Pool, out: list[PoolAction]) -> bool:
         """Close the least recently used idle server of another pool of the same database."""

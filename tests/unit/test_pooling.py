@@ -527,3 +527,13 @@ def test_a_tenant_cannot_take_the_last_budget_places_while_another_waits(tmp_pat
     assert grants(out) == ["c1"]
     out = s.connect_all(s.release("c1", reusable=False))
     assert grants(out) == ["a3"]  # nobody else waits: a may use the whole budget
+
+
+def test_tenants_waiting_on_a_budget_of_one_do_not_lock_each_other_out(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 1}))
+    s.hold("a1")
+    assert s.request("a2") == [] and s.request("b1") == []
+    out = s.connect_all(s.release("a1"))  # b holds none: it may open the one place (a's idle server is closed)
+    assert grants(out) == ["b1"]
+    out = s.connect_all(s.release("b1"))
+    assert grants(out) == ["a2"]
