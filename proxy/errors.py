@@ -31,6 +31,7 @@ INSUFFICIENT_PRIVILEGE = "42501"
 SYNTAX_ERROR = "42601"
 DUPLICATE_PSTATEMENT = "42P05"
 UNDEFINED_OBJECT = "42704"
+OUT_OF_MEMORY = "53200"
 TOO_MANY_CONNECTIONS = "53300"
 CONFIGURATION_LIMIT_EXCEEDED = "53400"
 PROGRAM_LIMIT_EXCEEDED = "54000"
@@ -249,6 +250,12 @@ prepared_statement_exists = _register("prepared_statement_exists", DUPLICATE_PST
                                       'prepared statement "{name}" already exists')
 prepared_statement_missing = _register("prepared_statement_missing", INVALID_SQL_STATEMENT_NAME, "ERROR",
                                        'prepared statement "{name}" does not exist')
+# A named statement past what the proxy keeps for one session (PostgreSQL would run out of memory): the Parse fails,
+# the session goes on.
+session_statements_limit = _register(
+    "session_statements_limit", OUT_OF_MEMORY, "ERROR",
+    'out of memory: prepared statement "{name}" would take this session past [pool] {key} = {limit}',
+    hint="Close (or DEALLOCATE) prepared statements the session no longer uses.")
 unnamed_statement_missing = _register("unnamed_statement_missing", INVALID_SQL_STATEMENT_NAME, "ERROR",
                                       "unnamed prepared statement does not exist")
 

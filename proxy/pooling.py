@@ -610,7 +610,7 @@ class PoolManager:
         if len(pool.servers) >= pool.limit(reserve):
             return False
         budget = pool.key.budget
-        if budget in blocked:
+        if budget in blocked or not self._within_share(tenant.name, budget):
             return False
         if not self._has_room(budget) and not self._make_room(pool, out):
             blocked.add(budget)
@@ -696,6 +696,20 @@ class PoolManager:
     def _has_room(self, budget: tuple[str, str]) -> bool:
         limit = self.config.db_budget(budget[0])
         return limit <= 0 or self._budget_count.get(budget, 0) < limit
+
+    def _within_share(self, tenant: str, budget: tuple[str, str]) -> bool:
+        """A tenant may open another server of a limited budget only while it would hold at most the budget less
+        one server per other tenant waiting on it (at least one): a tenant holding servers (pinned, or mid-request)
+        cannot take the last free places while another waits (red team pool round 1 F2)."""
+        limit = self.config.db_budget(budget[0])
+        if limit <= 0:
+            return True
+        others = sum(1 for t in self._active.values()
+                     if t.name != tenant and any(w.pool.key.budget == budget for w in t.waiters))
+        if not others:
+            return True
+        held = sum(len(p.servers) for p in self.pools.values() if p.tenant == tenant and p.key.budget == budget)
+        return held + 1 <= max(1, limit - others)  # (a tenant holding none may always open one: no deadlock)
 
     def _make_room(self, pool: Pool, out: list[PoolAction]) -> bool:
         """Close the least recently used idle server of another pool of the same database."""

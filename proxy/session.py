@@ -37,7 +37,17 @@ from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
-from proxy.policy.model import EMPTY_CONTEXT, Allow, Change, Decision, Deny, Rewrite, SessionContext
+from proxy.policy.model import (
+    DEALLOCATE,
+    DISCARD_ALL,
+    EMPTY_CONTEXT,
+    Allow,
+    Change,
+    Decision,
+    Deny,
+    Rewrite,
+    SessionContext,
+)
 from proxy.policy.rules import deny
 from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
@@ -326,6 +336,7 @@ class ClientSession:
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
+        self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
         self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
         self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
         self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
@@ -358,8 +369,9 @@ class ClientSession:
                           cache_bytes: int = 4 << 20) -> None:
         """Keep the client's prepared statements here and give them content-derived names on the server (whose
         statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
+        max_named, max_bytes = session_statement_limits(self.config)
         self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
-                                     cache_bytes=cache_bytes)
+                                     cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes)
         self.statements.attach(prepared)
         self._follow_statements()
 
@@ -431,6 +443,7 @@ class ClientSession:
         """A Parse as the gate forwards it (None: as it is), given to the statement maps."""
         st = self.statements
         assert st is not None
+        resets, self._forgets_at = self._forgets_at is not None, None
         key = out if out is not None else body
         memo = self._statement_memo  # the same Parse again (drivers send the same unnamed one again and again)
         if memo[0] == key:
@@ -445,7 +458,7 @@ class ClientSession:
         if parse is None or parse.sql.startswith(_DENIED_TEXT):  # fails in the backend: nothing is made
             st.passthrough(m.PARSE, out if out is not None else m.frame(b"P", body))
             return out
-        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope())
+        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets)
         return out if edited is None else edited
 
     def _statement_scope(self) -> str:
@@ -463,6 +476,7 @@ class ClientSession:
         statement; DDL closes the cache's statements (their plans could fail with 0A000)."""
         st = self.statements
         assert st is not None
+        at, self._forgets_at = self._forgets_at, None
         try:
             sql = query_text(out[5:] if out is not None else body)
         except m.DecodeError:
@@ -471,7 +485,7 @@ class ClientSession:
         instead = st.deallocate(sql)
         if instead is not None:  # SQL DEALLOCATE of a statement only the proxy has (psqlODBC's _PLAN statements)
             return query_message(instead)
-        st.query(reset=forgets(sql))
+        st.query(reset=at is not None or forgets(sql), at=at or 0)
         if st.cache and statement_kind(sql) == "ddl":
             closes = st.invalidate()
             if closes:
@@ -1146,11 +1160,13 @@ class ClientSession:
         if type(decision) is Allow:
             if decision.changes:
                 self._query_changes(first, decision.changes)
+                self._forgets_at = _forgets_at(decision.changes, self.statements)
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
             if decision.changes:
                 self._query_changes(first, decision.changes)
+                self._forgets_at = _forgets_at(decision.changes, self.statements)
             return query_message(decision.sql)
         return query_message(self._deny_marker(decision))
 
@@ -1205,6 +1221,7 @@ class ClientSession:
         changes = decision.changes
         if changes:
             self._parse_changes(name, changes)
+            self._forgets_at = _forgets_at(changes, self.statements)
             return
         self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
@@ -1391,10 +1408,26 @@ class ClientSession:
         return released
 
 
+def _forgets_at(changes: tuple[Change, ...], statements: Statements | None) -> int | None:
+    """(With the session's statement maps) the index of the first statement that deallocates every prepared
+    statement (DEALLOCATE ALL, DISCARD ALL), from the policy's parse: in whatever form, wherever in a Query."""
+    if statements is None:
+        return None
+    for change in changes:
+        if change.op == DISCARD_ALL or (change.op == DEALLOCATE and not change.name):
+            return change.at
+    return None
+
+
 def statement_settings(config: Config) -> tuple[bool, int, int]:
     """[pool] statement_cache, statement_cache_size, statement_cache_bytes."""
     pool = config.pool
     return pool.statement_cache, pool.statement_cache_size, pool.statement_cache_bytes
+
+
+def session_statement_limits(config: Config) -> tuple[int, int]:
+    """[pool] max_session_statements, max_session_statement_bytes."""
+    return config.pool.max_session_statements, config.pool.max_session_statement_bytes
 
 
 def _answer(st: Statements, type_: int,

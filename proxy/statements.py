@@ -29,9 +29,12 @@ from collections.abc import Callable
 
 from proxy import errors
 from proxy.errors import PgError
+from proxy.policy.model import RESERVED_STATEMENT_PREFIX
 from proxy.protocol import messages as m
 
-PREFIX = "pgt_"  # server-side statement names; a client naming one gets "does not exist" (see `_missing`)
+# Server-side statement names; a client's protocol message naming one gets "does not exist" (see `_missing`), its
+# SQL (PREPARE, EXECUTE, DEALLOCATE) is refused by the policy (rule reserved_statement_name).
+PREFIX = RESERVED_STATEMENT_PREFIX
 # Frontend message types.
 _PARSE, _BIND, _DESCRIBE, _CLOSE, _EXECUTE, _SYNC, _QUERY = (ord(c) for c in "PBDCESQ")
 _COPY_END = ord("c")  # a marker in the ledger (no answer): the client ended a COPY IN (CopyDone/CopyFail)
@@ -98,8 +101,8 @@ def server_name(sql: str, types: bytes, scope: str) -> str:
 class _Entry:
     """A ledger entry that is more than a plain pass-through (those are just the message type, an int)."""
 
-    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "replay", "server", "snapshot", "swallow",
-                 "type")
+    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "forgets_at", "replay", "server", "snapshot",
+                 "swallow", "type")
 
     def __init__(self, type_: int, action: int = PASS) -> None:
         self.type = type_
@@ -113,6 +116,8 @@ class _Entry:
         self.snapshot: tuple[dict[str, Stmt], Stmt | None, dict[str, int]] | None = None  # Query: DEALLOCATE ALL
         self.done = 0  # Query: CommandCompletes received
         self.swallow = 0  # Query: its first CommandCompletes to swallow (statements of ours)
+        self.forgets_at = 0  # Query with a snapshot: the index of its statement that deallocates (restored on an
+        # error before that statement completed: DEALLOCATE is not transactional, later errors do not undo it)
 
 
 class Statements:
@@ -122,8 +127,11 @@ class Statements:
     (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
-                 cache_bytes: int = 4 << 20) -> None:
+                 cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20) -> None:
         self.error_marker = error_marker  # a statement text (or name) the server fails on, answered with the error
+        self.max_named = max(1, max_named)  # named statements the session may hold ([pool] max_session_statements)
+        self.max_bytes = max(1, max_bytes)  # their bytes, and those of the texts remembered (..._statement_bytes)
+        self._texts_bytes = 0  # the bytes of `_texts`
         self.cache = cache
         self.cache_size = max(1, cache_size)
         self.cache_bytes = max(1, cache_bytes)
@@ -197,8 +205,9 @@ class Statements:
 
     # --- the client's messages (as the session forwards them) --------------------------------------
 
-    def parse(self, name: str, sql: str, types: bytes, scope: str = "") -> bytes | None:
-        """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none)."""
+    def parse(self, name: str, sql: str, types: bytes, scope: str = "", resets: bool = False) -> bytes | None:
+        """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none).
+        `resets`: the policy's parse says it is DEALLOCATE ALL / DISCARD ALL (in a form `forgets` misses)."""
         if self._recording is not None:
             self._recording.replay.append(("parse", (name, sql, types, scope)))  # type: ignore[union-attr]
             if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
@@ -208,6 +217,7 @@ class Statements:
             return None  # the server ignores it, and so does the session: the statement is not made
         if not name:
             stmt = self._stmt(sql, types, scope)
+            stmt.resets = stmt.resets or resets
             if self.cache and stmt.seen and not stmt.resets:
                 old, self.unnamed = self.unnamed, stmt
                 stmt.seen += 1
@@ -218,12 +228,16 @@ class Statements:
             self._unnamed_here = True
             self._sent(_PARSE)  # a failure or skip drops the unnamed statement (see `_undo`)
             return None
-        if name in self.named:
-            marker = self.error_marker(errors.prepared_statement_exists(name))
+        limit = None if name not in self.named else errors.prepared_statement_exists(name)
+        if limit is None:
+            limit = self._past_limit(name, len(sql) + len(types) + len(PREFIX) + 20)
+        if limit is not None:
+            marker = self.error_marker(limit)
             self._open = True
             self._ledger.append(_Entry(_PARSE))
             return m.Parse(marker, marker, b"\x00\x00").encode()
         stmt = self._stmt(sql, types, scope)
+        stmt.resets = stmt.resets or resets
         self.named[name] = stmt
         return self._client_parse(stmt, name, None)
 
@@ -318,9 +332,10 @@ class Statements:
         self._open = False
         self._recording = None
 
-    def query(self, reset: bool = False) -> None:
-        """A simple Query (it destroys the unnamed statement). `reset`: it is `DEALLOCATE ALL` or `DISCARD ALL`,
-        which forgets every statement of the session and of the server (restored if it fails)."""
+    def query(self, reset: bool = False, at: int = 0) -> None:
+        """A simple Query (it destroys the unnamed statement). `reset`: its statement `at` is `DEALLOCATE ALL` or
+        `DISCARD ALL`, which forgets every statement of the session and of the server (restored if it fails before
+        that statement completed)."""
         if self._skipping:
             return  # ignored by the server up to the Sync
         self.unnamed = None
@@ -330,7 +345,9 @@ class Statements:
         if not reset:
             self._ledger.append(_QUERY)
             return
-        self._ledger.append(self._forget_all(_QUERY))
+        entry = self._forget_all(_QUERY)
+        entry.forgets_at = at
+        self._ledger.append(entry)
 
     def _forget_all(self, type_: int) -> _Entry:
         """The entry of a message that deallocates every statement: forgotten now (the server runs it before
@@ -446,7 +463,8 @@ class Statements:
         head = ledger[0]
         kind = head if type(head) is int else head.type  # type: ignore[union-attr]
         if kind not in _EXTENDED:  # a Query's error (its ReadyForQuery ends it), or an error at Sync
-            if type(head) is _Entry and head.snapshot is not None and head.done == 0:  # type: ignore[union-attr]
+            if (type(head) is _Entry and head.snapshot is not None
+                    and head.done <= head.forgets_at):  # type: ignore[union-attr]
                 self._restore(head)  # type: ignore[arg-type]
             return replaced
         ledger.popleft()
@@ -536,6 +554,16 @@ class Statements:
 
     # --- helpers ----------------------------------------------------------------------------------
 
+    def _past_limit(self, name: str, size: int) -> PgError | None:
+        """The error for a new named statement of `size` bytes past the session's bounds (None: within them)."""
+        named = self.named
+        if len(named) >= self.max_named:
+            return errors.session_statements_limit(name=name, key="max_session_statements", limit=self.max_named)
+        if size + sum(stmt.size for stmt in named.values()) > self.max_bytes:
+            return errors.session_statements_limit(name=name, key="max_session_statement_bytes",
+                                                   limit=self.max_bytes)
+        return None
+
     def _stmt(self, sql: str, types: bytes, scope: str) -> Stmt:
         last = self._last
         if last is not None and last.sql is sql and last.types is types and last.scope is scope:
@@ -545,8 +573,9 @@ class Statements:
         stmt = texts.pop(key, None)
         if stmt is None:
             stmt = Stmt(server_name(sql, types, scope), sql, types)
-            if len(texts) >= _MAX_TEXTS:
-                texts.pop(next(iter(texts)))
+            self._texts_bytes += stmt.size
+            while texts and (len(texts) >= _MAX_TEXTS or self._texts_bytes > self.max_bytes):
+                self._texts_bytes -= texts.pop(next(iter(texts))).size  # (a named one stays in `named`)
         texts[key] = stmt
         stmt.scope = scope
         self._last = stmt

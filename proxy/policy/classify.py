@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.policy import settings
 from proxy.policy.catalog import CATALOG_SCHEMAS, is_denied_relation, is_filtered_name, relation_filter
-from proxy.policy.model import REAPPLY_CONTEXT, TenantPolicy
+from proxy.policy.model import REAPPLY_CONTEXT, RESERVED_STATEMENT_PREFIX, TenantPolicy
 from proxy.policy.nametypes import NAME_TYPES
 from proxy.policy.rules import fail
 from proxy.policy.schema import check_writes_to_shared
@@ -97,8 +97,14 @@ def _is_temp(rel: Node) -> bool:
     return rel.get("relpersistence") == "t" or rel.get("schemaname") == "pg_temp"
 
 
+# Statements that name a SQL prepared statement (the proxy's own, RESERVED_STATEMENT_PREFIX, are on its servers).
+_NAMES_STATEMENT = frozenset({"PrepareStmt", "ExecuteStmt", "DeallocateStmt"})
+
+
 def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
     """Allow or deny a statement by its kind (and its nested statement); returns driver effects."""
+    if kind in _NAMES_STATEMENT and (body.get("name") or "").startswith(RESERVED_STATEMENT_PREFIX):
+        raise fail("reserved_statement_name", f'prepared statement name "{body["name"]}" is reserved for the proxy')
     if kind in QUERY_KINDS or kind in PLAIN_ALLOWED or kind == "ExecuteStmt":
         return frozenset()
     if kind == "ExplainStmt":

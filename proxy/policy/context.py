@@ -157,12 +157,16 @@ _LOCKS = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advis
 _UNLOCKS = frozenset({"pg_advisory_unlock", "pg_advisory_unlock_shared"})
 # Functions whose effect stays with the server connection and cannot be followed: the session pins for good.
 STATEFUL_FUNCTIONS = frozenset({"setseed"})
+# Functions that give the session sequence state (what currval()/lastval() read): pinned (reason "sequence") so no
+# other client lands on that server while it has it; the reset at release (DISCARD ALL) clears it.
+SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
 UNKNOWN_KEY = "?"  # an advisory lock whose key is not written as constants (only pg_advisory_unlock_all frees it)
 
 
 def call_changes(call: Call, index: int) -> list[Change]:
     """What a function call leaves on the server connection: session advisory locks and their unlocks (keyed by
-    their arguments as written; `_shared` and exclusive locks of one key are told apart), setseed()."""
+    their arguments as written; `_shared` and exclusive locks of one key are told apart), setseed(), nextval() and
+    setval()."""
     names = call.names
     name = names[-1]
     if not is_builtin(names):
@@ -174,6 +178,8 @@ def call_changes(call: Call, index: int) -> list[Change]:
         return [Change(index, ADVISORY_UNLOCK, "*")]
     if name in STATEFUL_FUNCTIONS:
         return [Change(index, PIN, name)]
+    if name in SEQUENCE_FUNCTIONS:
+        return [Change(index, PIN, "sequence")]
     if name not in _LOCKS and name not in _UNLOCKS:
         return []
     args = [const_text(a) for a in call.args]

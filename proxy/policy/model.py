@@ -43,6 +43,8 @@ ADVISORY_LOCK = "advisory_lock"  # a session-level advisory lock (`name`: its ke
 ADVISORY_UNLOCK = "advisory_unlock"  # pg_advisory_unlock(`name`) ("*" = pg_advisory_unlock_all())
 SETTING = "setting"  # session SET of `name` (lower case): `shown` is the statement replaying it, None = RESET
 RESET_SETTINGS = "reset_settings"  # RESET ALL / DISCARD ALL: every setting back to the session's defaults
+# The names of the proxy's own server-side prepared statements (proxy/statements.py): no client SQL names one.
+RESERVED_STATEMENT_PREFIX = "pgt_"
 PIN = "pin"  # session state the proxy cannot follow or replay: pinned for the rest of the session (`name`: reason)
 DISCARD_ALL = "discard_all"  # DISCARD ALL: cursors, prepared statements, LISTEN, advisory locks (and the rest)
 # Not undone by a rollback (PostgreSQL: SQL prepared statements and session advisory locks ignore transactions; a

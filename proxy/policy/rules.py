@@ -29,6 +29,10 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "The tenant context and the pgtenant.* settings are managed by the proxy and cannot be changed.",
     ),
+    "reserved_statement_name": (
+        INSUFFICIENT_PRIVILEGE,
+        "Prepared statement names beginning with pgt_ are reserved for the proxy's own statements; use another name.",
+    ),
     "set_role": (INSUFFICIENT_PRIVILEGE, "Role switching is not allowed through pgtenant."),
     "session_setting": (
         INSUFFICIENT_PRIVILEGE,

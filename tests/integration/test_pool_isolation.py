@@ -55,6 +55,10 @@ SETTINGS_PROBE = ("SELECT current_setting('work_mem'), current_setting('statemen
 @pytest.fixture(scope="module")
 def iso(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     p = start_pooled(pg, tmp_path_factory.mktemp("pool-iso"), TENANTS, ROLES, POOL, 5)
+    for tenant in TENANTS.values():  # (in both: B's probes name it)
+        keys = tenant["keys"]
+        pg.execute(f'CREATE SEQUENCE IF NOT EXISTS iso_seq; ALTER SEQUENCE iso_seq OWNER TO "{keys["backend_user"]}"',
+                   dbname=keys["database"])
     yield p
     p.stop()
 
@@ -149,6 +153,10 @@ LEFT: dict[str, Left] = {
          "SELECT set_config('lock_timeout', '7s', false)"),
         ((SETTINGS_PROBE, None),)),
     "listen": Left(("LISTEN iso_ch",), (("SELECT pg_listening_channels()", rows()),)),
+    # nextval() gives the session what currval()/lastval() read (red team pool round 1 F4: B read A's value)
+    "sequence_state": Left(
+        ("SELECT nextval('iso_seq')",),  # (setval(): not allowed)
+        (("SELECT lastval()", error("55000")), ("SELECT currval('iso_seq')", error("55000")))),
     "advisory_locks": Left(
         ("SELECT pg_advisory_lock(4242)", "SELECT pg_advisory_lock_shared(4243)"),
         # unlock returns true only for a lock this session holds: B must hold none of A's
@@ -302,6 +310,7 @@ PINS: dict[str, Pin] = {
     "setting_not_replayable": Pin(("SELECT set_config('work_mem', (SELECT '3MB'), false)",),
                                   "SELECT current_setting('work_mem') = '3MB'", rows((False,)), ()),
     "set_seed": Pin(("SET seed = 0.5",), "SELECT 1", rows((1,)), ()),
+    "sequence": Pin(("SELECT nextval('iso_seq')",), "SELECT lastval()", error("55000"), ()),
     "discard_all": Pin(("CREATE TEMP TABLE pin_t (v text)", "PREPARE pin_p AS SELECT 1", "LISTEN pin_ch"),
                        "SELECT count(*) FROM pin_t", error("42P01"), ("DISCARD ALL",), same_server=False),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -233,3 +234,76 @@ def test_pgjdbc_server_prepared_statements(pooled: ProxyProcess, threshold: int)
     # it too (docs/statements.md): never the client's S_1
     names = out["prepared_statements"]
     assert names and all(n.startswith("pgt_") for n in names) and "S_1" not in names
+
+
+# --- a client's SQL and the proxy's server statements (red team pool round 1 F1) ---------------------------------
+
+
+@pytest.mark.parametrize("forget", ["SELECT 1; DEALLOCATE ALL", "/* psql */ deallocate prepare all",
+                                    "SELECT 1; DEALLOCATE ALL; SELECT 1 / 0"])
+def test_deallocate_all_anywhere_keeps_the_servers_statements_known(pooled: ProxyProcess, forget: str) -> None:
+    """DEALLOCATE ALL wherever it is in a Query (the policy's parse says so): the proxy forgets what the server
+    held, so the other client's statement is prepared again instead of failing with 26000."""
+    sql = "SELECT count(*) FROM generate_series(1, 10) g WHERE g > %s"
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        for _ in range(3):
+            assert b.execute(sql, (5,), prepare=True).fetchone() == (5,)
+        with contextlib.suppress(psycopg.errors.DivisionByZero):  # DEALLOCATE ALL before it ran all the same
+            a.execute(forget)
+        assert server_statements(a) == []
+        for _ in range(2):
+            assert b.execute(sql, (6,), prepare=True).fetchone() == (4,)
+        with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
+            assert c.execute(sql, (7,), prepare=True).fetchone() == (3,)
+
+
+def test_sql_naming_a_proxy_statement_is_refused(pooled: ProxyProcess) -> None:
+    sql = "SELECT %s::int + 1"
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        assert b.execute(sql, (1,), prepare=True).fetchone() == (2,)
+        names = server_statements(a)
+        assert names and names[0].startswith("pgt_")
+        for attack in (f'DEALLOCATE "{names[0]}"', f"SELECT 1; DEALLOCATE {names[0]}", f"EXECUTE {names[0]}(1)",
+                       f"PREPARE {names[0]}x AS SELECT 1"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="reserved_statement_name"):
+                a.execute(attack)
+        assert server_statements(a) == names
+        assert b.execute(sql, (2,), prepare=True).fetchone() == (3,)
+
+
+@pytest.fixture(scope="module")
+def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """Transaction pooling with small per-session statement bounds: 3 statements, 64 KiB of their text."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+                     backend_sslmode="require" if pg.ssl_enabled else "disable",
+                     pool={"pool_mode": "transaction", "pool_size": 1, "max_session_statements": 3,
+                           "max_session_statement_bytes": 65536})
+    p.start()
+    yield p
+    p.stop()
+
+
+def test_named_statements_past_the_session_bounds_fail_and_the_session_goes_on(bounded: ProxyProcess) -> None:
+    """Red team pool round 1 F3: named statements of 2 MiB literals grew the proxy without bound (the server held
+    one statement); past the bounds a Parse fails as PostgreSQL fails out of memory, 53200."""
+    conn = pq.PGconn.connect(bounded.dsn("ivan").encode())
+    try:
+        big = "x" * 40000
+        assert conn.prepare(b"s0", f"SELECT '{big}' AS c0".encode()).status == pq.ExecStatus.COMMAND_OK
+        res = conn.prepare(b"s1", f"SELECT '{big}' AS c1".encode())
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"53200"
+        assert b"max_session_statement_bytes = 65536" in (res.error_message or b"")
+        for i in (1, 2):
+            assert conn.prepare(f"s{i}".encode(), f"SELECT {i}".encode()).status == pq.ExecStatus.COMMAND_OK
+        res = conn.prepare(b"s3", b"SELECT 3")
+        assert res.error_field(pq.DiagnosticField.SQLSTATE) == b"53200"
+        assert b"max_session_statements = 3" in (res.error_message or b"")
+        assert conn.exec_prepared(b"s2", []).get_value(0, 0) == b"2"  # the session goes on
+        assert conn.exec_(b"DEALLOCATE s1").status == pq.ExecStatus.COMMAND_OK
+        assert conn.prepare(b"s3", b"SELECT 3").status == pq.ExecStatus.COMMAND_OK
+        assert conn.exec_prepared(b"s3", []).get_value(0, 0) == b"3"
+    finally:
+        conn.finish()

@@ -510,3 +510,30 @@ def test_shutdown_closes_the_idle_servers(tmp_path: Path) -> None:
     idle = s.hold("a2")
     s.release("a2")
     assert s.pm.shutdown() == [Close(idle, Closing.SHUTDOWN)]
+
+
+def test_a_tenant_cannot_take_the_last_budget_places_while_another_waits(tmp_path: Path) -> None:
+    """Red team pool round 1 F2: a tenant whose sessions hold their servers (pinned) took the whole budget; one
+    that asks for another server while others wait gets at most the budget less one per waiting tenant."""
+    s = Script(config(tmp_path, pool={"max_db_connections": 3}, a={"weight": 10}))
+    s.hold("c0")
+    s.release("c0", reusable=False)  # c was served before: a (weight 10) is ahead of it in the fair queue
+    s.hold("a1")
+    s.hold("a2")
+    s.hold("b1")
+    assert s.request("c1") == []  # the budget is full of busy servers: c waits
+    assert s.request("a3") == []
+    out = s.connect_all(s.release("b1", reusable=False))  # a place frees up: c's, not a's (a holds 2 of 3 - 1)
+    assert grants(out) == ["c1"]
+    out = s.connect_all(s.release("c1", reusable=False))
+    assert grants(out) == ["a3"]  # nobody else waits: a may use the whole budget
+
+
+def test_tenants_waiting_on_a_budget_of_one_do_not_lock_each_other_out(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 1}))
+    s.hold("a1")
+    assert s.request("a2") == [] and s.request("b1") == []
+    out = s.connect_all(s.release("a1"))  # b holds none: it may open the one place (a's idle server is closed)
+    assert grants(out) == ["b1"]
+    out = s.connect_all(s.release("b1"))
+    assert grants(out) == ["a2"]

@@ -259,6 +259,15 @@ def test_what_cannot_be_replayed_pins_for_good(pooled: ClientSession, sql: str) 
     assert release.reset and release.reusable
 
 
+@pytest.mark.parametrize("sql", ["SELECT nextval('orders_id_seq')", "SELECT pg_catalog.nextval('s'), 1"])
+def test_sequence_state_pins_for_good(pooled: ClientSession, sql: str) -> None:
+    """nextval() gives the session what currval()/lastval() read: no other client may land on that server before
+    the reset (DISCARD ALL) at release clears it (red team pool round 1 F4)."""
+    assert run(pooled, sql, done("SELECT 1"))[-1] == SessionPinned("sequence")
+    [release] = pooled.close()
+    assert release.reset and release.reusable
+
+
 def test_protocol_named_statements_do_not_pin(pooled: ClientSession) -> None:
     """They are kept by the session (proxy/statements.py) and prepared again on the server it lands on."""
     parse = m.Parse("S_1", "SELECT 1", b"\x00\x00").encode()

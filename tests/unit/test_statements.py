@@ -729,3 +729,26 @@ def test_a_failed_discard_all_forgets_nothing() -> None:
               ("a", (query("DISCARD ALL"),)), ("a", (query("ROLLBACK"),)), ("a", (bind("S_1"), EXECUTE, SYNC))]
     backends, maps = same(script)
     assert len(maps[0]) == 1 == len(backends[0].named)
+
+
+def test_named_statements_past_the_sessions_bounds_fail_with_53200_and_the_session_goes_on() -> None:
+    """Red team pool round 1 F3: 60 named statements of a 2 MiB text each took the proxy from 88 to 210 MB."""
+    for limits, key in (({"max_named": 2}, "max_session_statements"),
+                        ({"max_bytes": 1000}, "max_session_statement_bytes")):
+        p = Proxied()
+        p.st = Statements(error_marker=p.marker, **limits)  # type: ignore[arg-type]
+        p.attach(Backend(), {})
+        p.send(parse("S_1", "SELECT 1"), parse("S_2", "SELECT 2"), SYNC)
+        p.pump()
+        p.send(parse("S_3", "SELECT '" + "x" * 1000 + "'"), SYNC)
+        p.pump()
+        errors_seen = [err for err in p.markers.values() if err.sqlstate == "53200"]
+        assert len(errors_seen) == 1 and key in errors_seen[0].message and '"S_3"' in errors_seen[0].message
+        assert transcript(p.seen)[:3] == ["1", "1", "Z"] and transcript(p.seen)[3].startswith("E:53200")
+        p.seen.clear()
+        p.send(bind("S_1"), EXECUTE, close("S", "S_2"), SYNC)  # still usable; a Close makes room
+        p.pump()
+        p.send(parse("S_3", "SELECT 3"), bind("S_3"), EXECUTE, SYNC)
+        p.pump()
+        assert transcript(p.seen) == ["2", "D", "C", "3", "Z", "1", "2", "D", "C", "Z"]
+        assert set(p.st.named) == {"S_1", "S_3"}
