@@ -179,6 +179,10 @@ def _probe(b: psycopg.Connection, left: Left, defaults: tuple[str, ...]) -> list
     return problems
 
 
+_NAMES_OPEN = ("pg_prepared_statements lists the proxy's content-named server statements (pgt_...), also those other "
+               "sessions of the same pool prepared on that server, not the client's own names: open, issue 16")
+
+
 @pytest.mark.parametrize("who", ["same_tenant", "other_tenant"])
 @pytest.mark.parametrize("case", list(LEFT))
 def test_left_state_is_gone_for_the_next_client(iso: ProxyProcess, pg: PgCluster, defaults: tuple[str, ...],
@@ -250,6 +254,7 @@ def test_settings_interleave_on_one_server(iso: ProxyProcess, defaults: tuple[st
         assert {_pid(a), _pid(b)} == {pid}
 
 
+@pytest.mark.xfail(strict=True, reason=_NAMES_OPEN)
 def test_protocol_statements_interleave_on_one_server(iso: ProxyProcess) -> None:
     # psycopg names both clients' first statements _pg3_0; on the one server each must run its own text.
     with _connect(iso, "isa") as a, _connect(iso, "isa") as b:
@@ -307,8 +312,10 @@ PINS: dict[str, Pin] = {
                                     "SELECT pg_advisory_unlock(77)", rows((False,)),
                                     ("SELECT pg_advisory_unlock_all()",)),
     # pinned for the rest of the session (nothing the proxy can follow ends it): B gets the server when A leaves
+    # pinned for good: its server is closed when the client leaves (what it holds is not known), not reset
     "setting_not_replayable": Pin(("SELECT set_config('work_mem', (SELECT '3MB'), false)",),
-                                  "SELECT current_setting('work_mem') = '3MB'", rows((False,)), ()),
+                                  "SELECT current_setting('work_mem') = '3MB'", rows((False,)), (),
+                                  same_server=False),
     "set_seed": Pin(("SET seed = 0.5",), "SELECT 1", rows((1,)), ()),
     "sequence": Pin(("SELECT nextval('iso_seq')",), "SELECT lastval()", error("55000"), ()),
     "discard_all": Pin(("CREATE TEMP TABLE pin_t (v text)", "PREPARE pin_p AS SELECT 1", "LISTEN pin_ch"),
