@@ -1145,6 +1145,18 @@ ATTACKS: list[Attack] = [
            "ON c.id = o.customer_id", ALL, "ok"),
     Attack("explain_json", "EXPLAIN (FORMAT JSON) SELECT count(*) FROM orders", ALL, "ok"),
     Attack("explain_analyze_other_schema", "EXPLAIN ANALYZE SELECT * FROM two_co.orders", C, "deny", by="missing"),
+    # red team round 3 R1: PostgreSQL reads an EXPLAIN option's last occurrence (ANALYZE showed other tenants' row
+    # count as Rows Removed by Filter, COSTS their estimates, SETTINGS a hidden schema dropped from search_path)
+    Attack("explain_analyze_repeated", "EXPLAIN (ANALYZE off, ANALYZE on, COSTS off, TIMING off) SELECT * FROM orders",
+           SN, "deny", by="proxy"),
+    Attack("explain_analyze_repeated_bool", "EXPLAIN (ANALYZE false, ANALYZE true, COSTS false, TIMING false, "
+           "SUMMARY false, BUFFERS false) SELECT * FROM orders", SN, "deny", by="proxy"),
+    Attack("explain_costs_repeated", "EXPLAIN (COSTS off, COSTS on) SELECT * FROM orders WHERE tenant_id >= 'b' "
+           "AND tenant_id < 'c'", SN, "deny", by="proxy"),
+    Attack("explain_costs_repeated_json", "EXPLAIN (FORMAT JSON, COSTS false, COSTS true) SELECT * FROM orders", SN,
+           "deny", by="proxy"),
+    Attack("explain_settings_repeated", "EXPLAIN (SETTINGS off, SETTINGS on, COSTS off) SELECT 1", SN, "deny",
+           by="proxy"),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
     Attack("err_div_zero_foreign_rows", "SELECT 1/0 FROM orders WHERE tenant_id = 'bigco'", SN, "any"),
     Attack("err_cast_name_in_select", "SELECT name::int FROM customers", ALL, "deny"),
@@ -1856,6 +1868,12 @@ HIDDEN_FORMS = {
     "collate": "SELECT 'a' COLLATE {s}.c",
     "like": "CREATE TEMP TABLE bi_like (LIKE {s}.orders)",
     "copy": "COPY {s}.orders TO STDOUT",
+    # red team round 3 R4: names PostgreSQL looks up outside the expression parser
+    "column_collate": 'CREATE TEMP TABLE bi_coll (x text COLLATE {s}."C")',
+    "exclusion_collate": 'CREATE TEMP TABLE bi_excl (x text, EXCLUDE USING btree (x COLLATE {s}."C" WITH =))',
+    "exclusion_operator": "CREATE TEMP TABLE bi_excl (x text, EXCLUDE USING btree (x WITH OPERATOR({s}.=)))",
+    "tablesample": "SELECT * FROM orders TABLESAMPLE {s}.bernoulli(1)",
+    "order_using": "SELECT 'a' AS x ORDER BY x USING OPERATOR({s}.<)",  # short: libpq prints the whole line
 }
 
 
@@ -1870,6 +1888,8 @@ def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: s
         pytest.skip("COPY is sent as a simple Query")
     if form == "like" and protocol == "extended":
         pytest.skip("PostgreSQL places LIKE's missing schema at the LIKE clause in a Query, at the name in a Parse")
+    if form == "column_collate" and protocol == "extended":
+        pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
     client, ref = env.client(actor), env.ref(actor)
     try:
         hidden = client.simple(sql.format(s="two_co")) if protocol == "simple" else client.extended(
@@ -1880,6 +1900,28 @@ def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: s
             if c.in_transaction:
                 c.simple("ROLLBACK")
     got = [(r.sqlstate, r.message.replace("two_co", "nix_co")) for r in hidden if r.kind == "error"]
+    expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
+    assert expected and got == expected, (got, expected)
+
+
+@pytest.mark.parametrize("form", ["column_collate", "exclusion_collate", "tablesample", "order_using"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_public_answers_as_a_missing_schema(env: Env, protocol: str, form: str) -> None:
+    """Schema strategy: `public` is not the tenant's to name; a collation, operator or TABLESAMPLE method written in
+    it answered 42704/42883 where a missing schema answers 3F000 (red team round 3 R4, gina)."""
+    actor = ACTORS["schema"]
+    sql = HIDDEN_FORMS[form]
+    if form == "column_collate" and protocol == "extended":
+        pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
+    client, ref = env.client(actor), env.ref(actor)
+    try:
+        run = (lambda c, q: c.simple(q)) if protocol == "simple" else (lambda c, q: c.extended(q))
+        hidden, missing = run(client, sql.format(s="public")), run(ref, sql.format(s="nix_co"))
+    finally:
+        for c in (client, ref):
+            if c.in_transaction:
+                c.simple("ROLLBACK")
+    got = [(r.sqlstate, r.message.replace("public", "nix_co")) for r in hidden if r.kind == "error"]
     expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
     assert expected and got == expected, (got, expected)
 
