@@ -192,6 +192,7 @@ def _decide_statement(
     analysis = analyze(stmt.node)
     if nametypes.may_name(analysis):
         nametypes.check(stmt.node)
+    nametypes.check_acl_input(analysis)
     new_table = implicit.new_table_query(kind, body)
     if new_table is not None:
         implicit.check_new_table(stmt.node, new_table)

@@ -92,6 +92,26 @@ POPULATE_FUNCTIONS = frozenset({"json_populate_record", "json_populate_recordset
                                 "jsonb_populate_recordset", "jsonb_populate_record_valid", "populate_record"})
 
 
+# aclitem and its array: aclitemin reads `grantee=privileges/grantor` with role names, answering `role "x" does not
+# exist` for a missing role and reading a hidden one (red team round 3 R7). Neither a reg* type nor guarded: any written
+# reference is refused, and so is an unknown-typed literal or parameter read as one by aclcontains(aclitem[], aclitem).
+ACL_TYPES = frozenset({"aclitem", "_aclitem"})
+ACL_TYPE_OIDS = frozenset({1033, 1034})
+
+
+def check_acl_input(analysis: Analysis) -> None:
+    """Refuse aclitem input from text: a written aclitem type (a cast, a column) and aclcontains() of a literal or a
+    parameter (`aclitem_input`)."""
+    for names in analysis.type_names:
+        if names and names[-1] in ACL_TYPES and (len(names) == 1 or names[-2] == "pg_catalog"):
+            raise fail("aclitem_input", f"type {names[-1]} reads role names from text")
+    for call in analysis.calls:
+        if call.names and call.names[-1] == "aclcontains" and (len(call.names) == 1 or call.names[-2] == "pg_catalog"):
+            arg = call.args[1] if len(call.args) > 1 else None
+            if type(arg) is dict and (string_const(arg) is not None or "ParamRef" in arg):
+                raise fail("aclitem_input", "aclcontains() reads its second argument as an aclitem, with role names")
+
+
 def may_name(analysis: Analysis) -> bool:
     """Whether the statement writes a name-bearing type (a conversion to one too) or calls an input function by a
     type's name or a populate function: only then is it walked again (`check`)."""

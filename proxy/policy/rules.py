@@ -58,6 +58,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Declare the parameter as text or another built-in type (or leave its type unspecified) and write the "
         "conversion in the statement ($1::regclass, $1::my_type): the proxy checks that one.",
     ),
+    "aclitem_input": (
+        INSUFFICIENT_PRIVILEGE,
+        "aclitem values written as text name roles and are read with the role lookup the proxy cannot check: build "
+        "one with makeaclitem(grantee_oid, grantor_oid, privileges, grantable) or read ACLs with aclexplode().",
+    ),
     "name_bearing_type": (
         INSUFFICIENT_PRIVILEGE,
         "Write the conversion as a scalar cast (x::regclass, x::regtype[]), which the proxy checks; array spellings "

@@ -1157,6 +1157,11 @@ ATTACKS: list[Attack] = [
            "deny", by="proxy"),
     Attack("explain_settings_repeated", "EXPLAIN (SETTINGS off, SETTINGS on, COSTS off) SELECT 1", SN, "deny",
            by="proxy"),
+    # red team round 3 R7: aclitemin reads role names (a hidden role was read, a missing one answered 42704)
+    Attack("acl_aclitem_array_literal", "SELECT '{pgtenant_r2=r/pgtenant_r1}'::aclitem[]", ALL, "deny", by="proxy"),
+    Attack("acl_aclitem_cast", "SELECT CAST('nosuchrole=r/postgres' AS aclitem)", ALL, "deny", by="proxy"),
+    Attack("acl_aclcontains_literal", "SELECT aclcontains(relacl, 'nosuchrole=r/postgres') FROM pg_class", ALL,
+           "deny", by="proxy"),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
     Attack("err_div_zero_foreign_rows", "SELECT 1/0 FROM orders WHERE tenant_id = 'bigco'", SN, "any"),
     Attack("err_cast_name_in_select", "SELECT name::int FROM customers", ALL, "deny"),
@@ -1952,8 +1957,9 @@ def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) ->
     actor = ACTORS[strategy]
     client = env.client(actor)
     conn = client.pgconn
-    # regclass; an array of regtype as the second parameter; _regrole; pg_sequences' row type and its array
-    for types in ([2205], [0, 2211], [4097], [12050], [0, 12049]):
+    # regclass; an array of regtype as the second parameter; _regrole; pg_sequences' row type and its array;
+    # aclitem and aclitem[] (role names, red team round 3 R7)
+    for types in ([2205], [0, 2211], [4097], [12050], [0, 12049], [1033], [0, 1034]):
         conn.send_prepare(b"bi_reg_param", b"SELECT $1::text", param_types=types)
         results = client._collect(None)
         errors = [r for r in results if r.kind == "error"]
