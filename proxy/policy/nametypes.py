@@ -99,12 +99,24 @@ ACL_TYPES = frozenset({"aclitem", "_aclitem"})
 ACL_TYPE_OIDS = frozenset({1033, 1034})
 
 
-def check_acl_input(analysis: Analysis) -> None:
-    """Refuse aclitem input from text: a written aclitem type (a cast, a column) and aclcontains() of a literal or a
-    parameter (`aclitem_input`)."""
-    for names in analysis.type_names:
-        if names and names[-1] in ACL_TYPES and (len(names) == 1 or names[-2] == "pg_catalog"):
-            raise fail("aclitem_input", f"type {names[-1]} reads role names from text")
+def _acl_type(type_name: dict[str, Any]) -> str | None:
+    names = names_of(type_name.get("names"))
+    if names and names[-1] in ACL_TYPES and (len(names) == 1 or names[-2] == "pg_catalog"):
+        return names[-1]
+    return None
+
+
+def check_acl_input(root: Any, analysis: Analysis) -> None:
+    """Refuse aclitem input from text: a written aclitem type (a cast of anything but NULL, a column) and
+    aclcontains() of a literal or a parameter (`aclitem_input`)."""
+    if any(names and names[-1] in ACL_TYPES for names in analysis.type_names):
+        null_casts: set[int] = set()
+        for node in walk_dicts(root):
+            cast = node.get("TypeCast")
+            if cast is not None and ((cast.get("arg") or {}).get("A_Const") or {}).get("isnull"):
+                null_casts.add(id(cast.get("typeName")))
+            elif _is_type_name(node) and id(node) not in null_casts and _acl_type(node):
+                raise fail("aclitem_input", f"type {_acl_type(node)} reads role names from text")
     for call in analysis.calls:
         if call.names and call.names[-1] == "aclcontains" and (len(call.names) == 1 or call.names[-2] == "pg_catalog"):
             arg = call.args[1] if len(call.args) > 1 else None

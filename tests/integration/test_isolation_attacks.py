@@ -564,6 +564,19 @@ ATTACKS: list[Attack] = [
     Attack("stats_pg_class_estimates", "SELECT relname, reltuples::text, relpages::text, relallvisible::text "
            "FROM pg_class WHERE relname IN ('orders', 'orders_pkey', 'customers')", SN, "ok",
            check=scrubbed_statistics),
+    # red team round 3 R6: the system catalogs hold every tenant's objects; their counters and estimates moved with
+    # another tenant's DDL (n_tup_ins of pg_attribute) and counted hidden relations (n_live_tup of pg_class)
+    Attack("stats_sys_tables_catalog_counters", "SELECT n_tup_ins, n_tup_del, n_live_tup, n_dead_tup, seq_scan "
+           "FROM pg_stat_sys_tables WHERE relname IN ('pg_attribute', 'pg_class', 'pg_namespace')", "SNC", "ok",
+           check=all_null),
+    Attack("stats_all_tables_catalog_counters", "SELECT n_tup_ins, n_live_tup FROM pg_stat_all_tables "
+           "WHERE relname = 'pg_class'", "SNC", "ok", check=all_null),
+    Attack("stats_statio_catalog_counters", "SELECT heap_blks_read, heap_blks_hit FROM pg_statio_sys_tables "
+           "WHERE relname = 'pg_attribute'", "SNC", "ok", check=all_null),
+    Attack("stats_statio_catalog_index_counters", "SELECT idx_blks_read, idx_blks_hit FROM pg_statio_sys_indexes "
+           "WHERE indexrelname = 'pg_class_oid_index'", "SNC", "ok", check=all_null),
+    Attack("stats_pg_class_catalog_estimates", "SELECT relname, reltuples::text, relpages::text, relallvisible::text "
+           "FROM pg_class WHERE relname IN ('pg_class', 'pg_attribute')", "SNC", "ok", check=scrubbed_statistics),
     Attack("stats_pg_stat_user_tables", "SELECT n_live_tup, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch, "
            "n_tup_ins, last_analyze FROM pg_stat_user_tables WHERE relname = 'orders'", SN, "ok", check=all_null),
     Attack("stats_pg_stat_user_indexes", "SELECT idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes "
@@ -683,6 +696,11 @@ ATTACKS: list[Attack] = [
     Attack("sp_computed_value",
            "SELECT set_config('search_path', current_setting('search_path') || ', two_co', false)", "SNC", "deny",
            by="proxy"),
+    # red team round 3 R2: a read after set_config() in the same statement saw PostgreSQL's value (hidden left out)
+    Attack("sp_set_config_and_read", "SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', false) AS "
+           "sent, current_setting('search_path') AS pg_value", "SNC", "deny", by="proxy"),
+    Attack("sp_set_config_and_pg_settings", "SELECT set_config('search_path', '\"$user\", two_co, public', false), "
+           "(SELECT setting FROM pg_settings WHERE name = 'search_path')", "SNC", "deny", by="proxy"),
     Attack("sp_rolled_back", ("BEGIN", "SET search_path = two_co", "ROLLBACK", "SELECT count(*) FROM orders"), ALL,
            "ok", check=count_is("orders")),
     Attack("sp_reset", ("RESET search_path", "SELECT count(*) FROM orders"), "SNC", "any"),
