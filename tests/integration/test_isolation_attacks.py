@@ -1913,16 +1913,20 @@ def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: s
         pytest.skip("PostgreSQL places LIKE's missing schema at the LIKE clause in a Query, at the name in a Parse")
     if form == "column_collate" and protocol == "extended":
         pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
+    _answers_as_missing(env, actor, protocol, sql, "two_co")
+
+
+def _answers_as_missing(env: Env, actor: Actor, protocol: str, sql: str, schema: str) -> None:
+    """`sql` naming `schema` through the proxy gets the errors PostgreSQL gives for nix_co (missing, same length)."""
     client, ref = env.client(actor), env.ref(actor)
     try:
-        hidden = client.simple(sql.format(s="two_co")) if protocol == "simple" else client.extended(
-            sql.format(s="two_co"))
-        missing = ref.simple(sql.format(s="nix_co")) if protocol == "simple" else ref.extended(sql.format(s="nix_co"))
+        run = (lambda c, q: c.simple(q)) if protocol == "simple" else (lambda c, q: c.extended(q))
+        hidden, missing = run(client, sql.format(s=schema)), run(ref, sql.format(s="nix_co"))
     finally:
         for c in (client, ref):
             if c.in_transaction:
                 c.simple("ROLLBACK")
-    got = [(r.sqlstate, r.message.replace("two_co", "nix_co")) for r in hidden if r.kind == "error"]
+    got = [(r.sqlstate, r.message.replace(schema, "nix_co")) for r in hidden if r.kind == "error"]
     expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
     assert expected and got == expected, (got, expected)
 
@@ -1936,17 +1940,7 @@ def test_public_answers_as_a_missing_schema(env: Env, protocol: str, form: str) 
     sql = HIDDEN_FORMS[form]
     if form == "column_collate" and protocol == "extended":
         pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
-    client, ref = env.client(actor), env.ref(actor)
-    try:
-        run = (lambda c, q: c.simple(q)) if protocol == "simple" else (lambda c, q: c.extended(q))
-        hidden, missing = run(client, sql.format(s="public")), run(ref, sql.format(s="nix_co"))
-    finally:
-        for c in (client, ref):
-            if c.in_transaction:
-                c.simple("ROLLBACK")
-    got = [(r.sqlstate, r.message.replace("public", "nix_co")) for r in hidden if r.kind == "error"]
-    expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
-    assert expected and got == expected, (got, expected)
+    _answers_as_missing(env, actor, protocol, sql, "public")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
