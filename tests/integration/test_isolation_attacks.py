@@ -1178,6 +1178,9 @@ ATTACKS: list[Attack] = [
     # red team round 3 R7: aclitemin reads role names (a hidden role was read, a missing one answered 42704)
     Attack("acl_aclitem_array_literal", "SELECT '{pgtenant_r2=r/pgtenant_r1}'::aclitem[]", ALL, "deny", by="proxy"),
     Attack("acl_aclitem_cast", "SELECT CAST('nosuchrole=r/postgres' AS aclitem)", ALL, "deny", by="proxy"),
+    Attack("acl_literal_beside_acl_column", "SELECT relname FROM pg_class WHERE relacl @> '{nosuchrole=r/postgres}'",
+           ALL, "deny", by="proxy"),
+    Attack("acl_aclexplode_literal", "SELECT * FROM aclexplode('{nosuchrole=r/postgres}')", ALL, "deny", by="proxy"),
     Attack("acl_aclcontains_literal", "SELECT aclcontains(relacl, 'nosuchrole=r/postgres') FROM pg_class", ALL,
            "deny", by="proxy"),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
