@@ -367,6 +367,11 @@ STAT_VIEWS: dict[str, str] = {  # view -> the column holding the relation the ro
 }
 _STAT_IDENTITY = frozenset({"relid", "indexrelid", "schemaname", "relname", "indexrelname"})
 SCRUBBED_RELATIONS: frozenset[str] = frozenset({"pg_class", *STAT_VIEWS})
+# System catalogs, their indexes and TOAST tables (OIDs below FirstNormalObjectId) hold every tenant's objects in the
+# shared and schema strategies: their counters and estimates (pg_attribute's n_tup_ins moved with another tenant's
+# CREATE TEMP TABLE, pg_class's n_live_tup counted hidden relations: red team round 3 R6) are replaced likewise.
+_SYSTEM_OIDS = "'16384'::pg_catalog.oid"
+SCRUBBING_STRATEGIES = frozenset({"shared", "schema"})
 # Every strategy: ACLs name the roles privileges were granted to (other tenants' backend roles, on a shared schema
 # say); the entries naming a role the tenant may not see are left out.
 ACL_COLUMNS: dict[str, str] = {
@@ -442,7 +447,7 @@ def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...])
     """The column values `relation`'s wrapper replaces ({column: SQL with {ref}}) and its extra FROM items."""
     replaced: dict[str, str] = {}
     extra = ""
-    if policy.strategy == "shared" and relation in SCRUBBED_RELATIONS:
+    if policy.strategy in SCRUBBING_STRATEGIES and relation in SCRUBBED_RELATIONS:
         ident = "oid" if relation == "pg_class" else STAT_VIEWS[relation]
         values = SCRUBBED_PG_CLASS if relation == "pg_class" else {
             c: "NULL" for c in columns if c not in _STAT_IDENTITY
@@ -450,7 +455,10 @@ def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...])
         for c in columns:
             if c in values:
                 replaced[c] = f'CASE WHEN pgt_s.pgt_scrub THEN {values[c]} ELSE {{ref}}."{c}" END'
-        extra = f', LATERAL (SELECT {{ref}}."{ident}" IN {scoped_relations(policy)} AS pgt_scrub) pgt_s'
+        scrub = f'{{ref}}."{ident}" < {_SYSTEM_OIDS}'
+        if policy.strategy == "shared":
+            scrub += f' OR {{ref}}."{ident}" IN {scoped_relations(policy)}'
+        extra = f", LATERAL (SELECT {scrub} AS pgt_scrub) pgt_s"
     acl = ACL_COLUMNS.get(relation)
     if acl in columns:
         replaced[acl] = _acl_visible(policy, f'{{ref}}."{acl}"')
@@ -480,7 +488,7 @@ def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) 
 def needs_columns(policy: TenantPolicy, relation: str) -> bool:
     """Whether `relation`'s wrapper replaces column values under this policy (it then needs the column list)."""
     return relation in ACL_COLUMNS or relation in ROLE_NAME_ARRAYS or (
-        policy.strategy == "shared" and relation in SCRUBBED_RELATIONS
+        policy.strategy in SCRUBBING_STRATEGIES and relation in SCRUBBED_RELATIONS
     )
 
 

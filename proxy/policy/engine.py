@@ -192,6 +192,7 @@ def _decide_statement(
     analysis = analyze(stmt.node)
     if nametypes.may_name(analysis):
         nametypes.check(stmt.node)
+    nametypes.check_acl_input(stmt.node, analysis)
     new_table = implicit.new_table_query(kind, body)
     if new_table is not None:
         implicit.check_new_table(stmt.node, new_table)
@@ -223,6 +224,7 @@ def _decide_statement(
         if setting == "search_path":
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
+                settings.check_path_not_read(analysis, call, select)
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
                 _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], change.shown, plan)
             changes.append(change)

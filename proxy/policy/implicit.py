@@ -29,7 +29,7 @@ from typing import Any
 
 from proxy.policy import guards as g
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
-from proxy.policy.nametypes import NAME_TYPE_OIDS, RESULT_FUNCTIONS, ROW_FUNCTIONS
+from proxy.policy.nametypes import ACL_TYPE_OIDS, NAME_TYPE_OIDS, RESULT_FUNCTIONS, ROW_FUNCTIONS
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 
@@ -711,12 +711,13 @@ FIRST_NORMAL_OID = 16384
 def declares_reg_parameter(param_types: bytes) -> bool:
     """Whether a Parse message's parameter types (int16 count, int32 OIDs) declare a type a client may not: a
     name-bearing type (a reg* type, an array of one, a catalog row type holding one: nametypes.py), whose values
-    would be read by regclassin & co. and printed as names without a written conversion the guards could follow, or
-    any type that is not built in (OID >= FirstNormalObjectId): a hidden table's row type would describe its columns
+    would be read by regclassin & co. and printed as names without a written conversion the guards could follow,
+    aclitem or aclitem[] (role names read by aclitemin), or any type that is not built in (OID >=
+    FirstNormalObjectId): a hidden table's row type would describe its columns
     (`SELECT ($1).*`) and name it (`pg_typeof($1)`)."""
     count = int.from_bytes(param_types[:2], "big")
     for i in range(count):
         oid = int.from_bytes(param_types[2 + 4 * i: 6 + 4 * i], "big")
-        if oid in NAME_TYPE_OIDS or oid >= FIRST_NORMAL_OID:
+        if oid in NAME_TYPE_OIDS or oid in ACL_TYPE_OIDS or oid >= FIRST_NORMAL_OID:
             return True
     return False

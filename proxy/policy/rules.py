@@ -43,6 +43,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Set search_path to a literal list of schema names (SET search_path TO a, b); the proxy keeps the ones "
         "you may use.",
     ),
+    "search_path_read_while_set": (
+        INSUFFICIENT_PRIVILEGE,
+        "Set search_path in one statement (SET search_path TO a, b or SELECT set_config(…)) and read it in the next; "
+        "the proxy answers the value you set.",
+    ),
     "function_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "Only allow-listed functions may be called; ask an administrator to allow this function.",
@@ -61,6 +66,11 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "Declare the parameter as text or another built-in type (or leave its type unspecified) and write the "
         "conversion in the statement ($1::regclass, $1::my_type): the proxy checks that one.",
+    ),
+    "aclitem_input": (
+        INSUFFICIENT_PRIVILEGE,
+        "aclitem values written as text name roles and are read with the role lookup the proxy cannot check: build "
+        "one with makeaclitem(grantee_oid, grantor_oid, privileges, grantable) or read ACLs with aclexplode().",
     ),
     "name_bearing_type": (
         INSUFFICIENT_PRIVILEGE,

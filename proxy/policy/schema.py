@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.errors import INVALID_SCHEMA_NAME, UNDEFINED_TABLE
+from proxy.errors import INVALID_SCHEMA_NAME, UNDEFINED_OBJECT, UNDEFINED_TABLE
 from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
 from proxy.policy.model import Deny, TenantPolicy
 from proxy.policy.rules import Denied, fail
@@ -169,6 +169,13 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         check(names[-2], location=location)
     for names, location in zip(analysis.collations, analysis.collation_locations, strict=True):
         check(names[-2], location=location)
+    for names in analysis.index_names:  # an index element's collation, operator class, exclusion operator
+        check(names[-2])
+    for names, location in analysis.sample_methods:  # looked up with missing_ok: `tablesample method … does not exist`
+        if len(names) > 1 and refused(names[-2]):
+            position = location + 1 if location >= 0 else 0
+            text = f"tablesample method {'.'.join(names)} does not exist"
+            raise Denied(Deny(UNDEFINED_OBJECT, text, "", "foreign_schema", position))
     for column in analysis.qualified_columns:  # schema.table.column
         names = names_of(column.get("fields"))
         if len(names) == 3:

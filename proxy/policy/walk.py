@@ -117,6 +117,11 @@ class Analysis:
     operator_locations: list[int] = field(default_factory=list)  # where each of operators is written
     collations: list[tuple[str, ...]] = field(default_factory=list)
     collation_locations: list[int] = field(default_factory=list)  # where each of collations is written
+    # names looked up outside the expression parser: an index element's collation and operator class, an
+    # exclusion constraint's operator (no position); a TABLESAMPLE method (its clause's location)
+    index_names: list[tuple[str, ...]] = field(default_factory=list)
+    sample_methods: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
+    acl_comparisons: list[Node] = field(default_factory=list)  # A_Expr bodies with a possible ACL column operand
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
     reg_literals: list[tuple[str, str, int]] = field(default_factory=list)  # (reg* type, literal, its location)
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
@@ -195,6 +200,8 @@ class _Walker:
             self.fields(d, scope, skip=("names",))
         elif "op" in d and "limitOption" in d:
             self.select(d, scope)
+        elif "collname" in d:  # a column definition's COLLATE clause
+            _h_collate(self, d, scope, None, None)
         else:
             self.fields(d, scope)
 
@@ -273,7 +280,8 @@ class _Walker:
                 self.ref(rel["RangeVar"], SAMPLE, scope, holder, key, sample=body)
             else:
                 self.from_item(rel, scope, body, "relation")
-            self.fields(body, scope, skip=("relation",))
+            self.out.sample_methods.append((names_of(body.get("method")), body.get("location", -1)))
+            self.fields(body, scope, skip=("relation", "method"))
         elif tag == "RangeSubselect":
             self.alias(item[tag])
             self.fields(item[tag], scope)
@@ -356,10 +364,44 @@ def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
 
 def _h_aexpr(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("name"))
+    if _acl_column(b.get("lexpr")) or _acl_column(b.get("rexpr")):
+        w.out.acl_comparisons.append(b)
     if len(names) > 1:
         w.out.operators.append(names)
         w.out.operator_locations.append(b.get("location", -1))
     w.fields(b, scope, skip=("name",))
+
+
+def _h_sortby(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    names = names_of(b.get("useOp"))
+    if len(names) > 1:  # `ORDER BY x USING OPERATOR(s.<)`: PostgreSQL places it at the SortBy (its operator)
+        w.out.operators.append(names)
+        w.out.operator_locations.append(b.get("location", -1))
+    w.fields(b, scope, skip=("useOp",))
+
+
+def _h_indexelem(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    for k in ("collation", "opclass"):
+        names = names_of(b.get(k))
+        if len(names) > 1:
+            w.out.index_names.append(names)
+    w.fields(b, scope, skip=("collation", "opclass"))
+
+
+def _h_constraint(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    for pair in b.get("exclusions", ()):  # (index element, operator name) pairs
+        items = pair.get("List", {}).get("items", []) if type(pair) is dict else []
+        if len(items) == 2:
+            names = names_of(items[1].get("List", {}).get("items"))
+            if len(names) > 1:
+                w.out.index_names.append(names)
+    w.fields(b, scope)
+
+
+def _acl_column(node: Node | None) -> bool:
+    """A column reference that may be a catalog's aclitem[] column (`relacl`, `initprivs`: catalog.ACL_COLUMNS)."""
+    names = names_of((node or {}).get("ColumnRef", {}).get("fields"))
+    return bool(names) and (names[-1].endswith("acl") or names[-1] == "initprivs")
 
 
 def _h_collate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
@@ -463,6 +505,9 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "TypeCast": _h_typecast,
     "A_Expr": _h_aexpr,
     "CollateClause": _h_collate,
+    "SortBy": _h_sortby,
+    "IndexElem": _h_indexelem,
+    "Constraint": _h_constraint,
     "ColumnRef": _h_columnref,
     "ResTarget": _h_restarget,
     "CopyStmt": _h_copy,

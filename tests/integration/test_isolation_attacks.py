@@ -564,6 +564,19 @@ ATTACKS: list[Attack] = [
     Attack("stats_pg_class_estimates", "SELECT relname, reltuples::text, relpages::text, relallvisible::text "
            "FROM pg_class WHERE relname IN ('orders', 'orders_pkey', 'customers')", SN, "ok",
            check=scrubbed_statistics),
+    # red team round 3 R6: the system catalogs hold every tenant's objects; their counters and estimates moved with
+    # another tenant's DDL (n_tup_ins of pg_attribute) and counted hidden relations (n_live_tup of pg_class)
+    Attack("stats_sys_tables_catalog_counters", "SELECT n_tup_ins, n_tup_del, n_live_tup, n_dead_tup, seq_scan "
+           "FROM pg_stat_sys_tables WHERE relname IN ('pg_attribute', 'pg_class', 'pg_namespace')", "SNC", "ok",
+           check=all_null),
+    Attack("stats_all_tables_catalog_counters", "SELECT n_tup_ins, n_live_tup FROM pg_stat_all_tables "
+           "WHERE relname = 'pg_class'", "SNC", "ok", check=all_null),
+    Attack("stats_statio_catalog_counters", "SELECT heap_blks_read, heap_blks_hit FROM pg_statio_sys_tables "
+           "WHERE relname = 'pg_attribute'", "SNC", "ok", check=all_null),
+    Attack("stats_statio_catalog_index_counters", "SELECT idx_blks_read, idx_blks_hit FROM pg_statio_sys_indexes "
+           "WHERE indexrelname = 'pg_class_oid_index'", "SNC", "ok", check=all_null),
+    Attack("stats_pg_class_catalog_estimates", "SELECT relname, reltuples::text, relpages::text, relallvisible::text "
+           "FROM pg_class WHERE relname IN ('pg_class', 'pg_attribute')", "SNC", "ok", check=scrubbed_statistics),
     Attack("stats_pg_stat_user_tables", "SELECT n_live_tup, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch, "
            "n_tup_ins, last_analyze FROM pg_stat_user_tables WHERE relname = 'orders'", SN, "ok", check=all_null),
     Attack("stats_pg_stat_user_indexes", "SELECT idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes "
@@ -683,6 +696,11 @@ ATTACKS: list[Attack] = [
     Attack("sp_computed_value",
            "SELECT set_config('search_path', current_setting('search_path') || ', two_co', false)", "SNC", "deny",
            by="proxy"),
+    # red team round 3 R2: a read after set_config() in the same statement saw PostgreSQL's value (hidden left out)
+    Attack("sp_set_config_and_read", "SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', false) AS "
+           "sent, current_setting('search_path') AS pg_value", "SNC", "deny", by="proxy"),
+    Attack("sp_set_config_and_pg_settings", "SELECT set_config('search_path', '\"$user\", two_co, public', false), "
+           "(SELECT setting FROM pg_settings WHERE name = 'search_path')", "SNC", "deny", by="proxy"),
     Attack("sp_rolled_back", ("BEGIN", "SET search_path = two_co", "ROLLBACK", "SELECT count(*) FROM orders"), ALL,
            "ok", check=count_is("orders")),
     Attack("sp_reset", ("RESET search_path", "SELECT count(*) FROM orders"), "SNC", "any"),
@@ -1145,6 +1163,26 @@ ATTACKS: list[Attack] = [
            "ON c.id = o.customer_id", ALL, "ok"),
     Attack("explain_json", "EXPLAIN (FORMAT JSON) SELECT count(*) FROM orders", ALL, "ok"),
     Attack("explain_analyze_other_schema", "EXPLAIN ANALYZE SELECT * FROM two_co.orders", C, "deny", by="missing"),
+    # red team round 3 R1: PostgreSQL reads an EXPLAIN option's last occurrence (ANALYZE showed other tenants' row
+    # count as Rows Removed by Filter, COSTS their estimates, SETTINGS a hidden schema dropped from search_path)
+    Attack("explain_analyze_repeated", "EXPLAIN (ANALYZE off, ANALYZE on, COSTS off, TIMING off) SELECT * FROM orders",
+           SN, "deny", by="proxy"),
+    Attack("explain_analyze_repeated_bool", "EXPLAIN (ANALYZE false, ANALYZE true, COSTS false, TIMING false, "
+           "SUMMARY false, BUFFERS false) SELECT * FROM orders", SN, "deny", by="proxy"),
+    Attack("explain_costs_repeated", "EXPLAIN (COSTS off, COSTS on) SELECT * FROM orders WHERE tenant_id >= 'b' "
+           "AND tenant_id < 'c'", SN, "deny", by="proxy"),
+    Attack("explain_costs_repeated_json", "EXPLAIN (FORMAT JSON, COSTS false, COSTS true) SELECT * FROM orders", SN,
+           "deny", by="proxy"),
+    Attack("explain_settings_repeated", "EXPLAIN (SETTINGS off, SETTINGS on, COSTS off) SELECT 1", SN, "deny",
+           by="proxy"),
+    # red team round 3 R7: aclitemin reads role names (a hidden role was read, a missing one answered 42704)
+    Attack("acl_aclitem_array_literal", "SELECT '{pgtenant_r2=r/pgtenant_r1}'::aclitem[]", ALL, "deny", by="proxy"),
+    Attack("acl_aclitem_cast", "SELECT CAST('nosuchrole=r/postgres' AS aclitem)", ALL, "deny", by="proxy"),
+    Attack("acl_literal_beside_acl_column", "SELECT relname FROM pg_class WHERE relacl @> '{nosuchrole=r/postgres}'",
+           ALL, "deny", by="proxy"),
+    Attack("acl_aclexplode_literal", "SELECT * FROM aclexplode('{nosuchrole=r/postgres}')", ALL, "deny", by="proxy"),
+    Attack("acl_aclcontains_literal", "SELECT aclcontains(relacl, 'nosuchrole=r/postgres') FROM pg_class", ALL,
+           "deny", by="proxy"),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
     Attack("err_div_zero_foreign_rows", "SELECT 1/0 FROM orders WHERE tenant_id = 'bigco'", SN, "any"),
     Attack("err_cast_name_in_select", "SELECT name::int FROM customers", ALL, "deny"),
@@ -1856,6 +1894,12 @@ HIDDEN_FORMS = {
     "collate": "SELECT 'a' COLLATE {s}.c",
     "like": "CREATE TEMP TABLE bi_like (LIKE {s}.orders)",
     "copy": "COPY {s}.orders TO STDOUT",
+    # red team round 3 R4: names PostgreSQL looks up outside the expression parser
+    "column_collate": 'CREATE TEMP TABLE bi_coll (x text COLLATE {s}."C")',
+    "exclusion_collate": 'CREATE TEMP TABLE bi_excl (x text, EXCLUDE USING btree (x COLLATE {s}."C" WITH =))',
+    "exclusion_operator": "CREATE TEMP TABLE bi_excl (x text, EXCLUDE USING btree (x WITH OPERATOR({s}.=)))",
+    "tablesample": "SELECT * FROM orders TABLESAMPLE {s}.bernoulli(1)",
+    "order_using": "SELECT 'a' AS x ORDER BY x USING OPERATOR({s}.<)",  # short: libpq prints the whole line
 }
 
 
@@ -1870,18 +1914,36 @@ def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: s
         pytest.skip("COPY is sent as a simple Query")
     if form == "like" and protocol == "extended":
         pytest.skip("PostgreSQL places LIKE's missing schema at the LIKE clause in a Query, at the name in a Parse")
+    if form == "column_collate" and protocol == "extended":
+        pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
+    _answers_as_missing(env, actor, protocol, sql, "two_co")
+
+
+def _answers_as_missing(env: Env, actor: Actor, protocol: str, sql: str, schema: str) -> None:
+    """`sql` naming `schema` through the proxy gets the errors PostgreSQL gives for nix_co (missing, same length)."""
     client, ref = env.client(actor), env.ref(actor)
     try:
-        hidden = client.simple(sql.format(s="two_co")) if protocol == "simple" else client.extended(
-            sql.format(s="two_co"))
-        missing = ref.simple(sql.format(s="nix_co")) if protocol == "simple" else ref.extended(sql.format(s="nix_co"))
+        run = (lambda c, q: c.simple(q)) if protocol == "simple" else (lambda c, q: c.extended(q))
+        hidden, missing = run(client, sql.format(s=schema)), run(ref, sql.format(s="nix_co"))
     finally:
         for c in (client, ref):
             if c.in_transaction:
                 c.simple("ROLLBACK")
-    got = [(r.sqlstate, r.message.replace("two_co", "nix_co")) for r in hidden if r.kind == "error"]
+    got = [(r.sqlstate, r.message.replace(schema, "nix_co")) for r in hidden if r.kind == "error"]
     expected = [(r.sqlstate, r.message) for r in missing if r.kind == "error"]
     assert expected and got == expected, (got, expected)
+
+
+@pytest.mark.parametrize("form", ["column_collate", "exclusion_collate", "tablesample", "order_using"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_public_answers_as_a_missing_schema(env: Env, protocol: str, form: str) -> None:
+    """Schema strategy: `public` is not the tenant's to name; a collation, operator or TABLESAMPLE method written in
+    it answered 42704/42883 where a missing schema answers 3F000 (red team round 3 R4, gina)."""
+    actor = ACTORS["schema"]
+    sql = HIDDEN_FORMS[form]
+    if form == "column_collate" and protocol == "extended":
+        pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
+    _answers_as_missing(env, actor, protocol, sql, "public")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -1910,8 +1972,9 @@ def test_parameter_declared_of_a_reg_type_is_refused(env: Env, strategy: str) ->
     actor = ACTORS[strategy]
     client = env.client(actor)
     conn = client.pgconn
-    # regclass; an array of regtype as the second parameter; _regrole; pg_sequences' row type and its array
-    for types in ([2205], [0, 2211], [4097], [12050], [0, 12049]):
+    # regclass; an array of regtype as the second parameter; _regrole; pg_sequences' row type and its array;
+    # aclitem and aclitem[] (role names, red team round 3 R7)
+    for types in ([2205], [0, 2211], [4097], [12050], [0, 12049], [1033], [0, 1034]):
         conn.send_prepare(b"bi_reg_param", b"SELECT $1::text", param_types=types)
         results = client._collect(None)
         errors = [r for r in results if r.kind == "error"]
