@@ -383,8 +383,8 @@ def test_jdbc_server_prepared_statements_in_parallel(pooled: ProxyProcess, jdbc:
         assert [r["product"] for r in rows] == [f"{2 * i}.50" for i in range(1, 11)]
         assert [r["server_prepared"] for r in rows] == [i >= threshold for i in range(1, 11)]
         assert [r["binary"] for r in rows[threshold:]] == [[True, True]] * (10 - threshold), rows
-        assert out["prepared_statements"]  # by the proxy's server names, not "S_1" (open, issue 16: see
-        # test_pool_isolation.py::test_protocol_statements_interleave_on_one_server, a strict xfail)
+        # pg_prepared_statements shows the proxy's server names of the server the listing lands on, not "S_1" (open,
+        # issue 16: see test_pool_isolation.py::test_protocol_statements_interleave_on_one_server, a strict xfail)
 
 
 def test_jdbc_fetch_size_and_cancel(pooled: ProxyProcess, jdbc: None, churn: Churn) -> None:
