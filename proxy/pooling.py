@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from proxy import errors
 from proxy.config import BackendConfig, Config, PoolMode, TenantConfig
 from proxy.errors import PgError
-from proxy.policy.sqltext import quote_ident, quote_literal
 from proxy.reasons import CloseReason
 from proxy.tenancy import backend_context
 
@@ -61,21 +60,6 @@ def server_request(config: Config, tenant: str) -> ServerRequest:
     key = PoolKey(backend.name, t.database, backend.user, tuple(sorted(params.items())))
     settings = config.tenant_pool(tenant)
     return ServerRequest(tenant, key, settings.mode, settings.weight, backend, params)
-
-
-def client_settings(parameters: dict[str, str], context: dict[str, str]) -> list[str]:
-    """SET statements giving a server started with `context` a client's own startup `parameters` (those the
-    context does not already fix to the same value)."""
-    fixed = {k.lower(): v for k, v in context.items()}
-
-    def same(name: str, value: str) -> bool:
-        given = fixed.get(name.lower())
-        if name.lower() == "client_encoding" and given is not None:
-            return given.replace("-", "").lower() == value.replace("-", "").lower()
-        return given == value
-
-    return [f"SET {quote_ident(name)} TO {quote_literal(value)}" for name, value in parameters.items()
-            if not same(name, value)]
 
 
 # --- actions ---------------------------------------------------------------------------------
