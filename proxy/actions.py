@@ -153,6 +153,29 @@ class ForwardCancel:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitReached:
+    """A per-tenant limit refused or ended something (proxy/limits.py): counted per tenant and limit, audited."""
+
+    tenant: str
+    user: str
+    limit: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelQuery:
+    """Cancel what the server the session holds is running (a CancelRequest with the session's own key); the
+    session hears `cancel_done()` once the backend has acted on it."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchLimits:
+    """Call the session's `limits_tick()` every `period` seconds while it lives (statement and idle timeouts)."""
+
+    period: float
+
+
+@dataclass(frozen=True, slots=True)
 class CloseClient:
     """Send the error (if any) and close the client connection."""
 
@@ -191,5 +214,5 @@ Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
-    | SessionPinned | SessionUnpinned
+    | SessionPinned | SessionUnpinned | LimitReached | CancelQuery | WatchLimits
 )

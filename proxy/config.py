@@ -127,6 +127,14 @@ class TenantConfig:
     min_pool_size: int | None = None
     reserve_pool: int | None = None
     weight: float = 1.0  # its share of a contended database budget (the fair queue across tenants)
+    # per-tenant limits (proxy/limits.py; None or 0: no limit; a user's own value overrides the last five)
+    max_client_connections: int | None = None  # the tenant's client connections, over all its users
+    max_concurrent_queries: int | None = None  # requests in flight at once; more wait (fair across tenants)
+    query_wait_timeout: float | None = None  # seconds one waits for a turn (None: [pool] query_wait_timeout)
+    statement_timeout: float | None = None  # seconds; a client may lower it, never raise it
+    idle_in_transaction_timeout: float | None = None  # seconds; the session ends (25P03) as in PostgreSQL
+    max_result_rows: int | None = None  # rows of one result; more end it with 54000
+    max_result_bytes: int | None = None  # DataRow/CopyData bytes of one result; more end it with 54000
 
     @property
     def client_database_names(self) -> frozenset[str]:
@@ -172,6 +180,12 @@ class UserConfig:
     name: str
     tenant: str
     verifier: ScramVerifier = field(repr=False)
+    # limits of this user's sessions (proxy/limits.py): None takes the tenant's; 0 lifts the tenant's
+    max_client_connections: int | None = None  # this user's own connections (the tenant's limit counts too)
+    statement_timeout: float | None = None
+    idle_in_transaction_timeout: float | None = None
+    max_result_rows: int | None = None
+    max_result_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +392,25 @@ def _check_pool_sizes(t: TenantConfig, where: str) -> None:
         raise ConfigError(f"{where}weight: must be positive, got {t.weight}")
 
 
+# Per-tenant limits ([tenants.X], some also [users.X]): 0 (or absent) means no limit.
+LIMIT_KEYS = ("max_client_connections", "max_concurrent_queries", "query_wait_timeout", "statement_timeout",
+              "idle_in_transaction_timeout", "max_result_rows", "max_result_bytes")
+
+
+def _check_limits(values: object, where: str) -> None:
+    """A tenant's or user's limits: 0 (no limit) or more; a wait timeout positive; a timeout at least 1 ms."""
+    for key in LIMIT_KEYS:
+        value = getattr(values, key, None)
+        if value is None:
+            continue
+        if value < 0:
+            raise ConfigError(f"{where}{key}: must be 0 (no limit) or more, got {value}")
+        if key == "query_wait_timeout" and value == 0:
+            raise ConfigError(f"{where}query_wait_timeout: must be positive, got {value}")
+        if key.endswith("timeout") and 0 < value < 0.001:
+            raise ConfigError(f"{where}{key}: must be at least 0.001 seconds (1 ms), got {value}")
+
+
 def _pool_config(given: dict[str, Any]) -> PoolConfig:
     """[pool], checked: sizes, budgets and timeouts in range, with errors naming the key."""
     pool = PoolConfig(**given)
@@ -549,6 +582,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             if tbl.count(".") != 1:
                 raise ConfigError(f"{w}tables: {tbl!r} must be schema.table")
         _check_pool_sizes(t, w)
+        _check_limits(t, w)
         tenants[name] = t
 
     user_secrets = _table(secrets, "users", "secrets.")
@@ -557,7 +591,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         w = f"users.{name}."
         if not isinstance(ur, Mapping):
             raise ConfigError(f"users.{name}: expected a table")
-        tenant = _read(UserConfig, ur, w, base, exclude=("name", "verifier")).get("tenant")
+        given = _read(UserConfig, ur, w, base, exclude=("name", "verifier"))
+        tenant = given.pop("tenant", None)
         if tenant is None:
             raise ConfigError(f"{w}tenant: required")
         if tenant not in tenants:
@@ -571,7 +606,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             verifier = ScramVerifier.parse(_resolve_secret(text, f"secrets.users.{name}"))
         except ValueError as exc:
             raise ConfigError(f"secrets.users.{name}: {exc}") from exc
-        users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier)
+        users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier, **given)
+        _check_limits(users[name], w)
     admin = AdminConfig(**_read(AdminConfig, _table(raw, "admin", ""), "admin.", base, exclude=("verifiers",)))
     admin_verifiers: dict[str, ScramVerifier] = {}
     for name in sorted(admin.users):

@@ -37,6 +37,7 @@ CONFIGURATION_LIMIT_EXCEEDED = "53400"
 PROGRAM_LIMIT_EXCEEDED = "54000"
 STATEMENT_TOO_COMPLEX = "54001"
 QUERY_CANCELED = "57014"
+IDLE_IN_TRANSACTION_SESSION_TIMEOUT = "25P03"
 ADMIN_SHUTDOWN = "57P01"
 CANNOT_CONNECT_NOW = "57P03"
 INTERNAL_ERROR = "XX000"
@@ -259,6 +260,42 @@ session_statements_limit = _register(
     hint="Close (or DEALLOCATE) prepared statements the session no longer uses.")
 unnamed_statement_missing = _register("unnamed_statement_missing", INVALID_SQL_STATEMENT_NAME, "ERROR",
                                       "unnamed prepared statement does not exist")
+
+# --- per-tenant limits (proxy/limits.py) ---------------------------------------------------
+
+# Over a tenant's or user's max_client_connections: PostgreSQL's words for a role's connection limit, and whose.
+limit_connections = _register(
+    "limit_connections", TOO_MANY_CONNECTIONS, "FATAL",
+    'too many connections for {whose} "{name}": pgtenant max_client_connections is {limit}',
+    hint="Close idle connections of this {whose}, or raise {key}.max_client_connections in the pgtenant "
+    "configuration.",
+)
+# No turn within query_wait_timeout under max_concurrent_queries: nothing ran, a retry is safe.
+limit_concurrency = _register(
+    "limit_concurrency", TOO_MANY_CONNECTIONS, "ERROR",
+    'pgtenant: tenant "{tenant}" already runs max_concurrent_queries = {limit} queries; this one waited '
+    "query_wait_timeout ({seconds} s) for its turn",
+    hint="Retry later, or raise tenants.{tenant}.max_concurrent_queries or query_wait_timeout.",
+)
+# The proxy's watchdog canceled a statement past the limit (PostgreSQL's own words, and whose limit it is).
+limit_statement_timeout = _register(
+    "limit_statement_timeout", QUERY_CANCELED, "ERROR",
+    "canceling statement due to statement timeout (pgtenant statement_timeout is {seconds} s)",
+    hint="Narrow the query, or ask the operator to raise statement_timeout for this tenant or user.",
+)
+# PostgreSQL's idle_in_transaction_session_timeout, enforced by the proxy.
+limit_idle_in_transaction = _register(
+    "limit_idle_in_transaction", IDLE_IN_TRANSACTION_SESSION_TIMEOUT, "FATAL",
+    "terminating connection due to idle-in-transaction timeout (pgtenant idle_in_transaction_timeout is "
+    "{seconds} s)",
+)
+# A result past max_result_rows / max_result_bytes: cut off, the statement failed (54000 program_limit_exceeded).
+limit_result = _register(
+    "limit_result", PROGRAM_LIMIT_EXCEEDED, "ERROR",
+    "pgtenant: the result exceeds {limit} = {value}; it was cut off and the statement failed",
+    hint="Add a LIMIT or a narrower WHERE clause, read the rows with a cursor in smaller FETCHes, or ask the "
+    "operator to raise {limit}.",
+)
 
 # --- the admin console ------------------------------------------------------------------
 

@@ -282,6 +282,13 @@ class Metrics:
         self._log_suppressed = Counter(
             "pgtenant_log_lines_suppressed_total", "Pre-login log lines dropped by the log rate limit.", registry=r
         )
+        self._limit_refusals = Counter(
+            "pgtenant_limit_refusals_total",
+            "Connections, queries and results refused or cut by a per-tenant limit (max_client_connections, "
+            "max_concurrent_queries, statement_timeout, idle_in_transaction_timeout, max_result_rows, "
+            "max_result_bytes).",
+            ["tenant", "limit"], registry=r,
+        )
         self._denied = Counter(
             "pgtenant_denied_statements_total", "Statements refused by the tenant policy.", ["tenant", "rule"],
             registry=r,
@@ -426,6 +433,10 @@ class Metrics:
         self._backend_errors.labels(self.tenant(tenant), sqlstate[:2]).inc()
 
     # --- the policy --------------------------------------------------------------------------
+
+    def limit_refused(self, tenant: str | None, limit: str) -> None:
+        """A per-tenant limit refused or cut something (limit: one of proxy.limits.LIMITS)."""
+        self._limit_refusals.labels(self.tenant(tenant), limit).inc()
 
     def statement_denied(self, tenant: str | None, rule: str) -> None:
         self._denied.labels(self.tenant(tenant), rule).inc()

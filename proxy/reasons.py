@@ -99,6 +99,10 @@ class CloseReason(enum.StrEnum):
     INTERNAL_ERROR = "internal_error"
     SHUTDOWN = "shutdown"
     KILLED_BY_ADMIN = "killed_by_admin"
+    # per-tenant limits (proxy/limits.py)
+    MAX_CLIENT_CONNECTIONS = "max_client_connections", ("refused", "max_client_connections")
+    IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"
+    RESULT_CUT = "result_cut"  # a cut result could not be left in PostgreSQL's after-error state
 
     @classmethod
     def auth_failed(cls, reason: str) -> CloseReason:

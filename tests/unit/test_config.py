@@ -167,7 +167,9 @@ def test_minimal_config(tmp_path: Path) -> None:
         (lambda r: r.update(admin={"users": "root"}), "admin.users: expected list, got str"),
         (lambda r: r["tenants"]["acme"].pop("strategy"), "tenants.acme.strategy: must be shared, schema or database"),
         (lambda r: r["tenants"]["acme"].update(allow_writes="yes"), "tenants.acme.allow_writes: expected bool"),
-        (lambda r: r["users"]["alice"].update(verifier="x"), "users.alice.verifier: unknown key (allowed: tenant)"),
+        (lambda r: r["users"]["alice"].update(verifier="x"),
+         "users.alice.verifier: unknown key (allowed: idle_in_transaction_timeout, max_client_connections, "
+         "max_result_bytes, max_result_rows, statement_timeout, tenant)"),
         (lambda r: r["backends"]["main"].update(password="x"), "backends.main.password: unknown key"),
     ],
 )

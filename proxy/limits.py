@@ -1,0 +1,181 @@
+"""Per-tenant and per-user limits: the values a session runs under, connection counts, result cut-offs; pure."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from proxy import errors
+from proxy.config import Config
+from proxy.errors import PgError
+
+# The limit names (the `limit` label of pgtenant_limit_refusals_total, the audit log's `limit` field).
+MAX_CLIENT_CONNECTIONS = "max_client_connections"
+MAX_CONCURRENT_QUERIES = "max_concurrent_queries"
+STATEMENT_TIMEOUT = "statement_timeout"
+IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"
+MAX_RESULT_ROWS = "max_result_rows"
+MAX_RESULT_BYTES = "max_result_bytes"
+LIMITS = (MAX_CLIENT_CONNECTIONS, MAX_CONCURRENT_QUERIES, STATEMENT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT,
+          MAX_RESULT_ROWS, MAX_RESULT_BYTES)
+
+_TICK_MIN = 0.05  # the watchdog's period (a tenth of the shortest timeout) stays within these bounds (seconds)
+_TICK_MAX = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one session runs under (None: no limit): the user's values over the tenant's."""
+
+    tenant: str
+    user: str
+    max_client_connections: int | None = None  # the tenant's
+    user_max_client_connections: int | None = None  # the user's own
+    max_concurrent_queries: int | None = None
+    query_wait_timeout: float = 120.0
+    statement_timeout: float | None = None
+    idle_in_transaction_timeout: float | None = None
+    max_result_rows: int | None = None
+    max_result_bytes: int | None = None
+
+    @property
+    def any(self) -> bool:
+        """Some limit applies (else the session runs as if none were configured)."""
+        return (self.cuts_results or self.watched or self.max_client_connections is not None
+                or self.user_max_client_connections is not None or self.max_concurrent_queries is not None)
+
+    @property
+    def cuts_results(self) -> bool:
+        """Rows or bytes of results are counted (only then: the relay's hot path stays as it is otherwise)."""
+        return self.max_result_rows is not None or self.max_result_bytes is not None
+
+    @property
+    def watched(self) -> bool:
+        """The session needs the watchdog (a statement or idle-in-transaction timeout)."""
+        return self.statement_timeout is not None or self.idle_in_transaction_timeout is not None
+
+    @property
+    def tick(self) -> float:
+        """How often the watchdog looks (a tenth of the shortest timeout, within 50 ms..1 s)."""
+        shortest = min(t for t in (self.statement_timeout, self.idle_in_transaction_timeout) if t is not None)
+        return min(_TICK_MAX, max(_TICK_MIN, shortest / 10))
+
+
+def _set(value: float | int | None) -> float | int | None:
+    """A configured value as a limit: 0 means none."""
+    return value or None
+
+
+def resolve(config: Config, user: str) -> Limits:
+    """The limits of `user`'s sessions: each of the user's own values over its tenant's (0 lifts the tenant's)."""
+    u = config.users[user]
+    t = config.tenants[u.tenant]
+
+    def pick(key: str) -> float | int | None:
+        own = getattr(u, key)
+        return _set(getattr(t, key) if own is None else own)
+
+    return Limits(
+        tenant=t.name, user=user,
+        max_client_connections=_set(t.max_client_connections),  # type: ignore[arg-type]
+        user_max_client_connections=_set(u.max_client_connections),  # type: ignore[arg-type]
+        max_concurrent_queries=_set(t.max_concurrent_queries),  # type: ignore[arg-type]
+        query_wait_timeout=t.query_wait_timeout or config.pool.query_wait_timeout,
+        statement_timeout=pick("statement_timeout"),
+        idle_in_transaction_timeout=pick("idle_in_transaction_timeout"),
+        max_result_rows=pick("max_result_rows"),  # type: ignore[arg-type]
+        max_result_bytes=pick("max_result_bytes"),  # type: ignore[arg-type]
+    )
+
+
+def seconds(value: float) -> str:
+    """A limit in seconds as messages show it (30, 0.5)."""
+    return f"{value:g}"
+
+
+def milliseconds(seconds: float) -> int:
+    """A timeout in seconds as PostgreSQL's setting (whole milliseconds, at least 1)."""
+    return max(1, round(seconds * 1000))
+
+
+def clamped_timeout(client_value: str | None, limit: float) -> str:
+    """The statement_timeout a server is started with for a client that asked for `client_value` (a startup
+    parameter, in PostgreSQL's units: a number of ms, or with a unit) under a `limit` in seconds: the client's when
+    it is below the limit, else the limit."""
+    ms = milliseconds(limit)
+    asked = setting_milliseconds(client_value) if client_value is not None else None
+    if asked is not None and 0 < asked <= ms:
+        return client_value  # type: ignore[return-value]
+    return f"{ms}ms"
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+
+
+def setting_milliseconds(text: str) -> float | None:
+    """A time setting's value in ms as PostgreSQL reads it ("5000", "5s", "1.5 min"); None when unreadable."""
+    value = text.strip().strip("'").strip()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = value[len(number):].strip().lower() if number != value else ""
+    try:
+        n = float(number)
+    except ValueError:
+        return None
+    if unit and unit not in _UNITS:
+        return None
+    return n * _UNITS.get(unit, 1.0)
+
+
+class ConnectionCounts:
+    """Client connections per tenant and per user, across the process (the listener's; a session counts itself at
+    login and uncounts itself when it ends)."""
+
+    def __init__(self) -> None:
+        self.tenants: Counter[str] = Counter()
+        self.users: Counter[str] = Counter()
+
+    def admit(self, limits: Limits) -> tuple[PgError, int] | None:
+        """Count one more session of `limits`' user, or the error refusing it and the limit (nothing counted then)."""
+        cap = limits.max_client_connections
+        if cap is not None and self.tenants[limits.tenant] >= cap:
+            return errors.limit_connections("tenant", limits.tenant, cap, f"tenants.{limits.tenant}"), cap
+        cap = limits.user_max_client_connections
+        if cap is not None and self.users[limits.user] >= cap:
+            return errors.limit_connections("user", limits.user, cap, f"users.{limits.user}"), cap
+        self.tenants[limits.tenant] += 1
+        self.users[limits.user] += 1
+        return None
+
+    def release(self, limits: Limits) -> None:
+        """One session admitted for `limits` ended."""
+        for counts, key in ((self.tenants, limits.tenant), (self.users, limits.user)):
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
+
+
+class ResultMeter:
+    """Counts one result's rows and bytes (DataRow, CopyData) against max_result_rows / max_result_bytes."""
+
+    __slots__ = ("bytes", "max_bytes", "max_rows", "rows")
+
+    def __init__(self, max_rows: int | None, max_bytes: int | None) -> None:
+        self.max_rows = max_rows if max_rows is not None else -1
+        self.max_bytes = max_bytes if max_bytes is not None else -1
+        self.rows = 0
+        self.bytes = 0
+
+    def add(self, size: int) -> str | None:
+        """One more row of `size` bytes (its whole message): the limit it passes, if any."""
+        self.rows += 1
+        self.bytes += size
+        if self.rows > self.max_rows >= 0:
+            return MAX_RESULT_ROWS
+        if self.bytes > self.max_bytes >= 0:
+            return MAX_RESULT_BYTES
+        return None
+
+    def reset(self) -> None:
+        """The result ended (CommandComplete, an error): the next one starts from zero."""
+        self.rows = 0
+        self.bytes = 0
