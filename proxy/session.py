@@ -15,9 +15,11 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    CancelQuery,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
+    LimitReached,
     Login,
     LoginStarted,
     RelayToClient,
@@ -29,12 +31,24 @@ from proxy.actions import (
     SessionUnpinned,
     StartClientTls,
     StartRelay,
+    WatchLimits,
 )
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
+from proxy.limits import (
+    IDLE_IN_TRANSACTION_TIMEOUT,
+    MAX_CLIENT_CONNECTIONS,
+    STATEMENT_TIMEOUT,
+    ConnectionCounts,
+    Limits,
+    ResultMeter,
+    clamped_timeout,
+    resolve,
+    seconds,
+)
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import (
@@ -80,6 +94,11 @@ _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
 _DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
+# A result cut off (limits): backend messages that still reach the client (the rest is swallowed to ReadyForQuery).
+_CUT_KEEPS = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.PARAMETER_STATUS, m.NOTIFICATION_RESPONSE,
+                        m.NOTICE_RESPONSE})
+# Sent after a result was cut off in a transaction block the server completed: fails it, as the client's failed.
+_CUT_STATEMENT = "pgtenant_result_cut_off"
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
 # decision is to be made off the event loop (the session then holds the message, see RunDecision).
@@ -231,6 +250,7 @@ class ClientSession:
         on_decision: Callable[[str, str, Decision], None] | None = None,
         on_request_done: Callable[[Request], None] | None = None,
         report_rewrites: bool = False,
+        connections: ConnectionCounts | None = None,
     ) -> None:
         self.config = config
         self.state = State.STARTUP
@@ -340,6 +360,19 @@ class ClientSession:
         self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
         self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
         self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
+        # --- per-tenant limits (proxy/limits.py; see the section "limits" below)
+        self.connections = connections if connections is not None else ConnectionCounts()
+        self.limits: Limits | None = None  # set at login when any limit applies to the user
+        self._counted = False  # counted in `connections` (uncounted when the session ends)
+        self._meter: ResultMeter | None = None  # the result being relayed, when results are limited
+        self._cut: str | None = None  # the limit a result is being cut off for (until its ReadyForQuery)
+        self._cut_inject = 0  # 1: a failing statement is to be sent (the server's transaction fails too), 2: sent
+        self._cancelling = False  # a CancelQuery is in flight: the request's ReadyForQuery waits for it
+        self._held_ready: bytes | None = None  # that ReadyForQuery's status
+        self._timed_out: object = None  # the request the watchdog canceled (its 57014 is ours)
+        self._last_ready = 0.0  # when the last ReadyForQuery arrived (idle in transaction since)
+        self._limit_actions: list[Action] = []  # actions a backend handler produced, run after the read
+        self._limit_inner: dict[int, Callable[[bytes], bytes | None]] = {}  # the handlers the limits' wrap
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -438,6 +471,8 @@ class ClientSession:
         for type_ in RESPONSES:
             back[type_] = _answer(st, type_, back.get(type_))
         self.backend_stream.handlers = back
+        if self.limits is not None:
+            self._limit_stream()
 
     def _statement_parse(self, body: bytes, out: bytes | None) -> bytes | None:
         """A Parse as the gate forwards it (None: as it is), given to the statement maps."""
@@ -568,6 +603,8 @@ class ClientSession:
             return self._end_with_server(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)
         except FramingError as exc:
             return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
+        if self._limit_actions:
+            return self._limit_after(chunks)
         if self.statements is not None:
             again = self.statements.take_server()  # a batch sent again (a stale cached plan)
             if again:
@@ -998,6 +1035,10 @@ class ClientSession:
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
         self.request = self._server_request()
+        limited = self._apply_limits(user)
+        if self.state is State.CLOSED:  # refused by a limit
+            return [*actions, *limited]
+        actions += limited
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
@@ -1398,11 +1439,194 @@ class ClientSession:
         pending = self.tracker.pending
         self.context.failed(pending[0] if pending else None, self._done)
 
+    # --- per-tenant limits (proxy/limits.py) ---------------------------------------------------
+
+    def _apply_limits(self, user: str) -> list[Action]:
+        """At login: the user's limits. Over max_client_connections the login is refused (53300) before any backend
+        is used; a statement_timeout becomes a startup setting of the client (its own when lower); results are
+        metered only when limited (the relay's hot path is untouched otherwise). What to add to the login's
+        actions: the refusal, or the watchdog."""
+        limits = resolve(self.config, user)
+        if not limits.any:
+            return []
+        self.limits = limits
+        refused = self.connections.admit(limits)
+        if refused is not None:
+            err, cap = refused
+            self._close()
+            reason = CloseReason.MAX_CLIENT_CONNECTIONS
+            return [LimitReached(limits.tenant, user, MAX_CLIENT_CONNECTIONS, cap), CloseClient(err, reason)]
+        self._counted = True
+        if limits.statement_timeout is not None:
+            asked = next((v for k, v in self.backend_parameters.items() if k.lower() == "statement_timeout"), None)
+            self._startup_settings["statement_timeout"] = set_config_statement(
+                "statement_timeout", clamped_timeout(asked, limits.statement_timeout))
+        if limits.cuts_results:
+            self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
+        if limits.cuts_results or limits.watched:
+            self._limit_stream()
+        return [WatchLimits(limits.tick)] if limits.watched else []
+
+    def _limit_stream(self) -> None:
+        """Wrap the backend handlers (outermost) with the limits': ReadyForQuery and ErrorResponse always; with a
+        result limit every message type, so that a result being cut off is swallowed up to its ReadyForQuery."""
+        inner = dict(self.backend_stream.handlers)
+        self._limit_inner = inner
+        out = dict(inner)
+        out[m.READY_FOR_QUERY] = self._limit_ready
+        out[m.ERROR_RESPONSE] = self._limit_error
+        if self._meter is not None:
+            for type_ in range(256):
+                if type_ not in _CUT_KEEPS:
+                    out[type_] = self._cutter(type_, inner.get(type_))
+            out[m.DATA_ROW] = out[m.COPY_DATA] = self._limit_row
+        self.backend_stream.handlers = out
+
+    def _cutter(self, type_: int, inner: Callable[[bytes], bytes | None] | None) -> Callable[[bytes], bytes | None]:
+        """The handler of a message type while results are limited: as before, but dropped while a result is cut
+        off (its bookkeeping still done); CommandComplete and EmptyQueryResponse end a result."""
+        ends = type_ in (m.COMMAND_COMPLETE, m.EMPTY_QUERY_RESPONSE)
+        meter = self._meter
+        assert meter is not None
+
+        def handler(body: bytes) -> bytes | None:
+            if self._cut is None:
+                if ends:
+                    meter.reset()
+                return inner(body) if inner is not None else None
+            if inner is not None:
+                inner(body)
+            return b""
+
+        return handler
+
+    def _limit_row(self, body: bytes) -> bytes | None:
+        """A DataRow or CopyData: counted; the one past the limit is replaced by the error that cuts the result."""
+        if self._cut is not None:
+            return b""
+        assert self._meter is not None
+        limit = self._meter.add(len(body) + 5)
+        if limit is None:
+            return None
+        assert self.limits is not None
+        value = getattr(self.limits, limit)
+        self._cut = limit
+        err = errors.limit_result(limit, value)
+        self.tracker.on_error(err.sqlstate)
+        if self._tracking:
+            self._context_failed()
+        self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, limit, value))
+        if len(self.tracker.pending) == 1 and not self._cancelling:  # (pipelined requests: it runs to its end)
+            self._cancelling = True
+            self._limit_actions.append(CancelQuery())
+        return err.encode()
+
+    def _limit_error(self, body: bytes) -> bytes | None:
+        """An ErrorResponse: swallowed in a result being cut off; the 57014 of the watchdog's cancel is ours."""
+        inner = self._limit_inner.get(m.ERROR_RESPONSE)
+        out = inner(body) if inner is not None else None
+        if self._cut is not None:
+            return b""
+        if self._meter is not None:
+            self._meter.reset()
+        if b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None:
+            pending = self.tracker.pending
+            if self._timed_out is not None and (not pending or pending[0] is self._timed_out):
+                self._timed_out = None
+                return errors.limit_statement_timeout(seconds(self.limits.statement_timeout)).encode()
+            if b"statement timeout" in body:  # the server's own setting (the proxy's startup value) acted
+                self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, STATEMENT_TIMEOUT,
+                                                        self.limits.statement_timeout))
+        return out
+
+    def _limit_ready(self, body: bytes) -> bytes | None:
+        """A ReadyForQuery: held while a cancel is in flight (so that it cannot reach the client's next query)."""
+        if self._cancelling:
+            self._held_ready = bytes(body)
+            return b""
+        return self._ready(body)
+
+    def _ready(self, body: bytes) -> bytes | None:
+        """The end of a request under limits. A result cut off inside a transaction block whose statement the server
+        finished (its status 'T'): a failing statement is sent so that the server's transaction fails as the
+        client's did (its answers swallowed); with further requests in flight that cannot be done in order, and
+        the session ends instead."""
+        self._last_ready = self.clock()
+        inner = self._limit_inner[m.READY_FOR_QUERY]
+        if self._cut is not None:
+            if self._cut_inject == 0 and body[:1] == b"T":
+                self._cut_inject = 3 if len(self.tracker.pending) > 1 else 1
+                return b""
+            self._cut, self._cut_inject = None, 0
+            assert self._meter is not None
+            self._meter.reset()
+        return inner(body)
+
+    def _limit_after(self, chunks: list) -> list[Action]:
+        """The end of a read whose handlers asked for more than the relay (see server_data)."""
+        more, self._limit_actions = self._limit_actions, []
+        if self._cut_inject == 1:
+            self._cut_inject = 2
+            more.append(RelayToServer([query_message(_CUT_STATEMENT)]))
+        elif self._cut_inject == 3:
+            assert self._cut is not None and self.limits is not None
+            err = errors.limit_result(self._cut, getattr(self.limits, self._cut))
+            released = self._give_back(reusable=False, reset=True, reason=CloseReason.RESULT_CUT)
+            self._close()
+            return [RelayToClient(chunks), *more, *released, CloseClient(replace(err, severity="FATAL"),
+                                                                        CloseReason.RESULT_CUT)]
+        tail = self._at_idle(chunks) if self._idle_check else [RelayToClient(chunks)]
+        return [tail[0], *more, *tail[1:]]
+
+    def cancel_done(self) -> list[Action]:
+        """Event: the CancelQuery has been acted on by the backend; a ReadyForQuery held meanwhile goes on."""
+        self._cancelling = False
+        held, self._held_ready = self._held_ready, None
+        if held is None or self.state is not _READY:
+            return []
+        out = self._ready(held)
+        chunks = [m.ready_for_query(held) if out is None else out]
+        if self._limit_actions or self._cut_inject:
+            return self._limit_after(chunks)
+        return self._at_idle(chunks) if self._idle_check else [RelayToClient(chunks)]
+
+    def limits_tick(self) -> list[Action]:
+        """Event (every WatchLimits period): a request past statement_timeout is canceled (whatever the client set
+        the server's timeout to); a transaction idle past idle_in_transaction_timeout ends the session (25P03
+        FATAL, as PostgreSQL's idle_in_transaction_session_timeout; the server is closed, not reused)."""
+        limits = self.limits
+        if limits is None or self.state is not _READY or self.server is None or self._replaying:
+            return []
+        now = self.clock()
+        pending = self.tracker.pending
+        if pending:
+            timeout = limits.statement_timeout
+            head = pending[0]
+            if (timeout is not None and not self._cancelling and self._cut is None and head is not self._timed_out
+                    and now - head.start >= timeout):
+                self._timed_out = head
+                self._cancelling = True
+                return [LimitReached(limits.tenant, limits.user, STATEMENT_TIMEOUT, timeout), CancelQuery()]
+            return []
+        idle = limits.idle_in_transaction_timeout
+        if (idle is not None and self._tx_status != b"I" and self._held is None and not self.frontend.pending
+                and now - self._last_ready >= idle):
+            reason = CloseReason.IDLE_IN_TRANSACTION_TIMEOUT
+            released = self._close_server(reason)
+            self._close()
+            return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
+                    CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
+        return []
+
     def close(self) -> list[Action]:
         """Event: the client connection is gone; the server the session holds goes back to the pool."""
         if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)
             self._settle_auth()
         self._auth_pending = False
+        if self._counted:
+            self._counted = False
+            assert self.limits is not None
+            self.connections.release(self.limits)
         released = self._close_server(CloseReason.CLIENT_GONE)
         self._close()
         return released

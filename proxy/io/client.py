@@ -17,9 +17,11 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    CancelQuery,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
+    LimitReached,
     Login,
     LoginStarted,
     RelayToClient,
@@ -32,6 +34,7 @@ from proxy.actions import (
     SessionUnpinned,
     StartClientTls,
     StartRelay,
+    WatchLimits,
 )
 from proxy.audit import AuditLog
 from proxy.config import Config
@@ -86,6 +89,7 @@ class ClientConnection(asyncio.Protocol):
         self._relaying = False  # the session's startup was answered: the client transport reads into the relay
         self._pinned_at: float | None = None  # since when the session is pinned to its server (transaction pooling)
         self._pin_timer: asyncio.TimerHandle | None = None
+        self._limits_timer: asyncio.TimerHandle | None = None  # the session's limits watchdog (WatchLimits)
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -107,6 +111,7 @@ class ClientConnection(asyncio.Protocol):
             channel_binding=lambda: self.proxy.channel_binding,
             on_decision=self._on_decision,
             report_rewrites=log.is_enabled_for(logging.DEBUG),
+            connections=self.proxy.connections,
         )
         self.address = address
         self.log = log.bind(session_id=sid, client_addr=address)
@@ -426,11 +431,54 @@ class ClientConnection(asyncio.Protocol):
                 self._pinned(action.reason)
             elif isinstance(action, SessionUnpinned):
                 self._unpinned()
+            elif isinstance(action, LimitReached):
+                self._limit_reached(action)
+            elif isinstance(action, CancelQuery):
+                asyncio.get_running_loop().create_task(self._cancel_query())
+            elif isinstance(action, WatchLimits):
+                self._limits_timer = asyncio.get_running_loop().call_later(action.period, self._limits_tick,
+                                                                           action.period)
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return
             else:  # pragma: no cover
                 raise AssertionError(f"unexpected client action {action!r}")
+
+    # --- per-tenant limits (proxy/limits.py) -------------------------------------------------
+
+    def _limit_reached(self, action: LimitReached) -> None:
+        """A limit refused or ended something: counted per tenant and limit, logged, audited."""
+        self.proxy.metrics.limit_refused(action.tenant, action.limit)
+        self.log.info("limit_reached", limit=action.limit, value=action.value)
+        if self.proxy.audit is not None:
+            prefix = AuditLog.fields(session_id=self.session_id, tenant=action.tenant, user=action.user,
+                                     client_addr=self.address)
+            self.proxy.audit.event("limit_reached", prefix, limit=action.limit, value=action.value)
+
+    async def _cancel_query(self) -> None:
+        """CancelQuery: the session's own cancel key, as a client's CancelRequest; then the session hears of it."""
+        connect = self._connect
+        try:
+            if connect is not None:
+                await self.proxy.forward_cancel(ForwardCancel(*connect.cancel_key))
+        finally:
+            if not self.closed and self.session is not None:
+                try:
+                    self.run(self.session.cancel_done())
+                except Exception:
+                    self.internal_error()
+
+    def _limits_tick(self, period: float) -> None:
+        self._limits_timer = None
+        if self.closed or self.session is None:
+            return
+        try:
+            self.run(self.session.limits_tick())
+        except Exception:
+            self.internal_error()
+            return
+        if not self.closed:
+            self._limits_timer = asyncio.get_running_loop().call_later(period, self._limits_tick, period)
 
     def _run_decision(self, pending: Pending) -> None:
         """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
@@ -614,6 +662,9 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._limits_timer is not None:
+            self._limits_timer.cancel()
+            self._limits_timer = None
         if self._gauge is not None:
             self._gauge = self.proxy.metrics.client_moved(self._gauge, None)
         if self in self.proxy.clients:

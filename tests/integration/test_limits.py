@@ -1,0 +1,242 @@
+"""Per-tenant limits with real clients (issue 18 point 2): results cut at max_result_rows / max_result_bytes through
+psycopg, asyncpg and pgJDBC (each left usable, transaction states as PostgreSQL's after an error), statement_timeout
+not raisable, idle_in_transaction_timeout, max_client_connections; refusals on /metrics and in the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support.jdbc import require_jdbc, run_jdbc
+from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+# Tenants of their own (the shared strategy on acme's rows, 200 of them), one limit each.
+LIMITED = {
+    "rows": {"max_result_rows": 50},
+    "bytes": {"max_result_bytes": 2000},
+    "slow": {"statement_timeout": 1.0},
+    "idle": {"idle_in_transaction_timeout": 1.0},
+    "conns": {"max_client_connections": 2},
+}
+BIG = "SELECT g, repeat('x', 10) FROM generate_series(1, 100000) g"  # far past both result limits
+
+
+class _LabelledProxy(ProxyProcess):
+    """Every tenant keeps its own metrics label (the default test config labels only three)."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        self.config_path.write_text(self.config_path.read_text().replace("max_tenants = 3", "max_tenants = 20"))
+
+
+@pytest.fixture(scope="module")
+def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    workdir = tmp_path_factory.mktemp("pgtenant-limits")
+    p = _LabelledProxy(
+        pg, workdir, backend_sslmode="disable",
+        extra_tenants={name: {"strategy": "shared", "database": "saas", "tenant_id": "acme", **keys}
+                       for name, keys in LIMITED.items()},
+        extra_users={f"{name}_user": (name, f"{name}-pw") for name in LIMITED},
+        audit={"enabled": True, "file": str(workdir / "audit.jsonl")},
+    )
+    p.start()
+    yield p
+    p.stop()
+
+
+def _refusals(p: ProxyProcess) -> dict[tuple[str, str], float]:
+    text = urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("pgtenant_limit_refusals_total{"):
+            labels, value = line.rsplit(" ", 1)
+            fields = dict(part.split("=", 1) for part in labels[labels.index("{") + 1:-1].split(","))
+            out[(fields["tenant"].strip('"'), fields["limit"].strip('"'))] = float(value)
+    return out
+
+
+def _audit(p: ProxyProcess) -> list[dict]:
+    path = Path(p.workdir) / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- max_result_rows / max_result_bytes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_psycopg_result_cut_at_max_result_rows(proxy: ProxyProcess, prepare: bool) -> None:
+    with psycopg.connect(proxy.dsn("rows_user"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_result_rows = 50"):
+            conn.execute(BIG, prepare=prepare).fetchall()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        # at the limit: all rows; the session usable
+        assert len(conn.execute("SELECT g FROM generate_series(1, 50) g", prepare=prepare).fetchall()) == 50
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+
+
+def test_psycopg_cut_inside_a_transaction_fails_it(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("rows_user")) as conn:
+        conn.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute(BIG).fetchall()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_psycopg_small_result_finished_by_the_server_still_fails_the_transaction(proxy: ProxyProcess) -> None:
+    """A result just past the limit (the server has sent it all before any cancel): the server's transaction is
+    failed too, as the client's, so a COMMIT rolls back and nothing is left half done."""
+    with psycopg.connect(proxy.dsn("rows_user")) as conn:
+        conn.execute("CREATE TEMP TABLE cut_t (id int)")
+        conn.commit()
+        conn.execute("INSERT INTO cut_t VALUES (1)")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute("SELECT g FROM generate_series(1, 51) g").fetchall()
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM cut_t").fetchone() == (0,)
+
+
+def test_psycopg_copy_to_stdout_cut(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("rows_user"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded), conn.cursor().copy(
+                "COPY (SELECT g FROM generate_series(1, 100000) g) TO STDOUT") as copy:
+            for _ in copy:
+                pass
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_psycopg_fetch_from_cursor_cut(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("rows_user")) as conn:
+        conn.execute(f"DECLARE c CURSOR FOR {BIG}")
+        assert len(conn.execute("FETCH 50 FROM c").fetchall()) == 50  # one FETCH's result is one result
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute("FETCH 51 FROM c").fetchall()
+        conn.rollback()
+        assert conn.execute("SELECT 3").fetchone() == (3,)
+
+
+def test_psycopg_result_cut_at_max_result_bytes(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("bytes_user"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_result_bytes = 2000"):
+            conn.execute("SELECT repeat('y', 100) FROM generate_series(1, 100)").fetchall()
+        assert len(conn.execute("SELECT repeat('y', 100) FROM generate_series(1, 10)").fetchall()) == 10
+
+
+def test_asyncpg_result_cut_and_portal_suspended(proxy: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("rows_user"), ssl=False)
+        try:
+            with pytest.raises(asyncpg.exceptions.ProgramLimitExceededError):
+                await conn.fetch(BIG)
+            assert await conn.fetchval("SELECT 7") == 7
+            # an Execute with a row limit: the portal's rows count over its suspended Executes
+            async with conn.transaction():
+                cur = await conn.cursor(BIG)
+                assert len(await cur.fetch(30)) == 30
+                with pytest.raises(asyncpg.exceptions.ProgramLimitExceededError):
+                    await cur.fetch(30)
+            assert conn.is_in_transaction() is False
+            assert await conn.fetchval("SELECT count(*) FROM orders") == 200
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_jdbc_result_cut(proxy: ProxyProcess) -> None:
+    require_jdbc()
+    steps = run_jdbc(proxy.jdbc_url("rows_user"), "rows_user", proxy.password("rows_user"), "script",
+                     BIG, "SELECT count(*) FROM orders", "autocommit=off", "SELECT 1", BIG, "SELECT 2", "rollback",
+                     "SELECT 3")
+    assert steps[0]["sqlstate"] == "54000" and "max_result_rows" in steps[0]["error"]
+    assert steps[1]["results"][0]["rows"] == [["200"]]
+    assert steps[4]["sqlstate"] == "54000"
+    assert steps[5]["sqlstate"] == "25P02"  # the transaction failed, as after any error
+    assert steps[7]["results"][0]["rows"] == [["3"]]
+
+
+def test_result_cuts_counted_and_audited(proxy: ProxyProcess) -> None:
+    before = _refusals(proxy).get(("rows", "max_result_rows"), 0)
+    with psycopg.connect(proxy.dsn("rows_user"), autocommit=True) as conn, pytest.raises(psycopg.Error):
+        conn.execute(BIG).fetchall()
+    until(lambda: _refusals(proxy).get(("rows", "max_result_rows"), 0) == before + 1, timeout=10)
+    until(lambda: any(e.get("event") == "limit_reached" and e.get("limit") == "max_result_rows"
+                      and e.get("tenant") == "rows" for e in _audit(proxy)), timeout=10)
+
+
+# --- statement_timeout ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raise_it", ["SET statement_timeout = 0", "SET statement_timeout = '1h'",
+                                      "SELECT set_config('statement_timeout', '0', false)"])
+def test_statement_timeout_not_raisable(proxy: ProxyProcess, raise_it: str) -> None:
+    with psycopg.connect(proxy.dsn("slow_user"), autocommit=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)  # the tenant's, as the server's
+        conn.execute(raise_it)
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            conn.execute("SELECT pg_sleep(5)")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_statement_timeout_in_a_transaction_and_startup_option(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("slow_user"), options="-c statement_timeout=0") as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)  # clamped at startup
+        conn.execute("SET LOCAL statement_timeout = 0")
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(5)")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+    with psycopg.connect(proxy.dsn("slow_user"), options="-c statement_timeout=200") as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)  # lower: the client's own
+
+
+# --- idle_in_transaction_timeout, max_client_connections --------------------------------------------
+
+
+def test_idle_in_transaction_timeout_ends_the_session(proxy: ProxyProcess) -> None:
+    conn = psycopg.connect(proxy.dsn("idle_user"))
+    try:
+        conn.execute("SELECT 1")
+        time.sleep(2.5)
+        with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout, match="idle_in_transaction_timeout is 1 s"):
+            conn.execute("SELECT 1")
+    finally:
+        conn.close()
+    with psycopg.connect(proxy.dsn("idle_user"), autocommit=True) as fresh:  # idle outside a transaction: kept
+        time.sleep(1.5)
+        assert fresh.execute("SELECT 1").fetchone() == (1,)
+    until(lambda: _refusals(proxy).get(("idle", "idle_in_transaction_timeout"), 0) >= 1, timeout=10)
+
+
+def test_max_client_connections(proxy: ProxyProcess) -> None:
+    first = psycopg.connect(proxy.dsn("conns_user"))
+    second = psycopg.connect(proxy.dsn("conns_user"))
+    try:
+        with pytest.raises(psycopg.OperationalError, match="max_client_connections is 2") as info:
+            psycopg.connect(proxy.dsn("conns_user"))
+        assert "53300" in str(info.value) or "too many connections" in str(info.value)
+        with psycopg.connect(proxy.dsn("rows_user")) as other:  # another tenant is not counted
+            assert other.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        second.close()
+    with psycopg.connect(proxy.dsn("conns_user")) as again:  # a place freed
+        assert again.execute("SELECT 1").fetchone() == (1,)
+    first.close()
+    until(lambda: _refusals(proxy).get(("conns", "max_client_connections"), 0) >= 1, timeout=10)
