@@ -169,6 +169,24 @@ class CancelQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class AcquireSlot:
+    """max_concurrent_queries: a turn for the session's request among its tenant's (`QuerySlots`); answered with
+    `slot_granted()`, or `slot_refused(error)` after `timeout` seconds."""
+
+    tenant: str
+    limit: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """The session's request (or transaction) ended: its turn goes to the next waiting session of the tenant."""
+
+    tenant: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class WatchLimits:
     """Call the session's `limits_tick()` every `period` seconds while it lives (statement and idle timeouts)."""
 
@@ -215,4 +233,5 @@ Action = (
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
     | SessionPinned | SessionUnpinned | LimitReached | CancelQuery | WatchLimits
+    | AcquireSlot | ReleaseSlot
 )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from proxy import errors
@@ -43,6 +44,11 @@ class Limits:
         """Some limit applies (else the session runs as if none were configured)."""
         return (self.cuts_results or self.watched or self.max_client_connections is not None
                 or self.user_max_client_connections is not None or self.max_concurrent_queries is not None)
+
+    @property
+    def relayed(self) -> bool:
+        """The relay needs the limits' handlers (results, timeouts, turns), not just the login's count."""
+        return self.cuts_results or self.watched or self.max_concurrent_queries is not None
 
     @property
     def cuts_results(self) -> bool:
@@ -179,3 +185,43 @@ class ResultMeter:
         """The result ended (CommandComplete, an error): the next one starts from zero."""
         self.rows = 0
         self.bytes = 0
+
+
+class QuerySlots:
+    """max_concurrent_queries: per tenant, the sessions running a request (a statement, or a transaction from its
+    first statement to its end) and those waiting for a turn, first come first served. A tenant's slots are its
+    own: one tenant's queue never delays another's (servers shared across tenants are the pool's fair queue)."""
+
+    def __init__(self) -> None:
+        self.running: Counter[str] = Counter()
+        self.waiting: dict[str, deque[Hashable]] = {}
+
+    def acquire(self, tenant: str, limit: int, client: Hashable) -> bool:
+        """A turn for `client` now (True), or it waits in its tenant's queue (False)."""
+        if self.running[tenant] < limit and not self.waiting.get(tenant):
+            self.running[tenant] += 1
+            return True
+        self.waiting.setdefault(tenant, deque()).append(client)
+        return False
+
+    def release(self, tenant: str, limit: int) -> Hashable | None:
+        """A turn ends: the next waiting client of the tenant, which has it now (None: nobody waits)."""
+        self.running[tenant] -= 1
+        queue = self.waiting.get(tenant)
+        if queue and self.running[tenant] < limit:
+            self.running[tenant] += 1
+            client = queue.popleft()
+            if not queue:
+                del self.waiting[tenant]
+            return client
+        if self.running[tenant] <= 0:
+            del self.running[tenant]
+        return None
+
+    def withdraw(self, tenant: str, client: Hashable) -> None:
+        """A waiting client gave up (its wait timed out, it left)."""
+        queue = self.waiting.get(tenant)
+        if queue is not None and client in queue:
+            queue.remove(client)
+            if not queue:
+                del self.waiting[tenant]

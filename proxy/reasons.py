@@ -102,6 +102,7 @@ class CloseReason(enum.StrEnum):
     # per-tenant limits (proxy/limits.py)
     MAX_CLIENT_CONNECTIONS = "max_client_connections", ("refused", "max_client_connections")
     IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"
+    MAX_CONCURRENT_QUERIES = "max_concurrent_queries"  # a batch without its Sync waited past query_wait_timeout
     RESULT_CUT = "result_cut"  # a cut result could not be left in PostgreSQL's after-error state
 
     @classmethod

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from proxy import errors
 from proxy.actions import (
     AcquireServer,
+    AcquireSlot,
     Action,
     AdminLogin,
     AdminQuery,
@@ -25,6 +26,7 @@ from proxy.actions import (
     RelayToClient,
     RelayToServer,
     ReleaseServer,
+    ReleaseSlot,
     RunDecision,
     SendClient,
     SessionPinned,
@@ -41,6 +43,7 @@ from proxy.errors import PgError
 from proxy.limits import (
     IDLE_IN_TRANSACTION_TIMEOUT,
     MAX_CLIENT_CONNECTIONS,
+    MAX_CONCURRENT_QUERIES,
     STATEMENT_TIMEOUT,
     ConnectionCounts,
     Limits,
@@ -373,6 +376,9 @@ class ClientSession:
         self._last_ready = 0.0  # when the last ReadyForQuery arrived (idle in transaction since)
         self._limit_actions: list[Action] = []  # actions a backend handler produced, run after the read
         self._limit_inner: dict[int, Callable[[bytes], bytes | None]] = {}  # the handlers the limits' wrap
+        self._gate_slot = False  # max_concurrent_queries: the next request waits for a turn (AcquireSlot)
+        self._slot_held = False  # the session's request or transaction has its turn
+        self._slot_queue: list[bytes] = []  # what the client sent while the session waits for its turn
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -471,7 +477,7 @@ class ClientSession:
         for type_ in RESPONSES:
             back[type_] = _answer(st, type_, back.get(type_))
         self.backend_stream.handlers = back
-        if self.limits is not None:
+        if self._limit_inner:  # (the limits' handlers stay the outermost)
             self._limit_stream()
 
     def _statement_parse(self, body: bytes, out: bytes | None) -> bytes | None:
@@ -1076,6 +1082,8 @@ class ClientSession:
     # --- relay -----------------------------------------------------------------------------
 
     def _relay_from_client(self, data: bytes) -> list[Action]:
+        if self._gate_slot:  # max_concurrent_queries: a request begins, it needs a turn
+            return self._wait_for_slot(data, self._relay_from_client)
         if self._held is not None:  # a decision is being made: keep the bytes, in order, for decision_ready
             self._held.after.append(data)
             return []
@@ -1132,6 +1140,8 @@ class ClientSession:
         """Client bytes while the session holds no server (transaction pooling): kept unread for the server the
         session asks the pool for (the statement maps place a Parse or Bind by what that server has), but for a
         Terminate, which needs no server."""
+        if self._gate_slot:
+            return self._wait_for_slot(data, self._detached_data)
         if self.statements is None or data[:1] == b"X" or self._held is not None:
             return self._detached(self._relay_from_client(data))
         self._unread += data
@@ -1463,7 +1473,9 @@ class ClientSession:
                 "statement_timeout", clamped_timeout(asked, limits.statement_timeout))
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
-        if limits.cuts_results or limits.watched:
+        if limits.max_concurrent_queries is not None:
+            self._gate_slot = True
+        if limits.relayed:
             self._limit_stream()
         return [WatchLimits(limits.tick)] if limits.watched else []
 
@@ -1560,7 +1572,55 @@ class ClientSession:
             self._cut, self._cut_inject = None, 0
             assert self._meter is not None
             self._meter.reset()
-        return inner(body)
+        out = inner(body)
+        if self._slot_held and body[:1] == b"I" and not self.tracker.pending and self._held is None:
+            self._limit_actions.append(self._release_slot())
+        return out
+
+    def _release_slot(self) -> ReleaseSlot:
+        """The request or transaction ended (ReadyForQuery 'I', nothing in flight): the turn goes back."""
+        assert self.limits is not None and self.limits.max_concurrent_queries is not None
+        self._slot_held, self._gate_slot = False, True
+        return ReleaseSlot(self.limits.tenant, self.limits.max_concurrent_queries)
+
+    def _wait_for_slot(self, data: bytes, handler: Callable[[bytes], list[Action]]) -> list[Action]:
+        """A request begins without a turn: its bytes wait for `slot_granted` (a goodbye needs no turn)."""
+        limits = self.limits
+        assert limits is not None and limits.max_concurrent_queries is not None
+        if not self._slot_queue and data[:1] == b"X":
+            self._gate_slot = False
+            return handler(data)
+        self._slot_queue.append(data)
+        if len(self._slot_queue) > 1:
+            return []
+        return [AcquireSlot(limits.tenant, limits.max_concurrent_queries, limits.query_wait_timeout)]
+
+    def slot_granted(self) -> list[Action]:
+        """Event: the request's turn came (AcquireSlot); what the client sent meanwhile goes on."""
+        self._slot_held, self._gate_slot = True, False
+        data, self._slot_queue = b"".join(self._slot_queue), []
+        if self.state is State.CLOSED:
+            return [self._release_slot()]
+        return self.client_data(data) if data else []
+
+    def slot_refused(self) -> list[Action]:
+        """Event: no turn within query_wait_timeout: each request the client sent meanwhile is answered with the
+        error (53300) and ReadyForQuery, as a failed implicit transaction (nothing ran); a batch without its Sync
+        ends the session with the error."""
+        limits = self.limits
+        assert limits is not None and limits.max_concurrent_queries is not None
+        data, self._slot_queue = b"".join(self._slot_queue), []
+        err = errors.limit_concurrency(limits.tenant, limits.max_concurrent_queries,
+                                       seconds(limits.query_wait_timeout))
+        reached = LimitReached(limits.tenant, limits.user, MAX_CONCURRENT_QUERIES, limits.max_concurrent_queries)
+        messages, used = m.split_messages(data)
+        if used != len(data) or not messages or messages[-1][0] not in _REQUEST_ENDS:
+            reason = CloseReason.MAX_CONCURRENT_QUERIES
+            released = self._close_server(reason)
+            self._close()
+            return [reached, *released, CloseClient(replace(err, severity="FATAL"), reason)]
+        ends = sum(t in _REQUEST_ENDS for t, _, _ in messages)
+        return [reached, RelayToClient([(err.encode() + m.ready_for_query(b"I")) * ends])]
 
     def _limit_after(self, chunks: list) -> list[Action]:
         """The end of a read whose handlers asked for more than the relay (see server_data)."""
@@ -1628,6 +1688,8 @@ class ClientSession:
             assert self.limits is not None
             self.connections.release(self.limits)
         released = self._close_server(CloseReason.CLIENT_GONE)
+        if self._slot_held:
+            released.append(self._release_slot())
         self._close()
         return released
 

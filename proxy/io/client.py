@@ -8,12 +8,14 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from proxy import admin as admin_console
 from proxy import errors
 from proxy.actions import (
     AcquireServer,
+    AcquireSlot,
     Action,
     AdminLogin,
     AdminQuery,
@@ -27,6 +29,7 @@ from proxy.actions import (
     RelayToClient,
     RelayToServer,
     ReleaseServer,
+    ReleaseSlot,
     RunDecision,
     SendClient,
     ServerRequest,
@@ -90,6 +93,7 @@ class ClientConnection(asyncio.Protocol):
         self._pinned_at: float | None = None  # since when the session is pinned to its server (transaction pooling)
         self._pin_timer: asyncio.TimerHandle | None = None
         self._limits_timer: asyncio.TimerHandle | None = None  # the session's limits watchdog (WatchLimits)
+        self._slot_wait: tuple[AcquireSlot, asyncio.TimerHandle] | None = None  # waiting for a turn (QuerySlots)
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -192,12 +196,17 @@ class ClientConnection(asyncio.Protocol):
     def _let_go(self, reason: CloseReason) -> None:
         """The connection ends: the session gives its server back (or the pool forgets its request)."""
         if self.session is not None:
-            self.run([a for a in self.session.close() if isinstance(a, ReleaseServer)])
+            self.run([a for a in self.session.close() if isinstance(a, ReleaseServer | ReleaseSlot)])
         if self.link is not None:  # (the session did not hold it yet: not reusable as far as it knows)
             self._release(ReleaseServer(reusable=False, reset=True, reason=reason))
         if self._waiting_server:
             self._waiting_server = False
             self.proxy.pool.withdraw(self)
+        if self._slot_wait is not None:
+            action, timer = self._slot_wait
+            self._slot_wait = None
+            timer.cancel()
+            self.proxy.slots.withdraw(action.tenant, self)
         self._unpinned()
 
     def pause_writing(self) -> None:
@@ -225,7 +234,8 @@ class ClientConnection(asyncio.Protocol):
         """Read the client's socket unless the server link is full or the session waits for a decision."""
         if self.transport is None or self.closed:
             return
-        paused = self._backpressure or self._decision is not None or self._waiting_server
+        paused = (self._backpressure or self._decision is not None or self._waiting_server
+                  or self._slot_wait is not None)
         if paused != self._reading_paused:
             self._reading_paused = paused
             if paused:
@@ -435,6 +445,12 @@ class ClientConnection(asyncio.Protocol):
                 self._limit_reached(action)
             elif isinstance(action, CancelQuery):
                 asyncio.get_running_loop().create_task(self._cancel_query())
+            elif isinstance(action, AcquireSlot):
+                self._acquire_slot(action)
+            elif isinstance(action, ReleaseSlot):
+                waiting = self.proxy.slots.release(action.tenant, action.limit)
+                if waiting is not None:
+                    waiting.slot_granted()  # type: ignore[attr-defined]
             elif isinstance(action, WatchLimits):
                 self._limits_timer = asyncio.get_running_loop().call_later(action.period, self._limits_tick,
                                                                            action.period)
@@ -455,6 +471,41 @@ class ClientConnection(asyncio.Protocol):
                                      client_addr=self.address)
             self.proxy.audit.event("limit_reached", prefix, limit=action.limit, value=action.value)
 
+    def _acquire_slot(self, action: AcquireSlot) -> None:
+        """A turn among the tenant's max_concurrent_queries: now, or once another session's request ends."""
+        if self.proxy.slots.acquire(action.tenant, action.limit, self):
+            self._run_session(lambda s: s.slot_granted())
+            return
+        timer = asyncio.get_running_loop().call_later(action.timeout, self._slot_timeout)
+        self._slot_wait = (action, timer)
+        self._update_reading()
+
+    def slot_granted(self) -> None:
+        """QuerySlots: this connection's turn came (another session's request ended)."""
+        if self._slot_wait is not None:
+            self._slot_wait[1].cancel()
+            self._slot_wait = None
+        self._run_session(lambda s: s.slot_granted())
+        self._update_reading()
+
+    def _slot_timeout(self) -> None:
+        if self._slot_wait is None:
+            return
+        action, _ = self._slot_wait
+        self._slot_wait = None
+        self.proxy.slots.withdraw(action.tenant, self)
+        self._run_session(lambda s: s.slot_refused())
+        self._update_reading()
+
+    def _run_session(self, event: Callable[[ClientSession], list[Action]]) -> None:
+        """Run a session event's actions (a bug of ours in it closes the connection with XX000)."""
+        if self.closed or self.session is None:
+            return
+        try:
+            self.run(event(self.session))
+        except Exception:
+            self.internal_error()
+
     async def _cancel_query(self) -> None:
         """CancelQuery: the session's own cancel key, as a client's CancelRequest; then the session hears of it."""
         connect = self._connect
@@ -462,21 +513,13 @@ class ClientConnection(asyncio.Protocol):
             if connect is not None:
                 await self.proxy.forward_cancel(ForwardCancel(*connect.cancel_key))
         finally:
-            if not self.closed and self.session is not None:
-                try:
-                    self.run(self.session.cancel_done())
-                except Exception:
-                    self.internal_error()
+            self._run_session(lambda s: s.cancel_done())
 
     def _limits_tick(self, period: float) -> None:
         self._limits_timer = None
         if self.closed or self.session is None:
             return
-        try:
-            self.run(self.session.limits_tick())
-        except Exception:
-            self.internal_error()
-            return
+        self._run_session(lambda s: s.limits_tick())
         if not self.closed:
             self._limits_timer = asyncio.get_running_loop().call_later(period, self._limits_tick, period)
 

@@ -21,7 +21,7 @@ from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
 from proxy.io.pool import Pool
 from proxy.io.tls import backend_ssl_context, client_ssl_context, own_channel_binding
-from proxy.limits import ConnectionCounts
+from proxy.limits import ConnectionCounts, QuerySlots
 from proxy.logs import LogLimiter, get_logger
 from proxy.metrics import DEFAULT_BUCKETS, Metrics
 from proxy.mocksecret import with_mock_secret
@@ -55,6 +55,7 @@ class Proxy:
         self.prelogin_log = LogLimiter()
         self.cancels = CancelRegistry()
         self.connections = ConnectionCounts()  # client connections per tenant and user (proxy/limits.py)
+        self.slots = QuerySlots()  # max_concurrent_queries: requests running and waiting per tenant
         self.clients: set[ClientConnection] = set()
         self.finished_since_trim = 0  # sessions ended since the allocator was last trimmed (_trim_memory)
         self.pool = Pool(self)

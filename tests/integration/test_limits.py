@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ LIMITED = {
     "slow": {"statement_timeout": 1.0},
     "idle": {"idle_in_transaction_timeout": 1.0},
     "conns": {"max_client_connections": 2},
+    "conc": {"max_concurrent_queries": 1, "query_wait_timeout": 1.0},
+    "queue": {"max_concurrent_queries": 1, "query_wait_timeout": 30.0},
 }
 BIG = "SELECT g, repeat('x', 10) FROM generate_series(1, 100000) g"  # far past both result limits
 
@@ -240,3 +243,61 @@ def test_max_client_connections(proxy: ProxyProcess) -> None:
         assert again.execute("SELECT 1").fetchone() == (1,)
     first.close()
     until(lambda: _refusals(proxy).get(("conns", "max_client_connections"), 0) >= 1, timeout=10)
+
+
+# --- max_concurrent_queries -----------------------------------------------------------------------
+
+
+def _sleep_in_background(p: ProxyProcess, user: str, seconds: float) -> tuple[threading.Thread, threading.Event]:
+    """A session of `user` running pg_sleep(seconds) in a thread; the event is set once its query is sent."""
+    conn = psycopg.connect(p.dsn(user), autocommit=True)
+    sent = threading.Event()
+
+    def run() -> None:
+        try:
+            sent.set()
+            conn.execute(f"SELECT pg_sleep({seconds})")
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    sent.wait()
+    return thread, sent
+
+
+def _running(p: ProxyProcess) -> bool:
+    return bool(p.cluster.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(%'"))
+
+
+def test_max_concurrent_queries_wait_times_out_other_tenant_unaffected(proxy: ProxyProcess) -> None:
+    before = _refusals(proxy).get(("conc", "max_concurrent_queries"), 0)
+    with psycopg.connect(proxy.dsn("conc_user"), autocommit=True) as waiting:
+        busy, _ = _sleep_in_background(proxy, "conc_user", 4)
+        until(lambda: _running(proxy), timeout=10)
+        with psycopg.connect(proxy.dsn("rows_user"), autocommit=True) as other:  # its own limit: not waiting
+            assert other.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.errors.TooManyConnections, match="max_concurrent_queries = 1"):
+            waiting.execute("SELECT 1")
+        assert waiting.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        busy.join()
+        assert waiting.execute("SELECT 2").fetchone() == (2,)  # usable, its turn comes at once now
+    until(lambda: _refusals(proxy).get(("conc", "max_concurrent_queries"), 0) == before + 1, timeout=10)
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_max_concurrent_queries_waits_for_its_turn(proxy: ProxyProcess, prepare: bool) -> None:
+    """The second request waits while the first runs, then runs; a transaction keeps its turn to its end."""
+    with psycopg.connect(proxy.dsn("queue_user")) as tx, psycopg.connect(proxy.dsn("queue_user"),
+                                                                          autocommit=True) as other:
+        tx.execute("SELECT 1")  # a transaction block holds the turn between its statements
+        done: list[object] = []
+        thread = threading.Thread(target=lambda: done.append(other.execute("SELECT 5", prepare=prepare).fetchone()))
+        thread.start()
+        thread.join(1.0)  # (bounded: the thread is waiting for its turn, asserted below)
+        assert done == []
+        assert tx.execute("SELECT 3").fetchone() == (3,)
+        tx.commit()
+        thread.join(30)
+        assert done == [(5,)]
