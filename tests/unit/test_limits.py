@@ -1,0 +1,311 @@
+"""Per-tenant limits (proxy/limits.py): resolution per user, validation, connection counts, result meters, turns; and
+the session under them, scripted: a result cut off (cancel, held ReadyForQuery, a finished transaction block failed),
+the statement watchdog, the idle-in-transaction end, the login refusal, a request waiting for its turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy import errors
+from proxy.actions import (
+    AcquireSlot,
+    CancelQuery,
+    CloseClient,
+    ConnectBackend,
+    LimitReached,
+    RelayToClient,
+    RelayToServer,
+    ReleaseServer,
+    ReleaseSlot,
+    WatchLimits,
+)
+from proxy.auth.scram import make_verifier
+from proxy.auth.throttle import AuthThrottle
+from proxy.config import Config, ConfigError, parse_config
+from proxy.limits import (
+    ConnectionCounts,
+    QuerySlots,
+    ResultMeter,
+    clamped_timeout,
+    resolve,
+    setting_milliseconds,
+)
+from proxy.protocol import messages as m
+from proxy.reasons import CloseReason
+from proxy.session import ClientSession, State
+from tests.support.sessions import login, server_for
+
+
+def config(tmp_path: Path, tenant: dict[str, Any] | None = None, user: dict[str, Any] | None = None,
+           pool_mode: str = "session") -> Config:
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
+    return parse_config({
+        "secrets_file": "s.toml", "backends": {"main": {}}, "pool": {"pool_mode": pool_mode},
+        "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme", **(tenant or {})}},
+        "users": {"alice": {"tenant": "acme", **(user or {})}},
+    }, base=tmp_path)
+
+
+# --- configuration and resolution ------------------------------------------------------------------
+
+
+def test_no_limit_by_default(tmp_path: Path) -> None:
+    limits = resolve(config(tmp_path), "alice")
+    assert not limits.any and limits.query_wait_timeout == 120.0
+
+
+def test_the_users_values_override_the_tenants_and_zero_lifts_them(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"statement_timeout": 30, "max_result_rows": 1000, "max_client_connections": 5,
+                            "max_concurrent_queries": 2, "query_wait_timeout": 5},
+                 {"statement_timeout": 10.0, "max_result_rows": 0, "max_client_connections": 1})
+    limits = resolve(cfg, "alice")
+    assert limits.statement_timeout == 10.0 and limits.max_result_rows is None
+    assert (limits.max_client_connections, limits.user_max_client_connections) == (5, 1)
+    assert (limits.max_concurrent_queries, limits.query_wait_timeout) == (2, 5.0)
+    assert limits.watched and not limits.cuts_results and limits.tick == 1.0
+
+
+@pytest.mark.parametrize(("tenant", "user", "message"), [
+    ({"max_result_rows": -1}, {}, "tenants.acme.max_result_rows: must be 0 (no limit) or more, got -1"),
+    ({"statement_timeout": 0.0001}, {}, "tenants.acme.statement_timeout: must be at least 0.001 seconds"),
+    ({"query_wait_timeout": 0}, {}, "tenants.acme.query_wait_timeout: must be positive"),
+    ({"max_result_bytes": 1.5}, {}, "tenants.acme.max_result_bytes: expected int, got float"),
+    ({}, {"idle_in_transaction_timeout": -2}, "users.alice.idle_in_transaction_timeout: must be 0 (no limit)"),
+    ({}, {"max_concurrent_queries": 1}, "users.alice.max_concurrent_queries: unknown key"),
+])
+def test_bad_values_name_the_key(tmp_path: Path, tenant: dict, user: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config(tmp_path, tenant, user)
+
+
+@pytest.mark.parametrize(("asked", "limit", "out"), [
+    (None, 30.0, "30000ms"), ("0", 30.0, "30000ms"), ("1h", 30.0, "30000ms"), ("5s", 30.0, "5s"),
+    ("200", 30.0, "200"), ("nonsense", 1.0, "1000ms"),
+])
+def test_a_startup_statement_timeout_is_clamped(asked: str | None, limit: float, out: str) -> None:
+    assert clamped_timeout(asked, limit) == out
+
+
+def test_setting_milliseconds_reads_postgresql_units() -> None:
+    assert [setting_milliseconds(t) for t in ("250", "2s", "1.5 min", "'3h'", "7 parsecs")] == [
+        250.0, 2000.0, 90_000.0, 10_800_000.0, None]
+
+
+def test_connection_counts_per_tenant_and_user(tmp_path: Path) -> None:
+    limits = resolve(config(tmp_path, {"max_client_connections": 2}, {"max_client_connections": 1}), "alice")
+    counts = ConnectionCounts()
+    assert counts.admit(limits) is None
+    refused = counts.admit(limits)
+    assert refused is not None and refused[1] == 1 and refused[0].sqlstate == "53300"
+    assert 'user "alice"' in refused[0].message and counts.tenants["acme"] == 1
+    counts.release(limits)
+    assert counts.tenants == {} and counts.users == {}
+
+
+def test_result_meter_rows_then_bytes() -> None:
+    meter = ResultMeter(2, None)
+    assert [meter.add(10) for _ in range(3)] == [None, None, "max_result_rows"]
+    meter = ResultMeter(None, 25)
+    assert [meter.add(10) for _ in range(3)] == [None, None, "max_result_bytes"]
+    meter.reset()
+    assert meter.add(10) is None
+
+
+def test_query_slots_first_come_first_served_per_tenant() -> None:
+    slots = QuerySlots()
+    assert slots.acquire("a", 1, "c1") is True
+    assert slots.acquire("a", 1, "c2") is False and slots.acquire("a", 1, "c3") is False
+    assert slots.acquire("b", 1, "d1") is True  # another tenant's turns are its own
+    slots.withdraw("a", "c2")
+    assert slots.release("a", 1) == "c3"
+    assert slots.release("a", 1) is None and slots.running == {"b": 1} and slots.waiting == {}
+
+
+# --- the session under limits ----------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def session(tmp_path: Path, tenant: dict[str, Any], clock: Clock | None = None, pool_mode: str = "session",
+            connections: ConnectionCounts | None = None, **params: str) -> tuple[ClientSession, list]:
+    """A logged-in session of alice under the tenant's `tenant` limits, holding a server, its startup answered."""
+    s = ClientSession(config(tmp_path, tenant, pool_mode=pool_mode), session_id="s1", client_address="10.0.0.1",
+                      throttle=AuthThrottle(max_failures=2), clock=clock or Clock(), tls_available=False,
+                      connections=connections)
+    actions = login(s, **params)
+    if s.state is State.CLOSED:
+        return s, actions
+    assert isinstance(actions[-1], ConnectBackend)
+    s.enable_policy(lambda _kind, _sql: _allow())
+    attached = s.server_attached(server_for(s))
+    replay = b"".join(bytes(c) for a in attached if type(a) is RelayToServer for c in a.chunks)
+    if replay:  # the startup settings (statement_timeout): answered
+        s.server_data(m.frame(b"C", b"SELECT 1\x00") + m.ready_for_query(b"I"))
+    return s, actions
+
+
+def _allow() -> Any:
+    from proxy.policy.model import Allow
+    return Allow()
+
+
+def rows(n: int, size: int = 3) -> bytes:
+    return m.frame(b"D", b"\x00\x01" + (size).to_bytes(4, "big") + b"x" * size) * n
+
+
+def done(status: bytes = b"I", n: int = 0) -> bytes:
+    return m.frame(b"C", f"SELECT {n}".encode() + b"\x00") + m.ready_for_query(status)
+
+
+def to_client(actions: list) -> bytes:
+    return b"".join(bytes(c) for a in actions if type(a) is RelayToClient for c in a.chunks)
+
+
+def types(data: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(data):
+        out.append(data[pos:pos + 1])
+        pos += 1 + int.from_bytes(data[pos + 1:pos + 5], "big")
+    return out
+
+
+def test_a_result_past_max_result_rows_is_cut_and_its_query_canceled(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_rows": 2})
+    s.client_data(m.Query("SELECT g FROM big").encode())
+    out = s.server_data(m.frame(b"T", b"\x00\x00") + rows(3))
+    assert types(to_client(out)) == [b"T", b"D", b"D", b"E"] and b"C54000\x00" in to_client(out)
+    assert [type(a) for a in out if type(a) is not RelayToClient] == [LimitReached, CancelQuery]
+    assert out[1] == LimitReached("acme", "alice", "max_result_rows", 2)
+    # the rest and the cancel's error are swallowed; the ReadyForQuery waits for the cancel to be acted on
+    more = s.server_data(rows(5) + m.encode_error_fields(b"E", {"S": "ERROR", "C": "57014", "M": "canceled"})
+                         + m.ready_for_query(b"I"))
+    assert to_client(more) == b""
+    assert to_client(s.cancel_done()) == m.ready_for_query(b"I")
+    s.client_data(m.Query("SELECT 1").encode())  # usable, counted from zero
+    assert types(to_client(s.server_data(rows(2) + done()))) == [b"D", b"D", b"C", b"Z"]
+
+
+def test_a_cut_result_the_server_finished_in_a_transaction_block_fails_it_there_too(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_bytes": 20})
+    s.client_data(m.Query("SELECT g FROM t").encode())
+    out = s.server_data(rows(3, 5) + done(b"T", 3))  # all of it before any cancel: the server's block is live
+    assert types(to_client(out)) == [b"D", b"E"] and CancelQuery() in out
+    out = s.cancel_done()  # ReadyForQuery 'T' swallowed: a failing statement goes instead
+    assert to_client(out) == b""
+    assert [bytes(c) for a in out if type(a) is RelayToServer for c in a.chunks] == [
+        m.Query("pgtenant_result_cut_off").encode()]
+    answer = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": "syntax"})
+                           + m.ready_for_query(b"E"))
+    assert to_client(answer) == m.ready_for_query(b"E")  # the client's transaction failed, as the server's
+
+
+def test_a_cut_result_with_requests_pipelined_behind_it_runs_to_its_end_uncanceled(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_rows": 1})
+    s.client_data(m.Query("SELECT 1").encode() + m.Query("SELECT 2").encode())
+    out = s.server_data(rows(2) + done(b"I", 2))
+    assert CancelQuery() not in out  # a cancel could reach the next request
+    assert types(to_client(out)) == [b"D", b"E", b"Z"]
+    assert types(to_client(s.server_data(rows(1) + done(b"I", 1)))) == [b"D", b"C", b"Z"]
+
+
+def test_the_watchdog_cancels_past_statement_timeout_and_names_the_limit(tmp_path: Path) -> None:
+    clock = Clock()
+    s, actions = session(tmp_path, {"statement_timeout": 2.0}, clock)
+    assert WatchLimits(0.2) in actions
+    s.client_data(m.Query("SET statement_timeout = 0; SELECT pg_sleep(60)").encode())
+    clock.now += 1.0
+    assert s.limits_tick() == []
+    clock.now += 1.5
+    assert s.limits_tick() == [LimitReached("acme", "alice", "statement_timeout", 2.0), CancelQuery()]
+    assert s.limits_tick() == []  # once
+    out = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to "
+                                                     "user request"}) + m.ready_for_query(b"I"))
+    data = to_client(out)  # the cancel's 57014 in our words; the ReadyForQuery held until the cancel is done
+    assert types(data) == [b"E"] and b"pgtenant statement_timeout is 2 s" in data and b"C57014\x00" in data
+    assert to_client(s.cancel_done()) == m.ready_for_query(b"I")
+
+
+def test_the_startup_statement_timeout_is_the_limit_unless_lower(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"statement_timeout": 2.0}, options="-c statement_timeout=0")
+    assert "'2000ms'" in s._startup_settings["statement_timeout"]
+    s, _ = session(tmp_path, {"statement_timeout": 2.0}, statement_timeout="500")
+    assert "'500'" in s._startup_settings["statement_timeout"]
+
+
+def test_idle_in_transaction_ends_the_session(tmp_path: Path) -> None:
+    clock = Clock()
+    s, _ = session(tmp_path, {"idle_in_transaction_timeout": 5.0}, clock)
+    s.client_data(m.Query("BEGIN").encode())
+    s.server_data(m.frame(b"C", b"BEGIN\x00") + m.ready_for_query(b"T"))
+    clock.now += 4.0
+    assert s.limits_tick() == []
+    clock.now += 2.0
+    out = s.limits_tick()
+    assert out[0] == LimitReached("acme", "alice", "idle_in_transaction_timeout", 5.0)
+    assert out[1] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.IDLE_IN_TRANSACTION_TIMEOUT)
+    assert isinstance(out[2], CloseClient) and out[2].error is not None
+    assert (out[2].error.sqlstate, out[2].error.severity) == ("25P03", "FATAL") and s.state is State.CLOSED
+
+
+def test_idle_outside_a_transaction_is_not_ended(tmp_path: Path) -> None:
+    clock = Clock()
+    s, _ = session(tmp_path, {"idle_in_transaction_timeout": 5.0}, clock)
+    clock.now += 60
+    assert s.limits_tick() == []
+
+
+def test_max_client_connections_refuses_the_login_before_any_backend(tmp_path: Path) -> None:
+    counts = ConnectionCounts()
+    first, _ = session(tmp_path, {"max_client_connections": 1}, connections=counts)
+    second, actions = session(tmp_path, {"max_client_connections": 1}, connections=counts)
+    assert second.state is State.CLOSED and not any(isinstance(a, ConnectBackend) for a in actions)
+    assert actions[-2] == LimitReached("acme", "alice", "max_client_connections", 1)
+    assert actions[-1].error.sqlstate == "53300" and "max_client_connections is 1" in actions[-1].error.message
+    first.close()
+    third, actions = session(tmp_path, {"max_client_connections": 1}, connections=counts)
+    assert third.state is State.READY
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_a_request_waits_for_its_turn_and_gives_it_back_at_idle(tmp_path: Path, pool_mode: str) -> None:
+    s, _ = session(tmp_path, {"max_concurrent_queries": 1, "query_wait_timeout": 3}, pool_mode=pool_mode)
+    assert s.client_data(m.Query("SELECT 1").encode()) == [AcquireSlot("acme", 1, 3.0)]
+    assert s.client_data(m.Query("SELECT 2").encode()) == []  # (kept with the first)
+    granted = s.slot_granted()
+    if pool_mode == "transaction":
+        granted = s.server_attached(server_for(s))
+    sent = b"".join(bytes(c) for a in granted if type(a) is RelayToServer for c in a.chunks)
+    assert sent.endswith(m.Query("SELECT 1").encode() + m.Query("SELECT 2").encode())
+    assert ReleaseSlot("acme", 1) not in s.server_data(done())  # SELECT 2 still in flight
+    assert ReleaseSlot("acme", 1) in s.server_data(done())
+
+
+def test_a_request_without_a_turn_in_time_gets_53300_and_the_session_goes_on(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_concurrent_queries": 2, "query_wait_timeout": 3})
+    s.client_data(m.Query("SELECT 1").encode())
+    out = s.slot_refused()
+    assert out[0] == LimitReached("acme", "alice", "max_concurrent_queries", 2)
+    data = to_client(out)
+    assert types(data) == [b"E", b"Z"] and b"C53300\x00" in data and b"max_concurrent_queries = 2" in data
+    assert s.client_data(m.Query("SELECT 1").encode()) == [AcquireSlot("acme", 2, 3.0)]  # asks again
+
+
+def test_a_batch_without_its_sync_that_gets_no_turn_ends_the_session(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_concurrent_queries": 1})
+    s.client_data(m.Parse("", "SELECT 1", b"\x00\x00").encode())
+    out = s.slot_refused()
+    assert isinstance(out[-1], CloseClient) and out[-1].reason is CloseReason.MAX_CONCURRENT_QUERIES
+
+
+def test_errors_name_their_limit() -> None:
+    assert "max_result_rows = 10" in errors.limit_result("max_result_rows", 10).message
+    assert errors.limit_concurrency("acme", 2, "5").sqlstate == "53300"
