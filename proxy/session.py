@@ -100,6 +100,8 @@ _DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails
 # A result cut off (limits): backend messages that still reach the client (the rest is swallowed to ReadyForQuery).
 _CUT_KEEPS = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.PARAMETER_STATUS, m.NOTIFICATION_RESPONSE,
                         m.NOTICE_RESPONSE})
+# Every message type a backend sends once logged in (the rest of a cut result may be any of them).
+_BACKEND_TYPES = frozenset(b"123ACDEGHIKNSTVWZcdnstv")
 # Sent after a result was cut off in a transaction block the server completed: fails it, as the client's failed.
 _CUT_STATEMENT = "pgtenant_result_cut_off"
 
@@ -1488,9 +1490,8 @@ class ClientSession:
         out[m.READY_FOR_QUERY] = self._limit_ready
         out[m.ERROR_RESPONSE] = self._limit_error
         if self._meter is not None:
-            for type_ in range(256):
-                if type_ not in _CUT_KEEPS:
-                    out[type_] = self._cutter(type_, inner.get(type_))
+            for type_ in _BACKEND_TYPES - _CUT_KEEPS:
+                out[type_] = self._cutter(type_, inner.get(type_))
             out[m.DATA_ROW] = out[m.COPY_DATA] = self._limit_row
         self.backend_stream.handlers = out
 
