@@ -179,7 +179,7 @@ class Statements:
         self.cache_size = max(1, cache_size)
         self.cache_bytes = max(1, cache_bytes)
         self.named: dict[str, Stmt] = {}
-        self.origin: dict[str, tuple[Stmt, str]] = {}  # name -> (its statement, the client's text) where they differ
+        self.origin: dict[tuple[str, Stmt], str] = {}  # (name, its statement) -> the client's text where they differ
         self.unnamed: Stmt | None = None  # the unnamed statement (a Stmt with `cached` when the cache has it)
         self._unnamed_here = False  # the unnamed statement was parsed on the server held now (and is still there)
         self._texts: dict[tuple[str, bytes, str], Stmt] = {}  # (text, types, scope) -> Stmt, LRU
@@ -295,9 +295,9 @@ class Statements:
         """Remember the client's text of statement `name` (`stmt` as forwarded); entries of names gone are dropped
         once they outnumber the statements (kept until then: a failed Close or DEALLOCATE brings the name back)."""
         origin = self.origin
-        origin[name] = (stmt, text)
+        origin[name, stmt] = text
         if len(origin) > 2 * len(self.named) + 16:
-            for gone in [n for n, (s, _) in origin.items() if self.named.get(n) is not s]:
+            for gone in [(n, s) for n, s in origin if self.named.get(n) is not s]:
                 del origin[gone]
 
     def _live_parse(self, name: str, sql: str, types: bytes, scope: str, text: str | None) -> bytes:
@@ -331,8 +331,7 @@ class Statements:
         origin = self.origin
         rows = []
         for name, stmt in self.named.items():
-            known = origin.get(name)
-            text = known[1] if known is not None and known[0] is stmt else stmt.sql
+            text = origin.get((name, stmt), stmt.sql) if origin else stmt.sql
             rows.append({"name": name, "statement": text, "server": None if stmt.live else stmt.server,
                          "types": _oids(stmt.types)})
         return json.dumps(rows, separators=(",", ":"))
@@ -573,24 +572,23 @@ class Statements:
         keep = True
         stale = b"C0A000\x00" in body and _STALE_PLAN in body
         replay = None
-        if type(head) is _Entry:
-            if head.action == FAKE:  # type: ignore[union-attr]
-                self._fakes -= 1
-            self._undo(head)  # type: ignore[arg-type]
-            if stale and head.server is not None:  # type: ignore[union-attr]
-                self._broken(head.server)  # type: ignore[union-attr]
-                replay = head.replay  # type: ignore[union-attr]
-        else:
-            self._undo_plain(head)  # type: ignore[arg-type]
+        if type(head) is _Entry and head.action == FAKE:  # type: ignore[union-attr]
+            self._fakes -= 1
         # The server skips everything up to the next Sync: those messages are never answered, their fakes never sent.
+        undone = [head]
         while ledger and ledger[0] != _SYNC and not (type(ledger[0]) is _Entry and ledger[0].type == _SYNC):
             skipped = ledger.popleft()
-            if type(skipped) is _Entry:
-                if skipped.action == FAKE:  # type: ignore[union-attr]
-                    self._fakes -= 1
-                self._undo(skipped)  # type: ignore[arg-type]
+            if type(skipped) is _Entry and skipped.action == FAKE:  # type: ignore[union-attr]
+                self._fakes -= 1
+            undone.append(skipped)
+        for entry in reversed(undone):  # last first: a Close then a Parse of one name leaves the old statement
+            if type(entry) is _Entry:
+                self._undo(entry)  # type: ignore[arg-type]
             else:
-                self._undo_plain(skipped)  # type: ignore[arg-type]
+                self._undo_plain(entry)  # type: ignore[arg-type]
+        if type(head) is _Entry and stale and head.server is not None:  # type: ignore[union-attr]
+            self._broken(head.server)  # type: ignore[union-attr]
+            replay = head.replay  # type: ignore[union-attr]
         if not ledger:
             self._skipping = True  # the client's Sync is still to come
             self._recording = None
