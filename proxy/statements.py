@@ -276,20 +276,28 @@ class Statements:
             self._unnamed_here = True
             self._sent(_PARSE)  # a failure or skip drops the unnamed statement (see `_undo`)
             return None
-        limit = None if name not in self.named else errors.prepared_statement_exists(name)
-        if limit is None:
-            limit = self._past_limit(name, len(sql) + len(types) + len(PREFIX) + 20)
-        if limit is not None:
-            marker = self.error_marker(limit)
-            self._open = True
-            self._ledger.append(_Entry(_PARSE))
-            return m.Parse(marker, marker, b"\x00\x00").encode()
+        refused = self._refused(name, len(sql) + len(types))
+        if refused is not None:
+            return refused
         stmt = self._stmt(sql, types, scope)
         stmt.resets = stmt.resets or resets
         self.named[name] = stmt
         if text is not None and text != sql:
             self._origin(name, stmt, text)
         return self._client_parse(stmt, name, None)
+
+    def _refused(self, name: str, size: int) -> bytes | None:
+        """A Parse of statement `name` (`size` bytes of text and types) that fails, as PostgreSQL fails it (the name
+        is in use, or it would take the session past its bounds): the Parse that fails so; None when it may go on."""
+        limit = None if name not in self.named else errors.prepared_statement_exists(name)
+        if limit is None:
+            limit = self._past_limit(name, size + len(PREFIX) + 20)
+        if limit is None:
+            return None
+        marker = self.error_marker(limit)
+        self._open = True
+        self._ledger.append(_Entry(_PARSE))
+        return m.Parse(marker, marker, b"\x00\x00").encode()
 
     def _origin(self, name: str, stmt: Stmt, text: str) -> None:
         """Remember the client's text of statement `name` (`stmt` as forwarded); entries of names gone are dropped
@@ -304,15 +312,9 @@ class Statements:
         """A Parse of a text that reads pg_prepared_statements: kept as the policy's template and prepared on the
         server rendered with the session's list as it is at each Bind or Describe (an unnamed one too, under a
         server name of its own, like the cache's)."""
-        if name:
-            limit = None if name not in self.named else errors.prepared_statement_exists(name)
-            if limit is None:
-                limit = self._past_limit(name, len(sql) + len(types) + len(PREFIX) + 20)
-            if limit is not None:
-                marker = self.error_marker(limit)
-                self._open = True
-                self._ledger.append(_Entry(_PARSE))
-                return m.Parse(marker, marker, b"\x00\x00").encode()
+        refused = self._refused(name, len(sql) + len(types)) if name else None
+        if refused is not None:
+            return refused
         stmt = self._stmt(sql, types, scope)
         stmt.live = True
         old = None
