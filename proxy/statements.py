@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -170,7 +171,9 @@ class Statements:
     (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
-                 cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20) -> None:
+                 cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.wall_clock = wall_clock  # when a named statement was prepared (pg_prepared_statements.prepare_time)
         self.error_marker = error_marker  # a statement text (or name) the server fails on, answered with the error
         self.max_named = max(1, max_named)  # named statements the session may hold ([pool] max_session_statements)
         self.max_bytes = max(1, max_bytes)  # their bytes, and those of the texts remembered (..._statement_bytes)
@@ -179,7 +182,8 @@ class Statements:
         self.cache_size = max(1, cache_size)
         self.cache_bytes = max(1, cache_bytes)
         self.named: dict[str, Stmt] = {}
-        self.origin: dict[tuple[str, Stmt], str] = {}  # (name, its statement) -> the client's text where they differ
+        # (name, its statement) -> (the client's text where it differs from the forwarded one, when it was prepared)
+        self.origin: dict[tuple[str, Stmt], tuple[str | None, float]] = {}
         self.unnamed: Stmt | None = None  # the unnamed statement (a Stmt with `cached` when the cache has it)
         self._unnamed_here = False  # the unnamed statement was parsed on the server held now (and is still there)
         self._texts: dict[tuple[str, bytes, str], Stmt] = {}  # (text, types, scope) -> Stmt, LRU
@@ -282,8 +286,7 @@ class Statements:
         stmt = self._stmt(sql, types, scope)
         stmt.resets = stmt.resets or resets
         self.named[name] = stmt
-        if text is not None and text != sql:
-            self._origin(name, stmt, text)
+        self._origin(name, stmt, text if text != sql else None)
         return self._client_parse(stmt, name, None)
 
     def _refused(self, name: str, size: int) -> bytes | None:
@@ -299,11 +302,12 @@ class Statements:
         self._ledger.append(_Entry(_PARSE))
         return m.Parse(marker, marker, b"\x00\x00").encode()
 
-    def _origin(self, name: str, stmt: Stmt, text: str) -> None:
-        """Remember the client's text of statement `name` (`stmt` as forwarded); entries of names gone are dropped
-        once they outnumber the statements (kept until then: a failed Close or DEALLOCATE brings the name back)."""
+    def _origin(self, name: str, stmt: Stmt, text: str | None) -> None:
+        """Remember the client's text of statement `name` (`stmt` as forwarded; None: the same) and when it came;
+        entries of names gone are dropped once they outnumber the statements (kept until then: a failed Close or
+        DEALLOCATE brings the name back)."""
         origin = self.origin
-        origin[name, stmt] = text
+        origin[name, stmt] = (text, self.wall_clock())
         if len(origin) > 2 * len(self.named) + 16:
             for gone in [(n, s) for n, s in origin if self.named.get(n) is not s]:
                 del origin[gone]
@@ -329,13 +333,14 @@ class Statements:
     def listing(self) -> str:
         """The session's named statements as the pg_prepared_statements wrapper reads them (JSON): the client's name
         and text, the server statement it runs as (none for one that reads pg_prepared_statements: its server text
-        changes with the list), its declared parameter types (null when one is left to the server)."""
+        changes with the list), its declared parameter types (null when one is left to the server), when the client
+        prepared it (Unix time)."""
         origin = self.origin
         rows = []
         for name, stmt in self.named.items():
-            text = origin.get((name, stmt), stmt.sql) if origin else stmt.sql
-            rows.append({"name": name, "statement": text, "server": None if stmt.live else stmt.server,
-                         "types": _oids(stmt.types)})
+            text, at = origin.get((name, stmt), _UNKNOWN)
+            rows.append({"name": name, "statement": text or stmt.sql, "server": None if stmt.live else stmt.server,
+                         "types": _oids(stmt.types), "at": None if at is None else round(at, 6)})
         return json.dumps(rows, separators=(",", ":"))
 
     def _concrete(self, stmt: Stmt) -> Stmt:
@@ -862,6 +867,9 @@ class Statements:
         if self.prepared is not None:
             for name, size in prepared.items():
                 self.prepared.setdefault(name, size)
+
+
+_UNKNOWN: tuple[None, None] = (None, None)
 
 
 def _oids(types: bytes) -> list[int] | None:

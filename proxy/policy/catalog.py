@@ -492,18 +492,21 @@ def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) 
 # pg_prepared_statements: the statements a client prepared by protocol message live on servers under pgtenant's
 # content-derived names (`pgt_…`, shared by the sessions of a pool: proxy/statements.py). Its wrapper joins the
 # server's rows with the session's own list (name, text as the client sent it, the server name, declared parameter
-# types), which the session puts in place of SESSION_STATEMENTS_MARKER: a `pgt_` row shows under the client's
-# name(s), a `pgt_` row not in the list (another session's, the statement cache's) is left out, a statement of the
-# list not prepared on this server shows with what the session knows of it; the other rows (SQL PREPARE, and the
-# statements of a session whose names reach the server as they are) stay, with the client's text over the forwarded
-# one for a statement of that name the policy rewrote (an entry `over` a server row: shown only with that row).
+# types, when the client prepared it), which the session puts in place of SESSION_STATEMENTS_MARKER: a `pgt_` row
+# shows under the client's name(s), a `pgt_` row not in the list (another session's, the statement cache's) is left
+# out, a statement of the list not prepared on this server shows with what the session knows of it; the other rows
+# (SQL PREPARE, and the statements of a session whose names reach the server as they are) stay, with the client's
+# text over the forwarded one for a statement of that name the policy rewrote (an entry `over` a server row: shown
+# only with that row).
 _SESSION_LIST = (
     f"pg_catalog.jsonb_to_recordset({SESSION_STATEMENTS_MARKER}::pg_catalog.jsonb) AS pgt_p(name pg_catalog.text, "
-    "statement pg_catalog.text, server pg_catalog.text, types pg_catalog.oid[], over pg_catalog.bool)"
+    "statement pg_catalog.text, server pg_catalog.text, types pg_catalog.oid[], over pg_catalog.bool, "
+    "at pg_catalog.float8)"
 )
 _PREPARED_VALUES = {
     "name": 'COALESCE(pgt_p.name, {ref}."name")',
     "statement": 'CASE WHEN pgt_p.name IS NULL OR {ref}."from_sql" THEN {ref}."statement" ELSE pgt_p.statement END',
+    "prepare_time": 'COALESCE(pg_catalog.to_timestamp(pgt_p.at), {ref}."prepare_time")',
     "parameter_types": 'COALESCE({ref}."parameter_types", pgt_p.types::pg_catalog.regtype[])',
     "from_sql": 'COALESCE({ref}."from_sql", false)',
     "generic_plans": 'COALESCE({ref}."generic_plans", 0::pg_catalog.int8)',

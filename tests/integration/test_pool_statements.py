@@ -369,6 +369,20 @@ def test_a_rewritten_statement_is_listed_with_the_clients_text(request: pytest.F
         assert listed(c) == []
 
 
+def test_prepare_time_is_when_the_client_prepared(pooled: ProxyProcess) -> None:
+    """Not the server copy's (another session may have prepared that one long before): when this client's Parse
+    came, in the order its statements came, none after the listing ran."""
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        a.execute("SELECT %s::int", (1,), prepare=True)  # a's copy on the server: prepared first
+        start = b.execute("SELECT statement_timestamp()").fetchone()
+        b.execute("SELECT %s::int", (1,), prepare=True)  # b's _pg3_0: the same server statement
+        b.execute("SELECT %s::text", ("x",), prepare=True)
+        rows = b.execute("SELECT name, prepare_time >= %s, prepare_time <= statement_timestamp() "
+                         "FROM pg_prepared_statements ORDER BY prepare_time, name", start, prepare=False).fetchall()
+        assert rows == [("_pg3_0", True, True), ("_pg3_1", True, True)]
+
+
 def test_two_clients_on_one_server_list_only_their_own(pooled: ProxyProcess) -> None:
     with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
             psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:

@@ -774,7 +774,7 @@ _UNSPECIFIED = b"\x00\x01\x00\x00\x00\x00"
 
 
 def _statements() -> Statements:
-    st = Statements(error_marker=lambda err: "pgtenant_denied_0")
+    st = Statements(error_marker=lambda err: "pgtenant_denied_0", wall_clock=lambda: 1700000000.25)
     st.attach({})
     return st
 
@@ -785,9 +785,10 @@ def test_listing_has_the_clients_names_and_texts_and_the_server_statements() -> 
     st.parse("S_2", "SELECT $1", _UNSPECIFIED)
     st.parse("", "SELECT 3", b"\x00\x00")  # the unnamed statement is never listed, as on a direct connection
     assert json.loads(st.listing()) == [
-        {"name": "S_1", "statement": "SELECT 1 WHERE x = $1", "types": [23],
+        {"name": "S_1", "statement": "SELECT 1 WHERE x = $1", "types": [23], "at": 1700000000.25,
          "server": server_name("SELECT * FROM (SELECT 1 WHERE x = $1) t", _INT4, "")},
-        {"name": "S_2", "statement": "SELECT $1", "types": None, "server": server_name("SELECT $1", _UNSPECIFIED, "")},
+        {"name": "S_2", "statement": "SELECT $1", "types": None, "at": 1700000000.25,
+         "server": server_name("SELECT $1", _UNSPECIFIED, "")},
     ]
     st.close(b"SS_1\x00")
     assert [row["name"] for row in json.loads(st.listing())] == ["S_2"]
