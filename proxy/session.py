@@ -58,6 +58,7 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
+    SESSION_STATEMENTS,
     Allow,
     Change,
     Decision,
@@ -75,7 +76,7 @@ from proxy.reasons import CloseReason
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
-from proxy.statements import RESPONSES, Statements, forgets
+from proxy.statements import RESPONSES, ClientTexts, Statements, forgets, render
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -362,6 +363,8 @@ class ClientSession:
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
+        self._live = False  # the decided Parse reads pg_prepared_statements (Statements renders it at each use)
+        self._client_texts: ClientTexts | None = None  # without Statements: the client's texts of rewritten statements
         self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
         self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
         self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
@@ -498,11 +501,35 @@ class ClientSession:
                 parse = None
             if len(key) <= _MAX_MEMO_BODY:
                 self._statement_memo = (key, parse)
+        live, self._live = self._live, False
         if parse is None or parse.sql.startswith(_DENIED_TEXT):  # fails in the backend: nothing is made
             st.passthrough(m.PARSE, out if out is not None else m.frame(b"P", body))
             return out
-        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets)
+        text = None
+        if out is not None and parse.name:  # rewritten: the client's own text, for pg_prepared_statements
+            try:
+                text = m.Parse.decode(body).sql
+            except m.DecodeError:
+                text = None
+        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text)
         return out if edited is None else edited
+
+    def _listing(self) -> str:
+        """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
+        the server as they are, only the client's texts of those the policy rewrote (`_client_text`)."""
+        if self.statements is not None:
+            return self.statements.listing()
+        return self._client_texts.listing() if self._client_texts is not None else "[]"
+
+    def _client_text(self, name: str, text: str | None) -> None:
+        """A named Parse forwarded to a server that keeps the client's names: `text`, the client's text when the
+        policy rewrote it, is what pg_prepared_statements shows for it."""
+        texts = self._client_texts
+        if texts is None:
+            if text is None:
+                return
+            texts = self._client_texts = ClientTexts(*session_statement_limits(self.config))
+        texts.parse(name, text)
 
     def _statement_scope(self) -> str:
         """What a statement's meaning depends on besides its text: the session's context (search_path, temporary
@@ -1220,6 +1247,8 @@ class ClientSession:
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
+            if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: the session's own list
+                return query_message(render(decision.sql, self._listing()))
             return query_message(decision.sql)
         return query_message(self._deny_marker(decision))
 
@@ -1230,6 +1259,8 @@ class ClientSession:
         if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
+            if name and (self._client_texts is not None or out is not None) and self.statements is None:
+                self._client_text(name, None if out is None else sql)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
@@ -1256,11 +1287,22 @@ class ClientSession:
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
+            if self._client_texts is not None and parse.name and self.statements is None:
+                self._client_text(parse.name, None)
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
         if isinstance(decision, Rewrite):
-            out = m.Parse(parse.name, decision.sql, parse.param_types).encode()
+            sql = decision.sql
+            if parse.name and self.statements is None:
+                self._client_text(parse.name, parse.sql)
+            if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: see `_statement_parse`
+                memo = False
+                if self.statements is None:
+                    sql = render(sql, self._listing())
+                else:
+                    self._live = True
+            out = m.Parse(parse.name, sql, parse.param_types).encode()
             self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
             return out
         if self._tracking:

@@ -23,13 +23,16 @@ after re-preparing); otherwise the error passes and the statement is re-prepared
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 
 from proxy import errors
 from proxy.errors import PgError
-from proxy.policy.model import RESERVED_STATEMENT_PREFIX
+from proxy.policy.model import RESERVED_STATEMENT_PREFIX, SESSION_STATEMENTS_MARKER
+from proxy.policy.sqltext import quote_literal
 from proxy.protocol import messages as m
 
 # Server-side statement names; a client's protocol message naming one gets "does not exist" (see `_missing`), its
@@ -68,6 +71,46 @@ _DEALLOCATE = re.compile(r'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[a-z_]
 _DEALLOCATED = "PREPARE pgt_deallocate AS SELECT; DEALLOCATE pgt_deallocate"
 
 
+def render(sql: str, listing: str) -> str:
+    """A rewrite that reads pg_prepared_statements (rule session_statements) with the session's statement list
+    (`Statements.listing`, "[]" for a session whose statements reach the server under their own names) in place of
+    the policy's marker (a client's text never has it: the policy refuses such a text)."""
+    return sql.replace(SESSION_STATEMENTS_MARKER, quote_literal(listing))
+
+
+class ClientTexts:
+    """Sessions whose statement names reach the server as they are (session pooling without the statement cache):
+    the server lists the text pgtenant forwarded, so the client's own text of each named statement the policy
+    rewrote is kept for the pg_prepared_statements wrapper, shown over the server's row of that name (an entry whose
+    statement is gone shows nothing). Bounded like the statements the session may hold: the oldest go first."""
+
+    __slots__ = ("max_bytes", "max_named", "size", "texts")
+
+    def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20) -> None:
+        self.texts: dict[str, str] = {}
+        self.size = 0
+        self.max_named = max(1, max_named)
+        self.max_bytes = max(1, max_bytes)
+
+    def parse(self, name: str, text: str | None) -> None:
+        """A named Parse forwarded; `text`: the client's, when the policy rewrote it (None: forwarded as it is)."""
+        texts = self.texts
+        old = texts.pop(name, None)
+        if old is not None:
+            self.size -= len(old)
+        if text is None:
+            return
+        texts[name] = text
+        self.size += len(text)
+        while texts and (len(texts) > self.max_named or self.size > self.max_bytes):
+            self.size -= len(texts.pop(next(iter(texts))))
+
+    def listing(self) -> str:
+        """The entries as the pg_prepared_statements wrapper reads them (JSON; see `Statements.listing`)."""
+        return json.dumps([{"name": n, "statement": t, "server": n, "over": True} for n, t in self.texts.items()],
+                          separators=(",", ":"))
+
+
 def forgets(sql: str) -> bool:
     """True for DEALLOCATE ALL and DISCARD ALL (alone): every prepared statement goes."""
     return _FORGETS.fullmatch(sql) is not None
@@ -76,7 +119,7 @@ def forgets(sql: str) -> bool:
 class Stmt:
     """A statement's content and its server-side name (shared by the client names and texts that have it)."""
 
-    __slots__ = ("cached", "resets", "scope", "seen", "server", "size", "sql", "types")
+    __slots__ = ("cached", "live", "resets", "scope", "seen", "server", "size", "sql", "types")
 
     def __init__(self, server: str, sql: str, types: bytes) -> None:
         self.server = server
@@ -87,6 +130,7 @@ class Stmt:
         self.cached = False  # an unnamed Parse of it went to the server under its name
         self.resets = forgets(sql)  # running it deallocates every statement (never cached)
         self.scope = ""
+        self.live = False  # `sql` reads pg_prepared_statements: rendered with the session's list at each use
 
     def parse(self) -> bytes:
         return m.Parse(self.server, self.sql, self.types).encode()
@@ -127,7 +171,9 @@ class Statements:
     (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
-                 cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20) -> None:
+                 cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.wall_clock = wall_clock  # when a named statement was prepared (pg_prepared_statements.prepare_time)
         self.error_marker = error_marker  # a statement text (or name) the server fails on, answered with the error
         self.max_named = max(1, max_named)  # named statements the session may hold ([pool] max_session_statements)
         self.max_bytes = max(1, max_bytes)  # their bytes, and those of the texts remembered (..._statement_bytes)
@@ -136,6 +182,8 @@ class Statements:
         self.cache_size = max(1, cache_size)
         self.cache_bytes = max(1, cache_bytes)
         self.named: dict[str, Stmt] = {}
+        # (name, its statement) -> (the client's text where it differs from the forwarded one, when it was prepared)
+        self.origin: dict[tuple[str, Stmt], tuple[str | None, float]] = {}
         self.unnamed: Stmt | None = None  # the unnamed statement (a Stmt with `cached` when the cache has it)
         self._unnamed_here = False  # the unnamed statement was parsed on the server held now (and is still there)
         self._texts: dict[tuple[str, bytes, str], Stmt] = {}  # (text, types, scope) -> Stmt, LRU
@@ -205,16 +253,20 @@ class Statements:
 
     # --- the client's messages (as the session forwards them) --------------------------------------
 
-    def parse(self, name: str, sql: str, types: bytes, scope: str = "", resets: bool = False) -> bytes | None:
+    def parse(self, name: str, sql: str, types: bytes, scope: str = "", resets: bool = False, live: bool = False,
+              text: str | None = None) -> bytes | None:
         """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none).
-        `resets`: the policy's parse says it is DEALLOCATE ALL / DISCARD ALL (in a form `forgets` misses)."""
+        `resets`: the policy's parse says it is DEALLOCATE ALL / DISCARD ALL (in a form `forgets` misses). `live`:
+        `sql` reads pg_prepared_statements (see `render`); `text`: the client's own text, when `sql` differs."""
         if self._recording is not None:
-            self._recording.replay.append(("parse", (name, sql, types, scope)))  # type: ignore[union-attr]
+            self._recording.replay.append(("parse", (name, sql, types, scope, resets, live, text)))  # type: ignore
             if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
                 self._recording.replay = None
                 self._recording = None
         if self._skipping:
             return None  # the server ignores it, and so does the session: the statement is not made
+        if live:
+            return self._live_parse(name, sql, types, scope, text)
         if not name:
             stmt = self._stmt(sql, types, scope)
             stmt.resets = stmt.resets or resets
@@ -228,18 +280,74 @@ class Statements:
             self._unnamed_here = True
             self._sent(_PARSE)  # a failure or skip drops the unnamed statement (see `_undo`)
             return None
-        limit = None if name not in self.named else errors.prepared_statement_exists(name)
-        if limit is None:
-            limit = self._past_limit(name, len(sql) + len(types) + len(PREFIX) + 20)
-        if limit is not None:
-            marker = self.error_marker(limit)
-            self._open = True
-            self._ledger.append(_Entry(_PARSE))
-            return m.Parse(marker, marker, b"\x00\x00").encode()
+        refused = self._refused(name, len(sql) + len(types))
+        if refused is not None:
+            return refused
         stmt = self._stmt(sql, types, scope)
         stmt.resets = stmt.resets or resets
         self.named[name] = stmt
+        self._origin(name, stmt, text if text != sql else None)
         return self._client_parse(stmt, name, None)
+
+    def _refused(self, name: str, size: int) -> bytes | None:
+        """A Parse of statement `name` (`size` bytes of text and types) that fails, as PostgreSQL fails it (the name
+        is in use, or it would take the session past its bounds): the Parse that fails so; None when it may go on."""
+        limit = None if name not in self.named else errors.prepared_statement_exists(name)
+        if limit is None:
+            limit = self._past_limit(name, size + len(PREFIX) + 20)
+        if limit is None:
+            return None
+        marker = self.error_marker(limit)
+        self._open = True
+        self._ledger.append(_Entry(_PARSE))
+        return m.Parse(marker, marker, b"\x00\x00").encode()
+
+    def _origin(self, name: str, stmt: Stmt, text: str | None) -> None:
+        """Remember the client's text of statement `name` (`stmt` as forwarded; None: the same) and when it came;
+        entries of names gone are dropped once they outnumber the statements (kept until then: a failed Close or
+        DEALLOCATE brings the name back)."""
+        origin = self.origin
+        origin[name, stmt] = (text, self.wall_clock())
+        if len(origin) > 2 * len(self.named) + 16:
+            for gone in [(n, s) for n, s in origin if self.named.get(n) is not s]:
+                del origin[gone]
+
+    def _live_parse(self, name: str, sql: str, types: bytes, scope: str, text: str | None) -> bytes:
+        """A Parse of a text that reads pg_prepared_statements: kept as the policy's template and prepared on the
+        server rendered with the session's list as it is at each Bind or Describe (an unnamed one too, under a
+        server name of its own, like the cache's)."""
+        refused = self._refused(name, len(sql) + len(types)) if name else None
+        if refused is not None:
+            return refused
+        stmt = self._stmt(sql, types, scope)
+        stmt.live = True
+        old = None
+        if name:
+            self.named[name] = stmt  # listed by the text it runs, as on a direct connection
+            self._origin(name, stmt, text if text is not None else sql)
+        else:
+            old, self.unnamed = self.unnamed, stmt
+            stmt.cached = True
+        return self._client_parse(self._concrete(stmt), name, old)
+
+    def listing(self) -> str:
+        """The session's named statements as the pg_prepared_statements wrapper reads them (JSON): the client's name
+        and text, the server statement it runs as (none for one that reads pg_prepared_statements: its server text
+        changes with the list), its declared parameter types (null when one is left to the server), when the client
+        prepared it (Unix time)."""
+        origin = self.origin
+        rows = []
+        for name, stmt in self.named.items():
+            text, at = origin.get((name, stmt), _UNKNOWN)
+            rows.append({"name": name, "statement": text or stmt.sql, "server": None if stmt.live else stmt.server,
+                         "types": _oids(stmt.types), "at": None if at is None else round(at, 6)})
+        return json.dumps(rows, separators=(",", ":"))
+
+    def _concrete(self, stmt: Stmt) -> Stmt:
+        """The statement the server runs for `stmt`: itself, or its template rendered with the list as it is now."""
+        if not stmt.live:
+            return stmt
+        return self._stmt(render(stmt.sql, self.listing()), stmt.types, stmt.scope)
 
     def passthrough(self, type_: int, raw: bytes) -> None:
         """A Parse or Bind the session replaced by `raw`, one that fails (a denial): its answer passes, and no
@@ -471,24 +579,23 @@ class Statements:
         keep = True
         stale = b"C0A000\x00" in body and _STALE_PLAN in body
         replay = None
-        if type(head) is _Entry:
-            if head.action == FAKE:  # type: ignore[union-attr]
-                self._fakes -= 1
-            self._undo(head)  # type: ignore[arg-type]
-            if stale and head.server is not None:  # type: ignore[union-attr]
-                self._broken(head.server)  # type: ignore[union-attr]
-                replay = head.replay  # type: ignore[union-attr]
-        else:
-            self._undo_plain(head)  # type: ignore[arg-type]
+        if type(head) is _Entry and head.action == FAKE:  # type: ignore[union-attr]
+            self._fakes -= 1
         # The server skips everything up to the next Sync: those messages are never answered, their fakes never sent.
+        undone = [head]
         while ledger and ledger[0] != _SYNC and not (type(ledger[0]) is _Entry and ledger[0].type == _SYNC):
             skipped = ledger.popleft()
-            if type(skipped) is _Entry:
-                if skipped.action == FAKE:  # type: ignore[union-attr]
-                    self._fakes -= 1
-                self._undo(skipped)  # type: ignore[arg-type]
+            if type(skipped) is _Entry and skipped.action == FAKE:  # type: ignore[union-attr]
+                self._fakes -= 1
+            undone.append(skipped)
+        for entry in reversed(undone):  # last first: a Close then a Parse of one name leaves the old statement
+            if type(entry) is _Entry:
+                self._undo(entry)  # type: ignore[arg-type]
             else:
-                self._undo_plain(skipped)  # type: ignore[arg-type]
+                self._undo_plain(entry)  # type: ignore[arg-type]
+        if type(head) is _Entry and stale and head.server is not None:  # type: ignore[union-attr]
+            self._broken(head.server)  # type: ignore[union-attr]
+            replay = head.replay  # type: ignore[union-attr]
         if not ledger:
             self._skipping = True  # the client's Sync is still to come
             self._recording = None
@@ -515,7 +622,7 @@ class Statements:
                 if step == "parse":
                     out = self.parse(*arg)  # type: ignore[misc]
                     if out is None:
-                        name, sql, types, _ = arg  # type: ignore[misc]
+                        name, sql, types = arg[:3]  # type: ignore[index]
                         out = m.Parse(name, sql, types).encode()
                 elif step in ("bind", "describe", "close"):
                     out = getattr(self, step)(arg)
@@ -609,6 +716,7 @@ class Statements:
             if stmt is None:
                 return None, b"", self.error_marker(errors.unnamed_statement_missing())
             if stmt.cached:
+                stmt = self._concrete(stmt)
                 return stmt, self._ensure(stmt), None
             if self._unnamed_here:
                 return None, b"", None
@@ -619,6 +727,7 @@ class Statements:
         stmt = self.named.get(name)
         if stmt is None:
             return None, b"", self.error_marker(errors.prepared_statement_missing(name))
+        stmt = self._concrete(stmt)
         return stmt, self._ensure(stmt), None
 
     def _ensure(self, stmt: Stmt) -> bytes:
@@ -758,6 +867,15 @@ class Statements:
         if self.prepared is not None:
             for name, size in prepared.items():
                 self.prepared.setdefault(name, size)
+
+
+_UNKNOWN: tuple[None, None] = (None, None)
+
+
+def _oids(types: bytes) -> list[int] | None:
+    """A Parse's parameter types as OIDs (None when one is 0: the server infers it)."""
+    oids = [int.from_bytes(types[i : i + 4], "big") for i in range(2, len(types) - 3, 4)]
+    return None if 0 in oids else oids
 
 
 def _is_fake(entry: object) -> bool:

@@ -79,7 +79,7 @@ BUILTIN_FUNCTIONS: frozenset[str] = frozenset(
         "pg_listening_channels", "pg_my_temp_schema", "pg_notification_queue_usage", "pg_notify",
         "pg_opclass_is_visible", "pg_operator_is_visible", "pg_opfamily_is_visible", "pg_options_to_table",
         "pg_partition_ancestors", "pg_partition_root", "pg_partition_tree", "pg_postmaster_start_time",
-        "pg_prepared_statement", "pg_relation_is_publishable", "pg_relation_is_updatable", "pg_relation_size",
+        "pg_relation_is_publishable", "pg_relation_is_updatable", "pg_relation_size",
         "pg_sequence_last_value", "pg_get_sequence_data", "pg_sequence_parameters", "pg_settings_get_flags",
         "pg_show_all_settings",
         "pg_size_bytes", "pg_size_pretty", "pg_sleep", "pg_sleep_for", "pg_sleep_until", "pg_snapshot_xip",

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
-from proxy.policy.model import TenantPolicy
+from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import quote_ident, quote_literal
 from proxy.policy.tree import Node, parse_json, strip_positions, walk_dicts
@@ -103,6 +103,8 @@ class Filter:
     targets: str = "*"  # the wrapper's select list, with {ref}
     extra: str = ""  # more FROM items after the relation (", LATERAL (…) pgt_s"), with {ref}
     replaced: frozenset[str] = frozenset()  # the columns `targets` replaces
+    rows: bool = False  # the wrapper decides which rows there are (never `lean`: a count(*) needs it too)
+    rule: str = ""  # a rewrite rule the wrapper adds to the decision besides catalog_filter
 
     def predicate(self, ref: str) -> str:
         """The predicate SQL for a reference named `ref`."""
@@ -133,7 +135,7 @@ class Filter:
     def needed_for(self, usage: ColumnUsage, rv: Node) -> Filter:
         """This filter, or its lean variant when the statement (its column `usage`) cannot read a replaced column
         of the relation reference `rv` (no `*` of it, no whole row, no column alias list renaming its columns)."""
-        if self.plain or (rv.get("alias") or {}).get("colnames") or rv.get("location", -1) in usage.whole:
+        if self.plain or self.rows or (rv.get("alias") or {}).get("colnames") or rv.get("location", -1) in usage.whole:
             return self
         return self if usage.names & self.replaced else self.lean()
 
@@ -388,8 +390,10 @@ CATALOG_TABLES: frozenset[str] = frozenset(
      *NAMESPACE_OID_COLUMNS, *RELATION_COLUMNS,
      *TYPE_COLUMNS, *PROC_COLUMNS, *OBJECT_COLUMNS, *ACL_COLUMNS}
 )
+# The session's own prepared statements, not the server's: see `_prepared_statements_filter`.
+PREPARED_STATEMENTS = "pg_prepared_statements"
 # The catalogs whose column lists the policy carries (read from the server: dbcheck.catalog_columns).
-COLUMN_LISTED: frozenset[str] = frozenset({*SCRUBBED_RELATIONS, *ACL_COLUMNS, *ROLE_NAME_ARRAYS})
+COLUMN_LISTED: frozenset[str] = frozenset({*SCRUBBED_RELATIONS, *ACL_COLUMNS, *ROLE_NAME_ARRAYS, PREPARED_STATEMENTS})
 
 
 def _in_visible(policy: TenantPolicy, catalog: str, nspcol: str, expr: str) -> str:
@@ -485,9 +489,48 @@ def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) 
                   replaced=frozenset(replaced))
 
 
+# pg_prepared_statements: the statements a client prepared by protocol message live on servers under pgtenant's
+# content-derived names (`pgt_…`, shared by the sessions of a pool: proxy/statements.py). Its wrapper joins the
+# server's rows with the session's own list (name, text as the client sent it, the server name, declared parameter
+# types, when the client prepared it), which the session puts in place of SESSION_STATEMENTS_MARKER: a `pgt_` row
+# shows under the client's name(s), a `pgt_` row not in the list (another session's, the statement cache's) is left
+# out, a statement of the list not prepared on this server shows with what the session knows of it; the other rows
+# (SQL PREPARE, and the statements of a session whose names reach the server as they are) stay, with the client's
+# text over the forwarded one for a statement of that name the policy rewrote (an entry `over` a server row: shown
+# only with that row).
+_SESSION_LIST = (
+    f"pg_catalog.jsonb_to_recordset({SESSION_STATEMENTS_MARKER}::pg_catalog.jsonb) AS pgt_p(name pg_catalog.text, "
+    "statement pg_catalog.text, server pg_catalog.text, types pg_catalog.oid[], over pg_catalog.bool, "
+    "at pg_catalog.float8)"
+)
+_PREPARED_VALUES = {
+    "name": 'COALESCE(pgt_p.name, {ref}."name")',
+    "statement": 'CASE WHEN pgt_p.name IS NULL OR {ref}."from_sql" THEN {ref}."statement" ELSE pgt_p.statement END',
+    "prepare_time": 'COALESCE(pg_catalog.to_timestamp(pgt_p.at), {ref}."prepare_time")',
+    "parameter_types": 'COALESCE({ref}."parameter_types", pgt_p.types::pg_catalog.regtype[])',
+    "from_sql": 'COALESCE({ref}."from_sql", false)',
+    "generic_plans": 'COALESCE({ref}."generic_plans", 0::pg_catalog.int8)',
+    "custom_plans": 'COALESCE({ref}."custom_plans", 0::pg_catalog.int8)',
+}
+
+
+def _prepared_statements_filter(columns: tuple[str, ...]) -> Filter:
+    """pg_prepared_statements as the session would see it on a direct connection (see above)."""
+    targets = ", ".join(
+        f'{_PREPARED_VALUES[c]} AS "{c}"' if c in _PREPARED_VALUES else f'{{ref}}."{c}"' for c in columns
+    )
+    return Filter(
+        "catalog", f"pg_catalog.{PREPARED_STATEMENTS}", "name",
+        "(pgt_p.name IS NOT NULL AND ({ref}.\"name\" IS NOT NULL OR pgt_p.over IS NULL) OR NOT "
+        "pg_catalog.starts_with({ref}.\"name\", 'pgt_'))",
+        targets=targets, extra=f' FULL JOIN {_SESSION_LIST} ON {{ref}}."name" = pgt_p.server',
+        replaced=frozenset(columns), rows=True, rule=SESSION_STATEMENTS,
+    )
+
+
 def needs_columns(policy: TenantPolicy, relation: str) -> bool:
     """Whether `relation`'s wrapper replaces column values under this policy (it then needs the column list)."""
-    return relation in ACL_COLUMNS or relation in ROLE_NAME_ARRAYS or (
+    return relation == PREPARED_STATEMENTS or relation in ACL_COLUMNS or relation in ROLE_NAME_ARRAYS or (
         policy.strategy in SCRUBBING_STRATEGIES and relation in SCRUBBED_RELATIONS
     )
 
@@ -564,8 +607,11 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             if view in STAT_VIEWS and hides_toast(policy):  # a TOAST table's counters with its relation's
                 visible += " AND " + toast_row_visible(policy, f'{{ref}}."{STAT_VIEWS[view]}"', '{ref}."schemaname"')
             out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", visible)
+    statements = policy.catalog_columns.get(PREPARED_STATEMENTS)
+    if statements:  # (unknown columns: denied, `unscrubbable`)
+        out[PREPARED_STATEMENTS] = _prepared_statements_filter(statements)
     for relation in COLUMN_LISTED:
-        if needs_columns(policy, relation):
+        if relation != PREPARED_STATEMENTS and needs_columns(policy, relation):
             replaced = _column_filter(policy, relation, out.get(relation))
             if replaced is not None:
                 out[relation] = replaced

@@ -16,6 +16,8 @@ from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
     EXPORT_SNAPSHOT,
     REAPPLY_CONTEXT,
+    SESSION_STATEMENTS,
+    SESSION_STATEMENTS_MARKER,
     Allow,
     Change,
     Decision,
@@ -138,6 +140,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
+    if SESSION_STATEMENTS in plan.rules and SESSION_STATEMENTS_MARKER in sql:  # the session fills in only ours
+        raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
 
 

@@ -57,6 +57,9 @@ NEVER_NAMES: frozenset[str] = frozenset(
         "pg_identify_object",
         "pg_identify_object_as_address",
         "pg_get_object_address",
+        # the function behind pg_prepared_statements: the server's statements under pgtenant's names, other
+        # sessions' of the pool too (the view lists the session's own: catalog.py)
+        "pg_prepared_statement",
         # the size of a tablespace holds every database's (every tenant's) data; an object's ACL names roles
         "pg_tablespace_size",
         "pg_get_acl",

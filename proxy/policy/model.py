@@ -45,6 +45,11 @@ SETTING = "setting"  # session SET of `name` (lower case): `shown` is the statem
 RESET_SETTINGS = "reset_settings"  # RESET ALL / DISCARD ALL: every setting back to the session's defaults
 # The names of the proxy's own server-side prepared statements (proxy/statements.py): no client SQL names one.
 RESERVED_STATEMENT_PREFIX = "pgt_"
+# pg_prepared_statements lists the session's own statements (proxy/policy/catalog.py): the wrapper reads them from
+# this literal, which the session replaces with its list (proxy/statements.py `listing`) before the text is sent; a
+# rewrite that has one carries the rule SESSION_STATEMENTS. A client's text may not contain it.
+SESSION_STATEMENTS_MARKER = "'pgtenant:session-statements'"
+SESSION_STATEMENTS = "session_statements"
 PIN = "pin"  # session state the proxy cannot follow or replay: pinned for the rest of the session (`name`: reason)
 DISCARD_ALL = "discard_all"  # DISCARD ALL: cursors, prepared statements, LISTEN, advisory locks (and the rest)
 # Not undone by a rollback (PostgreSQL: SQL prepared statements and session advisory locks ignore transactions; a

@@ -117,7 +117,11 @@ def wrapper_node(rv: Node, flt: Filter, fence: bool = False) -> Node:
         subquery = star_select([_STAR], {"RangeVar": inner}, where, fence)
     else:
         select = wrapper_select(flt, rv.get("relname", ""), fence)
-        select["fromClause"][0] = {"RangeVar": inner}
+        first = select["fromClause"][0]
+        if "JoinExpr" in first:  # the relation joined with more (`Filter.extra` starting with a JOIN)
+            first["JoinExpr"]["larg"] = {"RangeVar": inner}
+        else:
+            select["fromClause"][0] = {"RangeVar": inner}
         subquery = {"SelectStmt": select}
     return {"RangeSubselect": {"subquery": subquery, "alias": alias}}
 
@@ -238,6 +242,12 @@ class _Planner:
         if rule not in self.plan.rules:
             self.plan.rules.append(rule)
 
+    def filtered(self, flt: Filter) -> None:
+        """The rules of an injected filter."""
+        self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+        if flt.rule:
+            self.rule(flt.rule)
+
     # -- FROM references -----------------------------------------------------------------------------------
     def unqualify_columns(self, analysis: Analysis) -> None:
         """`schema.table.column` cannot name a derived table: drop the schema from such references to a
@@ -280,7 +290,7 @@ class _Planner:
         self.replace_leaf(ref.holder, ref.key, wrapper_node(inner, flt, fence))
         if "alias" not in rv:
             self.unaliased.add((flt.relation.split(".", 1)[0], rv["relname"]))
-        self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+        self.filtered(flt)
 
     def name_span(self, ref: RelRef, flt: Filter | None = None) -> tuple[int, int, str, Node]:
         """Byte span and text of a FROM item's relation name, with a `TABLE` / `ONLY` keyword before it (and the
@@ -392,7 +402,7 @@ class _Planner:
             holder[key] = {"RangeSubselect": {"subquery": query, "alias": alias}}
 
         self.mutate(mutation)
-        self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+        self.filtered(flt)
 
     def qualify(self, rv: Node) -> None:
         """Name the relation written at `rv` pg_temp.<name>: then only the session's own temporary relation can be
@@ -440,7 +450,7 @@ class _Planner:
 
         self.mutate(mutation)
         self.rule("copy_to_query")
-        self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
+        self.filtered(flt)
 
     # -- WHERE predicates ----------------------------------------------------------------------------------
     def and_where(self, body: Node, tag: str, location: int, stop_words: frozenset[str], preds_sql: list[str]) -> None:

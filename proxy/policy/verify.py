@@ -487,6 +487,15 @@ def _in_scope(scope: _Scope, name: Any) -> bool:
     return False
 
 
+def _same_join(joined: Node | None, expected: Node) -> bool:
+    """A wrapper's first FROM item is the relation as its filter has it: plain, or joined exactly as the filter
+    joins it (the relation itself, `larg`, is checked by the caller)."""
+    want = expected.get("JoinExpr")
+    if joined is None or want is None:
+        return joined is None and want is None
+    return _same({k: v for k, v in joined.items() if k != "larg"}, {k: v for k, v in want.items() if k != "larg"})
+
+
 class _Coverage:
     """An independent walk over one statement tree (it shares no traversal code with walk.py): explicit stack,
     CTE scopes, FROM positions, DML targets."""
@@ -818,6 +827,9 @@ class _Coverage:
         if not sub or not sub.get("fromClause"):
             return False
         item = sub["fromClause"][0]
+        joined = item.get("JoinExpr")  # the relation joined with more (a filter whose `extra` is a JOIN)
+        if joined is not None:
+            item = joined.get("larg", {})
         if "RangeTableSample" in item:
             item = item["RangeTableSample"].get("relation", {})
         inner = item.get("RangeVar")
@@ -838,15 +850,18 @@ class _Coverage:
             if (
                 len(sub["fromClause"]) == len(expected["fromClause"])
                 and _same(actual, {k: v for k, v in expected.items() if k != "fromClause"})
+                and _same_join(joined, expected["fromClause"][0])
                 and all(_same(a, e) for a, e in zip(sub["fromClause"][1:], expected["fromClause"][1:], strict=True))
             ):
                 return True
             # ... or its plain row filter, when the statement reads none of the replaced columns of this reference
             alias = body.get("alias") or {}
-            if not self.reads_none_of(flt.replaced, inner, bool(alias.get("colnames"))):
+            if flt.rows or not self.reads_none_of(flt.replaced, inner, bool(alias.get("colnames"))):
                 return False
             flt = flt.lean()
-        if len(sub["fromClause"]) != 1 or set(sub) != (_FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS):
+        if joined is not None or len(sub["fromClause"]) != 1 or set(sub) != (
+            _FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS
+        ):
             return False
         if fence and not _same(sub["limitOffset"], _OFFSET_ZERO):
             return False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -290,8 +291,12 @@ def test_asyncpg_statement_cache_under_contention(pooled: ProxyProcess, churn: C
                 async for r in conn.cursor("SELECT g FROM generate_series(1, 2000) g", prefetch=100):
                     total += r[0]
                 assert total == 2000 * 2001 // 2
-            # pg_prepared_statements lists the proxy's server names, not __asyncpg_stmt_N__ (open, issue 16: see
-            # test_pool_isolation.py::test_protocol_statements_interleave_on_one_server, a strict xfail)
+            # as on a direct connection: the client's own __asyncpg_stmt_N__ (the listing's too), none of the others'
+            # (every client sends the same texts: another session's statement would list one text twice)
+            rows = [tuple(r) for r in await conn.fetch("SELECT name, statement FROM pg_prepared_statements")]
+            texts = {t for _, t in rows}
+            assert all(re.fullmatch(r"__asyncpg_stmt_[0-9a-f]+__", x) for x, _ in rows), rows
+            assert len(texts) == len(rows) and "SELECT $1::int8 * 2, $2::numeric, $3::text[]" in texts, rows
         finally:
             await conn.close()
 
@@ -383,8 +388,7 @@ def test_jdbc_server_prepared_statements_in_parallel(pooled: ProxyProcess, jdbc:
         assert [r["product"] for r in rows] == [f"{2 * i}.50" for i in range(1, 11)]
         assert [r["server_prepared"] for r in rows] == [i >= threshold for i in range(1, 11)]
         assert [r["binary"] for r in rows[threshold:]] == [[True, True]] * (10 - threshold), rows
-        # pg_prepared_statements shows the proxy's server names of the server the listing lands on, not "S_1" (open,
-        # issue 16: see test_pool_isolation.py::test_protocol_statements_interleave_on_one_server, a strict xfail)
+        assert out["prepared_statements"] == ["S_1"], out  # as on a direct connection, whichever server it is on
 
 
 def test_jdbc_fetch_size_and_cancel(pooled: ProxyProcess, jdbc: None, churn: Churn) -> None:

@@ -179,10 +179,6 @@ def _probe(b: psycopg.Connection, left: Left, defaults: tuple[str, ...]) -> list
     return problems
 
 
-_NAMES_OPEN = ("pg_prepared_statements lists the proxy's content-named server statements (pgt_...), also those other "
-               "sessions of the same pool prepared on that server, not the client's own names: open, issue 16")
-
-
 @pytest.mark.parametrize("who", ["same_tenant", "other_tenant"])
 @pytest.mark.parametrize("case", list(LEFT))
 def test_left_state_is_gone_for_the_next_client(iso: ProxyProcess, pg: PgCluster, defaults: tuple[str, ...],
@@ -254,7 +250,6 @@ def test_settings_interleave_on_one_server(iso: ProxyProcess, defaults: tuple[st
         assert {_pid(a), _pid(b)} == {pid}
 
 
-@pytest.mark.xfail(strict=True, reason=_NAMES_OPEN)
 def test_protocol_statements_interleave_on_one_server(iso: ProxyProcess) -> None:
     # psycopg names both clients' first statements _pg3_0; on the one server each must run its own text.
     with _connect(iso, "isa") as a, _connect(iso, "isa") as b:

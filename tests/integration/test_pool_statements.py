@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +16,7 @@ from psycopg import pq
 from tests.support.certs import TlsFiles
 from tests.support.jdbc import jdbc_missing_reason, run_jdbc
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,42 @@ def table(pg: PgCluster) -> Iterator[str]:
     pg.execute("DROP TABLE IF EXISTS stale_t", dbname="initech")
 
 
+@pytest.fixture(scope="module")
+def session(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """pgtenant in session pooling without the statement cache: the client's names reach the server as they are."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+                     backend_sslmode="require" if pg.ssl_enabled else "disable",
+                     pool={"pool_mode": "session", "statement_cache": False})
+    p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def server_view(pg: PgCluster) -> None:
+    """A view the database's owner made over pg_prepared_statements: the policy does not look into it, so it shows
+    the server's own statements (pgtenant's pgt_ names), which the tenant's pg_prepared_statements never lists."""
+    prepare_backend(pg)
+    pg.execute("CREATE OR REPLACE VIEW public.server_prepared AS SELECT name FROM pg_catalog.pg_prepared_statements;"
+               "GRANT SELECT ON public.server_prepared TO PUBLIC", dbname="initech")
+
+
 def server_statements(conn: psycopg.Connection) -> list[str]:
-    """The statements prepared on the server this session holds, as PostgreSQL lists them."""
-    return [r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements ORDER BY name").fetchall()]
+    """The statements prepared on the server this session holds, as PostgreSQL lists them (`server_view`)."""
+    return [r[0] for r in conn.execute("SELECT name FROM server_prepared ORDER BY name").fetchall()]
+
+
+def listed(conn: psycopg.Connection) -> list[str]:
+    """The names the session's pg_prepared_statements lists."""
+    sql = "SELECT name FROM pg_prepared_statements ORDER BY name"
+    return [r[0] for r in conn.execute(sql, prepare=False).fetchall()]
+
+
+def direct_dsn(pg: PgCluster) -> str:
+    """A direct connection as tenant initech's backend role (what the listings must equal)."""
+    role, password = TENANT_ROLES["initech"]
+    return pg.dsn(role, password, dbname="initech")
 
 
 def test_repeated_unnamed_statements_become_a_server_statement(cached: ProxyProcess) -> None:
@@ -65,6 +99,7 @@ def test_repeated_unnamed_statements_become_a_server_statement(cached: ProxyProc
         assert len(names) == 1 and names[0].startswith("pgt_")
         assert c.execute("SELECT 'once', %s::int", (1,)).fetchone() == ("once", 1)  # seen once: not admitted
         assert len(server_statements(c)) == 1
+        assert listed(c) == []  # as on a direct connection: the unnamed statement is not listed
 
 
 def test_a_changed_row_type_is_retried_transparently(cached: ProxyProcess, pg: PgCluster, table: str) -> None:
@@ -220,7 +255,7 @@ def test_clients_in_threads_share_the_server(pooled: ProxyProcess) -> None:
 
 
 @pytest.mark.parametrize("threshold", [5, 1])
-def test_pgjdbc_server_prepared_statements(pooled: ProxyProcess, threshold: int) -> None:
+def test_pgjdbc_server_prepared_statements(pooled: ProxyProcess, pg: PgCluster, threshold: int) -> None:
     if jdbc_missing_reason():
         pytest.skip(jdbc_missing_reason() or "")
     url = pooled.jdbc_url("ivan", sslmode="disable", prepareThreshold=threshold)
@@ -230,10 +265,149 @@ def test_pgjdbc_server_prepared_statements(pooled: ProxyProcess, threshold: int)
     assert [r["sum"] for r in rows] == [i * 1000 + 1 for i in range(1, 11)]
     assert [r["product"] for r in rows] == [f"{2 * i}.50" for i in range(1, 11)]
     assert [r["server_prepared"] for r in rows] == [i >= threshold for i in range(1, 11)]
-    # PostgreSQL lists the server's statements under pgtenant's names, those other sessions of the pool prepared on
-    # it too (docs/statements.md): never the client's S_1
+    # pg_prepared_statements lists the client's S_n, as on a direct connection (the listing's own statement too, when
+    # prepareThreshold=1 makes it a server-prepared one)
+    role, password = TENANT_ROLES["initech"]
+    direct = run_jdbc(pg.jdbc_url("initech", sslmode="disable", prepareThreshold=threshold), role, password,
+                      "prepared", 10)
     names = out["prepared_statements"]
-    assert names and all(n.startswith("pgt_") for n in names) and "S_1" not in names
+    assert names == direct["prepared_statements"] and "S_1" in names, (names, direct["prepared_statements"])
+
+
+# --- pg_prepared_statements: the session's own statements, as on a direct connection ------------------------------
+
+LISTING = "SELECT name, statement, from_sql, parameter_types::text FROM pg_prepared_statements ORDER BY name"
+
+
+def psycopg_listings(conn: psycopg.Connection) -> list[object]:
+    """A psycopg client's protocol-level (_pg3_N) and SQL statements, and what pg_prepared_statements shows of them
+    after each step: plain, joined, in a subquery, `*`, by simple Query and as a prepared statement of its own."""
+    seen: list[object] = []
+
+    def look() -> None:
+        seen.append(conn.execute(LISTING, prepare=False).fetchall())
+
+    assert conn.execute("SELECT %s::int8 * 2", (1,), prepare=True).fetchone() == (2,)
+    assert conn.execute("SELECT %s::text || 'x'", ("a",), prepare=True).fetchone() == ("ax",)
+    look()
+    conn.execute("PREPARE sql_p(int) AS SELECT $1 + 1")
+    look()
+    seen.append(conn.execute("SELECT p.name, v.n FROM pg_prepared_statements p JOIN (VALUES ('sql_p'), ('_pg3_1')) "
+                             "v(n) ON p.name = v.n ORDER BY 1", prepare=False).fetchall())
+    seen.append(conn.execute("SELECT count(*) FROM (SELECT * FROM pg_prepared_statements) s", prepare=False).fetchall())
+    seen.append(conn.execute("SELECT 1 WHERE EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE name = %s)",
+                             ("_pg3_0",), prepare=False).fetchall())
+    cur = conn.execute("SELECT * FROM pg_prepared_statements ORDER BY name", prepare=False)
+    seen.append(([d.name for d in cur.description or ()], len(cur.fetchall())))
+    seen.append(conn.execute(LISTING, prepare=True).fetchall())  # _pg3_2: it lists itself
+    conn.execute("DEALLOCATE sql_p")
+    seen.append(conn.execute(LISTING, prepare=True).fetchall())  # the same _pg3_2 again: the list of now
+    conn.execute("DEALLOCATE ALL")
+    look()
+    assert conn.execute("SELECT %s::int8 * 3", (1,), prepare=True).fetchone() == (3,)
+    look()
+    conn.execute("DISCARD ALL")
+    look()
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["pooled", "cached", "session"])
+def test_psycopg_pg_prepared_statements_as_on_a_direct_connection(request: pytest.FixtureRequest, pg: PgCluster,
+                                                                   mode: str) -> None:
+    proxy: ProxyProcess = request.getfixturevalue(mode)
+    with psycopg.connect(direct_dsn(pg), autocommit=True) as c:
+        direct = psycopg_listings(c)
+    with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as c:
+        through = psycopg_listings(c)
+        assert not [n for n in listed(c) if n.startswith("pgt_")]
+    assert direct[0] == [("_pg3_0", "SELECT $1::int8 * 2", False, "{smallint}"),
+                         ("_pg3_1", "SELECT $1::text || 'x'", False, "{text}")]  # (what the test is about)
+    assert through == direct
+
+
+def _normal(rows: list[object]) -> list[object]:
+    """asyncpg numbers its statements per process: __asyncpg_stmt_N__ without the N."""
+    return [tuple(re.sub(r"__asyncpg_stmt_[0-9a-f]+__", "__asyncpg_stmt__", v) if isinstance(v, str) else v
+                  for v in row) for row in rows]  # type: ignore[union-attr]
+
+
+async def asyncpg_listings(url: str) -> list[object]:
+    """asyncpg's prepared statement and statement cache (__asyncpg_stmt_N__, the listing itself one of them)."""
+    conn = await asyncpg.connect(url, ssl=False)
+    try:
+        stmt = await conn.prepare("SELECT $1::int8 * 2")
+        assert await stmt.fetchval(21) == 42
+        assert await conn.fetchval("SELECT $1::int + 1", 1) == 2
+        seen = [_normal(await conn.fetch(LISTING))]
+        assert await conn.fetchval("SELECT $1::text", "x") == "x"
+        seen.append(_normal(await conn.fetch(LISTING)))  # asyncpg's cached listing statement again
+        return seen
+    finally:
+        await conn.close()
+
+
+def test_asyncpg_pg_prepared_statements_as_on_a_direct_connection(pooled: ProxyProcess, pg: PgCluster) -> None:
+    role, password = TENANT_ROLES["initech"]
+    direct = asyncio.run(asyncpg_listings(pg.url(role, password, dbname="initech")))
+    through = asyncio.run(asyncpg_listings(pooled.url("ivan")))
+    assert len(direct[0]) == 3 and len(direct[1]) == 4  # (what the test is about)
+    assert through == direct
+
+
+@pytest.mark.parametrize("mode", ["pooled", "session"])
+def test_a_rewritten_statement_is_listed_with_the_clients_text(request: pytest.FixtureRequest, mode: str) -> None:
+    """Shared strategy: the server runs the tenant-filtered text; the client sees its own, under its own name."""
+    proxy: ProxyProcess = request.getfixturevalue(mode)
+    text = "SELECT count(*) FROM orders WHERE id > $1"
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as c:
+        assert c.execute(text.replace("$1", "%s"), (0,), prepare=True).fetchone() == (200,)  # acme's 200 of 300
+        rows = c.execute(LISTING, prepare=False).fetchall()
+        assert rows == [("_pg3_0", text, False, "{smallint}")]
+        rows = c.execute(LISTING, prepare=True).fetchall()  # _pg3_1, rewritten too: listed by the client's text
+        assert rows == [("_pg3_0", text, False, "{smallint}"), ("_pg3_1", LISTING, False, "{}")]
+        c.execute("DEALLOCATE ALL")
+        assert listed(c) == []
+
+
+def test_prepare_time_is_when_the_client_prepared(pooled: ProxyProcess) -> None:
+    """Not the server copy's (another session may have prepared that one long before): when this client's Parse
+    came, in the order its statements came, none after the listing ran."""
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        a.execute("SELECT %s::int", (1,), prepare=True)  # a's copy on the server: prepared first
+        start = b.execute("SELECT statement_timestamp()").fetchone()
+        b.execute("SELECT %s::int", (1,), prepare=True)  # b's _pg3_0: the same server statement
+        b.execute("SELECT %s::text", ("x",), prepare=True)
+        rows = b.execute("SELECT name, prepare_time >= %s, prepare_time <= statement_timestamp() "
+                         "FROM pg_prepared_statements ORDER BY prepare_time, name", start, prepare=False).fetchall()
+        assert rows == [("_pg3_0", True, True), ("_pg3_1", True, True)]
+
+
+def test_two_clients_on_one_server_list_only_their_own(pooled: ProxyProcess) -> None:
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a, \
+            psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:
+        for conn, text in ((a, "SELECT 'of-a', %s::int"), (b, "SELECT 'of-b', %s::int"), (a, "SELECT 'a2', %s::int")):
+            conn.execute(text, (1,), prepare=True)
+        assert a.execute("SELECT pg_backend_pid()").fetchone() == b.execute("SELECT pg_backend_pid()").fetchone()
+        assert len([n for n in server_statements(b) if n.startswith("pgt_")]) >= 3  # all three on the one server
+        mine = "SELECT name, statement FROM pg_prepared_statements ORDER BY 1"
+        assert a.execute(mine, prepare=False).fetchall() == [("_pg3_0", "SELECT 'of-a', $1::int"),
+                                                             ("_pg3_1", "SELECT 'a2', $1::int")]
+        assert b.execute(mine, prepare=False).fetchall() == [("_pg3_0", "SELECT 'of-b', $1::int")]
+        assert b.execute("SELECT count(*) FROM pg_prepared_statements", prepare=False).fetchone() == (1,)
+        a.execute("DEALLOCATE ALL")  # a's statements go; b's stay listed for b (and prepared again when it runs one)
+        assert listed(a) == [] and listed(b) == ["_pg3_0"]
+        assert b.execute("SELECT 'of-b', %s::int", (2,), prepare=True).fetchone() == ("of-b", 2)
+
+
+def test_the_placeholder_cannot_be_forged(pooled: ProxyProcess) -> None:
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
+        c.execute("SELECT %s::int", (1,), prepare=True)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="reserved"):
+            c.execute("SELECT 'pgtenant:session-statements', name FROM pg_prepared_statements", prepare=False)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the function behind the view: not allowed
+            c.execute("SELECT name FROM pg_prepared_statement()", prepare=False)
+        assert listed(c) == ["_pg3_0"]
 
 
 # --- a client's SQL and the proxy's server statements (red team pool round 1 F1) ---------------------------------

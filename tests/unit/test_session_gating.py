@@ -3,6 +3,7 @@ outcome, the statement a Bind names. Driven with scripted bytes, no sockets."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from proxy import errors
 from proxy.actions import CloseClient, RelayToServer
 from proxy.auth.throttle import AuthThrottle
-from proxy.policy.model import Allow, Deny, Rewrite
+from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, Allow, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
 from tests.support.sessions import attach, frames, login, make_config
@@ -137,3 +138,37 @@ def test_repeated_parse_reuses_its_outcome_only_under_the_same_policy(tmp_path: 
 # --- the statement a Bind names ---------------------------------------------------------------------
 
 
+
+
+# --- pg_prepared_statements: the session's list goes in place of the policy's marker ------------------------------
+
+
+def test_a_rewrite_reading_pg_prepared_statements_gets_the_sessions_list(tmp_path: Path) -> None:
+    """Without proxy/statements.py (the client's names reach the server): the client's texts of the named statements
+    the policy rewrote, over the server's rows of those names; a client's own text is never touched."""
+    listing = f"SELECT * FROM v({SESSION_STATEMENTS_MARKER})"
+
+    def decide(kind: str, sql: str):
+        if "pg_prepared_statements" in sql:
+            return Rewrite(listing, ("catalog_filter", SESSION_STATEMENTS))
+        if "orders" in sql:
+            return Rewrite(sql + " WHERE tenant_id = 'acme'", ("tenant_filter",))
+        return Allow()
+
+    s = ready_session(tmp_path, decide)
+    assert s.statements is None
+    out = forwarded(s.client_data(m.Query("SELECT name FROM pg_prepared_statements").encode()))
+    assert m.query_text(frames(out)[0][1]) == "SELECT * FROM v('[]')"
+    s.client_data(m.Parse("S_1", "SELECT * FROM orders", b"\x00\x00").encode())
+    s.client_data(m.Parse("S_2", "SELECT 1", b"\x00\x00").encode())
+    out = forwarded(s.client_data(m.Parse("S_3", "SELECT name FROM pg_prepared_statements", b"\x00\x00").encode()))
+    sql = m.Parse.decode(frames(out)[0][1]).sql
+    assert json.loads(sql[sql.index("'") + 1 : sql.rindex("'")].replace("''", "'")) == [
+        {"name": "S_1", "statement": "SELECT * FROM orders", "server": "S_1", "over": True},
+        {"name": "S_3", "statement": "SELECT name FROM pg_prepared_statements", "server": "S_3", "over": True},
+    ]
+    s.client_data(m.Parse("S_1", "SELECT 2", b"\x00\x00").encode())  # S_1 again, as it is: its text goes
+    out = forwarded(s.client_data(m.Query("SELECT name FROM pg_prepared_statements").encode()))
+    assert '"S_1"' not in m.query_text(frames(out)[0][1])
+    out = forwarded(s.client_data(m.Query("SELECT 'x' /* orders */").encode()))  # a rewrite without the rule
+    assert m.query_text(frames(out)[0][1]) == "SELECT 'x' /* orders */ WHERE tenant_id = 'acme'"

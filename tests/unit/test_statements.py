@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
 
 from proxy.errors import PgError
+from proxy.policy.model import SESSION_STATEMENTS_MARKER
 from proxy.protocol import messages as m
-from proxy.statements import PREFIX, RESPONSES, Statements, forgets, server_name
+from proxy.statements import (
+    ERROR_RESPONSE,
+    PARSE_COMPLETE,
+    PREFIX,
+    READY_FOR_QUERY,
+    RESPONSES,
+    ClientTexts,
+    Statements,
+    forgets,
+    render,
+    server_name,
+)
 
 _STALE = {"S": "ERROR", "V": "ERROR", "C": "0A000", "M": "cached plan must not change result type",
           "R": "RevalidateCachedQuery"}
@@ -752,3 +765,92 @@ def test_named_statements_past_the_sessions_bounds_fail_with_53200_and_the_sessi
         p.pump()
         assert transcript(p.seen) == ["2", "D", "C", "3", "Z", "1", "2", "D", "C", "Z"]
         assert set(p.st.named) == {"S_1", "S_3"}
+
+
+# --- pg_prepared_statements: the session's list (the policy's wrapper reads it; docs/statements.md) ---------------
+
+_INT4 = b"\x00\x01\x00\x00\x00\x17"
+_UNSPECIFIED = b"\x00\x01\x00\x00\x00\x00"
+
+
+def _statements() -> Statements:
+    st = Statements(error_marker=lambda err: "pgtenant_denied_0", wall_clock=lambda: 1700000000.25)
+    st.attach({})
+    return st
+
+
+def test_listing_has_the_clients_names_and_texts_and_the_server_statements() -> None:
+    st = _statements()
+    st.parse("S_1", "SELECT * FROM (SELECT 1 WHERE x = $1) t", _INT4, text="SELECT 1 WHERE x = $1")
+    st.parse("S_2", "SELECT $1", _UNSPECIFIED)
+    st.parse("", "SELECT 3", b"\x00\x00")  # the unnamed statement is never listed, as on a direct connection
+    assert json.loads(st.listing()) == [
+        {"name": "S_1", "statement": "SELECT 1 WHERE x = $1", "types": [23], "at": 1700000000.25,
+         "server": server_name("SELECT * FROM (SELECT 1 WHERE x = $1) t", _INT4, "")},
+        {"name": "S_2", "statement": "SELECT $1", "types": None, "at": 1700000000.25,
+         "server": server_name("SELECT $1", _UNSPECIFIED, "")},
+    ]
+    st.close(b"SS_1\x00")
+    assert [row["name"] for row in json.loads(st.listing())] == ["S_2"]
+    st.query(reset=True)  # DEALLOCATE ALL / DISCARD ALL
+    assert st.listing() == "[]"
+
+
+def test_skipped_messages_leave_the_statement_and_its_text() -> None:
+    """After an error the server skips a Close and a Parse of one name: the old statement stays (undone last first),
+    listed with its own text."""
+    st = _statements()
+    st.parse("S_1", "SELECT 'old' FROM t", b"\x00\x00", text="SELECT 'old'")
+    st.sync()
+    st.respond(PARSE_COMPLETE, b"")
+    st.respond(READY_FOR_QUERY, b"I")
+    st.parse("X", "SELECT fail", b"\x00\x00")
+    st.close(b"SS_1\x00")
+    st.parse("S_1", "SELECT 'new' FROM t", b"\x00\x00", text="SELECT 'new'")
+    st.sync()
+    st.respond(ERROR_RESPONSE, error("42601", "syntax error")[1])
+    st.respond(READY_FOR_QUERY, b"I")
+    assert st.take_client() == b""  # the skipped Close got no answer
+    assert [(r["name"], r["statement"]) for r in json.loads(st.listing())] == [("S_1", "SELECT 'old'")]
+
+
+def _sent(data: bytes) -> list[m.Parse]:
+    return [m.Parse.decode(body) for t, body in frames(data) if t == ord("P")]
+
+
+def test_a_statement_reading_the_view_is_rendered_with_the_list_at_each_use() -> None:
+    template = f"SELECT name FROM v({SESSION_STATEMENTS_MARKER})"
+    st = _statements()
+    st.parse("S_1", "SELECT 1", b"\x00\x00")
+    out = st.parse("L", template, b"\x00\x00", live=True, text="SELECT name FROM pg_prepared_statements")
+    (first,) = _sent(out or b"")
+    assert SESSION_STATEMENTS_MARKER not in first.sql and first.name.startswith(PREFIX)
+    listed = json.loads(first.sql[first.sql.index("'") + 1 : first.sql.rindex("'")].replace("''", "'"))
+    # the listing statement lists itself, by the client's text, and has no server statement to join (its text changes)
+    assert [(r["name"], r["statement"], r["server"]) for r in listed] == [
+        ("S_1", "SELECT 1", server_name("SELECT 1", b"\x00\x00", "")),
+        ("L", "SELECT name FROM pg_prepared_statements", None)]
+    assert st.bind(bind("L")[5:]) == bind(first.name)  # the same list: the same server statement
+    st.close(b"SS_1\x00")
+    again = st.bind(bind("L")[5:]) or b""
+    (second,) = _sent(again)  # the list changed: the statement is prepared again, rendered with the list of now
+    assert second.name != first.name and "S_1" not in second.sql and '"L"' in second.sql
+    assert again.endswith(bind(second.name))
+    assert st.parse("", template, b"\x00\x00", live=True) is not None  # the unnamed one, under a server name too
+    assert st.bind(bind("")[5:]) is not None
+
+
+def test_render_puts_the_list_in_as_a_literal() -> None:
+    sql = f"SELECT * FROM f({SESSION_STATEMENTS_MARKER}::jsonb)"
+    got = render(sql, '[{"statement":"SELECT \'x\'"}]')
+    assert got == "SELECT * FROM f('[{\"statement\":\"SELECT ''x''\"}]'::jsonb)"
+    assert render(sql, "[]") == "SELECT * FROM f('[]'::jsonb)"
+
+
+def test_client_texts_are_bounded_and_follow_the_names() -> None:
+    texts = ClientTexts(max_named=2)
+    texts.parse("a", "SELECT 'a'")
+    texts.parse("b", "SELECT 'b'")
+    texts.parse("c", "SELECT 'c'")  # past the bound: the oldest goes (its row then shows the forwarded text)
+    texts.parse("b", None)  # b parsed again, forwarded as it is
+    assert json.loads(texts.listing()) == [{"name": "c", "statement": "SELECT 'c'", "server": "c", "over": True}]

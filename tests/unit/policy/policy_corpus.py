@@ -16,6 +16,9 @@ FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
 # the server a tenant runs on).
 PG15_CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
     "pg_largeobject_metadata": ("oid", "lomowner", "lomacl"),
+    "pg_prepared_statements": (
+        "name", "statement", "prepare_time", "parameter_types", "from_sql", "generic_plans", "custom_plans",
+    ),
     "pg_attribute": (
         "attrelid", "attname", "atttypid", "attstattarget", "attlen", "attnum", "attndims", "attcacheoff",
         "atttypmod", "attbyval", "attalign", "attstorage", "attcompression", "attnotnull", "atthasdef",
