@@ -389,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def run(self, actions: list[Action]) -> None:
-        for action in actions:
+        for i, action in enumerate(actions):
             if isinstance(action, RelayToServer):
                 if self.link is not None:
                     self.link.writelines(action.chunks)
@@ -417,7 +417,13 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, RunDecision):
                 self._run_decision(action.pending)
             elif isinstance(action, ForwardCancel):
-                asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
+                # What follows (closing this cancel connection) waits until the backend acted on the cancel, as
+                # PostgreSQL's own cancel connection does: libpq's cancel returns at that close, and the client's
+                # next query must never be the one cancelled.
+                task = asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
+                if rest := actions[i + 1:]:
+                    task.add_done_callback(lambda _task, rest=rest: self.run(rest))
+                return
             elif isinstance(action, ReleaseServer):
                 self._release(action)
             elif isinstance(action, AcquireServer):

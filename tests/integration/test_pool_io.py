@@ -14,11 +14,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
 from tests.support.psql import run_psql
-from tests.support.wire import login_error
+from tests.support.wire import backend_key, login, login_error, read_message
 
 ADMIN_PASSWORD = "ops-pw"
 CANCEL_CODE = 80877102
@@ -198,6 +199,7 @@ class SlowCancels:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cancels = 0
+        self.delivered = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -216,11 +218,14 @@ class SlowCancels:
                 client.close()
                 return
             first += chunk
-        if struct.unpack("!ii", first)[1] == CANCEL_CODE:
+        cancel = struct.unpack("!ii", first)[1] == CANCEL_CODE
+        if cancel:
             self.cancels += 1
             time.sleep(self.delay)
         server = socket.create_connection(self.target)
         server.sendall(first)
+        if cancel:
+            self.delivered += 1  # (PostgreSQL reads the rest of the packet and closes only after this)
         threading.Thread(target=_pipe, args=(server, client), daemon=True).start()
         _pipe(client, server)
 
@@ -240,6 +245,61 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
 
 
+class RawClient:
+    """A client on a raw socket (its cancel key at hand, nothing blocking the test's threads): psycopg's cancel()
+    holds the GIL until the cancel connection closes, which would stall SlowCancels' forwarding threads."""
+
+    def __init__(self, p: ProxyProcess, user: str = "alice") -> None:
+        self.port = p.port
+        self.sock, messages = login(p.port, {"user": user, "database": p.users[user][0]}, p.password(user))
+        self.key = backend_key(messages)
+
+    def send(self, sql: str) -> None:
+        self.sock.sendall(m.query_message(sql))
+
+    def results(self) -> list[tuple[bytes, bytes]]:
+        """The messages up to ReadyForQuery."""
+        out = []
+        while True:
+            t, body = read_message(self.sock)
+            out.append((t, body))
+            if t == b"Z":
+                return out
+
+    def value(self, sql: str) -> str:
+        self.send(sql)
+        rows = [body for t, body in self.results() if t == b"D"]
+        assert len(rows) == 1, rows
+        return rows[0][6:].decode()  # one column: count, length, value
+
+    def cancel(self) -> socket.socket:
+        """Send a CancelRequest for this session on a new connection and return that connection (not waiting)."""
+        c = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        c.sendall(m.encode_cancel_request(*self.key))
+        return c
+
+    def close(self) -> None:
+        self.sock.sendall(m.TERMINATE_MESSAGE)
+        self.sock.close()
+
+
+def b_runs(p: ProxyProcess, outcome: list[object]) -> threading.Thread:
+    """Client B (psycopg, in a thread): its backend pid, then pg_sleep(2); `outcome` gets ("done", pid) or the
+    exception."""
+    def run() -> None:
+        try:
+            with psycopg.connect(p.dsn("alice"), autocommit=True) as b:
+                pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+                b.execute("SELECT pg_sleep(2)")
+                outcome.append(("done", pid))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: PgCluster, tmp_path: Path) -> None:
     """pool_size 1: A's cancel is still on its way to PostgreSQL when A leaves and B, waiting, would get the same
     server and start pg_sleep; the server goes to B only once A's cancel connection has closed, so B's query runs
@@ -247,27 +307,53 @@ def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: Pg
     slow = SlowCancels(pg.host, pg.port, delay=1.0)
     p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), pool_size=1)
     try:
-        a = psycopg.connect(p.dsn("alice"), autocommit=True)
-        a_pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        a = RawClient(p)
+        a_pid = int(a.value("SELECT pg_backend_pid()"))
         outcome: list[object] = []
-
-        def b_session() -> None:
-            try:
-                with psycopg.connect(p.dsn("alice"), autocommit=True) as b:
-                    pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-                    b.execute("SELECT pg_sleep(2)")
-                    outcome.append(("done", pid))
-            except Exception as exc:
-                outcome.append(exc)
-
-        b_thread = threading.Thread(target=b_session)
-        b_thread.start()
+        b_thread = b_runs(p, outcome)
         until_waiting(p, "acme")
-        a.cancel()  # nothing runs: the cancel is only on its way (held back by the forwarder)
+        cancel = a.cancel()  # nothing runs: the cancel is only on its way (held back by the forwarder)
+        until(lambda: slow.cancels == 1, timeout=10, interval=0.01, what="the cancel at the forwarder")
         a.close()  # A releases its server while its cancel is in flight
+        assert cancel.recv(1) == b""  # A's cancel connection closes only once PostgreSQL has it
+        assert slow.delivered == 1
+        cancel.close()
         b_thread.join(30)
-        assert slow.cancels == 1
         assert outcome and outcome[0] == ("done", a_pid), outcome  # B got A's server and its query was not cancelled
     finally:
+        p.stop()
+        slow.close()
+
+
+def test_a_cancel_pending_on_an_idle_server_is_absorbed_before_the_next_client_gets_it(
+        pg: PgCluster, tmp_path: Path) -> None:
+    """Transaction mode, pool_size 1: A's query ends while A's cancel is still on its way, so A releases the server
+    at ReadyForQuery and the cancel reaches it idle. B, waiting, gets the server only after A's cancel connection
+    closed and a round trip of the pool's own has met it (PostgreSQL drops a cancel that finds its backend idle
+    when the next command is read), so B's pg_sleep runs to its end."""
+    slow = SlowCancels(pg.host, pg.port, delay=1.0)
+    p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), pool_size=1, pool_mode="transaction")
+    lock = psycopg.connect(pg.dsn(dbname="saas"))
+    try:
+        a = RawClient(p)
+        a_pid = int(a.value("SELECT pg_backend_pid()"))
+        lock.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+        a.send("SELECT count(*) FROM orders")  # A holds the server while this waits for the lock
+        outcome: list[object] = []
+        b_thread = b_runs(p, outcome)
+        until_waiting(p, "acme")
+        cancel = a.cancel()
+        until(lambda: slow.cancels == 1, timeout=10, interval=0.01, what="the cancel at the forwarder")
+        lock.commit()  # A's query ends (A releases the server at ReadyForQuery) before its cancel arrives
+        assert [t for t, _ in a.results()] == [b"T", b"D", b"C", b"Z"]
+        assert cancel.recv(1) == b""
+        assert slow.delivered == 1
+        cancel.close()
+        b_thread.join(30)
+        assert outcome and outcome[0] == ("done", a_pid), outcome
+        assert a.value("SELECT 7") == "7"  # A, idle meanwhile, is untouched too
+        a.close()
+    finally:
+        lock.close()
         p.stop()
         slow.close()
