@@ -55,6 +55,7 @@ from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
+from proxy.reported import reset_to_default
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
@@ -333,6 +334,7 @@ class ClientSession:
         self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
+        self._startup_status: dict[str, str] = {}  # those of them its startup parameters set (what a RESET shows)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
@@ -657,6 +659,7 @@ class ClientSession:
             shown = self.context.parameter_status(value) if name == "search_path" else value
             self._client_status[name] = shown
             out += m.parameter_status(name, shown)
+        self._startup_status = {k: v for k, v in self._client_status.items() if k.lower() in self._startup_settings}
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
@@ -1354,6 +1357,15 @@ class ClientSession:
             if shown != value:
                 self._client_status[name] = shown
                 return m.parameter_status(name, shown)
+        elif name.lower() in self._startup_settings and reset_to_default(name.lower(), self.context.current.settings):
+            shown = self._startup_status.get(name, value)  # (a RESET of a startup setting: its startup value)
+            if shown != value:
+                if self._client_status.get(name) == shown:
+                    return b""
+                self._client_status[name] = shown
+                return m.parameter_status(name, shown)
+        if self._client_status.get(name) == value:  # PostgreSQL reports a setting only when its value changed
+            return b""
         self._client_status[name] = value
         return None
 

@@ -4,6 +4,7 @@ and reused, a cancel racing the release of its server never reaches the next cli
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import struct
 import threading
@@ -249,10 +250,11 @@ class RawClient:
     """A client on a raw socket (its cancel key at hand, nothing blocking the test's threads): psycopg's cancel()
     holds the GIL until the cancel connection closes, which would stall SlowCancels' forwarding threads."""
 
-    def __init__(self, p: ProxyProcess, user: str = "alice") -> None:
+    def __init__(self, p: ProxyProcess, user: str = "alice", **params: str) -> None:
         self.port = p.port
-        self.sock, messages = login(p.port, {"user": user, "database": p.users[user][0]}, p.password(user))
+        self.sock, messages = login(p.port, {"user": user, "database": p.users[user][0], **params}, p.password(user))
         self.key = backend_key(messages)
+        self.status = dict(m.decode_parameter_status(body) for t, body in messages if t == b"S")
 
     def send(self, sql: str) -> None:
         self.sock.sendall(m.query_message(sql))
@@ -357,3 +359,121 @@ def test_a_cancel_pending_on_an_idle_server_is_absorbed_before_the_next_client_g
         lock.close()
         p.stop()
         slow.close()
+
+
+# --- ParameterStatus across servers -------------------------------------------------------------------
+
+
+REPORTED = ("application_name", "DateStyle", "IntervalStyle", "TimeZone")
+
+
+def reported(conn: psycopg.Connection) -> dict[str, str | None]:
+    return {name: conn.info.parameter_status(name) for name in REPORTED}
+
+
+def server_values(conn: psycopg.Connection) -> dict[str, str]:
+    row = conn.execute("SELECT " + ", ".join(f"current_setting('{n}')" for n in REPORTED)).fetchone()
+    assert row is not None
+    return dict(zip(REPORTED, row, strict=True))
+
+
+def other_settings(p: ProxyProcess) -> list[psycopg.Connection]:
+    """Two clients of alice's tenant whose settings differ from the defaults."""
+    return [psycopg.connect(p.dsn("alice", application_name="h-app", options="-c DateStyle=German "
+                                  "-c TimeZone=Asia/Tokyo -c IntervalStyle=sql_standard"), autocommit=True)
+            for _ in range(2)]
+
+
+def hand_over(holders: list[psycopg.Connection], i: int) -> int:
+    """Pool of two: the holders in turn keep one server each in a transaction, so that a third client always gets
+    the server the other holder just gave back (round `i`: holder i % 2 begins, taking the only idle server — the
+    one the third client used last —, and the other one commits); the backend pid now held."""
+    following = holders[i % 2]
+    following.execute("BEGIN")
+    pid = following.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    if i:
+        holders[(i + 1) % 2].execute("COMMIT")
+    return int(pid)
+
+
+def test_parameter_status_follows_the_client_across_servers_of_other_settings(pg: PgCluster, tmp_path: Path) -> None:
+    """Transaction mode, pool_size 2: X's transactions alternate between the two servers, each last used by a client
+    H of other settings. X is told its own values only (its startup ones, then what its own SETs change), never H's
+    nor the servers' defaults, and its own SETs and RESETs show as on a direct connection."""
+    p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction")
+    try:
+        x = psycopg.connect(p.dsn("alice", application_name="x-app", options="-c DateStyle=SQL,DMY"), autocommit=True)
+        holders = other_settings(p)
+        mine = {"application_name": "x-app", "DateStyle": "SQL, DMY", "IntervalStyle": "postgres",
+                "TimeZone": x.info.parameter_status("TimeZone")}
+        assert reported(x) == mine
+        steps = [
+            ("SELECT 1", {}),
+            ("SET TimeZone = 'America/New_York'", {"TimeZone": "America/New_York"}),
+            ("SELECT 1", {}),
+            ("SET TimeZone = 'Asia/Tokyo'", {"TimeZone": "Asia/Tokyo"}),  # H's value, on a server H left it on
+            ("BEGIN; SET IntervalStyle = 'iso_8601'; ROLLBACK", {}),
+            ("SET application_name = 'x2'", {"application_name": "x2"}),
+            ("RESET application_name", {"application_name": "x-app"}),  # back to its startup value
+            ("SELECT 1", {}),
+            ("RESET ALL", {"TimeZone": mine["TimeZone"]}),
+            ("SELECT 1", {}),
+            ("DISCARD ALL", {}),
+            ("SELECT 1", {}),
+        ]
+        held = hand_over(holders, 0)
+        pids = []
+        for i, (sql, changes) in enumerate(steps):
+            x.execute(sql)
+            mine.update(changes)
+            assert reported(x) == mine, sql
+            x_pid = x.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+            assert x_pid != held
+            assert server_values(x) == mine, sql
+            pids.append(x_pid)
+            held = hand_over(holders, i + 1)
+        assert len(set(pids)) == 2 and all(a != b for a, b in itertools.pairwise(pids))  # alternating
+        assert all(reported(h)["TimeZone"] == "Asia/Tokyo" and reported(h)["DateStyle"] == "German, DMY"
+                   for h in holders)
+        x.close()
+        for h in holders:
+            h.close()
+    finally:
+        p.stop()
+
+
+def test_no_parameter_status_but_for_the_clients_own_changes(pg: PgCluster, tmp_path: Path) -> None:
+    """The messages themselves (a raw client): landing on a server of other settings sends X no ParameterStatus at
+    all; its own SET sends exactly one, with its value, as on a direct connection; a RESET of a startup setting
+    none (its value does not change)."""
+    p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction")
+    try:
+        x = RawClient(p, application_name="x-app")
+        holders = other_settings(p)
+        held = hand_over(holders, 0)
+        steps = [
+            ("SELECT pg_backend_pid()", []),
+            ("SET TimeZone = 'America/New_York'", [("TimeZone", "America/New_York")]),
+            ("SELECT pg_backend_pid()", []),
+            ("SET DateStyle = 'German'", [("DateStyle", "German, DMY")]),  # the holders' value
+            ("SELECT pg_backend_pid()", []),
+            ("RESET application_name", []),
+            ("RESET ALL", [("DateStyle", "ISO, MDY"), ("TimeZone", x.status["TimeZone"])]),
+            ("SELECT pg_backend_pid()", []),
+        ]
+        pids = set()
+        for i, (sql, expected) in enumerate(steps):
+            x.send(sql)
+            answer = x.results()
+            statuses = sorted(m.decode_parameter_status(body) for t, body in answer if t == b"S")
+            assert statuses == expected, sql
+            pid = {int(body[6:].decode()) for t, body in answer if t == b"D"}
+            assert held not in pid
+            pids |= pid
+            held = hand_over(holders, i + 1)
+        assert len(pids) == 2
+        x.close()
+        for h in holders:
+            h.close()
+    finally:
+        p.stop()
