@@ -17,6 +17,7 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    BatchWithoutSync,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
@@ -86,6 +87,7 @@ class ClientConnection(asyncio.Protocol):
         self._relaying = False  # the session's startup was answered: the client transport reads into the relay
         self._pinned_at: float | None = None  # since when the session is pinned to its server (transaction pooling)
         self._pin_timer: asyncio.TimerHandle | None = None
+        self._unsynced_timer: asyncio.TimerHandle | None = None  # the server is held by a batch without its Sync
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -194,6 +196,7 @@ class ClientConnection(asyncio.Protocol):
             self._waiting_server = False
             self.proxy.pool.withdraw(self)
         self._unpinned()
+        self._batch_without_sync(False)
 
     def pause_writing(self) -> None:
         self._client_full = True
@@ -344,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _release(self, action: ReleaseServer) -> None:
         """Give the server back to the pool; the client's relay stops reading it."""
+        self._batch_without_sync(False)
         link, self.link = self.link, None
         if link is None:
             return
@@ -368,6 +372,26 @@ class ClientConnection(asyncio.Protocol):
         self._pin_timer = None
         if not self.closed and self._pinned_at is not None:
             self.log.warning("session_pinned_long", seconds=round(time.monotonic() - self._pinned_at, 1),
+                             max_pin_time=limit)
+
+    def _batch_without_sync(self, held: bool) -> None:
+        """Transaction pooling: the session's server is held by a batch flushed without its Sync (counted while it
+        lasts; past max_pin_time logged once, `server_held_without_sync`), or no longer."""
+        if held == (self._unsynced_timer is not None) or self.tenant is None:
+            return
+        self.proxy.metrics.server_held_without_sync(self.tenant.label, held)
+        if held:
+            limit = self.proxy.config.pool.max_pin_time
+            self._unsynced_timer = asyncio.get_running_loop().call_later(limit, self._held_long, limit,
+                                                                         time.monotonic())
+        else:
+            assert self._unsynced_timer is not None
+            self._unsynced_timer.cancel()
+            self._unsynced_timer = None
+
+    def _held_long(self, limit: float, since: float) -> None:
+        if not self.closed:
+            self.log.warning("server_held_without_sync", seconds=round(time.monotonic() - since, 1),
                              max_pin_time=limit)
 
     def _unpinned(self) -> None:
@@ -432,6 +456,8 @@ class ClientConnection(asyncio.Protocol):
                 self._pinned(action.reason)
             elif isinstance(action, SessionUnpinned):
                 self._unpinned()
+            elif isinstance(action, BatchWithoutSync):
+                self._batch_without_sync(action.open)
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return

@@ -3,15 +3,18 @@ and reused, a cancel racing the release of its server never reaches the next cli
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import socket
 import struct
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -475,5 +478,44 @@ def test_no_parameter_status_but_for_the_clients_own_changes(pg: PgCluster, tmp_
         x.close()
         for h in holders:
             h.close()
+    finally:
+        p.stop()
+
+
+# --- a server held by a batch without its Sync ------------------------------------------------------------
+
+
+def held_without_sync(p: ProxyProcess) -> float:
+    """pgtenant_servers_held_without_sync of tenant acme, from /metrics."""
+    with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    found = [ln for ln in lines if ln.startswith('pgtenant_servers_held_without_sync{tenant="acme"}')]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_a_server_held_by_a_batch_without_its_sync_is_counted_and_logged(pg: PgCluster, tmp_path: Path) -> None:
+    """asyncpg's prepare() sends Parse, Describe, Flush and no Sync: in transaction mode the session keeps its
+    server until the Sync of its next execution (PostgreSQL holds the batch's implicit transaction open until then,
+    and times nothing out meanwhile). While it lasts the server is counted, and past max_pin_time logged once."""
+    p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction", max_pin_time=0.5)
+
+    async def client() -> None:
+        conn = await asyncpg.connect(p.url("alice"), ssl=False, statement_cache_size=0)
+        try:
+            stmt = await conn.prepare("SELECT $1::int + 1")
+            until(lambda: held_without_sync(p) == 1, timeout=10, interval=0.05, what="the server counted")
+            until(lambda: [e for e in p.log_events() if e.get("event") == "server_held_without_sync"],
+                  timeout=10, interval=0.05, what="server_held_without_sync in the log")
+            assert await stmt.fetchval(41) == 42  # Bind, Execute, Sync: the batch ends, the server goes back
+            until(lambda: held_without_sync(p) == 0, timeout=10, interval=0.05, what="the count back to 0")
+            assert await conn.fetchval("SELECT 7") == 7
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(client())
+        events = [e for e in p.log_events() if e.get("event") == "server_held_without_sync"]
+        assert len(events) == 1 and events[0]["max_pin_time"] == 0.5
+        assert held_without_sync(p) == 0
     finally:
         p.stop()
