@@ -285,10 +285,11 @@ class Proxy:
         """A CancelRequest: forwarded only while its session holds a server, to that server's backend process; the
         client's cancel connection is closed once this returns, i.e. once PostgreSQL has acted (as PostgreSQL's own
         cancel connection closes), so a client's next query is never hit by its own earlier cancel. A session that
-        holds no server has nothing running: nothing is forwarded. The server goes to nobody else until the cancel
-        connection has closed and a round trip proved it clean, so a cancel racing the release of the server never
-        reaches the next client's query (PgBouncer 1.19+ also waits for the close); a cancel whose connection
-        failed may still arrive: its server is closed instead of reused."""
+        holds no server has nothing running: nothing is forwarded (requests waiting for a server are answered as
+        cancelled). The server goes to nobody else until the cancel connection has closed and a round trip proved
+        it clean, so a cancel racing the release of the server never reaches the next client's query (PgBouncer
+        1.19+ also waits for the close); a cancel whose connection failed may still arrive: its server is closed
+        instead of reused."""
         client = self.cancels.lookup(action.process_id, action.secret_key)
         if client is None:  # anyone can send these: counted, and logged through the pre-login limiter
             self.metrics.cancel_ignored()
@@ -300,7 +301,10 @@ class Proxy:
             return
         link = self.pool.holding(client)  # type: ignore[arg-type]
         if link is None or link.closed:
-            log.info("cancel_ignored", reason="no_server_held")
+            if self.pool.cancel_waiting(client):  # type: ignore[arg-type]
+                log.info("cancel_answered", reason="waiting_for_server")
+            else:
+                log.info("cancel_ignored", reason="no_server_held")
             return
         self.pool.cancel_started(link)
         delivered = False

@@ -84,6 +84,16 @@ class Pool:
 
     # --- cancel --------------------------------------------------------------------------------
 
+    def cancel_waiting(self, client: ClientConnection) -> bool:
+        """A cancel for `client` while its requests wait for a server: the wait ends and they are answered as
+        cancelled (nothing ran; PgBouncer ignores such a cancel and the client hangs until a server frees up).
+        False if it does not wait."""
+        if not self.manager.is_waiting(id(client)):
+            return False
+        self.withdraw(client)
+        client.server_refused(errors.query_canceled(), CloseReason.CANCEL_REQUEST)
+        return True
+
     def cancel_started(self, link: ServerLink) -> None:
         """A cancel connection to `link`'s backend process opens: the link goes to nobody else until it closed
         (and a round trip of its own proved no cancel is left on it)."""

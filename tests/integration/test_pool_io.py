@@ -364,6 +364,36 @@ def test_a_cancel_pending_on_an_idle_server_is_absorbed_before_the_next_client_g
         slow.close()
 
 
+def test_a_cancel_while_waiting_for_a_server_answers_the_waiting_query(pg: PgCluster, tmp_path: Path) -> None:
+    """Transaction mode, pool_size 1, A in a transaction: B's query waits for the server; B's cancel ends the wait
+    and B gets PostgreSQL's 57014 at once, as if its query had been cancelled (it never ran), and B goes on once
+    the server is free. (Before, the cancel was ignored and B hung until A committed.)"""
+    p = pooled_proxy(pg, tmp_path, pool_size=1, pool_mode="transaction")
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as a, \
+                psycopg.connect(p.dsn("alice"), autocommit=True) as b:
+            a.execute("BEGIN")  # A holds the only server
+            outcome: list[object] = []
+
+            def b_query() -> None:
+                try:
+                    outcome.append(b.execute("SELECT 42").fetchone())
+                except psycopg.Error as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=b_query)
+            thread.start()
+            until_waiting(p, "acme")
+            b.cancel_safe()
+            thread.join(20)
+            assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+            assert str(outcome[0]) == "canceling statement due to user request"
+            a.execute("COMMIT")
+            assert b.execute("SELECT 43").fetchone() == (43,)
+    finally:
+        p.stop()
+
+
 # --- ParameterStatus across servers -------------------------------------------------------------------
 
 
