@@ -30,16 +30,18 @@ CANCEL_CODE = 80877102
 
 
 def pooled_proxy(pg: PgCluster, workdir: Path, *, backend: tuple[str, int] | None = None,
-                 **pool: object) -> ProxyProcess:
+                 connect_timeout: float | None = None, **pool: object) -> ProxyProcess:
     """A proxy of its own with these [pool] keys in session mode (a session holds its server from login to end),
-    and an admin user; optionally reaching PostgreSQL through `backend` (host, port)."""
+    and an admin user; optionally reaching PostgreSQL through `backend` (host, port), with `connect_timeout`."""
     prepare_backend(pg)
     p = ProxyProcess(pg, workdir, backend_sslmode="disable", pool={"pool_mode": "session", **pool},
                      admin_users={"ops": ADMIN_PASSWORD})
     if backend is not None:
         p.write_config()
         text = p.config_path.read_text()
-        text = text.replace(f'host = "{pg.host}"\nport = {pg.port}', f'host = "{backend[0]}"\nport = {backend[1]}')
+        timeout = f"\nconnect_timeout = {connect_timeout}" if connect_timeout is not None else ""
+        text = text.replace(f'host = "{pg.host}"\nport = {pg.port}',
+                            f'host = "{backend[0]}"\nport = {backend[1]}{timeout}')
         p.config_path.write_text(text)
         p.write_config = lambda: None  # type: ignore[method-assign]  # keep the edited file
     return p.start()
@@ -325,6 +327,36 @@ def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: Pg
         cancel.close()
         b_thread.join(30)
         assert outcome and outcome[0] == ("done", a_pid), outcome  # B got A's server and its query was not cancelled
+    finally:
+        p.stop()
+        slow.close()
+
+
+def test_a_server_whose_cancel_was_not_confirmed_is_closed_not_reused(pg: PgCluster, tmp_path: Path) -> None:
+    """The cancel connection to PostgreSQL does not close within connect_timeout (0.5 s; the forwarder holds the
+    cancel 2 s): PostgreSQL may still act on it later, so A's server is closed when A leaves, not handed to B, whose
+    query on a new server runs to its end; the late cancel names a backend that no longer exists."""
+    slow = SlowCancels(pg.host, pg.port, delay=2.0)
+    p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), connect_timeout=0.5, pool_size=1)
+    try:
+        a = RawClient(p)
+        a_pid = int(a.value("SELECT pg_backend_pid()"))
+        cancel = a.cancel()
+        assert cancel.recv(1) == b""  # closed once the proxy gave up on the cancel connection
+        assert slow.delivered == 0
+        cancel.close()
+        outcome: list[object] = []
+        b_thread = b_runs(p, outcome)
+        until_waiting(p, "acme")
+        a.close()
+        b_thread.join(30)
+        [result] = outcome
+        assert isinstance(result, tuple) and result[0] == "done" and result[1] != a_pid, result  # a new server
+        until(lambda: slow.delivered == 1, timeout=10, interval=0.05, what="the late cancel")
+        events = [e for e in p.log_events() if e.get("event") == "cancel_failed"]
+        assert len(events) == 1
+        with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
+            assert 'pgtenant_pool_servers_closed_total{reason="cancel_unconfirmed"} 1.0' in r.read().decode()
     finally:
         p.stop()
         slow.close()
