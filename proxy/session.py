@@ -335,7 +335,7 @@ class ClientSession:
         self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
-        self._startup_status: dict[str, str] = {}  # those of them its startup parameters set (what a RESET shows)
+        self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
         self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
@@ -662,7 +662,8 @@ class ClientSession:
             shown = self.context.parameter_status(value) if name == "search_path" else value
             self._client_status[name] = shown
             out += m.parameter_status(name, shown)
-        self._startup_status = {k: v for k, v in self._client_status.items() if k.lower() in self._startup_settings}
+        startup = {k: v for k, v in self._client_status.items() if k.lower() in self._startup_settings}
+        self._startup_status = startup or None
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
@@ -1367,7 +1368,7 @@ class ClientSession:
                 self._client_status[name] = shown
                 return m.parameter_status(name, shown)
         elif name.lower() in self._startup_settings and reset_to_default(name.lower(), self.context.current.settings):
-            shown = self._startup_status.get(name, value)  # (a RESET of a startup setting: its startup value)
+            shown = (self._startup_status or {}).get(name, value)  # (a RESET of a startup setting: its value)
             if shown != value:
                 if self._client_status.get(name) == shown:
                     return b""

@@ -1,5 +1,7 @@
 """The pools on a real PostgreSQL: a tenant's servers are capped by its pool (redteam-guards-2 G7), servers are reset
-and reused, a cancel racing the release of its server never reaches the next client, SHOW POOLS / SERVERS."""
+and reused, a cancel racing the release of its server (or reaching it idle, or unconfirmed) never reaches the next
+client, a cancel of a waiting client answers its query, ParameterStatus follows the client across servers, servers
+held by a batch without its Sync are counted, SHOW POOLS / SERVERS."""
 
 from __future__ import annotations
 
