@@ -119,6 +119,14 @@ class SessionPinned:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchWithoutSync:
+    """Transaction pooling: the client flushed an extended-protocol batch and has sent no Sync yet (`open`), so its
+    server stays held until that Sync; or the Sync came (`open` False)."""
+
+    open: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SessionUnpinned:
     """The session no longer holds state on its server connection; `reasons` were its pins (metrics: durations)."""
 
@@ -233,5 +241,5 @@ Action = (
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
     | SessionPinned | SessionUnpinned | LimitReached | CancelQuery | WatchLimits
-    | AcquireSlot | ReleaseSlot
+    | AcquireSlot | ReleaseSlot | BatchWithoutSync
 )

@@ -156,7 +156,7 @@ class PoolConfig:
     server_lifetime: float = 3600.0  # a server older than this is closed when released
     server_check_delay: float = 30.0  # an idle server idle this long is checked (empty query) before reuse
     query_wait_timeout: float = 120.0  # a client waiting this long for a server gets an error
-    max_pin_time: float = 600.0  # a session pinned longer is logged once (session_pinned_long)
+    max_pin_time: float = 600.0  # a session pinned (or its server held without a Sync) longer is logged once
     statement_cache: bool = False
     statement_cache_size: int = 500  # statements per server
     statement_cache_bytes: int = 4 * 1024 * 1024  # statement text bytes per server

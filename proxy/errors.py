@@ -216,6 +216,9 @@ pool_wait_timeout = _register(
     "raise pool_size (pool.pool_size or tenants.{tenant}.pool_size), reserve_pool, max_db_connections or "
     "pool.query_wait_timeout in the pgtenant configuration.",
 )
+# A CancelRequest for a session whose requests wait for a server: they never ran, and are answered as PostgreSQL
+# answers a cancelled statement.
+query_canceled = _register("query_canceled", QUERY_CANCELED, "ERROR", "canceling statement due to user request")
 tenant_reconfigured = _register(
     "tenant_reconfigured", ADMIN_SHUTDOWN, "FATAL",
     'terminating connection: the configuration of tenant "{tenant}" changed while it waited for a server',

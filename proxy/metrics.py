@@ -326,6 +326,12 @@ class Metrics:
             "Transaction pooling: sessions pinned to their server connection, by the state that pins them.",
             ["tenant", "reason"], registry=r,
         )
+        self._unsynced = Gauge(
+            "pgtenant_servers_held_without_sync",
+            "Transaction pooling: servers held by a session whose client flushed an extended-protocol batch and has "
+            "sent no Sync yet (asyncpg's prepare() does; the server goes back only after that Sync).",
+            ["tenant"], registry=r,
+        )
         self._pinned_seconds = Histogram(
             "pgtenant_session_pinned_seconds",
             "Transaction pooling: how long a session stayed pinned to its server connection.",
@@ -423,6 +429,14 @@ class Metrics:
     def session_pinned(self, tenant: str, reason: str) -> None:
         """A session of a tenant label was pinned to its server for `reason` (a pin reason: a fixed set)."""
         self._pins.labels(tenant, reason).inc()
+
+    def server_held_without_sync(self, tenant: str, held: bool) -> None:
+        """A session of a tenant label holds its server by a batch waiting for its Sync (or no longer)."""
+        child = self._unsynced.labels(tenant)
+        if held:
+            child.inc()
+        else:
+            child.dec()
 
     def session_unpinned(self, tenant: str, seconds: float) -> None:
         """A session of a tenant label is no longer pinned (or ended pinned), after `seconds`."""

@@ -129,6 +129,7 @@ class Closing(enum.StrEnum):
     TIMEOUT = "timeout"  # its reset or check took longer than the backend's connect_timeout
     RETIRED = "retired"  # its pool's tenant context changed (reload)
     LOST = "lost"  # the connection closed by itself
+    CANCEL_UNCONFIRMED = "cancel_unconfirmed"  # a cancel to it may still arrive (its connection failed or timed out)
     CONNECT_FAILED = "connect_failed"
     SHUTDOWN = "shutdown"
 
@@ -180,6 +181,9 @@ class Server:
     since: float  # when the current state began (reset and check deadlines)
     owner: Hashable | None = None
     cancels: int = 0  # cancel connections in flight to it: not handed out until they closed
+    cancelled: bool = False  # a cancel reached it since its last proving round trip: checked before reuse
+    proving: bool = False  # its reset/check began with no cancel in flight (a success proves it clean)
+    cancel_lost: bool = False  # a cancel's connection failed: PostgreSQL may still act on it, so it is closed
     pinned: bool = False
     opened_for: str = ""  # the tenant whose waiter made it be opened (a failed connect refuses that one)
 
@@ -332,11 +336,13 @@ class PoolManager:
             self._close(server, Closing.RETIRED, out)
         elif now - server.created >= self.config.pool.server_lifetime:
             self._close(server, Closing.LIFETIME, out)
+        elif server.cancel_lost:
+            self._close(server, Closing.CANCEL_UNCONFIRMED, out)
         elif reset:
-            _transition(server, Event.RESET, now)
+            self._begin(server, Event.RESET, now)
             out.append(Reset(server.id))
         else:
-            self._make_idle(server, Event.RELEASE, now)
+            self._make_idle(server, Event.RELEASE, now, out)
         return out + self._dispatch(now)
 
     def connected(self, server_id: int, now: float) -> list[PoolAction]:
@@ -353,8 +359,9 @@ class PoolManager:
             self._unqueue(waiter)
             self._give(server, waiter.client, now)
             return [Grant(waiter.client, server.id, now - waiter.since), *self._dispatch(now)]
-        self._make_idle(server, Event.CONNECTED, now)
-        return self._dispatch(now)
+        out: list[PoolAction] = []
+        self._make_idle(server, Event.CONNECTED, now, out)
+        return out + self._dispatch(now)
 
     def connect_failed(self, server_id: int, error: PgError, reason: CloseReason, now: float) -> list[PoolAction]:
         """A new server could not be opened: the waiter it was opened for gets `error`."""
@@ -385,21 +392,27 @@ class PoolManager:
         return self._dispatch(now)
 
     def cancel_started(self, server_id: int) -> None:
-        """A cancel connection to the server opened: it is handed to nobody until `cancel_done`."""
+        """A cancel connection to the server opened: it is handed to nobody until `cancel_done`, and then only
+        after a round trip of its own (a reset or a check begun after that) has proven no cancel is left on it."""
         server = self.servers.get(server_id)
         if server is not None:
             server.cancels += 1
+            server.cancelled = True
+            server.proving = False
             self._not_idle(server)
 
-    def cancel_done(self, server_id: int, now: float) -> list[PoolAction]:
-        """A cancel connection to the server closed."""
+    def cancel_done(self, server_id: int, now: float, *, delivered: bool = True) -> list[PoolAction]:
+        """A cancel connection to the server closed: PostgreSQL acted on it if `delivered`; if not (it failed or
+        timed out) the cancel may still arrive at any time, so the server serves no one else again."""
         server = self.servers.get(server_id)
         if server is None:
             return []
         server.cancels -= 1
+        server.cancel_lost |= not delivered
+        out: list[PoolAction] = []
         if server.cancels == 0 and server.state is State.IDLE:
-            self._index_idle(server)
-        return self._dispatch(now)
+            self._settle_idle(server, now, out)
+        return out + self._dispatch(now)
 
     def pinned(self, server_id: int, pinned: bool) -> None:
         """The session holding the server is pinned to it (or no longer): SHOW POOLS/SERVERS say so."""
@@ -622,7 +635,7 @@ class PoolManager:
             server = pool.idle[next(reversed(pool.idle))]
             self._not_idle(server)
             if now - server.last_used >= check_delay:
-                _transition(server, Event.CHECK, now)
+                self._begin(server, Event.CHECK, now)
                 out.append(Check(server.id))
                 continue
             return server
@@ -635,15 +648,33 @@ class PoolManager:
         server.pool.active += 1
         self._held[client] = server
 
-    def _make_idle(self, server: Server, event: Event, now: float) -> None:
+    def _make_idle(self, server: Server, event: Event, now: float, out: list[PoolAction]) -> None:
         _transition(server, event, now)
         server.last_used = now
-        self._index_idle(server)
+        self._settle_idle(server, now, out)
 
-    def _index_idle(self, server: Server) -> None:
-        """An idle server can be handed out (not while a cancel to it is in flight)."""
+    def _begin(self, server: Server, event: Event, now: float) -> None:
+        """A reset or check starts: its success proves the server clean of cancels if none is in flight now."""
+        _transition(server, event, now)
+        server.proving = server.cancels == 0
+
+    def _settle_idle(self, server: Server, now: float, out: list[PoolAction]) -> None:
+        """An idle server: listed for the next client, unless a cancel is in flight to it (it waits for
+        `cancel_done`), a cancel may still arrive (closed), or a cancel reached it since its last proving round
+        trip (checked first: PostgreSQL drops a cancel that finds its backend idle when it reads the next command,
+        and the check is that command)."""
         if server.cancels:
             return
+        if server.cancel_lost:
+            self._close(server, Closing.CANCEL_UNCONFIRMED, out)
+        elif server.cancelled:
+            self._begin(server, Event.CHECK, now)
+            out.append(Check(server.id))
+        else:
+            self._index_idle(server)
+
+    def _index_idle(self, server: Server) -> None:
+        """An idle server can be handed out."""
         server.pool.idle[server.id] = server
         self._budget_idle.setdefault(server.pool.key.budget, {})[server.id] = server
 
@@ -659,7 +690,9 @@ class PoolManager:
             return []
         out: list[PoolAction] = []
         if ok:
-            self._make_idle(server, event, now)
+            if server.proving:
+                server.cancelled = False
+            self._make_idle(server, event, now, out)
         else:
             self._close(server, failure, out)
         return out + self._dispatch(now)

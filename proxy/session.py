@@ -16,6 +16,7 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    BatchWithoutSync,
     CancelQuery,
     CloseClient,
     ConnectBackend,
@@ -73,6 +74,7 @@ from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
+from proxy.reported import reset_to_default
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
@@ -359,6 +361,9 @@ class ClientSession:
         self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
+        self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
+        self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
+        self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
@@ -729,6 +734,8 @@ class ClientSession:
             shown = self.context.parameter_status(value) if name == "search_path" else value
             self._client_status[name] = shown
             out += m.parameter_status(name, shown)
+        startup = {k: v for k, v in self._client_status.items() if k.lower() in self._startup_settings}
+        self._startup_status = startup or None
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
@@ -841,6 +848,7 @@ class ClientSession:
             return []
         if self.statements is not None:
             self.statements.detach()
+        self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
@@ -1077,7 +1085,7 @@ class ClientSession:
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
-                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_request_message}
+                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_flush}
             self.frontend.handlers = self._frontend_tracked
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
@@ -1132,10 +1140,14 @@ class ClientSession:
                 self._close()
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
-            return [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
-        if self.statements is not None:
-            return [RelayToServer(chunks), *self._statement_answers()]
-        return [RelayToServer(chunks)]
+            out = [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
+        elif self.statements is not None:
+            out = [RelayToServer(chunks), *self._statement_answers()]
+        else:
+            out = [RelayToServer(chunks)]
+        if self._flushed is not self._unsynced:
+            out.append(self._unsynced_changed())
+        return out
 
     def _statement_answers(self) -> list[Action]:
         """The fake answers (to messages the server never saw) whose turn has come."""
@@ -1403,6 +1415,7 @@ class ClientSession:
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
         self._binds = 0
+        self._flushed = False
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
@@ -1449,12 +1462,31 @@ class ClientSession:
             if shown != value:
                 self._client_status[name] = shown
                 return m.parameter_status(name, shown)
+        elif name.lower() in self._startup_settings and reset_to_default(name.lower(), self.context.current.settings):
+            shown = (self._startup_status or {}).get(name, value)  # (a RESET of a startup setting: its value)
+            if shown != value:
+                if self._client_status.get(name) == shown:
+                    return b""
+                self._client_status[name] = shown
+                return m.parameter_status(name, shown)
+        if self._client_status.get(name) == value:  # PostgreSQL reports a setting only when its value changed
+            return b""
         self._client_status[name] = value
         return None
 
     def _on_request_message(self, _body: bytes) -> None:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
+
+    def _on_flush(self, body: bytes) -> None:
+        """Transaction pooling: a Flush; the server stays held until the batch's Sync (BatchWithoutSync)."""
+        self._on_request_message(body)
+        self._flushed = True
+
+    def _unsynced_changed(self) -> Action:
+        """The client's batch waits for its Sync with the server held, or no longer (the I/O layer counts it)."""
+        self._unsynced = self._flushed
+        return BatchWithoutSync(self._flushed)
 
     def _on_copy_in_response(self, _body: bytes) -> None:
         self.tracker.on_copy_in()

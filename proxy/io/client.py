@@ -19,6 +19,7 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    BatchWithoutSync,
     CancelQuery,
     CloseClient,
     ConnectBackend,
@@ -94,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self._pin_timer: asyncio.TimerHandle | None = None
         self._limits_timer: asyncio.TimerHandle | None = None  # the session's limits watchdog (WatchLimits)
         self._slot_wait: tuple[AcquireSlot, asyncio.TimerHandle] | None = None  # waiting for a turn (QuerySlots)
+        self._unsynced_timer: asyncio.TimerHandle | None = None  # the server is held by a batch without its Sync
         self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
@@ -208,6 +210,7 @@ class ClientConnection(asyncio.Protocol):
             timer.cancel()
             self.proxy.slots.withdraw(action.tenant, self)
         self._unpinned()
+        self._batch_without_sync(False)
 
     def pause_writing(self) -> None:
         self._client_full = True
@@ -359,6 +362,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _release(self, action: ReleaseServer) -> None:
         """Give the server back to the pool; the client's relay stops reading it."""
+        self._batch_without_sync(False)
         link, self.link = self.link, None
         if link is None:
             return
@@ -385,6 +389,26 @@ class ClientConnection(asyncio.Protocol):
             self.log.warning("session_pinned_long", seconds=round(time.monotonic() - self._pinned_at, 1),
                              max_pin_time=limit)
 
+    def _batch_without_sync(self, held: bool) -> None:
+        """Transaction pooling: the session's server is held by a batch flushed without its Sync (counted while it
+        lasts; past max_pin_time logged once, `server_held_without_sync`), or no longer."""
+        if held == (self._unsynced_timer is not None) or self.tenant is None:
+            return
+        self.proxy.metrics.server_held_without_sync(self.tenant.label, held)
+        if held:
+            limit = self.proxy.config.pool.max_pin_time
+            self._unsynced_timer = asyncio.get_running_loop().call_later(limit, self._held_long, limit,
+                                                                         time.monotonic())
+        else:
+            assert self._unsynced_timer is not None
+            self._unsynced_timer.cancel()
+            self._unsynced_timer = None
+
+    def _held_long(self, limit: float, since: float) -> None:
+        if not self.closed:
+            self.log.warning("server_held_without_sync", seconds=round(time.monotonic() - since, 1),
+                             max_pin_time=limit)
+
     def _unpinned(self) -> None:
         """The session holds nothing on its server any more (or ends): how long it was pinned."""
         if self._pin_timer is not None:
@@ -404,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def run(self, actions: list[Action]) -> None:
-        for action in actions:
+        for i, action in enumerate(actions):
             if isinstance(action, RelayToServer):
                 if self.link is not None:
                     self.link.writelines(action.chunks)
@@ -432,7 +456,13 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, RunDecision):
                 self._run_decision(action.pending)
             elif isinstance(action, ForwardCancel):
-                asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
+                # What follows (closing this cancel connection) waits until the backend acted on the cancel, as
+                # PostgreSQL's own cancel connection does: libpq's cancel returns at that close, and the client's
+                # next query must never be the one cancelled.
+                task = asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
+                if rest := actions[i + 1:]:
+                    task.add_done_callback(lambda _task, rest=rest: self.run(rest))
+                return
             elif isinstance(action, ReleaseServer):
                 self._release(action)
             elif isinstance(action, AcquireServer):
@@ -454,6 +484,8 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, WatchLimits):
                 self._limits_timer = asyncio.get_running_loop().call_later(action.period, self._limits_tick,
                                                                            action.period)
+            elif isinstance(action, BatchWithoutSync):
+                self._batch_without_sync(action.open)
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return

@@ -285,9 +285,14 @@ class Proxy:
             self._idle.set()
 
     async def forward_cancel(self, action: ForwardCancel) -> None:
-        """A CancelRequest: forwarded only while its session holds a server, to that server's backend process. The
-        server goes to nobody else until the cancel connection has closed, so a cancel racing the release of the
-        server can never reach the next client's query (PgBouncer 1.19+ does the same)."""
+        """A CancelRequest: forwarded only while its session holds a server, to that server's backend process; the
+        client's cancel connection is closed once this returns, i.e. once PostgreSQL has acted (as PostgreSQL's own
+        cancel connection closes), so a client's next query is never hit by its own earlier cancel. A session that
+        holds no server has nothing running: nothing is forwarded (requests waiting for a server are answered as
+        cancelled). The server goes to nobody else until the cancel connection has closed and a round trip proved
+        it clean, so a cancel racing the release of the server never reaches the next client's query (PgBouncer
+        1.19+ also waits for the close); a cancel whose connection failed may still arrive: its server is closed
+        instead of reused."""
         client = self.cancels.lookup(action.process_id, action.secret_key)
         if client is None:  # anyone can send these: counted, and logged through the pre-login limiter
             self.metrics.cancel_ignored()
@@ -299,16 +304,21 @@ class Proxy:
             return
         link = self.pool.holding(client)  # type: ignore[arg-type]
         if link is None or link.closed:
-            log.info("cancel_ignored", reason="no_server_held")
+            if self.pool.cancel_waiting(client):  # type: ignore[arg-type]
+                log.info("cancel_answered", reason="waiting_for_server")
+            else:
+                log.info("cancel_ignored", reason="no_server_held")
             return
         self.pool.cancel_started(link)
+        delivered = False
         try:
-            await self._send_cancel(link.server.backend, link.server.process_id, link.server.secret_key)
+            delivered = await self._send_cancel(link.server.backend, link.server.process_id, link.server.secret_key)
         finally:
-            self.pool.cancel_done(link)
+            self.pool.cancel_done(link, delivered=delivered)
 
-    async def _send_cancel(self, backend: BackendConfig, process_id: int, secret_key: bytes) -> None:
-        """Send one CancelRequest and wait until the backend closed that connection (it has acted on it then)."""
+    async def _send_cancel(self, backend: BackendConfig, process_id: int, secret_key: bytes) -> bool:
+        """Send one CancelRequest and wait until the backend closed that connection (it has acted on it then):
+        whether it did (False: the cancel failed, or may still arrive)."""
         writer = None
         try:
             reader, writer = await asyncio.wait_for(
@@ -326,8 +336,10 @@ class Proxy:
             with contextlib.suppress(ssl.SSLError, ConnectionError):
                 await asyncio.wait_for(reader.read(), backend.connect_timeout)  # EOF: the cancel was processed
             log.info("cancel_forwarded", backend=backend.name)
+            return True
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            log.warning("cancel_failed", backend=backend.name, error=str(exc))
+            log.warning("cancel_failed", backend=backend.name, error=str(exc) or type(exc).__name__)
+            return False
         finally:
             if writer is not None:
                 writer.close()

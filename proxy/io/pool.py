@@ -84,12 +84,24 @@ class Pool:
 
     # --- cancel --------------------------------------------------------------------------------
 
+    def cancel_waiting(self, client: ClientConnection) -> bool:
+        """A cancel for `client` while its requests wait for a server: the wait ends and they are answered as
+        cancelled (nothing ran; PgBouncer ignores such a cancel and the client hangs until a server frees up).
+        False if it does not wait."""
+        if not self.manager.is_waiting(id(client)):
+            return False
+        self.withdraw(client)
+        client.server_refused(errors.query_canceled(), CloseReason.CANCEL_REQUEST)
+        return True
+
     def cancel_started(self, link: ServerLink) -> None:
-        """A cancel connection to `link`'s backend process opens: the link goes to nobody else until it closed."""
+        """A cancel connection to `link`'s backend process opens: the link goes to nobody else until it closed
+        (and a round trip of its own proved no cancel is left on it)."""
         self.manager.cancel_started(link.server.id)
 
-    def cancel_done(self, link: ServerLink) -> None:
-        self._run(self.manager.cancel_done(link.server.id, self.clock()))
+    def cancel_done(self, link: ServerLink, *, delivered: bool) -> None:
+        """The cancel connection closed; `delivered`: PostgreSQL closed it, so it acted on the cancel."""
+        self._run(self.manager.cancel_done(link.server.id, self.clock(), delivered=delivered))
 
     # --- the proxy's life ---------------------------------------------------------------------
 

@@ -1,40 +1,49 @@
 """The pools on a real PostgreSQL: a tenant's servers are capped by its pool (redteam-guards-2 G7), servers are reset
-and reused, a cancel racing the release of its server never reaches the next client, SHOW POOLS / SERVERS."""
+and reused, a cancel racing the release of its server (or reaching it idle, or unconfirmed) never reaches the next
+client, a cancel of a waiting client answers its query, ParameterStatus follows the client across servers, servers
+held by a batch without its Sync are counted, SHOW POOLS / SERVERS."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import socket
 import struct
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import psycopg
 import pytest
 
+from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
 from tests.support.psql import run_psql
-from tests.support.wire import login_error
+from tests.support.wire import backend_key, login, login_error, read_message
 
 ADMIN_PASSWORD = "ops-pw"
 CANCEL_CODE = 80877102
 
 
 def pooled_proxy(pg: PgCluster, workdir: Path, *, backend: tuple[str, int] | None = None,
-                 **pool: object) -> ProxyProcess:
+                 connect_timeout: float | None = None, **pool: object) -> ProxyProcess:
     """A proxy of its own with these [pool] keys in session mode (a session holds its server from login to end),
-    and an admin user; optionally reaching PostgreSQL through `backend` (host, port)."""
+    and an admin user; optionally reaching PostgreSQL through `backend` (host, port), with `connect_timeout`."""
     prepare_backend(pg)
     p = ProxyProcess(pg, workdir, backend_sslmode="disable", pool={"pool_mode": "session", **pool},
                      admin_users={"ops": ADMIN_PASSWORD})
     if backend is not None:
         p.write_config()
         text = p.config_path.read_text()
-        text = text.replace(f'host = "{pg.host}"\nport = {pg.port}', f'host = "{backend[0]}"\nport = {backend[1]}')
+        timeout = f"\nconnect_timeout = {connect_timeout}" if connect_timeout is not None else ""
+        text = text.replace(f'host = "{pg.host}"\nport = {pg.port}',
+                            f'host = "{backend[0]}"\nport = {backend[1]}{timeout}')
         p.config_path.write_text(text)
         p.write_config = lambda: None  # type: ignore[method-assign]  # keep the edited file
     return p.start()
@@ -198,6 +207,7 @@ class SlowCancels:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.cancels = 0
+        self.delivered = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -216,11 +226,14 @@ class SlowCancels:
                 client.close()
                 return
             first += chunk
-        if struct.unpack("!ii", first)[1] == CANCEL_CODE:
+        cancel = struct.unpack("!ii", first)[1] == CANCEL_CODE
+        if cancel:
             self.cancels += 1
             time.sleep(self.delay)
         server = socket.create_connection(self.target)
         server.sendall(first)
+        if cancel:
+            self.delivered += 1  # (PostgreSQL reads the rest of the packet and closes only after this)
         threading.Thread(target=_pipe, args=(server, client), daemon=True).start()
         _pipe(client, server)
 
@@ -240,6 +253,62 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
                 s.shutdown(socket.SHUT_RDWR)
 
 
+class RawClient:
+    """A client on a raw socket (its cancel key at hand, nothing blocking the test's threads): psycopg's cancel()
+    holds the GIL until the cancel connection closes, which would stall SlowCancels' forwarding threads."""
+
+    def __init__(self, p: ProxyProcess, user: str = "alice", **params: str) -> None:
+        self.port = p.port
+        self.sock, messages = login(p.port, {"user": user, "database": p.users[user][0], **params}, p.password(user))
+        self.key = backend_key(messages)
+        self.status = dict(m.decode_parameter_status(body) for t, body in messages if t == b"S")
+
+    def send(self, sql: str) -> None:
+        self.sock.sendall(m.query_message(sql))
+
+    def results(self) -> list[tuple[bytes, bytes]]:
+        """The messages up to ReadyForQuery."""
+        out = []
+        while True:
+            t, body = read_message(self.sock)
+            out.append((t, body))
+            if t == b"Z":
+                return out
+
+    def value(self, sql: str) -> str:
+        self.send(sql)
+        rows = [body for t, body in self.results() if t == b"D"]
+        assert len(rows) == 1, rows
+        return rows[0][6:].decode()  # one column: count, length, value
+
+    def cancel(self) -> socket.socket:
+        """Send a CancelRequest for this session on a new connection and return that connection (not waiting)."""
+        c = socket.create_connection(("127.0.0.1", self.port), timeout=20)
+        c.sendall(m.encode_cancel_request(*self.key))
+        return c
+
+    def close(self) -> None:
+        self.sock.sendall(m.TERMINATE_MESSAGE)
+        self.sock.close()
+
+
+def b_runs(p: ProxyProcess, outcome: list[object]) -> threading.Thread:
+    """Client B (psycopg, in a thread): its backend pid, then pg_sleep(2); `outcome` gets ("done", pid) or the
+    exception."""
+    def run() -> None:
+        try:
+            with psycopg.connect(p.dsn("alice"), autocommit=True) as b:
+                pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+                b.execute("SELECT pg_sleep(2)")
+                outcome.append(("done", pid))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: PgCluster, tmp_path: Path) -> None:
     """pool_size 1: A's cancel is still on its way to PostgreSQL when A leaves and B, waiting, would get the same
     server and start pg_sleep; the server goes to B only once A's cancel connection has closed, so B's query runs
@@ -247,27 +316,270 @@ def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: Pg
     slow = SlowCancels(pg.host, pg.port, delay=1.0)
     p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), pool_size=1)
     try:
-        a = psycopg.connect(p.dsn("alice"), autocommit=True)
-        a_pid = a.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        a = RawClient(p)
+        a_pid = int(a.value("SELECT pg_backend_pid()"))
         outcome: list[object] = []
-
-        def b_session() -> None:
-            try:
-                with psycopg.connect(p.dsn("alice"), autocommit=True) as b:
-                    pid = b.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
-                    b.execute("SELECT pg_sleep(2)")
-                    outcome.append(("done", pid))
-            except Exception as exc:
-                outcome.append(exc)
-
-        b_thread = threading.Thread(target=b_session)
-        b_thread.start()
+        b_thread = b_runs(p, outcome)
         until_waiting(p, "acme")
-        a.cancel()  # nothing runs: the cancel is only on its way (held back by the forwarder)
+        cancel = a.cancel()  # nothing runs: the cancel is only on its way (held back by the forwarder)
+        until(lambda: slow.cancels == 1, timeout=10, interval=0.01, what="the cancel at the forwarder")
         a.close()  # A releases its server while its cancel is in flight
+        assert cancel.recv(1) == b""  # A's cancel connection closes only once PostgreSQL has it
+        assert slow.delivered == 1
+        cancel.close()
         b_thread.join(30)
-        assert slow.cancels == 1
         assert outcome and outcome[0] == ("done", a_pid), outcome  # B got A's server and its query was not cancelled
     finally:
         p.stop()
         slow.close()
+
+
+def test_a_server_whose_cancel_was_not_confirmed_is_closed_not_reused(pg: PgCluster, tmp_path: Path) -> None:
+    """The cancel connection to PostgreSQL does not close within connect_timeout (0.5 s; the forwarder holds the
+    cancel 2 s): PostgreSQL may still act on it later, so A's server is closed when A leaves, not handed to B, whose
+    query on a new server runs to its end; the late cancel names a backend that no longer exists."""
+    slow = SlowCancels(pg.host, pg.port, delay=2.0)
+    p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), connect_timeout=0.5, pool_size=1)
+    try:
+        a = RawClient(p)
+        a_pid = int(a.value("SELECT pg_backend_pid()"))
+        cancel = a.cancel()
+        assert cancel.recv(1) == b""  # closed once the proxy gave up on the cancel connection
+        assert slow.delivered == 0
+        cancel.close()
+        outcome: list[object] = []
+        b_thread = b_runs(p, outcome)
+        until_waiting(p, "acme")
+        a.close()
+        b_thread.join(30)
+        [result] = outcome
+        assert isinstance(result, tuple) and result[0] == "done" and result[1] != a_pid, result  # a new server
+        until(lambda: slow.delivered == 1, timeout=10, interval=0.05, what="the late cancel")
+        events = [e for e in p.log_events() if e.get("event") == "cancel_failed"]
+        assert len(events) == 1
+        with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
+            assert 'pgtenant_pool_servers_closed_total{reason="cancel_unconfirmed"} 1.0' in r.read().decode()
+    finally:
+        p.stop()
+        slow.close()
+
+
+def test_a_cancel_pending_on_an_idle_server_is_absorbed_before_the_next_client_gets_it(
+        pg: PgCluster, tmp_path: Path) -> None:
+    """Transaction mode, pool_size 1: A's query ends while A's cancel is still on its way, so A releases the server
+    at ReadyForQuery and the cancel reaches it idle. B, waiting, gets the server only after A's cancel connection
+    closed and a round trip of the pool's own has met it (PostgreSQL drops a cancel that finds its backend idle
+    when the next command is read), so B's pg_sleep runs to its end."""
+    slow = SlowCancels(pg.host, pg.port, delay=1.0)
+    p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), pool_size=1, pool_mode="transaction")
+    lock = psycopg.connect(pg.dsn(dbname="saas"))
+    try:
+        a = RawClient(p)
+        a_pid = int(a.value("SELECT pg_backend_pid()"))
+        lock.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+        a.send("SELECT count(*) FROM orders")  # A holds the server while this waits for the lock
+        outcome: list[object] = []
+        b_thread = b_runs(p, outcome)
+        until_waiting(p, "acme")
+        cancel = a.cancel()
+        until(lambda: slow.cancels == 1, timeout=10, interval=0.01, what="the cancel at the forwarder")
+        lock.commit()  # A's query ends (A releases the server at ReadyForQuery) before its cancel arrives
+        assert [t for t, _ in a.results()] == [b"T", b"D", b"C", b"Z"]
+        assert cancel.recv(1) == b""
+        assert slow.delivered == 1
+        cancel.close()
+        b_thread.join(30)
+        assert outcome and outcome[0] == ("done", a_pid), outcome
+        assert a.value("SELECT 7") == "7"  # A, idle meanwhile, is untouched too
+        a.close()
+    finally:
+        lock.close()
+        p.stop()
+        slow.close()
+
+
+def test_a_cancel_while_waiting_for_a_server_answers_the_waiting_query(pg: PgCluster, tmp_path: Path) -> None:
+    """Transaction mode, pool_size 1, A in a transaction: B's query waits for the server; B's cancel ends the wait
+    and B gets PostgreSQL's 57014 at once, as if its query had been cancelled (it never ran), and B goes on once
+    the server is free. (Before, the cancel was ignored and B hung until A committed.)"""
+    p = pooled_proxy(pg, tmp_path, pool_size=1, pool_mode="transaction")
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as a, \
+                psycopg.connect(p.dsn("alice"), autocommit=True) as b:
+            a.execute("BEGIN")  # A holds the only server
+            outcome: list[object] = []
+
+            def b_query() -> None:
+                try:
+                    outcome.append(b.execute("SELECT 42").fetchone())
+                except psycopg.Error as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=b_query)
+            thread.start()
+            until_waiting(p, "acme")
+            b.cancel_safe()
+            thread.join(20)
+            assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+            assert str(outcome[0]) == "canceling statement due to user request"
+            a.execute("COMMIT")
+            assert b.execute("SELECT 43").fetchone() == (43,)
+    finally:
+        p.stop()
+
+
+# --- ParameterStatus across servers -------------------------------------------------------------------
+
+
+REPORTED = ("application_name", "DateStyle", "IntervalStyle", "TimeZone")
+
+
+def reported(conn: psycopg.Connection) -> dict[str, str | None]:
+    return {name: conn.info.parameter_status(name) for name in REPORTED}
+
+
+def server_values(conn: psycopg.Connection) -> dict[str, str]:
+    row = conn.execute("SELECT " + ", ".join(f"current_setting('{n}')" for n in REPORTED)).fetchone()
+    assert row is not None
+    return dict(zip(REPORTED, row, strict=True))
+
+
+def other_settings(p: ProxyProcess) -> list[psycopg.Connection]:
+    """Two clients of alice's tenant whose settings differ from the defaults."""
+    return [psycopg.connect(p.dsn("alice", application_name="h-app", options="-c DateStyle=German "
+                                  "-c TimeZone=Asia/Tokyo -c IntervalStyle=sql_standard"), autocommit=True)
+            for _ in range(2)]
+
+
+def hand_over(holders: list[psycopg.Connection], i: int) -> int:
+    """Pool of two: the holders in turn keep one server each in a transaction, so that a third client always gets
+    the server the other holder just gave back (round `i`: holder i % 2 begins, taking the only idle server — the
+    one the third client used last —, and the other one commits); the backend pid now held."""
+    following = holders[i % 2]
+    following.execute("BEGIN")
+    pid = following.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+    if i:
+        holders[(i + 1) % 2].execute("COMMIT")
+    return int(pid)
+
+
+def test_parameter_status_follows_the_client_across_servers_of_other_settings(pg: PgCluster, tmp_path: Path) -> None:
+    """Transaction mode, pool_size 2: X's transactions alternate between the two servers, each last used by a client
+    H of other settings. X is told its own values only (its startup ones, then what its own SETs change), never H's
+    nor the servers' defaults, and its own SETs and RESETs show as on a direct connection."""
+    p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction")
+    try:
+        x = psycopg.connect(p.dsn("alice", application_name="x-app", options="-c DateStyle=SQL,DMY"), autocommit=True)
+        holders = other_settings(p)
+        mine = {"application_name": "x-app", "DateStyle": "SQL, DMY", "IntervalStyle": "postgres",
+                "TimeZone": x.info.parameter_status("TimeZone")}
+        assert reported(x) == mine
+        steps = [
+            ("SELECT 1", {}),
+            ("SET TimeZone = 'America/New_York'", {"TimeZone": "America/New_York"}),
+            ("SELECT 1", {}),
+            ("SET TimeZone = 'Asia/Tokyo'", {"TimeZone": "Asia/Tokyo"}),  # H's value, on a server H left it on
+            ("BEGIN; SET IntervalStyle = 'iso_8601'; ROLLBACK", {}),
+            ("SET application_name = 'x2'", {"application_name": "x2"}),
+            ("RESET application_name", {"application_name": "x-app"}),  # back to its startup value
+            ("SELECT 1", {}),
+            ("RESET ALL", {"TimeZone": mine["TimeZone"]}),
+            ("SELECT 1", {}),
+            ("DISCARD ALL", {}),
+            ("SELECT 1", {}),
+        ]
+        held = hand_over(holders, 0)
+        pids = []
+        for i, (sql, changes) in enumerate(steps):
+            x.execute(sql)
+            mine.update(changes)
+            assert reported(x) == mine, sql
+            x_pid = x.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+            assert x_pid != held
+            assert server_values(x) == mine, sql
+            pids.append(x_pid)
+            held = hand_over(holders, i + 1)
+        assert len(set(pids)) == 2 and all(a != b for a, b in itertools.pairwise(pids))  # alternating
+        assert all(reported(h)["TimeZone"] == "Asia/Tokyo" and reported(h)["DateStyle"] == "German, DMY"
+                   for h in holders)
+        x.close()
+        for h in holders:
+            h.close()
+    finally:
+        p.stop()
+
+
+def test_no_parameter_status_but_for_the_clients_own_changes(pg: PgCluster, tmp_path: Path) -> None:
+    """The messages themselves (a raw client): landing on a server of other settings sends X no ParameterStatus at
+    all; its own SET sends exactly one, with its value, as on a direct connection; a RESET of a startup setting
+    none (its value does not change)."""
+    p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction")
+    try:
+        x = RawClient(p, application_name="x-app")
+        holders = other_settings(p)
+        held = hand_over(holders, 0)
+        steps = [
+            ("SELECT pg_backend_pid()", []),
+            ("SET TimeZone = 'America/New_York'", [("TimeZone", "America/New_York")]),
+            ("SELECT pg_backend_pid()", []),
+            ("SET DateStyle = 'German'", [("DateStyle", "German, DMY")]),  # the holders' value
+            ("SELECT pg_backend_pid()", []),
+            ("RESET application_name", []),
+            ("RESET ALL", [("DateStyle", "ISO, MDY"), ("TimeZone", x.status["TimeZone"])]),
+            ("SELECT pg_backend_pid()", []),
+        ]
+        pids = set()
+        for i, (sql, expected) in enumerate(steps):
+            x.send(sql)
+            answer = x.results()
+            statuses = sorted(m.decode_parameter_status(body) for t, body in answer if t == b"S")
+            assert statuses == expected, sql
+            pid = {int(body[6:].decode()) for t, body in answer if t == b"D"}
+            assert held not in pid
+            pids |= pid
+            held = hand_over(holders, i + 1)
+        assert len(pids) == 2
+        x.close()
+        for h in holders:
+            h.close()
+    finally:
+        p.stop()
+
+
+# --- a server held by a batch without its Sync ------------------------------------------------------------
+
+
+def held_without_sync(p: ProxyProcess) -> float:
+    """pgtenant_servers_held_without_sync of tenant acme, from /metrics."""
+    with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    found = [ln for ln in lines if ln.startswith('pgtenant_servers_held_without_sync{tenant="acme"}')]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_a_server_held_by_a_batch_without_its_sync_is_counted_and_logged(pg: PgCluster, tmp_path: Path) -> None:
+    """asyncpg's prepare() sends Parse, Describe, Flush and no Sync: in transaction mode the session keeps its
+    server until the Sync of its next execution (PostgreSQL holds the batch's implicit transaction open until then,
+    and times nothing out meanwhile). While it lasts the server is counted, and past max_pin_time logged once."""
+    p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction", max_pin_time=0.5)
+
+    async def client() -> None:
+        conn = await asyncpg.connect(p.url("alice"), ssl=False, statement_cache_size=0)
+        try:
+            stmt = await conn.prepare("SELECT $1::int + 1")
+            until(lambda: held_without_sync(p) == 1, timeout=10, interval=0.05, what="the server counted")
+            until(lambda: [e for e in p.log_events() if e.get("event") == "server_held_without_sync"],
+                  timeout=10, interval=0.05, what="server_held_without_sync in the log")
+            assert await stmt.fetchval(41) == 42  # Bind, Execute, Sync: the batch ends, the server goes back
+            until(lambda: held_without_sync(p) == 0, timeout=10, interval=0.05, what="the count back to 0")
+            assert await conn.fetchval("SELECT 7") == 7
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(client())
+        events = [e for e in p.log_events() if e.get("event") == "server_held_without_sync"]
+        assert len(events) == 1 and events[0]["max_pin_time"] == 0.5
+        assert held_without_sync(p) == 0
+    finally:
+        p.stop()

@@ -444,7 +444,8 @@ def test_a_server_with_a_cancel_in_flight_is_granted_to_nobody_until_the_cancel_
     s.pm.cancel_started(server)
     s.request("a2")
     assert s.release("a1") == []  # released, but the cancel may still reach it
-    assert s.pm.cancel_done(server, s.now) == [Grant("a2", server, 0.0)]
+    assert s.pm.cancel_done(server, s.now) == [Check(server)]  # closed: a round trip of its own proves it clean
+    assert s.pm.checked(server, True, s.now) == [Grant("a2", server, 0.0)]
 
 
 def test_a_cancelled_server_released_with_reset_waits_for_both(tmp_path: Path) -> None:
@@ -453,8 +454,68 @@ def test_a_cancelled_server_released_with_reset_waits_for_both(tmp_path: Path) -
     s.pm.cancel_started(server)
     s.request("a2")
     assert s.release("a1", reset=True) == [Reset(server)]
-    assert s.pm.reset_done(server, True, s.now) == []
-    assert grants(s.pm.cancel_done(server, s.now)) == ["a2"]
+    assert s.pm.reset_done(server, True, s.now) == []  # begun while the cancel was in flight: it proves nothing
+    assert s.pm.cancel_done(server, s.now) == [Check(server)]
+    assert grants(s.pm.checked(server, True, s.now)) == ["a2"]
+
+
+def test_a_reset_begun_after_the_cancel_closed_is_the_proof(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.pm.cancel_started(server)
+    assert s.pm.cancel_done(server, s.now) == []  # still held by a1 (its own cancel)
+    s.request("a2")
+    assert s.release("a1", reset=True) == [Reset(server)]
+    assert grants(s.pm.reset_done(server, True, s.now)) == ["a2"]
+
+
+def test_a_cancel_released_without_reset_is_checked_once_then_the_server_is_like_any_other(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.pm.cancel_started(server)
+    assert s.pm.cancel_done(server, s.now) == []
+    assert s.release("a1") == [Check(server)]
+    assert s.pm.checked(server, True, s.now) == []
+    assert s.hold("a2") == server
+    assert s.release("a2") == []  # clean now: no further check
+
+
+def test_a_failed_check_after_a_cancel_closes_the_server(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.pm.cancel_started(server)
+    s.release("a1")
+    s.pm.cancel_done(server, s.now)
+    s.request("a2")
+    assert kinds(s.pm.checked(server, False, s.now)) == ["Close", "Connect"]
+
+
+def test_a_cancel_started_during_the_check_needs_another(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.pm.cancel_started(server)
+    s.pm.cancel_done(server, s.now)
+    assert s.release("a1") == [Check(server)]
+    s.pm.cancel_started(server)  # (a late CancelRequest of a1, arriving while the check runs)
+    assert s.pm.checked(server, True, s.now) == []
+    assert s.pm.cancel_done(server, s.now) == [Check(server)]
+
+
+@pytest.mark.parametrize("release_first", [True, False])
+def test_a_server_whose_cancel_was_not_confirmed_is_closed_not_reused(tmp_path: Path, release_first: bool) -> None:
+    """The cancel connection failed or timed out: PostgreSQL may act on it at any later time."""
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    s.pm.cancel_started(server)
+    s.request("a2")
+    if release_first:
+        assert s.release("a1") == []
+        out = s.pm.cancel_done(server, s.now, delivered=False)
+    else:
+        assert s.pm.cancel_done(server, s.now, delivered=False) == []  # a1 keeps it: its own cancel
+        out = s.release("a1")
+    assert out[0] == Close(server, Closing.CANCEL_UNCONFIRMED)
+    assert kinds(out) == ["Close", "Connect"]  # a new server for a2
 
 
 # --- pinning, reload, shutdown ---------------------------------------------------------------------

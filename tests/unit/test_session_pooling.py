@@ -11,6 +11,7 @@ import pytest
 from proxy import errors
 from proxy.actions import (
     AcquireServer,
+    BatchWithoutSync,
     CloseClient,
     ConnectBackend,
     RelayToClient,
@@ -135,11 +136,22 @@ def test_an_extended_batch_keeps_its_server_until_its_sync_is_answered(pooled: C
     execute = m.frame(b"E", b"\x00\x00\x00\x00\x00")
     assert pooled.client_data(parse + bind + describe + execute + m.frame(b"H", b"")) == [
         AcquireServer(pooled.request)]
-    pooled.server_attached(server_for(pooled))
+    assert BatchWithoutSync(True) in pooled.server_attached(server_for(pooled))  # flushed, no Sync: counted
     answers = m.frame(b"1", b"") + m.frame(b"2", b"") + m.frame(b"n", b"") + m.frame(b"C", b"SELECT 1\x00")
     assert kinds(pooled.server_data(answers)) == []  # (the Describe's answer too: NoData)
-    assert kinds(pooled.client_data(m.SYNC_MESSAGE)) == []
+    assert pooled.client_data(m.SYNC_MESSAGE)[1:] == [BatchWithoutSync(False)]
     assert kinds(pooled.server_data(m.ready_for_query(b"I"))) == [ReleaseServer]
+
+
+def test_a_batch_with_its_sync_in_the_same_read_is_not_held_without_one(pooled: ClientSession) -> None:
+    parse = m.Parse("", "SELECT 1", b"\x00\x00").encode()
+    flush = m.frame(b"H", b"")
+    pooled.client_data(query("SELECT 1"))  # (holding a server)
+    pooled.server_attached(server_for(pooled))
+    assert not [a for a in pooled.client_data(parse + flush + m.SYNC_MESSAGE) if isinstance(a, BatchWithoutSync)]
+    assert pooled.client_data(parse + flush)[1:] == [BatchWithoutSync(True)]
+    assert kinds(pooled.client_data(flush)) == []  # told once
+    assert pooled.client_data(m.SYNC_MESSAGE)[1:] == [BatchWithoutSync(False)]
 
 
 def test_a_describe_alone_is_a_request_in_flight(pooled: ClientSession) -> None:
