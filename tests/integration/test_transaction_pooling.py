@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.test_pool_io import console, pooled_proxy, until_waiting
 from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess
 
 
@@ -98,3 +99,16 @@ def test_idle_clients_hold_no_server(one_server: ProxyProcess) -> None:
     finally:
         for c in conns:
             c.close()
+
+
+def test_an_idle_clients_server_ended_by_postgresql_costs_it_nothing(pg: PgCluster, one_server: ProxyProcess) -> None:
+    """Between transactions a client holds no server: PostgreSQL ending the pool's idle server (pg_terminate_backend,
+    a restart of one backend) closes that server only; the client's next query gets another one (in session pooling
+    the held server's FATAL ends the session: test_faults.py)."""
+    with psycopg.connect(one_server.dsn("alice"), autocommit=True) as conn:
+        (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
+        assert pg.execute(f"SELECT pg_terminate_backend({pid})") == [(True,)]
+        until(lambda: not pg.execute(f"SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"), what="the server gone")
+        (again,) = conn.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
+        assert again != pid
+        assert conn.execute("SELECT current_setting('pgtenant.tenant_id')").fetchone() == ("acme",)
