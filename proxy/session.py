@@ -41,6 +41,7 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
+    MAY_SET_SEQUENCES,
     Allow,
     Change,
     Decision,
@@ -55,6 +56,7 @@ from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
+from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
@@ -334,6 +336,7 @@ class ClientSession:
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
+        self._sequences = SequenceMarks()  # where its writes may have left currval()/lastval() state
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
@@ -617,6 +620,9 @@ class ClientSession:
                                        cache_bytes=size_bytes)
         desired = self._desired()
         replay = _settings_diff(server.settings, desired)
+        discard = self._sequences.attached(server)
+        if discard:
+            replay = f"{discard}; {replay}" if replay else discard
         out: list[bytes | memoryview] = []
         if replay:
             self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, desired
@@ -769,6 +775,7 @@ class ClientSession:
             return []
         if self.statements is not None:
             self.statements.detach()
+        self._sequences.released(server)
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
@@ -1158,12 +1165,16 @@ class ClientSession:
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if type(decision) is Allow:
+            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
+                self._sequences.wrote = True
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
+            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
+                self._sequences.wrote = True
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
@@ -1177,6 +1188,7 @@ class ClientSession:
         if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
+            self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
@@ -1218,6 +1230,7 @@ class ClientSession:
                 out: bytes | None, memo: bool = True) -> None:
         """Memoize an allowed or rewritten Parse (if `memo`: not too long), unless it changes the session (then
         follow that)."""
+        self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
         changes = decision.changes
         if changes:
             self._parse_changes(name, changes)
@@ -1295,6 +1308,7 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
+            self._sequences.bound(statement)
             if self._tracking:
                 pending = self.tracker.pending
                 denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)
