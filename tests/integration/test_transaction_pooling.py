@@ -112,3 +112,17 @@ def test_an_idle_clients_server_ended_by_postgresql_costs_it_nothing(pg: PgClust
         (again,) = conn.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
         assert again != pid
         assert conn.execute("SELECT current_setting('pgtenant.tenant_id')").fetchone() == ("acme",)
+
+
+def test_reset_inside_a_transaction_shows_the_servers_value_until_it_ends(one_server: ProxyProcess) -> None:
+    """RESET of a startup setting inside a transaction block: PostgreSQL resets to what its server started with (the
+    tenant's servers start without the client's settings), so the client's startup value is back only once the
+    transaction ends (docs/pinning.md, "Settings follow the session")."""
+    with psycopg.connect(one_server.dsn("alice", options="-c DateStyle=SQL,DMY"), autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("RESET DateStyle")
+            assert conn.execute("SHOW DateStyle").fetchone() == ("ISO, MDY",)
+        assert conn.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
+        assert conn.info.parameter_status("DateStyle") == "SQL, DMY"
+        conn.execute("RESET DateStyle")  # outside a transaction block: as on a direct connection at once
+        assert conn.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
