@@ -146,7 +146,7 @@ class TenantConfig:
 class PoolConfig:
     """[pool]: the server connection pools (per tenant values may override the first four sizes and the mode)."""
 
-    pool_mode: PoolMode = "session"
+    pool_mode: PoolMode = "transaction"
     pool_size: int = 20  # servers per pool (a pool serves one tenant context)
     min_pool_size: int = 0  # servers kept open per pool once it has had a client
     reserve_pool: int = 0  # extra servers for a pool whose client has waited reserve_pool_timeout

@@ -59,6 +59,7 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
+    MAY_SET_SEQUENCES,
     SESSION_STATEMENTS,
     Allow,
     Change,
@@ -75,6 +76,7 @@ from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
 from proxy.reported import reset_to_default
+from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
@@ -365,6 +367,7 @@ class ClientSession:
         self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
+        self._sequences = SequenceMarks()  # where its writes may have left currval()/lastval() state
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
@@ -694,6 +697,9 @@ class ClientSession:
                                        cache_bytes=size_bytes)
         desired = self._desired()
         replay = _settings_diff(server.settings, desired)
+        discard = self._sequences.attached(server)
+        if discard:
+            replay = f"{discard}; {replay}" if replay else discard
         out: list[bytes | memoryview] = []
         if replay:
             self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, desired
@@ -849,6 +855,7 @@ class ClientSession:
         if self.statements is not None:
             self.statements.detach()
         self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
+        self._sequences.released(server)
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
@@ -1250,12 +1257,16 @@ class ClientSession:
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if type(decision) is Allow:
+            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
+                self._sequences.wrote = True
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
+            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
+                self._sequences.wrote = True
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
@@ -1273,6 +1284,7 @@ class ClientSession:
             self.tracker.on_parse(name, sql, decision, kind)
             if name and (self._client_texts is not None or out is not None) and self.statements is None:
                 self._client_text(name, None if out is None else sql)
+            self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
@@ -1325,6 +1337,7 @@ class ClientSession:
                 out: bytes | None, memo: bool = True) -> None:
         """Memoize an allowed or rewritten Parse (if `memo`: not too long), unless it changes the session (then
         follow that)."""
+        self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
         changes = decision.changes
         if changes:
             self._parse_changes(name, changes)
@@ -1402,6 +1415,7 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
+            self._sequences.bound(statement)
             if self._tracking:
                 pending = self.tracker.pending
                 denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)

@@ -15,6 +15,7 @@ from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
     EXPORT_SNAPSHOT,
+    MAY_SET_SEQUENCES,
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
@@ -164,6 +165,8 @@ def _decide_statement(
 ) -> tuple[frozenset[str], list[Change]]:
     kind, body = stmt.kind, stmt.body
     effects = classify.gate(policy, kind, body)
+    if kind == "ExecuteStmt":  # a SQL prepared statement may write (its PREPARE pinned the session, not its runs)
+        effects |= {MAY_SET_SEQUENCES}
     changes = context.statement_changes(kind, body, index)
     if kind == "VariableSetStmt":
         args = body.get("args") or ()
@@ -246,8 +249,11 @@ def _decide_statement(
                 changes.append(held)
         else:
             changes += context.call_changes(call, index)
-    if any(ref.role in WRITES for ref in analysis.refs) or kind in classify.CREATES:
+    if any(ref.role in WRITES for ref in analysis.refs):
         plan.verify = True  # the write rule: verified whatever names the statement uses
+        effects |= {MAY_SET_SEQUENCES}
+    elif kind in classify.CREATES:
+        plan.verify = True
     return effects, changes
 
 

@@ -12,6 +12,9 @@ Strategy = Literal["shared", "schema", "database"]
 
 # Effects tell the driver what to do after forwarding an allowed statement.
 REAPPLY_CONTEXT = "reapply_context"  # the statement resets session state (DISCARD ALL / RESET ALL)
+# The statement writes (INSERT, UPDATE, DELETE, MERGE, COPY FROM, TRUNCATE) or runs a SQL prepared statement: a column
+# default or trigger may call nextval() unseen, leaving what currval()/lastval() read on the server (docs/pinning.md).
+MAY_SET_SEQUENCES = "may_set_sequences"
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})

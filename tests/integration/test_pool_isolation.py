@@ -57,8 +57,9 @@ def iso(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pro
     p = start_pooled(pg, tmp_path_factory.mktemp("pool-iso"), TENANTS, ROLES, POOL, 5)
     for tenant in TENANTS.values():  # (in both: B's probes name it)
         keys = tenant["keys"]
-        pg.execute(f'CREATE SEQUENCE IF NOT EXISTS iso_seq; ALTER SEQUENCE iso_seq OWNER TO "{keys["backend_user"]}"',
-                   dbname=keys["database"])
+        pg.execute(f'CREATE SEQUENCE IF NOT EXISTS iso_seq; ALTER SEQUENCE iso_seq OWNER TO "{keys["backend_user"]}";'
+                   "CREATE TABLE IF NOT EXISTS iso_serial (id serial PRIMARY KEY, v text NOT NULL);"
+                   f'ALTER TABLE iso_serial OWNER TO "{keys["backend_user"]}"', dbname=keys["database"])
     yield p
     p.stop()
 
@@ -157,6 +158,10 @@ LEFT: dict[str, Left] = {
     "sequence_state": Left(
         ("SELECT nextval('iso_seq')",),  # (setval(): not allowed)
         (("SELECT lastval()", error("55000")), ("SELECT currval('iso_seq')", error("55000")))),
+    # ... and so does a column default's nextval(), unseen by the proxy: an INSERT into a serial column
+    "sequence_state_by_default": Left(
+        ("INSERT INTO iso_serial (v) VALUES ('a')",),
+        (("SELECT lastval()", error("55000")), ("SELECT currval('iso_serial_id_seq')", error("55000")))),
     "advisory_locks": Left(
         ("SELECT pg_advisory_lock(4242)", "SELECT pg_advisory_lock_shared(4243)"),
         # unlock returns true only for a lock this session holds: B must hold none of A's
@@ -202,6 +207,20 @@ def test_left_state_is_gone_for_the_next_client(iso: ProxyProcess, pg: PgCluster
     assert not problems, problems
     # nothing of A's is held on the server any more, as PostgreSQL itself tells
     assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid IN (4242, 4243)") == [(0,)]
+
+
+def test_a_writers_sequence_values_stay_its_own(iso: ProxyProcess) -> None:
+    """After an INSERT that ran a column default's nextval(), the writer reads its currval()/lastval() in later
+    transactions on the server of that write, and never another client: once someone else has used that server,
+    they are gone for the writer too (55000, as on a server it never wrote on), never stale or another's."""
+    with _connect(iso, "isa") as a, _connect(iso, "isa") as b:
+        row = a.execute("INSERT INTO iso_serial (v) VALUES ('a') RETURNING id").fetchone()
+        assert row is not None
+        assert a.execute("SELECT currval('iso_serial_id_seq'), lastval()").fetchone() == (row[0], row[0])
+        assert _run(b, "SELECT lastval()")[0] == error("55000")  # the pool of one: a's server, a's value gone
+        assert _run(a, "SELECT currval('iso_serial_id_seq')")[0] == error("55000")
+        assert _run(b, "INSERT INTO iso_serial (v) VALUES (NULL)")[0] == error("23502")  # nextval() ran all the same
+        assert _run(a, "SELECT lastval()")[0] == error("55000")
 
 
 def _notifications_reaching(b: psycopg.Connection, pg: PgCluster, db: str, channel: str) -> list[str]:

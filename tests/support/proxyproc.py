@@ -54,6 +54,14 @@ def env_pool() -> dict[str, Any]:
     return out
 
 
+def default_pool_mode() -> str:
+    """The pool mode of a ProxyProcess whose own `pool` does not set one: the environment's, else the product's
+    default (`[pool] pool_mode`)."""
+    from proxy.config import PoolConfig
+
+    return str(env_pool().get("pool_mode", PoolConfig().pool_mode))
+
+
 def verifier(password: str) -> str:
     if password not in _verifier_cache:
         _verifier_cache[password] = str(make_verifier(password))

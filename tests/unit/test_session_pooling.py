@@ -280,6 +280,54 @@ def test_sequence_state_pins_for_good(pooled: ClientSession, sql: str) -> None:
     assert release.reset and release.reusable
 
 
+WRITER = TenantPolicy(tenant="acme", strategy="database", allow_writes=True)
+
+
+def _writer(tmp_path: Path) -> ClientSession:
+    """A transaction-pooled session of a tenant that may write, logged in, its first server given back."""
+    s = _session(tmp_path, "transaction")
+    login(s)
+    cache = DecisionCache()
+    s.enable_policy(lambda _kind, sql: cache.get_or_decide(WRITER, sql))
+    s.server_attached(server_for(s))
+    return s
+
+
+def _lands(s: ClientSession, server: ServerConnection, sql: str = "SELECT lastval()") -> list[bytes]:
+    """The session sends `sql` and lands on `server`: the Queries it sends there (its replay first, if any)."""
+    assert s.client_data(query(sql)) == [AcquireServer(s.request)]
+    return [body for _, body in frames(relayed(s.server_attached(server)))]
+
+
+def test_a_write_leaves_sequence_state_only_its_own_session_may_find(tmp_path: Path) -> None:
+    """A column default's nextval() (an INSERT into a serial or identity column), run unseen, sets what currval()
+    and lastval() read: the next session of another client landing on that server discards it first (DISCARD
+    SEQUENCES in its replay); the writer itself keeps it on the server of its latest write."""
+    a, b = _writer(tmp_path), _writer(tmp_path)
+    s1, s2 = server_for(a), server_for(a)
+    assert kinds(run(a, "INSERT INTO orders (amount) VALUES (1)", done("INSERT 0 1"), s1)) == [ReleaseServer]
+    assert _lands(a, s1, "SELECT currval('orders_id_seq')") == [b"SELECT currval('orders_id_seq')\x00"]  # its own
+    assert kinds(a.server_data(done("SELECT 1"))) == [ReleaseServer]
+    assert _lands(b, s1) == [b"DISCARD SEQUENCES\x00", b"SELECT lastval()\x00"]  # never a's value
+    out = b.server_data(done("DISCARD SEQUENCES") + error("55000"))
+    assert relayed(out, RelayToClient) == error("55000") and kinds(out) == [ReleaseServer]
+    assert _lands(a, s1) == [b"SELECT lastval()\x00"]  # (gone for a too, as it is: 55000)
+    a.server_data(error("55000"))
+    # a write that fails may have run the default's nextval() all the same; a read leaves nothing
+    assert kinds(run(a, "INSERT INTO orders (amount) VALUES (NULL)", error("23502"), s2)) == [ReleaseServer]
+    assert kinds(run(b, "SELECT 1", done("SELECT 1"), s1)) == [ReleaseServer]
+    assert _lands(a, s1) == [b"SELECT lastval()\x00"]
+    a.server_data(error("55000"))
+    assert _lands(b, s2, "SELECT 1") == [b"DISCARD SEQUENCES\x00", b"SELECT 1\x00"]
+    b.server_data(done("DISCARD SEQUENCES") + done("SELECT 1"))
+    # the writer's older servers are not its latest: what its sequences show there is stale, so it goes too
+    assert kinds(run(a, "INSERT INTO orders (amount) VALUES (2)", done("INSERT 0 1"), s1)) == [ReleaseServer]
+    assert kinds(run(a, "INSERT INTO orders (amount) VALUES (3)", done("INSERT 0 1"), s2)) == [ReleaseServer]
+    assert _lands(a, s1)[0] == b"DISCARD SEQUENCES\x00"
+    a.server_data(done("DISCARD SEQUENCES") + error("55000"))
+    assert s1.sequences is None and s2.sequences is not None  # (the pool's reset, DISCARD ALL, clears it too)
+
+
 def test_protocol_named_statements_do_not_pin(pooled: ClientSession) -> None:
     """They are kept by the session (proxy/statements.py) and prepared again on the server it lands on."""
     parse = m.Parse("S_1", "SELECT 1", b"\x00\x00").encode()
