@@ -339,6 +339,9 @@ class TenantPolicy:
     # counters), in the catalog's own order, read from the server when the tenant is prepared: they differ between
     # PostgreSQL majors. A catalog whose list is missing cannot be scrubbed and is denied where it would need it.
     catalog_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The agent profile (policy/agent.py): None for ordinary users; else every top-level query returns at most
+    # this many rows (an AST-level LIMIT), only read-only statements and a stricter function list are allowed.
+    agent_max_rows: int | None = None
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -403,6 +406,7 @@ class TenantPolicy:
             tuple(sorted(self.foreign_schemas)),
             tuple(sorted(hidden)),
             tuple(sorted(columns.items())),
+            self.agent_max_rows,
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))
