@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config import BackendConfig
+from proxy.config import AgentConfig, BackendConfig
 from proxy.errors import PgError
 from proxy.pooling import ServerRequest
 from proxy.reasons import CloseReason
@@ -90,6 +90,7 @@ class ConnectBackend:
     request: ServerRequest
     cancel_key: tuple[int, bytes]
     end_user: str | None = None
+    agent: AgentConfig | None = None  # the agent profile's limits: the session decides under its agent policy
 
 
 @dataclass(frozen=True, slots=True)

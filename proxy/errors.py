@@ -175,6 +175,12 @@ _startup_parameter_not_allowed = _register(
     hint="Remove it from the connection settings, or add it to "
     "startup.allowed_parameters in the pgtenant configuration if it is safe.",
 )
+_agent_startup_setting = _register(
+    "agent_startup_setting", INSUFFICIENT_PRIVILEGE, "FATAL",
+    'pgtenant: startup parameter "{name}" is pinned by the agent profile (rule agent_setting)',
+    hint="Agent users' connections are read-only with the agent's statement_timeout; remove it from the "
+    "connection settings.",
+)
 replication_not_allowed = _register(
     "replication_not_allowed", INSUFFICIENT_PRIVILEGE, "FATAL",
     "replication connections are not allowed through pgtenant",
@@ -290,6 +296,10 @@ def _where(limit: str) -> str:
 
 def startup_parameter_not_allowed(name: str, via_options: bool) -> PgError:
     return _startup_parameter_not_allowed("startup option -c" if via_options else "startup parameter", name)
+
+
+def agent_startup_setting(name: str) -> PgError:
+    return _agent_startup_setting(name=name)
 
 
 def backend_error(fields: dict[str, str]) -> PgError:

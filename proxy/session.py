@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from proxy import errors
+from proxy import agent, errors
 from proxy.actions import (
     AcquireServer,
     Action,
@@ -33,7 +33,7 @@ from proxy.actions import (
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
-from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
+from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
@@ -241,6 +241,7 @@ class ClientSession:
         self.tls_available = tls_available
         self.channel_binding = channel_binding
         self.user_config: UserConfig | None = None
+        self.agent: AgentConfig | None = None  # the agent profile's limits (an agent user's session)
         self.tenant: TenantConfig | None = None
         self.backend: BackendConfig | None = None
         self.backend_parameters: dict[str, str] = {}
@@ -995,9 +996,14 @@ class ClientSession:
         params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
         if err is not None:
             raise SessionError(err, CloseReason.STARTUP_PARAMETER)
+        self.agent = self.config.agent_limits(user)
+        if self.agent is not None and (err := agent.startup_refusal(params)) is not None:
+            raise SessionError(err, CloseReason.STARTUP_PARAMETER)
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
         self.request = self._server_request()
+        if self.agent is not None:
+            self.request = agent.server_request(self.request, self.agent)
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
@@ -1005,7 +1011,7 @@ class ClientSession:
             self.frontend.handlers = self._frontend_tracked
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
-            (self.process_id, self.secret_key), self.end_user,
+            (self.process_id, self.secret_key), self.end_user, self.agent,
         ))
         return actions
 

@@ -4,6 +4,7 @@ function list, and every top-level query capped at `max_rows` rows by an AST-lev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from proxy.policy.model import TenantPolicy
@@ -55,7 +56,10 @@ def check_statement(policy: TenantPolicy, kind: str, body: Node) -> None:
         name = (body.get("name") or "").lower()
         if body.get("kind") == "VAR_SET_MULTI":
             _check_read_write(body.get("args"), f"SET {name.upper()} READ WRITE")
-        elif name in PINNED_SETTINGS and body.get("kind") != "VAR_RESET":
+        elif name in PINNED_SETTINGS and (name == "transaction_read_only"
+                                          or body.get("kind") not in ("VAR_RESET", "VAR_SET_DEFAULT")):
+            # (RESET and SET ... TO DEFAULT return to the server connection's startup value, the agent's own; a
+            # reset transaction_read_only would be off on PostgreSQL 15)
             raise fail("agent_setting", f'setting "{name}" is pinned by the agent profile')
 
 
@@ -191,3 +195,24 @@ def capped(node: Node, max_rows: int) -> bool:
 def agent_policy(base: TenantPolicy, max_rows: int) -> TenantPolicy:
     """The agent profile's policy over a tenant's: read-only, no temporary tables, rows capped at `max_rows`."""
     return replace(base, allow_writes=False, allow_ddl_temp=False, agent_max_rows=max_rows)
+
+
+class AgentPolicies:
+    """A tenant registry's policy lookup, seen by the agent users of one `max_rows`: the tenant's current policy
+    under the agent profile (made once per tenant policy, so a session's Parse memo holds until a reload)."""
+
+    __slots__ = ("_base", "_policy", "max_rows", "policies")
+
+    def __init__(self, policies: Callable[[str], TenantPolicy | None], max_rows: int) -> None:
+        self.policies = policies
+        self.max_rows = max_rows
+        self._base: TenantPolicy | None = None
+        self._policy: TenantPolicy | None = None
+
+    def __call__(self, tenant: str) -> TenantPolicy | None:
+        base = self.policies(tenant)
+        if base is None:
+            return None
+        if base is not self._base or self._policy is None:
+            self._base, self._policy = base, agent_policy(base, self.max_rows)
+        return self._policy
