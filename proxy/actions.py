@@ -113,6 +113,19 @@ class ReleaseServer:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentAdmission:
+    """An agent's statement was admitted by the planner's estimate, refused, or its EXPLAIN failed (`outcome`
+    admitted | refused | failed): audit line, log line and metrics. `seconds`: the EXPLAIN round trip."""
+
+    sql: str
+    outcome: str
+    cost: float | None
+    rows: float | None
+    max_rows: int  # the LIMIT the agent profile applies
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class SessionPinned:
     """The session keeps its server connection for `reason` from now on (metrics: pins by reason)."""
 
@@ -192,5 +205,5 @@ Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
-    | SessionPinned | SessionUnpinned
+    | SessionPinned | SessionUnpinned | AgentAdmission
 )

@@ -12,10 +12,15 @@ from proxy.policy.agent import PINNED_SETTINGS
 from proxy.pooling import ServerRequest
 
 
+def timeout_ms(limits: AgentConfig) -> int:
+    """The agent's statement_timeout in milliseconds."""
+    return round(limits.statement_timeout * 1000)
+
+
 def server_parameters(limits: AgentConfig) -> dict[str, str]:
     """What an agent's server connection starts with besides its tenant context: read-only transactions and the
     agent's statement_timeout (startup parameters: RESET and DISCARD ALL return to them)."""
-    return {"default_transaction_read_only": "on", "statement_timeout": f"{round(limits.statement_timeout * 1000)}ms"}
+    return {"default_transaction_read_only": "on", "statement_timeout": f"{timeout_ms(limits)}ms"}
 
 
 def server_request(request: ServerRequest, limits: AgentConfig) -> ServerRequest:

@@ -298,6 +298,14 @@ def startup_parameter_not_allowed(name: str, via_options: bool) -> PgError:
     return _startup_parameter_not_allowed("startup option -c" if via_options else "startup parameter", name)
 
 
+def admission_failed(fields: dict[str, str], shift: int) -> PgError:
+    """The error of the proxy's EXPLAIN of an agent's statement (proxy/admission.py): the statement's own (it fails
+    the same way), its position moved back by the EXPLAIN prefix."""
+    position = int(fields.get("P", "0") or 0) - shift
+    return PgError(fields.get("C") or INTERNAL_ERROR, fields.get("M", "error"), "ERROR", detail=fields.get("D"),
+                   hint=fields.get("H"), position=position if position > 0 else 0)
+
+
 def agent_startup_setting(name: str) -> PgError:
     return _agent_startup_setting(name=name)
 

@@ -9,12 +9,13 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from proxy import agent, errors
+from proxy import admission, agent, errors
 from proxy.actions import (
     AcquireServer,
     Action,
     AdminLogin,
     AdminQuery,
+    AgentAdmission,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
@@ -98,6 +99,10 @@ def _settings_diff(applied: dict[str, str], desired: dict[str, str]) -> str:
 def _undecided(_kind: str, _sql: str) -> Decision:
     """The gate before a policy is attached: never called (the gate handlers come with the policy)."""
     return deny("internal_error", "no tenant policy is attached to this session")
+
+
+_ADMISSION = Pending.__new__(Pending)  # a _Held's `pending` while it waits for its admission, not for a decision
+_SWALLOWED = PgError(errors.SUCCESSFUL_COMPLETION, "")  # a denial marker's error that is not relayed (see _admitted)
 
 
 def _denial_size(message: str) -> int:
@@ -341,6 +346,13 @@ class ClientSession:
         self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
         self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
         self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
+        # --- the agent profile: a statement held for the proxy's EXPLAIN of it (proxy/admission.py), the prepared
+        # statements whose Binds are admitted (name -> the text the server has, its parameter types), a batch open.
+        self._admission: admission.Admission | None = None
+        self._agent_statements: dict[str, tuple[str, bytes]] = {}
+        self._open_batch = False
+        self._released: bytes | None = None  # the Bind being released after its admission
+        self._bind_refusal: PgError | None = None  # its refusal
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -402,8 +414,10 @@ class ClientSession:
             st.query()
             return out
 
-        def on_bind(body: bytes) -> bytes | None:
+        def on_bind(body: bytes) -> object:
             out = bind(body)
+            if out is HOLD:  # the agent profile's admission (its release comes back here)
+                return out
             if out is not None:  # renamed to a denial marker: fails in the backend as it is
                 st.passthrough(m.BIND, out)  # type: ignore[arg-type]
                 return out  # type: ignore[return-value]
@@ -563,6 +577,11 @@ class ClientSession:
         """Bytes from the server connection the session holds."""
         if self._replaying:
             return self._replay_data(data)
+        if self._admission is not None:
+            return self._admission_data(data)
+        return self._relay_server(data)
+
+    def _relay_server(self, data: bytes) -> list[Action]:
         try:
             chunks = self.backend_stream.feed(data)
         except ParsingMismatch as exc:
@@ -1060,6 +1079,8 @@ class ClientSession:
                 self._close()
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
+            if self._admission is not None:  # (or its admission by the planner's estimate, on the server)
+                return [RelayToServer(chunks), *self._statement_answers(), *self._admission_start()]
             return [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
         if self.statements is not None:
             return [RelayToServer(chunks), *self._statement_answers()]
@@ -1079,6 +1100,11 @@ class ClientSession:
         if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
         self._held = None
+        if held.type == m.QUERY and self.agent is not None and admission.needs(decision):
+            self._admit(m.QUERY, held.body, held.sql, admission.query_request(admission.sent_text(held.sql, decision)),
+                        decision)
+            self._held.after = held.after  # type: ignore[union-attr]
+            return self._admission_start()
         if held.type == m.QUERY:
             out = self._query_decided(held.sql, decision)
             if self.statements is not None:
@@ -1158,6 +1184,11 @@ class ClientSession:
         decision = self.decide("query", sql)
         if type(decision) is Pending:
             return self._hold(m.QUERY, body, sql, decision)
+        if self.agent is not None:
+            self._open_batch = False
+            if admission.needs(decision):
+                return self._admit(m.QUERY, body, sql, admission.query_request(admission.sent_text(sql, decision)),
+                                   decision)
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
@@ -1182,6 +1213,8 @@ class ClientSession:
         token = self._policy_token()
         if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
             _, _, name, sql, kind, decision, out = memo
+            if self.agent is not None:
+                self._agent_parse(name, sql, m.Parse.decode(body).param_types, decision)
             self.tracker.on_parse(name, sql, decision, kind)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
@@ -1205,6 +1238,8 @@ class ClientSession:
         return self._parse_decided(body, token, parse, decision)
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
+        if self.agent is not None:
+            self._agent_parse(parse.name, parse.sql, parse.param_types, decision)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         memo = len(body) <= _MAX_MEMO_BODY
@@ -1232,6 +1267,96 @@ class ClientSession:
         self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
             self._parse_changes(name, ())
+
+    # --- the agent profile: admission by the planner's estimate (proxy/admission.py) ----------------------------
+
+    def _agent_parse(self, name: str, sql: str, param_types: bytes, decision: Decision) -> None:
+        """An agent's Parse: its Binds are admitted by their estimate when its statement runs a query."""
+        self._open_batch = True
+        if admission.needs(decision):
+            self._agent_statements[name] = (admission.sent_text(sql, decision), param_types)
+        else:
+            self._agent_statements.pop(name, None)
+
+    def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None) -> object:
+        """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
+        self._held = _Held(type_, body, sql, _ADMISSION)
+        self._admission = admission.Admission(request, decision, open_batch=self._open_batch)
+        return HOLD
+
+    def _admission_start(self) -> list[Action]:
+        """Send the held statement's EXPLAIN once the server has answered every request before it (the rest of an
+        open batch aside: a Sync ends it first)."""
+        adm = self._admission
+        if (adm is None or adm.sent or self.server is None or self.state is not _READY or self._replaying
+                or len(self.tracker.pending) > adm.open_batch):
+            return []
+        return [RelayToServer([adm.start(self.clock())])]
+
+    def _admission_data(self, data: bytes) -> list[Action]:
+        """Server bytes while a statement is held for its admission: the answers before its EXPLAIN are relayed,
+        the EXPLAIN's are read; then the statement goes on (or is refused)."""
+        adm = self._admission
+        assert adm is not None
+        if not adm.sent:
+            return self._relay_server(data) + self._admission_start()
+        try:
+            client, done, rest = adm.feed(data)
+        except m.DecodeError as exc:
+            return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
+        actions = self._relay_server(client) if client else []
+        if not done:
+            return actions
+        self._admission = None
+        actions += self._admitted(adm)
+        if rest:
+            actions += self.server_data(rest)
+        return actions
+
+    def _admitted(self, adm: admission.Admission) -> list[Action]:
+        """The held statement's EXPLAIN answered: forward it, or its refusal in its place (an EXPLAIN that failed is
+        the statement's own error: it would have failed the same way)."""
+        held = self._held
+        assert held is not None and self.agent is not None
+        self._held = None
+        refusal: PgError | None = None
+        found: admission.Estimate | None = None
+        if adm.error is not None:
+            refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
+        elif adm.plan is not None:
+            try:
+                found = admission.estimate(adm.plan)
+            except (ValueError, KeyError, IndexError, TypeError):
+                refusal = errors.admission_failed({"C": errors.INTERNAL_ERROR, "M": "unreadable plan"}, 0)
+            else:
+                denied = admission.verdict(found, self.agent, self.tenant is not None and
+                                           self.tenant.strategy != "shared")
+                if denied is not None:
+                    self._report("admission", held.sql, denied)
+                    refusal = errors.policy_denied(denied)
+        outcome = "failed" if adm.error is not None else "refused" if refusal is not None else "admitted"
+        actions: list[Action] = [AgentAdmission(held.sql, outcome, found.cost if found else None,
+                                                found.rows if found else None, self.agent.max_rows,
+                                                self.clock() - adm.started)]
+        if held.type == m.QUERY:
+            assert adm.decision is not None
+            if refusal is None:
+                out = self._query_decided(held.sql, adm.decision)
+            else:
+                self.tracker.on_query(held.sql, adm.decision)
+                self._binds = 0
+                out = query_message(self._error_marker(refusal))
+            if self.statements is not None:
+                out = self._statement_query(held.body, out)
+            raw = out if out is not None else m.frame(b"Q", held.body)
+        else:
+            self._released, self._bind_refusal = held.body, None if adm.batch_failed else refusal
+            out = self.frontend.handlers[m.BIND](held.body)
+            raw = out if type(out) is bytes else m.frame(b"B", held.body)
+            if adm.batch_failed:  # a statement that fails ahead of it: the server skips the rest of the batch, as it
+                marker = self._error_marker(_SWALLOWED)  # would have (that error is the proxy's, not relayed)
+                raw = m.Parse(marker, marker, b"\x00\x00").encode() + raw
+        return [*actions, RelayToServer([raw]), *self.client_data(b"".join(held.after))]
 
     # --- the session's context (proxy/sessionstate.py) ---------------------------------------------
 
@@ -1296,8 +1421,13 @@ class ClientSession:
 
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
-    def _on_bind(self, body: bytes) -> bytes | None:
+    def _on_bind(self, body: bytes) -> object:
         statement = bind_statement(body)
+        if self._agent_statements and self._released is not body:
+            found = self._agent_statements.get(statement or "")
+            if found is not None:
+                return self._admit(m.BIND, body, found[0], admission.bind_request(found[0], found[1], body))
+            self._open_batch = True
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
@@ -1308,12 +1438,18 @@ class ClientSession:
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
                 self._context_changed()
+        if self._released is body:
+            self._released = None
+            if self._bind_refusal is not None:  # the backend fails to find the marker statement: our refusal
+                out = m.bind_renamed(body, self._error_marker(self._bind_refusal))
+                self._bind_refusal = None
         self._binds += 1
         return out
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
         self._binds = 0
+        self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
@@ -1384,6 +1520,8 @@ class ClientSession:
                     # The exact failure of a marker statement whose entry was evicted (a pipelined burst
                     # of denials): still our denial, never the backend's syntax error naming the marker.
                     err = errors.denial_evicted()
+                if err is _SWALLOWED:
+                    return b""
                 if err is not None:
                     self.tracker.on_error(err.sqlstate, denied=True)
                     if self._tracking:

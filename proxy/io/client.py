@@ -17,6 +17,7 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    AgentAdmission,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
@@ -424,6 +425,8 @@ class ClientConnection(asyncio.Protocol):
                 self._request_server(action.request)
             elif isinstance(action, SessionPinned):
                 self._pinned(action.reason)
+            elif isinstance(action, AgentAdmission):
+                self._agent_admission(action)
             elif isinstance(action, SessionUnpinned):
                 self._unpinned()
             elif isinstance(action, CloseClient):
@@ -431,6 +434,15 @@ class ClientConnection(asyncio.Protocol):
                 return
             else:  # pragma: no cover
                 raise AssertionError(f"unexpected client action {action!r}")
+
+    def _agent_admission(self, action: AgentAdmission) -> None:
+        """An agent's statement admitted or refused by its estimate: metrics, a debug log line, an audit line."""
+        label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
+        self.proxy.metrics.agent_admission(label, action.outcome, action.seconds)
+        self.log.debug("agent_admission", outcome=action.outcome, cost=action.cost, rows=action.rows)
+        if self.proxy.audit is not None:
+            self.proxy.audit.admission(self._audit_fields(), action.sql, action.outcome, action.cost, action.rows,
+                                       action.max_rows, action.seconds)
 
     def _run_decision(self, pending: Pending) -> None:
         """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
@@ -554,7 +566,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.closed:
             return
-        gate = self.proxy.decider(name, connect.agent.max_rows if connect.agent is not None else None)
+        gate = self.proxy.decider(name, connect.agent)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
         if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait

@@ -11,11 +11,12 @@ import time
 
 from proxy import _accel, allocator, dbcheck, errors, memory
 from proxy.actions import ForwardCancel
+from proxy.agent import timeout_ms as agent_timeout_ms
 from proxy.audit import AuditLog
 from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry
-from proxy.config import BackendConfig, Config
+from proxy.config import AgentConfig, BackendConfig, Config
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
@@ -62,7 +63,7 @@ class Proxy:
         self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
         self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes,
                                       limits.max_temp_relations)
-        self._deciders: dict[tuple[str, int | None], Gate] = {}
+        self._deciders: dict[tuple[str, tuple[int, int] | None], Gate] = {}
         self._tenants: dict[str, Tenant] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
@@ -101,17 +102,19 @@ class Proxy:
         """Every prepared tenant's current policy (the registry's: a reload replaces the dict)."""
         return self.registry.policies
 
-    def decider(self, tenant: str, agent_rows: int | None = None) -> Gate:
+    def decider(self, tenant: str, agent: AgentConfig | None = None) -> Gate:
         """The policy gate of one tenant's sessions (one per tenant, shared by its sessions; its agent-profile
-        users' with `agent_rows` have their own): the shared decision cache, under the tenant's current policy (a
+        users' have their own per agent limits): the shared decision cache, under the tenant's current policy (a
         reload may replace it), with decision times observed on cache misses."""
-        found = self._deciders.get((tenant, agent_rows))
+        key = (tenant, None if agent is None else (agent.max_rows, agent_timeout_ms(agent)))
+        found = self._deciders.get(key)
         if found is None:
-            found = self._deciders[(tenant, agent_rows)] = self._new_decider(tenant, agent_rows)
+            found = self._deciders[key] = self._new_decider(tenant, agent)
         return found
 
-    def _new_decider(self, tenant: str, agent_rows: int | None = None) -> Gate:
-        policies = self.registry.policy if agent_rows is None else AgentPolicies(self.registry.policy, agent_rows)
+    def _new_decider(self, tenant: str, agent: AgentConfig | None = None) -> Gate:
+        policies = self.registry.policy if agent is None else AgentPolicies(
+            self.registry.policy, agent.max_rows, agent_timeout_ms(agent))
         return Gate(self.decisions, policies, self.tenant(tenant), self.metrics.decision_timed,
                     self.decision_limits)
 

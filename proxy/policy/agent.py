@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.policy.model import TenantPolicy
+from proxy.policy.catalog import CATALOG_SCHEMAS
+from proxy.policy.model import ADMIT, TenantPolicy
 from proxy.policy.rewrite import Plan, _Planner, _statement_tokens, _Text
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import TextError, Tok
 from proxy.policy.tree import Node, Statement, const_text, reorder
+from proxy.policy.walk import Analysis
 
 # What an agent may run besides queries: plans, settings it may change, transactions and cursors over its queries.
 _ALLOWED = frozenset({
@@ -56,11 +58,31 @@ def check_statement(policy: TenantPolicy, kind: str, body: Node) -> None:
         name = (body.get("name") or "").lower()
         if body.get("kind") == "VAR_SET_MULTI":
             _check_read_write(body.get("args"), f"SET {name.upper()} READ WRITE")
+        elif name == "statement_timeout" and _lower_timeout(policy, body):
+            return  # (a smaller timeout than the agent's, as the MCP door sets: allowed)
         elif name in PINNED_SETTINGS and (name == "transaction_read_only"
                                           or body.get("kind") not in ("VAR_RESET", "VAR_SET_DEFAULT")):
             # (RESET and SET ... TO DEFAULT return to the server connection's startup value, the agent's own; a
             # reset transaction_read_only would be off on PostgreSQL 15)
             raise fail("agent_setting", f'setting "{name}" is pinned by the agent profile')
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+
+
+def _lower_timeout(policy: TenantPolicy, body: Node) -> bool:
+    """SET [LOCAL] statement_timeout to a literal above 0 and at most the agent's own (PostgreSQL's units)."""
+    args = body.get("args") or []
+    if body.get("kind") != "VAR_SET_VALUE" or len(args) != 1 or not policy.agent_timeout_ms:
+        return False
+    text = (const_text(args[0]) or "").strip().lower()
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(number):].strip() or "ms"
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        return False
+    return 0 < value <= policy.agent_timeout_ms
 
 
 def check_function(names: tuple[str, ...], builtin: bool) -> None:
@@ -88,6 +110,36 @@ def _check_read_write(options: list[Node] | None, what: str) -> None:
         d = opt.get("DefElem", {})
         if d.get("defname") in PINNED_SETTINGS and const_text(d.get("arg") or {}) not in ("1", "true", "on"):
             raise fail("agent_setting", f"{what} is not available to the agent profile")
+
+
+def admission(kind: str, node: Node, analysis: Analysis) -> frozenset[str]:
+    """ADMIT for a query the planner's estimate decides on (proxy/admission.py): every SELECT and cursor query but
+    those that read only system catalogs (pg_catalog, information_schema, unqualified pg_* names), CTEs and no
+    function in FROM (what BI tools and the MCP door's introspection send)."""
+    if kind not in ("SelectStmt", "DeclareCursorStmt"):
+        return frozenset()
+    for ref in analysis.refs:
+        if ref.cte:
+            continue
+        schema = ref.rv.get("schemaname")
+        if schema in CATALOG_SCHEMAS or (schema is None and ref.rv.get("relname", "").startswith("pg_")):
+            continue
+        return frozenset({ADMIT})
+    return frozenset({ADMIT}) if _has(node, "RangeFunction") else frozenset()
+
+
+def single_admitted(effects: list[frozenset[str]]) -> None:
+    """A statement admitted by its estimate is the only one of its query string (its EXPLAIN is of it alone)."""
+    if len(effects) > 1 and any(ADMIT in e for e in effects):
+        raise fail("agent_statement", "send one query per message: the agent profile admits each by its plan")
+
+
+def _has(node: object, tag: str) -> bool:
+    if isinstance(node, dict):
+        return tag in node or any(_has(v, tag) for v in node.values())
+    if isinstance(node, list):
+        return any(_has(v, tag) for v in node)
+    return False
 
 
 # --- the row cap ------------------------------------------------------------------------------------------------
@@ -192,20 +244,23 @@ def capped(node: Node, max_rows: int) -> bool:
     return int(const["ival"].get("ival", 0)) <= max_rows  # (a negative LIMIT is PostgreSQL's error)
 
 
-def agent_policy(base: TenantPolicy, max_rows: int) -> TenantPolicy:
-    """The agent profile's policy over a tenant's: read-only, no temporary tables, rows capped at `max_rows`."""
-    return replace(base, allow_writes=False, allow_ddl_temp=False, agent_max_rows=max_rows)
+def agent_policy(base: TenantPolicy, max_rows: int, timeout_ms: int = 0) -> TenantPolicy:
+    """The agent profile's policy over a tenant's: read-only, no temporary tables, rows capped at `max_rows`, a
+    statement_timeout of at most `timeout_ms`."""
+    return replace(base, allow_writes=False, allow_ddl_temp=False, agent_max_rows=max_rows,
+                   agent_timeout_ms=timeout_ms)
 
 
 class AgentPolicies:
     """A tenant registry's policy lookup, seen by the agent users of one `max_rows`: the tenant's current policy
     under the agent profile (made once per tenant policy, so a session's Parse memo holds until a reload)."""
 
-    __slots__ = ("_base", "_policy", "max_rows", "policies")
+    __slots__ = ("_base", "_policy", "max_rows", "policies", "timeout_ms")
 
-    def __init__(self, policies: Callable[[str], TenantPolicy | None], max_rows: int) -> None:
+    def __init__(self, policies: Callable[[str], TenantPolicy | None], max_rows: int, timeout_ms: int = 0) -> None:
         self.policies = policies
         self.max_rows = max_rows
+        self.timeout_ms = timeout_ms
         self._base: TenantPolicy | None = None
         self._policy: TenantPolicy | None = None
 
@@ -214,5 +269,5 @@ class AgentPolicies:
         if base is None:
             return None
         if base is not self._base or self._policy is None:
-            self._base, self._policy = base, agent_policy(base, self.max_rows)
+            self._base, self._policy = base, agent_policy(base, self.max_rows, self.timeout_ms)
         return self._policy

@@ -97,6 +97,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     changes: list[Change] = []
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
+    each: list[frozenset[str]] = []  # the effects of each statement (the agent profile's single-statement rule)
     for index, stmt in enumerate(statements):
         try:
             stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
@@ -108,11 +109,14 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 raise
             return replace(exc.decision, statement=(index + 1, count))
         effects |= stmt_effects
+        each.append(stmt_effects)
         policies.append(current)
         if stmt_changes:
             changes += stmt_changes
             if index != count - 1:  # the later statements see what this one does to the session
                 current = current.with_context(after)
+    if policy.agent_max_rows is not None:
+        agent.single_admitted(each)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
@@ -256,6 +260,8 @@ def _decide_statement(
             changes += context.call_changes(call, index)
     if any(ref.role in WRITES for ref in analysis.refs) or kind in classify.CREATES:
         plan.verify = True  # the write rule: verified whatever names the statement uses
+    if policy.agent_max_rows is not None:
+        effects |= agent.admission(kind, stmt.node, analysis)
     return effects, changes
 
 

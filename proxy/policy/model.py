@@ -12,6 +12,7 @@ Strategy = Literal["shared", "schema", "database"]
 
 # Effects tell the driver what to do after forwarding an allowed statement.
 REAPPLY_CONTEXT = "reapply_context"  # the statement resets session state (DISCARD ALL / RESET ALL)
+ADMIT = "admit"  # agent profile: the statement runs a query; it is admitted by the planner's estimate first
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})
@@ -342,6 +343,7 @@ class TenantPolicy:
     # The agent profile (policy/agent.py): None for ordinary users; else every top-level query returns at most
     # this many rows (an AST-level LIMIT), only read-only statements and a stricter function list are allowed.
     agent_max_rows: int | None = None
+    agent_timeout_ms: int = 0  # the agent's statement_timeout: a client may only SET a smaller one (0: none)
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -407,6 +409,7 @@ class TenantPolicy:
             tuple(sorted(hidden)),
             tuple(sorted(columns.items())),
             self.agent_max_rows,
+            self.agent_timeout_ms,
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))
