@@ -11,6 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from tests.support.mcpclient import stdio_calls, text
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
@@ -246,3 +247,30 @@ def test_admissions_are_audited(admitting: ProxyProcess) -> None:
     line = lines[-1]
     assert line["outcome"] == "admitted" and line["applied_limit"] == MAX_ROWS, line
     assert line["estimated_rows"] == 1.0 and line["estimated_cost"] > 0 and line["explain_ms"] >= 0, line
+
+
+def test_a_cursor_of_an_agent_is_admitted_in_its_transaction(admitting: ProxyProcess) -> None:
+    with psycopg.connect(admitting.dsn("ivy")) as c:
+        c.execute("DECLARE small CURSOR FOR SELECT g FROM generate_series(1, 50) g")
+        assert len(c.execute("FETCH ALL FROM small").fetchall()) == MAX_ROWS
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            c.execute("DECLARE big CURSOR FOR SELECT g FROM generate_series(1, 10000000) g")
+
+
+def test_the_mcp_door_logs_in_as_an_agent(admitting: ProxyProcess) -> None:
+    listed, capped, expensive, write, escape, count = stdio_calls(admitting.dsn("ivy"), [
+        ("list_tables", {}),
+        ("query", {"sql": "SELECT g FROM generate_series(1, 100) g"}),
+        ("query", {"sql": "SELECT g FROM generate_series(1, 10000000) g"}),
+        ("query", {"sql": "DELETE FROM orders"}),
+        ("query", {"sql": "SET default_transaction_read_only = off"}),
+        ("query", {"sql": "SELECT count(*) FROM orders"}),
+    ])
+    assert not listed.is_error and "orders" in text(listed)
+    assert not capped.is_error and capped.structured_content is not None
+    assert len(capped.structured_content["rows"]) == MAX_ROWS
+    assert expensive.is_error and "54000" in text(expensive) and "agent_estimate" in text(expensive), text(expensive)
+    assert write.is_error and "25006" in text(write), text(write)
+    assert escape.is_error and "agent_setting" in text(escape), text(escape)
+    assert not count.is_error and count.structured_content is not None
+    assert count.structured_content["rows"] == [[7]]

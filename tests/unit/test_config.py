@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -280,3 +281,18 @@ def test_agent_limits_layer_user_over_tenant_over_defaults(tmp_path: Path) -> No
 def test_agent_config_errors_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         load({**base(), **change}, tmp_path)
+
+
+def test_the_agent_profile_example_in_the_docs_reads_as_documented(tmp_path: Path) -> None:
+    """docs/reporting.md "Agent profile": its [agent] values are the defaults, its tenant and user tables load."""
+    text = (ROOT / "docs" / "reporting.md").read_text().split("## Agent profile", 1)[1]
+    block = re.findall(r"```toml\n(.*?)```", text, re.S)[0].replace("# …\n", "")
+    doc = tomllib.loads(block)
+    assert AgentConfig(**doc["agent"]) == AgentConfig()
+    raw = base()
+    raw["agent"] = doc["agent"]
+    raw["tenants"]["acme"]["agent"] = doc["tenants"]["acme"]["agent"]
+    raw["users"]["acme_agent"] = doc["users"]["acme_agent"]
+    secrets = f'[users]\nalice = "{VERIFIER}"\nacme_agent = "{VERIFIER}"\n'
+    cfg = load(raw, tmp_path, secrets)
+    assert cfg.agent_limits("acme_agent") == replace(AgentConfig(), max_rows=200, max_cost=5000.0)  # type: ignore
