@@ -662,6 +662,8 @@ class ClientSession:
                 actions += self._startup_answer()
                 if self.pooled and not out:  # nothing to do yet: the server goes back at once
                     actions += self._at_idle([])[1:]
+        if self._admission is not None:  # a statement held for its admission waited for this server
+            actions += self._admission_start()
         return actions
 
     def _startup_answer(self) -> list[Action]:
@@ -851,6 +853,8 @@ class ClientSession:
         self._applied = self._replayed
         if not self._answered:
             actions += self._startup_answer()
+        if self._admission is not None:
+            actions += self._admission_start()
         if self.pooled and not self.tracker.pending:
             self._idle_check = True  # nothing the client sent is waiting: the server may go back
         if rest or self._idle_check:
@@ -1288,8 +1292,13 @@ class ClientSession:
         """Send the held statement's EXPLAIN once the server has answered every request before it (the rest of an
         open batch aside: a Sync ends it first)."""
         adm = self._admission
-        if (adm is None or adm.sent or self.server is None or self.state is not _READY or self._replaying
-                or len(self.tracker.pending) > adm.open_batch):
+        if adm is None or adm.sent:
+            return []
+        if self.state is State.IDLE and self.request is not None:  # transaction pooling: the EXPLAIN needs a server
+            self._transition(Event.REQUEST)
+            return [AcquireServer(self.request)]
+        if self.server is None or self.state is not _READY or self._replaying or len(self.tracker.pending) > (
+                adm.open_batch):
             return []
         return [RelayToServer([adm.start(self.clock())])]
 
