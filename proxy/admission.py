@@ -71,9 +71,10 @@ def verdict(found: Estimate, limits: AgentConfig, show: bool) -> Deny | None:
 
 @dataclass(slots=True)
 class Admission:
-    """One held statement's admission: the request to send, then the server's answers as they come. With
-    `open_batch`, the held Bind follows other messages of its batch: a Sync goes first, and the answers up to its
-    ReadyForQuery are the client's (the proxy's ReadyForQuery aside)."""
+    """One held statement's admission: the request to send, then the server's answers as they come. A Sync goes
+    first: it ends whatever the client's batch holds before the held message (`open_batch`: the session saw such
+    messages, the EXPLAIN waits for nothing else; a Close or Describe it does not follow may be there too), and
+    the answers up to its ReadyForQuery are the client's (that ReadyForQuery aside)."""
 
     request: bytes
     decision: Decision | None = None  # a Query's decision (the Bind's statement was decided at its Parse)
@@ -88,8 +89,8 @@ class Admission:
     def start(self, now: float) -> bytes:
         """What goes to the server now."""
         self.started = now
-        self.stage = _BATCH if self.open_batch else _OWN
-        return (m.SYNC_MESSAGE + self.request) if self.open_batch else self.request
+        self.stage = _BATCH
+        return m.SYNC_MESSAGE + self.request
 
     @property
     def sent(self) -> bool:

@@ -1189,10 +1189,10 @@ class ClientSession:
         if type(decision) is Pending:
             return self._hold(m.QUERY, body, sql, decision)
         if self.agent is not None:
-            self._open_batch = False
+            open_batch, self._open_batch = self._open_batch, False  # (a Query ends an open batch)
             if admission.needs(decision):
                 return self._admit(m.QUERY, body, sql, admission.query_request(admission.sent_text(sql, decision)),
-                                   decision)
+                                   decision, open_batch)
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
@@ -1282,10 +1282,12 @@ class ClientSession:
         else:
             self._agent_statements.pop(name, None)
 
-    def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None) -> object:
+    def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None,
+               open_batch: bool | None = None) -> object:
         """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
         self._held = _Held(type_, body, sql, _ADMISSION)
-        self._admission = admission.Admission(request, decision, open_batch=self._open_batch)
+        batch = self._open_batch if open_batch is None else open_batch
+        self._admission = admission.Admission(request, decision, open_batch=batch)
         return HOLD
 
     def _admission_start(self) -> list[Action]:

@@ -85,8 +85,8 @@ def _answer(plan_text: str) -> bytes:
 @pytest.mark.parametrize("cut", [1, 3, 17, 40])
 def test_the_answer_is_read_across_reads(cut: int) -> None:
     adm = admission.Admission(b"")
-    adm.start(0.0)
-    data = _answer(plan(10.0, 2.0)) + b"after"
+    assert adm.start(0.0) == m.SYNC_MESSAGE
+    data = m.ready_for_query(b"I") + _answer(plan(10.0, 2.0)) + b"after"
     client, done, rest = adm.feed(data[:cut])
     assert (client, done) == (b"", False)
     client, done, rest = adm.feed(data[cut:])

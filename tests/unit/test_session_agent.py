@@ -53,8 +53,8 @@ def explain_answer(rows: float, cost: float = 10.0, extended: bool = False) -> b
 def test_a_query_waits_for_its_explain_then_goes_as_rewritten(tmp_path: Path) -> None:
     s = agent_session(tmp_path)
     actions = s.client_data(m.Query("SELECT * FROM t").encode() + m.Query("SELECT 2").encode())
-    assert forwarded(actions) == m.Query("EXPLAIN (FORMAT JSON) SELECT * FROM t LIMIT 5").encode()
-    actions = s.server_data(explain_answer(rows=40.0))
+    assert forwarded(actions) == m.SYNC_MESSAGE + m.Query("EXPLAIN (FORMAT JSON) SELECT * FROM t LIMIT 5").encode()
+    actions = s.server_data(m.ready_for_query(b"I") + explain_answer(rows=40.0))
     assert relayed(actions) == b""  # nothing of the EXPLAIN reaches the client
     [audit] = [a for a in actions if isinstance(a, AgentAdmission)]
     assert (audit.outcome, audit.rows, audit.max_rows) == ("admitted", 40.0, 5)
@@ -65,7 +65,7 @@ def test_a_query_waits_for_its_explain_then_goes_as_rewritten(tmp_path: Path) ->
 def test_a_query_above_the_estimate_is_refused_in_its_place(tmp_path: Path) -> None:
     s = agent_session(tmp_path)
     s.client_data(m.Query("SELECT * FROM t").encode())
-    actions = s.server_data(explain_answer(rows=5000.0))
+    actions = s.server_data(m.ready_for_query(b"I") + explain_answer(rows=5000.0))
     [(kind, body)] = frames(forwarded(actions))
     marker = m.Query.decode(body).sql
     assert kind == b"Q" and marker.startswith("pgtenant_denied_")
@@ -82,7 +82,7 @@ def test_a_pipelined_query_waits_for_the_answers_before_it(tmp_path: Path) -> No
     answer = m.data_row([b"1"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
     actions = s.server_data(answer)
     assert relayed(actions) == answer
-    assert forwarded(actions) == m.Query("EXPLAIN (FORMAT JSON) SELECT * FROM t LIMIT 5").encode()
+    assert forwarded(actions) == m.SYNC_MESSAGE + m.Query("EXPLAIN (FORMAT JSON) SELECT * FROM t LIMIT 5").encode()
 
 
 def _bind(statement: str, value: bytes) -> bytes:
@@ -102,3 +102,27 @@ def test_a_bind_is_admitted_with_its_parameters_after_its_batch_so_far(tmp_path:
     actions = s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I") + explain_answer(3.0, extended=True))
     assert relayed(actions) == m.frame(b"1", b"")  # the client's ParseComplete; the proxy's Sync answer is not
     assert frames(forwarded(actions)) == [(b"B", _bind("", b"42")[5:]), *frames(rest)]
+
+
+def test_a_close_the_session_does_not_follow_is_answered_before_the_explain(tmp_path: Path) -> None:
+    s = agent_session(tmp_path)
+    s.client_data(m.Parse("s1", "SELECT * FROM t", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    close = m.close_message(b"S", "s0")
+    actions = s.client_data(close + _bind("s1", b"1") + m.SYNC_MESSAGE)
+    assert [k for k, _ in frames(forwarded(actions))] == [b"C", b"S", b"P", b"B", b"E", b"C", b"C", b"S"]
+    actions = s.server_data(m.frame(b"3", b"") + m.ready_for_query(b"I") + explain_answer(1.0, extended=True))
+    assert relayed(actions) == m.frame(b"3", b"")  # the client's CloseComplete, not the EXPLAIN's
+    assert [k for k, _ in frames(forwarded(actions))] == [b"B", b"S"]
+
+
+def test_a_query_after_an_open_batch_ends_it_first(tmp_path: Path) -> None:
+    s = agent_session(tmp_path, lambda kind, sql: ADMITTED if "t" in sql else Allow())
+    actions = s.client_data(m.Parse("", "SELECT 1", b"\x00\x00").encode() + m.Query("SELECT * FROM t").encode())
+    sent = frames(forwarded(actions))
+    assert [k for k, _ in sent] == [b"P", b"S", b"Q"]  # its batch's Parse, a Sync, the EXPLAIN
+    actions = s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I") + explain_answer(rows=1.0))
+    assert relayed(actions) == m.frame(b"1", b"")
+    assert forwarded(actions) == m.Query("SELECT * FROM t LIMIT 5").encode()
+    answer = m.data_row([b"1"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+    assert relayed(s.server_data(answer)) == answer  # one ReadyForQuery for the batch and the Query, as before
