@@ -11,6 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from tests.support.jdbc import require_jdbc, run_jdbc
 from tests.support.mcpclient import stdio_calls, text
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, prepare_backend
@@ -274,3 +275,16 @@ def test_the_mcp_door_logs_in_as_an_agent(admitting: ProxyProcess) -> None:
     assert escape.is_error and "agent_setting" in text(escape), text(escape)
     assert not count.is_error and count.structured_content is not None
     assert count.structured_content["rows"] == [[7]]
+
+
+def test_pgjdbc_through_the_agent_profile(admitting: ProxyProcess) -> None:
+    require_jdbc()
+    url = admitting.jdbc_url("ivy", sslmode="disable")
+    fetched = run_jdbc(url, "ivy", admitting.password("ivy"), "fetchsize", 1000, 2)
+    assert (fetched["count"], fetched["sum"]) == (MAX_ROWS, 15)  # a named portal read in batches: capped
+    sql = "SELECT g FROM generate_series(1, ?::int) g"
+    # pgJDBC's unnamed statement for the first executions, its named S_n from the fifth on (prepareThreshold)
+    steps = run_jdbc(url, "ivy", admitting.password("ivy"), "script",
+                     *[f"{sql}|||{n}" for n in (10, 20, 5_000_000, 30, 40, 50, 9_000_000, 60)])
+    outcomes = [step.get("sqlstate") or len(step["results"][0]["rows"]) for step in steps]
+    assert outcomes == [MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS, MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS], steps
