@@ -350,6 +350,7 @@ class ClientSession:
         # statements whose Binds are admitted (name -> the text the server has, its parameter types), a batch open.
         self._admission: admission.Admission | None = None
         self._agent_statements: dict[str, tuple[str, bytes]] = {}
+        self._agent_bytes = 0  # their texts' length
         self._open_batch = False
         self._released: bytes | None = None  # the Bind being released after its admission
         self._bind_refusal: PgError | None = None  # its refusal
@@ -1215,10 +1216,10 @@ class ClientSession:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
         memo = self._parse_memo
         token = self._policy_token()
-        if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
+        if memo is not None and memo[1] is token and memo[0] == body and (  # the same Parse again (unnamed, mostly)
+                self.agent is None or self._agent_parse(memo[2], memo[3], m.Parse.decode(body).param_types,
+                                                        memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
-            if self.agent is not None:
-                self._agent_parse(name, sql, m.Parse.decode(body).param_types, decision)
             self.tracker.on_parse(name, sql, decision, kind)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
@@ -1242,10 +1243,14 @@ class ClientSession:
         return self._parse_decided(body, token, parse, decision)
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
-        if self.agent is not None:
-            self._agent_parse(parse.name, parse.sql, parse.param_types, decision)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+        if self.agent is not None:
+            refused = self._agent_parse(parse.name, parse.sql, parse.param_types, decision)
+            if refused is not None:
+                if self._tracking:
+                    self._parse_changes(parse.name, ())
+                return m.Parse(parse.name, self._error_marker(refused), parse.param_types).encode()
         memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
@@ -1274,13 +1279,26 @@ class ClientSession:
 
     # --- the agent profile: admission by the planner's estimate (proxy/admission.py) ----------------------------
 
-    def _agent_parse(self, name: str, sql: str, param_types: bytes, decision: Decision) -> None:
-        """An agent's Parse: its Binds are admitted by their estimate when its statement runs a query."""
+    def _agent_parse(self, name: str, sql: str, param_types: bytes, decision: Decision) -> PgError | None:
+        """An agent's Parse: its Binds are admitted by their estimate when its statement runs a query (the texts
+        kept for that are bounded by [pool] max_session_statements and max_session_statement_bytes: past them the
+        Parse fails, as one past PostgreSQL's memory would)."""
         self._open_batch = True
-        if admission.needs(decision):
-            self._agent_statements[name] = (admission.sent_text(sql, decision), param_types)
-        else:
-            self._agent_statements.pop(name, None)
+        statements = self._agent_statements
+        old = statements.pop(name, None)
+        if old is not None:
+            self._agent_bytes -= len(old[0])
+        if not admission.needs(decision):
+            return None
+        text = admission.sent_text(sql, decision)
+        limit, max_bytes = session_statement_limits(self.config)
+        if len(statements) >= limit:
+            return errors.session_statements_limit(name=name, key="max_session_statements", limit=limit)
+        if self._agent_bytes + len(text) > max_bytes:
+            return errors.session_statements_limit(name=name, key="max_session_statement_bytes", limit=max_bytes)
+        statements[name] = (text, param_types)
+        self._agent_bytes += len(text)
+        return None
 
     def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None,
                open_batch: bool | None = None) -> object:
@@ -1466,6 +1484,9 @@ class ClientSession:
         name = m.close_statement(body)
         if name is not None:
             self.tracker.on_close_statement(name)
+            if self._agent_statements:
+                old = self._agent_statements.pop(name, None)
+                self._agent_bytes -= len(old[0]) if old is not None else 0
             if self._tracking:
                 self.context.close(name)
                 self._context_changed()

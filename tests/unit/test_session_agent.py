@@ -18,13 +18,13 @@ from tests.support.sessions import attach, frames, login, make_verifier
 ADMITTED = Rewrite("SELECT * FROM t LIMIT 5", ("agent_limit",), frozenset({ADMIT}))
 
 
-def agent_session(tmp_path: Path, decide=lambda kind, sql: ADMITTED) -> ClientSession:
+def agent_session(tmp_path: Path, decide=lambda kind, sql: ADMITTED, **pool: object) -> ClientSession:
     (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
     config = parse_config({
         "secrets_file": "s.toml", "backends": {"main": {}},
         "tenants": {"acme": {"strategy": "database", "database": "acme"}},
         "users": {"alice": {"tenant": "acme", "profile": "agent"}},
-        "agent": {"max_rows": 5, "max_estimated_rows": 100.0, "max_cost": 1000.0},
+        "agent": {"max_rows": 5, "max_estimated_rows": 100.0, "max_cost": 1000.0}, "pool": pool,
     }, base=tmp_path)
     s = ClientSession(config, session_id="s1", client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2),
                       clock=lambda: 100.0, tls_available=False)
@@ -126,3 +126,16 @@ def test_a_query_after_an_open_batch_ends_it_first(tmp_path: Path) -> None:
     assert forwarded(actions) == m.Query("SELECT * FROM t LIMIT 5").encode()
     answer = m.data_row([b"1"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
     assert relayed(s.server_data(answer)) == answer  # one ReadyForQuery for the batch and the Query, as before
+
+
+def test_the_statements_kept_for_admission_are_bounded_and_a_parse_past_them_fails(tmp_path: Path) -> None:
+    s = agent_session(tmp_path, max_session_statements=2)
+    parses = b"".join(m.Parse(f"s{i}", f"SELECT * FROM t{i}", b"\x00\x00").encode() for i in range(3))
+    sent = frames(forwarded(s.client_data(parses + m.SYNC_MESSAGE)))
+    assert [m.Parse.decode(body).name for _, body in sent[:3]] == ["s0", "s1", "s2"]
+    assert m.Parse.decode(sent[2][1]).sql.startswith("pgtenant_denied_")  # its error is the session's limit
+    s.server_data(m.frame(b"1", b"") * 2 + m.ready_for_query(b"I"))
+    s.client_data(m.close_message(b"S", "s0") + m.SYNC_MESSAGE)  # a Close makes room again
+    s.server_data(m.frame(b"3", b"") + m.ready_for_query(b"I"))
+    sent = frames(forwarded(s.client_data(m.Parse("s2", "SELECT * FROM t2", b"\x00\x00").encode())))
+    assert not m.Parse.decode(sent[0][1]).sql.startswith("pgtenant_denied_")
