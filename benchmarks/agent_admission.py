@@ -4,7 +4,8 @@ agent-profile user of the same tenant (the agent's are capped with a LIMIT and a
 round trip first), median and p99 per protocol.
 
 Run from the repo root:  .venv/bin/python benchmarks/agent_admission.py [--queries 2000] [--rounds 5] [--json out.json]
-Both logins run interleaved, in rounds (drift hits each alike), one connection each, one query at a time. See
+Both logins run interleaved, in rounds (drift hits each alike), one connection each, one query at a time, logging at
+"info" (as deployed: the test helper's "debug" logs every rewrite, and every agent query is one). See
 benchmarks/README.md.
 """
 
@@ -25,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 
+from benchmarks.pgbench_compare import BenchProxy
 from tests.support import pgcluster
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.proxyproc import prepare_backend
 
 # ivan: tenant initech (database strategy), the default profile; ada: the same tenant, the agent profile, limits far
 # above these statements' estimates (every one is admitted: what is measured is the round trip, not a refusal).
@@ -69,7 +71,7 @@ def main() -> int:
         prepare_backend(cluster)
         workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-agent-"))
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        proxy = ProxyProcess(cluster, workdir, backend_sslmode="disable", extra_users=dict([AGENT]),
+        proxy = BenchProxy(cluster, workdir, backend_sslmode="disable", extra_users=dict([AGENT]),
                              user_keys={AGENT[0]: {"profile": "agent"}},
                              agent={"max_rows": 1000, "max_cost": 1e9, "max_estimated_rows": 1e9})
         stack.callback(proxy.stop)
