@@ -121,6 +121,7 @@ class _Held:
     token: object = None  # a Parse: the policy token its memo is keyed by
     parse: m.Parse | None = None
     after: list[bytes] = field(default_factory=list)
+    open_batch: bool = False  # (the agent profile) a Query that came after extended messages without their Sync
 
 
 class State(enum.Enum):
@@ -1107,7 +1108,7 @@ class ClientSession:
         self._held = None
         if held.type == m.QUERY and self.agent is not None and admission.needs(decision):
             self._admit(m.QUERY, held.body, held.sql, admission.query_request(admission.sent_text(held.sql, decision)),
-                        decision)
+                        decision, held.open_batch)
             self._held.after = held.after  # type: ignore[union-attr]
             return self._admission_start()
         if held.type == m.QUERY:
@@ -1187,13 +1188,16 @@ class ClientSession:
             self.tracker.on_query("", _MALFORMED)
             return query_message(self._error_marker(errors.malformed_message(str(exc))))
         decision = self.decide("query", sql)
-        if type(decision) is Pending:
-            return self._hold(m.QUERY, body, sql, decision)
+        open_batch = False
         if self.agent is not None:
             open_batch, self._open_batch = self._open_batch, False  # (a Query ends an open batch)
-            if admission.needs(decision):
-                return self._admit(m.QUERY, body, sql, admission.query_request(admission.sent_text(sql, decision)),
-                                   decision, open_batch)
+        if type(decision) is Pending:
+            held = self._hold(m.QUERY, body, sql, decision)
+            self._held.open_batch = open_batch  # type: ignore[union-attr]
+            return held
+        if self.agent is not None and admission.needs(decision):
+            return self._admit(m.QUERY, body, sql, admission.query_request(admission.sent_text(sql, decision)),
+                               decision, open_batch)
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
@@ -1452,7 +1456,7 @@ class ClientSession:
 
     def _on_bind(self, body: bytes) -> object:
         statement = bind_statement(body)
-        if self._agent_statements and self._released is not body:
+        if self.agent is not None and self._released is not body:
             found = self._agent_statements.get(statement or "")
             if found is not None:
                 return self._admit(m.BIND, body, found[0], admission.bind_request(found[0], found[1], body))
@@ -1534,6 +1538,7 @@ class ClientSession:
     def _on_request_message(self, _body: bytes) -> None:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
+        self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
 
     def _on_copy_in_response(self, _body: bytes) -> None:
         self.tracker.on_copy_in()

@@ -7,9 +7,10 @@ import json
 import struct
 from pathlib import Path
 
-from proxy.actions import AgentAdmission, RelayToClient, RelayToServer
+from proxy.actions import AgentAdmission, RelayToClient, RelayToServer, RunDecision
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import parse_config
+from proxy.policy.cache import Pending
 from proxy.policy.model import ADMIT, Allow, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
@@ -139,3 +140,14 @@ def test_the_statements_kept_for_admission_are_bounded_and_a_parse_past_them_fai
     s.server_data(m.frame(b"3", b"") + m.ready_for_query(b"I"))
     sent = frames(forwarded(s.client_data(m.Parse("s2", "SELECT * FROM t2", b"\x00\x00").encode())))
     assert not m.Parse.decode(sent[0][1]).sql.startswith("pgtenant_denied_")
+
+
+def test_a_query_decided_by_a_worker_is_admitted_too(tmp_path: Path) -> None:
+    s = agent_session(tmp_path, lambda kind, sql: Pending.__new__(Pending) if kind == "query" else Allow())
+    actions = s.client_data(m.Parse("", "SELECT 1", b"\x00\x00").encode() + m.Query("SELECT * FROM t").encode())
+    assert [k for k, _ in frames(forwarded(actions))] == [b"P"] and any(isinstance(a, RunDecision) for a in actions)
+    actions = s.decision_ready(ADMITTED)
+    assert forwarded(actions) == m.SYNC_MESSAGE + m.Query("EXPLAIN (FORMAT JSON) SELECT * FROM t LIMIT 5").encode()
+    actions = s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I") + explain_answer(rows=1.0))
+    assert relayed(actions) == m.frame(b"1", b"")
+    assert forwarded(actions) == m.Query("SELECT * FROM t LIMIT 5").encode()
