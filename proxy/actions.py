@@ -113,6 +113,12 @@ class ReleaseServer:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitAdmission:
+    """An agent's statement is held for its admission (the proxy's EXPLAIN of it): the client is not read until its
+    `AgentAdmission` (what it sends meanwhile would only be held)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AgentAdmission:
     """An agent's statement was admitted by the planner's estimate, refused, or its EXPLAIN failed (`outcome`
     admitted | refused | failed): audit line, log line and metrics. `seconds`: the EXPLAIN round trip."""
@@ -205,5 +211,5 @@ Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
-    | SessionPinned | SessionUnpinned | AgentAdmission
+    | SessionPinned | SessionUnpinned | AwaitAdmission | AgentAdmission
 )

@@ -16,6 +16,7 @@ from proxy.actions import (
     AdminLogin,
     AdminQuery,
     AgentAdmission,
+    AwaitAdmission,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
@@ -1086,7 +1087,7 @@ class ClientSession:
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
             if self._admission is not None:  # (or its admission by the planner's estimate, on the server)
-                return [RelayToServer(chunks), *self._statement_answers(), *self._admission_start()]
+                return [RelayToServer(chunks), *self._statement_answers(), AwaitAdmission(), *self._admission_start()]
             return [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
         if self.statements is not None:
             return [RelayToServer(chunks), *self._statement_answers()]
@@ -1110,7 +1111,7 @@ class ClientSession:
             self._admit(m.QUERY, held.body, held.sql, admission.query_request(admission.sent_text(held.sql, decision)),
                         decision, held.open_batch)
             self._held.after = held.after  # type: ignore[union-attr]
-            return self._admission_start()
+            return [AwaitAdmission(), *self._admission_start()]
         if held.type == m.QUERY:
             out = self._query_decided(held.sql, decision)
             if self.statements is not None:

@@ -18,6 +18,7 @@ from proxy.actions import (
     AdminLogin,
     AdminQuery,
     AgentAdmission,
+    AwaitAdmission,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
@@ -77,6 +78,7 @@ class ClientConnection(asyncio.Protocol):
         self._backpressure = False  # the server link's write buffer is full
         self._client_full = False  # the client's write buffer is full (the server link is not read meanwhile)
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
+        self._admitting = False  # the session holds an agent's statement for its admission (AwaitAdmission)
         self.session_id = ""  # set with the session (connection_made)
         self.address = ""
         self.login: Login | None = None  # who logged in (AdminLogin / ConnectBackend)
@@ -221,7 +223,7 @@ class ClientConnection(asyncio.Protocol):
         """Read the client's socket unless the server link is full or the session waits for a decision."""
         if self.transport is None or self.closed:
             return
-        paused = self._backpressure or self._decision is not None or self._waiting_server
+        paused = self._backpressure or self._decision is not None or self._waiting_server or self._admitting
         if paused != self._reading_paused:
             self._reading_paused = paused
             if paused:
@@ -427,6 +429,9 @@ class ClientConnection(asyncio.Protocol):
                 self._pinned(action.reason)
             elif isinstance(action, AgentAdmission):
                 self._agent_admission(action)
+            elif isinstance(action, AwaitAdmission):
+                self._admitting = True
+                self._update_reading()
             elif isinstance(action, SessionUnpinned):
                 self._unpinned()
             elif isinstance(action, CloseClient):
@@ -437,6 +442,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _agent_admission(self, action: AgentAdmission) -> None:
         """An agent's statement admitted or refused by its estimate: metrics, a debug log line, an audit line."""
+        self._admitting = False
+        self._update_reading()
         label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
         self.proxy.metrics.agent_admission(label, action.outcome, action.seconds)
         self.log.debug("agent_admission", outcome=action.outcome, cost=action.cost, rows=action.rows)
