@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import re
 import secrets
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -1460,7 +1461,12 @@ class ClientSession:
         if self.agent is not None and self._released is not body:
             found = self._agent_statements.get(statement or "")
             if found is not None:
-                return self._admit(m.BIND, body, found[0], admission.bind_request(found[0], found[1], body))
+                try:
+                    request = admission.bind_request(found[0], found[1], body)
+                except (ValueError, struct.error) as exc:  # its parameters cannot be read: refused, not run
+                    self._released, self._bind_refusal = body, errors.malformed_message(f"malformed Bind: {exc}")
+                else:
+                    return self._admit(m.BIND, body, found[0], request)
             self._open_batch = True
         out = None
         if statement is not None:

@@ -220,6 +220,8 @@ def bind_for(body: bytes, portal: str, statement: str) -> bytes:
     for _ in range(params):
         (length,) = struct.unpack_from("!i", body, pos)
         pos += 4 + max(length, 0)
+    if pos > len(body) - 2:  # (the result formats' count follows)
+        raise DecodeError("insufficient data left in message")
     start = body.index(b"\x00", portal_end + 1) + 1
     return frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + body[start:pos] + b"\x00\x00")
 

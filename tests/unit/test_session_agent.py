@@ -151,3 +151,12 @@ def test_a_query_decided_by_a_worker_is_admitted_too(tmp_path: Path) -> None:
     actions = s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I") + explain_answer(rows=1.0))
     assert relayed(actions) == m.frame(b"1", b"")
     assert forwarded(actions) == m.Query("SELECT * FROM t LIMIT 5").encode()
+
+
+def test_a_bind_whose_parameters_cannot_be_read_is_refused_not_run(tmp_path: Path) -> None:
+    s = agent_session(tmp_path)
+    s.client_data(m.Parse("s1", "SELECT * FROM t WHERE a = $1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    broken = m.frame(b"B", b"\x00s1\x00" + struct.pack("!hh", 0, 1) + struct.pack("!i", 50) + b"short")
+    sent = frames(forwarded(s.client_data(broken + m.SYNC_MESSAGE)))
+    assert sent[0][0] == b"B" and b"pgtenant_denied_" in sent[0][1]  # its statement is a marker: it fails
