@@ -6,16 +6,19 @@ from __future__ import annotations
 import enum
 import re
 import secrets
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from proxy import errors
+from proxy import admission, agent, errors
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
     Action,
     AdminLogin,
     AdminQuery,
+    AgentAdmission,
+    AwaitAdmission,
     BatchWithoutSync,
     CancelQuery,
     CloseClient,
@@ -39,7 +42,7 @@ from proxy.actions import (
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
-from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
+from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.limits import (
     IDLE_IN_TRANSACTION_TIMEOUT,
@@ -129,6 +132,10 @@ def _undecided(_kind: str, _sql: str) -> Decision:
     return deny("internal_error", "no tenant policy is attached to this session")
 
 
+_ADMISSION = Pending.__new__(Pending)  # a _Held's `pending` while it waits for its admission, not for a decision
+_SWALLOWED = PgError(errors.SUCCESSFUL_COMPLETION, "")  # a denial marker's error that is not relayed (see _admitted)
+
+
 def _denial_size(message: str) -> int:
     """The bytes a pending denial holds (its message; the hint is the rule's shared text)."""
     return _DENIAL_OVERHEAD + len(message)
@@ -145,6 +152,7 @@ class _Held:
     token: object = None  # a Parse: the policy token its memo is keyed by
     parse: m.Parse | None = None
     after: list[bytes] = field(default_factory=list)
+    open_batch: bool = False  # (the agent profile) a Query that came after extended messages without their Sync
 
 
 class State(enum.Enum):
@@ -271,6 +279,7 @@ class ClientSession:
         self.tls_available = tls_available
         self.channel_binding = channel_binding
         self.user_config: UserConfig | None = None
+        self.agent: AgentConfig | None = None  # the agent profile's limits (an agent user's session)
         self.tenant: TenantConfig | None = None
         self.backend: BackendConfig | None = None
         self.backend_parameters: dict[str, str] = {}
@@ -392,6 +401,14 @@ class ClientSession:
         self._gate_slot = False  # max_concurrent_queries: the next request waits for a turn (AcquireSlot)
         self._slot_held = False  # the session's request or transaction has its turn
         self._slot_queue: list[bytes] = []  # what the client sent while the session waits for its turn
+        # --- the agent profile: a statement held for the proxy's EXPLAIN of it (proxy/admission.py), the prepared
+        # statements whose Binds are admitted (name -> the text the server has, its parameter types), a batch open.
+        self._admission: admission.Admission | None = None
+        self._agent_statements: dict[str, tuple[str, bytes]] = {}
+        self._agent_bytes = 0  # their texts' length
+        self._open_batch = False
+        self._released: bytes | None = None  # the Bind being released after its admission
+        self._bind_refusal: PgError | None = None  # its refusal
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -453,8 +470,10 @@ class ClientSession:
             st.query()
             return out
 
-        def on_bind(body: bytes) -> bytes | None:
+        def on_bind(body: bytes) -> object:
             out = bind(body)
+            if out is HOLD:  # the agent profile's admission (its release comes back here)
+                return out
             if out is not None:  # renamed to a denial marker: fails in the backend as it is
                 st.passthrough(m.BIND, out)  # type: ignore[arg-type]
                 return out  # type: ignore[return-value]
@@ -640,6 +659,11 @@ class ClientSession:
         """Bytes from the server connection the session holds."""
         if self._replaying:
             return self._replay_data(data)
+        if self._admission is not None:
+            return self._admission_data(data)
+        return self._relay_server(data)
+
+    def _relay_server(self, data: bytes) -> list[Action]:
         try:
             chunks = self.backend_stream.feed(data)
         except ParsingMismatch as exc:
@@ -725,6 +749,8 @@ class ClientSession:
                 actions += self._startup_answer()
                 if self.pooled and not out:  # nothing to do yet: the server goes back at once
                     actions += self._at_idle([])[1:]
+        if self._admission is not None:  # a statement held for its admission waited for this server
+            actions += self._admission_start()
         return actions
 
     def _startup_answer(self) -> list[Action]:
@@ -918,6 +944,8 @@ class ClientSession:
         self._applied = self._replayed
         if not self._answered:
             actions += self._startup_answer()
+        if self._admission is not None:
+            actions += self._admission_start()
         if self.pooled and not self.tracker.pending:
             self._idle_check = True  # nothing the client sent is waiting: the server may go back
         if rest or self._idle_check:
@@ -1082,6 +1110,9 @@ class ClientSession:
         params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
         if err is not None:
             raise SessionError(err, CloseReason.STARTUP_PARAMETER)
+        self.agent = self.config.agent_limits(user)
+        if self.agent is not None and (err := agent.startup_refusal(params)) is not None:
+            raise SessionError(err, CloseReason.STARTUP_PARAMETER)
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
         self.request = self._server_request()
@@ -1089,6 +1120,8 @@ class ClientSession:
         if self.state is State.CLOSED:  # refused by a limit
             return [*actions, *limited]
         actions += limited
+        if self.agent is not None:
+            self.request = agent.server_request(self.request, self.agent)
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
@@ -1096,7 +1129,7 @@ class ClientSession:
             self.frontend.handlers = self._frontend_tracked
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
-            (self.process_id, self.secret_key), self.end_user,
+            (self.process_id, self.secret_key), self.end_user, self.agent,
         ))
         return actions
 
@@ -1147,7 +1180,10 @@ class ClientSession:
                 self._close()
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
-            out = [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
+            if self._admission is not None:  # (or its admission by the planner's estimate, on the server)
+                out = [RelayToServer(chunks), *self._statement_answers(), AwaitAdmission(), *self._admission_start()]
+            else:
+                out = [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
         elif self.statements is not None:
             out = [RelayToServer(chunks), *self._statement_answers()]
         else:
@@ -1170,6 +1206,11 @@ class ClientSession:
         if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
         self._held = None
+        if held.type == m.QUERY and self.agent is not None and admission.needs(decision):
+            self._admit(m.QUERY, held.body, held.sql, admission.query_request(admission.sent_text(held.sql, decision)),
+                        decision, held.open_batch)
+            self._held.after = held.after  # type: ignore[union-attr]
+            return [AwaitAdmission(), *self._admission_start()]
         if held.type == m.QUERY:
             out = self._query_decided(held.sql, decision)
             if self.statements is not None:
@@ -1249,8 +1290,16 @@ class ClientSession:
             self.tracker.on_query("", _MALFORMED)
             return query_message(self._error_marker(errors.malformed_message(str(exc))))
         decision = self.decide("query", sql)
+        open_batch = False
+        if self.agent is not None:
+            open_batch, self._open_batch = self._open_batch, False  # (a Query ends an open batch)
         if type(decision) is Pending:
-            return self._hold(m.QUERY, body, sql, decision)
+            held = self._hold(m.QUERY, body, sql, decision)
+            self._held.open_batch = open_batch  # type: ignore[union-attr]
+            return held
+        if self.agent is not None and admission.needs(decision):
+            return self._admit(m.QUERY, body, sql, admission.query_request(admission.sent_text(sql, decision)),
+                               decision, open_batch)
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
@@ -1279,7 +1328,9 @@ class ClientSession:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
         memo = self._parse_memo
         token = self._policy_token()
-        if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
+        if memo is not None and memo[1] is token and memo[0] == body and (  # the same Parse again (unnamed, mostly)
+                self.agent is None or self._agent_parse(memo[2], memo[3], m.Parse.decode(body).param_types,
+                                                        memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
             if name and (self._client_texts is not None or out is not None) and self.statements is None:
@@ -1309,6 +1360,12 @@ class ClientSession:
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+        if self.agent is not None:
+            refused = self._agent_parse(parse.name, parse.sql, parse.param_types, decision)
+            if refused is not None:
+                if self._tracking:
+                    self._parse_changes(parse.name, ())
+                return m.Parse(parse.name, self._error_marker(refused), parse.param_types).encode()
         memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
             if self._client_texts is not None and parse.name and self.statements is None:
@@ -1346,6 +1403,116 @@ class ClientSession:
         self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
             self._parse_changes(name, ())
+
+    # --- the agent profile: admission by the planner's estimate (proxy/admission.py) ----------------------------
+
+    def _agent_parse(self, name: str, sql: str, param_types: bytes, decision: Decision) -> PgError | None:
+        """An agent's Parse: its Binds are admitted by their estimate when its statement runs a query (the texts
+        kept for that are bounded by [pool] max_session_statements and max_session_statement_bytes: past them the
+        Parse fails, as one past PostgreSQL's memory would)."""
+        self._open_batch = True
+        statements = self._agent_statements
+        old = statements.pop(name, None)
+        if old is not None:
+            self._agent_bytes -= len(old[0])
+        if not admission.needs(decision):
+            return None
+        text = admission.sent_text(sql, decision)
+        limit, max_bytes = session_statement_limits(self.config)
+        if len(statements) >= limit:
+            return errors.session_statements_limit(name=name, key="max_session_statements", limit=limit)
+        if self._agent_bytes + len(text) > max_bytes:
+            return errors.session_statements_limit(name=name, key="max_session_statement_bytes", limit=max_bytes)
+        statements[name] = (text, param_types)
+        self._agent_bytes += len(text)
+        return None
+
+    def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None,
+               open_batch: bool | None = None) -> object:
+        """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
+        self._held = _Held(type_, body, sql, _ADMISSION)
+        batch = self._open_batch if open_batch is None else open_batch
+        self._admission = admission.Admission(request, decision, open_batch=batch)
+        return HOLD
+
+    def _admission_start(self) -> list[Action]:
+        """Send the held statement's EXPLAIN once the server has answered every request before it (the rest of an
+        open batch aside: a Sync ends it first)."""
+        adm = self._admission
+        if adm is None or adm.sent:
+            return []
+        if self.state is State.IDLE and self.request is not None:  # transaction pooling: the EXPLAIN needs a server
+            self._transition(Event.REQUEST)
+            return [AcquireServer(self.request)]
+        if self.server is None or self.state is not _READY or self._replaying or len(self.tracker.pending) > (
+                adm.open_batch):
+            return []
+        return [RelayToServer([adm.start(self.clock())])]
+
+    def _admission_data(self, data: bytes) -> list[Action]:
+        """Server bytes while a statement is held for its admission: the answers before its EXPLAIN are relayed,
+        the EXPLAIN's are read; then the statement goes on (or is refused)."""
+        adm = self._admission
+        assert adm is not None
+        if not adm.sent:
+            return self._relay_server(data) + self._admission_start()
+        try:
+            client, done, rest = adm.feed(data)
+        except m.DecodeError as exc:
+            return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
+        actions = self._relay_server(client) if client else []
+        if not done:
+            return actions
+        self._admission = None
+        actions += self._admitted(adm)
+        if rest:
+            actions += self.server_data(rest)
+        return actions
+
+    def _admitted(self, adm: admission.Admission) -> list[Action]:
+        """The held statement's EXPLAIN answered: forward it, or its refusal in its place (an EXPLAIN that failed is
+        the statement's own error: it would have failed the same way)."""
+        held = self._held
+        assert held is not None and self.agent is not None
+        self._held = None
+        refusal: PgError | None = None
+        found: admission.Estimate | None = None
+        if adm.error is not None:
+            refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
+        elif adm.plan is not None:
+            try:
+                found = admission.estimate(adm.plan)
+            except (ValueError, KeyError, IndexError, TypeError):
+                refusal = errors.admission_failed({"C": errors.INTERNAL_ERROR, "M": "unreadable plan"}, 0)
+            else:
+                denied = admission.verdict(found, self.agent, self.tenant is not None and
+                                           self.tenant.strategy != "shared")
+                if denied is not None:
+                    self._report("admission", held.sql, denied)
+                    refusal = errors.policy_denied(denied)
+        outcome = "failed" if adm.error is not None else "refused" if refusal is not None else "admitted"
+        actions: list[Action] = [AgentAdmission(held.sql, outcome, found.cost if found else None,
+                                                found.rows if found else None, self.agent.max_rows,
+                                                self.clock() - adm.started)]
+        if held.type == m.QUERY:
+            assert adm.decision is not None
+            if refusal is None:
+                out = self._query_decided(held.sql, adm.decision)
+            else:
+                self.tracker.on_query(held.sql, adm.decision)
+                self._binds = 0
+                out = query_message(self._error_marker(refusal))
+            if self.statements is not None:
+                out = self._statement_query(held.body, out)
+            raw = out if out is not None else m.frame(b"Q", held.body)
+        else:
+            self._released, self._bind_refusal = held.body, None if adm.batch_failed else refusal
+            out = self.frontend.handlers[m.BIND](held.body)
+            raw = out if type(out) is bytes else m.frame(b"B", held.body)
+            if adm.batch_failed:  # a statement that fails ahead of it: the server skips the rest of the batch, as it
+                marker = self._error_marker(_SWALLOWED)  # would have (that error is the proxy's, not relayed)
+                raw = m.Parse(marker, marker, b"\x00\x00").encode() + raw
+        return [*actions, RelayToServer([raw]), *self.client_data(b"".join(held.after))]
 
     # --- the session's context (proxy/sessionstate.py) ---------------------------------------------
 
@@ -1410,8 +1577,18 @@ class ClientSession:
 
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
-    def _on_bind(self, body: bytes) -> bytes | None:
+    def _on_bind(self, body: bytes) -> object:
         statement = bind_statement(body)
+        if self.agent is not None and self._released is not body:
+            found = self._agent_statements.get(statement or "")
+            if found is not None:
+                try:
+                    request = admission.bind_request(found[0], found[1], body)
+                except (ValueError, struct.error) as exc:  # its parameters cannot be read: refused, not run
+                    self._released, self._bind_refusal = body, errors.malformed_message(f"malformed Bind: {exc}")
+                else:
+                    return self._admit(m.BIND, body, found[0], request)
+            self._open_batch = True
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
@@ -1423,6 +1600,11 @@ class ClientSession:
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
                 self._context_changed()
+        if self._released is body:
+            self._released = None
+            if self._bind_refusal is not None:  # the backend fails to find the marker statement: our refusal
+                out = m.bind_renamed(body, self._error_marker(self._bind_refusal))
+                self._bind_refusal = None
         self._binds += 1
         return out
 
@@ -1430,11 +1612,15 @@ class ClientSession:
         self.tracker.on_sync()
         self._binds = 0
         self._flushed = False
+        self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
         if name is not None:
             self.tracker.on_close_statement(name)
+            if self._agent_statements:
+                old = self._agent_statements.pop(name, None)
+                self._agent_bytes -= len(old[0]) if old is not None else 0
             if self._tracking:
                 self.context.close(name)
                 self._context_changed()
@@ -1491,6 +1677,7 @@ class ClientSession:
     def _on_request_message(self, _body: bytes) -> None:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
+        self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
 
     def _on_flush(self, body: bytes) -> None:
         """Transaction pooling: a Flush; the server stays held until the batch's Sync (BatchWithoutSync)."""
@@ -1519,6 +1706,8 @@ class ClientSession:
                     # The exact failure of a marker statement whose entry was evicted (a pipelined burst
                     # of denials): still our denial, never the backend's syntax error naming the marker.
                     err = errors.denial_evicted()
+                if err is _SWALLOWED:
+                    return b""
                 if err is not None:
                     self.tracker.on_error(err.sqlstate, denied=True)
                     if self._tracking:
@@ -1559,8 +1748,11 @@ class ClientSession:
         self._counted = True
         if limits.statement_timeout is not None:
             asked = next((v for k, v in self.backend_parameters.items() if k.lower() == "statement_timeout"), None)
+            cap = limits.statement_timeout  # (an agent's server has its own, lower or not: never raised by this)
+            if self.agent is not None:
+                cap = min(cap, self.agent.statement_timeout)
             self._startup_settings["statement_timeout"] = set_config_statement(
-                "statement_timeout", clamped_timeout(asked, limits.statement_timeout))
+                "statement_timeout", clamped_timeout(asked, cap))
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
         if limits.max_concurrent_queries is not None:

@@ -19,6 +19,8 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    AgentAdmission,
+    AwaitAdmission,
     BatchWithoutSync,
     CancelQuery,
     CloseClient,
@@ -83,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         self._backpressure = False  # the server link's write buffer is full
         self._client_full = False  # the client's write buffer is full (the server link is not read meanwhile)
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
+        self._admitting = False  # the session holds an agent's statement for its admission (AwaitAdmission)
         self.session_id = ""  # set with the session (connection_made)
         self.address = ""
         self.login: Login | None = None  # who logged in (AdminLogin / ConnectBackend)
@@ -238,7 +241,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         paused = (self._backpressure or self._decision is not None or self._waiting_server
-                  or self._slot_wait is not None)
+                  or self._slot_wait is not None or self._admitting)
         if paused != self._reading_paused:
             self._reading_paused = paused
             if paused:
@@ -469,6 +472,11 @@ class ClientConnection(asyncio.Protocol):
                 self._request_server(action.request)
             elif isinstance(action, SessionPinned):
                 self._pinned(action.reason)
+            elif isinstance(action, AgentAdmission):
+                self._agent_admission(action)
+            elif isinstance(action, AwaitAdmission):
+                self._admitting = True
+                self._update_reading()
             elif isinstance(action, SessionUnpinned):
                 self._unpinned()
             elif isinstance(action, LimitReached):
@@ -554,6 +562,16 @@ class ClientConnection(asyncio.Protocol):
         self._run_session(lambda s: s.limits_tick())
         if not self.closed:
             self._limits_timer = asyncio.get_running_loop().call_later(period, self._limits_tick, period)
+    def _agent_admission(self, action: AgentAdmission) -> None:
+        """An agent's statement admitted or refused by its estimate: metrics, a debug log line, an audit line."""
+        self._admitting = False
+        self._update_reading()
+        label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
+        self.proxy.metrics.agent_admission(label, action.outcome, action.seconds)
+        self.log.debug("agent_admission", outcome=action.outcome, cost=action.cost, rows=action.rows)
+        if self.proxy.audit is not None:
+            self.proxy.audit.admission(self._audit_fields(), action.sql, action.outcome, action.cost, action.rows,
+                                       action.max_rows, action.seconds)
 
     def _run_decision(self, pending: Pending) -> None:
         """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
@@ -677,7 +695,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.closed:
             return
-        gate = self.proxy.decider(name)
+        gate = self.proxy.decider(name, connect.agent)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
         if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait

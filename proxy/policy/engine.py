@@ -9,7 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, context, functions, implicit, nametypes, rewrite, schema, settings
+from proxy.policy import agent, classify, context, functions, implicit, nametypes, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
@@ -100,6 +100,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     changes: list[Change] = []
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
+    each: list[frozenset[str]] = []  # the effects of each statement (the agent profile's single-statement rule)
     for index, stmt in enumerate(statements):
         try:
             stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
@@ -111,15 +112,19 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 raise
             return replace(exc.decision, statement=(index + 1, count))
         effects |= stmt_effects
+        each.append(stmt_effects)
         policies.append(current)
         if stmt_changes:
             changes += stmt_changes
             if index != count - 1:  # the later statements see what this one does to the session
                 current = current.with_context(after)
+    if policy.agent_max_rows is not None:
+        agent.single_admitted(each)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
     if not plan.edits:
+        _check_capped(policy, nodes)
         try:
             low = sql.lower()
             if plan.verify or may_need_guard(low) or any(may_name_filtered(p, low) for p in _distinct(policies)):
@@ -138,12 +143,19 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         timings["rewrite"] = timings.get("rewrite", 0.0) + (t2 - t1)
         intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
         verify_rewrite(list(zip(policies, nodes, strict=True)), intended, new_sql, reads)
+        _check_capped(policy, nodes)
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
     if SESSION_STATEMENTS in plan.rules and SESSION_STATEMENTS_MARKER in sql:  # the session fills in only ours
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+
+
+def _check_capped(policy: TenantPolicy, nodes: list[Node]) -> None:
+    """The agent profile's row cap, checked on the statements as they are sent (the verifier's last word)."""
+    if policy.agent_max_rows is not None and not all(agent.capped(n, policy.agent_max_rows) for n in nodes):
+        raise fail("rewrite_unverified", f"a query is not limited to {policy.agent_max_rows} rows")
 
 
 def _after(context: SessionContext, changes: list[Change], limit: int) -> SessionContext:
@@ -164,6 +176,8 @@ def _decide_statement(
     policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int
 ) -> tuple[frozenset[str], list[Change]]:
     kind, body = stmt.kind, stmt.body
+    if policy.agent_max_rows is not None:
+        agent.check_statement(policy, kind, body)
     effects = classify.gate(policy, kind, body)
     if kind == "ExecuteStmt":  # a SQL prepared statement may write (its PREPARE pinned the session, not its runs)
         effects |= {MAY_SET_SEQUENCES}
@@ -217,6 +231,8 @@ def _decide_statement(
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:
         rewrite.plan(policy, data, stmt, analysis, plan)
+        if policy.agent_max_rows is not None:
+            agent.cap(policy, data, stmt, policy.agent_max_rows, plan)
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
     for call in analysis.calls:
@@ -254,6 +270,8 @@ def _decide_statement(
         effects |= {MAY_SET_SEQUENCES}
     elif kind in classify.CREATES:
         plan.verify = True
+    if policy.agent_max_rows is not None:
+        effects |= agent.admission(kind, stmt.node, analysis)
     return effects, changes
 
 

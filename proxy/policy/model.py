@@ -15,6 +15,7 @@ REAPPLY_CONTEXT = "reapply_context"  # the statement resets session state (DISCA
 # The statement writes (INSERT, UPDATE, DELETE, MERGE, COPY FROM, TRUNCATE) or runs a SQL prepared statement: a column
 # default or trigger may call nextval() unseen, leaving what currval()/lastval() read on the server (docs/pinning.md).
 MAY_SET_SEQUENCES = "may_set_sequences"
+ADMIT = "admit"  # agent profile: the statement runs a query; it is admitted by the planner's estimate first
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})
@@ -347,6 +348,10 @@ class TenantPolicy:
     # counters), in the catalog's own order, read from the server when the tenant is prepared: they differ between
     # PostgreSQL majors. A catalog whose list is missing cannot be scrubbed and is denied where it would need it.
     catalog_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The agent profile (policy/agent.py): None for ordinary users; else every top-level query returns at most
+    # this many rows (an AST-level LIMIT), only read-only statements and a stricter function list are allowed.
+    agent_max_rows: int | None = None
+    agent_timeout_ms: int = 0  # the agent's statement_timeout: a client may only SET a smaller one (0: none)
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -411,6 +416,8 @@ class TenantPolicy:
             tuple(sorted(self.foreign_schemas)),
             tuple(sorted(hidden)),
             tuple(sorted(columns.items())),
+            self.agent_max_rows,
+            self.agent_timeout_ms,
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

@@ -8,6 +8,7 @@ from proxy.errors import (
     FEATURE_NOT_SUPPORTED,
     INSUFFICIENT_PRIVILEGE,
     INTERNAL_ERROR,
+    PROGRAM_LIMIT_EXCEEDED,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
     READ_ONLY_SQL_TRANSACTION,
@@ -178,6 +179,26 @@ RULES: dict[str, tuple[str, str]] = {
     "decision_timeout": (
         QUERY_CANCELED,
         "Simplify or split the statement; pgtenant gives each check limits.decision_timeout seconds.",
+    ),
+    # The agent profile (proxy/policy/agent.py, proxy/admission.py).
+    "agent_statement": (
+        INSUFFICIENT_PRIVILEGE,
+        "The agent profile runs read-only queries: SELECT (limited to agent.max_rows rows), EXPLAIN, SHOW, "
+        "transactions and cursors.",
+    ),
+    "agent_setting": (
+        READ_ONLY_SQL_TRANSACTION,
+        "The agent profile's server connection is read-only with its own statement_timeout; neither can be changed.",
+    ),
+    "agent_function": (
+        INSUFFICIENT_PRIVILEGE,
+        "The agent profile calls built-in functions that do not wait, lock or change settings (no pg_sleep, advisory "
+        "locks, set_config, large objects, user-defined functions).",
+    ),
+    "agent_estimate": (
+        PROGRAM_LIMIT_EXCEEDED,
+        "Narrow the query: add a WHERE condition on an indexed column, a smaller LIMIT, fewer joins, or aggregate "
+        "before returning rows.",
     ),
     "internal_error": (INTERNAL_ERROR, "pgtenant failed closed while deciding this statement; please report it."),
     # Refused by the session before any policy decides (proxy/session.py).

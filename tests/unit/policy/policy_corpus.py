@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.policy import TenantPolicy
+from proxy.policy.agent import agent_policy
 from proxy.policy.model import SessionContext
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
@@ -174,6 +175,10 @@ POLICIES: dict[str, TenantPolicy] = {
     # the same database holds a schema tenant's schema (tenant_globex): hidden from these tenants too
     "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"})),
     "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"})),
+    # the agent profile (agent.max_rows = 100; database_agent: statement_timeout 30 s) over the read-write tenants
+    "shared_agent": agent_policy(dataclasses.replace(_SHARED, allow_writes=True), 100),
+    "schema_agent": agent_policy(dataclasses.replace(_SCHEMA, allow_writes=True), 100),
+    "database_agent": agent_policy(dataclasses.replace(_DATABASE, allow_writes=True), 100, 30_000),
 }
 # A database tenant with another tenant's schema in its database (a deny-list).
 DATABASE_HIDING = dataclasses.replace(POLICIES["database"], hidden_schemas=frozenset({"tenant_globex"}))
