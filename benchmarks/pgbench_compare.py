@@ -167,6 +167,7 @@ class BenchProxy(ProxyProcess):
         super().write_config()
         text = self.config_path.read_text()
         text = re.sub(r'(?m)^level = "\w+"$', 'level = "info"', text)
+        text = re.sub(r"(?m)^max_tenants = \d+$", "max_tenants = 1000", text)  # a metric label per tenant
         assert 'level = "info"' in text and 'sslmode = "disable"' in text, text
         self.config_path.write_text(text)
 
