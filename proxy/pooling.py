@@ -57,7 +57,22 @@ def server_context(tenant: TenantConfig, config: Config) -> dict[str, str]:
 
 
 def server_request(config: Config, tenant: str) -> ServerRequest:
-    """The request of a session of `tenant` under `config`."""
+    """The request of a session of `tenant` under `config`: one object per tenant and config, shared by its sessions
+    (immutable; 400 bytes each an idle session would hold)."""
+    cached = _requests.get(tenant) if _requests_of[0] is config else None
+    if cached is None:
+        if _requests_of[0] is not config:
+            _requests_of[0] = config
+            _requests.clear()
+        cached = _requests[tenant] = _server_request(config, tenant)
+    return cached
+
+
+_requests_of: list[Config | None] = [None]  # the config the cached requests were made under (a reload: another)
+_requests: dict[str, ServerRequest] = {}
+
+
+def _server_request(config: Config, tenant: str) -> ServerRequest:
     t = config.tenants[tenant]
     backend = config.backend_for(t)
     params = server_context(t, config)
