@@ -73,7 +73,8 @@ def pool_waits(target: pc.Target) -> dict[str, tuple[float, float]]:
 
 
 def measured_load(target: pc.Target, cluster: PgCluster, clients: list[tuple[str, str, str, float]],
-                  args: argparse.Namespace, procs: int) -> dict[str, Any]:
+                  args: argparse.Namespace, procs: int, apart: list[tuple[str, str, str, float]] | None = None,
+                  ) -> dict[str, Any]:
     """run_load, plus where the time went: the proxy's CPU (share of one core: near 100% = the event loop is the
     bottleneck), PostgreSQL's CPU (share of the host's cores), and per tenant the mean wait for a server in the
     pool queue (queueing, apart from the loop and the database)."""
@@ -84,7 +85,7 @@ def measured_load(target: pc.Target, cluster: PgCluster, clients: list[tuple[str
         marks.update(t=time.monotonic(), proxy=sum(pc.cpu_seconds(target.pid)), pg=pc.tree_cpu(cluster.pid),  # type: ignore[arg-type]
                      waits=pool_waits(target))
 
-    res = run_load(target.port, clients, args.load_duration, procs, start)
+    res = run_load(target.port, clients, args.load_duration, procs, start, apart)
     wall = time.monotonic() - marks["t"]
     waits = pool_waits(target)
     res["proxy_cpu_pct"] = round(100 * (sum(pc.cpu_seconds(target.pid)) - marks["proxy"]) / wall, 1)
@@ -196,13 +197,14 @@ def _load_worker(port: int, clients: list[tuple[str, str, str, float]], go: Any,
 
 
 def run_load(port: int, clients: list[tuple[str, str, str, float]], duration: float, procs: int,
-             on_connected: Any = None) -> dict[str, Any]:
-    """`clients` spread over `procs` processes; `on_connected()` runs once all are connected and idle (before the
+             on_connected: Any = None, apart: list[tuple[str, str, str, float]] | None = None) -> dict[str, Any]:
+    """`clients` spread over `procs` processes, `apart` in a process of their own (their latencies are not those
+    of a client process busy with the others); `on_connected()` runs once all are connected and idle (before the
     load starts; its result is returned as "idle"). Returns per-tenant latencies, throughput and errors."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     go = ctx.Event()
-    shares = [clients[i::procs] for i in range(procs)]
+    shares = [clients[i::procs] for i in range(procs)] + [apart or []]
     workers = [ctx.Process(target=_load_worker, args=(port, share, go, duration, queue), daemon=True)
                for share in shares if share]
     for w in workers:
@@ -295,10 +297,10 @@ def noisy_section(stack: contextlib.ExitStack, cluster: PgCluster, args: argpars
     quiet = [("u02", "u02-pw", "t02", args.quiet_think)] * args.quiet_clients
     noisy = [("u01", "u01-pw", "t01", 0.0)] * args.noisy_clients
     say(f"noisy neighbour: t02 alone ({args.quiet_clients} clients)")
-    alone = measured_load(target, cluster, quiet, args, 1)
+    alone = measured_load(target, cluster, [], args, 0, quiet)
     say(f"noisy neighbour: t02 beside t01 ({args.noisy_clients} clients, no think time), "
         f"budget {args.noisy_budget} servers")
-    both = measured_load(target, cluster, noisy + quiet, args, args.procs)
+    both = measured_load(target, cluster, noisy, args, args.procs, quiet)  # t02 in its own client process
     a, b = alone["per_tenant"].get("t02", {}), both["per_tenant"].get("t02", {})
     ratio = round(b["p99_ms"] / a["p99_ms"], 2) if a.get("p99_ms") and b.get("p99_ms") else None
     return {"pool": pool, "alone": alone, "beside_noisy": both, "quiet_p99_ratio": ratio}
