@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import pgbench_compare as pc  # noqa: E402
 from benchmarks import pool_compare as pool  # noqa: E402
-from tests.support import pgcluster, proxyproc  # noqa: E402
+from tests.support import pgcluster  # noqa: E402
 from tests.support.pgcluster import PgCluster  # noqa: E402
 
 say = pc.say
@@ -135,17 +135,14 @@ def main() -> int:
     installation = pgcluster.default_installation()
     results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     with contextlib.ExitStack() as stack:
-        cluster = PgCluster(installation, ssl=False, max_connections=200)
-        stack.callback(cluster.stop)
-        cluster.start()
-        proxyproc.prepare_backend(cluster)
+        cluster = pc.start_cluster(stack, installation, 200)
         pc.make_pgtenant(stack, cluster).provision()
         pc.init_pgbench(pc.pgbench_binary(installation), cluster, 1, pc.backend_role()[0])  # (the readiness probe)
         pool.tenant_rows(cluster, args.tenants)
         if not args.trace_only:
             results["rss"] = measure(stack, cluster, args, None)
         if args.trace or args.trace_only:
-            tmp = Path(stack.enter_context(contextlib.nullcontext(os.environ.get("TMPDIR", "/tmp"))))
+            tmp = Path(os.environ.get("TMPDIR", "/tmp"))
             path = str(tmp / f"pgtenant-memprobe-{os.getpid()}")
             stack.callback(lambda: [q.unlink() for q in tmp.glob(Path(path).name + ".*")])
             traced = measure(stack, cluster, args, path)

@@ -172,6 +172,16 @@ class BenchProxy(ProxyProcess):
         self.config_path.write_text(text)
 
 
+def start_cluster(stack: contextlib.ExitStack, installation: pgcluster.PgInstallation,
+                  max_connections: int) -> PgCluster:
+    """A throwaway cluster without TLS, stopped with `stack`, the test suite's backend roles prepared."""
+    cluster = PgCluster(installation, ssl=False, max_connections=max_connections)
+    stack.callback(cluster.stop)
+    cluster.start()
+    proxyproc.prepare_backend(cluster)
+    return cluster
+
+
 def make_pgtenant(stack: contextlib.ExitStack, cluster: PgCluster) -> BenchProxy:
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-proxy-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)

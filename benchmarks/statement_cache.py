@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import pgbench_compare as pc
-from tests.support import pgcluster, proxyproc
+from tests.support import pgcluster
 from tests.support.pgcluster import PgCluster
 
 
@@ -61,11 +61,8 @@ def main() -> int:
     bouncer = pc.ensure_pgbouncer()
     results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     with contextlib.ExitStack() as stack:
-        cluster = PgCluster(installation, ssl=False, max_connections=200)
-        stack.callback(cluster.stop)
-        cluster.start()
+        cluster = pc.start_cluster(stack, installation, 200)
         results["versions"] = pc.versions(bouncer, cluster)
-        proxyproc.prepare_backend(cluster)
         workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-proxy-"))
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         pc.BenchProxy(cluster, workdir, backend_sslmode="disable").provision()
