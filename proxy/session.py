@@ -255,6 +255,20 @@ class SessionRow:
 class ClientSession:
     """One client connection's protocol state. Feed it bytes and events; it returns actions."""
 
+    # Slots, not a per-instance dict (~1 KB less per session: an instance dict of more than 30 keys is not shared).
+    # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
+    __slots__ = (
+        "__dict__", "_answered", "_applied", "_auth_pending", "_auth_stream", "_backend_own", "_binds", "_challenged",
+        "_client_status", "_contextual", "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done",
+        "_forgets_at", "_frontend_tracked", "_gates", "_held", "_idle_check", "_notices", "_overrides",
+        "_parse_memo", "_pins", "_policy_token", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_scope",
+        "_startup_buf", "_startup_settings", "_statement_memo", "_tracking", "_tx_status", "_unread", "_waiting",
+        "backend", "backend_fatal", "backend_parameters", "backend_stream", "channel_binding", "clock", "config",
+        "context", "decide", "end_user", "frontend", "info", "is_admin", "on_decision", "pooled", "process_id",
+        "report_rewrites", "request", "revoked", "scram", "secret_key", "server", "state", "statements", "tenant",
+        "throttle", "tls_available", "tracker", "user_config",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -288,7 +302,7 @@ class ClientSession:
         self.process_id = secrets.randbits(31) or 1
         self.secret_key = secrets.token_bytes(4)
         self._startup_buf = b""
-        self._auth_stream = MessageStream(
+        self._auth_stream: MessageStream | None = MessageStream(
             intercept=ALL_TYPES,
             max_length=min(_MAX_LOGIN_MESSAGE, config.limits.max_message_length),
         )
@@ -321,17 +335,6 @@ class ClientSession:
         self.frontend.handlers = self._frontend_tracked
         self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
         self._backend_own = dict(self.backend_stream.handlers)
-        # What a read from the client does, per state (a state without a handler expects no data: 08P01).
-        self._on_data: dict[State, Callable[[bytes], list[Action]]] = {
-            State.STARTUP: self._startup_data,
-            State.SASL_INITIAL: self._auth_data,
-            State.SASL_CONTINUE: self._auth_data,
-            State.READY: self._relay_from_client,
-            State.IDLE: self._detached_data,
-            State.WAITING: self._detached_data,
-            State.ADMIN: self._admin_data,
-            State.CLOSED: self._ignore,
-        }
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -506,8 +509,9 @@ class ClientSession:
                       m.COPY_DONE: on_copy_end, m.COPY_FAIL: on_copy_end})
         self.frontend.handlers = front
         back = dict(self._backend_own)
+        respond = st.respond
         for type_ in RESPONSES:
-            back[type_] = _answer(st, type_, back.get(type_))
+            back[type_] = _Answer(respond, type_, back.get(type_))
         self.backend_stream.handlers = back
         if self._limit_inner:  # (the limits' handlers stay the outermost)
             self._limit_stream()
@@ -630,13 +634,13 @@ class ClientSession:
         try:
             if self.state is _READY:  # the hot path (every read while relaying): READY's handler, called directly
                 return self._relay_from_client(data)
-            handler = self._on_data.get(self.state)
+            handler = _ON_DATA.get(self.state)
             if handler is None:  # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer
                 raise SessionError(
                     errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
                     CloseReason.UNEXPECTED_DATA,
                 )
-            return handler(data)
+            return handler(self, data)
         except (SessionError, FramingError, m.DecodeError) as exc:
             return self._rejected(exc)
 
@@ -646,7 +650,7 @@ class ClientSession:
             return self._fail(exc)
         if isinstance(exc, FramingError):
             relaying = self.state in (_READY, State.IDLE, State.WAITING)
-            cap = self.frontend.max_length if relaying else self._auth_stream.max_length
+            cap = self.frontend.max_length if relaying or self._auth_stream is None else self._auth_stream.max_length
             err = errors.message_too_large(exc.length, cap) if exc.too_large else errors.protocol_violation(str(exc))
             return self._fail(SessionError(err, CloseReason.FRAMING))
         return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
@@ -1048,6 +1052,7 @@ class ClientSession:
 
     def _auth_data(self, data: bytes) -> list[Action]:
         actions: list[Action] = []
+        assert self._auth_stream is not None  # (dropped once a tenant session logged in: never read again)
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if self.state not in (State.SASL_INITIAL, State.SASL_CONTINUE):
@@ -1084,6 +1089,7 @@ class ClientSession:
             self._settle_auth()
             raise SessionError(errors.auth_failed(user), CloseReason.auth_failed(reason)) from exc
         self._auth_pending = False
+        self.scram = None  # (done with: an idle session holds no login state)
         self.throttle.succeeded(self.info.client_address, user, self.clock())
         db = self.info.database or user
         actions: list[Action] = [
@@ -1104,6 +1110,7 @@ class ClientSession:
             raise SessionError(errors.user_removed(user), CloseReason.USER_REMOVED)
         self.user_config, self.tenant, self.backend = found
         self._transition(Event.AUTH_OK)
+        self._auth_stream = None  # (the admin console's reads go on through it; a tenant session's never)
         self.info.tenant = self.tenant.name
         if db not in self.tenant.client_database_names and db != user:
             raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
@@ -1266,6 +1273,7 @@ class ClientSession:
             self._close()
             return [CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         actions: list[Action] = []
+        assert self._auth_stream is not None  # (dropped once a tenant session logged in: never read again)
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if item.type == m.TERMINATE:
@@ -1975,6 +1983,20 @@ class ClientSession:
         return released
 
 
+# What a read from the client does, per state (a state without a handler expects no data: 08P01). One table for
+# every session (a table of bound methods in each was 1 KB per session).
+_ON_DATA: dict[State, Callable[[ClientSession, bytes], list[Action]]] = {
+    State.STARTUP: ClientSession._startup_data,
+    State.SASL_INITIAL: ClientSession._auth_data,
+    State.SASL_CONTINUE: ClientSession._auth_data,
+    State.READY: ClientSession._relay_from_client,
+    State.IDLE: ClientSession._detached_data,
+    State.WAITING: ClientSession._detached_data,
+    State.ADMIN: ClientSession._admin_data,
+    State.CLOSED: ClientSession._ignore,
+}
+
+
 def _forgets_at(changes: tuple[Change, ...], statements: Statements | None) -> int | None:
     """(With the session's statement maps) the index of the first statement that deallocates every prepared
     statement (DEALLOCATE ALL, DISCARD ALL), from the policy's parse: in whatever form, wherever in a Query."""
@@ -1997,14 +2019,21 @@ def session_statement_limits(config: Config) -> tuple[int, int]:
     return config.pool.max_session_statements, config.pool.max_session_statement_bytes
 
 
-def _answer(st: Statements, type_: int,
-            inner: Callable[[bytes], bytes | None] | None) -> Callable[[bytes], bytes | None]:
-    """The backend handler of `type_` once statements are followed: the session's own (if any), then the ledger."""
-    respond = st.respond
-    if inner is None:
-        return lambda body: respond(type_, body)
+class _Answer:
+    """The backend handler of one message type once statements are followed: the session's own (if any), then
+    the ledger. (A slotted object: a closure with its cells, or a partial, is three times the bytes, and every
+    session holds eleven.)"""
 
-    def handler(body: bytes) -> bytes | None:
-        return respond(type_, body, inner(body))
+    __slots__ = ("inner", "respond", "type")
 
-    return handler
+    def __init__(self, respond: Callable[..., bytes | None], type_: int,
+                 inner: Callable[[bytes], bytes | None] | None) -> None:
+        self.respond = respond
+        self.type = type_
+        self.inner = inner
+
+    def __call__(self, body: bytes) -> bytes | None:
+        inner = self.inner
+        if inner is None:
+            return self.respond(self.type, body)
+        return self.respond(self.type, body, inner(body))

@@ -57,6 +57,9 @@ class _Request:
     failed: bool = False
 
 
+_NO_REQUESTS = ()
+
+
 class SessionState:
     """What one session has changed, as the backend confirmed it and as the next decision must assume it."""
 
@@ -65,7 +68,7 @@ class SessionState:
         self.current = EMPTY_CONTEXT  # as the backend has confirmed it
         self.belief = EMPTY_CONTEXT  # what decisions assume: current + changes not yet answered
         self.savepoints: list[tuple[str, SessionContext]] = []
-        self.requests: deque[_Request] = deque()
+        self.requests: deque[_Request] = _NO_REQUESTS  # type: ignore[assignment]  # (a deque once one is recorded)
         self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
         self.shown: dict[str, str] = {}  # search_path text PostgreSQL reports -> the client's value
         self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
@@ -130,10 +133,17 @@ class SessionState:
         if not changes:
             return
         if not self.requests or self.requests[-1].request is not request:
-            self.requests.append(_Request(request))
+            self._fifo().append(_Request(request))
         self.requests[-1].changes += changes
         self.belief = _apply(self.belief, tuple(c for _, c in changes))
         self._shown(tuple(c for _, c in changes))
+
+    def _fifo(self) -> deque[_Request]:
+        """The requests with changes in flight, a deque from the first (a session that never has one holds none:
+        an empty deque is 600 bytes)."""
+        if self.requests is _NO_REQUESTS:
+            self.requests = deque()
+        return self.requests
 
     def _shown(self, changes: tuple[Change, ...]) -> None:
         for change in changes:
@@ -171,7 +181,7 @@ class SessionState:
             head.changes = [(pos, c) for pos, c in head.changes if pos < done]
             head.failed = True
         else:
-            self.requests.appendleft(_Request(request, failed=True))
+            self._fifo().appendleft(_Request(request, failed=True))
 
     def ready(self, request: object, status: bytes) -> None:
         """ReadyForQuery `status` (I, T or E) ended `request`."""

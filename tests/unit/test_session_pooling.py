@@ -468,3 +468,15 @@ def test_garbage_sent_between_transactions_ends_the_session_with_08p01(pooled: C
     assert pooled.state is State.CLOSED
     [release] = pooled.close()
     assert release.reusable  # nothing reached it
+
+
+def test_an_idle_pooled_session_keeps_its_attributes_in_slots(pooled: ClientSession) -> None:
+    """Memory per idle client (issue 16: <= 10 KB): every attribute a session sets is one of its __slots__ (an
+    instance dict of more than 30 keys costs ~1 KB more). A new attribute goes into ClientSession.__slots__."""
+    run(pooled, "SELECT 1", done("SELECT 1"))
+    parse = m.Parse("S_1", "SELECT 1", b"\x00\x00").encode()
+    pooled.client_data(parse + m.SYNC_MESSAGE)
+    pooled.server_attached(server_for(pooled))
+    pooled.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    assert pooled.state is State.IDLE and pooled.statements is not None
+    assert not pooled.__dict__, f"add {sorted(pooled.__dict__)} to ClientSession.__slots__"
