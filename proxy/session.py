@@ -258,15 +258,19 @@ class ClientSession:
     # Slots, not a per-instance dict (~1 KB less per session: an instance dict of more than 30 keys is not shared).
     # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
     __slots__ = (
-        "__dict__", "_answered", "_applied", "_auth_pending", "_auth_stream", "_backend_own", "_binds", "_challenged",
-        "_client_status", "_contextual", "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done",
-        "_forgets_at", "_frontend_tracked", "_gates", "_held", "_idle_check", "_notices", "_overrides",
-        "_parse_memo", "_pins", "_policy_token", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_scope",
-        "_startup_buf", "_startup_settings", "_statement_memo", "_tracking", "_tx_status", "_unread", "_waiting",
-        "backend", "backend_fatal", "backend_parameters", "backend_stream", "channel_binding", "clock", "config",
-        "context", "decide", "end_user", "frontend", "info", "is_admin", "on_decision", "pooled", "process_id",
-        "report_rewrites", "request", "revoked", "scram", "secret_key", "server", "state", "statements", "tenant",
-        "throttle", "tls_available", "tracker", "user_config",
+        "__dict__", "_admission", "_agent_bytes", "_agent_statements", "_answered", "_applied", "_auth_pending",
+        "_auth_stream", "_backend_own", "_bind_refusal", "_binds", "_cancelling", "_challenged", "_client_status",
+        "_client_texts", "_contextual", "_counted", "_cut", "_cut_inject", "_decided_in", "_decisive",
+        "_denial_bytes", "_denials", "_done", "_flushed", "_forgets_at", "_frontend_tracked", "_gate_slot", "_gates",
+        "_held", "_held_ready", "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter",
+        "_notices", "_open_batch", "_overrides", "_parse_memo", "_pins", "_policy_token", "_released", "_replay_buf",
+        "_replay_error", "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue",
+        "_startup_buf", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
+        "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
+        "backend_stream", "channel_binding", "clock", "config", "connections", "context", "decide", "end_user",
+        "frontend", "info", "is_admin", "limits", "on_decision", "pooled", "process_id", "report_rewrites", "request",
+        "revoked", "scram", "secret_key", "server", "state", "statements", "tenant", "throttle", "tls_available",
+        "tracker", "user_config",
     )
 
     def __init__(
