@@ -56,7 +56,7 @@ from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
 from proxy.server import ServerConnection
-from proxy.sessionstate import SessionState
+from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.statements import RESPONSES, Statements, forgets
 from proxy.stmtkind import statement_kind
@@ -334,6 +334,7 @@ class ClientSession:
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
+        self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
@@ -732,6 +733,8 @@ class ClientSession:
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.pending
                 or self._replaying or (self.statements is not None and not self.statements.idle)):
             return actions
+        if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
+            return actions + self._ask_locks()
         desired = self._settle()
         pins = self._pin_reasons()
         if self.pooled:
@@ -745,7 +748,19 @@ class ClientSession:
         return actions
 
     def _pin_reasons(self) -> tuple[str, ...]:
-        return self.context.current.pin_reasons()
+        reasons = self.context.current.pin_reasons()
+        if self.context.locks_kept and "advisory_lock" not in reasons:
+            return (*reasons, "advisory_lock")
+        return reasons
+
+    def _ask_locks(self) -> list[Action]:
+        """Before a server on which the session called advisory lock functions goes back: ask it whether it holds
+        session advisory locks (the proxy's count cannot follow a call run per row, or through EXECUTE, a cursor,
+        a view); the answer comes through the replay path (`_replay_data`), then the session is idle again."""
+        self.context.lock_activity = self.context.locks_kept = False  # (a row of the answer sets it again)
+        self._asking_locks = True
+        self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, self._applied
+        return [RelayToServer([query_message(HELD_LOCKS_QUERY)])]
 
     def _pin_actions(self, pins: tuple[str, ...]) -> list[Action]:
         """Metrics: the reasons the session is newly pinned for, or its unpinning."""
@@ -782,7 +797,8 @@ class ClientSession:
                 and not self.frontend.pending and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
-        clean = self.pooled and not self._pin_reasons()  # (settings are recorded on it: the next client's diff)
+        # (settings are recorded on it: the next client's diff; advisory locks not asked for: reset)
+        clean = self.pooled and not self._pin_reasons() and not self.context.lock_activity
         return self._give_back(reusable=idle, reset=not (idle and clean), reason=reason)
 
     def _replay_data(self, data: bytes) -> list[Action]:
@@ -808,6 +824,8 @@ class ClientSession:
                     out += m.parameter_status(name, shown)
             elif type_ == m.ERROR_RESPONSE:
                 self._replay_error = body
+            elif type_ == m.DATA_ROW and self._asking_locks:  # (a replayed set_config() has rows too)
+                self.context.locks_kept = True
             elif type_ == m.NOTIFICATION_RESPONSE:  # a LISTENing session's notification: the client's
                 out += m.frame(b"A", body)
             elif type_ == m.READY_FOR_QUERY:
@@ -819,6 +837,7 @@ class ClientSession:
         actions: list[Action] = [SendClient(bytes(out))] if out else []
         if self._replaying:
             return actions
+        self._asking_locks = False
         if self._replay_error is not None:
             fields = m.decode_error_fields(self._replay_error)
             self._replay_error = None
