@@ -358,6 +358,15 @@ PINS: dict[str, Pin] = {
                                   "SELECT current_setting('work_mem') = '3MB'", rows((False,)), (),
                                   same_server=False),
     "set_seed": Pin(("SET seed = 0.5",), "SELECT 1", rows((1,)), ()),
+    # red team round 4 F8: a setting made at each EXECUTE / read of a view is not followed (RESET ALL forgot the
+    # value recorded at the PREPARE): pinned for good, the server closed when A leaves
+    "setting_in_prepare": Pin(("PREPARE pin_sp AS SELECT set_config('work_mem', '7MB', false)", "RESET ALL",
+                               "EXECUTE pin_sp", "DEALLOCATE pin_sp"),
+                              "SELECT current_setting('work_mem') = '7MB'", rows((False,)), (), same_server=False),
+    "setting_in_temp_view": Pin(("CREATE TEMP VIEW pin_sv AS SELECT set_config('work_mem', '7MB', false) AS s",
+                                 "RESET ALL", "SELECT * FROM pin_sv", "DROP VIEW pin_sv"),
+                                "SELECT current_setting('work_mem') = '7MB'", rows((False,)), (),
+                                same_server=False),
     "sequence": Pin(("SELECT nextval('iso_seq')",), "SELECT lastval()", error("55000"), ()),
     "discard_all": Pin(("CREATE TEMP TABLE pin_t (v text)", "PREPARE pin_p AS SELECT 1", "LISTEN pin_ch"),
                        "SELECT count(*) FROM pin_t", error("42P01"), ("DISCARD ALL",), same_server=False),

@@ -313,6 +313,17 @@ def test_what_cannot_be_replayed_pins_for_good(pooled: ClientSession, sql: str) 
     assert release.reset and release.reusable
 
 
+@pytest.mark.parametrize("sql", ["PREPARE p AS SELECT set_config('work_mem', '7MB', false)",
+                                 "CREATE TEMP VIEW v AS SELECT set_config('work_mem', '7MB', false) AS s"])
+def test_a_setting_made_later_by_a_prepare_or_a_view_pins_for_good(pooled: ClientSession, sql: str) -> None:
+    # red team round 4 F8: recorded at the PREPARE, forgotten by RESET ALL, made again by EXECUTE unseen
+    run(pooled, sql, done("X"))
+    assert "setting" in pooled._pins
+    for step in ("RESET ALL", "DEALLOCATE ALL", "DISCARD TEMP"):  # the PREPARE / view gone: still pinned
+        assert ReleaseServer not in kinds(run(pooled, step, done("X")))
+    assert pooled._pins == ("setting",) and pooled.state is State.READY
+
+
 @pytest.mark.parametrize("sql", ["SELECT nextval('orders_id_seq')", "SELECT pg_catalog.nextval('s'), 1"])
 def test_sequence_state_pins_for_good(pooled: ClientSession, sql: str) -> None:
     """nextval() gives the session what currval()/lastval() read: no other client may land on that server before
