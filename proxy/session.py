@@ -81,7 +81,7 @@ from proxy.reasons import CloseReason
 from proxy.reported import reset_to_default
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
-from proxy.sessionstate import SessionState
+from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.statements import RESPONSES, ClientTexts, Statements, forgets, render
 from proxy.stmtkind import statement_kind
@@ -258,19 +258,101 @@ class ClientSession:
     # Slots, not a per-instance dict (~1 KB less per session: an instance dict of more than 30 keys is not shared).
     # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
     __slots__ = (
-        "__dict__", "_admission", "_agent_bytes", "_agent_statements", "_answered", "_applied", "_auth_pending",
-        "_auth_stream", "_backend_own", "_bind_refusal", "_binds", "_cancelling", "_challenged", "_client_status",
-        "_client_texts", "_contextual", "_counted", "_cut", "_cut_inject", "_decided_in", "_decisive",
-        "_denial_bytes", "_denials", "_done", "_flushed", "_forgets_at", "_frontend_tracked", "_gate_slot", "_gates",
-        "_held", "_held_ready", "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter",
-        "_notices", "_open_batch", "_overrides", "_parse_memo", "_pins", "_policy_token", "_released", "_replay_buf",
-        "_replay_error", "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue",
-        "_startup_buf", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
-        "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
-        "backend_stream", "channel_binding", "clock", "config", "connections", "context", "decide", "end_user",
-        "frontend", "info", "is_admin", "limits", "on_decision", "pooled", "process_id", "report_rewrites", "request",
-        "revoked", "scram", "secret_key", "server", "state", "statements", "tenant", "throttle", "tls_available",
-        "tracker", "user_config",
+        "__dict__",
+        "_admission",
+        "_agent_bytes",
+        "_agent_statements",
+        "_answered",
+        "_applied",
+        "_asking_locks",
+        "_auth_pending",
+        "_auth_stream",
+        "_backend_own",
+        "_bind_refusal",
+        "_binds",
+        "_cancelling",
+        "_challenged",
+        "_client_status",
+        "_client_texts",
+        "_contextual",
+        "_counted",
+        "_cut",
+        "_cut_inject",
+        "_decided_in",
+        "_decisive",
+        "_denial_bytes",
+        "_denials",
+        "_done",
+        "_flushed",
+        "_forgets_at",
+        "_frontend_tracked",
+        "_gate_slot",
+        "_gates",
+        "_held",
+        "_held_ready",
+        "_idle_check",
+        "_last_ready",
+        "_limit_actions",
+        "_limit_inner",
+        "_live",
+        "_meter",
+        "_notices",
+        "_open_batch",
+        "_overrides",
+        "_parse_memo",
+        "_pins",
+        "_policy_token",
+        "_released",
+        "_replay_buf",
+        "_replay_error",
+        "_replayed",
+        "_replaying",
+        "_scope",
+        "_sequences",
+        "_slot_held",
+        "_slot_queue",
+        "_startup_buf",
+        "_startup_settings",
+        "_startup_status",
+        "_statement_memo",
+        "_timed_out",
+        "_tracking",
+        "_tx_status",
+        "_unread",
+        "_unsynced",
+        "_waiting",
+        "agent",
+        "backend",
+        "backend_fatal",
+        "backend_parameters",
+        "backend_stream",
+        "channel_binding",
+        "clock",
+        "config",
+        "connections",
+        "context",
+        "decide",
+        "end_user",
+        "frontend",
+        "info",
+        "is_admin",
+        "limits",
+        "on_decision",
+        "pooled",
+        "process_id",
+        "report_rewrites",
+        "request",
+        "revoked",
+        "scram",
+        "secret_key",
+        "server",
+        "state",
+        "statements",
+        "tenant",
+        "throttle",
+        "tls_available",
+        "tracker",
+        "user_config",
     )
 
     def __init__(
@@ -384,6 +466,7 @@ class ClientSession:
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
         self._sequences = SequenceMarks()  # where its writes may have left currval()/lastval() state
+        self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
@@ -851,6 +934,8 @@ class ClientSession:
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.pending
                 or self._replaying or (self.statements is not None and not self.statements.idle)):
             return actions
+        if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
+            return actions + self._ask_locks()
         desired = self._settle()
         pins = self._pin_reasons()
         if self.pooled:
@@ -864,7 +949,19 @@ class ClientSession:
         return actions
 
     def _pin_reasons(self) -> tuple[str, ...]:
-        return self.context.current.pin_reasons()
+        reasons = self.context.current.pin_reasons()
+        if self.context.locks_kept and "advisory_lock" not in reasons:
+            return (*reasons, "advisory_lock")
+        return reasons
+
+    def _ask_locks(self) -> list[Action]:
+        """Before a server on which the session called advisory lock functions goes back: ask it whether it holds
+        session advisory locks (the proxy's count cannot follow a call run per row, or through EXECUTE, a cursor,
+        a view); the answer comes through the replay path (`_replay_data`), then the session is idle again."""
+        self.context.lock_activity = self.context.locks_kept = False  # (a row of the answer sets it again)
+        self._asking_locks = True
+        self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, self._applied
+        return [RelayToServer([query_message(HELD_LOCKS_QUERY)])]
 
     def _pin_actions(self, pins: tuple[str, ...]) -> list[Action]:
         """Metrics: the reasons the session is newly pinned for, or its unpinning."""
@@ -903,7 +1000,8 @@ class ClientSession:
                 and not self.frontend.pending and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
-        clean = self.pooled and not self._pin_reasons()  # (settings are recorded on it: the next client's diff)
+        # (settings are recorded on it: the next client's diff; advisory locks not asked for: reset)
+        clean = self.pooled and not self._pin_reasons() and not self.context.lock_activity
         return self._give_back(reusable=idle, reset=not (idle and clean), reason=reason)
 
     def _replay_data(self, data: bytes) -> list[Action]:
@@ -929,6 +1027,8 @@ class ClientSession:
                     out += m.parameter_status(name, shown)
             elif type_ == m.ERROR_RESPONSE:
                 self._replay_error = body
+            elif type_ == m.DATA_ROW and self._asking_locks:  # (a replayed set_config() has rows too)
+                self.context.locks_kept = True
             elif type_ == m.NOTIFICATION_RESPONSE:  # a LISTENing session's notification: the client's
                 out += m.frame(b"A", body)
             elif type_ == m.READY_FOR_QUERY:
@@ -940,6 +1040,7 @@ class ClientSession:
         actions: list[Action] = [SendClient(bytes(out))] if out else []
         if self._replaying:
             return actions
+        self._asking_locks = False
         if self._replay_error is not None:
             fields = m.decode_error_fields(self._replay_error)
             self._replay_error = None

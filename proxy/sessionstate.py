@@ -25,7 +25,10 @@ from dataclasses import dataclass, field, replace
 
 from proxy.policy.context import refusal
 from proxy.policy.model import (
+    ADVISORY_LOCK,
+    ADVISORY_UNLOCK,
     COMMIT,
+    DISCARD_ALL,
     EMPTY_CONTEXT,
     EXPORT_SNAPSHOT,
     KEPT_ON_ERROR,
@@ -46,6 +49,11 @@ from proxy.policy.settings import identifier
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
 _MAX_SHOWN = 16  # search_path values PostgreSQL got -> what the client set (for ParameterStatus)
 _LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
+_LOCK_OPS = frozenset({ADVISORY_LOCK, ADVISORY_UNLOCK})
+# What the proxy asks a server before it goes back when lock_activity is set: one row while it holds any session
+# advisory lock (transaction-level ones are gone at ReadyForQuery 'I').
+HELD_LOCKS_QUERY = ("SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
+                    "AND pid = pg_catalog.pg_backend_pid() LIMIT 1")
 
 
 @dataclass(slots=True)
@@ -72,6 +80,11 @@ class SessionState:
         self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
         self.shown: dict[str, str] = {}  # search_path text PostgreSQL reports -> the client's value
         self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
+        # A statement calling a session advisory lock function was sent since the server was last asked which
+        # advisory locks it holds: the count in the context may be wrong (a call run once per row, or not at all,
+        # or again through EXECUTE, a cursor, a view), so the server's word is asked before it goes back.
+        self.lock_activity = False
+        self.locks_kept = False  # the server said it holds session advisory locks: a pin until it says none
 
     @property
     def idle(self) -> bool:
@@ -135,6 +148,8 @@ class SessionState:
         if not self.requests or self.requests[-1].request is not request:
             self._fifo().append(_Request(request))
         self.requests[-1].changes += changes
+        if not self.lock_activity:
+            self.lock_activity = any(c.op in _LOCK_OPS or (c.op == DISCARD_ALL and self.locks_kept) for _, c in changes)
         self.belief = _apply(self.belief, tuple(c for _, c in changes))
         self._shown(tuple(c for _, c in changes))
 

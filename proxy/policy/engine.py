@@ -262,7 +262,7 @@ def _decide_statement(
         if setting is not None:
             held = settings.set_config_change(call, setting, index, literal)
             if held is not None:
-                changes.append(held)
+                changes.append(context.deferred_setting(kind, held))
         else:
             changes += context.call_changes(call, index)
     if any(ref.role in WRITES for ref in analysis.refs):

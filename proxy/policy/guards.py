@@ -408,7 +408,20 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
         exists = _in_catalog(policy, kind, o)
     if kind_name == "sized" and policy.strategy == "shared":
         exists = f"({exists} AND NOT {o} IN {vis.scoped_relations(policy)})"
+    if kind_name == "sized" and policy.strategy != "database":
+        # a system catalog's size grows with every tenant's DDL (red team round 4 F2), as its counters would
+        exists = f"({exists} AND NOT {_system_relation(o)})"
     return exists
+
+
+def _system_relation(o: str) -> str:
+    """Predicate: the OID `o` is a relation of a system schema (a catalog, its index or TOAST table; any TOAST
+    table)."""
+    return (
+        "EXISTS (SELECT FROM pg_catalog.pg_class pgt_y JOIN pg_catalog.pg_namespace pgt_z ON pgt_z.oid = "
+        f"pgt_y.relnamespace WHERE pgt_y.oid = {o} AND pgt_z.nspname IN ('pg_catalog', 'information_schema', "
+        "'pg_toast'))"
+    )
 
 
 # -- the conversion of the client's value to an OID ---------------------------------------------------------------

@@ -11,14 +11,17 @@ from typing import Any
 
 from proxy.policy import guarding, guards
 from proxy.policy.catalog import (
+    CATALOG_SCHEMAS,
     ColumnUsage,
     Filter,
     ambiguous_scoped,
     column_usage,
     needs_fence,
     relation_filter,
+    rv_names,
     wrapper_select,
 )
+from proxy.policy.classify import option_value
 from proxy.policy.fences import quiet_references
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
@@ -198,8 +201,12 @@ class _Planner:
     def costs_off(self, body: Node) -> None:
         """Shared strategy: `EXPLAIN … ` → `EXPLAIN (…, COSTS OFF) …`: the planner's estimates come from every
         tenant's rows (most common values, histograms), so a plan is shown without them."""
-        if any(o.get("DefElem", {}).get("defname") == "costs" for o in body.get("options") or ()):
-            return  # COSTS OFF already (COSTS ON is refused by the gate)
+        costs = option_value(body.get("options"), "costs")
+        if costs is not None:  # COSTS OFF already (COSTS ON: refused by the gate when shared, here when schema)
+            if costs:
+                raise fail("explain_costs", "EXPLAIN with COSTS would show the planner's estimates of system "
+                           "catalogs, which count every tenant's objects")
+            return
         toks = self.statement_tokens()
         if not toks or toks[0].name != "EXPLAIN":
             raise TextError("expected EXPLAIN")
@@ -746,8 +753,26 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.unqualify_columns(analysis)
     if stmt.kind == "ExplainStmt" and policy.strategy == "shared":
         planner.costs_off(stmt.body)
+    elif stmt.kind == "ExplainStmt" and policy.strategy == "schema" and reads_system_relation(policy, analysis):
+        if option_value(stmt.body.get("options"), "analyze"):  # (its "Rows Removed by Filter" count them too)
+            raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog would count every tenant's objects")
+        planner.costs_off(stmt.body)
     guarding.plan(planner, analysis)
     planner.finish()
+
+
+def reads_system_relation(policy: TenantPolicy, analysis: Analysis) -> bool:
+    """Whether the statement may read a system catalog (or a view over them): a name in a system schema, an
+    unqualified pg_* name, any unqualified name while information_schema is on the search_path. Their planner
+    estimates (rows, pages) count every tenant's objects (red team round 4 F4)."""
+    for ref in analysis.refs:
+        if ref.cte:
+            continue
+        _, schema, table = rv_names(ref.rv)
+        if schema in CATALOG_SCHEMAS or (schema is None and (
+                table.startswith("pg_") or "information_schema" in policy.path)):
+            return True
+    return False
 
 
 def _statement_tokens(data: bytes, stmt: Statement) -> list[Tok]:

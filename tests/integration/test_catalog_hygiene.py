@@ -484,12 +484,59 @@ def test_toast_tables_of_hidden_tables_are_hidden(proxy: ProxyProcess, pg: PgClu
             assert rows(f"SELECT count(*) FROM pg_stat_all_indexes WHERE indexrelid = {oid} OR relid = {oid}"
                         ) == [("0",)]
             assert rows(f"SELECT pg_relation_size({oid}), pg_total_relation_size({oid}::oid)") == [(None, None)]
-        # pg_proc's TOAST table (a catalog's) and its index: still there, with their sizes
+        # pg_proc's TOAST table (a catalog's) and its index: still there, their sizes blanked as every catalog's
         seen = rows("SELECT c.relname, pg_relation_size(c.oid) IS NOT NULL FROM pg_class c JOIN pg_class o ON "
                     "c.oid IN (o.reltoastrelid, (SELECT indexrelid FROM pg_index WHERE indrelid = o.reltoastrelid)) "
                     "WHERE o.oid = 'pg_catalog.pg_proc'::regclass ORDER BY 1")
-        assert [r[1] for r in seen] == ["t", "t"] and seen[0][0].startswith("pg_toast_"), seen
+        assert [r[1] for r in seen] == ["f", "f"] and seen[0][0].startswith("pg_toast_"), seen
         assert rows("SELECT count(*) > 0 FROM pg_stat_sys_tables WHERE schemaname = 'pg_toast'") == [("t",)]
+    finally:
+        client.close()
+
+
+CATALOG_SIZES = ("SELECT pg_relation_size('pg_attribute'), pg_table_size('pg_type'), pg_indexes_size('pg_attribute'), "
+                 "pg_total_relation_size('pg_depend'), pg_relation_size('pg_catalog.pg_class'::regclass::oid), "
+                 "pg_total_relation_size('information_schema.sql_features')")
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("user", ["alice", "gina"])
+def test_system_catalog_sizes_are_blank(proxy: ProxyProcess, pg: PgCluster, user: str, protocol: str) -> None:
+    """Red team round 4 F2: the sizes of pg_attribute, pg_type, pg_depend ... grew with another tenant's temporary
+    table of 1,500 columns: they answer NULL in the shared and schema strategies, like the catalogs' counters (R6);
+    the tenant's own table still has its size."""
+    client = PqClient(proxy.dsn(user))
+    try:
+        assert client.simple("CREATE TEMP TABLE sized_own AS SELECT 1 AS a")[0].kind != "error"
+        for sql, want in ((CATALOG_SIZES, [(None,) * 6]), ("SELECT pg_total_relation_size('sized_own') > 0",
+                                                           [("t",)])):
+            res = client.simple(sql) if protocol == "simple" else client.extended(sql)
+            assert not [r for r in res if r.kind == "error"], (sql, res)
+            got = next(r.rows for r in res if r.kind == "rows")
+            assert got == want, (sql, got)
+    finally:
+        client.close()
+    assert all(v is not None for v in pg.execute(CATALOG_SIZES, dbname="saas")[0])  # directly: they are there
+
+
+def test_schema_tenants_plans_of_catalogs_have_no_estimates(proxy: ProxyProcess) -> None:
+    """Red team round 4 F4: gina's EXPLAIN of pg_attribute showed its row estimate (3468, then 4971 after another
+    tenant's 1,500-column temporary table), the number blanked in pg_class: plans reading a system catalog are shown
+    with COSTS OFF in the schema strategy too (ANALYZE, COSTS ON refused); plans of its own tables keep theirs."""
+    client = PqClient(proxy.dsn("gina"))
+    try:
+        for sql in ("EXPLAIN (FORMAT JSON) SELECT count(*) FROM pg_attribute", "EXPLAIN SELECT * FROM pg_class",
+                    "EXPLAIN SELECT * FROM information_schema.columns"):
+            [res] = [r for r in client.simple(sql) if r.kind in ("rows", "error")]
+            assert res.kind == "rows", (sql, res)
+            text = "\n".join(str(row[0]) for row in res.rows)
+            assert "Plan Rows" not in text and "rows=" not in text and "cost=" not in text, text
+        for sql, rule in (("EXPLAIN (ANALYZE) SELECT * FROM pg_type", "explain_analyze"),
+                          ("EXPLAIN (COSTS ON) SELECT * FROM pg_attribute", "explain_costs")):
+            [res] = [r for r in client.simple(sql) if r.kind in ("rows", "error")]
+            assert res.kind == "error" and res.sqlstate == "42501" and rule in res.message, (sql, res)
+        [res] = [r for r in client.simple("EXPLAIN SELECT * FROM orders") if r.kind == "rows"]
+        assert "rows=" in str(res.rows[0][0]), res.rows
     finally:
         client.close()
 
