@@ -33,7 +33,6 @@ from proxy.policy.model import (
     ROLLBACK,
     ROLLBACK_TO,
     SAVEPOINT,
-    SET_PATH,
     TEMP_TABLE,
     TEMP_VIEW,
     TRANSACTION_OPS,
@@ -41,10 +40,9 @@ from proxy.policy.model import (
     Deny,
     SessionContext,
 )
-from proxy.policy.settings import identifier
+from proxy.policy.settings import client_path
 
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
-_MAX_SHOWN = 16  # search_path values PostgreSQL got -> what the client set (for ParameterStatus)
 _LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
 
 
@@ -67,7 +65,6 @@ class SessionState:
         self.savepoints: list[tuple[str, SessionContext]] = []
         self.requests: deque[_Request] = deque()
         self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
-        self.shown: dict[str, str] = {}  # search_path text PostgreSQL reports -> the client's value
         self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
 
     @property
@@ -97,7 +94,6 @@ class SessionState:
                 self.statements.pop(next(iter(self.statements)))
             self.statements[name] = changes
             self.belief = _apply(self.belief, changes)
-            self._shown(changes)
         else:
             self.statements.pop(name, None)
 
@@ -133,18 +129,6 @@ class SessionState:
             self.requests.append(_Request(request))
         self.requests[-1].changes += changes
         self.belief = _apply(self.belief, tuple(c for _, c in changes))
-        self._shown(tuple(c for _, c in changes))
-
-    def _shown(self, changes: tuple[Change, ...]) -> None:
-        for change in changes:
-            if change.op != SET_PATH or change.path is None:
-                continue
-            key = ", ".join(identifier(entry) for entry in change.path)  # as PostgreSQL reports it
-            self.shown.pop(key, None)
-            if change.shown is not None:
-                if len(self.shown) >= _MAX_SHOWN:
-                    self.shown.pop(next(iter(self.shown)))
-                self.shown[key] = change.shown
 
     # --- the backend's side: answers --------------------------------------------------------------
 
@@ -229,11 +213,11 @@ class SessionState:
         self.current = _canonical(replace(self.current, settings=settings))
         self.belief = _canonical(replace(self.belief, settings=settings))
 
-    def parameter_status(self, value: str) -> str:
+    @staticmethod
+    def parameter_status(value: str) -> str:
         """What the client is told search_path is when PostgreSQL reports `value` (PostgreSQL 18 reports it): the
-        client's own value where the proxy sent PostgreSQL another one. (The tenant's default, from the startup
-        packet, is reported as sent there, every entry quoted: it does not match a SET's canonical text.)"""
-        return self.shown.get(value, value)
+        client's own value where the proxy sent PostgreSQL another one (carried in `value`, settings.client_path)."""
+        return client_path(value)
 
 
 def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:

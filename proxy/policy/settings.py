@@ -75,6 +75,49 @@ def identifier(name: str) -> str:
 _QUOTED_KEYWORDS = frozenset(RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS)
 
 
+# A search_path PostgreSQL gets without some of the client's entries starts with one more entry that carries the
+# client's own value (what SHOW prints, hex-encoded): a schema name no role can create (the pg_ prefix is reserved for
+# system schemas), so PostgreSQL skips it as it skips a missing schema. Every read of search_path the proxy lets
+# through decodes it at run time (`client_path_sql`: current_setting, SHOW, SHOW ALL, pg_settings; `client_path`:
+# ParameterStatus), so a statement decided before a SET -- PREPARE, DECLARE CURSOR, a temporary view, a named Parse --
+# answers the client's value too (red team round 3 R3), and the value rolls back, ends with SET LOCAL's transaction
+# and is replayed on another server together with search_path itself: it is search_path.
+PATH_MARK = "pg_pgtenant_path_"
+
+
+def marked_entry(shown: str) -> str:
+    """The search_path entry that carries the client's value `shown` (lower-case hex: never quoted by PostgreSQL)."""
+    return PATH_MARK + shown.encode("utf-8").hex()
+
+
+def client_path(value: str) -> str:
+    """The client's search_path when PostgreSQL has `value` (`client_path_sql` in Python)."""
+    if not value.startswith(PATH_MARK):
+        return value
+    try:
+        return bytes.fromhex(value[len(PATH_MARK) :].split(",", 1)[0].strip()).decode("utf-8")
+    except ValueError:
+        return value
+
+
+def client_path_sql(value: str) -> str:
+    """SQL for the client's search_path when PostgreSQL's is the text expression `value` (a column or a call)."""
+    start = len(PATH_MARK) + 1
+    return (f"CASE WHEN pg_catalog.starts_with({value}, '{PATH_MARK}') THEN pg_catalog.convert_from(pg_catalog.decode("
+            f"pg_catalog.split_part(pg_catalog.substr({value}, {start}), ',', 1), 'hex'), 'UTF8') ELSE {value} END")
+
+
+CURRENT_PATH_SQL = client_path_sql("pg_catalog.current_setting('search_path')")
+RESULT_PATH_SQL = client_path_sql("pgt_r.v")  # of a setting's value read as `pgt_r.v` (rewrite.call_result)
+
+
+def path_read_at_run_time(policy: TenantPolicy) -> bool:
+    """Whether reads of search_path are rewritten to `client_path_sql`: wherever PostgreSQL may get a search_path
+    without some of the client's entries (the shared and schema strategies), whatever the session's value is when
+    the statement is decided."""
+    return policy.strategy != "database"
+
+
 def search_path_change(policy: TenantPolicy, body: Node, index: int) -> tuple[Change | None, list[int] | None]:
     """The change a SET / SET LOCAL / RESET / SET ... TO DEFAULT of search_path makes, and, when some entries
     must not reach PostgreSQL, the indexes of the arguments to keep (the statement is rewritten to them)."""
@@ -107,7 +150,8 @@ def set_config_path(policy: TenantPolicy, call: Call, index: int) -> tuple[Chang
     kept = [entries[i] for i in _usable(policy, entries)]
     if len(kept) == len(entries):
         return Change(index, SET_PATH, path=tuple(entries), flag=local), None
-    return Change(index, SET_PATH, path=tuple(kept), shown=value, flag=local), ", ".join(identifier(e) for e in kept)
+    literal = ", ".join([marked_entry(value), *(identifier(e) for e in kept)])
+    return Change(index, SET_PATH, path=tuple(kept), shown=value, flag=local), literal
 
 
 def set_config_setting(call: Call, body: Node | None) -> str | None:
@@ -367,7 +411,8 @@ def session_setting(body: Node, index: int, text: str, path: Change | None, row_
     if kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
         return [Change(index, SETTING, name)]
     if name == "search_path" and path is not None:
-        entries = ", ".join(identifier(e) for e in path.path or ()) or "''"
+        marked = [] if path.shown is None else [quote_literal(marked_entry(path.shown))]
+        entries = ", ".join([*marked, *(identifier(e) for e in path.path or ())]) or "''"
         return [Change(index, SETTING, name, shown=f"SET search_path TO {entries}")]
     if row_security_on:
         return [Change(index, SETTING, name, shown="SET row_security TO on")]
