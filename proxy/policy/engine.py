@@ -224,7 +224,6 @@ def _decide_statement(
         if setting == "search_path":
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
-                settings.check_path_not_read(analysis, call, select)
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
                 _located(rewrite.call_result, policy, data, stmt, call.holder[call.key],
                          f"{quote_literal(change.shown or '')}::pg_catalog.text", plan)

@@ -43,11 +43,6 @@ RULES: dict[str, tuple[str, str]] = {
         "Set search_path to a literal list of schema names (SET search_path TO a, b); the proxy keeps the ones "
         "you may use.",
     ),
-    "search_path_read_while_set": (
-        INSUFFICIENT_PRIVILEGE,
-        "Set search_path in one statement (SET search_path TO a, b or SELECT set_config(…)) and read it in the next; "
-        "the proxy answers the value you set.",
-    ),
     "function_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "Only allow-listed functions may be called; ask an administrator to allow this function.",

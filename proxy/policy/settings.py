@@ -8,7 +8,7 @@ from proxy.policy.model import PIN, REAPPLY_CONTEXT, SET_PATH, SETTING, SYSTEM_S
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import object_name_parts, split_identifier_list
 from proxy.policy.tree import Node, const_text, names_of, string_const
-from proxy.policy.walk import Analysis, Call
+from proxy.policy.walk import Call
 
 ROLE_SETTINGS: frozenset[str] = frozenset({"role", "session_authorization"})
 
@@ -297,7 +297,7 @@ def reads_search_path(call: Call) -> str | None:
     """Whether a call may read search_path, which PostgreSQL has without the entries the proxy kept from it (another
     tenant's schema: a missing one stays, the difference would tell them apart): "literal" for
     `current_setting('search_path' [, missing_ok])`, "computed" for current_setting of a name known at run time,
-    else None. The session's SHOW text is the answer (rewrite.call_result, rewrite.computed_setting)."""
+    else None. Its result is decoded at run time (rewrite.call_result, client_path_sql)."""
     if call.names[-1] != "current_setting" or call.names[:-1] not in ((), ("pg_catalog",)) or call.named:
         return None
     if not call.args or (call.args[0].get("A_Const") or {}).get("isnull"):
@@ -306,22 +306,6 @@ def reads_search_path(call: Call) -> str | None:
     if name is None:
         return "computed"
     return "literal" if name.lower() == "search_path" else None
-
-
-def check_path_not_read(analysis: Analysis, setter: Call, body: Node | None) -> None:
-    """A statement whose set_config('search_path', …) PostgreSQL gets with fewer entries than the client wrote may not
-    read search_path too (`current_setting`, pg_settings): a read evaluated after the call would see PostgreSQL's
-    value, without another tenant's schema but with a missing one (red team round 3 R2). Refused
-    (`search_path_read_while_set`); pg_dump's `set_config(name, …) FROM pg_settings WHERE name = …` reads no value."""
-    lookup = body is not None and pg_settings_row(body, setter) is not None
-    for call in analysis.calls:
-        if call is not setter and reads_search_path(call) is not None:
-            raise fail("search_path_read_while_set", "this statement sets search_path with set_config() and reads "
-                       "it with current_setting()")
-    for ref in analysis.refs:
-        if ref.rv.get("relname") == "pg_settings" and ref.rv.get("schemaname") in (None, "pg_catalog") and not lookup:
-            raise fail("search_path_read_while_set", "this statement sets search_path with set_config() and reads "
-                       "pg_settings")
 
 
 def _alone(body: Node | None, call: Call) -> bool:

@@ -231,6 +231,20 @@ def all_null(results: list[Result], actor: Actor) -> None:
     assert rows and all(cell is None for row in rows for cell in row), rows
 
 
+def cells_alike(results: list[Result], actor: Actor) -> None:
+    """Every cell of the one row is the first one (a search_path set and read back in one statement)."""
+    rows = _last_rows(results).rows
+    assert len(rows) == 1 and len(set(rows[0])) == 1, rows
+
+
+def cells_are(value: str, step: int = -1) -> Check:
+    """Every cell of the rows of the `step`-th result that has rows is `value`."""
+    def check(results: list[Result], actor: Actor) -> None:
+        rows = [r for r in results if r.kind == "rows"][step].rows
+        assert rows and {c for row in rows for c in row} == {value}, rows
+    return check
+
+
 def first_cell_is(value: str) -> Check:
     def check(results: list[Result], actor: Actor) -> None:
         assert _last_rows(results).rows[0][0] == value, _last_rows(results).rows
@@ -696,11 +710,27 @@ ATTACKS: list[Attack] = [
     Attack("sp_computed_value",
            "SELECT set_config('search_path', current_setting('search_path') || ', two_co', false)", "SNC", "deny",
            by="proxy"),
-    # red team round 3 R2: a read after set_config() in the same statement saw PostgreSQL's value (hidden left out)
-    Attack("sp_set_config_and_read", "SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', false) AS "
-           "sent, current_setting('search_path') AS pg_value", "SNC", "deny", by="proxy"),
-    Attack("sp_set_config_and_pg_settings", "SELECT set_config('search_path', '\"$user\", two_co, public', false), "
-           "(SELECT setting FROM pg_settings WHERE name = 'search_path')", "SNC", "deny", by="proxy"),
+    # red team round 3 R2: a read after set_config() in the same statement saw PostgreSQL's value (hidden left out);
+    # read at run time, it is the client's value (R3: PREPARE, cursor, temporary view, named Parse alike)
+    Attack("sp_set_config_and_read", ("SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', false) "
+                                      "AS sent, current_setting('search_path') AS pg_value", "RESET search_path"),
+           "SNC", "ok", check=cells_alike),
+    Attack("sp_set_config_and_pg_settings", ("SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', "
+                                             "false), (SELECT setting FROM pg_settings WHERE name = 'search_path')",
+                                             "RESET search_path"), "SNC", "ok", check=cells_alike),
+    Attack("sp_prepared_before_the_set", ("PREPARE sp_read AS SELECT current_setting('search_path'), (SELECT setting "
+                                          "FROM pg_settings WHERE name = 'search_path')",
+                                          "SET search_path = nix_co, two_co, public", "EXECUTE sp_read",
+                                          "RESET search_path", "DEALLOCATE sp_read"), "SNC", "ok",
+           check=cells_are("nix_co, two_co, public")),
+    Attack("sp_cursor_before_the_set_local",
+           ("BEGIN", "DECLARE sp_cur CURSOR FOR SELECT current_setting('search_path')",
+            "SET LOCAL search_path = nix_co, two_co, public", "FETCH ALL FROM sp_cur", "ROLLBACK", "SHOW search_path"),
+           "SNC", "ok",
+           check=cells_are("nix_co, two_co, public", step=-2)),
+    Attack("sp_set_marker_entry", ("SET search_path = pg_pgtenant_path_6f6e655f636f, public", "SHOW search_path",
+                                   "RESET search_path"), "SNC", "ok",
+           check=cells_are("pg_pgtenant_path_6f6e655f636f, public")),  # the client's own text, not decoded
     Attack("sp_rolled_back", ("BEGIN", "SET search_path = two_co", "ROLLBACK", "SELECT count(*) FROM orders"), ALL,
            "ok", check=count_is("orders")),
     Attack("sp_reset", ("RESET search_path", "SELECT count(*) FROM orders"), "SNC", "any"),
