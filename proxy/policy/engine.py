@@ -9,7 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, context, functions, implicit, nametypes, rewrite, schema, settings
+from proxy.policy import aclinput, classify, context, functions, implicit, nametypes, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
@@ -196,6 +196,7 @@ def _decide_statement(
     new_table = implicit.new_table_query(kind, body)
     if new_table is not None:
         implicit.check_new_table(stmt.node, new_table)
+    aclinput.check(stmt.node, analysis)  # `relacl @> '{…}'`, `'…' = ANY (nspacl)`, …: the value is read as aclitem
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
     select = body if kind == "SelectStmt" else None

@@ -121,7 +121,6 @@ class Analysis:
     # exclusion constraint's operator (no position); a TABLESAMPLE method (its clause's location)
     index_names: list[tuple[str, ...]] = field(default_factory=list)
     sample_methods: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
-    acl_comparisons: list[Node] = field(default_factory=list)  # A_Expr bodies with a possible ACL column operand
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
     reg_literals: list[tuple[str, str, int]] = field(default_factory=list)  # (reg* type, literal, its location)
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
@@ -364,8 +363,6 @@ def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
 
 def _h_aexpr(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("name"))
-    if _acl_column(b.get("lexpr")) or _acl_column(b.get("rexpr")):
-        w.out.acl_comparisons.append(b)
     if len(names) > 1:
         w.out.operators.append(names)
         w.out.operator_locations.append(b.get("location", -1))
@@ -396,12 +393,6 @@ def _h_constraint(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> N
             if len(names) > 1:
                 w.out.index_names.append(names)
     w.fields(b, scope)
-
-
-def _acl_column(node: Node | None) -> bool:
-    """A column reference that may be a catalog's aclitem[] column (`relacl`, `initprivs`: catalog.ACL_COLUMNS)."""
-    names = names_of((node or {}).get("ColumnRef", {}).get("fields"))
-    return bool(names) and (names[-1].endswith("acl") or names[-1] == "initprivs")
 
 
 def _h_collate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:

@@ -1213,6 +1213,28 @@ ATTACKS: list[Attack] = [
     Attack("acl_aclexplode_literal", "SELECT * FROM aclexplode('{nosuchrole=r/postgres}')", ALL, "deny", by="proxy"),
     Attack("acl_aclcontains_literal", "SELECT aclcontains(relacl, 'nosuchrole=r/postgres') FROM pg_class", ALL,
            "deny", by="proxy"),
+    # ... also beside an ACL value that is not a plain ACL column (renamed, subscripted, computed, another branch)
+    Attack("acl_literal_beside_renamed_column", "SELECT 1 FROM (SELECT relacl AS a FROM pg_class) s WHERE a @> "
+           "'nosuchrole=r/postgres'", ALL, "deny", by="proxy"),
+    Attack("acl_literal_beside_alias_list", "SELECT 1 FROM pg_namespace n(a, b, c, d) WHERE d @> "
+           "'nosuchrole=U/postgres'", ALL, "deny", by="proxy"),
+    Attack("acl_literal_beside_subscript", "SELECT 1 FROM pg_class WHERE relacl[1] = 'nosuchrole=r/postgres'", ALL,
+           "deny", by="proxy"),
+    Attack("acl_literal_in_coalesce", "SELECT coalesce(relacl, '{nosuchrole=r/postgres}') FROM pg_class", ALL, "deny",
+           by="proxy"),
+    Attack("acl_literal_in_union", "SELECT relacl FROM pg_class UNION ALL SELECT '{nosuchrole=r/postgres}'", ALL,
+           "deny", by="proxy"),
+    Attack("acl_literal_in_array_append", "SELECT array_append(relacl, 'nosuchrole=r/postgres') FROM pg_class", ALL,
+           "deny", by="proxy"),
+    Attack("acl_literal_beside_acldefault", "SELECT acldefault('r', 10) @> 'nosuchrole=r/postgres'", ALL, "deny",
+           by="proxy"),
+    Attack("acl_literal_in_subquery_test", "SELECT '{nosuchrole=r/postgres}' IN (SELECT relacl FROM pg_class)", ALL,
+           "deny", by="proxy"),
+    Attack("acl_temp_table_column", ("CREATE TEMP TABLE acl_t AS SELECT relacl FROM pg_class LIMIT 0",
+                                     "INSERT INTO acl_t VALUES ('{nosuchrole=r/postgres}')"), ALL, "deny",
+           by="proxy"),
+    Attack("acl_param_beside_column", "SELECT 1 FROM pg_class WHERE relacl IS DISTINCT FROM %s", ALL, "deny",
+           by="proxy", params=("{nosuchrole=r/postgres}",)),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
     Attack("err_div_zero_foreign_rows", "SELECT 1/0 FROM orders WHERE tenant_id = 'bigco'", SN, "any"),
     Attack("err_cast_name_in_select", "SELECT name::int FROM customers", ALL, "deny"),
