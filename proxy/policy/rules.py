@@ -53,6 +53,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Identify rows by their key columns: ctid is a row's physical position in a table shared with other "
         "tenants, and the positions of your rows tell how many of theirs are stored around them.",
     ),
+    "row_locker": (
+        INSUFFICIENT_PRIVILEGE,
+        "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "
+        "locked a row, and other tenants' inserts lock the rows theirs reference.",
+    ),
     "unchecked_object_name": (
         INSUFFICIENT_PRIVILEGE,
         "Name the type in a string literal: to_regtypemod() of a parameter or a computed name cannot be checked.",

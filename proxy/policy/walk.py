@@ -134,6 +134,7 @@ class Analysis:
     star_names: set[str] = field(default_factory=set)
     system_columns: bool = False  # a column reference names a system column (ctid, xmin, tableoid…)
     ctid_names: set[str | None] = field(default_factory=set)  # qualifiers of `ctid` references (None: unqualified)
+    xmax_names: set[str | None] = field(default_factory=set)  # qualifiers of `xmax` references (None: unqualified)
     locking: bool = False
     kinds: set[str] = field(default_factory=set)
 
@@ -409,6 +410,8 @@ def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> No
         w.out.system_columns = True
         if names[-1] == "ctid":
             w.out.ctid_names.add(names[-2] if len(names) > 1 else None)
+        elif names[-1] == "xmax":
+            w.out.xmax_names.add(names[-2] if len(names) > 1 else None)
     if len(names) > 1:
         w.out.column_refs.append(names)
         if len(names) > 2:

@@ -2264,6 +2264,35 @@ def test_ctid_of_own_rows_is_not_shown(env: Env, protocol: str, strategy: str) -
     assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
 
 
+@pytest.mark.parametrize("strategy", ["shared", "norls", "schema", "database"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_xmax_is_refused_where_other_tenants_lock_rows(env: Env, protocol: str, strategy: str) -> None:
+    """`xmax` is the last transaction that locked or deleted a row and stays after it: a foreign key check of another
+    tenant's insert locks the (shared) row it references (PostgreSQL 18: an insert into a referencing table left
+    the referenced row's xmax at its xid, after COMMIT and VACUUM). Refused with its rule outside the database
+    strategy, the session goes on; xmin and a temporary table's xmax stay."""
+    actor = ACTORS[strategy]
+    client = env.client(actor)
+    run = client.simple if protocol == "simple" else client.extended
+    for sql in ("SELECT id, xmax FROM orders", "SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id "
+                "WHERE c.xmax <> '0'", "SELECT amname, xmax::text FROM pg_am"):
+        results = run(sql)
+        errors = [r for r in results if r.kind == "error"]
+        if strategy == "database":
+            assert not errors, results
+        else:
+            assert errors and errors[0].sqlstate == "42501" and "(rule row_locker)" in errors[0].message, results
+            assert not [r for r in results if r.kind == "rows"], results
+    if strategy != "norls":  # (without forced RLS a scoped table's system columns are lost: GAP_SYSTEM_COLUMNS)
+        assert _last_rows(run("SELECT count(xmin) FROM customers")).rows == [(str(actor.counts["customers"]),)]
+    steps = ("CREATE TEMP TABLE bi_xmax_temp AS SELECT 1 AS x", "SELECT xmax::text FROM bi_xmax_temp",
+             "DROP TABLE bi_xmax_temp")
+    results = [r for step in steps for r in client.simple(step)]
+    assert not [r for r in results if r.kind == "error"], results
+    assert _last_rows(results).rows == [("0",)]
+    assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
+
+
 @pytest.mark.parametrize("strategy", ["schema", "database"])
 def test_ctid_stays_in_a_tenant_of_its_own(env: Env, strategy: str) -> None:
     """A schema or database of the tenant's own holds only its rows: ctid is PostgreSQL's."""
