@@ -111,6 +111,12 @@ CURRENT_PATH_SQL = client_path_sql("pg_catalog.current_setting('search_path')")
 RESULT_PATH_SQL = client_path_sql("pgt_r.v")  # of a setting's value read as `pgt_r.v` (rewrite.call_result)
 
 
+def _check_marks(entries: list[str]) -> None:
+    """A client may not write the proxy's mark itself (a schema no role can create): its value would be decoded."""
+    if any(entry.startswith(PATH_MARK) for entry in entries):
+        raise fail("reserved_setting", f'search_path entries starting with "{PATH_MARK}" are reserved for the proxy')
+
+
 def path_read_at_run_time(policy: TenantPolicy) -> bool:
     """Whether reads of search_path are rewritten to `client_path_sql`: wherever PostgreSQL may get a search_path
     without some of the client's entries (the shared and schema strategies), whatever the session's value is when
@@ -131,6 +137,7 @@ def search_path_change(policy: TenantPolicy, body: Node, index: int) -> tuple[Ch
     if None in entries:
         raise fail("search_path_pinned", "search_path must be set to schema names")
     names = [e for e in entries if e is not None]
+    _check_marks(names)
     kept = _usable(policy, names)
     path = tuple(names[i] for i in kept)
     if len(kept) == len(names):
@@ -146,6 +153,7 @@ def set_config_path(policy: TenantPolicy, call: Call, index: int) -> tuple[Chang
     entries = None if value is None else ([] if not value.strip() else split_identifier_list(value))
     if entries is None:
         raise fail("search_path_pinned", "set_config() can only set search_path to a literal list of schemas")
+    _check_marks(entries)
     local = _bool_arg(call, 2)
     kept = [entries[i] for i in _usable(policy, entries)]
     if len(kept) == len(entries):

@@ -728,9 +728,10 @@ ATTACKS: list[Attack] = [
             "SET LOCAL search_path = nix_co, two_co, public", "FETCH ALL FROM sp_cur", "ROLLBACK", "SHOW search_path"),
            "SNC", "ok",
            check=cells_are("nix_co, two_co, public", step=-2)),
-    Attack("sp_set_marker_entry", ("SET search_path = pg_pgtenant_path_6f6e655f636f, public", "SHOW search_path",
-                                   "RESET search_path"), "SNC", "ok",
-           check=cells_are("pg_pgtenant_path_6f6e655f636f, public")),  # the client's own text, not decoded
+    Attack("sp_set_marker_entry", "SET search_path = pg_pgtenant_path_6f6e655f636f, public", ALL, "deny",
+           by="proxy"),  # the proxy's mark (settings.PATH_MARK): decoded by every read
+    Attack("sp_set_config_marker_entry", "SELECT set_config('search_path', 'public,pg_pgtenant_path_6f6e', true)",
+           ALL, "deny", by="proxy"),
     Attack("sp_rolled_back", ("BEGIN", "SET search_path = two_co", "ROLLBACK", "SELECT count(*) FROM orders"), ALL,
            "ok", check=count_is("orders")),
     Attack("sp_reset", ("RESET search_path", "SELECT count(*) FROM orders"), "SNC", "any"),
