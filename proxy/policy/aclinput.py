@@ -105,10 +105,14 @@ def _siblings(nodes: Any, names: set[str], where: str) -> None:
 
 
 def is_text(node: Any) -> bool:
-    """An unknown-typed value: a string literal, a parameter, an ARRAY[] of them (typed by its context)."""
+    """An unknown-typed value that may name a role: a string literal, a parameter, an ARRAY[] of them (typed by its
+    context). An empty string or array (`'{}'`: pg_dump's default ACL) names none."""
     if type(node) is not dict:
         return False
-    if string_const(node) is not None or "ParamRef" in node:
+    literal = string_const(node)
+    if literal is not None:
+        return literal.replace(" ", "") not in ("", "{}")
+    if "ParamRef" in node:
         return True
     cast = node.get("TypeCast")
     if cast is not None and names_of((cast.get("typeName") or {}).get("names"))[-1:] == ("unknown",):

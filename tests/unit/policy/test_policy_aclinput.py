@@ -57,6 +57,11 @@ NOT_ACL_TEXT = [
     "SELECT relacl FROM pg_class UNION ALL SELECT relacl FROM pg_class WHERE relname = 'x'",
     "CREATE TEMP TABLE tt AS SELECT relname, relacl::text AS acl FROM pg_class",
     "SELECT coalesce(array_length(relacl, 1), 0) FROM pg_class WHERE relkind = 'r'",
+    # pg_dump 15's default ACLs: an empty array names no role
+    "SELECT oid, tableoid, defaclrole, defaclnamespace, defaclobjtype, defaclacl, CASE WHEN defaclnamespace = 0 THEN "
+    "acldefault(CASE WHEN defaclobjtype = 'S' THEN 's'::\"char\" ELSE defaclobjtype END, defaclrole) ELSE '{}' END AS "
+    "acldefault FROM pg_default_acl",
+    "SELECT coalesce(relacl, '{ }') FROM pg_class",
 ]
 
 
