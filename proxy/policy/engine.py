@@ -9,7 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import agent, classify, context, functions, implicit, nametypes, rewrite, schema, settings
+from proxy.policy import aclinput, agent, classify, context, functions, implicit, nametypes, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
@@ -28,7 +28,7 @@ from proxy.policy.model import (
     TenantPolicy,
 )
 from proxy.policy.rules import Denied, deny, fail
-from proxy.policy.sqltext import TextError, apply_edits
+from proxy.policy.sqltext import TextError, apply_edits, quote_literal
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
 from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
@@ -191,18 +191,18 @@ def _decide_statement(
         change = None
         if body.get("name", "").lower() == "search_path":
             change, kept = settings.search_path_change(policy, body, index)
-            if kept is not None:
-                _located(rewrite.set_arguments, policy, data, stmt, kept, plan)
+            if kept is not None and change is not None and change.shown is not None:
+                _located(rewrite.set_arguments, policy, data, stmt, kept, change.shown, plan)
             if change is not None:
                 changes.append(change)
         text = data[stmt.start : stmt.end].decode("utf-8")
         changes += settings.session_setting(body, index, text, change, row_security_on)
         return effects, changes
     if kind == "VariableShowStmt":
-        if body.get("name", "").lower() == "search_path" and policy.shown_search_path is not None:
-            _located(rewrite.show_value, policy, data, stmt, "search_path", policy.shown_search_path, plan)
-        elif body.get("name", "").lower() == "all" and policy.shown_search_path is not None:
-            _located(rewrite.show_all, policy, data, stmt, policy.shown_search_path, plan)
+        if body.get("name", "").lower() == "search_path" and settings.path_read_at_run_time(policy):
+            _located(rewrite.show_value, policy, data, stmt, "search_path", settings.RESULT_PATH_SQL, plan)
+        elif body.get("name", "").lower() == "all" and settings.path_read_at_run_time(policy):
+            _located(rewrite.show_all, policy, data, stmt, settings.CURRENT_PATH_SQL, plan)
         return effects, changes
     if kind == "DropStmt":
         _located(rewrite.qualify_drop, policy, data, stmt, plan)
@@ -217,6 +217,7 @@ def _decide_statement(
     new_table = implicit.new_table_query(kind, body)
     if new_table is not None:
         implicit.check_new_table(stmt.node, new_table)
+    aclinput.check(stmt.node, analysis)  # `relacl @> '{…}'`, `'…' = ANY (nspacl)`, …: the value is read as aclitem
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
     select = body if kind == "SelectStmt" else None
@@ -247,18 +248,13 @@ def _decide_statement(
         if setting == "search_path":
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
-                settings.check_path_not_read(analysis, call, select)
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
-                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], change.shown, plan)
+                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key],
+                         f"{quote_literal(change.shown or '')}::pg_catalog.text", plan)
             changes.append(change)
-        elif policy.shown_search_path is not None and call.holder is not None:
-            read = settings.reads_search_path(call)
-            if read == "literal":
-                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], policy.shown_search_path,
-                         plan)
-            elif read == "computed":
-                _located(rewrite.computed_setting, policy, data, stmt, call.holder[call.key],
-                         policy.shown_search_path, plan)
+        elif (settings.path_read_at_run_time(policy) and call.holder is not None
+              and settings.reads_search_path(call) is not None):  # search_path's value, or a computed name's
+            _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], settings.RESULT_PATH_SQL, plan)
         if setting is not None:
             held = settings.set_config_change(call, setting, index, literal)
             if held is not None:

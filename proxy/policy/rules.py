@@ -44,11 +44,6 @@ RULES: dict[str, tuple[str, str]] = {
         "Set search_path to a literal list of schema names (SET search_path TO a, b); the proxy keeps the ones "
         "you may use.",
     ),
-    "search_path_read_while_set": (
-        INSUFFICIENT_PRIVILEGE,
-        "Set search_path in one statement (SET search_path TO a, b or SELECT set_config(…)) and read it in the next; "
-        "the proxy answers the value you set.",
-    ),
     "function_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "Only allow-listed functions may be called; ask an administrator to allow this function.",
@@ -58,6 +53,11 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "Identify rows by their key columns: ctid is a row's physical position in a table shared with other "
         "tenants, and the positions of your rows tell how many of theirs are stored around them.",
+    ),
+    "row_locker": (
+        INSUFFICIENT_PRIVILEGE,
+        "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "
+        "locked a row, and other tenants' inserts lock the rows theirs reference.",
     ),
     "unchecked_object_name": (
         INSUFFICIENT_PRIVILEGE,
