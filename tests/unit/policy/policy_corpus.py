@@ -159,6 +159,8 @@ _SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_a
                        catalog_columns=PG15_CATALOG_COLUMNS)
 _DATABASE = TenantPolicy(tenant="acme", strategy="database", catalog_columns=PG15_CATALOG_COLUMNS)
 
+_KNOWN_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast", "public", "sales", "tenant_globex"})
+
 POLICIES: dict[str, TenantPolicy] = {
     "shared": _SHARED,
     "shared_rw": dataclasses.replace(_SHARED, allow_writes=True),
@@ -168,12 +170,15 @@ POLICIES: dict[str, TenantPolicy] = {
     "schema_rw": dataclasses.replace(_SCHEMA, allow_writes=True),
     "database": _DATABASE,
     "database_rw": dataclasses.replace(_DATABASE, allow_writes=True),
-    # the same database holds a schema tenant's schema (tenant_globex): hidden from these tenants too
-    "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"})),
-    "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"})),
+    # the same database holds a schema tenant's schema (tenant_globex): hidden from these tenants too (their filters
+    # name the schemas they may see, found when the tenant is prepared: `known_schemas`)
+    "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"}),
+                                         known_schemas=_KNOWN_SCHEMAS),
+    "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"}),
+                                           known_schemas=_KNOWN_SCHEMAS),
 }
-# A database tenant with another tenant's schema in its database (a deny-list).
-DATABASE_HIDING = dataclasses.replace(POLICIES["database"], hidden_schemas=frozenset({"tenant_globex"}))
+# A database tenant with another tenant's schema in its database (an allow-list of the others).
+DATABASE_HIDING = POLICIES["database_hiding"]
 
 
 @dataclass(frozen=True)
