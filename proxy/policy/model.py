@@ -339,6 +339,8 @@ class TenantPolicy:
     # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
     # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
     known_schemas: frozenset[str] = frozenset()
+    # Database strategy: the advisory locks a session may hold (config `limits.max_advisory_locks`; policy/advisory.py)
+    max_advisory_locks: int = 1 << 31
     # Column names of the catalogs the proxy replaces column values in (pg_class statistics, pg_stat*/pg_statio*
     # counters), in the catalog's own order, read from the server when the tenant is prepared: they differ between
     # PostgreSQL majors. A catalog whose list is missing cannot be scrubbed and is denied where it would need it.
@@ -408,6 +410,7 @@ class TenantPolicy:
             tuple(sorted(self.foreign_schemas)),
             tuple(sorted(hidden)),
             tuple(sorted(self.known_schemas)),
+            self.max_advisory_locks,
             tuple(sorted(columns.items())),
         )
         object.__setattr__(self, "key", key)

@@ -157,7 +157,8 @@ _SHARED = TenantPolicy(
 )
 _SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("ref",),
                        catalog_columns=PG15_CATALOG_COLUMNS)
-_DATABASE = TenantPolicy(tenant="acme", strategy="database", catalog_columns=PG15_CATALOG_COLUMNS)
+_DATABASE = TenantPolicy(tenant="acme", strategy="database", catalog_columns=PG15_CATALOG_COLUMNS,
+                         max_advisory_locks=16)
 
 _KNOWN_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast", "public", "sales", "tenant_globex"})
 
