@@ -66,6 +66,7 @@ class LimitsConfig:
     max_statements_per_query: int = 1000
     max_parse_tree_nodes: int = 250_000
     max_temp_relations: int = 64  # per session, incl. indexes, sequences, dropped in the open transaction
+    max_advisory_locks: int = 16  # per session (database strategy), session- and transaction-level, counted by PG
     idle_in_transaction_timeout: float = 300.0  # backend default for tenant sessions whose client sets none
     decision_timeout: float = 10.0
     decision_workers: int = 2

@@ -101,6 +101,7 @@ class TenantRegistry:
             return tenant_policy(
                 tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
                 hidden_schemas=other_tenants_schemas(config, tenant), catalog_columns=report.catalog_columns,
+                known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
             ), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]

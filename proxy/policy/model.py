@@ -344,6 +344,12 @@ class TenantPolicy:
     # conversion and qualified reference of a shared- or database-strategy tenant (a schema tenant sees an
     # allow-list instead: its own, the shared and the system schemas).
     hidden_schemas: frozenset[str] = frozenset()
+    # Where some schemas are hidden (`hidden_schemas`) from a shared- or database-strategy tenant: the other schemas
+    # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
+    # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
+    known_schemas: frozenset[str] = frozenset()
+    # Database strategy: the advisory locks a session may hold (config `limits.max_advisory_locks`; policy/advisory.py)
+    max_advisory_locks: int = 1 << 31
     # Column names of the catalogs the proxy replaces column values in (pg_class statistics, pg_stat*/pg_statio*
     # counters), in the catalog's own order, read from the server when the tenant is prepared: they differ between
     # PostgreSQL majors. A catalog whose list is missing cannot be scrubbed and is denied where it would need it.
@@ -396,6 +402,7 @@ class TenantPolicy:
         object.__setattr__(self, "shown_search_path", None)
         hidden = frozenset(self.hidden_schemas) - self.allowed_schemas - set(search_path)
         object.__setattr__(self, "hidden_schemas", hidden)
+        object.__setattr__(self, "known_schemas", frozenset(self.known_schemas) - hidden)
         columns = {str(r): tuple(str(c) for c in cols) for r, cols in dict(self.catalog_columns).items()}
         object.__setattr__(self, "catalog_columns", MappingProxyType(columns))
         key = (
@@ -415,6 +422,8 @@ class TenantPolicy:
             tuple(sorted(self.rls_tables)),
             tuple(sorted(self.foreign_schemas)),
             tuple(sorted(hidden)),
+            tuple(sorted(self.known_schemas)),
+            self.max_advisory_locks,
             tuple(sorted(columns.items())),
             self.agent_max_rows,
             self.agent_timeout_ms,

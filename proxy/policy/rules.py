@@ -95,6 +95,17 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "COPY to or from a server file is not allowed; use COPY ... TO STDOUT / FROM STDIN (psql \\copy).",
     ),
+    "advisory_lock_key": (
+        FEATURE_NOT_SUPPORTED,
+        "Write an advisory lock's key so that it is the same for every row of the statement: constants, parameters, "
+        "hashtext() of them (one lock per statement call); pgtenant bounds the locks a session holds "
+        "(limits.max_advisory_locks), which it cannot do for a key computed per row.",
+    ),
+    "advisory_lock_limit": (
+        CONFIGURATION_LIMIT_EXCEEDED,
+        "Release advisory locks you no longer need (pg_advisory_unlock, pg_advisory_unlock_all) or end the "
+        "transaction; the limit is limits.max_advisory_locks.",
+    ),
     "advisory_lock_shared": (
         INSUFFICIENT_PRIVILEGE,
         "Advisory locks are shared by every tenant of this database and are not available; use the database "

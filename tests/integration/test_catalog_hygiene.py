@@ -618,3 +618,60 @@ def test_counters_do_not_move_with_another_tenants_query(proxy: ProxyProcess, pg
     assert before[2] == [(None, None, None)]
     assert {row[1:] for row in before[3]} == {("-1", "0")}
     assert raw_after != raw_before  # the counters exist and moved: only the proxy hides them
+
+
+# --- the proxy's own filters, shown back by EXPLAIN and by a temporary view's definition (red team round 4 F1) --------
+
+
+def _filtered_relations() -> list[str]:
+    """Every catalog relation the proxy filters in some strategy."""
+    from proxy.policy import catalog
+
+    names = {"pg_namespace", "pg_database", "pg_default_acl", "pg_shdescription", "pg_shseclabel",
+             "pg_db_role_setting", "pg_largeobject_metadata", *catalog.NAMESPACE_OID_COLUMNS, *catalog.RELATION_COLUMNS,
+             *catalog.TYPE_COLUMNS, *catalog.PROC_COLUMNS, *catalog.OBJECT_COLUMNS, *catalog.SCHEMANAME_VIEWS,
+             *catalog.ROLE_COLUMNS, *catalog.ACL_COLUMNS, *catalog.STAT_VIEWS}
+    return [f"pg_catalog.{n}" for n in sorted(names)] + [
+        f"information_schema.{v}" for v in sorted(catalog.INFORMATION_SCHEMA_COLUMNS)]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("user", list(TENANTS))
+def test_filters_shown_back_name_no_other_tenant(proxy: ProxyProcess, pg: PgCluster, user: str,
+                                                 protocol: str) -> None:
+    """EXPLAIN (VERBOSE) of a read of every filtered catalog, and the definition of a temporary view over it
+    (pg_get_viewdef, pg_views.definition), print the filter the proxy added: it names no other tenant's schema, role
+    or database (alice's used to list globex, the schema tenant's schema of her database)."""
+    tenant = TENANTS[user]
+    client = PqClient(proxy.dsn(user))
+
+    def run(sql: str) -> list[Result]:
+        return client.simple(sql) if protocol == "simple" else client.extended(sql)
+
+    present = {r[0] for r in pg.execute("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n "
+                                        "ON n.oid = c.relnamespace", dbname=tenant.db)}
+    shown = 0
+    try:
+        for relation in _filtered_relations():
+            if relation not in present:
+                continue  # not in this major
+            texts = []
+            res = run(f"EXPLAIN (VERBOSE) SELECT * FROM {relation}")
+            texts.append("\n".join(r.text() for r in res))
+            if any(r.kind == "rows" for r in res):
+                shown += 1
+            made = run(f"CREATE TEMP VIEW hyg_v AS SELECT * FROM {relation}")
+            if not [r for r in made if r.kind == "error"]:
+                for sql in ("SELECT pg_get_viewdef('hyg_v'::regclass)",
+                            "SELECT definition FROM pg_views WHERE viewname = 'hyg_v'"):
+                    got = run(sql)
+                    assert [r.kind for r in got] == ["rows"] and got[0].rows[0][0], (relation, sql, got)
+                    texts.append(got[0].rows[0][0] or "")
+                assert [r.kind for r in run("DROP VIEW hyg_v")] == ["command"]
+            else:
+                texts += [r.message for r in made]
+            found = leaks(tenant, "\n".join(texts))
+            assert not found, (relation, found)
+    finally:
+        client.close()
+    assert shown > 60
