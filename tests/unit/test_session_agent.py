@@ -25,7 +25,8 @@ def agent_session(tmp_path: Path, decide=lambda kind, sql: ADMITTED, **pool: obj
         "secrets_file": "s.toml", "backends": {"main": {}},
         "tenants": {"acme": {"strategy": "database", "database": "acme"}},
         "users": {"alice": {"tenant": "acme", "profile": "agent"}},
-        "agent": {"max_rows": 5, "max_estimated_rows": 100.0, "max_cost": 1000.0}, "pool": pool,
+        "agent": {"max_rows": 5, "max_estimated_rows": 100.0, "max_cost": 1000.0},
+        "pool": {"pool_mode": "session", **pool},  # one server throughout unless a test pools
     }, base=tmp_path)
     s = ClientSession(config, session_id="s1", client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2),
                       clock=lambda: 100.0, tls_available=False)
