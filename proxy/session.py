@@ -60,6 +60,7 @@ from proxy.policy.model import (
     DISCARD_ALL,
     EMPTY_CONTEXT,
     SESSION_STATEMENTS,
+    SQL_PREPARE,
     Allow,
     Change,
     Decision,
@@ -78,7 +79,7 @@ from proxy.reported import reset_to_default
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
-from proxy.statements import RESPONSES, ClientTexts, Statements, forgets, render
+from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, render
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -370,6 +371,7 @@ class ClientSession:
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
         self._live = False  # the decided Parse reads pg_prepared_statements (Statements renders it at each use)
         self._client_texts: ClientTexts | None = None  # without Statements: the client's texts of rewritten statements
+        self._sql_prepared: SqlPrepared | None = None  # the SQL PREPAREs forwarded (bounded; their client texts)
         self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
         self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
         self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
@@ -418,9 +420,10 @@ class ClientSession:
                           cache_bytes: int = 4 << 20) -> None:
         """Keep the client's prepared statements here and give them content-derived names on the server (whose
         statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
-        max_named, max_bytes = session_statement_limits(self.config)
+        max_named, max_bytes, max_listing = session_statement_limits(self.config)
         self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
-                                     cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes)
+                                     cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes,
+                                     max_listing=max_listing)
         self.statements.attach(prepared)
         self._follow_statements()
 
@@ -525,6 +528,29 @@ class ClientSession:
         if self.statements is not None:
             return self.statements.listing()
         return self._client_texts.listing() if self._client_texts is not None else "[]"
+
+    def _bound_prepares(self, sql: str, decision: Allow | Rewrite) -> Decision:
+        """A statement with SQL PREPAREs (`sql`: the client's text): refused past the session's bounds on them
+        (each keeps its whole forwarded text on the server, with the listing when it reads pg_prepared_statements:
+        a tenant must not fill the server's memory), else recorded with the client's text where it was rewritten."""
+        names = [c.name for c in decision.changes if c.op == SQL_PREPARE]
+        if not names:
+            return decision
+        store = self._sql_prepared
+        if store is None:
+            store = self._sql_prepared = SqlPrepared(*session_statement_limits(self.config))
+        rewritten = isinstance(decision, Rewrite)
+        size = len(decision.sql) if rewritten else len(sql)  # type: ignore[union-attr]
+        if rewritten and SESSION_STATEMENTS in decision.rules:
+            size += len(self._listing())
+        held = self.context.belief.prepared
+        past = store.refusal(names, size, held)
+        if past is not None:
+            name, key, limit = past
+            return deny("sql_prepare_limit", f'prepared statement "{name}" would take this session past [pool] '
+                        f"{key} = {limit}")
+        store.prepared(names, sql if rewritten else None, size, held)
+        return decision
 
     def _client_text(self, name: str, text: str | None) -> None:
         """A named Parse forwarded to a server that keeps the client's names: `text`, the client's text when the
@@ -1247,6 +1273,8 @@ class ClientSession:
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
+        if type(decision) is not Deny and decision.changes:
+            decision = self._bound_prepares(sql, decision)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if type(decision) is Allow:
@@ -1295,6 +1323,8 @@ class ClientSession:
         return self._parse_decided(body, token, parse, decision)
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
+        if type(decision) is not Deny and decision.changes:
+            decision = self._bound_prepares(parse.sql, decision)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         memo = len(body) <= _MAX_MEMO_BODY
@@ -1786,9 +1816,10 @@ def statement_settings(config: Config) -> tuple[bool, int, int]:
     return pool.statement_cache, pool.statement_cache_size, pool.statement_cache_bytes
 
 
-def session_statement_limits(config: Config) -> tuple[int, int]:
-    """[pool] max_session_statements, max_session_statement_bytes."""
-    return config.pool.max_session_statements, config.pool.max_session_statement_bytes
+def session_statement_limits(config: Config) -> tuple[int, int, int]:
+    """[pool] max_session_statements, max_session_statement_bytes, max_statements_listing_bytes."""
+    pool = config.pool
+    return pool.max_session_statements, pool.max_session_statement_bytes, pool.max_statements_listing_bytes
 
 
 def _answer(st: Statements, type_: int,
