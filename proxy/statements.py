@@ -103,7 +103,8 @@ def _cut(row: dict[str, object], keep: int) -> dict[str, object]:
 def render(sql: str, listing: str) -> str:
     """A rewrite that reads pg_prepared_statements (rule session_statements) with the session's statement list
     (`Statements.listing`, "[]" for a session whose statements reach the server under their own names) in place of
-    the policy's marker (a client's text never has it: the policy refuses such a text)."""
+    the policy's marker (only where the policy put it: it refuses a client's text with the marker, and a rewrite with
+    more of them than the wrappers it put in, proxy/policy/engine.py)."""
     return sql.replace(SESSION_STATEMENTS_MARKER, quote_literal(listing))
 
 
