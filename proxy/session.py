@@ -79,7 +79,7 @@ from proxy.reported import reset_to_default
 from proxy.server import ServerConnection
 from proxy.sessionstate import SessionState
 from proxy.startup import backend_parameters, end_user_claim
-from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, render
+from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, joined, render
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -526,8 +526,11 @@ class ClientSession:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
         the server as they are, only the client's texts of those the policy rewrote (`_client_text`)."""
         if self.statements is not None:
-            return self.statements.listing()
-        return self._client_texts.listing() if self._client_texts is not None else "[]"
+            listing = self.statements.listing()
+        else:
+            listing = self._client_texts.listing() if self._client_texts is not None else "[]"
+        prepared = self._sql_prepared
+        return listing if prepared is None else joined(listing, prepared.listing())
 
     def _bound_prepares(self, sql: str, decision: Allow | Rewrite) -> Decision:
         """A statement with SQL PREPAREs (`sql`: the client's text): refused past the session's bounds on them
@@ -550,11 +553,16 @@ class ClientSession:
             return deny("sql_prepare_limit", f'prepared statement "{name}" would take this session past [pool] '
                         f"{key} = {limit}")
         store.prepared(names, sql if rewritten else None, size, held)
+        if self._client_texts is not None:  # a protocol statement's text of one of these names is gone with it
+            for name in names:
+                self._client_texts.parse(name, None)
         return decision
 
     def _client_text(self, name: str, text: str | None) -> None:
         """A named Parse forwarded to a server that keeps the client's names: `text`, the client's text when the
         policy rewrote it, is what pg_prepared_statements shows for it."""
+        if self._sql_prepared is not None:  # a SQL PREPAREd statement's text of that name is gone with it
+            self._sql_prepared.forget(name)
         texts = self._client_texts
         if texts is None:
             if text is None:
@@ -1299,7 +1307,8 @@ class ClientSession:
         if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
-            if name and (self._client_texts is not None or out is not None) and self.statements is None:
+            if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
+                    self.statements is None:
                 self._client_text(name, None if out is None else sql)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
@@ -1329,7 +1338,8 @@ class ClientSession:
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
-            if self._client_texts is not None and parse.name and self.statements is None:
+            if (self._client_texts is not None or self._sql_prepared is not None) and parse.name and \
+                    self.statements is None:
                 self._client_text(parse.name, None)
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None

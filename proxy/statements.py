@@ -189,6 +189,11 @@ class SqlPrepared:
                 del entries[gone]
         self._listed = None
 
+    def forget(self, name: str) -> None:
+        """A protocol statement `name` made on a server that keeps the client's names: that name is not ours."""
+        if self.entries.pop(name, None) is not None:
+            self._listed = None
+
     def listing(self) -> str:
         """The client's texts as the pg_prepared_statements wrapper reads them (shown over the server's row of the
         name, like `ClientTexts`)."""

@@ -193,3 +193,36 @@ def test_sql_prepares_past_the_sessions_bounds_are_refused(tmp_path: Path) -> No
     s = ready_session(tmp_path, decide, pool={"max_session_statements": 2, "max_session_statement_bytes": 200})
     assert b"PREPARE d" not in forwarded(s.client_data(m.Query(long).encode()))
     assert "max_session_statement_bytes = 200" in s.tracker.pending[-1].decision.message
+
+
+def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path) -> None:
+    """Red team 5, F5: the server's text of a rewritten SQL PREPARE is the proxy's (its filters name the schemas
+    hidden from the tenant): pg_prepared_statements shows the client's PREPARE over it, as PostgreSQL would."""
+    listing = f"SELECT * FROM v({SESSION_STATEMENTS_MARKER})"
+
+    def decide(kind: str, sql: str):
+        if "pg_prepared_statements" in sql:
+            return Rewrite(listing, ("catalog_filter", SESSION_STATEMENTS))
+        if sql.startswith("PREPARE"):
+            name = sql.split()[1]
+            changes = (Change(0, SQL_PREPARE, name),)
+            if "pg_namespace" in sql:
+                return Rewrite(sql + " WHERE nspname <> 'globex'", ("catalog_filter",), changes=changes)
+            return Allow(changes=changes)
+        return Allow()
+
+    def listed(s: ClientSession) -> list[dict]:
+        out = forwarded(s.client_data(m.Query("SELECT name FROM pg_prepared_statements").encode()))
+        sql = m.query_text(frames(out)[0][1])
+        return json.loads(sql[sql.index("'") + 1 : sql.rindex("'")].replace("''", "'"))
+
+    s = ready_session(tmp_path, decide)
+    s.client_data(m.Query("PREPARE p1 AS SELECT nspname FROM pg_namespace").encode())
+    s.client_data(m.Query("PREPARE p2 AS SELECT 1").encode())  # forwarded as it is: the server's text is the client's
+    assert listed(s) == [{"name": "p1", "statement": "PREPARE p1 AS SELECT nspname FROM pg_namespace", "server": "p1",
+                          "over": True}]
+    s.client_data(m.Query("PREPARE p1 AS SELECT 2").encode())  # p1 again (after a DEALLOCATE), as it is
+    assert listed(s) == []
+    s.client_data(m.Query("PREPARE p3 AS SELECT nspname FROM pg_namespace").encode())
+    s.client_data(m.Parse("p3", "SELECT 3", b"\x00\x00").encode())  # a protocol statement of that name now
+    assert listed(s) == []
