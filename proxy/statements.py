@@ -82,11 +82,14 @@ def fit_listing(rows: list[dict[str, object]], limit: int) -> str:
     tools such as DBeaver and psql read it for, stay whole until texts are empty). A bound on every rendering of
     pg_prepared_statements, whatever the session holds (one render per read, on the event loop, and a SQL PREPARE
     of such a statement keeps the rendered text on the server)."""
-    out = json.dumps(rows, separators=(",", ":"))
-    for keep in _CUTS:
+    texts = [len(text) if isinstance(text, str) else 0 for text in (row["statement"] for row in rows)]
+    out = ""
+    for keep in (None, *_CUTS):
+        if keep != 0 and sum(texts if keep is None else (min(n, keep) for n in texts)) > limit:
+            continue  # it cannot fit (each character takes one at least): not rendered at all
+        out = json.dumps(rows if keep is None else [_cut(row, keep) for row in rows], separators=(",", ":"))
         if len(out) <= limit:
             break
-        out = json.dumps([_cut(row, keep) for row in rows], separators=(",", ":"))
     return out
 
 
