@@ -167,8 +167,19 @@ class BenchProxy(ProxyProcess):
         super().write_config()
         text = self.config_path.read_text()
         text = re.sub(r'(?m)^level = "\w+"$', 'level = "info"', text)
+        text = re.sub(r"(?m)^max_tenants = \d+$", "max_tenants = 1000", text)  # a metric label per tenant
         assert 'level = "info"' in text and 'sslmode = "disable"' in text, text
         self.config_path.write_text(text)
+
+
+def start_cluster(stack: contextlib.ExitStack, installation: pgcluster.PgInstallation,
+                  max_connections: int) -> PgCluster:
+    """A throwaway cluster without TLS, stopped with `stack`, the test suite's backend roles prepared."""
+    cluster = PgCluster(installation, ssl=False, max_connections=max_connections)
+    stack.callback(cluster.stop)
+    cluster.start()
+    proxyproc.prepare_backend(cluster)
+    return cluster
 
 
 def make_pgtenant(stack: contextlib.ExitStack, cluster: PgCluster) -> BenchProxy:

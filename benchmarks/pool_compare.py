@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import resource
 import signal
 import statistics
@@ -50,7 +51,52 @@ def pgtenant(stack: contextlib.ExitStack, cluster: PgCluster, name: str, pool: d
         proxy.extra_users[f"u{i:02}"] = (f"t{i:02}", f"u{i:02}-pw")
     target = pc.start_pgtenant(proxy, name)
     target.name = name
+    target.metrics_url = proxy.metrics_url  # type: ignore[attr-defined]
     return target
+
+
+def pool_waits(target: pc.Target) -> dict[str, tuple[float, float]]:
+    """Per tenant: (seconds waited for a server in all, waits) so far, from the proxy's /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(target.metrics_url + "/metrics", timeout=10) as r:  # type: ignore[attr-defined]
+        text = r.read().decode()
+    out: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for suffix, i in (("_sum", 0), ("_count", 1)):
+            head = f"pgtenant_pool_wait_seconds{suffix}{{"
+            if line.startswith(head):
+                labels, value = line[len(head):].rsplit("} ", 1)
+                tenant = dict(kv.split("=", 1) for kv in labels.split(","))["tenant"].strip('"')
+                out.setdefault(tenant, [0.0, 0.0])[i] += float(value)
+    return {t: (v[0], v[1]) for t, v in out.items()}
+
+
+def measured_load(target: pc.Target, cluster: PgCluster, clients: list[tuple[str, str, str, float]],
+                  args: argparse.Namespace, procs: int, apart: list[tuple[str, str, str, float]] | None = None,
+                  ) -> dict[str, Any]:
+    """run_load, plus where the time went: the proxy's CPU (share of one core: near 100% = the event loop is the
+    bottleneck), PostgreSQL's CPU (share of the host's cores), and per tenant the mean wait for a server in the
+    pool queue (queueing, apart from the loop and the database)."""
+    assert target.pid is not None and cluster.pid is not None
+    marks: dict[str, Any] = {}
+
+    def start() -> None:
+        marks.update(t=time.monotonic(), proxy=sum(pc.cpu_seconds(target.pid)), pg=pc.tree_cpu(cluster.pid),  # type: ignore[arg-type]
+                     waits=pool_waits(target))
+
+    res = run_load(target.port, clients, args.load_duration, procs, start, apart)
+    wall = time.monotonic() - marks["t"]
+    waits = pool_waits(target)
+    res["proxy_cpu_pct"] = round(100 * (sum(pc.cpu_seconds(target.pid)) - marks["proxy"]) / wall, 1)
+    res["postgres_cpu_pct_of_host"] = round(100 * (pc.tree_cpu(cluster.pid) - marks["pg"]) / wall
+                                            / (os.cpu_count() or 1), 1)
+    res["pool_wait_ms"] = {}
+    for tenant, (total, n) in waits.items():
+        t0, n0 = marks["waits"].get(tenant, (0.0, 0.0))
+        if n > n0:
+            res["pool_wait_ms"][tenant] = round(1000 * (total - t0) / (n - n0), 2)
+    return res
 
 
 def tenant_rows(cluster: PgCluster, tenants: int) -> None:
@@ -151,13 +197,14 @@ def _load_worker(port: int, clients: list[tuple[str, str, str, float]], go: Any,
 
 
 def run_load(port: int, clients: list[tuple[str, str, str, float]], duration: float, procs: int,
-             on_connected: Any = None) -> dict[str, Any]:
-    """`clients` spread over `procs` processes; `on_connected()` runs once all are connected and idle (before the
+             on_connected: Any = None, apart: list[tuple[str, str, str, float]] | None = None) -> dict[str, Any]:
+    """`clients` spread over `procs` processes, `apart` in a process of their own (their latencies are not those
+    of a client process busy with the others); `on_connected()` runs once all are connected and idle (before the
     load starts; its result is returned as "idle"). Returns per-tenant latencies, throughput and errors."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     go = ctx.Event()
-    shares = [clients[i::procs] for i in range(procs)]
+    shares = [clients[i::procs] for i in range(procs)] + [apart or []]
     workers = [ctx.Process(target=_load_worker, args=(port, share, go, duration, queue), daemon=True)
                for share in shares if share]
     for w in workers:
@@ -250,10 +297,10 @@ def noisy_section(stack: contextlib.ExitStack, cluster: PgCluster, args: argpars
     quiet = [("u02", "u02-pw", "t02", args.quiet_think)] * args.quiet_clients
     noisy = [("u01", "u01-pw", "t01", 0.0)] * args.noisy_clients
     say(f"noisy neighbour: t02 alone ({args.quiet_clients} clients)")
-    alone = run_load(target.port, quiet, args.load_duration, 1)
+    alone = measured_load(target, cluster, [], args, 0, quiet)
     say(f"noisy neighbour: t02 beside t01 ({args.noisy_clients} clients, no think time), "
         f"budget {args.noisy_budget} servers")
-    both = run_load(target.port, noisy + quiet, args.load_duration, args.procs)
+    both = measured_load(target, cluster, noisy, args, args.procs, quiet)  # t02 in its own client process
     a, b = alone["per_tenant"].get("t02", {}), both["per_tenant"].get("t02", {})
     ratio = round(b["p99_ms"] / a["p99_ms"], 2) if a.get("p99_ms") and b.get("p99_ms") else None
     return {"pool": pool, "alone": alone, "beside_noisy": both, "quiet_p99_ratio": ratio}
@@ -312,7 +359,14 @@ def report(results: dict[str, Any]) -> str:
                   f"| {n['alone']['errors']} |",
                   f"| t02 beside t01 | {b.get('n')} | {b.get('p50_ms')} | {b.get('p99_ms')} | {t1.get('n')} "
                   f"| {t1.get('p99_ms')} | {n['beside_noisy']['errors']} |", "",
-                  f"t02 p99 beside the noisy tenant / alone: **{n['quiet_p99_ratio']}** (target <= 2)"]
+                  f"t02 p99 beside the noisy tenant / alone: **{n['quiet_p99_ratio']}** (target <= 2)", "",
+                  "where the time went: | proxy CPU % of a core | PostgreSQL CPU % of the host | t02 mean pool wait ms "
+                  "| t01 mean pool wait ms |", "|---|---:|---:|---:|---:|"]
+        for label, run in (("t02 alone", n["alone"]), ("t02 beside t01", n["beside_noisy"])):
+            waits = run.get("pool_wait_ms", {})
+            lines.append(f"| {label} | {run.get('proxy_cpu_pct')} | {run.get('postgres_cpu_pct_of_host')} | "
+                         f"{waits.get('t02', '-')} | {waits.get('t01', '-')} |")
+        lines += [""]
     lines += ["", "versions: " + json.dumps(results.get("versions", {}))]
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""pgbench -S -M extended through pgtenant with and without [pool] statement_cache, vs PgBouncer in session mode.
+"""pgbench -S -M extended (or --mode prepared) through pgtenant with and without [pool] statement_cache, vs PgBouncer
+in session mode (pgtenant in its default pool mode, or --pool-mode).
 
 Run from the repo root:  .venv/bin/python benchmarks/statement_cache.py [--duration 15] [--runs 3] [--json out.json]
 The targets run interleaved (drift hits each alike); the table gives median tps and the range of the per-run ratios.
@@ -21,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import pgbench_compare as pc
-from tests.support import pgcluster, proxyproc
+from tests.support import pgcluster
 from tests.support.pgcluster import PgCluster
 
 
@@ -46,6 +47,8 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--mode", default="extended", choices=("extended", "prepared", "simple"), help="pgbench -M")
+    p.add_argument("--pool-mode", choices=("session", "transaction"), help="[pool] pool_mode of both pgtenants")
     p.add_argument("--quiet-wait", type=float, default=30, help="max s to wait for an idle host before each run")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -58,34 +61,32 @@ def main() -> int:
     bouncer = pc.ensure_pgbouncer()
     results: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}}
     with contextlib.ExitStack() as stack:
-        cluster = PgCluster(installation, ssl=False, max_connections=200)
-        stack.callback(cluster.stop)
-        cluster.start()
+        cluster = pc.start_cluster(stack, installation, 200)
         results["versions"] = pc.versions(bouncer, cluster)
-        proxyproc.prepare_backend(cluster)
         workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-proxy-"))
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         pc.BenchProxy(cluster, workdir, backend_sslmode="disable").provision()
         role, role_pw = pc.backend_role()
         pc.init_pgbench(pgbench, cluster, args.scale, role)
         assert cluster.pid is not None
+        mode = {"pool_mode": args.pool_mode} if args.pool_mode else {}
         targets = {
             "direct": pc.Target("direct", cluster.port, role, role_pw),
             "pgbouncer (session)": pc.start_pgbouncer(stack, bouncer, cluster, args.clients + 10),
-            "pgtenant": start_proxy(stack, cluster, "pgtenant", {}),
-            "pgtenant + cache": start_proxy(stack, cluster, "pgtenant + cache", {"statement_cache": True}),
+            "pgtenant": start_proxy(stack, cluster, "pgtenant", mode),
+            "pgtenant + cache": start_proxy(stack, cluster, "pgtenant + cache", {**mode, "statement_cache": True}),
         }
         pc.wait_ready(targets["direct"])
         args.max_other = 100.0
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         for i in range(args.runs):
             for name, target in targets.items():
-                r = pc.run_pgbench(pgbench, target, "extended", args, cluster.pid)
+                r = pc.run_pgbench(pgbench, target, args.mode, args, cluster.pid)
                 pc.say(f"run {i + 1}/{args.runs} {name:20} tps={r['tps']:9.1f} cpu_s={r['cpu_s']}")
                 runs[name].append(r)
     results["runs"] = runs
     base = runs["pgbouncer (session)"]
-    lines = ["| target (pgbench -S -M extended, "
+    lines = [f"| target (pgbench -S -M {args.mode}, "
              f"{args.clients} clients, {args.duration} s x {args.runs}) | median tps | / PgBouncer session: median "
              "(range) | postgres CPU µs/txn | proxy CPU µs/txn |", "|---|---|---|---|---|"]
     for name, rs in runs.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.config import BackendConfig
+from proxy.config import AgentConfig, BackendConfig
 from proxy.errors import PgError
 from proxy.pooling import ServerRequest
 from proxy.reasons import CloseReason
@@ -90,6 +90,7 @@ class ConnectBackend:
     request: ServerRequest
     cancel_key: tuple[int, bytes]
     end_user: str | None = None
+    agent: AgentConfig | None = None  # the agent profile's limits: the session decides under its agent policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,25 @@ class ReleaseServer:
     reusable: bool
     reset: bool
     reason: CloseReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitAdmission:
+    """An agent's statement is held for its admission (the proxy's EXPLAIN of it): the client is not read until its
+    `AgentAdmission` (what it sends meanwhile would only be held)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAdmission:
+    """An agent's statement was admitted by the planner's estimate, refused, or its EXPLAIN failed (`outcome`
+    admitted | refused | failed): audit line, log line and metrics. `seconds`: the EXPLAIN round trip."""
+
+    sql: str
+    outcome: str
+    cost: float | None
+    rows: float | None
+    max_rows: int  # the LIMIT the agent profile applies
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,5 +261,5 @@ Action = (
     | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
     | SessionPinned | SessionUnpinned | LimitReached | CancelQuery | WatchLimits
-    | AcquireSlot | ReleaseSlot | BatchWithoutSync
+    | AcquireSlot | ReleaseSlot | BatchWithoutSync | AwaitAdmission | AgentAdmission
 )

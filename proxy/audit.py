@@ -147,6 +147,14 @@ class AuditLog:
         head = _to_json({"timestamp": stamp, "event": event})[:-1] + (", " + prefix if prefix else "")
         self._write(head + (", " + _to_json(fields)[1:] if fields else "}") + "\n")
 
+    def admission(self, prefix: str, sql: str, outcome: str, cost: float | None, rows: float | None, max_rows: int,
+                  seconds: float) -> None:
+        """The line of an agent's statement admitted or refused by the planner's estimate (proxy/admission.py):
+        the estimate, the LIMIT the agent profile applied, the EXPLAIN round trip's duration."""
+        self.event("agent_admission", prefix, outcome=outcome, estimated_cost=cost, estimated_rows=rows,
+                   applied_limit=max_rows, explain_ms=round(seconds * 1000, 3),
+                   sql=redact(sql) if self.redact and sql else sql)
+
     def request(self, prefix: str, end_user: str | None, req: Request) -> None:
         """The line of one answered request; `end_user` is the session's claim, else one the SQL carries."""
         name, rule, rewritten = decision_fields(req.decision)

@@ -66,6 +66,7 @@ class LimitsConfig:
     max_statements_per_query: int = 1000
     max_parse_tree_nodes: int = 250_000
     max_temp_relations: int = 64  # per session, incl. indexes, sequences, dropped in the open transaction
+    max_advisory_locks: int = 16  # per session (database strategy), session- and transaction-level, counted by PG
     idle_in_transaction_timeout: float = 300.0  # backend default for tenant sessions whose client sets none
     decision_timeout: float = 10.0
     decision_workers: int = 2
@@ -102,6 +103,29 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """[agent]: the agent profile's limits (users with profile = "agent"; docs/reporting.md "Agent profile")."""
+
+    max_rows: int = 1000  # rows a top-level query returns at most (an AST-level LIMIT)
+    max_cost: float = 100_000.0  # the planner's total cost of a statement above which it is refused (0: no limit)
+    max_estimated_rows: float = 1_000_000.0  # rows the planner expects the plan's top node to produce (0: no limit)
+    statement_timeout: float = 30.0  # seconds, the server connection's own (the client cannot change it)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOverrides:
+    """[tenants.X.agent] / [users.X.agent]: any of the [agent] keys, over the defaults (a user's over its tenant's)."""
+
+    max_rows: int | None = None
+    max_cost: float | None = None
+    max_estimated_rows: float | None = None
+    statement_timeout: float | None = None
+
+
+Profile = Literal["default", "agent"]
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     name: str
     strategy: Strategy
@@ -135,6 +159,7 @@ class TenantConfig:
     idle_in_transaction_timeout: float | None = None  # seconds; the session ends (25P03) as in PostgreSQL
     max_result_rows: int | None = None  # rows of one result; more end it with 54000
     max_result_bytes: int | None = None  # DataRow/CopyData bytes of one result; more end it with 54000
+    agent: AgentOverrides = AgentOverrides()  # [tenants.X.agent]: its agent users' limits over [agent]
 
     @property
     def client_database_names(self) -> frozenset[str]:
@@ -146,7 +171,7 @@ class TenantConfig:
 class PoolConfig:
     """[pool]: the server connection pools (per tenant values may override the first four sizes and the mode)."""
 
-    pool_mode: PoolMode = "session"
+    pool_mode: PoolMode = "transaction"
     pool_size: int = 20  # servers per pool (a pool serves one tenant context)
     min_pool_size: int = 0  # servers kept open per pool once it has had a client
     reserve_pool: int = 0  # extra servers for a pool whose client has waited reserve_pool_timeout
@@ -187,6 +212,8 @@ class UserConfig:
     idle_in_transaction_timeout: float | None = None
     max_result_rows: int | None = None
     max_result_bytes: int | None = None
+    profile: Profile = "default"
+    agent: AgentOverrides = AgentOverrides()
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +269,7 @@ class Config:
     audit: AuditConfig = AuditConfig()
     admin: AdminConfig = AdminConfig()
     pool: PoolConfig = PoolConfig()
+    agent: AgentConfig = AgentConfig()
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     auth_mock_secret_random: bool = False  # True: not configured, a random one per load (see proxy.mocksecret)
@@ -280,6 +308,19 @@ class Config:
             p.reserve_pool if t.reserve_pool is None else t.reserve_pool,
             t.weight,
         )
+
+    def agent_limits(self, user: str) -> AgentConfig | None:
+        """The agent profile's limits of `user` ([users.X.agent] over [tenants.X.agent] over [agent]); None for a
+        user of the default profile."""
+        u = self.users.get(user)
+        if u is None or u.profile != "agent":
+            return None
+        out = self.agent
+        for over in (self.tenants[u.tenant].agent, u.agent):
+            given = {f.name: getattr(over, f.name) for f in fields(over) if getattr(over, f.name) is not None}
+            if given:
+                out = replace(out, **given)
+        return out
 
     def db_budget(self, backend: str) -> int:
         """Servers allowed per database of a backend over all its pools (0: no budget)."""
@@ -366,12 +407,34 @@ def _value(raw: Mapping[str, Any], key: str, hint: Any, where: str, base: Path) 
     return _get(raw, key, hint, where, None)
 
 
-def _read(cls: type, raw: Mapping[str, Any], where: str, base: Path, *, exclude: tuple[str, ...] = ()) -> dict:
+def _read(cls: type, raw: Mapping[str, Any], where: str, base: Path, *, exclude: tuple[str, ...] = (),
+          nested: tuple[str, ...] = ()) -> dict:
     """Keyword arguments for the dataclass `cls` from its TOML table: one key per field, typed by the field's
-    annotation. A key left out is left out here too, so its default is the dataclass's, written once."""
+    annotation. A key left out is left out here too, so its default is the dataclass's, written once. `nested`:
+    keys of sub-tables the caller reads itself (excluded, but allowed)."""
     hints = _field_types(cls)
-    _check_keys(raw, {f.name for f in fields(cls) if f.init} - set(exclude), where)
-    return {key: _value(raw, key, hints[key], where, base) for key in raw}
+    _check_keys(raw, ({f.name for f in fields(cls) if f.init} - set(exclude)) | set(nested), where)
+    return {key: _value(raw, key, hints[key], where, base) for key in raw if key not in nested}
+
+
+def _agent_overrides(raw: Mapping[str, Any], where: str, base: Path) -> AgentOverrides:
+    """A tenant's or user's `agent` sub-table (any [agent] key)."""
+    given = _read(AgentOverrides, _table(raw, "agent", where), f"{where}agent.", base)
+    over = AgentOverrides(**given)
+    _check_agent(over, f"{where}agent.")
+    return over
+
+
+def _check_agent(agent: AgentConfig | AgentOverrides, where: str) -> None:
+    """The agent limits in range: at least one row, a positive timeout, costs and row estimates 0 (none) or more."""
+    if agent.max_rows is not None and agent.max_rows < 1:
+        raise ConfigError(f"{where}max_rows: must be at least 1, got {agent.max_rows}")
+    if agent.statement_timeout is not None:
+        _positive(agent.statement_timeout, f"{where}statement_timeout")
+    for key in ("max_cost", "max_estimated_rows"):
+        value = getattr(agent, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{where}{key}: must be 0 (no limit) or more, got {value}")
 
 
 def _path(base: Path, value: str | None) -> Path | None:
@@ -456,7 +519,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         raw,
         {
             "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
-            "preflight", "metrics", "audit", "admin", "pool",
+            "preflight", "metrics", "audit", "admin", "pool", "agent",
         },
         "",
     )
@@ -554,7 +617,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         tenant_id = tr_.get("tenant_id")
         if isinstance(tenant_id, int) and not isinstance(tenant_id, bool):
             tr_ = {**tr_, "tenant_id": str(tenant_id)}  # a number in TOML: the same key as its digits
-        given = _read(TenantConfig, tr_, w, base, exclude=("name",))
+        given = _read(TenantConfig, tr_, w, base, exclude=("name", "agent"), nested=("agent",))
+        given["agent"] = _agent_overrides(tr_, w, base)
         strategy = given.get("strategy")
         if strategy is None:
             raise ConfigError(f"{w}strategy: must be {_one_of(get_args(Strategy))}, got None")
@@ -592,7 +656,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         w = f"users.{name}."
         if not isinstance(ur, Mapping):
             raise ConfigError(f"users.{name}: expected a table")
-        given = _read(UserConfig, ur, w, base, exclude=("name", "verifier"))
+        given = _read(UserConfig, ur, w, base, exclude=("name", "verifier", "agent"), nested=("agent",))
         tenant = given.pop("tenant", None)
         if tenant is None:
             raise ConfigError(f"{w}tenant: required")
@@ -607,8 +671,11 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             verifier = ScramVerifier.parse(_resolve_secret(text, f"secrets.users.{name}"))
         except ValueError as exc:
             raise ConfigError(f"secrets.users.{name}: {exc}") from exc
-        users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier, **given)
+        users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier, agent=_agent_overrides(ur, w, base),
+                                 **given)
         _check_limits(users[name], w)
+        if "agent" in ur and users[name].profile != "agent":
+            raise ConfigError(f"{w}agent: only for a user with profile = \"agent\"")
     admin = AdminConfig(**_read(AdminConfig, _table(raw, "admin", ""), "admin.", base, exclude=("verifiers",)))
     admin_verifiers: dict[str, ScramVerifier] = {}
     for name in sorted(admin.users):
@@ -642,6 +709,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
 
     audit = AuditConfig(**_read(AuditConfig, _table(raw, "audit", ""), "audit.", base))
     pool = _pool_config(_read(PoolConfig, _table(raw, "pool", ""), "pool.", base))
+    agent = AgentConfig(**_read(AgentConfig, _table(raw, "agent", ""), "agent.", base))
+    _check_agent(agent, "agent.")
     for t in tenants.values():
         resolved_min = pool.min_pool_size if t.min_pool_size is None else t.min_pool_size
         resolved_size = pool.pool_size if t.pool_size is None else t.pool_size
@@ -672,6 +741,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         audit=audit,
         admin=replace(admin, verifiers=admin_verifiers),
         pool=pool,
+        agent=agent,
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         auth_mock_secret_random=not mock,

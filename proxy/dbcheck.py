@@ -100,6 +100,17 @@ def catalog_columns(conn: psycopg.Connection) -> dict[str, tuple[str, ...]]:
     return {name: tuple(columns) for name, columns in rows}
 
 
+_SCHEMA_NAMES = r"""
+SELECT nspname FROM pg_catalog.pg_namespace
+ WHERE nspname !~ '^pg_(toast_)?temp_[0-9]+$'
+"""
+
+
+def schema_names(conn: psycopg.Connection) -> frozenset[str]:
+    """The database's schemas, without the sessions' temporary ones (`TenantPolicy.known_schemas`)."""
+    return frozenset(name for (name,) in conn.execute(_SCHEMA_NAMES).fetchall())
+
+
 class BackendCheckError(RuntimeError):
     """A backend could not be reached or asked."""
 
@@ -114,6 +125,7 @@ class PreflightReport:
     rls_complete: bool = True  # every scoped relation has enabled, forced RLS with a policy
     rls_tables: set[tuple[str, str]] = field(default_factory=set)  # the scoped tables that have it
     catalog_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # see catalog_columns()
+    schemas: frozenset[str] = frozenset()  # see schema_names()
 
     @property
     def ok(self) -> bool:
@@ -153,6 +165,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> Pre
     with connect(backend, tenant.database) as conn:
         _check_role(conn, backend, report)
         report.catalog_columns = catalog_columns(conn)
+        report.schemas = schema_names(conn)
         if tenant.strategy == "shared":
             _check_shared(conn, tenant, scoped, report)
             _check_direct_readers(conn, config, tenant, scoped, report)

@@ -176,6 +176,12 @@ _startup_parameter_not_allowed = _register(
     hint="Remove it from the connection settings, or add it to "
     "startup.allowed_parameters in the pgtenant configuration if it is safe.",
 )
+_agent_startup_setting = _register(
+    "agent_startup_setting", INSUFFICIENT_PRIVILEGE, "FATAL",
+    'pgtenant: startup parameter "{name}" is pinned by the agent profile (rule agent_setting)',
+    hint="Agent users' connections are read-only with the agent's statement_timeout; remove it from the "
+    "connection settings.",
+)
 replication_not_allowed = _register(
     "replication_not_allowed", INSUFFICIENT_PRIVILEGE, "FATAL",
     "replication connections are not allowed through pgtenant",
@@ -330,6 +336,18 @@ def _where(limit: str) -> str:
 
 def startup_parameter_not_allowed(name: str, via_options: bool) -> PgError:
     return _startup_parameter_not_allowed("startup option -c" if via_options else "startup parameter", name)
+
+
+def admission_failed(fields: dict[str, str], shift: int) -> PgError:
+    """The error of the proxy's EXPLAIN of an agent's statement (proxy/admission.py): the statement's own (it fails
+    the same way), its position moved back by the EXPLAIN prefix."""
+    position = int(fields.get("P", "0") or 0) - shift
+    return PgError(fields.get("C") or INTERNAL_ERROR, fields.get("M", "error"), "ERROR", detail=fields.get("D"),
+                   hint=fields.get("H"), position=position if position > 0 else 0)
+
+
+def agent_startup_setting(name: str) -> PgError:
+    return _agent_startup_setting(name=name)
 
 
 def backend_error(fields: dict[str, str]) -> PgError:

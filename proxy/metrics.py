@@ -248,6 +248,13 @@ class Metrics:
         # Read from the decision cache's own counters at scrape time: nothing to do per statement.
         self._cache_source: Callable[[], tuple[int, int, int, int]] | None = None
         r.register(_CacheCollector(self))
+        self._admissions = Histogram(
+            "pgtenant_agent_admission_seconds",
+            "Agent profile: the EXPLAIN round trip before an agent's statement, by outcome (admitted, refused, "
+            "failed).",
+            ["tenant", "outcome"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         self._offloaded = Counter(
             "pgtenant_policy_offloaded_total",
             "Cache misses decided by a decision worker (a long text, or past the tenant's share of the event loop).",
@@ -454,6 +461,10 @@ class Metrics:
 
     def statement_denied(self, tenant: str | None, rule: str) -> None:
         self._denied.labels(self.tenant(tenant), rule).inc()
+
+    def agent_admission(self, tenant: str | None, outcome: str, seconds: float) -> None:
+        """An agent's statement admitted or refused by its estimate after `seconds` of EXPLAIN."""
+        self._admissions.labels(self.tenant(tenant), outcome).observe(seconds)
 
     def decision_offloaded(self, tenant: str | None) -> None:
         """A cache miss of a tenant was sent to a decision worker."""

@@ -14,6 +14,10 @@ from proxy.reasons import CloseReason
 from proxy.tenancy import backend_context
 
 IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
+# On a full database budget, an idle server of a tenant holding no more than its weighted share of the budget is
+# kept for that tenant this long after its last use (not closed to make room for another tenant): a tenant between
+# two queries does not pay a new server for each while a neighbour floods the budget (the noisy neighbour).
+KEEP_FOR_TENANT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +57,22 @@ def server_context(tenant: TenantConfig, config: Config) -> dict[str, str]:
 
 
 def server_request(config: Config, tenant: str) -> ServerRequest:
-    """The request of a session of `tenant` under `config`."""
+    """The request of a session of `tenant` under `config`: one object per tenant and config, shared by its sessions
+    (immutable; 400 bytes each an idle session would hold)."""
+    cached = _requests.get(tenant) if _requests_of[0] is config else None
+    if cached is None:
+        if _requests_of[0] is not config:
+            _requests_of[0] = config
+            _requests.clear()
+        cached = _requests[tenant] = _server_request(config, tenant)
+    return cached
+
+
+_requests_of: list[Config | None] = [None]  # the config the cached requests were made under (a reload: another)
+_requests: dict[str, ServerRequest] = {}
+
+
+def _server_request(config: Config, tenant: str) -> ServerRequest:
     t = config.tenants[tenant]
     backend = config.backend_for(t)
     params = server_context(t, config)
@@ -609,7 +628,7 @@ class PoolManager:
         budget = pool.key.budget
         if budget in blocked or not self._within_share(tenant.name, budget):
             return False
-        if not self._has_room(budget) and not self._make_room(pool, out):
+        if not self._has_room(budget) and not self._make_room(pool, out, now):
             blocked.add(budget)
             return False
         self._charge(tenant)
@@ -728,13 +747,39 @@ class PoolManager:
         held = sum(len(p.servers) for p in self.pools.values() if p.tenant == tenant and p.key.budget == budget)
         return held + 1 <= max(1, limit - others)  # (a tenant holding none may always open one: no deadlock)
 
-    def _make_room(self, pool: Pool, out: list[PoolAction]) -> bool:
-        """Close the least recently used idle server of another pool of the same database."""
-        for server in (self._budget_idle.get(pool.key.budget) or {}).values():
-            if server.pool is not pool:
-                self._close(server, Closing.BUDGET, out)
-                return True
+    def _make_room(self, pool: Pool, out: list[PoolAction], now: float) -> bool:
+        """Close the least recently used idle server of another pool of the same database, except one its tenant
+        used less than KEEP_FOR_TENANT ago while holding no more than its share of the budget."""
+        budget = pool.key.budget
+        shares: dict[str, float] | None = None
+        for server in (self._budget_idle.get(budget) or {}).values():
+            if server.pool is pool:
+                continue
+            other = server.pool.tenant
+            if now - server.last_used < KEEP_FOR_TENANT and other != pool.tenant:
+                if shares is None:
+                    shares = self._shares(budget, pool)
+                if shares[other] <= 0:
+                    continue  # kept for its tenant
+            self._close(server, Closing.BUDGET, out)
+            return True
         return False
+
+    def _shares(self, budget: tuple[str, str], pool: Pool) -> dict[str, float]:
+        """Per tenant holding servers of the budget or waiting on it (`pool`'s included): the servers it holds
+        beyond its share of the budget (weighted)."""
+        held: Counter[str] = Counter()
+        weights: dict[str, float] = {pool.tenant: pool.request.weight}
+        for p in self.pools.values():
+            if p.key.budget == budget and p.servers:
+                held[p.tenant] += len(p.servers)
+                weights.setdefault(p.tenant, p.request.weight)
+        for tenant in self._active.values():
+            if any(w.pool.key.budget == budget for w in tenant.waiters):
+                weights.setdefault(tenant.name, tenant.weight)
+        total = sum(weights.values())
+        limit = self.config.db_budget(budget[0])
+        return {t: held[t] - limit * w / total for t, w in weights.items()}
 
     def _connect(self, pool: Pool, request: ServerRequest, tenant: str, now: float, out: list[PoolAction]) -> None:
         self._next_id += 1

@@ -44,7 +44,8 @@ class Revocation:
 
 def revocations(old: Config, new: Config, sessions: Iterable[SessionRef]) -> list[Revocation]:
     """The sessions a switch from `old` to `new` revokes: a removed admin, a removed user, a user moved to another
-    tenant, or a tenant whose placement or rules changed (its backend connection is the old one)."""
+    tenant or to another profile or agent limits (its server connection and gate are the old ones), or a tenant
+    whose placement or rules changed (its backend connection is the old one)."""
     out: list[Revocation] = []
     for s in sessions:
         if s.admin:
@@ -54,6 +55,7 @@ def revocations(old: Config, new: Config, sessions: Iterable[SessionRef]) -> lis
         before = old.users.get(s.user)
         after = new.users.get(s.user)
         if after is None or before is None or after.tenant != before.tenant or (
+            new.agent_limits(s.user) != old.agent_limits(s.user)) or (
             new.tenants[after.tenant] != old.tenants.get(after.tenant)
             or new.backend_for(new.tenants[after.tenant]) != old.backend_for(old.tenants[after.tenant])
         ):
@@ -99,6 +101,7 @@ class TenantRegistry:
             return tenant_policy(
                 tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
                 hidden_schemas=other_tenants_schemas(config, tenant), catalog_columns=report.catalog_columns,
+                known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
             ), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]

@@ -89,6 +89,9 @@ class ServerConnection:
         self.last_used = 0.0
         self.settings: dict[str, str] = {}  # session settings a client applied: name -> the SET text sent
         self.prepared: dict[str, Any] = {}  # statements prepared on it by the proxy (proxy/statements.py)
+        # The mark of the session whose writes may have left sequence state on it (a column default's nextval():
+        # what currval()/lastval() read; proxy/sequences.py), None when there is none
+        self.sequences: object = None
         self._expect: Transcript = []  # the answer the proxy's own query must get
         self._answer: Transcript = []
         self._error: errors.PgError | None = None
@@ -169,6 +172,7 @@ class ServerConnection:
         ]
         self.settings.clear()
         self.prepared.clear()
+        self.sequences = None
         return self._query([RESET_QUERY, f"SELECT '{nonce}', pg_catalog.pg_my_temp_schema()"], expect)
 
     def check(self) -> list[Action]:

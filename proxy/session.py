@@ -6,16 +6,19 @@ from __future__ import annotations
 import enum
 import re
 import secrets
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from proxy import errors
+from proxy import admission, agent, errors
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
     Action,
     AdminLogin,
     AdminQuery,
+    AgentAdmission,
+    AwaitAdmission,
     BatchWithoutSync,
     CancelQuery,
     CloseClient,
@@ -39,7 +42,7 @@ from proxy.actions import (
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
-from proxy.config import BackendConfig, Config, TenantConfig, UserConfig
+from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.limits import (
     IDLE_IN_TRANSACTION_TIMEOUT,
@@ -59,6 +62,7 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
+    MAY_SET_SEQUENCES,
     SESSION_STATEMENTS,
     SQL_PREPARE,
     Allow,
@@ -76,8 +80,9 @@ from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
 from proxy.reported import reset_to_default
+from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
-from proxy.sessionstate import SessionState
+from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.startup import backend_parameters, end_user_claim
 from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, joined, render
 from proxy.stmtkind import statement_kind
@@ -128,6 +133,10 @@ def _undecided(_kind: str, _sql: str) -> Decision:
     return deny("internal_error", "no tenant policy is attached to this session")
 
 
+_ADMISSION = Pending.__new__(Pending)  # a _Held's `pending` while it waits for its admission, not for a decision
+_SWALLOWED = PgError(errors.SUCCESSFUL_COMPLETION, "")  # a denial marker's error that is not relayed (see _admitted)
+
+
 def _denial_size(message: str) -> int:
     """The bytes a pending denial holds (its message; the hint is the rule's shared text)."""
     return _DENIAL_OVERHEAD + len(message)
@@ -144,6 +153,7 @@ class _Held:
     token: object = None  # a Parse: the policy token its memo is keyed by
     parse: m.Parse | None = None
     after: list[bytes] = field(default_factory=list)
+    open_batch: bool = False  # (the agent profile) a Query that came after extended messages without their Sync
 
 
 class State(enum.Enum):
@@ -246,6 +256,107 @@ class SessionRow:
 class ClientSession:
     """One client connection's protocol state. Feed it bytes and events; it returns actions."""
 
+    # Slots, not a per-instance dict (~1 KB less per session: an instance dict of more than 30 keys is not shared).
+    # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
+    __slots__ = (
+        "__dict__",
+        "_admission",
+        "_agent_bytes",
+        "_agent_statements",
+        "_answered",
+        "_applied",
+        "_asking_locks",
+        "_auth_pending",
+        "_auth_stream",
+        "_backend_own",
+        "_bind_refusal",
+        "_binds",
+        "_cancelling",
+        "_challenged",
+        "_client_status",
+        "_client_texts",
+        "_contextual",
+        "_counted",
+        "_cut",
+        "_cut_inject",
+        "_decided_in",
+        "_decisive",
+        "_denial_bytes",
+        "_denials",
+        "_done",
+        "_flushed",
+        "_forgets_at",
+        "_frontend_tracked",
+        "_gate_slot",
+        "_gates",
+        "_held",
+        "_held_ready",
+        "_idle_check",
+        "_last_ready",
+        "_limit_actions",
+        "_limit_inner",
+        "_live",
+        "_meter",
+        "_notices",
+        "_open_batch",
+        "_overrides",
+        "_parse_memo",
+        "_pins",
+        "_policy_token",
+        "_released",
+        "_replay_buf",
+        "_replay_error",
+        "_replayed",
+        "_replaying",
+        "_scope",
+        "_sequences",
+        "_slot_held",
+        "_slot_queue",
+        "_sql_prepared",
+        "_startup_buf",
+        "_startup_settings",
+        "_startup_status",
+        "_statement_memo",
+        "_timed_out",
+        "_tracking",
+        "_tx_status",
+        "_unread",
+        "_unsynced",
+        "_waiting",
+        "agent",
+        "backend",
+        "backend_fatal",
+        "backend_parameters",
+        "backend_stream",
+        "channel_binding",
+        "clock",
+        "config",
+        "connections",
+        "context",
+        "decide",
+        "end_user",
+        "frontend",
+        "info",
+        "is_admin",
+        "limits",
+        "on_decision",
+        "pooled",
+        "process_id",
+        "report_rewrites",
+        "request",
+        "revoked",
+        "scram",
+        "secret_key",
+        "server",
+        "state",
+        "statements",
+        "tenant",
+        "throttle",
+        "tls_available",
+        "tracker",
+        "user_config",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -270,6 +381,7 @@ class ClientSession:
         self.tls_available = tls_available
         self.channel_binding = channel_binding
         self.user_config: UserConfig | None = None
+        self.agent: AgentConfig | None = None  # the agent profile's limits (an agent user's session)
         self.tenant: TenantConfig | None = None
         self.backend: BackendConfig | None = None
         self.backend_parameters: dict[str, str] = {}
@@ -278,7 +390,7 @@ class ClientSession:
         self.process_id = secrets.randbits(31) or 1
         self.secret_key = secrets.token_bytes(4)
         self._startup_buf = b""
-        self._auth_stream = MessageStream(
+        self._auth_stream: MessageStream | None = MessageStream(
             intercept=ALL_TYPES,
             max_length=min(_MAX_LOGIN_MESSAGE, config.limits.max_message_length),
         )
@@ -311,17 +423,6 @@ class ClientSession:
         self.frontend.handlers = self._frontend_tracked
         self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
         self._backend_own = dict(self.backend_stream.handlers)
-        # What a read from the client does, per state (a state without a handler expects no data: 08P01).
-        self._on_data: dict[State, Callable[[bytes], list[Action]]] = {
-            State.STARTUP: self._startup_data,
-            State.SASL_INITIAL: self._auth_data,
-            State.SASL_CONTINUE: self._auth_data,
-            State.READY: self._relay_from_client,
-            State.IDLE: self._detached_data,
-            State.WAITING: self._detached_data,
-            State.ADMIN: self._admin_data,
-            State.CLOSED: self._ignore,
-        }
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -366,6 +467,8 @@ class ClientSession:
         self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
+        self._sequences = SequenceMarks()  # where its writes may have left currval()/lastval() state
+        self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
@@ -391,6 +494,14 @@ class ClientSession:
         self._gate_slot = False  # max_concurrent_queries: the next request waits for a turn (AcquireSlot)
         self._slot_held = False  # the session's request or transaction has its turn
         self._slot_queue: list[bytes] = []  # what the client sent while the session waits for its turn
+        # --- the agent profile: a statement held for the proxy's EXPLAIN of it (proxy/admission.py), the prepared
+        # statements whose Binds are admitted (name -> the text the server has, its parameter types), a batch open.
+        self._admission: admission.Admission | None = None
+        self._agent_statements: dict[str, tuple[str, bytes]] = {}
+        self._agent_bytes = 0  # their texts' length
+        self._open_batch = False
+        self._released: bytes | None = None  # the Bind being released after its admission
+        self._bind_refusal: PgError | None = None  # its refusal
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -453,8 +564,10 @@ class ClientSession:
             st.query()
             return out
 
-        def on_bind(body: bytes) -> bytes | None:
+        def on_bind(body: bytes) -> object:
             out = bind(body)
+            if out is HOLD:  # the agent profile's admission (its release comes back here)
+                return out
             if out is not None:  # renamed to a denial marker: fails in the backend as it is
                 st.passthrough(m.BIND, out)  # type: ignore[arg-type]
                 return out  # type: ignore[return-value]
@@ -487,8 +600,9 @@ class ClientSession:
                       m.COPY_DONE: on_copy_end, m.COPY_FAIL: on_copy_end})
         self.frontend.handlers = front
         back = dict(self._backend_own)
+        respond = st.respond
         for type_ in RESPONSES:
-            back[type_] = _answer(st, type_, back.get(type_))
+            back[type_] = _Answer(respond, type_, back.get(type_))
         self.backend_stream.handlers = back
         if self._limit_inner:  # (the limits' handlers stay the outermost)
             self._limit_stream()
@@ -642,13 +756,13 @@ class ClientSession:
         try:
             if self.state is _READY:  # the hot path (every read while relaying): READY's handler, called directly
                 return self._relay_from_client(data)
-            handler = self._on_data.get(self.state)
+            handler = _ON_DATA.get(self.state)
             if handler is None:  # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer
                 raise SessionError(
                     errors.protocol_violation(f"unexpected data from client during {self.state.value}"),
                     CloseReason.UNEXPECTED_DATA,
                 )
-            return handler(data)
+            return handler(self, data)
         except (SessionError, FramingError, m.DecodeError) as exc:
             return self._rejected(exc)
 
@@ -658,7 +772,7 @@ class ClientSession:
             return self._fail(exc)
         if isinstance(exc, FramingError):
             relaying = self.state in (_READY, State.IDLE, State.WAITING)
-            cap = self.frontend.max_length if relaying else self._auth_stream.max_length
+            cap = self.frontend.max_length if relaying or self._auth_stream is None else self._auth_stream.max_length
             err = errors.message_too_large(exc.length, cap) if exc.too_large else errors.protocol_violation(str(exc))
             return self._fail(SessionError(err, CloseReason.FRAMING))
         return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
@@ -671,6 +785,11 @@ class ClientSession:
         """Bytes from the server connection the session holds."""
         if self._replaying:
             return self._replay_data(data)
+        if self._admission is not None:
+            return self._admission_data(data)
+        return self._relay_server(data)
+
+    def _relay_server(self, data: bytes) -> list[Action]:
         try:
             chunks = self.backend_stream.feed(data)
         except ParsingMismatch as exc:
@@ -728,6 +847,9 @@ class ClientSession:
                                        cache_bytes=size_bytes)
         desired = self._desired()
         replay = _settings_diff(server.settings, desired)
+        discard = self._sequences.attached(server)
+        if discard:
+            replay = f"{discard}; {replay}" if replay else discard
         out: list[bytes | memoryview] = []
         if replay:
             self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, desired
@@ -753,6 +875,8 @@ class ClientSession:
                 actions += self._startup_answer()
                 if self.pooled and not out:  # nothing to do yet: the server goes back at once
                     actions += self._at_idle([])[1:]
+        if self._admission is not None:  # a statement held for its admission waited for this server
+            actions += self._admission_start()
         return actions
 
     def _startup_answer(self) -> list[Action]:
@@ -845,6 +969,8 @@ class ClientSession:
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.pending
                 or self._replaying or (self.statements is not None and not self.statements.idle)):
             return actions
+        if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
+            return actions + self._ask_locks()
         desired = self._settle()
         pins = self._pin_reasons()
         if self.pooled:
@@ -858,7 +984,19 @@ class ClientSession:
         return actions
 
     def _pin_reasons(self) -> tuple[str, ...]:
-        return self.context.current.pin_reasons()
+        reasons = self.context.current.pin_reasons()
+        if self.context.locks_kept and "advisory_lock" not in reasons:
+            return (*reasons, "advisory_lock")
+        return reasons
+
+    def _ask_locks(self) -> list[Action]:
+        """Before a server on which the session called advisory lock functions goes back: ask it whether it holds
+        session advisory locks (the proxy's count cannot follow a call run per row, or through EXECUTE, a cursor,
+        a view); the answer comes through the replay path (`_replay_data`), then the session is idle again."""
+        self.context.lock_activity = self.context.locks_kept = False  # (a row of the answer sets it again)
+        self._asking_locks = True
+        self._replaying, self._replay_buf, self._replay_error, self._replayed = 1, b"", None, self._applied
+        return [RelayToServer([query_message(HELD_LOCKS_QUERY)])]
 
     def _pin_actions(self, pins: tuple[str, ...]) -> list[Action]:
         """Metrics: the reasons the session is newly pinned for, or its unpinning."""
@@ -883,6 +1021,7 @@ class ClientSession:
         if self.statements is not None:
             self.statements.detach()
         self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
+        self._sequences.released(server)
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
@@ -896,7 +1035,8 @@ class ClientSession:
                 and not self.frontend.pending and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
-        clean = self.pooled and not self._pin_reasons()  # (settings are recorded on it: the next client's diff)
+        # (settings are recorded on it: the next client's diff; advisory locks not asked for: reset)
+        clean = self.pooled and not self._pin_reasons() and not self.context.lock_activity
         return self._give_back(reusable=idle, reset=not (idle and clean), reason=reason)
 
     def _replay_data(self, data: bytes) -> list[Action]:
@@ -922,6 +1062,8 @@ class ClientSession:
                     out += m.parameter_status(name, shown)
             elif type_ == m.ERROR_RESPONSE:
                 self._replay_error = body
+            elif type_ == m.DATA_ROW and self._asking_locks:  # (a replayed set_config() has rows too)
+                self.context.locks_kept = True
             elif type_ == m.NOTIFICATION_RESPONSE:  # a LISTENing session's notification: the client's
                 out += m.frame(b"A", body)
             elif type_ == m.READY_FOR_QUERY:
@@ -933,6 +1075,7 @@ class ClientSession:
         actions: list[Action] = [SendClient(bytes(out))] if out else []
         if self._replaying:
             return actions
+        self._asking_locks = False
         if self._replay_error is not None:
             fields = m.decode_error_fields(self._replay_error)
             self._replay_error = None
@@ -945,6 +1088,8 @@ class ClientSession:
         self._applied = self._replayed
         if not self._answered:
             actions += self._startup_answer()
+        if self._admission is not None:
+            actions += self._admission_start()
         if self.pooled and not self.tracker.pending:
             self._idle_check = True  # nothing the client sent is waiting: the server may go back
         if rest or self._idle_check:
@@ -1047,6 +1192,7 @@ class ClientSession:
 
     def _auth_data(self, data: bytes) -> list[Action]:
         actions: list[Action] = []
+        assert self._auth_stream is not None  # (dropped once a tenant session logged in: never read again)
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if self.state not in (State.SASL_INITIAL, State.SASL_CONTINUE):
@@ -1083,6 +1229,7 @@ class ClientSession:
             self._settle_auth()
             raise SessionError(errors.auth_failed(user), CloseReason.auth_failed(reason)) from exc
         self._auth_pending = False
+        self.scram = None  # (done with: an idle session holds no login state)
         self.throttle.succeeded(self.info.client_address, user, self.clock())
         db = self.info.database or user
         actions: list[Action] = [
@@ -1103,11 +1250,15 @@ class ClientSession:
             raise SessionError(errors.user_removed(user), CloseReason.USER_REMOVED)
         self.user_config, self.tenant, self.backend = found
         self._transition(Event.AUTH_OK)
+        self._auth_stream = None  # (the admin console's reads go on through it; a tenant session's never)
         self.info.tenant = self.tenant.name
         if db not in self.tenant.client_database_names and db != user:
             raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
         params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
         if err is not None:
+            raise SessionError(err, CloseReason.STARTUP_PARAMETER)
+        self.agent = self.config.agent_limits(user)
+        if self.agent is not None and (err := agent.startup_refusal(params)) is not None:
             raise SessionError(err, CloseReason.STARTUP_PARAMETER)
         self.backend_parameters = params
         self.end_user = end_user_claim(self.info.startup_parameters)
@@ -1116,6 +1267,8 @@ class ClientSession:
         if self.state is State.CLOSED:  # refused by a limit
             return [*actions, *limited]
         actions += limited
+        if self.agent is not None:
+            self.request = agent.server_request(self.request, self.agent)
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
@@ -1123,7 +1276,7 @@ class ClientSession:
             self.frontend.handlers = self._frontend_tracked
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
-            (self.process_id, self.secret_key), self.end_user,
+            (self.process_id, self.secret_key), self.end_user, self.agent,
         ))
         return actions
 
@@ -1174,7 +1327,10 @@ class ClientSession:
                 self._close()
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
-            out = [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
+            if self._admission is not None:  # (or its admission by the planner's estimate, on the server)
+                out = [RelayToServer(chunks), *self._statement_answers(), AwaitAdmission(), *self._admission_start()]
+            else:
+                out = [RelayToServer(chunks), RunDecision(self._held.pending), *self._statement_answers()]
         elif self.statements is not None:
             out = [RelayToServer(chunks), *self._statement_answers()]
         else:
@@ -1197,6 +1353,11 @@ class ClientSession:
         if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
         self._held = None
+        if held.type == m.QUERY and self.agent is not None and admission.needs(decision):
+            self._admit(m.QUERY, held.body, held.sql, admission.query_request(admission.sent_text(held.sql, decision)),
+                        decision, held.open_batch)
+            self._held.after = held.after  # type: ignore[union-attr]
+            return [AwaitAdmission(), *self._admission_start()]
         if held.type == m.QUERY:
             out = self._query_decided(held.sql, decision)
             if self.statements is not None:
@@ -1252,6 +1413,7 @@ class ClientSession:
             self._close()
             return [CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         actions: list[Action] = []
+        assert self._auth_stream is not None  # (dropped once a tenant session logged in: never read again)
         for item in self._auth_stream.feed(data):
             assert isinstance(item, Message)
             if item.type == m.TERMINATE:
@@ -1276,8 +1438,16 @@ class ClientSession:
             self.tracker.on_query("", _MALFORMED)
             return query_message(self._error_marker(errors.malformed_message(str(exc))))
         decision = self.decide("query", sql)
+        open_batch = False
+        if self.agent is not None:
+            open_batch, self._open_batch = self._open_batch, False  # (a Query ends an open batch)
         if type(decision) is Pending:
-            return self._hold(m.QUERY, body, sql, decision)
+            held = self._hold(m.QUERY, body, sql, decision)
+            self._held.open_batch = open_batch  # type: ignore[union-attr]
+            return held
+        if self.agent is not None and admission.needs(decision):
+            return self._admit(m.QUERY, body, sql, admission.query_request(admission.sent_text(sql, decision)),
+                               decision, open_batch)
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
@@ -1286,12 +1456,16 @@ class ClientSession:
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if type(decision) is Allow:
+            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
+                self._sequences.wrote = True
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
+            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
+                self._sequences.wrote = True
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
@@ -1304,12 +1478,15 @@ class ClientSession:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
         memo = self._parse_memo
         token = self._policy_token()
-        if memo is not None and memo[1] is token and memo[0] == body:  # the same Parse again (unnamed, mostly)
+        if memo is not None and memo[1] is token and memo[0] == body and (  # the same Parse again (unnamed, mostly)
+                self.agent is None or self._agent_parse(memo[2], memo[3], m.Parse.decode(body).param_types,
+                                                        memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
             if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
                     self.statements is None:
                 self._client_text(name, None if out is None else sql)
+            self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
@@ -1336,6 +1513,12 @@ class ClientSession:
             decision = self._bound_prepares(parse.sql, decision)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+        if self.agent is not None:
+            refused = self._agent_parse(parse.name, parse.sql, parse.param_types, decision)
+            if refused is not None:
+                if self._tracking:
+                    self._parse_changes(parse.name, ())
+                return m.Parse(parse.name, self._error_marker(refused), parse.param_types).encode()
         memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
             if (self._client_texts is not None or self._sql_prepared is not None) and parse.name and \
@@ -1365,6 +1548,7 @@ class ClientSession:
                 out: bytes | None, memo: bool = True) -> None:
         """Memoize an allowed or rewritten Parse (if `memo`: not too long), unless it changes the session (then
         follow that)."""
+        self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
         changes = decision.changes
         if changes:
             self._parse_changes(name, changes)
@@ -1373,6 +1557,116 @@ class ClientSession:
         self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
             self._parse_changes(name, ())
+
+    # --- the agent profile: admission by the planner's estimate (proxy/admission.py) ----------------------------
+
+    def _agent_parse(self, name: str, sql: str, param_types: bytes, decision: Decision) -> PgError | None:
+        """An agent's Parse: its Binds are admitted by their estimate when its statement runs a query (the texts
+        kept for that are bounded by [pool] max_session_statements and max_session_statement_bytes: past them the
+        Parse fails, as one past PostgreSQL's memory would)."""
+        self._open_batch = True
+        statements = self._agent_statements
+        old = statements.pop(name, None)
+        if old is not None:
+            self._agent_bytes -= len(old[0])
+        if not admission.needs(decision):
+            return None
+        text = admission.sent_text(sql, decision)
+        limit, max_bytes = session_statement_limits(self.config)
+        if len(statements) >= limit:
+            return errors.session_statements_limit(name=name, key="max_session_statements", limit=limit)
+        if self._agent_bytes + len(text) > max_bytes:
+            return errors.session_statements_limit(name=name, key="max_session_statement_bytes", limit=max_bytes)
+        statements[name] = (text, param_types)
+        self._agent_bytes += len(text)
+        return None
+
+    def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None,
+               open_batch: bool | None = None) -> object:
+        """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
+        self._held = _Held(type_, body, sql, _ADMISSION)
+        batch = self._open_batch if open_batch is None else open_batch
+        self._admission = admission.Admission(request, decision, open_batch=batch)
+        return HOLD
+
+    def _admission_start(self) -> list[Action]:
+        """Send the held statement's EXPLAIN once the server has answered every request before it (the rest of an
+        open batch aside: a Sync ends it first)."""
+        adm = self._admission
+        if adm is None or adm.sent:
+            return []
+        if self.state is State.IDLE and self.request is not None:  # transaction pooling: the EXPLAIN needs a server
+            self._transition(Event.REQUEST)
+            return [AcquireServer(self.request)]
+        if self.server is None or self.state is not _READY or self._replaying or len(self.tracker.pending) > (
+                adm.open_batch):
+            return []
+        return [RelayToServer([adm.start(self.clock())])]
+
+    def _admission_data(self, data: bytes) -> list[Action]:
+        """Server bytes while a statement is held for its admission: the answers before its EXPLAIN are relayed,
+        the EXPLAIN's are read; then the statement goes on (or is refused)."""
+        adm = self._admission
+        assert adm is not None
+        if not adm.sent:
+            return self._relay_server(data) + self._admission_start()
+        try:
+            client, done, rest = adm.feed(data)
+        except m.DecodeError as exc:
+            return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
+        actions = self._relay_server(client) if client else []
+        if not done:
+            return actions
+        self._admission = None
+        actions += self._admitted(adm)
+        if rest:
+            actions += self.server_data(rest)
+        return actions
+
+    def _admitted(self, adm: admission.Admission) -> list[Action]:
+        """The held statement's EXPLAIN answered: forward it, or its refusal in its place (an EXPLAIN that failed is
+        the statement's own error: it would have failed the same way)."""
+        held = self._held
+        assert held is not None and self.agent is not None
+        self._held = None
+        refusal: PgError | None = None
+        found: admission.Estimate | None = None
+        if adm.error is not None:
+            refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
+        elif adm.plan is not None:
+            try:
+                found = admission.estimate(adm.plan)
+            except (ValueError, KeyError, IndexError, TypeError):
+                refusal = errors.admission_failed({"C": errors.INTERNAL_ERROR, "M": "unreadable plan"}, 0)
+            else:
+                denied = admission.verdict(found, self.agent, self.tenant is not None and
+                                           self.tenant.strategy != "shared")
+                if denied is not None:
+                    self._report("admission", held.sql, denied)
+                    refusal = errors.policy_denied(denied)
+        outcome = "failed" if adm.error is not None else "refused" if refusal is not None else "admitted"
+        actions: list[Action] = [AgentAdmission(held.sql, outcome, found.cost if found else None,
+                                                found.rows if found else None, self.agent.max_rows,
+                                                self.clock() - adm.started)]
+        if held.type == m.QUERY:
+            assert adm.decision is not None
+            if refusal is None:
+                out = self._query_decided(held.sql, adm.decision)
+            else:
+                self.tracker.on_query(held.sql, adm.decision)
+                self._binds = 0
+                out = query_message(self._error_marker(refusal))
+            if self.statements is not None:
+                out = self._statement_query(held.body, out)
+            raw = out if out is not None else m.frame(b"Q", held.body)
+        else:
+            self._released, self._bind_refusal = held.body, None if adm.batch_failed else refusal
+            out = self.frontend.handlers[m.BIND](held.body)
+            raw = out if type(out) is bytes else m.frame(b"B", held.body)
+            if adm.batch_failed:  # a statement that fails ahead of it: the server skips the rest of the batch, as it
+                marker = self._error_marker(_SWALLOWED)  # would have (that error is the proxy's, not relayed)
+                raw = m.Parse(marker, marker, b"\x00\x00").encode() + raw
+        return [*actions, RelayToServer([raw]), *self.client_data(b"".join(held.after))]
 
     # --- the session's context (proxy/sessionstate.py) ---------------------------------------------
 
@@ -1437,11 +1731,22 @@ class ClientSession:
 
     # --- per-message handlers (the frontend and backend streams call them with the message body) ------
 
-    def _on_bind(self, body: bytes) -> bytes | None:
+    def _on_bind(self, body: bytes) -> object:
         statement = bind_statement(body)
+        if self.agent is not None and self._released is not body:
+            found = self._agent_statements.get(statement or "")
+            if found is not None:
+                try:
+                    request = admission.bind_request(found[0], found[1], body)
+                except (ValueError, struct.error) as exc:  # its parameters cannot be read: refused, not run
+                    self._released, self._bind_refusal = body, errors.malformed_message(f"malformed Bind: {exc}")
+                else:
+                    return self._admit(m.BIND, body, found[0], request)
+            self._open_batch = True
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
+            self._sequences.bound(statement)
             if self._tracking:
                 pending = self.tracker.pending
                 denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)
@@ -1449,6 +1754,11 @@ class ClientSession:
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
                 self._context_changed()
+        if self._released is body:
+            self._released = None
+            if self._bind_refusal is not None:  # the backend fails to find the marker statement: our refusal
+                out = m.bind_renamed(body, self._error_marker(self._bind_refusal))
+                self._bind_refusal = None
         self._binds += 1
         return out
 
@@ -1456,11 +1766,15 @@ class ClientSession:
         self.tracker.on_sync()
         self._binds = 0
         self._flushed = False
+        self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
         if name is not None:
             self.tracker.on_close_statement(name)
+            if self._agent_statements:
+                old = self._agent_statements.pop(name, None)
+                self._agent_bytes -= len(old[0]) if old is not None else 0
             if self._tracking:
                 self.context.close(name)
                 self._context_changed()
@@ -1517,6 +1831,7 @@ class ClientSession:
     def _on_request_message(self, _body: bytes) -> None:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
+        self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
 
     def _on_flush(self, body: bytes) -> None:
         """Transaction pooling: a Flush; the server stays held until the batch's Sync (BatchWithoutSync)."""
@@ -1545,6 +1860,8 @@ class ClientSession:
                     # The exact failure of a marker statement whose entry was evicted (a pipelined burst
                     # of denials): still our denial, never the backend's syntax error naming the marker.
                     err = errors.denial_evicted()
+                if err is _SWALLOWED:
+                    return b""
                 if err is not None:
                     self.tracker.on_error(err.sqlstate, denied=True)
                     if self._tracking:
@@ -1585,8 +1902,11 @@ class ClientSession:
         self._counted = True
         if limits.statement_timeout is not None:
             asked = next((v for k, v in self.backend_parameters.items() if k.lower() == "statement_timeout"), None)
+            cap = limits.statement_timeout  # (an agent's server has its own, lower or not: never raised by this)
+            if self.agent is not None:
+                cap = min(cap, self.agent.statement_timeout)
             self._startup_settings["statement_timeout"] = set_config_statement(
-                "statement_timeout", clamped_timeout(asked, limits.statement_timeout))
+                "statement_timeout", clamped_timeout(asked, cap))
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
         if limits.max_concurrent_queries is not None:
@@ -1809,6 +2129,20 @@ class ClientSession:
         return released
 
 
+# What a read from the client does, per state (a state without a handler expects no data: 08P01). One table for
+# every session (a table of bound methods in each was 1 KB per session).
+_ON_DATA: dict[State, Callable[[ClientSession, bytes], list[Action]]] = {
+    State.STARTUP: ClientSession._startup_data,
+    State.SASL_INITIAL: ClientSession._auth_data,
+    State.SASL_CONTINUE: ClientSession._auth_data,
+    State.READY: ClientSession._relay_from_client,
+    State.IDLE: ClientSession._detached_data,
+    State.WAITING: ClientSession._detached_data,
+    State.ADMIN: ClientSession._admin_data,
+    State.CLOSED: ClientSession._ignore,
+}
+
+
 def _forgets_at(changes: tuple[Change, ...], statements: Statements | None) -> int | None:
     """(With the session's statement maps) the index of the first statement that deallocates every prepared
     statement (DEALLOCATE ALL, DISCARD ALL), from the policy's parse: in whatever form, wherever in a Query."""
@@ -1832,14 +2166,21 @@ def session_statement_limits(config: Config) -> tuple[int, int, int]:
     return pool.max_session_statements, pool.max_session_statement_bytes, pool.max_statements_listing_bytes
 
 
-def _answer(st: Statements, type_: int,
-            inner: Callable[[bytes], bytes | None] | None) -> Callable[[bytes], bytes | None]:
-    """The backend handler of `type_` once statements are followed: the session's own (if any), then the ledger."""
-    respond = st.respond
-    if inner is None:
-        return lambda body: respond(type_, body)
+class _Answer:
+    """The backend handler of one message type once statements are followed: the session's own (if any), then
+    the ledger. (A slotted object: a closure with its cells, or a partial, is three times the bytes, and every
+    session holds eleven.)"""
 
-    def handler(body: bytes) -> bytes | None:
-        return respond(type_, body, inner(body))
+    __slots__ = ("inner", "respond", "type")
 
-    return handler
+    def __init__(self, respond: Callable[..., bytes | None], type_: int,
+                 inner: Callable[[bytes], bytes | None] | None) -> None:
+        self.respond = respond
+        self.type = type_
+        self.inner = inner
+
+    def __call__(self, body: bytes) -> bytes | None:
+        inner = self.inner
+        if inner is None:
+            return self.respond(self.type, body)
+        return self.respond(self.type, body, inner(body))

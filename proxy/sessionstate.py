@@ -25,7 +25,10 @@ from dataclasses import dataclass, field, replace
 
 from proxy.policy.context import refusal
 from proxy.policy.model import (
+    ADVISORY_LOCK,
+    ADVISORY_UNLOCK,
     COMMIT,
+    DISCARD_ALL,
     EMPTY_CONTEXT,
     EXPORT_SNAPSHOT,
     KEPT_ON_ERROR,
@@ -33,7 +36,6 @@ from proxy.policy.model import (
     ROLLBACK,
     ROLLBACK_TO,
     SAVEPOINT,
-    SET_PATH,
     TEMP_TABLE,
     TEMP_VIEW,
     TRANSACTION_OPS,
@@ -41,11 +43,15 @@ from proxy.policy.model import (
     Deny,
     SessionContext,
 )
-from proxy.policy.settings import identifier
+from proxy.policy.settings import client_path
 
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
-_MAX_SHOWN = 16  # search_path values PostgreSQL got -> what the client set (for ParameterStatus)
 _LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
+_LOCK_OPS = frozenset({ADVISORY_LOCK, ADVISORY_UNLOCK})
+# What the proxy asks a server before it goes back when lock_activity is set: one row while it holds any session
+# advisory lock (transaction-level ones are gone at ReadyForQuery 'I').
+HELD_LOCKS_QUERY = ("SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
+                    "AND pid = pg_catalog.pg_backend_pid() LIMIT 1")
 
 
 @dataclass(slots=True)
@@ -57,6 +63,9 @@ class _Request:
     failed: bool = False
 
 
+_NO_REQUESTS = ()
+
+
 class SessionState:
     """What one session has changed, as the backend confirmed it and as the next decision must assume it."""
 
@@ -65,10 +74,14 @@ class SessionState:
         self.current = EMPTY_CONTEXT  # as the backend has confirmed it
         self.belief = EMPTY_CONTEXT  # what decisions assume: current + changes not yet answered
         self.savepoints: list[tuple[str, SessionContext]] = []
-        self.requests: deque[_Request] = deque()
+        self.requests: deque[_Request] = _NO_REQUESTS  # type: ignore[assignment]  # (a deque once one is recorded)
         self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
-        self.shown: dict[str, str] = {}  # search_path text PostgreSQL reports -> the client's value
         self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
+        # A statement calling a session advisory lock function was sent since the server was last asked which
+        # advisory locks it holds: the count in the context may be wrong (a call run once per row, or not at all,
+        # or again through EXECUTE, a cursor, a view), so the server's word is asked before it goes back.
+        self.lock_activity = False
+        self.locks_kept = False  # the server said it holds session advisory locks: a pin until it says none
 
     @property
     def idle(self) -> bool:
@@ -97,7 +110,6 @@ class SessionState:
                 self.statements.pop(next(iter(self.statements)))
             self.statements[name] = changes
             self.belief = _apply(self.belief, changes)
-            self._shown(changes)
         else:
             self.statements.pop(name, None)
 
@@ -130,21 +142,18 @@ class SessionState:
         if not changes:
             return
         if not self.requests or self.requests[-1].request is not request:
-            self.requests.append(_Request(request))
+            self._fifo().append(_Request(request))
         self.requests[-1].changes += changes
+        if not self.lock_activity:
+            self.lock_activity = any(c.op in _LOCK_OPS or (c.op == DISCARD_ALL and self.locks_kept) for _, c in changes)
         self.belief = _apply(self.belief, tuple(c for _, c in changes))
-        self._shown(tuple(c for _, c in changes))
 
-    def _shown(self, changes: tuple[Change, ...]) -> None:
-        for change in changes:
-            if change.op != SET_PATH or change.path is None:
-                continue
-            key = ", ".join(identifier(entry) for entry in change.path)  # as PostgreSQL reports it
-            self.shown.pop(key, None)
-            if change.shown is not None:
-                if len(self.shown) >= _MAX_SHOWN:
-                    self.shown.pop(next(iter(self.shown)))
-                self.shown[key] = change.shown
+    def _fifo(self) -> deque[_Request]:
+        """The requests with changes in flight, a deque from the first (a session that never has one holds none:
+        an empty deque is 600 bytes)."""
+        if self.requests is _NO_REQUESTS:
+            self.requests = deque()
+        return self.requests
 
     # --- the backend's side: answers --------------------------------------------------------------
 
@@ -171,7 +180,7 @@ class SessionState:
             head.changes = [(pos, c) for pos, c in head.changes if pos < done]
             head.failed = True
         else:
-            self.requests.appendleft(_Request(request, failed=True))
+            self._fifo().appendleft(_Request(request, failed=True))
 
     def ready(self, request: object, status: bytes) -> None:
         """ReadyForQuery `status` (I, T or E) ended `request`."""
@@ -229,11 +238,11 @@ class SessionState:
         self.current = _canonical(replace(self.current, settings=settings))
         self.belief = _canonical(replace(self.belief, settings=settings))
 
-    def parameter_status(self, value: str) -> str:
+    @staticmethod
+    def parameter_status(value: str) -> str:
         """What the client is told search_path is when PostgreSQL reports `value` (PostgreSQL 18 reports it): the
-        client's own value where the proxy sent PostgreSQL another one. (The tenant's default, from the startup
-        packet, is reported as sent there, every entry quoted: it does not match a SET's canonical text.)"""
-        return self.shown.get(value, value)
+        client's own value where the proxy sent PostgreSQL another one (carried in `value`, settings.client_path)."""
+        return client_path(value)
 
 
 def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:

@@ -56,6 +56,7 @@ _COMPLETES = {PARSE_COMPLETE: _PARSE, BIND_COMPLETE: _BIND, CLOSE_COMPLETE: _CLO
 _EXTENDED = frozenset({_PARSE, _BIND, _DESCRIBE, _CLOSE, _EXECUTE})  # an error in one of these skips to Sync
 
 PASS, SWALLOW, FAKE = 0, 1, 2  # what becomes of an entry's answer
+_NO_LEDGER = ()  # the ledger of a session holding no server
 _FAKE_PARSE = m.frame(b"1", b"")
 _FAKE_CLOSE = m.frame(b"3", b"")
 _MAX_TEXTS = 2000  # texts a session remembers for admission and hashing (LRU)
@@ -296,7 +297,8 @@ class Statements:
         self._texts: dict[tuple[str, bytes, str], Stmt] = {}  # (text, types, scope) -> Stmt, LRU
         self._last: Stmt | None = None  # the last one looked up
         self.prepared: dict[str, int] | None = None  # the held server's statement map (ServerConnection.prepared)
-        self._ledger: deque[int | _Entry] = deque()
+        # (a deque while a server is held; between transactions the shared empty tuple: a deque is 600 bytes)
+        self._ledger: deque[int | _Entry] = _NO_LEDGER  # type: ignore[assignment]
         self._fakes = 0  # FAKE entries in the ledger
         self._markers = 0  # COPY-end markers in the ledger
         self._skipping = False  # an error arrived before the client's Sync: the server ignores messages up to it
@@ -319,6 +321,8 @@ class Statements:
         self.prepared = prepared
         self._unnamed_here = False
         self._tx_names.clear()
+        if self._ledger is _NO_LEDGER:
+            self._ledger = deque()
 
     def detach(self) -> None:
         """The session gives its server back: when `idle`, or for good (what was in flight there is dropped)."""
@@ -326,10 +330,10 @@ class Statements:
         self._unnamed_here = False
         self._tx_names.clear()
         if self._ledger:
-            self._ledger.clear()
             self._fakes = self._markers = 0
             self._skipping = False
             self._recording = None
+        self._ledger = _NO_LEDGER  # type: ignore[assignment]
 
     @property
     def idle(self) -> bool:

@@ -75,7 +75,8 @@ def other_tenants_schemas(config: Config, tenant: TenantConfig) -> frozenset[str
 def tenant_policy(
     tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False,
     rls_tables: Iterable[tuple[str, str]] = (), hidden_schemas: Iterable[str] = (),
-    catalog_columns: Mapping[str, tuple[str, ...]] | None = None,
+    catalog_columns: Mapping[str, tuple[str, ...]] | None = None, known_schemas: Iterable[str] = (),
+    max_advisory_locks: int | None = None,
 ) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
@@ -83,8 +84,11 @@ def tenant_policy(
     `rls_tables`: the scoped tables the preflight found with forced RLS (a SELECT naming their system
     columns may get the tenant predicate in its WHERE clause). `hidden_schemas`: other tenants' schemas in
     the same database (`other_tenants_schemas`). `catalog_columns`: the server's column lists of the catalogs
-    whose statistics the policy replaces (`dbcheck.catalog_columns`)."""
-    common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {})}
+    whose statistics the policy replaces (`dbcheck.catalog_columns`). `known_schemas`: the database's schemas
+    (`dbcheck.schema_names`), the allow-list of catalog filters where some schema is hidden.
+    `max_advisory_locks`: config `limits.max_advisory_locks` (database strategy, policy/advisory.py)."""
+    common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {}),
+              "known_schemas": frozenset(known_schemas)}
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(
@@ -111,6 +115,8 @@ def tenant_policy(
             allow_writes=tenant.allow_writes,
             **common,
         )
+    if max_advisory_locks is not None:
+        common["max_advisory_locks"] = max_advisory_locks
     return TenantPolicy(
         tenant=tenant.name,
         strategy="database",

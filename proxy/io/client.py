@@ -9,7 +9,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy import admin as admin_console
 from proxy import errors
@@ -19,6 +19,8 @@ from proxy.actions import (
     Action,
     AdminLogin,
     AdminQuery,
+    AgentAdmission,
+    AwaitAdmission,
     BatchWithoutSync,
     CancelQuery,
     CloseClient,
@@ -83,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         self._backpressure = False  # the server link's write buffer is full
         self._client_full = False  # the client's write buffer is full (the server link is not read meanwhile)
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
+        self._admitting = False  # the session holds an agent's statement for its admission (AwaitAdmission)
         self.session_id = ""  # set with the session (connection_made)
         self.address = ""
         self.login: Login | None = None  # who logged in (AdminLogin / ConnectBackend)
@@ -96,7 +99,6 @@ class ClientConnection(asyncio.Protocol):
         self._limits_timer: asyncio.TimerHandle | None = None  # the session's limits watchdog (WatchLimits)
         self._slot_wait: tuple[AcquireSlot, asyncio.TimerHandle] | None = None  # waiting for a turn (QuerySlots)
         self._unsynced_timer: asyncio.TimerHandle | None = None  # the server is held by a batch without its Sync
-        self.log = log
 
     # --- asyncio callbacks ---------------------------------------------------------------
 
@@ -120,7 +122,6 @@ class ClientConnection(asyncio.Protocol):
             connections=self.proxy.connections,
         )
         self.address = address
-        self.log = log.bind(session_id=sid, client_addr=address)
         self.proxy.clients.add(self)
         self._gauge: tuple[str, str] | None = self.proxy.metrics.client_moved(None, ("_none", "authenticating"))
         if len(self.proxy.clients) > cfg.limits.max_client_connections:
@@ -137,6 +138,22 @@ class ClientConnection(asyncio.Protocol):
         silent = min(cfg.limits.first_message_timeout, cfg.limits.startup_timeout)
         self._timer = asyncio.get_running_loop().call_later(silent, self._on_timeout)
         self.prelog("info", "connection_accepted")
+
+    @property
+    def log(self) -> Any:
+        """The connection's logger, bound to what is known of it: bound when a line is logged, so that an idle
+        client holds no bound logger (each holds its own context and output object: ~1.6 KB)."""
+        if not self.session_id:
+            return log
+        login = self.login
+        if login is None:
+            return log.bind(session_id=self.session_id, client_addr=self.address)
+        if self.admin:
+            return log.bind(session_id=self.session_id, client_addr=self.address, user=login.user, admin=True,
+                            application_name=login.application_name)
+        return log.bind(session_id=self.session_id, client_addr=self.address, user=login.user,
+                        tenant=self.tenant.name if self.tenant is not None else None,
+                        application_name=login.application_name)
 
     def row(self) -> SessionRow | None:
         """The session as plain data (None before it exists)."""
@@ -238,7 +255,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is None or self.closed:
             return
         paused = (self._backpressure or self._decision is not None or self._waiting_server
-                  or self._slot_wait is not None)
+                  or self._slot_wait is not None or self._admitting)
         if paused != self._reading_paused:
             self._reading_paused = paused
             if paused:
@@ -469,6 +486,11 @@ class ClientConnection(asyncio.Protocol):
                 self._request_server(action.request)
             elif isinstance(action, SessionPinned):
                 self._pinned(action.reason)
+            elif isinstance(action, AgentAdmission):
+                self._agent_admission(action)
+            elif isinstance(action, AwaitAdmission):
+                self._admitting = True
+                self._update_reading()
             elif isinstance(action, SessionUnpinned):
                 self._unpinned()
             elif isinstance(action, LimitReached):
@@ -554,6 +576,16 @@ class ClientConnection(asyncio.Protocol):
         self._run_session(lambda s: s.limits_tick())
         if not self.closed:
             self._limits_timer = asyncio.get_running_loop().call_later(period, self._limits_tick, period)
+    def _agent_admission(self, action: AgentAdmission) -> None:
+        """An agent's statement admitted or refused by its estimate: metrics, a debug log line, an audit line."""
+        self._admitting = False
+        self._update_reading()
+        label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
+        self.proxy.metrics.agent_admission(label, action.outcome, action.seconds)
+        self.log.debug("agent_admission", outcome=action.outcome, cost=action.cost, rows=action.rows)
+        if self.proxy.audit is not None:
+            self.proxy.audit.admission(self._audit_fields(), action.sql, action.outcome, action.cost, action.rows,
+                                       action.max_rows, action.seconds)
 
     def _run_decision(self, pending: Pending) -> None:
         """A decision worker decides what the session holds; the client's socket is not read meanwhile."""
@@ -609,7 +641,6 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.log = self.log.bind(user=login.user, admin=True, application_name=login.application_name)
         self.log.info("auth_ok", tls=login.tls)
         self.proxy.metrics.auth_succeeded()
         if self.proxy.audit is not None:
@@ -651,9 +682,6 @@ class ClientConnection(asyncio.Protocol):
     def _connect_backend(self, connect: ConnectBackend) -> None:
         self._connect, self.login = connect, connect.login
         self.tenant = tenant = self.proxy.tenant(connect.tenant)
-        self.log = self.log.bind(
-            user=connect.login.user, tenant=tenant.name, application_name=connect.login.application_name
-        )
         self._logged_in()
         self.log.info("auth_ok", tls=connect.login.tls)
         self.proxy.metrics.auth_succeeded()
@@ -677,7 +705,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.closed:
             return
-        gate = self.proxy.decider(name)
+        gate = self.proxy.decider(name, connect.agent)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
         if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait

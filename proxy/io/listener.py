@@ -11,11 +11,12 @@ import time
 
 from proxy import _accel, allocator, dbcheck, errors, memory
 from proxy.actions import ForwardCancel
+from proxy.agent import timeout_ms as agent_timeout_ms
 from proxy.audit import AuditLog
 from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry
-from proxy.config import BackendConfig, Config
+from proxy.config import AgentConfig, BackendConfig, Config
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
@@ -26,6 +27,7 @@ from proxy.logs import LogLimiter, get_logger
 from proxy.metrics import DEFAULT_BUCKETS, Metrics
 from proxy.mocksecret import with_mock_secret
 from proxy.ops import ClientRow, Ops, Running, ServerRow, Snapshot
+from proxy.policy.agent import AgentPolicies
 from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.engine import Limits
 from proxy.policy.model import TenantPolicy
@@ -64,7 +66,7 @@ class Proxy:
         self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
         self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes,
                                       limits.max_temp_relations)
-        self._deciders: dict[str, Gate] = {}
+        self._deciders: dict[tuple[str, tuple[int, int] | None], Gate] = {}
         self._tenants: dict[str, Tenant] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
@@ -103,17 +105,20 @@ class Proxy:
         """Every prepared tenant's current policy (the registry's: a reload replaces the dict)."""
         return self.registry.policies
 
-    def decider(self, tenant: str) -> Gate:
-        """The policy gate of one tenant's sessions (one per tenant, shared by its sessions): the shared decision
-        cache, under the tenant's current policy (a reload may replace it), with decision times observed on
-        cache misses."""
-        found = self._deciders.get(tenant)
+    def decider(self, tenant: str, agent: AgentConfig | None = None) -> Gate:
+        """The policy gate of one tenant's sessions (one per tenant, shared by its sessions; its agent-profile
+        users' have their own per agent limits): the shared decision cache, under the tenant's current policy (a
+        reload may replace it), with decision times observed on cache misses."""
+        key = (tenant, None if agent is None else (agent.max_rows, agent_timeout_ms(agent)))
+        found = self._deciders.get(key)
         if found is None:
-            found = self._deciders[tenant] = self._new_decider(tenant)
+            found = self._deciders[key] = self._new_decider(tenant, agent)
         return found
 
-    def _new_decider(self, tenant: str) -> Gate:
-        return Gate(self.decisions, self.registry.policy, self.tenant(tenant), self.metrics.decision_timed,
+    def _new_decider(self, tenant: str, agent: AgentConfig | None = None) -> Gate:
+        policies = self.registry.policy if agent is None else AgentPolicies(
+            self.registry.policy, agent.max_rows, agent_timeout_ms(agent))
+        return Gate(self.decisions, policies, self.tenant(tenant), self.metrics.decision_timed,
                     self.decision_limits)
 
     def tenant(self, name: str) -> Tenant:

@@ -8,6 +8,7 @@ from functools import lru_cache
 
 from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, TenantPolicy
 from proxy.policy.rules import fail
+from proxy.policy.settings import client_path_sql, path_read_at_run_time
 from proxy.policy.sqltext import quote_ident, quote_literal
 from proxy.policy.tree import Node, parse_json, strip_positions, walk_dicts
 from proxy.policy.visibility import (
@@ -650,16 +651,13 @@ SETTINGS_COLUMNS = ("name", "setting", "unit", "category", "short_desc", "extra_
                     "pending_restart")
 
 
-@lru_cache(maxsize=256)
-def settings_filter(policy: TenantPolicy) -> Filter | None:
-    """pg_settings of a session whose search_path PostgreSQL got with fewer entries than the client set (another
-    tenant's schema, `$user`, `pg_*`: a missing schema stays, so the difference would tell a hidden one from it): the
-    search_path row shows the client's value, as SHOW does; None while PostgreSQL has the client's value."""
-    shown = policy.shown_search_path
-    if shown is None:
-        return None
-    value = (f"CASE WHEN {{ref}}.\"name\" = 'search_path' THEN {quote_literal(shown)}::pg_catalog.text "
-             "ELSE {ref}.\"setting\" END")
+@lru_cache(maxsize=1)
+def settings_filter() -> Filter:
+    """pg_settings where PostgreSQL may get a search_path with fewer entries than the client set (another tenant's
+    schema, `$user`, `pg_*`: a missing schema stays, so the difference would tell a hidden one from it): the
+    search_path row shows the client's value, as SHOW does, decoded at run time (settings.client_path_sql)."""
+    path = client_path_sql('{ref}."setting"')
+    value = f"CASE WHEN {{ref}}.\"name\" = 'search_path' THEN {path} ELSE {{ref}}.\"setting\" END"
     targets = ", ".join(f'{value} AS "setting"' if c == "setting" else f'{{ref}}."{c}"' for c in SETTINGS_COLUMNS)
     return Filter("catalog", "pg_catalog.pg_settings", "name", "true", targets=targets,
                   replaced=frozenset({"setting"}))
@@ -698,8 +696,8 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
                 first = sorted(by_schema)[0]
                 return _tenant_filter(policy.base, first, table, by_schema[first])
     if schema is None or schema == "pg_catalog":
-        if table == "pg_settings" and policy.shown_search_path is not None:
-            return settings_filter(policy)
+        if table == "pg_settings" and path_read_at_run_time(policy):
+            return settings_filter()
         return _catalog_filters(policy.base).get(table)
     if schema == "information_schema":
         return _information_schema_filters(policy.base).get(table)
@@ -726,7 +724,7 @@ def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
         names.update(_scoped_by_name(policy.base))
     names.update(policy.temp_tables)
     names.update(policy.temp_views)
-    if policy.shown_search_path is not None:
+    if path_read_at_run_time(policy):
         names.add("pg_settings")
     return tuple(sorted(n.lower() for n in names))
 

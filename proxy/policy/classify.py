@@ -253,10 +253,28 @@ def _check_drop(policy: TenantPolicy, body: Node) -> None:
         raise fail("ddl_not_allowed", "only temporary tables and views may be dropped (qualify them with pg_temp)")
 
 
+def check_row_locker(policy: TenantPolicy, analysis: Analysis) -> None:
+    """`xmax` is the last transaction that deleted, updated or locked a row, and it stays after that transaction
+    ended: a foreign key check locks the referenced row (FOR KEY SHARE) for every insert of a referencing row, so the
+    `xmax` of a row other tenants' rows reference (a shared product or currency table) changes with their inserts.
+    Refused outside the database strategy for every relation but the session's temporary tables, unqualified or
+    qualified with the relation's name (`xmin`, the transaction that wrote the row, stays: see docs/security.md)."""
+    for ref in analysis.refs:
+        rv = ref.rv
+        if ref.cte or policy.temp_kind(rv.get("schemaname"), rv.get("relname", "")) == "table":
+            continue
+        refname = (rv.get("alias") or {}).get("aliasname") or rv.get("relname")
+        if None in analysis.xmax_names or refname in analysis.xmax_names:
+            raise fail("row_locker", f'the xmax of "{rv.get("relname")}" is not available: it names the last '
+                       "transaction that locked a row, also another tenant's")
+
+
 def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
     """Per-relation rules: denied catalogs, writes, temp-table names, unsupported positions."""
     if analysis.locking and not policy.allow_writes:
         raise fail("read_only", "SELECT ... FOR UPDATE/SHARE locks rows and needs a writing role")
+    if analysis.xmax_names and policy.strategy != "database":
+        check_row_locker(policy, analysis)
     for ref in analysis.refs:
         rv = ref.rv
         schema, rel = rv.get("schemaname"), rv.get("relname", "")

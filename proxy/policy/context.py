@@ -22,6 +22,7 @@ from proxy.policy.model import (
     ROLLBACK_TO,
     SAVEPOINT,
     SET_PATH,
+    SETTING,
     SQL_PREPARE,
     TEMP_TABLE,
     TEMP_VIEW,
@@ -161,6 +162,17 @@ STATEFUL_FUNCTIONS = frozenset({"setseed"})
 # other client lands on that server while it has it; the reset at release (DISCARD ALL) clears it.
 SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
 UNKNOWN_KEY = "?"  # an advisory lock whose key is not written as constants (only pg_advisory_unlock_all frees it)
+
+
+# Statements whose query runs later, and again (EXECUTE, FETCH, each read of the view), not when they complete.
+_DEFERRED = frozenset({"PrepareStmt", "DeclareCursorStmt", "ViewStmt"})
+
+
+def deferred_setting(kind: str, change: Change) -> Change:
+    """A session setting set_config() makes: recorded (and replayed) when its statement runs it; inside a PREPARE,
+    a cursor or a view it takes effect at each EXECUTE/FETCH/read, which the proxy does not follow (also after a
+    RESET ALL that forgot the recorded value: red team round 4 F8), so the session pins for good instead."""
+    return Change(change.at, PIN, "setting") if kind in _DEFERRED and change.op == SETTING else change
 
 
 def call_changes(call: Call, index: int) -> list[Change]:

@@ -9,12 +9,13 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import classify, context, functions, implicit, nametypes, rewrite, schema, settings
+from proxy.policy import aclinput, agent, classify, context, functions, implicit, nametypes, rewrite, schema, settings
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
     EXPORT_SNAPSHOT,
+    MAY_SET_SEQUENCES,
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
@@ -27,7 +28,7 @@ from proxy.policy.model import (
     TenantPolicy,
 )
 from proxy.policy.rules import Denied, deny, fail
-from proxy.policy.sqltext import TextError, apply_edits
+from proxy.policy.sqltext import TextError, apply_edits, quote_literal
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
 from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
@@ -99,6 +100,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     changes: list[Change] = []
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
+    each: list[frozenset[str]] = []  # the effects of each statement (the agent profile's single-statement rule)
     for index, stmt in enumerate(statements):
         try:
             stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
@@ -110,15 +112,19 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 raise
             return replace(exc.decision, statement=(index + 1, count))
         effects |= stmt_effects
+        each.append(stmt_effects)
         policies.append(current)
         if stmt_changes:
             changes += stmt_changes
             if index != count - 1:  # the later statements see what this one does to the session
                 current = current.with_context(after)
+    if policy.agent_max_rows is not None:
+        agent.single_admitted(each)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
     if not plan.edits:
+        _check_capped(policy, nodes)
         try:
             low = sql.lower()
             if plan.verify or may_need_guard(low) or any(may_name_filtered(p, low) for p in _distinct(policies)):
@@ -137,6 +143,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         timings["rewrite"] = timings.get("rewrite", 0.0) + (t2 - t1)
         intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
         verify_rewrite(list(zip(policies, nodes, strict=True)), intended, new_sql, reads)
+        _check_capped(policy, nodes)
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
@@ -146,6 +153,12 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+
+
+def _check_capped(policy: TenantPolicy, nodes: list[Node]) -> None:
+    """The agent profile's row cap, checked on the statements as they are sent (the verifier's last word)."""
+    if policy.agent_max_rows is not None and not all(agent.capped(n, policy.agent_max_rows) for n in nodes):
+        raise fail("rewrite_unverified", f"a query is not limited to {policy.agent_max_rows} rows")
 
 
 def _after(context: SessionContext, changes: list[Change], limit: int) -> SessionContext:
@@ -166,7 +179,11 @@ def _decide_statement(
     policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int
 ) -> tuple[frozenset[str], list[Change]]:
     kind, body = stmt.kind, stmt.body
+    if policy.agent_max_rows is not None:
+        agent.check_statement(policy, kind, body)
     effects = classify.gate(policy, kind, body)
+    if kind == "ExecuteStmt":  # a SQL prepared statement may write (its PREPARE pinned the session, not its runs)
+        effects |= {MAY_SET_SEQUENCES}
     changes = context.statement_changes(kind, body, index)
     if kind == "VariableSetStmt":
         args = body.get("args") or ()
@@ -177,18 +194,18 @@ def _decide_statement(
         change = None
         if body.get("name", "").lower() == "search_path":
             change, kept = settings.search_path_change(policy, body, index)
-            if kept is not None:
-                _located(rewrite.set_arguments, policy, data, stmt, kept, plan)
+            if kept is not None and change is not None and change.shown is not None:
+                _located(rewrite.set_arguments, policy, data, stmt, kept, change.shown, plan)
             if change is not None:
                 changes.append(change)
         text = data[stmt.start : stmt.end].decode("utf-8")
         changes += settings.session_setting(body, index, text, change, row_security_on)
         return effects, changes
     if kind == "VariableShowStmt":
-        if body.get("name", "").lower() == "search_path" and policy.shown_search_path is not None:
-            _located(rewrite.show_value, policy, data, stmt, "search_path", policy.shown_search_path, plan)
-        elif body.get("name", "").lower() == "all" and policy.shown_search_path is not None:
-            _located(rewrite.show_all, policy, data, stmt, policy.shown_search_path, plan)
+        if body.get("name", "").lower() == "search_path" and settings.path_read_at_run_time(policy):
+            _located(rewrite.show_value, policy, data, stmt, "search_path", settings.RESULT_PATH_SQL, plan)
+        elif body.get("name", "").lower() == "all" and settings.path_read_at_run_time(policy):
+            _located(rewrite.show_all, policy, data, stmt, settings.CURRENT_PATH_SQL, plan)
         return effects, changes
     if kind == "DropStmt":
         _located(rewrite.qualify_drop, policy, data, stmt, plan)
@@ -203,6 +220,7 @@ def _decide_statement(
     new_table = implicit.new_table_query(kind, body)
     if new_table is not None:
         implicit.check_new_table(stmt.node, new_table)
+    aclinput.check(stmt.node, analysis)  # `relacl @> '{…}'`, `'…' = ANY (nspacl)`, …: the value is read as aclitem
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
     select = body if kind == "SelectStmt" else None
@@ -217,6 +235,8 @@ def _decide_statement(
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:
         rewrite.plan(policy, data, stmt, analysis, plan)
+        if policy.agent_max_rows is not None:
+            agent.cap(policy, data, stmt, policy.agent_max_rows, plan)
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
     for call in analysis.calls:
@@ -231,26 +251,26 @@ def _decide_statement(
         if setting == "search_path":
             change, literal = settings.set_config_path(policy, call, index)
             if literal is not None:
-                settings.check_path_not_read(analysis, call, select)
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan)
-                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], change.shown, plan)
+                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key],
+                         f"{quote_literal(change.shown or '')}::pg_catalog.text", plan)
             changes.append(change)
-        elif policy.shown_search_path is not None and call.holder is not None:
-            read = settings.reads_search_path(call)
-            if read == "literal":
-                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], policy.shown_search_path,
-                         plan)
-            elif read == "computed":
-                _located(rewrite.computed_setting, policy, data, stmt, call.holder[call.key],
-                         policy.shown_search_path, plan)
+        elif (settings.path_read_at_run_time(policy) and call.holder is not None
+              and settings.reads_search_path(call) is not None):  # search_path's value, or a computed name's
+            _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], settings.RESULT_PATH_SQL, plan)
         if setting is not None:
             held = settings.set_config_change(call, setting, index, literal)
             if held is not None:
-                changes.append(held)
+                changes.append(context.deferred_setting(kind, held))
         else:
             changes += context.call_changes(call, index)
-    if any(ref.role in WRITES for ref in analysis.refs) or kind in classify.CREATES:
+    if any(ref.role in WRITES for ref in analysis.refs):
         plan.verify = True  # the write rule: verified whatever names the statement uses
+        effects |= {MAY_SET_SEQUENCES}
+    elif kind in classify.CREATES:
+        plan.verify = True
+    if policy.agent_max_rows is not None:
+        effects |= agent.admission(kind, stmt.node, analysis)
     return effects, changes
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import settings
+from proxy.policy import advisory, agent, settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
@@ -119,9 +119,13 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
             raise fail("cluster_activity", f"{names[-1]}() shows the activity of every tenant of the server")
         if not is_allowed(policy, names):
             raise fail("function_not_allowed", "function " + ".".join(names) + "() is not allowed")
+        if policy.agent_max_rows is not None:
+            agent.check_function(names, is_builtin(names))
         if policy.strategy != "database" and names[-1].startswith(ADVISORY_PREFIXES):
             raise fail("advisory_lock_shared", f"{names[-1]}() is not allowed in this strategy")
         settings.check_function(policy, call, select)
+    if policy.strategy == "database":
+        advisory.check(policy, analysis)
     for fields in analysis.column_refs:
         # `t.f` calls f(t) when t has no column f (functional notation): never-allowed names are refused here.
         last = fields[-1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from proxy.policy import advisory, implicit
 from proxy.policy import guards as g
-from proxy.policy import implicit
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
@@ -589,6 +589,11 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     if name not in g.GUARDED_NAMES:
         return
     args: list[Node] = body.get("args") or []
+    if name in g.ADVISORY_LOCKS:  # (database strategy: refused in the others; keys checked by advisory.check)
+        if policy.strategy == "database" and args and planner.node is not None:
+            template = g.advisory_key(policy, len(args), advisory.count(planner.node))
+            _wrap_arg(planner, site, body, 0, template, kind=None, rule="advisory_lock_guard")
+        return
     if any("NamedArgExpr" in a for a in args):
         raise fail("rewrite_unsupported", f"{name}() must be called with positional arguments")
     if name == "to_regtypemod":  # a type modifier, not an object: nothing to guard it with, so a value is refused
@@ -650,7 +655,8 @@ def _whole_call(planner: Planner, site: Site, body: Node, template: g.Template) 
     planner.rule("object_guard")
 
 
-def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.Template, kind: str | None) -> None:
+def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.Template, kind: str | None,
+              rule: str | None = None) -> None:
     """Put argument `index` of the call into the guard."""
     toks = planner.statement_tokens()
     args = body.get("args") or []
@@ -663,4 +669,4 @@ def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.
         args[index] = template.instantiate(args[index])
 
     planner.defer(mutation)
-    planner.rule("setting_guard" if kind is None else "object_guard")
+    planner.rule(rule or ("setting_guard" if kind is None else "object_guard"))

@@ -213,7 +213,16 @@ RESULT_CALLS: dict[str, tuple[str, str]] = {
 RESULT_WRAPPED: dict[str, tuple[str, str]] = {"pg_filenode_relation": ("class", "regclass")}
 # Template families with their own SQL (see the builders below).
 SPECIAL_CALLS = frozenset({"pg_get_userbyid", "oidvectortypes", "current_setting", "to_regtypemod"})
-GUARDED_NAMES = frozenset(CALL_ARGS) | frozenset(RESULT_CALLS) | frozenset(RESULT_WRAPPED) | SPECIAL_CALLS
+# Advisory lock calls (database strategy): their key goes through `advisory_key` (policy/advisory.py).
+ADVISORY_LOCKS = frozenset(
+    {
+        "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared",
+        "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared", "pg_try_advisory_xact_lock",
+        "pg_try_advisory_xact_lock_shared",
+    }
+)
+GUARDED_NAMES = (frozenset(CALL_ARGS) | frozenset(RESULT_CALLS) | frozenset(RESULT_WRAPPED) | SPECIAL_CALLS
+                 | ADVISORY_LOCKS)
 
 # Aggregates, window-only functions and set-returning functions of pg_catalog (PostgreSQL 18): an expression
 # holding one of them (outside a nested query) cannot move into the carrier's subquery.
@@ -251,7 +260,7 @@ SET_RETURNING: frozenset[str] = frozenset(
 # substrings first (cheap), then the reg* and pg_* families by a regular expression only when their prefix occurs.
 _GUARD_SUBSTRINGS = (
     "format_type", "_description", "has_", "current_setting", "oidvectortypes", "acldefault", "makeaclitem",
-    "row_security_active", "explain",
+    "row_security_active", "explain", "advisory",
 )
 _REG_WORDS = re.compile(r"reg(?:class|type|procedure|proc|operator|oper|namespace|collation|config|dictionary|role)\b")
 _PG_WORDS = re.compile(
@@ -408,7 +417,20 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
         exists = _in_catalog(policy, kind, o)
     if kind_name == "sized" and policy.strategy == "shared":
         exists = f"({exists} AND NOT {o} IN {vis.scoped_relations(policy)})"
+    if kind_name == "sized" and policy.strategy != "database":
+        # a system catalog's size grows with every tenant's DDL (red team round 4 F2), as its counters would
+        exists = f"({exists} AND NOT {_system_relation(o)})"
     return exists
+
+
+def _system_relation(o: str) -> str:
+    """Predicate: the OID `o` is a relation of a system schema (a catalog, its index or TOAST table; any TOAST
+    table)."""
+    return (
+        "EXISTS (SELECT FROM pg_catalog.pg_class pgt_y JOIN pg_catalog.pg_namespace pgt_z ON pgt_z.oid = "
+        f"pgt_y.relnamespace WHERE pgt_y.oid = {o} AND pgt_z.nspname IN ('pg_catalog', 'information_schema', "
+        "'pg_toast'))"
+    )
 
 
 # -- the conversion of the client's value to an OID ---------------------------------------------------------------
@@ -644,6 +666,24 @@ def setting_name(policy: TenantPolicy) -> Template:
     return _make(_ident("s"), sql)
 
 
+@lru_cache(maxsize=256)
+def advisory_key(policy: TenantPolicy, nargs: int, calls: int) -> Template:
+    """The first key argument of an advisory lock call (`nargs` arguments) in a statement with `calls` of them: the
+    value itself while the backend holds few enough advisory locks that the statement's own keep it within
+    `policy.max_advisory_locks` (counted in `pg_lock_status()` once per run, before the statement's first lock), else
+    a text no integer input reads, which fails the statement (22P02, the message naming the limit)."""
+    ident = _ident("k", str(nargs), str(calls))
+    out = "int8" if nargs == 1 else "int4"
+    limit = policy.max_advisory_locks
+    sql = (
+        f"(SELECT CASE WHEN {ident}.n + {calls} <= {limit} THEN {_PLACEHOLDER_SQL} ELSE ('pgtenant: the session "
+        f"holds ' || {ident}.n::pg_catalog.text || ' advisory locks, the limit is limits.max_advisory_locks = "
+        f"{limit}')::pg_catalog.{out} END FROM (SELECT pg_catalog.count(*) AS n FROM pg_catalog.pg_lock_status() "
+        f"pgt_l WHERE pgt_l.locktype = 'advisory' AND pgt_l.pid = pg_catalog.pg_backend_pid()) {ident})"
+    )
+    return _make(ident, sql)
+
+
 # -- recognising a guard (the verifier) ---------------------------------------------------------------------------
 
 _POSITION_KEYS = frozenset({"location"})
@@ -725,6 +765,8 @@ def template_named(policy: TenantPolicy, ident: str) -> Template | None:
     try:
         if family == "s" and not parts:
             template = setting_name(policy)
+        elif family == "k" and len(parts) == 2:
+            template = advisory_key(policy, int(parts[0]), int(parts[1]))
         elif family == "u" and parts == ["role"]:
             template = userbyid(policy)
         elif family == "t" and parts == ["type"]:

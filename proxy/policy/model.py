@@ -12,6 +12,10 @@ Strategy = Literal["shared", "schema", "database"]
 
 # Effects tell the driver what to do after forwarding an allowed statement.
 REAPPLY_CONTEXT = "reapply_context"  # the statement resets session state (DISCARD ALL / RESET ALL)
+# The statement writes (INSERT, UPDATE, DELETE, MERGE, COPY FROM, TRUNCATE) or runs a SQL prepared statement: a column
+# default or trigger may call nextval() unseen, leaving what currval()/lastval() read on the server (docs/pinning.md).
+MAY_SET_SEQUENCES = "may_set_sequences"
+ADMIT = "admit"  # agent profile: the statement runs a query; it is admitted by the planner's estimate first
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})
@@ -340,10 +344,20 @@ class TenantPolicy:
     # conversion and qualified reference of a shared- or database-strategy tenant (a schema tenant sees an
     # allow-list instead: its own, the shared and the system schemas).
     hidden_schemas: frozenset[str] = frozenset()
+    # Where some schemas are hidden (`hidden_schemas`) from a shared- or database-strategy tenant: the other schemas
+    # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
+    # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
+    known_schemas: frozenset[str] = frozenset()
+    # Database strategy: the advisory locks a session may hold (config `limits.max_advisory_locks`; policy/advisory.py)
+    max_advisory_locks: int = 1 << 31
     # Column names of the catalogs the proxy replaces column values in (pg_class statistics, pg_stat*/pg_statio*
     # counters), in the catalog's own order, read from the server when the tenant is prepared: they differ between
     # PostgreSQL majors. A catalog whose list is missing cannot be scrubbed and is denied where it would need it.
     catalog_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The agent profile (policy/agent.py): None for ordinary users; else every top-level query returns at most
+    # this many rows (an AST-level LIMIT), only read-only statements and a stricter function list are allowed.
+    agent_max_rows: int | None = None
+    agent_timeout_ms: int = 0  # the agent's statement_timeout: a client may only SET a smaller one (0: none)
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -388,6 +402,7 @@ class TenantPolicy:
         object.__setattr__(self, "shown_search_path", None)
         hidden = frozenset(self.hidden_schemas) - self.allowed_schemas - set(search_path)
         object.__setattr__(self, "hidden_schemas", hidden)
+        object.__setattr__(self, "known_schemas", frozenset(self.known_schemas) - hidden)
         columns = {str(r): tuple(str(c) for c in cols) for r, cols in dict(self.catalog_columns).items()}
         object.__setattr__(self, "catalog_columns", MappingProxyType(columns))
         key = (
@@ -407,7 +422,11 @@ class TenantPolicy:
             tuple(sorted(self.rls_tables)),
             tuple(sorted(self.foreign_schemas)),
             tuple(sorted(hidden)),
+            tuple(sorted(self.known_schemas)),
+            self.max_advisory_locks,
             tuple(sorted(columns.items())),
+            self.agent_max_rows,
+            self.agent_timeout_ms,
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

@@ -21,7 +21,7 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
-from proxy.policy.catalog import ACL_COLUMNS
+from proxy.policy.aclinput import ACL_TYPES, is_text
 from proxy.policy.guards import CAST_KINDS
 from proxy.policy.rules import fail
 from proxy.policy.tree import names_of, string_const, walk_dicts
@@ -96,7 +96,6 @@ POPULATE_FUNCTIONS = frozenset({"json_populate_record", "json_populate_recordset
 # aclitem and its array: aclitemin reads `grantee=privileges/grantor` with role names, answering `role "x" does not
 # exist` for a missing role and reading a hidden one (red team round 3 R7). Neither a reg* type nor guarded: any written
 # reference is refused, and so is an unknown-typed literal or parameter read as one by aclcontains(aclitem[], aclitem).
-ACL_TYPES = frozenset({"aclitem", "_aclitem"})
 ACL_TYPE_OIDS = frozenset({1033, 1034})
 
 
@@ -122,31 +121,13 @@ def check_acl_input(root: Any, analysis: Analysis) -> None:
         index = _ACL_ARGUMENT.get(call.names[-1]) if call.names else None
         if index is not None and (len(call.names) == 1 or call.names[-2] == "pg_catalog"):
             arg = call.args[index] if len(call.args) > index else None
-            if _text_value(arg):
+            if is_text(arg):
                 raise fail("aclitem_input", f"{call.names[-1]}() reads a text argument as aclitem, with role names")
-    for expr in analysis.acl_comparisons:  # `relacl @> '{…}'`, `'…' = ANY (nspacl)`: the value is read as aclitem
-        sides = (expr.get("lexpr"), expr.get("rexpr"))
-        if any(_column_name(n) in _ACL_COLUMN_NAMES for n in sides) and any(_text_value(n) for n in sides):
-            raise fail("aclitem_input", "a literal or parameter beside an ACL column is read as aclitem, with role "
-                       "names")
 
 
 # Functions with an aclitem/aclitem[] parameter, by its position: an unknown-typed literal or parameter there is read
 # by aclitemin.
 _ACL_ARGUMENT = {"aclcontains": 1, "aclexplode": 0}
-
-
-_ACL_COLUMN_NAMES = frozenset(ACL_COLUMNS.values())
-
-
-def _column_name(node: Any) -> str | None:
-    names = names_of((node or {}).get("ColumnRef", {}).get("fields")) if type(node) is dict else ()
-    return names[-1] if names else None
-
-
-def _text_value(node: Any) -> bool:
-    """An unknown-typed value: a string literal or a parameter (what PostgreSQL types by its context)."""
-    return type(node) is dict and (string_const(node) is not None or "ParamRef" in node)
 
 
 def may_name(analysis: Analysis) -> bool:

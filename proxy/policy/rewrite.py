@@ -11,17 +11,21 @@ from typing import Any
 
 from proxy.policy import guarding, guards
 from proxy.policy.catalog import (
+    CATALOG_SCHEMAS,
     ColumnUsage,
     Filter,
     ambiguous_scoped,
     column_usage,
     needs_fence,
     relation_filter,
+    rv_names,
     wrapper_select,
 )
+from proxy.policy.classify import option_value
 from proxy.policy.fences import quiet_references
 from proxy.policy.model import SESSION_STATEMENTS, TenantPolicy
 from proxy.policy.rules import fail
+from proxy.policy.settings import marked_entry
 from proxy.policy.sqltext import (
     CLOSE,
     COMMA,
@@ -199,8 +203,12 @@ class _Planner:
     def costs_off(self, body: Node) -> None:
         """Shared strategy: `EXPLAIN … ` → `EXPLAIN (…, COSTS OFF) …`: the planner's estimates come from every
         tenant's rows (most common values, histograms), so a plan is shown without them."""
-        if any(o.get("DefElem", {}).get("defname") == "costs" for o in body.get("options") or ()):
-            return  # COSTS OFF already (COSTS ON is refused by the gate)
+        costs = option_value(body.get("options"), "costs")
+        if costs is not None:  # COSTS OFF already (COSTS ON: refused by the gate when shared, here when schema)
+            if costs:
+                raise fail("explain_costs", "EXPLAIN with COSTS would show the planner's estimates of system "
+                           "catalogs, which count every tenant's objects")
+            return
         toks = self.statement_tokens()
         if not toks or toks[0].name != "EXPLAIN":
             raise TextError("expected EXPLAIN")
@@ -749,8 +757,26 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.unqualify_columns(analysis)
     if stmt.kind == "ExplainStmt" and policy.strategy == "shared":
         planner.costs_off(stmt.body)
+    elif stmt.kind == "ExplainStmt" and policy.strategy == "schema" and reads_system_relation(policy, analysis):
+        if option_value(stmt.body.get("options"), "analyze"):  # (its "Rows Removed by Filter" count them too)
+            raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog would count every tenant's objects")
+        planner.costs_off(stmt.body)
     guarding.plan(planner, analysis)
     planner.finish()
+
+
+def reads_system_relation(policy: TenantPolicy, analysis: Analysis) -> bool:
+    """Whether the statement may read a system catalog (or a view over them): a name in a system schema, an
+    unqualified pg_* name, any unqualified name while information_schema is on the search_path. Their planner
+    estimates (rows, pages) count every tenant's objects (red team round 4 F4)."""
+    for ref in analysis.refs:
+        if ref.cte:
+            continue
+        _, schema, table = rv_names(ref.rv)
+        if schema in CATALOG_SCHEMAS or (schema is None and (
+                table.startswith("pg_") or "information_schema" in policy.path)):
+            return True
+    return False
 
 
 def _statement_tokens(data: bytes, stmt: Statement) -> list[Tok]:
@@ -762,8 +788,11 @@ def _statement_tokens(data: bytes, stmt: Statement) -> list[Tok]:
     return toks
 
 
-def set_arguments(policy: TenantPolicy, data: bytes, stmt: Statement, kept: list[int], out: Plan) -> None:
-    """SET [LOCAL] search_path: keep only the arguments at `kept` (as the client wrote them), or '' for none."""
+def set_arguments(
+    policy: TenantPolicy, data: bytes, stmt: Statement, kept: list[int], shown: str, out: Plan
+) -> None:
+    """SET [LOCAL] search_path: the entry that carries the client's value `shown` (settings.marked_entry), then only
+    the arguments at `kept` (as the client wrote them)."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     args = stmt.body["args"]
     spans = []
@@ -773,9 +802,10 @@ def set_arguments(policy: TenantPolicy, data: bytes, stmt: Statement, kept: list
         if not toks or toks[0].start != loc or (len(toks) > 1 and toks[1].name == "UESCAPE"):
             raise TextError("expected a search_path entry")
         spans.append((loc, toks[0].end))
-    text = ", ".join(planner.text.cut(*spans[i]) for i in kept) or "''"
+    marked = quote_literal(marked_entry(shown))
+    text = ", ".join([marked, *(planner.text.cut(*spans[i]) for i in kept)])
     planner.edit(spans[0][0], spans[-1][1], text)
-    new_args = [args[i] for i in kept] or [dict(expr_node("''"))]
+    new_args = [dict(expr_node(marked)), *(args[i] for i in kept)]
 
     def mutation() -> None:
         stmt.body["args"] = new_args
@@ -807,9 +837,11 @@ def replace_literal(
 
 
 def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, value: str, out: Plan) -> None:
-    """SHOW `name` becomes a SELECT of `value` (the client's own setting, where PostgreSQL has another one)."""
-    _replace_statement(policy, data, stmt, f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}",
-                       out)
+    """SHOW `name` becomes a SELECT of the SQL text expression `value` of `pgt_r.v`, PostgreSQL's value (the client's
+    own setting, where PostgreSQL may have another one)."""
+    sql = (f"SELECT {value} AS {quote_ident(name)} FROM (SELECT pg_catalog.current_setting({quote_literal(name)}) "
+           "AS v) pgt_r")
+    _replace_statement(policy, data, stmt, sql, out)
 
 
 def _replace_statement(policy: TenantPolicy, data: bytes, stmt: Statement, sql: str, out: Plan) -> None:
@@ -828,67 +860,24 @@ def _replace_statement(policy: TenantPolicy, data: bytes, stmt: Statement, sql: 
 
 
 def call_result(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
-    """The call `node` (a FuncCall) reads as `value`, the client's own search_path where PostgreSQL has fewer entries
-    (what SHOW prints): `current_setting('search_path')` becomes `(SELECT '<value>'::pg_catalog.text AS
-    current_setting)`; `set_config('search_path', …)` still runs, `(SELECT '<value>'::pg_catalog.text AS set_config
-    FROM (SELECT set_config(…)) pgt_r)`. Same value, type and column name whatever PostgreSQL got."""
+    """The call `node` (a FuncCall: current_setting() of search_path or of a computed name, set_config('search_path',
+    …)) still runs once, and its result reads as the SQL text expression `value` of its result `pgt_r.v`: `(SELECT
+    <value> AS <function> FROM (SELECT <the call> AS v) pgt_r)`. Same type and column name as the call."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     body = node["FuncCall"]
     name = names_of(body.get("funcname"))[-1]
     toks = planner.statement_tokens()
     first = index_at(toks, body["location"])
     _, _, close = guarding.call_args(toks, body["location"], len(body.get("args") or []))
-    literal = f"SELECT {quote_literal(value)}::pg_catalog.text AS {quote_ident(name)}"
-    keep = name == "set_config"
-    if keep:
-        planner.edit(toks[first].start, toks[first].start, f"({literal} FROM (SELECT ")
-        planner.edit(toks[close].end, toks[close].end, ") pgt_r)")
-        sublink = expr_node(f"({literal} FROM (SELECT NULL) pgt_r)")
-    else:
-        planner.edit(toks[first].start, toks[close].end, f"({literal})")
-        sublink = expr_node(f"({literal})")
+    literal = f"SELECT {value} AS {quote_ident(name)}"
+    planner.edit(toks[first].start, toks[first].start, f"({literal} FROM (SELECT ")
+    planner.edit(toks[close].end, toks[close].end, " AS v) pgt_r)")
+    sublink = expr_node(f"({literal} FROM (SELECT NULL AS v) pgt_r)")
 
     def mutation() -> None:
-        new = json.loads(json.dumps(sublink))
-        if keep:  # the call itself where the template has NULL
-            inner = new["SubLink"]["subselect"]["SelectStmt"]["fromClause"][0]["RangeSubselect"]["subquery"]
-            inner["SelectStmt"]["targetList"][0]["ResTarget"]["val"] = {"FuncCall": body}
-        node.clear()
-        node.update(new)
-
-    planner.mutate(mutation)
-    planner.rule("search_path_shown")
-
-
-_HOLE, _HOLE2 = '"pgtenant.operand"', '"pgtenant.operand2"'
-
-
-def computed_setting(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
-    """`current_setting(<a computed name>)` in a session whose search_path PostgreSQL got with fewer entries: the name
-    is compared once more, `(SELECT CASE WHEN pg_catalog.lower((<name>)::pg_catalog.text) = 'search_path' THEN
-    '<value>'::pg_catalog.text ELSE current_setting(<name>) END AS current_setting)`, so search_path reads as SHOW
-    prints it and every other setting as PostgreSQL has it."""
-    planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
-    body = node["FuncCall"]
-    args = body.get("args") or []
-    toks = planner.statement_tokens()
-    first = index_at(toks, body["location"])
-    _, spans, close = guarding.call_args(toks, body["location"], len(args))
-    name_text = planner.cut(toks[spans[0][0]].start, toks[spans[0][1]].end)
-    prefix = (f"(SELECT CASE WHEN pg_catalog.lower(({name_text})::pg_catalog.text) = 'search_path' THEN "
-              f"{quote_literal(value)}::pg_catalog.text ELSE ")
-    planner.edit(toks[first].start, toks[first].start, prefix)
-    planner.edit(toks[close].end, toks[close].end, ' END AS "current_setting")')
-    template = expr_node(f"(SELECT CASE WHEN pg_catalog.lower(({_HOLE})::pg_catalog.text) = 'search_path' THEN "
-                         f"{quote_literal(value)}::pg_catalog.text ELSE {_HOLE2} END AS \"current_setting\")")
-    name_node = copy.deepcopy(args[0])
-
-    def mutation() -> None:
-        new = json.loads(json.dumps(template))
-        case = new["SubLink"]["subselect"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]["CaseExpr"]
-        lower = case["args"][0]["CaseWhen"]["expr"]["A_Expr"]["lexpr"]["FuncCall"]
-        lower["args"][0]["TypeCast"]["arg"] = name_node
-        case["defresult"] = {"FuncCall": dict(body)}
+        new = json.loads(json.dumps(sublink))  # the call itself where the template has NULL
+        inner = new["SubLink"]["subselect"]["SelectStmt"]["fromClause"][0]["RangeSubselect"]["subquery"]
+        inner["SelectStmt"]["targetList"][0]["ResTarget"]["val"] = {"FuncCall": body}
         node.clear()
         node.update(new)
 
@@ -897,12 +886,12 @@ def computed_setting(policy: TenantPolicy, data: bytes, stmt: Statement, node: N
 
 
 def show_all(policy: TenantPolicy, data: bytes, stmt: Statement, value: str, out: Plan) -> None:
-    """SHOW ALL where PostgreSQL's search_path lacks entries the client set: the same rows (the settings SHOW ALL
-    lists, in its order, formatted as SHOW formats them) with the client's search_path."""
+    """SHOW ALL where PostgreSQL's search_path may lack entries the client set: the same rows (the settings SHOW ALL
+    lists, in its order, formatted as SHOW formats them) with the client's search_path (the SQL expression `value`)."""
     guard = guards.setting_name(policy)  # the verifier's form of current_setting(<a name known at run time>)
     sql = (
         "SELECT pgt_a.name, CASE WHEN pgt_a.name = 'search_path' THEN "
-        f"{quote_literal(value)}::pg_catalog.text ELSE pg_catalog.current_setting({guard.prefix}pgt_a.name"
+        f"{value} ELSE pg_catalog.current_setting({guard.prefix}pgt_a.name"
         f"{guard.suffix}, true) END AS setting, pgt_a.short_desc AS description FROM "
         "pg_catalog.pg_show_all_settings() pgt_a"
     )

@@ -9,6 +9,7 @@ from proxy.errors import (
     INSUFFICIENT_PRIVILEGE,
     INTERNAL_ERROR,
     OUT_OF_MEMORY,
+    PROGRAM_LIMIT_EXCEEDED,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
     READ_ONLY_SQL_TRANSACTION,
@@ -44,11 +45,6 @@ RULES: dict[str, tuple[str, str]] = {
         "Set search_path to a literal list of schema names (SET search_path TO a, b); the proxy keeps the ones "
         "you may use.",
     ),
-    "search_path_read_while_set": (
-        INSUFFICIENT_PRIVILEGE,
-        "Set search_path in one statement (SET search_path TO a, b or SELECT set_config(…)) and read it in the next; "
-        "the proxy answers the value you set.",
-    ),
     "function_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "Only allow-listed functions may be called; ask an administrator to allow this function.",
@@ -58,6 +54,11 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "Identify rows by their key columns: ctid is a row's physical position in a table shared with other "
         "tenants, and the positions of your rows tell how many of theirs are stored around them.",
+    ),
+    "row_locker": (
+        INSUFFICIENT_PRIVILEGE,
+        "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "
+        "locked a row, and other tenants' inserts lock the rows theirs reference.",
     ),
     "unchecked_object_name": (
         INSUFFICIENT_PRIVILEGE,
@@ -94,6 +95,17 @@ RULES: dict[str, tuple[str, str]] = {
     "copy_server_file": (
         INSUFFICIENT_PRIVILEGE,
         "COPY to or from a server file is not allowed; use COPY ... TO STDOUT / FROM STDIN (psql \\copy).",
+    ),
+    "advisory_lock_key": (
+        FEATURE_NOT_SUPPORTED,
+        "Write an advisory lock's key so that it is the same for every row of the statement: constants, parameters, "
+        "hashtext() of them (one lock per statement call); pgtenant bounds the locks a session holds "
+        "(limits.max_advisory_locks), which it cannot do for a key computed per row.",
+    ),
+    "advisory_lock_limit": (
+        CONFIGURATION_LIMIT_EXCEEDED,
+        "Release advisory locks you no longer need (pg_advisory_unlock, pg_advisory_unlock_all) or end the "
+        "transaction; the limit is limits.max_advisory_locks.",
     ),
     "advisory_lock_shared": (
         INSUFFICIENT_PRIVILEGE,
@@ -184,6 +196,26 @@ RULES: dict[str, tuple[str, str]] = {
     "decision_timeout": (
         QUERY_CANCELED,
         "Simplify or split the statement; pgtenant gives each check limits.decision_timeout seconds.",
+    ),
+    # The agent profile (proxy/policy/agent.py, proxy/admission.py).
+    "agent_statement": (
+        INSUFFICIENT_PRIVILEGE,
+        "The agent profile runs read-only queries: SELECT (limited to agent.max_rows rows), EXPLAIN, SHOW, "
+        "transactions and cursors.",
+    ),
+    "agent_setting": (
+        READ_ONLY_SQL_TRANSACTION,
+        "The agent profile's server connection is read-only with its own statement_timeout; neither can be changed.",
+    ),
+    "agent_function": (
+        INSUFFICIENT_PRIVILEGE,
+        "The agent profile calls built-in functions that do not wait, lock or change settings (no pg_sleep, advisory "
+        "locks, set_config, large objects, user-defined functions).",
+    ),
+    "agent_estimate": (
+        PROGRAM_LIMIT_EXCEEDED,
+        "Narrow the query: add a WHERE condition on an indexed column, a smaller LIMIT, fewer joins, or aggregate "
+        "before returning rows.",
     ),
     "internal_error": (INTERNAL_ERROR, "pgtenant failed closed while deciding this statement; please report it."),
     # Refused by the session before any policy decides (proxy/session.py).

@@ -8,7 +8,7 @@ from proxy.policy.model import PIN, REAPPLY_CONTEXT, SET_PATH, SETTING, SYSTEM_S
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import object_name_parts, split_identifier_list
 from proxy.policy.tree import Node, const_text, names_of, string_const
-from proxy.policy.walk import Analysis, Call
+from proxy.policy.walk import Call
 
 ROLE_SETTINGS: frozenset[str] = frozenset({"role", "session_authorization"})
 
@@ -75,6 +75,55 @@ def identifier(name: str) -> str:
 _QUOTED_KEYWORDS = frozenset(RESERVED_KEYWORDS | COL_NAME_KEYWORDS | TYPE_FUNC_NAME_KEYWORDS)
 
 
+# A search_path PostgreSQL gets without some of the client's entries starts with one more entry that carries the
+# client's own value (what SHOW prints, hex-encoded): a schema name no role can create (the pg_ prefix is reserved for
+# system schemas), so PostgreSQL skips it as it skips a missing schema. Every read of search_path the proxy lets
+# through decodes it at run time (`client_path_sql`: current_setting, SHOW, SHOW ALL, pg_settings; `client_path`:
+# ParameterStatus), so a statement decided before a SET -- PREPARE, DECLARE CURSOR, a temporary view, a named Parse --
+# answers the client's value too (red team round 3 R3), and the value rolls back, ends with SET LOCAL's transaction
+# and is replayed on another server together with search_path itself: it is search_path.
+PATH_MARK = "pg_pgtenant_path_"
+
+
+def marked_entry(shown: str) -> str:
+    """The search_path entry that carries the client's value `shown` (lower-case hex: never quoted by PostgreSQL)."""
+    return PATH_MARK + shown.encode("utf-8").hex()
+
+
+def client_path(value: str) -> str:
+    """The client's search_path when PostgreSQL has `value` (`client_path_sql` in Python)."""
+    if not value.startswith(PATH_MARK):
+        return value
+    try:
+        return bytes.fromhex(value[len(PATH_MARK) :].split(",", 1)[0].strip()).decode("utf-8")
+    except ValueError:
+        return value
+
+
+def client_path_sql(value: str) -> str:
+    """SQL for the client's search_path when PostgreSQL's is the text expression `value` (a column or a call)."""
+    start = len(PATH_MARK) + 1
+    return (f"CASE WHEN pg_catalog.starts_with({value}, '{PATH_MARK}') THEN pg_catalog.convert_from(pg_catalog.decode("
+            f"pg_catalog.split_part(pg_catalog.substr({value}, {start}), ',', 1), 'hex'), 'UTF8') ELSE {value} END")
+
+
+CURRENT_PATH_SQL = client_path_sql("pg_catalog.current_setting('search_path')")
+RESULT_PATH_SQL = client_path_sql("pgt_r.v")  # of a setting's value read as `pgt_r.v` (rewrite.call_result)
+
+
+def _check_marks(entries: list[str]) -> None:
+    """A client may not write the proxy's mark itself (a schema no role can create): its value would be decoded."""
+    if any(entry.startswith(PATH_MARK) for entry in entries):
+        raise fail("reserved_setting", f'search_path entries starting with "{PATH_MARK}" are reserved for the proxy')
+
+
+def path_read_at_run_time(policy: TenantPolicy) -> bool:
+    """Whether reads of search_path are rewritten to `client_path_sql`: wherever PostgreSQL may get a search_path
+    without some of the client's entries (the shared and schema strategies), whatever the session's value is when
+    the statement is decided."""
+    return policy.strategy != "database"
+
+
 def search_path_change(policy: TenantPolicy, body: Node, index: int) -> tuple[Change | None, list[int] | None]:
     """The change a SET / SET LOCAL / RESET / SET ... TO DEFAULT of search_path makes, and, when some entries
     must not reach PostgreSQL, the indexes of the arguments to keep (the statement is rewritten to them)."""
@@ -88,6 +137,7 @@ def search_path_change(policy: TenantPolicy, body: Node, index: int) -> tuple[Ch
     if None in entries:
         raise fail("search_path_pinned", "search_path must be set to schema names")
     names = [e for e in entries if e is not None]
+    _check_marks(names)
     kept = _usable(policy, names)
     path = tuple(names[i] for i in kept)
     if len(kept) == len(names):
@@ -103,11 +153,13 @@ def set_config_path(policy: TenantPolicy, call: Call, index: int) -> tuple[Chang
     entries = None if value is None else ([] if not value.strip() else split_identifier_list(value))
     if entries is None:
         raise fail("search_path_pinned", "set_config() can only set search_path to a literal list of schemas")
+    _check_marks(entries)
     local = _bool_arg(call, 2)
     kept = [entries[i] for i in _usable(policy, entries)]
     if len(kept) == len(entries):
         return Change(index, SET_PATH, path=tuple(entries), flag=local), None
-    return Change(index, SET_PATH, path=tuple(kept), shown=value, flag=local), ", ".join(identifier(e) for e in kept)
+    literal = ", ".join([marked_entry(value), *(identifier(e) for e in kept)])
+    return Change(index, SET_PATH, path=tuple(kept), shown=value, flag=local), literal
 
 
 def set_config_setting(call: Call, body: Node | None) -> str | None:
@@ -253,7 +305,7 @@ def reads_search_path(call: Call) -> str | None:
     """Whether a call may read search_path, which PostgreSQL has without the entries the proxy kept from it (another
     tenant's schema: a missing one stays, the difference would tell them apart): "literal" for
     `current_setting('search_path' [, missing_ok])`, "computed" for current_setting of a name known at run time,
-    else None. The session's SHOW text is the answer (rewrite.call_result, rewrite.computed_setting)."""
+    else None. Its result is decoded at run time (rewrite.call_result, client_path_sql)."""
     if call.names[-1] != "current_setting" or call.names[:-1] not in ((), ("pg_catalog",)) or call.named:
         return None
     if not call.args or (call.args[0].get("A_Const") or {}).get("isnull"):
@@ -262,22 +314,6 @@ def reads_search_path(call: Call) -> str | None:
     if name is None:
         return "computed"
     return "literal" if name.lower() == "search_path" else None
-
-
-def check_path_not_read(analysis: Analysis, setter: Call, body: Node | None) -> None:
-    """A statement whose set_config('search_path', …) PostgreSQL gets with fewer entries than the client wrote may not
-    read search_path too (`current_setting`, pg_settings): a read evaluated after the call would see PostgreSQL's
-    value, without another tenant's schema but with a missing one (red team round 3 R2). Refused
-    (`search_path_read_while_set`); pg_dump's `set_config(name, …) FROM pg_settings WHERE name = …` reads no value."""
-    lookup = body is not None and pg_settings_row(body, setter) is not None
-    for call in analysis.calls:
-        if call is not setter and reads_search_path(call) is not None:
-            raise fail("search_path_read_while_set", "this statement sets search_path with set_config() and reads "
-                       "it with current_setting()")
-    for ref in analysis.refs:
-        if ref.rv.get("relname") == "pg_settings" and ref.rv.get("schemaname") in (None, "pg_catalog") and not lookup:
-            raise fail("search_path_read_while_set", "this statement sets search_path with set_config() and reads "
-                       "pg_settings")
 
 
 def _alone(body: Node | None, call: Call) -> bool:
@@ -367,7 +403,8 @@ def session_setting(body: Node, index: int, text: str, path: Change | None, row_
     if kind in ("VAR_RESET", "VAR_SET_DEFAULT"):
         return [Change(index, SETTING, name)]
     if name == "search_path" and path is not None:
-        entries = ", ".join(identifier(e) for e in path.path or ()) or "''"
+        marked = [] if path.shown is None else [quote_literal(marked_entry(path.shown))]
+        entries = ", ".join([*marked, *(identifier(e) for e in path.path or ())]) or "''"
         return [Change(index, SETTING, name, shown=f"SET search_path TO {entries}")]
     if row_security_on:
         return [Change(index, SETTING, name, shown="SET row_security TO on")]

@@ -687,6 +687,17 @@ class _Coverage:
             kind = "role" if name == "pg_get_userbyid" else "type"
             if self.required(kind) and not all(_is_null(a) for a in args):
                 raise Unverified(f"{name}() outside its guard")
+        elif name in guards.ADVISORY_LOCKS:
+            if self.policy.strategy == "database" and args:
+                ident = guards.ident_of(args[0])
+                template = guards.template_named(self.policy, ident) if ident else None
+                inner = guards.operand(template, args[0]) if template is not None else None
+                if inner is None or not ident.startswith(f"pgt_g_k__{len(args)}__"):  # type: ignore[union-attr]
+                    raise Unverified(f"{name}() without its advisory lock guard")
+                self.stack.append((inner, scope))
+                for arg in args[1:]:
+                    self.stack.append((arg, scope))
+                return True
         elif name == "current_setting":
             if args and _literal(args[0]) is None and not _is_null(args[0]):
                 inner = guards.operand(guards.setting_name(self.policy), args[0])

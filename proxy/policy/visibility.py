@@ -7,7 +7,11 @@ tenant can create or name changes what they mean.
 * Namespaces: a schema-strategy tenant sees an allow-list (its schema, the shared ones, `pg_catalog`,
   `information_schema`, its own session's `pg_temp_N`/`pg_toast_temp_N`); a shared-strategy tenant sees every
   schema except other tenants' (`TenantPolicy.hidden_schemas`) and other sessions' temporary schemas; a
-  database-strategy tenant everything but `hidden_schemas` (usually nothing: its database is its own).
+  database-strategy tenant everything but `hidden_schemas` (usually nothing: its database is its own). Where some
+  schema is hidden, the predicate is an allow-list of the schemas the tenant sees (`TenantPolicy.known_schemas`,
+  found when the tenant is prepared, with its search_path and the system schemas): the text PostgreSQL prints in
+  EXPLAIN and stores in a view never names a hidden schema. A schema created later stays out of the catalogs until
+  the next reload prepares the tenant again.
 * Roles: the session's own roles and those it is a member of, PostgreSQL's built-in roles (OID below 16384: the
   bootstrap superuser and the `pg_*` roles), the current database's owner and the owners of the schemas and
   relations the tenant sees. Every other role (other tenants' backend roles) is hidden in every strategy.
@@ -33,22 +37,30 @@ def hides_namespaces(policy: TenantPolicy) -> bool:
     return policy.strategy != "database" or bool(policy.hidden_schemas)
 
 
+SYSTEM_NAMESPACES = ("pg_catalog", "information_schema", "pg_toast")
+
+
 @lru_cache(maxsize=256)
 def namespace_row_visible(policy: TenantPolicy, alias: str) -> str:
-    """Predicate over a pg_namespace row `alias`: the tenant may see this schema."""
+    """Predicate over a pg_namespace row `alias`: the tenant may see this schema. It names only schemas the tenant
+    may see (PostgreSQL prints it in EXPLAIN and in a temporary view's definition): an allow-list wherever some
+    schema is hidden, never the hidden ones."""
+    own_temp = (
+        f"{alias}.oid = pg_catalog.pg_my_temp_schema() OR (pg_catalog.starts_with({alias}.nspname::pg_catalog.text, "
+        f"'pg_toast_temp_') AND NOT pg_catalog.pg_is_other_temp_schema({alias}.oid))"
+    )
     if policy.strategy == "schema":
         visible = [policy.tenant_schema or "", *policy.shared_schemas, "pg_catalog", "information_schema"]
-        return (
-            f"({alias}.nspname IN ({_names(set(visible))}) OR {alias}.oid = pg_catalog.pg_my_temp_schema() OR "
-            f"(pg_catalog.starts_with({alias}.nspname::pg_catalog.text, 'pg_toast_temp_') AND NOT "
-            f"pg_catalog.pg_is_other_temp_schema({alias}.oid)))"
-        )
-    hidden = [f"{alias}.nspname IN ({_names(policy.hidden_schemas)})"] if policy.hidden_schemas else []
+        return f"({alias}.nspname IN ({_names(set(visible))}) OR {own_temp})"
+    if policy.hidden_schemas:  # the schemas found when the tenant was prepared, less the hidden ones
+        visible = {*policy.known_schemas, *policy.search_path, *SYSTEM_NAMESPACES} - policy.hidden_schemas
+        if policy.strategy == "database":  # every session of its database is its own
+            own_temp = (f"pg_catalog.starts_with({alias}.nspname::pg_catalog.text, 'pg_temp_') OR "
+                        f"pg_catalog.starts_with({alias}.nspname::pg_catalog.text, 'pg_toast_temp_')")
+        return f"({alias}.nspname IN ({_names(visible)}) OR {own_temp})"
     if policy.strategy == "shared":  # other sessions are other tenants' sessions: their temp tables' names too
-        hidden.append(f"pg_catalog.pg_is_other_temp_schema({alias}.oid)")
-    if not hidden:
-        return "true"
-    return "NOT (" + " OR ".join(hidden) + ")"
+        return f"NOT (pg_catalog.pg_is_other_temp_schema({alias}.oid))"
+    return "true"
 
 
 @lru_cache(maxsize=256)

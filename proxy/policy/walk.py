@@ -121,7 +121,6 @@ class Analysis:
     # exclusion constraint's operator (no position); a TABLESAMPLE method (its clause's location)
     index_names: list[tuple[str, ...]] = field(default_factory=list)
     sample_methods: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
-    acl_comparisons: list[Node] = field(default_factory=list)  # A_Expr bodies with a possible ACL column operand
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
     reg_literals: list[tuple[str, str, int]] = field(default_factory=list)  # (reg* type, literal, its location)
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
@@ -135,6 +134,7 @@ class Analysis:
     star_names: set[str] = field(default_factory=set)
     system_columns: bool = False  # a column reference names a system column (ctid, xmin, tableoid…)
     ctid_names: set[str | None] = field(default_factory=set)  # qualifiers of `ctid` references (None: unqualified)
+    xmax_names: set[str | None] = field(default_factory=set)  # qualifiers of `xmax` references (None: unqualified)
     locking: bool = False
     kinds: set[str] = field(default_factory=set)
 
@@ -364,8 +364,6 @@ def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
 
 def _h_aexpr(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("name"))
-    if _acl_column(b.get("lexpr")) or _acl_column(b.get("rexpr")):
-        w.out.acl_comparisons.append(b)
     if len(names) > 1:
         w.out.operators.append(names)
         w.out.operator_locations.append(b.get("location", -1))
@@ -398,12 +396,6 @@ def _h_constraint(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> N
     w.fields(b, scope)
 
 
-def _acl_column(node: Node | None) -> bool:
-    """A column reference that may be a catalog's aclitem[] column (`relacl`, `initprivs`: catalog.ACL_COLUMNS)."""
-    names = names_of((node or {}).get("ColumnRef", {}).get("fields"))
-    return bool(names) and (names[-1].endswith("acl") or names[-1] == "initprivs")
-
-
 def _h_collate(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("collname"))
     if len(names) > 1:
@@ -418,6 +410,8 @@ def _h_columnref(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> No
         w.out.system_columns = True
         if names[-1] == "ctid":
             w.out.ctid_names.add(names[-2] if len(names) > 1 else None)
+        elif names[-1] == "xmax":
+            w.out.xmax_names.add(names[-2] if len(names) > 1 else None)
     if len(names) > 1:
         w.out.column_refs.append(names)
         if len(names) > 2:

@@ -208,6 +208,33 @@ def bind_renamed(body: bytes, statement: str) -> bytes:
     return frame(b"B", body[: portal_end + 1] + statement.encode() + body[stmt_end:])
 
 
+def bind_for(body: bytes, portal: str, statement: str) -> bytes:
+    """The Bind of `body` (a well-formed Bind's body: the client's parameters and their formats) binding portal
+    `portal` to statement `statement`, with every result column in text format."""
+    portal_end = body.index(b"\x00")
+    pos = body.index(b"\x00", portal_end + 1) + 1
+    (formats,) = struct.unpack_from("!H", body, pos)
+    pos += 2 + 2 * formats
+    (params,) = struct.unpack_from("!H", body, pos)
+    pos += 2
+    for _ in range(params):
+        (length,) = struct.unpack_from("!i", body, pos)
+        pos += 4 + max(length, 0)
+    if pos > len(body) - 2:  # (the result formats' count follows)
+        raise DecodeError("insufficient data left in message")
+    start = body.index(b"\x00", portal_end + 1) + 1
+    return frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + body[start:pos] + b"\x00\x00")
+
+
+def execute_message(portal: str, max_rows: int = 0) -> bytes:
+    return frame(b"E", portal.encode() + b"\x00" + struct.pack("!i", max_rows))
+
+
+def close_message(kind: bytes, name: str) -> bytes:
+    """Close of a prepared statement (kind b"S") or a portal (b"P")."""
+    return frame(b"C", kind + name.encode() + b"\x00")
+
+
 def _cstring(body: bytes, pos: int) -> tuple[str, int]:
     end = body.find(b"\x00", pos)
     if end < 0:
@@ -446,6 +473,21 @@ def row_description(columns: Sequence[str], type_oid: int = TEXT_OID) -> bytes:
     """RowDescription of columns of one type, in text format, of no table."""
     field_tail = _FIELD.pack(0, 0, type_oid, -1, -1, 0)
     return frame(b"T", _I16.pack(len(columns)) + b"".join(c.encode() + b"\x00" + field_tail for c in columns))
+
+
+def decode_data_row(body: bytes) -> list[bytes | None]:
+    """The column values of a DataRow body (None is NULL)."""
+    (count,) = _I16.unpack_from(body, 0)
+    pos, out = 2, []
+    for _ in range(count):
+        (length,) = _I32.unpack_from(body, pos)
+        pos += 4
+        if length < 0:
+            out.append(None)
+        else:
+            out.append(body[pos : pos + length])
+            pos += length
+    return out
 
 
 def data_row(values: Sequence[bytes | None]) -> bytes:

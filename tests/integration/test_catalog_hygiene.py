@@ -437,27 +437,54 @@ def test_search_path_reads_back_alike_for_a_hidden_schema(proxy: ProxyProcess, p
     assert not leaks(tenant, flat.replace("<s>", "")), flat
 
 
-@pytest.mark.xfail(strict=True, reason="self-red-team of the search_path read-backs: a statement decided before the "
-                   "SET (PREPARE, DECLARE CURSOR, a temporary view, a named Parse) reads PostgreSQL's value when run "
-                   "after it: the rewrite answers the client's value only in statements decided while it differs")
-@pytest.mark.parametrize("form", ["prepare", "cursor"])
+READ_LATER = ("SELECT current_setting('search_path') AS c, current_setting(lower('SEARCH_PATH')) AS d, "
+              "(SELECT setting FROM pg_settings WHERE name = 'search_path') AS s")
+PREPARED_BEFORE_THE_SET = {  # (steps before the SET, the SET, the step that reads; "parse:" = a named Parse)
+    "prepare": ((f"PREPARE bi_sp AS {READ_LATER}",), "SET", "EXECUTE bi_sp"),
+    "cursor": (("BEGIN", f"DECLARE bi_sp CURSOR FOR {READ_LATER}"), "SET", "FETCH ALL FROM bi_sp"),
+    "cursor_local": (("BEGIN", f"DECLARE bi_sp CURSOR FOR {READ_LATER}"), "SET LOCAL", "FETCH ALL FROM bi_sp"),
+    "temp_view": ((f"CREATE TEMP VIEW bi_sp AS {READ_LATER}",), "SET", "SELECT * FROM bi_sp"),
+    "parse": ((f"parse:{READ_LATER}",), "SET", "execute"),
+    "parse_show": (("parse:SHOW search_path",), "SET", "execute"),
+    "parse_show_all": (("parse:SHOW ALL",), "SET", "execute"),
+}
+
+
+@pytest.mark.parametrize("form", sorted(PREPARED_BEFORE_THE_SET))
 def test_search_path_read_prepared_before_the_set(proxy: ProxyProcess, form: str) -> None:
-    steps = {
-        "prepare": ("PREPARE bi_sp AS SELECT current_setting('search_path')", "EXECUTE bi_sp"),
-        "cursor": ("BEGIN", "DECLARE bi_sp CURSOR FOR SELECT current_setting('search_path')", "FETCH ALL FROM bi_sp"),
-    }[form]
+    """Red team round 3 R3: a statement decided before `SET search_path` (SQL PREPARE, DECLARE CURSOR, a temporary
+    view, a named Parse) and run after it reads the client's value, not PostgreSQL's (which lacks globex, another
+    tenant's schema, but keeps a missing one): both sessions answer alike; the ParameterStatus PostgreSQL 18 sends
+    says the client's value too."""
+    before, verb, read = PREPARED_BEFORE_THE_SET[form]
     answers = []
     for schema in ("globex", "nosuch"):
         client = PqClient(proxy.dsn("alice"))
         try:
-            for step in steps[:-1]:
-                client.simple(step)
-            client.simple(f"SET search_path = {schema}, public")
-            rows = [r.rows for r in client.simple(steps[-1]) if r.kind == "rows"]
-            answers.append(json.loads(json.dumps(rows).replace(schema, "<s>")))
+            for step in before:
+                if step.startswith("parse:"):
+                    client.pgconn.send_prepare(b"bi_sp", step[6:].encode())
+                    res = client._collect(None)
+                else:
+                    res = client.simple(step)
+                assert not [r for r in res if r.kind == "error"], (step, res)
+            res = client.simple(f"{verb} search_path = {schema}, public")
+            assert [r.kind for r in res] == ["command"], res
+            if read == "execute":
+                client.pgconn.send_query_prepared(b"bi_sp", [])
+                res = client._collect(None)
+            else:
+                res = client.simple(read)
+            rows = [row for r in res if r.kind == "rows" for row in r.rows]
+            assert rows and not [r for r in res if r.kind == "error"], res
+            if form == "parse_show_all":
+                rows = [row for row in rows if row[0] == "search_path"]
+            status = client.pgconn.parameter_status(b"search_path")
+            answers.append(json.loads(json.dumps([rows, status and status.decode()]).replace(schema, "<s>")))
         finally:
             client.close()
     assert answers[0] == answers[1], answers
+    assert "<s>, public" in json.dumps(answers[0]) and "pgtenant" not in json.dumps(answers[0]), answers
 
 
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
@@ -484,12 +511,59 @@ def test_toast_tables_of_hidden_tables_are_hidden(proxy: ProxyProcess, pg: PgClu
             assert rows(f"SELECT count(*) FROM pg_stat_all_indexes WHERE indexrelid = {oid} OR relid = {oid}"
                         ) == [("0",)]
             assert rows(f"SELECT pg_relation_size({oid}), pg_total_relation_size({oid}::oid)") == [(None, None)]
-        # pg_proc's TOAST table (a catalog's) and its index: still there, with their sizes
+        # pg_proc's TOAST table (a catalog's) and its index: still there, their sizes blanked as every catalog's
         seen = rows("SELECT c.relname, pg_relation_size(c.oid) IS NOT NULL FROM pg_class c JOIN pg_class o ON "
                     "c.oid IN (o.reltoastrelid, (SELECT indexrelid FROM pg_index WHERE indrelid = o.reltoastrelid)) "
                     "WHERE o.oid = 'pg_catalog.pg_proc'::regclass ORDER BY 1")
-        assert [r[1] for r in seen] == ["t", "t"] and seen[0][0].startswith("pg_toast_"), seen
+        assert [r[1] for r in seen] == ["f", "f"] and seen[0][0].startswith("pg_toast_"), seen
         assert rows("SELECT count(*) > 0 FROM pg_stat_sys_tables WHERE schemaname = 'pg_toast'") == [("t",)]
+    finally:
+        client.close()
+
+
+CATALOG_SIZES = ("SELECT pg_relation_size('pg_attribute'), pg_table_size('pg_type'), pg_indexes_size('pg_attribute'), "
+                 "pg_total_relation_size('pg_depend'), pg_relation_size('pg_catalog.pg_class'::regclass::oid), "
+                 "pg_total_relation_size('information_schema.sql_features')")
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("user", ["alice", "gina"])
+def test_system_catalog_sizes_are_blank(proxy: ProxyProcess, pg: PgCluster, user: str, protocol: str) -> None:
+    """Red team round 4 F2: the sizes of pg_attribute, pg_type, pg_depend ... grew with another tenant's temporary
+    table of 1,500 columns: they answer NULL in the shared and schema strategies, like the catalogs' counters (R6);
+    the tenant's own table still has its size."""
+    client = PqClient(proxy.dsn(user))
+    try:
+        assert client.simple("CREATE TEMP TABLE sized_own AS SELECT 1 AS a")[0].kind != "error"
+        for sql, want in ((CATALOG_SIZES, [(None,) * 6]), ("SELECT pg_total_relation_size('sized_own') > 0",
+                                                           [("t",)])):
+            res = client.simple(sql) if protocol == "simple" else client.extended(sql)
+            assert not [r for r in res if r.kind == "error"], (sql, res)
+            got = next(r.rows for r in res if r.kind == "rows")
+            assert got == want, (sql, got)
+    finally:
+        client.close()
+    assert all(v is not None for v in pg.execute(CATALOG_SIZES, dbname="saas")[0])  # directly: they are there
+
+
+def test_schema_tenants_plans_of_catalogs_have_no_estimates(proxy: ProxyProcess) -> None:
+    """Red team round 4 F4: gina's EXPLAIN of pg_attribute showed its row estimate (3468, then 4971 after another
+    tenant's 1,500-column temporary table), the number blanked in pg_class: plans reading a system catalog are shown
+    with COSTS OFF in the schema strategy too (ANALYZE, COSTS ON refused); plans of its own tables keep theirs."""
+    client = PqClient(proxy.dsn("gina"))
+    try:
+        for sql in ("EXPLAIN (FORMAT JSON) SELECT count(*) FROM pg_attribute", "EXPLAIN SELECT * FROM pg_class",
+                    "EXPLAIN SELECT * FROM information_schema.columns"):
+            [res] = [r for r in client.simple(sql) if r.kind in ("rows", "error")]
+            assert res.kind == "rows", (sql, res)
+            text = "\n".join(str(row[0]) for row in res.rows)
+            assert "Plan Rows" not in text and "rows=" not in text and "cost=" not in text, text
+        for sql, rule in (("EXPLAIN (ANALYZE) SELECT * FROM pg_type", "explain_analyze"),
+                          ("EXPLAIN (COSTS ON) SELECT * FROM pg_attribute", "explain_costs")):
+            [res] = [r for r in client.simple(sql) if r.kind in ("rows", "error")]
+            assert res.kind == "error" and res.sqlstate == "42501" and rule in res.message, (sql, res)
+        [res] = [r for r in client.simple("EXPLAIN SELECT * FROM orders") if r.kind == "rows"]
+        assert "rows=" in str(res.rows[0][0]), res.rows
     finally:
         client.close()
 
@@ -544,3 +618,60 @@ def test_counters_do_not_move_with_another_tenants_query(proxy: ProxyProcess, pg
     assert before[2] == [(None, None, None)]
     assert {row[1:] for row in before[3]} == {("-1", "0")}
     assert raw_after != raw_before  # the counters exist and moved: only the proxy hides them
+
+
+# --- the proxy's own filters, shown back by EXPLAIN and by a temporary view's definition (red team round 4 F1) --------
+
+
+def _filtered_relations() -> list[str]:
+    """Every catalog relation the proxy filters in some strategy."""
+    from proxy.policy import catalog
+
+    names = {"pg_namespace", "pg_database", "pg_default_acl", "pg_shdescription", "pg_shseclabel",
+             "pg_db_role_setting", "pg_largeobject_metadata", *catalog.NAMESPACE_OID_COLUMNS, *catalog.RELATION_COLUMNS,
+             *catalog.TYPE_COLUMNS, *catalog.PROC_COLUMNS, *catalog.OBJECT_COLUMNS, *catalog.SCHEMANAME_VIEWS,
+             *catalog.ROLE_COLUMNS, *catalog.ACL_COLUMNS, *catalog.STAT_VIEWS}
+    return [f"pg_catalog.{n}" for n in sorted(names)] + [
+        f"information_schema.{v}" for v in sorted(catalog.INFORMATION_SCHEMA_COLUMNS)]
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("user", list(TENANTS))
+def test_filters_shown_back_name_no_other_tenant(proxy: ProxyProcess, pg: PgCluster, user: str,
+                                                 protocol: str) -> None:
+    """EXPLAIN (VERBOSE) of a read of every filtered catalog, and the definition of a temporary view over it
+    (pg_get_viewdef, pg_views.definition), print the filter the proxy added: it names no other tenant's schema, role
+    or database (alice's used to list globex, the schema tenant's schema of her database)."""
+    tenant = TENANTS[user]
+    client = PqClient(proxy.dsn(user))
+
+    def run(sql: str) -> list[Result]:
+        return client.simple(sql) if protocol == "simple" else client.extended(sql)
+
+    present = {r[0] for r in pg.execute("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n "
+                                        "ON n.oid = c.relnamespace", dbname=tenant.db)}
+    shown = 0
+    try:
+        for relation in _filtered_relations():
+            if relation not in present:
+                continue  # not in this major
+            texts = []
+            res = run(f"EXPLAIN (VERBOSE) SELECT * FROM {relation}")
+            texts.append("\n".join(r.text() for r in res))
+            if any(r.kind == "rows" for r in res):
+                shown += 1
+            made = run(f"CREATE TEMP VIEW hyg_v AS SELECT * FROM {relation}")
+            if not [r for r in made if r.kind == "error"]:
+                for sql in ("SELECT pg_get_viewdef('hyg_v'::regclass)",
+                            "SELECT definition FROM pg_views WHERE viewname = 'hyg_v'"):
+                    got = run(sql)
+                    assert [r.kind for r in got] == ["rows"] and got[0].rows[0][0], (relation, sql, got)
+                    texts.append(got[0].rows[0][0] or "")
+                assert [r.kind for r in run("DROP VIEW hyg_v")] == ["command"]
+            else:
+                texts += [r.message for r in made]
+            found = leaks(tenant, "\n".join(texts))
+            assert not found, (relation, found)
+    finally:
+        client.close()
+    assert shown > 60

@@ -116,12 +116,13 @@ def test_own_connection_limit_is_distinguishable(limited: ProxyProcess) -> None:
 
 def test_backend_fatal_is_the_only_fatal(pg: PgCluster, proxy: ProxyProcess) -> None:
     """The backend ends the session (pg_terminate_backend): its FATAL 57P01 and nothing more (was a second
-    FATAL 08006 from pgtenant)."""
+    FATAL 08006 from pgtenant). The client is inside a transaction, so it holds its server in either pool mode (in
+    transaction pooling an idle client holds none: test_transaction_pooling.py, the idle server's end)."""
     sock, _ = login(proxy.port, {"user": "ivan", "database": "initech"}, proxy.password("ivan"))
     try:
-        sock.sendall(m.Query("SELECT pg_backend_pid()").encode())
+        sock.sendall(m.Query("BEGIN; SELECT pg_backend_pid()").encode())
         got = read_outcome(sock)
-        assert got.end == "ZI", got
+        assert got.end == "ZT", got
         role = TENANT_ROLES["initech"][0]
         pg.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
         got = read_outcome(sock)

@@ -231,6 +231,20 @@ def all_null(results: list[Result], actor: Actor) -> None:
     assert rows and all(cell is None for row in rows for cell in row), rows
 
 
+def cells_alike(results: list[Result], actor: Actor) -> None:
+    """Every cell of the one row is the first one (a search_path set and read back in one statement)."""
+    rows = _last_rows(results).rows
+    assert len(rows) == 1 and len(set(rows[0])) == 1, rows
+
+
+def cells_are(value: str, step: int = -1) -> Check:
+    """Every cell of the rows of the `step`-th result that has rows is `value`."""
+    def check(results: list[Result], actor: Actor) -> None:
+        rows = [r for r in results if r.kind == "rows"][step].rows
+        assert rows and {c for row in rows for c in row} == {value}, rows
+    return check
+
+
 def first_cell_is(value: str) -> Check:
     def check(results: list[Result], actor: Actor) -> None:
         assert _last_rows(results).rows[0][0] == value, _last_rows(results).rows
@@ -696,11 +710,28 @@ ATTACKS: list[Attack] = [
     Attack("sp_computed_value",
            "SELECT set_config('search_path', current_setting('search_path') || ', two_co', false)", "SNC", "deny",
            by="proxy"),
-    # red team round 3 R2: a read after set_config() in the same statement saw PostgreSQL's value (hidden left out)
-    Attack("sp_set_config_and_read", "SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', false) AS "
-           "sent, current_setting('search_path') AS pg_value", "SNC", "deny", by="proxy"),
-    Attack("sp_set_config_and_pg_settings", "SELECT set_config('search_path', '\"$user\", two_co, public', false), "
-           "(SELECT setting FROM pg_settings WHERE name = 'search_path')", "SNC", "deny", by="proxy"),
+    # red team round 3 R2: a read after set_config() in the same statement saw PostgreSQL's value (hidden left out);
+    # read at run time, it is the client's value (R3: PREPARE, cursor, temporary view, named Parse alike)
+    Attack("sp_set_config_and_read", ("SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', false) "
+                                      "AS sent, current_setting('search_path') AS pg_value", "RESET search_path"),
+           "SNC", "ok", check=cells_alike),
+    Attack("sp_set_config_and_pg_settings", ("SELECT set_config('search_path', '\"$user\", two_co, nix_co, public', "
+                                             "false), (SELECT setting FROM pg_settings WHERE name = 'search_path')",
+                                             "RESET search_path"), "SNC", "ok", check=cells_alike),
+    Attack("sp_prepared_before_the_set", ("PREPARE sp_read AS SELECT current_setting('search_path'), (SELECT setting "
+                                          "FROM pg_settings WHERE name = 'search_path')",
+                                          "SET search_path = nix_co, two_co, public", "EXECUTE sp_read",
+                                          "RESET search_path", "DEALLOCATE sp_read"), "SNC", "ok",
+           check=cells_are("nix_co, two_co, public")),
+    Attack("sp_cursor_before_the_set_local",
+           ("BEGIN", "DECLARE sp_cur CURSOR FOR SELECT current_setting('search_path')",
+            "SET LOCAL search_path = nix_co, two_co, public", "FETCH ALL FROM sp_cur", "ROLLBACK", "SHOW search_path"),
+           "SNC", "ok",
+           check=cells_are("nix_co, two_co, public", step=-2)),
+    Attack("sp_set_marker_entry", "SET search_path = pg_pgtenant_path_6f6e655f636f, public", ALL, "deny",
+           by="proxy"),  # the proxy's mark (settings.PATH_MARK): decoded by every read
+    Attack("sp_set_config_marker_entry", "SELECT set_config('search_path', 'public,pg_pgtenant_path_6f6e', true)",
+           ALL, "deny", by="proxy"),
     Attack("sp_rolled_back", ("BEGIN", "SET search_path = two_co", "ROLLBACK", "SELECT count(*) FROM orders"), ALL,
            "ok", check=count_is("orders")),
     Attack("sp_reset", ("RESET search_path", "SELECT count(*) FROM orders"), "SNC", "any"),
@@ -1183,6 +1214,28 @@ ATTACKS: list[Attack] = [
     Attack("acl_aclexplode_literal", "SELECT * FROM aclexplode('{nosuchrole=r/postgres}')", ALL, "deny", by="proxy"),
     Attack("acl_aclcontains_literal", "SELECT aclcontains(relacl, 'nosuchrole=r/postgres') FROM pg_class", ALL,
            "deny", by="proxy"),
+    # ... also beside an ACL value that is not a plain ACL column (renamed, subscripted, computed, another branch)
+    Attack("acl_literal_beside_renamed_column", "SELECT 1 FROM (SELECT relacl AS a FROM pg_class) s WHERE a @> "
+           "'nosuchrole=r/postgres'", ALL, "deny", by="proxy"),
+    Attack("acl_literal_beside_alias_list", "SELECT 1 FROM pg_namespace n(a, b, c, d) WHERE d @> "
+           "'nosuchrole=U/postgres'", ALL, "deny", by="proxy"),
+    Attack("acl_literal_beside_subscript", "SELECT 1 FROM pg_class WHERE relacl[1] = 'nosuchrole=r/postgres'", ALL,
+           "deny", by="proxy"),
+    Attack("acl_literal_in_coalesce", "SELECT coalesce(relacl, '{nosuchrole=r/postgres}') FROM pg_class", ALL, "deny",
+           by="proxy"),
+    Attack("acl_literal_in_union", "SELECT relacl FROM pg_class UNION ALL SELECT '{nosuchrole=r/postgres}'", ALL,
+           "deny", by="proxy"),
+    Attack("acl_literal_in_array_append", "SELECT array_append(relacl, 'nosuchrole=r/postgres') FROM pg_class", ALL,
+           "deny", by="proxy"),
+    Attack("acl_literal_beside_acldefault", "SELECT acldefault('r', 10) @> 'nosuchrole=r/postgres'", ALL, "deny",
+           by="proxy"),
+    Attack("acl_literal_in_subquery_test", "SELECT '{nosuchrole=r/postgres}' IN (SELECT relacl FROM pg_class)", ALL,
+           "deny", by="proxy"),
+    Attack("acl_temp_table_column", ("CREATE TEMP TABLE acl_t AS SELECT relacl FROM pg_class LIMIT 0",
+                                     "INSERT INTO acl_t VALUES ('{nosuchrole=r/postgres}')"), ALL, "deny",
+           by="proxy"),
+    Attack("acl_param_beside_column", "SELECT 1 FROM pg_class WHERE relacl IS DISTINCT FROM %s", ALL, "deny",
+           by="proxy", params=("{nosuchrole=r/postgres}",)),
     # --- error texts that could echo other tenants' values ----------------------------------------------------------
     Attack("err_div_zero_foreign_rows", "SELECT 1/0 FROM orders WHERE tenant_id = 'bigco'", SN, "any"),
     Attack("err_cast_name_in_select", "SELECT name::int FROM customers", ALL, "deny"),
@@ -2209,6 +2262,35 @@ def test_ctid_of_own_rows_is_not_shown(env: Env, protocol: str, strategy: str) -
     results = [r for step in steps for r in client.simple(step)]
     assert not [r for r in results if r.kind == "error"], results
     assert _last_rows(results).rows == [("(0,1)",)]
+    assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
+
+
+@pytest.mark.parametrize("strategy", ["shared", "norls", "schema", "database"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_xmax_is_refused_where_other_tenants_lock_rows(env: Env, protocol: str, strategy: str) -> None:
+    """`xmax` is the last transaction that locked or deleted a row and stays after it: a foreign key check of another
+    tenant's insert locks the (shared) row it references (PostgreSQL 18: an insert into a referencing table left
+    the referenced row's xmax at its xid, after COMMIT and VACUUM). Refused with its rule outside the database
+    strategy, the session goes on; xmin and a temporary table's xmax stay."""
+    actor = ACTORS[strategy]
+    client = env.client(actor)
+    run = client.simple if protocol == "simple" else client.extended
+    for sql in ("SELECT id, xmax FROM orders", "SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id "
+                "WHERE c.xmax <> '0'", "SELECT amname, xmax::text FROM pg_am"):
+        results = run(sql)
+        errors = [r for r in results if r.kind == "error"]
+        if strategy == "database":
+            assert not errors, results
+        else:
+            assert errors and errors[0].sqlstate == "42501" and "(rule row_locker)" in errors[0].message, results
+            assert not [r for r in results if r.kind == "rows"], results
+    if strategy != "norls":  # (without forced RLS a scoped table's system columns are lost: GAP_SYSTEM_COLUMNS)
+        assert _last_rows(run("SELECT count(xmin) FROM customers")).rows == [(str(actor.counts["customers"]),)]
+    steps = ("CREATE TEMP TABLE bi_xmax_temp AS SELECT 1 AS x", "SELECT xmax::text FROM bi_xmax_temp",
+             "DROP TABLE bi_xmax_temp")
+    results = [r for step in steps for r in client.simple(step)]
+    assert not [r for r in results if r.kind == "error"], results
+    assert _last_rows(results).rows == [("0",)]
     assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
 
 

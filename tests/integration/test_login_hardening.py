@@ -102,6 +102,40 @@ def test_a_login_in_its_scram_exchange_is_never_closed_to_make_room(capped: Prox
             f.close()
 
 
+def _parked_in_scram(proxy: ProxyProcess, source: str, user: str) -> socket.socket:
+    """A login from `source` that reaches the SCRAM exchange (client-first sent, server-first read) and stays."""
+    from scramp import ScramClient
+
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10, source_address=(source, 0))
+    sock.sendall(m.encode_startup_message({"user": user, "database": "initech"}))
+    t, body = read_message(sock)
+    assert t == b"R" and struct.unpack_from("!i", body)[0] == m.AUTH_SASL
+    first = ScramClient(["SCRAM-SHA-256"], user, "x").get_client_first().encode()
+    sock.sendall(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
+    t, body = read_message(sock)
+    assert t == b"R" and struct.unpack_from("!i", body)[0] == m.AUTH_SASL_CONTINUE
+    return sock
+
+
+def test_logins_parked_in_scram_by_a_few_addresses_do_not_lock_everyone_out(capped: ProxyProcess) -> None:
+    # Red team round 4 F5: logins parked in their SCRAM exchange (unknown names, each new) from a few addresses held
+    # every pre-login place (here 2 x 20 = 40), and every other login was refused with 53300. Now the newcomer gets
+    # a place: the oldest parked login of the busiest address of the busiest network (/24) is closed instead.
+    parked = [_parked_in_scram(capped, f"127.0.1.{2 + i % 2}", f"junk_{i}") for i in range(40)]
+    try:
+        with psycopg.connect(capped.dsn("ivan")) as c:  # from 127.0.0.1: another /24
+            assert c.execute("SELECT 1").fetchone() == (1,)
+        fields = _error_fields(parked[0])  # the oldest of 127.0.1.2 made room
+        assert fields["C"] == "53300" and "waiting to log in" in fields["M"]
+        # the attacker renews: each new parked login pushes out one of its own, never a real client's
+        parked += [_parked_in_scram(capped, f"127.0.1.{4 + i}", f"junk_more_{i}") for i in range(3)]
+        with psycopg.connect(capped.dsn("ivan")) as c:
+            assert c.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        for sock in parked:
+            sock.close()
+
+
 def test_cancel_requests_with_unknown_keys_are_counted_and_their_log_lines_rate_limited(capped: ProxyProcess) -> None:
     # Anyone can send CancelRequests: 1,000 with random keys wrote 1,000 cancel_ignored lines.
     for i in range(1000):

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, tenants_proxy
+from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, env_pool, prepare_backend, tenants_proxy
 
 DB = "dumpsrc"  # shared tenants dta and dtb (schema "sales"), schema tenants dts ("ds_data") and dtx ("dx_vault")
 DB_OWN = "dumpsrc_own"  # the database tenant dtd's own database
@@ -85,7 +85,11 @@ def _fill(pg: PgCluster) -> None:
 def dump_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
     _fill(pg)
-    p = tenants_proxy(pg, tmp_path_factory.mktemp("pgdump"), TENANTS, dict(ROLES.values())).start()
+    p = tenants_proxy(pg, tmp_path_factory.mktemp("pgdump"), TENANTS, dict(ROLES.values()))
+    # `pg_dump -j 2` holds three connections in a transaction at once (the leader's snapshot, two workers importing
+    # it): in transaction pooling the tenant's pool needs j + 1 servers (docs/operations.md, "Sizing")
+    p.pool = {"pool_size": max(3, env_pool().get("pool_size", 0))}
+    p.start()
     # What the SaaS grants besides provision (docs/export.md): the view over the shared tables, and the position of
     # the shared tables' identity sequence (it counts every tenant's rows; provision grants the sequences of a
     # schema or database tenant's own schemas only).

@@ -326,6 +326,106 @@ def test_importing_another_databases_snapshot_answers_as_a_missing_one(pg: PgClu
         sock.close()
 
 
+# --- advisory locks (database strategy; red team round 4 F7) ------------------------------------------------------
+
+ADVISORY_LIMIT = 4
+
+
+@pytest.fixture(scope="module")
+def lock_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """limits.max_advisory_locks = 4, session pooling (the count is PostgreSQL's, per server connection)."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
+                     limits={"max_advisory_locks": ADVISORY_LIMIT}, pool={"pool_mode": "session"})
+    p.start()
+    yield p
+    p.stop()
+
+
+def advisory_locks(pg: PgCluster) -> int:
+    """Advisory locks held in initech (ivan's database), as the server counts them."""
+    return int(pg.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                          "WHERE l.locktype = 'advisory' AND d.datname = 'initech'")[0][0])
+
+
+def bound(name: str, value: str) -> bytes:
+    """Bind named statement `name` with one text parameter, Execute, Sync."""
+    raw = value.encode()
+    body = b"\x00" + name.encode() + b"\x00" + struct.pack("!hhi", 0, 1, len(raw)) + raw + struct.pack("!h", 0)
+    return m.frame(b"B", body) + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) + m.SYNC_MESSAGE
+
+
+def lock_limit_error(errors: list[dict[str, str]]) -> None:
+    assert [e["C"] for e in errors] == ["22P02"], errors
+    assert f"limits.max_advisory_locks = {ADVISORY_LIMIT}" in errors[0]["M"], errors
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_an_advisory_lock_per_row_is_refused(pg: PgCluster, lock_proxy: ProxyProcess, protocol: str) -> None:
+    """The red team's statement (a lock per row of generate_series, 23,645 locks: every tenant of the server got
+    "out of shared memory") and its volatile-key variant are refused; nothing is taken."""
+    sock = connect(lock_proxy, "ivan")
+    send = PROTOCOLS[protocol]
+    for sql in ("SELECT count(pg_advisory_lock(g)) FROM generate_series(1000, 1999) g",
+                "SELECT count(pg_try_advisory_xact_lock((random() * 1e9)::bigint)) FROM generate_series(1, 1000)",
+                "SELECT pg_advisory_lock_shared(k) FROM (VALUES (1), (2)) v(k)"):
+        sock.sendall(send(sql))
+        errors, _ = answer(sock)
+        assert [e["C"] for e in errors] == ["0A000"] and "advisory_lock_key" in errors[0]["M"], (sql, errors)
+        assert "limits.max_advisory_locks" in errors[0]["H"]
+    assert advisory_locks(pg) == 0
+    still_usable_database(sock)
+    sock.close()
+
+
+LOCK_LOOPS = {
+    "session": ([], "SELECT pg_advisory_lock({k})", []),
+    "unlock_not_run": ([], "SELECT pg_advisory_lock({k}), (SELECT pg_advisory_unlock({k}) WHERE false)", []),
+    "shared_try": ([], "SELECT pg_try_advisory_lock_shared({k}, 7)", []),
+    "transaction": (["BEGIN"], "SELECT pg_advisory_xact_lock({k})", ["ROLLBACK"]),
+    "prepared": (["PREPARE lk(bigint) AS SELECT pg_advisory_lock($1)"], "EXECUTE lk({k})", ["DEALLOCATE lk"]),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("loop", sorted(LOCK_LOOPS))
+def test_advisory_locks_stop_at_the_limit(pg: PgCluster, lock_proxy: ProxyProcess, protocol: str, loop: str) -> None:
+    """One lock per statement, in a loop: the statement that would take the session past
+    limits.max_advisory_locks fails (PostgreSQL counts them: unlocks that never ran, transaction-level and shared
+    locks, EXECUTEs of a prepared statement alike); releasing them makes room again."""
+    sock = connect(lock_proxy, "ivan")
+    send = PROTOCOLS[protocol]
+    before, each, after = LOCK_LOOPS[loop]
+    answers = run_all(sock, [*(send(s) for s in before),
+                             *(send(each.format(k=5000 + k)) for k in range(ADVISORY_LIMIT + 2))])
+    errors = [e for e, _ in answers[len(before):]]
+    assert not any(e for e, _ in answers[:len(before)]) and not any(errors[:ADVISORY_LIMIT]), errors
+    lock_limit_error(errors[ADVISORY_LIMIT])
+    assert advisory_locks(pg) == (0 if before == ["BEGIN"] else ADVISORY_LIMIT)  # (an error ends a transaction's)
+    answers = run_all(sock, [*(send(s) for s in after), send("SELECT pg_advisory_unlock_all()"),
+                             send(each.format(k=1).replace("EXECUTE lk", "SELECT pg_advisory_lock"))])
+    assert not any(e for e, _ in answers), answers
+    assert advisory_locks(pg) == (0 if before == ["BEGIN"] else 1)  # (autocommit: a transaction's lock is gone)
+    sock.sendall(send("SELECT pg_advisory_unlock_all()"))
+    assert not answer(sock)[0]
+    still_usable_database(sock)
+    sock.close()
+    assert until(lambda: advisory_locks(pg) == 0)
+
+
+def test_advisory_locks_of_a_bound_statement_stop_at_the_limit(pg: PgCluster, lock_proxy: ProxyProcess) -> None:
+    """A named statement bound again and again with new keys (a driver's prepared statement)."""
+    sock = connect(lock_proxy, "ivan")
+    sock.sendall(m.Parse("lk", "SELECT pg_advisory_lock($1::bigint)", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    assert not answer(sock)[0]
+    answers = run_all(sock, [bound("lk", str(9000 + k)) for k in range(ADVISORY_LIMIT + 2)])
+    assert not any(e for e, _ in answers[:ADVISORY_LIMIT])
+    lock_limit_error(answers[ADVISORY_LIMIT][0])
+    assert advisory_locks(pg) == ADVISORY_LIMIT
+    sock.close()
+    assert until(lambda: advisory_locks(pg) == 0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
 def test_worst_statements_do_not_stall_another_tenant(proxy: ProxyProcess, protocol: str) -> None:

@@ -32,7 +32,15 @@ import pytest
 
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
-from tests.support.pooling import ADMIN_PASSWORD, ADMIN_USER, pool_count, pool_row, require_pooling, start_pooled
+from tests.support.pooling import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    pool_count,
+    pool_row,
+    require_pooling,
+    server_pids,
+    start_pooled,
+)
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
 SECRET = "secret-of-a"
@@ -57,8 +65,9 @@ def iso(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pro
     p = start_pooled(pg, tmp_path_factory.mktemp("pool-iso"), TENANTS, ROLES, POOL, 5)
     for tenant in TENANTS.values():  # (in both: B's probes name it)
         keys = tenant["keys"]
-        pg.execute(f'CREATE SEQUENCE IF NOT EXISTS iso_seq; ALTER SEQUENCE iso_seq OWNER TO "{keys["backend_user"]}"',
-                   dbname=keys["database"])
+        pg.execute(f'CREATE SEQUENCE IF NOT EXISTS iso_seq; ALTER SEQUENCE iso_seq OWNER TO "{keys["backend_user"]}";'
+                   "CREATE TABLE IF NOT EXISTS iso_serial (id serial PRIMARY KEY, v text NOT NULL);"
+                   f'ALTER TABLE iso_serial OWNER TO "{keys["backend_user"]}"', dbname=keys["database"])
     yield p
     p.stop()
 
@@ -157,12 +166,28 @@ LEFT: dict[str, Left] = {
     "sequence_state": Left(
         ("SELECT nextval('iso_seq')",),  # (setval(): not allowed)
         (("SELECT lastval()", error("55000")), ("SELECT currval('iso_seq')", error("55000")))),
+    # ... and so does a column default's nextval(), unseen by the proxy: an INSERT into a serial column
+    "sequence_state_by_default": Left(
+        ("INSERT INTO iso_serial (v) VALUES ('a')",),
+        (("SELECT lastval()", error("55000")), ("SELECT currval('iso_serial_id_seq')", error("55000")))),
     "advisory_locks": Left(
         ("SELECT pg_advisory_lock(4242)", "SELECT pg_advisory_lock_shared(4243)"),
         # unlock returns true only for a lock this session holds: B must hold none of A's
         (("SELECT pg_advisory_unlock(4242)", rows((False,))),
          ("SELECT pg_advisory_unlock_shared(4243)", rows((False,))),
          ("SELECT pg_try_advisory_lock(4242), pg_advisory_unlock(4242)", rows((True, True))))),
+    # (red team round 4 F3: A's count said none, its server went back holding the lock, never reset)
+    "advisory_lock_prepared": Left(
+        ("PREPARE iso_lk AS SELECT pg_advisory_lock(4242)", "EXECUTE iso_lk", "EXECUTE iso_lk",
+         "DEALLOCATE iso_lk", "SELECT pg_advisory_unlock(4242)"),
+        (("SELECT pg_advisory_unlock(4242)", rows((False,))),
+         ("SELECT pg_try_advisory_lock(4242), pg_advisory_unlock(4242)", rows((True, True))))),
+    "advisory_lock_temp_view": Left(
+        ("CREATE TEMP VIEW iso_lv AS SELECT count(*) FROM (SELECT pg_advisory_lock(4242)) s",
+         "SELECT * FROM iso_lv", "SELECT * FROM iso_lv", "DROP VIEW iso_lv", "SELECT pg_advisory_unlock(4242)"),
+        (("SELECT pg_advisory_unlock(4242)", rows((False,))),
+         ("SELECT pg_try_advisory_lock(4242), pg_advisory_unlock(4242)", rows((True, True)))),
+        reused=False),
 }
 
 
@@ -202,6 +227,20 @@ def test_left_state_is_gone_for_the_next_client(iso: ProxyProcess, pg: PgCluster
     assert not problems, problems
     # nothing of A's is held on the server any more, as PostgreSQL itself tells
     assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid IN (4242, 4243)") == [(0,)]
+
+
+def test_a_writers_sequence_values_stay_its_own(iso: ProxyProcess) -> None:
+    """After an INSERT that ran a column default's nextval(), the writer reads its currval()/lastval() in later
+    transactions on the server of that write, and never another client: once someone else has used that server,
+    they are gone for the writer too (55000, as on a server it never wrote on), never stale or another's."""
+    with _connect(iso, "isa") as a, _connect(iso, "isa") as b:
+        row = a.execute("INSERT INTO iso_serial (v) VALUES ('a') RETURNING id").fetchone()
+        assert row is not None
+        assert a.execute("SELECT currval('iso_serial_id_seq'), lastval()").fetchone() == (row[0], row[0])
+        assert _run(b, "SELECT lastval()")[0] == error("55000")  # the pool of one: a's server, a's value gone
+        assert _run(a, "SELECT currval('iso_serial_id_seq')")[0] == error("55000")
+        assert _run(b, "INSERT INTO iso_serial (v) VALUES (NULL)")[0] == error("23502")  # nextval() ran all the same
+        assert _run(a, "SELECT lastval()")[0] == error("55000")
 
 
 def _notifications_reaching(b: psycopg.Connection, pg: PgCluster, db: str, channel: str) -> list[str]:
@@ -303,6 +342,27 @@ PINS: dict[str, Pin] = {
     "listen_unlisten_all": Pin(("LISTEN pin_ch",), "SELECT pg_listening_channels()", rows(), ("UNLISTEN *",)),
     "advisory_lock": Pin(("SELECT pg_advisory_lock(77)",), "SELECT pg_advisory_unlock(77)", rows((False,)),
                          ("SELECT pg_advisory_unlock(77)",)),
+    # Red team round 4 F3: locks the proxy's count of calls as written cannot follow (a call run again through
+    # EXECUTE, a view, a cursor; once per row; an unlock that never runs): A locks 77 twice, unlocks it once. The
+    # server itself is asked before it goes back: A stays pinned while PostgreSQL says it holds a lock.
+    "advisory_lock_prepared": Pin(
+        ("PREPARE pin_lk AS SELECT pg_advisory_lock(77)", "EXECUTE pin_lk", "EXECUTE pin_lk", "DEALLOCATE pin_lk",
+         "SELECT pg_advisory_unlock(77)"), "SELECT pg_advisory_unlock(77)", rows((False,)),
+        ("SELECT pg_advisory_unlock(77)",)),
+    "advisory_lock_temp_view": Pin(
+        ("CREATE TEMP VIEW pin_lv AS SELECT count(*) FROM (SELECT pg_advisory_lock(77)) s", "SELECT * FROM pin_lv",
+         "SELECT * FROM pin_lv", "DROP VIEW pin_lv", "SELECT pg_advisory_unlock(77)"),
+        "SELECT pg_advisory_unlock(77)", rows((False,)), ("SELECT pg_advisory_unlock(77)",), same_server=False),
+    "advisory_lock_cursor": Pin(
+        ("BEGIN", "DECLARE pin_lc CURSOR FOR SELECT pg_advisory_lock(77) FROM generate_series(1, 2)",
+         "FETCH ALL FROM pin_lc", "COMMIT", "SELECT pg_advisory_unlock(77)"),
+        "SELECT pg_advisory_unlock(77)", rows((False,)), ("SELECT pg_advisory_unlock(77)",)),
+    "advisory_lock_per_row": Pin(
+        ("SELECT pg_advisory_lock(77) FROM generate_series(1, 2)", "SELECT pg_advisory_unlock(77)"),
+        "SELECT pg_advisory_unlock(77)", rows((False,)), ("SELECT pg_advisory_unlock(77)",)),
+    "advisory_unlock_not_run": Pin(
+        ("SELECT pg_advisory_lock(77)", "SELECT pg_advisory_unlock(77) WHERE false"),
+        "SELECT pg_advisory_unlock(77)", rows((False,)), ("SELECT pg_advisory_unlock(77)",)),
     "advisory_lock_unlock_all": Pin(("SELECT pg_advisory_lock(77)", "SELECT pg_advisory_lock_shared(78)"),
                                     "SELECT pg_advisory_unlock(77)", rows((False,)),
                                     ("SELECT pg_advisory_unlock_all()",)),
@@ -312,6 +372,15 @@ PINS: dict[str, Pin] = {
                                   "SELECT current_setting('work_mem') = '3MB'", rows((False,)), (),
                                   same_server=False),
     "set_seed": Pin(("SET seed = 0.5",), "SELECT 1", rows((1,)), ()),
+    # red team round 4 F8: a setting made at each EXECUTE / read of a view is not followed (RESET ALL forgot the
+    # value recorded at the PREPARE): pinned for good, the server closed when A leaves
+    "setting_in_prepare": Pin(("PREPARE pin_sp AS SELECT set_config('work_mem', '7MB', false)", "RESET ALL",
+                               "EXECUTE pin_sp", "DEALLOCATE pin_sp"),
+                              "SELECT current_setting('work_mem') = '7MB'", rows((False,)), (), same_server=False),
+    "setting_in_temp_view": Pin(("CREATE TEMP VIEW pin_sv AS SELECT set_config('work_mem', '7MB', false) AS s",
+                                 "RESET ALL", "SELECT * FROM pin_sv", "DROP VIEW pin_sv"),
+                                "SELECT current_setting('work_mem') = '7MB'", rows((False,)), (),
+                                same_server=False),
     "sequence": Pin(("SELECT nextval('iso_seq')",), "SELECT lastval()", error("55000"), ()),
     "discard_all": Pin(("CREATE TEMP TABLE pin_t (v text)", "PREPARE pin_p AS SELECT 1", "LISTEN pin_ch"),
                        "SELECT count(*) FROM pin_t", error("42P01"), ("DISCARD ALL",), same_server=False),
@@ -393,6 +462,50 @@ def test_cancel_racing_with_release_never_cancels_the_next_client(iso: ProxyProc
     assert victims == [], f"B's queries were cancelled by A's cancel requests: {victims[:3]}"
 
 
+# --- advisory locks the proxy cannot count (red team round 4 F3), with a pool of two servers --------------
+
+RT4_F3 = {  # the red team's reproductions: lock 42 taken twice through an indirection, unlocked once
+    "prepared": ("PREPARE p AS SELECT pg_advisory_lock(42)", "EXECUTE p", "EXECUTE p", "DEALLOCATE p",
+                 "SELECT pg_advisory_unlock(42)"),
+    "temp_view": ("CREATE TEMP VIEW v AS SELECT count(*) FROM (SELECT pg_advisory_lock(42)) s", "SELECT * FROM v",
+                  "SELECT * FROM v", "DROP VIEW v", "SELECT pg_advisory_unlock(42)"),
+}
+_LOCK_42 = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 42"
+
+
+@pytest.fixture(scope="module")
+def iso2(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = start_pooled(pg, tmp_path_factory.mktemp("pool-iso2"), TENANTS, ROLES, {**POOL, "pool_size": 2}, 5)
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("case", list(RT4_F3))
+def test_uncounted_advisory_lock_never_reaches_another_client(iso2: ProxyProcess, pg: PgCluster, case: str) -> None:
+    with _connect(iso2, "isa") as a:
+        for step in RT4_F3[case]:
+            a.execute(step)
+        pid_a = _pid(a)
+        assert pg.execute(_LOCK_42) == [(pid_a,)]  # PostgreSQL: A's server holds 42 (once more)
+        # while A is connected and idle, other clients of the tenant (each holding a server: an open transaction)
+        # never land on A's server, and none of them holds A's lock
+        b = psycopg.connect(iso2.dsn("isa"))
+        try:
+            pid_b, got = b.execute("SELECT pg_backend_pid(), pg_try_advisory_xact_lock_shared(42)").fetchone()  # type: ignore[misc]
+            assert pid_b != pid_a and got is False
+        finally:
+            b.rollback()
+            b.close()
+        assert _pid(a) == pid_a  # A kept its server: its lock is where A holds it
+    until(lambda: pg.execute(_LOCK_42) == [], 10, 0.05, "A's lock gone with A (its server reset)")
+    with _connect(iso2, "isa") as b, _connect(iso2, "isa") as c:
+        b.execute("BEGIN")
+        assert b.execute("SELECT pg_try_advisory_xact_lock(42)").fetchone() == (True,)
+        c.execute("BEGIN")
+        assert c.execute("SELECT pg_try_advisory_xact_lock(42)").fetchone() == (False,)  # B's: exclusive again
+        assert {_pid(b), _pid(c)} <= set(server_pids(pg, "pool_iso_a", "pgt_r_iso_a"))
+
+
 # --- tenant context under a database budget -------------------------------------------------------------
 
 
@@ -423,6 +536,14 @@ def test_server_tenant_context_never_changes(budget: ProxyProcess) -> None:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute("SELECT set_config('pgtenant.tenant_id', 'acme', false)")
     assert set(seen.values()) == {"acme", "bigco"}
+
+
+@pytest.mark.parametrize("case", list(RT4_F3))
+def test_advisory_locks_stay_refused_in_the_shared_strategy(budget: ProxyProcess, case: str) -> None:
+    # (advisory locks are keyed per database: every tenant of a shared database would share them)
+    with _connect(budget, "alice") as acme, pytest.raises(psycopg.errors.InsufficientPrivilege,
+                                                          match="advisory_lock_shared"):
+        acme.execute(RT4_F3[case][0])
 
 
 def test_a_flooding_tenant_does_not_starve_another(budget: ProxyProcess) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.test_pool_io import console, pooled_proxy, until_waiting
 from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess
 
 
@@ -98,3 +99,30 @@ def test_idle_clients_hold_no_server(one_server: ProxyProcess) -> None:
     finally:
         for c in conns:
             c.close()
+
+
+def test_an_idle_clients_server_ended_by_postgresql_costs_it_nothing(pg: PgCluster, one_server: ProxyProcess) -> None:
+    """Between transactions a client holds no server: PostgreSQL ending the pool's idle server (pg_terminate_backend,
+    a restart of one backend) closes that server only; the client's next query gets another one (in session pooling
+    the held server's FATAL ends the session: test_faults.py)."""
+    with psycopg.connect(one_server.dsn("alice"), autocommit=True) as conn:
+        (pid,) = conn.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
+        assert pg.execute(f"SELECT pg_terminate_backend({pid})") == [(True,)]
+        until(lambda: not pg.execute(f"SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"), what="the server gone")
+        (again,) = conn.execute("SELECT pg_backend_pid()").fetchone()  # type: ignore[misc]
+        assert again != pid
+        assert conn.execute("SELECT current_setting('pgtenant.tenant_id')").fetchone() == ("acme",)
+
+
+def test_reset_inside_a_transaction_shows_the_servers_value_until_it_ends(one_server: ProxyProcess) -> None:
+    """RESET of a startup setting inside a transaction block: PostgreSQL resets to what its server started with (the
+    tenant's servers start without the client's settings), so the client's startup value is back only once the
+    transaction ends (docs/pinning.md, "Settings follow the session")."""
+    with psycopg.connect(one_server.dsn("alice", options="-c DateStyle=SQL,DMY"), autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("RESET DateStyle")
+            assert conn.execute("SHOW DateStyle").fetchone() == ("ISO, MDY",)
+        assert conn.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
+        assert conn.info.parameter_status("DateStyle") == "SQL, DMY"
+        conn.execute("RESET DateStyle")  # outside a transaction block: as on a direct connection at once
+        assert conn.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)

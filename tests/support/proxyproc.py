@@ -54,6 +54,14 @@ def env_pool() -> dict[str, Any]:
     return out
 
 
+def default_pool_mode() -> str:
+    """The pool mode of a ProxyProcess whose own `pool` does not set one: the environment's, else the product's
+    default (`[pool] pool_mode`)."""
+    from proxy.config import PoolConfig
+
+    return str(env_pool().get("pool_mode", PoolConfig().pool_mode))
+
+
 def verifier(password: str) -> str:
     if password not in _verifier_cache:
         _verifier_cache[password] = str(make_verifier(password))
@@ -109,6 +117,8 @@ class ProxyProcess:
     admin_users: dict[str, str] = field(default_factory=dict)  # admin user -> password
     provision_args: tuple[str, ...] = ()  # more `pgtenant provision` options, e.g. ("--trust", "app")
     pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys, over those of env_pool()
+    agent: dict[str, Any] = field(default_factory=dict)  # [agent] keys
+    user_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # more [users.X] keys: {"bot": {"profile": …}}
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -174,8 +184,11 @@ class ProxyProcess:
             lines += [f"[tenants.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in keys.items())]
         if not self.preflight_enforce:
             lines += ["[preflight]", "enforce = false"]
+        if self.agent:
+            lines += ["[agent]", *(f"{k} = {json.dumps(v)}" for k, v in self.agent.items())]
         for user, (tenant, _) in self.users.items():
             lines += [f"[users.{user}]", f'tenant = "{tenant}"']
+            lines += [f"{k} = {json.dumps(v)}" for k, v in self.user_keys.get(user, {}).items()]
         self.config_path.write_text("\n".join(lines) + "\n")
         secrets = ["[users]"]
         secrets += [f'{u} = "{verifier(pw)}"' for u, (_, pw) in self.users.items()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from proxy.config import (
     AdminConfig,
+    AgentConfig,
     AuditConfig,
     BackendConfig,
     ConfigError,
@@ -65,7 +67,7 @@ TABLES = {
     "metrics": (MetricsConfig, ("basic_auth_password",)), "audit": (AuditConfig, ()),
     "admin": (AdminConfig, ("verifiers",)), "backends": (BackendConfig, ("name", "password")),
     "tenants": (TenantConfig, ("name",)), "users": (UserConfig, ("name", "verifier")),
-    "pool": (PoolConfig, ()),
+    "pool": (PoolConfig, ()), "agent": (AgentConfig, ()),
 }
 
 
@@ -168,8 +170,8 @@ def test_minimal_config(tmp_path: Path) -> None:
         (lambda r: r["tenants"]["acme"].pop("strategy"), "tenants.acme.strategy: must be shared, schema or database"),
         (lambda r: r["tenants"]["acme"].update(allow_writes="yes"), "tenants.acme.allow_writes: expected bool"),
         (lambda r: r["users"]["alice"].update(verifier="x"),
-         "users.alice.verifier: unknown key (allowed: idle_in_transaction_timeout, max_client_connections, "
-         "max_result_bytes, max_result_rows, statement_timeout, tenant)"),
+         "users.alice.verifier: unknown key (allowed: agent, idle_in_transaction_timeout, max_client_connections, "
+         "max_result_bytes, max_result_rows, profile, statement_timeout, tenant)"),
         (lambda r: r["backends"]["main"].update(password="x"), "backends.main.password: unknown key"),
     ],
 )
@@ -253,3 +255,45 @@ def test_tenant_pool_values_override_the_pool_table(tmp_path: Path) -> None:
     assert (acme.mode, acme.size, acme.reserve, acme.weight) == ("session", 3, 2, 2.0)
     assert (beta.mode, beta.size, beta.reserve, beta.weight) == ("transaction", 5, 2, 1.0)
     assert (cfg.db_budget("main"), cfg.db_budget("other")) == (40, 7)  # type: ignore[attr-defined]
+
+
+def test_agent_limits_layer_user_over_tenant_over_defaults(tmp_path: Path) -> None:
+    raw = base()
+    raw["agent"] = {"max_rows": 500, "statement_timeout": 10}
+    raw["tenants"]["acme"]["agent"] = {"max_cost": 2000.0, "max_rows": 300}
+    raw["users"]["alice"] = {"tenant": "acme", "profile": "agent", "agent": {"max_rows": 50}}
+    cfg = load(raw, tmp_path)
+    assert cfg.agent_limits("alice") == AgentConfig(  # type: ignore[attr-defined]
+        max_rows=50, max_cost=2000.0, max_estimated_rows=AgentConfig().max_estimated_rows, statement_timeout=10.0)
+    raw["users"]["alice"] = {"tenant": "acme"}
+    assert load(raw, tmp_path).agent_limits("alice") is None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"agent": {"max_rows": 0}}, "agent.max_rows: must be at least 1, got 0"),
+    ({"agent": {"statement_timeout": 0}}, "agent.statement_timeout: must be positive"),
+    ({"agent": {"max_cost": -1.0}}, "agent.max_cost: must be 0 (no limit) or more"),
+    ({"agent": {"max_row": 1}}, "agent.max_row: unknown key"),
+    ({"users": {"alice": {"tenant": "acme", "profile": "robot"}}}, "users.alice.profile: must be default or agent"),
+    ({"users": {"alice": {"tenant": "acme", "agent": {"max_rows": 5}}}}, "users.alice.agent: only for a user with"),
+    ({"tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme",
+                           "agent": {"max_estimated_rows": -5}}}}, "tenants.acme.agent.max_estimated_rows: must be 0"),
+])
+def test_agent_config_errors_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load({**base(), **change}, tmp_path)
+
+
+def test_the_agent_profile_example_in_the_docs_reads_as_documented(tmp_path: Path) -> None:
+    """docs/reporting.md "Agent profile": its [agent] values are the defaults, its tenant and user tables load."""
+    text = (ROOT / "docs" / "reporting.md").read_text().split("## Agent profile", 1)[1]
+    block = re.findall(r"```toml\n(.*?)```", text, re.S)[0].replace("# …\n", "")
+    doc = tomllib.loads(block)
+    assert AgentConfig(**doc["agent"]) == AgentConfig()
+    raw = base()
+    raw["agent"] = doc["agent"]
+    raw["tenants"]["acme"]["agent"] = doc["tenants"]["acme"]["agent"]
+    raw["users"]["acme_agent"] = doc["users"]["acme_agent"]
+    secrets = f'[users]\nalice = "{VERIFIER}"\nacme_agent = "{VERIFIER}"\n'
+    cfg = load(raw, tmp_path, secrets)
+    assert cfg.agent_limits("acme_agent") == replace(AgentConfig(), max_rows=200, max_cost=5000.0)  # type: ignore

@@ -10,6 +10,7 @@ import pytest
 from proxy import errors
 from proxy.config import Config, parse_config
 from proxy.pooling import (
+    KEEP_FOR_TENANT,
     Check,
     Close,
     Closing,
@@ -204,8 +205,10 @@ def test_the_database_budget_closes_another_pools_idle_server_lru_first(tmp_path
     assert out[0] == Close(b1, Closing.BUDGET)  # released first: least recently used
     assert isinstance(out[1], Connect) and c1 in s.pm.servers
     s.connect_all(out)
-    out = s.request("a2")  # a's own server is busy, c's idle one makes room
-    assert out[0] == Close(c1, Closing.BUDGET)
+    assert s.request("a2") == []  # a's own server is busy; c's idle one is kept for c a while (its share: 1)
+    s.now = 3.0 + KEEP_FOR_TENANT
+    out = s.pm.tick(s.now)  # then it makes room
+    assert out[0] == Close(c1, Closing.BUDGET) and grants(s.connect_all(out)) == ["a2"]
 
 
 def test_the_budget_is_per_database_and_overridden_per_backend(tmp_path: Path) -> None:
@@ -214,6 +217,26 @@ def test_the_budget_is_per_database_and_overridden_per_backend(tmp_path: Path) -
     s.hold("d1")  # another database: its own budget
     assert s.request("b1") == []  # saas is full and nothing there is idle: b waits
     assert [r.cl_waiting for r in s.pm.rows(s.now) if r.tenant == "b"] == [1]
+
+
+def test_a_tenant_within_its_share_keeps_its_idle_server_while_a_neighbour_floods_the_budget(tmp_path: Path) -> None:
+    """The noisy neighbour: a floods a budget of 4, b runs one query now and then. b's server, idle between its
+    queries, is not closed to make room for a's waiters (b holds 1, its share is 2), so b's next query gets it at
+    once instead of paying a new server each time; a's released server, a being over its share, makes room for b."""
+    s = Script(config(tmp_path, pool={"max_db_connections": 4}))
+    flood(s, "a", 20)
+    assert s.request("b1") == []
+    out = s.connect_all(s.release("a0"))
+    assert isinstance(out[0], Close) and grants(out) == ["b1"]  # a held 4 of 4: over its share
+    b_server = s.pm.holding("b1")
+    s.now = 1.0
+    out = s.connect_all(s.release("b1"))  # a waits: b's server is kept, a's waiter gets none
+    assert out == [] and s.pm.servers[b_server].state.value == "idle"
+    for client in list(s.pm._held):  # a's servers cycle among its own waiters
+        assert not any(isinstance(a, Close) for a in s.connect_all(s.release(client)))
+    s.now = 2.0
+    out = s.request("b2")
+    assert [type(a) for a in out] == [Grant] and out[0].server == b_server  # at once, no new server
 
 
 def test_a_budget_full_of_busy_servers_makes_clients_wait_not_fail(tmp_path: Path) -> None:

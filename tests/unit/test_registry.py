@@ -35,7 +35,7 @@ def make_config(tmp_path: Path, *, tenants: dict[str, Any] | None = None, users:
 
 def report(errors: tuple[str, ...] = ()) -> SimpleNamespace:
     return SimpleNamespace(warnings=[], errors=list(errors), rls_complete=True, rls_tables=frozenset(),
-                           catalog_columns={})
+                           catalog_columns={}, schemas=frozenset())
 
 
 class Unreachable(Exception):
@@ -101,6 +101,16 @@ def test_revocations_for_a_moved_user_and_a_changed_tenant(tmp_path: Path) -> No
     })
     assert [r.user for r in revocations(old, replaced, refs("alice", "bob"))] == ["alice"]
     assert revocations(old, make_config(tmp_path), refs("alice", "bob")) == []
+
+
+def test_revocations_for_a_user_whose_agent_profile_changed(tmp_path: Path) -> None:
+    old = make_config(tmp_path)
+    agent = make_config(tmp_path, users={"alice": {"tenant": "acme", "profile": "agent"}, "bob": {"tenant": "globex"}})
+    assert [r.user for r in revocations(old, agent, refs("alice", "bob"))] == ["alice"]
+    lower = make_config(tmp_path, users={"alice": {"tenant": "acme", "profile": "agent", "agent": {"max_rows": 9}},
+                                         "bob": {"tenant": "globex"}})
+    assert [r.user for r in revocations(agent, lower, refs("alice", "bob"))] == ["alice"]
+    assert revocations(agent, agent, refs("alice", "bob")) == []
 
 
 def test_revocations_for_a_removed_admin_only(tmp_path: Path) -> None:

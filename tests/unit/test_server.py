@@ -107,10 +107,11 @@ def _reset_answer(sent: bytes, temp_schema: bytes = b"0") -> bytes:
 def test_reset_is_done_only_by_its_own_exact_answer() -> None:
     conn = _ready_server()
     conn.settings["DateStyle"] = "SET DateStyle = 'SQL'"
+    conn.sequences = object()  # a session's sequence state (a column default's nextval()): DISCARD ALL ends it
     [send] = conn.reset()
     queries = [q for q in _frontend(bytes(send.data))]
     assert [m.Query.decode(q.body).sql.split("'")[0] for q in queries] == ["DISCARD ALL", "SELECT "]
-    assert conn.state is ServerState.QUERYING and conn.settings == {}
+    assert conn.state is ServerState.QUERYING and conn.settings == {} and conn.sequences is None
     answer = _reset_answer(bytes(send.data))
     assert conn.data(answer[:9]) == []
     assert conn.data(answer[9:]) == [ServerQueryDone(True)]

@@ -26,6 +26,7 @@ from proxy.auth.throttle import AuthThrottle
 from proxy.config import parse_config
 from proxy.policy.cache import Pending
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
+from proxy.policy.settings import marked_entry
 from proxy.protocol import messages as m
 from proxy.session import TRANSITIONS, ClientSession, Event, State
 from tests.support.sessions import attach, frames, login, make_config, sent, server_for
@@ -366,7 +367,8 @@ def test_a_pipelined_parse_sees_the_create_parsed_before_it(session: ClientSessi
 def test_parameter_status_of_search_path_shows_the_clients_value(session: ClientSession) -> None:
     _context_session(session)
     session.client_data(m.Query("SET search_path = globex, public").encode())
-    out = _answer(session, m.parameter_status("search_path", "public"), m.frame(b"C", b"SET\x00"),
+    reported = f"{marked_entry('globex, public')}, public"  # what PostgreSQL has (settings.marked_entry)
+    out = _answer(session, m.parameter_status("search_path", reported), m.frame(b"C", b"SET\x00"),
                   m.ready_for_query(b"I"))
     assert out.startswith(m.parameter_status("search_path", "globex, public"))
 

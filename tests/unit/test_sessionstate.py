@@ -18,6 +18,7 @@ from proxy.policy.model import (
     Change,
     SessionContext,
 )
+from proxy.policy.settings import marked_entry
 from proxy.sessionstate import SessionState
 
 
@@ -198,12 +199,14 @@ def test_idle_ignores_transaction_boundaries() -> None:
 
 
 def test_parameter_status_shows_the_clients_value() -> None:
+    """PostgreSQL reports the search_path the proxy sent it: its first entry carries the client's value."""
     state = SessionState()
-    state.query(object(), 0, (Change(0, SET_PATH, path=("public", "Mixed"), shown="globex, public, \"Mixed\""),))
-    assert state.parameter_status('public, "Mixed"') == 'globex, public, "Mixed"'
+    shown = 'globex, public, "Mixed"'
+    assert state.parameter_status(f'{marked_entry(shown)}, public, "Mixed"') == shown
+    assert state.parameter_status(marked_entry("")) == ""
     assert state.parameter_status('"public"') == '"public"'  # the tenant's default, as the startup packet had it
-    state.query(object(), 0, (Change(0, SET_PATH, path=("public", "Mixed")),))  # the same path, nothing dropped
-    assert state.parameter_status('public, "Mixed"') == 'public, "Mixed"'
+    assert state.parameter_status('public, "Mixed"') == 'public, "Mixed"'  # nothing dropped
+    assert state.parameter_status("pg_pgtenant_path_zz, public") == "pg_pgtenant_path_zz, public"  # not hex
 
 
 def test_temp_relations_count_indexes_sequences_and_drops_until_the_transaction_ends() -> None:

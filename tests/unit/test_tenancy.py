@@ -103,3 +103,9 @@ def test_schema_and_database_policies() -> None:
     d = tenant_policy(DATABASE)
     assert (d.tenant, d.strategy, d.search_path) == ("initech", "database", ("public",))
     assert not d.scoped_tables and not d.hidden_schemas
+
+
+def test_known_schemas_never_include_a_hidden_one() -> None:
+    d = tenant_policy(DATABASE, hidden_schemas=["s2"], known_schemas=["public", "s2", "app"])
+    assert d.hidden_schemas == {"s2"} and d.known_schemas == {"public", "app"}
+    assert tenant_policy(DATABASE, known_schemas=["public"]).key != tenant_policy(DATABASE).key

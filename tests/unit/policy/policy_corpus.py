@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.policy import TenantPolicy
+from proxy.policy.agent import agent_policy
 from proxy.policy.model import SessionContext
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
@@ -160,7 +161,10 @@ _SHARED = TenantPolicy(
 )
 _SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("ref",),
                        catalog_columns=PG15_CATALOG_COLUMNS)
-_DATABASE = TenantPolicy(tenant="acme", strategy="database", catalog_columns=PG15_CATALOG_COLUMNS)
+_DATABASE = TenantPolicy(tenant="acme", strategy="database", catalog_columns=PG15_CATALOG_COLUMNS,
+                         max_advisory_locks=16)
+
+_KNOWN_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast", "public", "sales", "tenant_globex"})
 
 POLICIES: dict[str, TenantPolicy] = {
     "shared": _SHARED,
@@ -171,12 +175,19 @@ POLICIES: dict[str, TenantPolicy] = {
     "schema_rw": dataclasses.replace(_SCHEMA, allow_writes=True),
     "database": _DATABASE,
     "database_rw": dataclasses.replace(_DATABASE, allow_writes=True),
-    # the same database holds a schema tenant's schema (tenant_globex): hidden from these tenants too
-    "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"})),
-    "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"})),
+    # the same database holds a schema tenant's schema (tenant_globex): hidden from these tenants too (their filters
+    # name the schemas they may see, found when the tenant is prepared: `known_schemas`)
+    "shared_hiding": dataclasses.replace(_SHARED, hidden_schemas=frozenset({"tenant_globex"}),
+                                         known_schemas=_KNOWN_SCHEMAS),
+    "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"}),
+                                           known_schemas=_KNOWN_SCHEMAS),
+    # the agent profile (agent.max_rows = 100; database_agent: statement_timeout 30 s) over the read-write tenants
+    "shared_agent": agent_policy(dataclasses.replace(_SHARED, allow_writes=True), 100),
+    "schema_agent": agent_policy(dataclasses.replace(_SCHEMA, allow_writes=True), 100),
+    "database_agent": agent_policy(dataclasses.replace(_DATABASE, allow_writes=True), 100, 30_000),
 }
-# A database tenant with another tenant's schema in its database (a deny-list).
-DATABASE_HIDING = dataclasses.replace(POLICIES["database"], hidden_schemas=frozenset({"tenant_globex"}))
+# A database tenant with another tenant's schema in its database (an allow-list of the others).
+DATABASE_HIDING = POLICIES["database_hiding"]
 
 
 @dataclass(frozen=True)

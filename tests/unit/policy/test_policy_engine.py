@@ -14,6 +14,7 @@ from proxy.policy import rewrite as rewrite_module
 from proxy.policy import tree as tree_module
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.functions import never_allowed
+from proxy.policy.model import MAY_SET_SEQUENCES
 from proxy.policy.sqltext import (
     Edit,
     TextError,
@@ -90,6 +91,26 @@ def test_reapply_effect_on_rewrite_and_allow() -> None:
     assert isinstance(discard, Allow) and discard.effects == frozenset({REAPPLY_CONTEXT})
     decision = decide(SHARED, "SELECT * FROM orders; RESET ALL")
     assert isinstance(decision, Rewrite) and decision.effects == frozenset({REAPPLY_CONTEXT})
+
+
+@pytest.mark.parametrize(("sql", "writes"), [
+    ("INSERT INTO orders (id, amount) VALUES (1, 2)", True),
+    ("UPDATE orders SET amount = DEFAULT", True),
+    ("DELETE FROM orders WHERE id = 1", True),
+    ("WITH w AS (INSERT INTO orders (id, amount) VALUES (1, 2) RETURNING id) SELECT * FROM w", True),
+    ("SELECT 1; COPY orders (id, amount) FROM STDIN", True),
+    ("EXECUTE p", True),
+    ("SELECT * FROM orders", False),
+    ("PREPARE p AS INSERT INTO orders (id, amount) VALUES (1, 2)", True),  # (runs nothing: marked all the same)
+    ("EXPLAIN SELECT * FROM orders", False),
+])
+def test_writes_may_set_sequences(sql: str, writes: bool) -> None:
+    """A column default or trigger of what a statement writes may call nextval() unseen: the session then knows the
+    server may hold what currval()/lastval() read (proxy/sequences.py)."""
+    policy = dataclasses.replace(POLICIES["database"], allow_writes=True)
+    decision = decide(policy, sql)
+    assert isinstance(decision, (Allow, Rewrite)), decision
+    assert (MAY_SET_SEQUENCES in decision.effects) is writes
 
 
 def test_fence_adds_offset_zero() -> None:

@@ -1,0 +1,127 @@
+"""Admission of an agent's statements by the planner's estimate: the proxy's own `EXPLAIN (FORMAT JSON)` of the
+gated statement (with the client's bound parameters), read from the server's answers, and the verdict; pure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from proxy.config import AgentConfig
+from proxy.policy.model import ADMIT, Allow, Decision, Deny, Rewrite
+from proxy.policy.rules import deny
+from proxy.protocol import messages as m
+
+EXPLAIN_PREFIX = "EXPLAIN (FORMAT JSON) "
+NAME = "pgt_admission"  # the proxy's own statement and portal (the pgt_ prefix is refused to clients)
+_BATCH, _OWN, _DONE = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What the planner expects: the statement's total cost as it runs (with the agent's LIMIT), and the rows its
+    query returns before that LIMIT."""
+
+    cost: float
+    rows: float
+
+
+def needs(decision: Decision) -> bool:
+    """Whether a decision's statement is admitted by its estimate first."""
+    return type(decision) in (Allow, Rewrite) and ADMIT in decision.effects  # type: ignore[union-attr]
+
+
+def sent_text(sql: str, decision: Decision) -> str:
+    """The statement text PostgreSQL gets for `sql` under `decision`."""
+    return decision.sql if type(decision) is Rewrite else sql  # type: ignore[union-attr]
+
+
+def query_request(sql: str) -> bytes:
+    """The EXPLAIN of a simple Query's statement."""
+    return m.query_message(EXPLAIN_PREFIX + sql)
+
+
+def bind_request(sql: str, param_types: bytes, bind: bytes) -> bytes:
+    """The EXPLAIN of a prepared statement's text bound with the parameters of the client's Bind (body `bind`), as a
+    request of its own (its statement and portal closed again)."""
+    return (m.Parse(NAME, EXPLAIN_PREFIX + sql, param_types).encode() + m.bind_for(bind, NAME, NAME)
+            + m.execute_message(NAME) + m.close_message(b"P", NAME) + m.close_message(b"S", NAME) + m.SYNC_MESSAGE)
+
+
+def estimate(plan: str) -> Estimate:
+    """The estimate in EXPLAIN (FORMAT JSON)'s text: the top node's total cost; the rows of the node below the top
+    Limit (the agent's), else of the top node."""
+    top = json.loads(plan)[0]["Plan"]
+    below = top["Plans"][0] if top.get("Node Type") == "Limit" and top.get("Plans") else top
+    return Estimate(float(top["Total Cost"]), float(below["Plan Rows"]))
+
+
+def verdict(found: Estimate, limits: AgentConfig, show: bool) -> Deny | None:
+    """The refusal of a statement whose estimate is above a limit (None: admitted). `show`: the message gives the
+    value (not in the shared strategy, where estimates count every tenant's rows)."""
+    if limits.max_cost and found.cost > limits.max_cost:
+        value = f" at {found.cost:.0f}" if show else ""
+        return deny("agent_estimate", f"the planner estimates the statement's cost{value}, above agent.max_cost = "
+                    f"{limits.max_cost:g}")
+    if limits.max_estimated_rows and found.rows > limits.max_estimated_rows:
+        value = f" {found.rows:.0f}" if show else " more"
+        return deny("agent_estimate", f"the planner estimates the query returns{value} rows (before the agent's "
+                    f"LIMIT), above agent.max_estimated_rows = {limits.max_estimated_rows:g}")
+    return None
+
+
+@dataclass(slots=True)
+class Admission:
+    """One held statement's admission: the request to send, then the server's answers as they come. A Sync goes
+    first: it ends whatever the client's batch holds before the held message (`open_batch`: the session saw such
+    messages, the EXPLAIN waits for nothing else; a Close or Describe it does not follow may be there too), and
+    the answers up to its ReadyForQuery are the client's (that ReadyForQuery aside)."""
+
+    request: bytes
+    decision: Decision | None = None  # a Query's decision (the Bind's statement was decided at its Parse)
+    open_batch: bool = False
+    started: float = 0.0
+    stage: int = -1  # -1: not sent yet
+    buf: bytes = b""
+    plan: str | None = None
+    error: dict[str, str] | None = None
+    batch_failed: bool = False  # the client's batch failed before the held Bind
+
+    def start(self, now: float) -> bytes:
+        """What goes to the server now."""
+        self.started = now
+        self.stage = _BATCH
+        return m.SYNC_MESSAGE + self.request
+
+    @property
+    def sent(self) -> bool:
+        return self.stage >= 0
+
+    def feed(self, data: bytes) -> tuple[bytes, bool, bytes]:
+        """Server bytes: (the client's part, done, the bytes after the admission's last answer)."""
+        buf = self.buf + data if self.buf else data
+        messages, used = m.split_messages(buf)
+        client = bytearray()
+        end = 0
+        for type_, body, stop in messages:
+            start, end = end, stop
+            if self.stage == _BATCH:
+                if type_ == m.READY_FOR_QUERY:  # the Sync the proxy added: the batch goes on after the admission
+                    self.stage = _OWN
+                    continue
+                if type_ == m.ERROR_RESPONSE:
+                    self.batch_failed = True
+                client += buf[start:stop]
+            elif self.stage == _OWN:
+                if type_ == m.DATA_ROW and self.plan is None:
+                    values = m.decode_data_row(body)
+                    self.plan = values[0].decode() if values and values[0] is not None else None
+                elif type_ == m.ERROR_RESPONSE and self.error is None:
+                    self.error = m.decode_error_fields(body)
+                elif type_ == m.READY_FOR_QUERY:
+                    self.stage = _DONE
+                    self.buf = b""
+                    return bytes(client), True, buf[stop:]
+                elif type_ in (m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS):
+                    client += buf[start:stop]
+        self.buf = buf[used:]
+        return bytes(client), False, b""

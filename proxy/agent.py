@@ -1,0 +1,39 @@
+"""The agent profile's session side: its server context (read-only, its own statement_timeout) and the startup
+parameters it refuses; pure (the statement rules are proxy/policy/agent.py's, the admission proxy/admission.py's)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from proxy import errors
+from proxy.config import AgentConfig
+from proxy.errors import PgError
+from proxy.policy.agent import PINNED_SETTINGS
+from proxy.pooling import ServerRequest
+
+
+def timeout_ms(limits: AgentConfig) -> int:
+    """The agent's statement_timeout in milliseconds."""
+    return round(limits.statement_timeout * 1000)
+
+
+def server_parameters(limits: AgentConfig) -> dict[str, str]:
+    """What an agent's server connection starts with besides its tenant context: read-only transactions and the
+    agent's statement_timeout (startup parameters: RESET and DISCARD ALL return to them)."""
+    return {"default_transaction_read_only": "on", "statement_timeout": f"{timeout_ms(limits)}ms"}
+
+
+def server_request(request: ServerRequest, limits: AgentConfig) -> ServerRequest:
+    """The pool request of an agent session: its own pool key (the read-only context is part of it), so an agent
+    never gets a server of the tenant's ordinary sessions, nor they one of its."""
+    params = {**request.parameters, **server_parameters(limits)}
+    key = replace(request.key, context=tuple(sorted(params.items())))
+    return replace(request, key=key, parameters=params)
+
+
+def startup_refusal(parameters: dict[str, str]) -> PgError | None:
+    """A startup parameter (or `options -c` setting) the agent profile pins: the login is refused."""
+    for name in parameters:
+        if name.lower() in PINNED_SETTINGS:
+            return errors.agent_startup_setting(name)
+    return None

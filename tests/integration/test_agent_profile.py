@@ -1,0 +1,290 @@
+"""The agent profile (issue 18 point 3) through real clients: read-only at both locks, no read-write escape, DO and
+the stricter function list refused, every query capped at agent.max_rows, through both protocols."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support.jdbc import require_jdbc, run_jdbc
+from tests.support.mcpclient import stdio_calls, text
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+MAX_ROWS = 5
+AGENTS = {"ava": ("acme", "ava-pw"), "ivy": ("initech", "ivy-pw")}  # shared strategy; database strategy (writes on)
+
+
+@pytest.fixture(scope="module")
+def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
+                     agent={"max_rows": MAX_ROWS, "statement_timeout": 7.5},
+                     user_keys={name: {"profile": "agent"} for name in AGENTS})
+    p.start()
+    yield p
+    p.stop()
+
+
+PROTOCOLS = ["simple", "extended", "prepared"]  # ClientCursor (Query messages); unnamed Parse; named Parse
+
+
+def connect(proxy: ProxyProcess, user: str, protocol: str, autocommit: bool = True) -> psycopg.Connection:
+    factory = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
+    return psycopg.connect(proxy.dsn(user), autocommit=autocommit, cursor_factory=factory,
+                           prepare_threshold=0 if protocol == "prepared" else None)
+
+
+def refused(conn: psycopg.Connection, sql: str) -> psycopg.errors.Error:
+    with pytest.raises(psycopg.errors.Error) as info:
+        conn.execute(sql)
+    return info.value
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("user", sorted(AGENTS))
+def test_writes_do_and_escapes_are_refused_with_their_rule(proxy: ProxyProcess, user: str, protocol: str) -> None:
+    with connect(proxy, user, protocol) as c:
+        cases = {
+            "INSERT INTO orders (id, amount) VALUES (9001, 1)": ("25006", "read_only"),
+            "DELETE FROM orders": ("25006", "read_only"),
+            "DO $$BEGIN PERFORM 1; END$$": ("42501", "agent_statement"),
+            "CREATE TEMP TABLE scratch (a int)": ("42501", "agent_statement"),
+            "SET default_transaction_read_only = off": ("25006", "agent_setting"),
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE": ("25006", "agent_setting"),
+            "BEGIN READ WRITE": ("25006", "agent_setting"),
+            "SET statement_timeout = 0": ("25006", "agent_setting"),
+            "SELECT set_config('transaction_read_only', 'off', false)": ("42501", "agent_function"),
+            "SELECT pg_sleep(0)": ("42501", "agent_function"),
+        }
+        for sql, (sqlstate, rule) in cases.items():
+            err = refused(c, sql)
+            assert (err.sqlstate, f"(rule {rule})" in str(err)) == (sqlstate, True), (sql, err.sqlstate, str(err))
+        assert c.execute("SELECT 1").fetchone() == (1,)  # the session stays usable
+
+
+def test_the_server_connection_is_read_only_with_the_agents_timeout(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("ivy")) as c:  # a transaction, as psycopg opens one
+        assert c.execute("SHOW transaction_read_only").fetchone() == ("on",)
+        assert c.execute("SHOW statement_timeout").fetchone() == ("7500ms",)
+        c.rollback()
+        with pytest.raises(psycopg.errors.Error) as info:
+            c.execute("SET TRANSACTION READ WRITE")
+        assert info.value.sqlstate == "25006"
+        c.rollback()
+        c.execute("SET statement_timeout = '2s'")  # lower than the agent's: allowed (the MCP door sets its own)
+        assert c.execute("SHOW statement_timeout").fetchone() == ("2s",)
+        c.execute("RESET ALL")
+        assert c.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert c.execute("SHOW statement_timeout").fetchone() == ("7500ms",)
+
+
+def test_a_pinned_startup_setting_refuses_the_login(proxy: ProxyProcess) -> None:
+    for params in ({"options": "-c default_transaction_read_only=off"}, {"options": "-c statement_timeout=0"}):
+        with pytest.raises(psycopg.OperationalError, match=r"pinned by the agent profile \(rule agent_setting\)"):
+            psycopg.connect(proxy.dsn("ivy", **params))
+
+
+def test_an_ordinary_user_of_the_same_tenant_writes_on_its_own_servers(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("ivy"), autocommit=True) as agent, \
+            psycopg.connect(proxy.dsn("ivan"), autocommit=True) as ivan:
+        assert agent.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert ivan.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
+        ivan.execute("INSERT INTO orders (id, amount) VALUES (9100, 1) ON CONFLICT (id) DO NOTHING")
+        ivan.execute("DELETE FROM orders WHERE id = 9100")
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_limits_are_added_lowered_and_kept(proxy: ProxyProcess, protocol: str) -> None:
+    with connect(proxy, "ava", protocol) as c:
+        def count(sql: str, params: tuple = ()) -> int:
+            return len(c.execute(sql, params or None).fetchall())
+
+        assert count("SELECT id FROM orders") == MAX_ROWS  # 200 rows of acme's
+        assert count("SELECT id FROM orders ORDER BY id LIMIT 1000") == MAX_ROWS
+        assert count("SELECT id FROM orders LIMIT ALL") == MAX_ROWS
+        assert count("SELECT id FROM orders ORDER BY id LIMIT 2") == 2
+        assert count("SELECT id FROM orders LIMIT %s", (3,)) == 3
+        assert count("SELECT id FROM orders LIMIT %s", (300,)) == MAX_ROWS
+        assert count("SELECT id FROM orders UNION ALL SELECT id FROM orders") == MAX_ROWS
+        assert count("WITH o AS (SELECT id FROM orders) SELECT * FROM o") == MAX_ROWS
+        assert count("SELECT id FROM orders FETCH FIRST 50 ROWS ONLY") == MAX_ROWS
+        ids = [r[0] for r in c.execute("SELECT id FROM orders ORDER BY id DESC LIMIT 50")]
+        assert ids == [299, 298, 296, 295, 293]  # the order survives the cap; acme's rows only
+        assert c.execute("SELECT count(*) FROM orders").fetchone() == (200,)  # an aggregate counts every row
+
+
+def test_a_cursor_is_capped(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("ava")) as c:
+        c.execute("DECLARE cur CURSOR FOR SELECT id FROM orders")
+        assert len(c.execute("FETCH ALL FROM cur").fetchall()) == MAX_ROWS
+
+
+def test_asyncpg_is_capped_and_refused(proxy: ProxyProcess) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(proxy.url("ivy"))
+        try:
+            assert len(await conn.fetch("SELECT g FROM generate_series(1, 100) g")) == MAX_ROWS
+            assert len(await conn.fetch("SELECT g FROM generate_series(1, 100) g LIMIT $1", 2)) == 2
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await conn.execute("UPDATE orders SET amount = 0")
+            assert info.value.sqlstate == "25006"
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await conn.execute("DO $$BEGIN END$$")
+            assert info.value.sqlstate == "42501"
+            assert await conn.fetchval("SELECT 41 + 1") == 42
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+# --- admission by the planner's estimate ---------------------------------------------------------------------------
+
+ESTIMATED_ROWS = 1000  # agent.max_estimated_rows of the admission proxy
+MAX_COST = 50_000.0
+
+
+@pytest.fixture(scope="module")
+def admitting(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
+                     agent={"max_rows": MAX_ROWS, "max_estimated_rows": ESTIMATED_ROWS, "max_cost": MAX_COST},
+                     user_keys={name: {"profile": "agent"} for name in AGENTS}, audit={"enabled": True})
+    p.start()
+    yield p
+    p.stop()
+
+
+CROSS = "SELECT a.id, b.id FROM orders a CROSS JOIN orders b"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_expensive_plan_is_refused_with_the_estimate_and_how_to_narrow_it(admitting: ProxyProcess,
+                                                                           protocol: str) -> None:
+    with connect(admitting, "ivy", protocol) as c:
+        err = refused(c, "SELECT g FROM generate_series(1, 10000000) g")
+        assert err.sqlstate == "54000", err
+        assert "(rule agent_estimate)" in str(err) and "10000000 rows" in str(err), str(err)
+        assert f"agent.max_estimated_rows = {ESTIMATED_ROWS}" in str(err), str(err)
+        assert "WHERE" in (err.diag.message_hint or ""), err.diag.message_hint
+        err = refused(c, "SELECT count(*) FROM generate_series(1, 100000000) g")
+        assert "cost at " in str(err) and f"agent.max_cost = {MAX_COST:g}" in str(err), str(err)
+        small = "SELECT a, b FROM generate_series(1, 40) a CROSS JOIN generate_series(1, 20) b"  # 800 rows
+        assert len(c.execute(small).fetchall()) == MAX_ROWS
+        assert c.execute("SELECT count(*) FROM generate_series(1, 500) g").fetchone() == (500,)
+
+
+def test_a_shared_tenants_refusal_does_not_show_the_estimate(admitting: ProxyProcess) -> None:
+    with psycopg.connect(admitting.dsn("ava"), autocommit=True) as c:
+        err = refused(c, "SELECT g FROM generate_series(1, 10000000) g")
+        assert "(rule agent_estimate)" in str(err) and "returns more rows" in str(err), str(err)
+        assert "10000000" not in str(err)
+        err = refused(c, "SELECT count(*) FROM generate_series(1, 100000000) g")
+        assert "estimates the statement's cost, above agent.max_cost" in str(err), str(err)
+        assert len(c.execute(CROSS + " WHERE a.id = 1 AND b.id IN (2, 4)").fetchall()) == 2
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_parameters_are_admitted_by_their_real_estimate(admitting: ProxyProcess, protocol: str) -> None:
+    with connect(admitting, "ivy", protocol) as c:
+        sql = "SELECT g FROM generate_series(1, %s::int) g"
+        assert len(c.execute(sql, (10,)).fetchall()) == MAX_ROWS
+        with pytest.raises(psycopg.errors.Error) as info:
+            c.execute(sql, (5_000_000,))
+        err = info.value
+        assert "5000000 rows" in str(err), str(err)
+        assert len(c.execute(sql, (900,)).fetchall()) == MAX_ROWS  # the same statement again
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_failing_statement_gets_its_own_error_and_the_session_goes_on(admitting: ProxyProcess,
+                                                                       protocol: str) -> None:
+    with connect(admitting, "ivy", protocol, autocommit=False) as c:
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.UndefinedColumn) as info:
+                c.execute("SELECT nope FROM orders WHERE id = %s", (1,))
+            assert 'column "nope" does not exist' in str(info.value)
+            c.rollback()
+        c.execute("SELECT 1")
+        err = refused(c, "SELECT g FROM generate_series(1, 10000000) g")
+        assert err.sqlstate == "54000"
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):  # refused inside a transaction: it failed, as
+            c.execute("SELECT 1")                                   # PostgreSQL's own error would leave it
+        c.rollback()
+        assert c.execute("SELECT count(*) FROM orders").fetchone() == (7,)
+
+
+def test_asyncpg_parameters_are_admitted(admitting: ProxyProcess) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(admitting.url("ivy"))
+        try:
+            sql = "SELECT g FROM generate_series(1, $1::int) g"
+            assert len(await conn.fetch(sql, 20)) == MAX_ROWS
+            with pytest.raises(asyncpg.PostgresError) as info:
+                await conn.fetch(sql, 20_000_000)
+            assert info.value.sqlstate == "54000" and "agent_estimate" in str(info.value)
+            assert len(await conn.fetch(sql, 30)) == MAX_ROWS
+            with pytest.raises(asyncpg.UndefinedColumnError):
+                await conn.fetch("SELECT nope FROM orders WHERE id = $1", 1)
+            assert await conn.fetchval("SELECT count(*) FROM orders WHERE id > $1", 2) == 5
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def test_admissions_are_audited(admitting: ProxyProcess) -> None:
+    with psycopg.connect(admitting.dsn("ivy"), autocommit=True) as c:
+        c.execute("SELECT id FROM orders WHERE id = 3 /* audited */").fetchall()
+    lines = [json.loads(line) for line in admitting.log_path.read_text().splitlines()
+             if '"agent_admission"' in line and "audited" in line]
+    assert lines, "no agent_admission audit line"
+    line = lines[-1]
+    assert line["outcome"] == "admitted" and line["applied_limit"] == MAX_ROWS, line
+    assert line["estimated_rows"] == 1.0 and line["estimated_cost"] > 0 and line["explain_ms"] >= 0, line
+
+
+def test_a_cursor_of_an_agent_is_admitted_in_its_transaction(admitting: ProxyProcess) -> None:
+    with psycopg.connect(admitting.dsn("ivy")) as c:
+        c.execute("DECLARE small CURSOR FOR SELECT g FROM generate_series(1, 50) g")
+        assert len(c.execute("FETCH ALL FROM small").fetchall()) == MAX_ROWS
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            c.execute("DECLARE big CURSOR FOR SELECT g FROM generate_series(1, 10000000) g")
+
+
+def test_the_mcp_door_logs_in_as_an_agent(admitting: ProxyProcess) -> None:
+    listed, capped, expensive, write, escape, count = stdio_calls(admitting.dsn("ivy"), [
+        ("list_tables", {}),
+        ("query", {"sql": "SELECT g FROM generate_series(1, 100) g"}),
+        ("query", {"sql": "SELECT g FROM generate_series(1, 10000000) g"}),
+        ("query", {"sql": "DELETE FROM orders"}),
+        ("query", {"sql": "SET default_transaction_read_only = off"}),
+        ("query", {"sql": "SELECT count(*) FROM orders"}),
+    ])
+    assert not listed.is_error and "orders" in text(listed)
+    assert not capped.is_error and capped.structured_content is not None
+    assert len(capped.structured_content["rows"]) == MAX_ROWS
+    assert expensive.is_error and "54000" in text(expensive) and "agent_estimate" in text(expensive), text(expensive)
+    assert write.is_error and "25006" in text(write), text(write)
+    assert escape.is_error and "agent_setting" in text(escape), text(escape)
+    assert not count.is_error and count.structured_content is not None
+    assert count.structured_content["rows"] == [[7]]
+
+
+def test_pgjdbc_through_the_agent_profile(admitting: ProxyProcess) -> None:
+    require_jdbc()
+    url = admitting.jdbc_url("ivy", sslmode="disable")
+    fetched = run_jdbc(url, "ivy", admitting.password("ivy"), "fetchsize", 1000, 2)
+    assert (fetched["count"], fetched["sum"]) == (MAX_ROWS, 15)  # a named portal read in batches: capped
+    sql = "SELECT g FROM generate_series(1, ?::int) g"
+    # pgJDBC's unnamed statement for the first executions, its named S_n from the fifth on (prepareThreshold)
+    steps = run_jdbc(url, "ivy", admitting.password("ivy"), "script",
+                     *[f"{sql}|||{n}" for n in (10, 20, 5_000_000, 30, 40, 50, 9_000_000, 60)])
+    outcomes = [step.get("sqlstate") or len(step["results"][0]["rows"]) for step in steps]
+    assert outcomes == [MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS, MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS], steps
