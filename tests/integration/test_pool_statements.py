@@ -408,6 +408,14 @@ def test_the_placeholder_cannot_be_forged(pooled: ProxyProcess) -> None:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the function behind the view: not allowed
             c.execute("SELECT name FROM pg_prepared_statement()", prepare=False)
         assert listed(c) == ["_pg3_0"]
+    with psycopg.connect(pooled.dsn("alice"), autocommit=True) as c:  # red team 5, F3: the marker re-quoted
+        c.pgconn.prepare(b'my"stmt', b"SELECT 1")  # by the rewrite from a client's U& identifier
+        forged = ('SELECT \'pg_class\'::regclass UNION SELECT U&"\\0027pgtenant:session-statements\\0027" FROM '
+                  '(SELECT 1259::oid) s(U&"\\0027pgtenant:session-statements\\0027") '
+                  "WHERE EXISTS (SELECT FROM pg_prepared_statements)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="reserved"):
+            c.execute(forged, prepare=False)
+        assert listed(c) == ['my"stmt']
 
 
 # --- a client's SQL and the proxy's server statements (red team pool round 1 F1) ---------------------------------
