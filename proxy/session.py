@@ -64,6 +64,7 @@ from proxy.policy.model import (
     EMPTY_CONTEXT,
     MAY_SET_SEQUENCES,
     SESSION_STATEMENTS,
+    SQL_PREPARE,
     Allow,
     Change,
     Decision,
@@ -83,7 +84,7 @@ from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.startup import backend_parameters, end_user_claim
-from proxy.statements import RESPONSES, ClientTexts, Statements, forgets, render
+from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, joined, render
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
@@ -311,6 +312,7 @@ class ClientSession:
         "_sequences",
         "_slot_held",
         "_slot_queue",
+        "_sql_prepared",
         "_startup_buf",
         "_startup_settings",
         "_startup_status",
@@ -472,6 +474,7 @@ class ClientSession:
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
         self._live = False  # the decided Parse reads pg_prepared_statements (Statements renders it at each use)
         self._client_texts: ClientTexts | None = None  # without Statements: the client's texts of rewritten statements
+        self._sql_prepared: SqlPrepared | None = None  # the SQL PREPAREs forwarded (bounded; their client texts)
         self._scope: tuple[object, str] = (EMPTY_CONTEXT, "")  # the context and its statement scope
         self._statement_memo: tuple[bytes | None, m.Parse | None] = (None, None)  # the last Parse, decoded
         self._notices: list[bytes] = []  # a new server's startup notices, for the client's startup answer
@@ -528,9 +531,10 @@ class ClientSession:
                           cache_bytes: int = 4 << 20) -> None:
         """Keep the client's prepared statements here and give them content-derived names on the server (whose
         statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
-        max_named, max_bytes = session_statement_limits(self.config)
+        max_named, max_bytes, max_listing = session_statement_limits(self.config)
         self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
-                                     cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes)
+                                     cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes,
+                                     max_listing=max_listing)
         self.statements.attach(prepared)
         self._follow_statements()
 
@@ -636,12 +640,43 @@ class ClientSession:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
         the server as they are, only the client's texts of those the policy rewrote (`_client_text`)."""
         if self.statements is not None:
-            return self.statements.listing()
-        return self._client_texts.listing() if self._client_texts is not None else "[]"
+            listing = self.statements.listing()
+        else:
+            listing = self._client_texts.listing() if self._client_texts is not None else "[]"
+        prepared = self._sql_prepared
+        return listing if prepared is None else joined(listing, prepared.listing())
+
+    def _bound_prepares(self, sql: str, decision: Allow | Rewrite) -> Decision:
+        """A statement with SQL PREPAREs (`sql`: the client's text): refused past the session's bounds on them
+        (each keeps its whole forwarded text on the server, with the listing when it reads pg_prepared_statements:
+        a tenant must not fill the server's memory), else recorded with the client's text where it was rewritten."""
+        names = [c.name for c in decision.changes if c.op == SQL_PREPARE]
+        if not names:
+            return decision
+        store = self._sql_prepared
+        if store is None:
+            store = self._sql_prepared = SqlPrepared(*session_statement_limits(self.config))
+        rewritten = isinstance(decision, Rewrite)
+        size = len(decision.sql) if rewritten else len(sql)  # type: ignore[union-attr]
+        if rewritten and SESSION_STATEMENTS in decision.rules:
+            size += len(self._listing())
+        held = self.context.belief.prepared
+        past = store.refusal(names, size, held)
+        if past is not None:
+            name, key, limit = past
+            return deny("sql_prepare_limit", f'prepared statement "{name}" would take this session past [pool] '
+                        f"{key} = {limit}")
+        store.prepared(names, sql if rewritten else None, size, held)
+        if self._client_texts is not None:  # a protocol statement's text of one of these names is gone with it
+            for name in names:
+                self._client_texts.parse(name, None)
+        return decision
 
     def _client_text(self, name: str, text: str | None) -> None:
         """A named Parse forwarded to a server that keeps the client's names: `text`, the client's text when the
         policy rewrote it, is what pg_prepared_statements shows for it."""
+        if self._sql_prepared is not None:  # a SQL PREPAREd statement's text of that name is gone with it
+            self._sql_prepared.forget(name)
         texts = self._client_texts
         if texts is None:
             if text is None:
@@ -1416,6 +1451,8 @@ class ClientSession:
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
+        if type(decision) is not Deny and decision.changes:
+            decision = self._bound_prepares(sql, decision)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if type(decision) is Allow:
@@ -1446,7 +1483,8 @@ class ClientSession:
                                                         memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
-            if name and (self._client_texts is not None or out is not None) and self.statements is None:
+            if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
+                    self.statements is None:
                 self._client_text(name, None if out is None else sql)
             self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
@@ -1471,6 +1509,8 @@ class ClientSession:
         return self._parse_decided(body, token, parse, decision)
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
+        if type(decision) is not Deny and decision.changes:
+            decision = self._bound_prepares(parse.sql, decision)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         if self.agent is not None:
@@ -1481,7 +1521,8 @@ class ClientSession:
                 return m.Parse(parse.name, self._error_marker(refused), parse.param_types).encode()
         memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
-            if self._client_texts is not None and parse.name and self.statements is None:
+            if (self._client_texts is not None or self._sql_prepared is not None) and parse.name and \
+                    self.statements is None:
                 self._client_text(parse.name, None)
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
@@ -2119,9 +2160,10 @@ def statement_settings(config: Config) -> tuple[bool, int, int]:
     return pool.statement_cache, pool.statement_cache_size, pool.statement_cache_bytes
 
 
-def session_statement_limits(config: Config) -> tuple[int, int]:
-    """[pool] max_session_statements, max_session_statement_bytes."""
-    return config.pool.max_session_statements, config.pool.max_session_statement_bytes
+def session_statement_limits(config: Config) -> tuple[int, int, int]:
+    """[pool] max_session_statements, max_session_statement_bytes, max_statements_listing_bytes."""
+    pool = config.pool
+    return pool.max_session_statements, pool.max_session_statement_bytes, pool.max_statements_listing_bytes
 
 
 class _Answer:

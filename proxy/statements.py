@@ -72,10 +72,43 @@ _DEALLOCATE = re.compile(r'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[a-z_]
 _DEALLOCATED = "PREPARE pgt_deallocate AS SELECT; DEALLOCATE pgt_deallocate"
 
 
+_CUT = "\u2026"  # ends a text the listing shortened (see `fit_listing`)
+_CUTS = (4096, 1024, 256, 64, 0)  # the text lengths tried, longest first, until the listing fits its bound
+_NAME_CUT = 63  # ... and at the last, names shortened to PostgreSQL's identifier length
+
+
+def fit_listing(rows: list[dict[str, object]], limit: int) -> str:
+    """The listing's JSON within `limit` characters ([pool] max_statements_listing_bytes): as it is when it fits,
+    else with each `statement` text shortened (ending in "\u2026") to the longest of `_CUTS` that fits (names, what
+    tools such as DBeaver and psql read it for, stay whole until texts are empty). A bound on every rendering of
+    pg_prepared_statements, whatever the session holds (one render per read, on the event loop, and a SQL PREPARE
+    of such a statement keeps the rendered text on the server)."""
+    texts = [len(text) if isinstance(text, str) else 0 for text in (row["statement"] for row in rows)]
+    out = ""
+    for keep in (None, *_CUTS):
+        if keep != 0 and sum(texts if keep is None else (min(n, keep) for n in texts)) > limit:
+            continue  # it cannot fit (each character takes one at least): not rendered at all
+        out = json.dumps(rows if keep is None else [_cut(row, keep) for row in rows], separators=(",", ":"))
+        if len(out) <= limit:
+            break
+    return out
+
+
+def _cut(row: dict[str, object], keep: int) -> dict[str, object]:
+    text, name = row["statement"], row["name"]
+    short = dict(row)
+    if isinstance(text, str) and len(text) > keep:
+        short["statement"] = text[:keep] + _CUT
+    if not keep and isinstance(name, str) and len(name) > _NAME_CUT:
+        short["name"] = name[:_NAME_CUT] + _CUT
+    return short
+
+
 def render(sql: str, listing: str) -> str:
     """A rewrite that reads pg_prepared_statements (rule session_statements) with the session's statement list
     (`Statements.listing`, "[]" for a session whose statements reach the server under their own names) in place of
-    the policy's marker (a client's text never has it: the policy refuses such a text)."""
+    the policy's marker (only where the policy put it: it refuses a client's text with the marker, and a rewrite with
+    more of them than the wrappers it put in, proxy/policy/engine.py)."""
     return sql.replace(SESSION_STATEMENTS_MARKER, quote_literal(listing))
 
 
@@ -85,13 +118,15 @@ class ClientTexts:
     rewrote is kept for the pg_prepared_statements wrapper, shown over the server's row of that name (an entry whose
     statement is gone shows nothing). Bounded like the statements the session may hold: the oldest go first."""
 
-    __slots__ = ("max_bytes", "max_named", "size", "texts")
+    __slots__ = ("_listed", "max_bytes", "max_listing", "max_named", "size", "texts")
 
-    def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20) -> None:
+    def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20, max_listing: int = 1 << 20) -> None:
         self.texts: dict[str, str] = {}
         self.size = 0
         self.max_named = max(1, max_named)
         self.max_bytes = max(1, max_bytes)
+        self.max_listing = max(1, max_listing)
+        self._listed: str | None = None  # the listing, until the texts change
 
     def parse(self, name: str, text: str | None) -> None:
         """A named Parse forwarded; `text`: the client's, when the policy rewrote it (None: forwarded as it is)."""
@@ -99,17 +134,87 @@ class ClientTexts:
         old = texts.pop(name, None)
         if old is not None:
             self.size -= len(old)
+            self._listed = None
         if text is None:
             return
+        self._listed = None
         texts[name] = text
         self.size += len(text)
         while texts and (len(texts) > self.max_named or self.size > self.max_bytes):
             self.size -= len(texts.pop(next(iter(texts))))
 
     def listing(self) -> str:
-        """The entries as the pg_prepared_statements wrapper reads them (JSON; see `Statements.listing`)."""
-        return json.dumps([{"name": n, "statement": t, "server": n, "over": True} for n, t in self.texts.items()],
-                          separators=(",", ":"))
+        """The entries as the pg_prepared_statements wrapper reads them (JSON; see `Statements.listing`), rendered
+        once per change."""
+        if self._listed is None:
+            self._listed = fit_listing(
+                [{"name": n, "statement": t, "server": n, "over": True} for n, t in self.texts.items()],
+                self.max_listing)
+        return self._listed
+
+
+class SqlPrepared:
+    """The statements a session made with SQL PREPARE (forwarded: the server keeps them under the client's names),
+    bounded like its protocol statements: at most `max_named` of them and `max_bytes` of text kept on the server
+    (each keeps its whole query string, with the listing when it reads pg_prepared_statements); past either the
+    PREPARE is refused (53200). Keeps the client's text of each one the policy rewrote, which pg_prepared_statements
+    shows over the server's (the rewritten text is the proxy's, with its filters)."""
+
+    __slots__ = ("_listed", "entries", "max_bytes", "max_listing", "max_named")
+
+    def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20, max_listing: int = 1 << 20) -> None:
+        self.entries: dict[str, tuple[str | None, int]] = {}  # name -> (the client's text if rewritten, bytes kept)
+        self.max_named = max(1, max_named)
+        self.max_bytes = max(1, max_bytes)
+        self.max_listing = max(1, max_listing)
+        self._listed: str | None = None
+
+    def refusal(self, names: list[str], size: int, held: frozenset[str]) -> tuple[str, str, int] | None:
+        """PREPAREs of `names` keeping `size` bytes each, the session holding `held` (its SQL-prepared names): the
+        bound they would pass (name, key, limit), or None."""
+        count = len(held | set(names))
+        if count > self.max_named:
+            return names[-1], "max_session_statements", self.max_named
+        entries = self.entries
+        kept = sum(entries[n][1] for n in held if n in entries and n not in names)
+        if kept + size * len(names) > self.max_bytes:
+            return names[-1], "max_session_statement_bytes", self.max_bytes
+        return None
+
+    def prepared(self, names: list[str], text: str | None, size: int, held: frozenset[str]) -> None:
+        """PREPAREs of `names` forwarded (`text`: the client's, when the policy rewrote it); entries of names no
+        longer held are dropped once they outnumber the bound."""
+        entries = self.entries
+        for name in names:
+            entries.pop(name, None)
+            entries[name] = (text, size)
+        if len(entries) > 2 * self.max_named + 16:
+            for gone in [n for n in entries if n not in held and n not in names]:
+                del entries[gone]
+        self._listed = None
+
+    def forget(self, name: str) -> None:
+        """A protocol statement `name` made on a server that keeps the client's names: that name is not ours."""
+        if self.entries.pop(name, None) is not None:
+            self._listed = None
+
+    def listing(self) -> str:
+        """The client's texts as the pg_prepared_statements wrapper reads them (shown over the server's row of the
+        name, like `ClientTexts`)."""
+        if self._listed is None:
+            self._listed = fit_listing(
+                [{"name": n, "statement": t, "server": n, "over": True} for n, (t, _) in self.entries.items()
+                 if t is not None], self.max_listing)
+        return self._listed
+
+
+def joined(first: str, second: str) -> str:
+    """Two JSON listings as one."""
+    if second == "[]":
+        return first
+    if first == "[]":
+        return second
+    return first[:-1] + "," + second[1:]
 
 
 def forgets(sql: str) -> bool:
@@ -173,12 +278,14 @@ class Statements:
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
                  cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 max_listing: int = 1 << 20, wall_clock: Callable[[], float] = time.time) -> None:
         self.wall_clock = wall_clock  # when a named statement was prepared (pg_prepared_statements.prepare_time)
         self.error_marker = error_marker  # a statement text (or name) the server fails on, answered with the error
         self.max_named = max(1, max_named)  # named statements the session may hold ([pool] max_session_statements)
         self.max_bytes = max(1, max_bytes)  # their bytes, and those of the texts remembered (..._statement_bytes)
         self._texts_bytes = 0  # the bytes of `_texts`
+        self.max_listing = max(1, max_listing)  # the listing's bound ([pool] max_statements_listing_bytes)
+        self._listed: tuple[list[tuple[str, Stmt, object]], str] | None = None  # (what it lists, the listing)
         self.cache = cache
         self.cache_size = max(1, cache_size)
         self.cache_bytes = max(1, cache_bytes)
@@ -284,7 +391,7 @@ class Statements:
             self._unnamed_here = True
             self._sent(_PARSE)  # a failure or skip drops the unnamed statement (see `_undo`)
             return None
-        refused = self._refused(name, len(sql) + len(types))
+        refused = self._refused(name, len(sql) + len(types) + (len(text) if text is not None and text != sql else 0))
         if refused is not None:
             return refused
         stmt = self._stmt(sql, types, scope)
@@ -320,7 +427,7 @@ class Statements:
         """A Parse of a text that reads pg_prepared_statements: kept as the policy's template and prepared on the
         server rendered with the session's list as it is at each Bind or Describe (an unnamed one too, under a
         server name of its own, like the cache's)."""
-        refused = self._refused(name, len(sql) + len(types)) if name else None
+        refused = self._refused(name, len(sql) + len(types) + len(text or "")) if name else None
         if refused is not None:
             return refused
         stmt = self._stmt(sql, types, scope)
@@ -340,12 +447,17 @@ class Statements:
         changes with the list), its declared parameter types (null when one is left to the server), when the client
         prepared it (Unix time)."""
         origin = self.origin
+        key = [(name, stmt, origin.get((name, stmt), _UNKNOWN)) for name, stmt in self.named.items()]
+        listed = self._listed
+        if listed is not None and listed[0] == key:  # unchanged since the last read: rendered once per change
+            return listed[1]
         rows = []
-        for name, stmt in self.named.items():
-            text, at = origin.get((name, stmt), _UNKNOWN)
+        for name, stmt, (text, at) in key:  # type: ignore[misc]
             rows.append({"name": name, "statement": text or stmt.sql, "server": None if stmt.live else stmt.server,
                          "types": _oids(stmt.types), "at": None if at is None else round(at, 6)})
-        return json.dumps(rows, separators=(",", ":"))
+        out = fit_listing(rows, self.max_listing)
+        self._listed = (key, out)
+        return out
 
     def _concrete(self, stmt: Stmt) -> Stmt:
         """The statement the server runs for `stmt`: itself, or its template rendered with the list as it is now."""
@@ -666,11 +778,14 @@ class Statements:
     # --- helpers ----------------------------------------------------------------------------------
 
     def _past_limit(self, name: str, size: int) -> PgError | None:
-        """The error for a new named statement of `size` bytes past the session's bounds (None: within them)."""
+        """The error for a new named statement of `size` bytes (its text as forwarded and as the client sent it, when
+        they differ) past the session's bounds (None: within them)."""
         named = self.named
         if len(named) >= self.max_named:
             return errors.session_statements_limit(name=name, key="max_session_statements", limit=self.max_named)
-        if size + sum(stmt.size for stmt in named.values()) > self.max_bytes:
+        held = sum(stmt.size for stmt in named.values())
+        held += sum(len(text) for (n, stmt), (text, _) in self.origin.items() if text and named.get(n) is stmt)
+        if size + held > self.max_bytes:  # the client's texts kept for pg_prepared_statements count too
             return errors.session_statements_limit(name=name, key="max_session_statement_bytes",
                                                    limit=self.max_bytes)
         return None

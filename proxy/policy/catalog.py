@@ -498,7 +498,7 @@ def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) 
 # out, a statement of the list not prepared on this server shows with what the session knows of it; the other rows
 # (SQL PREPARE, and the statements of a session whose names reach the server as they are) stay, with the client's
 # text over the forwarded one for a statement of that name the policy rewrote (an entry `over` a server row: shown
-# only with that row).
+# only with that row; the forwarded text of a rewrite is the proxy's, with its filters, never shown).
 _SESSION_LIST = (
     f"pg_catalog.jsonb_to_recordset({SESSION_STATEMENTS_MARKER}::pg_catalog.jsonb) AS pgt_p(name pg_catalog.text, "
     "statement pg_catalog.text, server pg_catalog.text, types pg_catalog.oid[], over pg_catalog.bool, "
@@ -506,7 +506,7 @@ _SESSION_LIST = (
 )
 _PREPARED_VALUES = {
     "name": 'COALESCE(pgt_p.name, {ref}."name")',
-    "statement": 'CASE WHEN pgt_p.name IS NULL OR {ref}."from_sql" THEN {ref}."statement" ELSE pgt_p.statement END',
+    "statement": 'CASE WHEN pgt_p.name IS NULL THEN {ref}."statement" ELSE pgt_p.statement END',
     "prepare_time": 'COALESCE(pg_catalog.to_timestamp(pgt_p.at), {ref}."prepare_time")',
     "parameter_types": 'COALESCE({ref}."parameter_types", pgt_p.types::pg_catalog.regtype[])',
     "from_sql": 'COALESCE({ref}."from_sql", false)',

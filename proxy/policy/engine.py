@@ -147,7 +147,10 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
-    if SESSION_STATEMENTS in plan.rules and SESSION_STATEMENTS_MARKER in sql:  # the session fills in only ours
+    if SESSION_STATEMENTS in plan.rules and (
+        SESSION_STATEMENTS_MARKER in sql or new_sql.count(SESSION_STATEMENTS_MARKER) != plan.session_lists
+    ):  # the session fills in the list where the marker is: only where the policy put it (a client's name or value
+        # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
 

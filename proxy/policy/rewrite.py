@@ -23,7 +23,7 @@ from proxy.policy.catalog import (
 )
 from proxy.policy.classify import option_value
 from proxy.policy.fences import quiet_references
-from proxy.policy.model import TenantPolicy
+from proxy.policy.model import SESSION_STATEMENTS, TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.settings import marked_entry
 from proxy.policy.sqltext import (
@@ -96,6 +96,7 @@ class Plan:
     splices: list[tuple[str, Node]] = field(default_factory=list)
     full_dump: bool = False
     verify: bool = False  # verify even an unchanged statement (it writes, creates or drops)
+    session_lists: int = 0  # pg_prepared_statements wrappers put in (each has SESSION_STATEMENTS_MARKER once)
 
 
 def star_select(targets: list[Node], from_item: Node, where: Node | None = None, fence: bool = False) -> Node:
@@ -255,6 +256,8 @@ class _Planner:
         self.rule("tenant_filter" if flt.kind == "tenant" else "catalog_filter")
         if flt.rule:
             self.rule(flt.rule)
+            if flt.rule == SESSION_STATEMENTS:
+                self.plan.session_lists += 1
 
     # -- FROM references -----------------------------------------------------------------------------------
     def unqualify_columns(self, analysis: Analysis) -> None:

@@ -8,6 +8,7 @@ from proxy.errors import (
     FEATURE_NOT_SUPPORTED,
     INSUFFICIENT_PRIVILEGE,
     INTERNAL_ERROR,
+    OUT_OF_MEMORY,
     PROGRAM_LIMIT_EXCEEDED,
     PROTOCOL_VIOLATION,
     QUERY_CANCELED,
@@ -181,6 +182,11 @@ RULES: dict[str, tuple[str, str]] = {
         STATEMENT_TOO_COMPLEX,
         "Split the statement, or pass long lists of values as a parameter (= ANY($1)); the limit is "
         "limits.max_parse_tree_nodes.",
+    ),
+    "sql_prepare_limit": (
+        OUT_OF_MEMORY,
+        "DEALLOCATE prepared statements the session no longer uses; the limits are [pool] max_session_statements "
+        "and max_session_statement_bytes (the text the server keeps for each).",
     ),
     "temp_relation_limit": (
         CONFIGURATION_LIMIT_EXCEEDED,

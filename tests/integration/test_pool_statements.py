@@ -408,6 +408,14 @@ def test_the_placeholder_cannot_be_forged(pooled: ProxyProcess) -> None:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the function behind the view: not allowed
             c.execute("SELECT name FROM pg_prepared_statement()", prepare=False)
         assert listed(c) == ["_pg3_0"]
+    with psycopg.connect(pooled.dsn("alice"), autocommit=True) as c:  # red team 5, F3: the marker re-quoted
+        c.pgconn.prepare(b'my"stmt', b"SELECT 1")  # by the rewrite from a client's U& identifier
+        forged = ('SELECT \'pg_class\'::regclass UNION SELECT U&"\\0027pgtenant:session-statements\\0027" FROM '
+                  '(SELECT 1259::oid) s(U&"\\0027pgtenant:session-statements\\0027") '
+                  "WHERE EXISTS (SELECT FROM pg_prepared_statements)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="reserved"):
+            c.execute(forged, prepare=False)
+        assert listed(c) == ['my"stmt']
 
 
 # --- a client's SQL and the proxy's server statements (red team pool round 1 F1) ---------------------------------
@@ -449,12 +457,13 @@ def test_sql_naming_a_proxy_statement_is_refused(pooled: ProxyProcess) -> None:
 
 @pytest.fixture(scope="module")
 def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
-    """Transaction pooling with small per-session statement bounds: 3 statements, 64 KiB of their text."""
+    """Transaction pooling with small per-session statement bounds: 3 statements, 64 KiB of their text, a
+    pg_prepared_statements listing of 16 KiB."""
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
                      backend_sslmode="require" if pg.ssl_enabled else "disable",
                      pool={"pool_mode": "transaction", "pool_size": 1, "max_session_statements": 3,
-                           "max_session_statement_bytes": 65536})
+                           "max_session_statement_bytes": 65536, "max_statements_listing_bytes": 16384})
     p.start()
     yield p
     p.stop()
@@ -481,3 +490,59 @@ def test_named_statements_past_the_session_bounds_fail_and_the_session_goes_on(b
         assert conn.exec_prepared(b"s3", []).get_value(0, 0) == b"3"
     finally:
         conn.finish()
+
+
+def test_sql_prepares_past_the_session_bounds_fail_and_the_session_goes_on(bounded: ProxyProcess) -> None:
+    """Red team 5, F6: each SQL PREPARE keeps its whole text on the server (one that reads pg_prepared_statements,
+    the listing too): bounded like the protocol statements, 53200 past the count or the bytes."""
+    with psycopg.connect(bounded.dsn("ivan"), autocommit=True) as c:
+        with pytest.raises(psycopg.errors.OutOfMemory, match="max_session_statement_bytes = 65536"):
+            c.execute(f"PREPARE big AS SELECT '{'x' * 70000}'")
+        for i in range(3):
+            c.execute(f"PREPARE q{i} AS SELECT {i}")
+        with pytest.raises(psycopg.errors.OutOfMemory, match="max_session_statements = 3"):
+            c.execute("PREPARE q3 AS SELECT count(*) FROM pg_prepared_statements")
+        assert c.execute("EXECUTE q2").fetchone() == (2,)  # the session goes on
+        c.execute("DEALLOCATE q0")
+        c.execute("PREPARE q3 AS SELECT count(*) FROM pg_prepared_statements")
+        assert c.execute("EXECUTE q3").fetchone() == (3,)
+
+
+def test_a_listing_past_its_bound_keeps_the_names_with_shortened_texts(bounded: ProxyProcess) -> None:
+    """Red team 5, F6: a session's listing is bounded ([pool] max_statements_listing_bytes, 16 KiB here): the texts
+    in it are shortened (ending in '…'), every name stays."""
+    with psycopg.connect(bounded.dsn("ivan"), autocommit=True) as c:
+        texts = [f"SELECT '{str(i) * 15000}' AS c" for i in range(3)]
+        for i, text in enumerate(texts):
+            c.pgconn.prepare(f"s{i}".encode(), text.encode())
+        rows = c.execute("SELECT name, statement FROM pg_prepared_statements ORDER BY name").fetchall()
+        assert [r[0] for r in rows] == ["s0", "s1", "s2"]
+        assert all(r[1] == text[:4096] + "\u2026" for r, text in zip(rows, texts, strict=True))
+        c.pgconn.exec_(b"DEALLOCATE s1")
+        c.pgconn.exec_(b"DEALLOCATE s2")
+        assert c.execute("SELECT statement FROM pg_prepared_statements").fetchall() == [(texts[0],)]  # fits: whole
+
+
+@pytest.mark.parametrize("mode", ["pooled", "session"])
+def test_a_sql_prepared_statement_is_listed_with_the_clients_text(request: pytest.FixtureRequest, pg: PgCluster,
+                                                                  mode: str) -> None:
+    """Red team 5, F5: the server's text of a rewritten SQL PREPARE is the proxy's, whose catalog filters name the
+    schemas hidden from the tenant; the view shows the client's PREPARE, as PostgreSQL lists it on a direct
+    connection."""
+    proxy: ProxyProcess = request.getfixturevalue(mode)
+    texts = ["PREPARE p1 AS SELECT nspname FROM pg_namespace", "PREPARE p2 AS SELECT count(*) FROM orders; SELECT 1"]
+    sql = "SELECT name, statement, from_sql FROM pg_prepared_statements ORDER BY name"
+    with psycopg.connect(direct_dsn(pg), autocommit=True) as d:
+        for text in texts:
+            d.execute(text, prepare=False)
+        expected = d.execute(sql, prepare=False).fetchall()
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as c:
+        for text in texts:
+            c.execute(text, prepare=False)
+        rows = c.execute(sql, prepare=False).fetchall()
+        assert rows == expected and len(rows) == 2
+        assert not any("globex" in r[1] or "pgt_" in r[1] for r in rows)
+        assert c.execute("EXECUTE p2").fetchone() == (200,)  # acme's orders: the server runs the filtered text
+        c.execute("DEALLOCATE p1")
+        c.execute("PREPARE p1 AS SELECT 1")  # p1 again, forwarded as it is
+        assert c.execute(sql, prepare=False).fetchall()[0] == ("p1", "PREPARE p1 AS SELECT 1", True)

@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 from proxy import errors
 from proxy.actions import CloseClient, RelayToServer
 from proxy.auth.throttle import AuthThrottle
-from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, Allow, Deny, Rewrite
+from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, SQL_PREPARE, Allow, Change, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
 from tests.support.sessions import attach, frames, login, make_config
 
 
-def ready_session(tmp_path: Path, decide=None, policy_token=object) -> ClientSession:
+def ready_session(tmp_path: Path, decide=None, policy_token=object, pool: dict | None = None) -> ClientSession:
     """A relaying session; by default every Parse gets a fresh policy token, so each one is decided anew."""
     s = ClientSession(
-        make_config(tmp_path, max_message_length=1 << 20),
+        make_config(tmp_path, pool, max_message_length=1 << 20),
         session_id="s1",
         client_address="10.0.0.1",
         throttle=AuthThrottle(max_failures=2),
@@ -172,3 +172,57 @@ def test_a_rewrite_reading_pg_prepared_statements_gets_the_sessions_list(tmp_pat
     assert '"S_1"' not in m.query_text(frames(out)[0][1])
     out = forwarded(s.client_data(m.Query("SELECT 'x' /* orders */").encode()))  # a rewrite without the rule
     assert m.query_text(frames(out)[0][1]) == "SELECT 'x' /* orders */ WHERE tenant_id = 'acme'"
+
+
+def test_sql_prepares_past_the_sessions_bounds_are_refused(tmp_path: Path) -> None:
+    """Each SQL PREPARE keeps its whole text on the server (with the listing, for one that reads
+    pg_prepared_statements: red team 5, F6, ~220 MB of backend memory each): the session's [pool] bounds on statements
+    apply to them too (53200, the session goes on)."""
+    def decide(kind: str, sql: str):
+        return Allow(changes=(Change(0, SQL_PREPARE, sql.split()[1]),))
+
+    s = ready_session(tmp_path, decide, pool={"max_session_statements": 2, "max_session_statement_bytes": 200})
+    for name in ("a", "b"):
+        text = f"PREPARE {name} AS SELECT 1"
+        assert forwarded(s.client_data(m.Query(text).encode())) == m.Query(text).encode()
+    out = forwarded(s.client_data(m.Query("PREPARE c AS SELECT 1").encode()))
+    assert b"PREPARE c" not in out and m.query_text(frames(out)[0][1]).startswith("pgtenant")
+    assert s.tracker.pending[-1].decision.rule == "sql_prepare_limit"
+    assert "max_session_statements = 2" in s.tracker.pending[-1].decision.message
+    long = "PREPARE d AS SELECT '" + "x" * 200 + "'"
+    s = ready_session(tmp_path, decide, pool={"max_session_statements": 2, "max_session_statement_bytes": 200})
+    assert b"PREPARE d" not in forwarded(s.client_data(m.Query(long).encode()))
+    assert "max_session_statement_bytes = 200" in s.tracker.pending[-1].decision.message
+
+
+def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path) -> None:
+    """Red team 5, F5: the server's text of a rewritten SQL PREPARE is the proxy's (its filters name the schemas
+    hidden from the tenant): pg_prepared_statements shows the client's PREPARE over it, as PostgreSQL would."""
+    listing = f"SELECT * FROM v({SESSION_STATEMENTS_MARKER})"
+
+    def decide(kind: str, sql: str):
+        if "pg_prepared_statements" in sql:
+            return Rewrite(listing, ("catalog_filter", SESSION_STATEMENTS))
+        if sql.startswith("PREPARE"):
+            name = sql.split()[1]
+            changes = (Change(0, SQL_PREPARE, name),)
+            if "pg_namespace" in sql:
+                return Rewrite(sql + " WHERE nspname <> 'globex'", ("catalog_filter",), changes=changes)
+            return Allow(changes=changes)
+        return Allow()
+
+    def listed(s: ClientSession) -> list[dict]:
+        out = forwarded(s.client_data(m.Query("SELECT name FROM pg_prepared_statements").encode()))
+        sql = m.query_text(frames(out)[0][1])
+        return json.loads(sql[sql.index("'") + 1 : sql.rindex("'")].replace("''", "'"))
+
+    s = ready_session(tmp_path, decide)
+    s.client_data(m.Query("PREPARE p1 AS SELECT nspname FROM pg_namespace").encode())
+    s.client_data(m.Query("PREPARE p2 AS SELECT 1").encode())  # forwarded as it is: the server's text is the client's
+    assert listed(s) == [{"name": "p1", "statement": "PREPARE p1 AS SELECT nspname FROM pg_namespace", "server": "p1",
+                          "over": True}]
+    s.client_data(m.Query("PREPARE p1 AS SELECT 2").encode())  # p1 again (after a DEALLOCATE), as it is
+    assert listed(s) == []
+    s.client_data(m.Query("PREPARE p3 AS SELECT nspname FROM pg_namespace").encode())
+    s.client_data(m.Parse("p3", "SELECT 3", b"\x00\x00").encode())  # a protocol statement of that name now
+    assert listed(s) == []

@@ -17,8 +17,11 @@ from proxy.statements import (
     READY_FOR_QUERY,
     RESPONSES,
     ClientTexts,
+    SqlPrepared,
     Statements,
+    fit_listing,
     forgets,
+    joined,
     render,
     server_name,
 )
@@ -854,3 +857,70 @@ def test_client_texts_are_bounded_and_follow_the_names() -> None:
     texts.parse("c", "SELECT 'c'")  # past the bound: the oldest goes (its row then shows the forwarded text)
     texts.parse("b", None)  # b parsed again, forwarded as it is
     assert json.loads(texts.listing()) == [{"name": "c", "statement": "SELECT 'c'", "server": "c", "over": True}]
+
+
+# --- the listing's bounds (red team 5, F6: a ~90 MB listing rebuilt at each read stalled every tenant) -------------
+
+
+def test_a_listing_past_its_bound_has_its_texts_shortened_and_keeps_every_name() -> None:
+    rows = [{"name": f"s{i}", "statement": "SELECT '" + "\u4e00" * 10_000 + "'", "server": None} for i in range(30)]
+    whole = fit_listing(rows, 10 << 20)
+    assert len(whole) > 1_000_000 and json.loads(whole) == rows  # within the bound: as it is
+    short = fit_listing(rows, 100_000)
+    assert len(short) <= 100_000
+    listed = json.loads(short)
+    assert [r["name"] for r in listed] == [r["name"] for r in rows]
+    assert all(r["statement"].startswith("SELECT '\u4e00") and r["statement"].endswith("\u2026") for r in listed)
+    long_names = [{"name": "n" * 5000 + str(i), "statement": "SELECT 1", "server": None} for i in range(30)]
+    assert len(fit_listing(long_names, 10_000)) <= 10_000  # at the last, names shortened too (63 characters)
+
+
+def test_the_listing_is_rendered_once_per_change_of_the_statements() -> None:
+    st = _statements()
+    st.parse("S_1", "SELECT 1", b"\x00\x00")
+    first = st.listing()
+    assert st.listing() is first  # not rendered again while nothing changed
+    st.parse("S_2", "SELECT 2", b"\x00\x00")
+    second = st.listing()
+    assert second is not first and '"S_2"' in second
+    st.close(b"SS_2\x00")
+    assert '"S_2"' not in st.listing()
+    texts = ClientTexts()
+    texts.parse("a", "SELECT 'a'")
+    assert texts.listing() is texts.listing()
+    texts.parse("a", None)
+    assert texts.listing() == "[]"
+
+
+def test_the_listing_of_a_session_with_large_statements_is_bounded() -> None:
+    st = Statements(error_marker=lambda err: "pgtenant_denied_0", max_listing=50_000)
+    st.attach({})
+    for i in range(15):
+        st.parse(f"s{i}", "SELECT '" + "\u4e00" * 100_000 + "'", b"\x00\x00")
+    listed = st.listing()
+    assert len(listed) <= 50_000 and [r["name"] for r in json.loads(listed)] == [f"s{i}" for i in range(15)]
+
+
+def test_the_clients_texts_count_against_the_sessions_statement_bytes() -> None:
+    st = Statements(error_marker=lambda err: f"denied:{err.message}", max_bytes=900)
+    st.attach({})
+    out = st.parse("S_1", "SELECT 1 FROM t WHERE tenant_id = 1", b"\x00\x00", text="SELECT 1 FROM t /*" + "x" * 900)
+    assert out is not None and _sent(out)[0].sql.startswith("denied:")  # its forwarded text alone would fit
+    assert "max_session_statement_bytes" in _sent(out)[0].sql and "S_1" not in st.named
+    st.parse("S_2", "SELECT 1 FROM t WHERE tenant_id = 1", b"\x00\x00", text="SELECT 1 FROM t /*" + "x" * 450)
+    out = st.parse("S_3", "SELECT 2 FROM t WHERE tenant_id = 1", b"\x00\x00", text="SELECT 2 FROM t /*" + "x" * 450)
+    assert out is not None and "max_session_statement_bytes" in _sent(out)[0].sql  # S_2's client text counts
+
+
+def test_sql_prepares_are_bounded_in_count_and_bytes() -> None:
+    store = SqlPrepared(max_named=2, max_bytes=1000)
+    assert store.refusal(["a"], 100, frozenset()) is None
+    store.prepared(["a"], "PREPARE a AS SELECT 1", 100, frozenset())
+    store.prepared(["b"], None, 100, frozenset({"a"}))
+    assert store.refusal(["c"], 100, frozenset({"a", "b"})) == ("c", "max_session_statements", 2)
+    assert store.refusal(["c"], 100, frozenset({"a"})) is None  # b was deallocated (or failed): room again
+    assert store.refusal(["c"], 901, frozenset({"a"})) == ("c", "max_session_statement_bytes", 1000)
+    assert store.refusal(["a"], 1000, frozenset({"a"})) is None  # a PREPARE of a held name replaces it (or fails)
+    assert json.loads(store.listing()) == [{"name": "a", "statement": "PREPARE a AS SELECT 1", "server": "a",
+                                            "over": True}]
+    assert joined("[1]", "[]") == "[1]" and joined("[]", "[2]") == "[2]" and joined("[1]", "[2]") == "[1,2]"
