@@ -1572,7 +1572,7 @@ class ClientSession:
         if not admission.needs(decision):
             return None
         text = admission.sent_text(sql, decision)
-        limit, max_bytes = session_statement_limits(self.config)
+        limit, max_bytes, _ = session_statement_limits(self.config)
         if len(statements) >= limit:
             return errors.session_statements_limit(name=name, key="max_session_statements", limit=limit)
         if self._agent_bytes + len(text) > max_bytes:
