@@ -391,6 +391,7 @@ class ClientSession:
         self._held_rest: list[bytes] = []  # what the server sent after it (pipelined requests), relayed after it
         self._timed_out: object = None  # the request the watchdog canceled (its 57014 is ours)
         self._fed_since_cancel = False  # the client sent more of that request after the cancel (it may run again)
+        self._cancel_done_at = 0.0  # when the last cancel was acted on (a batch open past it: idle in transaction)
         self._last_ready = 0.0  # when the last ReadyForQuery arrived (idle in transaction since)
         self._limit_actions: list[Action] = []  # actions a backend handler produced, run after the read
         self._limit_inner: dict[int, Callable[[bytes], bytes | None]] = {}  # the handlers the limits' wrap
@@ -1808,6 +1809,7 @@ class ClientSession:
     def cancel_done(self) -> list[Action]:
         """Event: the CancelQuery has been acted on by the backend; a ReadyForQuery held meanwhile goes on."""
         self._cancelling = False
+        self._cancel_done_at = self.clock()
         held, self._held_ready = self._held_ready, None
         if held is None or self.state is not _READY:
             return []
@@ -1833,6 +1835,7 @@ class ClientSession:
             return []
         now = self.clock()
         pending = self.tracker.pending
+        idle = limits.idle_in_transaction_timeout
         if pending:
             timeout = limits.statement_timeout
             head = pending[0]
@@ -1840,19 +1843,26 @@ class ClientSession:
                 return []
             first = head is not self._timed_out
             if not first and not self._fed_since_cancel:
+                # The batch is open without its Sync and the server, canceled, waits for the client: in the batch's
+                # transaction, idle (PostgreSQL arms its own idle timeout only at a ReadyForQuery).
+                if idle is not None and not head.closed_by_sync and now - self._cancel_done_at >= idle:
+                    return self._idle_timeout(limits, idle)
                 return []
             self._timed_out, self._fed_since_cancel, self._cancelling = head, False, True
             reached = [LimitReached(limits.tenant, limits.user, STATEMENT_TIMEOUT, timeout)] if first else []
             return [*reached, CancelQuery()]
-        idle = limits.idle_in_transaction_timeout
         if (idle is not None and self._tx_status != b"I" and self._held is None and not self.frontend.pending
                 and now - self._last_ready >= idle):
-            reason = CloseReason.IDLE_IN_TRANSACTION_TIMEOUT
-            released = self._close_server(reason)
-            self._close()
-            return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
-                    CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
+            return self._idle_timeout(limits, idle)
         return []
+
+    def _idle_timeout(self, limits: Limits, idle: float) -> list[Action]:
+        """idle_in_transaction_timeout passed: the session ends (25P03), its server closed, not reused."""
+        reason = CloseReason.IDLE_IN_TRANSACTION_TIMEOUT
+        released = self._close_server(reason)
+        self._close()
+        return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
+                CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
 
     def close(self) -> list[Action]:
         """Event: the client connection is gone; the server the session holds goes back to the pool."""

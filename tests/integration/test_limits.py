@@ -27,6 +27,7 @@ LIMITED = {
     "bytes": {"max_result_bytes": 2000},
     "slow": {"statement_timeout": 1.0},
     "slowrows": {"statement_timeout": 1.0, "max_result_rows": 5},
+    "slowidle": {"statement_timeout": 1.0, "idle_in_transaction_timeout": 1.0},
     "idle": {"idle_in_transaction_timeout": 1.0},
     "conns": {"max_client_connections": 2},
     "conc": {"max_concurrent_queries": 1, "query_wait_timeout": 1.0},
@@ -314,6 +315,19 @@ def test_statement_timeout_after_an_idle_gap_of_an_open_batch(proxy: ProxyProces
                                ("query", "SELECT pg_sleep(10)"), ("sync", None)])
         assert out == [("TUPLES_OK", None), ("FATAL_ERROR", "57014"), ("PIPELINE_SYNC", None)]
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_idle_in_transaction_timeout_of_a_batch_left_open(proxy: ProxyProcess) -> None:
+    """A batch left open without its Sync inside a transaction, the server waiting for it: once statement_timeout's
+    cancel found nothing to stop, idle_in_transaction_timeout ends the session (red team 5 F8: 12 s idle in BEGIN
+    under a 5 s limit, neither ended nor canceled)."""
+    with psycopg.connect(proxy.dsn("slowidle_user"), autocommit=True) as conn:
+        said: list[str] = []
+        out = _pipeline(conn, [("query", "BEGIN"), ("query", "SELECT count(*) FROM orders"), ("flush", None),
+                               ("sleep", 4.0), ("query", "SELECT 1"), ("sync", None)], said)
+        assert out[:2] == [("COMMAND_OK", None), ("TUPLES_OK", None)]
+        assert ("FATAL_ERROR", "25P03") in out and out[-1] == ("CLOSED", None)
+        assert any("idle_in_transaction_timeout is 1 s" in text for text in said)
 
 
 def test_statement_timeout_while_a_result_is_cut_with_a_request_behind(proxy: ProxyProcess) -> None:
