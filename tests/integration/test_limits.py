@@ -154,7 +154,7 @@ def test_cut_with_later_statements_run_by_the_server_ends_the_session(proxy: Pro
         if protocol == "simple":
             with pytest.raises(psycopg.errors.ProgramLimitExceeded):  # (libpq keeps the first error: the cut)
                 conn.execute("SELECT generate_series(1, 60); INSERT INTO t VALUES (4); SELECT 1")
-            with pytest.raises(psycopg.OperationalError):  # then the FATAL (psql prints both) closed it
+            with pytest.raises(psycopg.OperationalError):  # then the FATAL that followed it closed the connection
                 conn.execute("SELECT 1")
         else:
             said: list[str] = []
