@@ -306,6 +306,16 @@ limit_result = _register(
     "operator to raise {limit}.",
 )
 
+# A result cut off while later statements of the same request (a Query's, a batch's up to its Sync) ran on the
+# server: the client cannot be told the request failed as PostgreSQL would (they ran, may have committed).
+limit_result_ran = _register(
+    "limit_result_ran", PROGRAM_LIMIT_EXCEEDED, "FATAL",
+    "pgtenant: the result exceeds {limit} = {value}; it was cut off, but the statements after it in the same "
+    "request ran on the server (and may have committed): the connection is closed",
+    hint="Check what the rest of the request changed before sending it again; send statements that change data "
+    "in their own requests, or add a LIMIT to the query.",
+)
+
 # --- the admin console ------------------------------------------------------------------
 
 admin_reloaded = _register("admin_reloaded", SUCCESSFUL_COMPLETION, "NOTICE", "{message}")

@@ -7,8 +7,10 @@ import enum
 import re
 import secrets
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from proxy import admission, agent, errors
 from proxy.actions import (
@@ -483,11 +485,18 @@ class ClientSession:
         self.limits: Limits | None = None  # set at login when any limit applies to the user
         self._counted = False  # counted in `connections` (uncounted when the session ends)
         self._meter: ResultMeter | None = None  # the result being relayed, when results are limited
+        self._executes: deque[str | None] = deque()  # ... the Executes' portals (None: a Query) not yet ended
+        self._portal_counts: dict[str, tuple[int, int]] = {}  # suspended portals' (rows, bytes) so far
         self._cut: str | None = None  # the limit a result is being cut off for (until its ReadyForQuery)
         self._cut_inject = 0  # 1: a failing statement is to be sent (the server's transaction fails too), 2: sent
+        self._cut_ends = 0  # statements ended (completed or failed) since the cut, up to its ReadyForQuery
+        self._cut_ran = False  # ... and one after the cut one completed: the rest of the request ran on the server
         self._cancelling = False  # a CancelQuery is in flight: the request's ReadyForQuery waits for it
         self._held_ready: bytes | None = None  # that ReadyForQuery's status
+        self._held_rest: list[bytes] = []  # what the server sent after it (pipelined requests), relayed after it
         self._timed_out: object = None  # the request the watchdog canceled (its 57014 is ours)
+        self._fed_since_cancel = False  # the client sent more of that request after the cancel (it may run again)
+        self._cancel_done_at = 0.0  # when the last cancel was acted on (a batch open past it: idle in transaction)
         self._last_ready = 0.0  # when the last ReadyForQuery arrived (idle in transaction since)
         self._limit_actions: list[Action] = []  # actions a backend handler produced, run after the read
         self._limit_inner: dict[int, Callable[[bytes], bytes | None]] = {}  # the handlers the limits' wrap
@@ -521,6 +530,8 @@ class ClientSession:
         self._parse_memo = None
         self._gates = {m.QUERY: self._gate_query, m.PARSE: self._gate_parse,
                        m.FUNCTION_CALL: self._gate_function_call}
+        if self._meter is not None:  # (limits: a Query's results are not an Execute's)
+            self._gates[m.QUERY] = _before(self._meter_query, self._gate_query)
         self.frontend.handlers = {**self._frontend_tracked, **self._gates}
         if self.statements is not None:
             self._follow_statements()
@@ -785,6 +796,9 @@ class ClientSession:
         """Bytes from the server connection the session holds."""
         if self._replaying:
             return self._replay_data(data)
+        if self._held_ready is not None:  # (limits: behind a ReadyForQuery held for a cancel, see cancel_done)
+            self._held_rest.append(bytes(data))
+            return []
         if self._admission is not None:
             return self._admission_data(data)
         return self._relay_server(data)
@@ -796,7 +810,7 @@ class ClientSession:
             return self._end_with_server(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)
         except FramingError as exc:
             return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
-        if self._limit_actions:
+        if self._limit_actions or self._cut_inject & 1:  # (1, 3: what a cut request's end needs, _limit_after)
             return self._limit_after(chunks)
         if self.statements is not None:
             again = self.statements.take_server()  # a batch sent again (a stale cached plan)
@@ -1274,6 +1288,8 @@ class ClientSession:
             self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
                                       m.EXECUTE: self._on_request_message, m.FLUSH: self._on_flush}
             self.frontend.handlers = self._frontend_tracked
+        if self._meter is not None:
+            self._limit_portals()
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user, self.agent,
@@ -1315,6 +1331,8 @@ class ClientSession:
             released = self._close_server(CloseReason.USER_REMOVED)
             self._close()
             return [*released, CloseClient(self.revoked, CloseReason.USER_REMOVED)]
+        if self._timed_out is not None:  # statement_timeout: what follows a cancel may run a statement again
+            self._fed_since_cancel = True
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
@@ -1936,16 +1954,81 @@ class ClientSession:
         meter = self._meter
         assert meter is not None
 
+        suspends = type_ == m.PORTAL_SUSPENDED
+
         def handler(body: bytes) -> bytes | None:
             if self._cut is None:
-                if ends:
-                    meter.reset()
+                if ends or suspends:
+                    self._result_ended(suspends)
                 return inner(body) if inner is not None else None
+            if ends or suspends:
+                self._cut_end(ends)
             if inner is not None:
                 inner(body)
             return b""
 
         return handler
+
+    def _cut_end(self, completed: bool) -> None:
+        """A statement ended in a request being cut off: past the cut one, a completed statement ran on the
+        server although the client was told the request failed (the session must end, see _ready)."""
+        if completed and self._cut_ends:
+            self._cut_ran = True
+        self._cut_ends += 1
+
+    def _limit_portals(self) -> None:
+        """Results limited: Bind and Execute are followed (max_result_rows counts per portal over its suspended
+        Executes, whatever runs between them; enable_policy follows Query)."""
+        front = self._frontend_tracked
+        self._frontend_tracked = {**front, m.BIND: _before(self._meter_bind, front.get(m.BIND)),
+                                  m.EXECUTE: _before(self._meter_execute, front.get(m.EXECUTE))}
+        self.frontend.handlers = self._frontend_tracked
+
+    def _meter_query(self, _body: bytes) -> None:
+        self._executes.append(None)
+
+    def _meter_bind(self, body: bytes) -> None:
+        """A Bind (re)defines its portal: its count starts again."""
+        if self._portal_counts:
+            self._portal_counts.pop(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace"), None)
+
+    def _meter_execute(self, body: bytes) -> None:
+        name = bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace")
+        self._executes.append(name)
+        if len(self._executes) == 1:
+            self._resume(name)
+
+    def _resume(self, name: str | None) -> None:
+        """The result of `name`'s Execute comes next: its meter goes on from the portal's count so far."""
+        meter = self._meter
+        assert meter is not None
+        meter.rows, meter.bytes = self._portal_counts.get(name, (0, 0)) if name is not None else (0, 0)
+
+    def _result_ended(self, suspended: bool) -> None:
+        """A CommandComplete / EmptyQueryResponse (the result ended) or a PortalSuspended (its portal's count is
+        kept for its next Execute); the next Execute's result goes on from its portal's count."""
+        meter = self._meter
+        assert meter is not None
+        executes = self._executes
+        if executes and executes[0] is not None:
+            name = executes.popleft()
+            if suspended:
+                self._portal_counts[name] = (meter.rows, meter.bytes)
+            else:
+                self._portal_counts.pop(name, None)
+            meter.reset()
+            if executes:
+                self._resume(executes[0])
+            return
+        meter.reset()  # a statement of a Query
+
+    def _results_gone(self) -> None:
+        """An error: the rest of the request is skipped (its transaction failed: no portal can run again)."""
+        assert self._meter is not None
+        self._meter.reset()
+        while self._executes and self._executes[0] is not None:
+            self._executes.popleft()
+        self._portal_counts.clear()
 
     def _limit_row(self, body: bytes) -> bytes | None:
         """A DataRow or CopyData: counted; the one past the limit is replaced by the error that cuts the result."""
@@ -1973,13 +2056,13 @@ class ClientSession:
         inner = self._limit_inner.get(m.ERROR_RESPONSE)
         out = inner(body) if inner is not None else None
         if self._cut is not None:
+            self._cut_end(False)
             return b""
         if self._meter is not None:
-            self._meter.reset()
+            self._results_gone()
         if b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None:
             pending = self.tracker.pending
             if self._timed_out is not None and (not pending or pending[0] is self._timed_out):
-                self._timed_out = None
                 return errors.limit_statement_timeout(seconds(self.limits.statement_timeout)).encode()
             if b"statement timeout" in body:  # the server's own setting (the proxy's startup value) acted
                 self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, STATEMENT_TIMEOUT,
@@ -1988,9 +2071,9 @@ class ClientSession:
 
     def _limit_ready(self, body: bytes) -> bytes | None:
         """A ReadyForQuery: held while a cancel is in flight (so that it cannot reach the client's next query)."""
-        if self._cancelling:
+        if self._cancelling:  # (what follows it waits too: the stream stops here, see server_data)
             self._held_ready = bytes(body)
-            return b""
+            return HOLD  # type: ignore[return-value]
         return self._ready(body)
 
     def _ready(self, body: bytes) -> bytes | None:
@@ -2001,13 +2084,21 @@ class ClientSession:
         self._last_ready = self.clock()
         inner = self._limit_inner[m.READY_FOR_QUERY]
         if self._cut is not None:
-            if self._cut_inject == 0 and body[:1] == b"T":
-                self._cut_inject = 3 if len(self.tracker.pending) > 1 else 1
+            if self._cut_inject == 0 and (self._cut_ran or body[:1] == b"T"):
+                self._cut_inject = 3 if self._cut_ran or len(self.tracker.pending) > 1 else 1
                 return b""
-            self._cut, self._cut_inject = None, 0
-            assert self._meter is not None
-            self._meter.reset()
+            self._cut, self._cut_inject, self._cut_ends = None, 0, 0
+            self._results_gone()
+        elif self._meter is not None:
+            if self._executes and self._executes[0] is None:  # a Query's end
+                self._executes.popleft()
+            if body[:1] == b"I":  # no transaction: no portal left
+                self._portal_counts.clear()
         out = inner(body)
+        if self._timed_out is not None:  # (the canceled request ended)
+            pending = self.tracker.pending
+            if not pending or pending[0] is not self._timed_out:
+                self._timed_out = None
         if self._slot_held and body[:1] == b"I" and not self.tracker.pending and self._held is None:
             self._limit_actions.append(self._release_slot())
         return out
@@ -2065,7 +2156,9 @@ class ClientSession:
             more.append(RelayToServer([query_message(_CUT_STATEMENT)]))
         elif self._cut_inject == 3:
             assert self._cut is not None and self.limits is not None
-            err = errors.limit_result(self._cut, getattr(self.limits, self._cut))
+            value = getattr(self.limits, self._cut)
+            ran = self._cut_ran
+            err = (errors.limit_result_ran if ran else errors.limit_result)(self._cut, value)
             released = self._give_back(reusable=False, reset=True, reason=CloseReason.RESULT_CUT)
             self._close()
             return [RelayToClient(chunks), *more, *released, CloseClient(replace(err, severity="FATAL"),
@@ -2076,42 +2169,60 @@ class ClientSession:
     def cancel_done(self) -> list[Action]:
         """Event: the CancelQuery has been acted on by the backend; a ReadyForQuery held meanwhile goes on."""
         self._cancelling = False
+        self._cancel_done_at = self.clock()
         held, self._held_ready = self._held_ready, None
         if held is None or self.state is not _READY:
             return []
         out = self._ready(held)
         chunks = [m.ready_for_query(held) if out is None else out]
         if self._limit_actions or self._cut_inject:
-            return self._limit_after(chunks)
-        return self._at_idle(chunks) if self._idle_check else [RelayToClient(chunks)]
+            actions = self._limit_after(chunks)
+        else:
+            actions = self._at_idle(chunks) if self._idle_check else [RelayToClient(chunks)]
+        rest, self._held_rest = b"".join(self._held_rest), []
+        if self.state is _READY and (rest or self.backend_stream.pending):  # the pipelined requests' answers
+            actions += self.server_data(rest)
+        return actions
 
     def limits_tick(self) -> list[Action]:
         """Event (every WatchLimits period): a request past statement_timeout is canceled (whatever the client set
-        the server's timeout to); a transaction idle past idle_in_transaction_timeout ends the session (25P03
-        FATAL, as PostgreSQL's idle_in_transaction_session_timeout; the server is closed, not reused)."""
+        the server's timeout to), also while its result is being cut, and again whenever the client sent more of
+        it after the last cancel (a batch left open without its Sync: a cancel that reached a server waiting for
+        the next message did nothing); a transaction idle past idle_in_transaction_timeout ends the session
+        (25P03 FATAL, as PostgreSQL's idle_in_transaction_session_timeout; the server is closed, not reused)."""
         limits = self.limits
         if limits is None or self.state is not _READY or self.server is None or self._replaying:
             return []
         now = self.clock()
         pending = self.tracker.pending
+        idle = limits.idle_in_transaction_timeout
         if pending:
             timeout = limits.statement_timeout
             head = pending[0]
-            if (timeout is not None and not self._cancelling and self._cut is None and head is not self._timed_out
-                    and now - head.start >= timeout):
-                self._timed_out = head
-                self._cancelling = True
-                return [LimitReached(limits.tenant, limits.user, STATEMENT_TIMEOUT, timeout), CancelQuery()]
-            return []
-        idle = limits.idle_in_transaction_timeout
+            if timeout is None or self._cancelling or now - head.start < timeout:
+                return []
+            first = head is not self._timed_out
+            if not first and not self._fed_since_cancel:
+                # The batch is open without its Sync and the server, canceled, waits for the client: in the batch's
+                # transaction, idle (PostgreSQL arms its own idle timeout only at a ReadyForQuery).
+                if idle is not None and not head.closed_by_sync and now - self._cancel_done_at >= idle:
+                    return self._idle_timeout(limits, idle)
+                return []
+            self._timed_out, self._fed_since_cancel, self._cancelling = head, False, True
+            reached = [LimitReached(limits.tenant, limits.user, STATEMENT_TIMEOUT, timeout)] if first else []
+            return [*reached, CancelQuery()]
         if (idle is not None and self._tx_status != b"I" and self._held is None and not self.frontend.pending
                 and now - self._last_ready >= idle):
-            reason = CloseReason.IDLE_IN_TRANSACTION_TIMEOUT
-            released = self._close_server(reason)
-            self._close()
-            return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
-                    CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
+            return self._idle_timeout(limits, idle)
         return []
+
+    def _idle_timeout(self, limits: Limits, idle: float) -> list[Action]:
+        """idle_in_transaction_timeout passed: the session ends (25P03), its server closed, not reused."""
+        reason = CloseReason.IDLE_IN_TRANSACTION_TIMEOUT
+        released = self._close_server(reason)
+        self._close()
+        return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
+                CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
 
     def close(self) -> list[Action]:
         """Event: the client connection is gone; the server the session holds goes back to the pool."""
@@ -2152,6 +2263,21 @@ def _forgets_at(changes: tuple[Change, ...], statements: Statements | None) -> i
         if change.op == DISCARD_ALL or (change.op == DEALLOCATE and not change.name):
             return change.at
     return None
+
+
+def _before(own: Callable[[bytes], None], inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """A frontend handler that calls `own`, then `inner` (whose answer it returns)."""
+    if inner is None:
+        def first(body: bytes) -> None:
+            own(body)
+
+        return first
+
+    def handler(body: bytes) -> Any:
+        own(body)
+        return inner(body)
+
+    return handler
 
 
 def statement_settings(config: Config) -> tuple[bool, int, int]:

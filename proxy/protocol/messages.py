@@ -49,6 +49,7 @@ ROW_DESCRIPTION = ord("T")
 DATA_ROW = ord("D")
 NOTIFICATION_RESPONSE = ord("A")
 EMPTY_QUERY_RESPONSE = ord("I")
+PORTAL_SUSPENDED = ord("s")
 
 TEXT_OID = 25  # pg_type's text
 

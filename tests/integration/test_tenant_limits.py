@@ -26,6 +26,8 @@ LIMITED = {
     "rows": {"max_result_rows": 50},
     "bytes": {"max_result_bytes": 2000},
     "slow": {"statement_timeout": 1.0},
+    "slowrows": {"statement_timeout": 1.0, "max_result_rows": 5},
+    "slowidle": {"statement_timeout": 1.0, "idle_in_transaction_timeout": 1.0},
     "idle": {"idle_in_transaction_timeout": 1.0},
     "conns": {"max_client_connections": 2},
     "conc": {"max_concurrent_queries": 1, "query_wait_timeout": 1.0},
@@ -142,6 +144,32 @@ def test_psycopg_result_cut_at_max_result_bytes(proxy: ProxyProcess) -> None:
         assert len(conn.execute("SELECT repeat('y', 100) FROM generate_series(1, 10)").fetchall()) == 10
 
 
+@pytest.mark.parametrize("protocol", ["simple", "pipeline"])
+def test_cut_with_later_statements_run_by_the_server_ends_the_session(proxy: ProxyProcess, protocol: str) -> None:
+    """A small result cut off (the server finished it before any cancel) with statements after it in the same
+    request: the server ran them (the INSERT committed), so the client is not told the request failed as a whole;
+    the session ends with FATAL 54000 saying so (red team 5 F1: the INSERT ran behind a reported failure)."""
+    with psycopg.connect(proxy.dsn("rows_user"), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE t(x int)")
+        if protocol == "simple":
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded):  # (libpq keeps the first error: the cut)
+                conn.execute("SELECT generate_series(1, 60); INSERT INTO t VALUES (4); SELECT 1")
+            with pytest.raises(psycopg.OperationalError):  # then the FATAL that followed it closed the connection
+                conn.execute("SELECT 1")
+        else:
+            said: list[str] = []
+            out = _pipeline(conn, [("query", "SELECT generate_series(1, 60)"), ("query", "INSERT INTO t VALUES (1)"),
+                                   ("sync", None)], said)
+            assert out == [("FATAL_ERROR", "54000"), ("PIPELINE_ABORTED", None), ("FATAL_ERROR", "54000"),
+                           ("CLOSED", None)]
+            assert "after it in the same request ran" in said[-1] and "cut off and the statement failed" in said[0]
+        assert conn.closed or conn.pgconn.status == psycopg.pq.ConnStatus.BAD
+    with psycopg.connect(proxy.dsn("rows_user"), autocommit=True) as conn:  # a cut alone: the session goes on
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            conn.execute("SELECT generate_series(1, 60)")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_asyncpg_result_cut_and_portal_suspended(proxy: ProxyProcess) -> None:
     async def main() -> None:
         conn = await asyncpg.connect(proxy.url("rows_user"), ssl=False)
@@ -157,6 +185,32 @@ def test_asyncpg_result_cut_and_portal_suspended(proxy: ProxyProcess) -> None:
                     await cur.fetch(30)
             assert conn.is_in_transaction() is False
             assert await conn.fetchval("SELECT count(*) FROM orders") == 200
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_asyncpg_portal_counted_until_it_ends_whatever_runs_between(proxy: ProxyProcess) -> None:
+    """max_result_rows counts per portal over its suspended Executes: another statement completing between them
+    does not start it again (red team 5 F4: 20-row fetches with a SELECT 1 between read 100000 rows under 50),
+    and two portals read alternately each have their own count."""
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("rows_user"), ssl=False)
+        try:
+            async with conn.transaction():
+                cur = await conn.cursor(BIG)
+                other = await conn.cursor("SELECT g FROM generate_series(1, 1000) g")
+                assert len(await cur.fetch(20)) == 20
+                assert await conn.fetchval("SELECT 1") == 1
+                assert len(await other.fetch(30)) == 30  # its own count
+                assert len(await cur.fetch(20)) == 20
+                assert await conn.fetchval("SELECT 2") == 2
+                assert len(await other.fetch(20)) == 20  # 50: the limit, not past it
+                assert len(await cur.fetch(10)) == 10  # 50
+                with pytest.raises(asyncpg.exceptions.ProgramLimitExceededError):
+                    await cur.fetch(1)
+            assert await conn.fetchval("SELECT 3") == 3
         finally:
             await conn.close()
 
@@ -208,6 +262,87 @@ def test_statement_timeout_in_a_transaction_and_startup_option(proxy: ProxyProce
         conn.rollback()
     with psycopg.connect(proxy.dsn("slow_user"), options="-c statement_timeout=200") as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)  # lower: the client's own
+
+
+def _pipeline(conn: psycopg.Connection, steps: list[tuple[str, object]],
+              messages: list[str] | None = None) -> list[tuple[str, str | None]]:
+    """Run libpq pipeline steps (("query", sql), ("flush", None), ("sync", None), ("sleep", seconds)) and read
+    every result up to the last Sync: (status name, SQLSTATE); ("CLOSED", None) ends them when the server closes
+    the connection. `messages` gets the errors' primary messages."""
+    pg = conn.pgconn
+    pg.enter_pipeline_mode()
+    syncs = 0
+    for step, arg in steps:
+        if step == "query":
+            pg.send_query_params(str(arg).encode(), None)
+        elif step == "flush":
+            pg.send_flush_request()
+        elif step == "sync":
+            pg.pipeline_sync()
+            syncs += 1
+        else:
+            pg.flush()
+            time.sleep(float(arg))  # type: ignore[arg-type]
+    pg.flush()
+    out: list[tuple[str, str | None]] = []
+    while syncs:
+        try:
+            while pg.is_busy():
+                pg.consume_input()
+                time.sleep(0.01)
+        except psycopg.OperationalError:
+            out.append(("CLOSED", None))
+            return out
+        r = pg.get_result()
+        if r is None:
+            continue
+        status = psycopg.pq.ExecStatus(r.status).name
+        sqlstate = r.error_field(psycopg.pq.DiagnosticField.SQLSTATE)
+        out.append((status, sqlstate and sqlstate.decode()))
+        if messages is not None and sqlstate:
+            messages.append((r.error_field(psycopg.pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode())
+        syncs -= status == "PIPELINE_SYNC"
+    pg.exit_pipeline_mode()
+    return out
+
+
+def test_statement_timeout_after_an_idle_gap_of_an_open_batch(proxy: ProxyProcess) -> None:
+    """The watchdog's first cancel reaches a server waiting for the batch's next message (ignored there): the
+    statement the client sends later in the same batch is canceled too (red team 5 F7: it ran unbounded)."""
+    with psycopg.connect(proxy.dsn("slow_user"), autocommit=True) as conn:
+        conn.execute("SET statement_timeout = 0")
+        out = _pipeline(conn, [("query", "SELECT 1"), ("flush", None), ("sleep", 1.6),
+                               ("query", "SELECT pg_sleep(10)"), ("sync", None)])
+        assert out == [("TUPLES_OK", None), ("FATAL_ERROR", "57014"), ("PIPELINE_SYNC", None)]
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_idle_in_transaction_timeout_of_a_batch_left_open(proxy: ProxyProcess) -> None:
+    """A batch left open without its Sync inside a transaction, the server waiting for it: once statement_timeout's
+    cancel found nothing to stop, idle_in_transaction_timeout ends the session (red team 5 F8: 12 s idle in BEGIN
+    under a 5 s limit, neither ended nor canceled)."""
+    with psycopg.connect(proxy.dsn("slowidle_user"), autocommit=True) as conn:
+        said: list[str] = []
+        out = _pipeline(conn, [("query", "BEGIN"), ("query", "SELECT count(*) FROM orders"), ("flush", None),
+                               ("sleep", 4.0), ("query", "SELECT 1"), ("sync", None)], said)
+        assert out[:2] == [("COMMAND_OK", None), ("TUPLES_OK", None)]
+        assert ("FATAL_ERROR", "25P03") in out and out[-1] == ("CLOSED", None)
+        assert any("idle_in_transaction_timeout is 1 s" in text for text in said)
+
+
+def test_statement_timeout_while_a_result_is_cut_with_a_request_behind(proxy: ProxyProcess) -> None:
+    """A result cut with another request pipelined behind it (no cancel for the cut) is still canceled at
+    statement_timeout (red team 5 F2: 40 rows of 1 s each ran to their end)."""
+    before = _refusals(proxy).get(("slowrows", "statement_timeout"), 0)
+    slow = ("SELECT g, repeat('x', 3000), pg_sleep(CASE WHEN g > 8 THEN 1 ELSE 0 END) "
+            "FROM generate_series(1, 40) g")
+    with psycopg.connect(proxy.dsn("slowrows_user"), autocommit=True) as conn:
+        conn.execute("SET statement_timeout = 0")
+        out = _pipeline(conn, [("query", slow), ("sync", None), ("query", "SELECT 1"), ("sync", None)])
+        assert out == [("FATAL_ERROR", "54000"), ("PIPELINE_SYNC", None), ("TUPLES_OK", None),
+                       ("PIPELINE_SYNC", None)]
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+    until(lambda: _refusals(proxy).get(("slowrows", "statement_timeout"), 0) == before + 1, timeout=10)
 
 
 # --- idle_in_transaction_timeout, max_client_connections --------------------------------------------

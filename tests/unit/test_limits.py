@@ -309,3 +309,74 @@ def test_a_batch_without_its_sync_that_gets_no_turn_ends_the_session(tmp_path: P
 def test_errors_name_their_limit() -> None:
     assert "max_result_rows = 10" in errors.limit_result("max_result_rows", 10).message
     assert errors.limit_concurrency("acme", 2, "5").sqlstate == "53300"
+
+
+def bind(portal: str, statement: str = "") -> bytes:
+    return m.frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + b"\x00\x00\x00\x00\x00\x00")
+
+
+def execute(portal: str, max_rows: int = 0) -> bytes:
+    return m.frame(b"E", portal.encode() + b"\x00" + max_rows.to_bytes(4, "big"))
+
+
+SYNC, FLUSH = m.frame(b"S", b""), m.frame(b"H", b"")
+SUSPENDED = m.frame(b"s", b"")
+
+
+def test_the_watchdog_cancels_an_open_batch_again_once_the_client_sends_more_of_it(tmp_path: Path) -> None:
+    clock = Clock()
+    s, _ = session(tmp_path, {"statement_timeout": 2.0}, clock)
+    s.client_data(m.Parse("", "SELECT 1", b"\x00\x00").encode() + bind("") + execute("") + FLUSH)
+    s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + rows(1) + m.command_complete("SELECT 1"))
+    clock.now += 2.5  # the server waits for the batch's next message: this cancel does nothing there
+    assert s.limits_tick() == [LimitReached("acme", "alice", "statement_timeout", 2.0), CancelQuery()]
+    s.cancel_done()
+    clock.now += 1.0
+    assert s.limits_tick() == []  # nothing more sent: nothing to cancel
+    s.client_data(m.Parse("", "SELECT pg_sleep(60)", b"\x00\x00").encode() + bind("") + execute("") + SYNC)
+    assert s.limits_tick() == [CancelQuery()]  # the limit counted once per request
+    out = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.encode_error_fields(
+        b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to user request"}) + m.ready_for_query(b"I"))
+    assert b"pgtenant statement_timeout is 2 s" in to_client(out)
+
+
+def test_a_ready_for_query_held_for_a_cancel_holds_the_pipelined_answers_behind_it(tmp_path: Path) -> None:
+    clock = Clock()
+    s, _ = session(tmp_path, {"statement_timeout": 2.0, "max_result_rows": 1}, clock)
+    s.client_data(m.Query("SELECT slow").encode() + m.Query("SELECT 2").encode())
+    out = s.server_data(rows(2))  # cut (a request behind it: no cancel for the cut)
+    assert CancelQuery() not in out
+    clock.now += 2.5
+    assert CancelQuery() in s.limits_tick()  # past statement_timeout while being cut: canceled all the same
+    more = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "57014", "M": "canceled"})
+                         + m.ready_for_query(b"I") + rows(1) + done(b"I", 1))
+    assert to_client(more) == b""  # the second request's answers wait behind the held ReadyForQuery
+    assert types(to_client(s.cancel_done())) == [b"Z", b"D", b"C", b"Z"]
+
+
+def test_a_portal_is_counted_over_its_executes_whatever_completes_between_them(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_rows": 5})
+    s.client_data(m.Query("BEGIN").encode())
+    s.server_data(m.frame(b"C", b"BEGIN\x00") + m.ready_for_query(b"T"))
+    s.client_data(bind("a") + bind("b") + execute("a", 3) + execute("b", 4) + SYNC)
+    out = s.server_data(m.frame(b"2", b"") * 2 + rows(3) + SUSPENDED + rows(4) + SUSPENDED + m.ready_for_query(b"T"))
+    assert types(to_client(out)).count(b"D") == 7  # each portal its own count
+    s.client_data(bind("") + execute("") + SYNC)  # another statement completes in between
+    s.server_data(m.frame(b"2", b"") + rows(1) + m.command_complete("SELECT 1") + m.ready_for_query(b"T"))
+    s.client_data(execute("a", 3) + SYNC)  # a: 3 + 3 > 5
+    out = s.server_data(rows(3))
+    assert types(to_client(out)) == [b"D", b"D", b"E"] and b"C54000\x00" in to_client(out)
+
+
+def test_a_cut_result_whose_request_then_completed_another_statement_ends_the_session(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_rows": 1})
+    s.client_data(m.Query("SELECT g FROM t; INSERT INTO t VALUES (1)").encode())
+    out = s.server_data(rows(2) + m.command_complete("SELECT 2") + m.command_complete("INSERT 0 1"))
+    assert CancelQuery() in out  # too late: the INSERT ran
+    out = s.server_data(m.ready_for_query(b"I"))
+    assert to_client(out) == b""
+    out = s.cancel_done()
+    closing = [a for a in out if isinstance(a, CloseClient)]
+    assert closing and closing[0].error is not None and closing[0].error.severity == "FATAL"
+    assert "ran on the server" in closing[0].error.message and s.state is State.CLOSED
+    assert ReleaseServer(reusable=False, reset=True, reason=CloseReason.RESULT_CUT) in out
