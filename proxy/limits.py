@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from proxy import errors
 from proxy.config import Config
 from proxy.errors import PgError
+from proxy.policy.settings import setting_milliseconds
 
 # The limit names (the `limit` label of pgtenant_limit_refusals_total, the audit log's `limit` field).
 MAX_CLIENT_CONNECTIONS = "max_client_connections"
@@ -113,23 +114,6 @@ def clamped_timeout(client_value: str | None, limit: float) -> str:
     if asked is not None and 0 < asked <= ms:
         return client_value  # type: ignore[return-value]
     return f"{ms}ms"
-
-
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
-
-
-def setting_milliseconds(text: str) -> float | None:
-    """A time setting's value in ms as PostgreSQL reads it ("5000", "5s", "1.5 min"); None when unreadable."""
-    value = text.strip().strip("'").strip()
-    number = value.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
-    unit = value[len(number):].strip().lower() if number != value else ""
-    try:
-        n = float(number)
-    except ValueError:
-        return None
-    if unit and unit not in _UNITS:
-        return None
-    return n * _UNITS.get(unit, 1.0)
 
 
 class ConnectionCounts:

@@ -11,6 +11,7 @@ from proxy.policy.catalog import CATALOG_SCHEMAS
 from proxy.policy.model import ADMIT, TenantPolicy
 from proxy.policy.rewrite import Plan, _Planner, _statement_tokens, _Text
 from proxy.policy.rules import fail
+from proxy.policy.settings import setting_milliseconds
 from proxy.policy.sqltext import TextError, Tok
 from proxy.policy.tree import Node, Statement, const_text, reorder
 from proxy.policy.walk import Analysis
@@ -67,22 +68,13 @@ def check_statement(policy: TenantPolicy, kind: str, body: Node) -> None:
             raise fail("agent_setting", f'setting "{name}" is pinned by the agent profile')
 
 
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
-
-
 def _lower_timeout(policy: TenantPolicy, body: Node) -> bool:
     """SET [LOCAL] statement_timeout to a literal above 0 and at most the agent's own (PostgreSQL's units)."""
     args = body.get("args") or []
     if body.get("kind") != "VAR_SET_VALUE" or len(args) != 1 or not policy.agent_timeout_ms:
         return False
-    text = (const_text(args[0]) or "").strip().lower()
-    number = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
-    unit = text[len(number):].strip() or "ms"
-    try:
-        value = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        return False
-    return 0 < value <= policy.agent_timeout_ms
+    value = setting_milliseconds(const_text(args[0]) or "")  # (as PostgreSQL rounds it: "0.4" or "100us" is 0)
+    return value is not None and 0 < value <= policy.agent_timeout_ms
 
 
 def check_function(names: tuple[str, ...], builtin: bool) -> None:

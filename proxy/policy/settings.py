@@ -432,3 +432,23 @@ def _literal_bool(node: Node) -> bool:
         node = node["TypeCast"].get("arg")
     const = (node or {}).get("A_Const", {})
     return "boolval" in const or "sval" in const
+
+
+_TIME_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+
+
+def setting_milliseconds(text: str) -> int | None:
+    """A time setting in ms ("5000", "5s", "1.5 min", "1e-3") as PostgreSQL stores it: converted to ms, then rounded
+    to a whole number half to even (guc.c parse_int's rint), so "0.4" or "100us" is 0, i.e. no timeout; None when
+    unreadable."""
+    value = text.strip().strip("'").strip()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = value[len(number):].strip().lower() if number != value else ""
+    try:
+        n = float(number)
+    except ValueError:
+        return None
+    if unit and unit not in _TIME_UNITS:
+        return None
+    ms = n * _TIME_UNITS.get(unit, 1.0)
+    return round(ms) if ms == ms and abs(ms) < 1e18 else None

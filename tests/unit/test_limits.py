@@ -91,7 +91,10 @@ def test_a_startup_statement_timeout_is_clamped(asked: str | None, limit: float,
 
 def test_setting_milliseconds_reads_postgresql_units() -> None:
     assert [setting_milliseconds(t) for t in ("250", "2s", "1.5 min", "'3h'", "7 parsecs")] == [
-        250.0, 2000.0, 90_000.0, 10_800_000.0, None]
+        250, 2000, 90_000, 10_800_000, None]
+    # PostgreSQL rounds to whole ms, half to even: these are 0 there, i.e. no timeout (red team 6 F1)
+    assert [setting_milliseconds(t) for t in ("0.4", "100us", "0.0001", "1e-9", "0.5", "1.5", "500us")] == [
+        0, 0, 0, 0, 0, 2, 0]
 
 
 def test_connection_counts_per_tenant_and_user(tmp_path: Path) -> None:
