@@ -12,7 +12,7 @@ from proxy.policy.model import ADMIT, TenantPolicy
 from proxy.policy.rewrite import Plan, _Planner, _statement_tokens, _Text
 from proxy.policy.rules import fail
 from proxy.policy.settings import setting_milliseconds
-from proxy.policy.sqltext import TextError, Tok
+from proxy.policy.sqltext import Edit, TextError, Tok
 from proxy.policy.tree import Node, Statement, const_text, reorder
 from proxy.policy.walk import Analysis
 
@@ -163,7 +163,7 @@ def cap(policy: TenantPolicy, data: bytes, stmt: Statement, max_rows: int, out: 
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     toks = _statement_tokens(data, stmt)
     if count is None and option == "LIMIT_OPTION_DEFAULT":
-        planner.edit(toks[-1].end, toks[-1].end, f" LIMIT {max_rows}")
+        _last(planner, toks[-1].end, f" LIMIT {max_rows}")
         limit = {"A_Const": {"ival": {"ival": max_rows}}}
 
         def set_limit() -> None:
@@ -192,14 +192,23 @@ def cap(policy: TenantPolicy, data: bytes, stmt: Statement, max_rows: int, out: 
     _wrap(planner, stmt, toks, select, max_rows)
 
 
+# The cap is outermost: its insertions at the statement's ends go before (opening) and after (closing) whatever
+# other rewrites insert at the same place (a search_path read as the statement's last expression ends there too).
+_FIRST, _LAST = -1, 1 << 40
+
+
+def _last(planner: _Planner, at: int, text: str) -> None:
+    planner.plan.edits.append(Edit(at, at, text, _LAST))
+
+
 def _wrap(planner: _Planner, stmt: Statement, toks: list[Tok], select: Node, max_rows: int) -> None:
     first = 0
     if stmt.kind == "DeclareCursorStmt":  # DECLARE name [options] CURSOR [WITH[OUT] HOLD] FOR <query>
         first = next((i + 1 for i, t in enumerate(toks) if t.name == "FOR"), len(toks))
         if first >= len(toks):
             raise TextError("expected FOR <query> in DECLARE")
-    planner.edit(toks[first].start, toks[first].start, "SELECT * FROM (")
-    planner.edit(toks[-1].end, toks[-1].end, f') "{LIMIT_ALIAS}" LIMIT {max_rows}')
+    planner.plan.edits.append(Edit(toks[first].start, toks[first].start, "SELECT * FROM (", _FIRST))
+    _last(planner, toks[-1].end, f') "{LIMIT_ALIAS}" LIMIT {max_rows}')
     holder = stmt.body if stmt.kind == "DeclareCursorStmt" else stmt.node
     key = "query" if stmt.kind == "DeclareCursorStmt" else "SelectStmt"
 

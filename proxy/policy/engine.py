@@ -124,7 +124,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
     if not plan.edits:
-        _check_capped(policy, nodes)
+        _check_capped(policy, nodes, statements)
         try:
             low = sql.lower()
             if plan.verify or may_need_guard(low) or any(may_name_filtered(p, low) for p in _distinct(policies)):
@@ -143,7 +143,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         timings["rewrite"] = timings.get("rewrite", 0.0) + (t2 - t1)
         intended = intended_json(original_json, doc, plan.splices, plan.full_dump)
         verify_rewrite(list(zip(policies, nodes, strict=True)), intended, new_sql, reads)
-        _check_capped(policy, nodes)
+        _check_capped(policy, nodes, statements)
         timings["verify"] = timings.get("verify", 0.0) + (perf_counter() - t2)
     except (Unverified, TextError, ParseError) as exc:
         raise fail("rewrite_unverified", f"the tenant filter could not be verified: {exc}") from None
@@ -155,9 +155,13 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
 
 
-def _check_capped(policy: TenantPolicy, nodes: list[Node]) -> None:
-    """The agent profile's row cap, checked on the statements as they are sent (the verifier's last word)."""
-    if policy.agent_max_rows is not None and not all(agent.capped(n, policy.agent_max_rows) for n in nodes):
+def _check_capped(policy: TenantPolicy, nodes: list[Node], statements: list[Statement]) -> None:
+    """The agent profile's row cap, checked on the statements as they are sent (the verifier's last word). A SHOW
+    the proxy answers with a SELECT (a search_path read-back) is one row, or one per setting for SHOW ALL: no cap."""
+    if policy.agent_max_rows is not None and not all(
+        agent.capped(n, policy.agent_max_rows) for n, st in zip(nodes, statements, strict=True)
+        if st.kind != "VariableShowStmt"
+    ):
         raise fail("rewrite_unverified", f"a query is not limited to {policy.agent_max_rows} rows")
 
 
