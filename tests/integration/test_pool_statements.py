@@ -244,6 +244,22 @@ def test_node_style_named_statements(pooled: ProxyProcess) -> None:
         b.finish()
 
 
+def test_a_parse_of_a_name_in_use_leaves_the_old_statement_tracked(pooled: ProxyProcess) -> None:
+    """Red team round 6 F8: PostgreSQL refuses the second Parse (42P05) and keeps the first statement; the proxy
+    must go on following the first one's effects, not the refused text's (else the setting leaks to B)."""
+    a = pq.PGconn.connect(pooled.dsn("ivan").encode())
+    try:
+        first = a.prepare(b"s1", b"SELECT set_config('IntervalStyle', 'postgres_verbose', false)")
+        assert first.status == pq.ExecStatus.COMMAND_OK, first.error_message
+        duplicate = a.prepare(b"s1", b"SELECT 1")
+        assert duplicate.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+        assert a.exec_prepared(b"s1", []).get_value(0, 0) == b"postgres_verbose"  # the old statement ran
+    finally:
+        a.finish()
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:  # one server per pool: A's, or a new one
+        assert b.execute("SHOW IntervalStyle").fetchone() == ("postgres",)
+
+
 def test_clients_in_threads_share_the_server(pooled: ProxyProcess) -> None:
     def client(n: int) -> list[tuple[int, ...]]:
         with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as c:
