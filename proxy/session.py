@@ -483,6 +483,9 @@ class ClientSession:
             return self._statement_query(body, out)  # type: ignore[arg-type]
 
         def on_parse(body: bytes) -> object:
+            name = m.parse_name(body)
+            if name and name in st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
+                return self._duplicate_parse(name, body)
             out = gate_parse(body) if gate_parse is not None else None
             if out is HOLD:
                 return out
@@ -564,6 +567,15 @@ class ClientSession:
                 text = None
         edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text)
         return out if edited is None else edited
+
+    def _duplicate_parse(self, name: str, body: bytes) -> bytes | None:
+        """A Parse of a statement name the session has: it fails as PostgreSQL fails it (42P05, the batch skipped to
+        Sync) and the old statement stays, so none of its records (tracker, context, agent, sequences) is replaced:
+        neither gated nor recorded, the statement maps answer it."""
+        st = self.statements
+        assert st is not None
+        self.tracker.on_parse("", "", None)
+        return st.parse(name, "", b"", self._statement_scope())
 
     def _listing(self) -> str:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach

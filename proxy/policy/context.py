@@ -165,13 +165,17 @@ UNKNOWN_KEY = "?"  # an advisory lock whose key is not written as constants (onl
 
 
 # Statements whose query runs later, and again (EXECUTE, FETCH, each read of the view), not when they complete.
-_DEFERRED = frozenset({"PrepareStmt", "DeclareCursorStmt", "ViewStmt"})
+# statements that store an expression run later: a PREPARE, a cursor, a view; a table's DEFAULT / CHECK (run at each
+# INSERT/UPDATE: red team round 6 F4), an index expression, a domain's default / check, a rule, a trigger's WHEN
+_DEFERRED = frozenset({"PrepareStmt", "DeclareCursorStmt", "ViewStmt", "CreateStmt", "AlterTableStmt", "IndexStmt",
+                       "CreateDomainStmt", "AlterDomainStmt", "RuleStmt", "CreateTrigStmt"})
 
 
 def deferred_setting(kind: str, change: Change) -> Change:
     """A session setting set_config() makes: recorded (and replayed) when its statement runs it; inside a PREPARE,
-    a cursor or a view it takes effect at each EXECUTE/FETCH/read, which the proxy does not follow (also after a
-    RESET ALL that forgot the recorded value: red team round 4 F8), so the session pins for good instead."""
+    a cursor, a view or a table's DEFAULT/CHECK it takes effect at each EXECUTE/FETCH/read/INSERT, which the proxy
+    does not follow (also after a RESET ALL that forgot the recorded value: red team rounds 4 F8 and 6 F4), so the
+    session pins for good instead."""
     return Change(change.at, PIN, "setting") if kind in _DEFERRED and change.op == SETTING else change
 
 

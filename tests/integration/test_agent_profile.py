@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import asyncpg
 import psycopg
 import pytest
+from psycopg import pq
 
 from tests.support.jdbc import require_jdbc, run_jdbc
 from tests.support.mcpclient import stdio_calls, text
@@ -288,3 +289,33 @@ def test_pgjdbc_through_the_agent_profile(admitting: ProxyProcess) -> None:
                      *[f"{sql}|||{n}" for n in (10, 20, 5_000_000, 30, 40, 50, 9_000_000, 60)])
     outcomes = [step.get("sqlstate") or len(step["results"][0]["rows"]) for step in steps]
     assert outcomes == [MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS, MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS], steps
+
+
+@pytest.fixture(scope="module")
+def admitting_in_transactions(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
+                     agent={"max_rows": MAX_ROWS, "max_estimated_rows": ESTIMATED_ROWS, "max_cost": MAX_COST},
+                     user_keys={name: {"profile": "agent"} for name in AGENTS},
+                     pool={"pool_mode": "transaction", "pool_size": 1})
+    p.start()
+    yield p
+    p.stop()
+
+
+def test_a_parse_of_a_name_in_use_keeps_the_old_statements_admission(admitting_in_transactions: ProxyProcess) -> None:
+    """Red team round 6 F8 (a): PostgreSQL refuses the second Parse (42P05) and keeps the expensive statement; its
+    Binds are still admitted by their estimate (not forgotten as the refused cheap text would need no admission)."""
+    c = pq.PGconn.connect(admitting_in_transactions.dsn("ivy").encode())
+    try:
+        expensive = b"SELECT g FROM generate_series(1, $1::int) g"
+        assert c.prepare(b"s1", expensive).status == pq.ExecStatus.COMMAND_OK
+        for _ in range(2):
+            refusal = c.exec_prepared(b"s1", [b"10000000"])
+            assert refusal.error_field(pq.DiagnosticField.SQLSTATE) == b"54000", refusal.error_message
+            assert b"agent_estimate" in refusal.error_message
+            duplicate = c.prepare(b"s1", b"SELECT $1::int AS x")
+            assert duplicate.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05", duplicate.error_message
+        assert c.exec_prepared(b"s1", [b"3"]).ntuples == 3  # the old statement, admitted
+    finally:
+        c.finish()

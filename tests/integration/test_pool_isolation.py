@@ -372,6 +372,13 @@ PINS: dict[str, Pin] = {
                                   "SELECT current_setting('work_mem') = '3MB'", rows((False,)), (),
                                   same_server=False),
     "set_seed": Pin(("SET seed = 0.5",), "SELECT 1", rows((1,)), ()),
+    # red team round 6 F4: a temporary table's DEFAULT / CHECK makes the setting at each INSERT, unseen
+    "setting_in_default": Pin(("CREATE TEMP TABLE pin_sd (x text DEFAULT set_config('work_mem', '7MB', false))",
+                               "RESET ALL", "INSERT INTO pin_sd DEFAULT VALUES", "DROP TABLE pin_sd"),
+                              "SELECT current_setting('work_mem') = '7MB'", rows((False,)), (), same_server=False),
+    "setting_in_check": Pin(("CREATE TEMP TABLE pin_sc (x int CHECK (set_config('work_mem', '7MB', false) <> ''))",
+                             "RESET ALL", "INSERT INTO pin_sc VALUES (1)", "DROP TABLE pin_sc"),
+                            "SELECT current_setting('work_mem') = '7MB'", rows((False,)), (), same_server=False),
     # red team round 4 F8: a setting made at each EXECUTE / read of a view is not followed (RESET ALL forgot the
     # value recorded at the PREPARE): pinned for good, the server closed when A leaves
     "setting_in_prepare": Pin(("PREPARE pin_sp AS SELECT set_config('work_mem', '7MB', false)", "RESET ALL",

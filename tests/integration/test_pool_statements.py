@@ -16,6 +16,7 @@ from psycopg import pq
 from tests.support.certs import TlsFiles
 from tests.support.jdbc import jdbc_missing_reason, run_jdbc
 from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
 from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
 
 
@@ -242,6 +243,36 @@ def test_node_style_named_statements(pooled: ProxyProcess) -> None:
     finally:
         a.finish()
         b.finish()
+
+
+def test_a_parse_of_a_name_in_use_leaves_the_old_statement_tracked(pooled: ProxyProcess) -> None:
+    """Red team round 6 F8: PostgreSQL refuses the second Parse (42P05) and keeps the first statement; the proxy
+    must go on following the first one's effects, not the refused text's (else the setting leaks to B)."""
+    a = pq.PGconn.connect(pooled.dsn("ivan").encode())
+    try:
+        first = a.prepare(b"s1", b"SELECT set_config('IntervalStyle', 'postgres_verbose', false)")
+        assert first.status == pq.ExecStatus.COMMAND_OK, first.error_message
+        duplicate = a.prepare(b"s1", b"SELECT 1")
+        assert duplicate.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+        assert a.exec_prepared(b"s1", []).get_value(0, 0) == b"postgres_verbose"  # the old statement ran
+    finally:
+        a.finish()
+    with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as b:  # one server per pool: A's, or a new one
+        assert b.execute("SHOW IntervalStyle").fetchone() == ("postgres",)
+
+
+def test_a_sql_prepare_of_a_name_in_use_leaves_the_old_statement_tracked(pooled: ProxyProcess, pg: PgCluster) -> None:
+    """SQL PREPARE of a name in use: PostgreSQL's 42P05, the old statement (an advisory lock) stays and is followed:
+    the lock its EXECUTE takes never stays on a server back in the pool."""
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 7706"
+    with psycopg.connect(pg.dsn(dbname="initech"), autocommit=True) as su:
+        with psycopg.connect(pooled.dsn("ivan"), autocommit=True) as a:
+            a.execute("PREPARE rt6_lock AS SELECT pg_advisory_lock(7706)")
+            with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
+                a.execute("PREPARE rt6_lock AS SELECT 1")
+            a.execute("EXECUTE rt6_lock")
+            assert su.execute(held).fetchone() == (1,)  # the old statement ran
+        until(lambda: su.execute(held).fetchone() == (0,) or None, 20, 0.05, "the lock gone with A's server")
 
 
 def test_clients_in_threads_share_the_server(pooled: ProxyProcess) -> None:

@@ -326,7 +326,10 @@ def test_what_cannot_be_replayed_pins_for_good(pooled: ClientSession, sql: str) 
 
 
 @pytest.mark.parametrize("sql", ["PREPARE p AS SELECT set_config('work_mem', '7MB', false)",
-                                 "CREATE TEMP VIEW v AS SELECT set_config('work_mem', '7MB', false) AS s"])
+                                 "CREATE TEMP VIEW v AS SELECT set_config('work_mem', '7MB', false) AS s",
+                                 # red team round 6 F4: run at each INSERT
+                                 "CREATE TEMP TABLE v (x text DEFAULT set_config('work_mem', '7MB', false))",
+                                 "CREATE TEMP TABLE v (x int CHECK (set_config('work_mem', '7MB', false) <> ''))"])
 def test_a_setting_made_later_by_a_prepare_or_a_view_pins_for_good(pooled: ClientSession, sql: str) -> None:
     # red team round 4 F8: recorded at the PREPARE, forgotten by RESET ALL, made again by EXECUTE unseen
     run(pooled, sql, done("X"))
