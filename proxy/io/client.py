@@ -66,6 +66,14 @@ log = get_logger("pgtenant.driver")
 class ClientConnection(asyncio.Protocol):
     """The socket side of one client session."""
 
+    __slots__ = (
+        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full", "_connect",
+        "_decision", "_gauge", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
+        "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
+        "authenticated", "closed", "link", "login", "proxy", "relay", "session", "session_id", "started", "tenant",
+        "transport",
+    )
+
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
