@@ -653,7 +653,7 @@ cdef class RequestTracker:
             _bind()
         self.clock = clock
         self.on_done = on_done
-        self.pending = _deque()
+        self.pending = ()  # (as tracking.py: a deque only while requests are in flight)
         self._batch = None
         self._statements = {}
         self.copy_in = False
@@ -662,7 +662,9 @@ cdef class RequestTracker:
         self.held = 0
 
     cdef _push(self, Request req):
-        if len(self.pending) >= _MAX_PENDING:
+        if not self.pending:
+            self.pending = _deque()
+        elif len(self.pending) >= _MAX_PENDING:
             self.held -= (<Request>self.pending.popleft()).held
             self.dropped += 1
         self.pending.append(req)
@@ -798,6 +800,8 @@ cdef class RequestTracker:
         if not self.pending:
             return None
         req = self.pending.popleft()
+        if not self.pending:
+            self.pending = ()
         self.held -= req.held
         if req is self._batch:
             self._batch = None
