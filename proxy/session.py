@@ -102,6 +102,7 @@ _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authent
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
+_CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
 _DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
@@ -267,7 +268,6 @@ class ClientSession:
         "_asking_locks",
         "_auth_pending",
         "_auth_stream",
-        "_backend_own",
         "_bind_refusal",
         "_binds",
         "_cancelling",
@@ -392,9 +392,7 @@ class ClientSession:
             intercept=ALL_TYPES,
             max_length=min(_MAX_LOGIN_MESSAGE, config.limits.max_message_length),
         )
-        self.frontend = MessageStream(
-            intercept=frozenset({m.TERMINATE}), max_length=config.limits.max_message_length
-        )
+        self.frontend = MessageStream(intercept=_CLIENT_INTERCEPT, max_length=config.limits.max_message_length)
         self.backend_stream = MessageStream(limit_all=False)
         self.decide: Decide = _undecided  # replaced by enable_policy, which also installs the gate handlers
         self._policy_token: Callable[[], object] = lambda: None
@@ -404,13 +402,7 @@ class ClientSession:
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         # One handler per observed message type: the stream calls it with the body (the hot path).
-        self.backend_stream.handlers = {
-            m.READY_FOR_QUERY: self._on_ready_for_query,
-            m.COMMAND_COMPLETE: self._on_command_complete,
-            m.ERROR_RESPONSE: self._on_error_response,
-            m.PARAMETER_STATUS: self._on_parameter_status,
-            m.COPY_IN_RESPONSE: self._on_copy_in_response,
-        }
+        self.backend_stream.handlers = self._backend_own()
         self._frontend_tracked: dict[int, Callable[[bytes], bytes | None]] = {
             m.BIND: self._on_bind,
             m.SYNC: self._on_sync,
@@ -420,7 +412,6 @@ class ClientSession:
         }
         self.frontend.handlers = self._frontend_tracked
         self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
-        self._backend_own = dict(self.backend_stream.handlers)
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -499,6 +490,16 @@ class ClientSession:
         self._open_batch = False
         self._released: bytes | None = None  # the Bind being released after its admission
         self._bind_refusal: PgError | None = None  # its refusal
+
+    def _backend_own(self) -> dict[int, Callable[[bytes], bytes | None]]:
+        """The session's own backend handlers (built when needed: a table kept per session costs memory)."""
+        return {
+            m.READY_FOR_QUERY: self._on_ready_for_query,
+            m.COMMAND_COMPLETE: self._on_command_complete,
+            m.ERROR_RESPONSE: self._on_error_response,
+            m.PARAMETER_STATUS: self._on_parameter_status,
+            m.COPY_IN_RESPONSE: self._on_copy_in_response,
+        }
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -595,7 +596,7 @@ class ClientSession:
                       m.CLOSE: on_close, m.SYNC: on_sync, m.EXECUTE: on_execute, m.DESCRIBE: on_describe,
                       m.COPY_DONE: on_copy_end, m.COPY_FAIL: on_copy_end})
         self.frontend.handlers = front
-        back = dict(self._backend_own)
+        back = self._backend_own()
         respond = st.respond
         for type_ in RESPONSES:
             back[type_] = _Answer(respond, type_, back.get(type_))
