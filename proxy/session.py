@@ -285,9 +285,8 @@ class ClientSession:
         "_done",
         "_flushed",
         "_forgets_at",
-        "_frontend_tracked",
         "_gate_slot",
-        "_gates",
+        "_gated",
         "_held",
         "_held_ready",
         "_idle_check",
@@ -403,15 +402,7 @@ class ClientSession:
         self.tracker = RequestTracker(clock, on_request_done)
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
-        self._frontend_tracked: dict[int, Callable[[bytes], bytes | None]] = {
-            m.BIND: self._on_bind,
-            m.SYNC: self._on_sync,
-            m.CLOSE: self._on_close,
-            m.COPY_DONE: self._on_copy_end,
-            m.COPY_FAIL: self._on_copy_end,
-        }
-        self.frontend.handlers = self._frontend_tracked
-        self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
+        self._gated = False  # the policy's gate handlers are installed (enable_policy)
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -441,6 +432,7 @@ class ClientSession:
         self.server: ServerConnection | None = None
         self.request: ServerRequest | None = None  # built at login
         self.pooled = False  # transaction pooling: the server goes back to the pool between transactions
+        self.frontend.handlers = self._frontend_tracked()  # (once `pooled` is set: it reads it)
         self._waiting: list[bytes | memoryview] = []  # gated client bytes for the server the session waits for
         self._answered = False  # the client has had its startup answer (ParameterStatus, key, ReadyForQuery)
         self._idle_check = False  # a ReadyForQuery 'I' arrived: see what the session holds once the read is relayed
@@ -501,6 +493,26 @@ class ClientSession:
             m.COPY_IN_RESPONSE: self._on_copy_in_response,
         }
 
+    def _frontend_tracked(self) -> dict[int, Callable[[bytes], bytes | None]]:
+        """The request tracking's frontend handlers (built when needed, like `_backend_own`)."""
+        tracked: dict[int, Callable[[bytes], bytes | None]] = {
+            m.BIND: self._on_bind,
+            m.SYNC: self._on_sync,
+            m.CLOSE: self._on_close,
+            m.COPY_DONE: self._on_copy_end,
+            m.COPY_FAIL: self._on_copy_end,
+        }
+        if self.pooled:  # a request may begin with any of these: each opens one in the tracker
+            tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_request_message,
+                            m.FLUSH: self._on_flush})
+        return tracked
+
+    def _gates(self) -> dict[int, Callable[[bytes], object]]:
+        """The policy's frontend handlers, once enable_policy has installed them."""
+        if not self._gated:
+            return {}
+        return {m.QUERY: self._gate_query, m.PARSE: self._gate_parse, m.FUNCTION_CALL: self._gate_function_call}
+
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
         """Route every Query, Parse and FunctionCall through `decide` from now on. They are observed, not held
@@ -517,9 +529,8 @@ class ClientSession:
         self._decided_in = self.context.belief
         self._decisive = self.context.belief.for_decisions()
         self._parse_memo = None
-        self._gates = {m.QUERY: self._gate_query, m.PARSE: self._gate_parse,
-                       m.FUNCTION_CALL: self._gate_function_call}
-        self.frontend.handlers = {**self._frontend_tracked, **self._gates}
+        self._gated = True
+        self.frontend.handlers = {**self._frontend_tracked(), **self._gates()}
         if self.statements is not None:
             self._follow_statements()
 
@@ -539,7 +550,7 @@ class ClientSession:
         """Route every message with an answer through the statement maps and the response ledger."""
         st = self.statements
         assert st is not None
-        front = {**self._frontend_tracked, **self._gates}
+        front = {**self._frontend_tracked(), **self._gates()}
         f = _Follow(self, st, front)
         copy_end = f.on_copy_end
         front.update({m.QUERY: f.on_query, m.PARSE: f.on_parse, m.FUNCTION_CALL: f.on_call, m.BIND: f.on_bind,
@@ -1187,9 +1198,7 @@ class ClientSession:
             self.request = agent.server_request(self.request, self.agent)
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
-            self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
-                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_flush}
-            self.frontend.handlers = self._frontend_tracked
+            self.frontend.handlers = self._frontend_tracked()
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user, self.agent,

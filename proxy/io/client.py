@@ -108,6 +108,10 @@ class ClientConnection(asyncio.Protocol):
         self._slot_wait: tuple[AcquireSlot, asyncio.TimerHandle] | None = None  # waiting for a turn (QuerySlots)
         self._unsynced_timer: asyncio.TimerHandle | None = None  # the server is held by a batch without its Sync
 
+    def _channel_binding(self) -> bytes | None:
+        """The proxy's channel binding data now (a reload may change it); a method: a lambda per client costs more."""
+        return self.proxy.channel_binding
+
     # --- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -124,7 +128,7 @@ class ClientConnection(asyncio.Protocol):
             throttle=self.proxy.throttle,
             clock=time.monotonic,
             tls_available=self.proxy.client_ssl is not None,
-            channel_binding=lambda: self.proxy.channel_binding,
+            channel_binding=self._channel_binding,
             on_decision=self._on_decision,
             report_rewrites=log.is_enabled_for(logging.DEBUG),
             connections=self.proxy.connections,
