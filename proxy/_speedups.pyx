@@ -63,13 +63,23 @@ cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_
     return memoryview(buf)[start:end]
 
 
+cdef dict _SHARED = {}  # role tables and type lists: sessions use the same few, one copy of each (as stream.py)
+
+
+cdef bytes _shared(bytes key):
+    return _SHARED.setdefault(key, key)
+
+
+cdef bytes _NO_ROLES = _shared(bytes(256))
+
+
 cdef class MessageStream:
     """proxy.protocol.stream.MessageStream: the header read with C byte arithmetic, bodies copied from a C pointer."""
 
     cdef bytes _role
     cdef list _table
     cdef object _intercept
-    cdef dict _handlers
+    cdef bytes _types
     cdef bytes _buf
     cdef list _parts
     cdef Py_ssize_t _parts_len, _want, _skip
@@ -79,10 +89,10 @@ cdef class MessageStream:
     def __init__(self, *, intercept=frozenset(), max_length=1 << 30, limit_all=True):
         if not _bound:
             _bind()
-        self._role = bytes(256)
+        self._role = _NO_ROLES
         self._table = []
+        self._types = b""
         self._intercept = frozenset()
-        self._handlers = {}
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -103,23 +113,21 @@ cdef class MessageStream:
 
     @property
     def handlers(self):
-        return self._handlers
+        return dict(zip(self._types, self._table, strict=True))
 
     @handlers.setter
     def handlers(self, handlers):
-        self._handlers = dict(handlers)
+        self._table = list(handlers.values())
+        self._types = _shared(bytes(handlers))
         self._build_roles()
 
     cdef _build_roles(self):
         role = bytearray(256)
-        table = []
-        for t, handler in self._handlers.items():
-            role[t] = 2 + len(table)
-            table.append(handler)
+        for n, t in enumerate(self._types):
+            role[t] = 2 + n
         for t in self._intercept:
             role[t] = 1
-        self._role = bytes(role)
-        self._table = table
+        self._role = _shared(bytes(role))
 
     @property
     def pending(self):
@@ -645,7 +653,7 @@ cdef class RequestTracker:
             _bind()
         self.clock = clock
         self.on_done = on_done
-        self.pending = _deque()
+        self.pending = ()  # (as tracking.py: a deque only while requests are in flight)
         self._batch = None
         self._statements = {}
         self.copy_in = False
@@ -654,7 +662,9 @@ cdef class RequestTracker:
         self.held = 0
 
     cdef _push(self, Request req):
-        if len(self.pending) >= _MAX_PENDING:
+        if not self.pending:
+            self.pending = _deque()
+        elif len(self.pending) >= _MAX_PENDING:
             self.held -= (<Request>self.pending.popleft()).held
             self.dropped += 1
         self.pending.append(req)
@@ -790,6 +800,8 @@ cdef class RequestTracker:
         if not self.pending:
             return None
         req = self.pending.popleft()
+        if not self.pending:
+            self.pending = ()
         self.held -= req.held
         if req is self._batch:
             self._batch = None

@@ -8,6 +8,9 @@ DISCARD = "DISCARD SEQUENCES"
 _MAX_WRITERS = 4096  # prepared statements remembered as writing; past it every Bind counts as a write
 
 
+_NO_WRITERS: frozenset[str] = frozenset()  # SequenceMarks.writers while empty (an empty set is 216 bytes)
+
+
 class SequenceMarks:
     """One session's side. A write (a decision with MAY_SET_SEQUENCES: INSERT, UPDATE, DELETE, MERGE, COPY FROM,
     TRUNCATE, EXECUTE) may run nextval() in a column default or a trigger, which sets what currval() and lastval()
@@ -22,7 +25,7 @@ class SequenceMarks:
     def __init__(self) -> None:
         self.wrote = False  # a write was sent to the held server since it was attached
         self.mark: object = None  # the mark left with the server of the session's latest write
-        self.writers: set[str] = set()  # prepared statement names whose runs may write
+        self.writers: set[str] = _NO_WRITERS  # type: ignore[assignment]  # prepared statement names whose runs may write
         self.all_write = False  # too many names to remember: every Bind counts as a write
 
     def parsed(self, name: str, writes: bool) -> None:
@@ -30,8 +33,10 @@ class SequenceMarks:
         if writes:
             self.wrote = True
             if len(self.writers) >= _MAX_WRITERS:
-                self.writers.clear()
+                self.writers = _NO_WRITERS  # type: ignore[assignment]
                 self.all_write = True
+            if not self.writers:
+                self.writers = set()
             self.writers.add(name)
         elif self.writers:
             self.writers.discard(name)

@@ -105,6 +105,7 @@ _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authent
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
+_CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
 _DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
@@ -262,19 +263,19 @@ class ClientSession:
     # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
     __slots__ = (
         "__dict__", "_admission", "_agent_bytes", "_agent_statements", "_answered", "_applied", "_asking_locks",
-        "_auth_pending", "_auth_stream", "_backend_own", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
-        "_challenged", "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends",
-        "_cut_inject", "_cut_ran", "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes",
-        "_fed_since_cancel", "_flushed", "_forgets_at", "_frontend_tracked", "_gate_slot", "_gates", "_held",
-        "_held_ready", "_held_rest", "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live",
-        "_meter", "_notices", "_open_batch", "_overrides", "_parse_memo", "_pins", "_policy_token", "_portal_counts",
-        "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_scope", "_sequences", "_slot_held",
-        "_slot_queue", "_sql_prepared", "_startup_buf", "_startup_settings", "_startup_status", "_statement_memo",
-        "_timed_out", "_tracking", "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend",
-        "backend_fatal", "backend_parameters", "backend_stream", "channel_binding", "clock", "config", "connections",
-        "context", "decide", "end_user", "frontend", "info", "is_admin", "limits", "on_decision", "pooled",
-        "process_id", "report_rewrites", "request", "revoked", "scram", "secret_key", "server", "state", "statements",
-        "tenant", "throttle", "tls_available", "tracker", "user_config",
+        "_auth_pending", "_auth_stream", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling", "_challenged",
+        "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
+        "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
+        "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_idle_check",
+        "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_notices", "_open_batch", "_overrides",
+        "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
+        "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue", "_sql_prepared",
+        "_startup_buf", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
+        "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
+        "backend_stream", "channel_binding", "clock", "config", "connections", "context", "decide", "end_user",
+        "frontend", "info", "is_admin", "limits", "on_decision", "pooled", "process_id", "report_rewrites", "request",
+        "revoked", "scram", "secret_key", "server", "state", "statements", "tenant", "throttle", "tls_available",
+        "tracker", "user_config",
     )
 
     def __init__(
@@ -314,9 +315,7 @@ class ClientSession:
             intercept=ALL_TYPES,
             max_length=min(_MAX_LOGIN_MESSAGE, config.limits.max_message_length),
         )
-        self.frontend = MessageStream(
-            intercept=frozenset({m.TERMINATE}), max_length=config.limits.max_message_length
-        )
+        self.frontend = MessageStream(intercept=_CLIENT_INTERCEPT, max_length=config.limits.max_message_length)
         self.backend_stream = MessageStream(limit_all=False)
         self.decide: Decide = _undecided  # replaced by enable_policy, which also installs the gate handlers
         self._policy_token: Callable[[], object] = lambda: None
@@ -326,23 +325,8 @@ class ClientSession:
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         # One handler per observed message type: the stream calls it with the body (the hot path).
-        self.backend_stream.handlers = {
-            m.READY_FOR_QUERY: self._on_ready_for_query,
-            m.COMMAND_COMPLETE: self._on_command_complete,
-            m.ERROR_RESPONSE: self._on_error_response,
-            m.PARAMETER_STATUS: self._on_parameter_status,
-            m.COPY_IN_RESPONSE: self._on_copy_in_response,
-        }
-        self._frontend_tracked: dict[int, Callable[[bytes], bytes | None]] = {
-            m.BIND: self._on_bind,
-            m.SYNC: self._on_sync,
-            m.CLOSE: self._on_close,
-            m.COPY_DONE: self._on_copy_end,
-            m.COPY_FAIL: self._on_copy_end,
-        }
-        self.frontend.handlers = self._frontend_tracked
-        self._gates: dict[int, Callable[[bytes], object]] = {}  # the policy's (enable_policy)
-        self._backend_own = dict(self.backend_stream.handlers)
+        self.backend_stream.handlers = self._backend_own()
+        self._gated = False  # the policy's gate handlers are installed (enable_policy)
         # Denied statements are replaced by a unique marker that makes the backend fail at the same
         # position; its error is swapped for ours on the way back (ordering and transaction state stay
         # exactly PostgreSQL's, with pipelining too).
@@ -371,7 +355,9 @@ class ClientSession:
         # what it sent while it held none, the settings replay, the pins.
         self.server: ServerConnection | None = None
         self.request: ServerRequest | None = None  # built at login
+        self._meter: ResultMeter | None = None  # the result being relayed, if results are limited (read just below)
         self.pooled = False  # transaction pooling: the server goes back to the pool between transactions
+        self.frontend.handlers = self._frontend_tracked()  # (once `pooled` is set: it reads it)
         self._waiting: list[bytes | memoryview] = []  # gated client bytes for the server the session waits for
         self._answered = False  # the client has had its startup answer (ParameterStatus, key, ReadyForQuery)
         self._idle_check = False  # a ReadyForQuery 'I' arrived: see what the session holds once the read is relayed
@@ -402,7 +388,6 @@ class ClientSession:
         self.connections = connections if connections is not None else ConnectionCounts()
         self.limits: Limits | None = None  # set at login when any limit applies to the user
         self._counted = False  # counted in `connections` (uncounted when the session ends)
-        self._meter: ResultMeter | None = None  # the result being relayed, when results are limited
         self._executes: deque[str | None] = deque()  # ... the Executes' portals (None: a Query) not yet ended
         self._portal_counts: dict[str, tuple[int, int]] = {}  # suspended portals' (rows, bytes) so far
         self._cut: str | None = None  # the limit a result is being cut off for (until its ReadyForQuery)
@@ -430,6 +415,40 @@ class ClientSession:
         self._released: bytes | None = None  # the Bind being released after its admission
         self._bind_refusal: PgError | None = None  # its refusal
 
+    def _backend_own(self) -> dict[int, Callable[[bytes], bytes | None]]:
+        """The session's own backend handlers (built when needed: a table kept per session costs memory)."""
+        return {
+            m.READY_FOR_QUERY: self._on_ready_for_query,
+            m.COMMAND_COMPLETE: self._on_command_complete,
+            m.ERROR_RESPONSE: self._on_error_response,
+            m.PARAMETER_STATUS: self._on_parameter_status,
+            m.COPY_IN_RESPONSE: self._on_copy_in_response,
+        }
+
+    def _frontend_tracked(self) -> dict[int, Callable[[bytes], bytes | None]]:
+        """The request tracking's frontend handlers (built when needed, like `_backend_own`)."""
+        tracked: dict[int, Callable[[bytes], bytes | None]] = {
+            m.BIND: self._on_bind,
+            m.SYNC: self._on_sync,
+            m.CLOSE: self._on_close,
+            m.COPY_DONE: self._on_copy_end,
+            m.COPY_FAIL: self._on_copy_end,
+        }
+        if self.pooled:  # a request may begin with any of these: each opens one in the tracker
+            tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_request_message,
+                            m.FLUSH: self._on_flush})
+        if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
+            tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
+                            m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
+        return tracked
+
+    def _gates(self) -> dict[int, Callable[[bytes], object]]:
+        """The policy's frontend handlers, once enable_policy has installed them."""
+        if not self._gated:
+            return {}
+        query = self._gate_query if self._meter is None else _before(self._meter_query, self._gate_query)
+        return {m.QUERY: query, m.PARSE: self._gate_parse, m.FUNCTION_CALL: self._gate_function_call}
+
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
         """Route every Query, Parse and FunctionCall through `decide` from now on. They are observed, not held
@@ -446,11 +465,8 @@ class ClientSession:
         self._decided_in = self.context.belief
         self._decisive = self.context.belief.for_decisions()
         self._parse_memo = None
-        self._gates = {m.QUERY: self._gate_query, m.PARSE: self._gate_parse,
-                       m.FUNCTION_CALL: self._gate_function_call}
-        if self._meter is not None:  # (limits: a Query's results are not an Execute's)
-            self._gates[m.QUERY] = _before(self._meter_query, self._gate_query)
-        self.frontend.handlers = {**self._frontend_tracked, **self._gates}
+        self._gated = True
+        self.frontend.handlers = {**self._frontend_tracked(), **self._gates()}
         if self.statements is not None:
             self._follow_statements()
 
@@ -471,67 +487,14 @@ class ClientSession:
         """Route every message with an answer through the statement maps and the response ledger."""
         st = self.statements
         assert st is not None
-        front = {**self._frontend_tracked, **self._gates}
-        gate_query, gate_parse, gate_call = front.get(m.QUERY), front.get(m.PARSE), front.get(m.FUNCTION_CALL)
-        bind, close, sync, copy_end = front[m.BIND], front[m.CLOSE], front[m.SYNC], front[m.COPY_DONE]
-        describe, execute = front.get(m.DESCRIBE), front.get(m.EXECUTE)  # (transaction pooling: they open requests)
-
-        def on_query(body: bytes) -> object:
-            out = gate_query(body) if gate_query is not None else None
-            if out is HOLD:
-                return out
-            return self._statement_query(body, out)  # type: ignore[arg-type]
-
-        def on_parse(body: bytes) -> object:
-            name = m.parse_name(body)
-            if name and name in st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
-                return self._duplicate_parse(name, body)
-            out = gate_parse(body) if gate_parse is not None else None
-            if out is HOLD:
-                return out
-            return self._statement_parse(body, out)  # type: ignore[arg-type]
-
-        def on_call(body: bytes) -> object:
-            out = gate_call(body) if gate_call is not None else None
-            st.query()
-            return out
-
-        def on_bind(body: bytes) -> object:
-            out = bind(body)
-            if out is HOLD:  # the agent profile's admission (its release comes back here)
-                return out
-            if out is not None:  # renamed to a denial marker: fails in the backend as it is
-                st.passthrough(m.BIND, out)  # type: ignore[arg-type]
-                return out  # type: ignore[return-value]
-            return st.bind(body)
-
-        def on_describe(body: bytes) -> bytes | None:
-            if describe is not None:
-                describe(body)
-            return st.describe(body)
-
-        def on_close(body: bytes) -> bytes | None:
-            close(body)
-            return st.close(body)
-
-        def on_sync(body: bytes) -> None:
-            sync(body)
-            st.sync()
-
-        def on_execute(body: bytes) -> None:
-            if execute is not None:
-                execute(body)
-            st.execute(body)
-
-        def on_copy_end(body: bytes) -> None:
-            copy_end(body)
-            st.copy_end()
-
-        front.update({m.QUERY: on_query, m.PARSE: on_parse, m.FUNCTION_CALL: on_call, m.BIND: on_bind,
-                      m.CLOSE: on_close, m.SYNC: on_sync, m.EXECUTE: on_execute, m.DESCRIBE: on_describe,
-                      m.COPY_DONE: on_copy_end, m.COPY_FAIL: on_copy_end})
+        front = {**self._frontend_tracked(), **self._gates()}
+        f = _Follow(self, st, front)
+        copy_end = f.on_copy_end
+        front.update({m.QUERY: f.on_query, m.PARSE: f.on_parse, m.FUNCTION_CALL: f.on_call, m.BIND: f.on_bind,
+                      m.CLOSE: f.on_close, m.SYNC: f.on_sync, m.EXECUTE: f.on_execute, m.DESCRIBE: f.on_describe,
+                      m.COPY_DONE: copy_end, m.COPY_FAIL: copy_end})
         self.frontend.handlers = front
-        back = dict(self._backend_own)
+        back = self._backend_own()
         respond = st.respond
         for type_ in RESPONSES:
             back[type_] = _Answer(respond, type_, back.get(type_))
@@ -1215,9 +1178,7 @@ class ClientSession:
             self.request = agent.server_request(self.request, self.agent)
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
-            self._frontend_tracked = {**self._frontend_tracked, m.DESCRIBE: self._on_request_message,
-                                      m.EXECUTE: self._on_request_message, m.FLUSH: self._on_flush}
-            self.frontend.handlers = self._frontend_tracked
+            self.frontend.handlers = self._frontend_tracked()
         if self._meter is not None:
             self._limit_portals()
         actions.append(ConnectBackend(
@@ -1909,10 +1870,7 @@ class ClientSession:
     def _limit_portals(self) -> None:
         """Results limited: Bind and Execute are followed (max_result_rows counts per portal over its suspended
         Executes, whatever runs between them; enable_policy follows Query)."""
-        front = self._frontend_tracked
-        self._frontend_tracked = {**front, m.BIND: _before(self._meter_bind, front.get(m.BIND)),
-                                  m.EXECUTE: _before(self._meter_execute, front.get(m.EXECUTE))}
-        self.frontend.handlers = self._frontend_tracked
+        self.frontend.handlers = self._frontend_tracked()  # (which wraps them while `_meter` is set)
 
     def _meter_query(self, _body: bytes) -> None:
         self._executes.append(None)
@@ -2220,6 +2178,79 @@ def session_statement_limits(config: Config) -> tuple[int, int, int]:
     """[pool] max_session_statements, max_session_statement_bytes, max_statements_listing_bytes."""
     pool = config.pool
     return pool.max_session_statements, pool.max_session_statement_bytes, pool.max_statements_listing_bytes
+
+
+class _Follow:
+    """The frontend handlers of a session whose statements are followed (`_follow_statements`): the handlers they
+    wrap (the policy's gates, the request tracking), then the statement maps. (A slotted object with bound
+    methods: closures with their cells were twice the bytes, for every session.)"""
+
+    __slots__ = ("bind", "close", "copy_end", "describe", "execute", "gate_call", "gate_parse", "gate_query",
+                 "session", "st", "sync")
+
+    def __init__(self, session: ClientSession, st: Statements,
+                 front: dict[int, Callable[[bytes], object]]) -> None:
+        self.session = session
+        self.st = st
+        self.gate_query, self.gate_parse = front.get(m.QUERY), front.get(m.PARSE)
+        self.gate_call = front.get(m.FUNCTION_CALL)
+        self.bind, self.close, self.sync = front[m.BIND], front[m.CLOSE], front[m.SYNC]
+        self.copy_end = front[m.COPY_DONE]
+        self.describe, self.execute = front.get(m.DESCRIBE), front.get(m.EXECUTE)  # (transaction pooling)
+
+    def on_query(self, body: bytes) -> object:
+        gate = self.gate_query
+        out = gate(body) if gate is not None else None
+        if out is HOLD:
+            return out
+        return self.session._statement_query(body, out)  # type: ignore[arg-type]
+
+    def on_parse(self, body: bytes) -> object:
+        name = m.parse_name(body)
+        if name and name in self.st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
+            return self.session._duplicate_parse(name, body)
+        gate = self.gate_parse
+        out = gate(body) if gate is not None else None
+        if out is HOLD:
+            return out
+        return self.session._statement_parse(body, out)  # type: ignore[arg-type]
+
+    def on_call(self, body: bytes) -> object:
+        gate = self.gate_call
+        out = gate(body) if gate is not None else None
+        self.st.query()
+        return out
+
+    def on_bind(self, body: bytes) -> object:
+        out = self.bind(body)
+        if out is HOLD:  # the agent profile's admission (its release comes back here)
+            return out
+        if out is not None:  # renamed to a denial marker: fails in the backend as it is
+            self.st.passthrough(m.BIND, out)  # type: ignore[arg-type]
+            return out
+        return self.st.bind(body)
+
+    def on_describe(self, body: bytes) -> bytes | None:
+        if self.describe is not None:
+            self.describe(body)
+        return self.st.describe(body)
+
+    def on_close(self, body: bytes) -> bytes | None:
+        self.close(body)
+        return self.st.close(body)
+
+    def on_sync(self, body: bytes) -> None:
+        self.sync(body)
+        self.st.sync()
+
+    def on_execute(self, body: bytes) -> None:
+        if self.execute is not None:
+            self.execute(body)
+        self.st.execute(body)
+
+    def on_copy_end(self, body: bytes) -> None:
+        self.copy_end(body)
+        self.st.copy_end()
 
 
 class _Answer:

@@ -57,6 +57,7 @@ _EXTENDED = frozenset({_PARSE, _BIND, _DESCRIBE, _CLOSE, _EXECUTE})  # an error 
 
 PASS, SWALLOW, FAKE = 0, 1, 2  # what becomes of an entry's answer
 _NO_LEDGER = ()  # the ledger of a session holding no server
+_NO_NAMES: frozenset[str] = frozenset()  # `_tx_names` while empty (an empty set is 216 bytes)
 _FAKE_PARSE = m.frame(b"1", b"")
 _FAKE_CLOSE = m.frame(b"3", b"")
 _MAX_TEXTS = 2000  # texts a session remembers for admission and hashing (LRU)
@@ -276,6 +277,13 @@ class Statements:
     (None: the message as it is) and queues what the client gets in the place of messages the server never saw
     (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
 
+    __slots__ = (
+        "_fakes", "_last", "_ledger", "_markers", "_open", "_recording", "_resets", "_retried", "_skipping", "_texts",
+        "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache", "cache_bytes",
+        "cache_size", "error_marker", "hits", "max_bytes", "max_named", "misses", "named", "origin", "prepared",
+        "retries", "status", "unnamed", "wall_clock",
+    )
+
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
                  cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20,
                  max_listing: int = 1 << 20, wall_clock: Callable[[], float] = time.time) -> None:
@@ -305,7 +313,8 @@ class Statements:
         self._open = False  # a message of the current batch (since the last Sync/Query) has been sent
         self._recording: _Entry | None = None  # the entry whose batch is recorded for a retry
         self._retried = False  # the batch being sent again is a retry (never retried twice)
-        self._tx_names: set[str] = set()  # server statements bound in the open transaction (never evicted)
+        # server statements bound in the open transaction (never evicted); a set once there are any
+        self._tx_names: set[str] = _NO_NAMES  # type: ignore[assignment]
         self._resets = False  # the last Bind runs DEALLOCATE ALL / DISCARD ALL (its Execute forgets everything)
         self.status = b"I"  # the last ReadyForQuery's transaction status
         self._to_client = bytearray()
@@ -320,7 +329,7 @@ class Statements:
         """The session now holds a server whose statement map is `prepared` (its unnamed statement is not ours)."""
         self.prepared = prepared
         self._unnamed_here = False
-        self._tx_names.clear()
+        self._tx_names = _NO_NAMES  # type: ignore[assignment]
         if self._ledger is _NO_LEDGER:
             self._ledger = deque()
 
@@ -328,7 +337,7 @@ class Statements:
         """The session gives its server back: when `idle`, or for good (what was in flight there is dropped)."""
         self.prepared = None
         self._unnamed_here = False
-        self._tx_names.clear()
+        self._tx_names = _NO_NAMES  # type: ignore[assignment]
         if self._ledger:
             self._fakes = self._markers = 0
             self._skipping = False
@@ -640,7 +649,7 @@ class Statements:
                     if type_ == READY_FOR_QUERY:
                         self.status = body[:1]
                         if self.status == b"I" and self._tx_names:
-                            self._tx_names.clear()
+                            self._tx_names = _NO_NAMES  # type: ignore[assignment]
                     if self._fakes and ledger and _is_fake(ledger[0]):
                         return (replaced if replaced is not None else m.frame(bytes((type_,)), body)) + self._due()
                     return replaced
@@ -664,7 +673,7 @@ class Statements:
                 return replaced  # not ours to match (never in practice)
             self.status = body[:1]
             if self.status == b"I":
-                self._tx_names.clear()
+                self._tx_names = _NO_NAMES  # type: ignore[assignment]
         elif _COMPLETES[type_] != kind:
             if type_ == COMMAND_COMPLETE and kind == _QUERY and type(head) is _Entry:
                 head.done += 1  # type: ignore[union-attr]
@@ -917,6 +926,8 @@ class Statements:
         recorded with the rest of its batch for a transparent retry."""
         entry = _Entry(type_)
         entry.server = stmt.server
+        if not self._tx_names:
+            self._tx_names = set()
         self._tx_names.add(stmt.server)
         if not self._open and not self._retried and stmt.cached and stmt is self.unnamed:
             entry.replay = [step]

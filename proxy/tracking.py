@@ -102,13 +102,18 @@ def tag_rows(tag: bytes) -> int:
     return n
 
 
+_NONE_PENDING = ()  # RequestTracker.pending with nothing in flight
+
+
 class RequestTracker:
     """Responses come back in request order, so a FIFO matches them; nothing here parses SQL deeply."""
 
     def __init__(self, clock: Callable[[], float], on_done: Callable[[Request], None] | None = None) -> None:
         self.clock = clock
         self.on_done = on_done
-        self.pending: deque[Request] = deque()
+        # The requests in flight: a deque while there are any, else the shared empty tuple (a deque is 600 bytes,
+        # and an idle client has none in flight).
+        self.pending: deque[Request] = _NONE_PENDING  # type: ignore[assignment]
         self._batch: Request | None = None
         self._statements: dict[str, tuple[str, str]] = {}
         self.copy_in = False  # the backend is in COPY IN: it ignores Sync and Flush until CopyDone/CopyFail
@@ -117,7 +122,9 @@ class RequestTracker:
         self.held = 0  # characters of SQL text held, by requests in flight and by named statements
 
     def _push(self, req: Request) -> None:
-        if len(self.pending) >= _MAX_PENDING:
+        if not self.pending:
+            self.pending = deque()
+        elif len(self.pending) >= _MAX_PENDING:
             self.held -= self.pending.popleft().held
             self.dropped += 1
         self.pending.append(req)
@@ -254,6 +261,8 @@ class RequestTracker:
         if not self.pending:
             return None  # e.g. the ReadyForQuery that ends startup
         req = self.pending.popleft()
+        if not self.pending:
+            self.pending = _NONE_PENDING  # type: ignore[assignment]
         self.held -= req.held
         if req is self._batch:
             self._batch = None

@@ -66,6 +66,14 @@ log = get_logger("pgtenant.driver")
 class ClientConnection(asyncio.Protocol):
     """The socket side of one client session."""
 
+    __slots__ = (
+        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full", "_connect",
+        "_decision", "_gauge", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
+        "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
+        "authenticated", "closed", "link", "login", "proxy", "relay", "session", "session_id", "started", "tenant",
+        "transport",
+    )
+
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
@@ -100,6 +108,10 @@ class ClientConnection(asyncio.Protocol):
         self._slot_wait: tuple[AcquireSlot, asyncio.TimerHandle] | None = None  # waiting for a turn (QuerySlots)
         self._unsynced_timer: asyncio.TimerHandle | None = None  # the server is held by a batch without its Sync
 
+    def _channel_binding(self) -> bytes | None:
+        """The proxy's channel binding data now (a reload may change it); a method: a lambda per client costs more."""
+        return self.proxy.channel_binding
+
     # --- asyncio callbacks ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,7 +128,7 @@ class ClientConnection(asyncio.Protocol):
             throttle=self.proxy.throttle,
             clock=time.monotonic,
             tls_available=self.proxy.client_ssl is not None,
-            channel_binding=lambda: self.proxy.channel_binding,
+            channel_binding=self._channel_binding,
             on_decision=self._on_decision,
             report_rewrites=log.is_enabled_for(logging.DEBUG),
             connections=self.proxy.connections,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -129,8 +130,9 @@ def decode_startup_packet(packet: bytes) -> StartupPacket:
     options: dict[str, str] = {}
     for raw_name, raw_value in _startup_pairs(bytes(packet[8:length])):
         try:
-            name = raw_name.decode("utf-8")
-            value = raw_value.decode("utf-8")
+            # (interned: every session of a client type sends the same few names and values, one copy of each)
+            name = sys.intern(raw_name.decode("utf-8"))
+            value = sys.intern(raw_value.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise DecodeError("startup packet is not valid UTF-8") from exc
         if name in params or name in options:

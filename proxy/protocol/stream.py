@@ -57,6 +57,17 @@ def _run(buf: bytes, start: int, end: int) -> bytes | memoryview:
     return memoryview(buf)[start:end]
 
 
+_SHARED: dict[bytes, bytes] = {}  # role tables and type lists: sessions use the same few, one copy of each
+
+
+def _shared(key: bytes) -> bytes:
+    """The one copy of `key` (a role table or type list: a few hundred bytes that every session would repeat)."""
+    return _SHARED.setdefault(key, key)
+
+
+_NO_ROLES = _shared(bytes(256))
+
+
 class MessageStream:
     """Incremental framing for one direction of a session.
 
@@ -66,8 +77,8 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_handlers", "_intercept", "_parts", "_parts_len", "_role", "_skip",
-        "_table", "_want", "limit_all", "max_length",
+        "_buf", "_intercept", "_parts", "_parts_len", "_role", "_skip",
+        "_table", "_types", "_want", "limit_all", "max_length",
     )
 
     def __init__(
@@ -77,10 +88,10 @@ class MessageStream:
         max_length: int = 1 << 30,
         limit_all: bool = True,
     ) -> None:
-        self._role = bytes(256)  # per message type: 0 pass, 1 intercept, 2 + n handler n (one index per message)
+        self._role = _NO_ROLES  # per message type: 0 pass, 1 intercept, 2 + n handler n (one index per message)
         self._table: list[Handler] = []  # the handlers, in the order of their roles
+        self._types = b""  # their message types, in the same order (the handlers are kept only in `_table`)
         self._intercept: frozenset[int] = frozenset()
-        self._handlers: dict[int, Handler] = {}
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -105,23 +116,21 @@ class MessageStream:
     @property
     def handlers(self) -> Mapping[int, Handler]:
         """Per-type handlers, called as handler(body) without breaking the run (see `Handler`)."""
-        return self._handlers
+        return dict(zip(self._types, self._table, strict=True))
 
     @handlers.setter
     def handlers(self, handlers: Mapping[int, Handler]) -> None:
-        self._handlers = dict(handlers)
+        self._table = list(handlers.values())
+        self._types = _shared(bytes(handlers))
         self._build_roles()
 
     def _build_roles(self) -> None:
         role = bytearray(256)
-        table: list[Handler] = []
-        for t, handler in self._handlers.items():
-            role[t] = 2 + len(table)
-            table.append(handler)
+        for n, t in enumerate(self._types):
+            role[t] = 2 + n
         for t in self._intercept:
             role[t] = 1
-        self._role = bytes(role)
-        self._table = table
+        self._role = _shared(bytes(role))
 
     @property
     def pending(self) -> int:
