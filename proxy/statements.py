@@ -278,10 +278,10 @@ class Statements:
     (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
 
     __slots__ = (
-        "_fakes", "_last", "_ledger", "_markers", "_open", "_recording", "_resets", "_retried", "_skipping", "_texts",
-        "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache", "cache_bytes",
-        "cache_size", "error_marker", "hits", "max_bytes", "max_named", "misses", "named", "origin", "prepared",
-        "retries", "status", "unnamed", "wall_clock",
+        "_fakes", "_last", "_ledger", "_listed", "_markers", "_open", "_recording", "_resets", "_retried",
+        "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache",
+        "cache_bytes", "cache_size", "error_marker", "hits", "max_bytes", "max_listing", "max_named", "misses",
+        "named", "origin", "prepared", "retries", "status", "unnamed", "wall_clock",
     )
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
