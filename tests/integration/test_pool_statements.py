@@ -357,9 +357,10 @@ def test_psycopg_pg_prepared_statements_as_on_a_direct_connection(request: pytes
 
 
 def _normal(rows: list[object]) -> list[object]:
-    """asyncpg numbers its statements per process: __asyncpg_stmt_N__ without the N."""
-    return [tuple(re.sub(r"__asyncpg_stmt_[0-9a-f]+__", "__asyncpg_stmt__", v) if isinstance(v, str) else v
-                  for v in row) for row in rows]  # type: ignore[union-attr]
+    """asyncpg numbers its statements per process: __asyncpg_stmt_N__ without the N, sorted (the listing's ORDER BY
+    name follows the numbers, which differ between two connections: _9_ before _a_, _10_ before _9_ ...)."""
+    return sorted(tuple(re.sub(r"__asyncpg_stmt_[0-9a-f]+__", "__asyncpg_stmt__", v) if isinstance(v, str) else v
+                        for v in row) for row in rows)  # type: ignore[union-attr]
 
 
 async def asyncpg_listings(url: str) -> list[object]:
