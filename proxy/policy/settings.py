@@ -13,6 +13,7 @@ from proxy.policy.walk import Call
 ROLE_SETTINGS: frozenset[str] = frozenset({"role", "session_authorization"})
 
 _ON = frozenset({"on", "true", "yes", "1"})
+_OFF = frozenset({"off", "false", "no", "0"})
 # Settings whose value the proxy relies on: the SQL text the proxy parses must mean the same to the server
 # (encoding, string escapes). Allowed values, or empty = never changed.
 PINNED_VALUES: dict[str, frozenset[str]] = {
@@ -20,9 +21,14 @@ PINNED_VALUES: dict[str, frozenset[str]] = {
     "standard_conforming_strings": _ON,
     # off never bypasses row-level security for a role without BYPASSRLS (every backend role: dbcheck); PostgreSQL
     # then raises an error where a policy would filter rows. pg_dump sends it (see row_security_off).
-    "row_security": _ON | {"off", "false", "no", "0"},
+    "row_security": _ON | _OFF,
     "backslash_quote": frozenset(),
     "session_replication_role": frozenset(),
+    # The server's own plan dumps (LOG messages a client reads with client_min_messages = log) carry the planner's
+    # estimates and costs from whole-table statistics: what EXPLAIN's COSTS OFF keeps from tenants (red team 7 F1).
+    "debug_print_parse": _OFF,
+    "debug_print_rewritten": _OFF,
+    "debug_print_plan": _OFF,
 }
 
 

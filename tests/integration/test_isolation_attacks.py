@@ -793,8 +793,16 @@ ATTACKS: list[Attack] = [
     Attack("ctx_show_all", "SHOW ALL", ALL, "ok"),
     Attack("ctx_pg_settings_reserved", "SELECT name, setting, reset_val, boot_val FROM pg_settings"
            " WHERE name LIKE 'pgtenant%'", ALL, "any"),
+    # the server's plan dumps carry whole-table estimates: every other tenant's share of a shared table, catalog
+    # counts of hidden schemas (red team 7 F1); EXPLAIN's COSTS OFF would be moot
     Attack("ctx_debug_print_plan_notices", ("SET client_min_messages = log", "SET debug_print_plan = on",
-                                            "SELECT count(*) FROM orders"), ALL, "any"),
+                                            "SELECT count(*) FROM orders"), ALL, "deny", by="proxy"),
+    Attack("ctx_debug_print_rewritten_local", ("BEGIN", "SET LOCAL debug_print_rewritten = true",
+                                               "SELECT count(*) FROM orders", "COMMIT"), ALL, "deny", by="proxy"),
+    Attack("ctx_debug_print_parse_set_config", "SELECT set_config('debug_print_parse', 'on', false)", ALL, "deny",
+           by="proxy"),
+    Attack("ctx_debug_print_plan_off", ("SET debug_print_plan = off", "RESET debug_print_plan",
+                                        "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
     # pg_dump's default: the shared strategy forwards it as on (the proxy's filter already gives the tenant its whole
     # table); elsewhere PostgreSQL raises an error where a policy would hide rows (no backend role has BYPASSRLS)
     Attack("ctx_row_security_off", ("SET row_security = off", "SELECT count(*) FROM orders"), ALL, "ok",
