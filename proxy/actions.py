@@ -110,6 +110,7 @@ class ReleaseServer:
     reusable: bool
     reset: bool
     reason: CloseReason | None = None
+    busy: bool = False  # a statement still runs on it (the session ends mid-statement): cancelled before it closes
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,15 @@ class Close:
 
 
 @dataclass(frozen=True, slots=True)
+class Drain:
+    """Server `server`'s client left while a statement ran on it: cancel that statement, then close the server;
+    answered with `drained`. Until then it counts against its pool and the database budget (red team 7 F6: a
+    backend still running a statement no pool counts escapes pool_size, max_db_connections and every limit)."""
+
+    server: int
+
+
+@dataclass(frozen=True, slots=True)
 class Check:
     """Run the health check (an empty query) on server `server`; answered with `checked`."""
 
@@ -133,7 +142,7 @@ class Reset:
     server: int
 
 
-PoolAction = Connect | Grant | Refuse | Close | Check | Reset
+PoolAction = Connect | Grant | Refuse | Close | Drain | Check | Reset
 
 
 class Closing(enum.StrEnum):
@@ -143,6 +152,7 @@ class Closing(enum.StrEnum):
     LIFETIME = "lifetime"
     BUDGET = "budget"  # an idle server closed to make room for another pool of its database
     NOT_REUSABLE = "not_reusable"
+    DRAINED = "drained"  # its client left mid-statement: the statement was cancelled first
     RESET_FAILED = "reset_failed"
     CHECK_FAILED = "check_failed"
     TIMEOUT = "timeout"  # its reset or check took longer than the backend's connect_timeout
@@ -161,6 +171,7 @@ class State(enum.StrEnum):
     ACTIVE = "active"
     RESET = "reset"
     CHECKING = "checking"
+    DRAINING = "draining"  # its client left mid-statement: the statement is being cancelled, then it closes
 
 
 class Event(enum.Enum):
@@ -171,6 +182,7 @@ class Event(enum.Enum):
     RESET_DONE = "reset_done"
     CHECK = "check"
     CHECK_DONE = "check_done"
+    DRAIN = "drain"
 
 
 # A pooled server's life as data: (state, event) -> next state; it may be closed in any state.
@@ -183,6 +195,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.ACTIVE, Event.RELEASE): State.IDLE,
     (State.ACTIVE, Event.RESET): State.RESET,
     (State.RESET, Event.RESET_DONE): State.IDLE,
+    (State.ACTIVE, Event.DRAIN): State.DRAINING,
 }
 
 
@@ -337,9 +350,11 @@ class PoolManager:
         self._settle(tenant)
         return self._dispatch(now)
 
-    def released(self, server_id: int, *, reusable: bool, reset: bool, now: float) -> list[PoolAction]:
+    def released(self, server_id: int, *, reusable: bool, reset: bool, now: float,
+                 busy: bool = False) -> list[PoolAction]:
         """The client holding the server gave it back: at ReadyForQuery 'I' with nothing in flight if `reusable`;
-        `reset` asks for DISCARD ALL before anyone else gets it."""
+        `reset` asks for DISCARD ALL before anyone else gets it; `busy`: a statement still runs on it (its client
+        left): it is cancelled and the server closed, counted until then."""
         server = self.servers.get(server_id)
         if server is None or server.state is not State.ACTIVE:
             return []
@@ -349,7 +364,10 @@ class PoolManager:
         server.pool.active -= 1
         server.last_used = now
         out: list[PoolAction] = []
-        if not reusable:
+        if not reusable and busy:
+            _transition(server, Event.DRAIN, now)
+            out.append(Drain(server.id))
+        elif not reusable:
             self._close(server, Closing.NOT_REUSABLE, out)
         elif server.pool.retired:
             self._close(server, Closing.RETIRED, out)
@@ -410,6 +428,15 @@ class PoolManager:
         self._forget(server)
         return self._dispatch(now)
 
+    def drained(self, server_id: int, now: float) -> list[PoolAction]:
+        """The statement a left client's server ran was cancelled (or the cancel failed): the server is closed."""
+        server = self.servers.get(server_id)
+        if server is None or server.state is not State.DRAINING:
+            return []
+        out: list[PoolAction] = []
+        self._close(server, Closing.DRAINED, out)
+        return out + self._dispatch(now)
+
     def cancel_started(self, server_id: int) -> None:
         """A cancel connection to the server opened: it is handed to nobody until `cancel_done`, and then only
         after a round trip of its own (a reset or a check begun after that) has proven no cancel is left on it."""
@@ -457,8 +484,8 @@ class PoolManager:
                     self._close(server, Closing.LIFETIME, out)
                 elif now - server.last_used >= cfg.server_idle_timeout and len(pool.servers) > pool.min_size:
                     self._close(server, Closing.IDLE_TIMEOUT, out)
-            elif (server.state in (State.RESET, State.CHECKING)
-                  and now - server.since >= server.request.backend.connect_timeout):
+            elif (server.state in (State.RESET, State.CHECKING, State.DRAINING)
+                  and now - server.since >= server.request.backend.connect_timeout * _WAITS[server.state]):
                 self._close(server, Closing.TIMEOUT, out)
             elif server.state is State.CONNECTING and now - server.since >= self.config.limits.startup_timeout:
                 out.append(Close(server.id, Closing.TIMEOUT))
@@ -827,6 +854,10 @@ def _transition(server: Server, event: Event, now: float) -> None:
         raise ValueError(f"pool: unexpected {event.value} of a server in state {server.state.value}")
     server.state, server.since = nxt, now
 
+
+# How many connect_timeouts a server may stay in a state of the proxy's own before it is closed (a drain's cancel
+# waits for its connection and then for PostgreSQL's answer, each bounded by connect_timeout).
+_WAITS = {State.RESET: 1, State.CHECKING: 1, State.DRAINING: 3}
 
 _COMING = frozenset({State.CONNECTING, State.RESET, State.CHECKING})
 

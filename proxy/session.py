@@ -920,7 +920,8 @@ class ClientSession:
         self._transition(Event.SERVER_RELEASED)
         return self._give_back(reusable=True, reset=False)
 
-    def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None) -> list[Action]:
+    def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None,
+                   busy: bool = False) -> list[Action]:
         """The server leaves the session: it records the settings the session left on it."""
         server, self.server = self.server, None
         if server is None:
@@ -931,7 +932,7 @@ class ClientSession:
         self._sequences.released(server)
         server.settings = dict(self._applied)
         self._applied = {}
-        return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
+        return [ReleaseServer(reusable=reusable, reset=reset, reason=reason, busy=busy)]
 
     def _close_server(self, reason: CloseReason) -> list[Action]:
         """The session ends: its server goes back to the pool, reusable when it is between transactions with
@@ -944,7 +945,9 @@ class ClientSession:
             self._settle()
         # (settings are recorded on it: the next client's diff; advisory locks not asked for: reset)
         clean = self.pooled and not self._pin_reasons() and not self.context.lock_activity
-        return self._give_back(reusable=idle, reset=not (idle and clean), reason=reason)
+        # a statement still running (the client left mid-statement) is cancelled before the server closes
+        busy = not idle and bool(self.tracker.pending or self._held is not None or self._replaying)
+        return self._give_back(reusable=idle, reset=not (idle and clean), reason=reason, busy=busy)
 
     def _replay_data(self, data: bytes) -> list[Action]:
         """The answers to the proxy's own statements (the settings replay): swallowed, but for the ParameterStatus

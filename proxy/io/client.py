@@ -398,7 +398,8 @@ class ClientConnection(asyncio.Protocol):
         if self.relay is not None:
             self.relay.server = None
         self._backpressure = False
-        self.proxy.pool.release(link, reusable=action.reusable, reset=action.reset, reason=action.reason)
+        self.proxy.pool.release(link, reusable=action.reusable, reset=action.reset, reason=action.reason,
+                                busy=action.busy)
         self._update_reading()
 
     def _pinned(self, reason: str) -> None:

@@ -321,6 +321,11 @@ class Proxy:
         finally:
             self.pool.cancel_done(link, delivered=delivered)
 
+    async def cancel_backend(self, backend: BackendConfig, process_id: int, secret_key: bytes) -> bool:
+        """Cancel what a backend process runs for the proxy itself (a left client's statement): whether PostgreSQL
+        acted on it."""
+        return await self._send_cancel(backend, process_id, secret_key)
+
     async def _send_cancel(self, backend: BackendConfig, process_id: int, secret_key: bytes) -> bool:
         """Send one CancelRequest and wait until the backend closed that connection (it has acted on it then):
         whether it did (False: the cancel failed, or may still arrive)."""

@@ -17,6 +17,7 @@ from proxy.pooling import (
     Close,
     Closing,
     Connect,
+    Drain,
     Grant,
     PoolAction,
     PoolManager,
@@ -64,14 +65,16 @@ class Pool:
             self._clients.pop(id(client), None)
             self._run(self.manager.withdraw(id(client), self.clock()))
 
-    def release(self, link: ServerLink, *, reusable: bool, reset: bool, reason: CloseReason | None = None) -> None:
+    def release(self, link: ServerLink, *, reusable: bool, reset: bool, reason: CloseReason | None = None,
+                busy: bool = False) -> None:
         owner = link.owner
         if owner is not None:
             self._clients.pop(id(owner), None)
         link.detach()
         if link.closed:
-            reusable = False
-        self._run(self.manager.released(link.server.id, reusable=reusable, reset=reset, now=self.clock()))
+            reusable = busy = False
+        self._run(self.manager.released(link.server.id, reusable=reusable, reset=reset, now=self.clock(),
+                                        busy=busy))
 
     def pinned(self, link: ServerLink, pinned: bool) -> None:
         """The session holding `link` is pinned to it, or no longer (SHOW POOLS / SERVERS)."""
@@ -210,6 +213,8 @@ class Pool:
                 if link is not None:
                     self._forget(link, Closing(action.reason))
                     link.terminate()
+            elif isinstance(action, Drain):
+                self._drain(action.server)
             elif isinstance(action, Reset):
                 self._own_query(action.server, "reset")
             elif isinstance(action, Check):
@@ -257,6 +262,26 @@ class Pool:
             return
         if self.links.get(link.server.id) is not link:  # closed meanwhile (shutdown, a reload)
             link.terminate()
+
+    def _drain(self, server_id: int) -> None:
+        link = self.links.get(server_id)
+        if link is None:
+            self._run(self.manager.drained(server_id, self.clock()))
+            return
+        asyncio.get_running_loop().create_task(self._cancel_then_close(link))
+
+    async def _cancel_then_close(self, link: ServerLink) -> None:
+        """Drain: the statement a left client's server runs is cancelled (PostgreSQL has acted when the cancel
+        connection closes), then the server is closed; it stays counted in its pool until then."""
+        server = link.server
+        try:
+            if not link.closed:
+                await self.proxy.cancel_backend(server.backend, server.process_id, server.secret_key)
+        finally:
+            if self.links.get(server.id) is link:
+                self._forget(link, Closing.DRAINED)
+                link.terminate()
+            self._run(self.manager.drained(server.id, self.clock()))
 
     def _own_query(self, server_id: int, what: str) -> None:
         """Run the reset or the health check on a server; the manager hears how it went."""

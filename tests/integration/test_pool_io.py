@@ -583,3 +583,34 @@ def test_a_server_held_by_a_batch_without_its_sync_is_counted_and_logged(pg: PgC
         assert held_without_sync(p) == 0
     finally:
         p.stop()
+
+
+def _running_sleeps(pg: PgCluster, role: str) -> int:
+    with psycopg.connect(pg.dsn(), autocommit=True) as su:
+        row = su.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND state = 'active'"
+                         " AND query LIKE '%%pg_sleep(60)%%'", (role,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_client_that_leaves_mid_statement_holds_its_pool_place_until_the_statement_is_cancelled(
+        pg: PgCluster, tmp_path: Path, mode: str) -> None:
+    """Red team 7 F6: a client that disconnects while its statement runs used to free its pool's place at once while
+    its backend ran on outside every pool (178 such backends filled max_connections). The statement is cancelled
+    and the server counted until then: a tenant never has more than pool_size backends, none left running."""
+    p = pooled_proxy(pg, tmp_path, pool_size=1, query_wait_timeout=20.0, pool_mode=mode)
+    role = TENANT_ROLES["initech"][0]
+    try:
+        for _ in range(3):
+            conn = psycopg.connect(p.dsn("ivan"), autocommit=True)
+            conn.pgconn.send_query(b"SELECT pg_sleep(60)")
+            until(lambda: _running_sleeps(pg, role) == 1, timeout=20, what="one running statement, no orphan")
+            conn.pgconn.finish()  # leaves while the statement runs
+        until(lambda: _running_sleeps(pg, role) == 0, timeout=20, what="the left statement cancelled")
+        with psycopg.connect(p.dsn("ivan"), autocommit=True) as again:
+            assert again.execute("SELECT 1").fetchone() == (1,)
+            assert backends_of(pg, role) == 1
+        assert any(r["tenant"] == "initech" for r in console(p, "SHOW POOLS;"))
+    finally:
+        p.stop()

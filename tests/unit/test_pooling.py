@@ -15,6 +15,7 @@ from proxy.pooling import (
     Close,
     Closing,
     Connect,
+    Drain,
     Grant,
     PoolAction,
     PoolManager,
@@ -81,10 +82,11 @@ class Script:
         assert granted, out
         return granted[0].server
 
-    def release(self, client: str, *, reusable: bool = True, reset: bool = False) -> list[PoolAction]:
+    def release(self, client: str, *, reusable: bool = True, reset: bool = False,
+                busy: bool = False) -> list[PoolAction]:
         server = self.pm.holding(client)
         assert server is not None
-        return self.pm.released(server, reusable=reusable, reset=reset, now=self.now)
+        return self.pm.released(server, reusable=reusable, reset=reset, now=self.now, busy=busy)
 
 
 def grants(actions: list[PoolAction]) -> list[str]:
@@ -446,6 +448,32 @@ def test_a_reset_or_check_that_never_answers_is_closed_after_the_connect_timeout
     s.now = 4.9
     assert s.pm.tick(s.now) == []
     s.now = 5.0
+    assert s.pm.tick(s.now) == [Close(server, Closing.TIMEOUT)]
+
+
+def test_a_server_left_mid_statement_counts_against_its_pool_until_its_statement_is_cancelled(tmp_path: Path) -> None:
+    """Red team 7 F6: a client that leaves while its statement runs must not free its pool's place (nor the
+    database budget's) before the statement is cancelled: else each such client adds a backend no limit counts."""
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    server = s.hold("a1")
+    out = s.release("a1", reusable=False, reset=True, busy=True)
+    assert out == [Drain(server)]
+    assert s.request("a2") == []  # the draining server still fills the pool: a2 waits, no new server
+    assert [(r.sv_active, r.sv_idle) for r in s.pm.rows(s.now)][0][1] == 0
+    s.now = 1.0
+    out = s.pm.drained(server, s.now)
+    assert out[0] == Close(server, Closing.DRAINED) and isinstance(out[1], Connect)  # now its place is free
+    assert grants(s.pm.connected(out[1].server, s.now)) == ["a2"]
+    assert s.pm.drained(server, s.now) == []  # answered once
+
+
+def test_a_drain_that_never_ends_is_closed_after_three_connect_timeouts(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    server = s.hold("a1")
+    s.release("a1", reusable=False, reset=True, busy=True)
+    s.now = 14.9
+    assert s.pm.tick(s.now) == []
+    s.now = 15.0
     assert s.pm.tick(s.now) == [Close(server, Closing.TIMEOUT)]
 
 
