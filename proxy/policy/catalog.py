@@ -452,6 +452,18 @@ def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...])
     """The column values `relation`'s wrapper replaces ({column: SQL with {ref}}) and its extra FROM items."""
     replaced: dict[str, str] = {}
     extra = ""
+    if policy.strategy == "database" and relation in SCRUBBED_RELATIONS:
+        # the shared catalogs' figures are the cluster's: pg_database counts every database, pg_authid every role,
+        # their index scans every backend start of every tenant (red team 7 F3)
+        values = SCRUBBED_PG_CLASS if relation == "pg_class" else {
+            c: "NULL" for c in columns if c not in _STAT_IDENTITY
+        }
+        for c in columns:
+            if c in values:
+                replaced[c] = f'CASE WHEN pgt_s.pgt_scrub THEN {values[c]} ELSE {{ref}}."{c}" END'
+        ident = STAT_VIEWS.get(relation, "oid")
+        scrub = '{ref}."relisshared"' if relation == "pg_class" else shared_relation(f'{{ref}}."{ident}"')
+        extra = f", LATERAL (SELECT {scrub} AS pgt_scrub) pgt_s"
     if policy.strategy in SCRUBBING_STRATEGIES and relation in SCRUBBED_RELATIONS:
         ident = "oid" if relation == "pg_class" else STAT_VIEWS[relation]
         values = SCRUBBED_PG_CLASS if relation == "pg_class" else {
@@ -471,6 +483,20 @@ def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...])
     if names in columns:
         replaced[names] = _role_names_visible(policy, f'{{ref}}."{names}"')
     return replaced, extra
+
+
+def shared_relation(o: str) -> str:
+    """Predicate: the OID `o` is a shared catalog's relation (its index, TOAST table): the whole cluster's."""
+    return f"{o} IN (SELECT pgt_r.oid FROM pg_catalog.pg_class pgt_r WHERE pgt_r.relisshared)"
+
+
+# The database strategy's statistics views, but for the shared catalogs' rows: their most common values and
+# histograms hold every database's names, every role's grants, other databases' comments (red team 7 F2).
+DATABASE_STATS_VIEWS: tuple[str, ...] = ("pg_stats", "pg_stats_ext", "pg_stats_ext_exprs")
+_NOT_SHARED_STATS = (
+    "NOT ({ref}.\"schemaname\" = 'pg_catalog' AND {ref}.\"tablename\" IN (SELECT pgt_r.relname FROM "
+    "pg_catalog.pg_class pgt_r WHERE pgt_r.relisshared))"
+)
 
 
 def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) -> Filter | None:
@@ -532,7 +558,7 @@ def _prepared_statements_filter(columns: tuple[str, ...]) -> Filter:
 def needs_columns(policy: TenantPolicy, relation: str) -> bool:
     """Whether `relation`'s wrapper replaces column values under this policy (it then needs the column list)."""
     return relation == PREPARED_STATEMENTS or relation in ACL_COLUMNS or relation in ROLE_NAME_ARRAYS or (
-        policy.strategy in SCRUBBING_STRATEGIES and relation in SCRUBBED_RELATIONS
+        relation in SCRUBBED_RELATIONS  # (every strategy: the database strategy's for the shared catalogs)
     )
 
 
@@ -608,6 +634,11 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             if view in STAT_VIEWS and hides_toast(policy):  # a TOAST table's counters with its relation's
                 visible += " AND " + toast_row_visible(policy, f'{{ref}}."{STAT_VIEWS[view]}"', '{ref}."schemaname"')
             out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", visible)
+    if policy.strategy == "database":
+        for view in DATABASE_STATS_VIEWS:
+            current = out.get(view)
+            predicate = _NOT_SHARED_STATS if current is None else f"({current.template}) AND {_NOT_SHARED_STATS}"
+            out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", predicate)
     statements = policy.catalog_columns.get(PREPARED_STATEMENTS)
     if statements:  # (unknown columns: denied, `unscrubbable`)
         out[PREPARED_STATEMENTS] = _prepared_statements_filter(statements)

@@ -354,9 +354,7 @@ def required(policy: TenantPolicy, kind: str) -> bool:
     """Whether values of `kind` need a guard under this policy."""
     if kind in _NAMESPACED:
         return vis.hides_namespaces(policy)
-    if kind == "sized":
-        return vis.hides_namespaces(policy) or policy.strategy == "shared"
-    return True
+    return True  # (sized: the database strategy's too, a shared catalog's size being the cluster's)
 
 
 # -- visibility of one OID, by kind -----------------------------------------------------------------------------
@@ -420,6 +418,8 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
     if kind_name == "sized" and policy.strategy != "database":
         # a system catalog's size grows with every tenant's DDL (red team round 4 F2), as its counters would
         exists = f"({exists} AND NOT {_system_relation(o)})"
+    elif kind_name == "sized":  # a shared catalog's size grows with every database and role (red team 7 F3)
+        exists = f"({exists} AND NOT {o} IN (SELECT pgt_y.oid FROM pg_catalog.pg_class pgt_y WHERE pgt_y.relisshared))"
     return exists
 
 

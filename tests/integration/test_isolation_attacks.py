@@ -591,6 +591,24 @@ ATTACKS: list[Attack] = [
            "WHERE indexrelname = 'pg_class_oid_index'", "SNC", "ok", check=all_null),
     Attack("stats_pg_class_catalog_estimates", "SELECT relname, reltuples::text, relpages::text, relallvisible::text "
            "FROM pg_class WHERE relname IN ('pg_class', 'pg_attribute')", "SNC", "ok", check=scrubbed_statistics),
+    # red team 7 F2/F3: the shared catalogs' statistics are the cluster's, in the database strategy too: pg_stats'
+    # histogram of pg_database.datname listed every database, their counters counted databases, roles and every
+    # backend start of every tenant, their sizes grew with each
+    Attack("stats_shared_catalog_histograms", "SELECT attname, most_common_vals::text, histogram_bounds::text "
+           "FROM pg_stats WHERE tablename IN ('pg_database', 'pg_authid', 'pg_auth_members', 'pg_shdescription')",
+           ALL, {"SNC": "deny", "D": "empty"}),
+    Attack("stats_shared_catalog_counters", "SELECT n_live_tup, n_tup_ins, idx_scan, seq_scan FROM "
+           "pg_stat_all_tables WHERE relname IN ('pg_database', 'pg_authid', 'pg_db_role_setting')", ALL, "ok",
+           check=all_null),
+    Attack("stats_shared_catalog_index_counters", "SELECT idx_scan, idx_tup_read FROM pg_stat_all_indexes "
+           "WHERE indexrelname IN ('pg_database_datname_index', 'pg_authid_rolname_index')", ALL, "ok",
+           check=all_null),
+    Attack("stats_shared_catalog_estimates", "SELECT relname, reltuples::text, relpages::text, "
+           "relallvisible::text FROM pg_class WHERE relname IN ('pg_database', 'pg_authid')", ALL, "ok",
+           check=scrubbed_statistics),
+    Attack("stats_shared_catalog_size", "SELECT pg_total_relation_size('pg_database'), "
+           "pg_relation_size('pg_catalog.pg_authid'), pg_table_size('pg_shdescription'::regclass)", ALL, "ok",
+           check=all_null),
     Attack("stats_pg_stat_user_tables", "SELECT n_live_tup, seq_scan, seq_tup_read, idx_scan, idx_tup_fetch, "
            "n_tup_ins, last_analyze FROM pg_stat_user_tables WHERE relname = 'orders'", SN, "ok", check=all_null),
     Attack("stats_pg_stat_user_indexes", "SELECT idx_scan, idx_tup_read, idx_tup_fetch FROM pg_stat_user_indexes "

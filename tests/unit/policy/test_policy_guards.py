@@ -59,12 +59,20 @@ def test_every_conversion_gets_a_guard(policy_name: str, sql: str) -> None:
     parse_json(decision.sql)
 
 
-@pytest.mark.parametrize("sql", CONVERSIONS)
+@pytest.mark.parametrize("sql", [c for c in CONVERSIONS if "_size(" not in c])
 def test_a_database_of_its_own_needs_no_namespace_guard(sql: str) -> None:
     """Nothing in the database is hidden from a database tenant: only role names are guarded."""
     decision = decide(DATABASE, sql)
     assert isinstance(decision, Allow | Rewrite), decision
     assert not isinstance(decision, Rewrite) or "object_guard" not in decision.rules, decision
+
+
+@pytest.mark.parametrize("sql", [c for c in CONVERSIONS if "_size(" in c])
+def test_a_database_tenant_is_told_no_shared_catalogs_size(sql: str) -> None:
+    """A shared catalog's size is the cluster's (pg_database's grows with every database): guarded (red team 7 F3)."""
+    decision = decide(DATABASE, sql)
+    assert isinstance(decision, Rewrite) and "object_guard" in decision.rules, decision
+    assert "relisshared" in decision.sql, decision.sql
 
 
 @pytest.mark.parametrize("sql", ROLE_CONVERSIONS)
