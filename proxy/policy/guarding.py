@@ -224,6 +224,19 @@ def call_args(toks: list[Tok], location: int, count: int) -> tuple[int, list[tup
 # -- planning -----------------------------------------------------------------------------------------------------
 
 
+# The most guards one statement may get. Each is a few hundred tree nodes to build and verify (~5-10 ms); a statement
+# of hundreds of `N::regclass` items held the event loop (or a decision worker) for seconds, stalling every tenant
+# (red team 7 F5/F8). BI clients' catalog queries need at most a handful.
+MAX_GUARDS = 16
+
+
+def check_guard_count(count: int) -> None:
+    """Refuse a statement that would need more than MAX_GUARDS guards, before any is built."""
+    if count > MAX_GUARDS:
+        raise fail("too_many_guards", f"the statement converts {count} object identifiers or names that must each "
+                   f"be checked; at most {MAX_GUARDS} are allowed in one statement")
+
+
 def plan(planner: Planner, analysis: Analysis) -> None:
     """Add a guard for every site of the statement that needs one, and for every group of expressions that
     PostgreSQL resolves to an object-identifier type (implicit.py); outer ones first: their text goes around."""

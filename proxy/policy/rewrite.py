@@ -762,6 +762,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog would count every tenant's objects")
         planner.costs_off(stmt.body)
     guarding.plan(planner, analysis)
+    guarding.check_guard_count(len(planner.deferred))
     planner.finish()
 
 

@@ -174,6 +174,11 @@ RULES: dict[str, tuple[str, str]] = {
         "The tenant filter could not be verified for this statement; rephrase it or report it to the admin.",
     ),
     "statement_too_complex": (STATEMENT_TOO_COMPLEX, "Simplify the statement (it is nested too deeply)."),
+    "too_many_guards": (
+        STATEMENT_TOO_COMPLEX,
+        "Split the statement, or join the catalogs (pg_class, pg_type ...) to read names instead of converting "
+        "many OIDs with ::regclass-style casts.",
+    ),
     "too_many_statements": (
         STATEMENT_TOO_COMPLEX,
         "Send the statements in several query strings (the limit is limits.max_statements_per_query).",

@@ -418,3 +418,15 @@ def test_text_search_configuration_setting_names_usable_schemas(policy_name: str
         assert not isinstance(decision, Deny), decision
     else:
         assert isinstance(decision, Deny) and decision.rule == "foreign_schema" and decision.sqlstate == "42501"
+
+
+@pytest.mark.parametrize("policy_name", ["shared", "schema"])
+def test_a_statement_needing_more_than_max_guards_is_refused_before_any_is_built(policy_name: str) -> None:
+    """Red team 7 F5/F8: hundreds of `N::regclass` items took seconds to guard and verify, on the event loop or a
+    decision worker every tenant shares. Up to MAX_GUARDS are guarded; one more is refused (54001)."""
+    items = [f"(SELECT {16000 + i}::regclass) s{i}" for i in range(guarding_module.MAX_GUARDS + 1)]
+    decision = decide(POLICIES[policy_name], "SELECT 1 FROM " + ", ".join(items[:-1]))
+    assert isinstance(decision, Rewrite) and decision.sql.count("pgt_g_") >= guarding_module.MAX_GUARDS, decision
+    decision = decide(POLICIES[policy_name], "SELECT 1 FROM " + ", ".join(items))
+    assert isinstance(decision, Deny) and decision.rule == "too_many_guards", decision
+    assert decision.sqlstate == "54001" and str(guarding_module.MAX_GUARDS) in decision.message
