@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping, Sequence
 
 from proxy import login, pooling, server, session
+from proxy.auth import backend
 
 
 def mermaid(transitions: Mapping[tuple[enum.Enum, enum.Enum], enum.Enum],
@@ -36,6 +37,9 @@ def diagrams() -> dict[str, str]:
         ),
         "pooling.Server (a pooled server; it may close in any state)": mermaid(
             pooling.TRANSITIONS, [(pooling.State.CONNECTING, "")], [],
+        ),
+        "auth.backend.BackendAuthenticator (the proxy's login to a backend; any other request fails it)": mermaid(
+            backend.TRANSITIONS, [(backend._State.START, "")], [backend._State.DONE],
         ),
     }
 
