@@ -4,8 +4,9 @@ admin console's reads, as a state machine of its own; it hands a tenant's user o
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from proxy import agent, errors
 from proxy.actions import (
@@ -30,6 +31,8 @@ from proxy.reasons import CloseReason
 from proxy.startup import backend_parameters, end_user_claim
 
 _MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
+E = TypeVar("E", bound=enum.Enum)  # a machine's states
+V = TypeVar("V", bound=enum.Enum)  # ... and its events
 
 
 class SessionError(Exception):
@@ -39,6 +42,27 @@ class SessionError(Exception):
         super().__init__(reason)
         self.error = error
         self.reason = reason
+
+
+def next_state(table: Mapping[tuple[E, V], E], state: E, event: V) -> E:
+    """A client machine's next state (the login's, the session's); an event its state has no row for is a protocol
+    violation."""
+    nxt = table.get((state, event))
+    if nxt is None:
+        raise SessionError(errors.protocol_violation(f"unexpected {event.value} in state {state.value}"),
+                           CloseReason.unexpected(event.value))
+    return nxt
+
+
+def unreadable(exc: SessionError | FramingError | m.DecodeError, cap: int) -> SessionError:
+    """What the client sent cannot be read (`cap`: the stream's message size limit): the error PostgreSQL would
+    send, and why."""
+    if isinstance(exc, SessionError):
+        return exc
+    if isinstance(exc, FramingError):
+        err = errors.message_too_large(exc.length, cap) if exc.too_large else errors.protocol_violation(str(exc))
+        return SessionError(err, CloseReason.FRAMING)
+    return SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE)
 
 
 @dataclass(slots=True)
@@ -138,13 +162,7 @@ class ClientLogin:
     # --- state machine plumbing ------------------------------------------------------------
 
     def _transition(self, event: LoginEvent) -> None:
-        nxt = TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            raise SessionError(
-                errors.protocol_violation(f"unexpected {event.value} in state {self.state.value}"),
-                CloseReason.unexpected(event.value),
-            )
-        self.state = nxt
+        self.state = next_state(TRANSITIONS, self.state, event)
 
     def _fail(self, exc: SessionError) -> list[Action]:
         self._transition(LoginEvent.CLOSE)
@@ -162,14 +180,8 @@ class ClientLogin:
                     CloseReason.UNEXPECTED_DATA,
                 )
             return handler(self, data)
-        except SessionError as exc:
-            return self._fail(exc)
-        except FramingError as exc:
-            err = (errors.message_too_large(exc.length, self.stream.max_length) if exc.too_large
-                   else errors.protocol_violation(str(exc)))
-            return self._fail(SessionError(err, CloseReason.FRAMING))
-        except m.DecodeError as exc:
-            return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
+        except (SessionError, FramingError, m.DecodeError) as exc:
+            return self._fail(unreadable(exc, self.stream.max_length))
 
     def tls_done(self) -> list[Action]:
         """Event: the client's TLS handshake completed."""

@@ -52,7 +52,7 @@ from proxy.limits import (
     resolve,
     seconds,
 )
-from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo
+from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo, next_state, unreadable
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import (
@@ -584,13 +584,7 @@ class ClientSession:
     # --- state machine plumbing ------------------------------------------------------------
 
     def _transition(self, event: Event) -> None:
-        nxt = TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            raise SessionError(
-                errors.protocol_violation(f"unexpected {event.value} in state {self.state.value}"),
-                CloseReason.unexpected(event.value),
-            )
-        self.state = nxt
+        self.state = next_state(TRANSITIONS, self.state, event)
 
     def _close(self) -> None:
         """The session ends (CLOSE is a row of every state: this never raises)."""
@@ -619,13 +613,7 @@ class ClientSession:
 
     def _rejected(self, exc: SessionError | FramingError | m.DecodeError) -> list[Action]:
         """What the client sent cannot be read: the session ends with the error PostgreSQL would send."""
-        if isinstance(exc, SessionError):
-            return self._fail(exc)
-        if isinstance(exc, FramingError):
-            cap = self.frontend.max_length  # (the login reads through a stream of its own, with its own errors)
-            err = errors.message_too_large(exc.length, cap) if exc.too_large else errors.protocol_violation(str(exc))
-            return self._fail(SessionError(err, CloseReason.FRAMING))
-        return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
+        return self._fail(unreadable(exc, self.frontend.max_length))  # (the login reads through a stream of its own)
 
     def _ignore(self, _data: bytes) -> list[Action]:
         """A read after the session closed: nothing to do."""
