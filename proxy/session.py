@@ -967,12 +967,12 @@ class ClientSession:
         elif login.state is LoginState.AUTHENTICATED:
             assert login.logged_in is not None
             self.login = None  # (done with: an idle session holds no login state)
-            actions += self._logged_in(login.logged_in)
+            return self._logged_in(login.logged_in, actions)
         return actions
 
-    def _logged_in(self, who: LoggedIn) -> list[Action]:
-        """Event: the login authenticated a tenant's user and accepted its database and startup parameters: its
-        limits apply, then the session asks for its first server (ConnectBackend)."""
+    def _logged_in(self, who: LoggedIn, actions: list[Action]) -> list[Action]:
+        """Event: the login authenticated a tenant's user and accepted its database and startup parameters (its
+        answer: `actions`): its limits apply, then the session asks for its first server (ConnectBackend)."""
         self._transition(Event.AUTH_OK)
         assert self.info.user is not None
         user = self.info.user
@@ -980,9 +980,10 @@ class ClientSession:
         self.backend_parameters = who.parameters
         self.end_user = who.end_user
         self.request = self._server_request()
-        actions = self._apply_limits(user)
+        limited = self._apply_limits(user)
         if self.state is State.CLOSED:  # refused by a limit
-            return actions
+            return [*actions, *limited]
+        actions += limited
         if self.agent is not None:
             self.request = agent.server_request(self.request, self.agent)
         self.pooled = self.request.mode == "transaction"
@@ -991,10 +992,14 @@ class ClientSession:
         if self._meter is not None:
             self._limit_portals()
         actions.append(ConnectBackend(
-            Login(user, self.info.application_name, self.info.tls), self.tenant.name, self.backend,
-            self.tenant.database, self.request, (self.process_id, self.secret_key), self.end_user, self.agent,
+            self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
+            (self.process_id, self.secret_key), self.end_user, self.agent,
         ))
         return actions
+
+    def _login(self) -> Login:
+        assert self.info.user is not None
+        return Login(self.info.user, self.info.application_name, self.info.tls)
 
     def _server_request(self) -> ServerRequest:
         """What the session asks the pool for (proxy/pooling.py). A server starts with the tenant context,
