@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 
-from proxy import pooling, server, session
+from proxy import login, pooling, server, session
+from proxy.auth import backend
 
 
 def mermaid(transitions: Mapping[tuple[enum.Enum, enum.Enum], enum.Enum],
@@ -23,7 +24,11 @@ def mermaid(transitions: Mapping[tuple[enum.Enum, enum.Enum], enum.Enum],
 def diagrams() -> dict[str, str]:
     """Each state machine's diagram, by the class it belongs to."""
     return {
-        "ClientSession": mermaid(session.TRANSITIONS, [(session.State.STARTUP, "")], [session.State.CLOSED]),
+        "ClientLogin (a session's startup and authentication, then the admin console)": mermaid(
+            login.TRANSITIONS, [(login.LoginState.STARTUP, "")],
+            [login.LoginState.AUTHENTICATED, login.LoginState.CLOSED],
+        ),
+        "ClientSession": mermaid(session.TRANSITIONS, [(session.State.LOGIN, "")], [session.State.CLOSED]),
         "ServerConnection": mermaid(
             server.TRANSITIONS,
             [(server.ServerState.SSL_NEGOTIATION, "sslmode is not disable"),
@@ -32,6 +37,9 @@ def diagrams() -> dict[str, str]:
         ),
         "pooling.Server (a pooled server; it may close in any state)": mermaid(
             pooling.TRANSITIONS, [(pooling.State.CONNECTING, "")], [],
+        ),
+        "auth.backend.BackendAuthenticator (the proxy's login to a backend; any other request fails it)": mermaid(
+            backend.TRANSITIONS, [(backend._State.START, "")], [backend._State.DONE],
         ),
     }
 

@@ -46,7 +46,7 @@ class CloseReason(enum.StrEnum):
     AUTH_UNEXPECTED = "auth_unexpected"
     ADMIN_EXTENDED = "admin_extended"
     PROTOCOL_VERSION = "protocol_version"
-    # an event the session's transition table has no row for (session.Event values)
+    # an event a client transition table has no row for (login.LoginEvent and session.Event values)
     UNEXPECTED_SSL_REQUEST = "unexpected_ssl_request"
     UNEXPECTED_GSSENC_REQUEST = "unexpected_gssenc_request"
     UNEXPECTED_CANCEL_REQUEST = "unexpected_cancel_request"
@@ -122,7 +122,7 @@ class CloseReason(enum.StrEnum):
 
     @classmethod
     def unexpected(cls, event: str) -> CloseReason:
-        """An event (session.Event value) the state the session is in has no transition for."""
+        """An event (login.LoginEvent or session.Event value) the state the client is in has no transition for."""
         return cls(f"unexpected_{event}")
 
     def auth_labels(self, detail: bool) -> tuple[str, str] | None:

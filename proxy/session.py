@@ -1,5 +1,6 @@
-"""The client session state machine: startup, TLS, SCRAM, tenant identity, then relay through the server connections
-the pool lends it (for the whole session, or per transaction with automatic pinning); no I/O."""
+"""The client session state machine: its login (proxy/login.py: startup, TLS, SCRAM, the tenant identity), then its
+first server and the relay through the server connections the pool lends it (for the whole session, or per
+transaction with automatic pinning); no I/O."""
 
 from __future__ import annotations
 
@@ -17,18 +18,14 @@ from proxy.actions import (
     AcquireServer,
     AcquireSlot,
     Action,
-    AdminLogin,
-    AdminQuery,
     AgentAdmission,
     AwaitAdmission,
     BatchWithoutSync,
     CancelQuery,
     CloseClient,
     ConnectBackend,
-    ForwardCancel,
     LimitReached,
     Login,
-    LoginStarted,
     RelayToClient,
     RelayToServer,
     ReleaseServer,
@@ -37,12 +34,9 @@ from proxy.actions import (
     SendClient,
     SessionPinned,
     SessionUnpinned,
-    StartClientTls,
     StartRelay,
     WatchLimits,
 )
-from proxy.admin import ADMIN_DATABASE
-from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
@@ -58,6 +52,7 @@ from proxy.limits import (
     resolve,
     seconds,
 )
+from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo, next_state, unreadable
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import (
@@ -79,13 +74,12 @@ from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
-from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
+from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
 from proxy.reported import reset_to_default
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
-from proxy.startup import backend_parameters, end_user_claim
 from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, joined, render
 from proxy.stmtkind import statement_kind
 from proxy.tenancy import backend_context, parsing_violation
@@ -101,7 +95,6 @@ _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would sta
 _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) or of a type that is not built in in the Parse message")
-_MAX_LOGIN_MESSAGE = 65535  # PostgreSQL's own limit for messages before authentication completes
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
@@ -160,10 +153,7 @@ class _Held:
 
 
 class State(enum.Enum):
-    STARTUP = "startup"  # waiting for SSLRequest / GSSENCRequest / CancelRequest / StartupMessage
-    TLS_HANDSHAKE = "tls_handshake"  # 'S' sent; the driver runs the TLS handshake
-    SASL_INITIAL = "sasl_initial"  # AuthenticationSASL sent; waiting for SASLInitialResponse
-    SASL_CONTINUE = "sasl_continue"  # AuthenticationSASLContinue sent; waiting for SASLResponse
+    LOGIN = "login"  # startup and authentication: the session's ClientLogin (proxy/login.py) reads the client
     CONNECTING = "connecting"  # authenticated; waiting for the first server connection
     READY = "ready"  # relaying, holding a server connection
     IDLE = "idle"  # transaction pooling: between transactions, holding no server connection
@@ -173,12 +163,6 @@ class State(enum.Enum):
 
 
 class Event(enum.Enum):
-    SSL_REQUEST = "ssl_request"
-    GSSENC_REQUEST = "gssenc_request"
-    CANCEL_REQUEST = "cancel_request"
-    STARTUP_MESSAGE = "startup_message"
-    TLS_DONE = "tls_done"
-    SASL_RESPONSE = "sasl_response"
     AUTH_OK = "auth_ok"
     ADMIN_OK = "admin_ok"
     SERVER_ATTACHED = "server_attached"
@@ -191,14 +175,8 @@ class Event(enum.Enum):
 
 # The whole state machine as data: (state, event) -> next state. Anything else is a protocol violation.
 TRANSITIONS: dict[tuple[State, Event], State] = {
-    (State.STARTUP, Event.SSL_REQUEST): State.TLS_HANDSHAKE,
-    (State.STARTUP, Event.GSSENC_REQUEST): State.STARTUP,
-    (State.STARTUP, Event.CANCEL_REQUEST): State.CLOSED,
-    (State.STARTUP, Event.STARTUP_MESSAGE): State.SASL_INITIAL,
-    (State.TLS_HANDSHAKE, Event.TLS_DONE): State.STARTUP,
-    (State.SASL_INITIAL, Event.SASL_RESPONSE): State.SASL_CONTINUE,
-    (State.SASL_CONTINUE, Event.AUTH_OK): State.CONNECTING,
-    (State.SASL_CONTINUE, Event.ADMIN_OK): State.ADMIN,
+    (State.LOGIN, Event.AUTH_OK): State.CONNECTING,  # the login handed a tenant's user over (login.LoggedIn)
+    (State.LOGIN, Event.ADMIN_OK): State.ADMIN,
     (State.CONNECTING, Event.SERVER_ATTACHED): State.READY,
     (State.CONNECTING, Event.SERVER_REFUSED): State.CLOSED,
     (State.READY, Event.SERVER_RELEASED): State.IDLE,
@@ -206,8 +184,7 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.WAITING, Event.SERVER_ATTACHED): State.READY,
     (State.WAITING, Event.SERVER_REFUSED): State.IDLE,
 }
-for _s in (State.STARTUP, State.TLS_HANDSHAKE, State.SASL_INITIAL, State.SASL_CONTINUE, State.CONNECTING):
-    TRANSITIONS[(_s, Event.TIMEOUT)] = State.CLOSED  # the startup/authentication deadline
+TRANSITIONS[(State.CONNECTING, Event.TIMEOUT)] = State.CLOSED  # the startup deadline (the login has its own rows)
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
@@ -215,30 +192,6 @@ _READY = State.READY  # read on every client read: a module constant, not an att
 
 class ParsingMismatch(Exception):
     """The backend now reads SQL text differently from the policy engine: the session must end."""
-
-
-class SessionError(Exception):
-    """Raised inside the state machine; carries the client-facing error."""
-
-    def __init__(self, error: PgError, reason: CloseReason) -> None:
-        super().__init__(reason)
-        self.error = error
-        self.reason = reason
-
-
-@dataclass(slots=True)
-class SessionInfo:
-    """What is known about the client, for logs, metrics and the admin console."""
-
-    session_id: str
-    client_address: str
-    tls: bool = False
-    user: str | None = None
-    tenant: str | None = None
-    application_name: str | None = None
-    database: str | None = None
-    tx_status: bytes = b"I"
-    startup_parameters: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,19 +216,18 @@ class ClientSession:
     # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
     __slots__ = (
         "__dict__", "_admission", "_agent_bytes", "_agent_statements", "_answered", "_applied", "_asking_locks",
-        "_auth_pending", "_auth_stream", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling", "_challenged",
+        "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
         "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_idle_check",
         "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_notices", "_open_batch", "_overrides",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue", "_sql_prepared",
-        "_startup_buf", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
+        "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
-        "backend_stream", "channel_binding", "clock", "config", "connections", "context", "decide", "end_user",
-        "frontend", "info", "is_admin", "limits", "on_decision", "pooled", "process_id", "report_rewrites", "request",
-        "revoked", "scram", "secret_key", "server", "state", "statements", "tenant", "throttle", "tls_available",
-        "tracker", "user_config",
+        "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
+        "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
+        "revoked", "secret_key", "server", "state", "statements", "tenant", "tracker", "user_config",
     )
 
     def __init__(
@@ -294,27 +246,22 @@ class ClientSession:
         connections: ConnectionCounts | None = None,
     ) -> None:
         self.config = config
-        self.state = State.STARTUP
+        self.state = State.LOGIN
         self.info = SessionInfo(session_id=session_id, client_address=client_address)
         self._tx_status = self.info.tx_status  # the last ReadyForQuery's status, mirrored in info
-        self.throttle = throttle
         self.clock = clock
-        self.tls_available = tls_available
-        self.channel_binding = channel_binding
         self.user_config: UserConfig | None = None
         self.agent: AgentConfig | None = None  # the agent profile's limits (an agent user's session)
         self.tenant: TenantConfig | None = None
         self.backend: BackendConfig | None = None
         self.backend_parameters: dict[str, str] = {}
-        self.scram: ScramServerExchange | None = None
         # Our own cancel key for this client: random and unguessable.
         self.process_id = secrets.randbits(31) or 1
         self.secret_key = secrets.token_bytes(4)
-        self._startup_buf = b""
-        self._auth_stream: MessageStream | None = MessageStream(
-            intercept=ALL_TYPES,
-            max_length=min(_MAX_LOGIN_MESSAGE, config.limits.max_message_length),
-        )
+        # Startup and authentication (then the admin console's reads); dropped when a tenant's user is handed over.
+        self.login: ClientLogin | None = ClientLogin(
+            config, self.info, key=(self.process_id, self.secret_key), throttle=throttle, clock=clock,
+            tls_available=tls_available, channel_binding=channel_binding)
         self.frontend = MessageStream(intercept=_CLIENT_INTERCEPT, max_length=config.limits.max_message_length)
         self.backend_stream = MessageStream(limit_all=False)
         self.decide: Decide = _undecided  # replaced by enable_policy, which also installs the gate handlers
@@ -335,9 +282,6 @@ class ClientSession:
         # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
         # after it: nothing after it is framed or forwarded until `decision_ready`.
         self._held: _Held | None = None
-        self.is_admin = False
-        self._auth_pending = False  # admitted by the throttle, not yet settled (success or failure)
-        self._challenged = False  # the client has had the SCRAM server-first
         self.end_user: str | None = None  # a claim from the startup packet (pgtenant.end_user), for the audit
         self.revoked: PgError | None = None  # set by a reload that removed this user
         # The session's own context (temporary relations, search_path), followed through its transactions; the
@@ -622,13 +566,16 @@ class ClientSession:
 
     def row(self) -> SessionRow:
         """What the session is now, as plain data."""
-        info = self.info
+        info, login = self.info, self.login
+        state = login.state.value if login is not None and self.state is State.LOGIN else self.state.value
         return SessionRow(info.session_id, info.user, info.tenant, info.application_name, info.client_address,
-                          info.tls, self.state.value, info.tx_status.decode(), self.is_admin)
+                          info.tls, state, info.tx_status.decode(), login is not None and login.is_admin)
 
     def reconfigure(self, config: Config) -> None:
         """Event: a reload installed `config`; the session decides under it from now on."""
         self.config = config
+        if self.login is not None:
+            self.login.config = config
 
     def revoke(self, error: PgError) -> None:
         """Event: a reload removed or moved this session's user; it ends with `error` at its next statement."""
@@ -637,13 +584,7 @@ class ClientSession:
     # --- state machine plumbing ------------------------------------------------------------
 
     def _transition(self, event: Event) -> None:
-        nxt = TRANSITIONS.get((self.state, event))
-        if nxt is None:
-            raise SessionError(
-                errors.protocol_violation(f"unexpected {event.value} in state {self.state.value}"),
-                CloseReason.unexpected(event.value),
-            )
-        self.state = nxt
+        self.state = next_state(TRANSITIONS, self.state, event)
 
     def _close(self) -> None:
         """The session ends (CLOSE is a row of every state: this never raises)."""
@@ -672,14 +613,7 @@ class ClientSession:
 
     def _rejected(self, exc: SessionError | FramingError | m.DecodeError) -> list[Action]:
         """What the client sent cannot be read: the session ends with the error PostgreSQL would send."""
-        if isinstance(exc, SessionError):
-            return self._fail(exc)
-        if isinstance(exc, FramingError):
-            relaying = self.state in (_READY, State.IDLE, State.WAITING)
-            cap = self.frontend.max_length if relaying or self._auth_stream is None else self._auth_stream.max_length
-            err = errors.message_too_large(exc.length, cap) if exc.too_large else errors.protocol_violation(str(exc))
-            return self._fail(SessionError(err, CloseReason.FRAMING))
-        return self._fail(SessionError(errors.protocol_violation(str(exc)), CloseReason.DECODE))
+        return self._fail(unreadable(exc, self.frontend.max_length))  # (the login reads through a stream of its own)
 
     def _ignore(self, _data: bytes) -> list[Action]:
         """A read after the session closed: nothing to do."""
@@ -719,12 +653,11 @@ class ClientSession:
         return [*self._give_back(reusable=False, reset=True, reason=reason), CloseClient(error, reason)]
 
     def tls_done(self) -> list[Action]:
-        try:
-            self._transition(Event.TLS_DONE)
-        except SessionError as exc:
-            return self._fail(exc)
-        self.info.tls = True
-        return []
+        """Event: the client's TLS handshake completed (only a login asks for one)."""
+        if self.state is State.LOGIN and self.login is not None:
+            return self._login_step(self.login.tls_done())
+        return self._fail(SessionError(errors.protocol_violation(f"unexpected tls_done in state {self.state.value}"),
+                                       CloseReason.UNEXPECTED_TLS_DONE))
 
     def server_attached(self, server: ServerConnection, notices: Sequence[bytes] = ()) -> list[Action]:
         """Event: the pool lent the session `server` (READY, idle; `notices`: a new server's startup notices). The
@@ -1012,166 +945,43 @@ class ClientSession:
 
     def timeout(self) -> list[Action]:
         """The startup/authentication deadline passed."""
+        if self.state is State.LOGIN and self.login is not None:
+            return self._login_step(self.login.timeout())
         if (self.state, Event.TIMEOUT) not in TRANSITIONS:  # logged in (or gone): no deadline
             return []
         self._transition(Event.TIMEOUT)
         return [CloseClient(errors.startup_timeout(), CloseReason.STARTUP_TIMEOUT)]
 
-    # --- startup ---------------------------------------------------------------------------
+    # --- the login (proxy/login.py) and the hand-over ------------------------------------------
 
-    def _startup_data(self, data: bytes) -> list[Action]:
-        buf = self._startup_buf + data
-        if len(buf) < 4:
-            self._startup_buf = buf
-            return []
-        length = m.startup_packet_length(buf)
-        if len(buf) < length:
-            self._startup_buf = buf
-            return []
-        packet, rest = buf[:length], buf[length:]
-        self._startup_buf = b""
-        decoded = m.decode_startup_packet(packet)
-        actions = self._startup_packet(decoded)
-        if rest:
-            if self.state is State.TLS_HANDSHAKE:
-                # Bytes after SSLRequest before our 'S' could be injected plaintext (CVE-2021-23222).
-                raise SessionError(errors.unencrypted_data_after("SSL request"), CloseReason.SSL_INJECTION)
-            if isinstance(decoded, (m.SSLRequest, m.GSSENCRequest)):  # answered 'N': PostgreSQL refuses them too
-                what = "SSL request" if isinstance(decoded, m.SSLRequest) else "GSSAPI encryption request"
-                refused = SessionError(errors.unencrypted_data_after(what), CloseReason.SSL_INJECTION)
-                return [*actions, *self._fail(refused)]
-            if self.state is State.CLOSED:
-                return actions
-            actions += self.client_data(rest)
-        return actions
+    def _login_data(self, data: bytes) -> list[Action]:
+        assert self.login is not None
+        return self._login_step(self.login.data(data))
 
-    def _startup_packet(self, packet: m.StartupPacket) -> list[Action]:
-        if isinstance(packet, m.SSLRequest):
-            if self.info.tls:
-                raise SessionError(errors.protocol_violation("SSL request on an encrypted connection"),
-                                   CloseReason.SSL_TWICE)
-            if not self.tls_available:
-                return [SendClient(m.SSL_REFUSED)]
-            self._transition(Event.SSL_REQUEST)
-            return [SendClient(m.SSL_ACCEPTED), StartClientTls()]
-        if isinstance(packet, m.GSSENCRequest):
-            self._transition(Event.GSSENC_REQUEST)
-            return [SendClient(m.SSL_REFUSED)]
-        if isinstance(packet, m.CancelRequest):
-            self._transition(Event.CANCEL_REQUEST)
-            return [ForwardCancel(packet.process_id, packet.secret_key),
-                    CloseClient(None, CloseReason.CANCEL_REQUEST)]
-        return self._startup_message(packet)
-
-    def _startup_message(self, msg: m.StartupMessage) -> list[Action]:
-        if msg.major != 3:
-            raise SessionError(errors.unsupported_protocol(msg.major, msg.minor), CloseReason.PROTOCOL_VERSION)
-        self._transition(Event.STARTUP_MESSAGE)
-        if self.config.tls.require and not self.info.tls:
-            raise SessionError(errors.tls_required(), CloseReason.TLS_REQUIRED)
-        params = msg.parameters
-        self.info.startup_parameters = dict(params)
-        user = params.get("user", "")
-        if not user:
-            raise SessionError(errors.no_user(), CloseReason.NO_USER)
-        self.info.user = user
-        self.info.application_name = params.get("application_name")
-        self.info.database = params.get("database") or user
-        actions: list[Action] = []
-        if msg.minor > 0 or msg.protocol_options:
-            actions.append(SendClient(m.negotiate_protocol_version(m.PROTOCOL_3_0, sorted(msg.protocol_options))))
-        # The same work, in the same order, whether the user exists or not (the tenant is resolved only once
-        # the proof is accepted): nothing in the timing of any reply tells the two apart.
-        config = self.config
-        refusal = self.throttle.admit(self.info.client_address, user, self.clock())
-        if refusal is not None:
-            raise SessionError(errors.auth_throttled(user, refusal.retry_after),
-                               CloseReason.auth_throttled(refusal.limit))
-        self._auth_pending = True
-        self.is_admin = user in config.admin.users
-        cb = self.channel_binding() if self.info.tls else None
-        self.scram = ScramServerExchange(
-            config.verifiers.get(user), username=user, mock_secret=config.auth_mock_secret, channel_binding=cb,
-            mock_iterations=config.iteration_profile,
-        )
-        actions.append(SendClient(m.authentication_sasl(self.scram.mechanisms())))
-        actions.append(LoginStarted())
-        return actions
-
-    # --- authentication ---------------------------------------------------------------------
-
-    def _auth_data(self, data: bytes) -> list[Action]:
-        actions: list[Action] = []
-        assert self._auth_stream is not None  # (dropped once a tenant session logged in: never read again)
-        for item in self._auth_stream.feed(data):
-            assert isinstance(item, Message)
-            if self.state not in (State.SASL_INITIAL, State.SASL_CONTINUE):
-                raise SessionError(errors.protocol_violation("unexpected message during authentication"),
-                                   CloseReason.AUTH_EXTRA)
-            if item.type != m.PASSWORD:
-                raise SessionError(
-                    errors.protocol_violation(f"expected SASL response, got message type {item.type}"),
-                    CloseReason.AUTH_UNEXPECTED,
-                )
-            actions += self._sasl_message(item.body)
-        return actions
-
-    def _sasl_message(self, body: bytes) -> list[Action]:
-        assert self.scram is not None and self.info.user is not None
-        user = self.info.user
-        try:
-            if self.state is State.SASL_INITIAL:
-                init = m.SASLInitialResponse.decode(body)
-                server_first = self.scram.client_first(init.mechanism, init.data)
-                self._transition(Event.SASL_RESPONSE)
-                self._challenged = True
-                return [SendClient(m.authentication(m.AUTH_SASL_CONTINUE, server_first))]
-            # Checked again before the proof is looked at: the budget may have been spent by logins that started
-            # alongside this one. Then the guess gets no answer.
-            refusal = self.throttle.admit(self.info.client_address, user, self.clock())
-            if refusal is not None:
-                self._auth_pending = False
-                raise SessionError(errors.auth_throttled(user, refusal.retry_after),
-                                   CloseReason.auth_throttled(refusal.limit))
-            server_final = self.scram.client_final(body)
-        except (AuthFailed, m.DecodeError) as exc:
-            reason = exc.reason if isinstance(exc, AuthFailed) else "malformed"
-            self._settle_auth()
-            raise SessionError(errors.auth_failed(user), CloseReason.auth_failed(reason)) from exc
-        self._auth_pending = False
-        self.scram = None  # (done with: an idle session holds no login state)
-        self.throttle.succeeded(self.info.client_address, user, self.clock())
-        db = self.info.database or user
-        actions: list[Action] = [
-            SendClient(m.authentication(m.AUTH_SASL_FINAL, server_final) + m.authentication(m.AUTH_OK))
-        ]
-        if self.is_admin:
-            if db != ADMIN_DATABASE:
-                raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
+    def _login_step(self, actions: list[Action]) -> list[Action]:
+        """What the login answered, and where it is: refused (the session ends), the admin console, or a tenant's
+        user authenticated (the session takes over: its first server)."""
+        login = self.login
+        assert login is not None
+        if login.state is LoginState.CLOSED:
+            self._close()
+        elif login.state is LoginState.ADMIN and self.state is State.LOGIN:
             self._transition(Event.ADMIN_OK)
-            self.info.tenant = None
-            status = m.parameter_status("server_version", "15.0 (pgtenant admin)") + m.parameter_status(
-                "client_encoding", "UTF8"
-            ) + m.parameter_status("standard_conforming_strings", "on")
-            return [*actions, SendClient(status + m.backend_key_data(self.process_id, self.secret_key)
-                                         + m.ready_for_query(b"I")), AdminLogin(self._login())]
-        found = self.config.user_tenant(user)
-        if found is None:  # a reload removed the user during its login
-            raise SessionError(errors.user_removed(user), CloseReason.USER_REMOVED)
-        self.user_config, self.tenant, self.backend = found
+        elif login.state is LoginState.AUTHENTICATED:
+            assert login.logged_in is not None
+            self.login = None  # (done with: an idle session holds no login state)
+            return self._logged_in(login.logged_in, actions)
+        return actions
+
+    def _logged_in(self, who: LoggedIn, actions: list[Action]) -> list[Action]:
+        """Event: the login authenticated a tenant's user and accepted its database and startup parameters (its
+        answer: `actions`): its limits apply, then the session asks for its first server (ConnectBackend)."""
         self._transition(Event.AUTH_OK)
-        self._auth_stream = None  # (the admin console's reads go on through it; a tenant session's never)
-        self.info.tenant = self.tenant.name
-        if db not in self.tenant.client_database_names and db != user:
-            raise SessionError(errors.database_not_allowed(db), CloseReason.DATABASE_NOT_ALLOWED)
-        params, err = backend_parameters(self.info.startup_parameters, self.config.allowed_parameters)
-        if err is not None:
-            raise SessionError(err, CloseReason.STARTUP_PARAMETER)
-        self.agent = self.config.agent_limits(user)
-        if self.agent is not None and (err := agent.startup_refusal(params)) is not None:
-            raise SessionError(err, CloseReason.STARTUP_PARAMETER)
-        self.backend_parameters = params
-        self.end_user = end_user_claim(self.info.startup_parameters)
+        assert self.info.user is not None
+        user = self.info.user
+        self.user_config, self.tenant, self.backend, self.agent = who.user_config, who.tenant, who.backend, who.agent
+        self.backend_parameters = who.parameters
+        self.end_user = who.end_user
         self.request = self._server_request()
         limited = self._apply_limits(user)
         if self.state is State.CLOSED:  # refused by a limit
@@ -1205,13 +1015,6 @@ class ClientSession:
         self._startup_settings = {k.lower(): set_config_statement(k, v) for k, v in self.backend_parameters.items()
                                   if k.lower() not in own}
         return request
-
-    def _settle_auth(self) -> None:
-        """An admitted login failed: it counts in the failed-login budgets (once)."""
-        if self._auth_pending:
-            self._auth_pending = False
-            assert self.info.user is not None
-            self.throttle.failed(self.info.client_address, self.info.user, self.clock())
 
     # --- relay -----------------------------------------------------------------------------
 
@@ -1321,23 +1124,11 @@ class ClientSession:
         return HOLD
 
     def _admin_data(self, data: bytes) -> list[Action]:
+        """The admin console: its login reads the queries (proxy/login.py), unless a reload removed the user."""
         if self.revoked is not None:
             self._close()
             return [CloseClient(self.revoked, CloseReason.USER_REMOVED)]
-        actions: list[Action] = []
-        assert self._auth_stream is not None  # (dropped once a tenant session logged in: never read again)
-        for item in self._auth_stream.feed(data):
-            assert isinstance(item, Message)
-            if item.type == m.TERMINATE:
-                self._close()
-                return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
-            if item.type != m.QUERY:
-                raise SessionError(
-                    errors.protocol_violation("the pgtenant admin console supports only the simple query protocol"),
-                    CloseReason.ADMIN_EXTENDED,
-                )
-            actions.append(AdminQuery(m.Query.decode(item.body).sql))
-        return actions
+        return self._login_data(data)
 
     def _gate_query(self, body: bytes) -> object:
         """Apply the policy to a Query: None forwards it as it is, else the bytes to forward in its place (or HOLD
@@ -2117,9 +1908,8 @@ class ClientSession:
 
     def close(self) -> list[Action]:
         """Event: the client connection is gone; the server the session holds goes back to the pool."""
-        if self._challenged:  # a client leaving after our challenge was probing (psql leaves before it: not counted)
-            self._settle_auth()
-        self._auth_pending = False
+        if self.login is not None:
+            self.login.close()
         if self._counted:
             self._counted = False
             assert self.limits is not None
@@ -2134,9 +1924,7 @@ class ClientSession:
 # What a read from the client does, per state (a state without a handler expects no data: 08P01). One table for
 # every session (a table of bound methods in each was 1 KB per session).
 _ON_DATA: dict[State, Callable[[ClientSession, bytes], list[Action]]] = {
-    State.STARTUP: ClientSession._startup_data,
-    State.SASL_INITIAL: ClientSession._auth_data,
-    State.SASL_CONTINUE: ClientSession._auth_data,
+    State.LOGIN: ClientSession._login_data,
     State.READY: ClientSession._relay_from_client,
     State.IDLE: ClientSession._detached_data,
     State.WAITING: ClientSession._detached_data,

@@ -897,7 +897,7 @@ class Statements:
         entry = _Entry(_CLOSE, SWALLOW)
         entry.evicted = (name, prepared.pop(name))
         self._ledger.append(entry)
-        return b"C" + (len(name) + 6).to_bytes(4, "big") + b"S" + name.encode() + b"\x00"
+        return m.close_message(b"S", name)
 
     def _broken(self, name: str) -> None:
         """The server's `name` fails with 0A000: closed and prepared again at its next use."""

@@ -39,11 +39,31 @@ class BackendAuthError(Exception):
 
 
 class _State(Enum):
-    START = 1  # waiting for the backend's first authentication request
-    SASL_FIRST_SENT = 2  # sent SASLInitialResponse, expecting SASLContinue
-    SASL_FINAL_SENT = 3  # sent client-final, expecting SASLFinal
-    AWAIT_OK = 4  # credentials sent (or server signature verified), expecting AuthenticationOk
-    DONE = 5  # AuthenticationOk received
+    START = "start"  # waiting for the backend's first authentication request
+    SASL_FIRST_SENT = "sasl_first_sent"  # sent SASLInitialResponse, expecting SASLContinue
+    SASL_FINAL_SENT = "sasl_final_sent"  # sent client-final, expecting SASLFinal
+    AWAIT_OK = "await_ok"  # credentials sent (or server signature verified), expecting AuthenticationOk
+    DONE = "done"  # AuthenticationOk received
+
+
+class _Event(Enum):
+    PASSWORD_SENT = "password_sent"  # a cleartext or md5 password answered the backend's request
+    SASL_STARTED = "sasl_started"  # AuthenticationSASL answered with SASLInitialResponse
+    SASL_CONTINUED = "sasl_continued"  # AuthenticationSASLContinue answered with the client-final message
+    SASL_VERIFIED = "sasl_verified"  # AuthenticationSASLFinal carried the server signature we expected
+    OK = "ok"  # AuthenticationOk
+
+
+# The exchange as data: (state, event) -> next state. The request handlers refuse anything else with their own
+# message first (a backend skipping a step is refused before the table is asked).
+TRANSITIONS: dict[tuple[_State, _Event], _State] = {
+    (_State.START, _Event.PASSWORD_SENT): _State.AWAIT_OK,
+    (_State.START, _Event.SASL_STARTED): _State.SASL_FIRST_SENT,
+    (_State.SASL_FIRST_SENT, _Event.SASL_CONTINUED): _State.SASL_FINAL_SENT,
+    (_State.SASL_FINAL_SENT, _Event.SASL_VERIFIED): _State.AWAIT_OK,
+    (_State.START, _Event.OK): _State.DONE,  # trust
+    (_State.AWAIT_OK, _Event.OK): _State.DONE,
+}
 
 
 def _escape_username(user: str) -> bytes:
@@ -78,6 +98,12 @@ class BackendAuthenticator:
         self._client_first_bare = b""
         self._expected_server_signature = b""
 
+    def _transition(self, event: _Event) -> None:
+        nxt = TRANSITIONS.get((self._state, event))
+        if nxt is None:
+            raise BackendAuthError(f"backend authentication: unexpected {event.value} in state {self._state.value}")
+        self._state = nxt
+
     @property
     def done(self) -> bool:
         """True once the backend has sent AuthenticationOk."""
@@ -109,7 +135,7 @@ class BackendAuthenticator:
             self._expect_start("password")
             self._method = "password"
             password = self._require_password("cleartext password authentication")
-            self._state = _State.AWAIT_OK
+            self._transition(_Event.PASSWORD_SENT)
             return m.password_message(encode_text(password) + b"\x00")
         if code == m.AUTH_MD5:
             self._expect_start("md5")
@@ -119,7 +145,7 @@ class BackendAuthenticator:
             password = self._require_password("md5")
             inner = hashlib.md5(encode_text(password) + encode_text(self._user)).hexdigest().encode("ascii")
             outer = b"md5" + hashlib.md5(inner + payload).hexdigest().encode("ascii")
-            self._state = _State.AWAIT_OK
+            self._transition(_Event.PASSWORD_SENT)
             return m.password_message(outer + b"\x00")
         if code == m.AUTH_SASL:
             self._expect_start("SASL")
@@ -159,7 +185,7 @@ class BackendAuthenticator:
             raise BackendAuthError("backend sent AuthenticationOk before completing the SCRAM exchange")
         if self._state is _State.START:
             self._method = "trust"
-        self._state = _State.DONE
+        self._transition(_Event.OK)
         return None
 
     def _on_sasl(self, payload: bytes) -> bytes:
@@ -182,7 +208,7 @@ class BackendAuthenticator:
         self._client_nonce = base64.b64encode(secrets.token_bytes(RAW_NONCE_LEN))
         self._client_first_bare = b"n=" + _escape_username(self._user) + b",r=" + self._client_nonce
         client_first = self._gs2_header + self._client_first_bare
-        self._state = _State.SASL_FIRST_SENT
+        self._transition(_Event.SASL_STARTED)
         return m.SASLInitialResponse(mechanism, client_first).encode()
 
     def _on_sasl_continue(self, server_first: bytes) -> bytes:
@@ -227,7 +253,7 @@ class BackendAuthenticator:
         client_signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
         proof = bytes(a ^ b for a, b in zip(client_key, client_signature, strict=True))
         self._expected_server_signature = hmac.new(server_key, auth_message, hashlib.sha256).digest()
-        self._state = _State.SASL_FINAL_SENT
+        self._transition(_Event.SASL_CONTINUED)
         return m.password_message(without_proof + b",p=" + base64.b64encode(proof))
 
     def _on_sasl_final(self, server_final: bytes) -> None:
@@ -244,7 +270,7 @@ class BackendAuthenticator:
             ) from None
         if len(signature) != KEY_LEN or not hmac.compare_digest(signature, self._expected_server_signature):
             raise BackendAuthError("backend's SCRAM server signature is invalid (wrong password or impostor)")
-        self._state = _State.AWAIT_OK
+        self._transition(_Event.SASL_VERIFIED)
 
 
 def _printable(raw: bytes, limit: int = 80) -> str:

@@ -224,7 +224,10 @@ RULES: dict[str, tuple[str, str]] = {
     ),
     "internal_error": (INTERNAL_ERROR, "pgtenant failed closed while deciding this statement; please report it."),
     # Refused by the session before any policy decides (proxy/session.py).
-    "malformed_message": (PROTOCOL_VIOLATION, ""),
+    "malformed_message": (
+        PROTOCOL_VIOLATION,
+        "The client sent a message the PostgreSQL protocol does not allow; check the driver and its version.",
+    ),
     "invalid_utf8": (CHARACTER_NOT_IN_REPERTOIRE, ""),
     "function_call_message": (INSUFFICIENT_PRIVILEGE, "Call the function from a SQL statement instead."),
 }

@@ -40,16 +40,21 @@ def sent(actions: list) -> bytes:
 
 def login(session: ClientSession, password: str = "pw", **params: str) -> list:
     """Alice's startup and SCRAM exchange (no TLS); the actions answering her final message."""
-    actions = session.client_data(m.encode_startup_message({"user": "alice", **params}))
+    return session.client_data(proof(session, password, **params))
+
+
+def proof(session: ClientSession, password: str = "pw", user: str = "alice", **params: str) -> bytes:
+    """`user`'s startup and SCRAM exchange up to her final message (no TLS): that message, not sent yet."""
+    actions = session.client_data(m.encode_startup_message({"user": user, **params}))
     out = sent(actions)
     assert out[:1] == b"R" and struct.unpack_from("!i", out, 5)[0] == m.AUTH_SASL
     assert b"SCRAM-SHA-256\x00" in out and b"PLUS" not in out  # no TLS, no channel binding offered
-    client = ScramClient(["SCRAM-SHA-256"], "alice", password)
+    client = ScramClient(["SCRAM-SHA-256"], user, password)
     first = client.get_client_first().encode()
     actions = session.client_data(m.frame(b"p", b"SCRAM-SHA-256\x00" + struct.pack("!i", len(first)) + first))
     out = sent(actions)
     client.set_server_first(out[9:].decode())
-    return session.client_data(m.frame(b"p", client.get_client_final().encode()))
+    return m.frame(b"p", client.get_client_final().encode())
 
 
 def frames(data: bytes) -> list[tuple[bytes, bytes]]:

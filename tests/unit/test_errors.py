@@ -60,6 +60,14 @@ def test_every_rule_has_a_registered_sqlstate(rule: str) -> None:
     assert sqlstate in constants and isinstance(hint, str)
 
 
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_every_denial_worded_by_pgtenant_has_a_hint(rule: str) -> None:
+    """A denial the client reads as pgtenant's (its message names the rule) says what to do instead; those that
+    read as PostgreSQL's own error (invalid text, a missing object) carry PostgreSQL's hint, none."""
+    err = policy_denied(deny(rule, "refused"))
+    assert err.hint or not err.message.startswith("pgtenant:"), rule
+
+
 def test_spec_arguments_fill_fields_in_order() -> None:
     too_large = "message of {} bytes exceeds pgtenant's limit of {} bytes"
     assert errors.message_too_large(70000, 65535).message == too_large.format(70000, 65535)

@@ -11,7 +11,7 @@ import pytest
 
 from proxy import memory
 from proxy.io import listener
-from tests.unit.test_session import make_config
+from tests.support.sessions import make_config
 
 
 def test_text_cache_keeps_short_texts_only() -> None:

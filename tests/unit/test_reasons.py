@@ -9,6 +9,7 @@ import pytest
 
 from proxy.auth import scram
 from proxy.auth.throttle import LIMITS
+from proxy.login import LoginEvent
 from proxy.reasons import INVALID_CREDENTIALS, CloseReason
 from proxy.session import Event
 
@@ -38,8 +39,8 @@ def test_prelogin_caps_carry_their_label(limit: str, refused: bool, label: str) 
     assert member.prelogin and member.limit == label and member.auth is None
 
 
-@pytest.mark.parametrize("event", list(Event))
-def test_every_unexpected_event_is_a_member(event: Event) -> None:
+@pytest.mark.parametrize("event", [*LoginEvent, *Event])
+def test_every_unexpected_event_is_a_member(event: Event | LoginEvent) -> None:
     assert CloseReason.unexpected(event.value) == f"unexpected_{event.value}"
 
 

@@ -24,6 +24,8 @@ from proxy.actions import (
 from proxy.auth.scram import make_verifier
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import parse_config
+from proxy.login import TRANSITIONS as LOGIN_TRANSITIONS
+from proxy.login import LoginEvent, LoginState
 from proxy.policy.cache import Pending
 from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.policy.settings import marked_entry
@@ -166,9 +168,9 @@ def test_oversized_login_message_names_the_real_cap(tmp_path: Path) -> None:
 def test_ssl_request_then_startup(session: ClientSession) -> None:
     actions = session.client_data(m.encode_ssl_request())
     assert sent(actions) == b"S" and isinstance(actions[-1], StartClientTls)
-    assert session.state is State.TLS_HANDSHAKE
+    assert session.state is State.LOGIN and session.row().state == "tls_handshake"
     session.tls_done()
-    assert session.state is State.STARTUP and session.info.tls
+    assert session.row().state == "startup" and session.info.tls
     # A second SSLRequest inside TLS is a protocol violation.
     [close] = session.client_data(m.encode_ssl_request())
     assert isinstance(close, CloseClient) and close.error.sqlstate == "08P01"
@@ -178,7 +180,7 @@ def test_ssl_request_without_tls_configured(tmp_path: Path) -> None:
     s = ClientSession(make_config(tmp_path), session_id="s", client_address="a", throttle=AuthThrottle(),
                       clock=lambda: 0.0, tls_available=False)
     assert sent(s.client_data(m.encode_ssl_request())) == b"N"
-    assert s.state is State.STARTUP
+    assert s.login is not None and s.login.state is LoginState.STARTUP
 
 
 def test_a_flood_of_negotiation_requests_in_one_write_ends_in_one_error(tmp_path: Path) -> None:
@@ -249,8 +251,13 @@ def test_transition_table_is_closed() -> None:
     # Every (state, event) pair not in the table is refused; CLOSE is allowed from anywhere.
     for state in State:
         assert TRANSITIONS[(state, Event.CLOSE)] is State.CLOSED
-    assert (State.READY, Event.STARTUP_MESSAGE) not in TRANSITIONS
-    assert (State.STARTUP, Event.AUTH_OK) not in TRANSITIONS
+    assert (State.READY, Event.AUTH_OK) not in TRANSITIONS
+    assert (State.CONNECTING, Event.ADMIN_OK) not in TRANSITIONS
+    # The login's table too: CLOSE from anywhere, authentication only after the SCRAM exchange.
+    for state in LoginState:
+        assert LOGIN_TRANSITIONS[(state, LoginEvent.CLOSE)] is LoginState.CLOSED
+    assert (LoginState.STARTUP, LoginEvent.AUTH_OK) not in LOGIN_TRANSITIONS
+    assert (LoginState.SASL_INITIAL, LoginEvent.AUTH_OK) not in LOGIN_TRANSITIONS
 
 
 def test_invalid_utf8_is_22021_and_session_stays(session: ClientSession) -> None:
