@@ -253,15 +253,18 @@ def agent_policy(base: TenantPolicy, max_rows: int, timeout_ms: int = 0) -> Tena
 
 
 class AgentPolicies:
-    """A tenant registry's policy lookup, seen by the agent users of one `max_rows`: the tenant's current policy
-    under the agent profile (made once per tenant policy, so a session's Parse memo holds until a reload)."""
+    """A tenant registry's policy lookup, seen by the agent users of one `max_rows` (None: users of the default
+    profile) and the users of one statement_timeout limit (`limit_ms`, 0: none; policy/timeouts.py): the tenant's
+    current policy under them (made once per tenant policy, so a session's Parse memo holds until a reload)."""
 
-    __slots__ = ("_base", "_policy", "max_rows", "policies", "timeout_ms")
+    __slots__ = ("_base", "_policy", "limit_ms", "max_rows", "policies", "timeout_ms")
 
-    def __init__(self, policies: Callable[[str], TenantPolicy | None], max_rows: int, timeout_ms: int = 0) -> None:
+    def __init__(self, policies: Callable[[str], TenantPolicy | None], max_rows: int | None, timeout_ms: int = 0,
+                 limit_ms: int = 0) -> None:
         self.policies = policies
         self.max_rows = max_rows
         self.timeout_ms = timeout_ms
+        self.limit_ms = limit_ms
         self._base: TenantPolicy | None = None
         self._policy: TenantPolicy | None = None
 
@@ -270,5 +273,8 @@ class AgentPolicies:
         if base is None:
             return None
         if base is not self._base or self._policy is None:
-            self._base, self._policy = base, agent_policy(base, self.max_rows, self.timeout_ms)
+            policy = base if self.max_rows is None else agent_policy(base, self.max_rows, self.timeout_ms)
+            if self.limit_ms:
+                policy = replace(policy, statement_timeout_ms=self.limit_ms)
+            self._base, self._policy = base, policy
         return self._policy
