@@ -22,8 +22,11 @@ _ALLOWED = frozenset({
     "FetchStmt", "ClosePortalStmt", "DeallocateStmt", "DiscardStmt",
 })
 _WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "TruncateStmt", "CopyStmt"})
-# Settings whose value the agent profile pins (the server connection starts with them; the client cannot move them).
-PINNED_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only", "statement_timeout"})
+# Settings whose value the agent profile pins (the server connection starts with them, or has the server's own; the
+# client cannot move them, RESET returns to them): read-only, and the timeouts that bound what a session holds (an
+# idle transaction keeps its snapshot, the xmin horizon of every tenant of the database).
+PINNED_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only", "statement_timeout",
+                             "idle_in_transaction_session_timeout", "transaction_timeout"})
 # Built-ins an agent may not call, though the default allow-list has them: they wait, lock, or change settings.
 DENIED_FUNCTIONS = frozenset({"pg_sleep", "pg_sleep_for", "pg_sleep_until", "set_config", "pg_notify", "nextval",
                               "setval", "txid_current", "pg_current_xact_id", "pg_current_snapshot",

@@ -60,6 +60,8 @@ def test_writes_do_and_escapes_are_refused_with_their_rule(proxy: ProxyProcess, 
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE": ("25006", "agent_setting"),
             "BEGIN READ WRITE": ("25006", "agent_setting"),
             "SET statement_timeout = 0": ("25006", "agent_setting"),
+            "SET idle_in_transaction_session_timeout = 0": ("25006", "agent_setting"),
+            "SET transaction_timeout = 0": ("25006", "agent_setting"),
             "SELECT set_config('transaction_read_only', 'off', false)": ("42501", "agent_function"),
             "SELECT pg_sleep(0)": ("42501", "agent_function"),
         }
@@ -80,13 +82,18 @@ def test_the_server_connection_is_read_only_with_the_agents_timeout(proxy: Proxy
         c.rollback()
         c.execute("SET statement_timeout = '2s'")  # lower than the agent's: allowed (the MCP door sets its own)
         assert c.execute("SHOW statement_timeout").fetchone() == ("2s",)
+        idle = c.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        assert idle is not None and idle[0] != "0"  # the pool's own (config limits.idle_in_transaction_timeout)
         c.execute("RESET ALL")
         assert c.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
         assert c.execute("SHOW statement_timeout").fetchone() == ("7500ms",)
+        c.execute("RESET idle_in_transaction_session_timeout")  # (pinned: a RESET returns to the pool's own)
+        assert c.execute("SHOW idle_in_transaction_session_timeout").fetchone() == idle
 
 
 def test_a_pinned_startup_setting_refuses_the_login(proxy: ProxyProcess) -> None:
-    for params in ({"options": "-c default_transaction_read_only=off"}, {"options": "-c statement_timeout=0"}):
+    for params in ({"options": "-c default_transaction_read_only=off"}, {"options": "-c statement_timeout=0"},
+                   {"options": "-c idle_in_transaction_session_timeout=0"}):
         with pytest.raises(psycopg.OperationalError, match=r"pinned by the agent profile \(rule agent_setting\)"):
             psycopg.connect(proxy.dsn("ivy", **params))
 
