@@ -108,19 +108,32 @@ def _check_read_write(options: list[Node] | None, what: str) -> None:
 
 
 def admission(kind: str, node: Node, analysis: Analysis) -> frozenset[str]:
-    """ADMIT for a query the planner's estimate decides on (proxy/admission.py): every SELECT and cursor query but
-    those that read only system catalogs (pg_catalog, information_schema, unqualified pg_* names), CTEs and no
-    function in FROM (what BI tools and the MCP door's introspection send)."""
-    if kind not in ("SelectStmt", "DeclareCursorStmt"):
+    """ADMIT for a query the planner's estimate decides on (proxy/admission.py): every SELECT and cursor query but a
+    plain catalog lookup (`_plain_lookup`)."""
+    if kind not in ("SelectStmt", "DeclareCursorStmt") or _plain_lookup(node, analysis):
         return frozenset()
+    return frozenset({ADMIT})
+
+
+# What can make a query's work unbounded without a table of the tenant's: a function call (a set-returning one in a
+# target list, repeat(), …), a function or a subquery in FROM (VALUES lists cross joined), a join, a subquery
+# expression, a CTE (a recursive one runs forever) — red team 6 F2.
+_UNBOUNDED = frozenset({"FuncCall", "RangeFunction", "RangeTableFunc", "JsonTable", "RangeSubselect", "JoinExpr",
+                        "SubLink", "withClause"})
+
+
+def _plain_lookup(node: Node, analysis: Analysis) -> bool:
+    """A query that reads at most one relation, a system catalog's (pg_catalog, information_schema, an unqualified
+    pg_* name), once, with no function call, join, subquery or CTE: its work is bounded by the catalog's size (and
+    its rows by the cap), so it goes without the EXPLAIN round trip. Everything else is admitted by its estimate."""
+    if len(analysis.refs) > 1 or _has_any(node, _UNBOUNDED):
+        return False
     for ref in analysis.refs:
-        if ref.cte:
-            continue
         schema = ref.rv.get("schemaname")
-        if schema in CATALOG_SCHEMAS or (schema is None and ref.rv.get("relname", "").startswith("pg_")):
-            continue
-        return frozenset({ADMIT})
-    return frozenset({ADMIT}) if _has(node, "RangeFunction") else frozenset()
+        catalog = schema in CATALOG_SCHEMAS or (schema is None and ref.rv.get("relname", "").startswith("pg_"))
+        if ref.cte or not catalog:
+            return False
+    return True
 
 
 def single_admitted(effects: list[frozenset[str]]) -> None:
@@ -129,11 +142,11 @@ def single_admitted(effects: list[frozenset[str]]) -> None:
         raise fail("agent_statement", "send one query per message: the agent profile admits each by its plan")
 
 
-def _has(node: object, tag: str) -> bool:
+def _has_any(node: object, tags: frozenset[str]) -> bool:
     if isinstance(node, dict):
-        return tag in node or any(_has(v, tag) for v in node.values())
+        return not tags.isdisjoint(node) or any(_has_any(v, tags) for v in node.values())
     if isinstance(node, list):
-        return any(_has(v, tag) for v in node)
+        return any(_has_any(v, tags) for v in node)
     return False
 
 
