@@ -64,6 +64,11 @@ def test_writes_do_and_escapes_are_refused_with_their_rule(proxy: ProxyProcess, 
             "SET transaction_timeout = 0": ("25006", "agent_setting"),
             "SELECT set_config('transaction_read_only', 'off', false)": ("42501", "agent_function"),
             "SELECT pg_sleep(0)": ("42501", "agent_function"),
+            # what would run a query without admission (red team 6 F2): refused outright
+            "EXPLAIN (ANALYZE) SELECT count(*) FROM orders a, orders b": ("42501", "agent_statement"),
+            "COPY (SELECT * FROM orders) TO STDOUT": ("25006", "read_only"),
+            "PREPARE f2 AS SELECT count(*) FROM orders a, orders b": ("42501", "agent_statement"),
+            "EXECUTE f2": ("42501", "agent_statement"),
         }
         for sql, (sqlstate, rule) in cases.items():
             err = refused(c, sql)
