@@ -1957,17 +1957,17 @@ class ClientSession:
         out = inner(body) if inner is not None else None
         if self._cut is not None:
             if b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None:
-                self._server_timeout(body)  # (the server's own timeout ended the request being cut)
+                self._answers_watchdog(body)  # (the server's own timeout ended the request being cut)
             self._cut_end(False)
             return b""
         if self._meter is not None:
             self._results_gone()
         if (b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None
-                and self._server_timeout(body)):
+                and self._answers_watchdog(body)):
             return errors.limit_statement_timeout(seconds(self.limits.statement_timeout)).encode()
         return out
 
-    def _server_timeout(self, body: bytes) -> bool:
+    def _answers_watchdog(self, body: bytes) -> bool:
         """A 57014 under a statement_timeout limit: True when it answers the watchdog's cancel (the proxy's message
         replaces it); the server's own timeout (it never has more than the limit) is counted as the limit's."""
         assert self.limits is not None and self.limits.statement_timeout is not None
