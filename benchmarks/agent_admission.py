@@ -37,6 +37,9 @@ AGENT = ("ada", ("initech", "ada-pw"))
 STATEMENTS = {
     "point": ("SELECT id, amount FROM orders WHERE id = %s", lambda i: (i % 7 + 1,)),
     "scan": ("SELECT id, amount FROM orders WHERE amount > %s ORDER BY id", lambda i: (i % 5,)),
+    # a driver's catalog join: admitted since red team 6 F2 (only a plain one-catalog lookup skips the round trip)
+    "catalog": ("SELECT c.relname, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relname = %s", lambda i: ("orders",)),
 }
 
 

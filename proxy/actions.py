@@ -91,6 +91,7 @@ class ConnectBackend:
     cancel_key: tuple[int, bytes]
     end_user: str | None = None
     agent: AgentConfig | None = None  # the agent profile's limits: the session decides under its agent policy
+    statement_timeout_ms: int = 0  # the user's statement_timeout limit: its policy never sends a larger SET
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,11 @@ parameters it refuses; pure (the statement rules are proxy/policy/agent.py's, th
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from proxy import errors
 from proxy.config import AgentConfig
 from proxy.errors import PgError
 from proxy.policy.agent import PINNED_SETTINGS
-from proxy.pooling import ServerRequest
+from proxy.pooling import ServerRequest, with_parameters
 
 
 def timeout_ms(limits: AgentConfig) -> int:
@@ -26,9 +24,7 @@ def server_parameters(limits: AgentConfig) -> dict[str, str]:
 def server_request(request: ServerRequest, limits: AgentConfig) -> ServerRequest:
     """The pool request of an agent session: its own pool key (the read-only context is part of it), so an agent
     never gets a server of the tenant's ordinary sessions, nor they one of its."""
-    params = {**request.parameters, **server_parameters(limits)}
-    key = replace(request.key, context=tuple(sorted(params.items())))
-    return replace(request, key=key, parameters=params)
+    return with_parameters(request, server_parameters(limits))
 
 
 def startup_refusal(parameters: dict[str, str]) -> PgError | None:

@@ -10,6 +10,7 @@ from proxy import errors
 from proxy.config import Config
 from proxy.errors import PgError
 from proxy.policy.settings import setting_milliseconds
+from proxy.pooling import ServerRequest, with_parameters
 
 # The limit names (the `limit` label of pgtenant_limit_refusals_total, the audit log's `limit` field).
 MAX_CLIENT_CONNECTIONS = "max_client_connections"
@@ -114,6 +115,18 @@ def clamped_timeout(client_value: str | None, limit: float) -> str:
     if asked is not None and 0 < asked <= ms:
         return client_value  # type: ignore[return-value]
     return f"{ms}ms"
+
+
+def server_request(request: ServerRequest, limit: float) -> ServerRequest:
+    """The pool request of a session under a statement_timeout `limit` (seconds): its servers start with
+    statement_timeout at most the limit (an agent's own lower one stays), so that RESET, SET ... TO DEFAULT, RESET
+    ALL and DISCARD ALL return to it on the server itself; a SET above it reaches PostgreSQL as the limit
+    (policy/timeouts.py). Its own pool: the value is part of the key."""
+    ms = milliseconds(limit)
+    own = setting_milliseconds(request.parameters.get(STATEMENT_TIMEOUT, "0"))
+    if own is not None and 0 < own <= ms:
+        return request
+    return with_parameters(request, {STATEMENT_TIMEOUT: f"{ms}ms"})
 
 
 class ConnectionCounts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections import Counter, deque
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from proxy import errors
 from proxy.config import BackendConfig, Config, PoolMode, TenantConfig
@@ -54,6 +54,12 @@ def server_context(tenant: TenantConfig, config: Config) -> dict[str, str]:
     params.setdefault("client_encoding", "UTF8")
     params.setdefault(IDLE_IN_TRANSACTION, f"{round(config.limits.idle_in_transaction_timeout * 1000)}ms")
     return params
+
+
+def with_parameters(request: ServerRequest, extra: dict[str, str]) -> ServerRequest:
+    """`request` for servers that also start with `extra` (their own pool: the context is part of the key)."""
+    params = {**request.parameters, **extra}
+    return replace(request, key=replace(request.key, context=tuple(sorted(params.items()))), parameters=params)
 
 
 def server_request(config: Config, tenant: str) -> ServerRequest:

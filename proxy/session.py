@@ -49,9 +49,11 @@ from proxy.limits import (
     Limits,
     ResultMeter,
     clamped_timeout,
+    milliseconds,
     resolve,
     seconds,
 )
+from proxy.limits import server_request as limits_server_request
 from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo, next_state, unreadable
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
@@ -989,6 +991,7 @@ class ClientSession:
         actions += limited
         if self.agent is not None:
             self.request = agent.server_request(self.request, self.agent)
+        timeout_ms = self._limited_timeout()
         self.pooled = self.request.mode == "transaction"
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self.frontend.handlers = self._frontend_tracked()
@@ -996,7 +999,7 @@ class ClientSession:
             self._limit_portals()
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
-            (self.process_id, self.secret_key), self.end_user, self.agent,
+            (self.process_id, self.secret_key), self.end_user, self.agent, timeout_ms,
         ))
         return actions
 
@@ -1618,6 +1621,15 @@ class ClientSession:
             self._limit_stream()
         return [WatchLimits(limits.tick)] if limits.watched else []
 
+    def _limited_timeout(self) -> int:
+        """Under a statement_timeout limit, the server enforces it too: the session's servers start with it (RESET
+        returns there) and its policy sends a larger SET as the limit. The limit in ms (0: none)."""
+        limit = self.limits.statement_timeout if self.limits is not None else None
+        if limit is None:
+            return 0
+        self.request = limits_server_request(self.request, limit)
+        return milliseconds(limit)
+
     def _limit_stream(self) -> None:
         """Wrap the backend handlers (outermost) with the limits': ReadyForQuery and ErrorResponse always; with a
         result limit every message type, so that a result being cut off is swallowed up to its ReadyForQuery."""
@@ -1738,18 +1750,28 @@ class ClientSession:
         inner = self._limit_inner.get(m.ERROR_RESPONSE)
         out = inner(body) if inner is not None else None
         if self._cut is not None:
+            if b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None:
+                self._answers_watchdog(body)  # (the server's own timeout ended the request being cut)
             self._cut_end(False)
             return b""
         if self._meter is not None:
             self._results_gone()
-        if b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None:
-            pending = self.tracker.pending
-            if self._timed_out is not None and (not pending or pending[0] is self._timed_out):
-                return errors.limit_statement_timeout(seconds(self.limits.statement_timeout)).encode()
-            if b"statement timeout" in body:  # the server's own setting (the proxy's startup value) acted
-                self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, STATEMENT_TIMEOUT,
-                                                        self.limits.statement_timeout))
+        if (b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None
+                and self._answers_watchdog(body)):
+            return errors.limit_statement_timeout(seconds(self.limits.statement_timeout)).encode()
         return out
+
+    def _answers_watchdog(self, body: bytes) -> bool:
+        """A 57014 under a statement_timeout limit: True when it answers the watchdog's cancel (the proxy's message
+        replaces it); the server's own timeout (it never has more than the limit) is counted as the limit's."""
+        assert self.limits is not None and self.limits.statement_timeout is not None
+        pending = self.tracker.pending
+        if self._timed_out is not None and (not pending or pending[0] is self._timed_out):
+            return True
+        if b"statement timeout" in body:
+            self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, STATEMENT_TIMEOUT,
+                                                    self.limits.statement_timeout))
+        return False
 
     def _limit_ready(self, body: bytes) -> bytes | None:
         """A ReadyForQuery: held while a cancel is in flight (so that it cannot reach the client's next query)."""

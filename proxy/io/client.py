@@ -718,7 +718,7 @@ class ClientConnection(asyncio.Protocol):
                 return
         if self.closed:
             return
-        gate = self.proxy.decider(name, connect.agent)
+        gate = self.proxy.decider(name, connect.agent, connect.statement_timeout_ms)
         # a Parse memo holds while the gate's policy (and the session's context) stays
         session.enable_policy(gate, gate.current, gate.with_context)
         if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait

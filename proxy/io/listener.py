@@ -66,7 +66,7 @@ class Proxy:
         self.decisions = DecisionCache(limits.decision_cache_entries, limits.decision_cache_bytes)
         self.decision_limits = Limits(limits.max_statements_per_query, limits.max_parse_tree_nodes,
                                       limits.max_temp_relations)
-        self._deciders: dict[tuple[str, tuple[int, int] | None], Gate] = {}
+        self._deciders: dict[tuple[str, tuple[int, int] | None, int], Gate] = {}
         self._tenants: dict[str, Tenant] = {}
         self.metrics = Metrics(
             max_tenants=config.metrics.max_tenants, buckets=config.metrics.buckets or DEFAULT_BUCKETS
@@ -105,19 +105,21 @@ class Proxy:
         """Every prepared tenant's current policy (the registry's: a reload replaces the dict)."""
         return self.registry.policies
 
-    def decider(self, tenant: str, agent: AgentConfig | None = None) -> Gate:
+    def decider(self, tenant: str, agent: AgentConfig | None = None, timeout_ms: int = 0) -> Gate:
         """The policy gate of one tenant's sessions (one per tenant, shared by its sessions; its agent-profile
-        users' have their own per agent limits): the shared decision cache, under the tenant's current policy (a
-        reload may replace it), with decision times observed on cache misses."""
-        key = (tenant, None if agent is None else (agent.max_rows, agent_timeout_ms(agent)))
+        users' have their own per agent limits, users under a statement_timeout limit theirs per limit): the shared
+        decision cache, under the tenant's current policy (a reload may replace it), with decision times observed
+        on cache misses."""
+        key = (tenant, None if agent is None else (agent.max_rows, agent_timeout_ms(agent)), timeout_ms)
         found = self._deciders.get(key)
         if found is None:
-            found = self._deciders[key] = self._new_decider(tenant, agent)
+            found = self._deciders[key] = self._new_decider(tenant, agent, timeout_ms)
         return found
 
-    def _new_decider(self, tenant: str, agent: AgentConfig | None = None) -> Gate:
-        policies = self.registry.policy if agent is None else AgentPolicies(
-            self.registry.policy, agent.max_rows, agent_timeout_ms(agent))
+    def _new_decider(self, tenant: str, agent: AgentConfig | None = None, timeout_ms: int = 0) -> Gate:
+        policies = self.registry.policy if agent is None and not timeout_ms else AgentPolicies(
+            self.registry.policy, None if agent is None else agent.max_rows,
+            0 if agent is None else agent_timeout_ms(agent), timeout_ms)
         return Gate(self.decisions, policies, self.tenant(tenant), self.metrics.decision_timed,
                     self.decision_limits)
 

@@ -22,8 +22,11 @@ _ALLOWED = frozenset({
     "FetchStmt", "ClosePortalStmt", "DeallocateStmt", "DiscardStmt",
 })
 _WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "TruncateStmt", "CopyStmt"})
-# Settings whose value the agent profile pins (the server connection starts with them; the client cannot move them).
-PINNED_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only", "statement_timeout"})
+# Settings whose value the agent profile pins (the server connection starts with them, or has the server's own; the
+# client cannot move them, RESET returns to them): read-only, and the timeouts that bound what a session holds (an
+# idle transaction keeps its snapshot, the xmin horizon of every tenant of the database).
+PINNED_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only", "statement_timeout",
+                             "idle_in_transaction_session_timeout", "transaction_timeout"})
 # Built-ins an agent may not call, though the default allow-list has them: they wait, lock, or change settings.
 DENIED_FUNCTIONS = frozenset({"pg_sleep", "pg_sleep_for", "pg_sleep_until", "set_config", "pg_notify", "nextval",
                               "setval", "txid_current", "pg_current_xact_id", "pg_current_snapshot",
@@ -105,19 +108,32 @@ def _check_read_write(options: list[Node] | None, what: str) -> None:
 
 
 def admission(kind: str, node: Node, analysis: Analysis) -> frozenset[str]:
-    """ADMIT for a query the planner's estimate decides on (proxy/admission.py): every SELECT and cursor query but
-    those that read only system catalogs (pg_catalog, information_schema, unqualified pg_* names), CTEs and no
-    function in FROM (what BI tools and the MCP door's introspection send)."""
-    if kind not in ("SelectStmt", "DeclareCursorStmt"):
+    """ADMIT for a query the planner's estimate decides on (proxy/admission.py): every SELECT and cursor query but a
+    plain catalog lookup (`_plain_lookup`)."""
+    if kind not in ("SelectStmt", "DeclareCursorStmt") or _plain_lookup(node, analysis):
         return frozenset()
+    return frozenset({ADMIT})
+
+
+# What can make a query's work unbounded without a table of the tenant's: a function call (a set-returning one in a
+# target list, repeat(), …), a function or a subquery in FROM (VALUES lists cross joined), a join, a subquery
+# expression, a CTE (a recursive one runs forever) — red team 6 F2.
+_UNBOUNDED = frozenset({"FuncCall", "RangeFunction", "RangeTableFunc", "JsonTable", "RangeSubselect", "JoinExpr",
+                        "SubLink", "withClause"})
+
+
+def _plain_lookup(node: Node, analysis: Analysis) -> bool:
+    """A query that reads at most one relation, a system catalog's (pg_catalog, information_schema, an unqualified
+    pg_* name), once, with no function call, join, subquery or CTE: its work is bounded by the catalog's size (and
+    its rows by the cap), so it goes without the EXPLAIN round trip. Everything else is admitted by its estimate."""
+    if len(analysis.refs) > 1:
+        return False
     for ref in analysis.refs:
-        if ref.cte:
-            continue
         schema = ref.rv.get("schemaname")
-        if schema in CATALOG_SCHEMAS or (schema is None and ref.rv.get("relname", "").startswith("pg_")):
-            continue
-        return frozenset({ADMIT})
-    return frozenset({ADMIT}) if _has(node, "RangeFunction") else frozenset()
+        catalog = schema in CATALOG_SCHEMAS or (schema is None and ref.rv.get("relname", "").startswith("pg_"))
+        if ref.cte or not catalog:
+            return False
+    return not _has_any(node, _UNBOUNDED)  # (walked last: most agent queries read a table of the tenant's)
 
 
 def single_admitted(effects: list[frozenset[str]]) -> None:
@@ -126,11 +142,11 @@ def single_admitted(effects: list[frozenset[str]]) -> None:
         raise fail("agent_statement", "send one query per message: the agent profile admits each by its plan")
 
 
-def _has(node: object, tag: str) -> bool:
+def _has_any(node: object, tags: frozenset[str]) -> bool:
     if isinstance(node, dict):
-        return tag in node or any(_has(v, tag) for v in node.values())
+        return not tags.isdisjoint(node) or any(_has_any(v, tags) for v in node.values())
     if isinstance(node, list):
-        return any(_has(v, tag) for v in node)
+        return any(_has_any(v, tags) for v in node)
     return False
 
 
@@ -253,15 +269,18 @@ def agent_policy(base: TenantPolicy, max_rows: int, timeout_ms: int = 0) -> Tena
 
 
 class AgentPolicies:
-    """A tenant registry's policy lookup, seen by the agent users of one `max_rows`: the tenant's current policy
-    under the agent profile (made once per tenant policy, so a session's Parse memo holds until a reload)."""
+    """A tenant registry's policy lookup, seen by the agent users of one `max_rows` (None: users of the default
+    profile) and the users of one statement_timeout limit (`limit_ms`, 0: none; policy/timeouts.py): the tenant's
+    current policy under them (made once per tenant policy, so a session's Parse memo holds until a reload)."""
 
-    __slots__ = ("_base", "_policy", "max_rows", "policies", "timeout_ms")
+    __slots__ = ("_base", "_policy", "limit_ms", "max_rows", "policies", "timeout_ms")
 
-    def __init__(self, policies: Callable[[str], TenantPolicy | None], max_rows: int, timeout_ms: int = 0) -> None:
+    def __init__(self, policies: Callable[[str], TenantPolicy | None], max_rows: int | None, timeout_ms: int = 0,
+                 limit_ms: int = 0) -> None:
         self.policies = policies
         self.max_rows = max_rows
         self.timeout_ms = timeout_ms
+        self.limit_ms = limit_ms
         self._base: TenantPolicy | None = None
         self._policy: TenantPolicy | None = None
 
@@ -270,5 +289,8 @@ class AgentPolicies:
         if base is None:
             return None
         if base is not self._base or self._policy is None:
-            self._base, self._policy = base, agent_policy(base, self.max_rows, self.timeout_ms)
+            policy = base if self.max_rows is None else agent_policy(base, self.max_rows, self.timeout_ms)
+            if self.limit_ms:
+                policy = replace(policy, statement_timeout_ms=self.limit_ms)
+            self._base, self._policy = base, policy
         return self._policy

@@ -9,7 +9,19 @@ from typing import Any
 
 from pglast.parser import ParseError
 
-from proxy.policy import aclinput, agent, classify, context, functions, implicit, nametypes, rewrite, schema, settings
+from proxy.policy import (
+    aclinput,
+    agent,
+    classify,
+    context,
+    functions,
+    implicit,
+    nametypes,
+    rewrite,
+    schema,
+    settings,
+    timeouts,
+)
 from proxy.policy.catalog import may_name_filtered
 from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
@@ -203,6 +215,10 @@ def _decide_statement(
             if change is not None:
                 changes.append(change)
         text = data[stmt.start : stmt.end].decode("utf-8")
+        clamp = timeouts.set_value(policy, body)
+        if clamp is not None:  # above the user's statement_timeout limit: PostgreSQL gets the limit
+            _located(rewrite.replace_literal, policy, data, stmt, clamp[0], clamp[1], plan, timeouts.RULE)
+            text = timeouts.set_statement(clamp[1])
         changes += settings.session_setting(body, index, text, change, row_security_on)
         return effects, changes
     if kind == "VariableShowStmt":
@@ -250,6 +266,11 @@ def _decide_statement(
             _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), "on", plan,
                      ROW_SECURITY_KEPT)
             literal = "on"
+        if setting == timeouts.NAME and policy.statement_timeout_ms:
+            literal = timeouts.clamped(policy, settings.literal_arg(call, 1))
+            if literal is not None:
+                _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan,
+                         timeouts.RULE)
         if call.names[-1] == "pg_export_snapshot":
             changes.append(Change(index, EXPORT_SNAPSHOT))
         if setting == "search_path":

@@ -358,6 +358,9 @@ class TenantPolicy:
     # this many rows (an AST-level LIMIT), only read-only statements and a stricter function list are allowed.
     agent_max_rows: int | None = None
     agent_timeout_ms: int = 0  # the agent's statement_timeout: a client may only SET a smaller one (0: none)
+    # The user's statement_timeout limit (ms, 0: none): a SET or set_config() of statement_timeout reaches PostgreSQL
+    # as at most this (policy/timeouts.py), so the server itself enforces it whatever the client sets.
+    statement_timeout_ms: int = 0
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -427,6 +430,7 @@ class TenantPolicy:
             tuple(sorted(columns.items())),
             self.agent_max_rows,
             self.agent_timeout_ms,
+            self.statement_timeout_ms,
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

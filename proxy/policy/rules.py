@@ -8,6 +8,7 @@ from proxy.errors import (
     FEATURE_NOT_SUPPORTED,
     INSUFFICIENT_PRIVILEGE,
     INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
     OUT_OF_MEMORY,
     PROGRAM_LIMIT_EXCEEDED,
     PROTOCOL_VIOLATION,
@@ -201,6 +202,11 @@ RULES: dict[str, tuple[str, str]] = {
     "decision_timeout": (
         QUERY_CANCELED,
         "Simplify or split the statement; pgtenant gives each check limits.decision_timeout seconds.",
+    ),
+    "statement_timeout_limit": (
+        INVALID_PARAMETER_VALUE,
+        "Set statement_timeout to a literal such as '30s' or 5000 (milliseconds); values above your limit (and 0) "
+        "take the limit.",
     ),
     # The agent profile (proxy/policy/agent.py, proxy/admission.py).
     "agent_statement": (

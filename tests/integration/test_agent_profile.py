@@ -60,8 +60,15 @@ def test_writes_do_and_escapes_are_refused_with_their_rule(proxy: ProxyProcess, 
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE": ("25006", "agent_setting"),
             "BEGIN READ WRITE": ("25006", "agent_setting"),
             "SET statement_timeout = 0": ("25006", "agent_setting"),
+            "SET idle_in_transaction_session_timeout = 0": ("25006", "agent_setting"),
+            "SET transaction_timeout = 0": ("25006", "agent_setting"),
             "SELECT set_config('transaction_read_only', 'off', false)": ("42501", "agent_function"),
             "SELECT pg_sleep(0)": ("42501", "agent_function"),
+            # what would run a query without admission (red team 6 F2): refused outright
+            "EXPLAIN (ANALYZE) SELECT count(*) FROM orders a, orders b": ("42501", "agent_statement"),
+            "COPY (SELECT * FROM orders) TO STDOUT": ("25006", "read_only"),
+            "PREPARE f2 AS SELECT count(*) FROM orders a, orders b": ("42501", "agent_statement"),
+            "EXECUTE f2": ("42501", "agent_statement"),
         }
         for sql, (sqlstate, rule) in cases.items():
             err = refused(c, sql)
@@ -80,13 +87,18 @@ def test_the_server_connection_is_read_only_with_the_agents_timeout(proxy: Proxy
         c.rollback()
         c.execute("SET statement_timeout = '2s'")  # lower than the agent's: allowed (the MCP door sets its own)
         assert c.execute("SHOW statement_timeout").fetchone() == ("2s",)
+        idle = c.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        assert idle is not None and idle[0] != "0"  # the pool's own (config limits.idle_in_transaction_timeout)
         c.execute("RESET ALL")
         assert c.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
         assert c.execute("SHOW statement_timeout").fetchone() == ("7500ms",)
+        c.execute("RESET idle_in_transaction_session_timeout")  # (pinned: a RESET returns to the pool's own)
+        assert c.execute("SHOW idle_in_transaction_session_timeout").fetchone() == idle
 
 
 def test_a_pinned_startup_setting_refuses_the_login(proxy: ProxyProcess) -> None:
-    for params in ({"options": "-c default_transaction_read_only=off"}, {"options": "-c statement_timeout=0"}):
+    for params in ({"options": "-c default_transaction_read_only=off"}, {"options": "-c statement_timeout=0"},
+                   {"options": "-c idle_in_transaction_session_timeout=0"}):
         with pytest.raises(psycopg.OperationalError, match=r"pinned by the agent profile \(rule agent_setting\)"):
             psycopg.connect(proxy.dsn("ivy", **params))
 
@@ -249,6 +261,45 @@ def test_admissions_are_audited(admitting: ProxyProcess) -> None:
     line = lines[-1]
     assert line["outcome"] == "admitted" and line["applied_limit"] == MAX_ROWS, line
     assert line["estimated_rows"] == 1.0 and line["estimated_cost"] > 0 and line["explain_ms"] >= 0, line
+
+
+# Red team 6 F2: queries with no table of the tenant's that ran unbounded, never admitted.
+UNBOUNDED = {
+    "target_list_srf": "SELECT count(*) FROM (SELECT generate_series(1, 10000000000)) s",
+    "catalog_cross_join": "SELECT count(*) FROM pg_attribute a, pg_attribute b, pg_attribute c",
+    "values_cross_join": "SELECT count(*) FROM {v} a, {v} b, {v} c".format(
+        v="(VALUES " + ", ".join(f"({i})" for i in range(300)) + ")"),
+    "catalog_subquery": "SELECT (SELECT count(*) FROM pg_attribute a, pg_attribute b) FROM pg_namespace",
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("form", sorted(UNBOUNDED))
+def test_unbounded_queries_without_tables_are_admitted(admitting: ProxyProcess, form: str, protocol: str) -> None:
+    with connect(admitting, "ivy", protocol) as c:
+        err = refused(c, UNBOUNDED[form] + f" /* {form} */")
+        assert err.sqlstate == "54000" and "(rule agent_estimate)" in str(err), str(err)
+        c.autocommit = False  # a cursor's query too
+        with pytest.raises(psycopg.errors.Error) as info:
+            c.execute(f"DECLARE f2 CURSOR FOR {UNBOUNDED[form]}")
+        assert info.value.sqlstate == "54000", info.value
+        c.rollback()
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_recursive_cte_and_function_calls_go_through_admission(admitting: ProxyProcess) -> None:
+    """A recursive CTE, a catalog join and a function call are judged by their plan (one agent_admission line each);
+    a plain catalog lookup is not (no EXPLAIN round trip)."""
+    with psycopg.connect(admitting.dsn("ivy"), autocommit=True) as c:
+        assert c.execute("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+                         "SELECT count(*) FROM r /* f2-recursive */").fetchone() == (3,)
+        assert c.execute("SELECT length(repeat('x', 10)) /* f2-function */").fetchone() == (10,)
+        assert c.execute("SELECT count(*) > 0 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                         "/* f2-catalog-join */").fetchone() == (True,)
+        assert c.execute("SELECT typname FROM pg_type WHERE oid = 23 /* f2-lookup */").fetchone() == ("int4",)
+    admitted = {tag for line in admitting.log_path.read_text().splitlines() if '"agent_admission"' in line
+                for tag in ("f2-recursive", "f2-function", "f2-catalog-join", "f2-lookup") if tag in line}
+    assert admitted == {"f2-recursive", "f2-function", "f2-catalog-join"}
 
 
 def test_a_cursor_of_an_agent_is_admitted_in_its_transaction(admitting: ProxyProcess) -> None:

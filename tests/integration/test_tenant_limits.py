@@ -264,6 +264,68 @@ def test_statement_timeout_in_a_transaction_and_startup_option(proxy: ProxyProce
         assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)  # lower: the client's own
 
 
+@pytest.mark.parametrize("raise_it", ["SET statement_timeout = 0", "SET SESSION statement_timeout TO '1h'",
+                                      "SET statement_timeout = '0.4'",
+                                      "SELECT pg_catalog.set_config('statement_timeout', '2min', false)"])
+def test_statement_timeout_raised_reaches_the_server_as_the_limit(proxy: ProxyProcess, raise_it: str) -> None:
+    """The server itself holds the limit (not only the proxy's watchdog): a raise reaches PostgreSQL as the limit,
+    on every server the session gets afterwards (transaction pooling replays it), and RESET, SET ... TO DEFAULT,
+    RESET ALL and DISCARD ALL return to the limit, the servers' own startup value."""
+    with psycopg.connect(proxy.dsn("slow_user"), autocommit=True) as conn:
+        conn.execute(raise_it)
+        for _ in range(3):  # (each its own transaction: another server in transaction pooling)
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
+        assert conn.execute("SELECT current_setting('statement_timeout')").fetchone() == ("1s",)
+        conn.execute("SET statement_timeout = 300")  # lower: the client's own
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("300ms",)
+        for reset in ("RESET statement_timeout", "SET statement_timeout TO DEFAULT", "RESET ALL", "DISCARD ALL"):
+            conn.execute(raise_it)
+            conn.execute(reset)
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",), reset
+        with conn.transaction():  # SET LOCAL, and a RESET inside a transaction block
+            conn.execute(raise_it.replace("SESSION", "LOCAL").replace("false", "true"))
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
+            conn.execute("RESET statement_timeout")
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            conn.execute("SELECT pg_sleep(5)")
+
+
+def test_statement_timeout_unreadable_value_refused(proxy: ProxyProcess) -> None:
+    with psycopg.connect(proxy.dsn("slow_user"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="statement_timeout_limit"):
+            conn.execute("SELECT set_config('statement_timeout', (60 * 1000)::text, false)")
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
+
+
+def test_asyncpg_statement_timeout_raised_reaches_the_server_as_the_limit(proxy: ProxyProcess) -> None:
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("slow_user"), ssl=False,
+                                     server_settings={"statement_timeout": "0"})
+        try:
+            assert await conn.fetchval("SHOW statement_timeout") == "1s"  # clamped at startup
+            await conn.execute("SET statement_timeout = '10min'")
+            assert await conn.fetchval("SELECT current_setting('statement_timeout')") == "1s"
+            with pytest.raises(asyncpg.exceptions.InvalidParameterValueError, match="statement_timeout_limit"):
+                await conn.fetchval("SELECT set_config('statement_timeout', $1, false)", "0")  # unknown value
+            assert await conn.fetchval("SHOW statement_timeout") == "1s"
+            with pytest.raises(asyncpg.exceptions.QueryCanceledError):
+                await conn.execute("SELECT pg_sleep(5)")
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_jdbc_statement_timeout_raised_reaches_the_server_as_the_limit(proxy: ProxyProcess) -> None:
+    require_jdbc()
+    steps = run_jdbc(proxy.jdbc_url("slow_user"), "slow_user", proxy.password("slow_user"), "script",
+                     "SET statement_timeout = 0", "SHOW statement_timeout", "SELECT pg_sleep(5)", "SELECT 3")
+    assert steps[1]["results"][0]["rows"] == [["1s"]]
+    assert steps[2]["sqlstate"] == "57014"
+    assert steps[3]["results"][0]["rows"] == [["3"]]
+
+
 def _pipeline(conn: psycopg.Connection, steps: list[tuple[str, object]],
               messages: list[str] | None = None) -> list[tuple[str, str | None]]:
     """Run libpq pipeline steps (("query", sql), ("flush", None), ("sync", None), ("sleep", seconds)) and read

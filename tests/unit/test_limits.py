@@ -89,6 +89,26 @@ def test_a_startup_statement_timeout_is_clamped(asked: str | None, limit: float,
     assert clamped_timeout(asked, limit) == out
 
 
+@pytest.mark.parametrize(("tenant", "agent", "expected_ms", "param"), [
+    ({}, False, 0, None),
+    ({"statement_timeout": 2.5}, False, 2500, "2500ms"),
+    ({"statement_timeout": 60.0}, True, 60000, "30000ms"),  # the agent's own 30 s is lower: its server keeps it
+    ({"statement_timeout": 10.0}, True, 10000, "10000ms"),  # the limit is lower than the agent's 30 s
+])
+def test_a_statement_timeout_limit_is_the_servers_startup_value_and_the_policys(
+        tmp_path: Path, tenant: dict, agent: bool, expected_ms: int, param: str | None) -> None:
+    """The session's servers start with the limit (RESET returns there, their own pool) and its gate is the one of
+    its limit (a SET above it reaches PostgreSQL as the limit: policy/timeouts.py)."""
+    s = ClientSession(config(tmp_path, tenant, {"profile": "agent"} if agent else None), session_id="s1",
+                      client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=Clock(),
+                      tls_available=False)
+    connect = login(s)[-1]
+    assert isinstance(connect, ConnectBackend)
+    assert connect.statement_timeout_ms == expected_ms
+    assert connect.request.parameters.get("statement_timeout") == param
+    assert dict(connect.request.key.context) == connect.request.parameters
+
+
 def test_setting_milliseconds_reads_postgresql_units() -> None:
     assert [setting_milliseconds(t) for t in ("250", "2s", "1.5 min", "'3h'", "7 parsecs")] == [
         250, 2000, 90_000, 10_800_000, None]

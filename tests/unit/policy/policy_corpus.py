@@ -185,6 +185,10 @@ POLICIES: dict[str, TenantPolicy] = {
     "shared_agent": agent_policy(dataclasses.replace(_SHARED, allow_writes=True), 100),
     "schema_agent": agent_policy(dataclasses.replace(_SCHEMA, allow_writes=True), 100),
     "database_agent": agent_policy(dataclasses.replace(_DATABASE, allow_writes=True), 100, 30_000),
+    # a user's statement_timeout limit of 10 s (limits.statement_timeout): PostgreSQL never gets a larger one
+    "shared_limited": dataclasses.replace(_SHARED, statement_timeout_ms=10_000),
+    "schema_limited": dataclasses.replace(_SCHEMA, statement_timeout_ms=10_000),
+    "database_limited": dataclasses.replace(_DATABASE, statement_timeout_ms=10_000),
 }
 # A database tenant with another tenant's schema in its database (an allow-list of the others).
 DATABASE_HIDING = POLICIES["database_hiding"]

@@ -558,3 +558,36 @@ def test_verifier_accepts_a_catalog_wrapper_ending_with_its_own_tableoid_only() 
     for forged in ('"pg_extension".ctid', 'pgt.tableoid', '"pg_extension".tableoid AS t', 'tableoid'):
         assert not _coverage_ok(SHARED, wrapper.replace('"pg_extension".tableoid', forged, 1)), forged
     assert not _coverage_ok(SHARED, wrapper.replace(flt.predicate("pg_extension"), "true"))
+
+
+@pytest.mark.parametrize(("sql", "replayed"), [
+    ("SET statement_timeout = 0", "SET statement_timeout TO '10000ms'"),
+    ("SET SESSION statement_timeout TO '1h'", "SET statement_timeout TO '10000ms'"),
+    ("SELECT set_config('statement_timeout', '0.4', false)",
+     "SELECT pg_catalog.set_config('statement_timeout', '10000ms', false)"),
+    ("SET statement_timeout = 2000", "SET statement_timeout = 2000"),
+])
+def test_a_clamped_statement_timeout_is_replayed_clamped(sql: str, replayed: str) -> None:
+    """What another server gets in transaction pooling is what PostgreSQL got, never the client's larger value."""
+    d = decide(POLICIES["shared_limited"], sql)
+    assert [(c.name, c.shown) for c in d.changes] == [("statement_timeout", replayed)]
+    assert isinstance(d, Rewrite) == (replayed != sql)
+
+
+def test_a_statement_timeout_limit_is_part_of_the_policy_key() -> None:
+    limited = POLICIES["shared_limited"]
+    assert limited != POLICIES["shared"] and limited.cache_id != POLICIES["shared"].cache_id
+    assert dataclasses.replace(limited, statement_timeout_ms=0) == POLICIES["shared"]
+
+
+def test_agent_policies_derive_the_agent_and_the_limit_policies_once_per_base() -> None:
+    from proxy.policy.agent import AgentPolicies
+
+    base = POLICIES["shared"]
+    limited = AgentPolicies(lambda _t: base, None, 0, 10_000)
+    assert limited("acme") == POLICIES["shared_limited"] and limited("acme") is limited("acme")
+    agent = AgentPolicies(lambda _t: base, 100, 30_000, 10_000)
+    got = agent("acme")
+    assert got is not None and (got.agent_max_rows, got.agent_timeout_ms, got.statement_timeout_ms) == (
+        100, 30_000, 10_000)
+    assert AgentPolicies(lambda _t: None, None, 0, 10_000)("acme") is None
