@@ -44,6 +44,7 @@ from proxy.actions import (
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
+from proxy.cancel import new_cancel_key
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.limits import (
@@ -307,9 +308,8 @@ class ClientSession:
         self.backend: BackendConfig | None = None
         self.backend_parameters: dict[str, str] = {}
         self.scram: ScramServerExchange | None = None
-        # Our own cancel key for this client: random and unguessable.
-        self.process_id = secrets.randbits(31) or 1
-        self.secret_key = secrets.token_bytes(4)
+        # Our own cancel key for this client: an unguessable secret; the process id names this worker process.
+        self.process_id, self.secret_key = new_cancel_key()
         self._startup_buf = b""
         self._auth_stream: MessageStream | None = MessageStream(
             intercept=ALL_TYPES,

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import metrics as metrics_module
-from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats
+from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats, merge_expositions
 from proxy.reasons import CloseReason
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,3 +236,32 @@ def test_pins_are_counted_by_reason_and_timed() -> None:
     assert s[("pgtenant_session_pinned_seconds_count", (("tenant", "acme"),))] == 1
     assert s[("pgtenant_session_pinned_seconds_bucket", (("le", "15.0"), ("tenant", "acme")))] == 1
     assert s[("pgtenant_session_pinned_seconds_bucket", (("le", "5.0"), ("tenant", "acme")))] == 0
+
+
+# --- worker processes: one exposition from several ----------------------------------------------------------------
+
+
+def _worker_text(clients: float, queries: float, latency: float, preflight: float) -> str:
+    r = CollectorRegistry()
+    Gauge("pgtenant_client_connections", "Client connections.", ["tenant", "state"], registry=r).labels(
+        "acme", "active").set(clients)
+    Counter("pgtenant_config_reloads_total", "Reloads.", ["outcome"], registry=r).labels("ok").inc(queries)
+    Histogram("pgtenant_wait_seconds", "Waits.", buckets=(0.1, 1.0), registry=r).observe(latency)
+    Gauge("pgtenant_preflight_ok", "Preflight.", ["tenant"], registry=r).labels("acme").set(preflight)
+    return generate_latest(r).decode()
+
+
+def test_metrics_add_up_except_the_gauges_that_must_hold_on_every_worker() -> None:
+    ctype, merged_bytes = merge_expositions([_worker_text(2, 3, 0.05, 1), _worker_text(5, 4, 0.5, 0)])
+    merged = merged_bytes.decode()
+    assert ctype.startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(merged) for s in f.samples}
+    assert samples[("pgtenant_client_connections", (("state", "active"), ("tenant", "acme")))] == 7
+    assert samples[("pgtenant_config_reloads_total", (("outcome", "ok"),))] == 7
+    assert samples[("pgtenant_wait_seconds_bucket", (("le", "0.1"),))] == 1
+    assert samples[("pgtenant_wait_seconds_bucket", (("le", "1.0"),))] == 2
+    assert samples[("pgtenant_wait_seconds_count", ())] == 2
+    assert samples[("pgtenant_wait_seconds_sum", ())] == pytest.approx(0.55)
+    assert samples[("pgtenant_preflight_ok", (("tenant", "acme"),))] == 0  # ready only where every worker is
+    assert "# TYPE pgtenant_config_reloads_total counter" in merged
