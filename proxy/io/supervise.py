@@ -39,7 +39,7 @@ class StartupError(RuntimeError):
 def die_with_parent() -> None:
     """A worker ends (SIGTERM: drained) when its supervisor dies, even by SIGKILL (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from proxy.io.peers import PeerServer, Peers, WorkerIdentity, ask, socket_path
+from proxy.io.peers import Peers, PeerServer, WorkerIdentity, ask, socket_path
 
 
 def test_a_request_gets_its_handlers_answer_and_unknown_ops_an_error(tmp_path: Path) -> None:
