@@ -206,6 +206,9 @@ def test_worker_killed_mid_query(wproxy: ProxyProcess) -> None:
     doomed.close()
     assert other.execute("SELECT count(*) FROM orders").fetchone() == (100,)  # bigco's rows, on the other worker
     other.close()
+    # (PostgreSQL notices the dead worker's connection only when the sleep ends: end it now)
+    wproxy.cluster.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                           "AND query LIKE '%pg_sleep(60)%'")
     until(lambda: wproxy.count_events("worker_listening") > restarted or None, 30, what="the worker replaced")
     assert worker_pids(wproxy)[victim] != pids[victim]
     conn, _ = connect_on(wproxy, victim, "bruno")
@@ -224,3 +227,48 @@ def test_sighup_reload_in_every_worker(wproxy: ProxyProcess) -> None:
         conn, _ = connect_on(wproxy, worker, "newbie")
         with conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+
+
+def test_sigterm_drains_every_worker(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """SIGTERM to the supervisor: both workers stop accepting, end what is left at limits.shutdown_timeout with
+    57P01, and the supervisor exits 0."""
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant-workers-stop"), server={"workers": 2},
+                     admin_users={"ops": ADMIN_PASSWORD}, limits={"shutdown_timeout": 1.0},
+                     backend_sslmode="require" if pg.ssl_enabled else "disable")
+    p.start(timeout=60, provision=False)
+    try:
+        conns = [connect_on(p, w)[0] for w in (0, 1)]
+        assert p.proc is not None
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.proc.wait(30) == 0
+        for conn in conns:
+            with pytest.raises(psycopg.OperationalError, match="terminating connection due to administrator command"):
+                conn.execute("SELECT 1")
+            conn.close()
+        assert p.count_events("shutdown_complete") == 2
+    finally:
+        p.stop()
+
+
+def test_workers_end_with_a_killed_supervisor(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A supervisor SIGKILLed (no chance to stop anyone): its workers get SIGTERM from the kernel (PR_SET_PDEATHSIG),
+    drain and exit, so nothing is left holding the port."""
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant-workers-orphans"), server={"workers": 2},
+                     limits={"shutdown_timeout": 1.0}, backend_sslmode="require" if pg.ssl_enabled else "disable")
+    p.start(timeout=60, provision=False)
+    pids = worker_pids(p)
+    assert sorted(pids) == [0, 1]
+    p.stop(signal.SIGKILL)
+
+    def gone() -> bool:
+        for pid in pids.values():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            with open(f"/proc/{pid}/stat") as fh:  # a zombie (exited, not reaped yet) is gone too
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    return False
+        return True
+
+    until(lambda: gone() or None, 30, what="the workers exited")
