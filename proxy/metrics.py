@@ -557,3 +557,37 @@ class _Fixed(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self.families
+
+
+def counters_of(text: str) -> str:
+    """The counters and histograms of an exposition: what a gone worker leaves to the sums (its gauges go with it)."""
+    kept = [f for f in text_string_to_metric_families(text) if f.type in ("counter", "histogram", "summary")]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(kept))
+    return generate_latest(registry).decode()
+
+
+class WorkerExpositions:
+    """The supervisor's memory of its workers' expositions, so that the merged counters never go down: a worker
+    that does not answer counts with the counters it last showed, and a replaced one's last counters are kept for
+    good (as prometheus_client's multiprocess mode keeps a dead process's files); only the increments a worker made
+    after the last scrape before it died are lost."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[int, str]] = {}  # worker index -> (its pid, its last exposition)
+        self.retired = ""  # the replaced workers' counters, merged
+
+    def texts(self, answers: dict[int, tuple[int, str] | None]) -> list[str]:
+        """The expositions to merge, given each worker's (pid, exposition) now (None: it did not answer)."""
+        out: list[str] = []
+        for index, answer in sorted(answers.items()):
+            last = self.last.get(index)
+            if answer is None:
+                if last is not None:
+                    out.append(counters_of(last[1]))
+                continue
+            if last is not None and last[0] != answer[0]:
+                self.retired = merge_expositions([self.retired, counters_of(last[1])])[1].decode()
+            self.last[index] = answer
+            out.append(answer[1])
+        return [self.retired, *out] if self.retired else out

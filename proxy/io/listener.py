@@ -429,7 +429,7 @@ class Proxy:
             return {}
 
         async def metrics(_: dict[str, Any]) -> dict[str, Any]:
-            return {"text": self.metrics.exposition()[1].decode()}
+            return {"pid": os.getpid(), "text": self.metrics.exposition()[1].decode()}
 
         async def ready(_: dict[str, Any]) -> dict[str, Any]:
             ok, detail = await ops.ready()

@@ -21,7 +21,7 @@ from proxy.config import Config
 from proxy.httpd import OpsServer
 from proxy.io.peers import MOCK_SECRET_FILE, WorkerIdentity, ask, socket_path
 from proxy.logs import get_logger
-from proxy.metrics import SupervisorMetrics, merge_expositions
+from proxy.metrics import SupervisorMetrics, WorkerExpositions, merge_expositions
 from proxy.mocksecret import with_mock_secret
 from proxy.supervisor import Exit, Signal, SlotState, Spawn, Supervisor
 
@@ -68,6 +68,7 @@ class Workers:
         self.supervisor = Supervisor(self.count)
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
         self.metrics = SupervisorMetrics()
+        self.expositions = WorkerExpositions()  # so that a restarted worker does not take its counts with it
         self.done: asyncio.Future[int] | None = None
 
     def environ(self, index: int) -> dict[str, str]:
@@ -127,8 +128,9 @@ class Workers:
         """/metrics: every worker's metrics merged, and the supervisor's own."""
         answers = await asyncio.gather(*(ask(socket_path(self.directory, i), {"op": "metrics"})
                                          for i in range(self.count)))
-        texts = [str(a["text"]) for a in answers if a is not None and "text" in a]
-        return merge_expositions([*texts, self.metrics.text()])
+        now = {i: None if a is None or "text" not in a else (int(a["pid"]), str(a["text"]))
+               for i, a in enumerate(answers)}
+        return merge_expositions([*self.expositions.texts(now), self.metrics.text()])
 
     async def ready(self) -> tuple[bool, dict[str, object]]:
         """/readyz: ready when every worker is (each checks its backends and tenants)."""

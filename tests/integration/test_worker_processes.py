@@ -76,6 +76,12 @@ def worker_pids(p: ProxyProcess) -> dict[int, int]:
     return out
 
 
+def metric(p: ProxyProcess, name: str, **labels: str) -> float:
+    body = urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(body) for s in f.samples
+               if s.name == name and s.labels == labels)
+
+
 def test_sessions_on_each_worker(wproxy: ProxyProcess) -> None:
     seen: set[int] = set()
     conns = []
@@ -169,12 +175,8 @@ def test_jdbc_cancel_across_workers(wproxy: ProxyProcess) -> None:
 def test_metrics_over_both_workers(wproxy: ProxyProcess) -> None:
     conns = [connect_on(wproxy, w)[0] for w in (0, 1)]
     try:
-        body = urllib.request.urlopen(wproxy.metrics_url + "/metrics", timeout=10).read().decode()
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for f in text_string_to_metric_families(body) for s in f.samples}
-        active = samples[("pgtenant_client_connections", (("state", "active"), ("tenant", "acme")))]
-        assert active >= 2  # one on each worker, added up
-        assert samples[("pgtenant_worker_processes", (("state", "running"),))] == 2
+        assert metric(wproxy, "pgtenant_client_connections", state="active", tenant="acme") >= 2  # one per worker
+        assert metric(wproxy, "pgtenant_worker_processes", state="running") == 2
         ready = urllib.request.urlopen(wproxy.metrics_url + "/readyz", timeout=10)
         assert ready.status == 200
     finally:
@@ -188,6 +190,7 @@ def test_worker_killed_mid_query(wproxy: ProxyProcess) -> None:
     other, _ = connect_on(wproxy, survivor, "bruno")
     pids = worker_pids(wproxy)
     restarted = wproxy.count_events("worker_listening")
+    logins = metric(wproxy, "pgtenant_auth_attempts_total", outcome="success", reason="ok")
     outcome: list[BaseException] = []
 
     def run() -> None:
@@ -214,6 +217,8 @@ def test_worker_killed_mid_query(wproxy: ProxyProcess) -> None:
     conn, _ = connect_on(wproxy, victim, "bruno")
     with conn:
         assert conn.execute("SELECT count(*) FROM orders").fetchone() == (100,)
+    # The dead worker's logins stay counted (its counters as last scraped), the new one's are added: never down.
+    assert metric(wproxy, "pgtenant_auth_attempts_total", outcome="success", reason="ok") > logins
 
 
 def test_sighup_reload_in_every_worker(wproxy: ProxyProcess) -> None:
