@@ -67,7 +67,7 @@ class PeerServer:
             reply = {"error": "unknown op"} if handler is None else await handler(request)
             writer.write(_frame(reply))
             await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:
+        except Exception as exc:  # a bad request or a failing handler: logged, this connection closed, nothing else
             log.warning("peer_request_failed", error=str(exc) or type(exc).__name__)
         finally:
             writer.close()

@@ -51,3 +51,22 @@ def test_the_identity_round_trips_through_the_environment(tmp_path: Path) -> Non
     me = WorkerIdentity(2, 4, tmp_path, 6432)
     assert WorkerIdentity.from_env(me.environ()) == me
     assert WorkerIdentity.from_env({}) is None
+
+
+def test_a_failing_handler_closes_only_its_connection(tmp_path: Path) -> None:
+    async def broken(request: dict[str, Any]) -> dict[str, Any]:
+        return {"value": request["missing"]}
+
+    async def fine(_: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    async def main() -> None:
+        server = PeerServer(socket_path(tmp_path, 0), {"broken": broken, "fine": fine})
+        await server.start()
+        try:
+            assert await ask(socket_path(tmp_path, 0), {"op": "broken"}, timeout=2) is None
+            assert await ask(socket_path(tmp_path, 0), {"op": "fine"}, timeout=2) == {"ok": True}
+        finally:
+            await server.close()
+
+    asyncio.run(main())
