@@ -153,6 +153,7 @@ class Target:
     password: str
     pid: int | None = None  # process whose CPU/RSS we account (the proxy), None for direct
     log: Path | None = None
+    tree: bool = False  # account `pid` with its children (a supervisor and its worker processes): user = all
 
     def dsn(self, **kw: Any) -> str:
         kv = {"host": "127.0.0.1", "port": self.port, "user": self.user, "password": self.password,
@@ -231,13 +232,15 @@ def start_pyrelay(stack: contextlib.ExitStack, cluster: PgCluster) -> Target:
 
 
 def start_pgbouncer(stack: contextlib.ExitStack, exe: str, cluster: PgCluster, pool_size: int,
-                    role: tuple[str, str] | None = None, name: str = "pgbouncer", pool_mode: str = "session") -> Target:
+                    role: tuple[str, str] | None = None, name: str = "pgbouncer", pool_mode: str = "session",
+                    port: int = 0, extra_ini: str = "") -> Target:
     """PgBouncer in `pool_mode` in front of database DB, logging in to PostgreSQL as `role` (default: the role
-    pgtenant uses for tenant initech); clients log in as USER."""
+    pgtenant uses for tenant initech); clients log in as USER. `port` (0: a free one) and `extra_ini` ([pgbouncer]
+    lines, e.g. so_reuseport) let several processes share a port."""
     role, role_pw = role or backend_role()
     workdir = Path(tempfile.mkdtemp(prefix="pgtenant-bench-pgbouncer-", dir="/tmp"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-    port = pgcluster.free_port()
+    port = port or pgcluster.free_port()
     # The backend role's password sits in the userlist, not in the [databases] line: with password= there,
     # pgbouncer < 1.26 reuses the client's SCRAM keys for the forced user's server login (pgbouncer#944, #1461).
     (workdir / "userlist.txt").write_text(f'"{USER}" "{verifier(PASSWORD)}"\n"{role}" "{role_pw}"\n')
@@ -255,7 +258,7 @@ default_pool_size = {pool_size}
 server_tls_sslmode = disable
 client_tls_sslmode = disable
 ignore_startup_parameters = extra_float_digits
-""")
+{extra_ini}""")
     kw: dict[str, Any] = {}
     if os.geteuid() == 0:  # pgbouncer refuses to run as root
         try:
@@ -324,11 +327,12 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
             "-U", target.user, DB]
     quiet = wait_quiet(args.quiet_wait)
     log0 = target.log.stat().st_size if target.log else 0
-    before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid))
+    proxy_cpu = (lambda pid: (tree_cpu(pid), 0.0)) if target.tree else cpu_seconds
+    before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), proxy_cpu(target.pid))
     t0 = time.monotonic()
     res = subprocess.run(argv, env=pgbench_env(target.password), capture_output=True, text=True)
     wall = time.monotonic() - t0
-    after = (host_cpu(), children_cpu(), tree_cpu(pg_pid), cpu_seconds(target.pid))
+    after = (host_cpu(), children_cpu(), tree_cpu(pg_pid), proxy_cpu(target.pid))
     if res.returncode != 0:
         raise RuntimeError(f"pgbench failed against {target.name} ({mode}):\n{res.stdout}\n{res.stderr}")
 

@@ -409,29 +409,36 @@ def parse_args() -> argparse.Namespace:
     return a
 
 
+def bench_cluster(stack: contextlib.ExitStack, args: argparse.Namespace, results: dict[str, Any],
+                  ) -> tuple[PgCluster, str, str, tuple[str, str]]:
+    """A throwaway cluster (stopped with `stack`; the code snapshot unless --no-snapshot) with pgbench's tables
+    owned by the backend role: (cluster, pgbench, pgbouncer, (role, password)); versions go to `results`."""
+    installation = pgcluster.default_installation()
+    pgbench = pc.pgbench_binary(installation)
+    bouncer = pc.ensure_pgbouncer()
+    if not args.no_snapshot:
+        pc.snapshot_code(stack)
+    cluster = PgCluster(installation, ssl=False, max_connections=300)
+    stack.callback(cluster.stop)
+    say(f"starting PostgreSQL {installation.version}")
+    cluster.start()
+    results["versions"] = {**pc.versions(bouncer, cluster), "pgbench": pgbench}
+    proxyproc.prepare_backend(cluster)
+    pc.make_pgtenant(stack, cluster).provision()
+    role = pc.backend_role()
+    pc.init_pgbench(pgbench, cluster, args.scale, role[0])
+    return cluster, pgbench, bouncer, role
+
+
 def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    installation = pgcluster.default_installation()
-    pgbench = pc.pgbench_binary(installation)
-    bouncer = pc.ensure_pgbouncer()
     results: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     with contextlib.ExitStack() as stack:
-        if not args.no_snapshot:
-            pc.snapshot_code(stack)
-        cluster = PgCluster(installation, ssl=False, max_connections=300)
-        stack.callback(cluster.stop)
-        say(f"starting PostgreSQL {installation.version}")
-        cluster.start()
-        results["versions"] = {**pc.versions(bouncer, cluster), "pgbench": pgbench}
-        proxyproc.prepare_backend(cluster)
-        first = pc.make_pgtenant(stack, cluster)
-        first.provision()
-        role, role_pw = pc.backend_role()
-        pc.init_pgbench(pgbench, cluster, args.scale, role)
+        cluster, pgbench, bouncer, (role, role_pw) = bench_cluster(stack, args, results)
         tenant_rows(cluster, max(args.tenants, 2))
         pg_pid = cluster.pid
         assert pg_pid is not None

@@ -10,8 +10,8 @@ from proxy import errors
 from proxy.protocol.messages import command_complete, data_row, row_description
 
 ADMIN_DATABASE = "pgtenant"
-_KILL = re.compile(r"^KILL_CLIENT\s+([0-9a-f]+)$", re.IGNORECASE)
-_UNLOCK = re.compile(r"^UNLOCK\s+(?:\"([^\"]+)\"|(\S+))$", re.IGNORECASE)
+KILL_PATTERN = re.compile(r"^KILL_CLIENT\s+([0-9a-f]+)$", re.IGNORECASE)
+UNLOCK_PATTERN = re.compile(r"^UNLOCK\s+(?:\"([^\"]+)\"|(\S+))$", re.IGNORECASE)
 
 Rows = list[tuple[object, ...]]
 
@@ -39,10 +39,15 @@ def result_set(columns: Sequence[str], rows: Rows, tag: str) -> bytes:
     return bytes(out)
 
 
+def normalized(sql: str) -> tuple[str, str]:
+    """(the command upper-cased with single spaces, its text without the trailing semicolon)."""
+    text = sql.strip().rstrip(";").strip()
+    return " ".join(text.upper().split()), text
+
+
 def execute(sql: str, ctx: AdminContext) -> bytes:
     """The response to one console command (without ReadyForQuery); PgError for anything else."""
-    text = sql.strip().rstrip(";").strip()
-    upper = " ".join(text.upper().split())
+    upper, text = normalized(sql)
     shows = {
         "SHOW TENANTS": ctx.tenants,
         "SHOW CLIENTS": ctx.clients,
@@ -57,12 +62,12 @@ def execute(sql: str, ctx: AdminContext) -> bytes:
     if upper == "RELOAD":
         message = ctx.reload()
         return errors.admin_reloaded(message).encode() + command_complete("RELOAD")
-    m = _KILL.match(text)
+    m = KILL_PATTERN.match(text)
     if m:
         if not ctx.kill_client(m.group(1).lower()):
             raise errors.admin_no_client(m.group(1))
         return command_complete("KILL_CLIENT")
-    m = _UNLOCK.match(text)
+    m = UNLOCK_PATTERN.match(text)
     if m:  # forget a user's failed logins (every address): its login budgets are whole again
         return command_complete(f"UNLOCK {ctx.unlock(m.group(1) or m.group(2))}")
     raise errors.admin_unknown_command()

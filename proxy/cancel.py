@@ -1,8 +1,62 @@
-"""Maps the cancel keys pgtenant hands to clients onto the sessions they name; pure and bounded."""
+"""Cancel keys: the ones pgtenant hands to clients (the worker process that serves a session is in the process id's
+low bits) and the map from a key onto the session it names; pure and bounded."""
 
 from __future__ import annotations
 
 import hmac
+import secrets
+from dataclasses import dataclass
+
+PROCESS_ID_BITS = 31  # BackendKeyData's process id is an Int32; PostgreSQL's are positive, and so are ours
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """How process ids name worker processes: the low `bits` bits of a process id are the index of the worker that
+    gave it (none with one worker). The secret key's 32 bits stay wholly random: only the process id, which
+    PostgreSQL's own cancel keys reveal too (it is the backend's pid), carries routing (PgBouncer's peer_id)."""
+
+    index: int = 0
+    count: int = 1
+
+    @property
+    def bits(self) -> int:
+        return (self.count - 1).bit_length()
+
+    def new_process_id(self) -> int:
+        """A fresh process id naming this worker: random above the worker bits, never 0."""
+        bits = self.bits
+        while True:
+            pid = (secrets.randbits(PROCESS_ID_BITS - bits) << bits) | self.index
+            if pid:
+                return pid
+
+    def worker_of(self, process_id: int) -> int | None:
+        """The index of the worker that gave `process_id`; None if no worker of this proxy could have."""
+        if not 0 < process_id < 1 << PROCESS_ID_BITS:
+            return None
+        index = process_id & ((1 << self.bits) - 1)
+        return index if index < self.count else None
+
+
+_space = KeySpace()
+
+
+def use_key_space(space: KeySpace) -> None:
+    """This process is worker `space.index` of `space.count` (set once at a worker's start)."""
+    global _space
+    if not 0 <= space.index < space.count:
+        raise ValueError(f"worker index {space.index} out of 0..{space.count - 1}")
+    _space = space
+
+
+def key_space() -> KeySpace:
+    return _space
+
+
+def new_cancel_key() -> tuple[int, bytes]:
+    """A client's cancel key: (process id naming this worker, 4 random secret bytes)."""
+    return _space.new_process_id(), secrets.token_bytes(4)
 
 
 class CancelRegistry:

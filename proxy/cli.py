@@ -33,16 +33,30 @@ def _dsn(given: str | None, env: str, problem: str) -> str | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+    from dataclasses import replace
+
     from proxy import logs
-    from proxy.io import listener
+    from proxy.io import listener, supervise
+    from proxy.io.peers import WorkerIdentity
 
     config = _load(args.config)
     if config is None:
         return 2
-    logs.configure(config.logging.level, config.logging.format)
+    worker = WorkerIdentity.from_env(os.environ)  # set by the supervisor of `[server] workers = N` for its workers
     try:
+        if worker is not None:
+            supervise.die_with_parent()
+            logs.configure(config.logging.level, config.logging.format, worker=worker.index)
+            if config.auth_mock_secret_random:  # the supervisor's, so that every worker answers alike
+                config = replace(config, auth_mock_secret=worker.mock_secret(), auth_mock_secret_random=False)
+            listener.run(config, worker)
+            return 0
+        logs.configure(config.logging.level, config.logging.format)
+        if config.server.workers > 1:
+            return supervise.run(config)
         listener.run(config)
-    except listener.StartupError as exc:
+    except (listener.StartupError, supervise.StartupError) as exc:
         logs.get_logger("pgtenant").error("startup_failed", problem=str(exc))
         print(f"pgtenant: cannot start: {exc}", file=sys.stderr)
         return 3

@@ -51,6 +51,24 @@ class ListenConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """[server]: the proxy's processes."""
+
+    workers: int = 1  # worker processes sharing the listen port (SO_REUSEPORT); "auto" = the CPUs it may use
+
+
+MAX_WORKERS = 128
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as `nproc` counts them)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover (not Linux)
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     max_message_length: int = 64 * 1024 * 1024
     startup_timeout: float = 15.0
@@ -270,6 +288,7 @@ class Config:
     admin: AdminConfig = AdminConfig()
     pool: PoolConfig = PoolConfig()
     agent: AgentConfig = AgentConfig()
+    server: ServerConfig = ServerConfig()
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     auth_mock_secret_random: bool = False  # True: not configured, a random one per load (see proxy.mocksecret)
@@ -323,11 +342,12 @@ class Config:
         return out
 
     def db_budget(self, backend: str) -> int:
-        """Servers allowed per database of a backend over all its pools (0: no budget)."""
+        """Servers this process may open per database of a backend over all its pools (0: no budget): the
+        configured budget is global, so each of `server.workers` worker processes gets its share of it."""
         b = self.backends.get(backend)
         if b is not None and b.max_db_connections is not None:
-            return b.max_db_connections
-        return self.pool.max_db_connections
+            return b.max_db_connections // self.server.workers
+        return self.pool.max_db_connections // self.server.workers
 
 
 # --- loading -----------------------------------------------------------------------------
@@ -492,6 +512,19 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
     return pool
 
 
+def _server_config(raw: Mapping[str, Any]) -> ServerConfig:
+    """[server], checked: `workers` a count of 1..MAX_WORKERS or "auto" (resolved here to the usable CPUs)."""
+    _check_keys(raw, {"workers"}, "server.")
+    workers = _get(raw, "workers", (int, str), "server.", 1)
+    if isinstance(workers, bool) or (isinstance(workers, str) and workers != "auto"):
+        raise ConfigError(f"server.workers: expected a number or \"auto\", got {workers!r}")
+    if workers == "auto":
+        workers = min(available_cpus(), MAX_WORKERS)
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"server.workers: must be 1..{MAX_WORKERS} or \"auto\", got {workers}")
+    return ServerConfig(workers=workers)
+
+
 def _resolve_secret(value: str, where: str) -> str:
     """Secrets may be literal or `env:NAME`."""
     if value.startswith("env:"):
@@ -519,7 +552,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         raw,
         {
             "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
-            "preflight", "metrics", "audit", "admin", "pool", "agent",
+            "preflight", "metrics", "audit", "admin", "pool", "agent", "server",
         },
         "",
     )
@@ -717,6 +750,13 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         if resolved_min > resolved_size:
             raise ConfigError(f"tenants.{t.name}.min_pool_size: {resolved_min} exceeds its pool_size {resolved_size}")
 
+    server = _server_config(_table(raw, "server", ""))
+    for where, budget in [("pool.", pool.max_db_connections),
+                          *((f"backends.{n}.", b.max_db_connections) for n, b in backends.items())]:
+        if budget and budget < server.workers:
+            raise ConfigError(f"{where}max_db_connections: {budget} is below server.workers {server.workers} (the "
+                              "budget is split between the worker processes: each needs at least one connection)")
+
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):
         raise ConfigError("secrets.auth_mock_secret: expected a string")
@@ -742,6 +782,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         admin=replace(admin, verifiers=admin_verifiers),
         pool=pool,
         agent=agent,
+        server=server,
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         auth_mock_secret_random=not mock,

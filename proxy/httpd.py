@@ -6,8 +6,10 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import inspect
 import json
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from proxy.config import MetricsConfig
 from proxy.logs import get_logger
@@ -16,13 +18,21 @@ from proxy.metrics import Metrics
 log = get_logger("pgtenant.http")
 
 ReadyCheck = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
+
+
+class Exposition(Protocol):
+    """What /metrics shows: `exposition()` -> (content type, body), or an awaitable of it (the supervisor's, which
+    asks its worker processes)."""
+
+    def exposition(self) -> tuple[str, bytes] | Awaitable[tuple[str, bytes]]: ...
+
 _MAX_REQUEST = 8192
 
 
 class OpsServer:
     """A deliberately tiny HTTP/1.1 server: GET only, one request per connection."""
 
-    def __init__(self, config: MetricsConfig, metrics: Metrics, ready: ReadyCheck) -> None:
+    def __init__(self, config: MetricsConfig, metrics: Metrics | Exposition, ready: ReadyCheck) -> None:
         self.config = config
         self.metrics = metrics
         self.ready = ready
@@ -85,7 +95,8 @@ class OpsServer:
                 status, body, extra = 401, b"unauthorized\n", 'WWW-Authenticate: Basic realm="pgtenant"\r\n'
             elif path == "/metrics":
                 status = 200
-                ctype, body = self.metrics.exposition()
+                shown = self.metrics.exposition()
+                ctype, body = (await shown) if inspect.isawaitable(shown) else shown
             elif path == "/healthz":
                 status, body = 200, b"ok\n"
             elif path == "/readyz":

@@ -10,13 +10,21 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
+def configure(level: str = "info", fmt: str = "json", **always: object) -> None:
+    """Logs at `level` in `fmt`; `always`: fields every line carries (a worker process's index)."""
+
+    def add_always(_logger: object, _name: str, event: dict[str, object]) -> dict[str, object]:
+        for key, value in always.items():
+            event.setdefault(key, value)
+        return event
+
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([add_always] if always else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import statistics
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from proxy.reasons import CloseReason
@@ -486,3 +489,105 @@ class Metrics:
 
     def config_reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "rejected").inc()
+
+
+class SupervisorMetrics:
+    """The supervisor's own metrics (worker processes), shown with the workers' merged ones."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._workers = Gauge("pgtenant_worker_processes", "Worker processes, by state (starting, running, waiting "
+                              "to be restarted, stopped).", ["state"], registry=r)
+        self._restarts = Counter("pgtenant_worker_process_restarts_total",
+                                 "Worker processes restarted after they exited unexpectedly.", registry=r)
+
+    def workers(self, states: Iterable[str]) -> None:
+        """The state of every worker slot now."""
+        counts = {state: 0 for state in ("starting", "running", "waiting", "stopped")}
+        for state in states:
+            counts[state] += 1
+        for state, n in counts.items():
+            self._workers.labels(state).set(n)
+
+    def worker_restarted(self) -> None:
+        self._restarts.inc()
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+# --- worker processes: one exposition from several ---------------------------------------------------------------
+
+# Gauges whose workers' values are not added up: the view takes the lowest (1 only when every worker says 1).
+MIN_GAUGES = frozenset({"pgtenant_preflight_ok"})
+
+
+def merge_expositions(texts: Sequence[str]) -> tuple[str, bytes]:
+    """One Prometheus text exposition from the workers' own: counters and histograms added up, gauges added up
+    (a connection counted in one worker is one connection) except MIN_GAUGES; `_created` is the earliest."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            into = values.setdefault(family.name, {})
+            lowest = family.name in MIN_GAUGES
+            for s in family.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                if key not in into:
+                    into[key] = s.value
+                elif lowest or s.name.endswith("_created"):
+                    into[key] = min(into[key], s.value)
+                else:
+                    into[key] += s.value
+    for name, family in families.items():
+        samples = sorted(values[name].items(), key=lambda kv: tuple(p for p in kv[0][1] if p[0] != "le"))
+        family.samples = [Sample(sname, dict(labels), value) for (sname, labels), value in samples]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(list(families.values())))
+    return CONTENT_TYPE_LATEST, generate_latest(registry)
+
+
+class _Fixed(Collector):
+    """Metric families already made."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def counters_of(text: str) -> str:
+    """The counters and histograms of an exposition: what a gone worker leaves to the sums (its gauges go with it)."""
+    kept = [f for f in text_string_to_metric_families(text) if f.type in ("counter", "histogram", "summary")]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(kept))
+    return generate_latest(registry).decode()
+
+
+class WorkerExpositions:
+    """The supervisor's memory of its workers' expositions, so that the merged counters never go down: a worker
+    that does not answer counts with the counters it last showed, and a replaced one's last counters are kept for
+    good (as prometheus_client's multiprocess mode keeps a dead process's files); only the increments a worker made
+    after the last scrape before it died are lost."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[int, str]] = {}  # worker index -> (its pid, its last exposition)
+        self.retired = ""  # the replaced workers' counters, merged
+
+    def texts(self, answers: dict[int, tuple[int, str] | None]) -> list[str]:
+        """The expositions to merge, given each worker's (pid, exposition) now (None: it did not answer)."""
+        out: list[str] = []
+        for index, answer in sorted(answers.items()):
+            last = self.last.get(index)
+            if answer is None:
+                if last is not None:
+                    out.append(counters_of(last[1]))
+                continue
+            if last is not None and last[0] != answer[0]:
+                self.retired = merge_expositions([self.retired, counters_of(last[1])])[1].decode()
+            self.last[index] = answer
+            out.append(answer[1])
+        return [self.retired, *out] if self.retired else out

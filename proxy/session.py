@@ -38,6 +38,7 @@ from proxy.actions import (
     WatchLimits,
 )
 from proxy.auth.throttle import AuthThrottle
+from proxy.cancel import new_cancel_key
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.limits import (
@@ -257,9 +258,8 @@ class ClientSession:
         self.tenant: TenantConfig | None = None
         self.backend: BackendConfig | None = None
         self.backend_parameters: dict[str, str] = {}
-        # Our own cancel key for this client: random and unguessable.
-        self.process_id = secrets.randbits(31) or 1
-        self.secret_key = secrets.token_bytes(4)
+        # Our own cancel key for this client: an unguessable secret; the process id names this worker process.
+        self.process_id, self.secret_key = new_cancel_key()
         # Startup and authentication (then the admin console's reads); dropped when a tenant's user is handed over.
         self.login: ClientLogin | None = ClientLogin(
             config, self.info, key=(self.process_id, self.secret_key), throttle=throttle, clock=clock,

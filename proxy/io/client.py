@@ -660,12 +660,20 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.audit.event("admin_login", self._audit_fields(), tls=login.tls)
 
     def _admin_query(self, sql: str) -> None:
+        if self.proxy.peers is not None:  # worker processes: the answer covers all of them (asked over sockets)
+            self.proxy.admin_later(self.session_id, sql, lambda out, outcome: self._admin_answer(sql, out, outcome))
+            return
         try:
             out = admin_console.execute(sql, AdminView(self.proxy.ops))
             outcome = "ok"
         except PgError as exc:
             out = exc.encode()
             outcome = exc.sqlstate
+        self._admin_answer(sql, out, outcome)
+
+    def _admin_answer(self, sql: str, out: bytes, outcome: str) -> None:
+        if self.closed:
+            return
         command = " ".join(sql.split())[:64]
         self.log.info("admin_command", command=command, outcome=outcome)
         if self.proxy.audit is not None:

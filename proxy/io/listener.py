@@ -5,28 +5,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import ssl
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
 
 from proxy import _accel, allocator, dbcheck, errors, memory
+from proxy import admin as admin_console
 from proxy.actions import ForwardCancel
 from proxy.agent import timeout_ms as agent_timeout_ms
 from proxy.audit import AuditLog
 from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.throttle import AuthThrottle
-from proxy.cancel import CancelRegistry
-from proxy.config import AgentConfig, BackendConfig, Config
+from proxy.cancel import CancelRegistry, KeySpace, key_space, use_key_space
+from proxy.clusterview import merge_rows
+from proxy.config import AgentConfig, BackendConfig, Config, ServerConfig
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
+from proxy.io.peers import Peers, PeerServer, WorkerIdentity
 from proxy.io.pool import Pool
 from proxy.io.tls import backend_ssl_context, client_ssl_context, own_channel_binding
 from proxy.limits import ConnectionCounts, QuerySlots
 from proxy.logs import LogLimiter, get_logger
 from proxy.metrics import DEFAULT_BUCKETS, Metrics
 from proxy.mocksecret import with_mock_secret
-from proxy.ops import ClientRow, Ops, Running, ServerRow, Snapshot
+from proxy.ops import AdminView, ClientRow, Ops, Running, ServerRow, Snapshot
 from proxy.policy.agent import AgentPolicies
 from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.engine import Limits
@@ -43,8 +50,14 @@ log = get_logger("pgtenant.driver")
 class Proxy:
     """The listener and everything shared between sessions."""
 
-    def __init__(self, config: Config) -> None:
-        config = with_mock_secret(config)
+    def __init__(self, config: Config, worker: WorkerIdentity | None = None) -> None:
+        self.worker = worker  # None: the only process; else one of several worker processes (proxy/io/supervise.py)
+        self.peers = None if worker is None else Peers(worker.directory, worker.index, worker.count)
+        self.peer_server: PeerServer | None = None
+        self._admin_chains: dict[str, asyncio.Task[None]] = {}  # console connection -> its command being answered
+        if worker is not None:
+            use_key_space(KeySpace(worker.index, worker.count))
+        config = with_mock_secret(self.as_worker(config))
         self.registry = TenantRegistry(config, dbcheck.discover, dbcheck.preflight)
         self.client_ssl = client_ssl_context(config)
         self.channel_binding = own_channel_binding(config)
@@ -130,9 +143,16 @@ class Proxy:
             found = self._tenants[name] = Tenant(name, self.config.tenants[name].strategy, self.metrics.tenant(name))
         return found
 
+    def as_worker(self, config: Config) -> Config:
+        """`config` as this process runs it: `server.workers` is the count of processes actually running (their
+        shares of the database budgets follow it; a changed count applies at the next start)."""
+        count = 1 if self.worker is None else self.worker.count
+        return config if config.server.workers == count else replace(config, server=ServerConfig(workers=count))
+
     def apply_config(self, new: Config) -> list[str]:
         """Blocking half of a reload (discovery and preflight under the new config); the switch itself
         is scheduled on the loop. Returns the problems that reject the reload."""
+        new = self.as_worker(new)
         policies, problems = self.prepare_config(new)
         if problems:
             return problems
@@ -245,7 +265,7 @@ class Proxy:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
-        if self.config.metrics.enabled:
+        if self.config.metrics.enabled and self.worker is None:  # (workers: the supervisor serves it for all)
             self.ops_server = OpsServer(self.config.metrics, self.metrics, self.ops.ready)
             try:
                 await self.ops_server.start()
@@ -256,13 +276,18 @@ class Proxy:
             self.server = await loop.create_server(
                 lambda: ClientConnection(self),
                 self.config.listen.host,
-                self.config.listen.port,
+                self.config.listen.port if self.worker is None else self.worker.port,
                 reuse_address=True,
+                reuse_port=self.worker is not None,  # every worker accepts on the port; the kernel spreads clients
                 backlog=1024,
             )
         except OSError as exc:
             listen = self.config.listen
             raise StartupError(f"listen: cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from exc
+        if self.worker is not None:
+            assert self.peers is not None
+            self.peer_server = PeerServer(self.peers.path(self.worker.index), self._peer_handlers())
+            await self.peer_server.start()
         log.info("listening", address=self.addresses(), compiled_hot_path=_accel.status())
         loop.call_later(memory.TRIM_INTERVAL, self._trim_memory)
         self.pool.start()
@@ -300,6 +325,18 @@ class Proxy:
         it clean, so a cancel racing the release of the server never reaches the next client's query (PgBouncer
         1.19+ also waits for the close); a cancel whose connection failed may still arrive: its server is closed
         instead of reused."""
+        if self.peers is not None:
+            owner = key_space().worker_of(action.process_id)
+            if owner is not None and owner != self.peers.index:  # another worker's session: that worker forwards it
+                answer = await self.peers.ask(owner, {"op": "cancel", "pid": action.process_id,
+                                                      "secret": action.secret_key.hex()})
+                # (debug: anyone can send these; the owner counts and logs an unknown key as cancel_ignored)
+                log.debug("cancel_passed_to_worker", worker=owner, answered=answer is not None)
+                return
+        await self._cancel_here(action)
+
+    async def _cancel_here(self, action: ForwardCancel) -> None:
+        """A CancelRequest for a session of this process (see forward_cancel)."""
         client = self.cancels.lookup(action.process_id, action.secret_key)
         if client is None:  # anyone can send these: counted, and logged through the pre-login limiter
             self.metrics.cancel_ignored()
@@ -379,10 +416,107 @@ class Proxy:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
         if self.ops_server is not None:
             await self.ops_server.close()
+        if self.peer_server is not None:
+            await self.peer_server.close()
         self.workers.close()
         if self.audit is not None:
             self.audit.close()
         log.info("shutdown_complete")
+
+    # --- worker processes: what peers ask of this one, and the console's view over all of them -------------------
+
+    def _peer_handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]:
+        ops, view = self.ops, AdminView(self.ops)
+
+        async def ping(_: dict[str, Any]) -> dict[str, Any]:
+            return {"pid": os.getpid(), "listening": self.server is not None and not self.stopping}
+
+        async def cancel(request: dict[str, Any]) -> dict[str, Any]:
+            await self._cancel_here(ForwardCancel(int(request["pid"]), bytes.fromhex(str(request["secret"]))))
+            return {}
+
+        async def metrics(_: dict[str, Any]) -> dict[str, Any]:
+            return {"pid": os.getpid(), "text": self.metrics.exposition()[1].decode()}
+
+        async def ready(_: dict[str, Any]) -> dict[str, Any]:
+            ok, detail = await ops.ready()
+            return {"ok": ok, "detail": detail}
+
+        async def show(request: dict[str, Any]) -> dict[str, Any]:
+            name = str(request["view"])
+            if name not in CLUSTER_VIEWS:
+                return {"error": "unknown view"}
+            columns, rows = getattr(view, name)()
+            return {"columns": list(columns), "rows": [list(r) for r in rows]}
+
+        async def kill(request: dict[str, Any]) -> dict[str, Any]:
+            return {"found": self.kill(str(request["id"]))}
+
+        async def unlock(request: dict[str, Any]) -> dict[str, Any]:
+            return {"count": self.throttle.unlock(str(request["user"]))}
+
+        async def reload(_: dict[str, Any]) -> dict[str, Any]:
+            return {"message": ops.reload_now()}
+
+        return {"ping": ping, "cancel": cancel, "metrics": metrics, "ready": ready, "show": show, "kill": kill,
+                "unlock": unlock, "reload": reload}
+
+    def admin_later(self, key: str, sql: str, answer: Callable[[bytes, str], None]) -> None:
+        """Answer a console command of the connection `key` over every worker, after its previous ones:
+        `answer(response, outcome)` (outcome "ok" or the error's SQLSTATE)."""
+        previous = self._admin_chains.get(key)
+        task = asyncio.get_running_loop().create_task(self._admin_after(previous, sql, answer))
+        self._admin_chains[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._admin_chains.get(key) is done:
+                del self._admin_chains[key]
+
+        task.add_done_callback(forget)
+
+    async def _admin_after(self, previous: asyncio.Task[None] | None, sql: str,
+                           answer: Callable[[bytes, str], None]) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            out, outcome = await self.admin_execute(sql), "ok"
+        except errors.PgError as exc:
+            out, outcome = exc.encode(), exc.sqlstate
+        answer(out, outcome)
+
+    async def admin_execute(self, sql: str) -> bytes:
+        """The console's answer to `sql`; with worker processes, over all of them (this one asks its peers)."""
+        view = AdminView(self.ops)
+        if self.peers is None:
+            return admin_console.execute(sql, view)
+        command, text = admin_console.normalized(sql)
+        name = next((n for n in CLUSTER_VIEWS if command == f"SHOW {n.upper()}"), None)
+        if name is not None:
+            here = (self.peers.index, *getattr(view, name)())
+            there = [(i, a["columns"], [tuple(r) for r in a["rows"]])
+                     for i, a in await self.peers.ask_others({"op": "show", "view": name}) if "rows" in a]
+            merged = merge_rows(name, [here, *there])
+            setattr(view, name, lambda: merged)
+        elif m := admin_console.KILL_PATTERN.match(text):
+            found = self.kill(m.group(1).lower()) or any(
+                a.get("found") for _, a in await self.peers.ask_others({"op": "kill", "id": m.group(1).lower()}))
+            view.kill_client = lambda _id: found
+        elif m := admin_console.UNLOCK_PATTERN.match(text):
+            user = m.group(1) or m.group(2)
+            count = self.throttle.unlock(user) + sum(
+                int(a.get("count", 0)) for _, a in await self.peers.ask_others({"op": "unlock", "user": user}))
+            view.unlock = lambda _user: count
+        elif command == "RELOAD":
+            await self.peers.ask_others({"op": "reload"})
+        elif command == "SHOW CONFIG":
+            columns, rows = view.config_rows()
+            rows = [*rows, ("server.workers", self.peers.count), ("server.worker", self.peers.index)]
+            view.config_rows = lambda: (columns, rows)
+        return admin_console.execute(sql, view)
+
+
+# The console views merged over worker processes (proxy.clusterview), by their AdminView methods' names.
+CLUSTER_VIEWS = ("clients", "servers", "pools", "stats", "tenants")
 
 
 class StartupError(RuntimeError):
@@ -400,10 +534,10 @@ def freeze_heap() -> int:
     return frozen
 
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Run the proxy until SIGTERM/SIGINT."""
+async def serve(config: Config, *, ready: asyncio.Event | None = None, worker: WorkerIdentity | None = None) -> None:
+    """Run the proxy (or one worker process of it) until SIGTERM/SIGINT."""
     allocator.return_large_blocks()  # RSS returns after big messages (glibc keeps them otherwise)
-    proxy = Proxy(config)
+    proxy = Proxy(config, worker)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, proxy.prepare)
     freeze_heap()  # before listening: the log line precedes readiness
@@ -426,10 +560,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     await proxy.shutdown()
 
 
-def run(config: Config) -> None:
+def run(config: Config, worker: WorkerIdentity | None = None) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, worker=worker))
         return
-    uvloop.run(serve(config))
+    uvloop.run(serve(config, worker=worker))

@@ -119,6 +119,7 @@ class ProxyProcess:
     pool: dict[str, Any] = field(default_factory=dict)  # [pool] keys, over those of env_pool()
     agent: dict[str, Any] = field(default_factory=dict)  # [agent] keys
     user_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # more [users.X] keys: {"bot": {"profile": …}}
+    server: dict[str, Any] = field(default_factory=dict)  # [server] keys, e.g. {"workers": 2}
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -156,6 +157,8 @@ class ProxyProcess:
         pool = {**env_pool(), **self.pool}
         if pool:  # no [pool] table at all otherwise (a build without pooling refuses the table)
             lines += ["[pool]", *(f"{k} = {json.dumps(v)}" for k, v in pool.items())]
+        if self.server:
+            lines += ["[server]", *(f"{k} = {json.dumps(v)}" for k, v in self.server.items())]
         if self.tls is not None:
             lines += [
                 "[tls]",
@@ -213,6 +216,7 @@ class ProxyProcess:
         if provision:
             self.provision()
         self.write_config()
+        listened = self.count_events("workers_listening")
         logf = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "run", "--config", str(self.config_path)],
@@ -224,6 +228,11 @@ class ProxyProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pgtenant exited with {self.proc.returncode}:\n{self.read_log()}")
+            if self.server.get("workers", 1) != 1:  # worker processes: ready once every one of them listens
+                if self.count_events("workers_listening") > listened:
+                    return self
+                time.sleep(0.05)  # readiness poll interval, bounded by the deadline
+                continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return self
@@ -259,6 +268,9 @@ class ProxyProcess:
             except ValueError:
                 continue
         return out
+
+    def count_events(self, event: str) -> int:
+        return sum(1 for e in self.log_events() if e.get("event") == event)
 
     def reload(self, expect: str, timeout: float = 20.0) -> dict[str, Any]:
         """Send SIGHUP and return the first `expect` log event (e.g. "reloaded") logged after it. Events are

@@ -3,7 +3,9 @@ secret finds one."""
 
 from __future__ import annotations
 
-from proxy.cancel import CancelRegistry
+import pytest
+
+from proxy.cancel import CancelRegistry, KeySpace, new_cancel_key, use_key_space
 
 
 class Session:
@@ -36,3 +38,45 @@ def test_registering_again_replaces_and_unregistering_forgets() -> None:
     assert 7 not in reg and reg.lookup(7, b"new!") is None
     reg.unregister(7)  # unregistering twice is harmless
     assert 7 not in reg
+
+
+# --- keys that name a worker process (proxy/io/supervise.py) ---------------------------------------------------------
+
+
+def test_one_process_keeps_every_process_id_bit_random() -> None:
+    space = KeySpace()
+    assert space.bits == 0
+    ids = {space.new_process_id() for _ in range(200)}
+    assert all(0 < pid < 1 << 31 for pid in ids) and len(ids) == 200
+    assert {space.worker_of(pid) for pid in ids} == {0}
+
+
+@pytest.mark.parametrize(("count", "bits"), [(2, 1), (3, 2), (4, 2), (5, 3), (8, 3), (128, 7)])
+def test_process_ids_name_their_worker_in_the_low_bits(count: int, bits: int) -> None:
+    for index in (0, count - 1):
+        space = KeySpace(index, count)
+        assert space.bits == bits
+        for _ in range(50):
+            pid = space.new_process_id()
+            assert 0 < pid < 1 << 31
+            assert pid & ((1 << bits) - 1) == index
+            assert KeySpace(0, count).worker_of(pid) == index  # any worker reads it alike
+
+
+def test_a_process_id_no_worker_gave_names_none() -> None:
+    space = KeySpace(0, 3)  # two bits: index 3 is no worker's
+    assert space.worker_of(0b111) is None
+    assert space.worker_of(0) is None and space.worker_of(-4) is None and space.worker_of(1 << 31) is None
+    assert space.worker_of(0b110) == 2
+
+
+def test_the_secret_stays_four_random_bytes_under_workers() -> None:
+    try:
+        use_key_space(KeySpace(1, 2))
+        keys = [new_cancel_key() for _ in range(100)]
+    finally:
+        use_key_space(KeySpace())
+    assert all(pid & 1 == 1 and len(secret) == 4 for pid, secret in keys)
+    assert len({secret for _, secret in keys}) > 90  # (32 random bits each: a repeat in 100 is ~1e-6)
+    with pytest.raises(ValueError, match="out of"):
+        use_key_space(KeySpace(2, 2))

@@ -23,6 +23,7 @@ from proxy.config import (
     MetricsConfig,
     PoolConfig,
     PreflightConfig,
+    ServerConfig,
     TenantConfig,
     TlsConfig,
     UserConfig,
@@ -67,7 +68,7 @@ TABLES = {
     "metrics": (MetricsConfig, ("basic_auth_password",)), "audit": (AuditConfig, ()),
     "admin": (AdminConfig, ("verifiers",)), "backends": (BackendConfig, ("name", "password")),
     "tenants": (TenantConfig, ("name",)), "users": (UserConfig, ("name", "verifier")),
-    "pool": (PoolConfig, ()), "agent": (AgentConfig, ()),
+    "pool": (PoolConfig, ()), "agent": (AgentConfig, ()), "server": (ServerConfig, ()),
 }
 
 
@@ -94,8 +95,9 @@ def test_example_names_every_key_of_each_table(table: str) -> None:
 def test_example_values_are_the_defaults() -> None:
     """The example says "every key, with its default": where it sets a key that has a default, it is the default."""
     cfg = load_config(ROOT / "config" / "pgtenant.example.toml")
-    assert (cfg.listen, cfg.limits, cfg.tls, cfg.logging, cfg.preflight, cfg.audit, cfg.pool) == (
-        ListenConfig(), LimitsConfig(), TlsConfig(), LoggingConfig(), PreflightConfig(), AuditConfig(), PoolConfig())
+    assert (cfg.listen, cfg.limits, cfg.tls, cfg.logging, cfg.preflight, cfg.audit, cfg.pool, cfg.server) == (
+        ListenConfig(), LimitsConfig(), TlsConfig(), LoggingConfig(), PreflightConfig(), AuditConfig(), PoolConfig(),
+        ServerConfig())
     assert replace(cfg.metrics, basic_auth_password=None) == MetricsConfig()
     assert cfg.admin.users == AdminConfig().users
     assert replace(cfg.backends["main"], password=None) == BackendConfig("main")
@@ -297,3 +299,41 @@ def test_the_agent_profile_example_in_the_docs_reads_as_documented(tmp_path: Pat
     secrets = f'[users]\nalice = "{VERIFIER}"\nacme_agent = "{VERIFIER}"\n'
     cfg = load(raw, tmp_path, secrets)
     assert cfg.agent_limits("acme_agent") == replace(AgentConfig(), max_rows=200, max_cost=5000.0)  # type: ignore
+
+
+# --- [server] workers ------------------------------------------------------------------------------------------------
+
+
+def test_workers_count_or_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load(base(), tmp_path).server.workers == 1  # type: ignore[attr-defined]
+    raw = base()
+    raw["server"] = {"workers": 4}
+    assert load(raw, tmp_path).server.workers == 4  # type: ignore[attr-defined]
+    monkeypatch.setattr("proxy.config.available_cpus", lambda: 3)
+    raw["server"] = {"workers": "auto"}
+    assert load(raw, tmp_path).server.workers == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (0, "server.workers: must be 1..128"), (129, "server.workers: must be 1..128"),
+    ("many", 'server.workers: expected a number or "auto"'), (True, 'server.workers: expected a number or "auto"'),
+    (2.5, "server.workers: expected int or str"),
+])
+def test_bad_workers_name_the_key(tmp_path: Path, value: object, message: str) -> None:
+    raw = base()
+    raw["server"] = {"workers": value}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(raw, tmp_path)
+
+
+def test_database_budgets_are_split_between_workers(tmp_path: Path) -> None:
+    raw = base()
+    raw["server"] = {"workers": 4}
+    raw["pool"] = {"max_db_connections": 42}
+    raw["backends"]["other"] = {"host": "db2", "max_db_connections": 8}
+    raw["tenants"]["acme"]["backend"] = "main"
+    cfg = load(raw, tmp_path)
+    assert (cfg.db_budget("main"), cfg.db_budget("other")) == (10, 2)  # type: ignore[attr-defined]
+    raw["backends"]["other"]["max_db_connections"] = 3  # fewer than the workers: one would get none
+    with pytest.raises(ConfigError, match=r"backends\.other\.max_db_connections: 3 is below server\.workers 4"):
+        load(raw, tmp_path)

@@ -87,3 +87,27 @@ def test_basic_auth_when_configured(authorization: str | None, status: int) -> N
                            basic_auth_password="s3cret")
     assert got == status
     assert ("www-authenticate" in h) == (status == 401)
+
+
+def test_an_awaitable_exposition_is_awaited() -> None:
+    """The supervisor of worker processes gathers its workers' metrics before it can answer /metrics."""
+
+    class Gathered:
+        async def exposition(self) -> tuple[str, bytes]:
+            await asyncio.sleep(0)
+            return "text/plain; version=0.0.4", b"pgtenant_gathered 1.0\n"
+
+    async def check() -> tuple[bool, dict[str, object]]:
+        return True, {}
+
+    async def main() -> tuple[int, dict[str, str], bytes]:
+        server = OpsServer(MetricsConfig(port=0), Gathered(), check)
+        await server.start()
+        try:
+            return await _exchange(server, _get("/metrics"))
+        finally:
+            await server.close()
+
+    status, headers, body = asyncio.run(main())
+    assert (status, body) == (200, b"pgtenant_gathered 1.0\n")
+    assert headers["content-type"] == "text/plain; version=0.0.4"

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy import metrics as metrics_module
-from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats
+from proxy.metrics import Metrics, QueryRecorder, TenantLabels, TenantStats, WorkerExpositions, merge_expositions
 from proxy.reasons import CloseReason
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -236,3 +236,58 @@ def test_pins_are_counted_by_reason_and_timed() -> None:
     assert s[("pgtenant_session_pinned_seconds_count", (("tenant", "acme"),))] == 1
     assert s[("pgtenant_session_pinned_seconds_bucket", (("le", "15.0"), ("tenant", "acme")))] == 1
     assert s[("pgtenant_session_pinned_seconds_bucket", (("le", "5.0"), ("tenant", "acme")))] == 0
+
+
+# --- worker processes: one exposition from several ----------------------------------------------------------------
+
+
+def _worker_text(clients: float, queries: float, latency: float, preflight: float) -> str:
+    r = CollectorRegistry()
+    Gauge("pgtenant_client_connections", "Client connections.", ["tenant", "state"], registry=r).labels(
+        "acme", "active").set(clients)
+    Counter("pgtenant_config_reloads_total", "Reloads.", ["outcome"], registry=r).labels("ok").inc(queries)
+    Histogram("pgtenant_wait_seconds", "Waits.", buckets=(0.1, 1.0), registry=r).observe(latency)
+    Gauge("pgtenant_preflight_ok", "Preflight.", ["tenant"], registry=r).labels("acme").set(preflight)
+    return generate_latest(r).decode()
+
+
+def test_metrics_add_up_except_the_gauges_that_must_hold_on_every_worker() -> None:
+    ctype, merged_bytes = merge_expositions([_worker_text(2, 3, 0.05, 1), _worker_text(5, 4, 0.5, 0)])
+    merged = merged_bytes.decode()
+    assert ctype.startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(merged) for s in f.samples}
+    assert samples[("pgtenant_client_connections", (("state", "active"), ("tenant", "acme")))] == 7
+    assert samples[("pgtenant_config_reloads_total", (("outcome", "ok"),))] == 7
+    assert samples[("pgtenant_wait_seconds_bucket", (("le", "0.1"),))] == 1
+    assert samples[("pgtenant_wait_seconds_bucket", (("le", "1.0"),))] == 2
+    assert samples[("pgtenant_wait_seconds_count", ())] == 2
+    assert samples[("pgtenant_wait_seconds_sum", ())] == pytest.approx(0.55)
+    assert samples[("pgtenant_preflight_ok", (("tenant", "acme"),))] == 0  # ready only where every worker is
+    assert "# TYPE pgtenant_config_reloads_total counter" in merged
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+def test_a_replaced_workers_counters_stay_in_the_sums_and_its_gauges_go() -> None:
+    seen = WorkerExpositions()
+    merged = lambda answers: merge_expositions(seen.texts(answers))[1].decode()  # noqa: E731
+    first = merged({0: (100, _worker_text(2, 3, 0.05, 1)), 1: (200, _worker_text(1, 4, 0.5, 1))})
+    assert _sample(first, "pgtenant_config_reloads_total", outcome="ok") == 7
+    assert _sample(first, "pgtenant_client_connections", tenant="acme", state="active") == 3
+    down = merged({0: (100, _worker_text(2, 5, 0.05, 1)), 1: None})  # worker 1 died: its last counters stay
+    assert _sample(down, "pgtenant_config_reloads_total", outcome="ok") == 9
+    assert _sample(down, "pgtenant_client_connections", tenant="acme", state="active") == 2
+    assert _sample(down, "pgtenant_wait_seconds_count") == 2
+    back = merged({0: (100, _worker_text(2, 5, 0.05, 1)), 1: (201, _worker_text(1, 1, 0.5, 1))})  # replaced
+    assert _sample(back, "pgtenant_config_reloads_total", outcome="ok") == 10  # 5 + 4 (retired) + 1: never down
+    assert _sample(back, "pgtenant_client_connections", tenant="acme", state="active") == 3
+    assert _sample(back, "pgtenant_wait_seconds_count") == 3
+    again = merged({0: (100, _worker_text(2, 5, 0.05, 1)), 1: (201, _worker_text(1, 2, 0.5, 1))})
+    assert _sample(again, "pgtenant_config_reloads_total", outcome="ok") == 11  # retired once, not per scrape
