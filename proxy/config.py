@@ -255,6 +255,29 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """[registry]: the tenant registry in PostgreSQL (docs/operations.md "Tenant registry"); off without a dsn."""
+
+    dsn: str | None = field(default=None, repr=False)  # libpq DSN of the registry database (`env:NAME` allowed)
+    reconnect_delay: float = 1.0  # seconds between attempts to reconnect a lost registry connection
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dsn)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOverlay:
+    """Tenants, users and user verifiers read from the registry, as [tenants.X] / [users.X] tables and
+    secrets.users entries: merged over the file's (an entry of the same name replaces the file's)."""
+
+    tenants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    users: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    verifiers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    version: int = 0  # the registry's change number it was read at
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: ListenConfig
     limits: LimitsConfig
@@ -270,6 +293,8 @@ class Config:
     admin: AdminConfig = AdminConfig()
     pool: PoolConfig = PoolConfig()
     agent: AgentConfig = AgentConfig()
+    registry: RegistryConfig = RegistryConfig()
+    registry_version: int | None = None  # the registry change number the tenants and users were read at
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     auth_mock_secret_random: bool = False  # True: not configured, a random one per load (see proxy.mocksecret)
@@ -502,8 +527,9 @@ def _resolve_secret(value: str, where: str) -> str:
     return value
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file and its secrets file; raise ConfigError naming the key."""
+def load_config(path: str | os.PathLike[str], overlay: RegistryOverlay | None = None) -> Config:
+    """Read and validate a config file and its secrets file (and the registry's tenants and users over them, when
+    given); raise ConfigError naming the key."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -511,21 +537,38 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path}: file not found") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return parse_config(raw, base=path.parent, source=path)
+    return parse_config(raw, base=path.parent, source=path, overlay=overlay)
 
 
-def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = None) -> Config:
+def _merge_overlay(raw: Mapping[str, Any], secrets: Mapping[str, Any],
+                   overlay: RegistryOverlay) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """The file's raw config and secrets with the registry's tenants, users and verifiers over them (by name)."""
+    merged = dict(raw)
+    for key in ("tenants", "users"):
+        merged[key] = {**_table(raw, key, ""), **getattr(overlay, key)}
+    merged_secrets = dict(secrets)
+    merged_secrets["users"] = {**_table(secrets, "users", "secrets."), **overlay.verifiers}
+    return merged, merged_secrets
+
+
+def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = None,
+                 overlay: RegistryOverlay | None = None, secrets_raw: Mapping[str, Any] | None = None) -> Config:
+    """The validated config of a parsed file (`secrets_raw`: its secrets file's parsed text, instead of reading it;
+    `overlay`: the registry's tenants and users over the file's)."""
     _check_keys(
         raw,
         {
             "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
-            "preflight", "metrics", "audit", "admin", "pool", "agent",
+            "preflight", "metrics", "audit", "admin", "pool", "agent", "registry",
         },
         "",
     )
     secrets: Mapping[str, Any] = {}
     secrets_file = _get(raw, "secrets_file", str, "", None)
-    if secrets_file is not None:
+    if secrets_raw is not None:
+        secrets = secrets_raw
+        _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret", "metrics_password"}, "secrets.")
+    elif secrets_file is not None:
         sp = _path(base, secrets_file)
         assert sp is not None
         try:
@@ -535,6 +578,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"secrets_file: {sp} is not valid TOML: {exc}") from exc
         _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret", "metrics_password"}, "secrets.")
+    if overlay is not None:
+        raw, secrets = _merge_overlay(raw, secrets, overlay)
 
     listen = ListenConfig(**_read(ListenConfig, _table(raw, "listen", ""), "listen.", base))
     if not 0 <= listen.port <= 65535:
@@ -717,6 +762,11 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         if resolved_min > resolved_size:
             raise ConfigError(f"tenants.{t.name}.min_pool_size: {resolved_min} exceeds its pool_size {resolved_size}")
 
+    registry = RegistryConfig(**_read(RegistryConfig, _table(raw, "registry", ""), "registry.", base))
+    if registry.dsn is not None:
+        registry = replace(registry, dsn=_resolve_secret(registry.dsn, "registry.dsn"))
+    _positive(registry.reconnect_delay, "registry.reconnect_delay")
+
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):
         raise ConfigError("secrets.auth_mock_secret: expected a string")
@@ -742,6 +792,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         admin=replace(admin, verifiers=admin_verifiers),
         pool=pool,
         agent=agent,
+        registry=registry,
+        registry_version=None if overlay is None else overlay.version,
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         auth_mock_secret_random=not mock,

@@ -64,6 +64,8 @@ class Running:
     kill: Callable[[str], bool]  # end a session by id (the console's KILL_CLIENT)
     unlock: Callable[[str], int]  # forget a user's failed logins (the console's UNLOCK)
     metrics: Metrics
+    load: Callable[[], Config] | None = None  # blocking: the config anew (file and registry); None: the file's
+    registry_connected: Callable[[], bool] | None = None  # the registry's LISTEN connection is up (None: no registry)
 
 
 class Ops:
@@ -95,7 +97,10 @@ class Ops:
         detail["backends"] = backends
         pending = proxy.snapshot().pending
         detail["tenants_pending"] = pending
-        ok = bool(detail["listening"]) and all(backends.values()) and not pending
+        registry = proxy.registry_connected() if proxy.registry_connected is not None else True
+        if proxy.registry_connected is not None:
+            detail["registry"] = registry
+        ok = bool(detail["listening"]) and all(backends.values()) and not pending and registry
         if pending and all(backends.values()):
             # Backends are back: try to prepare the tenants that were waiting for them.
             for name in pending:
@@ -104,14 +109,14 @@ class Ops:
                 except Exception as exc:
                     log.warning("tenant_pending", tenant=name, reason=str(exc))
             detail["tenants_pending"] = proxy.snapshot().pending
-            ok = not detail["tenants_pending"] and bool(detail["listening"])
+            ok = not detail["tenants_pending"] and bool(detail["listening"]) and registry
         self._ready_cache = (now, ok, detail)
         return ok, detail
 
     # --- reload ----------------------------------------------------------------------------
 
     async def reload(self) -> tuple[bool, str]:
-        """Re-read the config file; on any error keep the old one and say why."""
+        """Re-read the config file (and the registry); on any error keep the old one and say why."""
         proxy = self.proxy
         source = proxy.config().source
         if source is None:
@@ -119,7 +124,8 @@ class Ops:
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
             try:
-                new: Config = await loop.run_in_executor(None, load_config, source)
+                load = proxy.load or (lambda: load_config(source))
+                new: Config = await loop.run_in_executor(None, load)
                 problems = await loop.run_in_executor(None, proxy.apply_config, new)
             except ConfigError as exc:
                 proxy.metrics.config_reloaded(False)

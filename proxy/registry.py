@@ -11,6 +11,7 @@ from proxy.config import Config, TenantConfig
 from proxy.errors import PgError
 from proxy.logs import get_logger
 from proxy.policy.model import Tenant, TenantPolicy
+from proxy.registrydb import SCHEMA as REGISTRY_SCHEMA
 from proxy.tenancy import other_tenants_schemas, tenant_policy
 
 log = get_logger("pgtenant.registry")
@@ -100,7 +101,8 @@ class TenantRegistry:
         try:
             return tenant_policy(
                 tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
-                hidden_schemas=other_tenants_schemas(config, tenant), catalog_columns=report.catalog_columns,
+                hidden_schemas=other_tenants_schemas(config, tenant) | (report.schemas & {REGISTRY_SCHEMA}),
+                catalog_columns=report.catalog_columns,
                 known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
             ), []
         except ValueError as exc:

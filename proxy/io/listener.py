@@ -9,7 +9,7 @@ import signal
 import ssl
 import time
 
-from proxy import _accel, allocator, dbcheck, errors, memory
+from proxy import _accel, allocator, dbcheck, errors, memory, registrystore
 from proxy.actions import ForwardCancel
 from proxy.agent import timeout_ms as agent_timeout_ms
 from proxy.audit import AuditLog
@@ -21,6 +21,7 @@ from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
 from proxy.io.pool import Pool
+from proxy.io.registrywatch import RegistryWatch
 from proxy.io.tls import backend_ssl_context, client_ssl_context, own_channel_binding
 from proxy.limits import ConnectionCounts, QuerySlots
 from proxy.logs import LogLimiter, get_logger
@@ -88,7 +89,11 @@ class Proxy:
         self.ops = Ops(Running(
             config=lambda: self.config, snapshot=self.snapshot, prepare_tenant=self.prepare_tenant,
             apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
+            load=(lambda: registrystore.load(config.source)) if config.source is not None else None,
+            registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
+            if config.registry.enabled else None,
         ))
+        self.registry_watch: RegistryWatch | None = None
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -262,6 +267,10 @@ class Proxy:
             listen = self.config.listen
             raise StartupError(f"listen: cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from exc
         log.info("listening", address=self.addresses(), compiled_hot_path=_accel.status())
+        registry = self.config.registry
+        if registry.dsn:  # read at start (cli); from now on kept current (docs/operations.md "Tenant registry")
+            self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload)
+            self.registry_watch.start()
         loop.call_later(memory.TRIM_INTERVAL, self._trim_memory)
         self.pool.start()
 
@@ -372,6 +381,8 @@ class Proxy:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
         if self.ops_server is not None:
             await self.ops_server.close()
+        if self.registry_watch is not None:
+            await self.registry_watch.close()
         self.workers.close()
         if self.audit is not None:
             self.audit.close()
