@@ -140,7 +140,8 @@ class Ops:
                 log.error("reload_rejected", problem="; ".join(problems))
                 return False, "reload rejected, old configuration stays in force: " + "; ".join(problems)
             proxy.metrics.config_reloaded(True)
-            log.info("reloaded", tenants=len(new.tenants), users=len(new.users))
+            log.info("reloaded", tenants=len(new.tenants), users=len(new.users),
+                     **({} if new.registry_version is None else {"registry_version": new.registry_version}))
             return True, f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
 
     # --- admin console (proxy.admin.AdminContext) ----------------------------------------
@@ -205,6 +206,8 @@ class Ops:
             ("preflight.enforce", cfg.preflight.enforce),
             ("tenants", len(cfg.tenants)), ("users", len(cfg.users)), ("backends", len(cfg.backends)),
             ("source", str(cfg.source)),
+            ("registry", "on" if cfg.registry.enabled else "off"),
+            ("registry_version", cfg.registry_version),
         ]
         return ("key", "value"), rows
 

@@ -31,7 +31,7 @@ DDL: tuple[str, ...] = (
         PRIMARY KEY (tenant, key))""",
     f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.users (
         name text PRIMARY KEY CHECK (name <> ''),
-        tenant text NOT NULL REFERENCES {SCHEMA}.tenants (name) ON UPDATE CASCADE,
+        tenant text NOT NULL CHECK (tenant <> ''),  -- a tenant of the registry or of the config file
         verifier text NOT NULL CHECK (verifier LIKE 'SCRAM-SHA-256$%'),
         options jsonb NOT NULL DEFAULT '{{}}' CHECK (jsonb_typeof(options) = 'object'),
         updated_at timestamptz NOT NULL DEFAULT now())""",

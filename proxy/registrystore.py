@@ -90,14 +90,16 @@ def _checked(conn: psycopg.Connection, config_path: Path | None) -> None:
         load_config(config_path, overlay(read_rows(conn)))
 
 
-def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connection], Any]) -> Any:
-    """Run `apply` in one transaction, validated against the config file (if given) before it commits."""
+def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connection], None]) -> int:
+    """Run `apply` in one transaction, validated against the config file (if given) before it commits; the
+    registry's change number after it (a proxy has applied it once its `reloaded` log line shows this number)."""
     try:
         with connect(dsn) as conn:
             with conn.transaction():
-                result = apply(conn)
+                apply(conn)
                 _checked(conn, config_path)
-            return result
+                row = conn.execute(SELECT_VERSION).fetchone()
+            return int(row[0]) if row else 0
     except psycopg.Error as exc:
         raise RegistryError(str(exc).strip()) from exc
 

@@ -68,7 +68,8 @@ def _settings(pairs: list[str]) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, registry: Callable[[str, Path | None], str],
          file: Callable[[Path], str]) -> int:
-    """Run a change against the registry or the file; print its outcome; exit 0, or 1/2 with the problem."""
+    """Run a change against the registry or the file; print its outcome; exit 0, or 1/2 with the problem. A
+    registry change's message is followed by its change number."""
     from proxy import registrystore, tomledit
 
     try:
@@ -89,6 +90,22 @@ def _run(args: argparse.Namespace, registry: Callable[[str, Path | None], str],
     except registrystore.RegistryError as exc:
         return _fail(f"registry: {exc}", 1)
     return 0
+
+
+def _change(args: argparse.Namespace, apply: Callable[[Any], None], done: str,
+            edit: Callable[[Path], None], edited: str) -> int:
+    """A change: `apply(connection)` in one registry transaction (printed: `done` and the change number), or
+    `edit(config path)` of the file (printed: `edited`, and that a SIGHUP applies it)."""
+    from proxy import registrystore
+
+    def registry(dsn: str, config: Path | None) -> str:
+        return f"{done} (registry change {registrystore.change(dsn, config, apply)})"
+
+    def file(config: Path) -> str:
+        edit(config)
+        return f"{edited} in {config} (SIGHUP the proxy to apply it)"
+
+    return _run(args, registry, file)
 
 
 def _cmd_registry_init(args: argparse.Namespace) -> int:
@@ -121,13 +138,12 @@ def _tenant_table(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_tenants_add(args: argparse.Namespace) -> int:
     from proxy import registrystore, tomledit
 
-    table = _tenant_table(args)
-    return _run(
-        args,
-        lambda dsn, cfg: registrystore.change(dsn, cfg, lambda c: registrystore.add_tenant(c, args.name, table))
-        or f"tenant {args.name} added to the registry",
-        lambda cfg: tomledit.add_tenant(cfg, args.name, table) or f"tenant {args.name} added to {cfg}",
-    )
+    try:
+        table = _tenant_table(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    return _change(args, lambda c: registrystore.add_tenant(c, args.name, table), f"tenant {args.name} added",
+                   lambda cfg: tomledit.add_tenant(cfg, args.name, table), f"tenant {args.name} added")
 
 
 def _cmd_tenants_move(args: argparse.Namespace) -> int:
@@ -135,14 +151,10 @@ def _cmd_tenants_move(args: argparse.Namespace) -> int:
 
     if args.backend is None and args.database is None:
         return _fail("tenants move needs --backend and/or --database")
-    return _run(
-        args,
-        lambda dsn, cfg: registrystore.change(
-            dsn, cfg, lambda c: registrystore.move_tenant(c, args.name, args.backend, args.database))
-        or f"tenant {args.name} moved (its sessions end at their next statement)",
-        lambda cfg: tomledit.move_tenant(cfg, args.name, args.backend, args.database)
-        or f"tenant {args.name} moved in {cfg} (SIGHUP the proxy to apply it)",
-    )
+    return _change(args, lambda c: registrystore.move_tenant(c, args.name, args.backend, args.database),
+                   f"tenant {args.name} moved (its open sessions end at their next statement)",
+                   lambda cfg: tomledit.move_tenant(cfg, args.name, args.backend, args.database),
+                   f"tenant {args.name} moved")
 
 
 def _cmd_tenants_list(args: argparse.Namespace) -> int:
@@ -174,33 +186,25 @@ def _table(rows: list[tuple[Any, ...]]) -> str:
 def _cmd_users_add(args: argparse.Namespace) -> int:
     from proxy import registrystore, tomledit
 
-    options: dict[str, Any] = _settings(args.set)
-    if args.profile:
-        options["profile"] = args.profile
     try:
+        options: dict[str, Any] = _settings(args.set)
+        if args.profile:
+            options["profile"] = args.profile
         verifier = _verifier(args, args.name)
     except ConfigError as exc:
         return _fail(str(exc))
-    return _run(
-        args,
-        lambda dsn, cfg: registrystore.change(
-            dsn, cfg, lambda c: registrystore.add_user(c, args.name, args.tenant, verifier, options))
-        or f"user {args.name} added to tenant {args.tenant}",
-        lambda cfg: tomledit.add_user(cfg, args.name, args.tenant, verifier, options)
-        or f"user {args.name} added to {cfg} (SIGHUP the proxy to apply it)",
-    )
+    return _change(args, lambda c: registrystore.add_user(c, args.name, args.tenant, verifier, options),
+                   f"user {args.name} added to tenant {args.tenant}",
+                   lambda cfg: tomledit.add_user(cfg, args.name, args.tenant, verifier, options),
+                   f"user {args.name} added to tenant {args.tenant}")
 
 
 def _cmd_users_remove(args: argparse.Namespace) -> int:
     from proxy import registrystore, tomledit
 
-    return _run(
-        args,
-        lambda dsn, cfg: registrystore.change(dsn, cfg, lambda c: registrystore.remove_user(c, args.name))
-        or f"user {args.name} removed (its sessions end at their next statement)",
-        lambda cfg: tomledit.remove_user(cfg, args.name)
-        or f"user {args.name} removed from {cfg} (SIGHUP the proxy to apply it)",
-    )
+    return _change(args, lambda c: registrystore.remove_user(c, args.name),
+                   f"user {args.name} removed (its open sessions end at their next statement)",
+                   lambda cfg: tomledit.remove_user(cfg, args.name), f"user {args.name} removed")
 
 
 def _cmd_users_passwd(args: argparse.Namespace) -> int:
@@ -210,13 +214,9 @@ def _cmd_users_passwd(args: argparse.Namespace) -> int:
         verifier = _verifier(args, args.name)
     except ConfigError as exc:
         return _fail(str(exc))
-    return _run(
-        args,
-        lambda dsn, cfg: registrystore.change(dsn, cfg, lambda c: registrystore.set_verifier(c, args.name, verifier))
-        or f"password of {args.name} changed (open sessions stay; new logins need the new password)",
-        lambda cfg: tomledit.set_verifier(cfg, args.name, verifier)
-        or f"password of {args.name} changed in {cfg} (SIGHUP the proxy to apply it)",
-    )
+    return _change(args, lambda c: registrystore.set_verifier(c, args.name, verifier),
+                   f"password of {args.name} changed (open sessions stay; new logins need the new password)",
+                   lambda cfg: tomledit.set_verifier(cfg, args.name, verifier), f"password of {args.name} changed")
 
 
 def _target_options(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,215 @@
+"""The tenant registry in PostgreSQL: the CLI's changes reach running proxies by LISTEN/NOTIFY (issue 19 point 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+REGISTRY_DB = "pgt_registry"
+# Generous: a change applies within about a second (NOTIFY, then the reload's discovery and preflight of every
+# tenant); the bound only keeps a broken build from hanging the suite.
+APPLY_WAIT = 20.0
+
+
+def pgtenant(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60,
+                          input=stdin, env={**os.environ, **(env or {})}, check=False)
+
+
+def _registry_dsn(pg: PgCluster, dbname: str = REGISTRY_DB) -> str:
+    return pg.dsn(dbname=dbname)
+
+
+@pytest.fixture(scope="module")
+def registry(pg: PgCluster) -> str:
+    prepare_backend(pg)
+    pg.execute(f"DROP DATABASE IF EXISTS {REGISTRY_DB} WITH (FORCE)")
+    pg.execute(f"CREATE DATABASE {REGISTRY_DB}")
+    dsn = _registry_dsn(pg)
+    res = pgtenant("registry", "init", "--dsn", dsn)
+    assert res.returncode == 0, res.stderr
+    assert pgtenant("registry", "init", "--dsn", dsn).returncode == 0  # idempotent
+    return dsn
+
+
+def _proxy(pg: PgCluster, workdir: Path, dsn: str) -> ProxyProcess:
+    return ProxyProcess(pg, workdir, registry={"dsn": dsn, "reconnect_delay": 0.2})
+
+
+@pytest.fixture(scope="module")
+def rproxy(pg: PgCluster, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = _proxy(pg, tmp_path_factory.mktemp("pgtenant-registry"), registry)
+    p.start()
+    yield p
+    p.stop()
+
+
+def add_user(p: ProxyProcess, name: str, tenant: str, password: str) -> subprocess.CompletedProcess:
+    p.extra_users[name] = (tenant, password)  # the test's own book of passwords (the config file is not written)
+    return pgtenant("users", "add", name, "--tenant", tenant, "--config", str(p.config_path),
+                    "--password-env", "PGT_TEST_PW", env={"PGT_TEST_PW": password})
+
+
+def change_number(res: subprocess.CompletedProcess) -> int:
+    """The registry change number the CLI printed (`... (registry change N)`)."""
+    assert res.returncode == 0, res.stderr
+    m = re.search(r"\(registry change (\d+)\)$", res.stdout.strip())
+    assert m, res.stdout
+    return int(m.group(1))
+
+
+def applied(p: ProxyProcess, version: int) -> dict:
+    """Wait for the proxy's `reloaded` log line at that registry change or a later one (polling the log, not
+    logging in: a login tried before the change applies counts as a failed one for the login throttle)."""
+    def found() -> dict | None:
+        return next((e for e in p.log_events()
+                     if e.get("event") == "reloaded" and e.get("registry_version", -1) >= version), None)
+
+    return until(found, APPLY_WAIT, interval=0.05, what=f"registry change {version} applied")
+
+
+def count(p: ProxyProcess, user: str) -> int | None:
+    try:
+        with psycopg.connect(p.dsn(user), autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM orders").fetchone()
+            return None if row is None else int(row[0])
+    except psycopg.OperationalError:
+        return None
+
+
+def test_a_user_added_through_the_cli_connects_without_a_restart(rproxy: ProxyProcess) -> None:
+    with psycopg.connect(rproxy.dsn("alice"), autocommit=True) as before:  # a session open during the change
+        applied(rproxy, change_number(add_user(rproxy, "carol", "acme", "carol-pw")))
+        assert count(rproxy, "carol") == 200
+        assert before.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+    events = [e for e in rproxy.log_events() if e.get("event") == "registry_applied"]
+    assert events, "no registry_applied log line"
+
+
+def test_the_registry_stores_a_verifier_never_the_password(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    add_user(rproxy, "dora", "acme", "dora-secret-pw")
+    rows = pg.execute("SELECT verifier FROM pgtenant_registry.users WHERE name = 'dora'", dbname=REGISTRY_DB)
+    assert rows and rows[0][0].startswith("SCRAM-SHA-256$4096:") and "dora-secret-pw" not in rows[0][0]
+
+
+def test_a_removed_users_session_ends_with_a_clear_error(rproxy: ProxyProcess) -> None:
+    applied(rproxy, change_number(add_user(rproxy, "eve", "acme", "eve-pw")))
+    with psycopg.connect(rproxy.dsn("eve"), autocommit=True) as conn:
+        change_number(pgtenant("users", "remove", "eve", "--config", str(rproxy.config_path)))
+
+        def ended() -> str | None:
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                return str(exc)
+            return None
+
+        message = until(ended, APPLY_WAIT, interval=0.05, what="eve's session to end")
+        assert 'role "eve" is no longer allowed to connect' in message
+    assert count(rproxy, "eve") is None
+
+
+def test_a_tenant_added_through_the_cli_serves_its_users(rproxy: ProxyProcess) -> None:
+    res = pgtenant("tenants", "add", "newco", "--strategy", "shared", "--database", "saas", "--tenant-id", "newco",
+                   "--set", "max_client_connections=5", "--config", str(rproxy.config_path))
+    change_number(res)
+    applied(rproxy, change_number(add_user(rproxy, "nina", "newco", "nina-pw")))
+    assert count(rproxy, "nina") == 0
+    listing = pgtenant("tenants", "list", "--config", str(rproxy.config_path))
+    assert listing.returncode == 0, listing.stderr
+    assert "newco\tshared\t\tsaas\t1\tregistry" in listing.stdout.splitlines()
+
+
+def test_the_cli_refuses_a_change_the_proxy_would_reject(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    res = pgtenant("tenants", "add", "badco", "--strategy", "shared", "--database", "saas",
+                   "--config", str(rproxy.config_path))  # no tenant_id
+    assert res.returncode == 2 and "tenants.badco.tenant_id: required" in res.stderr
+    assert not pg.execute("SELECT 1 FROM pgtenant_registry.tenants WHERE name = 'badco'", dbname=REGISTRY_DB)
+
+
+def test_a_malformed_row_is_rejected_and_the_old_config_stays(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    before = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_rejected")
+    pg.execute("INSERT INTO pgtenant_registry.users (name, tenant, verifier, options) "
+               "SELECT 'mallory', 'acme', verifier, '{\"profile\": \"wizard\"}' FROM pgtenant_registry.users "
+               "WHERE name = 'carol'", dbname=REGISTRY_DB)
+    try:
+        def rejected() -> dict | None:
+            found = [e for e in rproxy.log_events() if e.get("event") == "registry_rejected"]
+            return found[before] if len(found) > before else None
+
+        event = until(rejected, APPLY_WAIT, interval=0.05, what="registry_rejected")
+        assert "users.mallory.profile" in event["result"]
+        assert count(rproxy, "carol") == 200  # the previous config serves on
+        assert count(rproxy, "alice") == 200
+    finally:
+        pg.execute("DELETE FROM pgtenant_registry.users WHERE name = 'mallory'", dbname=REGISTRY_DB)
+
+
+def ready(p: ProxyProcess) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(p.metrics_url + "/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_readyz_reflects_the_registry_connection_and_it_reconnects(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    assert until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready")
+    assert ready(rproxy)[1]["registry"] is True
+    pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS false")
+    try:
+        pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgtenant-listen'")
+        detail = until(lambda: ready(rproxy)[0] == 503 and ready(rproxy)[1], APPLY_WAIT, interval=0.1,
+                       what="not ready without the registry")
+        assert detail["registry"] is False
+        assert count(rproxy, "alice") == 200  # serving goes on with the last good config
+    finally:
+        pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS true")
+    until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+
+
+def test_two_instances_on_one_registry_serve_the_same_users(
+        pg: PgCluster, registry: str, rproxy: ProxyProcess, tmp_path: Path) -> None:
+    other = _proxy(pg, tmp_path / "second", registry)
+    other.start(provision=False)
+    try:
+        version = change_number(add_user(rproxy, "fred", "acme", "fred-pw"))
+        other.extra_users["fred"] = ("acme", "fred-pw")
+        for p in (rproxy, other):
+            applied(p, version)
+            assert count(p, "fred") == 200
+    finally:
+        other.stop()
+
+
+def test_the_registry_schema_is_refused_to_a_tenant_whose_database_holds_it(
+        rproxy: ProxyProcess, pg: PgCluster) -> None:
+    """The registry in initech's own database, even readable by everyone (a mistake): the policy refuses it."""
+    dsn = _registry_dsn(pg, "initech")
+    assert pgtenant("registry", "init", "--dsn", dsn).returncode == 0
+    try:
+        pg.execute("GRANT USAGE ON SCHEMA pgtenant_registry TO PUBLIC; "
+                   "GRANT SELECT ON pgtenant_registry.users TO PUBLIC", dbname="initech")
+        rproxy.reload("reloaded")  # the tenant is prepared again and sees the schema in its database
+        with psycopg.connect(rproxy.dsn("ivan"), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute("SELECT name, verifier FROM pgtenant_registry.users").fetchall()
+            assert "pgtenant_registry" in str(err.value)
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (7,)  # the session stays usable
+    finally:
+        pg.execute("DROP SCHEMA pgtenant_registry CASCADE", dbname="initech")
+        rproxy.reload("reloaded")
