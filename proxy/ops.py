@@ -206,8 +206,7 @@ class Ops:
             ("preflight.enforce", cfg.preflight.enforce),
             ("tenants", len(cfg.tenants)), ("users", len(cfg.users)), ("backends", len(cfg.backends)),
             ("source", str(cfg.source)),
-            ("registry", "on" if cfg.registry.enabled else "off"),
-            ("registry_version", cfg.registry_version),
+            ("registry_version", cfg.registry_version),  # None: no registry, the file alone
         ]
         return ("key", "value"), rows
 

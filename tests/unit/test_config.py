@@ -23,6 +23,8 @@ from proxy.config import (
     MetricsConfig,
     PoolConfig,
     PreflightConfig,
+    RegistryConfig,
+    RegistryOverlay,
     TenantConfig,
     TlsConfig,
     UserConfig,
@@ -67,7 +69,7 @@ TABLES = {
     "metrics": (MetricsConfig, ("basic_auth_password",)), "audit": (AuditConfig, ()),
     "admin": (AdminConfig, ("verifiers",)), "backends": (BackendConfig, ("name", "password")),
     "tenants": (TenantConfig, ("name",)), "users": (UserConfig, ("name", "verifier")),
-    "pool": (PoolConfig, ()), "agent": (AgentConfig, ()),
+    "pool": (PoolConfig, ()), "agent": (AgentConfig, ()), "registry": (RegistryConfig, ()),
 }
 
 
@@ -297,3 +299,40 @@ def test_the_agent_profile_example_in_the_docs_reads_as_documented(tmp_path: Pat
     secrets = f'[users]\nalice = "{VERIFIER}"\nacme_agent = "{VERIFIER}"\n'
     cfg = load(raw, tmp_path, secrets)
     assert cfg.agent_limits("acme_agent") == replace(AgentConfig(), max_rows=200, max_cost=5000.0)  # type: ignore
+
+
+def test_registry_overlay_replaces_the_files_entries_by_name(tmp_path: Path) -> None:
+    raw = {**base(), "tenants": {**base()["tenants"], "globex": {"strategy": "database", "database": "g"}}}
+    overlay = RegistryOverlay(
+        tenants={"acme": {"strategy": "database", "database": "acme_db"}, "newco": {"strategy": "database",
+                                                                                  "database": "n"}},
+        users={"nina": {"tenant": "newco"}, "alice": {"tenant": "globex"}},
+        verifiers={"nina": VERIFIER, "alice": VERIFIER}, version=7)
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{VERIFIER}"\n')
+    cfg = parse_config({"secrets_file": "s.toml", **raw}, base=tmp_path, overlay=overlay)
+    assert cfg.tenants["acme"].strategy == "database" and cfg.tenants["acme"].database == "acme_db"
+    assert cfg.tenants["globex"].database == "g"  # a file tenant the registry does not name stays
+    assert cfg.users["alice"].tenant == "globex" and cfg.users["nina"].tenant == "newco"
+    assert cfg.registry_version == 7 and load(base(), tmp_path).registry_version is None  # type: ignore[attr-defined]
+
+
+def test_a_registry_row_gets_the_files_validation(tmp_path: Path) -> None:
+    overlay = RegistryOverlay(users={"nina": {"tenant": "nowhere"}}, verifiers={"nina": VERIFIER})
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{VERIFIER}"\n')
+    with pytest.raises(ConfigError, match=r"users\.nina\.tenant: unknown tenant 'nowhere'"):
+        parse_config({"secrets_file": "s.toml", **base()}, base=tmp_path, overlay=overlay)
+    overlay = RegistryOverlay(users={"nina": {"tenant": "acme"}}, verifiers={"nina": "SCRAM-SHA-256$bad"})
+    with pytest.raises(ConfigError, match=r"secrets\.users\.nina: "):
+        parse_config({"secrets_file": "s.toml", **base()}, base=tmp_path, overlay=overlay)
+
+
+def test_registry_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not load(base(), tmp_path).registry.enabled  # type: ignore[attr-defined]
+    monkeypatch.setenv("REG_DSN", "host=db dbname=registry")
+    cfg = load({**base(), "registry": {"dsn": "env:REG_DSN"}}, tmp_path)
+    assert cfg.registry.dsn == "host=db dbname=registry" and cfg.registry.enabled  # type: ignore[attr-defined]
+    assert "host=db" not in repr(cfg.registry)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"registry\.reconnect_delay: must be positive"):
+        load({**base(), "registry": {"reconnect_delay": 0}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"registry\.channel: unknown key"):
+        load({**base(), "registry": {"channel": "x"}}, tmp_path)
