@@ -260,6 +260,14 @@ class RegistryConfig:
 
     dsn: str | None = field(default=None, repr=False)  # libpq DSN of the registry database (`env:NAME` allowed)
     reconnect_delay: float = 1.0  # seconds between attempts to reconnect a lost registry connection
+    # Stateless replicas (docs/operations.md "Stateless replicas"): a CancelRequest landing on another instance is
+    # passed to the one serving the session, over this port, authenticated with peer_secret. None: no forwarding.
+    peer_port: int | None = None
+    peer_host: str = "0.0.0.0"  # address the peer port listens on
+    advertise_host: str | None = None  # address other instances reach this one at (`env:POD_IP`); None: peer_host,
+    # or this host's name's address when peer_host is a wildcard
+    instance_bits: int = 5  # process-id bits naming the instance: at most 2**instance_bits instances per registry
+    peer_secret: str | None = field(default=None, repr=False)  # shared by all instances (`env:NAME`), 32+ characters
 
     @property
     def enabled(self) -> bool:
@@ -517,6 +525,26 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
     return pool
 
 
+def _registry_config(given: dict[str, Any]) -> RegistryConfig:
+    """[registry], checked; its dsn, advertise_host and peer_secret may be `env:NAME`."""
+    for key in ("dsn", "advertise_host", "peer_secret"):
+        if given.get(key) is not None:
+            given[key] = _resolve_secret(given[key], f"registry.{key}")
+    registry = RegistryConfig(**given)
+    _positive(registry.reconnect_delay, "registry.reconnect_delay")
+    if not 1 <= registry.instance_bits <= 10:
+        raise ConfigError(f"registry.instance_bits: must be 1..10, got {registry.instance_bits}")
+    if registry.peer_port is not None:
+        if not 0 <= registry.peer_port <= 65535:
+            raise ConfigError(f"registry.peer_port: must be 0..65535, got {registry.peer_port}")
+        if not registry.dsn:
+            raise ConfigError("registry.peer_port: needs registry.dsn (instances find each other in the registry)")
+        if len(registry.peer_secret or "") < 32:
+            raise ConfigError("registry.peer_secret: at least 32 characters of random data shared by all instances "
+                              "(e.g. `openssl rand -hex 32`), required with peer_port")
+    return registry
+
+
 def _resolve_secret(value: str, where: str) -> str:
     """Secrets may be literal or `env:NAME`."""
     if value.startswith("env:"):
@@ -762,10 +790,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         if resolved_min > resolved_size:
             raise ConfigError(f"tenants.{t.name}.min_pool_size: {resolved_min} exceeds its pool_size {resolved_size}")
 
-    registry = RegistryConfig(**_read(RegistryConfig, _table(raw, "registry", ""), "registry.", base))
-    if registry.dsn is not None:
-        registry = replace(registry, dsn=_resolve_secret(registry.dsn, "registry.dsn"))
-    _positive(registry.reconnect_delay, "registry.reconnect_delay")
+    registry = _registry_config(_read(RegistryConfig, _table(raw, "registry", ""), "registry.", base))
 
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):

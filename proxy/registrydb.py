@@ -52,6 +52,13 @@ DDL: tuple[str, ...] = (
         PERFORM pg_notify('{CHANNEL}', v::text);
         RETURN NULL;
     END $$""",
+    # Stateless replicas: each instance holds the advisory lock (INSTANCE_LOCK, slot) on its LISTEN connection
+    # while it lives, and says here where its peer port is. Its cancel keys carry the slot.
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.instances (
+        slot int PRIMARY KEY,
+        host text NOT NULL,
+        port int NOT NULL,
+        since timestamptz NOT NULL DEFAULT now())""",
     *(
         f"""CREATE OR REPLACE TRIGGER record_change AFTER INSERT OR UPDATE OR DELETE ON {SCHEMA}.{table}
             FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.record_change()"""
@@ -64,6 +71,15 @@ SELECT_TENANTS = f"SELECT name, strategy, backend, database, options FROM {SCHEM
 SELECT_SETTINGS = f"SELECT tenant, key, value FROM {SCHEMA}.tenant_settings ORDER BY tenant, key"
 SELECT_USERS = f"SELECT name, tenant, verifier, options FROM {SCHEMA}.users ORDER BY name"
 SELECT_VERSION = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.changes"
+
+INSTANCE_LOCK = 0x70677463  # the advisory lock class of instance slots ("pgtc")
+TRY_SLOT = "SELECT pg_catalog.pg_try_advisory_lock(%s::int, %s::int)"
+CLAIM_SLOT = (f"INSERT INTO {SCHEMA}.instances (slot, host, port) VALUES (%s, %s, %s) ON CONFLICT (slot) DO UPDATE "
+              "SET host = EXCLUDED.host, port = EXCLUDED.port, since = now()")
+# Where the instance of a slot answers: only while it holds the slot's lock (else it is gone).
+FIND_SLOT = (f"SELECT host, port FROM {SCHEMA}.instances WHERE slot = %s AND EXISTS (SELECT FROM pg_catalog.pg_locks "
+             "WHERE locktype = 'advisory' AND classid = %s::int::oid AND objid = %s::int::oid AND objsubid = 2 "
+             "AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
 
 # Columns of the tenants and users tables: an `options` or settings key of the same name is a malformed row.
 TENANT_COLUMNS = ("strategy", "backend", "database")

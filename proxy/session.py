@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy import admission, agent, errors
+from proxy import admission, agent, errors, instancekey
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
@@ -307,8 +307,8 @@ class ClientSession:
         self.backend: BackendConfig | None = None
         self.backend_parameters: dict[str, str] = {}
         self.scram: ScramServerExchange | None = None
-        # Our own cancel key for this client: random and unguessable.
-        self.process_id = secrets.randbits(31) or 1
+        # Our own cancel key for this client: random and unguessable (its process id names this instance).
+        self.process_id = instancekey.new_process_id()
         self.secret_key = secrets.token_bytes(4)
         self._startup_buf = b""
         self._auth_stream: MessageStream | None = MessageStream(

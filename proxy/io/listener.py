@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
 import ssl
 import time
 
-from proxy import _accel, allocator, dbcheck, errors, memory, registrystore
+from proxy import _accel, allocator, dbcheck, errors, instancekey, memory, registrystore
 from proxy.actions import ForwardCancel
 from proxy.agent import timeout_ms as agent_timeout_ms
 from proxy.audit import AuditLog
@@ -20,6 +21,7 @@ from proxy.config import AgentConfig, BackendConfig, Config
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
+from proxy.io.peercancel import PeerCancelSender, PeerCancelServer
 from proxy.io.pool import Pool
 from proxy.io.registrywatch import RegistryWatch
 from proxy.io.tls import backend_ssl_context, client_ssl_context, own_channel_binding
@@ -94,6 +96,8 @@ class Proxy:
             if config.registry.enabled else None,
         ))
         self.registry_watch: RegistryWatch | None = None
+        self.peer_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
+        self.peer_sender: PeerCancelSender | None = None
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -255,6 +259,7 @@ class Proxy:
             except OSError as exc:
                 m_cfg = self.config.metrics
                 raise StartupError(f"metrics: cannot listen on {m_cfg.host}:{m_cfg.port}: {exc.strerror}") from exc
+        await self._start_registry()
         try:
             self.server = await loop.create_server(
                 lambda: ClientConnection(self),
@@ -267,12 +272,37 @@ class Proxy:
             listen = self.config.listen
             raise StartupError(f"listen: cannot listen on {listen.host}:{listen.port}: {exc.strerror}") from exc
         log.info("listening", address=self.addresses(), compiled_hot_path=_accel.status())
-        registry = self.config.registry
-        if registry.dsn:  # read at start (cli); from now on kept current (docs/operations.md "Tenant registry")
-            self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload)
-            self.registry_watch.start()
         loop.call_later(memory.TRIM_INTERVAL, self._trim_memory)
         self.pool.start()
+
+    async def _start_registry(self) -> None:
+        """The registry (read at start by the cli) kept current from now on; with a peer port, this instance's slot
+        claimed before any client gets a cancel key (docs/operations.md "Tenant registry", "Stateless replicas")."""
+        registry = self.config.registry
+        if not registry.dsn:
+            return
+        peer = None
+        if registry.peer_port is not None:
+            assert registry.peer_secret is not None
+            shared = registry.peer_secret.encode()
+            self.peer_server = PeerCancelServer(registry.peer_host, registry.peer_port, shared, self._cancel_here_key)
+            try:
+                await self.peer_server.start()
+            except OSError as exc:
+                raise StartupError(f"registry.peer_port: cannot listen on {registry.peer_host}:{registry.peer_port}: "
+                                   f"{exc.strerror}") from exc
+            self.peer_sender = PeerCancelSender(registry.dsn, shared)
+            peer = (advertised_host(registry.advertise_host, registry.peer_host), self.peer_server.port,
+                    registry.instance_bits)
+        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload, peer)
+        self.registry_watch.start()
+        if peer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.registry_watch.claimed.wait(), 30)
+            if self.registry_watch.slot is None:
+                raise StartupError("registry: no instance slot could be claimed (is the registry reachable? are all "
+                                   f"{1 << registry.instance_bits} slots held? see registry.instance_bits)")
+            instancekey.use_space(instancekey.InstanceSpace(self.registry_watch.slot, registry.instance_bits))
 
     def _trim_memory(self) -> None:
         """Every TRIM_INTERVAL while sessions come and go: what connections freed goes back to the system (RSS
@@ -306,7 +336,26 @@ class Proxy:
         cancelled). The server goes to nobody else until the cancel connection has closed and a round trip proved
         it clean, so a cancel racing the release of the server never reaches the next client's query (PgBouncer
         1.19+ also waits for the close); a cancel whose connection failed may still arrive: its server is closed
-        instead of reused."""
+        instead of reused. A key another instance gave is passed on to it (stateless replicas)."""
+        if await self._cancel_elsewhere(action):
+            return
+        await self._cancel_here(action)
+
+    async def _cancel_elsewhere(self, action: ForwardCancel) -> bool:
+        """Stateless replicas: a key naming another instance's slot goes to that instance; whether it did."""
+        if self.peer_sender is None:
+            return False
+        slot = instancekey.space().elsewhere(action.process_id)
+        if slot is None:
+            return False
+        await self.peer_sender.send(slot, action.process_id, action.secret_key)
+        return True
+
+    async def _cancel_here_key(self, process_id: int, secret_key: bytes) -> None:
+        await self._cancel_here(ForwardCancel(process_id, secret_key))
+
+    async def _cancel_here(self, action: ForwardCancel) -> None:
+        """A CancelRequest for a session of this process (see forward_cancel)."""
         client = self.cancels.lookup(action.process_id, action.secret_key)
         if client is None:  # anyone can send these: counted, and logged through the pre-login limiter
             self.metrics.cancel_ignored()
@@ -383,10 +432,21 @@ class Proxy:
             await self.ops_server.close()
         if self.registry_watch is not None:
             await self.registry_watch.close()
+        if self.peer_server is not None:
+            await self.peer_server.close()
         self.workers.close()
         if self.audit is not None:
             self.audit.close()
         log.info("shutdown_complete")
+
+
+def advertised_host(advertise: str | None, peer_host: str) -> str:
+    """The address other instances reach this one's peer port at."""
+    if advertise:
+        return advertise
+    if peer_host in ("", "0.0.0.0", "::"):
+        return socket.gethostbyname(socket.gethostname())
+    return peer_host
 
 
 class StartupError(RuntimeError):

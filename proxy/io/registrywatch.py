@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from proxy.logs import get_logger
-from proxy.registrydb import CHANNEL
+from proxy.registrydb import CHANNEL, CLAIM_SLOT, INSTANCE_LOCK, TRY_SLOT
 
 log = get_logger("pgtenant.registry")
 
@@ -24,11 +24,17 @@ class RegistryWatch:
     for a reload through `reload` (the SIGHUP path: the same validation and revocation). Changes arriving while a
     reload runs are folded into the next one."""
 
-    def __init__(self, dsn: str, reconnect_delay: float, reload: Callable[[], Awaitable[tuple[bool, str]]]) -> None:
+    def __init__(self, dsn: str, reconnect_delay: float, reload: Callable[[], Awaitable[tuple[bool, str]]],
+                 peer: tuple[str, int, int] | None = None) -> None:
         self.dsn = dsn
         self.reconnect_delay = reconnect_delay
         self.reload = reload
         self.connected = False
+        # Stateless replicas: (advertised host, peer port, instance bits); the slot this instance holds (its lock
+        # lives with the LISTEN connection), claimed on the first connection and held again on every reconnect.
+        self.peer = peer
+        self.slot: int | None = None
+        self.claimed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -68,6 +74,8 @@ class RegistryWatch:
             try:
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    if self.peer is not None:
+                        await self._claim(conn)
                     self.connected = True
                     log.info("registry_listening")
                     if not first:  # changes made while the connection was down were not announced to us
@@ -83,6 +91,28 @@ class RegistryWatch:
             async for _ in conn.notifies(timeout=PING_INTERVAL):
                 self._dirty.set()
             await conn.execute("SELECT 1")  # silent for PING_INTERVAL: is the connection still there?
+
+    async def _claim(self, conn: psycopg.AsyncConnection) -> None:
+        """Hold an instance slot (after a reconnect: this instance's own again, its sessions' keys carry it) and say
+        where its peer port is."""
+        assert self.peer is not None
+        host, port, bits = self.peer
+        for slot in [self.slot] if self.slot is not None else range(1 << bits):
+            row = await (await conn.execute(TRY_SLOT, (INSTANCE_LOCK, slot))).fetchone()
+            if row and row[0]:
+                self.slot = slot
+                await conn.execute(CLAIM_SLOT, (slot, host, port))
+                log.info("instance_slot", slot=slot, peer=f"{host}:{port}")
+                break
+        else:
+            if self.slot is None:
+                log.error("instance_slot_unavailable",
+                          problem=f"all {1 << bits} instance slots are held (raise registry.instance_bits)")
+            else:
+                log.error("instance_slot_lost", slot=self.slot, problem="another instance holds this one's slot "
+                          "since its registry connection was down: cancels of this instance's sessions landing "
+                          "elsewhere reach that one (and are ignored there)")
+        self.claimed.set()
 
     def _lost(self, problem: str) -> None:
         if self.connected or problem:

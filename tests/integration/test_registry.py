@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -213,3 +217,112 @@ def test_the_registry_schema_is_refused_to_a_tenant_whose_database_holds_it(
     finally:
         pg.execute("DROP SCHEMA pgtenant_registry CASCADE", dbname="initech")
         rproxy.reload("reloaded")
+
+
+# --- stateless replicas: a cancel landing on another instance (issue 19 point 3) ------------------------------------
+
+PEER_SECRET = "0123456789abcdef0123456789abcdef-test"
+
+
+class Balancer:
+    """A TCP load balancer in miniature: the first connection goes to `first`, every later one (a client's cancel
+    connection) to `then` -- the case a real balancer produces at random."""
+
+    def __init__(self, first: int, then: int) -> None:
+        self.targets = [first, then]
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            target = self.targets[min(self.accepted, 1)]
+            self.accepted += 1
+            upstream = socket.create_connection(("127.0.0.1", target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+    keys = {"dsn": registry, "reconnect_delay": 0.2, "peer_port": 0, "peer_host": "127.0.0.1",
+            "peer_secret": PEER_SECRET}
+    a = ProxyProcess(pg, tmp_path / "a", registry=keys)
+    b = ProxyProcess(pg, tmp_path / "b", registry=keys)
+    a.start()
+    try:
+        b.start(provision=False)
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_a_cancel_landing_on_another_instance_reaches_the_query(
+        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    a, b = replicas
+    slots = pg.execute("SELECT slot, port FROM pgtenant_registry.instances i WHERE EXISTS (SELECT FROM pg_locks l "
+                       "WHERE l.locktype = 'advisory' AND l.objid = i.slot::oid AND l.granted)", dbname=REGISTRY_DB)
+    assert len({slot for slot, _ in slots}) >= 2  # each instance holds its own slot
+    lb = Balancer(a.port, b.port)
+    try:
+        with psycopg.connect(a.dsn("alice", port=lb.port), autocommit=True) as conn:  # served by instance a
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+            outcome: list[psycopg.Error | None] = []
+
+            def sleep() -> None:
+                try:
+                    conn.execute("SELECT pg_sleep(60)")
+                    outcome.append(None)
+                except psycopg.Error as exc:  # the outcome is asserted below
+                    outcome.append(exc)
+
+            runner = threading.Thread(target=sleep)
+            runner.start()
+            until(lambda: pg.execute("SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+                                     "AND state = 'active'"), APPLY_WAIT, interval=0.05, what="the query running")
+            conn.cancel_safe()  # a new connection through the balancer: it lands on instance b
+            runner.join(APPLY_WAIT)
+            assert lb.accepted >= 2
+            assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+            assert conn.execute("SELECT 3").fetchone() == (3,)  # the session goes on
+    finally:
+        lb.close()
+    assert any(e.get("event") == "cancel_passed_to_instance" and e.get("answered") for e in b.log_events())
+
+
+def test_the_peer_port_refuses_a_frame_without_the_shared_secret(
+        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    from proxy import instancekey
+
+    a, _ = replicas
+    rows = pg.execute("SELECT port FROM pgtenant_registry.instances ORDER BY since DESC", dbname=REGISTRY_DB)
+    ports = [port for (port,) in rows]
+    frame = instancekey.encode(b"not the shared secret, but 32+ bytes", 1234, b"abcd", int(time.time() * 1000))
+    for port in ports[:2]:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(frame)
+            assert s.recv(1) == b""  # closed without the ACK
+    assert until(lambda: any(e.get("event") == "peer_cancel_refused" and e.get("reason") == "bad_mac"
+                             for p in replicas for e in p.log_events()), APPLY_WAIT, interval=0.05,
+                 what="peer_cancel_refused") is True
+    assert a.proc is not None and a.proc.poll() is None

@@ -336,3 +336,16 @@ def test_registry_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         load({**base(), "registry": {"reconnect_delay": 0}}, tmp_path)
     with pytest.raises(ConfigError, match=r"registry\.channel: unknown key"):
         load({**base(), "registry": {"channel": "x"}}, tmp_path)
+
+
+def test_registry_peer_keys(tmp_path: Path) -> None:
+    reg = {"dsn": "host=db", "peer_port": 6433, "peer_secret": "x" * 32}
+    cfg = load({**base(), "registry": reg}, tmp_path)
+    assert cfg.registry.peer_port == 6433 and cfg.registry.instance_bits == 5  # type: ignore[attr-defined]
+    for bad, problem in [({"peer_secret": "short"}, r"registry\.peer_secret: at least 32"),
+                         ({"dsn": None}, r"registry\.peer_port: needs registry\.dsn"),
+                         ({"instance_bits": 11}, r"registry\.instance_bits: must be 1\.\.10"),
+                         ({"peer_port": 70000}, r"registry\.peer_port: must be 0\.\.65535")]:
+        given = {k: v for k, v in {**reg, **bad}.items() if v is not None}
+        with pytest.raises(ConfigError, match=problem):
+            load({**base(), "registry": given}, tmp_path)
