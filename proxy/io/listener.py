@@ -294,7 +294,8 @@ class Proxy:
             self.peer_sender = PeerCancelSender(registry.dsn, shared)
             peer = (advertised_host(registry.advertise_host, registry.peer_host), self.peer_server.port,
                     registry.instance_bits)
-        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload, peer)
+        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload, peer,
+                                            lambda: self.config.registry_version)
         self.registry_watch.start()
         if peer is not None:
             with contextlib.suppress(TimeoutError):

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from proxy.logs import get_logger
-from proxy.registrydb import CHANNEL, CLAIM_SLOT, INSTANCE_LOCK, TRY_SLOT
+from proxy.registrydb import CHANNEL, CLAIM_SLOT, INSTANCE_LOCK, SELECT_VERSION, TRY_SLOT
 
 log = get_logger("pgtenant.registry")
 
@@ -25,8 +25,9 @@ class RegistryWatch:
     reload runs are folded into the next one."""
 
     def __init__(self, dsn: str, reconnect_delay: float, reload: Callable[[], Awaitable[tuple[bool, str]]],
-                 peer: tuple[str, int, int] | None = None) -> None:
+                 peer: tuple[str, int, int] | None = None, applied: Callable[[], int | None] = lambda: None) -> None:
         self.dsn = dsn
+        self.applied = applied  # the registry change number of the config in force
         self.reconnect_delay = reconnect_delay
         self.reload = reload
         self.connected = False
@@ -62,7 +63,6 @@ class RegistryWatch:
             (log.info if ok else log.error)("registry_applied" if ok else "registry_rejected", result=message)
 
     async def _listen(self) -> None:
-        first = True
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
@@ -78,9 +78,11 @@ class RegistryWatch:
                         await self._claim(conn)
                     self.connected = True
                     log.info("registry_listening")
-                    if not first:  # changes made while the connection was down were not announced to us
+                    # Changes made before LISTEN (since the config was read at start, or while the connection was
+                    # down) were not announced to us.
+                    row = await (await conn.execute(SELECT_VERSION)).fetchone()
+                    if row is None or row[0] != self.applied():
                         self._dirty.set()
-                    first = False
                     await self._receive(conn)
             except (psycopg.Error, OSError) as exc:
                 self._lost(str(exc).strip())

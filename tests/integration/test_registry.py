@@ -19,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from proxy.auth.scram import make_verifier
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess, prepare_backend
@@ -174,16 +175,25 @@ def ready(p: ProxyProcess) -> tuple[int, dict]:
 def test_readyz_reflects_the_registry_connection_and_it_reconnects(rproxy: ProxyProcess, pg: PgCluster) -> None:
     assert until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready")
     assert ready(rproxy)[1]["registry"] is True
-    pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS false")
-    try:
-        pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgtenant-listen'")
-        detail = until(lambda: ready(rproxy)[0] == 503 and ready(rproxy)[1], APPLY_WAIT, interval=0.1,
-                       what="not ready without the registry")
-        assert detail["registry"] is False
-        assert count(rproxy, "alice") == 200  # serving goes on with the last good config
-    finally:
-        pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS true")
+    with pg.connect(dbname=REGISTRY_DB) as held:  # open before the database refuses new connections
+        pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS false")
+        try:
+            pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = 'pgtenant-listen'")
+            detail = until(lambda: ready(rproxy)[0] == 503 and ready(rproxy)[1], APPLY_WAIT, interval=0.1,
+                           what="not ready without the registry")
+            assert detail["registry"] is False
+            assert count(rproxy, "alice") == 200  # serving goes on with the last good config
+            # A change nobody hears of (no LISTEN connection): the reconnect finds the registry moved on.
+            rproxy.extra_users["gus"] = ("acme", "gus-pw")
+            held.execute("INSERT INTO pgtenant_registry.users (name, tenant, verifier) VALUES ('gus', 'acme', %s)",
+                         (str(make_verifier("gus-pw")),))
+            version = held.execute("SELECT max(version) FROM pgtenant_registry.changes").fetchone()[0]
+        finally:
+            pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS true")
     until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+    applied(rproxy, version)
+    assert count(rproxy, "gus") == 200
 
 
 def test_two_instances_on_one_registry_serve_the_same_users(
