@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from proxy.config import ConfigError, load_config
+from proxy.config import Config, ConfigError, load_config
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -159,23 +159,26 @@ def _cmd_tenants_move(args: argparse.Namespace) -> int:
 
 def _cmd_tenants_list(args: argparse.Namespace) -> int:
     from proxy import registrystore
+    from proxy.registrydb import overlay
 
-    def registry(dsn: str, _: Path | None) -> str:
+    def listing(config: Config, from_registry: set[str]) -> str:
+        users: dict[str, int] = {}
+        for u in config.users.values():
+            users[u.tenant] = users.get(u.tenant, 0) + 1
+        return _table([(t.name, t.strategy, t.backend, t.database, users.get(t.name, 0),
+                        "registry" if t.name in from_registry else "file") for t in config.tenants.values()])
+
+    def registry(dsn: str, cfg: Path | None) -> str:
         rows = registrystore.read(dsn)
+        names = {row[0] for row in rows.tenants}
+        if cfg is not None:  # the merged view the proxy serves
+            return listing(load_config(cfg, overlay(rows)), names)
         users: dict[str, int] = {}
         for _name, tenant, _v, _o in rows.users:
             users[tenant] = users.get(tenant, 0) + 1
         return _table([(n, s, b or "", d, users.get(n, 0), "registry") for n, s, b, d, _ in rows.tenants])
 
-    def file(cfg: Path) -> str:
-        config = load_config(cfg)
-        users: dict[str, int] = {}
-        for u in config.users.values():
-            users[u.tenant] = users.get(u.tenant, 0) + 1
-        return _table([(t.name, t.strategy, t.backend, t.database, users.get(t.name, 0), "file")
-                       for t in config.tenants.values()])
-
-    return _run(args, registry, file)
+    return _run(args, registry, lambda cfg: listing(load_config(cfg), set()))
 
 
 def _table(rows: list[tuple[Any, ...]]) -> str:
