@@ -66,6 +66,7 @@ class Running:
     metrics: Metrics
     load: Callable[[], Config] | None = None  # blocking: the config anew (file and registry); None: the file's
     registry_connected: Callable[[], bool] | None = None  # the registry's LISTEN connection is up (None: no registry)
+    apply_changes: Callable[[Config], list[str]] | None = None  # blocking: apply_config preparing changed tenants only
 
 
 class Ops:
@@ -115,7 +116,11 @@ class Ops:
 
     # --- reload ----------------------------------------------------------------------------
 
-    async def reload(self) -> tuple[bool, str]:
+    async def reload_changes(self) -> tuple[bool, str]:
+        """A registry change: reload as SIGHUP does, but prepare again only the tenants whose config changed."""
+        return await self.reload(changes_only=True)
+
+    async def reload(self, *, changes_only: bool = False) -> tuple[bool, str]:
         """Re-read the config file (and the registry); on any error keep the old one and say why."""
         proxy = self.proxy
         source = proxy.config().source
@@ -126,7 +131,8 @@ class Ops:
             try:
                 load = proxy.load or (lambda: load_config(source))
                 new: Config = await loop.run_in_executor(None, load)
-                problems = await loop.run_in_executor(None, proxy.apply_config, new)
+                apply = proxy.apply_changes if changes_only and proxy.apply_changes is not None else proxy.apply_config
+                problems = await loop.run_in_executor(None, apply, new)
             except ConfigError as exc:
                 proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem=str(exc))

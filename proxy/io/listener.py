@@ -92,6 +92,7 @@ class Proxy:
             config=lambda: self.config, snapshot=self.snapshot, prepare_tenant=self.prepare_tenant,
             apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
             load=(lambda: registrystore.load(config.source)) if config.source is not None else None,
+            apply_changes=lambda new: self.apply_config(new, keep_unchanged=True),
             registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
             if config.registry.enabled else None,
         ))
@@ -137,10 +138,10 @@ class Proxy:
             found = self._tenants[name] = Tenant(name, self.config.tenants[name].strategy, self.metrics.tenant(name))
         return found
 
-    def apply_config(self, new: Config) -> list[str]:
-        """Blocking half of a reload (discovery and preflight under the new config); the switch itself
-        is scheduled on the loop. Returns the problems that reject the reload."""
-        policies, problems = self.prepare_config(new)
+    def apply_config(self, new: Config, *, keep_unchanged: bool = False) -> list[str]:
+        """Blocking half of a reload (discovery and preflight under the new config; `keep_unchanged`: only of the
+        tenants it changes); the switch itself is scheduled on the loop. Returns the problems that reject it."""
+        policies, problems = self.prepare_config(new, keep_unchanged=keep_unchanged)
         if problems:
             return problems
         loop = self._loop
@@ -177,10 +178,11 @@ class Proxy:
         self.metrics.preflight(name, ready)
         return problems
 
-    def prepare_config(self, new: Config) -> tuple[dict[str, TenantPolicy], list[str]]:
+    def prepare_config(self, new: Config, *,
+                       keep_unchanged: bool = False) -> tuple[dict[str, TenantPolicy], list[str]]:
         """Blocking: build every tenant's policy under a new config (for reload); tenants whose backend
         is down are left to be prepared later."""
-        return self.registry.prepare_config(new, BackendCheckError)
+        return self.registry.prepare_config(new, BackendCheckError, keep_unchanged=keep_unchanged)
 
     def install_config(self, new: Config, policies: dict[str, TenantPolicy]) -> None:
         """On the event loop: switch to a new config; sessions of removed or moved users end at their
@@ -294,7 +296,7 @@ class Proxy:
             self.peer_sender = PeerCancelSender(registry.dsn, shared)
             peer = (advertised_host(registry.advertise_host, registry.peer_host), self.peer_server.port,
                     registry.instance_bits)
-        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload, peer,
+        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload_changes, peer,
                                             lambda: self.config.registry_version)
         self.registry_watch.start()
         if peer is not None:
