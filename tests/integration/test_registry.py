@@ -211,22 +211,30 @@ def test_two_instances_on_one_registry_serve_the_same_users(
         other.stop()
 
 
+@pytest.mark.parametrize(("database", "user", "rows"), [("initech", "ivan", 7), ("saas", "alice", 200),
+                                                      ("saas", "gina", 40)])
 def test_the_registry_schema_is_refused_to_a_tenant_whose_database_holds_it(
-        rproxy: ProxyProcess, pg: PgCluster) -> None:
-    """The registry in initech's own database, even readable by everyone (a mistake): the policy refuses it."""
-    dsn = _registry_dsn(pg, "initech")
+        rproxy: ProxyProcess, pg: PgCluster, database: str, user: str, rows: int) -> None:
+    """The registry in a tenant's own database (database, shared and schema strategy), even readable by everyone
+    (a mistake): the policy refuses it."""
+    dsn = _registry_dsn(pg, database)
     assert pgtenant("registry", "init", "--dsn", dsn).returncode == 0
     try:
         pg.execute("GRANT USAGE ON SCHEMA pgtenant_registry TO PUBLIC; "
-                   "GRANT SELECT ON pgtenant_registry.users TO PUBLIC", dbname="initech")
+                   "GRANT SELECT ON pgtenant_registry.users TO PUBLIC", dbname=database)
         rproxy.reload("reloaded")  # the tenant is prepared again and sees the schema in its database
-        with psycopg.connect(rproxy.dsn("ivan"), autocommit=True) as conn:
-            with pytest.raises(psycopg.Error) as err:
-                conn.execute("SELECT name, verifier FROM pgtenant_registry.users").fetchall()
-            assert "pgtenant_registry" in str(err.value)
-            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (7,)  # the session stays usable
+        with psycopg.connect(rproxy.dsn(user), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error, match="pgtenant_registry"):
+                conn.execute("SELECT name, verifier FROM pgtenant_registry.users")
+            conn.execute("SET search_path = pgtenant_registry, public")  # PostgreSQL gets public alone
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                conn.execute("SELECT verifier FROM users")
+            conn.execute("RESET search_path")
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (rows,)  # the session stays usable
+            listed = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'pgtenant%'").fetchall()
+            assert listed == []  # not even its name shows in the catalog
     finally:
-        pg.execute("DROP SCHEMA pgtenant_registry CASCADE", dbname="initech")
+        pg.execute("DROP SCHEMA pgtenant_registry CASCADE", dbname=database)
         rproxy.reload("reloaded")
 
 
