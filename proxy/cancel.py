@@ -7,6 +7,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from proxy import instancekey
+
 PROCESS_ID_BITS = 31  # BackendKeyData's process id is an Int32; PostgreSQL's are positive, and so are ours
 
 
@@ -55,8 +57,12 @@ def key_space() -> KeySpace:
 
 
 def new_cancel_key() -> tuple[int, bytes]:
-    """A client's cancel key: (process id naming this worker, 4 random secret bytes)."""
-    return _space.new_process_id(), secrets.token_bytes(4)
+    """A client's cancel key: (process id naming this worker, and this instance when stateless replicas share a
+    registry (proxy.instancekey: its slot sits above the worker bits), 4 random secret bytes)."""
+    while True:
+        pid = instancekey.space().carry(_space.new_process_id())
+        if pid:
+            return pid, secrets.token_bytes(4)
 
 
 class CancelRegistry:

@@ -1,4 +1,5 @@
-"""The `pgtenant` command line: run, check-config, passwd, provision, demo, mcp, mcp-token."""
+"""The `pgtenant` command line: run, check-config, passwd, provision, demo, mcp, mcp-token (and proxy.tenantcli's
+registry, tenants and users)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,24 @@ import getpass
 import sys
 from typing import TYPE_CHECKING
 
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError
 
 if TYPE_CHECKING:  # the MCP SDK is imported only by `pgtenant mcp`
     from proxy.mcp.tools import Limits
 
 
 def _load(path: str) -> Config | None:
-    """The validated config, or None after printing the problem (exit code 2 for the caller)."""
+    """The validated config (with the registry's tenants and users when it has a [registry]), or None after
+    printing the problem (exit code 2 for the caller)."""
+    from proxy.registrystore import RegistryError, load
+
     try:
-        return load_config(path)
+        return load(path)
     except ConfigError as exc:
         print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
+        return None
+    except RegistryError as exc:
+        print(f"pgtenant: {exc}", file=sys.stderr)
         return None
 
 
@@ -268,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("agent", help="the agent's name (in logs)")
     p.add_argument("--dsn", required=True, help="libpq connection string of the pgtenant login this agent acts as")
     p.set_defaults(func=_cmd_mcp_token)
+    from proxy.tenantcli import add_parsers
+
+    add_parsers(sub)  # registry init, tenants add/list/move, users add/remove/passwd
     p = sub.add_parser("passwd", help="read a password from stdin and print its SCRAM-SHA-256 verifier")
     p.add_argument("user")
     p.add_argument("--iterations", type=int, default=4096)

@@ -273,6 +273,37 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """[registry]: the tenant registry in PostgreSQL (docs/operations.md "Tenant registry"); off without a dsn."""
+
+    dsn: str | None = field(default=None, repr=False)  # libpq DSN of the registry database (`env:NAME` allowed)
+    reconnect_delay: float = 1.0  # seconds between attempts to reconnect a lost registry connection
+    # Stateless replicas (docs/operations.md "Stateless replicas"): a CancelRequest landing on another instance is
+    # passed to the one serving the session, over this port, authenticated with peer_secret. None: no forwarding.
+    peer_port: int | None = None
+    peer_host: str = "0.0.0.0"  # address the peer port listens on
+    advertise_host: str | None = None  # address other instances reach this one at (`env:POD_IP`); None: peer_host,
+    # or this host's name's address when peer_host is a wildcard
+    instance_bits: int = 5  # process-id bits naming the instance: at most 2**instance_bits instances per registry
+    peer_secret: str | None = field(default=None, repr=False)  # shared by all instances (`env:NAME`), 32+ characters
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dsn)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryOverlay:
+    """Tenants, users and user verifiers read from the registry, as [tenants.X] / [users.X] tables and
+    secrets.users entries: merged over the file's (an entry of the same name replaces the file's)."""
+
+    tenants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    users: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    verifiers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    version: int = 0  # the registry's change number it was read at
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     listen: ListenConfig
     limits: LimitsConfig
@@ -289,6 +320,8 @@ class Config:
     pool: PoolConfig = PoolConfig()
     agent: AgentConfig = AgentConfig()
     server: ServerConfig = ServerConfig()
+    registry: RegistryConfig = RegistryConfig()
+    registry_version: int | None = None  # the registry change number the tenants and users were read at
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     auth_mock_secret_random: bool = False  # True: not configured, a random one per load (see proxy.mocksecret)
@@ -523,6 +556,24 @@ def _server_config(raw: Mapping[str, Any]) -> ServerConfig:
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"server.workers: must be 1..{MAX_WORKERS} or \"auto\", got {workers}")
     return ServerConfig(workers=workers)
+def _registry_config(given: dict[str, Any]) -> RegistryConfig:
+    """[registry], checked; its dsn, advertise_host and peer_secret may be `env:NAME`."""
+    for key in ("dsn", "advertise_host", "peer_secret"):
+        if given.get(key) is not None:
+            given[key] = _resolve_secret(given[key], f"registry.{key}")
+    registry = RegistryConfig(**given)
+    _positive(registry.reconnect_delay, "registry.reconnect_delay")
+    if not 1 <= registry.instance_bits <= 10:
+        raise ConfigError(f"registry.instance_bits: must be 1..10, got {registry.instance_bits}")
+    if registry.peer_port is not None:
+        if not 0 <= registry.peer_port <= 65535:
+            raise ConfigError(f"registry.peer_port: must be 0..65535, got {registry.peer_port}")
+        if not registry.dsn:
+            raise ConfigError("registry.peer_port: needs registry.dsn (instances find each other in the registry)")
+        if len(registry.peer_secret or "") < 32:
+            raise ConfigError("registry.peer_secret: at least 32 characters of random data shared by all instances "
+                              "(e.g. `openssl rand -hex 32`), required with peer_port")
+    return registry
 
 
 def _resolve_secret(value: str, where: str) -> str:
@@ -535,8 +586,9 @@ def _resolve_secret(value: str, where: str) -> str:
     return value
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a config file and its secrets file; raise ConfigError naming the key."""
+def load_config(path: str | os.PathLike[str], overlay: RegistryOverlay | None = None) -> Config:
+    """Read and validate a config file and its secrets file (and the registry's tenants and users over them, when
+    given); raise ConfigError naming the key."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -544,21 +596,39 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path}: file not found") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return parse_config(raw, base=path.parent, source=path)
+    return parse_config(raw, base=path.parent, source=path, overlay=overlay)
 
 
-def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = None) -> Config:
+def _merge_overlay(raw: Mapping[str, Any], secrets: Mapping[str, Any],
+                   overlay: RegistryOverlay) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """The file's raw config and secrets with the registry's tenants, users and verifiers over them (by name)."""
+    merged = dict(raw)
+    for key in ("tenants", "users"):
+        merged[key] = {**_table(raw, key, ""), **getattr(overlay, key)}
+    merged_secrets = dict(secrets)
+    merged_secrets["users"] = {**_table(secrets, "users", "secrets."), **overlay.verifiers}
+    return merged, merged_secrets
+
+
+def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = None,
+                 overlay: RegistryOverlay | None = None, secrets_raw: Mapping[str, Any] | None = None) -> Config:
+    """The validated config of a parsed file (`secrets_raw`: its secrets file's parsed text, instead of reading it;
+    `overlay`: the registry's tenants and users over the file's)."""
     _check_keys(
         raw,
         {
             "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
             "preflight", "metrics", "audit", "admin", "pool", "agent", "server",
+            "registry",
         },
         "",
     )
     secrets: Mapping[str, Any] = {}
     secrets_file = _get(raw, "secrets_file", str, "", None)
-    if secrets_file is not None:
+    if secrets_raw is not None:
+        secrets = secrets_raw
+        _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret", "metrics_password"}, "secrets.")
+    elif secrets_file is not None:
         sp = _path(base, secrets_file)
         assert sp is not None
         try:
@@ -568,6 +638,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"secrets_file: {sp} is not valid TOML: {exc}") from exc
         _check_keys(secrets, {"users", "backends", "roles", "auth_mock_secret", "metrics_password"}, "secrets.")
+    if overlay is not None:
+        raw, secrets = _merge_overlay(raw, secrets, overlay)
 
     listen = ListenConfig(**_read(ListenConfig, _table(raw, "listen", ""), "listen.", base))
     if not 0 <= listen.port <= 65535:
@@ -756,6 +828,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         if budget and budget < server.workers:
             raise ConfigError(f"{where}max_db_connections: {budget} is below server.workers {server.workers} (the "
                               "budget is split between the worker processes: each needs at least one connection)")
+    registry = _registry_config(_read(RegistryConfig, _table(raw, "registry", ""), "registry.", base))
 
     mock = secrets.get("auth_mock_secret")
     if mock is not None and not isinstance(mock, str):
@@ -766,6 +839,10 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             "(e.g. `openssl rand -hex 32`); a short one makes unknown users' fake salts guessable"
         )
     mock_secret = _resolve_secret(mock, "secrets.auth_mock_secret").encode() if mock else os.urandom(32)
+    if registry.peer_port is not None and server.workers > 1:
+        raise ConfigError("registry.peer_port: forwarding cancels between instances is not supported with "
+                          "server.workers > 1 yet (each worker would claim its own slot and port); run one worker "
+                          "per instance, or leave peer_port unset")
 
     return Config(
         listen=listen,
@@ -783,6 +860,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         pool=pool,
         agent=agent,
         server=server,
+        registry=registry,
+        registry_version=None if overlay is None else overlay.version,
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         auth_mock_secret_random=not mock,

@@ -38,6 +38,7 @@ from psycopg import sql
 
 from proxy import certs, embedded
 from proxy.config import Config, load_config
+from proxy.tomledit import value as toml_value
 
 TABLES: tuple[str, ...] = ("customers", "products", "orders", "order_lines", "events")
 SHARED_DATABASE = "saas"
@@ -460,21 +461,9 @@ def expected_counts(pg: embedded.EmbeddedPostgres) -> dict[str, dict[str, int]]:
 # --- configuration ----------------------------------------------------------------------------
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
 def to_toml(data: Mapping[str, Any], prefix: str = "") -> str:
     """A small TOML writer for the generated config (strings, numbers, booleans, lists, nested tables)."""
-    scalars = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
+    scalars = [f"{k} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, Mapping)]
     out = ""
     if scalars:
         out += (f"[{prefix}]\n" if prefix else "") + "\n".join(scalars) + "\n\n"

@@ -64,6 +64,9 @@ class Running:
     kill: Callable[[str], bool]  # end a session by id (the console's KILL_CLIENT)
     unlock: Callable[[str], int]  # forget a user's failed logins (the console's UNLOCK)
     metrics: Metrics
+    load: Callable[[], Config] | None = None  # blocking: the config anew (file and registry); None: the file's
+    registry_connected: Callable[[], bool] | None = None  # the registry's LISTEN connection is up (None: no registry)
+    apply_changes: Callable[[Config], list[str]] | None = None  # blocking: apply_config preparing changed tenants only
 
 
 class Ops:
@@ -95,7 +98,10 @@ class Ops:
         detail["backends"] = backends
         pending = proxy.snapshot().pending
         detail["tenants_pending"] = pending
-        ok = bool(detail["listening"]) and all(backends.values()) and not pending
+        registry = proxy.registry_connected() if proxy.registry_connected is not None else True
+        if proxy.registry_connected is not None:
+            detail["registry"] = registry
+        ok = bool(detail["listening"]) and all(backends.values()) and not pending and registry
         if pending and all(backends.values()):
             # Backends are back: try to prepare the tenants that were waiting for them.
             for name in pending:
@@ -104,14 +110,18 @@ class Ops:
                 except Exception as exc:
                     log.warning("tenant_pending", tenant=name, reason=str(exc))
             detail["tenants_pending"] = proxy.snapshot().pending
-            ok = not detail["tenants_pending"] and bool(detail["listening"])
+            ok = not detail["tenants_pending"] and bool(detail["listening"]) and registry
         self._ready_cache = (now, ok, detail)
         return ok, detail
 
     # --- reload ----------------------------------------------------------------------------
 
-    async def reload(self) -> tuple[bool, str]:
-        """Re-read the config file; on any error keep the old one and say why."""
+    async def reload_changes(self) -> tuple[bool, str]:
+        """A registry change: reload as SIGHUP does, but prepare again only the tenants whose config changed."""
+        return await self.reload(changes_only=True)
+
+    async def reload(self, *, changes_only: bool = False) -> tuple[bool, str]:
+        """Re-read the config file (and the registry); on any error keep the old one and say why."""
         proxy = self.proxy
         source = proxy.config().source
         if source is None:
@@ -119,8 +129,10 @@ class Ops:
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
             try:
-                new: Config = await loop.run_in_executor(None, load_config, source)
-                problems = await loop.run_in_executor(None, proxy.apply_config, new)
+                load = proxy.load or (lambda: load_config(source))
+                new: Config = await loop.run_in_executor(None, load)
+                apply = proxy.apply_changes if changes_only and proxy.apply_changes is not None else proxy.apply_config
+                problems = await loop.run_in_executor(None, apply, new)
             except ConfigError as exc:
                 proxy.metrics.config_reloaded(False)
                 log.error("reload_rejected", problem=str(exc))
@@ -134,7 +146,8 @@ class Ops:
                 log.error("reload_rejected", problem="; ".join(problems))
                 return False, "reload rejected, old configuration stays in force: " + "; ".join(problems)
             proxy.metrics.config_reloaded(True)
-            log.info("reloaded", tenants=len(new.tenants), users=len(new.users))
+            log.info("reloaded", tenants=len(new.tenants), users=len(new.users),
+                     **({} if new.registry_version is None else {"registry_version": new.registry_version}))
             return True, f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
 
     # --- admin console (proxy.admin.AdminContext) ----------------------------------------
@@ -199,6 +212,7 @@ class Ops:
             ("preflight.enforce", cfg.preflight.enforce),
             ("tenants", len(cfg.tenants)), ("users", len(cfg.users)), ("backends", len(cfg.backends)),
             ("source", str(cfg.source)),
+            ("registry_version", cfg.registry_version),  # None: no registry, the file alone
         ]
         return ("key", "value"), rows
 

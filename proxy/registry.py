@@ -11,6 +11,7 @@ from proxy.config import Config, TenantConfig
 from proxy.errors import PgError
 from proxy.logs import get_logger
 from proxy.policy.model import Tenant, TenantPolicy
+from proxy.registrydb import SCHEMA as REGISTRY_SCHEMA
 from proxy.tenancy import other_tenants_schemas, tenant_policy
 
 log = get_logger("pgtenant.registry")
@@ -100,11 +101,21 @@ class TenantRegistry:
         try:
             return tenant_policy(
                 tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
-                hidden_schemas=other_tenants_schemas(config, tenant), catalog_columns=report.catalog_columns,
+                hidden_schemas=other_tenants_schemas(config, tenant) | (report.schemas & {REGISTRY_SCHEMA}),
+                catalog_columns=report.catalog_columns,
                 known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
             ), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]
+
+    @staticmethod
+    def inputs(config: Config, name: str) -> tuple[object, ...] | None:
+        """Everything of `config` a tenant's policy is built from (besides the database itself), or None."""
+        tenant = config.tenants.get(name)
+        if tenant is None:
+            return None
+        return (tenant, config.backend_for(tenant), other_tenants_schemas(config, tenant), config.preflight,
+                config.limits.max_advisory_locks)
 
     def prepare_tenant(self, name: str) -> list[str]:
         """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""
@@ -113,12 +124,19 @@ class TenantRegistry:
             self.policies[name] = policy
         return problems
 
-    def prepare_config(self, new: Config, unreachable: type[Exception]) -> tuple[dict[str, TenantPolicy], list[str]]:
+    def prepare_config(self, new: Config, unreachable: type[Exception], *,
+                       keep_unchanged: bool = False) -> tuple[dict[str, TenantPolicy], list[str]]:
         """Blocking: build every tenant's policy under a new config (for reload): (policies, problems that reject
-        it); tenants whose check raises `unreachable` (their backend is down) are left to be prepared later."""
+        it); tenants whose check raises `unreachable` (their backend is down) are left to be prepared later.
+        `keep_unchanged` (a registry change): a prepared tenant whose every input is the same under `new` keeps its
+        policy instead of being discovered and preflighted again (one user added among thousands of tenants)."""
         policies: dict[str, TenantPolicy] = {}
         problems: list[str] = []
         for name in new.tenants:
+            kept = self.policies.get(name) if keep_unchanged else None
+            if kept is not None and self.inputs(self.config, name) == self.inputs(new, name):
+                policies[name] = kept
+                continue
             try:
                 policy, found = self.build(new, name)
             except unreachable as exc:

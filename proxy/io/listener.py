@@ -7,13 +7,14 @@ import contextlib
 import gc
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from proxy import _accel, allocator, dbcheck, errors, memory
+from proxy import _accel, allocator, dbcheck, errors, instancekey, memory, registrystore
 from proxy import admin as admin_console
 from proxy.actions import ForwardCancel
 from proxy.agent import timeout_ms as agent_timeout_ms
@@ -26,8 +27,10 @@ from proxy.config import AgentConfig, BackendConfig, Config, ServerConfig
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
+from proxy.io.peercancel import PeerCancelSender, PeerCancelServer
 from proxy.io.peers import Peers, PeerServer, WorkerIdentity
 from proxy.io.pool import Pool
+from proxy.io.registrywatch import RegistryWatch
 from proxy.io.tls import backend_ssl_context, client_ssl_context, own_channel_binding
 from proxy.limits import ConnectionCounts, QuerySlots
 from proxy.logs import LogLimiter, get_logger
@@ -101,7 +104,14 @@ class Proxy:
         self.ops = Ops(Running(
             config=lambda: self.config, snapshot=self.snapshot, prepare_tenant=self.prepare_tenant,
             apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
+            load=(lambda: registrystore.load(config.source)) if config.source is not None else None,
+            apply_changes=lambda new: self.apply_config(new, keep_unchanged=True),
+            registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
+            if config.registry.enabled else None,
         ))
+        self.registry_watch: RegistryWatch | None = None
+        self.instance_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
+        self.peer_sender: PeerCancelSender | None = None
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -149,11 +159,11 @@ class Proxy:
         count = 1 if self.worker is None else self.worker.count
         return config if config.server.workers == count else replace(config, server=ServerConfig(workers=count))
 
-    def apply_config(self, new: Config) -> list[str]:
-        """Blocking half of a reload (discovery and preflight under the new config); the switch itself
-        is scheduled on the loop. Returns the problems that reject the reload."""
+    def apply_config(self, new: Config, *, keep_unchanged: bool = False) -> list[str]:
+        """Blocking half of a reload (discovery and preflight under the new config; `keep_unchanged`: only of the
+        tenants it changes); the switch itself is scheduled on the loop. Returns the problems that reject it."""
         new = self.as_worker(new)
-        policies, problems = self.prepare_config(new)
+        policies, problems = self.prepare_config(new, keep_unchanged=keep_unchanged)
         if problems:
             return problems
         loop = self._loop
@@ -190,10 +200,11 @@ class Proxy:
         self.metrics.preflight(name, ready)
         return problems
 
-    def prepare_config(self, new: Config) -> tuple[dict[str, TenantPolicy], list[str]]:
+    def prepare_config(self, new: Config, *,
+                       keep_unchanged: bool = False) -> tuple[dict[str, TenantPolicy], list[str]]:
         """Blocking: build every tenant's policy under a new config (for reload); tenants whose backend
         is down are left to be prepared later."""
-        return self.registry.prepare_config(new, BackendCheckError)
+        return self.registry.prepare_config(new, BackendCheckError, keep_unchanged=keep_unchanged)
 
     def install_config(self, new: Config, policies: dict[str, TenantPolicy]) -> None:
         """On the event loop: switch to a new config; sessions of removed or moved users end at their
@@ -272,6 +283,7 @@ class Proxy:
             except OSError as exc:
                 m_cfg = self.config.metrics
                 raise StartupError(f"metrics: cannot listen on {m_cfg.host}:{m_cfg.port}: {exc.strerror}") from exc
+        await self._start_registry()
         try:
             self.server = await loop.create_server(
                 lambda: ClientConnection(self),
@@ -291,6 +303,38 @@ class Proxy:
         log.info("listening", address=self.addresses(), compiled_hot_path=_accel.status())
         loop.call_later(memory.TRIM_INTERVAL, self._trim_memory)
         self.pool.start()
+
+    async def _start_registry(self) -> None:
+        """The registry (read at start by the cli) kept current from now on; with a peer port, this instance's slot
+        claimed before any client gets a cancel key (docs/operations.md "Tenant registry", "Stateless replicas")."""
+        registry = self.config.registry
+        if not registry.dsn:
+            return
+        peer = None
+        if registry.peer_port is not None:
+            assert registry.peer_secret is not None
+            shared = registry.peer_secret.encode()
+            self.instance_server = PeerCancelServer(registry.peer_host, registry.peer_port, shared,
+                                                    self._cancel_here_key)
+            try:
+                await self.instance_server.start()
+            except OSError as exc:
+                raise StartupError(f"registry.peer_port: cannot listen on {registry.peer_host}:{registry.peer_port}: "
+                                   f"{exc.strerror}") from exc
+            self.peer_sender = PeerCancelSender(registry.dsn, shared)
+            peer = (advertised_host(registry.advertise_host, registry.peer_host), self.instance_server.port,
+                    registry.instance_bits)
+        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload_changes, peer,
+                                            lambda: self.config.registry_version)
+        self.registry_watch.start()
+        if peer is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.registry_watch.claimed.wait(), 30)
+            if self.registry_watch.slot is None:
+                raise StartupError("registry: no instance slot could be claimed (is the registry reachable? are all "
+                                   f"{1 << registry.instance_bits} slots held? see registry.instance_bits)")
+            instancekey.use_space(instancekey.InstanceSpace(self.registry_watch.slot, registry.instance_bits,
+                                                            shift=key_space().bits))
 
     def _trim_memory(self) -> None:
         """Every TRIM_INTERVAL while sessions come and go: what connections freed goes back to the system (RSS
@@ -324,7 +368,10 @@ class Proxy:
         cancelled). The server goes to nobody else until the cancel connection has closed and a round trip proved
         it clean, so a cancel racing the release of the server never reaches the next client's query (PgBouncer
         1.19+ also waits for the close); a cancel whose connection failed may still arrive: its server is closed
-        instead of reused."""
+        instead of reused. A key another instance gave is passed on to it (stateless replicas), a key another worker
+        process gave to that worker."""
+        if await self._cancel_elsewhere(action):
+            return
         if self.peers is not None:
             owner = key_space().worker_of(action.process_id)
             if owner is not None and owner != self.peers.index:  # another worker's session: that worker forwards it
@@ -334,6 +381,19 @@ class Proxy:
                 log.debug("cancel_passed_to_worker", worker=owner, answered=answer is not None)
                 return
         await self._cancel_here(action)
+
+    async def _cancel_elsewhere(self, action: ForwardCancel) -> bool:
+        """Stateless replicas: a key naming another instance's slot goes to that instance; whether it did."""
+        if self.peer_sender is None:
+            return False
+        slot = instancekey.space().elsewhere(action.process_id)
+        if slot is None:
+            return False
+        await self.peer_sender.send(slot, action.process_id, action.secret_key)
+        return True
+
+    async def _cancel_here_key(self, process_id: int, secret_key: bytes) -> None:
+        await self._cancel_here(ForwardCancel(process_id, secret_key))
 
     async def _cancel_here(self, action: ForwardCancel) -> None:
         """A CancelRequest for a session of this process (see forward_cancel)."""
@@ -416,8 +476,12 @@ class Proxy:
                 await asyncio.wait_for(self.server.wait_closed(), 2)
         if self.ops_server is not None:
             await self.ops_server.close()
+        if self.registry_watch is not None:
+            await self.registry_watch.close()
         if self.peer_server is not None:
             await self.peer_server.close()
+        if self.instance_server is not None:
+            await self.instance_server.close()
         self.workers.close()
         if self.audit is not None:
             self.audit.close()
@@ -517,6 +581,15 @@ class Proxy:
 
 # The console views merged over worker processes (proxy.clusterview), by their AdminView methods' names.
 CLUSTER_VIEWS = ("clients", "servers", "pools", "stats", "tenants")
+
+
+def advertised_host(advertise: str | None, peer_host: str) -> str:
+    """The address other instances reach this one's peer port at."""
+    if advertise:
+        return advertise
+    if peer_host in ("", "0.0.0.0", "::"):
+        return socket.gethostbyname(socket.gethostname())
+    return peer_host
 
 
 class StartupError(RuntimeError):

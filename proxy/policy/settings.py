@@ -47,10 +47,13 @@ def _check_name(policy: TenantPolicy, name: str) -> str:
 
 def usable_schema(policy: TenantPolicy, entry: str) -> bool:
     """Whether a search_path entry may reach PostgreSQL: the tenant's own, shared and system schemas (schema
-    strategy), any schema but other tenants' (shared strategy), anything (database strategy). PostgreSQL itself
-    skips entries that do not exist or that the role may not use; the proxy skips these the same way."""
-    if policy.strategy == "database" or entry in ("pg_catalog", "pg_temp"):
+    strategy), any schema but other tenants' (shared strategy), anything but hidden schemas (database strategy:
+    schema tenants' of the same database, the tenant registry's). PostgreSQL itself skips entries that do not exist
+    or that the role may not use; the proxy skips these the same way."""
+    if entry in ("pg_catalog", "pg_temp"):
         return True
+    if policy.strategy == "database":
+        return entry not in policy.hidden_schemas and entry not in policy.foreign_schemas
     if policy.strategy == "schema":
         return entry in policy.allowed_schemas
     # "$user" names the backend role's schema, never the client's; pg_temp_N / pg_toast* are other sessions' or
@@ -125,9 +128,9 @@ def _check_marks(entries: list[str]) -> None:
 
 def path_read_at_run_time(policy: TenantPolicy) -> bool:
     """Whether reads of search_path are rewritten to `client_path_sql`: wherever PostgreSQL may get a search_path
-    without some of the client's entries (the shared and schema strategies), whatever the session's value is when
-    the statement is decided."""
-    return policy.strategy != "database"
+    without some of the client's entries (the shared and schema strategies, and a database tenant's where some
+    schema of its database is hidden), whatever the session's value is when the statement is decided."""
+    return policy.strategy != "database" or bool(policy.hidden_schemas or policy.foreign_schemas)
 
 
 def search_path_change(policy: TenantPolicy, body: Node, index: int) -> tuple[Change | None, list[int] | None]:

@@ -120,6 +120,7 @@ class ProxyProcess:
     agent: dict[str, Any] = field(default_factory=dict)  # [agent] keys
     user_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # more [users.X] keys: {"bot": {"profile": …}}
     server: dict[str, Any] = field(default_factory=dict)  # [server] keys, e.g. {"workers": 2}
+    registry: dict[str, Any] = field(default_factory=dict)  # [registry] keys (a tenant registry in PostgreSQL)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -187,6 +188,8 @@ class ProxyProcess:
             lines += [f"[tenants.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in keys.items())]
         if not self.preflight_enforce:
             lines += ["[preflight]", "enforce = false"]
+        if self.registry:
+            lines += ["[registry]", *(f"{k} = {json.dumps(v)}" for k, v in self.registry.items())]
         if self.agent:
             lines += ["[agent]", *(f"{k} = {json.dumps(v)}" for k, v in self.agent.items())]
         for user, (tenant, _) in self.users.items():

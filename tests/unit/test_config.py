@@ -23,6 +23,8 @@ from proxy.config import (
     MetricsConfig,
     PoolConfig,
     PreflightConfig,
+    RegistryConfig,
+    RegistryOverlay,
     ServerConfig,
     TenantConfig,
     TlsConfig,
@@ -69,6 +71,7 @@ TABLES = {
     "admin": (AdminConfig, ("verifiers",)), "backends": (BackendConfig, ("name", "password")),
     "tenants": (TenantConfig, ("name",)), "users": (UserConfig, ("name", "verifier")),
     "pool": (PoolConfig, ()), "agent": (AgentConfig, ()), "server": (ServerConfig, ()),
+    "registry": (RegistryConfig, ()),
 }
 
 
@@ -336,4 +339,62 @@ def test_database_budgets_are_split_between_workers(tmp_path: Path) -> None:
     assert (cfg.db_budget("main"), cfg.db_budget("other")) == (10, 2)  # type: ignore[attr-defined]
     raw["backends"]["other"]["max_db_connections"] = 3  # fewer than the workers: one would get none
     with pytest.raises(ConfigError, match=r"backends\.other\.max_db_connections: 3 is below server\.workers 4"):
+        load(raw, tmp_path)
+
+
+def test_registry_overlay_replaces_the_files_entries_by_name(tmp_path: Path) -> None:
+    raw = {**base(), "tenants": {**base()["tenants"], "globex": {"strategy": "database", "database": "g"}}}
+    overlay = RegistryOverlay(
+        tenants={"acme": {"strategy": "database", "database": "acme_db"}, "newco": {"strategy": "database",
+                                                                                  "database": "n"}},
+        users={"nina": {"tenant": "newco"}, "alice": {"tenant": "globex"}},
+        verifiers={"nina": VERIFIER, "alice": VERIFIER}, version=7)
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{VERIFIER}"\n')
+    cfg = parse_config({"secrets_file": "s.toml", **raw}, base=tmp_path, overlay=overlay)
+    assert cfg.tenants["acme"].strategy == "database" and cfg.tenants["acme"].database == "acme_db"
+    assert cfg.tenants["globex"].database == "g"  # a file tenant the registry does not name stays
+    assert cfg.users["alice"].tenant == "globex" and cfg.users["nina"].tenant == "newco"
+    assert cfg.registry_version == 7 and load(base(), tmp_path).registry_version is None  # type: ignore[attr-defined]
+
+
+def test_a_registry_row_gets_the_files_validation(tmp_path: Path) -> None:
+    overlay = RegistryOverlay(users={"nina": {"tenant": "nowhere"}}, verifiers={"nina": VERIFIER})
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{VERIFIER}"\n')
+    with pytest.raises(ConfigError, match=r"users\.nina\.tenant: unknown tenant 'nowhere'"):
+        parse_config({"secrets_file": "s.toml", **base()}, base=tmp_path, overlay=overlay)
+    overlay = RegistryOverlay(users={"nina": {"tenant": "acme"}}, verifiers={"nina": "SCRAM-SHA-256$bad"})
+    with pytest.raises(ConfigError, match=r"secrets\.users\.nina: "):
+        parse_config({"secrets_file": "s.toml", **base()}, base=tmp_path, overlay=overlay)
+
+
+def test_registry_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not load(base(), tmp_path).registry.enabled  # type: ignore[attr-defined]
+    monkeypatch.setenv("REG_DSN", "host=db dbname=registry")
+    cfg = load({**base(), "registry": {"dsn": "env:REG_DSN"}}, tmp_path)
+    assert cfg.registry.dsn == "host=db dbname=registry" and cfg.registry.enabled  # type: ignore[attr-defined]
+    assert "host=db" not in repr(cfg.registry)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"registry\.reconnect_delay: must be positive"):
+        load({**base(), "registry": {"reconnect_delay": 0}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"registry\.channel: unknown key"):
+        load({**base(), "registry": {"channel": "x"}}, tmp_path)
+
+
+def test_registry_peer_keys(tmp_path: Path) -> None:
+    reg = {"dsn": "host=db", "peer_port": 6433, "peer_secret": "x" * 32}
+    cfg = load({**base(), "registry": reg}, tmp_path)
+    assert cfg.registry.peer_port == 6433 and cfg.registry.instance_bits == 5  # type: ignore[attr-defined]
+    for bad, problem in [({"peer_secret": "short"}, r"registry\.peer_secret: at least 32"),
+                         ({"dsn": None}, r"registry\.peer_port: needs registry\.dsn"),
+                         ({"instance_bits": 11}, r"registry\.instance_bits: must be 1\.\.10"),
+                         ({"peer_port": 70000}, r"registry\.peer_port: must be 0\.\.65535")]:
+        given = {k: v for k, v in {**reg, **bad}.items() if v is not None}
+        with pytest.raises(ConfigError, match=problem):
+            load({**base(), "registry": given}, tmp_path)
+
+
+def test_registry_peer_forwarding_with_several_workers_is_refused(tmp_path: Path) -> None:
+    raw = base()
+    raw["server"] = {"workers": 2}
+    raw["registry"] = {"dsn": "host=db", "peer_port": 7000, "peer_secret": "x" * 32}
+    with pytest.raises(ConfigError, match=r"registry\.peer_port: forwarding cancels between instances is not supported"):
         load(raw, tmp_path)

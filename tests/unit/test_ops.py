@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from proxy.auth.scram import make_verifier
 from proxy.config import Config, load_config, parse_config
 from proxy.metrics import Metrics
@@ -76,3 +78,33 @@ def test_reload_without_a_file_and_with_problems(tmp_path: Path) -> None:
     ok, message = asyncio.run(ops(from_file).reload())
     assert ok and message == "configuration reloaded: 1 tenant(s), 1 user(s)"
 
+
+
+def test_readiness_follows_the_registry_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config(tmp_path)
+    up = [False]
+    o = Ops(Running(
+        config=lambda: config, snapshot=lambda: Snapshot(True, [], [], []), prepare_tenant=lambda _n: [],
+        apply_config=lambda _new: [], kill=lambda _sid: False, unlock=lambda _u: 0, metrics=Metrics(max_tenants=10),
+        registry_connected=lambda: up[0],
+    ))
+
+    async def reachable(*_a: object, **_k: object) -> tuple[None, _Closed]:
+        return None, _Closed()
+
+    async def check() -> tuple[bool, dict[str, object]]:
+        o._ready_cache = None
+        return await o.ready()
+
+    monkeypatch.setattr(asyncio, "open_connection", reachable)  # every backend answers
+    ok, detail = asyncio.run(check())
+    assert not ok and detail["registry"] is False
+    up[0] = True
+    ok, detail = asyncio.run(check())
+    assert ok and detail["registry"] is True
+    assert "registry" not in asyncio.run(ops(config).ready())[1]  # no registry configured: not part of readiness
+
+
+class _Closed:
+    def close(self) -> None:
+        pass

@@ -124,3 +124,28 @@ def test_revocations_for_a_removed_admin_only(tmp_path: Path) -> None:
 def test_a_user_unknown_to_the_old_config_is_revoked(tmp_path: Path, user: str) -> None:
     old = make_config(tmp_path)
     assert [r.user for r in revocations(old, old, refs(user))] == [user]
+
+
+def test_a_registry_change_prepares_only_the_tenants_it_changes(tmp_path: Path) -> None:
+    prepared: list[str] = []
+
+    def preflight(_config: Config, tenant: TenantConfig, _scoped: object) -> SimpleNamespace:
+        prepared.append(tenant.name)
+        return report()
+
+    old = make_config(tmp_path)
+    reg = TenantRegistry(old, lambda _c, _t: {}, preflight)
+    policies, _ = reg.prepare_config(old, Unreachable)
+    reg.install(old, policies, [])
+    prepared.clear()
+    new = make_config(tmp_path, tenants={"acme": {"strategy": "database", "database": "acme"},
+                                         "globex": {"strategy": "database", "database": "globex2"},
+                                         "initech": {"strategy": "database", "database": "initech"}},
+                      users={"alice": {"tenant": "acme"}, "carol": {"tenant": "acme"}})
+    kept, problems = reg.prepare_config(new, Unreachable, keep_unchanged=True)
+    assert problems == [] and sorted(prepared) == ["globex", "initech"]  # acme's inputs are the same
+    assert kept["acme"] is policies["acme"] and kept["globex"] is not policies["globex"]
+    prepared.clear()
+    reg.prepare_config(new, Unreachable)  # SIGHUP: every tenant again (a migration may have changed its tables)
+    assert sorted(prepared) == ["acme", "globex", "initech"]
+    assert TenantRegistry.inputs(new, "nobody") is None

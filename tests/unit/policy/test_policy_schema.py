@@ -121,3 +121,18 @@ def test_a_reg_literal_is_answered_as_the_servers_major_answers() -> None:
             "42P01", 'relation "tenant_globex.zz" does not exist', old.position), new
     decision = decide(newer, "SELECT 'tenant_globex'::regnamespace")
     assert isinstance(decision, Deny) and decision.sqlstate == "3F000", decision
+
+
+def test_a_database_tenants_search_path_never_gets_a_hidden_schema() -> None:
+    """A database tenant whose database holds a hidden schema (a schema tenant's, the tenant registry's): a SET of
+    search_path naming it reaches PostgreSQL without it (as a missing schema is skipped), and reads of the setting
+    give the client's value back; without hidden schemas the path goes through as set."""
+    from proxy.policy import Rewrite
+    from proxy.policy.settings import marked_entry
+
+    decision = decide(DATABASE_HIDING, "SET search_path = tenant_globex, public")
+    assert isinstance(decision, Rewrite), decision
+    assert marked_entry("tenant_globex, public") in decision.sql and "tenant_globex," not in decision.sql
+    assert isinstance(decide(DATABASE_HIDING, "SHOW search_path"), Rewrite)
+    assert isinstance(decide(POLICIES["database"], "SET search_path = tenant_globex, public"), Allow)
+    assert isinstance(decide(POLICIES["database"], "SHOW search_path"), Allow)

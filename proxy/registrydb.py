@@ -1,0 +1,145 @@
+"""The tenant registry's tables in PostgreSQL (data): their DDL, and its rows as a config overlay."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.config import ConfigError, RegistryOverlay
+
+SCHEMA = "pgtenant_registry"  # never reachable through the proxy (tenancy.py hides it from every tenant)
+CHANNEL = "pgtenant_registry"  # the NOTIFY channel a change is announced on (payload: its change number)
+
+# `pgtenant registry init`: idempotent. The schema grants nothing to PUBLIC: only its owner (and roles it grants
+# to) reads the verifiers. Tenants' own columns are the ones every tenant has; the rest of a [tenants.X] table goes
+# in `options` (strategy keys: tenant_id, schema, ...) or one row per key in tenant_settings (limits, pool, agent).
+DDL: tuple[str, ...] = (
+    f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
+    f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.tenants (
+        name text PRIMARY KEY CHECK (name <> ''),
+        strategy text NOT NULL CHECK (strategy IN ('shared', 'schema', 'database')),
+        backend text,
+        database text NOT NULL,
+        options jsonb NOT NULL DEFAULT '{{}}' CHECK (jsonb_typeof(options) = 'object'),
+        updated_at timestamptz NOT NULL DEFAULT now())""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.tenant_settings (
+        tenant text NOT NULL REFERENCES {SCHEMA}.tenants (name) ON DELETE CASCADE ON UPDATE CASCADE,
+        key text NOT NULL,
+        value jsonb NOT NULL,
+        PRIMARY KEY (tenant, key))""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.users (
+        name text PRIMARY KEY CHECK (name <> ''),
+        tenant text NOT NULL CHECK (tenant <> ''),  -- a tenant of the registry or of the config file
+        verifier text NOT NULL CHECK (verifier LIKE 'SCRAM-SHA-256$%'),
+        options jsonb NOT NULL DEFAULT '{{}}' CHECK (jsonb_typeof(options) = 'object'),
+        updated_at timestamptz NOT NULL DEFAULT now())""",
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.changes (
+        version bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        tbl text NOT NULL,
+        op text NOT NULL,
+        name text)""",
+    f"""CREATE OR REPLACE FUNCTION {SCHEMA}.record_change() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        r jsonb := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END);
+        v bigint;
+    BEGIN
+        INSERT INTO {SCHEMA}.changes (tbl, op, name)
+            VALUES (TG_TABLE_NAME, TG_OP, coalesce(r ->> 'name', r ->> 'tenant'))
+            RETURNING version INTO v;
+        PERFORM pg_notify('{CHANNEL}', v::text);
+        RETURN NULL;
+    END $$""",
+    # Stateless replicas: each instance holds the advisory lock (INSTANCE_LOCK, slot) on its LISTEN connection
+    # while it lives, and says here where its peer port is. Its cancel keys carry the slot.
+    f"""CREATE TABLE IF NOT EXISTS {SCHEMA}.instances (
+        slot int PRIMARY KEY,
+        host text NOT NULL,
+        port int NOT NULL,
+        since timestamptz NOT NULL DEFAULT now())""",
+    *(
+        f"""CREATE OR REPLACE TRIGGER record_change AFTER INSERT OR UPDATE OR DELETE ON {SCHEMA}.{table}
+            FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.record_change()"""
+        for table in ("tenants", "tenant_settings", "users")
+    ),
+)
+
+# The whole registry, read in one REPEATABLE READ transaction (a consistent snapshot).
+SELECT_TENANTS = f"SELECT name, strategy, backend, database, options FROM {SCHEMA}.tenants ORDER BY name"
+SELECT_SETTINGS = f"SELECT tenant, key, value FROM {SCHEMA}.tenant_settings ORDER BY tenant, key"
+SELECT_USERS = f"SELECT name, tenant, verifier, options FROM {SCHEMA}.users ORDER BY name"
+SELECT_VERSION = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.changes"
+
+INSTANCE_LOCK = 0x70677463  # the advisory lock class of instance slots ("pgtc")
+TRY_SLOT = "SELECT pg_catalog.pg_try_advisory_lock(%s::int, %s::int)"
+CLAIM_SLOT = (f"INSERT INTO {SCHEMA}.instances (slot, host, port) VALUES (%s, %s, %s) ON CONFLICT (slot) DO UPDATE "
+              "SET host = EXCLUDED.host, port = EXCLUDED.port, since = now()")
+# Where the instance of a slot answers: only while it holds the slot's lock (else it is gone).
+FIND_SLOT = (f"SELECT host, port FROM {SCHEMA}.instances WHERE slot = %s AND EXISTS (SELECT FROM pg_catalog.pg_locks "
+             "WHERE locktype = 'advisory' AND classid = %s::int::oid AND objid = %s::int::oid AND objsubid = 2 "
+             "AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
+
+# Columns of the tenants and users tables: an `options` or settings key of the same name is a malformed row.
+TENANT_COLUMNS = ("strategy", "backend", "database")
+USER_COLUMNS = ("tenant",)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRows:
+    """The registry's rows as read: (name, strategy, backend, database, options), (tenant, key, value) and
+    (name, tenant, verifier, options)."""
+
+    tenants: list[tuple[str, str, str | None, str, Mapping[str, Any]]] = field(default_factory=list)
+    settings: list[tuple[str, str, Any]] = field(default_factory=list)
+    users: list[tuple[str, str, str, Mapping[str, Any]]] = field(default_factory=list)
+    version: int = 0
+
+
+def _own_keys(options: Mapping[str, Any], columns: Iterable[str], where: str) -> dict[str, Any]:
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}: options must be a JSON object")
+    clash = sorted(set(options) & set(columns))
+    if clash:
+        raise ConfigError(f"{where}.{clash[0]}: a column of its row, not an option")
+    return dict(options)
+
+
+def overlay(rows: RegistryRows) -> RegistryOverlay:
+    """The rows as [tenants.X] / [users.X] tables and verifiers; ConfigError names the registry row of a problem
+    the tables' own checks cannot catch (the config's validation catches the rest, naming tenants.X.key)."""
+    tenants: dict[str, dict[str, Any]] = {}
+    for name, strategy, backend, database, options in rows.tenants:
+        table = _own_keys(options, TENANT_COLUMNS, f"registry tenants.{name}")
+        table.update(strategy=strategy, database=database, **({"backend": backend} if backend else {}))
+        tenants[name] = table
+    for tenant, key, value in rows.settings:
+        where = f"registry tenant_settings ({tenant}, {key})"
+        if key in TENANT_COLUMNS or key in tenants[tenant] or not key:
+            raise ConfigError(f"{where}: {key!r} is set by the tenants row itself")
+        tenants[tenant][key] = value
+    users: dict[str, dict[str, Any]] = {}
+    verifiers: dict[str, str] = {}
+    for name, tenant, verifier, options in rows.users:
+        table = _own_keys(options, USER_COLUMNS, f"registry users.{name}")
+        table["tenant"] = tenant
+        users[name] = table
+        verifiers[name] = verifier
+    return RegistryOverlay(tenants, users, verifiers, rows.version)
+
+
+def tenant_row(table: Mapping[str, Any]) -> tuple[str, str | None, str, dict[str, Any], dict[str, Any]]:
+    """A [tenants.X] table as its row: (strategy, backend, database, options, settings); strategy keys go in
+    options, the rest (limits, pool, agent) in tenant_settings."""
+    rest = {k: v for k, v in table.items() if k not in TENANT_COLUMNS}
+    options = {k: v for k, v in rest.items() if k in STRATEGY_KEYS}
+    settings = {k: v for k, v in rest.items() if k not in STRATEGY_KEYS}
+    return str(table["strategy"]), table.get("backend"), str(table["database"]), options, settings
+
+
+# The keys of [tenants.X] that say where its data is (the rest are settings: limits, pool, agent).
+STRATEGY_KEYS = frozenset({
+    "tenant_id", "tenant_column", "tenant_schemas", "tables", "tenant_setting", "schema", "shared_schemas",
+    "schemas", "allow_writes", "backend_user",
+})

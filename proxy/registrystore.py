@@ -1,0 +1,142 @@
+"""The tenant registry in PostgreSQL, blocking: create its tables, read them, change them (for the CLI and startup)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from proxy.config import Config, ConfigError, load_config
+from proxy.registrydb import (
+    DDL,
+    SCHEMA,
+    SELECT_SETTINGS,
+    SELECT_TENANTS,
+    SELECT_USERS,
+    SELECT_VERSION,
+    RegistryRows,
+    overlay,
+    tenant_row,
+)
+
+CONNECT_TIMEOUT = 5
+
+
+class RegistryError(RuntimeError):
+    """The registry database could not be read or changed; the message says why."""
+
+
+def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
+                               application_name="pgtenant-registry")
+    except psycopg.Error as exc:
+        raise RegistryError(f"cannot connect to the registry: {exc}") from exc
+
+
+def init(dsn: str) -> None:
+    """Create the registry's schema, tables and change trigger (idempotent)."""
+    with connect(dsn) as conn, conn.transaction():
+        for statement in DDL:
+            conn.execute(statement)
+
+
+def read_rows(conn: psycopg.Connection) -> RegistryRows:
+    """The whole registry as the connection's transaction sees it."""
+    try:
+        tenants = [tuple(r) for r in conn.execute(SELECT_TENANTS).fetchall()]
+        settings = [tuple(r) for r in conn.execute(SELECT_SETTINGS).fetchall()]
+        users = [tuple(r) for r in conn.execute(SELECT_USERS).fetchall()]
+        row = conn.execute(SELECT_VERSION).fetchone()
+    except psycopg.errors.UndefinedTable as exc:
+        raise RegistryError(f"the registry has no {SCHEMA} tables: run `pgtenant registry init`") from exc
+    except psycopg.Error as exc:
+        raise RegistryError(f"cannot read the registry: {exc}") from exc
+    return RegistryRows(tenants, settings, users, int(row[0]) if row else 0)  # type: ignore[arg-type]
+
+
+def read(dsn: str) -> RegistryRows:
+    """The whole registry as one consistent snapshot (one REPEATABLE READ transaction)."""
+    with connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            return read_rows(conn)
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """The config file, with the registry's tenants and users over it when its [registry] has a dsn (blocking)."""
+    config = load_config(path)
+    if not config.registry.enabled:
+        return config
+    assert config.registry.dsn is not None
+    return load_config(path, overlay(read(config.registry.dsn)))
+
+
+def loader(path: Path) -> Callable[[], Config]:
+    return lambda: load(path)
+
+
+# --- changes (the CLI) ---------------------------------------------------------------------
+
+
+def _checked(conn: psycopg.Connection, config_path: Path | None) -> None:
+    """Inside the change's transaction: the registry as it would be, merged with the config file, passes the
+    config's validation (ConfigError otherwise, and the caller's transaction rolls back)."""
+    if config_path is not None:
+        load_config(config_path, overlay(read_rows(conn)))
+
+
+def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connection], None]) -> int:
+    """Run `apply` in one transaction, validated against the config file (if given) before it commits; the
+    registry's change number after it (a proxy has applied it once its `reloaded` log line shows this number)."""
+    try:
+        with connect(dsn) as conn:
+            with conn.transaction():
+                apply(conn)
+                _checked(conn, config_path)
+                row = conn.execute(SELECT_VERSION).fetchone()
+            return int(row[0]) if row else 0
+    except psycopg.Error as exc:
+        raise RegistryError(str(exc).strip()) from exc
+
+
+def add_tenant(conn: psycopg.Connection, name: str, table: Mapping[str, Any]) -> None:
+    strategy, backend, database, options, settings = tenant_row(table)
+    if conn.execute(f"SELECT 1 FROM {SCHEMA}.tenants WHERE name = %s", (name,)).fetchone():
+        raise ConfigError(f"tenants.{name}: already in the registry")
+    conn.execute(f"INSERT INTO {SCHEMA}.tenants (name, strategy, backend, database, options) "
+                 "VALUES (%s, %s, %s, %s, %s)", (name, strategy, backend, database, Jsonb(options)))
+    for key, value in settings.items():
+        conn.execute(f"INSERT INTO {SCHEMA}.tenant_settings (tenant, key, value) VALUES (%s, %s, %s)",
+                     (name, key, Jsonb(value)))
+
+
+def move_tenant(conn: psycopg.Connection, name: str, backend: str | None, database: str | None) -> None:
+    row = conn.execute(f"UPDATE {SCHEMA}.tenants SET backend = coalesce(%s, backend), "
+                       "database = coalesce(%s, database), updated_at = now() WHERE name = %s RETURNING name",
+                       (backend, database, name)).fetchone()
+    if row is None:
+        raise ConfigError(f"tenants.{name}: not in the registry")
+
+
+def add_user(conn: psycopg.Connection, name: str, tenant: str, verifier: str, options: Mapping[str, Any]) -> None:
+    if conn.execute(f"SELECT 1 FROM {SCHEMA}.users WHERE name = %s", (name,)).fetchone():
+        raise ConfigError(f"users.{name}: already in the registry")
+    conn.execute(f"INSERT INTO {SCHEMA}.users (name, tenant, verifier, options) VALUES (%s, %s, %s, %s)",
+                 (name, tenant, verifier, Jsonb(dict(options))))
+
+
+def remove_user(conn: psycopg.Connection, name: str) -> None:
+    if conn.execute(f"DELETE FROM {SCHEMA}.users WHERE name = %s RETURNING name", (name,)).fetchone() is None:
+        raise ConfigError(f"users.{name}: not in the registry")
+
+
+def set_verifier(conn: psycopg.Connection, name: str, verifier: str) -> None:
+    row = conn.execute(f"UPDATE {SCHEMA}.users SET verifier = %s, updated_at = now() WHERE name = %s RETURNING name",
+                       (verifier, name)).fetchone()
+    if row is None:
+        raise ConfigError(f"users.{name}: not in the registry")

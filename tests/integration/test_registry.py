@@ -1,0 +1,347 @@
+"""The tenant registry in PostgreSQL: the CLI's changes reach running proxies by LISTEN/NOTIFY (issue 19 point 2)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from proxy.auth.scram import make_verifier
+from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+REGISTRY_DB = "pgt_registry"
+# Generous: a change applies within about a second (NOTIFY, then the reload's discovery and preflight of every
+# tenant); the bound only keeps a broken build from hanging the suite.
+APPLY_WAIT = 20.0
+
+
+def pgtenant(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60,
+                          input=stdin, env={**os.environ, **(env or {})}, check=False)
+
+
+def _registry_dsn(pg: PgCluster, dbname: str = REGISTRY_DB) -> str:
+    return pg.dsn(dbname=dbname)
+
+
+@pytest.fixture(scope="module")
+def registry(pg: PgCluster) -> str:
+    prepare_backend(pg)
+    pg.execute(f"DROP DATABASE IF EXISTS {REGISTRY_DB} WITH (FORCE)")
+    pg.execute(f"CREATE DATABASE {REGISTRY_DB}")
+    dsn = _registry_dsn(pg)
+    res = pgtenant("registry", "init", "--dsn", dsn)
+    assert res.returncode == 0, res.stderr
+    assert pgtenant("registry", "init", "--dsn", dsn).returncode == 0  # idempotent
+    return dsn
+
+
+def _proxy(pg: PgCluster, workdir: Path, dsn: str) -> ProxyProcess:
+    return ProxyProcess(pg, workdir, registry={"dsn": dsn, "reconnect_delay": 0.2})
+
+
+@pytest.fixture(scope="module")
+def rproxy(pg: PgCluster, registry: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = _proxy(pg, tmp_path_factory.mktemp("pgtenant-registry"), registry)
+    p.start()
+    yield p
+    p.stop()
+
+
+def add_user(p: ProxyProcess, name: str, tenant: str, password: str) -> subprocess.CompletedProcess:
+    p.extra_users[name] = (tenant, password)  # the test's own book of passwords (the config file is not written)
+    return pgtenant("users", "add", name, "--tenant", tenant, "--config", str(p.config_path),
+                    "--password-env", "PGT_TEST_PW", env={"PGT_TEST_PW": password})
+
+
+def change_number(res: subprocess.CompletedProcess) -> int:
+    """The registry change number the CLI printed (`... (registry change N)`)."""
+    assert res.returncode == 0, res.stderr
+    m = re.search(r"\(registry change (\d+)\)$", res.stdout.strip())
+    assert m, res.stdout
+    return int(m.group(1))
+
+
+def applied(p: ProxyProcess, version: int) -> dict:
+    """Wait for the proxy's `reloaded` log line at that registry change or a later one (polling the log, not
+    logging in: a login tried before the change applies counts as a failed one for the login throttle)."""
+    def found() -> dict | None:
+        return next((e for e in p.log_events()
+                     if e.get("event") == "reloaded" and e.get("registry_version", -1) >= version), None)
+
+    return until(found, APPLY_WAIT, interval=0.05, what=f"registry change {version} applied")
+
+
+def count(p: ProxyProcess, user: str) -> int | None:
+    try:
+        with psycopg.connect(p.dsn(user), autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM orders").fetchone()
+            return None if row is None else int(row[0])
+    except psycopg.OperationalError:
+        return None
+
+
+def test_a_user_added_through_the_cli_connects_without_a_restart(rproxy: ProxyProcess) -> None:
+    with psycopg.connect(rproxy.dsn("alice"), autocommit=True) as before:  # a session open during the change
+        applied(rproxy, change_number(add_user(rproxy, "carol", "acme", "carol-pw")))
+        assert count(rproxy, "carol") == 200
+        assert before.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+    events = [e for e in rproxy.log_events() if e.get("event") == "registry_applied"]
+    assert events, "no registry_applied log line"
+
+
+def test_the_registry_stores_a_verifier_never_the_password(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    add_user(rproxy, "dora", "acme", "dora-secret-pw")
+    rows = pg.execute("SELECT verifier FROM pgtenant_registry.users WHERE name = 'dora'", dbname=REGISTRY_DB)
+    assert rows and rows[0][0].startswith("SCRAM-SHA-256$4096:") and "dora-secret-pw" not in rows[0][0]
+
+
+def test_a_removed_users_session_ends_with_a_clear_error(rproxy: ProxyProcess) -> None:
+    applied(rproxy, change_number(add_user(rproxy, "eve", "acme", "eve-pw")))
+    with psycopg.connect(rproxy.dsn("eve"), autocommit=True) as conn:
+        change_number(pgtenant("users", "remove", "eve", "--config", str(rproxy.config_path)))
+
+        def ended() -> str | None:
+            try:
+                conn.execute("SELECT 1")
+            except psycopg.Error as exc:
+                return str(exc)
+            return None
+
+        message = until(ended, APPLY_WAIT, interval=0.05, what="eve's session to end")
+        assert 'role "eve" is no longer allowed to connect' in message
+    assert count(rproxy, "eve") is None
+
+
+def test_a_tenant_added_through_the_cli_serves_its_users(rproxy: ProxyProcess) -> None:
+    res = pgtenant("tenants", "add", "newco", "--strategy", "shared", "--database", "saas", "--tenant-id", "newco",
+                   "--set", "max_client_connections=5", "--config", str(rproxy.config_path))
+    change_number(res)
+    applied(rproxy, change_number(add_user(rproxy, "nina", "newco", "nina-pw")))
+    assert count(rproxy, "nina") == 0
+    listing = pgtenant("tenants", "list", "--config", str(rproxy.config_path))
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert "newco\tshared\tmain\tsaas\t1\tregistry" in lines  # the merged view: its backend is the file's only one
+    assert any(re.fullmatch(r"acme\tshared\tmain\tsaas\t\d+\tfile", line) for line in lines), lines
+
+
+def test_the_cli_refuses_a_change_the_proxy_would_reject(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    res = pgtenant("tenants", "add", "badco", "--strategy", "shared", "--database", "saas",
+                   "--config", str(rproxy.config_path))  # no tenant_id
+    assert res.returncode == 2 and "tenants.badco.tenant_id: required" in res.stderr
+    assert not pg.execute("SELECT 1 FROM pgtenant_registry.tenants WHERE name = 'badco'", dbname=REGISTRY_DB)
+
+
+def test_a_malformed_row_is_rejected_and_the_old_config_stays(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    before = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_rejected")
+    pg.execute("INSERT INTO pgtenant_registry.users (name, tenant, verifier, options) "
+               "VALUES ('mallory', 'acme', %s, '{\"profile\": \"wizard\"}')", (str(make_verifier("m-pw")),),
+               dbname=REGISTRY_DB)
+    try:
+        def rejected() -> dict | None:
+            found = [e for e in rproxy.log_events() if e.get("event") == "registry_rejected"]
+            return found[before] if len(found) > before else None
+
+        event = until(rejected, APPLY_WAIT, interval=0.05, what="registry_rejected")
+        assert "users.mallory.profile" in event["result"]
+        assert count(rproxy, "alice") == 200  # the previous config serves on
+    finally:
+        pg.execute("DELETE FROM pgtenant_registry.users WHERE name = 'mallory'", dbname=REGISTRY_DB)
+
+
+def ready(p: ProxyProcess) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(p.metrics_url + "/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_readyz_reflects_the_registry_connection_and_it_reconnects(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    assert until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready")
+    assert ready(rproxy)[1]["registry"] is True
+    with pg.connect(dbname=REGISTRY_DB) as held:  # open before the database refuses new connections
+        pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS false")
+        try:
+            pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = 'pgtenant-listen'")
+            detail = until(lambda: ready(rproxy)[0] == 503 and ready(rproxy)[1], APPLY_WAIT, interval=0.1,
+                           what="not ready without the registry")
+            assert detail["registry"] is False
+            assert count(rproxy, "alice") == 200  # serving goes on with the last good config
+            # A change nobody hears of (no LISTEN connection): the reconnect finds the registry moved on.
+            rproxy.extra_users["gus"] = ("acme", "gus-pw")
+            held.execute("INSERT INTO pgtenant_registry.users (name, tenant, verifier) VALUES ('gus', 'acme', %s)",
+                         (str(make_verifier("gus-pw")),))
+            version = held.execute("SELECT max(version) FROM pgtenant_registry.changes").fetchone()[0]
+        finally:
+            pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS true")
+    until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+    applied(rproxy, version)
+    assert count(rproxy, "gus") == 200
+
+
+def test_two_instances_on_one_registry_serve_the_same_users(
+        pg: PgCluster, registry: str, rproxy: ProxyProcess, tmp_path: Path) -> None:
+    other = _proxy(pg, tmp_path / "second", registry)
+    other.start(provision=False)
+    try:
+        version = change_number(add_user(rproxy, "fred", "acme", "fred-pw"))
+        other.extra_users["fred"] = ("acme", "fred-pw")
+        for p in (rproxy, other):
+            applied(p, version)
+            assert count(p, "fred") == 200
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize(("database", "user", "rows"), [("initech", "ivan", 7), ("saas", "alice", 200),
+                                                      ("saas", "gina", 40)])
+def test_the_registry_schema_is_refused_to_a_tenant_whose_database_holds_it(
+        rproxy: ProxyProcess, pg: PgCluster, database: str, user: str, rows: int) -> None:
+    """The registry in a tenant's own database (database, shared and schema strategy), even readable by everyone
+    (a mistake): the policy refuses it."""
+    dsn = _registry_dsn(pg, database)
+    assert pgtenant("registry", "init", "--dsn", dsn).returncode == 0
+    try:
+        pg.execute("GRANT USAGE ON SCHEMA pgtenant_registry TO PUBLIC; "
+                   "GRANT SELECT ON pgtenant_registry.users TO PUBLIC", dbname=database)
+        rproxy.reload("reloaded")  # the tenant is prepared again and sees the schema in its database
+        with psycopg.connect(rproxy.dsn(user), autocommit=True) as conn:
+            with pytest.raises(psycopg.Error, match="pgtenant_registry"):
+                conn.execute("SELECT name, verifier FROM pgtenant_registry.users")
+            conn.execute("SET search_path = pgtenant_registry, public")  # PostgreSQL gets public alone
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                conn.execute("SELECT verifier FROM users")
+            conn.execute("RESET search_path")
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (rows,)  # the session stays usable
+            listed = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'pgtenant%'").fetchall()
+            assert listed == []  # not even its name shows in the catalog
+    finally:
+        pg.execute("DROP SCHEMA pgtenant_registry CASCADE", dbname=database)
+        rproxy.reload("reloaded")
+
+
+# --- stateless replicas: a cancel landing on another instance (issue 19 point 3) ------------------------------------
+
+PEER_SECRET = "0123456789abcdef0123456789abcdef-test"
+
+
+class Balancer:
+    """A TCP load balancer in miniature: the first connection goes to `first`, every later one (a client's cancel
+    connection) to `then` -- the case a real balancer produces at random."""
+
+    def __init__(self, first: int, then: int) -> None:
+        self.targets = [first, then]
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            target = self.targets[min(self.accepted, 1)]
+            self.accepted += 1
+            upstream = socket.create_connection(("127.0.0.1", target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+    keys = {"dsn": registry, "reconnect_delay": 0.2, "peer_port": 0, "peer_host": "127.0.0.1",
+            "peer_secret": PEER_SECRET}
+    a = ProxyProcess(pg, tmp_path / "a", registry=keys)
+    b = ProxyProcess(pg, tmp_path / "b", registry=keys)
+    a.start()
+    try:
+        b.start(provision=False)
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_a_cancel_landing_on_another_instance_reaches_the_query(
+        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    a, b = replicas
+    slots = pg.execute("SELECT slot, port FROM pgtenant_registry.instances i WHERE EXISTS (SELECT FROM pg_locks l "
+                       "WHERE l.locktype = 'advisory' AND l.objid = i.slot::oid AND l.granted)", dbname=REGISTRY_DB)
+    assert len({slot for slot, _ in slots}) >= 2  # each instance holds its own slot
+    lb = Balancer(a.port, b.port)
+    try:
+        with psycopg.connect(a.dsn("alice", port=lb.port), autocommit=True) as conn:  # served by instance a
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+            outcome: list[psycopg.Error | None] = []
+
+            def sleep() -> None:
+                try:
+                    conn.execute("SELECT pg_sleep(60)")
+                    outcome.append(None)
+                except psycopg.Error as exc:  # the outcome is asserted below
+                    outcome.append(exc)
+
+            runner = threading.Thread(target=sleep)
+            runner.start()
+            until(lambda: pg.execute("SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+                                     "AND state = 'active'"), APPLY_WAIT, interval=0.05, what="the query running")
+            conn.cancel_safe()  # a new connection through the balancer: it lands on instance b
+            runner.join(APPLY_WAIT)
+            assert lb.accepted >= 2
+            assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+            assert conn.execute("SELECT 3").fetchone() == (3,)  # the session goes on
+    finally:
+        lb.close()
+    assert any(e.get("event") == "cancel_passed_to_instance" and e.get("answered") for e in b.log_events())
+
+
+def test_the_peer_port_refuses_a_frame_without_the_shared_secret(
+        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    from proxy import instancekey
+
+    a, _ = replicas
+    rows = pg.execute("SELECT port FROM pgtenant_registry.instances ORDER BY since DESC", dbname=REGISTRY_DB)
+    ports = [port for (port,) in rows]
+    frame = instancekey.encode(b"not the shared secret, but 32+ bytes", 1234, b"abcd", int(time.time() * 1000))
+    for port in ports[:2]:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(frame)
+            assert s.recv(1) == b""  # closed without the ACK
+    assert until(lambda: any(e.get("event") == "peer_cancel_refused" and e.get("reason") == "bad_mac"
+                             for p in replicas for e in p.log_events()), APPLY_WAIT, interval=0.05,
+                 what="peer_cancel_refused") is True
+    assert a.proc is not None and a.proc.poll() is None
