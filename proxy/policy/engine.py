@@ -31,7 +31,7 @@ from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits, quote_literal
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
-from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
+from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, Analysis, analyze
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +67,8 @@ def decide(
     except Exception as exc:  # fail closed on any defect
         return deny("internal_error", f"could not decide the statement ({type(exc).__name__})")
     if type(decision) is Deny and decision.position:  # a byte offset + 1: PostgreSQL counts characters
-        at = len(sql.encode("utf-8")[: decision.position - 1].decode("utf-8", "ignore")) + 1
-        decision = replace(decision, position=at)
+        at = len(sql.encode("utf-8")[: decision.position - 1].decode("utf-8", "ignore")) + 1 + decision.shift
+        decision = replace(decision, position=at, shift=0)
     return decision
 
 
@@ -108,9 +108,11 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
             after = _after(current.context, stmt_changes, limits.max_temp_relations)
         except Denied as exc:
-            if count == 1:
-                raise
-            return replace(exc.decision, statement=(index + 1, count))
+            if not schema.as_missing(exc.decision):
+                if count == 1:
+                    raise
+                return replace(exc.decision, statement=(index + 1, count))
+            return _answered_as_missing(policy, data, statements, index, exc.decision, limits)
         effects |= stmt_effects
         each.append(stmt_effects)
         policies.append(current)
@@ -153,6 +155,29 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+
+
+def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Statement], index: int, denial: Deny,
+                         limits: Limits) -> Deny:
+    """A hidden schema answered as a missing one, also in when (the DDL phase oracle): a statement PostgreSQL
+    analyzes only when it runs is refused when it runs (`Deny.at_run`), and the statements of a Query before the
+    refused one run first (`Deny.before`: decided as a Query of their own; if that fails, nothing runs). An agent's
+    statements are admitted as a whole: its Query is refused whole."""
+    count = len(statements)
+    if statements[index].kind not in classify.ANALYZED_AT_PARSE:
+        denial = replace(denial, at_run=True)
+    if count == 1:
+        return denial
+    denial = replace(denial, statement=(index + 1, count))
+    if index == 0 or policy.agent_max_rows is not None:
+        return denial
+    text = data[: statements[index].start].decode("utf-8")
+    before = decide(policy, text, limits=limits)
+    if type(before) is Deny:
+        return denial
+    if type(before) is Allow:
+        before = Rewrite(text, (), before.effects, before.changes)
+    return replace(denial, before=before)
 
 
 def _check_capped(policy: TenantPolicy, nodes: list[Node], statements: list[Statement]) -> None:
@@ -231,10 +256,8 @@ def _decide_statement(
     functions.check(policy, analysis, select)
     try:
         schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
-    except Denied as exc:  # a view's query is sent wrapped: PostgreSQL places a missing schema in the wrapped text
-        if kind == "ViewStmt" and exc.decision.position:
-            raise Denied(replace(exc.decision, position=exc.decision.position + len(rewrite.VIEW_PREFIX))) from None
-        raise
+    except Denied as exc:
+        raise Denied(_placed(policy, data, stmt, analysis, plan, exc.decision)) from None
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:
@@ -276,6 +299,28 @@ def _decide_statement(
     if policy.agent_max_rows is not None:
         effects |= agent.admission(kind, stmt.node, analysis)
     return effects, changes
+
+
+def _placed(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, plan: rewrite.Plan,
+            denial: Deny) -> Deny:
+    """PostgreSQL places a missing schema in the text it is sent: what the rewrite writes before the name (a view's
+    wrapper, EXPLAIN's COSTS OFF, a tenant filter, earlier statements' rewrites) counts, so a hidden one's position
+    counts it too (`Deny.shift`). The statement's rewrite is planned as if the name were missing, then dropped."""
+    if not denial.position:
+        return denial
+    trial = rewrite.Plan()
+    try:
+        if stmt.kind == "ViewStmt":
+            rewrite.wrap_view(policy, data, stmt, trial)
+        rewrite.plan(policy, data, stmt, analysis, trial)
+    except (Denied, TextError):
+        pass  # what it planned up to there is what counts
+    at = denial.position - 1
+    shift = 0
+    for e in (*plan.edits, *trial.edits):
+        if e.end <= at:
+            shift += len(e.text) - len(data[e.start : e.end].decode("utf-8", "ignore"))
+    return replace(denial, shift=shift)
 
 
 WRITES = frozenset({TARGET, COPY_FROM, TRUNCATE})
