@@ -101,6 +101,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
     each: list[frozenset[str]] = []  # the effects of each statement (the agent profile's single-statement rule)
+    hidden: tuple[int, Deny] | None = None  # the first statement naming a hidden schema, answered as a missing one
     for index, stmt in enumerate(statements):
         try:
             stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
@@ -112,7 +113,11 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 if count == 1:
                     raise
                 return replace(exc.decision, statement=(index + 1, count))
-            return _answered_as_missing(policy, data, statements, index, exc.decision, limits)
+            # A missing schema is PostgreSQL's to answer, after the proxy has decided the whole string: a later
+            # refusal of the proxy's own comes first, so for a hidden one too.
+            hidden = hidden or (index, exc.decision)
+            each.append(_admitted_as_missing(policy, stmt))
+            continue
         effects |= stmt_effects
         each.append(stmt_effects)
         policies.append(current)
@@ -122,6 +127,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 current = current.with_context(after)
     if policy.agent_max_rows is not None:
         agent.single_admitted(each)
+    if hidden is not None:
+        return _answered_as_missing(policy, data, statements, *hidden, limits)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
@@ -162,14 +169,14 @@ def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Sta
     """A hidden schema answered as a missing one, also in when (the DDL phase oracle): a statement PostgreSQL
     analyzes only when it runs is refused when it runs (`Deny.at_run`), and the statements of a Query before the
     refused one run first (`Deny.before`: decided as a Query of their own; if that fails, nothing runs). An agent's
-    statements are admitted as a whole: its Query is refused whole."""
+    string gets here only when none of its statements is admitted by its estimate (`agent.single_admitted`)."""
     count = len(statements)
     if statements[index].kind not in classify.ANALYZED_AT_PARSE:
         denial = replace(denial, at_run=True)
     if count == 1:
         return denial
     denial = replace(denial, statement=(index + 1, count))
-    if index == 0 or policy.agent_max_rows is not None:
+    if index == 0:
         return denial
     text = data[: statements[index].start].decode("utf-8")
     before = decide(policy, text, limits=limits)
@@ -178,6 +185,13 @@ def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Sta
     if type(before) is Allow:
         before = Rewrite(text, (), before.effects, before.changes)
     return replace(denial, before=before)
+
+
+def _admitted_as_missing(policy: TenantPolicy, stmt: Statement) -> frozenset[str]:
+    """An agent's statement naming a hidden schema: admitted by its estimate as it would be were the schema missing."""
+    if policy.agent_max_rows is None:
+        return frozenset()
+    return agent.admission(stmt.kind, stmt.node, analyze(stmt.node))
 
 
 def _check_capped(policy: TenantPolicy, nodes: list[Node], statements: list[Statement]) -> None:
