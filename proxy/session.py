@@ -1566,7 +1566,7 @@ class ClientSession:
                 refusal = errors.admission_failed({"C": errors.INTERNAL_ERROR, "M": "unreadable plan"}, 0)
             else:
                 denied = admission.verdict(found, self.agent, self.tenant is not None and
-                                           self.tenant.strategy != "shared")
+                                           self.tenant.strategy != "shared" and not admission.reads_catalogs(adm.plan))
                 if denied is not None:
                     self._report("admission", held.sql, denied)
                     refusal = errors.policy_denied(denied)
