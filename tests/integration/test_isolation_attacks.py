@@ -2436,7 +2436,8 @@ def _phased_prepare(client: PqClient, name: str, sql: str) -> list[Result]:
 @pytest.mark.parametrize("strategy", sorted(PHASE_SCHEMAS))
 @pytest.mark.parametrize("prefix", ["SET application_name = 'bi_phase'; ", "BEGIN; SELECT 1; ",
                                     "CREATE TEMP TABLE bi_pre (a int); ",
-                                    "BEGIN; COMMIT; SET application_name = 'x'; "])
+                                    "BEGIN; COMMIT; SET application_name = 'x'; ",
+                                    "PREPARE bi_pre AS SELECT 1; "])
 def test_the_statements_before_a_hidden_schema_leave_what_they_leave_for_a_missing_one(env: Env, strategy: str,
                                                                                       prefix: str) -> None:
     """A Query whose later statement names a hidden schema: what the statements before it did (a setting, an open
@@ -2451,7 +2452,9 @@ def test_the_statements_before_a_hidden_schema_leave_what_they_leave_for_a_missi
             if client.in_transaction:
                 client.simple("ROLLBACK")
             got += [r.rows for r in client.simple("SELECT current_setting('application_name'), "
-                                                  "to_regclass('pg_temp.bi_pre') IS NOT NULL")]
+                                                  "to_regclass('pg_temp.bi_pre') IS NOT NULL, "
+                                                  "(SELECT string_agg(name, ',') FROM pg_prepared_statements)")]
+            got += [(r.kind, r.sqlstate) for r in client.simple("EXECUTE bi_pre")]
             seen[name] = got
         finally:
             client.close()
