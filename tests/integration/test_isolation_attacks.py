@@ -2316,6 +2316,16 @@ PHASE_FORMS = {
     "drop_table": "DROP TABLE {s}.orders",
     "drop_if_exists": "DROP TABLE IF EXISTS {s}.orders",
     "drop_schema": "DROP SCHEMA {s}",
+    "drop_schema_if_exists": "DROP SCHEMA IF EXISTS {s}",
+    "drop_function_if_exists": "DROP FUNCTION IF EXISTS {s}.bi_f()",
+    "drop_view_if_exists": "DROP VIEW IF EXISTS {s}.orders",
+    "default_nextval": "CREATE TEMP TABLE bi_ph (a bigint DEFAULT nextval('{s}.bi_seq'))",
+    "set_schema": "ALTER TABLE orders SET SCHEMA {s}",
+    "security_label": "SECURITY LABEL ON TABLE {s}.orders IS 'x'",
+    "to_regtype": "SELECT to_regtype('{s}.orders')",
+    "has_privilege": "SELECT has_table_privilege('{s}.orders', 'SELECT')",
+    "prepare_insert": "PREPARE bi_php (int) AS INSERT INTO {s}.orders (id) VALUES ($1)",
+    "explain_view": "EXPLAIN SELECT * FROM orders o JOIN {s}.orders x ON x.id = o.id",
     "drop_type": "DROP TYPE {s}.orders",
     "alter_table": "ALTER TABLE {s}.orders ADD COLUMN bi_z int",
     "alter_schema": "ALTER SCHEMA {s} RENAME TO bi_phs",
@@ -2385,7 +2395,9 @@ def test_hidden_schema_is_answered_in_the_phase_of_a_missing_one(env: Env, proto
             for sql in (PHASE_FORMS[form], "SELECT 1 AS a; " + PHASE_FORMS[form]):
                 if protocol == "extended" and ";" in sql:
                     continue
+                client.notices.clear()
                 got = _phased(client, protocol, sql.format(s=name))
+                got += [("notice", "", None, notice) for notice in client.notices]
                 if client.in_transaction:
                     client.simple("ROLLBACK")
                 client.simple("DISCARD TEMP")
