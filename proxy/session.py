@@ -75,6 +75,7 @@ from proxy.policy.model import (
     SessionContext,
 )
 from proxy.policy.rules import deny
+from proxy.policy.schema import as_missing
 from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
@@ -1459,6 +1460,8 @@ class ClientSession:
             return out
         if self._tracking:
             self._parse_changes(parse.name, ())
+        if decision.statement is not None and as_missing(decision):  # PostgreSQL's Parse refuses several first
+            return m.Parse(parse.name, self._error_marker(errors.multiple_commands()), parse.param_types).encode()
         if decision.at_run:
             return self._denied_at_run(parse, decision)
         return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()

@@ -117,6 +117,12 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
             # refusal of the proxy's own comes first, so for a hidden one too.
             hidden = hidden or (index, exc.decision)
             each.append(_admitted_as_missing(policy, stmt))
+            stmt_changes = context.statement_changes(stmt.kind, stmt.body, index)  # as if the schema were missing
+            if stmt_changes and index != count - 1:
+                try:
+                    current = current.with_context(_after(current.context, stmt_changes, limits.max_temp_relations))
+                except Denied as past:
+                    return replace(past.decision, statement=(index + 1, count))
             continue
         effects |= stmt_effects
         each.append(stmt_effects)
