@@ -534,3 +534,18 @@ def test_the_statements_before_a_hidden_schema_are_sent_first(session: ClientSes
     got = _answer(session, m.frame(b"C", b"SELECT 1\x00"),
                   _backend_error("34000", f'cursor "{marker}" does not exist'), m.ready_for_query(b"I"))
     assert b'relation "nix.t" does not exist' in got and b"P24\x00" in got and marker.encode() not in got
+
+
+def test_a_parse_of_several_statements_naming_a_hidden_schema_is_postgresqls_42601(session: ClientSession) -> None:
+    """PostgreSQL refuses a Parse of several statements before it looks a name up: a hidden schema in one of them
+    gets that answer, as a missing one does."""
+    login(session)
+    attach(session)
+    denial = Deny("42P01", 'relation "nix.t" does not exist', "", "foreign_schema", 24, (2, 2))
+    session.enable_policy(lambda kind, sql: denial)
+    out = _relayed(session.client_data(m.Parse("s1", "SELECT 1; SELECT * FROM hid.t", b"\x00\x00").encode()
+                                       + m.SYNC_MESSAGE))
+    marker = m.Parse.decode(frames(out)[0][1]).sql
+    got = _answer(session, _backend_error("42601", f'syntax error at or near "{marker}"'), m.ready_for_query(b"I"))
+    assert b"C42601\x00" in got and b"cannot insert multiple commands into a prepared statement" in got
+    assert b"nix" not in got

@@ -215,3 +215,15 @@ def test_an_agents_string_with_a_hidden_schema_is_refused_as_with_a_missing_one(
             assert hidden == missing, (hidden, missing)
         else:
             assert isinstance(hidden, Deny) and hidden.rule == "foreign_schema", hidden
+
+
+@pytest.mark.parametrize("sql", ["CREATE TEMP TABLE t (LIKE {s}.zz); INSERT INTO t DEFAULT VALUES",
+                                 "CREATE TEMP VIEW v AS SELECT * FROM {s}.zz; SELECT * FROM v",
+                                 "PREPARE p AS SELECT * FROM {s}.zz; EXECUTE p"])
+def test_later_statements_are_decided_in_the_session_a_missing_schema_would_leave(sql: str) -> None:
+    """`CREATE TEMP TABLE t (LIKE missing.x); INSERT INTO t …` passes the proxy (t is the session's own) and fails in
+    PostgreSQL at the LIKE: the same string naming a hidden schema must not be refused at the INSERT instead."""
+    missing = decide(SHARED_HIDING, sql.format(s="no_such_sch"))
+    hidden = decide(SHARED_HIDING, sql.format(s="tenant_globex"))
+    assert not isinstance(missing, Deny), missing
+    assert isinstance(hidden, Deny) and hidden.rule == "foreign_schema" and hidden.statement == (1, 2), hidden
