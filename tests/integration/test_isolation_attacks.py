@@ -2420,32 +2420,35 @@ def test_a_statement_refused_when_it_runs_is_refused_at_each_run(env: Env, strat
     """A named statement naming a hidden schema that PostgreSQL analyzes when it runs: prepared, run twice with other
     requests between (another pooled server may serve them), listed in pg_prepared_statements with the client's text,
     deallocated -- the same answers as for a missing schema."""
+    def run(client: PqClient, name: str) -> list[Any]:
+        client.pgconn.send_prepare(b"bi_twice", f"CREATE TEMP VIEW bi_twice AS SELECT * FROM {name}.orders".encode())
+        got: list[Any] = [(r.kind, r.sqlstate) for r in client._collect(None)]
+        for _ in range(2):
+            client.pgconn.send_query_prepared(b"bi_twice", [])
+            got += [(r.kind, r.sqlstate, _unnamed(r.message, name)) for r in client._collect(None)]
+            got += [r.rows for r in client.simple("SELECT count(*) FROM orders")]
+        listed = client.simple("SELECT statement FROM pg_prepared_statements WHERE name = 'bi_twice'")
+        got += [[tuple(_unnamed(v or "", name) for v in row) for row in r.rows] for r in listed]
+        client.pgconn.send_describe_prepared(b"bi_twice")
+        got += [(r.kind, r.sqlstate) for r in client._collect(None)]
+        return got + [(r.kind, r.tag) for r in client.simple("DEALLOCATE bi_twice")]
+
+    seen = _alike(env, strategy, run)
+    assert 'relation "SCHEMA.orders" does not exist at character ' in str(seen)  # each Execute failed
+
+
+def _alike(env: Env, strategy: str, run: Callable[[PqClient, str], list[Any]]) -> list[Any]:
+    """`run` (a fresh session each time) naming the hidden schema and the missing one: the same, which it returns."""
     seen = {}
     for name in PHASE_SCHEMAS[strategy]:
         client = _phase_client(env, strategy)
         try:
-            text = f"CREATE TEMP VIEW bi_twice AS SELECT * FROM {name}.orders"
-            got: list[Any] = [(r.kind, r.sqlstate) for r in _phased_prepare(client, "bi_twice", text)]
-            for _ in range(2):
-                client.pgconn.send_query_prepared(b"bi_twice", [])
-                got += [(r.kind, r.sqlstate, _unnamed(r.message, name)) for r in client._collect(None)]
-                got += [r.rows for r in client.simple("SELECT count(*) FROM orders")]
-            listed = client.simple("SELECT statement FROM pg_prepared_statements WHERE name = 'bi_twice'")
-            got += [[tuple(_unnamed(v or "", name) for v in row) for row in r.rows] for r in listed]
-            client.pgconn.send_describe_prepared(b"bi_twice")
-            got += [(r.kind, r.sqlstate) for r in client._collect(None)]
-            got += [(r.kind, r.tag) for r in client.simple("DEALLOCATE bi_twice")]
-            seen[name] = got
+            seen[name] = run(client, name)
         finally:
             client.close()
     hidden, missing = PHASE_SCHEMAS[strategy]
     assert seen[hidden] == seen[missing]
-    assert 'relation "SCHEMA.orders" does not exist at character ' in str(seen[missing])  # each Execute failed
-
-
-def _phased_prepare(client: PqClient, name: str, sql: str) -> list[Result]:
-    client.pgconn.send_prepare(name.encode(), sql.encode())
-    return client._collect(None)
+    return seen[missing]
 
 
 @pytest.mark.parametrize("strategy", sorted(PHASE_SCHEMAS))
@@ -2457,21 +2460,15 @@ def test_the_statements_before_a_hidden_schema_leave_what_they_leave_for_a_missi
                                                                                       prefix: str) -> None:
     """A Query whose later statement names a hidden schema: what the statements before it did (a setting, an open
     transaction, a temporary table, a committed transaction's effects) is what they do before a missing one."""
-    seen = {}
-    for name in PHASE_SCHEMAS[strategy]:
-        client = _phase_client(env, strategy)
-        try:
-            got: list[Any] = [(r.kind, r.tag, r.sqlstate, _unnamed(r.message, name))
-                              for r in client.simple(prefix + f"SELECT * FROM {name}.orders; SELECT 2")]
-            got.append(client.in_transaction)
-            if client.in_transaction:
-                client.simple("ROLLBACK")
-            got += [r.rows for r in client.simple("SELECT current_setting('application_name'), "
-                                                  "to_regclass('pg_temp.bi_pre') IS NOT NULL, "
-                                                  "(SELECT string_agg(name, ',') FROM pg_prepared_statements)")]
-            got += [(r.kind, r.sqlstate) for r in client.simple("EXECUTE bi_pre")]
-            seen[name] = got
-        finally:
-            client.close()
-    hidden, missing = PHASE_SCHEMAS[strategy]
-    assert seen[hidden] == seen[missing]
+    def run(client: PqClient, name: str) -> list[Any]:
+        got: list[Any] = [(r.kind, r.tag, r.sqlstate, _unnamed(r.message, name))
+                          for r in client.simple(prefix + f"SELECT * FROM {name}.orders; SELECT 2")]
+        got.append(client.in_transaction)
+        if client.in_transaction:
+            client.simple("ROLLBACK")
+        got += [r.rows for r in client.simple("SELECT current_setting('application_name'), "
+                                              "to_regclass('pg_temp.bi_pre') IS NOT NULL, "
+                                              "(SELECT string_agg(name, ',') FROM pg_prepared_statements)")]
+        return got + [(r.kind, r.sqlstate) for r in client.simple("EXECUTE bi_pre")]
+
+    _alike(env, strategy, run)
