@@ -62,9 +62,10 @@ def reads_catalogs(plan: str) -> bool:
     nodes = [json.loads(plan)[0]["Plan"]]
     while nodes:
         node = nodes.pop()
-        if str(node.get("Relation Name", "")).startswith("pg_"):
-            return True
-        nodes += node.get("Plans", ())
+        if not isinstance(node, dict) or str(node.get("Relation Name", "")).startswith("pg_"):
+            return True  # (a plan it cannot read is treated as one that reads a catalog: no value shown)
+        children = node.get("Plans", [])
+        nodes += children if isinstance(children, list) else [None]
     return False
 
 

@@ -114,3 +114,4 @@ def test_a_plan_reading_a_system_catalog_is_told() -> None:
     top = {"Node Type": "Limit", "Plans": [{"Node Type": "Nested Loop", "Plans": [own, nested]}]}
     assert admission.reads_catalogs(json.dumps([{"Plan": top}]))
     assert not admission.reads_catalogs(json.dumps([{"Plan": {"Node Type": "Nested Loop", "Plans": [own, series]}}]))
+    assert admission.reads_catalogs(json.dumps([{"Plan": {"Node Type": "Nested Loop", "Plans": [own, 7]}}]))
