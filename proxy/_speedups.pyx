@@ -353,6 +353,8 @@ cdef Py_ssize_t entry_size(key, value) except -1:
         size += _getsizeof(value.sql)
     elif kind is Deny:
         size += _getsizeof(value.message)
+        if value.before is not None:
+            size += _getsizeof(value.before.sql)
     elif kind is Template:
         for piece in value.pieces:
             size += _getsizeof(piece)

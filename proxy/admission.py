@@ -55,6 +55,20 @@ def estimate(plan: str) -> Estimate:
     return Estimate(float(top["Total Cost"]), float(below["Plan Rows"]))
 
 
+def reads_catalogs(plan: str) -> bool:
+    """Whether an EXPLAIN (FORMAT JSON) plan scans a system catalog (a relation named pg_*): its estimates come from
+    statistics over every tenant's objects (red team 6 F5: relations per schema OID, times a known factor), so a
+    refusal does not show them."""
+    nodes = [json.loads(plan)[0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if not isinstance(node, dict) or str(node.get("Relation Name", "")).startswith("pg_"):
+            return True  # (a plan it cannot read is treated as one that reads a catalog: no value shown)
+        children = node.get("Plans", [])
+        nodes += children if isinstance(children, list) else [None]
+    return False
+
+
 def verdict(found: Estimate, limits: AgentConfig, show: bool) -> Deny | None:
     """The refusal of a statement whose estimate is above a limit (None: admitted). `show`: the message gives the
     value (not in the shared strategy, where estimates count every tenant's rows)."""

@@ -256,6 +256,10 @@ denial_evicted = _register("denial_evicted", INSUFFICIENT_PRIVILEGE, "ERROR",
 # in proxy/policy/rules.py); `statement` names the statement of a string of several.
 POLICY_DENIED = "pgtenant: {statement}{detail} (rule {rule})"
 POLICY_DENIED_STATEMENT = "statement {index} of {count}: "
+# A Parse of several statements, one naming a hidden schema: PostgreSQL refuses several statements before it looks a
+# name up, so it is its answer for a missing schema there (session.py).
+multiple_commands = _register("multiple_commands", SYNTAX_ERROR, "ERROR",
+                              "cannot insert multiple commands into a prepared statement")
 # Protocol-level prepared statements are kept by pgtenant (proxy/statements.py): PostgreSQL's own answers.
 prepared_statement_exists = _register("prepared_statement_exists", DUPLICATE_PSTATEMENT, "ERROR",
                                       'prepared statement "{name}" already exists')

@@ -73,6 +73,7 @@ from proxy.policy.model import (
     SessionContext,
 )
 from proxy.policy.rules import deny
+from proxy.policy.schema import as_missing
 from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
@@ -104,6 +105,9 @@ _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 _CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
+# A denial answered when the statement runs (`_denied_at_run`): PostgreSQL fails a CLOSE of a cursor it does not have
+# at Execute (34000), naming the marker; the denial stays for the statement's next run.
+_AT_RUN = "CLOSE "
 _DENIED_TEXT = "pgtenant_denied_"  # a Parse whose text is a denial marker fails in the backend (see _error_marker)
 # A result cut off (limits): backend messages that still reach the client (the rest is swallowed to ReadyForQuery).
 _CUT_KEEPS = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.PARAMETER_STATUS, m.NOTIFICATION_RESPONSE,
@@ -1157,6 +1161,11 @@ class ClientSession:
         return self._query_decided(sql, decision)
 
     def _query_decided(self, sql: str, decision: Decision) -> bytes | None:
+        if type(decision) is Deny and decision.before is not None:  # what runs before a hidden schema's refusal
+            self._report("query", sql, decision)
+            before = decision.before
+            marker = self._deny_marker(replace(decision, before=None))
+            decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes)
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(sql, decision)
         self.tracker.on_query(sql, decision)
@@ -1248,7 +1257,18 @@ class ClientSession:
             return out
         if self._tracking:
             self._parse_changes(parse.name, ())
+        if decision.statement is not None and as_missing(decision):  # PostgreSQL's Parse refuses several first
+            return m.Parse(parse.name, self._error_marker(errors.multiple_commands()), parse.param_types).encode()
+        if decision.at_run:
+            return self._denied_at_run(parse, decision)
         return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
+
+    def _denied_at_run(self, parse: m.Parse, decision: Deny) -> bytes:
+        """A statement PostgreSQL analyzes only when it runs, naming a hidden schema: its Parse succeeds and each run
+        fails (CLOSE of a cursor named by the marker), as PostgreSQL answers a missing schema (`Deny.at_run`)."""
+        if parse.name and self.statements is None:
+            self._client_text(parse.name, parse.sql)
+        return m.Parse(parse.name, _AT_RUN + self._deny_marker(decision), parse.param_types).encode()
 
     def _parsed(self, body: bytes, token: object, name: str, sql: str, kind: str, decision: Allow | Rewrite,
                 out: bytes | None, memo: bool = True) -> None:
@@ -1346,7 +1366,7 @@ class ClientSession:
                 refusal = errors.admission_failed({"C": errors.INTERNAL_ERROR, "M": "unreadable plan"}, 0)
             else:
                 denied = admission.verdict(found, self.agent, self.tenant is not None and
-                                           self.tenant.strategy != "shared")
+                                           self.tenant.strategy != "shared" and not admission.reads_catalogs(adm.plan))
                 if denied is not None:
                     self._report("admission", held.sql, denied)
                     refusal = errors.policy_denied(denied)
@@ -1560,9 +1580,13 @@ class ClientSession:
             if found is not None:
                 marker = found.group(0)
                 err = self._denials.pop(marker, None)
+                at_run = b"C34000\x00" in body and b'cursor "' + marker + b'" does not exist' in body
                 if err is not None:
-                    self._denial_bytes -= _denial_size(err.message)
-                if err is None and b"C42601\x00" in body and b'at or near "' + marker + b'"' in body:
+                    if at_run:  # a statement denied when it runs may run again
+                        self._denials[marker] = err
+                    else:
+                        self._denial_bytes -= _denial_size(err.message)
+                if err is None and (at_run or (b"C42601\x00" in body and b'at or near "' + marker + b'"' in body)):
                     # The exact failure of a marker statement whose entry was evicted (a pipelined burst
                     # of denials): still our denial, never the backend's syntax error naming the marker.
                     err = errors.denial_evicted()

@@ -42,6 +42,8 @@ def entry_size(key: str | bytes, value: object) -> int:
         size += sys.getsizeof(value.sql)  # type: ignore[union-attr]
     elif kind is Deny:
         size += sys.getsizeof(value.message)  # type: ignore[union-attr]  # the hint is the rule's shared text
+        if value.before is not None:  # type: ignore[union-attr]  # the statements that run before its refusal
+            size += sys.getsizeof(value.before.sql)  # type: ignore[union-attr]
     elif kind is shape.Template:
         for piece in value.pieces:  # type: ignore[union-attr]
             size += sys.getsizeof(piece)

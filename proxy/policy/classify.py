@@ -45,6 +45,9 @@ WALKED: frozenset[str] = QUERY_KINDS | {
     "LockStmt",
 }
 ACCESS_SHARE = 1  # LockStmt.mode of IN ACCESS SHARE MODE (PostgreSQL's AccessShareLock)
+# What PostgreSQL analyzes at Parse (transformStmt); every other statement is analyzed when it runs, so a name it
+# cannot find there is answered at Execute, after ParseComplete and BindComplete.
+ANALYZED_AT_PARSE: frozenset[str] = QUERY_KINDS | {"DeclareCursorStmt", "ExplainStmt", "CreateTableAsStmt", "CallStmt"}
 # Statements that create a relation (a temporary one: check_references, verified by verify.py).
 CREATES: frozenset[str] = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt"})
 _NOT_ALLOWED_DETAIL: dict[str, str] = {

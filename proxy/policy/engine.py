@@ -43,7 +43,7 @@ from proxy.policy.rules import Denied, deny, fail
 from proxy.policy.sqltext import TextError, apply_edits, quote_literal
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
-from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, analyze
+from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, Analysis, analyze
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +79,8 @@ def decide(
     except Exception as exc:  # fail closed on any defect
         return deny("internal_error", f"could not decide the statement ({type(exc).__name__})")
     if type(decision) is Deny and decision.position:  # a byte offset + 1: PostgreSQL counts characters
-        at = len(sql.encode("utf-8")[: decision.position - 1].decode("utf-8", "ignore")) + 1
-        decision = replace(decision, position=at)
+        at = len(sql.encode("utf-8")[: decision.position - 1].decode("utf-8", "ignore")) + 1 + decision.shift
+        decision = replace(decision, position=at, shift=0)
     return decision
 
 
@@ -113,6 +113,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     current = policy
     policies: list[TenantPolicy] = []  # the policy each statement is decided and verified under
     each: list[frozenset[str]] = []  # the effects of each statement (the agent profile's single-statement rule)
+    hidden: tuple[int, Deny] | None = None  # the first statement naming a hidden schema, answered as a missing one
     for index, stmt in enumerate(statements):
         try:
             stmt_effects, stmt_changes = _decide_statement(current, data, stmt, plan, index)
@@ -120,9 +121,21 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 raise fail("context_reset_not_last", "DISCARD ALL / RESET ALL must be the last statement")
             after = _after(current.context, stmt_changes, limits.max_temp_relations)
         except Denied as exc:
-            if count == 1:
-                raise
-            return replace(exc.decision, statement=(index + 1, count))
+            if not schema.as_missing(exc.decision):
+                if count == 1:
+                    raise
+                return replace(exc.decision, statement=(index + 1, count))
+            # A missing schema is PostgreSQL's to answer, after the proxy has decided the whole string: a later
+            # refusal of the proxy's own comes first, so for a hidden one too.
+            hidden = hidden or (index, exc.decision)
+            each.append(_admitted_as_missing(policy, stmt))
+            stmt_changes = context.statement_changes(stmt.kind, stmt.body, index)  # as if the schema were missing
+            if stmt_changes and index != count - 1:
+                try:
+                    current = current.with_context(_after(current.context, stmt_changes, limits.max_temp_relations))
+                except Denied as past:
+                    return replace(past.decision, statement=(index + 1, count))
+            continue
         effects |= stmt_effects
         each.append(stmt_effects)
         policies.append(current)
@@ -132,6 +145,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                 current = current.with_context(after)
     if policy.agent_max_rows is not None:
         agent.single_admitted(each)
+    if hidden is not None:
+        return _answered_as_missing(policy, data, statements, *hidden, limits)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
@@ -165,6 +180,36 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+
+
+def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Statement], index: int, denial: Deny,
+                         limits: Limits) -> Deny:
+    """A hidden schema answered as a missing one, also in when (the DDL phase oracle): a statement PostgreSQL
+    analyzes only when it runs is refused when it runs (`Deny.at_run`), and the statements of a Query before the
+    refused one run first (`Deny.before`: decided as a Query of their own; if that fails, nothing runs). An agent's
+    string gets here only when none of its statements is admitted by its estimate (`agent.single_admitted`)."""
+    count = len(statements)
+    if statements[index].kind not in classify.ANALYZED_AT_PARSE:
+        denial = replace(denial, at_run=True)
+    if count == 1:
+        return denial
+    denial = replace(denial, statement=(index + 1, count))
+    if index == 0:
+        return denial
+    text = data[: statements[index].start].decode("utf-8")
+    before = decide(policy, text, limits=limits)
+    if type(before) is Deny:
+        return denial
+    if type(before) is Allow:
+        before = Rewrite(text, (), before.effects, before.changes)
+    return replace(denial, before=before)
+
+
+def _admitted_as_missing(policy: TenantPolicy, stmt: Statement) -> frozenset[str]:
+    """An agent's statement naming a hidden schema: admitted by its estimate as it would be were the schema missing."""
+    if policy.agent_max_rows is None:
+        return frozenset()
+    return agent.admission(stmt.kind, stmt.node, analyze(stmt.node))
 
 
 def _check_capped(policy: TenantPolicy, nodes: list[Node], statements: list[Statement]) -> None:
@@ -247,10 +292,8 @@ def _decide_statement(
     functions.check(policy, analysis, select)
     try:
         schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
-    except Denied as exc:  # a view's query is sent wrapped: PostgreSQL places a missing schema in the wrapped text
-        if kind == "ViewStmt" and exc.decision.position:
-            raise Denied(replace(exc.decision, position=exc.decision.position + len(rewrite.VIEW_PREFIX))) from None
-        raise
+    except Denied as exc:
+        raise Denied(_placed(policy, data, stmt, analysis, plan, exc.decision)) from None
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
     try:
@@ -297,6 +340,28 @@ def _decide_statement(
     if policy.agent_max_rows is not None:
         effects |= agent.admission(kind, stmt.node, analysis)
     return effects, changes
+
+
+def _placed(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis, plan: rewrite.Plan,
+            denial: Deny) -> Deny:
+    """PostgreSQL places a missing schema in the text it is sent: what the rewrite writes before the name (a view's
+    wrapper, EXPLAIN's COSTS OFF, a tenant filter, earlier statements' rewrites) counts, so a hidden one's position
+    counts it too (`Deny.shift`). The statement's rewrite is planned as if the name were missing, then dropped."""
+    if not denial.position:
+        return denial
+    trial = rewrite.Plan()
+    try:
+        if stmt.kind == "ViewStmt":
+            rewrite.wrap_view(policy, data, stmt, trial)
+        rewrite.plan(policy, data, stmt, analysis, trial)
+    except (Denied, TextError):
+        pass  # what it planned up to there is what counts
+    at = denial.position - 1
+    shift = 0
+    for e in (*plan.edits, *trial.edits):
+        if e.end <= at:
+            shift += len(e.text) - len(data[e.start : e.end].decode("utf-8", "ignore"))
+    return replace(denial, shift=shift)
 
 
 WRITES = frozenset({TARGET, COPY_FROM, TRUNCATE})

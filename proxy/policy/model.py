@@ -272,6 +272,12 @@ class Deny:
     rule: str
     position: int = 0  # 1-based character position in the statement text PostgreSQL would report (0: none)
     statement: tuple[int, int] | None = None  # (position from 1, count) in a string of several statements
+    # A name answered as missing is answered when PostgreSQL would answer a missing one (the DDL phase oracle):
+    # `at_run`, a statement PostgreSQL analyzes only when it runs (a Parse of it succeeds, each Execute fails);
+    # `before`, the statements of a Query ahead of the refused one, which PostgreSQL runs before it reaches it.
+    at_run: bool = False
+    before: Rewrite | None = None
+    shift: int = 0  # characters the rewrite puts before `position` in the text PostgreSQL gets (counted by it too)
 
 
 Decision = Allow | Rewrite | Deny

@@ -67,6 +67,13 @@ def _literal_schema(text: str, kind: str) -> str | None:
 # A session's temporary schemas by their own names: another session's answers `permission denied`, a missing one
 # `does not exist`; the session's own is `pg_temp` (the proxy cannot tell which pg_temp_N it is).
 _OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")
+FOREIGN_SCHEMA = "foreign_schema"  # the rule of every answer as a missing schema (engine: answered in its phase)
+_MISSING_STATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_OBJECT, UNDEFINED_TABLE})
+
+
+def as_missing(denial: Deny) -> bool:
+    """Whether `denial` is PostgreSQL's own answer for a missing schema given for a hidden one (`missing`)."""
+    return denial.rule == FOREIGN_SCHEMA and denial.sqlstate in _MISSING_STATES
 
 
 def missing(schema: str, relation: str | None = None, location: int = -1) -> Denied:
@@ -77,8 +84,8 @@ def missing(schema: str, relation: str | None = None, location: int = -1) -> Den
     position = location + 1 if location >= 0 else 0  # a byte offset here; engine.decide makes it a character one
     if relation is not None:
         missing = f'relation "{schema}.{relation}" does not exist'
-        return Denied(Deny(UNDEFINED_TABLE, missing, "", "foreign_schema", position))
-    return Denied(Deny(INVALID_SCHEMA_NAME, f'schema "{schema}" does not exist', "", "foreign_schema", position))
+        return Denied(Deny(UNDEFINED_TABLE, missing, "", FOREIGN_SCHEMA, position))
+    return Denied(Deny(INVALID_SCHEMA_NAME, f'schema "{schema}" does not exist', "", FOREIGN_SCHEMA, position))
 
 
 def missing_name(policy: TenantPolicy, kind: str, text: str, schema: str, location: int = -1) -> Denied:
@@ -88,7 +95,7 @@ def missing_name(policy: TenantPolicy, kind: str, text: str, schema: str, locati
     if kind in ("class", "object") and reads_names_softly(policy):
         position = location + 1 if location >= 0 else 0
         name = ".".join(object_name_parts(text) or [text])
-        return Denied(Deny(UNDEFINED_TABLE, f'relation "{name}" does not exist', "", "foreign_schema", position))
+        return Denied(Deny(UNDEFINED_TABLE, f'relation "{name}" does not exist', "", FOREIGN_SCHEMA, position))
     return missing(schema, location=location)
 
 
@@ -114,7 +121,7 @@ def check_qualified_column(analysis: Analysis, names: tuple[str, ...], location:
     if hidden:
         position = location + 1 if location >= 0 else 0
         text = f'missing FROM-clause entry for table "{table}"'
-        raise Denied(Deny(UNDEFINED_TABLE, text, "", "foreign_schema", position))
+        raise Denied(Deny(UNDEFINED_TABLE, text, "", FOREIGN_SCHEMA, position))
 
 
 def check_cross_database(analysis: Analysis) -> None:
@@ -175,7 +182,7 @@ def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:
         if len(names) > 1 and refused(names[-2]):
             position = location + 1 if location >= 0 else 0
             text = f"tablesample method {'.'.join(names)} does not exist"
-            raise Denied(Deny(UNDEFINED_OBJECT, text, "", "foreign_schema", position))
+            raise Denied(Deny(UNDEFINED_OBJECT, text, "", FOREIGN_SCHEMA, position))
     for column in analysis.qualified_columns:  # schema.table.column
         names = names_of(column.get("fields"))
         if len(names) == 3:

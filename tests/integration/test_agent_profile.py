@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 
 import asyncpg
@@ -19,6 +20,7 @@ from tests.support.proxyproc import ProxyProcess, prepare_backend
 
 MAX_ROWS = 5
 AGENTS = {"ava": ("acme", "ava-pw"), "ivy": ("initech", "ivy-pw")}  # shared strategy; database strategy (writes on)
+SCHEMA_AGENT = {"gus": ("globex", "gus-pw")}  # schema strategy (the admission proxy only)
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +168,10 @@ MAX_COST = 50_000.0
 @pytest.fixture(scope="module")
 def admitting(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
+    agents = {**AGENTS, **SCHEMA_AGENT}
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=agents,
                      agent={"max_rows": MAX_ROWS, "max_estimated_rows": ESTIMATED_ROWS, "max_cost": MAX_COST},
-                     user_keys={name: {"profile": "agent"} for name in AGENTS}, audit={"enabled": True})
+                     user_keys={name: {"profile": "agent"} for name in agents}, audit={"enabled": True})
     p.start()
     yield p
     p.stop()
@@ -201,6 +204,21 @@ def test_a_shared_tenants_refusal_does_not_show_the_estimate(admitting: ProxyPro
         err = refused(c, "SELECT count(*) FROM generate_series(1, 100000000) g")
         assert "estimates the statement's cost, above agent.max_cost" in str(err), str(err)
         assert len(c.execute(CROSS + " WHERE a.id = 1 AND b.id IN (2, 4)").fetchall()) == 2
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_refusal_shows_no_estimate_of_a_catalog(admitting: ProxyProcess, protocol: str) -> None:
+    """Red team 6 F5: a schema tenant's refusal showed the estimate, and one over a catalog (times a known factor)
+    counted other tenants' relations per schema OID. A plan that reads a catalog is refused without its value; one
+    over the tenant's own relations still shows it."""
+    with connect(admitting, "gus", protocol) as c:
+        for where in ("c.relnamespace = 2200", "c.relname = 'orders'", "c.relname = 'zzz_none'"):
+            err = refused(c, "SELECT 1 FROM pg_class c, generate_series(1, 10000000) g, "
+                             f"(SELECT 1 FROM orders LIMIT 1) o WHERE {where}")
+            assert "(rule agent_estimate)" in str(err) and "returns more rows" in str(err), str(err)
+            assert not re.search(r"\d{4}", str(err).split("above")[0]), str(err)
+        err = refused(c, "SELECT g FROM generate_series(1, 10000000) g, (SELECT 1 FROM orders LIMIT 1) o")
+        assert "returns 10000000 rows" in str(err), str(err)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -1989,12 +1989,6 @@ def test_hidden_schema_answers_as_a_missing_one(env: Env, protocol: str, form: s
     SQLSTATE, the message, the position libpq prints as LINE/caret): the difference no longer tells that it exists."""
     actor = ACTORS["schema"]
     sql = HIDDEN_FORMS[form]
-    if form == "copy" and protocol == "extended":
-        pytest.skip("COPY is sent as a simple Query")
-    if form == "like" and protocol == "extended":
-        pytest.skip("PostgreSQL places LIKE's missing schema at the LIKE clause in a Query, at the name in a Parse")
-    if form == "column_collate" and protocol == "extended":
-        pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
     _answers_as_missing(env, actor, protocol, sql, "two_co")
 
 
@@ -2020,8 +2014,6 @@ def test_public_answers_as_a_missing_schema(env: Env, protocol: str, form: str) 
     it answered 42704/42883 where a missing schema answers 3F000 (red team round 3 R4, gina)."""
     actor = ACTORS["schema"]
     sql = HIDDEN_FORMS[form]
-    if form == "column_collate" and protocol == "extended":
-        pytest.skip("PostgreSQL answers a column's collation at Execute (libpq prints no LINE), the proxy at Parse")
     _answers_as_missing(env, actor, protocol, sql, "public")
 
 
@@ -2326,3 +2318,183 @@ def test_ctid_stays_in_a_tenant_of_its_own(env: Env, strategy: str) -> None:
     actor = ACTORS[strategy]
     rows = _last_rows(env.client(actor).simple("SELECT count(ctid) FROM orders")).rows
     assert rows == [(str(actor.counts["orders"]),)]
+
+
+# The DDL phase oracle (issue 14): another tenant's schema and a missing one of the same length, named in each
+# statement form the red teams used, must be answered alike through the proxy: the same results, SQLSTATE and message
+# (the name aside), at the same protocol message (Parse or Execute), in both protocols.
+PHASE_FORMS = {
+    "create_temp_collate": 'CREATE TEMP TABLE bi_ph (x text COLLATE {s}."C")',
+    "create_temp_like": "CREATE TEMP TABLE bi_ph (LIKE {s}.orders)",
+    "create_temp_type": "CREATE TEMP TABLE bi_ph (x {s}.orders)",
+    "create_temp_view": "CREATE TEMP VIEW bi_phv AS SELECT * FROM {s}.orders",
+    "create_temp_as": "CREATE TEMP TABLE bi_ph AS SELECT * FROM {s}.orders",
+    "create_temp_in": "CREATE TEMP TABLE {s}.bi_ph (a int)",
+    "create_table": "CREATE TABLE {s}.bi_ph (a int)",
+    "create_view": "CREATE VIEW {s}.bi_phv AS SELECT 1",
+    "create_index": "CREATE INDEX bi_phi ON {s}.orders (id)",
+    "create_function": "CREATE FUNCTION {s}.bi_phf() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    "prepare": "PREPARE bi_php AS SELECT * FROM {s}.orders",
+    "declare": "DECLARE bi_phc CURSOR FOR SELECT * FROM {s}.orders",
+    "explain": "EXPLAIN SELECT * FROM {s}.orders",
+    "copy_to": "COPY {s}.orders TO STDOUT",
+    "copy_query": "COPY (SELECT * FROM {s}.orders) TO STDOUT",
+    "drop_table": "DROP TABLE {s}.orders",
+    "drop_if_exists": "DROP TABLE IF EXISTS {s}.orders",
+    "drop_schema": "DROP SCHEMA {s}",
+    "drop_schema_if_exists": "DROP SCHEMA IF EXISTS {s}",
+    "drop_function_if_exists": "DROP FUNCTION IF EXISTS {s}.bi_f()",
+    "drop_view_if_exists": "DROP VIEW IF EXISTS {s}.orders",
+    "default_nextval": "CREATE TEMP TABLE bi_ph (a bigint DEFAULT nextval('{s}.bi_seq'))",
+    "set_schema": "ALTER TABLE orders SET SCHEMA {s}",
+    "security_label": "SECURITY LABEL ON TABLE {s}.orders IS 'x'",
+    "to_regtype": "SELECT to_regtype('{s}.orders')",
+    "has_privilege": "SELECT has_table_privilege('{s}.orders', 'SELECT')",
+    "prepare_insert": "PREPARE bi_php (int) AS INSERT INTO {s}.orders (id) VALUES ($1)",
+    "explain_view": "EXPLAIN SELECT * FROM orders o JOIN {s}.orders x ON x.id = o.id",
+    # a later statement decided in the session the refused one would leave (its temporary table, view, statement)
+    "then_insert": "CREATE TEMP TABLE bi_ph (LIKE {s}.orders); INSERT INTO bi_ph DEFAULT VALUES",
+    "then_view": "CREATE TEMP VIEW bi_phv AS SELECT * FROM {s}.orders; SELECT * FROM bi_phv",
+    "then_execute": "PREPARE bi_php AS SELECT * FROM {s}.orders; EXECUTE bi_php",
+    "then_refused": "SELECT * FROM {s}.orders; DO $$BEGIN END$$",
+    "drop_type": "DROP TYPE {s}.orders",
+    "alter_table": "ALTER TABLE {s}.orders ADD COLUMN bi_z int",
+    "alter_schema": "ALTER SCHEMA {s} RENAME TO bi_phs",
+    "comment_table": "COMMENT ON TABLE {s}.orders IS 'x'",
+    "comment_schema": "COMMENT ON SCHEMA {s} IS 'x'",
+    "grant_table": "GRANT SELECT ON {s}.orders TO PUBLIC",
+    "grant_schema": "GRANT USAGE ON SCHEMA {s} TO PUBLIC",
+    "grant_all_in": "GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO PUBLIC",
+    "revoke_table": "REVOKE SELECT ON {s}.orders FROM PUBLIC",
+    "truncate": "TRUNCATE {s}.orders",
+    "lock": "LOCK TABLE {s}.orders",
+    "analyze": "ANALYZE {s}.orders",
+    "vacuum": "VACUUM {s}.orders",
+    "select": "SELECT * FROM {s}.orders",
+    "select_type": "SELECT NULL::{s}.orders",
+    "select_filtered": "SELECT * FROM orders, {s}.orders",  # the tenant filter written before the name (shared)
+    "select_function": "SELECT {s}.bi_f()",
+    "insert": "INSERT INTO {s}.orders (id) VALUES (1)",
+    "to_regclass": "SELECT to_regclass('{s}.orders')",
+    "regclass": "SELECT '{s}.orders'::regclass",
+    "regnamespace": "SELECT '{s}'::regnamespace",
+    "set_search_path": "SET search_path TO {s}",
+}
+PHASE_SCHEMAS = {"schema": ("two_co", "nix_co"), "shared": ("globex", "glebox")}
+
+
+def _unnamed(message: str, name: str) -> str:
+    """`message` with the schema name written as SCHEMA (also where libpq cut the statement's line short in it)."""
+    message = message.replace(name, "SCHEMA")
+    for cut in range(1, len(name)):
+        message = message.replace(name[:cut] + "...", "SCHEMA"[:cut] + "...")
+    return message
+
+
+def _phased(client: PqClient, protocol: str, sql: str) -> list[tuple[str, str, str | None, str]]:
+    """What the client sees of `sql`: per result the phase it came in (parse/execute), kind, SQLSTATE, message."""
+    if protocol == "simple":
+        return [("query", r.kind, r.sqlstate, r.message) for r in client.simple(sql)]
+    client._names += 1
+    name = f"bi_phase_{client._names}".encode()
+    client.pgconn.send_prepare(name, sql.encode())
+    out = [("parse", r.kind, r.sqlstate, r.message) for r in client._collect(None)]
+    if any(r[1] == "error" for r in out):
+        return out
+    client.pgconn.send_describe_prepared(name)
+    out += [("describe", r.kind, r.sqlstate, r.message) for r in client._collect(None)]
+    client.pgconn.send_query_prepared(name, [])
+    return out + [("execute", r.kind, r.sqlstate, r.message) for r in client._collect(None)]
+
+
+@pytest.mark.parametrize("form", sorted(PHASE_FORMS))
+@pytest.mark.parametrize("strategy", sorted(PHASE_SCHEMAS))
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_hidden_schema_is_answered_in_the_phase_of_a_missing_one(env: Env, protocol: str, strategy: str,
+                                                                 form: str) -> None:
+    """The DDL phase oracle (issue 14): PostgreSQL analyzes utility statements only when they run, so a missing
+    schema there is answered at Execute; another tenant's schema must be too (not at Parse), with the same SQLSTATE
+    and message, in both protocols, and in a multi-statement Query after the statements before it ran."""
+    hidden, missing = PHASE_SCHEMAS[strategy]
+    proxy = env.proxies["strict"]
+    user = "s_one" if strategy == "schema" else "alice"
+    db = bidata.SCHEMA_DB if strategy == "schema" else "saas"
+    client = PqClient(proxy.dsn(user, dbname=db))
+    try:
+        seen = {}
+        for name in (hidden, missing):
+            for sql in (PHASE_FORMS[form], "SELECT 1 AS a; " + PHASE_FORMS[form]):
+                client.notices.clear()
+                got = _phased(client, protocol, sql.format(s=name))
+                got += [("notice", "", None, notice) for notice in client.notices]
+                if client.in_transaction:
+                    client.simple("ROLLBACK")
+                client.simple("DISCARD TEMP")
+                seen.setdefault(name, []).append([(p, k, c, _unnamed(msg, name)) for p, k, c, msg in got])
+        assert seen[hidden] == seen[missing]
+    finally:
+        client.close()
+
+
+def _phase_client(env: Env, strategy: str) -> PqClient:
+    user, db = ("s_one", bidata.SCHEMA_DB) if strategy == "schema" else ("alice", "saas")
+    return PqClient(env.proxies["strict"].dsn(user, dbname=db))
+
+
+@pytest.mark.parametrize("strategy", sorted(PHASE_SCHEMAS))
+def test_a_statement_refused_when_it_runs_is_refused_at_each_run(env: Env, strategy: str) -> None:
+    """A named statement naming a hidden schema that PostgreSQL analyzes when it runs: prepared, run twice with other
+    requests between (another pooled server may serve them), listed in pg_prepared_statements with the client's text,
+    deallocated -- the same answers as for a missing schema."""
+    def run(client: PqClient, name: str) -> list[Any]:
+        client.pgconn.send_prepare(b"bi_twice", f"CREATE TEMP VIEW bi_twice AS SELECT * FROM {name}.orders".encode())
+        got: list[Any] = [(r.kind, r.sqlstate) for r in client._collect(None)]
+        for _ in range(2):
+            client.pgconn.send_query_prepared(b"bi_twice", [])
+            got += [(r.kind, r.sqlstate, _unnamed(r.message, name)) for r in client._collect(None)]
+            got += [r.rows for r in client.simple("SELECT count(*) FROM orders")]
+        listed = client.simple("SELECT statement FROM pg_prepared_statements WHERE name = 'bi_twice'")
+        got += [[tuple(_unnamed(v or "", name) for v in row) for row in r.rows] for r in listed]
+        client.pgconn.send_describe_prepared(b"bi_twice")
+        got += [(r.kind, r.sqlstate) for r in client._collect(None)]
+        return got + [(r.kind, r.tag) for r in client.simple("DEALLOCATE bi_twice")]
+
+    seen = _alike(env, strategy, run)
+    assert 'relation "SCHEMA.orders" does not exist at character ' in str(seen)  # each Execute failed
+
+
+def _alike(env: Env, strategy: str, run: Callable[[PqClient, str], list[Any]]) -> list[Any]:
+    """`run` (a fresh session each time) naming the hidden schema and the missing one: the same, which it returns."""
+    seen = {}
+    for name in PHASE_SCHEMAS[strategy]:
+        client = _phase_client(env, strategy)
+        try:
+            seen[name] = run(client, name)
+        finally:
+            client.close()
+    hidden, missing = PHASE_SCHEMAS[strategy]
+    assert seen[hidden] == seen[missing]
+    return seen[missing]
+
+
+@pytest.mark.parametrize("strategy", sorted(PHASE_SCHEMAS))
+@pytest.mark.parametrize("prefix", ["SET application_name = 'bi_phase'; ", "BEGIN; SELECT 1; ",
+                                    "CREATE TEMP TABLE bi_pre (a int); ",
+                                    "BEGIN; COMMIT; SET application_name = 'x'; ",
+                                    "PREPARE bi_pre AS SELECT 1; "])
+def test_the_statements_before_a_hidden_schema_leave_what_they_leave_for_a_missing_one(env: Env, strategy: str,
+                                                                                      prefix: str) -> None:
+    """A Query whose later statement names a hidden schema: what the statements before it did (a setting, an open
+    transaction, a temporary table, a committed transaction's effects) is what they do before a missing one."""
+    def run(client: PqClient, name: str) -> list[Any]:
+        got: list[Any] = [(r.kind, r.tag, r.sqlstate, _unnamed(r.message, name))
+                          for r in client.simple(prefix + f"SELECT * FROM {name}.orders; SELECT 2")]
+        got.append(client.in_transaction)
+        if client.in_transaction:
+            client.simple("ROLLBACK")
+        got += [r.rows for r in client.simple("SELECT current_setting('application_name'), "
+                                              "to_regclass('pg_temp.bi_pre') IS NOT NULL, "
+                                              "(SELECT string_agg(name, ',') FROM pg_prepared_statements)")]
+        return got + [(r.kind, r.sqlstate) for r in client.simple("EXECUTE bi_pre")]
+
+    _alike(env, strategy, run)

@@ -103,3 +103,15 @@ def test_an_open_batch_ends_first_its_answers_are_the_clients_and_an_error_is_no
     client, done, rest = adm.feed(batch + m.ready_for_query(b"I") + own)
     assert (client, done, rest) == (batch, True, b"")
     assert adm.batch_failed and adm.error is not None and adm.error["M"] == "again" and adm.plan is None
+
+
+def test_a_plan_reading_a_system_catalog_is_told() -> None:
+    """Red team 6 F5: a catalog's estimate counts every tenant's objects; the refusal must not show it."""
+    catalog = {"Node Type": "Seq Scan", "Relation Name": "pg_class", "Alias": "c", "Plan Rows": 13}
+    series = {"Node Type": "Function Scan", "Function Name": "generate_series", "Plan Rows": 10_000_000}
+    own = {"Node Type": "Seq Scan", "Relation Name": "orders", "Alias": "o", "Plan Rows": 1}
+    nested = {"Node Type": "Nested Loop", "Plans": [series, {"Node Type": "Materialize", "Plans": [catalog]}]}
+    top = {"Node Type": "Limit", "Plans": [{"Node Type": "Nested Loop", "Plans": [own, nested]}]}
+    assert admission.reads_catalogs(json.dumps([{"Plan": top}]))
+    assert not admission.reads_catalogs(json.dumps([{"Plan": {"Node Type": "Nested Loop", "Plans": [own, series]}}]))
+    assert admission.reads_catalogs(json.dumps([{"Plan": {"Node Type": "Nested Loop", "Plans": [own, 7]}}]))

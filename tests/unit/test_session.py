@@ -486,3 +486,73 @@ def test_a_long_parse_is_not_memoized(tmp_path: Path) -> None:
     for parse in (short, short, long, long):
         s.client_data(parse + m.SYNC_MESSAGE)
     assert len(decided) == 3 and s._parse_memo is None
+
+
+def _backend_error(sqlstate: str, message: str) -> bytes:
+    return m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": sqlstate, "M": message})
+
+
+def test_a_denial_at_run_fails_each_run_of_the_statement(session: ClientSession) -> None:
+    """A statement PostgreSQL analyzes when it runs, naming a hidden schema (Deny.at_run): its Parse reaches the
+    server as a CLOSE of a marker cursor, which succeeds at Parse and fails at every Execute; each failure is
+    answered with the denial (a missing schema's error), the first and the next."""
+    login(session)
+    attach(session)
+    denial = Deny("3F000", 'schema "nix" does not exist', "", "foreign_schema", at_run=True)
+    session.enable_policy(lambda kind, sql: denial)
+    parse = m.Parse("s1", "CREATE TEMP VIEW v AS SELECT * FROM hid.t", b"\x00\x00").encode()
+    out = _relayed(session.client_data(parse + m.SYNC_MESSAGE))
+    [(_, body), _] = frames(out)
+    text = m.Parse.decode(body).sql
+    assert text.startswith("CLOSE pgtenant_denied_") and m.Parse.decode(body).name == "s1"
+    marker = text.removeprefix("CLOSE ")
+    _answer(session, m.frame(b"1", b""), m.ready_for_query(b"I"))
+    for _ in range(2):  # Bind + Execute + Sync, twice
+        session.client_data(m.frame(b"B", b"\x00s1\x00" + struct.pack("!hhh", 0, 0, 0))
+                            + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) + m.SYNC_MESSAGE)
+        got = _answer(session, m.frame(b"2", b""),
+                      _backend_error("34000", f'cursor "{marker}" does not exist'), m.ready_for_query(b"I"))
+        assert b'schema "nix" does not exist' in got and b"C3F000\x00" in got and marker.encode() not in got
+
+
+def test_a_denial_at_run_whose_entry_is_gone_is_still_the_proxys(session: ClientSession) -> None:
+    """A marker cursor's failure whose denial was evicted is answered as the proxy's (never the backend's text)."""
+    login(session)
+    attach(session)
+    session.enable_policy(lambda kind, sql: Allow())
+    session.client_data(m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    marker = "pgtenant_denied_0123456789abcdef"
+    got = _answer(session, _backend_error("34000", f'cursor "{marker}" does not exist'), m.ready_for_query(b"I"))
+    assert marker.encode() not in got and got[:1] == b"E"
+
+
+def test_the_statements_before_a_hidden_schema_are_sent_first(session: ClientSession) -> None:
+    """Deny.before: the statements ahead of the refused one are forwarded (as decided), then the marker CLOSE."""
+    login(session)
+    attach(session)
+    before = Rewrite("SELECT 1 /* r */; ", ("r",))
+    denial = Deny("42P01", 'relation "nix.t" does not exist', "", "foreign_schema", 24, (2, 2), before=before)
+    session.enable_policy(lambda kind, sql: denial)
+    out = _relayed(session.client_data(m.Query("SELECT 1; SELECT * FROM hid.t").encode()))
+    [(_, body)] = frames(out)
+    text = m.Query.decode(body).sql
+    assert text.startswith("SELECT 1 /* r */; \n;CLOSE pgtenant_denied_"), text
+    marker = text.rsplit(" ", 1)[1]
+    got = _answer(session, m.frame(b"C", b"SELECT 1\x00"),
+                  _backend_error("34000", f'cursor "{marker}" does not exist'), m.ready_for_query(b"I"))
+    assert b'relation "nix.t" does not exist' in got and b"P24\x00" in got and marker.encode() not in got
+
+
+def test_a_parse_of_several_statements_naming_a_hidden_schema_is_postgresqls_42601(session: ClientSession) -> None:
+    """PostgreSQL refuses a Parse of several statements before it looks a name up: a hidden schema in one of them
+    gets that answer, as a missing one does."""
+    login(session)
+    attach(session)
+    denial = Deny("42P01", 'relation "nix.t" does not exist', "", "foreign_schema", 24, (2, 2))
+    session.enable_policy(lambda kind, sql: denial)
+    out = _relayed(session.client_data(m.Parse("s1", "SELECT 1; SELECT * FROM hid.t", b"\x00\x00").encode()
+                                       + m.SYNC_MESSAGE))
+    marker = m.Parse.decode(frames(out)[0][1]).sql
+    got = _answer(session, _backend_error("42601", f'syntax error at or near "{marker}"'), m.ready_for_query(b"I"))
+    assert b"C42601\x00" in got and b"cannot insert multiple commands into a prepared statement" in got
+    assert b"nix" not in got

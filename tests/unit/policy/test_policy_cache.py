@@ -212,3 +212,12 @@ def test_a_session_with_temporary_relations_decides_a_new_one_in_its_context() -
     denied = session("query", "CREATE TEMP TABLE c (x int)")
     assert isinstance(denied, Deny) and denied.rule == "temp_relation_limit"
     assert isinstance(gate("query", "CREATE TEMP TABLE c (x int)"), Allow)  # a session without any
+
+
+def test_a_denial_counts_the_statements_it_runs_first() -> None:
+    """A hidden schema's refusal in a string of several statements holds the text of those before it (Deny.before):
+    the cache counts it, so such entries cannot hold more than max_bytes."""
+    before = Rewrite("SELECT 1; " * 1000, ())
+    plain = Deny("42P01", 'relation "s.t" does not exist', "", "foreign_schema")
+    ahead = Deny("42P01", 'relation "s.t" does not exist', "", "foreign_schema", before=before)
+    assert entry_size("k", ahead) - entry_size("k", plain) >= len(before.sql)

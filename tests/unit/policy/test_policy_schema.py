@@ -3,6 +3,8 @@ exist, after every check a missing schema would meet first, with PostgreSQL's po
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from policy_corpus import DATABASE_HIDING, POLICIES
 
@@ -136,3 +138,107 @@ def test_a_database_tenants_search_path_never_gets_a_hidden_schema() -> None:
     assert isinstance(decide(DATABASE_HIDING, "SHOW search_path"), Rewrite)
     assert isinstance(decide(POLICIES["database"], "SET search_path = tenant_globex, public"), Allow)
     assert isinstance(decide(POLICIES["database"], "SHOW search_path"), Allow)
+
+
+# The DDL phase oracle (issue 14): when PostgreSQL answers a missing schema, a hidden one is answered.
+SHARED_HIDING = POLICIES["shared_hiding"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "at_run"),
+    [
+        ("SELECT * FROM tenant_globex.zz", False),
+        ("EXPLAIN SELECT * FROM tenant_globex.zz", False),
+        ("DECLARE c CURSOR FOR SELECT * FROM tenant_globex.zz", False),
+        ("CREATE TEMP TABLE t AS SELECT * FROM tenant_globex.zz", False),
+        ("CREATE TEMP VIEW v AS SELECT * FROM tenant_globex.zz", True),
+        ("PREPARE p AS SELECT * FROM tenant_globex.zz", True),
+        ("COPY tenant_globex.zz TO STDOUT", True),
+        ("COPY (SELECT * FROM tenant_globex.zz) TO STDOUT", True),
+        ('CREATE TEMP TABLE t (x text COLLATE tenant_globex."C")', True),
+    ],
+)
+def test_a_statement_analyzed_when_it_runs_is_refused_when_it_runs(sql: str, at_run: bool) -> None:
+    """PostgreSQL analyzes SELECT/INSERT/UPDATE/DELETE/MERGE, DECLARE, EXPLAIN, CREATE TABLE AS and CALL at Parse,
+    every other statement at Execute: a Parse of one of those succeeds for a missing schema, so for a hidden one."""
+    for policy in (SHARED_HIDING, DATABASE_HIDING):
+        decision = decide(policy, sql)
+        assert isinstance(decision, Deny) and decision.rule == "foreign_schema", decision
+        assert decision.at_run is at_run and decision.before is None, decision
+
+
+@pytest.mark.parametrize(
+    ("sql", "before"),
+    [
+        ("SELECT 1; SELECT * FROM tenant_globex.zz", "SELECT 1; "),
+        ("SET application_name = 'x'; CREATE TEMP VIEW v AS SELECT * FROM tenant_globex.zz; SELECT 2",
+         "SET application_name = 'x'; "),
+        ("SELECT count(*) FROM orders;\nSELECT * FROM tenant_globex.zz", None),  # rewritten: the tenant filter
+    ],
+)
+def test_the_statements_before_a_hidden_schema_run_first(sql: str, before: str | None) -> None:
+    """In a Query PostgreSQL runs each statement before it analyzes the next: those ahead of the one naming a missing
+    schema run, so those ahead of a hidden one run too (as a Query of their own, with their own rewrite)."""
+    decision = decide(SHARED_HIDING, sql)
+    assert isinstance(decision, Deny) and decision.before is not None, decision
+    prefix = sql[: sql.index("tenant_globex") - 14 if "VIEW" not in sql else sql.index("CREATE")]
+    expected = decide(SHARED_HIDING, prefix.rstrip("\n"))
+    if before is not None:
+        assert decision.before.sql == before
+    else:
+        assert decision.before.sql.startswith(expected.sql.rstrip(";"))  # type: ignore[union-attr]
+        assert "tenant_id" in decision.before.sql
+    assert decision.before.changes == getattr(expected, "changes", ())
+
+
+def test_a_later_refusal_of_the_proxy_comes_before_a_hidden_schema() -> None:
+    """The proxy decides the whole string before PostgreSQL answers a missing schema in it: a later statement it
+    refuses is the answer for a hidden schema too."""
+    for sql in ("SELECT * FROM {s}.zz; DO $$ BEGIN END $$", "SELECT 1; COPY {s}.zz TO STDOUT; CHECKPOINT"):
+        hidden, missing = decide(SHARED_HIDING, sql.format(s="tenant_globex")), decide(SHARED_HIDING, sql.format(
+            s="no_such_sch"))
+        assert isinstance(hidden, Deny) and hidden == missing, (hidden, missing)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "EXPLAIN SELECT * FROM {s}.zz",
+        "EXPLAIN (VERBOSE) SELECT * FROM {s}.zz",
+        "CREATE TEMP VIEW v AS SELECT * FROM {s}.zz",
+        "SELECT * FROM orders, {s}.zz",
+        "SELECT * FROM orders; SELECT * FROM {s}.zz",
+        "SELECT 'é' FROM orders, {s}.zz",
+    ],
+)
+def test_a_hidden_schema_is_placed_where_postgresql_places_a_missing_one(sql: str) -> None:
+    """PostgreSQL counts positions in the text it is sent: the rewrite's text before the name (COSTS OFF, a view's
+    wrapper, a tenant filter) moves a missing schema's position, and a hidden one's alike."""
+    hidden = decide(SHARED_HIDING, sql.format(s="tenant_globex"))
+    missing = decide(SHARED_HIDING, sql.format(s="no_such_sch"))
+    assert isinstance(hidden, Deny) and hidden.rule == "foreign_schema", hidden
+    sent = missing.sql if not isinstance(missing, Allow) else sql.format(s="no_such_sch")  # type: ignore[union-attr]
+    assert hidden.position == sent.index("no_such_sch") + 1, (hidden, sent)
+
+
+def test_an_agents_string_with_a_hidden_schema_is_refused_as_with_a_missing_one() -> None:
+    """An agent's statement admitted by its estimate must be alone in its string, whatever schema it names."""
+    agent = dataclasses.replace(POLICIES["shared_agent"], hidden_schemas=frozenset({"tenant_globex"}))
+    for sql in ("SELECT 1; SELECT * FROM {s}.zz", "SELECT * FROM orders; SELECT * FROM {s}.zz"):
+        hidden, missing = decide(agent, sql.format(s="tenant_globex")), decide(agent, sql.format(s="no_such_sch"))
+        if isinstance(missing, Deny):
+            assert hidden == missing, (hidden, missing)
+        else:
+            assert isinstance(hidden, Deny) and hidden.rule == "foreign_schema", hidden
+
+
+@pytest.mark.parametrize("sql", ["CREATE TEMP TABLE t (LIKE {s}.zz); INSERT INTO t DEFAULT VALUES",
+                                 "CREATE TEMP VIEW v AS SELECT * FROM {s}.zz; SELECT * FROM v",
+                                 "PREPARE p AS SELECT * FROM {s}.zz; EXECUTE p"])
+def test_later_statements_are_decided_in_the_session_a_missing_schema_would_leave(sql: str) -> None:
+    """`CREATE TEMP TABLE t (LIKE missing.x); INSERT INTO t …` passes the proxy (t is the session's own) and fails in
+    PostgreSQL at the LIKE: the same string naming a hidden schema must not be refused at the INSERT instead."""
+    missing = decide(SHARED_HIDING, sql.format(s="no_such_sch"))
+    hidden = decide(SHARED_HIDING, sql.format(s="tenant_globex"))
+    assert not isinstance(missing, Deny), missing
+    assert isinstance(hidden, Deny) and hidden.rule == "foreign_schema" and hidden.statement == (1, 2), hidden
