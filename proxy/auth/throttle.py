@@ -81,7 +81,8 @@ class AuthThrottle:
     * address, across users: ``max_address_failures`` — a password spray over many user names from one place.
 
     The user and address budgets, once spent, refuse only a user that has itself failed from that address
-    within the window (and has not logged in from there within ``remember_success`` seconds): a user that has not failed where it logs in from is never refused because of others' failures —
+    within the window (and has not logged in from there within ``remember_success`` seconds): a user
+    that has not failed where it logs in from is never refused because of others' failures —
     another tenant's user behind the same NAT or Tableau Server, junk names sprayed from its address, a guesser
     elsewhere, a restart. What is left to an attacker once they are spent is one guess per (address, user) per
     window (docs/security.md says what this bounds). Addresses count per /64 for IPv6.
