@@ -226,4 +226,3 @@ def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path
     s.client_data(m.Query("PREPARE p3 AS SELECT nspname FROM pg_namespace").encode())
     s.client_data(m.Parse("p3", "SELECT 3", b"\x00\x00").encode())  # a protocol statement of that name now
     assert listed(s) == []
-
