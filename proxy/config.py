@@ -205,6 +205,7 @@ class PoolConfig:
     statement_cache_bytes: int = 4 * 1024 * 1024  # statement text bytes per server
     max_session_statements: int = 1000  # named statements one session may hold (the proxy keeps them)
     max_session_statement_bytes: int = 16 * 1024 * 1024  # their text bytes, per session
+    max_tenant_statement_bytes: int = 64 * 1024 * 1024  # their text bytes, over all the sessions of one tenant
     max_statements_listing_bytes: int = 1024 * 1024  # a session's pg_prepared_statements listing (texts shortened)
 
 
@@ -540,7 +541,7 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
         raise ConfigError(f"pool.min_pool_size: {pool.min_pool_size} exceeds pool.pool_size {pool.pool_size}")
     for key in ("reserve_pool_timeout", "server_idle_timeout", "server_lifetime", "query_wait_timeout",
                 "max_pin_time", "statement_cache_size", "statement_cache_bytes", "max_session_statements",
-                "max_session_statement_bytes", "max_statements_listing_bytes"):
+                "max_session_statement_bytes", "max_tenant_statement_bytes", "max_statements_listing_bytes"):
         _positive(getattr(pool, key), f"pool.{key}")
     return pool
 

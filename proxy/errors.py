@@ -271,6 +271,12 @@ session_statements_limit = _register(
     "session_statements_limit", OUT_OF_MEMORY, "ERROR",
     'out of memory: prepared statement "{name}" would take this session past [pool] {key} = {limit}',
     hint="Close (or DEALLOCATE) prepared statements the session no longer uses.")
+# A named statement past what the proxy keeps for all the sessions of one tenant together (proxy/limits.py).
+tenant_statements_limit = _register(
+    "tenant_statements_limit", OUT_OF_MEMORY, "ERROR",
+    'out of memory: prepared statement "{name}" would take tenant "{tenant}" past [pool] max_tenant_statement_bytes'
+    ' = {limit} (the statement text pgtenant keeps for all its sessions)',
+    hint="Close (or DEALLOCATE) prepared statements the tenant's sessions no longer use, or close idle sessions.")
 unnamed_statement_missing = _register("unnamed_statement_missing", INVALID_SQL_STATEMENT_NAME, "ERROR",
                                       "unnamed prepared statement does not exist")
 

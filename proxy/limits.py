@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from proxy import errors
@@ -136,6 +136,7 @@ class ConnectionCounts:
     def __init__(self) -> None:
         self.tenants: Counter[str] = Counter()
         self.users: Counter[str] = Counter()
+        self.statement_bytes = TenantStatementBytes()  # the statement text the proxy keeps, per tenant
 
     def admit(self, limits: Limits) -> tuple[PgError, int] | None:
         """Count one more session of `limits`' user, or the error refusing it and the limit (nothing counted then)."""
@@ -222,3 +223,50 @@ class QuerySlots:
             queue.remove(client)
             if not queue:
                 del self.waiting[tenant]
+
+
+class TenantStatementBytes:
+    """The bytes of named prepared statement text the proxy keeps for each tenant, over all its sessions ([pool]
+    max_tenant_statement_bytes): each session's per-session bound multiplied by a tenant's connections was not a
+    bound on the proxy's memory (red team 7 F10). A session reports what it holds whenever it would hold more (a
+    named Parse) and 0 when it ends; in between it stays counted at what it last reported (a Close does not
+    report: the count only ever errs high, towards refusing)."""
+
+    def __init__(self) -> None:
+        self.held: Counter[str] = Counter()
+
+    def claim(self, tenant: str, before: int, after: int, limit: int) -> bool:
+        """A session of `tenant` that reported `before` bytes now holds `after`: False (nothing changes) when that is
+        more than before and takes the tenant past `limit`."""
+        total = self.held[tenant] - before + after
+        if after > before and total > limit:
+            return False
+        if total > 0:
+            self.held[tenant] = total
+        else:
+            del self.held[tenant]
+        return True
+
+
+class StatementBytesClaim:
+    """One session's part of its tenant's TenantStatementBytes: `claim(name, held)` before a named Parse that would
+    make the session hold `held` bytes (its error, or None), `release()` when the session ends."""
+
+    __slots__ = ("ledger", "limit", "reported", "tenant")
+
+    def __init__(self, ledger: TenantStatementBytes, tenant: str, limit: Callable[[], int]) -> None:
+        self.ledger = ledger
+        self.tenant = tenant
+        self.limit = limit  # [pool] max_tenant_statement_bytes, read at each claim (a reload may change it)
+        self.reported = 0
+
+    def __call__(self, name: str, held: int) -> PgError | None:
+        limit = self.limit()
+        if not self.ledger.claim(self.tenant, self.reported, held, limit):
+            return errors.tenant_statements_limit(name=name, tenant=self.tenant, limit=limit)
+        self.reported = held
+        return None
+
+    def release(self) -> None:
+        self.ledger.claim(self.tenant, self.reported, 0, 0)
+        self.reported = 0

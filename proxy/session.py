@@ -49,6 +49,7 @@ from proxy.limits import (
     ConnectionCounts,
     Limits,
     ResultMeter,
+    StatementBytesClaim,
     clamped_timeout,
     milliseconds,
     resolve,
@@ -430,8 +431,16 @@ class ClientSession:
         self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
                                      cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes,
                                      max_listing=max_listing)
+        self.statements.tenant_budget = self._tenant_statement_bytes()
         self.statements.attach(prepared)
         self._follow_statements()
+
+    def _tenant_statement_bytes(self) -> StatementBytesClaim | None:
+        """This session's part of its tenant's bound on kept statement text ([pool] max_tenant_statement_bytes)."""
+        if self.tenant is None:
+            return None
+        return StatementBytesClaim(self.connections.statement_bytes, self.tenant.name,
+                                   lambda: self.config.pool.max_tenant_statement_bytes)
 
     def _follow_statements(self) -> None:
         """Route every message with an answer through the statement maps and the response ledger."""
@@ -536,6 +545,7 @@ class ClientSession:
             if text is None:
                 return
             texts = self._client_texts = ClientTexts(*session_statement_limits(self.config))
+            texts.tenant_budget = self._tenant_statement_bytes()
         texts.parse(name, text)
 
     def _statement_scope(self) -> str:
@@ -1963,6 +1973,9 @@ class ClientSession:
         released = self._close_server(CloseReason.CLIENT_GONE)
         if self._slot_held:
             released.append(self._release_slot())
+        for kept in (self.statements, self._client_texts):
+            if kept is not None and isinstance(kept.tenant_budget, StatementBytesClaim):
+                kept.tenant_budget.release()  # the tenant's bound on kept statement text: this session's share
         self._close()
         return released
 

@@ -119,9 +119,11 @@ class ClientTexts:
     rewrote is kept for the pg_prepared_statements wrapper, shown over the server's row of that name (an entry whose
     statement is gone shows nothing). Bounded like the statements the session may hold: the oldest go first."""
 
-    __slots__ = ("_listed", "max_bytes", "max_listing", "max_named", "size", "texts")
+    __slots__ = ("_listed", "max_bytes", "max_listing", "max_named", "size", "tenant_budget", "texts")
 
     def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20, max_listing: int = 1 << 20) -> None:
+        # the tenant's bound over all its sessions (as Statements.tenant_budget): past it the oldest texts go too
+        self.tenant_budget: Callable[[str, int], PgError | None] | None = None
         self.texts: dict[str, str] = {}
         self.size = 0
         self.max_named = max(1, max_named)
@@ -141,7 +143,9 @@ class ClientTexts:
         self._listed = None
         texts[name] = text
         self.size += len(text)
-        while texts and (len(texts) > self.max_named or self.size > self.max_bytes):
+        budget = self.tenant_budget
+        while texts and (len(texts) > self.max_named or self.size > self.max_bytes
+                         or (budget is not None and budget(name, self.size) is not None)):
             self.size -= len(texts.pop(next(iter(texts))))
 
     def listing(self) -> str:
@@ -281,7 +285,7 @@ class Statements:
         "_fakes", "_last", "_ledger", "_listed", "_markers", "_open", "_recording", "_resets", "_retried",
         "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache",
         "cache_bytes", "cache_size", "error_marker", "hits", "max_bytes", "max_listing", "max_named", "misses",
-        "named", "origin", "prepared", "retries", "status", "unnamed", "wall_clock",
+        "named", "origin", "prepared", "retries", "status", "tenant_budget", "unnamed", "wall_clock",
     )
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
@@ -322,6 +326,8 @@ class Statements:
         self.hits = 0  # cache: unnamed Parses answered by a statement already on the server
         self.misses = 0  # cache: unnamed Parses of an admitted text that had to be prepared
         self.retries = 0  # transparent re-prepares after 0A000
+        # the tenant's bound over all its sessions: (name, the bytes this session would hold) -> its error or None
+        self.tenant_budget: Callable[[str, int], PgError | None] | None = None
 
     # --- the server held ------------------------------------------------------------------------
 
@@ -797,7 +803,7 @@ class Statements:
         if size + held > self.max_bytes:  # the client's texts kept for pg_prepared_statements count too
             return errors.session_statements_limit(name=name, key="max_session_statement_bytes",
                                                    limit=self.max_bytes)
-        return None
+        return None if self.tenant_budget is None else self.tenant_budget(name, size + held)
 
     def _stmt(self, sql: str, types: bytes, scope: str) -> Stmt:
         last = self._last

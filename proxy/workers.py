@@ -14,7 +14,6 @@ import socket
 import struct
 import subprocess
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -28,6 +27,7 @@ from proxy.policy.cache import Pending
 from proxy.policy.engine import decide
 from proxy.policy.model import Decision, TenantPolicy
 from proxy.policy.rules import deny
+from proxy.turns import PENALTY_TIMEOUTS, Turns
 
 log = get_logger("pgtenant.workers")
 
@@ -104,15 +104,14 @@ def serve(sock: socket.socket, address_space: int) -> None:
 
 
 class _Task:
-    """One decision asked for: what, by whom, where the outcome goes, and when it must be done by."""
+    """One decision asked for: what, by whom, where the outcome goes, and its timer once dispatched."""
 
-    __slots__ = ("deadline", "done", "id", "pending", "timer", "worker")
+    __slots__ = ("done", "id", "pending", "timer", "worker")
 
-    def __init__(self, task_id: int, pending: Pending, done: Done, deadline: float) -> None:
+    def __init__(self, task_id: int, pending: Pending, done: Done) -> None:
         self.id = task_id
         self.pending = pending
         self.done: Done | None = done
-        self.deadline = deadline
         self.worker: _Worker | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -172,11 +171,13 @@ class _Worker:
 class DecisionWorkers:
     """Runs Pendings in up to `count` worker processes (each started when first needed: a fresh interpreter).
 
-    Fair between tenants: each tenant's tasks wait in its own queue, tenants are served in turn, and one tenant
-    runs at most max(1, count // 2) tasks at a time while another waits. Each task must be answered within
-    `timeout` seconds of being submitted, else it is answered with a denial (57014, rule decision_timeout) and the
-    worker running it is killed and replaced: a statement cannot hold a worker for longer than that either. A
-    worker that fails is replaced too (its task is denied with XX000).
+    Fair between tenants (proxy/turns.py): each tenant's tasks wait in its own queue, tenants are served in turn,
+    one tenant runs at most max(1, count // 2) tasks at a time while another waits, a tenant already running one
+    never takes the last free worker, and a tenant whose decision ran out of time is served last, one task at a
+    time, for PENALTY_TIMEOUTS timeouts. Each task must be answered within `timeout` seconds of being dispatched
+    to a worker (its wait in the queue does not count), else it is answered with a denial (57014, rule
+    decision_timeout) and the worker running it is killed and replaced: a statement cannot hold a worker for longer
+    than that. A worker that fails is replaced too (its task is denied with XX000).
     """
 
     def __init__(
@@ -188,29 +189,15 @@ class DecisionWorkers:
         self.on_restart = on_restart
         self._start_worker = start  # how a worker is started (a test plays one over a socket pair)
         self._workers: list[_Worker] = []
-        self._queues: dict[str, deque[_Task]] = {}
-        self._turns: deque[str] = deque()  # tenants with queued tasks, in the order they are served
-        self._running: dict[str, int] = {}
+        self._turns: Turns[_Task] = Turns(PENALTY_TIMEOUTS * timeout)
         self._next_id = 0
         self.completed = 0
-
-    @property
-    def per_tenant(self) -> int:
-        return max(1, self.count // 2)
 
     def submit(self, pending: Pending, done: Done) -> _Task:
         """Decide `pending` in a worker; `done(decision, stage times)` is called on the event loop (once)."""
         self._next_id += 1
-        task = _Task(self._next_id, pending, done, monotonic() + self.timeout)
-        loop = asyncio.get_running_loop()
-        task.timer = loop.call_at(loop.time() + self.timeout, self._expire, task)
-        tenant = pending.tenant
-        queue = self._queues.get(tenant)
-        if queue is None:
-            queue = self._queues[tenant] = deque()
-        if not queue:
-            self._turns.append(tenant)
-        queue.append(task)
+        task = _Task(self._next_id, pending, done)
+        self._turns.add(pending.tenant, task)
         self._dispatch()
         return task
 
@@ -221,26 +208,15 @@ class DecisionWorkers:
             self._finish(task, None, {})
 
     def _dispatch(self) -> None:
-        for _ in range(len(self._turns)):
-            worker = self._idle_worker()
-            if worker is None:
+        while True:
+            idle = [worker for worker in self._workers if worker.task is None]
+            free = len(idle) + max(0, self.count - len(self._workers))
+            picked = self._turns.take(free, self.count, monotonic())
+            if picked is None:
                 return
-            tenant = self._turns[0]
-            self._turns.rotate(-1)
-            if self._running.get(tenant, 0) >= self.per_tenant and len(self._turns) > 1:
-                continue  # its turn comes again once one of its tasks is done
-            queue = self._queues[tenant]
-            task = queue.popleft()
-            if not queue:
-                self._turns.remove(tenant)
-            self._start(worker, task)
+            self._start(idle[0] if idle else self._new_worker(), picked[1])
 
-    def _idle_worker(self) -> _Worker | None:
-        for worker in self._workers:
-            if worker.task is None:
-                return worker
-        if len(self._workers) >= self.count:
-            return None
+    def _new_worker(self) -> _Worker:
         worker = self._start_worker()
         self._workers.append(worker)
         asyncio.get_running_loop().add_reader(worker.sock.fileno(), self._readable, worker)
@@ -249,11 +225,10 @@ class DecisionWorkers:
     def _start(self, worker: _Worker, task: _Task) -> None:
         worker.task = task
         task.worker = worker
-        tenant = task.pending.tenant
-        self._running[tenant] = self._running.get(tenant, 0) + 1
+        loop = asyncio.get_running_loop()
+        task.timer = loop.call_at(loop.time() + self.timeout, self._expire, task)  # its budget starts now
         pending = task.pending
         data = frame((task.id, pending.policy, pending.sql, pending.limits))
-        loop = asyncio.get_running_loop()
         send = loop.create_task(loop.sock_sendall(worker.sock, data))  # the worker may still be starting
         send.add_done_callback(_sent)
 
@@ -280,7 +255,7 @@ class DecisionWorkers:
         worker = task.worker
         self._finish(task, deny(
             "decision_timeout", f"checking the statement took longer than {self.timeout:g} s (limits.decision_timeout)"
-        ), {})
+        ), {}, timed_out=True)
         if worker is not None:
             self._replace(worker, "timeout", answered=True)
 
@@ -299,7 +274,9 @@ class DecisionWorkers:
             self.on_restart(reason)
         self._dispatch()
 
-    def _finish(self, task: _Task, decision: Decision | None, stages: dict[str, float]) -> None:
+    def _finish(
+        self, task: _Task, decision: Decision | None, stages: dict[str, float], timed_out: bool = False
+    ) -> None:
         """Answer a task once: stop its timer, release its tenant's slot or queue place, call `done`."""
         if task.timer is not None:
             task.timer.cancel()
@@ -307,13 +284,10 @@ class DecisionWorkers:
         tenant = task.pending.tenant
         if task.worker is not None:
             task.worker = None
-            self._running[tenant] -= 1
+            self._turns.penalty = PENALTY_TIMEOUTS * self.timeout  # (a reload may change the timeout)
+            self._turns.finished(tenant, monotonic(), timed_out)
         else:
-            queue = self._queues.get(tenant)
-            if queue is not None and task in queue:
-                queue.remove(task)
-                if not queue:
-                    self._turns.remove(tenant)
+            self._turns.remove(tenant, task)
         done, task.done = task.done, None
         if done is not None and decision is not None:
             done(decision, stages)

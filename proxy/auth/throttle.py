@@ -76,16 +76,21 @@ class _Budgets:
 class AuthThrottle:
     """Budgets of failed logins in a sliding window of ``window`` seconds; a login beyond one is refused.
 
-    * (address, user): ``max_failures`` — guessing one user's password from one place; always applies;
+    * (address, user): ``max_failures`` — guessing one user's password from one place;
     * user, across addresses: ``max_user_failures`` — a distributed guess at one user;
     * address, across users: ``max_address_failures`` — a password spray over many user names from one place.
 
     The user and address budgets, once spent, refuse only a user that has itself failed from that address
-    within the window (and has not logged in from there within ``remember_success`` seconds): a user that
-    has not failed where it logs in from is never refused because of others' failures — another tenant's
-    user behind the same NAT or Tableau Server, junk names sprayed from its address, a guesser elsewhere, a
-    restart. What is left to an attacker once they are spent is one guess per (address, user) per window
-    (docs/security.md says what this bounds). Addresses count per /64 for IPv6.
+    within the window (and has not logged in from there within ``remember_success`` seconds): a user
+    that has not failed where it logs in from is never refused because of others' failures —
+    another tenant's user behind the same NAT or Tableau Server, junk names sprayed from its address, a guesser
+    elsewhere, a restart. What is left to an attacker once they are spent is one guess per (address, user) per
+    window (docs/security.md says what this bounds). Addresses count per /64 for IPv6.
+
+    A user that logged in from an address within ``remember_success`` seconds has there an (address, user)
+    budget the size of the per-user one (``max_user_failures``, 20 by default, instead of ``max_failures``):
+    someone else behind the same address (a NAT, a shared Tableau Server) who types five wrong passwords under
+    its name does not lock it out there; guesses from there stay bounded, by the per-user budget's size.
 
     A login is checked when it starts and again when its proof arrives, before the proof is looked at: logins
     started in parallel cannot outrun a budget (only the budget's worth of guesses ever get an answer), while
@@ -126,6 +131,11 @@ class AuthThrottle:
         self.max_tracked = max_tracked
 
     @property
+    def _known_failures(self) -> int:
+        """The (address, user) budget of a user known at that address: the per-user budget's size."""
+        return max(self.max_failures, self.max_user_failures)
+
+    @property
     def window(self) -> float:
         return self._pairs.window
 
@@ -153,9 +163,10 @@ class AuthThrottle:
         address = address_key(address)
         pair = (address, user)
         failed_here = self._pairs.used(pair, now) > 0
-        shared = failed_here and not self.known(address, user, now)  # others' failures can refuse it
+        known = self.known(address, user, now)
+        shared = failed_here and not known  # others' failures can refuse it
         checks = (  # all three are looked at every time: the work does not depend on what is known
-            (self._pairs, pair, self.max_failures, LIMITS[0], True),
+            (self._pairs, pair, self._known_failures if known else self.max_failures, LIMITS[0], True),
             (self._users, user, self.max_user_failures, LIMITS[1], shared),
             (self._addresses, address, self.max_address_failures, LIMITS[2], shared),
         )
@@ -170,7 +181,7 @@ class AuthThrottle:
         """A login failed (or was abandoned after the server's challenge): it counts in every budget."""
         now = _now(now)
         address = address_key(address)
-        self._pairs.record((address, user), now, self.max_failures)
+        self._pairs.record((address, user), now, self._known_failures)
         self._users.record(user, now, self.max_user_failures)
         self._addresses.record(address, now, self.max_address_failures)
 

@@ -258,12 +258,12 @@ SET_RETURNING: frozenset[str] = frozenset(
 # Words of the texts that may need a guard or the EXPLAIN rewrite: an allowed statement holding one is checked
 # by the verifier too (an identifier written with Unicode escapes is caught by catalog.may_name_filtered). Plain
 # substrings first (cheap), then the reg* and pg_* families by a regular expression only when their prefix occurs.
-_GUARD_SUBSTRINGS = (
+GUARD_SUBSTRINGS = (
     "format_type", "_description", "has_", "current_setting", "oidvectortypes", "acldefault", "makeaclitem",
     "row_security_active", "explain", "advisory",
 )
-_REG_WORDS = re.compile(r"reg(?:class|type|procedure|proc|operator|oper|namespace|collation|config|dictionary|role)\b")
-_PG_WORDS = re.compile(
+REG_WORDS = re.compile(r"reg(?:class|type|procedure|proc|operator|oper|namespace|collation|config|dictionary|role)\b")
+PG_WORDS = re.compile(
     r"pg_(?:get_|has_role|partition_|sequence_|index_|input_|basetype|filenode_relation|relation_|column_is_|"
     r"total_relation_size|table_size|indexes_size|database_size|[a-z_]*_is_visible|[a-z_]*_actual_version)"
 )
@@ -271,11 +271,11 @@ _PG_WORDS = re.compile(
 
 def may_need_guard(low: str) -> bool:
     """False only when no word of the lower-cased text `low` can be a conversion, a naming function or EXPLAIN."""
-    if any(w in low for w in _GUARD_SUBSTRINGS):
+    if any(w in low for w in GUARD_SUBSTRINGS):
         return True
-    if "reg" in low and _REG_WORDS.search(low):
+    if "reg" in low and REG_WORDS.search(low):
         return True
-    return "pg_" in low and _PG_WORDS.search(low) is not None
+    return "pg_" in low and PG_WORDS.search(low) is not None
 
 
 def literal_checked(policy: TenantPolicy, kind: str, mode: str, text: str) -> bool:

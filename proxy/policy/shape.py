@@ -106,19 +106,24 @@ def _params_plain(shape: str) -> bool:
     """True when no parameter of the shape is the operand of a cast (`4711::regclass` names a relation)."""
     try:
         tree = json.loads(parse_sql_json(shape))
-    except (ParseError, ValueError):
+    except (ParseError, ValueError, RecursionError):
         return False
     return not _cast_param(tree)
 
 
-def _cast_param(node: object) -> bool:
-    if isinstance(node, dict):
-        cast = node.get("TypeCast")
-        if isinstance(cast, dict) and isinstance(cast.get("arg"), dict) and "ParamRef" in cast["arg"]:
-            return True
-        return any(_cast_param(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_cast_param(v) for v in node)
+def _cast_param(tree: object) -> bool:
+    """True when a TypeCast in `tree` (pglast's JSON) has a ParamRef operand; a loop, not a recursion: a tree
+    of any depth the parser accepted is walked (60 nested subqueries went past Python's recursion limit)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            cast = node.get("TypeCast")
+            if isinstance(cast, dict) and isinstance(cast.get("arg"), dict) and "ParamRef" in cast["arg"]:
+                return True
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return False
 
 

@@ -7,11 +7,13 @@ memory attack of the issue (twenty distinct 30 MB texts) leaves the proxy's RSS 
 
 from __future__ import annotations
 
+import re
 import socket
 import statistics
 import struct
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -152,6 +154,29 @@ def test_a_long_statement_decided_elsewhere_keeps_pipelined_order(proxy: ProxyPr
     assert seen[1][1] == [struct.pack("!hi", 1, 3) + b"200"]  # acme's 200 rows, not all 300
     assert [e["C"] for e in seen[3][0]] == ["42501"]
     assert [e["C"] for e in seen[4][0]] == ["25P02"]  # the denial aborted the transaction, as PostgreSQL's would
+    still_usable(sock)
+    sock.close()
+
+
+def _offloaded(p: ProxyProcess, tenant: str) -> float:
+    text = urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10).read().decode()
+    found = re.search(rf'^pgtenant_policy_offloaded_total\{{tenant="{tenant}"\}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+def test_a_short_statement_likely_to_be_costly_is_decided_elsewhere(proxy: ProxyProcess, protocol: str) -> None:
+    """Red team 7 F8: 4 KiB of `N::regclass` items held the event loop (every tenant) for 13.8 s; a short text whose
+    static cost estimate is high goes to a decision worker like a long one, and is answered in order."""
+    sock = connect(proxy, "alice")
+    before = _offloaded(proxy, "acme")
+    items = ", ".join(f"'orders'::regclass AS r{i}" for i in range(6))
+    sock.sendall(PROTOCOLS[protocol](f"SELECT {items} /* {protocol} {time.time_ns()} */") + query("SELECT 2"))
+    (errors, rows), (errors2, rows2) = answer(sock), answer(sock)
+    assert not errors and len(rows) == 1 and not errors2 and len(rows2) == 1
+    assert _offloaded(proxy, "acme") == before + 1
+    sock.sendall(query("SELECT 1::regclass"))  # one conversion: decided on the spot
+    assert not answer(sock)[0] and _offloaded(proxy, "acme") == before + 1
     still_usable(sock)
     sock.close()
 

@@ -8,6 +8,7 @@ import struct
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -98,6 +99,25 @@ def test_one_tenants_failures_never_lock_out_another_tenants_user(budget_proxy: 
     text = urllib.request.urlopen(budget_proxy.metrics_url + "/metrics", timeout=10).read().decode()
     assert 'pgtenant_auth_throttled_total{limit="address_user"}' in text
     assert 'pgtenant_auth_throttled_total{limit="address"}' in text
+
+
+def test_wrong_passwords_under_a_users_name_from_its_own_address_do_not_lock_it_out(
+    pg: PgCluster, tmp_path: Path,
+) -> None:
+    # Red team 7 F11: behind one address, someone types wrong passwords under ivan's name; ivan, who logged in from
+    # there, still does (his budget there is the per-user one's size); the guesser is still bounded by it.
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path, limits={"max_auth_failures": 3, "max_auth_failures_per_user": 8,
+                                           "auth_failure_window": 600}).start()
+    try:
+        assert _attempt(p.port, "ivan", p.password("ivan")) is None
+        answers = [_attempt(p.port, "ivan", "guess") for _ in range(5)]
+        assert all(a is not None and a["M"].startswith("password authentication failed") for a in answers)
+        assert _attempt(p.port, "ivan", p.password("ivan")) is None
+        answers = [_attempt(p.port, "ivan", "guess") for _ in range(9)]
+        assert [a is not None and a["M"].startswith("too many failed") for a in answers] == [False] * 8 + [True]
+    finally:
+        p.stop()
 
 
 def test_parallel_guesses_cannot_outrun_the_budget(budget_proxy: ProxyProcess) -> None:

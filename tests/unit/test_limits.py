@@ -29,6 +29,8 @@ from proxy.limits import (
     ConnectionCounts,
     QuerySlots,
     ResultMeter,
+    StatementBytesClaim,
+    TenantStatementBytes,
     clamped_timeout,
     resolve,
     setting_milliseconds,
@@ -403,3 +405,18 @@ def test_a_cut_result_whose_request_then_completed_another_statement_ends_the_se
     assert closing and closing[0].error is not None and closing[0].error.severity == "FATAL"
     assert "ran on the server" in closing[0].error.message and s.state is State.CLOSED
     assert ReleaseServer(reusable=False, reset=True, reason=CloseReason.RESULT_CUT) in out
+
+
+def test_a_tenants_statement_bytes_are_bounded_over_its_sessions_and_given_back() -> None:
+    ledger = TenantStatementBytes()
+    assert ledger.claim("acme", 0, 600, 1000) and ledger.claim("acme", 0, 400, 1000)
+    assert not ledger.claim("acme", 0, 1, 1000)  # past the bound: refused, nothing counted
+    assert ledger.claim("globex", 0, 1000, 1000)  # each tenant its own
+    assert ledger.claim("acme", 600, 100, 1000)  # a session holding less: always
+    assert ledger.held == {"acme": 500, "globex": 1000}
+    claim = StatementBytesClaim(ledger, "acme", lambda: 1000)
+    assert claim("s", 500) is None and claim("s", 501) is not None
+    error = claim("s", 600)
+    assert error is not None and error.sqlstate == "53200" and "max_tenant_statement_bytes = 1000" in error.message
+    claim.release()
+    assert ledger.held["acme"] == 500 and claim.reported == 0

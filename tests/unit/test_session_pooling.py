@@ -23,6 +23,7 @@ from proxy.actions import (
     StartRelay,
 )
 from proxy.auth.throttle import AuthThrottle
+from proxy.limits import ConnectionCounts
 from proxy.policy import TenantPolicy
 from proxy.policy.cache import DecisionCache
 from proxy.protocol import messages as m
@@ -548,3 +549,43 @@ def test_an_idle_pooled_session_keeps_its_attributes_in_slots(pooled: ClientSess
     pooled.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
     assert pooled.state is State.IDLE and pooled.statements is not None
     assert not pooled.__dict__, f"add {sorted(pooled.__dict__)} to ClientSession.__slots__"
+
+
+def _tenant_session(tmp_path: Path, counts: ConnectionCounts, limit: int) -> ClientSession:
+    s = ClientSession(make_config(tmp_path, pool={"pool_mode": "transaction", "max_tenant_statement_bytes": limit}),
+                      session_id="s1", client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2),
+                      clock=lambda: 0.0, tls_available=False, connections=counts)
+    _log_in(s)
+    s.server_attached(server_for(s, {"application_name": ""}))
+    return s
+
+
+def _named_parse(s: ClientSession, name: str, text: str) -> bytes:
+    """The client's named Parse and Sync: what the server gets (the session takes a server for it)."""
+    out = list(s.client_data(m.Parse(name, text, b"\x00\x00").encode() + m.frame(b"S", b"")))
+    if s.state is State.WAITING:
+        out += s.server_attached(server_for(s))
+    return relayed(out)
+
+
+def test_the_statement_text_kept_for_a_tenant_is_bounded_over_all_its_sessions(tmp_path: Path) -> None:
+    """Red team 7 F10: each session may keep 16 MiB of named statements; a tenant's connections multiplied it (6
+    sessions: +92 MB of proxy memory). [pool] max_tenant_statement_bytes bounds their sum (53200, naming the key);
+    a session that ends gives its share back."""
+    counts = ConnectionCounts()
+    text = "SELECT '" + "x" * 3000 + "'"
+    one, two = _tenant_session(tmp_path, counts, 10_000), _tenant_session(tmp_path, counts, 10_000)
+    assert text.encode() in _named_parse(one, "a", text)
+    one.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    assert text.encode() in _named_parse(one, "b", text)
+    assert text.encode() in _named_parse(two, "c", text)
+    two.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    refused = _named_parse(two, "d", text)
+    assert text.encode() not in refused and refused.startswith(b"P") and b"pgtenant_denied_" in refused
+    [marker] = two._denials.values()
+    assert marker.sqlstate == "53200" and "max_tenant_statement_bytes = 10000" in marker.message
+    assert 9000 < counts.statement_bytes.held["acme"] <= 10_000
+    one.close()
+    assert counts.statement_bytes.held["acme"] < 4000
+    two.close()
+    assert counts.statement_bytes.held == {}

@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from proxy.errors import PgError
+from proxy.limits import StatementBytesClaim, TenantStatementBytes
 from proxy.policy.model import SESSION_STATEMENTS_MARKER
 from proxy.protocol import messages as m
 from proxy.statements import (
@@ -924,3 +925,19 @@ def test_sql_prepares_are_bounded_in_count_and_bytes() -> None:
     assert json.loads(store.listing()) == [{"name": "a", "statement": "PREPARE a AS SELECT 1", "server": "a",
                                             "over": True}]
     assert joined("[1]", "[]") == "[1]" and joined("[]", "[2]") == "[2]" and joined("[1]", "[2]") == "[1,2]"
+
+
+def test_client_texts_keep_within_the_tenants_bound_over_its_sessions() -> None:
+    """Red team 7 F10 in session pooling: the client texts kept for pg_prepared_statements count in the tenant's
+    [pool] max_tenant_statement_bytes too; past it a session's oldest texts go (the listing shows the server's)."""
+    ledger = TenantStatementBytes()
+    one, two = ClientTexts(), ClientTexts()
+    one.tenant_budget = StatementBytesClaim(ledger, "acme", lambda: 1000)
+    two.tenant_budget = StatementBytesClaim(ledger, "acme", lambda: 1000)
+    one.parse("a", "x" * 600)
+    two.parse("b", "y" * 300)
+    two.parse("c", "z" * 300)  # 1,200 in all: two's oldest goes
+    assert list(one.texts) == ["a"] and list(two.texts) == ["c"] and ledger.held["acme"] == 900
+    one.tenant_budget.release()
+    two.parse("d", "w" * 600)
+    assert list(two.texts) == ["c", "d"] and ledger.held["acme"] == 900

@@ -64,27 +64,50 @@ def run(coro: object) -> None:
     asyncio.run(coro)  # type: ignore[arg-type]
 
 
-def test_tenants_take_turns_and_one_tenant_runs_at_most_half_the_workers_while_another_waits() -> None:
+def test_tenants_take_turns_and_a_busy_tenant_leaves_the_last_worker_free() -> None:
     async def main() -> None:
         PlayedWorker.started = []
         workers = DecisionWorkers(2, 60, start=PlayedWorker)
         answered: list[str] = []
         for i in range(4):
             workers.submit(pending("acme", f"SELECT {i}"), lambda d, st, i=i: answered.append(f"acme {i}"))
+        await settle()
+        [one] = PlayedWorker.started  # the second worker stays free for another tenant
+        assert one.received()[2] == "SELECT 0"
         workers.submit(pending("globex", "SELECT 'g'"), lambda d, st: answered.append("globex"))
         await settle()
-        one, two = PlayedWorker.started
-        assert [one.received()[2], two.received()[2]] == ["SELECT 0", "SELECT 1"]  # nobody else was waiting yet
+        _, two = PlayedWorker.started
+        task_id, policy, sql, limits = two.received()
+        assert sql == "SELECT 'g'" and policy == SHARED and limits == Limits(1000, 250_000)  # at once
         one.answer(1, Allow())
+        two.answer(task_id, Allow())
         await settle()
-        assert answered == ["acme 0"]
-        task_id, policy, sql, limits = one.received()
-        assert sql == "SELECT 'g'" and policy == SHARED and limits == Limits(1000, 250_000)  # globex's turn
-        one.answer(task_id, Allow())
-        two.answer(2, Allow())
+        assert answered == ["acme 0", "globex"]
+        assert one.received()[2] == "SELECT 1"
+        workers.close()
+
+    run(main())
+
+
+def test_the_budget_starts_when_a_task_is_dispatched_not_while_it_waits() -> None:
+    async def main() -> None:
+        PlayedWorker.started = []
+        workers = DecisionWorkers(1, 0.2, start=PlayedWorker)
+        answered: list[Decision] = []
+        workers.submit(pending("acme", "SELECT 1"), lambda d, st: answered.append(d))
+        workers.submit(pending("globex", "SELECT 2"), lambda d, st: answered.append(d))
         await settle()
-        assert answered == ["acme 0", "globex", "acme 1"]
-        assert {one.received()[2], two.received()[2]} == {"SELECT 2", "SELECT 3"}
+        [worker] = PlayedWorker.started
+        assert worker.received()[2] == "SELECT 1"
+        await asyncio.sleep(0.15)  # globex waited most of a budget in the queue
+        worker.answer(1, Allow())
+        await settle()
+        task_id, _, sql, _ = worker.received()
+        assert sql == "SELECT 2"
+        await asyncio.sleep(0.1)  # 0.25 s after submission: past the budget if it had started then
+        worker.answer(task_id, Allow())
+        await settle()
+        assert answered == [Allow(), Allow()]
         workers.close()
 
     run(main())

@@ -193,6 +193,20 @@ def test_a_tenant_past_its_share_of_the_event_loop_goes_to_a_worker() -> None:
     assert isinstance(gate("query", "SELECT 'two'"), Allow) and 0 < gate.allowance <= INLINE_BURST
 
 
+def test_a_short_statement_likely_to_be_costly_goes_to_a_worker_whatever_the_allowance() -> None:
+    # red team 7 F8: 272 `N::regclass` items in 4 KiB were decided on the event loop for 13.8 s (the allowance is
+    # checked before a decision, and an inline decision has no time bound)
+    gate, observed = _gate()
+    costly = "SELECT " + ",".join(f"{4521 + i}::regclass" for i in range(272))
+    assert len(costly) <= LONG_TEXT
+    pending = gate("query", costly)
+    assert isinstance(pending, Pending) and not observed and gate.allowance == INLINE_BURST
+    catalog = "SELECT typinput FROM pg_type UNION ALL VALUES " + ",".join(f"({i})" for i in range(16))
+    assert isinstance(gate("query", catalog), Pending)  # implicit OIDs: each row is guarded (~150 ms)
+    assert not isinstance(gate("query", "SELECT 1::regclass"), Pending)  # one guard: decided here
+    assert not isinstance(gate("query", "SELECT * FROM orders WHERE id IN (SELECT id FROM orders)"), Pending)
+
+
 def test_the_gate_applies_its_limits() -> None:
     gate, _ = _gate()
     gate.limits = Limits(max_statements=2, max_nodes=1000)

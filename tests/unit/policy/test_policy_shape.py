@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
 import pytest
+from pglast.parser import parse_sql_json
 from policy_corpus import POLICIES, case_policy, load_cases
 
 from proxy.policy import Allow, Deny, Rewrite, TenantPolicy, decide, shape
@@ -223,3 +225,13 @@ def test_long_texts_and_the_literal_limit() -> None:
     assert literals == [str(i) for i in range(900)] and shape.text(key).endswith("$899, $900)")
     assert shape.split("SELECT " + ", ".join(str(i) for i in range(1001))) is None
     assert shape.split("SELECT 7") == ("SELECT \x00", ["7"])
+
+
+def test_a_deeply_nested_statement_is_shaped_without_a_recursion_error() -> None:
+    # red team 7 F8 (note): 60 nested scalar subqueries raised RecursionError in _cast_param (XX000, session closed)
+    nested = "SELECT " + "(SELECT " * 60 + "1" + ")" * 60
+    decision = DecisionCache().get_or_decide(TenantPolicy(tenant="t", strategy="database"), nested)
+    assert isinstance(decision, Allow)
+    deep = "SELECT " + "(SELECT " * 100 + "$1::int" + ")" * 100
+    assert shape._cast_param(json.loads(parse_sql_json(deep)))  # a loop walks a tree of any depth
+    assert not shape._params_plain("SELECT " + "(SELECT " * 300 + "$1" + ")" * 300)  # too deep for json: not shaped
