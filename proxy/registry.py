@@ -102,6 +102,7 @@ class TenantRegistry:
                 tenant, scoped, fence=not report.rls_complete, rls_tables=report.rls_tables,
                 hidden_schemas=other_tenants_schemas(config, tenant), catalog_columns=report.catalog_columns,
                 known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
+                setting_caps=config.limits.setting_caps(),
             ), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]

@@ -819,6 +819,15 @@ ATTACKS: list[Attack] = [
                                                "SELECT count(*) FROM orders", "COMMIT"), ALL, "deny", by="proxy"),
     Attack("ctx_debug_print_parse_set_config", "SELECT set_config('debug_print_parse', 'on', false)", ALL, "deny",
            by="proxy"),
+    # the server's memory is every tenant's (red team 7 F4): a hash aggregate held in 64GB of work_mem grew a backend
+    # ~100 MB/s; the memory settings are capped (limits.max_work_mem & co.), temp_file_limit is the operator's
+    Attack("res_work_mem_64gb", "SET work_mem = '64GB'", ALL, "deny", by="proxy"),
+    Attack("res_hash_mem_local", ("BEGIN", "SET LOCAL hash_mem_multiplier = 1000", "COMMIT"), ALL, "deny",
+           by="proxy"),
+    Attack("res_work_mem_set_config", "SELECT set_config('work_mem', '1TB', false)", ALL, "deny", by="proxy"),
+    Attack("res_temp_file_limit_off", "SET temp_file_limit = -1", ALL, "deny", by="proxy"),
+    Attack("res_work_mem_within", ("SET work_mem = '64MB'", "SET max_parallel_workers_per_gather = 0",
+                                   "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
     Attack("ctx_debug_print_plan_off", ("SET debug_print_plan = off", "RESET debug_print_plan",
                                         "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
     # pg_dump's default: the shared strategy forwards it as on (the proxy's filter already gives the tenant its whole
