@@ -123,6 +123,12 @@ RULES: dict[str, tuple[str, str]] = {
         "temp_file_limit bounds the temporary files of every statement; the operator sets it for pgtenant's roles "
         "(limits.temp_file_limit, applied by pgtenant provision).",
     ),
+    "notify_bound": (
+        FEATURE_NOT_SUPPORTED,
+        "PostgreSQL's notification queue is shared by every database of the server: write pg_notify() once per "
+        "statement with a channel and payload that are the same for every row (constants, parameters), e.g. SELECT "
+        "pg_notify('jobs', $1); NOTIFY is one notification.",
+    ),
     "notify_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "LISTEN/NOTIFY channels are shared by every tenant of this database and are not available.",

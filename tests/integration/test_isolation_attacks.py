@@ -1214,6 +1214,13 @@ ATTACKS: list[Attack] = [
     Attack("fn_current_query", "SELECT current_query()", ALL, "deny", by="proxy"),
     Attack("fn_pg_notify", "SELECT pg_notify('bi_channel', 'x')", "SNC", "deny", by="proxy"),
     Attack("fn_notify_statement", "NOTIFY bi_channel, 'x'", "SNC", "deny", by="proxy"),
+    # the notification queue is the server's, every database's (red team 7 F7: 5,000 distinct 8 KB notifications per
+    # statement filled its 8 GB behind one idle listener): one call per statement, the same for every row
+    Attack("fn_pg_notify_per_row", "SELECT count(pg_notify('bi_channel', g::text)) FROM generate_series(1, 5000) g",
+           D, "deny", by="proxy"),
+    Attack("fn_pg_notify_twice", "SELECT pg_notify('bi_channel', 'a'), pg_notify('bi_channel', 'b')", D, "deny",
+           by="proxy"),
+    Attack("fn_pg_notify_fixed", "SELECT pg_notify('bi_channel', 'x') FROM generate_series(1, 3)", D, "ok"),
     Attack("fn_advisory_lock_probe", "SELECT pg_try_advisory_lock(4242), pg_advisory_unlock(4242)", "SNC", "deny",
            by="proxy"),
     Attack("fn_advisory_xact_lock", "SELECT pg_advisory_xact_lock(4242)", "SNC", "deny", by="proxy"),
