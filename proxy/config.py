@@ -14,6 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from proxy.auth.scram import DEFAULT_ITERATIONS, IterationProfile, ScramVerifier
 from proxy.policy.model import Strategy
+from proxy.policy.resources import CAPPED, OPERATOR_ONLY, memory_kb, valid_cap
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 PoolMode = Literal["session", "transaction"]
@@ -42,6 +43,11 @@ DEFAULT_ALLOWED_PARAMETERS: frozenset[str] = frozenset(
 
 class ConfigError(ValueError):
     """A configuration problem; the message starts with the dotted key it concerns."""
+
+
+def _cap_text(value: object) -> str:
+    """A cap as PostgreSQL reads it (4.0 -> "4")."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,21 @@ class LimitsConfig:
     decision_workers: int = 2
     decision_cache_entries: int = 10_000
     decision_cache_bytes: int = 64 * 1024 * 1024
+    # The database server's memory and temp files, shared by every tenant (red team 7 F4; policy/resources.py): the
+    # most a tenant may SET each setting to (a size as PostgreSQL writes it), and the temp_file_limit `pgtenant
+    # provision` sets on every backend role ("-1": none).
+    temp_file_limit: str = "5GB"
+    max_work_mem: str = "256 MB"
+    max_hash_mem_multiplier: float = 4.0
+    max_maintenance_work_mem: str = "1GB"
+    max_logical_decoding_work_mem: str = "64MB"
+    max_temp_buffers: str = "256 MB"
+    max_parallel_workers_per_gather: int = 2
+    max_parallel_maintenance_workers: int = 2
+
+    def setting_caps(self) -> dict[str, str]:
+        """Setting name -> the most a tenant may SET it to (TenantPolicy.setting_caps)."""
+        return {name: _cap_text(getattr(self, key)) for name, (key, _) in CAPPED.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,6 +550,18 @@ def _check_limits(values: object, where: str) -> None:
             raise ConfigError(f"{where}{key}: must be at least 0.001 seconds (1 ms), got {value}")
 
 
+def _check_setting_caps(limits: LimitsConfig) -> None:
+    """limits.max_work_mem & co.: values PostgreSQL reads (0 or more); limits.temp_file_limit a size or -1."""
+    for name, (key, _) in CAPPED.items():
+        if not valid_cap(name, _cap_text(getattr(limits, key))):
+            raise ConfigError(f"limits.{key}: must be a value of {name} PostgreSQL reads, 0 or more (e.g. "
+                              f"{_cap_text(getattr(LimitsConfig(), key))!r}), got {getattr(limits, key)!r}")
+    size = memory_kb(limits.temp_file_limit)
+    if limits.temp_file_limit.strip() != "-1" and (size is None or size < 0):
+        raise ConfigError(f"limits.temp_file_limit: must be a size such as '5GB' (kB without a unit) or '-1' (no "
+                          f"limit), got {limits.temp_file_limit!r}")
+
+
 def _pool_config(given: dict[str, Any]) -> PoolConfig:
     """[pool], checked: sizes, budgets and timeouts in range, with errors naming the key."""
     pool = PoolConfig(**given)
@@ -648,7 +681,9 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
 
     limits = LimitsConfig(**_read(LimitsConfig, _table(raw, "limits", ""), "limits.", base))
     for f in fields(LimitsConfig):
-        _positive(getattr(limits, f.name), f"limits.{f.name}")
+        if f.name != "temp_file_limit" and f.name not in {key for key, _ in CAPPED.values()}:
+            _positive(getattr(limits, f.name), f"limits.{f.name}")
+    _check_setting_caps(limits)
     if limits.max_message_length < 1024:
         raise ConfigError("limits.max_message_length: must be at least 1024 bytes")
     if limits.max_prelogin_connections >= limits.max_client_connections:
@@ -673,6 +708,10 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     st = _table(raw, "startup", "")
     _check_keys(st, {"allowed_parameters"}, "startup.")
     extra = _str_list(st, "allowed_parameters", "startup.", ())
+    capped = sorted({p.lower() for p in extra} & (CAPPED.keys() | OPERATOR_ONLY))
+    if capped:
+        raise ConfigError(f"startup.allowed_parameters: {capped[0]} is capped for tenants (limits.max_*) or set by "
+                          "the operator; clients SET it instead, which the proxy checks")
     allowed = DEFAULT_ALLOWED_PARAMETERS | {p.lower() for p in extra}
 
     logging_cfg = LoggingConfig(**_read(LoggingConfig, _table(raw, "logging", ""), "logging.", base))

@@ -164,6 +164,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> Pre
     backend = config.backend_for(tenant)
     with connect(backend, tenant.database) as conn:
         _check_role(conn, backend, report)
+        _check_temp_file_limit(conn, config, backend, report)
         report.catalog_columns = catalog_columns(conn)
         report.schemas = schema_names(conn)
         if tenant.strategy == "shared":
@@ -192,6 +193,18 @@ def _check_role(conn: psycopg.Connection, backend: BackendConfig, report: Prefli
         report.errors.append(
             f"backends.{backend.name}: backend role {backend.user!r} has BYPASSRLS (ALTER ROLE … NOBYPASSRLS)"
         )
+
+
+def _check_temp_file_limit(conn: psycopg.Connection, config: Config, backend: BackendConfig,
+                           report: PreflightReport) -> None:
+    """A warning when the backend role's sessions have no temp_file_limit (red team 7 F4): one tenant's statement
+    could then fill the server's disk with temporary files, for every tenant."""
+    row = conn.execute("SELECT pg_catalog.current_setting('temp_file_limit')").fetchone()
+    if config.limits.temp_file_limit.strip() != "-1" and row is not None and row[0] == "-1":
+        report.warnings.append(
+            f"backends.{backend.name}: backend role {backend.user!r} has no temp_file_limit: one statement's temporary "
+            f"files can fill the server's disk (run `pgtenant provision`: ALTER ROLE … SET temp_file_limit = "
+            f"'{config.limits.temp_file_limit}', limits.temp_file_limit)")
 
 
 def _check_shared(

@@ -11,6 +11,7 @@ from proxy.config import Config
 from proxy.errors import PgError
 from proxy.policy.settings import setting_milliseconds
 from proxy.pooling import ServerRequest, with_parameters
+from proxy.protocol import messages as m
 
 # The limit names (the `limit` label of pgtenant_limit_refusals_total, the audit log's `limit` field).
 MAX_CLIENT_CONNECTIONS = "max_client_connections"
@@ -179,10 +180,41 @@ class ResultMeter:
             return MAX_RESULT_BYTES
         return None
 
+    def left(self) -> int:
+        """Bytes the result may still take (max_result_bytes), -1 when not limited."""
+        return max(0, self.max_bytes - self.bytes) if self.max_bytes >= 0 else -1
+
     def reset(self) -> None:
         """The result ended (CommandComplete, an error): the next one starts from zero."""
         self.rows = 0
         self.bytes = 0
+
+
+# ErrorResponse/NoticeResponse fields that carry text a statement chose: the message (a cast's whole input), detail,
+# hint, context, internal query and object names. The others (severity, SQLSTATE, positions, the server's source
+# location) are short and the server's.
+_TEXT_FIELDS = frozenset("MDHWqstcdn")
+CUT_MARK = " [cut: max_result_bytes]"
+
+
+def bounded_message(type_byte: bytes, body: bytes, budget: int) -> bytes | None:
+    """An ErrorResponse/NoticeResponse (`body`) whose whole message is longer than `budget` bytes (what is left of
+    max_result_bytes, red team 7 F9): re-encoded with its text fields cut to an equal share of the budget, each
+    marked with CUT_MARK; None when it fits (or is not readable, then the server's message is relayed as is)."""
+    if len(body) + 5 <= budget:
+        return None
+    try:
+        fields = m.decode_error_fields(body)
+    except m.DecodeError:
+        return None
+    texts = [k for k in fields if k in _TEXT_FIELDS]
+    fixed = 6 + sum(2 + len(v.encode()) for k, v in fields.items() if k not in _TEXT_FIELDS)
+    share = max(0, (budget - fixed) // max(1, len(texts)) - 2 - len(CUT_MARK))
+    for k in texts:
+        raw = fields[k].encode()
+        if len(raw) > share:
+            fields[k] = raw[:share].decode("utf-8", "ignore") + CUT_MARK
+    return m.encode_error_fields(type_byte, fields)
 
 
 class QuerySlots:

@@ -99,6 +99,15 @@ def role_step(name: str, password: str | None, exists: bool) -> Step:
     return Step(f"{base} PASSWORD {quote_literal(password)}", f"{base} PASSWORD '…'", done)
 
 
+def temp_file_limit_step(role: str, limit: str, current: str | None) -> Step | None:
+    """ALTER ROLE … SET temp_file_limit (config `limits.temp_file_limit`, red team 7 F4): the temporary files of each
+    statement of the role's sessions are bounded (a setting only a superuser may change); None when already so."""
+    if current is not None and current.strip() == limit.strip():
+        return None
+    return Step(f"ALTER ROLE {quote_ident(role)} SET temp_file_limit = {quote_literal(limit)}",
+                done=f"role {role}: temp_file_limit = {limit}")
+
+
 def table_steps(t: TableTarget, *, policy_current: bool) -> list[Step]:
     """ENABLE and FORCE row-level security, the policy TO pgtenant's roles only (remade unless `policy_current`),
     and the grants."""
@@ -253,6 +262,18 @@ def _roles(config: Config) -> dict[str, str | None]:
     return out
 
 
+def _role_setting(conn: psycopg.Connection, role: str, name: str) -> str | None:
+    """The value of `name` in `role`'s own settings (ALTER ROLE … SET, in every database), None when not set."""
+    row = conn.execute(
+        "SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_roles r ON r.oid = s.setrole "
+        "WHERE r.rolname = %s AND s.setdatabase = 0", (role,)).fetchone()
+    for item in (row[0] if row and row[0] else ()):
+        key, _, value = item.partition("=")
+        if key.lower() == name:
+            return value
+    return None
+
+
 def _password_current(conn: psycopg.Connection, name: str, password: str) -> bool:
     """True when the role's stored SCRAM verifier is for `password` (only a superuser may read it)."""
     from proxy.auth.scram import ScramVerifier, make_verifier
@@ -283,6 +304,12 @@ def _cluster_steps(conn: psycopg.Connection, config: Config, log: Log) -> list[S
             log(f"role {role}: unchanged (LOGIN NOSUPERUSER NOBYPASSRLS)")
             continue
         steps.append(role_step(role, password, row is not None))
+    for role in _roles(config):
+        step = temp_file_limit_step(role, config.limits.temp_file_limit, _role_setting(conn, role, "temp_file_limit"))
+        if step is None:
+            log(f"role {role}: temp_file_limit unchanged ({config.limits.temp_file_limit})")
+        else:
+            steps.append(step)
     existing = {r[0] for r in conn.execute("SELECT datname FROM pg_catalog.pg_database").fetchall()}
     for db in sorted({t.database for t in config.tenants.values()} - existing):
         steps.append(Step(f"CREATE DATABASE {quote_ident(db)}", done=f"database {db}: created"))

@@ -104,6 +104,7 @@ class TenantRegistry:
                 hidden_schemas=other_tenants_schemas(config, tenant) | (report.schemas & {REGISTRY_SCHEMA}),
                 catalog_columns=report.catalog_columns,
                 known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
+                setting_caps=config.limits.setting_caps(),
             ), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]

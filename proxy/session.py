@@ -50,6 +50,7 @@ from proxy.limits import (
     Limits,
     ResultMeter,
     StatementBytesClaim,
+    bounded_message,
     clamped_timeout,
     milliseconds,
     resolve,
@@ -1676,7 +1677,29 @@ class ClientSession:
             for type_ in _BACKEND_TYPES - _CUT_KEEPS:
                 out[type_] = self._cutter(type_, inner.get(type_))
             out[m.DATA_ROW] = out[m.COPY_DATA] = self._limit_row
+            if self._meter.max_bytes >= 0:  # (red team 7 F9: an error's or notice's text is result bytes too)
+                out[m.ERROR_RESPONSE] = self._bounded(b"E", out[m.ERROR_RESPONSE], counted=False)
+                out[m.NOTICE_RESPONSE] = self._bounded(b"N", out.get(m.NOTICE_RESPONSE), counted=True)
         self.backend_stream.handlers = out
+
+    def _bounded(self, type_byte: bytes, handler: Callable[[bytes], bytes | None] | None,
+                 counted: bool) -> Callable[[bytes], bytes | None]:
+        """max_result_bytes: a server's ErrorResponse/NoticeResponse relayed as is is cut to what is left of the
+        result's bytes (limits.bounded_message); a notice counts towards them (an error ends the result)."""
+        meter = self._meter
+        assert meter is not None
+
+        def bounded(body: bytes) -> bytes | None:
+            left = meter.left()
+            out = handler(body) if handler is not None else None
+            if out is not None:  # (dropped in a cut result, held, or the proxy's own message)
+                return out
+            cut = bounded_message(type_byte, body, left)
+            if counted:
+                meter.bytes += len(body) + 5 if cut is None else len(cut)
+            return cut
+
+        return bounded
 
     def _cutter(self, type_: int, inner: Callable[[bytes], bytes | None] | None) -> Callable[[bytes], bytes | None]:
         """The handler of a message type while results are limited: as before, but dropped while a result is cut

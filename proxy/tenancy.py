@@ -76,7 +76,7 @@ def tenant_policy(
     tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False,
     rls_tables: Iterable[tuple[str, str]] = (), hidden_schemas: Iterable[str] = (),
     catalog_columns: Mapping[str, tuple[str, ...]] | None = None, known_schemas: Iterable[str] = (),
-    max_advisory_locks: int | None = None,
+    max_advisory_locks: int | None = None, setting_caps: Mapping[str, str] | None = None,
 ) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
@@ -86,9 +86,10 @@ def tenant_policy(
     the same database (`other_tenants_schemas`). `catalog_columns`: the server's column lists of the catalogs
     whose statistics the policy replaces (`dbcheck.catalog_columns`). `known_schemas`: the database's schemas
     (`dbcheck.schema_names`), the allow-list of catalog filters where some schema is hidden.
-    `max_advisory_locks`: config `limits.max_advisory_locks` (database strategy, policy/advisory.py)."""
+    `max_advisory_locks`: config `limits.max_advisory_locks` (database strategy, policy/advisory.py).
+    `setting_caps`: config `limits.max_work_mem` & co. (`LimitsConfig.setting_caps`, policy/resources.py)."""
     common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {}),
-              "known_schemas": frozenset(known_schemas)}
+              "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {})}
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(

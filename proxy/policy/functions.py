@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import advisory, agent, settings
+from proxy.policy import advisory, agent, notify, settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
@@ -126,6 +126,7 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
         settings.check_function(policy, call, select)
     if policy.strategy == "database":
         advisory.check(policy, analysis)
+        notify.check(analysis)
     for fields in analysis.column_refs:
         # `t.f` calls f(t) when t has no column f (functional notation): never-allowed names are refused here.
         last = fields[-1]

@@ -367,6 +367,9 @@ class TenantPolicy:
     # The user's statement_timeout limit (ms, 0: none): a SET or set_config() of statement_timeout reaches PostgreSQL
     # as at most this (policy/timeouts.py), so the server itself enforces it whatever the client sets.
     statement_timeout_ms: int = 0
+    # The most a tenant may SET the memory and parallelism settings to (policy/resources.py; config `limits.max_*`):
+    # setting name -> its maximum as PostgreSQL writes it ("256MB", "4"). A setting not listed is not capped.
+    setting_caps: Mapping[str, str] = field(default_factory=dict)
     key: tuple[Any, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
     # The same number for policies that compare equal: caches key by it (hashing an int is C; this class's
@@ -414,6 +417,8 @@ class TenantPolicy:
         object.__setattr__(self, "known_schemas", frozenset(self.known_schemas) - hidden)
         columns = {str(r): tuple(str(c) for c in cols) for r, cols in dict(self.catalog_columns).items()}
         object.__setattr__(self, "catalog_columns", MappingProxyType(columns))
+        caps = {str(k).lower(): str(v) for k, v in dict(self.setting_caps).items()}
+        object.__setattr__(self, "setting_caps", MappingProxyType(caps))
         key = (
             self.tenant,
             self.strategy,
@@ -437,6 +442,7 @@ class TenantPolicy:
             self.agent_max_rows,
             self.agent_timeout_ms,
             self.statement_timeout_ms,
+            tuple(sorted(caps.items())),
         )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash(key))

@@ -113,6 +113,23 @@ RULES: dict[str, tuple[str, str]] = {
         "Advisory locks are shared by every tenant of this database and are not available; use the database "
         "strategy for a database of your own.",
     ),
+    "setting_limit": (
+        CONFIGURATION_LIMIT_EXCEEDED,
+        "The memory and parallelism a statement may use are capped for tenants (limits.max_work_mem, "
+        "limits.max_hash_mem_multiplier, ...): they are the database server's, shared by every tenant. Use a value "
+        "at most the limit, or ask the operator to raise it.",
+    ),
+    "operator_setting": (
+        INSUFFICIENT_PRIVILEGE,
+        "temp_file_limit bounds the temporary files of every statement; the operator sets it for pgtenant's roles "
+        "(limits.temp_file_limit, applied by pgtenant provision).",
+    ),
+    "notify_bound": (
+        FEATURE_NOT_SUPPORTED,
+        "PostgreSQL's notification queue is shared by every database of the server: write pg_notify() once per "
+        "statement with a channel and payload that are the same for every row (constants, parameters), e.g. SELECT "
+        "pg_notify('jobs', $1); NOTIFY is one notification.",
+    ),
     "notify_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "LISTEN/NOTIFY channels are shared by every tenant of this database and are not available.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
+from proxy.policy import resources
 from proxy.policy.model import PIN, REAPPLY_CONTEXT, SET_PATH, SETTING, SYSTEM_SCHEMAS, Change, TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.sqltext import object_name_parts, split_identifier_list
@@ -238,6 +239,7 @@ def check_set(policy: TenantPolicy, body: Node) -> frozenset[str]:
     args = body.get("args") or []
     if name in OBJECT_NAME_SETTINGS and kind == "VAR_SET_VALUE":
         check_object_name_value(policy, name, const_text(args[0]) if len(args) == 1 else None)
+    resources.check_set(policy, name, body, const_text(args[0]) if len(args) == 1 else None)
     if name in PINNED_VALUES:
         if kind in ("VAR_RESET", "VAR_SET_DEFAULT", "VAR_SET_CURRENT") and PINNED_VALUES[name]:
             return frozenset()  # back to the connection's value, which the proxy pins at startup
@@ -260,13 +262,18 @@ def check_show(policy: TenantPolicy, body: Node) -> None:
         raise fail("reserved_setting", f'setting "{name}" is reserved for the proxy')
 
 
-def literal_arg(call: Call, index: int) -> str | None:
+def _arg(call: Call, index: int) -> Node | None:
+    """A positional argument without its casts, None when there is none."""
     if index >= len(call.args):
         return None
     node = call.args[index]
     while node and "TypeCast" in node:
         node = node["TypeCast"].get("arg")
-    return string_const(node)
+    return node
+
+
+def literal_arg(call: Call, index: int) -> str | None:
+    return string_const(_arg(call, index))
 
 
 def check_snapshot_sharing(policy: TenantPolicy, what: str) -> None:
@@ -308,6 +315,8 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
         _check_pinned(low, literal_arg(call, 1))
     if low in OBJECT_NAME_SETTINGS:
         check_object_name_value(policy, low, literal_arg(call, 1))
+    if low in resources.CAPPED or low in resources.OPERATOR_ONLY:
+        resources.check_value(policy, low, const_text(_arg(call, 1)))
 
 
 def reads_search_path(call: Call) -> str | None:

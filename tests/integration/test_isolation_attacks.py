@@ -819,6 +819,15 @@ ATTACKS: list[Attack] = [
                                                "SELECT count(*) FROM orders", "COMMIT"), ALL, "deny", by="proxy"),
     Attack("ctx_debug_print_parse_set_config", "SELECT set_config('debug_print_parse', 'on', false)", ALL, "deny",
            by="proxy"),
+    # the server's memory is every tenant's (red team 7 F4): a hash aggregate held in 64GB of work_mem grew a backend
+    # ~100 MB/s; the memory settings are capped (limits.max_work_mem & co.), temp_file_limit is the operator's
+    Attack("res_work_mem_64gb", "SET work_mem = '64GB'", ALL, "deny", by="proxy"),
+    Attack("res_hash_mem_local", ("BEGIN", "SET LOCAL hash_mem_multiplier = 1000", "COMMIT"), ALL, "deny",
+           by="proxy"),
+    Attack("res_work_mem_set_config", "SELECT set_config('work_mem', '1TB', false)", ALL, "deny", by="proxy"),
+    Attack("res_temp_file_limit_off", "SET temp_file_limit = -1", ALL, "deny", by="proxy"),
+    Attack("res_work_mem_within", ("SET work_mem = '64MB'", "SET max_parallel_workers_per_gather = 0",
+                                   "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
     Attack("ctx_debug_print_plan_off", ("SET debug_print_plan = off", "RESET debug_print_plan",
                                         "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
     # pg_dump's default: the shared strategy forwards it as on (the proxy's filter already gives the tenant its whole
@@ -1205,6 +1214,13 @@ ATTACKS: list[Attack] = [
     Attack("fn_current_query", "SELECT current_query()", ALL, "deny", by="proxy"),
     Attack("fn_pg_notify", "SELECT pg_notify('bi_channel', 'x')", "SNC", "deny", by="proxy"),
     Attack("fn_notify_statement", "NOTIFY bi_channel, 'x'", "SNC", "deny", by="proxy"),
+    # the notification queue is the server's, every database's (red team 7 F7: 5,000 distinct 8 KB notifications per
+    # statement filled its 8 GB behind one idle listener): one call per statement, the same for every row
+    Attack("fn_pg_notify_per_row", "SELECT count(pg_notify('bi_channel', g::text)) FROM generate_series(1, 5000) g",
+           D, "deny", by="proxy"),
+    Attack("fn_pg_notify_twice", "SELECT pg_notify('bi_channel', 'a'), pg_notify('bi_channel', 'b')", D, "deny",
+           by="proxy"),
+    Attack("fn_pg_notify_fixed", "SELECT pg_notify('bi_channel', 'x') FROM generate_series(1, 3)", D, "ok"),
     Attack("fn_advisory_lock_probe", "SELECT pg_try_advisory_lock(4242), pg_advisory_unlock(4242)", "SNC", "deny",
            by="proxy"),
     Attack("fn_advisory_xact_lock", "SELECT pg_advisory_xact_lock(4242)", "SNC", "deny", by="proxy"),

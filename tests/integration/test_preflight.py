@@ -138,3 +138,30 @@ def test_metrics_basic_auth(pg: PgCluster, tmp_path_factory: pytest.TempPathFact
             urllib.request.urlopen(bad, timeout=5)
     finally:
         p.stop()
+
+
+def test_warns_when_the_backend_role_has_no_temp_file_limit(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Without temp_file_limit one tenant's statement can fill the server's disk with temporary files for every
+    tenant (red team 7 F4): the preflight says so (provision sets it; the operator may have reset it)."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("tfl"))
+    p.provision()
+    pg.execute(f"ALTER ROLE {BACKEND_ROLE} RESET temp_file_limit")
+    try:
+        p.start(provision=False)
+        try:
+            problems = [str(e.get("problem")) for e in p.log_events() if e.get("event") == "preflight_warning"]
+        finally:
+            p.stop()
+        assert any(f"backend role '{BACKEND_ROLE}' has no temp_file_limit" in w for w in problems), problems
+    finally:
+        p.provision()
+    seen = len(p.log_events())  # (the log goes on from the first start)
+    p.start(provision=False)
+    try:
+        problems = [str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_warning"]
+    finally:
+        p.stop()
+    assert not any("temp_file_limit" in w for w in problems), problems

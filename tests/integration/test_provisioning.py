@@ -296,3 +296,20 @@ def _preflight_warns(db: Db) -> str:
         return "\n".join(str(e.get("problem")) for e in p.log_events() if e.get("event") == "preflight_warning")
     finally:
         p.stop()
+
+
+def test_backend_roles_get_a_temp_file_limit_they_cannot_lift(db: Db) -> None:
+    """limits.temp_file_limit (default 5GB, red team 7 F4): provision sets it on every backend role (a superuser-only
+    setting: the role's sessions cannot change it), once; a statement past it fails on the server."""
+    db.pg.execute(sql.SQL("ALTER ROLE {} RESET temp_file_limit").format(sql.Identifier(BACKEND_ROLE)))
+    forced = db.provision("--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"role {BACKEND_ROLE}: temp_file_limit = 5GB" in forced.stdout
+    dsn = db.pg.dsn(BACKEND_ROLE, BACKEND_PASSWORD, db.name, host="127.0.0.1")
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert c.execute("SHOW temp_file_limit").fetchone() == ("5GB",)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SET temp_file_limit = -1")
+    again = db.provision()
+    assert again.returncode == 0, again.stderr
+    assert f"role {BACKEND_ROLE}: temp_file_limit unchanged (5GB)" in again.stdout

@@ -144,6 +144,19 @@ def test_psycopg_result_cut_at_max_result_bytes(proxy: ProxyProcess) -> None:
         assert len(conn.execute("SELECT repeat('y', 100) FROM generate_series(1, 10)").fetchall()) == 10
 
 
+def test_an_error_carrying_a_whole_column_is_cut_at_max_result_bytes(proxy: ProxyProcess) -> None:
+    """PostgreSQL copies a failing cast's input into its message whole: 200 rows of text left as one ErrorResponse
+    past max_result_bytes (red team 7 F9); the message is cut to the limit and says so, the session goes on."""
+    with psycopg.connect(proxy.dsn("bytes_user"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation) as exc:
+            conn.execute("SELECT (SELECT string_agg(repeat('z', 50) || id::text, ',') FROM orders)::int")
+        message = exc.value.diag.message_primary or ""
+        assert message.startswith("invalid input syntax for type integer") and message.endswith(
+            "[cut: max_result_bytes]")
+        assert len(message.encode()) < 2000
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
 @pytest.mark.parametrize("protocol", ["simple", "pipeline"])
 def test_cut_with_later_statements_run_by_the_server_ends_the_session(proxy: ProxyProcess, protocol: str) -> None:
     """A small result cut off (the server finished it before any cancel) with statements after it in the same

@@ -26,11 +26,13 @@ from proxy.auth.scram import make_verifier
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import Config, ConfigError, parse_config
 from proxy.limits import (
+    CUT_MARK,
     ConnectionCounts,
     QuerySlots,
     ResultMeter,
     StatementBytesClaim,
     TenantStatementBytes,
+    bounded_message,
     clamped_timeout,
     resolve,
     setting_milliseconds,
@@ -420,3 +422,49 @@ def test_a_tenants_statement_bytes_are_bounded_over_its_sessions_and_given_back(
     assert error is not None and error.sqlstate == "53200" and "max_tenant_statement_bytes = 1000" in error.message
     claim.release()
     assert ledger.held["acme"] == 500 and claim.reported == 0
+
+
+# --- max_result_bytes counts errors and notices (red team 7 F9) ------------------------------------------------
+
+
+def test_an_error_longer_than_the_result_bytes_left_is_cut_to_them(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_bytes": 200})
+    s.client_data(m.Query("SELECT (SELECT string_agg(email, ',') FROM customers)::int").encode())
+    secret = "x@example.com," * 1000  # PostgreSQL copies a failing cast's whole input into the message
+    out = to_client(s.server_data(m.encode_error_fields(b"E", {
+        "S": "ERROR", "V": "ERROR", "C": "22P02", "M": f'invalid input syntax for type integer: "{secret}"',
+        "F": "numutils.c", "L": "617", "R": "pg_strtoint32_safe"}) + m.ready_for_query(b"I")))
+    assert types(out) == [b"E", b"Z"]
+    size = 1 + int.from_bytes(out[1:5], "big")
+    error = m.decode_error_fields(out[5:size])
+    assert error["C"] == "22P02" and error["M"].startswith("invalid input syntax") and error["M"].endswith(CUT_MARK)
+    assert size <= 200 + len(CUT_MARK) and error["R"] == "pg_strtoint32_safe"
+
+
+def test_an_error_within_the_bytes_left_is_relayed_as_is(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_bytes": 2000})
+    s.client_data(m.Query("SELECT 1/0").encode())
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "22012", "M": "division by zero"})
+    assert to_client(s.server_data(error + m.ready_for_query(b"I"))) == error + m.ready_for_query(b"I")
+
+
+def test_notices_count_towards_the_result_and_are_cut_past_it(tmp_path: Path) -> None:
+    s, _ = session(tmp_path, {"max_result_bytes": 100})
+    s.client_data(m.Query("SELECT g FROM t").encode())
+    notice = m.encode_error_fields(b"N", {"S": "NOTICE", "C": "00000", "M": "n" * 60})
+    first = to_client(s.server_data(notice))
+    assert first == notice  # 71 bytes: within the 100
+    second = to_client(s.server_data(notice))
+    fields = m.decode_error_fields(second[5:])
+    assert fields["M"].endswith(CUT_MARK) and len(fields["M"]) < 60
+    assert types(to_client(s.server_data(rows(1)))) == [b"E"]  # the notices took the result's bytes
+
+
+def test_bounded_message_keeps_the_servers_fields_and_fits_a_small_budget() -> None:
+    body = m.encode_error_fields(b"E", {"S": "ERROR", "C": "XX000", "M": "m" * 500, "D": "d" * 500,
+                                        "H": "h" * 500, "W": "w" * 500})[5:]
+    cut = bounded_message(b"E", body, 0)
+    assert cut is not None
+    fields = m.decode_error_fields(cut[5:])
+    assert fields == {"S": "ERROR", "C": "XX000", **{k: CUT_MARK for k in "MDHW"}}
+    assert bounded_message(b"E", body, len(body) + 5) is None

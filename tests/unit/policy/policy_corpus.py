@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.config import LimitsConfig
 from proxy.policy import TenantPolicy
 from proxy.policy.agent import agent_policy
 from proxy.policy.model import SessionContext
@@ -141,6 +142,7 @@ PG15_CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+_CAPS = LimitsConfig().setting_caps()  # the memory settings' maximums, as the proxy builds every tenant's policy
 _SCOPED = {
     ("sales", "orders"): "tenant_id",
     ("sales", "customers"): "tenant_id",
@@ -158,11 +160,12 @@ _SHARED = TenantPolicy(
     denied_functions=frozenset({"pg_sleep_for"}),
     foreign_schemas=frozenset({"tenant_globex"}),  # another tenant's schema in the same database
     catalog_columns=PG15_CATALOG_COLUMNS,
+    setting_caps=_CAPS,
 )
 _SCHEMA = TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("ref",),
-                       catalog_columns=PG15_CATALOG_COLUMNS)
+                       catalog_columns=PG15_CATALOG_COLUMNS, setting_caps=_CAPS)
 _DATABASE = TenantPolicy(tenant="acme", strategy="database", catalog_columns=PG15_CATALOG_COLUMNS,
-                         max_advisory_locks=16)
+                         max_advisory_locks=16, setting_caps=_CAPS)
 
 _KNOWN_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast", "public", "sales", "tenant_globex"})
 
