@@ -86,8 +86,19 @@ from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.startup import backend_parameters, end_user_claim
-from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, joined, render
+from proxy.statements import (
+    CLOSE_COMPLETE,
+    PARSE_COMPLETE,
+    RESPONSES,
+    ClientTexts,
+    SqlPrepared,
+    Statements,
+    forgets,
+    joined,
+    render,
+)
 from proxy.stmtkind import statement_kind
+from proxy.stmtnames import ServerNames
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
 
@@ -267,7 +278,8 @@ class ClientSession:
         "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_idle_check",
-        "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_notices", "_open_batch", "_overrides",
+        "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices", "_open_batch",
+        "_overrides",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue", "_sql_prepared",
         "_startup_buf", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
@@ -324,6 +336,7 @@ class ClientSession:
         self.on_decision = on_decision
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
+        self._names: ServerNames | None = None  # without Statements: the names the server has (from a named Parse)
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
         self._gated = False  # the policy's gate handlers are installed (enable_policy)
@@ -417,13 +430,17 @@ class ClientSession:
 
     def _backend_own(self) -> dict[int, Callable[[bytes], bytes | None]]:
         """The session's own backend handlers (built when needed: a table kept per session costs memory)."""
-        return {
+        own: dict[int, Callable[[bytes], bytes | None]] = {
             m.READY_FOR_QUERY: self._on_ready_for_query,
             m.COMMAND_COMPLETE: self._on_command_complete,
             m.ERROR_RESPONSE: self._on_error_response,
             m.PARAMETER_STATUS: self._on_parameter_status,
             m.COPY_IN_RESPONSE: self._on_copy_in_response,
         }
+        if self._names is not None:
+            own[PARSE_COMPLETE] = self._on_parse_complete
+            own[CLOSE_COMPLETE] = self._on_close_complete
+        return own
 
     def _frontend_tracked(self) -> dict[int, Callable[[bytes], bytes | None]]:
         """The request tracking's frontend handlers (built when needed, like `_backend_own`)."""
@@ -447,7 +464,8 @@ class ClientSession:
         if not self._gated:
             return {}
         query = self._gate_query if self._meter is None else _before(self._meter_query, self._gate_query)
-        return {m.QUERY: query, m.PARSE: self._gate_parse, m.FUNCTION_CALL: self._gate_function_call}
+        parse = self._gate_parse if self.statements is not None else self._session_parse
+        return {m.QUERY: query, m.PARSE: parse, m.FUNCTION_CALL: self._gate_function_call}
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -539,6 +557,64 @@ class ClientSession:
         assert st is not None
         self.tracker.on_parse("", "", None)
         return st.parse(name, "", b"", self._statement_scope())
+
+    # --- session pooling: the statement names the server has (proxy/stmtnames.py, red team round 6 F8) --------
+
+    def _session_parse(self, body: bytes) -> object:
+        """A Parse where the client's names reach the server (no Statements): one of a name the server has fails
+        there with 42P05 and the old statement stays, so it is answered so here, its text neither decided nor
+        recorded (the session's records of the name stay the old statement's); every Parse is followed to its
+        answer from the first named one on."""
+        names = self._names
+        if names is None:
+            if body[:1] == b"\x00":
+                return self._gate_parse(body)
+            names = self._follow_names()
+        name = m.parse_name(body)
+        if name and (names.taken(name) or name in self.context.belief.prepared
+                     or name in self.context.current.prepared):
+            self.tracker.on_parse("", "", None)
+            marker = self._error_marker(errors.prepared_statement_exists(name=name))
+            return m.Parse(name, marker, b"\x00\x00").encode()
+        out = self._gate_parse(body)
+        if out is not HOLD:
+            names.parse(name, self.tracker.pending[-1])
+        return out
+
+    def _follow_names(self) -> ServerNames:
+        """Follow the statement names from now on (the backend handlers of their answers installed)."""
+        names = self._names = ServerNames()
+        self.backend_stream.handlers = self._backend_own()
+        if self._limit_inner:  # (the limits' handlers stay the outermost)
+            self._limit_stream()
+        return names
+
+    def _names_close(self, name: str | None) -> None:
+        """A Close while names are followed: the statement's records go at its CloseComplete (a Close the server
+        skips, an error earlier in its batch, leaves the statement there)."""
+        assert self._names is not None
+        self.tracker.on_bind("")  # (opens the request the Close is part of, as a Bind would)
+        self._open_batch = True  # (an agent's admission waits for that request's Sync, see _on_request_message)
+        self._names.close(name, self.tracker.pending[-1])
+
+    def _on_parse_complete(self, _body: bytes) -> None:
+        pending = self.tracker.pending
+        assert self._names is not None
+        self._names.parse_complete(pending[0] if pending else None)
+
+    def _on_close_complete(self, _body: bytes) -> None:
+        pending = self.tracker.pending
+        assert self._names is not None
+        name = self._names.close_complete(pending[0] if pending else None)
+        if name is None:
+            return
+        self.tracker.on_close_statement(name)
+        if self._agent_statements:
+            old = self._agent_statements.pop(name, None)
+            self._agent_bytes -= len(old[0]) if old is not None else 0
+        if self._tracking:
+            self.context.close(name)
+            self._context_changed()
 
     def _listing(self) -> str:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
@@ -1275,6 +1351,8 @@ class ClientSession:
             out = self._parse_decided(held.body, held.token, held.parse, decision)
             if self.statements is not None:
                 out = self._statement_parse(held.body, out)
+            elif self._names is not None:
+                self._names.parse(held.parse.name, self.tracker.pending[-1])
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
         if self.state is _READY:
             return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
@@ -1583,6 +1661,10 @@ class ClientSession:
         pending = self.tracker.pending
         self.context.query(pending[-1] if pending else None, first, changes)
         self._context_changed()
+        if self._names is not None:
+            for change in changes:
+                if change.op == DEALLOCATE and change.name:
+                    self._names.deallocate(change.name, pending[-1])
 
     def _parse_changes(self, name: str, changes: tuple[Change, ...]) -> None:
         self.context.parse(name, changes)
@@ -1673,12 +1755,17 @@ class ClientSession:
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
+        if self._names is not None:
+            self._names.sync()
         self._binds = 0
         self._flushed = False
         self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
+        if self._names is not None:  # its records go with the name once the server says so (_on_close_complete)
+            self._names_close(name)
+            return None
         if name is not None:
             self.tracker.on_close_statement(name)
             if self._agent_statements:
@@ -1698,6 +1785,8 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
+        if self._names is not None and request is not None:
+            self._names.ended(request)
         if self._tracking:
             self.context.ready(request, body[:1])
             self._context_changed()
@@ -1709,6 +1798,9 @@ class ClientSession:
     def _on_command_complete(self, body: bytes) -> None:
         self.tracker.on_command_complete(body)
         self._done += 1
+        if self._names is not None:
+            pending = self.tracker.pending
+            self._names.command_complete(body, pending[0] if pending else None)
         if self._tracking:
             pending = self.tracker.pending
             self.context.completed(pending[0] if pending else None, self._done, body)
@@ -1758,6 +1850,8 @@ class ClientSession:
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
+        if self._names is not None and self.tracker.pending:  # the rest of the failed request is skipped
+            self._names.ended(self.tracker.pending[0])
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
             if found is not None:

@@ -13,10 +13,19 @@ from hypothesis import strategies as st
 from proxy import errors
 from proxy.actions import CloseClient, RelayToServer
 from proxy.auth.throttle import AuthThrottle
-from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, SQL_PREPARE, Allow, Change, Deny, Rewrite
+from proxy.policy.model import (
+    DEALLOCATE,
+    SESSION_STATEMENTS,
+    SESSION_STATEMENTS_MARKER,
+    SQL_PREPARE,
+    Allow,
+    Change,
+    Deny,
+    Rewrite,
+)
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
-from tests.support.sessions import attach, frames, login, make_config
+from tests.support.sessions import attach, frames, login, make_config, refused_parses
 
 
 def ready_session(tmp_path: Path, decide=None, policy_token=object, pool: dict | None = None) -> ClientSession:
@@ -79,7 +88,8 @@ def test_every_query_and_parse_is_decided_under_any_chunking(
         out += forwarded(s.client_data(data[pos : pos + step]))
         pos += step
         i += 1
-    expected = [t for t, _ in frames(data) if t in (b"Q", b"P")]
+    refused = refused_parses(frames(data))  # (42P05: not decided)
+    expected = [t for (t, _), dup in zip(frames(data), refused, strict=True) if t in (b"Q", b"P") and not dup]
     assert len(decided) == len(expected)
     sent = frames(out)
     assert [t for t, _ in sent] == [t for t, _ in frames(data)]  # same messages, same order
@@ -167,7 +177,8 @@ def test_a_rewrite_reading_pg_prepared_statements_gets_the_sessions_list(tmp_pat
         {"name": "S_1", "statement": "SELECT * FROM orders", "server": "S_1", "over": True},
         {"name": "S_3", "statement": "SELECT name FROM pg_prepared_statements", "server": "S_3", "over": True},
     ]
-    s.client_data(m.Parse("S_1", "SELECT 2", b"\x00\x00").encode())  # S_1 again, as it is: its text goes
+    # S_1 closed and parsed again, as it is: its text goes
+    s.client_data(m.close_message(b"S", "S_1") + m.Parse("S_1", "SELECT 2", b"\x00\x00").encode())
     out = forwarded(s.client_data(m.Query("SELECT name FROM pg_prepared_statements").encode()))
     assert '"S_1"' not in m.query_text(frames(out)[0][1])
     out = forwarded(s.client_data(m.Query("SELECT 'x' /* orders */").encode()))  # a rewrite without the rule
@@ -209,6 +220,8 @@ def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path
             if "pg_namespace" in sql:
                 return Rewrite(sql + " WHERE nspname <> 'globex'", ("catalog_filter",), changes=changes)
             return Allow(changes=changes)
+        if sql.startswith("DEALLOCATE"):
+            return Allow(changes=(Change(0, DEALLOCATE, sql.split()[1]),))
         return Allow()
 
     def listed(s: ClientSession) -> list[dict]:
@@ -224,5 +237,6 @@ def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path
     s.client_data(m.Query("PREPARE p1 AS SELECT 2").encode())  # p1 again (after a DEALLOCATE), as it is
     assert listed(s) == []
     s.client_data(m.Query("PREPARE p3 AS SELECT nspname FROM pg_namespace").encode())
+    s.client_data(m.Query("DEALLOCATE p3").encode())
     s.client_data(m.Parse("p3", "SELECT 3", b"\x00\x00").encode())  # a protocol statement of that name now
     assert listed(s) == []
