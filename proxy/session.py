@@ -81,7 +81,7 @@ from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import ALL_TYPES, HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
-from proxy.reported import reset_to_default
+from proxy.reported import SharedStatus, reset_to_default, shared_status
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
@@ -108,6 +108,7 @@ _MAX_PENDING_DENIALS = 65536
 _MAX_DENIAL_BYTES = 1 << 20
 _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
+_IDLE_MEMO_BYTES = 1024  # ... and one longer than this not while the session holds no server (_idle_memos)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
@@ -221,6 +222,8 @@ for _s in (State.STARTUP, State.TLS_HANDSHAKE, State.SASL_INITIAL, State.SASL_CO
     TRANSITIONS[(_s, Event.TIMEOUT)] = State.CLOSED  # the startup/authentication deadline
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
+_NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
+_NO_EXECUTES = ()  # ClientSession._executes of a session whose results are not metered
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
 
 
@@ -381,7 +384,7 @@ class ClientSession:
         self._startup_settings: dict[str, str] = {}  # the client's startup parameters, as statements setting them
         self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
-        self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
+        self._client_status: dict[str, str] = _NOTHING_TOLD  # the ParameterStatus values the client has been told
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
         self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
@@ -401,7 +404,8 @@ class ClientSession:
         self.connections = connections if connections is not None else ConnectionCounts()
         self.limits: Limits | None = None  # set at login when any limit applies to the user
         self._counted = False  # counted in `connections` (uncounted when the session ends)
-        self._executes: deque[str | None] = deque()  # ... the Executes' portals (None: a Query) not yet ended
+        # ... the Executes' portals (None: a Query) not yet ended (a deque once results are metered: 600 bytes)
+        self._executes: deque[str | None] = _NO_EXECUTES  # type: ignore[assignment]
         self._portal_counts: dict[str, tuple[int, int]] = {}  # suspended portals' (rows, bytes) so far
         self._cut: str | None = None  # the limit a result is being cut off for (until its ReadyForQuery)
         self._cut_inject = 0  # 1: a failing statement is to be sent (the server's transaction fails too), 2: sent
@@ -542,10 +546,14 @@ class ClientSession:
             return out
         text = None
         if out is not None and parse.name:  # rewritten: the client's own text, for pg_prepared_statements
-            try:
-                text = m.Parse.decode(body).sql
-            except m.DecodeError:
-                text = None
+            decided = self._parse_memo  # (the gate's decode of it, when it memoized it)
+            if decided is not None and decided[0] is body:
+                text = decided[3]
+            else:
+                try:
+                    text = m.Parse.decode(body).sql
+                except m.DecodeError:
+                    text = None
         edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text)
         return out if edited is None else edited
 
@@ -871,12 +879,14 @@ class ClientSession:
         for notice in self._notices:
             out += notice
         self._notices = []
+        told = dict(self._client_status)
         for name, value in self.server.status.items():
             shown = self.context.parameter_status(value) if name == "search_path" else value
-            self._client_status[name] = shown
+            told[name] = shown
             out += m.parameter_status(name, shown)
-        startup = {k: v for k, v in self._client_status.items() if k.lower() in self._startup_settings}
-        self._startup_status = startup or None
+        self._client_status = shared_status(told)  # (one dict for the sessions told the same: see _told)
+        startup = {k: v for k, v in told.items() if k.lower() in self._startup_settings}
+        self._startup_status = shared_status(startup) if startup else None
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
@@ -966,6 +976,16 @@ class ClientSession:
             actions.append(RelayToServer([query_message(replay)]))
         return actions
 
+    def _idle_memos(self) -> None:
+        """Holding no server, the session keeps its last Parse's memos only when they are small: a long one would
+        stay held while it idles (up to 64 KB of body, its text again, its rewrite); its next use is decided again."""
+        memo = self._parse_memo
+        if memo is not None and len(memo[0]) + len(memo[6] or b"") > _IDLE_MEMO_BYTES:
+            self._parse_memo = None
+        key = self._statement_memo[0]
+        if key is not None and len(key) > _IDLE_MEMO_BYTES:
+            self._statement_memo = (None, None)
+
     def _pin_reasons(self) -> tuple[str, ...]:
         reasons = self.context.current.pin_reasons()
         if self.context.locks_kept and "advisory_lock" not in reasons:
@@ -994,6 +1014,7 @@ class ClientSession:
     def _release(self) -> list[Action]:
         """Transaction pooling, at ReadyForQuery 'I' with nothing in flight and no pin: the server goes back."""
         self._transition(Event.SERVER_RELEASED)
+        self._idle_memos()
         return self._give_back(reusable=True, reset=False)
 
     def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None) -> list[Action]:
@@ -1041,7 +1062,7 @@ class ClientSession:
                 server.status[name] = value
                 shown = self.context.parameter_status(value) if name == "search_path" else value
                 if self._answered and self._client_status.get(name) != shown:
-                    self._client_status[name] = shown
+                    self._told(name, shown)
                     out += m.parameter_status(name, shown)
             elif type_ == m.ERROR_RESPONSE:
                 self._replay_error = body
@@ -1487,6 +1508,8 @@ class ClientSession:
             self.tracker.on_parse("", "", _MALFORMED)
             marker = self._error_marker(errors.malformed_message(str(exc)))
             return m.Parse(marker, marker, b"\x00\x00").encode()  # named: the unnamed statement stays
+        if self.statements is not None and len(body) <= _MAX_MEMO_BODY:  # the statement maps read this decode too
+            self._statement_memo = (body, parse)  # (one decode per Parse, its strings held once)
         if parse.param_types != b"\x00\x00" and declares_reg_parameter(parse.param_types):
             decision = _REG_PARAMETER  # its values would be names read and printed without a guard
         else:
@@ -1815,19 +1838,26 @@ class ClientSession:
         if name == "search_path" and self._tracking:  # PostgreSQL 18 reports it: the client sees its own value
             shown = self.context.parameter_status(value)
             if shown != value:
-                self._client_status[name] = shown
+                self._told(name, shown)
                 return m.parameter_status(name, shown)
         elif name.lower() in self._startup_settings and reset_to_default(name.lower(), self.context.current.settings):
             shown = (self._startup_status or {}).get(name, value)  # (a RESET of a startup setting: its value)
             if shown != value:
                 if self._client_status.get(name) == shown:
                     return b""
-                self._client_status[name] = shown
+                self._told(name, shown)
                 return m.parameter_status(name, shown)
         if self._client_status.get(name) == value:  # PostgreSQL reports a setting only when its value changed
             return b""
-        self._client_status[name] = value
+        self._told(name, value)
         return None
+
+    def _told(self, name: str, value: str) -> None:
+        """The client is told `name` = `value` (its own copy of the values told, once they differ from others')."""
+        status = self._client_status
+        if type(status) is SharedStatus:
+            status = self._client_status = dict(status)
+        status[name] = value
 
     def _on_request_message(self, _body: bytes) -> None:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
@@ -1912,6 +1942,7 @@ class ClientSession:
                 "statement_timeout", clamped_timeout(asked, cap))
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
+            self._executes = deque()
         if limits.max_concurrent_queries is not None:
             self._gate_slot = True
         if limits.relayed:
