@@ -519,7 +519,7 @@ class ClientSession:
         back = self._backend_own()
         respond = st.respond
         for type_ in RESPONSES:
-            back[type_] = _Answer(respond, type_, back.get(type_))
+            back[type_] = _Answer(respond, type_, back.get(type_), self)
         self.backend_stream.handlers = back
         if self._limit_inner:  # (the limits' handlers stay the outermost)
             self._limit_stream()
@@ -2308,7 +2308,8 @@ def session_statement_limits(config: Config) -> tuple[int, int, int]:
 class _Follow:
     """The frontend handlers of a session whose statements are followed (`_follow_statements`): the handlers they
     wrap (the policy's gates, the request tracking), then the statement maps. (A slotted object with bound
-    methods: closures with their cells were twice the bytes, for every session.)"""
+    methods: closures with their cells were twice the bytes, for every session. The handlers it wraps are held as
+    functions of (session, body): the class's own functions, shared, where they are the session's methods.)"""
 
     __slots__ = ("bind", "close", "copy_end", "describe", "execute", "gate_call", "gate_parse", "gate_query",
                  "session", "st", "sync")
@@ -2317,15 +2318,16 @@ class _Follow:
                  front: dict[int, Callable[[bytes], object]]) -> None:
         self.session = session
         self.st = st
-        self.gate_query, self.gate_parse = front.get(m.QUERY), front.get(m.PARSE)
-        self.gate_call = front.get(m.FUNCTION_CALL)
-        self.bind, self.close, self.sync = front[m.BIND], front[m.CLOSE], front[m.SYNC]
-        self.copy_end = front[m.COPY_DONE]
-        self.describe, self.execute = front.get(m.DESCRIBE), front.get(m.EXECUTE)  # (transaction pooling)
+        self.gate_query, self.gate_parse = _unbound(session, front.get(m.QUERY)), _unbound(session, front.get(m.PARSE))
+        self.gate_call = _unbound(session, front.get(m.FUNCTION_CALL))
+        self.bind, self.close = _unbound(session, front[m.BIND]), _unbound(session, front[m.CLOSE])
+        self.sync, self.copy_end = _unbound(session, front[m.SYNC]), _unbound(session, front[m.COPY_DONE])
+        self.describe = _unbound(session, front.get(m.DESCRIBE))  # (transaction pooling)
+        self.execute = _unbound(session, front.get(m.EXECUTE))
 
     def on_query(self, body: bytes) -> object:
         gate = self.gate_query
-        out = gate(body) if gate is not None else None
+        out = gate(self.session, body) if gate is not None else None
         if out is HOLD:
             return out
         return self.session._statement_query(body, out)  # type: ignore[arg-type]
@@ -2335,19 +2337,19 @@ class _Follow:
         if name and name in self.st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
             return self.session._duplicate_parse(name, body)
         gate = self.gate_parse
-        out = gate(body) if gate is not None else None
+        out = gate(self.session, body) if gate is not None else None
         if out is HOLD:
             return out
         return self.session._statement_parse(body, out)  # type: ignore[arg-type]
 
     def on_call(self, body: bytes) -> object:
         gate = self.gate_call
-        out = gate(body) if gate is not None else None
+        out = gate(self.session, body) if gate is not None else None
         self.st.query()
         return out
 
     def on_bind(self, body: bytes) -> object:
-        out = self.bind(body)
+        out = self.bind(self.session, body)
         if out is HOLD:  # the agent profile's admission (its release comes back here)
             return out
         if out is not None:  # renamed to a denial marker: fails in the backend as it is
@@ -2357,42 +2359,54 @@ class _Follow:
 
     def on_describe(self, body: bytes) -> bytes | None:
         if self.describe is not None:
-            self.describe(body)
+            self.describe(self.session, body)
         return self.st.describe(body)
 
     def on_close(self, body: bytes) -> bytes | None:
-        self.close(body)
+        self.close(self.session, body)
         return self.st.close(body)
 
     def on_sync(self, body: bytes) -> None:
-        self.sync(body)
+        self.sync(self.session, body)
         self.st.sync()
 
     def on_execute(self, body: bytes) -> None:
         if self.execute is not None:
-            self.execute(body)
+            self.execute(self.session, body)
         self.st.execute(body)
 
     def on_copy_end(self, body: bytes) -> None:
-        self.copy_end(body)
+        self.copy_end(self.session, body)
         self.st.copy_end()
+
+
+def _unbound(session: ClientSession, handler: Callable[[bytes], Any] | None) -> Callable[[Any, bytes], Any] | None:
+    """`handler`, a frontend or backend handler of `session`, as a function of (session, body): the class's own
+    function when it is a method of the session (shared by every session; a bound method held costs each 64 bytes),
+    else one that calls it."""
+    if handler is None:
+        return None
+    if getattr(handler, "__self__", None) is session:
+        return handler.__func__  # type: ignore[attr-defined,no-any-return]
+    return lambda _session, body: handler(body)
 
 
 class _Answer:
     """The backend handler of one message type once statements are followed: the session's own (if any), then
     the ledger. (A slotted object: a closure with its cells, or a partial, is three times the bytes, and every
-    session holds eleven.)"""
+    session holds eleven; the session's own handler is held as a function of (session, body), see `_unbound`.)"""
 
-    __slots__ = ("inner", "respond", "type")
+    __slots__ = ("inner", "respond", "session", "type")
 
     def __init__(self, respond: Callable[..., bytes | None], type_: int,
-                 inner: Callable[[bytes], bytes | None] | None) -> None:
+                 inner: Callable[[bytes], bytes | None] | None, session: ClientSession) -> None:
         self.respond = respond
         self.type = type_
-        self.inner = inner
+        self.inner = _unbound(session, inner)
+        self.session = session
 
     def __call__(self, body: bytes) -> bytes | None:
         inner = self.inner
         if inner is None:
             return self.respond(self.type, body)
-        return self.respond(self.type, body, inner(body))
+        return self.respond(self.type, body, inner(self.session, body))
