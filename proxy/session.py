@@ -605,6 +605,13 @@ class ClientSession:
         self._open_batch = True  # (an agent's admission waits for that request's Sync, see _on_request_message)
         self._names.close(name, self.tracker.pending[-1])
 
+    def _names_deallocated(self, changes: tuple[Change, ...]) -> None:
+        """A statement with DEALLOCATEs was sent: each name goes at its CommandComplete in the request sent."""
+        assert self._names is not None
+        for change in changes:
+            if change.op == DEALLOCATE and change.name:
+                self._names.deallocate(change.name, self.tracker.pending[-1])
+
     def _on_parse_complete(self, _body: bytes) -> None:
         pending = self.tracker.pending
         assert self._names is not None
@@ -1685,13 +1692,13 @@ class ClientSession:
         self.context.query(pending[-1] if pending else None, first, changes)
         self._context_changed()
         if self._names is not None:
-            for change in changes:
-                if change.op == DEALLOCATE and change.name:
-                    self._names.deallocate(change.name, pending[-1])
+            self._names_deallocated(changes)
 
     def _parse_changes(self, name: str, changes: tuple[Change, ...]) -> None:
         self.context.parse(name, changes)
         self._context_changed()
+        if changes and self._names is not None:  # (run in its request: its DEALLOCATE's answer comes in it)
+            self._names_deallocated(changes)
 
     def _context_changed(self) -> None:
         """Follow the context while it is not idle, and decide in what it now is (what decisions depend on)."""
@@ -1779,7 +1786,7 @@ class ClientSession:
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
         if self._names is not None:
-            self._names.sync()
+            self._names.batch += 1
         self._binds = 0
         self._flushed = False
         self._open_batch = False
@@ -1808,7 +1815,7 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
-        if self._names is not None and request is not None:
+        if self._names is not None and self._names.ledger and request is not None:
             self._names.ended(request)
         if self._tracking:
             self.context.ready(request, body[:1])
@@ -1821,7 +1828,7 @@ class ClientSession:
     def _on_command_complete(self, body: bytes) -> None:
         self.tracker.on_command_complete(body)
         self._done += 1
-        if self._names is not None:
+        if self._names is not None and body[:1] == b"D":  # (DEALLOCATE, DISCARD ALL)
             pending = self.tracker.pending
             self._names.command_complete(body, pending[0] if pending else None)
         if self._tracking:
@@ -1880,7 +1887,7 @@ class ClientSession:
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
-        if self._names is not None and self.tracker.pending:  # the rest of the failed request is skipped
+        if self._names is not None and self._names.ledger and self.tracker.pending:  # the rest of it is skipped
             self._names.ended(self.tracker.pending[0])
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)

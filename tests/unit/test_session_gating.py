@@ -7,6 +7,7 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -240,3 +241,44 @@ def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path
     s.client_data(m.Query("DEALLOCATE p3").encode())
     s.client_data(m.Parse("p3", "SELECT 3", b"\x00\x00").encode())  # a protocol statement of that name now
     assert listed(s) == []
+
+
+# --- session pooling: the statement names the server has (red team round 6 F8; proxy/stmtnames.py) ---------------
+
+
+def _deallocating(kind: str, sql: str):
+    if sql.startswith("DEALLOCATE"):
+        return Allow(changes=(Change(0, DEALLOCATE, sql.split()[1]),))
+    return Allow()
+
+
+def _parsed(s: ClientSession, name: str, sql: str = "SELECT 1") -> str:
+    """What reaches the server of a Parse of `name` (its text: a marker when the session refuses it)."""
+    out = forwarded(s.client_data(m.Parse(name, sql, b"\x00\x00").encode() + m.SYNC_MESSAGE))
+    return m.Parse.decode(frames(out)[0][1]).sql
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_a_deallocated_name_can_be_parsed_again_once_the_server_said_so(tmp_path: Path, extended: bool) -> None:
+    s = ready_session(tmp_path, _deallocating, pool={"pool_mode": "session"})
+    assert _parsed(s, "S_1") == "SELECT 1"
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    assert _parsed(s, "S_1").startswith("pgtenant_denied_")  # 42P05: the server has it
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": "x"}) + m.ready_for_query(b"I"))
+    if extended:
+        s.client_data(m.Parse("", "DEALLOCATE S_1", b"\x00\x00").encode() + bind() + EXECUTE + m.SYNC_MESSAGE)
+        head = m.frame(b"1", b"") + m.frame(b"2", b"")
+    else:
+        s.client_data(m.Query("DEALLOCATE S_1").encode())
+        head = b""
+    assert _parsed(s, "S_1").startswith("pgtenant_denied_")  # its answer has not come: it may fail
+    s.server_data(head + m.command_complete("DEALLOCATE") + m.ready_for_query(b"I"))
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": "x"}) + m.ready_for_query(b"I"))
+    assert _parsed(s, "S_1") == "SELECT 1"  # gone: a new statement of that name, as on a direct connection
+
+
+def test_a_pipelined_parse_after_a_failed_one_of_its_batch_is_not_refused(tmp_path: Path) -> None:
+    s = ready_session(tmp_path, pool={"pool_mode": "session"})
+    s.client_data(m.Parse("S_1", "SELEC 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": "x"}) + m.ready_for_query(b"I"))
+    assert _parsed(s, "S_1") == "SELECT 1"  # the failed Parse made nothing
