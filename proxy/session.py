@@ -621,15 +621,8 @@ class ClientSession:
         pending = self.tracker.pending
         assert self._names is not None
         name = self._names.close_complete(pending[0] if pending else None)
-        if name is None:
-            return
-        self.tracker.on_close_statement(name)
-        if self._agent_statements:
-            old = self._agent_statements.pop(name, None)
-            self._agent_bytes -= len(old[0]) if old is not None else 0
-        if self._tracking:
-            self.context.close(name)
-            self._context_changed()
+        if name is not None:
+            self._closed_statement(name)
 
     def _listing(self) -> str:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
@@ -1797,14 +1790,18 @@ class ClientSession:
             self._names_close(name)
             return None
         if name is not None:
-            self.tracker.on_close_statement(name)
-            if self._agent_statements:
-                old = self._agent_statements.pop(name, None)
-                self._agent_bytes -= len(old[0]) if old is not None else 0
-            if self._tracking:
-                self.context.close(name)
-                self._context_changed()
+            self._closed_statement(name)
         return None
+
+    def _closed_statement(self, name: str) -> None:
+        """Prepared statement `name` is closed: the session's records of it go."""
+        self.tracker.on_close_statement(name)
+        if self._agent_statements:
+            old = self._agent_statements.pop(name, None)
+            self._agent_bytes -= len(old[0]) if old is not None else 0
+        if self._tracking:
+            self.context.close(name)
+            self._context_changed()
 
     def _on_copy_end(self, _body: bytes) -> None:
         self.tracker.on_copy_end()

@@ -291,28 +291,25 @@ def test_pgjdbc_through_the_agent_profile(admitting: ProxyProcess) -> None:
     assert outcomes == [MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS, MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS], steps
 
 
-@pytest.fixture(scope="module")
-def admitting_in_transactions(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+def _admitting_pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, mode: str) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
                      agent={"max_rows": MAX_ROWS, "max_estimated_rows": ESTIMATED_ROWS, "max_cost": MAX_COST},
                      user_keys={name: {"profile": "agent"} for name in AGENTS},
-                     pool={"pool_mode": "transaction", "pool_size": 1})
+                     pool={"pool_mode": mode, "pool_size": 1})
     p.start()
     yield p
     p.stop()
+
+
+@pytest.fixture(scope="module")
+def admitting_in_transactions(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    yield from _admitting_pooled(pg, tmp_path_factory, "transaction")
 
 
 @pytest.fixture(scope="module")
 def admitting_in_sessions(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
-                     agent={"max_rows": MAX_ROWS, "max_estimated_rows": ESTIMATED_ROWS, "max_cost": MAX_COST},
-                     user_keys={name: {"profile": "agent"} for name in AGENTS},
-                     pool={"pool_mode": "session", "pool_size": 1})
-    p.start()
-    yield p
-    p.stop()
+    yield from _admitting_pooled(pg, tmp_path_factory, "session")
 
 
 def test_a_parse_of_a_name_in_use_keeps_the_old_statements_admission(admitting_in_transactions: ProxyProcess) -> None:
