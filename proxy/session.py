@@ -223,7 +223,9 @@ for _s in (State.STARTUP, State.TLS_HANDSHAKE, State.SASL_INITIAL, State.SASL_CO
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
-_NO_EXECUTES = ()  # ClientSession._executes of a session whose results are not metered
+_NO_EXECUTES = ()
+_NO_CLOSES = ()  # ClientSession._agent_closing with none
+_MAX_AGENT_CLOSES = 4096  # ClientSession._executes of a session whose results are not metered
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
 
 
@@ -276,7 +278,8 @@ class ClientSession:
     # Slots, not a per-instance dict (~1 KB less per session: an instance dict of more than 30 keys is not shared).
     # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
     __slots__ = (
-        "__dict__", "_admission", "_agent_bytes", "_agent_statements", "_answered", "_applied", "_asking_locks",
+        "__dict__", "_admission", "_agent_bytes", "_agent_closing", "_agent_statements", "_answered", "_applied",
+        "_asking_locks",
         "_auth_pending", "_auth_stream", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling", "_challenged",
         "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
@@ -428,6 +431,7 @@ class ClientSession:
         self._admission: admission.Admission | None = None
         self._agent_statements: dict[str, tuple[str, bytes]] = {}
         self._agent_bytes = 0  # their texts' length
+        self._agent_closing: list[list] = _NO_CLOSES  # type: ignore[assignment]  # [name, text, request] closed, unsure
         self._open_batch = False
         self._released: bytes | None = None  # the Bind being released after its admission
         self._bind_refusal: PgError | None = None  # its refusal
@@ -1591,6 +1595,38 @@ class ClientSession:
         self._agent_bytes += len(text)
         return None
 
+    def _agent_close(self, name: str) -> None:
+        """A Close of an agent's statement the statement maps answer (transaction pooling): its admission text goes
+        only once its request ended without an error. After an error earlier in the batch the Close was skipped and
+        the statement stays (the maps keep it): its Binds must still be admitted."""
+        record = self._agent_statements.get(name)
+        if record is None:
+            return
+        if not self._agent_closing:
+            self._agent_closing = []
+        elif len(self._agent_closing) >= _MAX_AGENT_CLOSES:  # (kept longer: its next Bind is admitted, harmless)
+            del self._agent_closing[0]
+        self._agent_closing.append([name, record, None])
+
+    def _agent_closes_sent(self) -> None:
+        """A Sync: the Closes since the last one are in its request."""
+        request = self.tracker.pending[-1] if self.tracker.pending else None
+        for entry in self._agent_closing:
+            if entry[2] is None:
+                entry[2] = request
+
+    def _agent_closes_ended(self, request: object) -> None:
+        """`request` ended: the admission texts its Closes closed go if it ended without an error."""
+        kept = []
+        for entry in self._agent_closing:
+            name, record, of = entry
+            if of is not request:
+                kept.append(entry)
+            elif request.outcome == "ok" and self._agent_statements.get(name) is record:  # type: ignore[attr-defined]
+                del self._agent_statements[name]
+                self._agent_bytes -= len(record[0])
+        self._agent_closing = kept if kept else _NO_CLOSES  # type: ignore[assignment]
+
     def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None,
                open_batch: bool | None = None) -> object:
         """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
@@ -1780,6 +1816,8 @@ class ClientSession:
         self.tracker.on_sync()
         if self._names is not None:
             self._names.batch += 1
+        if self._agent_closing:
+            self._agent_closes_sent()
         self._binds = 0
         self._flushed = False
         self._open_batch = False
@@ -1794,11 +1832,15 @@ class ClientSession:
         return None
 
     def _closed_statement(self, name: str) -> None:
-        """Prepared statement `name` is closed: the session's records of it go."""
+        """Prepared statement `name` is closed: the session's records of it go (the agent's admission text once its
+        request ended without an error, where the Close is not confirmed by the server's answer)."""
         self.tracker.on_close_statement(name)
         if self._agent_statements:
-            old = self._agent_statements.pop(name, None)
-            self._agent_bytes -= len(old[0]) if old is not None else 0
+            if self._names is None:
+                self._agent_close(name)
+            else:
+                old = self._agent_statements.pop(name, None)
+                self._agent_bytes -= len(old[0]) if old is not None else 0
         if self._tracking:
             self.context.close(name)
             self._context_changed()
@@ -1814,6 +1856,8 @@ class ClientSession:
         self._done = 0
         if self._names is not None and self._names.ledger and request is not None:
             self._names.ended(request)
+        if self._agent_closing and request is not None:
+            self._agent_closes_ended(request)
         if self._tracking:
             self.context.ready(request, body[:1])
             self._context_changed()

@@ -7,14 +7,14 @@ import json
 import struct
 from pathlib import Path
 
-from proxy.actions import AgentAdmission, RelayToClient, RelayToServer, RunDecision
+from proxy.actions import AcquireServer, AgentAdmission, RelayToClient, RelayToServer, RunDecision
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import parse_config
 from proxy.policy.cache import Pending
 from proxy.policy.model import ADMIT, Allow, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
-from tests.support.sessions import attach, frames, login, make_verifier
+from tests.support.sessions import attach, frames, login, make_verifier, server_for
 
 ADMITTED = Rewrite("SELECT * FROM t LIMIT 5", ("agent_limit",), frozenset({ADMIT}))
 
@@ -228,3 +228,28 @@ def test_a_close_and_a_parse_of_one_name_in_one_batch_make_a_new_statement(tmp_p
     s.server_data(m.frame(b"3", b"") + m.frame(b"1", b"") + m.ready_for_query(b"I"))
     sent = frames(forwarded(s.client_data(_bind("s1", b"") + EXECUTE + m.SYNC_MESSAGE)))
     assert [k for k, _ in sent] == [b"B", b"E", b"S"]  # the new statement's records: no admission needed
+
+
+def test_in_transaction_pooling_a_close_skipped_after_an_error_keeps_the_statement_admitted(tmp_path: Path) -> None:
+    """The statement maps keep a statement whose Close was skipped (an error earlier in its batch); its admission
+    text stays with it, and goes with a Close whose request ended without an error."""
+    s = agent_session(tmp_path, _T_ONLY, pool_mode="transaction")
+    s.enable_statements({}, cache=False)
+
+    def send(data: bytes) -> list:
+        actions = s.client_data(data)
+        if s.server is None and any(isinstance(a, AcquireServer) for a in actions):
+            actions = s.server_attached(server_for(s))
+        return actions
+
+    send(m.Parse("s1", "SELECT * FROM t", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    send(_bind("nope", b"") + m.close_message(b"S", "s1") + m.SYNC_MESSAGE)
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "26000", "M": 'prepared statement "nope" does not exist'})
+    s.server_data(error + m.ready_for_query(b"I"))
+    assert _explained(frames(forwarded(send(_bind("s1", b"") + EXECUTE + m.SYNC_MESSAGE)))) == _EXPLAIN_OF_T
+    s.server_data(m.ready_for_query(b"I") + explain_answer(1.0, extended=True))
+    s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.command_complete("SELECT 0") + m.ready_for_query(b"I"))
+    send(m.close_message(b"S", "s1") + m.SYNC_MESSAGE)
+    s.server_data(m.ready_for_query(b"I"))  # (the maps answered the Close themselves)
+    assert "s1" not in s._agent_statements
