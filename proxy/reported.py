@@ -15,3 +15,28 @@ def reset_to_default(name: str, changes: tuple[tuple[str, str], ...]) -> bool:
         if setting == "*":
             return True
     return False
+
+
+class SharedStatus(dict):
+    """ParameterStatus values as told to clients at their startup: one dict for every session told the same values
+    (400-600 bytes each otherwise); a session copies it before it tells its client anything else."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: str, value: str) -> None:  # (a shared one is never changed in place)
+        raise TypeError("a SharedStatus is shared: copy it first")
+
+
+_SHARED: dict[frozenset[tuple[str, str]], SharedStatus] = {}
+_MAX_SHARED = 256  # sets of values kept (tenants x client settings); past it the oldest go
+
+
+def shared_status(values: dict[str, str]) -> SharedStatus:
+    """The shared dict of these values."""
+    key = frozenset(values.items())
+    found = _SHARED.get(key)
+    if found is None:
+        if len(_SHARED) >= _MAX_SHARED:
+            del _SHARED[next(iter(_SHARED))]
+        found = _SHARED[key] = SharedStatus(values)
+    return found

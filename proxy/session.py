@@ -82,12 +82,23 @@ from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
-from proxy.reported import reset_to_default
+from proxy.reported import SharedStatus, reset_to_default, shared_status
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
-from proxy.statements import RESPONSES, ClientTexts, SqlPrepared, Statements, forgets, joined, render
+from proxy.statements import (
+    CLOSE_COMPLETE,
+    PARSE_COMPLETE,
+    RESPONSES,
+    ClientTexts,
+    SqlPrepared,
+    Statements,
+    forgets,
+    joined,
+    render,
+)
 from proxy.stmtkind import statement_kind
+from proxy.stmtnames import ServerNames
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
 
@@ -97,6 +108,7 @@ _MAX_PENDING_DENIALS = 65536
 _MAX_DENIAL_BYTES = 1 << 20
 _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
+_IDLE_MEMO_BYTES = 1024  # ... and one longer than this not while the session holds no server (_idle_memos)
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
@@ -196,6 +208,10 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
 TRANSITIONS[(State.CONNECTING, Event.TIMEOUT)] = State.CLOSED  # the startup deadline (the login has its own rows)
 for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
+_NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
+_NO_EXECUTES = ()
+_NO_CLOSES = ()  # ClientSession._agent_closing with none
+_MAX_AGENT_CLOSES = 4096  # ClientSession._executes of a session whose results are not metered
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
 
 
@@ -224,12 +240,13 @@ class ClientSession:
     # Slots, not a per-instance dict (~1 KB less per session: an instance dict of more than 30 keys is not shared).
     # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
     __slots__ = (
-        "__dict__", "_admission", "_agent_bytes", "_agent_statements", "_answered", "_applied", "_asking_locks",
-        "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
+        "__dict__", "_admission", "_agent_bytes", "_agent_closing", "_agent_statements", "_answered", "_applied",
+        "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
         "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_idle_check",
-        "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_notices", "_open_batch", "_overrides",
+        "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices", "_open_batch",
+        "_overrides",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue", "_sql_prepared",
         "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
@@ -279,6 +296,7 @@ class ClientSession:
         self.on_decision = on_decision
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
+        self._names: ServerNames | None = None  # without Statements: the names the server has (from a named Parse)
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
         self._gated = False  # the policy's gate handlers are installed (enable_policy)
@@ -320,7 +338,7 @@ class ClientSession:
         self._startup_settings: dict[str, str] = {}  # the client's startup parameters, as statements setting them
         self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
-        self._client_status: dict[str, str] = {}  # the ParameterStatus values the client has been told
+        self._client_status: dict[str, str] = _NOTHING_TOLD  # the ParameterStatus values the client has been told
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
         self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
@@ -340,7 +358,8 @@ class ClientSession:
         self.connections = connections if connections is not None else ConnectionCounts()
         self.limits: Limits | None = None  # set at login when any limit applies to the user
         self._counted = False  # counted in `connections` (uncounted when the session ends)
-        self._executes: deque[str | None] = deque()  # ... the Executes' portals (None: a Query) not yet ended
+        # ... the Executes' portals (None: a Query) not yet ended (a deque once results are metered: 600 bytes)
+        self._executes: deque[str | None] = _NO_EXECUTES  # type: ignore[assignment]
         self._portal_counts: dict[str, tuple[int, int]] = {}  # suspended portals' (rows, bytes) so far
         self._cut: str | None = None  # the limit a result is being cut off for (until its ReadyForQuery)
         self._cut_inject = 0  # 1: a failing statement is to be sent (the server's transaction fails too), 2: sent
@@ -363,19 +382,24 @@ class ClientSession:
         self._admission: admission.Admission | None = None
         self._agent_statements: dict[str, tuple[str, bytes]] = {}
         self._agent_bytes = 0  # their texts' length
+        self._agent_closing: list[list] = _NO_CLOSES  # type: ignore[assignment]  # [name, text, request] closed, unsure
         self._open_batch = False
         self._released: bytes | None = None  # the Bind being released after its admission
         self._bind_refusal: PgError | None = None  # its refusal
 
     def _backend_own(self) -> dict[int, Callable[[bytes], bytes | None]]:
         """The session's own backend handlers (built when needed: a table kept per session costs memory)."""
-        return {
+        own: dict[int, Callable[[bytes], bytes | None]] = {
             m.READY_FOR_QUERY: self._on_ready_for_query,
             m.COMMAND_COMPLETE: self._on_command_complete,
             m.ERROR_RESPONSE: self._on_error_response,
             m.PARAMETER_STATUS: self._on_parameter_status,
             m.COPY_IN_RESPONSE: self._on_copy_in_response,
         }
+        if self._names is not None:
+            own[PARSE_COMPLETE] = self._on_parse_complete
+            own[CLOSE_COMPLETE] = self._on_close_complete
+        return own
 
     def _frontend_tracked(self) -> dict[int, Callable[[bytes], bytes | None]]:
         """The request tracking's frontend handlers (built when needed, like `_backend_own`)."""
@@ -399,7 +423,8 @@ class ClientSession:
         if not self._gated:
             return {}
         query = self._gate_query if self._meter is None else _before(self._meter_query, self._gate_query)
-        return {m.QUERY: query, m.PARSE: self._gate_parse, m.FUNCTION_CALL: self._gate_function_call}
+        parse = self._gate_parse if self.statements is not None else self._session_parse
+        return {m.QUERY: query, m.PARSE: parse, m.FUNCTION_CALL: self._gate_function_call}
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -457,7 +482,7 @@ class ClientSession:
         back = self._backend_own()
         respond = st.respond
         for type_ in RESPONSES:
-            back[type_] = _Answer(respond, type_, back.get(type_))
+            back[type_] = _Answer(respond, type_, back.get(type_), self)
         self.backend_stream.handlers = back
         if self._limit_inner:  # (the limits' handlers stay the outermost)
             self._limit_stream()
@@ -484,10 +509,14 @@ class ClientSession:
             return out
         text = None
         if out is not None and parse.name:  # rewritten: the client's own text, for pg_prepared_statements
-            try:
-                text = m.Parse.decode(body).sql
-            except m.DecodeError:
-                text = None
+            decided = self._parse_memo  # (the gate's decode of it, when it memoized it)
+            if decided is not None and decided[0] is body:
+                text = decided[3]
+            else:
+                try:
+                    text = m.Parse.decode(body).sql
+                except m.DecodeError:
+                    text = None
         edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text)
         return out if edited is None else edited
 
@@ -499,6 +528,64 @@ class ClientSession:
         assert st is not None
         self.tracker.on_parse("", "", None)
         return st.parse(name, "", b"", self._statement_scope())
+
+    # --- session pooling: the statement names the server has (proxy/stmtnames.py, red team round 6 F8) --------
+
+    def _session_parse(self, body: bytes) -> object:
+        """A Parse where the client's names reach the server (no Statements): one of a name the server has fails
+        there with 42P05 and the old statement stays, so it is answered so here, its text neither decided nor
+        recorded (the session's records of the name stay the old statement's); every Parse is followed to its
+        answer from the first named one on."""
+        names = self._names
+        if names is None:
+            if body[:1] == b"\x00":
+                return self._gate_parse(body)
+            names = self._follow_names()
+        name = m.parse_name(body)
+        if name and (names.taken(name) or name in self.context.belief.prepared
+                     or name in self.context.current.prepared):
+            self.tracker.on_parse("", "", None)
+            marker = self._error_marker(errors.prepared_statement_exists(name=name))
+            return m.Parse(name, marker, b"\x00\x00").encode()
+        out = self._gate_parse(body)
+        if out is not HOLD:
+            names.parse(name, self.tracker.pending[-1])
+        return out
+
+    def _follow_names(self) -> ServerNames:
+        """Follow the statement names from now on (the backend handlers of their answers installed)."""
+        names = self._names = ServerNames()
+        self.backend_stream.handlers = self._backend_own()
+        if self._limit_inner:  # (the limits' handlers stay the outermost)
+            self._limit_stream()
+        return names
+
+    def _names_close(self, name: str | None) -> None:
+        """A Close while names are followed: the statement's records go at its CloseComplete (a Close the server
+        skips, an error earlier in its batch, leaves the statement there)."""
+        assert self._names is not None
+        self.tracker.on_bind("")  # (opens the request the Close is part of, as a Bind would)
+        self._open_batch = True  # (an agent's admission waits for that request's Sync, see _on_request_message)
+        self._names.close(name, self.tracker.pending[-1])
+
+    def _names_deallocated(self, changes: tuple[Change, ...]) -> None:
+        """A statement with DEALLOCATEs was sent: each name goes at its CommandComplete in the request sent."""
+        assert self._names is not None
+        for change in changes:
+            if change.op == DEALLOCATE and change.name:
+                self._names.deallocate(change.name, self.tracker.pending[-1])
+
+    def _on_parse_complete(self, _body: bytes) -> None:
+        pending = self.tracker.pending
+        assert self._names is not None
+        self._names.parse_complete(pending[0] if pending else None)
+
+    def _on_close_complete(self, _body: bytes) -> None:
+        pending = self.tracker.pending
+        assert self._names is not None
+        name = self._names.close_complete(pending[0] if pending else None)
+        if name is not None:
+            self._closed_statement(name)
 
     def _listing(self) -> str:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
@@ -745,12 +832,14 @@ class ClientSession:
         for notice in self._notices:
             out += notice
         self._notices = []
+        told = dict(self._client_status)
         for name, value in self.server.status.items():
             shown = self.context.parameter_status(value) if name == "search_path" else value
-            self._client_status[name] = shown
+            told[name] = shown
             out += m.parameter_status(name, shown)
-        startup = {k: v for k, v in self._client_status.items() if k.lower() in self._startup_settings}
-        self._startup_status = startup or None
+        self._client_status = shared_status(told)  # (one dict for the sessions told the same: see _told)
+        startup = {k: v for k, v in told.items() if k.lower() in self._startup_settings}
+        self._startup_status = shared_status(startup) if startup else None
         out += m.backend_key_data(self.process_id, self.secret_key)
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
@@ -840,6 +929,16 @@ class ClientSession:
             actions.append(RelayToServer([query_message(replay)]))
         return actions
 
+    def _idle_memos(self) -> None:
+        """Holding no server, the session keeps its last Parse's memos only when they are small: a long one would
+        stay held while it idles (up to 64 KB of body, its text again, its rewrite); its next use is decided again."""
+        memo = self._parse_memo
+        if memo is not None and len(memo[0]) + len(memo[6] or b"") > _IDLE_MEMO_BYTES:
+            self._parse_memo = None
+        key = self._statement_memo[0]
+        if key is not None and len(key) > _IDLE_MEMO_BYTES:
+            self._statement_memo = (None, None)
+
     def _pin_reasons(self) -> tuple[str, ...]:
         reasons = self.context.current.pin_reasons()
         if self.context.locks_kept and "advisory_lock" not in reasons:
@@ -868,6 +967,7 @@ class ClientSession:
     def _release(self) -> list[Action]:
         """Transaction pooling, at ReadyForQuery 'I' with nothing in flight and no pin: the server goes back."""
         self._transition(Event.SERVER_RELEASED)
+        self._idle_memos()
         return self._give_back(reusable=True, reset=False)
 
     def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None,
@@ -918,7 +1018,7 @@ class ClientSession:
                 server.status[name] = value
                 shown = self.context.parameter_status(value) if name == "search_path" else value
                 if self._answered and self._client_status.get(name) != shown:
-                    self._client_status[name] = shown
+                    self._told(name, shown)
                     out += m.parameter_status(name, shown)
             elif type_ == m.ERROR_RESPONSE:
                 self._replay_error = body
@@ -1099,6 +1199,8 @@ class ClientSession:
             out = self._parse_decided(held.body, held.token, held.parse, decision)
             if self.statements is not None:
                 out = self._statement_parse(held.body, out)
+            elif self._names is not None:
+                self._names.parse(held.parse.name, self.tracker.pending[-1])
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
         if self.state is _READY:
             return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
@@ -1226,6 +1328,8 @@ class ClientSession:
             self.tracker.on_parse("", "", _MALFORMED)
             marker = self._error_marker(errors.malformed_message(str(exc)))
             return m.Parse(marker, marker, b"\x00\x00").encode()  # named: the unnamed statement stays
+        if self.statements is not None and len(body) <= _MAX_MEMO_BODY:  # the statement maps read this decode too
+            self._statement_memo = (body, parse)  # (one decode per Parse, its strings held once)
         if parse.param_types != b"\x00\x00" and declares_reg_parameter(parse.param_types):
             decision = _REG_PARAMETER  # its values would be names read and printed without a guard
         else:
@@ -1317,6 +1421,38 @@ class ClientSession:
         statements[name] = (text, param_types)
         self._agent_bytes += len(text)
         return None
+
+    def _agent_close(self, name: str) -> None:
+        """A Close of an agent's statement the statement maps answer (transaction pooling): its admission text goes
+        only once its request ended without an error. After an error earlier in the batch the Close was skipped and
+        the statement stays (the maps keep it): its Binds must still be admitted."""
+        record = self._agent_statements.get(name)
+        if record is None:
+            return
+        if not self._agent_closing:
+            self._agent_closing = []
+        elif len(self._agent_closing) >= _MAX_AGENT_CLOSES:  # (kept longer: its next Bind is admitted, harmless)
+            del self._agent_closing[0]
+        self._agent_closing.append([name, record, None])
+
+    def _agent_closes_sent(self) -> None:
+        """A Sync: the Closes since the last one are in its request."""
+        request = self.tracker.pending[-1] if self.tracker.pending else None
+        for entry in self._agent_closing:
+            if entry[2] is None:
+                entry[2] = request
+
+    def _agent_closes_ended(self, request: object) -> None:
+        """`request` ended: the admission texts its Closes closed go if it ended without an error."""
+        kept = []
+        for entry in self._agent_closing:
+            name, record, of = entry
+            if of is not request:
+                kept.append(entry)
+            elif request.outcome == "ok" and self._agent_statements.get(name) is record:  # type: ignore[attr-defined]
+                del self._agent_statements[name]
+                self._agent_bytes -= len(record[0])
+        self._agent_closing = kept if kept else _NO_CLOSES  # type: ignore[assignment]
 
     def _admit(self, type_: int, body: bytes, sql: str, request: bytes, decision: Decision | None = None,
                open_batch: bool | None = None) -> object:
@@ -1411,10 +1547,14 @@ class ClientSession:
         pending = self.tracker.pending
         self.context.query(pending[-1] if pending else None, first, changes)
         self._context_changed()
+        if self._names is not None:
+            self._names_deallocated(changes)
 
     def _parse_changes(self, name: str, changes: tuple[Change, ...]) -> None:
         self.context.parse(name, changes)
         self._context_changed()
+        if changes and self._names is not None:  # (run in its request: its DEALLOCATE's answer comes in it)
+            self._names_deallocated(changes)
 
     def _context_changed(self) -> None:
         """Follow the context while it is not idle, and decide in what it now is (what decisions depend on)."""
@@ -1501,21 +1641,36 @@ class ClientSession:
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
+        if self._names is not None:
+            self._names.batch += 1
+        if self._agent_closing:
+            self._agent_closes_sent()
         self._binds = 0
         self._flushed = False
         self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
+        if self._names is not None:  # its records go with the name once the server says so (_on_close_complete)
+            self._names_close(name)
+            return None
         if name is not None:
-            self.tracker.on_close_statement(name)
-            if self._agent_statements:
+            self._closed_statement(name)
+        return None
+
+    def _closed_statement(self, name: str) -> None:
+        """Prepared statement `name` is closed: the session's records of it go (the agent's admission text once its
+        request ended without an error, where the Close is not confirmed by the server's answer)."""
+        self.tracker.on_close_statement(name)
+        if self._agent_statements:
+            if self._names is None:
+                self._agent_close(name)
+            else:
                 old = self._agent_statements.pop(name, None)
                 self._agent_bytes -= len(old[0]) if old is not None else 0
-            if self._tracking:
-                self.context.close(name)
-                self._context_changed()
-        return None
+        if self._tracking:
+            self.context.close(name)
+            self._context_changed()
 
     def _on_copy_end(self, _body: bytes) -> None:
         self.tracker.on_copy_end()
@@ -1526,6 +1681,10 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
+        if self._names is not None and self._names.ledger and request is not None:
+            self._names.ended(request)
+        if self._agent_closing and request is not None:
+            self._agent_closes_ended(request)
         if self._tracking:
             self.context.ready(request, body[:1])
             self._context_changed()
@@ -1537,6 +1696,9 @@ class ClientSession:
     def _on_command_complete(self, body: bytes) -> None:
         self.tracker.on_command_complete(body)
         self._done += 1
+        if self._names is not None and body[:1] == b"D":  # (DEALLOCATE, DISCARD ALL)
+            pending = self.tracker.pending
+            self._names.command_complete(body, pending[0] if pending else None)
         if self._tracking:
             pending = self.tracker.pending
             self.context.completed(pending[0] if pending else None, self._done, body)
@@ -1551,19 +1713,26 @@ class ClientSession:
         if name == "search_path" and self._tracking:  # PostgreSQL 18 reports it: the client sees its own value
             shown = self.context.parameter_status(value)
             if shown != value:
-                self._client_status[name] = shown
+                self._told(name, shown)
                 return m.parameter_status(name, shown)
         elif name.lower() in self._startup_settings and reset_to_default(name.lower(), self.context.current.settings):
             shown = (self._startup_status or {}).get(name, value)  # (a RESET of a startup setting: its value)
             if shown != value:
                 if self._client_status.get(name) == shown:
                     return b""
-                self._client_status[name] = shown
+                self._told(name, shown)
                 return m.parameter_status(name, shown)
         if self._client_status.get(name) == value:  # PostgreSQL reports a setting only when its value changed
             return b""
-        self._client_status[name] = value
+        self._told(name, value)
         return None
+
+    def _told(self, name: str, value: str) -> None:
+        """The client is told `name` = `value` (its own copy of the values told, once they differ from others')."""
+        status = self._client_status
+        if type(status) is SharedStatus:
+            status = self._client_status = dict(status)
+        status[name] = value
 
     def _on_request_message(self, _body: bytes) -> None:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
@@ -1586,6 +1755,8 @@ class ClientSession:
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
+        if self._names is not None and self._names.ledger and self.tracker.pending:  # the rest of it is skipped
+            self._names.ended(self.tracker.pending[0])
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
             if found is not None:
@@ -1650,6 +1821,7 @@ class ClientSession:
                 "statement_timeout", clamped_timeout(asked, cap))
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
+            self._executes = deque()
         if limits.max_concurrent_queries is not None:
             self._gate_slot = True
         if limits.relayed:
@@ -2056,7 +2228,8 @@ def session_statement_limits(config: Config) -> tuple[int, int, int]:
 class _Follow:
     """The frontend handlers of a session whose statements are followed (`_follow_statements`): the handlers they
     wrap (the policy's gates, the request tracking), then the statement maps. (A slotted object with bound
-    methods: closures with their cells were twice the bytes, for every session.)"""
+    methods: closures with their cells were twice the bytes, for every session. The handlers it wraps are held as
+    functions of (session, body): the class's own functions, shared, where they are the session's methods.)"""
 
     __slots__ = ("bind", "close", "copy_end", "describe", "execute", "gate_call", "gate_parse", "gate_query",
                  "session", "st", "sync")
@@ -2065,15 +2238,16 @@ class _Follow:
                  front: dict[int, Callable[[bytes], object]]) -> None:
         self.session = session
         self.st = st
-        self.gate_query, self.gate_parse = front.get(m.QUERY), front.get(m.PARSE)
-        self.gate_call = front.get(m.FUNCTION_CALL)
-        self.bind, self.close, self.sync = front[m.BIND], front[m.CLOSE], front[m.SYNC]
-        self.copy_end = front[m.COPY_DONE]
-        self.describe, self.execute = front.get(m.DESCRIBE), front.get(m.EXECUTE)  # (transaction pooling)
+        self.gate_query, self.gate_parse = _unbound(session, front.get(m.QUERY)), _unbound(session, front.get(m.PARSE))
+        self.gate_call = _unbound(session, front.get(m.FUNCTION_CALL))
+        self.bind, self.close = _unbound(session, front[m.BIND]), _unbound(session, front[m.CLOSE])
+        self.sync, self.copy_end = _unbound(session, front[m.SYNC]), _unbound(session, front[m.COPY_DONE])
+        self.describe = _unbound(session, front.get(m.DESCRIBE))  # (transaction pooling)
+        self.execute = _unbound(session, front.get(m.EXECUTE))
 
     def on_query(self, body: bytes) -> object:
         gate = self.gate_query
-        out = gate(body) if gate is not None else None
+        out = gate(self.session, body) if gate is not None else None
         if out is HOLD:
             return out
         return self.session._statement_query(body, out)  # type: ignore[arg-type]
@@ -2083,19 +2257,19 @@ class _Follow:
         if name and name in self.st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
             return self.session._duplicate_parse(name, body)
         gate = self.gate_parse
-        out = gate(body) if gate is not None else None
+        out = gate(self.session, body) if gate is not None else None
         if out is HOLD:
             return out
         return self.session._statement_parse(body, out)  # type: ignore[arg-type]
 
     def on_call(self, body: bytes) -> object:
         gate = self.gate_call
-        out = gate(body) if gate is not None else None
+        out = gate(self.session, body) if gate is not None else None
         self.st.query()
         return out
 
     def on_bind(self, body: bytes) -> object:
-        out = self.bind(body)
+        out = self.bind(self.session, body)
         if out is HOLD:  # the agent profile's admission (its release comes back here)
             return out
         if out is not None:  # renamed to a denial marker: fails in the backend as it is
@@ -2105,42 +2279,54 @@ class _Follow:
 
     def on_describe(self, body: bytes) -> bytes | None:
         if self.describe is not None:
-            self.describe(body)
+            self.describe(self.session, body)
         return self.st.describe(body)
 
     def on_close(self, body: bytes) -> bytes | None:
-        self.close(body)
+        self.close(self.session, body)
         return self.st.close(body)
 
     def on_sync(self, body: bytes) -> None:
-        self.sync(body)
+        self.sync(self.session, body)
         self.st.sync()
 
     def on_execute(self, body: bytes) -> None:
         if self.execute is not None:
-            self.execute(body)
+            self.execute(self.session, body)
         self.st.execute(body)
 
     def on_copy_end(self, body: bytes) -> None:
-        self.copy_end(body)
+        self.copy_end(self.session, body)
         self.st.copy_end()
+
+
+def _unbound(session: ClientSession, handler: Callable[[bytes], Any] | None) -> Callable[[Any, bytes], Any] | None:
+    """`handler`, a frontend or backend handler of `session`, as a function of (session, body): the class's own
+    function when it is a method of the session (shared by every session; a bound method held costs each 64 bytes),
+    else one that calls it."""
+    if handler is None:
+        return None
+    if getattr(handler, "__self__", None) is session:
+        return handler.__func__  # type: ignore[attr-defined,no-any-return]
+    return lambda _session, body: handler(body)
 
 
 class _Answer:
     """The backend handler of one message type once statements are followed: the session's own (if any), then
     the ledger. (A slotted object: a closure with its cells, or a partial, is three times the bytes, and every
-    session holds eleven.)"""
+    session holds eleven; the session's own handler is held as a function of (session, body), see `_unbound`.)"""
 
-    __slots__ = ("inner", "respond", "type")
+    __slots__ = ("inner", "respond", "session", "type")
 
     def __init__(self, respond: Callable[..., bytes | None], type_: int,
-                 inner: Callable[[bytes], bytes | None] | None) -> None:
+                 inner: Callable[[bytes], bytes | None] | None, session: ClientSession) -> None:
         self.respond = respond
         self.type = type_
-        self.inner = inner
+        self.inner = _unbound(session, inner)
+        self.session = session
 
     def __call__(self, body: bytes) -> bytes | None:
         inner = self.inner
         if inner is None:
             return self.respond(self.type, body)
-        return self.respond(self.type, body, inner(body))
+        return self.respond(self.type, body, inner(self.session, body))

@@ -282,6 +282,9 @@ def query_message(sql: str) -> bytes:
     return frame(b"Q", sql.encode() + b"\x00")
 
 
+NO_PARAMETER_TYPES = b"\x00\x00"  # a Parse's parameter types when it declares none
+
+
 @dataclass(frozen=True, slots=True)
 class Parse:
     name: str
@@ -302,7 +305,8 @@ class Parse:
             raise DecodeError("insufficient data left in message")
         if len(rest) != 2 + 4 * count:
             raise DecodeError("invalid message format")
-        return cls(name, sql, rest)
+        # (a statement's name and an empty type list are held once, however many sessions hold them)
+        return cls(sys.intern(name) if name else name, sql, NO_PARAMETER_TYPES if not count else rest)
 
     def encode(self) -> bytes:
         return frame(b"P", self.name.encode() + b"\x00" + self.sql.encode() + b"\x00" + self.param_types)

@@ -360,22 +360,43 @@ def test_pgjdbc_through_the_agent_profile(admitting: ProxyProcess) -> None:
     assert outcomes == [MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS, MAX_ROWS, MAX_ROWS, "54000", MAX_ROWS], steps
 
 
-@pytest.fixture(scope="module")
-def admitting_in_transactions(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+def _admitting_pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, mode: str) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
                      agent={"max_rows": MAX_ROWS, "max_estimated_rows": ESTIMATED_ROWS, "max_cost": MAX_COST},
                      user_keys={name: {"profile": "agent"} for name in AGENTS},
-                     pool={"pool_mode": "transaction", "pool_size": 1})
+                     pool={"pool_mode": mode, "pool_size": 1})
     p.start()
     yield p
     p.stop()
 
 
+@pytest.fixture(scope="module")
+def admitting_in_transactions(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    yield from _admitting_pooled(pg, tmp_path_factory, "transaction")
+
+
+@pytest.fixture(scope="module")
+def admitting_in_sessions(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    yield from _admitting_pooled(pg, tmp_path_factory, "session")
+
+
 def test_a_parse_of_a_name_in_use_keeps_the_old_statements_admission(admitting_in_transactions: ProxyProcess) -> None:
     """Red team round 6 F8 (a): PostgreSQL refuses the second Parse (42P05) and keeps the expensive statement; its
-    Binds are still admitted by their estimate (not forgotten as the refused cheap text would need no admission)."""
-    c = pq.PGconn.connect(admitting_in_transactions.dsn("ivy").encode())
+    Binds are still admitted by their estimate (not forgotten as the refused cheap text would need no admission).
+    In transaction pooling the statement maps answer it."""
+    _parse_of_a_name_in_use(admitting_in_transactions)
+
+
+def test_a_parse_of_a_name_in_use_keeps_the_old_statements_admission_in_session_pooling(
+        admitting_in_sessions: ProxyProcess) -> None:
+    """... and in session pooling, where the client's names reach the server, the names it has
+    (proxy/stmtnames.py)."""
+    _parse_of_a_name_in_use(admitting_in_sessions)
+
+
+def _parse_of_a_name_in_use(proxy: ProxyProcess) -> None:
+    c = pq.PGconn.connect(proxy.dsn("ivy").encode())
     try:
         expensive = b"SELECT g FROM generate_series(1, $1::int) g"
         assert c.prepare(b"s1", expensive).status == pq.ExecStatus.COMMAND_OK

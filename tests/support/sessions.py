@@ -78,3 +78,25 @@ def server_for(session: ClientSession, status: dict[str, str] | None = None) -> 
 def attach(session: ClientSession, status: dict[str, str] | None = None) -> list:
     """The pool lends the session a fresh server reporting `status`: the session's answer."""
     return session.server_attached(server_for(session, status))
+
+
+def refused_parses(client_frames: list[tuple[bytes, bytes]]) -> list[bool]:
+    """Per frame, with nothing answered yet: a Parse a session pooling session answers 42P05 itself (red team 6 F8;
+    proxy/stmtnames.py): of a name parsed before, unless a Close of it came after in the same batch."""
+    parsed: set[str] = set()
+    closed: set[str] = set()  # ... in the batch so far
+    out = []
+    for type_, body in client_frames:
+        refused = False
+        if type_ == b"P":
+            name = m.parse_name(body)
+            refused = bool(name) and name in parsed and name not in closed
+            if name and not refused:
+                parsed.add(name)
+                closed.discard(name)
+        elif type_ == b"C" and body[:1] == b"S":
+            closed.add(body[1:].rstrip(b"\x00").decode())
+        elif type_ == b"S":
+            closed.clear()
+        out.append(refused)
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.reported import reset_to_default
+from proxy.reported import reset_to_default, shared_status
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
@@ -20,3 +20,12 @@ from proxy.reported import reset_to_default
 ])
 def test_reset_to_default(changes: tuple[tuple[str, str], ...], expected: bool) -> None:
     assert reset_to_default("application_name", changes) is expected
+
+
+def test_shared_status_is_one_dict_per_set_of_values_and_never_changed_in_place() -> None:
+    first = shared_status({"TimeZone": "UTC", "DateStyle": "ISO, MDY"})
+    assert shared_status({"DateStyle": "ISO, MDY", "TimeZone": "UTC"}) is first
+    assert shared_status({"TimeZone": "CET", "DateStyle": "ISO, MDY"}) is not first
+    with pytest.raises(TypeError):
+        first["TimeZone"] = "CET"
+    assert dict(first) == {"TimeZone": "UTC", "DateStyle": "ISO, MDY"}

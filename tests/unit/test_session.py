@@ -31,7 +31,7 @@ from proxy.policy.model import Allow, Decision, Deny, Rewrite
 from proxy.policy.settings import marked_entry
 from proxy.protocol import messages as m
 from proxy.session import TRANSITIONS, ClientSession, Event, State
-from tests.support.sessions import attach, frames, login, make_config, sent, server_for
+from tests.support.sessions import attach, frames, login, make_config, refused_parses, sent, server_for
 
 
 @pytest.fixture
@@ -447,11 +447,15 @@ def test_a_decision_made_elsewhere_holds_everything_after_it_in_order(
         i += 1
     sent_frames, client_frames = frames(out), frames(data)
     assert [t for t, _ in sent_frames] == [t for t, _ in client_frames]
+    # (nothing is answered here: a Parse of a name parsed before is refused as the server refuses it, undecided)
+    duplicates = refused_parses(client_frames)
     statements = [m.Query.decode(b).sql if t == b"Q" else m.Parse.decode(b).sql
-                  for t, b in client_frames if t in (b"Q", b"P")]
+                  for (t, b), dup in zip(client_frames, duplicates, strict=True) if t in (b"Q", b"P") and not dup]
     assert decided == statements  # each decided once, in order
-    for (t, body), (_, original) in zip(sent_frames, client_frames, strict=True):
-        if t in (b"Q", b"P"):
+    for (t, body), (_, original), dup in zip(sent_frames, client_frames, duplicates, strict=True):
+        if dup:
+            assert m.Parse.decode(body).sql.startswith("pgtenant_denied_")
+        elif t in (b"Q", b"P"):
             sql = m.Query.decode(original).sql if t == b"Q" else m.Parse.decode(original).sql
             got = m.Query.decode(body).sql if t == b"Q" else m.Parse.decode(body).sql
             d = _decision(sql)

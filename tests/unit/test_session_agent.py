@@ -7,14 +7,14 @@ import json
 import struct
 from pathlib import Path
 
-from proxy.actions import AgentAdmission, RelayToClient, RelayToServer, RunDecision
+from proxy.actions import AcquireServer, AgentAdmission, RelayToClient, RelayToServer, RunDecision
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import parse_config
 from proxy.policy.cache import Pending
 from proxy.policy.model import ADMIT, Allow, Rewrite
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
-from tests.support.sessions import attach, frames, login, make_verifier
+from tests.support.sessions import attach, frames, login, make_verifier, server_for
 
 ADMITTED = Rewrite("SELECT * FROM t LIMIT 5", ("agent_limit",), frozenset({ADMIT}))
 
@@ -161,3 +161,95 @@ def test_a_bind_whose_parameters_cannot_be_read_is_refused_not_run(tmp_path: Pat
     broken = m.frame(b"B", b"\x00s1\x00" + struct.pack("!hh", 0, 1) + struct.pack("!i", 50) + b"short")
     sent = frames(forwarded(s.client_data(broken + m.SYNC_MESSAGE)))
     assert sent[0][0] == b"B" and b"pgtenant_denied_" in sent[0][1]  # its statement is a marker: it fails
+
+
+# --- red team round 6 F8 in session pooling: the names the server has (proxy/stmtnames.py) ------------------------
+
+EXECUTE = m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+
+
+def _T_ONLY(kind: str, sql: str) -> Allow | Rewrite:
+    return ADMITTED if "FROM t" in sql else Allow()
+
+
+_EXPLAIN_OF_T = "EXPLAIN (FORMAT JSON) SELECT * FROM t LIMIT 5"
+
+
+def _explained(sent: list[tuple[bytes, bytes]]) -> str:
+    return next(m.Parse.decode(body).sql for kind, body in sent if kind == b"P")
+
+
+def _marker_error(body: bytes) -> bytes:
+    marker = m.Parse.decode(body).sql
+    assert marker.startswith("pgtenant_denied_")
+    return m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": f'syntax error at or near "{marker}"'})
+
+
+def test_a_parse_of_a_name_the_server_has_is_refused_and_the_old_statement_stays_admitted(tmp_path: Path) -> None:
+    s = agent_session(tmp_path, _T_ONLY)
+    s.client_data(m.Parse("s1", "SELECT * FROM t", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    sent = frames(forwarded(s.client_data(m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)))
+    assert [k for k, _ in sent] == [b"P", b"S"] and m.Parse.decode(sent[0][1]).name == "s1"
+    out = relayed(s.server_data(_marker_error(sent[0][1]) + m.ready_for_query(b"I")))
+    fields = m.decode_error_fields(frames(out)[0][1])
+    assert (fields["C"], fields["M"]) == ("42P05", 'prepared statement "s1" already exists')  # PostgreSQL's words
+    sent = frames(forwarded(s.client_data(_bind("s1", b"") + EXECUTE + m.SYNC_MESSAGE)))
+    assert _explained(sent) == _EXPLAIN_OF_T  # admitted as the statement the server has
+
+
+def test_a_close_the_server_skipped_keeps_the_statement_admitted(tmp_path: Path) -> None:
+    s = agent_session(tmp_path, _T_ONLY)
+    s.client_data(m.Parse("s1", "SELECT * FROM t", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    s.client_data(_bind("nope", b"") + m.close_message(b"S", "s1") + m.SYNC_MESSAGE)
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "26000", "M": 'prepared statement "nope" does not exist'})
+    s.server_data(error + m.ready_for_query(b"I"))  # the Close was skipped: s1 is still there
+    sent = frames(forwarded(s.client_data(_bind("s1", b"") + EXECUTE + m.SYNC_MESSAGE)))
+    assert _explained(sent) == _EXPLAIN_OF_T
+    s.server_data(m.ready_for_query(b"I") + explain_answer(1.0, extended=True))  # (its Sync first)
+    s.server_data(m.frame(b"2", b"") + m.command_complete("SELECT 0") + m.ready_for_query(b"I"))
+    s.client_data(m.close_message(b"S", "s1") + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"3", b"") + m.ready_for_query(b"I"))  # closed now
+    sent = frames(forwarded(s.client_data(m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)))
+    assert m.Parse.decode(sent[0][1]).sql == "SELECT 1"  # a new statement of that name, as on a direct connection
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    sent = frames(forwarded(s.client_data(_bind("s1", b"") + EXECUTE + m.SYNC_MESSAGE)))
+    assert [k for k, _ in sent] == [b"B", b"E", b"S"]  # needs no admission
+
+
+def test_a_close_and_a_parse_of_one_name_in_one_batch_make_a_new_statement(tmp_path: Path) -> None:
+    s = agent_session(tmp_path, _T_ONLY)
+    s.client_data(m.Parse("s1", "SELECT * FROM t", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    again = m.close_message(b"S", "s1") + m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE
+    sent = frames(forwarded(s.client_data(again)))
+    assert [k for k, _ in sent] == [b"C", b"P", b"S"] and m.Parse.decode(sent[1][1]).sql == "SELECT 1"
+    s.server_data(m.frame(b"3", b"") + m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    sent = frames(forwarded(s.client_data(_bind("s1", b"") + EXECUTE + m.SYNC_MESSAGE)))
+    assert [k for k, _ in sent] == [b"B", b"E", b"S"]  # the new statement's records: no admission needed
+
+
+def test_in_transaction_pooling_a_close_skipped_after_an_error_keeps_the_statement_admitted(tmp_path: Path) -> None:
+    """The statement maps keep a statement whose Close was skipped (an error earlier in its batch); its admission
+    text stays with it, and goes with a Close whose request ended without an error."""
+    s = agent_session(tmp_path, _T_ONLY, pool_mode="transaction")
+    s.enable_statements({}, cache=False)
+
+    def send(data: bytes) -> list:
+        actions = s.client_data(data)
+        if s.server is None and any(isinstance(a, AcquireServer) for a in actions):
+            actions = s.server_attached(server_for(s))
+        return actions
+
+    send(m.Parse("s1", "SELECT * FROM t", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    send(_bind("nope", b"") + m.close_message(b"S", "s1") + m.SYNC_MESSAGE)
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "26000", "M": 'prepared statement "nope" does not exist'})
+    s.server_data(error + m.ready_for_query(b"I"))
+    assert _explained(frames(forwarded(send(_bind("s1", b"") + EXECUTE + m.SYNC_MESSAGE)))) == _EXPLAIN_OF_T
+    s.server_data(m.ready_for_query(b"I") + explain_answer(1.0, extended=True))
+    s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.command_complete("SELECT 0") + m.ready_for_query(b"I"))
+    send(m.close_message(b"S", "s1") + m.SYNC_MESSAGE)
+    s.server_data(m.ready_for_query(b"I"))  # (the maps answered the Close themselves)
+    assert "s1" not in s._agent_statements

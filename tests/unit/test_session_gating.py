@@ -7,16 +7,26 @@ import json
 import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
 from proxy.actions import CloseClient, RelayToServer
 from proxy.auth.throttle import AuthThrottle
-from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, SQL_PREPARE, Allow, Change, Deny, Rewrite
+from proxy.policy.model import (
+    DEALLOCATE,
+    SESSION_STATEMENTS,
+    SESSION_STATEMENTS_MARKER,
+    SQL_PREPARE,
+    Allow,
+    Change,
+    Deny,
+    Rewrite,
+)
 from proxy.protocol import messages as m
 from proxy.session import ClientSession
-from tests.support.sessions import attach, frames, login, make_config
+from tests.support.sessions import attach, frames, login, make_config, refused_parses
 
 
 def ready_session(tmp_path: Path, decide=None, policy_token=object, pool: dict | None = None) -> ClientSession:
@@ -79,7 +89,8 @@ def test_every_query_and_parse_is_decided_under_any_chunking(
         out += forwarded(s.client_data(data[pos : pos + step]))
         pos += step
         i += 1
-    expected = [t for t, _ in frames(data) if t in (b"Q", b"P")]
+    refused = refused_parses(frames(data))  # (42P05: not decided)
+    expected = [t for (t, _), dup in zip(frames(data), refused, strict=True) if t in (b"Q", b"P") and not dup]
     assert len(decided) == len(expected)
     sent = frames(out)
     assert [t for t, _ in sent] == [t for t, _ in frames(data)]  # same messages, same order
@@ -167,7 +178,8 @@ def test_a_rewrite_reading_pg_prepared_statements_gets_the_sessions_list(tmp_pat
         {"name": "S_1", "statement": "SELECT * FROM orders", "server": "S_1", "over": True},
         {"name": "S_3", "statement": "SELECT name FROM pg_prepared_statements", "server": "S_3", "over": True},
     ]
-    s.client_data(m.Parse("S_1", "SELECT 2", b"\x00\x00").encode())  # S_1 again, as it is: its text goes
+    # S_1 closed and parsed again, as it is: its text goes
+    s.client_data(m.close_message(b"S", "S_1") + m.Parse("S_1", "SELECT 2", b"\x00\x00").encode())
     out = forwarded(s.client_data(m.Query("SELECT name FROM pg_prepared_statements").encode()))
     assert '"S_1"' not in m.query_text(frames(out)[0][1])
     out = forwarded(s.client_data(m.Query("SELECT 'x' /* orders */").encode()))  # a rewrite without the rule
@@ -209,6 +221,8 @@ def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path
             if "pg_namespace" in sql:
                 return Rewrite(sql + " WHERE nspname <> 'globex'", ("catalog_filter",), changes=changes)
             return Allow(changes=changes)
+        if sql.startswith("DEALLOCATE"):
+            return Allow(changes=(Change(0, DEALLOCATE, sql.split()[1]),))
         return Allow()
 
     def listed(s: ClientSession) -> list[dict]:
@@ -224,5 +238,47 @@ def test_a_sql_prepared_statement_is_listed_with_the_clients_text(tmp_path: Path
     s.client_data(m.Query("PREPARE p1 AS SELECT 2").encode())  # p1 again (after a DEALLOCATE), as it is
     assert listed(s) == []
     s.client_data(m.Query("PREPARE p3 AS SELECT nspname FROM pg_namespace").encode())
+    s.client_data(m.Query("DEALLOCATE p3").encode())
     s.client_data(m.Parse("p3", "SELECT 3", b"\x00\x00").encode())  # a protocol statement of that name now
     assert listed(s) == []
+
+
+# --- session pooling: the statement names the server has (red team round 6 F8; proxy/stmtnames.py) ---------------
+
+
+def _deallocating(kind: str, sql: str):
+    if sql.startswith("DEALLOCATE"):
+        return Allow(changes=(Change(0, DEALLOCATE, sql.split()[1]),))
+    return Allow()
+
+
+def _parsed(s: ClientSession, name: str, sql: str = "SELECT 1") -> str:
+    """What reaches the server of a Parse of `name` (its text: a marker when the session refuses it)."""
+    out = forwarded(s.client_data(m.Parse(name, sql, b"\x00\x00").encode() + m.SYNC_MESSAGE))
+    return m.Parse.decode(frames(out)[0][1]).sql
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_a_deallocated_name_can_be_parsed_again_once_the_server_said_so(tmp_path: Path, extended: bool) -> None:
+    s = ready_session(tmp_path, _deallocating, pool={"pool_mode": "session"})
+    assert _parsed(s, "S_1") == "SELECT 1"
+    s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
+    assert _parsed(s, "S_1").startswith("pgtenant_denied_")  # 42P05: the server has it
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": "x"}) + m.ready_for_query(b"I"))
+    if extended:
+        s.client_data(m.Parse("", "DEALLOCATE S_1", b"\x00\x00").encode() + bind() + EXECUTE + m.SYNC_MESSAGE)
+        head = m.frame(b"1", b"") + m.frame(b"2", b"")
+    else:
+        s.client_data(m.Query("DEALLOCATE S_1").encode())
+        head = b""
+    assert _parsed(s, "S_1").startswith("pgtenant_denied_")  # its answer has not come: it may fail
+    s.server_data(head + m.command_complete("DEALLOCATE") + m.ready_for_query(b"I"))
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": "x"}) + m.ready_for_query(b"I"))
+    assert _parsed(s, "S_1") == "SELECT 1"  # gone: a new statement of that name, as on a direct connection
+
+
+def test_a_pipelined_parse_after_a_failed_one_of_its_batch_is_not_refused(tmp_path: Path) -> None:
+    s = ready_session(tmp_path, pool={"pool_mode": "session"})
+    s.client_data(m.Parse("S_1", "SELEC 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": "x"}) + m.ready_for_query(b"I"))
+    assert _parsed(s, "S_1") == "SELECT 1"  # the failed Parse made nothing

@@ -4,6 +4,7 @@ the startup answer on a reused server."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -589,3 +590,33 @@ def test_the_statement_text_kept_for_a_tenant_is_bounded_over_all_its_sessions(t
     assert counts.statement_bytes.held["acme"] < 4000
     two.close()
     assert counts.statement_bytes.held == {}
+
+
+# --- what an idle session keeps (benchmarks/idle_memory.py) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("length", "kept"), [(10, True), (3000, False)])
+def test_a_long_parse_memo_goes_with_the_server(pooled: ClientSession, length: int, kept: bool) -> None:
+    """The last Parse's memo (its body, text and rewrite: up to 64 KB) stays while the session holds no server only
+    when it is short; a short one keeps the hot path's memo from one transaction to the next."""
+    batch = (m.Parse("", "SELECT " + "1" * length, b"\x00\x00").encode()
+             + m.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+             + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) + m.SYNC_MESSAGE)
+    assert isinstance(pooled.client_data(batch)[-1], AcquireServer)
+    pooled.server_attached(server_for(pooled))
+    assert pooled._parse_memo is not None
+    answer = m.frame(b"1", b"") + m.frame(b"2", b"") + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+    assert ReleaseServer in kinds(pooled.server_data(answer))
+    assert (pooled._parse_memo is not None) is kept
+
+
+def test_sessions_told_the_same_values_share_them_until_one_is_told_more(tmp_path: Path) -> None:
+    sessions = [_session(tmp_path, "session") for _ in range(2)]
+    for s in sessions:
+        _log_in(s)
+        s.server_attached(server_for(s, {"application_name": "", "TimeZone": "UTC"}))
+    a, b = sessions
+    assert a._client_status is b._client_status  # one dict
+    assert relayed(a.server_data(m.parameter_status("TimeZone", "CET")), RelayToClient)  # the client is told
+    assert (a._client_status["TimeZone"], b._client_status["TimeZone"]) == ("CET", "UTC")
+    assert relayed(b.server_data(m.parameter_status("TimeZone", "UTC")), RelayToClient) == b""  # (unchanged)
