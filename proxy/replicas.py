@@ -151,7 +151,34 @@ class Route:
     wrote_at: float | None = None
 
 
-PRIMARY_ROUTE = None  # a route of None: the primary (the default route, and the sessions that were never routed)
+class Routed:
+    """A session's routing (kept by the session when its route is not "primary" and its backend has replicas):
+    each request's Route, and when it last released a primary server after a request not known to only read."""
+
+    __slots__ = ("read_only", "routing", "wrote_at")
+
+    def __init__(self, routing: RoutingConfig) -> None:
+        self.routing = routing
+        self.read_only = False  # the last request routed
+        self.wrote_at: float | None = None
+
+    def route(self, read_only: bool) -> Route:
+        self.read_only = read_only
+        return Route(self.routing, read_only, self.wrote_at)
+
+    def released(self, replica: str | None, now: float) -> None:
+        """The session gives its server back: a primary after a request that may have written marks a write."""
+        if replica is None and not self.read_only:
+            self.wrote_at = now
+
+
+def routed(config: Config, user: str) -> Routed | None:
+    """`user`'s routing, or None when every statement of it goes to the primary."""
+    routing = config.routing_for(user)
+    tenant = config.tenants[config.users[user].tenant]
+    if routing.route == "primary" or not config.backends[tenant.backend].replicas:
+        return None
+    return Routed(routing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,17 +236,16 @@ class Router:
                 yield backend, name, health, r.lag(now), why
 
 
-def probe_targets(config: Config) -> list[tuple[BackendConfig, ReplicaConfig | None, str]]:
-    """What the poller connects to: each backend with replicas (its primary: None) and each replica, as
-    (connection settings with the backend's own credentials, replica, database)."""
-    out: list[tuple[BackendConfig, ReplicaConfig | None, str]] = []
+def probe_targets(config: Config) -> list[tuple[BackendConfig, str, list[tuple[BackendConfig, ReplicaConfig]]]]:
+    """What the poller connects to, per backend with replicas: its primary, the database it connects to (its first
+    tenant's), and its replicas, each as connection settings with the backend's own credentials (never a tenant's)."""
+    out = []
     for name, b in config.backends.items():
         if not b.replicas:
             continue
         databases = sorted(t.database for t in config.tenants.values() if t.backend == name)
-        database = databases[0] if databases else "postgres"
-        out.append((b, None, database))
-        out += [(config.replica_backend(b, r), r, database) for r in b.replicas]
+        replicas = [(config.replica_backend(b, r), r) for r in b.replicas]
+        out.append((b, databases[0] if databases else "postgres", replicas))
     return out
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy import admission, agent, errors
+from proxy import admission, agent, errors, replicas
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
@@ -274,8 +274,8 @@ class ClientSession:
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "channel_binding", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "is_admin", "limits", "on_decision", "pooled", "process_id", "report_rewrites", "request",
-        "revoked", "scram", "secret_key", "server", "state", "statements", "tenant", "throttle", "tls_available",
-        "tracker", "user_config",
+        "revoked", "routing", "scram", "secret_key", "server", "state", "statements", "tenant", "throttle",
+        "tls_available", "tracker", "user_config",
     )
 
     def __init__(
@@ -355,6 +355,7 @@ class ClientSession:
         # what it sent while it held none, the settings replay, the pins.
         self.server: ServerConnection | None = None
         self.request: ServerRequest | None = None  # built at login
+        self.routing: replicas.Routed | None = None  # read replicas: where each request may go (login)
         self._meter: ResultMeter | None = None  # the result being relayed, if results are limited (read just below)
         self.pooled = False  # transaction pooling: the server goes back to the pool between transactions
         self.frontend.handlers = self._frontend_tracked()  # (once `pooled` is set: it reads it)
@@ -929,6 +930,8 @@ class ClientSession:
             self.statements.detach()
         self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
         self._sequences.released(server)
+        if self.routing is not None:
+            self.routing.released(server.replica, self.clock())
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason)]
@@ -1177,6 +1180,7 @@ class ClientSession:
         if self.agent is not None:
             self.request = agent.server_request(self.request, self.agent)
         self.pooled = self.request.mode == "transaction"
+        self.routing = replicas.routed(self.config, user)
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self.frontend.handlers = self._frontend_tracked()
         if self._meter is not None:
@@ -1184,6 +1188,7 @@ class ClientSession:
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user, self.agent,
+            self.routing.route(False) if self.routing is not None else None,
         ))
         return actions
 
@@ -1292,9 +1297,8 @@ class ClientSession:
         self._unread += data
         if self.state is not State.IDLE:
             return []
-        assert self.request is not None
         self._transition(Event.REQUEST)
-        return [AcquireServer(self.request)]
+        return [self._acquire()]
 
     def _detached(self, actions: list[Action]) -> list[Action]:
         """`actions` of a read while the session holds no server: what is for the server waits for it (bounded: the
@@ -1306,10 +1310,19 @@ class ClientSession:
             else:
                 out.append(action)
         if self._waiting and self.state is State.IDLE:
-            assert self.request is not None
             self._transition(Event.REQUEST)
-            out.append(AcquireServer(self.request))
+            out.append(self._acquire())
         return out
+
+    def _acquire(self) -> AcquireServer:
+        """Ask the pool for a server; a routed session says whether what waits for it provably only reads."""
+        assert self.request is not None
+        if self.routing is None:
+            return AcquireServer(self.request)
+        named = self.statements.named if self.statements is not None else {}
+        data = b"".join([*self._waiting, self._unread])
+        read_only = replicas.read_only_request(data, lambda name: s.sql if (s := named.get(name)) else None)
+        return AcquireServer(self.request, self.routing.route(read_only))
 
     def _hold(self, type_: int, body: bytes, sql: str, pending: Pending, token: object = None,
               parse: m.Parse | None = None) -> object:
@@ -1506,7 +1519,7 @@ class ClientSession:
             return []
         if self.state is State.IDLE and self.request is not None:  # transaction pooling: the EXPLAIN needs a server
             self._transition(Event.REQUEST)
-            return [AcquireServer(self.request)]
+            return [self._acquire()]
         if self.server is None or self.state is not _READY or self._replaying or len(self.tracker.pending) > (
                 adm.open_batch):
             return []

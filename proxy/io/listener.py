@@ -80,6 +80,10 @@ class Proxy:
             (r.tenant, r.cl_waiting, r.sv_active, r.sv_idle, r.sv_pinned, r.sv_used, r.sv_connecting)
             for r in self.pool.rows()
         ])
+        self.metrics.watch_replicas(lambda: [
+            (backend, replica, str(health), lag)
+            for backend, replica, health, lag, _ in self.pool.router.rows(self.pool.clock())
+        ])
         self.workers = DecisionWorkers(
             limits.decision_workers, limits.decision_timeout,
             on_restart=self.metrics.worker_restarted,

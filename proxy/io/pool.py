@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from proxy import errors
@@ -11,6 +12,7 @@ from proxy.actions import ServerQueryDone, ServerReady
 from proxy.config import Config
 from proxy.errors import PgError
 from proxy.io.backend import ServerLink
+from proxy.io.replicas import ReplicaPoller
 from proxy.logs import get_logger
 from proxy.pooling import (
     Check,
@@ -25,8 +27,10 @@ from proxy.pooling import (
     Reset,
     ServerRequest,
     State,
+    replica_key,
 )
 from proxy.reasons import CloseReason
+from proxy.replicas import Route, Router
 from proxy.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
@@ -52,12 +56,38 @@ class Pool:
         self._clients: dict[int, ClientConnection] = {}  # id(client) -> client, while it waits or holds a server
         self._timer: asyncio.TimerHandle | None = None
         self.clock = time.monotonic
+        self.router = Router(proxy.config)  # read replicas: their health (fed by io/replicas.py), the routing choice
+        self._replica_requests: dict[tuple[int, str], tuple[ServerRequest, ServerRequest]] = {}
+        self.poller = ReplicaPoller(self)
 
     # --- the sessions' API -------------------------------------------------------------------
 
-    def request(self, client: ClientConnection, request: ServerRequest) -> None:
+    def request(self, client: ClientConnection, request: ServerRequest, route: Route | None = None) -> None:
+        if route is not None:  # a routed session (proxy/replicas.py): a replica's pool, the primary's, or a refusal
+            choice = self.router.choose(request.backend.name, route, self.clock(), request.tenant)
+            self.proxy.metrics.replica_routed(self.proxy.metrics.tenant(request.tenant), request.backend.name,
+                                              choice.replica, choice.refusal is not None)
+            if choice.refusal is not None:
+                client.server_refused(choice.refusal, CloseReason.BACKEND)
+                return
+            if choice.replica is not None:
+                request = self._replica_request(request, choice.replica)
         self._clients[id(client)] = client
         self._run(self.manager.request(id(client), request, self.clock()))
+
+    def _replica_request(self, request: ServerRequest, replica: str) -> ServerRequest:
+        """`request` toward `replica` of its backend: a pool of its own (the same role and tenant context)."""
+        cache_key = (id(request), replica)
+        cached = self._replica_requests.get(cache_key)
+        if cached is None or cached[0] is not request:
+            if len(self._replica_requests) > 10_000:  # (requests are per tenant and config: a reload makes new ones)
+                self._replica_requests.clear()
+            config = self.proxy.config
+            spec = next(r for r in config.backends[request.backend.name].replicas if r.name == replica)
+            backend = config.replica_backend(request.backend, spec)
+            cached = self._replica_requests[cache_key] = (request, replace(
+                request, key=replica_key(request.key, replica), backend=backend, replica=replica))
+        return cached[1]
 
     def withdraw(self, client: ClientConnection) -> None:
         if self.manager.is_waiting(id(client)):
@@ -107,6 +137,7 @@ class Pool:
 
     def start(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+        self.poller.start()
 
     def _tick(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
@@ -117,12 +148,15 @@ class Pool:
 
     def reconfigure(self, config: Config) -> None:
         """A reload: sizes follow; a pool whose tenant context changed is retired."""
+        self.router.reconfigure(config)
+        self._replica_requests.clear()
         self._run(self.manager.reconfigure(config))
 
     def shutdown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        asyncio.get_running_loop().create_task(self.poller.stop())
         self._run(self.manager.shutdown())
 
     def rows(self) -> list[PoolRow]:
@@ -232,6 +266,7 @@ class Pool:
         request = connect.request
         server = ServerConnection(request.backend, request.key.database, dict(request.parameters))
         server.id = connect.server
+        server.replica = request.replica
         server.created = server.last_used = self.clock()
         link = ServerLink(self, server)
         self.links[server.id] = link

@@ -155,10 +155,10 @@ def test_a_reload_keeps_what_the_probes_told(tmp_path: Path) -> None:
 
 
 def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_path: Path) -> None:
-    targets = probe_targets(config(tmp_path))  # type: ignore[arg-type]
-    assert [(b.name, b.port, r.name if r else None, db) for b, r, db in targets] == [
-        ("main", 5432, None, "saas"), ("main/r1", 5433, "r1", "saas"), ("main/r2", 5434, "r2", "saas")]
-    assert {b.user for b, _, _ in targets} == {"pgtenant"}
+    [(primary, database, replicas)] = probe_targets(config(tmp_path))  # type: ignore[arg-type]
+    assert (primary.name, primary.port, database) == ("main", 5432, "saas")
+    assert [(b.name, b.port, r.name, b.user) for b, r in replicas] == [
+        ("main/r1", 5433, "r1", "pgtenant"), ("main/r2", 5434, "r2", "pgtenant")]
 
 
 @pytest.mark.parametrize(("sql", "read_only"), [
