@@ -166,6 +166,12 @@ class Routed:
         self.read_only = read_only
         return Route(self.routing, read_only, self.wrote_at)
 
+    def login(self) -> Route:
+        """The login's server (its startup answer; in session pooling the session's): "auto" on the primary, yet no
+        write to wait for."""
+        self.read_only = True
+        return Route(self.routing, False, self.wrote_at)
+
     def released(self, replica: str | None, now: float) -> None:
         """The session gives its server back: a primary after a request that may have written marks a write."""
         if replica is None and not self.read_only:
@@ -237,13 +243,14 @@ class Router:
 
 
 def probe_targets(config: Config) -> list[tuple[BackendConfig, str, list[tuple[BackendConfig, ReplicaConfig]]]]:
-    """What the poller connects to, per backend with replicas: its primary, the database it connects to (its first
-    tenant's), and its replicas, each as connection settings with the backend's own credentials (never a tenant's)."""
+    """What the poller connects to, per backend with replicas: its primary, the database it connects to (the first,
+    by name, of its tenants that use the backend's own role; else postgres), and its replicas, each as connection
+    settings with the backend's own credentials (never a tenant's)."""
     out = []
     for name, b in config.backends.items():
         if not b.replicas:
             continue
-        databases = sorted(t.database for t in config.tenants.values() if t.backend == name)
+        databases = sorted(t.database for t in config.tenants.values() if t.backend == name and not t.backend_user)
         replicas = [(config.replica_backend(b, r), r) for r in b.replicas]
         out.append((b, databases[0] if databases else "postgres", replicas))
     return out
@@ -253,9 +260,10 @@ def probe_targets(config: Config) -> list[tuple[BackendConfig, str, list[tuple[B
 
 
 def read_only_request(data: bytes, statement: Callable[[str], str | None]) -> bool:
-    """Whether the complete request(s) in `data` (client messages, ending with a Sync or a Query) only read: every
-    SQL text read-only by `read_only_sql`, a Bind's statement named in `data` or known to `statement(name)`; any other
-    message (a FunctionCall, COPY data, a batch without its Sync) is not."""
+    """Whether the request(s) in `data` (client messages ending with a Query, a Sync, or a Flush after which the client
+    waits for answers: asyncpg's Parse/Describe/Flush) only read: every SQL text read-only by `read_only_sql`, a
+    Bind's statement named in `data` or known to `statement(name)`; any other message (a FunctionCall, COPY data, a
+    batch the client goes on writing) is not."""
     pos, n, parsed, last = 0, len(data), {}, 0
     while n - pos >= 5:
         type_ = data[pos]
@@ -282,7 +290,7 @@ def read_only_request(data: bytes, statement: Callable[[str], str | None]) -> bo
                 return False
         elif type_ not in (0x45, 0x44, 0x53, 0x48, 0x43):  # Execute, Describe, Sync, Flush, Close
             return False
-    return pos == n and last in (0x51, 0x53)
+    return pos == n and last in (0x51, 0x53, 0x48)
 
 
 def _cstring(body: bytes, at: int) -> tuple[str, int]:
@@ -311,6 +319,8 @@ def _read_only(sql: str) -> str:
             open_rw = False
         elif kind == "ExplainStmt" and _reads(node.get("query", {})):
             continue
+        elif kind == "VariableSetStmt" and _session_setting(node):  # replayed on whichever server the session gets
+            continue
         elif kind not in ("SelectStmt", "VariableShowStmt") or not _reads(stmt):
             return ""
     return "y" if stmts and not open_rw else ""
@@ -321,6 +331,20 @@ def read_only_sql(sql: str) -> bool:
     data-modifying WITH, calling only built-in functions that neither write nor lock; SHOW; EXPLAIN of those; a BEGIN
     (or SET TRANSACTION) READ ONLY. Anything else, or what does not parse, goes to the primary."""
     return bool(_read_only(sql))
+
+
+# Settings a SET sent to a replica could fail on or that change what a transaction may do.
+_NOT_ON_REPLICA = frozenset({"transaction_read_only", "default_transaction_read_only", "transaction_isolation",
+                             "default_transaction_isolation", "role", "session_authorization",
+                             "transaction_deferrable", "default_transaction_deferrable"})
+
+
+def _session_setting(node: dict) -> bool:
+    """A plain SET/RESET of a session setting (not SET TRANSACTION, SET SESSION CHARACTERISTICS, RESET ALL, a
+    transaction-mode or role setting): it writes nothing and runs as well on a replica."""
+    name = node.get("name", "")
+    return (node.get("kind") in ("VAR_SET_VALUE", "VAR_SET_DEFAULT", "VAR_RESET") and name.islower()
+            and name not in _NOT_ON_REPLICA and _reads(node))
 
 
 def _sets_read_only(options: object) -> bool:

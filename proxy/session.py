@@ -1188,7 +1188,7 @@ class ClientSession:
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user, self.agent,
-            self.routing.route(False) if self.routing is not None else None,
+            self.routing.login() if self.routing is not None else None,
         ))
         return actions
 
@@ -1319,9 +1319,10 @@ class ClientSession:
         assert self.request is not None
         if self.routing is None:
             return AcquireServer(self.request)
-        named = self.statements.named if self.statements is not None else {}
+        st = self.statements
         data = b"".join([*self._waiting, self._unread])
-        read_only = replicas.read_only_request(data, lambda name: s.sql if (s := named.get(name)) else None)
+        read_only = replicas.read_only_request(data, lambda name: s.sql if st is not None and (
+            s := st.named.get(name) if name else st.unnamed) is not None else None)
         return AcquireServer(self.request, self.routing.route(read_only))
 
     def _hold(self, type_: int, body: bytes, sql: str, pending: Pending, token: object = None,

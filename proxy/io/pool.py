@@ -189,6 +189,7 @@ class Pool:
                  else errors.backend_unreachable(backend.name, "see the proxy log"))
         self._forget(link, Closing.CONNECT_FAILED)
         link.terminate()
+        self._replica_failed(link, reason)
         self._run(self.manager.connect_failed(link.server.id, error, CloseReason.BACKEND, self.clock()))
 
     def link_lost(self, link: ServerLink, exc: Exception | None) -> None:
@@ -202,6 +203,13 @@ class Pool:
             self.link_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
         else:
             self._lost(link)
+
+    def _replica_failed(self, link: ServerLink, reason: str) -> None:
+        """A server of a replica could not be opened: the replica is out until its next good probe."""
+        server = link.server
+        s = self.router.sets.get(server.backend.name.rpartition("/")[0]) if server.replica else None
+        if s is not None and server.replica in s.replicas:
+            s.replica_failed(server.replica, f"a server connection failed: {reason}")
 
     def _connecting(self, link: ServerLink) -> bool:
         entry = self.manager.servers.get(link.server.id)
@@ -287,6 +295,7 @@ class Pool:
             if self.links.get(link.server.id) is not link:
                 return
             self._forget(link, Closing.CONNECT_FAILED)
+            self._replica_failed(link, reason)
             error = errors.backend_unreachable(backend.name, shown)
             self._run(self.manager.connect_failed(link.server.id, error, CloseReason.BACKEND, self.clock()))
             return

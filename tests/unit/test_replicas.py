@@ -184,7 +184,16 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("SELECT my_function()", False),
     ("SELECT public.lower('x')", False),
     ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", False),
-    ("SET x = 1", False),
+    ("SET application_name = 'x'", True),
+    ("RESET DateStyle", True),
+    ("SET LOCAL work_mem = '1MB'", True),
+    ("SET x.y = 1; SELECT 2", True),
+    ("SET default_transaction_read_only = off", False),
+    ("SET ROLE other", False),
+    ("SET SESSION AUTHORIZATION other", False),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", False),
+    ("RESET ALL", False),
+    ("SET search_path = a, b", True),
     ("COMMIT", False),
     ("SELEC 1", False),
     ("", False),
@@ -202,6 +211,8 @@ def test_read_only_requests_by_their_messages() -> None:
     assert read_only_request(q, none) and read_only_request(q + q, none)
     assert read_only_request(parse + bind + ex + sync, none)
     assert not read_only_request(parse + bind + ex, none)  # no Sync yet: more may follow on the same server
+    describe, flush = m.frame(b"D", b"Ss1\x00"), m.frame(b"H", b"")
+    assert read_only_request(parse + describe + flush, none)  # asyncpg's prepare: it waits for the answers
     assert read_only_request(bind + ex + sync, lambda name: "SELECT 2" if name == "s1" else None)
     assert not read_only_request(bind + ex + sync, none)  # an unknown statement
     assert not read_only_request(bind + ex + sync, lambda _: "DELETE FROM t")
