@@ -317,9 +317,7 @@ def _read_only(sql: str) -> str:
             if not _sets_read_only(node.get("args", ())):
                 return ""
             open_rw = False
-        elif kind == "ExplainStmt" and _reads(node.get("query", {})):
-            continue
-        elif kind == "VariableSetStmt" and _session_setting(node):  # replayed on whichever server the session gets
+        elif (kind == "ExplainStmt" and _reads(node.get("query", {}))) or (kind == "VariableSetStmt" and _session_setting(node)):
             continue
         elif kind not in ("SelectStmt", "VariableShowStmt") or not _reads(stmt):
             return ""
