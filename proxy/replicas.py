@@ -317,8 +317,12 @@ def _read_only(sql: str) -> str:
             if not _sets_read_only(node.get("args", ())):
                 return ""
             open_rw = False
-        elif (kind == "ExplainStmt" and _reads(node.get("query", {}))) or (kind == "VariableSetStmt" and _session_setting(node)):
-            continue
+        elif kind == "VariableSetStmt":  # a session setting: replayed on whichever server the session gets
+            if not _session_setting(node):
+                return ""
+        elif kind == "ExplainStmt":
+            if not _reads(node.get("query", {})):
+                return ""
         elif kind not in ("SelectStmt", "VariableShowStmt") or not _reads(stmt):
             return ""
     return "y" if stmts and not open_rw else ""
