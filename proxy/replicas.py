@@ -15,6 +15,7 @@ from proxy import errors
 from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
 from proxy.memory import text_cache
+from proxy.policy import shape
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
 
@@ -305,7 +306,7 @@ def _read_only(sql: str) -> str:
     try:
         tree = json.loads(parse_sql_json(sql))
     except (ParseError, ValueError):
-        return ""
+        return "?"  # (not read-only; a shape that does not parse is judged by its text)
     open_rw = False  # a BEGIN without READ ONLY, not (yet) followed by SET TRANSACTION READ ONLY
     stmts = tree.get("stmts", [])
     for item in stmts:
@@ -330,9 +331,19 @@ def _read_only(sql: str) -> str:
 
 def read_only_sql(sql: str) -> bool:
     """Whether `sql` provably only reads (PostgreSQL's grammar decides): SELECTs without FOR UPDATE/SHARE, INTO or
-    data-modifying WITH, calling only built-in functions that neither write nor lock; SHOW; EXPLAIN of those; a BEGIN
-    (or SET TRANSACTION) READ ONLY. Anything else, or what does not parse, goes to the primary."""
-    return bool(_read_only(sql))
+    data-modifying WITH, calling only built-in functions that neither write nor lock; SHOW; a plain SET; EXPLAIN of
+    those; a BEGIN (or SET TRANSACTION) READ ONLY. Anything else, or what does not parse, goes to the primary.
+    A text with integer literals is judged by its shape (policy/shape.py: the literals as parameters), so
+    `... WHERE aid = 4711` and `... WHERE aid = 42` share one parse (where a parameter cannot stand, as in
+    `varchar(10)`, the shape does not parse: the text itself is judged)."""
+    shaped = shape.split(sql)
+    verdict = _read_only_shape(shaped[0]) if shaped is not None else "?"
+    return (_read_only(sql) if verdict == "?" else verdict) == "y"
+
+
+@text_cache(4096)
+def _read_only_shape(key: str) -> str:
+    return _read_only(shape.text(key))
 
 
 # Settings a SET sent to a replica could fail on or that change what a transaction may do.

@@ -174,6 +174,10 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("BEGIN READ WRITE", False),
     ("BEGIN; SELECT 1", False),
     ("SELECT 1; INSERT INTO t VALUES (1)", False),
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = 4711", True),  # (judged by its shape, literals as $n)
+    ("SELECT x::varchar(10) FROM t", True),  # a shape that does not parse: judged by its text
+    ("SELECT x::varchar(10) FROM t FOR SHARE", False),
+    ("SELECT * FROM t LIMIT 10 OFFSET 20", True),
     ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", False),
     ("SELECT * FROM t FOR UPDATE", False),
     ("SELECT * INTO u FROM t", False),
