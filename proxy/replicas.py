@@ -336,9 +336,23 @@ def read_only_sql(sql: str) -> bool:
     A text with integer literals is judged by its shape (policy/shape.py: the literals as parameters), so
     `... WHERE aid = 4711` and `... WHERE aid = 42` share one parse (where a parameter cannot stand, as in
     `varchar(10)`, the shape does not parse: the text itself is judged)."""
+    known = _texts.get(sql)
+    if known is not None:
+        return known
     shaped = shape.split(sql)
     verdict = _read_only_shape(shaped[0]) if shaped is not None else "?"
-    return (_read_only(sql) if verdict == "?" else verdict) == "y"
+    if verdict != "?":
+        return verdict == "y"
+    out = _read_only(sql) == "y"
+    if len(sql) <= _MAX_KEPT:  # (a text with integer literals is not kept: its shape is)
+        if len(_texts) >= _MAX_TEXTS:
+            _texts.clear()
+        _texts[sql] = out
+    return out
+
+
+_texts: dict[str, bool] = {}  # the verdicts of texts without integer literals (prepared statements' $n texts)
+_MAX_TEXTS, _MAX_KEPT = 4096, 2048
 
 
 @text_cache(4096)
