@@ -480,7 +480,7 @@ class PoolManager:
         servers close now, the others at release; its clients' next request names the new key)."""
         self.config = config
         out: list[PoolAction] = []
-        for pool in self.pools.values():
+        for pool in list(self.pools.values()):  # (a retired pool with no server left is removed)
             if pool.tenant not in config.tenants:
                 self._retire(pool, out)
                 continue
