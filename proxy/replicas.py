@@ -314,6 +314,10 @@ def _read_only(sql: str) -> str:
         kind, node = next(iter(stmt.items())) if len(stmt) == 1 else ("", {})
         if kind == "TransactionStmt" and node.get("kind") in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
             open_rw = not _sets_read_only(node.get("options", ()))
+        elif kind == "TransactionStmt" and node.get("kind") in _ENDS:  # what the text did in it only read
+            open_rw = False
+        elif kind == "TransactionStmt" and node.get("kind") in _SAVEPOINTS:
+            continue
         elif kind == "VariableSetStmt" and node.get("name") == "TRANSACTION":
             if not _sets_read_only(node.get("args", ())):
                 return ""
@@ -360,6 +364,8 @@ def _read_only_shape(key: str) -> str:
     return _read_only(shape.text(key))
 
 
+_ENDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK"})
+_SAVEPOINTS = frozenset({"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"})
 # Settings a SET sent to a replica could fail on or that change what a transaction may do.
 _NOT_ON_REPLICA = frozenset({"transaction_read_only", "default_transaction_read_only", "transaction_isolation",
                              "default_transaction_isolation", "role", "session_authorization",

@@ -173,6 +173,10 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("BEGIN", False),
     ("BEGIN READ WRITE", False),
     ("BEGIN; SELECT 1", False),
+    ("BEGIN; SELECT 1; COMMIT", True),  # a whole transaction in one text, that only read
+    ("BEGIN READ ONLY; SAVEPOINT a; SELECT 1; ROLLBACK TO a; RELEASE a; END", True),
+    ("BEGIN; SELECT 1; COMMIT; BEGIN", False),
+    ("BEGIN; SELECT 1; PREPARE TRANSACTION 'x'", False),
     ("SELECT 1; INSERT INTO t VALUES (1)", False),
     ("SELECT abalance FROM pgbench_accounts WHERE aid = 4711", True),  # (judged by its shape, literals as $n)
     ("SELECT x::varchar(10) FROM t", True),  # a shape that does not parse: judged by its text
@@ -198,7 +202,7 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", False),
     ("RESET ALL", False),
     ("SET search_path = a, b", True),
-    ("COMMIT", False),
+    ("COMMIT", True),  # (outside a transaction: a warning; a session in one holds its server, asks for none)
     ("SELEC 1", False),
     ("", False),
 ])
