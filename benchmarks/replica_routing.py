@@ -41,13 +41,7 @@ def proxy(stack: contextlib.ExitStack, primary: PgCluster, standby: StandbyClust
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pg-bin", help="PostgreSQL bin dir (default: as the test suite finds it)")
-    p.add_argument("--scale", type=int, default=10)
-    p.add_argument("--duration", type=int, default=15, help="seconds per pgbench run")
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--modes", default="simple,extended,prepared")
+    pc.pgbench_arguments(p)
     p.add_argument("--quick", action="store_true", help="smoke mode: 3 s x 1 run")
     p.add_argument("--quiet-wait", type=float, default=90, help="max s to wait for an idle host before each run")
     p.add_argument("--json", type=Path, help="write all results here")
