@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import struct
 from collections import deque
@@ -14,7 +15,6 @@ from pglast.parser import ParseError, parse_sql_json
 from proxy import errors
 from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
-from proxy.memory import text_cache
 from proxy.policy import shape
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
@@ -301,7 +301,6 @@ def _cstring(body: bytes, at: int) -> tuple[str, int]:
     return body[at:end].decode("utf-8", "replace"), end + 1
 
 
-@text_cache(4096)
 def _read_only(sql: str) -> str:
     try:
         tree = json.loads(parse_sql_json(sql))
@@ -339,29 +338,41 @@ def read_only_sql(sql: str) -> bool:
     those; a BEGIN (or SET TRANSACTION) READ ONLY. Anything else, or what does not parse, goes to the primary.
     A text with integer literals is judged by its shape (policy/shape.py: the literals as parameters), so
     `... WHERE aid = 4711` and `... WHERE aid = 42` share one parse (where a parameter cannot stand, as in
-    `varchar(10)`, the shape does not parse: the text itself is judged)."""
-    known = _texts.get(sql)
-    if known is not None:
-        return known
-    shaped = shape.split(sql)
-    verdict = _read_only_shape(shaped[0]) if shaped is not None else "?"
-    if verdict != "?":
-        return verdict == "y"
-    out = _read_only(sql) == "y"
-    if len(sql) <= _MAX_KEPT:  # (a text with integer literals is not kept: its shape is)
-        if len(_texts) >= _MAX_TEXTS:
-            _texts.clear()
-        _texts[sql] = out
-    return out
+    `varchar(10)`, the shape does not parse: the text itself is judged). Verdicts are kept per text (texts without
+    integer literals) and per shape, a long one under its digest. A text longer than MAX_JUDGED characters is not
+    judged (parsing it would hold the event loop; the policy decides such texts in its worker processes)."""
+    if len(sql) > MAX_JUDGED:
+        return False
+    key = _key(sql)
+    known = _verdicts.get(key)
+    if known is None:
+        shaped = shape.split(sql)
+        if shaped is not None:
+            shape_key = ("shape", _key(shaped[0]))
+            known = _verdicts.get(shape_key)
+            if known is None:
+                known = _keep(shape_key, _read_only(shape.text(shaped[0])))
+            if known != "?":
+                return known == "y"
+            return _read_only(sql) == "y"  # (a text with integer literals is not kept: its shape is)
+        known = _keep(key, _read_only(sql))
+    return known == "y"
 
 
-_texts: dict[str, bool] = {}  # the verdicts of texts without integer literals (prepared statements' $n texts)
-_MAX_TEXTS, _MAX_KEPT = 4096, 2048
+MAX_JUDGED = 16 * 1024  # characters: a longer text goes to the primary
+_verdicts: dict[object, str] = {}  # text, digest or ("shape", key) -> "y" | "" | "?" (does not parse)
+_MAX_VERDICTS, _MAX_KEPT = 4096, 2048
 
 
-@text_cache(4096)
-def _read_only_shape(key: str) -> str:
-    return _read_only(shape.text(key))
+def _key(text: str) -> object:
+    return text if len(text) <= _MAX_KEPT else hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _keep(key: object, verdict: str) -> str:
+    if len(_verdicts) >= _MAX_VERDICTS:
+        _verdicts.clear()
+    _verdicts[key] = verdict
+    return verdict
 
 
 _ENDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK"})

@@ -10,6 +10,7 @@ import pytest
 from proxy.config import RoutingConfig, parse_config
 from proxy.protocol import messages as m
 from proxy.replicas import (
+    MAX_JUDGED,
     Health,
     Replica,
     ReplicaSet,
@@ -208,6 +209,16 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
 ])
 def test_read_only_sql(sql: str, read_only: bool) -> None:
     assert read_only_sql(sql) is read_only
+
+
+def test_long_texts_are_judged_once_by_digest_and_the_longest_not_at_all() -> None:
+    columns = ", ".join(f"c{i}" for i in range(600))  # ~4.5 KB, no integer literal
+    long = f"SELECT {columns} FROM t"
+    assert read_only_sql(long) and read_only_sql(long)
+    in_list = "SELECT * FROM t WHERE a IN (" + ",".join(str(i) for i in range(3000)) + ")"  # judged by its shape
+    assert 2048 < len(in_list) <= MAX_JUDGED and read_only_sql(in_list)
+    assert not read_only_sql(f"SELECT {columns} FROM t FOR UPDATE")
+    assert not read_only_sql("SELECT " + " + ".join(["1"] * 9000))  # longer than MAX_JUDGED: the primary
 
 
 def test_read_only_requests_by_their_messages() -> None:
