@@ -17,7 +17,9 @@ from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
 from proxy.policy import shape
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
+from proxy.policy.context import SEQUENCE_FUNCTIONS, STATEFUL_FUNCTIONS
 from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
+from proxy.policy.settings import NOT_REPLAYABLE
 
 # What the poller asks (the I/O layer runs it with the backend's own credentials, never a tenant's).
 PRIMARY_PROBE = "SELECT pg_is_in_recovery(), pg_current_wal_insert_lsn()::text"
@@ -25,11 +27,12 @@ REPLICA_PROBE = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
 HISTORY = 1024  # primary WAL positions kept (at one a second: 17 minutes; older ones count as "far behind")
 SILENCE_POLLS = 3  # a replica whose last good probe is older than this many poll intervals (+ the timeout) is down
 
-# Built-in functions a read-only routing never sends to a replica: they write, take locks that pin, read the session's
-# own sequence state, or fail in recovery.
+# Built-in functions a read-only routing never sends to a replica: they write, leave state that pins the session to
+# its server (proxy/policy/context.py), read the session's own sequence state, or fail in recovery.
 PRIMARY_FUNCTIONS = frozenset({
     "nextval", "setval", "currval", "lastval", "set_config", "pg_notify", "txid_current", "txid_current_if_assigned",
     "pg_current_xact_id", "pg_current_xact_id_if_assigned", "pg_current_wal_lsn", "pg_current_wal_insert_lsn",
+    "pg_export_snapshot", *STATEFUL_FUNCTIONS, *SEQUENCE_FUNCTIONS,
 })
 _PRIMARY_PREFIXES = ("pg_advisory_", "pg_try_advisory_", "lo_")
 _WRITING_NODES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "intoClause", "lockingClause"})
@@ -384,11 +387,12 @@ _NOT_ON_REPLICA = frozenset({"transaction_read_only", "default_transaction_read_
 
 
 def _session_setting(node: dict) -> bool:
-    """A plain SET/RESET of a session setting (not SET TRANSACTION, SET SESSION CHARACTERISTICS, RESET ALL, a
-    transaction-mode or role setting): it writes nothing and runs as well on a replica."""
+    """A plain SET/RESET of a session setting (not SET TRANSACTION, SET SESSION CHARACTERISTICS, RESET ALL, SET ...
+    FROM CURRENT, a transaction-mode or role setting, nor one that pins the session: seed): it writes nothing, runs
+    as well on a replica, and the session replays it on whichever server it gets next."""
     name = node.get("name", "")
     return (node.get("kind") in ("VAR_SET_VALUE", "VAR_SET_DEFAULT", "VAR_RESET") and name.islower()
-            and name not in _NOT_ON_REPLICA and _reads(node))
+            and name not in _NOT_ON_REPLICA and name not in NOT_REPLAYABLE and _reads(node))
 
 
 def _sets_read_only(options: object) -> bool:

@@ -1315,10 +1315,13 @@ class ClientSession:
         return out
 
     def _acquire(self) -> AcquireServer:
-        """Ask the pool for a server; a routed session says whether what waits for it provably only reads."""
+        """Ask the pool for a server; a routed session says whether what waits for it provably only reads (an
+        agent-profile session's requests always do: the proxy refuses its writes, its servers are read-only)."""
         assert self.request is not None
         if self.routing is None:
             return AcquireServer(self.request)
+        if self.agent is not None:
+            return AcquireServer(self.request, self.routing.route(True))
         st = self.statements
         data = b"".join([*self._waiting, self._unread])
         read_only = replicas.read_only_request(data, lambda name: s.sql if st is not None and (

@@ -202,6 +202,9 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("SET SESSION AUTHORIZATION other", False),
     ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", False),
     ("RESET ALL", False),
+    ("SET seed = 0.5", False),  # pins the session to its server: not on a replica
+    ("SELECT setseed(0.5)", False),
+    ("SET work_mem FROM CURRENT", False),
     ("SET search_path = a, b", True),
     ("COMMIT", True),  # (outside a transaction: a warning; a session in one holds its server, asks for none)
     ("SELEC 1", False),

@@ -88,3 +88,14 @@ def test_route_replica_asks_a_replica_from_login(tmp_path: Path, mode: str) -> N
     s, connect = session(routed_config(tmp_path, mode=mode, route="replica"), Clock())
     assert connect.route == Route(RoutingConfig(route="replica"), False, None)
     assert s.pooled is (mode == "transaction")
+
+
+def test_an_agent_profile_session_only_reads(tmp_path: Path) -> None:
+    """An agent's writes are refused by the proxy and its servers are read-only: each of its requests may go to a
+    replica under "auto", whatever it is."""
+    cfg = routed_config(tmp_path)
+    cfg = replace(cfg, users={"alice": replace(cfg.users["alice"], profile="agent")})
+    s, _ = session(cfg, Clock())
+    s.server_attached(server_for(s))
+    [acquire] = s.client_data(m.Query("SELECT nextval('s')").encode())
+    assert isinstance(acquire, AcquireServer) and acquire.route == Route(RoutingConfig(route="auto"), True, None)
