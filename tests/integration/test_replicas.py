@@ -30,7 +30,7 @@ def _proxy(replicated: tuple[PgCluster, StandbyCluster], workdir: Any, mode: str
         primary, workdir, pool={"pool_mode": mode},
         replicas=[{"name": "r1", "host": standby.host, "port": standby.port}],
         routing={"route": "auto", "poll_interval": 0.1, "max_replica_lag": 1.0},
-        extra_users={"iris": ("initech", "iris-pw"), "rhea": ("initech", "rhea-pw")},
+        extra_users={"iris": ("initech", "iris-pw"), "rhea": ("initech", "rhea-pw"), "abe": ("initech", "abe-pw")},
         admin_users={"ops": "ops-pw"}, **keys,
     )
     p.start()
@@ -45,6 +45,7 @@ def proxy(replicated: tuple[PgCluster, StandbyCluster],
     p = _proxy(replicated, tmp_path_factory.mktemp("replicas"), "transaction", user_keys={
         "ivan": {"max_replica_lag": LONG}, "iris": {"max_replica_lag": LONG},
         "rhea": {"route": "replica", "replica_fallback": "refuse", "max_replica_lag": LONG},
+        "abe": {"profile": "agent"},
     })
     yield p
     p.stop()
@@ -160,6 +161,17 @@ def test_a_lagging_replica_is_taken_out_and_put_back(
             standby.execute("SELECT pg_wal_replay_resume()")
         on_replica(conn, standby)
         assert metric(metrics(proxy), "pgtenant_replica_health", backend="main", replica="r1", state="healthy") == 1.0
+
+
+def test_an_agent_reads_on_the_replica_admission_included(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """An agent-profile login (read-only at both ends; each query admitted by the proxy's EXPLAIN on the server it
+    got) under route = "auto": its queries, EXPLAIN and all, run on the replica."""
+    _, standby = replicated
+    with psycopg.connect(proxy.dsn("abe"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        count, port = conn.execute("SELECT count(*), inet_server_port() FROM orders").fetchone()  # type: ignore[misc]
+        assert port == standby.port and count >= 7  # (7 rows, and what the other tests inserted)
 
 
 def test_asyncpg_and_jdbc_read_through_auto(proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
