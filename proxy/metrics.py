@@ -332,6 +332,7 @@ class Metrics:
         self._pool_source: Callable[[], list[PoolGauges]] | None = None
         self._replica_source: Callable[[], list[ReplicaGauges]] | None = None
         r.register(_ReplicaCollector(self))
+        self._replica_routed_children: dict[tuple[str, str, str], Any] = {}
         self._replica_routed = Counter(
             "pgtenant_replica_routed_total",
             "Requests of routed tenants (route = replica or auto) by where they went: a replica's name, primary, or "
@@ -460,7 +461,11 @@ class Metrics:
 
     def replica_routed(self, tenant: str, backend: str, replica: str | None, refused: bool) -> None:
         """A request of a routed session went to `replica` (None: the primary), or nowhere (`refused`)."""
-        self._replica_routed.labels(tenant, backend, "refused" if refused else replica or "primary").inc()
+        labels = (tenant, backend, "refused" if refused else replica or "primary")
+        child = self._replica_routed_children.get(labels)
+        if child is None:
+            child = self._replica_routed_children[labels] = self._replica_routed.labels(*labels)
+        child.inc()
 
     def pool_waited(self, tenant: str, seconds: float) -> None:
         """A client of a tenant label got a server after waiting `seconds`."""

@@ -132,11 +132,14 @@ class ReplicaSet:
         """The replicas that may serve a read: up, lagging at most `max_lag`, and (after the session's write at
         `wrote_at`) holding every commit up to `max_staleness` seconds before that write."""
         out = []
+        silent = now - SILENCE_POLLS * self.poll_interval - self.probe_timeout  # (health() inlined: once a request)
         for name, r in self.replicas.items():
-            lag = r.lag(now)
-            if lag is None or lag > max_lag or self.health(name, now) is Health.DOWN:
+            fresh = r.fresh_as_of
+            if r.failure is not None or fresh is None or r.probed_at is None or r.probed_at < silent:
                 continue
-            if wrote_at is not None and not r.holds(wrote_at - max_staleness):
+            if not r.caught_up and now - fresh > max_lag:
+                continue
+            if wrote_at is not None and fresh < wrote_at - max_staleness:
                 continue
             out.append(name)
         return out
@@ -159,15 +162,18 @@ class Routed:
     """A session's routing (kept by the session when its route is not "primary" and its backend has replicas):
     each request's Route, and when it last released a primary server after a request not known to only read."""
 
-    __slots__ = ("read_only", "routing", "wrote_at")
+    __slots__ = ("_routes", "read_only", "routing", "wrote_at")
 
     def __init__(self, routing: RoutingConfig) -> None:
         self.routing = routing
         self.read_only = False  # the last request routed
         self.wrote_at: float | None = None
+        self._routes = (Route(routing, False), Route(routing, True))  # (until a write: then made per request)
 
     def route(self, read_only: bool) -> Route:
         self.read_only = read_only
+        if self.wrote_at is None:
+            return self._routes[read_only]
         return Route(self.routing, read_only, self.wrote_at)
 
     def login(self) -> Route:
@@ -230,6 +236,8 @@ class Router:
         s = self.sets.get(backend)
         routing = route.routing
         names = s.candidates(now, routing.max_replica_lag, route.wrote_at, routing.max_staleness) if s else []
+        if len(names) == 1:
+            return Choice(names[0])
         if names:
             self._turn += 1
             return Choice(names[self._turn % len(names)])
