@@ -205,12 +205,16 @@ class Choice:
     refusal: PgError | None = None
 
 
+_PRIMARY = Choice()
+
+
 class Router:
     """Every backend's replica set; chooses a server for each routed request (round robin over the candidates)."""
 
     def __init__(self, config: Config) -> None:
         self.sets: dict[str, ReplicaSet] = {}
         self._turn = 0
+        self._choices: dict[str, Choice] = {}  # one (immutable) Choice per replica name
         self.reconfigure(config)
 
     def reconfigure(self, config: Config) -> None:
@@ -232,18 +236,19 @@ class Router:
 
     def choose(self, backend: str, route: Route | None, now: float, tenant: str) -> Choice:
         if route is None or route.routing.route == "primary" or (route.routing.route == "auto" and not route.read_only):
-            return Choice()
+            return _PRIMARY
         s = self.sets.get(backend)
         routing = route.routing
         names = s.candidates(now, routing.max_replica_lag, route.wrote_at, routing.max_staleness) if s else []
-        if len(names) == 1:
-            return Choice(names[0])
         if names:
-            self._turn += 1
-            return Choice(names[self._turn % len(names)])
+            if len(names) > 1:
+                self._turn += 1
+            name = names[self._turn % len(names)]
+            choice = self._choices.get(name)
+            return choice if choice is not None else self._choices.setdefault(name, Choice(name))
         if routing.route == "replica" and routing.replica_fallback == "refuse":
             return Choice(refusal=errors.no_healthy_replica(tenant=tenant, seconds=routing.max_replica_lag))
-        return Choice()
+        return _PRIMARY
 
     def rows(self, now: float) -> Iterator[tuple[str, str, Health, float | None, str | None]]:
         """(backend, replica, health, lag seconds, why it is down) per replica."""
@@ -276,10 +281,13 @@ def read_only_request(data: bytes, statement: Callable[[str], str | None]) -> bo
     waits for answers: asyncpg's Parse/Describe/Flush) only read: every SQL text read-only by `read_only_sql`, a
     Bind's statement named in `data` or known to `statement(name)`; any other message (a FunctionCall, COPY data, a
     batch the client goes on writing) is not."""
-    pos, n, parsed, last = 0, len(data), {}, 0
+    n = len(data)
+    if n > 6 and data[0] == 0x51 and _LENGTH(data, 1)[0] == n - 1 and data[-1] == 0:  # one Query: the usual case
+        return read_only_sql(data[5:-1].decode("utf-8", "replace"))
+    pos, parsed, last = 0, {}, 0
     while n - pos >= 5:
         type_ = data[pos]
-        (length,) = struct.unpack_from("!I", data, pos + 1)
+        (length,) = _LENGTH(data, pos + 1)
         body, pos = data[pos + 5:pos + 1 + length], pos + 1 + length
         if pos > n:
             return False
@@ -293,7 +301,7 @@ def read_only_request(data: bytes, statement: Callable[[str], str | None]) -> bo
             if not parsed[name]:
                 return False
         elif type_ == 0x42:  # Bind
-            name = _cstring(body, _cstring(body, 0)[1])[0]
+            name = _cstring(body, body.find(b"\x00") + 1)[0]
             ok = parsed.get(name)
             if ok is None:
                 text = statement(name)
@@ -303,6 +311,9 @@ def read_only_request(data: bytes, statement: Callable[[str], str | None]) -> bo
         elif type_ not in (0x45, 0x44, 0x53, 0x48, 0x43):  # Execute, Describe, Sync, Flush, Close
             return False
     return pos == n and last in (0x51, 0x53, 0x48)
+
+
+_LENGTH = struct.Struct("!I").unpack_from
 
 
 def _cstring(body: bytes, at: int) -> tuple[str, int]:

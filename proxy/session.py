@@ -1323,7 +1323,7 @@ class ClientSession:
         if self.agent is not None:
             return AcquireServer(self.request, self.routing.route(True))
         st = self.statements
-        data = b"".join([*self._waiting, self._unread])
+        data = b"".join([*self._waiting, self._unread]) if self._waiting else self._unread
         read_only = replicas.read_only_request(data, lambda name: s.sql if st is not None and (
             s := st.named.get(name) if name else st.unnamed) is not None else None)
         return AcquireServer(self.request, self.routing.route(read_only))
