@@ -247,3 +247,27 @@ def test_session_pooling_routes_at_connect(replicated: tuple[PgCluster, StandbyC
             conn.execute(f"INSERT INTO orders VALUES ({next(_ids)}, 1)")
     finally:
         p.stop()
+
+
+def test_an_etl_fed_replica_is_as_stale_as_its_query_says(replicated: tuple[PgCluster, StandbyCluster],
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A reporting database fed by ETL: its staleness comes from the configured query (here constants), not from
+    WAL positions; past max_replica_lag it is lagging and reads stay on the primary."""
+    primary, standby = replicated
+    for staleness, state, port in (("0.25", "healthy", standby.port), ("600", "lagging", primary.port)):
+        p = ProxyProcess(
+            primary, tmp_path_factory.mktemp("replicas-etl"), pool={"pool_mode": "transaction"},
+            replicas=[{"name": "etl", "host": standby.host, "port": standby.port,
+                       "staleness_query": f"SELECT {staleness}::float8"}],
+            routing={"route": "auto", "poll_interval": 0.1, "max_replica_lag": 5.0},
+        )
+        p.start()
+        try:
+            until(lambda p=p, state=state: metric(metrics(p), "pgtenant_replica_health", backend="main",
+                                                  replica="etl", state=state) == 1.0, 20, 0.05, f"etl {state}")
+            lag = metric(metrics(p), "pgtenant_replica_lag_seconds", backend="main", replica="etl")
+            assert lag is not None and lag >= float(staleness)
+            with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+                assert port_of(conn) == port
+        finally:
+            p.stop()
