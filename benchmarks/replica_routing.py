@@ -43,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     pc.pgbench_arguments(p)
     p.add_argument("--quick", action="store_true", help="smoke mode: 3 s x 1 run")
+    p.add_argument("--no-direct", dest="direct", action="store_false",
+                   help="skip pgbench straight against the primary and the replica (the servers' own ratio)")
     p.add_argument("--quiet-wait", type=float, default=90, help="max s to wait for an idle host before each run")
     p.add_argument("--json", type=Path, help="write all results here")
     a = p.parse_args()
@@ -76,6 +78,10 @@ def main() -> int:
         standby.wait_streaming()
         standby.wait_replayed()
         targets = {route: proxy(stack, primary, standby, route) for route in ("primary", "auto")}
+        role, role_pw = pc.backend_role()
+        if args.direct:  # the servers themselves: is the replica as fast as the primary at this?
+            targets["direct-primary"] = pc.Target("direct-primary", primary.port, role, role_pw)
+            targets["direct-replica"] = pc.Target("direct-replica", standby.port, role, role_pw)
         pg_pid = primary.pid
         assert pg_pid is not None
         for mode in args.modes:
@@ -87,11 +93,16 @@ def main() -> int:
                         f"lat={r['latency_ms']:.3f}ms proxy_cpu_s={r['cpu_s']['proxy']}")
                     runs[route].append(r)
             ratios = [a["tps"] / p["tps"] for a, p in zip(runs["auto"], runs["primary"], strict=True)]
+            if args.direct:
+                direct = [r["tps"] / p["tps"] for r, p in zip(runs["direct-replica"], runs["direct-primary"],
+                                                                strict=True)]
+                results.setdefault("direct_ratio", {})[mode] = [
+                    round(min(direct), 3), round(statistics.median(direct), 3), round(max(direct), 3)]
             results["bench"][mode] = {
                 "tps": {route: [r["tps"] for r in rs] for route, rs in runs.items()},
                 "proxy_cpu_us_per_txn": {route: round(sum(r["cpu_s"]["proxy"] for r in rs)
                                                       / sum(r["transactions"] for r in rs) * 1e6, 2)
-                                         for route, rs in runs.items()},
+                                         for route, rs in runs.items() if not route.startswith("direct")},
                 "ratio_median": round(statistics.median(ratios), 3),
                 "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
             }
@@ -104,6 +115,8 @@ def main() -> int:
               f"{b['ratio_median']} ({b['ratio_range'][0]}-{b['ratio_range'][1]}) | "
               f"{b['proxy_cpu_us_per_txn']['primary']}, {b['proxy_cpu_us_per_txn']['auto']} |")
     print(f"statements the replica ran (pg_stat_database xact_commit on it): {results['replica_served']}")
+    for mode, (low, mid, high) in results.get("direct_ratio", {}).items():
+        print(f"direct, no proxy: replica/primary tps in {mode} mode: {mid} ({low}-{high})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         say(f"wrote {args.json}")
