@@ -58,6 +58,7 @@ class Pool:
         self.clock = time.monotonic
         self.router = Router(proxy.config)  # read replicas: their health (fed by io/replicas.py), the routing choice
         self._replica_requests: dict[tuple[int, str], tuple[ServerRequest, ServerRequest]] = {}
+        self._fallback: dict[int, ServerRequest] = {}  # id(client) -> its primary request, while it waits on a replica
         self.poller = ReplicaPoller(self)
 
     # --- the sessions' API -------------------------------------------------------------------
@@ -71,6 +72,8 @@ class Pool:
                 client.server_refused(choice.refusal, CloseReason.BACKEND)
                 return
             if choice.replica is not None:
+                if route.routing.route == "auto" or route.routing.replica_fallback == "primary":
+                    self._fallback[id(client)] = request  # (a replica whose server cannot be opened: the primary)
                 request = self._replica_request(request, choice.replica)
         self._clients[id(client)] = client
         self._run(self.manager.request(id(client), request, self.clock()))
@@ -90,6 +93,7 @@ class Pool:
         return cached[1]
 
     def withdraw(self, client: ClientConnection) -> None:
+        self._fallback.pop(id(client), None)
         if self.manager.is_waiting(id(client)):
             self._clients.pop(id(client), None)
             self._run(self.manager.withdraw(id(client), self.clock()))
@@ -242,6 +246,11 @@ class Pool:
             elif isinstance(action, Connect):
                 self._connect(action)
             elif isinstance(action, Refuse):
+                primary = self._fallback.pop(action.client, None)  # type: ignore[call-overload]
+                if primary is not None and action.reason is CloseReason.BACKEND and action.client in self._clients:
+                    log.info("replica_fallback", tenant=primary.tenant, reason=action.error.message)
+                    self._run(self.manager.request(action.client, primary, self.clock()))  # the replica is out now
+                    continue
                 client = self._clients.pop(action.client, None)  # type: ignore[call-overload]
                 if client is not None:
                     if action.waited and client.tenant is not None:  # a wait that timed out counts as one too
@@ -260,6 +269,7 @@ class Pool:
                 raise AssertionError(f"unexpected pool action {action!r}")
 
     def _grant(self, grant: Grant) -> None:
+        self._fallback.pop(grant.client, None)  # type: ignore[call-overload]
         client = self._clients.get(grant.client)  # type: ignore[call-overload]
         link = self.links[grant.server]
         assert client is not None

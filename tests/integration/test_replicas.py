@@ -24,16 +24,22 @@ LONG = 300.0  # max_replica_lag of the users whose replica must not be taken out
 _ids = itertools.count(10_000)
 
 
-def _proxy(replicated: tuple[PgCluster, StandbyCluster], workdir: Any, mode: str, **keys: Any) -> ProxyProcess:
+def _proxy(replicated: tuple[PgCluster, StandbyCluster], workdir: Any, mode: str, replayed: bool = False,
+           **keys: Any) -> ProxyProcess:
+    """A pgtenant in front of the primary with the standby as replica r1; `replayed`: the standby has replayed the
+    provisioning before the proxy starts (and probes it)."""
     primary, standby = replicated
     p = ProxyProcess(
         primary, workdir, pool={"pool_mode": mode},
         replicas=[{"name": "r1", "host": standby.host, "port": standby.port}],
-        routing={"route": "auto", "poll_interval": 0.1, "max_replica_lag": 1.0},
         extra_users={"iris": ("initech", "iris-pw"), "rhea": ("initech", "rhea-pw"), "abe": ("initech", "abe-pw")},
-        admin_users={"ops": "ops-pw"}, **keys,
+        admin_users={"ops": "ops-pw"}, **{"routing": {"route": "auto", "poll_interval": 0.1, "max_replica_lag": 1.0},
+                                          **keys},
     )
-    p.start()
+    if replayed:
+        p.provision()
+        standby.wait_replayed()
+    p.start(provision=not replayed)
     return p
 
 
@@ -96,11 +102,7 @@ def test_reads_go_to_the_replica_writes_and_read_write_transactions_to_the_prima
         conn.execute("SET application_name = 'on-both'")  # a session setting follows the session to either server
         assert conn.execute("SELECT current_setting('application_name'), inet_server_port()").fetchone() == (
             "on-both", standby.port)
-    admin_dsn = f"host=127.0.0.1 port={proxy.port} user=ops password=ops-pw dbname=pgtenant sslmode=disable"
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        cur = admin.execute("SHOW SERVERS")
-        columns = [d.name for d in cur.description]  # type: ignore[union-attr]
-        rows = [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+    rows = admin_rows(proxy, "SHOW SERVERS")
     roles = {(r["backend"], r["server_role"]) for r in rows if r["pool"] == "initech"}
     assert roles == {("main", "primary"), ("main/r1", "replica")}
     assert all(r["lag_s"] is not None for r in rows if r["server_role"] == "replica")
@@ -222,6 +224,38 @@ def test_a_killed_replica_falls_back_to_the_primary_or_is_refused(
         standby.wait_streaming()
         on_replica(conn, standby)
         assert port_of(strict) == standby.port
+
+
+def test_a_replica_dying_between_probes_sends_the_request_to_the_primary(
+        replicated: tuple[PgCluster, StandbyCluster], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Probed once (the next probe an hour away), the replica is killed: the next read's new server connection to
+    it fails, and the request goes to the primary instead of failing (the replica is out from then on)."""
+    primary, standby = replicated
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas-dying"), "transaction", replayed=True,
+               routing={"route": "auto", "poll_interval": 3600.0, "max_replica_lag": 3600.0})
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+            on_replica(conn, standby)
+            standby.pause()
+            try:
+                until(lambda: not [s for s in admin_rows(p, "SHOW SERVERS") if s["server_role"] == "replica"], 20,
+                      0.05, "the replica's servers gone from the pool")
+                assert port_of(conn) == primary.port  # no error: the primary served it
+                assert port_of(conn) == primary.port
+            finally:
+                standby.resume()
+        assert [e for e in p.log_events() if e.get("event") == "replica_fallback"]
+    finally:
+        p.stop()
+    standby.wait_streaming()
+
+
+def admin_rows(p: ProxyProcess, command: str) -> list[dict[str, Any]]:
+    dsn = f"host=127.0.0.1 port={p.port} user=ops password=ops-pw dbname=pgtenant sslmode=disable"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        cur = admin.execute(command)
+        columns = [d.name for d in cur.description]  # type: ignore[union-attr]
+        return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
 
 
 def test_session_pooling_routes_at_connect(replicated: tuple[PgCluster, StandbyCluster],
