@@ -605,8 +605,8 @@ def versions(pgbouncer: str | None, cluster: PgCluster) -> dict[str, str]:
 # --------------------------------------------------------------------------- main
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def pgbench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a pgbench comparison (this script's and benchmarks/replica_routing.py's)."""
     p.add_argument("--pg-bin", help="PostgreSQL bin dir (default: as the test suite finds it)")
     p.add_argument("--scale", type=int, default=10)
     p.add_argument("--duration", type=int, default=15, help="seconds per pgbench run")
@@ -614,6 +614,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--modes", default="simple,extended,prepared")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    pgbench_arguments(p)
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--quick", action="store_true", help="smoke mode: 3 s x 1 run, 200 idle clients, 30 MB stream")
     p.add_argument("--idle-clients", type=int, default=1000)

@@ -9,6 +9,7 @@ from proxy.config import AgentConfig, BackendConfig
 from proxy.errors import PgError
 from proxy.pooling import ServerRequest
 from proxy.reasons import CloseReason
+from proxy.replicas import Route
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,7 @@ class ConnectBackend:
     end_user: str | None = None
     agent: AgentConfig | None = None  # the agent profile's limits: the session decides under its agent policy
     statement_timeout_ms: int = 0  # the user's statement_timeout limit: its policy never sends a larger SET
+    route: Route | None = None  # where its first server comes from (a routed session: AcquireServer.route)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class AcquireServer:
     Meanwhile the client's socket is not read (what it sent is held by the session)."""
 
     request: ServerRequest
+    route: Route | None = None  # a routed session's request (proxy/replicas.py): the pool may send it to a replica
 
 
 @dataclass(frozen=True, slots=True)

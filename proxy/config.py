@@ -18,6 +18,8 @@ from proxy.policy.resources import CAPPED, OPERATOR_ONLY, memory_kb, valid_cap
 
 SslMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
 PoolMode = Literal["session", "transaction"]
+Route = Literal["primary", "replica", "auto"]
+ReplicaFallback = Literal["primary", "refuse"]
 
 # Startup parameters (and `options -c` settings) a client may pass; each is forwarded to the backend.
 DEFAULT_ALLOWED_PARAMETERS: frozenset[str] = frozenset(
@@ -126,6 +128,38 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    """[[backends.X.replicas]]: a read replica of a backend (a streaming standby, or a reporting database fed by
+    ETL with a `staleness_query`); the connection settings left out are the primary's."""
+
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 5432
+    sslmode: SslMode | None = None
+    sslrootcert: Path | None = None
+    connect_timeout: float | None = None
+    # one row, one column: how stale it is in seconds (instead of WAL replay positions), e.g.
+    # SELECT extract(epoch FROM now() - max(refreshed_at)) FROM etl.refreshes
+    staleness_query: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """[routing]: where a tenant's statements run (docs/reporting.md "Read replicas"); [tenants.X] and [users.X]
+    may override the first four keys (a user's over its tenant's)."""
+
+    route: Route = "primary"  # primary | replica (every statement) | auto (provably read-only ones)
+    max_replica_lag: float = 5.0  # seconds a replica may lag behind the primary and still serve
+    max_staleness: float = 0.0  # seconds a session's reads may miss its own last write (0: read-your-writes)
+    replica_fallback: ReplicaFallback = "primary"  # route = "replica" with no healthy replica: primary or refuse
+    poll_interval: float = 1.0  # seconds between two probes of each replica (and of its primary's WAL position)
+    probe_timeout: float = 5.0  # seconds a probe may take; longer counts as a failure (the replica is down)
+
+
+ROUTE_KEYS = ("route", "max_replica_lag", "max_staleness", "replica_fallback")
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
     host: str = "127.0.0.1"
@@ -136,6 +170,7 @@ class BackendConfig:
     sslrootcert: Path | None = None
     connect_timeout: float = 5.0
     max_db_connections: int | None = None  # servers per database of this backend, over all pools ([pool] default)
+    replicas: tuple[ReplicaConfig, ...] = ()
 
     def describe(self) -> str:
         return f"{self.name} ({self.host}:{self.port})"
@@ -199,6 +234,11 @@ class TenantConfig:
     max_result_rows: int | None = None  # rows of one result; more end it with 54000
     max_result_bytes: int | None = None  # DataRow/CopyData bytes of one result; more end it with 54000
     agent: AgentOverrides = AgentOverrides()  # [tenants.X.agent]: its agent users' limits over [agent]
+    # read replicas (None: the [routing] value; a user's own value overrides)
+    route: Route | None = None
+    max_replica_lag: float | None = None
+    max_staleness: float | None = None
+    replica_fallback: ReplicaFallback | None = None
 
     @property
     def client_database_names(self) -> frozenset[str]:
@@ -254,6 +294,10 @@ class UserConfig:
     max_result_bytes: int | None = None
     profile: Profile = "default"
     agent: AgentOverrides = AgentOverrides()
+    route: Route | None = None
+    max_replica_lag: float | None = None
+    max_staleness: float | None = None
+    replica_fallback: ReplicaFallback | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +388,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     registry: RegistryConfig = RegistryConfig()
     registry_version: int | None = None  # the registry change number the tenants and users were read at
+    routing: RoutingConfig = RoutingConfig()
     role_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_mock_secret: bytes = field(default=b"", repr=False)
     auth_mock_secret_random: bool = False  # True: not configured, a random one per load (see proxy.mocksecret)
@@ -395,6 +440,24 @@ class Config:
             if given:
                 out = replace(out, **given)
         return out
+
+    def routing_for(self, user: str) -> RoutingConfig:
+        """Where `user`'s statements run: [users.X] over [tenants.X] over [routing]."""
+        u = self.users[user]
+        out = self.routing
+        for over in (self.tenants[u.tenant], u):
+            given = {key: getattr(over, key) for key in ROUTE_KEYS if getattr(over, key) is not None}
+            if given:
+                out = replace(out, **given)
+        return out
+
+    def replica_backend(self, backend: BackendConfig, replica: ReplicaConfig) -> BackendConfig:
+        """`backend`'s connection settings (a tenant's role, or the proxy's own) toward its replica `replica`."""
+        return replace(
+            backend, name=f"{backend.name}/{replica.name}", host=replica.host, port=replica.port,
+            sslmode=replica.sslmode or backend.sslmode, sslrootcert=replica.sslrootcert or backend.sslrootcert,
+            connect_timeout=replica.connect_timeout or backend.connect_timeout, replicas=(),
+        )
 
     def db_budget(self, backend: str) -> int:
         """Servers this process may open per database of a backend over all its pools (0: no budget): the
@@ -610,6 +673,36 @@ def _registry_config(given: dict[str, Any]) -> RegistryConfig:
     return registry
 
 
+def _replicas(raw: Mapping[str, Any], where: str, base: Path) -> tuple[ReplicaConfig, ...]:
+    """A backend's `replicas` array of tables ([[backends.X.replicas]]): each named (default replica1, 2, ...)."""
+    items = _get(raw, "replicas", list, where, [])
+    out: list[ReplicaConfig] = []
+    for i, item in enumerate(items):
+        w = f"{where}replicas[{i}]."
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where}replicas[{i}]: expected a table")
+        given = _read(ReplicaConfig, item, w, base)
+        r = ReplicaConfig(**{"name": f"replica{i + 1}", **given})
+        if not r.name or "/" in r.name or any(o.name == r.name for o in out):
+            raise ConfigError(f"{w}name: must be unique, non-empty and without '/', got {r.name!r}")
+        if not 0 < r.port <= 65535:
+            raise ConfigError(f"{w}port: must be 1..65535, got {r.port}")
+        if r.connect_timeout is not None:
+            _positive(r.connect_timeout, f"{w}connect_timeout")
+        if r.staleness_query is not None and not r.staleness_query.strip():
+            raise ConfigError(f"{w}staleness_query: must not be empty")
+        out.append(r)
+    return tuple(out)
+
+
+def _check_route(values: object, where: str) -> None:
+    """A tenant's or user's (or [routing]'s) replica settings in range."""
+    for key in ("max_replica_lag", "max_staleness"):
+        value = getattr(values, key, None)
+        if value is not None and value < 0:
+            raise ConfigError(f"{where}{key}: must be 0 or more seconds, got {value}")
+
+
 def _resolve_secret(value: str, where: str) -> str:
     """Secrets may be literal or `env:NAME`."""
     if value.startswith("env:"):
@@ -653,7 +746,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         {
             "listen", "limits", "tls", "startup", "backends", "tenants", "users", "secrets_file", "logging",
             "preflight", "metrics", "audit", "admin", "pool", "agent", "server",
-            "registry",
+            "registry", "routing",
         },
         "",
     )
@@ -726,7 +819,8 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         w = f"backends.{name}."
         if not isinstance(br, Mapping):
             raise ConfigError(f"backends.{name}: expected a table")
-        given = _read(BackendConfig, br, w, base, exclude=("name", "password"))
+        given = _read(BackendConfig, br, w, base, exclude=("name", "password", "replicas"), nested=("replicas",))
+        given["replicas"] = _replicas(br, w, base)
         password = backend_secrets.get(name)
         if password is not None and not isinstance(password, str):
             raise ConfigError(f"secrets.backends.{name}: expected a string")
@@ -793,6 +887,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
                 raise ConfigError(f"{w}tables: {tbl!r} must be schema.table")
         _check_pool_sizes(t, w)
         _check_limits(t, w)
+        _check_route(t, w)
         tenants[name] = t
 
     user_secrets = _table(secrets, "users", "secrets.")
@@ -819,6 +914,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         users[name] = UserConfig(name=name, tenant=tenant, verifier=verifier, agent=_agent_overrides(ur, w, base),
                                  **given)
         _check_limits(users[name], w)
+        _check_route(users[name], w)
         if "agent" in ur and users[name].profile != "agent":
             raise ConfigError(f"{w}agent: only for a user with profile = \"agent\"")
     admin = AdminConfig(**_read(AdminConfig, _table(raw, "admin", ""), "admin.", base, exclude=("verifiers",)))
@@ -856,6 +952,16 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
     pool = _pool_config(_read(PoolConfig, _table(raw, "pool", ""), "pool.", base))
     agent = AgentConfig(**_read(AgentConfig, _table(raw, "agent", ""), "agent.", base))
     _check_agent(agent, "agent.")
+    routing = RoutingConfig(**_read(RoutingConfig, _table(raw, "routing", ""), "routing.", base))
+    _check_route(routing, "routing.")
+    for key in ("poll_interval", "probe_timeout"):
+        _positive(getattr(routing, key), f"routing.{key}")
+    for where, route, tenant in [*((f"tenants.{t.name}.", t.route or routing.route, t) for t in tenants.values()),
+                                 *((f"users.{u.name}.", u.route or tenants[u.tenant].route or routing.route,
+                                    tenants[u.tenant]) for u in users.values())]:
+        if route == "replica" and not backends[tenant.backend].replicas:
+            raise ConfigError(f"{where}route: \"replica\" needs replicas on backend {tenant.backend!r} "
+                              f"([[backends.{tenant.backend}.replicas]])")
     for t in tenants.values():
         resolved_min = pool.min_pool_size if t.min_pool_size is None else t.min_pool_size
         resolved_size = pool.pool_size if t.pool_size is None else t.pool_size
@@ -902,6 +1008,7 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
         server=server,
         registry=registry,
         registry_version=None if overlay is None else overlay.version,
+        routing=routing,
         role_passwords=role_secrets,
         auth_mock_secret=mock_secret,
         auth_mock_secret_random=not mock,

@@ -132,17 +132,23 @@ class PreflightReport:
         return not self.errors
 
 
-def connect(backend: BackendConfig, database: str, timeout: float | None = None) -> psycopg.Connection:
-    sslmode = "prefer" if backend.sslmode == "prefer" else backend.sslmode
+def connect_kwargs(backend: BackendConfig, database: str, timeout: float | None = None,
+                   application_name: str = "pgtenant-startup") -> dict[str, object]:
+    """libpq connection parameters of the proxy's own connection to `backend` (its credentials)."""
     kwargs: dict[str, object] = {
         "host": backend.host, "port": backend.port, "user": backend.user, "dbname": database,
-        "sslmode": sslmode, "connect_timeout": max(1, int(timeout or backend.connect_timeout)),
-        "application_name": "pgtenant-startup",
+        "sslmode": backend.sslmode, "connect_timeout": max(1, int(timeout or backend.connect_timeout)),
+        "application_name": application_name,
     }
     if backend.password is not None:
         kwargs["password"] = backend.password
     if backend.sslrootcert is not None:
         kwargs["sslrootcert"] = str(backend.sslrootcert)
+    return kwargs
+
+
+def connect(backend: BackendConfig, database: str, timeout: float | None = None) -> psycopg.Connection:
+    kwargs = connect_kwargs(backend, database, timeout)
     try:
         return psycopg.connect(autocommit=True, **kwargs)  # type: ignore[arg-type]
     except psycopg.Error as exc:

@@ -222,6 +222,14 @@ pool_wait_timeout = _register(
     "raise pool_size (pool.pool_size or tenants.{tenant}.pool_size), reserve_pool, max_db_connections or "
     "pool.query_wait_timeout in the pgtenant configuration.",
 )
+# route = "replica" with replica_fallback = "refuse" and no replica fit to serve: nothing ran, a retry is safe; 57P03
+# (cannot connect now) as PostgreSQL answers while a server is not ready for connections.
+no_healthy_replica = _register(
+    "no_healthy_replica", CANNOT_CONNECT_NOW, "ERROR",
+    'pgtenant: no healthy replica for tenant "{tenant}" (route = "replica", replica_fallback = "refuse")',
+    hint="Every replica of its backend is down or lags more than max_replica_lag ({seconds} s); retry later, or "
+    "set replica_fallback = \"primary\" in the pgtenant configuration.",
+)
 # A CancelRequest for a session whose requests wait for a server: they never ran, and are answered as PostgreSQL
 # answers a cancelled statement.
 query_canceled = _register("query_canceled", QUERY_CANCELED, "ERROR", "canceling statement due to user request")

@@ -113,6 +113,32 @@ class _PoolCollector(Collector):
         yield waiting
 
 
+class _ReplicaCollector(Collector):
+    """`pgtenant_replica_lag_seconds{backend,replica}` and `pgtenant_replica_health{backend,replica,state}` (1 for its
+    state: healthy, lagging, down) from the replicas' last probes at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily("pgtenant_replica_lag_seconds",
+                                "How far a read replica is behind its primary (NaN before its first probe).",
+                                labels=["backend", "replica"])
+        health = GaugeMetricFamily("pgtenant_replica_health", "A read replica's health: 1 for its current state.",
+                                   labels=["backend", "replica", "state"])
+        source = self.metrics._replica_source
+        for backend, replica, state, seconds in (source() if source is not None else []):
+            lag.add_metric([backend, replica], float("nan") if seconds is None else seconds)
+            for s in REPLICA_STATES:
+                health.add_metric([backend, replica, s], 1.0 if s == state else 0.0)
+        yield lag
+        yield health
+
+
+REPLICA_STATES = ("healthy", "lagging", "down")
+ReplicaGauges = tuple[str, str, str, float | None]  # backend, replica, state, lag seconds
+
+
 class LatencySeries:
     """One (kind, outcome) latency histogram: a count per bucket (+Inf last) and the sum of the seconds."""
 
@@ -307,6 +333,15 @@ class Metrics:
             "pgtenant_client_connections", "Client connections.", ["tenant", "state"], registry=r
         )
         self._pool_source: Callable[[], list[PoolGauges]] | None = None
+        self._replica_source: Callable[[], list[ReplicaGauges]] | None = None
+        r.register(_ReplicaCollector(self))
+        self._replica_routed_children: dict[tuple[str, str, str], Any] = {}
+        self._replica_routed = Counter(
+            "pgtenant_replica_routed_total",
+            "Requests of routed tenants (route = replica or auto) by where they went: a replica's name, primary, or "
+            "refused (no healthy replica, replica_fallback = refuse).",
+            ["tenant", "backend", "server"], registry=r,
+        )
         r.register(_PoolCollector(self))
         self._pool_wait = Histogram(
             "pgtenant_pool_wait_seconds", "Time a client waited for a server connection.", ["tenant"],
@@ -422,6 +457,18 @@ class Metrics:
     def watch_pools(self, source: Callable[[], list[PoolGauges]]) -> None:
         """Report the pools' gauges (per pool: tenant, clients waiting, servers by state) at every scrape."""
         self._pool_source = source
+
+    def watch_replicas(self, source: Callable[[], list[ReplicaGauges]]) -> None:
+        """Report the read replicas' lag and health at every scrape."""
+        self._replica_source = source
+
+    def replica_routed(self, tenant: str, backend: str, replica: str | None, refused: bool) -> None:
+        """A request of a routed session went to `replica` (None: the primary), or nowhere (`refused`)."""
+        labels = (tenant, backend, "refused" if refused else replica or "primary")
+        child = self._replica_routed_children.get(labels)
+        if child is None:
+            child = self._replica_routed_children[labels] = self._replica_routed.labels(*labels)
+        child.inc()
 
     def pool_waited(self, tenant: str, seconds: float) -> None:
         """A client of a tenant label got a server after waiting `seconds`."""

@@ -40,6 +40,8 @@ class ServerRow:
     client_id: str | None
     age_s: float
     tenant: str = ""  # the tenant whose pool it is in
+    replica: str | None = None  # a read replica's server: the replica's name (None: the primary)
+    lag_s: float | None = None  # that replica's lag behind its primary (its last probe), seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +182,10 @@ class Ops:
 
     def servers(self) -> tuple[Sequence[str], Rows]:
         rows: Rows = [(s.tenant, s.backend, s.role, s.database, s.backend_pid, s.client_id, "tls" if s.tls else "plain",
-                       s.state, round(s.age_s, 1)) for s in self.proxy.snapshot().servers]
-        return ("pool", "backend", "role", "database", "backend_pid", "client_id", "transport", "state", "age_s"), rows
+                       s.state, round(s.age_s, 1), "replica" if s.replica else "primary",
+                       None if s.lag_s is None else round(s.lag_s, 3)) for s in self.proxy.snapshot().servers]
+        return ("pool", "backend", "role", "database", "backend_pid", "client_id", "transport", "state", "age_s",
+                "server_role", "lag_s"), rows
 
     def pools(self) -> tuple[Sequence[str], Rows]:
         rows: Rows = [(p.tenant, p.backend, p.database, p.role, p.mode, p.cl_active, p.cl_waiting, p.sv_active,

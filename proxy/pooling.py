@@ -45,6 +45,12 @@ class ServerRequest:
     weight: float
     backend: BackendConfig
     parameters: dict[str, str]  # the key's context as a dict: what a new server is started with
+    replica: str | None = None  # a request routed to this replica of the backend (proxy/replicas.py)
+
+
+def replica_key(key: PoolKey, replica: str) -> PoolKey:
+    """The pool key of `key`'s servers on `replica` of its backend (a pool of its own, a budget of its own)."""
+    return PoolKey(f"{key.backend}/{replica}", key.database, key.role, key.context)
 
 
 def server_context(tenant: TenantConfig, config: Config) -> dict[str, str]:
@@ -507,12 +513,15 @@ class PoolManager:
         servers close now, the others at release; its clients' next request names the new key)."""
         self.config = config
         out: list[PoolAction] = []
-        for pool in self.pools.values():
+        for pool in list(self.pools.values()):  # (a retired pool with no server left is removed)
             if pool.tenant not in config.tenants:
                 self._retire(pool, out)
                 continue
             current = server_request(config, pool.tenant)
-            if current.key != pool.key:
+            replica = pool.request.replica
+            replicas = {r.name for r in config.backends[current.backend.name].replicas}
+            expected = current.key if replica is None else replica_key(current.key, replica)
+            if expected != pool.key or (replica is not None and replica not in replicas):
                 self._retire(pool, out)
                 continue
             settings = config.tenant_pool(pool.tenant)

@@ -92,6 +92,7 @@ class ServerConnection:
         # The mark of the session whose writes may have left sequence state on it (a column default's nextval():
         # what currval()/lastval() read; proxy/sequences.py), None when there is none
         self.sequences: object = None
+        self.replica: str | None = None  # a replica's server: its name (the pool sets it; None: the primary)
         self._expect: Transcript = []  # the answer the proxy's own query must get
         self._answer: Transcript = []
         self._error: errors.PgError | None = None

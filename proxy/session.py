@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy import admission, agent, errors
+from proxy import admission, agent, errors, replicas
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
@@ -253,7 +253,7 @@ class ClientSession:
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
-        "revoked", "secret_key", "server", "state", "statements", "tenant", "tracker", "user_config",
+        "revoked", "routing", "secret_key", "server", "state", "statements", "tenant", "tracker", "user_config",
     )
 
     def __init__(
@@ -325,6 +325,7 @@ class ClientSession:
         # what it sent while it held none, the settings replay, the pins.
         self.server: ServerConnection | None = None
         self.request: ServerRequest | None = None  # built at login
+        self.routing: replicas.Routed | None = None  # read replicas: where each request may go (login)
         self._meter: ResultMeter | None = None  # the result being relayed, if results are limited (read just below)
         self.pooled = False  # transaction pooling: the server goes back to the pool between transactions
         self.frontend.handlers = self._frontend_tracked()  # (once `pooled` is set: it reads it)
@@ -980,6 +981,8 @@ class ClientSession:
             self.statements.detach()
         self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
         self._sequences.released(server)
+        if self.routing is not None:
+            self.routing.released(server.replica, self.clock())
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason, busy=busy)]
@@ -1108,6 +1111,7 @@ class ClientSession:
             self.request = agent.server_request(self.request, self.agent)
         timeout_ms = self._limited_timeout()
         self.pooled = self.request.mode == "transaction"
+        self.routing = replicas.routed(self.config, user)
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
             self.frontend.handlers = self._frontend_tracked()
         if self._meter is not None:
@@ -1115,6 +1119,7 @@ class ClientSession:
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
             (self.process_id, self.secret_key), self.end_user, self.agent, timeout_ms,
+            self.routing.login() if self.routing is not None else None,
         ))
         return actions
 
@@ -1218,9 +1223,8 @@ class ClientSession:
         self._unread += data
         if self.state is not State.IDLE:
             return []
-        assert self.request is not None
         self._transition(Event.REQUEST)
-        return [AcquireServer(self.request)]
+        return [self._acquire()]
 
     def _detached(self, actions: list[Action]) -> list[Action]:
         """`actions` of a read while the session holds no server: what is for the server waits for it (bounded: the
@@ -1232,10 +1236,23 @@ class ClientSession:
             else:
                 out.append(action)
         if self._waiting and self.state is State.IDLE:
-            assert self.request is not None
             self._transition(Event.REQUEST)
-            out.append(AcquireServer(self.request))
+            out.append(self._acquire())
         return out
+
+    def _acquire(self) -> AcquireServer:
+        """Ask the pool for a server; a routed session says whether what waits for it provably only reads (an
+        agent-profile session's requests always do: the proxy refuses its writes, its servers are read-only)."""
+        assert self.request is not None
+        if self.routing is None:
+            return AcquireServer(self.request)
+        if self.agent is not None:
+            return AcquireServer(self.request, self.routing.route(True))
+        st = self.statements
+        data = b"".join([*self._waiting, self._unread]) if self._waiting else self._unread
+        read_only = replicas.read_only_request(data, lambda name: s.sql if st is not None and (
+            s := st.named.get(name) if name else st.unnamed) is not None else None)
+        return AcquireServer(self.request, self.routing.route(read_only))
 
     def _hold(self, type_: int, body: bytes, sql: str, pending: Pending, token: object = None,
               parse: m.Parse | None = None) -> object:
@@ -1470,7 +1487,7 @@ class ClientSession:
             return []
         if self.state is State.IDLE and self.request is not None:  # transaction pooling: the EXPLAIN needs a server
             self._transition(Event.REQUEST)
-            return [AcquireServer(self.request)]
+            return [self._acquire()]
         if self.server is None or self.state is not _READY or self._replaying or len(self.tracker.pending) > (
                 adm.open_batch):
             return []

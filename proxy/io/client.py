@@ -55,6 +55,7 @@ from proxy.protocol import messages as m
 from proxy.reasons import CloseReason
 from proxy.registry import Tenant
 from proxy.relay import ClientRelay, ServerRelay, write_chunks
+from proxy.replicas import Route
 from proxy.session import ClientSession, SessionRow
 
 if TYPE_CHECKING:
@@ -383,11 +384,11 @@ class ClientConnection(asyncio.Protocol):
                          reason=f"connection closed{f': {exc}' if exc else ''}")
         self.run(self.session.server_closed())
 
-    def _request_server(self, request: ServerRequest) -> None:
+    def _request_server(self, request: ServerRequest, route: Route | None = None) -> None:
         """Ask the pool for a server (answered by server_granted or server_refused, maybe at once)."""
         self._waiting_server = True
         self._update_reading()
-        self.proxy.pool.request(self, request)
+        self.proxy.pool.request(self, request, route)
 
     def _release(self, action: ReleaseServer) -> None:
         """Give the server back to the pool; the client's relay stops reading it."""
@@ -496,7 +497,7 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, ReleaseServer):
                 self._release(action)
             elif isinstance(action, AcquireServer):
-                self._request_server(action.request)
+                self._request_server(action.request, action.route)
             elif isinstance(action, SessionPinned):
                 self._pinned(action.reason)
             elif isinstance(action, AgentAdmission):
@@ -732,7 +733,7 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:  # logged in: from now on the pool's query_wait_timeout bounds the wait
             self._timer.cancel()
             self._timer = None
-        self.run([AcquireServer(connect.request)])
+        self.run([AcquireServer(connect.request, connect.route)])
 
     def _logged_in(self) -> None:
         """Authentication succeeded: the connection leaves the pre-login caps and its log lines are all kept."""

@@ -96,6 +96,10 @@ class Proxy:
             (r.tenant, r.cl_waiting, r.sv_active, r.sv_idle, r.sv_pinned, r.sv_used, r.sv_connecting)
             for r in self.pool.rows()
         ])
+        self.metrics.watch_replicas(lambda: [
+            (backend, replica, str(health), lag)
+            for backend, replica, health, lag, _ in self.pool.router.rows(self.pool.clock())
+        ])
         self.workers = DecisionWorkers(
             limits.decision_workers, limits.decision_timeout,
             on_restart=self.metrics.worker_restarted,
@@ -254,14 +258,16 @@ class Proxy:
             if row is not None:
                 clients.append(ClientRow(row, now - c.started, c.bytes_in, c.bytes_out))
         servers = []
+        lags = {(b, r): lag for b, r, _, lag, _ in self.pool.router.rows(self.pool.clock())}
         for row in self.pool.manager.server_rows(self.pool.clock()):
             link = self.pool.links.get(row.id)
             if link is None:
                 continue
             s = link.server
             owner = link.owner.session_id if link.owner is not None else None
+            lag = lags.get((s.backend.name.rpartition("/")[0], s.replica)) if s.replica else None
             servers.append(ServerRow(s.backend.name, s.backend.user, s.database, s.process_id, s.tls, row.state,
-                                     owner or None, row.age, row.tenant))
+                                     owner or None, row.age, row.tenant, s.replica, lag))
         return Snapshot(self.server is not None and not self.stopping, self.registry.pending(), clients, servers,
                         self.pool.rows())
 

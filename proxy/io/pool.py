@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from proxy import errors
@@ -11,6 +12,7 @@ from proxy.actions import ServerQueryDone, ServerReady
 from proxy.config import Config
 from proxy.errors import PgError
 from proxy.io.backend import ServerLink
+from proxy.io.replicas import ReplicaPoller
 from proxy.logs import get_logger
 from proxy.pooling import (
     Check,
@@ -26,8 +28,10 @@ from proxy.pooling import (
     Reset,
     ServerRequest,
     State,
+    replica_key,
 )
 from proxy.reasons import CloseReason
+from proxy.replicas import Route, Router
 from proxy.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
@@ -53,14 +57,44 @@ class Pool:
         self._clients: dict[int, ClientConnection] = {}  # id(client) -> client, while it waits or holds a server
         self._timer: asyncio.TimerHandle | None = None
         self.clock = time.monotonic
+        self.router = Router(proxy.config)  # read replicas: their health (fed by io/replicas.py), the routing choice
+        self._replica_requests: dict[tuple[int, str], tuple[ServerRequest, ServerRequest]] = {}
+        self._fallback: dict[int, ServerRequest] = {}  # id(client) -> its primary request, while it waits on a replica
+        self.poller = ReplicaPoller(self)
 
     # --- the sessions' API -------------------------------------------------------------------
 
-    def request(self, client: ClientConnection, request: ServerRequest) -> None:
+    def request(self, client: ClientConnection, request: ServerRequest, route: Route | None = None) -> None:
+        if route is not None:  # a routed session (proxy/replicas.py): a replica's pool, the primary's, or a refusal
+            choice = self.router.choose(request.backend.name, route, self.clock(), request.tenant)
+            self.proxy.metrics.replica_routed(self.proxy.metrics.tenant(request.tenant), request.backend.name,
+                                              choice.replica, choice.refusal is not None)
+            if choice.refusal is not None:
+                client.server_refused(choice.refusal, CloseReason.BACKEND)
+                return
+            if choice.replica is not None:
+                if route.routing.route == "auto" or route.routing.replica_fallback == "primary":
+                    self._fallback[id(client)] = request  # (a replica whose server cannot be opened: the primary)
+                request = self._replica_request(request, choice.replica)
         self._clients[id(client)] = client
         self._run(self.manager.request(id(client), request, self.clock()))
 
+    def _replica_request(self, request: ServerRequest, replica: str) -> ServerRequest:
+        """`request` toward `replica` of its backend: a pool of its own (the same role and tenant context)."""
+        cache_key = (id(request), replica)
+        cached = self._replica_requests.get(cache_key)
+        if cached is None or cached[0] is not request:
+            if len(self._replica_requests) > 10_000:  # (requests are per tenant and config: a reload makes new ones)
+                self._replica_requests.clear()
+            config = self.proxy.config
+            spec = next(r for r in config.backends[request.backend.name].replicas if r.name == replica)
+            backend = config.replica_backend(request.backend, spec)
+            cached = self._replica_requests[cache_key] = (request, replace(
+                request, key=replica_key(request.key, replica), backend=backend, replica=replica))
+        return cached[1]
+
     def withdraw(self, client: ClientConnection) -> None:
+        self._fallback.pop(id(client), None)
         if self.manager.is_waiting(id(client)):
             self._clients.pop(id(client), None)
             self._run(self.manager.withdraw(id(client), self.clock()))
@@ -110,6 +144,7 @@ class Pool:
 
     def start(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+        self.poller.start()
 
     def _tick(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
@@ -120,12 +155,15 @@ class Pool:
 
     def reconfigure(self, config: Config) -> None:
         """A reload: sizes follow; a pool whose tenant context changed is retired."""
+        self.router.reconfigure(config)
+        self._replica_requests.clear()
         self._run(self.manager.reconfigure(config))
 
     def shutdown(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        asyncio.get_running_loop().create_task(self.poller.stop())
         self._run(self.manager.shutdown())
 
     def rows(self) -> list[PoolRow]:
@@ -158,6 +196,7 @@ class Pool:
                  else errors.backend_unreachable(backend.name, "see the proxy log"))
         self._forget(link, Closing.CONNECT_FAILED)
         link.terminate()
+        self._replica_failed(link, reason)
         self._run(self.manager.connect_failed(link.server.id, error, CloseReason.BACKEND, self.clock()))
 
     def link_lost(self, link: ServerLink, exc: Exception | None) -> None:
@@ -171,6 +210,13 @@ class Pool:
             self.link_failed(link, f"connection closed during startup{f': {exc}' if exc else ''}")
         else:
             self._lost(link)
+
+    def _replica_failed(self, link: ServerLink, reason: str) -> None:
+        """A server of a replica could not be opened: the replica is out until its next good probe."""
+        server = link.server
+        s = self.router.sets.get(server.backend.name.rpartition("/")[0]) if server.replica else None
+        if s is not None and server.replica in s.replicas:
+            s.replica_failed(server.replica, f"a server connection failed: {reason}")
 
     def _connecting(self, link: ServerLink) -> bool:
         entry = self.manager.servers.get(link.server.id)
@@ -203,6 +249,11 @@ class Pool:
             elif isinstance(action, Connect):
                 self._connect(action)
             elif isinstance(action, Refuse):
+                primary = self._fallback.pop(action.client, None)  # type: ignore[call-overload]
+                if primary is not None and action.reason is CloseReason.BACKEND and action.client in self._clients:
+                    log.info("replica_fallback", tenant=primary.tenant, reason=action.error.message)
+                    self._run(self.manager.request(action.client, primary, self.clock()))  # the replica is out now
+                    continue
                 client = self._clients.pop(action.client, None)  # type: ignore[call-overload]
                 if client is not None:
                     if action.waited and client.tenant is not None:  # a wait that timed out counts as one too
@@ -223,6 +274,7 @@ class Pool:
                 raise AssertionError(f"unexpected pool action {action!r}")
 
     def _grant(self, grant: Grant) -> None:
+        self._fallback.pop(grant.client, None)  # type: ignore[call-overload]
         client = self._clients.get(grant.client)  # type: ignore[call-overload]
         link = self.links[grant.server]
         assert client is not None
@@ -237,6 +289,7 @@ class Pool:
         request = connect.request
         server = ServerConnection(request.backend, request.key.database, dict(request.parameters))
         server.id = connect.server
+        server.replica = request.replica
         server.created = server.last_used = self.clock()
         link = ServerLink(self, server)
         self.links[server.id] = link
@@ -257,6 +310,7 @@ class Pool:
             if self.links.get(link.server.id) is not link:
                 return
             self._forget(link, Closing.CONNECT_FAILED)
+            self._replica_failed(link, reason)
             error = errors.backend_unreachable(backend.name, shown)
             self._run(self.manager.connect_failed(link.server.id, error, CloseReason.BACKEND, self.clock()))
             return

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.certs import TlsFiles
-from tests.support.pgcluster import PgCluster
+from tests.support.pgcluster import PRIMARY_SETTINGS, PgCluster, StandbyCluster
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
 
@@ -22,3 +22,20 @@ def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: Tl
     p.start()
     yield p
     p.stop()
+
+
+@pytest.fixture(scope="module")
+def replicated(pg: PgCluster) -> Iterator[tuple[PgCluster, StandbyCluster]]:
+    """A primary of its own (wal_level = replica; the tenants' databases prepared) and a streaming replica of it
+    (`pg_basebackup -R`), for the module."""
+    primary = PgCluster(pg.installation, settings=PRIMARY_SETTINGS).start()
+    try:
+        prepare_backend(primary)
+        standby = StandbyCluster(primary).start()
+        try:
+            standby.wait_streaming()
+            yield primary, standby
+        finally:
+            standby.stop()
+    finally:
+        primary.stop()

@@ -508,6 +508,7 @@ class PgCluster:
             "local   all   all                  scram-sha-256\n"
             "host    all   all   127.0.0.1/32   scram-sha-256\n"
             "host    all   all   ::1/128        scram-sha-256\n"
+            "host    replication   all   127.0.0.1/32   scram-sha-256\n"
         )
         if self._run_as is not None:
             for f in (conf, main, self.data_dir / "pg_hba.conf"):
@@ -669,6 +670,58 @@ class PgCluster:
     def __repr__(self) -> str:
         """Debug representation."""
         return f"<PgCluster {self.installation.id} {self.installation.version} port={self.port} dir={self.base_dir}>"
+
+
+# What a primary needs to stream to a standby (the shared clusters run with wal_level = minimal, for speed).
+PRIMARY_SETTINGS: dict[str, SettingValue] = {"wal_level": "replica", "max_wal_senders": 5}
+
+
+class StandbyCluster(PgCluster):
+    """A streaming replica of `primary` (started with wal_level = replica: PRIMARY_SETTINGS): `pg_basebackup -R` of
+    it instead of initdb, then started on a free port as a hot standby (`pause()`/`resume()` kill and restart it)."""
+
+    def __init__(self, primary: PgCluster, **kwargs: Any) -> None:
+        super().__init__(primary.installation, ssl=primary.ssl_enabled, password=primary.password,
+                         max_connections=primary.max_connections, settings=primary.extra_settings, **kwargs)
+        self.primary = primary
+
+    def _initdb(self) -> None:
+        base = self._base()
+        (base / "sock").mkdir()
+        if self.ssl_enabled:
+            self.tls = make_certs(base / "tls")
+        os.chmod(base, 0o700)
+        if self._run_as is not None:
+            chown_tree(base, self._run_as)
+        p = self.primary
+        kwargs = self._spawn_kwargs()
+        kwargs["env"] = {**kwargs["env"], "PGPASSWORD": p.password}
+        res = subprocess.run(
+            self._server_cmd("pg_basebackup", "-D", self.data_dir, "-R", "-X", "stream", "-c", "fast",
+                             "-h", p.host, "-p", str(p.port), "-U", p.superuser),
+            capture_output=True, text=True, timeout=180, check=False, **kwargs)
+        if res.returncode != 0:
+            raise PgClusterError(f"pg_basebackup failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        self._write_config()
+
+    def wait_streaming(self, timeout: float = 60.0) -> None:
+        """Until the primary lists this standby as streaming."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.primary.execute("SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'"):
+                return
+            time.sleep(0.05)  # bounded by the deadline
+        raise PgClusterError(f"the standby is not streaming after {timeout}s; log:\n{self.read_log()}")
+
+    def wait_replayed(self, timeout: float = 60.0) -> None:
+        """Until the standby has replayed everything the primary has written so far."""
+        lsn = self.primary.execute("SELECT pg_current_wal_insert_lsn()")[0][0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))[0][0]:
+                return
+            time.sleep(0.05)  # bounded by the deadline
+        raise PgClusterError(f"the standby did not replay {lsn} within {timeout}s")
 
 
 def _cleanup(proc: subprocess.Popen[bytes] | None, base_dir: Path | None) -> None:

@@ -121,6 +121,8 @@ class ProxyProcess:
     user_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # more [users.X] keys: {"bot": {"profile": …}}
     server: dict[str, Any] = field(default_factory=dict)  # [server] keys, e.g. {"workers": 2}
     registry: dict[str, Any] = field(default_factory=dict)  # [registry] keys (a tenant registry in PostgreSQL)
+    replicas: list[dict[str, Any]] = field(default_factory=list)  # [backends.main] replicas: [{"name": …, "port": …}]
+    routing: dict[str, Any] = field(default_factory=dict)  # [routing] keys
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -176,6 +178,12 @@ class ProxyProcess:
         ]
         if self.backend_sslmode.startswith("verify"):
             lines.append(f'sslrootcert = "{self.cluster.ca_file}"')
+        if self.replicas:
+            tables = ", ".join("{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in r.items()) + " }"
+                               for r in self.replicas)
+            lines.append(f"replicas = [{tables}]")
+        if self.routing:
+            lines += ["[routing]", *(f"{k} = {json.dumps(v)}" for k, v in self.routing.items())]
         lines += [
             "[tenants.acme]", 'strategy = "shared"', 'database = "saas"', 'tenant_id = "acme"',
             "[tenants.bigco]", 'strategy = "shared"', 'database = "saas"', 'tenant_id = "bigco"',

@@ -25,6 +25,8 @@ from proxy.config import (
     PreflightConfig,
     RegistryConfig,
     RegistryOverlay,
+    ReplicaConfig,
+    RoutingConfig,
     ServerConfig,
     TenantConfig,
     TlsConfig,
@@ -72,6 +74,7 @@ TABLES = {
     "tenants": (TenantConfig, ("name",)), "users": (UserConfig, ("name", "verifier")),
     "pool": (PoolConfig, ()), "agent": (AgentConfig, ()), "server": (ServerConfig, ()),
     "registry": (RegistryConfig, ()),
+    "routing": (RoutingConfig, ()),
 }
 
 
@@ -176,7 +179,8 @@ def test_minimal_config(tmp_path: Path) -> None:
         (lambda r: r["tenants"]["acme"].update(allow_writes="yes"), "tenants.acme.allow_writes: expected bool"),
         (lambda r: r["users"]["alice"].update(verifier="x"),
          "users.alice.verifier: unknown key (allowed: agent, idle_in_transaction_timeout, max_client_connections, "
-         "max_result_bytes, max_result_rows, profile, statement_timeout, tenant)"),
+         "max_replica_lag, max_result_bytes, max_result_rows, max_staleness, profile, replica_fallback, route, "
+         "statement_timeout, tenant)"),
         (lambda r: r["backends"]["main"].update(password="x"), "backends.main.password: unknown key"),
     ],
 )
@@ -397,4 +401,50 @@ def test_registry_peer_forwarding_with_several_workers_is_refused(tmp_path: Path
     raw["server"] = {"workers": 2}
     raw["registry"] = {"dsn": "host=db", "peer_port": 7000, "peer_secret": "x" * 32}
     with pytest.raises(ConfigError, match=r"registry\.peer_port: forwarding cancels between instances"):
+        load(raw, tmp_path)
+
+
+def test_replicas_and_routing_layer_user_over_tenant_over_defaults(tmp_path: Path) -> None:
+    raw = base()
+    raw["backends"]["main"].update(sslmode="require", replicas=[
+        {"host": "r1", "port": 5433}, {"name": "etl", "host": "r2", "sslmode": "disable",
+                                       "staleness_query": "SELECT 1.5"}])
+    raw["routing"] = {"max_replica_lag": 2}
+    raw["tenants"]["acme"].update(route="auto", max_staleness=1.5)
+    raw["users"]["alice"].update(route="replica", replica_fallback="refuse")
+    cfg = load(raw, tmp_path)
+    main = cfg.backends["main"]  # type: ignore[attr-defined]
+    assert main.replicas == (ReplicaConfig("replica1", "r1", 5433),
+                             ReplicaConfig("etl", "r2", sslmode="disable", staleness_query="SELECT 1.5"))
+    assert cfg.routing_for("alice") == RoutingConfig(  # type: ignore[attr-defined]
+        route="replica", max_replica_lag=2.0, max_staleness=1.5, replica_fallback="refuse")
+    r1 = cfg.replica_backend(main, main.replicas[0])  # type: ignore[attr-defined]
+    assert (r1.name, r1.host, r1.port, r1.sslmode, r1.user, r1.replicas) == ("main/replica1", "r1", 5433, "require",
+                                                                              "pgtenant", ())
+    assert cfg.replica_backend(main, main.replicas[1]).sslmode == "disable"  # type: ignore[attr-defined]
+    assert load(base(), tmp_path).routing_for("alice") == RoutingConfig()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"tenants": {"route": "replica"}}, 'tenants.acme.route: "replica" needs replicas on backend \'main\''),
+    ({"users": {"route": "replica"}}, 'users.alice.route: "replica" needs replicas'),
+    ({"tenants": {"route": "sometimes"}}, "tenants.acme.route: must be primary, replica or auto"),
+    ({"users": {"max_replica_lag": -1}}, "users.alice.max_replica_lag: must be 0 or more"),
+    ({"routing": {"poll_interval": 0}}, "routing.poll_interval: must be positive"),
+    ({"routing": {"replica_fallback": "wait"}}, "routing.replica_fallback: must be primary or refuse"),
+    ({"replicas": [{"name": "a/b"}]}, "backends.main.replicas[0].name: must be unique"),
+    ({"replicas": [{"name": "a"}, {"name": "a"}]}, "backends.main.replicas[1].name: must be unique"),
+    ({"replicas": [{"hots": "x"}]}, "backends.main.replicas[0].hots: unknown key"),
+    ({"replicas": ["x"]}, "backends.main.replicas[0]: expected a table"),
+])
+def test_routing_errors_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
+    raw = base()
+    for where, values in change.items():
+        if where == "routing":
+            raw["routing"] = values
+        elif where == "replicas":
+            raw["backends"]["main"]["replicas"] = values
+        else:
+            raw[where][next(iter(raw[where]))].update(values)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load(raw, tmp_path)

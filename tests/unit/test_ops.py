@@ -30,7 +30,8 @@ ALICE = SessionRow("ab12", "alice", "acme", "psql", "10.0.0.1", True, "ready", "
 SNAPSHOT = Snapshot(
     listening=True, pending=["globex"],
     clients=[ClientRow(ALICE, 12.34, 100, 200)],
-    servers=[ServerRow("main", "pgt_acme", "acme", 4242, False, "active", "ab12", 12.0, "acme")],
+    servers=[ServerRow("main", "pgt_acme", "acme", 4242, False, "active", "ab12", 12.0, "acme"),
+             ServerRow("main/r1", "pgt_acme", "acme", 4343, False, "idle", None, 1.0, "acme", "r1", 0.25)],
     pools=[PoolRow("acme", "main", "acme", "pgt_acme", "session", 1, 2, 1, 0, 0, 0, 0, 3.25, 20)],
 )
 
@@ -49,7 +50,9 @@ def test_console_rows_come_from_the_snapshot(tmp_path: Path) -> None:
     assert columns[0] == "tenant"
     assert [(r[0], r[5], r[6]) for r in rows] == [("acme", "ready", 1), ("globex", "pending", 0)]
     assert o.clients()[1] == [("ab12", "alice", "acme", "psql", "10.0.0.1", "tls", "ready", "I", 12.3, 100, 200)]
-    assert o.servers()[1] == [("acme", "main", "pgt_acme", "acme", 4242, "ab12", "plain", "active", 12.0)]
+    assert o.servers()[1] == [("acme", "main", "pgt_acme", "acme", 4242, "ab12", "plain", "active", 12.0, "primary",
+                               None), ("acme", "main/r1", "pgt_acme", "acme", 4343, None, "plain", "idle", 1.0,
+                                       "replica", 0.25)]
     columns, rows = o.pools()
     assert dict(zip(columns, rows[0], strict=True)) == {
         "tenant": "acme", "backend": "main", "database": "acme", "role": "pgt_acme", "pool_mode": "session",

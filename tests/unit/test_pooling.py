@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from proxy import errors
-from proxy.config import Config, parse_config
+from proxy.config import Config, ReplicaConfig, parse_config
 from proxy.pooling import (
     KEEP_FOR_TENANT,
     Check,
@@ -21,6 +22,7 @@ from proxy.pooling import (
     PoolManager,
     Refuse,
     Reset,
+    replica_key,
     server_request,
 )
 from proxy.reasons import CloseReason
@@ -649,3 +651,37 @@ def test_tenants_waiting_on_a_budget_of_one_do_not_lock_each_other_out(tmp_path:
     assert grants(out) == ["b1"]
     out = s.connect_all(s.release("b1"))
     assert grants(out) == ["a2"]
+
+
+def test_a_replica_pool_is_a_pool_of_its_own_kept_by_a_reload_and_retired_with_its_replica(tmp_path: Path) -> None:
+    """Read replicas: a request routed to replica r1 (the I/O pool's `replica_key`) has its own pool and budget; a
+    reload keeps it while r1 is configured, and retires it once r1 is gone."""
+    def cfg(where: Path, replicas: list) -> Config:
+        where.mkdir(exist_ok=True)
+        c = config(where)
+        return replace(c, backends={"main": replace(c.backends["main"], replicas=tuple(replicas))})
+
+    with_r1 = cfg(tmp_path / "one", [ReplicaConfig("r1", "replica-host")])
+    s = Script(with_r1)
+    primary = s.requests["a"]
+    s.requests["r"] = replace(primary, key=replica_key(primary.key, "r1"), replica="r1")
+    s.hold("a1")
+    on_replica = s.hold("r1", "r")
+    s.release("r1")
+    assert {r.backend for r in s.pm.rows(s.now)} == {"main", "main/r1"}
+    assert s.pm.reconfigure(with_r1) == []
+    assert s.pm.reconfigure(cfg(tmp_path / "none", [])) == [Close(on_replica, Closing.RETIRED)]
+
+
+def test_a_reload_retiring_pools_with_only_idle_servers(tmp_path: Path) -> None:
+    """A retired pool left with no server is removed while the reload goes over the pools (it raised
+    "dictionary changed size during iteration" before)."""
+    s = Script(config(tmp_path))
+    idle = s.hold("a1")
+    s.release("a1")
+    other = s.hold("b1")
+    s.release("b1")
+    (tmp_path / "x").mkdir()
+    out = s.pm.reconfigure(config(tmp_path / "x", a={"tenant_id": "a2"}, b={"tenant_id": "b2"}))
+    assert out == [Close(idle, Closing.RETIRED), Close(other, Closing.RETIRED)]
+    assert s.pm.rows(s.now) == []

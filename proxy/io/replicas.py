@@ -1,0 +1,116 @@
+"""The read replicas' poller: probes each replica and its primary on a schedule and feeds the router (replicas.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from proxy.config import BackendConfig
+from proxy.dbcheck import connect_kwargs
+from proxy.logs import get_logger
+from proxy.replicas import PRIMARY_PROBE, REPLICA_PROBE, Health, ReplicaSet, probe_targets
+
+if TYPE_CHECKING:
+    from proxy.io.pool import Pool
+
+log = get_logger("pgtenant.replicas")
+
+
+class ReplicaPoller:
+    """One connection per probed server (the backend's own credentials), kept open between polls; every
+    [routing] poll_interval: the primary's WAL insert position first, then every replica at once."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self._conns: dict[tuple, psycopg.AsyncConnection] = {}
+        self._task: asyncio.Task | None = None
+        self._health: dict[tuple[str, str], Health] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        for conn in self._conns.values():
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._conns.clear()
+
+    async def _run(self) -> None:
+        while True:
+            config = self.pool.proxy.config
+            try:
+                await self.poll()
+            except Exception:  # pragma: no cover - a bug of ours must not stop the polls
+                log.exception("replica_poll_failed")
+            await asyncio.sleep(config.routing.poll_interval)
+
+    async def poll(self) -> None:
+        """One round over every backend with replicas."""
+        config = self.pool.proxy.config
+        timeout = config.routing.probe_timeout
+        router, clock = self.pool.router, self.pool.clock
+        rounds = []
+        for primary, database, replicas in probe_targets(config):
+            s = router.sets.get(primary.name)
+            if s is not None:
+                rounds.append(self._backend(s, primary, database, replicas, timeout))
+        await asyncio.gather(*rounds)
+        now = clock()
+        for backend, replica, health, lag, why in router.rows(now):
+            before = self._health.get((backend, replica))
+            if before is not health:
+                self._health[(backend, replica)] = health
+                log.info("replica_health", backend=backend, replica=replica, health=str(health),
+                         was=str(before) if before else None, lag_s=None if lag is None else round(lag, 3), reason=why)
+
+    async def _backend(self, s: ReplicaSet, primary: BackendConfig, database: str,
+                       replicas: list, timeout: float) -> None:
+        clock = self.pool.clock
+        try:
+            sent_at, (in_recovery, lsn) = await self._probe(primary, database, PRIMARY_PROBE, timeout)
+            s.primary_polled(sent_at, in_recovery, lsn)
+        except Exception as exc:  # the primary's position unknown: replicas keep their last freshness
+            log.debug("primary_probe_failed", backend=primary.name, error=str(exc) or type(exc).__name__)
+
+        async def one(backend: BackendConfig, spec) -> None:  # type: ignore[no-untyped-def]
+            try:
+                query = spec.staleness_query or REPLICA_PROBE
+                _, row = await self._probe(backend, database, query, timeout)
+                if spec.staleness_query is not None:
+                    s.replica_staleness(spec.name, clock(), None if row[0] is None else float(row[0]))
+                else:
+                    s.replica_polled(spec.name, clock(), bool(row[0]), row[1])
+            except Exception as exc:
+                s.replica_failed(spec.name, (str(exc).strip() or type(exc).__name__).splitlines()[0])
+
+        await asyncio.gather(*(one(b, spec) for b, spec in replicas if spec.name in s.replicas))
+
+    async def _probe(self, backend: BackendConfig, database: str, query: str, timeout: float) -> tuple[float, tuple]:
+        """(when the query was sent, its one row) on the kept connection to `backend` (opened if needed)."""
+        key = (backend.name, backend.host, backend.port, backend.user, database)
+        conn = self._conns.get(key)
+        try:
+            if conn is None or conn.closed:
+                kwargs = connect_kwargs(backend, database, timeout, "pgtenant-replica-probe")
+                conn = self._conns[key] = await asyncio.wait_for(
+                    psycopg.AsyncConnection.connect(autocommit=True, **kwargs), timeout)  # type: ignore[arg-type]
+            sent_at = self.pool.clock()
+            cur = await asyncio.wait_for(conn.execute(query), timeout)  # type: ignore[arg-type]
+            row = await cur.fetchone()
+            if row is None:
+                raise ValueError("the probe returned no row")
+            return sent_at, tuple(row)
+        except BaseException:
+            self._conns.pop(key, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            raise

@@ -1,0 +1,307 @@
+"""Read replicas against a real streaming replica (`pg_basebackup -R` of the fixture's primary): where reads and
+writes land, read-your-writes while replay is paused, a lagging and a killed replica, both pool modes, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from tests.support.jdbc import require_jdbc, run_jdbc
+from tests.support.pgcluster import PgCluster, StandbyCluster
+from tests.support.polling import until
+from tests.support.proxyproc import ProxyProcess
+
+PORT = "SELECT inet_server_port()"  # a built-in a tenant may call: which server answered
+LONG = 300.0  # max_replica_lag of the users whose replica must not be taken out for lagging during a test
+_ids = itertools.count(10_000)
+
+
+def _proxy(replicated: tuple[PgCluster, StandbyCluster], workdir: Any, mode: str, replayed: bool = False,
+           **keys: Any) -> ProxyProcess:
+    """A pgtenant in front of the primary with the standby as replica r1; `replayed`: the standby has replayed the
+    provisioning before the proxy starts (and probes it)."""
+    primary, standby = replicated
+    p = ProxyProcess(
+        primary, workdir, pool={"pool_mode": mode},
+        replicas=[{"name": "r1", "host": standby.host, "port": standby.port}],
+        extra_users={"iris": ("initech", "iris-pw"), "rhea": ("initech", "rhea-pw"), "abe": ("initech", "abe-pw")},
+        admin_users={"ops": "ops-pw"}, **{"routing": {"route": "auto", "poll_interval": 0.1, "max_replica_lag": 1.0},
+                                          **keys},
+    )
+    if replayed:
+        p.provision()
+        standby.wait_replayed()
+    p.start(provision=not replayed)
+    return p
+
+
+@pytest.fixture(scope="module")
+def proxy(replicated: tuple[PgCluster, StandbyCluster],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """Transaction pooling, route = "auto" for everyone; ivan and iris tolerate a long lag (read-your-writes is then
+    the only reason their reads leave the replica), rhea reads only from the replica or is refused."""
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas"), "transaction", user_keys={
+        "ivan": {"max_replica_lag": LONG}, "iris": {"max_replica_lag": LONG},
+        "rhea": {"route": "replica", "replica_fallback": "refuse", "max_replica_lag": LONG},
+        "abe": {"profile": "agent"},
+    })
+    yield p
+    p.stop()
+
+
+def port_of(conn: psycopg.Connection) -> int:
+    return conn.execute(PORT).fetchone()[0]  # type: ignore[index]
+
+
+def on_replica(conn: psycopg.Connection, standby: StandbyCluster) -> bool:
+    """Wait until `conn`'s reads land on the replica (the poller has probed it healthy and caught up)."""
+    return until(lambda: port_of(conn) == standby.port, 20, 0.05, "a read on the replica")
+
+
+def metrics(proxy: ProxyProcess) -> str:
+    with urllib.request.urlopen(proxy.metrics_url + "/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for line in text.splitlines():
+        m = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            return float(m.group(2))
+    return None
+
+
+def test_reads_go_to_the_replica_writes_and_read_write_transactions_to_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    primary, standby = replicated
+    with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        row = conn.execute(f"INSERT INTO orders VALUES ({next(_ids)}, 1) RETURNING inet_server_port()").fetchone()
+        assert row == (primary.port,)
+        on_replica(conn, standby)  # once the replica has replayed the write
+        conn.autocommit = False
+        assert port_of(conn) == primary.port  # BEGIN (read write): the whole transaction on the primary
+        conn.rollback()
+        conn.read_only = True  # BEGIN READ ONLY: a replica may serve it (once it holds what the session did)
+
+        def read_only_on_replica() -> bool:
+            port = port_of(conn)
+            conn.rollback()
+            return port == standby.port
+
+        until(read_only_on_replica, 20, 0.05, "a read-only transaction on the replica")
+        conn.read_only, conn.autocommit = False, True
+        conn.execute("SET application_name = 'on-both'")  # a session setting follows the session to either server
+        assert conn.execute("SELECT current_setting('application_name'), inet_server_port()").fetchone() == (
+            "on-both", standby.port)
+    rows = admin_rows(proxy, "SHOW SERVERS")
+    roles = {(r["backend"], r["server_role"]) for r in rows if r["pool"] == "initech"}
+    assert roles == {("main", "primary"), ("main/r1", "replica")}
+    assert all(r["lag_s"] is not None for r in rows if r["server_role"] == "replica")
+    text = metrics(proxy)
+    assert metric(text, "pgtenant_replica_routed_total", backend="main", server="r1")  # (tenant: max_tenants = 3)
+    assert metric(text, "pgtenant_replica_routed_total", backend="main", server="primary")
+    assert metric(text, "pgtenant_replica_health", backend="main", replica="r1", state="healthy") == 1.0
+    assert metric(text, "pgtenant_replica_lag_seconds", backend="main", replica="r1") is not None
+
+
+def test_the_shared_tenant_on_the_replica_sees_only_its_rows(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    _, standby = replicated
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        rows = conn.execute("SELECT DISTINCT tenant_id, inet_server_port() FROM orders").fetchall()
+        assert rows == [("acme", standby.port)]
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):  # the tenant is read-only: denied by the proxy
+            conn.execute("DELETE FROM orders")
+
+
+def test_read_your_writes_while_replay_is_paused(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    primary, standby = replicated
+    new = next(_ids)
+    count = f"SELECT count(*), inet_server_port() FROM orders WHERE id = {new}"
+    with (psycopg.connect(proxy.dsn("ivan"), autocommit=True) as writer,
+          psycopg.connect(proxy.dsn("iris"), autocommit=True) as other):
+        on_replica(writer, standby)
+        on_replica(other, standby)
+        standby.execute("SELECT pg_wal_replay_pause()")
+        try:
+            until(lambda: standby.execute("SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused", 10)
+            writer.execute(f"INSERT INTO orders VALUES ({new}, 1)")
+            assert writer.execute(count).fetchone() == (1, primary.port)  # its own write: read on the primary
+            assert other.execute(count).fetchone() == (0, standby.port)  # another session: the (stale) replica
+            assert writer.execute(count).fetchone() == (1, primary.port)
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+        until(lambda: writer.execute(count).fetchone() == (1, standby.port), 20, 0.05, "the write on the replica")
+
+
+def test_a_lagging_replica_is_taken_out_and_put_back(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    primary, standby = replicated
+    with psycopg.connect(proxy.dsn("alice"), autocommit=True) as conn:  # max_replica_lag 1 s
+        on_replica(conn, standby)
+        standby.execute("SELECT pg_wal_replay_pause()")
+        try:
+            primary.execute("CREATE TABLE IF NOT EXISTS lag_tick (at timestamptz); INSERT INTO lag_tick VALUES (now())")
+            until(lambda: port_of(conn) == primary.port, 20, 0.05, "reads leaving the lagging replica")
+            text = metrics(proxy)
+            assert metric(text, "pgtenant_replica_health", backend="main", replica="r1", state="lagging") == 1.0
+            assert metric(text, "pgtenant_replica_lag_seconds", backend="main", replica="r1") > 1.0  # type: ignore
+            with psycopg.connect(proxy.dsn("iris"), autocommit=True) as patient:  # its max_replica_lag: 300 s
+                assert port_of(patient) == standby.port
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+        on_replica(conn, standby)
+        assert metric(metrics(proxy), "pgtenant_replica_health", backend="main", replica="r1", state="healthy") == 1.0
+
+
+def test_an_agent_reads_on_the_replica_admission_included(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """An agent-profile login (read-only at both ends; each query admitted by the proxy's EXPLAIN on the server it
+    got) under route = "auto": its queries, EXPLAIN and all, run on the replica."""
+    _, standby = replicated
+    with psycopg.connect(proxy.dsn("abe"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        count, port = conn.execute("SELECT count(*), inet_server_port() FROM orders").fetchone()  # type: ignore[misc]
+        assert port == standby.port and count >= 7  # (7 rows, and what the other tests inserted)
+
+
+def test_asyncpg_and_jdbc_read_through_auto(proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    primary, standby = replicated
+
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("alice"))
+        try:  # the extended protocol: Parse/Bind/Execute/Sync, named statements kept by the proxy
+            for _ in range(400):
+                if await conn.fetchval(PORT) == standby.port:
+                    break
+                await asyncio.sleep(0.05)
+            assert await conn.fetchval(PORT) == standby.port
+            stmt = await conn.prepare("SELECT count(*), inet_server_port() FROM orders WHERE amount > $1")
+            assert tuple(await stmt.fetchrow(0)) == (200, standby.port)
+            async with conn.transaction():  # BEGIN: the primary
+                assert await conn.fetchval(PORT) == primary.port
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+    require_jdbc()
+
+    def jdbc_port() -> bool:
+        out = run_jdbc(proxy.jdbc_url("alice"), "alice", proxy.password("alice"), "query", PORT)
+        return out["rows"] == [[str(standby.port)]]
+
+    until(jdbc_port, 60, 0.2, "pgJDBC reading on the replica")
+
+
+def test_a_killed_replica_falls_back_to_the_primary_or_is_refused(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    primary, standby = replicated
+    with (psycopg.connect(proxy.dsn("alice"), autocommit=True) as conn,
+          psycopg.connect(proxy.dsn("rhea"), autocommit=True) as strict):
+        on_replica(conn, standby)
+        assert port_of(strict) == standby.port
+        standby.pause()
+        try:
+            until(lambda: metric(metrics(proxy), "pgtenant_replica_health", backend="main", replica="r1",
+                                 state="down") == 1.0, 20, 0.05, "the replica marked down")
+            assert port_of(conn) == primary.port
+            for _ in range(2):  # refused with a clear SQLSTATE, and the session stays usable
+                with pytest.raises(psycopg.errors.CannotConnectNow, match="no healthy replica"):
+                    strict.execute(PORT)
+        finally:
+            standby.resume()
+        standby.wait_streaming()
+        on_replica(conn, standby)
+        assert port_of(strict) == standby.port
+
+
+def test_a_replica_dying_between_probes_sends_the_request_to_the_primary(
+        replicated: tuple[PgCluster, StandbyCluster], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Probed once (the next probe an hour away), the replica is killed: the next read's new server connection to
+    it fails, and the request goes to the primary instead of failing (the replica is out from then on)."""
+    primary, standby = replicated
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas-dying"), "transaction", replayed=True,
+               routing={"route": "auto", "poll_interval": 3600.0, "max_replica_lag": 3600.0})
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+            on_replica(conn, standby)
+            standby.pause()
+            try:
+                until(lambda: not [s for s in admin_rows(p, "SHOW SERVERS") if s["server_role"] == "replica"], 20,
+                      0.05, "the replica's servers gone from the pool")
+                assert port_of(conn) == primary.port  # no error: the primary served it
+                assert port_of(conn) == primary.port
+            finally:
+                standby.resume()
+        assert [e for e in p.log_events() if e.get("event") == "replica_fallback"]
+    finally:
+        p.stop()
+    standby.wait_streaming()
+
+
+def admin_rows(p: ProxyProcess, command: str) -> list[dict[str, Any]]:
+    dsn = f"host=127.0.0.1 port={p.port} user=ops password=ops-pw dbname=pgtenant sslmode=disable"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        cur = admin.execute(command)
+        columns = [d.name for d in cur.description]  # type: ignore[union-attr]
+        return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+
+
+def test_session_pooling_routes_at_connect(replicated: tuple[PgCluster, StandbyCluster],
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    """In session pooling a session lives on one server: route = "replica" on a replica (writes refused by
+    PostgreSQL itself), "auto" on the primary."""
+    primary, standby = replicated
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas-session"), "session",
+               user_keys={"rhea": {"route": "replica", "max_replica_lag": LONG}})
+    try:
+        def rhea_on_replica() -> bool:
+            with psycopg.connect(p.dsn("rhea"), autocommit=True) as c:
+                return port_of(c) == standby.port
+
+        until(rhea_on_replica, 20, 0.05, "a route = replica session on the replica")
+        with psycopg.connect(p.dsn("rhea"), autocommit=True) as conn:
+            assert port_of(conn) == standby.port
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.execute(f"INSERT INTO orders VALUES ({next(_ids)}, 1)")
+            assert conn.execute("SELECT count(*), inet_server_port() FROM orders").fetchone()[1] == standby.port  # type: ignore[index]
+        with psycopg.connect(p.dsn("ivan"), autocommit=True) as conn:
+            assert port_of(conn) == primary.port
+            conn.execute(f"INSERT INTO orders VALUES ({next(_ids)}, 1)")
+    finally:
+        p.stop()
+
+
+def test_an_etl_fed_replica_is_as_stale_as_its_query_says(replicated: tuple[PgCluster, StandbyCluster],
+                                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A reporting database fed by ETL: its staleness comes from the configured query (here constants), not from
+    WAL positions; past max_replica_lag it is lagging and reads stay on the primary."""
+    primary, standby = replicated
+    for staleness, state, port in (("0.25", "healthy", standby.port), ("600", "lagging", primary.port)):
+        p = ProxyProcess(
+            primary, tmp_path_factory.mktemp("replicas-etl"), pool={"pool_mode": "transaction"},
+            replicas=[{"name": "etl", "host": standby.host, "port": standby.port,
+                       "staleness_query": f"SELECT {staleness}::float8"}],
+            routing={"route": "auto", "poll_interval": 0.1, "max_replica_lag": 5.0},
+        )
+        p.start()
+        try:
+            until(lambda p=p, state=state: metric(metrics(p), "pgtenant_replica_health", backend="main",
+                                                  replica="etl", state=state) == 1.0, 20, 0.05, f"etl {state}")
+            lag = metric(metrics(p), "pgtenant_replica_lag_seconds", backend="main", replica="etl")
+            assert lag is not None and lag >= float(staleness)
+            with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+                assert port_of(conn) == port
+        finally:
+            p.stop()

@@ -1,0 +1,243 @@
+"""proxy/replicas.py: replica health from probes, read-only classification, the routing choice."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from proxy.config import RoutingConfig, parse_config
+from proxy.protocol import messages as m
+from proxy.replicas import (
+    MAX_JUDGED,
+    Health,
+    Replica,
+    ReplicaSet,
+    Route,
+    Router,
+    parse_lsn,
+    probe_targets,
+    read_only_request,
+    read_only_sql,
+)
+
+VERIFIER = (
+    "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$zMqJ8k8FpC7CY8Io6qVbZrdP1k1b9QQ9mF7d4sW7b3E="
+    ":Vfhh0k0K0Sx6LDOa3ySdBBTy9HzPJvdnM9rDTrqF8gU="
+)
+
+
+def config(tmp_path: Path, **routing: object) -> object:
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{VERIFIER}"\n')
+    return parse_config({
+        "secrets_file": "s.toml", "routing": routing,
+        "backends": {"main": {"replicas": [{"name": "r1", "port": 5433}, {"name": "r2", "port": 5434}]},
+                     "other": {"port": 5440}},
+        "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme", "backend": "main"}},
+        "users": {"alice": {"tenant": "acme"}},
+    }, base=tmp_path)
+
+
+def replica_set(max_lag: float = 5.0) -> ReplicaSet:
+    return ReplicaSet("main", {"r1": Replica("r1", etl=False)}, poll_interval=1.0, probe_timeout=5.0, max_lag=max_lag)
+
+
+def test_lsn_as_postgresql_prints_it() -> None:
+    assert parse_lsn("0/0") == 0 and parse_lsn("16/B374D848") == (0x16 << 32) | 0xB374D848
+    assert parse_lsn("1/0") > parse_lsn("0/FFFFFFFF")
+
+
+def test_a_replica_is_down_until_probed_then_healthy_while_it_keeps_up() -> None:
+    s = replica_set()
+    assert s.health("r1", 0.0) is Health.DOWN
+    s.primary_polled(10.0, False, "0/100")
+    s.replica_polled("r1", 10.1, True, "0/100")
+    assert s.health("r1", 10.2) is Health.HEALTHY and s.replicas["r1"].lag(10.2) == 0.0
+    assert s.candidates(10.2, 5.0, None, 0.0) == ["r1"]
+
+
+def test_a_paused_replica_lags_from_the_first_commit_it_misses_and_comes_back() -> None:
+    s = replica_set(max_lag=2.0)
+    s.primary_polled(10.0, False, "0/100")
+    s.replica_polled("r1", 10.1, True, "0/100")
+    for t in range(11, 15):  # the primary moves on, the replica's replay is paused
+        s.primary_polled(float(t), False, f"0/{0x100 + t:X}")
+        s.replica_polled("r1", t + 0.1, True, "0/100")
+    assert s.replicas["r1"].lag(14.5) == pytest.approx(4.5)
+    assert s.health("r1", 14.5) is Health.LAGGING and s.candidates(14.5, 2.0, None, 0.0) == []
+    assert s.candidates(14.5, 10.0, None, 0.0) == ["r1"]  # a tenant allowing more lag still reads there
+    s.primary_polled(15.0, False, "0/200")
+    s.replica_polled("r1", 15.1, True, "0/200")  # replay resumed: caught up
+    assert s.health("r1", 15.2) is Health.HEALTHY
+
+
+def test_an_idle_primary_does_not_make_a_replica_look_late() -> None:
+    s = replica_set(max_lag=1.0)
+    for t in range(10, 20):
+        s.primary_polled(float(t), False, "0/100")
+        s.replica_polled("r1", t + 0.1, True, "0/100")
+    assert s.replicas["r1"].lag(19.5) == 0.0 and s.health("r1", 19.5) is Health.HEALTHY
+
+
+def test_read_your_writes_waits_for_a_primary_position_taken_after_the_write() -> None:
+    s = replica_set()
+    s.primary_polled(10.0, False, "0/100")
+    s.replica_polled("r1", 10.1, True, "0/100")
+    wrote_at = 10.5  # a commit acknowledged here: the probe at 10.0 may not include it
+    assert s.candidates(10.6, 5.0, wrote_at, 0.0) == []
+    assert s.candidates(10.6, 5.0, wrote_at, max_staleness=1.0) == ["r1"]  # staleness allowed: 9.5 <= 10.0
+    s.primary_polled(11.0, False, "0/180")
+    s.replica_polled("r1", 11.1, True, "0/170")  # not yet there
+    assert s.candidates(11.2, 5.0, wrote_at, 0.0) == []
+    s.replica_polled("r1", 11.3, True, "0/180")
+    assert s.candidates(11.4, 5.0, wrote_at, 0.0) == ["r1"]
+
+
+@pytest.mark.parametrize("failure", ["failed", "promoted", "silent"])
+def test_a_failed_promoted_or_silent_replica_is_down(failure: str) -> None:
+    s = replica_set()
+    s.primary_polled(10.0, False, "0/100")
+    s.replica_polled("r1", 10.1, True, "0/100")
+    now = 10.2
+    if failure == "failed":
+        s.replica_failed("r1", "connection refused")
+    elif failure == "promoted":
+        s.replica_polled("r1", 10.1, False, "0/100")
+    else:
+        now = 10.1 + 3 * 1.0 + 5.0 + 0.1
+    assert s.health("r1", now) is Health.DOWN and s.candidates(now, 100.0, None, 0.0) == []
+
+
+def test_an_etl_replica_is_as_fresh_as_its_staleness_query_says() -> None:
+    s = ReplicaSet("main", {"etl": Replica("etl", etl=True)}, 1.0, 5.0, 5.0)
+    s.replica_staleness("etl", 100.0, 3.0)
+    assert s.replicas["etl"].lag(100.0) == pytest.approx(3.0) and s.health("etl", 100.0) is Health.HEALTHY
+    assert s.candidates(100.0, 5.0, 98.0, 0.0) == []  # a write at 98 is not in a copy as of 97
+    s.replica_staleness("etl", 101.0, 60.0)
+    assert s.health("etl", 101.0) is Health.LAGGING
+    s.replica_staleness("etl", 102.0, None)
+    assert s.health("etl", 102.0) is Health.DOWN
+
+
+def test_router_by_route_and_fallback(tmp_path: Path) -> None:
+    router = Router(config(tmp_path))  # type: ignore[arg-type]
+    s = router.sets["main"]
+    assert set(router.sets) == {"main"}
+    auto = RoutingConfig(route="auto")
+    assert router.choose("main", None, 1.0, "acme").replica is None
+    assert router.choose("main", Route(auto, read_only=True), 1.0, "acme").replica is None  # nothing probed yet
+    s.primary_polled(10.0, False, "0/100")
+    for name in ("r1", "r2"):
+        s.replica_polled(name, 10.1, True, "0/100")
+    picks = {router.choose("main", Route(auto, read_only=True), 10.2, "acme").replica for _ in range(4)}
+    assert picks == {"r1", "r2"}  # round robin
+    assert router.choose("main", Route(auto, read_only=False), 10.2, "acme").replica is None
+    assert router.choose("main", Route(RoutingConfig(), read_only=True), 10.2, "acme").replica is None
+    every = RoutingConfig(route="replica")
+    assert router.choose("main", Route(every, read_only=False), 10.2, "acme").replica in ("r1", "r2")
+    for name in ("r1", "r2"):
+        s.replica_failed(name, "gone")
+    assert router.choose("main", Route(every, read_only=False), 10.2, "acme") == router.choose(
+        "main", None, 10.2, "acme")  # falls back to the primary
+    refused = router.choose("main", Route(replace(every, replica_fallback="refuse"), False), 10.2, "acme").refusal
+    assert refused is not None and refused.sqlstate == "57P03" and 'tenant "acme"' in refused.message
+    rows = list(router.rows(10.2))
+    assert [(b, r, h) for b, r, h, _, _ in rows] == [("main", "r1", Health.DOWN), ("main", "r2", Health.DOWN)]
+
+
+def test_a_reload_keeps_what_the_probes_told(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    router = Router(cfg)  # type: ignore[arg-type]
+    router.sets["main"].primary_polled(10.0, False, "0/100")
+    router.sets["main"].replica_polled("r1", 10.1, True, "0/100")
+    router.reconfigure(cfg)  # type: ignore[arg-type]
+    assert router.sets["main"].health("r1", 10.2) is Health.HEALTHY
+
+
+def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_path: Path) -> None:
+    [(primary, database, replicas)] = probe_targets(config(tmp_path))  # type: ignore[arg-type]
+    assert (primary.name, primary.port, database) == ("main", 5432, "saas")
+    assert [(b.name, b.port, r.name, b.user) for b, r in replicas] == [
+        ("main/r1", 5433, "r1", "pgtenant"), ("main/r2", 5434, "r2", "pgtenant")]
+
+
+@pytest.mark.parametrize(("sql", "read_only"), [
+    ("SELECT * FROM t WHERE a = $1", True),
+    ("select count(*), pg_catalog.now() from t join u using (id)", True),
+    ("WITH x AS (SELECT 1) SELECT * FROM x", True),
+    ("SHOW search_path", True),
+    ("EXPLAIN ANALYZE SELECT 1", True),
+    ("BEGIN READ ONLY; SELECT 1", True),
+    ("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", True),
+    ("BEGIN; SET TRANSACTION READ ONLY; SELECT 1", True),
+    ("BEGIN", False),
+    ("BEGIN READ WRITE", False),
+    ("BEGIN; SELECT 1", False),
+    ("BEGIN; SELECT 1; COMMIT", True),  # a whole transaction in one text, that only read
+    ("BEGIN READ ONLY; SAVEPOINT a; SELECT 1; ROLLBACK TO a; RELEASE a; END", True),
+    ("BEGIN; SELECT 1; COMMIT; BEGIN", False),
+    ("BEGIN; SELECT 1; PREPARE TRANSACTION 'x'", False),
+    ("SELECT 1; INSERT INTO t VALUES (1)", False),
+    ("SELECT abalance FROM pgbench_accounts WHERE aid = 4711", True),  # (judged by its shape, literals as $n)
+    ("SELECT x::varchar(10) FROM t", True),  # a shape that does not parse: judged by its text
+    ("SELECT x::varchar(10) FROM t FOR SHARE", False),
+    ("SELECT * FROM t LIMIT 10 OFFSET 20", True),
+    ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", False),
+    ("SELECT * FROM t FOR UPDATE", False),
+    ("SELECT * INTO u FROM t", False),
+    ("SELECT nextval('s')", False),
+    ("SELECT currval('s')", False),
+    ("SELECT pg_advisory_lock(1)", False),
+    ("SELECT set_config('a.b', '1', false)", False),
+    ("SELECT my_function()", False),
+    ("SELECT public.lower('x')", False),
+    ("EXPLAIN ANALYZE INSERT INTO t VALUES (1)", False),
+    ("SET application_name = 'x'", True),
+    ("RESET DateStyle", True),
+    ("SET LOCAL work_mem = '1MB'", True),
+    ("SET x.y = 1; SELECT 2", True),
+    ("SET default_transaction_read_only = off", False),
+    ("SET ROLE other", False),
+    ("SET SESSION AUTHORIZATION other", False),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", False),
+    ("RESET ALL", False),
+    ("SET seed = 0.5", False),  # pins the session to its server: not on a replica
+    ("SELECT setseed(0.5)", False),
+    ("SET work_mem FROM CURRENT", False),
+    ("SET search_path = a, b", True),
+    ("COMMIT", True),  # (outside a transaction: a warning; a session in one holds its server, asks for none)
+    ("SELEC 1", False),
+    ("", False),
+])
+def test_read_only_sql(sql: str, read_only: bool) -> None:
+    assert read_only_sql(sql) is read_only
+
+
+def test_long_texts_are_judged_once_by_digest_and_the_longest_not_at_all() -> None:
+    columns = ", ".join(f"c{i}" for i in range(600))  # ~4.5 KB, no integer literal
+    long = f"SELECT {columns} FROM t"
+    assert read_only_sql(long) and read_only_sql(long)
+    in_list = "SELECT * FROM t WHERE a IN (" + ",".join(str(i) for i in range(3000)) + ")"  # judged by its shape
+    assert 2048 < len(in_list) <= MAX_JUDGED and read_only_sql(in_list)
+    assert not read_only_sql(f"SELECT {columns} FROM t FOR UPDATE")
+    assert not read_only_sql("SELECT " + " + ".join(["1"] * 9000))  # longer than MAX_JUDGED: the primary
+
+
+def test_read_only_requests_by_their_messages() -> None:
+    q = m.frame(b"Q", b"SELECT 1\x00")
+    parse = m.frame(b"P", b"s1\x00SELECT $1\x00\x00\x00")
+    bind = m.frame(b"B", b"\x00s1\x00\x00\x00\x00\x00\x00\x00")
+    ex, sync = m.frame(b"E", b"\x00\x00\x00\x00\x00"), m.frame(b"S", b"")
+    none = lambda _name: None  # noqa: E731
+    assert read_only_request(q, none) and read_only_request(q + q, none)
+    assert read_only_request(parse + bind + ex + sync, none)
+    assert not read_only_request(parse + bind + ex, none)  # no Sync yet: more may follow on the same server
+    describe, flush = m.frame(b"D", b"Ss1\x00"), m.frame(b"H", b"")
+    assert read_only_request(parse + describe + flush, none)  # asyncpg's prepare: it waits for the answers
+    assert read_only_request(bind + ex + sync, lambda name: "SELECT 2" if name == "s1" else None)
+    assert not read_only_request(bind + ex + sync, none)  # an unknown statement
+    assert not read_only_request(bind + ex + sync, lambda _: "DELETE FROM t")
+    assert not read_only_request(m.frame(b"Q", b"INSERT INTO t VALUES (1)\x00"), none)
+    assert not read_only_request(m.frame(b"F", b"\x00\x00\x00\x01") + sync, none)
+    assert not read_only_request(q[:-1], none) and not read_only_request(b"", none)

@@ -1,0 +1,101 @@
+"""A routed session (read replicas, proxy/replicas.py): what it tells the pool of each request, and when it marks a
+write for read-your-writes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from proxy.actions import AcquireServer, ConnectBackend, ReleaseServer
+from proxy.auth.throttle import AuthThrottle
+from proxy.config import Config, ReplicaConfig, RoutingConfig
+from proxy.policy import TenantPolicy
+from proxy.policy.cache import DecisionCache
+from proxy.protocol import messages as m
+from proxy.replicas import Route
+from proxy.session import ClientSession, State
+from tests.support.sessions import login, make_config, server_for
+
+POLICY = TenantPolicy(tenant="acme", strategy="database", allow_writes=True)
+
+
+def routed_config(tmp_path: Path, mode: str = "transaction", route: str = "auto") -> Config:
+    cfg = make_config(tmp_path, pool={"pool_mode": mode})
+    return replace(cfg, backends={"main": replace(cfg.backends["main"], replicas=(ReplicaConfig("r1"),))},
+                   routing=RoutingConfig(route=route))  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def session(cfg: Config, clock: Clock) -> tuple[ClientSession, ConnectBackend]:
+    s = ClientSession(cfg, session_id="s1", client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2),
+                      clock=clock, tls_available=False)
+    *_, connect = login(s)
+    cache = DecisionCache()
+    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
+    return s, connect
+
+
+def request(s: ClientSession, sql: str, replica: str | None) -> Route:
+    """The client sends `sql`; the session asks the pool (its Route), gets a server (of `replica`, None: the
+    primary) that answers, and gives it back."""
+    [acquire] = s.client_data(m.Query(sql).encode())
+    assert isinstance(acquire, AcquireServer) and acquire.route is not None
+    server = server_for(s)
+    server.replica = replica
+    s.server_attached(server)
+    out = s.server_data(m.frame(b"C", b"SELECT 1\x00") + m.ready_for_query(b"I"))
+    assert any(isinstance(a, ReleaseServer) for a in out) and s.state is State.IDLE
+    return acquire.route
+
+
+def test_each_request_says_whether_it_only_reads_and_a_write_is_remembered(tmp_path: Path) -> None:
+    clock = Clock()
+    s, connect = session(routed_config(tmp_path), clock)
+    auto = RoutingConfig(route="auto")
+    assert connect.route == Route(auto, False, None)  # the login's server: the primary for "auto"
+    s.server_attached(server_for(s))  # (answered, then given back at once: no write to wait for)
+    assert s.routing is not None and s.routing.wrote_at is None
+    assert request(s, "SELECT 1", "r1") == Route(auto, True, None)
+    clock.now = 101.0
+    assert request(s, "SELECT 2", None) == Route(auto, True, None)  # a read on the primary is no write either
+    assert request(s, "INSERT INTO t VALUES (1)", None) == Route(auto, False, None)
+    assert request(s, "SELECT 3", None) == Route(auto, True, 101.0)  # read-your-writes: after the write at 101
+    clock.now = 102.0
+    assert request(s, "BEGIN READ ONLY; SELECT 4; COMMIT", "r1") == Route(auto, True, 101.0)
+
+
+def test_a_session_without_replicas_or_on_the_primary_route_is_not_routed(tmp_path: Path) -> None:
+    clock = Clock()
+    s, connect = session(routed_config(tmp_path, route="primary"), clock)
+    assert connect.route is None and s.routing is None
+    (tmp_path / "x").mkdir()
+    plain = replace(make_config(tmp_path / "x", pool={"pool_mode": "transaction"}), routing=RoutingConfig(route="auto"))
+    s, connect = session(plain, clock)  # "auto", but its backend has no replica
+    assert connect.route is None and s.routing is None
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_route_replica_asks_a_replica_from_login(tmp_path: Path, mode: str) -> None:
+    s, connect = session(routed_config(tmp_path, mode=mode, route="replica"), Clock())
+    assert connect.route == Route(RoutingConfig(route="replica"), False, None)
+    assert s.pooled is (mode == "transaction")
+
+
+def test_an_agent_profile_session_only_reads(tmp_path: Path) -> None:
+    """An agent's writes are refused by the proxy and its servers are read-only: each of its requests may go to a
+    replica under "auto", whatever it is."""
+    cfg = routed_config(tmp_path)
+    cfg = replace(cfg, users={"alice": replace(cfg.users["alice"], profile="agent")})
+    s, _ = session(cfg, Clock())
+    s.server_attached(server_for(s))
+    [acquire] = s.client_data(m.Query("SELECT nextval('s')").encode())
+    assert isinstance(acquire, AcquireServer) and acquire.route == Route(RoutingConfig(route="auto"), True, None)
