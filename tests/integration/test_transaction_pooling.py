@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.integration.test_pool_io import console, pooled_proxy, until_waiting
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
+from tests.support.pools import console, pooled_proxy, until_waiting
 from tests.support.proxyproc import ProxyProcess
 
 
