@@ -90,3 +90,10 @@ def test_calls_a_helper_that_checks_nothing(): print(1)
     assert [f.split()[1] for f in found] == [
         "test_nothing", "test_broad_except", "test_calls_a_helper_that_checks_nothing"]
     assert found[0].startswith("test_x.py:16 ")
+
+
+def test_every_test_module_has_its_own_basename() -> None:
+    """The test folders are not packages: two test_x.py files under tests/ stop pytest's collection of the whole suite
+    ("import file mismatch"), as the integration test_registry.py/test_replicas.py did beside the unit ones."""
+    names = [p.name for p in TESTS.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
