@@ -14,6 +14,10 @@ from proxy.reasons import CloseReason
 from proxy.tenancy import backend_context
 
 IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
+# PostgreSQL checks every second whether the proxy closed a server's socket while a statement runs (PostgreSQL 14+), and
+# ends the statement: a client that leaves with requests pipelined behind a running one leaves nothing running once
+# its drained server is closed (red team 8a F7: the drain's cancel ends only the statement running then).
+CONNECTION_CHECK = "client_connection_check_interval"
 # On a full database budget, an idle server of a tenant holding no more than its weighted share of the budget is
 # kept for that tenant this long after its last use (not closed to make room for another tenant): a tenant between
 # two queries does not pay a new server for each while a neighbour floods the budget (the noisy neighbour).
@@ -59,6 +63,7 @@ def server_context(tenant: TenantConfig, config: Config) -> dict[str, str]:
     params = dict(backend_context(tenant))
     params.setdefault("client_encoding", "UTF8")
     params.setdefault(IDLE_IN_TRANSACTION, f"{round(config.limits.idle_in_transaction_timeout * 1000)}ms")
+    params.setdefault(CONNECTION_CHECK, "1s")
     return params
 
 

@@ -67,6 +67,10 @@ def parse_options(options: str) -> list[tuple[str, str]]:
     return pairs
 
 
+# Startup settings allowed only with these values (policy/settings.PINNED_VALUES says why for SET).
+STARTUP_PINNED: dict[str, frozenset[str]] = {"client_min_messages": frozenset({"notice", "warning", "error"})}
+
+
 def backend_parameters(
     client: dict[str, str], allowed: Iterable[str]
 ) -> tuple[dict[str, str], PgError | None]:
@@ -93,6 +97,8 @@ def backend_parameters(
             continue
         if key.startswith(_RESERVED_PREFIXES) or key not in allowed_set:
             return {}, errors.startup_parameter_not_allowed(name, via_options)
+        if key in STARTUP_PINNED and value.strip().lower() not in STARTUP_PINNED[key]:
+            return {}, errors.startup_parameter_not_allowed(f"{name}={value}", via_options)
         if key == "client_encoding":
             value = normalize_client_encoding(value)
             if value.replace("-", "").replace("_", "").lower() not in ("utf8", "unicode", "sqlascii"):

@@ -757,7 +757,9 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.unqualify_columns(analysis)
     if stmt.kind == "ExplainStmt" and policy.strategy == "shared":
         planner.costs_off(stmt.body)
-    elif stmt.kind == "ExplainStmt" and policy.strategy == "schema" and reads_system_relation(policy, analysis):
+    elif stmt.kind == "ExplainStmt" and policy.strategy != "shared" and reads_system_relation(policy, analysis):
+        # (the database strategy's too: the shared catalogs' estimates count the cluster's databases and roles, and
+        # a database holding hidden schemas counts their objects; red team 8a F5/F8)
         if option_value(stmt.body.get("options"), "analyze"):  # (its "Rows Removed by Filter" count them too)
             raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog would count every tenant's objects")
         planner.costs_off(stmt.body)

@@ -30,6 +30,13 @@ PINNED_VALUES: dict[str, frozenset[str]] = {
     "debug_print_parse": _OFF,
     "debug_print_rewritten": _OFF,
     "debug_print_plan": _OFF,
+    # Below notice, the server's DEBUG and LOG lines show the statements it parsed and ran: the proxy's rewrites, the
+    # run-time marker of a statement naming a hidden schema where a missing one shows the client's text (red team 8a
+    # F4), and with the operator's log_statement the text of every statement. notice is PostgreSQL's default.
+    "client_min_messages": frozenset({"notice", "warning", "error"}),
+    # The server's own check that the proxy is still there (pooling.CONNECTION_CHECK): a drained server's pipelined
+    # statements end with it; never changed.
+    "client_connection_check_interval": frozenset(),
 }
 
 

@@ -606,6 +606,11 @@ ATTACKS: list[Attack] = [
     Attack("stats_shared_catalog_estimates", "SELECT relname, reltuples::text, relpages::text, "
            "relallvisible::text FROM pg_class WHERE relname IN ('pg_database', 'pg_authid')", ALL, "ok",
            check=scrubbed_statistics),
+    # red team 8a F5/F8: EXPLAIN of a catalog in the database strategy (the shared catalogs' estimates count the
+    # cluster's databases and roles) is sent with COSTS OFF as in the schema strategy
+    Attack("stats_shared_catalog_explain", ("EXPLAIN SELECT 1 FROM pg_database WHERE datname > 'a'",
+                                            "EXPLAIN SELECT 1 FROM pg_database WHERE datname > 'zz'"), "CD", "ok",
+           check=same_plan_each_step),
     Attack("stats_shared_catalog_size", "SELECT pg_total_relation_size('pg_database'), "
            "pg_relation_size('pg_catalog.pg_authid'), pg_table_size('pg_shdescription'::regclass)", ALL, "ok",
            check=all_null),
@@ -828,6 +833,13 @@ ATTACKS: list[Attack] = [
     Attack("res_temp_file_limit_off", "SET temp_file_limit = -1", ALL, "deny", by="proxy"),
     Attack("res_work_mem_within", ("SET work_mem = '64MB'", "SET max_parallel_workers_per_gather = 0",
                                    "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
+    Attack("ctx_client_min_messages_debug", "SET client_min_messages = debug2", ALL, "deny", by="proxy"),
+    Attack("ctx_client_min_messages_log_local", ("BEGIN", "SET LOCAL client_min_messages TO log", "COMMIT"), ALL,
+           "deny", by="proxy"),
+    Attack("ctx_client_min_messages_warning", ("SET client_min_messages = warning", "RESET client_min_messages",
+                                               "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
+    # red team 8a F7: the server's own check that a drained server's socket is gone stays on
+    Attack("ctx_connection_check_off", "SET client_connection_check_interval = 0", ALL, "deny", by="proxy"),
     Attack("ctx_debug_print_plan_off", ("SET debug_print_plan = off", "RESET debug_print_plan",
                                         "SELECT count(*) FROM orders"), ALL, "ok", check=count_is("orders")),
     # pg_dump's default: the shared strategy forwards it as on (the proxy's filter already gives the tenant its whole
@@ -863,6 +875,12 @@ ATTACKS: list[Attack] = [
     Attack("startup_options_search_path", "", ALL, "deny", runner="startup",
            startup={"options": "-c search_path=two_co"}),
     Attack("startup_param_search_path", "", ALL, "deny", runner="startup", startup={"search_path": "two_co"}),
+    # red team 8a F4: below notice the server's DEBUG/LOG lines show the statements it parsed (the proxy's rewrites,
+    # a hidden schema's run-time marker where a missing one shows the client's text)
+    Attack("startup_client_min_messages_debug", "", ALL, "deny", runner="startup",
+           startup={"options": "-c client_min_messages=debug2"}),
+    Attack("startup_client_min_messages_warning", "", ALL, "ok", runner="startup",
+           startup={"client_min_messages": "warning"}),
     Attack("startup_options_role", "", ALL, "deny", runner="startup", startup={"options": "-c role=postgres"}),
     Attack("startup_options_session_authorization", "", ALL, "deny", runner="startup",
            startup={"options": "-c session_authorization=postgres"}),
