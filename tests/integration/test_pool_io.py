@@ -580,3 +580,28 @@ def test_a_client_that_leaves_mid_statement_holds_its_pool_place_until_the_state
         assert any(r["tenant"] == "initech" for r in console(p, "SHOW POOLS;"))
     finally:
         p.stop()
+
+
+def test_a_client_that_leaves_with_a_request_pipelined_behind_leaves_nothing_running(pg: PgCluster,
+                                                                                      tmp_path: Path) -> None:
+    """Red team 8a F7: the drain's cancel ends the statement running when the client leaves; a request pipelined
+    behind it (already in the server's socket buffer) then ran to its end outside every pool. Servers start with
+    client_connection_check_interval = 1s: PostgreSQL ends it once the drained server's socket is closed."""
+    p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction")
+    role = TENANT_ROLES["initech"][0]
+    try:
+        for _ in range(2):
+            conn = psycopg.connect(p.dsn("ivan"), autocommit=True)
+            pgconn = conn.pgconn
+            pgconn.enter_pipeline_mode()
+            pgconn.send_query_params(b"SELECT pg_sleep(0.5)", None)
+            pgconn.pipeline_sync()
+            pgconn.send_query_params(b"SELECT pg_sleep(60)", None)
+            pgconn.pipeline_sync()
+            pgconn.flush()
+            time.sleep(0.2)
+            pgconn.finish()  # leaves during the first statement, the second one pipelined behind it
+        time.sleep(1.0)  # (the first statements would have ended by now: the second ones start if anything does)
+        until(lambda: _running_sleeps(pg, role) == 0, timeout=15, what="no pipelined statement left running")
+    finally:
+        p.stop()
