@@ -17,6 +17,8 @@ from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK
 log = get_logger("pgtenant.peers")
 
 TIMEOUT = 5.0  # seconds for a peer to read a frame, or to answer one (it waits for the backend's cancel)
+MISSING_FOR = 5.0  # seconds a slot no instance held stays unlooked-up (a new instance is found after that)
+_clock = time.monotonic
 Cancel = Callable[[int, bytes], Awaitable[None]]
 
 
@@ -67,11 +69,28 @@ class PeerCancelSender:
         self.dsn = dsn
         self.shared = shared
         self._where: dict[int, tuple[str, int]] = {}
+        # Slots no instance held at the last lookup, until when that answer stands; one lookup at a time. Anyone can
+        # send CancelRequests naming an unused slot: each used to open a registry connection (a SCRAM login), and
+        # ~130 a second stalled the event loop (red team 8b F1).
+        self._missing: dict[int, float] = {}
+        self._lookup = asyncio.Lock()
 
     async def _find(self, slot: int) -> tuple[str, int] | None:
         found = self._where.get(slot)
-        if found is not None:
+        if found is not None or self._missing.get(slot, 0.0) > _clock():
             return found
+        async with self._lookup:
+            found = self._where.get(slot)
+            if found is not None or self._missing.get(slot, 0.0) > _clock():
+                return found
+            found = await self._query(slot)
+            if found is None:
+                self._missing[slot] = _clock() + MISSING_FOR
+            else:
+                self._where[slot] = found
+            return found
+
+    async def _query(self, slot: int) -> tuple[str, int] | None:
         try:
             async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5,
                                                               application_name="pgtenant-peers") as conn:
@@ -79,16 +98,13 @@ class PeerCancelSender:
         except (psycopg.Error, OSError) as exc:
             log.warning("peer_lookup_failed", slot=slot, error=str(exc).strip())
             return None
-        if row is None:
-            return None
-        self._where[slot] = (str(row[0]), int(row[1]))
-        return self._where[slot]
+        return None if row is None else (str(row[0]), int(row[1]))
 
     async def send(self, slot: int, process_id: int, secret_key: bytes) -> bool:
         """Whether the instance of `slot` took the cancel (and has acted on it)."""
         where = await self._find(slot)
-        if where is None:
-            log.info("cancel_ignored", reason="no_instance", slot=slot)
+        if where is None:  # (debug: anyone can send these)
+            log.debug("cancel_ignored", reason="no_instance", slot=slot)
             return False
         writer = None
         try:
