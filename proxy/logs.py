@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+from typing import TextIO
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class LineLogger:
+    """Writes each log line with one write: worker processes share stderr, which writes through, and print()'s
+    separate newline let another process's line land inside this one (a JSON log reader lost both)."""
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            self._file.write(message + "\n")
+            self._file.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = failure = err = msg
 
 
 def configure(level: str = "info", fmt: str = "json", **always: object) -> None:
@@ -30,7 +48,7 @@ def configure(level: str = "info", fmt: str = "json", **always: object) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_: LineLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )
 

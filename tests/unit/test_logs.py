@@ -16,3 +16,24 @@ def test_a_burst_then_the_rate_and_the_dropped_lines_are_counted() -> None:
     lim = LogLimiter(rate=10.0, burst=5.0)
     kept = sum(lim.allow(now + i / 10_000) is not None for i in range(10_000))
     assert kept <= 5 + 10
+
+
+def test_each_line_is_one_write() -> None:
+    """Worker processes share stderr (write-through): print()'s message and newline were two writes, and another
+    process's line could land between them."""
+    from proxy.logs import LineLogger
+
+    class Writes:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    out = Writes()
+    LineLogger(out).info('{"event": "shutdown_complete"}')  # type: ignore[arg-type]
+    assert out.calls == ['{"event": "shutdown_complete"}\n']
