@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from proxy.admin import Rows
 from proxy.config import Config, ConfigError, load_config
@@ -15,6 +16,10 @@ from proxy.pooling import PoolRow
 from proxy.session import SessionRow
 
 log = get_logger("pgtenant.ops")
+
+# What a reload did: applied; rejected for what the config file or the registry's rows say (the old config stays);
+# or the registry could not be read (a registry change's reload is tried again: io/registrywatch.py).
+ReloadStatus = Literal["applied", "rejected", "unreachable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,7 @@ class Running:
     metrics: Metrics
     load: Callable[[], Config] | None = None  # blocking: the config anew (file and registry); None: the file's
     registry_connected: Callable[[], bool] | None = None  # the registry's LISTEN connection is up (None: no registry)
+    registry_current: Callable[[], bool] | None = None  # no registry change is known to be unapplied (RegistryWatch)
     apply_changes: Callable[[Config], list[str]] | None = None  # blocking: apply_config preparing changed tenants only
 
 
@@ -103,6 +109,9 @@ class Ops:
         registry = proxy.registry_connected() if proxy.registry_connected is not None else True
         if proxy.registry_connected is not None:
             detail["registry"] = registry
+        if proxy.registry_current is not None:
+            detail["registry_current"] = proxy.registry_current()
+            registry = registry and bool(detail["registry_current"])
         ok = bool(detail["listening"]) and all(backends.values()) and not pending and registry
         if pending and all(backends.values()):
             # Backends are back: try to prepare the tenants that were waiting for them.
@@ -118,39 +127,50 @@ class Ops:
 
     # --- reload ----------------------------------------------------------------------------
 
-    async def reload_changes(self) -> tuple[bool, str]:
-        """A registry change: reload as SIGHUP does, but prepare again only the tenants whose config changed."""
-        return await self.reload(changes_only=True)
+    async def reload_changes(self) -> tuple[ReloadStatus, str]:
+        """A registry change: reload as SIGHUP does, but prepare again only the tenants whose config changed. A
+        registry that could not be read is `unreachable` (not logged here: the watch retries and logs it once)."""
+        return await self._reload(changes_only=True)
 
-    async def reload(self, *, changes_only: bool = False) -> tuple[bool, str]:
+    async def reload(self) -> tuple[bool, str]:
         """Re-read the config file (and the registry); on any error keep the old one and say why."""
+        status, message = await self._reload(changes_only=False)
+        if status == "unreachable":
+            log.error("reload_rejected", problem=message)
+            message = f"reload rejected, old configuration stays in force: {message}"
+        return status == "applied", message
+
+    async def _reload(self, *, changes_only: bool) -> tuple[ReloadStatus, str]:
         proxy = self.proxy
         source = proxy.config().source
         if source is None:
-            return False, "the configuration was not loaded from a file"
+            return "rejected", "the configuration was not loaded from a file"
         async with self._reload_lock:
             loop = asyncio.get_running_loop()
             try:
                 load = proxy.load or (lambda: load_config(source))
                 new: Config = await loop.run_in_executor(None, load)
+            except ConfigError as exc:
+                return self._rejected(str(exc))
+            except Exception as exc:  # the registry could not be read (registrystore.RegistryError): not the rows
+                proxy.metrics.config_reloaded(False)
+                return "unreachable", str(exc)
+            try:
                 apply = proxy.apply_changes if changes_only and proxy.apply_changes is not None else proxy.apply_config
                 problems = await loop.run_in_executor(None, apply, new)
-            except ConfigError as exc:
-                proxy.metrics.config_reloaded(False)
-                log.error("reload_rejected", problem=str(exc))
-                return False, f"reload rejected, old configuration stays in force: {exc}"
             except Exception as exc:
-                proxy.metrics.config_reloaded(False)
-                log.error("reload_rejected", problem=str(exc))
-                return False, f"reload rejected, old configuration stays in force: {exc}"
+                return self._rejected(str(exc))
             if problems:
-                proxy.metrics.config_reloaded(False)
-                log.error("reload_rejected", problem="; ".join(problems))
-                return False, "reload rejected, old configuration stays in force: " + "; ".join(problems)
+                return self._rejected("; ".join(problems))
             proxy.metrics.config_reloaded(True)
             log.info("reloaded", tenants=len(new.tenants), users=len(new.users),
                      **({} if new.registry_version is None else {"registry_version": new.registry_version}))
-            return True, f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
+            return "applied", f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
+
+    def _rejected(self, problem: str) -> tuple[ReloadStatus, str]:
+        self.proxy.metrics.config_reloaded(False)
+        log.error("reload_rejected", problem=problem)
+        return "rejected", f"reload rejected, old configuration stays in force: {problem}"
 
     # --- admin console (proxy.admin.AdminContext) ----------------------------------------
 

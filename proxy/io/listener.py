@@ -112,6 +112,8 @@ class Proxy:
             apply_changes=lambda new: self.apply_config(new, keep_unchanged=True),
             registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
             if config.registry.enabled else None,
+            registry_current=(lambda: self.registry_watch is not None and self.registry_watch.current)
+            if config.registry.enabled else None,
         ))
         self.registry_watch: RegistryWatch | None = None
         self.instance_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
@@ -330,8 +332,7 @@ class Proxy:
             self.peer_sender = PeerCancelSender(registry.dsn, shared)
             peer = (advertised_host(registry.advertise_host, registry.peer_host), self.instance_server.port,
                     registry.instance_bits)
-        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload_changes, peer,
-                                            lambda: self.config.registry_version)
+        self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload_changes, peer)
         self.registry_watch.start()
         if peer is not None:
             with contextlib.suppress(TimeoutError):

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from proxy.logs import get_logger
-from proxy.registrydb import CHANNEL, CLAIM_SLOT, INSTANCE_LOCK, SELECT_VERSION, TRY_SLOT
+from proxy.registrydb import CHANNEL, CLAIM_SLOT, INSTANCE_LOCK, TRY_SLOT
+
+if TYPE_CHECKING:
+    from proxy.ops import ReloadStatus
 
 log = get_logger("pgtenant.registry")
 
@@ -17,6 +21,10 @@ log = get_logger("pgtenant.registry")
 # network partition) is noticed within this, and the next one reloads what was missed meanwhile.
 PING_INTERVAL = 5.0
 CONNECT_TIMEOUT = 5
+# A reload that could not read the registry (a blip, a failover) is tried again after RETRY_FIRST seconds, doubling
+# up to RETRY_MAX, until it applies or is rejected for what the rows say (red team 8b F7).
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
 
 
 class RegistryWatch:
@@ -24,10 +32,9 @@ class RegistryWatch:
     for a reload through `reload` (the SIGHUP path: the same validation and revocation). Changes arriving while a
     reload runs are folded into the next one."""
 
-    def __init__(self, dsn: str, reconnect_delay: float, reload: Callable[[], Awaitable[tuple[bool, str]]],
-                 peer: tuple[str, int, int] | None = None, applied: Callable[[], int | None] = lambda: None) -> None:
+    def __init__(self, dsn: str, reconnect_delay: float, reload: Callable[[], Awaitable[tuple[ReloadStatus, str]]],
+                 peer: tuple[str, int, int] | None = None) -> None:
         self.dsn = dsn
-        self.applied = applied  # the registry change number of the config in force
         self.reconnect_delay = reconnect_delay
         self.reload = reload
         self.connected = False
@@ -37,7 +44,17 @@ class RegistryWatch:
         self.slot: int | None = None
         self.claimed = asyncio.Event()
         self._dirty = asyncio.Event()
+        self._asked = 0  # reloads asked for so far (notifications, connections)
+        self._done = 0  # how many of them the last finished reload (applied or rejected) answered
+        self._resync = 0  # the ask of the last (re)connect: until it is answered the config may be behind
+        self._failing = False  # the last reload could not read the registry (retrying)
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def current(self) -> bool:
+        """The config in force is the registry's as far as this process can know: connected, the reload after the
+        last (re)connect has run, and no reload since the last good one failed to read the registry."""
+        return self.connected and not self._failing and self._done >= self._resync
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -51,16 +68,40 @@ class RegistryWatch:
                 await task
         self.connected = False
 
+    def _ask(self) -> int:
+        self._asked += 1
+        self._dirty.set()
+        return self._asked
+
     async def _apply(self) -> None:
+        delay = RETRY_FIRST
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            asked = self._asked
             try:
-                ok, message = await self.reload()
+                status, message = await self.reload()
             except Exception as exc:  # the reload reports its own failures; this is a bug's last line
-                log.error("registry_reload_failed", problem=str(exc) or type(exc).__name__)
+                status, message = "rejected", str(exc) or type(exc).__name__
+                log.error("registry_reload_failed", problem=message)
+            if status == "unreachable":
+                # Tried again until it reads the registry: logged once, then at debug level per retry.
+                (log.debug if self._failing else log.warning)("registry_behind", problem=message, retry_in_s=delay)
+                self._failing = True
+                with contextlib.suppress(TimeoutError):  # a reconnect or a notification tries again at once
+                    await asyncio.wait_for(self._dirty.wait(), delay)
+                delay = min(delay * 2, RETRY_MAX)
+                self._dirty.set()
                 continue
-            (log.info if ok else log.error)("registry_applied" if ok else "registry_rejected", result=message)
+            delay = RETRY_FIRST
+            self._done = max(self._done, asked)
+            if self._failing:
+                self._failing = False
+                log.info("registry_caught_up")
+            if status == "applied":
+                log.info("registry_applied", result=message)
+            else:
+                log.error("registry_rejected", result=message)
 
     async def _listen(self) -> None:
         while True:
@@ -76,13 +117,14 @@ class RegistryWatch:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     if self.peer is not None:
                         await self._claim(conn)
+                    # Changes committed before LISTEN (since the config was read at start, or while the connection
+                    # was down) were not announced to us: reload, whatever the change numbers say. They are taken
+                    # at a change's first write, not at its commit, so a lower one can commit after a higher one
+                    # was applied (red team 8b F5); the reload's snapshot, taken after LISTEN, sees every commit
+                    # made before it, and every later one is announced on this connection.
+                    self._resync = self._ask()
                     self.connected = True
                     log.info("registry_listening")
-                    # Changes made before LISTEN (since the config was read at start, or while the connection was
-                    # down) were not announced to us.
-                    row = await (await conn.execute(SELECT_VERSION)).fetchone()
-                    if row is None or row[0] != self.applied():
-                        self._dirty.set()
                     await self._receive(conn)
             except (psycopg.Error, OSError) as exc:
                 self._lost(str(exc).strip())
@@ -91,7 +133,7 @@ class RegistryWatch:
     async def _receive(self, conn: psycopg.AsyncConnection) -> None:
         while True:
             async for _ in conn.notifies(timeout=PING_INTERVAL):
-                self._dirty.set()
+                self._ask()
             await conn.execute("SELECT 1")  # silent for PING_INTERVAL: is the connection still there?
 
     async def _claim(self, conn: psycopg.AsyncConnection) -> None:

@@ -197,6 +197,77 @@ def test_readyz_reflects_the_registry_connection_and_it_reconnects(rproxy: Proxy
     assert count(rproxy, "gus") == 200
 
 
+def failed_reloads(p: ProxyProcess) -> float:
+    with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    line = next((x for x in text.splitlines() if x.startswith('pgtenant_config_reloads_total{outcome="rejected"}')),
+                None)
+    return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
+
+def _reloads(p: ProxyProcess) -> int:
+    return sum(1 for e in p.log_events() if e.get("event") == "reloaded")
+
+
+def test_a_change_committed_below_an_applied_one_while_disconnected_is_applied(
+        rproxy: ProxyProcess, pg: PgCluster, registry: str) -> None:
+    """Red team 8b F5: change numbers are taken at a change's first write, not at its commit. A removal (number N)
+    commits while the proxy's LISTEN connection is down, after a later change (N + 1) was applied: the reconnect
+    reloads anyway, and the removed user is refused."""
+    applied(rproxy, change_number(add_user(rproxy, "trudy", "acme", "trudy-pw")))
+    assert count(rproxy, "trudy") == 200
+    with psycopg.connect(registry) as operator:
+        operator.execute("DELETE FROM pgtenant_registry.users WHERE name = 'trudy'")  # change N, not committed
+        later = change_number(add_user(rproxy, "victor", "acme", "victor-pw"))  # change N + 1, committed
+        applied(rproxy, later)
+        until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready")
+        pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS false")
+        try:
+            pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = 'pgtenant-listen'")
+            until(lambda: ready(rproxy)[1].get("registry") is False or None, APPLY_WAIT, interval=0.1,
+                  what="the LISTEN connection down")
+            before = _reloads(rproxy)
+            operator.commit()  # nobody hears of it; max(version) stays N + 1, the number already applied
+        finally:
+            pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS true")
+    until(lambda: _reloads(rproxy) > before or None, APPLY_WAIT, interval=0.05, what="the reconnect's reload")
+    until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+    assert count(rproxy, "trudy") is None
+    assert count(rproxy, "victor") == 200
+
+
+def test_a_reload_that_cannot_read_the_registry_is_retried_and_readyz_waits_for_it(
+        rproxy: ProxyProcess, pg: PgCluster) -> None:
+    """Red team 8b F7: the LISTEN connection hears a removal but the reload cannot read the registry (here: the
+    database refuses new connections, as in a failover). /readyz says not ready (the registry connection itself is
+    up), the log says it once, and the reload is tried again until the removal applies."""
+    applied(rproxy, change_number(add_user(rproxy, "uma", "acme", "uma-pw")))
+    assert count(rproxy, "uma") == 200
+    behind = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_behind")
+    failed = failed_reloads(rproxy)
+    with pg.connect(dbname=REGISTRY_DB) as held:  # open before the database refuses new connections
+        pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS false")
+        try:
+            held.execute("DELETE FROM pgtenant_registry.users WHERE name = 'uma'")
+            version = held.execute("SELECT max(version) FROM pgtenant_registry.changes").fetchone()[0]
+            detail = until(lambda: ready(rproxy)[0] == 503 and ready(rproxy)[1], APPLY_WAIT, interval=0.1,
+                           what="not ready while the removal is unapplied")
+            assert detail["registry"] is True and detail["registry_current"] is False
+            until(lambda: failed_reloads(rproxy) >= failed + 3 or None, APPLY_WAIT, interval=0.1,
+                  what="the reload tried again")
+            logged = [e for e in rproxy.log_events() if e.get("event") == "registry_behind"][behind:]
+            warned = [e for e in logged if e.get("level") == "warning"]
+            assert len(warned) == 1 and len(logged) >= 3, logged  # a warning once; the retries at debug level
+            assert "not currently accepting connections" in warned[0]["problem"]
+        finally:
+            pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS true")
+    applied(rproxy, version)
+    assert count(rproxy, "uma") is None
+    until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+    assert any(e.get("event") == "registry_caught_up" for e in rproxy.log_events())
+
+
 def test_two_instances_on_one_registry_serve_the_same_users(
         pg: PgCluster, registry: str, rproxy: ProxyProcess, tmp_path: Path) -> None:
     other = _proxy(pg, tmp_path / "second", registry)

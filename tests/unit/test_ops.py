@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,40 @@ def test_reload_without_a_file_and_with_problems(tmp_path: Path) -> None:
     assert ok and message == "configuration reloaded: 1 tenant(s), 1 user(s)"
 
 
+def test_a_registry_change_tells_an_unreadable_registry_from_a_rejected_config(tmp_path: Path) -> None:
+    """A registry that cannot be read is `unreachable` (the watch tries again); what the config or rows say is
+    `rejected` (not tried again until the registry changes); SIGHUP's reload reports either as rejected."""
+    from proxy.config import ConfigError
+
+    make_config(tmp_path)  # writes the secrets file
+    (tmp_path / "p.toml").write_text(
+        'secrets_file = "s.toml"\n[backends.main]\n[tenants.acme]\nstrategy = "database"\ndatabase = "acme"\n'
+        '[users.alice]\ntenant = "acme"\n'
+    )
+    config = load_config(tmp_path / "p.toml")
+
+    def with_load(load: object) -> Ops:
+        return Ops(Running(
+            config=lambda: config, snapshot=lambda: SNAPSHOT, prepare_tenant=lambda _n: [],
+            apply_config=lambda _new: [], kill=lambda _sid: False, unlock=lambda _u: 0,
+            metrics=Metrics(max_tenants=10), load=load,  # type: ignore[arg-type]
+        ))
+
+    def blip() -> Config:
+        raise RuntimeError("cannot read the registry: terminating connection due to administrator command")
+
+    def bad_row() -> Config:
+        raise ConfigError("users.mallory.profile: must be default or agent")
+
+    status, message = asyncio.run(with_load(blip).reload_changes())
+    assert status == "unreachable" and "administrator command" in message
+    status, message = asyncio.run(with_load(bad_row).reload_changes())
+    assert status == "rejected" and "users.mallory.profile" in message
+    assert asyncio.run(with_load(lambda: config).reload_changes())[0] == "applied"
+    ok, message = asyncio.run(with_load(blip).reload())
+    assert not ok and message.startswith("reload rejected, old configuration stays in force: cannot read")
+
+
 
 def test_readiness_follows_the_registry_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(tmp_path)
@@ -105,6 +140,13 @@ def test_readiness_follows_the_registry_connection(tmp_path: Path, monkeypatch: 
     up[0] = True
     ok, detail = asyncio.run(check())
     assert ok and detail["registry"] is True
+    current = [False]  # connected, but a change is known to be unapplied (a reload could not read the registry)
+    o.proxy = dataclasses.replace(o.proxy, registry_current=lambda: current[0])
+    ok, detail = asyncio.run(check())
+    assert not ok and detail["registry"] is True and detail["registry_current"] is False
+    current[0] = True
+    ok, detail = asyncio.run(check())
+    assert ok and detail["registry_current"] is True
     assert "registry" not in asyncio.run(ops(config).ready())[1]  # no registry configured: not part of readiness
 
 
