@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from proxy import registryplace
 from proxy.config import Config, ConfigError, load_config
 from proxy.registrydb import (
     DDL,
@@ -73,7 +74,9 @@ def load(path: str | os.PathLike[str]) -> Config:
     if not config.registry.enabled:
         return config
     assert config.registry.dsn is not None
-    return load_config(path, overlay(read(config.registry.dsn)))
+    merged = load_config(path, overlay(read(config.registry.dsn)))
+    registryplace.check(merged)
+    return merged
 
 
 def loader(path: Path) -> Callable[[], Config]:
@@ -83,11 +86,12 @@ def loader(path: Path) -> Callable[[], Config]:
 # --- changes (the CLI) ---------------------------------------------------------------------
 
 
-def _checked(conn: psycopg.Connection, config_path: Path | None) -> None:
+def _checked(conn: psycopg.Connection, config_path: Path | None, dsn: str) -> None:
     """Inside the change's transaction: the registry as it would be, merged with the config file, passes the
-    config's validation (ConfigError otherwise, and the caller's transaction rolls back)."""
+    config's validation and placement check against the registry changed (ConfigError otherwise, and the caller's
+    transaction rolls back)."""
     if config_path is not None:
-        load_config(config_path, overlay(read_rows(conn)))
+        registryplace.check(load_config(config_path, overlay(read_rows(conn))), dsn=dsn)
 
 
 def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connection], None]) -> int:
@@ -97,7 +101,7 @@ def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connecti
         with connect(dsn) as conn:
             with conn.transaction():
                 apply(conn)
-                _checked(conn, config_path)
+                _checked(conn, config_path, dsn)
                 row = conn.execute(SELECT_VERSION).fetchone()
             return int(row[0]) if row else 0
     except psycopg.Error as exc:

@@ -268,6 +268,33 @@ def test_a_reload_that_cannot_read_the_registry_is_retried_and_readyz_waits_for_
     assert any(e.get("event") == "registry_caught_up" for e in rproxy.log_events())
 
 
+def test_a_database_tenant_in_the_registrys_database_is_refused(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    """Red team 8b F2/F3, the config's lock: such a tenant could hold the instance slots' advisory locks and NOTIFY
+    the registry's channel. The CLI refuses to add it; a row written by hand is rejected by the proxy and by
+    check-config, and the old config serves on."""
+    res = pgtenant("tenants", "add", "regco", "--strategy", "database", "--database", REGISTRY_DB,
+                   "--config", str(rproxy.config_path))
+    assert res.returncode == 2 and "tenants.regco: a database-strategy tenant may not be served from the " \
+        "registry's database" in res.stderr, res.stderr
+    assert not pg.execute("SELECT 1 FROM pgtenant_registry.tenants WHERE name = 'regco'", dbname=REGISTRY_DB)
+    before = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_rejected")
+    pg.execute("INSERT INTO pgtenant_registry.tenants (name, strategy, database) VALUES ('regco', 'database', %s)",
+               (REGISTRY_DB,), dbname=REGISTRY_DB)
+    try:
+        def rejected() -> dict | None:
+            found = [e for e in rproxy.log_events() if e.get("event") == "registry_rejected"]
+            return found[before] if len(found) > before else None
+
+        event = until(rejected, APPLY_WAIT, interval=0.05, what="registry_rejected")
+        assert f"tenants.regco: a database-strategy tenant may not be served from the registry's database " \
+            f"(database '{REGISTRY_DB}'" in event["result"]
+        checked = pgtenant("check-config", str(rproxy.config_path))
+        assert checked.returncode != 0 and "tenants.regco" in checked.stdout + checked.stderr
+        assert count(rproxy, "alice") == 200
+    finally:
+        pg.execute("DELETE FROM pgtenant_registry.tenants WHERE name = 'regco'", dbname=REGISTRY_DB)
+
+
 def test_two_instances_on_one_registry_serve_the_same_users(
         pg: PgCluster, registry: str, rproxy: ProxyProcess, tmp_path: Path) -> None:
     other = _proxy(pg, tmp_path / "second", registry)
