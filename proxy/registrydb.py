@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.config import ConfigError, RegistryOverlay
-
-SCHEMA = "pgtenant_registry"  # never reachable through the proxy (tenancy.py hides it from every tenant)
-CHANNEL = "pgtenant_registry"  # the NOTIFY channel a change is announced on (payload: its change number)
+from proxy.registrynames import CHANNEL, SCHEMA
+from proxy.registrynames import INSTANCE_LOCK as INSTANCE_LOCK  # the slots' lock class (io/ uses it from here)
 
 # `pgtenant registry init`: idempotent. The schema grants nothing to PUBLIC: only its owner (and roles it grants
 # to) reads the verifiers. Tenants' own columns are the ones every tenant has; the rest of a [tenants.X] table goes
@@ -72,7 +71,6 @@ SELECT_SETTINGS = f"SELECT tenant, key, value FROM {SCHEMA}.tenant_settings ORDE
 SELECT_USERS = f"SELECT name, tenant, verifier, options FROM {SCHEMA}.users ORDER BY name"
 SELECT_VERSION = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.changes"
 
-INSTANCE_LOCK = 0x70677463  # the advisory lock class of instance slots ("pgtc")
 TRY_SLOT = "SELECT pg_catalog.pg_try_advisory_lock(%s::int, %s::int)"
 CLAIM_SLOT = (f"INSERT INTO {SCHEMA}.instances (slot, host, port) VALUES (%s, %s, %s) ON CONFLICT (slot) DO UPDATE "
               "SET host = EXCLUDED.host, port = EXCLUDED.port, since = now()")

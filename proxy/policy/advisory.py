@@ -14,6 +14,10 @@ generate_series(…) g` filled it and every other tenant's statements failed wit
   statements' locks are all seen as they are).
 
 Transaction-level locks (`pg_advisory_xact_lock`) use the same table until the transaction ends: counted alike.
+
+The two-key class INSTANCE_LOCK is the tenant registry's (its instance slots, held by each proxy instance in the
+registry's database; red team 8b F2): a literal first key of that class is refused (rule `registry_reserved`), any
+other first key is checked by the guard at run time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node, names_of, walk_dicts
 from proxy.policy.walk import Analysis
+from proxy.registrynames import INSTANCE_LOCK
 
 # Immutable functions a lock key may be computed with (from fixed values only).
 KEY_FUNCTIONS: frozenset[str] = frozenset(
@@ -66,6 +71,22 @@ def check(policy: TenantPolicy, analysis: Analysis) -> None:
         if not all(fixed(a) for a in args):
             raise fail("advisory_lock_key", f"the key of {name}() may differ from one row to the next (a column, a "
                        "subquery or a volatile function): each would take a lock of its own")
+        if len(args) == 2 and integer_literal(args[0]) == INSTANCE_LOCK:
+            raise fail("registry_reserved", f"the advisory lock class {INSTANCE_LOCK} is the proxy's own (its "
+                       "instance slots)")
+
+
+def integer_literal(node: Node) -> int | None:
+    """The value of an integer literal (or an all-digit string literal), under any casts; else None."""
+    while isinstance(node, dict) and "TypeCast" in node:
+        node = node["TypeCast"].get("arg")  # type: ignore[assignment]
+    const = node.get("A_Const") if isinstance(node, dict) else None
+    if not isinstance(const, dict):
+        return None
+    if "ival" in const:
+        return int(const["ival"].get("ival", 0))
+    text = str(const.get("sval", {}).get("sval", "")).strip() if "sval" in const else ""
+    return int(text) if text.isdigit() else None
 
 
 def fixed(node: Node) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import settings
+from proxy.policy import notify, settings
 from proxy.policy.catalog import CATALOG_SCHEMAS, is_denied_relation, is_filtered_name, relation_filter
 from proxy.policy.model import REAPPLY_CONTEXT, RESERVED_STATEMENT_PREFIX, TenantPolicy
 from proxy.policy.nametypes import NAME_TYPES
@@ -171,6 +171,7 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
     if kind in ("ListenStmt", "NotifyStmt"):
         if policy.strategy != "database":
             raise fail("notify_not_allowed", "LISTEN/NOTIFY are not allowed in this strategy")
+        notify.reserved(body.get("conditionname"))
         return frozenset()
     if kind in ("AlterRoleSetStmt", "AlterDatabaseSetStmt", "AlterSystemStmt"):
         setstmt = body.get("setstmt", {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from proxy.policy import advisory, implicit
+from proxy.policy import advisory, implicit, notify
 from proxy.policy import guards as g
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
@@ -606,6 +606,10 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
         if policy.strategy == "database" and args and planner.node is not None:
             template = g.advisory_key(policy, len(args), advisory.count(planner.node))
             _wrap_arg(planner, site, body, 0, template, kind=None, rule="advisory_lock_guard")
+        return
+    if name == g.NOTIFY:  # (database strategy: refused in the others; a literal channel is checked by notify.check)
+        if policy.strategy == "database" and args and notify.needs_guard(args[0]):
+            _wrap_arg(planner, site, body, 0, g.notify_channel(policy), kind=None, rule="notify_channel_guard")
         return
     if any("NamedArgExpr" in a for a in args):
         raise fail("rewrite_unsupported", f"{name}() must be called with positional arguments")

@@ -35,6 +35,8 @@ from proxy.policy import visibility as vis
 from proxy.policy.model import SYSTEM_SCHEMAS, TenantPolicy
 from proxy.policy.sqltext import object_name_parts
 from proxy.policy.tree import Node, strip_positions
+from proxy.registrynames import CHANNEL as REGISTRY_CHANNEL
+from proxy.registrynames import INSTANCE_LOCK
 
 PLACEHOLDER = "pgtenant.operand"  # a quoted column name no client can mean: the hole in a template's tree
 _PLACEHOLDER_SQL = '"' + PLACEHOLDER + '"'
@@ -221,8 +223,10 @@ ADVISORY_LOCKS = frozenset(
         "pg_try_advisory_xact_lock_shared",
     }
 )
+# pg_notify() (database strategy): a channel that is not a literal goes through `notify_channel` (policy/notify.py).
+NOTIFY = "pg_notify"
 GUARDED_NAMES = (frozenset(CALL_ARGS) | frozenset(RESULT_CALLS) | frozenset(RESULT_WRAPPED) | SPECIAL_CALLS
-                 | ADVISORY_LOCKS)
+                 | ADVISORY_LOCKS | {NOTIFY})
 
 # Aggregates, window-only functions and set-returning functions of pg_catalog (PostgreSQL 18): an expression
 # holding one of them (outside a nested query) cannot move into the carrier's subquery.
@@ -260,7 +264,7 @@ SET_RETURNING: frozenset[str] = frozenset(
 # substrings first (cheap), then the reg* and pg_* families by a regular expression only when their prefix occurs.
 GUARD_SUBSTRINGS = (
     "format_type", "_description", "has_", "current_setting", "oidvectortypes", "acldefault", "makeaclitem",
-    "row_security_active", "explain", "advisory",
+    "row_security_active", "explain", "advisory", "pg_notify",
 )
 REG_WORDS = re.compile(r"reg(?:class|type|procedure|proc|operator|oper|namespace|collation|config|dictionary|role)\b")
 PG_WORDS = re.compile(
@@ -671,15 +675,38 @@ def advisory_key(policy: TenantPolicy, nargs: int, calls: int) -> Template:
     """The first key argument of an advisory lock call (`nargs` arguments) in a statement with `calls` of them: the
     value itself while the backend holds few enough advisory locks that the statement's own keep it within
     `policy.max_advisory_locks` (counted in `pg_lock_status()` once per run, before the statement's first lock), else
-    a text no integer input reads, which fails the statement (22P02, the message naming the limit)."""
+    a text no integer input reads, which fails the statement (22P02, the message naming the limit). A two-key call's
+    first key may not be the class of the registry's instance slots (INSTANCE_LOCK, red team 8b F2): it fails alike."""
     ident = _ident("k", str(nargs), str(calls))
     out = "int8" if nargs == 1 else "int4"
     limit = policy.max_advisory_locks
+    count = ("SELECT pg_catalog.count(*) AS n{v} FROM pg_catalog.pg_lock_status() pgt_l WHERE pgt_l.locktype = "
+             "'advisory' AND pgt_l.pid = pg_catalog.pg_backend_pid()")
+    over = (f"('pgtenant: the session holds ' || {ident}.n::pg_catalog.text || ' advisory locks, the limit is "
+            f"limits.max_advisory_locks = {limit}')::pg_catalog.{out}")
+    if nargs == 1:
+        sql = (f"(SELECT CASE WHEN {ident}.n + {calls} <= {limit} THEN {_PLACEHOLDER_SQL} ELSE {over} END FROM "
+               f"({count.format(v='')}) {ident})")
+    else:
+        v = f"{ident}.v"
+        sql = (
+            f"(SELECT CASE WHEN {v} = {INSTANCE_LOCK} THEN ('pgtenant: advisory lock class ' || {v}::pg_catalog.text "
+            f"|| ' is reserved for the proxy')::pg_catalog.int4 WHEN {ident}.n + {calls} <= {limit} THEN {v} ELSE "
+            f"{over} END FROM ({count.format(v=f', ({_PLACEHOLDER_SQL})::pg_catalog.int4 AS v')}) {ident})"
+        )
+    return _make(ident, sql)
+
+
+@lru_cache(maxsize=64)
+def notify_channel(policy: TenantPolicy) -> Template:
+    """pg_notify()'s channel when it is not a literal: the value itself, unless it is the registry's channel (red team
+    8b F3), which fails the statement (22P02, the message naming the channel)."""
+    ident = _ident("n")
+    c = f"{ident}.c"
     sql = (
-        f"(SELECT CASE WHEN {ident}.n + {calls} <= {limit} THEN {_PLACEHOLDER_SQL} ELSE ('pgtenant: the session "
-        f"holds ' || {ident}.n::pg_catalog.text || ' advisory locks, the limit is limits.max_advisory_locks = "
-        f"{limit}')::pg_catalog.{out} END FROM (SELECT pg_catalog.count(*) AS n FROM pg_catalog.pg_lock_status() "
-        f"pgt_l WHERE pgt_l.locktype = 'advisory' AND pgt_l.pid = pg_catalog.pg_backend_pid()) {ident})"
+        f"(SELECT CASE WHEN {c} = '{REGISTRY_CHANNEL}' THEN ('pgtenant: the channel ' || {c} || ' is reserved for "
+        f"the proxy')::pg_catalog.int4::pg_catalog.text ELSE {c} END FROM (SELECT ({_PLACEHOLDER_SQL})::"
+        f"pg_catalog.text AS c OFFSET 0) {ident})"
     )
     return _make(ident, sql)
 
@@ -765,6 +792,8 @@ def template_named(policy: TenantPolicy, ident: str) -> Template | None:
     try:
         if family == "s" and not parts:
             template = setting_name(policy)
+        elif family == "n" and not parts:
+            template = notify_channel(policy)
         elif family == "k" and len(parts) == 2:
             template = advisory_key(policy, int(parts[0]), int(parts[1]))
         elif family == "u" and parts == ["role"]:

@@ -130,6 +130,11 @@ RULES: dict[str, tuple[str, str]] = {
         "statement with a channel and payload that are the same for every row (constants, parameters), e.g. SELECT "
         "pg_notify('jobs', $1); NOTIFY is one notification.",
     ),
+    "registry_reserved": (
+        INSUFFICIENT_PRIVILEGE,
+        "The advisory lock class 1885828195 (two-key form) and the LISTEN/NOTIFY channel pgtenant_registry belong to "
+        "pgtenant's tenant registry; use other keys and channels.",
+    ),
     "notify_not_allowed": (
         INSUFFICIENT_PRIVILEGE,
         "LISTEN/NOTIFY channels are shared by every tenant of this database and are not available.",

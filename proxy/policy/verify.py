@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from proxy.policy import guards, implicit
+from proxy.policy import guards, implicit, notify
 from proxy.policy.catalog import ambiguous_scoped, needs_fence, relation_filter, wrapper_select
 from proxy.policy.classify import option_value
 from proxy.policy.model import TenantPolicy
@@ -698,6 +698,17 @@ class _Coverage:
                 for arg in args[1:]:
                     self.stack.append((arg, scope))
                 return True
+        elif name == guards.NOTIFY:
+            if self.policy.strategy == "database" and args and notify.needs_guard(args[0]):
+                inner = guards.operand(guards.notify_channel(self.policy), args[0])
+                if inner is None:
+                    raise Unverified("pg_notify() of a channel without its guard")
+                self.stack.append((inner, scope))
+                for arg in args[1:]:
+                    self.stack.append((arg, scope))
+                return True
+            if self.policy.strategy == "database" and args and notify.literal(args[0]) == notify.REGISTRY_CHANNEL:
+                raise Unverified("pg_notify() on the registry's channel")
         elif name == "current_setting":
             if args and _literal(args[0]) is None and not _is_null(args[0]):
                 inner = guards.operand(guards.setting_name(self.policy), args[0])

@@ -295,6 +295,26 @@ def test_a_database_tenant_in_the_registrys_database_is_refused(rproxy: ProxyPro
         pg.execute("DELETE FROM pgtenant_registry.tenants WHERE name = 'regco'", dbname=REGISTRY_DB)
 
 
+def test_a_database_tenant_cannot_take_the_slot_locks_nor_use_the_registry_channel(rproxy: ProxyProcess) -> None:
+    """Red team 8b F2/F3, the policy's lock (whatever database the tenant is in): the slot class's two-key advisory
+    locks and the registry's channel are refused, a literal at once, a parameter when the statement runs."""
+    with psycopg.connect(rproxy.dsn("ivan"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="advisory lock class 1885828195"):
+            conn.execute("SELECT pg_try_advisory_lock(1885828195, 3)")
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="1885828195 is reserved for the proxy"):
+            conn.execute("SELECT pg_try_advisory_lock(%s::int, 3)", (1885828195,))
+        assert conn.execute("SELECT pg_try_advisory_lock(%s::int, 3)", (1885828196,)).fetchone() == (True,)
+        assert conn.execute("SELECT pg_advisory_unlock(1885828196, 3)").fetchone() == (True,)
+        for sql in ("LISTEN pgtenant_registry", "NOTIFY pgtenant_registry",
+                    "SELECT pg_notify('pgtenant_registry', '1')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="pgtenant_registry"):
+                conn.execute(sql)
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="channel pgtenant_registry is reserved"):
+            conn.execute("SELECT pg_notify(%s, '1')", ("pgtenant_registry",))
+        conn.execute("SELECT pg_notify(%s, '1')", ("jobs",))
+        assert conn.execute("SELECT count(*) FROM orders").fetchone() == (7,)  # the session stays usable
+
+
 def test_two_instances_on_one_registry_serve_the_same_users(
         pg: PgCluster, registry: str, rproxy: ProxyProcess, tmp_path: Path) -> None:
     other = _proxy(pg, tmp_path / "second", registry)
