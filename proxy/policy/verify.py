@@ -692,35 +692,32 @@ class _Coverage:
                 ident = guards.ident_of(args[0])
                 template = guards.template_named(self.policy, ident) if ident else None
                 inner = guards.operand(template, args[0]) if template is not None else None
-                if inner is None or not ident.startswith(f"pgt_g_k__{len(args)}__"):  # type: ignore[union-attr]
-                    raise Unverified(f"{name}() without its advisory lock guard")
-                self.stack.append((inner, scope))
-                for arg in args[1:]:
-                    self.stack.append((arg, scope))
-                return True
+                ours = ident is not None and ident.startswith(f"pgt_g_k__{len(args)}__")
+                return self.first_guarded(inner if ours else None, args, scope,
+                                          f"{name}() without its advisory lock guard")
         elif name == guards.NOTIFY:
             if self.policy.strategy == "database" and args and notify.needs_guard(args[0]):
-                inner = guards.operand(guards.notify_channel(self.policy), args[0])
-                if inner is None:
-                    raise Unverified("pg_notify() of a channel without its guard")
-                self.stack.append((inner, scope))
-                for arg in args[1:]:
-                    self.stack.append((arg, scope))
-                return True
+                return self.first_guarded(guards.operand(guards.notify_channel(self.policy), args[0]), args, scope,
+                                          "pg_notify() of a channel without its guard")
             if self.policy.strategy == "database" and args and notify.literal(args[0]) == notify.REGISTRY_CHANNEL:
                 raise Unverified("pg_notify() on the registry's channel")
         elif name == "current_setting":
             if args and _literal(args[0]) is None and not _is_null(args[0]):
-                inner = guards.operand(guards.setting_name(self.policy), args[0])
-                if inner is None:
-                    raise Unverified("current_setting() of a value without its guard")
-                self.stack.append((inner, scope))
-                for arg in args[1:]:
-                    self.stack.append((arg, scope))
-                return True
+                return self.first_guarded(guards.operand(guards.setting_name(self.policy), args[0]), args, scope,
+                                          "current_setting() of a value without its guard")
         else:
             self.call_args(name, args)
         return False
+
+    def first_guarded(self, inner: Node | None, args: list[Node], scope: _Scope, problem: str) -> bool:
+        """Push the client's expression `inner` from the first argument's guard and the other arguments (True);
+        Unverified(`problem`) when the first argument is not its guard (`inner` None)."""
+        if inner is None:
+            raise Unverified(problem)
+        self.stack.append((inner, scope))
+        for arg in args[1:]:
+            self.stack.append((arg, scope))
+        return True
 
     def call_args(self, name: str, args: list[Node]) -> None:
         for spec in guards.CALL_ARGS.get(name, ()):
