@@ -2589,6 +2589,11 @@ FIELD_FORMS = {
     # notices: a statement that goes on past the missing name
     "drop_temp_if_exists": "DROP TABLE IF EXISTS pg_temp.bi_nosuch, {s}.orders",
     "two_names": "SELECT * FROM {s}.orders, {s}.customers",
+    "setting_prefix": "SET {s}.x = 'v'; SHOW {s}.x",  # a setting's prefix, not a schema: kept
+    "function_in_where": "SELECT id FROM orders WHERE false AND {s}.bi_f(id) > 0",
+    "ctas_if_not_exists": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 AS "
+                          "SELECT * FROM {s}.orders",
+    "cast_in_values": "VALUES (1::{s}.dom)",
 }
 # (user, database) of a tenant from whom schema globex (the schema tenant's, in database saas) is hidden.
 HIDING_TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
