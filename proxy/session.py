@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy import admission, agent, errors, replicas
+from proxy import admission, agent, errors, hiddennames, replicas
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
@@ -244,9 +244,9 @@ class ClientSession:
         "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
         "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
-        "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_idle_check",
-        "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices", "_open_batch",
-        "_overrides",
+        "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
+        "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
+        "_open_batch", "_overrides",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue", "_sql_prepared",
         "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
@@ -305,6 +305,7 @@ class ClientSession:
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
         self._denial_bytes = 0
+        self._hidden: dict[str, str] | None = None  # reserved schema names sent -> the client's (hiddennames.py)
         # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
         # after it: nothing after it is framed or forwarded until `decision_ready`.
         self._held: _Held | None = None
@@ -394,6 +395,7 @@ class ClientSession:
             m.READY_FOR_QUERY: self._on_ready_for_query,
             m.COMMAND_COMPLETE: self._on_command_complete,
             m.ERROR_RESPONSE: self._on_error_response,
+            m.NOTICE_RESPONSE: self._on_notice_response,
             m.PARAMETER_STATUS: self._on_parameter_status,
             m.COPY_IN_RESPONSE: self._on_copy_in_response,
         }
@@ -1309,6 +1311,8 @@ class ClientSession:
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
+            if decision.names:
+                self._remember_names(decision.names)
             if decision.effects and MAY_SET_SEQUENCES in decision.effects:
                 self._sequences.wrote = True
             if decision.changes:
@@ -1334,6 +1338,8 @@ class ClientSession:
             self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
+            if out is not None and decision.names:  # (the map may have let them go since)
+                self._remember_names(decision.names)
             if self._tracking:  # (a decision with changes is never memoized)
                 self._parse_changes(name, ())
             return out
@@ -1375,6 +1381,8 @@ class ClientSession:
             return None
         self._report("parse", parse.sql, decision)
         if isinstance(decision, Rewrite):
+            if decision.names:
+                self._remember_names(decision.names)
             sql = decision.sql
             if parse.name and self.statements is None:
                 self._client_text(parse.name, parse.sql)
@@ -1475,6 +1483,8 @@ class ClientSession:
                open_batch: bool | None = None) -> object:
         """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
         self._held = _Held(type_, body, sql, _ADMISSION)
+        if type(decision) is Rewrite and decision.names:
+            self._remember_names(decision.names)
         batch = self._open_batch if open_batch is None else open_batch
         self._admission = admission.Admission(request, decision, open_batch=batch)
         return HOLD
@@ -1522,6 +1532,8 @@ class ClientSession:
         refusal: PgError | None = None
         found: admission.Estimate | None = None
         if adm.error is not None:
+            if self._hidden is not None:  # the statement named a hidden schema: its error names the client's
+                hiddennames.fields_back(adm.error, self._hidden, held.sql.lower() if held.type == m.QUERY else "")
             refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
         elif adm.plan is not None:
             try:
@@ -1802,10 +1814,32 @@ class ClientSession:
             if self._tracking:
                 self._context_failed()
             return err.encode()
+        out = self._names_back(b"E", body) if self._hidden is not None else None
         self.tracker.on_error(m.error_sqlstate(body))
         if self._tracking:
             self._context_failed()
-        return None
+        return out
+
+    def _on_notice_response(self, body: bytes) -> bytes | None:
+        return self._names_back(b"N", body) if self._hidden is not None else None
+
+    def _remember_names(self, names: tuple[tuple[str, str], ...]) -> None:
+        """A statement sent with reserved schema names (policy/hiding.py): PostgreSQL's answers name them."""
+        if self._hidden is None:
+            self._hidden = {}
+        hiddennames.remember(self._hidden, names)
+
+    def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
+        """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's
+        own text of the request being answered has it."""
+        assert self._hidden is not None
+        if b"pg_" not in body:
+            return None
+        head = self.tracker.pending[0] if self.tracker.pending else None
+        written = ""
+        if head is not None:
+            written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()
+        return hiddennames.written_back(type_byte, body, self._hidden, written)
 
     def _context_failed(self) -> None:
         pending = self.tracker.pending

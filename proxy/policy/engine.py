@@ -15,6 +15,7 @@ from proxy.policy import (
     classify,
     context,
     functions,
+    hiding,
     implicit,
     nametypes,
     rewrite,
@@ -68,8 +69,14 @@ def decide(
 
     With `timings`, the seconds spent in each stage are added under "gate", "rewrite" and "verify".
     """
+    renamed = None
     try:
+        renamed = hiding.rename(policy, sql)  # hidden schemas: PostgreSQL answers as for missing ones
+        if renamed is not None:
+            sql = renamed.sql
         decision = _decide(policy, sql, timings if timings is not None else {}, limits)
+    except hiding.Unrenamed as exc:
+        decision = deny("rewrite_unverified", f"the tenant filter could not be verified: {exc}")
     except Denied as exc:
         decision = exc.decision
     except RecursionError:
@@ -81,7 +88,22 @@ def decide(
     if type(decision) is Deny and decision.position:  # a byte offset + 1: PostgreSQL counts characters
         at = len(sql.encode("utf-8")[: decision.position - 1].decode("utf-8", "ignore")) + 1 + decision.shift
         decision = replace(decision, position=at, shift=0)
+    if renamed is not None:
+        decision = _renamed_back(decision, renamed)
     return decision
+
+
+def _renamed_back(decision: Decision, renamed: hiding.Renamed) -> Decision:
+    """The decision on a renamed text (hiding.py): sent renamed, with the names to write back in PostgreSQL's answer;
+    a refusal of the proxy's own names and places what the client wrote."""
+    if type(decision) is Allow:
+        return Rewrite(renamed.sql, (hiding.RULE,), decision.effects, decision.changes, renamed.names)
+    if type(decision) is Rewrite:
+        return replace(decision, rules=(*decision.rules, hiding.RULE), names=renamed.names)
+    assert type(decision) is Deny
+    position = hiding.position_back(decision.position, renamed.moved) if decision.position else 0
+    return replace(decision, message=hiding.restored(decision.message, renamed.names),
+                   hint=hiding.restored(decision.hint, renamed.names), position=position)
 
 
 def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: Limits) -> Decision:

@@ -259,6 +259,9 @@ class Rewrite:
     rules: tuple[str, ...]
     effects: frozenset[str] = frozenset()
     changes: tuple[Change, ...] = ()
+    # (reserved, the client's name): hidden schema names sent as reserved missing ones (policy/hiding.py); the
+    # session writes the client's name back where PostgreSQL's answer names a reserved one.
+    names: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,7 @@ def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str], chang
     _set_attribute(rewrite, "rules", rules)
     _set_attribute(rewrite, "effects", effects)
     _set_attribute(rewrite, "changes", changes)
+    _set_attribute(rewrite, "names", ())
     return rewrite
 
 
@@ -94,6 +95,8 @@ ShapeDecision = Allow | Template | None
 def from_decision(shape: str, count: int, decision: Decision) -> ShapeDecision:
     """What a shape's decision says for every statement of that shape; None when it says nothing."""
     if not isinstance(decision, Allow | Rewrite) or not _params_plain(shape):
+        return None
+    if isinstance(decision, Rewrite) and decision.names:  # a hidden schema's reserved name: decided per text
         return None
     if any(c.op in VALUE_OPS for c in decision.changes):  # `SET x = 1`: its replay must say 1, not $1
         return None

@@ -37,13 +37,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from psycopg import pq
 
 from proxy.policy import nametypes
 from proxy.protocol import messages as m
 from tests.support import bidata
 from tests.support.bidata import PqClient, Result
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
 from tests.support.wire import login, read_message
 
 STRATEGY_LETTERS = {"S": "shared", "N": "norls", "C": "schema", "D": "database"}
@@ -2532,3 +2533,204 @@ def test_the_statements_before_a_hidden_schema_leave_what_they_leave_for_a_missi
         return got + [(r.kind, r.sqlstate) for r in client.simple("EXECUTE bi_pre")]
 
     _alike(env, strategy, run)
+
+
+# Issue 14 (red team 8a F1-F11): a hidden schema is sent to PostgreSQL as a reserved name that cannot exist, so every
+# field of its answer is PostgreSQL's own for a missing schema -- compared field by field, LOCATION (file, line,
+# routine) included, with the transaction status and a statement after it.
+FIELD_FORMS = {
+    **PHASE_FORMS,
+    # F1: every form answered as missing
+    "collate": "SELECT 'a' COLLATE {s}.\"C\"",
+    "null_type": "SELECT NULL::{s}.orders",
+    "check_operator": "CREATE TEMP TABLE bi_fx (x int CHECK (x OPERATOR({s}.>) 0))",
+    "declare_in_tx": "BEGIN; DECLARE bi_fc CURSOR FOR SELECT * FROM {s}.orders",
+    "column_ref": "SELECT {s}.orders.id",
+    "column_star": "SELECT ({s}.orders.*)",
+    "tablesample": "SELECT * FROM orders TABLESAMPLE {s}.bernoulli(1)",
+    "order_using": "SELECT 'a' AS x ORDER BY x USING OPERATOR({s}.<)",
+    "exclusion_operator": "CREATE TEMP TABLE bi_fx (x text, EXCLUDE USING btree (x WITH OPERATOR({s}.=)))",
+    "exclusion_collate": 'CREATE TEMP TABLE bi_fx (x text, EXCLUDE USING btree (x COLLATE {s}."C" WITH =))',
+    "quoted": 'SELECT * FROM "{s}".orders',
+    "upper": "SELECT * FROM {S}.orders",
+    "unicode_escape": 'SELECT * FROM U&"{u}".orders',
+    "comment_between": "SELECT * FROM {s} /* x */ . orders",
+    "alias_named_so": "SELECT {s}.id FROM orders {s} WHERE false",
+    # F2: IF NOT EXISTS of an existing table never looks the schema up
+    "if_not_exists_like": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders)",
+    "if_not_exists_collate": 'CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 '
+                             '(x text COLLATE {s}."C")',
+    "if_not_exists_type": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (x {s}.orders)",
+    "if_not_exists_check": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
+                           "(x int CHECK (x OPERATOR({s}.>) 0))",
+    # F6: an earlier error of the same statement
+    "earlier_relation": "SELECT * FROM nosucht, {s}.orders",
+    "earlier_cast": "SELECT 'x'::int, NULL::{s}.orders",
+    "earlier_column": "SELECT nosuchcol, (SELECT 1 FROM {s}.orders)",
+    "earlier_parameter": "SELECT * FROM orders o WHERE o.id = $1 AND EXISTS (SELECT 1 FROM {s}.orders)",
+    "earlier_cte": "WITH a AS (SELECT * FROM nosucht) SELECT * FROM {s}.orders, a",
+    "earlier_like": "CREATE TEMP TABLE bi_fx (LIKE nosuchq.orders, LIKE {s}.orders)",
+    "earlier_type": "CREATE TEMP TABLE bi_fx (x nosuchtype, LIKE {s}.orders)",
+    "earlier_collate": 'CREATE TEMP TABLE bi_fx (x int COLLATE nosuchq."C", y text COLLATE {s}."C")',
+    "earlier_opclass": "CREATE TEMP TABLE bi_fx (x int, EXCLUDE USING gist (x WITH OPERATOR({s}.=)))",
+    "insert_temp_missing": "INSERT INTO pg_temp.bi_nosuch SELECT * FROM {s}.orders",
+    # F9: the position after a rewrite ahead of the name
+    "rewritten_before": "SELECT current_setting('search_path'), * FROM {s}.orders",
+    # F10: the statement's own earlier failures
+    "lock_outside_tx": "LOCK TABLE {s}.orders IN ACCESS SHARE MODE",
+    "lock_in_tx": "BEGIN; LOCK TABLE {s}.orders IN ACCESS SHARE MODE",
+    "lock_after_own": "BEGIN; LOCK TABLE orders, {s}.orders IN ACCESS SHARE MODE",
+    "lock_only_nowait": "BEGIN; LOCK TABLE ONLY {s}.orders IN ACCESS SHARE MODE NOWAIT",
+    "read_only_tx": "BEGIN READ ONLY; CREATE TEMP TABLE bi_fx (LIKE {s}.orders)",
+    "set_tx_read_only": "SET TRANSACTION READ ONLY; CREATE TEMP TABLE bi_fx (LIKE {s}.orders)",
+    # F11: what the proxy cannot rewrite for another reason
+    "recursive_view": "CREATE TEMP RECURSIVE VIEW bi_fv (a) AS SELECT 1 FROM {s}.orders",
+    "regclass_concat": "SELECT ARRAY['x'::regclass] || 16385, * FROM {s}.orders",
+    # notices: a statement that goes on past the missing name
+    "drop_temp_if_exists": "DROP TABLE IF EXISTS pg_temp.bi_nosuch, {s}.orders",
+    "two_names": "SELECT * FROM {s}.orders, {s}.customers",
+    "setting_prefix": "SET {s}.x = 'v'; SHOW {s}.x",  # a setting's prefix, not a schema: kept
+    "function_in_where": "SELECT id FROM orders WHERE false AND {s}.bi_f(id) > 0",
+    "ctas_if_not_exists": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 AS "
+                          "SELECT * FROM {s}.orders",
+    "cast_in_values": "VALUES (1::{s}.dom)",
+}
+# (user, database) of a tenant from whom schema globex (the schema tenant's, in database saas) is hidden.
+HIDING_TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
+_DIAGNOSTICS = tuple(f for f in pq.DiagnosticField)
+
+
+@pytest.fixture(scope="module")
+def hiding_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """The default tenants (alice: shared, acme) and a database tenant of database saas (dan: hooli); both have the
+    schema tenant's schema globex hidden."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("hiding"), backend_sslmode="disable",
+                     extra_tenants={"hooli": {"strategy": "database", "database": "saas"}},
+                     extra_users={"dan": ("hooli", "dan-pw")})
+    p.start()
+    yield p
+    p.stop()
+
+
+def _fields(res: pq.PGresult, names: tuple[str, ...]) -> tuple[Any, ...]:
+    """Every diagnostic field of an error or notice, with the schema's name (any spelling used) as SCHEMA."""
+    out = []
+    for f in _DIAGNOSTICS:
+        value = res.error_field(f)
+        text = None if value is None else value.decode("utf-8", "replace")
+        for name in names:
+            text = text.replace(name, "SCHEMA") if text is not None else None
+        out.append((f.name, text))
+    return tuple(out)
+
+
+def _answers(conn: pq.PGconn, protocol: str, sql: str, names: tuple[str, ...], run: int) -> list[Any]:
+    """What a client sees of `sql` (every result's status, tag, rows and fields; the notices; the transaction status;
+    a statement after it), then the session put back."""
+    seen: list[Any] = []
+    conn.notice_handler = lambda res: seen.append(("notice", _fields(res, names)))
+
+    def collect(phase: str) -> bool:
+        failed = False
+        while (res := conn.get_result()) is not None:
+            status = pq.ExecStatus(res.status)
+            failed |= status == pq.ExecStatus.FATAL_ERROR
+            if status == pq.ExecStatus.COPY_OUT:
+                while conn.get_copy_data(0)[0] >= 0:
+                    pass
+            elif status == pq.ExecStatus.COPY_IN:
+                conn.put_copy_end()
+            rows = [tuple(res.get_value(i, j) for j in range(res.nfields)) for i in range(res.ntuples)]
+            seen.append((phase, status.name, res.command_status, rows, _fields(res, names)))
+        return failed
+
+    if protocol == "simple":
+        conn.send_query(sql.encode())
+        collect("query")
+    else:
+        name = f"bi_field_{run}".encode()
+        conn.send_prepare(name, sql.encode())
+        if not collect("parse"):
+            conn.send_describe_prepared(name)
+            collect("describe")
+            for _ in range(2):  # each run answers alike (red team 8a F3)
+                conn.send_query_prepared(name, [])
+                collect("execute")
+    seen.append(("status", pq.TransactionStatus(conn.transaction_status).name))
+    conn.send_query(b"SELECT count(*) FROM pg_prepared_statements")
+    collect("after")
+    for cleanup in (b"ROLLBACK", b"DISCARD ALL"):
+        conn.send_query(cleanup)
+        collect("cleanup")
+    return seen[:-2]
+
+
+def _unicode(name: str) -> str:
+    return "".join(f"\\{ord(c):04x}" for c in name)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_hidden_schema_gets_postgresqls_own_answer_field_by_field(hiding_proxy: ProxyProcess, strategy: str,
+                                                                    protocol: str) -> None:
+    """Every form of red team 8a and of the phase test: the same statement naming the hidden schema globex and the
+    missing glebox (same length) gets the same ErrorResponse and NoticeResponse fields, V C M D H P W F L R and the
+    rest, the same transaction status and the same answer to the next statement."""
+    user, db = HIDING_TENANTS[strategy]
+    conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
+    assert conn.status == pq.ConnStatus.OK
+    differ = {}
+    try:
+        for run, (form, sql) in enumerate(sorted(FIELD_FORMS.items())):
+            got = {}
+            for name in ("globex", "glebox"):
+                text = sql.format(s=name, S=name.upper(), u=_unicode(name))
+                got[name] = _answers(conn, protocol, text, (name, name.upper()), run)
+            if got["globex"] != got["glebox"]:
+                differ[form] = got
+    finally:
+        conn.finish()
+    assert not differ, (sorted(differ), differ)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_answer_names_the_hidden_schema_as_written(hiding_proxy: ProxyProcess, protocol: str) -> None:
+    """PostgreSQL is sent a reserved name; the client reads its own name back in every field (message, detail,
+    routine of a missing schema), never the reserved one, and its own text in pg_prepared_statements."""
+    conn = pq.PGconn.connect(hiding_proxy.dsn("alice", dbname="saas").encode())
+    try:
+        seen = _answers(conn, protocol, "CREATE TEMP TABLE bi_fx (LIKE globex.orders)", (), 0)
+        errors = [dict(entry[-1]) for entry in seen if entry[0] in ("parse", "execute", "query") and
+                  entry[1] == "FATAL_ERROR"]
+        assert errors and all(e["MESSAGE_PRIMARY"] == 'schema "globex" does not exist' for e in errors), seen
+        assert all(e["SOURCE_FILE"] and e["SOURCE_LINE"] and e["SOURCE_FUNCTION"] for e in errors), seen  # F1
+        assert "pg_" not in str(seen).replace("pg_prepared", ""), seen
+        conn.send_prepare(b"bi_keep", b"CREATE TEMP TABLE bi_fx (LIKE globex.orders)")
+        assert conn.get_result().status == pq.ExecStatus.COMMAND_OK
+        while conn.get_result() is not None:
+            pass
+        conn.send_query(b"SELECT statement FROM pg_prepared_statements WHERE name = 'bi_keep'")
+        res = conn.get_result()
+        assert res.get_value(0, 0) == b"CREATE TEMP TABLE bi_fx (LIKE globex.orders)"
+        while conn.get_result() is not None:
+            pass
+    finally:
+        conn.finish()
+
+
+def test_a_reserved_name_written_by_the_client_is_not_mapped(hiding_proxy: ProxyProcess) -> None:
+    """A name the client writes itself stays its own in the answer, even one shaped like a reserved name (the
+    client cannot learn one: it never reaches the client)."""
+    conn = pq.PGconn.connect(hiding_proxy.dsn("alice", dbname="saas").encode())
+    try:
+        conn.send_query(b"SELECT * FROM globex.orders")
+        while conn.get_result() is not None:
+            pass
+        conn.send_query(b"SELECT * FROM pg_0ab.orders")
+        res = conn.get_result()
+        assert res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) == b'relation "pg_0ab.orders" does not exist'
+        while conn.get_result() is not None:
+            pass
+    finally:
+        conn.finish()

@@ -1,0 +1,246 @@
+"""Hidden schemas answered by PostgreSQL itself: each hidden schema name sent as a reserved name that cannot exist.
+
+In the shared and database strategies a tenant must not tell another tenant's schema (`TenantPolicy.hidden_schemas`,
+and other sessions' temporary schemas `pg_temp_N`) from a schema that does not exist. Rather than answer for
+PostgreSQL, the proxy sends the statement with every such name written as a qualifier (`s.t`, `s.f()`, `x::s.t`,
+`OPERATOR(s.+)`, `COLLATE s."C"`, `LIKE s.t`, `s.t.c`, an index's `s.opclass`, …) replaced by a reserved name: `pg_`
+and secret characters, of the written token's length (4 at least), never occurring in the client's text. PostgreSQL
+refuses to create a schema whose name starts with `pg_`, so every answer (SQLSTATE, message, position, the phase,
+the notices of `IF [NOT] EXISTS`, the routine/file/line fields) is PostgreSQL's own for a missing schema; the session
+writes the client's name back where PostgreSQL's answer names the reserved one (`restore_fields`).
+
+A name followed by a dot is a qualifier; it is kept where PostgreSQL reads it as something else: a table or alias
+(`t.c`, `t.*`), an INSERT/UPDATE target column's field (`SET c.f = …`), `t.c%TYPE`, and a setting's prefix
+(`SET s.x = …`, `SHOW s.x`). The renamed text is re-parsed and must be the client's tree with those names changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from dataclasses import dataclass
+
+from pglast.parser import ParseError
+
+from proxy.policy.model import TenantPolicy
+from proxy.policy.sqltext import DOT, Edit, TextError, Tok, apply_edits, tokens
+from proxy.policy.tree import dumps, parse_json, strip_positions, walk_dicts
+
+RULE = "hidden_schema"  # the rewrite rule of a statement sent with reserved names
+_SECRET = secrets.token_bytes(16)  # the reserved names of this process: not guessable from the client's side
+# A digit first: no name PostgreSQL has (pg_catalog, pg_temp, pg_toast, a catalog or function the engine looks for in
+# the text) starts with pg_ and a digit.
+_FIRST = "0123456789"
+_REST = "abcdefghijklmnopqrstuvwxyz0123456789"
+_MIN = 4  # "pg_" and one character
+_NAMEDATALEN = 63  # bytes of an identifier PostgreSQL keeps
+_OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")
+_WORD = re.compile(rb"[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*")
+_SETTING_STATEMENTS = frozenset({"VariableSetStmt", "VariableShowStmt"})
+
+
+@dataclass(frozen=True, slots=True)
+class Renamed:
+    """The text sent in place of the client's and the names it carries: (reserved, the client's name) pairs;
+    `moved`, (character offset in the new text, characters added there) where a reserved name is longer."""
+
+    sql: str
+    names: tuple[tuple[str, str], ...]
+    moved: tuple[tuple[int, int], ...] = ()
+
+
+class Unrenamed(Exception):
+    """The renamed text does not parse to the client's statement with the reserved names (fail closed)."""
+
+
+def hides(policy: TenantPolicy, name: str) -> bool:
+    """Whether a schema name written by the client is one PostgreSQL must be asked about as a missing one."""
+    return name in policy.hidden_schemas or _OTHER_TEMP.fullmatch(name) is not None
+
+
+def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
+    """The text to send for `sql` with each hidden schema qualifier renamed, or None when it names none (or does not
+    scan or parse: the engine refuses it). Raises Unrenamed when the renamed text is not the same statement."""
+    if policy.strategy == "schema":
+        return None  # every schema not the tenant's is refused alike there (schema.check_schemas)
+    if "." not in sql:
+        return None
+    low = sql.lower()
+    if ("u&" not in low and "_temp_" not in low and '""' not in sql
+            and not any(h.lower() in low for h in policy.hidden_schemas)):
+        return None
+    data = sql.encode("utf-8")
+    try:
+        toks = tokens(data, 0, len(data))
+    except TextError:
+        return None
+    found = _qualifiers(policy, data, toks)
+    if not found:
+        return None
+    try:
+        original = parse_json(sql)
+    except ParseError:
+        return None
+    kept, settings = _kept_locations(json.loads(original))
+    found = [f for f in found if f[0] not in kept and not any(a <= f[0] < b for a, b in settings)]
+    if not found:
+        return None
+    chosen: dict[tuple[str, int], str] = {}
+    taken: list[str] = []
+    edits: list[Edit] = []
+    moved: list[tuple[int, int]] = []
+    shift = 0
+    for start, end, name in found:
+        written = len(data[start:end].decode("utf-8"))
+        key = (name, max(written, _MIN))
+        reserved = chosen.get(key)
+        if reserved is None:
+            reserved = chosen[key] = _reserved(name, key[1], low, taken)
+            taken.append(reserved)
+        edits.append(Edit(start, end, reserved))
+        if len(reserved) != written:
+            at = len(data[:start].decode("utf-8")) + shift
+            moved.append((at + len(reserved), len(reserved) - written))
+            shift += len(reserved) - written
+    new_sql = apply_edits(data, edits)
+    names = tuple((reserved, name) for (name, _), reserved in chosen.items())
+    _verify(original, new_sql, names, bool(moved))
+    return Renamed(new_sql, names, tuple(moved))
+
+
+def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tuple[int, int, str]]:
+    """(start, end, name) of each identifier written as a qualifier (followed by a dot, not preceded by one) that
+    names a hidden schema."""
+    out: list[tuple[int, int, str]] = []
+    n = len(toks)
+    for i, tok in enumerate(toks):
+        if i and toks[i - 1].name == DOT:
+            continue
+        j, end = i + 1, tok.end
+        if tok.name == "UIDENT" and j + 1 < n and toks[j].name == "UESCAPE" and toks[j + 1].name == "SCONST":
+            j, end = j + 2, toks[j + 1].end
+        if j >= n or toks[j].name != DOT:
+            continue
+        name = _identifier(data, tok, end)
+        if name is not None and hides(policy, name):
+            out.append((tok.start, end, name))
+    return out
+
+
+def _identifier(data: bytes, tok: Tok, end: int) -> str | None:
+    """The name an identifier token stands for (as PostgreSQL reads it, truncated to 63 bytes), else None."""
+    raw = data[tok.start : tok.end]
+    if raw[:1] == b'"':
+        name = raw[1:-1].replace(b'""', b'"').decode("utf-8", "replace")
+    elif tok.name == "UIDENT":
+        escape = "\\"
+        if end != tok.end:  # UESCAPE 'c'
+            escape = data[tok.end : end].decode("utf-8").rstrip()[-2:-1]
+        decoded = _unicode_escapes(raw[3:-1].replace(b'""', b'"').decode("utf-8", "replace"), escape)
+        if decoded is None:
+            return None
+        name = decoded
+    elif _WORD.fullmatch(raw):
+        name = raw.decode("utf-8", "replace").translate(_DOWNCASE)
+    else:
+        return None
+    cut = name.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore")
+    return cut
+
+
+_DOWNCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _unicode_escapes(text: str, escape: str) -> str | None:
+    """The text of a U&"…" identifier with its escapes (\\XXXX, \\+XXXXXX, \\\\) read; None if malformed."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c != escape:
+            out.append(c)
+            i += 1
+            continue
+        if text[i + 1 : i + 2] == escape:
+            out.append(escape)
+            i += 2
+            continue
+        width = 7 if text[i + 1 : i + 2] == "+" else 4
+        digits = text[i + 2 : i + 8] if width == 7 else text[i + 1 : i + 5]
+        if len(digits) != (6 if width == 7 else 4) or any(d not in "0123456789abcdefABCDEF" for d in digits):
+            return None
+        try:
+            out.append(chr(int(digits, 16)))
+        except ValueError:
+            return None
+        i += 1 + width
+    return "".join(out)
+
+
+def _kept_locations(doc: dict) -> tuple[set[int], list[tuple[int, int]]]:
+    """Byte offsets of names written with a dot that are not schema names (see the module docstring), and the byte
+    spans of the statements that name a setting (`SET s.x`, `SHOW s.x`: a prefix, not a schema)."""
+    kept: set[int] = set()
+    for node in walk_dicts(doc):
+        ref = node.get("ColumnRef")
+        if ref is not None and len(ref.get("fields") or ()) == 2:
+            kept.add(ref.get("location", -1))
+            continue
+        target = node.get("ResTarget")
+        if target is not None and target.get("indirection") and target.get("name"):
+            kept.add(target.get("location", -1))
+            continue
+        type_name = node.get("TypeName")
+        if type_name is not None and type_name.get("pct_type") and len(type_name.get("names") or ()) == 2:
+            kept.add(type_name.get("location", -1))
+    spans: list[tuple[int, int]] = []
+    for raw in doc.get("stmts", ()):
+        if set(raw.get("stmt", {})) & _SETTING_STATEMENTS:
+            start = raw.get("stmt_location", 0)
+            spans.append((start, start + raw["stmt_len"] if raw.get("stmt_len") else 1 << 62))
+    return kept, spans
+
+
+def _reserved(name: str, length: int, low: str, taken: list[str]) -> str:
+    """A name `pg_…` of `length` characters for `name`: derived from the process's secret (the same for the same
+    name, so a cached decision and the session's map agree), never in the client's text nor a part of (or containing)
+    another reserved name of the statement. Longer when every name of that length is taken."""
+    k = 0
+    while True:
+        size = length + k // 64  # (past 64 tries: one character more)
+        digest = hashlib.blake2b(f"{name}\x00{size}\x00{k}".encode(), key=_SECRET, digest_size=32).digest()
+        body = _FIRST[digest[0] % len(_FIRST)] + "".join(_REST[b % len(_REST)] for b in digest[1 : size - 3])
+        while len(body) < size - 3:
+            body += _REST[len(body) % len(_REST)]
+        candidate = "pg_" + body[: size - 3]
+        if candidate not in low and not any(candidate in t or t in candidate for t in taken):
+            return candidate
+        k += 1
+
+
+def _verify(original: str, new_sql: str, names: tuple[tuple[str, str], ...], moved: bool) -> None:
+    """The renamed text parses to the client's tree with the reserved names in place of the hidden ones."""
+    try:
+        got = parse_json(new_sql)
+    except ParseError as exc:
+        raise Unrenamed(f"the renamed text does not parse: {exc}") from None
+    for reserved, name in names:
+        got = got.replace(reserved, dumps(name)[1:-1])
+    if moved:
+        got, original = strip_positions(got), strip_positions(original)
+    if got != original:
+        raise Unrenamed("the renamed text does not parse to the client's statement")
+
+
+def restored(text: str, names: tuple[tuple[str, str], ...]) -> str:
+    """`text` (a refusal's message) with the client's names in place of the reserved ones."""
+    for reserved, name in names:
+        text = text.replace(reserved, name)
+    return text
+
+
+def position_back(position: int, moved: tuple[tuple[int, int], ...]) -> int:
+    """A 1-based character position in the renamed text as a position in the client's text."""
+    return position - sum(added for end, added in moved if position - 1 >= end)
