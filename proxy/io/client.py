@@ -468,6 +468,10 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, RelayToClient):
                 if self.transport is not None and not self.closed:
                     self._bytes_out += write_chunks(self.transport, action.chunks)
+            elif isinstance(action, ReleaseServer):  # (these two come once per transaction in transaction pooling)
+                self._release(action)
+            elif isinstance(action, AcquireServer):
+                self._request_server(action.request, action.route)
             elif isinstance(action, SendClient):
                 self.write(action.data)
             elif isinstance(action, StartClientTls):
@@ -496,10 +500,6 @@ class ClientConnection(asyncio.Protocol):
                 if rest := actions[i + 1:]:
                     task.add_done_callback(lambda _task, rest=rest: self.run(rest))
                 return
-            elif isinstance(action, ReleaseServer):
-                self._release(action)
-            elif isinstance(action, AcquireServer):
-                self._request_server(action.request, action.route)
             elif isinstance(action, SessionPinned):
                 self._pinned(action.reason)
             elif isinstance(action, AgentAdmission):
