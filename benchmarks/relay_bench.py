@@ -31,7 +31,7 @@ from proxy.logs import configure as configure_logs  # noqa: E402
 from proxy.policy import TenantPolicy  # noqa: E402
 from proxy.pooling import server_request  # noqa: E402
 from proxy.server import ServerConnection, ServerState  # noqa: E402
-from proxy.session import State  # noqa: E402
+from proxy.session import ClientSession, State  # noqa: E402
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 POLICIES = {
@@ -129,9 +129,8 @@ def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session") -> Pr
     return proxy
 
 
-def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
-    """A client connection in READY with its policy gate and a relaying server link, on fake transports."""
-    tenant = POLICIES[strategy].tenant
+def _logged_in(proxy: Proxy, tenant: str) -> tuple[ClientConnection, ClientSession]:
+    """A client connection on a fake transport whose session has its tenant's policy gate (no server yet)."""
     conn = ClientConnection(proxy)
     conn.connection_made(_Transport())  # type: ignore[arg-type]
     session = conn.session
@@ -139,10 +138,17 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
     if conn._timer is not None:
         conn._timer.cancel()
         conn._timer = None
-    session.state = State.READY
     conn.tenant = proxy.tenant(tenant)
     gate = proxy.decider(tenant)
     session.enable_policy(gate, gate.current)  # as ClientConnection does once the backend is ready
+    return conn, session
+
+
+def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
+    """A client connection in READY with its policy gate and a relaying server link, on fake transports."""
+    tenant = POLICIES[strategy].tenant
+    conn, session = _logged_in(proxy, tenant)
+    session.state = State.READY
     link = ServerLink(conn, ServerConnection(proxy.config.backends["main"], tenant, {}))
     link.transport = _Transport()  # type: ignore[assignment]
     conn.link = link
@@ -159,16 +165,7 @@ def pooled_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnectio
     """As `relaying_pair`, in transaction pooling: one idle server in the proxy's real pool (io/pool.py and the
     pool manager), which the session gets at each transaction's first read and gives back at its ReadyForQuery."""
     tenant = POLICIES[strategy].tenant
-    conn = ClientConnection(proxy)
-    conn.connection_made(_Transport())  # type: ignore[arg-type]
-    session = conn.session
-    assert session is not None
-    if conn._timer is not None:
-        conn._timer.cancel()
-        conn._timer = None
-    conn.tenant = proxy.tenant(tenant)
-    gate = proxy.decider(tenant)
-    session.enable_policy(gate, gate.current)
+    conn, session = _logged_in(proxy, tenant)
     request = server_request(proxy.config, tenant)
     assert request.mode == "transaction", "the bench config must pool by transaction"
     session.request, session.pooled = request, True  # as the session's login does (ClientSession._logged_in)
