@@ -29,8 +29,9 @@ from proxy.io.client import ClientConnection  # noqa: E402
 from proxy.io.listener import Proxy  # noqa: E402
 from proxy.logs import configure as configure_logs  # noqa: E402
 from proxy.policy import TenantPolicy  # noqa: E402
-from proxy.server import ServerConnection  # noqa: E402
-from proxy.session import State  # noqa: E402
+from proxy.pooling import server_request  # noqa: E402
+from proxy.server import ServerConnection, ServerState  # noqa: E402
+from proxy.session import ClientSession, State  # noqa: E402
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 POLICIES = {
@@ -109,7 +110,7 @@ class _Transport:
         pass
 
 
-def _proxy(workdir: Path, audit: bool = False) -> Proxy:
+def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session") -> Proxy:
     (workdir / "secrets.toml").write_text(f'[users]\nivan = "{make_verifier("pw")}"\nalice = "{make_verifier("pw")}"\n')
     config = parse_config({
         "secrets_file": "secrets.toml",
@@ -120,6 +121,7 @@ def _proxy(workdir: Path, audit: bool = False) -> Proxy:
         },
         "users": {"ivan": {"tenant": "initech"}, "alice": {"tenant": "acme"}},
         "audit": {"enabled": audit, "file": str(workdir / "audit.log")},
+        **({"pool": {"pool_mode": "transaction"}} if pool_mode == "transaction" else {}),
     }, base=workdir)
     proxy = Proxy(config)
     for policy in POLICIES.values():
@@ -127,9 +129,8 @@ def _proxy(workdir: Path, audit: bool = False) -> Proxy:
     return proxy
 
 
-def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
-    """A client connection in READY with its policy gate and a relaying server link, on fake transports."""
-    tenant = POLICIES[strategy].tenant
+def _logged_in(proxy: Proxy, tenant: str) -> tuple[ClientConnection, ClientSession]:
+    """A client connection on a fake transport whose session has its tenant's policy gate (no server yet)."""
     conn = ClientConnection(proxy)
     conn.connection_made(_Transport())  # type: ignore[arg-type]
     session = conn.session
@@ -137,13 +138,19 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
     if conn._timer is not None:
         conn._timer.cancel()
         conn._timer = None
-    session.state = State.READY
     conn.tenant = proxy.tenant(tenant)
     gate = proxy.decider(tenant)
     session.enable_policy(gate, gate.current)  # as ClientConnection does once the backend is ready
+    return conn, session
+
+
+def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
+    """A client connection in READY with its policy gate and a relaying server link, on fake transports."""
+    tenant = POLICIES[strategy].tenant
+    conn, session = _logged_in(proxy, tenant)
+    session.state = State.READY
     link = ServerLink(conn, ServerConnection(proxy.config.backends["main"], tenant, {}))
     link.transport = _Transport()  # type: ignore[assignment]
-    link.relaying = True
     conn.link = link
     conn.start_relay(link)
     if mode == "prepared":  # the statement pgbench prepares once per connection
@@ -154,9 +161,41 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
     return conn, link
 
 
+def pooled_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
+    """As `relaying_pair`, in transaction pooling: one idle server in the proxy's real pool (io/pool.py and the
+    pool manager), which the session gets at each transaction's first read and gives back at its ReadyForQuery."""
+    tenant = POLICIES[strategy].tenant
+    conn, session = _logged_in(proxy, tenant)
+    request = server_request(proxy.config, tenant)
+    assert request.mode == "transaction", "the bench config must pool by transaction"
+    session.request, session.pooled = request, True  # as the session's login does (ClientSession._logged_in)
+    session.frontend.handlers = session._frontend_tracked()
+    session.state = State.IDLE
+    pool, now = proxy.pool, time.monotonic()
+    (connect,) = pool.manager.request("bench", request, now)  # a server opened for the pool, idle once ready
+    server = ServerConnection(request.backend, request.key.database, dict(request.parameters))
+    server.id, server.state = connect.server, ServerState.READY  # type: ignore[attr-defined]
+    link = ServerLink(pool, server)
+    link.transport = _Transport()  # type: ignore[assignment]
+    pool.links[server.id] = link
+    pool.manager.connected(server.id, now)
+    pool.manager.released(server.id, reusable=True, reset=False, now=now)
+    client, answer = conversation(mode)
+    if mode == "prepared":  # the statement pgbench prepares once per connection
+        name, sql = b"P0_1", SQL.format("$1").encode()
+        conn.data_received(_frame(b"P", name + b"\x00" + sql + b"\x00" + struct.pack("!h", 0)) + _frame(b"S", b""))
+        link.data_received(_frame(b"1", b"") + _frame(b"Z", b"I"))
+    else:
+        conn.data_received(client(0))
+        link.data_received(answer)
+    assert conn.relay is not None and session.state is State.IDLE, session.state
+    conn._relay_client()  # (the client's transport reads into the relay once its startup is answered)
+    return conn, link
+
+
 def _readers(conn: ClientConnection, link: ServerLink) -> tuple[Callable[[bytes], None], Callable[[bytes], None]]:
-    """The data_received of the protocols the two transports read into."""
-    return conn.transport.get_protocol().data_received, link.transport.get_protocol().data_received  # type: ignore
+    """The data_received of the protocols the two transports read into (the link is its transport's throughout)."""
+    return conn.transport.get_protocol().data_received, link.data_received  # type: ignore
 
 
 def run(conn: ClientConnection, link: ServerLink, client: Callable[[int], bytes], server: bytes, start: int,
@@ -174,10 +213,11 @@ def run(conn: ClientConnection, link: ServerLink, client: Callable[[int], bytes]
 async def _main(args: argparse.Namespace) -> int:
     configure_logs("warning")  # as in production at "info", minus the per-connection lines
     with tempfile.TemporaryDirectory() as tmp:
-        proxy = _proxy(Path(tmp), args.audit)
+        proxy = _proxy(Path(tmp), args.audit, args.pool_mode)
+        pair = pooled_pair if args.pool_mode == "transaction" else relaying_pair
         if args.count:
             mode, _, n = args.count.partition(":")
-            conn, link = relaying_pair(proxy, args.strategy[0], mode)
+            conn, link = pair(proxy, args.strategy[0], mode)
             client, server = conversation(mode)
             run(conn, link, client, server, 0, int(n))
             return 0
@@ -185,7 +225,7 @@ async def _main(args: argparse.Namespace) -> int:
         print("|---|---|---:|")
         for strategy in args.strategy:
             for mode in args.modes:
-                conn, link = relaying_pair(proxy, strategy, mode)
+                conn, link = pair(proxy, strategy, mode)
                 client, server = conversation(mode)
                 run(conn, link, client, server, 0, min(1000, args.txns))  # warm the caches
                 best = min(run(conn, link, client, server, (r + 1) * args.txns, args.txns) for r in range(args.reps))
@@ -201,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", type=lambda s: s.split(","), default=["database", "shared"])
     ap.add_argument("--count", metavar="MODE:N", help="run N transactions of MODE once (for callgrind)")
     ap.add_argument("--audit", action="store_true", help="with the audit log on (written to a temporary file)")
+    ap.add_argument("--pool-mode", choices=["session", "transaction"], default="session",
+                    help="transaction: the session gets its server from the real pool and gives it back per "
+                         "transaction (the handoff's cost); session: it holds one throughout")
     return asyncio.run(_main(ap.parse_args(argv)))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import threading
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -155,6 +156,15 @@ class LatencySeries:
         out.append(self.total)
         return out
 
+    def cumulative(self, bounds: list[str]) -> tuple[list[tuple[str, float]], float]:
+        """(bucket bound, cumulative count) per bucket, +Inf last, and the sum: a HistogramMetricFamily's sample."""
+        snapshot = self.snapshot()
+        out, total = [], 0.0
+        for bound, count in zip([*bounds, "+Inf"], snapshot[:-1], strict=True):
+            total += count
+            out.append((bound, total))
+        return out, snapshot[-1]
+
 
 class QueryRecorder:
     """Per-request latency and row counts of one tenant label, kept as plain numbers (no lock, no label lookup
@@ -247,14 +257,25 @@ class _QueryCollector(Collector):
         for tenant, recorder in list(m._recorders.items()):
             rows.add_metric([tenant], recorder.rows)
             for (kind, outcome), series in list(recorder.series.items()):
-                snapshot = series.snapshot()
-                cumulative, total = [], 0
-                for bound, count in zip([*bounds, "+Inf"], snapshot[:-1], strict=True):
-                    total += count
-                    cumulative.append((bound, total))
-                latency.add_metric([tenant, kind, outcome], cumulative, snapshot[-1])
+                latency.add_metric([tenant, kind, outcome], *series.cumulative(bounds))
         yield latency
         yield rows
+
+
+class _WaitCollector(Collector):
+    """`pgtenant_pool_wait_seconds{tenant}` from plain per-tenant counts (a grant, once per transaction in
+    transaction pooling, takes no lock and makes no label lookup)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        waits = HistogramMetricFamily("pgtenant_pool_wait_seconds", "Time a client waited for a server connection.",
+                                      labels=["tenant"])
+        bounds = [floatToGoString(b) for b in WAIT_BUCKETS]
+        for tenant, series in list(self.metrics._pool_waits.items()):
+            waits.add_metric([tenant], *series.cumulative(bounds))
+        yield waits
 
 
 class Metrics:
@@ -343,11 +364,8 @@ class Metrics:
             ["tenant", "backend", "server"], registry=r,
         )
         r.register(_PoolCollector(self))
-        self._pool_wait = Histogram(
-            "pgtenant_pool_wait_seconds", "Time a client waited for a server connection.", ["tenant"],
-            buckets=WAIT_BUCKETS, registry=r,
-        )
-        self._pool_wait_children: dict[str, Any] = {}
+        self._pool_waits: dict[str, LatencySeries] = {}  # tenant label -> its waits for a server (_WaitCollector)
+        r.register(_WaitCollector(self))
         self._servers_opened = Counter(
             "pgtenant_pool_servers_opened_total", "Backend connections opened by the pools.", ["tenant"], registry=r
         )
@@ -472,10 +490,11 @@ class Metrics:
 
     def pool_waited(self, tenant: str, seconds: float) -> None:
         """A client of a tenant label got a server after waiting `seconds`."""
-        child = self._pool_wait_children.get(tenant)
-        if child is None:
-            child = self._pool_wait_children[tenant] = self._pool_wait.labels(tenant)
-        child.observe(seconds)
+        series = self._pool_waits.get(tenant)
+        if series is None:
+            series = self._pool_waits[tenant] = LatencySeries(len(WAIT_BUCKETS))
+        series.counts[bisect_left(WAIT_BUCKETS, seconds)] += 1
+        series.total += seconds
 
     def pool_server_opened(self, tenant: str) -> None:
         self._servers_opened.labels(tenant).inc()

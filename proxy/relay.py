@@ -28,7 +28,7 @@ def write_chunks(transport: Any, chunks: list) -> int:
 
 
 class _SocketEvents:
-    """What a relay protocol leaves to its owner (the ClientConnection or the ServerLink): EOF, loss, flow control."""
+    """What the client relay protocol leaves to its owner (the ClientConnection): EOF, loss, flow control."""
 
     __slots__ = ("owner",)
 
@@ -89,7 +89,7 @@ class ClientRelay(_SocketEvents):
         self._forward(actions, RelayToServer, self.server)
 
     def from_server(self, data: bytes) -> None:
-        """A read from the server transport (see ServerRelay)."""
+        """A read from the server transport (ServerLink.data_received, while the session holds the link)."""
         try:
             actions = self.session.server_data(data)
         except Exception:
@@ -129,17 +129,3 @@ class ClientRelay(_SocketEvents):
         audit = self.audit
         if audit is not None:
             audit.request(self.audit_prefix, self.end_user, req)
-
-
-class ServerRelay(_SocketEvents):
-    """The server transport's protocol while its session relays: reads go to the client relay, the rest to
-    the ServerLink."""
-
-    __slots__ = ("relay",)
-
-    def __init__(self, link: Any, relay: ClientRelay) -> None:
-        self.owner = link  # the ServerLink
-        self.relay = relay
-
-    def data_received(self, data: bytes) -> None:
-        self.relay.from_server(data)

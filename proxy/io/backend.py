@@ -18,6 +18,7 @@ from proxy.server import ServerConnection, ServerState
 if TYPE_CHECKING:
     from proxy.io.client import ClientConnection
     from proxy.io.pool import Pool
+    from proxy.relay import ClientRelay
 
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
@@ -26,14 +27,16 @@ WRITE_LOW_WATER = 64 * 1024
 class ServerLink(asyncio.Protocol):
     """The socket side of one pooled server connection. While idle (no `owner`) it reads its own socket: only the
     answers to the pool's reset and health check may arrive, anything else (or EOF) closes it. While a client holds
-    it, that client's relay reads the socket (ClientConnection.start_relay) until it is released."""
+    it, its reads go to that client's relay (`relay`, set by ClientConnection._install) until it is released. The link
+    stays its transport's protocol throughout: uvloop's set_protocol restarts reading (two epoll_ctl calls), which
+    transaction pooling would pay twice per transaction."""
 
     def __init__(self, pool: Pool, server: ServerConnection) -> None:
         self.pool = pool
         self.server = server
         self.owner: ClientConnection | None = None
         self.transport: asyncio.Transport | None = None
-        self.relaying = False  # a client's relay reads the socket
+        self.relay: ClientRelay | None = None  # the holding client's relay, which the socket's reads go to
         self.closed = False
         self.connected_at = time.monotonic()
         self.on_query: Callable[[ServerQueryDone], None] | None = None  # who waits for the answer of `query`
@@ -45,7 +48,10 @@ class ServerLink(asyncio.Protocol):
         self._run(self.server.initiate())
 
     def data_received(self, data: bytes) -> None:
-        if not self.relaying:  # once relaying, a ServerRelay reads this socket (ClientConnection.start_relay)
+        relay = self.relay
+        if relay is not None:  # held by a relaying client: its session reads the answers
+            relay.from_server(data)
+        else:
             self._run(self.server.data(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -75,12 +81,11 @@ class ServerLink(asyncio.Protocol):
         self._run(actions)
 
     def detach(self) -> None:
-        """The holder let go: this link reads its own socket again."""
+        """The holder let go: this link reads its own socket again (no longer paused for the holder's full socket)."""
         self.owner = None
-        if self.relaying:
-            self.relaying = False
+        if self.relay is not None:
+            self.relay = None
             if self.transport is not None and not self.closed:
-                self.transport.set_protocol(self)
                 self.transport.resume_reading()
 
     def terminate(self) -> None:

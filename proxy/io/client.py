@@ -54,7 +54,7 @@ from proxy.policy.model import Decision, Deny, Rewrite
 from proxy.protocol import messages as m
 from proxy.reasons import CloseReason
 from proxy.registry import Tenant
-from proxy.relay import ClientRelay, ServerRelay, write_chunks
+from proxy.relay import ClientRelay, write_chunks
 from proxy.replicas import Route
 from proxy.session import ClientSession, SessionRow
 
@@ -317,8 +317,7 @@ class ClientConnection(asyncio.Protocol):
             session.report_requests(relay.request_done)
         self.link = link
         relay.server = link.transport
-        link.relaying = True  # (until Pool.release detaches it: it reads its own socket again)
-        link.transport.set_protocol(ServerRelay(link, relay))
+        link.relay = relay  # its reads go to the relay until Pool.release detaches it
         if self._client_full:  # the client's socket is still full: the new server waits too
             link.transport.pause_reading()
 
@@ -385,10 +384,13 @@ class ClientConnection(asyncio.Protocol):
         self.run(self.session.server_closed())
 
     def _request_server(self, request: ServerRequest, route: Route | None = None) -> None:
-        """Ask the pool for a server (answered by server_granted or server_refused, maybe at once)."""
+        """Ask the pool for a server (answered by server_granted or server_refused, maybe at once). The client is not
+        read while it waits; an idle server is granted inside `request`, so the pause comes after it, if at all
+        (transaction pooling asks once per transaction: a pause and resume cost uvloop two epoll_ctl calls)."""
         self._waiting_server = True
-        self._update_reading()
         self.proxy.pool.request(self, request, route)
+        if self._waiting_server:
+            self._update_reading()
 
     def _release(self, action: ReleaseServer) -> None:
         """Give the server back to the pool; the client's relay stops reading it."""
@@ -466,6 +468,10 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, RelayToClient):
                 if self.transport is not None and not self.closed:
                     self._bytes_out += write_chunks(self.transport, action.chunks)
+            elif isinstance(action, ReleaseServer):  # (these two come once per transaction in transaction pooling)
+                self._release(action)
+            elif isinstance(action, AcquireServer):
+                self._request_server(action.request, action.route)
             elif isinstance(action, SendClient):
                 self.write(action.data)
             elif isinstance(action, StartClientTls):
@@ -494,10 +500,6 @@ class ClientConnection(asyncio.Protocol):
                 if rest := actions[i + 1:]:
                     task.add_done_callback(lambda _task, rest=rest: self.run(rest))
                 return
-            elif isinstance(action, ReleaseServer):
-                self._release(action)
-            elif isinstance(action, AcquireServer):
-                self._request_server(action.request, action.route)
             elif isinstance(action, SessionPinned):
                 self._pinned(action.reason)
             elif isinstance(action, AgentAdmission):

@@ -210,6 +210,8 @@ def test_pool_gauges_come_from_the_pools_at_scrape_time() -> None:
     rows = [("acme", 3, 2, 1, 1, 0, 1), ("acme", 0, 1, 0, 0, 1, 0), ("globex", 1, 1, 0, 0, 0, 0)]
     metrics.watch_pools(lambda: rows)
     metrics.pool_waited("acme", 0.02)
+    metrics.pool_waited("acme", 0.0)  # a grant from an idle server (per transaction in transaction pooling)
+    metrics.pool_waited("acme", 0.0001)  # (a bound is its bucket's own: le)
     metrics.pool_server_opened("acme")
     metrics.pool_server_closed("budget")
     s = _samples(metrics)
@@ -217,7 +219,12 @@ def test_pool_gauges_come_from_the_pools_at_scrape_time() -> None:
     assert s[("pgtenant_server_connections", (("state", "active"), ("tenant", "acme")))] == 3
     assert s[("pgtenant_server_connections", (("state", "used"), ("tenant", "acme")))] == 1
     assert s[("pgtenant_server_connections", (("state", "active"), ("tenant", "_other")))] == 1  # the label cap
-    assert s[("pgtenant_pool_wait_seconds_count", (("tenant", "acme"),))] == 1
+    assert s[("pgtenant_pool_wait_seconds_count", (("tenant", "acme"),))] == 3
+    assert s[("pgtenant_pool_wait_seconds_sum", (("tenant", "acme"),))] == pytest.approx(0.0201)
+    assert s[("pgtenant_pool_wait_seconds_bucket", (("le", "0.0001"), ("tenant", "acme")))] == 2
+    assert s[("pgtenant_pool_wait_seconds_bucket", (("le", "0.01"), ("tenant", "acme")))] == 2
+    assert s[("pgtenant_pool_wait_seconds_bucket", (("le", "0.05"), ("tenant", "acme")))] == 3
+    assert s[("pgtenant_pool_wait_seconds_bucket", (("le", "+Inf"), ("tenant", "acme")))] == 3
     assert s[("pgtenant_pool_servers_opened_total", (("tenant", "acme"),))] == 1
     assert s[("pgtenant_pool_servers_closed_total", (("reason", "budget"),))] == 1
     rows.clear()

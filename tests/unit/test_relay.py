@@ -14,7 +14,7 @@ from proxy.auth.throttle import AuthThrottle
 from proxy.metrics import QueryRecorder, TenantStats
 from proxy.policy.model import Allow
 from proxy.protocol import messages as m
-from proxy.relay import ClientRelay, ServerRelay
+from proxy.relay import ClientRelay
 from proxy.session import ClientSession, State
 from tests.support.sessions import make_config
 
@@ -88,7 +88,7 @@ def test_plain_reads_are_written_through_and_counted(relay: ClientRelay, tmp_pat
     relay.data_received(q)
     assert relay.server.out == [q] and relay.owner.ran == []
     back = m.frame(b"D", b"\x00\x01\x00\x00\x00\x011") + answer(b"SELECT 1")
-    ServerRelay(SimpleNamespace(), relay).data_received(back)
+    relay.from_server(back)
     assert relay.client.out == [back]
     assert (relay.bytes_in, relay.bytes_out) == (len(q), len(back))
     st = relay.stats
@@ -137,13 +137,8 @@ def test_backend_errors_and_byte_batches_are_reported(relay: ClientRelay) -> Non
 
 
 def test_socket_events_reach_the_owners(relay: ClientRelay) -> None:
-    link = Conn()
-    server = ServerRelay(link, relay)
     relay.pause_writing()
     relay.resume_writing()
     relay.connection_lost(None)
-    server.pause_writing()
-    server.connection_lost(None)
     assert relay.owner.calls == [("pause",), ("resume",), ("lost", None)]
-    assert link.calls == [("pause",), ("lost", None)]
-    assert relay.eof_received() is None and server.eof_received() is None
+    assert relay.eof_received() is None
