@@ -100,6 +100,29 @@ def tree_cpu(root: int) -> float:
     raise RuntimeError("postgres children keep exiting; cannot account its CPU")
 
 
+def pin_tree(root: int, cpus: set[int]) -> int:
+    """Pin a process, every thread of it and every live descendant to `cpus` (children forked later inherit it);
+    returns how many threads were pinned. Used to give the proxies a core of their own (`--proxy-cpus`)."""
+    parents: dict[int, list[int]] = {}
+    for d in os.scandir("/proc"):
+        if d.name.isdigit():
+            try:
+                text = Path(d.path, "stat").read_text()
+            except OSError:
+                continue
+            parents.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(d.name))
+    pinned, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(parents.get(pid, ()))
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), cpus)
+                    pinned += 1
+    return pinned
+
+
 def children_cpu() -> float:
     """CPU of our reaped children (that is: pgbench runs)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)

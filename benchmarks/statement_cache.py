@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -50,8 +51,15 @@ def main() -> int:
     p.add_argument("--mode", default="extended", choices=("extended", "prepared", "simple"), help="pgbench -M")
     p.add_argument("--pool-mode", choices=("session", "transaction"), help="[pool] pool_mode of both pgtenants")
     p.add_argument("--quiet-wait", type=float, default=30, help="max s to wait for an idle host before each run")
+    p.add_argument("--proxy-cpus", help="CPUs (comma list) the proxies (PgBouncer, pgtenant) are pinned to; "
+                   "PostgreSQL, pgbench and this script get the others (a proxy on a core of its own, as deployed "
+                   "beside a database server); default: no pinning (every process shares every core)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    proxy_cpus = {int(c) for c in args.proxy_cpus.split(",")} if args.proxy_cpus else set()
+    other_cpus = set(os.sched_getaffinity(0)) - proxy_cpus
+    if args.proxy_cpus and not other_cpus:
+        raise SystemExit("--proxy-cpus leaves no CPU for PostgreSQL and pgbench")
     installation = pgcluster.default_installation()
     if installation is None:
         raise SystemExit("no PostgreSQL installation found")
@@ -77,6 +85,13 @@ def main() -> int:
             "pgtenant + cache": start_proxy(stack, cluster, "pgtenant + cache", {**mode, "statement_cache": True}),
         }
         pc.wait_ready(targets["direct"])
+        if proxy_cpus:  # PostgreSQL's backends (forked later too) and pgbench (our child) on the others
+            os.sched_setaffinity(0, other_cpus)
+            pc.pin_tree(cluster.pid, other_cpus)
+            for target in targets.values():
+                if target.pid is not None:
+                    pc.pin_tree(target.pid, proxy_cpus)
+            pc.say(f"proxies pinned to CPUs {sorted(proxy_cpus)}, PostgreSQL and pgbench to {sorted(other_cpus)}")
         args.max_other = 100.0
         runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
         for i in range(args.runs):
@@ -86,7 +101,8 @@ def main() -> int:
                 runs[name].append(r)
     results["runs"] = runs
     base = runs["pgbouncer (session)"]
-    lines = [f"| target (pgbench -S -M {args.mode}, "
+    where = f", proxies on CPU {args.proxy_cpus}" if args.proxy_cpus else ""
+    lines = [f"| target (pgbench -S -M {args.mode}{where}, "
              f"{args.clients} clients, {args.duration} s x {args.runs}) | median tps | / PgBouncer session: median "
              "(range) | postgres CPU µs/txn | proxy CPU µs/txn |", "|---|---|---|---|---|"]
     for name, rs in runs.items():
