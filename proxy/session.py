@@ -64,7 +64,6 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
-    MAY_SET_SEQUENCES,
     SESSION_STATEMENTS,
     SQL_PREPARE,
     Allow,
@@ -83,6 +82,7 @@ from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
 from proxy.reported import SharedStatus, reset_to_default, shared_status
+from proxy.sequences import DISCARD as DISCARD_SEQUENCES
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
@@ -930,6 +930,20 @@ class ClientSession:
             actions.append(RelayToServer([query_message(replay)]))
         return actions
 
+    def _sequences_front(self, chunks: list, busy: bool) -> list:
+        """The client's `chunks` about to reach a server that may hold another session's sequence state: DISCARD
+        SEQUENCES goes in front of them when a statement among them calls currval()/lastval() before the session
+        used that server (proxy/sequences.py), its answers swallowed as the settings replay's are; the client gets
+        PostgreSQL's 55000, as on a new connection."""
+        server = self.server
+        if not self._sequences.forwarded(busy, self._tx_status == b"E") or server is None or self.state is not _READY:
+            return chunks
+        self._sequences.discarded(server)
+        if not self._replaying:
+            self._replay_buf, self._replay_error, self._replayed = b"", None, self._applied
+        self._replaying += 1
+        return [query_message(DISCARD_SEQUENCES), *chunks]
+
     def _idle_memos(self) -> None:
         """Holding no server, the session keeps its last Parse's memos only when they are small: a long one would
         stay held while it idles (up to 64 KB of body, its text again, its rewrite); its next use is decided again."""
@@ -1153,6 +1167,8 @@ class ClientSession:
             return [*released, CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         if self._timed_out is not None:  # statement_timeout: what follows a cancel may run a statement again
             self._fed_since_cancel = True
+        watch = self._sequences.foreign  # (the held server may hold another session's sequence state)
+        busy = watch and bool(self.tracker.pending)
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
@@ -1164,6 +1180,8 @@ class ClientSession:
                     actions = self._close_server(CloseReason.CLIENT_TERMINATE)
                 self._close()
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
+        if watch and self._sequences.foreign:
+            chunks = self._sequences_front(chunks, busy)
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
             if self._admission is not None:  # (or its admission by the planner's estimate, on the server)
                 out = [RelayToServer(chunks), *self._statement_answers(), AwaitAdmission(), *self._admission_start()]
@@ -1191,6 +1209,8 @@ class ClientSession:
         if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
         self._held = None
+        watch = self._sequences.foreign
+        busy = watch and bool(self.tracker.pending)
         if held.type == m.QUERY and self.agent is not None and admission.needs(decision):
             self._admit(m.QUERY, held.body, held.sql, admission.query_request(admission.sent_text(held.sql, decision)),
                         decision, held.open_batch)
@@ -1208,7 +1228,8 @@ class ClientSession:
                 self._names.parse(held.parse.name, self.tracker.pending[-1])
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
         if self.state is _READY:
-            return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
+            sent = self._sequences_front([raw], busy) if watch and self._sequences.foreign else [raw]
+            return [RelayToServer(sent), *self.client_data(b"".join(held.after))]
         self._waiting.append(raw)
         return self._detached(self.client_data(b"".join(held.after)))
 
@@ -1301,16 +1322,16 @@ class ClientSession:
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if type(decision) is Allow:
-            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
-                self._sequences.wrote = True
+            if decision.effects:
+                self._sequences.ran(decision.effects)
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
-            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
-                self._sequences.wrote = True
+            if decision.effects:
+                self._sequences.ran(decision.effects)
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
@@ -1331,7 +1352,7 @@ class ClientSession:
             if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
                     self.statements is None:
                 self._client_text(name, None if out is None else sql)
-            self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
+            self._sequences.parsed(name, decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
@@ -1406,7 +1427,7 @@ class ClientSession:
                 out: bytes | None, memo: bool = True) -> None:
         """Memoize an allowed or rewritten Parse (if `memo`: not too long), unless it changes the session (then
         follow that)."""
-        self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
+        self._sequences.parsed(name, decision.effects)
         changes = decision.changes
         if changes:
             self._parse_changes(name, changes)
