@@ -82,6 +82,7 @@ from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
 from proxy.reported import SharedStatus, reset_to_default, shared_status
+from proxy.resets import Restoring, resets, restoring
 from proxy.sequences import DISCARD as DISCARD_SEQUENCES
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
@@ -210,6 +211,9 @@ for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
 _NO_EXECUTES = ()
+_NO_RETAGS = ()  # ClientSession._retags with none
+_NO_NAMES = frozenset()  # ClientSession._reset_names with none
+_RESET_TAG = b"RESET\x00"
 _NO_CLOSES = ()  # ClientSession._agent_closing with none
 _MAX_AGENT_CLOSES = 4096  # ClientSession._executes of a session whose results are not metered
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
@@ -248,8 +252,8 @@ class ClientSession:
         "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices", "_open_batch",
         "_overrides",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
-        "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue", "_sql_prepared",
-        "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
+        "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_slot_held", "_slot_queue",
+        "_sql_prepared", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -345,6 +349,10 @@ class ClientSession:
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
         self._sequences = SequenceMarks()  # where its writes may have left currval()/lastval() state
+        # RESETs of startup settings sent as SETs of the startup values (proxy/resets.py): per request in flight,
+        # the CommandCompletes (by position) answered as RESET, or swallowed (b""); the statements that are such SETs
+        self._retags: list[tuple[object, dict[int, bytes]]] = _NO_RETAGS  # type: ignore[assignment]
+        self._reset_names: set[str] = _NO_NAMES  # type: ignore[assignment]
         self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
@@ -1317,10 +1325,17 @@ class ClientSession:
             before = decision.before
             marker = self._deny_marker(replace(decision, before=None))
             decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes)
+        restored = None
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(sql, decision)
+            if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
+                                                                                 self._startup_settings):
+                decision, restored = self._restoring(sql, decision)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
+        if restored is not None and (restored.retagged or restored.swallowed):
+            self._retag({first + i: _RESET_TAG for i in restored.retagged} |
+                        {first + i: b"" for i in restored.swallowed})
         if type(decision) is Allow:
             if decision.effects:
                 self._sequences.ran(decision.effects)
@@ -1349,6 +1364,8 @@ class ClientSession:
                                                         memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
+            if self._reset_names:
+                self._reset_names.discard(name)
             if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
                     self.statements is None:
                 self._client_text(name, None if out is None else sql)
@@ -1377,8 +1394,17 @@ class ClientSession:
         return self._parse_decided(body, token, parse, decision)
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
+        if self._reset_names:
+            self._reset_names.discard(parse.name)
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(parse.sql, decision)
+            if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
+                                                                                 self._startup_settings):
+                decision, restored = self._restoring(parse.sql, decision, extended=True)
+                if restored is not None and restored.retagged:
+                    if not self._reset_names:
+                        self._reset_names = set()
+                    self._reset_names.add(parse.name)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         if self.agent is not None:
@@ -1436,6 +1462,40 @@ class ClientSession:
         self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
             self._parse_changes(name, ())
+
+    # --- RESET of a startup setting (proxy/resets.py) --------------------------------------------------------
+
+    def _restoring(self, sql: str, decision: Allow | Rewrite, extended: bool = False) -> tuple[Decision,
+                                                                                            Restoring | None]:
+        """A statement resetting some of the client's startup settings: PostgreSQL gets the SETs of the startup
+        values instead (it would reset them to its server's own), so that the client sees them at once, also inside
+        its transaction; the session's records take them as set (the server has them)."""
+        text = decision.sql if type(decision) is Rewrite else sql
+        restored = restoring(text, decision.changes, self._startup_settings, extended=extended)
+        if restored is None:
+            return decision, None
+        rules = decision.rules if type(decision) is Rewrite else ()
+        return Rewrite(restored.sql, rules, decision.effects, restored.changes), restored
+
+    def _retag(self, tags: dict[int, bytes]) -> None:
+        """The CommandCompletes of the request just sent (by position) the client gets otherwise (b"": none)."""
+        pending = self.tracker.pending
+        request = pending[-1] if pending else None
+        if self._retags and self._retags[-1][0] is request:
+            self._retags[-1][1].update(tags)
+            return
+        if not self._retags:
+            self._retags = []
+        self._retags.append((request, tags))
+
+    def _retagged(self) -> bytes | None:
+        """What the client gets for the CommandComplete arriving (None: the server's)."""
+        pending = self.tracker.pending
+        request = pending[0] if pending else None
+        for of, tags in self._retags:
+            if of is request:
+                return tags.get(self._done)
+        return None
 
     # --- the agent profile: admission by the planner's estimate (proxy/admission.py) ----------------------------
 
@@ -1662,6 +1722,8 @@ class ClientSession:
         if statement is not None:
             self.tracker.on_bind(statement)
             self._sequences.bound(statement)
+            if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
+                self._retag({self._binds: _RESET_TAG})
             if self._tracking:
                 pending = self.tracker.pending
                 denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)
@@ -1719,6 +1781,8 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
+        if self._retags:
+            self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
         if self._names is not None and self._names.ledger and request is not None:
             self._names.ended(request)
         if self._agent_closing and request is not None:
@@ -1731,7 +1795,15 @@ class ClientSession:
         elif self.pooled and body == b"I":
             self._idle_check = True
 
-    def _on_command_complete(self, body: bytes) -> None:
+    def _on_command_complete(self, body: bytes) -> bytes | None:
+        out = None
+        if self._retags:
+            tag = self._retagged()
+            if tag is not None:
+                if not tag:  # the proxy's own statement (a startup value set again after a RESET ALL)
+                    self._done += 1
+                    return b""
+                body, out = tag, m.frame(b"C", tag)
         self.tracker.on_command_complete(body)
         self._done += 1
         if self._names is not None and body[:1] == b"D":  # (DEALLOCATE, DISCARD ALL)
@@ -1740,6 +1812,7 @@ class ClientSession:
         if self._tracking:
             pending = self.tracker.pending
             self.context.completed(pending[0] if pending else None, self._done, body)
+        return out
 
     def _on_parameter_status(self, body: bytes) -> bytes | None:
         name, value = m.decode_parameter_status(body)

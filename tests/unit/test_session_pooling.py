@@ -528,15 +528,46 @@ def test_reset_all_gives_the_client_its_startup_settings_back(tmp_path: Path) ->
                   + m.ready_for_query(b"I"))
     assert server.status["application_name"] == "psql"
     run(s, "SET application_name = 'mine'", m.parameter_status("application_name", "mine") + done("SET"))
-    out = run(s, "RESET ALL", m.parameter_status("application_name", "") + done("RESET"))
-    # PostgreSQL resets to the server's startup value; the client expects its own startup value: set again
-    assert frames(relayed(out))[-1] == (b"Q", startup.encode() + b"\x00")
-    back = s.server_data(m.parameter_status("application_name", "psql") + m.frame(b"C", b"SELECT 1\x00")
-                         + m.ready_for_query(b"I"))
-    assert sent(back) == m.parameter_status("application_name", "psql")  # it saw '' from the RESET
+    # PostgreSQL resets to the server's startup value; the client expects its own startup value: set again at once
+    # (in the same query: also inside a transaction block), the proxy's SET unseen
+    answer = (m.command_complete("RESET") + m.command_complete("SET") + m.parameter_status("application_name", "psql")
+              + m.ready_for_query(b"I"))
+    out = run(s, "RESET ALL", answer)
+    assert frames(relayed(out)) == [(b"Q", b"RESET ALL; SET application_name TO 'psql'\x00")]
+    assert relayed(out, RelayToClient) == (m.command_complete("RESET") + m.parameter_status("application_name", "psql")
+                                           + m.ready_for_query(b"I"))
     assert s.client_data(m.TERMINATE_MESSAGE)[0] == ReleaseServer(reusable=True, reset=True,
                                                                   reason=CloseReason.CLIENT_TERMINATE)
-    assert server.settings == {"application_name": startup}
+    assert server.settings == {"application_name": startup}  # (no replay needed: the server has it)
+
+
+def test_a_reset_of_a_startup_setting_is_its_startup_value_at_once(tmp_path: Path) -> None:
+    """Inside a transaction block too: PostgreSQL gets the SET of the startup value; the client gets RESET's tag,
+    and the ParameterStatus of the value (the server's); the server's settings record it for the next client."""
+    s = _session(tmp_path, "transaction")
+    _log_in(s, application_name="psql")
+    server = server_for(s, {"application_name": ""})
+    s.server_attached(server)
+    s.server_data(m.parameter_status("application_name", "psql") + done("SELECT 1"))
+    run(s, "BEGIN", done("BEGIN", status=b"T"), server)
+    run(s, "SET application_name = 'mine'", m.parameter_status("application_name", "mine") + done("SET", status=b"T"))
+    out = s.client_data(query("RESET application_name"))
+    assert frames(relayed(out)) == [(b"Q", b"SET application_name TO 'psql'\x00")]
+    back = s.server_data(m.command_complete("SET") + m.parameter_status("application_name", "psql")
+                         + m.ready_for_query(b"T"))
+    assert relayed(back, RelayToClient) == (m.command_complete("RESET") + m.parameter_status("application_name", "psql")
+                                            + m.ready_for_query(b"T"))
+    # extended protocol: a Parse of it (named), its Binds answered with RESET's tag
+    parse = m.Parse("r1", "RESET application_name", b"\x00\x00").encode()
+    bind = m.frame(b"B", b"\x00r1\x00" + b"\x00" * 6)
+    out = s.client_data(parse + bind + m.execute_message("") + m.frame(b"S", b""))
+    sent_ = frames(relayed(out))
+    assert [t for t, _ in sent_] == [b"P", b"B", b"E", b"S"] and b"SET application_name TO 'psql'" in sent_[0][1]
+    back = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.command_complete("SET")
+                         + m.ready_for_query(b"T"))
+    assert m.command_complete("RESET") in relayed(back, RelayToClient)
+    assert kinds(run(s, "COMMIT", done("COMMIT"))) == [ReleaseServer]
+    assert server.settings == {"application_name": "SELECT pg_catalog.set_config('application_name', 'psql', false)"}
 
 
 def test_a_reused_server_answers_the_startup_with_the_clients_own_settings(tmp_path: Path) -> None:
