@@ -156,3 +156,26 @@ def test_reset_of_a_startup_setting_is_the_startup_value_at_once(one_server: Pro
         a.execute("RESET DateStyle")  # outside a transaction block: as on a direct connection at once
         assert a.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
         assert settings(b)[1:3] == ("", "ISO, MDY")
+
+
+@pytest.fixture(scope="module")
+def session_server(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("ses"), pool_mode="session", pool_size=1, query_wait_timeout=20.0)
+    yield p
+    p.stop()
+
+
+def test_reset_of_a_startup_setting_in_session_pooling(session_server: ProxyProcess) -> None:
+    """Session pooling too: a server of the pool never started with the client's settings, so a RESET inside a
+    transaction gives the startup value at once there as well; the next session on that server has its own."""
+    dsn = session_server.dsn("alice", application_name="client-a", options="-c DateStyle=SQL,DMY")
+    with psycopg.connect(dsn, autocommit=True) as a:
+        pid = settings(a)[0]
+        with a.transaction():
+            a.execute("SET DateStyle = German")
+            assert a.execute("RESET DateStyle").statusmessage == "RESET"
+            assert settings(a)[1:3] == ("client-a", "SQL, DMY")
+            assert a.execute("RESET ALL").statusmessage == "RESET"
+            assert settings(a)[1:3] == ("client-a", "SQL, DMY")
+    with psycopg.connect(session_server.dsn("alice"), autocommit=True) as b:
+        assert settings(b)[:3] == (pid, "", "ISO, MDY")
