@@ -20,6 +20,7 @@ budget of one server in a second proxy, so the server is closed and another open
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import threading
@@ -275,6 +276,34 @@ def test_a_nextval_hidden_in_a_view_is_never_read_by_the_next_client(iso: ProxyP
         assert cur.nextset() and cur.fetchall() == [(0,)]
         # and in later transactions on that server as long as nobody else used it
         assert a.execute("SELECT n FROM iso_nv").fetchone() == a.execute("SELECT lastval()").fetchone()
+
+
+def test_a_nextval_hidden_in_a_view_is_never_read_by_an_asyncpg_client(iso: ProxyProcess) -> None:
+    """asyncpg prepares each statement (Parse/Describe/Sync) before it runs it (Bind/Execute/Sync, a later request,
+    maybe on another server): the DISCARD goes in front of the Bind there; in a transaction too."""
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def scenario() -> list[str]:
+        b = await asyncpg.connect(iso.url("isa"), ssl=False)
+        got = []
+        try:
+            for in_transaction in (False, True):
+                with _connect(iso, "isa") as a:
+                    a.execute("SELECT n FROM iso_nv")
+                try:
+                    if in_transaction:
+                        async with b.transaction():
+                            await b.fetchval("SELECT currval('iso_seq')")
+                    else:
+                        await b.fetchval("SELECT lastval()")
+                    got.append("a value")
+                except asyncpg.exceptions.ObjectNotInPrerequisiteStateError:
+                    got.append("55000")
+        finally:
+            await b.close()
+        return got
+
+    assert asyncio.run(scenario()) == ["55000", "55000"]
 
 
 def _notifications_reaching(b: psycopg.Connection, pg: PgCluster, db: str, channel: str) -> list[str]:
