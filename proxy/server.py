@@ -89,8 +89,8 @@ class ServerConnection:
         self.last_used = 0.0
         self.settings: dict[str, str] = {}  # session settings a client applied: name -> the SET text sent
         self.prepared: dict[str, Any] = {}  # statements prepared on it by the proxy (proxy/statements.py)
-        # The mark of the session whose writes may have left sequence state on it (a column default's nextval():
-        # what currval()/lastval() read; proxy/sequences.py), None when there is none
+        # The mark (proxy/sequences.py Mark) of the session whose writes or reads may have left sequence state on it
+        # (a column default's or a view's nextval(): what currval()/lastval() read), None when there is none
         self.sequences: object = None
         self.replica: str | None = None  # a replica's server: its name (the pool sets it; None: the primary)
         self._expect: Transcript = []  # the answer the proxy's own query must get

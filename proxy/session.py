@@ -64,7 +64,6 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
-    MAY_SET_SEQUENCES,
     SESSION_STATEMENTS,
     SQL_PREPARE,
     Allow,
@@ -83,6 +82,8 @@ from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
 from proxy.reasons import CloseReason
 from proxy.reported import SharedStatus, reset_to_default, shared_status
+from proxy.resets import Restoring, resets, restoring
+from proxy.sequences import DISCARD as DISCARD_SEQUENCES
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
@@ -210,6 +211,9 @@ for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
 _NO_EXECUTES = ()
+_NO_RETAGS = ()  # ClientSession._retags with none
+_NO_NAMES = frozenset()  # ClientSession._reset_names with none
+_RESET_TAG = b"RESET\x00"
 _NO_CLOSES = ()  # ClientSession._agent_closing with none
 _MAX_AGENT_CLOSES = 4096  # ClientSession._executes of a session whose results are not metered
 _READY = State.READY  # read on every client read: a module constant, not an attribute of the enum class
@@ -248,8 +252,8 @@ class ClientSession:
         "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
         "_open_batch", "_overrides",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
-        "_replayed", "_replaying", "_scope", "_sequences", "_slot_held", "_slot_queue", "_sql_prepared",
-        "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
+        "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_slot_held", "_slot_queue",
+        "_sql_prepared", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -346,6 +350,10 @@ class ClientSession:
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
         self._sequences = SequenceMarks()  # where its writes may have left currval()/lastval() state
+        # RESETs of startup settings sent as SETs of the startup values (proxy/resets.py): per request in flight,
+        # the CommandCompletes (by position) answered as RESET, or swallowed (b""); the statements that are such SETs
+        self._retags: list[tuple[object, dict[int, bytes]]] = _NO_RETAGS  # type: ignore[assignment]
+        self._reset_names: set[str] = _NO_NAMES  # type: ignore[assignment]
         self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
@@ -932,6 +940,20 @@ class ClientSession:
             actions.append(RelayToServer([query_message(replay)]))
         return actions
 
+    def _sequences_front(self, chunks: list, busy: bool) -> list:
+        """The client's `chunks` about to reach a server that may hold another session's sequence state: DISCARD
+        SEQUENCES goes in front of them when a statement among them calls currval()/lastval() before the session
+        used that server (proxy/sequences.py), its answers swallowed as the settings replay's are; the client gets
+        PostgreSQL's 55000, as on a new connection."""
+        server = self.server
+        if not self._sequences.forwarded(busy, self._tx_status == b"E") or server is None or self.state is not _READY:
+            return chunks
+        self._sequences.discarded(server)
+        if not self._replaying:
+            self._replay_buf, self._replay_error, self._replayed = b"", None, self._applied
+        self._replaying += 1
+        return [query_message(DISCARD_SEQUENCES), *chunks]
+
     def _idle_memos(self) -> None:
         """Holding no server, the session keeps its last Parse's memos only when they are small: a long one would
         stay held while it idles (up to 64 KB of body, its text again, its rewrite); its next use is decided again."""
@@ -1155,6 +1177,8 @@ class ClientSession:
             return [*released, CloseClient(self.revoked, CloseReason.USER_REMOVED)]
         if self._timed_out is not None:  # statement_timeout: what follows a cancel may run a statement again
             self._fed_since_cancel = True
+        watch = self._sequences.foreign  # (the held server may hold another session's sequence state)
+        busy = watch and bool(self.tracker.pending)
         chunks = self.frontend.feed(data)
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
@@ -1166,6 +1190,8 @@ class ClientSession:
                     actions = self._close_server(CloseReason.CLIENT_TERMINATE)
                 self._close()
                 return [*actions, CloseClient(None, CloseReason.CLIENT_TERMINATE)]
+        if watch and self._sequences.foreign:
+            chunks = self._sequences_front(chunks, busy)
         if self._held is not None:  # the stream stopped at a message whose decision is made elsewhere
             if self._admission is not None:  # (or its admission by the planner's estimate, on the server)
                 out = [RelayToServer(chunks), *self._statement_answers(), AwaitAdmission(), *self._admission_start()]
@@ -1193,6 +1219,8 @@ class ClientSession:
         if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
         self._held = None
+        watch = self._sequences.foreign
+        busy = watch and bool(self.tracker.pending)
         if held.type == m.QUERY and self.agent is not None and admission.needs(decision):
             self._admit(m.QUERY, held.body, held.sql, admission.query_request(admission.sent_text(held.sql, decision)),
                         decision, held.open_batch)
@@ -1210,7 +1238,8 @@ class ClientSession:
                 self._names.parse(held.parse.name, self.tracker.pending[-1])
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
         if self.state is _READY:
-            return [RelayToServer([raw]), *self.client_data(b"".join(held.after))]
+            sent = self._sequences_front([raw], busy) if watch and self._sequences.foreign else [raw]
+            return [RelayToServer(sent), *self.client_data(b"".join(held.after))]
         self._waiting.append(raw)
         return self._detached(self.client_data(b"".join(held.after)))
 
@@ -1298,13 +1327,20 @@ class ClientSession:
             before = decision.before
             marker = self._deny_marker(replace(decision, before=None))
             decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes)
+        restored = None
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(sql, decision)
+            if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
+                                                                                 self._startup_settings):
+                decision, restored = self._restoring(sql, decision)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
+        if restored is not None and (restored.retagged or restored.swallowed):
+            self._retag({first + i: _RESET_TAG for i in restored.retagged} |
+                        {first + i: b"" for i in restored.swallowed})
         if type(decision) is Allow:
-            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
-                self._sequences.wrote = True
+            if decision.effects:
+                self._sequences.ran(decision.effects)
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
@@ -1313,8 +1349,8 @@ class ClientSession:
         if isinstance(decision, Rewrite):
             if decision.names:
                 self._remember_names(decision.names)
-            if decision.effects and MAY_SET_SEQUENCES in decision.effects:
-                self._sequences.wrote = True
+            if decision.effects:
+                self._sequences.ran(decision.effects)
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
@@ -1332,10 +1368,12 @@ class ClientSession:
                                                         memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
+            if self._reset_names:
+                self._reset_names.discard(name)
             if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
                     self.statements is None:
                 self._client_text(name, None if out is None else sql)
-            self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
+            self._sequences.parsed(name, decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
             if out is not None and decision.names:  # (the map may have let them go since)
@@ -1362,8 +1400,17 @@ class ClientSession:
         return self._parse_decided(body, token, parse, decision)
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
+        if self._reset_names:
+            self._reset_names.discard(parse.name)
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(parse.sql, decision)
+            if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
+                                                                                 self._startup_settings):
+                decision, restored = self._restoring(parse.sql, decision, extended=True)
+                if restored is not None and restored.retagged:
+                    if not self._reset_names:
+                        self._reset_names = set()
+                    self._reset_names.add(parse.name)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
         if self.agent is not None:
@@ -1414,7 +1461,7 @@ class ClientSession:
                 out: bytes | None, memo: bool = True) -> None:
         """Memoize an allowed or rewritten Parse (if `memo`: not too long), unless it changes the session (then
         follow that)."""
-        self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
+        self._sequences.parsed(name, decision.effects)
         changes = decision.changes
         if changes:
             self._parse_changes(name, changes)
@@ -1423,6 +1470,40 @@ class ClientSession:
         self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
             self._parse_changes(name, ())
+
+    # --- RESET of a startup setting (proxy/resets.py) --------------------------------------------------------
+
+    def _restoring(self, sql: str, decision: Allow | Rewrite, extended: bool = False) -> tuple[Decision,
+                                                                                            Restoring | None]:
+        """A statement resetting some of the client's startup settings: PostgreSQL gets the SETs of the startup
+        values instead (it would reset them to its server's own), so that the client sees them at once, also inside
+        its transaction; the session's records take them as set (the server has them)."""
+        text = decision.sql if type(decision) is Rewrite else sql
+        restored = restoring(text, decision.changes, self._startup_settings, extended=extended)
+        if restored is None:
+            return decision, None
+        rules = decision.rules if type(decision) is Rewrite else ()
+        return Rewrite(restored.sql, rules, decision.effects, restored.changes), restored
+
+    def _retag(self, tags: dict[int, bytes]) -> None:
+        """The CommandCompletes of the request just sent (by position) the client gets otherwise (b"": none)."""
+        pending = self.tracker.pending
+        request = pending[-1] if pending else None
+        if self._retags and self._retags[-1][0] is request:
+            self._retags[-1][1].update(tags)
+            return
+        if not self._retags:
+            self._retags = []
+        self._retags.append((request, tags))
+
+    def _retagged(self) -> bytes | None:
+        """What the client gets for the CommandComplete arriving (None: the server's)."""
+        pending = self.tracker.pending
+        request = pending[0] if pending else None
+        for of, tags in self._retags:
+            if of is request:
+                return tags.get(self._done)
+        return None
 
     # --- the agent profile: admission by the planner's estimate (proxy/admission.py) ----------------------------
 
@@ -1653,6 +1734,8 @@ class ClientSession:
         if statement is not None:
             self.tracker.on_bind(statement)
             self._sequences.bound(statement)
+            if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
+                self._retag({self._binds: _RESET_TAG})
             if self._tracking:
                 pending = self.tracker.pending
                 denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)
@@ -1710,6 +1793,8 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
+        if self._retags:
+            self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
         if self._names is not None and self._names.ledger and request is not None:
             self._names.ended(request)
         if self._agent_closing and request is not None:
@@ -1722,7 +1807,15 @@ class ClientSession:
         elif self.pooled and body == b"I":
             self._idle_check = True
 
-    def _on_command_complete(self, body: bytes) -> None:
+    def _on_command_complete(self, body: bytes) -> bytes | None:
+        out = None
+        if self._retags:
+            tag = self._retagged()
+            if tag is not None:
+                if not tag:  # the proxy's own statement (a startup value set again after a RESET ALL)
+                    self._done += 1
+                    return b""
+                body, out = tag, m.frame(b"C", tag)
         self.tracker.on_command_complete(body)
         self._done += 1
         if self._names is not None and body[:1] == b"D":  # (DEALLOCATE, DISCARD ALL)
@@ -1731,6 +1824,7 @@ class ClientSession:
         if self._tracking:
             pending = self.tracker.pending
             self.context.completed(pending[0] if pending else None, self._done, body)
+        return out
 
     def _on_parameter_status(self, body: bytes) -> bytes | None:
         name, value = m.decode_parameter_status(body)

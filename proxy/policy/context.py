@@ -15,7 +15,9 @@ from proxy.policy.model import (
     EXPORT_SNAPSHOT,
     HOLD_CURSOR,
     LISTEN,
+    MAY_USE_SEQUENCES,
     PIN,
+    READS_SEQUENCES,
     RELEASE,
     RESET_SETTINGS,
     ROLLBACK,
@@ -33,7 +35,7 @@ from proxy.policy.model import (
 )
 from proxy.policy.rules import deny, temp_relation_limit
 from proxy.policy.tree import Node, const_text, names_of, tag_of
-from proxy.policy.walk import Call
+from proxy.policy.walk import Call, RelRef
 
 _TRANSACTION = {
     "TRANS_STMT_COMMIT": COMMIT,
@@ -161,6 +163,10 @@ STATEFUL_FUNCTIONS = frozenset({"setseed"})
 # Functions that give the session sequence state (what currval()/lastval() read): pinned (reason "sequence") so no
 # other client lands on that server while it has it; the reset at release (DISCARD ALL) clears it.
 SEQUENCE_FUNCTIONS = frozenset({"nextval", "setval"})
+_SEQUENCE_READS = frozenset({"currval", "lastval"})  # they read what nextval()/setval() left in the session
+_USES = frozenset({MAY_USE_SEQUENCES})
+_READS = frozenset({READS_SEQUENCES})
+_USES_AND_READS = _USES | _READS
 UNKNOWN_KEY = "?"  # an advisory lock whose key is not written as constants (only pg_advisory_unlock_all frees it)
 
 
@@ -219,3 +225,21 @@ def refusal(context: SessionContext, changes: tuple[Change, ...] | list[Change],
     if any(c.op in (TEMP_TABLE, TEMP_VIEW) for c in changes) and after.temp_relations > max_temp_relations:
         return after, temp_relation_limit(after.temp_relations, max_temp_relations)
     return after, None
+
+
+def sequence_effects(refs: list[RelRef], calls: list[Call]) -> frozenset[str]:
+    """A statement's part in what currval()/lastval() read on its server (proxy/sequences.py): it may set it unseen
+    (MAY_USE_SEQUENCES: it reads a relation, which may be a view whose query calls nextval(), or calls nextval(),
+    setval() or a function that is not a built-in), and it reads it (READS_SEQUENCES: currval(), lastval())."""
+    uses = any(not ref.cte for ref in refs)
+    reads = False
+    for call in calls:
+        names = call.names
+        builtin = is_builtin(names) and (len(names) < 2 or names[0] == "pg_catalog")
+        if builtin and names[-1] in _SEQUENCE_READS:
+            reads = True
+        elif not builtin or names[-1] in SEQUENCE_FUNCTIONS:
+            uses = True
+    if uses:
+        return _USES_AND_READS if reads else _USES
+    return _READS if reads else frozenset()

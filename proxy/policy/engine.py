@@ -29,6 +29,7 @@ from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
     EXPORT_SNAPSHOT,
     MAY_SET_SEQUENCES,
+    MAY_USE_SEQUENCES,
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
@@ -298,6 +299,8 @@ def _decide_statement(
         _located(rewrite.qualify_drop, policy, data, stmt, plan)
         plan.verify = True
         return effects, changes
+    if kind == "FetchStmt":  # a cursor's query runs at each FETCH / MOVE (a view's nextval() with it)
+        return effects | {MAY_USE_SEQUENCES}, changes
     if kind not in classify.WALKED:
         return effects, changes
     analysis = analyze(stmt.node)
@@ -354,6 +357,7 @@ def _decide_statement(
                 changes.append(context.deferred_setting(kind, held))
         else:
             changes += context.call_changes(call, index)
+    effects |= context.sequence_effects(analysis.refs, analysis.calls)
     if any(ref.role in WRITES for ref in analysis.refs):
         plan.verify = True  # the write rule: verified whatever names the statement uses
         effects |= {MAY_SET_SEQUENCES}

@@ -15,6 +15,10 @@ REAPPLY_CONTEXT = "reapply_context"  # the statement resets session state (DISCA
 # The statement writes (INSERT, UPDATE, DELETE, MERGE, COPY FROM, TRUNCATE) or runs a SQL prepared statement: a column
 # default or trigger may call nextval() unseen, leaving what currval()/lastval() read on the server (docs/pinning.md).
 MAY_SET_SEQUENCES = "may_set_sequences"
+# The statement reads a relation (a view's query may call nextval()), runs a cursor's query or calls a function that
+# may (nextval(), setval(), a tenant's own): it may set what currval()/lastval() read, unseen (proxy/sequences.py).
+MAY_USE_SEQUENCES = "may_use_sequences"
+READS_SEQUENCES = "reads_sequences"  # the statement calls currval() or lastval() (proxy/sequences.py)
 ADMIT = "admit"  # agent profile: the statement runs a query; it is admitted by the planner's estimate first
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).

@@ -20,6 +20,7 @@ budget of one server in a second proxy, so the server is closed and another open
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import threading
@@ -67,7 +68,10 @@ def iso(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pro
         keys = tenant["keys"]
         pg.execute(f'CREATE SEQUENCE IF NOT EXISTS iso_seq; ALTER SEQUENCE iso_seq OWNER TO "{keys["backend_user"]}";'
                    "CREATE TABLE IF NOT EXISTS iso_serial (id serial PRIMARY KEY, v text NOT NULL);"
-                   f'ALTER TABLE iso_serial OWNER TO "{keys["backend_user"]}"', dbname=keys["database"])
+                   f'ALTER TABLE iso_serial OWNER TO "{keys["backend_user"]}";'
+                   # a view of the SaaS whose query calls nextval(): a plain read sets what currval() reads
+                   "CREATE OR REPLACE VIEW iso_nv AS SELECT nextval('iso_seq') AS n;"
+                   f'ALTER VIEW iso_nv OWNER TO "{keys["backend_user"]}"', dbname=keys["database"])
     yield p
     p.stop()
 
@@ -241,6 +245,65 @@ def test_a_writers_sequence_values_stay_its_own(iso: ProxyProcess) -> None:
         assert _run(a, "SELECT currval('iso_serial_id_seq')")[0] == error("55000")
         assert _run(b, "INSERT INTO iso_serial (v) VALUES (NULL)")[0] == error("23502")  # nextval() ran all the same
         assert _run(a, "SELECT lastval()")[0] == error("55000")
+
+
+def test_a_nextval_hidden_in_a_view_is_never_read_by_the_next_client(iso: ProxyProcess) -> None:
+    """A view's query calls nextval(): A's plain read sets what currval()/lastval() read on its server, unseen. B
+    (same tenant) lent that server gets PostgreSQL's 55000, as on a new connection, never A's value: a DISCARD
+    SEQUENCES goes in front of its first statement calling them there (also after BEGIN, also a named statement),
+    unless B used the server first (a view it read itself: its own value, as on a direct connection)."""
+    with _connect(iso, "isa") as a, _connect(iso, "isa") as b:
+        (n,) = a.execute("SELECT n FROM iso_nv").fetchone()  # type: ignore[misc]
+        assert _pid(b) == _pid(a), "the pool of one did not hand A's server to B: the case proves nothing"
+        assert _run(b, "SELECT lastval()")[0] == error("55000")
+        a.execute("SELECT n FROM iso_nv")
+        assert _run(b, "SELECT currval('iso_seq')")[0] == error("55000")
+        a.execute("SELECT n FROM iso_nv")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState), b.transaction():
+            b.execute("SELECT currval('iso_seq')")  # (after BEGIN, which cannot call nextval())
+        a.execute("SELECT n FROM iso_nv")
+        assert _run(b, "P:SELECT lastval()")[0] == error("55000")  # Parse/Bind/Execute of a named statement
+        a.execute("SELECT n FROM iso_nv")
+        assert _run(b, "P:SELECT lastval()")[0] == error("55000")  # ... and its Bind/Execute alone
+        # the reader's own value, in its transaction: as on a direct connection
+        with a.transaction():
+            (mine,) = a.execute("SELECT n FROM iso_nv").fetchone()  # type: ignore[misc]
+            assert a.execute("SELECT currval('iso_seq'), lastval()").fetchone() == (mine, mine)
+        assert mine > n
+        # ... and in one query string, after another client's read (the DISCARD goes in front of all of it)
+        b.execute("SELECT n FROM iso_nv")
+        cur = a.execute("SELECT n FROM iso_nv; SELECT lastval() - currval('iso_seq')")
+        assert cur.nextset() and cur.fetchall() == [(0,)]
+        # and in later transactions on that server as long as nobody else used it
+        assert a.execute("SELECT n FROM iso_nv").fetchone() == a.execute("SELECT lastval()").fetchone()
+
+
+def test_a_nextval_hidden_in_a_view_is_never_read_by_an_asyncpg_client(iso: ProxyProcess) -> None:
+    """asyncpg prepares each statement (Parse/Describe/Sync) before it runs it (Bind/Execute/Sync, a later request,
+    maybe on another server): the DISCARD goes in front of the Bind there; in a transaction too."""
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def scenario() -> list[str]:
+        b = await asyncpg.connect(iso.url("isa"), ssl=False)
+        got = []
+        try:
+            for in_transaction in (False, True):
+                with _connect(iso, "isa") as a:
+                    a.execute("SELECT n FROM iso_nv")
+                try:
+                    if in_transaction:
+                        async with b.transaction():
+                            await b.fetchval("SELECT currval('iso_seq')")
+                    else:
+                        await b.fetchval("SELECT lastval()")
+                    got.append("a value")
+                except asyncpg.exceptions.ObjectNotInPrerequisiteStateError:
+                    got.append("55000")
+        finally:
+            await b.close()
+        return got
+
+    assert asyncio.run(scenario()) == ["55000", "55000"]
 
 
 def _notifications_reaching(b: psycopg.Connection, pg: PgCluster, db: str, channel: str) -> list[str]:

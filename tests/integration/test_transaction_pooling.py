@@ -114,15 +114,68 @@ def test_an_idle_clients_server_ended_by_postgresql_costs_it_nothing(pg: PgClust
         assert conn.execute("SELECT current_setting('pgtenant.tenant_id')").fetchone() == ("acme",)
 
 
-def test_reset_inside_a_transaction_shows_the_servers_value_until_it_ends(one_server: ProxyProcess) -> None:
-    """RESET of a startup setting inside a transaction block: PostgreSQL resets to what its server started with (the
-    tenant's servers start without the client's settings), so the client's startup value is back only once the
-    transaction ends (docs/pinning.md, "Settings follow the session")."""
-    with psycopg.connect(one_server.dsn("alice", options="-c DateStyle=SQL,DMY"), autocommit=True) as conn:
-        with conn.transaction():
-            conn.execute("RESET DateStyle")
-            assert conn.execute("SHOW DateStyle").fetchone() == ("ISO, MDY",)
-        assert conn.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
-        assert conn.info.parameter_status("DateStyle") == "SQL, DMY"
-        conn.execute("RESET DateStyle")  # outside a transaction block: as on a direct connection at once
-        assert conn.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
+def _last(cur: psycopg.Cursor) -> list[tuple[object, ...]]:
+    """The rows of a query string's last statement."""
+    while cur.nextset():
+        pass
+    return [tuple(r) for r in cur.fetchall()]
+
+
+def test_reset_of_a_startup_setting_is_the_startup_value_at_once(one_server: ProxyProcess) -> None:
+    """RESET of a setting the client gave at startup: its startup value at once, inside a transaction block and in a
+    query string with statements after it, as on a direct connection (PostgreSQL resets to the value its own
+    connection started with; a pooled server's is the tenant's): PostgreSQL gets the SET of the startup value, the
+    client RESET's tag and ParameterStatus; a rollback takes it back; the next client of that server (the pool of
+    one: interleaved) keeps its own values."""
+    dsn = one_server.dsn("alice", application_name="client-a", options="-c DateStyle=SQL,DMY")
+    with psycopg.connect(dsn, autocommit=True) as a, psycopg.connect(one_server.dsn("alice"), autocommit=True) as b:
+        with a.transaction():
+            a.execute("SET DateStyle = German")
+            a.execute("SET application_name = 'other'")
+            assert a.execute("RESET DateStyle").statusmessage == "RESET"
+            assert a.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
+            assert a.info.parameter_status("DateStyle") == "SQL, DMY"
+            assert a.execute("RESET application_name", prepare=True).statusmessage == "RESET"  # (a named Parse)
+            assert settings(a)[1:3] == ("client-a", "SQL, DMY")
+        pid, name, style, _ = settings(b)
+        assert (pid, name, style) == (settings(a)[0], "", "ISO, MDY")  # the same server, b's own values
+        assert _last(a.execute("SET DateStyle = German; RESET DateStyle; SHOW DateStyle")) == [("SQL, DMY",)]
+        with a.transaction():
+            a.execute("SET DateStyle = Postgres")
+            a.execute("SET application_name = 'other'")
+            assert a.execute("RESET ALL").statusmessage == "RESET"
+            assert settings(a)[1:3] == ("client-a", "SQL, DMY")
+            assert a.info.parameter_status("application_name") == "client-a"
+        a.execute("SET DateStyle = Postgres")
+        with a.transaction():
+            a.execute("RESET DateStyle")
+            assert settings(a)[2] == "SQL, DMY"
+            raise psycopg.Rollback()
+        assert settings(a)[2] == "Postgres, DMY"  # the RESET rolled back with its transaction
+        assert settings(b)[1:3] == ("", "ISO, MDY")
+        a.execute("RESET DateStyle")  # outside a transaction block: as on a direct connection at once
+        assert a.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
+        assert settings(b)[1:3] == ("", "ISO, MDY")
+
+
+@pytest.fixture(scope="module")
+def session_server(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("ses"), pool_mode="session", pool_size=1, query_wait_timeout=20.0)
+    yield p
+    p.stop()
+
+
+def test_reset_of_a_startup_setting_in_session_pooling(session_server: ProxyProcess) -> None:
+    """Session pooling too: a server of the pool never started with the client's settings, so a RESET inside a
+    transaction gives the startup value at once there as well; the next session on that server has its own."""
+    dsn = session_server.dsn("alice", application_name="client-a", options="-c DateStyle=SQL,DMY")
+    with psycopg.connect(dsn, autocommit=True) as a:
+        pid = settings(a)[0]
+        with a.transaction():
+            a.execute("SET DateStyle = German")
+            assert a.execute("RESET DateStyle").statusmessage == "RESET"
+            assert settings(a)[1:3] == ("client-a", "SQL, DMY")
+            assert a.execute("RESET ALL").statusmessage == "RESET"
+            assert settings(a)[1:3] == ("client-a", "SQL, DMY")
+    with psycopg.connect(session_server.dsn("alice"), autocommit=True) as b:
+        assert settings(b)[:3] == (pid, "", "ISO, MDY")

@@ -398,6 +398,58 @@ def test_a_write_leaves_sequence_state_only_its_own_session_may_find(tmp_path: P
     assert s1.sequences is None and s2.sequences is not None  # (the pool's reset, DISCARD ALL, clears it too)
 
 
+def test_a_currval_after_another_sessions_read_gets_a_discard_in_front(tmp_path: Path) -> None:
+    """A read may run nextval() unseen (a view's query, a function): the next session lent that server gets DISCARD
+    SEQUENCES in front of its first statement calling currval()/lastval() (its answers swallowed), unless it used
+    the server first (then the value may be its own); PostgreSQL's 55000 reaches the client, as on a new server."""
+    a, b = _writer(tmp_path), _writer(tmp_path)
+    s1 = server_for(a)
+    assert kinds(run(a, "SELECT * FROM orders", done("SELECT 1"), s1)) == [ReleaseServer]
+    assert _lands(b, s1, "SELECT 1") == [b"SELECT 1\x00"]  # (no round trip for the sessions that never read them)
+    assert kinds(b.server_data(done("SELECT 1"))) == [ReleaseServer]
+    assert _lands(b, s1) == [b"DISCARD SEQUENCES\x00", b"SELECT lastval()\x00"]
+    out = b.server_data(done("DISCARD SEQUENCES") + error("55000"))
+    assert relayed(out, RelayToClient) == error("55000") and kinds(out) == [ReleaseServer]
+    assert s1.sequences is None
+    # in a transaction: after BEGIN (which cannot run nextval()), still in front of the first currval()
+    assert kinds(run(a, "SELECT * FROM orders", done("SELECT 1"), s1)) == [ReleaseServer]
+    assert _lands(b, s1, "BEGIN") == [b"BEGIN\x00"]
+    b.server_data(done("BEGIN", status=b"T"))
+    out = b.client_data(query("SELECT currval('orders_id_seq')"))
+    assert [body for _, body in frames(relayed(out))] == [b"DISCARD SEQUENCES\x00",
+                                                           b"SELECT currval('orders_id_seq')\x00"]
+    out = b.server_data(done("DISCARD SEQUENCES", status=b"T") + error("55000", status=b"E"))
+    assert relayed(out, RelayToClient) == error("55000", status=b"E")
+    assert kinds(run(b, "ROLLBACK", done("ROLLBACK"))) == [ReleaseServer]
+    # a session that read (a view, maybe) on the server first: what currval() reads there may be its own
+    assert kinds(run(a, "SELECT * FROM orders", done("SELECT 1"), s1)) == [ReleaseServer]
+    assert _lands(b, s1, "BEGIN") == [b"BEGIN\x00"]
+    b.server_data(done("BEGIN", status=b"T"))
+    assert relayed(b.client_data(query("SELECT * FROM orders"))) == query("SELECT * FROM orders")
+    b.server_data(done("SELECT 1", status=b"T"))
+    assert relayed(b.client_data(query("SELECT lastval()"))) == query("SELECT lastval()")
+
+
+def test_a_discard_goes_in_front_of_an_extended_batch_as_a_whole(tmp_path: Path) -> None:
+    """pgJDBC's transaction start: BEGIN, then the statement, in one batch; the DISCARD goes in front of all of it
+    (a simple Query before the batch, answered before the batch begins)."""
+    a, b = _writer(tmp_path), _writer(tmp_path)
+    s1 = server_for(a)
+    assert kinds(run(a, "SELECT * FROM orders", done("SELECT 1"), s1)) == [ReleaseServer]
+    batch = (m.Parse("", "BEGIN", b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
+             + m.execute_message("") + m.Parse("", "SELECT lastval()", b"\x00\x00").encode()
+             + m.frame(b"B", b"\x00\x00" + b"\x00" * 6) + m.execute_message("") + m.frame(b"S", b""))
+    assert b.client_data(batch) == [AcquireServer(b.request)]
+    sent_ = frames(relayed(b.server_attached(s1)))
+    assert sent_[0] == (b"Q", b"DISCARD SEQUENCES\x00") and [t for t, _ in sent_[1:]] == [b"P", b"B", b"E"] * 2 + [
+        b"S"]
+    answer = (m.frame(b"1", b"") + m.frame(b"2", b"") + m.command_complete("BEGIN") + m.frame(b"1", b"")
+              + m.frame(b"2", b"") + error("55000", status=b"E")[:-6])
+    out = b.server_data(done("DISCARD SEQUENCES") + answer + m.ready_for_query(b"E"))
+    got = relayed(out, RelayToClient)
+    assert b"DISCARD" not in got and got.startswith(m.frame(b"1", b"")) and b"55000" in got
+
+
 def test_protocol_named_statements_do_not_pin(pooled: ClientSession) -> None:
     """They are kept by the session (proxy/statements.py) and prepared again on the server it lands on."""
     parse = m.Parse("S_1", "SELECT 1", b"\x00\x00").encode()
@@ -476,15 +528,46 @@ def test_reset_all_gives_the_client_its_startup_settings_back(tmp_path: Path) ->
                   + m.ready_for_query(b"I"))
     assert server.status["application_name"] == "psql"
     run(s, "SET application_name = 'mine'", m.parameter_status("application_name", "mine") + done("SET"))
-    out = run(s, "RESET ALL", m.parameter_status("application_name", "") + done("RESET"))
-    # PostgreSQL resets to the server's startup value; the client expects its own startup value: set again
-    assert frames(relayed(out))[-1] == (b"Q", startup.encode() + b"\x00")
-    back = s.server_data(m.parameter_status("application_name", "psql") + m.frame(b"C", b"SELECT 1\x00")
-                         + m.ready_for_query(b"I"))
-    assert sent(back) == m.parameter_status("application_name", "psql")  # it saw '' from the RESET
+    # PostgreSQL resets to the server's startup value; the client expects its own startup value: set again at once
+    # (in the same query: also inside a transaction block), the proxy's SET unseen
+    answer = (m.command_complete("RESET") + m.command_complete("SET") + m.parameter_status("application_name", "psql")
+              + m.ready_for_query(b"I"))
+    out = run(s, "RESET ALL", answer)
+    assert frames(relayed(out)) == [(b"Q", b"RESET ALL; SET application_name TO 'psql'\x00")]
+    assert relayed(out, RelayToClient) == (m.command_complete("RESET") + m.parameter_status("application_name", "psql")
+                                           + m.ready_for_query(b"I"))
     assert s.client_data(m.TERMINATE_MESSAGE)[0] == ReleaseServer(reusable=True, reset=True,
                                                                   reason=CloseReason.CLIENT_TERMINATE)
-    assert server.settings == {"application_name": startup}
+    assert server.settings == {"application_name": startup}  # (no replay needed: the server has it)
+
+
+def test_a_reset_of_a_startup_setting_is_its_startup_value_at_once(tmp_path: Path) -> None:
+    """Inside a transaction block too: PostgreSQL gets the SET of the startup value; the client gets RESET's tag,
+    and the ParameterStatus of the value (the server's); the server's settings record it for the next client."""
+    s = _session(tmp_path, "transaction")
+    _log_in(s, application_name="psql")
+    server = server_for(s, {"application_name": ""})
+    s.server_attached(server)
+    s.server_data(m.parameter_status("application_name", "psql") + done("SELECT 1"))
+    run(s, "BEGIN", done("BEGIN", status=b"T"), server)
+    run(s, "SET application_name = 'mine'", m.parameter_status("application_name", "mine") + done("SET", status=b"T"))
+    out = s.client_data(query("RESET application_name"))
+    assert frames(relayed(out)) == [(b"Q", b"SET application_name TO 'psql'\x00")]
+    back = s.server_data(m.command_complete("SET") + m.parameter_status("application_name", "psql")
+                         + m.ready_for_query(b"T"))
+    assert relayed(back, RelayToClient) == (m.command_complete("RESET") + m.parameter_status("application_name", "psql")
+                                            + m.ready_for_query(b"T"))
+    # extended protocol: a Parse of it (named), its Binds answered with RESET's tag
+    parse = m.Parse("r1", "RESET application_name", b"\x00\x00").encode()
+    bind = m.frame(b"B", b"\x00r1\x00" + b"\x00" * 6)
+    out = s.client_data(parse + bind + m.execute_message("") + m.frame(b"S", b""))
+    sent_ = frames(relayed(out))
+    assert [t for t, _ in sent_] == [b"P", b"B", b"E", b"S"] and b"SET application_name TO 'psql'" in sent_[0][1]
+    back = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.command_complete("SET")
+                         + m.ready_for_query(b"T"))
+    assert m.command_complete("RESET") in relayed(back, RelayToClient)
+    assert kinds(run(s, "COMMIT", done("COMMIT"))) == [ReleaseServer]
+    assert server.settings == {"application_name": "SELECT pg_catalog.set_config('application_name', 'psql', false)"}
 
 
 def test_a_reused_server_answers_the_startup_with_the_clients_own_settings(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from proxy.policy import rewrite as rewrite_module
 from proxy.policy import tree as tree_module
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.functions import never_allowed
-from proxy.policy.model import MAY_SET_SEQUENCES
+from proxy.policy.model import MAY_SET_SEQUENCES, MAY_USE_SEQUENCES, READS_SEQUENCES
 from proxy.policy.sqltext import (
     Edit,
     TextError,
@@ -90,7 +90,7 @@ def test_reapply_effect_on_rewrite_and_allow() -> None:
     discard = decide(SHARED, "DISCARD ALL")
     assert isinstance(discard, Allow) and discard.effects == frozenset({REAPPLY_CONTEXT})
     decision = decide(SHARED, "SELECT * FROM orders; RESET ALL")
-    assert isinstance(decision, Rewrite) and decision.effects == frozenset({REAPPLY_CONTEXT})
+    assert isinstance(decision, Rewrite) and decision.effects == frozenset({REAPPLY_CONTEXT, MAY_USE_SEQUENCES})
 
 
 @pytest.mark.parametrize(("sql", "writes"), [
@@ -111,6 +111,28 @@ def test_writes_may_set_sequences(sql: str, writes: bool) -> None:
     decision = decide(policy, sql)
     assert isinstance(decision, (Allow, Rewrite)), decision
     assert (MAY_SET_SEQUENCES in decision.effects) is writes
+
+
+@pytest.mark.parametrize(("sql", "uses", "reads"), [
+    ("SELECT * FROM orders", True, False),  # (a relation may be a view whose query calls nextval())
+    ("SELECT 1", False, False),
+    ("BEGIN", False, False),
+    ("SET work_mem = '8MB'", False, False),
+    ("SELECT currval('orders_id_seq')", False, True),
+    ("SELECT pg_catalog.lastval()", False, True),
+    ("SELECT nextval('orders_id_seq')", True, False),
+    ("WITH w AS (SELECT 1) SELECT * FROM w", False, False),  # (a CTE is no relation)
+    ("SELECT * FROM orders; SELECT lastval()", True, True),
+    ("FETCH 1 FROM c", True, False),  # (a cursor's query runs at each FETCH)
+    ("INSERT INTO orders (id, amount) VALUES (1, 2)", True, False),
+])
+def test_what_may_set_or_reads_sequence_state(sql: str, uses: bool, reads: bool) -> None:
+    """What the session needs to place DISCARD SEQUENCES in front of a currval()/lastval() on a server another
+    session may have left such state on (proxy/sequences.py)."""
+    policy = dataclasses.replace(POLICIES["database"], allow_writes=True)
+    decision = decide(policy, sql)
+    assert isinstance(decision, (Allow, Rewrite)), decision
+    assert (MAY_USE_SEQUENCES in decision.effects, READS_SEQUENCES in decision.effects) == (uses, reads)
 
 
 def test_fence_adds_offset_zero() -> None:
