@@ -85,5 +85,39 @@ class CancelRegistry:
         secret, target = entry
         return target if hmac.compare_digest(secret, secret_key) else None
 
+    def lookup_proof(self, process_id: int, proof: bytes, shared: bytes) -> object | None:
+        """The session whose key's proof (proxy.instancekey.key_proof: what another instance forwards instead of the
+        key) is `proof`."""
+        entry = self._by_pid.get(process_id)
+        if entry is None:
+            return None
+        secret, target = entry
+        return target if hmac.compare_digest(instancekey.key_proof(shared, process_id, secret), proof) else None
+
     def __contains__(self, process_id: int) -> bool:
         return process_id in self._by_pid
+
+
+FORWARD_RATE = 20.0  # cancels a second one client address may have passed to other instances, after a burst of
+FORWARD_BURST = 50.0
+FORWARD_ADDRESSES = 4096  # addresses remembered (the least recently seen is forgotten: it gets a fresh burst)
+
+
+class ForwardLimiter:
+    """A token bucket per client address for CancelRequests passed to another instance: anyone can send them, and
+    each costs a connection and an exchange with that instance (red team 8b F4/F6). Pure: the caller passes the
+    time."""
+
+    def __init__(self, rate: float = FORWARD_RATE, burst: float = FORWARD_BURST,
+                 addresses: int = FORWARD_ADDRESSES) -> None:
+        self.rate, self.burst, self.addresses = rate, burst, addresses
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when), least recently seen first
+
+    def allow(self, address: str, now: float) -> bool:
+        tokens, last = self._buckets.pop(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.addresses:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
