@@ -281,13 +281,15 @@ class Balancer:
         self.sock.close()
 
 
-@pytest.fixture
-def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+@contextlib.contextmanager
+def two_instances(pg: PgCluster, registry: str, tmp_path: Path,
+                  a_workers: int = 1) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+    """Instances a (of `a_workers` worker processes) and b on one registry, each with a peer port."""
     keys = {"dsn": registry, "reconnect_delay": 0.2, "peer_port": 0, "peer_host": "127.0.0.1",
             "peer_secret": PEER_SECRET}
-    a = ProxyProcess(pg, tmp_path / "a", registry=keys)
+    a = ProxyProcess(pg, tmp_path / "a", registry=keys, server={"workers": a_workers} if a_workers > 1 else {})
     b = ProxyProcess(pg, tmp_path / "b", registry=keys)
-    a.start()
+    a.start(timeout=60)
     try:
         b.start(provision=False)
         yield a, b
@@ -296,36 +298,50 @@ def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[Pro
         a.stop()
 
 
-def test_a_cancel_landing_on_another_instance_reaches_the_query(
-        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
-    a, b = replicas
-    slots = pg.execute("SELECT slot, port FROM pgtenant_registry.instances i WHERE EXISTS (SELECT FROM pg_locks l "
-                       "WHERE l.locktype = 'advisory' AND l.objid = i.slot::oid AND l.granted)", dbname=REGISTRY_DB)
-    assert len({slot for slot, _ in slots}) >= 2  # each instance holds its own slot
-    lb = Balancer(a.port, b.port)
+@pytest.fixture
+def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+    with two_instances(pg, registry, tmp_path) as pair:
+        yield pair
+
+
+def _cancelled_through(first: ProxyProcess, then: ProxyProcess, pg: PgCluster) -> int:
+    """A psycopg session served by `first` whose cancel lands on `then`: the query ends cancelled, the session goes
+    on. The session's cancel-key process id."""
+    lb = Balancer(first.port, then.port)
+    tag = f"pg_sleep(60.{time.time_ns() % 1000:03d})"
     try:
-        with psycopg.connect(a.dsn("alice", port=lb.port), autocommit=True) as conn:  # served by instance a
+        with psycopg.connect(first.dsn("alice", port=lb.port), autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
             outcome: list[psycopg.Error | None] = []
 
             def sleep() -> None:
                 try:
-                    conn.execute("SELECT pg_sleep(60)")
+                    conn.execute(f"SELECT {tag}")
                     outcome.append(None)
                 except psycopg.Error as exc:  # the outcome is asserted below
                     outcome.append(exc)
 
             runner = threading.Thread(target=sleep)
             runner.start()
-            until(lambda: pg.execute("SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+            until(lambda: pg.execute(f"SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT {tag}' "
                                      "AND state = 'active'"), APPLY_WAIT, interval=0.05, what="the query running")
-            conn.cancel_safe()  # a new connection through the balancer: it lands on instance b
+            conn.cancel_safe()  # a new connection through the balancer: it lands on `then`
             runner.join(APPLY_WAIT)
             assert lb.accepted >= 2
             assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
             assert conn.execute("SELECT 3").fetchone() == (3,)  # the session goes on
+            return conn.info.backend_pid
     finally:
         lb.close()
+
+
+def test_a_cancel_landing_on_another_instance_reaches_the_query(
+        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    a, b = replicas
+    slots = pg.execute("SELECT slot, port FROM pgtenant_registry.instances i WHERE EXISTS (SELECT FROM pg_locks l "
+                       "WHERE l.locktype = 'advisory' AND l.objid = i.slot::oid AND l.granted)", dbname=REGISTRY_DB)
+    assert len({slot for slot, _ in slots}) >= 2  # each instance holds its own slot
+    _cancelled_through(a, b, pg)
     assert any(e.get("event") == "cancel_passed_to_instance" and e.get("outcome") == "found" for e in b.log_events())
 
 
@@ -353,47 +369,8 @@ def test_the_peer_port_refuses_a_frame_without_the_shared_secret(
 def replicas_with_workers(pg: PgCluster, registry: str,
                           tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
     """Instance a of 2 worker processes (its supervisor holds the slot and the peer port), instance b of one."""
-    keys = {"dsn": registry, "reconnect_delay": 0.2, "peer_port": 0, "peer_host": "127.0.0.1",
-            "peer_secret": PEER_SECRET}
-    a = ProxyProcess(pg, tmp_path / "a", registry=keys, server={"workers": 2})
-    b = ProxyProcess(pg, tmp_path / "b", registry=keys)
-    a.start(timeout=60)
-    try:
-        b.start(provision=False)
-        yield a, b
-    finally:
-        b.stop()
-        a.stop()
-
-
-def _cancelled_through(first: ProxyProcess, then: ProxyProcess, pg: PgCluster) -> int:
-    """A psycopg session served by `first` whose cancel lands on `then`: the query ends cancelled, the session goes
-    on. The session's cancel-key process id."""
-    lb = Balancer(first.port, then.port)
-    tag = f"pg_sleep(60.{time.time_ns() % 1000:03d})"
-    try:
-        with psycopg.connect(first.dsn("alice", port=lb.port), autocommit=True) as conn:
-            outcome: list[psycopg.Error | None] = []
-
-            def sleep() -> None:
-                try:
-                    conn.execute(f"SELECT {tag}")
-                    outcome.append(None)
-                except psycopg.Error as exc:  # the outcome is asserted below
-                    outcome.append(exc)
-
-            runner = threading.Thread(target=sleep)
-            runner.start()
-            until(lambda: pg.execute(f"SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT {tag}' "
-                                     "AND state = 'active'"), APPLY_WAIT, interval=0.05, what="the query running")
-            conn.cancel_safe()  # a new connection through the balancer: it lands on `then`
-            runner.join(APPLY_WAIT)
-            assert lb.accepted >= 2
-            assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
-            assert conn.execute("SELECT 3").fetchone() == (3,)
-            return conn.info.backend_pid
-    finally:
-        lb.close()
+    with two_instances(pg, registry, tmp_path, a_workers=2) as pair:
+        yield pair
 
 
 def test_a_cancel_reaches_the_right_worker_of_another_instance(
