@@ -56,13 +56,24 @@ def key_space() -> KeySpace:
     return _space
 
 
+SECRET_LEN_3_0 = 4  # protocol 3.0's BackendKeyData: an Int32 process id and 4 secret bytes
+SECRET_LEN_3_2 = 32  # protocol 3.2 (PostgreSQL 18) allows up to 256; PostgreSQL 18 itself gives 32
+
+
 def new_cancel_key() -> tuple[int, bytes]:
     """A client's cancel key: (process id naming this worker, and this instance when stateless replicas share a
-    registry (proxy.instancekey: its slot sits above the worker bits), 4 random secret bytes)."""
+    registry (proxy.instancekey: its slot sits in the top bits), SECRET_LEN_3_2 random secret bytes: `client_key`
+    gives a protocol 3.0 client the first 4)."""
     while True:
         pid = instancekey.space().carry(_space.new_process_id())
         if pid:
-            return pid, secrets.token_bytes(4)
+            return pid, secrets.token_bytes(SECRET_LEN_3_2)
+
+
+def client_key(key: tuple[int, bytes], protocol_minor: int) -> tuple[int, bytes]:
+    """The key as a client of protocol 3.`protocol_minor` is given it (and names it in its CancelRequests)."""
+    pid, secret = key
+    return pid, secret if protocol_minor >= 2 else secret[:SECRET_LEN_3_0]
 
 
 class CancelRegistry:
