@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from proxy import instancekey
-from proxy.logs import get_logger
+from proxy.logs import LogLimiter, get_logger
 from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK
 
 log = get_logger("pgtenant.peers")
@@ -101,6 +101,7 @@ class PeerCancelSender:
         self._missing: dict[int, float] = {}
         self._looked_up: dict[int, float] = {}  # when each slot's address was last read from the registry
         self._lookup = asyncio.Lock()
+        self._log_limit = LogLimiter()  # (anyone can send CancelRequests naming a slot whose instance fails)
 
     async def _find(self, slot: int) -> Where | None:
         found = self._where.get(slot)
@@ -169,7 +170,10 @@ class PeerCancelSender:
                     raise ConnectionError("no genuine answer")
                 return status
         except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
-            log.warning("cancel_forward_failed", slot=slot, peer=f"{host}:{port}", error=str(exc) or type(exc).__name__)
+            dropped = self._log_limit.allow(time.monotonic())
+            if dropped is not None:
+                log.warning("cancel_forward_failed", slot=slot, peer=f"{host}:{port}",
+                            error=str(exc) or type(exc).__name__, **({"suppressed_before": dropped} if dropped else {}))
             return None
         finally:
             if writer is not None:
