@@ -56,13 +56,24 @@ def key_space() -> KeySpace:
     return _space
 
 
+SECRET_LEN_3_0 = 4  # protocol 3.0's BackendKeyData: an Int32 process id and 4 secret bytes
+SECRET_LEN_3_2 = 32  # protocol 3.2 (PostgreSQL 18) allows up to 256; PostgreSQL 18 itself gives 32
+
+
 def new_cancel_key() -> tuple[int, bytes]:
     """A client's cancel key: (process id naming this worker, and this instance when stateless replicas share a
-    registry (proxy.instancekey: its slot sits above the worker bits), 4 random secret bytes)."""
+    registry (proxy.instancekey: its slot sits in the top bits), SECRET_LEN_3_2 random secret bytes: `client_key`
+    gives a protocol 3.0 client the first 4)."""
     while True:
         pid = instancekey.space().carry(_space.new_process_id())
         if pid:
-            return pid, secrets.token_bytes(4)
+            return pid, secrets.token_bytes(SECRET_LEN_3_2)
+
+
+def client_key(key: tuple[int, bytes], protocol_minor: int) -> tuple[int, bytes]:
+    """The key as a client of protocol 3.`protocol_minor` is given it (and names it in its CancelRequests)."""
+    pid, secret = key
+    return pid, secret if protocol_minor >= 2 else secret[:SECRET_LEN_3_0]
 
 
 class CancelRegistry:
@@ -85,5 +96,39 @@ class CancelRegistry:
         secret, target = entry
         return target if hmac.compare_digest(secret, secret_key) else None
 
+    def lookup_proof(self, process_id: int, proof: bytes, shared: bytes) -> object | None:
+        """The session whose key's proof (proxy.instancekey.key_proof: what another instance forwards instead of the
+        key) is `proof`."""
+        entry = self._by_pid.get(process_id)
+        if entry is None:
+            return None
+        secret, target = entry
+        return target if hmac.compare_digest(instancekey.key_proof(shared, process_id, secret), proof) else None
+
     def __contains__(self, process_id: int) -> bool:
         return process_id in self._by_pid
+
+
+FORWARD_RATE = 20.0  # cancels a second one client address may have passed to other instances, after a burst of
+FORWARD_BURST = 50.0
+FORWARD_ADDRESSES = 4096  # addresses remembered (the least recently seen is forgotten: it gets a fresh burst)
+
+
+class ForwardLimiter:
+    """A token bucket per client address for CancelRequests passed to another instance: anyone can send them, and
+    each costs a connection and an exchange with that instance (red team 8b F4/F6). Pure: the caller passes the
+    time."""
+
+    def __init__(self, rate: float = FORWARD_RATE, burst: float = FORWARD_BURST,
+                 addresses: int = FORWARD_ADDRESSES) -> None:
+        self.rate, self.burst, self.addresses = rate, burst, addresses
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when), least recently seen first
+
+    def allow(self, address: str, now: float) -> bool:
+        tokens, last = self._buckets.pop(address, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.addresses:
+            del self._buckets[next(iter(self._buckets))]
+        return allowed

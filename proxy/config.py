@@ -985,10 +985,6 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             "(e.g. `openssl rand -hex 32`); a short one makes unknown users' fake salts guessable"
         )
     mock_secret = _resolve_secret(mock, "secrets.auth_mock_secret").encode() if mock else os.urandom(32)
-    if registry.peer_port is not None and server.workers > 1:
-        raise ConfigError("registry.peer_port: forwarding cancels between instances is not supported with "
-                          "server.workers > 1 yet (each worker would claim its own slot and port); run one worker "
-                          "per instance, or leave peer_port unset")
 
     return Config(
         listen=listen,

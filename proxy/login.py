@@ -23,6 +23,7 @@ from proxy.actions import (
 from proxy.admin import ADMIN_DATABASE
 from proxy.auth.scram import AuthFailed, ScramServerExchange
 from proxy.auth.throttle import AuthThrottle
+from proxy.cancel import client_key
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.protocol import messages as m
@@ -78,6 +79,7 @@ class SessionInfo:
     database: str | None = None
     tx_status: bytes = b"I"
     startup_parameters: dict[str, str] = field(default_factory=dict)
+    protocol_minor: int = 0  # the protocol version agreed on: 3.0, or 3.2 (a longer cancel key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,8 +273,12 @@ class ClientLogin:
         self.info.application_name = params.get("application_name")
         self.info.database = params.get("database") or user
         actions: list[Action] = []
-        if msg.minor > 0 or msg.protocol_options:
-            actions.append(SendClient(m.negotiate_protocol_version(m.PROTOCOL_3_0, sorted(msg.protocol_options))))
+        # 3.2 when asked for 3.2 or later (as PostgreSQL 18), else 3.0 (3.1 was never defined); a version or
+        # `_pq_.` options not taken as asked are named in a NegotiateProtocolVersion.
+        self.info.protocol_minor = 2 if msg.minor >= 2 else 0
+        if msg.minor != self.info.protocol_minor or msg.protocol_options:
+            version = m.PROTOCOL_3_2 if self.info.protocol_minor == 2 else m.PROTOCOL_3_0
+            actions.append(SendClient(m.negotiate_protocol_version(version, sorted(msg.protocol_options))))
         # The same work, in the same order, whether the user exists or not (the tenant is resolved only once
         # the proof is accepted): nothing in the timing of any reply tells the two apart.
         config = self.config
@@ -345,7 +351,8 @@ class ClientLogin:
             status = m.parameter_status("server_version", "15.0 (pgtenant admin)") + m.parameter_status(
                 "client_encoding", "UTF8"
             ) + m.parameter_status("standard_conforming_strings", "on")
-            return [*actions, SendClient(status + m.backend_key_data(*self.key) + m.ready_for_query(b"I")),
+            key = m.backend_key_data(*client_key(self.key, self.info.protocol_minor))
+            return [*actions, SendClient(status + key + m.ready_for_query(b"I")),
                     AdminLogin(self.login())]
         found = self.config.user_tenant(user)
         if found is None:  # a reload removed the user during its login

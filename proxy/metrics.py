@@ -339,6 +339,11 @@ class Metrics:
         self._log_suppressed = Counter(
             "pgtenant_log_lines_suppressed_total", "Pre-login log lines dropped by the log rate limit.", registry=r
         )
+        self._instance_cancels = Counter(
+            "pgtenant_instance_cancels_total", "CancelRequests for another instance's sessions (stateless replicas), "
+            "by outcome (found, unknown, stale, no_instance, throttled, failed).", ["outcome"], registry=r,
+        )
+        self._peer_refused = peer_refused_counter(r)
         self._limit_refusals = Counter(
             "pgtenant_limit_refusals_total",
             "Connections, queries and results refused or cut by a per-tenant limit (max_client_connections, "
@@ -450,6 +455,12 @@ class Metrics:
         """A pre-login log line was dropped by the log rate limit."""
         self._log_suppressed.inc()
 
+    def instance_cancel(self, outcome: str) -> None:
+        self._instance_cancels.labels(outcome).inc()
+
+    def peer_refused(self, reason: str) -> None:
+        self._peer_refused.labels(reason).inc()
+
     def cancel_ignored(self) -> None:
         """A CancelRequest with a key of no running session."""
         self._cancel_ignored.inc()
@@ -557,6 +568,12 @@ class Metrics:
         self._reloads.labels("ok" if ok else "rejected").inc()
 
 
+def peer_refused_counter(r: CollectorRegistry) -> Counter:
+    """The peer port's refusals (a worker's, or with workers the supervisor's, which owns the port)."""
+    return Counter("pgtenant_peer_refused_total", "Connections to the peer port refused (bad_mac, bad_length, "
+                   "bad_magic, TimeoutError, IncompleteReadError, ...).", ["reason"], registry=r)
+
+
 class SupervisorMetrics:
     """The supervisor's own metrics (worker processes), shown with the workers' merged ones."""
 
@@ -567,6 +584,10 @@ class SupervisorMetrics:
                               "to be restarted, stopped).", ["state"], registry=r)
         self._restarts = Counter("pgtenant_worker_process_restarts_total",
                                  "Worker processes restarted after they exited unexpectedly.", registry=r)
+        self._peer_refused = peer_refused_counter(r)
+
+    def peer_refused(self, reason: str) -> None:
+        self._peer_refused.labels(reason).inc()
 
     def workers(self, states: Iterable[str]) -> None:
         """The state of every worker slot now."""

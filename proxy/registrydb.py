@@ -72,10 +72,14 @@ SELECT_USERS = f"SELECT name, tenant, verifier, options FROM {SCHEMA}.users ORDE
 SELECT_VERSION = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.changes"
 
 TRY_SLOT = "SELECT pg_catalog.pg_try_advisory_lock(%s::int, %s::int)"
+# A claim's id: its `since` in microseconds. Forwarded cancels name the claim they expect (red team 8b F8: an old
+# address cached for the slot reaches someone else), and the instance refuses another claim's.
+_CLAIM = "(extract(epoch FROM since) * 1000000)::bigint"
 CLAIM_SLOT = (f"INSERT INTO {SCHEMA}.instances (slot, host, port) VALUES (%s, %s, %s) ON CONFLICT (slot) DO UPDATE "
-              "SET host = EXCLUDED.host, port = EXCLUDED.port, since = now()")
-# Where the instance of a slot answers: only while it holds the slot's lock (else it is gone).
-FIND_SLOT = (f"SELECT host, port FROM {SCHEMA}.instances WHERE slot = %s AND EXISTS (SELECT FROM pg_catalog.pg_locks "
+              f"SET host = EXCLUDED.host, port = EXCLUDED.port, since = clock_timestamp() RETURNING {_CLAIM}")
+# Where the instance of a slot answers, and its claim: only while it holds the slot's lock (else it is gone).
+FIND_SLOT = (f"SELECT host, port, {_CLAIM} FROM {SCHEMA}.instances WHERE slot = %s AND EXISTS ("
+             "SELECT FROM pg_catalog.pg_locks "
              "WHERE locktype = 'advisory' AND classid = %s::int::oid AND objid = %s::int::oid AND objsubid = 2 "
              "AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
 

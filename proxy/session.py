@@ -38,7 +38,7 @@ from proxy.actions import (
     WatchLimits,
 )
 from proxy.auth.throttle import AuthThrottle
-from proxy.cancel import new_cancel_key
+from proxy.cancel import client_key, new_cancel_key
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.errors import PgError
 from proxy.limits import (
@@ -851,7 +851,7 @@ class ClientSession:
         self._client_status = shared_status(told)  # (one dict for the sessions told the same: see _told)
         startup = {k: v for k, v in told.items() if k.lower() in self._startup_settings}
         self._startup_status = shared_status(startup) if startup else None
-        out += m.backend_key_data(self.process_id, self.secret_key)
+        out += m.backend_key_data(*self._client_key())
         out += m.ready_for_query(b"I")
         return [SendClient(bytes(out)), StartRelay()]
 
@@ -1142,10 +1142,14 @@ class ClientSession:
             self._limit_portals()
         actions.append(ConnectBackend(
             self._login(), self.tenant.name, self.backend, self.tenant.database, self.request,
-            (self.process_id, self.secret_key), self.end_user, self.agent, timeout_ms,
+            self._client_key(), self.end_user, self.agent, timeout_ms,
             self.routing.login() if self.routing is not None else None,
         ))
         return actions
+
+    def _client_key(self) -> tuple[int, bytes]:
+        """The cancel key as this client's protocol version has it (3.2: the whole secret)."""
+        return client_key((self.process_id, self.secret_key), self.info.protocol_minor)
 
     def _login(self) -> Login:
         assert self.info.user is not None

@@ -496,7 +496,7 @@ class ClientConnection(asyncio.Protocol):
                 # What follows (closing this cancel connection) waits until the backend acted on the cancel, as
                 # PostgreSQL's own cancel connection does: libpq's cancel returns at that close, and the client's
                 # next query must never be the one cancelled.
-                task = asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action))
+                task = asyncio.get_running_loop().create_task(self.proxy.forward_cancel(action, self.address))
                 if rest := actions[i + 1:]:
                     task.add_done_callback(lambda _task, rest=rest: self.run(rest))
                 return

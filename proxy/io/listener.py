@@ -7,7 +7,6 @@ import contextlib
 import gc
 import os
 import signal
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -21,13 +20,13 @@ from proxy.agent import timeout_ms as agent_timeout_ms
 from proxy.audit import AuditLog
 from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.throttle import AuthThrottle
-from proxy.cancel import CancelRegistry, KeySpace, key_space, use_key_space
+from proxy.cancel import CancelRegistry, ForwardLimiter, KeySpace, key_space, use_key_space
 from proxy.clusterview import merge_rows
 from proxy.config import AgentConfig, BackendConfig, Config, ServerConfig
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
-from proxy.io.peercancel import PeerCancelSender, PeerCancelServer
+from proxy.io.peercancel import PeerCancelSender, PeerCancelServer, advertised_host, no_slot_problem
 from proxy.io.peers import Peers, PeerServer, WorkerIdentity
 from proxy.io.pool import Pool
 from proxy.io.registrywatch import RegistryWatch
@@ -118,6 +117,7 @@ class Proxy:
         self.registry_watch: RegistryWatch | None = None
         self.instance_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
         self.peer_sender: PeerCancelSender | None = None
+        self.forward_limit = ForwardLimiter()  # CancelRequests passed to other instances, per client address
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -322,26 +322,45 @@ class Proxy:
         if registry.peer_port is not None:
             assert registry.peer_secret is not None
             shared = registry.peer_secret.encode()
+            self.peer_sender = PeerCancelSender(registry.dsn, shared)
+        if registry.peer_port is not None and self.worker is None:  # (workers: the supervisor's, io/instanceport.py)
             self.instance_server = PeerCancelServer(registry.peer_host, registry.peer_port, shared,
-                                                    self._cancel_here_key)
+                                                    self._cancel_here_proof, self._instance_claim, self._peer_refused)
             try:
                 await self.instance_server.start()
             except OSError as exc:
                 raise StartupError(f"registry.peer_port: cannot listen on {registry.peer_host}:{registry.peer_port}: "
                                    f"{exc.strerror}") from exc
-            self.peer_sender = PeerCancelSender(registry.dsn, shared)
             peer = (advertised_host(registry.advertise_host, registry.peer_host), self.instance_server.port,
                     registry.instance_bits)
         self.registry_watch = RegistryWatch(registry.dsn, registry.reconnect_delay, self.ops.reload_changes, peer)
         self.registry_watch.start()
+        slot = None if self.worker is None else self.worker.slot
         if peer is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.registry_watch.claimed.wait(), 30)
-            if self.registry_watch.slot is None:
-                raise StartupError("registry: no instance slot could be claimed (is the registry reachable? are all "
-                                   f"{1 << registry.instance_bits} slots held? see registry.instance_bits)")
-            instancekey.use_space(instancekey.InstanceSpace(self.registry_watch.slot, registry.instance_bits,
-                                                            shift=key_space().bits))
+            slot = self.registry_watch.slot
+            if slot is None:
+                raise StartupError(no_slot_problem(registry.instance_bits))
+        if slot is not None:
+            instancekey.use_space(instancekey.InstanceSpace(slot, registry.instance_bits))
+
+    def _instance_claim(self) -> tuple[int | None, int | None]:
+        watch = self.registry_watch
+        return (None, None) if watch is None else (watch.slot, watch.claim)
+
+    def _peer_refused(self, reason: str) -> None:
+        self.metrics.peer_refused(reason)
+        self._prelogin_line("warning", "peer_cancel_refused", reason=reason)
+
+    def _prelogin_line(self, level: str, event: str, **fields: object) -> None:
+        """A log line anyone can cause (a CancelRequest, a connection to the peer port): through the pre-login log
+        limiter, a dropped one counted."""
+        dropped = self.prelogin_log.allow(time.monotonic())
+        if dropped is None:
+            self.metrics.log_line_suppressed()
+            return
+        getattr(log, level)(event, **fields, **({"suppressed_before": dropped} if dropped else {}))
 
     def _trim_memory(self) -> None:
         """Every TRIM_INTERVAL while sessions come and go: what connections freed goes back to the system (RSS
@@ -367,7 +386,7 @@ class Proxy:
         if not self.clients:
             self._idle.set()
 
-    async def forward_cancel(self, action: ForwardCancel) -> None:
+    async def forward_cancel(self, action: ForwardCancel, address: str = "") -> None:
         """A CancelRequest: forwarded only while its session holds a server, to that server's backend process; the
         client's cancel connection is closed once this returns, i.e. once PostgreSQL has acted (as PostgreSQL's own
         cancel connection closes), so a client's next query is never hit by its own earlier cancel. A session that
@@ -377,7 +396,7 @@ class Proxy:
         1.19+ also waits for the close); a cancel whose connection failed may still arrive: its server is closed
         instead of reused. A key another instance gave is passed on to it (stateless replicas), a key another worker
         process gave to that worker."""
-        if await self._cancel_elsewhere(action):
+        if await self._cancel_elsewhere(action, address):
             return
         if self.peers is not None:
             owner = key_space().worker_of(action.process_id)
@@ -389,30 +408,44 @@ class Proxy:
                 return
         await self._cancel_here(action)
 
-    async def _cancel_elsewhere(self, action: ForwardCancel) -> bool:
-        """Stateless replicas: a key naming another instance's slot goes to that instance; whether it did."""
+    async def _cancel_elsewhere(self, action: ForwardCancel, address: str) -> bool:
+        """Stateless replicas: a key naming another instance's slot goes to that instance (a client address's such
+        cancels rate-limited); whether it was another's."""
         if self.peer_sender is None:
             return False
         slot = instancekey.space().elsewhere(action.process_id)
         if slot is None:
             return False
-        await self.peer_sender.send(slot, action.process_id, action.secret_key)
+        if not self.forward_limit.allow(address, time.monotonic()):
+            outcome = "throttled"
+        else:
+            status = await self.peer_sender.send(slot, action.process_id, action.secret_key)
+            outcome = {instancekey.FOUND: "found", instancekey.UNKNOWN: "unknown", instancekey.STALE: "stale",
+                       None: "no_instance" if self.peer_sender.missing(slot) else "failed"}[status]
+        self.metrics.instance_cancel(outcome)
+        self._prelogin_line("info", "cancel_passed_to_instance", slot=slot, outcome=outcome)  # (anyone can send one)
         return True
 
-    async def _cancel_here_key(self, process_id: int, secret_key: bytes) -> None:
-        await self._cancel_here(ForwardCancel(process_id, secret_key))
+    async def _cancel_here_proof(self, process_id: int, proof: bytes) -> bool:
+        """A cancel another instance passed on (its key's proof, not the key): whether a session here has that key."""
+        assert self.peer_sender is not None
+        client = self.cancels.lookup_proof(process_id, proof, self.peer_sender.shared)
+        if client is None:
+            self.metrics.cancel_ignored()
+            return False
+        await self._cancel_session(client)
+        return True
 
     async def _cancel_here(self, action: ForwardCancel) -> None:
         """A CancelRequest for a session of this process (see forward_cancel)."""
         client = self.cancels.lookup(action.process_id, action.secret_key)
         if client is None:  # anyone can send these: counted, and logged through the pre-login limiter
             self.metrics.cancel_ignored()
-            dropped = self.prelogin_log.allow(time.monotonic())
-            if dropped is None:
-                self.metrics.log_line_suppressed()
-            else:
-                log.info("cancel_ignored", reason="unknown_key", **({"suppressed_before": dropped} if dropped else {}))
+            self._prelogin_line("info", "cancel_ignored", reason="unknown_key")
             return
+        await self._cancel_session(client)
+
+    async def _cancel_session(self, client: object) -> None:
         link = self.pool.holding(client)  # type: ignore[arg-type]
         if link is None or link.closed:
             if self.pool.cancel_waiting(client):  # type: ignore[arg-type]
@@ -503,6 +536,9 @@ class Proxy:
             return {"pid": os.getpid(), "listening": self.server is not None and not self.stopping}
 
         async def cancel(request: dict[str, Any]) -> dict[str, Any]:
+            if "proof" in request:  # another instance's, through the supervisor's peer port
+                proof = bytes.fromhex(str(request["proof"]))
+                return {"found": await self._cancel_here_proof(int(request["pid"]), proof)}
             await self._cancel_here(ForwardCancel(int(request["pid"]), bytes.fromhex(str(request["secret"]))))
             return {}
 
@@ -588,15 +624,6 @@ class Proxy:
 
 # The console views merged over worker processes (proxy.clusterview), by their AdminView methods' names.
 CLUSTER_VIEWS = ("clients", "servers", "pools", "stats", "tenants")
-
-
-def advertised_host(advertise: str | None, peer_host: str) -> str:
-    """The address other instances reach this one's peer port at."""
-    if advertise:
-        return advertise
-    if peer_host in ("", "0.0.0.0", "::"):
-        return socket.gethostbyname(socket.gethostname())
-    return peer_host
 
 
 class StartupError(RuntimeError):

@@ -5,35 +5,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
 import psycopg
 
 from proxy import instancekey
-from proxy.logs import get_logger
+from proxy.logs import LogLimiter, get_logger
 from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK
 
 log = get_logger("pgtenant.peers")
 
 TIMEOUT = 5.0  # seconds for a peer to read a frame, or to answer one (it waits for the backend's cancel)
 MISSING_FOR = 5.0  # seconds a slot no instance held stays unlooked-up (a new instance is found after that)
+RELOOK_AFTER = 1.0  # seconds: a slot whose cached instance gave no genuine answer is looked up again at most this often
 _clock = time.monotonic
-Cancel = Callable[[int, bytes], Awaitable[None]]
+# (process id, key proof) -> whether a session of this instance had that key (and its cancel was passed on)
+Cancel = Callable[[int, bytes], Awaitable[bool]]
+Claim = Callable[[], tuple[int | None, int | None]]  # this instance's (slot, claim id) in the registry now
+Where = tuple[str, int, int]  # an instance's peer address and claim id
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+def advertised_host(advertise: str | None, peer_host: str) -> str:
+    """The address other instances reach this one's peer port at."""
+    if advertise:
+        return advertise
+    if peer_host in ("", "0.0.0.0", "::"):
+        return socket.gethostbyname(socket.gethostname())
+    return peer_host
+
+
+def no_slot_problem(bits: int) -> str:
+    return ("registry: no instance slot could be claimed (is the registry reachable? are all "
+            f"{1 << bits} slots held? see registry.instance_bits)")
 
 
 class PeerCancelServer:
-    """The peer port: one authenticated frame per connection, cancelled here as a local CancelRequest (never passed
-    on again), then one ACK byte."""
+    """The peer port: one exchange per connection (challenge, request, answer; proxy/instancekey.py); a request for
+    this instance's slot and claim is cancelled here as a local CancelRequest (never passed on again)."""
 
-    def __init__(self, host: str, port: int, shared: bytes, cancel_here: Cancel) -> None:
+    def __init__(self, host: str, port: int, shared: bytes, cancel_here: Cancel, claim: Claim,
+                 refused: Callable[[str], None] = lambda _reason: None) -> None:
         self.host, self.port = host, port
-        self.verifier = instancekey.Verifier(shared)
+        self.shared = shared
         self.cancel_here = cancel_here
+        self.claim = claim
+        self.refused = refused  # counts and logs (rate-limited) what the port refused: anyone can connect to it
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -43,16 +61,23 @@ class PeerCancelServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            frame = await asyncio.wait_for(reader.readexactly(instancekey.FRAME_LEN), TIMEOUT)
-            checked = self.verifier.check(frame, _now_ms())
+            opening = instancekey.hello()
+            challenge = opening[len(instancekey.MAGIC):]
+            writer.write(opening)
+            frame = await asyncio.wait_for(reader.readexactly(instancekey.REQUEST_LEN), TIMEOUT)
+            checked = instancekey.check_request(self.shared, challenge, frame, *self.claim())
             if isinstance(checked, str):
-                log.warning("peer_cancel_refused", reason=checked)
+                self.refused(checked)
                 return
-            await self.cancel_here(*checked)
-            writer.write(instancekey.ACK)
+            if not checked.mine:  # a stale address or claim: the sender looks the slot up again
+                status = instancekey.STALE
+            else:
+                found = await self.cancel_here(checked.process_id, checked.proof)
+                status = instancekey.FOUND if found else instancekey.UNKNOWN
+            writer.write(instancekey.answer(self.shared, challenge, frame, status))
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            log.warning("peer_cancel_refused", reason=type(exc).__name__)
+            self.refused(type(exc).__name__)
         finally:
             writer.close()
 
@@ -62,20 +87,23 @@ class PeerCancelServer:
 
 
 class PeerCancelSender:
-    """Passes CancelRequests for other instances' sessions on: the slot's address from the registry (cached until
-    a send fails), one frame under the shared secret."""
+    """Passes CancelRequests for other instances' sessions on: the slot's address and claim from the registry
+    (cached until an exchange with it fails or is answered STALE: then looked up again, once), one exchange under the
+    shared secret."""
 
     def __init__(self, dsn: str, shared: bytes) -> None:
         self.dsn = dsn
         self.shared = shared
-        self._where: dict[int, tuple[str, int]] = {}
+        self._where: dict[int, Where] = {}
         # Slots no instance held at the last lookup, until when that answer stands; one lookup at a time. Anyone can
         # send CancelRequests naming an unused slot: each used to open a registry connection (a SCRAM login), and
         # ~130 a second stalled the event loop (red team 8b F1).
         self._missing: dict[int, float] = {}
+        self._looked_up: dict[int, float] = {}  # when each slot's address was last read from the registry
         self._lookup = asyncio.Lock()
+        self._log_limit = LogLimiter()  # (anyone can send CancelRequests naming a slot whose instance fails)
 
-    async def _find(self, slot: int) -> tuple[str, int] | None:
+    async def _find(self, slot: int) -> Where | None:
         found = self._where.get(slot)
         if found is not None or self._missing.get(slot, 0.0) > _clock():
             return found
@@ -84,13 +112,22 @@ class PeerCancelSender:
             if found is not None or self._missing.get(slot, 0.0) > _clock():
                 return found
             found = await self._query(slot)
+            self._looked_up[slot] = _clock()
             if found is None:
                 self._missing[slot] = _clock() + MISSING_FOR
             else:
                 self._where[slot] = found
             return found
 
-    async def _query(self, slot: int) -> tuple[str, int] | None:
+    def missing(self, slot: int) -> bool:
+        """Whether no instance held `slot` at the last lookup (recently)."""
+        return self._missing.get(slot, 0.0) > _clock()
+
+    def _forget(self, slot: int, where: Where) -> None:
+        if self._where.get(slot) == where:  # (not a newer answer another cancel found meanwhile)
+            del self._where[slot]
+
+    async def _query(self, slot: int) -> Where | None:
         try:
             async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5,
                                                               application_name="pgtenant-peers") as conn:
@@ -98,30 +135,48 @@ class PeerCancelSender:
         except (psycopg.Error, OSError) as exc:
             log.warning("peer_lookup_failed", slot=slot, error=str(exc).strip())
             return None
-        return None if row is None else (str(row[0]), int(row[1]))
+        return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
 
-    async def send(self, slot: int, process_id: int, secret_key: bytes) -> bool:
-        """Whether the instance of `slot` took the cancel (and has acted on it)."""
+    async def send(self, slot: int, process_id: int, secret_key: bytes) -> bytes | None:
+        """The answer of the instance of `slot` (instancekey.FOUND: it had the session and acted on the cancel;
+        UNKNOWN: no session of it has that key); None if no instance of the slot answered genuinely."""
         where = await self._find(slot)
-        if where is None:  # (debug: anyone can send these)
-            log.debug("cancel_ignored", reason="no_instance", slot=slot)
-            return False
+        status = None if where is None else await self._exchange(where, slot, process_id, secret_key)
+        # Gone, replaced, or an impostor there: look again (not for every cancel: anyone can send them, and a lookup
+        # is a registry login).
+        if where is not None and status in (None, instancekey.STALE) \
+                and self._looked_up.get(slot, 0.0) + RELOOK_AFTER <= _clock():
+            self._forget(slot, where)
+            fresh = await self._find(slot)
+            if fresh is not None and fresh != where:
+                status = await self._exchange(fresh, slot, process_id, secret_key)
+        return status
+
+    async def _exchange(self, where: Where, slot: int, process_id: int, secret_key: bytes) -> bytes | None:
+        host, port, claim = where
         writer = None
         try:
             async with asyncio.timeout(TIMEOUT):
-                reader, writer = await asyncio.open_connection(*where)
-                writer.write(instancekey.encode(self.shared, process_id, secret_key, _now_ms()))
+                reader, writer = await asyncio.open_connection(host, port)
+                challenge = instancekey.challenge_of(await reader.readexactly(instancekey.HELLO_LEN))
+                if challenge is None:
+                    raise ConnectionError("not a pgtenant peer port")
+                frame = instancekey.request(self.shared, challenge, slot, claim, process_id, secret_key)
+                writer.write(frame)
                 await writer.drain()
-                ok = await reader.read(1) == instancekey.ACK
-        except (TimeoutError, OSError) as exc:
-            log.warning("cancel_forward_failed", slot=slot, peer=f"{where[0]}:{where[1]}",
-                        error=str(exc) or type(exc).__name__)
-            self._where.pop(slot, None)
-            return False
+                reply = await reader.readexactly(instancekey.ANSWER_LEN)
+                status = instancekey.check_answer(self.shared, challenge, frame, reply)
+                if status is None:
+                    raise ConnectionError("no genuine answer")
+                return status
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            dropped = self._log_limit.allow(time.monotonic())
+            if dropped is not None:
+                log.warning("cancel_forward_failed", slot=slot, peer=f"{host}:{port}",
+                            error=str(exc) or type(exc).__name__, **({"suppressed_before": dropped} if dropped else {}))
+            return None
         finally:
             if writer is not None:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-        log.info("cancel_passed_to_instance", slot=slot, answered=ok)
-        return ok

@@ -120,27 +120,32 @@ class Peers:
 # How the supervisor tells a worker process who it is (environment of `pgtenant run`).
 ENV_INDEX, ENV_COUNT, ENV_DIR, ENV_PORT = "PGTENANT_WORKER_INDEX", "PGTENANT_WORKERS", "PGTENANT_PEER_DIR", \
     "PGTENANT_LISTEN_PORT"
+ENV_SLOT = "PGTENANT_INSTANCE_SLOT"  # the instance slot the supervisor holds (stateless replicas' peer port)
 MOCK_SECRET_FILE = "auth-mock-secret"  # in the private directory: the secret every worker's fake salts come from
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerIdentity:
-    """This process is worker `index` of `count`, its peers' sockets in `directory`, listening on `port`."""
+    """This process is worker `index` of `count`, its peers' sockets in `directory`, listening on `port`; `slot`:
+    the instance slot its supervisor claimed in the registry (its cancel keys carry it), if any."""
 
     index: int
     count: int
     directory: Path
     port: int
+    slot: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerIdentity | None:
         if ENV_INDEX not in environ:
             return None
-        return cls(int(environ[ENV_INDEX]), int(environ[ENV_COUNT]), Path(environ[ENV_DIR]), int(environ[ENV_PORT]))
+        slot = int(environ[ENV_SLOT]) if environ.get(ENV_SLOT) else None
+        return cls(int(environ[ENV_INDEX]), int(environ[ENV_COUNT]), Path(environ[ENV_DIR]), int(environ[ENV_PORT]),
+                   slot)
 
     def environ(self) -> dict[str, str]:
         return {ENV_INDEX: str(self.index), ENV_COUNT: str(self.count), ENV_DIR: str(self.directory),
-                ENV_PORT: str(self.port)}
+                ENV_PORT: str(self.port), ENV_SLOT: "" if self.slot is None else str(self.slot)}
 
     def mock_secret(self) -> bytes:
         return (self.directory / MOCK_SECRET_FILE).read_bytes()

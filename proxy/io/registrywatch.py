@@ -42,6 +42,7 @@ class RegistryWatch:
         # lives with the LISTEN connection), claimed on the first connection and held again on every reconnect.
         self.peer = peer
         self.slot: int | None = None
+        self.claim: int | None = None  # the slot's claim id in the registry (forwarded cancels name it)
         self.claimed = asyncio.Event()
         self._dirty = asyncio.Event()
         self._asked = 0  # reloads asked for so far (notifications, connections)
@@ -145,7 +146,8 @@ class RegistryWatch:
             row = await (await conn.execute(TRY_SLOT, (INSTANCE_LOCK, slot))).fetchone()
             if row and row[0]:
                 self.slot = slot
-                await conn.execute(CLAIM_SLOT, (slot, host, port))
+                claimed = await (await conn.execute(CLAIM_SLOT, (slot, host, port))).fetchone()
+                self.claim = None if claimed is None else int(claimed[0])
                 log.info("instance_slot", slot=slot, peer=f"{host}:{port}")
                 break
         else:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from proxy.config import Config
 from proxy.httpd import OpsServer
+from proxy.io.instanceport import InstancePort
 from proxy.io.peers import MOCK_SECRET_FILE, WorkerIdentity, ask, socket_path
 from proxy.logs import get_logger
 from proxy.metrics import SupervisorMetrics, WorkerExpositions, merge_expositions
@@ -70,11 +71,12 @@ class Workers:
         self.metrics = SupervisorMetrics()
         self.expositions = WorkerExpositions()  # so that a restarted worker does not take its counts with it
         self.done: asyncio.Future[int] | None = None
+        self.slot: int | None = None  # the instance slot the supervisor holds (`[registry] peer_port`)
 
     def environ(self, index: int) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        env.update(WorkerIdentity(index, self.count, self.directory, self.port).environ())
+        env.update(WorkerIdentity(index, self.count, self.directory, self.port, self.slot).environ())
         return env
 
     def run_actions(self, actions: list[Spawn | Signal | Exit]) -> None:
@@ -148,6 +150,7 @@ async def supervise(config: Config) -> int:
     reserved = reserve_port(config.listen.host, config.listen.port)
     directory = Path(tempfile.mkdtemp(prefix="pgtenant-"))  # mode 0700: only this user reaches the sockets
     ops: OpsServer | None = None
+    instance: InstancePort | None = None
     try:
         secret = with_mock_secret(config).auth_mock_secret  # every worker's fake salts from the same secret
         fd = os.open(directory / MOCK_SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -155,6 +158,13 @@ async def supervise(config: Config) -> int:
             fh.write(secret)
         workers = Workers(config, directory, int(reserved.getsockname()[1]))
         workers.done = loop.create_future()
+        if config.registry.dsn and config.registry.peer_port is not None:  # the workers' keys carry its slot
+            instance = InstancePort(config, directory, workers.count, workers.metrics)
+            try:
+                await instance.start()
+            except RuntimeError as exc:
+                raise StartupError(str(exc)) from exc
+            workers.slot = instance.slot
         if config.metrics.enabled:
             ops = OpsServer(config.metrics, workers, workers.ready)
             try:
@@ -177,6 +187,8 @@ async def supervise(config: Config) -> int:
     finally:
         if ops is not None:
             await ops.close()
+        if instance is not None:
+            await instance.close()
         reserved.close()
         shutil.rmtree(directory, ignore_errors=True)
 

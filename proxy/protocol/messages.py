@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from proxy._accel import speedups
 
 PROTOCOL_3_0 = 196608
+PROTOCOL_3_2 = 196610  # PostgreSQL 18: a longer cancel key (BackendKeyData and CancelRequest of up to 256 bytes)
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102

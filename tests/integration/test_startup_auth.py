@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -227,14 +228,14 @@ def test_replication_refused(proxy: ProxyProcess) -> None:
     assert fields["C"] == "42501" and "replication" in fields["M"]
 
 
-def test_protocol_3_2_is_negotiated_down(proxy: ProxyProcess) -> None:
+def test_protocol_3_3_is_negotiated_down_to_3_2(proxy: ProxyProcess) -> None:
     sock = _raw(proxy)
-    body = struct.pack("!i", (3 << 16) | 2) + b"user\x00ivan\x00_pq_.future\x00x\x00\x00"
+    body = struct.pack("!i", (3 << 16) | 3) + b"user\x00ivan\x00_pq_.future\x00x\x00\x00"
     sock.sendall(struct.pack("!i", len(body) + 4) + body)
     t, payload = _read_message(sock)
     assert t == b"v"
     version, count = struct.unpack_from("!ii", payload)
-    assert (version, count) == (m.PROTOCOL_3_0, 1)
+    assert (version, count) == (m.PROTOCOL_3_2, 1)  # as PostgreSQL 18
     assert payload[8:] == b"_pq_.future\x00"
     t, payload = _read_message(sock)
     assert t == b"R" and struct.unpack_from("!i", payload)[0] == m.AUTH_SASL
@@ -244,8 +245,14 @@ def test_protocol_3_2_is_negotiated_down(proxy: ProxyProcess) -> None:
 def test_libpq_with_max_protocol_3_2(proxy: ProxyProcess) -> None:
     if psycopg.pq.version() < 180000:
         pytest.skip("libpq < 18 cannot request protocol 3.2")
-    with psycopg.connect(proxy.dsn("ivan", max_protocol_version="3.2")) as c:
+    with psycopg.connect(proxy.dsn("ivan", max_protocol_version="3.2"), autocommit=True) as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
+        assert c.pgconn.full_protocol_version == 30002  # taken: a 32-byte cancel key (issue 19)
+        # libpq cancels with the whole key it was given: the proxy knows the session by it.
+        threading.Timer(0.3, c.cancel_safe).start()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            c.execute("SELECT pg_sleep(60)")
+        assert c.execute("SELECT 2").fetchone() == (2,)
 
 
 def test_unsupported_protocol_major(proxy: ProxyProcess) -> None:

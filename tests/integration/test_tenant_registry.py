@@ -399,13 +399,15 @@ class Balancer:
         self.sock.close()
 
 
-@pytest.fixture
-def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+@contextlib.contextmanager
+def two_instances(pg: PgCluster, registry: str, tmp_path: Path,
+                  a_workers: int = 1) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+    """Instances a (of `a_workers` worker processes) and b on one registry, each with a peer port."""
     keys = {"dsn": registry, "reconnect_delay": 0.2, "peer_port": 0, "peer_host": "127.0.0.1",
             "peer_secret": PEER_SECRET}
-    a = ProxyProcess(pg, tmp_path / "a", registry=keys)
+    a = ProxyProcess(pg, tmp_path / "a", registry=keys, server={"workers": a_workers} if a_workers > 1 else {})
     b = ProxyProcess(pg, tmp_path / "b", registry=keys)
-    a.start()
+    a.start(timeout=60)
     try:
         b.start(provision=False)
         yield a, b
@@ -414,37 +416,51 @@ def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[Pro
         a.stop()
 
 
-def test_a_cancel_landing_on_another_instance_reaches_the_query(
-        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
-    a, b = replicas
-    slots = pg.execute("SELECT slot, port FROM pgtenant_registry.instances i WHERE EXISTS (SELECT FROM pg_locks l "
-                       "WHERE l.locktype = 'advisory' AND l.objid = i.slot::oid AND l.granted)", dbname=REGISTRY_DB)
-    assert len({slot for slot, _ in slots}) >= 2  # each instance holds its own slot
-    lb = Balancer(a.port, b.port)
+@pytest.fixture
+def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+    with two_instances(pg, registry, tmp_path) as pair:
+        yield pair
+
+
+def _cancelled_through(first: ProxyProcess, then: ProxyProcess, pg: PgCluster) -> int:
+    """A psycopg session served by `first` whose cancel lands on `then`: the query ends cancelled, the session goes
+    on. The session's cancel-key process id."""
+    lb = Balancer(first.port, then.port)
+    tag = f"pg_sleep(60.{time.time_ns() % 1000:03d})"
     try:
-        with psycopg.connect(a.dsn("alice", port=lb.port), autocommit=True) as conn:  # served by instance a
+        with psycopg.connect(first.dsn("alice", port=lb.port), autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
             outcome: list[psycopg.Error | None] = []
 
             def sleep() -> None:
                 try:
-                    conn.execute("SELECT pg_sleep(60)")
+                    conn.execute(f"SELECT {tag}")
                     outcome.append(None)
                 except psycopg.Error as exc:  # the outcome is asserted below
                     outcome.append(exc)
 
             runner = threading.Thread(target=sleep)
             runner.start()
-            until(lambda: pg.execute("SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' "
+            until(lambda: pg.execute(f"SELECT 1 FROM pg_stat_activity WHERE query = 'SELECT {tag}' "
                                      "AND state = 'active'"), APPLY_WAIT, interval=0.05, what="the query running")
-            conn.cancel_safe()  # a new connection through the balancer: it lands on instance b
+            conn.cancel_safe()  # a new connection through the balancer: it lands on `then`
             runner.join(APPLY_WAIT)
             assert lb.accepted >= 2
             assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
             assert conn.execute("SELECT 3").fetchone() == (3,)  # the session goes on
+            return conn.info.backend_pid
     finally:
         lb.close()
-    assert any(e.get("event") == "cancel_passed_to_instance" and e.get("answered") for e in b.log_events())
+
+
+def test_a_cancel_landing_on_another_instance_reaches_the_query(
+        replicas: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    a, b = replicas
+    slots = pg.execute("SELECT slot, port FROM pgtenant_registry.instances i WHERE EXISTS (SELECT FROM pg_locks l "
+                       "WHERE l.locktype = 'advisory' AND l.objid = i.slot::oid AND l.granted)", dbname=REGISTRY_DB)
+    assert len({slot for slot, _ in slots}) >= 2  # each instance holds its own slot
+    _cancelled_through(a, b, pg)
+    assert any(e.get("event") == "cancel_passed_to_instance" and e.get("outcome") == "found" for e in b.log_events())
 
 
 def test_the_peer_port_refuses_a_frame_without_the_shared_secret(
@@ -454,12 +470,39 @@ def test_the_peer_port_refuses_a_frame_without_the_shared_secret(
     a, _ = replicas
     rows = pg.execute("SELECT port FROM pgtenant_registry.instances ORDER BY since DESC", dbname=REGISTRY_DB)
     ports = [port for (port,) in rows]
-    frame = instancekey.encode(b"not the shared secret, but 32+ bytes", 1234, b"abcd", int(time.time() * 1000))
     for port in ports[:2]:
         with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(frame)
-            assert s.recv(1) == b""  # closed without the ACK
+            opening = s.recv(instancekey.HELLO_LEN, socket.MSG_WAITALL)
+            challenge = instancekey.challenge_of(opening)
+            assert challenge is not None
+            s.sendall(instancekey.request(b"not the shared secret, but 32+ bytes", challenge, 0, 0, 1234, b"abcd"))
+            assert s.recv(1) == b""  # closed without an answer
     assert until(lambda: any(e.get("event") == "peer_cancel_refused" and e.get("reason") == "bad_mac"
                              for p in replicas for e in p.log_events()), APPLY_WAIT, interval=0.05,
                  what="peer_cancel_refused") is True
     assert a.proc is not None and a.proc.poll() is None
+
+
+@pytest.fixture
+def replicas_with_workers(pg: PgCluster, registry: str,
+                          tmp_path: Path) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
+    """Instance a of 2 worker processes (its supervisor holds the slot and the peer port), instance b of one."""
+    with two_instances(pg, registry, tmp_path, a_workers=2) as pair:
+        yield pair
+
+
+def test_a_cancel_reaches_the_right_worker_of_another_instance(
+        replicas_with_workers: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    """`[registry] peer_port` with `[server] workers = 2` (refused before): the supervisor claims one slot for the
+    instance and owns the peer port; a cancel another instance passes on reaches the worker the key's low bit names.
+    Sessions are spread over a's workers by the kernel: repeated until both were cancelled from b."""
+    a, b = replicas_with_workers
+    assert a.count_events("instance_slot") == 1  # one slot for the instance (the supervisor's), not one per worker
+    workers: set[int] = set()
+    for _ in range(16):  # odds 1/2 per try of either worker (all failing: 1 in 32768)
+        workers.add(_cancelled_through(a, b, pg) & 1)
+        if workers == {0, 1}:
+            break
+    assert workers == {0, 1}
+    _cancelled_through(b, a, pg)  # and the other way: it lands on either worker of a, which passes it on
+    assert any(e.get("event") == "cancel_passed_to_instance" and e.get("outcome") == "found" for e in a.log_events())

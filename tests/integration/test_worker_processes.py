@@ -129,8 +129,15 @@ def _until_passed(p: ProxyProcess, attempt: Any) -> None:
     raise AssertionError(f"no cancel landed on the other worker in {TRIES} tries")
 
 
-def test_psycopg_cancel_across_workers(wproxy: ProxyProcess) -> None:
-    with psycopg.connect(wproxy.dsn("alice"), autocommit=True) as conn:
+@pytest.mark.parametrize("protocol", ["3.0", "3.2"])
+def test_psycopg_cancel_across_workers(wproxy: ProxyProcess, protocol: str) -> None:
+    """3.2 (libpq 18): the 32-byte secret travels to the other worker whole."""
+    if protocol == "3.2" and psycopg.pq.version() < 180000:
+        pytest.skip("libpq < 18 cannot request protocol 3.2")
+    asked = {"max_protocol_version": "3.2"} if protocol == "3.2" else {}
+    with psycopg.connect(wproxy.dsn("alice", **asked), autocommit=True) as conn:
+        if asked:
+            assert conn.pgconn.full_protocol_version == 30002
         def attempt() -> None:
             timer = threading.Timer(0.3, conn.cancel)
             timer.start()

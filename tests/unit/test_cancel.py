@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.cancel import CancelRegistry, KeySpace, new_cancel_key, use_key_space
+from proxy.cancel import CancelRegistry, ForwardLimiter, KeySpace, client_key, new_cancel_key, use_key_space
+from proxy.instancekey import key_proof
 
 
 class Session:
@@ -70,13 +71,43 @@ def test_a_process_id_no_worker_gave_names_none() -> None:
     assert space.worker_of(0b110) == 2
 
 
-def test_the_secret_stays_four_random_bytes_under_workers() -> None:
+def test_the_secret_stays_random_bytes_under_workers() -> None:
     try:
         use_key_space(KeySpace(1, 2))
         keys = [new_cancel_key() for _ in range(100)]
     finally:
         use_key_space(KeySpace())
-    assert all(pid & 1 == 1 and len(secret) == 4 for pid, secret in keys)
-    assert len({secret for _, secret in keys}) > 90  # (32 random bits each: a repeat in 100 is ~1e-6)
+    assert all(pid & 1 == 1 and len(secret) == 32 for pid, secret in keys)
+    assert len({client_key(key, 0)[1] for key in keys}) > 90  # (32 random bits each: a repeat in 100 is ~1e-6)
     with pytest.raises(ValueError, match="out of"):
         use_key_space(KeySpace(2, 2))
+
+
+def test_another_instances_proof_finds_the_session_and_nothing_else() -> None:
+    """Between instances the key travels as a proof under the peer secret (red team 8b F8), never in clear."""
+    shared = b"s" * 32
+    reg = CancelRegistry()
+    target = Session()
+    reg.register(7, b"cli1", target)
+    assert reg.lookup_proof(7, key_proof(shared, 7, b"cli1"), shared) is target
+    assert reg.lookup_proof(7, key_proof(shared, 7, b"cli2"), shared) is None
+    assert reg.lookup_proof(7, key_proof(b"t" * 32, 7, b"cli1"), shared) is None
+    assert reg.lookup_proof(8, key_proof(shared, 8, b"cli1"), shared) is None
+
+
+def test_cancels_passed_to_other_instances_are_limited_per_client_address() -> None:
+    """Anyone can send CancelRequests naming another instance: each costs an exchange with it (red team 8b F4/F6)."""
+    limit = ForwardLimiter(rate=2.0, burst=3.0, addresses=2)
+    assert [limit.allow("10.0.0.1", 100.0) for _ in range(4)] == [True, True, True, False]
+    assert limit.allow("10.0.0.2", 100.0)  # another address has its own budget
+    assert limit.allow("10.0.0.1", 100.5) and not limit.allow("10.0.0.1", 100.5)  # 2 a second refill
+    limit.allow("10.0.0.3", 100.5)
+    assert len(limit._buckets) == 2  # bounded: the least recently seen address is forgotten
+
+
+def test_a_protocol_3_2_client_gets_the_whole_secret_and_a_3_0_client_four_bytes() -> None:
+    """Issue 19: keep the unguessable part as large as the protocol allows (PostgreSQL 18 gives 3.2 clients 32
+    bytes)."""
+    pid, secret = new_cancel_key()
+    assert client_key((pid, secret), 2) == (pid, secret) and len(secret) == 32
+    assert client_key((pid, secret), 0) == (pid, secret[:4])

@@ -396,12 +396,13 @@ def test_registry_peer_keys(tmp_path: Path) -> None:
             load({**base(), "registry": given}, tmp_path)
 
 
-def test_registry_peer_forwarding_with_several_workers_is_refused(tmp_path: Path) -> None:
+def test_registry_peer_forwarding_with_several_workers_is_accepted(tmp_path: Path) -> None:
+    """The supervisor claims the instance's slot and owns the peer port (issue 19; refused before)."""
     raw = base()
     raw["server"] = {"workers": 2}
     raw["registry"] = {"dsn": "host=db", "peer_port": 7000, "peer_secret": "x" * 32}
-    with pytest.raises(ConfigError, match=r"registry\.peer_port: forwarding cancels between instances"):
-        load(raw, tmp_path)
+    cfg = load(raw, tmp_path)
+    assert cfg.server.workers == 2 and cfg.registry.peer_port == 7000  # type: ignore[attr-defined]
 
 
 def test_replicas_and_routing_layer_user_over_tenant_over_defaults(tmp_path: Path) -> None:

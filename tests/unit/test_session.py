@@ -66,7 +66,7 @@ def test_full_conversation(session: ClientSession) -> None:
     assert server.settings == {} and session.state is State.READY  # (recorded when the server goes back)
     assert out.startswith(m.parameter_status("server_version", "15.18") + m.parameter_status("application_name",
                                                                                               "psql"))
-    assert m.backend_key_data(session.process_id, session.secret_key) in out
+    assert m.backend_key_data(session.process_id, session.secret_key[:4]) in out  # protocol 3.0: 4 secret bytes
     assert out.endswith(m.ready_for_query(b"I"))
     assert session.state is State.READY
     # Relay: runs of frontend messages pass as they are; the backend's status is tracked.
@@ -560,3 +560,24 @@ def test_a_parse_of_several_statements_naming_a_hidden_schema_is_postgresqls_426
     got = _answer(session, _backend_error("42601", f'syntax error at or near "{marker}"'), m.ready_for_query(b"I"))
     assert b"C42601\x00" in got and b"cannot insert multiple commands into a prepared statement" in got
     assert b"nix" not in got
+
+
+@pytest.mark.parametrize(("minor", "options", "agreed"), [
+    (0, {}, None), (2, {}, None), (1, {}, m.PROTOCOL_3_0), (3, {}, m.PROTOCOL_3_2),
+    (2, {"_pq_.x": "1"}, m.PROTOCOL_3_2), (0, {"_pq_.x": "1"}, m.PROTOCOL_3_0),
+])
+def test_protocol_3_2_is_taken_and_later_ones_negotiated_to_it(session: ClientSession, minor: int,
+                                                               options: dict[str, str], agreed: int | None) -> None:
+    """As PostgreSQL 18: 3.2 (a longer cancel key) when asked for 3.2 or later, else 3.0; a NegotiateProtocolVersion
+    names what was not taken as asked."""
+    pairs = {"user": "alice", **options}
+    body = struct.pack("!i", (3 << 16) | minor) + b"".join(k.encode() + b"\0" + v.encode() + b"\0"
+                                                           for k, v in pairs.items()) + b"\0"
+    out = sent(session.client_data(struct.pack("!i", len(body) + 4) + body))
+    first = frames(out)[0]
+    if agreed is None:
+        assert first[0] == b"R"
+    else:
+        assert first[0] == b"v" and struct.unpack_from("!ii", first[1]) == (agreed, len(options))
+    assert session.info.protocol_minor == (2 if minor >= 2 else 0)
+    assert session._client_key() == (session.process_id, session.secret_key if minor >= 2 else session.secret_key[:4])

@@ -6,7 +6,11 @@ import asyncio
 
 import pytest
 
+from proxy import instancekey
 from proxy.io import peercancel
+
+SHARED = b"s" * 32
+SECRET_KEY = b"\x9f\x13\x77\xe4"
 
 
 def test_cancels_naming_an_unused_slot_cost_one_registry_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -19,18 +23,174 @@ def test_cancels_naming_an_unused_slot_cost_one_registry_lookup(monkeypatch: pyt
     async def query(slot: int) -> tuple[str, int] | None:
         lookups.append(slot)
         await asyncio.sleep(0.01)
-        return None if slot == 7 else ("10.0.0.2", 6433)
+        return None if slot == 7 else ("10.0.0.2", 6433, 1)
 
     monkeypatch.setattr(sender, "_query", query)
 
     async def scenario() -> None:
         answers = await asyncio.gather(*(sender.send(7, 7 | (i << 5), b"abcd") for i in range(200)))
-        assert answers == [False] * 200
+        assert answers == [None] * 200 and sender.missing(7)
         assert lookups == [7]
-        assert await sender._find(3) == ("10.0.0.2", 6433) and await sender._find(3) == ("10.0.0.2", 6433)
+        assert await sender._find(3) == ("10.0.0.2", 6433, 1) and await sender._find(3) == ("10.0.0.2", 6433, 1)
         assert lookups == [7, 3]
         now = peercancel._clock()
         monkeypatch.setattr(peercancel, "_clock", lambda: now + peercancel.MISSING_FOR + 1)
         assert await sender._find(7) is None and lookups == [7, 3, 7]  # looked up again once the answer aged
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+class Instance:
+    """A receiving instance's peer port (slot 1, `claim`), recording the cancels it was passed."""
+
+    def __init__(self, claim: int) -> None:
+        self.claim = claim
+        self.cancels: list[tuple[int, bytes]] = []
+        self.refused: list[str] = []
+        self.server = peercancel.PeerCancelServer("127.0.0.1", 0, SHARED, self.cancel, lambda: (1, self.claim),
+                                                  self.refused.append)
+
+    async def cancel(self, process_id: int, proof: bytes) -> bool:
+        self.cancels.append((process_id, proof))
+        return proof == instancekey.key_proof(SHARED, process_id, SECRET_KEY)
+
+    @property
+    def where(self) -> tuple[str, int, int]:
+        return "127.0.0.1", self.server.port, self.claim
+
+
+class Impostor:
+    """Whoever took a dead instance's address: answers `K` to anything and keeps what it received."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(instancekey.hello())  # it even speaks the opening
+        self.received += await reader.read(4096)
+        writer.write(b"K" * instancekey.ANSWER_LEN)
+        await writer.drain()
+        writer.close()
+
+
+def _sender(monkeypatch: pytest.MonkeyPatch, registry: list[tuple[str, int, int]]) -> peercancel.PeerCancelSender:
+    """A sender whose registry lookups answer what `registry` holds now, on a clock that moves by RELOOK_AFTER at
+    every look at it (a slot is looked up again at most that often)."""
+    sender = peercancel.PeerCancelSender("host=registry", SHARED)
+    now = [1000.0]
+
+    def clock() -> float:
+        now[0] += peercancel.RELOOK_AFTER
+        return now[0]
+
+    monkeypatch.setattr(peercancel, "_clock", clock)
+
+    async def query(slot: int) -> tuple[str, int, int] | None:
+        return registry[-1] if registry else None
+
+    monkeypatch.setattr(sender, "_query", query)
+    return sender
+
+
+def test_a_cached_address_someone_else_took_neither_swallows_the_cancel_nor_learns_the_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 8b F8: slot 1's old address was cached; its instance died, another process took the address and
+    answered `K` (the cancel counted as done, it was lost) after reading the key in clear (it could then cancel
+    that session's queries at will). Now the answer must be genuine: the sender looks the slot up again and reaches
+    the instance that holds it; the impostor got a proof of the key, not the key."""
+
+    async def scenario() -> None:
+        impostor, instance = Impostor(), Instance(claim=2_000)
+        await impostor.start()
+        await instance.server.start()
+        registry = [("127.0.0.1", impostor.port, 1_000)]
+        sender = _sender(monkeypatch, registry)
+        assert await sender._find(1) == ("127.0.0.1", impostor.port, 1_000)  # cached from an earlier cancel
+        registry.append(instance.where)  # the slot's new claim
+        assert await sender.send(1, 4321, SECRET_KEY) == instancekey.FOUND
+        assert instance.cancels == [(4321, instancekey.key_proof(SHARED, 4321, SECRET_KEY))]
+        assert impostor.received and SECRET_KEY not in impostor.received
+        assert await sender._find(1) == instance.where  # the cache follows
+        await instance.server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_an_instance_of_another_claim_at_the_cached_address_sends_the_sender_to_the_registry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address is right but the claim is not (the instance re-claimed its slot after a registry reconnect, or
+    another instance took slot and address): answered STALE, looked up again, passed on under the new claim."""
+
+    async def scenario() -> None:
+        instance = Instance(claim=2_000)
+        await instance.server.start()
+        registry = [("127.0.0.1", instance.server.port, 1_000)]
+        sender = _sender(monkeypatch, registry)
+        await sender._find(1)
+        registry.append(instance.where)
+        assert await sender.send(1, 4321, SECRET_KEY) == instancekey.FOUND
+        assert await sender.send(1, 4321, b"nope") == instancekey.UNKNOWN  # genuine, and no lookup again
+        assert [pid for pid, _ in instance.cancels] == [4321, 4321]
+        registry.clear()  # the slot is free now: nobody to pass it to
+        instance.claim = 3_000
+        assert await sender.send(1, 4321, SECRET_KEY) == instancekey.STALE and sender.missing(1)
+        await instance.server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_captured_request_replays_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 8b F6: anonymous cancels made an instance sign frames that flushed the receiver's nonce memory, and a
+    captured frame replayed. A request is now bound to the connection's challenge: there is no memory to flush."""
+
+    async def scenario() -> None:
+        instance = Instance(claim=2_000)
+        await instance.server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", instance.server.port)
+        challenge = instancekey.challenge_of(await reader.readexactly(instancekey.HELLO_LEN))
+        assert challenge is not None
+        frame = instancekey.request(SHARED, challenge, 1, 2_000, 4321, SECRET_KEY)
+        writer.write(frame)
+        reply = await reader.read(instancekey.ANSWER_LEN)
+        assert instancekey.check_answer(SHARED, challenge, frame, reply) == instancekey.FOUND
+        writer.close()
+        for _ in range(3):  # the captured request, again: on every new connection a new challenge
+            reader, writer = await asyncio.open_connection("127.0.0.1", instance.server.port)
+            await reader.readexactly(instancekey.HELLO_LEN)
+            writer.write(frame)
+            assert await reader.read(instancekey.ANSWER_LEN) == b""  # closed without an answer
+            writer.close()
+        assert len(instance.cancels) == 1 and instance.refused == ["bad_mac"] * 3
+        await instance.server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_silent_instance_is_looked_up_again_at_most_once_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can send CancelRequests naming a slot: when its cached address does not answer genuinely, the slot is
+    looked up again (a registry login) at most every RELOOK_AFTER seconds, not once per cancel."""
+
+    async def scenario() -> None:
+        impostor = Impostor()
+        await impostor.start()
+        sender = peercancel.PeerCancelSender("host=registry", SHARED)
+        lookups: list[int] = []
+
+        async def query(slot: int) -> tuple[str, int, int]:
+            lookups.append(slot)
+            return "127.0.0.1", impostor.port, 1_000
+
+        monkeypatch.setattr(sender, "_query", query)
+        monkeypatch.setattr(peercancel, "_clock", lambda: 1000.0)
+        assert [await sender.send(1, 4321, SECRET_KEY) for _ in range(5)] == [None] * 5
+        assert lookups == [1]
+        monkeypatch.setattr(peercancel, "_clock", lambda: 1000.0 + peercancel.RELOOK_AFTER)
+        assert await sender.send(1, 4321, SECRET_KEY) is None and lookups == [1, 1]
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
