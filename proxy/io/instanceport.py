@@ -16,6 +16,7 @@ from proxy.io.peers import ask, socket_path
 from proxy.io.registrywatch import RegistryWatch
 from proxy.logs import LogLimiter, get_logger
 from proxy.metrics import SupervisorMetrics
+from proxy.ops import ReloadStatus
 
 log = get_logger("pgtenant.peers")
 
@@ -83,5 +84,5 @@ class InstancePort:
             await self.watch.close()
 
 
-async def _nothing_to_reload() -> tuple[bool, str]:
-    return True, "the supervisor holds the instance slot only"
+async def _nothing_to_reload() -> tuple[ReloadStatus, str]:
+    return "applied", "the supervisor holds the instance slot only"
