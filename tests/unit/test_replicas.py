@@ -20,6 +20,7 @@ from proxy.replicas import (
     probe_targets,
     read_only_request,
     read_only_sql,
+    serializable,
 )
 
 VERIFIER = (
@@ -177,6 +178,23 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("BEGIN; SELECT 1; COMMIT", True),  # a whole transaction in one text, that only read
     ("BEGIN READ ONLY; SAVEPOINT a; SELECT 1; ROLLBACK TO a; RELEASE a; END", True),
     ("BEGIN; SELECT 1; COMMIT; BEGIN", False),
+    # PostgreSQL applies the modes in order: the last one wins (red team 9r F1)
+    ("BEGIN READ ONLY, READ WRITE", False),
+    ("START TRANSACTION READ ONLY, READ WRITE", False),
+    ("BEGIN; SET TRANSACTION READ ONLY, READ WRITE", False),
+    ("BEGIN READ WRITE, READ ONLY", True),
+    # AND CHAIN opens the next transaction with the ended one's characteristics (red team 9r F1)
+    ("BEGIN; COMMIT AND CHAIN", False),
+    ("START TRANSACTION; ROLLBACK AND CHAIN", False),
+    ("BEGIN; SELECT 1; COMMIT AND CHAIN", False),
+    ("BEGIN READ ONLY; COMMIT AND CHAIN; SELECT 1", True),
+    ("BEGIN READ ONLY; COMMIT AND CHAIN; COMMIT", True),
+    # a standby refuses SERIALIZABLE (0A000): the primary (red team 9r F8)
+    ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE", False),
+    ("BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", False),
+    ("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE", False),
+    ("SET default_transaction_isolation = 'serializable'", False),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", False),
     ("BEGIN; SELECT 1; PREPARE TRANSACTION 'x'", False),
     ("SELECT 1; INSERT INTO t VALUES (1)", False),
     ("SELECT abalance FROM pgbench_accounts WHERE aid = 4711", True),  # (judged by its shape, literals as $n)
@@ -212,6 +230,13 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
 ])
 def test_read_only_sql(sql: str, read_only: bool) -> None:
     assert read_only_sql(sql) is read_only
+
+
+def test_a_serializable_session_default_is_not_for_a_replica() -> None:
+    assert [serializable(t) for t in (
+        None, "SET default_transaction_isolation TO 'serializable'", "SET default_transaction_isolation = SERIALIZABLE",
+        "SELECT pg_catalog.set_config('default_transaction_isolation', 'serializable', false)",
+        "SET default_transaction_isolation TO 'repeatable read'")] == [False, True, True, True, False]
 
 
 def test_long_texts_are_judged_once_by_digest_and_the_longest_not_at_all() -> None:
