@@ -119,6 +119,13 @@ class ReplicaSet:
     def replica_failed(self, name: str, reason: str) -> None:
         self.replicas[name].failure = reason
 
+    def replica_checked(self, name: str, waiting: str, problem: str | None) -> None:
+        """A replica's start-up checks ended with `problem` (None: passed): its failure if it was only `waiting`
+        for them (a failed probe since stays)."""
+        r = self.replicas.get(name)
+        if r is not None and r.failure == waiting:
+            r.failure = problem
+
     def health(self, name: str, now: float) -> Health:
         r = self.replicas[name]
         if r.failure is not None or r.probed_at is None:

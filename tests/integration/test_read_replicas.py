@@ -18,7 +18,7 @@ import pytest
 from tests.support.jdbc import require_jdbc, run_jdbc
 from tests.support.pgcluster import PgCluster, StandbyCluster
 from tests.support.polling import until
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, ProxyProcess, prepare_backend
 
 PORT = "SELECT inet_server_port()"  # a built-in a tenant may call: which server answered
 LONG = 300.0  # max_replica_lag of the users whose replica must not be taken out for lagging during a test
@@ -374,3 +374,33 @@ def test_an_etl_fed_replica_is_as_stale_as_its_query_says(replicated: tuple[PgCl
                 assert port_of(conn) == port
         finally:
             p.stop()
+
+
+def test_a_replica_failing_the_start_up_checks_is_never_routed_to(replicated: tuple[PgCluster, StandbyCluster],
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A reporting database built apart (ETL) whose backend role is a superuser and whose tables have no RLS: the
+    checks the primary gets at start fail there, so it is down with the failed check as its reason and no read goes
+    there (red team 9r F10); the streaming standby of the other tests passes them (a copy of the primary)."""
+    primary, _ = replicated
+    etl = PgCluster(primary.installation).start()
+    try:
+        prepare_backend(etl)  # the tenants' databases and tables, without pgtenant's provisioning: no RLS
+        etl.execute(f"CREATE ROLE {BACKEND_ROLE} LOGIN SUPERUSER PASSWORD '{BACKEND_PASSWORD}'")
+        p = ProxyProcess(
+            primary, tmp_path_factory.mktemp("replicas-unchecked"), pool={"pool_mode": "transaction"},
+            replicas=[{"name": "etl", "host": etl.host, "port": etl.port, "staleness_query": "SELECT 0::float8"}],
+            routing={"route": "auto", "poll_interval": 0.1, "max_replica_lag": 5.0},
+        )
+        p.start()
+        try:
+            until(lambda: "replica_preflight_failed" in p.read_log(), 30, 0.1, "the replica's checks failing")
+            assert "is a superuser" in p.read_log()
+            assert metric(metrics(p), "pgtenant_replica_health", backend="main", replica="etl", state="down") == 1.0
+            with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+                for _ in range(20):
+                    time.sleep(0.05)  # (over several polls)
+                    assert port_of(conn) == primary.port
+        finally:
+            p.stop()
+    finally:
+        etl.stop()

@@ -266,3 +266,15 @@ def test_read_only_requests_by_their_messages() -> None:
     assert not read_only_request(m.frame(b"Q", b"INSERT INTO t VALUES (1)\x00"), none)
     assert not read_only_request(m.frame(b"F", b"\x00\x00\x00\x01") + sync, none)
     assert not read_only_request(q[:-1], none) and not read_only_request(b"", none)
+
+
+def test_a_replica_waiting_for_its_checks_takes_their_outcome() -> None:
+    s = ReplicaSet("main", {"r1": Replica("r1", etl=False)}, 1.0, 5.0, 1.0)
+    s.replica_failed("r1", "waiting")
+    s.replica_checked("r1", "waiting", "preflight: role is a superuser")
+    assert s.replicas["r1"].failure == "preflight: role is a superuser"
+    s.replica_checked("r1", "waiting", None)  # (failed since: stays)
+    assert s.replicas["r1"].failure == "preflight: role is a superuser"
+    s.replica_failed("r1", "waiting")
+    s.replica_checked("r1", "waiting", None)
+    assert s.replicas["r1"].failure is None
