@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from proxy.config import BackendConfig, Config, TenantConfig
+from proxy.config import BackendConfig, Config, ReplicaConfig, TenantConfig
 from proxy.policy.catalog import COLUMN_LISTED
 from proxy.policy.tree import expr_node, names_of, string_const
 from proxy.tenancy import ScopedTables, explicit_tables
@@ -155,19 +155,22 @@ def connect(backend: BackendConfig, database: str, timeout: float | None = None)
         raise BackendCheckError(f"backend {backend.describe()} database {database!r}: {exc}".strip()) from exc
 
 
-def discover(config: Config, tenant: TenantConfig) -> ScopedTables:
-    """The tenant-scoped tables of a shared tenant: explicit, or every relation in its schemas with the column."""
+def discover(config: Config, tenant: TenantConfig, backend: BackendConfig | None = None) -> ScopedTables:
+    """The tenant-scoped tables of a shared tenant: explicit, or every relation in its schemas with the column (on
+    `backend`, a replica's settings; default: the tenant's own backend)."""
     if tenant.tables:
         return explicit_tables(tenant)
-    with connect(config.backend_for(tenant), tenant.database) as conn:
+    with connect(backend or config.backend_for(tenant), tenant.database) as conn:
         rows = conn.execute(_DISCOVER, (tenant.tenant_column, list(tenant.tenant_schemas))).fetchall()
     return {(s, t): tenant.tenant_column for s, t in rows}
 
 
-def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> PreflightReport:
-    """Check that PostgreSQL itself enforces this tenant's boundary (the second lock)."""
+def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
+              backend: BackendConfig | None = None) -> PreflightReport:
+    """Check that PostgreSQL itself enforces this tenant's boundary (the second lock), on `backend` (a replica's
+    settings; default: the tenant's own backend)."""
     report = PreflightReport()
-    backend = config.backend_for(tenant)
+    backend = backend or config.backend_for(tenant)
     with connect(backend, tenant.database) as conn:
         _check_role(conn, backend, report)
         _check_temp_file_limit(conn, config, backend, report)
@@ -183,6 +186,23 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables) -> Pre
             _check_database_schemas(conn, tenant, report)
     report.checked.append(tenant.name)
     return report
+
+
+def replica_preflight(config: Config, backend: str, replica: ReplicaConfig) -> list[str]:
+    """Blocking: the start-up checks of every tenant of `backend` (role attributes, RLS, grants), run on its replica
+    `replica` with the role each tenant's servers use there: the problems that keep the replica from being routed to
+    (none: it may serve). A streaming replica is a copy of its primary and passes as it does; a reporting database
+    fed by ETL is built apart and may not. One failing tenant is enough (its problems are returned)."""
+    for tenant in sorted((t for t in config.tenants.values() if t.backend == backend), key=lambda t: t.name):
+        target = config.replica_backend(config.backend_for(tenant), replica)
+        try:
+            scoped = discover(config, tenant, target) if tenant.strategy == "shared" else {}
+            report = preflight(config, tenant, scoped, target)
+        except (BackendCheckError, psycopg.Error) as exc:
+            return [f"tenants.{tenant.name}: cannot be checked on replica {replica.name}: {exc}".strip()]
+        if report.errors and config.preflight.enforce:
+            return report.errors
+    return []
 
 
 def _check_role(conn: psycopg.Connection, backend: BackendConfig, report: PreflightReport) -> None:

@@ -119,6 +119,13 @@ class ReplicaSet:
     def replica_failed(self, name: str, reason: str) -> None:
         self.replicas[name].failure = reason
 
+    def replica_checked(self, name: str, waiting: str, problem: str | None) -> None:
+        """A replica's start-up checks ended with `problem` (None: passed): its failure if it was only `waiting`
+        for them (a failed probe since stays)."""
+        r = self.replicas.get(name)
+        if r is not None and r.failure == waiting:
+            r.failure = problem
+
     def health(self, name: str, now: float) -> Health:
         r = self.replicas[name]
         if r.failure is not None or r.probed_at is None:
@@ -336,7 +343,8 @@ def _read_only(sql: str) -> str:
         if kind == "TransactionStmt" and node.get("kind") in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
             open_rw = not _sets_read_only(node.get("options", ()))
         elif kind == "TransactionStmt" and node.get("kind") in _ENDS:  # what the text did in it only read
-            open_rw = False
+            if not node.get("chain"):  # (AND CHAIN opens the next one with the ended one's characteristics)
+                open_rw = False
         elif kind == "TransactionStmt" and node.get("kind") in _SAVEPOINTS:
             continue
         elif kind == "VariableSetStmt" and node.get("name") == "TRANSACTION":
@@ -415,11 +423,28 @@ def _session_setting(node: dict) -> bool:
 
 
 def _sets_read_only(options: object) -> bool:
+    """Whether a BEGIN / START TRANSACTION / SET TRANSACTION option list leaves the transaction read-only and runnable
+    on a standby: PostgreSQL applies the options in order (`READ ONLY, READ WRITE` is read-write: the last one wins),
+    and a standby refuses SERIALIZABLE (0A000)."""
+    read_only = False
     for opt in options if isinstance(options, list) else ():
         d = opt.get("DefElem", {})
-        if d.get("defname") == "transaction_read_only":
-            return d.get("arg", {}).get("A_Const", {}).get("ival", {}).get("ival") == 1
-    return False
+        name, arg = d.get("defname"), d.get("arg", {}).get("A_Const", {})
+        if name == "transaction_read_only":
+            read_only = arg.get("ival", {}).get("ival") == 1
+        elif name == "transaction_isolation" and arg.get("sval", {}).get("sval", "").lower() == "serializable":
+            return False
+    return read_only
+
+
+ISOLATION = "default_transaction_isolation"
+
+
+def serializable(statement: str | None) -> bool:
+    """Whether the statement a session replays for default_transaction_isolation (its startup value or its SET,
+    SET SESSION CHARACTERISTICS) may make its transactions SERIALIZABLE, which a standby refuses (0A000): its reads
+    then go to the primary (a mention of the word is enough: the primary serves any read)."""
+    return statement is not None and "serializable" in statement.lower()
 
 
 def _reads(node: object) -> bool:

@@ -1281,6 +1281,9 @@ class ClientSession:
         assert self.request is not None
         if self.routing is None:
             return AcquireServer(self.request)
+        if replicas.serializable(self._overrides.get(replicas.ISOLATION) or self._startup_settings.get(
+                replicas.ISOLATION)):  # (a standby refuses SERIALIZABLE transactions)
+            return AcquireServer(self.request, self.routing.route(False))
         if self.agent is not None:
             return AcquireServer(self.request, self.routing.route(True))
         st = self.statements

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from proxy.config import BackendConfig
-from proxy.dbcheck import connect_kwargs
+from proxy.config import BackendConfig, Config, ReplicaConfig
+from proxy.dbcheck import connect_kwargs, replica_preflight
 from proxy.logs import get_logger
 from proxy.replicas import PRIMARY_PROBE, REPLICA_PROBE, Health, ReplicaSet, probe_targets
 
@@ -28,6 +28,8 @@ class ReplicaPoller:
         self._conns: dict[tuple, psycopg.AsyncConnection] = {}
         self._task: asyncio.Task | None = None
         self._health: dict[tuple[str, str], Health] = {}
+        # (backend, replica) -> (the config it was checked under, its start-up checks running or done)
+        self._checks: dict[tuple[str, str], tuple[Config, asyncio.Future[list[str]]]] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -61,7 +63,7 @@ class ReplicaPoller:
         for primary, database, replicas in probe_targets(config):
             s = router.sets.get(primary.name)
             if s is not None:
-                rounds.append(self._backend(s, primary, database, replicas, timeout))
+                rounds.append(self._backend(config, s, primary, database, replicas, timeout))
         await asyncio.gather(*rounds)
         now = clock()
         for backend, replica, health, lag, why in router.rows(now):
@@ -71,7 +73,7 @@ class ReplicaPoller:
                 log.info("replica_health", backend=backend, replica=replica, health=str(health),
                          was=str(before) if before else None, lag_s=None if lag is None else round(lag, 3), reason=why)
 
-    async def _backend(self, s: ReplicaSet, primary: BackendConfig, database: str,
+    async def _backend(self, config: Config, s: ReplicaSet, primary: BackendConfig, database: str,
                        replicas: list, timeout: float) -> None:
         clock = self.pool.clock
         try:
@@ -90,8 +92,40 @@ class ReplicaPoller:
                     s.replica_polled(spec.name, clock(), bool(row[0]), row[1])
             except Exception as exc:
                 s.replica_failed(spec.name, (str(exc).strip() or type(exc).__name__).splitlines()[0])
+                self._checks.pop((s.backend, spec.name), None)  # (checked again once it answers)
+                return
+            problem = self._checked(config, s.backend, spec)
+            if problem is not None:
+                s.replica_failed(spec.name, problem)
 
         await asyncio.gather(*(one(b, spec) for b, spec in replicas if spec.name in s.replicas))
+
+    def _checked(self, config: Config, backend: str, spec: ReplicaConfig) -> str | None:
+        """Why replica `spec` may not serve yet under `config` (None: it passed the start-up checks the primary
+        gets, dbcheck.replica_preflight): they run in a thread when it first answers, after it was down, and after
+        a reload; until they pass it is down (fail closed)."""
+        key = (backend, spec.name)
+        entry = self._checks.get(key)
+        if entry is None or entry[0] is not config:
+            task = asyncio.get_running_loop().run_in_executor(None, replica_preflight, config, backend, spec)
+            task.add_done_callback(lambda t: self._checks_done(backend, spec.name, t))
+            entry = self._checks[key] = (config, task)
+        return _problem(entry[1])
+
+    def _checks_done(self, backend: str, replica: str, task: asyncio.Future[list[str]]) -> None:
+        """Log what the checks found; a replica waiting only for them is fit (or not) at once, not at the next
+        poll."""
+        if task.cancelled():
+            return
+        problems = [repr(task.exception())] if task.exception() is not None else task.result()
+        for problem in problems:
+            log.error("replica_preflight_failed", backend=backend, replica=replica, problem=problem)
+        if not problems:
+            log.info("replica_preflight_passed", backend=backend, replica=replica)
+        s = self.pool.router.sets.get(backend)
+        entry = self._checks.get((backend, replica))
+        if s is not None and entry is not None and entry[1] is task:  # (not a check of an earlier config)
+            s.replica_checked(replica, _NOT_CHECKED, _problem(task))
 
     async def _probe(self, backend: BackendConfig, database: str, query: str, timeout: float) -> tuple[float, tuple]:
         """(when the query was sent, its one row) on the kept connection to `backend` (opened if needed)."""
@@ -114,3 +148,16 @@ class ReplicaPoller:
                 with contextlib.suppress(Exception):
                     await conn.close()
             raise
+
+
+_NOT_CHECKED = "start-up checks (preflight) not done yet"
+
+
+def _problem(task: asyncio.Future[list[str]]) -> str | None:
+    """A replica's failure reason from its checks (None: they passed)."""
+    if not task.done():
+        return _NOT_CHECKED
+    if task.cancelled() or task.exception() is not None:
+        return f"preflight: {'cancelled' if task.cancelled() else repr(task.exception())}"
+    problems = task.result()
+    return f"preflight: {problems[0]}" if problems else None

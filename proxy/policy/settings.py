@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
 from proxy.policy import resources
@@ -459,21 +461,48 @@ def _literal_bool(node: Node) -> bool:
     return "boolval" in const or "sval" in const
 
 
-_TIME_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+# guc.c's time_unit_conversion_table for a setting in ms, largest unit first: (unit, ms). A fraction of a unit is
+# rounded to a whole number of the next one down (convert_to_base_unit), "us" to itself.
+_TIME_UNITS = (("d", 86_400_000.0), ("h", 3_600_000.0), ("min", 60_000.0), ("s", 1000.0), ("ms", 1.0),
+               ("us", 1.0 / 1000))
+_INT_PREFIX = re.compile(r"\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_FLOAT_PREFIX = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_INT_MAX = 2**31 - 1
 
 
 def setting_milliseconds(text: str) -> int | None:
-    """A time setting in ms ("5000", "5s", "1.5 min", "1e-3") as PostgreSQL stores it: converted to ms, then rounded
-    to a whole number half to even (guc.c parse_int's rint), so "0.4" or "100us" is 0, i.e. no timeout; None when
-    unreadable."""
-    value = text.strip().strip("'").strip()
-    number = value.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
-    unit = value[len(number):].strip().lower() if number != value else ""
-    try:
-        n = float(number)
-    except ValueError:
+    """A time setting in ms ("5000", "5s", "1.5 min", "1e-3") as PostgreSQL stores it (guc.c parse_int): the number
+    read as strtol(base 0) reads it (hex, octal), or as a float if it goes on with '.' or 'e'; a fraction of a unit
+    rounded to a whole number of the next smaller unit (convert_to_base_unit: '0.00001 min' is 0 s), then to whole ms,
+    half to even (rint): "0.4", "100us" or "0.0005 h" is 0, i.e. no timeout. None when PostgreSQL would refuse it
+    (unreadable, unknown or misspelt unit, out of int range)."""
+    value = text.strip().strip("'")
+    match = _INT_PREFIX.match(value)
+    if match is None or value[match.end():match.end() + 1] in (".", "e", "E"):
+        match = _FLOAT_PREFIX.match(value)
+        if match is None:
+            return None
+        number = float(match.group(0))
+    else:
+        digits = match.group(0).strip()
+        sign = -1 if digits.startswith("-") else 1
+        digits = digits.lstrip("+-")
+        whole = sign * int(digits, 16 if digits[:2].lower() == "0x" else 8 if digits.startswith("0") else 10)
+        if abs(whole) > 1e18:
+            return None
+        number = float(whole)
+    unit = value[match.end():].strip()
+    ms = number
+    if unit:
+        names = [name for name, _ in _TIME_UNITS]
+        if unit not in names:  # (case-sensitive, as strcmp)
+            return None
+        i = names.index(unit)
+        ms = number * _TIME_UNITS[i][1]
+        if i + 1 < len(_TIME_UNITS):
+            step = _TIME_UNITS[i + 1][1]
+            ms = round(ms / step) * step
+    if ms != ms or abs(ms) > 1e18:
         return None
-    if unit and unit not in _TIME_UNITS:
-        return None
-    ms = n * _TIME_UNITS.get(unit, 1.0)
-    return round(ms) if ms == ms and abs(ms) < 1e18 else None
+    ms = round(ms)
+    return ms if -_INT_MAX - 1 <= ms <= _INT_MAX else None

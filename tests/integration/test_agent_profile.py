@@ -62,6 +62,11 @@ def test_writes_do_and_escapes_are_refused_with_their_rule(proxy: ProxyProcess, 
             "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE": ("25006", "agent_setting"),
             "BEGIN READ WRITE": ("25006", "agent_setting"),
             "SET statement_timeout = 0": ("25006", "agent_setting"),
+            # a fraction of a unit PostgreSQL rounds to 0 s / 0 min / 0 h first: 0, no timeout (red team 9r F3)
+            "SET statement_timeout = '0.00001 min'": ("25006", "agent_setting"),
+            "SET statement_timeout = '0.000001h'": ("25006", "agent_setting"),
+            "SET statement_timeout = '0.00000001d'": ("25006", "agent_setting"),
+            "SET statement_timeout = '0.0005 h'": ("25006", "agent_setting"),
             "SET idle_in_transaction_session_timeout = 0": ("25006", "agent_setting"),
             "SET transaction_timeout = 0": ("25006", "agent_setting"),
             "SELECT set_config('transaction_read_only', 'off', false)": ("42501", "agent_function"),
@@ -329,13 +334,14 @@ def test_a_cursor_of_an_agent_is_admitted_in_its_transaction(admitting: ProxyPro
 
 
 def test_the_mcp_door_logs_in_as_an_agent(admitting: ProxyProcess) -> None:
-    listed, capped, expensive, write, escape, count = stdio_calls(admitting.dsn("ivy"), [
+    listed, capped, expensive, write, escape, count, plan = stdio_calls(admitting.dsn("ivy"), [
         ("list_tables", {}),
         ("query", {"sql": "SELECT g FROM generate_series(1, 100) g"}),
         ("query", {"sql": "SELECT g FROM generate_series(1, 10000000) g"}),
         ("query", {"sql": "DELETE FROM orders"}),
         ("query", {"sql": "SET default_transaction_read_only = off"}),
         ("query", {"sql": "SELECT count(*) FROM orders"}),
+        ("explain", {"sql": "SELECT * FROM orders WHERE id = 3"}),  # (ANALYZE false: red team 9r F11)
     ])
     assert not listed.is_error and "orders" in text(listed)
     assert not capped.is_error and capped.structured_content is not None
@@ -345,6 +351,8 @@ def test_the_mcp_door_logs_in_as_an_agent(admitting: ProxyProcess) -> None:
     assert escape.is_error and "agent_setting" in text(escape), text(escape)
     assert not count.is_error and count.structured_content is not None
     assert count.structured_content["rows"] == [[7]]
+    assert not plan.is_error and plan.structured_content is not None, text(plan)
+    assert "Scan" in plan.structured_content["plan"]
 
 
 def test_pgjdbc_through_the_agent_profile(admitting: ProxyProcess) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from tests.support.jdbc import require_jdbc, run_jdbc
 from tests.support.pgcluster import PgCluster, StandbyCluster
 from tests.support.polling import until
-from tests.support.proxyproc import ProxyProcess
+from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, ProxyProcess, prepare_backend
 
 PORT = "SELECT inet_server_port()"  # a built-in a tenant may call: which server answered
 LONG = 300.0  # max_replica_lag of the users whose replica must not be taken out for lagging during a test
@@ -143,6 +144,74 @@ def test_read_your_writes_while_replay_is_paused(
         finally:
             standby.execute("SELECT pg_wal_replay_resume()")
         until(lambda: writer.execute(count).fetchone() == (1, standby.port), 20, 0.05, "the write on the replica")
+
+
+@pytest.mark.parametrize("opening", ["BEGIN READ ONLY, READ WRITE", "START TRANSACTION READ ONLY, READ WRITE",
+                                     "BEGIN; SET TRANSACTION READ ONLY, READ WRITE", "BEGIN; COMMIT AND CHAIN",
+                                     "START TRANSACTION; ROLLBACK AND CHAIN", "BEGIN; SELECT 1; COMMIT AND CHAIN"])
+def test_a_transaction_read_write_as_postgresql_applies_it(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster], opening: str) -> None:
+    """The last READ ONLY / READ WRITE wins and AND CHAIN keeps the ended transaction's mode, as in PostgreSQL: such a
+    transaction is read-write, on the primary, and its write is the session's (read on the primary until the
+    replica holds it; red team 9r F1)."""
+    primary, standby = replicated
+    new = next(_ids)
+    count = f"SELECT count(*), inet_server_port() FROM orders WHERE id = {new}"
+    with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        standby.execute("SELECT pg_wal_replay_pause()")
+        try:
+            until(lambda: standby.execute("SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused", 10)
+            conn.execute(opening)
+            row = conn.execute(f"INSERT INTO orders VALUES ({new}, 1) RETURNING inet_server_port()").fetchone()
+            assert row == (primary.port,)
+            conn.execute("COMMIT")
+            assert conn.execute(count).fetchone() == (1, primary.port)  # its own write: read on the primary
+        finally:
+            standby.execute("SELECT pg_wal_replay_resume()")
+        until(lambda: conn.execute(count).fetchone() == (1, standby.port), 20, 0.05, "the write on the replica")
+
+
+@pytest.mark.parametrize("serializable", [
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SET default_transaction_isolation = 'serializable'", "-c default_transaction_isolation=serializable"])
+def test_a_serializable_session_reads_on_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster], serializable: str) -> None:
+    """A standby refuses SERIALIZABLE transactions (0A000): a session whose transactions are SERIALIZABLE reads on
+    the primary, and back on the replica once it resets its default (red team 9r F8)."""
+    primary, standby = replicated
+    options = serializable if serializable.startswith("-c") else ""
+    with psycopg.connect(proxy.dsn("ivan"), autocommit=True, options=options) as conn:
+        if not options:
+            on_replica(conn, standby)
+            conn.execute(serializable)
+        standby.wait_replayed()
+        for _ in range(20):  # (also once the poller has seen the replica hold what the session did)
+            time.sleep(0.05)
+            assert conn.execute(f"SELECT current_setting('transaction_isolation'), {PORT[7:]}").fetchone() == (
+                "serializable", primary.port)
+        conn.execute("SET default_transaction_isolation = 'read committed'")
+        on_replica(conn, standby)
+
+
+def test_an_explicit_serializable_transaction_runs_on_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    primary, standby = replicated
+    with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        for opening in ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+                        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"):
+            conn.execute(opening)
+            assert conn.execute(PORT).fetchone() == (primary.port,), opening
+            conn.execute("COMMIT")
+
+        def repeatable_read_on_replica() -> bool:  # (not SERIALIZABLE: a replica may serve it)
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            port = port_of(conn)
+            conn.execute("COMMIT")
+            return port == standby.port
+
+        until(repeatable_read_on_replica, 20, 0.05, "a repeatable read transaction on the replica")
 
 
 def test_a_lagging_replica_is_taken_out_and_put_back(
@@ -305,3 +374,33 @@ def test_an_etl_fed_replica_is_as_stale_as_its_query_says(replicated: tuple[PgCl
                 assert port_of(conn) == port
         finally:
             p.stop()
+
+
+def test_a_replica_failing_the_start_up_checks_is_never_routed_to(replicated: tuple[PgCluster, StandbyCluster],
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A reporting database built apart (ETL) whose backend role is a superuser and whose tables have no RLS: the
+    checks the primary gets at start fail there, so it is down with the failed check as its reason and no read goes
+    there (red team 9r F10); the streaming standby of the other tests passes them (a copy of the primary)."""
+    primary, _ = replicated
+    etl = PgCluster(primary.installation).start()
+    try:
+        prepare_backend(etl)  # the tenants' databases and tables, without pgtenant's provisioning: no RLS
+        etl.execute(f"CREATE ROLE {BACKEND_ROLE} LOGIN SUPERUSER PASSWORD '{BACKEND_PASSWORD}'")
+        p = ProxyProcess(
+            primary, tmp_path_factory.mktemp("replicas-unchecked"), pool={"pool_mode": "transaction"},
+            replicas=[{"name": "etl", "host": etl.host, "port": etl.port, "staleness_query": "SELECT 0::float8"}],
+            routing={"route": "auto", "poll_interval": 0.1, "max_replica_lag": 5.0},
+        )
+        p.start()
+        try:
+            until(lambda: "replica_preflight_failed" in p.read_log(), 30, 0.1, "the replica's checks failing")
+            assert "is a superuser" in p.read_log()
+            assert metric(metrics(p), "pgtenant_replica_health", backend="main", replica="etl", state="down") == 1.0
+            with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+                for _ in range(20):
+                    time.sleep(0.05)  # (over several polls)
+                    assert port_of(conn) == primary.port
+        finally:
+            p.stop()
+    finally:
+        etl.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -16,6 +17,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from proxy.policy.settings import setting_milliseconds
 from tests.support.jdbc import require_jdbc, run_jdbc
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
@@ -275,10 +277,17 @@ def test_statement_timeout_in_a_transaction_and_startup_option(proxy: ProxyProce
         conn.rollback()
     with psycopg.connect(proxy.dsn("slow_user"), options="-c statement_timeout=200") as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)  # lower: the client's own
+    for zero in ("0.00001min", "0.0005h"):  # 0 s / 0 min on PostgreSQL (red team 9r F3)
+        with psycopg.connect(proxy.dsn("slow_user"), options=f"-c statement_timeout={zero}") as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",), zero
 
 
 @pytest.mark.parametrize("raise_it", ["SET statement_timeout = 0", "SET SESSION statement_timeout TO '1h'",
                                       "SET statement_timeout = '0.4'",
+                                      # PostgreSQL rounds a fraction of a unit to the next smaller unit first:
+                                      # 0 s / 0 min / 0 h, i.e. no timeout (red team 9r F3)
+                                      "SET statement_timeout = '0.00001 min'", "SET statement_timeout = '0.000001h'",
+                                      "SELECT set_config('statement_timeout', '0.00000001d', false)",
                                       "SELECT pg_catalog.set_config('statement_timeout', '2min', false)"])
 def test_statement_timeout_raised_reaches_the_server_as_the_limit(proxy: ProxyProcess, raise_it: str) -> None:
     """The server itself holds the limit (not only the proxy's watchdog): a raise reaches PostgreSQL as the limit,
@@ -302,6 +311,33 @@ def test_statement_timeout_raised_reaches_the_server_as_the_limit(proxy: ProxyPr
             assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
         with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
             conn.execute("SELECT pg_sleep(5)")
+
+
+_NUMBERS = ("1", "0.4", "0.5", "1.5", "2.5", "0.0004", "0.0005", "0.0006", "0.00001", "0.000001", "0.00000001",
+            "0.0083", "0.0084", "0.0583333333333333", "0.0584", "1e-3", "2e-5", ".5", "010", "0x10", "08", "5_000")
+_SHOWN_UNITS = {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_UNITS = ("", "us", "ms", " s", "min", " h", "d", "MIN", "sec")
+
+
+def test_setting_milliseconds_is_what_postgresql_holds(pg: PgCluster) -> None:
+    """The proxy's reading of a statement_timeout value (policy/settings.setting_milliseconds) is the value the
+    server itself holds, over a table of numbers x units (PostgreSQL rounds a fraction of a unit to the next smaller
+    unit first: '0.00001 min' is 0 s, i.e. no timeout: red team 9r F3); None exactly where PostgreSQL refuses it."""
+    wrong = []
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        for number in _NUMBERS:
+            for unit in _UNITS:
+                value = number + unit
+                try:  # (local to the statement's own transaction: a 1 ms timeout would cancel the next one)
+                    row = conn.execute("SELECT set_config('statement_timeout', %s, true)", [value]).fetchone()
+                    shown = re.fullmatch(r"(\d+)(ms|s|min|h|d)?", row[0])  # type: ignore[index]
+                    assert shown is not None, row
+                    held = int(shown[1]) * _SHOWN_UNITS[shown[2] or "ms"]
+                except psycopg.errors.Error:
+                    held = None
+                if setting_milliseconds(value) != held:
+                    wrong.append((value, setting_milliseconds(value), held))
+    assert wrong == []
 
 
 def test_statement_timeout_unreadable_value_refused(proxy: ProxyProcess) -> None:

@@ -119,6 +119,12 @@ def test_setting_milliseconds_reads_postgresql_units() -> None:
     # PostgreSQL rounds to whole ms, half to even: these are 0 there, i.e. no timeout (red team 6 F1)
     assert [setting_milliseconds(t) for t in ("0.4", "100us", "0.0001", "1e-9", "0.5", "1.5", "500us")] == [
         0, 0, 0, 0, 0, 2, 0]
+    # a fraction of a unit is first rounded to a whole number of the next smaller unit (guc.c convert_to_base_unit):
+    # 0 s, 0 min, 0 h, i.e. no timeout (red team 9r F3); and up past a limit that is not a whole second
+    assert [setting_milliseconds(t) for t in ("0.00001 min", "0.000001h", "0.00000001d", "0.0005 h",
+                                              "0.0584 min", "0.0006ms")] == [0, 0, 0, 0, 4000, 0]
+    # strtol's reading (octal, hex); units are case-sensitive; a hex float PostgreSQL reads is refused here
+    assert [setting_milliseconds(t) for t in ("010", "0x10", "08", "5MIN", "0x1.8")] == [8, 16, None, None, None]
 
 
 def test_connection_counts_per_tenant_and_user(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from proxy.replicas import (
     probe_targets,
     read_only_request,
     read_only_sql,
+    serializable,
 )
 
 VERIFIER = (
@@ -177,6 +178,23 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("BEGIN; SELECT 1; COMMIT", True),  # a whole transaction in one text, that only read
     ("BEGIN READ ONLY; SAVEPOINT a; SELECT 1; ROLLBACK TO a; RELEASE a; END", True),
     ("BEGIN; SELECT 1; COMMIT; BEGIN", False),
+    # PostgreSQL applies the modes in order: the last one wins (red team 9r F1)
+    ("BEGIN READ ONLY, READ WRITE", False),
+    ("START TRANSACTION READ ONLY, READ WRITE", False),
+    ("BEGIN; SET TRANSACTION READ ONLY, READ WRITE", False),
+    ("BEGIN READ WRITE, READ ONLY", True),
+    # AND CHAIN opens the next transaction with the ended one's characteristics (red team 9r F1)
+    ("BEGIN; COMMIT AND CHAIN", False),
+    ("START TRANSACTION; ROLLBACK AND CHAIN", False),
+    ("BEGIN; SELECT 1; COMMIT AND CHAIN", False),
+    ("BEGIN READ ONLY; COMMIT AND CHAIN; SELECT 1", True),
+    ("BEGIN READ ONLY; COMMIT AND CHAIN; COMMIT", True),
+    # a standby refuses SERIALIZABLE (0A000): the primary (red team 9r F8)
+    ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE", False),
+    ("BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE", False),
+    ("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE", False),
+    ("SET default_transaction_isolation = 'serializable'", False),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", False),
     ("BEGIN; SELECT 1; PREPARE TRANSACTION 'x'", False),
     ("SELECT 1; INSERT INTO t VALUES (1)", False),
     ("SELECT abalance FROM pgbench_accounts WHERE aid = 4711", True),  # (judged by its shape, literals as $n)
@@ -214,6 +232,13 @@ def test_read_only_sql(sql: str, read_only: bool) -> None:
     assert read_only_sql(sql) is read_only
 
 
+def test_a_serializable_session_default_is_not_for_a_replica() -> None:
+    assert [serializable(t) for t in (
+        None, "SET default_transaction_isolation TO 'serializable'", "SET default_transaction_isolation = SERIALIZABLE",
+        "SELECT pg_catalog.set_config('default_transaction_isolation', 'serializable', false)",
+        "SET default_transaction_isolation TO 'repeatable read'")] == [False, True, True, True, False]
+
+
 def test_long_texts_are_judged_once_by_digest_and_the_longest_not_at_all() -> None:
     columns = ", ".join(f"c{i}" for i in range(600))  # ~4.5 KB, no integer literal
     long = f"SELECT {columns} FROM t"
@@ -241,3 +266,15 @@ def test_read_only_requests_by_their_messages() -> None:
     assert not read_only_request(m.frame(b"Q", b"INSERT INTO t VALUES (1)\x00"), none)
     assert not read_only_request(m.frame(b"F", b"\x00\x00\x00\x01") + sync, none)
     assert not read_only_request(q[:-1], none) and not read_only_request(b"", none)
+
+
+def test_a_replica_waiting_for_its_checks_takes_their_outcome() -> None:
+    s = ReplicaSet("main", {"r1": Replica("r1", etl=False)}, 1.0, 5.0, 1.0)
+    s.replica_failed("r1", "waiting")
+    s.replica_checked("r1", "waiting", "preflight: role is a superuser")
+    assert s.replicas["r1"].failure == "preflight: role is a superuser"
+    s.replica_checked("r1", "waiting", None)  # (failed since: stays)
+    assert s.replicas["r1"].failure == "preflight: role is a superuser"
+    s.replica_failed("r1", "waiting")
+    s.replica_checked("r1", "waiting", None)
+    assert s.replicas["r1"].failure is None
