@@ -58,6 +58,7 @@ from proxy.limits import (
 )
 from proxy.limits import server_request as limits_server_request
 from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo, next_state, unreadable
+from proxy.policy import timeouts
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import (
@@ -442,6 +443,9 @@ class ClientSession:
         self._contextual = contextual
         self._decided_in = self.context.belief
         self._decisive = self.context.belief.for_decisions()
+        if contextual is not None and self._decisive is not EMPTY_CONTEXT:  # (a startup statement_timeout shown)
+            self.decide = contextual(self._decisive)
+            self._policy_token = self.decide.current  # type: ignore[attr-defined]
         self._parse_memo = None
         self._gated = True
         self.frontend.handlers = {**self._frontend_tracked(), **self._gates()}
@@ -1834,8 +1838,12 @@ class ClientSession:
             cap = limits.statement_timeout  # (an agent's server has its own, lower or not: never raised by this)
             if self.agent is not None:
                 cap = min(cap, self.agent.statement_timeout)
-            self._startup_settings["statement_timeout"] = set_config_statement(
-                "statement_timeout", clamped_timeout(asked, cap))
+            value = clamped_timeout(asked, cap)
+            self._startup_settings["statement_timeout"] = set_config_statement("statement_timeout", value)
+            start = timeouts.startup_context(asked, value) if self.agent is None else None
+            if start is not None:  # asked for more than the limit at startup: shown what it asked for
+                self.context.start(start)
+                self._tracking = True
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
             self._executes = deque()

@@ -232,6 +232,21 @@ def _after(context: SessionContext, changes: list[Change], limit: int) -> Sessio
     return after
 
 
+def _show(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, plan: rewrite.Plan) -> None:
+    """SHOW search_path / statement_timeout / ALL print the client's own values where PostgreSQL has others."""
+    path = settings.path_read_at_run_time(policy)
+    if name == "search_path" and path:
+        _located(rewrite.show_value, policy, data, stmt, "search_path", settings.RESULT_PATH_SQL, plan)
+    elif name == timeouts.NAME:
+        value = timeouts.read_expression(policy, "pgt_r.v")
+        if value is not None:
+            _located(rewrite.show_value, policy, data, stmt, timeouts.NAME, value, plan, timeouts.SHOWN_RULE)
+    elif name == "all":
+        timeout = timeouts.read_expression(policy, f"pg_catalog.current_setting('{timeouts.NAME}')")
+        if path or timeout is not None:
+            _located(rewrite.show_all, policy, data, stmt, settings.CURRENT_PATH_SQL if path else None, timeout, plan)
+
+
 def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
     return policies if len(policies) < 2 or policies[0] is policies[-1] else list(dict.fromkeys(policies))
 
@@ -260,6 +275,9 @@ def _decide_statement(
             if change is not None:
                 changes.append(change)
         text = data[stmt.start : stmt.end].decode("utf-8")
+        shown = timeouts.set_change(policy, body, index)
+        if shown is not None:
+            changes.append(shown)
         clamp = timeouts.set_value(policy, body)
         if clamp is not None:  # above the user's statement_timeout limit: PostgreSQL gets the limit
             _located(rewrite.replace_literal, policy, data, stmt, clamp[0], clamp[1], plan, timeouts.RULE)
@@ -267,10 +285,7 @@ def _decide_statement(
         changes += settings.session_setting(body, index, text, change, row_security_on)
         return effects, changes
     if kind == "VariableShowStmt":
-        if body.get("name", "").lower() == "search_path" and settings.path_read_at_run_time(policy):
-            _located(rewrite.show_value, policy, data, stmt, "search_path", settings.RESULT_PATH_SQL, plan)
-        elif body.get("name", "").lower() == "all" and settings.path_read_at_run_time(policy):
-            _located(rewrite.show_all, policy, data, stmt, settings.CURRENT_PATH_SQL, plan)
+        _show(policy, data, stmt, body.get("name", "").lower(), plan)
         return effects, changes
     if kind == "DropStmt":
         _located(rewrite.qualify_drop, policy, data, stmt, plan)
@@ -314,6 +329,17 @@ def _decide_statement(
             if literal is not None:
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan,
                          timeouts.RULE)
+            if context.runs_now(kind):
+                shown = timeouts.set_config_change(call, settings.literal_arg(call, 1), index)
+                changes.append(shown)
+                if literal is not None and call.holder is not None:  # set_config() returns the value as now set
+                    _located(rewrite.call_result, policy, data, stmt, call.holder[call.key],
+                             f"{quote_literal(shown.shown or '')}::pg_catalog.text", plan, timeouts.SHOWN_RULE)
+        elif call.holder is not None and timeouts.reads_timeout(call):
+            value = timeouts.read_expression(policy, "pgt_r.v")
+            if value is not None:
+                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], value, plan,
+                         timeouts.SHOWN_RULE)
         if call.names[-1] == "pg_export_snapshot":
             changes.append(Change(index, EXPORT_SNAPSHOT))
         if setting == "search_path":
