@@ -318,6 +318,10 @@ class Gate:
     def __call__(self, kind: str, sql: str) -> Decision | Pending:
         return self.decide_for(self.current(), sql)
 
+    def cached(self, sql: str) -> Decision | None:
+        """The decision cached for `sql` (counted as a hit), None when it is not: nothing is decided."""
+        return self.cache.cached(self.current(), sql)
+
     def decide_for(self, policy: TenantPolicy, sql: str) -> Decision | Pending:
         """The decision for `sql` under `policy` (the tenant's, or a session's `with_context` of it), or a
         `Pending` for a decision worker."""

@@ -17,6 +17,7 @@ from proxy.policy import (
     functions,
     implicit,
     nametypes,
+    readonly,
     rewrite,
     schema,
     settings,
@@ -28,6 +29,7 @@ from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
     EXPORT_SNAPSHOT,
     MAY_SET_SEQUENCES,
+    READ_ONLY,
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
@@ -147,6 +149,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         agent.single_admitted(each)
     if hidden is not None:
         return _answered_as_missing(policy, data, statements, *hidden, limits)
+    if readonly.verdict([stmt.node for stmt in statements]):  # (before the rewrite's mutations)
+        effects.add(READ_ONLY)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]

@@ -16,6 +16,9 @@ REAPPLY_CONTEXT = "reapply_context"  # the statement resets session state (DISCA
 # default or trigger may call nextval() unseen, leaving what currval()/lastval() read on the server (docs/pinning.md).
 MAY_SET_SEQUENCES = "may_set_sequences"
 ADMIT = "admit"  # agent profile: the statement runs a query; it is admitted by the planner's estimate first
+# The string provably only reads (policy/readonly.py): a routed session may send it to a read replica. Cached with
+# the decision, so routing a repeated text reads this instead of judging the text again.
+READ_ONLY = "read_only"
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})

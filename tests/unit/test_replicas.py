@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from proxy import replicas
 from proxy.config import RoutingConfig, parse_config
+from proxy.policy import Deny, TenantPolicy, decide
+from proxy.policy.model import READ_ONLY
 from proxy.protocol import messages as m
 from proxy.replicas import (
     MAX_JUDGED,
@@ -162,7 +165,7 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
         ("main/r1", 5433, "r1", "pgtenant"), ("main/r2", 5434, "r2", "pgtenant")]
 
 
-@pytest.mark.parametrize(("sql", "read_only"), [
+JUDGED = [
     ("SELECT * FROM t WHERE a = $1", True),
     ("select count(*), pg_catalog.now() from t join u using (id)", True),
     ("WITH x AS (SELECT 1) SELECT * FROM x", True),
@@ -209,9 +212,21 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("COMMIT", True),  # (outside a transaction: a warning; a session in one holds its server, asks for none)
     ("SELEC 1", False),
     ("", False),
-])
+]
+
+
+@pytest.mark.parametrize(("sql", "read_only"), JUDGED)
 def test_read_only_sql(sql: str, read_only: bool) -> None:
     assert read_only_sql(sql) is read_only
+
+
+@pytest.mark.parametrize(("sql", "read_only"), JUDGED)
+def test_the_policy_decision_says_the_same(sql: str, read_only: bool) -> None:
+    """The policy's decision carries the same verdict (READ_ONLY, cached with it: a routed session reads it instead
+    of judging the text again); a refused text is not read-only (it goes to the primary, to be refused there)."""
+    decision = decide(TenantPolicy(tenant="t", strategy="database", allow_writes=True), sql)
+    says = not isinstance(decision, Deny) and READ_ONLY in decision.effects
+    assert says is (read_only and not isinstance(decision, Deny)), decision
 
 
 def test_long_texts_are_judged_once_by_digest_and_the_longest_not_at_all() -> None:
@@ -241,3 +256,19 @@ def test_read_only_requests_by_their_messages() -> None:
     assert not read_only_request(m.frame(b"Q", b"INSERT INTO t VALUES (1)\x00"), none)
     assert not read_only_request(m.frame(b"F", b"\x00\x00\x00\x01") + sync, none)
     assert not read_only_request(q[:-1], none) and not read_only_request(b"", none)
+
+
+
+@pytest.mark.parametrize(("sql", "writes_nothing", "read_only"), [
+    ("BEGIN", True, False), ("BEGIN; SELECT 1; COMMIT", True, True), ("START TRANSACTION ISOLATION LEVEL "
+                                                                       "SERIALIZABLE", True, False),
+    ("SET TRANSACTION READ WRITE", True, False), ("SELECT abalance FROM a WHERE aid = 42", True, True),
+    ("COMMIT", True, True), ("BEGIN; UPDATE a SET x = 1", False, False), ("SELECT nextval('s')", False, False),
+    ("SELECT 1 FOR UPDATE", False, False), ("SELECT f()", False, False), ("not sql", False, False),
+])
+def test_writes_nothing_sql(sql: str, writes_nothing: bool, read_only: bool) -> None:
+    """What read-your-writes asks of a transaction's requests: a read-write BEGIN is no write, the rest as read_only_sql
+    (a text judged both ways keeps both verdicts apart)."""
+    assert replicas.writes_nothing_sql(sql) is writes_nothing
+    assert replicas.read_only_sql(sql) is read_only
+    assert replicas.writes_nothing_sql(sql) is writes_nothing
