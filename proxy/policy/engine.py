@@ -14,6 +14,7 @@ from proxy.policy import (
     agent,
     classify,
     context,
+    estimates,
     functions,
     implicit,
     nametypes,
@@ -27,6 +28,7 @@ from proxy.policy.catalog import may_name_filtered
 from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
+    ADMIT,
     EXPORT_SNAPSHOT,
     MAY_SET_SEQUENCES,
     READ_ONLY,
@@ -168,6 +170,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         return Allow(frozenset(effects), tuple(changes))
     try:
         new_sql = apply_edits(data, plan.edits)
+        explain = (estimates.explain_text(policy, data, statements, plan.edits)
+                   if ADMIT in effects and policy.strategy == "shared" else None)
         reads = [reads_of(stmt.node) for stmt in statements] if "catalog_filter" in plan.rules else None
         rewrite.mutate_all(plan)
         t2 = perf_counter()
@@ -183,7 +187,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     ):  # the session fills in the list where the marker is: only where the policy put it (a client's name or value
         # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
-    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes), explain)
 
 
 def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Statement], index: int, denial: Deny,

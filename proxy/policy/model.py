@@ -274,12 +274,14 @@ class Allow:
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
-    """Forward `sql` instead of the client's text; `rules` names the rewrites applied."""
+    """Forward `sql` instead of the client's text; `rules` names the rewrites applied. `explain`: what an agent's
+    admission EXPLAIN plans instead of `sql` (shared strategy: policy/estimates.py), None for `sql` itself."""
 
     sql: str
     rules: tuple[str, ...]
     effects: frozenset[str] = frozenset()
     changes: tuple[Change, ...] = ()
+    explain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
