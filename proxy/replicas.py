@@ -75,6 +75,9 @@ class ReplicaSet:
     probe_timeout: float
     max_lag: float
     primary: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    # The replicas fit to serve under a max_lag (no read-your-writes bound), until when that holds without a new
+    # probe: what every routed request asks, computed once per probe instead of once per request.
+    _fit: dict[float, tuple[list[str], float]] = field(default_factory=dict)
 
     def primary_polled(self, sent_at: float, in_recovery: bool, lsn: str) -> None:
         """The primary's probe, sent at `sent_at`: every commit acknowledged before then is at or before `lsn`."""
@@ -84,6 +87,7 @@ class ReplicaSet:
     def replica_polled(self, name: str, now: float, in_recovery: bool, replay_lsn: str | None) -> None:
         """A streaming replica's probe: it has replayed up to `replay_lsn`."""
         r = self.replicas[name]
+        self._fit.clear()
         if not in_recovery or replay_lsn is None:
             self.replica_failed(name, "not in recovery (promoted?)" if not in_recovery else "no WAL replayed yet")
             return
@@ -97,6 +101,7 @@ class ReplicaSet:
     def replica_staleness(self, name: str, now: float, seconds: float | None) -> None:
         """An ETL-fed replica's staleness query answered `seconds` (None: it has no data yet)."""
         r = self.replicas[name]
+        self._fit.clear()
         if seconds is None:
             self.replica_failed(name, "its staleness query returned NULL")
             return
@@ -105,6 +110,7 @@ class ReplicaSet:
 
     def replica_failed(self, name: str, reason: str) -> None:
         self.replicas[name].failure = reason
+        self._fit.clear()
 
     def health(self, name: str, now: float) -> Health:
         r = self.replicas[name]
@@ -118,18 +124,29 @@ class ReplicaSet:
     def candidates(self, now: float, max_lag: float, wrote_at: float | None, max_staleness: float) -> list[str]:
         """The replicas that may serve a read: up, lagging at most `max_lag`, and (after the session's write at
         `wrote_at`) holding every commit up to `max_staleness` seconds before that write."""
+        fit = self._fit.get(max_lag)
+        if fit is None or now > fit[1]:
+            fit = self._fit[max_lag] = self._fit_now(now, max_lag)
+        if wrote_at is None:
+            return fit[0]
+        replicas = self.replicas
+        return [n for n in fit[0] if replicas[n].fresh_as_of >= wrote_at - max_staleness]  # type: ignore[operator]
+
+    def _fit_now(self, now: float, max_lag: float) -> tuple[list[str], float]:
+        """The replicas up and lagging at most `max_lag` now, and until when they all stay so without a new probe
+        (a replica left out comes back only with one: a probe clears `_fit`)."""
         out = []
-        silent = now - SILENCE_POLLS * self.poll_interval - self.probe_timeout  # (health() inlined: once a request)
+        window = SILENCE_POLLS * self.poll_interval + self.probe_timeout
+        until = float("inf")
         for name, r in self.replicas.items():
-            fresh = r.fresh_as_of
-            if r.failure is not None or fresh is None or r.probed_at is None or r.probed_at < silent:
+            fresh, probed = r.fresh_as_of, r.probed_at
+            if r.failure is not None or fresh is None or probed is None or probed < now - window:
                 continue
             if not r.caught_up and now - fresh > max_lag:
                 continue
-            if wrote_at is not None and fresh < wrote_at - max_staleness:
-                continue
+            until = min(until, probed + window, until if r.caught_up else fresh + max_lag)
             out.append(name)
-        return out
+        return out, until
 
 
 # --- routing -----------------------------------------------------------------------------------

@@ -112,6 +112,24 @@ def test_a_failed_promoted_or_silent_replica_is_down(failure: str) -> None:
     assert s.health("r1", now) is Health.DOWN and s.candidates(now, 100.0, None, 0.0) == []
 
 
+def test_the_fit_replicas_are_kept_until_time_or_a_probe_changes_them() -> None:
+    """Routing asks for the fit replicas once a request: the answer is kept until a replica could stop being fit by
+    time alone (its lag past max_lag, its probes silent) or a probe says something new."""
+    s = replica_set()
+    s.primary_polled(10.0, False, "0/100")
+    s.primary_polled(11.0, False, "0/200")
+    s.replica_polled("r1", 11.1, True, "0/100")  # it has not replayed 0/200 (not caught up): fresh as of 10.0
+    assert s.candidates(11.2, 2.0, None, 0.0) == ["r1"] and s.candidates(11.9, 2.0, None, 0.0) == ["r1"]
+    assert s.candidates(12.1, 2.0, None, 0.0) == []  # lagging past 2 s: no probe needed to see it
+    assert s.candidates(12.1, 50.0, None, 0.0) == ["r1"]  # (another max_lag, its own answer)
+    assert s.candidates(19.2, 50.0, None, 0.0) == []  # silent: 3 polls + the probe timeout after 11.1
+    s.replica_polled("r1", 19.3, True, "0/200")  # a probe: caught up again
+    assert s.candidates(19.4, 2.0, None, 0.0) == ["r1"] and s.candidates(19.4, 2.0, 10.5, 0.0) == ["r1"]
+    assert s.candidates(19.4, 2.0, 11.5, 0.0) == []  # (read-your-writes: no primary position after 11.5)
+    s.replica_failed("r1", "a server connection failed")
+    assert s.candidates(19.5, 2.0, None, 0.0) == []
+
+
 def test_an_etl_replica_is_as_fresh_as_its_staleness_query_says() -> None:
     s = ReplicaSet("main", {"etl": Replica("etl", etl=True)}, 1.0, 5.0, 5.0)
     s.replica_staleness("etl", 100.0, 3.0)
