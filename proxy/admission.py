@@ -31,8 +31,11 @@ def needs(decision: Decision) -> bool:
 
 
 def sent_text(sql: str, decision: Decision) -> str:
-    """The statement text PostgreSQL gets for `sql` under `decision`."""
-    return decision.sql if type(decision) is Rewrite else sql  # type: ignore[union-attr]
+    """The statement text PostgreSQL plans for `sql`'s admission under `decision` (the text it gets, but in the shared
+    strategy with the tenant column read as the tenant's value: policy/estimates.py)."""
+    if type(decision) is Rewrite:
+        return decision.explain or decision.sql  # type: ignore[union-attr]
+    return sql
 
 
 def query_request(sql: str) -> bytes:

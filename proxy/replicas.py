@@ -15,11 +15,7 @@ from pglast.parser import ParseError, parse_sql_json
 from proxy import errors
 from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
-from proxy.policy import shape
-from proxy.policy.builtins import BUILTIN_FUNCTIONS
-from proxy.policy.context import SEQUENCE_FUNCTIONS, STATEFUL_FUNCTIONS
-from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
-from proxy.policy.settings import NOT_REPLAYABLE
+from proxy.policy import readonly, shape
 
 # What the poller asks (the I/O layer runs it with the backend's own credentials, never a tenant's).
 PRIMARY_PROBE = "SELECT pg_is_in_recovery(), pg_current_wal_insert_lsn()::text"
@@ -27,15 +23,6 @@ REPLICA_PROBE = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
 HISTORY = 1024  # primary WAL positions kept (at one a second: 17 minutes; older ones count as "far behind")
 SILENCE_POLLS = 3  # a replica whose last good probe is older than this many poll intervals (+ the timeout) is down
 
-# Built-in functions a read-only routing never sends to a replica: they write, leave state that pins the session to
-# its server (proxy/policy/context.py), read the session's own sequence state, or fail in recovery.
-PRIMARY_FUNCTIONS = frozenset({
-    "nextval", "setval", "currval", "lastval", "set_config", "pg_notify", "txid_current", "txid_current_if_assigned",
-    "pg_current_xact_id", "pg_current_xact_id_if_assigned", "pg_current_wal_lsn", "pg_current_wal_insert_lsn",
-    "pg_export_snapshot", *STATEFUL_FUNCTIONS, *SEQUENCE_FUNCTIONS,
-})
-_PRIMARY_PREFIXES = ("pg_advisory_", "pg_try_advisory_", "lo_")
-_WRITING_NODES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "intoClause", "lockingClause"})
 
 
 class Health(enum.StrEnum):
@@ -88,6 +75,9 @@ class ReplicaSet:
     probe_timeout: float
     max_lag: float
     primary: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    # The replicas fit to serve under a max_lag (no read-your-writes bound), until when that holds without a new
+    # probe: what every routed request asks, computed once per probe instead of once per request.
+    _fit: dict[float, tuple[list[str], float]] = field(default_factory=dict)
 
     def primary_polled(self, sent_at: float, in_recovery: bool, lsn: str) -> None:
         """The primary's probe, sent at `sent_at`: every commit acknowledged before then is at or before `lsn`."""
@@ -97,6 +87,7 @@ class ReplicaSet:
     def replica_polled(self, name: str, now: float, in_recovery: bool, replay_lsn: str | None) -> None:
         """A streaming replica's probe: it has replayed up to `replay_lsn`."""
         r = self.replicas[name]
+        self._fit.clear()
         if not in_recovery or replay_lsn is None:
             self.replica_failed(name, "not in recovery (promoted?)" if not in_recovery else "no WAL replayed yet")
             return
@@ -110,6 +101,7 @@ class ReplicaSet:
     def replica_staleness(self, name: str, now: float, seconds: float | None) -> None:
         """An ETL-fed replica's staleness query answered `seconds` (None: it has no data yet)."""
         r = self.replicas[name]
+        self._fit.clear()
         if seconds is None:
             self.replica_failed(name, "its staleness query returned NULL")
             return
@@ -118,6 +110,7 @@ class ReplicaSet:
 
     def replica_failed(self, name: str, reason: str) -> None:
         self.replicas[name].failure = reason
+        self._fit.clear()
 
     def replica_checked(self, name: str, waiting: str, problem: str | None) -> None:
         """A replica's start-up checks ended with `problem` (None: passed): its failure if it was only `waiting`
@@ -138,18 +131,29 @@ class ReplicaSet:
     def candidates(self, now: float, max_lag: float, wrote_at: float | None, max_staleness: float) -> list[str]:
         """The replicas that may serve a read: up, lagging at most `max_lag`, and (after the session's write at
         `wrote_at`) holding every commit up to `max_staleness` seconds before that write."""
+        fit = self._fit.get(max_lag)
+        if fit is None or now > fit[1]:
+            fit = self._fit[max_lag] = self._fit_now(now, max_lag)
+        if wrote_at is None:
+            return fit[0]
+        replicas = self.replicas
+        return [n for n in fit[0] if replicas[n].fresh_as_of >= wrote_at - max_staleness]  # type: ignore[operator]
+
+    def _fit_now(self, now: float, max_lag: float) -> tuple[list[str], float]:
+        """The replicas up and lagging at most `max_lag` now, and until when they all stay so without a new probe
+        (a replica left out comes back only with one: a probe clears `_fit`)."""
         out = []
-        silent = now - SILENCE_POLLS * self.poll_interval - self.probe_timeout  # (health() inlined: once a request)
+        window = SILENCE_POLLS * self.poll_interval + self.probe_timeout
+        until = float("inf")
         for name, r in self.replicas.items():
-            fresh = r.fresh_as_of
-            if r.failure is not None or fresh is None or r.probed_at is None or r.probed_at < silent:
+            fresh, probed = r.fresh_as_of, r.probed_at
+            if r.failure is not None or fresh is None or probed is None or probed < now - window:
                 continue
             if not r.caught_up and now - fresh > max_lag:
                 continue
-            if wrote_at is not None and fresh < wrote_at - max_staleness:
-                continue
+            until = min(until, probed + window, until if r.caught_up else fresh + max_lag)
             out.append(name)
-        return out
+        return out, until
 
 
 # --- routing -----------------------------------------------------------------------------------
@@ -169,30 +173,52 @@ class Routed:
     """A session's routing (kept by the session when its route is not "primary" and its backend has replicas):
     each request's Route, and when it last released a primary server after a request not known to only read."""
 
-    __slots__ = ("_routes", "read_only", "routing", "wrote_at")
+    __slots__ = ("_routes", "judged", "memo", "read_only", "routing", "watching", "wrote", "wrote_at")
 
     def __init__(self, routing: RoutingConfig) -> None:
         self.routing = routing
         self.read_only = False  # the last request routed
+        # What the session sent its primary server since it got it may have written (the request that asked for it
+        # and those sent while it holds it: a read-write transaction that only read is no write).
+        self.wrote = False
+        self.watching = False  # the session judges what it sends its server (a primary, transaction pooling)
+        self.judged = 0  # bytes of the request judged when the session asked for a server
+        # (sql, its cached decision, the session's decide function): what routing looked up, for the gate
+        self.memo: tuple[str, object, object] | None = None
         self.wrote_at: float | None = None
         self._routes = (Route(routing, False), Route(routing, True))  # (until a write: then made per request)
 
-    def route(self, read_only: bool) -> Route:
+    def route(self, read_only: bool, writes: Callable[[], bool] | None = None) -> Route:
+        """The Route of a request (`read_only`: it provably only reads; else `writes()` says whether it may write,
+        None: it may)."""
         self.read_only = read_only
+        self.wrote = not read_only and (writes is None or writes())
         if self.wrote_at is None:
             return self._routes[read_only]
         return Route(self.routing, read_only, self.wrote_at)
+
+    def attached(self, replica: str | None, pooled: bool) -> None:
+        """The session got its server (`replica`: its name, None: the primary): in transaction pooling, what it sends
+        a primary not yet known to be written is judged (`sent`) until something may write."""
+        self.watching = pooled and replica is None and not self.wrote
+
+    def sent(self, writes: bool) -> None:
+        """A request sent to the server the session holds (`writes`: it may write)."""
+        if writes:
+            self.wrote, self.watching = True, False
 
     def login(self) -> Route:
         """The login's server (its startup answer; in session pooling the session's): "auto" on the primary, yet no
         write to wait for."""
         self.read_only = True
+        self.wrote = False
         return Route(self.routing, False, self.wrote_at)
 
     def released(self, replica: str | None, now: float) -> None:
-        """The session gives its server back: a primary after a request that may have written marks a write."""
-        if replica is None and not self.read_only:
+        """The session gives its server back: a primary after requests that may have written marks a write."""
+        if replica is None and self.wrote:
             self.wrote_at = now
+        self.wrote = self.watching = False
 
 
 def routed(config: Config, user: str) -> Routed | None:
@@ -283,11 +309,13 @@ def probe_targets(config: Config) -> list[tuple[BackendConfig, str, list[tuple[B
 # --- which requests are provably read-only -----------------------------------------------------
 
 
-def read_only_request(data: bytes, statement: Callable[[str], str | None]) -> bool:
+def read_only_request(data: bytes, statement: Callable[[str], str | None],
+                      judge: Callable[[str], bool] | None = None) -> bool:
     """Whether the request(s) in `data` (client messages ending with a Query, a Sync, or a Flush after which the client
     waits for answers: asyncpg's Parse/Describe/Flush) only read: every SQL text read-only by `read_only_sql`, a
     Bind's statement named in `data` or known to `statement(name)`; any other message (a FunctionCall, COPY data, a
-    batch the client goes on writing) is not."""
+    batch the client goes on writing) is not. `judge`: another verdict per text (writes_nothing_sql)."""
+    read_only_sql = judge or _READ_ONLY_SQL
     n = len(data)
     if n > 6 and data[0] == 0x51 and _LENGTH(data, 1)[0] == n - 1 and data[-1] == 0:  # one Query: the usual case
         return read_only_sql(data[5:-1].decode("utf-8", "replace"))
@@ -330,36 +358,21 @@ def _cstring(body: bytes, at: int) -> tuple[str, int]:
     return body[at:end].decode("utf-8", "replace"), end + 1
 
 
-def _read_only(sql: str) -> str:
+def _read_only(sql: str, transactions: bool = False) -> str:
+    """"y" when `sql` provably only reads (readonly.verdict; `transactions`: writes nothing, a read-write BEGIN or SET
+    TRANSACTION included), "" when not, "?" when it does not parse."""
     try:
         tree = json.loads(parse_sql_json(sql))
     except (ParseError, ValueError):
         return "?"  # (not read-only; a shape that does not parse is judged by its text)
-    open_rw = False  # a BEGIN without READ ONLY, not (yet) followed by SET TRANSACTION READ ONLY
-    stmts = tree.get("stmts", [])
-    for item in stmts:
-        stmt = item.get("stmt", {})
-        kind, node = next(iter(stmt.items())) if len(stmt) == 1 else ("", {})
-        if kind == "TransactionStmt" and node.get("kind") in ("TRANS_STMT_BEGIN", "TRANS_STMT_START"):
-            open_rw = not _sets_read_only(node.get("options", ()))
-        elif kind == "TransactionStmt" and node.get("kind") in _ENDS:  # what the text did in it only read
-            if not node.get("chain"):  # (AND CHAIN opens the next one with the ended one's characteristics)
-                open_rw = False
-        elif kind == "TransactionStmt" and node.get("kind") in _SAVEPOINTS:
-            continue
-        elif kind == "VariableSetStmt" and node.get("name") == "TRANSACTION":
-            if not _sets_read_only(node.get("args", ())):
-                return ""
-            open_rw = False
-        elif kind == "VariableSetStmt":  # a session setting: replayed on whichever server the session gets
-            if not _session_setting(node):
-                return ""
-        elif kind == "ExplainStmt":
-            if not _reads(node.get("query", {})):
-                return ""
-        elif kind not in ("SelectStmt", "VariableShowStmt") or not _reads(stmt):
-            return ""
-    return "y" if stmts and not open_rw else ""
+    return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions)
+
+
+def writes_nothing_sql(sql: str) -> bool:
+    """Whether `sql` provably writes nothing: read-only as `read_only_sql` judges it, but a read-write BEGIN or SET
+    TRANSACTION is fine (a read-write transaction that only read is no write for read-your-writes). Verdicts kept
+    per text, as read_only_sql's (integer literals: per shape)."""
+    return _judged(sql, True)
 
 
 def read_only_sql(sql: str) -> bool:
@@ -371,24 +384,29 @@ def read_only_sql(sql: str) -> bool:
     `varchar(10)`, the shape does not parse: the text itself is judged). Verdicts are kept per text (texts without
     integer literals) and per shape, a long one under its digest. A text longer than MAX_JUDGED characters is not
     judged (parsing it would hold the event loop; the policy decides such texts in its worker processes)."""
+    return _judged(sql, False)
+
+
+def _judged(sql: str, transactions: bool) -> bool:
     if len(sql) > MAX_JUDGED:
         return False
-    key = _key(sql)
+    key = ("w", _key(sql)) if transactions else _key(sql)
     known = _verdicts.get(key)
     if known is None:
         shaped = shape.split(sql)
         if shaped is not None:
-            shape_key = ("shape", _key(shaped[0]))
+            shape_key = ("wshape" if transactions else "shape", _key(shaped[0]))
             known = _verdicts.get(shape_key)
             if known is None:
-                known = _keep(shape_key, _read_only(shape.text(shaped[0])))
+                known = _keep(shape_key, _read_only(shape.text(shaped[0]), transactions))
             if known != "?":
                 return known == "y"
-            return _read_only(sql) == "y"  # (a text with integer literals is not kept: its shape is)
-        known = _keep(key, _read_only(sql))
+            return _read_only(sql, transactions) == "y"  # (a text with integer literals is not kept: its shape is)
+        known = _keep(key, _read_only(sql, transactions))
     return known == "y"
 
 
+_READ_ONLY_SQL = read_only_sql
 MAX_JUDGED = 16 * 1024  # characters: a longer text goes to the primary
 _verdicts: dict[object, str] = {}  # text, digest or ("shape", key) -> "y" | "" | "?" (does not parse)
 _MAX_VERDICTS, _MAX_KEPT = 4096, 2048
@@ -405,38 +423,6 @@ def _keep(key: object, verdict: str) -> str:
     return verdict
 
 
-_ENDS = frozenset({"TRANS_STMT_COMMIT", "TRANS_STMT_ROLLBACK"})
-_SAVEPOINTS = frozenset({"TRANS_STMT_SAVEPOINT", "TRANS_STMT_RELEASE", "TRANS_STMT_ROLLBACK_TO"})
-# Settings a SET sent to a replica could fail on or that change what a transaction may do.
-_NOT_ON_REPLICA = frozenset({"transaction_read_only", "default_transaction_read_only", "transaction_isolation",
-                             "default_transaction_isolation", "role", "session_authorization",
-                             "transaction_deferrable", "default_transaction_deferrable"})
-
-
-def _session_setting(node: dict) -> bool:
-    """A plain SET/RESET of a session setting (not SET TRANSACTION, SET SESSION CHARACTERISTICS, RESET ALL, SET ...
-    FROM CURRENT, a transaction-mode or role setting, nor one that pins the session: seed): it writes nothing, runs
-    as well on a replica, and the session replays it on whichever server it gets next."""
-    name = node.get("name", "")
-    return (node.get("kind") in ("VAR_SET_VALUE", "VAR_SET_DEFAULT", "VAR_RESET") and name.islower()
-            and name not in _NOT_ON_REPLICA and name not in NOT_REPLAYABLE and _reads(node))
-
-
-def _sets_read_only(options: object) -> bool:
-    """Whether a BEGIN / START TRANSACTION / SET TRANSACTION option list leaves the transaction read-only and runnable
-    on a standby: PostgreSQL applies the options in order (`READ ONLY, READ WRITE` is read-write: the last one wins),
-    and a standby refuses SERIALIZABLE (0A000)."""
-    read_only = False
-    for opt in options if isinstance(options, list) else ():
-        d = opt.get("DefElem", {})
-        name, arg = d.get("defname"), d.get("arg", {}).get("A_Const", {})
-        if name == "transaction_read_only":
-            read_only = arg.get("ival", {}).get("ival") == 1
-        elif name == "transaction_isolation" and arg.get("sval", {}).get("sval", "").lower() == "serializable":
-            return False
-    return read_only
-
-
 ISOLATION = "default_transaction_isolation"
 
 
@@ -445,29 +431,3 @@ def serializable(statement: str | None) -> bool:
     SET SESSION CHARACTERISTICS) may make its transactions SERIALIZABLE, which a standby refuses (0A000): its reads
     then go to the primary (a mention of the word is enough: the primary serves any read)."""
     return statement is not None and "serializable" in statement.lower()
-
-
-def _reads(node: object) -> bool:
-    """No writing node, no function outside the read-only built-ins, anywhere in `node`."""
-    stack = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key in _WRITING_NODES:
-                    return False
-                if key == "FuncCall" and not _read_only_function(value.get("funcname", ())):
-                    return False
-                if isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(item)
-    return True
-
-
-def _read_only_function(funcname: list) -> bool:
-    names = [n.get("String", {}).get("sval", "") for n in funcname]
-    if not names or (len(names) == 2 and names[0] not in SYSTEM_FUNCTION_SCHEMAS) or len(names) > 2:
-        return False
-    name = names[-1]
-    return name in BUILTIN_FUNCTIONS and name not in PRIMARY_FUNCTIONS and not name.startswith(_PRIMARY_PREFIXES)

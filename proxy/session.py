@@ -58,12 +58,14 @@ from proxy.limits import (
 )
 from proxy.limits import server_request as limits_server_request
 from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo, next_state, unreadable
+from proxy.policy import timeouts
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
+    READ_ONLY,
     SESSION_STATEMENTS,
     SQL_PREPARE,
     Allow,
@@ -452,6 +454,9 @@ class ClientSession:
         self._contextual = contextual
         self._decided_in = self.context.belief
         self._decisive = self.context.belief.for_decisions()
+        if contextual is not None and self._decisive is not EMPTY_CONTEXT:  # (a startup statement_timeout shown)
+            self.decide = contextual(self._decisive)
+            self._policy_token = self.decide.current  # type: ignore[attr-defined]
         self._parse_memo = None
         self._gated = True
         self.frontend.handlers = {**self._frontend_tracked(), **self._gates()}
@@ -715,6 +720,8 @@ class ClientSession:
         """Bytes from the client socket."""
         try:
             if self.state is _READY:  # the hot path (every read while relaying): READY's handler, called directly
+                if self.routing is not None and self.routing.watching:
+                    self._watch_writes(data)
                 return self._relay_from_client(data)
             handler = _ON_DATA.get(self.state)
             if handler is None:  # TLS_HANDSHAKE / CONNECTING: the client must wait for our answer
@@ -788,11 +795,17 @@ class ClientSession:
                     reason = CloseReason.PARSING_MISMATCH
                     return [ReleaseServer(reusable=False, reset=True, reason=reason),
                             CloseClient(errors.backend_settings_unsafe(problem), reason)]
+        if not first and server.replica is not None and self.routing is not None and self.agent is None:
+            rerouted = self._rerouted()
+            if rerouted is not None:
+                return rerouted
         try:
             self._transition(Event.SERVER_ATTACHED)
         except SessionError as exc:
             return [ReleaseServer(reusable=True, reset=True), *self._fail(exc)]
         self.server = server
+        if self.routing is not None:
+            self.routing.attached(server.replica, self.pooled)
         if self.statements is not None:
             self.statements.attach(server.prepared)  # type: ignore[arg-type]
         else:
@@ -1286,11 +1299,58 @@ class ClientSession:
             return AcquireServer(self.request, self.routing.route(False))
         if self.agent is not None:
             return AcquireServer(self.request, self.routing.route(True))
-        st = self.statements
         data = b"".join([*self._waiting, self._unread]) if self._waiting else self._unread
-        read_only = replicas.read_only_request(data, lambda name: s.sql if st is not None and (
-            s := st.named.get(name) if name else st.unnamed) is not None else None)
-        return AcquireServer(self.request, self.routing.route(read_only))
+        read_only = self._decided_read_only(data)
+        if read_only is None:
+            read_only = replicas.read_only_request(data, self._statement_text)
+        self.routing.judged = len(data)
+        return AcquireServer(self.request, self.routing.route(read_only, lambda: not replicas.read_only_request(
+            data, self._statement_text, replicas.writes_nothing_sql)))
+
+    # --- read replicas (proxy/replicas.py) -----------------------------------------------------
+
+    def _statement_text(self, name: str) -> str | None:
+        """The SQL text of the client's prepared statement `name` ("": the unnamed one), if the session keeps it."""
+        st = self.statements
+        s = (st.named.get(name) if name else st.unnamed) if st is not None else None
+        return s.sql if s is not None else None
+
+    def _decided_read_only(self, data: bytes) -> bool | None:
+        """When `data` is one Query whose decision the policy cache holds: whether it only reads, as the decision
+        says (READ_ONLY, judged once per text or shape with it), the decision kept for the gate that reads the Query
+        next (one cache lookup for both); else None (the text is judged: replicas.read_only_request)."""
+        n = len(data)
+        cached = getattr(self.decide, "cached", None)
+        if cached is None or n < 6 or data[0] != 0x51 or int.from_bytes(data[1:5]) != n - 1 or data[-1] != 0:
+            return None
+        try:
+            sql = query_text(data[5:])
+        except m.DecodeError:
+            return None
+        decision = cached(sql)
+        if decision is None:
+            return None
+        assert self.routing is not None
+        self.routing.memo = (sql, decision, self.decide)
+        return type(decision) is not Deny and READ_ONLY in decision.effects  # type: ignore[union-attr]
+
+    def _rerouted(self) -> list[Action] | None:
+        """A replica lent for a read-only request while the client sent more that may write (a pipelined batch): it
+        goes back unused and the primary is asked for, so the batch runs where its least-permissive request may."""
+        assert self.routing is not None
+        data = b"".join([*self._waiting, self._unread]) if self._waiting else self._unread
+        if len(data) == self.routing.judged or replicas.read_only_request(data, self._statement_text):
+            return None
+        self._transition(Event.SERVER_ATTACHED)
+        self._transition(Event.SERVER_RELEASED)
+        self._transition(Event.REQUEST)
+        return [ReleaseServer(reusable=True, reset=False), self._acquire()]
+
+    def _watch_writes(self, data: bytes) -> None:
+        """Client bytes for the primary server held since a request that wrote nothing: whether they may write (a
+        read-write transaction that only read is no write for read-your-writes; a read cut across reads counts)."""
+        assert self.routing is not None
+        self.routing.sent(not replicas.read_only_request(data, self._statement_text, replicas.writes_nothing_sql))
 
     def _hold(self, type_: int, body: bytes, sql: str, pending: Pending, token: object = None,
               parse: m.Parse | None = None) -> object:
@@ -1315,7 +1375,12 @@ class ClientSession:
         except m.DecodeError as exc:  # PostgreSQL: ERROR 08P01, the session goes on
             self.tracker.on_query("", _MALFORMED)
             return query_message(self._error_marker(errors.malformed_message(str(exc))))
-        decision = self.decide("query", sql)
+        routing = self.routing
+        memo = routing.memo if routing is not None else None
+        if memo is not None:  # (the decision the session's routing looked up for this Query: _decided_read_only)
+            routing.memo = None  # type: ignore[union-attr]
+        decision = memo[1] if memo is not None and memo[0] == sql and memo[2] is self.decide else self.decide(
+            "query", sql)
         open_batch = False
         if self.agent is not None:
             open_batch, self._open_batch = self._open_batch, False  # (a Query ends an open batch)
@@ -1969,8 +2034,12 @@ class ClientSession:
             cap = limits.statement_timeout  # (an agent's server has its own, lower or not: never raised by this)
             if self.agent is not None:
                 cap = min(cap, self.agent.statement_timeout)
-            self._startup_settings["statement_timeout"] = set_config_statement(
-                "statement_timeout", clamped_timeout(asked, cap))
+            value = clamped_timeout(asked, cap)
+            self._startup_settings["statement_timeout"] = set_config_statement("statement_timeout", value)
+            start = timeouts.startup_context(asked, value) if self.agent is None else None
+            if start is not None:  # asked for more than the limit at startup: shown what it asked for
+                self.context.start(start)
+                self._tracking = True
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
             self._executes = deque()

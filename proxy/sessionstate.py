@@ -231,6 +231,11 @@ class SessionState:
                 if at is not None:
                     del self.savepoints[at + 1 :]
 
+    def start(self, context: SessionContext) -> None:
+        """Before its first statement: the session starts in `context` (a startup setting the client is shown as it
+        asked for it, policy/timeouts.py startup_context)."""
+        self.committed = self.current = self.belief = _canonical(context)
+
     def settle_settings(self, settings: tuple[tuple[str, str], ...]) -> None:
         """Between transactions, with nothing in flight: the session's settings are now `settings` (what the proxy
         has just made of them, see ClientSession._sync_settings)."""

@@ -318,6 +318,10 @@ class Gate:
     def __call__(self, kind: str, sql: str) -> Decision | Pending:
         return self.decide_for(self.current(), sql)
 
+    def cached(self, sql: str) -> Decision | None:
+        """The decision cached for `sql` (counted as a hit), None when it is not: nothing is decided."""
+        return self.cache.cached(self.current(), sql)
+
     def decide_for(self, policy: TenantPolicy, sql: str) -> Decision | Pending:
         """The decision for `sql` under `policy` (the tenant's, or a session's `with_context` of it), or a
         `Pending` for a decision worker."""
@@ -348,14 +352,16 @@ class ContextGate:
     """A session's decisions while it has a context (temporary relations, its own search_path): under the
     tenant's current policy `with_context` of it, through the shared cache (sessions in the same context share
     entries). A text that cannot name one of the session's temporary relations, in a session whose search_path
-    is the tenant's default, is decided under the tenant's policy itself (the same decision, a shared entry)."""
+    is the tenant's default, nor read a statement_timeout the session set above its limit, is decided under the
+    tenant's policy itself (the same decision, a shared entry)."""
 
-    __slots__ = ("_base", "_names", "_policy", "_whole", "context", "gate")
+    __slots__ = ("_base", "_names", "_policy", "_timeout", "_whole", "context", "gate")
 
     def __init__(self, gate: Gate, context: SessionContext) -> None:
         self.gate = gate
         self.context = context
         self._names = tuple(n.lower() for n in (*context.temp_tables, *context.temp_views))
+        self._timeout = context.effective_timeout() is not None  # reads of statement_timeout: policy/timeouts.py
         self._base: TenantPolicy | None = None
         self._policy: TenantPolicy | None = None
         self._whole = True  # every statement depends on the context (its search_path is not the default)
@@ -370,13 +376,21 @@ class ContextGate:
         return self._policy
 
     def __call__(self, kind: str, sql: str) -> Decision | Pending:
+        return self.gate.decide_for(self._policy_for(sql), sql)
+
+    def cached(self, sql: str) -> Decision | None:
+        """The decision cached for `sql` (counted as a hit), None when it is not: nothing is decided."""
+        return self.gate.cache.cached(self._policy_for(sql), sql)
+
+    def _policy_for(self, sql: str) -> TenantPolicy:
         policy = self.current()
         if self._whole:
-            return self.gate.decide_for(policy, sql)
+            return policy
         low = sql.lower()
-        if "u&" in low or "temp" in low or "snapshot" in low or any(name in low for name in self._names):
-            return self.gate.decide_for(policy, sql)
-        return self.gate.decide_for(policy.base, sql)
+        if "u&" in low or "temp" in low or "snapshot" in low or any(name in low for name in self._names) or (
+                self._timeout and ("timeout" in low or "setting" in low or "show" in low)):
+            return policy
+        return policy.base
 
 
 if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)

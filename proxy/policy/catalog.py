@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
+from proxy.policy import timeouts
 from proxy.policy.model import SESSION_STATEMENTS, SESSION_STATEMENTS_MARKER, TenantPolicy
 from proxy.policy.rules import fail
 from proxy.policy.settings import client_path_sql, path_read_at_run_time
@@ -682,16 +683,27 @@ SETTINGS_COLUMNS = ("name", "setting", "unit", "category", "short_desc", "extra_
                     "pending_restart")
 
 
-@lru_cache(maxsize=1)
-def settings_filter() -> Filter:
+def settings_filter(policy: TenantPolicy) -> Filter | None:
     """pg_settings where PostgreSQL may get a search_path with fewer entries than the client set (another tenant's
     schema, `$user`, `pg_*`: a missing schema stays, so the difference would tell a hidden one from it): the
-    search_path row shows the client's value, as SHOW does, decoded at run time (settings.client_path_sql)."""
-    path = client_path_sql('{ref}."setting"')
-    value = f"CASE WHEN {{ref}}.\"name\" = 'search_path' THEN {path} ELSE {{ref}}.\"setting\" END"
+    search_path row shows the client's value, as SHOW does, decoded at run time (settings.client_path_sql); and
+    where it has a statement_timeout limit the client set above, the client's value (policy/timeouts.py)."""
+    timeout = timeouts.read_expression(policy, '{ref}."setting"', raw=True)
+    if not path_read_at_run_time(policy) and timeout is None:
+        return None
+    return _settings_filter(path_read_at_run_time(policy), timeout)
+
+
+@lru_cache(maxsize=64)
+def _settings_filter(path_shown: bool, timeout: str | None) -> Filter:
+    cases = [("search_path", client_path_sql('{ref}."setting"'))] if path_shown else []
+    if timeout is not None:
+        cases.append((timeouts.NAME, timeout))
+    whens = "".join(f"WHEN {{ref}}.\"name\" = '{name}' THEN {expr} " for name, expr in cases)
+    value = f"CASE {whens}ELSE {{ref}}.\"setting\" END"
     targets = ", ".join(f'{value} AS "setting"' if c == "setting" else f'{{ref}}."{c}"' for c in SETTINGS_COLUMNS)
     return Filter("catalog", "pg_catalog.pg_settings", "name", "true", targets=targets,
-                  replaced=frozenset({"setting"}))
+                  replaced=frozenset({"setting"}), rule=timeouts.SHOWN_RULE if timeout is not None else "")
 
 
 def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
@@ -727,8 +739,9 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
                 first = sorted(by_schema)[0]
                 return _tenant_filter(policy.base, first, table, by_schema[first])
     if schema is None or schema == "pg_catalog":
-        if table == "pg_settings" and path_read_at_run_time(policy):
-            return settings_filter()
+        settings = settings_filter(policy) if table == "pg_settings" else None
+        if settings is not None:
+            return settings
         return _catalog_filters(policy.base).get(table)
     if schema == "information_schema":
         return _information_schema_filters(policy.base).get(table)
@@ -755,7 +768,7 @@ def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
         names.update(_scoped_by_name(policy.base))
     names.update(policy.temp_tables)
     names.update(policy.temp_views)
-    if path_read_at_run_time(policy):
+    if path_read_at_run_time(policy) or policy.statement_timeout_ms:
         names.add("pg_settings")
     return tuple(sorted(n.lower() for n in names))
 

@@ -24,6 +24,7 @@ from proxy.policy.model import (
     ROLLBACK_TO,
     SAVEPOINT,
     SET_PATH,
+    SET_TIMEOUT,
     SETTING,
     SQL_PREPARE,
     TEMP_TABLE,
@@ -112,9 +113,9 @@ def statement_changes(kind: str, body: Node, index: int) -> list[Change]:
         if body.get("target") in ("DISCARD_ALL", "DISCARD_TEMP"):
             out.append(Change(index, DISCARD_TEMP))
         if body.get("target") == "DISCARD_ALL":
-            out += [Change(index, SET_PATH), Change(index, DISCARD_ALL)]
+            out += [Change(index, SET_PATH), Change(index, SET_TIMEOUT), Change(index, DISCARD_ALL)]
     elif kind == "VariableSetStmt" and body.get("kind") == "VAR_RESET_ALL":
-        out += [Change(index, SET_PATH), Change(index, RESET_SETTINGS)]
+        out += [Change(index, SET_PATH), Change(index, SET_TIMEOUT), Change(index, RESET_SETTINGS)]
     elif kind in _HELD:
         out += _HELD[kind](body, index)
     elif kind == "TransactionStmt":
@@ -175,6 +176,11 @@ UNKNOWN_KEY = "?"  # an advisory lock whose key is not written as constants (onl
 # INSERT/UPDATE: red team round 6 F4), an index expression, a domain's default / check, a rule, a trigger's WHEN
 _DEFERRED = frozenset({"PrepareStmt", "DeclareCursorStmt", "ViewStmt", "CreateStmt", "AlterTableStmt", "IndexStmt",
                        "CreateDomainStmt", "AlterDomainStmt", "RuleStmt", "CreateTrigStmt"})
+
+
+def runs_now(kind: str) -> bool:
+    """Whether a set_config() in a statement of `kind` runs with the statement (not at each EXECUTE/FETCH/read)."""
+    return kind not in _DEFERRED
 
 
 def deferred_setting(kind: str, change: Change) -> Change:

@@ -14,10 +14,12 @@ from proxy.policy import (
     agent,
     classify,
     context,
+    estimates,
     functions,
     hiding,
     implicit,
     nametypes,
+    readonly,
     rewrite,
     schema,
     settings,
@@ -27,9 +29,11 @@ from proxy.policy.catalog import may_name_filtered
 from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
+    ADMIT,
     EXPORT_SNAPSHOT,
     MAY_SET_SEQUENCES,
     MAY_USE_SEQUENCES,
+    READ_ONLY,
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
@@ -170,6 +174,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         agent.single_admitted(each)
     if hidden is not None:
         return _answered_as_missing(policy, data, statements, *hidden, limits)
+    if readonly.verdict([stmt.node for stmt in statements]):  # (before the rewrite's mutations)
+        effects.add(READ_ONLY)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)
     nodes = [stmt.node for stmt in statements]
@@ -187,6 +193,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         return Allow(frozenset(effects), tuple(changes))
     try:
         new_sql = apply_edits(data, plan.edits)
+        explain = (estimates.explain_text(policy, data, statements, plan.edits)
+                   if ADMIT in effects and policy.strategy == "shared" else None)
         reads = [reads_of(stmt.node) for stmt in statements] if "catalog_filter" in plan.rules else None
         rewrite.mutate_all(plan)
         t2 = perf_counter()
@@ -202,7 +210,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     ):  # the session fills in the list where the marker is: only where the policy put it (a client's name or value
         # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
-    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes))
+    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes), explain)
 
 
 def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Statement], index: int, denial: Deny,
@@ -255,6 +263,21 @@ def _after(context: SessionContext, changes: list[Change], limit: int) -> Sessio
     return after
 
 
+def _show(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, plan: rewrite.Plan) -> None:
+    """SHOW search_path / statement_timeout / ALL print the client's own values where PostgreSQL has others."""
+    path = settings.path_read_at_run_time(policy)
+    if name == "search_path" and path:
+        _located(rewrite.show_value, policy, data, stmt, "search_path", settings.RESULT_PATH_SQL, plan)
+    elif name == timeouts.NAME:
+        value = timeouts.read_expression(policy, "pgt_r.v")
+        if value is not None:
+            _located(rewrite.show_value, policy, data, stmt, timeouts.NAME, value, plan, timeouts.SHOWN_RULE)
+    elif name == "all":
+        timeout = timeouts.read_expression(policy, f"pg_catalog.current_setting('{timeouts.NAME}')")
+        if path or timeout is not None:
+            _located(rewrite.show_all, policy, data, stmt, settings.CURRENT_PATH_SQL if path else None, timeout, plan)
+
+
 def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
     return policies if len(policies) < 2 or policies[0] is policies[-1] else list(dict.fromkeys(policies))
 
@@ -283,6 +306,9 @@ def _decide_statement(
             if change is not None:
                 changes.append(change)
         text = data[stmt.start : stmt.end].decode("utf-8")
+        shown = timeouts.set_change(policy, body, index)
+        if shown is not None:
+            changes.append(shown)
         clamp = timeouts.set_value(policy, body)
         if clamp is not None:  # above the user's statement_timeout limit: PostgreSQL gets the limit
             _located(rewrite.replace_literal, policy, data, stmt, clamp[0], clamp[1], plan, timeouts.RULE)
@@ -290,10 +316,7 @@ def _decide_statement(
         changes += settings.session_setting(body, index, text, change, row_security_on)
         return effects, changes
     if kind == "VariableShowStmt":
-        if body.get("name", "").lower() == "search_path" and settings.path_read_at_run_time(policy):
-            _located(rewrite.show_value, policy, data, stmt, "search_path", settings.RESULT_PATH_SQL, plan)
-        elif body.get("name", "").lower() == "all" and settings.path_read_at_run_time(policy):
-            _located(rewrite.show_all, policy, data, stmt, settings.CURRENT_PATH_SQL, plan)
+        _show(policy, data, stmt, body.get("name", "").lower(), plan)
         return effects, changes
     if kind == "DropStmt":
         _located(rewrite.qualify_drop, policy, data, stmt, plan)
@@ -339,6 +362,17 @@ def _decide_statement(
             if literal is not None:
                 _located(rewrite.replace_literal, policy, data, stmt, _below_casts(call.args[1]), literal, plan,
                          timeouts.RULE)
+            if context.runs_now(kind):
+                shown = timeouts.set_config_change(call, settings.literal_arg(call, 1), index)
+                changes.append(shown)
+                if literal is not None and call.holder is not None:  # set_config() returns the value as now set
+                    _located(rewrite.call_result, policy, data, stmt, call.holder[call.key],
+                             f"{quote_literal(shown.shown or '')}::pg_catalog.text", plan, timeouts.SHOWN_RULE)
+        elif call.holder is not None and timeouts.reads_timeout(call):
+            value = timeouts.read_expression(policy, "pgt_r.v")
+            if value is not None:
+                _located(rewrite.call_result, policy, data, stmt, call.holder[call.key], value, plan,
+                         timeouts.SHOWN_RULE)
         if call.names[-1] == "pg_export_snapshot":
             changes.append(Change(index, EXPORT_SNAPSHOT))
         if setting == "search_path":

@@ -20,6 +20,9 @@ MAY_SET_SEQUENCES = "may_set_sequences"
 MAY_USE_SEQUENCES = "may_use_sequences"
 READS_SEQUENCES = "reads_sequences"  # the statement calls currval() or lastval() (proxy/sequences.py)
 ADMIT = "admit"  # agent profile: the statement runs a query; it is admitted by the planner's estimate first
+# The string provably only reads (policy/readonly.py): a routed session may send it to a read replica. Cached with
+# the decision, so routing a repeated text reads this instead of judging the text again.
+READ_ONLY = "read_only"
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})
@@ -32,6 +35,8 @@ TEMP_VIEW = "temp_view"  # a temporary view `name` was created
 DROP_TEMP = "drop_temp"  # the temporary relation `name` was dropped
 DISCARD_TEMP = "discard_temp"  # every temporary relation was dropped (DISCARD TEMP / ALL)
 SET_PATH = "set_path"  # search_path set (`path`: what PostgreSQL got, None = the tenant's default; flag: LOCAL)
+# statement_timeout set under a limit (`shown`: the client's value as SHOW prints it, None = its default; flag: LOCAL)
+SET_TIMEOUT = "set_timeout"
 COMMIT = "commit"  # COMMIT / END: ends the transaction (the backend's tag says whether it committed)
 ROLLBACK = "rollback"  # ROLLBACK / ABORT
 SAVEPOINT = "savepoint"  # SAVEPOINT `name`
@@ -65,7 +70,7 @@ DISCARD_ALL = "discard_all"  # DISCARD ALL: cursors, prepared statements, LISTEN
 NOT_TRANSACTIONAL: frozenset[str] = frozenset({SQL_PREPARE, DEALLOCATE, ADVISORY_LOCK, ADVISORY_UNLOCK, PIN})
 # Changes that carry a literal's value (the replayed statement, a lock's key): never taken from a decision made for
 # another statement of the same shape (policy/shape.py).
-VALUE_OPS: frozenset[str] = frozenset({SETTING, ADVISORY_LOCK, ADVISORY_UNLOCK})
+VALUE_OPS: frozenset[str] = frozenset({SETTING, ADVISORY_LOCK, ADVISORY_UNLOCK, SET_TIMEOUT})
 # Kept even when their statement fails: an advisory lock taken before the statement's error stays taken.
 KEPT_ON_ERROR: frozenset[str] = frozenset({ADVISORY_LOCK, PIN})
 
@@ -102,6 +107,12 @@ class SessionContext:
     path: tuple[str, ...] | None = None  # the search_path PostgreSQL has (None: the tenant's default)
     shown: str | None = None  # what SHOW search_path prints for it, when that differs (the client's value)
     local: tuple[tuple[str, ...] | None, str | None] | None = None  # SET LOCAL (path, shown) in the open transaction
+    # Under a statement_timeout limit (policy/timeouts.py): what SHOW statement_timeout prints for the client's own
+    # value (None: its default), SET LOCAL's in the open transaction ((shown,)), and its default when that is not
+    # the limit (None: the limit).
+    timeout: str | None = None
+    timeout_local: tuple[str | None] | None = None
+    timeout_default: str | None = None
     # Session state on the server that decisions do not depend on (`for_decisions` leaves it out): what pins the
     # session to its server connection, and the settings replayed on another one.
     cursors: frozenset[str] = frozenset()  # WITH HOLD cursors open
@@ -143,6 +154,10 @@ class SessionContext:
             if change.flag:
                 return replace(self, local=(change.path, change.shown))
             return replace(self, path=change.path, shown=change.shown, local=None)
+        if op == SET_TIMEOUT:
+            if change.flag:
+                return replace(self, timeout_local=(change.shown,))
+            return replace(self, timeout=change.shown, timeout_local=None)
         if op == EXPORT_SNAPSHOT:
             return replace(self, exported=True)
         if op == COMMIT:
@@ -151,11 +166,12 @@ class SessionContext:
 
     def end_of_transaction(self) -> SessionContext:
         """The context once the open transaction commits: SET LOCAL and ON COMMIT DROP tables are gone."""
-        if self.local is None and not self.drop_at_commit and not self.dropped and not self.exported:
+        if (self.local is None and not self.drop_at_commit and not self.dropped and not self.exported
+                and self.timeout_local is None):
             return self
         gone = self.drop_at_commit
         return replace(self, temp_tables=self.temp_tables - gone, temp_views=self.temp_views - gone,
-                       drop_at_commit=frozenset(), local=None, dropped=0, exported=False,
+                       drop_at_commit=frozenset(), local=None, dropped=0, exported=False, timeout_local=None,
                        sizes=frozenset(s for s in self.sizes if s[0] not in gone))
 
     @property
@@ -176,6 +192,11 @@ class SessionContext:
     def effective(self) -> tuple[tuple[str, ...] | None, str | None]:
         """(search_path PostgreSQL has, SHOW text) in effect: SET LOCAL's, else the session's."""
         return self.local if self.local is not None else (self.path, self.shown)
+
+    def effective_timeout(self) -> str | None:
+        """What SHOW statement_timeout prints for the client under a limit (None: the limit, its default)."""
+        shown = self.timeout_local[0] if self.timeout_local is not None else self.timeout
+        return shown if shown is not None else self.timeout_default
 
     def for_decisions(self) -> SessionContext:
         """This context without the state decisions do not depend on (EMPTY_CONTEXT when nothing is left)."""
@@ -257,7 +278,8 @@ class Allow:
 
 @dataclass(frozen=True, slots=True)
 class Rewrite:
-    """Forward `sql` instead of the client's text; `rules` names the rewrites applied."""
+    """Forward `sql` instead of the client's text; `rules` names the rewrites applied. `explain`: what an agent's
+    admission EXPLAIN plans instead of `sql` (shared strategy: policy/estimates.py), None for `sql` itself."""
 
     sql: str
     rules: tuple[str, ...]
@@ -266,6 +288,7 @@ class Rewrite:
     # (reserved, the client's name): hidden schema names sent as reserved missing ones (policy/hiding.py); the
     # session writes the client's name back where PostgreSQL's answer names a reserved one.
     names: tuple[tuple[str, str], ...] = ()
+    explain: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

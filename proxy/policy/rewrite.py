@@ -839,15 +839,17 @@ def replace_literal(
     planner.rule(rule)
 
 
-def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, value: str, out: Plan) -> None:
+def show_value(policy: TenantPolicy, data: bytes, stmt: Statement, name: str, value: str, out: Plan,
+               rule: str = "search_path_shown") -> None:
     """SHOW `name` becomes a SELECT of the SQL text expression `value` of `pgt_r.v`, PostgreSQL's value (the client's
     own setting, where PostgreSQL may have another one)."""
     sql = (f"SELECT {value} AS {quote_ident(name)} FROM (SELECT pg_catalog.current_setting({quote_literal(name)}) "
            "AS v) pgt_r")
-    _replace_statement(policy, data, stmt, sql, out)
+    _replace_statement(policy, data, stmt, sql, out, rule)
 
 
-def _replace_statement(policy: TenantPolicy, data: bytes, stmt: Statement, sql: str, out: Plan) -> None:
+def _replace_statement(policy: TenantPolicy, data: bytes, stmt: Statement, sql: str, out: Plan,
+                       rule: str = "search_path_shown") -> None:
     """The whole statement becomes `sql` (a SHOW answered by a SELECT)."""
     planner = _Planner(policy, _Text(data, stmt.start, stmt.end), out)
     toks = _statement_tokens(data, stmt)
@@ -859,10 +861,11 @@ def _replace_statement(policy: TenantPolicy, data: bytes, stmt: Statement, sql: 
         stmt.node.update(select)
 
     planner.mutate(mutation)
-    planner.rule("search_path_shown")
+    planner.rule(rule)
 
 
-def call_result(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan) -> None:
+def call_result(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, value: str, out: Plan,
+                rule: str = "search_path_shown") -> None:
     """The call `node` (a FuncCall: current_setting() of search_path or of a computed name, set_config('search_path',
     …)) still runs once, and its result reads as the SQL text expression `value` of its result `pgt_r.v`: `(SELECT
     <value> AS <function> FROM (SELECT <the call> AS v) pgt_r)`. Same type and column name as the call."""
@@ -885,20 +888,24 @@ def call_result(policy: TenantPolicy, data: bytes, stmt: Statement, node: Node, 
         node.update(new)
 
     planner.mutate(mutation)
-    planner.rule("search_path_shown")
+    planner.rule(rule)
 
 
-def show_all(policy: TenantPolicy, data: bytes, stmt: Statement, value: str, out: Plan) -> None:
-    """SHOW ALL where PostgreSQL's search_path may lack entries the client set: the same rows (the settings SHOW ALL
-    lists, in its order, formatted as SHOW formats them) with the client's search_path (the SQL expression `value`)."""
+def show_all(policy: TenantPolicy, data: bytes, stmt: Statement, path: str | None, timeout: str | None,
+             out: Plan) -> None:
+    """SHOW ALL where PostgreSQL's search_path may lack entries the client set, or its statement_timeout is a limit
+    the client set above: the same rows (the settings SHOW ALL lists, in its order, formatted as SHOW formats them)
+    with the client's search_path and statement_timeout (the SQL expressions `path`, `timeout`; None: PostgreSQL's)."""
     guard = guards.setting_name(policy)  # the verifier's form of current_setting(<a name known at run time>)
+    cases = "".join(f"WHEN pgt_a.name = {quote_literal(name)} THEN {value} "
+                    for name, value in (("search_path", path), ("statement_timeout", timeout)) if value is not None)
     sql = (
-        "SELECT pgt_a.name, CASE WHEN pgt_a.name = 'search_path' THEN "
-        f"{value} ELSE pg_catalog.current_setting({guard.prefix}pgt_a.name"
+        f"SELECT pgt_a.name, CASE {cases}ELSE pg_catalog.current_setting({guard.prefix}pgt_a.name"
         f"{guard.suffix}, true) END AS setting, pgt_a.short_desc AS description FROM "
         "pg_catalog.pg_show_all_settings() pgt_a"
     )
-    _replace_statement(policy, data, stmt, sql, out)
+    rule = "search_path_shown" if path is not None else "statement_timeout_shown"
+    _replace_statement(policy, data, stmt, sql, out, rule)
 
 
 def qualify_drop(policy: TenantPolicy, data: bytes, stmt: Statement, out: Plan) -> None:

@@ -208,6 +208,11 @@ def _bool_arg(call: Call, index: int) -> bool:
     return text is not None and _norm(text) in ("on", "true", "yes", "1", "t", "y")
 
 
+def set_config_local(call: Call) -> bool:
+    """True when set_config()'s is_local argument is a literal true."""
+    return _bool_arg(call, 2)
+
+
 def _check_pinned(name: str, value: str | None) -> None:
     allowed = PINNED_VALUES[name]
     if value is None or _norm(value) not in {_norm(v) for v in allowed}:

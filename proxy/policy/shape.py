@@ -83,6 +83,7 @@ def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str], chang
     _set_attribute(rewrite, "effects", effects)
     _set_attribute(rewrite, "changes", changes)
     _set_attribute(rewrite, "names", ())
+    _set_attribute(rewrite, "explain", None)  # (a decision with an admission text is never a shape's)
     return rewrite
 
 
@@ -99,6 +100,8 @@ def from_decision(shape: str, count: int, decision: Decision) -> ShapeDecision:
     if isinstance(decision, Rewrite) and decision.names:  # a hidden schema's reserved name: decided per text
         return None
     if any(c.op in VALUE_OPS for c in decision.changes):  # `SET x = 1`: its replay must say 1, not $1
+        return None
+    if type(decision) is Rewrite and decision.explain is not None:  # (an agent's admission text: not templated)
         return None
     if isinstance(decision, Allow):
         return decision

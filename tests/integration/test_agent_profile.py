@@ -211,6 +211,36 @@ def test_a_shared_tenants_refusal_does_not_show_the_estimate(admitting: ProxyPro
         assert len(c.execute(CROSS + " WHERE a.id = 1 AND b.id IN (2, 4)").fetchall()) == 2
 
 
+def _admitted(c: psycopg.Connection, sql: str) -> bool:
+    try:
+        c.execute(sql).fetchall()
+    except psycopg.errors.Error as exc:
+        assert "(rule agent_estimate)" in str(exc), str(exc)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_the_admission_bit_tells_nothing_of_other_tenants_tenant_ids(admitting: ProxyProcess, pg: PgCluster,
+                                                                     protocol: str) -> None:
+    """Red team 6 F7: the agent scales an estimate by a factor of its choosing (`generate_series(1, K)`), so the
+    admit/refuse bit compares `estimate * K` with max_estimated_rows; with the tenant column's statistics (every
+    tenant's rows: acme 200, bigco 100 of public.orders) `tenant_id >= 'b'` estimated bigco's share, and a bisection
+    over K and the bound read the other tenants' ids and row counts. In the admission EXPLAIN the tenant column is
+    acme's own value: every bound above 'acme' gets the same answer at every K, whatever other tenants hold."""
+    pg.execute("ANALYZE public.orders", dbname="saas")  # (the statistics the probe reads; autovacuum may not have run)
+    probe = "SELECT 1 FROM orders o, generate_series(1, {k}) g WHERE o.tenant_id >= '{bound}'"
+    with connect(admitting, "ava", protocol) as c:
+        for k in (1, 10, 100, 1000, 10**6):
+            verdicts = {bound: _admitted(c, probe.format(k=k, bound=bound)) for bound in ("b", "bigco", "c", "zzz")}
+            assert set(verdicts.values()) == {True}, (k, verdicts)  # ('acme' >= bound: false, no rows expected)
+        assert _admitted(c, probe.format(k=1, bound="a"))  # acme's own 200 rows (capped at the agent's LIMIT)
+        assert not _admitted(c, probe.format(k=100, bound="a"))  # 200 * 100 > max_estimated_rows
+        # what runs is the client's statement: the tenant column as stored
+        assert c.execute("SELECT count(*) FROM orders WHERE tenant_id >= 'a'").fetchone() == (200,)
+        assert c.execute("SELECT count(*) FROM orders WHERE tenant_id >= 'b'").fetchone() == (0,)
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_refusal_shows_no_estimate_of_a_catalog(admitting: ProxyProcess, protocol: str) -> None:
     """Red team 6 F5: a schema tenant's refusal showed the estimate, and one over a catalog (times a known factor)

@@ -9,12 +9,15 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import asyncpg
 import psycopg
 import pytest
 
+from proxy.protocol import messages as m
+from tests.support import wire
 from tests.support.jdbc import require_jdbc, run_jdbc
 from tests.support.pgcluster import PgCluster, StandbyCluster
 from tests.support.polling import until
@@ -212,6 +215,48 @@ def test_an_explicit_serializable_transaction_runs_on_the_primary(
             return port == standby.port
 
         until(repeatable_read_on_replica, 20, 0.05, "a repeatable read transaction on the replica")
+
+
+def test_a_cancel_reaches_the_replica_the_query_runs_on(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """A read running on a replica is cancelled there (the cancel follows the session's server, whichever pool it
+    came from): 57014 at once, nothing left running on the replica, the session usable."""
+    primary, standby = replicated
+    sleeping = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
+    with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(conn.execute, "SELECT pg_sleep(30), inet_server_port()")
+            until(lambda: standby.execute(sleeping)[0][0] == 1, 20, 0.05, "the query running on the replica")
+            assert primary.execute(sleeping)[0][0] == 0
+            conn.cancel()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                running.result(timeout=10)
+        until(lambda: standby.execute(sleeping)[0][0] == 0, 10, 0.05, "nothing left running on the replica")
+        assert port_of(conn) in (primary.port, standby.port)
+
+
+def test_a_batch_with_a_write_behind_its_read_runs_on_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """A client pipelines a read and a write before any answer (two Query messages in one write): the batch runs
+    where its least-permissive request may, the primary, not on the read's replica (25006 there)."""
+    primary, standby = replicated
+    with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
+        on_replica(conn, standby)
+    new = next(_ids)
+    sock, _ = wire.login(proxy.port, {"user": "ivan", "database": proxy.users["ivan"][0]}, proxy.password("ivan"))
+    with sock:
+        sock.sendall(m.query_message(PORT) + m.query_message(
+            f"INSERT INTO orders VALUES ({new}, 1) RETURNING inet_server_port()"))
+        rows, errors, ready = [], [], 0
+        while ready < 2:
+            kind, body = wire.read_message(sock)
+            if kind == b"D":
+                rows.append(int(body[6:].decode()))
+            elif kind == b"E":
+                errors.append(m.decode_error_fields(body))
+            ready += kind == b"Z"
+    assert errors == [] and rows == [primary.port, primary.port]
 
 
 def test_a_lagging_replica_is_taken_out_and_put_back(

@@ -269,11 +269,17 @@ def test_statement_timeout_not_raisable(proxy: ProxyProcess, raise_it: str) -> N
 
 def test_statement_timeout_in_a_transaction_and_startup_option(proxy: ProxyProcess) -> None:
     with psycopg.connect(proxy.dsn("slow_user"), options="-c statement_timeout=0") as conn:
-        assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)  # clamped at startup
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)  # what it asked for; clamped at startup
         conn.execute("SET LOCAL statement_timeout = 0")
         with pytest.raises(psycopg.errors.QueryCanceled):
             conn.execute("SELECT pg_sleep(5)")
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        conn.rollback()
+        conn.execute("SET statement_timeout = '1h'")
+        conn.execute("RESET statement_timeout")  # back to its startup value, as it asked for it
+        assert conn.execute("SELECT current_setting('statement_timeout')").fetchone() == ("0",)
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(5)")
         conn.rollback()
     with psycopg.connect(proxy.dsn("slow_user"), options="-c statement_timeout=200") as conn:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("200ms",)  # lower: the client's own
@@ -282,35 +288,82 @@ def test_statement_timeout_in_a_transaction_and_startup_option(proxy: ProxyProce
             assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",), zero
 
 
-@pytest.mark.parametrize("raise_it", ["SET statement_timeout = 0", "SET SESSION statement_timeout TO '1h'",
-                                      "SET statement_timeout = '0.4'",
-                                      # PostgreSQL rounds a fraction of a unit to the next smaller unit first:
-                                      # 0 s / 0 min / 0 h, i.e. no timeout (red team 9r F3)
-                                      "SET statement_timeout = '0.00001 min'", "SET statement_timeout = '0.000001h'",
-                                      "SELECT set_config('statement_timeout', '0.00000001d', false)",
-                                      "SELECT pg_catalog.set_config('statement_timeout', '2min', false)"])
+RAISES = {"SET statement_timeout = 0": "0", "SET SESSION statement_timeout TO '1h'": "1h",
+          "SET statement_timeout = '0.4'": "0",
+          # PostgreSQL rounds a fraction of a unit to the next smaller unit first: 0 s / 0 min / 0 h, i.e. no
+          # timeout (red team 9r F3)
+          "SET statement_timeout = '0.00001 min'": "0", "SET statement_timeout = '0.000001h'": "0",
+          "SELECT set_config('statement_timeout', '0.00000001d', false)": "0",
+          "SELECT pg_catalog.set_config('statement_timeout', '2min', false)": "2min"}
+
+
+def _shown(conn: psycopg.Connection) -> tuple[str, ...]:
+    """statement_timeout as the client reads it: SHOW, current_setting(), pg_settings (ms), SHOW ALL."""
+    show = conn.execute("SHOW statement_timeout").fetchone()[0]  # type: ignore[index]
+    current = conn.execute("SELECT current_setting('statement_timeout')").fetchone()[0]  # type: ignore[index]
+    settings = conn.execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'").fetchone()[0]  # type: ignore[index]
+    show_all = dict(r[:2] for r in conn.execute("SHOW ALL").fetchall())["statement_timeout"]
+    return show, current, settings, show_all
+
+
+def _canceled_at_the_limit(conn: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+        conn.execute("SELECT pg_sleep(3)")
+
+
+@pytest.mark.parametrize("raise_it", list(RAISES))
 def test_statement_timeout_raised_reaches_the_server_as_the_limit(proxy: ProxyProcess, raise_it: str) -> None:
     """The server itself holds the limit (not only the proxy's watchdog): a raise reaches PostgreSQL as the limit,
-    on every server the session gets afterwards (transaction pooling replays it), and RESET, SET ... TO DEFAULT,
-    RESET ALL and DISCARD ALL return to the limit, the servers' own startup value."""
+    on every server the session gets afterwards (transaction pooling replays it), while the client reads back what
+    it set, as on a direct connection (SHOW, current_setting, pg_settings, SHOW ALL, set_config's result); RESET,
+    SET ... TO DEFAULT, RESET ALL and DISCARD ALL return to the limit, the servers' own startup value (and what
+    the client reads); SET LOCAL ends with its transaction, a SET rolled back is undone."""
+    shown = RAISES[raise_it]
+    ms = {"0": "0", "1h": "3600000", "2min": "120000"}[shown]
+    local = ("SET LOCAL " + raise_it[4:].replace("SESSION ", "") if raise_it.startswith("SET ")
+             else raise_it.replace("false", "true"))
     with psycopg.connect(proxy.dsn("slow_user"), autocommit=True) as conn:
-        conn.execute(raise_it)
-        for _ in range(3):  # (each its own transaction: another server in transaction pooling)
-            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
-        assert conn.execute("SELECT current_setting('statement_timeout')").fetchone() == ("1s",)
-        conn.execute("SET statement_timeout = 300")  # lower: the client's own
-        assert conn.execute("SHOW statement_timeout").fetchone() == ("300ms",)
+        assert _shown(conn) == ("1s", "1s", "1000", "1s")
+        cur = conn.execute(raise_it)
+        if raise_it.startswith("SELECT"):
+            assert cur.fetchone() == (shown,)  # set_config() returns the value as set
+        for _ in range(2):  # (each its own transaction: another server in transaction pooling)
+            assert _shown(conn) == (shown, shown, ms, shown)
+            _canceled_at_the_limit(conn)
+        conn.execute("SET statement_timeout = 300")  # lower: the client's own, on the server
+        assert _shown(conn) == ("300ms", "300ms", "300", "300ms")
         for reset in ("RESET statement_timeout", "SET statement_timeout TO DEFAULT", "RESET ALL", "DISCARD ALL"):
             conn.execute(raise_it)
             conn.execute(reset)
-            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",), reset
+            assert _shown(conn) == ("1s", "1s", "1000", "1s"), reset
         with conn.transaction():  # SET LOCAL, and a RESET inside a transaction block
-            conn.execute(raise_it.replace("SESSION", "LOCAL").replace("false", "true"))
-            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
+            conn.execute(local)
+            assert _shown(conn)[:2] == (shown, shown)
             conn.execute("RESET statement_timeout")
-            assert conn.execute("SHOW statement_timeout").fetchone() == ("1s",)
-        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
-            conn.execute("SELECT pg_sleep(5)")
+            assert _shown(conn)[:2] == ("1s", "1s")
+            conn.execute(local)
+        assert _shown(conn) == ("1s", "1s", "1000", "1s")  # SET LOCAL: gone at the commit
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+            conn.execute(raise_it)
+            assert _shown(conn)[:2] == (shown, shown)
+            conn.execute("SELECT 1/0")
+        assert _shown(conn) == ("1s", "1s", "1000", "1s")  # rolled back
+        _canceled_at_the_limit(conn)
+
+
+def test_statement_timeout_shown_through_the_extended_protocol_and_pipelines(proxy: ProxyProcess) -> None:
+    """psycopg's server-side binds (extended protocol), in a pipeline with the SET: the reads decided after the SET
+    in the same batch show it."""
+    with psycopg.connect(proxy.dsn("slow_user"), autocommit=True) as conn:
+        with conn.pipeline():
+            conn.execute("SET statement_timeout = '1h'")
+            cur = conn.execute("SELECT current_setting('statement_timeout'), %s::int", (1,))
+        assert cur.fetchone() == ("1h", 1)
+        assert conn.execute("SELECT current_setting('statement_timeout'), %s::text", ("x",)).fetchone() == (
+            "1h", "x")
+        # (a name known only at run time reads PostgreSQL's value: the rewrite needs the name written)
+        assert conn.execute("SELECT current_setting(%s)", ("statement_timeout",)).fetchone() == ("1s",)
+        _canceled_at_the_limit(conn)
 
 
 _NUMBERS = ("1", "0.4", "0.5", "1.5", "2.5", "0.0004", "0.0005", "0.0006", "0.00001", "0.000001", "0.00000001",
@@ -352,12 +405,12 @@ def test_asyncpg_statement_timeout_raised_reaches_the_server_as_the_limit(proxy:
         conn = await asyncpg.connect(proxy.url("slow_user"), ssl=False,
                                      server_settings={"statement_timeout": "0"})
         try:
-            assert await conn.fetchval("SHOW statement_timeout") == "1s"  # clamped at startup
+            assert await conn.fetchval("SHOW statement_timeout") == "0"  # as it asked (the server has the limit)
             await conn.execute("SET statement_timeout = '10min'")
-            assert await conn.fetchval("SELECT current_setting('statement_timeout')") == "1s"
+            assert await conn.fetchval("SELECT current_setting('statement_timeout')") == "10min"  # the client's own
             with pytest.raises(asyncpg.exceptions.InvalidParameterValueError, match="statement_timeout_limit"):
                 await conn.fetchval("SELECT set_config('statement_timeout', $1, false)", "0")  # unknown value
-            assert await conn.fetchval("SHOW statement_timeout") == "1s"
+            assert await conn.fetchval("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'") == "600000"
             with pytest.raises(asyncpg.exceptions.QueryCanceledError):
                 await conn.execute("SELECT pg_sleep(5)")
         finally:
@@ -370,7 +423,7 @@ def test_jdbc_statement_timeout_raised_reaches_the_server_as_the_limit(proxy: Pr
     require_jdbc()
     steps = run_jdbc(proxy.jdbc_url("slow_user"), "slow_user", proxy.password("slow_user"), "script",
                      "SET statement_timeout = 0", "SHOW statement_timeout", "SELECT pg_sleep(5)", "SELECT 3")
-    assert steps[1]["results"][0]["rows"] == [["1s"]]
+    assert steps[1]["results"][0]["rows"] == [["0"]]  # what the client set; the server has the limit
     assert steps[2]["sqlstate"] == "57014"
     assert steps[3]["results"][0]["rows"] == [["3"]]
 

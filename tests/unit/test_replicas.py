@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from proxy import replicas
 from proxy.config import RoutingConfig, parse_config
+from proxy.policy import Deny, TenantPolicy, decide
+from proxy.policy.model import READ_ONLY
 from proxy.protocol import messages as m
 from proxy.replicas import (
     MAX_JUDGED,
@@ -110,6 +113,24 @@ def test_a_failed_promoted_or_silent_replica_is_down(failure: str) -> None:
     assert s.health("r1", now) is Health.DOWN and s.candidates(now, 100.0, None, 0.0) == []
 
 
+def test_the_fit_replicas_are_kept_until_time_or_a_probe_changes_them() -> None:
+    """Routing asks for the fit replicas once a request: the answer is kept until a replica could stop being fit by
+    time alone (its lag past max_lag, its probes silent) or a probe says something new."""
+    s = replica_set()
+    s.primary_polled(10.0, False, "0/100")
+    s.primary_polled(11.0, False, "0/200")
+    s.replica_polled("r1", 11.1, True, "0/100")  # it has not replayed 0/200 (not caught up): fresh as of 10.0
+    assert s.candidates(11.2, 2.0, None, 0.0) == ["r1"] and s.candidates(11.9, 2.0, None, 0.0) == ["r1"]
+    assert s.candidates(12.1, 2.0, None, 0.0) == []  # lagging past 2 s: no probe needed to see it
+    assert s.candidates(12.1, 50.0, None, 0.0) == ["r1"]  # (another max_lag, its own answer)
+    assert s.candidates(19.2, 50.0, None, 0.0) == []  # silent: 3 polls + the probe timeout after 11.1
+    s.replica_polled("r1", 19.3, True, "0/200")  # a probe: caught up again
+    assert s.candidates(19.4, 2.0, None, 0.0) == ["r1"] and s.candidates(19.4, 2.0, 10.5, 0.0) == ["r1"]
+    assert s.candidates(19.4, 2.0, 11.5, 0.0) == []  # (read-your-writes: no primary position after 11.5)
+    s.replica_failed("r1", "a server connection failed")
+    assert s.candidates(19.5, 2.0, None, 0.0) == []
+
+
 def test_an_etl_replica_is_as_fresh_as_its_staleness_query_says() -> None:
     s = ReplicaSet("main", {"etl": Replica("etl", etl=True)}, 1.0, 5.0, 5.0)
     s.replica_staleness("etl", 100.0, 3.0)
@@ -163,7 +184,7 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
         ("main/r1", 5433, "r1", "pgtenant"), ("main/r2", 5434, "r2", "pgtenant")]
 
 
-@pytest.mark.parametrize(("sql", "read_only"), [
+JUDGED = [
     ("SELECT * FROM t WHERE a = $1", True),
     ("select count(*), pg_catalog.now() from t join u using (id)", True),
     ("WITH x AS (SELECT 1) SELECT * FROM x", True),
@@ -227,7 +248,10 @@ def test_probe_targets_use_the_backend_credentials_and_a_tenant_database(tmp_pat
     ("COMMIT", True),  # (outside a transaction: a warning; a session in one holds its server, asks for none)
     ("SELEC 1", False),
     ("", False),
-])
+]
+
+
+@pytest.mark.parametrize(("sql", "read_only"), JUDGED)
 def test_read_only_sql(sql: str, read_only: bool) -> None:
     assert read_only_sql(sql) is read_only
 
@@ -237,6 +261,15 @@ def test_a_serializable_session_default_is_not_for_a_replica() -> None:
         None, "SET default_transaction_isolation TO 'serializable'", "SET default_transaction_isolation = SERIALIZABLE",
         "SELECT pg_catalog.set_config('default_transaction_isolation', 'serializable', false)",
         "SET default_transaction_isolation TO 'repeatable read'")] == [False, True, True, True, False]
+
+
+@pytest.mark.parametrize(("sql", "read_only"), JUDGED)
+def test_the_policy_decision_says_the_same(sql: str, read_only: bool) -> None:
+    """The policy's decision carries the same verdict (READ_ONLY, cached with it: a routed session reads it instead
+    of judging the text again); a refused text is not read-only (it goes to the primary, to be refused there)."""
+    decision = decide(TenantPolicy(tenant="t", strategy="database", allow_writes=True), sql)
+    says = not isinstance(decision, Deny) and READ_ONLY in decision.effects
+    assert says is (read_only and not isinstance(decision, Deny)), decision
 
 
 def test_long_texts_are_judged_once_by_digest_and_the_longest_not_at_all() -> None:
@@ -278,3 +311,18 @@ def test_a_replica_waiting_for_its_checks_takes_their_outcome() -> None:
     s.replica_failed("r1", "waiting")
     s.replica_checked("r1", "waiting", None)
     assert s.replicas["r1"].failure is None
+
+
+@pytest.mark.parametrize(("sql", "writes_nothing", "read_only"), [
+    ("BEGIN", True, False), ("BEGIN; SELECT 1; COMMIT", True, True), ("START TRANSACTION ISOLATION LEVEL "
+                                                                       "SERIALIZABLE", True, False),
+    ("SET TRANSACTION READ WRITE", True, False), ("SELECT abalance FROM a WHERE aid = 42", True, True),
+    ("COMMIT", True, True), ("BEGIN; UPDATE a SET x = 1", False, False), ("SELECT nextval('s')", False, False),
+    ("SELECT 1 FOR UPDATE", False, False), ("SELECT f()", False, False), ("not sql", False, False),
+])
+def test_writes_nothing_sql(sql: str, writes_nothing: bool, read_only: bool) -> None:
+    """What read-your-writes asks of a transaction's requests: a read-write BEGIN is no write, the rest as read_only_sql
+    (a text judged both ways keeps both verdicts apart)."""
+    assert replicas.writes_nothing_sql(sql) is writes_nothing
+    assert replicas.read_only_sql(sql) is read_only
+    assert replicas.writes_nothing_sql(sql) is writes_nothing

@@ -99,3 +99,97 @@ def test_an_agent_profile_session_only_reads(tmp_path: Path) -> None:
     s.server_attached(server_for(s))
     [acquire] = s.client_data(m.Query("SELECT nextval('s')").encode())
     assert isinstance(acquire, AcquireServer) and acquire.route == Route(RoutingConfig(route="auto"), True, None)
+
+
+def _answer(s: ClientSession, tag: bytes, status: bytes) -> list:
+    return s.server_data(m.frame(b"C", tag + b"\x00") + m.ready_for_query(status))
+
+
+@pytest.mark.parametrize(("statement", "wrote"), [("SELECT 1", False), ("INSERT INTO t VALUES (1)", True),
+                                                  ("SELECT public.audit_touch()", True)])
+def test_a_read_write_transaction_counts_as_a_write_only_if_it_may_have_written(
+        tmp_path: Path, statement: str, wrote: bool) -> None:
+    """BEGIN (read write) goes to the primary; read-your-writes then holds back the session's reads only when
+    something the transaction sent may have written (not for a transaction that only read)."""
+    clock = Clock()
+    s, _ = session(routed_config(tmp_path), clock)
+    auto = RoutingConfig(route="auto")
+    s.server_attached(server_for(s))
+    [acquire] = s.client_data(m.Query("BEGIN").encode())
+    assert isinstance(acquire, AcquireServer) and acquire.route == Route(auto, False, None)
+    s.server_attached(server_for(s))
+    _answer(s, b"BEGIN", b"T")
+    s.client_data(m.Query(statement).encode())
+    _answer(s, b"SELECT 1", b"T")
+    s.client_data(m.Query("COMMIT").encode())
+    out = _answer(s, b"COMMIT", b"I")
+    assert any(isinstance(a, ReleaseServer) for a in out) and s.state is State.IDLE
+    clock.now = 101.0
+    assert request(s, "SELECT 2", "r1") == Route(auto, True, 100.0 if wrote else None)
+
+
+def test_a_write_pipelined_before_the_replica_is_lent_goes_with_its_read_to_the_primary(tmp_path: Path) -> None:
+    """What the client sends while the pool finds a replica for its read is seen before that server is used: a
+    batch with a write in it gives the replica back unused and asks for the primary (not 25006 on the replica)."""
+    s, _ = session(routed_config(tmp_path), Clock())
+    s.server_attached(server_for(s))
+    read, write = m.Query("SELECT 1").encode(), m.Query("INSERT INTO t VALUES (1)").encode()
+    [acquire] = s.client_data(read)
+    assert isinstance(acquire, AcquireServer) and acquire.route is not None and acquire.route.read_only
+    assert s.client_data(write) == []  # (kept while the session waits for its server)
+    replica = server_for(s)
+    replica.replica = "r1"
+    back, again = s.server_attached(replica)
+    assert isinstance(back, ReleaseServer) and back.reusable
+    assert isinstance(again, AcquireServer) and again.route is not None and not again.route.read_only
+    assert s.server is None and s.state is State.WAITING
+    out = s.server_attached(server_for(s))
+    sent = b"".join(bytes(c) for a in out if hasattr(a, "chunks") for c in a.chunks)  # type: ignore[attr-defined]
+    assert read in sent and write in sent
+
+
+def test_a_read_only_batch_keeps_its_replica(tmp_path: Path) -> None:
+    s, _ = session(routed_config(tmp_path), Clock())
+    s.server_attached(server_for(s))
+    [acquire] = s.client_data(m.Query("SELECT 1").encode())
+    assert isinstance(acquire, AcquireServer) and acquire.route is not None and acquire.route.read_only
+    s.client_data(m.Query("SELECT 2").encode())
+    replica = server_for(s)
+    replica.replica = "r1"
+    out = s.server_attached(replica)
+    assert not any(isinstance(a, ReleaseServer | AcquireServer) for a in out) and s.server is replica
+
+
+class CountingGate:
+    """A decision function with the gate's cache lookup (`cached`): how often each is asked."""
+
+    def __init__(self) -> None:
+        self.cache = DecisionCache()
+        self.decided: list[str] = []
+        self.looked_up: list[str] = []
+
+    def __call__(self, _kind: str, sql: str) -> object:
+        self.decided.append(sql)
+        return self.cache.get_or_decide(POLICY, sql)
+
+    def cached(self, sql: str) -> object:
+        self.looked_up.append(sql)
+        return self.cache.cached(POLICY, sql)
+
+
+def test_a_repeated_query_is_routed_by_its_cached_decision(tmp_path: Path) -> None:
+    """The read-only verdict is the policy decision's (READ_ONLY, cached with it): a Query seen before is routed by
+    one cache lookup, whose decision the gate then uses (the text is neither judged again nor looked up twice)."""
+    s, _ = session(routed_config(tmp_path), Clock())
+    gate = CountingGate()
+    s.enable_policy(gate)
+    s.server_attached(server_for(s))
+    expected = [  # (sql, where, its decision asked of the gate: only when the cache had none for the routing)
+        ("SELECT 1", "r1", True), ("SELECT 1", "r1", False),
+        ("SELECT abalance FROM a WHERE aid = 7", "r1", True), ("SELECT abalance FROM a WHERE aid = 8", "r1", False),
+        ("UPDATE a SET x = 1", None, True), ("UPDATE a SET x = 1", None, False),
+    ]
+    for sql, where, decided in expected:
+        gate.decided.clear()
+        assert request(s, sql, where).read_only is (where is not None), sql
+        assert gate.looked_up[-1] == sql and gate.decided == ([sql] if decided else []), sql

@@ -231,6 +231,8 @@ def parse_context(text: str) -> SessionContext:
             fields[key] = frozenset(values)
         elif key == "search_path":
             fields["path"] = values
+        elif key == "timeout":  # what SHOW statement_timeout prints for the client's SET under a limit
+            fields["timeout"] = value
         else:
             raise ValueError(f"unknown context key {key!r}")
     return SessionContext(**fields)  # type: ignore[arg-type]
