@@ -102,7 +102,7 @@ def _renamed_back(decision: Decision, renamed: hiding.Renamed) -> Decision:
     """The decision on a renamed text (hiding.py): sent renamed, with the names to write back in PostgreSQL's answer;
     a refusal of the proxy's own names and places what the client wrote."""
     if type(decision) is Allow:
-        return Rewrite(renamed.sql, (hiding.RULE,), decision.effects, decision.changes, renamed.names)
+        return Rewrite(renamed.sql, (hiding.RULE,), decision.effects, decision.changes, names=renamed.names)
     if type(decision) is Rewrite:
         return replace(decision, rules=(*decision.rules, hiding.RULE), names=renamed.names)
     assert type(decision) is Deny
@@ -210,7 +210,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     ):  # the session fills in the list where the marker is: only where the policy put it (a client's name or value
         # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
-    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes), explain)
+    return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes), explain=explain)
 
 
 def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Statement], index: int, denial: Deny,
