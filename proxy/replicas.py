@@ -363,7 +363,7 @@ def _read_only(sql: str, transactions: bool = False) -> str:
     TRANSACTION included), "" when not, "?" when it does not parse."""
     try:
         tree = json.loads(parse_sql_json(sql))
-    except (ParseError, ValueError):
+    except (ParseError, ValueError, RecursionError):  # (too deep for the JSON reader: the policy refuses it)
         return "?"  # (not read-only; a shape that does not parse is judged by its text)
     return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions)
 

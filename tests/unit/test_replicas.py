@@ -326,3 +326,11 @@ def test_writes_nothing_sql(sql: str, writes_nothing: bool, read_only: bool) -> 
     assert replicas.writes_nothing_sql(sql) is writes_nothing
     assert replicas.read_only_sql(sql) is read_only
     assert replicas.writes_nothing_sql(sql) is writes_nothing
+
+
+def test_a_tree_too_deep_to_read_is_not_read_only() -> None:
+    """A text whose parse tree is too deep for the JSON reader (600 nested `-(…)`: RecursionError) is judged not
+    read-only (the primary; the policy refuses it), instead of ending the session (red team 9r F4)."""
+    deep = "SELECT " + "-(" * 600 + "1" + ")" * 600
+    assert replicas.read_only_sql(deep) is False
+    assert replicas.writes_nothing_sql(deep) is False
