@@ -328,9 +328,14 @@ def test_writes_nothing_sql(sql: str, writes_nothing: bool, read_only: bool) -> 
     assert replicas.writes_nothing_sql(sql) is writes_nothing
 
 
-def test_a_tree_too_deep_to_read_is_not_read_only() -> None:
-    """A text whose parse tree is too deep for the JSON reader (600 nested `-(…)`: RecursionError) is judged not
-    read-only (the primary; the policy refuses it), instead of ending the session (red team 9r F4)."""
-    deep = "SELECT " + "-(" * 600 + "1" + ")" * 600
+def test_a_tree_too_deep_to_read_is_not_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text whose parse tree is too deep for the JSON reader (red team 9r F4: hundreds of nested `-(…)`, a
+    RecursionError depending on the stack's depth at the call) is judged not read-only (the primary; the policy
+    decides it) instead of ending the session with XX000."""
+    def too_deep(text: str) -> object:
+        raise RecursionError("maximum recursion depth exceeded while decoding a JSON object")
+
+    monkeypatch.setattr(replicas.json, "loads", too_deep)
+    deep = "SELECT " + "-(" * 600 + "x" + ")" * 600  # (no integer literal: judged by its own text, not a shape's)
     assert replicas.read_only_sql(deep) is False
     assert replicas.writes_nothing_sql(deep) is False
