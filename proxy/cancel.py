@@ -112,23 +112,50 @@ class CancelRegistry:
 FORWARD_RATE = 20.0  # cancels a second one client address may have passed to other instances, after a burst of
 FORWARD_BURST = 50.0
 FORWARD_ADDRESSES = 4096  # addresses remembered (the least recently seen is forgotten: it gets a fresh burst)
+FORWARD_TOTAL_RATE = 200.0  # cancels a second all client addresses together may have passed on, after a burst of
+FORWARD_TOTAL_BURST = 400.0
+FORWARD_IN_FLIGHT = 16  # exchanges with one instance (slot) at a time; more are dropped
 
 
 class ForwardLimiter:
-    """A token bucket per client address for CancelRequests passed to another instance: anyone can send them, and
-    each costs a connection and an exchange with that instance (red team 8b F4/F6). Pure: the caller passes the
-    time."""
+    """Limits on CancelRequests passed to another instance: anyone can send them, and each costs a connection and an
+    exchange with that instance (red team 8b F4/F6). A token bucket per client address as pgtenant sees it (behind a
+    balancer that hides client addresses, one bucket is everyone's: docs/operations.md "Stateless replicas"), one
+    over all addresses, and a cap on exchanges in flight per destination slot (red team 9b N1). Cancels naming a slot
+    no instance holds are answered by the sender's negative cache and never charged here. Pure: the caller passes
+    the time."""
 
     def __init__(self, rate: float = FORWARD_RATE, burst: float = FORWARD_BURST,
-                 addresses: int = FORWARD_ADDRESSES) -> None:
+                 addresses: int = FORWARD_ADDRESSES, total_rate: float = FORWARD_TOTAL_RATE,
+                 total_burst: float = FORWARD_TOTAL_BURST, in_flight: int = FORWARD_IN_FLIGHT) -> None:
         self.rate, self.burst, self.addresses = rate, burst, addresses
+        self.total_rate, self.total_burst, self.in_flight = total_rate, total_burst, in_flight
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when), least recently seen first
+        self._total: tuple[float, float] | None = None  # (tokens, when) over all addresses
+        self._flying: dict[int, int] = {}  # slot -> exchanges under way
 
     def allow(self, address: str, now: float) -> bool:
+        """Whether a cancel from `address` may be passed on now (charged to its bucket and the total if so)."""
         tokens, last = self._buckets.pop(address, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
+        total, total_last = self._total or (self.total_burst, now)
+        total = min(self.total_burst, total + (now - total_last) * self.total_rate)
+        allowed = tokens >= 1.0 and total >= 1.0
         self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        self._total = (total - 1.0 if allowed else total, now)
         if len(self._buckets) > self.addresses:
             del self._buckets[next(iter(self._buckets))]
         return allowed
+
+    def begin(self, slot: int) -> bool:
+        """Whether an exchange with `slot`'s instance may start (then `end(slot)` once it is over)."""
+        flying = self._flying.get(slot, 0)
+        if flying >= self.in_flight:
+            return False
+        self._flying[slot] = flying + 1
+        return True
+
+    def end(self, slot: int) -> None:
+        flying = self._flying.pop(slot, 0) - 1
+        if flying > 0:
+            self._flying[slot] = flying

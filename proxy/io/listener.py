@@ -409,17 +409,23 @@ class Proxy:
         await self._cancel_here(action)
 
     async def _cancel_elsewhere(self, action: ForwardCancel, address: str) -> bool:
-        """Stateless replicas: a key naming another instance's slot goes to that instance (a client address's such
-        cancels rate-limited); whether it was another's."""
+        """Stateless replicas: a key naming another instance's slot goes to that instance (such cancels limited per
+        client address, in all and per destination: proxy.cancel.ForwardLimiter); whether it was another's."""
         if self.peer_sender is None:
             return False
         slot = instancekey.space().elsewhere(action.process_id)
         if slot is None:
             return False
-        if not self.forward_limit.allow(address, time.monotonic()):
+        limit = self.forward_limit
+        if await self.peer_sender.find(slot) is None:  # no instance holds it (answered by the negative cache after
+            outcome = "no_instance"  # one lookup, and never charged below: red team 9b N1)
+        elif not limit.allow(address, time.monotonic()) or not limit.begin(slot):
             outcome = "throttled"
         else:
-            status = await self.peer_sender.send(slot, action.process_id, action.secret_key)
+            try:
+                status = await self.peer_sender.send(slot, action.process_id, action.secret_key)
+            finally:
+                limit.end(slot)
             outcome = {instancekey.FOUND: "found", instancekey.UNKNOWN: "unknown", instancekey.STALE: "stale",
                        None: "no_instance" if self.peer_sender.missing(slot) else "failed"}[status]
         self.metrics.instance_cancel(outcome)

@@ -103,7 +103,8 @@ class PeerCancelSender:
         self._lookup = asyncio.Lock()
         self._log_limit = LogLimiter()  # (anyone can send CancelRequests naming a slot whose instance fails)
 
-    async def _find(self, slot: int) -> Where | None:
+    async def find(self, slot: int) -> Where | None:
+        """The address and claim of `slot`'s instance (cached, or read from the registry); None if none holds it."""
         found = self._where.get(slot)
         if found is not None or self._missing.get(slot, 0.0) > _clock():
             return found
@@ -140,14 +141,14 @@ class PeerCancelSender:
     async def send(self, slot: int, process_id: int, secret_key: bytes) -> bytes | None:
         """The answer of the instance of `slot` (instancekey.FOUND: it had the session and acted on the cancel;
         UNKNOWN: no session of it has that key); None if no instance of the slot answered genuinely."""
-        where = await self._find(slot)
+        where = await self.find(slot)
         status = None if where is None else await self._exchange(where, slot, process_id, secret_key)
         # Gone, replaced, or an impostor there: look again (not for every cancel: anyone can send them, and a lookup
         # is a registry login).
         if where is not None and status in (None, instancekey.STALE) \
                 and self._looked_up.get(slot, 0.0) + RELOOK_AFTER <= _clock():
             self._forget(slot, where)
-            fresh = await self._find(slot)
+            fresh = await self.find(slot)
             if fresh is not None and fresh != where:
                 status = await self._exchange(fresh, slot, process_id, secret_key)
         return status

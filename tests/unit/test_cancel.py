@@ -105,6 +105,20 @@ def test_cancels_passed_to_other_instances_are_limited_per_client_address() -> N
     assert len(limit._buckets) == 2  # bounded: the least recently seen address is forgotten
 
 
+def test_cancels_passed_on_are_limited_in_all_and_per_destination() -> None:
+    """Red team 9b N1: many addresses together stay under one rate, and one instance gets a bounded number of
+    exchanges at a time."""
+    limit = ForwardLimiter(rate=100.0, burst=100.0, total_rate=2.0, total_burst=3.0, in_flight=2)
+    assert [limit.allow(f"10.0.0.{i}", 100.0) for i in range(4)] == [True, True, True, False]
+    assert limit.allow("10.0.0.9", 100.5) and not limit.allow("10.0.0.8", 100.5)  # the total refills 2 a second
+    assert [limit.begin(1), limit.begin(1), limit.begin(1), limit.begin(2)] == [True, True, False, True]
+    limit.end(1)
+    assert limit.begin(1) and not limit.begin(1)
+    for slot in (1, 1, 2):
+        limit.end(slot)
+    assert limit._flying == {}
+
+
 def test_a_protocol_3_2_client_gets_the_whole_secret_and_a_3_0_client_four_bytes() -> None:
     """Issue 19: keep the unguessable part as large as the protocol allows (PostgreSQL 18 gives 3.2 clients 32
     bytes)."""
