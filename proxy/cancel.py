@@ -78,32 +78,40 @@ def client_key(key: tuple[int, bytes], protocol_minor: int) -> tuple[int, bytes]
 
 class CancelRegistry:
     """Client (process id, secret) -> the session it was given to (a cancel is forwarded to the server that session
-    holds when the CancelRequest arrives, if any)."""
+    holds when the CancelRequest arrives, if any). Keyed by the whole key: process ids keep only 25-26 random bits, so
+    two sessions of one process may share one (thousands of sessions: likely); neither ever overwrites, finds or
+    unregisters the other (red team 9b N4; PgBouncer also matches the whole key)."""
 
     def __init__(self) -> None:
-        self._by_pid: dict[int, tuple[bytes, object]] = {}
+        self._by_pid: dict[int, list[tuple[bytes, object]]] = {}
 
     def register(self, process_id: int, secret_key: bytes, target: object) -> None:
-        self._by_pid[process_id] = (secret_key, target)
+        entries = self._by_pid.setdefault(process_id, [])
+        entries[:] = [(secret, had) for secret, had in entries if secret != secret_key]  # (the same key given anew)
+        entries.append((secret_key, target))
 
-    def unregister(self, process_id: int) -> None:
-        self._by_pid.pop(process_id, None)
+    def unregister(self, process_id: int, secret_key: bytes) -> None:
+        entries = [(secret, had) for secret, had in self._by_pid.get(process_id, ()) if secret != secret_key]
+        if entries:
+            self._by_pid[process_id] = entries
+        else:
+            self._by_pid.pop(process_id, None)
 
     def lookup(self, process_id: int, secret_key: bytes) -> object | None:
-        entry = self._by_pid.get(process_id)
-        if entry is None:
-            return None
-        secret, target = entry
-        return target if hmac.compare_digest(secret, secret_key) else None
+        found = None
+        for secret, target in self._by_pid.get(process_id, ()):
+            if hmac.compare_digest(secret, secret_key):
+                found = target
+        return found
 
     def lookup_proof(self, process_id: int, proof: bytes, shared: bytes) -> object | None:
         """The session whose key's proof (proxy.instancekey.key_proof: what another instance forwards instead of the
         key) is `proof`."""
-        entry = self._by_pid.get(process_id)
-        if entry is None:
-            return None
-        secret, target = entry
-        return target if hmac.compare_digest(instancekey.key_proof(shared, process_id, secret), proof) else None
+        found = None
+        for secret, target in self._by_pid.get(process_id, ()):
+            if hmac.compare_digest(instancekey.key_proof(shared, process_id, secret), proof):
+                found = target
+        return found
 
     def __contains__(self, process_id: int) -> bool:
         return process_id in self._by_pid

@@ -31,13 +31,30 @@ def test_a_wrong_or_partial_secret_or_unknown_process_finds_nothing() -> None:
 
 def test_registering_again_replaces_and_unregistering_forgets() -> None:
     reg = CancelRegistry()
-    reg.register(7, b"old!", Session())
+    reg.register(7, b"new!", Session())
     newer = Session()
     reg.register(7, b"new!", newer)  # the same key given anew
-    assert reg.lookup(7, b"old!") is None and reg.lookup(7, b"new!") is newer
-    reg.unregister(7)
+    assert reg.lookup(7, b"new!") is newer
+    reg.unregister(7, b"new!")
     assert 7 not in reg and reg.lookup(7, b"new!") is None
-    reg.unregister(7)  # unregistering twice is harmless
+    reg.unregister(7, b"new!")  # unregistering twice is harmless
+    assert 7 not in reg
+
+
+def test_two_sessions_sharing_a_process_id_keep_their_own_cancels() -> None:
+    """Red team 9b N4: keys were registered by process id alone (25-26 random bits): a second session drawing the
+    same one overwrote the first's entry, and the first's end unregistered the second's."""
+    shared = b"s" * 32
+    reg = CancelRegistry()
+    x, y = Session(), Session()
+    reg.register(7, b"xxxx", x)
+    reg.register(7, b"yyyy", y)
+    assert reg.lookup(7, b"xxxx") is x and reg.lookup(7, b"yyyy") is y
+    assert reg.lookup_proof(7, key_proof(shared, 7, b"xxxx"), shared) is x
+    reg.unregister(7, b"xxxx")  # x ends
+    assert reg.lookup(7, b"xxxx") is None and reg.lookup(7, b"yyyy") is y and 7 in reg
+    assert reg.lookup_proof(7, key_proof(shared, 7, b"yyyy"), shared) is y
+    reg.unregister(7, b"yyyy")
     assert 7 not in reg
 
 
