@@ -230,3 +230,41 @@ def test_cancels_naming_a_free_slot_do_not_spend_a_client_addresss_forward_budge
         await instance.server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_cancels_waiting_for_a_registry_lookup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b N5: with instance_bits 10 (~1000 free slots), anonymous cancels naming a different free slot each
+    queued without bound behind the one lookup at a time (held 29 s to minutes, RSS 72 -> 270 MB). At most
+    LOOKUP_QUEUE wait besides the lookup under way; the others are dropped at once (LookupBusy), and a cancel for a
+    slot already known is never held."""
+    sender = peercancel.PeerCancelSender("host=registry", SHARED)
+    release = asyncio.Event()
+    lookups: list[int] = []
+
+    async def query(slot: int) -> tuple[str, int, int] | None:
+        lookups.append(slot)
+        await release.wait()
+        return ("10.0.0.2", 6433, 1) if slot == 1 else None
+
+    monkeypatch.setattr(sender, "_query", query)
+
+    async def find(slot: int) -> object:
+        try:
+            return await sender.find(slot)
+        except peercancel.LookupBusy:
+            return "busy"
+
+    async def scenario() -> None:
+        release.set()
+        assert await sender.find(1) == ("10.0.0.2", 6433, 1)  # known from now on
+        release.clear()
+        flood = [asyncio.ensure_future(find(slot)) for slot in range(100, 400)]
+        await asyncio.sleep(0.05)
+        done = [task.result() for task in flood if task.done()]
+        assert done == ["busy"] * (300 - 1 - peercancel.LOOKUP_QUEUE)  # dropped at once, nothing held for them
+        assert await asyncio.wait_for(sender.find(1), 1) == ("10.0.0.2", 6433, 1)  # not queued behind the flood
+        release.set()
+        assert [await task for task in flood[:1 + peercancel.LOOKUP_QUEUE]] == [None] * (1 + peercancel.LOOKUP_QUEUE)
+        assert lookups == [1, *range(100, 101 + peercancel.LOOKUP_QUEUE)]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
