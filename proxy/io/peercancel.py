@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -34,12 +33,9 @@ class LookupBusy(Exception):
 
 
 def advertised_host(advertise: str | None, peer_host: str) -> str:
-    """The address other instances reach this one's peer port at."""
-    if advertise:
-        return advertise
-    if peer_host in ("", "0.0.0.0", "::"):
-        return socket.gethostbyname(socket.gethostname())
-    return peer_host
+    """The address other instances reach this one's peer port at (the config requires advertise_host when peer_host
+    is a wildcard: proxy.config)."""
+    return advertise or peer_host
 
 
 def no_slot_problem(bits: int) -> str:
