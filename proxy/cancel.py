@@ -78,32 +78,40 @@ def client_key(key: tuple[int, bytes], protocol_minor: int) -> tuple[int, bytes]
 
 class CancelRegistry:
     """Client (process id, secret) -> the session it was given to (a cancel is forwarded to the server that session
-    holds when the CancelRequest arrives, if any)."""
+    holds when the CancelRequest arrives, if any). Keyed by the whole key: process ids keep only 25-26 random bits, so
+    two sessions of one process may share one (thousands of sessions: likely); neither ever overwrites, finds or
+    unregisters the other (red team 9b N4; PgBouncer also matches the whole key)."""
 
     def __init__(self) -> None:
-        self._by_pid: dict[int, tuple[bytes, object]] = {}
+        self._by_pid: dict[int, list[tuple[bytes, object]]] = {}
 
     def register(self, process_id: int, secret_key: bytes, target: object) -> None:
-        self._by_pid[process_id] = (secret_key, target)
+        entries = self._by_pid.setdefault(process_id, [])
+        entries[:] = [(secret, had) for secret, had in entries if secret != secret_key]  # (the same key given anew)
+        entries.append((secret_key, target))
 
-    def unregister(self, process_id: int) -> None:
-        self._by_pid.pop(process_id, None)
+    def unregister(self, process_id: int, secret_key: bytes) -> None:
+        entries = [(secret, had) for secret, had in self._by_pid.get(process_id, ()) if secret != secret_key]
+        if entries:
+            self._by_pid[process_id] = entries
+        else:
+            self._by_pid.pop(process_id, None)
 
     def lookup(self, process_id: int, secret_key: bytes) -> object | None:
-        entry = self._by_pid.get(process_id)
-        if entry is None:
-            return None
-        secret, target = entry
-        return target if hmac.compare_digest(secret, secret_key) else None
+        found = None
+        for secret, target in self._by_pid.get(process_id, ()):
+            if hmac.compare_digest(secret, secret_key):
+                found = target
+        return found
 
     def lookup_proof(self, process_id: int, proof: bytes, shared: bytes) -> object | None:
         """The session whose key's proof (proxy.instancekey.key_proof: what another instance forwards instead of the
         key) is `proof`."""
-        entry = self._by_pid.get(process_id)
-        if entry is None:
-            return None
-        secret, target = entry
-        return target if hmac.compare_digest(instancekey.key_proof(shared, process_id, secret), proof) else None
+        found = None
+        for secret, target in self._by_pid.get(process_id, ()):
+            if hmac.compare_digest(instancekey.key_proof(shared, process_id, secret), proof):
+                found = target
+        return found
 
     def __contains__(self, process_id: int) -> bool:
         return process_id in self._by_pid
@@ -112,23 +120,50 @@ class CancelRegistry:
 FORWARD_RATE = 20.0  # cancels a second one client address may have passed to other instances, after a burst of
 FORWARD_BURST = 50.0
 FORWARD_ADDRESSES = 4096  # addresses remembered (the least recently seen is forgotten: it gets a fresh burst)
+FORWARD_TOTAL_RATE = 200.0  # cancels a second all client addresses together may have passed on, after a burst of
+FORWARD_TOTAL_BURST = 400.0
+FORWARD_IN_FLIGHT = 16  # exchanges with one instance (slot) at a time; more are dropped
 
 
 class ForwardLimiter:
-    """A token bucket per client address for CancelRequests passed to another instance: anyone can send them, and
-    each costs a connection and an exchange with that instance (red team 8b F4/F6). Pure: the caller passes the
-    time."""
+    """Limits on CancelRequests passed to another instance: anyone can send them, and each costs a connection and an
+    exchange with that instance (red team 8b F4/F6). A token bucket per client address as pgtenant sees it (behind a
+    balancer that hides client addresses, one bucket is everyone's: docs/operations.md "Stateless replicas"), one
+    over all addresses, and a cap on exchanges in flight per destination slot (red team 9b N1). Cancels naming a slot
+    no instance holds are answered by the sender's negative cache and never charged here. Pure: the caller passes
+    the time."""
 
     def __init__(self, rate: float = FORWARD_RATE, burst: float = FORWARD_BURST,
-                 addresses: int = FORWARD_ADDRESSES) -> None:
+                 addresses: int = FORWARD_ADDRESSES, total_rate: float = FORWARD_TOTAL_RATE,
+                 total_burst: float = FORWARD_TOTAL_BURST, in_flight: int = FORWARD_IN_FLIGHT) -> None:
         self.rate, self.burst, self.addresses = rate, burst, addresses
+        self.total_rate, self.total_burst, self.in_flight = total_rate, total_burst, in_flight
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when), least recently seen first
+        self._total: tuple[float, float] | None = None  # (tokens, when) over all addresses
+        self._flying: dict[int, int] = {}  # slot -> exchanges under way
 
     def allow(self, address: str, now: float) -> bool:
+        """Whether a cancel from `address` may be passed on now (charged to its bucket and the total if so)."""
         tokens, last = self._buckets.pop(address, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
+        total, total_last = self._total or (self.total_burst, now)
+        total = min(self.total_burst, total + (now - total_last) * self.total_rate)
+        allowed = tokens >= 1.0 and total >= 1.0
         self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        self._total = (total - 1.0 if allowed else total, now)
         if len(self._buckets) > self.addresses:
             del self._buckets[next(iter(self._buckets))]
         return allowed
+
+    def begin(self, slot: int) -> bool:
+        """Whether an exchange with `slot`'s instance may start (then `end(slot)` once it is over)."""
+        flying = self._flying.get(slot, 0)
+        if flying >= self.in_flight:
+            return False
+        self._flying[slot] = flying + 1
+        return True
+
+    def end(self, slot: int) -> None:
+        flying = self._flying.pop(slot, 0) - 1
+        if flying > 0:
+            self._flying[slot] = flying

@@ -348,8 +348,8 @@ class RegistryConfig:
     # passed to the one serving the session, over this port, authenticated with peer_secret. None: no forwarding.
     peer_port: int | None = None
     peer_host: str = "0.0.0.0"  # address the peer port listens on
-    advertise_host: str | None = None  # address other instances reach this one at (`env:POD_IP`); None: peer_host,
-    # or this host's name's address when peer_host is a wildcard
+    advertise_host: str | None = None  # address other instances reach this one at (`env:POD_IP`); None: peer_host
+    # (required with peer_port when peer_host is a wildcard)
     instance_bits: int = 5  # process-id bits naming the instance: at most 2**instance_bits instances per registry
     peer_secret: str | None = field(default=None, repr=False)  # shared by all instances (`env:NAME`), 32+ characters
 
@@ -653,6 +653,9 @@ def _server_config(raw: Mapping[str, Any]) -> ServerConfig:
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"server.workers: must be 1..{MAX_WORKERS} or \"auto\", got {workers}")
     return ServerConfig(workers=workers)
+_WILDCARDS = ("", "0.0.0.0", "::")  # listen addresses that name every interface, none to reach
+
+
 def _registry_config(given: dict[str, Any]) -> RegistryConfig:
     """[registry], checked; its dsn, advertise_host and peer_secret may be `env:NAME`."""
     for key in ("dsn", "advertise_host", "peer_secret"):
@@ -670,6 +673,15 @@ def _registry_config(given: dict[str, Any]) -> RegistryConfig:
         if len(registry.peer_secret or "") < 32:
             raise ConfigError("registry.peer_secret: at least 32 characters of random data shared by all instances "
                               "(e.g. `openssl rand -hex 32`), required with peer_port")
+        # Other instances must reach this one's peer port at the address it writes in the registry: a wildcard
+        # says nothing, and the host name's address is loopback on many hosts (Debian's 127.0.1.1; red team 9b N7).
+        if registry.advertise_host is None and registry.peer_host in _WILDCARDS:
+            raise ConfigError(f"registry.advertise_host: required with peer_port when peer_host is "
+                              f"{registry.peer_host or 'empty'} (the address other instances reach this one's peer "
+                              "port at, e.g. `env:POD_IP`, or this host's address on their network)")
+        if registry.advertise_host in _WILDCARDS:
+            raise ConfigError(f"registry.advertise_host: {registry.advertise_host or 'empty'} is no address other "
+                              "instances can reach")
     return registry
 
 

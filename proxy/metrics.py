@@ -341,7 +341,7 @@ class Metrics:
         )
         self._instance_cancels = Counter(
             "pgtenant_instance_cancels_total", "CancelRequests for another instance's sessions (stateless replicas), "
-            "by outcome (found, unknown, stale, no_instance, throttled, failed).", ["outcome"], registry=r,
+            "by outcome (found, unknown, stale, no_instance, throttled, busy, failed).", ["outcome"], registry=r,
         )
         self._peer_refused = peer_refused_counter(r)
         self._limit_refusals = Counter(

@@ -798,7 +798,7 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.clients.discard(self)
             if self.session is not None:
                 if self._connect is not None:
-                    self.proxy.cancels.unregister(self._connect.cancel_key[0])
+                    self.proxy.cancels.unregister(*self._connect.cancel_key)
                 if reason is not CloseReason.CANCEL_REQUEST:  # (a CancelRequest comes before any user)
                     self.prelog(
                         "info",

@@ -26,7 +26,7 @@ from proxy.config import AgentConfig, BackendConfig, Config, ServerConfig
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
-from proxy.io.peercancel import PeerCancelSender, PeerCancelServer, advertised_host, no_slot_problem
+from proxy.io.peercancel import LookupBusy, PeerCancelSender, PeerCancelServer, advertised_host, no_slot_problem
 from proxy.io.peers import Peers, PeerServer, WorkerIdentity
 from proxy.io.pool import Pool
 from proxy.io.registrywatch import RegistryWatch
@@ -409,22 +409,36 @@ class Proxy:
         await self._cancel_here(action)
 
     async def _cancel_elsewhere(self, action: ForwardCancel, address: str) -> bool:
-        """Stateless replicas: a key naming another instance's slot goes to that instance (a client address's such
-        cancels rate-limited); whether it was another's."""
+        """Stateless replicas: a key naming another instance's slot goes to that instance (such cancels limited per
+        client address, in all and per destination: proxy.cancel.ForwardLimiter); whether it was another's."""
         if self.peer_sender is None:
             return False
         slot = instancekey.space().elsewhere(action.process_id)
         if slot is None:
             return False
-        if not self.forward_limit.allow(address, time.monotonic()):
-            outcome = "throttled"
-        else:
-            status = await self.peer_sender.send(slot, action.process_id, action.secret_key)
-            outcome = {instancekey.FOUND: "found", instancekey.UNKNOWN: "unknown", instancekey.STALE: "stale",
-                       None: "no_instance" if self.peer_sender.missing(slot) else "failed"}[status]
+        outcome = await self._pass_to_instance(slot, action, address)
         self.metrics.instance_cancel(outcome)
         self._prelogin_line("info", "cancel_passed_to_instance", slot=slot, outcome=outcome)  # (anyone can send one)
         return True
+
+    async def _pass_to_instance(self, slot: int, action: ForwardCancel, address: str) -> str:
+        """Pass a cancel on to the instance of `slot`, within the limits: its outcome."""
+        assert self.peer_sender is not None
+        try:
+            where = await self.peer_sender.find(slot)
+        except LookupBusy:  # too many cancels already wait for a registry lookup (red team 9b N5)
+            return "busy"
+        if where is None:  # no instance holds it: answered by the negative cache after one lookup, never charged
+            return "no_instance"  # (red team 9b N1)
+        limit = self.forward_limit
+        if not limit.allow(address, time.monotonic()) or not limit.begin(slot):
+            return "throttled"
+        try:
+            status = await self.peer_sender.send(slot, action.process_id, action.secret_key)
+        finally:
+            limit.end(slot)
+        return {instancekey.FOUND: "found", instancekey.UNKNOWN: "unknown", instancekey.STALE: "stale",
+                None: "no_instance" if self.peer_sender.missing(slot) else "failed"}[status]
 
     async def _cancel_here_proof(self, process_id: int, proof: bytes) -> bool:
         """A cancel another instance passed on (its key's proof, not the key): whether a session here has that key."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +18,7 @@ log = get_logger("pgtenant.peers")
 
 TIMEOUT = 5.0  # seconds for a peer to read a frame, or to answer one (it waits for the backend's cancel)
 MISSING_FOR = 5.0  # seconds a slot no instance held stays unlooked-up (a new instance is found after that)
+LOOKUP_QUEUE = 4  # slots whose cancels may wait for the registry lookup under way; more are dropped (LookupBusy)
 RELOOK_AFTER = 1.0  # seconds: a slot whose cached instance gave no genuine answer is looked up again at most this often
 _clock = time.monotonic
 # (process id, key proof) -> whether a session of this instance had that key (and its cancel was passed on)
@@ -27,13 +27,15 @@ Claim = Callable[[], tuple[int | None, int | None]]  # this instance's (slot, cl
 Where = tuple[str, int, int]  # an instance's peer address and claim id
 
 
+class LookupBusy(Exception):
+    """Cancels of more than LOOKUP_QUEUE slots already wait for a registry lookup: this one is dropped (red team 9b
+    N5)."""
+
+
 def advertised_host(advertise: str | None, peer_host: str) -> str:
-    """The address other instances reach this one's peer port at."""
-    if advertise:
-        return advertise
-    if peer_host in ("", "0.0.0.0", "::"):
-        return socket.gethostbyname(socket.gethostname())
-    return peer_host
+    """The address other instances reach this one's peer port at (the config requires advertise_host when peer_host
+    is a wildcard: proxy.config)."""
+    return advertise or peer_host
 
 
 def no_slot_problem(bits: int) -> str:
@@ -101,23 +103,44 @@ class PeerCancelSender:
         self._missing: dict[int, float] = {}
         self._looked_up: dict[int, float] = {}  # when each slot's address was last read from the registry
         self._lookup = asyncio.Lock()
+        # Slots whose lookup is under way or waits (-> how many cancels wait for it): anyone can make cancels wait,
+        # so at most LOOKUP_QUEUE slots wait besides the one looked up (a slot's cancels all wait for its one lookup).
+        self._queued: dict[int, int] = {}
         self._log_limit = LogLimiter()  # (anyone can send CancelRequests naming a slot whose instance fails)
 
-    async def _find(self, slot: int) -> Where | None:
+    async def find(self, slot: int) -> Where | None:
+        """The address and claim of `slot`'s instance (cached, or read from the registry); None if none holds it.
+        LookupBusy when it needs a lookup and cancels of LOOKUP_QUEUE other slots already wait for one: with many
+        free slots (instance_bits 10) anyone could queue cancels without bound behind the one lookup at a time,
+        holding every other cancel needing a lookup for minutes (red team 9b N5)."""
         found = self._where.get(slot)
         if found is not None or self._missing.get(slot, 0.0) > _clock():
             return found
-        async with self._lookup:
-            found = self._where.get(slot)
-            if found is not None or self._missing.get(slot, 0.0) > _clock():
+        if slot not in self._queued and len(self._queued) > LOOKUP_QUEUE:
+            raise LookupBusy(slot)
+        self._queued[slot] = self._queued.get(slot, 0) + 1
+        try:
+            async with self._lookup:
+                found = self._where.get(slot)
+                if found is not None or self._missing.get(slot, 0.0) > _clock():
+                    return found
+                try:
+                    async with asyncio.timeout(TIMEOUT):  # (a lookup hanging on a silent registry path holds the queue)
+                        found = await self._query(slot)
+                except TimeoutError:
+                    log.warning("peer_lookup_failed", slot=slot, error="timed out")
+                    found = None
+                self._looked_up[slot] = _clock()
+                if found is None:
+                    self._missing[slot] = _clock() + MISSING_FOR
+                else:
+                    self._where[slot] = found
                 return found
-            found = await self._query(slot)
-            self._looked_up[slot] = _clock()
-            if found is None:
-                self._missing[slot] = _clock() + MISSING_FOR
+        finally:
+            if self._queued[slot] == 1:
+                del self._queued[slot]
             else:
-                self._where[slot] = found
-            return found
+                self._queued[slot] -= 1
 
     def missing(self, slot: int) -> bool:
         """Whether no instance held `slot` at the last lookup (recently)."""
@@ -140,14 +163,17 @@ class PeerCancelSender:
     async def send(self, slot: int, process_id: int, secret_key: bytes) -> bytes | None:
         """The answer of the instance of `slot` (instancekey.FOUND: it had the session and acted on the cancel;
         UNKNOWN: no session of it has that key); None if no instance of the slot answered genuinely."""
-        where = await self._find(slot)
+        where = await self.find(slot)
         status = None if where is None else await self._exchange(where, slot, process_id, secret_key)
         # Gone, replaced, or an impostor there: look again (not for every cancel: anyone can send them, and a lookup
         # is a registry login).
         if where is not None and status in (None, instancekey.STALE) \
                 and self._looked_up.get(slot, 0.0) + RELOOK_AFTER <= _clock():
             self._forget(slot, where)
-            fresh = await self._find(slot)
+            try:
+                fresh = await self.find(slot)
+            except LookupBusy:
+                fresh = None
             if fresh is not None and fresh != where:
                 status = await self._exchange(fresh, slot, process_id, secret_key)
         return status

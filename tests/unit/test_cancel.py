@@ -31,13 +31,30 @@ def test_a_wrong_or_partial_secret_or_unknown_process_finds_nothing() -> None:
 
 def test_registering_again_replaces_and_unregistering_forgets() -> None:
     reg = CancelRegistry()
-    reg.register(7, b"old!", Session())
+    reg.register(7, b"new!", Session())
     newer = Session()
     reg.register(7, b"new!", newer)  # the same key given anew
-    assert reg.lookup(7, b"old!") is None and reg.lookup(7, b"new!") is newer
-    reg.unregister(7)
+    assert reg.lookup(7, b"new!") is newer
+    reg.unregister(7, b"new!")
     assert 7 not in reg and reg.lookup(7, b"new!") is None
-    reg.unregister(7)  # unregistering twice is harmless
+    reg.unregister(7, b"new!")  # unregistering twice is harmless
+    assert 7 not in reg
+
+
+def test_two_sessions_sharing_a_process_id_keep_their_own_cancels() -> None:
+    """Red team 9b N4: keys were registered by process id alone (25-26 random bits): a second session drawing the
+    same one overwrote the first's entry, and the first's end unregistered the second's."""
+    shared = b"s" * 32
+    reg = CancelRegistry()
+    x, y = Session(), Session()
+    reg.register(7, b"xxxx", x)
+    reg.register(7, b"yyyy", y)
+    assert reg.lookup(7, b"xxxx") is x and reg.lookup(7, b"yyyy") is y
+    assert reg.lookup_proof(7, key_proof(shared, 7, b"xxxx"), shared) is x
+    reg.unregister(7, b"xxxx")  # x ends
+    assert reg.lookup(7, b"xxxx") is None and reg.lookup(7, b"yyyy") is y and 7 in reg
+    assert reg.lookup_proof(7, key_proof(shared, 7, b"yyyy"), shared) is y
+    reg.unregister(7, b"yyyy")
     assert 7 not in reg
 
 
@@ -103,6 +120,20 @@ def test_cancels_passed_to_other_instances_are_limited_per_client_address() -> N
     assert limit.allow("10.0.0.1", 100.5) and not limit.allow("10.0.0.1", 100.5)  # 2 a second refill
     limit.allow("10.0.0.3", 100.5)
     assert len(limit._buckets) == 2  # bounded: the least recently seen address is forgotten
+
+
+def test_cancels_passed_on_are_limited_in_all_and_per_destination() -> None:
+    """Red team 9b N1: many addresses together stay under one rate, and one instance gets a bounded number of
+    exchanges at a time."""
+    limit = ForwardLimiter(rate=100.0, burst=100.0, total_rate=2.0, total_burst=3.0, in_flight=2)
+    assert [limit.allow(f"10.0.0.{i}", 100.0) for i in range(4)] == [True, True, True, False]
+    assert limit.allow("10.0.0.9", 100.5) and not limit.allow("10.0.0.8", 100.5)  # the total refills 2 a second
+    assert [limit.begin(1), limit.begin(1), limit.begin(1), limit.begin(2)] == [True, True, False, True]
+    limit.end(1)
+    assert limit.begin(1) and not limit.begin(1)
+    for slot in (1, 1, 2):
+        limit.end(slot)
+    assert limit._flying == {}
 
 
 def test_a_protocol_3_2_client_gets_the_whole_secret_and_a_3_0_client_four_bytes() -> None:

@@ -384,13 +384,19 @@ def test_registry_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_registry_peer_keys(tmp_path: Path) -> None:
-    reg = {"dsn": "host=db", "peer_port": 6433, "peer_secret": "x" * 32}
+    reg = {"dsn": "host=db", "peer_port": 6433, "peer_secret": "x" * 32, "advertise_host": "10.0.0.7"}
     cfg = load({**base(), "registry": reg}, tmp_path)
     assert cfg.registry.peer_port == 6433 and cfg.registry.instance_bits == 5  # type: ignore[attr-defined]
     for bad, problem in [({"peer_secret": "short"}, r"registry\.peer_secret: at least 32"),
                          ({"dsn": None}, r"registry\.peer_port: needs registry\.dsn"),
                          ({"instance_bits": 11}, r"registry\.instance_bits: must be 1\.\.10"),
-                         ({"peer_port": 70000}, r"registry\.peer_port: must be 0\.\.65535")]:
+                         ({"peer_port": 70000}, r"registry\.peer_port: must be 0\.\.65535"),
+                         # red team 9b N7: a wildcard says nothing, the host name's address is often loopback
+                         ({"advertise_host": None}, r"registry\.advertise_host: required with peer_port when peer_host "
+                                                    r"is 0\.0\.0\.0"),
+                         ({"advertise_host": None, "peer_host": "::"}, r"registry\.advertise_host: required"),
+                         ({"advertise_host": "0.0.0.0", "peer_host": "10.0.0.7"},
+                          r"registry\.advertise_host: 0\.0\.0\.0 is no address")]:
         given = {k: v for k, v in {**reg, **bad}.items() if v is not None}
         with pytest.raises(ConfigError, match=problem):
             load({**base(), "registry": given}, tmp_path)
@@ -400,7 +406,7 @@ def test_registry_peer_forwarding_with_several_workers_is_accepted(tmp_path: Pat
     """The supervisor claims the instance's slot and owns the peer port (issue 19; refused before)."""
     raw = base()
     raw["server"] = {"workers": 2}
-    raw["registry"] = {"dsn": "host=db", "peer_port": 7000, "peer_secret": "x" * 32}
+    raw["registry"] = {"dsn": "host=db", "peer_port": 7000, "peer_secret": "x" * 32, "peer_host": "10.0.0.7"}
     cfg = load(raw, tmp_path)
     assert cfg.server.workers == 2 and cfg.registry.peer_port == 7000  # type: ignore[attr-defined]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -31,11 +32,11 @@ def test_cancels_naming_an_unused_slot_cost_one_registry_lookup(monkeypatch: pyt
         answers = await asyncio.gather(*(sender.send(7, 7 | (i << 5), b"abcd") for i in range(200)))
         assert answers == [None] * 200 and sender.missing(7)
         assert lookups == [7]
-        assert await sender._find(3) == ("10.0.0.2", 6433, 1) and await sender._find(3) == ("10.0.0.2", 6433, 1)
+        assert await sender.find(3) == ("10.0.0.2", 6433, 1) and await sender.find(3) == ("10.0.0.2", 6433, 1)
         assert lookups == [7, 3]
         now = peercancel._clock()
         monkeypatch.setattr(peercancel, "_clock", lambda: now + peercancel.MISSING_FOR + 1)
-        assert await sender._find(7) is None and lookups == [7, 3, 7]  # looked up again once the answer aged
+        assert await sender.find(7) is None and lookups == [7, 3, 7]  # looked up again once the answer aged
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
@@ -111,12 +112,12 @@ def test_a_cached_address_someone_else_took_neither_swallows_the_cancel_nor_lear
         await instance.server.start()
         registry = [("127.0.0.1", impostor.port, 1_000)]
         sender = _sender(monkeypatch, registry)
-        assert await sender._find(1) == ("127.0.0.1", impostor.port, 1_000)  # cached from an earlier cancel
+        assert await sender.find(1) == ("127.0.0.1", impostor.port, 1_000)  # cached from an earlier cancel
         registry.append(instance.where)  # the slot's new claim
         assert await sender.send(1, 4321, SECRET_KEY) == instancekey.FOUND
         assert instance.cancels == [(4321, instancekey.key_proof(SHARED, 4321, SECRET_KEY))]
         assert impostor.received and SECRET_KEY not in impostor.received
-        assert await sender._find(1) == instance.where  # the cache follows
+        assert await sender.find(1) == instance.where  # the cache follows
         await instance.server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
@@ -132,7 +133,7 @@ def test_an_instance_of_another_claim_at_the_cached_address_sends_the_sender_to_
         await instance.server.start()
         registry = [("127.0.0.1", instance.server.port, 1_000)]
         sender = _sender(monkeypatch, registry)
-        await sender._find(1)
+        await sender.find(1)
         registry.append(instance.where)
         assert await sender.send(1, 4321, SECRET_KEY) == instancekey.FOUND
         assert await sender.send(1, 4321, b"nope") == instancekey.UNKNOWN  # genuine, and no lookup again
@@ -192,5 +193,78 @@ def test_a_silent_instance_is_looked_up_again_at_most_once_a_while(monkeypatch: 
         assert lookups == [1]
         monkeypatch.setattr(peercancel, "_clock", lambda: 1000.0 + peercancel.RELOOK_AFTER)
         assert await sender.send(1, 4321, SECRET_KEY) is None and lookups == [1, 1]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_cancels_naming_a_free_slot_do_not_spend_a_client_addresss_forward_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b N1: ~100 anonymous CancelRequests a second naming a slot nobody holds emptied the forward budget of
+    their address (behind a balancer that hides client addresses: everyone's), so a victim's cancel from that address
+    was dropped. The negative cache answers those: they are not charged, and the victim's cancel still reaches the
+    instance serving its session (a real loopback peer port)."""
+    from proxy.actions import ForwardCancel
+    from proxy.io import listener
+    from tests.support.sessions import make_config
+
+    monkeypatch.setattr(instancekey, "_space", instancekey.InstanceSpace(0, 5))
+
+    async def scenario() -> None:
+        instance = Instance(claim=1)
+        await instance.server.start()
+        proxy = listener.Proxy(make_config(tmp_path))
+        proxy.peer_sender = peercancel.PeerCancelSender("host=registry", SHARED)
+        outcomes: list[str] = []
+        monkeypatch.setattr(proxy.metrics, "instance_cancel", outcomes.append)
+
+        async def query(slot: int) -> tuple[str, int, int] | None:
+            return instance.where if slot == 1 else None
+
+        monkeypatch.setattr(proxy.peer_sender, "_query", query)
+        for i in range(500):  # the flood: free slot 9, from the balancer's address
+            await proxy.forward_cancel(ForwardCancel((9 << 26) | (i + 1), b"abcd"), "10.0.0.1")
+        victim = (1 << 26) | 12345
+        await proxy.forward_cancel(ForwardCancel(victim, SECRET_KEY), "10.0.0.1")
+        assert outcomes == ["no_instance"] * 500 + ["found"]
+        assert instance.cancels == [(victim, instancekey.key_proof(SHARED, victim, SECRET_KEY))]
+        await instance.server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_cancels_waiting_for_a_registry_lookup_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b N5: with instance_bits 10 (~1000 free slots), anonymous cancels naming a different free slot each
+    queued without bound behind the one lookup at a time (held 29 s to minutes, RSS 72 -> 270 MB). At most
+    LOOKUP_QUEUE wait besides the lookup under way; the others are dropped at once (LookupBusy), and a cancel for a
+    slot already known is never held."""
+    sender = peercancel.PeerCancelSender("host=registry", SHARED)
+    release = asyncio.Event()
+    lookups: list[int] = []
+
+    async def query(slot: int) -> tuple[str, int, int] | None:
+        lookups.append(slot)
+        await release.wait()
+        return ("10.0.0.2", 6433, 1) if slot == 1 else None
+
+    monkeypatch.setattr(sender, "_query", query)
+
+    async def find(slot: int) -> object:
+        try:
+            return await sender.find(slot)
+        except peercancel.LookupBusy:
+            return "busy"
+
+    async def scenario() -> None:
+        release.set()
+        assert await sender.find(1) == ("10.0.0.2", 6433, 1)  # known from now on
+        release.clear()
+        flood = [asyncio.ensure_future(find(slot)) for slot in range(100, 400)]
+        await asyncio.sleep(0.05)
+        done = [task.result() for task in flood if task.done()]
+        assert done == ["busy"] * (300 - 1 - peercancel.LOOKUP_QUEUE)  # dropped at once, nothing held for them
+        assert await asyncio.wait_for(sender.find(1), 1) == ("10.0.0.2", 6433, 1)  # not queued behind the flood
+        release.set()
+        assert [await task for task in flood[:1 + peercancel.LOOKUP_QUEUE]] == [None] * (1 + peercancel.LOOKUP_QUEUE)
+        assert lookups == [1, *range(100, 101 + peercancel.LOOKUP_QUEUE)]
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
