@@ -305,7 +305,7 @@ class ClientSession:
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
         self._denial_bytes = 0
-        self._hidden: dict[str, str] | None = None  # reserved schema names sent -> the client's (hiddennames.py)
+        self._hidden: hiddennames.InFlight | None = None  # reserved schema names sent, per request (hiddennames.py)
         # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
         # after it: nothing after it is framed or forwarded until `decision_ready`.
         self._held: _Held | None = None
@@ -1297,7 +1297,8 @@ class ClientSession:
             self._report("query", sql, decision)
             before = decision.before
             marker = self._deny_marker(replace(decision, before=None))
-            decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes)
+            decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes,
+                               before.names, before.moved)
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(sql, decision)
         self.tracker.on_query(sql, decision)
@@ -1312,7 +1313,7 @@ class ClientSession:
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
             if decision.names:
-                self._remember_names(decision.names)
+                self._remember_names(decision)
             if decision.effects and MAY_SET_SEQUENCES in decision.effects:
                 self._sequences.wrote = True
             if decision.changes:
@@ -1338,8 +1339,8 @@ class ClientSession:
             self._sequences.parsed(name, MAY_SET_SEQUENCES in decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
-            if out is not None and decision.names:  # (the map may have let them go since)
-                self._remember_names(decision.names)
+            if self._hidden is not None or (out is not None and decision.names):
+                self._remember_names(decision, name)
             if self._tracking:  # (a decision with changes is never memoized)
                 self._parse_changes(name, ())
             return out
@@ -1380,9 +1381,9 @@ class ClientSession:
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
+        if self._hidden is not None or (isinstance(decision, Rewrite) and decision.names):
+            self._remember_names(decision, parse.name)
         if isinstance(decision, Rewrite):
-            if decision.names:
-                self._remember_names(decision.names)
             sql = decision.sql
             if parse.name and self.statements is None:
                 self._client_text(parse.name, parse.sql)
@@ -1483,8 +1484,6 @@ class ClientSession:
                open_batch: bool | None = None) -> object:
         """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
         self._held = _Held(type_, body, sql, _ADMISSION)
-        if type(decision) is Rewrite and decision.names:
-            self._remember_names(decision.names)
         batch = self._open_batch if open_batch is None else open_batch
         self._admission = admission.Admission(request, decision, open_batch=batch)
         return HOLD
@@ -1532,8 +1531,9 @@ class ClientSession:
         refusal: PgError | None = None
         found: admission.Estimate | None = None
         if adm.error is not None:
-            if self._hidden is not None:  # the statement named a hidden schema: its error names the client's
-                hiddennames.fields_back(adm.error, self._hidden, held.sql.lower() if held.type == m.QUERY else "")
+            sent = self._admission_names(adm, held)
+            if sent:  # the statement named a hidden schema: its error names the client's
+                hiddennames.fields_back(adm.error, sent, held.sql.lower())
             refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
         elif adm.plan is not None:
             try:
@@ -1652,6 +1652,8 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
+            if self._hidden is not None:
+                self._bound_names(statement)
             self._sequences.bound(statement)
             if self._tracking:
                 pending = self.tracker.pending
@@ -1823,23 +1825,52 @@ class ClientSession:
     def _on_notice_response(self, body: bytes) -> bytes | None:
         return self._names_back(b"N", body) if self._hidden is not None else None
 
-    def _remember_names(self, names: tuple[tuple[str, str], ...]) -> None:
-        """A statement sent with reserved schema names (policy/hiding.py): PostgreSQL's answers name them."""
+    def _remember_names(self, decision: Decision, statement: str | None = None) -> None:
+        """A statement sent with reserved schema names (policy/hiding.py), or a Parse of `statement` (then with none
+        too: the name's earlier ones go): PostgreSQL's answers to this request, or to the statement's Bind/Execute,
+        name them."""
         if self._hidden is None:
-            self._hidden = {}
-        hiddennames.remember(self._hidden, names)
+            self._hidden = hiddennames.InFlight()
+        names = decision.names if type(decision) is Rewrite else ()
+        if statement is not None:
+            if not names:
+                self._hidden.statements.pop(statement, None)
+                return
+            self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+        pending = self.tracker.pending
+        if pending:
+            self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
+
+    def _admission_names(self, adm: admission.Admission, held: _Held) -> list[tuple[Any, Any]]:
+        """The reserved names of a held statement's EXPLAIN (its positions count the EXPLAIN prefix too)."""
+        found: Any = None
+        if type(adm.decision) is Rewrite and adm.decision.names:
+            found = (adm.decision.names, adm.decision.moved)
+        elif held.type == m.BIND and self._hidden is not None:
+            found = self._hidden.statements.get(bind_statement(held.body) or "")
+        if found is None:
+            return []
+        prefix = len(admission.EXPLAIN_PREFIX)
+        return [(found[0], tuple((end + prefix, added) for end, added in found[1]))]
+
+    def _bound_names(self, statement: str) -> None:
+        """A Bind of a statement Parsed with reserved names: its request's answers name them."""
+        assert self._hidden is not None
+        found = self._hidden.statements.get(statement)
+        pending = self.tracker.pending
+        if found is not None and pending:
+            self._hidden.add(pending[-1], found[0], found[1], pending)
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's
         own text of the request being answered has it."""
         assert self._hidden is not None
-        if b"pg_" not in body:
-            return None
         head = self.tracker.pending[0] if self.tracker.pending else None
-        written = ""
-        if head is not None:
-            written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()
-        return hiddennames.written_back(type_byte, body, self._hidden, written)
+        sent = self._hidden.of(head) if head is not None else []
+        if not sent:
+            return None
+        written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()  # type: ignore[union-attr]
+        return hiddennames.written_back(type_byte, body, sent, written)
 
     def _context_failed(self) -> None:
         pending = self.tracker.pending

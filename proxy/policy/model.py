@@ -262,6 +262,7 @@ class Rewrite:
     # (reserved, the client's name): hidden schema names sent as reserved missing ones (policy/hiding.py); the
     # session writes the client's name back where PostgreSQL's answer names a reserved one.
     names: tuple[tuple[str, str], ...] = ()
+    moved: tuple[tuple[int, int], ...] = ()  # where the reserved names move PostgreSQL's positions (hiding.Renamed)
 
 
 @dataclass(frozen=True, slots=True)

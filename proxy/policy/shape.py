@@ -83,6 +83,7 @@ def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str], chang
     _set_attribute(rewrite, "effects", effects)
     _set_attribute(rewrite, "changes", changes)
     _set_attribute(rewrite, "names", ())
+    _set_attribute(rewrite, "moved", ())
     return rewrite
 
 

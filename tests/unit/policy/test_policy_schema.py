@@ -10,6 +10,7 @@ from policy_corpus import DATABASE_HIDING, POLICIES
 
 from proxy.errors import policy_denied
 from proxy.policy import Allow, Decision, Deny, Rewrite, TenantPolicy, decide
+from proxy.policy.hiding import reserved_name
 
 SCHEMA = POLICIES["schema"]
 
@@ -71,9 +72,9 @@ def _sent_as_missing(policy: TenantPolicy, template: str, hidden: str = "tenant_
         return h
     assert isinstance(h, Rewrite) and h.rules[-1] == "hidden_schema", h
     (reserved, name), = h.names
-    assert name == hidden and len(reserved) == len(hidden) and reserved.startswith("pg_"), h
+    assert name == hidden and reserved == reserved_name(hidden), h
     sent = template.format(s=missing) if isinstance(m, Allow) else m.sql
-    assert h.sql == sent.replace(missing, reserved), (h, m)
+    assert h.sql == sent.replace(missing, f'"{reserved}"'), (h, m)
     assert (h.rules[:-1], h.effects, h.changes) == (getattr(m, "rules", ()), m.effects, m.changes), (h, m)
     return h
 
