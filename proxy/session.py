@@ -64,6 +64,7 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
+    HOLD_CURSOR,
     MAY_SET_SEQUENCES,
     SESSION_STATEMENTS,
     SQL_PREPARE,
@@ -91,6 +92,7 @@ from proxy.statements import (
     PARSE_COMPLETE,
     RESPONSES,
     ClientTexts,
+    CursorTexts,
     SqlPrepared,
     Statements,
     forgets,
@@ -114,6 +116,7 @@ _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
+_DECLARES = re.compile(r"\bdeclare\b", re.IGNORECASE)  # a text that may declare a cursor (pg_cursors shows it)
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 _CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
@@ -242,7 +245,8 @@ class ClientSession:
     __slots__ = (
         "__dict__", "_admission", "_agent_bytes", "_agent_closing", "_agent_statements", "_answered", "_applied",
         "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
-        "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
+        "_client_status", "_client_texts", "_contextual", "_counted", "_cursors", "_cut", "_cut_ends", "_cut_inject",
+        "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
@@ -305,6 +309,7 @@ class ClientSession:
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
         self._denial_bytes = 0
+        self._cursors: CursorTexts | None = None  # the client's texts of rewritten DECLAREs (pg_cursors)
         self._hidden: hiddennames.InFlight | None = None  # reserved schema names sent, per request (hiddennames.py)
         # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
         # after it: nothing after it is framed or forwarded until `decision_ready`.
@@ -598,7 +603,9 @@ class ClientSession:
         else:
             listing = self._client_texts.listing() if self._client_texts is not None else "[]"
         prepared = self._sql_prepared
-        return listing if prepared is None else joined(listing, prepared.listing())
+        if prepared is not None:
+            listing = joined(listing, prepared.listing())
+        return listing if self._cursors is None else joined(listing, self._cursors.listing())
 
     def _bound_prepares(self, sql: str, decision: Allow | Rewrite) -> Decision:
         """A statement with SQL PREPAREs (`sql`: the client's text): refused past the session's bounds on them
@@ -1319,9 +1326,12 @@ class ClientSession:
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
+            out = decision.sql
             if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: the session's own list
-                return query_message(render(decision.sql, self._listing()))
-            return query_message(decision.sql)
+                out = render(out, self._listing())
+            if _DECLARES.search(sql) is not None:
+                self._declared(out, sql, decision)
+            return query_message(out)
         return query_message(self._deny_marker(decision))
 
     def _gate_parse(self, body: bytes) -> object:
@@ -1393,6 +1403,8 @@ class ClientSession:
                     sql = render(sql, self._listing())
                 else:
                     self._live = True
+            if _DECLARES.search(parse.sql) is not None:
+                self._declared(sql, parse.sql, decision)
             out = m.Parse(parse.name, sql, parse.param_types).encode()
             self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
             return out
@@ -1712,6 +1724,8 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
+        if self._cursors is not None and body[:1] == b"I":
+            self._cursors.ended()
         if self._names is not None and self._names.ledger and request is not None:
             self._names.ended(request)
         if self._agent_closing and request is not None:
@@ -1840,6 +1854,14 @@ class ClientSession:
         pending = self.tracker.pending
         if pending:
             self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
+
+    def _declared(self, sent: str, client: str, decision: Rewrite) -> None:
+        """A rewritten statement that may declare cursors: pg_cursors shows the client's text (policy/catalog.py)."""
+        if self._cursors is None:
+            self._cursors = CursorTexts()
+            if self.statements is not None:
+                self.statements.cursors = self._cursors
+        self._cursors.add(sent, client, any(c.op == HOLD_CURSOR for c in decision.changes))
 
     def _admission_names(self, adm: admission.Admission, held: _Held) -> list[tuple[Any, Any]]:
         """The reserved names of a held statement's EXPLAIN (its positions count the EXPLAIN prefix too)."""

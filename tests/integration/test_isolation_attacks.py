@@ -2797,3 +2797,39 @@ def test_many_other_hidden_names_evict_nothing(hiding_proxy: ProxyProcess, strat
     assert got["globex"][0] == ('relation "globex.orders" does not exist', "15"), got
     assert got["globex"][1] == ('schema "globex" does not exist', "45"), got
     assert got["glebox"] == tuple((msg.replace("globex", "glebox"), at) for msg, at in got["globex"]), got
+
+
+def _rows(conn: pq.PGconn, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of every result of `sql` (errors and notices aside), all read."""
+    conn.send_query(sql.encode())
+    rows: list[tuple[Any, ...]] = []
+    while (res := conn.get_result()) is not None:
+        rows += [tuple(res.get_value(i, j) for j in range(res.nfields)) for i in range(res.ntuples)]
+    return rows
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy: str) -> None:
+    """Red team 9a G8: a cursor's statement in pg_cursors is the client's text, as in pg_prepared_statements: never
+    a hidden schema's reserved name (a Query string that declares a cursor beside a renamed statement that
+    succeeds), nor the proxy's tenant filter of a rewritten cursor."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
+        conn.notice_handler = lambda res: None
+        try:
+            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+            _rows(conn, f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
+                        "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1")
+            _rows(conn, "BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders")
+            got[name] = _rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")
+            _rows(conn, "ROLLBACK")
+            got[name] += _rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")
+            _rows(conn, "CLOSE ALL")
+        finally:
+            conn.finish()
+    for name in ("globex", "glebox"):
+        held = (b"bi_c", f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
+                         "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1".encode())
+        assert got[name] == [held, (b"bi_f", b"BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders"), held], got
