@@ -136,26 +136,30 @@ def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tupl
     for i, tok in enumerate(toks):
         if i and toks[i - 1].name == DOT:
             continue
-        j, end = i + 1, tok.end
+        j, end, escape = i + 1, tok.end, None
         if tok.name == "UIDENT" and j + 1 < n and toks[j].name == "UESCAPE" and toks[j + 1].name == "SCONST":
+            escape = data[toks[j + 1].start : toks[j + 1].end].decode("utf-8")
             j, end = j + 2, toks[j + 1].end
         if j >= n or toks[j].name != DOT:
             continue
-        name = _identifier(data, tok, end)
+        name = _identifier(data, tok, escape)
         if name is not None and hides(policy, name):
             out.append((tok.start, end, name))
     return out
 
 
-def _identifier(data: bytes, tok: Tok, end: int) -> str | None:
+def _identifier(data: bytes, tok: Tok, uescape: str | None) -> str | None:
     """The name an identifier token stands for (as PostgreSQL reads it, truncated to 63 bytes), else None."""
     raw = data[tok.start : tok.end]
     if raw[:1] == b'"':
         name = raw[1:-1].replace(b'""', b'"').decode("utf-8", "replace")
     elif tok.name == "UIDENT":
         escape = "\\"
-        if end != tok.end:  # UESCAPE 'c'
-            escape = data[tok.end : end].decode("utf-8").rstrip()[-2:-1]
+        if uescape is not None:  # UESCAPE and any string constant ('!', $$!$$, E'\041'): its value
+            found = _string_value(uescape)
+            if found is None or len(found) != 1:
+                return None
+            escape = found
         decoded = _unicode_escapes(raw[3:-1].replace(b'""', b'"').decode("utf-8", "replace"), escape)
         if decoded is None:
             return None
@@ -166,6 +170,19 @@ def _identifier(data: bytes, tok: Tok, end: int) -> str | None:
         return None
     cut = name.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore")
     return cut
+
+
+def _string_value(text: str) -> str | None:
+    """The value of a string constant's text, as PostgreSQL's grammar reads it; None if it is not one."""
+    try:
+        doc = json.loads(parse_json(f"SELECT {text}"))
+    except (ParseError, ValueError):
+        return None
+    try:
+        value = doc["stmts"][0]["stmt"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]["A_Const"]["sval"]["sval"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 _DOWNCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")

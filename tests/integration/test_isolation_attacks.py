@@ -2605,6 +2605,10 @@ FIELD_FORMS = {
     "position_after": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders); "
                       "SELECT nosuchcol",
     "before_refusal": "SELECT 1 FROM {s}.orders; SELECT pg_sleep_for('1s')",
+    "uescape_dollar": "SELECT * FROM nosucht, U&\"{w}\" UESCAPE $$!$$.orders",  # G5: the escape is the value
+    "uescape_escape_string": "SELECT * FROM U&\"{w}\" UESCAPE E'\\041'.orders",
+    "uescape_if_not_exists": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
+                             "(LIKE U&\"{w}\" UESCAPE $$!$$.orders)",
     "before_refusal_later": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders); "
                             "SELECT nosuchcol; SELECT pg_sleep_for('1s')",
 }

@@ -102,6 +102,9 @@ def test_reserved_names_are_quoted_secret_and_of_one_length() -> None:
         'SELECT 1 FROM zz WHERE 1=ANY(SELECT 1 FROM"tenant_globex".zz)',
         'SELECT * FROM U&"' + "".join(f"!+{ord(c):06x}" for c in "tenant_globex") + '" UESCAPE \'!\'.zz',  # > 63
         "SELECT * FROM U&\"tenant!005fglobex\" /* é, and a long comment " + "x" * 80 + " */ UESCAPE '!'.zz",
+        'SELECT * FROM U&"tenant!005fglobex" UESCAPE $$!$$.zz',  # the escape is the string's value (9a G5)
+        "SELECT * FROM U&\"tenant!005fglobex\" UESCAPE E'\\041'.zz",
+        'SELECT * FROM U&"tenant!005fglobex" /* c */ UESCAPE /* d */ $x$!$x$.zz',
     ],
 )
 def test_the_renamed_text_parses_whatever_stands_around_the_name(sql: str) -> None:
