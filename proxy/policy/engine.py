@@ -302,6 +302,8 @@ def _decide_statement(
         _located(rewrite.qualify_drop, policy, data, stmt, plan)
         plan.verify = True
         return effects, changes
+    if kind == "ConstraintsSetStmt":  # SET CONSTRAINTS s.c: PostgreSQL looks the schema up (red team 9a G11)
+        schema.check_constraint_names(policy, body)
     if kind not in classify.WALKED:
         return effects, changes
     analysis = analyze(stmt.node)

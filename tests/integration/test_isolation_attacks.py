@@ -2605,6 +2605,15 @@ FIELD_FORMS = {
     "position_after": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders); "
                       "SELECT nosuchcol",
     "before_refusal": "SELECT 1 FROM {s}.orders; SELECT pg_sleep_for('1s')",
+    # G1, G11: a three-part operator/collation/TABLESAMPLE/constraint name (the current database first) is refused as
+    # another database's, whatever schema follows; SET CONSTRAINTS s.c is renamed
+    "three_part_operator": "SELECT nosuchcol, 1 OPERATOR(saas.{s}.+) 1 FROM orders",
+    "three_part_collate": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
+                          "(x text COLLATE saas.{s}.\"C\")",
+    "three_part_sample": "SELECT * FROM orders TABLESAMPLE saas.{s}.bernoulli(10)",
+    "three_part_before": "SELECT 1 FROM {s}.orders; SELECT 1 OPERATOR(saas.{s}.+) 1",
+    "set_constraints_three_part": "SET CONSTRAINTS saas.{s}.c DEFERRED",
+    "set_constraints": "BEGIN; SET CONSTRAINTS {s}.c DEFERRED",
     "uescape_dollar": "SELECT * FROM nosucht, U&\"{w}\" UESCAPE $$!$$.orders",  # G5: the escape is the value
     "uescape_escape_string": "SELECT * FROM U&\"{w}\" UESCAPE E'\\041'.orders",
     "uescape_if_not_exists": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
