@@ -221,7 +221,8 @@ class CursorTexts:
 
     __slots__ = ("_listed", "max_bytes", "max_entries", "size", "texts")
 
-    def __init__(self, max_entries: int = 1000, max_bytes: int = 16 << 20) -> None:
+    def __init__(self, max_entries: int = 1000, max_bytes: int = 1 << 20) -> None:
+        # (1 MiB: the listing is written into every read of pg_cursors, as pg_prepared_statements' is bounded)
         self.texts: dict[str, tuple[str, bool]] = {}  # sent -> (client, WITH HOLD)
         self.size = 0
         self.max_entries = max_entries
