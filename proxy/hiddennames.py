@@ -4,43 +4,66 @@ from __future__ import annotations
 
 import re
 
+from proxy.policy.hiding import position_back
 from proxy.protocol import messages as m
 
-# A reserved name (policy/hiding.py: pg_, a digit, more) where PostgreSQL names a schema: as a qualifier (`"r.t"`,
-# `r.f()`, `r.+`) or alone (`schema "r" does not exist`). No schema PostgreSQL can have is named so, so a name in
-# that place comes from the statement the proxy renamed (or from the client's own text: then it stays).
-_RESERVED = re.compile(r'(?<![A-Za-z0-9_$])pg_[0-9][a-z0-9]*(?=\.)|(?<=schema ")pg_[0-9][a-z0-9]*(?=")')
+# A reserved name (policy/hiding.reserved_name: pg_9 and 24 secret characters) where PostgreSQL names a schema: as a
+# qualifier (`"r.t"`, `r.f()`, `r.+`) or alone (`schema "r" does not exist`).
+_RESERVED = re.compile(r'(?<![A-Za-z0-9_$])pg_9[a-z2-7]{24}(?=\.)|(?<=schema ")pg_9[a-z2-7]{24}(?=")')
 # The answers that name a missing schema: class 42 (undefined relation, function, type, ...), 3F (invalid schema
 # name), 0A (cross-database reference), and notices/warnings (`IF EXISTS`: "… does not exist, skipping"). Values a
 # statement computes (class 22, 23, P0 …) are never rewritten.
 _CLASSES = frozenset({"42", "3F", "0A", "00", "01"})
-_KEPT_FIELDS = frozenset("SVCPFLRp")  # severity, code, position, file, line, routine, internal position
-MAX_NAMES = 4096  # reserved names a session remembers (the oldest go first)
+# Only the fields PostgreSQL fills from its message templates with the statement's own names (message, detail,
+# hint); never CONTEXT or an internal query, which may quote a value the statement computed.
+_NAMED_FIELDS = ("M", "D", "H")
+Names = tuple[tuple[str, str], ...]
+Moved = tuple[tuple[int, int], ...]
 
 
-def remember(names: dict[str, str], pairs: tuple[tuple[str, str], ...]) -> None:
-    """Add a decision's (reserved, client name) pairs to a session's map."""
-    for reserved, name in pairs:
-        if reserved not in names:
-            if len(names) >= MAX_NAMES:
-                del names[next(iter(names))]
-            names[reserved] = name
+class InFlight:
+    """The reserved names of the requests in flight (each request's own, from the decisions of its statements, so
+    nothing evicts them) and of the prepared statements sent renamed (for their later Bind/Execute)."""
+
+    __slots__ = ("requests", "statements")
+
+    def __init__(self) -> None:
+        self.requests: dict[object, list[tuple[Names, Moved]]] = {}
+        self.statements: dict[str, tuple[Names, Moved]] = {}
+
+    def add(self, request: object, names: Names, moved: Moved, pending: object) -> None:
+        """`request` (in flight) was sent with `names`; the requests no longer in `pending` are forgotten."""
+        for done in [r for r in self.requests if r is not request and r not in pending]:  # type: ignore[operator]
+            del self.requests[done]
+        self.requests.setdefault(request, []).append((names, moved))
+
+    def of(self, request: object) -> list[tuple[Names, Moved]]:
+        return self.requests.get(request, [])
 
 
-def written_back(type_byte: bytes, body: bytes, names: dict[str, str], written: str) -> bytes | None:
-    """The ErrorResponse/NoticeResponse `body` with each reserved schema name replaced by the client's, framed; None
-    when nothing changes. A reserved name the client wrote itself (`written`, lower-cased) stays."""
-    if b"pg_" not in body or (m.error_sqlstate(body) or "")[:2] not in _CLASSES:
+def written_back(type_byte: bytes, body: bytes, sent: list[tuple[Names, Moved]], written: str) -> bytes | None:
+    """The ErrorResponse/NoticeResponse `body` with each reserved schema name of the request's statements (`sent`)
+    replaced by the client's and its position mapped back to the client's text, framed; None when nothing changes. A
+    reserved name the client wrote itself (`written`, lower-cased) stays."""
+    if b"pg_9" not in body and not any(moved for _, moved in sent):
         return None
     fields = m.decode_error_fields(body)
-    return m.encode_error_fields(type_byte, fields) if fields_back(fields, names, written) else None
+    return m.encode_error_fields(type_byte, fields) if fields_back(fields, sent, written) else None
 
 
-def fields_back(fields: dict[str, str], names: dict[str, str], written: str) -> bool:
+def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written: str) -> bool:
     """`written_back` on decoded fields, in place; whether any changed."""
-    if fields.get("C", "")[:2] not in _CLASSES:
-        return False
     changed = False
+    position = fields.get("P")
+    if position and position.isdigit():
+        moved = _moved_of(fields, sent)
+        if moved:
+            back = str(position_back(int(position), moved))
+            changed = back != position
+            fields["P"] = back
+    if fields.get("C", "")[:2] not in _CLASSES:
+        return changed
+    names = {reserved: name for pairs, _ in sent for reserved, name in pairs}
 
     def back(found: re.Match[str]) -> str:
         nonlocal changed
@@ -51,7 +74,18 @@ def fields_back(fields: dict[str, str], names: dict[str, str], written: str) -> 
         changed = True
         return name
 
-    for code, value in fields.items():
-        if code not in _KEPT_FIELDS and "pg_" in value:
+    for code in _NAMED_FIELDS:
+        value = fields.get(code)
+        if value is not None and "pg_9" in value:
             fields[code] = _RESERVED.sub(back, value)
     return changed
+
+
+def _moved_of(fields: dict[str, str], sent: list[tuple[Names, Moved]]) -> Moved:
+    """The moves of the statement the answer is about: the one whose reserved name it quotes, else the first."""
+    text = fields.get("M", "")
+    for names, moved in sent:
+        if any(reserved in text for reserved, _ in names):
+            return moved
+    return sent[0][1] if sent else ()
+

@@ -65,6 +65,7 @@ from proxy.policy.model import (
     DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
+    HOLD_CURSOR,
     READ_ONLY,
     SESSION_STATEMENTS,
     SQL_PREPARE,
@@ -94,6 +95,7 @@ from proxy.statements import (
     PARSE_COMPLETE,
     RESPONSES,
     ClientTexts,
+    CursorTexts,
     SqlPrepared,
     Statements,
     forgets,
@@ -117,6 +119,7 @@ _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
+_DECLARES = re.compile(r"\bdeclare\b", re.IGNORECASE)  # a text that may declare a cursor (pg_cursors shows it)
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 _CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
@@ -248,7 +251,8 @@ class ClientSession:
     __slots__ = (
         "__dict__", "_admission", "_agent_bytes", "_agent_closing", "_agent_statements", "_answered", "_applied",
         "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
-        "_client_status", "_client_texts", "_contextual", "_counted", "_cut", "_cut_ends", "_cut_inject", "_cut_ran",
+        "_client_status", "_client_texts", "_contextual", "_counted", "_cursors", "_cut", "_cut_ends", "_cut_inject",
+        "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
@@ -311,7 +315,8 @@ class ClientSession:
         # exactly PostgreSQL's, with pipelining too).
         self._denials: dict[bytes, PgError] = {}
         self._denial_bytes = 0
-        self._hidden: dict[str, str] | None = None  # reserved schema names sent -> the client's (hiddennames.py)
+        self._cursors: CursorTexts | None = None  # the client's texts of rewritten DECLAREs (pg_cursors)
+        self._hidden: hiddennames.InFlight | None = None  # reserved schema names sent, per request (hiddennames.py)
         # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
         # after it: nothing after it is framed or forwarded until `decision_ready`.
         self._held: _Held | None = None
@@ -611,7 +616,9 @@ class ClientSession:
         else:
             listing = self._client_texts.listing() if self._client_texts is not None else "[]"
         prepared = self._sql_prepared
-        return listing if prepared is None else joined(listing, prepared.listing())
+        if prepared is not None:
+            listing = joined(listing, prepared.listing())
+        return listing if self._cursors is None else joined(listing, self._cursors.listing())
 
     def _bound_prepares(self, sql: str, decision: Allow | Rewrite) -> Decision:
         """A statement with SQL PREPAREs (`sql`: the client's text): refused past the session's bounds on them
@@ -1398,7 +1405,8 @@ class ClientSession:
             self._report("query", sql, decision)
             before = decision.before
             marker = self._deny_marker(replace(decision, before=None))
-            decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes)
+            decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes,
+                               names=before.names, moved=before.moved)
         restored = None
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(sql, decision)
@@ -1420,15 +1428,18 @@ class ClientSession:
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
             if decision.names:
-                self._remember_names(decision.names)
+                self._remember_names(decision)
             if decision.effects:
                 self._sequences.ran(decision.effects)
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
+            out = decision.sql
             if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: the session's own list
-                return query_message(render(decision.sql, self._listing()))
-            return query_message(decision.sql)
+                out = render(out, self._listing())
+            if _DECLARES.search(sql) is not None:
+                self._declared(out, sql, decision)
+            return query_message(out)
         return query_message(self._deny_marker(decision))
 
     def _gate_parse(self, body: bytes) -> object:
@@ -1448,8 +1459,8 @@ class ClientSession:
             self._sequences.parsed(name, decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
-            if out is not None and decision.names:  # (the map may have let them go since)
-                self._remember_names(decision.names)
+            if self._hidden is not None or (out is not None and decision.names):
+                self._remember_names(decision, name)
             if self._tracking:  # (a decision with changes is never memoized)
                 self._parse_changes(name, ())
             return out
@@ -1499,9 +1510,9 @@ class ClientSession:
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
+        if self._hidden is not None or (isinstance(decision, Rewrite) and decision.names):
+            self._remember_names(decision, parse.name)
         if isinstance(decision, Rewrite):
-            if decision.names:
-                self._remember_names(decision.names)
             sql = decision.sql
             if parse.name and self.statements is None:
                 self._client_text(parse.name, parse.sql)
@@ -1511,6 +1522,8 @@ class ClientSession:
                     sql = render(sql, self._listing())
                 else:
                     self._live = True
+            if _DECLARES.search(parse.sql) is not None:
+                self._declared(sql, parse.sql, decision)
             out = m.Parse(parse.name, sql, parse.param_types).encode()
             self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
             return out
@@ -1636,8 +1649,6 @@ class ClientSession:
                open_batch: bool | None = None) -> object:
         """Hold a Query or Bind until the proxy's EXPLAIN of its statement has answered (a stream handler's HOLD)."""
         self._held = _Held(type_, body, sql, _ADMISSION)
-        if type(decision) is Rewrite and decision.names:
-            self._remember_names(decision.names)
         batch = self._open_batch if open_batch is None else open_batch
         self._admission = admission.Admission(request, decision, open_batch=batch)
         return HOLD
@@ -1685,8 +1696,9 @@ class ClientSession:
         refusal: PgError | None = None
         found: admission.Estimate | None = None
         if adm.error is not None:
-            if self._hidden is not None:  # the statement named a hidden schema: its error names the client's
-                hiddennames.fields_back(adm.error, self._hidden, held.sql.lower() if held.type == m.QUERY else "")
+            sent = self._admission_names(adm, held)
+            if sent:  # the statement named a hidden schema: its error names the client's
+                hiddennames.fields_back(adm.error, sent, held.sql.lower())
             refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
         elif adm.plan is not None:
             try:
@@ -1805,6 +1817,8 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
+            if self._hidden is not None:
+                self._bound_names(statement)
             self._sequences.bound(statement)
             if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
                 self._retag({self._binds: _RESET_TAG})
@@ -1867,6 +1881,8 @@ class ClientSession:
         self._done = 0
         if self._retags:
             self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
+        if self._cursors is not None and body[:1] == b"I":
+            self._cursors.ended()
         if self._names is not None and self._names.ledger and request is not None:
             self._names.ended(request)
         if self._agent_closing and request is not None:
@@ -1989,23 +2005,60 @@ class ClientSession:
     def _on_notice_response(self, body: bytes) -> bytes | None:
         return self._names_back(b"N", body) if self._hidden is not None else None
 
-    def _remember_names(self, names: tuple[tuple[str, str], ...]) -> None:
-        """A statement sent with reserved schema names (policy/hiding.py): PostgreSQL's answers name them."""
+    def _remember_names(self, decision: Decision, statement: str | None = None) -> None:
+        """A statement sent with reserved schema names (policy/hiding.py), or a Parse of `statement` (then with none
+        too: the name's earlier ones go): PostgreSQL's answers to this request, or to the statement's Bind/Execute,
+        name them."""
         if self._hidden is None:
-            self._hidden = {}
-        hiddennames.remember(self._hidden, names)
+            self._hidden = hiddennames.InFlight()
+        names = decision.names if type(decision) is Rewrite else ()
+        if statement is not None:
+            if not names:
+                self._hidden.statements.pop(statement, None)
+                return
+            self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+        pending = self.tracker.pending
+        if pending:
+            self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
+
+    def _declared(self, sent: str, client: str, decision: Rewrite) -> None:
+        """A rewritten statement that may declare cursors: pg_cursors shows the client's text (policy/catalog.py)."""
+        if self._cursors is None:
+            self._cursors = CursorTexts()
+            if self.statements is not None:
+                self.statements.cursors = self._cursors
+        self._cursors.add(sent, client, any(c.op == HOLD_CURSOR for c in decision.changes))
+
+    def _admission_names(self, adm: admission.Admission, held: _Held) -> list[tuple[Any, Any]]:
+        """The reserved names of a held statement's EXPLAIN (its positions count the EXPLAIN prefix too)."""
+        found: Any = None
+        if type(adm.decision) is Rewrite and adm.decision.names:
+            found = (adm.decision.names, adm.decision.moved)
+        elif held.type == m.BIND and self._hidden is not None:
+            found = self._hidden.statements.get(bind_statement(held.body) or "")
+        if found is None:
+            return []
+        prefix = len(admission.EXPLAIN_PREFIX)
+        return [(found[0], tuple((end + prefix, added) for end, added in found[1]))]
+
+    def _bound_names(self, statement: str) -> None:
+        """A Bind of a statement Parsed with reserved names: its request's answers name them."""
+        assert self._hidden is not None
+        found = self._hidden.statements.get(statement)
+        pending = self.tracker.pending
+        if found is not None and pending:
+            self._hidden.add(pending[-1], found[0], found[1], pending)
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's
         own text of the request being answered has it."""
         assert self._hidden is not None
-        if b"pg_" not in body:
-            return None
         head = self.tracker.pending[0] if self.tracker.pending else None
-        written = ""
-        if head is not None:
-            written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()
-        return hiddennames.written_back(type_byte, body, self._hidden, written)
+        sent = self._hidden.of(head) if head is not None else []
+        if not sent:
+            return None
+        written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()  # type: ignore[union-attr]
+        return hiddennames.written_back(type_byte, body, sent, written)
 
     def _context_failed(self) -> None:
         pending = self.tracker.pending

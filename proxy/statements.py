@@ -213,6 +213,49 @@ class SqlPrepared:
         return self._listed
 
 
+class CursorTexts:
+    """The client's texts of the rewritten statements that declare cursors, keyed by the text PostgreSQL was sent
+    and keeps as the cursor's statement (the pg_cursors wrapper, policy/catalog.py, shows the client's over it).
+    A transaction's entries go when it ends; those of a string that declared a WITH HOLD cursor stay until the
+    session's bounds push the oldest out."""
+
+    __slots__ = ("_listed", "max_bytes", "max_entries", "size", "texts")
+
+    def __init__(self, max_entries: int = 1000, max_bytes: int = 1 << 20) -> None:
+        # (1 MiB: the listing is written into every read of pg_cursors, as pg_prepared_statements' is bounded)
+        self.texts: dict[str, tuple[str, bool]] = {}  # sent -> (client, WITH HOLD)
+        self.size = 0
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._listed: str | None = None
+
+    def add(self, sent: str, client: str, hold: bool) -> None:
+        old = self.texts.pop(sent, None)
+        if old is not None:
+            self.size -= len(sent) + len(old[0])
+            hold = hold or old[1]
+        self.texts[sent] = (client, hold)
+        self.size += len(sent) + len(client)
+        while len(self.texts) > self.max_entries or (self.size > self.max_bytes and len(self.texts) > 1):
+            first = next(iter(self.texts))
+            self.size -= len(first) + len(self.texts.pop(first)[0])
+        self._listed = None
+
+    def ended(self) -> None:
+        """The transaction ended: its cursors (not WITH HOLD) are gone."""
+        if any(not hold for _, hold in self.texts.values()):
+            self.texts = {s: e for s, e in self.texts.items() if e[1]}
+            self.size = sum(len(s) + len(c) for s, (c, _) in self.texts.items())
+            self._listed = None
+
+    def listing(self) -> str:
+        """Entries {"sent", "client"} for the session listing (the pg_prepared_statements wrapper skips them)."""
+        if self._listed is None:
+            self._listed = json.dumps([{"sent": s, "client": c} for s, (c, _) in self.texts.items()],
+                                      ensure_ascii=False)
+        return self._listed
+
+
 def joined(first: str, second: str) -> str:
     """Two JSON listings as one."""
     if second == "[]":
@@ -284,14 +327,15 @@ class Statements:
     __slots__ = (
         "_fakes", "_last", "_ledger", "_listed", "_markers", "_open", "_recording", "_resets", "_retried",
         "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache",
-        "cache_bytes", "cache_size", "error_marker", "hits", "max_bytes", "max_listing", "max_named", "misses",
-        "named", "origin", "prepared", "retries", "status", "tenant_budget", "unnamed", "wall_clock",
+        "cache_bytes", "cache_size", "cursors", "error_marker", "hits", "max_bytes", "max_listing", "max_named",
+        "misses", "named", "origin", "prepared", "retries", "status", "tenant_budget", "unnamed", "wall_clock",
     )
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
                  cache_bytes: int = 4 << 20, max_named: int = 1000, max_bytes: int = 16 << 20,
                  max_listing: int = 1 << 20, wall_clock: Callable[[], float] = time.time) -> None:
         self.wall_clock = wall_clock  # when a named statement was prepared (pg_prepared_statements.prepare_time)
+        self.cursors: CursorTexts | None = None  # the session's (pg_cursors), listed with the statements
         self.error_marker = error_marker  # a statement text (or name) the server fails on, answered with the error
         self.max_named = max(1, max_named)  # named statements the session may hold ([pool] max_session_statements)
         self.max_bytes = max(1, max_bytes)  # their bytes, and those of the texts remembered (..._statement_bytes)
@@ -478,7 +522,8 @@ class Statements:
         """The statement the server runs for `stmt`: itself, or its template rendered with the list as it is now."""
         if not stmt.live:
             return stmt
-        return self._stmt(render(stmt.sql, self.listing()), stmt.types, stmt.scope)
+        listing = self.listing() if self.cursors is None else joined(self.listing(), self.cursors.listing())
+        return self._stmt(render(stmt.sql, listing), stmt.types, stmt.scope)
 
     def passthrough(self, type_: int, raw: bytes) -> None:
         """A Parse or Bind the session replaced by `raw`, one that fails (a denial): its answer passes, and no

@@ -556,6 +556,22 @@ def _prepared_statements_filter(columns: tuple[str, ...]) -> Filter:
     )
 
 
+# pg_cursors: a cursor's statement is the text PostgreSQL was sent (the proxy's filters of a rewritten statement, a
+# hidden schema's reserved name, policy/hiding.py). Its wrapper shows the client's text over it, from entries
+# {"sent", "client"} of the same session listing (proxy/statements.CursorTexts; the pg_prepared_statements wrapper
+# leaves them out: they have no name). pg_cursors has had these columns since PostgreSQL 8.2.
+CURSORS = "pg_cursors"
+_CURSOR_COLUMNS = ("name", "statement", "is_holdable", "is_binary", "is_scrollable", "creation_time")
+_CURSORS_FILTER = Filter(
+    "catalog", f"pg_catalog.{CURSORS}", "name", "true",
+    targets=", ".join('COALESCE(pgt_q.client, {ref}."statement") AS "statement"' if c == "statement" else
+                      f'{{ref}}."{c}"' for c in _CURSOR_COLUMNS),
+    extra=f" LEFT JOIN pg_catalog.jsonb_to_recordset({SESSION_STATEMENTS_MARKER}::pg_catalog.jsonb) AS "
+          'pgt_q(sent pg_catalog.text, client pg_catalog.text) ON pgt_q.sent = {ref}."statement"',
+    replaced=frozenset({"statement"}), rule=SESSION_STATEMENTS,
+)
+
+
 def needs_columns(policy: TenantPolicy, relation: str) -> bool:
     """Whether `relation`'s wrapper replaces column values under this policy (it then needs the column list)."""
     return relation == PREPARED_STATEMENTS or relation in ACL_COLUMNS or relation in ROLE_NAME_ARRAYS or (
@@ -640,6 +656,7 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             current = out.get(view)
             predicate = _NOT_SHARED_STATS if current is None else f"({current.template}) AND {_NOT_SHARED_STATS}"
             out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", predicate)
+    out[CURSORS] = _CURSORS_FILTER
     statements = policy.catalog_columns.get(PREPARED_STATEMENTS)
     if statements:  # (unknown columns: denied, `unscrubbable`)
         out[PREPARED_STATEMENTS] = _prepared_statements_filter(statements)

@@ -102,13 +102,18 @@ def _renamed_back(decision: Decision, renamed: hiding.Renamed) -> Decision:
     """The decision on a renamed text (hiding.py): sent renamed, with the names to write back in PostgreSQL's answer;
     a refusal of the proxy's own names and places what the client wrote."""
     if type(decision) is Allow:
-        return Rewrite(renamed.sql, (hiding.RULE,), decision.effects, decision.changes, names=renamed.names)
+        return Rewrite(renamed.sql, (hiding.RULE,), decision.effects, decision.changes, names=renamed.names,
+                       moved=renamed.moved)
     if type(decision) is Rewrite:
-        return replace(decision, rules=(*decision.rules, hiding.RULE), names=renamed.names)
+        return replace(decision, rules=(*decision.rules, hiding.RULE), names=renamed.names,
+                       moved=renamed.moves(decision.sql))
     assert type(decision) is Deny
     position = hiding.position_back(decision.position, renamed.moved) if decision.position else 0
+    before = decision.before  # the statements run first were sent renamed too: their answers name the client's
+    if before is not None:
+        before = replace(before, names=renamed.names, moved=renamed.moves(before.sql))
     return replace(decision, message=hiding.restored(decision.message, renamed.names),
-                   hint=hiding.restored(decision.hint, renamed.names), position=position)
+                   hint=hiding.restored(decision.hint, renamed.names), position=position, before=before)
 
 
 def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: Limits) -> Decision:
@@ -324,6 +329,8 @@ def _decide_statement(
         return effects, changes
     if kind == "FetchStmt":  # a cursor's query runs at each FETCH / MOVE (a view's nextval() with it)
         return effects | {MAY_USE_SEQUENCES}, changes
+    if kind == "ConstraintsSetStmt":  # SET CONSTRAINTS s.c: PostgreSQL looks the schema up (red team 9a G11)
+        schema.check_constraint_names(policy, body)
     if kind not in classify.WALKED:
         return effects, changes
     analysis = analyze(stmt.node)

@@ -3,15 +3,17 @@
 In the shared and database strategies a tenant must not tell another tenant's schema (`TenantPolicy.hidden_schemas`,
 and other sessions' temporary schemas `pg_temp_N`) from a schema that does not exist. Rather than answer for
 PostgreSQL, the proxy sends the statement with every such name written as a qualifier (`s.t`, `s.f()`, `x::s.t`,
-`OPERATOR(s.+)`, `COLLATE s."C"`, `LIKE s.t`, `s.t.c`, an index's `s.opclass`, …) replaced by a reserved name: `pg_`
-and secret characters, of the written token's length (4 at least), never occurring in the client's text. PostgreSQL
-refuses to create a schema whose name starts with `pg_`, so every answer (SQLSTATE, message, position, the phase,
-the notices of `IF [NOT] EXISTS`, the routine/file/line fields) is PostgreSQL's own for a missing schema; the session
-writes the client's name back where PostgreSQL's answer names the reserved one (`restore_fields`).
+`OPERATOR(s.+)`, `COLLATE s."C"`, `LIKE s.t`, `s.t.c`, an index's `s.opclass`, …) replaced by a quoted reserved name:
+`"pg_9` and 24 secret characters`"` (`reserved_name`), whatever the written spelling. PostgreSQL refuses to create a
+schema whose name starts with `pg_`, so every answer (SQLSTATE, message, the phase, the notices of `IF [NOT] EXISTS`,
+the routine/file/line fields) is PostgreSQL's own for a missing schema; the session writes the client's name back
+where PostgreSQL's answer names the reserved one, and maps its position back through `Renamed.moved`
+(hiddennames.py). The names travel with the request's decision (`Rewrite.names`), never in a session-wide map.
 
 A name followed by a dot is a qualifier; it is kept where PostgreSQL reads it as something else: a table or alias
 (`t.c`, `t.*`), an INSERT/UPDATE target column's field (`SET c.f = …`), `t.c%TYPE`, and a setting's prefix
-(`SET s.x = …`, `SHOW s.x`). The renamed text is re-parsed and must be the client's tree with those names changed.
+(`SET s.x = …`, `SHOW s.x`), and a reloption's namespace (`WITH (s.fillfactor = 50)`). The renamed text is
+re-parsed and must be the client's tree with those names changed.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ RULE = "hidden_schema"  # the rewrite rule of a statement sent with reserved nam
 _SECRET = secrets.token_bytes(16)  # the reserved names of this process: not guessable from the client's side
 # A digit first: no name PostgreSQL has (pg_catalog, pg_temp, pg_toast, a catalog or function the engine looks for in
 # the text) starts with pg_ and a digit.
-_FIRST = "0123456789"
-_REST = "abcdefghijklmnopqrstuvwxyz0123456789"
-_MIN = 4  # "pg_" and one character
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+SECRET_CHARS = 24  # 120 secret bits
+_QUOTED = re.compile(f'"pg_9[a-z2-7]{{{SECRET_CHARS}}}"')
 _NAMEDATALEN = 63  # bytes of an identifier PostgreSQL keeps
 _OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")
 _WORD = re.compile(rb"[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*")
@@ -44,11 +46,27 @@ _SETTING_STATEMENTS = frozenset({"VariableSetStmt", "VariableShowStmt"})
 @dataclass(frozen=True, slots=True)
 class Renamed:
     """The text sent in place of the client's and the names it carries: (reserved, the client's name) pairs;
-    `moved`, (character offset in the new text, characters added there) where a reserved name is longer."""
+    `moved`, (character offset in the new text where a reserved name ends, characters it adds there: fewer than
+    none when the spelling was longer)."""
 
     sql: str
     names: tuple[tuple[str, str], ...]
     moved: tuple[tuple[int, int], ...] = ()
+    written: tuple[int, ...] = ()  # characters of the client's spelling of each renamed name, in order
+
+    def moves(self, sent: str) -> tuple[tuple[int, int], ...]:
+        """`moved` in `sent`, the text sent after the policy's own rewrite of the renamed one (which keeps each
+        quoted reserved name as it is and may write text before it), so PostgreSQL's positions map back as they
+        would for a missing name's spelling."""
+        if sent == self.sql:
+            return self.moved
+        found = list(_QUOTED.finditer(sent))
+        if len(found) != len(self.written):
+            return self.moved
+        out: list[tuple[int, int]] = []
+        for match, written in zip(found, self.written, strict=True):
+            out.append((match.end(), len(match.group(0)) - written))
+        return tuple(out)
 
 
 class Unrenamed(Exception):
@@ -87,27 +105,27 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
     found = [f for f in found if f[0] not in kept and not any(a <= f[0] < b for a, b in settings)]
     if not found:
         return None
-    chosen: dict[tuple[str, int], str] = {}
-    taken: list[str] = []
+    chosen: dict[str, str] = {}
     edits: list[Edit] = []
     moved: list[tuple[int, int]] = []
+    lengths: list[int] = []
     shift = 0
     for start, end, name in found:
-        written = len(data[start:end].decode("utf-8"))
-        key = (name, max(written, _MIN))
-        reserved = chosen.get(key)
+        reserved = chosen.get(name)
         if reserved is None:
-            reserved = chosen[key] = _reserved(name, key[1], low, taken)
-            taken.append(reserved)
-        edits.append(Edit(start, end, reserved))
-        if len(reserved) != written:
-            at = len(data[:start].decode("utf-8")) + shift
-            moved.append((at + len(reserved), len(reserved) - written))
-            shift += len(reserved) - written
+            reserved = chosen[name] = reserved_name(name)
+        # quoted: it cannot fuse with a keyword before it (`FROM"s".t`) nor be read as anything but a name
+        quoted = f'"{reserved}"'
+        edits.append(Edit(start, end, quoted))
+        written = len(data[start:end].decode("utf-8"))
+        lengths.append(written)
+        at = len(data[:start].decode("utf-8")) + shift
+        moved.append((at + len(quoted), len(quoted) - written))
+        shift += len(quoted) - written
     new_sql = apply_edits(data, edits)
-    names = tuple((reserved, name) for (name, _), reserved in chosen.items())
-    _verify(original, new_sql, names, bool(moved))
-    return Renamed(new_sql, names, tuple(moved))
+    names = tuple((reserved, name) for name, reserved in chosen.items())
+    _verify(original, new_sql, names)
+    return Renamed(new_sql, names, tuple(moved), tuple(lengths))
 
 
 def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tuple[int, int, str]]:
@@ -118,26 +136,30 @@ def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tupl
     for i, tok in enumerate(toks):
         if i and toks[i - 1].name == DOT:
             continue
-        j, end = i + 1, tok.end
+        j, end, escape = i + 1, tok.end, None
         if tok.name == "UIDENT" and j + 1 < n and toks[j].name == "UESCAPE" and toks[j + 1].name == "SCONST":
+            escape = data[toks[j + 1].start : toks[j + 1].end].decode("utf-8")
             j, end = j + 2, toks[j + 1].end
         if j >= n or toks[j].name != DOT:
             continue
-        name = _identifier(data, tok, end)
+        name = _identifier(data, tok, escape)
         if name is not None and hides(policy, name):
             out.append((tok.start, end, name))
     return out
 
 
-def _identifier(data: bytes, tok: Tok, end: int) -> str | None:
+def _identifier(data: bytes, tok: Tok, uescape: str | None) -> str | None:
     """The name an identifier token stands for (as PostgreSQL reads it, truncated to 63 bytes), else None."""
     raw = data[tok.start : tok.end]
     if raw[:1] == b'"':
         name = raw[1:-1].replace(b'""', b'"').decode("utf-8", "replace")
     elif tok.name == "UIDENT":
         escape = "\\"
-        if end != tok.end:  # UESCAPE 'c'
-            escape = data[tok.end : end].decode("utf-8").rstrip()[-2:-1]
+        if uescape is not None:  # UESCAPE and any string constant ('!', $$!$$, E'\041'): its value
+            found = _string_value(uescape)
+            if found is None or len(found) != 1:
+                return None
+            escape = found
         decoded = _unicode_escapes(raw[3:-1].replace(b'""', b'"').decode("utf-8", "replace"), escape)
         if decoded is None:
             return None
@@ -148,6 +170,19 @@ def _identifier(data: bytes, tok: Tok, end: int) -> str | None:
         return None
     cut = name.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore")
     return cut
+
+
+def _string_value(text: str) -> str | None:
+    """The value of a string constant's text, as PostgreSQL's grammar reads it; None if it is not one."""
+    try:
+        doc = json.loads(parse_json(f"SELECT {text}"))
+    except (ParseError, ValueError):
+        return None
+    try:
+        value = doc["stmts"][0]["stmt"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]["A_Const"]["sval"]["sval"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 _DOWNCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -192,6 +227,10 @@ def _kept_locations(doc: dict) -> tuple[set[int], list[tuple[int, int]]]:
         if target is not None and target.get("indirection") and target.get("name"):
             kept.add(target.get("location", -1))
             continue
+        option = node.get("DefElem")
+        if option is not None and option.get("defnamespace"):  # WITH (s.x = 1): a reloption namespace
+            kept.add(option.get("location", -1))
+            continue
         type_name = node.get("TypeName")
         if type_name is not None and type_name.get("pct_type") and len(type_name.get("names") or ()) == 2:
             kept.add(type_name.get("location", -1))
@@ -203,34 +242,25 @@ def _kept_locations(doc: dict) -> tuple[set[int], list[tuple[int, int]]]:
     return kept, spans
 
 
-def _reserved(name: str, length: int, low: str, taken: list[str]) -> str:
-    """A name `pg_…` of `length` characters for `name`: derived from the process's secret (the same for the same
-    name, so a cached decision and the session's map agree), never in the client's text nor a part of (or containing)
-    another reserved name of the statement. Longer when every name of that length is taken."""
-    k = 0
-    while True:
-        size = length + k // 64  # (past 64 tries: one character more)
-        digest = hashlib.blake2b(f"{name}\x00{size}\x00{k}".encode(), key=_SECRET, digest_size=32).digest()
-        body = _FIRST[digest[0] % len(_FIRST)] + "".join(_REST[b % len(_REST)] for b in digest[1 : size - 3])
-        while len(body) < size - 3:
-            body += _REST[len(body) % len(_REST)]
-        candidate = "pg_" + body[: size - 3]
-        if candidate not in low and not any(candidate in t or t in candidate for t in taken):
-            return candidate
-        k += 1
+def reserved_name(name: str) -> str:
+    """The reserved name `name` is sent as: `pg_9` and SECRET_CHARS characters derived from the process's secret (the
+    same for the same name, so a cached decision agrees with itself), lower-case ASCII letters and digits (PostgreSQL
+    prints it unquoted), 28 bytes whatever the spelling: no client can enumerate, steer or guess it."""
+    digest = hashlib.blake2b(name.encode("utf-8"), key=_SECRET, digest_size=20).digest()
+    value = int.from_bytes(digest, "big")
+    body = "".join(_BASE32[(value >> (5 * i)) & 31] for i in range(SECRET_CHARS))
+    return f"pg_9{body}"
 
 
-def _verify(original: str, new_sql: str, names: tuple[tuple[str, str], ...], moved: bool) -> None:
+def _verify(original: str, new_sql: str, names: tuple[tuple[str, str], ...]) -> None:
     """The renamed text parses to the client's tree with the reserved names in place of the hidden ones."""
     try:
         got = parse_json(new_sql)
     except ParseError as exc:
-        raise Unrenamed(f"the renamed text does not parse: {exc}") from None
+        raise Unrenamed("the renamed text does not parse") from exc
     for reserved, name in names:
         got = got.replace(reserved, dumps(name)[1:-1])
-    if moved:
-        got, original = strip_positions(got), strip_positions(original)
-    if got != original:
+    if strip_positions(got) != strip_positions(original):
         raise Unrenamed("the renamed text does not parse to the client's statement")
 
 

@@ -132,9 +132,31 @@ def check_cross_database(analysis: Analysis) -> None:
     for names in analysis.type_names:
         if len(names) > 2:
             raise fail("cross_database", "type name " + ".".join(names) + " names another database")
+    # operators, collations, an index element's names, TABLESAMPLE methods: PostgreSQL accepts the current database
+    # as a first part there, but a hidden schema after it is not renamed (hiding.py renames qualifiers only)
+    methods = (n for n, _ in analysis.sample_methods)
+    for kind, all_names in (("operator", analysis.operators), ("collation", analysis.collations),
+                            ("name", analysis.index_names), ("tablesample method", methods)):
+        for names in all_names:
+            if len(names) > 2:
+                raise fail("cross_database", f"{kind} name " + ".".join(names) + " names another database")
     for names in analysis.column_refs:
         if len(names) > 3:
             raise fail("cross_database", "column reference " + ".".join(names) + " names another database")
+
+
+def check_constraint_names(policy: TenantPolicy, body: dict) -> None:
+    """`SET CONSTRAINTS [db.]s.c`: a three-part name is refused as another database's whatever its parts (a hidden
+    schema there is not renamed: hiding.py renames a qualifier only); in the schema strategy a schema not the
+    tenant's is answered as a missing one, as everywhere else there (the other strategies send a hidden one
+    renamed)."""
+    for item in body.get("constraints") or ():
+        rv = item.get("RangeVar") or {}
+        if "catalogname" in rv:
+            raise fail("cross_database", f'constraint "{rv["catalogname"]}.…" names another database')
+        name = rv.get("schemaname")
+        if policy.strategy == "schema" and name is not None and name not in policy.allowed_schemas:
+            raise missing(name, location=rv.get("location", -1))
 
 
 def check_schemas(policy: TenantPolicy, analysis: Analysis) -> None:

@@ -84,6 +84,7 @@ def new_rewrite(sql: str, rules: tuple[str, ...], effects: frozenset[str], chang
     _set_attribute(rewrite, "changes", changes)
     _set_attribute(rewrite, "names", ())
     _set_attribute(rewrite, "explain", None)  # (a decision with an admission text is never a shape's)
+    _set_attribute(rewrite, "moved", ())
     return rewrite
 
 

@@ -2594,6 +2594,32 @@ FIELD_FORMS = {
     "ctas_if_not_exists": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 AS "
                           "SELECT * FROM {s}.orders",
     "cast_in_values": "VALUES (1::{s}.dom)",
+    # red team 9a: a reloption namespace is no schema (G10), a quoted name against a keyword (G6), a spelling past 63
+    # characters (G6), positions after the renamed name (G7), the statements run before a refusal of the proxy's (G9)
+    "reloption_namespace": "CREATE TEMP TABLE bi_fx (a int) WITH ({s}.fillfactor = 50)",
+    "view_option_namespace": "CREATE TEMP VIEW bi_fv WITH ({s}.x = 1) AS SELECT 1",
+    "quoted_after_keyword": 'SELECT*FROM"{s}".orders',
+    "join_quoted": 'SELECT 1 FROM orders o JOIN"{s}".orders p ON true',
+    "long_unicode": "SELECT * FROM U&\"{w}\" UESCAPE '!'.orders",
+    "unicode_comment": "SELECT * FROM U&\"{w}\" /* \u00e9 " + "x" * 80 + " */ UESCAPE '!'.orders",
+    "position_after": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders); "
+                      "SELECT nosuchcol",
+    "before_refusal": "SELECT 1 FROM {s}.orders; SELECT pg_sleep_for('1s')",
+    # G1, G11: a three-part operator/collation/TABLESAMPLE/constraint name (the current database first) is refused as
+    # another database's, whatever schema follows; SET CONSTRAINTS s.c is renamed
+    "three_part_operator": "SELECT nosuchcol, 1 OPERATOR(saas.{s}.+) 1 FROM orders",
+    "three_part_collate": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
+                          "(x text COLLATE saas.{s}.\"C\")",
+    "three_part_sample": "SELECT * FROM orders TABLESAMPLE saas.{s}.bernoulli(10)",
+    "three_part_before": "SELECT 1 FROM {s}.orders; SELECT 1 OPERATOR(saas.{s}.+) 1",
+    "set_constraints_three_part": "SET CONSTRAINTS saas.{s}.c DEFERRED",
+    "set_constraints": "BEGIN; SET CONSTRAINTS {s}.c DEFERRED",
+    "uescape_dollar": "SELECT * FROM nosucht, U&\"{w}\" UESCAPE $$!$$.orders",  # G5: the escape is the value
+    "uescape_escape_string": "SELECT * FROM U&\"{w}\" UESCAPE E'\\041'.orders",
+    "uescape_if_not_exists": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
+                             "(LIKE U&\"{w}\" UESCAPE $$!$$.orders)",
+    "before_refusal_later": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders); "
+                            "SELECT nosuchcol; SELECT pg_sleep_for('1s')",
 }
 # (user, database) of a tenant from whom schema globex (the schema tenant's, in database saas) is hidden.
 HIDING_TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
@@ -2670,6 +2696,11 @@ def _unicode(name: str) -> str:
     return "".join(f"\\{ord(c):04x}" for c in name)
 
 
+def _long_unicode(name: str) -> str:
+    """`name` as U&"…" UESCAPE '!' text of more than 63 characters."""
+    return "".join(f"!+{ord(c):06x}" for c in name) + "!+000078" * 3
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
 def test_a_hidden_schema_gets_postgresqls_own_answer_field_by_field(hiding_proxy: ProxyProcess, strategy: str,
@@ -2685,7 +2716,7 @@ def test_a_hidden_schema_gets_postgresqls_own_answer_field_by_field(hiding_proxy
         for run, (form, sql) in enumerate(sorted(FIELD_FORMS.items())):
             got = {}
             for name in ("globex", "glebox"):
-                text = sql.format(s=name, S=name.upper(), u=_unicode(name))
+                text = sql.format(s=name, S=name.upper(), u=_unicode(name), w=_long_unicode(name))
                 got[name] = _answers(conn, protocol, text, (name, name.upper()), run)
             if got["globex"] != got["glebox"]:
                 differ[form] = got
@@ -2734,3 +2765,84 @@ def test_a_reserved_name_written_by_the_client_is_not_mapped(hiding_proxy: Proxy
             pass
     finally:
         conn.finish()
+
+
+def _first_error(conn: pq.PGconn) -> tuple[str | None, str | None]:
+    """The first error's (message, position) of the results in flight, all read."""
+    found: tuple[str | None, str | None] | None = None
+    while (res := conn.get_result()) is not None:
+        if found is None and res.status == pq.ExecStatus.FATAL_ERROR:
+            found = tuple(None if v is None else v.decode() for v in (  # type: ignore[assignment]
+                res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY),
+                res.error_field(pq.DiagnosticField.STATEMENT_POSITION)))
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_many_other_hidden_names_evict_nothing(hiding_proxy: ProxyProcess, strategy: str) -> None:
+    """Red team 9a G2: the names travel with their request (and a prepared statement's with it), so 4,100 other
+    hidden names in the same statement, or 42 requests of them between a Parse and its Execute, leave the client's
+    name in the answer."""
+    user, db = HIDING_TENANTS[strategy]
+    others = ", ".join(f"pg_temp_{i}.a" for i in range(1, 4101))
+    many = ", ".join(f"pg_temp_{i}.a" for i in range(1, 101))
+    got = {}
+    for name in ("globex", "glebox"):
+        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
+        try:
+            conn.send_query(f"SELECT 1 FROM {name}.orders, {others}".encode())
+            one = _first_error(conn)
+            conn.send_query(b"CREATE TEMP TABLE bi_e0 (x int)")
+            while conn.get_result() is not None:
+                pass
+            conn.send_prepare(b"bi_evict", f"CREATE TEMP TABLE IF NOT EXISTS bi_e1 (LIKE {name}.orders)".encode())
+            assert conn.get_result().status == pq.ExecStatus.COMMAND_OK
+            while conn.get_result() is not None:
+                pass
+            for _ in range(42):
+                conn.send_query(f"SELECT 1 FROM {many}".encode())
+                _first_error(conn)
+            conn.send_query_prepared(b"bi_evict", [])
+            got[name] = (one, _first_error(conn))
+        finally:
+            conn.finish()
+    assert got["globex"][0] == ('relation "globex.orders" does not exist', "15"), got
+    assert got["globex"][1] == ('schema "globex" does not exist', "45"), got
+    assert got["glebox"] == tuple((msg.replace("globex", "glebox"), at) for msg, at in got["globex"]), got
+
+
+def _rows(conn: pq.PGconn, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of every result of `sql` (errors and notices aside), all read."""
+    conn.send_query(sql.encode())
+    rows: list[tuple[Any, ...]] = []
+    while (res := conn.get_result()) is not None:
+        rows += [tuple(res.get_value(i, j) for j in range(res.nfields)) for i in range(res.ntuples)]
+    return rows
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy: str) -> None:
+    """Red team 9a G8: a cursor's statement in pg_cursors is the client's text, as in pg_prepared_statements: never
+    a hidden schema's reserved name (a Query string that declares a cursor beside a renamed statement that
+    succeeds), nor the proxy's tenant filter of a rewritten cursor."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
+        conn.notice_handler = lambda res: None
+        try:
+            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+            _rows(conn, f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
+                        "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1")
+            _rows(conn, "BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders")
+            got[name] = _rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")
+            _rows(conn, "ROLLBACK")
+            got[name] += _rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")
+            _rows(conn, "CLOSE ALL")
+        finally:
+            conn.finish()
+    for name in ("globex", "glebox"):
+        held = (b"bi_c", f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
+                         "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1".encode())
+        assert got[name] == [held, (b"bi_f", b"BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders"), held], got

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from proxy.hiddennames import MAX_NAMES, remember, written_back
+from proxy.hiddennames import InFlight, written_back
+from proxy.policy.hiding import reserved_name
 from proxy.protocol import messages as m
 
-NAMES = {"pg_7xq": "globex"}
+R = reserved_name("globex")
+SENT = [(((R, "globex"),), ())]
 
 
 def _body(**fields: str) -> bytes:
@@ -18,31 +20,47 @@ def _fields(framed: bytes | None) -> dict[str, str]:
 
 
 def test_a_schema_named_by_postgresql_gets_the_clients_name() -> None:
-    body = _body(S="ERROR", V="ERROR", C="42P01", M='relation "pg_7xq.orders" does not exist', P="15",
+    body = _body(S="ERROR", V="ERROR", C="42P01", M=f'relation "{R}.orders" does not exist', P="15",
                  F="parse_relation.c", L="1477", R="parserOpenTable")
-    out = _fields(written_back(b"E", body, NAMES, "select * from globex.orders"))
+    out = _fields(written_back(b"E", body, SENT, "select * from globex.orders"))
     assert out["M"] == 'relation "globex.orders" does not exist'
     assert (out["P"], out["F"], out["L"], out["R"]) == ("15", "parse_relation.c", "1477", "parserOpenTable")
-    out = _fields(written_back(b"N", _body(S="NOTICE", C="00000", M='schema "pg_7xq" does not exist, skipping'),
-                               NAMES, ""))
+    out = _fields(written_back(b"N", _body(S="NOTICE", C="00000", M=f'schema "{R}" does not exist, skipping'),
+                               SENT, ""))
     assert out["M"] == 'schema "globex" does not exist, skipping'
 
 
-def test_what_is_not_a_reserved_schema_stays() -> None:
+def test_positions_map_back_through_the_renamed_spans() -> None:
+    # `SELECT * FROM ab.zz` sent as `SELECT * FROM "<R>".zz`: the quoted name ends at 14 + 30, 28 characters more
+    sent = [(((R, "ab"),), ((14 + 30, 28),))]
+    body = _body(C="42P01", M=f'relation "{R}.zz" does not exist', P="15")
+    assert _fields(written_back(b"E", body, sent, ""))["P"] == "15"
+    body = _body(C="42703", M='column "nosuch" does not exist', P=str(15 + 30 + 4))
+    assert _fields(written_back(b"E", body, sent, ""))["P"] == str(15 + 2 + 4)
+
+
+def test_what_is_not_a_reserved_schema_of_the_request_stays() -> None:
+    other = reserved_name("initech")
     for fields in (
-        {"C": "42P01", "M": 'relation "pg_7xq" does not exist'},  # not as a schema
-        {"C": "22P02", "M": 'invalid input syntax for type integer: "pg_7xq.a"'},  # a value
-        {"C": "42P01", "M": 'relation "pg_7xqz.t" does not exist'},  # another name
-        {"C": "42P01", "M": 'relation "xpg_7xq.t" does not exist'},
+        {"C": "42P01", "M": f'relation "{R}" does not exist'},  # not as a schema
+        {"C": "22P02", "M": f'invalid input syntax for type integer: "{R}.a"'},  # a value
+        {"C": "42P01", "M": f'relation "{other}.t" does not exist'},  # not a name this request sent
+        {"C": "42P01", "M": f'relation "x{R}.t" does not exist'},
+        {"C": "42601", "M": "syntax error", "W": f'invalid type name "{R}.t"'},  # CONTEXT quotes computed text
     ):
-        assert written_back(b"E", _body(**fields), NAMES, "") is None, fields
+        assert written_back(b"E", _body(**fields), SENT, "") is None, fields
     # the client wrote the reserved name itself
-    body = _body(C="42P01", M='relation "pg_7xq.t" does not exist')
-    assert written_back(b"E", body, NAMES, "select * from pg_7xq.t") is None
+    body = _body(C="42P01", M=f'relation "{R}.t" does not exist')
+    assert written_back(b"E", body, SENT, f"select * from {R}.t") is None
 
 
-def test_the_map_is_bounded() -> None:
-    names: dict[str, str] = {}
-    for i in range(MAX_NAMES + 5):
-        remember(names, ((f"pg_{i}", "s"),))
-    assert len(names) == MAX_NAMES and "pg_0" not in names and f"pg_{MAX_NAMES + 4}" in names
+def test_names_travel_with_their_request_and_nothing_evicts_them() -> None:
+    flight = InFlight()
+    first, second = object(), object()
+    pending = [first, second]
+    flight.add(first, ((R, "globex"),), (), pending)
+    for i in range(10_000):  # many other names for the next request: the first's stay
+        flight.add(second, ((reserved_name(f"pg_temp_{i}"), f"pg_temp_{i}"),), (), pending)
+    assert flight.of(first) == [(((R, "globex"),), ())]
+    flight.add(second, (), (), [second])  # the first answered: forgotten
+    assert flight.of(first) == []

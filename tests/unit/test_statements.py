@@ -941,3 +941,19 @@ def test_client_texts_keep_within_the_tenants_bound_over_its_sessions() -> None:
     one.tenant_budget.release()
     two.parse("d", "w" * 600)
     assert list(two.texts) == ["c", "d"] and ledger.held["acme"] == 900
+
+
+def test_cursor_texts_go_with_their_transaction_unless_held() -> None:
+    """pg_cursors' client texts (red team 9a G8): a transaction's go when it ends, WITH HOLD ones stay (bounded)."""
+    from proxy.statements import CursorTexts
+
+    texts = CursorTexts(max_entries=2)
+    texts.add("sent 1", "client 1", hold=True)
+    texts.add("sent 2", "client 2", hold=False)
+    assert json.loads(texts.listing()) == [{"sent": "sent 1", "client": "client 1"},
+                                           {"sent": "sent 2", "client": "client 2"}]
+    texts.ended()
+    assert json.loads(texts.listing()) == [{"sent": "sent 1", "client": "client 1"}]
+    texts.add("sent 3", "client 3", hold=True)
+    texts.add("sent 4", "client 4", hold=True)
+    assert [e["sent"] for e in json.loads(texts.listing())] == ["sent 3", "sent 4"] and texts.size == 28

@@ -9,7 +9,7 @@ import pytest
 from policy_corpus import DATABASE_HIDING, POLICIES
 
 from proxy.policy import Deny, Rewrite, decide
-from proxy.policy.hiding import Renamed, position_back, rename, restored
+from proxy.policy.hiding import Renamed, position_back, rename, reserved_name, restored
 
 SHARED_HIDING = POLICIES["shared_hiding"]
 
@@ -49,7 +49,7 @@ def test_every_way_of_writing_the_schema_is_renamed(sql: str) -> None:
     assert "tenant_globex" not in low and "tenant\\005f" not in low and "tenant!005f" not in low, renamed
     assert "pg_temp_3" not in low, renamed
     (reserved, name), = renamed.names
-    assert name in ("tenant_globex", "pg_temp_3") and reserved.startswith("pg_") and reserved[3].isdigit()
+    assert name in ("tenant_globex", "pg_temp_3") and reserved == reserved_name(name)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +65,9 @@ def test_every_way_of_writing_the_schema_is_renamed(sql: str) -> None:
         "SELECT 'tenant_globex.zz'",  # a value (run-time guards)
         "SELECT * FROM tenant_globex",  # a table of that name
         "SELECT * FROM tenant_globez.zz",  # not hidden
+        "CREATE TEMP TABLE rz (a int) WITH (tenant_globex.fillfactor = 50)",  # a reloption namespace (9a G10)
+        "CREATE TEMP VIEW vz WITH (tenant_globex.x = 1) AS SELECT 1",
+        "ALTER TABLE zz SET (tenant_globex.fillfactor = 50)",
     ],
 )
 def test_a_name_that_is_not_a_hidden_schema_stays(sql: str) -> None:
@@ -76,34 +79,50 @@ def test_the_schema_strategy_is_not_renamed() -> None:
                   "SELECT * FROM tenant_globex.zz") is None
 
 
-def test_reserved_names_keep_positions_and_never_meet_the_clients_text() -> None:
+def test_reserved_names_are_quoted_secret_and_of_one_length() -> None:
     first = _renamed("SELECT * FROM tenant_globex.zz")
     reserved = first.names[0][0]
-    assert len(reserved) == len("tenant_globex") and first.moved == ()
-    assert first.sql.index(reserved) == "SELECT * FROM tenant_globex.zz".index("tenant_globex")
-    # the same name again: the same reserved name (a cached decision and the session's map agree)
+    assert reserved == reserved_name("tenant_globex") and len(reserved) == 28 and reserved.startswith("pg_9")
+    assert set(reserved[4:]) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert first.sql == f'SELECT * FROM "{reserved}".zz'
+    # the same name again: the same reserved name (a cached decision agrees with itself); the client's text does not
+    # steer it (red team 9a G7: no longer a name that avoids the text, so no longer one that grows)
     assert _renamed("SELECT 1 FROM tenant_globex.yy").names[0][0] == reserved
-    # a client's text holding it (in any case) gets another one
-    again = _renamed(f"SELECT '{reserved.upper()}' FROM tenant_globex.zz")
-    other = again.names[0][0]
-    assert other != reserved and other not in again.sql.replace(other, "", 1) and len(other) == len(reserved)
-    # two spellings of different lengths, and two hidden names: distinct, none a part of another
+    assert _renamed("SELECT 'pg_9a' /* pg_9 */ FROM tenant_globex.zz").names[0][0] == reserved
     policy = dataclasses.replace(SHARED_HIDING, hidden_schemas=frozenset({"tenant_globex", "tenant_initech"}))
     both = rename(policy, 'SELECT * FROM tenant_globex.a, "tenant_globex".b, tenant_initech.c')
-    assert both is not None and len(both.names) == 3
-    names = [r for r, _ in both.names]
-    assert all(a == b or (a not in b and b not in a) for a in names for b in names)
+    assert both is not None and len(both.names) == 2 and len({r for r, _ in both.names}) == 2
 
 
-def test_a_short_name_moves_positions_which_map_back() -> None:
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'SELECT*FROM"tenant_globex".zz',  # red team 9a G6: against a keyword
+        "SELECT 1 FROM zz o JOIN\"tenant_globex\".zz p ON true",
+        'SELECT 1 FROM zz WHERE 1=ANY(SELECT 1 FROM"tenant_globex".zz)',
+        'SELECT * FROM U&"' + "".join(f"!+{ord(c):06x}" for c in "tenant_globex") + '" UESCAPE \'!\'.zz',  # > 63
+        "SELECT * FROM U&\"tenant!005fglobex\" /* é, and a long comment " + "x" * 80 + " */ UESCAPE '!'.zz",
+        'SELECT * FROM U&"tenant!005fglobex" UESCAPE $$!$$.zz',  # the escape is the string's value (9a G5)
+        "SELECT * FROM U&\"tenant!005fglobex\" UESCAPE E'\\041'.zz",
+        'SELECT * FROM U&"tenant!005fglobex" /* c */ UESCAPE /* d */ $x$!$x$.zz',
+    ],
+)
+def test_the_renamed_text_parses_whatever_stands_around_the_name(sql: str) -> None:
+    renamed = _renamed(sql)
+    assert renamed.names == ((reserved_name("tenant_globex"), "tenant_globex"),)
+    assert isinstance(decide(SHARED_HIDING, sql), Rewrite)
+
+
+def test_positions_map_back_through_every_renamed_span() -> None:
     policy = dataclasses.replace(SHARED_HIDING, hidden_schemas=frozenset({"ab"}))
-    sql = "SELECT * FROM ab.zz, nosuch"
+    sql = "SELECT * FROM ab.zz, U&\"a!0062\" UESCAPE '!'.yy, nosuch"
     renamed = rename(policy, sql)
     assert renamed is not None
     (reserved, _), = renamed.names
-    assert len(reserved) == 4 and renamed.moved == ((14 + 4, 2),)
+    assert len(renamed.moved) == 2
     assert position_back(renamed.sql.index("nosuch") + 1, renamed.moved) == sql.index("nosuch") + 1
-    assert position_back(renamed.sql.index(reserved) + 1, renamed.moved) == sql.index("ab") + 1
+    assert position_back(renamed.sql.index(f"\"{reserved}") + 1, renamed.moved) == sql.index("ab") + 1
+    assert position_back(renamed.sql.index(".yy") + 1, renamed.moved) == sql.index(".yy") + 1
     decision = decide(policy, "SELECT * FROM ab.zz; SELECT pg_sleep_for('1s')")  # the proxy's own refusal
     assert isinstance(decision, Deny) and decision.statement == (2, 2)
 
@@ -121,3 +140,16 @@ def test_the_decision_is_a_rewrite_carrying_the_names() -> None:
         assert isinstance(decision, Rewrite) and decision.rules == ("hidden_schema",), decision
         assert decision.names and decision.names[0][1] == "tenant_globex"
     assert decide(POLICIES["database"], "SELECT * FROM tenant_globex.zz").__class__.__name__ == "Allow"
+
+
+def test_positions_map_back_in_the_text_the_policy_rewrote_too() -> None:
+    """A tenant filter written before the name: PostgreSQL's position in the sent text maps to where the missing
+    name's statement has it (its rewrite included)."""
+    sql = "SELECT * FROM sales.orders, {s}.zz WHERE nosuch"
+    hidden, missing = decide(SHARED_HIDING, sql.format(s="tenant_globex")), decide(SHARED_HIDING,
+                                                                                    sql.format(s="tenant_glebox"))
+    assert isinstance(hidden, Rewrite) and isinstance(missing, Rewrite) and hidden.sql != hidden.sql.split(",")[0]
+    reserved = hidden.names[0][0]
+    for at_hidden, at_missing in ((hidden.sql.index(f'"{reserved}"'), missing.sql.index("tenant_glebox")),
+                                  (hidden.sql.index("nosuch"), missing.sql.index("nosuch"))):
+        assert position_back(at_hidden + 1, hidden.moved) == at_missing + 1, hidden

@@ -10,6 +10,7 @@ from policy_corpus import DATABASE_HIDING, POLICIES
 
 from proxy.errors import policy_denied
 from proxy.policy import Allow, Decision, Deny, Rewrite, TenantPolicy, decide
+from proxy.policy.hiding import reserved_name
 
 SCHEMA = POLICIES["schema"]
 
@@ -71,9 +72,9 @@ def _sent_as_missing(policy: TenantPolicy, template: str, hidden: str = "tenant_
         return h
     assert isinstance(h, Rewrite) and h.rules[-1] == "hidden_schema", h
     (reserved, name), = h.names
-    assert name == hidden and len(reserved) == len(hidden) and reserved.startswith("pg_"), h
+    assert name == hidden and reserved == reserved_name(hidden), h
     sent = template.format(s=missing) if isinstance(m, Allow) else m.sql
-    assert h.sql == sent.replace(missing, reserved), (h, m)
+    assert h.sql == sent.replace(missing, f'"{reserved}"'), (h, m)
     assert (h.rules[:-1], h.effects, h.changes) == (getattr(m, "rules", ()), m.effects, m.changes), (h, m)
     return h
 
@@ -246,3 +247,28 @@ def test_an_agents_string_with_a_hidden_schema_is_refused_as_with_a_missing_one(
     for sql in ("SELECT 1; SELECT * FROM {s}.zz", "SELECT * FROM orders; SELECT * FROM {s}.zz",
                 "SELECT * FROM {s}.zz"):
         _sent_as_missing(agent, sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 OPERATOR(saas.{s}.+) 1",  # red team 9a G1: the current database first, then a hidden schema
+        "SELECT 'a' COLLATE saas.{s}.\"C\"",
+        "SELECT * FROM zz TABLESAMPLE saas.{s}.bernoulli(10)",
+        "SELECT * FROM zz ORDER BY 1 USING OPERATOR(saas.{s}.<)",
+        "SET CONSTRAINTS saas.{s}.c DEFERRED",  # G11: PostgreSQL looked the hidden schema up
+    ],
+)
+def test_a_three_part_name_is_another_databases_whatever_schema_follows(sql: str) -> None:
+    for policy in (SHARED_HIDING, DATABASE_HIDING, SCHEMA):
+        for name in ("tenant_globex", "tenant_glebox"):
+            decision = decide(policy, sql.format(s=name))
+            assert isinstance(decision, Deny) and decision.rule == "cross_database", decision
+
+
+def test_set_constraints_names_a_schema() -> None:
+    """G11: `SET CONSTRAINTS s.c` is renamed where s is hidden, refused as missing in the schema strategy."""
+    renamed = decide(SHARED_HIDING, "SET CONSTRAINTS tenant_globex.c DEFERRED")
+    assert isinstance(renamed, Rewrite) and renamed.names[0][1] == "tenant_globex", renamed
+    refused = decide(SCHEMA, "SET CONSTRAINTS tenant_globex.c DEFERRED")
+    assert isinstance(refused, Deny) and refused.message == 'schema "tenant_globex" does not exist', refused

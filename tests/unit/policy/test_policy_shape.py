@@ -211,7 +211,7 @@ def test_new_rewrite_is_a_rewrite_with_every_field() -> None:
     made = shape.new_rewrite("SELECT 1", ("rule",), frozenset({"e"}), changes)
     assert made == Rewrite("SELECT 1", ("rule",), frozenset({"e"}), changes)
     assert [getattr(made, f.name) for f in dataclasses.fields(Rewrite)] == [
-        "SELECT 1", ("rule",), frozenset({"e"}), changes, (), None]
+        "SELECT 1", ("rule",), frozenset({"e"}), changes, (), None, ()]
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.sql = "SELECT 2"  # type: ignore[misc]
 
