@@ -118,6 +118,7 @@ class ReplicaSet:
         r = self.replicas.get(name)
         if r is not None and r.failure == waiting:
             r.failure = problem
+            self._fit.clear()  # (its passing checks put it back at once, not at the next probe)
 
     def health(self, name: str, now: float) -> Health:
         r = self.replicas[name]

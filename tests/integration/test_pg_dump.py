@@ -294,19 +294,22 @@ def test_locks_and_copies_beyond_a_dump_are_refused(pg: PgCluster, dump_proxy: P
         f"COPY {own} TO '/tmp/pgtenant-dump-attack'": "copy_server_file",
         f"COPY {own} TO PROGRAM 'id'": "copy_program",
     }
-    missing = {}  # another tenant's schema is answered as PostgreSQL answers for a missing one (docs/security.md)
-    if t["keys"]["database"] == DB:
-        missing["LOCK TABLE dx_vault.dx_ledger IN ACCESS SHARE MODE"] = 'relation "dx_vault.dx_ledger" does not exist'
-        missing["COPY dx_vault.dx_ledger TO STDOUT"] = 'schema "dx_vault" does not exist'
+    # another tenant's schema is answered as PostgreSQL answers for a missing one of the same length
+    # (docs/security.md): outside a transaction block LOCK's own error comes first, as for a missing schema
+    hidden = ["LOCK TABLE dx_vault.dx_ledger IN ACCESS SHARE MODE", "COPY dx_vault.dx_ledger TO STDOUT"]
     with psycopg.connect(dump_proxy.dsn(t["user"], dbname=tenant), autocommit=True) as conn:
         for sql, rule in refused.items():
             with pytest.raises(psycopg.Error) as err:
                 conn.execute(sql)
             assert f"rule {rule}" in str(err.value), (sql, str(err.value))
-        for sql, message in missing.items():
-            with pytest.raises(psycopg.Error) as err:
-                conn.execute(sql)
-            assert str(err.value).startswith(message), (sql, str(err.value))
+        for sql in hidden if t["keys"]["database"] == DB else ():
+            answers = []
+            for text in (sql, sql.replace("dx_vault", "dx_vaulz")):
+                with pytest.raises(psycopg.Error) as err:
+                    conn.execute(text)
+                answers.append((err.value.sqlstate, str(err.value).replace("dx_vaulz", "dx_vault")))
+            assert answers[0] == answers[1], sql
+            assert "does not exist" in answers[0][1] or "transaction blocks" in answers[0][1], answers
         with conn.transaction():
             conn.execute(f"LOCK TABLE {own} IN ACCESS SHARE MODE")
         with conn.cursor().copy(f"COPY {own} (note) TO STDOUT") as copy:

@@ -313,6 +313,19 @@ def test_a_replica_waiting_for_its_checks_takes_their_outcome() -> None:
     assert s.replicas["r1"].failure is None
 
 
+def test_a_replica_whose_checks_pass_serves_at_once() -> None:
+    """Probed while its start-up checks run (left out: `waiting`), then the checks pass: the replica may serve
+    before the next probe (an hour away here), though the fit list was kept from the probe (wp-route18's cache
+    with wp-rt9r's checks: the merge kept it out until the next probe)."""
+    s = ReplicaSet("main", {"r1": Replica("r1", etl=False)}, 3600.0, 3600.0, 1.0)
+    s.primary_polled(10.0, False, "0/100")
+    s.replica_polled("r1", 10.1, True, "0/100")
+    s.replica_failed("r1", "waiting")
+    assert s.candidates(10.2, 3600.0, None, 0.0) == []
+    s.replica_checked("r1", "waiting", None)
+    assert s.candidates(10.3, 3600.0, None, 0.0) == ["r1"]
+
+
 @pytest.mark.parametrize(("sql", "writes_nothing", "read_only"), [
     ("BEGIN", True, False), ("BEGIN; SELECT 1; COMMIT", True, True), ("START TRANSACTION ISOLATION LEVEL "
                                                                        "SERIALIZABLE", True, False),
