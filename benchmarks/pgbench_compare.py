@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,17 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the /proc/<pid>/stat fields after the command name) of every live process."""
+    for d in os.scandir("/proc"):
+        if d.name.isdigit():
+            try:
+                text = Path(d.path, "stat").read_text()
+            except OSError:
+                continue
+            yield int(d.name), text[text.rindex(")") + 2 :].split()
+
+
 def tree_cpu(root: int) -> float:
     """CPU of a postmaster: itself, its reaped children (cutime/cstime) and its live children.
 
@@ -78,17 +90,7 @@ def tree_cpu(root: int) -> float:
     """
 
     def children() -> dict[int, float]:
-        out = {}
-        for d in os.scandir("/proc"):
-            if d.name.isdigit():
-                try:
-                    text = Path(d.path, "stat").read_text()
-                except OSError:
-                    continue
-                f = text[text.rindex(")") + 2 :].split()
-                if int(f[1]) == root:
-                    out[int(d.name)] = (int(f[11]) + int(f[12])) / CLK_TCK
-        return out
+        return {pid: (int(f[11]) + int(f[12])) / CLK_TCK for pid, f in proc_stats() if int(f[1]) == root}
 
     for _ in range(100):
         kids = children()
@@ -104,13 +106,8 @@ def pin_tree(root: int, cpus: set[int]) -> int:
     """Pin a process, every thread of it and every live descendant to `cpus` (children forked later inherit it);
     returns how many threads were pinned. Used to give the proxies a core of their own (`--proxy-cpus`)."""
     parents: dict[int, list[int]] = {}
-    for d in os.scandir("/proc"):
-        if d.name.isdigit():
-            try:
-                text = Path(d.path, "stat").read_text()
-            except OSError:
-                continue
-            parents.setdefault(int(text[text.rindex(")") + 2 :].split()[1]), []).append(int(d.name))
+    for pid, f in proc_stats():
+        parents.setdefault(int(f[1]), []).append(pid)
     pinned, todo = 0, [root]
     while todo:
         pid = todo.pop()
