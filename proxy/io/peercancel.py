@@ -13,7 +13,7 @@ import psycopg
 
 from proxy import instancekey
 from proxy.logs import LogLimiter, get_logger
-from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK
+from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK, with_tcp_timeouts
 
 log = get_logger("pgtenant.peers")
 
@@ -92,7 +92,7 @@ class PeerCancelSender:
     shared secret."""
 
     def __init__(self, dsn: str, shared: bytes) -> None:
-        self.dsn = dsn
+        self.dsn = with_tcp_timeouts(dsn)
         self.shared = shared
         self._where: dict[int, Where] = {}
         # Slots no instance held at the last lookup, until when that answer stands; one lookup at a time. Anyone can
