@@ -143,8 +143,9 @@ class PeerCancelSender:
         where = await self._find(slot)
         status = None if where is None else await self._exchange(where, slot, process_id, secret_key)
         # Gone, replaced, or an impostor there: look again (not for every cancel: anyone can send them, and a lookup
-        # is a registry login).
-        if where is not None and status in (None, instancekey.STALE) \
+        # is a registry login). Also on a genuine UNKNOWN: its instance may have lost the slot without knowing it yet
+        # (its registry connection down) while the session is the slot's new owner's (red team 9b N3).
+        if where is not None and status in (None, instancekey.STALE, instancekey.UNKNOWN) \
                 and self._looked_up.get(slot, 0.0) + RELOOK_AFTER <= _clock():
             self._forget(slot, where)
             fresh = await self._find(slot)

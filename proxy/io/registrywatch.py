@@ -57,6 +57,13 @@ class RegistryWatch:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def holds_slot(self) -> bool:
+        """Stateless replicas: this instance holds the slot its sessions' keys carry (always true without a peer port).
+        False after `instance_slot_lost` until the slot is held again: no cancel is answered for it (STALE), new
+        logins are refused and /readyz answers 503 (red team 9b N3)."""
+        return self.peer is None or (self.slot is not None and self.claim is not None)
+
+    @property
     def current(self) -> bool:
         """The config in force is the registry's as far as this process can know: connected, the reload after the
         last (re)connect has run, and no reload since the last good one failed to read the registry."""
@@ -141,6 +148,8 @@ class RegistryWatch:
             async for _ in conn.notifies(timeout=PING_INTERVAL):
                 self._ask()
             await self._ping(conn)  # silent for PING_INTERVAL: is the connection still there?
+            if self.peer is not None and self.slot is not None and self.claim is None:
+                await self._claim(conn)  # the slot was lost: is it free again?
 
     async def _ping(self, conn: psycopg.AsyncConnection) -> None:
         """A round trip within PING_TIMEOUT, else OSError after cutting the connection's socket (the pending read then
@@ -174,10 +183,12 @@ class RegistryWatch:
             if self.slot is None:
                 log.error("instance_slot_unavailable",
                           problem=f"all {1 << bits} instance slots are held (raise registry.instance_bits)")
-            else:
+            elif self.claim is not None:  # (once per loss: it is tried again after every round trip)
+                self.claim = None  # its old claim is answered STALE from now on: senders look the slot up again
                 log.error("instance_slot_lost", slot=self.slot, problem="another instance holds this one's slot "
                           "since its registry connection was down: cancels of this instance's sessions landing "
-                          "elsewhere reach that one (and are ignored there)")
+                          "elsewhere reach that one (and are ignored there); new logins are refused and /readyz "
+                          "answers 503 until the slot is free again")
         self.claimed.set()
 
     def _lost(self, problem: str) -> None:

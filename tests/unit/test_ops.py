@@ -147,6 +147,13 @@ def test_readiness_follows_the_registry_connection(tmp_path: Path, monkeypatch: 
     current[0] = True
     ok, detail = asyncio.run(check())
     assert ok and detail["registry_current"] is True
+    held = [False]  # red team 9b N3: another instance took this one's slot
+    o.proxy = dataclasses.replace(o.proxy, instance_slot=lambda: held[0])
+    ok, detail = asyncio.run(check())
+    assert not ok and detail["registry_current"] is True and detail["instance_slot"] is False
+    held[0] = True
+    ok, detail = asyncio.run(check())
+    assert ok and detail["instance_slot"] is True
     assert "registry" not in asyncio.run(ops(config).ready())[1]  # no registry configured: not part of readiness
 
 

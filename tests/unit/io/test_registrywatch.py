@@ -206,3 +206,53 @@ def test_registry_connections_get_tcp_timeouts_unless_the_dsn_sets_its_own() -> 
     uri = conninfo_to_dict(with_tcp_timeouts("postgresql://u@db:6543/reg"))
     assert uri["port"] == "6543" and uri["keepalives_count"] == TCP_TIMEOUTS["keepalives_count"]
     assert RegistryWatch("host=db", 1.0, lambda: None).dsn.count("tcp_user_timeout") == 1  # type: ignore[arg-type]
+
+
+class _SlotRegistry:
+    """A registry connection for `_claim`: TRY_SLOT answers whether the slot is free, CLAIM_SLOT a new claim id."""
+
+    def __init__(self) -> None:
+        self.free = True
+        self.claims = 0
+
+    async def execute(self, sql: str, params: tuple[object, ...]) -> _SlotRegistry:
+        if "pg_try_advisory_lock" in sql:
+            self.row: tuple[object, ...] = (self.free,)
+        else:
+            self.claims += 1
+            self.row = (1_000 * self.claims,)
+        return self
+
+    async def fetchone(self) -> tuple[object, ...]:
+        return self.row
+
+
+def test_a_lost_slot_drops_the_claim_until_it_is_held_again(logged: list[dict]) -> None:
+    """Red team 9b N3: after `instance_slot_lost` the instance kept answering its old claim (a genuine `U`) and
+    serving new sessions under the slot. Now the claim is dropped (its peer port answers STALE), holds_slot is false
+    (logins refused, /readyz 503) until the slot is free again."""
+    async def run() -> None:
+        watch, _ = _watch([])
+        watch.peer = ("127.0.0.1", 6433, 5)
+        conn = _SlotRegistry()
+        await watch._claim(conn)  # type: ignore[arg-type]
+        assert (watch.slot, watch.claim, watch.holds_slot) == (0, 1_000, True)
+        conn.free = False  # reconnected after another instance took slot 0
+        await watch._claim(conn)  # type: ignore[arg-type]
+        assert (watch.slot, watch.claim, watch.holds_slot) == (0, None, False)
+        await watch._claim(conn)  # type: ignore[arg-type]  # tried again after a round trip: still another's
+        conn.free = True
+        await watch._claim(conn)  # type: ignore[arg-type]
+        assert (watch.slot, watch.claim, watch.holds_slot) == (0, 2_000, True)
+
+    asyncio.run(run())
+    assert [e["event"] for e in logged].count("instance_slot_lost") == 1
+
+
+def test_a_stale_claim_is_answered_stale_by_the_peer_port() -> None:
+    from proxy import instancekey
+    shared = b"s" * 32
+    challenge = instancekey.challenge_of(instancekey.hello()) or b""
+    frame = instancekey.request(shared, challenge, 0, 1_000, 4321, b"abcd")
+    checked = instancekey.check_request(shared, challenge, frame, 0, None)  # the claim dropped: (slot, None)
+    assert not isinstance(checked, str) and not checked.mine
