@@ -551,7 +551,8 @@ def test_an_instance_whose_slot_another_took_refuses_logins_until_it_holds_it_ag
             until(lambda p=p: ready(p)[0] == 503 or None, APPLY_WAIT, interval=0.1, what="not ready")
             assert "another instance holds its instance slot" in (_login_error(p) or "")
         assert ready(b)[1]["instance_slot"] is False
-        assert all(w["detail"]["instance_slot"] is False for w in ready(a)[1]["workers"])
+        until(lambda: all(w["detail"].get("instance_slot") is False for w in ready(a)[1]["workers"]) or None,
+              APPLY_WAIT, interval=0.1, what="every worker of a not ready for the slot")  # (each caches 1 s)
     # the thief is gone: each instance holds its slot again after its next round trip
     for p in (a, b):
         until(lambda p=p: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
