@@ -557,3 +557,47 @@ def test_an_instance_whose_slot_another_took_refuses_logins_until_it_holds_it_ag
     for p in (a, b):
         until(lambda p=p: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
         assert _login_error(p) is None
+
+
+class Partition(Balancer):
+    """A TCP forwarder to `target` that, while `frozen`, moves no byte and closes nothing: a silent partition (a
+    blackholed route, a dead NAT entry) as the proxy sees it."""
+
+    def __init__(self, target: int) -> None:
+        self.frozen = False
+        super().__init__(target, target)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
+        try:
+            while data := src.recv(65536):
+                while self.frozen:
+                    time.sleep(0.05)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+
+def test_a_silent_partition_of_the_registry_path_is_noticed(pg: PgCluster, registry: str, tmp_path: Path) -> None:
+    """Red team 9b N2: the watch's round trip had no timeout, so a registry path that went silent kept the proxy
+    `registry_current` (a removed user logging in) until the kernel gave up (~15 min). Now the overdue round trip
+    is a lost connection: /readyz 503, then reconnect and reload once the path is back."""
+    path = Partition(pg.port)
+    p = _proxy(pg, tmp_path, psycopg.conninfo.make_conninfo(registry, host="127.0.0.1", port=path.port))
+    p.start()
+    try:
+        until(lambda: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready")
+        path.frozen = True
+        detail = until(lambda: ready(p)[0] == 503 and ready(p)[1], APPLY_WAIT, interval=0.2,
+                       what="not ready once the round trip is overdue")
+        assert detail["registry"] is False
+        assert any(e.get("event") == "registry_connection_lost" and "no answer to a round trip" in e.get("problem", "")
+                   for e in p.log_events())
+        path.frozen = False
+        until(lambda: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+    finally:
+        path.frozen = False
+        p.stop()
+        path.close()
