@@ -363,10 +363,12 @@ PEER_SECRET = "0123456789abcdef0123456789abcdef-test"
 
 class Balancer:
     """A TCP load balancer in miniature: the first connection goes to `first`, every later one (a client's cancel
-    connection) to `then` -- the case a real balancer produces at random."""
+    connection) to `then` -- the case a real balancer produces at random. While `frozen` it moves no byte and
+    closes nothing: a silent partition (a blackholed route, a dead NAT entry) as the proxy sees it."""
 
     def __init__(self, first: int, then: int) -> None:
         self.targets = [first, then]
+        self.frozen = False
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
@@ -384,10 +386,11 @@ class Balancer:
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self.frozen:
+                    time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
             pass
@@ -559,32 +562,11 @@ def test_an_instance_whose_slot_another_took_refuses_logins_until_it_holds_it_ag
         assert _login_error(p) is None
 
 
-class Partition(Balancer):
-    """A TCP forwarder to `target` that, while `frozen`, moves no byte and closes nothing: a silent partition (a
-    blackholed route, a dead NAT entry) as the proxy sees it."""
-
-    def __init__(self, target: int) -> None:
-        self.frozen = False
-        super().__init__(target, target)
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:  # type: ignore[override]
-        try:
-            while data := src.recv(65536):
-                while self.frozen:
-                    time.sleep(0.05)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-
 def test_a_silent_partition_of_the_registry_path_is_noticed(pg: PgCluster, registry: str, tmp_path: Path) -> None:
     """Red team 9b N2: the watch's round trip had no timeout, so a registry path that went silent kept the proxy
     `registry_current` (a removed user logging in) until the kernel gave up (~15 min). Now the overdue round trip
     is a lost connection: /readyz 503, then reconnect and reload once the path is back."""
-    path = Partition(pg.port)
+    path = Balancer(pg.port, pg.port)
     p = _proxy(pg, tmp_path, psycopg.conninfo.make_conninfo(registry, host="127.0.0.1", port=path.port))
     p.start()
     try:
