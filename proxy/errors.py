@@ -244,6 +244,12 @@ settings_not_restored = _register(
     "pgtenant closed the session: the server connection it got refused the session's settings ({message})",
     hint="A setting the session made earlier is not accepted any more; reconnect.",
 )
+# Stateless replicas: another instance took this one's slot while its registry connection was down (red team 9b N3).
+instance_slot_lost = _register(
+    "instance_slot_lost", CANNOT_CONNECT_NOW, "FATAL",
+    "this pgtenant instance cannot accept logins now: another instance holds its instance slot",
+    hint="Connect again: the load balancer sends new connections to a ready instance.",
+)
 tenant_unavailable = _register(
     "tenant_unavailable", CANNOT_CONNECT_NOW, "FATAL",
     'tenant "{tenant}" is not available: its database does not enforce the tenant boundary',

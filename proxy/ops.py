@@ -75,6 +75,7 @@ class Running:
     registry_connected: Callable[[], bool] | None = None  # the registry's LISTEN connection is up (None: no registry)
     registry_current: Callable[[], bool] | None = None  # no registry change is known to be unapplied (RegistryWatch)
     apply_changes: Callable[[Config], list[str]] | None = None  # blocking: apply_config preparing changed tenants only
+    instance_slot: Callable[[], bool] | None = None  # stateless replicas: the slot its keys carry is held (peer_port)
 
 
 class Ops:
@@ -112,6 +113,9 @@ class Ops:
         if proxy.registry_current is not None:
             detail["registry_current"] = proxy.registry_current()
             registry = registry and bool(detail["registry_current"])
+        if proxy.instance_slot is not None:
+            detail["instance_slot"] = proxy.instance_slot()
+            registry = registry and bool(detail["instance_slot"])
         ok = bool(detail["listening"]) and all(backends.values()) and not pending and registry
         if pending and all(backends.values()):
             # Backends are back: try to prepare the tenants that were waiting for them.

@@ -98,6 +98,7 @@ class CloseReason(enum.StrEnum):
     # pgtenant
     INTERNAL_ERROR = "internal_error"
     SHUTDOWN = "shutdown"
+    INSTANCE_SLOT_LOST = "instance_slot_lost"  # stateless replicas: this instance's slot is another's (red team 9b N3)
     KILLED_BY_ADMIN = "killed_by_admin"
     # per-tenant limits (proxy/limits.py)
     MAX_CLIENT_CONNECTIONS = "max_client_connections", ("refused", "max_client_connections")

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from proxy.config import ConfigError, RegistryOverlay
 from proxy.registrynames import CHANNEL, SCHEMA
 from proxy.registrynames import INSTANCE_LOCK as INSTANCE_LOCK  # the slots' lock class (io/ uses it from here)
@@ -82,6 +84,19 @@ FIND_SLOT = (f"SELECT host, port, {_CLAIM} FROM {SCHEMA}.instances WHERE slot = 
              "SELECT FROM pg_catalog.pg_locks "
              "WHERE locktype = 'advisory' AND classid = %s::int::oid AND objid = %s::int::oid AND objsubid = 2 "
              "AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
+
+# Every registry connection the proxy opens notices a silent partition (red team 9b N2): TCP keepalives, and unsent
+# or unacknowledged data gives up after TCP_USER_TIMEOUT_MS instead of Linux's ~15 minutes of retransmissions.
+# A DSN's own values win; libpq ignores these on a Unix-domain socket.
+TCP_TIMEOUTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "3",
+                "tcp_user_timeout": "15000"}
+
+
+def with_tcp_timeouts(dsn: str) -> str:
+    """`dsn` with TCP_TIMEOUTS added where it sets none of its own."""
+    given = {k for k, v in conninfo_to_dict(dsn).items() if v not in (None, "")}
+    return make_conninfo(dsn, **{k: v for k, v in TCP_TIMEOUTS.items() if k not in given})
+
 
 # Columns of the tenants and users tables: an `options` or settings key of the same name is a malformed row.
 TENANT_COLUMNS = ("strategy", "backend", "database")

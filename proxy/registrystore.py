@@ -22,6 +22,7 @@ from proxy.registrydb import (
     RegistryRows,
     overlay,
     tenant_row,
+    with_tcp_timeouts,
 )
 
 CONNECT_TIMEOUT = 5
@@ -33,7 +34,7 @@ class RegistryError(RuntimeError):
 
 def connect(dsn: str, *, autocommit: bool = False) -> psycopg.Connection:
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
+        return psycopg.connect(with_tcp_timeouts(dsn), autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT,
                                application_name="pgtenant-registry")
     except psycopg.Error as exc:
         raise RegistryError(f"cannot connect to the registry: {exc}") from exc

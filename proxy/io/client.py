@@ -715,6 +715,9 @@ class ClientConnection(asyncio.Protocol):
     async def _attach_policy_and_connect(self, connect: ConnectBackend) -> None:
         session = self.session
         assert session is not None
+        if not self.proxy.holds_instance_slot():  # its cancel key would name a slot another instance holds
+            self.run([CloseClient(errors.instance_slot_lost(), CloseReason.INSTANCE_SLOT_LOST)])
+            return
         name, backend = connect.tenant, connect.backend
         if name not in self.proxy.policies:  # its backend was down at startup: prepare it now
             try:

@@ -21,6 +21,8 @@ from proxy.ops import ReloadStatus
 log = get_logger("pgtenant.peers")
 
 CLAIM_WAIT = 30.0  # seconds the start waits for the registry to give a slot
+# In the workers' directory while the supervisor's slot is another instance's (red team 9b N3): they refuse logins.
+SLOT_LOST_FILE = "instance-slot-lost"
 
 
 class InstancePort:
@@ -38,6 +40,7 @@ class InstancePort:
         self.server = PeerCancelServer(registry.peer_host, registry.peer_port, registry.peer_secret.encode(),
                                        self._cancel, self._claim, self._refused)
         self.watch: RegistryWatch | None = None
+        self._held = True  # what the workers were last told (publish)
 
     @property
     def slot(self) -> int | None:
@@ -60,6 +63,17 @@ class InstancePort:
             await asyncio.wait_for(self.watch.claimed.wait(), CLAIM_WAIT)
         if self.watch.slot is None:
             raise RuntimeError(no_slot_problem(registry.instance_bits))
+
+    def publish(self) -> None:
+        """Tell the workers whether the slot is still held (a file in their directory; every supervisor tick)."""
+        held = self.watch is None or self.watch.holds_slot
+        if held != self._held:
+            self._held = held
+            lost = self.directory / SLOT_LOST_FILE
+            if held:
+                lost.unlink(missing_ok=True)
+            else:
+                lost.touch()
 
     def _claim(self) -> tuple[int | None, int | None]:
         return (None, None) if self.watch is None else (self.watch.slot, self.watch.claim)

@@ -26,6 +26,7 @@ from proxy.config import AgentConfig, BackendConfig, Config, ServerConfig
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
+from proxy.io.instanceport import SLOT_LOST_FILE
 from proxy.io.peercancel import LookupBusy, PeerCancelSender, PeerCancelServer, advertised_host, no_slot_problem
 from proxy.io.peers import Peers, PeerServer, WorkerIdentity
 from proxy.io.pool import Pool
@@ -113,6 +114,7 @@ class Proxy:
             if config.registry.enabled else None,
             registry_current=(lambda: self.registry_watch is not None and self.registry_watch.current)
             if config.registry.enabled else None,
+            instance_slot=self.holds_instance_slot if config.registry.peer_port is not None else None,
         ))
         self.registry_watch: RegistryWatch | None = None
         self.instance_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
@@ -344,6 +346,13 @@ class Proxy:
                 raise StartupError(no_slot_problem(registry.instance_bits))
         if slot is not None:
             instancekey.use_space(instancekey.InstanceSpace(slot, registry.instance_bits))
+
+    def holds_instance_slot(self) -> bool:
+        """Whether the instance slot this process's cancel keys carry is still this instance's (red team 9b N3: not
+        after `instance_slot_lost`); with workers the supervisor holds it and says so in their directory."""
+        if self.worker is not None:
+            return self.worker.slot is None or not (self.worker.directory / SLOT_LOST_FILE).exists()
+        return self.registry_watch is None or self.registry_watch.holds_slot
 
     def _instance_claim(self) -> tuple[int | None, int | None]:
         watch = self.registry_watch

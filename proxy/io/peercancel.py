@@ -12,7 +12,7 @@ import psycopg
 
 from proxy import instancekey
 from proxy.logs import LogLimiter, get_logger
-from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK
+from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK, with_tcp_timeouts
 
 log = get_logger("pgtenant.peers")
 
@@ -94,7 +94,7 @@ class PeerCancelSender:
     shared secret."""
 
     def __init__(self, dsn: str, shared: bytes) -> None:
-        self.dsn = dsn
+        self.dsn = with_tcp_timeouts(dsn)
         self.shared = shared
         self._where: dict[int, Where] = {}
         # Slots no instance held at the last lookup, until when that answer stands; one lookup at a time. Anyone can
@@ -166,8 +166,9 @@ class PeerCancelSender:
         where = await self.find(slot)
         status = None if where is None else await self._exchange(where, slot, process_id, secret_key)
         # Gone, replaced, or an impostor there: look again (not for every cancel: anyone can send them, and a lookup
-        # is a registry login).
-        if where is not None and status in (None, instancekey.STALE) \
+        # is a registry login). Also on a genuine UNKNOWN: its instance may have lost the slot without knowing it yet
+        # (its registry connection down) while the session is the slot's new owner's (red team 9b N3).
+        if where is not None and status in (None, instancekey.STALE, instancekey.UNKNOWN) \
                 and self._looked_up.get(slot, 0.0) + RELOOK_AFTER <= _clock():
             self._forget(slot, where)
             try:

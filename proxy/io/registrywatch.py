@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import psycopg
 
 from proxy.logs import get_logger
-from proxy.registrydb import CHANNEL, CLAIM_SLOT, INSTANCE_LOCK, TRY_SLOT
+from proxy.registrydb import CHANNEL, CLAIM_SLOT, INSTANCE_LOCK, TRY_SLOT, with_tcp_timeouts
 
 if TYPE_CHECKING:
     from proxy.ops import ReloadStatus
@@ -20,6 +22,9 @@ log = get_logger("pgtenant.registry")
 # Seconds between round trips on an otherwise silent LISTEN connection: a connection lost without a word (a
 # network partition) is noticed within this, and the next one reloads what was missed meanwhile.
 PING_INTERVAL = 5.0
+# Seconds the round trip may take: an overdue one is a lost connection (closed, reconnected, reloaded), so a silent
+# partition is noticed within PING_INTERVAL + PING_TIMEOUT (red team 9b N2: the ping used to wait forever).
+PING_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5
 # A reload that could not read the registry (a blip, a failover) is tried again after RETRY_FIRST seconds, doubling
 # up to RETRY_MAX, until it applies or is rejected for what the rows say (red team 8b F7).
@@ -34,7 +39,7 @@ class RegistryWatch:
 
     def __init__(self, dsn: str, reconnect_delay: float, reload: Callable[[], Awaitable[tuple[ReloadStatus, str]]],
                  peer: tuple[str, int, int] | None = None) -> None:
-        self.dsn = dsn
+        self.dsn = with_tcp_timeouts(dsn)
         self.reconnect_delay = reconnect_delay
         self.reload = reload
         self.connected = False
@@ -50,6 +55,13 @@ class RegistryWatch:
         self._resync = 0  # the ask of the last (re)connect: until it is answered the config may be behind
         self._failing = False  # the last reload could not read the registry (retrying)
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def holds_slot(self) -> bool:
+        """Stateless replicas: this instance holds the slot its sessions' keys carry (always true without a peer port).
+        False after `instance_slot_lost` until the slot is held again: no cancel is answered for it (STALE), new
+        logins are refused and /readyz answers 503 (red team 9b N3)."""
+        return self.peer is None or (self.slot is not None and self.claim is not None)
 
     @property
     def current(self) -> bool:
@@ -135,7 +147,24 @@ class RegistryWatch:
         while True:
             async for _ in conn.notifies(timeout=PING_INTERVAL):
                 self._ask()
-            await conn.execute("SELECT 1")  # silent for PING_INTERVAL: is the connection still there?
+            await self._ping(conn)  # silent for PING_INTERVAL: is the connection still there?
+            if self.peer is not None and self.slot is not None and self.claim is None:
+                await self._claim(conn)  # the slot was lost: is it free again?
+
+    async def _ping(self, conn: psycopg.AsyncConnection) -> None:
+        """A round trip within PING_TIMEOUT, else OSError after cutting the connection's socket (the pending read then
+        fails at once, as on a lost connection, instead of psycopg cancelling the query over the same dead path)."""
+        ping = asyncio.ensure_future(conn.execute("SELECT 1"))
+        try:
+            done, _ = await asyncio.wait({ping}, timeout=PING_TIMEOUT)
+            if not done:
+                _cut(conn)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ping, PING_TIMEOUT)
+                raise OSError(f"no answer to a round trip within {PING_TIMEOUT:g} s")
+            ping.result()
+        finally:
+            ping.cancel()
 
     async def _claim(self, conn: psycopg.AsyncConnection) -> None:
         """Hold an instance slot (after a reconnect: this instance's own again, its sessions' keys carry it) and say
@@ -154,13 +183,23 @@ class RegistryWatch:
             if self.slot is None:
                 log.error("instance_slot_unavailable",
                           problem=f"all {1 << bits} instance slots are held (raise registry.instance_bits)")
-            else:
+            elif self.claim is not None:  # (once per loss: it is tried again after every round trip)
+                self.claim = None  # its old claim is answered STALE from now on: senders look the slot up again
                 log.error("instance_slot_lost", slot=self.slot, problem="another instance holds this one's slot "
                           "since its registry connection was down: cancels of this instance's sessions landing "
-                          "elsewhere reach that one (and are ignored there)")
+                          "elsewhere reach that one (and are ignored there); new logins are refused and /readyz "
+                          "answers 503 until the slot is free again")
         self.claimed.set()
 
     def _lost(self, problem: str) -> None:
         if self.connected or problem:
             log.warning("registry_connection_lost" if self.connected else "registry_unreachable", problem=problem)
         self.connected = False
+
+
+def _cut(conn: psycopg.AsyncConnection) -> None:
+    """Shut the connection's socket down (both ways) without waiting for the peer."""
+    with contextlib.suppress(OSError, ValueError, psycopg.Error):
+        fd = os.dup(conn.pgconn.socket)
+        with socket.socket(fileno=fd) as sock:
+            sock.shutdown(socket.SHUT_RDWR)

@@ -72,6 +72,7 @@ class Workers:
         self.expositions = WorkerExpositions()  # so that a restarted worker does not take its counts with it
         self.done: asyncio.Future[int] | None = None
         self.slot: int | None = None  # the instance slot the supervisor holds (`[registry] peer_port`)
+        self.instance: InstancePort | None = None
 
     def environ(self, index: int) -> dict[str, str]:
         env = dict(os.environ)
@@ -125,6 +126,8 @@ class Workers:
                 if self.supervisor.started and not was_started:
                     log.info("workers_listening", workers=self.count, port=self.port)
         self.run_actions(self.supervisor.tick(now))
+        if self.instance is not None:
+            self.instance.publish()
 
     async def exposition(self) -> tuple[str, bytes]:
         """/metrics: every worker's metrics merged, and the supervisor's own."""
@@ -164,7 +167,7 @@ async def supervise(config: Config) -> int:
                 await instance.start()
             except RuntimeError as exc:
                 raise StartupError(str(exc)) from exc
-            workers.slot = instance.slot
+            workers.slot, workers.instance = instance.slot, instance
         if config.metrics.enabled:
             ops = OpsServer(config.metrics, workers, workers.ready)
             try:

@@ -363,10 +363,12 @@ PEER_SECRET = "0123456789abcdef0123456789abcdef-test"
 
 class Balancer:
     """A TCP load balancer in miniature: the first connection goes to `first`, every later one (a client's cancel
-    connection) to `then` -- the case a real balancer produces at random."""
+    connection) to `then` -- the case a real balancer produces at random. While `frozen` it moves no byte and
+    closes nothing: a silent partition (a blackholed route, a dead NAT entry) as the proxy sees it."""
 
     def __init__(self, first: int, then: int) -> None:
         self.targets = [first, then]
+        self.frozen = False
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
@@ -384,10 +386,11 @@ class Balancer:
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                while self.frozen:
+                    time.sleep(0.05)
                 dst.sendall(data)
         except OSError:
             pass
@@ -506,3 +509,77 @@ def test_a_cancel_reaches_the_right_worker_of_another_instance(
     assert workers == {0, 1}
     _cancelled_through(b, a, pg)  # and the other way: it lands on either worker of a, which passes it on
     assert any(e.get("event") == "cancel_passed_to_instance" and e.get("outcome") == "found" for e in a.log_events())
+
+
+def _login_error(p: ProxyProcess) -> str | None:
+    """Why a login to `p` is refused (None: it logged in)."""
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            return None
+    except psycopg.OperationalError as exc:
+        return str(exc)
+
+
+def test_an_instance_whose_slot_another_took_refuses_logins_until_it_holds_it_again(
+        replicas_with_workers: tuple[ProxyProcess, ProxyProcess], pg: PgCluster) -> None:
+    """Red team 9b N3: another instance claims a slot while its instance's registry connection is down; the loser
+    used to answer its old claim and put the slot in new sessions' keys, /readyz green. Now it refuses logins
+    (57P03) and /readyz answers 503 until the slot is free again (a of 2 workers: the supervisor holds the slot and
+    tells them; b of one process)."""
+    from proxy.registrynames import INSTANCE_LOCK
+
+    a, b = replicas_with_workers
+    for p in (a, b):
+        until(lambda p=p: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready")
+    held_slots = [s for (s,) in pg.execute(
+        f"SELECT objid::int FROM pg_locks WHERE locktype = 'advisory' AND classid = {INSTANCE_LOCK}::oid "
+        "AND objsubid = 2 AND granted", dbname=REGISTRY_DB)]
+    assert len(held_slots) >= 2
+    with pg.connect(dbname=REGISTRY_DB) as thief:  # open before the database refuses new connections
+        thief.autocommit = True
+        pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS false")
+        try:
+            pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE application_name = 'pgtenant-listen'")
+            for slot in held_slots:  # another instance's claim, taken while theirs are down
+                until(lambda slot=slot: thief.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                                                      (INSTANCE_LOCK, slot)).fetchone()[0] or None,
+                      APPLY_WAIT, interval=0.05, what=f"slot {slot} free")
+        finally:
+            pg.execute(f"ALTER DATABASE {REGISTRY_DB} ALLOW_CONNECTIONS true")
+        for p in (a, b):
+            until(lambda p=p: p.count_events("instance_slot_lost") or None, APPLY_WAIT, interval=0.1,
+                  what="instance_slot_lost")
+            until(lambda p=p: ready(p)[0] == 503 or None, APPLY_WAIT, interval=0.1, what="not ready")
+            assert "another instance holds its instance slot" in (_login_error(p) or "")
+        assert ready(b)[1]["instance_slot"] is False
+        until(lambda: all(w["detail"].get("instance_slot") is False for w in ready(a)[1]["workers"]) or None,
+              APPLY_WAIT, interval=0.1, what="every worker of a not ready for the slot")  # (each caches 1 s)
+    # the thief is gone: each instance holds its slot again after its next round trip
+    for p in (a, b):
+        until(lambda p=p: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+        assert _login_error(p) is None
+
+
+def test_a_silent_partition_of_the_registry_path_is_noticed(pg: PgCluster, registry: str, tmp_path: Path) -> None:
+    """Red team 9b N2: the watch's round trip had no timeout, so a registry path that went silent kept the proxy
+    `registry_current` (a removed user logging in) until the kernel gave up (~15 min). Now the overdue round trip
+    is a lost connection: /readyz 503, then reconnect and reload once the path is back."""
+    path = Balancer(pg.port, pg.port)
+    p = _proxy(pg, tmp_path, psycopg.conninfo.make_conninfo(registry, host="127.0.0.1", port=path.port))
+    p.start()
+    try:
+        until(lambda: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready")
+        path.frozen = True
+        detail = until(lambda: ready(p)[0] == 503 and ready(p)[1], APPLY_WAIT, interval=0.2,
+                       what="not ready once the round trip is overdue")
+        assert detail["registry"] is False
+        assert any(e.get("event") == "registry_connection_lost" and "no answer to a round trip" in e.get("problem", "")
+                   for e in p.log_events())
+        path.frozen = False
+        until(lambda: ready(p)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+    finally:
+        path.frozen = False
+        p.stop()
+        path.close()

@@ -140,13 +140,16 @@ def test_readiness_follows_the_registry_connection(tmp_path: Path, monkeypatch: 
     up[0] = True
     ok, detail = asyncio.run(check())
     assert ok and detail["registry"] is True
-    current = [False]  # connected, but a change is known to be unapplied (a reload could not read the registry)
-    o.proxy = dataclasses.replace(o.proxy, registry_current=lambda: current[0])
-    ok, detail = asyncio.run(check())
-    assert not ok and detail["registry"] is True and detail["registry_current"] is False
-    current[0] = True
-    ok, detail = asyncio.run(check())
-    assert ok and detail["registry_current"] is True
+    # Connected, but a change is known to be unapplied (a reload could not read the registry); then another
+    # instance took this one's slot (red team 9b N3).
+    for key in ("registry_current", "instance_slot"):
+        state = [False]
+        o.proxy = dataclasses.replace(o.proxy, **{key: lambda state=state: state[0]})
+        ok, detail = asyncio.run(check())
+        assert not ok and detail["registry"] is True and detail[key] is False
+        state[0] = True
+        ok, detail = asyncio.run(check())
+        assert ok and detail[key] is True
     assert "registry" not in asyncio.run(ops(config).ready())[1]  # no registry configured: not part of readiness
 
 

@@ -136,7 +136,7 @@ def test_an_instance_of_another_claim_at_the_cached_address_sends_the_sender_to_
         await sender.find(1)
         registry.append(instance.where)
         assert await sender.send(1, 4321, SECRET_KEY) == instancekey.FOUND
-        assert await sender.send(1, 4321, b"nope") == instancekey.UNKNOWN  # genuine, and no lookup again
+        assert await sender.send(1, 4321, b"nope") == instancekey.UNKNOWN  # genuine (looked up again: the same claim)
         assert [pid for pid, _ in instance.cancels] == [4321, 4321]
         registry.clear()  # the slot is free now: nobody to pass it to
         instance.claim = 3_000
@@ -266,5 +266,44 @@ def test_cancels_waiting_for_a_registry_lookup_are_bounded(monkeypatch: pytest.M
         release.set()
         assert [await task for task in flood[:1 + peercancel.LOOKUP_QUEUE]] == [None] * (1 + peercancel.LOOKUP_QUEUE)
         assert lookups == [1, *range(100, 101 + peercancel.LOOKUP_QUEUE)]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_genuine_unknown_from_a_cached_claim_sends_the_sender_to_the_registry_once_a_while(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b N3: the cached instance lost the slot without knowing it yet (its registry connection down) and
+    answers its old claim genuinely `U`; the session is the slot's new owner's. The slot is looked up again (at
+    most every RELOOK_AFTER) and the cancel reaches the new owner."""
+
+    async def scenario() -> None:
+        loser, owner = Instance(claim=1_000), Instance(claim=2_000)
+
+        async def no_such_session(process_id: int, proof: bytes) -> bool:
+            return False
+
+        loser.server.cancel_here = no_such_session  # the session is the new owner's
+        await loser.server.start()
+        await owner.server.start()
+        sender = peercancel.PeerCancelSender("host=registry", SHARED)
+        registry = [loser.where]
+        lookups: list[int] = []
+
+        async def query(slot: int) -> tuple[str, int, int]:
+            lookups.append(slot)
+            return registry[-1]
+
+        monkeypatch.setattr(sender, "_query", query)
+        monkeypatch.setattr(peercancel, "_clock", lambda: 1000.0)
+        assert await sender.find(1) == loser.where  # cached from an earlier cancel
+        registry.append(owner.where)  # the new owner's claim
+        assert await sender.send(1, 4321, b"nope") == instancekey.UNKNOWN  # (the loser's own answer)
+        assert lookups == [1]  # not looked up again within RELOOK_AFTER
+        monkeypatch.setattr(peercancel, "_clock", lambda: 1000.0 + peercancel.RELOOK_AFTER)
+        assert await sender.send(1, 4321, SECRET_KEY) == instancekey.FOUND
+        assert lookups == [1, 1] and [pid for pid, _ in owner.cancels] == [4321]
+        assert await sender.find(1) == owner.where
+        await loser.server.close()
+        await owner.server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -4,14 +4,17 @@ is tried again with backoff and keeps the proxy not current, a rejected one wait
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Iterator
 
 import pytest
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 from proxy.io import registrywatch
 from proxy.io.registrywatch import RegistryWatch
 from proxy.ops import ReloadStatus
+from proxy.registrydb import TCP_TIMEOUTS, with_tcp_timeouts
 
 
 @pytest.fixture(autouse=True)
@@ -113,3 +116,143 @@ def test_a_reconnect_is_behind_until_its_reload_has_run() -> None:
             task.cancel()
 
     asyncio.run(run())
+
+
+class _SilentRegistry:
+    """A loopback server speaking just enough of the protocol for the watch's LISTEN connection (trust login, every
+    query answered), until `freeze`: from then on it reads and never answers, nor closes (a silent partition)."""
+
+    def __init__(self) -> None:
+        self.frozen = False
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @staticmethod
+    def _message(kind: bytes, body: bytes) -> bytes:
+        return kind + struct.pack("!I", len(body) + 4) + body
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        frozen_here = False
+        try:
+            (length,) = struct.unpack("!I", await reader.readexactly(4))
+            await reader.readexactly(length - 4)  # the startup packet
+            reply = self._message(b"R", struct.pack("!I", 0))
+            for name, value in (("server_version", "18.0"), ("client_encoding", "UTF8"),
+                                ("standard_conforming_strings", "on"), ("integer_datetimes", "on")):
+                reply += self._message(b"S", name.encode() + b"\0" + value.encode() + b"\0")
+            reply += self._message(b"K", struct.pack("!I", 42) + b"abcd") + self._message(b"Z", b"I")
+            writer.write(reply)
+            while True:
+                kind = await reader.readexactly(1)
+                (length,) = struct.unpack("!I", await reader.readexactly(4))
+                body = await reader.readexactly(length - 4)
+                if kind == b"X":
+                    return
+                if self.frozen or frozen_here:
+                    frozen_here = True  # this connection stays silent
+                    continue
+                tag = body.split(b" ")[0].rstrip(b"\0").upper()
+                writer.write(self._message(b"C", tag + b"\0") + self._message(b"Z", b"I"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+def test_a_round_trip_without_answer_is_a_lost_connection(monkeypatch: pytest.MonkeyPatch,
+                                                          logged: list[dict]) -> None:
+    """Red team 9b N2: the registry path goes silent (no reset, no answer); the overdue ping ends the connection
+    (not current meanwhile), the watch reconnects and reloads."""
+    monkeypatch.setattr(registrywatch, "PING_INTERVAL", 0.02)
+    monkeypatch.setattr(registrywatch, "PING_TIMEOUT", 0.2)
+
+    async def run() -> None:
+        registry = _SilentRegistry()
+        port = await registry.start()
+        reloads: list[int] = []
+
+        async def reload() -> tuple[ReloadStatus, str]:
+            reloads.append(registry.connections)
+            return "applied", "ok"
+
+        watch = RegistryWatch(f"host=127.0.0.1 port={port} user=u dbname=d sslmode=disable", 0.01, reload)
+        watch.start()
+        try:
+            await _until(lambda: watch.current and registry.connections == 1, "listening and current")
+            registry.frozen = True
+            await _until(lambda: not watch.current, "not current once the ping is overdue")
+            registry.frozen = False
+            await _until(lambda: watch.current and registry.connections >= 2, "reconnected and current again")
+            assert reloads[0] == 1 and reloads[-1] >= 2  # the reconnect reloaded what may have been missed
+        finally:
+            await watch.close()
+            assert registry.server is not None
+            registry.server.close()
+
+    asyncio.run(run())
+    lost = [e for e in logged if e["event"] == "registry_connection_lost"]
+    assert lost and "no answer to a round trip" in lost[0]["problem"], logged
+
+
+def test_registry_connections_get_tcp_timeouts_unless_the_dsn_sets_its_own() -> None:
+    dsn = conninfo_to_dict(with_tcp_timeouts("host=db dbname=reg keepalives_idle=30"))
+    assert dsn["tcp_user_timeout"] == TCP_TIMEOUTS["tcp_user_timeout"] and dsn["keepalives"] == "1"
+    assert dsn["keepalives_idle"] == "30" and dsn["host"] == "db"
+    uri = conninfo_to_dict(with_tcp_timeouts("postgresql://u@db:6543/reg"))
+    assert uri["port"] == "6543" and uri["keepalives_count"] == TCP_TIMEOUTS["keepalives_count"]
+    assert RegistryWatch("host=db", 1.0, lambda: None).dsn.count("tcp_user_timeout") == 1  # type: ignore[arg-type]
+
+
+class _SlotRegistry:
+    """A registry connection for `_claim`: TRY_SLOT answers whether the slot is free, CLAIM_SLOT a new claim id."""
+
+    def __init__(self) -> None:
+        self.free = True
+        self.claims = 0
+
+    async def execute(self, sql: str, params: tuple[object, ...]) -> _SlotRegistry:
+        if "pg_try_advisory_lock" in sql:
+            self.row: tuple[object, ...] = (self.free,)
+        else:
+            self.claims += 1
+            self.row = (1_000 * self.claims,)
+        return self
+
+    async def fetchone(self) -> tuple[object, ...]:
+        return self.row
+
+
+def test_a_lost_slot_drops_the_claim_until_it_is_held_again(logged: list[dict]) -> None:
+    """Red team 9b N3: after `instance_slot_lost` the instance kept answering its old claim (a genuine `U`) and
+    serving new sessions under the slot. Now the claim is dropped (its peer port answers STALE), holds_slot is false
+    (logins refused, /readyz 503) until the slot is free again."""
+    async def run() -> None:
+        watch, _ = _watch([])
+        watch.peer = ("127.0.0.1", 6433, 5)
+        conn = _SlotRegistry()
+        await watch._claim(conn)  # type: ignore[arg-type]
+        assert (watch.slot, watch.claim, watch.holds_slot) == (0, 1_000, True)
+        conn.free = False  # reconnected after another instance took slot 0
+        await watch._claim(conn)  # type: ignore[arg-type]
+        assert (watch.slot, watch.claim, watch.holds_slot) == (0, None, False)
+        await watch._claim(conn)  # type: ignore[arg-type]  # tried again after a round trip: still another's
+        conn.free = True
+        await watch._claim(conn)  # type: ignore[arg-type]
+        assert (watch.slot, watch.claim, watch.holds_slot) == (0, 2_000, True)
+
+    asyncio.run(run())
+    assert [e["event"] for e in logged].count("instance_slot_lost") == 1
+
+
+def test_a_stale_claim_is_answered_stale_by_the_peer_port() -> None:
+    from proxy import instancekey
+    shared = b"s" * 32
+    challenge = instancekey.challenge_of(instancekey.hello()) or b""
+    frame = instancekey.request(shared, challenge, 0, 1_000, 4321, b"abcd")
+    checked = instancekey.check_request(shared, challenge, frame, 0, None)  # the claim dropped: (slot, None)
+    assert not isinstance(checked, str) and not checked.mine
