@@ -361,14 +361,26 @@ def test_known_and_unknown_users_cannot_be_told_apart_by_timing(
         prober = _Prober(p.port, "wrong password")
         for user in ("alice", "alicx"):  # warm up both paths
             prober.probe(user)
-        known: list[tuple[float, float, float]] = []
-        unknown: list[tuple[float, float, float]] = []
-        for i in range(500):
-            order = (("alice", known), ("alicx", unknown)) if i % 2 else (("alicx", unknown), ("alice", known))
-            for user, into in order:
-                into.append(prober.probe(user))
+        # A step fails only if it stands out in two independent rounds: a burst of load on the shared host can push
+        # one round's z past the bound (seen under parallel merges); a real difference (z = -16.9) shows in both.
+        flagged: list[set[str]] = []
+        for _round in range(2):
+            zs = _timing_round(prober)
+            flagged.append({name for name, z in zs.items() if abs(z) >= 4.0})
+            if not flagged[-1]:
+                break
     finally:
         p.stop()
-    for step, name in enumerate(("AuthenticationSASL", "server-first", "final error")):
-        z = _mann_whitney_z([s[step] for s in known], [s[step] for s in unknown])
-        assert abs(z) < 4.0, (name, z)
+    assert not (flagged[0] & flagged[-1]), (flagged, zs)
+
+
+def _timing_round(prober: _Prober) -> dict[str, float]:
+    """Interleaved samples of both users; the Mann-Whitney z per step."""
+    known: list[tuple[float, float, float]] = []
+    unknown: list[tuple[float, float, float]] = []
+    for i in range(500):
+        order = (("alice", known), ("alicx", unknown)) if i % 2 else (("alicx", unknown), ("alice", known))
+        for user, into in order:
+            into.append(prober.probe(user))
+    return {name: _mann_whitney_z([s[step] for s in known], [s[step] for s in unknown])
+            for step, name in enumerate(("AuthenticationSASL", "server-first", "final error"))}

@@ -30,11 +30,22 @@ def test_a_gate_follows_the_policy_a_reload_installs() -> None:
     observed: list[str] = []
     gate = Gate(DecisionCache(), lambda name: owner.policies.get(name), Tenant("t", "database", "t"),
                 lambda stage, _seconds: observed.append(stage))
-    assert isinstance(gate("query", INSERT), Deny)
+
+    def decided(sql: str) -> object:
+        # A miss may go to a decision worker when the host is slow (the first decision spends the inline burst):
+        # decided here as the worker would, so the outcome does not depend on timing.
+        found = gate("query", sql)
+        if isinstance(found, Pending):
+            decision, stages = found.run()
+            found.finish(decision, stages)
+            return decision
+        return found
+
+    assert isinstance(decided(INSERT), Deny)
     owner.policies = {"t": WRITER}  # what a reload does (TenantRegistry.install): a new dict
-    assert isinstance(gate("query", INSERT), Allow)
+    assert isinstance(decided(INSERT), Allow)
     owner.policies = {}  # the tenant is gone: its sessions end elsewhere; the gate keeps its first policy
-    assert isinstance(gate("query", INSERT), Deny)
+    assert isinstance(decided(INSERT), Deny)
     assert observed.count("total") == 2  # two misses (one per policy); the third call was a hit
 
 
