@@ -99,4 +99,4 @@ class InstancePort:
 
 
 async def _nothing_to_reload() -> tuple[ReloadStatus, str]:
-    return "applied", "the supervisor holds the instance slot only"
+    return "applied", ""  # the supervisor holds the instance slot only: nothing applied, nothing to log

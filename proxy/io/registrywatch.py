@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,9 @@ CONNECT_TIMEOUT = 5
 # up to RETRY_MAX, until it applies or is rejected for what the rows say (red team 8b F7).
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
+# While the registry stays unreachable, a failed connection attempt is logged as a warning at most once per this
+# many seconds (with the number of attempts since the last line); the others at debug level.
+UNREACHABLE_LOG_EVERY = 60.0
 
 
 class RegistryWatch:
@@ -54,6 +58,8 @@ class RegistryWatch:
         self._done = 0  # how many of them the last finished reload (applied or rejected) answered
         self._resync = 0  # the ask of the last (re)connect: until it is answered the config may be behind
         self._failing = False  # the last reload could not read the registry (retrying)
+        self._unreachable_logged: float | None = None  # when the last registry_unreachable warning was written
+        self._unreachable_attempts = 0  # failed attempts since then
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -112,7 +118,8 @@ class RegistryWatch:
                 self._failing = False
                 log.info("registry_caught_up")
             if status == "applied":
-                log.info("registry_applied", result=message)
+                if message:  # (the supervisor's slot-only watch applies nothing: no line per change)
+                    log.info("registry_applied", result=message)
             else:
                 log.error("registry_rejected", result=message)
 
@@ -137,6 +144,7 @@ class RegistryWatch:
                     # made before it, and every later one is announced on this connection.
                     self._resync = self._ask()
                     self.connected = True
+                    self._unreachable_logged, self._unreachable_attempts = None, 0
                     log.info("registry_listening")
                     await self._receive(conn)
             except (psycopg.Error, OSError) as exc:
@@ -192,8 +200,20 @@ class RegistryWatch:
         self.claimed.set()
 
     def _lost(self, problem: str) -> None:
-        if self.connected or problem:
-            log.warning("registry_connection_lost" if self.connected else "registry_unreachable", problem=problem)
+        if self.connected:
+            log.warning("registry_connection_lost", problem=problem)
+            self._unreachable_logged, self._unreachable_attempts = None, 0
+        elif problem:
+            # Every reconnect attempt fails while the registry is down: a warning for the first and then one per
+            # UNREACHABLE_LOG_EVERY seconds, counting the attempts between (the rest at debug level).
+            self._unreachable_attempts += 1
+            now = time.monotonic()
+            last = self._unreachable_logged
+            if last is None or now - last >= UNREACHABLE_LOG_EVERY:
+                log.warning("registry_unreachable", problem=problem, attempts=self._unreachable_attempts)
+                self._unreachable_logged, self._unreachable_attempts = now, 0
+            else:
+                log.debug("registry_unreachable", problem=problem)
         self.connected = False
 
 

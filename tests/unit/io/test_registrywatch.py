@@ -256,3 +256,45 @@ def test_a_stale_claim_is_answered_stale_by_the_peer_port() -> None:
     frame = instancekey.request(shared, challenge, 0, 1_000, 4321, b"abcd")
     checked = instancekey.check_request(shared, challenge, frame, 0, None)  # the claim dropped: (slot, None)
     assert not isinstance(checked, str) and not checked.mine
+
+
+def test_an_unreachable_registry_is_warned_about_once_per_interval_not_per_attempt(
+    logged: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(registrywatch.time, "monotonic", lambda: now[0])
+    watch, _ = _watch([])
+    for _ in range(50):  # one failed attempt per reconnect_delay
+        watch._lost("connection refused")
+        now[0] += 1.0
+    warned = [e for e in logged if e["event"] == "registry_unreachable" and e["log_level"] == "warning"]
+    assert [e["attempts"] for e in warned] == [1]  # the first; the next warning is due after 60 s
+    for _ in range(20):
+        watch._lost("connection refused")
+        now[0] += 1.0
+    warned = [e for e in logged if e["event"] == "registry_unreachable" and e["log_level"] == "warning"]
+    assert [e["attempts"] for e in warned] == [1, 60]  # the attempts since the last warning
+    assert sum(e["event"] == "registry_unreachable" for e in logged) == 70  # the others at debug level
+    watch.connected = True  # connected, then lost: said at once, and the next outage warns at its first attempt
+    watch._lost("server closed the connection")
+    watch._lost("connection refused")
+    events = [(e["event"], e["log_level"]) for e in logged[-2:]]
+    assert events == [("registry_connection_lost", "warning"), ("registry_unreachable", "warning")]
+
+
+def test_the_supervisors_slot_only_watch_logs_no_line_per_change(logged: list[dict]) -> None:
+    from proxy.io.instanceport import _nothing_to_reload
+
+    async def run() -> None:
+        watch = RegistryWatch("dbname=unused", 1.0, _nothing_to_reload)
+        watch.connected = True
+        task = asyncio.get_running_loop().create_task(watch._apply())
+        try:
+            for _ in range(3):
+                watch._ask()
+                await _until(lambda: watch._done == watch._asked, "the no-op reload")
+        finally:
+            task.cancel()
+
+    asyncio.run(run())
+    assert not [e for e in logged if e["event"].startswith("registry_")], logged
