@@ -18,7 +18,7 @@ _CLASSES = frozenset({"42", "3F", "0A", "00", "01"})
 # hint); never CONTEXT or an internal query, which may quote a value the statement computed.
 _NAMED_FIELDS = ("M", "D", "H")
 Names = tuple[tuple[str, str], ...]
-Moved = tuple[tuple[int, int], ...]
+Moved = tuple[tuple[int, int, int], ...]  # (start, end, characters added) of each renamed span: hiding.Renamed
 
 
 class InFlight:

@@ -2039,7 +2039,7 @@ class ClientSession:
         if found is None:
             return []
         prefix = len(admission.EXPLAIN_PREFIX)
-        return [(found[0], tuple((end + prefix, added) for end, added in found[1]))]
+        return [(found[0], tuple((start + prefix, end + prefix, added) for start, end, added in found[1]))]
 
     def _bound_names(self, statement: str) -> None:
         """A Bind of a statement Parsed with reserved names: its request's answers name them."""

@@ -289,7 +289,7 @@ class Rewrite:
     # session writes the client's name back where PostgreSQL's answer names a reserved one.
     names: tuple[tuple[str, str], ...] = ()
     explain: str | None = None
-    moved: tuple[tuple[int, int], ...] = ()  # where the reserved names move PostgreSQL's positions (hiding.Renamed)
+    moved: tuple[tuple[int, int, int], ...] = ()  # where reserved names move PostgreSQL's positions (hiding.Renamed)
 
 
 @dataclass(frozen=True, slots=True)

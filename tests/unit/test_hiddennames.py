@@ -32,7 +32,7 @@ def test_a_schema_named_by_postgresql_gets_the_clients_name() -> None:
 
 def test_positions_map_back_through_the_renamed_spans() -> None:
     # `SELECT * FROM ab.zz` sent as `SELECT * FROM "<R>".zz`: the quoted name ends at 14 + 30, 28 characters more
-    sent = [(((R, "ab"),), ((14 + 30, 28),))]
+    sent = [(((R, "ab"),), ((14, 14 + 30, 28),))]
     body = _body(C="42P01", M=f'relation "{R}.zz" does not exist', P="15")
     assert _fields(written_back(b"E", body, sent, ""))["P"] == "15"
     body = _body(C="42703", M='column "nosuch" does not exist', P=str(15 + 30 + 4))
