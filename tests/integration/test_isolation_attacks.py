@@ -2620,6 +2620,24 @@ FIELD_FORMS = {
                              "(LIKE U&\"{w}\" UESCAPE $$!$$.orders)",
     "before_refusal_later": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders); "
                             "SELECT nosuchcol; SELECT pg_sleep_for('1s')",
+    # 9a2 H8: what stands right before the name does not join the reserved name into another token
+    "quoted_identifier_before": 'CREATE TEMP TABLE bi_fq ("a"{s}.t)',
+    "quoted_identifier_before_later": 'CREATE TEMP TABLE bi_fq (a int, "b"{s}.t, nosuch nosuchtype)',
+    "unicode_identifier_before": 'CREATE TEMP TABLE bi_fq (U&"a"{s}.t)',
+    "u_ampersand_function": "SELECT u&{s}.f() FROM (SELECT 1 AS u) v",
+    "u_ampersand_column": "SELECT u&{s}.orders.id FROM (SELECT 1 AS u) v",
+    "column_definition_list": "SELECT * FROM json_to_record('{{}}') AS x(\"a\"{s}.t)",
+    "rows_from": "SELECT * FROM ROWS FROM (json_to_record('{{}}') AS (\"a\"{s}.t))",
+    "comment_before": "SELECT 1 FROM/*c*/{s}.orders",
+    "operator_before": "SELECT 1+{s}.f()",
+    "string_before": "SELECT E'x'::{s}.t, $a$y$a$::{s}.t, nosuchcol",
+    # 9a2 H5: text shaped like a reserved name in the client's statement, a tenant filter written before the name
+    "reserved_shaped_alias": 'SELECT 1 AS "pg_9aaaaaaaaaaaaaaaaaaaaaaaa" FROM orders, {s}.orders',
+    "reserved_shaped_comment": 'SELECT 1 FROM orders, {s}.orders /* "pg_9aaaaaaaaaaaaaaaaaaaaaaaa" */',
+    "reserved_shaped_string": "SELECT '\"pg_9aaaaaaaaaaaaaaaaaaaaaaaa\"', 1 FROM orders, {s}.orders",
+    "reserved_shaped_after": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
+                             "(LIKE {s}.orders); "
+                             'SELECT 1 AS "pg_9aaaaaaaaaaaaaaaaaaaaaaaa", nosuchcol FROM orders',
 }
 # (user, database) of a tenant from whom schema globex (the schema tenant's, in database saas) is hidden.
 HIDING_TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
