@@ -30,6 +30,7 @@ from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
     ADMIT,
+    DECLARES_CURSOR,
     EXPORT_SNAPSHOT,
     MAY_SET_SEQUENCES,
     MAY_USE_SEQUENCES,
@@ -173,6 +174,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                     return replace(past.decision, statement=(index + 1, count))
             continue
         effects |= stmt_effects
+        if stmt.kind == "DeclareCursorStmt":
+            effects.add(DECLARES_CURSOR)
         each.append(stmt_effects)
         policies.append(current)
         if stmt_changes:

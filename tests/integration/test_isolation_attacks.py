@@ -2840,6 +2840,71 @@ def _rows(conn: pq.PGconn, sql: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_pg_cursors_read_in_the_declaring_string_shows_the_clients_text(hiding_proxy: ProxyProcess,
+                                                                        strategy: str) -> None:
+    """Red team 9a2 H6: pg_cursors read in the Query string that declares a cursor beside a renamed statement (or
+    by a cursor of that string, fetched there or later) lists the client's text of that string, never the text
+    PostgreSQL was sent."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
+        conn.notice_handler = lambda res: None
+        like = f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders)"
+        texts = [f"{like}; DECLARE bi_c1 CURSOR WITH HOLD FOR SELECT 1; "
+                 "SELECT name, statement FROM pg_cursors ORDER BY name",
+                 f"BEGIN; {like}; DECLARE bi_c2 CURSOR FOR SELECT name, statement FROM pg_cursors ORDER BY name; "
+                 "FETCH ALL FROM bi_c2; COMMIT",
+                 f"BEGIN; {like}; DECLARE bi_c3 CURSOR FOR SELECT name, statement FROM pg_cursors ORDER BY name"]
+        try:
+            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+            got[name] = [_rows(conn, text) for text in texts] + [_rows(conn, "FETCH ALL FROM bi_c3")]
+            _rows(conn, "COMMIT")
+            _rows(conn, "CLOSE ALL")
+        finally:
+            conn.finish()
+        assert got[name] == [
+            [(b"bi_c1", texts[0].encode())],
+            [(b"bi_c1", texts[0].encode()), (b"bi_c2", texts[1].encode())],
+            [],
+            [(b"bi_c1", texts[0].encode()), (b"bi_c3", texts[2].encode())],
+        ], got
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_pg_cursors_past_the_bound_lists_a_hidden_schema_as_a_missing_one(hiding_proxy: ProxyProcess,
+                                                                          strategy: str) -> None:
+    """Red team 9a2 H4: past the session's bound on cursor texts a cursor is listed without a text, never with the
+    text PostgreSQL was sent (a reserved name), and at the same point for a hidden schema as for a missing one: a
+    1 MiB text alone pushes no earlier entry out; 3 x 400 kB push the first ones out."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
+        conn.notice_handler = lambda res: None
+        like = f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders)"
+        try:
+            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+            _rows(conn, f"{like}; DECLARE bi_h0 CURSOR WITH HOLD FOR SELECT 1")
+            _rows(conn, f"{like}; DECLARE bi_big CURSOR WITH HOLD FOR SELECT 1 /* " + "x" * (1 << 20) + " */")
+            seen = [_rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")]
+            for i in range(3):
+                _rows(conn, f"{like}; DECLARE bi_b{i} CURSOR WITH HOLD FOR SELECT 1 /* " + "x" * 400_000 + " */")
+            seen.append(_rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name"))
+            _rows(conn, "CLOSE ALL")
+        finally:
+            conn.finish()
+        got[name] = [[(n, None if t is None else t.decode().replace(name, "SCHEMA")[:120]) for n, t in rows]
+                     for rows in seen]
+    assert got["globex"] == got["glebox"], got
+    first, then = got["globex"]
+    assert first == [(b"bi_big", None), (b"bi_h0", "CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE SCHEMA.orders); "
+                                                  "DECLARE bi_h0 CURSOR WITH HOLD FOR SELECT 1")], first
+    assert [n for n, _ in then] == [b"bi_b0", b"bi_b1", b"bi_b2", b"bi_big", b"bi_h0"], then
+    assert then[0][1] is None and then[2][1] is not None and then[4][1] is None, then
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
 def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy: str) -> None:
     """Red team 9a G8: a cursor's statement in pg_cursors is the client's text, as in pg_prepared_statements: never
     a hidden schema's reserved name (a Query string that declares a cursor beside a renamed statement that
