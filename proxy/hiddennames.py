@@ -82,10 +82,14 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
 
 
 def _moved_of(fields: dict[str, str], sent: list[tuple[Names, Moved]]) -> Moved:
-    """The moves of the statement the answer is about: the one whose reserved name it quotes, else the first."""
+    """The moves of the statement the answer is about: the one statement `sent` holds (its Parse and Bind), else the
+    one whose reserved name the message quotes; none when that cannot be told. A position is never mapped through
+    another statement's moves (red team 9a2 H2: a statement of the batch that names nothing hidden is in `sent`
+    too, with no moves)."""
+    first = sent[0] if sent else None
+    if first is None or all(entry == first for entry in sent):
+        return first[1] if first is not None else ()
     text = fields.get("M", "")
-    for names, moved in sent:
-        if any(reserved in text for reserved, _ in names):
-            return moved
-    return sent[0][1] if sent else ()
+    quoted = {moved for names, moved in sent if any(reserved in text for reserved, _ in names)}
+    return quoted.pop() if len(quoted) == 1 else ()
 

@@ -1518,6 +1518,8 @@ class ClientSession:
                 self._client_text(parse.name, None)
             if DECLARES_CURSOR in decision.effects:
                 self._declared(parse.sql, None, decision)
+            if self._hidden is not None:  # the name's earlier reserved names go (red team 9a2 H2)
+                self._remember_names(decision, parse.name)
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
@@ -2024,13 +2026,13 @@ class ClientSession:
             self._hidden = hiddennames.InFlight()
         names = decision.names if type(decision) is Rewrite else ()
         if statement is not None:
-            if not names:
+            if not names:  # (its request's entry says so: not mapped through another's moves, hiddennames.py)
                 self._hidden.statements.pop(statement, None)
-                return
-            self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+            else:
+                self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
         pending = self.tracker.pending
         if pending:
-            self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
+            self._hidden.add(pending[-1], names, decision.moved if names else (), pending)  # type: ignore[union-attr]
 
     def _declared(self, sent: str, client: str | None, decision: Allow | Rewrite) -> None:
         """A string that declares cursors, sent as `sent` (`client`: the client's text of a rewrite, None when sent
@@ -2055,11 +2057,12 @@ class ClientSession:
         return [(found[0], tuple((start + prefix, end + prefix, added) for start, end, added in found[1]))]
 
     def _bound_names(self, statement: str) -> None:
-        """A Bind of a statement Parsed with reserved names: its request's answers name them."""
+        """A Bind of a statement: its request's answers name the reserved names it was Parsed with (none for one
+        Parsed without: then no other statement's moves apply to it)."""
         assert self._hidden is not None
-        found = self._hidden.statements.get(statement)
+        found = self._hidden.statements.get(statement) or ((), ())
         pending = self.tracker.pending
-        if found is not None and pending:
+        if pending:
             self._hidden.add(pending[-1], found[0], found[1], pending)
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:

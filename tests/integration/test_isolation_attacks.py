@@ -2797,6 +2797,48 @@ def _first_error(conn: pq.PGconn) -> tuple[str | None, str | None]:
     return found
 
 
+def _pipelined_errors(conn: pq.PGconn, texts: list[str]) -> list[tuple[str | None, str | None]]:
+    """The (message, position) of every error of `texts` sent as one extended batch (Parse/Bind/Describe/Execute
+    each, then one Sync)."""
+    conn.enter_pipeline_mode()
+    for text in texts:
+        conn.send_query_params(text.encode(), None)
+    conn.pipeline_sync()
+    assert conn.flush() == 0
+    found: list[tuple[str | None, str | None]] = []
+    while True:
+        res = conn.get_result()
+        if res is None:
+            continue
+        if res.status == pq.ExecStatus.PIPELINE_SYNC:
+            break
+        if res.status == pq.ExecStatus.FATAL_ERROR:
+            found.append(tuple(None if v is None else v.decode() for v in (  # type: ignore[arg-type]
+                res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY),
+                res.error_field(pq.DiagnosticField.STATEMENT_POSITION))))
+    conn.exit_pipeline_mode()
+    return found
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_batch_maps_each_statements_position_through_its_own_moves(hiding_proxy: ProxyProcess,
+                                                                     strategy: str) -> None:
+    """Red team 9a2 H2: in one extended batch, the error of a statement that names nothing hidden, after one sent
+    with a reserved name, has its own position (not moved by the other statement's reserved name)."""
+    user, db = HIDING_TENANTS[strategy]
+    plain = "SELECT " + ", ".join(str(i) for i in range(30)) + ", nosuch FROM bi_p0"
+    got = {}
+    for name in ("globex", "glebox"):
+        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
+        conn.notice_handler = lambda res: None
+        try:
+            _rows(conn, "CREATE TEMP TABLE bi_p0 (x int)")
+            got[name] = _pipelined_errors(conn, [f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)", plain])
+        finally:
+            conn.finish()
+    assert got["globex"] == got["glebox"] == [('column "nosuch" does not exist', str(plain.index("nosuch") + 1))], got
+
+
 @pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
 def test_many_other_hidden_names_evict_nothing(hiding_proxy: ProxyProcess, strategy: str) -> None:
     """Red team 9a G2: the names travel with their request (and a prepared statement's with it), so 4,100 other

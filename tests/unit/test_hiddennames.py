@@ -64,3 +64,15 @@ def test_names_travel_with_their_request_and_nothing_evicts_them() -> None:
     assert flight.of(first) == [(((R, "globex"),), ())]
     flight.add(second, (), (), [second])  # the first answered: forgotten
     assert flight.of(first) == []
+
+
+def test_a_position_is_mapped_through_its_own_statements_moves_only() -> None:
+    """Red team 9a2 H2: a batch of a renamed statement and one that names nothing hidden: the plain one's error is not
+    mapped through the other's moves; the renamed one's (its Parse and Bind alike) is."""
+    renamed = ((R, "ab"),), ((14, 14 + 30, 28),)
+    plain: tuple[tuple[()], tuple[()]] = ((), ())
+    error = _body(C="42703", M='column "nosuch" does not exist', P="118")
+    assert written_back(b"E", error, [renamed, renamed, plain], "") is None
+    assert _fields(written_back(b"E", error, [renamed, renamed], ""))["P"] == "90"
+    quoted = _body(C="42P01", M=f'relation "{R}.zz" does not exist', P="60")
+    assert _fields(written_back(b"E", quoted, [renamed, plain], ""))["P"] == "32"
