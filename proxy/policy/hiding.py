@@ -4,11 +4,13 @@ In the shared and database strategies a tenant must not tell another tenant's sc
 and other sessions' temporary schemas `pg_temp_N`) from a schema that does not exist. Rather than answer for
 PostgreSQL, the proxy sends the statement with every such name written as a qualifier (`s.t`, `s.f()`, `x::s.t`,
 `OPERATOR(s.+)`, `COLLATE s."C"`, `LIKE s.t`, `s.t.c`, an index's `s.opclass`, …) replaced by a quoted reserved name:
-`"pg_9` and 24 secret characters`"` (`reserved_name`), whatever the written spelling. PostgreSQL refuses to create a
-schema whose name starts with `pg_`, so every answer (SQLSTATE, message, the phase, the notices of `IF [NOT] EXISTS`,
-the routine/file/line fields) is PostgreSQL's own for a missing schema; the session writes the client's name back
-where PostgreSQL's answer names the reserved one, and maps its position back through `Renamed.moved`
-(hiddennames.py). The names travel with the request's decision (`Rewrite.names`), never in a session-wide map.
+`"pg_9` and 24 secret characters`"` (`reserved_name`), whatever the written spelling, after a space where what stands
+before it could join it into another token. PostgreSQL refuses to create a schema whose name starts with `pg_`, so
+every answer (SQLSTATE, message, the phase, the notices of `IF [NOT] EXISTS`, the routine/file/line fields) is
+PostgreSQL's own for a missing schema; the session writes the client's name back where PostgreSQL's answer names the
+reserved one, and maps its position back through `Renamed.moved`, followed through the policy's own edits of the
+text (`Renamed.moves`; hiddennames.py). The names travel with the request's decision (`Rewrite.names`), never in a
+session-wide map.
 
 A name followed by a dot is a qualifier; it is kept where PostgreSQL reads it as something else: a table or alias
 (`t.c`, `t.*`), an INSERT/UPDATE target column's field (`SET c.f = …`), `t.c%TYPE`, and a setting's prefix
