@@ -24,6 +24,7 @@ parameters as $n. Startup and portal cases use asyncpg for the extended side; Fu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -2797,6 +2798,19 @@ def _first_error(conn: pq.PGconn) -> tuple[str | None, str | None]:
     return found
 
 
+@contextlib.contextmanager
+def _hiding_session(proxy: ProxyProcess, strategy: str, table: str) -> Iterator[pq.PGconn]:
+    """A session of the strategy's tenant that has globex hidden, notices dropped, with the temporary table `table`."""
+    user, db = HIDING_TENANTS[strategy]
+    conn = pq.PGconn.connect(proxy.dsn(user, dbname=db).encode())
+    conn.notice_handler = lambda res: None
+    try:
+        _rows(conn, f"CREATE TEMP TABLE {table} (x int)")
+        yield conn
+    finally:
+        conn.finish()
+
+
 def _pipelined_errors(conn: pq.PGconn, texts: list[str]) -> list[tuple[str | None, str | None]]:
     """The (message, position) of every error of `texts` sent as one extended batch (Parse/Bind/Describe/Execute
     each, then one Sync)."""
@@ -2825,17 +2839,11 @@ def test_a_batch_maps_each_statements_position_through_its_own_moves(hiding_prox
                                                                      strategy: str) -> None:
     """Red team 9a2 H2: in one extended batch, the error of a statement that names nothing hidden, after one sent
     with a reserved name, has its own position (not moved by the other statement's reserved name)."""
-    user, db = HIDING_TENANTS[strategy]
     plain = "SELECT " + ", ".join(str(i) for i in range(30)) + ", nosuch FROM bi_p0"
     got = {}
     for name in ("globex", "glebox"):
-        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
-        conn.notice_handler = lambda res: None
-        try:
-            _rows(conn, "CREATE TEMP TABLE bi_p0 (x int)")
+        with _hiding_session(hiding_proxy, strategy, "bi_p0") as conn:
             got[name] = _pipelined_errors(conn, [f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)", plain])
-        finally:
-            conn.finish()
     assert got["globex"] == got["glebox"] == [('column "nosuch" does not exist', str(plain.index("nosuch") + 1))], got
 
 
@@ -2887,24 +2895,18 @@ def test_pg_cursors_read_in_the_declaring_string_shows_the_clients_text(hiding_p
     """Red team 9a2 H6: pg_cursors read in the Query string that declares a cursor beside a renamed statement (or
     by a cursor of that string, fetched there or later) lists the client's text of that string, never the text
     PostgreSQL was sent."""
-    user, db = HIDING_TENANTS[strategy]
     got = {}
     for name in ("globex", "glebox"):
-        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
-        conn.notice_handler = lambda res: None
         like = f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders)"
         texts = [f"{like}; DECLARE bi_c1 CURSOR WITH HOLD FOR SELECT 1; "
                  "SELECT name, statement FROM pg_cursors ORDER BY name",
                  f"BEGIN; {like}; DECLARE bi_c2 CURSOR FOR SELECT name, statement FROM pg_cursors ORDER BY name; "
                  "FETCH ALL FROM bi_c2; COMMIT",
                  f"BEGIN; {like}; DECLARE bi_c3 CURSOR FOR SELECT name, statement FROM pg_cursors ORDER BY name"]
-        try:
-            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+        with _hiding_session(hiding_proxy, strategy, "bi_c0") as conn:
             got[name] = [_rows(conn, text) for text in texts] + [_rows(conn, "FETCH ALL FROM bi_c3")]
             _rows(conn, "COMMIT")
             _rows(conn, "CLOSE ALL")
-        finally:
-            conn.finish()
         assert got[name] == [
             [(b"bi_c1", texts[0].encode())],
             [(b"bi_c1", texts[0].encode()), (b"bi_c2", texts[1].encode())],
@@ -2919,14 +2921,10 @@ def test_pg_cursors_past_the_bound_lists_a_hidden_schema_as_a_missing_one(hiding
     """Red team 9a2 H4: past the session's bound on cursor texts a cursor is listed without a text, never with the
     text PostgreSQL was sent (a reserved name), and at the same point for a hidden schema as for a missing one: a
     1 MiB text alone pushes no earlier entry out; 3 x 400 kB push the first ones out."""
-    user, db = HIDING_TENANTS[strategy]
     got = {}
     for name in ("globex", "glebox"):
-        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
-        conn.notice_handler = lambda res: None
         like = f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders)"
-        try:
-            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+        with _hiding_session(hiding_proxy, strategy, "bi_c0") as conn:
             _rows(conn, f"{like}; DECLARE bi_h0 CURSOR WITH HOLD FOR SELECT 1")
             _rows(conn, f"{like}; DECLARE bi_big CURSOR WITH HOLD FOR SELECT 1 /* " + "x" * (1 << 20) + " */")
             seen = [_rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")]
@@ -2934,8 +2932,6 @@ def test_pg_cursors_past_the_bound_lists_a_hidden_schema_as_a_missing_one(hiding
                 _rows(conn, f"{like}; DECLARE bi_b{i} CURSOR WITH HOLD FOR SELECT 1 /* " + "x" * 400_000 + " */")
             seen.append(_rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name"))
             _rows(conn, "CLOSE ALL")
-        finally:
-            conn.finish()
         got[name] = [[(n, None if t is None else t.decode().replace(name, "SCHEMA")[:120]) for n, t in rows]
                      for rows in seen]
     assert got["globex"] == got["glebox"], got
@@ -2951,13 +2947,9 @@ def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy:
     """Red team 9a G8: a cursor's statement in pg_cursors is the client's text, as in pg_prepared_statements: never
     a hidden schema's reserved name (a Query string that declares a cursor beside a renamed statement that
     succeeds), nor the proxy's tenant filter of a rewritten cursor."""
-    user, db = HIDING_TENANTS[strategy]
     got = {}
     for name in ("globex", "glebox"):
-        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
-        conn.notice_handler = lambda res: None
-        try:
-            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+        with _hiding_session(hiding_proxy, strategy, "bi_c0") as conn:
             _rows(conn, f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
                         "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1")
             _rows(conn, "BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders")
@@ -2965,8 +2957,6 @@ def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy:
             _rows(conn, "ROLLBACK")
             got[name] += _rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")
             _rows(conn, "CLOSE ALL")
-        finally:
-            conn.finish()
     for name in ("globex", "glebox"):
         held = (b"bi_c", f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
                          "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1".encode())
