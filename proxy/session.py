@@ -2031,8 +2031,10 @@ class ClientSession:
             else:
                 self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
         pending = self.tracker.pending
-        if pending:
-            self._hidden.add(pending[-1], names, decision.moved if names else (), pending)  # type: ignore[union-attr]
+        if pending and names:
+            self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
+        elif pending:
+            self._hidden.plain(pending[-1])
 
     def _declared(self, sent: str, client: str | None, decision: Allow | Rewrite) -> None:
         """A string that declares cursors, sent as `sent` (`client`: the client's text of a rewrite, None when sent
@@ -2060,10 +2062,12 @@ class ClientSession:
         """A Bind of a statement: its request's answers name the reserved names it was Parsed with (none for one
         Parsed without: then no other statement's moves apply to it)."""
         assert self._hidden is not None
-        found = self._hidden.statements.get(statement) or ((), ())
+        found = self._hidden.statements.get(statement)
         pending = self.tracker.pending
-        if pending:
+        if pending and found is not None:
             self._hidden.add(pending[-1], found[0], found[1], pending)
+        elif pending:
+            self._hidden.plain(pending[-1])
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's

@@ -76,3 +76,22 @@ def test_a_position_is_mapped_through_its_own_statements_moves_only() -> None:
     assert _fields(written_back(b"E", error, [renamed, renamed], ""))["P"] == "90"
     quoted = _body(C="42P01", M=f'relation "{R}.zz" does not exist', P="60")
     assert _fields(written_back(b"E", quoted, [renamed, plain], ""))["P"] == "32"
+
+
+def test_a_request_keeps_its_plain_statements_beside_its_renamed_ones() -> None:
+    """A statement naming nothing hidden before or after a renamed one in the same request is kept (once per run),
+    so the request's answers are not mapped through the renamed one's moves alone; a request of plain statements
+    only keeps nothing."""
+    flight = InFlight()
+    renamed = ((R, "ab"),), ((14, 14 + 30, 28),)
+    first, second, third = object(), object(), object()
+    pending = [first, second, third]
+    flight.plain(first)
+    flight.add(first, *renamed, pending)
+    flight.add(second, *renamed, pending)
+    flight.plain(second)
+    flight.plain(second)
+    flight.plain(third)
+    assert flight.of(first) == [((), ()), renamed]
+    assert flight.of(second) == [renamed, ((), ())]
+    assert flight.of(third) == []
