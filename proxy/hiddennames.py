@@ -18,24 +18,38 @@ _CLASSES = frozenset({"42", "3F", "0A", "00", "01"})
 # hint); never CONTEXT or an internal query, which may quote a value the statement computed.
 _NAMED_FIELDS = ("M", "D", "H")
 Names = tuple[tuple[str, str], ...]
-Moved = tuple[tuple[int, int], ...]
+Moved = tuple[tuple[int, int, int], ...]  # (start, end, characters added) of each renamed span: hiding.Renamed
+_PLAIN: tuple[Names, Moved] = ((), ())  # a statement sent without reserved names
 
 
 class InFlight:
     """The reserved names of the requests in flight (each request's own, from the decisions of its statements, so
     nothing evicts them) and of the prepared statements sent renamed (for their later Bind/Execute)."""
 
-    __slots__ = ("requests", "statements")
+    __slots__ = ("plain_first", "requests", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
         self.statements: dict[str, tuple[Names, Moved]] = {}
+        self.plain_first: object = None  # the newest request, when a statement naming nothing hidden came first in it
 
     def add(self, request: object, names: Names, moved: Moved, pending: object) -> None:
         """`request` (in flight) was sent with `names`; the requests no longer in `pending` are forgotten."""
         for done in [r for r in self.requests if r is not request and r not in pending]:  # type: ignore[operator]
             del self.requests[done]
-        self.requests.setdefault(request, []).append((names, moved))
+        entries = self.requests.get(request)
+        if entries is None:
+            entries = self.requests[request] = [_PLAIN] if self.plain_first is request else []
+        entries.append((names, moved))
+
+    def plain(self, request: object) -> None:
+        """A statement of `request` (the newest in flight) that names nothing hidden: its answers are mapped through
+        no other statement's moves (kept once per run of them; nothing at all for a request of plain statements)."""
+        entries = self.requests.get(request)
+        if entries is None:
+            self.plain_first = request
+        elif entries[-1] is not _PLAIN:
+            entries.append(_PLAIN)
 
     def of(self, request: object) -> list[tuple[Names, Moved]]:
         return self.requests.get(request, [])
@@ -82,10 +96,14 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
 
 
 def _moved_of(fields: dict[str, str], sent: list[tuple[Names, Moved]]) -> Moved:
-    """The moves of the statement the answer is about: the one whose reserved name it quotes, else the first."""
+    """The moves of the statement the answer is about: the one statement `sent` holds (its Parse and Bind), else the
+    one whose reserved name the message quotes; none when that cannot be told. A position is never mapped through
+    another statement's moves (red team 9a2 H2: a statement of the batch that names nothing hidden is in `sent`
+    too, with no moves)."""
+    first = sent[0] if sent else None
+    if first is None or all(entry == first for entry in sent):
+        return first[1] if first is not None else ()
     text = fields.get("M", "")
-    for names, moved in sent:
-        if any(reserved in text for reserved, _ in names):
-            return moved
-    return sent[0][1] if sent else ()
+    quoted = {moved for names, moved in sent if any(reserved in text for reserved, _ in names)}
+    return quoted.pop() if len(quoted) == 1 else ()
 

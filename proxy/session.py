@@ -63,6 +63,7 @@ from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
 from proxy.policy.model import (
     DEALLOCATE,
+    DECLARES_CURSOR,
     DISCARD_ALL,
     EMPTY_CONTEXT,
     HOLD_CURSOR,
@@ -100,6 +101,7 @@ from proxy.statements import (
     Statements,
     forgets,
     joined,
+    own_cursors,
     render,
 )
 from proxy.stmtkind import statement_kind
@@ -119,7 +121,6 @@ _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
                       "(regclass, regtype...) or of a type that is not built in in the Parse message")
 _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
-_DECLARES = re.compile(r"\bdeclare\b", re.IGNORECASE)  # a text that may declare a cursor (pg_cursors shows it)
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 _CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
@@ -608,9 +609,12 @@ class ClientSession:
         if name is not None:
             self._closed_statement(name)
 
-    def _listing(self) -> str:
+    def _listing(self, declaring: str | None = None) -> str:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
-        the server as they are, only the client's texts of those the policy rewrote (`_client_text`)."""
+        the server as they are, only the client's texts of those the policy rewrote (`_client_text`). With
+        `declaring`, the client's text of a string that declares cursors: its own entry for the pg_cursors wrapper."""
+        if declaring is not None:
+            return joined(self._listing(), own_cursors(declaring))
         if self.statements is not None:
             listing = self.statements.listing()
         else:
@@ -1421,6 +1425,8 @@ class ClientSession:
         if type(decision) is Allow:
             if decision.effects:
                 self._sequences.ran(decision.effects)
+                if DECLARES_CURSOR in decision.effects:
+                    self._declared(sql, None, decision)
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
@@ -1435,9 +1441,10 @@ class ClientSession:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
             out = decision.sql
+            declares = DECLARES_CURSOR in decision.effects
             if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: the session's own list
-                out = render(out, self._listing())
-            if _DECLARES.search(sql) is not None:
+                out = render(out, self._listing(sql if declares else None))
+            if declares:
                 self._declared(out, sql, decision)
             return query_message(out)
         return query_message(self._deny_marker(decision))
@@ -1461,6 +1468,8 @@ class ClientSession:
                 self._report("parse", sql, decision)
             if self._hidden is not None or (out is not None and decision.names):
                 self._remember_names(decision, name)
+            if DECLARES_CURSOR in decision.effects:  # (a memo holds no text rendered with the session's lists)
+                self._declared(sql if out is None else decision.sql, None if out is None else sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
                 self._parse_changes(name, ())
             return out
@@ -1507,6 +1516,10 @@ class ClientSession:
             if (self._client_texts is not None or self._sql_prepared is not None) and parse.name and \
                     self.statements is None:
                 self._client_text(parse.name, None)
+            if DECLARES_CURSOR in decision.effects:
+                self._declared(parse.sql, None, decision)
+            if self._hidden is not None:  # the name's earlier reserved names go (red team 9a2 H2)
+                self._remember_names(decision, parse.name)
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
@@ -1519,10 +1532,10 @@ class ClientSession:
             if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: see `_statement_parse`
                 memo = False
                 if self.statements is None:
-                    sql = render(sql, self._listing())
+                    sql = render(sql, self._listing(parse.sql if DECLARES_CURSOR in decision.effects else None))
                 else:
                     self._live = True
-            if _DECLARES.search(parse.sql) is not None:
+            if DECLARES_CURSOR in decision.effects:
                 self._declared(sql, parse.sql, decision)
             out = m.Parse(parse.name, sql, parse.param_types).encode()
             self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
@@ -2013,21 +2026,25 @@ class ClientSession:
             self._hidden = hiddennames.InFlight()
         names = decision.names if type(decision) is Rewrite else ()
         if statement is not None:
-            if not names:
+            if not names:  # (its request's entry says so: not mapped through another's moves, hiddennames.py)
                 self._hidden.statements.pop(statement, None)
-                return
-            self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+            else:
+                self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
         pending = self.tracker.pending
-        if pending:
+        if pending and names:
             self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
+        elif pending:
+            self._hidden.plain(pending[-1])
 
-    def _declared(self, sent: str, client: str, decision: Rewrite) -> None:
-        """A rewritten statement that may declare cursors: pg_cursors shows the client's text (policy/catalog.py)."""
+    def _declared(self, sent: str, client: str | None, decision: Allow | Rewrite) -> None:
+        """A string that declares cursors, sent as `sent` (`client`: the client's text of a rewrite, None when sent
+        as written): pg_cursors lists the client's text (policy/catalog.py)."""
         if self._cursors is None:
             self._cursors = CursorTexts()
             if self.statements is not None:
                 self.statements.cursors = self._cursors
-        self._cursors.add(sent, client, any(c.op == HOLD_CURSOR for c in decision.changes))
+        grown = sum(added for _, _, added in decision.moved) if type(decision) is Rewrite else 0
+        self._cursors.add(sent, client, any(c.op == HOLD_CURSOR for c in decision.changes), grown)
 
     def _admission_names(self, adm: admission.Admission, held: _Held) -> list[tuple[Any, Any]]:
         """The reserved names of a held statement's EXPLAIN (its positions count the EXPLAIN prefix too)."""
@@ -2039,15 +2056,18 @@ class ClientSession:
         if found is None:
             return []
         prefix = len(admission.EXPLAIN_PREFIX)
-        return [(found[0], tuple((end + prefix, added) for end, added in found[1]))]
+        return [(found[0], tuple((start + prefix, end + prefix, added) for start, end, added in found[1]))]
 
     def _bound_names(self, statement: str) -> None:
-        """A Bind of a statement Parsed with reserved names: its request's answers name them."""
+        """A Bind of a statement: its request's answers name the reserved names it was Parsed with (none for one
+        Parsed without: then no other statement's moves apply to it)."""
         assert self._hidden is not None
         found = self._hidden.statements.get(statement)
         pending = self.tracker.pending
-        if found is not None and pending:
+        if pending and found is not None:
             self._hidden.add(pending[-1], found[0], found[1], pending)
+        elif pending:
+            self._hidden.plain(pending[-1])
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -214,46 +215,58 @@ class SqlPrepared:
 
 
 class CursorTexts:
-    """The client's texts of the rewritten statements that declare cursors, keyed by the text PostgreSQL was sent
-    and keeps as the cursor's statement (the pg_cursors wrapper, policy/catalog.py, shows the client's over it).
-    A transaction's entries go when it ends; those of a string that declared a WITH HOLD cursor stay until the
-    session's bounds push the oldest out."""
+    """The client's texts of the strings that declare cursors (rewritten or not), keyed by the text PostgreSQL was
+    sent and keeps as the cursor's statement: the pg_cursors wrapper (policy/catalog.py) lists a cursor's statement
+    from here only, so one whose entry is gone is listed without a text — never the text PostgreSQL was sent, and a
+    hidden schema's cursor alike with a missing one's (red team 9a2 H4). A transaction's entries go when it ends;
+    those of a string that declared a WITH HOLD cursor stay until the session's bounds push the oldest out. An entry
+    counts twice the client's length (what a missing schema's text would count), so the bounds are reached alike."""
 
     __slots__ = ("_listed", "max_bytes", "max_entries", "size", "texts")
 
     def __init__(self, max_entries: int = 1000, max_bytes: int = 1 << 20) -> None:
         # (1 MiB: the listing is written into every read of pg_cursors, as pg_prepared_statements' is bounded)
-        self.texts: dict[str, tuple[str, bool]] = {}  # sent -> (client, WITH HOLD)
+        self.texts: dict[str, tuple[str | None, bool, int]] = {}  # sent -> (client or None: as sent, WITH HOLD, size)
         self.size = 0
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._listed: str | None = None
 
-    def add(self, sent: str, client: str, hold: bool) -> None:
+    def add(self, sent: str, client: str | None, hold: bool, grown: int = 0) -> None:
+        """`sent` declared cursors: `client` is its client's text (None: the same); `grown`, the characters the
+        reserved names of hidden schemas added to it."""
+        size = 2 * (len(sent) - grown)
+        if size > self.max_bytes:
+            return  # past the bound alone: not kept (the others stay)
         old = self.texts.pop(sent, None)
         if old is not None:
-            self.size -= len(sent) + len(old[0])
+            self.size -= old[2]
             hold = hold or old[1]
-        self.texts[sent] = (client, hold)
-        self.size += len(sent) + len(client)
-        while len(self.texts) > self.max_entries or (self.size > self.max_bytes and len(self.texts) > 1):
-            first = next(iter(self.texts))
-            self.size -= len(first) + len(self.texts.pop(first)[0])
+        self.texts[sent] = (client, hold, size)
+        self.size += size
+        while len(self.texts) > self.max_entries or self.size > self.max_bytes:
+            self.size -= self.texts.pop(next(iter(self.texts)))[2]
         self._listed = None
 
     def ended(self) -> None:
         """The transaction ended: its cursors (not WITH HOLD) are gone."""
-        if any(not hold for _, hold in self.texts.values()):
+        if any(not hold for _, hold, _ in self.texts.values()):
             self.texts = {s: e for s, e in self.texts.items() if e[1]}
-            self.size = sum(len(s) + len(c) for s, (c, _) in self.texts.items())
+            self.size = sum(size for _, _, size in self.texts.values())
             self._listed = None
 
     def listing(self) -> str:
         """Entries {"sent", "client"} for the session listing (the pg_prepared_statements wrapper skips them)."""
         if self._listed is None:
-            self._listed = json.dumps([{"sent": s, "client": c} for s, (c, _) in self.texts.items()],
+            self._listed = json.dumps([{"sent": s, "client": c} for s, (c, _, _) in self.texts.items()],
                                       ensure_ascii=False)
         return self._listed
+
+
+def own_cursors(client: str) -> str:
+    """The listing entry of a string that declares cursors and reads pg_cursors itself: its client text, matched by
+    a nonce the listing writes into the text PostgreSQL keeps as those cursors' statement (policy/catalog.py)."""
+    return json.dumps([{"own": secrets.token_hex(12), "client": client}], ensure_ascii=False)
 
 
 def joined(first: str, second: str) -> str:

@@ -557,17 +557,23 @@ def _prepared_statements_filter(columns: tuple[str, ...]) -> Filter:
 
 
 # pg_cursors: a cursor's statement is the text PostgreSQL was sent (the proxy's filters of a rewritten statement, a
-# hidden schema's reserved name, policy/hiding.py). Its wrapper shows the client's text over it, from entries
-# {"sent", "client"} of the same session listing (proxy/statements.CursorTexts; the pg_prepared_statements wrapper
-# leaves them out: they have no name). pg_cursors has had these columns since PostgreSQL 8.2.
+# hidden schema's reserved name, policy/hiding.py). Its wrapper lists the client's text instead, from entries
+# {"sent", "client"} of the same session listing (proxy/statements.CursorTexts: every string that declared cursors,
+# `client` null for one sent as written; the pg_prepared_statements wrapper leaves them out: they have no name), and
+# from an entry {"own", "client"} of the string being run when it declares cursors itself (its text cannot list
+# itself: `own` is a nonce the listing writes into that text, red team 9a2 H6). A cursor without an entry (past the
+# session's bounds, red team 9a2 H4) is listed without a text: never the one PostgreSQL was sent. pg_cursors has had
+# these columns since PostgreSQL 8.2.
 CURSORS = "pg_cursors"
 _CURSOR_COLUMNS = ("name", "statement", "is_holdable", "is_binary", "is_scrollable", "creation_time")
+_CURSOR_STATEMENT = ('CASE WHEN pgt_q.sent IS NULL AND pgt_q.own IS NULL THEN NULL ELSE COALESCE(pgt_q.client, '
+                     '{ref}."statement") END AS "statement"')
 _CURSORS_FILTER = Filter(
     "catalog", f"pg_catalog.{CURSORS}", "name", "true",
-    targets=", ".join('COALESCE(pgt_q.client, {ref}."statement") AS "statement"' if c == "statement" else
-                      f'{{ref}}."{c}"' for c in _CURSOR_COLUMNS),
+    targets=", ".join(_CURSOR_STATEMENT if c == "statement" else f'{{ref}}."{c}"' for c in _CURSOR_COLUMNS),
     extra=f" LEFT JOIN pg_catalog.jsonb_to_recordset({SESSION_STATEMENTS_MARKER}::pg_catalog.jsonb) AS "
-          'pgt_q(sent pg_catalog.text, client pg_catalog.text) ON pgt_q.sent = {ref}."statement"',
+          "pgt_q(sent pg_catalog.text, own pg_catalog.text, client pg_catalog.text) ON pgt_q.sent = "
+          '{ref}."statement" OR pg_catalog.strpos({ref}."statement", pgt_q.own) > 0',
     replaced=frozenset({"statement"}), rule=SESSION_STATEMENTS,
 )
 

@@ -30,6 +30,7 @@ from proxy.policy.context import refusal
 from proxy.policy.guards import may_need_guard
 from proxy.policy.model import (
     ADMIT,
+    DECLARES_CURSOR,
     EXPORT_SNAPSHOT,
     MAY_SET_SEQUENCES,
     MAY_USE_SEQUENCES,
@@ -46,7 +47,7 @@ from proxy.policy.model import (
     TenantPolicy,
 )
 from proxy.policy.rules import Denied, deny, fail
-from proxy.policy.sqltext import TextError, apply_edits, quote_literal
+from proxy.policy.sqltext import Edit, TextError, apply_edits, quote_literal
 from proxy.policy.tree import Node, Statement, TreeTooLarge, const_text, parse
 from proxy.policy.verify import Unverified, check_coverage, intended_json, reads_of, verify_rewrite
 from proxy.policy.walk import COPY_FROM, TARGET, TRUNCATE, Analysis, analyze
@@ -68,18 +69,21 @@ _MAX_DETAIL = 200  # characters of a parser message quoted in a denial (it may q
 
 
 def decide(
-    policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None, limits: Limits = UNLIMITED
+    policy: TenantPolicy, sql: str, timings: dict[str, float] | None = None, limits: Limits = UNLIMITED,
+    edits: list[Edit] | None = None,
 ) -> Decision:
     """Decide one Query/Parse string. Never raises: anything unexpected is a Deny (fail closed).
 
-    With `timings`, the seconds spent in each stage are added under "gate", "rewrite" and "verify".
+    With `timings`, the seconds spent in each stage are added under "gate", "rewrite" and "verify". With `edits`, the
+    edits the rewrite made of the text (of a Deny's `before`, for a Deny) are added there.
     """
     renamed = None
     try:
         renamed = hiding.rename(policy, sql)  # hidden schemas: PostgreSQL answers as for missing ones
         if renamed is not None:
             sql = renamed.sql
-        decision = _decide(policy, sql, timings if timings is not None else {}, limits)
+            edits = []
+        decision = _decide(policy, sql, timings if timings is not None else {}, limits, edits)
     except hiding.Unrenamed as exc:
         decision = deny("rewrite_unverified", f"the tenant filter could not be verified: {exc}")
     except Denied as exc:
@@ -94,11 +98,11 @@ def decide(
         at = len(sql.encode("utf-8")[: decision.position - 1].decode("utf-8", "ignore")) + 1 + decision.shift
         decision = replace(decision, position=at, shift=0)
     if renamed is not None:
-        decision = _renamed_back(decision, renamed)
+        decision = _renamed_back(decision, renamed, edits or ())
     return decision
 
 
-def _renamed_back(decision: Decision, renamed: hiding.Renamed) -> Decision:
+def _renamed_back(decision: Decision, renamed: hiding.Renamed, edits: list[Edit] | tuple[()]) -> Decision:
     """The decision on a renamed text (hiding.py): sent renamed, with the names to write back in PostgreSQL's answer;
     a refusal of the proxy's own names and places what the client wrote."""
     if type(decision) is Allow:
@@ -106,17 +110,18 @@ def _renamed_back(decision: Decision, renamed: hiding.Renamed) -> Decision:
                        moved=renamed.moved)
     if type(decision) is Rewrite:
         return replace(decision, rules=(*decision.rules, hiding.RULE), names=renamed.names,
-                       moved=renamed.moves(decision.sql))
+                       moved=renamed.moves(decision.sql, edits))
     assert type(decision) is Deny
     position = hiding.position_back(decision.position, renamed.moved) if decision.position else 0
     before = decision.before  # the statements run first were sent renamed too: their answers name the client's
     if before is not None:
-        before = replace(before, names=renamed.names, moved=renamed.moves(before.sql))
+        before = replace(before, names=renamed.names, moved=renamed.moves(before.sql, edits))
     return replace(decision, message=hiding.restored(decision.message, renamed.names),
                    hint=hiding.restored(decision.hint, renamed.names), position=position, before=before)
 
 
-def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: Limits) -> Decision:
+def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: Limits,
+            edits: list[Edit] | None = None) -> Decision:
     t0 = perf_counter()
     if "\x00" in sql:
         raise fail("parse_error", "the query text contains a NUL byte")
@@ -169,6 +174,8 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
                     return replace(past.decision, statement=(index + 1, count))
             continue
         effects |= stmt_effects
+        if stmt.kind == "DeclareCursorStmt":
+            effects.add(DECLARES_CURSOR)
         each.append(stmt_effects)
         policies.append(current)
         if stmt_changes:
@@ -178,7 +185,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     if policy.agent_max_rows is not None:
         agent.single_admitted(each)
     if hidden is not None:
-        return _answered_as_missing(policy, data, statements, *hidden, limits)
+        return _answered_as_missing(policy, data, statements, *hidden, limits, edits)
     if readonly.verdict([stmt.node for stmt in statements]):  # (before the rewrite's mutations)
         effects.add(READ_ONLY)
     t1 = perf_counter()
@@ -215,11 +222,13 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
     ):  # the session fills in the list where the marker is: only where the policy put it (a client's name or value
         # the rewrite re-quotes, e.g. an identifier spelled with U& escapes, must not become one: fail closed)
         raise fail("reserved_statement_name", f"the text {SESSION_STATEMENTS_MARKER} is reserved for the proxy")
+    if edits is not None:
+        edits.extend(plan.edits)
     return Rewrite(new_sql, tuple(plan.rules), frozenset(effects), tuple(changes), explain=explain)
 
 
 def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Statement], index: int, denial: Deny,
-                         limits: Limits) -> Deny:
+                         limits: Limits, edits: list[Edit] | None = None) -> Deny:
     """A hidden schema answered as a missing one, also in when (the DDL phase oracle): a statement PostgreSQL
     analyzes only when it runs is refused when it runs (`Deny.at_run`), and the statements of a Query before the
     refused one run first (`Deny.before`: decided as a Query of their own; if that fails, nothing runs). An agent's
@@ -233,7 +242,7 @@ def _answered_as_missing(policy: TenantPolicy, data: bytes, statements: list[Sta
     if index == 0:
         return denial
     text = data[: statements[index].start].decode("utf-8")
-    before = decide(policy, text, limits=limits)
+    before = decide(policy, text, limits=limits, edits=edits)
     if type(before) is Deny:
         return denial
     if type(before) is Allow:

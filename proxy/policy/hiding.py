@@ -4,11 +4,13 @@ In the shared and database strategies a tenant must not tell another tenant's sc
 and other sessions' temporary schemas `pg_temp_N`) from a schema that does not exist. Rather than answer for
 PostgreSQL, the proxy sends the statement with every such name written as a qualifier (`s.t`, `s.f()`, `x::s.t`,
 `OPERATOR(s.+)`, `COLLATE s."C"`, `LIKE s.t`, `s.t.c`, an index's `s.opclass`, …) replaced by a quoted reserved name:
-`"pg_9` and 24 secret characters`"` (`reserved_name`), whatever the written spelling. PostgreSQL refuses to create a
-schema whose name starts with `pg_`, so every answer (SQLSTATE, message, the phase, the notices of `IF [NOT] EXISTS`,
-the routine/file/line fields) is PostgreSQL's own for a missing schema; the session writes the client's name back
-where PostgreSQL's answer names the reserved one, and maps its position back through `Renamed.moved`
-(hiddennames.py). The names travel with the request's decision (`Rewrite.names`), never in a session-wide map.
+`"pg_9` and 24 secret characters`"` (`reserved_name`), whatever the written spelling, after a space where what stands
+before it could join it into another token. PostgreSQL refuses to create a schema whose name starts with `pg_`, so
+every answer (SQLSTATE, message, the phase, the notices of `IF [NOT] EXISTS`, the routine/file/line fields) is
+PostgreSQL's own for a missing schema; the session writes the client's name back where PostgreSQL's answer names the
+reserved one, and maps its position back through `Renamed.moved`, followed through the policy's own edits of the
+text (`Renamed.moves`; hiddennames.py). The names travel with the request's decision (`Rewrite.names`), never in a
+session-wide map.
 
 A name followed by a dot is a qualifier; it is kept where PostgreSQL reads it as something else: a table or alias
 (`t.c`, `t.*`), an INSERT/UPDATE target column's field (`SET c.f = …`), `t.c%TYPE`, and a setting's prefix
@@ -36,36 +38,58 @@ _SECRET = secrets.token_bytes(16)  # the reserved names of this process: not gue
 # the text) starts with pg_ and a digit.
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 SECRET_CHARS = 24  # 120 secret bits
-_QUOTED = re.compile(f'"pg_9[a-z2-7]{{{SECRET_CHARS}}}"')
+QUOTED_CHARS = SECRET_CHARS + 6  # "pg_9…": the reserved name as sent
 _NAMEDATALEN = 63  # bytes of an identifier PostgreSQL keeps
 _OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")
 _WORD = re.compile(rb"[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*")
 _SETTING_STATEMENTS = frozenset({"VariableSetStmt", "VariableShowStmt"})
+_APART = frozenset(b" \t\n\r\f\v(),;[]")  # what a quoted name written after cannot join: no space needed
+Moved = tuple[tuple[int, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Renamed:
     """The text sent in place of the client's and the names it carries: (reserved, the client's name) pairs;
-    `moved`, (character offset in the new text where a reserved name ends, characters it adds there: fewer than
-    none when the spelling was longer)."""
+    `moved`, one (start, end, characters added) per renamed span in the new text, in order (fewer than none when the
+    spelling was longer; the span is the quoted reserved name and the space written before it, if any); `spans`, the
+    same spans as byte offsets, to follow them through the policy's own edits (`moves`)."""
 
     sql: str
     names: tuple[tuple[str, str], ...]
-    moved: tuple[tuple[int, int], ...] = ()
-    written: tuple[int, ...] = ()  # characters of the client's spelling of each renamed name, in order
+    moved: Moved = ()
+    spans: tuple[tuple[int, int], ...] = ()
 
-    def moves(self, sent: str) -> tuple[tuple[int, int], ...]:
-        """`moved` in `sent`, the text sent after the policy's own rewrite of the renamed one (which keeps each
-        quoted reserved name as it is and may write text before it), so PostgreSQL's positions map back as they
-        would for a missing name's spelling."""
-        if sent == self.sql:
-            return self.moved
-        found = list(_QUOTED.finditer(sent))
-        if len(found) != len(self.written):
-            return self.moved
-        out: list[tuple[int, int]] = []
-        for match, written in zip(found, self.written, strict=True):
-            out.append((match.end(), len(match.group(0)) - written))
+    def moves(self, sent: str, edits: list[Edit] | tuple[Edit, ...]) -> Moved:
+        """`moved` in `sent`, the text the policy's `edits` (byte offsets in `sql`, the policy's own rewrite of the
+        renamed text) made of `sql`, so PostgreSQL's positions map back as they would for a missing name's
+        spelling. Only the recorded edits move a span, never what the text looks like (red team 9a2 H5); a span
+        past the end of `sent` (a prefix of the text) has no move there."""
+        if not edits:
+            limit = len(sent.encode("utf-8"))
+            return tuple(m for m, (_, end) in zip(self.moved, self.spans, strict=True) if end <= limit)
+        ordered = sorted(edits, key=lambda e: (e.start, e.end != e.start, e.end, e.seq))
+        data = sent.encode("utf-8")
+        out: list[tuple[int, int, int]] = []
+        delta, i, chars, at = 0, 0, 0, 0
+        for (bstart, bend), (_, _, added) in zip(self.spans, self.moved, strict=True):
+            while i < len(ordered) and ordered[i].end <= bstart and (ordered[i].start < bstart or
+                                                                     ordered[i].start == ordered[i].end):
+                delta += len(ordered[i].text.encode("utf-8")) - (ordered[i].end - ordered[i].start)
+                i += 1
+            start, end = bstart + delta, bend + delta
+            over = [e for e in ordered[i:] if e.start < bend and e.end > bstart]
+            if over:  # rewritten with the text around it: the span is the edit's new text
+                first = over[0]
+                start = first.start + delta
+                end = start + len(first.text.encode("utf-8")) + sum(
+                    len(e.text.encode("utf-8")) - (e.end - e.start) for e in over[1:])
+            if end > len(data):
+                break
+            chars = chars + len(data[at:start].decode("utf-8")) if start >= at else len(data[:start].decode("utf-8"))
+            cstart = chars
+            chars += len(data[start:end].decode("utf-8"))
+            at = end
+            out.append((cstart, chars, added))
         return tuple(out)
 
 
@@ -107,25 +131,31 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
         return None
     chosen: dict[str, str] = {}
     edits: list[Edit] = []
-    moved: list[tuple[int, int]] = []
-    lengths: list[int] = []
-    shift = 0
+    moved: list[tuple[int, int, int]] = []
+    spans: list[tuple[int, int]] = []
+    shift = bshift = chars = at = 0
     for start, end, name in found:
         reserved = chosen.get(name)
         if reserved is None:
             reserved = chosen[name] = reserved_name(name)
-        # quoted: it cannot fuse with a keyword before it (`FROM"s".t`) nor be read as anything but a name
-        quoted = f'"{reserved}"'
+        # quoted: it cannot fuse with a keyword before it (`FROM"s".t`) nor be read as anything but a name; a space
+        # before it unless whitespace or a parenthesis, comma, bracket or semicolon is there: nor with a quoted
+        # identifier (`"a""pg_9…"` is one name), `u&` (`u&"pg_9…"` is a Unicode identifier) or anything else before
+        # it (red team 9a2 H8)
+        quoted = f'"{reserved}"' if start == 0 or data[start - 1] in _APART else f' "{reserved}"'
         edits.append(Edit(start, end, quoted))
+        chars += len(data[at:start].decode("utf-8"))
         written = len(data[start:end].decode("utf-8"))
-        lengths.append(written)
-        at = len(data[:start].decode("utf-8")) + shift
-        moved.append((at + len(quoted), len(quoted) - written))
+        at = end
+        moved.append((chars + shift, chars + shift + len(quoted), len(quoted) - written))
+        spans.append((start + bshift, start + bshift + len(quoted)))
+        chars += written
         shift += len(quoted) - written
+        bshift += len(quoted) - (end - start)
     new_sql = apply_edits(data, edits)
     names = tuple((reserved, name) for name, reserved in chosen.items())
     _verify(original, new_sql, names)
-    return Renamed(new_sql, names, tuple(moved), tuple(lengths))
+    return Renamed(new_sql, names, tuple(moved), tuple(spans))
 
 
 def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tuple[int, int, str]]:
@@ -271,6 +301,19 @@ def restored(text: str, names: tuple[tuple[str, str], ...]) -> str:
     return text
 
 
-def position_back(position: int, moved: tuple[tuple[int, int], ...]) -> int:
-    """A 1-based character position in the renamed text as a position in the client's text."""
-    return position - sum(added for end, added in moved if position - 1 >= end)
+def position_back(position: int, moved: Moved) -> int:
+    """A 1-based character position in the renamed text as a position in the client's text: after a span, less what
+    the span added; inside one, the same character of the client's spelling (its first for the space before the
+    quoted name, its last past the spelling's length)."""
+    at = position - 1
+    back = 0
+    for start, end, added in moved:
+        if at >= end:
+            back += added
+            continue
+        if at >= start:
+            written = end - start - added
+            offset = at - (end - QUOTED_CHARS)  # from the opening quote
+            return start - back + min(max(offset, 0), max(written - 1, 0)) + 1
+        break
+    return position - back

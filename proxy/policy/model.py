@@ -23,6 +23,9 @@ ADMIT = "admit"  # agent profile: the statement runs a query; it is admitted by 
 # The string provably only reads (policy/readonly.py): a routed session may send it to a read replica. Cached with
 # the decision, so routing a repeated text reads this instead of judging the text again.
 READ_ONLY = "read_only"
+# The string declares a cursor: pg_cursors lists the client's text of it (proxy/statements.CursorTexts), rewritten or
+# not, so a hidden schema's cursor and a missing one's are listed alike.
+DECLARES_CURSOR = "declares_cursor"
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})
@@ -289,7 +292,7 @@ class Rewrite:
     # session writes the client's name back where PostgreSQL's answer names a reserved one.
     names: tuple[tuple[str, str], ...] = ()
     explain: str | None = None
-    moved: tuple[tuple[int, int], ...] = ()  # where the reserved names move PostgreSQL's positions (hiding.Renamed)
+    moved: tuple[tuple[int, int, int], ...] = ()  # where reserved names move PostgreSQL's positions (hiding.Renamed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ parameters as $n. Startup and portal cases use asyncpg for the extended side; Fu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -2620,6 +2621,24 @@ FIELD_FORMS = {
                              "(LIKE U&\"{w}\" UESCAPE $$!$$.orders)",
     "before_refusal_later": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 (LIKE {s}.orders); "
                             "SELECT nosuchcol; SELECT pg_sleep_for('1s')",
+    # 9a2 H8: what stands right before the name does not join the reserved name into another token
+    "quoted_identifier_before": 'CREATE TEMP TABLE bi_fq ("a"{s}.t)',
+    "quoted_identifier_before_later": 'CREATE TEMP TABLE bi_fq (a int, "b"{s}.t, nosuch nosuchtype)',
+    "unicode_identifier_before": 'CREATE TEMP TABLE bi_fq (U&"a"{s}.t)',
+    "u_ampersand_function": "SELECT u&{s}.f() FROM (SELECT 1 AS u) v",
+    "u_ampersand_column": "SELECT u&{s}.orders.id FROM (SELECT 1 AS u) v",
+    "column_definition_list": "SELECT * FROM json_to_record('{{}}') AS x(\"a\"{s}.t)",
+    "rows_from": "SELECT * FROM ROWS FROM (json_to_record('{{}}') AS (\"a\"{s}.t))",
+    "comment_before": "SELECT 1 FROM/*c*/{s}.orders",
+    "operator_before": "SELECT 1+{s}.f()",
+    "string_before": "SELECT E'x'::{s}.t, $a$y$a$::{s}.t, nosuchcol",
+    # 9a2 H5: text shaped like a reserved name in the client's statement, a tenant filter written before the name
+    "reserved_shaped_alias": 'SELECT 1 AS "pg_9aaaaaaaaaaaaaaaaaaaaaaaa" FROM orders, {s}.orders',
+    "reserved_shaped_comment": 'SELECT 1 FROM orders, {s}.orders /* "pg_9aaaaaaaaaaaaaaaaaaaaaaaa" */',
+    "reserved_shaped_string": "SELECT '\"pg_9aaaaaaaaaaaaaaaaaaaaaaaa\"', 1 FROM orders, {s}.orders",
+    "reserved_shaped_after": "CREATE TEMP TABLE bi_f0 (x int); CREATE TEMP TABLE IF NOT EXISTS bi_f0 "
+                             "(LIKE {s}.orders); "
+                             'SELECT 1 AS "pg_9aaaaaaaaaaaaaaaaaaaaaaaa", nosuchcol FROM orders',
 }
 # (user, database) of a tenant from whom schema globex (the schema tenant's, in database saas) is hidden.
 HIDING_TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
@@ -2779,6 +2798,55 @@ def _first_error(conn: pq.PGconn) -> tuple[str | None, str | None]:
     return found
 
 
+@contextlib.contextmanager
+def _hiding_session(proxy: ProxyProcess, strategy: str, table: str) -> Iterator[pq.PGconn]:
+    """A session of the strategy's tenant that has globex hidden, notices dropped, with the temporary table `table`."""
+    user, db = HIDING_TENANTS[strategy]
+    conn = pq.PGconn.connect(proxy.dsn(user, dbname=db).encode())
+    conn.notice_handler = lambda res: None
+    try:
+        _rows(conn, f"CREATE TEMP TABLE {table} (x int)")
+        yield conn
+    finally:
+        conn.finish()
+
+
+def _pipelined_errors(conn: pq.PGconn, texts: list[str]) -> list[tuple[str | None, str | None]]:
+    """The (message, position) of every error of `texts` sent as one extended batch (Parse/Bind/Describe/Execute
+    each, then one Sync)."""
+    conn.enter_pipeline_mode()
+    for text in texts:
+        conn.send_query_params(text.encode(), None)
+    conn.pipeline_sync()
+    assert conn.flush() == 0
+    found: list[tuple[str | None, str | None]] = []
+    while True:
+        res = conn.get_result()
+        if res is None:
+            continue
+        if res.status == pq.ExecStatus.PIPELINE_SYNC:
+            break
+        if res.status == pq.ExecStatus.FATAL_ERROR:
+            found.append(tuple(None if v is None else v.decode() for v in (  # type: ignore[arg-type]
+                res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY),
+                res.error_field(pq.DiagnosticField.STATEMENT_POSITION))))
+    conn.exit_pipeline_mode()
+    return found
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_batch_maps_each_statements_position_through_its_own_moves(hiding_proxy: ProxyProcess,
+                                                                     strategy: str) -> None:
+    """Red team 9a2 H2: in one extended batch, the error of a statement that names nothing hidden, after one sent
+    with a reserved name, has its own position (not moved by the other statement's reserved name)."""
+    plain = "SELECT " + ", ".join(str(i) for i in range(30)) + ", nosuch FROM bi_p0"
+    got = {}
+    for name in ("globex", "glebox"):
+        with _hiding_session(hiding_proxy, strategy, "bi_p0") as conn:
+            got[name] = _pipelined_errors(conn, [f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)", plain])
+    assert got["globex"] == got["glebox"] == [('column "nosuch" does not exist', str(plain.index("nosuch") + 1))], got
+
+
 @pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
 def test_many_other_hidden_names_evict_nothing(hiding_proxy: ProxyProcess, strategy: str) -> None:
     """Red team 9a G2: the names travel with their request (and a prepared statement's with it), so 4,100 other
@@ -2822,17 +2890,66 @@ def _rows(conn: pq.PGconn, sql: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_pg_cursors_read_in_the_declaring_string_shows_the_clients_text(hiding_proxy: ProxyProcess,
+                                                                        strategy: str) -> None:
+    """Red team 9a2 H6: pg_cursors read in the Query string that declares a cursor beside a renamed statement (or
+    by a cursor of that string, fetched there or later) lists the client's text of that string, never the text
+    PostgreSQL was sent."""
+    got = {}
+    for name in ("globex", "glebox"):
+        like = f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders)"
+        texts = [f"{like}; DECLARE bi_c1 CURSOR WITH HOLD FOR SELECT 1; "
+                 "SELECT name, statement FROM pg_cursors ORDER BY name",
+                 f"BEGIN; {like}; DECLARE bi_c2 CURSOR FOR SELECT name, statement FROM pg_cursors ORDER BY name; "
+                 "FETCH ALL FROM bi_c2; COMMIT",
+                 f"BEGIN; {like}; DECLARE bi_c3 CURSOR FOR SELECT name, statement FROM pg_cursors ORDER BY name"]
+        with _hiding_session(hiding_proxy, strategy, "bi_c0") as conn:
+            got[name] = [_rows(conn, text) for text in texts] + [_rows(conn, "FETCH ALL FROM bi_c3")]
+            _rows(conn, "COMMIT")
+            _rows(conn, "CLOSE ALL")
+        assert got[name] == [
+            [(b"bi_c1", texts[0].encode())],
+            [(b"bi_c1", texts[0].encode()), (b"bi_c2", texts[1].encode())],
+            [],
+            [(b"bi_c1", texts[0].encode()), (b"bi_c3", texts[2].encode())],
+        ], got
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_pg_cursors_past_the_bound_lists_a_hidden_schema_as_a_missing_one(hiding_proxy: ProxyProcess,
+                                                                          strategy: str) -> None:
+    """Red team 9a2 H4: past the session's bound on cursor texts a cursor is listed without a text, never with the
+    text PostgreSQL was sent (a reserved name), and at the same point for a hidden schema as for a missing one: a
+    1 MiB text alone pushes no earlier entry out; 3 x 400 kB push the first ones out."""
+    got = {}
+    for name in ("globex", "glebox"):
+        like = f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders)"
+        with _hiding_session(hiding_proxy, strategy, "bi_c0") as conn:
+            _rows(conn, f"{like}; DECLARE bi_h0 CURSOR WITH HOLD FOR SELECT 1")
+            _rows(conn, f"{like}; DECLARE bi_big CURSOR WITH HOLD FOR SELECT 1 /* " + "x" * (1 << 20) + " */")
+            seen = [_rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")]
+            for i in range(3):
+                _rows(conn, f"{like}; DECLARE bi_b{i} CURSOR WITH HOLD FOR SELECT 1 /* " + "x" * 400_000 + " */")
+            seen.append(_rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name"))
+            _rows(conn, "CLOSE ALL")
+        got[name] = [[(n, None if t is None else t.decode().replace(name, "SCHEMA")[:120]) for n, t in rows]
+                     for rows in seen]
+    assert got["globex"] == got["glebox"], got
+    first, then = got["globex"]
+    assert first == [(b"bi_big", None), (b"bi_h0", "CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE SCHEMA.orders); "
+                                                  "DECLARE bi_h0 CURSOR WITH HOLD FOR SELECT 1")], first
+    assert [n for n, _ in then] == [b"bi_b0", b"bi_b1", b"bi_b2", b"bi_big", b"bi_h0"], then
+    assert then[0][1] is None and then[2][1] is not None and then[4][1] is None, then
+
+
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
 def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy: str) -> None:
     """Red team 9a G8: a cursor's statement in pg_cursors is the client's text, as in pg_prepared_statements: never
     a hidden schema's reserved name (a Query string that declares a cursor beside a renamed statement that
     succeeds), nor the proxy's tenant filter of a rewritten cursor."""
-    user, db = HIDING_TENANTS[strategy]
     got = {}
     for name in ("globex", "glebox"):
-        conn = pq.PGconn.connect(hiding_proxy.dsn(user, dbname=db).encode())
-        conn.notice_handler = lambda res: None
-        try:
-            _rows(conn, "CREATE TEMP TABLE bi_c0 (x int)")
+        with _hiding_session(hiding_proxy, strategy, "bi_c0") as conn:
             _rows(conn, f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
                         "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1")
             _rows(conn, "BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders")
@@ -2840,8 +2957,6 @@ def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy:
             _rows(conn, "ROLLBACK")
             got[name] += _rows(conn, "SELECT name, statement FROM pg_cursors ORDER BY name")
             _rows(conn, "CLOSE ALL")
-        finally:
-            conn.finish()
     for name in ("globex", "glebox"):
         held = (b"bi_c", f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
                          "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1".encode())

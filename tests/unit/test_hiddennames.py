@@ -32,7 +32,7 @@ def test_a_schema_named_by_postgresql_gets_the_clients_name() -> None:
 
 def test_positions_map_back_through_the_renamed_spans() -> None:
     # `SELECT * FROM ab.zz` sent as `SELECT * FROM "<R>".zz`: the quoted name ends at 14 + 30, 28 characters more
-    sent = [(((R, "ab"),), ((14 + 30, 28),))]
+    sent = [(((R, "ab"),), ((14, 14 + 30, 28),))]
     body = _body(C="42P01", M=f'relation "{R}.zz" does not exist', P="15")
     assert _fields(written_back(b"E", body, sent, ""))["P"] == "15"
     body = _body(C="42703", M='column "nosuch" does not exist', P=str(15 + 30 + 4))
@@ -64,3 +64,34 @@ def test_names_travel_with_their_request_and_nothing_evicts_them() -> None:
     assert flight.of(first) == [(((R, "globex"),), ())]
     flight.add(second, (), (), [second])  # the first answered: forgotten
     assert flight.of(first) == []
+
+
+def test_a_position_is_mapped_through_its_own_statements_moves_only() -> None:
+    """Red team 9a2 H2: a batch of a renamed statement and one that names nothing hidden: the plain one's error is not
+    mapped through the other's moves; the renamed one's (its Parse and Bind alike) is."""
+    renamed = ((R, "ab"),), ((14, 14 + 30, 28),)
+    plain: tuple[tuple[()], tuple[()]] = ((), ())
+    error = _body(C="42703", M='column "nosuch" does not exist', P="118")
+    assert written_back(b"E", error, [renamed, renamed, plain], "") is None
+    assert _fields(written_back(b"E", error, [renamed, renamed], ""))["P"] == "90"
+    quoted = _body(C="42P01", M=f'relation "{R}.zz" does not exist', P="60")
+    assert _fields(written_back(b"E", quoted, [renamed, plain], ""))["P"] == "32"
+
+
+def test_a_request_keeps_its_plain_statements_beside_its_renamed_ones() -> None:
+    """A statement naming nothing hidden before or after a renamed one in the same request is kept (once per run),
+    so the request's answers are not mapped through the renamed one's moves alone; a request of plain statements
+    only keeps nothing."""
+    flight = InFlight()
+    renamed = ((R, "ab"),), ((14, 14 + 30, 28),)
+    first, second, third = object(), object(), object()
+    pending = [first, second, third]
+    flight.plain(first)
+    flight.add(first, *renamed, pending)
+    flight.add(second, *renamed, pending)
+    flight.plain(second)
+    flight.plain(second)
+    flight.plain(third)
+    assert flight.of(first) == [((), ()), renamed]
+    assert flight.of(second) == [renamed, ((), ())]
+    assert flight.of(third) == []

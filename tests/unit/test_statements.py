@@ -956,4 +956,22 @@ def test_cursor_texts_go_with_their_transaction_unless_held() -> None:
     assert json.loads(texts.listing()) == [{"sent": "sent 1", "client": "client 1"}]
     texts.add("sent 3", "client 3", hold=True)
     texts.add("sent 4", "client 4", hold=True)
-    assert [e["sent"] for e in json.loads(texts.listing())] == ["sent 3", "sent 4"] and texts.size == 28
+    assert [e["sent"] for e in json.loads(texts.listing())] == ["sent 3", "sent 4"] and texts.size == 24
+
+
+def test_cursor_texts_are_bounded_alike_for_a_hidden_and_a_missing_schema() -> None:
+    """Red team 9a2 H4: an entry counts twice its client's length, whether it was rewritten (a hidden schema's
+    reserved names) or sent as written (a missing one's), so the bound pushes the same entries out; one text past
+    the bound alone is not kept and pushes nothing out."""
+    from proxy.statements import CursorTexts
+
+    renamed, plain = CursorTexts(max_bytes=60), CursorTexts(max_bytes=60)
+    for i in range(4):
+        renamed.add(f'LIKE "pg_9{i:024d}".t', f"LIKE glebox{i}.t", hold=True, grown=30 - 7)
+        plain.add(f"LIKE glebox{i}.t", None, hold=True)
+    assert renamed.size == plain.size == 2 * 2 * len("LIKE glebox0.t")
+    assert [e["client"] for e in json.loads(renamed.listing())] == ["LIKE glebox2.t", "LIKE glebox3.t"]
+    assert [e["sent"] for e in json.loads(plain.listing())] == ["LIKE glebox2.t", "LIKE glebox3.t"]
+    assert [e["client"] for e in json.loads(plain.listing())] == [None, None]
+    renamed.add("x" * 31, None, hold=True)
+    assert len(renamed.texts) == 2

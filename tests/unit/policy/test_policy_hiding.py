@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from policy_corpus import DATABASE_HIDING, POLICIES
 
-from proxy.policy import Deny, Rewrite, decide
+from proxy.policy import Allow, Deny, Rewrite, decide
 from proxy.policy.hiding import Renamed, position_back, rename, reserved_name, restored
 
 SHARED_HIDING = POLICIES["shared_hiding"]
@@ -149,6 +149,90 @@ def test_positions_map_back_in_the_text_the_policy_rewrote_too() -> None:
     hidden, missing = decide(SHARED_HIDING, sql.format(s="tenant_globex")), decide(SHARED_HIDING,
                                                                                     sql.format(s="tenant_glebox"))
     assert isinstance(hidden, Rewrite) and isinstance(missing, Rewrite) and hidden.sql != hidden.sql.split(",")[0]
+    reserved = hidden.names[0][0]
+    for at_hidden, at_missing in ((hidden.sql.index(f'"{reserved}"'), missing.sql.index("tenant_glebox")),
+                                  (hidden.sql.index("nosuch"), missing.sql.index("nosuch"))):
+        assert position_back(at_hidden + 1, hidden.moved) == at_missing + 1, hidden
+
+
+# Red team 9a2 H8: what stands right before the name must not join the quoted reserved name into another token (a
+# quoted identifier: `"a""pg_9…"` is one name; `u&`: `u&"pg_9…"` is a Unicode identifier); every neighbour that could
+FUSING_NEIGHBOURS = [
+    'CREATE TEMP TABLE tq ("a"{s}.t)',  # a quoted identifier: a column and its type
+    'CREATE TEMP TABLE tq (a int, "b"{s}.t)',
+    'CREATE TEMP TABLE tq (U&"a"{s}.t)',  # a Unicode identifier
+    "SELECT u&{s}.f() FROM (SELECT 1 AS u) v",  # `u & s.f()`
+    "SELECT U&{s}.zz.id FROM (SELECT 1 AS u) v",
+    "SELECT u&{s}.zz.id FROM (SELECT 1 AS u) v",
+    "SELECT * FROM json_to_record('{{}}') AS x(\"a\"{s}.t)",
+    "SELECT E'x'::{s}.t, E'x'{s}.t",  # an escape string
+    "SELECT 'x'::{s}.t",
+    "SELECT U&'x'::{s}.t, U&'x'{s}.t",
+    "SELECT $a$x$a$::{s}.t",  # a dollar-quoted string
+    "SELECT $a$x$a${s}.t",
+    "SELECT 1 FROM/*c*/{s}.zz",  # a comment
+    "SELECT 1 FROM zz--c\n,{s}.zz",
+    "SELECT 1+{s}.f(), 2*{s}.f(), 1<{s}.f(), @{s}.f(), ~{s}.f(), 1-{s}.f()",  # an operator character
+    "SELECT 1 OPERATOR({s}.+)1",
+    "SELECT 1{s}.f()",  # a digit
+    "SELECT 1.5{s}.f()",
+    "SELECT é{s}.zz FROM zz",  # a multibyte identifier character: one name, not the schema
+    'CREATE TEMP TABLE tq (é int, "é"{s}.t)',
+    "SELECT 1 FROM zz AS\"a\", {s}.zz",
+    "SELECT x'1f'::{s}.t, b'1'{s}.t",
+]
+
+
+@pytest.mark.parametrize("sql", FUSING_NEIGHBOURS)
+def test_a_neighbour_of_the_name_gets_the_missing_names_answer(sql: str) -> None:
+    """The hidden name's decision is the missing name's (the same refusal, or sent: to PostgreSQL, which answers as
+    for the missing one); the renamed text always verifies."""
+    hidden = decide(SHARED_HIDING, sql.format(s="tenant_globex"))
+    missing = decide(SHARED_HIDING, sql.format(s="tenant_globez"))
+    if isinstance(missing, Deny):
+        assert isinstance(hidden, Deny), (hidden, missing)
+        assert (hidden.rule, hidden.sqlstate, hidden.message.replace("globex", "globez"), hidden.position) == (
+            missing.rule, missing.sqlstate, missing.message, missing.position), (hidden, missing)
+    elif isinstance(hidden, Rewrite):  # renamed: the missing name's rewrite, and the renaming
+        rules = missing.rules if isinstance(missing, Rewrite) else ()
+        assert hidden.rules == (*rules, "hidden_schema"), (hidden, missing)
+    else:  # not a schema name there (one identifier with what stands before it)
+        assert isinstance(hidden, Allow) and isinstance(missing, Allow), (hidden, missing)
+
+
+@pytest.mark.parametrize("sql", [
+    'CREATE TEMP TABLE tq ("a"tenant_globex.t, nosuch int)',
+    "SELECT u&tenant_globex.t(nosuch) FROM (SELECT 1 AS u) v",
+    'CREATE TEMP TABLE tq (é int, "é"tenant_globex.t, nosuch int)',
+])
+def test_a_space_written_before_the_name_maps_back(sql: str) -> None:
+    """The space before the quoted reserved name is part of the renamed span: positions at it and in the name map to
+    the client's name, positions after it to where they were."""
+    renamed = _renamed(sql)
+    reserved = renamed.names[0][0]
+    quote = renamed.sql.index(f'"{reserved}"')
+    assert renamed.sql[quote - 1] == " " and sql[sql.index("tenant_globex") - 1] != " ", renamed
+    at = sql.index("tenant_globex") + 1
+    assert position_back(quote + 1, renamed.moved) == at  # PostgreSQL's caret: the quote
+    assert position_back(quote, renamed.moved) == at  # the space
+    assert position_back(quote + 3, renamed.moved) == at + 2  # inside the name
+    assert position_back(quote + 29, renamed.moved) == at + len("tenant_globex") - 1  # past the client's spelling
+    tail = renamed.sql.index("nosuch") + 1
+    assert position_back(tail, renamed.moved) == sql.index("nosuch") + 1
+
+
+@pytest.mark.parametrize("written", [
+    'AS "pg_9aaaaaaaaaaaaaaaaaaaaaaaa"',  # red team 9a2 H5: an alias shaped like a reserved name
+    '/* "pg_9aaaaaaaaaaaaaaaaaaaaaaaa" */',
+    ", '\"pg_9aaaaaaaaaaaaaaaaaaaaaaaa\"' AS x",
+    ", 1 AS \"pg_9aaaaaaaaaaaaaaaaaaaaaaaa\", 2 AS \"pg_9bbbbbbbbbbbbbbbbbbbbbbbb\"",
+])
+def test_positions_follow_the_policys_edits_not_the_texts_shape(written: str) -> None:
+    """A tenant filter written before the name and text shaped like a reserved name in the client's statement: the
+    position of a later name maps to the missing name's place in its rewrite (red team 9a2 H5)."""
+    sql = "SELECT 1 " + written + " FROM sales.orders, {s}.zz WHERE nosuch"
+    hidden, missing = (decide(SHARED_HIDING, sql.format(s=s)) for s in ("tenant_globex", "tenant_glebox"))
+    assert isinstance(hidden, Rewrite) and isinstance(missing, Rewrite), (hidden, missing)
     reserved = hidden.names[0][0]
     for at_hidden, at_missing in ((hidden.sql.index(f'"{reserved}"'), missing.sql.index("tenant_glebox")),
                                   (hidden.sql.index("nosuch"), missing.sql.index("nosuch"))):
