@@ -1,0 +1,65 @@
+"""TCP forwarders for tests: a plain one (another address of a server), and a load balancer in miniature that speaks
+PROXY protocol v2 (every connection it relays begins with a header naming the client, as HAProxy's
+`send-proxy-v2` does)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from proxy.protocol.proxyheader import encode
+
+
+class Forwarder:
+    """Relays connections on `port` (127.0.0.1) to `target` on 127.0.0.1, connecting from `source`."""
+
+    def __init__(self, target: int, source: str = "127.0.0.1") -> None:
+        self.target, self.source = target, source
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def header(self, client_port: int) -> bytes:
+        """What the forwarder sends before the client's bytes."""
+        return b""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target), source_address=(self.source, 0))
+            upstream.sendall(self.header(peer[1]))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ProxyBalancer(Forwarder):
+    """A Forwarder whose every connection begins with a v2 header saying the client is `client` (None: the LOCAL
+    command, the balancer's own health check)."""
+
+    def __init__(self, target: int, client: str | None, source: str = "127.0.0.1") -> None:
+        self.client = client
+        super().__init__(target, source)
+
+    def header(self, client_port: int) -> bytes:
+        source = None if self.client is None else (self.client, client_port)
+        return encode(source, ("127.0.0.1", self.target))
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
