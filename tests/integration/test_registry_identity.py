@@ -10,11 +10,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.support.balancer import Forwarder
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, ProxyProcess, prepare_backend
 
 TENANT_DB = "pgt_identco"  # a database tenant's database
 OTHER_DB = "pgt_ident_registry"  # a registry of its own
@@ -88,3 +89,23 @@ def test_the_cli_refuses_to_add_such_a_tenant(
                    "--config", str(p.config_path))
     assert res.returncode == 2 and SAME in res.stderr, res.stderr
     assert not pg.execute("SELECT 1 FROM pgtenant_registry.tenants WHERE name = 'sneaky'", dbname=TENANT_DB)
+
+
+def test_without_pg_control_system_the_tenants_backend_is_found_in_pg_stat_activity(
+    pg: PgCluster, databases: None, forwarder: Forwarder, tmp_path: Path,
+) -> None:
+    # The tenant's backend role may not read the cluster's identifier in its database (a managed service's
+    # hardening, say): its connection is looked for in the registry's pg_stat_activity instead.
+    pg.execute("REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC", dbname=TENANT_DB)
+    try:
+        with psycopg.connect(pg.dsn(user=BACKEND_ROLE, password=BACKEND_PASSWORD, dbname=TENANT_DB)) as conn, \
+                pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT system_identifier FROM pg_control_system()")
+        res = pgtenant("check-config", str(_config(pg, tmp_path / "same", pg.dsn(dbname=TENANT_DB,
+                                                                                 port=forwarder.port))))
+        assert res.returncode != 0 and SAME in res.stderr, res.stderr
+        res = pgtenant("check-config", str(_config(pg, tmp_path / "other", pg.dsn(dbname=OTHER_DB,
+                                                                                  port=forwarder.port))))
+        assert res.returncode == 0 and "identity_unchecked" not in res.stdout + res.stderr, res.stderr
+    finally:
+        pg.execute("GRANT EXECUTE ON FUNCTION pg_control_system() TO PUBLIC", dbname=TENANT_DB)
