@@ -150,3 +150,29 @@ def test_proxy_protocol_needs_its_senders(pg: PgCluster, tmp_path: Path) -> None
     p = ProxyProcess(pg, tmp_path, server={"proxy_protocol": "v2"})
     with pytest.raises(RuntimeError, match="proxy_protocol_from"):
         p.start(provision=False)
+
+
+def test_worker_processes_read_the_header_alike(pg: PgCluster, tmp_path: Path) -> None:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path, admin_users={"ops": "ops-secret"},
+                     server={"workers": 2, "proxy_protocol": "v2", "proxy_protocol_from": [f"{BALANCER}/32"]})
+    p.start(timeout=60)
+    lb = ProxyBalancer(p.port, "203.0.113.7", source=BALANCER)
+    try:
+        conns = [psycopg.connect(p.dsn("alice", port=lb.port), autocommit=True) for _ in range(6)]
+        try:
+            for conn in conns:
+                assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+            console = f"host=127.0.0.1 port={p.port} user=ops password=ops-secret dbname=pgtenant sslmode=disable"
+            with psycopg.connect(console, autocommit=True) as admin:
+                rows = admin.execute("SHOW CLIENTS").fetchall()
+            mine = [r for r in rows if r[1] == "alice"]
+            assert len(mine) == 6 and all("203.0.113.7" in r for r in mine), rows
+        finally:
+            for conn in conns:
+                conn.close()
+        accepted = [e for e in p.log_events() if e.get("event") == "connection_accepted" and e.get("via") == BALANCER]
+        assert len(accepted) >= 6 and all(e["client_addr"] == "203.0.113.7" for e in accepted)
+    finally:
+        lb.close()
+        p.stop()
