@@ -3,8 +3,13 @@ client's address its header gives; only a trusted sender's header is believed, a
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,8 +142,6 @@ def test_the_local_command_is_the_balancers_own_health_check(behind: ProxyProces
 
 
 def test_metrics_count_refused_headers(behind: ProxyProcess) -> None:
-    import urllib.request
-
     with _raw(BALANCER, behind.port) as sock:
         sock.sendall(b"\r\n\r\n\x00\r\nQUIT\n\x99\x11\x00\x0c" + bytes(12))  # version 9
         assert _closed(sock)
@@ -176,3 +179,67 @@ def test_worker_processes_read_the_header_alike(pg: PgCluster, tmp_path: Path) -
     finally:
         lb.close()
         p.stop()
+
+
+# --- red team 9b N1: the cross-instance cancel budget is the client's, not the balancer's -----------------------------
+
+REGISTRY_DB = "pgt_proxyproto_registry"
+PEER_SECRET = "0123456789abcdef0123456789abcdef-proxyproto"
+
+
+def _instance_cancels(p: ProxyProcess, outcome: str) -> float:
+    text = urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10).read().decode()
+    prefix = f'pgtenant_instance_cancels_total{{outcome="{outcome}"}}'
+    line = next((x for x in text.splitlines() if x.startswith(prefix)), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_a_cancel_flood_behind_the_balancer_does_not_drop_another_clients_cancel(
+    pg: PgCluster, tmp_path: Path,
+) -> None:
+    prepare_backend(pg)
+    pg.execute(f"DROP DATABASE IF EXISTS {REGISTRY_DB} WITH (FORCE)")
+    pg.execute(f"CREATE DATABASE {REGISTRY_DB}")
+    dsn = pg.dsn(dbname=REGISTRY_DB)
+    init = subprocess.run([sys.executable, "-m", "proxy", "registry", "init", "--dsn", dsn], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert init.returncode == 0, init.stderr
+    keys = {"dsn": dsn, "reconnect_delay": 0.2, "peer_port": 0, "peer_host": "127.0.0.1", "peer_secret": PEER_SECRET}
+    server = {"proxy_protocol": "v2", "proxy_protocol_from": [f"{BALANCER}/32"]}
+    a = ProxyProcess(pg, tmp_path / "a", registry=keys, server=server).start(timeout=60)
+    b = ProxyProcess(pg, tmp_path / "b", registry=keys, server=server)
+    stop = threading.Event()
+    try:
+        b.start(provision=False)
+        victim_lb = ProxyBalancer(b.port, "203.0.113.1", source=BALANCER, then=a.port)  # session on b, cancel on a
+        flood_lb = ProxyBalancer(a.port, "203.0.113.66", source=BALANCER)
+        with psycopg.connect(b.dsn("alice", port=victim_lb.port), autocommit=True) as conn:
+            pid = conn.info.backend_pid  # its cancel key's process id: b's slot in the top bits
+
+            def flood() -> None:  # ~60 cancels a second naming b's slot with wrong keys: over the 20/s of one
+                while not stop.is_set():  # address, under the 200/s of all of them
+                    with contextlib.suppress(OSError), \
+                            socket.create_connection(("127.0.0.1", flood_lb.port), timeout=10) as s:
+                        s.sendall(m.encode_cancel_request(pid ^ 1, os.urandom(4)))
+                        s.recv(1)
+                    stop.wait(1 / 60)
+
+            flooder = threading.Thread(target=flood, daemon=True)
+            flooder.start()
+            until(lambda: _instance_cancels(a, "throttled") > 0 or None, 30, interval=0.1,
+                  what="the flooding address throttled")
+            timer = threading.Timer(0.5, conn.cancel_safe)  # through the balancer to a, passed on to b
+            timer.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(30)")
+            timer.join()
+            assert victim_lb.accepted >= 2
+        # The flood was being throttled all along (its log lines too), the victim's cancel passed on and found.
+        assert _instance_cancels(a, "throttled") > 0 and _instance_cancels(a, "found") == 1
+        victim_lb.close()
+        flood_lb.close()
+    finally:
+        stop.set()
+        b.stop()
+        a.stop()
+        pg.execute(f"DROP DATABASE IF EXISTS {REGISTRY_DB} WITH (FORCE)")

@@ -12,10 +12,11 @@ from proxy.protocol.proxyheader import encode
 
 
 class Forwarder:
-    """Relays connections on `port` (127.0.0.1) to `target` on 127.0.0.1, connecting from `source`."""
+    """Relays connections on `port` (127.0.0.1) to `target` on 127.0.0.1, connecting from `source`; with `then`, every
+    connection after the first goes there (a client's cancel connection landing on another instance)."""
 
-    def __init__(self, target: int, source: str = "127.0.0.1") -> None:
-        self.target, self.source = target, source
+    def __init__(self, target: int, source: str = "127.0.0.1", then: int | None = None) -> None:
+        self.target, self.source, self.then = target, source, then
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
@@ -31,8 +32,9 @@ class Forwarder:
                 conn, peer = self.sock.accept()
             except OSError:
                 return
+            target = self.target if self.then is None or not self.accepted else self.then
             self.accepted += 1
-            upstream = socket.create_connection(("127.0.0.1", self.target), source_address=(self.source, 0))
+            upstream = socket.create_connection(("127.0.0.1", target), source_address=(self.source, 0))
             upstream.sendall(self.header(peer[1]))
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
@@ -45,9 +47,9 @@ class ProxyBalancer(Forwarder):
     """A Forwarder whose every connection begins with a v2 header saying the client is `client` (None: the LOCAL
     command, the balancer's own health check)."""
 
-    def __init__(self, target: int, client: str | None, source: str = "127.0.0.1") -> None:
+    def __init__(self, target: int, client: str | None, source: str = "127.0.0.1", then: int | None = None) -> None:
         self.client = client
-        super().__init__(target, source)
+        super().__init__(target, source, then)
 
     def header(self, client_port: int) -> bytes:
         source = None if self.client is None else (self.client, client_port)
