@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import tomllib
 from collections import Counter
@@ -63,6 +64,8 @@ class ServerConfig:
     """[server]: the proxy's processes."""
 
     workers: int = 1  # worker processes sharing the listen port (SO_REUSEPORT); "auto" = the CPUs it may use
+    proxy_protocol: Literal["off", "v2"] = "off"  # "v2": connections from proxy_protocol_from begin with a header
+    proxy_protocol_from: tuple[str, ...] = ()  # networks (CIDR) of the balancers whose PROXY v2 header is believed
 
 
 MAX_WORKERS = 128
@@ -643,8 +646,9 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
 
 
 def _server_config(raw: Mapping[str, Any]) -> ServerConfig:
-    """[server], checked: `workers` a count of 1..MAX_WORKERS or "auto" (resolved here to the usable CPUs)."""
-    _check_keys(raw, {"workers"}, "server.")
+    """[server], checked: `workers` a count of 1..MAX_WORKERS or "auto" (resolved here to the usable CPUs);
+    `proxy_protocol` "off" or "v2", then with the balancers' networks in `proxy_protocol_from`."""
+    _check_keys(raw, {"workers", "proxy_protocol", "proxy_protocol_from"}, "server.")
     workers = _get(raw, "workers", (int, str), "server.", 1)
     if isinstance(workers, bool) or (isinstance(workers, str) and workers != "auto"):
         raise ConfigError(f"server.workers: expected a number or \"auto\", got {workers!r}")
@@ -652,7 +656,22 @@ def _server_config(raw: Mapping[str, Any]) -> ServerConfig:
         workers = min(available_cpus(), MAX_WORKERS)
     if not 1 <= workers <= MAX_WORKERS:
         raise ConfigError(f"server.workers: must be 1..{MAX_WORKERS} or \"auto\", got {workers}")
-    return ServerConfig(workers=workers)
+    mode = _get(raw, "proxy_protocol", str, "server.", "off")
+    if mode not in ("off", "v2"):
+        raise ConfigError(f"server.proxy_protocol: expected \"off\" or \"v2\", got {mode!r}")
+    senders = _get(raw, "proxy_protocol_from", list, "server.", [])
+    networks = []
+    for given in senders:
+        try:
+            networks.append(str(ipaddress.ip_network(str(given), strict=False)))
+        except ValueError:
+            raise ConfigError(f"server.proxy_protocol_from: {given!r} is not an address or network (CIDR)") from None
+    if mode == "v2" and not networks:
+        raise ConfigError("server.proxy_protocol_from: list the load balancers' addresses or networks (CIDR) whose "
+                          "PROXY protocol header is to be believed (proxy_protocol = \"v2\" trusts nobody else)")
+    return ServerConfig(workers=workers, proxy_protocol=mode, proxy_protocol_from=tuple(networks))
+
+
 _WILDCARDS = ("", "0.0.0.0", "::")  # listen addresses that name every interface, none to reach
 
 

@@ -344,6 +344,12 @@ class Metrics:
             "by outcome (found, unknown, stale, no_instance, throttled, busy, failed).", ["outcome"], registry=r,
         )
         self._peer_refused = peer_refused_counter(r)
+        self._proxy_headers_refused = Counter(
+            "pgtenant_proxy_headers_refused_total",
+            "Connections closed over the PROXY protocol header: reason = bad_header (a trusted balancer's missing or "
+            "invalid), untrusted (one from a sender not in server.proxy_protocol_from, or with proxy_protocol off).",
+            ["reason"], registry=r,
+        )
         self._limit_refusals = Counter(
             "pgtenant_limit_refusals_total",
             "Connections, queries and results refused or cut by a per-tenant limit (max_client_connections, "
@@ -454,6 +460,9 @@ class Metrics:
     def log_line_suppressed(self) -> None:
         """A pre-login log line was dropped by the log rate limit."""
         self._log_suppressed.inc()
+
+    def proxy_header_refused(self, reason: str) -> None:
+        self._proxy_headers_refused.labels(reason).inc()
 
     def instance_cancel(self, outcome: str) -> None:
         self._instance_cancels.labels(outcome).inc()

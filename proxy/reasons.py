@@ -40,6 +40,7 @@ class CloseReason(enum.StrEnum):
     SSL_INJECTION = "ssl_injection"
     SSL_TWICE = "ssl_twice"
     FRAMING = "framing"
+    PROXY_HEADER = "proxy_header"  # a PROXY protocol header nobody trusted (server.proxy_protocol_from)
     DECODE = "decode"
     UNEXPECTED_DATA = "unexpected_data"
     AUTH_EXTRA = "auth_extra"

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from proxy import registryplace
+from proxy import dbidentity, registryplace
 from proxy.config import Config, ConfigError, load_config
 from proxy.registrydb import (
     DDL,
@@ -26,6 +26,7 @@ from proxy.registrydb import (
 )
 
 CONNECT_TIMEOUT = 5
+IDENTITY = dbidentity.Checker()  # the placement check by identity, remembering targets found elsewhere (N6)
 
 
 class RegistryError(RuntimeError):
@@ -77,7 +78,26 @@ def load(path: str | os.PathLike[str]) -> Config:
     assert config.registry.dsn is not None
     merged = load_config(path, overlay(read(config.registry.dsn)))
     registryplace.check(merged)
+    check_identity(merged, config.registry.dsn)
     return merged
+
+
+def check_identity(config: Config, dsn: str, conn: psycopg.Connection | None = None,
+                   before: Config | None = None) -> None:
+    """The placement check by identity: no database tenant's backend database is the registry's, as PostgreSQL
+    reports it (proxy/dbidentity.py; connecting to the registry, unless `conn` is given, only when there are
+    database tenants; those `before` had alike are not asked again)."""
+    tenants = dbidentity.database_tenants(config, before)
+    if not tenants:
+        return
+    try:
+        if conn is not None:
+            IDENTITY.check(tenants, conn)
+            return
+        with connect(dsn, autocommit=True) as registry:
+            IDENTITY.check(tenants, registry)
+    except psycopg.Error as exc:
+        raise RegistryError(f"cannot compare the registry's identity: {str(exc).strip()}") from exc
 
 
 def loader(path: Path) -> Callable[[], Config]:
@@ -87,12 +107,25 @@ def loader(path: Path) -> Callable[[], Config]:
 # --- changes (the CLI) ---------------------------------------------------------------------
 
 
-def _checked(conn: psycopg.Connection, config_path: Path | None, dsn: str) -> None:
+def _checked(conn: psycopg.Connection, config_path: Path | None, dsn: str, before: Config | None) -> None:
     """Inside the change's transaction: the registry as it would be, merged with the config file, passes the
-    config's validation and placement check against the registry changed (ConfigError otherwise, and the caller's
-    transaction rolls back)."""
+    config's validation and placement checks against the registry changed (ConfigError otherwise, and the caller's
+    transaction rolls back; by identity only the database tenants the change added or moved: not those `before`
+    had alike)."""
     if config_path is not None:
-        registryplace.check(load_config(config_path, overlay(read_rows(conn))), dsn=dsn)
+        changed = load_config(config_path, overlay(read_rows(conn)))
+        registryplace.check(changed, dsn=dsn)
+        check_identity(changed, dsn, conn, before)
+
+
+def _config_now(conn: psycopg.Connection, config_path: Path | None) -> Config | None:
+    """The config file merged with the registry as the transaction sees it now (None: no file, or not valid)."""
+    if config_path is None:
+        return None
+    try:
+        return load_config(config_path, overlay(read_rows(conn)))
+    except ConfigError:
+        return None
 
 
 def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connection], None]) -> int:
@@ -101,8 +134,9 @@ def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connecti
     try:
         with connect(dsn) as conn:
             with conn.transaction():
+                before = _config_now(conn, config_path)
                 apply(conn)
-                _checked(conn, config_path, dsn)
+                _checked(conn, config_path, dsn, before)
                 row = conn.execute(SELECT_VERSION).fetchone()
             return int(row[0]) if row else 0
     except psycopg.Error as exc:

@@ -52,6 +52,7 @@ from proxy.ops import AdminView
 from proxy.policy.cache import Pending
 from proxy.policy.model import Decision, Deny, Rewrite
 from proxy.protocol import messages as m
+from proxy.protocol.proxyheader import starts_like
 from proxy.reasons import CloseReason
 from proxy.registry import Tenant
 from proxy.relay import ClientRelay, write_chunks
@@ -72,11 +73,12 @@ class ClientConnection(asyncio.Protocol):
         "_decision", "_gauge", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
         "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
         "authenticated", "closed", "link", "login", "proxy", "relay", "session", "session_id", "started", "tenant",
-        "transport",
+        "transport", "via",
     )
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, address: str = "", via: str | None = None) -> None:
         self.proxy = proxy
+        self.via = via  # the trusted load balancer that relayed the connection (its PROXY header gave `address`)
         self.transport: asyncio.Transport | None = None
         self.session: ClientSession | None = None
         self.link: ServerLink | None = None
@@ -96,7 +98,7 @@ class ClientConnection(asyncio.Protocol):
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
         self._admitting = False  # the session holds an agent's statement for its admission (AwaitAdmission)
         self.session_id = ""  # set with the session (connection_made)
-        self.address = ""
+        self.address = address  # the client's: its socket peer's, unless a trusted balancer's header said (doorway.py)
         self.login: Login | None = None  # who logged in (AdminLogin / ConnectBackend)
         self.admin = False
         self.tenant: Tenant | None = None  # the tenant identity (ConnectBackend)
@@ -118,8 +120,7 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        peer = transport.get_extra_info("peername")
-        address = peer[0] if isinstance(peer, tuple) else str(peer or "local")
+        address = self.address or peer_address(transport)
         sid = self.session_id = os.urandom(6).hex()
         cfg = self.proxy.config
         self.session = ClientSession(
@@ -150,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
             victim.close(errors.too_many_waiting(limit), CloseReason.prelogin_cap(limit, False))
         silent = min(cfg.limits.first_message_timeout, cfg.limits.startup_timeout)
         self._timer = asyncio.get_running_loop().call_later(silent, self._on_timeout)
-        self.prelog("info", "connection_accepted")
+        self.prelog("info", "connection_accepted", **({"via": self.via} if self.via else {}))
 
     @property
     def log(self) -> Any:
@@ -187,6 +188,9 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         assert session is not None
         if not self._spoke:
+            if starts_like(data):  # a PROXY protocol header from a sender nobody trusts: never believed
+                self._untrusted_header()
+                return
             self._first_data()
         try:
             self.run(session.client_data(data))
@@ -204,6 +208,12 @@ class ClientConnection(asyncio.Protocol):
             self._timer.cancel()
             remaining = self.proxy.config.limits.startup_timeout - (time.monotonic() - self.started)
             self._timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._on_timeout)
+
+    def _untrusted_header(self) -> None:
+        self.proxy.metrics.proxy_header_refused("untrusted")
+        self.prelog("warning", "proxy_header_refused", reason="sender not in server.proxy_protocol_from"
+                    if self.proxy.proxy_senders is not None else "server.proxy_protocol is off")
+        self.close(None, CloseReason.PROXY_HEADER)
 
     def prelog(self, level: str, event: str, **fields: object) -> None:
         """Log a line of a connection not logged in: rate-limited, since anyone can cause any number of them."""
@@ -812,3 +822,9 @@ class ClientConnection(asyncio.Protocol):
                         bytes_out=self.bytes_out,
                     )
         self.proxy.client_finished()
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    """The IP address of a connection's socket peer ("local" for a Unix-domain socket)."""
+    peer = transport.get_extra_info("peername")
+    return peer[0] if isinstance(peer, tuple) else str(peer or "local")

@@ -22,10 +22,11 @@ from proxy.auth.prelogin import PreloginLimiter
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import CancelRegistry, ForwardLimiter, KeySpace, key_space, use_key_space
 from proxy.clusterview import merge_rows
-from proxy.config import AgentConfig, BackendConfig, Config, ServerConfig
+from proxy.config import AgentConfig, BackendConfig, Config
 from proxy.dbcheck import BackendCheckError
 from proxy.httpd import OpsServer
 from proxy.io.client import ClientConnection
+from proxy.io.doorway import accept
 from proxy.io.instanceport import SLOT_LOST_FILE
 from proxy.io.peercancel import LookupBusy, PeerCancelSender, PeerCancelServer, advertised_host, no_slot_problem
 from proxy.io.peers import Peers, PeerServer, WorkerIdentity
@@ -42,6 +43,7 @@ from proxy.policy.cache import DecisionCache, Gate
 from proxy.policy.engine import Limits
 from proxy.policy.model import TenantPolicy
 from proxy.protocol import messages as m
+from proxy.protocol.proxyheader import Network, networks
 from proxy.reasons import CloseReason
 from proxy.registry import SessionRef, Tenant, TenantRegistry
 from proxy.session import SessionRow
@@ -71,6 +73,7 @@ class Proxy:
         )
         self.prelogin = PreloginLimiter(lim.max_prelogin_connections_per_address, lim.max_prelogin_connections)
         self.prelogin_log = LogLimiter()
+        self.proxy_senders = proxy_senders(config)
         self.cancels = CancelRegistry()
         self.connections = ConnectionCounts()  # client connections per tenant and user (proxy/limits.py)
         self.slots = QuerySlots()  # max_concurrent_queries: requests running and waiting per tenant
@@ -165,7 +168,9 @@ class Proxy:
         """`config` as this process runs it: `server.workers` is the count of processes actually running (their
         shares of the database budgets follow it; a changed count applies at the next start)."""
         count = 1 if self.worker is None else self.worker.count
-        return config if config.server.workers == count else replace(config, server=ServerConfig(workers=count))
+        if config.server.workers == count:
+            return config
+        return replace(config, server=replace(config.server, workers=count))
 
     def apply_config(self, new: Config, *, keep_unchanged: bool = False) -> list[str]:
         """Blocking half of a reload (discovery and preflight under the new config; `keep_unchanged`: only of the
@@ -237,6 +242,7 @@ class Proxy:
         self.throttle.window = lim.auth_failure_window
         self.prelogin.per_address = lim.max_prelogin_connections_per_address
         self.prelogin.total = lim.max_prelogin_connections
+        self.proxy_senders = proxy_senders(new)
         self.metrics.tenant.preload(sorted(new.tenants))
         by_id = {client.session_id: client for client in self.clients}
         sessions = [SessionRef(row.session_id, row.user, row.admin)
@@ -296,7 +302,7 @@ class Proxy:
         await self._start_registry()
         try:
             self.server = await loop.create_server(
-                lambda: ClientConnection(self),
+                lambda: accept(self),
                 self.config.listen.host,
                 self.config.listen.port if self.worker is None else self.worker.port,
                 reuse_address=True,
@@ -647,6 +653,12 @@ class Proxy:
 
 # The console views merged over worker processes (proxy.clusterview), by their AdminView methods' names.
 CLUSTER_VIEWS = ("clients", "servers", "pools", "stats", "tenants")
+
+
+def proxy_senders(config: Config) -> tuple[Network, ...] | None:
+    """The balancers whose PROXY protocol v2 header is believed (None: `[server] proxy_protocol = "off"`)."""
+    server = config.server
+    return networks(server.proxy_protocol_from) if server.proxy_protocol == "v2" else None
 
 
 class StartupError(RuntimeError):

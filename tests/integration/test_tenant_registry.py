@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from proxy.auth.scram import make_verifier
+from tests.support.balancer import Forwarder
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess, prepare_backend
@@ -361,47 +362,6 @@ def test_the_registry_schema_is_refused_to_a_tenant_whose_database_holds_it(
 PEER_SECRET = "0123456789abcdef0123456789abcdef-test"
 
 
-class Balancer:
-    """A TCP load balancer in miniature: the first connection goes to `first`, every later one (a client's cancel
-    connection) to `then` -- the case a real balancer produces at random. While `frozen` it moves no byte and
-    closes nothing: a silent partition (a blackholed route, a dead NAT entry) as the proxy sees it."""
-
-    def __init__(self, first: int, then: int) -> None:
-        self.targets = [first, then]
-        self.frozen = False
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            target = self.targets[min(self.accepted, 1)]
-            self.accepted += 1
-            upstream = socket.create_connection(("127.0.0.1", target))
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                while self.frozen:
-                    time.sleep(0.05)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 @contextlib.contextmanager
 def two_instances(pg: PgCluster, registry: str, tmp_path: Path,
                   a_workers: int = 1) -> Iterator[tuple[ProxyProcess, ProxyProcess]]:
@@ -428,7 +388,7 @@ def replicas(pg: PgCluster, registry: str, tmp_path: Path) -> Iterator[tuple[Pro
 def _cancelled_through(first: ProxyProcess, then: ProxyProcess, pg: PgCluster) -> int:
     """A psycopg session served by `first` whose cancel lands on `then`: the query ends cancelled, the session goes
     on. The session's cancel-key process id."""
-    lb = Balancer(first.port, then.port)
+    lb = Forwarder(first.port, then=then.port)  # the session on `first`, its cancel on `then`
     tag = f"pg_sleep(60.{time.time_ns() % 1000:03d})"
     try:
         with psycopg.connect(first.dsn("alice", port=lb.port), autocommit=True) as conn:
@@ -569,7 +529,7 @@ def test_a_silent_partition_of_the_registry_path_is_noticed(pg: PgCluster, regis
     """Red team 9b N2: the watch's round trip had no timeout, so a registry path that went silent kept the proxy
     `registry_current` (a removed user logging in) until the kernel gave up (~15 min). Now the overdue round trip
     is a lost connection: /readyz 503, then reconnect and reload once the path is back."""
-    path = Balancer(pg.port, pg.port)
+    path = Forwarder(pg.port)
     p = _proxy(pg, tmp_path, psycopg.conninfo.make_conninfo(registry, host="127.0.0.1", port=path.port))
     p.start()
     try:

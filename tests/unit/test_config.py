@@ -333,6 +333,28 @@ def test_bad_workers_name_the_key(tmp_path: Path, value: object, message: str) -
         load(raw, tmp_path)
 
 
+def test_proxy_protocol_and_its_senders(tmp_path: Path) -> None:
+    server = load(base(), tmp_path).server  # type: ignore[attr-defined]
+    assert (server.proxy_protocol, server.proxy_protocol_from) == ("off", ())
+    raw = base()
+    raw["server"] = {"proxy_protocol": "v2", "proxy_protocol_from": ["10.0.0.7", "10.1.2.3/16", "2001:db8::/32"]}
+    server = load(raw, tmp_path).server  # type: ignore[attr-defined]
+    assert server.proxy_protocol_from == ("10.0.0.7/32", "10.1.0.0/16", "2001:db8::/32")
+
+
+@pytest.mark.parametrize(("server", "message"), [
+    ({"proxy_protocol": "v1"}, 'server.proxy_protocol: expected "off" or "v2"'),
+    ({"proxy_protocol": "v2"}, "server.proxy_protocol_from: list the load balancers"),
+    ({"proxy_protocol": "v2", "proxy_protocol_from": ["balancer.internal"]}, "is not an address or network"),
+    ({"proxy_protocol_from": "10.0.0.0/8"}, "server.proxy_protocol_from: expected list"),
+])
+def test_bad_proxy_protocol_settings_name_the_key(tmp_path: Path, server: dict, message: str) -> None:
+    raw = base()
+    raw["server"] = server
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(raw, tmp_path)
+
+
 def test_database_budgets_are_split_between_workers(tmp_path: Path) -> None:
     raw = base()
     raw["server"] = {"workers": 4}
