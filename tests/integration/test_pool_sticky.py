@@ -69,10 +69,12 @@ def test_another_client_gets_the_kept_server_at_once_and_nothing_of_its_session(
         for i in range(4):
             assert pid(b) == server  # taken back from A, given to B (one server)
             assert b.execute("SHOW DateStyle").fetchone() == ("ISO, MDY",)
+            assert b.info.parameter_status("DateStyle") == "ISO, MDY"  # (its own ParameterStatus, never A's)
             assert b.execute("SHOW application_name").fetchone() != ("client-a",)
             assert b.execute("SELECT %s::int + 1", (i,), prepare=True).fetchone() == (i + 1,)
             assert pid(a) == server
             assert a.execute("SHOW DateStyle").fetchone() == ("German, DMY",)
+            assert a.info.parameter_status("DateStyle") == "German, DMY"
             assert a.execute("SHOW application_name").fetchone() == ("client-a",)
             assert a.execute("SELECT %s::text || 'a'", (str(i),), prepare=True).fetchone() == (f"{i}a",)
         row = pool_row(one)

@@ -4,6 +4,7 @@ pool takes the server back it does what the release would have done."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ from proxy.session import ClientSession, State
 from tests.support.sessions import frames, make_config, server_for
 from tests.unit.test_limits import session as limits_session
 from tests.unit.test_session_pooling import _log_in, done, kinds, query, relayed
+from tests.unit.test_session_routing import Clock, routed_config
+from tests.unit.test_session_routing import request as routed_request
+from tests.unit.test_session_routing import session as routed_session
 
 
 def _session(tmp_path: Path, **pool: object) -> ClientSession:
@@ -119,3 +123,13 @@ def test_a_session_that_needs_a_turn_per_request_gives_its_server_back(tmp_path:
     s.server_attached(server_for(s))
     out = s.server_data(done("SELECT 1"))
     assert ReleaseSlot("acme", 1) in out and kinds(out)[-1] is ReleaseServer and not s.may_resume()
+
+
+def test_a_routed_session_gives_its_server_back_at_each_ready_for_query(tmp_path: Path) -> None:
+    """Read replicas: the route is decided from each request's text; a kept replica server could get a write."""
+    cfg = routed_config(tmp_path)
+    cfg = replace(cfg, pool=replace(cfg.pool, sticky_servers=True))
+    s, _ = routed_session(cfg, Clock())
+    assert kinds(s.server_attached(server_for(s)))[-1] is ReleaseServer  # the login's server: given back at once
+    routed_request(s, "SELECT 1", "r1")  # (it asserts the ReleaseServer and the idle session)
+    assert not s.may_resume()
