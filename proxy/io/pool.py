@@ -119,9 +119,9 @@ class Pool:
     # --- sticky servers (docs/pinning.md) -------------------------------------------------------
 
     def keep(self, link: ServerLink, client: ClientConnection) -> bool:
-        """`client` releases `link` at ReadyForQuery 'I' and would keep it (KeepServer): idle in the pool, but its
-        socket is not read by anyone (the client's relay is not, the link does not either: it is the client's
-        until taken back) and it stays installed in the client; False (nothing done) if the pool wants it now."""
+        """`client` releases `link` at ReadyForQuery 'I' and would keep it (KeepServer): idle in the pool, its socket
+        read by the link itself as an idle link's, while it stays installed in the client until it is reused or
+        taken back (TakeBack); False (nothing done) if the pool wants it now."""
         if not self.manager.keep(link.server.id, id(client), self.clock()):
             return False
         link.owner = None
@@ -130,10 +130,11 @@ class Pool:
 
     def reuse(self, link: ServerLink, client: ClientConnection) -> bool:
         """`client`'s next request: it holds the server kept for it again, if the pool lets it (else `take_back`)."""
-        if link.closed or not self.manager.reuse(id(client), link.server.id, self.clock()):
+        now = self.clock()
+        if link.closed or not self.manager.reuse(id(client), link.server.id, now):
             return False
         link.owner = client
-        link.server.last_used = self.clock()
+        link.server.last_used = now
         return True
 
     def take_back(self, link: ServerLink, client: ClientConnection) -> None:
