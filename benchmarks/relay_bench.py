@@ -110,7 +110,7 @@ class _Transport:
         pass
 
 
-def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session") -> Proxy:
+def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session", sticky: bool = True) -> Proxy:
     (workdir / "secrets.toml").write_text(f'[users]\nivan = "{make_verifier("pw")}"\nalice = "{make_verifier("pw")}"\n')
     config = parse_config({
         "secrets_file": "secrets.toml",
@@ -121,7 +121,7 @@ def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session") -> Pr
         },
         "users": {"ivan": {"tenant": "initech"}, "alice": {"tenant": "acme"}},
         "audit": {"enabled": audit, "file": str(workdir / "audit.log")},
-        **({"pool": {"pool_mode": "transaction"}} if pool_mode == "transaction" else {}),
+        **({"pool": {"pool_mode": "transaction", "sticky_servers": sticky}} if pool_mode == "transaction" else {}),
     }, base=workdir)
     proxy = Proxy(config)
     for policy in POLICIES.values():
@@ -163,7 +163,8 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
 
 def pooled_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
     """As `relaying_pair`, in transaction pooling: one idle server in the proxy's real pool (io/pool.py and the
-    pool manager), which the session gets at each transaction's first read and gives back at its ReadyForQuery."""
+    pool manager), which the session gets at each transaction's first read and gives back at its ReadyForQuery
+    (with sticky servers, the default, it keeps it idle in the pool and reuses it: `--no-sticky` for the handoff)."""
     tenant = POLICIES[strategy].tenant
     conn, session = _logged_in(proxy, tenant)
     request = server_request(proxy.config, tenant)
@@ -188,7 +189,7 @@ def pooled_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnectio
     else:
         conn.data_received(client(0))
         link.data_received(answer)
-    assert conn.relay is not None and session.state is State.IDLE, session.state
+    assert conn.relay is not None and (session.state is State.IDLE or session.row().state == "idle"), session.state
     conn._relay_client()  # (the client's transport reads into the relay once its startup is answered)
     return conn, link
 
@@ -213,7 +214,7 @@ def run(conn: ClientConnection, link: ServerLink, client: Callable[[int], bytes]
 async def _main(args: argparse.Namespace) -> int:
     configure_logs("warning")  # as in production at "info", minus the per-connection lines
     with tempfile.TemporaryDirectory() as tmp:
-        proxy = _proxy(Path(tmp), args.audit, args.pool_mode)
+        proxy = _proxy(Path(tmp), args.audit, args.pool_mode, not args.no_sticky)
         pair = pooled_pair if args.pool_mode == "transaction" else relaying_pair
         if args.count:
             mode, _, n = args.count.partition(":")
@@ -225,6 +226,8 @@ async def _main(args: argparse.Namespace) -> int:
         print("|---|---|---:|")
         for strategy in args.strategy:
             for mode in args.modes:
+                if args.pool_mode == "transaction":  # (a pool of its own: the last pair's server may be kept for it)
+                    proxy = _proxy(Path(tmp), args.audit, args.pool_mode, not args.no_sticky)
                 conn, link = pair(proxy, strategy, mode)
                 client, server = conversation(mode)
                 run(conn, link, client, server, 0, min(1000, args.txns))  # warm the caches
@@ -241,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategy", type=lambda s: s.split(","), default=["database", "shared"])
     ap.add_argument("--count", metavar="MODE:N", help="run N transactions of MODE once (for callgrind)")
     ap.add_argument("--audit", action="store_true", help="with the audit log on (written to a temporary file)")
+    ap.add_argument("--no-sticky", action="store_true",
+                    help="with --pool-mode transaction: [pool] sticky_servers = false (the server goes back to the "
+                         "pool at each ReadyForQuery 'I' and is taken again at the next request)")
     ap.add_argument("--pool-mode", choices=["session", "transaction"], default="session",
                     help="transaction: the session gets its server from the real pool and gives it back per "
                          "transaction (the handoff's cost); session: it holds one throughout")

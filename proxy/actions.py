@@ -118,6 +118,13 @@ class ReleaseServer:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepServer:
+    """Transaction pooling at ReadyForQuery 'I' (nothing in flight, no pin): the server goes back to the pool (idle,
+    anyone may have it) but stays with the session while nobody needs it; the session's next request reuses it, or
+    the session hears `server_taken` (then it asks the pool as after a ReleaseServer)."""
+
+
+@dataclass(frozen=True, slots=True)
 class AwaitAdmission:
     """An agent's statement is held for its admission (the proxy's EXPLAIN of it): the client is not read until its
     `AgentAdmission` (what it sends meanwhile would only be held)."""
@@ -263,7 +270,7 @@ class ServerFailed:
 
 Action = (
     SendClient | SendServer | RelayToServer | RelayToClient | StartClientTls | StartServerTls | AdminLogin
-    | ConnectBackend | AcquireServer | ReleaseServer | StartRelay | LoginStarted
+    | ConnectBackend | AcquireServer | ReleaseServer | KeepServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
     | SessionPinned | SessionUnpinned | LimitReached | CancelQuery | WatchLimits
     | AcquireSlot | ReleaseSlot | BatchWithoutSync | AwaitAdmission | AgentAdmission

@@ -264,6 +264,7 @@ class PoolConfig:
     server_check_delay: float = 30.0  # an idle server idle this long is checked (empty query) before reuse
     query_wait_timeout: float = 120.0  # a client waiting this long for a server gets an error
     max_pin_time: float = 600.0  # a session pinned (or its server held without a Sync) longer is logged once
+    sticky_servers: bool = True  # transaction pooling: a released server stays with its session until needed
     statement_cache: bool = False
     statement_cache_size: int = 500  # statements per server
     statement_cache_bytes: int = 4 * 1024 * 1024  # statement text bytes per server

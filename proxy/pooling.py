@@ -146,6 +146,15 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class TakeBack:
+    """Server `server` was kept for `client` after its release (sticky, idle in the pool): the pool takes it back
+    now, before any other use of it in the actions that follow (the client's session lets go of it)."""
+
+    client: Hashable
+    server: int
+
+
+@dataclass(frozen=True, slots=True)
 class Check:
     """Run the health check (an empty query) on server `server`; answered with `checked`."""
 
@@ -159,7 +168,7 @@ class Reset:
     server: int
 
 
-PoolAction = Connect | Grant | Refuse | Close | Drain | Check | Reset
+PoolAction = Connect | Grant | Refuse | Close | Drain | Check | Reset | TakeBack
 
 
 class Closing(enum.StrEnum):
@@ -235,6 +244,7 @@ class Server:
     cancel_lost: bool = False  # a cancel's connection failed: PostgreSQL may still act on it, so it is closed
     pinned: bool = False
     opened_for: str = ""  # the tenant whose waiter made it be opened (a failed connect refuses that one)
+    sticky: Hashable | None = None  # idle, but kept for this client (its last holder) until anyone needs it
 
 
 @dataclass(slots=True, eq=False)
@@ -398,6 +408,61 @@ class PoolManager:
         else:
             self._make_idle(server, Event.RELEASE, now, out)
         return out + self._dispatch(now)
+
+    # --- sticky servers: a released server stays with its client until anyone needs it -------------------------
+
+    def keep(self, server_id: int, client: Hashable, now: float) -> bool:
+        """The client holding the server releases it at ReadyForQuery 'I' with nothing in flight and no reset due,
+        asking to keep it: it is idle from now on (counted so, in the idle lists for anyone: a waiter, the budget's
+        LRU close, the timers, a reload or a drain take it back first with TakeBack) but kept for `client` (sticky).
+        Only while nobody waits and it would go straight back to the idle list; False (nothing done) if not: the
+        client releases it (`released`)."""
+        server = self.servers.get(server_id)
+        if (server is None or server.state is not State.ACTIVE or server.owner != client or self._active
+                or server.pool.retired or server.cancels or server.cancelled or server.cancel_lost
+                or now - server.created >= self.config.pool.server_lifetime):
+            return False
+        del self._held[client]
+        server.owner = None
+        server.pinned = False
+        server.pool.active -= 1
+        _transition(server, Event.RELEASE, now)
+        server.last_used = now
+        self._index_idle(server)
+        server.sticky = client
+        return True
+
+    def reuse(self, client: Hashable, server_id: int, now: float) -> bool:
+        """`client` has a request for the server kept for it: it holds it again at once, with no wait, if it is
+        still kept for it, nobody waits for any server (else the client asks again as everyone does, in fair
+        order) and it needs no health check; False if not (then the caller takes it back: `take_back`)."""
+        server = self.servers.get(server_id)
+        if (server is None or server.sticky != client or self._active or server.pool.retired or server.cancels
+                or server.cancelled or now - server.last_used >= self.config.pool.server_check_delay):
+            return False
+        server.sticky = None
+        self._give(server, client, now)
+        return True
+
+    def take_back(self, server_id: int, client: Hashable) -> None:
+        """The client the server is kept for lets go of it (its request asks the pool anew): plain idle."""
+        server = self.servers.get(server_id)
+        if server is not None and server.sticky == client:
+            server.sticky = None
+
+    def dispatch(self, now: float) -> list[PoolAction]:
+        """Serve whoever waits, if anything can be done (after a server kept for a client was taken back)."""
+        return self._dispatch(now) if self._active else []
+
+    def reclaim(self, client: Hashable, server_id: int, now: float) -> bool:
+        """The client the server is kept for leaves: it holds it again, whoever waits, for its `released` (its
+        reset or close) to follow; False if it is not kept for it any more."""
+        server = self.servers.get(server_id)
+        if server is None or server.sticky != client or server.state is not State.IDLE:
+            return False
+        server.sticky = None
+        self._give(server, client, now)
+        return True
 
     def connected(self, server_id: int, now: float) -> list[PoolAction]:
         """A new server finished its startup (ReadyForQuery 'I')."""
@@ -700,6 +765,7 @@ class PoolManager:
         while pool.idle:
             server = pool.idle[next(reversed(pool.idle))]
             self._not_idle(server)
+            self._unstick(server, out)
             if now - server.last_used >= check_delay:
                 self._begin(server, Event.CHECK, now)
                 out.append(Check(server.id))
@@ -838,8 +904,15 @@ class PoolManager:
         out.append(Connect(server.id, request))
 
     def _close(self, server: Server, reason: Closing, out: list[PoolAction]) -> None:
+        self._unstick(server, out)
         self._forget(server)
         out.append(Close(server.id, reason))
+
+    def _unstick(self, server: Server, out: list[PoolAction]) -> None:
+        """The pool needs a server kept for a client (sticky): taken back first, before anything else is done."""
+        if server.sticky is not None:
+            out.append(TakeBack(server.sticky, server.id))
+            server.sticky = None
 
     def _forget(self, server: Server) -> None:
         if self.servers.pop(server.id, None) is None:

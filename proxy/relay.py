@@ -55,8 +55,8 @@ class ClientRelay(_SocketEvents):
     """
 
     __slots__ = (
-        "audit", "audit_prefix", "bytes_flushed", "bytes_in", "bytes_out", "client", "end_user", "metrics_enabled",
-        "recorder", "server", "session", "stats",
+        "audit", "audit_prefix", "bytes_flushed", "bytes_in", "bytes_out", "client", "end_user", "kept",
+        "metrics_enabled", "recorder", "server", "session", "stats",
     )
 
     def __init__(
@@ -78,10 +78,13 @@ class ClientRelay(_SocketEvents):
         self.audit = audit  # the audit log, if on: a line per request, with the session's fields `audit_prefix`
         self.audit_prefix = audit_prefix
         self.end_user = end_user  # the startup packet's end-user claim (else the SQL's, per request)
+        self.kept = False  # the session's server is kept for it (sticky): its next read asks the pool first
 
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         try:
+            if self.kept:
+                self.owner.resume_kept()
             actions = self.session.client_data(data)
         except Exception:
             self.owner.internal_error()

@@ -24,6 +24,7 @@ from proxy.actions import (
     CancelQuery,
     CloseClient,
     ConnectBackend,
+    KeepServer,
     LimitReached,
     Login,
     RelayToClient,
@@ -260,7 +261,8 @@ class ClientSession:
         "_open_batch", "_overrides",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_slot_held", "_slot_queue",
-        "_sql_prepared", "_startup_settings", "_startup_status", "_statement_memo", "_timed_out", "_tracking",
+        "_sql_prepared", "_startup_settings", "_startup_status", "_statement_memo", "_sticky", "_timed_out",
+        "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -364,6 +366,7 @@ class ClientSession:
         self._reset_names: set[str] = _NO_NAMES  # type: ignore[assignment]
         self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
+        self._sticky = False  # transaction pooling: the released server is kept for the session (KeepServer)
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
         self._live = False  # the decided Parse reads pg_prepared_statements (Statements renders it at each use)
@@ -699,6 +702,8 @@ class ClientSession:
         """What the session is now, as plain data."""
         info, login = self.info, self.login
         state = login.state.value if login is not None and self.state is State.LOGIN else self.state.value
+        if self._sticky:  # (its server is kept for it, idle in the pool: between requests, as an idle session)
+            state = State.IDLE.value
         return SessionRow(info.session_id, info.user, info.tenant, info.application_name, info.client_address,
                           info.tls, state, info.tx_status.decode(), login is not None and login.is_admin)
 
@@ -957,6 +962,9 @@ class ClientSession:
         if self.pooled:
             actions += self._pin_actions(pins)
             if not pins:
+                if self._may_keep(desired):
+                    self._sticky = True
+                    return [*actions, KeepServer()]
                 return actions + self._release()
         if desired is not None and desired != self._applied:
             replay = _settings_diff(self._applied, desired)
@@ -1019,10 +1027,41 @@ class ClientSession:
         self._idle_memos()
         return self._give_back(reusable=True, reset=False)
 
+    # --- sticky servers (docs/pinning.md): a released server stays with the session while nobody needs it -------
+
+    def _may_keep(self, desired: dict[str, str] | None) -> bool:
+        """At the release: whether the session may keep its server (KeepServer) instead of giving it back: its
+        settings are on it as they are (no replay due), and no per-request choice of a server (read replicas, an
+        agent's read-only servers) or turn (max_concurrent_queries) stands between its requests and that server."""
+        return (self.config.pool.sticky_servers and self.routing is None and self.agent is None
+                and not self._gate_slot and (desired is None or desired == self._applied))
+
+    def may_resume(self) -> bool:
+        """Whether the session's next request may run on the server kept for it: not while it needs a turn first
+        (max_concurrent_queries: a held server waiting for a turn could wait for a server a turn holder needs)."""
+        return self._sticky and not self._gate_slot
+
+    def server_resumed(self) -> list[Action]:
+        """Event: the session holds the server kept for it again (its next request is about to be read): no replay,
+        no statement placement, no sequence discard, since nobody else has used that server meanwhile."""
+        self._sticky = False
+        return []
+
+    def server_taken(self) -> list[Action]:
+        """Event: the pool took back the server kept for the session (someone needed it, a timer or a reload closed
+        it, or the session's next request asks the pool anew): what the release at its ReadyForQuery 'I' did is done
+        now (the session is between requests: nothing of its own is in flight to that server)."""
+        if not self._sticky:
+            return []
+        self._sticky = False
+        self._release()  # (its ReleaseServer is not run: the pool has the server already)
+        return []
+
     def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None,
                    busy: bool = False) -> list[Action]:
         """The server leaves the session: it records the settings the session left on it."""
         server, self.server = self.server, None
+        self._sticky = False
         if server is None:
             return []
         if self.statements is not None:

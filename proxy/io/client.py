@@ -26,6 +26,7 @@ from proxy.actions import (
     CloseClient,
     ConnectBackend,
     ForwardCancel,
+    KeepServer,
     LimitReached,
     Login,
     LoginStarted,
@@ -70,7 +71,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full", "_connect",
-        "_decision", "_gauge", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
+        "_decision", "_gauge", "_kept", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
         "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
         "authenticated", "closed", "link", "login", "proxy", "relay", "session", "session_id", "started", "tenant",
         "transport", "via",
@@ -104,6 +105,7 @@ class ClientConnection(asyncio.Protocol):
         self.tenant: Tenant | None = None  # the tenant identity (ConnectBackend)
         self._connect: ConnectBackend | None = None  # where the session's server connection goes
         self._waiting_server = False  # the pool was asked for a server (the client is not read meanwhile)
+        self._kept = False  # `link` is idle in the pool but kept for this session (KeepServer: docs/pinning.md)
         self._relaying = False  # the session's startup was answered: the client transport reads into the relay
         self._pinned_at: float | None = None  # since when the session is pinned to its server (transaction pooling)
         self._pin_timer: asyncio.TimerHandle | None = None
@@ -254,13 +256,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._client_full = True
-        if self.link is not None and self.link.transport is not None:
+        if self.link is not None and self.link.transport is not None and not self._kept:
             with contextlib.suppress(Exception):
                 self.link.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._client_full = False
-        if self.link is not None and self.link.transport is not None and not self.link.closed:
+        if self.link is not None and self.link.transport is not None and not self.link.closed and not self._kept:
             with contextlib.suppress(Exception):
                 self.link.transport.resume_reading()
 
@@ -408,12 +410,68 @@ class ClientConnection(asyncio.Protocol):
         link, self.link = self.link, None
         if link is None:
             return
+        kept = self._unkeep()
         if self.relay is not None:
             self.relay.server = None
         self._backpressure = False
         self.proxy.pool.release(link, reusable=action.reusable, reset=action.reset, reason=action.reason,
-                                busy=action.busy)
+                                busy=action.busy, kept_for=self if kept else None)
         self._update_reading()
+
+    # --- sticky servers: the released server stays installed while nobody needs it (docs/pinning.md) ----------
+
+    def _keep(self) -> None:
+        """KeepServer: the server goes back to the pool but stays installed here until the pool takes it back
+        (`taken_back`) or the next request reuses it (`resume_kept`); if the pool wants it now, it is released."""
+        link = self.link
+        if link is None:
+            return
+        self._batch_without_sync(False)
+        if not self.proxy.pool.keep(link, self):
+            self.run(self.session.server_taken())  # type: ignore[union-attr]  # (what the release records, first)
+            self._release(ReleaseServer(reusable=True, reset=False))
+            return
+        self._kept = True
+        self.relay.kept = True  # type: ignore[union-attr]  # (its next read asks resume_kept first)
+        if self._client_full and link.transport is not None and not link.closed:
+            link.transport.resume_reading()  # (an idle link reads its own socket)
+
+    def _unkeep(self) -> bool:
+        """The session's server is no longer kept for it; whether it was."""
+        if not self._kept:
+            return False
+        self._kept = False
+        if self.relay is not None:
+            self.relay.kept = False
+        return True
+
+    def resume_kept(self) -> None:
+        """Client bytes while the session's server is kept for it (before the session reads them): it holds the
+        server again if the pool lets it, else lets go of it first (the session then asks the pool anew)."""
+        self._unkeep()
+        link, session = self.link, self.session
+        assert link is not None and session is not None
+        if session.may_resume() and self.proxy.pool.reuse(link, self):
+            link.owner, link.relay = self, self.relay
+            if self._client_full and link.transport is not None:
+                link.transport.pause_reading()
+            self.run(session.server_resumed())
+            return
+        self._let_go_kept(link)
+        self.proxy.pool.take_back(link, self)
+
+    def taken_back(self, link: ServerLink) -> None:
+        """The pool takes back the server kept for this session (it needs it now, before it does anything with it)."""
+        if self.link is link and self._unkeep():
+            self._let_go_kept(link)
+
+    def _let_go_kept(self, link: ServerLink) -> None:
+        self.link = None
+        if self.relay is not None:
+            self.relay.server = None
+        self._backpressure = False
+        if self.session is not None:
+            self.run(self.session.server_taken())
 
     def _pinned(self, reason: str) -> None:
         """The session is pinned to its server for `reason` (counted); a pin held past max_pin_time is logged once."""
@@ -480,6 +538,8 @@ class ClientConnection(asyncio.Protocol):
                     self._bytes_out += write_chunks(self.transport, action.chunks)
             elif isinstance(action, ReleaseServer):  # (these two come once per transaction in transaction pooling)
                 self._release(action)
+            elif isinstance(action, KeepServer):
+                self._keep()
             elif isinstance(action, AcquireServer):
                 self._request_server(action.request, action.route)
             elif isinstance(action, SendClient):

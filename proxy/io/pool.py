@@ -28,6 +28,7 @@ from proxy.pooling import (
     Reset,
     ServerRequest,
     State,
+    TakeBack,
     replica_key,
 )
 from proxy.reasons import CloseReason
@@ -100,7 +101,12 @@ class Pool:
             self._run(self.manager.withdraw(id(client), self.clock()))
 
     def release(self, link: ServerLink, *, reusable: bool, reset: bool, reason: CloseReason | None = None,
-                busy: bool = False) -> None:
+                busy: bool = False, kept_for: ClientConnection | None = None) -> None:
+        if kept_for is not None:  # the server was kept for its client, who leaves: it holds it again to release it
+            if not self.manager.reclaim(id(kept_for), link.server.id, self.clock()):
+                self._clients.pop(id(kept_for), None)
+                return  # (taken back meanwhile, or gone: nothing of the client's is on it)
+            link.owner = kept_for
         owner = link.owner
         if owner is not None:
             self._clients.pop(id(owner), None)
@@ -109,6 +115,33 @@ class Pool:
             reusable = busy = False
         self._run(self.manager.released(link.server.id, reusable=reusable, reset=reset, now=self.clock(),
                                         busy=busy))
+
+    # --- sticky servers (docs/pinning.md) -------------------------------------------------------
+
+    def keep(self, link: ServerLink, client: ClientConnection) -> bool:
+        """`client` releases `link` at ReadyForQuery 'I' and would keep it (KeepServer): idle in the pool, its socket
+        read by the link itself as an idle link's, while it stays installed in the client until it is reused or
+        taken back (TakeBack); False (nothing done) if the pool wants it now."""
+        if not self.manager.keep(link.server.id, id(client), self.clock()):
+            return False
+        link.owner = None
+        link.relay = None  # (an idle link reads its socket itself: anything unasked for closes it)
+        return True
+
+    def reuse(self, link: ServerLink, client: ClientConnection) -> bool:
+        """`client`'s next request: it holds the server kept for it again, if the pool lets it (else `take_back`)."""
+        now = self.clock()
+        if link.closed or not self.manager.reuse(id(client), link.server.id, now):
+            return False
+        link.owner = client
+        link.server.last_used = now
+        return True
+
+    def take_back(self, link: ServerLink, client: ClientConnection) -> None:
+        """`client` lets go of the server kept for it (its session has recorded what it left on it)."""
+        self._clients.pop(id(client), None)
+        self.manager.take_back(link.server.id, id(client))
+        self._run(self.manager.dispatch(self.clock()))
 
     def pinned(self, link: ServerLink, pinned: bool) -> None:
         """The session holding `link` is pinned to it, or no longer (SHOW POOLS / SERVERS)."""
@@ -266,6 +299,11 @@ class Pool:
                     link.terminate()
             elif isinstance(action, Drain):
                 self._drain(action.server)
+            elif isinstance(action, TakeBack):  # (always before the action that needs the server)
+                client = self._clients.pop(action.client, None)  # type: ignore[call-overload]
+                link = self.links.get(action.server)
+                if client is not None and link is not None:
+                    client.taken_back(link)
             elif isinstance(action, Reset):
                 self._own_query(action.server, "reset")
             elif isinstance(action, Check):

@@ -18,12 +18,13 @@ from proxy.session import ClientSession
 def make_config(tmp_path: Path, pool: dict[str, object] | None = None, **limits: object) -> Config:
     """Tenant acme (shared strategy) on backend main, user alice with password "pw"; `limits` as [limits], `pool`
     as [pool], in session pooling unless `pool` says otherwise (these conversations hold one server throughout;
-    transaction pooling's are in test_session_pooling.py)."""
+    transaction pooling's are in test_session_pooling.py), without sticky servers unless `pool` asks for them (the
+    scripted conversations give the server back at each ReadyForQuery 'I'; test_session_sticky.py keeps it)."""
     (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
     return parse_config(
         {
             "secrets_file": "s.toml",
-            "pool": {"pool_mode": "session", **(pool or {})},
+            "pool": {"pool_mode": "session", "sticky_servers": False, **(pool or {})},
             "limits": dict(limits),
             "backends": {"main": {}},
             "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"}},

@@ -22,6 +22,7 @@ from proxy.pooling import (
     PoolManager,
     Refuse,
     Reset,
+    TakeBack,
     replica_key,
     server_request,
 )
@@ -685,3 +686,114 @@ def test_a_reload_retiring_pools_with_only_idle_servers(tmp_path: Path) -> None:
     out = s.pm.reconfigure(config(tmp_path / "x", a={"tenant_id": "a2"}, b={"tenant_id": "b2"}))
     assert out == [Close(idle, Closing.RETIRED), Close(other, Closing.RETIRED)]
     assert s.pm.rows(s.now) == []
+
+
+# --- sticky servers: a released server kept for its client until anyone needs it ---------------------------------
+
+
+def keep(s: Script, client: str) -> int:
+    """`client` releases its server at ReadyForQuery 'I' asking to keep it (KeepServer); the server's id."""
+    server = s.pm.holding(client)
+    assert server is not None and s.pm.keep(server, client, s.now)
+    return server
+
+
+def test_a_kept_server_counts_as_idle_and_its_client_reuses_it_with_no_grant(tmp_path: Path) -> None:
+    s = Script(config(tmp_path))
+    server = keep(s, "a1") if s.hold("a1") else 0
+    [row] = s.pm.rows(s.now)
+    assert (row.cl_active, row.sv_active, row.sv_idle) == (0, 0, 1)  # SHOW POOLS: idle, nobody holds it
+    assert s.pm.holding("a1") is None  # a cancel of a1 now reaches nothing
+    s.now = 1.0
+    assert s.pm.reuse("a1", server, s.now) and s.pm.holding("a1") == server
+    assert (s.pm.rows(s.now)[0].sv_active, s.pm.rows(s.now)[0].sv_idle) == (1, 0)
+    assert not s.pm.reuse("a1", server, s.now)  # (held: not kept any more)
+
+
+def test_another_client_of_the_pool_takes_a_kept_server_at_once_after_its_take_back(tmp_path: Path) -> None:
+    """A waiter of the same pool is never kept waiting by a sticky server: the take-back comes first, in the same
+    list of actions as the grant (no await between them in the I/O layer)."""
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    s.hold("a1")
+    server = keep(s, "a1")
+    assert s.request("a2") == [TakeBack("a1", server), Grant("a2", server, 0.0)]
+    assert not s.pm.reuse("a1", server, s.now)  # a1's next request asks the pool as anyone does
+    s.pm.take_back(server, "a1")
+    assert s.request("a1") == [] and s.pm.is_waiting("a1")
+    assert s.release("a2") == [Grant("a1", server, 0.0)]
+
+
+def test_a_server_is_not_kept_while_anyone_waits_or_when_it_must_not_be_reused_as_is(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1, "server_lifetime": 100}))
+    server = s.hold("a1")
+    s.request("a2")
+    assert not s.pm.keep(server, "a1", s.now)  # a2 waits: released as usual, and a2 gets it
+    assert s.release("a1") == [Grant("a2", server, 0.0)]
+    assert not s.pm.keep(server, "a1", s.now)  # not a1's
+    s.pm.cancel_started(server)
+    assert not s.pm.keep(server, "a2", s.now)  # a cancel in flight: released, then checked (existing rules)
+    s.pm.cancel_done(server, s.now)
+    s.release("a2")
+    s.connect_all([Check(server)])
+    s.hold("a3")
+    s.now = 100.0
+    assert not s.pm.keep(server, "a3", s.now)  # past its lifetime: closed at its release
+    assert s.release("a3") == [Close(server, Closing.LIFETIME)]
+
+
+def test_a_kept_server_is_not_reused_while_another_tenant_waits_on_the_budget(tmp_path: Path) -> None:
+    """Fairness across tenants: while anyone waits, the sticky client asks in the fair queue like everyone."""
+    s = Script(config(tmp_path, pool={"max_db_connections": 2}))
+    s.hold("a1")
+    a_server = keep(s, "a1")
+    s.hold("b1")
+    assert s.request("b2") == []  # the budget is full; a's kept server is kept for a (within its share, recent)
+    assert not s.pm.reuse("a1", a_server, s.now)  # b2 waits: a1 asks in the fair queue
+    s.pm.take_back(a_server, "a1")
+    out = s.connect_all(s.request("a1"))
+    assert grants(out) == ["a1"] and out[-1].server == a_server  # (a's own idle server, in fair order)
+
+
+def test_the_budget_closes_a_kept_server_for_another_tenant_after_taking_it_back(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"max_db_connections": 1}))
+    s.hold("a1")
+    server = keep(s, "a1")
+    s.now = KEEP_FOR_TENANT
+    out = s.request("b1")
+    assert kinds(out) == ["TakeBack", "Close", "Connect"] and out[0] == TakeBack("a1", server)
+    assert out[1] == Close(server, Closing.BUDGET)
+
+
+def test_timers_a_reload_and_shutdown_take_a_kept_server_back_before_closing_it(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"server_idle_timeout": 60, "server_check_delay": 30}))
+    s.hold("a1")
+    server = keep(s, "a1")
+    s.now = 30.0
+    assert not s.pm.reuse("a1", server, s.now)  # idle for server_check_delay: asked anew, the pool checks it
+    s.pm.take_back(server, "a1")
+    assert s.request("a1") == [Check(server)]
+    assert s.pm.checked(server, True, s.now) == [Grant("a1", server, 0.0)]
+    keep(s, "a1")
+    s.now = 90.0
+    assert s.pm.tick(s.now) == [TakeBack("a1", server), Close(server, Closing.IDLE_TIMEOUT)]
+    s.hold("a2")
+    second = keep(s, "a2")
+    (tmp_path / "x").mkdir()
+    assert s.pm.reconfigure(config(tmp_path / "x", a={"tenant_id": "a2"})) == [
+        TakeBack("a2", second), Close(second, Closing.RETIRED)]
+    s.hold("b1")
+    third = keep(s, "b1")
+    assert s.pm.shutdown() == [TakeBack("b1", third), Close(third, Closing.SHUTDOWN)]
+
+
+def test_a_kept_server_whose_client_leaves_is_reclaimed_for_its_release(tmp_path: Path) -> None:
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    s.hold("a1")
+    server = keep(s, "a1")
+    assert s.pm.reclaim("a1", server, s.now)
+    assert s.release("a1", reset=True) == [Reset(server)]
+    s.pm.reset_done(server, True, s.now)
+    s.hold("a2")
+    keep(s, "a2")
+    s.request("a3")  # takes it back for a3
+    assert not s.pm.reclaim("a2", server, s.now)  # not a2's any more: its leaving does nothing to it
