@@ -1702,7 +1702,10 @@ class ClientSession:
             sent = self._admission_names(adm, held)
             if sent:  # the statement named a hidden schema: its error names the client's
                 hiddennames.fields_back(adm.error, sent, held.sql.lower())
-            refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
+            if sent or self._hidden is not None:  # (the last line: no reserved name sent reaches the client)
+                refusal = self._admission_withheld(adm.error, sent)
+            if refusal is None:
+                refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
         elif adm.plan is not None:
             try:
                 found = admission.estimate(adm.plan)
@@ -2052,6 +2055,14 @@ class ClientSession:
             return []
         prefix = len(admission.EXPLAIN_PREFIX)
         return [(found[0], tuple((end + prefix, added) for end, added in found[1]))]
+
+    def _admission_withheld(self, error: dict[str, str], sent: list[tuple[Any, Any]]) -> PgError | None:
+        """The refusal withholding an admission EXPLAIN's error that still holds a reserved name the session sent."""
+        text = "\x00".join(error.values()).encode()
+        if (self._hidden is not None and self._hidden.leaks(text)) or any(
+                reserved.encode() in text for names, _ in sent for reserved, _ in names):
+            return errors.policy_denied(_ANSWER_WITHHELD)
+        return None
 
     def _bound_names(self, statement: str, body: bytes) -> None:
         """A Bind of a statement Parsed with reserved names: its request's answers name them, and those of the
