@@ -435,7 +435,7 @@ class ClientSession:
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
-        if self._hidden is not None and self.statements is None:  # (_Follow.on_execute calls it itself)
+        if self._hidden is not None and self._hidden.executes and self.statements is None:  # (else _Follow's)
             tracked[m.EXECUTE] = _before(self._executed_names, tracked.get(m.EXECUTE))
         return tracked
 
@@ -2021,9 +2021,6 @@ class ClientSession:
         name them."""
         if self._hidden is None:
             self._hidden = hiddennames.InFlight()
-            if self.statements is None:  # a portal's Execute is answered with its statement's names (H1)
-                front = self.frontend.handlers
-                self.frontend.handlers = {**front, m.EXECUTE: _before(self._executed_names, front.get(m.EXECUTE))}
         names = decision.names if type(decision) is Rewrite else ()
         if names:
             self._hidden.sending(names)
@@ -2068,11 +2065,18 @@ class ClientSession:
         """A Bind of a statement Parsed with reserved names: its request's answers name them, and those of the
         portal's Executes (in this request or a later one of the transaction: `_executed_names`)."""
         assert self._hidden is not None
+        if not self._hidden.portals and statement not in self._hidden.statements:
+            return  # (the common case: nothing to carry, nothing bound before)
         pending = self.tracker.pending
         request = pending[-1] if pending else None
         found = self._hidden.bound(body[:body.index(b"\x00")].decode("utf-8", "replace"), statement, request)
         if found is not None and request is not None:
             self._hidden.add(request, found[0], found[1], pending)
+        if found is not None and not self._hidden.executes:  # from now on its Executes are followed (H1)
+            self._hidden.executes = True
+            if self.statements is None:  # (_Follow.on_execute calls it itself)
+                front = self.frontend.handlers
+                self.frontend.handlers = {**front, m.EXECUTE: _before(self._executed_names, front.get(m.EXECUTE))}
 
     def _executed_names(self, body: bytes) -> None:
         """An Execute of a portal bound to a statement sent with reserved names: its request's answers name them
@@ -2612,7 +2616,8 @@ class _Follow:
     def on_execute(self, body: bytes) -> None:
         if self.execute is not None:
             self.execute(self.session, body)
-        if self.session._hidden is not None:
+        hidden = self.session._hidden
+        if hidden is not None and hidden.portals:
             self.session._executed_names(body)
         self.st.execute(body)
 
