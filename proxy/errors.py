@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 # SQLSTATEs, with PostgreSQL's names (errcodes.txt). The only place in proxy/ a SQLSTATE is written: a test
 # (tests/unit/test_errors.py) scans the tree for SQLSTATE literals elsewhere.
 SUCCESSFUL_COMPLETION = "00000"
+WARNING = "01000"
 SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION = "08001"
 CONNECTION_FAILURE = "08006"
 PROTOCOL_VIOLATION = "08P01"
@@ -266,6 +267,10 @@ backend_settings_unsafe = _register(
 # A denial whose wording a pipelined burst of denials evicted (session.py): still ours, never the backend's.
 denial_evicted = _register("denial_evicted", INSUFFICIENT_PRIVILEGE, "ERROR",
                            "pgtenant: statement denied by the tenant policy")
+# A server notice still naming a hidden schema's reserved name (proxy/hiddennames.py's last-line check; an error is
+# the rule answer_withheld of proxy/policy/rules.py): withheld, never relayed.
+notice_withheld = _register("notice_withheld", WARNING, "WARNING",
+                            "pgtenant: a server notice was withheld (rule answer_withheld)")
 # A statement refused by the tenant policy (a Deny) reads so, with its rule's SQLSTATE and hint (the rule ids are
 # in proxy/policy/rules.py); `statement` names the statement of a string of several.
 POLICY_DENIED = "pgtenant: {statement}{detail} (rule {rule})"

@@ -17,6 +17,19 @@ _CLASSES = frozenset({"42", "3F", "0A", "00", "01"})
 # Only the fields PostgreSQL fills from its message templates with the statement's own names (message, detail,
 # hint); never CONTEXT or an internal query, which may quote a value the statement computed.
 _NAMED_FIELDS = ("M", "D", "H")
+# PostgreSQL's own message shapes that name the statement's objects: the message begins with the kind of object it
+# names (`relation "r.t" does not exist`, `schema "r" does not exist, skipping`, `function r.f() does not exist`,
+# `operator does not exist: r.+`, `cross-database references are not implemented: r.t.c`). A value the statement
+# computed is quoted in other shapes (`unrecognized configuration parameter "…"`, `invalid input syntax …`): never
+# written back (red team 9a2 H7).
+_SHAPES = re.compile(
+    r"(?:relation|schema|type|function|procedure|routine|aggregate|operator(?: class| family)?|collation|conversion"
+    r"|text search (?:configuration|dictionary|parser|template)|sequence|table|view|materialized view|index"
+    r"|foreign table|statistics object|access method|domain|column|tablesample method|improper qualified name"
+    r"|cross-database references are not implemented)\b")
+# Any reserved name's shape: the last-line check once the session has sent more distinct names than it keeps.
+_ANY_RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
+MAX_SENT = 4096  # distinct reserved names a session keeps for the last-line check; past them, any reserved shape
 Names = tuple[tuple[str, str], ...]
 Moved = tuple[tuple[int, int, int], ...]  # (start, end, characters added) of each renamed span: hiding.Renamed
 _PLAIN: tuple[Names, Moved] = ((), ())  # a statement sent without reserved names
@@ -24,14 +37,57 @@ _PLAIN: tuple[Names, Moved] = ((), ())  # a statement sent without reserved name
 
 class InFlight:
     """The reserved names of the requests in flight (each request's own, from the decisions of its statements, so
-    nothing evicts them) and of the prepared statements sent renamed (for their later Bind/Execute)."""
+    nothing evicts them), of the prepared statements sent renamed (for their later Bind/Execute), of the portals
+    bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
+    name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("plain_first", "requests", "statements")
+    __slots__ = ("executes", "plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
         self.statements: dict[str, tuple[Names, Moved]] = {}
         self.plain_first: object = None  # the newest request, when a statement naming nothing hidden came first in it
+        # portal -> the names of its statement and the request that bound it (gone at its Close or when a later
+        # request ends the transaction: portals do not outlive it)
+        self.portals: dict[str, tuple[Names, Moved, object]] = {}
+        self.sent: set[bytes] = set()
+        self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
+        self.executes = False  # a portal was bound to a statement with names: the session follows Executes
+
+    def sending(self, names: Names) -> None:
+        """`names` are sent to PostgreSQL: none of them may reach the client (`leaks`)."""
+        if self.shapes:
+            return
+        sent = self.sent
+        for reserved, _ in names:
+            sent.add(reserved.encode())
+        if len(sent) > MAX_SENT:  # fail closed, never forget one: any reserved name's shape from now on
+            self.shapes = True
+            sent.clear()
+
+    def leaks(self, data: bytes) -> bool:
+        """Whether `data` (a message for the client) holds a reserved name this session sent."""
+        if b"pg_9" not in data:
+            return False
+        if self.shapes:
+            return _ANY_RESERVED.search(data) is not None
+        return any(reserved in data for reserved in self.sent)
+
+    def bound(self, portal: str, statement: str, request: object) -> tuple[Names, Moved] | None:
+        """`portal` is bound (in `request`) to `statement`: its Executes are answered with the statement's names."""
+        found = self.statements.get(statement)
+        if found is None:
+            self.portals.pop(portal, None)
+        else:
+            self.portals[portal] = (found[0], found[1], request)
+        return found
+
+    def ended(self, pending: object) -> None:
+        """A transaction ended: the portals bound by requests answered by now are gone (not those of requests still
+        in `pending`, pipelined behind it)."""
+        portals = self.portals
+        for portal in [p for p, (_, _, r) in portals.items() if r not in pending]:  # type: ignore[operator]
+            del portals[portal]
 
     def add(self, request: object, names: Names, moved: Moved, pending: object) -> None:
         """`request` (in flight) was sent with `names`; the requests no longer in `pending` are forgotten."""
@@ -75,7 +131,8 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
             back = str(position_back(int(position), moved))
             changed = back != position
             fields["P"] = back
-    if fields.get("C", "")[:2] not in _CLASSES:
+    if fields.get("C", "")[:2] not in _CLASSES or "W" in fields or "q" in fields:
+        # (a CONTEXT or internal query: the names are a function body's or dynamic SQL's, not the statement's)
         return changed
     names = {reserved: name for pairs, _ in sent for reserved, name in pairs}
 
@@ -90,7 +147,7 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
 
     for code in _NAMED_FIELDS:
         value = fields.get(code)
-        if value is not None and "pg_9" in value:
+        if value is not None and "pg_9" in value and _SHAPES.match(value) is not None:
             fields[code] = _RESERVED.sub(back, value)
     return changed
 

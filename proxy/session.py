@@ -219,6 +219,7 @@ for _s in State:
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
 _NO_EXECUTES = ()
 _NO_RETAGS = ()  # ClientSession._retags with none
+_ANSWER_WITHHELD = deny("answer_withheld", "the server's answer was withheld")  # (hiddennames: last-line check)
 _NO_NAMES = frozenset()  # ClientSession._reset_names with none
 _RESET_TAG = b"RESET\x00"
 _NO_CLOSES = ()  # ClientSession._agent_closing with none
@@ -438,6 +439,8 @@ class ClientSession:
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
+        if self._hidden is not None and self._hidden.executes and self.statements is None:  # (else _Follow's)
+            tracked[m.EXECUTE] = _before(self._executed_names, tracked.get(m.EXECUTE))
         return tracked
 
     def _gates(self) -> dict[int, Callable[[bytes], object]]:
@@ -1751,7 +1754,10 @@ class ClientSession:
             sent = self._admission_names(adm, held)
             if sent:  # the statement named a hidden schema: its error names the client's
                 hiddennames.fields_back(adm.error, sent, held.sql.lower())
-            refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
+            if sent or self._hidden is not None:  # (the last line: no reserved name sent reaches the client)
+                refusal = self._admission_withheld(adm.error, sent)
+            if refusal is None:
+                refusal = errors.admission_failed(adm.error, len(admission.EXPLAIN_PREFIX))
         elif adm.plan is not None:
             try:
                 found = admission.estimate(adm.plan)
@@ -1870,7 +1876,7 @@ class ClientSession:
         if statement is not None:
             self.tracker.on_bind(statement)
             if self._hidden is not None:
-                self._bound_names(statement)
+                self._bound_names(statement, body)
             self._sequences.bound(statement)
             if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
                 self._retag({self._binds: _RESET_TAG})
@@ -1901,6 +1907,8 @@ class ClientSession:
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
+        if self._hidden is not None and name is None and self._hidden.portals:
+            self._hidden.portals.pop(body[1:].rstrip(b"\x00").decode("utf-8", "replace"), None)
         if self._names is not None:  # its records go with the name once the server says so (_on_close_complete)
             self._names_close(name)
             return None
@@ -1935,6 +1943,8 @@ class ClientSession:
             self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
         if self._cursors is not None and body[:1] == b"I":
             self._cursors.ended()
+        if self._hidden is not None and body[:1] == b"I" and self._hidden.portals:
+            self._hidden.ended(self.tracker.pending)
         if self._names is not None and self._names.ledger and request is not None:
             self._names.ended(request)
         if self._agent_closing and request is not None:
@@ -2064,6 +2074,8 @@ class ClientSession:
         if self._hidden is None:
             self._hidden = hiddennames.InFlight()
         names = decision.names if type(decision) is Rewrite else ()
+        if names:
+            self._hidden.sending(names)
         if statement is not None:
             if not names:  # (its request's entry says so: not mapped through another's moves, hiddennames.py)
                 self._hidden.statements.pop(statement, None)
@@ -2097,27 +2109,68 @@ class ClientSession:
         prefix = len(admission.EXPLAIN_PREFIX)
         return [(found[0], tuple((start + prefix, end + prefix, added) for start, end, added in found[1]))]
 
-    def _bound_names(self, statement: str) -> None:
-        """A Bind of a statement: its request's answers name the reserved names it was Parsed with (none for one
-        Parsed without: then no other statement's moves apply to it)."""
-        assert self._hidden is not None
-        found = self._hidden.statements.get(statement)
+    def _admission_withheld(self, error: dict[str, str], sent: list[tuple[Any, Any]]) -> PgError | None:
+        """The refusal withholding an admission EXPLAIN's error that still holds a reserved name the session sent."""
+        text = "\x00".join(error.values()).encode()
+        if (self._hidden is not None and self._hidden.leaks(text)) or any(
+                reserved.encode() in text for names, _ in sent for reserved, _ in names):
+            return errors.policy_denied(_ANSWER_WITHHELD)
+        return None
+
+    def _bound_names(self, statement: str, body: bytes) -> None:
+        """A Bind of a statement: its request's answers name the reserved names it was Parsed with, and those of the
+        portal's Executes (in this request or a later one of the transaction: `_executed_names`); a statement Parsed
+        without any: then no other statement's moves apply to its answers (red team 9a2 H2)."""
+        hidden = self._hidden
+        assert hidden is not None
         pending = self.tracker.pending
-        if pending and found is not None:
-            self._hidden.add(pending[-1], found[0], found[1], pending)
-        elif pending:
-            self._hidden.plain(pending[-1])
+        request = pending[-1] if pending else None
+        if not hidden.portals and statement not in hidden.statements:  # (the common case: nothing to carry)
+            if request is not None:
+                hidden.plain(request)
+            return
+        found = hidden.bound(body[:body.index(b"\x00")].decode("utf-8", "replace"), statement, request)
+        if request is not None:
+            if found is not None:
+                hidden.add(request, found[0], found[1], pending)
+            else:
+                hidden.plain(request)
+        if found is not None and not hidden.executes:  # from now on its Executes are followed (H1)
+            hidden.executes = True
+            if self.statements is None:  # (_Follow.on_execute calls it itself)
+                front = self.frontend.handlers
+                self.frontend.handlers = {**front, m.EXECUTE: _before(self._executed_names, front.get(m.EXECUTE))}
+
+    def _executed_names(self, body: bytes) -> None:
+        """An Execute of a portal bound to a statement sent with reserved names: its request's answers name them
+        (a utility statement is analyzed when its portal runs, maybe after a Sync: red team 9a2 H1)."""
+        hidden = self._hidden
+        assert hidden is not None
+        if not hidden.portals:
+            return
+        end = body.find(b"\x00")
+        found = hidden.portals.get(body[:max(end, 0)].decode("utf-8", "replace"))
+        if found is None:
+            return
+        self.tracker.on_bind("")  # (opens the extended request unless one is open, as a Bind would)
+        pending = self.tracker.pending
+        hidden.add(pending[-1], found[0], found[1], pending)
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's
-        own text of the request being answered has it."""
-        assert self._hidden is not None
+        own text of the request being answered has it. Last line: an answer that still holds a reserved name the
+        session sent (whatever the reason: a request the proxy no longer knows, red team 9a2 H3) is withheld."""
+        hidden = self._hidden
+        assert hidden is not None
         head = self.tracker.pending[0] if self.tracker.pending else None
-        sent = self._hidden.of(head) if head is not None else []
-        if not sent:
-            return None
-        written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()  # type: ignore[union-attr]
-        return hiddennames.written_back(type_byte, body, sent, written)
+        sent = hidden.of(head) if head is not None else []
+        out = None
+        if sent:
+            written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()  # type: ignore[union-attr]
+            out = hiddennames.written_back(type_byte, body, sent, written)
+        if hidden.leaks(body if out is None else out):
+            return (errors.policy_denied(_ANSWER_WITHHELD) if type_byte == b"E" else errors.notice_withheld()).encode()
+        return out
 
     def _context_failed(self) -> None:
         pending = self.tracker.pending
@@ -2626,6 +2679,9 @@ class _Follow:
     def on_execute(self, body: bytes) -> None:
         if self.execute is not None:
             self.execute(self.session, body)
+        hidden = self.session._hidden
+        if hidden is not None and hidden.portals:
+            self.session._executed_names(body)
         self.st.execute(body)
 
     def on_copy_end(self, body: bytes) -> None:

@@ -250,6 +250,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Narrow the query: add a WHERE condition on an indexed column, a smaller LIMIT, fewer joins, or aggregate "
         "before returning rows.",
     ),
+    # PostgreSQL's answer still holds a hidden schema's reserved name (proxy/hiddennames.py's last-line check)
+    "answer_withheld": (
+        INSUFFICIENT_PRIVILEGE,
+        "The statement failed; pgtenant does not relay the server's text for it (it would name what is hidden).",
+    ),
     "internal_error": (INTERNAL_ERROR, "pgtenant failed closed while deciding this statement; please report it."),
     # Refused by the session before any policy decides (proxy/session.py).
     "malformed_message": (

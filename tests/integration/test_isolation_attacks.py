@@ -2880,6 +2880,73 @@ def test_many_other_hidden_names_evict_nothing(hiding_proxy: ProxyProcess, strat
     assert got["glebox"] == tuple((msg.replace("globex", "glebox"), at) for msg, at in got["globex"]), got
 
 
+def _wire_answers(sock: socket.socket, data: bytes, requests: int = 1) -> list[tuple[bytes, dict[str, str] | bytes]]:
+    """Send `data`, read the answers of its `requests` (each up to its ReadyForQuery): errors and notices decoded."""
+    sock.sendall(data)
+    out: list[tuple[bytes, dict[str, str] | bytes]] = []
+    while requests:
+        t, body = read_message(sock)
+        out.append((t, m.decode_error_fields(body) if t in (b"E", b"N") else body))
+        requests -= t == b"Z"
+    return out
+
+
+def _hiding_login(proxy: ProxyProcess, user: str, db: str) -> socket.socket:
+    sock, msgs = login(proxy.port, {"user": user, "database": db}, proxy.password(user))
+    assert msgs[-1][0] == b"Z", msgs
+    return sock
+
+
+@pytest.mark.parametrize("portal", ["bi_p", ""])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_portal_run_in_a_later_request_names_the_hidden_schema_as_written(hiding_proxy: ProxyProcess, strategy: str,
+                                                                            portal: str) -> None:
+    """Red team 9a2 H1: in a transaction block a portal outlives the Sync of its Bind, and a utility statement is
+    analyzed only when its portal runs: the Execute sent in a later request is answered with the client's name, as
+    for a missing schema (the named and the unnamed statement and portal)."""
+    user, db = HIDING_TENANTS[strategy]
+    statement = portal.replace("p", "s")
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxy, user, db)
+        try:
+            _wire_answers(sock, m.Query("BEGIN").encode())
+            sql = f"CREATE TEMP TABLE IF NOT EXISTS bi_h1 (LIKE {name}.orders)"
+            bound = _wire_answers(sock, m.Parse(statement, sql, b"\x00\x00").encode() + m.frame(
+                b"B", f"{portal}\x00{statement}\x00".encode() + struct.pack("!hhh", 0, 0, 0)) + m.SYNC_MESSAGE)
+            assert [t for t, _ in bound] == [b"1", b"2", b"Z"] and bound[-1][1] == b"T", bound
+            ran = _wire_answers(sock, m.frame(b"E", f"{portal}\x00".encode() + struct.pack("!i", 0)) + m.SYNC_MESSAGE)
+            got[name] = [(t, {k: v for k, v in body.items() if k in "SCMDHP"} if isinstance(body, dict) else body)
+                         for t, body in ran]
+            _wire_answers(sock, m.Query("ROLLBACK").encode())
+        finally:
+            sock.close()
+    assert got["globex"][0] == (b"E", {"S": "ERROR", "C": "3F000", "M": 'schema "globex" does not exist',
+                                       "P": "45"}), got
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+
+
+def test_a_flood_of_pipelined_requests_never_shows_a_reserved_name(hiding_proxy: ProxyProcess) -> None:
+    """Red team 9a2 H3: a renamed Query answered late, 10,000 more pipelined behind it: past its bound the request
+    tracker drops the oldest request, whose answer then comes while another heads the queue. The client never reads
+    the reserved name: its own name while the proxy knows the request, else the answer withheld (rule
+    answer_withheld); the session goes on."""
+    sock = _hiding_login(hiding_proxy, "alice", "saas")
+    try:
+        sock.settimeout(120)
+        late = m.Query("SELECT pg_sleep(2); SELECT 1 FROM globex.orders").encode()
+        flood = late + m.Query("SELECT 1").encode() * 10_000
+        answers = _wire_answers(sock, flood, 10_001)
+        errors = [body for t, body in answers if t == b"E"]
+        assert len(errors) == 1 and "pg_9" not in str(answers), errors
+        assert errors[0]["M"] in ('relation "globex.orders" does not exist',
+                                  "pgtenant: the server's answer was withheld (rule answer_withheld)"), errors
+        after = _wire_answers(sock, m.Query("SELECT 1 FROM globex.orders").encode())
+        assert [body["M"] for t, body in after if t == b"E"] == ['relation "globex.orders" does not exist'], after
+    finally:
+        sock.close()
+
+
 def _rows(conn: pq.PGconn, sql: str) -> list[tuple[Any, ...]]:
     """The rows of every result of `sql` (errors and notices aside), all read."""
     conn.send_query(sql.encode())

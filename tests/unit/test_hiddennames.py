@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.hiddennames import InFlight, written_back
+from proxy.hiddennames import MAX_SENT, InFlight, written_back
 from proxy.policy.hiding import reserved_name
 from proxy.protocol import messages as m
 
@@ -95,3 +95,42 @@ def test_a_request_keeps_its_plain_statements_beside_its_renamed_ones() -> None:
     assert flight.of(first) == [((), ()), renamed]
     assert flight.of(second) == [renamed, ((), ())]
     assert flight.of(third) == []
+
+
+def test_only_postgresqls_shapes_naming_the_statements_objects_are_written_back() -> None:
+    """Red team 9a2 H7: a value the statement computed that quotes a reserved name (a setting's name, a function body's
+    or dynamic SQL's error, with its CONTEXT) stays as it is (and the last-line check withholds it)."""
+    for fields in (
+        {"C": "42704", "M": f'unrecognized configuration parameter "{R}.zz"'},
+        {"C": "42P01", "M": f'relation "{R}.t" does not exist', "W": "PL/pgSQL function inline_code_block line 1"},
+        {"C": "42P01", "M": f'relation "{R}.t" does not exist', "q": f"SELECT 1 FROM {R}.t"},
+    ):
+        assert written_back(b"E", _body(**fields), SENT, "") is None, fields
+    for message in (f'tablesample method {R}.bernoulli does not exist', f"function {R}.f() does not exist",
+                    f'type "{R}.t" does not exist', f"cross-database references are not implemented: saas.{R}.t"):
+        out = _fields(written_back(b"E", _body(C="42704", M=message), SENT, ""))
+        assert out["M"] == message.replace(R, "globex"), message
+
+
+def test_the_names_sent_are_found_in_an_answer_and_past_their_bound_any_reserved_shape() -> None:
+    flight = InFlight()
+    other = reserved_name("initech")
+    flight.sending(((R, "globex"),))
+    assert flight.leaks(f'x "{R}.t"'.encode()) and not flight.leaks(f'x "{other}.t"'.encode())
+    assert not flight.leaks(b"pg_9 nothing")
+    flight.sending(tuple((reserved_name(f"pg_temp_{i}"), f"pg_temp_{i}") for i in range(MAX_SENT)))
+    assert flight.shapes and not flight.sent  # never one forgotten: any reserved name's shape from now on
+    assert flight.leaks(f'x "{other}.t"'.encode()) and not flight.leaks(b"pg_9 nothing")
+
+
+def test_a_portal_keeps_its_statements_names_until_its_transaction_ends() -> None:
+    flight = InFlight()
+    first, second = object(), object()
+    flight.statements["s1"] = (((R, "globex"),), ())
+    assert flight.bound("p1", "s1", first) == (((R, "globex"),), ())
+    assert flight.bound("p2", "s1", second) is not None
+    assert flight.bound("", "nosuch", second) is None and "" not in flight.portals
+    flight.ended([second])  # the first request ended the transaction; the second, pipelined, is still in flight
+    assert set(flight.portals) == {"p2"}
+    flight.bound("p2", "plain", second)  # bound again to a statement without names
+    assert flight.portals == {}

@@ -581,3 +581,103 @@ def test_protocol_3_2_is_taken_and_later_ones_negotiated_to_it(session: ClientSe
         assert first[0] == b"v" and struct.unpack_from("!ii", first[1]) == (agreed, len(options))
     assert session.info.protocol_minor == (2 if minor >= 2 else 0)
     assert session._client_key() == (session.process_id, session.secret_key if minor >= 2 else session.secret_key[:4])
+
+
+# --- hidden schemas: where the reserved names travel (proxy/hiddennames.py, red team 9a2 H1, H3) --------------------
+
+_R = "pg_9" + "a" * 24  # a reserved name (policy/hiding.reserved_name's shape)
+_LIKE = "CREATE TEMP TABLE IF NOT EXISTS t0 (LIKE hid.t)"
+
+
+def _hiding(session: ClientSession) -> None:
+    """A session whose policy sends `hid` as the reserved name _R (as policy/hiding.py decides)."""
+    login(session)
+    attach(session)
+
+    def decide(kind: str, sql: str) -> Decision:
+        if "hid." not in sql:
+            return Allow()
+        return Rewrite(sql.replace("hid.", f'"{_R}".'), ("hidden_schema",), names=((_R, "hid"),))
+
+    session.enable_policy(decide)
+
+
+def _missing(type_byte: bytes = b"E") -> bytes:
+    severity = "ERROR" if type_byte == b"E" else "NOTICE"
+    code = "3F000" if type_byte == b"E" else "00000"
+    return m.encode_error_fields(type_byte, {"S": severity, "V": severity, "C": code,
+                                             "M": f'schema "{_R}" does not exist'})
+
+
+def _bind(portal: str, statement: str) -> bytes:
+    return m.frame(b"B", f"{portal}\x00{statement}\x00".encode() + struct.pack("!hhh", 0, 0, 0))
+
+
+def _execute(portal: str) -> bytes:
+    return m.frame(b"E", f"{portal}\x00".encode() + struct.pack("!i", 0))
+
+
+@pytest.mark.parametrize(("portal", "statement"), [("p1", "s1"), ("", "")])
+def test_a_portal_executed_after_a_sync_is_answered_with_its_statements_names(
+        session: ClientSession, portal: str, statement: str) -> None:
+    """Red team 9a2 H1: in a transaction block a portal outlives the Sync of its Bind; a utility statement is analyzed
+    when the portal runs, so the answer to its Execute, in a later request, names the reserved name: the client reads
+    its own name (and after the portal's Close, or its transaction's end, the names are no longer the portal's)."""
+    _hiding(session)
+    session.client_data(m.Query("BEGIN").encode())
+    _answer(session, m.frame(b"C", b"BEGIN\x00"), m.ready_for_query(b"T"))
+    session.client_data(m.Parse(statement, _LIKE, b"\x00\x00").encode() + _bind(portal, statement) + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+    assert portal in session._hidden.portals
+    session.client_data(_execute(portal) + m.SYNC_MESSAGE)
+    got = _answer(session, _missing(), m.ready_for_query(b"E"))
+    assert b'schema "hid" does not exist' in got and _R.encode() not in got
+    session.client_data(m.Query("ROLLBACK").encode())
+    _answer(session, m.frame(b"C", b"ROLLBACK\x00"), m.ready_for_query(b"I"))
+    assert session._hidden.portals == {}
+
+
+def test_a_portals_names_go_at_its_close(session: ClientSession) -> None:
+    _hiding(session)
+    session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + _bind("p1", "s1") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+    session.client_data(m.frame(b"C", b"Pp1\x00") + m.SYNC_MESSAGE)
+    assert session._hidden.portals == {}
+    session.client_data(m.Parse("s2", "SELECT 1", b"\x00\x00").encode() + _bind("p1", "s2") + m.SYNC_MESSAGE)
+    assert session._hidden.portals == {}
+
+
+def test_a_transaction_end_keeps_the_portals_of_requests_behind_it(session: ClientSession) -> None:
+    """The portals of the request answered with ReadyForQuery 'I' are gone; a pipelined request's Bind stays."""
+    _hiding(session)
+    session.client_data(m.Query("COMMIT").encode())
+    session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + _bind("p1", "s1") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"C", b"COMMIT\x00"), m.ready_for_query(b"I"))
+    assert "p1" in session._hidden.portals
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"I"))
+    assert session._hidden.portals == {}
+
+
+@pytest.mark.parametrize("type_byte", [b"E", b"N"])
+def test_an_answer_whose_request_the_tracker_dropped_is_withheld(session: ClientSession, type_byte: bytes) -> None:
+    """Red team 9a2 H3: past 10,000 requests in flight the tracker drops the oldest; the renamed request's answer then
+    comes while another request heads the queue. No reserved name the session sent reaches the client: the answer is
+    withheld (a generic refusal naming its rule), and the session goes on."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT pg_sleep(1); SELECT 1 FROM hid.t").encode()
+                        + m.Query("SELECT 1").encode() * 10_000)
+    assert session.tracker.dropped == 1
+    got = _answer(session, _missing(type_byte))
+    assert _R.encode() not in got and b"answer_withheld" in got and got[:1] == type_byte
+    got = _answer(session, m.ready_for_query(b"I"), m.frame(b"C", b"SELECT 1\x00"))
+    assert b"SELECT 1" in got
+
+
+def test_a_reserved_name_in_a_computed_value_is_not_written_back(session: ClientSession) -> None:
+    """Red team 9a2 H7: only PostgreSQL's own message shapes naming the statement's objects get the client's name;
+    a computed value quoting a reserved name is withheld, never rewritten."""
+    _hiding(session)
+    session.client_data(m.Query(f"{_LIKE}; SELECT current_setting('x')").encode())
+    got = _answer(session, m.encode_error_fields(b"E", {
+        "S": "ERROR", "V": "ERROR", "C": "42704", "M": f'unrecognized configuration parameter "{_R}.zz"'}))
+    assert b'"hid.zz"' not in got and _R.encode() not in got and b"answer_withheld" in got

@@ -253,3 +253,22 @@ def test_in_transaction_pooling_a_close_skipped_after_an_error_keeps_the_stateme
     send(m.close_message(b"S", "s1") + m.SYNC_MESSAGE)
     s.server_data(m.ready_for_query(b"I"))  # (the maps answered the Close themselves)
     assert "s1" not in s._agent_statements
+
+
+def test_an_explain_error_still_holding_a_reserved_name_is_withheld(tmp_path: Path) -> None:
+    """The last line (proxy/hiddennames.py): the admission EXPLAIN's error is the statement's own, unless it still
+    holds a reserved name the statement was sent with (a computed value, never written back): then it is withheld."""
+    reserved = "pg_9" + "b" * 24
+    renamed = Rewrite(f"SELECT current_setting('x') FROM \"{reserved}\".t LIMIT 5", ("agent_limit",),
+                      frozenset({ADMIT}), names=((reserved, "hid"),))
+    s = agent_session(tmp_path, decide=lambda kind, sql: renamed)
+    s.client_data(m.Query("SELECT current_setting('x') FROM hid.t").encode())
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "42704",
+                                         "M": f'unrecognized configuration parameter "{reserved}.zz"'})
+    [(kind, body)] = frames(forwarded(s.server_data(m.ready_for_query(b"I") + error + m.ready_for_query(b"I"))))
+    marker = m.Query.decode(body).sql
+    assert kind == b"Q" and marker.startswith("pgtenant_denied_")
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": f'syntax error at or near "{marker}"'})
+    out = relayed(s.server_data(error + m.ready_for_query(b"I")))
+    fields = m.decode_error_fields(frames(out)[0][1])
+    assert "rule answer_withheld" in fields["M"] and reserved not in str(fields), fields
