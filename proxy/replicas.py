@@ -238,6 +238,11 @@ class Choice:
     replica: str | None = None
     refusal: PgError | None = None
 
+    @property
+    def server(self) -> str:
+        """Where it went, as the metrics name it: the replica, "primary" or "refused"."""
+        return "refused" if self.refusal is not None else self.replica or "primary"
+
 
 _PRIMARY = Choice()
 
