@@ -65,6 +65,14 @@ def cpu_seconds(pid: int | None) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
+def syscalls(pid: int | None) -> dict[str, int]:
+    """A process's read and write syscalls so far (/proc/<pid>/io syscr, syscw; all threads); {} for none."""
+    if pid is None:
+        return {}
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return {"read": int(fields["syscr"]), "write": int(fields["syscw"])}
+
+
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -340,19 +348,25 @@ def init_pgbench(pgbench: str, cluster: PgCluster, scale: int, owner: str) -> No
     cluster.execute("VACUUM ANALYZE", dbname=DB)
 
 
-def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespace, pg_pid: int) -> dict[str, Any]:
-    """One pgbench run; CPU seconds of every party (pgbench, postgres, the proxy, everything else) around it."""
+def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespace, pg_pid: int,
+                replica_pid: int | None = None) -> dict[str, Any]:
+    """One pgbench run; CPU seconds of every party (pgbench, postgres, the proxy, everything else) around it
+    (`replica_pid`: a second postmaster, a read replica's, counted apart as "replica"), and the proxy's read and
+    write syscalls."""
     argv = [pgbench, "-n", "-S", "-M", mode, "-T", str(args.duration), "-c", str(args.clients),
             "-j", str(args.threads), *getattr(args, "pgbench_extra", ()), "-h", "127.0.0.1", "-p", str(target.port),
             "-U", target.user, DB]
     quiet = wait_quiet(args.quiet_wait)
     log0 = target.log.stat().st_size if target.log else 0
     proxy_cpu = (lambda pid: (tree_cpu(pid), 0.0)) if target.tree else cpu_seconds
-    before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), proxy_cpu(target.pid))
+    replica_cpu = (lambda: tree_cpu(replica_pid)) if replica_pid is not None else (lambda: 0.0)
+    before = (host_cpu(), children_cpu(), tree_cpu(pg_pid), proxy_cpu(target.pid), replica_cpu(),
+              syscalls(target.pid))
     t0 = time.monotonic()
     res = subprocess.run(argv, env=pgbench_env(target.password), capture_output=True, text=True)
     wall = time.monotonic() - t0
-    after = (host_cpu(), children_cpu(), tree_cpu(pg_pid), proxy_cpu(target.pid))
+    after = (host_cpu(), children_cpu(), tree_cpu(pg_pid), proxy_cpu(target.pid), replica_cpu(),
+             syscalls(target.pid))
     if res.returncode != 0:
         raise RuntimeError(f"pgbench failed against {target.name} ({mode}):\n{res.stdout}\n{res.stderr}")
 
@@ -366,6 +380,8 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
     busy = host[0] - host[1]
     user, system = (b - a for a, b in zip(before[3], after[3], strict=True))
     cpu = {"pgbench": after[1] - before[1], "postgres": after[2] - before[2], "proxy": user + system}
+    if replica_pid is not None:
+        cpu["replica"] = after[4] - before[4]
     cpu["other"] = max(0.0, busy - sum(cpu.values()))  # includes irq/softirq and steal, reported below
     out: dict[str, Any] = {
         "tps": grab(r"tps = ([\d.]+) \((?:without initial connection time|including reconnection times)\)"),
@@ -383,6 +399,8 @@ def run_pgbench(pgbench: str, target: Target, mode: str, args: argparse.Namespac
     }
     if target.log:
         out["log_bytes"] = target.log.stat().st_size - log0
+    if target.pid is not None and not target.tree:
+        out["proxy_syscalls"] = {k: after[5][k] - before[5][k] for k in after[5]}
     return out
 
 

@@ -3,7 +3,8 @@ cache, request tracking and metrics, fed the bytes pgbench and PostgreSQL exchan
 
 Run from the repository root:  .venv/bin/python -m benchmarks.relay_bench [--reps 15] [--txns 10000]
 `--count MODE:N` runs N transactions of one mode once and exits: wrap it in
-`valgrind --tool=callgrind` (twice, different N) for exact instructions per transaction.
+`valgrind --tool=callgrind` (twice, different N) for exact instructions per transaction. `--route primary|auto`:
+transaction pooling with a read replica configured (issue 18), every read on it with "auto".
 What it leaves out (uvloop, the kernel) is what benchmarks/pgbench_compare.py measures.
 """
 
@@ -29,11 +30,13 @@ from proxy.io.client import ClientConnection  # noqa: E402
 from proxy.io.listener import Proxy  # noqa: E402
 from proxy.logs import configure as configure_logs  # noqa: E402
 from proxy.policy import TenantPolicy  # noqa: E402
-from proxy.pooling import server_request  # noqa: E402
+from proxy.pooling import ServerRequest, server_request  # noqa: E402
+from proxy.replicas import routed  # noqa: E402
 from proxy.server import ServerConnection, ServerState  # noqa: E402
-from proxy.session import ClientSession, State  # noqa: E402
+from proxy.session import ClientSession, State, statement_settings  # noqa: E402
 
 SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+USERS = {"initech": "ivan", "acme": "alice"}
 POLICIES = {
     "database": TenantPolicy(tenant="initech", strategy="database"),
     "shared": TenantPolicy(tenant="acme", strategy="shared", tenant_value="acme",
@@ -110,11 +113,14 @@ class _Transport:
         pass
 
 
-def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session", sticky: bool = True) -> Proxy:
+def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session", route: str | None = None,
+           sticky: bool = True) -> Proxy:
     (workdir / "secrets.toml").write_text(f'[users]\nivan = "{make_verifier("pw")}"\nalice = "{make_verifier("pw")}"\n')
     config = parse_config({
         "secrets_file": "secrets.toml",
-        "backends": {"main": {}},
+        "backends": {"main": {"replicas": [{"name": "r1"}]} if route else {}},
+        # (a probe's word holds for an hour: under valgrind a thousand transactions outlast the default 8 s)
+        **({"routing": {"route": route, "max_replica_lag": 30.0, "probe_timeout": 3600.0}} if route else {}),
         "tenants": {
             "initech": {"strategy": "database", "database": "initech"},
             "acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"},
@@ -124,6 +130,8 @@ def _proxy(workdir: Path, audit: bool = False, pool_mode: str = "session", stick
         **({"pool": {"pool_mode": "transaction", "sticky_servers": sticky}} if pool_mode == "transaction" else {}),
     }, base=workdir)
     proxy = Proxy(config)
+    if route:
+        _probed(proxy)
     for policy in POLICIES.values():
         proxy.policies[policy.tenant] = policy
     return proxy
@@ -161,34 +169,57 @@ def relaying_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnect
     return conn, link
 
 
-def pooled_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
-    """As `relaying_pair`, in transaction pooling: one idle server in the proxy's real pool (io/pool.py and the
-    pool manager), which the session gets at each transaction's first read and gives back at its ReadyForQuery
-    (with sticky servers, the default, it keeps it idle in the pool and reuses it: `--no-sticky` for the handoff)."""
-    tenant = POLICIES[strategy].tenant
-    conn, session = _logged_in(proxy, tenant)
-    request = server_request(proxy.config, tenant)
-    assert request.mode == "transaction", "the bench config must pool by transaction"
-    session.request, session.pooled = request, True  # as the session's login does (ClientSession._logged_in)
-    session.frontend.handlers = session._frontend_tracked()
-    session.state = State.IDLE
+def _probed(proxy: Proxy) -> None:
+    """Replica r1 healthy and caught up, as the poller's probes (io/replicas.py) leave it; once a second there."""
+    replicas, now = proxy.pool.router.sets["main"], proxy.pool.clock()
+    replicas.primary_polled(now, False, "0/10")
+    replicas.replica_polled("r1", now, True, "0/10")
+
+
+def _pooled_server(proxy: Proxy, request: ServerRequest, who: str) -> ServerLink:
+    """One server of `request`'s pool, opened and idle in the proxy's real pool."""
     pool, now = proxy.pool, time.monotonic()
-    (connect,) = pool.manager.request("bench", request, now)  # a server opened for the pool, idle once ready
+    (connect,) = pool.manager.request(who, request, now)  # a server opened for the pool, idle once ready
     server = ServerConnection(request.backend, request.key.database, dict(request.parameters))
     server.id, server.state = connect.server, ServerState.READY  # type: ignore[attr-defined]
+    server.replica = request.replica
     link = ServerLink(pool, server)
     link.transport = _Transport()  # type: ignore[assignment]
     pool.links[server.id] = link
     pool.manager.connected(server.id, now)
     pool.manager.released(server.id, reusable=True, reset=False, now=now)
+    return link
+
+
+def pooled_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnection, ServerLink]:
+    """As `relaying_pair`, in transaction pooling: one idle server in the proxy's real pool (io/pool.py and the
+    pool manager), which the session gets at each transaction's first read and gives back at its ReadyForQuery;
+    with a replica configured, one idle server of its pool too (the link returned is the one the reads go to)."""
+    tenant = POLICIES[strategy].tenant
+    conn, session = _logged_in(proxy, tenant)
+    request = server_request(proxy.config, tenant)
+    assert request.mode == "transaction", "the bench config must pool by transaction"
+    session.request, session.pooled = request, True  # as the session's login does (ClientSession._logged_in)
+    session.routing = routed(proxy.config, USERS[tenant])
+    session.frontend.handlers = session._frontend_tracked()
+    cache, size, size_bytes = statement_settings(proxy.config)  # as the login's server attach does: the session
+    session.enable_statements({}, cache=cache, cache_size=size, cache_bytes=size_bytes)  # keeps the statements
+    assert session.statements is not None
+    session.statements.detach()  # (that server given back)
+    session.state = State.IDLE
+    links = [_pooled_server(proxy, request, "bench")]
+    if proxy.config.backends["main"].replicas:
+        links.append(_pooled_server(proxy, proxy.pool._replica_request(request, "r1"), "bench-r1"))
     client, answer = conversation(mode)
     if mode == "prepared":  # the statement pgbench prepares once per connection
         name, sql = b"P0_1", SQL.format("$1").encode()
         conn.data_received(_frame(b"P", name + b"\x00" + sql + b"\x00" + struct.pack("!h", 0)) + _frame(b"S", b""))
-        link.data_received(_frame(b"1", b"") + _frame(b"Z", b"I"))
+        answer = _frame(b"1", b"") + _frame(b"Z", b"I")
     else:
         conn.data_received(client(0))
-        link.data_received(answer)
+    link = proxy.pool.holding(conn)
+    assert link is not None
+    link.data_received(answer)
     assert conn.relay is not None and (session.state is State.IDLE or session.row().state == "idle"), session.state
     conn._relay_client()  # (the client's transport reads into the relay once its startup is answered)
     return conn, link
@@ -200,38 +231,49 @@ def _readers(conn: ClientConnection, link: ServerLink) -> tuple[Callable[[bytes]
 
 
 def run(conn: ClientConnection, link: ServerLink, client: Callable[[int], bytes], server: bytes, start: int,
-        count: int) -> float:
-    """CPU seconds for `count` transactions."""
+        count: int, every_1000: Callable[[], None] | None = None) -> float:
+    """CPU seconds for `count` transactions (`every_1000`: called between every 1000, as a timer would)."""
     pool = [client(start + i) for i in range(1000)]  # distinct literals, built outside the timed loop
     from_client, from_server = _readers(conn, link)
     t0 = time.process_time()
     for i in range(count):
         from_client(pool[i % 1000])
         from_server(server)
+        if every_1000 is not None and i % 1000 == 999:
+            every_1000()
     return time.process_time() - t0
 
 
 async def _main(args: argparse.Namespace) -> int:
     configure_logs("warning")  # as in production at "info", minus the per-connection lines
     with tempfile.TemporaryDirectory() as tmp:
-        proxy = _proxy(Path(tmp), args.audit, args.pool_mode, not args.no_sticky)
+        proxy = _proxy(Path(tmp), args.audit, args.pool_mode, args.route, not args.no_sticky)
         pair = pooled_pair if args.pool_mode == "transaction" else relaying_pair
+        tick = (lambda: _probed(proxy)) if args.route else None
         if args.count:
             mode, _, n = args.count.partition(":")
             conn, link = pair(proxy, args.strategy[0], mode)
+            if args.route == "auto":
+                assert link.server.replica == "r1", "route auto: the reads go to the replica"
             client, server = conversation(mode)
-            run(conn, link, client, server, 0, int(n))
+            if args.warmup:
+                run(conn, link, client, server, 0, args.warmup, tick)
+            grants = link.grants
+            run(conn, link, client, server, args.warmup, int(n), tick)
+            if args.pool_mode == "transaction":
+                assert link.grants - grants == int(n), "a transaction went elsewhere than the server answering it"
             return 0
         print("| tenant strategy | mode | Python µs per transaction (best of reps) |")
         print("|---|---|---:|")
         for strategy in args.strategy:
             for mode in args.modes:
                 if args.pool_mode == "transaction":  # (a pool of its own: the last pair's server may be kept for it)
-                    proxy = _proxy(Path(tmp), args.audit, args.pool_mode, not args.no_sticky)
+                    proxy = _proxy(Path(tmp), args.audit, args.pool_mode, args.route, not args.no_sticky)
                 conn, link = pair(proxy, strategy, mode)
                 client, server = conversation(mode)
-                run(conn, link, client, server, 0, min(1000, args.txns))  # warm the caches
-                best = min(run(conn, link, client, server, (r + 1) * args.txns, args.txns) for r in range(args.reps))
+                run(conn, link, client, server, 0, min(1000, args.txns), tick)  # warm the caches
+                best = min(run(conn, link, client, server, (r + 1) * args.txns, args.txns, tick)
+                           for r in range(args.reps))
                 print(f"| {strategy} | {mode} | {best / args.txns * 1e6:.2f} |")
     return 0
 
@@ -243,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", type=lambda s: s.split(","), default=["simple", "extended", "prepared"])
     ap.add_argument("--strategy", type=lambda s: s.split(","), default=["database", "shared"])
     ap.add_argument("--count", metavar="MODE:N", help="run N transactions of MODE once (for callgrind)")
+    ap.add_argument("--warmup", type=int, default=0, metavar="N",
+                    help="with --count: N transactions first, apart (each run's loop begins and ends with a call of "
+                         "time.process_time: valgrind --tool=callgrind --dump-before=time_process_time dumps the "
+                         "measured loop alone, the 4th part)")
     ap.add_argument("--audit", action="store_true", help="with the audit log on (written to a temporary file)")
     ap.add_argument("--no-sticky", action="store_true",
                     help="with --pool-mode transaction: [pool] sticky_servers = false (the server goes back to the "
@@ -250,7 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-mode", choices=["session", "transaction"], default="session",
                     help="transaction: the session gets its server from the real pool and gives it back per "
                          "transaction (the handoff's cost); session: it holds one throughout")
-    return asyncio.run(_main(ap.parse_args(argv)))
+    ap.add_argument("--route", choices=["primary", "auto"],
+                    help="a read replica configured (transaction pooling): primary (nothing routed) or auto (the "
+                         "reads on the replica)")
+    args = ap.parse_args(argv)
+    if args.route:
+        args.pool_mode = "transaction"
+    return asyncio.run(_main(args))
 
 
 if __name__ == "__main__":

@@ -8,15 +8,26 @@ initech (the database strategy: a passthrough tenant, so what is measured is the
 policy). Runs alternate between the two proxies; the ratio auto/primary is reported with its range over the runs
 (target: >= 0.97). On one host the replica's postgres shares the CPUs with the primary's, so the ratio is about
 the proxy's work per statement (is it provably read-only, which replica may serve it), not about offloading.
+The CPU table splits the host's CPU per transaction between pgbench, the primary's postgres, the replica's postgres,
+the proxy and everything else, so the proxy's part of a gap can be told from the servers'.
+
+`--trace` (short runs, no ratio): the proxy's syscalls per transaction by name (strace -c attached to the proxy,
+which slows it: compare the routes, not the absolute tps) and the statements each server ran per transaction
+(log_statement = all on both), the proxy's own (not pgbench's) listed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
+import re
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +58,14 @@ def parse_args() -> argparse.Namespace:
                    help="skip pgbench straight against the primary and the replica (the servers' own ratio)")
     p.add_argument("--quiet-wait", type=float, default=90, help="max s to wait for an idle host before each run")
     p.add_argument("--json", type=Path, help="write all results here")
+    p.add_argument("--trace", action="store_true",
+                   help="syscalls (strace -c) and server statements (log_statement = all) per transaction instead "
+                        "of the timed comparison (one short run per mode and route)")
     a = p.parse_args()
     if a.quick:
         a.duration, a.runs = 3, 1
+    if a.trace:
+        a.duration, a.runs, a.direct = min(a.duration, 3), 1, False
     a.modes = [m for m in a.modes.split(",") if m]
     return a
 
@@ -63,7 +79,8 @@ def main() -> int:
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                "bench": {}}
     with contextlib.ExitStack() as stack:
-        primary = PgCluster(installation, ssl=False, settings=PRIMARY_SETTINGS)
+        settings = {**PRIMARY_SETTINGS, **({"log_statement": "all"} if args.trace else {})}
+        primary = PgCluster(installation, ssl=False, settings=settings)  # (the standby takes the same settings)
         stack.callback(primary.stop)
         say(f"starting PostgreSQL {installation.version} (primary) from {installation.bindir}")
         primary.start()
@@ -82,13 +99,22 @@ def main() -> int:
         if args.direct:  # the servers themselves: is the replica as fast as the primary at this?
             targets["direct-primary"] = pc.Target("direct-primary", primary.port, role, role_pw)
             targets["direct-replica"] = pc.Target("direct-replica", standby.port, role, role_pw)
-        pg_pid = primary.pid
-        assert pg_pid is not None
+        pg_pid, replica_pid = primary.pid, standby.pid
+        assert pg_pid is not None and replica_pid is not None
+        if args.trace:
+            results["trace"] = {mode: {route: traced(pgbench, t, mode, args, primary, standby)
+                                       for route, t in targets.items()} for mode in args.modes}
+            print(trace_markdown(results["trace"]))
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
+            return 0
+        for target in targets.values():  # a proxy's first use of a code path imports and reads files: not timed
+            pc.run_pgbench(pgbench, target, args.modes[0], argparse.Namespace(**{**vars(args), "duration": 1}), pg_pid)
         for mode in args.modes:
             runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
             for i in range(args.runs):
                 for route, target in targets.items():  # interleaved: drift hits both alike
-                    r = pc.run_pgbench(pgbench, target, mode, args, pg_pid)
+                    r = pc.run_pgbench(pgbench, target, mode, args, pg_pid, replica_pid)
                     say(f"{mode:9} run {i + 1}/{args.runs} route={route:7} tps={r['tps']:9.1f} "
                         f"lat={r['latency_ms']:.3f}ms proxy_cpu_s={r['cpu_s']['proxy']}")
                     runs[route].append(r)
@@ -103,6 +129,9 @@ def main() -> int:
                 "proxy_cpu_us_per_txn": {route: round(sum(r["cpu_s"]["proxy"] for r in rs)
                                                       / sum(r["transactions"] for r in rs) * 1e6, 2)
                                          for route, rs in runs.items() if not route.startswith("direct")},
+                "host_cpu_us_per_txn": {route: per_txn(rs, "cpu_s", 1e6) for route, rs in runs.items()},
+                "proxy_syscalls_per_txn": {route: per_txn(rs, "proxy_syscalls")
+                                           for route, rs in runs.items() if not route.startswith("direct")},
                 "ratio_median": round(statistics.median(ratios), 3),
                 "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
             }
@@ -114,6 +143,18 @@ def main() -> int:
         print(f"| {mode} | {statistics.median(tps['primary']):.0f} | {statistics.median(tps['auto']):.0f} | "
               f"{b['ratio_median']} ({b['ratio_range'][0]}-{b['ratio_range'][1]}) | "
               f"{b['proxy_cpu_us_per_txn']['primary']}, {b['proxy_cpu_us_per_txn']['auto']} |")
+    print()
+    print("Host CPU per transaction (µs; postgres = the primary's, replica = the replica's; other: not explained)")
+    print("and the proxy's read and write syscalls per transaction (/proc/<pid>/io):")
+    print()
+    print("| mode | route | pgbench | postgres | replica | proxy | other | total | proxy reads | proxy writes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mode, b in results["bench"].items():
+        for route, cpu in b["host_cpu_us_per_txn"].items():
+            sc = b["proxy_syscalls_per_txn"].get(route, {})
+            print(f"| {mode} | {route} | {cpu['pgbench']} | {cpu['postgres']} | {cpu['replica']} | {cpu['proxy']} | "
+                  f"{cpu['other']} | {round(sum(cpu.values()), 2)} | {sc.get('read', '')} | {sc.get('write', '')} |")
+    print()
     print(f"statements the replica ran (pg_stat_database xact_commit on it): {results['replica_served']}")
     for mode, (low, mid, high) in results.get("direct_ratio", {}).items():
         print(f"direct, no proxy: replica/primary tps in {mode} mode: {mid} ({low}-{high})")
@@ -121,6 +162,75 @@ def main() -> int:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         say(f"wrote {args.json}")
     return 0
+
+
+def per_txn(runs: list[dict[str, Any]], key: str, scale: float = 1.0) -> dict[str, float]:
+    """Each counter of the runs' `key` summed over the runs, per transaction, times `scale`."""
+    txns = sum(r["transactions"] for r in runs)
+    return {k: round(sum(r[key][k] for r in runs) / txns * scale, 2) for k in runs[0][key]}
+
+
+@contextlib.contextmanager
+def strace_counts(pid: int, into: dict[str, int]) -> Any:
+    """`strace -c -f` attached to `pid` around the block: its syscalls by name, into `into`."""
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
+        proc = subprocess.Popen(["strace", "-c", "-f", "-p", str(pid), "-o", out.name], stderr=subprocess.PIPE)
+        try:
+            proc.stderr.readline()  # type: ignore[union-attr]  # "strace: Process N attached"
+            yield
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        for line in out.read().splitlines():
+            f = line.split()
+            if len(f) >= 5 and f[0][0].isdigit() and f[-1] != "total":
+                into[f[-1]] = int(f[3])
+
+
+_LOGGED = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)")
+
+
+def statements(log: Path, since: int) -> collections.Counter[str]:
+    """The statements a server logged (log_statement = all) after byte `since` of its log, digits as N."""
+    with log.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode("utf-8", "replace")
+    return collections.Counter(re.sub(r"\d+", "N", m.group(1).strip()) for m in _LOGGED.finditer(text))
+
+
+def traced(pgbench: str, target: pc.Target, mode: str, args: argparse.Namespace, primary: PgCluster,
+           standby: StandbyCluster) -> dict[str, Any]:
+    """One run under strace -c with both servers logging their statements, after an untraced second of warm-up:
+    counts per transaction."""
+    assert target.pid is not None
+    pc.run_pgbench(pgbench, target, mode, argparse.Namespace(**{**vars(args), "duration": 1}), primary.pid or 0)
+    calls: dict[str, int] = {}  # (after a warm-up run: the proxy's first use of a code path reads files)
+    marks = (primary.log_path.stat().st_size, standby.log_path.stat().st_size)
+    with strace_counts(target.pid, calls):
+        r = pc.run_pgbench(pgbench, target, mode, args, primary.pid or 0, standby.pid)
+    n = r["transactions"]
+    out: dict[str, Any] = {"transactions": n, "tps_under_strace": r["tps"],
+                           "syscalls_per_txn": {k: round(v / n, 3) for k, v in sorted(calls.items(),
+                                                                                     key=lambda kv: -kv[1])}}
+    for server, log, mark in (("primary", primary.log_path, marks[0]), ("replica", standby.log_path, marks[1])):
+        seen = statements(log, mark)
+        out[f"{server}_statements_per_txn"] = round(sum(seen.values()) / n, 3)
+        out[f"{server}_proxy_statements"] = {k: v for k, v in seen.most_common() if "pgbench_" not in k}
+    return out
+
+
+def trace_markdown(trace: dict[str, dict[str, dict[str, Any]]]) -> str:
+    lines = ["| mode | route | syscalls/txn | top syscalls per txn | statements/txn primary, replica | the proxy's own "
+             "statements (count in the run) |", "|---|---|---|---|---|---|"]
+    for mode, routes in trace.items():
+        for route, t in routes.items():
+            sc = t["syscalls_per_txn"]
+            top = ", ".join(f"{k} {v}" for k, v in list(sc.items())[:6])
+            own = "; ".join(f"{k[:60]} x{v}" for k, v in [*t["primary_proxy_statements"].items(),
+                                                           *t["replica_proxy_statements"].items()][:6])
+            lines.append(f"| {mode} | {route} | {round(sum(sc.values()), 2)} | {top} | "
+                         f"{t['primary_statements_per_txn']}, {t['replica_statements_per_txn']} | {own} |")
+    return "\n".join(lines)
 
 
 def replica_share(standby: StandbyCluster) -> int:

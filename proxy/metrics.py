@@ -136,6 +136,28 @@ class _ReplicaCollector(Collector):
         yield health
 
 
+class _RoutedCollector(Collector):
+    """`pgtenant_replica_routed_total{tenant,backend,server}` from plain counts (a routed request, once per
+    transaction in transaction pooling, takes no lock and makes no label lookup)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "pgtenant_replica_routed",
+            "Requests of routed tenants (route = replica or auto) by where they went: a replica's name, primary, or "
+            "refused (no healthy replica, replica_fallback = refuse).", labels=["tenant", "backend", "server"])
+        totals: dict[tuple[str, str, str], int] = {}
+        labels = self.metrics._routed_labels
+        for key, n in list(self.metrics._routed.items()):
+            label = labels[key]
+            totals[label] = totals.get(label, 0) + n
+        for label, n in sorted(totals.items()):
+            family.add_metric(list(label), n)
+        yield family
+
+
 REPLICA_STATES = ("healthy", "lagging", "down")
 ReplicaGauges = tuple[str, str, str, float | None]  # backend, replica, state, lag seconds
 
@@ -367,13 +389,10 @@ class Metrics:
         self._pool_source: Callable[[], list[PoolGauges]] | None = None
         self._replica_source: Callable[[], list[ReplicaGauges]] | None = None
         r.register(_ReplicaCollector(self))
-        self._replica_routed_children: dict[tuple[str, str, str], Any] = {}
-        self._replica_routed = Counter(
-            "pgtenant_replica_routed_total",
-            "Requests of routed tenants (route = replica or auto) by where they went: a replica's name, primary, or "
-            "refused (no healthy replica, replica_fallback = refuse).",
-            ["tenant", "backend", "server"], registry=r,
-        )
+        # (tenant, backend, server) -> routed requests, and its labels (the tenant's label taken at its first)
+        self._routed: dict[tuple[str | None, str, str], int] = {}
+        self._routed_labels: dict[tuple[str | None, str, str], tuple[str, str, str]] = {}
+        r.register(_RoutedCollector(self))
         r.register(_PoolCollector(self))
         self._pool_waits: dict[str, LatencySeries] = {}  # tenant label -> its waits for a server (_WaitCollector)
         r.register(_WaitCollector(self))
@@ -500,13 +519,15 @@ class Metrics:
         """Report the read replicas' lag and health at every scrape."""
         self._replica_source = source
 
-    def replica_routed(self, tenant: str, backend: str, replica: str | None, refused: bool) -> None:
-        """A request of a routed session went to `replica` (None: the primary), or nowhere (`refused`)."""
-        labels = (tenant, backend, "refused" if refused else replica or "primary")
-        child = self._replica_routed_children.get(labels)
-        if child is None:
-            child = self._replica_routed_children[labels] = self._replica_routed.labels(*labels)
-        child.inc()
+    def replica_routed(self, tenant: str | None, backend: str, server: str) -> None:
+        """A request of a routed session of `tenant` went to `server` (a replica's name, "primary"), or nowhere
+        ("refused"): a plain count (_RoutedCollector), the tenant's label looked up once per key."""
+        key = (tenant, backend, server)
+        n = self._routed.get(key)
+        if n is None:
+            self._routed_labels[key] = (self.tenant(tenant), backend, server)
+            n = 0
+        self._routed[key] = n + 1
 
     def pool_waited(self, tenant: str, seconds: float) -> None:
         """A client of a tenant label got a server after waiting `seconds`."""

@@ -238,6 +238,11 @@ class Choice:
     replica: str | None = None
     refusal: PgError | None = None
 
+    @property
+    def server(self) -> str:
+        """Where it went, as the metrics name it: the replica, "primary" or "refused"."""
+        return "refused" if self.refusal is not None else self.replica or "primary"
+
 
 _PRIMARY = Choice()
 
@@ -269,15 +274,20 @@ class Router:
             self.sets[name] = s
 
     def choose(self, backend: str, route: Route | None, now: float, tenant: str) -> Choice:
-        if route is None or route.routing.route == "primary" or (route.routing.route == "auto" and not route.read_only):
+        if route is None:
+            return _PRIMARY
+        routing = route.routing
+        kind = routing.route
+        if kind == "primary" or (kind == "auto" and not route.read_only):
             return _PRIMARY
         s = self.sets.get(backend)
-        routing = route.routing
         names = s.candidates(now, routing.max_replica_lag, route.wrote_at, routing.max_staleness) if s else []
         if names:
-            if len(names) > 1:
+            if len(names) == 1:  # (one replica: no turn to take)
+                name = names[0]
+            else:
                 self._turn += 1
-            name = names[self._turn % len(names)]
+                name = names[self._turn % len(names)]
             choice = self._choices.get(name)
             return choice if choice is not None else self._choices.setdefault(name, Choice(name))
         if routing.route == "replica" and routing.replica_fallback == "refuse":

@@ -1357,7 +1357,9 @@ class ClientSession:
         if read_only is None:
             read_only = replicas.read_only_request(data, self._statement_text)
         self.routing.judged = len(data)
-        return AcquireServer(self.request, self.routing.route(read_only, lambda: not replicas.read_only_request(
+        if read_only:  # (the usual case: no closure to build)
+            return AcquireServer(self.request, self.routing.route(True))
+        return AcquireServer(self.request, self.routing.route(False, lambda: not replicas.read_only_request(
             data, self._statement_text, replicas.writes_nothing_sql)))
 
     # --- read replicas (proxy/replicas.py) -----------------------------------------------------
@@ -1373,8 +1375,10 @@ class ClientSession:
         says (READ_ONLY, judged once per text or shape with it), the decision kept for the gate that reads the Query
         next (one cache lookup for both); else None (the text is judged: replicas.read_only_request)."""
         n = len(data)
+        if n < 6 or data[0] != 0x51 or data[-1] != 0 or int.from_bytes(data[1:5]) != n - 1:
+            return None
         cached = getattr(self.decide, "cached", None)
-        if cached is None or n < 6 or data[0] != 0x51 or int.from_bytes(data[1:5]) != n - 1 or data[-1] != 0:
+        if cached is None:
             return None
         try:
             sql = query_text(data[5:])

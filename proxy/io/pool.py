@@ -68,8 +68,7 @@ class Pool:
     def request(self, client: ClientConnection, request: ServerRequest, route: Route | None = None) -> None:
         if route is not None:  # a routed session (proxy/replicas.py): a replica's pool, the primary's, or a refusal
             choice = self.router.choose(request.backend.name, route, self.clock(), request.tenant)
-            self.proxy.metrics.replica_routed(self.proxy.metrics.tenant(request.tenant), request.backend.name,
-                                              choice.replica, choice.refusal is not None)
+            self.proxy.metrics.replica_routed(request.tenant, request.backend.name, choice.server)
             if choice.refusal is not None:
                 client.server_refused(choice.refusal, CloseReason.BACKEND)
                 return

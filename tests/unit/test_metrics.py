@@ -231,6 +231,23 @@ def test_pool_gauges_come_from_the_pools_at_scrape_time() -> None:
     assert ("pgtenant_pool_clients_waiting", (("tenant", "acme"),)) not in _samples(metrics)
 
 
+def test_routed_requests_are_plain_counts_labelled_at_their_first() -> None:
+    metrics = Metrics(max_tenants=1)
+    metrics.replica_routed("acme", "main", "r1")
+    metrics.replica_routed("acme", "main", "r1")  # (per transaction: no lock, no label lookup)
+    metrics.replica_routed("acme", "main", "primary")
+    metrics.replica_routed("globex", "main", "r1")  # past the tenant label cap: _other
+    metrics.replica_routed(None, "main", "refused")
+    s = _samples(metrics)
+    assert s[("pgtenant_replica_routed_total", (("backend", "main"), ("server", "r1"), ("tenant", "acme")))] == 2
+    assert s[("pgtenant_replica_routed_total", (("backend", "main"), ("server", "primary"), ("tenant", "acme")))] == 1
+    assert s[("pgtenant_replica_routed_total", (("backend", "main"), ("server", "r1"), ("tenant", "_other")))] == 1
+    assert s[("pgtenant_replica_routed_total", (("backend", "main"), ("server", "refused"), ("tenant", "_other")))] == 1
+    metrics.replica_routed("acme", "main", "r1")
+    assert _samples(metrics)[
+        ("pgtenant_replica_routed_total", (("backend", "main"), ("server", "r1"), ("tenant", "acme")))] == 3
+
+
 def test_pins_are_counted_by_reason_and_timed() -> None:
     metrics = Metrics(max_tenants=2)
     metrics.session_pinned("acme", "temp_relation")
