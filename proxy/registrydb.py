@@ -92,6 +92,15 @@ TCP_TIMEOUTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval"
                 "tcp_user_timeout": "15000"}
 
 
+# A registry read (a reload's snapshot) gives up after LOCK_TIMEOUT_MS waiting on a lock, READ_TIMEOUT_MS in all per
+# statement: an operator's ALTER TABLE on a registry table, or one merely queued behind an idle reader, held every
+# reload (and kept /readyz green) for as long as the lock lasted (red team 9b2 P3). The reload is then
+# `unreachable`: retried, and the config not current meanwhile.
+LOCK_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 10000
+READ_TIMEOUTS = (f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}", f"SET LOCAL statement_timeout = {READ_TIMEOUT_MS}")
+
+
 def with_tcp_timeouts(dsn: str) -> str:
     """`dsn` with TCP_TIMEOUTS added where it sets none of its own."""
     given = {k for k, v in conninfo_to_dict(dsn).items() if v not in (None, "")}

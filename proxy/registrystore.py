@@ -14,6 +14,7 @@ from proxy import registryplace
 from proxy.config import Config, ConfigError, load_config
 from proxy.registrydb import (
     DDL,
+    READ_TIMEOUTS,
     SCHEMA,
     SELECT_SETTINGS,
     SELECT_TENANTS,
@@ -62,10 +63,13 @@ def read_rows(conn: psycopg.Connection) -> RegistryRows:
 
 
 def read(dsn: str) -> RegistryRows:
-    """The whole registry as one consistent snapshot (one REPEATABLE READ transaction)."""
+    """The whole registry as one consistent snapshot (one REPEATABLE READ transaction), given up after
+    READ_TIMEOUT_MS waiting on a lock or reading (RegistryError)."""
     with connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
+            for statement in READ_TIMEOUTS:
+                conn.execute(statement)
             return read_rows(conn)
 
 

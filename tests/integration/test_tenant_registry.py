@@ -268,6 +268,32 @@ def test_a_reload_that_cannot_read_the_registry_is_retried_and_readyz_waits_for_
     assert any(e.get("event") == "registry_caught_up" for e in rproxy.log_events())
 
 
+def test_a_reload_waiting_on_a_registry_lock_gives_up_and_readyz_waits_for_it(
+        rproxy: ProxyProcess, pg: PgCluster) -> None:
+    """Red team 9b2 P3: an ACCESS EXCLUSIVE lock on a registry table (an operator's ALTER TABLE, or one queued behind
+    an idle reader) held the reload's read for as long as it lasted: the removed user logged in and /readyz stayed
+    green. The read now gives up after LOCK_TIMEOUT_MS (`unreachable`: retried, not current) and the removal applies
+    once the lock is gone."""
+    applied(rproxy, change_number(add_user(rproxy, "luke", "acme", "luke-pw")))
+    behind = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_behind")
+    with pg.connect(dbname=REGISTRY_DB, autocommit=False) as locker:
+        locker.execute("LOCK TABLE pgtenant_registry.tenant_settings IN ACCESS EXCLUSIVE MODE")
+        try:
+            pg.execute("DELETE FROM pgtenant_registry.users WHERE name = 'luke'", dbname=REGISTRY_DB)
+            version = pg.execute("SELECT max(version) FROM pgtenant_registry.changes", dbname=REGISTRY_DB)[0][0]
+            detail = until(lambda: ready(rproxy)[0] == 503 and ready(rproxy)[1], APPLY_WAIT, interval=0.1,
+                           what="not ready while the read waits on the lock")
+            assert detail["registry"] is True and detail["registry_current"] is False
+            logged = until(lambda: [e for e in rproxy.log_events() if e.get("event") == "registry_behind"][behind:]
+                           or None, APPLY_WAIT, interval=0.1, what="registry_behind")
+            assert "lock timeout" in logged[0]["problem"], logged  # (not the statement timeout)
+        finally:
+            locker.rollback()
+    applied(rproxy, version)
+    assert count(rproxy, "luke") is None
+    until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+
+
 def test_a_database_tenant_in_the_registrys_database_is_refused(rproxy: ProxyProcess, pg: PgCluster) -> None:
     """Red team 8b F2/F3, the config's lock: such a tenant could hold the instance slots' advisory locks and NOTIFY
     the registry's channel. The CLI refuses to add it; a row written by hand is rejected by the proxy and by

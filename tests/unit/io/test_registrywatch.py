@@ -256,3 +256,40 @@ def test_a_stale_claim_is_answered_stale_by_the_peer_port() -> None:
     frame = instancekey.request(shared, challenge, 0, 1_000, 4321, b"abcd")
     checked = instancekey.check_request(shared, challenge, frame, 0, None)  # the claim dropped: (slot, None)
     assert not isinstance(checked, str) and not checked.mine
+
+
+def test_a_reload_outstanding_too_long_is_not_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b2 P3: a reload whose registry read waited on a lock (an ALTER TABLE queued behind an idle reader)
+    kept `current` true for as long as the lock lasted, so /readyz stayed green while a removed user logged in. A
+    reload asked for more than RELOAD_DUE seconds ago and not finished makes the config not current."""
+    now = [1000.0]
+    monkeypatch.setattr(registrywatch, "_clock", lambda: now[0])
+
+    async def run() -> None:
+        watch, given = _watch([])
+        gate = asyncio.Event()
+        inner = watch.reload
+
+        async def stuck() -> tuple[ReloadStatus, str]:
+            await gate.wait()
+            return await inner()
+
+        watch.reload = stuck
+        watch.connected = True
+        task = asyncio.get_running_loop().create_task(watch._apply())
+        try:
+            watch._ask()  # a notification: its reload waits on the lock
+            await asyncio.sleep(0.01)
+            assert watch.current  # (not overdue yet)
+            now[0] += registrywatch.RELOAD_DUE + 1
+            assert not watch.current
+            watch._ask()  # another change meanwhile: still behind
+            gate.set()
+            await _until(lambda: len(given) == 2, "both reloads")
+            assert watch.current
+            now[0] += registrywatch.RELOAD_DUE + 1  # nothing asked since: an old reload is no reason
+            assert watch.current
+        finally:
+            task.cancel()
+
+    asyncio.run(run())
