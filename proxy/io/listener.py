@@ -105,10 +105,12 @@ class Proxy:
             on_restart=self.metrics.worker_restarted,
         )
         self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
+        loader = registrystore.Loader(config.source) if config.source is not None else None
         self.ops = Ops(Running(
             config=lambda: self.config, snapshot=self.snapshot, prepare_tenant=self.prepare_tenant,
             apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
-            load=(lambda: registrystore.load(config.source)) if config.source is not None else None,
+            load=loader,
+            registry_rejected=(lambda: loader.rejected) if loader is not None and config.registry.enabled else None,
             apply_changes=lambda new: self.apply_config(new, keep_unchanged=True),
             registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
             if config.registry.enabled else None,
