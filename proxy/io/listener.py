@@ -122,6 +122,7 @@ class Proxy:
         self.instance_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
         self.peer_sender: PeerCancelSender | None = None
         self.forward_limit = ForwardLimiter()  # CancelRequests passed to other instances, per client address
+        self._revoke_cancels: set[asyncio.Task[None]] = set()  # cancels of revoked users' running requests
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -247,8 +248,11 @@ class Proxy:
         for ref in sessions:  # logged-in and logging-in users' sessions decide under the new config
             if not ref.admin:
                 by_id[ref.session_id].reconfigure(new)
-        for revocation in revoked:  # each ends at its next statement
-            by_id[revocation.session_id].revoke(revocation.error)
+        for revocation in revoked:  # each ends at its next statement; what it runs now is cancelled (red team 9b2 P5)
+            client = by_id[revocation.session_id]
+            if client.revoke(revocation.error):
+                self._revoke_cancels.add(task := asyncio.get_running_loop().create_task(self._cancel_session(client)))
+                task.add_done_callback(self._revoke_cancels.discard)
         self.pool.reconfigure(self.config)  # sizes follow; a tenant whose context changed gets a new pool
 
     def session_rows(self) -> list[SessionRow]:
