@@ -199,8 +199,9 @@ class PeerCancelSender:
             if keep is None:
                 self._missing[slot] = _clock() + MISSING_FOR
             return keep
-        if found is None:
+        if found is None:  # (no longer live either)
             self._where.pop(slot, None)
+            self._found.pop(slot, None)
             self._missing[slot] = _clock() + MISSING_FOR
         else:
             self._where[slot] = found

@@ -373,6 +373,7 @@ def test_a_failed_lookup_keeps_the_cached_address(monkeypatch: pytest.MonkeyPatc
         assert await sender.find(1, stale=where) == where and await sender.find(1) == where
         answers.append(None)
         assert await sender.find(1, stale=where) is None and sender.missing(1)
+        assert not sender._live(1)  # a slot found free again has no priority
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 

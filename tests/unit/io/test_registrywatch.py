@@ -49,6 +49,19 @@ def _watch(outcomes: list[ReloadStatus]) -> tuple[RegistryWatch, list[ReloadStat
     return RegistryWatch("dbname=unused", 1.0, reload), given
 
 
+def _gated(watch: RegistryWatch) -> asyncio.Event:
+    """Make the watch's reloads wait until the returned event is set (a slow reload, or one waiting on a lock)."""
+    gate = asyncio.Event()
+    inner = watch.reload
+
+    async def gated() -> tuple[ReloadStatus, str]:
+        await gate.wait()
+        return await inner()
+
+    watch.reload = gated
+    return gate
+
+
 def test_a_reload_that_cannot_read_the_registry_is_tried_again_until_it_applies(logged: list[dict]) -> None:
     async def run() -> None:
         watch, given = _watch(["unreachable", "unreachable", "unreachable"])
@@ -95,14 +108,7 @@ def test_a_reconnect_is_behind_until_its_reload_has_run() -> None:
     for a reload, and the proxy is not current until it ran."""
     async def run() -> None:
         watch, given = _watch([])
-        gate = asyncio.Event()
-        inner = watch.reload
-
-        async def slow() -> tuple[ReloadStatus, str]:
-            await gate.wait()
-            return await inner()
-
-        watch.reload = slow
+        gate = _gated(watch)
         task = asyncio.get_running_loop().create_task(watch._apply())
         try:
             watch._resync = watch._ask()  # what _listen does on every (re)connect
@@ -267,14 +273,7 @@ def test_a_reload_outstanding_too_long_is_not_current(monkeypatch: pytest.Monkey
 
     async def run() -> None:
         watch, given = _watch([])
-        gate = asyncio.Event()
-        inner = watch.reload
-
-        async def stuck() -> tuple[ReloadStatus, str]:
-            await gate.wait()
-            return await inner()
-
-        watch.reload = stuck
+        gate = _gated(watch)
         watch.connected = True
         task = asyncio.get_running_loop().create_task(watch._apply())
         try:
