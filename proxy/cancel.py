@@ -4,6 +4,7 @@ low bits) and the map from a key onto the session it names; pure and bounded."""
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
@@ -123,13 +124,31 @@ FORWARD_ADDRESSES = 4096  # addresses remembered (the least recently seen is for
 FORWARD_TOTAL_RATE = 200.0  # cancels a second all client addresses together may have passed on, after a burst of
 FORWARD_TOTAL_BURST = 400.0
 FORWARD_IN_FLIGHT = 16  # exchanges with one instance (slot) at a time; more are dropped
+# While the overall budget is below this share of its burst, each source (an address's /24, or /64 for IPv6) may
+# have one cancel passed on per FORWARD_QUIET seconds: many addresses each under their own rate drained the overall
+# budget, and a victim's one cancel was dropped with the flood's (red team 9b2 P2).
+FORWARD_SHORT = 0.5
+FORWARD_QUIET = 1.0
+
+
+def source_of(address: str) -> str:
+    """The source a client address counts under in the overall forward budget: its /24 (IPv4, IPv4-mapped too) or
+    /64 (IPv6), the block one party typically holds; anything else (a unix socket) as itself."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 64}", strict=False))
 
 
 class ForwardLimiter:
     """Limits on CancelRequests passed to another instance: anyone can send them, and each costs a connection and an
     exchange with that instance (red team 8b F4/F6). A token bucket per client address as pgtenant sees it (behind a
     balancer that hides client addresses, one bucket is everyone's: docs/operations.md "Stateless replicas"), one
-    over all addresses, and a cap on exchanges in flight per destination slot (red team 9b N1). Cancels naming a slot
+    over all addresses (fair: while it is short, one cancel a second per source, source_of), and a cap on exchanges in
+    flight per destination slot (red team 9b N1). Cancels naming a slot
     no instance holds are answered by the sender's negative cache and never charged here. Pure: the caller passes
     the time."""
 
@@ -140,6 +159,7 @@ class ForwardLimiter:
         self.total_rate, self.total_burst, self.in_flight = total_rate, total_burst, in_flight
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when), least recently seen first
         self._total: tuple[float, float] | None = None  # (tokens, when) over all addresses
+        self._sources: dict[str, float] = {}  # source (source_of) -> when one of its cancels was last passed on
         self._flying: dict[int, int] = {}  # slot -> exchanges under way
 
     def allow(self, address: str, now: float) -> bool:
@@ -148,11 +168,20 @@ class ForwardLimiter:
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         total, total_last = self._total or (self.total_burst, now)
         total = min(self.total_burst, total + (now - total_last) * self.total_rate)
-        allowed = tokens >= 1.0 and total >= 1.0
+        source = source_of(address)
+        # The overall budget short: only a source none of whose cancels was passed on lately (red team 9b2 P2).
+        fair = total >= self.total_burst * FORWARD_SHORT or self._sources.get(source, now - FORWARD_QUIET) <= \
+            now - FORWARD_QUIET
+        allowed = tokens >= 1.0 and total >= 1.0 and fair
         self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
         self._total = (total - 1.0 if allowed else total, now)
         if len(self._buckets) > self.addresses:
             del self._buckets[next(iter(self._buckets))]
+        if allowed:
+            self._sources.pop(source, None)
+            self._sources[source] = now
+            if len(self._sources) > self.addresses:
+                del self._sources[next(iter(self._sources))]
         return allowed
 
     def begin(self, slot: int) -> bool:

@@ -14,13 +14,20 @@ if TYPE_CHECKING:  # the MCP SDK is imported only by `pgtenant mcp`
     from proxy.mcp.tools import Limits
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, *, serving: bool = False) -> Config | None:
     """The validated config (with the registry's tenants and users when it has a [registry]), or None after
-    printing the problem (exit code 2 for the caller)."""
-    from proxy.registrystore import RegistryError, load
+    printing the problem (exit code 2 for the caller). `serving` (`pgtenant run`): a registry row the validation
+    refuses is rejected alone (printed), as the running proxy's reloads do; otherwise it is the problem."""
+    from proxy.registrystore import Loader, RegistryError, load
 
     try:
-        return load(path)
+        if not serving:
+            return load(path)
+        loader = Loader(path)
+        config = loader()
+        for row, problem in loader.rejected.items():
+            print(f"pgtenant: registry row {row} rejected (not served): {problem}", file=sys.stderr)
+        return config
     except ConfigError as exc:
         print(f"pgtenant: invalid configuration: {exc}", file=sys.stderr)
         return None
@@ -47,7 +54,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from proxy.io import listener, supervise
     from proxy.io.peers import WorkerIdentity
 
-    config = _load(args.config)
+    config = _load(args.config, serving=True)
     if config is None:
         return 2
     worker = WorkerIdentity.from_env(os.environ)  # set by the supervisor of `[server] workers = N` for its workers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import socket
 import tomllib
 from collections import Counter
 from collections.abc import Mapping
@@ -673,7 +674,23 @@ def _server_config(raw: Mapping[str, Any]) -> ServerConfig:
     return ServerConfig(workers=workers, proxy_protocol=mode, proxy_protocol_from=tuple(networks))
 
 
-_WILDCARDS = ("", "0.0.0.0", "::")  # listen addresses that name every interface, none to reach
+def unspecified(host: str) -> bool:
+    """Whether `host` is the unspecified address however it is spelt, read as getaddrinfo/inet_aton read numeric
+    hosts (`0`, `0x0`, `0.0.0.0`, `::0`, `[::]`, `::ffff:0.0.0.0`) or empty: it names every interface when listened
+    on and, connected to, the connecting host itself (red team 9b2 P6: the check compared strings). A name is not."""
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not text:
+        return True
+    try:
+        infos = socket.getaddrinfo(text, None, flags=socket.AI_NUMERICHOST)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return False  # a host name (or no address at all): not judged here
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        if address.is_unspecified or (mapped is not None and mapped.is_unspecified):
+            return True
+    return False
 
 
 def _registry_config(given: dict[str, Any]) -> RegistryConfig:
@@ -695,11 +712,15 @@ def _registry_config(given: dict[str, Any]) -> RegistryConfig:
                               "(e.g. `openssl rand -hex 32`), required with peer_port")
         # Other instances must reach this one's peer port at the address it writes in the registry: a wildcard
         # says nothing, and the host name's address is loopback on many hosts (Debian's 127.0.1.1; red team 9b N7).
-        if registry.advertise_host is None and registry.peer_host in _WILDCARDS:
+        for key in ("peer_host", "advertise_host"):
+            value = getattr(registry, key)
+            if value is not None and value != value.strip():
+                raise ConfigError(f"registry.{key}: {value!r} has blanks around it")
+        if registry.advertise_host is None and unspecified(registry.peer_host):
             raise ConfigError(f"registry.advertise_host: required with peer_port when peer_host is "
                               f"{registry.peer_host or 'empty'} (the address other instances reach this one's peer "
                               "port at, e.g. `env:POD_IP`, or this host's address on their network)")
-        if registry.advertise_host in _WILDCARDS:
+        if registry.advertise_host is not None and unspecified(registry.advertise_host):
             raise ConfigError(f"registry.advertise_host: {registry.advertise_host or 'empty'} is no address other "
                               "instances can reach")
     return registry

@@ -433,6 +433,10 @@ class Metrics:
         self._reloads = Counter(
             "pgtenant_config_reloads_total", "Configuration reloads.", ["outcome"], registry=r
         )
+        self._registry_rejected = Gauge(
+            "pgtenant_registry_rejected_rows", "Registry rows the last reload rejected (each alone: the rest applied).",
+            registry=r,
+        )
         self._preflight_ok = Gauge(
             "pgtenant_preflight_ok", "1 when the tenant's isolation preflight passed.", ["tenant"], registry=r
         )
@@ -596,6 +600,9 @@ class Metrics:
 
     def config_reloaded(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "rejected").inc()
+
+    def registry_rejected(self, rows: int) -> None:
+        self._registry_rejected.set(rows)
 
 
 def peer_refused_counter(r: CollectorRegistry) -> Counter:

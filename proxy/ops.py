@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,6 +76,7 @@ class Running:
     registry_current: Callable[[], bool] | None = None  # no registry change is known to be unapplied (RegistryWatch)
     apply_changes: Callable[[Config], list[str]] | None = None  # blocking: apply_config preparing changed tenants only
     instance_slot: Callable[[], bool] | None = None  # stateless replicas: the slot its keys carry is held (peer_port)
+    registry_rejected: Callable[[], Mapping[str, str]] | None = None  # registry rows the last load rejected alone
 
 
 class Ops:
@@ -113,6 +114,8 @@ class Ops:
         if proxy.registry_current is not None:
             detail["registry_current"] = proxy.registry_current()
             registry = registry and bool(detail["registry_current"])
+        if proxy.registry_rejected is not None:  # (shown, not a reason to drain: the rest of the registry applied)
+            detail["registry_rejected"] = sorted(proxy.registry_rejected())
         if proxy.instance_slot is not None:
             detail["instance_slot"] = proxy.instance_slot()
             registry = registry and bool(detail["instance_slot"])
@@ -167,9 +170,20 @@ class Ops:
             if problems:
                 return self._rejected("; ".join(problems))
             proxy.metrics.config_reloaded(True)
+            rejected = self._rows_rejected()
             log.info("reloaded", tenants=len(new.tenants), users=len(new.users),
-                     **({} if new.registry_version is None else {"registry_version": new.registry_version}))
-            return "applied", f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
+                     **({} if new.registry_version is None else {"registry_version": new.registry_version}),
+                     **({"rows_rejected": len(rejected)} if rejected else {}))
+            return "applied", (f"configuration reloaded: {len(new.tenants)} tenant(s), {len(new.users)} user(s)"
+                               + (f"; {len(rejected)} registry row(s) rejected" if rejected else ""))
+
+    def _rows_rejected(self) -> Mapping[str, str]:
+        """The registry rows the load just rejected alone (each logged: the rest of the registry applied)."""
+        rejected = self.proxy.registry_rejected() if self.proxy.registry_rejected is not None else {}
+        for row, problem in rejected.items():
+            log.error("registry_row_rejected", row=row, problem=problem)
+        self.proxy.metrics.registry_rejected(len(rejected))
+        return rejected
 
     def _rejected(self, problem: str) -> tuple[ReloadStatus, str]:
         self.proxy.metrics.config_reloaded(False)

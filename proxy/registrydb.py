@@ -92,6 +92,15 @@ TCP_TIMEOUTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval"
                 "tcp_user_timeout": "15000"}
 
 
+# A registry read (a reload's snapshot) gives up after LOCK_TIMEOUT_MS waiting on a lock, READ_TIMEOUT_MS in all per
+# statement: an operator's ALTER TABLE on a registry table, or one merely queued behind an idle reader, held every
+# reload (and kept /readyz green) for as long as the lock lasted (red team 9b2 P3). The reload is then
+# `unreachable`: retried, and the config not current meanwhile.
+LOCK_TIMEOUT_MS = 5000
+READ_TIMEOUT_MS = 10000
+READ_TIMEOUTS = (f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}", f"SET LOCAL statement_timeout = {READ_TIMEOUT_MS}")
+
+
 def with_tcp_timeouts(dsn: str) -> str:
     """`dsn` with TCP_TIMEOUTS added where it sets none of its own."""
     given = {k for k, v in conninfo_to_dict(dsn).items() if v not in (None, "")}
@@ -126,24 +135,47 @@ def _own_keys(options: Mapping[str, Any], columns: Iterable[str], where: str) ->
 def overlay(rows: RegistryRows) -> RegistryOverlay:
     """The rows as [tenants.X] / [users.X] tables and verifiers; ConfigError names the registry row of a problem
     the tables' own checks cannot catch (the config's validation catches the rest, naming tenants.X.key)."""
+    out, problems = row_problems(rows)
+    if problems:
+        raise ConfigError(next(iter(problems.values())))
+    return out
+
+
+def row_problems(rows: RegistryRows) -> tuple[RegistryOverlay, dict[str, str]]:
+    """The rows as an overlay, leaving out each row that contradicts itself; those rows' problems by row
+    ("tenants.NAME" / "users.NAME", in the order tenants, settings, users)."""
+    problems: dict[str, str] = {}
     tenants: dict[str, dict[str, Any]] = {}
     for name, strategy, backend, database, options in rows.tenants:
-        table = _own_keys(options, TENANT_COLUMNS, f"registry tenants.{name}")
+        try:
+            table = _own_keys(options, TENANT_COLUMNS, f"registry tenants.{name}")
+        except ConfigError as exc:
+            problems[f"tenants.{name}"] = str(exc)
+            continue
         table.update(strategy=strategy, database=database, **({"backend": backend} if backend else {}))
         tenants[name] = table
     for tenant, key, value in rows.settings:
-        where = f"registry tenant_settings ({tenant}, {key})"
+        if tenant not in tenants:  # (its tenants row was left out)
+            continue
         if key in TENANT_COLUMNS or key in tenants[tenant] or not key:
-            raise ConfigError(f"{where}: {key!r} is set by the tenants row itself")
+            problems.setdefault(f"tenants.{tenant}", f"registry tenant_settings ({tenant}, {key}): {key!r} is set by "
+                                "the tenants row itself")
+            continue
         tenants[tenant][key] = value
+    for name in [row.partition(".")[2] for row in problems]:
+        tenants.pop(name, None)
     users: dict[str, dict[str, Any]] = {}
     verifiers: dict[str, str] = {}
     for name, tenant, verifier, options in rows.users:
-        table = _own_keys(options, USER_COLUMNS, f"registry users.{name}")
+        try:
+            table = _own_keys(options, USER_COLUMNS, f"registry users.{name}")
+        except ConfigError as exc:
+            problems[f"users.{name}"] = str(exc)
+            continue
         table["tenant"] = tenant
         users[name] = table
         verifiers[name] = verifier
-    return RegistryOverlay(tenants, users, verifiers, rows.version)
+    return RegistryOverlay(tenants, users, verifiers, rows.version), problems
 
 
 def tenant_row(table: Mapping[str, Any]) -> tuple[str, str | None, str, dict[str, Any], dict[str, Any]]:

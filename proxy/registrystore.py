@@ -10,10 +10,11 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from proxy import dbidentity, registryplace
-from proxy.config import Config, ConfigError, load_config
+from proxy import dbidentity, registryplace, registryrows
+from proxy.config import Config, ConfigError, RegistryOverlay, load_config
 from proxy.registrydb import (
     DDL,
+    READ_TIMEOUTS,
     SCHEMA,
     SELECT_SETTINGS,
     SELECT_TENANTS,
@@ -63,15 +64,19 @@ def read_rows(conn: psycopg.Connection) -> RegistryRows:
 
 
 def read(dsn: str) -> RegistryRows:
-    """The whole registry as one consistent snapshot (one REPEATABLE READ transaction)."""
+    """The whole registry as one consistent snapshot (one REPEATABLE READ transaction), given up after
+    READ_TIMEOUT_MS waiting on a lock or reading (RegistryError)."""
     with connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
+            for statement in READ_TIMEOUTS:
+                conn.execute(statement)
             return read_rows(conn)
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """The config file, with the registry's tenants and users over it when its [registry] has a dsn (blocking)."""
+    """The config file, with the registry's tenants and users over it when its [registry] has a dsn (blocking);
+    ConfigError for any row the validation refuses (`pgtenant check-config`: Loader rejects such rows alone)."""
     config = load_config(path)
     if not config.registry.enabled:
         return config
@@ -100,6 +105,41 @@ def check_identity(config: Config, dsn: str, conn: psycopg.Connection | None = N
         raise RegistryError(f"cannot compare the registry's identity: {str(exc).strip()}") from exc
 
 
+def checked(path: str | os.PathLike[str], rows: RegistryRows, previous: RegistryOverlay | None = None,
+            dsn: str | None = None) -> registryrows.Checked:
+    """The file with `rows` over it, each row the validation refuses rejected alone (registryrows.check)."""
+    def validate(over: RegistryOverlay) -> Config:
+        merged = load_config(path, over)
+        registryplace.check(merged, dsn=dsn)
+        registry = dsn if dsn is not None else merged.registry.dsn
+        if registry is not None:
+            check_identity(merged, registry)  # (a tenant found the registry's own database: its row rejected)
+        return merged
+
+    return registryrows.check(rows, validate, previous)
+
+
+class Loader:
+    """The proxy's (re)loads of the file and the registry (blocking): a registry row the validation refuses is
+    rejected alone and stays at the version last applied (red team 9b2 P4: one bad row froze every later change,
+    removals included); `rejected` holds the refused rows' problems since the last load."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = path
+        self.previous: RegistryOverlay | None = None
+        self.rejected: Mapping[str, str] = {}
+
+    def __call__(self) -> Config:
+        config = load_config(self.path)
+        if not config.registry.enabled:
+            self.rejected = {}
+            return config
+        assert config.registry.dsn is not None
+        result = checked(self.path, read(config.registry.dsn), self.previous)
+        self.previous, self.rejected = result.overlay, result.rejected
+        return result.config
+
+
 def loader(path: Path) -> Callable[[], Config]:
     return lambda: load(path)
 
@@ -107,36 +147,27 @@ def loader(path: Path) -> Callable[[], Config]:
 # --- changes (the CLI) ---------------------------------------------------------------------
 
 
-def _checked(conn: psycopg.Connection, config_path: Path | None, dsn: str, before: Config | None) -> None:
-    """Inside the change's transaction: the registry as it would be, merged with the config file, passes the
-    config's validation and placement checks against the registry changed (ConfigError otherwise, and the caller's
-    transaction rolls back; by identity only the database tenants the change added or moved: not those `before`
-    had alike)."""
-    if config_path is not None:
-        changed = load_config(config_path, overlay(read_rows(conn)))
-        registryplace.check(changed, dsn=dsn)
-        check_identity(changed, dsn, conn, before)
-
-
-def _config_now(conn: psycopg.Connection, config_path: Path | None) -> Config | None:
-    """The config file merged with the registry as the transaction sees it now (None: no file, or not valid)."""
-    if config_path is None:
-        return None
-    try:
-        return load_config(config_path, overlay(read_rows(conn)))
-    except ConfigError:
-        return None
+def _rejected(conn: psycopg.Connection, config_path: Path, dsn: str) -> Mapping[str, str]:
+    """Inside the change's transaction: the rows the proxy would reject alone, merged over the config file
+    (ConfigError when the file is the problem: the caller's transaction rolls back)."""
+    return checked(config_path, read_rows(conn), dsn=dsn).rejected
 
 
 def change(dsn: str, config_path: Path | None, apply: Callable[[psycopg.Connection], None]) -> int:
-    """Run `apply` in one transaction, validated against the config file (if given) before it commits; the
-    registry's change number after it (a proxy has applied it once its `reloaded` log line shows this number)."""
+    """Run `apply` in one transaction, validated against the config file (if given) before it commits: refused
+    (ConfigError) if it leaves a row the proxy would reject that was not rejected before (rows already rejected do
+    not hold other changes up: a removal always goes through); the registry's change number after it (a proxy has
+    applied it once its `reloaded` log line shows this number)."""
     try:
         with connect(dsn) as conn:
             with conn.transaction():
-                before = _config_now(conn, config_path)
+                before = {} if config_path is None else _rejected(conn, config_path, dsn)
                 apply(conn)
-                _checked(conn, config_path, dsn, before)
+                if config_path is not None:
+                    after = _rejected(conn, config_path, dsn)
+                    new = [problem for row, problem in after.items() if before.get(row) != problem]
+                    if new:
+                        raise ConfigError(new[0])
                 row = conn.execute(SELECT_VERSION).fetchone()
             return int(row[0]) if row else 0
     except psycopg.Error as exc:
@@ -162,9 +193,15 @@ def move_tenant(conn: psycopg.Connection, name: str, backend: str | None, databa
         raise ConfigError(f"tenants.{name}: not in the registry")
 
 
-def add_user(conn: psycopg.Connection, name: str, tenant: str, verifier: str, options: Mapping[str, Any]) -> None:
+def add_user(conn: psycopg.Connection, name: str, tenant: str, verifier: str, options: Mapping[str, Any],
+             *, registry_tenant: bool = False) -> None:
+    """`registry_tenant`: the tenant must be the registry's (no config file to check a file tenant against; red team
+    9b2 P4: a typo's user was written, then rejected by every proxy)."""
     if conn.execute(f"SELECT 1 FROM {SCHEMA}.users WHERE name = %s", (name,)).fetchone():
         raise ConfigError(f"users.{name}: already in the registry")
+    if registry_tenant and not conn.execute(f"SELECT 1 FROM {SCHEMA}.tenants WHERE name = %s", (tenant,)).fetchone():
+        raise ConfigError(f"users.{name}.tenant: unknown tenant {tenant!r} (not in the registry; for a tenant of "
+                          "the config file, pass --config to check the user against it)")
     conn.execute(f"INSERT INTO {SCHEMA}.users (name, tenant, verifier, options) VALUES (%s, %s, %s, %s)",
                  (name, tenant, verifier, Jsonb(dict(options))))
 

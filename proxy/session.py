@@ -716,9 +716,12 @@ class ClientSession:
         if self.login is not None:
             self.login.config = config
 
-    def revoke(self, error: PgError) -> None:
-        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement."""
+    def revoke(self, error: PgError) -> bool:
+        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement. Whether
+        a request of it is under way on its server (the caller cancels it: the rest of a multi-statement Query already
+        sent would run after the removal; red team 9b2 P5)."""
         self.revoked = error
+        return self.state is _READY and bool(self.tracker.pending)
 
     # --- state machine plumbing ------------------------------------------------------------
 

@@ -196,7 +196,8 @@ def _cmd_users_add(args: argparse.Namespace) -> int:
         verifier = _verifier(args, args.name)
     except ConfigError as exc:
         return _fail(str(exc))
-    return _change(args, lambda c: registrystore.add_user(c, args.name, args.tenant, verifier, options),
+    return _change(args, lambda c: registrystore.add_user(c, args.name, args.tenant, verifier, options,
+                                                          registry_tenant=not args.config),
                    f"user {args.name} added to tenant {args.tenant}",
                    lambda cfg: tomledit.add_user(cfg, args.name, args.tenant, verifier, options),
                    f"user {args.name} added to tenant {args.tenant}")

@@ -180,10 +180,10 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.reconfigure(config)
 
-    def revoke(self, error: PgError) -> None:
-        """A reload revoked this session's user: the session ends with `error` at its next statement."""
-        if self.session is not None:
-            self.session.revoke(error)
+    def revoke(self, error: PgError) -> bool:
+        """A reload revoked this session's user: the session ends with `error` at its next statement; whether a
+        request of it runs on its server now (to be cancelled)."""
+        return self.session is not None and self.session.revoke(error)
 
     def data_received(self, data: bytes) -> None:
         self._bytes_in += len(data)

@@ -108,10 +108,12 @@ class Proxy:
             on_restart=self.metrics.worker_restarted,
         )
         self.audit = AuditLog(config.audit.file, config.audit.redact) if config.audit.enabled else None
+        loader = registrystore.Loader(config.source) if config.source is not None else None
         self.ops = Ops(Running(
             config=lambda: self.config, snapshot=self.snapshot, prepare_tenant=self.prepare_tenant,
             apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
-            load=(lambda: registrystore.load(config.source)) if config.source is not None else None,
+            load=loader,
+            registry_rejected=(lambda: loader.rejected) if loader is not None and config.registry.enabled else None,
             apply_changes=lambda new: self.apply_config(new, keep_unchanged=True),
             registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
             if config.registry.enabled else None,
@@ -123,6 +125,7 @@ class Proxy:
         self.instance_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
         self.peer_sender: PeerCancelSender | None = None
         self.forward_limit = ForwardLimiter()  # CancelRequests passed to other instances, per client address
+        self._revoke_cancels: set[asyncio.Task[None]] = set()  # cancels of revoked users' running requests
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -251,8 +254,11 @@ class Proxy:
         for ref in sessions:  # logged-in and logging-in users' sessions decide under the new config
             if not ref.admin:
                 by_id[ref.session_id].reconfigure(new)
-        for revocation in revoked:  # each ends at its next statement
-            by_id[revocation.session_id].revoke(revocation.error)
+        for revocation in revoked:  # each ends at its next statement; what it runs now is cancelled (red team 9b2 P5)
+            client = by_id[revocation.session_id]
+            if client.revoke(revocation.error):
+                self._revoke_cancels.add(task := asyncio.get_running_loop().create_task(self._cancel_session(client)))
+                task.add_done_callback(self._revoke_cancels.discard)
         self.pool.reconfigure(self.config)  # sizes follow; a tenant whose context changed gets a new pool
 
     def session_rows(self) -> list[SessionRow]:

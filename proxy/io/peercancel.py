@@ -4,9 +4,10 @@ finds the owning instance's address in the registry and passes a CancelRequest o
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 
@@ -19,6 +20,7 @@ log = get_logger("pgtenant.peers")
 TIMEOUT = 5.0  # seconds for a peer to read a frame, or to answer one (it waits for the backend's cancel)
 MISSING_FOR = 5.0  # seconds a slot no instance held stays unlooked-up (a new instance is found after that)
 LOOKUP_QUEUE = 4  # slots whose cancels may wait for the registry lookup under way; more are dropped (LookupBusy)
+LIVE_FOR = 60.0  # seconds a slot the registry showed held counts as live (its lookups go first, never LookupBusy)
 RELOOK_AFTER = 1.0  # seconds: a slot whose cached instance gave no genuine answer is looked up again at most this often
 _clock = time.monotonic
 # (process id, key proof) -> whether a session of this instance had that key (and its cancel was passed on)
@@ -88,10 +90,49 @@ class PeerCancelServer:
             self.server.close()
 
 
+class LookupFailed(Exception):
+    """The registry could not be read (the lookup says nothing about the slot)."""
+
+
+class LookupTurns:
+    """One registry lookup at a time; lookups of live slots (`first`) take their turn before the others (anyone can
+    keep lookups of free slots waiting: red team 9b2 P1)."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: tuple[collections.deque[asyncio.Future[None]], ...] = (collections.deque(), collections.deque())
+
+    @contextlib.asynccontextmanager
+    async def turn(self, first: bool) -> AsyncIterator[None]:
+        if self._busy:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting[0 if first else 1].append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():  # handed the turn as it was cancelled: pass it on
+                    self._next()
+                raise
+        self._busy = True
+        try:
+            yield
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        for waiting in self._waiting:
+            while waiting:
+                waiter = waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # (the turn passes straight on: _busy stays set)
+                    return
+        self._busy = False
+
+
 class PeerCancelSender:
     """Passes CancelRequests for other instances' sessions on: the slot's address and claim from the registry
-    (cached until an exchange with it fails or is answered STALE: then looked up again, once), one exchange under the
-    shared secret."""
+    (cached until an exchange with it fails or is answered STALE: then looked up again, once, and replaced only by what
+    the registry answers), one exchange under the shared secret."""
 
     def __init__(self, dsn: str, shared: bytes) -> None:
         self.dsn = with_tcp_timeouts(dsn)
@@ -102,53 +143,75 @@ class PeerCancelSender:
         # ~130 a second stalled the event loop (red team 8b F1).
         self._missing: dict[int, float] = {}
         self._looked_up: dict[int, float] = {}  # when each slot's address was last read from the registry
-        self._lookup = asyncio.Lock()
-        # Slots whose lookup is under way or waits (-> how many cancels wait for it): anyone can make cancels wait,
-        # so at most LOOKUP_QUEUE slots wait besides the one looked up (a slot's cancels all wait for its one lookup).
+        self._found: dict[int, float] = {}  # when a lookup last found an instance holding each slot
+        self._turns = LookupTurns()
+        # Slots not live (see _live) whose lookup is under way or waits (-> how many cancels wait for it): anyone can
+        # make cancels wait, so at most LOOKUP_QUEUE such slots wait besides the one looked up (a slot's cancels all
+        # wait for its one lookup). Live slots are never refused and go first (red team 9b2 P1).
         self._queued: dict[int, int] = {}
         self._log_limit = LogLimiter()  # (anyone can send CancelRequests naming a slot whose instance fails)
 
-    async def find(self, slot: int) -> Where | None:
+    def _live(self, slot: int) -> bool:
+        """Whether an instance holds `slot` as far as this sender knows (cached, or found within LIVE_FOR): only the
+        registry makes a slot live, so a flood naming free slots cannot."""
+        return slot in self._where or self._found.get(slot, -LIVE_FOR) + LIVE_FOR > _clock()
+
+    async def find(self, slot: int, stale: Where | None = None) -> Where | None:
         """The address and claim of `slot`'s instance (cached, or read from the registry); None if none holds it.
-        LookupBusy when it needs a lookup and cancels of LOOKUP_QUEUE other slots already wait for one: with many
-        free slots (instance_bits 10) anyone could queue cancels without bound behind the one lookup at a time,
-        holding every other cancel needing a lookup for minutes (red team 9b N5)."""
+        With `stale` (the cached entry that gave no genuine answer, or a genuine UNKNOWN), read the registry even
+        though it is cached; the entry is replaced only by the registry's answer (a failed lookup keeps it).
+        LookupBusy when it needs a lookup for a slot not live and cancels of LOOKUP_QUEUE other such slots already
+        wait for one: with many free slots (instance_bits 10) anyone could queue cancels without bound behind the one
+        lookup at a time, holding every other cancel needing a lookup for minutes (red team 9b N5)."""
         found = self._where.get(slot)
-        if found is not None or self._missing.get(slot, 0.0) > _clock():
+        if stale is None and (found is not None or self._missing.get(slot, 0.0) > _clock()):
             return found
-        if slot not in self._queued and len(self._queued) > LOOKUP_QUEUE:
-            raise LookupBusy(slot)
-        self._queued[slot] = self._queued.get(slot, 0) + 1
+        live = self._live(slot)
+        if not live:
+            if slot not in self._queued and len(self._queued) > LOOKUP_QUEUE:
+                raise LookupBusy(slot)
+            self._queued[slot] = self._queued.get(slot, 0) + 1
         try:
-            async with self._lookup:
+            async with self._turns.turn(first=live):
                 found = self._where.get(slot)
-                if found is not None or self._missing.get(slot, 0.0) > _clock():
+                if stale is None and (found is not None or self._missing.get(slot, 0.0) > _clock()):
                     return found
-                try:
-                    async with asyncio.timeout(TIMEOUT):  # (a lookup hanging on a silent registry path holds the queue)
-                        found = await self._query(slot)
-                except TimeoutError:
-                    log.warning("peer_lookup_failed", slot=slot, error="timed out")
-                    found = None
-                self._looked_up[slot] = _clock()
-                if found is None:
-                    self._missing[slot] = _clock() + MISSING_FOR
-                else:
-                    self._where[slot] = found
-                return found
+                if stale is not None and found != stale:  # another cancel's lookup answered meanwhile
+                    return found
+                return await self._look_up(slot, keep=found)
         finally:
-            if self._queued[slot] == 1:
-                del self._queued[slot]
-            else:
-                self._queued[slot] -= 1
+            if not live:
+                if self._queued[slot] == 1:
+                    del self._queued[slot]
+                else:
+                    self._queued[slot] -= 1
+
+    async def _look_up(self, slot: int, keep: Where | None) -> Where | None:
+        """Read `slot` from the registry (the caller holds the turn); if the read fails, `keep` stays (or, with none,
+        the slot counts as missing for MISSING_FOR)."""
+        self._looked_up[slot] = _clock()
+        try:
+            async with asyncio.timeout(TIMEOUT):  # (a lookup hanging on a silent registry path holds the queue)
+                found = await self._query(slot)
+        except (TimeoutError, LookupFailed) as exc:
+            if isinstance(exc, TimeoutError):
+                log.warning("peer_lookup_failed", slot=slot, error="timed out")
+            if keep is None:
+                self._missing[slot] = _clock() + MISSING_FOR
+            return keep
+        if found is None:  # (no longer live either)
+            self._where.pop(slot, None)
+            self._found.pop(slot, None)
+            self._missing[slot] = _clock() + MISSING_FOR
+        else:
+            self._where[slot] = found
+            self._found[slot] = _clock()
+            self._missing.pop(slot, None)
+        return found
 
     def missing(self, slot: int) -> bool:
         """Whether no instance held `slot` at the last lookup (recently)."""
         return self._missing.get(slot, 0.0) > _clock()
-
-    def _forget(self, slot: int, where: Where) -> None:
-        if self._where.get(slot) == where:  # (not a newer answer another cancel found meanwhile)
-            del self._where[slot]
 
     async def _query(self, slot: int) -> Where | None:
         try:
@@ -157,7 +220,7 @@ class PeerCancelSender:
                 row = await (await conn.execute(FIND_SLOT, (slot, INSTANCE_LOCK, slot))).fetchone()
         except (psycopg.Error, OSError) as exc:
             log.warning("peer_lookup_failed", slot=slot, error=str(exc).strip())
-            return None
+            raise LookupFailed(slot) from exc
         return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
 
     async def send(self, slot: int, process_id: int, secret_key: bytes) -> bytes | None:
@@ -167,12 +230,13 @@ class PeerCancelSender:
         status = None if where is None else await self._exchange(where, slot, process_id, secret_key)
         # Gone, replaced, or an impostor there: look again (not for every cancel: anyone can send them, and a lookup
         # is a registry login). Also on a genuine UNKNOWN: its instance may have lost the slot without knowing it yet
-        # (its registry connection down) while the session is the slot's new owner's (red team 9b N3).
+        # (its registry connection down) while the session is the slot's new owner's (red team 9b N3). The cached
+        # entry is never dropped before the registry answered: anyone can make an instance answer UNKNOWN (a random
+        # key) while keeping lookups busy, which dropped every later cancel for a live slot (red team 9b2 P1).
         if where is not None and status in (None, instancekey.STALE, instancekey.UNKNOWN) \
                 and self._looked_up.get(slot, 0.0) + RELOOK_AFTER <= _clock():
-            self._forget(slot, where)
             try:
-                fresh = await self.find(slot)
+                fresh = await self.find(slot, stale=where)
             except LookupBusy:
                 fresh = None
             if fresh is not None and fresh != where:

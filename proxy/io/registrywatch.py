@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from proxy.ops import ReloadStatus
 
 log = get_logger("pgtenant.registry")
+_clock = time.monotonic
 
 # Seconds between round trips on an otherwise silent LISTEN connection: a connection lost without a word (a
 # network partition) is noticed within this, and the next one reloads what was missed meanwhile.
@@ -29,6 +30,9 @@ PING_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 5
 # A reload that could not read the registry (a blip, a failover) is tried again after RETRY_FIRST seconds, doubling
 # up to RETRY_MAX, until it applies or is rejected for what the rows say (red team 8b F7).
+# A reload asked for more than RELOAD_DUE seconds ago and not yet finished (a read waiting on a lock, a slow apply, a
+# SIGHUP reload ahead of it) makes the config not current: /readyz answers 503 meanwhile (red team 9b2 P3).
+RELOAD_DUE = 15.0
 RETRY_FIRST = 0.5
 RETRY_MAX = 30.0
 # While the registry stays unreachable, a failed connection attempt is logged as a warning at most once per this
@@ -60,6 +64,7 @@ class RegistryWatch:
         self._failing = False  # the last reload could not read the registry (retrying)
         self._unreachable_logged: float | None = None  # when the last registry_unreachable warning was written
         self._unreachable_attempts = 0  # failed attempts since then
+        self._waiting_since: float | None = None  # when the oldest reload asked for and not yet answered was asked
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -73,7 +78,8 @@ class RegistryWatch:
     def current(self) -> bool:
         """The config in force is the registry's as far as this process can know: connected, the reload after the
         last (re)connect has run, and no reload since the last good one failed to read the registry."""
-        return self.connected and not self._failing and self._done >= self._resync
+        overdue = self._waiting_since is not None and _clock() - self._waiting_since > RELOAD_DUE
+        return self.connected and not self._failing and self._done >= self._resync and not overdue
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -88,6 +94,8 @@ class RegistryWatch:
         self.connected = False
 
     def _ask(self) -> int:
+        if self._waiting_since is None:
+            self._waiting_since = _clock()
         self._asked += 1
         self._dirty.set()
         return self._asked
@@ -97,7 +105,7 @@ class RegistryWatch:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            asked = self._asked
+            asked, started = self._asked, _clock()
             try:
                 status, message = await self.reload()
             except Exception as exc:  # the reload reports its own failures; this is a bug's last line
@@ -114,6 +122,7 @@ class RegistryWatch:
                 continue
             delay = RETRY_FIRST
             self._done = max(self._done, asked)
+            self._waiting_since = None if self._done >= self._asked else started  # (later asks came after it began)
             if self._failing:
                 self._failing = False
                 log.info("registry_caught_up")
@@ -207,7 +216,7 @@ class RegistryWatch:
             # Every reconnect attempt fails while the registry is down: a warning for the first and then one per
             # UNREACHABLE_LOG_EVERY seconds, counting the attempts between (the rest at debug level).
             self._unreachable_attempts += 1
-            now = time.monotonic()
+            now = _clock()
             last = self._unreachable_logged
             if last is None or now - last >= UNREACHABLE_LOG_EVERY:
                 log.warning("registry_unreachable", problem=problem, attempts=self._unreachable_attempts)

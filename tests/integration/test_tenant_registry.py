@@ -129,6 +129,33 @@ def test_a_removed_users_session_ends_with_a_clear_error(rproxy: ProxyProcess) -
     assert count(rproxy, "eve") is None
 
 
+def test_a_removed_users_running_query_is_cancelled(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    """Red team 9b2 P5: the statements already sent in one Query ran after the user's removal applied (an INSERT ~3 s
+    later), the running one was not cancelled. At revocation the proxy cancels the session's running request: the
+    rest of the Query does not run, and the next message gets the 28000."""
+    applied(rproxy, change_number(add_user(rproxy, "midq", "acme", "midq-pw")))
+    outcome: list[object] = []
+    with psycopg.connect(rproxy.dsn("midq"), autocommit=True) as conn:
+        def run() -> None:
+            try:
+                outcome.append(conn.execute("SELECT pg_sleep(60); SELECT 'second statement ran'").fetchall())
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        try:
+            until(lambda: pg.execute("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%' "
+                                     "AND state = 'active'") or None, APPLY_WAIT, interval=0.05, what="the query runs")
+            change_number(pgtenant("users", "remove", "midq", "--config", str(rproxy.config_path)))
+        finally:
+            thread.join(APPLY_WAIT * 2)
+        assert not thread.is_alive() and len(outcome) == 1
+        assert isinstance(outcome[0], psycopg.errors.QueryCanceled), outcome
+        with pytest.raises(psycopg.OperationalError, match='role "midq" is no longer allowed to connect'):
+            conn.execute("SELECT 1")
+
+
 def test_a_tenant_added_through_the_cli_serves_its_users(rproxy: ProxyProcess) -> None:
     res = pgtenant("tenants", "add", "newco", "--strategy", "shared", "--database", "saas", "--tenant-id", "newco",
                    "--set", "max_client_connections=5", "--config", str(rproxy.config_path))
@@ -149,21 +176,43 @@ def test_the_cli_refuses_a_change_the_proxy_would_reject(rproxy: ProxyProcess, p
     assert not pg.execute("SELECT 1 FROM pgtenant_registry.tenants WHERE name = 'badco'", dbname=REGISTRY_DB)
 
 
-def test_a_malformed_row_is_rejected_and_the_old_config_stays(rproxy: ProxyProcess, pg: PgCluster) -> None:
-    before = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_rejected")
+def test_a_malformed_row_is_rejected_alone_and_later_changes_apply(rproxy: ProxyProcess, pg: PgCluster) -> None:
+    """Red team 9b2 P4: one rejected row froze every later change on every instance (a `users remove` after it was
+    applied nowhere, /readyz green). The row is rejected alone (logged, shown in /readyz and a metric), and every
+    other change, the removal too, applies."""
+    applied(rproxy, change_number(add_user(rproxy, "mira", "acme", "mira-pw")))
+    before = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_row_rejected")
     pg.execute("INSERT INTO pgtenant_registry.users (name, tenant, verifier, options) "
                "VALUES ('mallory', 'acme', %s, '{\"profile\": \"wizard\"}')", (str(make_verifier("m-pw")),),
                dbname=REGISTRY_DB)
     try:
         def rejected() -> dict | None:
-            found = [e for e in rproxy.log_events() if e.get("event") == "registry_rejected"]
+            found = [e for e in rproxy.log_events() if e.get("event") == "registry_row_rejected"]
             return found[before] if len(found) > before else None
 
-        event = until(rejected, APPLY_WAIT, interval=0.05, what="registry_rejected")
-        assert "users.mallory.profile" in event["result"]
-        assert count(rproxy, "alice") == 200  # the previous config serves on
+        event = until(rejected, APPLY_WAIT, interval=0.05, what="registry_row_rejected")
+        assert event["row"] == "users.mallory" and "users.mallory.profile" in event["problem"]
+        assert count(rproxy, "alice") == 200  # the rest serves on
+        res = pgtenant("users", "remove", "mira", "--config", str(rproxy.config_path))  # not held up by mallory
+        applied(rproxy, change_number(res))
+        assert count(rproxy, "mira") is None
+        status, detail = ready(rproxy)
+        assert status == 200 and detail["registry_rejected"] == ["users.mallory"], detail
+        with urllib.request.urlopen(rproxy.metrics_url + "/metrics", timeout=10) as r:
+            assert "pgtenant_registry_rejected_rows 1.0" in r.read().decode().splitlines()
     finally:
         pg.execute("DELETE FROM pgtenant_registry.users WHERE name = 'mallory'", dbname=REGISTRY_DB)
+    until(lambda: ready(rproxy)[1].get("registry_rejected") == [] or None, APPLY_WAIT, interval=0.1,
+          what="no row rejected once it is gone")
+
+
+def test_the_cli_without_a_config_refuses_a_user_of_a_tenant_the_registry_lacks(rproxy: ProxyProcess) -> None:
+    """Red team 9b2 P4 repro 1: `users add newguy --tenant acmee` (a typo) with only PGTENANT_REGISTRY_DSN was
+    written with a note; every proxy then rejected it. Without a config file the tenant must be the registry's."""
+    dsn = rproxy.registry["dsn"]
+    res = pgtenant("users", "add", "newguy", "--tenant", "acmee", "--password-env", "PGT_TEST_PW",
+                   env={"PGT_TEST_PW": "x-pw", "PGTENANT_REGISTRY_DSN": dsn})
+    assert res.returncode == 2 and "unknown tenant 'acmee' (not in the registry" in res.stderr, res.stderr
 
 
 def ready(p: ProxyProcess) -> tuple[int, dict]:
@@ -269,26 +318,52 @@ def test_a_reload_that_cannot_read_the_registry_is_retried_and_readyz_waits_for_
     assert any(e.get("event") == "registry_caught_up" for e in rproxy.log_events())
 
 
+def test_a_reload_waiting_on_a_registry_lock_gives_up_and_readyz_waits_for_it(
+        rproxy: ProxyProcess, pg: PgCluster) -> None:
+    """Red team 9b2 P3: an ACCESS EXCLUSIVE lock on a registry table (an operator's ALTER TABLE, or one queued behind
+    an idle reader) held the reload's read for as long as it lasted: the removed user logged in and /readyz stayed
+    green. The read now gives up after LOCK_TIMEOUT_MS (`unreachable`: retried, not current) and the removal applies
+    once the lock is gone."""
+    applied(rproxy, change_number(add_user(rproxy, "luke", "acme", "luke-pw")))
+    behind = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_behind")
+    with pg.connect(dbname=REGISTRY_DB, autocommit=False) as locker:
+        locker.execute("LOCK TABLE pgtenant_registry.tenant_settings IN ACCESS EXCLUSIVE MODE")
+        try:
+            pg.execute("DELETE FROM pgtenant_registry.users WHERE name = 'luke'", dbname=REGISTRY_DB)
+            version = pg.execute("SELECT max(version) FROM pgtenant_registry.changes", dbname=REGISTRY_DB)[0][0]
+            detail = until(lambda: ready(rproxy)[0] == 503 and ready(rproxy)[1], APPLY_WAIT, interval=0.1,
+                           what="not ready while the read waits on the lock")
+            assert detail["registry"] is True and detail["registry_current"] is False
+            logged = until(lambda: [e for e in rproxy.log_events() if e.get("event") == "registry_behind"][behind:]
+                           or None, APPLY_WAIT, interval=0.1, what="registry_behind")
+            assert "lock timeout" in logged[0]["problem"], logged  # (not the statement timeout)
+        finally:
+            locker.rollback()
+    applied(rproxy, version)
+    assert count(rproxy, "luke") is None
+    until(lambda: ready(rproxy)[0] == 200 or None, APPLY_WAIT, interval=0.1, what="ready again")
+
+
 def test_a_database_tenant_in_the_registrys_database_is_refused(rproxy: ProxyProcess, pg: PgCluster) -> None:
     """Red team 8b F2/F3, the config's lock: such a tenant could hold the instance slots' advisory locks and NOTIFY
-    the registry's channel. The CLI refuses to add it; a row written by hand is rejected by the proxy and by
-    check-config, and the old config serves on."""
+    the registry's channel. The CLI refuses to add it; a row written by hand is rejected (alone) by the proxy and by
+    check-config, and the rest serves on."""
     res = pgtenant("tenants", "add", "regco", "--strategy", "database", "--database", REGISTRY_DB,
                    "--config", str(rproxy.config_path))
     assert res.returncode == 2 and "tenants.regco: a database-strategy tenant may not be served from the " \
         "registry's database" in res.stderr, res.stderr
     assert not pg.execute("SELECT 1 FROM pgtenant_registry.tenants WHERE name = 'regco'", dbname=REGISTRY_DB)
-    before = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_rejected")
+    before = sum(1 for e in rproxy.log_events() if e.get("event") == "registry_row_rejected")
     pg.execute("INSERT INTO pgtenant_registry.tenants (name, strategy, database) VALUES ('regco', 'database', %s)",
                (REGISTRY_DB,), dbname=REGISTRY_DB)
     try:
         def rejected() -> dict | None:
-            found = [e for e in rproxy.log_events() if e.get("event") == "registry_rejected"]
+            found = [e for e in rproxy.log_events() if e.get("event") == "registry_row_rejected"]
             return found[before] if len(found) > before else None
 
-        event = until(rejected, APPLY_WAIT, interval=0.05, what="registry_rejected")
-        assert f"tenants.regco: a database-strategy tenant may not be served from the registry's database " \
-            f"(database '{REGISTRY_DB}'" in event["result"]
+        event = until(rejected, APPLY_WAIT, interval=0.05, what="registry_row_rejected")  # (that row alone)
+        assert event["row"] == "tenants.regco" and "tenants.regco: a database-strategy tenant may not be served " \
+            f"from the registry's database (database '{REGISTRY_DB}'" in event["problem"]
         checked = pgtenant("check-config", str(rproxy.config_path))
         assert checked.returncode != 0 and "tenants.regco" in checked.stdout + checked.stderr
         assert count(rproxy, "alice") == 200

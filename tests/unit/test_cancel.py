@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.cancel import CancelRegistry, ForwardLimiter, KeySpace, client_key, new_cancel_key, use_key_space
+from proxy.cancel import (
+    CancelRegistry,
+    ForwardLimiter,
+    KeySpace,
+    client_key,
+    new_cancel_key,
+    source_of,
+    use_key_space,
+)
 from proxy.instancekey import key_proof
 
 
@@ -126,14 +134,38 @@ def test_cancels_passed_on_are_limited_in_all_and_per_destination() -> None:
     """Red team 9b N1: many addresses together stay under one rate, and one instance gets a bounded number of
     exchanges at a time."""
     limit = ForwardLimiter(rate=100.0, burst=100.0, total_rate=2.0, total_burst=3.0, in_flight=2)
-    assert [limit.allow(f"10.0.0.{i}", 100.0) for i in range(4)] == [True, True, True, False]
-    assert limit.allow("10.0.0.9", 100.5) and not limit.allow("10.0.0.8", 100.5)  # the total refills 2 a second
+    assert [limit.allow(f"10.0.{i}.1", 100.0) for i in range(4)] == [True, True, True, False]
+    assert limit.allow("10.0.9.1", 100.5) and not limit.allow("10.0.8.1", 100.5)  # the total refills 2 a second
     assert [limit.begin(1), limit.begin(1), limit.begin(1), limit.begin(2)] == [True, True, False, True]
     limit.end(1)
     assert limit.begin(1) and not limit.begin(1)
     for slot in (1, 1, 2):
         limit.end(slot)
     assert limit._flying == {}
+
+
+def test_the_overall_forward_budget_is_shared_fairly_among_sources() -> None:
+    """Red team 9b2 P2: thousands of addresses, each under its own 20/s, drained the overall 200/s, and every other
+    client's cross-instance cancel was dropped. While the overall budget is short, a source (/24, /64) gets one
+    cancel a second: a flood from fewer sources than the overall rate leaves room for a victim's one cancel."""
+    limit = ForwardLimiter()
+    flood = victims = 0
+    for tick in range(200):  # 10 s: 50 /24s, a fresh address per packet, 1000 packets a second in all
+        now = 100.0 + tick * 0.05
+        for i in range(50):
+            flood += limit.allow(f"198.18.{i}.{tick % 250 + 1}", now)
+        if tick % 20 == 10:  # a victim's one cancel a second, each from another network
+            victims += limit.allow(f"203.0.{tick}.7", now)
+    assert victims == 10  # every victim's cancel passed on
+    assert flood <= 400 + 200 * 10  # (the overall rate still holds)
+
+
+@pytest.mark.parametrize(("address", "source"), [
+    ("10.1.2.3", "10.1.2.0/24"), ("::ffff:10.1.2.3", "10.1.2.0/24"), ("2001:db8:1:2:3::4", "2001:db8:1:2::/64"),
+    ("fe80::1%eth0", "fe80::/64"), ("/tmp/.s.PGSQL.6432", "/tmp/.s.PGSQL.6432"),
+])
+def test_forward_sources_are_address_blocks(address: str, source: str) -> None:
+    assert source_of(address) == source
 
 
 def test_a_protocol_3_2_client_gets_the_whole_secret_and_a_3_0_client_four_bytes() -> None:

@@ -424,6 +424,32 @@ def test_registry_peer_keys(tmp_path: Path) -> None:
             load({**base(), "registry": given}, tmp_path)
 
 
+@pytest.mark.parametrize("host", ["0", "0x0", "0.0.0.0", "::", "::0", "0:0::0", "[::]", "::ffff:0.0.0.0", "0.0", ""])
+def test_registry_peer_addresses_are_read_as_addresses_not_strings(tmp_path: Path, host: str) -> None:
+    """Red team 9b2 P6: the unspecified-address check compared strings, so `peer_host = "::0"` or `"0"` needed no
+    advertise_host and `advertise_host = "0"`, `"0x0"`, `"::ffff:0.0.0.0"` were advertised (connecting to any of them
+    reaches the connecting host's own loopback). They are read as getaddrinfo reads numeric hosts."""
+    reg = {"dsn": "host=db", "peer_port": 6433, "peer_secret": "x" * 32}
+    with pytest.raises(ConfigError, match=r"registry\.advertise_host: required with peer_port"):
+        load({**base(), "registry": {**reg, "peer_host": host}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"registry\.advertise_host: .* is no address other instances can reach"):
+        load({**base(), "registry": {**reg, "peer_host": "10.0.0.7", "advertise_host": host}}, tmp_path)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.7", "127.0.0.1", "fd00::7", "pod-7.pgtenant.svc", "0.0.0.1"])
+def test_registry_peer_addresses_that_name_a_host_are_accepted(tmp_path: Path, host: str) -> None:
+    reg = {"dsn": "host=db", "peer_port": 6433, "peer_secret": "x" * 32}
+    assert load({**base(), "registry": {**reg, "peer_host": host}}, tmp_path).registry.peer_host == host  # type: ignore[attr-defined]
+    cfg = load({**base(), "registry": {**reg, "advertise_host": host}}, tmp_path)
+    assert cfg.registry.advertise_host == host  # type: ignore[attr-defined]
+
+
+def test_registry_peer_addresses_with_blanks_are_refused(tmp_path: Path) -> None:
+    reg = {"dsn": "host=db", "peer_port": 6433, "peer_secret": "x" * 32, "peer_host": "10.0.0.7"}
+    with pytest.raises(ConfigError, match=r"registry\.advertise_host: ' 10\.0\.0\.5' has blanks around it"):
+        load({**base(), "registry": {**reg, "advertise_host": " 10.0.0.5"}}, tmp_path)
+
+
 def test_registry_peer_forwarding_with_several_workers_is_accepted(tmp_path: Path) -> None:
     """The supervisor claims the instance's slot and owns the peer port (issue 19; refused before)."""
     raw = base()

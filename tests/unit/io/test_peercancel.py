@@ -307,3 +307,101 @@ def test_a_genuine_unknown_from_a_cached_claim_sends_the_sender_to_the_registry_
         await owner.server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_genuine_unknown_does_not_drop_a_live_slots_address_while_lookups_are_busy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b2 P1: an anonymous client kept the one registry lookup busy with CancelRequests naming free slots
+    and made the victim's instance answer `U` (a random key): the sender dropped the cached address before looking it
+    up again, the lookup was LookupBusy, and every later cancel for that slot was dropped `busy`. A `U` now keeps the
+    address (it is replaced only by the registry's answer), so the victim's cancel goes straight through."""
+
+    async def scenario() -> None:
+        instance = Instance(claim=2_000)
+        await instance.server.start()
+        sender = peercancel.PeerCancelSender("host=registry", SHARED)
+        release = asyncio.Event()
+        release.set()
+        lookups: list[int] = []
+
+        async def query(slot: int) -> tuple[str, int, int] | None:
+            lookups.append(slot)
+            await release.wait()
+            return instance.where if slot == 1 else None
+
+        monkeypatch.setattr(sender, "_query", query)
+        now = [1000.0]
+        monkeypatch.setattr(peercancel, "_clock", lambda: now[0])
+        assert await sender.find(1) == instance.where  # cached from an earlier cancel
+        release.clear()
+        flood = [asyncio.ensure_future(sender.find(slot)) for slot in range(2, 2 + 1 + peercancel.LOOKUP_QUEUE)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(peercancel.LookupBusy):  # the lookup queue is full of free slots
+            await sender.find(100)
+        now[0] += peercancel.RELOOK_AFTER
+        attacker = asyncio.ensure_future(sender.send(1, 4321, b"rand"))  # genuine U: waits for its relook
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(sender.find(1), 1) == instance.where  # still cached
+        assert await asyncio.wait_for(sender.send(1, 4322, SECRET_KEY), 5) == instancekey.FOUND  # the victim's
+        release.set()
+        assert await attacker == instancekey.UNKNOWN
+        assert await asyncio.gather(*flood) == [None] * (1 + peercancel.LOOKUP_QUEUE)
+        assert lookups[:3] == [1, 2, 1]  # the live slot's relook went before the free slots waiting
+        assert await sender.find(1) == instance.where
+        await instance.server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_failed_lookup_keeps_the_cached_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b2 P1: a relook that fails (the registry unreachable, or too slow) says nothing about the slot: the
+    previous address stays cached; only the registry answering that no instance holds it drops it."""
+
+    async def scenario() -> None:
+        sender = peercancel.PeerCancelSender("host=registry", SHARED)
+        answers: list[object] = [("127.0.0.1", 1, 1_000)]
+
+        async def query(slot: int) -> tuple[str, int, int] | None:
+            answer = answers[-1]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer  # type: ignore[return-value]
+
+        monkeypatch.setattr(sender, "_query", query)
+        where = await sender.find(1)
+        answers.append(peercancel.LookupFailed(1))
+        assert await sender.find(1, stale=where) == where and await sender.find(1) == where
+        answers.append(None)
+        assert await sender.find(1, stale=where) is None and sender.missing(1)
+        assert not sender._live(1)  # a slot found free again has no priority
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_lookup_turns_go_to_live_slots_first() -> None:
+    """LookupTurns: one holder at a time; waiters marked first are served before the others, in order; a waiter
+    cancelled while handed the turn passes it on."""
+    turns = peercancel.LookupTurns()
+    order: list[str] = []
+
+    async def take(name: str, first: bool, hold: asyncio.Event | None = None) -> None:
+        async with turns.turn(first):
+            order.append(name)
+            if hold is not None:
+                await hold.wait()
+
+    async def scenario() -> None:
+        hold = asyncio.Event()
+        holder = asyncio.ensure_future(take("holder", False, hold))
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(take(name, name.startswith("live"))) for name in
+                   ("free1", "live1", "free2", "gone", "live2")]
+        await asyncio.sleep(0)
+        waiting[3].cancel()
+        hold.set()
+        await asyncio.gather(holder, *waiting, return_exceptions=True)
+        assert order == ["holder", "live1", "live2", "free1", "free2"]
+        await asyncio.wait_for(take("after", False), 1)  # the turn is free again
+        assert order[-1] == "after"
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -49,6 +49,19 @@ def _watch(outcomes: list[ReloadStatus]) -> tuple[RegistryWatch, list[ReloadStat
     return RegistryWatch("dbname=unused", 1.0, reload), given
 
 
+def _gated(watch: RegistryWatch) -> asyncio.Event:
+    """Make the watch's reloads wait until the returned event is set (a slow reload, or one waiting on a lock)."""
+    gate = asyncio.Event()
+    inner = watch.reload
+
+    async def gated() -> tuple[ReloadStatus, str]:
+        await gate.wait()
+        return await inner()
+
+    watch.reload = gated
+    return gate
+
+
 def test_a_reload_that_cannot_read_the_registry_is_tried_again_until_it_applies(logged: list[dict]) -> None:
     async def run() -> None:
         watch, given = _watch(["unreachable", "unreachable", "unreachable"])
@@ -95,14 +108,7 @@ def test_a_reconnect_is_behind_until_its_reload_has_run() -> None:
     for a reload, and the proxy is not current until it ran."""
     async def run() -> None:
         watch, given = _watch([])
-        gate = asyncio.Event()
-        inner = watch.reload
-
-        async def slow() -> tuple[ReloadStatus, str]:
-            await gate.wait()
-            return await inner()
-
-        watch.reload = slow
+        gate = _gated(watch)
         task = asyncio.get_running_loop().create_task(watch._apply())
         try:
             watch._resync = watch._ask()  # what _listen does on every (re)connect
@@ -262,7 +268,7 @@ def test_an_unreachable_registry_is_warned_about_once_per_interval_not_per_attem
     logged: list[dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr(registrywatch.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(registrywatch, "_clock", lambda: now[0])
     watch, _ = _watch([])
     for _ in range(50):  # one failed attempt per reconnect_delay
         watch._lost("connection refused")
@@ -298,3 +304,33 @@ def test_the_supervisors_slot_only_watch_logs_no_line_per_change(logged: list[di
 
     asyncio.run(run())
     assert not [e for e in logged if e["event"].startswith("registry_")], logged
+
+
+def test_a_reload_outstanding_too_long_is_not_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b2 P3: a reload whose registry read waited on a lock (an ALTER TABLE queued behind an idle reader)
+    kept `current` true for as long as the lock lasted, so /readyz stayed green while a removed user logged in. A
+    reload asked for more than RELOAD_DUE seconds ago and not finished makes the config not current."""
+    now = [1000.0]
+    monkeypatch.setattr(registrywatch, "_clock", lambda: now[0])
+
+    async def run() -> None:
+        watch, given = _watch([])
+        gate = _gated(watch)
+        watch.connected = True
+        task = asyncio.get_running_loop().create_task(watch._apply())
+        try:
+            watch._ask()  # a notification: its reload waits on the lock
+            await asyncio.sleep(0.01)
+            assert watch.current  # (not overdue yet)
+            now[0] += registrywatch.RELOAD_DUE + 1
+            assert not watch.current
+            watch._ask()  # another change meanwhile: still behind
+            gate.set()
+            await _until(lambda: len(given) == 2, "both reloads")
+            assert watch.current
+            now[0] += registrywatch.RELOAD_DUE + 1  # nothing asked since: an old reload is no reason
+            assert watch.current
+        finally:
+            task.cancel()
+
+    asyncio.run(run())
