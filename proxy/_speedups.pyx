@@ -133,6 +133,10 @@ cdef class MessageStream:
     def pending(self):
         return len(self._buf) + self._parts_len
 
+    @property
+    def unfinished(self):
+        return len(self._buf) + self._parts_len + self._skip
+
     cpdef list feed(self, data):
         cdef list out = []
         cdef Py_ssize_t n, pos, run_start, end, length, max_length

@@ -958,7 +958,7 @@ class ClientSession:
         the pool unless the session is pinned."""
         self._idle_check = False
         actions: list[Action] = [RelayToClient(chunks)]
-        if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.pending
+        if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.unfinished
                 or self._replaying or (self.statements is not None and not self.statements.idle)):
             return actions
         if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
@@ -1086,7 +1086,7 @@ class ClientSession:
         if self.server is None:
             return []
         idle = (self._tx_status == b"I" and not self.tracker.pending and self._held is None and not self._replaying
-                and not self.frontend.pending and (self.statements is None or self.statements.idle))
+                and not self.frontend.unfinished and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
         # (settings are recorded on it: the next client's diff; advisory locks not asked for: reset)
@@ -2537,7 +2537,7 @@ class ClientSession:
             self._timed_out, self._fed_since_cancel, self._cancelling = head, False, True
             reached = [LimitReached(limits.tenant, limits.user, STATEMENT_TIMEOUT, timeout)] if first else []
             return [*reached, CancelQuery()]
-        if (idle is not None and self._tx_status != b"I" and self._held is None and not self.frontend.pending
+        if (idle is not None and self._tx_status != b"I" and self._held is None and not self.frontend.unfinished
                 and now - self._last_ready >= idle):
             return self._idle_timeout(limits, idle)
         return []

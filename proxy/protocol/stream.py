@@ -137,6 +137,13 @@ class MessageStream:
         """Bytes held back waiting for the rest of a message."""
         return len(self._buf) + self._parts_len
 
+    @property
+    def unfinished(self) -> int:
+        """Bytes of a message begun and not yet complete: held back (`pending`), or still to come of one forwarded
+        piece by piece (a large CopyData). Nonzero means the peer is mid-message: the connection it goes to must not
+        change hands (red team 9s F1: the rest of a CopyData reached the next server as messages of their own)."""
+        return len(self._buf) + self._parts_len + self._skip
+
     def feed(self, data: bytes) -> list[bytes | memoryview | Message]:
         """Frame `data` (bytes: message bodies are slices of it), after the bytes a HOLD left unframed."""
         out: list[bytes | memoryview | Message] = []

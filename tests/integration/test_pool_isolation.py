@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from proxy.protocol import messages as m
+from tests.support import wire
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.pooling import (
@@ -651,3 +654,37 @@ def test_a_flooding_tenant_does_not_starve_another(budget: ProxyProcess) -> None
     # two grants to bigco (its login, its query), each at most one acme statement behind; in arrival order, each
     # would come after the (at least 4) acme requests already waiting
     assert len(overtaking) <= 3, f"{len(overtaking)} acme statements went before bigco's waiting requests"
+
+
+def test_a_message_forwarded_in_pieces_keeps_its_server_until_it_is_complete(iso: ProxyProcess) -> None:
+    """Red team 9s F1 (CRITICAL, sticky servers or not): a CopyData header sent after a query, its body later, left the
+    server between messages in the proxy's count at the query's ReadyForQuery 'I': the server went back (or stayed
+    kept) with half a message on the wire and the body reached the next server as messages of their own, unchecked
+    (the red team ran set_config of another tenant's id and read its rows). The server stays with the session until
+    the message is complete (PostgreSQL ignores a CopyData outside COPY), and the next client waits for it."""
+    smuggled = m.frame(b"Q", b"SELECT 'smuggled'\x00")
+    sock, messages = wire.login(iso.port, {"user": "isa", "database": "pool_iso_a"}, iso.users["isa"][1])
+    try:
+        assert messages[-1][0] == b"Z", messages
+        sock.sendall(m.frame(b"Q", b"SELECT 1\x00") + b"d" + struct.pack("!I", len(smuggled) + 4))
+        while wire.read_message(sock) != (b"Z", b"I"):
+            pass
+        got: list[Any] = []
+
+        def other() -> None:
+            with _connect(iso, "isa") as b:
+                got.append(b.execute("SELECT 'b', pg_backend_pid()").fetchone())
+
+        thread, _ = _in_thread(other)
+        until(lambda: int(pool_row(iso, "iso_a").get("cl_waiting") or 0) == 1, what="the other client waits")
+        sock.sendall(smuggled)  # the CopyData's body, to A's server, which ignores it
+        sock.sendall(m.frame(b"Q", b"SELECT 'after', pg_backend_pid()\x00"))
+        answers: list[tuple[bytes, bytes]] = []
+        while not answers or answers[-1] != (b"Z", b"I"):
+            answers.append(wire.read_message(sock))
+        thread.join(30)
+        assert got and got[0][0] == "b", got  # the next client got the server, whole
+        rows = [body for t, body in answers if t == b"D"]
+        assert len(rows) == 1 and b"after" in rows[0] and not any(b"smuggled" in body for _, body in answers)
+    finally:
+        sock.close()

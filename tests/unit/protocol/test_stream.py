@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 from functools import partial
 
 import pytest
@@ -144,3 +145,20 @@ def test_a_large_intercepted_message_arriving_in_small_reads_is_held_then_return
             assert not items and s.pending == i + 4096
     assert len(items) == 1 and s.pending == 0
     assert bytes(items[0].raw()) == msg
+
+
+def test_a_message_forwarded_in_pieces_is_unfinished_until_its_last_byte() -> None:
+    """Red team 9s F1: a passed-through message (a large CopyData) forwarded as it arrives is held back nowhere
+    (`pending` 0), but the peer is mid-message until its last byte: `unfinished` counts the bytes still to come, so
+    the connection it goes to does not change hands meanwhile."""
+    s = MessageStream(intercept=frozenset({ord("Q")}))
+    payload = frame(b"Q", b"SELECT 'smuggled'\x00")
+    out = s.feed(frame(b"Z", b"I") + b"d" + struct.pack("!I", len(payload) + 4))
+    assert _join(out) == frame(b"Z", b"I") + b"d" + struct.pack("!I", len(payload) + 4)
+    assert s.pending == 0 and s.unfinished == len(payload)
+    out = s.feed(payload[:7])
+    assert _join(out) == payload[:7] and s.unfinished == len(payload) - 7  # (forwarded as data, never framed)
+    out = s.feed(payload[7:] + frame(b"Q", b"SELECT 1\x00")[:3])
+    assert _join(out) == payload[7:] and s.pending == s.unfinished == 3
+    out = s.feed(frame(b"Q", b"SELECT 1\x00")[3:])
+    assert isinstance(out[-1], Message) and s.pending == s.unfinished == 0
