@@ -318,6 +318,62 @@ def test_asyncpg_and_jdbc_read_through_auto(proxy: ProxyProcess, replicated: tup
     until(jdbc_port, 60, 0.2, "pgJDBC reading on the replica")
 
 
+def test_asyncpg_prepare_then_a_write_or_a_transaction_runs_on_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """Red team 9r F7: asyncpg's prepare() is Parse/Describe/Flush, never a Sync. Answered in full, it holds nothing
+    on the replica it went to: the proxy ends it with a Sync of its own and the server goes back, so the next write,
+    or the BEGIN of conn.transaction(), is judged again and runs on the primary (not 25006 on the replica); the
+    statement prepared on the replica runs later wherever the session then is."""
+    primary, standby = replicated
+
+    async def on_the_replica(conn: asyncpg.Connection) -> None:
+        for _ in range(400):
+            if await conn.fetchval(PORT) == standby.port:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("reads never reached the replica")
+
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("ivan"))
+        try:
+            await on_the_replica(conn)
+            stmt = await conn.prepare("SELECT count(*), inet_server_port() FROM orders WHERE id = $1")
+            new = next(_ids)
+            assert await conn.fetchval("INSERT INTO orders VALUES ($1, 1) RETURNING inet_server_port()",
+                                       new) == primary.port
+            await on_the_replica(conn)
+            other = await conn.prepare("SELECT inet_server_port() WHERE $1::int > 0")
+            async with conn.transaction():  # BEGIN (read write): the primary
+                assert await conn.fetchval(PORT) == primary.port
+                await conn.execute("INSERT INTO orders VALUES ($1, 1)", next(_ids))
+            await on_the_replica(conn)
+            assert tuple(await stmt.fetchrow(new)) == (1, standby.port)
+            assert await other.fetchval(1) == standby.port
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_psycopg_pipeline_fetch_then_a_write_runs_on_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """Red team 9r F7, psycopg 3's pipeline mode: fetching a result inside the pipeline sends a Flush (no Sync); the
+    read ran to its end on the replica, so the write pipelined after it goes to the primary."""
+    primary, standby = replicated
+    ports = []
+    for _ in range(4):
+        with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
+            on_replica(conn, standby)
+            new = next(_ids)
+            with conn.pipeline():
+                cur = conn.execute("SELECT inet_server_port() WHERE %s::int > 0", [1])
+                ports.append(cur.fetchone()[0])  # type: ignore[index]
+                written = conn.execute("INSERT INTO orders VALUES (%s, 1) RETURNING inet_server_port()", [new])
+            assert written.fetchone() == (primary.port,)
+            assert conn.execute("SELECT count(*) FROM orders WHERE id = %s", [new]).fetchone() == (1,)
+    assert standby.port in ports  # (the read went to the replica at least once: the case being tested)
+
+
 def test_a_killed_replica_falls_back_to_the_primary_or_is_refused(
         proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
     primary, standby = replicated
