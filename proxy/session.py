@@ -914,13 +914,13 @@ class ClientSession:
         answer = (error.encode() + m.ready_for_query(b"I")) * ends
         return [RelayToClient(self.backend_stream.feed(answer))]
 
-    def server_closed(self) -> list[Action]:
-        """Event: the server connection the session held closed; after the backend's own FATAL its word is the
-        last."""
+    def server_closed(self, error: PgError | None = None) -> list[Action]:
+        """Event: the server connection the session held closed (`error`: why, when the proxy closed it); after the
+        backend's own FATAL its word is the last."""
         self.server = None
         if self.backend_fatal:
             return [CloseClient(None, CloseReason.SERVER_FATAL)]
-        return [CloseClient(errors.server_closed(), CloseReason.SERVER_CLOSED)]
+        return [CloseClient(error or errors.server_closed(), CloseReason.SERVER_CLOSED)]
 
     # --- pooling: settings replay, pins, release ---------------------------------------------
 

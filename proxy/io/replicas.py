@@ -72,6 +72,8 @@ class ReplicaPoller:
                 self._health[(backend, replica)] = health
                 log.info("replica_health", backend=backend, replica=replica, health=str(health),
                          was=str(before) if before else None, lag_s=None if lag is None else round(lag, 3), reason=why)
+                if health is Health.DOWN and before is not None:  # (it served: its servers may hang, red team 9r F5)
+                    self.pool.replica_down(backend, replica)
 
     async def _backend(self, config: Config, s: ReplicaSet, primary: BackendConfig, database: str,
                        replicas: list, timeout: float) -> None:

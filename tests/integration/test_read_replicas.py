@@ -4,12 +4,17 @@ writes land, read-your-writes while replay is paused, a lagging and a killed rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import re
+import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -418,6 +423,73 @@ def test_a_replica_dying_between_probes_sends_the_request_to_the_primary(
     finally:
         p.stop()
     standby.wait_streaming()
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its children (a postmaster's backends and auxiliary processes)."""
+    out = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_a_hung_replica_ends_the_request_running_there(
+        replicated: tuple[PgCluster, StandbyCluster], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Red team 9r F5: a replica that stops answering without closing anything (SIGSTOP of its postmaster and every
+    child; a partition looks the same) held the reads running there until it came back. Once its probes time out
+    and the poller marks it down, its servers are closed: the request running there ends with a clear, retryable
+    error (08006, replica_down) instead of hanging, and the next reads go to the primary."""
+    primary, standby = replicated
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas-hung"), "transaction", replayed=True,
+               routing={"route": "auto", "poll_interval": 0.1, "probe_timeout": 1.0, "max_replica_lag": LONG})
+    pids: list[int] = []
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+            on_replica(conn, standby)
+            outcome: list[object] = []
+
+            def read() -> None:
+                try:
+                    outcome.append(conn.execute("SELECT pg_sleep(60), inet_server_port()").fetchone())
+                except psycopg.Error as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=read, daemon=True)
+            thread.start()
+            until(lambda: bool(standby.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'")), 20, 0.05,
+                "the read running on the replica")
+            assert standby.pid is not None
+            pids = _process_tree(standby.pid)
+            try:
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                thread.join(60)  # (a guard against a hang: without the fix it lasts until SIGCONT)
+            finally:
+                _resume(pids)
+            thread.join(90)
+            assert len(outcome) == 1 and isinstance(outcome[0], psycopg.OperationalError), outcome
+            assert 'replica "r1" of backend "main" stopped answering' in str(outcome[0])
+            assert outcome[0].sqlstate == "08006"
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as again:  # the replica is down: the primary
+            assert port_of(again) == primary.port
+        assert [e for e in p.log_events() if e.get("event") == "replica_down_request_ended"]
+    finally:
+        _resume(pids)
+        p.stop()
+    standby.wait_streaming()
+
+
+def _resume(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def admin_rows(p: ProxyProcess, command: str) -> list[dict[str, Any]]:
