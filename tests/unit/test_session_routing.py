@@ -231,7 +231,7 @@ def test_a_prepare_without_sync_answered_in_full_gives_its_replica_back(tmp_path
     done = s.server_data(m.ready_for_query(b"I"))
     assert _relayed(done) == b"" and any(isinstance(a, ReleaseServer) and a.reusable for a in done)
     assert s.state is State.IDLE and not s.tracker.pending
-    write = (m.Parse("", "INSERT INTO t VALUES (1)", b"").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
+    write = (m.Parse("", "INSERT INTO t VALUES (1)", b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
              + m.frame(b"E", b"\x00\x00\x00\x00\x00") + m.SYNC_MESSAGE)
     [again] = s.client_data(write)
     assert isinstance(again, AcquireServer) and again.route is not None and not again.route.read_only
@@ -275,7 +275,7 @@ def test_a_flushed_batch_that_ran_a_statement_on_the_primary_keeps_its_server(tm
     """Its writes commit only at the client's Sync (and an error before it would roll them back): no Sync of ours."""
     s, _ = session(routed_config(tmp_path), Clock())
     s.server_attached(server_for(s))
-    batch = (m.Parse("", "INSERT INTO t VALUES (1)", b"").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
+    batch = (m.Parse("", "INSERT INTO t VALUES (1)", b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
              + m.frame(b"E", b"\x00\x00\x00\x00\x00") + m.frame(b"H", b""))
     [acquire] = s.client_data(batch)
     assert isinstance(acquire, AcquireServer) and acquire.route is not None and not acquire.route.read_only
