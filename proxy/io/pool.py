@@ -213,14 +213,14 @@ class Pool:
             self._lost(link)
 
     def replica_down(self, backend: str, replica: str) -> None:
-        """The poller found `replica` of `backend` down (its probes fail or time out: a hung or partitioned server
-        answers nothing, red team 9r F5): its servers are closed, idle or not; a session's request running on one
+        """A probe of `replica` of `backend` timed out (a hung or partitioned server answers nothing, red team 9r
+        F5): its servers are closed, idle or not; a session's request running on one
         ends with a retryable error (replica_down), one waiting for a new connection to it goes to the primary
         (as when that connection fails), or is refused for route = "replica" with replica_fallback = "refuse"."""
         name = f"{backend}/{replica}"
         for link in [x for x in self.links.values() if x.server.replica == replica and x.server.backend.name == name]:
             if self._connecting(link):
-                self.link_failed(link, "the replica is down (its probes failed)")
+                self.link_failed(link, "the replica is down (its probe timed out)")
                 continue
             owner = link.owner
             if owner is not None:

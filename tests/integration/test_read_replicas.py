@@ -365,8 +365,9 @@ def test_psycopg_pipeline_fetch_then_a_write_runs_on_the_primary(
     """Red team 9r F7, psycopg 3's pipeline mode: fetching a result inside the pipeline sends a Flush (no Sync); the
     read ran to its end on the replica, so the write pipelined after it goes to the primary."""
     primary, standby = replicated
-    ports = []
-    for _ in range(4):
+    ports: list[int] = []
+    while ports.count(standby.port) < 2 and len(ports) < 30:  # (the read reaches the replica when the proxy reads
+        # the pipelined query with its Flush; read without it, it is judged unfinished and goes to the primary)
         with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
             on_replica(conn, standby)
             new = next(_ids)
@@ -376,7 +377,7 @@ def test_psycopg_pipeline_fetch_then_a_write_runs_on_the_primary(
                 written = conn.execute("INSERT INTO orders VALUES (%s, 1) RETURNING inet_server_port()", [new])
             assert written.fetchone() == (primary.port,)
             assert conn.execute("SELECT count(*) FROM orders WHERE id = %s", [new]).fetchone() == (1,)
-    assert standby.port in ports  # (the read went to the replica at least once: the case being tested)
+    assert standby.port in ports  # (the read went to the replica: the case being tested)
 
 
 def test_a_killed_replica_falls_back_to_the_primary_or_is_refused(
@@ -466,10 +467,13 @@ def test_a_hung_replica_ends_the_request_running_there(
                 "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'")), 20, 0.05,
                 "the read running on the replica")
             assert standby.pid is not None
-            pids = _process_tree(standby.pid)
+            pids = [standby.pid]
             try:
-                for pid in pids:
-                    os.kill(pid, signal.SIGSTOP)
+                os.kill(standby.pid, signal.SIGSTOP)  # (first: it forks nothing more)
+                pids = _process_tree(standby.pid)
+                for pid in pids[1:]:
+                    with contextlib.suppress(ProcessLookupError):  # (a backend that just ended)
+                        os.kill(pid, signal.SIGSTOP)
                 thread.join(60)  # (a guard against a hang: without the fix it lasts until SIGCONT)
             finally:
                 _resume(pids)
