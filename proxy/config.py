@@ -264,6 +264,9 @@ class PoolConfig:
     server_lifetime: float = 3600.0  # a server older than this is closed when released
     server_check_delay: float = 30.0  # an idle server idle this long is checked (empty query) before reuse
     query_wait_timeout: float = 120.0  # a client waiting this long for a server gets an error
+    # seconds after which the kernel gives up on a server connection whose peer stopped acknowledging (a partition,
+    # a dead host): TCP keepalive probes from a third of it, TCP_USER_TIMEOUT at it; 0 = the OS defaults
+    server_tcp_timeout: float = 30.0
     max_pin_time: float = 600.0  # a session pinned (or its server held without a Sync) longer is logged once
     sticky_servers: bool = True  # transaction pooling: a released server stays with its session until needed
     statement_cache: bool = False
@@ -635,7 +638,7 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
     pool = PoolConfig(**given)
     if pool.pool_size < 1:
         raise ConfigError(f"pool.pool_size: must be at least 1, got {pool.pool_size}")
-    for key in ("min_pool_size", "reserve_pool", "max_db_connections", "server_check_delay"):
+    for key in ("min_pool_size", "reserve_pool", "max_db_connections", "server_check_delay", "server_tcp_timeout"):
         if getattr(pool, key) < 0:
             raise ConfigError(f"pool.{key}: must be 0 or more, got {getattr(pool, key)}")
     if pool.min_pool_size > pool.pool_size:

@@ -240,6 +240,14 @@ tenant_reconfigured = _register(
     hint="Reconnect.",
 )
 server_closed = _register("server_closed", CONNECTION_FAILURE, "FATAL", "the backend connection closed unexpectedly")
+# The poller found a replica down (its probes failed or timed out: hung, partitioned) while a session's request ran
+# on one of its servers: the server is closed and the session ends as for a lost server (08006; its request's answer
+# cannot be made up in order). Nothing it ran there wrote (a replica is read-only): a retry is safe and goes elsewhere.
+replica_down = _register(
+    "replica_down", CONNECTION_FAILURE, "FATAL",
+    'pgtenant: replica "{replica}" of backend "{backend}" stopped answering; the request running there was ended',
+    hint="Nothing it ran there wrote (a replica is read-only): reconnect and retry; reads go to a healthy server.",
+)
 settings_not_restored = _register(
     "settings_not_restored", CONNECTION_FAILURE, "FATAL",
     "pgtenant closed the session: the server connection it got refused the session's settings ({message})",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy import admission, agent, errors, hiddennames, replicas
+from proxy import admission, agent, errors, hiddennames, replicas, unsynced
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
@@ -259,11 +259,11 @@ class ClientSession:
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
-        "_open_batch", "_overrides",
+        "_open_batch", "_overrides", "_paged",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
-        "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_slot_held", "_slot_queue",
-        "_sql_prepared", "_startup_settings", "_startup_status", "_statement_memo", "_sticky", "_timed_out",
-        "_tracking",
+        "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling", "_slot_held",
+        "_slot_queue", "_sql_prepared", "_startup_settings", "_startup_status", "_stash", "_statement_memo", "_sticky",
+        "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -359,6 +359,9 @@ class ClientSession:
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
         self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
+        self._paged = False  # ... an Execute with a row count was among it (its portal may go on)
+        self._settling = False  # the proxy's own Sync ends a flushed batch (proxy/unsynced.py): its answer is ours
+        self._stash = b""  # what the client sent meanwhile (its server may change once that Sync is answered)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
         self._sequences = SequenceMarks()  # where its writes may have left currval()/lastval() state
         # RESETs of startup settings sent as SETs of the startup values (proxy/resets.py): per request in flight,
@@ -434,7 +437,7 @@ class ClientSession:
             m.COPY_FAIL: self._on_copy_end,
         }
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker
-            tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_request_message,
+            tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_execute,
                             m.FLUSH: self._on_flush})
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
@@ -772,7 +775,15 @@ class ClientSession:
             return []
         if self._admission is not None:
             return self._admission_data(data)
-        return self._relay_server(data)
+        out = self._relay_server(data)
+        if self._settling:
+            return out
+        if self._flushed:  # a batch ended with a Flush: once answered in full it may need its server no more
+            return out + self._settle_unsynced()
+        if self._stash:
+            data, self._stash = self._stash, b""
+            return out + self.client_data(data)
+        return out
 
     def _relay_server(self, data: bytes) -> list[Action]:
         try:
@@ -917,13 +928,13 @@ class ClientSession:
         answer = (error.encode() + m.ready_for_query(b"I")) * ends
         return [RelayToClient(self.backend_stream.feed(answer))]
 
-    def server_closed(self) -> list[Action]:
-        """Event: the server connection the session held closed; after the backend's own FATAL its word is the
-        last."""
+    def server_closed(self, error: PgError | None = None) -> list[Action]:
+        """Event: the server connection the session held closed (`error`: why, when the proxy closed it); after the
+        backend's own FATAL its word is the last."""
         self.server = None
         if self.backend_fatal:
             return [CloseClient(None, CloseReason.SERVER_FATAL)]
-        return [CloseClient(errors.server_closed(), CloseReason.SERVER_CLOSED)]
+        return [CloseClient(error or errors.server_closed(), CloseReason.SERVER_CLOSED)]
 
     # --- pooling: settings replay, pins, release ---------------------------------------------
 
@@ -1239,6 +1250,9 @@ class ClientSession:
     # --- relay -----------------------------------------------------------------------------
 
     def _relay_from_client(self, data: bytes) -> list[Action]:
+        if self._settling:  # the proxy's own Sync is answered first (the server may change: see server_data)
+            self._stash += data
+            return []
         if self._gate_slot:  # max_concurrent_queries: a request begins, it needs a turn
             return self._wait_for_slot(data, self._relay_from_client)
         if self._held is not None:  # a decision is being made: keep the bytes, in order, for decision_ready
@@ -1909,7 +1923,7 @@ class ClientSession:
         if self._agent_closing:
             self._agent_closes_sent()
         self._binds = 0
-        self._flushed = False
+        self._flushed = self._paged = False
         self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
@@ -1940,7 +1954,7 @@ class ClientSession:
     def _on_copy_end(self, _body: bytes) -> None:
         self.tracker.on_copy_end()
 
-    def _on_ready_for_query(self, body: bytes) -> None:
+    def _on_ready_for_query(self, body: bytes) -> bytes | None:
         if body != self._tx_status:  # the status changes rarely; setting it is not free
             self._tx_status = body[:1]
             self.info.tx_status = self._tx_status
@@ -1963,6 +1977,10 @@ class ClientSession:
                 self._idle_check = True  # settle settings, count pins, release (see _at_idle)
         elif self.pooled and body == b"I":
             self._idle_check = True
+        if self._settling:  # the answer to the proxy's own Sync (_settle_unsynced): not the client's
+            self._settling = False
+            return b""
+        return None
 
     def _on_command_complete(self, body: bytes) -> bytes | None:
         out = None
@@ -2018,6 +2036,30 @@ class ClientSession:
         """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
         self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
+
+    def _on_execute(self, body: bytes) -> None:
+        """Transaction pooling: an Execute (with a row count, its portal may be suspended and go on)."""
+        self._on_request_message(body)
+        if body[-4:] != b"\x00\x00\x00\x00":
+            self._paged = True
+
+    def _settle_unsynced(self) -> list[Action]:
+        """Transaction pooling, a batch ended with a Flush and answered in full, outside a transaction block
+        (asyncpg's prepare(), psycopg's pipeline fetch): when it holds nothing on the server (unsynced.settles) the
+        proxy ends it with a Sync of its own, as if the client had sent it (tracking, turns, the watchdog), its
+        ReadyForQuery not relayed; at 'I' the server goes back as after any request, and what the client sends
+        next is judged again (routing: a write after a prepare() on a replica goes to the primary, red team 9r F7;
+        the max_concurrent_queries turn is not kept by an idle prepared session, F9)."""
+        pending, st, server = self.tracker.pending, self.statements, self.server
+        if (self.state is not _READY or server is None or st is None or not st.idle or len(pending) != 1
+                or self._tx_status != b"I" or self._replaying or self._held is not None
+                or self._admission is not None or self.frontend.unfinished or self._cancelling or self._cut is not None
+                or self._timed_out is not None or not unsynced.settles(
+                    pending[0], binds=self._binds, paged=self._paged, replica=server.replica is not None)):
+            return []
+        self._settling = True
+        chunks = self.frontend.feed(m.SYNC_MESSAGE)  # (its handlers run as for the client's own Sync)
+        return [RelayToServer(chunks), self._unsynced_changed()]
 
     def _on_flush(self, body: bytes) -> None:
         """Transaction pooling: a Flush; the server stays held until the batch's Sync (BatchWithoutSync)."""

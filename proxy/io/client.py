@@ -384,7 +384,7 @@ class ClientConnection(asyncio.Protocol):
         self.run(self.session.server_refused(error, reason))
         self._update_reading()
 
-    def server_lost(self, link: ServerLink, exc: Exception | None) -> None:
+    def server_lost(self, link: ServerLink, exc: Exception | None, error: PgError | None = None) -> None:
         if self.link is not link or self.closed:
             return
         assert self.session is not None
@@ -393,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
             self.relay.server = None
         self.log.warning("server_lost", backend=link.server.backend.describe(), server=link.server.id,
                          reason=f"connection closed{f': {exc}' if exc else ''}")
-        self.run(self.session.server_closed())
+        self.run(self.session.server_closed(error))
 
     def _request_server(self, request: ServerRequest, route: Route | None = None) -> None:
         """Ask the pool for a server (answered by server_granted or server_refused, maybe at once). The client is not

@@ -12,6 +12,7 @@ from proxy.actions import ServerQueryDone, ServerReady
 from proxy.config import Config
 from proxy.errors import PgError
 from proxy.io.backend import ServerLink
+from proxy.io.keepalive import keepalive
 from proxy.io.replicas import ReplicaPoller
 from proxy.logs import get_logger
 from proxy.pooling import (
@@ -243,6 +244,22 @@ class Pool:
         else:
             self._lost(link)
 
+    def replica_down(self, backend: str, replica: str) -> None:
+        """A probe of `replica` of `backend` timed out (a hung or partitioned server answers nothing, red team 9r
+        F5): its servers are closed, idle or not; a session's request running on one
+        ends with a retryable error (replica_down), one waiting for a new connection to it goes to the primary
+        (as when that connection fails), or is refused for route = "replica" with replica_fallback = "refuse"."""
+        name = f"{backend}/{replica}"
+        for link in [x for x in self.links.values() if x.server.replica == replica and x.server.backend.name == name]:
+            if self._connecting(link):
+                self.link_failed(link, "the replica is down (its probe timed out)")
+                continue
+            owner = link.owner
+            if owner is not None:
+                log.warning("replica_down_request_ended", backend=backend, replica=replica, server=link.server.id)
+                owner.server_lost(link, None, errors.replica_down(replica=replica, backend=backend))
+            self._lost(link)
+
     def _replica_failed(self, link: ServerLink, reason: str) -> None:
         """A server of a replica could not be opened: the replica is out until its next good probe."""
         server = link.server
@@ -353,6 +370,8 @@ class Pool:
             return
         if self.links.get(link.server.id) is not link:  # closed meanwhile (shutdown, a reload)
             link.terminate()
+        elif link.transport is not None:
+            keepalive(link.transport.get_extra_info("socket"), self.proxy.config.pool.server_tcp_timeout)
 
     def _drain(self, server_id: int) -> None:
         link = self.links.get(server_id)

@@ -93,6 +93,8 @@ class ReplicaPoller:
             except Exception as exc:
                 s.replica_failed(spec.name, (str(exc).strip() or type(exc).__name__).splitlines()[0])
                 self._checks.pop((s.backend, spec.name), None)  # (checked again once it answers)
+                if isinstance(exc, TimeoutError):  # (its servers may hang as its probe did: red team 9r F5)
+                    self.pool.replica_down(s.backend, spec.name)
                 return
             problem = self._checked(config, s.backend, spec)
             if problem is not None:
@@ -137,11 +139,15 @@ class ReplicaPoller:
                 conn = self._conns[key] = await asyncio.wait_for(
                     psycopg.AsyncConnection.connect(autocommit=True, **kwargs), timeout)  # type: ignore[arg-type]
             sent_at = self.pool.clock()
-            cur = await asyncio.wait_for(conn.execute(query), timeout)  # type: ignore[arg-type]
-            row = await cur.fetchone()
-            if row is None:
-                raise ValueError("the probe returned no row")
-            return sent_at, tuple(row)
+            # (not wait_for: a probe cancelled on a hung server makes psycopg try to cancel it there, up to 10 s more
+            # before the replica is found down and its servers closed; the task is left to end on its own)
+            task = asyncio.ensure_future(_one_row(conn, query))
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                task.add_done_callback(_ended)
+                raise TimeoutError(f"the probe took longer than probe_timeout ({timeout} s)")
+            return sent_at, task.result()
         except BaseException:
             self._conns.pop(key, None)
             if conn is not None:
@@ -151,6 +157,20 @@ class ReplicaPoller:
 
 
 _NOT_CHECKED = "start-up checks (preflight) not done yet"
+
+
+async def _one_row(conn: psycopg.AsyncConnection, query: str) -> tuple:
+    cur = await conn.execute(query)  # type: ignore[arg-type]
+    row = await cur.fetchone()
+    if row is None:
+        raise ValueError("the probe returned no row")
+    return tuple(row)
+
+
+def _ended(task: asyncio.Future) -> None:
+    """A timed-out probe ended (its connection is closed already): its outcome is not wanted."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _problem(task: asyncio.Future[list[str]]) -> str | None:

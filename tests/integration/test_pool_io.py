@@ -523,25 +523,37 @@ def held_without_sync(p: ProxyProcess) -> float:
 
 
 def test_a_server_held_by_a_batch_without_its_sync_is_counted_and_logged(pg: PgCluster, tmp_path: Path) -> None:
-    """asyncpg's prepare() sends Parse, Describe, Flush and no Sync: in transaction mode the session keeps its
-    server until the Sync of its next execution (PostgreSQL holds the batch's implicit transaction open until then,
-    and times nothing out meanwhile). While it lasts the server is counted, and past max_pin_time logged once."""
+    """A batch that ran a statement and was flushed without its Sync (Parse, Bind, Execute, Flush: libpq's pipeline
+    fetch) keeps its server in transaction mode until its Sync (PostgreSQL holds the batch's implicit transaction
+    open until then, and times nothing out meanwhile; what it wrote commits only then). While it lasts the server is
+    counted, and past max_pin_time logged once. asyncpg's prepare() (Parse, Describe, Flush: nothing ran) holds
+    none: answered, the proxy ends it with a Sync of its own (red team 9r F7/F9)."""
     p = pooled_proxy(pg, tmp_path, pool_size=2, pool_mode="transaction", max_pin_time=0.5)
-
-    async def client() -> None:
-        conn = await asyncpg.connect(p.url("alice"), ssl=False, statement_cache_size=0)
-        try:
-            stmt = await conn.prepare("SELECT $1::int + 1")
+    try:
+        sock, _ = login(p.port, {"user": "alice", "database": p.users["alice"][0]}, p.password("alice"))
+        with sock:
+            sock.sendall(m.Parse("", "SELECT 41 + 1", b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
+                         + m.frame(b"E", b"\x00\x00\x00\x00\x00") + m.frame(b"H", b""))
+            while read_message(sock)[0] != b"C":
+                pass
             until(lambda: held_without_sync(p) == 1, timeout=10, interval=0.05, what="the server counted")
             until(lambda: [e for e in p.log_events() if e.get("event") == "server_held_without_sync"],
                   timeout=10, interval=0.05, what="server_held_without_sync in the log")
-            assert await stmt.fetchval(41) == 42  # Bind, Execute, Sync: the batch ends, the server goes back
+            sock.sendall(m.SYNC_MESSAGE)  # the batch ends, the server goes back
+            assert read_message(sock)[0] == b"Z"
             until(lambda: held_without_sync(p) == 0, timeout=10, interval=0.05, what="the count back to 0")
-            assert await conn.fetchval("SELECT 7") == 7
-        finally:
-            await conn.close()
 
-    try:
+        async def client() -> None:
+            conn = await asyncpg.connect(p.url("alice"), ssl=False, statement_cache_size=0)
+            try:
+                stmt = await conn.prepare("SELECT $1::int + 1")
+                until(lambda: held_without_sync(p) == 0, timeout=10, interval=0.05, what="no server held")
+                await asyncio.sleep(1.0)  # (past max_pin_time: a server still held would be logged)
+                assert await stmt.fetchval(41) == 42
+                assert await conn.fetchval("SELECT 7") == 7
+            finally:
+                await conn.close()
+
         asyncio.run(client())
         events = [e for e in p.log_events() if e.get("event") == "server_held_without_sync"]
         assert len(events) == 1 and events[0]["max_pin_time"] == 0.5

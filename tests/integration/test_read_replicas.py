@@ -4,12 +4,17 @@ writes land, read-your-writes while replay is paused, a lagging and a killed rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import re
+import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -318,6 +323,63 @@ def test_asyncpg_and_jdbc_read_through_auto(proxy: ProxyProcess, replicated: tup
     until(jdbc_port, 60, 0.2, "pgJDBC reading on the replica")
 
 
+def test_asyncpg_prepare_then_a_write_or_a_transaction_runs_on_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """Red team 9r F7: asyncpg's prepare() is Parse/Describe/Flush, never a Sync. Answered in full, it holds nothing
+    on the replica it went to: the proxy ends it with a Sync of its own and the server goes back, so the next write,
+    or the BEGIN of conn.transaction(), is judged again and runs on the primary (not 25006 on the replica); the
+    statement prepared on the replica runs later wherever the session then is."""
+    primary, standby = replicated
+
+    async def on_the_replica(conn: asyncpg.Connection) -> None:
+        for _ in range(400):
+            if await conn.fetchval(PORT) == standby.port:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("reads never reached the replica")
+
+    async def main() -> None:
+        conn = await asyncpg.connect(proxy.url("ivan"))
+        try:
+            await on_the_replica(conn)
+            stmt = await conn.prepare("SELECT count(*), inet_server_port() FROM orders WHERE id = $1")
+            new = next(_ids)
+            assert await conn.fetchval("INSERT INTO orders VALUES ($1, 1) RETURNING inet_server_port()",
+                                       new) == primary.port
+            await on_the_replica(conn)
+            other = await conn.prepare("SELECT inet_server_port() WHERE $1::int > 0")
+            async with conn.transaction():  # BEGIN (read write): the primary
+                assert await conn.fetchval(PORT) == primary.port
+                await conn.execute("INSERT INTO orders VALUES ($1, 1)", next(_ids))
+            await on_the_replica(conn)
+            assert tuple(await stmt.fetchrow(new)) == (1, standby.port)
+            assert await other.fetchval(1) == standby.port
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def test_psycopg_pipeline_fetch_then_a_write_runs_on_the_primary(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """Red team 9r F7, psycopg 3's pipeline mode: fetching a result inside the pipeline sends a Flush (no Sync); the
+    read ran to its end on the replica, so the write pipelined after it goes to the primary."""
+    primary, standby = replicated
+    ports: list[int] = []
+    while ports.count(standby.port) < 2 and len(ports) < 30:  # (the read reaches the replica when the proxy reads
+        # the pipelined query with its Flush; read without it, it is judged unfinished and goes to the primary)
+        with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
+            on_replica(conn, standby)
+            new = next(_ids)
+            with conn.pipeline():
+                cur = conn.execute("SELECT inet_server_port() WHERE %s::int > 0", [1])
+                ports.append(cur.fetchone()[0])  # type: ignore[index]
+                written = conn.execute("INSERT INTO orders VALUES (%s, 1) RETURNING inet_server_port()", [new])
+            assert written.fetchone() == (primary.port,)
+            assert conn.execute("SELECT count(*) FROM orders WHERE id = %s", [new]).fetchone() == (1,)
+    assert standby.port in ports  # (the read went to the replica: the case being tested)
+
+
 def test_a_killed_replica_falls_back_to_the_primary_or_is_refused(
         proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
     primary, standby = replicated
@@ -362,6 +424,76 @@ def test_a_replica_dying_between_probes_sends_the_request_to_the_primary(
     finally:
         p.stop()
     standby.wait_streaming()
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its children (a postmaster's backends and auxiliary processes)."""
+    out = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_a_hung_replica_ends_the_request_running_there(
+        replicated: tuple[PgCluster, StandbyCluster], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Red team 9r F5: a replica that stops answering without closing anything (SIGSTOP of its postmaster and every
+    child; a partition looks the same) held the reads running there until it came back. Once its probes time out
+    and the poller marks it down, its servers are closed: the request running there ends with a clear, retryable
+    error (08006, replica_down) instead of hanging, and the next reads go to the primary."""
+    primary, standby = replicated
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas-hung"), "transaction", replayed=True,
+               routing={"route": "auto", "poll_interval": 0.1, "probe_timeout": 1.0, "max_replica_lag": LONG})
+    pids: list[int] = []
+    try:
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+            on_replica(conn, standby)
+            outcome: list[object] = []
+
+            def read() -> None:
+                try:
+                    outcome.append(conn.execute("SELECT pg_sleep(60), inet_server_port()").fetchone())
+                except psycopg.Error as exc:
+                    outcome.append(exc)
+
+            thread = threading.Thread(target=read, daemon=True)
+            thread.start()
+            until(lambda: bool(standby.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(60)%'")), 20, 0.05,
+                "the read running on the replica")
+            assert standby.pid is not None
+            pids = [standby.pid]
+            try:
+                os.kill(standby.pid, signal.SIGSTOP)  # (first: it forks nothing more)
+                pids = _process_tree(standby.pid)
+                for pid in pids[1:]:
+                    with contextlib.suppress(ProcessLookupError):  # (a backend that just ended)
+                        os.kill(pid, signal.SIGSTOP)
+                thread.join(60)  # (a guard against a hang: without the fix it lasts until SIGCONT)
+            finally:
+                _resume(pids)
+            thread.join(90)
+            assert len(outcome) == 1 and isinstance(outcome[0], psycopg.OperationalError), outcome
+            assert 'replica "r1" of backend "main" stopped answering' in str(outcome[0])
+            assert outcome[0].sqlstate == "08006"
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as again:  # the replica is down: the primary
+            assert port_of(again) == primary.port
+        assert [e for e in p.log_events() if e.get("event") == "replica_down_request_ended"]
+    finally:
+        _resume(pids)
+        p.stop()
+    standby.wait_streaming()
+
+
+def _resume(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def admin_rows(p: ProxyProcess, command: str) -> list[dict[str, Any]]:

@@ -602,3 +602,41 @@ def test_max_concurrent_queries_waits_for_its_turn(proxy: ProxyProcess, prepare:
         tx.commit()
         thread.join(30)
         assert done == [(5,)]
+
+
+@pytest.fixture(scope="module")
+def pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    """Transaction pooling (where a batch without its Sync can give its server back), tenant "prep": one query at a
+    time, a 1 s wait for it, a 1 s statement_timeout."""
+    prepare_backend(pg)
+    p = ProxyProcess(
+        pg, tmp_path_factory.mktemp("pgtenant-limits-pooled"), backend_sslmode="disable",
+        pool={"pool_mode": "transaction"},
+        extra_tenants={"prep": {"strategy": "shared", "database": "saas", "tenant_id": "acme",
+                                "max_concurrent_queries": 1, "query_wait_timeout": 1.0, "statement_timeout": 1.0}},
+        extra_users={"prep_user": ("prep", "prep-pw")},
+    )
+    p.start()
+    yield p
+    p.stop()
+
+
+def test_asyncpg_prepare_holds_no_turn_and_no_watchdog(pooled: ProxyProcess) -> None:
+    """Red team 9r F9: asyncpg's prepare() (Parse/Describe/Flush, no Sync), answered in full, ends its request: it
+    gives its max_concurrent_queries turn back (another session of the tenant runs, not 53300 after
+    query_wait_timeout) and starts no statement_timeout watchdog (its first use after longer than the limit runs,
+    not 57014)."""
+
+    async def main() -> None:
+        conn = await asyncpg.connect(pooled.url("prep_user"), ssl=False)
+        try:
+            stmt = await conn.prepare("SELECT count(*) FROM orders WHERE amount > $1")
+            with psycopg.connect(pooled.dsn("prep_user"), autocommit=True) as other:
+                assert other.execute("SELECT 1").fetchone() == (1,)
+            await asyncio.sleep(1.5)  # (longer than statement_timeout, idle between prepare() and the first use)
+            assert await stmt.fetchval(0) == 200
+            assert await conn.fetchval("SELECT 2") == 2
+        finally:
+            await conn.close()
+
+    asyncio.run(main())

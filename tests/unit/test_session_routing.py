@@ -193,3 +193,93 @@ def test_a_repeated_query_is_routed_by_its_cached_decision(tmp_path: Path) -> No
         gate.decided.clear()
         assert request(s, sql, where).read_only is (where is not None), sql
         assert gate.looked_up[-1] == sql and gate.decided == ([sql] if decided else []), sql
+
+
+def _sent(actions: list) -> bytes:
+    return b"".join(bytes(c) for a in actions if type(a).__name__ == "RelayToServer" for c in a.chunks)
+
+
+def _relayed(actions: list) -> bytes:
+    return b"".join(bytes(c) for a in actions if type(a).__name__ == "RelayToClient" for c in a.chunks)
+
+
+PREPARE = (m.Parse("stmt1", "SELECT 1 WHERE $1::int > 0", b"\x00\x00").encode() + m.frame(b"D", b"Sstmt1\x00")
+           + m.frame(b"H", b""))
+PREPARED = m.frame(b"1", b"") + m.frame(b"t", b"\x00\x01\x00\x00\x00\x17") + m.frame(b"n", b"")
+
+
+def _prepared_on_replica(s: ClientSession) -> tuple[list, list]:
+    """asyncpg's prepare() (Parse/Describe/Flush, no Sync) sent to a replica: what the session sends and does
+    when its answers arrive."""
+    [acquire] = s.client_data(PREPARE)
+    assert isinstance(acquire, AcquireServer) and acquire.route is not None and acquire.route.read_only
+    replica = server_for(s)
+    replica.replica = "r1"
+    attached = s.server_attached(replica)
+    return attached, s.server_data(PREPARED)
+
+
+def test_a_prepare_without_sync_answered_in_full_gives_its_replica_back(tmp_path: Path) -> None:
+    """Red team 9r F7: Parse/Describe/Flush answered in full holds nothing on the server; the proxy ends it with a
+    Sync of its own (its ReadyForQuery swallowed), gives the replica back, and the client's next request (a write)
+    asks for a server of its own; the statement is prepared again on it."""
+    s, _ = session(routed_config(tmp_path), Clock())
+    s.server_attached(server_for(s))
+    _, answered = _prepared_on_replica(s)
+    assert _relayed(answered) == PREPARED and _sent(answered) == m.SYNC_MESSAGE
+    assert not any(isinstance(a, ReleaseServer) for a in answered)
+    done = s.server_data(m.ready_for_query(b"I"))
+    assert _relayed(done) == b"" and any(isinstance(a, ReleaseServer) and a.reusable for a in done)
+    assert s.state is State.IDLE and not s.tracker.pending
+    write = (m.Parse("", "INSERT INTO t VALUES (1)", b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
+             + m.frame(b"E", b"\x00\x00\x00\x00\x00") + m.SYNC_MESSAGE)
+    [again] = s.client_data(write)
+    assert isinstance(again, AcquireServer) and again.route is not None and not again.route.read_only
+    use = m.frame(b"B", b"\x00stmt1\x00" + b"\x00" * 6) + m.frame(b"E", b"\x00\x00\x00\x00\x00") + m.SYNC_MESSAGE
+    s.server_attached(server_for(s))  # the primary, which never saw stmt1
+    s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.frame(b"C", b"INSERT 0 1\x00") + m.ready_for_query(b"I"))
+    out = s.client_data(use)
+    assert isinstance(out[0], AcquireServer) and out[0].route is not None and out[0].route.read_only
+    replica = server_for(s)
+    replica.replica = "r1"
+    assert b"SELECT 1 WHERE $1::int > 0" in _sent(s.server_attached(replica))  # prepared again where it runs
+
+
+def test_what_the_client_sends_while_the_proxys_sync_is_answered_is_judged_after_it(tmp_path: Path) -> None:
+    s, _ = session(routed_config(tmp_path), Clock())
+    s.server_attached(server_for(s))
+    _prepared_on_replica(s)
+    assert s.client_data(m.Query("INSERT INTO t VALUES (1)").encode()) == []  # (held: not sent to the replica)
+    done = s.server_data(m.ready_for_query(b"I"))
+    assert any(isinstance(a, ReleaseServer) for a in done)
+    [again] = [a for a in done if isinstance(a, AcquireServer)]
+    assert again.route is not None and not again.route.read_only and _sent(done) == b""
+
+
+@pytest.mark.parametrize("answer", [
+    m.frame(b"E", b"SERROR\x00C42601\x00Msyntax error\x00\x00"),  # an error: the server skips to the client's Sync
+    m.frame(b"1", b""),  # not answered in full yet (the Describe's answer is still to come)
+])
+def test_a_flushed_batch_not_done_keeps_its_server(tmp_path: Path, answer: bytes) -> None:
+    s, _ = session(routed_config(tmp_path), Clock())
+    s.server_attached(server_for(s))
+    s.client_data(PREPARE)
+    replica = server_for(s)
+    replica.replica = "r1"
+    s.server_attached(replica)
+    out = s.server_data(answer)
+    assert _sent(out) == b"" and s.server is replica
+
+
+def test_a_flushed_batch_that_ran_a_statement_on_the_primary_keeps_its_server(tmp_path: Path) -> None:
+    """Its writes commit only at the client's Sync (and an error before it would roll them back): no Sync of ours."""
+    s, _ = session(routed_config(tmp_path), Clock())
+    s.server_attached(server_for(s))
+    batch = (m.Parse("", "INSERT INTO t VALUES (1)", b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + b"\x00" * 6)
+             + m.frame(b"E", b"\x00\x00\x00\x00\x00") + m.frame(b"H", b""))
+    [acquire] = s.client_data(batch)
+    assert isinstance(acquire, AcquireServer) and acquire.route is not None and not acquire.route.read_only
+    primary = server_for(s)
+    s.server_attached(primary)
+    out = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.frame(b"C", b"INSERT 0 1\x00"))
+    assert _sent(out) == b"" and s.server is primary
