@@ -1049,9 +1049,11 @@ class ClientSession:
     def _may_keep(self, desired: dict[str, str] | None) -> bool:
         """At the release: whether the session may keep its server (KeepServer) instead of giving it back: its
         settings are on it as they are (no replay due), and no per-request choice of a server (read replicas, an
-        agent's read-only servers) or turn (max_concurrent_queries) stands between its requests and that server."""
+        agent's read-only servers) or turn (max_concurrent_queries) stands between its requests and that server, and
+        no request of the client's waits already (held while the proxy's own Sync ended a Flush-ended batch: it is
+        judged again after the release, and a kept server would be written to behind the pool's back)."""
         return (self.config.pool.sticky_servers and self.routing is None and self.agent is None
-                and not self._gate_slot and (desired is None or desired == self._applied))
+                and not self._gate_slot and not self._stash and (desired is None or desired == self._applied))
 
     def may_resume(self) -> bool:
         """Whether the session's next request may run on the server kept for it: not while it needs a turn first

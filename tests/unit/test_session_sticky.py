@@ -133,3 +133,23 @@ def test_a_routed_session_gives_its_server_back_at_each_ready_for_query(tmp_path
     assert kinds(s.server_attached(server_for(s)))[-1] is ReleaseServer  # the login's server: given back at once
     routed_request(s, "SELECT 1", "r1")  # (it asserts the ReleaseServer and the idle session)
     assert not s.may_resume()
+
+
+def test_a_request_held_behind_the_proxys_own_sync_is_not_sent_to_a_kept_server(
+    kept: tuple[ClientSession, ServerConnection]
+) -> None:
+    """asyncpg's prepare() (Parse/Describe/Flush) answered in full is ended by the proxy's own Sync (red team 9r F7);
+    a request the client sends before that Sync's ReadyForQuery is held and judged after it. The session must not keep
+    the server then: it was written to while the pool counted it idle (`unexpected data from backend in state
+    ready`, the server closed, asyncpg hung: found at the merge of sticky servers and that Sync)."""
+    from tests.unit.test_session_routing import PREPARE, PREPARED, _sent
+
+    s, _server = kept
+    s.server_resumed()
+    s.client_data(PREPARE)
+    assert _sent(s.server_data(PREPARED)) == m.SYNC_MESSAGE
+    assert s.client_data(query("SELECT 2")) == []  # (held while the proxy's Sync is answered)
+    out = s.server_data(m.ready_for_query(b"I"))
+    assert not any(isinstance(a, KeepServer) for a in out), out
+    assert any(isinstance(a, ReleaseServer) for a in out) and any(isinstance(a, AcquireServer) for a in out)
+    assert _sent(out) == b""
