@@ -30,6 +30,7 @@ class ClientRow:
     age_s: float
     bytes_in: int
     bytes_out: int
+    via: str | None = None  # the trusted load balancer whose PROXY header gave the session's address
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +215,9 @@ class Ops:
             s = c.session
             rows.append((s.session_id, s.user, s.tenant, s.application_name, s.client_address,
                          "tls" if s.tls else "plain", s.state, s.tx_status, round(c.age_s, 1), c.bytes_in,
-                         c.bytes_out))
+                         c.bytes_out, c.via))
         return ("id", "user", "tenant", "application_name", "address", "transport", "state", "tx", "age_s",
-                "bytes_in", "bytes_out"), rows
+                "bytes_in", "bytes_out", "via"), rows
 
     def servers(self) -> tuple[Sequence[str], Rows]:
         rows: Rows = [(s.tenant, s.backend, s.role, s.database, s.backend_pid, s.client_id, "tls" if s.tls else "plain",

@@ -272,7 +272,7 @@ class Proxy:
         for c in list(self.clients):
             row = c.row()
             if row is not None:
-                clients.append(ClientRow(row, now - c.started, c.bytes_in, c.bytes_out))
+                clients.append(ClientRow(row, now - c.started, c.bytes_in, c.bytes_out, c.via))
         servers = []
         lags = {(b, r): lag for b, r, _, lag, _ in self.pool.router.rows(self.pool.clock())}
         for row in self.pool.manager.server_rows(self.pool.clock()):

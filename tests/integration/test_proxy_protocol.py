@@ -170,7 +170,7 @@ def test_worker_processes_read_the_header_alike(pg: PgCluster, tmp_path: Path) -
             with psycopg.connect(console, autocommit=True) as admin:
                 rows = admin.execute("SHOW CLIENTS").fetchall()
             mine = [r for r in rows if r[1] == "alice"]
-            assert len(mine) == 6 and all("203.0.113.7" in r for r in mine), rows
+            assert len(mine) == 6 and all(r[4] == "203.0.113.7" and r[11] == BALANCER for r in mine), rows
         finally:
             for conn in conns:
                 conn.close()

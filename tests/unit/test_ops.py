@@ -50,7 +50,7 @@ def test_console_rows_come_from_the_snapshot(tmp_path: Path) -> None:
     columns, rows = o.tenants()
     assert columns[0] == "tenant"
     assert [(r[0], r[5], r[6]) for r in rows] == [("acme", "ready", 1), ("globex", "pending", 0)]
-    assert o.clients()[1] == [("ab12", "alice", "acme", "psql", "10.0.0.1", "tls", "ready", "I", 12.3, 100, 200)]
+    assert o.clients()[1] == [("ab12", "alice", "acme", "psql", "10.0.0.1", "tls", "ready", "I", 12.3, 100, 200, None)]
     assert o.servers()[1] == [("acme", "main", "pgt_acme", "acme", 4242, "ab12", "plain", "active", 12.0, "primary",
                                None), ("acme", "main/r1", "pgt_acme", "acme", 4343, None, "plain", "idle", 1.0,
                                        "replica", 0.25)]
