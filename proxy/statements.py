@@ -117,45 +117,88 @@ def render(sql: str, listing: str) -> str:
 class ClientTexts:
     """Sessions whose statement names reach the server as they are (session pooling without the statement cache):
     the server lists the text pgtenant forwarded, so the client's own text of each named statement the policy
-    rewrote is kept for the pg_prepared_statements wrapper, shown over the server's row of that name (an entry whose
-    statement is gone shows nothing). Bounded like the statements the session may hold: the oldest go first."""
+    rewrote is kept for the pg_prepared_statements wrapper, shown over the server's row of that name, for as long as
+    the server keeps the statement: it goes at the statement's Close, DEALLOCATE or DEALLOCATE ALL / DISCARD ALL
+    (as the server confirms them) or when its Parse is not confirmed, never to make room (red team 9a3 J6b: Parse/Close
+    pairs of other statements pushed a renamed statement's text out, and the server's row then showed the reserved
+    name where a missing schema's statement shows the client's text). Every named statement counts toward the
+    session's bounds alike, rewritten or not, by its client text's length: a Parse past them is refused (`refusal`),
+    as in transaction pooling (proxy/statements.py), at the same point whatever the policy made of the texts."""
 
-    __slots__ = ("_listed", "max_bytes", "max_listing", "max_named", "size", "tenant_budget", "texts")
+    __slots__ = ("_listed", "closing", "max_bytes", "max_listing", "max_named", "size", "tenant_budget", "texts")
 
     def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20, max_listing: int = 1 << 20) -> None:
-        # the tenant's bound over all its sessions (as Statements.tenant_budget): past it the oldest texts go too
+        # the tenant's bound over all its sessions (as Statements.tenant_budget)
         self.tenant_budget: Callable[[str, int], PgError | None] | None = None
-        self.texts: dict[str, str] = {}
+        self.texts: dict[str, tuple[str | None, int]] = {}  # name -> (the client's text if rewritten, its length)
         self.size = 0
+        self.closing: dict[str, int] = {}  # names whose Close is sent, not yet answered: not counted (see `sent_close`)
         self.max_named = max(1, max_named)
         self.max_bytes = max(1, max_bytes)
         self.max_listing = max(1, max_listing)
         self._listed: str | None = None  # the listing, until the texts change
 
-    def parse(self, name: str, text: str | None) -> None:
-        """A named Parse forwarded; `text`: the client's, when the policy rewrote it (None: forwarded as it is)."""
-        texts = self.texts
-        old = texts.pop(name, None)
-        if old is not None:
-            self.size -= len(old)
-            self._listed = None
-        if text is None:
-            return
-        self._listed = None
-        texts[name] = text
-        self.size += len(text)
+    def refusal(self, name: str, size: int) -> PgError | None:
+        """The error for a named Parse of `name` whose client text has `size` characters past the session's (or its
+        tenant's) bounds; None when within them."""
+        old = self.texts.get(name)
+        closing = self.closing
+        count = len(self.texts) - (old is not None) - len(closing) + (name in closing)
+        held = self.size - (old[1] if old is not None else 0) + size - sum(closing.values()) + closing.get(name, 0)
+        if count >= self.max_named:
+            return errors.session_statements_limit(name=name, key="max_session_statements", limit=self.max_named)
+        if held > self.max_bytes:
+            return errors.session_statements_limit(name=name, key="max_session_statement_bytes",
+                                                   limit=self.max_bytes)
         budget = self.tenant_budget
-        while texts and (len(texts) > self.max_named or self.size > self.max_bytes
-                         or (budget is not None and budget(name, self.size) is not None)):
-            self.size -= len(texts.pop(next(iter(texts))))
+        return None if budget is None else budget(name, held)
+
+    def parse(self, name: str, text: str | None, size: int | None = None) -> None:
+        """A named Parse forwarded; `text`: the client's, when the policy rewrote it (None: forwarded as it is);
+        `size`: its client text's length (by default `text`'s)."""
+        self.close(name)
+        size = len(text or "") if size is None else size
+        self.texts[name] = (text, size)
+        self.size += size
+        if text is not None:
+            self._listed = None
+
+    def sent_close(self, name: str) -> None:
+        """A Close of `name` was sent: until the server answers it (the text stays till then), the statement does not
+        count toward the bounds (a pipeline of Parse/Close pairs holds one at a time on the server)."""
+        entry = self.texts.get(name)
+        if entry is not None:
+            self.closing[name] = entry[1]
+
+    def close_skipped(self, pending: set[str]) -> None:
+        """A request ended: the Closes sent of names not in `pending` (still in flight) were skipped by the server."""
+        if self.closing:
+            self.closing = {n: size for n, size in self.closing.items() if n in pending}
+
+    def close(self, name: str) -> None:
+        """The statement `name` is gone from the server (or never got there)."""
+        self.closing.pop(name, None)
+        old = self.texts.pop(name, None)
+        if old is not None:
+            self.size -= old[1]
+            if old[0] is not None:
+                self._listed = None
+
+    def clear(self) -> None:
+        """DEALLOCATE ALL / DISCARD ALL: every statement is gone."""
+        self.closing.clear()
+        if self.texts:
+            self.texts.clear()
+            self.size = 0
+            self._listed = None
 
     def listing(self) -> str:
         """The entries as the pg_prepared_statements wrapper reads them (JSON; see `Statements.listing`), rendered
         once per change."""
         if self._listed is None:
             self._listed = fit_listing(
-                [{"name": n, "statement": t, "server": n, "over": True} for n, t in self.texts.items()],
-                self.max_listing)
+                [{"name": n, "statement": t, "server": n, "over": True} for n, (t, _) in self.texts.items()
+                 if t is not None], self.max_listing)
         return self._listed
 
 
