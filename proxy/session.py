@@ -103,6 +103,7 @@ from proxy.statements import (
     forgets,
     joined,
     own_cursors,
+    renamed_shrink,
     render,
 )
 from proxy.stmtkind import statement_kind
@@ -260,8 +261,9 @@ class ClientSession:
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
         "_open_batch", "_overrides", "_paged",
-        "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
-        "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling", "_slot_held",
+        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf",
+        "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling",
+        "_slot_held",
         "_slot_queue", "_sql_prepared", "_startup_settings", "_startup_status", "_stash", "_statement_memo", "_sticky",
         "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
@@ -307,6 +309,7 @@ class ClientSession:
         self._policy_token: Callable[[], object] = lambda: None
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
+        self._parse_shrink = 0  # the Parse just decided: Statements.parse's `shrink` (statements.renamed_shrink)
         self.on_decision = on_decision
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
@@ -548,7 +551,9 @@ class ClientSession:
                     text = m.Parse.decode(body).sql
                 except m.DecodeError:
                     text = None
-        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text)
+        shrink, self._parse_shrink = self._parse_shrink, 0
+        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text,
+                          shrink if text is not None else 0)
         return out if edited is None else edited
 
     def _duplicate_parse(self, name: str, body: bytes) -> bytes | None:
@@ -663,6 +668,8 @@ class ClientSession:
             store = self._sql_prepared = SqlPrepared(*session_statement_limits(self.config))
         rewritten = isinstance(decision, Rewrite)
         size = len(decision.sql) if rewritten else len(sql)  # type: ignore[union-attr]
+        if rewritten and decision.names:  # a hidden schema's reserved names count as its spelling (red team 9a3)
+            size -= sum(added for _, _, added in decision.moved)  # type: ignore[union-attr]
         if rewritten and SESSION_STATEMENTS in decision.rules:
             size += len(self._listing())
         held = self.context.belief.prepared
@@ -1557,6 +1564,8 @@ class ClientSession:
                 self._declared(sql if out is None else decision.sql, None if out is None else sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
                 self._parse_changes(name, ())
+            if out is not None and name and self.statements is not None:
+                self._parse_shrink = renamed_shrink(decision, sql)
             return out
         try:
             parse = m.Parse.decode(body)
@@ -1624,6 +1633,8 @@ class ClientSession:
                 self._declared(sql, parse.sql, decision)
             out = m.Parse(parse.name, sql, parse.param_types).encode()
             self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
+            if parse.name and self.statements is not None:
+                self._parse_shrink = renamed_shrink(decision, parse.sql)
             return out
         if self._tracking:
             self._parse_changes(parse.name, ())

@@ -26,6 +26,7 @@ from tests.support.wire import login, read_message
 TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
 NAMES = ("globex", "glebox")  # hidden, missing
 MODES = ("transaction", "session")
+STATEMENT_BYTES = 8192  # [pool] max_session_statement_bytes of both proxies
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     prepare_backend(pg)
     out = {}
     for mode in MODES:
-        pool: dict[str, Any] = {"pool_mode": mode}
+        pool: dict[str, Any] = {"pool_mode": mode, "max_session_statement_bytes": STATEMENT_BYTES}
         if mode == "session":
             pool["statement_cache"] = False
         out[mode] = ProxyProcess(pg, tmp_path_factory.mktemp(f"hidden-{mode}"), backend_sslmode="disable",
@@ -168,6 +169,31 @@ def test_parse_close_pairs_keep_a_renamed_statements_text(proxies: dict[str, Pro
         keep = f"CREATE TEMP TABLE IF NOT EXISTS bi_j6 (LIKE {name}.orders)".encode()
         row = struct.pack("!hi", 2, 7) + b"bi_keep" + struct.pack("!i", len(keep)) + keep
         assert got[name] == ([b"1", b"Z"], [b"1", b"3", b"Z"], [row]), got[name]
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_the_session_statement_bytes_are_reached_alike(proxies: dict[str, ProxyProcess], mode: str,
+                                                       strategy: str) -> None:
+    """The same bound in both pool modes: named statements naming the hidden schema (sent with reserved names, 24
+    characters longer each, and kept with the client's text for pg_prepared_statements) and the missing one (sent as
+    written): the Parse past [pool] max_session_statement_bytes is the same one (found beside red team 9a3 J3/J6b:
+    transaction pooling counted a renamed statement's forwarded and client texts, a missing one's text once)."""
+    got = {}
+    for name in NAMES:
+        conn = _connect(proxies[mode], strategy)
+        try:
+            for i in range(400):
+                res = conn.prepare(f"bi_s{i}".encode(),
+                                   f"CREATE TEMP TABLE IF NOT EXISTS bi_b (LIKE {name}.orders) /* {i:04d} */".encode())
+                if res.status != pq.ExecStatus.COMMAND_OK:
+                    got[name] = (i, res.error_field(pq.DiagnosticField.SQLSTATE),
+                                 (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode())
+                    break
+        finally:
+            conn.finish()
+    assert got["globex"] == got["glebox"], got
+    assert got["glebox"][1] == b"53200" and f"max_session_statement_bytes = {STATEMENT_BYTES}" in got["glebox"][2]
 
 
 # --- J4/J4b: a hidden schema in search_path ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from proxy.statements import (
     fit_listing,
     forgets,
     joined,
+    renamed_shrink,
     render,
     server_name,
 )
@@ -781,6 +782,29 @@ def _statements() -> Statements:
     st = Statements(error_marker=lambda err: "pgtenant_denied_0", wall_clock=lambda: 1700000000.25)
     st.attach({})
     return st
+
+
+def test_a_renamed_statement_counts_toward_the_bounds_as_the_clients_text() -> None:
+    """Red team 9a3 (beside J3/J6b): a statement sent with a hidden schema's reserved name, kept with the client's
+    text, counts as the same statement naming a missing schema (sent as written): the bound is reached alike."""
+    from proxy.policy import engine
+    from tests.unit.policy.policy_corpus import POLICIES
+
+    policy = POLICIES["shared_hiding"]
+    counted = {}
+    for name in ("tenant_globex", "tenant_glebox"):  # hidden, missing
+        text = f"CREATE TEMP TABLE IF NOT EXISTS t (LIKE {name}.orders)"
+        decision = engine.decide(policy, text)
+        sent = getattr(decision, "sql", text)
+        st = Statements(error_marker=lambda err: "pgtenant_denied_0", max_bytes=len(text) * 6)
+        st.attach({})
+        for taken in range(20):
+            out = st.parse(f"s{taken}", sent, b"\x00\x00", text=text if sent != text else None,
+                           shrink=renamed_shrink(decision, text))
+            if out is not None and b"pgtenant_denied_0" in out:
+                counted[name] = taken
+                break
+    assert counted["tenant_globex"] == counted["tenant_glebox"] > 1, counted
 
 
 def test_listing_has_the_clients_names_and_texts_and_the_server_statements() -> None:
