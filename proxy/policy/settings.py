@@ -244,7 +244,8 @@ def check_object_name_value(policy: TenantPolicy, name: str, value: str | None) 
         raise fail("foreign_schema", f'"{name}" can only be set to a literal name')
     parts = object_name_parts(value) or []
     schema = parts[-2] if len(parts) >= 2 else None
-    if schema is None or (policy.hidden_schemas and _answered_as_missing(policy, schema)):
+    if schema is None or (policy.strategy != "schema" and policy.hidden_schemas
+                          and _answered_as_missing(policy, schema)):
         return
     usable = {*SYSTEM_SCHEMAS, *policy.search_path, *policy.path, *policy.allowed_schemas}
     if schema not in usable or not usable_schema(policy, schema):

@@ -432,6 +432,16 @@ def test_text_search_configuration_setting_names_usable_schemas(policy_name: str
         assert isinstance(decision, Deny) and decision.rule == "foreign_schema" and decision.sqlstate == "42501"
 
 
+@pytest.mark.parametrize("schema", ["tenant_globex", "nosuch"])
+def test_a_schema_tenants_text_search_configuration_stays_refused_with_schemas_hidden(schema: str) -> None:
+    """The schema strategy answers every schema but the tenant's itself, hidden or missing (the hidden ones are not
+    renamed there): a schema policy with hidden schemas still refuses both (a hidden one reached PostgreSQL, which
+    answered "permission denied for schema")."""
+    policy = dataclasses.replace(POLICIES["schema"], hidden_schemas=frozenset({"tenant_globex"}))
+    decision = decide(policy, f"SET default_text_search_config = '{schema}.cfg'")
+    assert isinstance(decision, Deny) and decision.rule == "foreign_schema", decision
+
+
 @pytest.mark.parametrize("policy_name", ["shared", "schema"])
 def test_a_statement_needing_more_than_max_guards_is_refused_before_any_is_built(policy_name: str) -> None:
     """Red team 7 F5/F8: hundreds of `N::regclass` items took seconds to guard and verify, on the event loop or a
