@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.policy.hiding import position_back
+from proxy.policy.hiding import LITERAL, NAMED_SETTINGS, OTHER_TEMP, position_back
 from proxy.protocol import messages as m
 
 # A reserved name (policy/hiding.reserved_name: pg_9 and 24 secret characters) where PostgreSQL names a schema: as a
@@ -27,9 +27,17 @@ _SHAPES = re.compile(
     r"|text search (?:configuration|dictionary|parser|template)|sequence|table|view|materialized view|index"
     r"|foreign table|statistics object|access method|domain|column|tablesample method|improper qualified name"
     r"|cross-database references are not implemented)\b")
+# PostgreSQL's answer to a named setting's value it cannot find (`SET default_text_search_config = 'r.english'`,
+# 22023): the value as the statement wrote it, where a hidden schema's spelling was sent as a reserved name (red team
+# 9a3 J5). Written back with the client's spelling of the schema, only in this shape.
+_INVALID_VALUE = tuple(f'invalid value for parameter "{name}": "' for name in sorted(NAMED_SETTINGS))
 # Any reserved name's shape: the last-line check once the session has sent more distinct names than it keeps.
 _ANY_RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
-MAX_SENT = 4096  # distinct reserved names a session keeps for the last-line check; past them, any reserved shape
+# Distinct reserved names of other sessions' temporary schemas (`pg_temp_N`, any N: renamed whatever else the
+# statement names) a session keeps for the last-line check; past them, any reserved name's shape. A hidden schema's
+# reserved name is always kept (there are as many as the tenant has hidden schemas): the bound is reached at the same
+# point whether a name the client wrote is hidden or missing (red team 9a3 J3: hidden names counted toward it).
+MAX_SENT = 4096
 Names = tuple[tuple[str, str], ...]
 Moved = tuple[tuple[int, int, int], ...]  # (start, end, characters added) of each renamed span: hiding.Renamed
 _PLAIN: tuple[Names, Moved] = ((), ())  # a statement sent without reserved names
@@ -41,7 +49,7 @@ class InFlight:
     bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
     name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("executes", "plain_first", "portals", "requests", "sent", "shapes", "statements")
+    __slots__ = ("executes", "hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
@@ -50,7 +58,8 @@ class InFlight:
         # portal -> the names of its statement and the request that bound it (gone at its Close or when a later
         # request ends the transaction: portals do not outlive it)
         self.portals: dict[str, tuple[Names, Moved, object]] = {}
-        self.sent: set[bytes] = set()
+        self.sent: set[bytes] = set()  # the reserved names of other sessions' temporary schemas (MAX_SENT at most)
+        self.hidden: set[bytes] = set()  # the reserved names of hidden schemas (the tenant's few: never dropped)
         self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
         self.executes = False  # a portal was bound to a statement with names: the session follows Executes
 
@@ -59,11 +68,12 @@ class InFlight:
         if self.shapes:
             return
         sent = self.sent
-        for reserved, _ in names:
-            sent.add(reserved.encode())
+        for reserved, name in names:
+            (sent if OTHER_TEMP.fullmatch(name) else self.hidden).add(reserved.encode())
         if len(sent) > MAX_SENT:  # fail closed, never forget one: any reserved name's shape from now on
             self.shapes = True
             sent.clear()
+            self.hidden.clear()
 
     def leaks(self, data: bytes) -> bool:
         """Whether `data` (a message for the client) holds a reserved name this session sent."""
@@ -71,7 +81,7 @@ class InFlight:
             return False
         if self.shapes:
             return _ANY_RESERVED.search(data) is not None
-        return any(reserved in data for reserved in self.sent)
+        return any(reserved in data for reserved in self.hidden) or any(reserved in data for reserved in self.sent)
 
     def bound(self, portal: str, statement: str, request: object) -> tuple[Names, Moved] | None:
         """`portal` is bound (in `request`) to `statement`: its Executes are answered with the statement's names."""
@@ -131,10 +141,23 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
             back = str(position_back(int(position), moved))
             changed = back != position
             fields["P"] = back
-    if fields.get("C", "")[:2] not in _CLASSES or "W" in fields or "q" in fields:
+    if "W" in fields or "q" in fields:
         # (a CONTEXT or internal query: the names are a function body's or dynamic SQL's, not the statement's)
         return changed
-    names = {reserved: name for pairs, _ in sent for reserved, name in pairs}
+    code = fields.get("C", "")
+    if code == "22023" and fields.get("M", "").startswith(_INVALID_VALUE) and "pg_9" in fields["M"]:
+        spelled = {reserved: name[len(LITERAL):] for pairs, _ in sent for reserved, name in pairs
+                   if name.startswith(LITERAL)}
+        message = fields["M"]
+        for reserved, spelling in spelled.items():
+            if reserved not in written:
+                message = message.replace(reserved, spelling)
+        changed |= message != fields["M"]
+        fields["M"] = message
+        return changed
+    if code[:2] not in _CLASSES:
+        return changed
+    names = {reserved: name for pairs, _ in sent for reserved, name in pairs if not name.startswith(LITERAL)}
 
     def back(found: re.Match[str]) -> str:
         nonlocal changed

@@ -103,10 +103,11 @@ from proxy.statements import (
     forgets,
     joined,
     own_cursors,
+    renamed_shrink,
     render,
 )
 from proxy.stmtkind import statement_kind
-from proxy.stmtnames import ServerNames
+from proxy.stmtnames import FORGETS_ALL, ServerNames
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
 
@@ -260,8 +261,9 @@ class ClientSession:
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
         "_open_batch", "_overrides", "_paged",
-        "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
-        "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling", "_slot_held",
+        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf",
+        "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling",
+        "_slot_held",
         "_slot_queue", "_sql_prepared", "_startup_settings", "_startup_status", "_stash", "_statement_memo", "_sticky",
         "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
@@ -307,6 +309,7 @@ class ClientSession:
         self._policy_token: Callable[[], object] = lambda: None
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
+        self._parse_shrink = 0  # the Parse just decided: Statements.parse's `shrink` (statements.renamed_shrink)
         self.on_decision = on_decision
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
@@ -548,7 +551,9 @@ class ClientSession:
                     text = m.Parse.decode(body).sql
                 except m.DecodeError:
                     text = None
-        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text)
+        shrink, self._parse_shrink = self._parse_shrink, 0
+        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text,
+                          shrink if text is not None else 0)
         return out if edited is None else edited
 
     def _duplicate_parse(self, name: str, body: bytes) -> bytes | None:
@@ -578,6 +583,12 @@ class ClientSession:
             self.tracker.on_parse("", "", None)
             marker = self._error_marker(errors.prepared_statement_exists(name=name))
             return m.Parse(name, marker, b"\x00\x00").encode()
+        if name:  # past the session's bounds on named statements (every one counted alike: red team 9a3 J6b)
+            start = len(name.encode("utf-8")) + 1
+            refused = self._session_texts().refusal(name, max(body.find(b"\x00", start) - start, 0))
+            if refused is not None:
+                self.tracker.on_parse("", "", None)
+                return m.Parse(name, self._error_marker(refused), b"\x00\x00").encode()
         out = self._gate_parse(body)
         if out is not HOLD:
             names.parse(name, self.tracker.pending[-1])
@@ -598,6 +609,8 @@ class ClientSession:
         self.tracker.on_bind("")  # (opens the request the Close is part of, as a Bind would)
         self._open_batch = True  # (an agent's admission waits for that request's Sync, see _on_request_message)
         self._names.close(name, self.tracker.pending[-1])
+        if name and self._client_texts is not None:
+            self._client_texts.sent_close(name)
 
     def _names_deallocated(self, changes: tuple[Change, ...]) -> None:
         """A statement with DEALLOCATEs was sent: each name goes at its CommandComplete in the request sent."""
@@ -617,6 +630,16 @@ class ClientSession:
         name = self._names.close_complete(pending[0] if pending else None)
         if name is not None:
             self._closed_statement(name)
+
+    def _names_ended(self, request: object) -> None:
+        """`request` failed or ended: the Parses of it the server did not confirm leave no client text."""
+        assert self._names is not None
+        gone = self._names.ended(request)
+        texts = self._client_texts
+        if texts is not None:
+            for name in gone:
+                texts.close(name)
+            texts.close_skipped(self._names.closing())
 
     def _listing(self, declaring: str | None = None) -> str:
         """The session's prepared statements for the pg_prepared_statements wrapper; where the client's names reach
@@ -645,6 +668,8 @@ class ClientSession:
             store = self._sql_prepared = SqlPrepared(*session_statement_limits(self.config))
         rewritten = isinstance(decision, Rewrite)
         size = len(decision.sql) if rewritten else len(sql)  # type: ignore[union-attr]
+        if rewritten and decision.names:  # a hidden schema's reserved names count as its spelling (red team 9a3)
+            size -= sum(added for _, _, added in decision.moved)  # type: ignore[union-attr]
         if rewritten and SESSION_STATEMENTS in decision.rules:
             size += len(self._listing())
         held = self.context.belief.prepared
@@ -656,21 +681,23 @@ class ClientSession:
         store.prepared(names, sql if rewritten else None, size, held)
         if self._client_texts is not None:  # a protocol statement's text of one of these names is gone with it
             for name in names:
-                self._client_texts.parse(name, None)
+                self._client_texts.close(name)
         return decision
 
-    def _client_text(self, name: str, text: str | None) -> None:
-        """A named Parse forwarded to a server that keeps the client's names: `text`, the client's text when the
-        policy rewrote it, is what pg_prepared_statements shows for it."""
+    def _client_text(self, name: str, sql: str, rewritten: bool) -> None:
+        """A named Parse of the client's text `sql` forwarded to a server that keeps the client's names: counted
+        toward the session's bounds, and when the policy rewrote it, `sql` is what pg_prepared_statements shows."""
         if self._sql_prepared is not None:  # a SQL PREPAREd statement's text of that name is gone with it
             self._sql_prepared.forget(name)
+        self._session_texts().parse(name, sql if rewritten else None, len(sql))
+
+    def _session_texts(self) -> ClientTexts:
+        """The session's record of its named statements' client texts (session pooling: `ClientTexts`)."""
         texts = self._client_texts
         if texts is None:
-            if text is None:
-                return
             texts = self._client_texts = ClientTexts(*session_statement_limits(self.config))
             texts.tenant_budget = self._tenant_statement_bytes()
-        texts.parse(name, text)
+        return texts
 
     def _statement_scope(self) -> str:
         """What a statement's meaning depends on besides its text: the session's context (search_path, temporary
@@ -1527,7 +1554,7 @@ class ClientSession:
                 self._reset_names.discard(name)
             if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
                     self.statements is None:
-                self._client_text(name, None if out is None else sql)
+                self._client_text(name, sql, out is not None)
             self._sequences.parsed(name, decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
@@ -1537,6 +1564,8 @@ class ClientSession:
                 self._declared(sql if out is None else decision.sql, None if out is None else sql, decision)
             if self._tracking:  # (a decision with changes is never memoized)
                 self._parse_changes(name, ())
+            if out is not None and name and self.statements is not None:
+                self._parse_shrink = renamed_shrink(decision, sql)
             return out
         try:
             parse = m.Parse.decode(body)
@@ -1580,7 +1609,7 @@ class ClientSession:
         if type(decision) is Allow:
             if (self._client_texts is not None or self._sql_prepared is not None) and parse.name and \
                     self.statements is None:
-                self._client_text(parse.name, None)
+                self._client_text(parse.name, parse.sql, False)
             if DECLARES_CURSOR in decision.effects:
                 self._declared(parse.sql, None, decision)
             if self._hidden is not None:  # the name's earlier reserved names go (red team 9a2 H2)
@@ -1593,7 +1622,7 @@ class ClientSession:
         if isinstance(decision, Rewrite):
             sql = decision.sql
             if parse.name and self.statements is None:
-                self._client_text(parse.name, parse.sql)
+                self._client_text(parse.name, parse.sql, True)
             if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: see `_statement_parse`
                 memo = False
                 if self.statements is None:
@@ -1604,6 +1633,8 @@ class ClientSession:
                 self._declared(sql, parse.sql, decision)
             out = m.Parse(parse.name, sql, parse.param_types).encode()
             self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
+            if parse.name and self.statements is not None:
+                self._parse_shrink = renamed_shrink(decision, parse.sql)
             return out
         if self._tracking:
             self._parse_changes(parse.name, ())
@@ -1617,7 +1648,7 @@ class ClientSession:
         """A statement PostgreSQL analyzes only when it runs, naming a hidden schema: its Parse succeeds and each run
         fails (CLOSE of a cursor named by the marker), as PostgreSQL answers a missing schema (`Deny.at_run`)."""
         if parse.name and self.statements is None:
-            self._client_text(parse.name, parse.sql)
+            self._client_text(parse.name, parse.sql, True)
         return m.Parse(parse.name, _AT_RUN + self._deny_marker(decision), parse.param_types).encode()
 
     def _parsed(self, body: bytes, token: object, name: str, sql: str, kind: str, decision: Allow | Rewrite,
@@ -1952,6 +1983,8 @@ class ClientSession:
         if self._tracking:
             self.context.close(name)
             self._context_changed()
+        if self._client_texts is not None:
+            self._client_texts.close(name)
 
     def _on_copy_end(self, _body: bytes) -> None:
         self.tracker.on_copy_end()
@@ -1969,7 +2002,7 @@ class ClientSession:
         if self._hidden is not None and body[:1] == b"I" and self._hidden.portals:
             self._hidden.ended(self.tracker.pending)
         if self._names is not None and self._names.ledger and request is not None:
-            self._names.ended(request)
+            self._names_ended(request)
         if self._agent_closing and request is not None:
             self._agent_closes_ended(request)
         if self._tracking:
@@ -1997,7 +2030,12 @@ class ClientSession:
         self._done += 1
         if self._names is not None and body[:1] == b"D":  # (DEALLOCATE, DISCARD ALL)
             pending = self.tracker.pending
-            self._names.command_complete(body, pending[0] if pending else None)
+            gone = self._names.command_complete(body, pending[0] if pending else None)
+            if self._client_texts is not None:  # (the client's text goes with the server's statement)
+                if body in FORGETS_ALL:
+                    self._client_texts.clear()
+                elif gone is not None:
+                    self._client_texts.close(gone)
         if self._tracking:
             pending = self.tracker.pending
             self.context.completed(pending[0] if pending else None, self._done, body)
@@ -2080,7 +2118,7 @@ class ClientSession:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
         if self._names is not None and self._names.ledger and self.tracker.pending:  # the rest of it is skipped
-            self._names.ended(self.tracker.pending[0])
+            self._names_ended(self.tracker.pending[0])
         if b"pgtenant_denied_" in body:
             found = _DENIAL_MARKER.search(body)
             if found is not None:

@@ -106,6 +106,18 @@ def _cut(row: dict[str, object], keep: int) -> dict[str, object]:
     return short
 
 
+def renamed_shrink(decision: object, text: str) -> int:
+    """What of a named statement's bytes (its forwarded text, and `text`, the client's, when they differ) the
+    session's bounds do not count: a hidden schema's reserved names (each longer than the spelling; `Rewrite.moved`)
+    and, for a statement sent renamed and otherwise as written, the client's text kept beside it. So the bounds are
+    reached at the same point as with a missing schema's statement, sent as written (red team 9a3)."""
+    moved = getattr(decision, "moved", ())
+    if not getattr(decision, "names", ()) or not moved:
+        return 0
+    grown = sum(added for _, _, added in moved)
+    return grown + (len(text) if tuple(getattr(decision, "rules", ())) == ("hidden_schema",) else 0)
+
+
 def render(sql: str, listing: str) -> str:
     """A rewrite that reads pg_prepared_statements (rule session_statements) with the session's statement list
     (`Statements.listing`, "[]" for a session whose statements reach the server under their own names) in place of
@@ -117,45 +129,88 @@ def render(sql: str, listing: str) -> str:
 class ClientTexts:
     """Sessions whose statement names reach the server as they are (session pooling without the statement cache):
     the server lists the text pgtenant forwarded, so the client's own text of each named statement the policy
-    rewrote is kept for the pg_prepared_statements wrapper, shown over the server's row of that name (an entry whose
-    statement is gone shows nothing). Bounded like the statements the session may hold: the oldest go first."""
+    rewrote is kept for the pg_prepared_statements wrapper, shown over the server's row of that name, for as long as
+    the server keeps the statement: it goes at the statement's Close, DEALLOCATE or DEALLOCATE ALL / DISCARD ALL
+    (as the server confirms them) or when its Parse is not confirmed, never to make room (red team 9a3 J6b: Parse/Close
+    pairs of other statements pushed a renamed statement's text out, and the server's row then showed the reserved
+    name where a missing schema's statement shows the client's text). Every named statement counts toward the
+    session's bounds alike, rewritten or not, by its client text's length: a Parse past them is refused (`refusal`),
+    as in transaction pooling (proxy/statements.py), at the same point whatever the policy made of the texts."""
 
-    __slots__ = ("_listed", "max_bytes", "max_listing", "max_named", "size", "tenant_budget", "texts")
+    __slots__ = ("_listed", "closing", "max_bytes", "max_listing", "max_named", "size", "tenant_budget", "texts")
 
     def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20, max_listing: int = 1 << 20) -> None:
-        # the tenant's bound over all its sessions (as Statements.tenant_budget): past it the oldest texts go too
+        # the tenant's bound over all its sessions (as Statements.tenant_budget)
         self.tenant_budget: Callable[[str, int], PgError | None] | None = None
-        self.texts: dict[str, str] = {}
+        self.texts: dict[str, tuple[str | None, int]] = {}  # name -> (the client's text if rewritten, its length)
         self.size = 0
+        self.closing: dict[str, int] = {}  # names whose Close is sent, not yet answered: not counted (see `sent_close`)
         self.max_named = max(1, max_named)
         self.max_bytes = max(1, max_bytes)
         self.max_listing = max(1, max_listing)
         self._listed: str | None = None  # the listing, until the texts change
 
-    def parse(self, name: str, text: str | None) -> None:
-        """A named Parse forwarded; `text`: the client's, when the policy rewrote it (None: forwarded as it is)."""
-        texts = self.texts
-        old = texts.pop(name, None)
-        if old is not None:
-            self.size -= len(old)
-            self._listed = None
-        if text is None:
-            return
-        self._listed = None
-        texts[name] = text
-        self.size += len(text)
+    def refusal(self, name: str, size: int) -> PgError | None:
+        """The error for a named Parse of `name` whose client text has `size` characters past the session's (or its
+        tenant's) bounds; None when within them."""
+        old = self.texts.get(name)
+        closing = self.closing
+        count = len(self.texts) - (old is not None) - len(closing) + (name in closing)
+        held = self.size - (old[1] if old is not None else 0) + size - sum(closing.values()) + closing.get(name, 0)
+        if count >= self.max_named:
+            return errors.session_statements_limit(name=name, key="max_session_statements", limit=self.max_named)
+        if held > self.max_bytes:
+            return errors.session_statements_limit(name=name, key="max_session_statement_bytes",
+                                                   limit=self.max_bytes)
         budget = self.tenant_budget
-        while texts and (len(texts) > self.max_named or self.size > self.max_bytes
-                         or (budget is not None and budget(name, self.size) is not None)):
-            self.size -= len(texts.pop(next(iter(texts))))
+        return None if budget is None else budget(name, held)
+
+    def parse(self, name: str, text: str | None, size: int | None = None) -> None:
+        """A named Parse forwarded; `text`: the client's, when the policy rewrote it (None: forwarded as it is);
+        `size`: its client text's length (by default `text`'s)."""
+        self.close(name)
+        size = len(text or "") if size is None else size
+        self.texts[name] = (text, size)
+        self.size += size
+        if text is not None:
+            self._listed = None
+
+    def sent_close(self, name: str) -> None:
+        """A Close of `name` was sent: until the server answers it (the text stays till then), the statement does not
+        count toward the bounds (a pipeline of Parse/Close pairs holds one at a time on the server)."""
+        entry = self.texts.get(name)
+        if entry is not None:
+            self.closing[name] = entry[1]
+
+    def close_skipped(self, pending: set[str]) -> None:
+        """A request ended: the Closes sent of names not in `pending` (still in flight) were skipped by the server."""
+        if self.closing:
+            self.closing = {n: size for n, size in self.closing.items() if n in pending}
+
+    def close(self, name: str) -> None:
+        """The statement `name` is gone from the server (or never got there)."""
+        self.closing.pop(name, None)
+        old = self.texts.pop(name, None)
+        if old is not None:
+            self.size -= old[1]
+            if old[0] is not None:
+                self._listed = None
+
+    def clear(self) -> None:
+        """DEALLOCATE ALL / DISCARD ALL: every statement is gone."""
+        self.closing.clear()
+        if self.texts:
+            self.texts.clear()
+            self.size = 0
+            self._listed = None
 
     def listing(self) -> str:
         """The entries as the pg_prepared_statements wrapper reads them (JSON; see `Statements.listing`), rendered
         once per change."""
         if self._listed is None:
             self._listed = fit_listing(
-                [{"name": n, "statement": t, "server": n, "over": True} for n, t in self.texts.items()],
-                self.max_listing)
+                [{"name": n, "statement": t, "server": n, "over": True} for n, (t, _) in self.texts.items()
+                 if t is not None], self.max_listing)
         return self._listed
 
 
@@ -341,7 +396,8 @@ class Statements:
         "_fakes", "_last", "_ledger", "_listed", "_markers", "_open", "_recording", "_resets", "_retried",
         "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache",
         "cache_bytes", "cache_size", "cursors", "error_marker", "hits", "max_bytes", "max_listing", "max_named",
-        "misses", "named", "origin", "prepared", "retries", "status", "tenant_budget", "unnamed", "wall_clock",
+        "misses", "named", "origin", "prepared", "retries", "shrink", "status", "tenant_budget", "unnamed",
+        "wall_clock",
     )
 
     def __init__(self, *, error_marker: Callable[[PgError], str], cache: bool = False, cache_size: int = 500,
@@ -361,6 +417,9 @@ class Statements:
         self.named: dict[str, Stmt] = {}
         # (name, its statement) -> (the client's text where it differs from the forwarded one, when it was prepared)
         self.origin: dict[tuple[str, Stmt], tuple[str | None, float]] = {}
+        # (name, its statement) -> what of its bytes the session's bounds do not count: a hidden schema's reserved
+        # names (red team 9a3: a bound reached at the same point as for a missing schema's statement, sent as written)
+        self.shrink: dict[tuple[str, Stmt], int] = {}
         self.unnamed: Stmt | None = None  # the unnamed statement (a Stmt with `cached` when the cache has it)
         self._unnamed_here = False  # the unnamed statement was parsed on the server held now (and is still there)
         self._texts: dict[tuple[str, bytes, str], Stmt] = {}  # (text, types, scope) -> Stmt, LRU
@@ -437,10 +496,11 @@ class Statements:
     # --- the client's messages (as the session forwards them) --------------------------------------
 
     def parse(self, name: str, sql: str, types: bytes, scope: str = "", resets: bool = False, live: bool = False,
-              text: str | None = None) -> bytes | None:
+              text: str | None = None, shrink: int = 0) -> bytes | None:
         """An allowed (or rewritten) Parse, `sql` as forwarded: the bytes to send in its place (b"": none).
         `resets`: the policy's parse says it is DEALLOCATE ALL / DISCARD ALL (in a form `forgets` misses). `live`:
-        `sql` reads pg_prepared_statements (see `render`); `text`: the client's own text, when `sql` differs."""
+        `sql` reads pg_prepared_statements (see `render`); `text`: the client's own text, when `sql` differs;
+        `shrink`: what of these bytes the session's bounds do not count (`renamed_shrink`)."""
         if self._recording is not None:
             self._recording.replay.append(("parse", (name, sql, types, scope, resets, live, text)))  # type: ignore
             if len(self._recording.replay) > _MAX_REPLAY:  # type: ignore[arg-type]
@@ -449,7 +509,7 @@ class Statements:
         if self._skipping:
             return None  # the server ignores it, and so does the session: the statement is not made
         if live:
-            return self._live_parse(name, sql, types, scope, text)
+            return self._live_parse(name, sql, types, scope, text, shrink)
         if not name:
             stmt = self._stmt(sql, types, scope)
             stmt.resets = stmt.resets or resets
@@ -463,13 +523,14 @@ class Statements:
             self._unnamed_here = True
             self._sent(_PARSE)  # a failure or skip drops the unnamed statement (see `_undo`)
             return None
-        refused = self._refused(name, len(sql) + len(types) + (len(text) if text is not None and text != sql else 0))
+        refused = self._refused(name, len(sql) + len(types) + (len(text) if text is not None and text != sql else 0)
+                                - shrink)
         if refused is not None:
             return refused
         stmt = self._stmt(sql, types, scope)
         stmt.resets = stmt.resets or resets
         self.named[name] = stmt
-        self._origin(name, stmt, text if text != sql else None)
+        self._origin(name, stmt, text if text != sql else None, shrink)
         return self._client_parse(stmt, name, None)
 
     def _refused(self, name: str, size: int) -> bytes | None:
@@ -485,21 +546,26 @@ class Statements:
         self._ledger.append(_Entry(_PARSE))
         return m.Parse(marker, marker, b"\x00\x00").encode()
 
-    def _origin(self, name: str, stmt: Stmt, text: str | None) -> None:
+    def _origin(self, name: str, stmt: Stmt, text: str | None, shrink: int = 0) -> None:
         """Remember the client's text of statement `name` (`stmt` as forwarded; None: the same) and when it came;
         entries of names gone are dropped once they outnumber the statements (kept until then: a failed Close or
         DEALLOCATE brings the name back)."""
         origin = self.origin
         origin[name, stmt] = (text, self.wall_clock())
+        if shrink:
+            self.shrink[name, stmt] = shrink
+        else:
+            self.shrink.pop((name, stmt), None)
         if len(origin) > 2 * len(self.named) + 16:
             for gone in [(n, s) for n, s in origin if self.named.get(n) is not s]:
                 del origin[gone]
+                self.shrink.pop(gone, None)
 
-    def _live_parse(self, name: str, sql: str, types: bytes, scope: str, text: str | None) -> bytes:
+    def _live_parse(self, name: str, sql: str, types: bytes, scope: str, text: str | None, shrink: int = 0) -> bytes:
         """A Parse of a text that reads pg_prepared_statements: kept as the policy's template and prepared on the
         server rendered with the session's list as it is at each Bind or Describe (an unnamed one too, under a
         server name of its own, like the cache's)."""
-        refused = self._refused(name, len(sql) + len(types) + len(text or "")) if name else None
+        refused = self._refused(name, len(sql) + len(types) + len(text or "") - shrink) if name else None
         if refused is not None:
             return refused
         stmt = self._stmt(sql, types, scope)
@@ -507,7 +573,7 @@ class Statements:
         old = None
         if name:
             self.named[name] = stmt  # listed by the text it runs, as on a direct connection
-            self._origin(name, stmt, text if text is not None else sql)
+            self._origin(name, stmt, text if text is not None else sql, shrink)
         else:
             old, self.unnamed = self.unnamed, stmt
             stmt.cached = True
@@ -858,6 +924,7 @@ class Statements:
             return errors.session_statements_limit(name=name, key="max_session_statements", limit=self.max_named)
         held = sum(stmt.size for stmt in named.values())
         held += sum(len(text) for (n, stmt), (text, _) in self.origin.items() if text and named.get(n) is stmt)
+        held -= sum(less for (n, stmt), less in self.shrink.items() if named.get(n) is stmt)
         if size + held > self.max_bytes:  # the client's texts kept for pg_prepared_statements count too
             return errors.session_statements_limit(name=name, key="max_session_statement_bytes",
                                                    limit=self.max_bytes)

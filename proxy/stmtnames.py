@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 
 _PARSE, _CLOSE, _DEALLOCATE = 0, 1, 2
-_FORGETS_ALL = (b"DEALLOCATE ALL\x00", b"DISCARD ALL\x00")
+FORGETS_ALL = (b"DEALLOCATE ALL\x00", b"DISCARD ALL\x00")
 
 
 class ServerNames:
@@ -54,6 +54,10 @@ class ServerNames:
         """A SQL DEALLOCATE of `name` was sent (its CommandComplete says DEALLOCATE)."""
         self.ledger.append([_DEALLOCATE, name, request, self.batch])
 
+    def closing(self) -> set[str]:
+        """The statement names of the Closes sent and not answered."""
+        return {entry[1] for entry in self.ledger if entry[0] == _CLOSE and entry[1]}
+
     def sync(self) -> None:
         self.batch += 1
 
@@ -82,13 +86,21 @@ class ServerNames:
         """A CloseComplete: the statement name it closed (None: a portal, or a name parsed again since)."""
         return self.answered(_CLOSE, request)
 
-    def command_complete(self, tag: bytes, request: object) -> None:
-        if tag in _FORGETS_ALL:
+    def command_complete(self, tag: bytes, request: object) -> str | None:
+        """A CommandComplete of DEALLOCATE (the statement name it closed, as `close_complete`) or of DEALLOCATE ALL /
+        DISCARD ALL (`FORGETS_ALL`: every name goes)."""
+        if tag in FORGETS_ALL:
             self.confirmed.clear()
         elif tag == b"DEALLOCATE\x00":
-            self.answered(_DEALLOCATE, request)
+            return self.answered(_DEALLOCATE, request)
+        return None
 
-    def ended(self, request: object) -> None:
-        """`request` failed or ended: what of it is still unanswered was skipped by the server."""
-        if any(entry[2] is request for entry in self.ledger):
-            self.ledger = deque(entry for entry in self.ledger if entry[2] is not request)
+    def ended(self, request: object) -> list[str]:
+        """`request` failed or ended: what of it is still unanswered was skipped by the server. The names of its
+        Parses that were not confirmed (and are not on the server from before): the server does not have them."""
+        if not any(entry[2] is request for entry in self.ledger):
+            return []
+        gone = [entry[1] for entry in self.ledger if entry[2] is request and entry[0] == _PARSE and entry[1]
+                and entry[1] not in self.confirmed]
+        self.ledger = deque(entry for entry in self.ledger if entry[2] is not request)
+        return gone

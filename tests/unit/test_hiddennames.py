@@ -119,8 +119,24 @@ def test_the_names_sent_are_found_in_an_answer_and_past_their_bound_any_reserved
     assert flight.leaks(f'x "{R}.t"'.encode()) and not flight.leaks(f'x "{other}.t"'.encode())
     assert not flight.leaks(b"pg_9 nothing")
     flight.sending(tuple((reserved_name(f"pg_temp_{i}"), f"pg_temp_{i}") for i in range(MAX_SENT)))
+    # red team 9a3 J3: a hidden schema's name does not count toward the bound (a missing one's is never sent)
+    assert not flight.shapes and not flight.leaks(f'x "{other}.t"'.encode())
+    flight.sending(((reserved_name("pg_toast_temp_1"), "pg_toast_temp_1"),))
     assert flight.shapes and not flight.sent  # never one forgotten: any reserved name's shape from now on
     assert flight.leaks(f'x "{other}.t"'.encode()) and not flight.leaks(b"pg_9 nothing")
+
+
+def test_the_bound_is_reached_alike_with_a_hidden_name_and_without() -> None:
+    """Red team 9a3 J3: 4,096 names of other sessions' temporary schemas and a hidden schema's name leave the check
+    as it is after the same 4,096 and a missing schema's name (sent as written: no reserved name)."""
+    temps = tuple((reserved_name(f"pg_temp_{i}"), f"pg_temp_{i}") for i in range(MAX_SENT))
+    with_hidden, with_missing = InFlight(), InFlight()
+    for flight, names in ((with_hidden, ((R, "globex"),)), (with_missing, ())):
+        flight.sending(temps)
+        flight.sending(names)
+    shaped = b'relation "pg_9aaaaaaaaaaaaaaaaaaaaaaaa.t" does not exist'
+    assert with_hidden.shapes == with_missing.shapes is False
+    assert with_hidden.leaks(shaped) == with_missing.leaks(shaped) is False
 
 
 def test_a_portal_keeps_its_statements_names_until_its_transaction_ends() -> None:

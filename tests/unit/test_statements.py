@@ -23,6 +23,7 @@ from proxy.statements import (
     fit_listing,
     forgets,
     joined,
+    renamed_shrink,
     render,
     server_name,
 )
@@ -783,6 +784,29 @@ def _statements() -> Statements:
     return st
 
 
+def test_a_renamed_statement_counts_toward_the_bounds_as_the_clients_text() -> None:
+    """Red team 9a3 (beside J3/J6b): a statement sent with a hidden schema's reserved name, kept with the client's
+    text, counts as the same statement naming a missing schema (sent as written): the bound is reached alike."""
+    from proxy.policy import engine
+    from tests.unit.policy.policy_corpus import POLICIES
+
+    policy = POLICIES["shared_hiding"]
+    counted = {}
+    for name in ("tenant_globex", "tenant_glebox"):  # hidden, missing
+        text = f"CREATE TEMP TABLE IF NOT EXISTS t (LIKE {name}.orders)"
+        decision = engine.decide(policy, text)
+        sent = getattr(decision, "sql", text)
+        st = Statements(error_marker=lambda err: "pgtenant_denied_0", max_bytes=len(text) * 6)
+        st.attach({})
+        for taken in range(20):
+            out = st.parse(f"s{taken}", sent, b"\x00\x00", text=text if sent != text else None,
+                           shrink=renamed_shrink(decision, text))
+            if out is not None and b"pgtenant_denied_0" in out:
+                counted[name] = taken
+                break
+    assert counted["tenant_globex"] == counted["tenant_glebox"] > 1, counted
+
+
 def test_listing_has_the_clients_names_and_texts_and_the_server_statements() -> None:
     st = _statements()
     st.parse("S_1", "SELECT * FROM (SELECT 1 WHERE x = $1) t", _INT4, text="SELECT 1 WHERE x = $1")
@@ -852,12 +876,20 @@ def test_render_puts_the_list_in_as_a_literal() -> None:
 
 
 def test_client_texts_are_bounded_and_follow_the_names() -> None:
-    texts = ClientTexts(max_named=2)
+    texts = ClientTexts(max_named=2, max_bytes=30)
     texts.parse("a", "SELECT 'a'")
-    texts.parse("b", "SELECT 'b'")
-    texts.parse("c", "SELECT 'c'")  # past the bound: the oldest goes (its row then shows the forwarded text)
-    texts.parse("b", None)  # b parsed again, forwarded as it is
-    assert json.loads(texts.listing()) == [{"name": "c", "statement": "SELECT 'c'", "server": "c", "over": True}]
+    texts.parse("b", None, len("SELECT 'b'"))  # forwarded as it is: counted, not listed
+    assert json.loads(texts.listing()) == [{"name": "a", "statement": "SELECT 'a'", "server": "a", "over": True}]
+    past = texts.refusal("c", 1)  # past the bound: refused, never the oldest text dropped (red team 9a3 J6b)
+    assert past is not None and "max_session_statements = 2" in past.message
+    assert texts.refusal("b", 20) is None  # b parsed again: in its own place
+    past = texts.refusal("b", 21)
+    assert past is not None and "max_session_statement_bytes = 30" in past.message
+    texts.close("a")  # closed: its text goes, room for another
+    assert texts.refusal("c", 10) is None and json.loads(texts.listing()) == []
+    texts.parse("c", "SELECT 'c'")
+    texts.clear()
+    assert texts.size == 0 and json.loads(texts.listing()) == []
 
 
 # --- the listing's bounds (red team 5, F6: a ~90 MB listing rebuilt at each read stalled every tenant) -------------
@@ -929,18 +961,22 @@ def test_sql_prepares_are_bounded_in_count_and_bytes() -> None:
 
 def test_client_texts_keep_within_the_tenants_bound_over_its_sessions() -> None:
     """Red team 7 F10 in session pooling: the client texts kept for pg_prepared_statements count in the tenant's
-    [pool] max_tenant_statement_bytes too; past it a session's oldest texts go (the listing shows the server's)."""
+    [pool] max_tenant_statement_bytes too; past it a session's named Parse is refused (its texts stay: red team 9a3
+    J6b)."""
     ledger = TenantStatementBytes()
     one, two = ClientTexts(), ClientTexts()
     one.tenant_budget = StatementBytesClaim(ledger, "acme", lambda: 1000)
     two.tenant_budget = StatementBytesClaim(ledger, "acme", lambda: 1000)
-    one.parse("a", "x" * 600)
-    two.parse("b", "y" * 300)
-    two.parse("c", "z" * 300)  # 1,200 in all: two's oldest goes
-    assert list(one.texts) == ["a"] and list(two.texts) == ["c"] and ledger.held["acme"] == 900
+    for texts, name, text in ((one, "a", "x" * 600), (two, "b", "y" * 300)):
+        assert texts.refusal(name, len(text)) is None
+        texts.parse(name, text)
+    past = two.refusal("c", 300)  # 1,200 in all
+    assert past is not None and "max_tenant_statement_bytes = 1000" in past.message
+    assert list(one.texts) == ["a"] and list(two.texts) == ["b"] and ledger.held["acme"] == 900
     one.tenant_budget.release()
+    assert two.refusal("d", 600) is None
     two.parse("d", "w" * 600)
-    assert list(two.texts) == ["c", "d"] and ledger.held["acme"] == 900
+    assert list(two.texts) == ["b", "d"] and ledger.held["acme"] == 900
 
 
 def test_cursor_texts_go_with_their_transaction_unless_held() -> None:

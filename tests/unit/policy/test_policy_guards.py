@@ -394,30 +394,52 @@ def test_ts_headline_with_an_untyped_first_parameter_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy_name", "sql", "allowed"),
+    ("policy_name", "sql", "outcome"),
     [
-        ("shared_hiding", "SET default_text_search_config = 'pg_catalog.english'", True),
-        ("shared_hiding", "SET default_text_search_config TO english", True),
-        ("shared_hiding", "SET LOCAL default_text_search_config = 'public.mine'", True),  # on the search_path
-        ("shared_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", False),  # hidden
-        ("shared_hiding", "SET default_text_search_config = 'nosuch.cfg'", False),  # missing: the same answer
-        ("shared_hiding", "SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)", False),
-        ("shared_hiding", "SELECT set_config('default_text_search_config', $1, false)", False),
-        ("schema", "SET default_text_search_config = 'ref.cfg'", True),
-        ("schema", "SET default_text_search_config = 'tenant_globex.cfg'", False),
-        ("database", "SET default_text_search_config = 'anywhere.cfg'", True),
-        ("database_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", False),
+        ("shared_hiding", "SET default_text_search_config = 'pg_catalog.english'", "sent"),
+        ("shared_hiding", "SET default_text_search_config TO english", "sent"),
+        ("shared_hiding", "SET LOCAL default_text_search_config = 'public.mine'", "sent"),  # on the search_path
+        # red team 9a3 J5: a hidden schema is sent as a reserved name, a missing one as written: PostgreSQL answers
+        ("shared_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", "renamed"),
+        ("shared_hiding", "SET default_text_search_config = ' TENANT_GLOBEX . cfg'", "renamed"),
+        ("shared_hiding", "SET default_text_search_config = E'\"tenant_globex\".cfg'", "renamed"),
+        ("shared_hiding", "SET default_text_search_config = $$tenant_globex.cfg$$", "renamed"),
+        ("shared_hiding", "SET default_text_search_config = 'nosuch.cfg'", "sent"),
+        ("shared_hiding", "SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)", "renamed"),
+        ("shared_hiding", "SELECT set_config('default_text_search_config', $1, false)", "refused"),
+        ("shared_hiding", "SET default_text_search_config = 'pg_temp_3.cfg'", "refused"),  # existing or not
+        ("shared_hiding", "SET default_text_search_config = 'pg_toast.cfg'", "refused"),
+        ("schema", "SET default_text_search_config = 'ref.cfg'", "sent"),
+        ("schema", "SET default_text_search_config = 'tenant_globex.cfg'", "refused"),
+        ("schema", "SET default_text_search_config = 'nosuch.cfg'", "refused"),
+        ("database", "SET default_text_search_config = 'anywhere.cfg'", "sent"),
+        ("database_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", "renamed"),
+        ("database_hiding", "SET default_text_search_config = 'nosuch.cfg'", "sent"),
     ],
 )
-def test_text_search_configuration_setting_names_usable_schemas(policy_name: str, sql: str, allowed: bool) -> None:
+def test_text_search_configuration_setting_names_usable_schemas(policy_name: str, sql: str, outcome: str) -> None:
     """default_text_search_config is looked up when set: PostgreSQL answers "permission denied for schema" for a
-    schema the role may not use, "invalid value" for a missing one (self-red-team of G6). A qualified value must
-    name a schema the tenant may use by its text, whether it exists or not."""
+    schema the role may not use, "invalid value" for a missing one (self-red-team of G6). Where schemas are hidden,
+    a hidden one is sent as a reserved name (as a missing one is sent: PostgreSQL answers both alike); in the schema
+    strategy a qualified value must name a schema the tenant may use by its text, whether it exists or not."""
     decision = decide(POLICIES[policy_name], sql)
-    if allowed:
-        assert not isinstance(decision, Deny), decision
+    if outcome == "sent":
+        assert isinstance(decision, Allow) or (isinstance(decision, Rewrite) and not decision.names), decision
+    elif outcome == "renamed":
+        assert isinstance(decision, Rewrite) and decision.rules == ("hidden_schema",), decision
+        assert "tenant_globex" not in decision.sql.lower() and "pg_9" in decision.sql, decision
     else:
         assert isinstance(decision, Deny) and decision.rule == "foreign_schema" and decision.sqlstate == "42501"
+
+
+@pytest.mark.parametrize("schema", ["tenant_globex", "nosuch"])
+def test_a_schema_tenants_text_search_configuration_stays_refused_with_schemas_hidden(schema: str) -> None:
+    """The schema strategy answers every schema but the tenant's itself, hidden or missing (the hidden ones are not
+    renamed there): a schema policy with hidden schemas still refuses both (a hidden one reached PostgreSQL, which
+    answered "permission denied for schema")."""
+    policy = dataclasses.replace(POLICIES["schema"], hidden_schemas=frozenset({"tenant_globex"}))
+    decision = decide(policy, f"SET default_text_search_config = '{schema}.cfg'")
+    assert isinstance(decision, Deny) and decision.rule == "foreign_schema", decision
 
 
 @pytest.mark.parametrize("policy_name", ["shared", "schema"])

@@ -1,0 +1,264 @@
+"""Hidden schemas (issue 14, red team 9a3): bounds and search_path answered alike for a hidden and a missing schema.
+
+The schema tenant's schema `globex` of database `saas` is hidden from a shared tenant (alice) and a database tenant
+of that database (dan); `glebox` (same length) does not exist. Every test runs one session per name and compares what
+the client sees, the name written as SCHEMA: J3 (the last-line check's bound on reserved names), J6b (session
+pooling: Parse/Close pairs of other statements and a renamed statement's text in pg_prepared_statements), J4/J4b (a
+hidden schema in search_path: the text sent, EXPLAIN VERBOSE, positions, SHOW), J5 (default_text_search_config).
+Both pool modes.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from psycopg import pq
+
+from proxy.protocol import messages as m
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.wire import login, read_message
+
+TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
+NAMES = ("globex", "glebox")  # hidden, missing
+MODES = ("transaction", "session")
+STATEMENT_BYTES = 8192  # [pool] max_session_statement_bytes of both proxies
+
+
+@pytest.fixture(scope="module")
+def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
+    """One proxy per pool mode (session pooling without the statement cache: the client's names reach the server)."""
+    prepare_backend(pg)
+    out = {}
+    for mode in MODES:
+        pool: dict[str, Any] = {"pool_mode": mode, "max_session_statement_bytes": STATEMENT_BYTES}
+        if mode == "session":
+            pool["statement_cache"] = False
+        out[mode] = ProxyProcess(pg, tmp_path_factory.mktemp(f"hidden-{mode}"), backend_sslmode="disable",
+                                 extra_tenants={"hooli": {"strategy": "database", "database": "saas"}},
+                                 extra_users={"dan": ("hooli", "dan-pw")}, pool=pool)
+    try:
+        for proxy in out.values():
+            proxy.start()
+        yield out
+    finally:
+        for proxy in out.values():
+            proxy.stop()
+
+
+def _unnamed(value: Any, name: str) -> Any:
+    """`value` with the schema's name (and its hex, as the search_path marker carries it) written as SCHEMA."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.replace(name.encode().hex(), "SCHEMA").replace(name, "SCHEMA").replace(name.upper(), "SCHEMA")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unnamed(v, name) for v in value)
+    return value
+
+
+def _connect(proxy: ProxyProcess, strategy: str) -> pq.PGconn:
+    user, db = TENANTS[strategy]
+    conn = pq.PGconn.connect(proxy.dsn(user, dbname=db).encode())
+    assert conn.status == pq.ConnStatus.OK, conn.error_message
+    return conn
+
+
+_FIELDS = (pq.DiagnosticField.SQLSTATE, pq.DiagnosticField.MESSAGE_PRIMARY, pq.DiagnosticField.MESSAGE_DETAIL,
+           pq.DiagnosticField.MESSAGE_HINT, pq.DiagnosticField.STATEMENT_POSITION,
+           pq.DiagnosticField.SOURCE_FUNCTION)
+
+
+def _results(conn: pq.PGconn, sql: str, extended: bool = False) -> list[Any]:
+    """Every result of `sql` (simple Query, or one Parse/Bind/Execute): status, tag, rows, error fields."""
+    notices: list[Any] = []
+    conn.notice_handler = lambda res: notices.append(
+        tuple(res.error_field(f) for f in _FIELDS))
+    if extended:
+        conn.send_query_params(sql.encode(), None)
+    else:
+        conn.send_query(sql.encode())
+    out: list[Any] = []
+    while (res := conn.get_result()) is not None:
+        rows = [tuple(res.get_value(i, j) for j in range(res.nfields)) for i in range(res.ntuples)]
+        out.append((pq.ExecStatus(res.status).name, res.command_status, rows,
+                    tuple(res.error_field(f) for f in _FIELDS)))
+    return out + notices
+
+
+def _alike(proxy: ProxyProcess, strategy: str, steps: list[str], extended: bool = False) -> list[Any]:
+    """The answers to `steps` ({s}: the schema) in one session per name: the same, which it returns."""
+    seen = {}
+    for name in NAMES:
+        conn = _connect(proxy, strategy)
+        try:
+            seen[name] = [_unnamed(_results(conn, step.format(s=name), extended), name) for step in steps]
+        finally:
+            conn.finish()
+    assert seen["globex"] == seen["glebox"], seen
+    return seen["glebox"]
+
+
+# --- J3: the last line's bound on the reserved names a session sent ---------------------------------------------
+
+@pytest.mark.parametrize("temps", [4096, 4097])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_the_last_lines_bound_is_reached_alike_for_a_hidden_and_a_missing_name(
+        proxies: dict[str, ProxyProcess], mode: str, strategy: str, temps: int) -> None:
+    """Red team 9a3 J3: 4,096 distinct names of other sessions' temporary schemas (each sent as a reserved name),
+    then the hidden schema: the check for reserved names in answers switched to "any reserved name's shape" where
+    the missing schema left it exact, so a name of that shape the client wrote itself was withheld after the hidden
+    schema only. Past the bound (4,097 temporary schemas) both withhold it."""
+    many = ", ".join(f"pg_temp_{i}.a" for i in range(1, temps + 1))
+    got = _alike(proxies[mode], strategy, [f"SELECT 1 FROM {many}", "SELECT 1 FROM {s}.orders",
+                                           "SELECT 1 FROM pg_9aaaaaaaaaaaaaaaaaaaaaaaa.orders"])
+    assert got[1][0][3][1] == 'relation "SCHEMA.orders" does not exist', got[1]
+    shaped = got[2][0][3][1]
+    if temps == 4096:
+        assert shaped == 'relation "pg_9aaaaaaaaaaaaaaaaaaaaaaaa.orders" does not exist', got[2]
+    else:
+        assert shaped == "pgtenant: the server's answer was withheld (rule answer_withheld)", got[2]
+
+
+# --- J6b: session pooling, a renamed statement's client text kept while the server keeps the statement -----------
+
+def _wire(sock: socket.socket, data: bytes, requests: int = 1) -> list[tuple[bytes, Any]]:
+    sock.sendall(data)
+    out: list[tuple[bytes, Any]] = []
+    while requests:
+        t, body = read_message(sock)
+        out.append((t, m.decode_error_fields(body) if t in (b"E", b"N") else body))
+        requests -= t == b"Z"
+    return out
+
+
+def _close_statement(name: str) -> bytes:
+    return m.frame(b"C", b"S" + name.encode() + b"\x00")
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+def test_parse_close_pairs_keep_a_renamed_statements_text(proxies: dict[str, ProxyProcess], strategy: str) -> None:
+    """Red team 9a3 J6b (session pooling, where the server lists the text it was sent): 1,000 Parse/Close pairs of
+    other rewritten statements pushed a renamed statement's client text out of the session's list, and
+    pg_prepared_statements then showed the reserved name where a missing schema's statement shows the client's
+    text. The text stays while the statement does; a closed one leaves the list."""
+    proxy = proxies["session"]
+    user, db = TENANTS[strategy]
+    got = {}
+    for name in NAMES:
+        sock, msgs = login(proxy.port, {"user": user, "database": db}, proxy.password(user))
+        assert msgs[-1][0] == b"Z", msgs
+        try:
+            keep = f"CREATE TEMP TABLE IF NOT EXISTS bi_j6 (LIKE {name}.orders)"
+            first = _wire(sock, m.Parse("bi_keep", keep, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            pairs = b"".join(
+                m.Parse(f"bi_t{i}", "CREATE TEMP TABLE IF NOT EXISTS bi_j6b (LIKE pg_temp_1.orders)",
+                        b"\x00\x00").encode() + _close_statement(f"bi_t{i}") for i in range(1000))
+            answered = _wire(sock, pairs + m.SYNC_MESSAGE)
+            listed = _wire(sock, m.Query("SELECT name, statement FROM pg_prepared_statements ORDER BY name").encode())
+            got[name] = ([t for t, _ in first], sorted({t for t, _ in answered}),
+                         [body for t, body in listed if t == b"D"])
+        finally:
+            sock.close()
+    for name in NAMES:
+        keep = f"CREATE TEMP TABLE IF NOT EXISTS bi_j6 (LIKE {name}.orders)".encode()
+        row = struct.pack("!hi", 2, 7) + b"bi_keep" + struct.pack("!i", len(keep)) + keep
+        assert got[name] == ([b"1", b"Z"], [b"1", b"3", b"Z"], [row]), got[name]
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_the_session_statement_bytes_are_reached_alike(proxies: dict[str, ProxyProcess], mode: str,
+                                                       strategy: str) -> None:
+    """The same bound in both pool modes: named statements naming the hidden schema (sent with reserved names, 24
+    characters longer each, and kept with the client's text for pg_prepared_statements) and the missing one (sent as
+    written): the Parse past [pool] max_session_statement_bytes is the same one (found beside red team 9a3 J3/J6b:
+    transaction pooling counted a renamed statement's forwarded and client texts, a missing one's text once)."""
+    got = {}
+    for name in NAMES:
+        conn = _connect(proxies[mode], strategy)
+        try:
+            for i in range(400):
+                res = conn.prepare(f"bi_s{i}".encode(),
+                                   f"CREATE TEMP TABLE IF NOT EXISTS bi_b (LIKE {name}.orders) /* {i:04d} */".encode())
+                if res.status != pq.ExecStatus.COMMAND_OK:
+                    got[name] = (i, res.error_field(pq.DiagnosticField.SQLSTATE),
+                                 (res.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or b"").decode())
+                    break
+        finally:
+            conn.finish()
+    assert got["globex"] == got["glebox"], got
+    assert got["glebox"][1] == b"53200" and f"max_session_statement_bytes = {STATEMENT_BYTES}" in got["glebox"][2]
+
+
+# --- J4/J4b: a hidden schema in search_path ---------------------------------------------------------------------
+
+SEARCH_PATH_STEPS = {
+    "set_then_error": ["SET search_path TO {s}, public; SELECT nosuchcol FROM orders",  # (rolled back with it)
+                       "SET search_path TO {s}, public", "SHOW search_path", "SELECT current_setting('search_path')"],
+    "set_config_explain": ["EXPLAIN VERBOSE SELECT set_config('search_path', '{s}, public', false)",
+                           "SELECT set_config('search_path', '{s}, public', false), nosuchcol FROM orders",
+                           "SELECT set_config('search_path', '{s}, public', false)", "SHOW search_path"],
+    "set_local": ["BEGIN; SET LOCAL search_path = public, {s}; SELECT nosuchcol FROM orders", "ROLLBACK",
+                  "SHOW search_path"],
+}
+
+
+@pytest.mark.parametrize("extended", [False, True])
+@pytest.mark.parametrize("form", sorted(SEARCH_PATH_STEPS))
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hidden_schema_in_search_path_reads_as_a_missing_one(proxies: dict[str, ProxyProcess], mode: str,
+                                                               strategy: str, form: str, extended: bool) -> None:
+    """Red team 9a3 J4/J4b: a hidden schema in search_path (SET, SET LOCAL, set_config) was kept from PostgreSQL
+    behind the proxy's marker, a missing one sent as written: EXPLAIN VERBOSE printed the marker for the hidden one
+    only, and positions after it moved by the marker's length. Now both are sent alike; SHOW and current_setting
+    print the client's value."""
+    steps = SEARCH_PATH_STEPS[form]
+    if extended:
+        steps = [step for step in steps if ";" not in step]
+        if not steps:
+            pytest.skip("several statements: simple protocol only")
+    got = _alike(proxies[mode], strategy, steps, extended)
+    if form == "set_then_error" and not extended:
+        assert got[2][0][2] == [("SCHEMA, public",)] and got[3][0][2] == [("SCHEMA, public",)], got
+
+
+# --- J5: default_text_search_config naming a hidden schema ---------------------------------------------------------
+
+TEXT_SEARCH_STEPS = [
+    "SET default_text_search_config = '{s}.english'",
+    "SET default_text_search_config = ' {S} . english'",
+    "SET default_text_search_config = E'\"{s}\".english'",
+    "SELECT set_config('default_text_search_config', '{s}.english', false)",
+    "SELECT set_config('default_text_search_config', '{s}.english', false) FROM {s}.orders",
+    "SHOW default_text_search_config",
+]
+
+
+@pytest.mark.parametrize("extended", [False, True])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_default_text_search_config_naming_a_hidden_schema_is_answered_as_a_missing_one(
+        proxies: dict[str, ProxyProcess], mode: str, strategy: str, extended: bool) -> None:
+    """Red team 9a3 J5: the proxy refused a hidden schema (42501) where PostgreSQL answers a missing one with 22023
+    invalid value, the value as the client wrote it. The hidden schema is sent as a reserved name and PostgreSQL's
+    answer written back with the client's spelling."""
+    seen = {}
+    for name in NAMES:
+        conn = _connect(proxies[mode], strategy)
+        try:
+            seen[name] = [_unnamed(_results(conn, step.format(s=name, S=name.upper()), extended), name)
+                          for step in TEXT_SEARCH_STEPS]
+        finally:
+            conn.finish()
+    assert seen["globex"] == seen["glebox"], seen
+    first, upper, quoted = (answers[0][3] for answers in seen["glebox"][:3])
+    assert first[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "SCHEMA.english"')
+    assert upper[1] == 'invalid value for parameter "default_text_search_config": " SCHEMA . english"', upper
+    assert quoted[1] == 'invalid value for parameter "default_text_search_config": ""SCHEMA".english"', quoted
