@@ -339,7 +339,8 @@ class Proxy:
             self.peer_sender = PeerCancelSender(registry.dsn, shared)
         if registry.peer_port is not None and self.worker is None:  # (workers: the supervisor's, io/instanceport.py)
             self.instance_server = PeerCancelServer(registry.peer_host, registry.peer_port, shared,
-                                                    self._cancel_here_proof, self._instance_claim, self._peer_refused)
+                                                    self._cancel_here_proof, self._instance_claim, self._peer_refused,
+                                                    registry)
             try:
                 await self.instance_server.start()
             except OSError as exc:
