@@ -122,22 +122,32 @@ def checked(path: str | os.PathLike[str], rows: RegistryRows, previous: Registry
 class Loader:
     """The proxy's (re)loads of the file and the registry (blocking): a registry row the validation refuses is
     rejected alone and stays at the version last applied (red team 9b2 P4: one bad row froze every later change,
-    removals included); `rejected` holds the refused rows' problems since the last load."""
+    removals included). A load counts as applied only once `applied()` says so (the proxy applied its config): a
+    load whose config was then refused (a failed preflight, a revocation problem) leaves no trace, and the next load
+    starts again from what is in force. `rejected`: the refused rows' problems of the load in force; `last_rejected`:
+    of the last load, applied or not."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
-        self.previous: RegistryOverlay | None = None
+        self.previous: RegistryOverlay | None = None  # what of the registry is in force
         self.rejected: Mapping[str, str] = {}
+        self.last_rejected: Mapping[str, str] = {}
+        self._loaded: tuple[RegistryOverlay | None, Mapping[str, str]] | None = None  # the last load, not yet applied
 
     def __call__(self) -> Config:
         config = load_config(self.path)
         if not config.registry.enabled:
-            self.rejected = {}
+            self._loaded, self.last_rejected = (None, {}), {}
             return config
         assert config.registry.dsn is not None
         result = checked(self.path, read(config.registry.dsn), self.previous)
-        self.previous, self.rejected = result.overlay, result.rejected
+        self._loaded, self.last_rejected = (result.overlay, result.rejected), result.rejected
         return result.config
+
+    def applied(self) -> None:
+        """The config of the last load is now in force."""
+        if self._loaded is not None:
+            (self.previous, self.rejected), self._loaded = self._loaded, None
 
 
 def loader(path: Path) -> Callable[[], Config]:

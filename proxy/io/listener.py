@@ -114,6 +114,7 @@ class Proxy:
             apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
             load=loader,
             registry_rejected=(lambda: loader.rejected) if loader is not None and config.registry.enabled else None,
+            loaded_applied=loader.applied if loader is not None else None,
             apply_changes=lambda new: self.apply_config(new, keep_unchanged=True),
             registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
             if config.registry.enabled else None,
