@@ -158,11 +158,11 @@ class _Closed:
         pass
 
 
-def test_a_registry_state_whose_apply_was_refused_is_not_what_the_next_load_starts_from(
+def test_a_registry_state_whose_apply_was_refused_is_not_shown_as_in_force(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Residue of issue 19: the loader remembered a registry state as applied as soon as it validated, even when
-    applying it was then refused (a failed preflight): the next load kept a rejected row at that never-applied
-    version (bob moved to globex, a move the proxy refused) instead of the one in force."""
+    """Residue of issue 19: the loader took a registry state as applied as soon as it validated, even when applying
+    it was then refused (a failed preflight): its rejected rows showed in /readyz and the metric as if in force (and,
+    while a rejected row kept its previous version, the next load fell back to that never-applied version)."""
     from proxy import registrystore
     from proxy.registrydb import RegistryRows
 
@@ -189,16 +189,16 @@ def test_a_registry_state_whose_apply_was_refused_is_not_what_the_next_load_star
         kill=lambda _sid: False, unlock=lambda _u: 0, metrics=Metrics(max_tenants=10), load=loader,
         registry_rejected=lambda: loader.rejected, loaded_applied=loader.applied))
 
-    def bob(tenant: str, profile: str, version: int) -> RegistryRows:
-        return RegistryRows(users=[("bob", tenant, verifier, {"profile": profile})], version=version)
+    def rows(*users: tuple[str, str, str], version: int) -> RegistryRows:
+        return RegistryRows(users=[(n, t, verifier, {"profile": p}) for n, t, p in users], version=version)
 
-    registry.append(bob("acme", "agent", 1))
-    assert asyncio.run(running.reload_changes())[0] == "applied"
-    registry.append(bob("globex", "agent", 2))
+    registry.append(rows(("bob", "acme", "agent"), version=1))
+    assert asyncio.run(running.reload_changes())[0] == "applied" and loader.rejected == {}
+    registry.append(rows(("bob", "globex", "agent"), ("eve", "acme", "wizard"), version=2))
     refuse.append("tenant globex: preflight failed")
-    assert asyncio.run(running.reload_changes())[0] == "rejected"  # bob stays at acme
+    assert asyncio.run(running.reload_changes())[0] == "rejected"  # bob stays at acme, eve was never in force
+    assert loader.rejected == {} and list(loader.last_rejected) == ["users.eve"]
     refuse.clear()
-    registry.append(bob("globex", "wizard", 3))  # a bad row: it stays at the version in force
+    registry.append(rows(("bob", "globex", "wizard"), version=3))  # a bad row: left out
     assert asyncio.run(running.reload_changes())[0] == "applied"
-    assert applied[-1].users["bob"].tenant == "acme"
-    assert list(loader.rejected) == ["users.bob"]
+    assert "bob" not in applied[-1].users and list(loader.rejected) == ["users.bob"]
