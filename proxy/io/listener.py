@@ -460,6 +460,8 @@ class Proxy:
             status = await self.peer_sender.send(slot, action.process_id, action.secret_key)
         finally:
             limit.end(slot)
+        if status == instancekey.UNKNOWN:  # a guessed key (or a session just gone): its source waits longer
+            limit.wrong(address, time.monotonic())
         return {instancekey.FOUND: "found", instancekey.UNKNOWN: "unknown", instancekey.STALE: "stale",
                 None: "no_instance" if self.peer_sender.missing(slot) else "failed"}[status]
 
