@@ -19,7 +19,7 @@ from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK, with_tcp_timeouts
 
 log = get_logger("pgtenant.peers")
 
-TIMEOUT = 5.0  # seconds for a peer to read a frame, or to answer one (it waits for the backend's cancel)
+TIMEOUT = 5.0  # seconds a sender gives an exchange, and a receiver its answer (the frame: registry.peer_frame_timeout)
 MISSING_FOR = 5.0  # seconds a slot no instance held stays unlooked-up (a new instance is found after that)
 LOOKUP_QUEUE = 4  # slots whose cancels may wait for the registry lookup under way; more are dropped (LookupBusy)
 LIVE_FOR = 60.0  # seconds a slot the registry showed held counts as live (its lookups go first, never LookupBusy)
