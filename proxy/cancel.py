@@ -129,6 +129,13 @@ FORWARD_IN_FLIGHT = 16  # exchanges with one instance (slot) at a time; more are
 # budget, and a victim's one cancel was dropped with the flood's (red team 9b2 P2).
 FORWARD_SHORT = 0.5
 FORWARD_QUIET = 1.0
+# Meanwhile a source one of whose passed cancels the owning instance answered "no session has that key" (a guessed
+# key: anyone's flood gets nothing else) waits FORWARD_WRONG_FOR seconds instead: with more sources than the overall
+# rate (~200 /24s, each sending every second) a flood still emptied the budget (red team 9b2 P2's residue); now it
+# takes FORWARD_TOTAL_RATE * FORWARD_WRONG_FOR (12,000) sources. Remembered for FORWARD_WRONG_SOURCES sources: only
+# passed cancels are answered, at most FORWARD_TOTAL_RATE a second, so none is forgotten within FORWARD_WRONG_FOR.
+FORWARD_WRONG_FOR = 60.0
+FORWARD_WRONG_SOURCES = 16384
 
 
 def source_of(address: str) -> str:
@@ -147,7 +154,8 @@ class ForwardLimiter:
     """Limits on CancelRequests passed to another instance: anyone can send them, and each costs a connection and an
     exchange with that instance (red team 8b F4/F6). A token bucket per client address as pgtenant sees it (behind a
     balancer that hides client addresses, one bucket is everyone's: docs/operations.md "Stateless replicas"), one
-    over all addresses (fair: while it is short, one cancel a second per source, source_of), and a cap on exchanges in
+    over all addresses (fair: while it is short, one cancel a second per source, source_of, and one a minute for a
+    source whose cancels named no session lately), and a cap on exchanges in
     flight per destination slot (red team 9b N1). Cancels naming a slot
     no instance holds are answered by the sender's negative cache and never charged here. Pure: the caller passes
     the time."""
@@ -161,6 +169,7 @@ class ForwardLimiter:
         self._total: tuple[float, float] | None = None  # (tokens, when) over all addresses
         self._sources: dict[str, float] = {}  # source (source_of) -> when one of its cancels was last passed on
         self._flying: dict[int, int] = {}  # slot -> exchanges under way
+        self._wrong: dict[str, float] = {}  # source -> when one of its passed cancels named no session, oldest first
 
     def allow(self, address: str, now: float) -> bool:
         """Whether a cancel from `address` may be passed on now (charged to its bucket and the total if so)."""
@@ -170,8 +179,9 @@ class ForwardLimiter:
         total = min(self.total_burst, total + (now - total_last) * self.total_rate)
         source = source_of(address)
         # The overall budget short: only a source none of whose cancels was passed on lately (red team 9b2 P2).
-        fair = total >= self.total_burst * FORWARD_SHORT or self._sources.get(source, now - FORWARD_QUIET) <= \
-            now - FORWARD_QUIET
+        fair = total >= self.total_burst * FORWARD_SHORT or (
+            self._sources.get(source, now - FORWARD_QUIET) <= now - FORWARD_QUIET
+            and self._wrong.get(source, now - FORWARD_WRONG_FOR) <= now - FORWARD_WRONG_FOR)
         allowed = tokens >= 1.0 and total >= 1.0 and fair
         self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
         self._total = (total - 1.0 if allowed else total, now)
@@ -183,6 +193,14 @@ class ForwardLimiter:
             if len(self._sources) > self.addresses:
                 del self._sources[next(iter(self._sources))]
         return allowed
+
+    def wrong(self, address: str, now: float) -> None:
+        """A cancel from `address` passed on was answered "no session has that key" by the instance owning it."""
+        source = source_of(address)
+        self._wrong.pop(source, None)
+        self._wrong[source] = now
+        if len(self._wrong) > FORWARD_WRONG_SOURCES:
+            del self._wrong[next(iter(self._wrong))]
 
     def begin(self, slot: int) -> bool:
         """Whether an exchange with `slot`'s instance may start (then `end(slot)` once it is over)."""

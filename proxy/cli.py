@@ -25,7 +25,7 @@ def _load(path: str, *, serving: bool = False) -> Config | None:
             return load(path)
         loader = Loader(path)
         config = loader()
-        for row, problem in loader.rejected.items():
+        for row, problem in loader.last_rejected.items():
             print(f"pgtenant: registry row {row} rejected (not served): {problem}", file=sys.stderr)
         return config
     except ConfigError as exc:

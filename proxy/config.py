@@ -360,6 +360,12 @@ class RegistryConfig:
     # (required with peer_port when peer_host is a wildcard)
     instance_bits: int = 5  # process-id bits naming the instance: at most 2**instance_bits instances per registry
     peer_secret: str | None = field(default=None, repr=False)  # shared by all instances (`env:NAME`), 32+ characters
+    # The peer port's connections (anyone can open them): at most this many at once, and per client address (IPv6: per
+    # /64); over a cap, the oldest not yet authenticated makes room, else the newcomer is closed. A connection that
+    # has not sent its whole authenticated frame within peer_frame_timeout seconds is closed.
+    peer_max_connections: int = 128
+    peer_max_connections_per_address: int = 64
+    peer_frame_timeout: float = 5.0
 
     @property
     def enabled(self) -> bool:
@@ -705,6 +711,10 @@ def _registry_config(given: dict[str, Any]) -> RegistryConfig:
     _positive(registry.reconnect_delay, "registry.reconnect_delay")
     if not 1 <= registry.instance_bits <= 10:
         raise ConfigError(f"registry.instance_bits: must be 1..10, got {registry.instance_bits}")
+    _positive(registry.peer_frame_timeout, "registry.peer_frame_timeout")
+    if not 1 <= registry.peer_max_connections_per_address <= registry.peer_max_connections:
+        raise ConfigError("registry.peer_max_connections_per_address: must be 1..registry.peer_max_connections "
+                          f"({registry.peer_max_connections}), got {registry.peer_max_connections_per_address}")
     if registry.peer_port is not None:
         if not 0 <= registry.peer_port <= 65535:
             raise ConfigError(f"registry.peer_port: must be 0..65535, got {registry.peer_port}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import psycopg
@@ -26,6 +28,8 @@ DATABASE = "SELECT oid, pg_catalog.pg_backend_pid() FROM pg_catalog.pg_database 
 SEEN = "SELECT datid FROM pg_catalog.pg_stat_activity WHERE pid = %s AND application_name = %s"
 KNOWN_FOR = 300.0  # seconds a target found different is not asked again (a NOTIFY reload checks again only the new)
 UNREACHABLE_FOR = 60.0  # seconds a target that could not be reached is not tried again (its address check stands)
+CONCURRENCY = 32  # targets asked at a time (each a connection and a login to that backend)
+_REGISTRY_CONN = threading.Lock()  # the registry's connection, used by one comparison at a time
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,26 +79,35 @@ class Checker:
         self._known: dict[tuple[int | None, int, Target], float] = {}  # (registry's cluster, database, target) -> until
 
     def check(self, tenants: list[tuple[TenantConfig, BackendConfig]], registry: psycopg.Connection) -> None:
-        """ConfigError naming the first of `tenants` whose backend database is the registry's (blocking)."""
+        """ConfigError naming the first of `tenants` whose backend database is the registry's (blocking). Each
+        target (backend host, port, role, database) not known is asked once, up to CONCURRENCY at a time: the first
+        load of thousands of database tenants used to connect to them one after the other (up to 5 s each for an
+        unreachable one)."""
         mine = read(registry)
         now = self.clock()
         self._known = {k: until for k, until in self._known.items() if until > now}
+        asks: dict[tuple[int | None, int, Target], tuple[BackendConfig, str]] = {}
         for tenant, backend in tenants:
             key = (mine.system, mine.database, (backend.host, backend.port, backend.user, tenant.database))
-            if key in self._known:
-                continue
-            verdict = _compare(mine, backend, tenant.database, registry)
-            if verdict is None:
+            if key not in self._known:
+                asks.setdefault(key, (backend, tenant.database))
+        verdicts = _compare_all(mine, list(asks.values()), registry)
+        found = dict(zip(asks, verdicts, strict=True))
+        now = self.clock()
+        for key, verdict in found.items():
+            if verdict is not None and not verdict:
+                self._known[key] = now + KNOWN_FOR
+            elif verdict is None:
                 self._known[key] = now + UNREACHABLE_FOR
-            elif verdict:
+        for tenant, backend in tenants:
+            key = (mine.system, mine.database, (backend.host, backend.port, backend.user, tenant.database))
+            if found.get(key):
                 raise ConfigError(
                     f"tenants.{tenant.name}: a database-strategy tenant may not be served from the registry's database "
                     f"(backend {backend.describe()} database {tenant.database!r} is the registry's own database, as "
                     "PostgreSQL itself reports: the same cluster and database oid): its sessions could take the "
                     "instance slots' advisory locks and NOTIFY the registry's channel; put the registry in a database "
                     "of its own")
-            else:
-                self._known[key] = now + KNOWN_FOR
 
 
 def database_tenants(config: Config, before: Config | None = None) -> list[tuple[TenantConfig, BackendConfig]]:
@@ -108,6 +121,16 @@ def _target(tenant: TenantConfig, backend: BackendConfig) -> tuple[str, str, int
     return (tenant.name, backend.host, backend.port, backend.user, tenant.database)
 
 
+def _compare_all(registry: Identity, targets: list[tuple[BackendConfig, str]],
+                 conn: psycopg.Connection) -> list[bool | None]:
+    """_compare for each (backend, database), up to CONCURRENCY at a time (the registry's connection, needed only
+    where a cluster's identity is unknown, used by one at a time)."""
+    if len(targets) <= 1:
+        return [_compare(registry, backend, database, conn) for backend, database in targets]
+    with ThreadPoolExecutor(min(CONCURRENCY, len(targets)), thread_name_prefix="pgtenant-identity") as pool:
+        return list(pool.map(lambda target: _compare(registry, target[0], target[1], conn), targets))
+
+
 def _compare(registry: Identity, backend: BackendConfig, database: str, conn: psycopg.Connection) -> bool | None:
     """Whether `database` of `backend` is the registry's (None: it could not be reached; logged)."""
     tag = f"pgtenant-identity-{os.urandom(8).hex()}"
@@ -117,7 +140,7 @@ def _compare(registry: Identity, backend: BackendConfig, database: str, conn: ps
             theirs = read(tenant)
             seen = None
             if registry.system is None or theirs.system is None:
-                with conn.transaction():
+                with _REGISTRY_CONN, conn.transaction():
                     conn.execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
                     row = conn.execute(SEEN, (theirs.pid, tag)).fetchone()
                 seen = None if row is None or row[0] is None else int(row[0])

@@ -77,7 +77,8 @@ class Running:
     registry_current: Callable[[], bool] | None = None  # no registry change is known to be unapplied (RegistryWatch)
     apply_changes: Callable[[Config], list[str]] | None = None  # blocking: apply_config preparing changed tenants only
     instance_slot: Callable[[], bool] | None = None  # stateless replicas: the slot its keys carry is held (peer_port)
-    registry_rejected: Callable[[], Mapping[str, str]] | None = None  # registry rows the last load rejected alone
+    registry_rejected: Callable[[], Mapping[str, str]] | None = None  # registry rows the load in force rejected alone
+    loaded_applied: Callable[[], None] | None = None  # what `load` returned last is now in force (registrystore.Loader)
 
 
 class Ops:
@@ -170,6 +171,8 @@ class Ops:
                 return self._rejected(str(exc))
             if problems:
                 return self._rejected("; ".join(problems))
+            if proxy.load is not None and proxy.loaded_applied is not None:
+                proxy.loaded_applied()  # (only now: a refused apply is not what the next load starts from)
             proxy.metrics.config_reloaded(True)
             rejected = self._rows_rejected()
             log.info("reloaded", tenants=len(new.tenants), users=len(new.users),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from proxy.config import Config, ConfigError, RegistryOverlay
 from proxy.registrydb import RegistryRows, row_problems
@@ -24,7 +23,7 @@ _SETTING = re.compile(r"^registry tenant_settings \((.+?), ")
 
 @dataclass(frozen=True, slots=True)
 class Checked:
-    """The config with every row it refused left out (or at its previous version), and those rows' problems."""
+    """The config with every row it refused left out, and those rows' problems."""
 
     config: Config
     overlay: RegistryOverlay  # what was applied of the registry
@@ -50,36 +49,26 @@ def row_of(problem: str, overlay: RegistryOverlay) -> Row | None:
     return None
 
 
-def without(overlay: RegistryOverlay, row: Row, previous: RegistryOverlay | None) -> RegistryOverlay:
-    """`overlay` with `row` at its version in `previous` (the last applied), or left out if it had none there."""
+def without(overlay: RegistryOverlay, row: Row) -> RegistryOverlay:
+    """`overlay` with `row` left out (the file's entry of that name, if any, applies)."""
     kind, name = row
     tenants, users, verifiers = dict(overlay.tenants), dict(overlay.users), dict(overlay.verifiers)
-    before = previous.tenants if previous is not None and kind == "tenants" else \
-        previous.users if previous is not None else {}
-    table: dict[str, Any] = tenants if kind == "tenants" else users
-    if name in before:
-        table[name] = before[name]
-        if kind == "users" and previous is not None and name in previous.verifiers:
-            verifiers[name] = previous.verifiers[name]
-    else:
-        table.pop(name, None)
-        if kind == "users":
-            verifiers.pop(name, None)
+    (tenants if kind == "tenants" else users).pop(name, None)
+    if kind == "users":
+        verifiers.pop(name, None)
     return RegistryOverlay(tenants, users, verifiers, overlay.version)
 
 
-def check(rows: RegistryRows, validate: Callable[[RegistryOverlay], Config],
-          previous: RegistryOverlay | None = None) -> Checked:
+def check(rows: RegistryRows, validate: Callable[[RegistryOverlay], Config]) -> Checked:
     """Validate the registry's rows over the file (`validate`: load and check the merged config); a row the validation
-    refuses is rejected alone: it stays at its version in `previous` (the overlay last applied) or, new or refused
-    there too, is left out (a user whose tenant is missing is not admitted). Removals always apply: an absent row is
-    never brought back. ConfigError when the file itself is the problem or more than MAX_REJECTED rows are refused."""
+    refuses is rejected alone: left out (a user whose tenant is missing is not admitted), by every instance alike,
+    whatever version of it an instance applied before (what applies follows from the registry and the file alone:
+    a new instance and an old one serve the same). ConfigError when the file itself is the problem or more than
+    MAX_REJECTED rows are refused."""
     current, rejected = row_problems(rows)
-    tried: set[Row] = set()
     for kind_name in rejected:
         kind, _, name = kind_name.partition(".")
-        current = without(current, (kind, name), previous)
-        tried.add((kind, name))
+        current = without(current, (kind, name))
     while True:
         try:
             return Checked(validate(current), current, rejected)
@@ -88,5 +77,4 @@ def check(rows: RegistryRows, validate: Callable[[RegistryOverlay], Config],
             if row is None or len(rejected) >= MAX_REJECTED:
                 raise
             rejected.setdefault(f"{row[0]}.{row[1]}", str(exc))
-            current = without(current, row, None if row in tried else previous)  # its previous version: tried once
-            tried.add(row)
+            current = without(current, row)

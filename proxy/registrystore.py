@@ -105,8 +105,7 @@ def check_identity(config: Config, dsn: str, conn: psycopg.Connection | None = N
         raise RegistryError(f"cannot compare the registry's identity: {str(exc).strip()}") from exc
 
 
-def checked(path: str | os.PathLike[str], rows: RegistryRows, previous: RegistryOverlay | None = None,
-            dsn: str | None = None) -> registryrows.Checked:
+def checked(path: str | os.PathLike[str], rows: RegistryRows, dsn: str | None = None) -> registryrows.Checked:
     """The file with `rows` over it, each row the validation refuses rejected alone (registryrows.check)."""
     def validate(over: RegistryOverlay) -> Config:
         merged = load_config(path, over)
@@ -116,28 +115,36 @@ def checked(path: str | os.PathLike[str], rows: RegistryRows, previous: Registry
             check_identity(merged, registry)  # (a tenant found the registry's own database: its row rejected)
         return merged
 
-    return registryrows.check(rows, validate, previous)
+    return registryrows.check(rows, validate)
 
 
 class Loader:
     """The proxy's (re)loads of the file and the registry (blocking): a registry row the validation refuses is
-    rejected alone and stays at the version last applied (red team 9b2 P4: one bad row froze every later change,
-    removals included); `rejected` holds the refused rows' problems since the last load."""
+    rejected alone and left out (red team 9b2 P4: one bad row froze every later change, removals included), on every
+    instance alike: nothing of an earlier load is kept, so a new instance serves what an old one does. `rejected`:
+    the refused rows' problems of the load in force (a load counts once `applied()` says so: the proxy applied its
+    config); `last_rejected`: of the last load, applied or not."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
-        self.previous: RegistryOverlay | None = None
         self.rejected: Mapping[str, str] = {}
+        self.last_rejected: Mapping[str, str] = {}
+        self._loaded: Mapping[str, str] | None = None  # the last load's rejected rows, not yet applied
 
     def __call__(self) -> Config:
         config = load_config(self.path)
         if not config.registry.enabled:
-            self.rejected = {}
+            self._loaded = self.last_rejected = {}
             return config
         assert config.registry.dsn is not None
-        result = checked(self.path, read(config.registry.dsn), self.previous)
-        self.previous, self.rejected = result.overlay, result.rejected
+        result = checked(self.path, read(config.registry.dsn))
+        self._loaded = self.last_rejected = result.rejected
         return result.config
+
+    def applied(self) -> None:
+        """The config of the last load is now in force."""
+        if self._loaded is not None:
+            self.rejected, self._loaded = self._loaded, None
 
 
 def loader(path: Path) -> Callable[[], Config]:

@@ -38,7 +38,7 @@ class InstancePort:
         self.metrics = metrics
         self.log_limit = LogLimiter()
         self.server = PeerCancelServer(registry.peer_host, registry.peer_port, registry.peer_secret.encode(),
-                                       self._cancel, self._claim, self._refused)
+                                       self._cancel, self._claim, self._refused, registry)
         self.watch: RegistryWatch | None = None
         self._held = True  # what the workers were last told (publish)
 

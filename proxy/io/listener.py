@@ -114,6 +114,7 @@ class Proxy:
             apply_config=self.apply_config, kill=self.kill, unlock=self.throttle.unlock, metrics=self.metrics,
             load=loader,
             registry_rejected=(lambda: loader.rejected) if loader is not None and config.registry.enabled else None,
+            loaded_applied=loader.applied if loader is not None else None,
             apply_changes=lambda new: self.apply_config(new, keep_unchanged=True),
             registry_connected=(lambda: self.registry_watch is not None and self.registry_watch.connected)
             if config.registry.enabled else None,
@@ -339,7 +340,8 @@ class Proxy:
             self.peer_sender = PeerCancelSender(registry.dsn, shared)
         if registry.peer_port is not None and self.worker is None:  # (workers: the supervisor's, io/instanceport.py)
             self.instance_server = PeerCancelServer(registry.peer_host, registry.peer_port, shared,
-                                                    self._cancel_here_proof, self._instance_claim, self._peer_refused)
+                                                    self._cancel_here_proof, self._instance_claim, self._peer_refused,
+                                                    registry)
             try:
                 await self.instance_server.start()
             except OSError as exc:
@@ -458,6 +460,8 @@ class Proxy:
             status = await self.peer_sender.send(slot, action.process_id, action.secret_key)
         finally:
             limit.end(slot)
+        if status == instancekey.UNKNOWN:  # a guessed key (or a session just gone): its source waits longer
+            limit.wrong(address, time.monotonic())
         return {instancekey.FOUND: "found", instancekey.UNKNOWN: "unknown", instancekey.STALE: "stale",
                 None: "no_instance" if self.peer_sender.missing(slot) else "failed"}[status]
 

@@ -12,17 +12,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psycopg
 
 from proxy import instancekey
+from proxy.auth.prelogin import PreloginLimiter
+from proxy.config import RegistryConfig
 from proxy.logs import LogLimiter, get_logger
 from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK, with_tcp_timeouts
 
 log = get_logger("pgtenant.peers")
 
-TIMEOUT = 5.0  # seconds for a peer to read a frame, or to answer one (it waits for the backend's cancel)
+TIMEOUT = 5.0  # seconds a sender gives an exchange, and a receiver its answer (the frame: registry.peer_frame_timeout)
 MISSING_FOR = 5.0  # seconds a slot no instance held stays unlooked-up (a new instance is found after that)
 LOOKUP_QUEUE = 4  # slots whose cancels may wait for the registry lookup under way; more are dropped (LookupBusy)
 LIVE_FOR = 60.0  # seconds a slot the registry showed held counts as live (its lookups go first, never LookupBusy)
 RELOOK_AFTER = 1.0  # seconds: a slot whose cached instance gave no genuine answer is looked up again at most this often
 _clock = time.monotonic
+DEFAULTS = RegistryConfig()  # (the peer port's caps: proxy.config's defaults)
 # (process id, key proof) -> whether a session of this instance had that key (and its cancel was passed on)
 Cancel = Callable[[int, bytes], Awaitable[bool]]
 Claim = Callable[[], tuple[int | None, int | None]]  # this instance's (slot, claim id) in the registry now
@@ -47,47 +50,92 @@ def no_slot_problem(bits: int) -> str:
 
 class PeerCancelServer:
     """The peer port: one exchange per connection (challenge, request, answer; proxy/instancekey.py); a request for
-    this instance's slot and claim is cancelled here as a local CancelRequest (never passed on again)."""
+    this instance's slot and claim is cancelled here as a local CancelRequest (never passed on again). Anyone can
+    connect to it, so the connections still waiting for their authenticated frame are capped in all and per address
+    (over a cap the oldest waiting one, of the newcomer's address first, is closed to make room: a genuine sender
+    sends its frame one round trip after the opening) and one whose frame has not arrived within
+    `limits.peer_frame_timeout` is closed; a flood of half-open connections used to hold a descriptor each for that
+    long, without bound. Authenticated exchanges are not counted: only instances knowing peer_secret start them,
+    each sender at most FORWARD_IN_FLIGHT per destination (proxy.cancel)."""
 
     def __init__(self, host: str, port: int, shared: bytes, cancel_here: Cancel, claim: Claim,
-                 refused: Callable[[str], None] = lambda _reason: None) -> None:
+                 refused: Callable[[str], None] = lambda _reason: None,
+                 limits: RegistryConfig = DEFAULTS) -> None:
         self.host, self.port = host, port
         self.shared = shared
         self.cancel_here = cancel_here
         self.claim = claim
         self.refused = refused  # counts and logs (rate-limited) what the port refused: anyone can connect to it
+        self.frame_timeout = limits.peer_frame_timeout
+        self.gate = PreloginLimiter(limits.peer_max_connections_per_address, limits.peer_max_connections)
+        self._open: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}  # connection -> its handler
         self.server: asyncio.AbstractServer | None = None
+
+    def __len__(self) -> int:
+        """Connections open on the peer port."""
+        return len(self._open)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
         self.port = int(self.server.sockets[0].getsockname()[1])
         log.info("peer_listening", address=f"{self.host}:{self.port}")
 
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        """Whether a new connection may stay (closing the connections that make room for it)."""
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        victims, limit = self.gate.admit(writer, address)
+        for victim, _ in victims:
+            self._drop(victim)  # type: ignore[arg-type]
+            self.refused("evicted")
+        if limit is not None:  # (never: every place is held by a connection still waiting, which can make room)
+            self.refused("full")
+            writer.transport.abort()
+            return False
+        self._open[writer] = asyncio.current_task()
+        return True
+
+    def _drop(self, writer: asyncio.StreamWriter) -> None:
+        task = self._open.pop(writer, None)
+        writer.transport.abort()
+        if task is not None:
+            task.cancel()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._admit(writer):
+            return
         try:
             opening = instancekey.hello()
             challenge = opening[len(instancekey.MAGIC):]
             writer.write(opening)
-            frame = await asyncio.wait_for(reader.readexactly(instancekey.REQUEST_LEN), TIMEOUT)
+            frame = await asyncio.wait_for(reader.readexactly(instancekey.REQUEST_LEN), self.frame_timeout)
             checked = instancekey.check_request(self.shared, challenge, frame, *self.claim())
             if isinstance(checked, str):
                 self.refused(checked)
                 return
+            self.gate.done(writer)  # genuine: no longer waiting, never closed to make room (its senders bound them)
             if not checked.mine:  # a stale address or claim: the sender looks the slot up again
                 status = instancekey.STALE
             else:
                 found = await self.cancel_here(checked.process_id, checked.proof)
                 status = instancekey.FOUND if found else instancekey.UNKNOWN
             writer.write(instancekey.answer(self.shared, challenge, frame, status))
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), TIMEOUT)
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
             self.refused(type(exc).__name__)
+        except asyncio.CancelledError:
+            if writer in self._open:  # (evicted: _drop counted it; otherwise the server is closing)
+                raise
         finally:
+            self.gate.done(writer)
+            self._open.pop(writer, None)
             writer.close()
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        for writer in list(self._open):
+            self._drop(writer)
 
 
 class LookupFailed(Exception):

@@ -174,3 +174,22 @@ def test_a_protocol_3_2_client_gets_the_whole_secret_and_a_3_0_client_four_bytes
     pid, secret = new_cancel_key()
     assert client_key((pid, secret), 2) == (pid, secret) and len(secret) == 32
     assert client_key((pid, secret), 0) == (pid, secret[:4])
+
+
+def test_a_flood_from_more_sources_than_the_overall_rate_leaves_room_for_a_victim() -> None:
+    """Red team 9b2 P2's residue: more than ~200 sources each sending every second emptied the overall budget (each
+    source was due once a second). A source whose cancels the owning instance answered "no session has that key"
+    (a flood's guessed keys) now waits a minute while the budget is short: once each of 1,000 /24s sending every
+    second has had one cancel passed on (5 s: the budget's burst, then its rate), a victim's one cancel a second
+    passes."""
+    limit = ForwardLimiter()
+    victims = 0
+    for tick in range(300):  # 15 s: 1,000 /24s, each sending once a second (a fresh address per packet)
+        now = 100.0 + tick * 0.05
+        for i in range(tick % 20, 1000, 20):
+            address = f"10.{i // 250}.{i % 250}.{tick % 250 + 1}"
+            if limit.allow(address, now):
+                limit.wrong(address, now)  # (a random key: the owning instance has no such session)
+        if tick >= 100 and tick % 20 == 10:  # from 5 s: a victim's one cancel a second, each from another network
+            victims += limit.allow(f"203.0.{tick % 250}.7", now)
+    assert victims == 10

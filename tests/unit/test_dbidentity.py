@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,24 @@ def test_the_checker_remembers_targets_for_a_while(tmp_path: Path, monkeypatch: 
     verdicts["a"] = True  # (a name now resolving elsewhere, say)
     with pytest.raises(ConfigError, match=r"tenants\.a: .* is the registry's own database, as PostgreSQL"):
         checker.check(database_tenants(cfg), object())  # type: ignore[arg-type]
+
+
+def test_targets_are_asked_at_once_and_the_first_tenant_found_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Residue of issue 19: the first load of N database tenants asked them one after the other (up to 5 s each for
+    an unreachable one). Now up to CONCURRENCY at a time: each comparison here waits until all four are under way
+    (one after the other, the first would wait forever: the barrier breaks)."""
+    barrier = threading.Barrier(4, timeout=30)
+    asked: list[str] = []
+
+    def compare(registry: Identity, backend: object, database: str, conn: object) -> bool | None:
+        asked.append(database)
+        barrier.wait()
+        return database in ("c", "d")
+
+    monkeypatch.setattr(dbidentity, "read", lambda conn: REGISTRY)
+    monkeypatch.setattr(dbidentity, "_compare", compare)
+    cfg = config(tmp_path, {name: {"strategy": "database", "database": name} for name in "abcd"})
+    with pytest.raises(ConfigError, match=r"^tenants\.c: "):
+        Checker(Clock()).check(database_tenants(cfg), object())  # type: ignore[arg-type]
+    assert sorted(asked) == ["a", "b", "c", "d"]

@@ -156,3 +156,49 @@ def test_readiness_follows_the_registry_connection(tmp_path: Path, monkeypatch: 
 class _Closed:
     def close(self) -> None:
         pass
+
+
+def test_a_registry_state_whose_apply_was_refused_is_not_shown_as_in_force(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Residue of issue 19: the loader took a registry state as applied as soon as it validated, even when applying
+    it was then refused (a failed preflight): its rejected rows showed in /readyz and the metric as if in force (and,
+    while a rejected row kept its previous version, the next load fell back to that never-applied version)."""
+    from proxy import registrystore
+    from proxy.registrydb import RegistryRows
+
+    (tmp_path / "s.toml").write_text("")
+    (tmp_path / "p.toml").write_text(
+        'secrets_file = "s.toml"\n[registry]\ndsn = "host=registry.invalid dbname=registry"\n[backends.main]\n'
+        '[tenants.acme]\nstrategy = "shared"\ndatabase = "saas"\ntenant_id = "acme"\n'
+        '[tenants.globex]\nstrategy = "shared"\ndatabase = "saas"\ntenant_id = "globex"\n'
+    )
+    verifier = str(make_verifier("pw", iterations=4096))
+    registry: list[RegistryRows] = []
+    monkeypatch.setattr(registrystore, "read", lambda _dsn: registry[-1])
+    loader = registrystore.Loader(tmp_path / "p.toml")
+    config = load_config(tmp_path / "p.toml")
+    refuse: list[str] = []
+    applied: list[Config] = []
+
+    def apply(new: Config) -> list[str]:
+        applied.append(new)
+        return list(refuse)
+
+    running = Ops(Running(
+        config=lambda: config, snapshot=lambda: SNAPSHOT, prepare_tenant=lambda _n: [], apply_config=apply,
+        kill=lambda _sid: False, unlock=lambda _u: 0, metrics=Metrics(max_tenants=10), load=loader,
+        registry_rejected=lambda: loader.rejected, loaded_applied=loader.applied))
+
+    def rows(*users: tuple[str, str, str], version: int) -> RegistryRows:
+        return RegistryRows(users=[(n, t, verifier, {"profile": p}) for n, t, p in users], version=version)
+
+    registry.append(rows(("bob", "acme", "agent"), version=1))
+    assert asyncio.run(running.reload_changes())[0] == "applied" and loader.rejected == {}
+    registry.append(rows(("bob", "globex", "agent"), ("eve", "acme", "wizard"), version=2))
+    refuse.append("tenant globex: preflight failed")
+    assert asyncio.run(running.reload_changes())[0] == "rejected"  # bob stays at acme, eve was never in force
+    assert loader.rejected == {} and list(loader.last_rejected) == ["users.eve"]
+    refuse.clear()
+    registry.append(rows(("bob", "globex", "wizard"), version=3))  # a bad row: left out
+    assert asyncio.run(running.reload_changes())[0] == "applied"
+    assert "bob" not in applied[-1].users and list(loader.rejected) == ["users.bob"]

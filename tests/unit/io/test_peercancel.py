@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from proxy import instancekey
+from proxy.config import RegistryConfig
 from proxy.io import peercancel
 
 SHARED = b"s" * 32
@@ -44,12 +45,12 @@ def test_cancels_naming_an_unused_slot_cost_one_registry_lookup(monkeypatch: pyt
 class Instance:
     """A receiving instance's peer port (slot 1, `claim`), recording the cancels it was passed."""
 
-    def __init__(self, claim: int) -> None:
+    def __init__(self, claim: int, limits: RegistryConfig = peercancel.DEFAULTS) -> None:
         self.claim = claim
         self.cancels: list[tuple[int, bytes]] = []
         self.refused: list[str] = []
         self.server = peercancel.PeerCancelServer("127.0.0.1", 0, SHARED, self.cancel, lambda: (1, self.claim),
-                                                  self.refused.append)
+                                                  self.refused.append, limits)
 
     async def cancel(self, process_id: int, proof: bytes) -> bool:
         self.cancels.append((process_id, proof))
@@ -405,3 +406,63 @@ def test_lookup_turns_go_to_live_slots_first() -> None:
         assert order[-1] == "after"
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+async def _closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await reader.read(1) == b""
+    except ConnectionError:
+        return True
+
+
+def test_half_open_connections_to_the_peer_port_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Residue of issue 19: anyone could open connections to the peer port and never send a frame, each holding a
+    descriptor for the frame timeout, without bound (a flood exhausted the process's descriptors: with one process
+    the clients' too). Now at most peer_max_connections wait for their frame, peer_max_connections_per_address per
+    address: the oldest waiting one (of the newcomer's address first) is closed to make room, so a genuine sender,
+    whose frame follows the opening at once, still gets through."""
+    limits = RegistryConfig(peer_max_connections=8, peer_max_connections_per_address=4, peer_frame_timeout=60.0)
+
+    async def scenario() -> None:
+        instance = Instance(claim=2_000, limits=limits)
+        await instance.server.start()
+        opened: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {"127.0.0.2": [], "127.0.0.1": []}
+        for source, count in (("127.0.0.2", 6), ("127.0.0.1", 10)):
+            for _ in range(count):
+                reader, writer = await asyncio.open_connection("127.0.0.1", instance.server.port,
+                                                               local_addr=(source, 0))
+                await reader.readexactly(instancekey.HELLO_LEN)  # (admitted: the opening follows admission)
+                opened[source].append((reader, writer))
+        assert len(instance.server) == 8
+        for source, keep in (("127.0.0.2", 4), ("127.0.0.1", 4)):
+            for reader, _ in opened[source][:-keep]:  # each address's oldest made room for its newer ones
+                assert await _closed(reader)
+        assert instance.refused.count("evicted") == 8
+        sender = _sender(monkeypatch, [instance.where])
+        assert await sender.send(1, 4321, SECRET_KEY) == instancekey.FOUND  # a genuine sender still gets through
+        assert await _closed(opened["127.0.0.1"][-4][0])  # (it made room: the oldest waiting one of its address)
+        while len(instance.server) != 7:  # (its own connection closes once it answered)
+            await asyncio.sleep(0.01)
+        for connections in opened.values():
+            for _, writer in connections:
+                writer.close()
+        await instance.server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_connection_that_sends_no_frame_in_time_is_closed() -> None:
+    """peer_frame_timeout: a connection whose authenticated frame has not arrived in full by then is closed."""
+
+    async def scenario() -> None:
+        instance = Instance(claim=2_000, limits=RegistryConfig(peer_frame_timeout=0.1))
+        await instance.server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", instance.server.port)
+        await reader.readexactly(instancekey.HELLO_LEN)
+        writer.write(b"x" * (instancekey.REQUEST_LEN - 1))  # all but its last byte
+        assert await _closed(reader)
+        assert instance.refused == ["TimeoutError"] and len(instance.server) == 0
+        writer.close()
+        await instance.server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
