@@ -381,6 +381,9 @@ class RegistryOverlay:
     users: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     verifiers: Mapping[str, str] = field(default_factory=dict, repr=False)
     version: int = 0  # the registry's change number it was read at
+    # Rejected registry rows, ("users" | "tenants", name): the name is left out whole, the file's entry of that name
+    # too (and a withheld tenant's file users), so a bad row never brings back what the file says of it.
+    withheld: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -796,10 +799,16 @@ def _merge_overlay(raw: Mapping[str, Any], secrets: Mapping[str, Any],
                    overlay: RegistryOverlay) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
     """The file's raw config and secrets with the registry's tenants, users and verifiers over them (by name)."""
     merged = dict(raw)
-    for key in ("tenants", "users"):
-        merged[key] = {**_table(raw, key, ""), **getattr(overlay, key)}
+    tenants_out = {name for kind, name in overlay.withheld if kind == "tenants"}
+    users_out = {name for kind, name in overlay.withheld if kind == "users"}
+    file_users = _table(raw, "users", "")
+    users_out |= {name for name, user in file_users.items()
+                  if isinstance(user, Mapping) and user.get("tenant") in tenants_out}
+    for key, out in (("tenants", tenants_out), ("users", users_out)):
+        merged[key] = {**{k: v for k, v in _table(raw, key, "").items() if k not in out}, **getattr(overlay, key)}
     merged_secrets = dict(secrets)
-    merged_secrets["users"] = {**_table(secrets, "users", "secrets."), **overlay.verifiers}
+    merged_secrets["users"] = {**{k: v for k, v in _table(secrets, "users", "secrets.").items() if k not in users_out},
+                               **overlay.verifiers}
     return merged, merged_secrets
 
 

@@ -50,13 +50,14 @@ def row_of(problem: str, overlay: RegistryOverlay) -> Row | None:
 
 
 def without(overlay: RegistryOverlay, row: Row) -> RegistryOverlay:
-    """`overlay` with `row` left out (the file's entry of that name, if any, applies)."""
+    """`overlay` with `row` left out whole: the file's entry of that name does not apply either (nor, for a tenant,
+    the file's users of it), so a rejected row never brings back an older placement or login the file still holds."""
     kind, name = row
     tenants, users, verifiers = dict(overlay.tenants), dict(overlay.users), dict(overlay.verifiers)
     (tenants if kind == "tenants" else users).pop(name, None)
     if kind == "users":
         verifiers.pop(name, None)
-    return RegistryOverlay(tenants, users, verifiers, overlay.version)
+    return RegistryOverlay(tenants, users, verifiers, overlay.version, overlay.withheld | {(kind, name)})
 
 
 def check(rows: RegistryRows, validate: Callable[[RegistryOverlay], Config]) -> Checked:

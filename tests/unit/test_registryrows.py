@@ -97,3 +97,39 @@ def test_a_problem_of_the_file_or_too_many_bad_rows_rejects_the_whole(tmp_path: 
 def test_a_problem_names_its_registry_row(problem: str, row: tuple[str, str] | None) -> None:
     overlay = RegistryOverlay(tenants={"t": {}}, users={"a": {}, "a.b": {}})
     assert row_of(problem, overlay) == row
+
+
+def _validate_with_file_users(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A file with tenants acme and globex, user bob of acme and user filey of globex (verifiers in its secrets)."""
+    (tmp_path / "s.toml").write_text(f'[users]\nbob = "{V}"\nfiley = "{V}"\n')
+
+    def validate(overlay: RegistryOverlay) -> Config:
+        return parse_config({"secrets_file": "s.toml", "backends": {"main": {}},
+                             "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme"},
+                                         "globex": {"strategy": "shared", "database": "saas", "tenant_id": "globex"}},
+                             "users": {"bob": {"tenant": "acme"}, "filey": {"tenant": "globex"}}},
+                            base=tmp_path, overlay=overlay)
+
+    return validate
+
+
+def test_a_rejected_user_row_does_not_bring_back_the_files_entry_of_that_name(tmp_path: Path) -> None:
+    """wp-res19's residue: the file has bob on acme, the registry moved him to globex and then wrote a bad row for him;
+    leaving the row out let the file's bob (acme) apply: access the registry had taken away came back."""
+    validate = _validate_with_file_users(tmp_path)
+    moved = check(_rows(("bob", "globex", {})), validate)
+    assert moved.config.users["bob"].tenant == "globex"
+    bad = check(_rows(("bob", "globex", {"profile": "wizard"})), validate)
+    assert "bob" not in bad.config.users and list(bad.rejected) == ["users.bob"]
+    assert "filey" in bad.config.users  # the rest of the file applies
+
+
+def test_a_rejected_tenant_row_withholds_the_files_tenant_and_its_file_users(tmp_path: Path) -> None:
+    """A bad registry row for a tenant the file also has: neither version applies, and the file's users of it are not
+    admitted (instead of the whole registry rejected over the file's now tenant-less users)."""
+    validate = _validate_with_file_users(tmp_path)
+    bad_globex = ("globex", "shared", None, "saas", {"database": "other", "tenant_id": "g"})  # options contradict
+    rows = _rows(("al", "acme", {}), tenants=[bad_globex])
+    result = check(rows, validate)
+    assert "globex" not in result.config.tenants and "filey" not in result.config.users
+    assert set(result.config.users) == {"al", "bob"} and list(result.rejected) == ["tenants.globex"]
