@@ -12,6 +12,7 @@ import pytest
 from proxy import errors
 from proxy.actions import (
     AcquireSlot,
+    BatchWithoutSync,
     CancelQuery,
     CloseClient,
     ConnectBackend,
@@ -371,6 +372,38 @@ def test_the_watchdog_cancels_an_open_batch_again_once_the_client_sends_more_of_
     out = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.encode_error_fields(
         b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to user request"}) + m.ready_for_query(b"I"))
     assert b"pgtenant statement_timeout is 2 s" in to_client(out)
+
+
+def test_a_prepare_ended_by_a_flush_gives_its_turn_back_and_is_not_timed_in_session_pooling(tmp_path: Path) -> None:
+    """Red team 9r F9 in session pooling too (transaction pooling: tests/unit/test_session_pooling.py): asyncpg's
+    prepare() (Parse/Describe/Flush, no Sync) answered in full is ended by the proxy's own Sync (its ReadyForQuery
+    not relayed, the server kept): the turn goes back, the watchdog has no request to time, and the client's next
+    request asks for a turn again."""
+    clock = Clock()
+    s, _ = session(tmp_path, {"max_concurrent_queries": 1, "statement_timeout": 2.0}, clock)
+    prepare = m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.frame(b"D", b"Ss1\x00") + FLUSH
+    assert s.client_data(prepare) == [AcquireSlot("acme", 1, 120.0)]
+    assert b"".join(bytes(c) for a in s.slot_granted() if type(a) is RelayToServer for c in a.chunks) == prepare
+    out = s.server_data(m.frame(b"1", b"") + m.frame(b"t", b"\x00\x00") + m.frame(b"n", b""))
+    assert types(to_client(out)) == [b"1", b"t", b"n"]
+    assert [bytes(c) for a in out if type(a) is RelayToServer for c in a.chunks] == [SYNC]  # the proxy's own
+    assert not [a for a in out if isinstance(a, BatchWithoutSync)]  # (a transaction pooling gauge)
+    out = s.server_data(m.ready_for_query(b"I"))
+    assert to_client(out) == b"" and ReleaseSlot("acme", 1) in out and ReleaseServer not in map(type, out)
+    clock.now += 5.0
+    assert s.limits_tick() == []  # nothing in flight: nothing timed
+    assert s.client_data(bind("", "s1") + execute("") + SYNC) == [AcquireSlot("acme", 1, 120.0)]
+
+
+def test_a_batch_ended_by_a_flush_that_ran_a_statement_stays_timed_in_session_pooling(tmp_path: Path) -> None:
+    """... but not one whose statement ran on the primary (its implicit transaction ends at the client's Sync)."""
+    clock = Clock()
+    s, _ = session(tmp_path, {"statement_timeout": 2.0}, clock)
+    s.client_data(m.Parse("", "SELECT 1", b"\x00\x00").encode() + bind("") + execute("") + FLUSH)
+    out = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + rows(1) + m.command_complete("SELECT 1"))
+    assert not [a for a in out if type(a) is RelayToServer]
+    clock.now += 2.5
+    assert CancelQuery() in s.limits_tick()
 
 
 def test_a_ready_for_query_held_for_a_cancel_holds_the_pipelined_answers_behind_it(tmp_path: Path) -> None:
