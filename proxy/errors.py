@@ -329,6 +329,13 @@ limit_statement_timeout = _register(
     "canceling statement due to statement timeout (pgtenant statement_timeout is {seconds} s)",
     hint="Narrow the query, or ask the operator to raise statement_timeout for this tenant or user.",
 )
+# ... the agent profile's own statement_timeout (agent.statement_timeout, lower than any tenant/user limit).
+limit_agent_statement_timeout = _register(
+    "limit_agent_statement_timeout", QUERY_CANCELED, "ERROR",
+    "canceling statement due to statement timeout (pgtenant agent statement_timeout is {seconds} s)",
+    hint="Narrow the query (a WHERE on an indexed column, aggregate first, fewer joins), or ask the operator to "
+    "raise agent.statement_timeout for this login.",
+)
 # PostgreSQL's idle_in_transaction_session_timeout, enforced by the proxy.
 limit_idle_in_transaction = _register(
     "limit_idle_in_transaction", IDLE_IN_TRANSACTION_SESSION_TIMEOUT, "FATAL",

@@ -41,6 +41,7 @@ class Limits:
     idle_in_transaction_timeout: float | None = None
     max_result_rows: int | None = None
     max_result_bytes: int | None = None
+    agent_statement_timeout: float | None = None  # the agent profile's own (agent.statement_timeout), when an agent
 
     @property
     def any(self) -> bool:
@@ -61,12 +62,27 @@ class Limits:
     @property
     def watched(self) -> bool:
         """The session needs the watchdog (a statement or idle-in-transaction timeout)."""
-        return self.statement_timeout is not None or self.idle_in_transaction_timeout is not None
+        return self.watchdog_timeout is not None or self.idle_in_transaction_timeout is not None
+
+    @property
+    def watchdog_timeout(self) -> float | None:
+        """How long a request may run before the watchdog cancels it: the statement_timeout limit, or the agent
+        profile's own when lower (the proxy enforces it too, not only the server's setting)."""
+        own, agent = self.statement_timeout, self.agent_statement_timeout
+        if agent is None:
+            return own
+        return agent if own is None else min(own, agent)
+
+    @property
+    def agent_timed(self) -> bool:
+        """The watchdog's timeout is the agent profile's (lower than any statement_timeout limit)."""
+        agent = self.agent_statement_timeout
+        return agent is not None and (self.statement_timeout is None or agent < self.statement_timeout)
 
     @property
     def tick(self) -> float:
         """How often the watchdog looks (a tenth of the shortest timeout, within 50 ms..1 s)."""
-        shortest = min(t for t in (self.statement_timeout, self.idle_in_transaction_timeout) if t is not None)
+        shortest = min(t for t in (self.watchdog_timeout, self.idle_in_transaction_timeout) if t is not None)
         return min(_TICK_MAX, max(_TICK_MIN, shortest / 10))
 
 
@@ -76,9 +92,11 @@ def _set(value: float | int | None) -> float | int | None:
 
 
 def resolve(config: Config, user: str) -> Limits:
-    """The limits of `user`'s sessions: each of the user's own values over its tenant's (0 lifts the tenant's)."""
+    """The limits of `user`'s sessions: each of the user's own values over its tenant's (0 lifts the tenant's); an
+    agent-profile user's also its agent.statement_timeout, which the watchdog enforces as the limit's."""
     u = config.users[user]
     t = config.tenants[u.tenant]
+    agent = config.agent_limits(user)
 
     def pick(key: str) -> float | int | None:
         own = getattr(u, key)
@@ -94,6 +112,7 @@ def resolve(config: Config, user: str) -> Limits:
         idle_in_transaction_timeout=pick("idle_in_transaction_timeout"),
         max_result_rows=pick("max_result_rows"),  # type: ignore[arg-type]
         max_result_bytes=pick("max_result_bytes"),  # type: ignore[arg-type]
+        agent_statement_timeout=agent.statement_timeout if agent is not None else None,
     )
 
 

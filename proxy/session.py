@@ -2417,27 +2417,31 @@ class ClientSession:
         inner = self._limit_inner.get(m.ERROR_RESPONSE)
         out = inner(body) if inner is not None else None
         if self._cut is not None:
-            if b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None:
+            if b"C57014\x00" in body and self.limits is not None and self.limits.watchdog_timeout is not None:
                 self._answers_watchdog(body)  # (the server's own timeout ended the request being cut)
             self._cut_end(False)
             return b""
         if self._meter is not None:
             self._results_gone()
-        if (b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None
+        if (b"C57014\x00" in body and self.limits is not None and self.limits.watchdog_timeout is not None
                 and self._answers_watchdog(body)):
-            return errors.limit_statement_timeout(seconds(self.limits.statement_timeout)).encode()
+            limits = self.limits
+            timeout = seconds(limits.watchdog_timeout)  # type: ignore[arg-type]
+            err = errors.limit_agent_statement_timeout(timeout) if limits.agent_timed else \
+                errors.limit_statement_timeout(timeout)
+            return err.encode()
         return out
 
     def _answers_watchdog(self, body: bytes) -> bool:
         """A 57014 under a statement_timeout limit: True when it answers the watchdog's cancel (the proxy's message
         replaces it); the server's own timeout (it never has more than the limit) is counted as the limit's."""
-        assert self.limits is not None and self.limits.statement_timeout is not None
+        assert self.limits is not None and self.limits.watchdog_timeout is not None
         pending = self.tracker.pending
         if self._timed_out is not None and (not pending or pending[0] is self._timed_out):
             return True
         if b"statement timeout" in body:
             self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, STATEMENT_TIMEOUT,
-                                                    self.limits.statement_timeout))
+                                                    self.limits.watchdog_timeout))
         return False
 
     def _limit_ready(self, body: bytes) -> bytes | None:
@@ -2568,7 +2572,7 @@ class ClientSession:
         pending = self.tracker.pending
         idle = limits.idle_in_transaction_timeout
         if pending:
-            timeout = limits.statement_timeout
+            timeout = limits.watchdog_timeout
             head = pending[0]
             if timeout is None or self._cancelling or now - head.start < timeout:
                 return []

@@ -170,9 +170,11 @@ class Clock:
 
 
 def session(tmp_path: Path, tenant: dict[str, Any], clock: Clock | None = None, pool_mode: str = "session",
-            connections: ConnectionCounts | None = None, **params: str) -> tuple[ClientSession, list]:
-    """A logged-in session of alice under the tenant's `tenant` limits, holding a server, its startup answered."""
-    s = ClientSession(config(tmp_path, tenant, pool_mode=pool_mode), session_id="s1", client_address="10.0.0.1",
+            connections: ConnectionCounts | None = None, user: dict[str, Any] | None = None,
+            **params: str) -> tuple[ClientSession, list]:
+    """A logged-in session of alice (her `user` keys) under the tenant's `tenant` limits, holding a server, its
+    startup answered."""
+    s = ClientSession(config(tmp_path, tenant, user, pool_mode=pool_mode), session_id="s1", client_address="10.0.0.1",
                       throttle=AuthThrottle(max_failures=2), clock=clock or Clock(), tls_available=False,
                       connections=connections)
     actions = login(s, **params)
@@ -266,6 +268,36 @@ def test_the_watchdog_cancels_past_statement_timeout_and_names_the_limit(tmp_pat
     data = to_client(out)  # the cancel's 57014 in our words; the ReadyForQuery held until the cancel is done
     assert types(data) == [b"E"] and b"pgtenant statement_timeout is 2 s" in data and b"C57014\x00" in data
     assert to_client(s.cancel_done()) == m.ready_for_query(b"I")
+
+
+AGENT = {"profile": "agent", "agent": {"statement_timeout": 2.0}}
+
+
+@pytest.mark.parametrize("tenant", [{}, {"statement_timeout": 5.0}], ids=["no-limit", "a-higher-limit"])
+def test_the_watchdog_cancels_an_agent_past_its_own_statement_timeout(tmp_path: Path, tenant: dict) -> None:
+    """The agent profile's statement_timeout is the proxy's to enforce too, not only the server's setting: past it
+    the request is canceled and the agent's limit named (with or without a tenant limit, a lower one of its own)."""
+    clock = Clock()
+    s, actions = session(tmp_path, tenant, clock, user=AGENT)
+    assert WatchLimits(0.2) in actions
+    s.client_data(m.Query("SELECT count(*) FROM orders a, orders b").encode())
+    clock.now += 1.5
+    assert s.limits_tick() == []
+    clock.now += 1.0
+    assert s.limits_tick() == [LimitReached("acme", "alice", "statement_timeout", 2.0), CancelQuery()]
+    out = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to "
+                                                     "user request"}) + m.ready_for_query(b"I"))
+    data = to_client(out)
+    assert types(data) == [b"E"] and b"pgtenant agent statement_timeout is 2 s" in data and b"agent.statement_timeout" \
+        in data
+
+
+def test_a_lower_tenant_limit_than_the_agents_is_the_watchdogs(tmp_path: Path) -> None:
+    limits = resolve(config(tmp_path, {"statement_timeout": 1.0}, AGENT), "alice")
+    assert (limits.watchdog_timeout, limits.agent_timed) == (1.0, False)
+    limits = resolve(config(tmp_path, {}, AGENT), "alice")
+    assert (limits.statement_timeout, limits.watchdog_timeout, limits.agent_timed) == (None, 2.0, True)
+    assert limits.watched and limits.any
 
 
 def test_the_startup_statement_timeout_is_the_limit_unless_lower(tmp_path: Path) -> None:
