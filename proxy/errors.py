@@ -183,6 +183,15 @@ _agent_startup_setting = _register(
     hint="Agent users' connections are read-only with the agent's statement_timeout; remove it from the "
     "connection settings.",
 )
+# `pgtenant mcp` (its application_name) with a login of the default profile: refused after authentication.
+mcp_door_not_agent = _register(
+    "mcp_door_not_agent", INSUFFICIENT_PRIVILEGE, "FATAL",
+    'pgtenant: the MCP door (application_name "{application}") logs in only as a user with profile = "agent"; '
+    'user "{user}" has the default profile',
+    hint='Give `pgtenant mcp` a login of its own with profile = "agent" ([users.<name>] in the pgtenant '
+    "configuration): its queries are then read-only at both ends, capped at agent.max_rows, admitted by the "
+    "planner's estimate and timed by agent.statement_timeout.",
+)
 replication_not_allowed = _register(
     "replication_not_allowed", INSUFFICIENT_PRIVILEGE, "FATAL",
     "replication connections are not allowed through pgtenant",
