@@ -345,6 +345,13 @@ limit_agent_statement_timeout = _register(
     hint="Narrow the query (a WHERE on an indexed column, aggregate first, fewer joins), or ask the operator to "
     "raise agent.statement_timeout for this login.",
 )
+# ... a tenant's or user's replica_statement_timeout, for a request running on a replica (the watchdog's only).
+limit_replica_statement_timeout = _register(
+    "limit_replica_statement_timeout", QUERY_CANCELED, "ERROR",
+    "canceling statement due to statement timeout (pgtenant replica_statement_timeout is {seconds} s)",
+    hint="Narrow the query, or ask the operator to raise replica_statement_timeout for this tenant or user (on a "
+    "replica a long query can hold back replay for every tenant).",
+)
 # PostgreSQL's idle_in_transaction_session_timeout, enforced by the proxy.
 limit_idle_in_transaction = _register(
     "limit_idle_in_transaction", IDLE_IN_TRANSACTION_SESSION_TIMEOUT, "FATAL",

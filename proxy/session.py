@@ -46,6 +46,7 @@ from proxy.limits import (
     IDLE_IN_TRANSACTION_TIMEOUT,
     MAX_CLIENT_CONNECTIONS,
     MAX_CONCURRENT_QUERIES,
+    REPLICA_STATEMENT_TIMEOUT,
     STATEMENT_TIMEOUT,
     ConnectionCounts,
     Limits,
@@ -2417,29 +2418,36 @@ class ClientSession:
         inner = self._limit_inner.get(m.ERROR_RESPONSE)
         out = inner(body) if inner is not None else None
         if self._cut is not None:
-            if b"C57014\x00" in body and self.limits is not None and self.limits.watchdog_timeout is not None:
+            if b"C57014\x00" in body and self.limits is not None and self.limits.watched:
                 self._answers_watchdog(body)  # (the server's own timeout ended the request being cut)
             self._cut_end(False)
             return b""
         if self._meter is not None:
             self._results_gone()
-        if (b"C57014\x00" in body and self.limits is not None and self.limits.watchdog_timeout is not None
-                and self._answers_watchdog(body)):
-            limits = self.limits
-            timeout = seconds(limits.watchdog_timeout)  # type: ignore[arg-type]
-            err = errors.limit_agent_statement_timeout(timeout) if limits.agent_timed else \
-                errors.limit_statement_timeout(timeout)
-            return err.encode()
+        if b"C57014\x00" in body and self.limits is not None and self.limits.watched and self._answers_watchdog(body):
+            timeout, which = self._watchdog_timeout(self.limits)
+            assert timeout is not None
+            if which == REPLICA_STATEMENT_TIMEOUT:
+                return errors.limit_replica_statement_timeout(seconds(timeout)).encode()
+            if which == "agent":
+                return errors.limit_agent_statement_timeout(seconds(timeout)).encode()
+            return errors.limit_statement_timeout(seconds(timeout)).encode()
         return out
+
+    def _watchdog_timeout(self, limits: Limits) -> tuple[float | None, str]:
+        """The watchdog's timeout for a request on the session's server, and whose limit it is (Limits.timeout_on:
+        on a replica, replica_statement_timeout when lower)."""
+        server = self.server
+        return limits.timeout_on(server is not None and server.replica is not None)
 
     def _answers_watchdog(self, body: bytes) -> bool:
         """A 57014 under a statement_timeout limit: True when it answers the watchdog's cancel (the proxy's message
         replaces it); the server's own timeout (it never has more than the limit) is counted as the limit's."""
-        assert self.limits is not None and self.limits.watchdog_timeout is not None
+        assert self.limits is not None
         pending = self.tracker.pending
         if self._timed_out is not None and (not pending or pending[0] is self._timed_out):
             return True
-        if b"statement timeout" in body:
+        if b"statement timeout" in body and self.limits.watchdog_timeout is not None:
             self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, STATEMENT_TIMEOUT,
                                                     self.limits.watchdog_timeout))
         return False
@@ -2572,7 +2580,7 @@ class ClientSession:
         pending = self.tracker.pending
         idle = limits.idle_in_transaction_timeout
         if pending:
-            timeout = limits.watchdog_timeout
+            timeout, which = self._watchdog_timeout(limits)
             head = pending[0]
             if timeout is None or self._cancelling or now - head.start < timeout:
                 return []
@@ -2584,7 +2592,8 @@ class ClientSession:
                     return self._idle_timeout(limits, idle)
                 return []
             self._timed_out, self._fed_since_cancel, self._cancelling = head, False, True
-            reached = [LimitReached(limits.tenant, limits.user, STATEMENT_TIMEOUT, timeout)] if first else []
+            limit = REPLICA_STATEMENT_TIMEOUT if which == REPLICA_STATEMENT_TIMEOUT else STATEMENT_TIMEOUT
+            reached = [LimitReached(limits.tenant, limits.user, limit, timeout)] if first else []
             return [*reached, CancelQuery()]
         if (idle is not None and self._tx_status != b"I" and self._held is None and not self.frontend.unfinished
                 and now - self._last_ready >= idle):

@@ -300,6 +300,38 @@ def test_a_lower_tenant_limit_than_the_agents_is_the_watchdogs(tmp_path: Path) -
     assert limits.watched and limits.any
 
 
+@pytest.mark.parametrize("replica", [None, "r1"], ids=["primary", "replica"])
+def test_replica_statement_timeout_cancels_a_request_running_on_a_replica_only(tmp_path: Path,
+                                                                               replica: str | None) -> None:
+    """replica_statement_timeout bounds a request while the session's server is a replica (a long read there holds
+    back replay for every tenant); on the primary the tenant's statement_timeout holds."""
+    clock = Clock()
+    s, actions = session(tmp_path, {"statement_timeout": 5.0, "replica_statement_timeout": 1.0}, clock)
+    assert WatchLimits(0.1) in actions
+    assert s.server is not None
+    s.server.replica = replica
+    s.client_data(m.Query("SELECT count(*) FROM orders a, orders b").encode())
+    clock.now += 1.5
+    if replica is None:
+        assert s.limits_tick() == []
+        clock.now += 4.0
+        assert s.limits_tick() == [LimitReached("acme", "alice", "statement_timeout", 5.0), CancelQuery()]
+        return
+    assert s.limits_tick() == [LimitReached("acme", "alice", "replica_statement_timeout", 1.0), CancelQuery()]
+    out = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to "
+                                                     "user request"}) + m.ready_for_query(b"I"))
+    assert b"pgtenant replica_statement_timeout is 1 s" in to_client(out)
+
+
+def test_replica_statement_timeout_resolves_per_user(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"replica_statement_timeout": 10.0}, {"replica_statement_timeout": 2.0})
+    limits = resolve(cfg, "alice")
+    assert (limits.replica_statement_timeout, limits.watched, limits.tick) == (2.0, True, 0.2)
+    assert limits.timeout_on(True) == (2.0, "replica_statement_timeout") and limits.timeout_on(False)[0] is None
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.replica_statement_timeout: must be 0"):
+        config(tmp_path, {"replica_statement_timeout": -1})
+
+
 def test_the_startup_statement_timeout_is_the_limit_unless_lower(tmp_path: Path) -> None:
     s, _ = session(tmp_path, {"statement_timeout": 2.0}, options="-c statement_timeout=0")
     assert "'2000ms'" in s._startup_settings["statement_timeout"]
