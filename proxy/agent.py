@@ -1,5 +1,6 @@
-"""The agent profile's session side: its server context (read-only, its own statement_timeout) and the startup
-parameters it refuses; pure (the statement rules are proxy/policy/agent.py's, the admission proxy/admission.py's)."""
+"""The agent profile's session side: its server context (read-only, its own statement_timeout), the startup
+parameters it refuses, and the MCP door's logins it requires; pure (the statement rules are proxy/policy/agent.py's,
+the admission proxy/admission.py's)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from proxy.config import AgentConfig
 from proxy.errors import PgError
 from proxy.policy.agent import PINNED_SETTINGS
 from proxy.pooling import ServerRequest, with_parameters
+
+# The application_name `pgtenant mcp` logs in with (proxy/mcp/door.py): such a login must be of the agent profile.
+DOOR_APPLICATION_NAME = "pgtenant-mcp"
 
 
 def timeout_ms(limits: AgentConfig) -> int:
@@ -32,4 +36,17 @@ def startup_refusal(parameters: dict[str, str]) -> PgError | None:
     for name in parameters:
         if name.lower() in PINNED_SETTINGS:
             return errors.agent_startup_setting(name)
+    return None
+
+
+def door_refusal(user: str, parameters: dict[str, str], limits: AgentConfig | None) -> PgError | None:
+    """The MCP door (`pgtenant mcp`, known by its application_name in `parameters`: the startup packet's own and
+    its `options -c` settings) runs only as a login of the agent profile (`limits` None: the default profile):
+    otherwise an agent would reach the data without the profile's guards (row cap, admission, function list,
+    read-only at the server). Fail closed: the login is refused, with what to do."""
+    if limits is not None:
+        return None
+    for name, value in parameters.items():
+        if name.lower() == "application_name" and value.strip() == DOOR_APPLICATION_NAME:
+            return errors.mcp_door_not_agent(application=DOOR_APPLICATION_NAME, user=user)
     return None

@@ -234,6 +234,7 @@ class TenantConfig:
     max_concurrent_queries: int | None = None  # requests in flight at once; more wait (fair across tenants)
     query_wait_timeout: float | None = None  # seconds one waits for a turn (None: [pool] query_wait_timeout)
     statement_timeout: float | None = None  # seconds; a client may lower it, never raise it
+    replica_statement_timeout: float | None = None  # seconds; a request running on a replica (the proxy's watchdog)
     idle_in_transaction_timeout: float | None = None  # seconds; the session ends (25P03) as in PostgreSQL
     max_result_rows: int | None = None  # rows of one result; more end it with 54000
     max_result_bytes: int | None = None  # DataRow/CopyData bytes of one result; more end it with 54000
@@ -297,6 +298,7 @@ class UserConfig:
     # limits of this user's sessions (proxy/limits.py): None takes the tenant's; 0 lifts the tenant's
     max_client_connections: int | None = None  # this user's own connections (the tenant's limit counts too)
     statement_timeout: float | None = None
+    replica_statement_timeout: float | None = None
     idle_in_transaction_timeout: float | None = None
     max_result_rows: int | None = None
     max_result_bytes: int | None = None
@@ -613,7 +615,7 @@ def _check_pool_sizes(t: TenantConfig, where: str) -> None:
 
 # Per-tenant limits ([tenants.X], some also [users.X]): 0 (or absent) means no limit.
 LIMIT_KEYS = ("max_client_connections", "max_concurrent_queries", "query_wait_timeout", "statement_timeout",
-              "idle_in_transaction_timeout", "max_result_rows", "max_result_bytes")
+              "replica_statement_timeout", "idle_in_transaction_timeout", "max_result_rows", "max_result_bytes")
 
 
 def _check_limits(values: object, where: str) -> None:

@@ -183,6 +183,15 @@ _agent_startup_setting = _register(
     hint="Agent users' connections are read-only with the agent's statement_timeout; remove it from the "
     "connection settings.",
 )
+# `pgtenant mcp` (its application_name) with a login of the default profile: refused after authentication.
+mcp_door_not_agent = _register(
+    "mcp_door_not_agent", INSUFFICIENT_PRIVILEGE, "FATAL",
+    'pgtenant: the MCP door (application_name "{application}") logs in only as a user with profile = "agent"; '
+    'user "{user}" has the default profile',
+    hint='Give `pgtenant mcp` a login of its own with profile = "agent" ([users.<name>] in the pgtenant '
+    "configuration): its queries are then read-only at both ends, capped at agent.max_rows, admitted by the "
+    "planner's estimate and timed by agent.statement_timeout.",
+)
 replication_not_allowed = _register(
     "replication_not_allowed", INSUFFICIENT_PRIVILEGE, "FATAL",
     "replication connections are not allowed through pgtenant",
@@ -328,6 +337,20 @@ limit_statement_timeout = _register(
     "limit_statement_timeout", QUERY_CANCELED, "ERROR",
     "canceling statement due to statement timeout (pgtenant statement_timeout is {seconds} s)",
     hint="Narrow the query, or ask the operator to raise statement_timeout for this tenant or user.",
+)
+# ... the agent profile's own statement_timeout (agent.statement_timeout, lower than any tenant/user limit).
+limit_agent_statement_timeout = _register(
+    "limit_agent_statement_timeout", QUERY_CANCELED, "ERROR",
+    "canceling statement due to statement timeout (pgtenant agent statement_timeout is {seconds} s)",
+    hint="Narrow the query (a WHERE on an indexed column, aggregate first, fewer joins), or ask the operator to "
+    "raise agent.statement_timeout for this login.",
+)
+# ... a tenant's or user's replica_statement_timeout, for a request running on a replica (the watchdog's only).
+limit_replica_statement_timeout = _register(
+    "limit_replica_statement_timeout", QUERY_CANCELED, "ERROR",
+    "canceling statement due to statement timeout (pgtenant replica_statement_timeout is {seconds} s)",
+    hint="Narrow the query, or ask the operator to raise replica_statement_timeout for this tenant or user (on a "
+    "replica a long query can hold back replay for every tenant).",
 )
 # PostgreSQL's idle_in_transaction_session_timeout, enforced by the proxy.
 limit_idle_in_transaction = _register(

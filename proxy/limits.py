@@ -17,11 +17,12 @@ from proxy.protocol import messages as m
 MAX_CLIENT_CONNECTIONS = "max_client_connections"
 MAX_CONCURRENT_QUERIES = "max_concurrent_queries"
 STATEMENT_TIMEOUT = "statement_timeout"
+REPLICA_STATEMENT_TIMEOUT = "replica_statement_timeout"
 IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"
 MAX_RESULT_ROWS = "max_result_rows"
 MAX_RESULT_BYTES = "max_result_bytes"
-LIMITS = (MAX_CLIENT_CONNECTIONS, MAX_CONCURRENT_QUERIES, STATEMENT_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT,
-          MAX_RESULT_ROWS, MAX_RESULT_BYTES)
+LIMITS = (MAX_CLIENT_CONNECTIONS, MAX_CONCURRENT_QUERIES, STATEMENT_TIMEOUT, REPLICA_STATEMENT_TIMEOUT,
+          IDLE_IN_TRANSACTION_TIMEOUT, MAX_RESULT_ROWS, MAX_RESULT_BYTES)
 
 _TICK_MIN = 0.05  # the watchdog's period (a tenth of the shortest timeout) stays within these bounds (seconds)
 _TICK_MAX = 1.0
@@ -41,6 +42,8 @@ class Limits:
     idle_in_transaction_timeout: float | None = None
     max_result_rows: int | None = None
     max_result_bytes: int | None = None
+    agent_statement_timeout: float | None = None  # the agent profile's own (agent.statement_timeout), when an agent
+    replica_statement_timeout: float | None = None  # a request running on a replica (the watchdog's only)
 
     @property
     def any(self) -> bool:
@@ -61,12 +64,39 @@ class Limits:
     @property
     def watched(self) -> bool:
         """The session needs the watchdog (a statement or idle-in-transaction timeout)."""
-        return self.statement_timeout is not None or self.idle_in_transaction_timeout is not None
+        return (self.watchdog_timeout is not None or self.idle_in_transaction_timeout is not None
+                or self.replica_statement_timeout is not None)
+
+    @property
+    def watchdog_timeout(self) -> float | None:
+        """How long a request may run before the watchdog cancels it: the statement_timeout limit, or the agent
+        profile's own when lower (the proxy enforces it too, not only the server's setting)."""
+        own, agent = self.statement_timeout, self.agent_statement_timeout
+        if agent is None:
+            return own
+        return agent if own is None else min(own, agent)
+
+    def timeout_on(self, replica: bool) -> tuple[float | None, str]:
+        """How long a request on a server may run before the watchdog cancels it, and whose limit that is
+        (STATEMENT_TIMEOUT, "agent", REPLICA_STATEMENT_TIMEOUT): on a replica replica_statement_timeout when lower."""
+        timeout = self.watchdog_timeout
+        which = "agent" if self.agent_timed else STATEMENT_TIMEOUT
+        own = self.replica_statement_timeout
+        if replica and own is not None and (timeout is None or own < timeout):
+            return own, REPLICA_STATEMENT_TIMEOUT
+        return timeout, which
+
+    @property
+    def agent_timed(self) -> bool:
+        """The watchdog's timeout is the agent profile's (lower than any statement_timeout limit)."""
+        agent = self.agent_statement_timeout
+        return agent is not None and (self.statement_timeout is None or agent < self.statement_timeout)
 
     @property
     def tick(self) -> float:
         """How often the watchdog looks (a tenth of the shortest timeout, within 50 ms..1 s)."""
-        shortest = min(t for t in (self.statement_timeout, self.idle_in_transaction_timeout) if t is not None)
+        shortest = min(t for t in (self.watchdog_timeout, self.idle_in_transaction_timeout,
+                                   self.replica_statement_timeout) if t is not None)
         return min(_TICK_MAX, max(_TICK_MIN, shortest / 10))
 
 
@@ -76,9 +106,11 @@ def _set(value: float | int | None) -> float | int | None:
 
 
 def resolve(config: Config, user: str) -> Limits:
-    """The limits of `user`'s sessions: each of the user's own values over its tenant's (0 lifts the tenant's)."""
+    """The limits of `user`'s sessions: each of the user's own values over its tenant's (0 lifts the tenant's); an
+    agent-profile user's also its agent.statement_timeout, which the watchdog enforces as the limit's."""
     u = config.users[user]
     t = config.tenants[u.tenant]
+    agent = config.agent_limits(user)
 
     def pick(key: str) -> float | int | None:
         own = getattr(u, key)
@@ -91,9 +123,11 @@ def resolve(config: Config, user: str) -> Limits:
         max_concurrent_queries=_set(t.max_concurrent_queries),  # type: ignore[arg-type]
         query_wait_timeout=t.query_wait_timeout or config.pool.query_wait_timeout,
         statement_timeout=pick("statement_timeout"),
+        replica_statement_timeout=pick("replica_statement_timeout"),
         idle_in_transaction_timeout=pick("idle_in_transaction_timeout"),
         max_result_rows=pick("max_result_rows"),  # type: ignore[arg-type]
         max_result_bytes=pick("max_result_bytes"),  # type: ignore[arg-type]
+        agent_statement_timeout=agent.statement_timeout if agent is not None else None,
     )
 
 

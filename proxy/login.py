@@ -367,6 +367,9 @@ class ClientLogin:
         agent_limits = self.config.agent_limits(user)
         if agent_limits is not None and (err := agent.startup_refusal(params)) is not None:
             raise SessionError(err, CloseReason.STARTUP_PARAMETER)
+        for given in (self.info.startup_parameters, params):  # (the packet's own, and what `options` set)
+            if (err := agent.door_refusal(user, given, agent_limits)) is not None:
+                raise SessionError(err, CloseReason.STARTUP_PARAMETER)
         self._transition(LoginEvent.AUTH_OK)
         self.logged_in = LoggedIn(user_config, tenant, backend, params, agent_limits,
                                   end_user_claim(self.info.startup_parameters))

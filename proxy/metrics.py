@@ -375,8 +375,8 @@ class Metrics:
         self._limit_refusals = Counter(
             "pgtenant_limit_refusals_total",
             "Connections, queries and results refused or cut by a per-tenant limit (max_client_connections, "
-            "max_concurrent_queries, statement_timeout, idle_in_transaction_timeout, max_result_rows, "
-            "max_result_bytes).",
+            "max_concurrent_queries, statement_timeout, replica_statement_timeout, idle_in_transaction_timeout, "
+            "max_result_rows, max_result_bytes).",
             ["tenant", "limit"], registry=r,
         )
         self._denied = Counter(

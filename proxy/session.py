@@ -46,6 +46,7 @@ from proxy.limits import (
     IDLE_IN_TRANSACTION_TIMEOUT,
     MAX_CLIENT_CONNECTIONS,
     MAX_CONCURRENT_QUERIES,
+    REPLICA_STATEMENT_TIMEOUT,
     STATEMENT_TIMEOUT,
     ConnectionCounts,
     Limits,
@@ -347,7 +348,7 @@ class ClientSession:
         self.routing: replicas.Routed | None = None  # read replicas: where each request may go (login)
         self._meter: ResultMeter | None = None  # the result being relayed, if results are limited (read just below)
         self.pooled = False  # transaction pooling: the server goes back to the pool between transactions
-        self.frontend.handlers = self._frontend_tracked()  # (once `pooled` is set: it reads it)
+        self.frontend.handlers = self._frontend_tracked()
         self._waiting: list[bytes | memoryview] = []  # gated client bytes for the server the session waits for
         self._answered = False  # the client has had its startup answer (ParameterStatus, key, ReadyForQuery)
         self._idle_check = False  # a ReadyForQuery 'I' arrived: see what the session holds once the read is relayed
@@ -360,7 +361,7 @@ class ClientSession:
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = _NOTHING_TOLD  # the ParameterStatus values the client has been told
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
-        self._flushed = False  # transaction pooling: a Flush was relayed since the last Sync (its batch is open)
+        self._flushed = False  # a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
         self._paged = False  # ... an Execute with a row count was among it (its portal may go on)
         self._settling = False  # the proxy's own Sync ends a flushed batch (proxy/unsynced.py): its answer is ours
@@ -439,9 +440,9 @@ class ClientSession:
             m.COPY_DONE: self._on_copy_end,
             m.COPY_FAIL: self._on_copy_end,
         }
-        if self.pooled:  # a request may begin with any of these: each opens one in the tracker
-            tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_execute,
-                            m.FLUSH: self._on_flush})
+        # A request may begin with any of these (each opens one in the tracker); a Flush may end a batch that the
+        # proxy's own Sync then ends (_settle_unsynced), in both pool modes.
+        tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_execute, m.FLUSH: self._on_flush})
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
@@ -1245,8 +1246,7 @@ class ClientSession:
         timeout_ms = self._limited_timeout()
         self.pooled = self.request.mode == "transaction"
         self.routing = replicas.routed(self.config, user)
-        if self.pooled:  # a request may begin with any of these: each opens one in the tracker
-            self.frontend.handlers = self._frontend_tracked()
+        self.frontend.handlers = self._frontend_tracked()  # (with what the login set up)
         if self._meter is not None:
             self._limit_portals()
         actions.append(ConnectBackend(
@@ -1317,7 +1317,7 @@ class ClientSession:
             out = [RelayToServer(chunks), *self._statement_answers()]
         else:
             out = [RelayToServer(chunks)]
-        if self._flushed is not self._unsynced:
+        if self._flushed is not self._unsynced and self.pooled:
             out.append(self._unsynced_changed())
         return out
 
@@ -2073,25 +2073,27 @@ class ClientSession:
         status[name] = value
 
     def _on_request_message(self, _body: bytes) -> None:
-        """Transaction pooling: a Describe, Execute or Flush is part of a request in flight (the server stays)."""
+        """A Describe, Execute or Flush is part of a request in flight (in transaction pooling the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
         self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
 
     def _on_execute(self, body: bytes) -> None:
-        """Transaction pooling: an Execute (with a row count, its portal may be suspended and go on)."""
+        """An Execute (with a row count, its portal may be suspended and go on)."""
         self._on_request_message(body)
         if body[-4:] != b"\x00\x00\x00\x00":
             self._paged = True
 
     def _settle_unsynced(self) -> list[Action]:
-        """Transaction pooling, a batch ended with a Flush and answered in full, outside a transaction block
-        (asyncpg's prepare(), psycopg's pipeline fetch): when it holds nothing on the server (unsynced.settles) the
-        proxy ends it with a Sync of its own, as if the client had sent it (tracking, turns, the watchdog), its
-        ReadyForQuery not relayed; at 'I' the server goes back as after any request, and what the client sends
-        next is judged again (routing: a write after a prepare() on a replica goes to the primary, red team 9r F7;
-        the max_concurrent_queries turn is not kept by an idle prepared session, F9)."""
+        """A batch ended with a Flush and answered in full, outside a transaction block (asyncpg's prepare(),
+        psycopg's pipeline fetch): when it holds nothing on the server (unsynced.settles) the proxy ends it with a
+        Sync of its own, as if the client had sent it (tracking, turns, the watchdog), its ReadyForQuery not
+        relayed. In both pool modes the max_concurrent_queries turn is not kept by an idle prepared session, nor is
+        it timed by the statement_timeout watchdog (red team 9r F9); the implicit transaction PostgreSQL opened for
+        the Parse ends (with the locks its parse analysis took), as the client's own Sync would end it, and nothing
+        ran in it. In transaction pooling, at 'I' the server goes back as after any request, and what the client
+        sends next is judged again (routing: a write after a prepare() on a replica goes to the primary, F7)."""
         pending, st, server = self.tracker.pending, self.statements, self.server
-        if (self.state is not _READY or server is None or st is None or not st.idle or len(pending) != 1
+        if (self.state is not _READY or server is None or (st is not None and not st.idle) or len(pending) != 1
                 or self._tx_status != b"I" or self._replaying or self._held is not None
                 or self._admission is not None or self.frontend.unfinished or self._cancelling or self._cut is not None
                 or self._timed_out is not None or not unsynced.settles(
@@ -2099,10 +2101,10 @@ class ClientSession:
             return []
         self._settling = True
         chunks = self.frontend.feed(m.SYNC_MESSAGE)  # (its handlers run as for the client's own Sync)
-        return [RelayToServer(chunks), self._unsynced_changed()]
+        return [RelayToServer(chunks), self._unsynced_changed()] if self.pooled else [RelayToServer(chunks)]
 
     def _on_flush(self, body: bytes) -> None:
-        """Transaction pooling: a Flush; the server stays held until the batch's Sync (BatchWithoutSync)."""
+        """A Flush; in transaction pooling the server stays held until the batch's Sync (BatchWithoutSync)."""
         self._on_request_message(body)
         self._flushed = True
 
@@ -2454,27 +2456,38 @@ class ClientSession:
         inner = self._limit_inner.get(m.ERROR_RESPONSE)
         out = inner(body) if inner is not None else None
         if self._cut is not None:
-            if b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None:
+            if b"C57014\x00" in body and self.limits is not None and self.limits.watched:
                 self._answers_watchdog(body)  # (the server's own timeout ended the request being cut)
             self._cut_end(False)
             return b""
         if self._meter is not None:
             self._results_gone()
-        if (b"C57014\x00" in body and self.limits is not None and self.limits.statement_timeout is not None
-                and self._answers_watchdog(body)):
-            return errors.limit_statement_timeout(seconds(self.limits.statement_timeout)).encode()
+        if b"C57014\x00" in body and self.limits is not None and self.limits.watched and self._answers_watchdog(body):
+            timeout, which = self._watchdog_timeout(self.limits)
+            assert timeout is not None
+            if which == REPLICA_STATEMENT_TIMEOUT:
+                return errors.limit_replica_statement_timeout(seconds(timeout)).encode()
+            if which == "agent":
+                return errors.limit_agent_statement_timeout(seconds(timeout)).encode()
+            return errors.limit_statement_timeout(seconds(timeout)).encode()
         return out
+
+    def _watchdog_timeout(self, limits: Limits) -> tuple[float | None, str]:
+        """The watchdog's timeout for a request on the session's server, and whose limit it is (Limits.timeout_on:
+        on a replica, replica_statement_timeout when lower)."""
+        server = self.server
+        return limits.timeout_on(server is not None and server.replica is not None)
 
     def _answers_watchdog(self, body: bytes) -> bool:
         """A 57014 under a statement_timeout limit: True when it answers the watchdog's cancel (the proxy's message
         replaces it); the server's own timeout (it never has more than the limit) is counted as the limit's."""
-        assert self.limits is not None and self.limits.statement_timeout is not None
+        assert self.limits is not None
         pending = self.tracker.pending
         if self._timed_out is not None and (not pending or pending[0] is self._timed_out):
             return True
-        if b"statement timeout" in body:
+        if b"statement timeout" in body and self.limits.watchdog_timeout is not None:
             self._limit_actions.append(LimitReached(self.limits.tenant, self.limits.user, STATEMENT_TIMEOUT,
-                                                    self.limits.statement_timeout))
+                                                    self.limits.watchdog_timeout))
         return False
 
     def _limit_ready(self, body: bytes) -> bytes | None:
@@ -2605,7 +2618,7 @@ class ClientSession:
         pending = self.tracker.pending
         idle = limits.idle_in_transaction_timeout
         if pending:
-            timeout = limits.statement_timeout
+            timeout, which = self._watchdog_timeout(limits)
             head = pending[0]
             if timeout is None or self._cancelling or now - head.start < timeout:
                 return []
@@ -2617,7 +2630,8 @@ class ClientSession:
                     return self._idle_timeout(limits, idle)
                 return []
             self._timed_out, self._fed_since_cancel, self._cancelling = head, False, True
-            reached = [LimitReached(limits.tenant, limits.user, STATEMENT_TIMEOUT, timeout)] if first else []
+            limit = REPLICA_STATEMENT_TIMEOUT if which == REPLICA_STATEMENT_TIMEOUT else STATEMENT_TIMEOUT
+            reached = [LimitReached(limits.tenant, limits.user, limit, timeout)] if first else []
             return [*reached, CancelQuery()]
         if (idle is not None and self._tx_status != b"I" and self._held is None and not self.frontend.unfinished
                 and now - self._last_ready >= idle):

@@ -11,7 +11,9 @@ from typing import Any
 
 import psycopg
 
-APPLICATION_NAME = "pgtenant-mcp"
+from proxy.agent import DOOR_APPLICATION_NAME
+
+APPLICATION_NAME = DOOR_APPLICATION_NAME  # the proxy logs it in only as an agent-profile user (proxy/agent.py)
 _RULE = re.compile(r"\(rule ([\w.-]+)\)")
 NO_ROWS = ("the statement ran but returns no rows: the tools answer with rows (SELECT, WITH, VALUES, TABLE, SHOW, "
            "EXPLAIN); whatever a statement changes is rolled back")

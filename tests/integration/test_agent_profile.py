@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import urllib.request
 from collections.abc import Iterator
 
 import asyncpg
@@ -16,19 +17,24 @@ from psycopg import pq
 from tests.support.jdbc import require_jdbc, run_jdbc
 from tests.support.mcpclient import stdio_calls, text
 from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
 MAX_ROWS = 5
 AGENTS = {"ava": ("acme", "ava-pw"), "ivy": ("initech", "ivy-pw")}  # shared strategy; database strategy (writes on)
 SCHEMA_AGENT = {"gus": ("globex", "gus-pw")}  # schema strategy (the admission proxy only)
+# An agent without admission limits and a 1 s statement_timeout of its own (no tenant limit): the watchdog's.
+TIMED_AGENT = {"tim": ("acme", "tim-pw")}
+TIMED_KEYS = {"profile": "agent", "agent.statement_timeout": 1.0, "agent.max_cost": 0.0,
+              "agent.max_estimated_rows": 0.0}
 
 
 @pytest.fixture(scope="module")
 def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable", extra_users=AGENTS,
-                     agent={"max_rows": MAX_ROWS, "statement_timeout": 7.5},
-                     user_keys={name: {"profile": "agent"} for name in AGENTS})
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
+                     extra_users={**AGENTS, **TIMED_AGENT}, agent={"max_rows": MAX_ROWS, "statement_timeout": 7.5},
+                     user_keys={**{name: {"profile": "agent"} for name in AGENTS}, "tim": TIMED_KEYS})
     p.start()
     yield p
     p.stop()
@@ -101,6 +107,25 @@ def test_the_server_connection_is_read_only_with_the_agents_timeout(proxy: Proxy
         assert c.execute("SHOW statement_timeout").fetchone() == ("7500ms",)
         c.execute("RESET idle_in_transaction_session_timeout")  # (pinned: a RESET returns to the pool's own)
         assert c.execute("SHOW idle_in_transaction_session_timeout").fetchone() == idle
+
+
+def _statement_timeouts(p: ProxyProcess) -> float:
+    text = urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("pgtenant_limit_refusals_total{") and 'limit="statement_timeout"' in line)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_the_agents_statement_timeout_is_the_proxys_limit_too(proxy: ProxyProcess, protocol: str) -> None:
+    """agent.statement_timeout is enforced by the proxy's watchdog as well as by the server's setting (a tenant
+    without a statement_timeout limit of its own): the query past it is canceled, counted as a statement_timeout
+    refusal, and the session goes on."""
+    before = _statement_timeouts(proxy)
+    with connect(proxy, "tim", protocol) as c:
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            c.execute("SELECT count(*) FROM generate_series(1, 2000000000)")
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    until(lambda: _statement_timeouts(proxy) >= before + 1, timeout=10)
 
 
 def test_a_pinned_startup_setting_refuses_the_login(proxy: ProxyProcess) -> None:

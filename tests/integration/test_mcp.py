@@ -1,8 +1,10 @@
 """`pgtenant mcp` in front of a real pgtenant and PostgreSQL, driven by the MCP SDK's own client over stdio and HTTP.
 
 The fixture's tenants: alice is acme (shared schema, `saas.public.orders` rows with tenant_id 'acme', beside
-bigco's), gina is globex (schema `globex` in `saas`), ivan is initech (database `initech`, allow_writes = true: only
-the MCP door's read-only transaction stands between an agent and a write there).
+bigco's), gina is globex (schema `globex` in `saas`), ivan is initech (database `initech`, allow_writes = true: the
+agent profile and the MCP door's read-only transaction stand between an agent and a write there). alice, gina and
+ivan are logins of the agent profile (the door logs in only as one), without a row cap or admission limits of
+their own (the door's --max-rows cuts); bruno (bigco) is of the default profile.
 """
 
 from __future__ import annotations
@@ -14,19 +16,22 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import psycopg
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp_types import CallToolResult
 
 from proxy.mcp.door import APPLICATION_NAME, Door, Rows
+from tests.support.certs import TlsFiles
 from tests.support.mcpclient import Call, http_calls, http_server, stdio_calls, text
-from tests.support.pgcluster import free_port
+from tests.support.pgcluster import PgCluster, free_port
 from tests.support.polling import until
-from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
 
 REPORTING = Path(__file__).resolve().parents[2] / "docs" / "reporting.md"
 
@@ -39,6 +44,24 @@ TENANTS = {
 # Names of the other tenants' objects that must never show up in a tenant's catalog answers.
 FOREIGN = {"alice": ("globex", "initech"), "gina": ("initech", "public"), "ivan": ("globex", "saas")}
 COUNT: Call = ("query", {"sql": "SELECT count(*) FROM orders"})
+
+
+AGENT_KEYS = {"profile": "agent", "agent.max_rows": 100_000, "agent.max_cost": 0.0, "agent.max_estimated_rows": 0.0}
+
+
+@pytest.fixture(scope="module")
+def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: TlsFiles) -> Iterator[ProxyProcess]:
+    """pgtenant with TLS offered (not required), backend over TLS when the cluster has it; alice, gina and ivan of
+    the agent profile."""
+    prepare_backend(pg)
+    p = ProxyProcess(
+        pg, tmp_path_factory.mktemp("pgtenant"), tls=tls_certs,
+        backend_sslmode="require" if pg.ssl_enabled else "disable",
+        user_keys={user: AGENT_KEYS for user in TENANTS},
+    )
+    p.start()
+    yield p
+    p.stop()
 
 
 def _data(result: CallToolResult) -> dict[str, Any]:
@@ -60,6 +83,12 @@ def _flat(exc: BaseException) -> str:
     """An exception with everything it groups (anyio task groups wrap the SDK's HTTP errors)."""
     inner = getattr(exc, "exceptions", ())
     return repr(exc) + "".join(_flat(e) for e in inner) + (_flat(exc.__cause__) if exc.__cause__ else "")
+
+
+def _direct(proxy: ProxyProcess) -> str:
+    """A DSN straight to initech's database as its role (no proxy, no agent profile): the door's own guards alone."""
+    role, password = TENANT_ROLES["initech"]
+    return proxy.cluster.dsn(role, password, "initech")
 
 
 def _initech_rows(proxy: ProxyProcess) -> int:
@@ -137,16 +166,19 @@ def test_results_are_cut_at_max_rows_with_a_note_and_the_session_goes_on(proxy: 
 
 
 def test_the_statement_timeout_holds_whatever_the_agent_sets(proxy: ProxyProcess) -> None:
-    sleep: Call = ("query", {"sql": "SELECT pg_sleep(30)"})
+    slow: Call = ("query", {"sql": "SELECT count(*) FROM generate_series(1, 2000000000)"})
     results = stdio_calls(proxy.dsn("gina"), [
-        sleep,
-        ("query", {"sql": "SET statement_timeout = 0"}),  # alone in its transaction: rolled back
-        sleep,
-        ("query", {"sql": "SELECT set_config('statement_timeout', '0', false), pg_sleep(30)"}),
+        slow,
+        ("query", {"sql": "SET statement_timeout = 0"}),  # refused by the profile (and alone: rolled back)
+        slow,
+        ("query", {"sql": "SELECT set_config('statement_timeout', '0', false), count(*) "
+                   "FROM generate_series(1, 2000000000)"}),
         COUNT,
     ], "--statement-timeout", "0.5")
-    for result in (results[0], results[2], results[3]):
+    for result in (results[0], results[2]):
         assert "ERROR 57014" in _error(result) and "statement timeout (0.5 s)" in text(result)
+    assert "ERROR 25006" in _error(results[1]) and "agent_setting" in text(results[1])
+    assert "ERROR 42501" in _error(results[3]) and "agent_function" in text(results[3])
     assert _rows(results[-1]) == [[40]]
 
 
@@ -187,10 +219,24 @@ def test_a_connection_lost_while_idle_is_replaced_on_the_next_call(proxy: ProxyP
 # ------------------------------------------------------------------------------------------------------ refusals
 
 
+def test_the_door_runs_only_as_an_agent_profile_login(proxy: ProxyProcess) -> None:
+    """A login of the default profile gives the door nothing: the proxy refuses it after its proof (the door's own
+    read-only transaction alone would leave the agent without the profile's row cap, admission and function list),
+    and every tool says why and what to do."""
+    results = stdio_calls(proxy.dsn("bruno"), [("list_tables", {}), COUNT, ("explain", {"sql": "SELECT 1"})])
+    for result in results:
+        answer = _error(result)
+        assert 'user "bruno" has the default profile' in answer and 'profile = "agent"' in answer, answer
+    with psycopg.connect(proxy.dsn("bruno"), autocommit=True) as other:  # (any other client of the login: as before)
+        assert other.execute("SELECT count(*) FROM orders").fetchone() == (100,)
+
+
+
 def test_multi_statement_escape_from_the_read_only_transaction_is_refused(proxy: ProxyProcess) -> None:
     """The reference PostgreSQL MCP server's read-only transaction was escaped with `COMMIT; DROP SCHEMA ...` in
-    one simple-protocol message. Here the text travels as one Parse: refused whole. For globex the proxy's policy
-    refuses the DROP first; initech may write, so there only PostgreSQL's "multiple commands" refusal stands."""
+    one simple-protocol message. Here the text travels as one Parse: refused whole. Through the proxy its policy
+    (the agent profile's) refuses the DROP or DELETE first, or PostgreSQL refuses the several commands; straight to
+    initech's database as its role, which may write, only PostgreSQL's "multiple commands" refusal stands."""
     escapes = [
         ("query", {"sql": "COMMIT; DROP SCHEMA globex CASCADE"}),
         ("query", {"sql": "COMMIT; DROP SCHEMA `globex` CASCADE", "dialect": "mysql"}),
@@ -199,26 +245,40 @@ def test_multi_statement_escape_from_the_read_only_transaction_is_refused(proxy:
     ]
     results = stdio_calls(proxy.dsn("gina"), [*escapes, COUNT])
     for result in results[:-1]:
-        assert "ERROR 42501" in _error(result) and "rule ddl_not_allowed" in text(result)
+        refusal = r"ERROR (42501|25006): pgtenant: .*\(rule (agent_statement|agent_setting)\)"
+        assert re.search(refusal, _error(result)), text(result)
     assert _rows(results[-1]) == [[40]]
     assert proxy.cluster.execute("SELECT count(*) FROM globex.orders", dbname="saas") == [(40,)]
-    results = stdio_calls(proxy.dsn("ivan"), [
+    escapes = [
         ("query", {"sql": "COMMIT; DELETE FROM orders"}),
         ("query", {"sql": "COMMIT; DELETE FROM `orders`", "dialect": "mysql"}),
         ("query", {"sql": "SELECT 1; COMMIT; BEGIN; DELETE FROM orders; COMMIT"}),
         ("explain", {"sql": "SELECT 1; COMMIT; DELETE FROM orders"}),
-    ])
+    ]
+    for result in stdio_calls(proxy.dsn("ivan"), escapes):
+        assert re.search(r"ERROR 42601: cannot insert multiple commands|rule read_only", _error(result)), text(result)
+    results = stdio_calls(_direct(proxy), [*escapes, ("query", {"sql": "SELECT 1; COMMIT; BEGIN; SELECT 2"})])
     assert all("ERROR 42601" in _error(r) and "multiple commands" in text(r) for r in results)
     assert _initech_rows(proxy) == 7
 
 
+WRITES = ["DELETE FROM orders", "UPDATE orders SET amount = 0", "INSERT INTO orders VALUES (99, 1) RETURNING id",
+          "SELECT * FROM orders FOR UPDATE", "EXPLAIN ANALYZE DELETE FROM orders",
+          "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d"]
+
+
 def test_writes_are_tool_errors_even_where_the_tenant_may_write(proxy: ProxyProcess) -> None:
+    """Through the proxy the agent profile refuses them; straight to initech's database as its role (which may
+    write), the door's own read-only transaction does, and a READ WRITE setting does not outlive its call."""
     (shared,) = stdio_calls(proxy.dsn("alice"), [("query", {"sql": "DELETE FROM orders"})])
     assert "ERROR 25006" in _error(shared) and "pgtenant rule: read_only" in text(shared)
-    writes = ["DELETE FROM orders", "UPDATE orders SET amount = 0", "INSERT INTO orders VALUES (99, 1) RETURNING id",
-              "SELECT * FROM orders FOR UPDATE", "EXPLAIN ANALYZE DELETE FROM orders",
-              "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d"]
-    results = stdio_calls(proxy.dsn("ivan"), [
+    for sql, result in zip(WRITES, stdio_calls(proxy.dsn("ivan"), [("query", {"sql": sql}) for sql in WRITES]),
+                           strict=True):
+        assert re.search(r"ERROR (25006|42501): pgtenant: .*\(rule (read_only|agent_statement)\)", _error(result)), \
+            (sql, text(result))
+    assert _initech_rows(proxy) == 7
+    writes = WRITES
+    results = stdio_calls(_direct(proxy), [
         *[("query", {"sql": sql}) for sql in writes],
         ("query", {"sql": "SET TRANSACTION READ WRITE"}),  # runs alone, then rolled back: the next is read-only
         ("query", {"sql": "DELETE FROM orders RETURNING id"}),

@@ -41,7 +41,8 @@ def _proxy(replicated: tuple[PgCluster, StandbyCluster], workdir: Any, mode: str
     p = ProxyProcess(
         primary, workdir, pool={"pool_mode": mode},
         replicas=[{"name": "r1", "host": standby.host, "port": standby.port}],
-        extra_users={"iris": ("initech", "iris-pw"), "rhea": ("initech", "rhea-pw"), "abe": ("initech", "abe-pw")},
+        extra_users={"iris": ("initech", "iris-pw"), "rhea": ("initech", "rhea-pw"), "abe": ("initech", "abe-pw"),
+                     "tess": ("initech", "tess-pw")},
         admin_users={"ops": "ops-pw"}, **{"routing": {"route": "auto", "poll_interval": 0.1, "max_replica_lag": 1.0},
                                           **keys},
     )
@@ -56,11 +57,13 @@ def _proxy(replicated: tuple[PgCluster, StandbyCluster], workdir: Any, mode: str
 def proxy(replicated: tuple[PgCluster, StandbyCluster],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """Transaction pooling, route = "auto" for everyone; ivan and iris tolerate a long lag (read-your-writes is then
-    the only reason their reads leave the replica), rhea reads only from the replica or is refused."""
+    the only reason their reads leave the replica), rhea reads only from the replica or is refused, tess has a
+    replica_statement_timeout of 1 s (and no statement_timeout)."""
     p = _proxy(replicated, tmp_path_factory.mktemp("replicas"), "transaction", user_keys={
         "ivan": {"max_replica_lag": LONG}, "iris": {"max_replica_lag": LONG},
         "rhea": {"route": "replica", "replica_fallback": "refuse", "max_replica_lag": LONG},
         "abe": {"profile": "agent"},
+        "tess": {"max_replica_lag": LONG, "replica_statement_timeout": 1.0},
     })
     yield p
     p.stop()
@@ -239,6 +242,23 @@ def test_a_cancel_reaches_the_replica_the_query_runs_on(
                 running.result(timeout=10)
         until(lambda: standby.execute(sleeping)[0][0] == 0, 10, 0.05, "nothing left running on the replica")
         assert port_of(conn) in (primary.port, standby.port)
+
+
+def test_replica_statement_timeout_cancels_a_request_on_the_replica_only(
+        proxy: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """A request running on a replica past replica_statement_timeout is canceled by the proxy (57014 naming the
+    limit, counted); the same statement on the primary (in a read-write transaction) runs past it."""
+    primary, standby = replicated
+    before = metric(metrics(proxy), "pgtenant_limit_refusals_total", limit="replica_statement_timeout") or 0.0
+    with psycopg.connect(proxy.dsn("tess"), autocommit=True) as conn:
+        on_replica(conn, standby)
+        with pytest.raises(psycopg.errors.QueryCanceled, match=r"pgtenant replica_statement_timeout is 1 s"):
+            conn.execute("SELECT pg_sleep(5), inet_server_port()")
+        assert port_of(conn) in (primary.port, standby.port)  # usable
+        with conn.transaction():  # read-write: on the primary
+            assert conn.execute("SELECT pg_sleep(1.5), inet_server_port()").fetchone() == ("", primary.port)
+    until(lambda: (metric(metrics(proxy), "pgtenant_limit_refusals_total", limit="replica_statement_timeout") or 0)
+          >= before + 1, 10, 0.1, "the refusal counted")
 
 
 def test_a_batch_with_a_write_behind_its_read_runs_on_the_primary(

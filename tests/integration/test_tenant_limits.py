@@ -604,14 +604,15 @@ def test_max_concurrent_queries_waits_for_its_turn(proxy: ProxyProcess, prepare:
         assert done == [(5,)]
 
 
-@pytest.fixture(scope="module")
-def pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
-    """Transaction pooling (where a batch without its Sync can give its server back), tenant "prep": one query at a
-    time, a 1 s wait for it, a 1 s statement_timeout."""
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[ProxyProcess]:
+    """Both pool modes (in transaction pooling a batch without its Sync can also give its server back), tenant
+    "prep": one query at a time, a 1 s wait for it, a 1 s statement_timeout."""
     prepare_backend(pg)
     p = ProxyProcess(
         pg, tmp_path_factory.mktemp("pgtenant-limits-pooled"), backend_sslmode="disable",
-        pool={"pool_mode": "transaction"},
+        pool={"pool_mode": request.param},
         extra_tenants={"prep": {"strategy": "shared", "database": "saas", "tenant_id": "acme",
                                 "max_concurrent_queries": 1, "query_wait_timeout": 1.0, "statement_timeout": 1.0}},
         extra_users={"prep_user": ("prep", "prep-pw")},
@@ -625,7 +626,7 @@ def test_asyncpg_prepare_holds_no_turn_and_no_watchdog(pooled: ProxyProcess) -> 
     """Red team 9r F9: asyncpg's prepare() (Parse/Describe/Flush, no Sync), answered in full, ends its request: it
     gives its max_concurrent_queries turn back (another session of the tenant runs, not 53300 after
     query_wait_timeout) and starts no statement_timeout watchdog (its first use after longer than the limit runs,
-    not 57014)."""
+    not 57014), in both pool modes; the server's transaction the Parse opened ends too (its table locks go)."""
 
     async def main() -> None:
         conn = await asyncpg.connect(pooled.url("prep_user"), ssl=False)
@@ -633,6 +634,9 @@ def test_asyncpg_prepare_holds_no_turn_and_no_watchdog(pooled: ProxyProcess) -> 
             stmt = await conn.prepare("SELECT count(*) FROM orders WHERE amount > $1")
             with psycopg.connect(pooled.dsn("prep_user"), autocommit=True) as other:
                 assert other.execute("SELECT 1").fetchone() == (1,)
+            assert not pooled.cluster.execute(  # (PostgreSQL holds a Parse's locks until its transaction ends)
+                "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'orders' "
+                "AND l.pid <> pg_backend_pid()", dbname="saas")
             await asyncio.sleep(1.5)  # (longer than statement_timeout, idle between prepare() and the first use)
             assert await stmt.fetchval(0) == 200
             assert await conn.fetchval("SELECT 2") == 2

@@ -179,8 +179,8 @@ def test_minimal_config(tmp_path: Path) -> None:
         (lambda r: r["tenants"]["acme"].update(allow_writes="yes"), "tenants.acme.allow_writes: expected bool"),
         (lambda r: r["users"]["alice"].update(verifier="x"),
          "users.alice.verifier: unknown key (allowed: agent, idle_in_transaction_timeout, max_client_connections, "
-         "max_replica_lag, max_result_bytes, max_result_rows, max_staleness, profile, replica_fallback, route, "
-         "statement_timeout, tenant)"),
+         "max_replica_lag, max_result_bytes, max_result_rows, max_staleness, profile, replica_fallback, "
+         "replica_statement_timeout, route, statement_timeout, tenant)"),
         (lambda r: r["backends"]["main"].update(password="x"), "backends.main.password: unknown key"),
     ],
 )

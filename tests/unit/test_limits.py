@@ -12,6 +12,7 @@ import pytest
 from proxy import errors
 from proxy.actions import (
     AcquireSlot,
+    BatchWithoutSync,
     CancelQuery,
     CloseClient,
     ConnectBackend,
@@ -169,9 +170,11 @@ class Clock:
 
 
 def session(tmp_path: Path, tenant: dict[str, Any], clock: Clock | None = None, pool_mode: str = "session",
-            connections: ConnectionCounts | None = None, **params: str) -> tuple[ClientSession, list]:
-    """A logged-in session of alice under the tenant's `tenant` limits, holding a server, its startup answered."""
-    s = ClientSession(config(tmp_path, tenant, pool_mode=pool_mode), session_id="s1", client_address="10.0.0.1",
+            connections: ConnectionCounts | None = None, user: dict[str, Any] | None = None,
+            **params: str) -> tuple[ClientSession, list]:
+    """A logged-in session of alice (her `user` keys) under the tenant's `tenant` limits, holding a server, its
+    startup answered."""
+    s = ClientSession(config(tmp_path, tenant, user, pool_mode=pool_mode), session_id="s1", client_address="10.0.0.1",
                       throttle=AuthThrottle(max_failures=2), clock=clock or Clock(), tls_available=False,
                       connections=connections)
     actions = login(s, **params)
@@ -265,6 +268,68 @@ def test_the_watchdog_cancels_past_statement_timeout_and_names_the_limit(tmp_pat
     data = to_client(out)  # the cancel's 57014 in our words; the ReadyForQuery held until the cancel is done
     assert types(data) == [b"E"] and b"pgtenant statement_timeout is 2 s" in data and b"C57014\x00" in data
     assert to_client(s.cancel_done()) == m.ready_for_query(b"I")
+
+
+AGENT = {"profile": "agent", "agent": {"statement_timeout": 2.0}}
+
+
+@pytest.mark.parametrize("tenant", [{}, {"statement_timeout": 5.0}], ids=["no-limit", "a-higher-limit"])
+def test_the_watchdog_cancels_an_agent_past_its_own_statement_timeout(tmp_path: Path, tenant: dict) -> None:
+    """The agent profile's statement_timeout is the proxy's to enforce too, not only the server's setting: past it
+    the request is canceled and the agent's limit named (with or without a tenant limit, a lower one of its own)."""
+    clock = Clock()
+    s, actions = session(tmp_path, tenant, clock, user=AGENT)
+    assert WatchLimits(0.2) in actions
+    s.client_data(m.Query("SELECT count(*) FROM orders a, orders b").encode())
+    clock.now += 1.5
+    assert s.limits_tick() == []
+    clock.now += 1.0
+    assert s.limits_tick() == [LimitReached("acme", "alice", "statement_timeout", 2.0), CancelQuery()]
+    out = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to "
+                                                     "user request"}) + m.ready_for_query(b"I"))
+    data = to_client(out)
+    assert types(data) == [b"E"] and b"pgtenant agent statement_timeout is 2 s" in data and b"agent.statement_timeout" \
+        in data
+
+
+def test_a_lower_tenant_limit_than_the_agents_is_the_watchdogs(tmp_path: Path) -> None:
+    limits = resolve(config(tmp_path, {"statement_timeout": 1.0}, AGENT), "alice")
+    assert (limits.watchdog_timeout, limits.agent_timed) == (1.0, False)
+    limits = resolve(config(tmp_path, {}, AGENT), "alice")
+    assert (limits.statement_timeout, limits.watchdog_timeout, limits.agent_timed) == (None, 2.0, True)
+    assert limits.watched and limits.any
+
+
+@pytest.mark.parametrize("replica", [None, "r1"], ids=["primary", "replica"])
+def test_replica_statement_timeout_cancels_a_request_running_on_a_replica_only(tmp_path: Path,
+                                                                               replica: str | None) -> None:
+    """replica_statement_timeout bounds a request while the session's server is a replica (a long read there holds
+    back replay for every tenant); on the primary the tenant's statement_timeout holds."""
+    clock = Clock()
+    s, actions = session(tmp_path, {"statement_timeout": 5.0, "replica_statement_timeout": 1.0}, clock)
+    assert WatchLimits(0.1) in actions
+    assert s.server is not None
+    s.server.replica = replica
+    s.client_data(m.Query("SELECT count(*) FROM orders a, orders b").encode())
+    clock.now += 1.5
+    if replica is None:
+        assert s.limits_tick() == []
+        clock.now += 4.0
+        assert s.limits_tick() == [LimitReached("acme", "alice", "statement_timeout", 5.0), CancelQuery()]
+        return
+    assert s.limits_tick() == [LimitReached("acme", "alice", "replica_statement_timeout", 1.0), CancelQuery()]
+    out = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to "
+                                                     "user request"}) + m.ready_for_query(b"I"))
+    assert b"pgtenant replica_statement_timeout is 1 s" in to_client(out)
+
+
+def test_replica_statement_timeout_resolves_per_user(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"replica_statement_timeout": 10.0}, {"replica_statement_timeout": 2.0})
+    limits = resolve(cfg, "alice")
+    assert (limits.replica_statement_timeout, limits.watched, limits.tick) == (2.0, True, 0.2)
+    assert limits.timeout_on(True) == (2.0, "replica_statement_timeout") and limits.timeout_on(False)[0] is None
+    with pytest.raises(ConfigError, match=r"tenants\.acme\.replica_statement_timeout: must be 0"):
+        config(tmp_path, {"replica_statement_timeout": -1})
 
 
 def test_the_startup_statement_timeout_is_the_limit_unless_lower(tmp_path: Path) -> None:
@@ -371,6 +436,38 @@ def test_the_watchdog_cancels_an_open_batch_again_once_the_client_sends_more_of_
     out = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.encode_error_fields(
         b"E", {"S": "ERROR", "C": "57014", "M": "canceling statement due to user request"}) + m.ready_for_query(b"I"))
     assert b"pgtenant statement_timeout is 2 s" in to_client(out)
+
+
+def test_a_prepare_ended_by_a_flush_gives_its_turn_back_and_is_not_timed_in_session_pooling(tmp_path: Path) -> None:
+    """Red team 9r F9 in session pooling too (transaction pooling: tests/unit/test_session_pooling.py): asyncpg's
+    prepare() (Parse/Describe/Flush, no Sync) answered in full is ended by the proxy's own Sync (its ReadyForQuery
+    not relayed, the server kept): the turn goes back, the watchdog has no request to time, and the client's next
+    request asks for a turn again."""
+    clock = Clock()
+    s, _ = session(tmp_path, {"max_concurrent_queries": 1, "statement_timeout": 2.0}, clock)
+    prepare = m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.frame(b"D", b"Ss1\x00") + FLUSH
+    assert s.client_data(prepare) == [AcquireSlot("acme", 1, 120.0)]
+    assert b"".join(bytes(c) for a in s.slot_granted() if type(a) is RelayToServer for c in a.chunks) == prepare
+    out = s.server_data(m.frame(b"1", b"") + m.frame(b"t", b"\x00\x00") + m.frame(b"n", b""))
+    assert types(to_client(out)) == [b"1", b"t", b"n"]
+    assert [bytes(c) for a in out if type(a) is RelayToServer for c in a.chunks] == [SYNC]  # the proxy's own
+    assert not [a for a in out if isinstance(a, BatchWithoutSync)]  # (a transaction pooling gauge)
+    out = s.server_data(m.ready_for_query(b"I"))
+    assert to_client(out) == b"" and ReleaseSlot("acme", 1) in out and ReleaseServer not in map(type, out)
+    clock.now += 5.0
+    assert s.limits_tick() == []  # nothing in flight: nothing timed
+    assert s.client_data(bind("", "s1") + execute("") + SYNC) == [AcquireSlot("acme", 1, 120.0)]
+
+
+def test_a_batch_ended_by_a_flush_that_ran_a_statement_stays_timed_in_session_pooling(tmp_path: Path) -> None:
+    """... but not one whose statement ran on the primary (its implicit transaction ends at the client's Sync)."""
+    clock = Clock()
+    s, _ = session(tmp_path, {"statement_timeout": 2.0}, clock)
+    s.client_data(m.Parse("", "SELECT 1", b"\x00\x00").encode() + bind("") + execute("") + FLUSH)
+    out = s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + rows(1) + m.command_complete("SELECT 1"))
+    assert not [a for a in out if type(a) is RelayToServer]
+    clock.now += 2.5
+    assert CancelQuery() in s.limits_tick()
 
 
 def test_a_ready_for_query_held_for_a_cancel_holds_the_pipelined_answers_behind_it(tmp_path: Path) -> None:

@@ -75,6 +75,25 @@ def test_a_login_refused_after_the_proof_closes_the_session(tmp_path: Path) -> N
     assert close.error.sqlstate == "3D000" and s.state is State.CLOSED
 
 
+@pytest.mark.parametrize("params", [{"application_name": "pgtenant-mcp"},
+                                    {"options": "-c application_name=pgtenant-mcp"}], ids=["parameter", "options"])
+def test_the_mcp_door_logs_in_only_as_an_agent(tmp_path: Path, params: dict[str, str]) -> None:
+    """`pgtenant mcp` (its application_name) with a login of the default profile is refused after its proof, naming
+    the profile it needs: without it the agent's queries would run without the profile's guards. An agent-profile
+    login of the door, and the default profile under any other name, log in."""
+    cfg = config(tmp_path, {"alice": {"tenant": "acme"}, "bot": {"tenant": "acme", "profile": "agent"}})
+    s = new_session(cfg)
+    [close] = s.client_data(proof(s, **params))
+    assert isinstance(close, CloseClient) and close.reason is CloseReason.STARTUP_PARAMETER
+    assert close.error is not None and (close.error.sqlstate, close.error.severity) == ("42501", "FATAL")
+    assert 'user "alice" has the default profile' in close.error.message
+    assert 'profile = "agent"' in (close.error.hint or "") and s.state is State.CLOSED
+    agent = new_session(cfg)
+    assert isinstance(agent.client_data(proof(agent, user="bot", **params))[-1], ConnectBackend)
+    other = new_session(cfg)
+    assert isinstance(other.client_data(proof(other, application_name="pgtenant-mcp-notes"))[-1], ConnectBackend)
+
+
 def test_a_reload_during_the_login_reaches_it(tmp_path: Path) -> None:
     """The session's reconfigure event is its login's too: a user removed before its proof is refused."""
     s = new_session(make_config(tmp_path))
