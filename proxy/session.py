@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from proxy import admission, agent, errors, hiddennames, replicas, unsynced
+from proxy import admission, agent, errors, hiddennames, replicas, skipping, unsynced
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
@@ -93,6 +93,7 @@ from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.statements import (
+    BIND_COMPLETE,
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     RESPONSES,
@@ -219,6 +220,9 @@ for _s in State:
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
 _NO_EXECUTES = ()
 _NO_RETAGS = ()  # ClientSession._retags with none
+# The answers that end an extended message's (ParseComplete ... PortalSuspended: skipping.Owed.completed), but for
+# CommandComplete (the session's own handler tells it).
+_EXTENDED_ENDS = (PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, ord("n"), ord("T"), ord("I"), ord("s"))
 _ANSWER_WITHHELD = deny("answer_withheld", "the server's answer was withheld")  # (hiddennames: last-line check)
 _NO_NAMES = frozenset()  # ClientSession._reset_names with none
 _RESET_TAG = b"RESET\x00"
@@ -259,7 +263,7 @@ class ClientSession:
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
-        "_open_batch", "_overrides", "_paged",
+        "_open_batch", "_overrides", "_owed", "_paged",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_startup_settings", "_startup_status", "_stash", "_statement_memo", "_sticky",
@@ -311,6 +315,9 @@ class ClientSession:
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         self._names: ServerNames | None = None  # without Statements: the names the server has (from a named Parse)
+        # Session pooling without the statement maps: the answers the server owes, to tell an error that makes it
+        # skip to Sync (a Query too) from a Query's (skipping.py; statements.py's ledger knows it itself).
+        self._owed: skipping.Owed | None = None
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
         self._gated = False  # the policy's gate handlers are installed (enable_policy)
@@ -425,6 +432,11 @@ class ClientSession:
         if self._names is not None:
             own[PARSE_COMPLETE] = self._on_parse_complete
             own[CLOSE_COMPLETE] = self._on_close_complete
+        owed = self._owed
+        if owed is not None:  # (the ends of extended messages' answers: skipping.py)
+            for type_ in _EXTENDED_ENDS:
+                inner = own.get(type_)
+                own[type_] = _before(owed.completed, inner) if inner is not None else owed.completed
         return own
 
     def _frontend_tracked(self) -> dict[int, Callable[[bytes], bytes | None]]:
@@ -444,6 +456,10 @@ class ClientSession:
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
         if self._hidden is not None and self._hidden.executes and self.statements is None:  # (else _Follow's)
             tracked[m.EXECUTE] = _before(self._executed_names, tracked.get(m.EXECUTE))
+        if self._owed is not None:  # (what the server will owe for each: skipping.py)
+            for type_ in (m.BIND, m.CLOSE, m.DESCRIBE, m.EXECUTE):
+                tracked[type_] = _before(self._owe_extended, tracked.get(type_))
+            tracked[m.SYNC] = _before(self._owe_sync, tracked[m.SYNC])
         return tracked
 
     def _gates(self) -> dict[int, Callable[[bytes], object]]:
@@ -452,7 +468,11 @@ class ClientSession:
             return {}
         query = self._gate_query if self._meter is None else _before(self._meter_query, self._gate_query)
         parse = self._gate_parse if self.statements is not None else self._session_parse
-        return {m.QUERY: query, m.PARSE: parse, m.FUNCTION_CALL: self._gate_function_call}
+        call: Callable[[bytes], object] = self._gate_function_call
+        if self._owed is not None:  # (what the server will owe for each: skipping.py)
+            query, call = _before(self._owe_query, query), _before(self._owe_query, call)
+            parse = _before(self._owe_extended, parse)
+        return {m.QUERY: query, m.PARSE: parse, m.FUNCTION_CALL: call}
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -485,6 +505,7 @@ class ClientSession:
         """Keep the client's prepared statements here and give them content-derived names on the server (whose
         statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
         max_named, max_bytes, max_listing = session_statement_limits(self.config)
+        self._owed = None  # (the statement maps' ledger knows what is owed)
         self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
                                      cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes,
                                      max_listing=max_listing)
@@ -1218,7 +1239,12 @@ class ClientSession:
         timeout_ms = self._limited_timeout()
         self.pooled = self.request.mode == "transaction"
         self.routing = replicas.routed(self.config, user)
-        if self.pooled:  # a request may begin with any of these: each opens one in the tracker
+        if not self.pooled and not statement_settings(self.config)[0]:  # no statement maps: answers owed followed
+            self._owed = skipping.Owed()
+            self.backend_stream.handlers = self._backend_own()
+            if self._limit_inner:  # (the limits' handlers stay the outermost)
+                self._limit_stream()
+        if self.pooled or self._owed is not None:  # a request may begin with any of these: each opens one
             self.frontend.handlers = self._frontend_tracked()
         if self._meter is not None:
             self._limit_portals()
@@ -1957,6 +1983,8 @@ class ClientSession:
         self.tracker.on_copy_end()
 
     def _on_ready_for_query(self, body: bytes) -> bytes | None:
+        if self._owed is not None:
+            self._owed.ready()
         if body != self._tx_status:  # the status changes rarely; setting it is not free
             self._tx_status = body[:1]
             self.info.tx_status = self._tx_status
@@ -1985,6 +2013,8 @@ class ClientSession:
         return None
 
     def _on_command_complete(self, body: bytes) -> bytes | None:
+        if self._owed is not None:
+            self._owed.completed()
         out = None
         if self._retags:
             tag = self._retagged()
@@ -2074,11 +2104,16 @@ class ClientSession:
         return BatchWithoutSync(self._flushed)
 
     def _on_copy_in_response(self, _body: bytes) -> None:
+        if self._owed is not None:
+            self._owed.copy_in()
         self.tracker.on_copy_in()
 
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
+        st, owed = self.statements, self._owed
+        if (st.skips_to_sync() if st is not None else owed is not None and owed.failed()):
+            self._skipped()
         if self._names is not None and self._names.ledger and self.tracker.pending:  # the rest of it is skipped
             self._names.ended(self.tracker.pending[0])
         if b"pgtenant_denied_" in body:
@@ -2114,6 +2149,28 @@ class ClientSession:
         if self._tracking:
             self._context_failed()
         return out
+
+    def _skipped(self) -> None:
+        """An error in an extended message: the server skips what was sent after it up to the next Sync, a Query
+        too, so the requests the tracker joins to the head never run: their records go (red team 9a3 J8)."""
+        joined = self.tracker.on_skipped()
+        for request in joined:
+            if self._names is not None:
+                self._names.ended(request)
+            if self._tracking:
+                self.context.skipped(request)
+            if self._retags:
+                self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
+
+    def _owe_extended(self, _body: bytes) -> None:
+        self._owed.extended()  # type: ignore[union-attr]
+
+    def _owe_query(self, _body: bytes) -> None:
+        self._owed.query()  # type: ignore[union-attr]
+
+    def _owe_sync(self, _body: bytes) -> None:
+        if not self.tracker.copy_in:  # (one the backend reads)
+            self._owed.sync()  # type: ignore[union-attr]
 
     def _on_notice_response(self, body: bytes) -> bytes | None:
         return self._names_back(b"N", body) if self._hidden is not None else None

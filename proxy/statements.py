@@ -412,6 +412,16 @@ class Statements:
         """Nothing sent is unanswered and nothing is queued for either side."""
         return not self._ledger and not self._to_client and not self._to_server
 
+    def skips_to_sync(self) -> bool:
+        """An ErrorResponse arriving now answers an extended message (not a Query, a Sync, a fake answer of ours):
+        the server skips what was sent after it up to the next Sync, a Query too (skipping.py)."""
+        for entry in self._ledger:
+            if type(entry) is int:
+                return entry in _EXTENDED
+            if entry.action != FAKE:  # type: ignore[union-attr]
+                return entry.type in _EXTENDED  # type: ignore[union-attr]
+        return False
+
     def take_client(self) -> bytes:
         """What the client gets now: fake answers with nothing unanswered before them, unless an answer of the
         server follows them (they go with it, in one write), and what a retry left."""

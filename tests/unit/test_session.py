@@ -681,3 +681,74 @@ def test_a_reserved_name_in_a_computed_value_is_not_written_back(session: Client
     got = _answer(session, m.encode_error_fields(b"E", {
         "S": "ERROR", "V": "ERROR", "C": "42704", "M": f'unrecognized configuration parameter "{_R}.zz"'}))
     assert b'"hid.zz"' not in got and _R.encode() not in got and b"answer_withheld" in got
+
+
+# --- an error in an extended message: PostgreSQL skips up to the Sync, a Query too (red team 9a3 J8) --------------
+
+_NOSUCH = m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42703", "M": 'column "nosuch" does not exist'})
+_DONE = m.frame(b"C", b"SELECT 1\x00")
+
+
+def _relation_missing() -> bytes:
+    return m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42P01",
+                                        "M": f'relation "{_R}.t" does not exist', "P": "15"})
+
+
+def _extended(sql: str) -> bytes:
+    return m.Parse("", sql, b"\x00\x00").encode() + _bind("", "") + _execute("")
+
+
+# (what the client sends, what PostgreSQL answers): a Query inside an extended batch is skipped when the batch failed
+# before it (one ReadyForQuery, the Sync's), else answered as a simple query (its own ReadyForQuery, then the Sync's).
+_INSIDE_BATCH = {
+    "failed": (_extended("SELECT nosuch") + m.Query("SELECT 1").encode() + m.SYNC_MESSAGE,
+               [_NOSUCH, m.ready_for_query(b"I")]),
+    "failed, more after": (_extended("SELECT nosuch") + m.Query("SELECT 1").encode() + m.Query("SELECT 1").encode()
+                           + _extended("SELECT 1") + m.frame(b"F", b"\x00\x00\x00\x01") + m.SYNC_MESSAGE,
+                           [_NOSUCH, m.ready_for_query(b"I")]),
+    "answered": (_extended("SELECT 1") + m.Query("SELECT 1").encode() + m.SYNC_MESSAGE,
+                 [m.frame(b"1", b""), m.frame(b"2", b""), _DONE, _DONE, m.ready_for_query(b"I"),
+                  m.ready_for_query(b"I")]),
+    "the query failed": (_extended("SELECT 1") + m.Query("SELECT nosuch").encode() + m.SYNC_MESSAGE,
+                         [m.frame(b"1", b""), m.frame(b"2", b""), _DONE, _NOSUCH, m.ready_for_query(b"I"),
+                          m.ready_for_query(b"I")]),
+}
+
+
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("case", sorted(_INSIDE_BATCH))
+def test_a_query_inside_an_extended_batch_keeps_the_requests_aligned(tmp_path: Path, case: str, cache: bool) -> None:
+    """Red team 9a3 J8: whether PostgreSQL skipped a Query sent inside an extended batch (an error before it) or ran
+    it, the requests stay matched with their answers: the next request's error names the client's schema (it was
+    withheld, matched to the Sync's request). Without the statement maps (session pooling: skipping.Owed) and with
+    them (their ledger: `Statements.skips_to_sync`)."""
+    session = ClientSession(make_config(tmp_path, pool={"statement_cache": cache}), session_id="s1",
+                            client_address="10.0.0.1", throttle=AuthThrottle(), clock=lambda: 100.0,
+                            tls_available=False)
+    _hiding(session)
+    sent_, answers = _INSIDE_BATCH[case]
+    session.client_data(sent_)
+    _answer(session, *answers)
+    assert not session.tracker.pending
+    session.client_data(m.Query("SELECT 1 FROM hid.t").encode())
+    got = _answer(session, _relation_missing(), m.ready_for_query(b"I"))
+    assert b'relation "hid.t" does not exist' in got and b"answer_withheld" not in got
+    assert not session.tracker.pending
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_failed_batch_answered_after_more_was_sent_joins_what_it_skipped(tmp_path: Path, cache: bool) -> None:
+    """J8 pipelined: the requests sent after the failed batch's Query, up to its Sync, are skipped with it (never
+    answered): the request sent after that Sync gets the next answer."""
+    session = ClientSession(make_config(tmp_path, pool={"statement_cache": cache}), session_id="s1",
+                            client_address="10.0.0.1", throttle=AuthThrottle(), clock=lambda: 100.0,
+                            tls_available=False)
+    _hiding(session)
+    session.client_data(_extended("SELECT nosuch") + m.Query("SELECT 1").encode() + _extended("SELECT 2")
+                        + m.SYNC_MESSAGE + m.Query("SELECT 1 FROM hid.t").encode())
+    assert len(session.tracker.pending) == 3
+    _answer(session, _NOSUCH, m.ready_for_query(b"I"))
+    assert len(session.tracker.pending) == 1
+    got = _answer(session, _relation_missing(), m.ready_for_query(b"I"))
+    assert b'relation "hid.t" does not exist' in got and b"answer_withheld" not in got
+    assert not session.tracker.pending
