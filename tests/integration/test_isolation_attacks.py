@@ -45,7 +45,7 @@ from proxy.protocol import messages as m
 from tests.support import bidata
 from tests.support.bidata import PqClient, Result
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, default_pool_mode, prepare_backend
 from tests.support.wire import login, read_message
 
 STRATEGY_LETTERS = {"S": "shared", "N": "norls", "C": "schema", "D": "database"}
@@ -3028,3 +3028,80 @@ def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy:
         held = (b"bi_c", f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
                          "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1".encode())
         assert got[name] == [held, (b"bi_f", b"BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders"), held], got
+
+
+# --- red team 9a3: records at PostgreSQL's confirmation -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hiding_proxies(hiding_proxy: ProxyProcess, pg: PgCluster,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
+    """`hiding_proxy` in both pool modes (the other one started here)."""
+    mode = hiding_proxy.pool.get("pool_mode") or default_pool_mode()
+    other = "session" if mode == "transaction" else "transaction"
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("hiding_other"), backend_sslmode="disable",
+                     extra_tenants={"hooli": {"strategy": "database", "database": "saas"}},
+                     extra_users={"dan": ("hooli", "dan-pw")}, pool={"pool_mode": other})
+    p.start()
+    yield {mode: hiding_proxy, other: p}
+    p.stop()
+
+
+_UNNAMED_PORTAL = struct.pack("!hhh", 0, 0, 0)
+
+
+def _extended_wire(sql: str, statement: str = "", portal: str = "") -> bytes:
+    """Parse, Bind and Execute of `sql` (no Sync)."""
+    return (m.Parse(statement, sql, b"\x00\x00").encode()
+            + m.frame(b"B", f"{portal}\x00{statement}\x00".encode() + _UNNAMED_PORTAL)
+            + m.frame(b"E", f"{portal}\x00".encode() + struct.pack("!i", 0)))
+
+
+def _errors_of(answers: list[tuple[bytes, dict[str, str] | bytes]], keys: str = "SCMP") -> list[dict[str, str]]:
+    return [{k: v for k, v in body.items() if k in keys} for t, body in answers if t == b"E"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_query_inside_a_failed_extended_batch_leaves_the_session_aligned(hiding_proxies: dict[str, ProxyProcess],
+                                                                           strategy: str, mode: str) -> None:
+    """Red team 9a3 J8: a Query sent inside an extended batch that failed before it gets no answer from PostgreSQL
+    (skipped up to the Sync); the requests after it are answered as theirs: a hidden schema's error names it as a
+    missing schema's does (it was withheld, matched to the previous request)."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            failed = _wire_answers(sock, _extended_wire("SELECT nosuch") + m.Query("SELECT 1").encode()
+                                   + m.SYNC_MESSAGE)
+            assert [t for t, _ in failed] == [b"E", b"Z"], failed
+            after = [_wire_answers(sock, m.Query(f"SELECT 1 FROM {name}.orders").encode()) for _ in range(2)]
+            got[name] = [_errors_of(answers) for answers in after]
+        finally:
+            sock.close()
+    assert got["globex"] == [[{"S": "ERROR", "C": "42P01", "M": 'relation "globex.orders" does not exist',
+                               "P": "15"}]] * 2, got
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+
+
+def test_sessions_with_a_query_inside_a_failed_batch_give_their_server_back(pg: PgCluster,
+                                                                            tmp_path: Path) -> None:
+    """Red team 9a3 J8b: in transaction pooling a session whose Query was skipped inside a failed batch went on
+    waiting for its answer, holding its server: with a pool of one, the next session waited in vain."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path, backend_sslmode="disable",
+                     pool={"pool_mode": "transaction", "pool_size": 1, "query_wait_timeout": 10.0})
+    p.start()
+    try:
+        first = _hiding_login(p, "alice", "saas")
+        failed = _wire_answers(first, _extended_wire("SELECT nosuch") + m.Query("SELECT 1").encode()
+                               + m.SYNC_MESSAGE)
+        assert [t for t, _ in failed] == [b"E", b"Z"], failed
+        second = _hiding_login(p, "alice", "saas")
+        answers = _wire_answers(second, m.Query("SELECT 1").encode())
+        assert [t for t, _ in answers] == [b"T", b"D", b"C", b"Z"], answers
+        first.close()
+        second.close()
+    finally:
+        p.stop()
