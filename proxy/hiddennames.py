@@ -41,7 +41,7 @@ class InFlight:
     bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
     name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("executes", "plain_first", "portals", "requests", "sent", "shapes", "statements")
+    __slots__ = ("plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
@@ -52,7 +52,6 @@ class InFlight:
         self.portals: dict[str, tuple[Names, Moved, object]] = {}
         self.sent: set[bytes] = set()
         self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
-        self.executes = False  # a portal was bound to a statement with names: the session follows Executes
 
     def sending(self, names: Names) -> None:
         """`names` are sent to PostgreSQL: none of them may reach the client (`leaks`)."""

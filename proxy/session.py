@@ -454,11 +454,10 @@ class ClientSession:
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
-        if self._hidden is not None and self._hidden.executes and self.statements is None:  # (else _Follow's)
-            tracked[m.EXECUTE] = _before(self._executed_names, tracked.get(m.EXECUTE))
-        if self._owed is not None:  # (what the server will owe for each: skipping.py)
-            for type_ in (m.BIND, m.CLOSE, m.DESCRIBE, m.EXECUTE):
+        if self._owed is not None:  # (what the server will owe for each: skipping.py; with statement maps, _Follow's)
+            for type_ in (m.BIND, m.CLOSE, m.DESCRIBE):
                 tracked[type_] = _before(self._owe_extended, tracked.get(type_))
+            tracked[m.EXECUTE] = _before(self._owe_execute, tracked.get(m.EXECUTE))
             tracked[m.SYNC] = _before(self._owe_sync, tracked[m.SYNC])
         return tracked
 
@@ -2165,6 +2164,11 @@ class ClientSession:
     def _owe_extended(self, _body: bytes) -> None:
         self._owed.extended()  # type: ignore[union-attr]
 
+    def _owe_execute(self, body: bytes) -> None:
+        self._owed.extended()  # type: ignore[union-attr]
+        if self._hidden is not None:
+            self._executed_names(body)
+
     def _owe_query(self, _body: bytes) -> None:
         self._owed.query()  # type: ignore[union-attr]
 
@@ -2243,26 +2247,22 @@ class ClientSession:
                 hidden.add(request, found[0], found[1], pending)
             else:
                 hidden.plain(request)
-        if found is not None and not hidden.executes:  # from now on its Executes are followed (H1)
-            hidden.executes = True
-            if self.statements is None:  # (_Follow.on_execute calls it itself)
-                front = self.frontend.handlers
-                self.frontend.handlers = {**front, m.EXECUTE: _before(self._executed_names, front.get(m.EXECUTE))}
 
     def _executed_names(self, body: bytes) -> None:
-        """An Execute of a portal bound to a statement sent with reserved names: its request's answers name them
-        (a utility statement is analyzed when its portal runs, maybe after a Sync: red team 9a2 H1)."""
+        """An Execute: of a portal bound to a statement sent with reserved names, its request's answers name them
+        (a utility statement is analyzed when its portal runs, maybe after a Sync: red team 9a2 H1); of any other
+        portal, they are mapped through no other statement's moves (red team 9a3 J7: one bound in an earlier request
+        to a statement sent as written)."""
         hidden = self._hidden
         assert hidden is not None
-        if not hidden.portals:
-            return
         end = body.find(b"\x00")
-        found = hidden.portals.get(body[:max(end, 0)].decode("utf-8", "replace"))
-        if found is None:
-            return
+        found = hidden.portals.get(body[:max(end, 0)].decode("utf-8", "replace")) if hidden.portals else None
         self.tracker.on_bind("")  # (opens the extended request unless one is open, as a Bind would)
         pending = self.tracker.pending
-        hidden.add(pending[-1], found[0], found[1], pending)
+        if found is None:
+            hidden.plain(pending[-1])
+        else:
+            hidden.add(pending[-1], found[0], found[1], pending)
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's
@@ -2787,8 +2787,7 @@ class _Follow:
     def on_execute(self, body: bytes) -> None:
         if self.execute is not None:
             self.execute(self.session, body)
-        hidden = self.session._hidden
-        if hidden is not None and hidden.portals:
+        if self.session._hidden is not None:
             self.session._executed_names(body)
         self.st.execute(body)
 

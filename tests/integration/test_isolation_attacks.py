@@ -3105,3 +3105,33 @@ def test_sessions_with_a_query_inside_a_failed_batch_give_their_server_back(pg: 
         second.close()
     finally:
         p.stop()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_plain_portal_run_in_a_later_request_keeps_its_own_positions(hiding_proxies: dict[str, ProxyProcess],
+                                                                       strategy: str, mode: str) -> None:
+    """Red team 9a3 J7: in a transaction, a portal bound to a statement sent as written and executed in a later
+    request after a portal of a renamed statement has PostgreSQL's position in its error (for a hidden schema it was
+    moved by the other statement's reserved name)."""
+    user, db = HIDING_TENANTS[strategy]
+    plain = "CREATE TEMP TABLE bi_j7 /*" + "_" * 60 + "*/ (LIKE bi_nosuch)"
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("CREATE TEMP TABLE bi_p0 (x int)").encode())
+            _wire_answers(sock, m.Query("BEGIN").encode())
+            like = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            bind = _extended_wire(plain, "bi_s2", "bi_p2")[:-len(m.frame(b"E", b"bi_p2\x00" + bytes(4)))]
+            bind += _extended_wire(like, "bi_s1", "bi_p1")[:-len(m.frame(b"E", b"bi_p1\x00" + bytes(4)))]
+            bound = _wire_answers(sock, bind + m.SYNC_MESSAGE)
+            assert [t for t, _ in bound] == [b"1", b"2", b"1", b"2", b"Z"], bound
+            ran = _wire_answers(sock, m.frame(b"E", b"bi_p1\x00" + bytes(4)) + m.frame(b"E", b"bi_p2\x00" + bytes(4))
+                                + m.SYNC_MESSAGE)
+            got[name] = _errors_of(ran)
+            _wire_answers(sock, m.Query("ROLLBACK").encode())
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"] == [{"S": "ERROR", "C": "42P01", "M": 'relation "bi_nosuch" does not exist',
+                                               "P": str(plain.index("bi_nosuch") + 1)}], got

@@ -589,15 +589,18 @@ _R = "pg_9" + "a" * 24  # a reserved name (policy/hiding.reserved_name's shape)
 _LIKE = "CREATE TEMP TABLE IF NOT EXISTS t0 (LIKE hid.t)"
 
 
-def _hiding(session: ClientSession) -> None:
-    """A session whose policy sends `hid` as the reserved name _R (as policy/hiding.py decides)."""
+def _hiding(session: ClientSession, moved: bool = False) -> None:
+    """A session whose policy sends `hid` as the reserved name _R (as policy/hiding.py decides; with `moved`, the
+    renamed span recorded too, for positions)."""
     login(session)
     attach(session)
 
     def decide(kind: str, sql: str) -> Decision:
         if "hid." not in sql:
             return Allow()
-        return Rewrite(sql.replace("hid.", f'"{_R}".'), ("hidden_schema",), names=((_R, "hid"),))
+        at = sql.index("hid.")
+        spans = ((at, at + len(_R) + 2, len(_R) + 2 - 3),) if moved else ()
+        return Rewrite(sql.replace("hid.", f'"{_R}".'), ("hidden_schema",), names=((_R, "hid"),), moved=spans)
 
     session.enable_policy(decide)
 
@@ -752,3 +755,30 @@ def test_a_failed_batch_answered_after_more_was_sent_joins_what_it_skipped(tmp_p
     got = _answer(session, _relation_missing(), m.ready_for_query(b"I"))
     assert b'relation "hid.t" does not exist' in got and b"answer_withheld" not in got
     assert not session.tracker.pending
+
+
+@pytest.mark.parametrize("bound_first", [True, False])
+def test_a_plain_portal_executed_later_is_mapped_through_no_other_statements_moves(session: ClientSession,
+                                                                                   bound_first: bool) -> None:
+    """Red team 9a3 J7: in a transaction a portal bound to a statement sent as written, executed in a later request
+    after a portal of a renamed statement (or after a Parse of one): its error's position is PostgreSQL's, not
+    moved by the other statement's reserved name."""
+    _hiding(session, moved=True)
+    session.client_data(m.Query("BEGIN").encode())
+    _answer(session, m.frame(b"C", b"BEGIN\x00"), m.ready_for_query(b"T"))
+    plain = "CREATE TEMP TABLE t" + "1" * 60 + " (LIKE nosuch)"
+    at = str(plain.index("nosuch") + 1)  # past where the other statement's reserved name was sent
+    session.client_data(m.Parse("s2", plain, b"\x00\x00").encode() + _bind("p2", "s2") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+    if bound_first:
+        session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + _bind("p1", "s1") + m.SYNC_MESSAGE)
+        _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+        session.client_data(_execute("p1") + _execute("p2") + m.SYNC_MESSAGE)
+        _answer(session, m.frame(b"C", b"CREATE TABLE\x00"))
+    else:
+        session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + _execute("p2") + m.SYNC_MESSAGE)
+        _answer(session, m.frame(b"1", b""))
+    got = _answer(session, m.encode_error_fields(b"E", {
+        "S": "ERROR", "V": "ERROR", "C": "42P01", "M": 'relation "nosuch" does not exist', "P": at}),
+        m.ready_for_query(b"E"))
+    assert m.decode_error_fields(got[5:])["P"] == at, got
