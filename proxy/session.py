@@ -11,6 +11,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from proxy import admission, agent, errors, hiddennames, replicas, skipping, unsynced
@@ -262,8 +263,8 @@ class ClientSession:
         "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
-        "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
-        "_open_batch", "_overrides", "_owed", "_paged",
+        "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
+        "_notices", "_open_batch", "_overrides", "_owed", "_paged",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_startup_settings", "_startup_status", "_stash", "_statement_memo", "_sticky",
@@ -318,6 +319,9 @@ class ClientSession:
         # Session pooling without the statement maps: the answers the server owes, to tell an error that makes it
         # skip to Sync (a Query too) from a Query's (skipping.py; statements.py's ledger knows it itself).
         self._owed: skipping.Owed | None = None
+        # What the message being handled did to the records of statements and portals (hidden names, client texts),
+        # as the steps that take it back if the server fails or skips that message (red team 9a3 J1, J6).
+        self._journal: list[Callable[[], None]] | None = None
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
         self._gated = False  # the policy's gate handlers are installed (enable_policy)
@@ -455,8 +459,9 @@ class ClientSession:
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
         if self._owed is not None:  # (what the server will owe for each: skipping.py; with statement maps, _Follow's)
-            for type_ in (m.BIND, m.CLOSE, m.DESCRIBE):
-                tracked[type_] = _before(self._owe_extended, tracked.get(type_))
+            tracked[m.DESCRIBE] = _before(self._owe_extended, tracked.get(m.DESCRIBE))
+            for type_ in (m.BIND, m.CLOSE):
+                tracked[type_] = self._owing(tracked.get(type_))
             tracked[m.EXECUTE] = _before(self._owe_execute, tracked.get(m.EXECUTE))
             tracked[m.SYNC] = _before(self._owe_sync, tracked[m.SYNC])
         return tracked
@@ -470,7 +475,7 @@ class ClientSession:
         call: Callable[[bytes], object] = self._gate_function_call
         if self._owed is not None:  # (what the server will owe for each: skipping.py)
             query, call = _before(self._owe_query, query), _before(self._owe_query, call)
-            parse = _before(self._owe_extended, parse)
+            parse = self._owing(parse)
         return {m.QUERY: query, m.PARSE: parse, m.FUNCTION_CALL: call}
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
@@ -533,7 +538,8 @@ class ClientSession:
         back = self._backend_own()
         respond = st.respond
         for type_ in RESPONSES:
-            back[type_] = _Answer(respond, type_, back.get(type_), self)
+            answer = _ErrorAnswer if type_ == m.ERROR_RESPONSE else _Answer
+            back[type_] = answer(respond, type_, back.get(type_), self)
         self.backend_stream.handlers = back
         if self._limit_inner:  # (the limits' handlers stay the outermost)
             self._limit_stream()
@@ -690,7 +696,10 @@ class ClientSession:
                 return
             texts = self._client_texts = ClientTexts(*session_statement_limits(self.config))
             texts.tenant_budget = self._tenant_statement_bytes()
+        old = texts.texts.get(name)
         texts.parse(name, text)
+        if old is not None or text is not None:  # (taken back if PostgreSQL skips the Parse: red team 9a3 J6)
+            self._journaled(partial(texts.parse, name, old))
 
     def _statement_scope(self) -> str:
         """What a statement's meaning depends on besides its text: the session's context (search_path, temporary
@@ -1350,6 +1359,8 @@ class ClientSession:
                 out = self._statement_parse(held.body, out)
             elif self._names is not None:
                 self._names.parse(held.parse.name, self.tracker.pending[-1])
+            if self._journal is not None:
+                self._tag_journal()
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
         if self.state is _READY:
             sent = self._sequences_front([raw], busy) if watch and self._sequences.foreign else [raw]
@@ -1956,7 +1967,10 @@ class ClientSession:
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
         if self._hidden is not None and name is None and self._hidden.portals:
-            self._hidden.portals.pop(body[1:].rstrip(b"\x00").decode("utf-8", "replace"), None)
+            portal = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+            old = self._hidden.portals.pop(portal, None)
+            if old is not None:  # (taken back if PostgreSQL skips the Close: red team 9a3 J1b)
+                self._journaled(partial(_restore, self._hidden.portals, portal, old))
         if self._names is not None:  # its records go with the name once the server says so (_on_close_complete)
             self._names_close(name)
             return None
@@ -2111,8 +2125,15 @@ class ClientSession:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
         st, owed = self.statements, self._owed
-        if (st.skips_to_sync() if st is not None else owed is not None and owed.failed()):
-            self._skipped()
+        if st is not None:
+            if st.skips_to_sync():
+                self._skipped()  # (the records of what failed go once the ledger has read it: _ErrorAnswer)
+        elif owed is not None:
+            journals = owed.failed()
+            if journals is not None:
+                self._skipped()
+                if journals:
+                    self._undo_records(journals)
         if self._names is not None and self._names.ledger and self.tracker.pending:  # the rest of it is skipped
             self._names.ended(self.tracker.pending[0])
         if b"pgtenant_denied_" in body:
@@ -2164,6 +2185,40 @@ class ClientSession:
     def _owe_extended(self, _body: bytes) -> None:
         self._owed.extended()  # type: ignore[union-attr]
 
+    def _owing(self, inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+        """A Parse, Bind or Close handler: owed an answer, its records tagged (skipping.Owed)."""
+        def handler(body: bytes) -> Any:
+            self._owed.extended()  # type: ignore[union-attr]
+            out = inner(body) if inner is not None else None
+            if self._journal is not None and out is not HOLD:
+                self._tag_journal()
+            return out
+
+        return handler
+
+    def _journaled(self, undo: Callable[[], None]) -> None:
+        """A step taking back what the message being handled did to a record (`_journal`)."""
+        if self._journal is None:
+            self._journal = [undo]
+        else:
+            self._journal.append(undo)
+
+    def _tag_journal(self) -> None:
+        """The message just handled is sent: its records are taken back if the server fails or skips it (the
+        statement maps' ledger or skipping.Owed tells), at once if its batch failed already."""
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        st, owed = self.statements, self._owed
+        tagged = st.tag(journal) if st is not None else owed is None or owed.tag(journal)
+        if not tagged:
+            _undo(journal)
+
+    def _undo_records(self, journals: list[Any]) -> None:
+        """The messages of `journals` (the last first) failed or were skipped: their records are taken back."""
+        for journal in journals:
+            _undo(journal)
+
     def _owe_execute(self, body: bytes) -> None:
         self._owed.extended()  # type: ignore[union-attr]
         if self._hidden is not None:
@@ -2189,10 +2244,14 @@ class ClientSession:
         if names:
             self._hidden.sending(names)
         if statement is not None:
+            statements = self._hidden.statements
+            old = statements.get(statement)
             if not names:  # (its request's entry says so: not mapped through another's moves, hiddennames.py)
-                self._hidden.statements.pop(statement, None)
+                statements.pop(statement, None)
             else:
-                self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+                statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+            if old is not None or names:  # (taken back if PostgreSQL skips the Parse: red team 9a3 J1)
+                self._journaled(partial(_restore, statements, statement, old))
         pending = self.tracker.pending
         if pending and names:
             self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
@@ -2241,7 +2300,11 @@ class ClientSession:
             if request is not None:
                 hidden.plain(request)
             return
-        found = hidden.bound(body[:body.index(b"\x00")].decode("utf-8", "replace"), statement, request)
+        portal = body[:body.index(b"\x00")].decode("utf-8", "replace")
+        old = hidden.portals.get(portal)
+        found = hidden.bound(portal, statement, request)
+        if old is not None or found is not None:  # (taken back if PostgreSQL skips the Bind: red team 9a3 J1b)
+            self._journaled(partial(_restore, hidden.portals, portal, old))
         if request is not None:
             if found is not None:
                 hidden.add(request, found[0], found[1], pending)
@@ -2751,10 +2814,14 @@ class _Follow:
         if name and name in self.st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
             return self.session._duplicate_parse(name, body)
         gate = self.gate_parse
-        out = gate(self.session, body) if gate is not None else None
+        session = self.session
+        out = gate(session, body) if gate is not None else None
         if out is HOLD:
             return out
-        return self.session._statement_parse(body, out)  # type: ignore[arg-type]
+        out = session._statement_parse(body, out)  # type: ignore[arg-type]
+        if session._journal is not None:
+            session._tag_journal()
+        return out
 
     def on_call(self, body: bytes) -> object:
         gate = self.gate_call
@@ -2768,8 +2835,11 @@ class _Follow:
             return out
         if out is not None:  # renamed to a denial marker: fails in the backend as it is
             self.st.passthrough(m.BIND, out)  # type: ignore[arg-type]
-            return out
-        return self.st.bind(body)
+        else:
+            out = self.st.bind(body)
+        if self.session._journal is not None:
+            self.session._tag_journal()
+        return out
 
     def on_describe(self, body: bytes) -> bytes | None:
         if self.describe is not None:
@@ -2778,7 +2848,10 @@ class _Follow:
 
     def on_close(self, body: bytes) -> bytes | None:
         self.close(self.session, body)
-        return self.st.close(body)
+        out = self.st.close(body)
+        if self.session._journal is not None:
+            self.session._tag_journal()
+        return out
 
     def on_sync(self, body: bytes) -> None:
         self.sync(self.session, body)
@@ -2826,3 +2899,32 @@ class _Answer:
         if inner is None:
             return self.respond(self.type, body)
         return self.respond(self.type, body, inner(self.session, body))
+
+
+class _ErrorAnswer(_Answer):
+    """ErrorResponse's `_Answer`: then the records of the messages the ledger found failed or skipped go."""
+
+    __slots__ = ()
+
+    def __call__(self, body: bytes) -> bytes | None:
+        out = super().__call__(body)
+        session = self.session
+        st = session.statements
+        if st is not None and st.undone:
+            undone, st.undone = st.undone, []
+            session._undo_records(undone)
+        return out
+
+
+def _restore(mapping: dict[str, Any], key: str, old: Any) -> None:
+    """`mapping[key]` as it was (`old`; None: absent)."""
+    if old is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = old
+
+
+def _undo(journal: list[Callable[[], None]]) -> None:
+    """The steps of one message's journal, the last first."""
+    for step in reversed(journal):
+        step()

@@ -782,3 +782,76 @@ def test_a_plain_portal_executed_later_is_mapped_through_no_other_statements_mov
         "S": "ERROR", "V": "ERROR", "C": "42P01", "M": 'relation "nosuch" does not exist', "P": at}),
         m.ready_for_query(b"E"))
     assert m.decode_error_fields(got[5:])["P"] == at, got
+
+
+# --- records at PostgreSQL's confirmation: a message skipped after an error leaves none (red team 9a3 J1, J1b, J6) ---
+
+
+def _session_with_cache(tmp_path: Path, cache: bool) -> ClientSession:
+    session = ClientSession(make_config(tmp_path, pool={"statement_cache": cache}), session_id="s1",
+                            client_address="10.0.0.1", throttle=AuthThrottle(), clock=lambda: 100.0,
+                            tls_available=False)
+    _hiding(session, moved=True)
+    return session
+
+
+_PLAIN_LIKE = "CREATE TEMP TABLE t" + "1" * 60 + " (LIKE nosuch)"
+_AT = str(_PLAIN_LIKE.index("nosuch") + 1)  # past where _LIKE's reserved name is sent
+
+
+def _nosuch_relation() -> bytes:
+    return m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42P01",
+                                        "M": 'relation "nosuch" does not exist', "P": _AT})
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_parse_skipped_after_an_error_leaves_the_statement_postgresql_has(tmp_path: Path, cache: bool) -> None:
+    """Red team 9a3 J1: a Close and a Parse of a statement name sent after an error in their batch are skipped by
+    PostgreSQL, which keeps the old statement: its run's error is mapped through its own (no) moves, not through
+    those of the renamed text the skipped Parse had."""
+    session = _session_with_cache(tmp_path, cache)
+    session.client_data(m.Parse("s1", _PLAIN_LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.ready_for_query(b"I"))
+    session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Ss1\x00")
+                        + m.Parse("s1", _LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, _NOSUCH, m.ready_for_query(b"I"))
+    assert "s1" not in session._hidden.statements
+    session.client_data(_bind("", "s1") + _execute("") + m.SYNC_MESSAGE)
+    got = _answer(session, m.frame(b"2", b""), _nosuch_relation(), m.ready_for_query(b"I"))
+    assert m.decode_error_fields(frames(got)[1][1])["P"] == _AT, got
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_close_skipped_after_an_error_leaves_the_portal_postgresql_has(tmp_path: Path, cache: bool) -> None:
+    """Red team 9a3 J1b: a Close of a portal skipped after an error (its transaction then rolled back to a savepoint
+    from before the error) leaves the portal, and its names: its run's answer names the client's schema."""
+    session = _session_with_cache(tmp_path, cache)
+    for query, tag, status in (("BEGIN", b"BEGIN", b"T"), ("SAVEPOINT a", b"SAVEPOINT", b"T")):
+        session.client_data(m.Query(query).encode())
+        _answer(session, m.frame(b"C", tag + b"\x00"), m.ready_for_query(status))
+    session.client_data(m.Parse("s2", _LIKE, b"\x00\x00").encode() + _bind("p", "s2") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+    session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Pp\x00")
+                        + m.SYNC_MESSAGE)
+    _answer(session, _NOSUCH, m.ready_for_query(b"E"))
+    assert "p" in session._hidden.portals
+    session.client_data(m.Query("ROLLBACK TO a").encode())
+    _answer(session, m.frame(b"C", b"ROLLBACK\x00"), m.ready_for_query(b"T"))
+    session.client_data(_execute("p") + m.SYNC_MESSAGE)
+    got = _answer(session, _missing(), m.ready_for_query(b"E"))
+    assert b'schema "hid" does not exist' in got and b"answer_withheld" not in got, got
+
+
+def test_a_parse_skipped_after_an_error_leaves_the_client_text_of_the_statement_postgresql_has(
+        session: ClientSession) -> None:
+    """Red team 9a3 J6 (session pooling): a Close and a Parse (sent as written) of a renamed statement's name,
+    skipped after an error, leave its client text for pg_prepared_statements (the server still has its renamed
+    text)."""
+    _hiding(session)
+    session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.ready_for_query(b"I"))
+    assert session._client_texts.texts == {"s1": _LIKE}
+    session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Ss1\x00")
+                        + m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, _NOSUCH, m.ready_for_query(b"I"))
+    assert session._client_texts.texts == {"s1": _LIKE}
