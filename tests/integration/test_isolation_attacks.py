@@ -3135,3 +3135,97 @@ def test_a_plain_portal_run_in_a_later_request_keeps_its_own_positions(hiding_pr
             sock.close()
     assert got["globex"] == got["glebox"] == [{"S": "ERROR", "C": "42P01", "M": 'relation "bi_nosuch" does not exist',
                                                "P": str(plain.index("bi_nosuch") + 1)}], got
+
+
+def _bind_wire(statement: str, portal: str) -> bytes:
+    return m.frame(b"B", f"{portal}\x00{statement}\x00".encode() + _UNNAMED_PORTAL)
+
+
+def _execute_wire(portal: str) -> bytes:
+    return m.frame(b"E", f"{portal}\x00".encode() + struct.pack("!i", 0))
+
+
+_FAILING = m.Parse("", "SELECT bi_nosuch_column", b"\x00\x00").encode()  # fails: the rest of its batch is skipped
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_parse_skipped_after_an_error_keeps_the_statement_postgresql_has(hiding_proxies: dict[str, ProxyProcess],
+                                                                           strategy: str, mode: str) -> None:
+    """Red team 9a3 J1: a Close and a Parse of a statement's name after an error in their batch are skipped by
+    PostgreSQL, which keeps the old statement: its run's error has PostgreSQL's position (for a hidden schema the
+    skipped Parse's reserved name moved it)."""
+    user, db = HIDING_TENANTS[strategy]
+    plain = "CREATE TEMP TABLE bi_j1 /*" + "_" * 60 + "*/ (LIKE bi_nosuch)"
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("CREATE TEMP TABLE bi_p0 (x int)").encode())
+            parsed = _wire_answers(sock, m.Parse("bi_s1", plain, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            assert [t for t, _ in parsed] == [b"1", b"Z"], parsed
+            like = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            failed = _wire_answers(sock, _FAILING + m.frame(b"C", b"Sbi_s1\x00")
+                                   + m.Parse("bi_s1", like, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            assert [t for t, _ in failed] == [b"E", b"Z"], failed
+            ran = _wire_answers(sock, _bind_wire("bi_s1", "") + _execute_wire("") + m.SYNC_MESSAGE)
+            got[name] = _errors_of(ran)
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"] == [{"S": "ERROR", "C": "42P01", "M": 'relation "bi_nosuch" does not exist',
+                                               "P": str(plain.index("bi_nosuch") + 1)}], got
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_close_skipped_after_an_error_keeps_the_portal_postgresql_has(hiding_proxies: dict[str, ProxyProcess],
+                                                                        strategy: str, mode: str) -> None:
+    """Red team 9a3 J1b: a Close of a portal skipped after an error, the transaction rolled back to a savepoint from
+    before it: PostgreSQL still has the portal, and its run names the hidden schema as a missing one (its names
+    were dropped with the skipped Close: the answer was withheld)."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("BEGIN").encode())
+            like = f"CREATE TEMP TABLE bi_j1b (LIKE {name}.orders)"
+            bound = _wire_answers(sock, m.Parse("bi_s2", like, b"\x00\x00").encode() + _bind_wire("bi_s2", "bi_p")
+                                  + m.SYNC_MESSAGE)
+            assert [t for t, _ in bound] == [b"1", b"2", b"Z"], bound
+            _wire_answers(sock, m.Query("SAVEPOINT bi_a").encode())
+            failed = _wire_answers(sock, _FAILING + m.frame(b"C", b"Pbi_p\x00") + m.SYNC_MESSAGE)
+            assert [t for t, _ in failed] == [b"E", b"Z"], failed
+            _wire_answers(sock, m.Query("ROLLBACK TO bi_a").encode())
+            ran = _wire_answers(sock, _execute_wire("bi_p") + m.SYNC_MESSAGE)
+            got[name] = _errors_of(ran)
+            _wire_answers(sock, m.Query("ROLLBACK").encode())
+        finally:
+            sock.close()
+    assert got["globex"] == [{"S": "ERROR", "C": "3F000", "M": 'schema "globex" does not exist', "P": "32"}], got
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_parse_skipped_after_an_error_keeps_the_clients_text_listed(hiding_proxies: dict[str, ProxyProcess],
+                                                                      strategy: str, mode: str) -> None:
+    """Red team 9a3 J6: a Close and a Parse (sent as written) of a renamed statement's name skipped after an error:
+    pg_prepared_statements still lists the client's text of the statement PostgreSQL has (in session pooling it
+    showed the text PostgreSQL was sent, with the reserved name)."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            like = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            parsed = _wire_answers(sock, m.Parse("bi_s3", like, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            assert [t for t, _ in parsed] == [b"1", b"Z"], parsed
+            _wire_answers(sock, _FAILING + m.frame(b"C", b"Sbi_s3\x00")
+                          + m.Parse("bi_s3", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            listed = _wire_answers(sock, m.Query("SELECT statement FROM pg_prepared_statements").encode())
+            got[name] = [body for t, body in listed if t == b"D"]
+        finally:
+            sock.close()
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+    assert len(got["globex"]) == 1 and like.replace("glebox", "globex").encode() in got["globex"][0], got
