@@ -578,7 +578,7 @@ cdef class Request:
     cdef public str kind, sql, outcome
     cdef public object decision, sqlstate, extra
     cdef public object rows  # a Python int: PostgreSQL counts rows in 64 bits, unsigned
-    cdef public bint closed_by_sync
+    cdef public bint closed_by_sync, ended_by_query
     cdef public Py_ssize_t extra_dropped, held
 
     @property
@@ -615,6 +615,7 @@ cpdef Request new_request(double start, str kind="other", str sql="", decision=N
     req.extra_dropped = 0
     req.held = 0
     req.closed_by_sync = False
+    req.ended_by_query = False
     return req
 
 
@@ -650,6 +651,7 @@ cdef class RequestTracker:
     cdef public object clock, on_done, pending
     cdef public Py_ssize_t dropped, held
     cdef public bint copy_in
+    cdef bint _skipping
     cdef Request _batch
     cdef dict _statements
     cdef Py_ssize_t _swallowed_syncs
@@ -661,6 +663,7 @@ cdef class RequestTracker:
         self.on_done = on_done
         self.pending = ()  # (as tracking.py: a deque only while requests are in flight)
         self._batch = None
+        self._skipping = False
         self._statements = {}
         self.copy_in = False
         self._swallowed_syncs = 0
@@ -714,7 +717,15 @@ cdef class RequestTracker:
     cpdef on_query(self, str sql, decision):
         cdef Request batch, req
         if self._batch is not None and not self.copy_in:
-            batch, self._batch = self._batch, None
+            batch = self._batch
+            if self._skipping:
+                if not batch.sql:
+                    batch.sql, batch.decision = self._keep(batch, sql, decision)
+                else:
+                    self._more(batch, sql, decision)
+                return
+            self._batch = None
+            batch.ended_by_query = True
             if not batch.sql:
                 kind = statement_kind(sql)
                 batch.sql, batch.decision = self._keep(batch, sql, decision)
@@ -735,6 +746,14 @@ cdef class RequestTracker:
         req.more(sql, decision)
 
     cpdef on_function_call(self, decision):
+        cdef Request batch = self._batch
+        if batch is not None and not self.copy_in:
+            if not self._skipping:
+                self._batch = None
+                batch.ended_by_query = True
+            if batch.decision is None:
+                batch.decision = decision
+            return
         self._batch = None
         self._push(new_request(self.clock(), "other", "", decision))
 
@@ -776,6 +795,41 @@ cdef class RequestTracker:
             req = self._batch_request()
         req.closed_by_sync = True
         self._batch = None
+        self._skipping = False
+
+    cpdef list on_skipped(self):
+        """proxy.tracking.RequestTracker.on_skipped."""
+        cdef Request head, req
+        cdef list joined = []
+        pending = self.pending
+        if not pending:
+            return joined
+        head = pending[0]
+        if head is self._batch:
+            self._skipping = True
+            return joined
+        if not head.ended_by_query:
+            return joined
+        head.ended_by_query = False
+        while len(pending) > 1:
+            req = pending[1]
+            del pending[1]
+            joined.append(req)
+            self.held -= req.held
+            if not head.sql:
+                head.kind = req.kind
+                head.sql, head.decision = self._keep(head, req.sql, req.decision)
+            elif req.sql:
+                self._more(head, req.sql, req.decision)
+            for sql, decision in req.extra or ():
+                self._more(head, sql, decision)
+            head.extra_dropped += req.extra_dropped
+            if req.closed_by_sync:
+                head.closed_by_sync = True
+                return joined
+        self._batch = head
+        self._skipping = True
+        return joined
 
     cpdef on_copy_in(self):
         self.copy_in = True
@@ -811,6 +865,7 @@ cdef class RequestTracker:
         self.held -= req.held
         if req is self._batch:
             self._batch = None
+            self._skipping = False
         req.end = self.clock()
         if self.on_done is not None:
             self.on_done(req)

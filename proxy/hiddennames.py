@@ -49,7 +49,7 @@ class InFlight:
     bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
     name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("executes", "hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
+    __slots__ = ("hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
@@ -61,7 +61,6 @@ class InFlight:
         self.sent: set[bytes] = set()  # the reserved names of other sessions' temporary schemas (MAX_SENT at most)
         self.hidden: set[bytes] = set()  # the reserved names of hidden schemas (the tenant's few: never dropped)
         self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
-        self.executes = False  # a portal was bound to a statement with names: the session follows Executes
 
     def sending(self, names: Names) -> None:
         """`names` are sent to PostgreSQL: none of them may reach the client (`leaks`)."""

@@ -11,9 +11,10 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
-from proxy import admission, agent, errors, hiddennames, replicas, unsynced
+from proxy import admission, agent, errors, hiddennames, replicas, skipping, unsynced
 from proxy.actions import (
     AcquireServer,
     AcquireSlot,
@@ -94,6 +95,7 @@ from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.statements import (
+    BIND_COMPLETE,
     CLOSE_COMPLETE,
     PARSE_COMPLETE,
     RESPONSES,
@@ -221,6 +223,9 @@ for _s in State:
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
 _NO_EXECUTES = ()
 _NO_RETAGS = ()  # ClientSession._retags with none
+# The answers that end an extended message's (ParseComplete ... PortalSuspended: skipping.Owed.completed), but for
+# CommandComplete (the session's own handler tells it).
+_EXTENDED_ENDS = (PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, ord("n"), ord("T"), ord("I"), ord("s"))
 _ANSWER_WITHHELD = deny("answer_withheld", "the server's answer was withheld")  # (hiddennames: last-line check)
 _NO_NAMES = frozenset()  # ClientSession._reset_names with none
 _RESET_TAG = b"RESET\x00"
@@ -260,8 +265,8 @@ class ClientSession:
         "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
-        "_idle_check", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names", "_notices",
-        "_open_batch", "_overrides", "_paged",
+        "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
+        "_notices", "_open_batch", "_overrides", "_owed", "_paged",
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf",
         "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling",
         "_slot_held",
@@ -315,6 +320,12 @@ class ClientSession:
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         self._names: ServerNames | None = None  # without Statements: the names the server has (from a named Parse)
+        # Session pooling without the statement maps: the answers the server owes, to tell an error that makes it
+        # skip to Sync (a Query too) from a Query's (skipping.py; statements.py's ledger knows it itself).
+        self._owed: skipping.Owed | None = None
+        # What the message being handled did to the records of statements and portals (hidden names, client texts),
+        # as the steps that take it back if the server fails or skips that message (red team 9a3 J1, J6).
+        self._journal: list[Callable[[], None]] | None = None
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
         self._gated = False  # the policy's gate handlers are installed (enable_policy)
@@ -429,6 +440,11 @@ class ClientSession:
         if self._names is not None:
             own[PARSE_COMPLETE] = self._on_parse_complete
             own[CLOSE_COMPLETE] = self._on_close_complete
+        owed = self._owed
+        if owed is not None:  # (the ends of extended messages' answers: skipping.py)
+            for type_ in _EXTENDED_ENDS:
+                inner = own.get(type_)
+                own[type_] = _before(owed.completed, inner) if inner is not None else owed.completed
         return own
 
     def _frontend_tracked(self) -> dict[int, Callable[[bytes], bytes | None]]:
@@ -446,8 +462,12 @@ class ClientSession:
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
-        if self._hidden is not None and self._hidden.executes and self.statements is None:  # (else _Follow's)
-            tracked[m.EXECUTE] = _before(self._executed_names, tracked.get(m.EXECUTE))
+        if self._owed is not None:  # (what the server will owe for each: skipping.py; with statement maps, _Follow's)
+            tracked[m.DESCRIBE] = _before(self._owe_extended, tracked.get(m.DESCRIBE))
+            for type_ in (m.BIND, m.CLOSE):
+                tracked[type_] = self._owing(tracked.get(type_))
+            tracked[m.EXECUTE] = _before(self._owe_execute, tracked.get(m.EXECUTE))
+            tracked[m.SYNC] = _before(self._owe_sync, tracked[m.SYNC])
         return tracked
 
     def _gates(self) -> dict[int, Callable[[bytes], object]]:
@@ -456,7 +476,11 @@ class ClientSession:
             return {}
         query = self._gate_query if self._meter is None else _before(self._meter_query, self._gate_query)
         parse = self._gate_parse if self.statements is not None else self._session_parse
-        return {m.QUERY: query, m.PARSE: parse, m.FUNCTION_CALL: self._gate_function_call}
+        call: Callable[[bytes], object] = self._gate_function_call
+        if self._owed is not None:  # (what the server will owe for each: skipping.py)
+            query, call = _before(self._owe_query, query), _before(self._owe_query, call)
+            parse = self._owing(parse)
+        return {m.QUERY: query, m.PARSE: parse, m.FUNCTION_CALL: call}
 
     def enable_policy(self, decide: Decide, policy_token: Callable[[], object] = lambda: None,
                       contextual: Contextual | None = None) -> None:
@@ -489,6 +513,7 @@ class ClientSession:
         """Keep the client's prepared statements here and give them content-derived names on the server (whose
         statement map is `prepared`); `cache`: repeated unnamed Parses become server-side statements too."""
         max_named, max_bytes, max_listing = session_statement_limits(self.config)
+        self._owed = None  # (the statement maps' ledger knows what is owed)
         self.statements = Statements(error_marker=self._error_marker, cache=cache, cache_size=cache_size,
                                      cache_bytes=cache_bytes, max_named=max_named, max_bytes=max_bytes,
                                      max_listing=max_listing)
@@ -517,7 +542,8 @@ class ClientSession:
         back = self._backend_own()
         respond = st.respond
         for type_ in RESPONSES:
-            back[type_] = _Answer(respond, type_, back.get(type_), self)
+            answer = _ErrorAnswer if type_ == m.ERROR_RESPONSE else _Answer
+            back[type_] = answer(respond, type_, back.get(type_), self)
         self.backend_stream.handlers = back
         if self._limit_inner:  # (the limits' handlers stay the outermost)
             self._limit_stream()
@@ -638,8 +664,9 @@ class ClientSession:
         gone = self._names.ended(request)
         texts = self._client_texts
         if texts is not None:
-            for name in gone:
-                texts.close(name)
+            if self._owed is None:  # (else each Parse's journal took its text back, restoring an older one: J6)
+                for name in gone:
+                    texts.close(name)
             texts.close_skipped(self._names.closing())
 
     def _listing(self, declaring: str | None = None) -> str:
@@ -690,7 +717,10 @@ class ClientSession:
         toward the session's bounds, and when the policy rewrote it, `sql` is what pg_prepared_statements shows."""
         if self._sql_prepared is not None:  # a SQL PREPAREd statement's text of that name is gone with it
             self._sql_prepared.forget(name)
-        self._session_texts().parse(name, sql if rewritten else None, len(sql))
+        texts = self._session_texts()
+        old = texts.texts.get(name)
+        texts.parse(name, sql if rewritten else None, len(sql))
+        self._journaled(partial(_restore_text, texts, name, old))  # (taken back if PostgreSQL skips the Parse: J6)
 
     def _session_texts(self) -> ClientTexts:
         """The session's record of its named statements' client texts (session pooling: `ClientTexts`)."""
@@ -1246,6 +1276,11 @@ class ClientSession:
         timeout_ms = self._limited_timeout()
         self.pooled = self.request.mode == "transaction"
         self.routing = replicas.routed(self.config, user)
+        if not self.pooled and not statement_settings(self.config)[0]:  # no statement maps: answers owed followed
+            self._owed = skipping.Owed()
+            self.backend_stream.handlers = self._backend_own()
+            if self._limit_inner:  # (the limits' handlers stay the outermost)
+                self._limit_stream()
         self.frontend.handlers = self._frontend_tracked()  # (with what the login set up)
         if self._meter is not None:
             self._limit_portals()
@@ -1352,6 +1387,8 @@ class ClientSession:
                 out = self._statement_parse(held.body, out)
             elif self._names is not None:
                 self._names.parse(held.parse.name, self.tracker.pending[-1])
+            if self._journal is not None:
+                self._tag_journal()
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
         if self.state is _READY:
             sent = self._sequences_front([raw], busy) if watch and self._sequences.foreign else [raw]
@@ -1962,7 +1999,10 @@ class ClientSession:
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
         if self._hidden is not None and name is None and self._hidden.portals:
-            self._hidden.portals.pop(body[1:].rstrip(b"\x00").decode("utf-8", "replace"), None)
+            portal = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+            old = self._hidden.portals.pop(portal, None)
+            if old is not None:  # (taken back if PostgreSQL skips the Close: red team 9a3 J1b)
+                self._journaled(partial(_restore, self._hidden.portals, portal, old))
         if self._names is not None:  # its records go with the name once the server says so (_on_close_complete)
             self._names_close(name)
             return None
@@ -1990,6 +2030,8 @@ class ClientSession:
         self.tracker.on_copy_end()
 
     def _on_ready_for_query(self, body: bytes) -> bytes | None:
+        if self._owed is not None:
+            self._owed.ready()
         if body != self._tx_status:  # the status changes rarely; setting it is not free
             self._tx_status = body[:1]
             self.info.tx_status = self._tx_status
@@ -2018,6 +2060,8 @@ class ClientSession:
         return None
 
     def _on_command_complete(self, body: bytes) -> bytes | None:
+        if self._owed is not None:
+            self._owed.completed()
         out = None
         if self._retags:
             tag = self._retagged()
@@ -2114,11 +2158,23 @@ class ClientSession:
         return BatchWithoutSync(self._flushed)
 
     def _on_copy_in_response(self, _body: bytes) -> None:
+        if self._owed is not None:
+            self._owed.copy_in()
         self.tracker.on_copy_in()
 
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
+        st, owed = self.statements, self._owed
+        if st is not None:
+            if st.skips_to_sync():
+                self._skipped()  # (the records of what failed go once the ledger has read it: _ErrorAnswer)
+        elif owed is not None:
+            journals = owed.failed()
+            if journals is not None:
+                self._skipped()
+                if journals:
+                    self._undo_records(journals)
         if self._names is not None and self._names.ledger and self.tracker.pending:  # the rest of it is skipped
             self._names_ended(self.tracker.pending[0])
         if b"pgtenant_denied_" in body:
@@ -2155,6 +2211,67 @@ class ClientSession:
             self._context_failed()
         return out
 
+    def _skipped(self) -> None:
+        """An error in an extended message: the server skips what was sent after it up to the next Sync, a Query
+        too, so the requests the tracker joins to the head never run: their records go (red team 9a3 J8)."""
+        joined = self.tracker.on_skipped()
+        for request in joined:
+            if self._names is not None:
+                self._names.ended(request)
+            if self._tracking:
+                self.context.skipped(request)
+            if self._retags:
+                self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
+
+    def _owe_extended(self, _body: bytes) -> None:
+        self._owed.extended()  # type: ignore[union-attr]
+
+    def _owing(self, inner: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+        """A Parse, Bind or Close handler: owed an answer, its records tagged (skipping.Owed)."""
+        def handler(body: bytes) -> Any:
+            self._owed.extended()  # type: ignore[union-attr]
+            out = inner(body) if inner is not None else None
+            if self._journal is not None and out is not HOLD:
+                self._tag_journal()
+            return out
+
+        return handler
+
+    def _journaled(self, undo: Callable[[], None]) -> None:
+        """A step taking back what the message being handled did to a record (`_journal`)."""
+        if self._journal is None:
+            self._journal = [undo]
+        else:
+            self._journal.append(undo)
+
+    def _tag_journal(self) -> None:
+        """The message just handled is sent: its records are taken back if the server fails or skips it (the
+        statement maps' ledger or skipping.Owed tells), at once if its batch failed already."""
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        st, owed = self.statements, self._owed
+        tagged = st.tag(journal) if st is not None else owed is None or owed.tag(journal)
+        if not tagged:
+            _undo(journal)
+
+    def _undo_records(self, journals: list[Any]) -> None:
+        """The messages of `journals` (the last first) failed or were skipped: their records are taken back."""
+        for journal in journals:
+            _undo(journal)
+
+    def _owe_execute(self, body: bytes) -> None:
+        self._owed.extended()  # type: ignore[union-attr]
+        if self._hidden is not None:
+            self._executed_names(body)
+
+    def _owe_query(self, _body: bytes) -> None:
+        self._owed.query()  # type: ignore[union-attr]
+
+    def _owe_sync(self, _body: bytes) -> None:
+        if not self.tracker.copy_in:  # (one the backend reads)
+            self._owed.sync()  # type: ignore[union-attr]
+
     def _on_notice_response(self, body: bytes) -> bytes | None:
         return self._names_back(b"N", body) if self._hidden is not None else None
 
@@ -2168,10 +2285,14 @@ class ClientSession:
         if names:
             self._hidden.sending(names)
         if statement is not None:
+            statements = self._hidden.statements
+            old = statements.get(statement)
             if not names:  # (its request's entry says so: not mapped through another's moves, hiddennames.py)
-                self._hidden.statements.pop(statement, None)
+                statements.pop(statement, None)
             else:
-                self._hidden.statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+                statements[statement] = (names, decision.moved)  # type: ignore[union-attr]
+            if old is not None or names:  # (taken back if PostgreSQL skips the Parse: red team 9a3 J1)
+                self._journaled(partial(_restore, statements, statement, old))
         pending = self.tracker.pending
         if pending and names:
             self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
@@ -2220,32 +2341,32 @@ class ClientSession:
             if request is not None:
                 hidden.plain(request)
             return
-        found = hidden.bound(body[:body.index(b"\x00")].decode("utf-8", "replace"), statement, request)
+        portal = body[:body.index(b"\x00")].decode("utf-8", "replace")
+        old = hidden.portals.get(portal)
+        found = hidden.bound(portal, statement, request)
+        if old is not None or found is not None:  # (taken back if PostgreSQL skips the Bind: red team 9a3 J1b)
+            self._journaled(partial(_restore, hidden.portals, portal, old))
         if request is not None:
             if found is not None:
                 hidden.add(request, found[0], found[1], pending)
             else:
                 hidden.plain(request)
-        if found is not None and not hidden.executes:  # from now on its Executes are followed (H1)
-            hidden.executes = True
-            if self.statements is None:  # (_Follow.on_execute calls it itself)
-                front = self.frontend.handlers
-                self.frontend.handlers = {**front, m.EXECUTE: _before(self._executed_names, front.get(m.EXECUTE))}
 
     def _executed_names(self, body: bytes) -> None:
-        """An Execute of a portal bound to a statement sent with reserved names: its request's answers name them
-        (a utility statement is analyzed when its portal runs, maybe after a Sync: red team 9a2 H1)."""
+        """An Execute: of a portal bound to a statement sent with reserved names, its request's answers name them
+        (a utility statement is analyzed when its portal runs, maybe after a Sync: red team 9a2 H1); of any other
+        portal, they are mapped through no other statement's moves (red team 9a3 J7: one bound in an earlier request
+        to a statement sent as written)."""
         hidden = self._hidden
         assert hidden is not None
-        if not hidden.portals:
-            return
         end = body.find(b"\x00")
-        found = hidden.portals.get(body[:max(end, 0)].decode("utf-8", "replace"))
-        if found is None:
-            return
+        found = hidden.portals.get(body[:max(end, 0)].decode("utf-8", "replace")) if hidden.portals else None
         self.tracker.on_bind("")  # (opens the extended request unless one is open, as a Bind would)
         pending = self.tracker.pending
-        hidden.add(pending[-1], found[0], found[1], pending)
+        if found is None:
+            hidden.plain(pending[-1])
+        else:
+            hidden.add(pending[-1], found[0], found[1], pending)
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's
@@ -2746,10 +2867,14 @@ class _Follow:
         if name and name in self.st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
             return self.session._duplicate_parse(name, body)
         gate = self.gate_parse
-        out = gate(self.session, body) if gate is not None else None
+        session = self.session
+        out = gate(session, body) if gate is not None else None
         if out is HOLD:
             return out
-        return self.session._statement_parse(body, out)  # type: ignore[arg-type]
+        out = session._statement_parse(body, out)  # type: ignore[arg-type]
+        if session._journal is not None:
+            session._tag_journal()
+        return out
 
     def on_call(self, body: bytes) -> object:
         gate = self.gate_call
@@ -2763,8 +2888,11 @@ class _Follow:
             return out
         if out is not None:  # renamed to a denial marker: fails in the backend as it is
             self.st.passthrough(m.BIND, out)  # type: ignore[arg-type]
-            return out
-        return self.st.bind(body)
+        else:
+            out = self.st.bind(body)
+        if self.session._journal is not None:
+            self.session._tag_journal()
+        return out
 
     def on_describe(self, body: bytes) -> bytes | None:
         if self.describe is not None:
@@ -2773,7 +2901,10 @@ class _Follow:
 
     def on_close(self, body: bytes) -> bytes | None:
         self.close(self.session, body)
-        return self.st.close(body)
+        out = self.st.close(body)
+        if self.session._journal is not None:
+            self.session._tag_journal()
+        return out
 
     def on_sync(self, body: bytes) -> None:
         self.sync(self.session, body)
@@ -2782,8 +2913,7 @@ class _Follow:
     def on_execute(self, body: bytes) -> None:
         if self.execute is not None:
             self.execute(self.session, body)
-        hidden = self.session._hidden
-        if hidden is not None and hidden.portals:
+        if self.session._hidden is not None:
             self.session._executed_names(body)
         self.st.execute(body)
 
@@ -2822,3 +2952,40 @@ class _Answer:
         if inner is None:
             return self.respond(self.type, body)
         return self.respond(self.type, body, inner(self.session, body))
+
+
+class _ErrorAnswer(_Answer):
+    """ErrorResponse's `_Answer`: then the records of the messages the ledger found failed or skipped go."""
+
+    __slots__ = ()
+
+    def __call__(self, body: bytes) -> bytes | None:
+        out = super().__call__(body)
+        session = self.session
+        st = session.statements
+        if st is not None and st.undone:
+            undone, st.undone = st.undone, []
+            session._undo_records(undone)
+        return out
+
+
+def _restore(mapping: dict[str, Any], key: str, old: Any) -> None:
+    """`mapping[key]` as it was (`old`; None: absent)."""
+    if old is None:
+        mapping.pop(key, None)
+    else:
+        mapping[key] = old
+
+
+def _restore_text(texts: ClientTexts, name: str, old: tuple[str | None, int] | None) -> None:
+    """The client text entry `name` as it was (`old`: the client's text if rewritten and its length; None: absent)."""
+    if old is None:
+        texts.close(name)
+    else:
+        texts.parse(name, *old)
+
+
+def _undo(journal: list[Callable[[], None]]) -> None:
+    """The steps of one message's journal, the last first."""
+    for step in reversed(journal):
+        step()

@@ -182,6 +182,18 @@ class SessionState:
         else:
             self._fifo().appendleft(_Request(request, failed=True))
 
+    def skipped(self, request: object) -> None:
+        """`request` never ran (the backend skipped it after an error earlier in its batch, red team 9a3 J8): its
+        changes go."""
+        kept = [entry for entry in self.requests if entry.request is not request]
+        if len(kept) == len(self.requests):
+            return
+        self.requests = deque(kept) if kept else _NO_REQUESTS  # type: ignore[assignment]
+        belief = self.current
+        for later in self.requests:
+            belief = _apply(belief, tuple(c for _, c in later.changes))
+        self.belief = _canonical(belief)
+
     def ready(self, request: object, status: bytes) -> None:
         """ReadyForQuery `status` (I, T or E) ended `request`."""
         head = self._head(request)

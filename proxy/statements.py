@@ -367,8 +367,8 @@ def server_name(sql: str, types: bytes, scope: str) -> str:
 class _Entry:
     """A ledger entry that is more than a plain pass-through (those are just the message type, an int)."""
 
-    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "forgets_at", "replay", "server", "snapshot",
-                 "swallow", "type")
+    __slots__ = ("action", "added", "client", "done", "evicted", "fake", "forgets_at", "plain", "replay", "server",
+                 "snapshot", "swallow", "token", "type")
 
     def __init__(self, type_: int, action: int = PASS) -> None:
         self.type = type_
@@ -384,6 +384,8 @@ class _Entry:
         self.swallow = 0  # Query: its first CommandCompletes to swallow (statements of ours)
         self.forgets_at = 0  # Query with a snapshot: the index of its statement that deallocates (restored on an
         # error before that statement completed: DEALLOCATE is not transactional, later errors do not undo it)
+        self.plain = False  # a pass-through message's entry (an int in the ledger but for its token)
+        self.token: object = None  # the session's records of the message, taken back if it fails or is skipped
 
 
 class Statements:
@@ -396,7 +398,7 @@ class Statements:
         "_fakes", "_last", "_ledger", "_listed", "_markers", "_open", "_recording", "_resets", "_retried",
         "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache",
         "cache_bytes", "cache_size", "cursors", "error_marker", "hits", "max_bytes", "max_listing", "max_named",
-        "misses", "named", "origin", "prepared", "retries", "shrink", "status", "tenant_budget", "unnamed",
+        "misses", "named", "origin", "prepared", "retries", "shrink", "status", "tenant_budget", "undone", "unnamed",
         "wall_clock",
     )
 
@@ -442,6 +444,8 @@ class Statements:
         self.hits = 0  # cache: unnamed Parses answered by a statement already on the server
         self.misses = 0  # cache: unnamed Parses of an admitted text that had to be prepared
         self.retries = 0  # transparent re-prepares after 0A000
+        # The tokens (`tag`) of the client's messages that failed or were skipped, for the session to take back.
+        self.undone: list[object] = []
         # the tenant's bound over all its sessions: (name, the bytes this session would hold) -> its error or None
         self.tenant_budget: Callable[[str, int], PgError | None] | None = None
 
@@ -470,6 +474,37 @@ class Statements:
     def idle(self) -> bool:
         """Nothing sent is unanswered and nothing is queued for either side."""
         return not self._ledger and not self._to_client and not self._to_server
+
+    def tag(self, token: object) -> bool:
+        """The client's message just given to the maps (its entry the ledger's last) carries `token`, the session's
+        records of it: in `undone` if the server fails or skips the message. False: it is skipped already (an error
+        before it in its batch)."""
+        ledger = self._ledger
+        if self._skipping:
+            return False
+        if not ledger:
+            return True
+        entry = ledger[-1]
+        if type(entry) is int:
+            if entry not in _EXTENDED:
+                return True
+            entry = _Entry(entry)
+            entry.plain = True
+            ledger[-1] = entry
+        elif entry.type not in _EXTENDED:  # type: ignore[union-attr]
+            return True
+        entry.token = token  # type: ignore[union-attr]
+        return True
+
+    def skips_to_sync(self) -> bool:
+        """An ErrorResponse arriving now answers an extended message (not a Query, a Sync, a fake answer of ours):
+        the server skips what was sent after it up to the next Sync, a Query too (skipping.py)."""
+        for entry in self._ledger:
+            if type(entry) is int:
+                return entry in _EXTENDED
+            if entry.action != FAKE:  # type: ignore[union-attr]
+                return entry.type in _EXTENDED  # type: ignore[union-attr]
+        return False
 
     def take_client(self) -> bytes:
         """What the client gets now: fake answers with nothing unanswered before them, unless an answer of the
@@ -843,9 +878,15 @@ class Statements:
             if type(skipped) is _Entry and skipped.action == FAKE:  # type: ignore[union-attr]
                 self._fakes -= 1
             undone.append(skipped)
+        tokens = []
         for entry in reversed(undone):  # last first: a Close then a Parse of one name leaves the old statement
             if type(entry) is _Entry:
-                self._undo(entry)  # type: ignore[arg-type]
+                if entry.token is not None:  # type: ignore[union-attr]
+                    tokens.append(entry.token)  # type: ignore[union-attr]
+                if entry.plain:  # type: ignore[union-attr]
+                    self._undo_plain(entry.type)  # type: ignore[union-attr]
+                else:
+                    self._undo(entry)  # type: ignore[arg-type]
             else:
                 self._undo_plain(entry)  # type: ignore[arg-type]
         if type(head) is _Entry and stale and head.server is not None:  # type: ignore[union-attr]
@@ -854,6 +895,7 @@ class Statements:
         if not ledger:
             self._skipping = True  # the client's Sync is still to come
             self._recording = None
+            self.undone += tokens
             return replaced
         if replay is not None and self.status == b"I" and len(ledger) == 1 and replay[-1][0] == "sync":
             keep = False
@@ -864,6 +906,8 @@ class Statements:
             ledger.append(swallowed)
             self.retries += 1
             self._resend(replay)
+            tokens = []  # (sent again as they were: the session's records stand)
+        self.undone += tokens
         return replaced if keep else b""
 
     def _resend(self, replay: list[tuple[str, object]]) -> None:

@@ -24,8 +24,8 @@ class Request:
     """One request in flight: what it was, what the policy said, how it ended (made by `new_request`)."""
 
     __slots__ = (
-        "closed_by_sync", "decision", "end", "extra", "extra_dropped", "held", "kind", "outcome", "rows", "sql",
-        "sqlstate", "start",
+        "closed_by_sync", "decision", "end", "ended_by_query", "extra", "extra_dropped", "held", "kind", "outcome",
+        "rows", "sql", "sqlstate", "start",
     )
     start: float
     end: float
@@ -39,6 +39,7 @@ class Request:
     extra_dropped: int
     held: int
     closed_by_sync: bool
+    ended_by_query: bool  # extended messages ended by a Query (no Sync): its ReadyForQuery, unless they failed
 
     @property
     def duration(self) -> float:
@@ -74,6 +75,7 @@ def new_request(start: float, kind: str = "other", sql: str = "", decision: Deci
     req.extra_dropped = 0
     req.held = 0  # characters of SQL text it holds (its own, its further statements' and their rewrites')
     req.closed_by_sync = False
+    req.ended_by_query = False
     return req
 
 
@@ -115,6 +117,7 @@ class RequestTracker:
         # and an idle client has none in flight).
         self.pending: deque[Request] = _NONE_PENDING  # type: ignore[assignment]
         self._batch: Request | None = None
+        self._skipping = False  # the open batch failed: the backend skips every message up to its Sync, a Query too
         self._statements: dict[str, tuple[str, str]] = {}
         self.copy_in = False  # the backend is in COPY IN: it ignores Sync and Flush until CopyDone/CopyFail
         self._swallowed_syncs = 0  # Syncs the backend swallowed in COPY IN (libpq sends another after it)
@@ -168,8 +171,17 @@ class RequestTracker:
 
     def on_query(self, sql: str, decision: Decision | None) -> None:
         if self._batch is not None and not self.copy_in:
-            # Extended messages without a Sync, then a Query: PostgreSQL answers both with one ReadyForQuery.
-            batch, self._batch = self._batch, None
+            batch = self._batch
+            if self._skipping:  # skipped by the backend (no answer): part of the failed batch, up to its Sync
+                if not batch.sql:
+                    batch.sql, batch.decision = self._keep(batch, sql, decision)
+                else:
+                    self._more(batch, sql, decision)
+                return
+            # Extended messages without a Sync, then a Query: PostgreSQL answers both with one ReadyForQuery (unless
+            # the extended messages fail: then it skips the Query too, up to the next Sync, see `on_skipped`).
+            self._batch = None
+            batch.ended_by_query = True
             if not batch.sql:
                 kind = statement_kind(sql)
                 batch.sql, batch.decision = self._keep(batch, sql, decision)
@@ -190,6 +202,14 @@ class RequestTracker:
         req.more(sql, decision)
 
     def on_function_call(self, decision: Decision | None) -> None:
+        batch = self._batch
+        if batch is not None and not self.copy_in:  # answered as a Query in an open batch is (see `on_query`)
+            if not self._skipping:
+                self._batch = None
+                batch.ended_by_query = True
+            if batch.decision is None:
+                batch.decision = decision
+            return
         self._batch = None
         self._push(new_request(self.clock(), "other", "", decision))
 
@@ -230,6 +250,44 @@ class RequestTracker:
             req = self._batch_request()
         req.closed_by_sync = True
         self._batch = None
+        self._skipping = False
+
+    def on_skipped(self) -> list[Request]:
+        """The head request's extended messages failed (an ErrorResponse to one of them): the backend skips every
+        message up to the next Sync, a Query and a FunctionCall too (red team 9a3 J8). A head ended by a Query then
+        has no ReadyForQuery of its own: the requests sent after it up to that Sync are part of it (their texts
+        joined to its own), and are returned (never answered, the caller drops their records); with no Sync sent yet
+        it is the open batch again."""
+        pending = self.pending
+        if not pending:
+            return []
+        head = pending[0]
+        if head is self._batch:  # still open: what comes up to its Sync is skipped
+            self._skipping = True
+            return []
+        if not head.ended_by_query:
+            return []
+        head.ended_by_query = False
+        joined: list[Request] = []
+        while len(pending) > 1:
+            req = pending[1]
+            del pending[1]
+            joined.append(req)
+            self.held -= req.held
+            if not head.sql:
+                head.kind = req.kind
+                head.sql, head.decision = self._keep(head, req.sql, req.decision)
+            elif req.sql:
+                self._more(head, req.sql, req.decision)
+            for sql, decision in req.extra or ():
+                self._more(head, sql, decision)
+            head.extra_dropped += req.extra_dropped
+            if req.closed_by_sync:
+                head.closed_by_sync = True
+                return joined
+        self._batch = head  # no Sync sent yet (the open batch, if any, joined)
+        self._skipping = True
+        return joined
 
     def on_copy_in(self) -> None:
         """The backend entered COPY IN for the head request."""
@@ -266,6 +324,7 @@ class RequestTracker:
         self.held -= req.held
         if req is self._batch:
             self._batch = None
+            self._skipping = False
         req.end = self.clock()
         if self.on_done is not None:
             self.on_done(req)

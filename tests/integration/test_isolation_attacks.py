@@ -45,7 +45,7 @@ from proxy.protocol import messages as m
 from tests.support import bidata
 from tests.support.bidata import PqClient, Result
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
+from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, default_pool_mode, prepare_backend
 from tests.support.wire import login, read_message
 
 STRATEGY_LETTERS = {"S": "shared", "N": "norls", "C": "schema", "D": "database"}
@@ -3028,3 +3028,204 @@ def test_pg_cursors_shows_the_clients_text(hiding_proxy: ProxyProcess, strategy:
         held = (b"bi_c", f"CREATE TEMP TABLE IF NOT EXISTS bi_c0 (LIKE {name}.orders); "
                          "DECLARE bi_c CURSOR WITH HOLD FOR SELECT 1".encode())
         assert got[name] == [held, (b"bi_f", b"BEGIN; DECLARE bi_f CURSOR FOR SELECT count(*) FROM orders"), held], got
+
+
+# --- red team 9a3: records at PostgreSQL's confirmation -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hiding_proxies(hiding_proxy: ProxyProcess, pg: PgCluster,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
+    """`hiding_proxy` in both pool modes (the other one started here)."""
+    mode = hiding_proxy.pool.get("pool_mode") or default_pool_mode()
+    other = "session" if mode == "transaction" else "transaction"
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("hiding_other"), backend_sslmode="disable",
+                     extra_tenants={"hooli": {"strategy": "database", "database": "saas"}},
+                     extra_users={"dan": ("hooli", "dan-pw")}, pool={"pool_mode": other})
+    p.start()
+    yield {mode: hiding_proxy, other: p}
+    p.stop()
+
+
+_UNNAMED_PORTAL = struct.pack("!hhh", 0, 0, 0)
+
+
+def _extended_wire(sql: str, statement: str = "", portal: str = "") -> bytes:
+    """Parse, Bind and Execute of `sql` (no Sync)."""
+    return (m.Parse(statement, sql, b"\x00\x00").encode()
+            + m.frame(b"B", f"{portal}\x00{statement}\x00".encode() + _UNNAMED_PORTAL)
+            + m.frame(b"E", f"{portal}\x00".encode() + struct.pack("!i", 0)))
+
+
+def _errors_of(answers: list[tuple[bytes, dict[str, str] | bytes]], keys: str = "SCMP") -> list[dict[str, str]]:
+    return [{k: v for k, v in body.items() if k in keys} for t, body in answers if t == b"E"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_query_inside_a_failed_extended_batch_leaves_the_session_aligned(hiding_proxies: dict[str, ProxyProcess],
+                                                                           strategy: str, mode: str) -> None:
+    """Red team 9a3 J8: a Query sent inside an extended batch that failed before it gets no answer from PostgreSQL
+    (skipped up to the Sync); the requests after it are answered as theirs: a hidden schema's error names it as a
+    missing schema's does (it was withheld, matched to the previous request)."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            failed = _wire_answers(sock, _extended_wire("SELECT nosuch") + m.Query("SELECT 1").encode()
+                                   + m.SYNC_MESSAGE)
+            assert [t for t, _ in failed] == [b"E", b"Z"], failed
+            after = [_wire_answers(sock, m.Query(f"SELECT 1 FROM {name}.orders").encode()) for _ in range(2)]
+            got[name] = [_errors_of(answers) for answers in after]
+        finally:
+            sock.close()
+    assert got["globex"] == [[{"S": "ERROR", "C": "42P01", "M": 'relation "globex.orders" does not exist',
+                               "P": "15"}]] * 2, got
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+
+
+def test_sessions_with_a_query_inside_a_failed_batch_give_their_server_back(pg: PgCluster,
+                                                                            tmp_path: Path) -> None:
+    """Red team 9a3 J8b: in transaction pooling a session whose Query was skipped inside a failed batch went on
+    waiting for its answer, holding its server: with a pool of one, the next session waited in vain."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path, backend_sslmode="disable",
+                     pool={"pool_mode": "transaction", "pool_size": 1, "query_wait_timeout": 10.0})
+    p.start()
+    try:
+        first = _hiding_login(p, "alice", "saas")
+        failed = _wire_answers(first, _extended_wire("SELECT nosuch") + m.Query("SELECT 1").encode()
+                               + m.SYNC_MESSAGE)
+        assert [t for t, _ in failed] == [b"E", b"Z"], failed
+        second = _hiding_login(p, "alice", "saas")
+        answers = _wire_answers(second, m.Query("SELECT 1").encode())
+        assert [t for t, _ in answers] == [b"T", b"D", b"C", b"Z"], answers
+        first.close()
+        second.close()
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_plain_portal_run_in_a_later_request_keeps_its_own_positions(hiding_proxies: dict[str, ProxyProcess],
+                                                                       strategy: str, mode: str) -> None:
+    """Red team 9a3 J7: in a transaction, a portal bound to a statement sent as written and executed in a later
+    request after a portal of a renamed statement has PostgreSQL's position in its error (for a hidden schema it was
+    moved by the other statement's reserved name)."""
+    user, db = HIDING_TENANTS[strategy]
+    plain = "CREATE TEMP TABLE bi_j7 /*" + "_" * 60 + "*/ (LIKE bi_nosuch)"
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("CREATE TEMP TABLE bi_p0 (x int)").encode())
+            _wire_answers(sock, m.Query("BEGIN").encode())
+            like = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            bind = _extended_wire(plain, "bi_s2", "bi_p2")[:-len(m.frame(b"E", b"bi_p2\x00" + bytes(4)))]
+            bind += _extended_wire(like, "bi_s1", "bi_p1")[:-len(m.frame(b"E", b"bi_p1\x00" + bytes(4)))]
+            bound = _wire_answers(sock, bind + m.SYNC_MESSAGE)
+            assert [t for t, _ in bound] == [b"1", b"2", b"1", b"2", b"Z"], bound
+            ran = _wire_answers(sock, m.frame(b"E", b"bi_p1\x00" + bytes(4)) + m.frame(b"E", b"bi_p2\x00" + bytes(4))
+                                + m.SYNC_MESSAGE)
+            got[name] = _errors_of(ran)
+            _wire_answers(sock, m.Query("ROLLBACK").encode())
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"] == [{"S": "ERROR", "C": "42P01", "M": 'relation "bi_nosuch" does not exist',
+                                               "P": str(plain.index("bi_nosuch") + 1)}], got
+
+
+def _bind_wire(statement: str, portal: str) -> bytes:
+    return m.frame(b"B", f"{portal}\x00{statement}\x00".encode() + _UNNAMED_PORTAL)
+
+
+def _execute_wire(portal: str) -> bytes:
+    return m.frame(b"E", f"{portal}\x00".encode() + struct.pack("!i", 0))
+
+
+_FAILING = m.Parse("", "SELECT bi_nosuch_column", b"\x00\x00").encode()  # fails: the rest of its batch is skipped
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_parse_skipped_after_an_error_keeps_the_statement_postgresql_has(hiding_proxies: dict[str, ProxyProcess],
+                                                                           strategy: str, mode: str) -> None:
+    """Red team 9a3 J1: a Close and a Parse of a statement's name after an error in their batch are skipped by
+    PostgreSQL, which keeps the old statement: its run's error has PostgreSQL's position (for a hidden schema the
+    skipped Parse's reserved name moved it)."""
+    user, db = HIDING_TENANTS[strategy]
+    plain = "CREATE TEMP TABLE bi_j1 /*" + "_" * 60 + "*/ (LIKE bi_nosuch)"
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("CREATE TEMP TABLE bi_p0 (x int)").encode())
+            parsed = _wire_answers(sock, m.Parse("bi_s1", plain, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            assert [t for t, _ in parsed] == [b"1", b"Z"], parsed
+            like = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            failed = _wire_answers(sock, _FAILING + m.frame(b"C", b"Sbi_s1\x00")
+                                   + m.Parse("bi_s1", like, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            assert [t for t, _ in failed] == [b"E", b"Z"], failed
+            ran = _wire_answers(sock, _bind_wire("bi_s1", "") + _execute_wire("") + m.SYNC_MESSAGE)
+            got[name] = _errors_of(ran)
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"] == [{"S": "ERROR", "C": "42P01", "M": 'relation "bi_nosuch" does not exist',
+                                               "P": str(plain.index("bi_nosuch") + 1)}], got
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_close_skipped_after_an_error_keeps_the_portal_postgresql_has(hiding_proxies: dict[str, ProxyProcess],
+                                                                        strategy: str, mode: str) -> None:
+    """Red team 9a3 J1b: a Close of a portal skipped after an error, the transaction rolled back to a savepoint from
+    before it: PostgreSQL still has the portal, and its run names the hidden schema as a missing one (its names
+    were dropped with the skipped Close: the answer was withheld)."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("BEGIN").encode())
+            like = f"CREATE TEMP TABLE bi_j1b (LIKE {name}.orders)"
+            bound = _wire_answers(sock, m.Parse("bi_s2", like, b"\x00\x00").encode() + _bind_wire("bi_s2", "bi_p")
+                                  + m.SYNC_MESSAGE)
+            assert [t for t, _ in bound] == [b"1", b"2", b"Z"], bound
+            _wire_answers(sock, m.Query("SAVEPOINT bi_a").encode())
+            failed = _wire_answers(sock, _FAILING + m.frame(b"C", b"Pbi_p\x00") + m.SYNC_MESSAGE)
+            assert [t for t, _ in failed] == [b"E", b"Z"], failed
+            _wire_answers(sock, m.Query("ROLLBACK TO bi_a").encode())
+            ran = _wire_answers(sock, _execute_wire("bi_p") + m.SYNC_MESSAGE)
+            got[name] = _errors_of(ran)
+            _wire_answers(sock, m.Query("ROLLBACK").encode())
+        finally:
+            sock.close()
+    assert got["globex"] == [{"S": "ERROR", "C": "3F000", "M": 'schema "globex" does not exist', "P": "32"}], got
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_parse_skipped_after_an_error_keeps_the_clients_text_listed(hiding_proxies: dict[str, ProxyProcess],
+                                                                      strategy: str, mode: str) -> None:
+    """Red team 9a3 J6: a Close and a Parse (sent as written) of a renamed statement's name skipped after an error:
+    pg_prepared_statements still lists the client's text of the statement PostgreSQL has (in session pooling it
+    showed the text PostgreSQL was sent, with the reserved name)."""
+    user, db = HIDING_TENANTS[strategy]
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            like = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            parsed = _wire_answers(sock, m.Parse("bi_s3", like, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            assert [t for t, _ in parsed] == [b"1", b"Z"], parsed
+            _wire_answers(sock, _FAILING + m.frame(b"C", b"Sbi_s3\x00")
+                          + m.Parse("bi_s3", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            listed = _wire_answers(sock, m.Query("SELECT statement FROM pg_prepared_statements").encode())
+            got[name] = [body for t, body in listed if t == b"D"]
+        finally:
+            sock.close()
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+    assert len(got["globex"]) == 1 and like.replace("glebox", "globex").encode() in got["globex"][0], got

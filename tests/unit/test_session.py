@@ -589,15 +589,18 @@ _R = "pg_9" + "a" * 24  # a reserved name (policy/hiding.reserved_name's shape)
 _LIKE = "CREATE TEMP TABLE IF NOT EXISTS t0 (LIKE hid.t)"
 
 
-def _hiding(session: ClientSession) -> None:
-    """A session whose policy sends `hid` as the reserved name _R (as policy/hiding.py decides)."""
+def _hiding(session: ClientSession, moved: bool = False) -> None:
+    """A session whose policy sends `hid` as the reserved name _R (as policy/hiding.py decides; with `moved`, the
+    renamed span recorded too, for positions)."""
     login(session)
     attach(session)
 
     def decide(kind: str, sql: str) -> Decision:
         if "hid." not in sql:
             return Allow()
-        return Rewrite(sql.replace("hid.", f'"{_R}".'), ("hidden_schema",), names=((_R, "hid"),))
+        at = sql.index("hid.")
+        spans = ((at, at + len(_R) + 2, len(_R) + 2 - 3),) if moved else ()
+        return Rewrite(sql.replace("hid.", f'"{_R}".'), ("hidden_schema",), names=((_R, "hid"),), moved=spans)
 
     session.enable_policy(decide)
 
@@ -681,3 +684,175 @@ def test_a_reserved_name_in_a_computed_value_is_not_written_back(session: Client
     got = _answer(session, m.encode_error_fields(b"E", {
         "S": "ERROR", "V": "ERROR", "C": "42704", "M": f'unrecognized configuration parameter "{_R}.zz"'}))
     assert b'"hid.zz"' not in got and _R.encode() not in got and b"answer_withheld" in got
+
+
+# --- an error in an extended message: PostgreSQL skips up to the Sync, a Query too (red team 9a3 J8) --------------
+
+_NOSUCH = m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42703", "M": 'column "nosuch" does not exist'})
+_DONE = m.frame(b"C", b"SELECT 1\x00")
+
+
+def _relation_missing() -> bytes:
+    return m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42P01",
+                                        "M": f'relation "{_R}.t" does not exist', "P": "15"})
+
+
+def _extended(sql: str) -> bytes:
+    return m.Parse("", sql, b"\x00\x00").encode() + _bind("", "") + _execute("")
+
+
+# (what the client sends, what PostgreSQL answers): a Query inside an extended batch is skipped when the batch failed
+# before it (one ReadyForQuery, the Sync's), else answered as a simple query (its own ReadyForQuery, then the Sync's).
+_INSIDE_BATCH = {
+    "failed": (_extended("SELECT nosuch") + m.Query("SELECT 1").encode() + m.SYNC_MESSAGE,
+               [_NOSUCH, m.ready_for_query(b"I")]),
+    "failed, more after": (_extended("SELECT nosuch") + m.Query("SELECT 1").encode() + m.Query("SELECT 1").encode()
+                           + _extended("SELECT 1") + m.frame(b"F", b"\x00\x00\x00\x01") + m.SYNC_MESSAGE,
+                           [_NOSUCH, m.ready_for_query(b"I")]),
+    "answered": (_extended("SELECT 1") + m.Query("SELECT 1").encode() + m.SYNC_MESSAGE,
+                 [m.frame(b"1", b""), m.frame(b"2", b""), _DONE, _DONE, m.ready_for_query(b"I"),
+                  m.ready_for_query(b"I")]),
+    "the query failed": (_extended("SELECT 1") + m.Query("SELECT nosuch").encode() + m.SYNC_MESSAGE,
+                         [m.frame(b"1", b""), m.frame(b"2", b""), _DONE, _NOSUCH, m.ready_for_query(b"I"),
+                          m.ready_for_query(b"I")]),
+}
+
+
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("case", sorted(_INSIDE_BATCH))
+def test_a_query_inside_an_extended_batch_keeps_the_requests_aligned(tmp_path: Path, case: str, cache: bool) -> None:
+    """Red team 9a3 J8: whether PostgreSQL skipped a Query sent inside an extended batch (an error before it) or ran
+    it, the requests stay matched with their answers: the next request's error names the client's schema (it was
+    withheld, matched to the Sync's request). Without the statement maps (session pooling: skipping.Owed) and with
+    them (their ledger: `Statements.skips_to_sync`)."""
+    session = ClientSession(make_config(tmp_path, pool={"statement_cache": cache}), session_id="s1",
+                            client_address="10.0.0.1", throttle=AuthThrottle(), clock=lambda: 100.0,
+                            tls_available=False)
+    _hiding(session)
+    sent_, answers = _INSIDE_BATCH[case]
+    session.client_data(sent_)
+    _answer(session, *answers)
+    assert not session.tracker.pending
+    session.client_data(m.Query("SELECT 1 FROM hid.t").encode())
+    got = _answer(session, _relation_missing(), m.ready_for_query(b"I"))
+    assert b'relation "hid.t" does not exist' in got and b"answer_withheld" not in got
+    assert not session.tracker.pending
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_failed_batch_answered_after_more_was_sent_joins_what_it_skipped(tmp_path: Path, cache: bool) -> None:
+    """J8 pipelined: the requests sent after the failed batch's Query, up to its Sync, are skipped with it (never
+    answered): the request sent after that Sync gets the next answer."""
+    session = ClientSession(make_config(tmp_path, pool={"statement_cache": cache}), session_id="s1",
+                            client_address="10.0.0.1", throttle=AuthThrottle(), clock=lambda: 100.0,
+                            tls_available=False)
+    _hiding(session)
+    session.client_data(_extended("SELECT nosuch") + m.Query("SELECT 1").encode() + _extended("SELECT 2")
+                        + m.SYNC_MESSAGE + m.Query("SELECT 1 FROM hid.t").encode())
+    assert len(session.tracker.pending) == 3
+    _answer(session, _NOSUCH, m.ready_for_query(b"I"))
+    assert len(session.tracker.pending) == 1
+    got = _answer(session, _relation_missing(), m.ready_for_query(b"I"))
+    assert b'relation "hid.t" does not exist' in got and b"answer_withheld" not in got
+    assert not session.tracker.pending
+
+
+@pytest.mark.parametrize("bound_first", [True, False])
+def test_a_plain_portal_executed_later_is_mapped_through_no_other_statements_moves(session: ClientSession,
+                                                                                   bound_first: bool) -> None:
+    """Red team 9a3 J7: in a transaction a portal bound to a statement sent as written, executed in a later request
+    after a portal of a renamed statement (or after a Parse of one): its error's position is PostgreSQL's, not
+    moved by the other statement's reserved name."""
+    _hiding(session, moved=True)
+    session.client_data(m.Query("BEGIN").encode())
+    _answer(session, m.frame(b"C", b"BEGIN\x00"), m.ready_for_query(b"T"))
+    plain = "CREATE TEMP TABLE t" + "1" * 60 + " (LIKE nosuch)"
+    at = str(plain.index("nosuch") + 1)  # past where the other statement's reserved name was sent
+    session.client_data(m.Parse("s2", plain, b"\x00\x00").encode() + _bind("p2", "s2") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+    if bound_first:
+        session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + _bind("p1", "s1") + m.SYNC_MESSAGE)
+        _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+        session.client_data(_execute("p1") + _execute("p2") + m.SYNC_MESSAGE)
+        _answer(session, m.frame(b"C", b"CREATE TABLE\x00"))
+    else:
+        session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + _execute("p2") + m.SYNC_MESSAGE)
+        _answer(session, m.frame(b"1", b""))
+    got = _answer(session, m.encode_error_fields(b"E", {
+        "S": "ERROR", "V": "ERROR", "C": "42P01", "M": 'relation "nosuch" does not exist', "P": at}),
+        m.ready_for_query(b"E"))
+    assert m.decode_error_fields(got[5:])["P"] == at, got
+
+
+# --- records at PostgreSQL's confirmation: a message skipped after an error leaves none (red team 9a3 J1, J1b, J6) ---
+
+
+def _session_with_cache(tmp_path: Path, cache: bool) -> ClientSession:
+    session = ClientSession(make_config(tmp_path, pool={"statement_cache": cache}), session_id="s1",
+                            client_address="10.0.0.1", throttle=AuthThrottle(), clock=lambda: 100.0,
+                            tls_available=False)
+    _hiding(session, moved=True)
+    return session
+
+
+_PLAIN_LIKE = "CREATE TEMP TABLE t" + "1" * 60 + " (LIKE nosuch)"
+_AT = str(_PLAIN_LIKE.index("nosuch") + 1)  # past where _LIKE's reserved name is sent
+
+
+def _nosuch_relation() -> bytes:
+    return m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42P01",
+                                        "M": 'relation "nosuch" does not exist', "P": _AT})
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_parse_skipped_after_an_error_leaves_the_statement_postgresql_has(tmp_path: Path, cache: bool) -> None:
+    """Red team 9a3 J1: a Close and a Parse of a statement name sent after an error in their batch are skipped by
+    PostgreSQL, which keeps the old statement: its run's error is mapped through its own (no) moves, not through
+    those of the renamed text the skipped Parse had."""
+    session = _session_with_cache(tmp_path, cache)
+    session.client_data(m.Parse("s1", _PLAIN_LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.ready_for_query(b"I"))
+    session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Ss1\x00")
+                        + m.Parse("s1", _LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, _NOSUCH, m.ready_for_query(b"I"))
+    assert "s1" not in session._hidden.statements
+    session.client_data(_bind("", "s1") + _execute("") + m.SYNC_MESSAGE)
+    got = _answer(session, m.frame(b"2", b""), _nosuch_relation(), m.ready_for_query(b"I"))
+    assert m.decode_error_fields(frames(got)[1][1])["P"] == _AT, got
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_close_skipped_after_an_error_leaves_the_portal_postgresql_has(tmp_path: Path, cache: bool) -> None:
+    """Red team 9a3 J1b: a Close of a portal skipped after an error (its transaction then rolled back to a savepoint
+    from before the error) leaves the portal, and its names: its run's answer names the client's schema."""
+    session = _session_with_cache(tmp_path, cache)
+    session.client_data(m.Query("BEGIN").encode())
+    _answer(session, m.frame(b"C", b"BEGIN\x00"), m.ready_for_query(b"T"))
+    session.client_data(m.Parse("s2", _LIKE, b"\x00\x00").encode() + _bind("p", "s2") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+    session.client_data(m.Query("SAVEPOINT a").encode())
+    _answer(session, m.frame(b"C", b"SAVEPOINT\x00"), m.ready_for_query(b"T"))
+    session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Pp\x00")
+                        + m.SYNC_MESSAGE)
+    _answer(session, _NOSUCH, m.ready_for_query(b"E"))
+    assert "p" in session._hidden.portals
+    session.client_data(m.Query("ROLLBACK TO a").encode())
+    _answer(session, m.frame(b"C", b"ROLLBACK\x00"), m.ready_for_query(b"T"))
+    session.client_data(_execute("p") + m.SYNC_MESSAGE)
+    got = _answer(session, _missing(), m.ready_for_query(b"E"))
+    assert b'schema "hid" does not exist' in got and b"answer_withheld" not in got, got
+
+
+def test_a_parse_skipped_after_an_error_leaves_the_client_text_of_the_statement_postgresql_has(
+        session: ClientSession) -> None:
+    """Red team 9a3 J6 (session pooling): a Close and a Parse (sent as written) of a renamed statement's name,
+    skipped after an error, leave its client text for pg_prepared_statements (the server still has its renamed
+    text)."""
+    _hiding(session)
+    session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.ready_for_query(b"I"))
+    assert session._client_texts.texts == {"s1": _LIKE}
+    session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Ss1\x00")
+                        + m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, _NOSUCH, m.ready_for_query(b"I"))
+    assert session._client_texts.texts == {"s1": _LIKE}

@@ -264,7 +264,7 @@ _TRACKER_CALLS = st.lists(st.one_of(
     st.tuples(st.just("on_parse"), _NAMES, _TEXTS, _DECISIONS, st.sampled_from(["select", "ddl"])),
     st.tuples(st.just("on_bind"), _NAMES),
     st.tuples(st.just("on_close_statement"), _NAMES),
-    st.tuples(st.sampled_from(["on_sync", "on_copy_in", "on_copy_end", "on_ready", "on_ready"])),
+    st.tuples(st.sampled_from(["on_sync", "on_copy_in", "on_copy_end", "on_ready", "on_ready", "on_skipped"])),
     st.tuples(st.just("on_error"), st.sampled_from([None, "23505"]), st.booleans()),
     st.tuples(st.just("on_command_complete"), st.sampled_from([b"SELECT 3\x00", b"INSERT 0 18446744073709551615\x00",
                                                                b"BEGIN\x00"])),
@@ -273,7 +273,7 @@ _TRACKER_CALLS = st.lists(st.one_of(
 
 def _request(req: Any) -> tuple[object, ...]:
     return (req.start, req.end, req.kind, req.sql, req.decision, req.outcome, req.sqlstate, req.rows, req.extra,
-            req.extra_dropped, req.held, req.closed_by_sync, req.statements, req.duration)
+            req.extra_dropped, req.held, req.closed_by_sync, req.ended_by_query, req.statements, req.duration)
 
 
 def _tracker_run(cls: type, calls: list[tuple[Any, ...]]) -> list[object]:
@@ -288,7 +288,11 @@ def _tracker_run(cls: type, calls: list[tuple[Any, ...]]) -> list[object]:
     log: list[object] = []
     for name, *args in calls:
         result = getattr(tracker, name)(*args)
-        log.append((name, _request(result) if result is not None else None, [_request(r) for r in done],
+        if type(result) is list:  # (on_skipped: the requests joined to the head)
+            result = tuple(_request(r) for r in result)
+        elif result is not None:
+            result = _request(result)
+        log.append((name, result, [_request(r) for r in done],
                     [_request(r) for r in tracker.pending], tracker.held, tracker.dropped, tracker.copy_in))
         done.clear()
     return log

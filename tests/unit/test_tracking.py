@@ -143,3 +143,36 @@ def test_tracker_pending_is_bounded() -> None:
     for _ in range(200_000):
         t.on_sync()
     assert len(t.pending) <= 10_000
+
+
+def test_a_query_inside_a_failed_batch_is_answered_with_the_batch() -> None:
+    """Red team 9a3 J8: extended messages, a Query, more, a Sync: when the extended messages fail, PostgreSQL skips
+    everything up to the Sync (one ReadyForQuery); the tracker joins those requests to the first."""
+    done = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_parse("", "SELECT nosuch", None)
+    t.on_bind("")
+    t.on_query("SELECT 1", None)  # ends the batch: one ReadyForQuery for both, unless the batch failed
+    t.on_query("SELECT 2", None)
+    t.on_parse("", "SELECT 3", None)
+    t.on_sync()
+    t.on_query("SELECT 4", None)
+    assert len(t.pending) == 4
+    joined = t.on_skipped()
+    assert [r.sql for r in joined] == ["SELECT 2", "SELECT 3"] and len(t.pending) == 2
+    assert t.on_ready().statements == 4 and t.pending[0].sql == "SELECT 4"
+    t.on_ready()
+    assert t.held == 0 and not t.pending
+
+
+def test_a_query_after_the_failure_is_known_joins_the_open_batch() -> None:
+    t = RequestTracker(lambda: 0.0)
+    t.on_parse("", "SELECT nosuch", None)
+    t.on_skipped()  # its error arrived (a Flush): the batch is still open
+    t.on_query("SELECT 1", None)  # skipped by the backend
+    t.on_sync()
+    assert len(t.pending) == 1 and t.on_ready().statements == 2
+    t.on_parse("", "SELECT 1", None)
+    t.on_query("SELECT 2", None)  # a batch that did not fail: the Query's ReadyForQuery ends it
+    t.on_sync()
+    assert len(t.pending) == 2

@@ -1,0 +1,60 @@
+"""skipping.Owed: an ErrorResponse is told to answer an extended message (the backend skips to Sync) or not."""
+
+from __future__ import annotations
+
+from proxy.skipping import Owed
+
+
+def _owed(*sent: str) -> Owed:
+    owed = Owed()
+    for kind in sent:
+        {"x": owed.extended, "q": owed.query, "s": owed.sync}[kind]()
+    return owed
+
+
+def test_an_error_in_an_extended_message_skips_a_query_up_to_the_sync() -> None:
+    owed = _owed("x", "x", "x", "q", "x", "s", "q")  # Parse Bind Execute, Query, Parse, Sync; then a Query
+    owed.completed()  # ParseComplete
+    assert owed.failed() == []  # the Bind's error: the Query and the Parse after it are skipped
+    assert list(owed.owed) == list(_owed("s", "q").owed)
+    owed.ready()  # the Sync's
+    assert owed.failed() is None  # the last Query's own error
+    owed.ready()
+    assert not owed.owed
+
+
+def test_an_error_in_the_query_after_the_extended_messages_is_the_querys() -> None:
+    owed = _owed("x", "x", "x", "q", "s")
+    for _ in range(3):  # ParseComplete, BindComplete, CommandComplete
+        owed.completed()
+    owed.completed()  # the Query's CommandComplete: not an extended message's
+    assert owed.failed() is None
+    owed.ready()
+    owed.ready()
+    assert not owed.owed
+
+
+def test_a_copy_in_swallows_the_sync_sent_before_it_began() -> None:
+    owed = _owed("x", "x", "x", "s")  # Parse Bind Execute(COPY FROM STDIN) Sync
+    owed.completed()
+    owed.completed()
+    owed.copy_in()  # the backend ignores that Sync; the client sends another after CopyDone
+    owed.sync()
+    owed.completed()  # the Execute's CommandComplete
+    owed.ready()
+    assert not owed.owed
+
+
+def test_the_tokens_of_the_failed_and_skipped_messages_are_returned_the_last_first() -> None:
+    owed = _owed("x")
+    owed.tag("parse ok")
+    owed.extended()
+    owed.tag("bind")
+    owed.extended()
+    owed.tag("close")
+    owed.completed()  # the first Parse's ParseComplete: its records stand
+    assert owed.failed() == ["close", "bind"]
+    assert owed.skipping and not owed.tag("sent after the error")  # skipped: taken back at once
+    owed.sync()
+    owed.ready()
+    assert not owed.owed and not owed.skipping
