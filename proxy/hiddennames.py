@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from proxy.errors import INVALID_PARAMETER_VALUE
 from proxy.policy.hiding import LITERAL, NAMED_SETTINGS, OTHER_TEMP, position_back
 from proxy.protocol import messages as m
 
@@ -144,7 +145,7 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
         # (a CONTEXT or internal query: the names are a function body's or dynamic SQL's, not the statement's)
         return changed
     code = fields.get("C", "")
-    if code == "22023" and fields.get("M", "").startswith(_INVALID_VALUE) and "pg_9" in fields["M"]:
+    if code == INVALID_PARAMETER_VALUE and fields.get("M", "").startswith(_INVALID_VALUE) and "pg_9" in fields["M"]:
         spelled = {reserved: name[len(LITERAL):] for pairs, _ in sent for reserved, name in pairs
                    if name.startswith(LITERAL)}
         message = fields["M"]
