@@ -851,8 +851,8 @@ def test_a_parse_skipped_after_an_error_leaves_the_client_text_of_the_statement_
     _hiding(session)
     session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
     _answer(session, m.frame(b"1", b""), m.ready_for_query(b"I"))
-    assert session._client_texts.texts == {"s1": _LIKE}
+    assert session._client_texts.texts == {"s1": (_LIKE, len(_LIKE))}
     session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Ss1\x00")
                         + m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
     _answer(session, _NOSUCH, m.ready_for_query(b"I"))
-    assert session._client_texts.texts == {"s1": _LIKE}
+    assert session._client_texts.texts == {"s1": (_LIKE, len(_LIKE))}
