@@ -726,6 +726,15 @@ class ClientSession:
         self.revoked = error
         return self.state is _READY and bool(self.tracker.pending)
 
+    def _revoked_now(self) -> list[Action]:
+        """A held message's decision or admission arrived after a reload revoked the user: it is dropped with what
+        came after it, nothing reaches the server (red team 9b3 F2)."""
+        assert self.revoked is not None
+        released = self._close_server(CloseReason.USER_REMOVED)
+        self._held = None
+        self._close()
+        return [*released, CloseClient(self.revoked, CloseReason.USER_REMOVED)]
+
     # --- state machine plumbing ------------------------------------------------------------
 
     def _transition(self, event: Event) -> None:
@@ -1307,6 +1316,8 @@ class ClientSession:
         held = self._held
         if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
+        if self.revoked is not None:
+            return self._revoked_now()
         self._held = None
         watch = self._sequences.foreign
         busy = watch and bool(self.tracker.pending)
@@ -1760,6 +1771,8 @@ class ClientSession:
         if not done:
             return actions
         self._admission = None
+        if self.revoked is not None:  # (a reload revoked the user meanwhile: the statement is not sent)
+            return actions + self._revoked_now()
         actions += self._admitted(adm)
         if rest:
             actions += self.server_data(rest)

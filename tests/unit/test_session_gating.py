@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
-from proxy.actions import CloseClient, RelayToServer
+from proxy.actions import CloseClient, RelayToServer, RunDecision
 from proxy.auth.throttle import AuthThrottle
+from proxy.policy.cache import Pending
 from proxy.policy.model import (
     DEALLOCATE,
     SESSION_STATEMENTS,
@@ -25,7 +26,8 @@ from proxy.policy.model import (
     Rewrite,
 )
 from proxy.protocol import messages as m
-from proxy.session import ClientSession
+from proxy.reasons import CloseReason
+from proxy.session import ClientSession, State
 from tests.support.sessions import attach, frames, login, make_config, refused_parses
 
 
@@ -111,6 +113,32 @@ def test_revoked_session_refuses_bind_and_execute(tmp_path: Path) -> None:
     actions = s.client_data(bind("s1") + EXECUTE + m.SYNC_MESSAGE)
     assert any(isinstance(a, CloseClient) for a in actions), actions
     assert not forwarded(actions).startswith(b"B")
+
+
+def _slow_session(tmp_path: Path, pool: dict | None = None) -> ClientSession:
+    """A session whose statements naming "slow" are decided elsewhere (RunDecision, then decision_ready)."""
+    return ready_session(tmp_path, lambda kind, sql: Pending(None, None, sql) if "slow" in sql else Allow(),
+                         pool=pool)
+
+
+def _closed_with_28000(actions: list) -> bool:
+    closes = [a for a in actions if isinstance(a, CloseClient)]
+    return len(closes) == 1 and closes[0].reason is CloseReason.USER_REMOVED and closes[0].error.sqlstate == "28000"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_message_held_for_its_decision_never_reaches_the_server_after_a_revocation(tmp_path: Path, mode: str) -> None:
+    """Red team 9b3 F2: a write held for its policy decision when the reload removed its user was relayed when the
+    decision came (decision_ready did not look at `revoked`): it committed after the removal."""
+    s = _slow_session(tmp_path, {"pool_mode": mode})
+    held = s.client_data(m.Query("INSERT INTO orders VALUES (1) -- slow").encode())
+    if s.state is State.WAITING:  # (transaction pooling: decided once the session holds a server)
+        held += attach(s)
+    assert s.state is State.READY and any(isinstance(a, RunDecision) for a in held) and not forwarded(held)
+    s.revoke(errors.user_removed("alice"))
+    after = s.decision_ready(Allow())
+    assert not forwarded(after)
+    assert _closed_with_28000(after)
 
 
 # --- a Parse repeated byte for byte ------------------------------------------------------------------
