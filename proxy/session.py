@@ -36,6 +36,7 @@ from proxy.actions import (
     SessionPinned,
     SessionUnpinned,
     StartRelay,
+    TerminateBackend,
     WatchLimits,
 )
 from proxy.auth.throttle import AuthThrottle
@@ -719,12 +720,24 @@ class ClientSession:
         if self.login is not None:
             self.login.config = config
 
-    def revoke(self, error: PgError) -> bool:
-        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement. Whether
-        a request of it is under way on its server (the caller cancels it: the rest of a multi-statement Query already
-        sent would run after the removal; red team 9b2 P5)."""
+    def revoke(self, error: PgError) -> list[Action]:
+        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement. One with
+        requests on its server ends now, its backend process terminated: what it pipelined must not run (a
+        CancelRequest would stop only the running statement; red team 9b3 F1, 9b2 P5)."""
         self.revoked = error
-        return self.state is _READY and bool(self.tracker.pending)
+        if self.state is not _READY:
+            return []
+        server = self.server
+        busy = (bool(self.tracker.pending) or self._replaying or self._settling or bool(self.frontend.unfinished)
+                or self._admission is not None)
+        if server is None or self._sticky or not busy:
+            return []
+        # (never back to the pool; no cancel first: the next pipelined statement would run at once)
+        released = [TerminateBackend(server.backend, server.database, server.process_id, server.secret_key),
+                    *self._give_back(reusable=False, reset=True, reason=CloseReason.USER_REMOVED)]
+        self._held = None  # (never relayed: its decision, if it still arrives, finds the session closed)
+        self._close()
+        return [*released, CloseClient(error, CloseReason.USER_REMOVED)]
 
     def _revoked_now(self) -> list[Action]:
         """A held message's decision or admission arrived after a reload revoked the user: it is dropped with what

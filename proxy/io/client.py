@@ -41,6 +41,7 @@ from proxy.actions import (
     SessionUnpinned,
     StartClientTls,
     StartRelay,
+    TerminateBackend,
     WatchLimits,
 )
 from proxy.audit import AuditLog
@@ -180,10 +181,11 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.reconfigure(config)
 
-    def revoke(self, error: PgError) -> bool:
-        """A reload revoked this session's user: the session ends with `error` at its next statement; whether a
-        request of it runs on its server now (to be cancelled)."""
-        return self.session is not None and self.session.revoke(error)
+    def revoke(self, error: PgError) -> None:
+        """A reload revoked this session's user: the session ends with `error` (at its next statement, or now if
+        it has requests on its server: that backend process is terminated)."""
+        if self.session is not None and not self.closed:
+            self.run(self.session.revoke(error))
 
     def data_received(self, data: bytes) -> None:
         self._bytes_in += len(data)
@@ -594,6 +596,8 @@ class ClientConnection(asyncio.Protocol):
                                                                            action.period)
             elif isinstance(action, BatchWithoutSync):
                 self._batch_without_sync(action.open)
+            elif isinstance(action, TerminateBackend):
+                self.proxy.terminate_backend(action)
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
-from proxy.actions import CloseClient, RelayToServer, RunDecision
+from proxy.actions import CloseClient, RelayToServer, ReleaseServer, RunDecision, TerminateBackend
 from proxy.auth.throttle import AuthThrottle
 from proxy.policy.cache import Pending
 from proxy.policy.model import (
@@ -109,9 +109,9 @@ def test_every_query_and_parse_is_decided_under_any_chunking(
 def test_revoked_session_refuses_bind_and_execute(tmp_path: Path) -> None:
     s = ready_session(tmp_path)
     s.client_data(m.Parse("s1", "SELECT * FROM orders", b"\x00\x00").encode() + m.SYNC_MESSAGE)
-    s.revoke(errors.user_removed("alice"))
+    revoked = s.revoke(errors.user_removed("alice"))
     actions = s.client_data(bind("s1") + EXECUTE + m.SYNC_MESSAGE)
-    assert any(isinstance(a, CloseClient) for a in actions), actions
+    assert any(isinstance(a, CloseClient) for a in revoked + actions), actions
     assert not forwarded(actions).startswith(b"B")
 
 
@@ -135,10 +135,34 @@ def test_a_message_held_for_its_decision_never_reaches_the_server_after_a_revoca
     if s.state is State.WAITING:  # (transaction pooling: decided once the session holds a server)
         held += attach(s)
     assert s.state is State.READY and any(isinstance(a, RunDecision) for a in held) and not forwarded(held)
-    s.revoke(errors.user_removed("alice"))
+    revoked = s.revoke(errors.user_removed("alice"))
     after = s.decision_ready(Allow())
-    assert not forwarded(after)
-    assert _closed_with_28000(after)
+    assert not forwarded(revoked + after)
+    assert _closed_with_28000(revoked + after)
+
+
+# --- revocation ends a session with requests on its server now (red team 9b3 F1) --------------------------
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_revoked_session_with_requests_on_its_server_has_its_backend_terminated(tmp_path: Path, mode: str) -> None:
+    """Red team 9b3 F1: the reload's CancelRequest stopped only the running statement; what the client pipelined
+    behind it ran. The backend process is terminated (its pid and backend carried), the server dropped without a
+    cancel (one would let the next pipelined statement start), the client closed with 28000."""
+    s = ready_session(tmp_path, pool={"pool_mode": mode})
+    sent = s.client_data(m.Query("SELECT pg_sleep(5)").encode() + m.Query("INSERT INTO orders VALUES (1)").encode())
+    if s.state is State.WAITING:  # (transaction pooling: relayed once the session holds a server)
+        sent += attach(s)
+    assert forwarded(sent).count(b"Q") >= 2
+    server = s.server
+    assert server is not None
+    actions = s.revoke(errors.user_removed("alice"))
+    terminate = [a for a in actions if isinstance(a, TerminateBackend)]
+    assert terminate == [TerminateBackend(server.backend, server.database, server.process_id, server.secret_key)]
+    assert [a for a in actions if isinstance(a, ReleaseServer)] == [
+        ReleaseServer(reusable=False, reset=True, reason=CloseReason.USER_REMOVED, busy=False)]
+    assert _closed_with_28000(actions) and isinstance(actions[-1], CloseClient)
+    assert s.state is State.CLOSED
 
 
 # --- a Parse repeated byte for byte ------------------------------------------------------------------
