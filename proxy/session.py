@@ -721,20 +721,25 @@ class ClientSession:
             self.login.config = config
 
     def revoke(self, error: PgError) -> list[Action]:
-        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement. One with
-        requests on its server ends now, its backend process terminated: what it pipelined must not run (a
-        CancelRequest would stop only the running statement; red team 9b3 F1, 9b2 P5)."""
+        """Event: a reload removed or moved this session's user. A session between requests ends now (FATAL, as
+        PostgreSQL's own termination arrives unasked: nothing more reaches it, not a NOTIFY; red team 9b3 F3). One
+        with requests on its server ends now too, its backend process terminated (what it pipelined must not run; a
+        CancelRequest would stop only the running statement: 9b3 F1); a message held for its decision is dropped
+        (9b3 F2). Logging in or waiting for a server: it ends at its next step (`revoked` is looked at there)."""
         self.revoked = error
+        if self.state is State.IDLE or self.state is State.ADMIN:
+            self._close()
+            return [CloseClient(error, CloseReason.USER_REMOVED)]
         if self.state is not _READY:
             return []
         server = self.server
         busy = (bool(self.tracker.pending) or self._replaying or self._settling or bool(self.frontend.unfinished)
                 or self._admission is not None)
         if server is None or self._sticky or not busy:
-            return []
-        # (never back to the pool; no cancel first: the next pipelined statement would run at once)
-        released = [TerminateBackend(server.backend, server.database, server.process_id, server.secret_key),
-                    *self._give_back(reusable=False, reset=True, reason=CloseReason.USER_REMOVED)]
+            released = self._close_server(CloseReason.USER_REMOVED)
+        else:  # (never back to the pool; no cancel first: the next pipelined statement would run at once)
+            released = [TerminateBackend(server.backend, server.database, server.process_id, server.secret_key),
+                        *self._give_back(reusable=False, reset=True, reason=CloseReason.USER_REMOVED)]
         self._held = None  # (never relayed: its decision, if it still arrives, finds the session closed)
         self._close()
         return [*released, CloseClient(error, CloseReason.USER_REMOVED)]

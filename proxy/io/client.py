@@ -182,8 +182,8 @@ class ClientConnection(asyncio.Protocol):
             self.session.reconfigure(config)
 
     def revoke(self, error: PgError) -> None:
-        """A reload revoked this session's user: the session ends with `error` (at its next statement, or now if
-        it has requests on its server: that backend process is terminated)."""
+        """A reload revoked this session's user: the session ends with `error` (now, or at its next step while it
+        logs in or waits for a server); a backend process with its requests on it is terminated."""
         if self.session is not None and not self.closed:
             self.run(self.session.revoke(error))
 

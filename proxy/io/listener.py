@@ -256,7 +256,7 @@ class Proxy:
         for ref in sessions:  # logged-in and logging-in users' sessions decide under the new config
             if not ref.admin:
                 by_id[ref.session_id].reconfigure(new)
-        for revocation in revoked:  # each ends; what it sent its server does not run (red team 9b3 F1)
+        for revocation in revoked:  # each ends now; what it sent its server does not run (red team 9b3 F1, F3)
             by_id[revocation.session_id].revoke(revocation.error)
         self.pool.reconfigure(self.config)  # sizes follow; a tenant whose context changed gets a new pool
 

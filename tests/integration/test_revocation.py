@@ -1,5 +1,6 @@
-"""A reload that removes a user, in both pool modes: what a session pipelined on its server is not run (its backend
-process is terminated; red team 9b3 F1). Config users, removed from the file and SIGHUP."""
+"""A reload that removes a user ends its sessions at once, in both pool modes: what a session pipelined on its
+server is not run (its backend process is terminated), and an idle one is closed with FATAL 28000 unasked (red
+team 9b3 F1, F3). Config users, removed from the file and SIGHUP."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def proxy(request: pytest.FixtureRequest, pg: PgCluster,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp(f"revocation-{request.param}"), pool={"pool_mode": request.param},
-                     extra_users={"victor": ("initech", "victor-pw")}).start()
+                     extra_users={"victor": ("initech", "victor-pw"), "lena": ("initech", "lena-pw")}).start()
     yield p
     p.stop()
 
@@ -87,3 +88,34 @@ def test_a_removed_users_pipelined_requests_are_not_run(proxy: ProxyProcess, pg:
     # The other tenants' sessions are untouched, and the pool serves the tenant's other users.
     with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM orders WHERE id < 100").fetchone() == (7,)
+
+
+def test_a_removed_users_idle_session_is_closed_at_once_and_hears_no_notify(
+    proxy: ProxyProcess, pg: PgCluster
+) -> None:
+    """Red team 9b3 F3: a removed user's idle session stayed open and kept receiving NOTIFY payloads (3 of 3). Now
+    it is closed at the reload with FATAL 28000, sent unasked as PostgreSQL's own termination is."""
+    sock, msgs = login(proxy.port, {"user": "lena", "database": "initech"}, "lena-pw")
+    assert msgs[-1][0] == b"Z", msgs
+    try:
+        sock.sendall(m.Query("LISTEN reports").encode())
+        listened, _ = _read_until_ready(sock)
+        assert not [t for t, _ in listened if t == b"E"], listened
+        _remove(proxy, "lena")
+        with psycopg.connect(proxy.dsn("ivan"), autocommit=True) as other:
+            other.execute("NOTIFY reports, 'quarterly numbers'")
+        answers, closed = _read_to_end(sock, 5)
+    finally:
+        sock.close()
+    assert not [body for t, body in answers if t == b"A"], "a NOTIFY payload reached the removed user"
+    assert closed and _fatal_28000(answers), [t for t, _ in answers]
+
+
+def _read_until_ready(sock: socket.socket) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    sock.settimeout(10)
+    out = []
+    while True:
+        t, body = read_message(sock)
+        out.append((t, body))
+        if t == b"Z":
+            return out, body

@@ -141,7 +141,7 @@ def test_a_message_held_for_its_decision_never_reaches_the_server_after_a_revoca
     assert _closed_with_28000(revoked + after)
 
 
-# --- revocation ends a session with requests on its server now (red team 9b3 F1) --------------------------
+# --- revocation ends the session now (red team 9b3 F1, F3) --------------------------------------------
 
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
@@ -163,6 +163,17 @@ def test_a_revoked_session_with_requests_on_its_server_has_its_backend_terminate
         ReleaseServer(reusable=False, reset=True, reason=CloseReason.USER_REMOVED, busy=False)]
     assert _closed_with_28000(actions) and isinstance(actions[-1], CloseClient)
     assert s.state is State.CLOSED
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_revoked_idle_session_is_closed_at_once(tmp_path: Path, mode: str) -> None:
+    """Red team 9b3 F3: an idle session of a removed user stayed open (and got NOTIFY payloads) until it sent
+    something. It is closed at the revocation, FATAL 28000 unasked; nothing ran on its server: no termination."""
+    s = ready_session(tmp_path, pool={"pool_mode": mode})
+    actions = s.revoke(errors.user_removed("alice"))
+    assert not [a for a in actions if isinstance(a, TerminateBackend)]
+    assert _closed_with_28000(actions) and s.state is State.CLOSED
+    assert actions[-1].error.severity == "FATAL"
 
 
 # --- a Parse repeated byte for byte ------------------------------------------------------------------
