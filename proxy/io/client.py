@@ -214,9 +214,14 @@ class ClientConnection(asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._on_timeout)
 
     def _untrusted_header(self) -> None:
-        self.proxy.metrics.proxy_header_refused("untrusted")
-        self.prelog("warning", "proxy_header_refused", reason="sender not in server.proxy_protocol_from"
-                    if self.proxy.proxy_senders is not None else "server.proxy_protocol is off")
+        if self.via is not None:  # the balancer's header was read: this one is its client's (red team 9b3 F8)
+            self.proxy.metrics.proxy_header_refused("second_header")
+            self.prelog("warning", "proxy_header_refused", via=self.via,
+                        reason="a second PROXY header, from the client behind the balancer")
+        else:
+            self.proxy.metrics.proxy_header_refused("untrusted")
+            self.prelog("warning", "proxy_header_refused", reason="sender not in server.proxy_protocol_from"
+                        if self.proxy.proxy_senders is not None else "server.proxy_protocol is off")
         self.close(None, CloseReason.PROXY_HEADER)
 
     def prelog(self, level: str, event: str, **fields: object) -> None:
