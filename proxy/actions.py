@@ -242,6 +242,19 @@ class CloseClient:
 
 
 @dataclass(frozen=True, slots=True)
+class TerminateBackend:
+    """End the backend process `process_id` of `backend` (database `database`) with pg_terminate_backend, from a
+    short connection of the proxy's own as that backend's role: what a revoked user pipelined on it must not run (a
+    CancelRequest stops only the running statement; red team 9b3 F1). `secret_key`: its cancel key, the fallback
+    when that connection fails."""
+
+    backend: BackendConfig
+    database: str
+    process_id: int
+    secret_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ServerReady:
     """The backend finished startup: parameter statuses and its key."""
 
@@ -273,5 +286,5 @@ Action = (
     | ConnectBackend | AcquireServer | ReleaseServer | KeepServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
     | SessionPinned | SessionUnpinned | LimitReached | CancelQuery | WatchLimits
-    | AcquireSlot | ReleaseSlot | BatchWithoutSync | AwaitAdmission | AgentAdmission
+    | AcquireSlot | ReleaseSlot | BatchWithoutSync | AwaitAdmission | AgentAdmission | TerminateBackend
 )

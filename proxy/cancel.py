@@ -9,6 +9,7 @@ import secrets
 from dataclasses import dataclass
 
 from proxy import instancekey
+from proxy.auth.prelogin import address_key
 
 PROCESS_ID_BITS = 31  # BackendKeyData's process id is an Int32; PostgreSQL's are positive, and so are ours
 
@@ -152,20 +153,19 @@ def source_of(address: str) -> str:
 
 class ForwardLimiter:
     """Limits on CancelRequests passed to another instance: anyone can send them, and each costs a connection and an
-    exchange with that instance (red team 8b F4/F6). A token bucket per client address as pgtenant sees it (behind a
-    balancer that hides client addresses, one bucket is everyone's: docs/operations.md "Stateless replicas"), one
-    over all addresses (fair: while it is short, one cancel a second per source, source_of, and one a minute for a
-    source whose cancels named no session lately), and a cap on exchanges in
-    flight per destination slot (red team 9b N1). Cancels naming a slot
-    no instance holds are answered by the sender's negative cache and never charged here. Pure: the caller passes
-    the time."""
+    exchange with that instance (red team 8b F4/F6). A token bucket per client address as pgtenant sees it (an IPv6
+    one per /64: red team 9b3 F7; behind a balancer that hides client addresses, one bucket is everyone's:
+    docs/operations.md "Stateless replicas"), one over all addresses (fair: while it is short, one cancel a second
+    per source, source_of, and one a minute for a source whose cancels named no session lately), and a cap on
+    exchanges in flight per destination slot (red team 9b N1). Cancels naming a slot no instance holds are answered
+    by the sender's negative cache and never charged here. Pure: the caller passes the time."""
 
     def __init__(self, rate: float = FORWARD_RATE, burst: float = FORWARD_BURST,
                  addresses: int = FORWARD_ADDRESSES, total_rate: float = FORWARD_TOTAL_RATE,
                  total_burst: float = FORWARD_TOTAL_BURST, in_flight: int = FORWARD_IN_FLIGHT) -> None:
         self.rate, self.burst, self.addresses = rate, burst, addresses
         self.total_rate, self.total_burst, self.in_flight = total_rate, total_burst, in_flight
-        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when), least recently seen first
+        self._buckets: dict[str, tuple[float, float]] = {}  # address_key -> (tokens, when), least recently seen first
         self._total: tuple[float, float] | None = None  # (tokens, when) over all addresses
         self._sources: dict[str, float] = {}  # source (source_of) -> when one of its cancels was last passed on
         self._flying: dict[int, int] = {}  # slot -> exchanges under way
@@ -173,7 +173,8 @@ class ForwardLimiter:
 
     def allow(self, address: str, now: float) -> bool:
         """Whether a cancel from `address` may be passed on now (charged to its bucket and the total if so)."""
-        tokens, last = self._buckets.pop(address, (self.burst, now))
+        key = address_key(address)  # (an IPv6 client's /64, as the login limits count it: red team 9b3 F7)
+        tokens, last = self._buckets.pop(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         total, total_last = self._total or (self.total_burst, now)
         total = min(self.total_burst, total + (now - total_last) * self.total_rate)
@@ -183,7 +184,7 @@ class ForwardLimiter:
             self._sources.get(source, now - FORWARD_QUIET) <= now - FORWARD_QUIET
             and self._wrong.get(source, now - FORWARD_WRONG_FOR) <= now - FORWARD_WRONG_FOR)
         allowed = tokens >= 1.0 and total >= 1.0 and fair
-        self._buckets[address] = (tokens - 1.0 if allowed else tokens, now)
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
         self._total = (total - 1.0 if allowed else total, now)
         if len(self._buckets) > self.addresses:
             del self._buckets[next(iter(self._buckets))]

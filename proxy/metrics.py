@@ -369,7 +369,8 @@ class Metrics:
         self._proxy_headers_refused = Counter(
             "pgtenant_proxy_headers_refused_total",
             "Connections closed over the PROXY protocol header: reason = bad_header (a trusted balancer's missing or "
-            "invalid), untrusted (one from a sender not in server.proxy_protocol_from, or with proxy_protocol off).",
+            "invalid), untrusted (one from a sender not in server.proxy_protocol_from, or with proxy_protocol off), "
+            "second_header (a header after the trusted balancer's, from the client behind it).",
             ["reason"], registry=r,
         )
         self._limit_refusals = Counter(

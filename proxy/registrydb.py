@@ -79,11 +79,13 @@ TRY_SLOT = "SELECT pg_catalog.pg_try_advisory_lock(%s::int, %s::int)"
 _CLAIM = "(extract(epoch FROM since) * 1000000)::bigint"
 CLAIM_SLOT = (f"INSERT INTO {SCHEMA}.instances (slot, host, port) VALUES (%s, %s, %s) ON CONFLICT (slot) DO UPDATE "
               f"SET host = EXCLUDED.host, port = EXCLUDED.port, since = clock_timestamp() RETURNING {_CLAIM}")
-# Where the instance of a slot answers, and its claim: only while it holds the slot's lock (else it is gone).
-FIND_SLOT = (f"SELECT host, port, {_CLAIM} FROM {SCHEMA}.instances WHERE slot = %s AND EXISTS ("
-             "SELECT FROM pg_catalog.pg_locks "
-             "WHERE locktype = 'advisory' AND classid = %s::int::oid AND objid = %s::int::oid AND objsubid = 2 "
-             "AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
+# Every slot held now, with where its instance answers and its claim: one lookup learns them all, so a new
+# instance's slot is live everywhere at the next lookup of any slot (red team 9b3 F5: with instance_bits = 10 a
+# flood of cancels naming free slots kept the lookup queue full and the new slot's own lookup never got a place).
+HELD_SLOTS = (f"SELECT i.slot, i.host, i.port, {_CLAIM} FROM {SCHEMA}.instances i "
+              "WHERE EXISTS (SELECT FROM pg_catalog.pg_locks "
+              "WHERE locktype = 'advisory' AND classid = %s::int::oid AND objid = i.slot::oid AND objsubid = 2 "
+              "AND granted AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()))")
 
 # Every registry connection the proxy opens notices a silent partition (red team 9b N2): TCP keepalives, and unsent
 # or unacknowledged data gives up after TCP_USER_TIMEOUT_MS instead of Linux's ~15 minutes of retransmissions.

@@ -37,6 +37,7 @@ from proxy.actions import (
     SessionPinned,
     SessionUnpinned,
     StartRelay,
+    TerminateBackend,
     WatchLimits,
 )
 from proxy.auth.throttle import AuthThrottle
@@ -777,12 +778,38 @@ class ClientSession:
         if self.login is not None:
             self.login.config = config
 
-    def revoke(self, error: PgError) -> bool:
-        """Event: a reload removed or moved this session's user; it ends with `error` at its next statement. Whether
-        a request of it is under way on its server (the caller cancels it: the rest of a multi-statement Query already
-        sent would run after the removal; red team 9b2 P5)."""
+    def revoke(self, error: PgError) -> list[Action]:
+        """Event: a reload removed or moved this session's user. A session between requests ends now (FATAL, as
+        PostgreSQL's own termination arrives unasked: nothing more reaches it, not a NOTIFY; red team 9b3 F3). One
+        with requests on its server ends now too, its backend process terminated (what it pipelined must not run; a
+        CancelRequest would stop only the running statement: 9b3 F1); a message held for its decision is dropped
+        (9b3 F2). Logging in or waiting for a server: it ends at its next step (`revoked` is looked at there)."""
         self.revoked = error
-        return self.state is _READY and bool(self.tracker.pending)
+        if self.state is State.IDLE or self.state is State.ADMIN:
+            self._close()
+            return [CloseClient(error, CloseReason.USER_REMOVED)]
+        if self.state is not _READY:
+            return []
+        server = self.server
+        busy = (bool(self.tracker.pending) or self._replaying or self._settling or bool(self.frontend.unfinished)
+                or self._admission is not None)
+        if server is None or self._sticky or not busy:
+            released = self._close_server(CloseReason.USER_REMOVED)
+        else:  # (never back to the pool; no cancel first: the next pipelined statement would run at once)
+            released = [TerminateBackend(server.backend, server.database, server.process_id, server.secret_key),
+                        *self._give_back(reusable=False, reset=True, reason=CloseReason.USER_REMOVED)]
+        self._held = None  # (never relayed: its decision, if it still arrives, finds the session closed)
+        self._close()
+        return [*released, CloseClient(error, CloseReason.USER_REMOVED)]
+
+    def _revoked_now(self) -> list[Action]:
+        """A held message's decision or admission arrived after a reload revoked the user: it is dropped with what
+        came after it, nothing reaches the server (red team 9b3 F2)."""
+        assert self.revoked is not None
+        released = self._close_server(CloseReason.USER_REMOVED)
+        self._held = None
+        self._close()
+        return [*released, CloseClient(self.revoked, CloseReason.USER_REMOVED)]
 
     # --- state machine plumbing ------------------------------------------------------------
 
@@ -1369,6 +1396,8 @@ class ClientSession:
         held = self._held
         if held is None or self.state not in (_READY, State.IDLE, State.WAITING):
             return []
+        if self.revoked is not None:
+            return self._revoked_now()
         self._held = None
         watch = self._sequences.foreign
         busy = watch and bool(self.tracker.pending)
@@ -1828,6 +1857,8 @@ class ClientSession:
         if not done:
             return actions
         self._admission = None
+        if self.revoked is not None:  # (a reload revoked the user meanwhile: the statement is not sent)
+            return actions + self._revoked_now()
         actions += self._admitted(adm)
         if rest:
             actions += self.server_data(rest)

@@ -41,6 +41,7 @@ from proxy.actions import (
     SessionUnpinned,
     StartClientTls,
     StartRelay,
+    TerminateBackend,
     WatchLimits,
 )
 from proxy.audit import AuditLog
@@ -180,10 +181,11 @@ class ClientConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.reconfigure(config)
 
-    def revoke(self, error: PgError) -> bool:
-        """A reload revoked this session's user: the session ends with `error` at its next statement; whether a
-        request of it runs on its server now (to be cancelled)."""
-        return self.session is not None and self.session.revoke(error)
+    def revoke(self, error: PgError) -> None:
+        """A reload revoked this session's user: the session ends with `error` (now, or at its next step while it
+        logs in or waits for a server); a backend process with its requests on it is terminated."""
+        if self.session is not None and not self.closed:
+            self.run(self.session.revoke(error))
 
     def data_received(self, data: bytes) -> None:
         self._bytes_in += len(data)
@@ -212,9 +214,14 @@ class ClientConnection(asyncio.Protocol):
             self._timer = asyncio.get_running_loop().call_later(max(0.0, remaining), self._on_timeout)
 
     def _untrusted_header(self) -> None:
-        self.proxy.metrics.proxy_header_refused("untrusted")
-        self.prelog("warning", "proxy_header_refused", reason="sender not in server.proxy_protocol_from"
-                    if self.proxy.proxy_senders is not None else "server.proxy_protocol is off")
+        if self.via is not None:  # the balancer's header was read: this one is its client's (red team 9b3 F8)
+            self.proxy.metrics.proxy_header_refused("second_header")
+            self.prelog("warning", "proxy_header_refused", via=self.via,
+                        reason="a second PROXY header, from the client behind the balancer")
+        else:
+            self.proxy.metrics.proxy_header_refused("untrusted")
+            self.prelog("warning", "proxy_header_refused", reason="sender not in server.proxy_protocol_from"
+                        if self.proxy.proxy_senders is not None else "server.proxy_protocol is off")
         self.close(None, CloseReason.PROXY_HEADER)
 
     def prelog(self, level: str, event: str, **fields: object) -> None:
@@ -594,6 +601,8 @@ class ClientConnection(asyncio.Protocol):
                                                                            action.period)
             elif isinstance(action, BatchWithoutSync):
                 self._batch_without_sync(action.open)
+            elif isinstance(action, TerminateBackend):
+                self.proxy.terminate_backend(action)
             elif isinstance(action, CloseClient):
                 self.close(action.error, action.reason)
                 return

@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import psycopg
+
 from proxy import _accel, allocator, dbcheck, errors, instancekey, memory, registrystore
 from proxy import admin as admin_console
-from proxy.actions import ForwardCancel
+from proxy.actions import ForwardCancel, TerminateBackend
 from proxy.agent import timeout_ms as agent_timeout_ms
 from proxy.audit import AuditLog
 from proxy.auth.prelogin import PreloginLimiter
@@ -126,7 +128,7 @@ class Proxy:
         self.instance_server: PeerCancelServer | None = None  # stateless replicas: other instances' forwarded cancels
         self.peer_sender: PeerCancelSender | None = None
         self.forward_limit = ForwardLimiter()  # CancelRequests passed to other instances, per client address
-        self._revoke_cancels: set[asyncio.Task[None]] = set()  # cancels of revoked users' running requests
+        self._revoke_tasks: set[asyncio.Task[None]] = set()  # terminations of revoked users' backend processes
         self.ops_server: OpsServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._idle = asyncio.Event()
@@ -255,11 +257,8 @@ class Proxy:
         for ref in sessions:  # logged-in and logging-in users' sessions decide under the new config
             if not ref.admin:
                 by_id[ref.session_id].reconfigure(new)
-        for revocation in revoked:  # each ends at its next statement; what it runs now is cancelled (red team 9b2 P5)
-            client = by_id[revocation.session_id]
-            if client.revoke(revocation.error):
-                self._revoke_cancels.add(task := asyncio.get_running_loop().create_task(self._cancel_session(client)))
-                task.add_done_callback(self._revoke_cancels.discard)
+        for revocation in revoked:  # each ends now; what it sent its server does not run (red team 9b3 F1, F3)
+            by_id[revocation.session_id].revoke(revocation.error)
         self.pool.reconfigure(self.config)  # sizes follow; a tenant whose context changed gets a new pool
 
     def session_rows(self) -> list[SessionRow]:
@@ -498,6 +497,34 @@ class Proxy:
             delivered = await self._send_cancel(link.server.backend, link.server.process_id, link.server.secret_key)
         finally:
             self.pool.cancel_done(link, delivered=delivered)
+
+    def terminate_backend(self, action: TerminateBackend) -> None:
+        """A revoked session's backend process ends (TerminateBackend): a task of its own, the reload goes on."""
+        self._revoke_tasks.add(task := asyncio.get_running_loop().create_task(self._terminate_backend(action)))
+        task.add_done_callback(self._revoke_tasks.discard)
+
+    async def _terminate_backend(self, action: TerminateBackend) -> None:
+        """pg_terminate_backend(pid) from a short connection as the backend's own role (it may end its own role's
+        processes): the requests the revoked user pipelined on it never run. If that fails, the CancelRequest at
+        least stops the running statement (logged: what follows it may run)."""
+        backend, timeout = action.backend, action.backend.connect_timeout
+        try:
+            kwargs = dbcheck.connect_kwargs(backend, action.database, timeout, "pgtenant-revoke")
+            conn = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(autocommit=True, **kwargs), timeout)  # type: ignore[arg-type]
+            try:
+                cur = await asyncio.wait_for(
+                    conn.execute("SELECT pg_catalog.pg_terminate_backend(%s)", (action.process_id,)), timeout)
+                row = await cur.fetchone()
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            log.info("backend_terminated", backend=backend.name, process_id=action.process_id,
+                     terminated=bool(row and row[0]))
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            log.warning("backend_terminate_failed", backend=backend.name, process_id=action.process_id,
+                        error=str(exc) or type(exc).__name__)
+            await self._send_cancel(backend, action.process_id, action.secret_key)
 
     async def cancel_backend(self, backend: BackendConfig, process_id: int, secret_key: bytes) -> bool:
         """Cancel what a backend process runs for the proxy itself (a left client's statement): whether PostgreSQL

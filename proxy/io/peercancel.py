@@ -15,7 +15,7 @@ from proxy import instancekey
 from proxy.auth.prelogin import PreloginLimiter
 from proxy.config import RegistryConfig
 from proxy.logs import LogLimiter, get_logger
-from proxy.registrydb import FIND_SLOT, INSTANCE_LOCK, with_tcp_timeouts
+from proxy.registrydb import HELD_SLOTS, INSTANCE_LOCK, with_tcp_timeouts
 
 log = get_logger("pgtenant.peers")
 
@@ -262,14 +262,31 @@ class PeerCancelSender:
         return self._missing.get(slot, 0.0) > _clock()
 
     async def _query(self, slot: int) -> Where | None:
+        """`slot`'s instance, from a read of every held slot: the others are learned too (`_learn`)."""
+        held = await self._held_slots(slot)
+        self._learn({other: where for other, where in held.items() if other != slot})
+        return held.get(slot)
+
+    def _learn(self, held: dict[int, Where]) -> None:
+        """What a lookup read of slots it was not asked about: each becomes live (cached, never `busy`), so a new
+        instance's cancels need no lookup of their own, which a flood naming free slots could keep from ever getting
+        a place in the queue (red team 9b3 F5). A slot missing from it is left alone (its own lookup drops it)."""
+        now = _clock()
+        for slot, where in held.items():
+            self._where[slot] = where
+            self._found[slot] = now
+            self._missing.pop(slot, None)
+
+    async def _held_slots(self, slot: int) -> dict[int, Where]:
+        """Every slot an instance holds now (one registry session, one query); `slot`: the one asked for (logs)."""
         try:
             async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5,
                                                               application_name="pgtenant-peers") as conn:
-                row = await (await conn.execute(FIND_SLOT, (slot, INSTANCE_LOCK, slot))).fetchone()
+                rows = await (await conn.execute(HELD_SLOTS, (INSTANCE_LOCK,))).fetchall()
         except (psycopg.Error, OSError) as exc:
             log.warning("peer_lookup_failed", slot=slot, error=str(exc).strip())
             raise LookupFailed(slot) from exc
-        return None if row is None else (str(row[0]), int(row[1]), int(row[2]))
+        return {int(row[0]): (str(row[1]), int(row[2]), int(row[3])) for row in rows}
 
     async def send(self, slot: int, process_id: int, secret_key: bytes) -> bytes | None:
         """The answer of the instance of `slot` (instancekey.FOUND: it had the session and acted on the cancel;

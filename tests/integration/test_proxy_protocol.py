@@ -130,9 +130,15 @@ def test_a_header_a_client_sends_through_the_balancer_is_refused(
     behind: ProxyProcess, balancers: tuple[ProxyBalancer, ProxyBalancer],
 ) -> None:
     a, _ = balancers
+    before = behind.count_events("proxy_header_refused")
     with socket.create_connection(("127.0.0.1", a.port), timeout=10) as sock:
         sock.sendall(encode(("198.51.100.9", 1234)) + m.encode_ssl_request())
         assert _closed(sock)
+    # Red team 9b3 F8: logged as what it is, not as an untrusted sender (an operator would look for a wrong CIDR).
+    until(lambda: behind.count_events("proxy_header_refused") > before)
+    event = [e for e in behind.log_events() if e.get("event") == "proxy_header_refused"][-1]
+    assert event["client_addr"] == "203.0.113.1" and event["via"] == BALANCER, event
+    assert event["reason"] == "a second PROXY header, from the client behind the balancer", event
 
 
 def test_the_local_command_is_the_balancers_own_health_check(behind: ProxyProcess) -> None:

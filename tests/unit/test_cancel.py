@@ -130,6 +130,17 @@ def test_cancels_passed_to_other_instances_are_limited_per_client_address() -> N
     assert len(limit._buckets) == 2  # bounded: the least recently seen address is forgotten
 
 
+def test_the_per_address_forward_budget_counts_an_ipv6_client_per_64() -> None:
+    """Red team 9b3 F7: the bucket was keyed per /128, so a client picking a new address in its /64 per connection
+    (one PROXY header each) got 577 of 600 cancels passed on instead of its own 20 a second. Keyed per /64 as the
+    login limits count IPv6; another /64 keeps its own budget."""
+    limit = ForwardLimiter(rate=2.0, burst=3.0, total_rate=1000.0, total_burst=1000.0)
+    passed = [limit.allow(f"2001:db8:1:2::{i:x}", 100.0) for i in range(1, 7)]
+    assert passed == [True, True, True, False, False, False]
+    assert limit.allow("2001:db8:1:3::1", 100.0)  # the next /64: a budget of its own
+    assert limit.allow("10.0.0.1", 100.0) and limit.allow("::ffff:10.0.0.2", 100.0)  # IPv4 (mapped too): per address
+
+
 def test_cancels_passed_on_are_limited_in_all_and_per_destination() -> None:
     """Red team 9b N1: many addresses together stay under one rate, and one instance gets a bounded number of
     exchanges at a time."""

@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import errors
-from proxy.actions import CloseClient, RelayToServer
+from proxy.actions import CloseClient, RelayToServer, ReleaseServer, RunDecision, TerminateBackend
 from proxy.auth.throttle import AuthThrottle
+from proxy.policy.cache import Pending
 from proxy.policy.model import (
     DEALLOCATE,
     SESSION_STATEMENTS,
@@ -25,7 +26,8 @@ from proxy.policy.model import (
     Rewrite,
 )
 from proxy.protocol import messages as m
-from proxy.session import ClientSession
+from proxy.reasons import CloseReason
+from proxy.session import ClientSession, State
 from tests.support.sessions import attach, frames, login, make_config, refused_parses
 
 
@@ -107,10 +109,71 @@ def test_every_query_and_parse_is_decided_under_any_chunking(
 def test_revoked_session_refuses_bind_and_execute(tmp_path: Path) -> None:
     s = ready_session(tmp_path)
     s.client_data(m.Parse("s1", "SELECT * FROM orders", b"\x00\x00").encode() + m.SYNC_MESSAGE)
-    s.revoke(errors.user_removed("alice"))
+    revoked = s.revoke(errors.user_removed("alice"))
     actions = s.client_data(bind("s1") + EXECUTE + m.SYNC_MESSAGE)
-    assert any(isinstance(a, CloseClient) for a in actions), actions
+    assert any(isinstance(a, CloseClient) for a in revoked + actions), actions
     assert not forwarded(actions).startswith(b"B")
+
+
+def _slow_session(tmp_path: Path, pool: dict | None = None) -> ClientSession:
+    """A session whose statements naming "slow" are decided elsewhere (RunDecision, then decision_ready)."""
+    return ready_session(tmp_path, lambda kind, sql: Pending(None, None, sql) if "slow" in sql else Allow(),
+                         pool=pool)
+
+
+def _closed_with_28000(actions: list) -> bool:
+    closes = [a for a in actions if isinstance(a, CloseClient)]
+    return len(closes) == 1 and closes[0].reason is CloseReason.USER_REMOVED and closes[0].error.sqlstate == "28000"
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_message_held_for_its_decision_never_reaches_the_server_after_a_revocation(tmp_path: Path, mode: str) -> None:
+    """Red team 9b3 F2: a write held for its policy decision when the reload removed its user was relayed when the
+    decision came (decision_ready did not look at `revoked`): it committed after the removal."""
+    s = _slow_session(tmp_path, {"pool_mode": mode})
+    held = s.client_data(m.Query("INSERT INTO orders VALUES (1) -- slow").encode())
+    if s.state is State.WAITING:  # (transaction pooling: decided once the session holds a server)
+        held += attach(s)
+    assert s.state is State.READY and any(isinstance(a, RunDecision) for a in held) and not forwarded(held)
+    revoked = s.revoke(errors.user_removed("alice"))
+    after = s.decision_ready(Allow())
+    assert not forwarded(revoked + after)
+    assert _closed_with_28000(revoked + after)
+
+
+# --- revocation ends the session now (red team 9b3 F1, F3) --------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_revoked_session_with_requests_on_its_server_has_its_backend_terminated(tmp_path: Path, mode: str) -> None:
+    """Red team 9b3 F1: the reload's CancelRequest stopped only the running statement; what the client pipelined
+    behind it ran. The backend process is terminated (its pid and backend carried), the server dropped without a
+    cancel (one would let the next pipelined statement start), the client closed with 28000."""
+    s = ready_session(tmp_path, pool={"pool_mode": mode})
+    sent = s.client_data(m.Query("SELECT pg_sleep(5)").encode() + m.Query("INSERT INTO orders VALUES (1)").encode())
+    if s.state is State.WAITING:  # (transaction pooling: relayed once the session holds a server)
+        sent += attach(s)
+    assert forwarded(sent).count(b"Q") >= 2
+    server = s.server
+    assert server is not None
+    actions = s.revoke(errors.user_removed("alice"))
+    terminate = [a for a in actions if isinstance(a, TerminateBackend)]
+    assert terminate == [TerminateBackend(server.backend, server.database, server.process_id, server.secret_key)]
+    assert [a for a in actions if isinstance(a, ReleaseServer)] == [
+        ReleaseServer(reusable=False, reset=True, reason=CloseReason.USER_REMOVED, busy=False)]
+    assert _closed_with_28000(actions) and isinstance(actions[-1], CloseClient)
+    assert s.state is State.CLOSED
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_revoked_idle_session_is_closed_at_once(tmp_path: Path, mode: str) -> None:
+    """Red team 9b3 F3: an idle session of a removed user stayed open (and got NOTIFY payloads) until it sent
+    something. It is closed at the revocation, FATAL 28000 unasked; nothing ran on its server: no termination."""
+    s = ready_session(tmp_path, pool={"pool_mode": mode})
+    actions = s.revoke(errors.user_removed("alice"))
+    assert not [a for a in actions if isinstance(a, TerminateBackend)]
+    assert _closed_with_28000(actions) and s.state is State.CLOSED
+    assert actions[-1].error.severity == "FATAL"
 
 
 # --- a Parse repeated byte for byte ------------------------------------------------------------------

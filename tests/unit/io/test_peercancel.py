@@ -466,3 +466,44 @@ def test_a_connection_that_sends_no_frame_in_time_is_closed() -> None:
         await instance.server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_new_instances_slot_is_learned_by_any_lookup_during_a_free_slot_flood(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9b3 F5 (instance_bits = 10): a flood of cancels naming free slots kept the lookup queue full, and
+    every cancel for a new instance's slot, not looked up yet, was dropped as `busy` (6 of 6). A lookup reads every
+    held slot at once: the flood's next lookup makes the new slot live, and its cancels are passed on."""
+    sender = peercancel.PeerCancelSender("host=registry", SHARED)
+    registry: dict[int, tuple[str, int, int]] = {0: ("10.0.0.1", 6433, 1)}
+    step = asyncio.Event()
+    reads: list[int] = []
+
+    async def held_slots(slot: int) -> dict[int, tuple[str, int, int]]:
+        reads.append(slot)
+        await step.wait()
+        step.clear()
+        return dict(registry)
+
+    monkeypatch.setattr(sender, "_held_slots", held_slots)
+
+    async def find(slot: int) -> object:
+        try:
+            return await sender.find(slot)
+        except peercancel.LookupBusy:
+            return "busy"
+
+    async def scenario() -> None:
+        flood = [asyncio.ensure_future(find(slot)) for slot in range(100, 100 + 1 + peercancel.LOOKUP_QUEUE)]
+        await asyncio.sleep(0.01)
+        assert await find(2) == "busy"  # slot 2 is free still, and the queue full
+        registry[2] = ("10.0.0.3", 6433, 7)  # instance c claims slot 2
+        step.set()  # the lookup under way (a free slot's) ends, and the next one of the flood starts
+        await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(find(2), 1) == ("10.0.0.3", 6433, 7)  # live: no lookup of its own
+        assert 2 not in reads
+        for _ in flood:
+            step.set()
+            await asyncio.sleep(0.01)
+        assert [await task for task in flood] == [None] * len(flood)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
