@@ -262,11 +262,15 @@ class QuerySlots:
 
     def acquire(self, tenant: str, limit: int, client: Hashable) -> bool:
         """A turn for `client` now (True), or it waits in its tenant's queue (False)."""
-        if self.running[tenant] < limit and not self.waiting.get(tenant):
+        if self.free(tenant, limit):
             self.running[tenant] += 1
             return True
         self.waiting.setdefault(tenant, deque()).append(client)
         return False
+
+    def free(self, tenant: str, limit: int) -> bool:
+        """Whether `acquire` would give a turn now (nobody of the tenant waits and one is free)."""
+        return self.running[tenant] < limit and not self.waiting.get(tenant)
 
     def release(self, tenant: str, limit: int) -> Hashable | None:
         """A turn ends: the next waiting client of the tenant, which has it now (None: nobody waits)."""

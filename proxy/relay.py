@@ -84,7 +84,7 @@ class ClientRelay(_SocketEvents):
         self.bytes_in += len(data)
         try:
             if self.kept:
-                self.owner.resume_kept()
+                self.owner.resume_kept(data)
             actions = self.session.client_data(data)
         except Exception:
             self.owner.internal_error()

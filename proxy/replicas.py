@@ -288,11 +288,32 @@ class Router:
             else:
                 self._turn += 1
                 name = names[self._turn % len(names)]
-            choice = self._choices.get(name)
-            return choice if choice is not None else self._choices.setdefault(name, Choice(name))
+            return self._choice(name)
         if routing.route == "replica" and routing.replica_fallback == "refuse":
             return Choice(refusal=errors.no_healthy_replica(tenant=tenant, seconds=routing.max_replica_lag))
         return _PRIMARY
+
+    def kept(self, backend: str, route: Route, now: float, replica: str | None) -> Choice | None:
+        """A routed request whose session has a server kept for it (sticky) on `replica` (None: the primary): that
+        server's Choice when `choose` could choose it now — a replica among the candidates (up, within the lag, and
+        holding the session's last write: the same checks; any of them, the round robin's turn is not taken), the
+        primary when the route goes there (a write, or no candidate and a fallback to the primary) — else None (the
+        session gives the server back and asks the pool, which chooses anew)."""
+        routing = route.routing
+        kind = routing.route
+        if kind == "primary" or (kind == "auto" and not route.read_only):
+            return _PRIMARY if replica is None else None
+        s = self.sets.get(backend)
+        names = s.candidates(now, routing.max_replica_lag, route.wrote_at, routing.max_staleness) if s else []
+        if replica is not None:
+            return self._choice(replica) if replica in names else None
+        if names or (kind == "replica" and routing.replica_fallback == "refuse"):
+            return None
+        return _PRIMARY
+
+    def _choice(self, name: str) -> Choice:
+        choice = self._choices.get(name)
+        return choice if choice is not None else self._choices.setdefault(name, Choice(name))
 
     def rows(self, now: float) -> Iterator[tuple[str, str, Health, float | None, str | None]]:
         """(backend, replica, health, lag seconds, why it is down) per replica."""

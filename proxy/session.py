@@ -1066,6 +1066,8 @@ class ClientSession:
             if not pins:
                 if self._may_keep(desired):
                     self._sticky = True
+                    if self.routing is not None:  # (its release's part for read-your-writes: a write ends now)
+                        self.routing.released(self.server.replica, self.clock())  # type: ignore[union-attr]
                     return [*actions, KeepServer()]
                 return actions + self._release()
         if desired is not None and desired != self._applied:
@@ -1133,22 +1135,44 @@ class ClientSession:
 
     def _may_keep(self, desired: dict[str, str] | None) -> bool:
         """At the release: whether the session may keep its server (KeepServer) instead of giving it back: its
-        settings are on it as they are (no replay due), and no per-request choice of a server (read replicas, an
-        agent's read-only servers) or turn (max_concurrent_queries) stands between its requests and that server, and
-        no request of the client's waits already (held while the proxy's own Sync ended a Flush-ended batch: it is
-        judged again after the release, and a kept server would be written to behind the pool's back)."""
-        return (self.config.pool.sticky_servers and self.routing is None and self.agent is None
-                and not self._gate_slot and not self._stash and (desired is None or desired == self._applied))
+        settings are on it as they are (no replay due), and no request of the client's waits already (held while the
+        proxy's own Sync ended a Flush-ended batch: it is judged again after the release, and a kept server would be
+        written to behind the pool's back). A routed session keeps its replica's or primary's server as any other
+        (its next request runs there only if the router could choose it: `resume_route`); a session that needs a
+        turn per request (max_concurrent_queries) keeps it too (its turn is given back at this ReadyForQuery all
+        the same; it resumes only when a turn is free at once: `resume_turn`)."""
+        return (self.config.pool.sticky_servers and not self._stash
+                and (desired is None or desired == self._applied))
 
     def may_resume(self) -> bool:
-        """Whether the session's next request may run on the server kept for it: not while it needs a turn first
-        (max_concurrent_queries: a held server waiting for a turn could wait for a server a turn holder needs)."""
-        return self._sticky and not self._gate_slot
+        """Whether the session has a server kept for it (its next request may run there if the pool lets it)."""
+        return self._sticky
+
+    def resume_turn(self) -> tuple[str, int] | None:
+        """max_concurrent_queries: (tenant, limit) of the turn the session's next request needs before it runs, else
+        None. With a server kept, the request resumes it only when that turn is free now (the session then takes it
+        synchronously): a server held while its request waits for a turn could be the one a turn holder waits for."""
+        limits = self.limits
+        if not self._gate_slot or limits is None or limits.max_concurrent_queries is None:
+            return None
+        return limits.tenant, limits.max_concurrent_queries
+
+    def resume_route(self, data: bytes) -> AcquireServer | None:
+        """A routed session with a server kept for it: what it would ask the pool for the request `data` begins (its
+        Route judged as for an acquire, `_route_of`), which the pool checks the kept server against (the router's
+        choice: that replica, or the primary); None when the session is not routed."""
+        if self.routing is None or not self._sticky:
+            return None
+        assert self.request is not None
+        self.routing.judged = len(data)
+        return AcquireServer(self.request, self._route_of(data))
 
     def server_resumed(self) -> list[Action]:
         """Event: the session holds the server kept for it again (its next request is about to be read): no replay,
         no statement placement, no sequence discard, since nobody else has used that server meanwhile."""
         self._sticky = False
+        if self.routing is not None and self.server is not None:
+            self.routing.attached(self.server.replica, self.pooled)
         return []
 
     def server_taken(self) -> list[Action]:
@@ -1158,6 +1182,8 @@ class ClientSession:
         if not self._sticky:
             return []
         self._sticky = False
+        if self.routing is not None:  # (its release's routing part was done at the keep; a request judged for the
+            self.routing.wrote = False  # kept server since, `resume_route`, is judged again when it asks the pool)
         self._release()  # (its ReleaseServer is not run: the pool has the server already)
         return []
 
@@ -1459,20 +1485,26 @@ class ClientSession:
         assert self.request is not None
         if self.routing is None:
             return AcquireServer(self.request)
+        data = b"".join([*self._waiting, self._unread]) if self._waiting else self._unread
+        self.routing.judged = len(data)
+        return AcquireServer(self.request, self._route_of(data))
+
+    def _route_of(self, data: bytes) -> replicas.Route:
+        """The Route of the request(s) in `data` (the routing's bookkeeping of it, Routed.route, done)."""
+        routing = self.routing
+        assert routing is not None
         if replicas.serializable(self._overrides.get(replicas.ISOLATION) or self._startup_settings.get(
                 replicas.ISOLATION)):  # (a standby refuses SERIALIZABLE transactions)
-            return AcquireServer(self.request, self.routing.route(False))
+            return routing.route(False)
         if self.agent is not None:
-            return AcquireServer(self.request, self.routing.route(True))
-        data = b"".join([*self._waiting, self._unread]) if self._waiting else self._unread
+            return routing.route(True)
         read_only = self._decided_read_only(data)
         if read_only is None:
             read_only = replicas.read_only_request(data, self._statement_text)
-        self.routing.judged = len(data)
         if read_only:  # (the usual case: no closure to build)
-            return AcquireServer(self.request, self.routing.route(True))
-        return AcquireServer(self.request, self.routing.route(False, lambda: not replicas.read_only_request(
-            data, self._statement_text, replicas.writes_nothing_sql)))
+            return routing.route(True)
+        return routing.route(False, lambda: not replicas.read_only_request(
+            data, self._statement_text, replicas.writes_nothing_sql))
 
     # --- read replicas (proxy/replicas.py) -----------------------------------------------------
 

@@ -452,13 +452,18 @@ class ClientConnection(asyncio.Protocol):
             self.relay.kept = False
         return True
 
-    def resume_kept(self) -> None:
-        """Client bytes while the session's server is kept for it (before the session reads them): it holds the
-        server again if the pool lets it, else lets go of it first (the session then asks the pool anew)."""
+    def resume_kept(self, data: bytes) -> None:
+        """Client bytes `data` while the session's server is kept for it (before the session reads them): it holds
+        the server again if the pool lets it — for a routed session, if the router could choose that server for the
+        request `data` begins; with max_concurrent_queries, if a turn is free now (the session then takes it at
+        once, synchronously: it never holds a server while its request waits for a turn) — else lets go of it first
+        (the session then asks the pool anew, in fair order, after its turn)."""
         self._unkeep()
         link, session = self.link, self.session
         assert link is not None and session is not None
-        if session.may_resume() and self.proxy.pool.reuse(link, self):
+        turn = session.resume_turn()
+        if session.may_resume() and (turn is None or self.proxy.slots.free(*turn)) and self.proxy.pool.reuse(
+                link, self, session.resume_route(data)):
             link.owner, link.relay = self, self.relay
             if self._client_full and link.transport is not None:
                 link.transport.pause_reading()

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from proxy import errors
-from proxy.actions import ServerQueryDone, ServerReady
+from proxy.actions import AcquireServer, ServerQueryDone, ServerReady
 from proxy.config import Config
 from proxy.errors import PgError
 from proxy.io.backend import ServerLink
@@ -128,11 +128,24 @@ class Pool:
         link.relay = None  # (an idle link reads its socket itself: anything unasked for closes it)
         return True
 
-    def reuse(self, link: ServerLink, client: ClientConnection) -> bool:
-        """`client`'s next request: it holds the server kept for it again, if the pool lets it (else `take_back`)."""
+    def reuse(self, link: ServerLink, client: ClientConnection, routed: AcquireServer | None = None) -> bool:
+        """`client`'s next request: it holds the server kept for it again, if the pool lets it (else `take_back`).
+        A routed session's request (`routed`: what it would ask the pool for) runs there only if the router could
+        choose that server's replica (or the primary) for it now: healthy, within its lag and read-your-writes bound
+        (docs/pinning.md)."""
         now = self.clock()
-        if link.closed or not self.manager.reuse(id(client), link.server.id, now):
+        if link.closed:
             return False
+        choice = None
+        if routed is not None and routed.route is not None:
+            request = routed.request
+            choice = self.router.kept(request.backend.name, routed.route, now, link.server.replica)
+            if choice is None:
+                return False
+        if not self.manager.reuse(id(client), link.server.id, now):
+            return False
+        if choice is not None:
+            self.proxy.metrics.replica_routed(request.tenant, request.backend.name, choice.server)
         link.owner = client
         link.server.last_used = now
         return True

@@ -644,3 +644,25 @@ def test_asyncpg_prepare_holds_no_turn_and_no_watchdog(pooled: ProxyProcess) -> 
             await conn.close()
 
     asyncio.run(main())
+
+
+def _grants(p: ProxyProcess) -> int:
+    """Servers the pool handed out, every tenant (pgtenant_pool_wait_seconds_count): a kept server's reuse is none."""
+    with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    return sum(int(float(ln.split()[-1])) for ln in lines if ln.startswith("pgtenant_pool_wait_seconds_count{"))
+
+
+def test_a_session_with_a_turn_per_request_keeps_its_server_between_requests(pooled: ProxyProcess) -> None:
+    """max_concurrent_queries in transaction pooling: the turn goes back at each request's end, the server is kept
+    (sticky servers); the next request resumes it when its turn is free at once. Another session of the tenant takes
+    its turn (and a server) in between; both go on."""
+    with psycopg.connect(pooled.dsn("prep_user"), autocommit=True) as a:
+        server = a.execute("SELECT pg_backend_pid()").fetchone()
+        before = _grants(pooled)
+        for _ in range(3):
+            assert a.execute("SELECT pg_backend_pid()").fetchone() == server
+        assert _grants(pooled) == before  # no handoff: the kept server each time
+        with psycopg.connect(pooled.dsn("prep_user"), autocommit=True) as b:
+            assert b.execute("SELECT 1").fetchone() == (1,)
+        assert a.execute("SELECT 2").fetchone() == (2,)

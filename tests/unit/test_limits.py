@@ -45,10 +45,13 @@ from tests.support.sessions import login, server_for
 
 
 def config(tmp_path: Path, tenant: dict[str, Any] | None = None, user: dict[str, Any] | None = None,
-           pool_mode: str = "session") -> Config:
+           pool_mode: str = "session", sticky: bool = False) -> Config:
+    """(Transaction pooling without sticky servers unless `sticky`: the scripted conversations give the server back
+    at each ReadyForQuery 'I'; test_session_sticky.py keeps it.)"""
     (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
     return parse_config({
-        "secrets_file": "s.toml", "backends": {"main": {}}, "pool": {"pool_mode": pool_mode},
+        "secrets_file": "s.toml", "backends": {"main": {}},
+        "pool": {"pool_mode": pool_mode, "sticky_servers": sticky},
         "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme", **(tenant or {})}},
         "users": {"alice": {"tenant": "acme", **(user or {})}},
     }, base=tmp_path)
@@ -158,6 +161,18 @@ def test_query_slots_first_come_first_served_per_tenant() -> None:
     assert slots.release("a", 1) is None and slots.running == {"b": 1} and slots.waiting == {}
 
 
+def test_a_free_turn_is_one_acquire_would_give_now() -> None:
+    """(A session's kept server is resumed only when its turn is free now: then its acquire is granted at once.)"""
+    slots = QuerySlots()
+    assert slots.free("a", 1) and slots.running == {}  # (asking takes nothing)
+    slots.acquire("a", 1, "c1")
+    assert not slots.free("a", 1) and slots.free("a", 2)
+    slots.acquire("a", 2, "c2")
+    assert slots.acquire("a", 2, "c3") is False  # (waits)
+    assert not slots.free("a", 3)  # a turn below 3, but c3 waits first
+    assert slots.release("a", 2) == "c3" and slots.free("a", 3)
+
+
 # --- the session under limits ----------------------------------------------------------------------
 
 
@@ -170,11 +185,12 @@ class Clock:
 
 
 def session(tmp_path: Path, tenant: dict[str, Any], clock: Clock | None = None, pool_mode: str = "session",
-            connections: ConnectionCounts | None = None, user: dict[str, Any] | None = None,
+            connections: ConnectionCounts | None = None, user: dict[str, Any] | None = None, sticky: bool = False,
             **params: str) -> tuple[ClientSession, list]:
     """A logged-in session of alice (her `user` keys) under the tenant's `tenant` limits, holding a server, its
     startup answered."""
-    s = ClientSession(config(tmp_path, tenant, user, pool_mode=pool_mode), session_id="s1", client_address="10.0.0.1",
+    s = ClientSession(config(tmp_path, tenant, user, pool_mode=pool_mode, sticky=sticky), session_id="s1",
+                      client_address="10.0.0.1",
                       throttle=AuthThrottle(max_failures=2), clock=clock or Clock(), tls_available=False,
                       connections=connections)
     actions = login(s, **params)

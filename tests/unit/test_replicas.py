@@ -168,6 +168,42 @@ def test_router_by_route_and_fallback(tmp_path: Path) -> None:
     assert [(b, r, h) for b, r, h, _, _ in rows] == [("main", "r1", Health.DOWN), ("main", "r2", Health.DOWN)]
 
 
+def test_a_kept_server_serves_only_what_the_router_could_choose_it_for(tmp_path: Path) -> None:
+    """Sticky servers for routed sessions: a server kept on a replica serves a read while that replica is among the
+    candidates (healthy, within the lag, holding the session's last write; any candidate, the round robin's turn not
+    taken), a kept primary server serves a write, or a read with no candidate when the fallback is the primary."""
+    router = Router(config(tmp_path))  # type: ignore[arg-type]
+    s = router.sets["main"]
+    auto, every = RoutingConfig(route="auto", max_replica_lag=5.0), RoutingConfig(route="replica")
+    read, write = Route(auto, read_only=True), Route(auto, read_only=False)
+    assert router.kept("main", read, 1.0, "r1") is None  # nothing probed yet: not a candidate
+    assert router.kept("main", read, 1.0, None) == router.choose("main", None, 1.0, "acme")  # the primary serves
+    s.primary_polled(10.0, False, "0/100")
+    for name in ("r1", "r2"):
+        s.replica_polled(name, 10.1, True, "0/100")
+    turn = router._turn
+    for _ in range(3):
+        kept = router.kept("main", read, 10.2, "r2")
+        assert kept is not None and kept.replica == "r2" and kept.server == "r2"  # (not r1's turn)
+    assert router._turn == turn
+    assert router.kept("main", write, 10.2, "r1") is None  # a write: the primary, never a kept replica
+    assert router.kept("main", write, 10.2, None) == router.choose("main", write, 10.2, "acme")
+    assert router.kept("main", read, 10.2, None) is None  # a read goes to a replica: not the kept primary
+    assert router.kept("main", Route(auto, True, wrote_at=10.5), 10.6, "r1") is None  # read-your-writes
+    s.primary_polled(11.0, False, "0/200")
+    s.replica_polled("r1", 11.1, True, "0/200")  # r1 replayed past the write: it may serve the session again
+    assert router.kept("main", Route(auto, True, wrote_at=10.5), 11.2, "r1") is not None
+    s.replica_failed("r1", "gone")
+    assert router.kept("main", read, 11.2, "r1") is None  # down: its kept server is not reused
+    s.replica_polled("r2", 11.1, True, "0/100")
+    assert s.health("r2", 16.0) is Health.LAGGING
+    assert router.kept("main", read, 16.0, "r2") is None  # lagging (6 s behind, max 5 s)
+    assert router.kept("main", read, 16.0, None) is not None  # no candidate: the primary
+    assert router.kept("main", Route(RoutingConfig(), read_only=True), 16.0, None) is not None  # route "primary"
+    assert router.kept("main", Route(every, True), 16.0, None) is not None  # replica_fallback = "primary"
+    assert router.kept("main", Route(replace(every, replica_fallback="refuse"), True), 16.0, None) is None
+
+
 def test_a_reload_keeps_what_the_probes_told(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     router = Router(cfg)  # type: ignore[arg-type]

@@ -22,13 +22,13 @@ from proxy.actions import (
 )
 from proxy.auth.throttle import AuthThrottle
 from proxy.protocol import messages as m
+from proxy.replicas import Route
 from proxy.server import ServerConnection
 from proxy.session import ClientSession, State
 from tests.support.sessions import frames, make_config, server_for
 from tests.unit.test_limits import session as limits_session
 from tests.unit.test_session_pooling import _log_in, done, kinds, query, relayed
 from tests.unit.test_session_routing import Clock, routed_config
-from tests.unit.test_session_routing import request as routed_request
 from tests.unit.test_session_routing import session as routed_session
 
 
@@ -113,26 +113,116 @@ def test_sticky_servers_off_gives_the_server_back_at_each_ready_for_query(tmp_pa
     assert [type(a) for a in s.server_attached(server_for(s))] == [SendClient, StartRelay, ReleaseServer]
 
 
-def test_a_session_that_needs_a_turn_per_request_gives_its_server_back(tmp_path: Path) -> None:
-    """max_concurrent_queries: a server kept while the next request waits for a turn could be the server a turn
-    holder waits for; the turn is per request, so such a session gives its server back (and never resumes one)."""
-    s, _ = limits_session(tmp_path, {"max_concurrent_queries": 1, "query_wait_timeout": 3}, pool_mode="transaction")
-    assert s.state is State.IDLE  # (its first server went back at once)
-    assert s.client_data(query("SELECT 1")) == [AcquireSlot("acme", 1, 3.0)]
-    s.slot_granted()
-    s.server_attached(server_for(s))
+def test_a_session_that_needs_a_turn_per_request_keeps_its_server_and_gives_the_turn_back(tmp_path: Path) -> None:
+    """max_concurrent_queries: the turn goes back at each ReadyForQuery 'I' whether the server is kept or not; the
+    next request needs a turn first (`resume_turn`: the I/O layer resumes the kept server only when one is free at
+    once, so a server is never held while its request waits for a turn a turn holder's server would need)."""
+    s, _ = limits_session(tmp_path, {"max_concurrent_queries": 1, "query_wait_timeout": 3}, pool_mode="transaction",
+                          sticky=True)
+    assert s.may_resume() and s.resume_turn() == ("acme", 1)  # (its login's server kept)
+    s.server_resumed()
+    assert s.client_data(query("SELECT 1")) == [AcquireSlot("acme", 1, 3.0)]  # (held: no turn yet)
+    out = s.slot_granted()
+    assert relayed(out) == query("SELECT 1") and s.resume_turn() is None
     out = s.server_data(done("SELECT 1"))
-    assert ReleaseSlot("acme", 1) in out and kinds(out)[-1] is ReleaseServer and not s.may_resume()
+    assert ReleaseSlot("acme", 1) in out and kinds(out)[-1] is KeepServer
+    assert s.may_resume() and s.resume_turn() == ("acme", 1)
+    s.server_taken()  # no turn free: the kept server goes back, the request waits for its turn holding nothing
+    assert s.state is State.IDLE and s.client_data(query("SELECT 2")) == [AcquireSlot("acme", 1, 3.0)]
+    assert s.slot_granted() == [AcquireServer(s.request)]
 
 
-def test_a_routed_session_gives_its_server_back_at_each_ready_for_query(tmp_path: Path) -> None:
-    """Read replicas: the route is decided from each request's text; a kept replica server could get a write."""
+def _routed(tmp_path: Path, clock: Clock, **routing: object) -> ClientSession:
+    """A routed session (route = "auto", replica r1), sticky servers on, logged in: its login's server (the primary)
+    is kept."""
     cfg = routed_config(tmp_path)
-    cfg = replace(cfg, pool=replace(cfg.pool, sticky_servers=True))
-    s, _ = routed_session(cfg, Clock())
-    assert kinds(s.server_attached(server_for(s)))[-1] is ReleaseServer  # the login's server: given back at once
-    routed_request(s, "SELECT 1", "r1")  # (it asserts the ReleaseServer and the idle session)
-    assert not s.may_resume()
+    cfg = replace(cfg, pool=replace(cfg.pool, sticky_servers=True), routing=replace(cfg.routing, **routing))
+    s, _ = routed_session(cfg, clock)
+    assert kinds(s.server_attached(server_for(s)))[-1] is KeepServer
+    return s
+
+
+def _on(s: ClientSession, sql: str, replica: str | None) -> ServerConnection:
+    """The kept server is not the request's: taken back; the session asks the pool and gets a server of `replica`
+    (None: the primary), keeps it at the end."""
+    s.server_taken()
+    assert s.state is State.IDLE
+    [acquire] = s.client_data(query(sql))
+    assert isinstance(acquire, AcquireServer) and acquire.route is not None
+    assert acquire.route.read_only is (replica is not None)
+    server = server_for(s)
+    server.replica = replica
+    s.server_attached(server)
+    assert kinds(s.server_data(done("SELECT 1")))[-1] is KeepServer and s.server is server
+    return server
+
+
+def _route(s: ClientSession, sql: str) -> Route:
+    """The Route a routed session with a server kept for it would ask the pool for `sql` with (`resume_route`)."""
+    ask = s.resume_route(query(sql))
+    assert isinstance(ask, AcquireServer) and ask.request is s.request and ask.route is not None
+    return ask.route
+
+
+def test_a_routed_session_keeps_its_replica_server_and_its_next_read_runs_there(tmp_path: Path) -> None:
+    """Read replicas: a routed session keeps its server as any other; its next request is judged before it is
+    read (`resume_route`), the pool reuses the kept server when the router could choose it for that Route."""
+    clock = Clock()
+    s = _routed(tmp_path, clock)
+    auto = s.routing.routing  # type: ignore[union-attr]
+    assert _route(s, "SELECT 1") == Route(auto, True, None)  # (a read: not for the kept primary)
+    replica = _on(s, "SELECT 1", "r1")
+    for n in range(2, 4):
+        assert _route(s, f"SELECT {n}") == Route(auto, True, None)
+        assert s.server_resumed() == []
+        assert relayed(s.client_data(query(f"SELECT {n}"))) == query(f"SELECT {n}")
+        assert kinds(s.server_data(done("SELECT 1")))[-1] is KeepServer and s.server is replica
+    assert s.routing is not None and not s.routing.watching  # (a replica: nothing to watch for writes)
+
+
+def test_a_write_after_a_kept_replica_server_goes_to_the_primary_and_is_read_back_there(tmp_path: Path) -> None:
+    """The write is judged for the pool (not read-only: the kept replica server is taken back unused); the write's
+    end on the kept primary server marks read-your-writes at once (at the keep, not at a later take-back)."""
+    clock = Clock()
+    s = _routed(tmp_path, clock)
+    auto = s.routing.routing  # type: ignore[union-attr]
+    _on(s, "SELECT 1", "r1")
+    assert _route(s, "INSERT INTO t VALUES (1)") == Route(auto, False, None)
+    clock.now = 101.0
+    primary = _on(s, "INSERT INTO t VALUES (1)", None)
+    assert s.routing is not None and s.routing.wrote_at == 101.0  # (marked at the keep)
+    clock.now = 102.0
+    assert _route(s, "SELECT 2") == Route(auto, True, 101.0)  # read-your-writes: the router decides
+    s.server_resumed()  # (the router chose the primary: no replica holds the write yet)
+    assert s.routing.watching  # a primary: what the session sends it is watched for writes
+    relayed(s.client_data(query("SELECT 2")))
+    assert kinds(s.server_data(done("SELECT 1")))[-1] is KeepServer and s.server is primary
+    assert s.routing.wrote_at == 101.0  # (a read: no new write)
+
+
+def test_a_request_judged_for_a_kept_server_it_does_not_get_marks_no_write(tmp_path: Path) -> None:
+    """`resume_route` of a write, the kept primary server then taken back (someone waits): the take-back is the
+    release the ReadyForQuery skipped, not the end of that write (which has not run yet)."""
+    s = _routed(tmp_path, Clock())
+    assert not _route(s, "INSERT INTO t VALUES (1)").read_only
+    s.server_taken()
+    assert s.routing is not None and s.routing.wrote_at is None
+
+
+def test_an_agent_session_keeps_its_server_and_is_admitted_on_it(tmp_path: Path) -> None:
+    """The agent profile: its servers are a pool of their own (read-only context); a kept one serves its next query,
+    the proxy's EXPLAIN of it included."""
+    from tests.unit.test_session_agent import agent_session, explain_answer, forwarded
+
+    s = agent_session(tmp_path, pool_mode="transaction")
+    assert s.may_resume() and s.resume_route(query("SELECT * FROM t")) is None  # (kept at login; not routed)
+    server = s.server
+    s.server_resumed()
+    out = s.client_data(query("SELECT * FROM t"))
+    assert forwarded(out) == m.SYNC_MESSAGE + query("EXPLAIN (FORMAT JSON) SELECT * FROM t LIMIT 5")
+    assert forwarded(s.server_data(m.ready_for_query(b"I") + explain_answer(rows=4.0))) == query(
+        "SELECT * FROM t LIMIT 5")
+    assert kinds(s.server_data(done("SELECT 4")))[-1] is KeepServer and s.server is server
 
 
 def test_a_request_held_behind_the_proxys_own_sync_is_not_sent_to_a_kept_server(

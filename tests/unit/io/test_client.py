@@ -38,3 +38,54 @@ def test_the_client_is_paused_only_while_it_really_waits_for_a_server(answer: st
         assert transport.calls == []
     else:
         assert transport.calls == ["pause"] and conn._waiting_server
+
+
+class KeptSession:
+    """A session with a server kept for it (sticky), its next request needing a turn (max_concurrent_queries)."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def may_resume(self) -> bool:
+        return True
+
+    def resume_turn(self) -> tuple[str, int]:
+        return ("acme", 1)
+
+    def resume_route(self, data: bytes) -> object:
+        self.events.append(f"judged {data!r}")
+        return "routed"
+
+    def server_resumed(self) -> list:
+        self.events.append("resumed")
+        return []
+
+    def server_taken(self) -> list:
+        self.events.append("taken")
+        return []
+
+
+@pytest.mark.parametrize("turn_free", [True, False])
+def test_a_kept_server_is_resumed_only_when_the_turn_is_free_at_once(turn_free: bool) -> None:
+    """A request that needs a turn first resumes the server kept for it only when `acquire` would give the turn now
+    (it then does, synchronously); else the kept server goes back before the request waits for its turn: a server
+    is never held while its request waits for a turn. The pool hears what the request would ask (its route)."""
+    from proxy.limits import QuerySlots
+
+    conn = ClientConnection(SimpleNamespace())  # type: ignore[arg-type]
+    session, slots, asked = KeptSession(), QuerySlots(), []
+    if not turn_free:
+        slots.acquire("acme", 1, "another session")
+    link = SimpleNamespace(owner=None, relay=None, transport=None)
+    pool = SimpleNamespace(reuse=lambda link, client, routed: asked.append(("reuse", routed)) or True,
+                           take_back=lambda link, client: asked.append(("take_back", None)))
+    conn.proxy = SimpleNamespace(slots=slots, pool=pool)  # type: ignore[assignment]
+    conn.session, conn.link, conn._kept = session, link, True  # type: ignore[assignment]
+    conn.relay = SimpleNamespace(kept=True, server=object())  # type: ignore[assignment]
+    conn.resume_kept(b"Q...")
+    if turn_free:
+        assert asked == [("reuse", "routed")] and session.events == ["judged b'Q...'", "resumed"]
+        assert conn.link is link and link.owner is conn
+    else:
+        assert asked == [("take_back", None)] and session.events == ["taken"] and conn.link is None
+    assert not conn._kept and not conn.relay.kept  # type: ignore[union-attr]
