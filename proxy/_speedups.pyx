@@ -25,14 +25,14 @@ BUILT_FROM = PGTENANT_BUILT_FROM.decode("ascii")
 # --- names and numbers shared with the Python modules, bound on first use ------------------------------------
 
 cdef bint _bound = False
-cdef object Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
+cdef object Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
 cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
 
 
 cdef int _bind() except -1:
-    global _bound, Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
+    global _bound, Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
     global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
-    global _COPY_RUN, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
+    global _COPY_RUN, _REFUSED, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
     global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
     from proxy.policy import cache, shape
     from proxy.policy.engine import UNLIMITED, decide
@@ -43,6 +43,7 @@ cdef int _bind() except -1:
     from proxy.stmtkind import _statement_kind as _statement_kind_general
     from proxy import tracking
     Message, HOLD, FramingError, _COPY_RUN = stream.Message, stream.HOLD, stream.FramingError, stream._COPY_RUN
+    refused, _REFUSED = stream.refused, stream._REFUSED
     Template, from_decision, shape_text, _MAX_LITERALS = shape.Template, shape.from_decision, shape.text, \
         shape._MAX_LITERALS
     _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
@@ -55,6 +56,7 @@ cdef int _bind() except -1:
 # --- proxy.protocol.stream ----------------------------------------------------------------------------------
 
 cdef Py_ssize_t _COPY_RUN  # the numbers are the Python modules' own, bound by _bind()
+cdef unsigned char _REFUSED
 
 
 cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
@@ -79,6 +81,7 @@ cdef class MessageStream:
     cdef bytes _role
     cdef list _table
     cdef object _intercept
+    cdef object _refuse
     cdef bytes _types
     cdef bytes _buf
     cdef list _parts
@@ -93,6 +96,7 @@ cdef class MessageStream:
         self._table = []
         self._types = b""
         self._intercept = frozenset()
+        self._refuse = frozenset()
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -112,6 +116,15 @@ cdef class MessageStream:
         self._build_roles()
 
     @property
+    def refuse(self):
+        return self._refuse
+
+    @refuse.setter
+    def refuse(self, types):
+        self._refuse = frozenset(types)
+        self._build_roles()
+
+    @property
     def handlers(self):
         return dict(zip(self._types, self._table, strict=True))
 
@@ -123,6 +136,8 @@ cdef class MessageStream:
 
     cdef _build_roles(self):
         role = bytearray(256)
+        for t in self._refuse:
+            role[t] = _REFUSED
         for n, t in enumerate(self._types):
             role[t] = 2 + n
         for t in self._intercept:
@@ -174,10 +189,14 @@ cdef class MessageStream:
             length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)
                       | (<Py_ssize_t>p[pos + 3] << 8) | <Py_ssize_t>p[pos + 4])
             if length < 4:
+                if role[t] == _REFUSED:
+                    raise refused(t)
                 raise FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
             r = role[t]
             if r:
+                if r == _REFUSED:
+                    raise refused(t)
                 if length > max_length:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
@@ -211,6 +230,8 @@ cdef class MessageStream:
                 out.append(buf)
             else:
                 out.append(_run(buf, p, run_start, pos))
+        if pos < n and role[p[pos]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
+            raise refused(p[pos])
         if n - pos >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)

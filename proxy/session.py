@@ -125,6 +125,9 @@ _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 _CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
+# A logged-in client's message types PostgreSQL would end the session for: refused by the proxy at their type byte,
+# never forwarded (red team 9s2 M1: a server's FATAL for one came after the server went to another client).
+_REFUSED_TYPES = frozenset(range(256)) - m.SESSION_TYPES
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
 # A denial answered when the statement runs (`_denied_at_run`): PostgreSQL fails a CLOSE of a cursor it does not have
@@ -759,8 +762,11 @@ class ClientSession:
             return self._rejected(exc)
 
     def _rejected(self, exc: SessionError | FramingError | m.DecodeError) -> list[Action]:
-        """What the client sent cannot be read: the session ends with the error PostgreSQL would send."""
-        return self._fail(unreadable(exc, self.frontend.max_length))  # (the login reads through a stream of its own)
+        """What the client sent cannot be read: the session ends with the error PostgreSQL would send, and its server
+        is closed: the read stopped where it broke, part of a message before that point may have reached the server
+        and the rest never will (red team 9s2 M1: reusable, it took the next client's bytes for that rest)."""
+        failed = unreadable(exc, self.frontend.max_length)  # (the login reads through a stream of its own)
+        return [*self._close_server(failed.reason, broken=True), *self._fail(failed)]
 
     def _ignore(self, _data: bytes) -> list[Action]:
         """A read after the session closed: nothing to do."""
@@ -970,8 +976,8 @@ class ClientSession:
         self._idle_check = False
         actions: list[Action] = [RelayToClient(chunks)]
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.unfinished
-                or self._replaying or (self.statements is not None and not self.statements.idle)):
-            return actions
+                or self._replaying or (self.statements is not None and not self.statements.idle) or self.backend_fatal):
+            return actions  # (a server that sent a FATAL is ending: it stays here until it closed, never lent again)
         if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
             return actions + self._ask_locks()
         desired = self._settle()
@@ -1093,13 +1099,15 @@ class ClientSession:
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason, busy=busy)]
 
-    def _close_server(self, reason: CloseReason) -> list[Action]:
+    def _close_server(self, reason: CloseReason, *, broken: bool = False) -> list[Action]:
         """The session ends: its server goes back to the pool, reusable when it is between transactions with
-        nothing in flight, reset unless transaction pooling left nothing on it."""
+        nothing in flight (and the client's stream did not `broken` off), reset unless transaction pooling left
+        nothing on it."""
         if self.server is None:
             return []
-        idle = (self._tx_status == b"I" and not self.tracker.pending and self._held is None and not self._replaying
-                and not self.frontend.unfinished and (self.statements is None or self.statements.idle))
+        idle = (not broken and self._tx_status == b"I" and not self.tracker.pending and self._held is None
+                and not self._replaying and not self.frontend.unfinished
+                and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
         # (settings are recorded on it: the next client's diff; advisory locks not asked for: reset)
@@ -1216,6 +1224,7 @@ class ClientSession:
         if self.agent is not None:
             self.request = agent.server_request(self.request, self.agent)
         timeout_ms = self._limited_timeout()
+        self.frontend.refuse = _REFUSED_TYPES
         self.pooled = self.request.mode == "transaction"
         self.routing = replicas.routed(self.config, user)
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker

@@ -26,12 +26,20 @@ class Message:
 
 
 class FramingError(Exception):
-    """The stream broke the framing rules (bad length or oversized message)."""
+    """The stream broke the framing rules (bad length, oversized message, a message type it refuses)."""
 
     def __init__(self, message: str, length: int = 0, too_large: bool = False) -> None:
         super().__init__(message)
         self.length = length
         self.too_large = too_large
+
+
+_REFUSED = 255  # the role of a refused type (handler roles are 2 + n for at most 253 handlers)
+
+
+def refused(t: int) -> FramingError:
+    """A message of type `t` the stream refuses (`MessageStream.refuse`): PostgreSQL's words for it."""
+    return FramingError(f"invalid frontend message type {t}")
 
 
 class _Hold:
@@ -77,7 +85,7 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_intercept", "_parts", "_parts_len", "_role", "_skip",
+        "_buf", "_intercept", "_parts", "_parts_len", "_refuse", "_role", "_skip",
         "_table", "_types", "_want", "limit_all", "max_length",
     )
 
@@ -92,6 +100,7 @@ class MessageStream:
         self._table: list[Handler] = []  # the handlers, in the order of their roles
         self._types = b""  # their message types, in the same order (the handlers are kept only in `_table`)
         self._intercept: frozenset[int] = frozenset()
+        self._refuse: frozenset[int] = frozenset()
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -114,6 +123,18 @@ class MessageStream:
         self._build_roles()
 
     @property
+    def refuse(self) -> frozenset[int]:
+        """Message types refused as soon as their type byte arrives (FramingError, nothing of them returned): a
+        frontend stream's types PostgreSQL would end the session for ("invalid frontend message type"), which must
+        never reach a server (red team 9s2 M1: its FATAL came after the server went to another session)."""
+        return self._refuse
+
+    @refuse.setter
+    def refuse(self, types: frozenset[int]) -> None:
+        self._refuse = frozenset(types)
+        self._build_roles()
+
+    @property
     def handlers(self) -> Mapping[int, Handler]:
         """Per-type handlers, called as handler(body) without breaking the run (see `Handler`)."""
         return dict(zip(self._types, self._table, strict=True))
@@ -126,6 +147,8 @@ class MessageStream:
 
     def _build_roles(self) -> None:
         role = bytearray(256)
+        for t in self._refuse:
+            role[t] = _REFUSED
         for n, t in enumerate(self._types):
             role[t] = 2 + n
         for t in self._intercept:
@@ -174,10 +197,12 @@ class MessageStream:
             t = buf[pos]
             (length,) = _unpack_len(buf, pos + 1)
             if length < 4:
-                raise FramingError(f"invalid message length {length}", length)
+                raise refused(t) if role[t] == _REFUSED else FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
             r = role[t]
             if r:
+                if r == _REFUSED:
+                    raise refused(t)
                 if length > max_length:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
@@ -212,6 +237,8 @@ class MessageStream:
             else:
                 out.append(_run(buf, run_start, pos))
         rest = buf[pos:n] if pos < n else b""
+        if rest and role[rest[0]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
+            raise refused(rest[0])
         if len(rest) >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             (length,) = _unpack_len(rest, 1)

@@ -198,6 +198,52 @@ def test_a_refused_login_closes_the_client(tmp_path: Path) -> None:
     assert s.state is State.CLOSED
 
 
+# --- what the client sends that PostgreSQL would end the session for (red team 9s2 M1) ------------------------------
+
+
+def _refused(out: list) -> CloseClient:
+    assert not relayed(out), "nothing of the read reaches the server"
+    close = out[-1]
+    assert isinstance(close, CloseClient) and close.reason is CloseReason.FRAMING
+    assert (close.error.severity, close.error.sqlstate, close.error.message) == (
+        "FATAL", "08P01", "invalid frontend message type 122")
+    return close
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9])
+def test_an_unknown_message_type_is_refused_by_the_proxy_never_forwarded(pooled: ClientSession, cut: int) -> None:
+    """PostgreSQL ends its session at an unknown type byte, after the ReadyForQuery of what came before it: forwarded,
+    the server went back to the pool at that ReadyForQuery 'I' and its FATAL reached the next client (two sessions on
+    one server). The proxy refuses it itself (PostgreSQL's words), its read with it, and closes the server."""
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    out = pooled.client_data(query("SELECT 1") + m.frame(b"z", b"zzzz")[:cut])
+    assert kinds(out) == [ReleaseServer, CloseClient]
+    assert not out[0].reusable and out[0].reason is CloseReason.FRAMING  # (busy: its SELECT 1 was counted, so drained)
+    _refused(out)
+    assert pooled.state is State.CLOSED and pooled.client_data(query("SELECT 2")) == []
+
+
+def test_an_unknown_message_type_in_session_pooling_closes_its_server(tmp_path: Path) -> None:
+    s = _session(tmp_path, "session")
+    _log_in(s)
+    s.server_attached(server_for(s))
+    run(s, "SELECT 1", done("SELECT 1"))
+    out = s.client_data(m.frame(b"p", b"secret\x00"))  # (a password message once logged in: PostgreSQL's FATAL too)
+    assert out[0] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.FRAMING)
+    assert out[-1].error.message == "invalid frontend message type 112"
+
+
+def test_a_read_that_breaks_off_closes_the_server_a_message_of_it_was_forwarded_to(pooled: ClientSession) -> None:
+    """The first bytes of a CopyData went to the server (forwarded as they come); the read with its rest also holds a
+    refused type: nothing of that read is forwarded, so the server waits for bytes that never come: never reused."""
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    copy = m.frame(b"d", b"x" * 20)
+    assert relayed(pooled.client_data(copy[:10])) == copy[:10]
+    out = pooled.client_data(copy[10:] + b"y")
+    assert out[0] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.FRAMING)
+    assert out[-1].error.message == "invalid frontend message type 121"
+
+
 # --- pins: per reason, with PostgreSQL's rollback semantics ---------------------------------------------------
 
 
@@ -619,8 +665,9 @@ def test_garbage_sent_between_transactions_ends_the_session_with_08p01(pooled: C
         actions = pooled.server_attached(server_for(pooled))
     assert isinstance(actions[-1], CloseClient) and actions[-1].error.sqlstate == "08P01"
     assert pooled.state is State.CLOSED
-    [release] = pooled.close()
-    assert release.reusable  # nothing reached it
+    assert [a for a in actions if isinstance(a, ReleaseServer)] == [
+        ReleaseServer(reusable=False, reset=True, reason=CloseReason.FRAMING)]  # (a read that broke off: closed)
+    assert pooled.close() == []
 
 
 def test_an_idle_pooled_session_keeps_its_attributes_in_slots(pooled: ClientSession) -> None:

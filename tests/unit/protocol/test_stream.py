@@ -162,3 +162,38 @@ def test_a_message_forwarded_in_pieces_is_unfinished_until_its_last_byte() -> No
     assert _join(out) == payload[7:] and s.pending == s.unfinished == 3
     out = s.feed(frame(b"Q", b"SELECT 1\x00")[3:])
     assert isinstance(out[-1], Message) and s.pending == s.unfinished == 0
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5, 9])
+def test_a_refused_type_fails_at_its_type_byte_and_nothing_of_the_read_is_returned(cut: int) -> None:
+    """Red team 9s2 M1: a type PostgreSQL ends the session for is never forwarded, whole or begun (its header cut
+    at any point), nor is what came before it in the same read."""
+    s = MessageStream(intercept=frozenset(b"X"))
+    s.refuse = frozenset(b"zp")
+    assert s.refuse == frozenset(b"zp")
+    with pytest.raises(FramingError, match=r"^invalid frontend message type 122$"):
+        s.feed(frame(b"Q", b"SELECT 1\x00") + frame(b"z", b"zzzz")[:cut])
+    s = MessageStream()
+    s.refuse = frozenset(b"z")
+    assert s.feed(frame(b"d", b"abc")[:6]) == [frame(b"d", b"abc")[:6]]  # (a message begun before it: forwarded)
+    with pytest.raises(FramingError, match="type 122"):
+        s.feed(b"bc" + b"z")
+
+
+def test_a_refused_type_with_a_broken_length_is_refused_for_its_type() -> None:
+    s = MessageStream()
+    s.refuse = frozenset(b"z")
+    with pytest.raises(FramingError, match="type 122"):
+        s.feed(b"z" + struct.pack("!I", 2))
+    with pytest.raises(FramingError, match="invalid message length 2"):
+        MessageStream().feed(b"z" + struct.pack("!I", 2))
+
+
+def test_refused_types_yield_to_handled_and_intercepted_ones() -> None:
+    s = MessageStream(intercept=frozenset(b"X"))
+    s.handlers = {ord("Q"): lambda body: None}
+    s.refuse = frozenset(b"QXy")
+    data = frame(b"Q", b"SELECT 1\x00") + frame(b"X", b"")
+    assert _join(s.feed(data)) == data
+    with pytest.raises(FramingError, match="type 121"):
+        s.feed(b"y")

@@ -1,0 +1,72 @@
+"""A client between messages, or mid-message, on a pool of ONE server (transaction pooling, sticky servers on and
+off): what PostgreSQL would end the session for never reaches a pooled server (red team 9s2 M1), a message begun
+and stalled takes no server, and one stalled while a server is held ends within client_message_timeout (9s F2)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.protocol import messages as m
+from tests.support import wire
+from tests.support.pgcluster import PgCluster
+from tests.support.polling import until
+from tests.support.pools import console, pooled_proxy
+from tests.support.proxyproc import ProxyProcess
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["sticky", "no_sticky"])
+def one(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[
+        ProxyProcess]:
+    """Transaction pooling, one server per pool, sticky servers on or off."""
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("midmessage"), pool_mode="transaction", pool_size=1,
+                     query_wait_timeout=20.0, sticky_servers=request.param)
+    yield p
+    p.stop()
+
+
+def _login(p: ProxyProcess) -> socket.socket:
+    sock, messages = wire.login(p.port, {"user": "alice", "database": "saas"}, p.password("alice"), timeout=30)
+    assert messages[-1][0] == b"Z", messages
+    return sock
+
+
+def _answer(sock: socket.socket) -> list[tuple[bytes, bytes]]:
+    """The messages up to ReadyForQuery, or up to the end of the connection (then last: (b"closed", b""))."""
+    out: list[tuple[bytes, bytes]] = []
+    while not out or out[-1][0] not in (b"Z", b"closed"):
+        try:
+            out.append(wire.read_message(sock))
+        except ConnectionError:
+            out.append((b"closed", b""))
+    return out
+
+
+def _waiting(p: ProxyProcess) -> int:
+    return sum(int(r["cl_waiting"]) for r in console(p, "SHOW POOLS;") if r["tenant"] == "acme")
+
+
+def test_an_unknown_message_type_is_refused_by_the_proxy_and_never_reaches_the_next_client(
+        one: ProxyProcess) -> None:
+    """Red team 9s2 M1 (two sessions on one server): A's COMMIT and an unknown message type ('z') in one read; B
+    waits for the one server. PostgreSQL answers the COMMIT (ReadyForQuery 'I': the server went to B), then reads
+    'z' and ends its session: B lost its server (08006) or got A's FATAL itself, and A went on. The proxy refuses the
+    type itself (PostgreSQL's FATAL and words), never forwarding it; B gets the server, whole."""
+    a, b = _login(one), _login(one)
+    try:
+        a.sendall(m.query_message("BEGIN"))
+        assert _answer(a)[-1] == (b"Z", b"T")
+        b.sendall(m.query_message("SELECT 'b', pg_backend_pid()"))
+        until(lambda: _waiting(one) == 1, timeout=20, interval=0.05, what="B waiting for the one server")
+        a.sendall(m.query_message("COMMIT") + m.frame(b"z", b"zzzz"))
+        got_a, got_b = _answer(a), _answer(b)
+    finally:
+        a.close()
+        b.close()
+    errors_a = [m.decode_error_fields(body) for t, body in got_a if t == b"E"]
+    assert [(e["S"], e["C"], e["M"]) for e in errors_a] == [("FATAL", "08P01", "invalid frontend message type 122")]
+    assert got_a[-1][0] == b"closed", got_a
+    assert [t for t, _ in got_b] == [b"T", b"D", b"C", b"Z"], got_b  # B's own answer, not A's FATAL or a lost server
+    assert b"\x00\x00\x00\x01b" in got_b[1][1]
