@@ -1084,11 +1084,16 @@ class ClientSession:
 
     def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None,
                    busy: bool = False) -> list[Action]:
-        """The server leaves the session: it records the settings the session left on it."""
+        """The server leaves the session: it records the settings the session left on it. One the client is sending
+        a message to (begun, not complete) is never reusable, whoever gives it back: the rest of that message would
+        reach its next holder as messages of their own (red team 9s F1), or swallow the pool's reset (9s2 L1: a
+        settings replay that failed gave it back reusable mid-message)."""
         server, self.server = self.server, None
         self._sticky = False
         if server is None:
             return []
+        if reusable and self.frontend.unfinished:
+            reusable = False
         if self.statements is not None:
             self.statements.detach()
         self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)

@@ -645,6 +645,20 @@ def test_a_replay_the_server_refuses_ends_the_session(pooled: ClientSession) -> 
     assert out[-1].reason is CloseReason.SETTINGS_REPLAY
 
 
+def test_a_server_given_back_while_the_client_is_mid_message_is_not_reusable(pooled: ClientSession) -> None:
+    """Red team 9s2 L1: the settings replay on the server the session lands on fails while the client has sent the
+    first bytes of a CopyData after its query (forwarded as they come): the server went back reusable, and the pool's
+    reset (DISCARD ALL, its check) was swallowed as the rest of that CopyData. Every give-back checks it."""
+    run(pooled, "SET work_mem = '8MB'", done("SET"))  # (the next server needs a replay)
+    copy = m.frame(b"d", b"x" * 40)
+    pooled.client_data(query("SELECT 1") + copy[:12])
+    sent_ = relayed(pooled.server_attached(server_for(pooled)))
+    assert sent_.endswith(query("SELECT 1") + copy[:12])  # behind the replay
+    out = pooled.server_data(error("22023"))  # the replay refused
+    assert out[0] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.SETTINGS_REPLAY)
+    assert isinstance(out[-1], CloseClient) and out[-1].reason is CloseReason.SETTINGS_REPLAY
+
+
 def test_a_cursor_closed_in_a_rolled_back_transaction_stays_closed(pooled: ClientSession) -> None:
     pinned(pooled, ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", done("DECLARE CURSOR")))
     run(pooled, "BEGIN", done("BEGIN", status=b"T"))
