@@ -88,6 +88,7 @@ cdef class MessageStream:
     cdef Py_ssize_t _parts_len, _want, _skip
     cdef public Py_ssize_t max_length
     cdef public bint limit_all
+    cdef public Py_ssize_t begun
 
     def __init__(self, *, intercept=frozenset(), max_length=1 << 30, limit_all=True):
         if not _bound:
@@ -105,6 +106,7 @@ cdef class MessageStream:
         self._parts = []
         self._parts_len = 0
         self._want = 0
+        self.begun = 0
 
     @property
     def intercept(self):
@@ -154,7 +156,7 @@ cdef class MessageStream:
 
     cpdef list feed(self, data):
         cdef list out = []
-        cdef Py_ssize_t n, pos, run_start, end, length, max_length
+        cdef Py_ssize_t n, pos, run_start, end, length, max_length, held
         cdef unsigned char t, r
         cdef bytes buf
         cdef const unsigned char *p
@@ -175,6 +177,7 @@ cdef class MessageStream:
                 return out
             data = b"".join(self._parts)
             self._parts, self._parts_len, self._want = [], 0, 0
+        held = PyBytes_GET_SIZE(self._buf)
         buf = self._buf + data if self._buf else bytes(data)
         n = PyBytes_GET_SIZE(buf)
         p = <const unsigned char *>PyBytes_AS_STRING(buf)
@@ -213,6 +216,8 @@ cdef class MessageStream:
                             out.append(_run(buf, p, run_start, pos))
                         if replacement is HOLD:
                             self._buf = PyBytes_FromStringAndSize(<const char *>p + end, n - end)
+                            if end < n:  # (what follows may be a message begun: counted, maybe once too often)
+                                self.begun += 1
                             return out
                         out.append(replacement)
                         run_start = end
@@ -222,6 +227,8 @@ cdef class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
                     self._skip = end - n
+                    if pos or not held:
+                        self.begun += 1
                     pos = n
                     break
                 pos = end
@@ -230,8 +237,11 @@ cdef class MessageStream:
                 out.append(buf)
             else:
                 out.append(_run(buf, p, run_start, pos))
-        if pos < n and role[p[pos]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
-            raise refused(p[pos])
+        if pos < n:
+            if role[p[pos]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
+                raise refused(p[pos])
+            if pos or not held:
+                self.begun += 1
         if n - pos >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)

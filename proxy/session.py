@@ -84,7 +84,7 @@ from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
-from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
+from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream, refused
 from proxy.reasons import CloseReason
 from proxy.reported import SharedStatus, reset_to_default, shared_status
 from proxy.resets import Restoring, resets, restoring
@@ -117,6 +117,9 @@ _MAX_DENIAL_BYTES = 1 << 20
 _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 _IDLE_MEMO_BYTES = 1024  # ... and one longer than this not while the session holds no server (_idle_memos)
+# A message begun takes no server until it is whole, or this much of it came (a large message is flowing: it is
+# forwarded as it comes, client_message_timeout bounding it); meanwhile it waits in ClientSession._unread.
+_EARLY_BYTES = 64 * 1024
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
@@ -265,8 +268,8 @@ class ClientSession:
         "_open_batch", "_overrides", "_paged",
         "_parse_memo", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf", "_replay_error",
         "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling", "_slot_held",
-        "_slot_queue", "_sql_prepared", "_startup_settings", "_startup_status", "_stash", "_statement_memo", "_sticky",
-        "_timed_out", "_tracking",
+        "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
+        "_sticky", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -374,6 +377,7 @@ class ClientSession:
         self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self._sticky = False  # transaction pooling: the released server is kept for the session (KeepServer)
+        self._stall: tuple[int, float] | None = None  # a message begun with a server held: (frontend.begun, seen at)
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
         self._live = False  # the decided Parse reads pg_prepared_statements (Statements renders it at each use)
@@ -1061,6 +1065,23 @@ class ClientSession:
         return (self.config.pool.sticky_servers and self.routing is None and self.agent is None
                 and not self._gate_slot and not self._stash and (desired is None or desired == self._applied))
 
+    def read_kept(self, data: bytes) -> tuple[bytes, bool] | None:
+        """Client bytes while the session's server is kept for it, before anything reads them: kept here (None)
+        while no whole first message is in (a message begun takes no server, the kept one neither: red team 9s F2);
+        then all of them, with whether they may resume it (False: a type the session is refused for, read with no
+        server)."""
+        early = self._unread + data if self._unread else data
+        try:
+            whole = _whole_first(early, self.frontend.max_length)
+        except FramingError:
+            self._unread = b""
+            return early, False
+        if not whole:
+            self._unread = early
+            return None
+        self._unread = b""
+        return early, True
+
     def may_resume(self) -> bool:
         """Whether the session's next request may run on the server kept for it: not while it needs a turn first
         (max_concurrent_queries: a held server waiting for a turn could wait for a server a turn holder needs)."""
@@ -1352,11 +1373,11 @@ class ClientSession:
         Terminate, which needs no server."""
         if self._gate_slot:
             return self._wait_for_slot(data, self._detached_data)
-        if self.statements is None or data[:1] == b"X" or self._held is not None:
+        if self.statements is None or (data[:1] == b"X" and not self._unread) or self._held is not None:
             return self._detached(self._relay_from_client(data))
         self._unread += data
-        if self.state is not State.IDLE:
-            return []
+        if self.state is not State.IDLE or not _whole_first(self._unread, self.frontend.max_length):
+            return []  # (a message begun and not complete takes no server: red team 9s F2)
         self._transition(Event.REQUEST)
         return [self._acquire()]
 
@@ -2608,6 +2629,28 @@ class ClientSession:
         return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
                 CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
 
+    def message_tick(self, now: float) -> list[Action]:
+        """The clock (about once a second): in transaction pooling, a message the client began while the session
+        holds a server and has not completed within client_message_timeout of its first bytes seen here ends the
+        session (08P01) and its server is closed (red team 9s F2: a stalled half message held the server from every
+        other client, and its place in pool_size and max_db_connections)."""
+        timeout = self.config.pool.client_message_timeout
+        frontend = self.frontend
+        if (not timeout or not self.pooled or self.server is None or self._sticky or self._held is not None
+                or self.state is not _READY or not frontend.unfinished):
+            self._stall = None
+            return []
+        stall = self._stall
+        if stall is None or stall[0] != frontend.begun:  # (another message than last time: its clock starts)
+            self._stall = (frontend.begun, now)
+            return []
+        if now - stall[1] < timeout:
+            return []
+        reason = CloseReason.CLIENT_MESSAGE_TIMEOUT
+        released = self._close_server(reason, broken=True)
+        self._close()
+        return [*released, CloseClient(errors.client_message_timeout(seconds=seconds(timeout)), reason)]
+
     def close(self) -> list[Action]:
         """Event: the client connection is gone; the server the session holds goes back to the pool."""
         if self.login is not None:
@@ -2636,6 +2679,25 @@ _ON_DATA: dict[State, Callable[[ClientSession, bytes], list[Action]]] = {
     State.ADMIN: ClientSession._admin_data,
     State.CLOSED: ClientSession._ignore,
 }
+
+
+def _whole_first(data: bytes, max_length: int) -> bool:
+    """Whether `data` (a client's bytes from a message boundary, read while its session holds no server) may take
+    one: its first message is whole, or _EARLY_BYTES of it came. What the session would be ended for anyway raises
+    FramingError here, before any server is taken: a type PostgreSQL refuses, a broken or oversized length."""
+    n = len(data)
+    if not n:
+        return False
+    if data[0] in _REFUSED_TYPES:
+        raise refused(data[0])
+    if n < 5:
+        return False
+    length = int.from_bytes(data[1:5])
+    if length < 4:
+        raise FramingError(f"invalid message length {length}", length)
+    if length > max_length:
+        raise FramingError("message too large", length, too_large=True)
+    return n > length or n >= _EARLY_BYTES
 
 
 def _forgets_at(changes: tuple[Change, ...], statements: Statements | None) -> int | None:

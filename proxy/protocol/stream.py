@@ -86,7 +86,7 @@ class MessageStream:
 
     __slots__ = (
         "_buf", "_intercept", "_parts", "_parts_len", "_refuse", "_role", "_skip",
-        "_table", "_types", "_want", "limit_all", "max_length",
+        "_table", "_types", "_want", "begun", "limit_all", "max_length",
     )
 
     def __init__(
@@ -111,6 +111,9 @@ class MessageStream:
         self._parts: list[bytes] = []
         self._parts_len = 0
         self._want = 0
+        # Messages a feed left unfinished, each counted once (when its first bytes arrived, or with them its header's
+        # last): while `unfinished` stays nonzero and this does not move, the same message is still being waited for.
+        self.begun = 0
 
     @property
     def intercept(self) -> frozenset[int]:
@@ -185,6 +188,7 @@ class MessageStream:
                 return out
             data = b"".join(self._parts)
             self._parts, self._parts_len, self._want = [], 0, 0
+        held = len(self._buf)  # bytes of a header begun in an earlier feed (the first message of `buf`)
         buf = self._buf + data if self._buf else data
         n = len(buf)
         pos = 0
@@ -219,6 +223,8 @@ class MessageStream:
                             out.append(_run(buf, run_start, pos))
                         if replacement is HOLD:
                             self._buf = buf[end:n]
+                            if end < n:  # (what follows may be a message begun: counted, maybe once too often)
+                                self.begun += 1
                             return out
                         out.append(replacement)
                         run_start = end
@@ -228,6 +234,8 @@ class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
                     self._skip = end - n
+                    if pos or not held:
+                        self.begun += 1
                     pos = n
                     break
                 pos = end
@@ -237,8 +245,11 @@ class MessageStream:
             else:
                 out.append(_run(buf, run_start, pos))
         rest = buf[pos:n] if pos < n else b""
-        if rest and role[rest[0]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
-            raise refused(rest[0])
+        if rest:
+            if role[rest[0]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
+                raise refused(rest[0])
+            if pos or not held:
+                self.begun += 1
         if len(rest) >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             (length,) = _unpack_len(rest, 1)

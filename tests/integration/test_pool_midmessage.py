@@ -27,10 +27,29 @@ def one(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest
     p.stop()
 
 
-def _login(p: ProxyProcess) -> socket.socket:
-    sock, messages = wire.login(p.port, {"user": "alice", "database": "saas"}, p.password("alice"), timeout=30)
+@pytest.fixture(scope="module", params=[True, False], ids=["sticky", "no_sticky"])
+def budget(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[
+        ProxyProcess]:
+    """acme and bigco (one database) on a budget of ONE server, client_message_timeout 2 s."""
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("midmessage-budget"), pool_mode="transaction", pool_size=1,
+                     max_db_connections=1, query_wait_timeout=20.0, client_message_timeout=2.0,
+                     sticky_servers=request.param)
+    yield p
+    p.stop()
+
+
+def _login(p: ProxyProcess, user: str = "alice") -> socket.socket:
+    sock, messages = wire.login(p.port, {"user": user, "database": p.users[user][0]}, p.password(user), timeout=30)
     assert messages[-1][0] == b"Z", messages
     return sock
+
+
+def _value(sock: socket.socket, sql: str) -> bytes:
+    """The one value of `sql`'s one row (anything else fails, with what came)."""
+    sock.sendall(m.query_message(sql))
+    got = _answer(sock)
+    assert [t for t, _ in got] == [b"T", b"D", b"C", b"Z"], got
+    return got[1][1][6:]
 
 
 def _answer(sock: socket.socket) -> list[tuple[bytes, bytes]]:
@@ -70,3 +89,47 @@ def test_an_unknown_message_type_is_refused_by_the_proxy_and_never_reaches_the_n
     assert got_a[-1][0] == b"closed", got_a
     assert [t for t, _ in got_b] == [b"T", b"D", b"C", b"Z"], got_b  # B's own answer, not A's FATAL or a lost server
     assert b"\x00\x00\x00\x01b" in got_b[1][1]
+
+
+def test_a_message_begun_and_stalled_takes_no_server_from_another_tenant(budget: ProxyProcess) -> None:
+    """Red team 9s F2: A (acme) sends the first bytes of a query and stalls; it held a server (its kept one, or one
+    it asked for), and with max_db_connections = 1 B (bigco) waited for the budget until 53300. A message begun
+    takes no server until it is whole: B logs in and runs at once, and A's query runs once it is complete."""
+    a = _login(budget)
+    try:
+        assert _value(a, "SELECT 'a1'") == b"a1"
+        q = m.query_message("SELECT 'a2'")
+        a.sendall(q[:3])
+        b = _login(budget, "bruno")  # (its login needs a server of the database too)
+        try:
+            assert _value(b, "SELECT current_setting('pgtenant.tenant_id')") == b"bigco"
+        finally:
+            b.close()
+        a.sendall(q[3:])
+        got = _answer(a)
+        assert [t for t, _ in got] == [b"T", b"D", b"C", b"Z"] and got[1][1][6:] == b"a2", got
+    finally:
+        a.close()
+
+
+def test_a_message_stalled_while_a_server_is_held_ends_the_session_within_client_message_timeout(
+        budget: ProxyProcess) -> None:
+    """A holds the one server (a transaction) and sends the first bytes of a query, then nothing: after
+    client_message_timeout the proxy ends A's session (FATAL 08P01 naming it) and closes the server; B, waiting for
+    the budget meanwhile, gets a server and its answer."""
+    a = _login(budget)
+    try:
+        a.sendall(m.query_message("BEGIN"))
+        assert _answer(a)[-1] == (b"Z", b"T")
+        a.sendall(m.query_message("SELECT 'never'")[:7])
+        b = _login(budget, "bruno")  # waits for the budget until A's session is ended
+        try:
+            assert _value(b, "SELECT 'b'") == b"b"
+        finally:
+            b.close()
+        got = _answer(a)
+    finally:
+        a.close()
+    errors = [m.decode_error_fields(body) for t, body in got if t == b"E"]
+    assert [(e["S"], e["C"]) for e in errors] == [("FATAL", "08P01")], got
+    assert "client_message_timeout (2 s)" in errors[0]["M"] and got[-1][0] == b"closed"

@@ -148,7 +148,7 @@ def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], int
                     events.append(("message", item.type, item.body))
                 else:
                     events.append(("run", bytes(item)))
-            events.append(("pending", stream.pending, stream.unfinished))
+            events.append(("pending", stream.pending, stream.unfinished, stream.begun))
     except Exception as exc:
         events.append(("error", type(exc).__name__, str(exc), exc.length, exc.too_large))
     events.append(("intercept", stream.intercept, sorted(stream.handlers), stream.refuse))

@@ -197,3 +197,22 @@ def test_refused_types_yield_to_handled_and_intercepted_ones() -> None:
     assert _join(s.feed(data)) == data
     with pytest.raises(FramingError, match="type 121"):
         s.feed(b"y")
+
+
+def test_begun_counts_each_message_left_unfinished_once() -> None:
+    """Red team 9s F2's clock: `begun` moves when a feed leaves a new message unfinished, never while the same one
+    is still awaited (its header cut anywhere, its body forwarded piece by piece or held)."""
+    s = MessageStream(intercept=frozenset(b"Q"))
+    copy, q = frame(b"d", b"x" * 30), frame(b"Q", b"SELECT 1\x00")
+    assert s.begun == 0
+    for piece in (copy[:2], copy[2:4], copy[4:9], copy[9:20]):
+        s.feed(piece)
+        assert s.begun == 1 and s.unfinished
+    s.feed(copy[20:] + q[:3])  # the CopyData ends, a Query begins
+    assert s.begun == 2
+    s.feed(q[3:8])
+    assert s.begun == 2
+    s.feed(q[8:])
+    assert s.begun == 2 and not s.unfinished
+    s.feed(q + copy)  # whole messages: nothing left unfinished
+    assert s.begun == 2
