@@ -32,7 +32,7 @@ cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision,
 cdef int _bind() except -1:
     global _bound, Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
     global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
-    global _COPY_RUN, _REFUSED, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
+    global _COPY_RUN, _REFUSED, _SMALL_LIMIT, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
     global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
     from proxy.policy import cache, shape
     from proxy.policy.engine import UNLIMITED, decide
@@ -43,7 +43,7 @@ cdef int _bind() except -1:
     from proxy.stmtkind import _statement_kind as _statement_kind_general
     from proxy import tracking
     Message, HOLD, FramingError, _COPY_RUN = stream.Message, stream.HOLD, stream.FramingError, stream._COPY_RUN
-    refused, _REFUSED = stream.refused, stream._REFUSED
+    refused, _REFUSED, _SMALL_LIMIT = stream.refused, stream._REFUSED, stream.SMALL_LIMIT
     Template, from_decision, shape_text, _MAX_LITERALS = shape.Template, shape.from_decision, shape.text, \
         shape._MAX_LITERALS
     _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
@@ -57,6 +57,7 @@ cdef int _bind() except -1:
 
 cdef Py_ssize_t _COPY_RUN  # the numbers are the Python modules' own, bound by _bind()
 cdef unsigned char _REFUSED
+cdef Py_ssize_t _SMALL_LIMIT
 
 
 cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
@@ -82,6 +83,8 @@ cdef class MessageStream:
     cdef list _table
     cdef object _intercept
     cdef object _refuse
+    cdef object _small_types
+    cdef bytes _small
     cdef bytes _types
     cdef bytes _buf
     cdef list _parts
@@ -98,6 +101,8 @@ cdef class MessageStream:
         self._types = b""
         self._intercept = frozenset()
         self._refuse = frozenset()
+        self._small_types = frozenset()
+        self._small = _NO_ROLES
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -125,6 +130,18 @@ cdef class MessageStream:
     def refuse(self, types):
         self._refuse = frozenset(types)
         self._build_roles()
+
+    @property
+    def small(self):
+        return self._small_types
+
+    @small.setter
+    def small(self, types):
+        self._small_types = frozenset(types)
+        table = bytearray(256)
+        for t in self._small_types:
+            table[t] = 1
+        self._small = _shared(bytes(table))
 
     @property
     def handlers(self):
@@ -202,6 +219,8 @@ cdef class MessageStream:
                     raise refused(t)
                 if length > max_length:
                     raise FramingError("message too large", length, too_large=True)
+                if length > _SMALL_LIMIT and (<const unsigned char *>PyBytes_AS_STRING(self._small))[t]:
+                    raise FramingError(f"invalid message length {length}", length)
                 if end > n:
                     break
                 if r == 1:

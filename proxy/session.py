@@ -131,6 +131,8 @@ _CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozens
 # A logged-in client's message types PostgreSQL would end the session for: refused by the proxy at their type byte,
 # never forwarded (red team 9s2 M1: a server's FATAL for one came after the server went to another client).
 _REFUSED_TYPES = frozenset(range(256)) - m.SESSION_TYPES
+# ... and those PostgreSQL reads with its small message limit (a longer one: it closes the connection, unseen)
+_SMALL_TYPES = frozenset(b"CDEHScfX")
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
 # A denial answered when the statement runs (`_denied_at_run`): PostgreSQL fails a CLOSE of a cursor it does not have
@@ -1250,7 +1252,7 @@ class ClientSession:
         if self.agent is not None:
             self.request = agent.server_request(self.request, self.agent)
         timeout_ms = self._limited_timeout()
-        self.frontend.refuse = _REFUSED_TYPES
+        self.frontend.refuse, self.frontend.small = _REFUSED_TYPES, _SMALL_TYPES
         self.pooled = self.request.mode == "transaction"
         self.routing = replicas.routed(self.config, user)
         if self.pooled:  # a request may begin with any of these: each opens one in the tracker

@@ -35,6 +35,10 @@ class FramingError(Exception):
 
 
 _REFUSED = 255  # the role of a refused type (handler roles are 2 + n for at most 253 handlers)
+# PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: a longer message of a type it reads with that limit (Sync, Flush, Close,
+# Describe, Execute, CopyDone, CopyFail...) makes it close the connection without a word, after answering what came
+# before it.
+SMALL_LIMIT = 10_000
 
 
 def refused(t: int) -> FramingError:
@@ -85,7 +89,7 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_intercept", "_parts", "_parts_len", "_refuse", "_role", "_skip",
+        "_buf", "_intercept", "_parts", "_parts_len", "_refuse", "_role", "_skip", "_small", "_small_types",
         "_table", "_types", "_want", "begun", "limit_all", "max_length",
     )
 
@@ -101,6 +105,8 @@ class MessageStream:
         self._types = b""  # their message types, in the same order (the handlers are kept only in `_table`)
         self._intercept: frozenset[int] = frozenset()
         self._refuse: frozenset[int] = frozenset()
+        self._small_types: frozenset[int] = frozenset()
+        self._small = _NO_ROLES
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -136,6 +142,21 @@ class MessageStream:
     def refuse(self, types: frozenset[int]) -> None:
         self._refuse = frozenset(types)
         self._build_roles()
+
+    @property
+    def small(self) -> frozenset[int]:
+        """Handled or intercepted types whose messages may be at most SMALL_LIMIT bytes long (FramingError "invalid
+        message length" once the header says more): PostgreSQL closes the connection for a longer one, after the
+        ReadyForQuery of what came before it, when a pooled server may serve another client (red team 9s2 M1)."""
+        return self._small_types
+
+    @small.setter
+    def small(self, types: frozenset[int]) -> None:
+        self._small_types = frozenset(types)
+        table = bytearray(256)
+        for t in self._small_types:
+            table[t] = 1
+        self._small = _shared(bytes(table))
 
     @property
     def handlers(self) -> Mapping[int, Handler]:
@@ -209,6 +230,8 @@ class MessageStream:
                     raise refused(t)
                 if length > max_length:
                     raise FramingError("message too large", length, too_large=True)
+                if length > SMALL_LIMIT and self._small[t]:
+                    raise FramingError(f"invalid message length {length}", length)
                 if end > n:
                     break
                 if r == 1:

@@ -67,8 +67,13 @@ def _waiting(p: ProxyProcess) -> int:
     return sum(int(r["cl_waiting"]) for r in console(p, "SHOW POOLS;") if r["tenant"] == "acme")
 
 
+@pytest.mark.parametrize(("message", "words"), [
+    (m.frame(b"z", b"zzzz"), "invalid frontend message type 122"),
+    # a CopyDone outside COPY longer than PostgreSQL's 10,000-byte limit for its type: it closes without a word
+    (m.frame(b"c", b"x" * 10_000), "invalid message length 10004"),
+], ids=["unknown_type", "copy_done_too_long"])
 def test_an_unknown_message_type_is_refused_by_the_proxy_and_never_reaches_the_next_client(
-        one: ProxyProcess) -> None:
+        one: ProxyProcess, message: bytes, words: str) -> None:
     """Red team 9s2 M1 (two sessions on one server): A's COMMIT and an unknown message type ('z') in one read; B
     waits for the one server. PostgreSQL answers the COMMIT (ReadyForQuery 'I': the server went to B), then reads
     'z' and ends its session: B lost its server (08006) or got A's FATAL itself, and A went on. The proxy refuses the
@@ -79,13 +84,13 @@ def test_an_unknown_message_type_is_refused_by_the_proxy_and_never_reaches_the_n
         assert _answer(a)[-1] == (b"Z", b"T")
         b.sendall(m.query_message("SELECT 'b', pg_backend_pid()"))
         until(lambda: _waiting(one) == 1, timeout=20, interval=0.05, what="B waiting for the one server")
-        a.sendall(m.query_message("COMMIT") + m.frame(b"z", b"zzzz"))
+        a.sendall(m.query_message("COMMIT") + message)
         got_a, got_b = _answer(a), _answer(b)
     finally:
         a.close()
         b.close()
     errors_a = [m.decode_error_fields(body) for t, body in got_a if t == b"E"]
-    assert [(e["S"], e["C"], e["M"]) for e in errors_a] == [("FATAL", "08P01", "invalid frontend message type 122")]
+    assert [(e["S"], e["C"], e["M"]) for e in errors_a] == [("FATAL", "08P01", words)]
     assert got_a[-1][0] == b"closed", got_a
     assert [t for t, _ in got_b] == [b"T", b"D", b"C", b"Z"], got_b  # B's own answer, not A's FATAL or a lost server
     assert b"\x00\x00\x00\x01b" in got_b[1][1]

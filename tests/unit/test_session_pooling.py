@@ -233,6 +233,17 @@ def test_an_unknown_message_type_in_session_pooling_closes_its_server(tmp_path: 
     assert out[-1].error.message == "invalid frontend message type 112"
 
 
+@pytest.mark.parametrize("type_", [b"c", b"f", b"C", b"S", b"H", b"D", b"E"])
+def test_a_message_longer_than_postgresql_reads_of_its_type_is_refused(pooled: ClientSession, type_: bytes) -> None:
+    """PostgreSQL reads these types with a 10,000-byte limit: for a longer one it closes the connection without a
+    word, after the ReadyForQuery of what came before (a CopyDone or Close outside any request: the server went back
+    at that ReadyForQuery, the next client lost it). The proxy refuses it at its header, nothing of the read sent."""
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    out = pooled.client_data(query("COMMIT") + m.frame(type_, b"x" * 10_000))
+    assert not relayed(out) and not out[0].reusable
+    assert out[-1].error.sqlstate == "08P01" and out[-1].error.message == "invalid message length 10004"
+
+
 def test_a_read_that_breaks_off_closes_the_server_a_message_of_it_was_forwarded_to(pooled: ClientSession) -> None:
     """The first bytes of a CopyData went to the server (forwarded as they come); the read with its rest also holds a
     refused type: nothing of that read is forwarded, so the server waits for bytes that never come: never reused."""

@@ -114,7 +114,7 @@ def _conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     parts = []
     for _ in range(draw(st.integers(0, 8))):
         t = draw(st.sampled_from(_TYPES))
-        body = draw(st.binary(max_size=40) | st.integers(0, 9000).map(lambda n: b"x" * n))
+        body = draw(st.binary(max_size=40) | st.integers(0, 12000).map(lambda n: b"x" * n))
         parts.append(_frame(t, body) if draw(st.integers(0, 30)) else bytes((t,)) + struct.pack("!I", 2))
     data = b"".join(parts)
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
@@ -140,6 +140,7 @@ def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], int
     stream = cls(intercept=intercept, max_length=max_length, limit_all=limit_all)
     stream.handlers = {t: handler(kind) for t, kind in handled.items()}
     stream.refuse = refuse
+    stream.small = frozenset(b"dS")
     reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)] + [b""]
     try:
         for read in reads:

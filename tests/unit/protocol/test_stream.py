@@ -216,3 +216,16 @@ def test_begun_counts_each_message_left_unfinished_once() -> None:
     assert s.begun == 2 and not s.unfinished
     s.feed(q + copy)  # whole messages: nothing left unfinished
     assert s.begun == 2
+
+
+def test_a_small_type_longer_than_postgresql_reads_is_refused_at_its_header() -> None:
+    s = MessageStream(intercept=frozenset(b"X"))
+    s.handlers = {ord("c"): lambda body: None}
+    s.small = frozenset(b"cX")
+    assert s.small == frozenset(b"cX")
+    ok = frame(b"c", b"x" * 9996)  # (10,000 bytes with its length word: PostgreSQL's limit)
+    assert _join(s.feed(ok)) == ok
+    with pytest.raises(FramingError, match="invalid message length 10001"):
+        s.feed(frame(b"c", b"x" * 9997)[:5])
+    d = frame(b"d", b"x" * 20000)  # (not a small type)
+    assert _join(MessageStream().feed(d)) == d
