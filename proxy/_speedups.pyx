@@ -25,14 +25,14 @@ BUILT_FROM = PGTENANT_BUILT_FROM.decode("ascii")
 # --- names and numbers shared with the Python modules, bound on first use ------------------------------------
 
 cdef bint _bound = False
-cdef object Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
+cdef object Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
 cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
 
 
 cdef int _bind() except -1:
-    global _bound, Message, HOLD, FramingError, Rewrite, _BY_KEYWORD, _statement_kind_general
+    global _bound, Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
     global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
-    global _COPY_RUN, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
+    global _COPY_RUN, _REFUSED, _SMALL_LIMIT, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
     global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
     from proxy.policy import cache, shape
     from proxy.policy.engine import UNLIMITED, decide
@@ -43,6 +43,7 @@ cdef int _bind() except -1:
     from proxy.stmtkind import _statement_kind as _statement_kind_general
     from proxy import tracking
     Message, HOLD, FramingError, _COPY_RUN = stream.Message, stream.HOLD, stream.FramingError, stream._COPY_RUN
+    refused, _REFUSED, _SMALL_LIMIT = stream.refused, stream._REFUSED, stream.SMALL_LIMIT
     Template, from_decision, shape_text, _MAX_LITERALS = shape.Template, shape.from_decision, shape.text, \
         shape._MAX_LITERALS
     _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
@@ -55,6 +56,8 @@ cdef int _bind() except -1:
 # --- proxy.protocol.stream ----------------------------------------------------------------------------------
 
 cdef Py_ssize_t _COPY_RUN  # the numbers are the Python modules' own, bound by _bind()
+cdef unsigned char _REFUSED
+cdef Py_ssize_t _SMALL_LIMIT
 
 
 cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
@@ -79,12 +82,16 @@ cdef class MessageStream:
     cdef bytes _role
     cdef list _table
     cdef object _intercept
+    cdef object _refuse
+    cdef object _small_types
+    cdef bytes _small
     cdef bytes _types
     cdef bytes _buf
     cdef list _parts
     cdef Py_ssize_t _parts_len, _want, _skip
     cdef public Py_ssize_t max_length
     cdef public bint limit_all
+    cdef public Py_ssize_t begun
 
     def __init__(self, *, intercept=frozenset(), max_length=1 << 30, limit_all=True):
         if not _bound:
@@ -93,6 +100,9 @@ cdef class MessageStream:
         self._table = []
         self._types = b""
         self._intercept = frozenset()
+        self._refuse = frozenset()
+        self._small_types = frozenset()
+        self._small = _NO_ROLES
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -101,6 +111,7 @@ cdef class MessageStream:
         self._parts = []
         self._parts_len = 0
         self._want = 0
+        self.begun = 0
 
     @property
     def intercept(self):
@@ -110,6 +121,27 @@ cdef class MessageStream:
     def intercept(self, types):
         self._intercept = frozenset(types)
         self._build_roles()
+
+    @property
+    def refuse(self):
+        return self._refuse
+
+    @refuse.setter
+    def refuse(self, types):
+        self._refuse = frozenset(types)
+        self._build_roles()
+
+    @property
+    def small(self):
+        return self._small_types
+
+    @small.setter
+    def small(self, types):
+        self._small_types = frozenset(types)
+        table = bytearray(256)
+        for t in self._small_types:
+            table[t] = 1
+        self._small = _shared(bytes(table))
 
     @property
     def handlers(self):
@@ -123,6 +155,8 @@ cdef class MessageStream:
 
     cdef _build_roles(self):
         role = bytearray(256)
+        for t in self._refuse:
+            role[t] = _REFUSED
         for n, t in enumerate(self._types):
             role[t] = 2 + n
         for t in self._intercept:
@@ -139,7 +173,7 @@ cdef class MessageStream:
 
     cpdef list feed(self, data):
         cdef list out = []
-        cdef Py_ssize_t n, pos, run_start, end, length, max_length
+        cdef Py_ssize_t n, pos, run_start, end, length, max_length, held
         cdef unsigned char t, r
         cdef bytes buf
         cdef const unsigned char *p
@@ -160,6 +194,7 @@ cdef class MessageStream:
                 return out
             data = b"".join(self._parts)
             self._parts, self._parts_len, self._want = [], 0, 0
+        held = PyBytes_GET_SIZE(self._buf)
         buf = self._buf + data if self._buf else bytes(data)
         n = PyBytes_GET_SIZE(buf)
         p = <const unsigned char *>PyBytes_AS_STRING(buf)
@@ -174,12 +209,18 @@ cdef class MessageStream:
             length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)
                       | (<Py_ssize_t>p[pos + 3] << 8) | <Py_ssize_t>p[pos + 4])
             if length < 4:
+                if role[t] == _REFUSED:
+                    raise refused(t)
                 raise FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
             r = role[t]
             if r:
+                if r == _REFUSED:
+                    raise refused(t)
                 if length > max_length:
                     raise FramingError("message too large", length, too_large=True)
+                if length > _SMALL_LIMIT and (<const unsigned char *>PyBytes_AS_STRING(self._small))[t]:
+                    raise FramingError(f"invalid message length {length}", length)
                 if end > n:
                     break
                 if r == 1:
@@ -194,6 +235,8 @@ cdef class MessageStream:
                             out.append(_run(buf, p, run_start, pos))
                         if replacement is HOLD:
                             self._buf = PyBytes_FromStringAndSize(<const char *>p + end, n - end)
+                            if end < n:  # (what follows may be a message begun: counted, maybe once too often)
+                                self.begun += 1
                             return out
                         out.append(replacement)
                         run_start = end
@@ -203,6 +246,8 @@ cdef class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
                     self._skip = end - n
+                    if pos or not held:
+                        self.begun += 1
                     pos = n
                     break
                 pos = end
@@ -211,6 +256,11 @@ cdef class MessageStream:
                 out.append(buf)
             else:
                 out.append(_run(buf, p, run_start, pos))
+        if pos < n:
+            if role[p[pos]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
+                raise refused(p[pos])
+            if pos or not held:
+                self.begun += 1
         if n - pos >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)

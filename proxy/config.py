@@ -269,6 +269,9 @@ class PoolConfig:
     # a dead host): TCP keepalive probes from a third of it, TCP_USER_TIMEOUT at it; 0 = the OS defaults
     server_tcp_timeout: float = 30.0
     max_pin_time: float = 600.0  # a session pinned (or its server held without a Sync) longer is logged once
+    # transaction pooling: a message the client began while its session holds a server must be complete this long
+    # after it began, or the session ends (08P01) and the server is closed; 0 = no limit (red team 9s F2)
+    client_message_timeout: float = 30.0
     sticky_servers: bool = True  # transaction pooling: a released server stays with its session until needed
     statement_cache: bool = False
     statement_cache_size: int = 500  # statements per server
@@ -649,7 +652,8 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
     pool = PoolConfig(**given)
     if pool.pool_size < 1:
         raise ConfigError(f"pool.pool_size: must be at least 1, got {pool.pool_size}")
-    for key in ("min_pool_size", "reserve_pool", "max_db_connections", "server_check_delay", "server_tcp_timeout"):
+    for key in ("min_pool_size", "reserve_pool", "max_db_connections", "server_check_delay", "server_tcp_timeout",
+                "client_message_timeout"):
         if getattr(pool, key) < 0:
             raise ConfigError(f"pool.{key}: must be 0 or more, got {getattr(pool, key)}")
     if pool.min_pool_size > pool.pool_size:

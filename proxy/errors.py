@@ -224,6 +224,14 @@ _backend_refused = _register(
 )
 # No server for a client within query_wait_timeout: 53300 (class 53, insufficient resources), as PostgreSQL answers
 # when it is out of connection slots; nothing ran, so a retry is safe (57014 would read as a canceled statement).
+# Transaction pooling: a client began a message while its session held a server and did not complete it in time
+# (red team 9s F2: the server was held from the pool meanwhile).
+client_message_timeout = _register(
+    "client_message_timeout", PROTOCOL_VIOLATION, "FATAL",
+    "terminating connection: a message begun was not completed within client_message_timeout ({seconds} s)",
+    hint="pgtenant lends a server connection to a client for each request; a client that stops in the middle of a "
+    "message holds it from every other client. Raise pool.client_message_timeout if large messages arrive slowly.",
+)
 pool_wait_timeout = _register(
     "pool_wait_timeout", TOO_MANY_CONNECTIONS, "ERROR",
     'pgtenant: no server connection for tenant "{tenant}" within query_wait_timeout ({seconds} s); '

@@ -95,6 +95,7 @@ class CloseReason(enum.StrEnum):
     PREFLIGHT_FAILED = "preflight_failed"
     # the pool
     POOL_WAIT_TIMEOUT = "pool_wait_timeout"
+    CLIENT_MESSAGE_TIMEOUT = "client_message_timeout"  # a message begun, not complete in time, a server held for it
     POOL_RETIRED = "pool_retired"
     # pgtenant
     INTERNAL_ERROR = "internal_error"

@@ -83,8 +83,10 @@ class ClientRelay(_SocketEvents):
     def data_received(self, data: bytes) -> None:
         self.bytes_in += len(data)
         try:
-            if self.kept:
-                self.owner.resume_kept(data)
+            if self.kept:  # (a message begun resumes nothing: the session keeps it until it is whole)
+                data = self.owner.resume_kept(data)
+                if data is None:
+                    return
             actions = self.session.client_data(data)
         except Exception:
             self.owner.internal_error()

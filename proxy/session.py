@@ -87,7 +87,7 @@ from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
-from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream
+from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream, refused
 from proxy.reasons import CloseReason
 from proxy.reported import SharedStatus, reset_to_default, shared_status
 from proxy.resets import Restoring, resets, restoring
@@ -122,6 +122,9 @@ _MAX_DENIAL_BYTES = 1 << 20
 _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
 _IDLE_MEMO_BYTES = 1024  # ... and one longer than this not while the session holds no server (_idle_memos)
+# A message begun takes no server until it is whole, or this much of it came (a large message is flowing: it is
+# forwarded as it comes, client_message_timeout bounding it); meanwhile it waits in ClientSession._unread.
+_EARLY_BYTES = 64 * 1024
 # What the tracker records for a Query or Parse the codec cannot read (the client gets PostgreSQL's 08P01).
 _MALFORMED = deny("malformed_message", "malformed message")
 _REG_PARAMETER = deny("reg_parameter_type", "a parameter may not be declared of an object-identifier type "
@@ -130,6 +133,11 @@ _DENIAL_MARKER = re.compile(rb"pgtenant_denied_[0-9a-f]{16}")
 # Messages that end a request (the backend answers each with ReadyForQuery): a Query, a Sync, a FunctionCall.
 _REQUEST_ENDS = frozenset({m.QUERY, m.SYNC, m.FUNCTION_CALL})
 _CLIENT_INTERCEPT = frozenset({m.TERMINATE})  # (one for all sessions: a frozenset is 216 bytes)
+# A logged-in client's message types PostgreSQL would end the session for: refused by the proxy at their type byte,
+# never forwarded (red team 9s2 M1: a server's FATAL for one came after the server went to another client).
+_REFUSED_TYPES = frozenset(range(256)) - m.SESSION_TYPES
+# ... and those PostgreSQL reads with its small message limit (a longer one: it closes the connection, unseen)
+_SMALL_TYPES = frozenset(b"CDEHScfX")
 # Startup parameters that are the server connection's own (its pool key's context), never a client setting.
 _SERVER_OWN = frozenset({"client_encoding"})
 # A denial answered when the statement runs (`_denied_at_run`): PostgreSQL fails a CLOSE of a cursor it does not have
@@ -271,8 +279,8 @@ class ClientSession:
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf",
         "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling",
         "_slot_held",
-        "_slot_queue", "_sql_prepared", "_startup_settings", "_startup_status", "_stash", "_statement_memo", "_sticky",
-        "_timed_out", "_tracking",
+        "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
+        "_sticky", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -387,6 +395,7 @@ class ClientSession:
         self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self._sticky = False  # transaction pooling: the released server is kept for the session (KeepServer)
+        self._stall: tuple[int, float] | None = None  # a message begun with a server held: (frontend.begun, seen at)
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
         self._live = False  # the decided Parse reads pg_prepared_statements (Statements renders it at each use)
@@ -844,8 +853,11 @@ class ClientSession:
             return self._rejected(exc)
 
     def _rejected(self, exc: SessionError | FramingError | m.DecodeError) -> list[Action]:
-        """What the client sent cannot be read: the session ends with the error PostgreSQL would send."""
-        return self._fail(unreadable(exc, self.frontend.max_length))  # (the login reads through a stream of its own)
+        """What the client sent cannot be read: the session ends with the error PostgreSQL would send, and its server
+        is closed: the read stopped where it broke, part of a message before that point may have reached the server
+        and the rest never will (red team 9s2 M1: reusable, it took the next client's bytes for that rest)."""
+        failed = unreadable(exc, self.frontend.max_length)  # (the login reads through a stream of its own)
+        return [*self._close_server(failed.reason, broken=True), *self._fail(failed)]
 
     def _ignore(self, _data: bytes) -> list[Action]:
         """A read after the session closed: nothing to do."""
@@ -1055,8 +1067,8 @@ class ClientSession:
         self._idle_check = False
         actions: list[Action] = [RelayToClient(chunks)]
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.unfinished
-                or self._replaying or (self.statements is not None and not self.statements.idle)):
-            return actions
+                or self._replaying or (self.statements is not None and not self.statements.idle) or self.backend_fatal):
+            return actions  # (a server that sent a FATAL is ending: it stays here until it closed, never lent again)
         if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
             return actions + self._ask_locks()
         desired = self._settle()
@@ -1144,6 +1156,23 @@ class ClientSession:
         return (self.config.pool.sticky_servers and not self._stash
                 and (desired is None or desired == self._applied))
 
+    def read_kept(self, data: bytes) -> tuple[bytes, bool] | None:
+        """Client bytes while the session's server is kept for it, before anything reads them: kept here (None)
+        while no whole first message is in (a message begun takes no server, the kept one neither: red team 9s F2);
+        then all of them, with whether they may resume it (False: a type the session is refused for, read with no
+        server)."""
+        early = self._unread + data if self._unread else data
+        try:
+            whole = _whole_first(early, self.frontend.max_length)
+        except FramingError:
+            self._unread = b""
+            return early, False
+        if not whole:
+            self._unread = early
+            return None
+        self._unread = b""
+        return early, True
+
     def may_resume(self) -> bool:
         """Whether the session has a server kept for it (its next request may run there if the pool lets it)."""
         return self._sticky
@@ -1189,11 +1218,16 @@ class ClientSession:
 
     def _give_back(self, *, reusable: bool, reset: bool, reason: CloseReason | None = None,
                    busy: bool = False) -> list[Action]:
-        """The server leaves the session: it records the settings the session left on it."""
+        """The server leaves the session: it records the settings the session left on it. One the client is sending
+        a message to (begun, not complete) is never reusable, whoever gives it back: the rest of that message would
+        reach its next holder as messages of their own (red team 9s F1), or swallow the pool's reset (9s2 L1: a
+        settings replay that failed gave it back reusable mid-message)."""
         server, self.server = self.server, None
         self._sticky = False
         if server is None:
             return []
+        if reusable and self.frontend.unfinished:
+            reusable = False
         if self.statements is not None:
             self.statements.detach()
         self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
@@ -1204,13 +1238,15 @@ class ClientSession:
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason, busy=busy)]
 
-    def _close_server(self, reason: CloseReason) -> list[Action]:
+    def _close_server(self, reason: CloseReason, *, broken: bool = False) -> list[Action]:
         """The session ends: its server goes back to the pool, reusable when it is between transactions with
-        nothing in flight, reset unless transaction pooling left nothing on it."""
+        nothing in flight (and the client's stream did not `broken` off), reset unless transaction pooling left
+        nothing on it."""
         if self.server is None:
             return []
-        idle = (self._tx_status == b"I" and not self.tracker.pending and self._held is None and not self._replaying
-                and not self.frontend.unfinished and (self.statements is None or self.statements.idle))
+        idle = (not broken and self._tx_status == b"I" and not self.tracker.pending and self._held is None
+                and not self._replaying and not self.frontend.unfinished
+                and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
         # (settings are recorded on it: the next client's diff; advisory locks not asked for: reset)
@@ -1327,6 +1363,7 @@ class ClientSession:
         if self.agent is not None:
             self.request = agent.server_request(self.request, self.agent)
         timeout_ms = self._limited_timeout()
+        self.frontend.refuse, self.frontend.small = _REFUSED_TYPES, _SMALL_TYPES
         self.pooled = self.request.mode == "transaction"
         self.routing = replicas.routed(self.config, user)
         if not self.pooled and not statement_settings(self.config)[0]:  # no statement maps: answers owed followed
@@ -1457,11 +1494,11 @@ class ClientSession:
         Terminate, which needs no server."""
         if self._gate_slot:
             return self._wait_for_slot(data, self._detached_data)
-        if self.statements is None or data[:1] == b"X" or self._held is not None:
+        if self.statements is None or (data[:1] == b"X" and not self._unread) or self._held is not None:
             return self._detached(self._relay_from_client(data))
         self._unread += data
-        if self.state is not State.IDLE:
-            return []
+        if self.state is not State.IDLE or not _whole_first(self._unread, self.frontend.max_length):
+            return []  # (a message begun and not complete takes no server: red team 9s F2)
         self._transition(Event.REQUEST)
         return [self._acquire()]
 
@@ -2830,6 +2867,28 @@ class ClientSession:
         return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
                 CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
 
+    def message_tick(self, now: float) -> list[Action]:
+        """The clock (about once a second): in transaction pooling, a message the client began while the session
+        holds a server and has not completed within client_message_timeout of its first bytes seen here ends the
+        session (08P01) and its server is closed (red team 9s F2: a stalled half message held the server from every
+        other client, and its place in pool_size and max_db_connections)."""
+        timeout = self.config.pool.client_message_timeout
+        frontend = self.frontend
+        if (not timeout or not self.pooled or self.server is None or self._sticky or self._held is not None
+                or self.state is not _READY or not frontend.unfinished):
+            self._stall = None
+            return []
+        stall = self._stall
+        if stall is None or stall[0] != frontend.begun:  # (another message than last time: its clock starts)
+            self._stall = (frontend.begun, now)
+            return []
+        if now - stall[1] < timeout:
+            return []
+        reason = CloseReason.CLIENT_MESSAGE_TIMEOUT
+        released = self._close_server(reason, broken=True)
+        self._close()
+        return [*released, CloseClient(errors.client_message_timeout(seconds=seconds(timeout)), reason)]
+
     def close(self) -> list[Action]:
         """Event: the client connection is gone; the server the session holds goes back to the pool."""
         if self.login is not None:
@@ -2858,6 +2917,25 @@ _ON_DATA: dict[State, Callable[[ClientSession, bytes], list[Action]]] = {
     State.ADMIN: ClientSession._admin_data,
     State.CLOSED: ClientSession._ignore,
 }
+
+
+def _whole_first(data: bytes, max_length: int) -> bool:
+    """Whether `data` (a client's bytes from a message boundary, read while its session holds no server) may take
+    one: its first message is whole, or _EARLY_BYTES of it came. What the session would be ended for anyway raises
+    FramingError here, before any server is taken: a type PostgreSQL refuses, a broken or oversized length."""
+    n = len(data)
+    if not n:
+        return False
+    if data[0] in _REFUSED_TYPES:
+        raise refused(data[0])
+    if n < 5:
+        return False
+    length = int.from_bytes(data[1:5])
+    if length < 4:
+        raise FramingError(f"invalid message length {length}", length)
+    if length > max_length:
+        raise FramingError("message too large", length, too_large=True)
+    return n > length or n >= _EARLY_BYTES
 
 
 def _forgets_at(changes: tuple[Change, ...], statements: Statements | None) -> int | None:

@@ -452,25 +452,39 @@ class ClientConnection(asyncio.Protocol):
             self.relay.kept = False
         return True
 
-    def resume_kept(self, data: bytes) -> None:
-        """Client bytes `data` while the session's server is kept for it (before the session reads them): it holds
-        the server again if the pool lets it — for a routed session, if the router could choose that server for the
-        request `data` begins; with max_concurrent_queries, if a turn is free now (the session then takes it at
-        once, synchronously: it never holds a server while its request waits for a turn) — else lets go of it first
-        (the session then asks the pool anew, in fair order, after its turn)."""
+    def resume_kept(self, data: bytes) -> bytes | None:
+        """Client bytes while the session's server is kept for it (before the session reads them): once a whole first
+        message is in (till then the session keeps them: None), it holds the server again if the pool lets it — for a
+        routed session, if the router could choose that server for the request the bytes begin; with
+        max_concurrent_queries, if a turn is free now (the session then takes it at once, synchronously: it never
+        holds a server while its request waits for a turn) — else lets go of it first (the session then asks the pool
+        anew, in fair order, after its turn); the bytes for the session to read then."""
+        session = self.session
+        assert session is not None
+        early = session.read_kept(data)
+        if early is None:
+            return None
+        data, resume = early
         self._unkeep()
-        link, session = self.link, self.session
-        assert link is not None and session is not None
+        link = self.link
+        assert link is not None
         turn = session.resume_turn()
-        if session.may_resume() and (turn is None or self.proxy.slots.free(*turn)) and self.proxy.pool.reuse(
+        if resume and session.may_resume() and (turn is None or self.proxy.slots.free(*turn)) and self.proxy.pool.reuse(
                 link, self, session.resume_route(data)):
             link.owner, link.relay = self, self.relay
             if self._client_full and link.transport is not None:
                 link.transport.pause_reading()
             self.run(session.server_resumed())
-            return
+            return data
         self._let_go_kept(link)
         self.proxy.pool.take_back(link, self)
+        return data
+
+    def message_tick(self, now: float) -> None:
+        """The pool's clock, while the connection waits for or holds a server: a message begun too long ago ends the
+        session (ClientSession.message_tick)."""
+        if self.link is not None and not self._kept:
+            self._run_session(lambda s: s.message_tick(now))
 
     def taken_back(self, link: ServerLink) -> None:
         """The pool takes back the server kept for this session (it needs it now, before it does anything with it)."""

@@ -195,7 +195,11 @@ class Pool:
     def _tick(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
         try:
-            self._run(self.manager.tick(self.clock()))
+            now = self.clock()
+            self._run(self.manager.tick(now))
+            if self.proxy.config.pool.client_message_timeout:  # (a message begun while a server is held)
+                for client in list(self._clients.values()):
+                    client.message_tick(now)
         except Exception:  # pragma: no cover - a bug of ours must not stop the timer
             log.exception("pool_tick_failed")
 

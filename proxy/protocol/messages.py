@@ -56,6 +56,9 @@ PORTAL_SUSPENDED = ord("s")
 TEXT_OID = 25  # pg_type's text
 
 FRONTEND_TYPES = frozenset(b"QPBEDCSHXFdcfp")
+# What PostgreSQL reads from a logged-in client (PostgresMain; CopyData/CopyDone/CopyFail outside COPY are ignored): any
+# other type byte ends its session at once ("invalid frontend message type N", 08P01).
+SESSION_TYPES = FRONTEND_TYPES - {PASSWORD}
 
 # The one-byte answers to an SSLRequest or GSSENCRequest (or an ErrorResponse's type byte from a server too old).
 SSL_ACCEPTED = b"S"

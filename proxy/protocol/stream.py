@@ -26,12 +26,24 @@ class Message:
 
 
 class FramingError(Exception):
-    """The stream broke the framing rules (bad length or oversized message)."""
+    """The stream broke the framing rules (bad length, oversized message, a message type it refuses)."""
 
     def __init__(self, message: str, length: int = 0, too_large: bool = False) -> None:
         super().__init__(message)
         self.length = length
         self.too_large = too_large
+
+
+_REFUSED = 255  # the role of a refused type (handler roles are 2 + n for at most 253 handlers)
+# PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: a longer message of a type it reads with that limit (Sync, Flush, Close,
+# Describe, Execute, CopyDone, CopyFail...) makes it close the connection without a word, after answering what came
+# before it.
+SMALL_LIMIT = 10_000
+
+
+def refused(t: int) -> FramingError:
+    """A message of type `t` the stream refuses (`MessageStream.refuse`): PostgreSQL's words for it."""
+    return FramingError(f"invalid frontend message type {t}")
 
 
 class _Hold:
@@ -77,8 +89,8 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_intercept", "_parts", "_parts_len", "_role", "_skip",
-        "_table", "_types", "_want", "limit_all", "max_length",
+        "_buf", "_intercept", "_parts", "_parts_len", "_refuse", "_role", "_skip", "_small", "_small_types",
+        "_table", "_types", "_want", "begun", "limit_all", "max_length",
     )
 
     def __init__(
@@ -92,6 +104,9 @@ class MessageStream:
         self._table: list[Handler] = []  # the handlers, in the order of their roles
         self._types = b""  # their message types, in the same order (the handlers are kept only in `_table`)
         self._intercept: frozenset[int] = frozenset()
+        self._refuse: frozenset[int] = frozenset()
+        self._small_types: frozenset[int] = frozenset()
+        self._small = _NO_ROLES
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -102,6 +117,9 @@ class MessageStream:
         self._parts: list[bytes] = []
         self._parts_len = 0
         self._want = 0
+        # Messages a feed left unfinished, each counted once (when its first bytes arrived, or with them its header's
+        # last): while `unfinished` stays nonzero and this does not move, the same message is still being waited for.
+        self.begun = 0
 
     @property
     def intercept(self) -> frozenset[int]:
@@ -112,6 +130,33 @@ class MessageStream:
     def intercept(self, types: frozenset[int]) -> None:
         self._intercept = frozenset(types)
         self._build_roles()
+
+    @property
+    def refuse(self) -> frozenset[int]:
+        """Message types refused as soon as their type byte arrives (FramingError, nothing of them returned): a
+        frontend stream's types PostgreSQL would end the session for ("invalid frontend message type"), which must
+        never reach a server (red team 9s2 M1: its FATAL came after the server went to another session)."""
+        return self._refuse
+
+    @refuse.setter
+    def refuse(self, types: frozenset[int]) -> None:
+        self._refuse = frozenset(types)
+        self._build_roles()
+
+    @property
+    def small(self) -> frozenset[int]:
+        """Handled or intercepted types whose messages may be at most SMALL_LIMIT bytes long (FramingError "invalid
+        message length" once the header says more): PostgreSQL closes the connection for a longer one, after the
+        ReadyForQuery of what came before it, when a pooled server may serve another client (red team 9s2 M1)."""
+        return self._small_types
+
+    @small.setter
+    def small(self, types: frozenset[int]) -> None:
+        self._small_types = frozenset(types)
+        table = bytearray(256)
+        for t in self._small_types:
+            table[t] = 1
+        self._small = _shared(bytes(table))
 
     @property
     def handlers(self) -> Mapping[int, Handler]:
@@ -126,6 +171,8 @@ class MessageStream:
 
     def _build_roles(self) -> None:
         role = bytearray(256)
+        for t in self._refuse:
+            role[t] = _REFUSED
         for n, t in enumerate(self._types):
             role[t] = 2 + n
         for t in self._intercept:
@@ -162,6 +209,7 @@ class MessageStream:
                 return out
             data = b"".join(self._parts)
             self._parts, self._parts_len, self._want = [], 0, 0
+        held = len(self._buf)  # bytes of a header begun in an earlier feed (the first message of `buf`)
         buf = self._buf + data if self._buf else data
         n = len(buf)
         pos = 0
@@ -174,12 +222,16 @@ class MessageStream:
             t = buf[pos]
             (length,) = _unpack_len(buf, pos + 1)
             if length < 4:
-                raise FramingError(f"invalid message length {length}", length)
+                raise refused(t) if role[t] == _REFUSED else FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
             r = role[t]
             if r:
+                if r == _REFUSED:
+                    raise refused(t)
                 if length > max_length:
                     raise FramingError("message too large", length, too_large=True)
+                if length > SMALL_LIMIT and self._small[t]:
+                    raise FramingError(f"invalid message length {length}", length)
                 if end > n:
                     break
                 if r == 1:
@@ -194,6 +246,8 @@ class MessageStream:
                             out.append(_run(buf, run_start, pos))
                         if replacement is HOLD:
                             self._buf = buf[end:n]
+                            if end < n:  # (what follows may be a message begun: counted, maybe once too often)
+                                self.begun += 1
                             return out
                         out.append(replacement)
                         run_start = end
@@ -203,6 +257,8 @@ class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if end > n:
                     self._skip = end - n
+                    if pos or not held:
+                        self.begun += 1
                     pos = n
                     break
                 pos = end
@@ -212,6 +268,11 @@ class MessageStream:
             else:
                 out.append(_run(buf, run_start, pos))
         rest = buf[pos:n] if pos < n else b""
+        if rest:
+            if role[rest[0]] == _REFUSED:  # (a header begun: refused at its type byte, as PostgreSQL does)
+                raise refused(rest[0])
+            if pos or not held:
+                self.begun += 1
         if len(rest) >= 5:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             (length,) = _unpack_len(rest, 1)

@@ -231,8 +231,9 @@ def test_non_password_message_during_auth(session: ClientSession) -> None:
 def test_oversized_message_in_relay(session: ClientSession) -> None:
     login(session)
     attach(session)
-    [close] = session.client_data(b"Q" + struct.pack("!I", 10_000))
+    release, close = session.client_data(b"Q" + struct.pack("!I", 10_000))
     assert close.error.sqlstate == "54000"
+    assert not release.reusable  # (a read that breaks off: its server is closed, see test_session_pooling.py)
 
 
 def test_data_while_connecting_is_a_violation(session: ClientSession) -> None:

@@ -198,6 +198,125 @@ def test_a_refused_login_closes_the_client(tmp_path: Path) -> None:
     assert s.state is State.CLOSED
 
 
+# --- what the client sends that PostgreSQL would end the session for (red team 9s2 M1) ------------------------------
+
+
+def _refused(out: list) -> CloseClient:
+    assert not relayed(out), "nothing of the read reaches the server"
+    close = out[-1]
+    assert isinstance(close, CloseClient) and close.reason is CloseReason.FRAMING
+    assert (close.error.severity, close.error.sqlstate, close.error.message) == (
+        "FATAL", "08P01", "invalid frontend message type 122")
+    return close
+
+
+@pytest.mark.parametrize("cut", [1, 5, 9])
+def test_an_unknown_message_type_is_refused_by_the_proxy_never_forwarded(pooled: ClientSession, cut: int) -> None:
+    """PostgreSQL ends its session at an unknown type byte, after the ReadyForQuery of what came before it: forwarded,
+    the server went back to the pool at that ReadyForQuery 'I' and its FATAL reached the next client (two sessions on
+    one server). The proxy refuses it itself (PostgreSQL's words), its read with it, and closes the server."""
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    out = pooled.client_data(query("SELECT 1") + m.frame(b"z", b"zzzz")[:cut])
+    assert kinds(out) == [ReleaseServer, CloseClient]
+    assert not out[0].reusable and out[0].reason is CloseReason.FRAMING  # (busy: its SELECT 1 was counted, so drained)
+    _refused(out)
+    assert pooled.state is State.CLOSED and pooled.client_data(query("SELECT 2")) == []
+
+
+def test_an_unknown_message_type_in_session_pooling_closes_its_server(tmp_path: Path) -> None:
+    s = _session(tmp_path, "session")
+    _log_in(s)
+    s.server_attached(server_for(s))
+    run(s, "SELECT 1", done("SELECT 1"))
+    out = s.client_data(m.frame(b"p", b"secret\x00"))  # (a password message once logged in: PostgreSQL's FATAL too)
+    assert out[0] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.FRAMING)
+    assert out[-1].error.message == "invalid frontend message type 112"
+
+
+@pytest.mark.parametrize("type_", [b"c", b"f", b"C", b"S", b"H", b"D", b"E"])
+def test_a_message_longer_than_postgresql_reads_of_its_type_is_refused(pooled: ClientSession, type_: bytes) -> None:
+    """PostgreSQL reads these types with a 10,000-byte limit: for a longer one it closes the connection without a
+    word, after the ReadyForQuery of what came before (a CopyDone or Close outside any request: the server went back
+    at that ReadyForQuery, the next client lost it). The proxy refuses it at its header, nothing of the read sent."""
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    out = pooled.client_data(query("COMMIT") + m.frame(type_, b"x" * 10_000))
+    assert not relayed(out) and not out[0].reusable
+    assert out[-1].error.sqlstate == "08P01" and out[-1].error.message == "invalid message length 10004"
+
+
+def test_a_read_that_breaks_off_closes_the_server_a_message_of_it_was_forwarded_to(pooled: ClientSession) -> None:
+    """The first bytes of a CopyData went to the server (forwarded as they come); the read with its rest also holds a
+    refused type: nothing of that read is forwarded, so the server waits for bytes that never come: never reused."""
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    copy = m.frame(b"d", b"x" * 20)
+    assert relayed(pooled.client_data(copy[:10])) == copy[:10]
+    out = pooled.client_data(copy[10:] + b"y")
+    assert out[0] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.FRAMING)
+    assert out[-1].error.message == "invalid frontend message type 121"
+
+
+# --- a message begun: it takes no server until whole, and a server held for it is not held forever (9s F2) -------
+
+
+def test_a_message_begun_takes_no_server_until_it_is_whole(pooled: ClientSession) -> None:
+    """Red team 9s F2: a client sending the first bytes of a request and stalling held a server (with
+    max_db_connections = 1 another tenant got 53300). The bytes wait with the session until the message is whole."""
+    q = query("SELECT 1")
+    assert pooled.client_data(q[:1]) == []
+    assert pooled.client_data(q[1:4]) == []
+    assert pooled.client_data(q[4:-1]) == [] and pooled.state is State.IDLE  # no AcquireServer
+    assert pooled.client_data(q[-1:]) == [AcquireServer(pooled.request)]
+    assert relayed(pooled.server_attached(server_for(pooled))) == q
+
+
+def test_a_large_message_takes_a_server_once_64_kb_of_it_came(pooled: ClientSession) -> None:
+    big = query("SELECT '" + "x" * 70_000 + "'")
+    assert pooled.client_data(big[:60_000]) == []
+    assert pooled.client_data(big[60_000:66_000]) == [AcquireServer(pooled.request)]
+
+
+@pytest.mark.parametrize("data", [b"z", b"Q\x00\x00\x00\x02", b"y\x00\x00\x00\x04"])
+def test_what_would_end_the_session_ends_it_before_any_server_is_taken(pooled: ClientSession, data: bytes) -> None:
+    out = pooled.client_data(data)
+    assert [type(a) for a in out] == [CloseClient] and out[0].error.sqlstate == "08P01"
+
+
+def _stalled(pooled: ClientSession) -> None:
+    """`pooled` holds a server (in a transaction) and has sent the first bytes of a CopyData (forwarded)."""
+    run(pooled, "BEGIN", done("BEGIN", status=b"T"))
+    assert relayed(pooled.client_data(m.frame(b"d", b"x" * 40)[:9]))
+
+
+def test_a_message_begun_with_a_server_held_ends_the_session_past_client_message_timeout(
+        pooled: ClientSession) -> None:
+    _stalled(pooled)
+    assert pooled.message_tick(100.0) == []  # first seen
+    assert pooled.message_tick(129.0) == []
+    out = pooled.message_tick(130.5)
+    assert out[0] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.CLIENT_MESSAGE_TIMEOUT)
+    close = out[-1]
+    assert isinstance(close, CloseClient) and close.reason is CloseReason.CLIENT_MESSAGE_TIMEOUT
+    assert (close.error.severity, close.error.sqlstate) == ("FATAL", "08P01")
+    assert "client_message_timeout (30 s)" in close.error.message
+    assert pooled.state is State.CLOSED
+
+
+def test_a_message_that_progresses_to_its_end_restarts_the_clock(pooled: ClientSession) -> None:
+    """Each message has its own 30 s: a COPY whose reads never end on a message boundary is not cut off."""
+    _stalled(pooled)
+    assert pooled.message_tick(0.0) == []
+    rows = m.frame(b"d", b"x" * 40)[9:] + m.frame(b"d", b"y" * 40)[:7]  # the first ends, a second begins
+    pooled.client_data(rows)
+    assert pooled.message_tick(29.0) == [] and pooled.message_tick(58.0) == []  # (the second's clock: from 29.0)
+    assert [type(a) for a in pooled.message_tick(59.5)] == [ReleaseServer, CloseClient]
+
+
+def test_no_message_clock_between_messages_nor_without_a_server(pooled: ClientSession) -> None:
+    assert pooled.message_tick(0.0) == [] and pooled.message_tick(1000.0) == []  # idle, no server
+    pooled.client_data(query("SELECT 1")[:3])  # begun, no server taken: nothing held, no clock
+    assert pooled.message_tick(2000.0) == [] and pooled.message_tick(3000.0) == []
+
+
 # --- pins: per reason, with PostgreSQL's rollback semantics ---------------------------------------------------
 
 
@@ -599,6 +718,20 @@ def test_a_replay_the_server_refuses_ends_the_session(pooled: ClientSession) -> 
     assert out[-1].reason is CloseReason.SETTINGS_REPLAY
 
 
+def test_a_server_given_back_while_the_client_is_mid_message_is_not_reusable(pooled: ClientSession) -> None:
+    """Red team 9s2 L1: the settings replay on the server the session lands on fails while the client has sent the
+    first bytes of a CopyData after its query (forwarded as they come): the server went back reusable, and the pool's
+    reset (DISCARD ALL, its check) was swallowed as the rest of that CopyData. Every give-back checks it."""
+    run(pooled, "SET work_mem = '8MB'", done("SET"))  # (the next server needs a replay)
+    copy = m.frame(b"d", b"x" * 40)
+    pooled.client_data(query("SELECT 1") + copy[:12])
+    sent_ = relayed(pooled.server_attached(server_for(pooled)))
+    assert sent_.endswith(query("SELECT 1") + copy[:12])  # behind the replay
+    out = pooled.server_data(error("22023"))  # the replay refused
+    assert out[0] == ReleaseServer(reusable=False, reset=True, reason=CloseReason.SETTINGS_REPLAY)
+    assert isinstance(out[-1], CloseClient) and out[-1].reason is CloseReason.SETTINGS_REPLAY
+
+
 def test_a_cursor_closed_in_a_rolled_back_transaction_stays_closed(pooled: ClientSession) -> None:
     pinned(pooled, ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", done("DECLARE CURSOR")))
     run(pooled, "BEGIN", done("BEGIN", status=b"T"))
@@ -615,12 +748,9 @@ def test_a_deallocate_in_a_rolled_back_transaction_stays_done(pooled: ClientSess
 
 def test_garbage_sent_between_transactions_ends_the_session_with_08p01(pooled: ClientSession) -> None:
     actions = pooled.client_data(b"Q\x00\x00\x00\x02")  # a length below 4
-    if actions and isinstance(actions[-1], AcquireServer):  # (read once a server is there)
-        actions = pooled.server_attached(server_for(pooled))
-    assert isinstance(actions[-1], CloseClient) and actions[-1].error.sqlstate == "08P01"
+    assert [type(a) for a in actions] == [CloseClient] and actions[-1].error.sqlstate == "08P01"  # no server taken
     assert pooled.state is State.CLOSED
-    [release] = pooled.close()
-    assert release.reusable  # nothing reached it
+    assert pooled.close() == []
 
 
 def test_an_idle_pooled_session_keeps_its_attributes_in_slots(pooled: ClientSession) -> None:

@@ -243,3 +243,16 @@ def test_a_request_held_behind_the_proxys_own_sync_is_not_sent_to_a_kept_server(
     assert not any(isinstance(a, KeepServer) for a in out), out
     assert any(isinstance(a, ReleaseServer) for a in out) and any(isinstance(a, AcquireServer) for a in out)
     assert _sent(out) == b""
+
+
+# --- a message begun takes no server, the kept one neither (red team 9s F2) --------------------------------------
+
+
+def test_a_message_begun_resumes_the_kept_server_only_once_it_is_whole(kept: tuple[ClientSession, ServerConnection]
+                                                                       ) -> None:
+    s, _ = kept
+    q = m.Query("SELECT 1").encode()
+    assert s.read_kept(q[:3]) is None  # kept by the session: the I/O layer resumes nothing
+    assert s.read_kept(q[3:7]) is None
+    assert s.read_kept(q[7:] + q[:2]) == (q + q[:2], True)  # whole: resumed, all of it read from there
+    assert s.read_kept(b"z") == (b"z", False)  # a refused type: read without the server (the session ends)

@@ -101,7 +101,7 @@ def test_the_python_of_every_hooked_name_is_at_hand() -> None:
 
 # --- proxy.protocol.stream.MessageStream ----------------------------------------------------------------------
 
-_TYPES = b"QPBSCZDEdTX"
+_TYPES = b"QPBSCZDEdTXzy"
 
 
 def _frame(t: int, body: bytes) -> bytes:
@@ -114,7 +114,7 @@ def _conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     parts = []
     for _ in range(draw(st.integers(0, 8))):
         t = draw(st.sampled_from(_TYPES))
-        body = draw(st.binary(max_size=40) | st.integers(0, 9000).map(lambda n: b"x" * n))
+        body = draw(st.binary(max_size=40) | st.integers(0, 12000).map(lambda n: b"x" * n))
         parts.append(_frame(t, body) if draw(st.integers(0, 30)) else bytes((t,)) + struct.pack("!I", 2))
     data = b"".join(parts)
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
@@ -122,7 +122,8 @@ def _conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 
 
 def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], intercept: frozenset[int],
-                handled: dict[int, str], max_length: int, limit_all: bool) -> list[object]:
+                handled: dict[int, str], max_length: int, limit_all: bool,
+                refuse: frozenset[int] = frozenset()) -> list[object]:
     """What a stream class makes of the reads: the items (runs as bytes), the pending counts, the error."""
     events: list[object] = []
 
@@ -138,6 +139,8 @@ def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], int
 
     stream = cls(intercept=intercept, max_length=max_length, limit_all=limit_all)
     stream.handlers = {t: handler(kind) for t, kind in handled.items()}
+    stream.refuse = refuse
+    stream.small = frozenset(b"dS")
     reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)] + [b""]
     try:
         for read in reads:
@@ -146,10 +149,10 @@ def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], int
                     events.append(("message", item.type, item.body))
                 else:
                     events.append(("run", bytes(item)))
-            events.append(("pending", stream.pending, stream.unfinished))
+            events.append(("pending", stream.pending, stream.unfinished, stream.begun))
     except Exception as exc:
         events.append(("error", type(exc).__name__, str(exc), exc.length, exc.too_large))
-    events.append(("intercept", stream.intercept, sorted(stream.handlers)))
+    events.append(("intercept", stream.intercept, sorted(stream.handlers), stream.refuse))
     return events
 
 
@@ -157,14 +160,15 @@ def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], int
 @settings(max_examples=1500, deadline=None)
 @given(_conversation(), st.frozensets(st.sampled_from(_TYPES)),
        st.dictionaries(st.sampled_from(_TYPES), st.sampled_from(["observe", "replace", "hold"]), max_size=3),
-       st.sampled_from([1 << 30, 5000, 20]), st.booleans())
+       st.sampled_from([1 << 30, 5000, 20]), st.booleans(), st.frozensets(st.sampled_from(b"zyQd")))
 def test_message_stream(conversation: tuple[bytes, list[int]], intercept: frozenset[int], handled: dict[int, str],
-                        max_length: int, limit_all: bool) -> None:
+                        max_length: int, limit_all: bool, refuse: frozenset[int]) -> None:
     data, cuts = conversation
     py, fast = both("proxy.protocol.stream", "MessageStream")
     stream = importlib.import_module("proxy.protocol.stream")
-    expected = _stream_run(pure("proxy.protocol.stream"), py, data, cuts, intercept, handled, max_length, limit_all)
-    assert _stream_run(stream, fast, data, cuts, intercept, handled, max_length, limit_all) == expected
+    expected = _stream_run(pure("proxy.protocol.stream"), py, data, cuts, intercept, handled, max_length, limit_all,
+                           refuse)
+    assert _stream_run(stream, fast, data, cuts, intercept, handled, max_length, limit_all, refuse) == expected
 
 
 @compiled

@@ -162,3 +162,70 @@ def test_a_message_forwarded_in_pieces_is_unfinished_until_its_last_byte() -> No
     assert _join(out) == payload[7:] and s.pending == s.unfinished == 3
     out = s.feed(frame(b"Q", b"SELECT 1\x00")[3:])
     assert isinstance(out[-1], Message) and s.pending == s.unfinished == 0
+
+
+@pytest.mark.parametrize("cut", [1, 3, 5, 9])
+def test_a_refused_type_fails_at_its_type_byte_and_nothing_of_the_read_is_returned(cut: int) -> None:
+    """Red team 9s2 M1: a type PostgreSQL ends the session for is never forwarded, whole or begun (its header cut
+    at any point), nor is what came before it in the same read."""
+    s = MessageStream(intercept=frozenset(b"X"))
+    s.refuse = frozenset(b"zp")
+    assert s.refuse == frozenset(b"zp")
+    with pytest.raises(FramingError, match=r"^invalid frontend message type 122$"):
+        s.feed(frame(b"Q", b"SELECT 1\x00") + frame(b"z", b"zzzz")[:cut])
+    s = MessageStream()
+    s.refuse = frozenset(b"z")
+    assert s.feed(frame(b"d", b"abc")[:6]) == [frame(b"d", b"abc")[:6]]  # (a message begun before it: forwarded)
+    with pytest.raises(FramingError, match="type 122"):
+        s.feed(b"bc" + b"z")
+
+
+def test_a_refused_type_with_a_broken_length_is_refused_for_its_type() -> None:
+    s = MessageStream()
+    s.refuse = frozenset(b"z")
+    with pytest.raises(FramingError, match="type 122"):
+        s.feed(b"z" + struct.pack("!I", 2))
+    with pytest.raises(FramingError, match="invalid message length 2"):
+        MessageStream().feed(b"z" + struct.pack("!I", 2))
+
+
+def test_refused_types_yield_to_handled_and_intercepted_ones() -> None:
+    s = MessageStream(intercept=frozenset(b"X"))
+    s.handlers = {ord("Q"): lambda body: None}
+    s.refuse = frozenset(b"QXy")
+    data = frame(b"Q", b"SELECT 1\x00") + frame(b"X", b"")
+    assert _join(s.feed(data)) == data
+    with pytest.raises(FramingError, match="type 121"):
+        s.feed(b"y")
+
+
+def test_begun_counts_each_message_left_unfinished_once() -> None:
+    """Red team 9s F2's clock: `begun` moves when a feed leaves a new message unfinished, never while the same one
+    is still awaited (its header cut anywhere, its body forwarded piece by piece or held)."""
+    s = MessageStream(intercept=frozenset(b"Q"))
+    copy, q = frame(b"d", b"x" * 30), frame(b"Q", b"SELECT 1\x00")
+    assert s.begun == 0
+    for piece in (copy[:2], copy[2:4], copy[4:9], copy[9:20]):
+        s.feed(piece)
+        assert s.begun == 1 and s.unfinished
+    s.feed(copy[20:] + q[:3])  # the CopyData ends, a Query begins
+    assert s.begun == 2
+    s.feed(q[3:8])
+    assert s.begun == 2
+    s.feed(q[8:])
+    assert s.begun == 2 and not s.unfinished
+    s.feed(q + copy)  # whole messages: nothing left unfinished
+    assert s.begun == 2
+
+
+def test_a_small_type_longer_than_postgresql_reads_is_refused_at_its_header() -> None:
+    s = MessageStream(intercept=frozenset(b"X"))
+    s.handlers = {ord("c"): lambda body: None}
+    s.small = frozenset(b"cX")
+    assert s.small == frozenset(b"cX")
+    ok = frame(b"c", b"x" * 9996)  # (10,000 bytes with its length word: PostgreSQL's limit)
+    assert _join(s.feed(ok)) == ok
+    with pytest.raises(FramingError, match="invalid message length 10001"):
+        s.feed(frame(b"c", b"x" * 9997)[:5])
+    d = frame(b"d", b"x" * 20000)  # (not a small type)
+    assert _join(MessageStream().feed(d)) == d
