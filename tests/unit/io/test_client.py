@@ -49,6 +49,9 @@ class KeptSession:
     def may_resume(self) -> bool:
         return True
 
+    def read_kept(self, data: bytes) -> tuple[bytes, bool]:
+        return data, True  # (a whole first message: see test_session_sticky for one begun)
+
     def resume_turn(self) -> tuple[str, int]:
         return ("acme", 1)
 
