@@ -9,7 +9,7 @@ share are bound by `_bind()` on first use.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 cdef extern from *:
     """
@@ -920,3 +920,103 @@ cdef class RequestTracker:
         if self.on_done is not None:
             self.on_done(req)
         return req
+
+
+# --- proxy.replicas -----------------------------------------------------------------------------------------
+
+cdef bint _replicas_bound = False
+cdef object _judged, _writes_nothing_sql, _read_only_default
+cdef dict _verdicts
+cdef Py_ssize_t _KEPT_AS_TEXT  # a text up to this long is its own key in replicas._verdicts (and is judged)
+
+
+cdef int _bind_replicas() except -1:
+    """proxy.replicas' names, bound apart (it imports the parser and the config: never at another module's load)."""
+    global _replicas_bound, _judged, _writes_nothing_sql, _read_only_default, _verdicts, _KEPT_AS_TEXT
+    from proxy import replicas
+    _judged, _writes_nothing_sql = replicas._judged, replicas.writes_nothing_sql
+    _read_only_default, _verdicts = replicas._READ_ONLY_SQL, replicas._verdicts
+    _KEPT_AS_TEXT = min(replicas._MAX_KEPT, replicas.MAX_JUDGED)
+    _replicas_bound = True
+    return 0
+
+
+cdef inline Py_ssize_t _u32(const unsigned char *p):
+    return (<Py_ssize_t>p[0] << 24) | (<Py_ssize_t>p[1] << 16) | (<Py_ssize_t>p[2] << 8) | <Py_ssize_t>p[3]
+
+
+cdef inline str _cstr(const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
+    """replicas._cstring(body, at)[0] for the body p[..end) and at = start: "" when no NUL follows."""
+    cdef const unsigned char *nul = <const unsigned char *>memchr(p + start, 0, <size_t>(end - start))
+    if nul == NULL:
+        return ""
+    return PyUnicode_DecodeUTF8(<const char *>p + start, nul - (p + start), "replace")
+
+
+cdef object _judge(object sql, object judge, int mode):
+    """A text's verdict: `judge(sql)` (mode 2), else read_only_sql (0) or writes_nothing_sql (1) as
+    replicas._judged gives it, a verdict it kept for the text read here without a call."""
+    if mode == 2:
+        return judge(sql)
+    if type(sql) is str and len(<str>sql) <= _KEPT_AS_TEXT:
+        known = _verdicts.get(("w", sql) if mode == 1 else sql)
+        if known is not None:
+            return known == "y"
+    return _judged(sql, mode == 1)
+
+
+cpdef object read_only_request(data, statement, judge=None):
+    """proxy.replicas.read_only_request: the messages walked in place (no body copied, a name or text decoded only
+    where it is judged), a kept verdict read without a call into Python."""
+    cdef bytes buf = data if type(data) is bytes else bytes(data)
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), pos = 0, start, end, at
+    cdef const unsigned char *nul
+    cdef unsigned char t, last = 0
+    cdef int mode
+    cdef dict parsed = None
+    if not _replicas_bound:
+        _bind_replicas()
+    if not judge or judge is _read_only_default:
+        mode = 0
+    elif judge is _writes_nothing_sql:
+        mode = 1
+    else:
+        mode = 2
+    if n > 6 and p[0] == 0x51 and _u32(p + 1) == n - 1 and p[n - 1] == 0:  # one Query: the usual case
+        return _judge(PyUnicode_DecodeUTF8(<const char *>p + 5, n - 6, "replace"), judge, mode)
+    while n - pos >= 5:
+        t = p[pos]
+        start = pos + 5
+        pos = pos + 1 + _u32(p + pos + 1)
+        if pos > n:
+            return False
+        last = t
+        end = pos if pos > start else start  # (a length under 4: an empty body)
+        if t == 0x51:  # Query
+            if not _judge(_cstr(p, start, end), judge, mode):
+                return False
+        elif t == 0x50:  # Parse
+            nul = <const unsigned char *>memchr(p + start, 0, <size_t>(end - start))
+            if nul == NULL:
+                name, at = "", end
+            else:
+                name, at = PyUnicode_DecodeUTF8(<const char *>p + start, nul - (p + start), "replace"), nul - p + 1
+            ok = _judge(_cstr(p, at, end), judge, mode)
+            if parsed is None:
+                parsed = {}
+            parsed[name] = ok
+            if not ok:
+                return False
+        elif t == 0x42:  # Bind
+            nul = <const unsigned char *>memchr(p + start, 0, <size_t>(end - start))
+            name = _cstr(p, start if nul == NULL else nul - p + 1, end)
+            ok = parsed.get(name) if parsed is not None else None
+            if ok is None:
+                text = statement(name)
+                ok = text is not None and _judge(text, judge, mode)
+            if not ok:
+                return False
+        elif t != 0x45 and t != 0x44 and t != 0x53 and t != 0x48 and t != 0x43:  # Execute, Describe, Sync, Flush, Close
+            return False
+    return pos == n and (last == 0x51 or last == 0x53 or last == 0x48)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pglast.parser import ParseError, parse_sql_json
 
 from proxy import errors
+from proxy._accel import speedups
 from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
 from proxy.policy import readonly, shape
@@ -463,3 +464,7 @@ def serializable(statement: str | None) -> bool:
     SET SESSION CHARACTERISTICS) may make its transactions SERIALIZABLE, which a standby refuses (0A000): its reads
     then go to the primary (a mention of the word is enough: the primary serves any read)."""
     return statement is not None and "serializable" in statement.lower()
+
+
+if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
+    read_only_request = speedups.read_only_request

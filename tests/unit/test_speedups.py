@@ -33,6 +33,7 @@ HOOKED = [
     ("proxy.tracking", "new_request", "new_request"),
     ("proxy.tracking", "tag_rows", "tag_rows"),
     ("proxy.tracking", "RequestTracker", "RequestTracker"),
+    ("proxy.replicas", "read_only_request", "read_only_request"),
 ]
 PURE_RUN = os.environ.get("PGTENANT_PURE") == "1"
 compiled = pytest.mark.skipif(speedups is None, reason=f"the speed-ups do not run here ({_accel.status()})")
@@ -360,3 +361,94 @@ def _cache_run(cls: type, maxsize: int, max_bytes: int, calls: list[tuple[str, i
 def test_decision_cache(maxsize: int, max_bytes: int, calls: list[tuple[str, int, str, int]]) -> None:
     py, fast = both("proxy.policy.cache", "DecisionCache")
     assert _cache_run(fast, maxsize, max_bytes, calls) == _cache_run(py, maxsize, max_bytes, calls)
+
+
+# --- proxy.replicas.read_only_request --------------------------------------------------------------------------
+
+_ROUTED_SQL = [
+    "SELECT 1", "SELECT abalance FROM pgbench_accounts WHERE aid = $1;", "SELECT a FROM t WHERE id = 42",
+    "DELETE FROM t", "INSERT INTO t VALUES (1)", "UPDATE t SET a = 2 WHERE id = 7", "BEGIN READ ONLY", "BEGIN",
+    "BEGIN READ ONLY, READ WRITE", "COMMIT", "SELECT nextval('s')", "SELECT * FROM t FOR UPDATE", "not sql at all",
+    "", "SHOW search_path", "SET work_mem = '1MB'", "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+    "SELECT 1; DELETE FROM t", "SELECT 'é'", "select\u00a0é", "SELECT varchar(10) 'x'",
+    "SELECT " + "1 + " * 600 + "1",  # past the length a text is kept under as itself (a digest then)
+    "SELECT 1" + " " * 17_000,  # past MAX_JUDGED: never judged
+]
+_NAMES = [b"", b"s1", b"s2", b"\xff", b"\xfe", "é".encode()]
+
+
+@st.composite
+def _routed_batch(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    """Client messages as a routed session judges them: texts that read, write or do not parse (invalid UTF-8, long
+    ones), named and unnamed statements, other message types, now and then a broken length or a cut."""
+    def text() -> bytes:
+        raw = draw(st.sampled_from(_ROUTED_SQL) | st.text(max_size=20)).encode("utf-8", "surrogatepass")
+        return raw if draw(st.integers(0, 9)) else raw + b"\xff"
+
+    parts = []
+    for _ in range(draw(st.integers(0, 6))):
+        t = draw(st.sampled_from(b"QPBEDSHCFdX"))
+        name = draw(st.sampled_from(_NAMES))
+        if t == 0x51:
+            body = text() + (b"\x00" if draw(st.integers(0, 9)) else b"")
+        elif t == 0x50:
+            body = name + b"\x00" + text() + b"\x00\x00\x00"
+        elif t == 0x42:
+            body = draw(st.sampled_from(_NAMES)) + b"\x00" + name + b"\x00\x00\x00\x00\x00\x00\x00"
+        else:
+            body = draw(st.sampled_from([b"", b"P\x00", b"S" + name + b"\x00", b"\x00\x00\x00\x00\x00"]))
+        if not draw(st.integers(0, 12)):
+            body = draw(st.binary(max_size=12))
+        length = len(body) + 4 if draw(st.integers(0, 15)) else draw(st.integers(0, 40))
+        parts.append(bytes((t,)) + struct.pack("!I", length) + body)
+    data = b"".join(parts)
+    if not draw(st.integers(0, 9)):
+        data = data[:draw(st.integers(0, len(data)))]
+    known = {n.decode("utf-8", "replace"): draw(st.sampled_from(_ROUTED_SQL)) for n in _NAMES if draw(st.booleans())}
+    return data, known
+
+
+def _judged_run(module: ModuleType, data: bytes, known: dict[str, str], judge: str) -> tuple[object, list[str]]:
+    """What `module`'s read_only_request answers, and every name and text it asked about on the way."""
+    asked: list[str] = []
+
+    def statement(name: str) -> str | None:
+        asked.append(f"statement {name!r}")
+        return known.get(name)
+
+    def counting(sql: str) -> object:
+        asked.append(f"judge {sql!r}")
+        return len(sql) % 3  # (any truthy value reads as "read-only")
+
+    judges: dict[str, Any] = {"default": None, "read_only_sql": module.read_only_sql,
+                              "writes_nothing_sql": module.writes_nothing_sql, "counting": counting}
+    return _outcome(module.read_only_request, data, statement, judges[judge]), asked
+
+
+@compiled
+@settings(max_examples=4000, deadline=None)
+@given(_routed_batch(), st.sampled_from(["default", "read_only_sql", "writes_nothing_sql", "counting"]))
+def test_read_only_request(batch: tuple[bytes, dict[str, str]], judge: str) -> None:
+    """The same verdict, asking for the same statements in the same order, every kept verdict read as the Python
+    would (both kinds: read_only_sql's and writes_nothing_sql's)."""
+    import proxy.replicas
+
+    data, known = batch
+    assert _judged_run(proxy.replicas, data, known, judge) == _judged_run(pure("proxy.replicas"), data, known, judge)
+
+
+@compiled
+def test_read_only_request_reads_kept_verdicts_as_the_python() -> None:
+    """A write is never read-only, the second time (its verdict kept) as the first, through either judge."""
+    import proxy.replicas
+
+    py, fast = both("proxy.replicas", "read_only_request")
+    pairs = ((None, None), (pure("proxy.replicas").writes_nothing_sql, proxy.replicas.writes_nothing_sql))
+    for sql in ["DELETE FROM t", "BEGIN", "SELECT nextval('s')", "SELECT 1", "BEGIN; SELECT 1; COMMIT"]:
+        query = _frame(0x51, sql.encode() + b"\x00")
+        batch = _frame(0x50, b"\x00" + sql.encode() + b"\x00\x00\x00") + _frame(0x42, b"\x00\x00" + b"\x00" * 6) \
+            + _frame(0x45, b"\x00" * 5) + _frame(0x53, b"")
+        for data in (query, batch, query, batch):
+            for judges in pairs:
+                expected = py(data, lambda _: None, judges[0])
+                assert fast(data, lambda _: None, judges[1]) is expected, (sql, data, judges)
