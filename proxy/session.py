@@ -1444,7 +1444,25 @@ class ClientSession:
             out = [RelayToServer(chunks)]
         if self._flushed is not self._unsynced and self.pooled:
             out.append(self._unsynced_changed())
+        if self.pooled and self.server is not None and not self.tracker.pending or self._flushed:
+            out += self._idle_after_read()
         return out
+
+    def _idle_after_read(self) -> list[Action]:
+        """Transaction pooling, after a client read that PostgreSQL answers with nothing (red team 9s3 R1): CopyData,
+        CopyDone or CopyFail outside COPY (PostgreSQL ignores them) left nothing in flight, and a lone Flush opened a
+        batch that ran nothing; no server answer would ever come to run the release check, so the server stayed held
+        (another tenant got 53300 on a budget of one). The server is idle at 'I': it goes back (or is kept) as at a
+        ReadyForQuery; a lone Flush's batch is ended by the proxy's own Sync (_settle_unsynced), as an answered one."""
+        if not self.pooled or self.server is None or self.state is not _READY:
+            return []
+        st = self.statements
+        if self._flushed:
+            return self._settle_unsynced() if st is not None and st.idle and not self._settling else []
+        if (self._tx_status != b"I" or self._settling or self._cancelling or self._cut is not None
+                or self._timed_out is not None or self._admission is not None):
+            return []
+        return [a for a in self._at_idle([]) if not isinstance(a, RelayToClient)]
 
     def _statement_answers(self) -> list[Action]:
         """The fake answers (to messages the server never saw) whose turn has come."""

@@ -152,7 +152,7 @@ def _cmd_tenants_move(args: argparse.Namespace) -> int:
     if args.backend is None and args.database is None:
         return _fail("tenants move needs --backend and/or --database")
     return _change(args, lambda c: registrystore.move_tenant(c, args.name, args.backend, args.database),
-                   f"tenant {args.name} moved (its open sessions end at their next statement)",
+                   f"tenant {args.name} moved (its open sessions end when the proxies apply the change)",
                    lambda cfg: tomledit.move_tenant(cfg, args.name, args.backend, args.database),
                    f"tenant {args.name} moved")
 
@@ -207,7 +207,7 @@ def _cmd_users_remove(args: argparse.Namespace) -> int:
     from proxy import registrystore, tomledit
 
     return _change(args, lambda c: registrystore.remove_user(c, args.name),
-                   f"user {args.name} removed (its open sessions end at their next statement)",
+                   f"user {args.name} removed (its open sessions end when the proxies apply the change)",
                    lambda cfg: tomledit.remove_user(cfg, args.name), f"user {args.name} removed")
 
 
@@ -279,7 +279,7 @@ def add_parsers(sub: Any) -> None:
     _password_options(q)
     _target_options(q)
     q.set_defaults(func=_cmd_users_add)
-    q = us.add_parser("remove", help="remove a user (its open sessions end at their next statement)")
+    q = us.add_parser("remove", help="remove a user (its open sessions end when the proxies apply the change)")
     q.add_argument("name")
     _target_options(q)
     q.set_defaults(func=_cmd_users_remove)

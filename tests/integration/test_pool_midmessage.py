@@ -138,3 +138,33 @@ def test_a_message_stalled_while_a_server_is_held_ends_the_session_within_client
     errors = [m.decode_error_fields(body) for t, body in got if t == b"E"]
     assert [(e["S"], e["C"]) for e in errors] == [("FATAL", "08P01")], got
     assert "client_message_timeout (2 s)" in errors[0]["M"] and got[-1][0] == b"closed"
+
+
+@pytest.mark.parametrize(("first", "then"), [
+    (m.frame(b"d", b"xxxx"), b""),
+    (m.frame(b"H", b""), b""),
+    (m.frame(b"f", b"no\x00"), b""),
+    (m.query_message("SELECT 'a'") + m.frame(b"d", b"xxxx")[:3], m.frame(b"d", b"xxxx")[3:]),
+], ids=["copydata", "flush", "copyfail", "copydata_split_after_a_query"])
+def test_a_message_postgresql_answers_with_nothing_holds_no_server(
+        budget: ProxyProcess, first: bytes, then: bytes) -> None:
+    """Red team 9s3 R1: A (acme) sends a whole message PostgreSQL answers with nothing (CopyData/CopyFail outside
+    COPY, a lone Flush) — alone, or completed after its query's ReadyForQuery — and idles; it took (or resumed) the
+    one server and no answer ever came to give it back: B (bigco) waited for the budget until 53300, 8 of 8 runs. Now
+    the server goes back after that read (a lone Flush's batch ended by the proxy's own Sync): B runs at once, and A's
+    session goes on."""
+    a = _login(budget)
+    try:
+        assert _value(a, "SELECT 'a1'") == b"a1"
+        a.sendall(first)
+        if then:
+            assert _answer(a)[-1] == (b"Z", b"I")
+            a.sendall(then)
+        b = _login(budget, "bruno")  # (its login needs a server of the database too)
+        try:
+            assert _value(b, "SELECT current_setting('pgtenant.tenant_id')") == b"bigco"
+        finally:
+            b.close()
+        assert _value(a, "SELECT 'a2'") == b"a2"
+    finally:
+        a.close()

@@ -833,3 +833,44 @@ def test_sessions_told_the_same_values_share_them_until_one_is_told_more(tmp_pat
     assert relayed(a.server_data(m.parameter_status("TimeZone", "CET")), RelayToClient)  # the client is told
     assert (a._client_status["TimeZone"], b._client_status["TimeZone"]) == ("CET", "UTC")
     assert relayed(b.server_data(m.parameter_status("TimeZone", "UTC")), RelayToClient) == b""  # (unchanged)
+
+
+# --- messages PostgreSQL answers with nothing (red team 9s3 R1) -----------------------------------
+
+
+@pytest.mark.parametrize("lone", [m.frame(b"d", b"xxxx"), m.frame(b"c", b""), m.frame(b"f", b"no\x00")],
+                         ids=["copydata", "copydone", "copyfail"])
+def test_a_copy_message_outside_copy_gives_its_server_back_at_once(pooled: ClientSession, lone: bytes) -> None:
+    """CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them and answers nothing, so no ReadyForQuery
+    would ever run the release: the server stayed held until the client's next request (another tenant got 53300 on
+    a budget of one). It goes back after the read that forwarded the message."""
+    s = pooled
+    assert isinstance(s.client_data(lone)[-1], AcquireServer)
+    out = s.server_attached(server_for(s))
+    assert relayed(out) == lone
+    assert out[-1] == ReleaseServer(reusable=True, reset=False) and s.server is None and s.state is State.IDLE
+
+
+def test_a_copy_message_completed_after_its_querys_answer_gives_the_server_back(pooled: ClientSession) -> None:
+    """The split variant: a query and the first bytes of a CopyData in one write; the ReadyForQuery 'I' comes while
+    the client is mid-message (the server stays: part of a message is on its wire), the rest completes it."""
+    s = pooled
+    copy = m.frame(b"d", b"xxxx")
+    s.client_data(query("SELECT 1") + copy[:3])
+    s.server_attached(server_for(s))
+    assert kinds(s.server_data(done("SELECT 1"))) == [] and s.server is not None
+    out = s.client_data(copy[3:])
+    assert relayed(out) == copy  # (a header's first bytes are held back until it is whole)
+    assert kinds(out) == [ReleaseServer] and s.server is None
+
+
+def test_a_lone_flush_is_ended_by_the_proxys_own_sync_and_gives_the_server_back(pooled: ClientSession) -> None:
+    """A Flush with no batch before it opens one that runs nothing and gets no answer: the proxy ends it with a
+    Sync of its own at once (as an answered Flush-ended batch), its ReadyForQuery not relayed, and the server goes
+    back."""
+    s = pooled
+    s.client_data(m.frame(b"H", b""))
+    out = s.server_attached(server_for(s))
+    assert relayed(out) == m.frame(b"H", b"") + m.SYNC_MESSAGE
+    back = s.server_data(m.ready_for_query(b"I"))
+    assert relayed(back, RelayToClient) == b"" and ReleaseServer in kinds(back) and s.server is None
