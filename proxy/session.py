@@ -1444,7 +1444,7 @@ class ClientSession:
             out = [RelayToServer(chunks)]
         if self._flushed is not self._unsynced and self.pooled:
             out.append(self._unsynced_changed())
-        if self.pooled and self.server is not None and not self.tracker.pending or self._flushed:
+        if (self.pooled and self.server is not None and not self.tracker.pending) or self._flushed:
             out += self._idle_after_read()
         return out
 
