@@ -209,10 +209,12 @@ def _setting_literals(policy: TenantPolicy, toks: list[Tok], doc: dict) -> list[
         if value is None or arg is None:
             continue
         at = starts.get(arg["A_Const"].get("location", -1))
-        if at is None or toks[at].name not in ("SCONST", "USCONST"):
+        # a string literal, or SET's value written as a quoted identifier (`TO "globex.english"`: a string constant in
+        # the tree, sent as a literal like the others; red team 9a4 K1)
+        if at is None or toks[at].name not in ("SCONST", "USCONST", "IDENT", "UIDENT"):
             continue
         end = toks[at].end
-        if toks[at].name == "USCONST" and at + 2 < len(toks) and toks[at + 1].name == "UESCAPE":
+        if toks[at].name in ("USCONST", "UIDENT") and at + 2 < len(toks) and toks[at + 1].name == "UESCAPE":
             end = toks[at + 2].end
         found = _literal_schema(value)
         if found is not None and found[2] in policy.hidden_schemas:
@@ -236,27 +238,33 @@ _VALUE_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*
 
 
 def _literal_schema(value: str) -> tuple[int, int, str] | None:
-    """(start, end, name) of the schema a setting's value begins with (`globex.english`, ` "Globex" . x`), as
-    stringToQualifiedNameList reads it; None when it names no schema."""
+    """(start, end, name) of the schema a setting's value names (`globex.english`, ` "Globex" . x`, and
+    `saas.globex.english`: the second-to-last of two or three names, PostgreSQL's DeconstructQualifiedName taking the
+    first of three as the current database; red team 9a4 K2), as stringToQualifiedNameList splits it; None when it
+    names no schema or does not split."""
+    names: list[tuple[int, int, str]] = []
     i, n = 0, len(value)
-    while i < n and value[i].isspace():
-        i += 1
-    if value[i : i + 1] == '"':
-        j = value.find('"', i + 1)
-        if j < 0 or value[j + 1 : j + 2] == '"':
-            return None
-        name, end = value[i + 1 : j], j + 1
-    else:
-        found = _VALUE_WORD.match(value, i)
-        if found is None:
-            return None
-        name, end = found.group(0).translate(_DOWNCASE), found.end()
-    k = end
-    while k < n and value[k].isspace():
-        k += 1
-    if value[k : k + 1] != ".":
-        return None
-    return i, end, name.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore")
+    while True:
+        while i < n and value[i].isspace():
+            i += 1
+        if value[i : i + 1] == '"':
+            j = value.find('"', i + 1)
+            if j < 0 or value[j + 1 : j + 2] == '"':
+                return None
+            name, end = value[i + 1 : j], j + 1
+        else:
+            found = _VALUE_WORD.match(value, i)
+            if found is None:
+                return None
+            name, end = found.group(0).translate(_DOWNCASE), found.end()
+        names.append((i, end, name.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore")))
+        k = end
+        while k < n and value[k].isspace():
+            k += 1
+        if value[k : k + 1] != ".":
+            break
+        i = k + 1
+    return names[-2] if len(names) in (2, 3) else None
 
 
 def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tuple[int, int, str]]:

@@ -237,6 +237,11 @@ TEXT_SEARCH_STEPS = [
     "SET default_text_search_config = E'\"{s}\".english'",
     "SELECT set_config('default_text_search_config', '{s}.english', false)",
     "SELECT set_config('default_text_search_config', '{s}.english', false) FROM {s}.orders",
+    # red team 9a4 K1 (a quoted identifier) and K2 (three names, the first the database's)
+    'SET default_text_search_config TO "{s}.english"',
+    "SET default_text_search_config = 'saas.{s}.english'",
+    "SET default_text_search_config = 'SAAS . \"{s}\".english'",
+    "SELECT set_config('default_text_search_config', 'saas.{s}.english', false)",
     "SHOW default_text_search_config",
 ]
 
@@ -262,3 +267,6 @@ def test_default_text_search_config_naming_a_hidden_schema_is_answered_as_a_miss
     assert first[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "SCHEMA.english"')
     assert upper[1] == 'invalid value for parameter "default_text_search_config": " SCHEMA . english"', upper
     assert quoted[1] == 'invalid value for parameter "default_text_search_config": ""SCHEMA".english"', quoted
+    ident, three = (answers[0][3] for answers in seen["glebox"][5:7])
+    assert ident[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "SCHEMA.english"')
+    assert three[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "saas.SCHEMA.english"')

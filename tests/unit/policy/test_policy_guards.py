@@ -405,6 +405,17 @@ def test_ts_headline_with_an_untyped_first_parameter_is_refused() -> None:
         ("shared_hiding", "SET default_text_search_config = E'\"tenant_globex\".cfg'", "renamed"),
         ("shared_hiding", "SET default_text_search_config = $$tenant_globex.cfg$$", "renamed"),
         ("shared_hiding", "SET default_text_search_config = 'nosuch.cfg'", "sent"),
+        # red team 9a4 K1: the value as a quoted identifier; K2: three names, the first the database's
+        ("shared_hiding", 'SET default_text_search_config TO "tenant_globex.cfg"', "renamed"),
+        ("shared_hiding", 'SET LOCAL default_text_search_config = U&"tenant\\005fglobex.cfg"', "renamed"),
+        ("shared_hiding", 'SET default_text_search_config TO "nosuch.cfg"', "sent"),
+        ("shared_hiding", "SET default_text_search_config = 'saas.tenant_globex.cfg'", "renamed"),
+        ("shared_hiding", "SET default_text_search_config = 'SAAS . \"tenant_globex\".cfg'", "renamed"),
+        ("shared_hiding", "SELECT set_config('default_text_search_config', 'saas.tenant_globex.cfg', false)",
+         "renamed"),
+        ("shared_hiding", "SET default_text_search_config = 'saas.nosuch.cfg'", "sent"),
+        ("database_hiding", 'SET default_text_search_config TO "tenant_globex.cfg"', "renamed"),
+        ("database_hiding", "SET default_text_search_config = 'saas.tenant_globex.cfg'", "renamed"),
         ("shared_hiding", "SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)", "renamed"),
         ("shared_hiding", "SELECT set_config('default_text_search_config', $1, false)", "refused"),
         ("shared_hiding", "SET default_text_search_config = 'pg_temp_3.cfg'", "refused"),  # existing or not
