@@ -716,10 +716,25 @@ class ClientSession:
             name, key, limit = past
             return deny("sql_prepare_limit", f'prepared statement "{name}" would take this session past [pool] '
                         f"{key} = {limit}")
-        store.prepared(names, sql if rewritten else None, size, held)
-        if self._client_texts is not None:  # a protocol statement's text of one of these names is gone with it
-            for name in names:
-                self._client_texts.close(name)
+        # PostgreSQL refuses a PREPARE of a name the session is known to hold (42P05: SQL PREPAREd, or a protocol
+        # statement on a server that keeps the client's names; confirmed, nothing in flight frees it) unless a
+        # DEALLOCATE / DISCARD ALL before it in the statement frees it: that name's record (the client's text the
+        # listing shows) stays as it is (red team 9a4 K6). A protocol statement's name freed so goes from ClientTexts
+        # at the DEALLOCATE's CommandComplete. A name only in flight is recorded as before (see docs/security.md).
+        taken = set(held & self.context.current.prepared)
+        texts, names_ = self._client_texts, self._names
+        if texts is not None and names_ is not None:
+            taken.update(n for n in texts.texts if n in names_.confirmed and names_.taken(n) and n not in texts.closing)
+        new: list[str] = []
+        for change in decision.changes:
+            if change.op == DISCARD_ALL or (change.op == DEALLOCATE and not change.name):
+                taken.clear()
+            elif change.op == DEALLOCATE:
+                taken.discard(change.name)
+            elif change.op == SQL_PREPARE and change.name not in taken:
+                new.append(change.name)
+                taken.add(change.name)
+        store.prepared(new, sql if rewritten else None, size, held)
         return decision
 
     def _client_text(self, name: str, sql: str, rewritten: bool) -> None:

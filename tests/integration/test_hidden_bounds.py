@@ -173,6 +173,48 @@ def test_parse_close_pairs_keep_a_renamed_statements_text(proxies: dict[str, Pro
 
 @pytest.mark.parametrize("strategy", sorted(TENANTS))
 @pytest.mark.parametrize("mode", MODES)
+def test_a_refused_prepare_of_a_held_name_keeps_its_client_text(proxies: dict[str, ProxyProcess], mode: str,
+                                                                   strategy: str) -> None:
+    """Red team 9a4 K6 (session pooling): a SQL PREPARE of a name a protocol statement holds is refused by
+    PostgreSQL (42P05), which keeps the statement, but the proxy dropped its client text, and pg_prepared_statements
+    listed the reserved name. Likewise a PREPARE or a Parse of a name a renamed SQL PREPARE holds. The listing is the
+    same for a hidden and a missing schema and never holds a reserved name."""
+    got = {}
+    for name in NAMES:
+        user, db = TENANTS[strategy]
+        sock, msgs = login(proxies[mode].port, {"user": user, "database": db}, proxies[mode].password(user))
+        assert msgs[-1][0] == b"Z", msgs
+        try:
+            steps = [
+                m.Parse("bi_k1", f"CREATE TEMP TABLE IF NOT EXISTS bi_k6 (LIKE {name}.orders)", b"\x00\x00").encode()
+                + m.SYNC_MESSAGE,
+                m.Query("PREPARE bi_k1 AS SELECT 1").encode(),
+                m.Query("PREPARE bi_k2 AS SELECT set_config('default_text_search_config', "
+                        f"'{name}.english', false)").encode(),
+                m.Query("PREPARE bi_k2 AS SELECT 2").encode(),
+                m.Parse("bi_k2", "SELECT 3", b"\x00\x00").encode() + m.SYNC_MESSAGE,
+                m.Parse("bi_k3", f"CREATE TEMP TABLE IF NOT EXISTS bi_k6 (LIKE {name}.orders)", b"\x00\x00").encode()
+                + m.SYNC_MESSAGE,
+                m.Query("DEALLOCATE bi_k3; PREPARE bi_k3 AS SELECT 4").encode(),  # freed first: taken by the PREPARE
+                m.Query("SELECT name, statement FROM pg_prepared_statements ORDER BY name, statement").encode(),
+            ]
+            got[name] = [[(t, body.get("C") if t == b"E" else body) for t, body in _wire(sock, step)]
+                         for step in steps]
+        finally:
+            sock.close()
+        assert b"pg_9" not in repr(got[name]).encode(), got[name]
+    assert _unnamed(got["globex"], "globex") == _unnamed(got["glebox"], "glebox"), got
+    if mode == "session":
+        assert [[t for t, _ in answers] for answers in got["globex"][:5]] == [
+            [b"1", b"Z"], [b"E", b"Z"], [b"C", b"Z"], [b"E", b"Z"], [b"E", b"Z"]], got["globex"]
+        listed = [body for t, body in got["globex"][-1] if t == b"D"]
+        assert [row for row in listed if b"bi_k3" in row] == [
+            struct.pack("!hi", 2, 5) + b"bi_k3" + struct.pack("!i", 43) + b"DEALLOCATE bi_k3; PREPARE bi_k3 AS SELECT 4"
+        ], listed
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
 def test_the_session_statement_bytes_are_reached_alike(proxies: dict[str, ProxyProcess], mode: str,
                                                        strategy: str) -> None:
     """The same bound in both pool modes: named statements naming the hidden schema (sent with reserved names, 24

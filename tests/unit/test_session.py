@@ -27,7 +27,7 @@ from proxy.config import parse_config
 from proxy.login import TRANSITIONS as LOGIN_TRANSITIONS
 from proxy.login import LoginEvent, LoginState
 from proxy.policy.cache import Pending
-from proxy.policy.model import Allow, Decision, Deny, Rewrite
+from proxy.policy.model import SQL_PREPARE, Allow, Change, Decision, Deny, Rewrite
 from proxy.policy.settings import marked_entry
 from proxy.protocol import messages as m
 from proxy.session import TRANSITIONS, ClientSession, Event, State
@@ -856,4 +856,31 @@ def test_a_parse_skipped_after_an_error_leaves_the_client_text_of_the_statement_
     session.client_data(m.Parse("", "SELECT nosuch", b"\x00\x00").encode() + m.frame(b"C", b"Ss1\x00")
                         + m.Parse("s1", "SELECT 1", b"\x00\x00").encode() + m.SYNC_MESSAGE)
     _answer(session, _NOSUCH, m.ready_for_query(b"I"))
+    assert session._client_texts.texts == {"s1": (_LIKE, len(_LIKE))}
+
+
+def _duplicate(name: str) -> bytes:
+    return m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42P05",
+                                        "M": f'prepared statement "{name}" already exists'})
+
+
+def test_a_refused_prepare_of_a_held_name_leaves_its_client_text(session: ClientSession) -> None:
+    """Red team 9a4 K6 (session pooling): a SQL PREPARE of a name a renamed protocol statement holds is refused by
+    PostgreSQL (42P05), which keeps the statement: its client text stays for pg_prepared_statements (it was dropped
+    when the PREPARE was sent)."""
+    login(session)
+    attach(session)
+
+    def decide(kind: str, sql: str) -> Decision:
+        if sql.startswith("PREPARE"):
+            return Allow(changes=(Change(0, SQL_PREPARE, sql.split()[1]),))
+        if "hid." not in sql:
+            return Allow()
+        return Rewrite(sql.replace("hid.", f'"{_R}".'), ("hidden_schema",), names=((_R, "hid"),))
+
+    session.enable_policy(decide)
+    session.client_data(m.Parse("s1", _LIKE, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.ready_for_query(b"I"))
+    session.client_data(m.Query("PREPARE s1 AS SELECT 1").encode())
+    _answer(session, _duplicate("s1"), m.ready_for_query(b"I"))
     assert session._client_texts.texts == {"s1": (_LIKE, len(_LIKE))}
