@@ -1664,6 +1664,8 @@ class ClientSession:
                 decision, restored = self._restoring(sql, decision)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
+        if self._hidden is not None and self._hidden.statements:
+            self._executed_statements(sql)
         if restored is not None and (restored.retagged or restored.swallowed):
             self._retag({first + i: _RESET_TAG for i in restored.retagged} |
                         {first + i: b"" for i in restored.swallowed})
@@ -1767,6 +1769,8 @@ class ClientSession:
                 self._declared(parse.sql, None, decision)
             if self._hidden is not None:  # the name's earlier reserved names go (red team 9a2 H2)
                 self._remember_names(decision, parse.name)
+                if self._hidden.statements:
+                    self._executed_statements(parse.sql, parse.name)
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
@@ -2463,6 +2467,24 @@ class ClientSession:
             self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
         elif pending:
             self._hidden.plain(pending[-1])
+
+    def _executed_statements(self, sql: str, statement: str | None = None) -> None:
+        """A Query (or a Parse of `statement`) that runs prepared statements sent with reserved names by SQL EXECUTE:
+        its answers (or its Bind/Execute's) name them, as a Bind/Execute of those statements is answered (red team
+        9a4 K5)."""
+        hidden = self._hidden
+        assert hidden is not None
+        run = hiddennames.executed(sql, hidden.statements)
+        if not run:
+            return
+        if statement is not None:
+            statements = hidden.statements
+            self._journaled(partial(_restore, statements, statement, statements.get(statement)))
+            statements[statement] = run[0]
+            return
+        pending = self.tracker.pending
+        for names, moved in run:
+            hidden.add(pending[-1], names, moved, pending)
 
     def _declared(self, sent: str, client: str | None, decision: Allow | Rewrite) -> None:
         """A string that declares cursors, sent as `sent` (`client`: the client's text of a rewrite, None when sent

@@ -356,3 +356,43 @@ def test_pg_prepared_statements_after_a_copy_in_lists_the_clients_texts(
     rows = [body for t, body in got["glebox"][1] if t == b"D"]
     assert len(rows) == 3 and all("CREATE TEMP TABLE IF NOT EXISTS bi_k4 (LIKE SCHEMA.orders)" in row for row in rows)
     assert "pg_9" not in repr(got["globex"])
+
+
+def _k5_steps(name: str) -> list[tuple[bytes, int]]:
+    """K5: SQL EXECUTE (in a Query, a Parse, EXPLAIN, a transaction block) of protocol-level statements naming the
+    schema; each (bytes, ReadyForQuerys)."""
+    def parse(statement: str, sql: str) -> bytes:
+        return m.Parse(statement, sql, b"\x00\x00").encode()
+
+    portal = m.frame(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + m.frame(b"E", b"\x00\x00\x00\x00\x00")
+    return [
+        (parse("k1", f"CREATE TEMP TABLE IF NOT EXISTS bi_k5 (LIKE {name}.orders)") + m.SYNC_MESSAGE, 1),
+        (m.Query("EXECUTE k1").encode(), 1),
+        (m.Query("BEGIN").encode() + m.Query("EXECUTE k1").encode() + m.Query("ROLLBACK").encode(), 3),
+        (parse("", "EXECUTE k1") + portal + m.SYNC_MESSAGE, 1),
+        (m.Query("EXPLAIN EXECUTE k1").encode(), 1),
+        (parse("k2", f"LOCK {name}.orders IN ACCESS SHARE MODE") + m.SYNC_MESSAGE
+         + m.Query("BEGIN; EXECUTE k2; ROLLBACK").encode(), 2),
+    ]
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_sql_execute_of_a_renamed_protocol_statement_is_answered_as_a_missing_schemas(
+        proxies: dict[str, ProxyProcess], mode: str, strategy: str) -> None:
+    """Red team 9a4 K5 (session pooling): SQL `EXECUTE k1` of a Parse naming the hidden schema ran k1's renamed text
+    without its names, and the answer was withheld (42501) where the missing schema's is 3F000 with its position in
+    k1's text. Answered alike, byte for byte, in both pool modes (transaction pooling: 26000 alike)."""
+    proxy = proxies[mode]
+    user, db = TENANTS[strategy]
+    got = {}
+    for name in NAMES:
+        sock, msgs = login(proxy.port, {"user": user, "database": db}, proxy.password(user))
+        assert msgs[-1][0] == b"Z", msgs
+        try:
+            got[name] = [_seen(_wire(sock, data, zs), name) for data, zs in _k5_steps(name)]
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"], got
+    if mode == "session":
+        assert got["glebox"][1][0][1]["C"] == "3F000" and got["glebox"][1][0][1]["P"] == "45", got["glebox"][1]
