@@ -33,7 +33,7 @@ cdef int _bind() except -1:
     global _bound, Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
     global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
     global _COPY_RUN, _REFUSED, _SMALL_LIMIT, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
-    global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
+    global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD, _MAX_COPY_ENDS
     from proxy.policy import cache, shape
     from proxy.policy.engine import UNLIMITED, decide
     from proxy.policy.model import Allow, Deny, Rewrite
@@ -49,6 +49,7 @@ cdef int _bind() except -1:
     _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
     _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA = tracking._MAX_STATEMENTS, tracking._MAX_PENDING, tracking._MAX_EXTRA
     MAX_TEXT, SHORT_TEXT, MAX_HELD = tracking.MAX_TEXT, tracking.SHORT_TEXT, tracking.MAX_HELD
+    _MAX_COPY_ENDS = tracking._MAX_COPY_ENDS
     _bound = True
     return 0
 
@@ -618,7 +619,7 @@ cpdef str statement_kind(str sql):
 
 from collections import deque as _deque
 
-cdef Py_ssize_t _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD
+cdef Py_ssize_t _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD, _MAX_COPY_ENDS
 
 
 cdef class Request:
@@ -669,6 +670,16 @@ cpdef Request new_request(double start, str kind="other", str sql="", decision=N
     return req
 
 
+cdef Py_ssize_t _index(pending, Request req):
+    """proxy.tracking._index."""
+    cdef Py_ssize_t i = 0
+    for r in pending:
+        if r is req:
+            return i
+        i += 1
+    return -1
+
+
 cdef str clip(str text, Py_ssize_t limit):
     """proxy.tracking.clip."""
     if len(text) <= limit:
@@ -704,7 +715,7 @@ cdef class RequestTracker:
     cdef bint _skipping
     cdef Request _batch
     cdef dict _statements
-    cdef Py_ssize_t _swallowed_syncs
+    cdef object _copy_ends
 
     def __init__(self, clock, on_done=None):
         if not _bound:
@@ -716,7 +727,7 @@ cdef class RequestTracker:
         self._skipping = False
         self._statements = {}
         self.copy_in = False
-        self._swallowed_syncs = 0
+        self._copy_ends = None
         self.dropped = 0
         self.held = 0
 
@@ -837,9 +848,6 @@ cdef class RequestTracker:
         cdef Request req
         if self.copy_in:
             return
-        if self._swallowed_syncs and self._batch is None:
-            self._swallowed_syncs -= 1
-            return
         req = self._batch
         if req is None:
             req = self._batch_request()
@@ -881,13 +889,69 @@ cdef class RequestTracker:
         self._skipping = True
         return joined
 
-    cpdef on_copy_in(self):
-        self.copy_in = True
-        if self.pending and (<Request>self.pending[0]).closed_by_sync:
-            self._swallowed_syncs += 1
+    cpdef list on_copy_in(self):
+        """proxy.tracking.RequestTracker.on_copy_in."""
+        cdef Request head, req
+        cdef Py_ssize_t last = -1, i
+        cdef bint batch_open = False
+        cdef list joined = []
+        pending = self.pending
+        if not pending:
+            self.copy_in = True
+            return joined
+        head = pending[0]
+        ends = self._copy_ends
+        while ends:
+            req, batch_open = ends.popleft()
+            last = _index(pending, req)
+            if last >= 0:
+                break
+        if last < 0:
+            self.copy_in = True
+            last = len(pending) - 1
+        elif batch_open:
+            return joined
+        for i in range(last):
+            joined.append(self._join(head, 1))
+        if head.closed_by_sync:
+            head.closed_by_sync = False
+            if len(pending) > 1:
+                req = self._join(head, 1)
+                joined.append(req)
+                if req is self._batch:
+                    self._batch = head
+                elif req.closed_by_sync:
+                    head.closed_by_sync = True
+                else:
+                    head.ended_by_query = True
+            else:
+                self._batch = head
+        return joined
+
+    cdef Request _join(self, Request head, Py_ssize_t i):
+        cdef Request req = self.pending[i]
+        pending = self.pending
+        del pending[i]
+        self.held -= req.held
+        if req.sql:
+            if not head.sql:
+                head.kind = req.kind
+                head.sql, head.decision = self._keep(head, req.sql, req.decision)
+            else:
+                self._more(head, req.sql, req.decision)
+        for sql, decision in req.extra or ():
+            self._more(head, sql, decision)
+        head.extra_dropped += req.extra_dropped
+        return req
 
     cpdef on_copy_end(self):
-        self.copy_in = False
+        if self.copy_in:
+            self.copy_in = False
+        elif self.pending:
+            ends = self._copy_ends
+            if ends is None:
+                ends = self._copy_ends = _deque(maxlen=_MAX_COPY_ENDS)
+            ends.append((self.pending[-1], self._batch is not None))
 
     cpdef on_error(self, sqlstate, bint denied=False):
         cdef Request head
@@ -912,6 +976,7 @@ cdef class RequestTracker:
         req = self.pending.popleft()
         if not self.pending:
             self.pending = ()
+            self._copy_ends = None
         self.held -= req.held
         if req is self._batch:
             self._batch = None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
+
+from pglast.parser import ParseError, parse_sql_json
 
 from proxy.errors import INVALID_PARAMETER_VALUE
 from proxy.policy.hiding import LITERAL, NAMED_SETTINGS, OTHER_TEMP, position_back
@@ -119,6 +123,30 @@ class InFlight:
 
     def of(self, request: object) -> list[tuple[Names, Moved]]:
         return self.requests.get(request, [])
+
+
+def executed(sql: str, statements: dict[str, tuple[Names, Moved]]) -> list[tuple[Names, Moved]]:
+    """The recorded names of the prepared statements (sent with reserved names) that `sql` runs by SQL `EXECUTE`,
+    under EXPLAIN or CREATE TABLE AS too: PostgreSQL's answers name them, its positions in their texts (red team 9a4
+    K5), as a Bind/Execute of one is answered."""
+    if not statements or "execute" not in sql.lower():
+        return []
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except (ParseError, ValueError):
+        return []
+    found: list[tuple[Names, Moved]] = []
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            run = node.get("ExecuteStmt")
+            if isinstance(run, dict) and run.get("name") in statements:
+                found.append(statements[run["name"]])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def written_back(type_byte: bytes, body: bytes, sent: list[tuple[Names, Moved]], written: str) -> bytes | None:

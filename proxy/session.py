@@ -1679,6 +1679,8 @@ class ClientSession:
                 decision, restored = self._restoring(sql, decision)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
+        if self._hidden is not None and self._hidden.statements:
+            self._executed_statements(sql)
         if restored is not None and (restored.retagged or restored.swallowed):
             self._retag({first + i: _RESET_TAG for i in restored.retagged} |
                         {first + i: b"" for i in restored.swallowed})
@@ -1782,6 +1784,8 @@ class ClientSession:
                 self._declared(parse.sql, None, decision)
             if self._hidden is not None:  # the name's earlier reserved names go (red team 9a2 H2)
                 self._remember_names(decision, parse.name)
+                if self._hidden.statements:
+                    self._executed_statements(parse.sql, parse.name)
             self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
@@ -2160,6 +2164,8 @@ class ClientSession:
             self._client_texts.close(name)
 
     def _on_copy_end(self, _body: bytes) -> None:
+        if self._owed is not None and not self.tracker.copy_in:
+            self._owed.copy_end()
         self.tracker.on_copy_end()
 
     def _on_ready_for_query(self, body: bytes) -> bytes | None:
@@ -2293,7 +2299,52 @@ class ClientSession:
     def _on_copy_in_response(self, _body: bytes) -> None:
         if self._owed is not None:
             self._owed.copy_in()
-        self.tracker.on_copy_in()
+        joined = self.tracker.on_copy_in()
+        if joined:
+            self._copy_joined(joined)
+
+    def _copy_joined(self, joined: list[Request]) -> None:
+        """The requests the tracker joined to the head when its COPY IN began (Syncs the server swallows, and what
+        followed the COPY in the head's batch, red team 9a4 K3): their records become the head's."""
+        head = self.tracker.pending[0]
+        hidden = self._hidden
+        for request in joined:
+            if hidden is not None:
+                entries = hidden.requests.pop(request, None)
+                if entries:
+                    hidden.requests.setdefault(head, []).extend(entries)
+                if hidden.plain_first is request:
+                    hidden.plain_first = head
+            if self._names is not None:
+                for entry in self._names.ledger:
+                    if entry[2] is request:
+                        entry[2] = head
+            offset = head.statements - request.statements  # (its statements were appended to the head's)
+            if self._tracking:
+                if request.sql:  # (what followed the COPY in the head's batch: it runs)
+                    self.context.joined(request, head, offset)
+                else:
+                    self.context.skipped(request)
+            if self._retags:
+                self._retags_joined(request, head, offset)
+
+    def _retags_joined(self, request: Request, head: Request, offset: int) -> None:
+        """`request`'s retagged CommandCompletes (`_retag`) become `head`'s, from position `offset` on."""
+        moved: dict[int, bytes] = {}
+        kept = []
+        for of, tags in self._retags:
+            if of is request:
+                moved.update({pos + offset: tag for pos, tag in tags.items()})
+            else:
+                kept.append((of, tags))
+        if moved:
+            for of, tags in kept:
+                if of is head:
+                    tags.update(moved)
+                    break
+            else:
+                kept.insert(0, (head, moved))
+        self._retags = kept or _NO_RETAGS  # type: ignore[assignment]
 
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
@@ -2431,6 +2482,24 @@ class ClientSession:
             self._hidden.add(pending[-1], names, decision.moved, pending)  # type: ignore[union-attr]
         elif pending:
             self._hidden.plain(pending[-1])
+
+    def _executed_statements(self, sql: str, statement: str | None = None) -> None:
+        """A Query (or a Parse of `statement`) that runs prepared statements sent with reserved names by SQL EXECUTE:
+        its answers (or its Bind/Execute's) name them, as a Bind/Execute of those statements is answered (red team
+        9a4 K5)."""
+        hidden = self._hidden
+        assert hidden is not None
+        run = hiddennames.executed(sql, hidden.statements)
+        if not run:
+            return
+        if statement is not None:
+            statements = hidden.statements
+            self._journaled(partial(_restore, statements, statement, statements.get(statement)))
+            statements[statement] = run[0]
+            return
+        pending = self.tracker.pending
+        for names, moved in run:
+            hidden.add(pending[-1], names, moved, pending)
 
     def _declared(self, sent: str, client: str | None, decision: Allow | Rewrite) -> None:
         """A string that declares cursors, sent as `sent` (`client`: the client's text of a rewrite, None when sent
@@ -3082,7 +3151,8 @@ class _Follow:
 
     def on_sync(self, body: bytes) -> None:
         self.sync(self.session, body)
-        self.st.sync()
+        if not self.session.tracker.copy_in:  # (one the backend reads: it ignores those in a COPY IN)
+            self.st.sync()
 
     def on_execute(self, body: bytes) -> None:
         if self.execute is not None:

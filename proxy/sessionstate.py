@@ -194,6 +194,19 @@ class SessionState:
             belief = _apply(belief, tuple(c for _, c in later.changes))
         self.belief = _canonical(belief)
 
+    def joined(self, request: object, head: object, offset: int) -> None:
+        """`request` became part of `head` (its statements from position `offset` on: a COPY IN swallowed the Sync
+        between them, red team 9a4 K3): its changes become the head's."""
+        found = next((entry for entry in self.requests if entry.request is request), None)
+        if found is None:
+            return
+        found.request = head
+        found.changes = [(pos + offset, c) for pos, c in found.changes]
+        first = next(entry for entry in self.requests if entry.request is head)
+        if first is not found:
+            first.changes.extend(found.changes)
+            self.requests = deque(entry for entry in self.requests if entry is not found)
+
     def ready(self, request: object, status: bytes) -> None:
         """ReadyForQuery `status` (I, T or E) ended `request`."""
         head = self._head(request)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 
 _EXTENDED, _READY, _SYNC = 0, 1, 2  # an extended message; a Query or FunctionCall; a Sync
+_COPY_END = 3  # no answer: where the client ended a COPY IN (CopyDone/CopyFail) the server had not begun yet
 
 
 class Owed:
@@ -52,32 +53,43 @@ class Owed:
     def completed(self, _body: bytes = b"") -> None:
         """ParseComplete, BindComplete, CloseComplete, NoData, RowDescription, CommandComplete, EmptyQueryResponse
         or PortalSuspended: the end of an extended message's answer (nothing, when a Query's)."""
-        owed = self.owed
+        owed = _unmarked(self.owed)
         if owed and _extended(owed[0]):
             owed.popleft()
 
+    def copy_end(self) -> None:
+        """CopyDone or CopyFail, sent before the server said it began a COPY IN (it may not be one): the Syncs sent
+        before it are the ones a COPY IN begun by what is owed before them swallows (`copy_in`)."""
+        if self.owed:
+            self.owed.append(_COPY_END)
+
     def copy_in(self) -> None:
-        """CopyInResponse: an Execute's COPY FROM STDIN swallows a Sync sent before it began (libpq pipelines one)."""
-        owed = self.owed
-        if owed and _extended(owed[0]):
-            for i, kind in enumerate(owed):
-                if kind == _SYNC:
-                    del owed[i]
-                    return
-                if not _extended(kind):
-                    return
+        """CopyInResponse: the COPY FROM STDIN of the head (an Execute's or a Query's) swallows the Syncs the client
+        sent after it and before its CopyDone/CopyFail (libpq pipelines one), not those after (red team 9a4 K3/K4)."""
+        owed = _unmarked(self.owed)
+        if not owed:
+            return
+        kept = [owed.popleft()]
+        while owed:
+            unit = owed.popleft()
+            if type(unit) is int and unit == _COPY_END:
+                break
+            if not (type(unit) is int and unit == _SYNC):
+                kept.append(unit)
+        owed.extendleft(reversed(kept))
 
     def ready(self) -> None:
         """ReadyForQuery: a Query's, a FunctionCall's or a Sync's."""
         owed = self.owed
         while owed:
-            if not _extended(owed.popleft()):
+            unit = owed.popleft()
+            if not _extended(unit) and unit != _COPY_END:
                 return
 
     def failed(self) -> list[object] | None:
         """An ErrorResponse: None when it answers no extended message; else what was sent up to the next Sync is
         skipped, and the tokens of those messages (the failed one's too) are returned, the last first."""
-        owed = self.owed
+        owed = _unmarked(self.owed)
         if not owed or not _extended(owed[0]):
             return None
         tokens = []
@@ -88,6 +100,13 @@ class Owed:
         self.skipping = not owed  # (the Sync not sent yet)
         tokens.reverse()
         return tokens
+
+
+def _unmarked(owed: deque[object]) -> deque[object]:
+    """`owed` without the COPY-end marks at its head (what they marked is answered: no COPY IN began there)."""
+    while owed and type(owed[0]) is int and owed[0] == _COPY_END:
+        owed.popleft()
+    return owed
 
 
 def _extended(unit: object) -> bool:

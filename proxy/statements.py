@@ -942,11 +942,13 @@ class Statements:
             self._retried = False
 
     def _copy_in(self) -> None:
-        """COPY IN began: the Syncs the client sent before ending it are swallowed by the server."""
+        """COPY IN began (an Execute's or a Query's): the Syncs the client sent before ending it are swallowed by the
+        server (a Query's too, red team 9a4 K3)."""
         ledger = self._ledger
         head = ledger[0]
-        if (head if type(head) is int else head.type) != _EXECUTE:  # type: ignore[union-attr]
-            return  # a Query's COPY: the client sends no Sync in it
+        kind = head if type(head) is int else head.type  # type: ignore[union-attr]
+        if kind != _EXECUTE and kind != _QUERY:
+            return
         kept: list[int | _Entry] = [ledger.popleft()]
         while ledger:
             item = ledger.popleft()

@@ -12,6 +12,7 @@ from proxy.stmtkind import statement_kind
 _MAX_STATEMENTS = 10_000
 _MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped (their attribution is lost)
 _MAX_EXTRA = 1000  # further statements of one request kept with their text; more are only counted
+_MAX_COPY_ENDS = 64  # CopyDone/CopyFails kept that the backend may not have read in a COPY yet (the oldest go)
 # The SQL texts a session's tracker holds (requests in flight, their further statements, named prepared statements)
 # for the audit log: a text is held up to MAX_TEXT characters, then "... [N characters]"; once the texts held come
 # to MAX_HELD characters, new ones are held up to SHORT_TEXT characters, and the oldest named statements go.
@@ -79,6 +80,14 @@ def new_request(start: float, kind: str = "other", sql: str = "", decision: Deci
     return req
 
 
+def _index(pending: deque[Request], req: Request) -> int:
+    """Where `req` is among the requests in flight (-1: answered or dropped by now)."""
+    for i, r in enumerate(pending):
+        if r is req:
+            return i
+    return -1
+
+
 def clip(text: str, limit: int) -> str:
     """`text`, or its first `limit` characters followed by how long it was."""
     if len(text) <= limit:
@@ -119,8 +128,10 @@ class RequestTracker:
         self._batch: Request | None = None
         self._skipping = False  # the open batch failed: the backend skips every message up to its Sync, a Query too
         self._statements: dict[str, tuple[str, str]] = {}
-        self.copy_in = False  # the backend is in COPY IN: it ignores Sync and Flush until CopyDone/CopyFail
-        self._swallowed_syncs = 0  # Syncs the backend swallowed in COPY IN (libpq sends another after it)
+        self.copy_in = False  # what the client sends now is in a COPY IN: the backend ignores its Syncs and Flushes
+        # Where the client ended a COPY IN (CopyDone/CopyFail) before the backend said it began one: the newest
+        # request then, and whether it was the open batch (None while there are none; see `on_copy_in`).
+        self._copy_ends: deque[tuple[Request, bool]] | None = None
         self.dropped = 0
         self.held = 0  # characters of SQL text held, by requests in flight and by named statements
 
@@ -242,9 +253,6 @@ class RequestTracker:
     def on_sync(self) -> None:
         if self.copy_in:
             return  # ignored by the backend during COPY IN
-        if self._swallowed_syncs and self._batch is None:
-            self._swallowed_syncs -= 1  # the Sync that replaces the one COPY IN swallowed
-            return
         req = self._batch
         if req is None:
             req = self._batch_request()
@@ -289,17 +297,74 @@ class RequestTracker:
         self._skipping = True
         return joined
 
-    def on_copy_in(self) -> None:
-        """The backend entered COPY IN for the head request."""
-        self.copy_in = True
-        if self.pending and self.pending[0].closed_by_sync:
-            # Its Sync was already sent (libpq pipelines it) and the backend swallowed it in COPY IN; the
-            # ReadyForQuery comes only after the Sync that follows CopyDone, which must not count again.
-            self._swallowed_syncs += 1
+    def on_copy_in(self) -> list[Request]:
+        """The backend entered COPY IN for the head request. It ignores the Syncs the client sent after the head's
+        COPY and before its CopyDone/CopyFail (libpq pipelines one; red team 9a4 K3), which the client may have sent
+        before this answer came: the requests those Syncs closed or opened are joined to the head, as is what the
+        client sent after the COPY ended when the head's own Sync was one of them (the rest of its batch). Returns the
+        requests joined (their records go, or become the head's)."""
+        pending = self.pending
+        if not pending:
+            self.copy_in = True
+            return []
+        head: Request = pending[0]
+        last = -1  # where the client ended this COPY (-1: not yet, it is still in it)
+        batch_open = False
+        ends = self._copy_ends
+        while ends:
+            req, batch_open = ends.popleft()
+            last = _index(pending, req)
+            if last >= 0:
+                break
+        joined: list[Request] = []
+        if last < 0:
+            self.copy_in = True
+            last = len(pending) - 1
+        elif batch_open:
+            return joined  # the head's Sync (if any) came after the COPY ended
+        for _ in range(last):  # Syncs in the COPY: swallowed
+            joined.append(self._join(head, 1))
+        if head.closed_by_sync:  # its Sync was in the COPY too: the head's batch goes on
+            head.closed_by_sync = False
+            if len(pending) > 1:
+                req = self._join(head, 1)
+                joined.append(req)
+                if req is self._batch:
+                    self._batch = head
+                elif req.closed_by_sync:
+                    head.closed_by_sync = True
+                else:
+                    head.ended_by_query = True
+            else:
+                self._batch = head
+        return joined
+
+    def _join(self, head: Request, i: int) -> Request:
+        """Request `i` of those in flight, taken out and its texts joined to `head`'s."""
+        pending = self.pending
+        req: Request = pending[i]
+        del pending[i]
+        self.held -= req.held
+        if req.sql:
+            if not head.sql:
+                head.kind = req.kind
+                head.sql, head.decision = self._keep(head, req.sql, req.decision)
+            else:
+                self._more(head, req.sql, req.decision)
+        for sql, decision in req.extra or ():
+            self._more(head, sql, decision)
+        head.extra_dropped += req.extra_dropped
+        return req
 
     def on_copy_end(self) -> None:
         """CopyDone or CopyFail from the client."""
-        self.copy_in = False
+        if self.copy_in:
+            self.copy_in = False
+        elif self.pending:  # the backend may not have begun this COPY yet: where the client ended it
+            ends = self._copy_ends
+            if ends is None:
+                ends = self._copy_ends = deque(maxlen=_MAX_COPY_ENDS)
+            ends.append((self.pending[-1], self._batch is not None))
 
     def on_error(self, sqlstate: str | None, denied: bool = False) -> None:
         if self.pending:
@@ -321,6 +386,7 @@ class RequestTracker:
         req = self.pending.popleft()
         if not self.pending:
             self.pending = _NONE_PENDING  # type: ignore[assignment]
+            self._copy_ends = None
         self.held -= req.held
         if req is self._batch:
             self._batch = None

@@ -312,3 +312,137 @@ def test_default_text_search_config_naming_a_hidden_schema_is_answered_as_a_miss
     ident, three = (answers[0][3] for answers in seen["glebox"][5:7])
     assert ident[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "SCHEMA.english"')
     assert three[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "saas.SCHEMA.english"')
+
+
+# --- K3/K4 (red team 9a4): a Sync pipelined into a COPY IN, and one sent after it --------------------------------
+
+_FIELDS_COMPARED = "SCMDHPR"
+
+
+def _copy_steps(name: str) -> list[tuple[bytes, int]]:
+    """K3: a COPY FROM STDIN (extended, then simple) with a Sync sent in one write before its CopyData (PostgreSQL
+    ignores it: one ReadyForQuery), then statements naming the schema and a plain one; each (bytes, ReadyForQuerys)."""
+    copy_data = m.frame(b"d", b"1\n") + m.frame(b"c", b"")
+    extended = (m.Parse("", "COPY pg_temp.bi_k3 FROM STDIN", b"\x00\x00").encode()
+                + m.frame(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + m.frame(b"E", b"\x00\x00\x00\x00\x00"))
+    return [
+        (m.Query("CREATE TEMP TABLE IF NOT EXISTS bi_k3 (a int)").encode(), 1),
+        (extended + m.SYNC_MESSAGE + copy_data + m.SYNC_MESSAGE, 1),
+        (m.Query("COPY pg_temp.bi_k3 FROM STDIN").encode() + m.SYNC_MESSAGE + copy_data, 1),
+        (m.Query(f"SELECT * FROM {name}.orders").encode(), 1),
+        (m.Query("SELECT a FROM pg_temp.bi_k3 WHERE a = 1 AND nocol_after = 2").encode(), 1),
+        (m.Query(f"SELECT * FROM {name}.orders").encode(), 1),
+        (m.Query("SELECT count(*) FROM pg_temp.bi_k3").encode(), 1),
+    ]
+
+
+def _seen(answers: list[tuple[bytes, Any]], name: str) -> list[Any]:
+    return [(t, {k: _unnamed(v, name) for k, v in body.items() if k in _FIELDS_COMPARED} if isinstance(body, dict)
+             else _unnamed(body, name)) for t, body in answers]
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sync_pipelined_into_a_copy_in_keeps_answers_matched(proxies: dict[str, ProxyProcess], mode: str,
+                                                                strategy: str) -> None:
+    """Red team 9a4 K3: the proxy counted a Sync that PostgreSQL ignores in COPY IN (sent with the copy data in one
+    write, as libpq pipelines it), and matched every later answer to the request before it: the hidden schema's
+    42P01 was withheld (42501) and a later position mapped through another statement's names. Answered alike."""
+    proxy = proxies[mode]
+    user, db = TENANTS[strategy]
+    got = {}
+    for name in NAMES:
+        sock, msgs = login(proxy.port, {"user": user, "database": db}, proxy.password(user))
+        assert msgs[-1][0] == b"Z", msgs
+        try:
+            got[name] = [_seen(_wire(sock, data, zs), name) for data, zs in _copy_steps(name)]
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"], got
+    steps = got["glebox"]
+    assert [t for t, _ in steps[1]] == [b"1", b"2", b"G", b"C", b"Z"] and [t for t, _ in steps[2]] == [b"G", b"C", b"Z"]
+    assert steps[3][0][1]["C"] == "42P01" and steps[3][0][1]["M"] == 'relation "SCHEMA.orders" does not exist'
+    assert steps[4][0][1]["C"] == "42703" and steps[4][0][1]["P"] == "45"
+    assert steps[6][1] == (b"D", (struct.pack("!hi", 1, 1) + b"2").decode())  # both COPYs' rows
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["sync-after-copydone", "sync-pipelined"])
+@pytest.mark.parametrize("simple", [False, True], ids=["extended", "simple"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+def test_pg_prepared_statements_after_a_copy_in_lists_the_clients_texts(
+        proxies: dict[str, ProxyProcess], strategy: str, simple: bool, early: bool) -> None:
+    """Red team 9a4 K4 (session pooling): after a COPY FROM STDIN sent with its CopyDone and Sync in one write, the
+    proxy took the server for still in COPY IN (it said so after the client had ended it), owed one Sync less, and
+    took back a kept renamed statement's client text at a later failed Parse: pg_prepared_statements then listed the
+    reserved name. The listing is the client's texts, alike for a hidden and a missing schema."""
+    proxy = proxies["session"]
+    user, db = TENANTS[strategy]
+    copy_data = m.frame(b"d", b"1\n") + m.frame(b"c", b"")
+    if simple:
+        copy = m.Query("COPY pg_temp.bi_k4 FROM STDIN").encode() + (m.SYNC_MESSAGE if early else b"") + copy_data
+    else:
+        copy = (m.Parse("", "COPY pg_temp.bi_k4 FROM STDIN", b"\x00\x00").encode()
+                + m.frame(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + m.frame(b"E", b"\x00\x00\x00\x00\x00")
+                + (m.SYNC_MESSAGE if early else b"") + copy_data + m.SYNC_MESSAGE)
+    got = {}
+    for name in NAMES:
+        keep = f"CREATE TEMP TABLE IF NOT EXISTS bi_k4 (LIKE {name}.orders)"
+        bad = m.Parse("bad", "SELECT nocol FROM pg_temp.bi_k4", b"\x00\x00").encode()
+        sock, msgs = login(proxy.port, {"user": user, "database": db}, proxy.password(user))
+        assert msgs[-1][0] == b"Z", msgs
+        try:
+            answers = [_wire(sock, m.Query("CREATE TEMP TABLE IF NOT EXISTS bi_k4 (a int)").encode()),
+                       _wire(sock, copy),
+                       _wire(sock, m.Parse("k1", keep, b"\x00\x00").encode() + m.SYNC_MESSAGE),
+                       _wire(sock, m.Parse("k2", keep + " /* 2 */", b"\x00\x00").encode() + bad + m.SYNC_MESSAGE),
+                       _wire(sock, m.Parse("k3", keep + " /* 3 */", b"\x00\x00").encode() + m.SYNC_MESSAGE
+                             + m.Parse("bad2", "SELECT nocol FROM pg_temp.bi_k4", b"\x00\x00").encode()
+                             + m.SYNC_MESSAGE, 2)]
+            listed = _wire(sock, m.Query("SELECT name, statement FROM pg_prepared_statements ORDER BY name").encode())
+            got[name] = ([_seen(a, name) for a in answers], _seen(listed, name))
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"], got
+    rows = [body for t, body in got["glebox"][1] if t == b"D"]
+    assert len(rows) == 3 and all("CREATE TEMP TABLE IF NOT EXISTS bi_k4 (LIKE SCHEMA.orders)" in row for row in rows)
+    assert "pg_9" not in repr(got["globex"])
+
+
+def _k5_steps(name: str) -> list[tuple[bytes, int]]:
+    """K5: SQL EXECUTE (in a Query, a Parse, EXPLAIN, a transaction block) of protocol-level statements naming the
+    schema; each (bytes, ReadyForQuerys)."""
+    def parse(statement: str, sql: str) -> bytes:
+        return m.Parse(statement, sql, b"\x00\x00").encode()
+
+    portal = m.frame(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + m.frame(b"E", b"\x00\x00\x00\x00\x00")
+    return [
+        (parse("k1", f"CREATE TEMP TABLE IF NOT EXISTS bi_k5 (LIKE {name}.orders)") + m.SYNC_MESSAGE, 1),
+        (m.Query("EXECUTE k1").encode(), 1),
+        (m.Query("BEGIN").encode() + m.Query("EXECUTE k1").encode() + m.Query("ROLLBACK").encode(), 3),
+        (parse("", "EXECUTE k1") + portal + m.SYNC_MESSAGE, 1),
+        (m.Query("EXPLAIN EXECUTE k1").encode(), 1),
+        (parse("k2", f"LOCK {name}.orders IN ACCESS SHARE MODE") + m.SYNC_MESSAGE
+         + m.Query("BEGIN; EXECUTE k2; ROLLBACK").encode(), 2),
+    ]
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_sql_execute_of_a_renamed_protocol_statement_is_answered_as_a_missing_schemas(
+        proxies: dict[str, ProxyProcess], mode: str, strategy: str) -> None:
+    """Red team 9a4 K5 (session pooling): SQL `EXECUTE k1` of a Parse naming the hidden schema ran k1's renamed text
+    without its names, and the answer was withheld (42501) where the missing schema's is 3F000 with its position in
+    k1's text. Answered alike, byte for byte, in both pool modes (transaction pooling: 26000 alike)."""
+    proxy = proxies[mode]
+    user, db = TENANTS[strategy]
+    got = {}
+    for name in NAMES:
+        sock, msgs = login(proxy.port, {"user": user, "database": db}, proxy.password(user))
+        assert msgs[-1][0] == b"Z", msgs
+        try:
+            got[name] = [_seen(_wire(sock, data, zs), name) for data, zs in _k5_steps(name)]
+        finally:
+            sock.close()
+    assert got["globex"] == got["glebox"], got
+    if mode == "session":
+        assert got["glebox"][1][0][1]["C"] == "3F000" and got["glebox"][1][0][1]["P"] == "45", got["glebox"][1]

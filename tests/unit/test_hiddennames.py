@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.hiddennames import MAX_SENT, InFlight, written_back
+from proxy.hiddennames import MAX_SENT, InFlight, executed, written_back
 from proxy.policy.hiding import reserved_name
 from proxy.protocol import messages as m
 
@@ -150,3 +150,15 @@ def test_a_portal_keeps_its_statements_names_until_its_transaction_ends() -> Non
     assert set(flight.portals) == {"p2"}
     flight.bound("p2", "plain", second)  # bound again to a statement without names
     assert flight.portals == {}
+
+
+def test_sql_execute_of_a_renamed_statement_carries_its_names() -> None:
+    """Red team 9a4 K5: `EXECUTE k1` (also under EXPLAIN or CREATE TABLE AS) runs k1's renamed text: its names."""
+    names = (("pg_9aaaaaaaaaaaaaaaaaaaaaaaa", "globex"),)
+    k1 = (names, ((10, 16, 22),))
+    statements = {"k1": k1, "K2": k1}
+    assert executed("EXECUTE k1", statements) == [k1]
+    assert executed('BEGIN; explain Execute "K2"; CREATE TABLE t AS EXECUTE k1', statements) == [k1, k1]
+    assert executed("EXECUTE k3", statements) == []
+    assert executed("SELECT 'execute k1'", statements) == []
+    assert executed("EXECUTE k1", {}) == []

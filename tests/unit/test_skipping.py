@@ -58,3 +58,29 @@ def test_the_tokens_of_the_failed_and_skipped_messages_are_returned_the_last_fir
     owed.sync()
     owed.ready()
     assert not owed.owed and not owed.skipping
+
+
+def test_a_sync_sent_after_copydone_is_owed_its_answer() -> None:
+    """Parse Bind Execute(COPY) CopyData CopyDone Sync in one write: the server reads that Sync (red team 9a4 K4)."""
+    owed = _owed("x", "x", "x")
+    owed.copy_end()  # CopyDone, before the server's CopyInResponse
+    owed.sync()
+    owed.query()  # then a Query
+    owed.completed()
+    owed.completed()
+    owed.copy_in()
+    owed.completed()  # the COPY's CommandComplete
+    owed.ready()  # the Sync's
+    assert list(owed.owed) == list(_owed("q").owed)
+
+
+def test_a_sync_before_copydone_is_swallowed_by_a_querys_copy_too() -> None:
+    """Query(COPY) Sync CopyDone, then Parse Sync: the Sync before CopyDone has no answer (red team 9a4 K3)."""
+    owed = _owed("q", "s")
+    owed.copy_end()
+    owed.extended()
+    owed.sync()
+    owed.copy_in()
+    owed.ready()  # the Query's
+    assert list(owed.owed) == list(_owed("x", "s").owed)
+    assert owed.failed() == []  # the Parse's error: it is an extended message's, up to its Sync

@@ -176,3 +176,90 @@ def test_a_query_after_the_failure_is_known_joins_the_open_batch() -> None:
     t.on_query("SELECT 2", None)  # a batch that did not fail: the Query's ReadyForQuery ends it
     t.on_sync()
     assert len(t.pending) == 2
+
+
+def _answered_in_order(t: RequestTracker, done: list, answers: int) -> list[str]:
+    """The texts of the requests `answers` ReadyForQuerys end."""
+    for _ in range(answers):
+        t.on_ready()
+    return [req.sql for req in done]
+
+
+def test_a_sync_pipelined_into_an_extended_copy_in_is_not_a_request_end() -> None:
+    """Parse/Bind/Execute(COPY FROM STDIN)/Sync/CopyData/CopyDone/Sync in one write, then a Query: PostgreSQL
+    ignores the first Sync and answers the batch with one ReadyForQuery (red team 9a4 K3)."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_parse("", "COPY tt FROM STDIN", Allow())
+    t.on_bind("")
+    t.on_sync()  # read by the proxy before the server's CopyInResponse
+    t.on_copy_end()
+    t.on_sync()
+    t.on_query("SELECT * FROM nosuch", Allow())
+    assert t.on_copy_in() and not t.copy_in  # (the client ended the COPY already)
+    assert _answered_in_order(t, done, 2) == ["COPY tt FROM STDIN", "SELECT * FROM nosuch"]
+    assert not t.pending and t.held == 0
+
+
+def test_a_sync_pipelined_into_a_simple_copy_in_is_not_a_request_end() -> None:
+    """Query(COPY FROM STDIN)/Sync/CopyData/CopyDone, then a Query: the Sync is swallowed (red team 9a4 K3c)."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_query("COPY tt FROM STDIN", Allow())
+    t.on_sync()
+    t.on_copy_end()
+    t.on_query("SELECT 2", Allow())
+    t.on_copy_in()
+    assert not t.copy_in
+    assert _answered_in_order(t, done, 2) == ["COPY tt FROM STDIN", "SELECT 2"]
+    assert not t.pending
+
+
+def test_a_sync_sent_after_the_copy_ended_is_read_by_the_server() -> None:
+    """Parse/Bind/Execute(COPY)/CopyData/CopyDone/Sync in one write: that Sync ends the batch, and the session is not
+    left in COPY IN (its later Syncs are requests: red team 9a4 K4)."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_parse("", "COPY tt FROM STDIN", Allow())
+    t.on_bind("")
+    t.on_copy_end()
+    t.on_sync()
+    assert t.on_copy_in() == [] and not t.copy_in
+    t.on_parse("k1", "SELECT 1", Allow())
+    t.on_sync()
+    assert _answered_in_order(t, done, 2) == ["COPY tt FROM STDIN", "SELECT 1"]
+
+
+def test_a_sync_sent_before_the_server_began_the_copy_the_client_waits_for() -> None:
+    """Parse/Bind/Execute(COPY)/Sync, then (after CopyInResponse) CopyData/CopyDone/Sync: one request."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_parse("", "COPY tt FROM STDIN", Allow())
+    t.on_bind("")
+    t.on_sync()
+    assert t.on_copy_in() == [] and t.copy_in
+    t.on_sync()  # (ignored in COPY IN)
+    t.on_copy_end()
+    t.on_sync()
+    t.on_query("SELECT 3", Allow())
+    assert _answered_in_order(t, done, 2) == ["COPY tt FROM STDIN", "SELECT 3"]
+
+
+def test_what_followed_a_copy_in_its_batch_is_part_of_that_batch() -> None:
+    """Execute(COPY)/Sync/CopyDone, then Parse/Sync before the CopyInResponse: PostgreSQL runs the Parse in the COPY's
+    batch (its Sync was swallowed) and answers both with one ReadyForQuery."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_parse("", "COPY tt FROM STDIN", Allow())
+    t.on_bind("")
+    t.on_sync()
+    t.on_copy_end()
+    t.on_parse("", "SELECT 4", Allow())
+    t.on_sync()
+    t.on_query("SELECT 5", Allow())
+    [joined] = t.on_copy_in()
+    assert joined.sql == "SELECT 4"
+    t.on_ready()
+    assert done[0].statements == 2 and done[0].extra[0][0] == "SELECT 4"
+    assert _answered_in_order(t, done, 1)[1:] == ["SELECT 5"]
+    assert t.held == 0
