@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
@@ -60,9 +61,9 @@ class InFlight:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
         self.statements: dict[str, tuple[Names, Moved]] = {}
         self.plain_first: object = None  # the newest request, when a statement naming nothing hidden came first in it
-        # portal -> the names of its statement and the request that bound it (gone at its Close or when a later
-        # request ends the transaction: portals do not outlive it)
-        self.portals: dict[str, tuple[Names, Moved, object]] = {}
+        # portal -> the names of its statement, the request that bound it and the savepoint level it was bound in
+        # (subxacts.py; gone at its Close, when a later request ends the transaction or a ROLLBACK TO drops it)
+        self.portals: dict[str, tuple[Names, Moved, object, int]] = {}
         self.sent: set[bytes] = set()  # the reserved names of other sessions' temporary schemas (MAX_SENT at most)
         self.hidden: set[bytes] = set()  # the reserved names of hidden schemas (the tenant's few: never dropped)
         self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
@@ -87,20 +88,28 @@ class InFlight:
             return _ANY_RESERVED.search(data) is not None
         return any(reserved in data for reserved in self.hidden) or any(reserved in data for reserved in self.sent)
 
-    def bound(self, portal: str, statement: str, request: object) -> tuple[Names, Moved] | None:
-        """`portal` is bound (in `request`) to `statement`: its Executes are answered with the statement's names."""
+    def bound(self, portal: str, statement: str, request: object, level: int = 0) -> tuple[Names, Moved] | None:
+        """`portal` is bound (in `request`, in savepoint level `level`) to `statement`: its Executes are answered
+        with the statement's names."""
         found = self.statements.get(statement)
         if found is None:
             self.portals.pop(portal, None)
         else:
-            self.portals[portal] = (found[0], found[1], request)
+            self.portals[portal] = (found[0], found[1], request, level)
         return found
+
+    def rolled_back(self, gone: Callable[[int], bool]) -> None:
+        """A ROLLBACK TO was confirmed: the portals bound in the levels it aborted (`gone`) are dropped (red team 9a3
+        J2)."""
+        portals = self.portals
+        for portal in [p for p, entry in portals.items() if gone(entry[3])]:
+            del portals[portal]
 
     def ended(self, pending: object) -> None:
         """A transaction ended: the portals bound by requests answered by now are gone (not those of requests still
         in `pending`, pipelined behind it)."""
         portals = self.portals
-        for portal in [p for p, (_, _, r) in portals.items() if r not in pending]:  # type: ignore[operator]
+        for portal in [p for p, (_, _, r, _) in portals.items() if r not in pending]:  # type: ignore[operator]
             del portals[portal]
 
     def add(self, request: object, names: Names, moved: Moved, pending: object) -> None:

@@ -112,9 +112,12 @@ from proxy.statements import (
 )
 from proxy.stmtkind import statement_kind
 from proxy.stmtnames import FORGETS_ALL, ServerNames
+from proxy.subxacts import OPS as SAVEPOINT_OPS
+from proxy.subxacts import Savepoints
 from proxy.tenancy import backend_context, parsing_violation
 from proxy.tracking import Request, RequestTracker
 
+_MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll back to a savepoint, remembered
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
 # burst past either loses only its oldest messages' wording, see _on_error_response).
 _MAX_PENDING_DENIALS = 65536
@@ -280,7 +283,7 @@ class ClientSession:
         "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling",
         "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
-        "_sticky", "_timed_out", "_tracking",
+        "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -345,6 +348,10 @@ class ClientSession:
         self._denial_bytes = 0
         self._cursors: CursorTexts | None = None  # the client's texts of rewritten DECLAREs (pg_cursors)
         self._hidden: hiddennames.InFlight | None = None  # reserved schema names sent, per request (hiddennames.py)
+        # The transaction's savepoints (subxacts.py: which portals a ROLLBACK TO drops), once one was sent, and the
+        # prepared statements that set, release or roll back to one (a Bind runs them): name -> (op, savepoint)
+        self._subxacts: Savepoints | None = None
+        self._subxact_statements: dict[str, tuple[tuple[str, str], ...]] = {}
         # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
         # after it: nothing after it is framed or forwarded until `decision_ready`.
         self._held: _Held | None = None
@@ -1681,6 +1688,8 @@ class ClientSession:
         first, self._binds = self._binds, 0
         if self._hidden is not None and self._hidden.statements:
             self._executed_statements(sql)
+        if type(decision) is not Deny and decision.changes:
+            self._savepoints_sent(first, tuple((c.at, c.op, c.name) for c in decision.changes))
         if restored is not None and (restored.retagged or restored.swallowed):
             self._retag({first + i: _RESET_TAG for i in restored.retagged} |
                         {first + i: b"" for i in restored.swallowed})
@@ -1769,6 +1778,13 @@ class ClientSession:
                     self._reset_names.add(parse.name)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+        if type(decision) is not Deny and decision.changes and any(c.op in SAVEPOINT_OPS for c in decision.changes):
+            held = self._subxact_statements
+            if parse.name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
+                del held[next(iter(held))]  # (the oldest: a Bind of it then is not followed, subxacts.py)
+            held[parse.name] = tuple((c.op, c.name) for c in decision.changes if c.op in SAVEPOINT_OPS)
+        elif self._subxact_statements:
+            self._subxact_statements.pop(parse.name, None)
         if self.agent is not None:
             refused = self._agent_parse(parse.name, parse.sql, parse.param_types, decision)
             if refused is not None:
@@ -2105,6 +2121,9 @@ class ClientSession:
             self.tracker.on_bind(statement)
             if self._hidden is not None:
                 self._bound_names(statement, body)
+            if self._subxact_statements and statement in self._subxact_statements:
+                self._savepoints_sent(self._binds, tuple((0, op, name) for op, name in
+                                                         self._subxact_statements[statement]))
             self._sequences.bound(statement)
             if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
                 self._retag({self._binds: _RESET_TAG})
@@ -2182,6 +2201,8 @@ class ClientSession:
             self._cursors.ended()
         if self._hidden is not None and body[:1] == b"I" and self._hidden.portals:
             self._hidden.ended(self.tracker.pending)
+        if self._subxacts is not None:
+            self._subxacts.ready(self.tracker.pending, body[:1] == b"I")
         if self._names is not None and self._names.ledger and request is not None:
             self._names_ended(request)
         if self._agent_closing and request is not None:
@@ -2211,6 +2232,8 @@ class ClientSession:
                 body, out = tag, m.frame(b"C", tag)
         self.tracker.on_command_complete(body)
         self._done += 1
+        if self._subxacts is not None and self._subxacts.ops:
+            self._savepoints_completed()
         if self._names is not None and body[:1] == b"D":  # (DEALLOCATE, DISCARD ALL)
             pending = self.tracker.pending
             gone = self._names.command_complete(body, pending[0] if pending else None)
@@ -2545,7 +2568,7 @@ class ClientSession:
             return
         portal = body[:body.index(b"\x00")].decode("utf-8", "replace")
         old = hidden.portals.get(portal)
-        found = hidden.bound(portal, statement, request)
+        found = hidden.bound(portal, statement, request, self._subxacts.top() if self._subxacts is not None else 0)
         if old is not None or found is not None:  # (taken back if PostgreSQL skips the Bind: red team 9a3 J1b)
             self._journaled(partial(_restore, hidden.portals, portal, old))
         if request is not None:
@@ -2553,6 +2576,28 @@ class ClientSession:
                 hidden.add(request, found[0], found[1], pending)
             else:
                 hidden.plain(request)
+
+    def _savepoints_sent(self, first: int, changes: tuple[tuple[int, str, str], ...]) -> None:
+        """A Query's statements (or a Bind's portal, statement `first` of its request) set, release or roll back to
+        savepoints: followed to their CommandComplete (subxacts.py, red team 9a3 J2)."""
+        pending = self.tracker.pending
+        if not pending:
+            return
+        for at, op, name in changes:
+            if op in SAVEPOINT_OPS:
+                if self._subxacts is None:
+                    self._subxacts = Savepoints()
+                self._subxacts.sent(pending[-1], first + at, op, name)
+
+    def _savepoints_completed(self) -> None:
+        """A CommandComplete: a savepoint op it confirms; the portals a confirmed ROLLBACK TO dropped lose their
+        records (PostgreSQL dropped them: red team 9a3 J2)."""
+        subxacts = self._subxacts
+        assert subxacts is not None
+        pending = self.tracker.pending
+        aborted = subxacts.completed(pending[0] if pending else None, self._done)
+        if aborted and self._hidden is not None and self._hidden.portals:
+            self._hidden.rolled_back(partial(subxacts.dropped, aborted=aborted))
 
     def _executed_names(self, body: bytes) -> None:
         """An Execute: of a portal bound to a statement sent with reserved names, its request's answers name them

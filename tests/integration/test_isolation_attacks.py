@@ -3229,3 +3229,60 @@ def test_a_parse_skipped_after_an_error_keeps_the_clients_text_listed(hiding_pro
             sock.close()
     assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
     assert len(got["globex"]) == 1 and like.replace("glebox", "globex").encode() in got["globex"][0], got
+
+
+
+def _j2_step(sql: str, how: str) -> bytes:
+    """`sql` as a simple Query, or as Parse/Bind/Execute of the unnamed statement and a Sync (`how`)."""
+    return _extended_wire(sql) + m.SYNC_MESSAGE if how == "extended" else m.Query(sql).encode()
+
+
+@pytest.mark.parametrize("how", ["query", "extended", "one_query"])
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_portal_dropped_by_rollback_to_savepoint_leaves_no_names(hiding_proxies: dict[str, ProxyProcess],
+                                                                   strategy: str, mode: str, how: str) -> None:
+    """Red team 9a3 J2: ROLLBACK TO a savepoint drops the portals bound since it was set (in a savepoint released
+    into it too) and keeps those bound before. A cursor then declared under a dropped portal's name and run by an
+    Execute, in a batch with a Query, answers that Query's error with PostgreSQL's position (the dropped portal's
+    record moved it by its reserved name); the portal bound before the savepoint still names the client's schema,
+    after a failed transaction's ROLLBACK TO too. Savepoints as simple Queries, as extended messages and several in
+    one Query string."""
+    user, db = HIDING_TENANTS[strategy]
+    plain = "CREATE TEMP TABLE bi_j2 /*" + "_" * 60 + "*/ (LIKE bi_nosuch)"
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("CREATE TEMP TABLE bi_p0 (x int)").encode())
+            _wire_answers(sock, m.Query("BEGIN").encode())
+            kept = f"CREATE TEMP TABLE bi_j2k (LIKE {name}.orders)"
+            skipping = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            bound = _wire_answers(sock, m.Parse("bi_s1", kept, b"\x00\x00").encode() + _bind_wire("bi_s1", "bi_k")
+                                  + m.Parse("bi_s2", skipping, b"\x00\x00").encode() + m.SYNC_MESSAGE)
+            assert [t for t, _ in bound] == [b"1", b"2", b"1", b"Z"], bound
+            for sql in ("SAVEPOINT bi_a", "SAVEPOINT bi_b"):
+                step = _wire_answers(sock, _j2_step(sql, how))
+                assert step[-1] == (b"Z", b"T"), step
+            bound = _wire_answers(sock, _bind_wire("bi_s2", "bi_p") + m.SYNC_MESSAGE)
+            assert [t for t, _ in bound] == [b"2", b"Z"], bound
+            steps = ["RELEASE bi_b", "ROLLBACK TO bi_a", "DECLARE bi_p CURSOR FOR SELECT 1"]
+            if how == "one_query":
+                steps = ["; ".join(steps)]
+            for sql in steps:
+                step = _wire_answers(sock, _j2_step(sql, how))
+                assert step[-1] == (b"Z", b"T"), step
+            ran = _wire_answers(sock, _execute_wire("bi_p") + m.Query(plain).encode())
+            assert [t for t, _ in ran] == [b"D", b"C", b"E", b"Z"], ran
+            again = _wire_answers(sock, _j2_step("ROLLBACK TO bi_a", how))  # (in the failed transaction)
+            assert again[-1] == (b"Z", b"T"), again
+            outer = _wire_answers(sock, _execute_wire("bi_k") + m.SYNC_MESSAGE)
+            got[name] = _errors_of(ran) + _errors_of(outer)
+            _wire_answers(sock, m.Query("ROLLBACK").encode())
+        finally:
+            sock.close()
+    assert got["globex"] == [{"S": "ERROR", "C": "42P01", "M": 'relation "bi_nosuch" does not exist',
+                              "P": str(plain.index("bi_nosuch") + 1)},
+                             {"S": "ERROR", "C": "3F000", "M": 'schema "globex" does not exist',
+                              "P": str(len("CREATE TEMP TABLE bi_j2k (LIKE ") + 1)}], got
+    assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
