@@ -1686,8 +1686,10 @@ class ClientSession:
                 decision, restored = self._restoring(sql, decision)
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
-        if self._hidden is not None and self._hidden.statements:
-            self._executed_statements(sql)
+        if self._hidden is not None:
+            ran = bool(self._hidden.statements) and self._executed_statements(sql)
+            if not ran and not (type(decision) is Rewrite and decision.names):
+                self._joined_plain()
         if type(decision) is not Deny and decision.changes:
             self._savepoints_sent(first, tuple((c.at, c.op, c.name) for c in decision.changes))
         if restored is not None and (restored.retagged or restored.swallowed):
@@ -2506,7 +2508,7 @@ class ClientSession:
         elif pending:
             self._hidden.plain(pending[-1])
 
-    def _executed_statements(self, sql: str, statement: str | None = None) -> None:
+    def _executed_statements(self, sql: str, statement: str | None = None) -> bool:
         """A Query (or a Parse of `statement`) that runs prepared statements sent with reserved names by SQL EXECUTE:
         its answers (or its Bind/Execute's) name them, as a Bind/Execute of those statements is answered (red team
         9a4 K5)."""
@@ -2514,15 +2516,26 @@ class ClientSession:
         assert hidden is not None
         run = hiddennames.executed(sql, hidden.statements)
         if not run:
-            return
+            return False
         if statement is not None:
             statements = hidden.statements
             self._journaled(partial(_restore, statements, statement, statements.get(statement)))
             statements[statement] = run[0]
-            return
+            return True
         pending = self.tracker.pending
         for names, moved in run:
             hidden.add(pending[-1], names, moved, pending)
+        return True
+
+    def _joined_plain(self) -> None:
+        """A Query naming nothing hidden, sent in an extended batch that carries reserved names (an Execute of a
+        renamed statement's portal before it, without a Sync: PostgreSQL answers both in one request): its error is
+        mapped through no other statement's moves (as an Execute of a plain portal, J7)."""
+        hidden = self._hidden
+        assert hidden is not None
+        pending = self.tracker.pending
+        if pending and pending[-1] in hidden.requests:
+            hidden.plain(pending[-1])
 
     def _declared(self, sent: str, client: str | None, decision: Allow | Rewrite) -> None:
         """A string that declares cursors, sent as `sent` (`client`: the client's text of a rewrite, None when sent

@@ -3286,3 +3286,31 @@ def test_a_portal_dropped_by_rollback_to_savepoint_leaves_no_names(hiding_proxie
                              {"S": "ERROR", "C": "3F000", "M": 'schema "globex" does not exist',
                               "P": str(len("CREATE TEMP TABLE bi_j2k (LIKE ") + 1)}], got
     assert str(got["glebox"]) == str(got["globex"]).replace("globex", "glebox"), got
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("strategy", sorted(HIDING_TENANTS))
+def test_a_query_in_a_batch_after_a_renamed_portal_keeps_its_own_positions(hiding_proxies: dict[str, ProxyProcess],
+                                                                           strategy: str, mode: str) -> None:
+    """A Query sent without a Sync after an Execute of a renamed statement's portal is answered in that batch's
+    request (red team 9a3 J8): its error has PostgreSQL's position (for a hidden schema it was moved by the portal's
+    reserved name, found beside J2), and the portal's notice names the client's schema."""
+    user, db = HIDING_TENANTS[strategy]
+    plain = "CREATE TEMP TABLE bi_q /*" + "_" * 60 + "*/ (LIKE bi_nosuch)"
+    got = {}
+    for name in ("globex", "glebox"):
+        sock = _hiding_login(hiding_proxies[mode], user, db)
+        try:
+            _wire_answers(sock, m.Query("CREATE TEMP TABLE bi_p0 (x int)").encode())
+            _wire_answers(sock, m.Query("BEGIN").encode())
+            skipping = f"CREATE TEMP TABLE IF NOT EXISTS bi_p0 (LIKE {name}.orders)"
+            ran = _wire_answers(sock, _extended_wire(skipping, "bi_s1", "bi_p") + m.Query(plain).encode())
+            assert [t for t, _ in ran] == [b"1", b"2", b"N", b"C", b"E", b"Z"], ran
+            got[name] = [*_errors_of(ran), ran[2][1]["M"]]  # type: ignore[index]
+            _wire_answers(sock, m.Query("ROLLBACK").encode())
+        finally:
+            sock.close()
+    at = str(plain.index("bi_nosuch") + 1)
+    assert got["globex"] == got["glebox"] == [
+        {"S": "ERROR", "C": "42P01", "M": 'relation "bi_nosuch" does not exist', "P": at},
+        'relation "bi_p0" already exists, skipping'], got
