@@ -27,7 +27,7 @@ from proxy.config import parse_config
 from proxy.login import TRANSITIONS as LOGIN_TRANSITIONS
 from proxy.login import LoginEvent, LoginState
 from proxy.policy.cache import Pending
-from proxy.policy.model import SQL_PREPARE, Allow, Change, Decision, Deny, Rewrite
+from proxy.policy.model import RELEASE, ROLLBACK_TO, SAVEPOINT, SQL_PREPARE, Allow, Change, Decision, Deny, Rewrite
 from proxy.policy.settings import marked_entry
 from proxy.protocol import messages as m
 from proxy.session import TRANSITIONS, ClientSession, Event, State
@@ -842,6 +842,49 @@ def test_a_close_skipped_after_an_error_leaves_the_portal_postgresql_has(tmp_pat
     session.client_data(_execute("p") + m.SYNC_MESSAGE)
     got = _answer(session, _missing(), m.ready_for_query(b"E"))
     assert b'schema "hid" does not exist' in got and b"answer_withheld" not in got, got
+
+
+_SAVEPOINT_OPS = {"SAVEPOINT": SAVEPOINT, "RELEASE": RELEASE, "ROLLBACK TO": ROLLBACK_TO}
+
+
+def _following_savepoints(session: ClientSession) -> None:
+    """The hiding policy of `_hiding`, with the changes of SAVEPOINT, RELEASE and ROLLBACK TO statements."""
+    hiding = session.decide
+
+    def decide(kind: str, sql: str) -> Decision:
+        changes = tuple(Change(at, op, one.strip()[len(word):].strip()) for at, one in enumerate(sql.split(";"))
+                        for word, op in _SAVEPOINT_OPS.items() if one.strip().startswith(word))
+        return Allow(changes=changes) if changes else hiding(kind, sql)
+
+    session.enable_policy(decide)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_rollback_to_savepoint_drops_the_records_of_the_portals_bound_since(tmp_path: Path, cache: bool) -> None:
+    """Red team 9a3 J2: ROLLBACK TO a savepoint (confirmed by its CommandComplete) drops the portals bound since it
+    was set, in a savepoint released into it too: their records go; a portal bound before it keeps its record, and
+    so do all at a refused ROLLBACK TO (savepoints in a Query string and in an extended batch)."""
+    session = _session_with_cache(tmp_path, cache)
+    _following_savepoints(session)
+    session.client_data(m.Query("BEGIN").encode())
+    _answer(session, m.frame(b"C", b"BEGIN\x00"), m.ready_for_query(b"T"))
+    session.client_data(m.Parse("s2", _LIKE, b"\x00\x00").encode() + _bind("k", "s2") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.ready_for_query(b"T"))
+    session.client_data(m.Query("SAVEPOINT a; SAVEPOINT b").encode())
+    _answer(session, m.frame(b"C", b"SAVEPOINT\x00"), m.frame(b"C", b"SAVEPOINT\x00"), m.ready_for_query(b"T"))
+    session.client_data(_bind("p", "s2") + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"2", b""), m.ready_for_query(b"T"))
+    session.client_data(m.Parse("", "RELEASE b", b"\x00\x00").encode() + _bind("", "") + _execute("")
+                        + m.SYNC_MESSAGE)
+    _answer(session, m.frame(b"1", b""), m.frame(b"2", b""), m.frame(b"C", b"RELEASE\x00"), m.ready_for_query(b"T"))
+    assert set(session._hidden.portals) == {"k", "p"}
+    session.client_data(m.Query("ROLLBACK TO nosuch").encode())
+    _answer(session, m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "3B001",
+                                                  "M": 'savepoint "nosuch" does not exist'}), m.ready_for_query(b"E"))
+    assert set(session._hidden.portals) == {"k", "p"}
+    session.client_data(m.Query("ROLLBACK TO a").encode())  # (in the failed transaction)
+    _answer(session, m.frame(b"C", b"ROLLBACK\x00"), m.ready_for_query(b"T"))
+    assert set(session._hidden.portals) == {"k"}
 
 
 def test_a_parse_skipped_after_an_error_leaves_the_client_text_of_the_statement_postgresql_has(
