@@ -43,6 +43,7 @@ from proxy.actions import (
 from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import client_key, new_cancel_key
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
+from proxy.confirming import Awaiting
 from proxy.errors import PgError
 from proxy.limits import (
     IDLE_IN_TRANSACTION_TIMEOUT,
@@ -279,9 +280,9 @@ class ClientSession:
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
         "_notices", "_open_batch", "_overrides", "_owed", "_paged",
-        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_released", "_replay_buf",
-        "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences", "_settling",
-        "_slot_held",
+        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_prepares", "_released",
+        "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences",
+        "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
         "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
@@ -351,6 +352,8 @@ class ClientSession:
         # The transaction's savepoints (subxacts.py: which portals a ROLLBACK TO drops), once one was sent, and the
         # prepared statements that set, release or roll back to one (a Bind runs them): name -> (op, savepoint)
         self._subxacts: Savepoints | None = None
+        # The SQL PREPAREs of Query strings awaiting PostgreSQL's answer: their records are settled by it (K6 in flight)
+        self._prepares: Awaiting | None = None
         self._subxact_statements: dict[str, tuple[tuple[str, str], ...]] = {}
         # A Query or Parse waiting for a decision made off the event loop (RunDecision), and the bytes received
         # after it: nothing after it is framed or forwarded until `decision_ready`.
@@ -701,7 +704,8 @@ class ClientSession:
             listing = joined(listing, prepared.listing())
         return listing if self._cursors is None else joined(listing, self._cursors.listing())
 
-    def _bound_prepares(self, sql: str, decision: Allow | Rewrite) -> Decision:
+    def _bound_prepares(self, sql: str, decision: Allow | Rewrite,
+                        awaiting: list[tuple[int, object]] | None = None) -> Decision:
         """A statement with SQL PREPAREs (`sql`: the client's text): refused past the session's bounds on them
         (each keeps its whole forwarded text on the server, with the listing when it reads pg_prepared_statements:
         a tenant must not fill the server's memory), else recorded with the client's text where it was rewritten."""
@@ -733,6 +737,7 @@ class ClientSession:
         if texts is not None and names_ is not None:
             taken.update(n for n in texts.texts if n in names_.confirmed and names_.taken(n) and n not in texts.closing)
         new: list[str] = []
+        tokens: list[object] | None = None if awaiting is None else []
         for change in decision.changes:
             if change.op == DISCARD_ALL or (change.op == DEALLOCATE and not change.name):
                 taken.clear()
@@ -741,8 +746,31 @@ class ClientSession:
             elif change.op == SQL_PREPARE and change.name not in taken:
                 new.append(change.name)
                 taken.add(change.name)
-        store.prepared(new, sql if rewritten else None, size, held)
+                if awaiting is not None and tokens is not None:  # (a Query's: settled by its answer, K6 in flight)
+                    token = object()
+                    tokens.append(token)
+                    awaiting.append((change.at, token))
+        store.prepared(new, sql if rewritten else None, size, held, tokens)
         return decision
+
+    def _prepares_sent(self, first: int, prepares: list[tuple[int, object]]) -> None:
+        """A Query's SQL PREPAREs (statement `first` + at of its request) await PostgreSQL's answer: one it refuses
+        (42P05: a PREPARE or Parse of the name still in flight before it succeeded) leaves the name's record as it
+        was (`SqlPrepared.settled`)."""
+        pending = self.tracker.pending
+        if not pending:
+            return
+        if self._prepares is None:
+            self._prepares = Awaiting()
+        for at, token in prepares:
+            self._prepares.sent(pending[-1], first + at, token)
+
+    def _prepares_settled(self, tokens: list[object], ok: bool) -> None:
+        """PostgreSQL ran (`ok`) or refused or skipped the SQL PREPAREs of `tokens`: their records follow."""
+        store = self._sql_prepared
+        if store is not None:
+            for token in tokens:
+                store.settled(token, ok)
 
     def _client_text(self, name: str, sql: str, rewritten: bool) -> None:
         """A named Parse of the client's text `sql` forwarded to a server that keeps the client's names: counted
@@ -1679,8 +1707,9 @@ class ClientSession:
             decision = Rewrite(f"{before.sql}\n;{_AT_RUN}{marker}", before.rules, before.effects, before.changes,
                                names=before.names, moved=before.moved)
         restored = None
+        prepares: list[tuple[int, object]] = []
         if type(decision) is not Deny and decision.changes:
-            decision = self._bound_prepares(sql, decision)
+            decision = self._bound_prepares(sql, decision, prepares)
             if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
                                                                                  self._startup_settings):
                 decision, restored = self._restoring(sql, decision)
@@ -1692,6 +1721,8 @@ class ClientSession:
                 self._joined_plain()
         if type(decision) is not Deny and decision.changes:
             self._savepoints_sent(first, tuple((c.at, c.op, c.name) for c in decision.changes))
+            if prepares:
+                self._prepares_sent(first, prepares)
         if restored is not None and (restored.retagged or restored.swallowed):
             self._retag({first + i: _RESET_TAG for i in restored.retagged} |
                         {first + i: b"" for i in restored.swallowed})
@@ -2205,6 +2236,8 @@ class ClientSession:
             self._hidden.ended(self.tracker.pending)
         if self._subxacts is not None:
             self._subxacts.ready(self.tracker.pending, body[:1] == b"I")
+        if self._prepares is not None and self._prepares.requests:
+            self._prepares_settled(self._prepares.ready(self.tracker.pending), False)
         if self._names is not None and self._names.ledger and request is not None:
             self._names_ended(request)
         if self._agent_closing and request is not None:
@@ -2236,6 +2269,9 @@ class ClientSession:
         self._done += 1
         if self._subxacts is not None and self._subxacts.ops:
             self._savepoints_completed()
+        if self._prepares is not None and self._prepares.requests:
+            pending = self.tracker.pending
+            self._prepares_settled(self._prepares.completed(pending[0] if pending else None, self._done), True)
         if self._names is not None and body[:1] == b"D":  # (DEALLOCATE, DISCARD ALL)
             pending = self.tracker.pending
             gone = self._names.command_complete(body, pending[0] if pending else None)
@@ -2374,6 +2410,8 @@ class ClientSession:
     def _on_error_response(self, body: bytes) -> bytes | None:
         if m.error_is_fatal(body):  # the backend ends the session itself
             self.backend_fatal = True
+        if self._prepares is not None and self._prepares.requests and self.tracker.pending:
+            self._prepares_settled(self._prepares.failed(self.tracker.pending[0]), False)
         st, owed = self.statements, self._owed
         if st is not None:
             if st.skips_to_sync():

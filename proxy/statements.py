@@ -221,10 +221,13 @@ class SqlPrepared:
     PREPARE is refused (53200). Keeps the client's text of each one the policy rewrote, which pg_prepared_statements
     shows over the server's (the rewritten text is the proxy's, with its filters)."""
 
-    __slots__ = ("_listed", "entries", "max_bytes", "max_listing", "max_named")
+    __slots__ = ("_listed", "entries", "flight", "max_bytes", "max_listing", "max_named")
 
     def __init__(self, max_named: int = 1000, max_bytes: int = 16 << 20, max_listing: int = 1 << 20) -> None:
         self.entries: dict[str, tuple[str | None, int]] = {}  # name -> (the client's text if rewritten, bytes kept)
+        # name -> (its entry before the PREPAREs of it in flight, each one's token and entry): `entries` holds the
+        # newest as if all succeed, and goes back to the one before a PREPARE PostgreSQL refuses (`settled`)
+        self.flight: dict[str, tuple[tuple[str | None, int] | None, list[tuple[object, tuple[str | None, int]]]]] = {}
         self.max_named = max(1, max_named)
         self.max_bytes = max(1, max_bytes)
         self.max_listing = max(1, max_listing)
@@ -242,20 +245,49 @@ class SqlPrepared:
             return names[-1], "max_session_statement_bytes", self.max_bytes
         return None
 
-    def prepared(self, names: list[str], text: str | None, size: int, held: frozenset[str]) -> None:
-        """PREPAREs of `names` forwarded (`text`: the client's, when the policy rewrote it); entries of names no
-        longer held are dropped once they outnumber the bound."""
+    def prepared(self, names: list[str], text: str | None, size: int, held: frozenset[str],
+                 tokens: list[object] | None = None) -> None:
+        """PREPAREs of `names` forwarded (`text`: the client's, when the policy rewrote it; `tokens`, one per name:
+        settled by PostgreSQL's answer to it); entries of names no longer held are dropped once they outnumber the
+        bound."""
         entries = self.entries
-        for name in names:
+        for i, name in enumerate(names):
+            entry = (text, size)
+            if tokens is not None:
+                found = self.flight.get(name)
+                if found is None:
+                    found = self.flight[name] = (entries.get(name), [])
+                found[1].append((tokens[i], entry))
             entries.pop(name, None)
-            entries[name] = (text, size)
+            entries[name] = entry
         if len(entries) > 2 * self.max_named + 16:
             for gone in [n for n in entries if n not in held and n not in names]:
                 del entries[gone]
         self._listed = None
 
+    def settled(self, token: object, ok: bool) -> None:
+        """PostgreSQL ran the PREPARE of `token` (`ok`) or refused or skipped it (42P05: a PREPARE of the name in
+        flight before it succeeded): its name's entry is the newest of those still in flight, else the last one
+        PostgreSQL confirmed (answers come in order: the oldest in flight is the one settled)."""
+        for name in [n for n, (_, sent) in self.flight.items() if any(t is token for t, _ in sent)]:
+            base, sent = self.flight[name]
+            at = next(i for i, (t, _) in enumerate(sent) if t is token)
+            entry = sent.pop(at)[1]
+            if ok and at == 0:
+                base = entry
+            if sent:
+                self.flight[name] = (base, sent)
+            else:
+                del self.flight[name]
+            now = sent[-1][1] if sent else base
+            self.entries.pop(name, None)
+            if now is not None:
+                self.entries[name] = now
+            self._listed = None
+
     def forget(self, name: str) -> None:
         """A protocol statement `name` made on a server that keeps the client's names: that name is not ours."""
+        self.flight.pop(name, None)
         if self.entries.pop(name, None) is not None:
             self._listed = None
 

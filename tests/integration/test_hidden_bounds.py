@@ -446,3 +446,37 @@ def test_sql_execute_of_a_renamed_protocol_statement_is_answered_as_a_missing_sc
     assert got["globex"] == got["glebox"], got
     if mode == "session":
         assert got["glebox"][1][0][1]["C"] == "3F000" and got["glebox"][1][0][1]["P"] == "45", got["glebox"][1]
+
+
+
+@pytest.mark.parametrize("first", ["renamed", "written"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_prepare_refused_behind_one_in_flight_keeps_the_first_text(proxies: dict[str, ProxyProcess], mode: str,
+                                                                     strategy: str, first: str) -> None:
+    """A SQL PREPARE of a name whose earlier PREPARE is still unanswered (two Queries in one write): PostgreSQL runs
+    the first and refuses the second (42P05), and pg_prepared_statements lists the first's text. The proxy recorded
+    the second's as if it would succeed: the listing showed the first one as PostgreSQL got it, with the reserved
+    name (the first renamed, the second sent as written), or the refused one's client text (the other way round)."""
+    got = {}
+    for name in NAMES:
+        user, db = TENANTS[strategy]
+        sock, msgs = login(proxies[mode].port, {"user": user, "database": db}, proxies[mode].password(user))
+        assert msgs[-1][0] == b"Z", msgs
+        try:
+            renamed = f"PREPARE bi_f AS SELECT set_config('default_text_search_config', '{name}.english', false)"
+            texts = [renamed, "PREPARE bi_f AS SELECT 2"]
+            if first == "written":
+                texts.reverse()
+            answers = _wire(sock, b"".join(m.Query(text).encode() for text in texts), requests=2)
+            listed = _wire(sock, m.Query("SELECT name, statement FROM pg_prepared_statements ORDER BY 1, 2").encode())
+            got[name] = ([(t, body.get("C") if t == b"E" else body) for t, body in answers],
+                         [body for t, body in listed if t == b"D"])
+        finally:
+            sock.close()
+        assert b"pg_9" not in repr(got[name]).encode(), got[name]
+    assert _unnamed(got["globex"], "globex") == _unnamed(got["glebox"], "glebox"), got
+    text = texts[0].replace("glebox", "globex").encode()
+    assert got["globex"] == ([(b"C", b"PREPARE\x00"), (b"Z", b"I"), (b"E", "42P05"), (b"Z", b"I")],
+                             [struct.pack("!hi", 2, 4) + b"bi_f" + struct.pack("!i", len(text)) + text]), got
+
