@@ -909,8 +909,12 @@ cdef class RequestTracker:
         if last < 0:
             self.copy_in = True
             last = len(pending) - 1
+            if last and pending[last] is self._batch:
+                last -= 1
         elif batch_open:
-            return joined
+            if not last:
+                return joined
+            last -= 1
         for i in range(last):
             joined.append(self._join(head, 1))
         if head.closed_by_sync:

@@ -320,8 +320,15 @@ class RequestTracker:
         if last < 0:
             self.copy_in = True
             last = len(pending) - 1
+            if last and pending[last] is self._batch:
+                last -= 1  # a batch a Flush opened in the COPY: see below
         elif batch_open:
-            return joined  # the head's Sync (if any) came after the COPY ended
+            if not last:
+                return joined  # the head's Sync (if any) came after the COPY ended
+            # The batch open where the COPY ended was opened in it, after a Sync the COPY swallows, by a Flush (the
+            # backend ignores it too; any other message ends the session): it goes on the head's batch when the
+            # head's own Sync was swallowed, and is the next batch after a Query's COPY (red team 9a5 F11).
+            last -= 1
         for _ in range(last):  # Syncs in the COPY: swallowed
             joined.append(self._join(head, 1))
         if head.closed_by_sync:  # its Sync was in the COPY too: the head's batch goes on

@@ -319,10 +319,11 @@ def test_default_text_search_config_naming_a_hidden_schema_is_answered_as_a_miss
 _FIELDS_COMPARED = "SCMDHPR"
 
 
-def _copy_steps(name: str) -> list[tuple[bytes, int]]:
+def _copy_steps(name: str, flush: bool = False) -> list[tuple[bytes, int]]:
     """K3: a COPY FROM STDIN (extended, then simple) with a Sync sent in one write before its CopyData (PostgreSQL
-    ignores it: one ReadyForQuery), then statements naming the schema and a plain one; each (bytes, ReadyForQuerys)."""
-    copy_data = m.frame(b"d", b"1\n") + m.frame(b"c", b"")
+    ignores it: one ReadyForQuery), then statements naming the schema and a plain one; each (bytes, ReadyForQuerys).
+    `flush`: a Flush after that Sync, ignored as well (red team 9a5 F11)."""
+    copy_data = (m.frame(b"H", b"") if flush else b"") + m.frame(b"d", b"1\n") + m.frame(b"c", b"")
     extended = (m.Parse("", "COPY pg_temp.bi_k3 FROM STDIN", b"\x00\x00").encode()
                 + m.frame(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00") + m.frame(b"E", b"\x00\x00\x00\x00\x00"))
     return [
@@ -341,13 +342,15 @@ def _seen(answers: list[tuple[bytes, Any]], name: str) -> list[Any]:
              else _unnamed(body, name)) for t, body in answers]
 
 
+@pytest.mark.parametrize("flush", [False, True], ids=["sync", "sync-flush"])
 @pytest.mark.parametrize("strategy", sorted(TENANTS))
 @pytest.mark.parametrize("mode", MODES)
 def test_a_sync_pipelined_into_a_copy_in_keeps_answers_matched(proxies: dict[str, ProxyProcess], mode: str,
-                                                                strategy: str) -> None:
+                                                                strategy: str, flush: bool) -> None:
     """Red team 9a4 K3: the proxy counted a Sync that PostgreSQL ignores in COPY IN (sent with the copy data in one
     write, as libpq pipelines it), and matched every later answer to the request before it: the hidden schema's
-    42P01 was withheld (42501) and a later position mapped through another statement's names. Answered alike."""
+    42P01 was withheld (42501) and a later position mapped through another statement's names. Answered alike.
+    Red team 9a5 F11: the same with a Flush after that Sync (the batch the Flush opened was taken for the COPY's)."""
     proxy = proxies[mode]
     user, db = TENANTS[strategy]
     got = {}
@@ -355,7 +358,7 @@ def test_a_sync_pipelined_into_a_copy_in_keeps_answers_matched(proxies: dict[str
         sock, msgs = login(proxy.port, {"user": user, "database": db}, proxy.password(user))
         assert msgs[-1][0] == b"Z", msgs
         try:
-            got[name] = [_seen(_wire(sock, data, zs), name) for data, zs in _copy_steps(name)]
+            got[name] = [_seen(_wire(sock, data, zs), name) for data, zs in _copy_steps(name, flush)]
         finally:
             sock.close()
     assert got["globex"] == got["glebox"], got

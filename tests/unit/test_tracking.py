@@ -3,6 +3,7 @@ held per session whatever a client sends."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -213,6 +214,70 @@ def test_a_sync_pipelined_into_a_simple_copy_in_is_not_a_request_end() -> None:
     assert not t.copy_in
     assert _answered_in_order(t, done, 2) == ["COPY tt FROM STDIN", "SELECT 2"]
     assert not t.pending
+
+
+def _flush(t: RequestTracker) -> None:
+    """A Flush, as the session reports it (proxy/session.py `_on_request_message`: it opens a batch as a Bind)."""
+    t.on_bind("")
+
+
+def test_a_flush_after_the_sync_pipelined_into_an_extended_copy_in_is_swallowed_too() -> None:
+    """Parse/Bind/Execute(COPY)/Sync/Flush/CopyData/CopyDone/Sync in one write, then a Query: PostgreSQL ignores the
+    Sync and the Flush in COPY IN and answers the batch with one ReadyForQuery; the batch the Flush opened is the
+    COPY's own (red team 9a5 F11: every later answer was matched to the request before it)."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_parse("", "COPY tt FROM STDIN", Allow())
+    t.on_bind("")
+    t.on_sync()
+    _flush(t)
+    t.on_copy_end()
+    t.on_sync()
+    t.on_query("SELECT * FROM nosuch", Allow())
+    t.on_copy_in()
+    assert not t.copy_in
+    assert _answered_in_order(t, done, 2) == ["COPY tt FROM STDIN", "SELECT * FROM nosuch"]
+    assert not t.pending and t.held == 0
+
+
+def test_a_flush_after_the_sync_pipelined_into_a_simple_copy_in_is_swallowed_too() -> None:
+    """Query(COPY)/Sync/Flush/CopyData/CopyDone, then a Query: the Sync is swallowed; the batch the Flush opened is
+    the next one (the Query's COPY ends with its own ReadyForQuery), here the Query's (red team 9a5 F11)."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    t.on_query("COPY tt FROM STDIN", Allow())
+    t.on_sync()
+    _flush(t)
+    t.on_copy_end()
+    t.on_query("SELECT 2", Allow())
+    t.on_copy_in()
+    assert _answered_in_order(t, done, 2) == ["COPY tt FROM STDIN", "SELECT 2"]
+    assert not t.pending
+
+
+@pytest.mark.parametrize("simple", [False, True], ids=["extended", "simple"])
+def test_a_flush_in_a_copy_in_the_server_began_before_the_client_ended_it(simple: bool) -> None:
+    """COPY/Sync/Flush, then CopyInResponse (the client still in the COPY), then CopyData/CopyDone, a Parse and a
+    Sync, then a Query: the batch the Flush opened is not left detached (it is the COPY's, or the next one)."""
+    done: list = []
+    t = RequestTracker(lambda: 0.0, done.append)
+    if simple:
+        t.on_query("COPY tt FROM STDIN", Allow())
+    else:
+        t.on_parse("", "COPY tt FROM STDIN", Allow())
+        t.on_bind("")
+    t.on_sync()
+    _flush(t)
+    t.on_copy_in()
+    assert t.copy_in
+    t.on_copy_end()
+    if not simple:
+        t.on_sync()  # the extended COPY's batch ends here
+    t.on_parse("", "SELECT 6", Allow())
+    t.on_sync()
+    t.on_query("SELECT 7", Allow())
+    assert _answered_in_order(t, done, 3) == ["COPY tt FROM STDIN", "SELECT 6", "SELECT 7"]
+    assert not t.pending and t.held == 0
 
 
 def test_a_sync_sent_after_the_copy_ended_is_read_by_the_server() -> None:
