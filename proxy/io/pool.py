@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from proxy import dbcheck, errors
+from proxy import dbadefault, dbcheck, errors
 from proxy.actions import AcquireServer, ServerQueryDone, ServerReady
 from proxy.config import Config
 from proxy.dbadefault import LearntDefaults, Probe, Start
@@ -392,11 +392,11 @@ class Pool:
             link = self.links.get(action.connect.server)
             if link is None or link.closed:
                 continue
-            asked = action.connect.request.parameters
-            if action.parameters is not asked:
+            request = action.connect.request
+            mark = dbadefault.target(request)
+            if mark is not None:  # (started with the limit or a lower default: either may be outdated by a reload)
                 link.server.parameters = dict(action.parameters)
-                link.dba_default = (action.connect.request.key.backend, action.connect.request.key.database,
-                                    action.connect.request.key.role), asked
+                link.dba_default = mark, request.parameters
             link.connected_at = time.monotonic()
             asyncio.get_running_loop().create_task(self._open(link))
 
