@@ -409,6 +409,7 @@ class Pool:
         value: int | None = None
         try:
             kwargs = dbcheck.connect_kwargs(backend, database, timeout, "pgtenant-default")
+            kwargs["options"] = ""  # (not PGOPTIONS of the proxy's environment: the server's own default only)
             conn = await asyncio.wait_for(
                 psycopg.AsyncConnection.connect(autocommit=True, **kwargs), timeout)  # type: ignore[arg-type]
             try:

@@ -4,12 +4,19 @@ lower of the two; SHOW and RESET read as PostgreSQL gives them; a reload learns 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 
-from tests.support.pgcluster import PgCluster
+from proxy.config import load_config
+from proxy.io.pool import Pool
+from proxy.limits import server_request as limited
+from proxy.pooling import ServerRequest, server_request
+from tests.support.pgcluster import PgCluster, free_port
 from tests.support.polling import until
 from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend
 
@@ -109,3 +116,39 @@ def test_a_reload_learns_the_dbas_new_default(proxy: ProxyProcess, pg: PgCluster
             assert conn.execute("SHOW statement_timeout").fetchone() == ("2s",)
     finally:
         _reload_learning(proxy, pg, "1s")
+
+
+def _first_start(proxy: ProxyProcess, port: int | None = None) -> tuple[dict[str, str], list[object]]:
+    """In this process, the I/O pool of the proxy's config asked for a server of dbalong's limited pool (its backend
+    on `port` for the probe, when given): the parameters the server is opened with, and the refusals its client
+    got. The server's opening itself is not run (only what it would start with is read)."""
+    config = load_config(proxy.config_path)
+    request: ServerRequest = limited(server_request(config, "dbalong"), 300.0)
+    if port is not None:
+        request = replace(request, backend=replace(request.backend, port=port))
+
+    async def main() -> tuple[dict[str, str], list[object]]:
+        metrics = SimpleNamespace(tenant=lambda name: name or "", pool_server_opened=lambda label: None)
+        pool = Pool(SimpleNamespace(config=config, metrics=metrics))  # type: ignore[arg-type]
+        opened: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+
+        async def open_(link: object) -> None:
+            opened.set_result(dict(link.server.parameters))  # type: ignore[attr-defined]
+
+        pool._open = open_  # type: ignore[method-assign]
+        refused: list[object] = []
+        client = SimpleNamespace(tenant=None, server_refused=lambda error, reason: refused.append(error),
+                                 server_granted=lambda link: None)
+        pool.request(client, request)  # type: ignore[arg-type]
+        return await asyncio.wait_for(opened, 30), refused
+
+    return asyncio.run(main())
+
+
+def test_the_probe_reads_the_servers_own_default_and_a_failed_one_leaves_the_limit(
+        proxy: ProxyProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=7s")  # (the proxy's environment is not the server's)
+    parameters, refused = _first_start(proxy)
+    assert (parameters["statement_timeout"], refused) == ("1000ms", [])
+    parameters, refused = _first_start(proxy, port=free_port())  # nothing listens there: the probe fails
+    assert (parameters["statement_timeout"], refused) == ("300000ms", [])  # today's behaviour, no client refused
