@@ -22,6 +22,9 @@ CONNECTION_CHECK = "client_connection_check_interval"
 # kept for that tenant this long after its last use (not closed to make room for another tenant): a tenant between
 # two queries does not pay a new server for each while a neighbour floods the budget (the noisy neighbour).
 KEEP_FOR_TENANT = 10.0
+# What a session's limits or agent profile add to its tenant's server context (proxy/limits.py, proxy/agent.py): a
+# pool with them is the tenant's too, kept by a reload that leaves the tenant's context as it was.
+SESSION_PARAMETERS = frozenset({"statement_timeout", "default_transaction_read_only"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,6 +591,9 @@ class PoolManager:
                 self._retire(pool, out)
                 continue
             current = server_request(config, pool.tenant)
+            own = {k: v for k, v in pool.key.context if k in SESSION_PARAMETERS and k not in current.parameters}
+            if own:  # (a limited or agent pool: the tenant's context and its sessions' own parameters)
+                current = with_parameters(current, own)
             replica = pool.request.replica
             replicas = {r.name for r in config.backends[current.backend.name].replicas}
             expected = current.key if replica is None else replica_key(current.key, replica)

@@ -2709,12 +2709,13 @@ class ClientSession:
             cap = limits.statement_timeout  # (an agent's server has its own, lower or not: never raised by this)
             if self.agent is not None:
                 cap = min(cap, self.agent.statement_timeout)
-            value = clamped_timeout(asked, cap)
-            self._startup_settings["statement_timeout"] = set_config_statement("statement_timeout", value)
-            start = timeouts.startup_context(asked, value) if self.agent is None else None
-            if start is not None:  # asked for more than the limit at startup: shown what it asked for
-                self.context.start(start)
-                self._tracking = True
+            if asked is not None:  # (else the servers' own startup value: the limit, or a DBA's lower default)
+                value = clamped_timeout(asked, cap)
+                self._startup_settings["statement_timeout"] = set_config_statement("statement_timeout", value)
+                start = timeouts.startup_context(asked, value) if self.agent is None else None
+                if start is not None:  # asked for more than the limit at startup: shown what it asked for
+                    self.context.start(start)
+                    self._tracking = True
         if limits.cuts_results:
             self._meter = ResultMeter(limits.max_result_rows, limits.max_result_bytes)
             self._executes = deque()

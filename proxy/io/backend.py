@@ -41,6 +41,10 @@ class ServerLink(asyncio.Protocol):
         self.connected_at = time.monotonic()
         self.on_query: Callable[[ServerQueryDone], None] | None = None  # who waits for the answer of `query`
         self.grants = 0  # how many times the pool handed it to a client
+        # Started with a DBA's lower statement_timeout default instead of its pool's limit: (target, the pool's
+        # parameters) (proxy/dbadefault.py); `stale` once that default changed (a reload): not handed out again.
+        self.dba_default: tuple[tuple[str, str, str], dict[str, str]] | None = None
+        self.stale = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses

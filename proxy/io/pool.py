@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from proxy import errors
+import psycopg
+
+from proxy import dbadefault, dbcheck, errors
 from proxy.actions import AcquireServer, ServerQueryDone, ServerReady
 from proxy.config import Config
+from proxy.dbadefault import LearntDefaults, Probe, Start
 from proxy.errors import PgError
 from proxy.io.backend import ServerLink
 from proxy.io.keepalive import keepalive
 from proxy.io.replicas import ReplicaPoller
 from proxy.logs import get_logger
+from proxy.policy.settings import setting_milliseconds
 from proxy.pooling import (
     Check,
     Close,
@@ -63,6 +68,8 @@ class Pool:
         self._replica_requests: dict[tuple[int, str], tuple[ServerRequest, ServerRequest]] = {}
         self._fallback: dict[int, ServerRequest] = {}  # id(client) -> its primary request, while it waits on a replica
         self.poller = ReplicaPoller(self)
+        self.defaults = LearntDefaults()  # a DBA's statement_timeout default under a limit (proxy/dbadefault.py)
+        self._probes: set[asyncio.Task[None]] = set()
 
     # --- the sessions' API -------------------------------------------------------------------
 
@@ -113,6 +120,8 @@ class Pool:
         link.detach()
         if link.closed:
             reusable = busy = False
+        elif link.stale:  # its statement_timeout default changed (a reload): closed, not handed out again
+            reusable = False
         self._run(self.manager.released(link.server.id, reusable=reusable, reset=reset, now=self.clock(),
                                         busy=busy))
 
@@ -122,7 +131,7 @@ class Pool:
         """`client` releases `link` at ReadyForQuery 'I' and would keep it (KeepServer): idle in the pool, its socket
         read by the link itself as an idle link's, while it stays installed in the client until it is reused or
         taken back (TakeBack); False (nothing done) if the pool wants it now."""
-        if not self.manager.keep(link.server.id, id(client), self.clock()):
+        if link.stale or not self.manager.keep(link.server.id, id(client), self.clock()):
             return False
         link.owner = None
         link.relay = None  # (an idle link reads its socket itself: anything unasked for closes it)
@@ -134,7 +143,7 @@ class Pool:
         choose that server's replica (or the primary) for it now: healthy, within its lag and read-your-writes bound
         (docs/pinning.md)."""
         now = self.clock()
-        if link.closed:
+        if link.closed or link.stale:
             return False
         choice = None
         if routed is not None and routed.route is not None:
@@ -154,6 +163,7 @@ class Pool:
         """`client` lets go of the server kept for it (its session has recorded what it left on it)."""
         self._clients.pop(id(client), None)
         self.manager.take_back(link.server.id, id(client))
+        self._close_stale()
         self._run(self.manager.dispatch(self.clock()))
 
     def pinned(self, link: ServerLink, pinned: bool) -> None:
@@ -197,6 +207,7 @@ class Pool:
         try:
             now = self.clock()
             self._run(self.manager.tick(now))
+            self._close_stale()
             if self.proxy.config.pool.client_message_timeout:  # (a message begun while a server is held)
                 for client in list(self._clients.values()):
                     client.message_tick(now)
@@ -208,6 +219,7 @@ class Pool:
         self.router.reconfigure(config)
         self._replica_requests.clear()
         self._run(self.manager.reconfigure(config))
+        self._starts(self.defaults.reload())  # (a DBA's ALTER ROLE ... SET since the last is seen now)
 
     def shutdown(self) -> None:
         if self._timer is not None:
@@ -365,7 +377,80 @@ class Pool:
         link = ServerLink(self, server)
         self.links[server.id] = link
         self.proxy.metrics.pool_server_opened(self.proxy.metrics.tenant(request.tenant))
-        asyncio.get_running_loop().create_task(self._open(link))
+        self._starts(self.defaults.connect(connect, self.clock()))
+
+    # --- a DBA's statement_timeout default under a limit (proxy/dbadefault.py) --------------------
+
+    def _starts(self, actions: list[Probe | Start]) -> None:
+        """Run what the learnt defaults answer: a probe, or a server's start with its parameters (a server closed
+        while it waited for a probe is not opened)."""
+        for action in actions:
+            if isinstance(action, Probe):
+                self._probes.add(task := asyncio.get_running_loop().create_task(self._probe(action)))
+                task.add_done_callback(self._probes.discard)
+                continue
+            link = self.links.get(action.connect.server)
+            if link is None or link.closed:
+                continue
+            request = action.connect.request
+            mark = dbadefault.target(request)
+            if mark is not None:  # (started with the limit or a lower default: either may be outdated by a reload)
+                link.server.parameters = dict(action.parameters)
+                link.dba_default = mark, request.parameters
+            link.connected_at = time.monotonic()
+            asyncio.get_running_loop().create_task(self._open(link))
+
+    async def _probe(self, probe: Probe) -> None:
+        """One connection of the proxy's own as the pool's role to its database, without statement_timeout:
+        `SHOW statement_timeout` is the server's own default (postgresql.conf, ALTER SYSTEM, ALTER DATABASE/ROLE
+        ... SET). A failure is logged and the servers start with the limit, as before."""
+        backend, database = probe.request.backend, probe.request.key.database
+        timeout = backend.connect_timeout
+        value: int | None = None
+        try:
+            kwargs = dbcheck.connect_kwargs(backend, database, timeout, "pgtenant-default")
+            kwargs["options"] = ""  # (not PGOPTIONS of the proxy's environment: the server's own default only)
+            conn = await asyncio.wait_for(
+                psycopg.AsyncConnection.connect(autocommit=True, **kwargs), timeout)  # type: ignore[arg-type]
+            try:
+                cur = await asyncio.wait_for(conn.execute("SHOW statement_timeout"), timeout)
+                row = await cur.fetchone()
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            shown = str(row[0]) if row else ""
+            value = setting_milliseconds(shown)
+            if value is None:
+                log.warning("statement_timeout_default_unread", backend=backend.name, database=database,
+                            role=probe.request.key.role, value=shown)
+            else:
+                log.info("statement_timeout_default_learnt", backend=backend.name, database=database,
+                         role=probe.request.key.role, value=shown)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            log.warning("statement_timeout_default_probe_failed", backend=backend.name, database=database,
+                        role=probe.request.key.role, error=str(exc) or type(exc).__name__)
+        self._starts(self.defaults.learnt(probe.target, probe.generation, value, self.clock()))  # type: ignore[arg-type]
+        self._retire_outdated(probe.target)
+
+    def _retire_outdated(self, target: object) -> None:
+        """After a default was learnt again (a reload): the servers of `target` started with another value are not
+        handed out again: an idle one closes now, one in use when it is released (or at the pool's next tick)."""
+        for link in list(self.links.values()):
+            mark = link.dba_default
+            if mark is None or mark[0] != target or link.stale:
+                continue
+            if self.defaults.outdated(mark[0], mark[1], link.server.parameters):
+                link.stale = True
+        self._close_stale()
+
+    def _close_stale(self) -> None:
+        for link in [x for x in self.links.values() if x.stale]:
+            entry = self.manager.servers.get(link.server.id)
+            if entry is not None and entry.state is State.IDLE and entry.cancels == 0 and entry.sticky is None:
+                log.info("server_outdated", server=link.server.id, reason="statement_timeout default changed")
+                self._forget(link, Closing.RETIRED)
+                link.terminate()
+                self._run(self.manager.closed(link.server.id, self.clock()))
 
     async def _open(self, link: ServerLink) -> None:
         loop = asyncio.get_running_loop()
@@ -420,6 +505,12 @@ class Pool:
         failure = Closing.RESET_FAILED if what == "reset" else Closing.CHECK_FAILED
 
         def done(answer: ServerQueryDone) -> None:
+            if answer.ok and link.stale:  # (its statement_timeout default changed meanwhile: closed)
+                log.info("server_outdated", server=server_id, reason="statement_timeout default changed")
+                self._forget(link, Closing.RETIRED)
+                link.terminate()
+                self._run(event(server_id, False, self.clock()))
+                return
             if answer.ok:
                 server.last_used = self.clock()
             else:

@@ -37,7 +37,8 @@ def clamped(policy: TenantPolicy, value: str | None) -> str | None:
 def set_value(policy: TenantPolicy, body: Node) -> tuple[Node, str] | None:
     """SET [LOCAL] statement_timeout = <value> (a VariableSetStmt): the argument to replace and the value
     PostgreSQL gets instead, or None. RESET / SET ... TO DEFAULT return to the server connection's startup value,
-    the limit itself (the pool starts the session's servers with it)."""
+    the limit itself, or the DBA's own default for the role and database where that is lower (the pool starts the
+    session's servers with the lower of the two: proxy/dbadefault.py)."""
     if not policy.statement_timeout_ms or body.get("kind") != "VAR_SET_VALUE":
         return None
     if (body.get("name") or "").lower() != NAME:

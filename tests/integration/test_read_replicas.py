@@ -549,6 +549,34 @@ def test_session_pooling_routes_at_connect(replicated: tuple[PgCluster, StandbyC
         p.stop()
 
 
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_a_replicas_own_lower_statement_timeout_default_binds_there(replicated: tuple[PgCluster, StandbyCluster],
+                                                                    tmp_path_factory: pytest.TempPathFactory,
+                                                                    mode: str) -> None:
+    """A session under a statement_timeout limit: its servers on the replica start with the replica's own default
+    where that is lower (ALTER SYSTEM on the standby, not replicated), its servers on the primary with the limit."""
+    primary, standby = replicated
+    standby.execute("ALTER SYSTEM SET statement_timeout = '1500ms'")
+    standby.execute("SELECT pg_reload_conf()")
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas-default"), mode, user_keys={
+        "rhea": {"route": "replica", "max_replica_lag": LONG, "statement_timeout": 300.0},
+        "ivan": {"route": "primary", "statement_timeout": 300.0}})
+    read = "SELECT current_setting('statement_timeout'), inet_server_port()"
+    try:
+        def on_the_replica() -> tuple[str, int] | None:
+            with psycopg.connect(p.dsn("rhea"), autocommit=True) as c:
+                row = c.execute(read).fetchone()
+                return row if row is not None and row[1] == standby.port else None
+
+        assert until(on_the_replica, 20, 0.05, "a route = replica session on the replica")[0] == "1500ms"
+        with psycopg.connect(p.dsn("ivan"), autocommit=True) as conn:
+            assert conn.execute(read).fetchone() == ("5min", primary.port)
+    finally:
+        p.stop()
+        standby.execute("ALTER SYSTEM RESET statement_timeout")
+        standby.execute("SELECT pg_reload_conf()")
+
+
 def test_an_etl_fed_replica_is_as_stale_as_its_query_says(replicated: tuple[PgCluster, StandbyCluster],
                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
     """A reporting database fed by ETL: its staleness comes from the configured query (here constants), not from

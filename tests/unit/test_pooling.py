@@ -10,6 +10,7 @@ import pytest
 
 from proxy import errors
 from proxy.config import Config, ReplicaConfig, parse_config
+from proxy.limits import server_request as limits_request
 from proxy.pooling import (
     KEEP_FOR_TENANT,
     Check,
@@ -25,6 +26,7 @@ from proxy.pooling import (
     TakeBack,
     replica_key,
     server_request,
+    with_parameters,
 )
 from proxy.reasons import CloseReason
 
@@ -598,6 +600,26 @@ def test_a_reload_that_changes_the_context_retires_the_pool(tmp_path: Path) -> N
     assert out == [Close(idle, Closing.RETIRED)]
     assert s.release("a1") == [Close(busy, Closing.RETIRED)]
     assert s.pm.rows(s.now)[0].tenant == "b"  # the old pool is gone, b's stays
+
+
+def test_a_reload_keeps_a_limited_or_agent_pool_whose_tenant_context_is_unchanged(tmp_path: Path) -> None:
+    """A pool whose sessions add a statement_timeout limit or the agent profile's parameters to the tenant's context
+    is kept by a reload that leaves that context alone (its idle servers stay, its waiters wait), and retired with
+    it otherwise."""
+    s = Script(config(tmp_path, pool={"pool_size": 1}))
+    limited = limits_request(s.requests["a"], 300.0)
+    agent = with_parameters(s.requests["b"], {"default_transaction_read_only": "on", "statement_timeout": "30000ms"})
+    s.requests["a"], s.requests["b"] = limited, agent
+    s.hold("a1")
+    s.request("a2")
+    idle = s.hold("b1")
+    s.release("b1")
+    (tmp_path / "x").mkdir()
+    assert s.pm.reconfigure(config(tmp_path / "x", pool={"pool_size": 1})) == []
+    (tmp_path / "y").mkdir()
+    out = s.pm.reconfigure(config(tmp_path / "y", pool={"pool_size": 1}, a={"tenant_id": "a2"}, b={"tenant_id": "b2"}))
+    assert [(type(a).__name__, getattr(a, "client", getattr(a, "server", None))) for a in out] == [
+        ("Refuse", "a2"), ("Close", idle)]
 
 
 def test_a_reload_refuses_the_waiters_of_a_retired_pool(tmp_path: Path) -> None:
