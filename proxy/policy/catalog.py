@@ -82,7 +82,8 @@ DENIED_RELATIONS: frozenset[str] = frozenset(
 # Shared and schema strategies: planner statistics hold real column values (most common values, histogram
 # bounds) of rows the tenant may not read -- other tenants' rows of a shared table, or any table some other
 # grant lets the role see (the attack suite found a PUBLIC-readable table's values through pg_stats in the
-# schema strategy). Only the database strategy, whose database is the tenant's own, may read them.
+# schema strategy). Only the database strategy, whose database is the tenant's own, may read them (without the system
+# schemas' rows where that database also holds schemas hidden from it: `_NOT_SYSTEM_STATS`).
 SHARED_DENIED_RELATIONS: frozenset[str] = frozenset(
     {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
 )
