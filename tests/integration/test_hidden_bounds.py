@@ -542,6 +542,10 @@ ORPHANS = {  # rows whose parent object the tenant cannot see (red team 9a5 p31.
     "pg_amop": "SELECT count(*) FROM pg_amop x LEFT JOIN pg_opfamily p ON p.oid = x.amopfamily WHERE p.oid IS NULL",
     "pg_amproc": "SELECT count(*) FROM pg_amproc x LEFT JOIN pg_opfamily p ON p.oid = x.amprocfamily "
                  "WHERE p.oid IS NULL",
+    "pg_depend.amop": "SELECT count(*) FROM pg_depend x LEFT JOIN pg_amop p ON p.oid = x.objid "
+                      "WHERE x.classid = 'pg_amop'::regclass AND p.oid IS NULL",
+    "pg_depend.amproc": "SELECT count(*) FROM pg_depend x LEFT JOIN pg_amproc p ON p.oid = x.objid "
+                        "WHERE x.classid = 'pg_amproc'::regclass AND p.oid IS NULL",
 }
 _HIDDEN_CHILDREN = ("CREATE TEXT SEARCH CONFIGURATION globex.k9_english (COPY = pg_catalog.english); "
                     "CREATE OPERATOR CLASS globex.k9_ops FOR TYPE int4 USING btree AS OPERATOR 1 <, OPERATOR 2 <=, "
