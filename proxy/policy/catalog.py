@@ -82,7 +82,8 @@ DENIED_RELATIONS: frozenset[str] = frozenset(
 # Shared and schema strategies: planner statistics hold real column values (most common values, histogram
 # bounds) of rows the tenant may not read -- other tenants' rows of a shared table, or any table some other
 # grant lets the role see (the attack suite found a PUBLIC-readable table's values through pg_stats in the
-# schema strategy). Only the database strategy, whose database is the tenant's own, may read them.
+# schema strategy). Only the database strategy, whose database is the tenant's own, may read them (without the system
+# schemas' rows where that database also holds schemas hidden from it: `_NOT_SYSTEM_STATS`).
 SHARED_DENIED_RELATIONS: frozenset[str] = frozenset(
     {"pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"}
 )
@@ -305,6 +306,14 @@ TYPE_COLUMNS: dict[str, tuple[str, ...]] = {
     "pg_transform": ("trftype",),
 }
 PROC_COLUMNS: dict[str, tuple[str, ...]] = {"pg_aggregate": ("aggfnoid",)}
+# Catalogs whose rows belong to an object of another schema-owned catalog: {catalog: (column, (parent, its
+# namespace column))} (a hidden text search configuration's token map, a hidden operator family's members: red team
+# 9a5 F12).
+CHILD_COLUMNS: dict[str, tuple[str, tuple[str, str]]] = {
+    "pg_ts_config_map": ("mapcfg", ("pg_ts_config", "cfgnamespace")),
+    "pg_amop": ("amopfamily", ("pg_opfamily", "opfnamespace")),
+    "pg_amproc": ("amprocfamily", ("pg_opfamily", "opfnamespace")),
+}
 # Catalogs that describe objects of any catalog by (class OID, object OID) pairs.
 OBJECT_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "pg_depend": (("classid", "objid"), ("refclassid", "refobjid")),
@@ -371,11 +380,12 @@ STAT_VIEWS: dict[str, str] = {  # view -> the column holding the relation the ro
 }
 _STAT_IDENTITY = frozenset({"relid", "indexrelid", "schemaname", "relname", "indexrelname"})
 SCRUBBED_RELATIONS: frozenset[str] = frozenset({"pg_class", *STAT_VIEWS})
-# System catalogs, their indexes and TOAST tables (OIDs below FirstNormalObjectId) hold every tenant's objects in the
-# shared and schema strategies: their counters and estimates (pg_attribute's n_tup_ins moved with another tenant's
-# CREATE TEMP TABLE, pg_class's n_live_tup counted hidden relations: red team round 3 R6) are replaced likewise.
+# System catalogs, their indexes and TOAST tables (OIDs below FirstNormalObjectId) hold every tenant's objects
+# wherever the database holds schemas hidden from the tenant (`hides_namespaces`: the shared and schema strategies,
+# and a database tenant of a database with schema tenants, red team 9a5 F13b): their counters and estimates
+# (pg_attribute's n_tup_ins moved with another tenant's CREATE TEMP TABLE, pg_class's n_live_tup counted hidden
+# relations: red team round 3 R6) are replaced likewise.
 _SYSTEM_OIDS = "'16384'::pg_catalog.oid"
-SCRUBBING_STRATEGIES = frozenset({"shared", "schema"})
 # Every strategy: ACLs name the roles privileges were granted to (other tenants' backend roles, on a shared schema
 # say); the entries naming a role the tenant may not see are left out.
 ACL_COLUMNS: dict[str, str] = {
@@ -390,7 +400,7 @@ CATALOG_TABLES: frozenset[str] = frozenset(
     {"pg_namespace", "pg_database", "pg_auth_members", "pg_default_acl", "pg_largeobject_metadata",
      "pg_shdescription", "pg_shseclabel", "pg_db_role_setting",
      *NAMESPACE_OID_COLUMNS, *RELATION_COLUMNS,
-     *TYPE_COLUMNS, *PROC_COLUMNS, *OBJECT_COLUMNS, *ACL_COLUMNS}
+     *TYPE_COLUMNS, *PROC_COLUMNS, *CHILD_COLUMNS, *OBJECT_COLUMNS, *ACL_COLUMNS}
 )
 # The session's own prepared statements, not the server's: see `_prepared_statements_filter`.
 PREPARED_STATEMENTS = "pg_prepared_statements"
@@ -399,10 +409,13 @@ COLUMN_LISTED: frozenset[str] = frozenset({*SCRUBBED_RELATIONS, *ACL_COLUMNS, *R
 
 
 def _in_visible(policy: TenantPolicy, catalog: str, nspcol: str, expr: str) -> str:
-    return (
-        f"{expr} IN (SELECT pgt_c.oid FROM pg_catalog.{catalog} pgt_c WHERE "
-        + namespace_visible(policy, f"pgt_c.{nspcol}") + ")"
-    )
+    """Predicate: `expr` is the OID of an object of `catalog` the tenant sees (a relation: with the TOAST table or
+    index of a hidden relation left out, red team 9a5 F12)."""
+    if catalog == "pg_class":
+        visible = relation_visible(policy, "pgt_c.oid", f"pgt_c.{nspcol}")
+    else:
+        visible = namespace_visible(policy, f"pgt_c.{nspcol}")
+    return f"{expr} IN (SELECT pgt_c.oid FROM pg_catalog.{catalog} pgt_c WHERE {visible})"
 
 
 def _hidden_object(policy: TenantPolicy, classid: str, objid: str) -> str:
@@ -411,9 +424,11 @@ def _hidden_object(policy: TenantPolicy, classid: str, objid: str) -> str:
     for catalog, nspcol in sorted(NAMESPACE_OID_COLUMNS.items()):
         if catalog == "pg_publication_namespace":
             continue
+        visible = (relation_visible(policy, "pgt_h.oid", f"pgt_h.{nspcol}") if catalog == "pg_class"
+                   else namespace_visible(policy, f"pgt_h.{nspcol}"))
         terms.append(
             f"({classid} = 'pg_catalog.{catalog}'::pg_catalog.regclass AND {objid} IN (SELECT pgt_h.oid FROM "
-            f"pg_catalog.{catalog} pgt_h WHERE NOT " + namespace_visible(policy, f"pgt_h.{nspcol}") + "))"
+            f"pg_catalog.{catalog} pgt_h WHERE NOT {visible}))"
         )
     terms.append(
         f"({classid} = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND NOT "
@@ -453,7 +468,7 @@ def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...])
     """The column values `relation`'s wrapper replaces ({column: SQL with {ref}}) and its extra FROM items."""
     replaced: dict[str, str] = {}
     extra = ""
-    if policy.strategy == "database" and relation in SCRUBBED_RELATIONS:
+    if not hides_namespaces(policy) and relation in SCRUBBED_RELATIONS:  # a database tenant alone in its database
         # the shared catalogs' figures are the cluster's: pg_database counts every database, pg_authid every role,
         # their index scans every backend start of every tenant (red team 7 F3)
         values = SCRUBBED_PG_CLASS if relation == "pg_class" else {
@@ -465,7 +480,7 @@ def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...])
         ident = STAT_VIEWS.get(relation, "oid")
         scrub = '{ref}."relisshared"' if relation == "pg_class" else shared_relation(f'{{ref}}."{ident}"')
         extra = f", LATERAL (SELECT {scrub} AS pgt_scrub) pgt_s"
-    if policy.strategy in SCRUBBING_STRATEGIES and relation in SCRUBBED_RELATIONS:
+    if hides_namespaces(policy) and relation in SCRUBBED_RELATIONS:
         ident = "oid" if relation == "pg_class" else STAT_VIEWS[relation]
         values = SCRUBBED_PG_CLASS if relation == "pg_class" else {
             c: "NULL" for c in columns if c not in _STAT_IDENTITY
@@ -498,6 +513,10 @@ _NOT_SHARED_STATS = (
     "NOT ({ref}.\"schemaname\" = 'pg_catalog' AND {ref}.\"tablename\" IN (SELECT pgt_r.relname FROM "
     "pg_catalog.pg_class pgt_r WHERE pgt_r.relisshared))"
 )
+# A database tenant of a database that holds hidden schemas: no system schema's rows (the catalogs' histograms and
+# most common values hold the hidden schemas' names and their objects', red team 9a5 F15), as the shared and schema
+# strategies, where these views are denied.
+_NOT_SYSTEM_STATS = "NOT ({ref}.\"schemaname\" IN ('pg_catalog', 'information_schema', 'pg_toast'))"
 
 
 def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) -> Filter | None:
@@ -641,8 +660,10 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             *((r, ("pg_class", "relnamespace")) for r in RELATION_COLUMNS),
             *((r, ("pg_type", "typnamespace")) for r in TYPE_COLUMNS),
             *((r, ("pg_proc", "pronamespace")) for r in PROC_COLUMNS),
+            *((r, parent) for r, (_, parent) in CHILD_COLUMNS.items()),
         ):
-            columns = RELATION_COLUMNS.get(table) or TYPE_COLUMNS.get(table) or PROC_COLUMNS[table]
+            columns = (RELATION_COLUMNS.get(table) or TYPE_COLUMNS.get(table) or PROC_COLUMNS.get(table)
+                       or (CHILD_COLUMNS[table][0],))
             out[table] = Filter(
                 "catalog", f"pg_catalog.{table}", columns[0],
                 " AND ".join(_in_visible(policy, catalog, nspcol, f'{{ref}}."{c}"') for c in columns),
@@ -658,9 +679,12 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
                 visible += " AND " + toast_row_visible(policy, f'{{ref}}."{STAT_VIEWS[view]}"', '{ref}."schemaname"')
             out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", visible)
     if policy.strategy == "database":
+        # where the database holds hidden schemas, no system catalog's: their histograms list every schema's and
+        # object's name (red team 9a5 F15)
+        leave_out = _NOT_SYSTEM_STATS if hides_namespaces(policy) else _NOT_SHARED_STATS
         for view in DATABASE_STATS_VIEWS:
             current = out.get(view)
-            predicate = _NOT_SHARED_STATS if current is None else f"({current.template}) AND {_NOT_SHARED_STATS}"
+            predicate = leave_out if current is None else f"({current.template}) AND {leave_out}"
             out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", predicate)
     out[CURSORS] = _CURSORS_FILTER
     statements = policy.catalog_columns.get(PREPARED_STATEMENTS)

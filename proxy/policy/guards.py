@@ -396,8 +396,9 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
         return f"{o} = ANY ({vis.role_array(policy)})"
     if kind_name == "database":
         return f"{o} = {vis.current_database_oid()}"
-    if kind_name == "dbsize":  # a shared database holds other tenants' rows: only a database tenant's own
-        return f"{o} = {vis.current_database_oid()}" if policy.strategy == "database" else "false"
+    if kind_name == "dbsize":  # a shared database holds other tenants' rows: only a database tenant's own, and
+        # only where it holds no schema hidden from it (its size counts theirs: red team 9a5 F13)
+        return f"{o} = {vis.current_database_oid()}" if not vis.hides_namespaces(policy) else "false"
     if kind_name == "trigger":
         return _by_relation(policy, "pg_trigger", "tgrelid", o) if vis.hides_namespaces(policy) else "true"
     if kind_name == "rule":
@@ -419,8 +420,9 @@ def visible(policy: TenantPolicy, kind_name: str, o: str) -> str:
         exists = _in_catalog(policy, kind, o)
     if kind_name == "sized" and policy.strategy == "shared":
         exists = f"({exists} AND NOT {o} IN {vis.scoped_relations(policy)})"
-    if kind_name == "sized" and policy.strategy != "database":
-        # a system catalog's size grows with every tenant's DDL (red team round 4 F2), as its counters would
+    if kind_name == "sized" and vis.hides_namespaces(policy):
+        # a system catalog's size grows with every tenant's DDL (red team round 4 F2), as its counters would; so
+        # in the database strategy where the database holds hidden schemas (red team 9a5 F13b)
         exists = f"({exists} AND NOT {_system_relation(o)})"
     elif kind_name == "sized":  # a shared catalog's size grows with every database and role (red team 7 F3)
         exists = f"({exists} AND NOT {o} IN (SELECT pgt_y.oid FROM pg_catalog.pg_class pgt_y WHERE pgt_y.relisshared))"

@@ -483,3 +483,151 @@ def test_a_prepare_refused_behind_one_in_flight_keeps_the_first_text(proxies: di
     assert got["globex"] == ([(b"C", b"PREPARE\x00"), (b"Z", b"I"), (b"E", "42P05"), (b"Z", b"I")],
                              [struct.pack("!hi", 2, 4) + b"bi_f" + struct.pack("!i", len(text)) + text]), got
 
+
+# --- red team 9a5 F12, F13, F15: the catalogs of a database that holds a hidden schema ------------------------------
+
+CATALOG_NAMES = ("SELECT tablename || '.' || attname, most_common_vals::text, histogram_bounds::text FROM pg_stats "
+                 "WHERE schemaname = 'pg_catalog' AND tablename IN ('pg_namespace', 'pg_class', 'pg_type', "
+                 "'pg_constraint') AND attname IN ('nspname', 'relname', 'typname', 'conname')")
+
+
+def _rows(conn: pq.PGconn, sql: str, extended: bool) -> list[Any]:
+    """The rows of `sql`, which must succeed."""
+    [(status, _, rows, error)] = _results(conn, sql, extended)
+    assert status == "TUPLES_OK", (sql, error)
+    return [tuple(None if v is None else v.decode() for v in row) for row in rows]
+
+
+def _tenant_connect(proxy: ProxyProcess, user: str, db: str) -> pq.PGconn:
+    conn = pq.PGconn.connect(proxy.dsn(user, dbname=db).encode())
+    assert conn.status == pq.ConnStatus.OK, conn.error_message
+    return conn
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_reads_no_hidden_names_in_the_catalogs_statistics(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, protocol: str) -> None:
+    """Red team 9a5 F15: dan (database tenant of `saas`, which holds the schema tenant's `globex`) read `globex` and
+    its tables', indexes', constraints' and types' names in pg_stats of pg_namespace/pg_class/pg_type/pg_constraint
+    (their histograms and most common values, once the catalogs are analyzed, as autovacuum does). pg_stats lists no
+    system catalog's rows for him now; his own tables' statistics stay."""
+    pg.execute("ANALYZE pg_catalog.pg_namespace, pg_catalog.pg_class, pg_catalog.pg_type, pg_catalog.pg_constraint",
+               dbname="saas")
+    assert "globex" in str(pg.execute(CATALOG_NAMES, dbname="saas"))  # directly: the histograms name it
+    conn = _connect(proxies[mode], "database")
+    try:
+        extended = protocol == "extended"
+        assert _rows(conn, CATALOG_NAMES, extended) == []
+        seen = _rows(conn, "SELECT schemaname, tablename, attname, most_common_vals::text, histogram_bounds::text "
+                     "FROM pg_stats", extended)
+        assert "globex" not in str(seen).lower(), seen
+        assert not [r for r in seen if r[0] in ("pg_catalog", "pg_toast", "information_schema")], seen
+        for view in ("pg_stats_ext", "pg_stats_ext_exprs"):
+            assert _rows(conn, f"SELECT count(*) FROM {view} WHERE schemaname = 'pg_catalog'", extended) == [("0",)]
+    finally:
+        conn.finish()
+
+
+CATALOG_FIGURES = (
+    "SELECT pg_database_size(current_database()), pg_database_size('saas'), pg_relation_size('pg_attribute'), "
+    "pg_total_relation_size('pg_catalog.pg_class'), pg_table_size('pg_type'), pg_indexes_size('pg_depend')",
+    "SELECT reltuples::text, relpages::text FROM pg_class WHERE relname IN ('pg_attribute', 'pg_class', "
+    "'pg_namespace') ORDER BY relname",
+    "SELECT n_tup_ins, n_live_tup, seq_scan FROM pg_stat_all_tables WHERE relname IN ('pg_attribute', 'pg_class') "
+    "ORDER BY relname",
+    "SELECT heap_blks_hit FROM pg_statio_sys_tables WHERE relname = 'pg_attribute'",
+)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_reads_no_hidden_volume_in_sizes_and_counters(
+        proxies: dict[str, ProxyProcess], mode: str, protocol: str) -> None:
+    """Red team 9a5 F13/F13b: dan's pg_database_size(current_database()) grew and shrank with a table in the
+    hidden `globex` (+4,857,856 bytes for 20,000 rows), and the system catalogs' estimates, sizes and counters
+    (pg_attribute's reltuples/relpages/pg_relation_size, pg_class's n_tup_ins) counted its objects and DDL. They
+    read NULL (`-1`/`0` for the estimates) as in the shared and schema strategies; his own table keeps its size."""
+    conn = _connect(proxies[mode], "database")
+    extended = protocol == "extended"
+    try:
+        sizes, estimates, counters, io = (_rows(conn, sql, extended) for sql in CATALOG_FIGURES)
+        assert sizes == [(None,) * 6], sizes
+        assert estimates == [("-1", "0")] * 3, estimates
+        assert counters == [(None, None, None)] * 2, counters
+        assert io == [(None,)], io
+        _results(conn, "CREATE TEMP TABLE sized_own AS SELECT g AS a FROM generate_series(1, 100) g")
+        assert _rows(conn, "SELECT pg_total_relation_size('sized_own') > 0", extended) == [("t",)]
+    finally:
+        conn.finish()
+
+
+ORPHANS = {  # rows whose parent object the tenant cannot see (red team 9a5 p31.py): none
+    "pg_attribute": "SELECT count(*) FROM pg_attribute x LEFT JOIN pg_class p ON p.oid = x.attrelid "
+                    "WHERE p.oid IS NULL",
+    "pg_index.indrelid": "SELECT count(*) FROM pg_index x LEFT JOIN pg_class p ON p.oid = x.indrelid "
+                         "WHERE p.oid IS NULL",
+    "pg_index.indexrelid": "SELECT count(*) FROM pg_index x LEFT JOIN pg_class p ON p.oid = x.indexrelid "
+                           "WHERE p.oid IS NULL",
+    "pg_depend.objid": "SELECT count(*) FROM pg_depend x LEFT JOIN pg_class p ON p.oid = x.objid "
+                       "WHERE x.classid = 'pg_class'::regclass AND p.oid IS NULL",
+    "pg_depend.refobjid": "SELECT count(*) FROM pg_depend x LEFT JOIN pg_class p ON p.oid = x.refobjid "
+                          "WHERE x.refclassid = 'pg_class'::regclass AND p.oid IS NULL",
+    "pg_ts_config_map": "SELECT count(*) FROM pg_ts_config_map x LEFT JOIN pg_ts_config p ON p.oid = x.mapcfg "
+                        "WHERE p.oid IS NULL",
+    "pg_amop": "SELECT count(*) FROM pg_amop x LEFT JOIN pg_opfamily p ON p.oid = x.amopfamily WHERE p.oid IS NULL",
+    "pg_amproc": "SELECT count(*) FROM pg_amproc x LEFT JOIN pg_opfamily p ON p.oid = x.amprocfamily "
+                 "WHERE p.oid IS NULL",
+    "pg_depend.amop": "SELECT count(*) FROM pg_depend x LEFT JOIN pg_amop p ON p.oid = x.objid "
+                      "WHERE x.classid = 'pg_amop'::regclass AND p.oid IS NULL",
+    "pg_depend.amproc": "SELECT count(*) FROM pg_depend x LEFT JOIN pg_amproc p ON p.oid = x.objid "
+                        "WHERE x.classid = 'pg_amproc'::regclass AND p.oid IS NULL",
+}
+_HIDDEN_CHILDREN = ("CREATE TEXT SEARCH CONFIGURATION globex.k9_english (COPY = pg_catalog.english); "
+                    "CREATE OPERATOR CLASS globex.k9_ops FOR TYPE int4 USING btree AS OPERATOR 1 <, OPERATOR 2 <=, "
+                    "OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >, FUNCTION 1 btint4cmp(int4, int4)")
+_HIDDEN_CHILDREN_DROP = ("DROP TEXT SEARCH CONFIGURATION IF EXISTS globex.k9_english; "
+                         "DROP OPERATOR FAMILY IF EXISTS globex.k9_ops USING btree")
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_rows_of_hidden_toast_tables_and_hidden_parents_are_not_listed(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, strategy: str) -> None:
+    """Red team 9a5 F12: pg_attribute, pg_index and pg_depend listed the rows of the TOAST tables (and their
+    indexes) of globex's tables, and pg_ts_config_map the token map of a text search configuration in `globex`
+    (pg_amop/pg_amproc: an operator family's members likewise), while their parents were hidden: how many of another
+    tenant's relations have a TOAST table, and that its schema holds such objects."""
+    assert pg.execute("SELECT count(*) FROM pg_class WHERE relnamespace = 'globex'::regnamespace AND "
+                      "reltoastrelid <> 0", dbname="saas")[0][0] > 0
+    pg.execute(_HIDDEN_CHILDREN_DROP + "; " + _HIDDEN_CHILDREN, dbname="saas")
+    try:
+        conn = _connect(proxies[mode], strategy)
+        try:
+            got = {name: _rows(conn, sql, False) for name, sql in ORPHANS.items()}
+        finally:
+            conn.finish()
+    finally:
+        pg.execute(_HIDDEN_CHILDREN_DROP, dbname="saas")
+    listed = {name: rows for name, rows in got.items() if rows != [("0",)]}
+    assert not listed, f"rows of hidden parents listed: {listed}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_alone_in_its_database_reads_its_catalogs_statistics(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str) -> None:
+    """The database strategy where no schema of the database is hidden (ivan, alone in `initech`): the catalogs'
+    statistics stay readable (BI tools read them): pg_stats of pg_class, its estimates, sizes and counters, the
+    database's size. Only the shared catalogs' figures (the cluster's) stay out (red team 7 F2/F3)."""
+    pg.execute("ANALYZE pg_catalog.pg_class", dbname="initech")
+    conn = _tenant_connect(proxies[mode], "ivan", "initech")
+    try:
+        for sql in ("SELECT count(*) > 0 FROM pg_stats WHERE schemaname = 'pg_catalog' AND tablename = 'pg_class' "
+                    "AND attname = 'relname'",
+                    "SELECT reltuples > 0 AND relpages > 0 FROM pg_class WHERE relname = 'pg_class'",
+                    "SELECT pg_database_size(current_database()) > 0 AND pg_relation_size('pg_attribute') > 0",
+                    "SELECT n_live_tup IS NOT NULL FROM pg_stat_all_tables WHERE relname = 'pg_class'",
+                    "SELECT count(*) = 0 FROM pg_stats WHERE tablename = 'pg_database'"):
+            assert _rows(conn, sql, False) == [("t",)], sql
+    finally:
+        conn.finish()
