@@ -1034,6 +1034,19 @@ cdef object _judge(object sql, object judge, int mode):
     return _judged(sql, mode == 1)
 
 
+cpdef object lone_query_text(bytes data):
+    """proxy.replicas.lone_query_text: the frame checked and the text decoded in place."""
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n < 6 or p[0] != 0x51 or p[n - 1] != 0 or _u32(p + 1) != n - 1:
+        return None
+    try:
+        sql = PyUnicode_DecodeUTF8(<const char *>p + 5, n - 6, NULL)
+    except UnicodeDecodeError:
+        return None  # (messages.query_text: InvalidText, a DecodeError)
+    return None if "\x00" in sql else sql  # (an inner NUL: its text ends before the frame does, a DecodeError)
+
+
 cpdef object read_only_request(data, statement, judge=None):
     """proxy.replicas.read_only_request: the messages walked in place (no body copied, a name or text decoded only
     where it is judged), a kept verdict read without a call into Python."""

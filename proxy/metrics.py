@@ -528,11 +528,11 @@ class Metrics:
         """A request of a routed session of `tenant` went to `server` (a replica's name, "primary"), or nowhere
         ("refused"): a plain count (_RoutedCollector), the tenant's label looked up once per key."""
         key = (tenant, backend, server)
-        n = self._routed.get(key)
-        if n is None:
+        try:
+            self._routed[key] += 1
+        except KeyError:
             self._routed_labels[key] = (self.tenant(tenant), backend, server)
-            n = 0
-        self._routed[key] = n + 1
+            self._routed[key] = 1
 
     def pool_waited(self, tenant: str, seconds: float) -> None:
         """A client of a tenant label got a server after waiting `seconds`."""

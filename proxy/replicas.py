@@ -17,6 +17,7 @@ from proxy._accel import speedups
 from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
 from proxy.policy import readonly, shape
+from proxy.protocol import messages as m
 
 # What the poller asks (the I/O layer runs it with the backend's own credentials, never a tenant's).
 PRIMARY_PROBE = "SELECT pg_is_in_recovery(), pg_current_wal_insert_lsn()::text"
@@ -216,10 +217,11 @@ class Routed:
         self.wrote = False
         return Route(self.routing, False, self.wrote_at)
 
-    def released(self, replica: str | None, now: float) -> None:
-        """The session gives its server back: a primary after requests that may have written marks a write."""
+    def released(self, replica: str | None, clock: Callable[[], float]) -> None:
+        """The session gives its server back: a primary after requests that may have written marks a write (at
+        `clock()`, read only then)."""
         if replica is None and self.wrote:
-            self.wrote_at = now
+            self.wrote_at = clock()
         self.wrote = self.watching = False
 
 
@@ -234,15 +236,15 @@ def routed(config: Config, user: str) -> Routed | None:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    """Where a request goes: `replica` (its name), or the primary (None); or `refusal` when it may go nowhere."""
+    """Where a request goes: `replica` (its name), or the primary (None); or `refusal` when it may go nowhere.
+    `server`: where it went, as the metrics name it: the replica, "primary" or "refused"."""
 
     replica: str | None = None
     refusal: PgError | None = None
+    server: str = field(init=False, default="")
 
-    @property
-    def server(self) -> str:
-        """Where it went, as the metrics name it: the replica, "primary" or "refused"."""
-        return "refused" if self.refusal is not None else self.replica or "primary"
+    def __post_init__(self) -> None:  # (made once per replica, refusal or primary: read per routed request)
+        object.__setattr__(self, "server", "refused" if self.refusal is not None else self.replica or "primary")
 
 
 _PRIMARY = Choice()
@@ -305,9 +307,17 @@ class Router:
         if kind == "primary" or (kind == "auto" and not route.read_only):
             return _PRIMARY if replica is None else None
         s = self.sets.get(backend)
-        names = s.candidates(now, routing.max_replica_lag, route.wrote_at, routing.max_staleness) if s else []
+        if s is None:
+            names: list[str] = []
+        else:  # (the usual case, no write to hold, read inline: ReplicaSet.candidates' cached fit)
+            fit = s._fit.get(routing.max_replica_lag) if route.wrote_at is None else None
+            names = fit[0] if fit is not None and now <= fit[1] else s.candidates(
+                now, routing.max_replica_lag, route.wrote_at, routing.max_staleness)
         if replica is not None:
-            return self._choice(replica) if replica in names else None
+            if replica not in names:
+                return None
+            choice = self._choices.get(replica)
+            return choice if choice is not None else self._choice(replica)
         if names or (kind == "replica" and routing.replica_fallback == "refuse"):
             return None
         return _PRIMARY
@@ -382,6 +392,18 @@ def read_only_request(data: bytes, statement: Callable[[str], str | None],
 
 
 _LENGTH = struct.Struct("!I").unpack_from
+
+
+def lone_query_text(data: bytes) -> str | None:
+    """The SQL of `data` when it is exactly one Query message whose text decodes (messages.query_text), else None
+    (the session's routing then judges it by its walk: read_only_request)."""
+    n = len(data)
+    if n < 6 or data[0] != 0x51 or data[n - 1] != 0 or _LENGTH(data, 1)[0] != n - 1:
+        return None
+    try:
+        return m.query_text(data[5:])
+    except m.DecodeError:
+        return None
 
 
 def _cstring(body: bytes, at: int) -> tuple[str, int]:
@@ -468,3 +490,4 @@ def serializable(statement: str | None) -> bool:
 
 if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
     read_only_request = speedups.read_only_request
+    lone_query_text = speedups.lone_query_text

@@ -281,8 +281,8 @@ class ClientSession:
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
         "_notices", "_open_batch", "_overrides", "_owed", "_paged",
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_prepares", "_released",
-        "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_retags", "_scope", "_sequences",
-        "_settling", "_slot_held",
+        "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_resume_ask", "_retags", "_scope",
+        "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
         "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_tracking",
         "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
@@ -405,6 +405,7 @@ class ClientSession:
         self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self._sticky = False  # transaction pooling: the released server is kept for the session (KeepServer)
+        self._resume_ask: AcquireServer | None = None  # a routed session's last `resume_route` (kept: see there)
         self._stall: tuple[int, float] | None = None  # a message begun with a server held: (frontend.begun, seen at)
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
@@ -1129,7 +1130,7 @@ class ClientSession:
                 if self._may_keep(desired):
                     self._sticky = True
                     if self.routing is not None:  # (its release's part for read-your-writes: a write ends now)
-                        self.routing.released(self.server.replica, self.clock())  # type: ignore[union-attr]
+                        self.routing.released(self.server.replica, self.clock)  # type: ignore[union-attr]
                     return [*actions, KeepServer()]
                 return actions + self._release()
         if desired is not None and desired != self._applied:
@@ -1244,7 +1245,10 @@ class ClientSession:
             return None
         assert self.request is not None
         self.routing.judged = len(data)
-        return AcquireServer(self.request, self._route_of(data))
+        route, ask = self._route_of(data), self._resume_ask
+        if ask is None or ask.route is not route or ask.request is not self.request:  # (the usual Route is the same
+            ask = self._resume_ask = AcquireServer(self.request, route)  # object at every read: its ask is kept)
+        return ask
 
     def server_resumed(self) -> list[Action]:
         """Event: the session holds the server kept for it again (its next request is about to be read): no replay,
@@ -1283,7 +1287,7 @@ class ClientSession:
         self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
         self._sequences.released(server)
         if self.routing is not None:
-            self.routing.released(server.replica, self.clock())
+            self.routing.released(server.replica, self.clock)
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason, busy=busy)]
@@ -1598,12 +1602,13 @@ class ClientSession:
         """The Route of the request(s) in `data` (the routing's bookkeeping of it, Routed.route, done)."""
         routing = self.routing
         assert routing is not None
-        if replicas.serializable(self._overrides.get(replicas.ISOLATION) or self._startup_settings.get(
-                replicas.ISOLATION)):  # (a standby refuses SERIALIZABLE transactions)
+        isolation = self._overrides.get(replicas.ISOLATION) or self._startup_settings.get(replicas.ISOLATION)
+        if isolation is not None and replicas.serializable(isolation):  # (a standby refuses SERIALIZABLE ones)
             return routing.route(False)
         if self.agent is not None:
             return routing.route(True)
-        read_only = self._decided_read_only(data)
+        sql = replicas.lone_query_text(data)
+        read_only = self._decided_read_only(sql) if sql is not None else None
         if read_only is None:
             read_only = replicas.read_only_request(data, self._statement_text)
         if read_only:  # (the usual case: no closure to build)
@@ -1619,19 +1624,13 @@ class ClientSession:
         s = (st.named.get(name) if name else st.unnamed) if st is not None else None
         return s.sql if s is not None else None
 
-    def _decided_read_only(self, data: bytes) -> bool | None:
-        """When `data` is one Query whose decision the policy cache holds: whether it only reads, as the decision
-        says (READ_ONLY, judged once per text or shape with it), the decision kept for the gate that reads the Query
-        next (one cache lookup for both); else None (the text is judged: replicas.read_only_request)."""
-        n = len(data)
-        if n < 6 or data[0] != 0x51 or data[-1] != 0 or int.from_bytes(data[1:5]) != n - 1:
-            return None
+    def _decided_read_only(self, sql: str) -> bool | None:
+        """When the request is one Query (`sql`: its text, replicas.lone_query_text) whose decision the policy cache
+        holds: whether it only reads, as the decision says (READ_ONLY, judged once per text or shape with it), the
+        decision kept for the gate that reads the Query next (one cache lookup for both); else None (the text is
+        judged: replicas.read_only_request)."""
         cached = getattr(self.decide, "cached", None)
         if cached is None:
-            return None
-        try:
-            sql = query_text(data[5:])
-        except m.DecodeError:
             return None
         decision = cached(sql)
         if decision is None:

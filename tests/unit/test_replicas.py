@@ -204,6 +204,31 @@ def test_a_kept_server_serves_only_what_the_router_could_choose_it_for(tmp_path:
     assert router.kept("main", Route(replace(every, replica_fallback="refuse"), True), 16.0, None) is None
 
 
+def test_a_kept_replica_server_is_not_reused_once_its_replica_fell_behind_or_went_silent_without_a_probe(
+        tmp_path: Path) -> None:
+    """The fit `kept` reads (the candidates kept per max_lag until a probe, or the time one of them stops being fit)
+    holds only until then: a replica behind the primary lags past max_lag as time passes, a silent one goes down,
+    with no probe in between; read-your-writes is judged per write, never from that fit."""
+    router = Router(config(tmp_path))  # type: ignore[arg-type]
+    s = router.sets["main"]
+    read = Route(RoutingConfig(route="auto", max_replica_lag=5.0), read_only=True)
+    s.primary_polled(10.0, False, "0/100")
+    s.primary_polled(11.0, False, "0/200")
+    s.replica_polled("r1", 11.1, True, "0/100")  # fresh as of 10.0, not caught up
+    s.replica_polled("r2", 11.1, True, "0/200")  # caught up
+    assert router.kept("main", read, 11.2, "r1") is not None and router.kept("main", read, 11.2, "r2") is not None
+    assert router.kept("main", read, 14.9, "r1") is not None
+    assert router.kept("main", read, 15.1, "r1") is None  # 5.1 s behind: lagging, no probe needed to see it
+    assert router.kept("main", read, 15.1, "r2") is not None
+    silent = 11.1 + replicas.SILENCE_POLLS * s.poll_interval + s.probe_timeout
+    assert router.kept("main", read, silent - 0.1, "r2") is not None
+    assert router.kept("main", read, silent + 0.1, "r2") is None  # no probe for too long: down
+    s.replica_polled("r2", silent + 0.2, True, "0/200")
+    assert router.kept("main", read, silent + 0.3, "r2") is not None
+    assert router.kept("main", Route(read.routing, True, wrote_at=silent), silent + 0.3, "r2") is None  # (its
+    # copy is as of the primary's probe at 11.0: the write at `silent` is not known to be in it)
+
+
 def test_a_reload_keeps_what_the_probes_told(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     router = Router(cfg)  # type: ignore[arg-type]

@@ -180,6 +180,23 @@ def test_a_routed_session_keeps_its_replica_server_and_its_next_read_runs_there(
     assert s.routing is not None and not s.routing.watching  # (a replica: nothing to watch for writes)
 
 
+def test_a_routed_sessions_resume_ask_is_its_current_request_and_route(tmp_path: Path) -> None:
+    """`resume_route` keeps its AcquireServer while the Route is the same object (a read before any write) and the
+    session's request the same; a new request (a reload's limits) or Route (a write, then reads bound by it) makes a
+    new one."""
+    clock = Clock()
+    s = _routed(tmp_path, clock)
+    first = s.resume_route(query("SELECT 1"))
+    assert first is not None and s.resume_route(query("SELECT 2")) is first
+    assert s.request is not None
+    s.request = replace(s.request, weight=s.request.weight * 2)
+    ask = s.resume_route(query("SELECT 3"))
+    assert ask is not None and ask.request is s.request and ask.route is first.route
+    write = s.resume_route(query("INSERT INTO t VALUES (1)"))
+    assert write is not None and write.route is not None and not write.route.read_only
+    assert _route(s, "SELECT 4") == first.route
+
+
 def test_a_write_after_a_kept_replica_server_goes_to_the_primary_and_is_read_back_there(tmp_path: Path) -> None:
     """The write is judged for the pool (not read-only: the kept replica server is taken back unused); the write's
     end on the kept primary server marks read-your-writes at once (at the keep, not at a later take-back)."""

@@ -34,6 +34,7 @@ HOOKED = [
     ("proxy.tracking", "tag_rows", "tag_rows"),
     ("proxy.tracking", "RequestTracker", "RequestTracker"),
     ("proxy.replicas", "read_only_request", "read_only_request"),
+    ("proxy.replicas", "lone_query_text", "lone_query_text"),
 ]
 PURE_RUN = os.environ.get("PGTENANT_PURE") == "1"
 compiled = pytest.mark.skipif(speedups is None, reason=f"the speed-ups do not run here ({_accel.status()})")
@@ -452,3 +453,27 @@ def test_read_only_request_reads_kept_verdicts_as_the_python() -> None:
             for judges in pairs:
                 expected = py(data, lambda _: None, judges[0])
                 assert fast(data, lambda _: None, judges[1]) is expected, (sql, data, judges)
+
+
+# --- proxy.replicas.lone_query_text -----------------------------------------------------------------------------
+
+
+@compiled
+@settings(max_examples=3000, deadline=None)
+@given(_routed_batch())
+def test_lone_query_text(batch: tuple[bytes, dict[str, str]]) -> None:
+    """The same text (or None) for any client bytes: one Query or not, broken lengths, cut frames, invalid UTF-8,
+    an inner NUL."""
+    py, fast = both("proxy.replicas", "lone_query_text")
+    data = batch[0]
+    assert _outcome(fast, data) == _outcome(py, data)
+
+
+@compiled
+def test_lone_query_text_edges() -> None:
+    py, fast = both("proxy.replicas", "lone_query_text")
+    for data in [_frame(0x51, b"SELECT 1\x00"), _frame(0x51, b"\x00"), _frame(0x51, b""), _frame(0x51, b"a\x00b\x00"),
+                 _frame(0x51, b"\xff\x00"), _frame(0x51, b"a\x00\xff\x00"), _frame(0x51, "é".encode() + b"\x00"),
+                 _frame(0x51, b"SELECT 1\x00") + _frame(0x53, b""), _frame(0x50, b"SELECT 1\x00"), b"Q", b""]:
+        assert _outcome(fast, data) == _outcome(py, data), data
+    assert fast(_frame(0x51, b"SELECT 1\x00")) == "SELECT 1" and fast(_frame(0x51, b"a\x00b\x00")) is None
