@@ -369,7 +369,8 @@ _INVALID = {"f1_prepare_execute": (0, "SCHEMA.english"), "f4_escaped_value": (0,
             "f7_cursor": (1, "SCHEMA.english"), "f8_temp_objects": (0, "SCHEMA.english"),
             "f9_explain": (0, "SCHEMA.english"), "f10_escaped_name": (0, "SCHEMA.english"),
             "f14_copy_where": (1, "SCHEMA.english")}
-_LEGIT = ["SET default_text_search_config = 'pg_catalog.simple'",
+_LEGIT = ["SET default_text_search_config = 'public.bi_nosuch'",  # PostgreSQL's own answer, the proxy's model
+          "SET default_text_search_config = 'pg_catalog.simple'",
           "SELECT set_config('default_text_search_config', 'english', false)", "SHOW default_text_search_config"]
 
 
@@ -403,6 +404,10 @@ def test_a_hidden_schema_in_a_text_search_config_value_never_reaches_the_server(
     answer = got[index][-1][3]
     assert answer[:2] == ("22023", f'invalid value for parameter "default_text_search_config": "{value}"'), got
     assert got[-1][0][2] == [("pg_catalog.english",)] and got[-3][0][0] == "COMMAND_OK", got[-3:]
+    own = got[-4][0][3]  # the server's answer for an existing schema: the same fields but its source function
+    assert own[:5] == ("22023", 'invalid value for parameter "default_text_search_config": "public.bi_nosuch"', None,
+                       None, None) and own[:5] == (answer[0], answer[1].replace("SCHEMA.english", "public.bi_nosuch"),
+                                                   *answer[2:5]), (own, answer)
 
 
 # --- K3/K4 (red team 9a4): a Sync pipelined into a COPY IN, and one sent after it --------------------------------
