@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from policy_corpus import DATABASE_HIDING, POLICIES
 
-from proxy.policy import Allow, Deny, Rewrite, decide, engine, guards
+from proxy.policy import Allow, Deny, Rewrite, decide, engine, guards, settings
 from proxy.policy import guarding as guarding_module
 from proxy.policy.sqltext import Edit
 from proxy.policy.tree import parse_json
@@ -492,3 +492,29 @@ def test_a_statement_needing_more_than_max_guards_is_refused_before_any_is_built
     decision = decide(POLICIES[policy_name], "SELECT 1 FROM " + ", ".join(items))
     assert isinstance(decision, Deny) and decision.rule == "too_many_guards", decision
     assert decision.sqlstate == "54001" and str(guarding_module.MAX_GUARDS) in decision.message
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ("globex.english", ["globex", "english"]),
+        (" GLOBEX . English ", ["globex", "english"]),
+        ('"GloBex"."a""b"', ["GloBex", 'a"b']),
+        ("saas.globex.english", ["saas", "globex", "english"]),
+        ("glob\u00c9x.english", ["glob\u00c9x", "english"]),  # only ASCII letters are downcased (UTF8)
+        ("glo+bex.english", ["glo+bex", "english"]),  # an unquoted name runs to a dot or a space
+        ("globex\u00a0.english", ["globex\u00a0", "english"]),  # a no-break space is no scanner space: in the name
+        ('"".english', ["", "english"]),
+        ("x" * 70 + ".english", ["x" * 63, "english"]),  # truncated to 63 bytes
+        ("globex.", None),
+        (".english", None),
+        ('"globex.english', None),
+        ('"globex"x.english', None),
+        ("globex english", None),
+        ("   ", None),
+    ],
+)
+def test_a_settings_qualified_name_is_split_as_postgresql_splits_it(value: str, names: list[str] | None) -> None:
+    """stringToQualifiedNameList's reading of a default_text_search_config value (red team 9a5): the schema the proxy
+    answers for is the one PostgreSQL would look up."""
+    assert settings.qualified_name(value) == names
