@@ -542,3 +542,25 @@ def test_sql_execute_of_a_renamed_protocol_statement_is_answered_as_a_missing_sc
     assert got["globex"] == got["glebox"], got
     if mode == "session":
         assert got["glebox"][1][0][1]["C"] == "3F000" and got["glebox"][1][0][1]["P"] == "45", got["glebox"][1]
+
+
+@pytest.mark.parametrize("cast", ["'standard_conforming_strings  '::bpchar",
+                                  "'standard_conforming_stringsx'::varchar(27)",
+                                  "'standard_conforming_strings  '::char(40)"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_setting_name_behind_a_text_changing_cast_is_refused(proxies: dict[str, ProxyProcess], mode: str,
+                                                               strategy: str, cast: str) -> None:
+    """Found beside red team 9a5 F10: set_config's literal arguments were checked without their casts, but a cast
+    may change the text PostgreSQL gets (bpchar and char(n) drop trailing spaces, varchar(n) cuts): the proxy read
+    an unknown setting and sent the statement, where PostgreSQL sets standard_conforming_strings (pinned on: the
+    proxy's reading of string literals relies on it); the client's connection was then lost. Such an argument is
+    no literal now: refused, and the session goes on."""
+    conn = _connect(proxies[mode], strategy)
+    try:
+        got = _results(conn, f"SELECT set_config({cast}, 'off', false)")
+        shown = _results(conn, "SHOW standard_conforming_strings")
+    finally:
+        conn.finish()
+    assert got[0][0] == "FATAL_ERROR" and got[0][3][0] == b"42501", got
+    assert shown[0][2] == [(b"on",)], shown
