@@ -45,6 +45,9 @@ INTERNAL_ERROR = "XX000"
 
 # a hidden schema read as a missing one: 3F000, 42P01, and 42704 for a TABLESAMPLE method (policy/schema.py)
 _AS_POSTGRESQL = frozenset({CHARACTER_NOT_IN_REPERTOIRE, INVALID_SCHEMA_NAME, UNDEFINED_OBJECT, UNDEFINED_TABLE})
+# and, of the rule answering a hidden schema as a missing one only, 22023 for a named setting's value in one
+# (`invalid value for parameter …`, policy/settings.py value_as_missing)
+_AS_POSTGRESQL_MISSING = ("foreign_schema", frozenset({INVALID_PARAMETER_VALUE}))
 _NOTICE_SEVERITIES = frozenset({"NOTICE", "WARNING", "INFO", "LOG", "DEBUG"})
 
 
@@ -445,7 +448,8 @@ def policy_denied(deny: Deny) -> PgError:
     """A statement refused by the tenant policy; the session stays usable. The message names the rule and, in a
     string of several statements, which one (`Deny.statement`). Data errors and missing objects (another tenant's
     schema is answered as a missing one) read as PostgreSQL's own, with its position."""
-    if deny.sqlstate in _AS_POSTGRESQL:
+    if deny.sqlstate in _AS_POSTGRESQL or (deny.rule == _AS_POSTGRESQL_MISSING[0]
+                                           and deny.sqlstate in _AS_POSTGRESQL_MISSING[1]):
         return PgError(deny.sqlstate, deny.message, "ERROR", hint=deny.hint or None, position=deny.position)
     where = ""
     if deny.statement is not None:

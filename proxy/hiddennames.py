@@ -9,8 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
-from proxy.errors import INVALID_PARAMETER_VALUE
-from proxy.policy.hiding import LITERAL, NAMED_SETTINGS, OTHER_TEMP, position_back
+from proxy.policy.hiding import OTHER_TEMP, position_back
 from proxy.protocol import messages as m
 
 # A reserved name (policy/hiding.reserved_name: pg_9 and 24 secret characters) where PostgreSQL names a schema: as a
@@ -33,10 +32,6 @@ _SHAPES = re.compile(
     r"|text search (?:configuration|dictionary|parser|template)|sequence|table|view|materialized view|index"
     r"|foreign table|statistics object|access method|domain|column|tablesample method|improper qualified name"
     r"|cross-database references are not implemented)\b")
-# PostgreSQL's answer to a named setting's value it cannot find (`SET default_text_search_config = 'r.english'`,
-# 22023): the value as the statement wrote it, where a hidden schema's spelling was sent as a reserved name (red team
-# 9a3 J5). Written back with the client's spelling of the schema, only in this shape.
-_INVALID_VALUE = tuple(f'invalid value for parameter "{name}": "' for name in sorted(NAMED_SETTINGS))
 # Any reserved name's shape: the last-line check once the session has sent more distinct names than it keeps.
 _ANY_RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
 # Distinct reserved names of other sessions' temporary schemas (`pg_temp_N`, any N: renamed whatever else the
@@ -182,19 +177,9 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
         # (a CONTEXT or internal query: the names are a function body's or dynamic SQL's, not the statement's)
         return changed
     code = fields.get("C", "")
-    if code == INVALID_PARAMETER_VALUE and fields.get("M", "").startswith(_INVALID_VALUE) and "pg_9" in fields["M"]:
-        spelled = {reserved: name[len(LITERAL):] for pairs, _ in sent for reserved, name in pairs
-                   if name.startswith(LITERAL)}
-        message = fields["M"]
-        for reserved, spelling in spelled.items():
-            if reserved not in written:
-                message = message.replace(reserved, spelling)
-        changed |= message != fields["M"]
-        fields["M"] = message
-        return changed
     if code[:2] not in _CLASSES:
         return changed
-    names = {reserved: name for pairs, _ in sent for reserved, name in pairs if not name.startswith(LITERAL)}
+    names = {reserved: name for pairs, _ in sent for reserved, name in pairs}
 
     def back(found: re.Match[str]) -> str:
         nonlocal changed

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pglast.parser import ParseError
 
 from proxy.policy.model import TenantPolicy
-from proxy.policy.sqltext import DOT, Edit, TextError, Tok, apply_edits, quote_literal, tokens
+from proxy.policy.sqltext import DOT, Edit, TextError, Tok, apply_edits, tokens
 from proxy.policy.tree import dumps, parse_json, strip_positions, walk_dicts
 
 RULE = "hidden_schema"  # the rewrite rule of a statement sent with reserved names
@@ -119,7 +119,7 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
     except TextError:
         return None
     found = _qualifiers(policy, data, toks)
-    if not found and not (policy.hidden_schemas and _NAMED_SETTINGS.search(low)):
+    if not found:
         return None
     try:
         original = parse_json(sql)
@@ -128,13 +128,8 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
     doc = json.loads(original)
     kept, settings = _kept_locations(doc)
     found = [f for f in found if f[0] not in kept and not any(a <= f[0] < b for a, b in settings)]
-    literals = _setting_literals(policy, toks, doc)
-    if not found and not literals:
+    if not found:
         return None
-    found = sorted([*found, *((start, end, name) for start, end, name, _, _, _ in literals)])
-    # a setting's literal: sent as a plain one, its value with the reserved name in place of the schema's spelling
-    in_literal = {start: value[:vstart] + reserved_name(name) + value[vend:]
-                  for start, _, name, value, vstart, vend in literals}
     chosen: dict[str, str] = {}
     edits: list[Edit] = []
     moved: list[tuple[int, int, int]] = []
@@ -147,11 +142,8 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
         # quoted: it cannot fuse with a keyword before it (`FROM"s".t`) nor be read as anything but a name; a space
         # before it unless whitespace or a parenthesis, comma, bracket or semicolon is there: nor with a quoted
         # identifier (`"a""pg_9…"` is one name), `u&` (`u&"pg_9…"` is a Unicode identifier) or anything else before
-        # it (red team 9a2 H8). Inside a setting's string literal it is written as it is (lower-case: one name).
-        if start in in_literal:
-            quoted = quote_literal(in_literal[start])
-        else:
-            quoted = f'"{reserved}"' if start == 0 or data[start - 1] in _APART else f' "{reserved}"'
+        # it (red team 9a2 H8).
+        quoted = f'"{reserved}"' if start == 0 or data[start - 1] in _APART else f' "{reserved}"'
         edits.append(Edit(start, end, quoted))
         chars += len(data[at:start].decode("utf-8"))
         written = len(data[start:end].decode("utf-8"))
@@ -163,108 +155,8 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
         bshift += len(quoted) - (end - start)
     new_sql = apply_edits(data, edits)
     names = tuple((reserved, name) for name, reserved in chosen.items())
-    values = [(in_literal[start], value) for start, _, _, value, _, _ in literals]  # as sent, as written
-    names += tuple((chosen[name], LITERAL + value[vstart:vend]) for _, _, name, value, vstart, vend in literals)
-    _verify(original, new_sql, names, values)
+    _verify(original, new_sql, names)
     return Renamed(new_sql, names, tuple(moved), tuple(spans))
-
-
-# A (reserved, name) pair whose name starts so carries the client's spelling of a hidden schema in a setting's
-# string literal (`'GLOBEX.english'`): PostgreSQL quotes that value as written in its answer (hiddennames.py). No
-# identifier holds a NUL.
-LITERAL = "\x00"
-# Settings whose value names a schema-qualified object, looked up when set (settings.OBJECT_NAME_SETTINGS): a hidden
-# schema in their literal value is sent as a reserved name too, so PostgreSQL answers as for a missing one (22023
-# invalid value; red team 9a3 J5).
-NAMED_SETTINGS = frozenset({"default_text_search_config"})
-_NAMED_SETTINGS = re.compile("|".join(NAMED_SETTINGS))
-
-
-def _setting_literals(policy: TenantPolicy, toks: list[Tok], doc: dict) -> list[tuple[int, int, str, str, int, int]]:
-    """Each `SET <named setting> = '<schema>.<name>'` and `set_config('<named setting>', '<schema>.<name>', …)`
-    literal whose value begins with a hidden schema: (start, end) of the literal's tokens, the schema, the literal's
-    value (what PostgreSQL prints back) and the span of the schema's spelling in it."""
-    if not policy.hidden_schemas:
-        return []
-    starts = {tok.start: i for i, tok in enumerate(toks)}
-    out = []
-    for node in walk_dicts(doc):
-        arg = None
-        body = node.get("VariableSetStmt")
-        if body is not None:
-            args = body.get("args") or ()
-            if body.get("kind") == "VAR_SET_VALUE" and str(body.get("name", "")).lower() in NAMED_SETTINGS and len(
-                    args) == 1:
-                arg = args[0]
-        call = node.get("FuncCall")
-        if call is not None:
-            names = [n.get("String", {}).get("sval") for n in call.get("funcname") or ()]
-            args = call.get("args") or ()
-            first = _sval(_uncast(args[0])) if args else None
-            if names in (["set_config"], ["pg_catalog", "set_config"]) and len(args) >= 2 and first is not None and (
-                    first.lower() in NAMED_SETTINGS):
-                arg = args[1]
-        arg = _uncast(arg)
-        value = _sval(arg)
-        if value is None or arg is None:
-            continue
-        at = starts.get(arg["A_Const"].get("location", -1))
-        # a string literal, or SET's value written as a quoted identifier (`TO "globex.english"`: a string constant in
-        # the tree, sent as a literal like the others; red team 9a4 K1)
-        if at is None or toks[at].name not in ("SCONST", "USCONST", "IDENT", "UIDENT"):
-            continue
-        end = toks[at].end
-        if toks[at].name in ("USCONST", "UIDENT") and at + 2 < len(toks) and toks[at + 1].name == "UESCAPE":
-            end = toks[at + 2].end
-        found = _literal_schema(value)
-        if found is not None and found[2] in policy.hidden_schemas:
-            vstart, vend, name = found
-            out.append((toks[at].start, end, name, value, vstart, vend))
-    return out
-
-
-def _uncast(node: dict | None) -> dict | None:
-    while node is not None and "TypeCast" in node:
-        node = node["TypeCast"].get("arg")
-    return node
-
-
-def _sval(node: dict | None) -> str | None:
-    value = ((node or {}).get("A_Const") or {}).get("sval")
-    return value.get("sval", "") if isinstance(value, dict) else None
-
-
-_VALUE_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
-
-
-def _literal_schema(value: str) -> tuple[int, int, str] | None:
-    """(start, end, name) of the schema a setting's value names (`globex.english`, ` "Globex" . x`, and
-    `saas.globex.english`: the second-to-last of two or three names, PostgreSQL's DeconstructQualifiedName taking the
-    first of three as the current database; red team 9a4 K2), as stringToQualifiedNameList splits it; None when it
-    names no schema or does not split."""
-    names: list[tuple[int, int, str]] = []
-    i, n = 0, len(value)
-    while True:
-        while i < n and value[i].isspace():
-            i += 1
-        if value[i : i + 1] == '"':
-            j = value.find('"', i + 1)
-            if j < 0 or value[j + 1 : j + 2] == '"':
-                return None
-            name, end = value[i + 1 : j], j + 1
-        else:
-            found = _VALUE_WORD.match(value, i)
-            if found is None:
-                return None
-            name, end = found.group(0).translate(_DOWNCASE), found.end()
-        names.append((i, end, name.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore")))
-        k = end
-        while k < n and value[k].isspace():
-            k += 1
-        if value[k : k + 1] != ".":
-            break
-        i = k + 1
-    return names[-2] if len(names) in (2, 3) else None
 
 
 def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tuple[int, int, str]]:
@@ -391,27 +283,22 @@ def reserved_name(name: str) -> str:
     return f"pg_9{body}"
 
 
-def _verify(original: str, new_sql: str, names: tuple[tuple[str, str], ...],
-            values: list[tuple[str, str]] | tuple[()] = ()) -> None:
-    """The renamed text parses to the client's tree with the reserved names in place of the hidden ones (and each
-    setting's literal `values`, (as sent, as written), in place of the client's)."""
+def _verify(original: str, new_sql: str, names: tuple[tuple[str, str], ...]) -> None:
+    """The renamed text parses to the client's tree with the reserved names in place of the hidden ones."""
     try:
         got = parse_json(new_sql)
     except ParseError as exc:
         raise Unrenamed("the renamed text does not parse") from exc
-    for sent, value in values:
-        got = got.replace(dumps(sent), dumps(value))
     for reserved, name in names:
-        if not name.startswith(LITERAL):
-            got = got.replace(reserved, dumps(name)[1:-1])
+        got = got.replace(reserved, dumps(name)[1:-1])
     if strip_positions(got) != strip_positions(original):
         raise Unrenamed("the renamed text does not parse to the client's statement")
 
 
 def restored(text: str, names: tuple[tuple[str, str], ...]) -> str:
     """`text` (a refusal's message) with the client's names in place of the reserved ones."""
-    for reserved, name in sorted(names, key=lambda pair: pair[1].startswith(LITERAL)):
-        text = text.replace(reserved, name.removeprefix(LITERAL))
+    for reserved, name in names:
+        text = text.replace(reserved, name)
     return text
 
 

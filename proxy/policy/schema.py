@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.errors import INVALID_SCHEMA_NAME, UNDEFINED_OBJECT, UNDEFINED_TABLE
+from proxy.errors import INVALID_PARAMETER_VALUE, INVALID_SCHEMA_NAME, UNDEFINED_OBJECT, UNDEFINED_TABLE
 from proxy.policy.guards import ALWAYS, CALL_ARGS, OID
 from proxy.policy.model import Deny, TenantPolicy
 from proxy.policy.rules import Denied, fail
@@ -68,7 +68,8 @@ def _literal_schema(text: str, kind: str) -> str | None:
 # `does not exist`; the session's own is `pg_temp` (the proxy cannot tell which pg_temp_N it is).
 _OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")
 FOREIGN_SCHEMA = "foreign_schema"  # the rule of every answer as a missing schema (engine: answered in its phase)
-_MISSING_STATES = frozenset({INVALID_SCHEMA_NAME, UNDEFINED_OBJECT, UNDEFINED_TABLE})
+# (22023: a named setting's value in a missing schema, settings.value_as_missing)
+_MISSING_STATES = frozenset({INVALID_PARAMETER_VALUE, INVALID_SCHEMA_NAME, UNDEFINED_OBJECT, UNDEFINED_TABLE})
 
 
 def as_missing(denial: Deny) -> bool:

@@ -6,10 +6,21 @@ import re
 
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
+from proxy.errors import INVALID_PARAMETER_VALUE
 from proxy.policy import resources
-from proxy.policy.model import PIN, REAPPLY_CONTEXT, SET_PATH, SETTING, SYSTEM_SCHEMAS, Change, TenantPolicy
-from proxy.policy.rules import fail
-from proxy.policy.sqltext import object_name_parts, split_identifier_list
+from proxy.policy.model import (
+    PIN,
+    REAPPLY_CONTEXT,
+    SET_PATH,
+    SETTING,
+    SYSTEM_SCHEMAS,
+    Change,
+    Deny,
+    TenantPolicy,
+)
+from proxy.policy.rules import Denied, fail
+from proxy.policy.schema import FOREIGN_SCHEMA
+from proxy.policy.sqltext import split_identifier_list
 from proxy.policy.tree import Node, const_text, names_of, string_const
 from proxy.policy.walk import Call
 
@@ -232,38 +243,99 @@ def _check_pinned(name: str, value: str | None) -> None:
 # Settings whose value names a schema-qualified object, looked up when set: PostgreSQL answers "permission denied for
 # schema" for a schema the role may not use and "invalid value" for one that does not exist.
 OBJECT_NAME_SETTINGS: frozenset[str] = frozenset({"default_text_search_config"})
+_SCANNER_SPACE = " \t\n\r\f\v"  # PostgreSQL's scanner_isspace
+_NAMEDATALEN = 63  # bytes of an identifier PostgreSQL keeps
 
 
 def check_object_name_value(policy: TenantPolicy, name: str, value: str | None) -> None:
     """default_text_search_config = '<schema>.<name>': the schema must be one the tenant may use by its text (a system
     schema, one of its search_path, its own or a shared one), whether the schema exists or not, so the answer never
-    tells another tenant's schema from a missing one; a value that is not a literal is refused alike."""
+    tells another tenant's schema from a missing one; a value that is not a literal is refused alike. Where some
+    schema is hidden (shared, database strategy), a hidden schema and one of none of the database's schemas found
+    when the tenant was prepared are answered by the proxy alike, with PostgreSQL's own answer for a missing one
+    (`value_as_missing`): the value never reaches the server, which would keep it (a view, a DEFAULT, a prepared
+    statement, a cursor) and print or evaluate it later (red team 9a5 F1, F4, F7, F8, F9, F10, F14)."""
     if policy.strategy == "database" and not policy.hidden_schemas:
         return  # every schema of the database is the tenant's
     if value is None:
         raise fail("foreign_schema", f'"{name}" can only be set to a literal name')
-    parts = object_name_parts(value) or []
-    schema = parts[-2] if len(parts) >= 2 else None
-    if schema is None or (policy.strategy != "schema" and policy.hidden_schemas
-                          and _answered_as_missing(policy, schema)):
-        return
+    parts = qualified_name(value)
+    if not parts or len(parts) not in (2, 3):
+        return  # no schema, or PostgreSQL refuses the value's syntax before it looks a schema up (alike)
+    schema = parts[-2]
+    if policy.strategy != "schema" and policy.hidden_schemas and _answered_as_missing(policy, schema):
+        raise value_as_missing(name, value)
     usable = {*SYSTEM_SCHEMAS, *policy.search_path, *policy.path, *policy.allowed_schemas}
     if schema not in usable or not usable_schema(policy, schema):
         raise fail("foreign_schema", f'"{name}" may only name an object of your schemas or a system schema, not '
                    f'"{schema}"')
 
 
-_RESERVED_SHAPE = re.compile(r"pg_9[a-z2-7]{24}")  # a hidden schema's reserved name (policy/hiding.py)
+def value_as_missing(name: str, value: str) -> Denied:
+    """PostgreSQL's answer to a named setting's value whose schema does not exist (its check hook fails without a
+    detail: 22023 invalid value, the value as the server got it), answered when the statement runs."""
+    message = f'invalid value for parameter "{name}": "{value}"'
+    return Denied(Deny(INVALID_PARAMETER_VALUE, message, "", FOREIGN_SCHEMA, at_run=True))
+
+
+def qualified_name(value: str) -> list[str] | None:
+    """The names of a setting's value as PostgreSQL's stringToQualifiedNameList reads them (SplitIdentifierString
+    with a dot: a quoted name as written, quote pairs collapsed; an unquoted one up to a dot or a space, ASCII letters
+    downcased; each truncated to 63 bytes); None where it refuses the value (invalid name syntax)."""
+    names: list[str] = []
+    i, n = 0, len(value)
+    while i < n and value[i] in _SCANNER_SPACE:
+        i += 1
+    if i == n:
+        return None
+    while True:
+        if value[i] == '"':
+            out: list[str] = []
+            j = i + 1
+            while True:
+                k = value.find('"', j)
+                if k < 0:
+                    return None
+                if value[k + 1 : k + 2] == '"':
+                    out.append(value[j : k + 1])
+                    j = k + 2
+                    continue
+                out.append(value[j:k])
+                i = k + 1
+                break
+            found = "".join(out)
+        else:
+            j = i
+            while i < n and value[i] != "." and value[i] not in _SCANNER_SPACE:
+                i += 1
+            if i == j:
+                return None
+            found = value[j:i].translate(_DOWNCASE)
+        while i < n and value[i] in _SCANNER_SPACE:
+            i += 1
+        names.append(found.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore"))
+        if i == n:
+            return names
+        if value[i] != ".":
+            return None
+        i += 1
+        while i < n and value[i] in _SCANNER_SPACE:
+            i += 1
+        if i == n:
+            return None
+
+
+_DOWNCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _answered_as_missing(policy: TenantPolicy, schema: str) -> bool:
-    """Where some schema is hidden (shared, database strategy): a schema of none of the database's schemas found
-    when the tenant was prepared is left to PostgreSQL, which answers 22023 invalid value for a missing one, and so
-    does a hidden one, sent as a reserved name (policy/hiding.py; red team 9a3 J5). Names of PostgreSQL's own
-    prefix stay refused (another session's pg_temp_N, pg_toast), existing or not."""
-    if _RESERVED_SHAPE.fullmatch(schema):
+    """Where some schema is hidden: a hidden schema, and a schema of none of the database's schemas found when the
+    tenant was prepared nor the tenant's search_path (which PostgreSQL would answer 22023 invalid value: a missing
+    one). Names of PostgreSQL's own prefix stay refused (another session's pg_temp_N, pg_toast), existing or not."""
+    if schema in policy.hidden_schemas:
         return True
-    return schema not in policy.known_schemas and not schema.startswith("pg_") and schema != "$user"
+    return (schema not in policy.known_schemas and schema not in policy.search_path and schema not in SYSTEM_SCHEMAS
+            and not schema.startswith("pg_") and schema != "$user")
 
 
 def check_set(policy: TenantPolicy, body: Node) -> frozenset[str]:
@@ -303,13 +375,25 @@ def check_show(policy: TenantPolicy, body: Node) -> None:
 
 
 def _arg(call: Call, index: int) -> Node | None:
-    """A positional argument without its casts, None when there is none."""
+    """A positional argument without its casts, None when there is none. A cast that may change a literal's text
+    (`'…'::varchar(13)`, `::name`, `::bpchar`: cut or trimmed) is kept, so the argument is no literal: the setting's
+    name or value the proxy checks is the one the server gets."""
     if index >= len(call.args):
         return None
     node = call.args[index]
-    while node and "TypeCast" in node:
+    while node and "TypeCast" in node and _keeps_text(node["TypeCast"].get("typeName") or {}):
         node = node["TypeCast"].get("arg")
     return node
+
+
+_TEXT_TYPES = frozenset({("text",), ("pg_catalog", "text"), ("varchar",), ("pg_catalog", "varchar")})
+
+
+def _keeps_text(type_name: Node) -> bool:
+    """Whether a cast to `type_name` gives a string literal's text unchanged (text, varchar without a length)."""
+    names = tuple(n.get("String", {}).get("sval") for n in type_name.get("names") or ())
+    return (names in _TEXT_TYPES and not type_name.get("typmods") and not type_name.get("arrayBounds")
+            and not type_name.get("setof") and not type_name.get("pct_type"))
 
 
 def literal_arg(call: Call, index: int) -> str | None:

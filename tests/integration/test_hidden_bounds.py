@@ -84,6 +84,11 @@ def _results(conn: pq.PGconn, sql: str, extended: bool = False) -> list[Any]:
         conn.send_query(sql.encode())
     out: list[Any] = []
     while (res := conn.get_result()) is not None:
+        if res.status == pq.ExecStatus.COPY_IN:  # a COPY FROM STDIN: one row, then its end
+            conn.put_copy_data(b"1\n")
+            conn.put_copy_end()
+            out.append(("COPY_IN", None, [], ()))
+            continue
         rows = [tuple(res.get_value(i, j) for j in range(res.nfields)) for i in range(res.ntuples)]
         out.append((pq.ExecStatus(res.status).name, res.command_status, rows,
                     tuple(res.error_field(f) for f in _FIELDS)))
@@ -205,8 +210,10 @@ def test_a_refused_prepare_of_a_held_name_keeps_its_client_text(proxies: dict[st
         assert b"pg_9" not in repr(got[name]).encode(), got[name]
     assert _unnamed(got["globex"], "globex") == _unnamed(got["glebox"], "glebox"), got
     if mode == "session":
+        # (the SQL PREPARE naming the schema in default_text_search_config is answered by the proxy since red team
+        # 9a5, never sent: bi_k2 stays free for the plain PREPARE, whose name the Parse after it finds held)
         assert [[t for t, _ in answers] for answers in got["globex"][:5]] == [
-            [b"1", b"Z"], [b"E", b"Z"], [b"C", b"Z"], [b"E", b"Z"], [b"E", b"Z"]], got["globex"]
+            [b"1", b"Z"], [b"E", b"Z"], [b"E", b"Z"], [b"C", b"Z"], [b"E", b"Z"]], got["globex"]
         listed = [body for t, body in got["globex"][-1] if t == b"D"]
         assert [row for row in listed if b"bi_k3" in row] == [
             struct.pack("!hi", 2, 5) + b"bi_k3" + struct.pack("!i", 43) + b"DEALLOCATE bi_k3; PREPARE bi_k3 AS SELECT 4"
@@ -312,6 +319,95 @@ def test_default_text_search_config_naming_a_hidden_schema_is_answered_as_a_miss
     ident, three = (answers[0][3] for answers in seen["glebox"][5:7])
     assert ident[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "SCHEMA.english"')
     assert three[:2] == ("22023", 'invalid value for parameter "default_text_search_config": "saas.SCHEMA.english"')
+
+
+# --- red team 9a5: a hidden schema in a default_text_search_config value never reaches the server --------------------
+
+def _escaped(name: str, form: str) -> str:
+    """`name` spelled with E'' escapes PostgreSQL decodes (hex or octal)."""
+    return "".join((f"\\x{b:02x}" if form == "hex" else f"\\{b:03o}") for b in name.encode())
+
+
+_TSC = "set_config('default_text_search_config', '{s}.english', false)"
+NAMED_VALUE_STEPS = {
+    # F1: a SQL PREPARE'd statement, its EXECUTE (in a Query, in a Parse) evaluated the value later
+    "f1_prepare_execute": ["PREPARE bi_z1 AS SELECT " + _TSC, "EXECUTE bi_z1",
+                           "PREPARE bi_z4 AS SELECT 1 FROM pg_class WHERE relname = 'x' AND " + _TSC + " IS NULL",
+                           "EXECUTE bi_z4", "DEALLOCATE ALL"],
+    # F4: the value's schema spelled with backslash escapes PostgreSQL decodes (sent unrenamed: 42501)
+    "f4_escaped_value": ["SET default_text_search_config = E'{hex}.english'",
+                         "SELECT set_config('default_text_search_config', E'{oct}.english', false)",
+                         "SELECT set_config('default_text_search_config', E'\"{hex}\".english', true)"],
+    # F7: a cursor's query run after its DECLARE (FETCH, MOVE, COMMIT of WITH HOLD)
+    "f7_cursor": ["BEGIN", "DECLARE bi_c1 CURSOR FOR SELECT " + _TSC, "FETCH bi_c1", "ROLLBACK",
+                  "BEGIN", "DECLARE bi_c2 CURSOR FOR SELECT " + _TSC, "MOVE bi_c2", "ROLLBACK",
+                  "BEGIN", "DECLARE bi_c3 CURSOR WITH HOLD FOR SELECT " + _TSC, "COMMIT", "CLOSE ALL"],
+    # F8: temporary objects storing the value: every deparser printed it back
+    "f8_temp_objects": ["CREATE TEMP VIEW bi_v8 AS SELECT " + _TSC + " AS x",
+                        "SELECT pg_get_viewdef('bi_v8'::regclass)",
+                        "SELECT definition FROM pg_views WHERE viewname = 'bi_v8'",
+                        "EXPLAIN VERBOSE SELECT * FROM bi_v8",
+                        "CREATE TEMP TABLE bi_d8 (a text DEFAULT " + _TSC + ", b int)",
+                        "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef WHERE adrelid = 'bi_d8'::regclass",
+                        "CREATE TEMP TABLE bi_k8 (a text CHECK (" + _TSC + " IS NOT NULL))",
+                        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'bi_k8'::regclass",
+                        "DROP VIEW IF EXISTS bi_v8", "DROP TABLE IF EXISTS bi_d8, bi_k8"],
+    # F9: EXPLAIN VERBOSE printed the value as sent
+    "f9_explain": ["EXPLAIN VERBOSE SELECT " + _TSC,
+                   "EXPLAIN (VERBOSE, FORMAT JSON) SELECT CASE WHEN random() > 2 THEN " + _TSC + " END"],
+    # F10: the setting's name spelled with escapes (the value sent unrenamed: 42501)
+    "f10_escaped_name": ["SET U&\"default\\005ftext_search_config\" = '{s}.english'",
+                         "SELECT set_config(E'default\\x5ftext_search_config', '{s}.english', false)",
+                         "SELECT set_config(U&'default_text_search_confi\\0067', '{s}.english', false)"],
+    # F14: the value evaluated under a CONTEXT (COPY FROM … WHERE): the answer was withheld
+    "f14_copy_where": ["CREATE TEMP TABLE IF NOT EXISTS bi_t14 (a int)",
+                       "COPY pg_temp.bi_t14 FROM STDIN WHERE " + _TSC + " IS NOT NULL",
+                       "DROP TABLE IF EXISTS bi_t14"],
+}
+# (form: the step answered with PostgreSQL's answer for a missing configuration's schema, the value it prints)
+_INVALID = {"f1_prepare_execute": (0, "SCHEMA.english"), "f4_escaped_value": (0, "SCHEMA.english"),
+            "f7_cursor": (1, "SCHEMA.english"), "f8_temp_objects": (0, "SCHEMA.english"),
+            "f9_explain": (0, "SCHEMA.english"), "f10_escaped_name": (0, "SCHEMA.english"),
+            "f14_copy_where": (1, "SCHEMA.english")}
+_LEGIT = ["SET default_text_search_config = 'public.bi_nosuch'",  # PostgreSQL's own answer, the proxy's model
+          "SET default_text_search_config = 'pg_catalog.simple'",
+          "SELECT set_config('default_text_search_config', 'english', false)", "SHOW default_text_search_config"]
+
+
+@pytest.mark.parametrize("extended", [False, True])
+@pytest.mark.parametrize("form", sorted(NAMED_VALUE_STEPS))
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hidden_schema_in_a_text_search_config_value_never_reaches_the_server(
+        proxies: dict[str, ProxyProcess], mode: str, strategy: str, form: str, extended: bool) -> None:
+    """Red team 9a5 F1, F4, F7, F8, F9, F10, F14: a hidden schema in a default_text_search_config value was sent
+    renamed inside the string literal, the one reserved name that survives parse analysis: stored (a temporary
+    view, DEFAULT, CHECK: pg_get_viewdef, pg_get_expr, pg_get_constraintdef printed the reserved name), printed
+    (EXPLAIN VERBOSE), evaluated later (EXECUTE of a SQL PREPARE, a cursor's FETCH/MOVE/COMMIT) or under a CONTEXT
+    (COPY … WHERE: withheld where a missing schema gets 22023), or sent as written when the value or the setting's
+    name was spelled with escapes (42501 where a missing schema gets 22023). Now a hidden schema and a missing one
+    are answered by the proxy alike with PostgreSQL's answer for a missing configuration, never sent; no reserved
+    name anywhere; a legitimate value still works."""
+    steps = NAMED_VALUE_STEPS[form]
+    seen = {}
+    for name in NAMES:
+        conn = _connect(proxies[mode], strategy)
+        try:
+            texts = [step.format(s=name, hex=_escaped(name, "hex"), oct=_escaped(name, "oct")) for step in steps]
+            seen[name] = [_results(conn, text, extended) for text in [*texts, *_LEGIT]]
+        finally:
+            conn.finish()
+        assert "pg_9" not in repr(seen[name]), seen[name]
+    got = _unnamed(seen["glebox"], "glebox")
+    assert _unnamed(seen["globex"], "globex") == got, seen
+    index, value = _INVALID[form]
+    answer = got[index][-1][3]
+    assert answer[:2] == ("22023", f'invalid value for parameter "default_text_search_config": "{value}"'), got
+    assert got[-1][0][2] == [("pg_catalog.english",)] and got[-3][0][0] == "COMMAND_OK", got[-3:]
+    own = got[-4][0][3]  # the server's answer for an existing schema: the same fields but its source function
+    assert own[:5] == ("22023", 'invalid value for parameter "default_text_search_config": "public.bi_nosuch"', None,
+                       None, None) and own[:5] == (answer[0], answer[1].replace("SCHEMA.english", "public.bi_nosuch"),
+                                                   *answer[2:5]), (own, answer)
 
 
 # --- K3/K4 (red team 9a4): a Sync pipelined into a COPY IN, and one sent after it --------------------------------
@@ -631,3 +727,25 @@ def test_a_database_tenant_alone_in_its_database_reads_its_catalogs_statistics(
             assert _rows(conn, sql, False) == [("t",)], sql
     finally:
         conn.finish()
+
+
+@pytest.mark.parametrize("cast", ["'standard_conforming_strings  '::bpchar",
+                                  "'standard_conforming_stringsx'::varchar(27)",
+                                  "'standard_conforming_strings  '::char(40)"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_setting_name_behind_a_text_changing_cast_is_refused(proxies: dict[str, ProxyProcess], mode: str,
+                                                               strategy: str, cast: str) -> None:
+    """Found beside red team 9a5 F10: set_config's literal arguments were checked without their casts, but a cast
+    may change the text PostgreSQL gets (bpchar and char(n) drop trailing spaces, varchar(n) cuts): the proxy read
+    an unknown setting and sent the statement, where PostgreSQL sets standard_conforming_strings (pinned on: the
+    proxy's reading of string literals relies on it); the client's connection was then lost. Such an argument is
+    no literal now: refused, and the session goes on."""
+    conn = _connect(proxies[mode], strategy)
+    try:
+        got = _results(conn, f"SELECT set_config({cast}, 'off', false)")
+        shown = _results(conn, "SHOW standard_conforming_strings")
+    finally:
+        conn.finish()
+    assert got[0][0] == "FATAL_ERROR" and got[0][3][0] == b"42501", got
+    assert shown[0][2] == [(b"on",)], shown

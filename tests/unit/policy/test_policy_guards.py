@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from policy_corpus import DATABASE_HIDING, POLICIES
 
-from proxy.policy import Allow, Deny, Rewrite, decide, engine, guards
+from proxy.policy import Allow, Deny, Rewrite, decide, engine, guards, settings
 from proxy.policy import guarding as guarding_module
 from proxy.policy.sqltext import Edit
 from proxy.policy.tree import parse_json
@@ -399,24 +399,24 @@ def test_ts_headline_with_an_untyped_first_parameter_is_refused() -> None:
         ("shared_hiding", "SET default_text_search_config = 'pg_catalog.english'", "sent"),
         ("shared_hiding", "SET default_text_search_config TO english", "sent"),
         ("shared_hiding", "SET LOCAL default_text_search_config = 'public.mine'", "sent"),  # on the search_path
-        # red team 9a3 J5: a hidden schema is sent as a reserved name, a missing one as written: PostgreSQL answers
-        ("shared_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", "renamed"),
-        ("shared_hiding", "SET default_text_search_config = ' TENANT_GLOBEX . cfg'", "renamed"),
-        ("shared_hiding", "SET default_text_search_config = E'\"tenant_globex\".cfg'", "renamed"),
-        ("shared_hiding", "SET default_text_search_config = $$tenant_globex.cfg$$", "renamed"),
-        ("shared_hiding", "SET default_text_search_config = 'nosuch.cfg'", "sent"),
+        # red team 9a3 J5, 9a5: a hidden schema and a missing one are answered alike by the proxy (22023 at run)
+        ("shared_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", "missing"),
+        ("shared_hiding", "SET default_text_search_config = ' TENANT_GLOBEX . cfg'", "missing"),
+        ("shared_hiding", "SET default_text_search_config = E'\"tenant_globex\".cfg'", "missing"),
+        ("shared_hiding", "SET default_text_search_config = $$tenant_globex.cfg$$", "missing"),
+        ("shared_hiding", "SET default_text_search_config = 'nosuch.cfg'", "missing"),
         # red team 9a4 K1: the value as a quoted identifier; K2: three names, the first the database's
-        ("shared_hiding", 'SET default_text_search_config TO "tenant_globex.cfg"', "renamed"),
-        ("shared_hiding", 'SET LOCAL default_text_search_config = U&"tenant\\005fglobex.cfg"', "renamed"),
-        ("shared_hiding", 'SET default_text_search_config TO "nosuch.cfg"', "sent"),
-        ("shared_hiding", "SET default_text_search_config = 'saas.tenant_globex.cfg'", "renamed"),
-        ("shared_hiding", "SET default_text_search_config = 'SAAS . \"tenant_globex\".cfg'", "renamed"),
+        ("shared_hiding", 'SET default_text_search_config TO "tenant_globex.cfg"', "missing"),
+        ("shared_hiding", 'SET LOCAL default_text_search_config = U&"tenant\\005fglobex.cfg"', "missing"),
+        ("shared_hiding", 'SET default_text_search_config TO "nosuch.cfg"', "missing"),
+        ("shared_hiding", "SET default_text_search_config = 'saas.tenant_globex.cfg'", "missing"),
+        ("shared_hiding", "SET default_text_search_config = 'SAAS . \"tenant_globex\".cfg'", "missing"),
         ("shared_hiding", "SELECT set_config('default_text_search_config', 'saas.tenant_globex.cfg', false)",
-         "renamed"),
-        ("shared_hiding", "SET default_text_search_config = 'saas.nosuch.cfg'", "sent"),
-        ("database_hiding", 'SET default_text_search_config TO "tenant_globex.cfg"', "renamed"),
-        ("database_hiding", "SET default_text_search_config = 'saas.tenant_globex.cfg'", "renamed"),
-        ("shared_hiding", "SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)", "renamed"),
+         "missing"),
+        ("shared_hiding", "SET default_text_search_config = 'saas.nosuch.cfg'", "missing"),
+        ("database_hiding", 'SET default_text_search_config TO "tenant_globex.cfg"', "missing"),
+        ("database_hiding", "SET default_text_search_config = 'saas.tenant_globex.cfg'", "missing"),
+        ("shared_hiding", "SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)", "missing"),
         ("shared_hiding", "SELECT set_config('default_text_search_config', $1, false)", "refused"),
         ("shared_hiding", "SET default_text_search_config = 'pg_temp_3.cfg'", "refused"),  # existing or not
         ("shared_hiding", "SET default_text_search_config = 'pg_toast.cfg'", "refused"),
@@ -424,21 +424,50 @@ def test_ts_headline_with_an_untyped_first_parameter_is_refused() -> None:
         ("schema", "SET default_text_search_config = 'tenant_globex.cfg'", "refused"),
         ("schema", "SET default_text_search_config = 'nosuch.cfg'", "refused"),
         ("database", "SET default_text_search_config = 'anywhere.cfg'", "sent"),
-        ("database_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", "renamed"),
-        ("database_hiding", "SET default_text_search_config = 'nosuch.cfg'", "sent"),
+        ("database_hiding", "SET default_text_search_config = 'tenant_globex.cfg'", "missing"),
+        ("database_hiding", "SET default_text_search_config = 'nosuch.cfg'", "missing"),
+        # red team 9a5 F4, F10: escapes in the value or in the setting's name (decoded as PostgreSQL reads them)
+        ("shared_hiding", "SET default_text_search_config = E'\\x74enant_globex.cfg'", "missing"),
+        ("shared_hiding", "SET default_text_search_config = E'\\164enant_globex.cfg'", "missing"),
+        ("shared_hiding", 'SET U&"default\\005ftext_search_config" = \'tenant_globex.cfg\'', "missing"),
+        ("shared_hiding", "SELECT set_config(E'default\\x5ftext_search_config', 'tenant_globex.cfg', false)",
+         "missing"),
+        ("database_hiding", "SELECT set_config(U&'default_text_search_confi\\0067', 'tenant_globex.cfg', true)",
+         "missing"),
+        # red team 9a5 F1, F7, F8, F9, F14: wherever the call is, stored or evaluated later
+        ("shared_hiding", "PREPARE z AS SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)",
+         "missing"),
+        ("shared_hiding", "DECLARE c CURSOR FOR SELECT set_config('default_text_search_config', 'nosuch.cfg', false)",
+         "missing"),
+        ("shared_hiding", "CREATE TEMP VIEW v AS SELECT set_config('default_text_search_config', 'tenant_globex.cfg', "
+         "false)", "missing"),
+        ("database_hiding", "CREATE TEMP TABLE d (a text DEFAULT set_config('default_text_search_config', "
+         "'tenant_globex.cfg', false))", "missing"),
+        ("shared_hiding", "CREATE TEMP TABLE c (a text CHECK (set_config('default_text_search_config', "
+         "'tenant_globex.cfg', false) IS NULL))", "missing"),
+        ("shared_hiding", "EXPLAIN VERBOSE SELECT set_config('default_text_search_config', 'tenant_globex.cfg', false)",
+         "missing"),
+        ("database_hiding", "COPY pg_temp.t FROM STDIN WHERE set_config('default_text_search_config', "
+         "'tenant_globex.cfg', false) IS NULL", "missing"),
+        # a cast that may change the text: the value checked would not be the one the server gets
+        ("shared_hiding", "SELECT set_config('default_text_search_config', "
+         "'tenant_globex.cfg.public.cfg'::varchar(17), false)", "refused"),
+        ("shared_hiding", "SELECT set_config('default_text_search_config', 'public.cfg'::text, false)", "sent"),
     ],
 )
 def test_text_search_configuration_setting_names_usable_schemas(policy_name: str, sql: str, outcome: str) -> None:
     """default_text_search_config is looked up when set: PostgreSQL answers "permission denied for schema" for a
     schema the role may not use, "invalid value" for a missing one (self-red-team of G6). Where schemas are hidden,
-    a hidden one is sent as a reserved name (as a missing one is sent: PostgreSQL answers both alike); in the schema
+    a hidden one and a missing one are answered by the proxy alike, with PostgreSQL's answer for a missing one, when
+    the statement runs (never sent: nothing stores, prints or evaluates the value later; red team 9a5); in the schema
     strategy a qualified value must name a schema the tenant may use by its text, whether it exists or not."""
     decision = decide(POLICIES[policy_name], sql)
     if outcome == "sent":
         assert isinstance(decision, Allow) or (isinstance(decision, Rewrite) and not decision.names), decision
-    elif outcome == "renamed":
-        assert isinstance(decision, Rewrite) and decision.rules == ("hidden_schema",), decision
-        assert "tenant_globex" not in decision.sql.lower() and "pg_9" in decision.sql, decision
+    elif outcome == "missing":
+        assert isinstance(decision, Deny) and decision.rule == "foreign_schema" and decision.at_run, decision
+        assert decision.sqlstate == "22023" and decision.message.startswith(
+            'invalid value for parameter "default_text_search_config": "'), decision
     else:
         assert isinstance(decision, Deny) and decision.rule == "foreign_schema" and decision.sqlstate == "42501"
 
@@ -463,3 +492,29 @@ def test_a_statement_needing_more_than_max_guards_is_refused_before_any_is_built
     decision = decide(POLICIES[policy_name], "SELECT 1 FROM " + ", ".join(items))
     assert isinstance(decision, Deny) and decision.rule == "too_many_guards", decision
     assert decision.sqlstate == "54001" and str(guarding_module.MAX_GUARDS) in decision.message
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ("globex.english", ["globex", "english"]),
+        (" GLOBEX . English ", ["globex", "english"]),
+        ('"GloBex"."a""b"', ["GloBex", 'a"b']),
+        ("saas.globex.english", ["saas", "globex", "english"]),
+        ("glob\u00c9x.english", ["glob\u00c9x", "english"]),  # only ASCII letters are downcased (UTF8)
+        ("glo+bex.english", ["glo+bex", "english"]),  # an unquoted name runs to a dot or a space
+        ("globex\u00a0.english", ["globex\u00a0", "english"]),  # a no-break space is no scanner space: in the name
+        ('"".english', ["", "english"]),
+        ("x" * 70 + ".english", ["x" * 63, "english"]),  # truncated to 63 bytes
+        ("globex.", None),
+        (".english", None),
+        ('"globex.english', None),
+        ('"globex"x.english', None),
+        ("globex english", None),
+        ("   ", None),
+    ],
+)
+def test_a_settings_qualified_name_is_split_as_postgresql_splits_it(value: str, names: list[str] | None) -> None:
+    """stringToQualifiedNameList's reading of a default_text_search_config value (red team 9a5): the schema the proxy
+    answers for is the one PostgreSQL would look up."""
+    assert settings.qualified_name(value) == names
