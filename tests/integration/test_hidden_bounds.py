@@ -575,8 +575,11 @@ def test_a_prepare_refused_behind_one_in_flight_keeps_the_first_text(proxies: di
             sock.close()
         assert b"pg_9" not in repr(got[name]).encode(), got[name]
     assert _unnamed(got["globex"], "globex") == _unnamed(got["glebox"], "glebox"), got
-    text = texts[0].replace("glebox", "globex").encode()
-    assert got["globex"] == ([(b"C", b"PREPARE\x00"), (b"Z", b"I"), (b"E", "42P05"), (b"Z", b"I")],
+    # Since red team 9a5 F1/F8 the PREPARE holding the setting's value never reaches PostgreSQL (the proxy answers
+    # 22023 for a hidden and a missing schema alike): the one sent is the plain one, listed with its own text.
+    refused, done = [(b"E", "22023"), (b"Z", b"I")], [(b"C", b"PREPARE\x00"), (b"Z", b"I")]
+    text = b"PREPARE bi_f AS SELECT 2"
+    assert got["globex"] == (refused + done if first == "renamed" else done + refused,
                              [struct.pack("!hi", 2, 4) + b"bi_f" + struct.pack("!i", len(text)) + text]), got
 
 
