@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from proxy import errors
 from proxy.errors import PgError
+from proxy.pgnames import protocol_name, sql_identifier
 from proxy.policy.model import RESERVED_STATEMENT_PREFIX, SESSION_STATEMENTS_MARKER
 from proxy.policy.sqltext import quote_literal
 from proxy.protocol import messages as m
@@ -655,6 +656,8 @@ class Statements:
         if self._skipping:
             return None
         name = m.bind_statement(body)
+        if name:
+            name = protocol_name(name)
         target = self.unnamed if name == "" else self.named.get(name or "")
         self._resets = target is not None and target.resets
         if name is None:  # malformed: the backend says so
@@ -671,7 +674,8 @@ class Statements:
         if body[:1] != b"S":
             self._sent(_DESCRIBE)
             return None
-        return self._naming(_DESCRIBE, body[1:].rstrip(b"\x00").decode("utf-8", "replace"), body, _describe)
+        return self._naming(_DESCRIBE, protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace")), body,
+                            _describe)
 
     def _naming(self, type_: int, name: str, body: bytes, renamed: Callable[[str], bytes]) -> bytes | None:
         """A Bind or Describe of statement `name`: what to send in its place (`renamed(server name)` after what the
@@ -695,7 +699,7 @@ class Statements:
         if body[:1] != b"S":
             self._sent(_CLOSE)
             return None
-        name = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+        name = protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
         if not name:
             old = self.unnamed
             self.unnamed = None
@@ -766,7 +770,7 @@ class Statements:
         if found is None:
             return None
         name = found.group(1)
-        name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+        name = sql_identifier(name[1:-1].replace('""', '"') if name.startswith('"') else name.lower())
         stmt = self.named.pop(name, None)
         if stmt is None:
             return None
