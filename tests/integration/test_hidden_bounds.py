@@ -476,6 +476,7 @@ def _both(proxy: ProxyProcess, strategy: str, steps: Any) -> dict[str, list[Any]
 
 _LONG = "k6" + "x" * 70  # 72 bytes: PostgreSQL keeps (and lists) the first 63
 _LONG2 = "k7" + "y" * 70
+_CUT = "d" * 62 + "\u00e9"  # 64 bytes: PostgreSQL keeps 63, the first byte of the last character
 
 
 @pytest.mark.parametrize("strategy", sorted(TENANTS))
@@ -483,21 +484,26 @@ _LONG2 = "k7" + "y" * 70
 def test_a_statement_name_over_63_bytes_lists_the_clients_text(proxies: dict[str, ProxyProcess], mode: str,
                                                                 strategy: str) -> None:
     """Red team 9a5 F5 (session pooling): PostgreSQL keeps a protocol statement under the first 63 bytes of its
-    name, the proxy kept the client's text under the whole name, so pg_prepared_statements missed it and listed the
-    server's text, the hidden schema's reserved name (a missing schema's shows the client's text). Transaction
-    pooling listed the 72-byte name, PostgreSQL lists 63 bytes."""
+    name (cut inside a character too), the proxy kept the client's text under the whole name, so
+    pg_prepared_statements missed it and listed the server's text, the hidden schema's reserved name (a missing
+    schema's shows the client's text). Transaction pooling listed the 72-byte name, PostgreSQL lists 63 bytes."""
     def steps(name: str) -> list[tuple[bytes, int]]:
         return [
             (m.Parse(_LONG, f"CREATE TEMP TABLE IF NOT EXISTS bi_f5 (LIKE {name}.orders)", b"\x00\x00").encode()
-             + m.Parse(_LONG2, f"LOCK {name}.orders IN ACCESS SHARE MODE", b"\x00\x00").encode() + m.SYNC_MESSAGE, 1),
+             + m.Parse(_LONG2, f"LOCK {name}.orders IN ACCESS SHARE MODE", b"\x00\x00").encode()
+             + m.Parse(_CUT, f"CREATE TEMP TABLE IF NOT EXISTS bi_f5c (LIKE {name}.orders)", b"\x00\x00").encode()
+             + m.SYNC_MESSAGE, 1),
             (m.Query("SELECT name, statement FROM pg_prepared_statements ORDER BY name").encode(), 1),
         ]
 
     got = _both(proxies[mode], strategy, steps)["glebox"]
     rows = [body for t, body in got[1] if t == b"D"]
-    first, second = ((struct.pack("!hi", 2, 63) + name[:63].encode()).decode() for name in (_LONG, _LONG2))
-    assert len(rows) == 2 and rows[0].startswith(first) and rows[1].startswith(second), rows
-    assert rows[0].endswith("(LIKE SCHEMA.orders)") and rows[1].endswith("LOCK SCHEMA.orders IN ACCESS SHARE MODE")
+    expected = [(_CUT[:62] + "\ufffd", "CREATE TEMP TABLE IF NOT EXISTS bi_f5c (LIKE SCHEMA.orders)"),
+                (_LONG[:63], "CREATE TEMP TABLE IF NOT EXISTS bi_f5 (LIKE SCHEMA.orders)"),
+                (_LONG2[:63], "LOCK SCHEMA.orders IN ACCESS SHARE MODE")]
+    assert len(rows) == 3, rows
+    for row, (name, statement) in zip(rows, expected, strict=True):
+        assert row[6:].startswith(name + "\x00\x00\x00") and row.endswith(statement), (row, name)
 
 
 _SAME = "k" + "x" * 70

@@ -6,17 +6,20 @@ import json
 
 from pglast.parser import parse_sql_json
 
-from proxy.pgnames import protocol_name, sql_identifier
+from proxy.pgnames import cut, protocol_name, server_bytes, shown, sql_identifier
 
 
 def test_a_protocol_name_is_its_first_63_bytes() -> None:
     assert protocol_name("S_1") == "S_1" and protocol_name("") == ""
     assert protocol_name("k" * 63) == "k" * 63
     assert protocol_name("k" + "x" * 70) == "k" + "x" * 62 == protocol_name("k" + "x" * 62 + "ZZZ")
-    # cut inside a character, as PostgreSQL cuts it (its first byte ends the key)
-    assert protocol_name("d" * 62 + "é") == "d" * 62 + "\ufffd" == protocol_name("d" * 62 + "è")
-    assert protocol_name("d" * 62 + "é") != protocol_name("d" * 62)
-    assert protocol_name("é" * 40) == "é" * 31 + "\ufffd"
+    # cut inside a character, as PostgreSQL cuts it (the first byte of "é" and of "è" is 0xC3): the key keeps that
+    # byte, shown as U+FFFD
+    key = protocol_name("d" * 62 + "é")
+    assert key == protocol_name("d" * 62 + "è") and key not in (protocol_name("d" * 62), "d" * 62 + "\ufffd")
+    assert cut(key) and server_bytes(key) == b"d" * 62 + b"\xc3" and shown(key) == "d" * 62 + "\ufffd"
+    assert server_bytes(protocol_name("é" * 40)) == ("é" * 40).encode()[:63]
+    assert not cut(protocol_name("k" + "x" * 70)) and server_bytes("S_1") == b"S_1"
 
 
 def test_a_sql_identifier_is_cut_at_a_character_as_the_scanner_cuts_it() -> None:
