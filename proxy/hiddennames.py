@@ -44,24 +44,42 @@ Moved = tuple[tuple[int, int, int], ...]  # (start, end, characters added) of ea
 _PLAIN: tuple[Names, Moved] = ((), ())  # a statement sent without reserved names
 
 
+class Executed(tuple):  # type: ignore[type-arg]
+    """The (names, moved) of a prepared statement a SQL EXECUTE runs (`executed`): its answer is mapped through them
+    unless PostgreSQL confirmed the statement gone before it (`InFlight.forget`: a Close, DEALLOCATE [ALL] or
+    DISCARD ALL, red team 9a5 F3), and never a position PostgreSQL reports in the EXECUTE's own parameters (`own`:
+    their nodes' character offsets in the client's text, red team 9a5 F2)."""
+
+    record: tuple[Names, Moved]
+    own: frozenset[int]
+
+    def __new__(cls, record: tuple[Names, Moved], own: frozenset[int]) -> Executed:
+        run = super().__new__(cls, record)
+        run.record, run.own = record, own
+        return run
+
+
 class InFlight:
     """The reserved names of the requests in flight (each request's own, from the decisions of its statements, so
     nothing evicts them), of the prepared statements sent renamed (for their later Bind/Execute), of the portals
     bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
     name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
+    __slots__ = ("gone", "hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
         self.statements: dict[str, tuple[Names, Moved]] = {}
         self.plain_first: object = None  # the newest request, when a statement naming nothing hidden came first in it
-        # portal -> the names of its statement, the request that bound it and the savepoint level it was bound in
+        # portal -> the record of its statement, the request that bound it and the savepoint level it was bound in
         # (subxacts.py; gone at its Close, when a later request ends the transaction or a ROLLBACK TO drops it)
-        self.portals: dict[str, tuple[Names, Moved, object, int]] = {}
+        self.portals: dict[str, tuple[tuple[Names, Moved], object, int]] = {}
         self.sent: set[bytes] = set()  # the reserved names of other sessions' temporary schemas (MAX_SENT at most)
         self.hidden: set[bytes] = set()  # the reserved names of hidden schemas (the tenant's few: never dropped)
         self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
+        # records of statements PostgreSQL confirmed gone, by identity: the SQL EXECUTEs of them in flight (sent
+        # before the confirmation) are answered through no moves (emptied once no request is in flight)
+        self.gone: dict[int, tuple[Names, Moved]] = {}
 
     def sending(self, names: Names) -> None:
         """`names` are sent to PostgreSQL: none of them may reach the client (`leaks`)."""
@@ -90,31 +108,59 @@ class InFlight:
         if found is None:
             self.portals.pop(portal, None)
         else:
-            self.portals[portal] = (found[0], found[1], request, level)
+            self.portals[portal] = (found, request, level)
         return found
 
     def rolled_back(self, gone: Callable[[int], bool]) -> None:
         """A ROLLBACK TO was confirmed: the portals bound in the levels it aborted (`gone`) are dropped (red team 9a3
         J2)."""
         portals = self.portals
-        for portal in [p for p, entry in portals.items() if gone(entry[3])]:
+        for portal in [p for p, entry in portals.items() if gone(entry[2])]:
             del portals[portal]
 
     def ended(self, pending: object) -> None:
         """A transaction ended: the portals bound by requests answered by now are gone (not those of requests still
         in `pending`, pipelined behind it)."""
         portals = self.portals
-        for portal in [p for p, (_, _, r, _) in portals.items() if r not in pending]:  # type: ignore[operator]
+        for portal in [p for p, (_, r, _) in portals.items() if r not in pending]:  # type: ignore[operator]
             del portals[portal]
 
     def add(self, request: object, names: Names, moved: Moved, pending: object) -> None:
         """`request` (in flight) was sent with `names`; the requests no longer in `pending` are forgotten."""
+        self._entries(request, pending).append((names, moved))
+
+    def running(self, request: object, run: Executed, pending: object) -> None:
+        """`request` (in flight) runs a prepared statement by SQL EXECUTE (`executed`)."""
+        self._entries(request, pending).append(run)
+
+    def carry(self, request: object, record: tuple[Names, Moved], pending: object) -> None:
+        """`request` (in flight) runs a statement of `record` (a Bind or an Execute of its portal)."""
+        if type(record) is Executed:
+            self.running(request, record, pending)
+        else:
+            self.add(request, record[0], record[1], pending)
+
+    def _entries(self, request: object, pending: object) -> list[tuple[Names, Moved]]:
         for done in [r for r in self.requests if r is not request and r not in pending]:  # type: ignore[operator]
             del self.requests[done]
+        if self.gone and not self.requests:
+            self.gone.clear()
         entries = self.requests.get(request)
         if entries is None:
             entries = self.requests[request] = [_PLAIN] if self.plain_first is request else []
-        entries.append((names, moved))
+        return entries
+
+    def forget(self, names: list[str] | None, keep: frozenset[str] = frozenset()) -> None:
+        """PostgreSQL confirmed statements `names` gone (None: every one but those of `keep`, Parsed again since):
+        their records go, and the SQL EXECUTEs of them still in flight are answered through no moves (red team 9a5
+        F3)."""
+        statements = self.statements
+        for name in list(statements) if names is None else names:
+            if name in keep:
+                continue
+            record = statements.pop(name, None)
+            if record is not None and self.requests:
+                self.gone[id(record)] = record
 
     def plain(self, request: object) -> None:
         """A statement of `request` (the newest in flight) that names nothing hidden: its answers are mapped through
@@ -126,31 +172,73 @@ class InFlight:
             entries.append(_PLAIN)
 
     def of(self, request: object) -> list[tuple[Names, Moved]]:
-        return self.requests.get(request, [])
+        entries = self.requests.get(request, [])
+        gone = self.gone
+        if gone and any(type(entry) is Executed and id(entry.record) in gone for entry in entries):  # type: ignore
+            return [_PLAIN if type(entry) is Executed and id(entry.record) in gone else entry  # type: ignore
+                    for entry in entries]
+        return entries
 
 
-def executed(sql: str, statements: dict[str, tuple[Names, Moved]]) -> list[tuple[Names, Moved]]:
+def executed(sql: str, statements: dict[str, tuple[Names, Moved]], sent: str | None = None) -> list[Executed]:
     """The recorded names of the prepared statements (sent with reserved names) that `sql` runs by SQL `EXECUTE`,
     under EXPLAIN or CREATE TABLE AS too: PostgreSQL's answers name them, its positions in their texts (red team 9a4
-    K5), as a Bind/Execute of one is answered."""
+    K5), as a Bind/Execute of one is answered; not its positions in the EXECUTE's own parameters (`Executed.own`,
+    in the text sent in its place, `sent`, when the policy rewrote it: PostgreSQL's positions are in that text).
+    (The parser keys each name as PostgreSQL does: an identifier truncated to 63 bytes, pgnames.sql_identifier.)"""
     if not statements or "execute" not in sql.lower():
         return []
+    runs = _runs(sql)
+    if not any(run.get("name") in statements for run in runs):
+        return []
+    text = sql
+    if sent is not None and sent != sql:
+        sent_runs = _runs(sent)
+        if [run.get("name") for run in sent_runs] == [run.get("name") for run in runs]:
+            runs, text = sent_runs, sent
+        else:  # (cannot tell where the parameters were sent: every position is the statement's, as before)
+            text = ""
+    return [Executed(statements[run["name"]], _locations(text, run.get("params")) if text else frozenset())
+            for run in runs if run.get("name") in statements]
+
+
+def _runs(sql: str) -> list[dict[str, Any]]:
+    """The ExecuteStmt nodes of `sql`, in the order they are written."""
     try:
         tree = json.loads(parse_sql_json(sql))
     except (ParseError, ValueError):
         return []
-    found: list[tuple[Names, Moved]] = []
+    found: list[dict[str, Any]] = []
     stack: list[Any] = [tree]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             run = node.get("ExecuteStmt")
-            if isinstance(run, dict) and run.get("name") in statements:
-                found.append(statements[run["name"]])
+            if isinstance(run, dict):
+                found.append(run)
+            stack.extend(reversed(node.values()))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    return found
+
+
+def _locations(sql: str, tree: Any) -> frozenset[int]:
+    """The character offsets in `sql` of the nodes of `tree` (the parser's locations are byte offsets)."""
+    found: list[int] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            at = node.get("location")
+            if isinstance(at, int) and at >= 0:
+                found.append(at)
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-    return found
+    if not found or sql.isascii():
+        return frozenset(found)
+    raw = sql.encode("utf-8", "surrogatepass")
+    return frozenset(len(raw[:at].decode("utf-8", "ignore")) for at in found)
 
 
 def written_back(type_byte: bytes, body: bytes, sent: list[tuple[Names, Moved]], written: str) -> bytes | None:
@@ -168,7 +256,7 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
     changed = False
     position = fields.get("P")
     if position and position.isdigit():
-        moved = _moved_of(fields, sent)
+        moved = _moved_of(fields, _runs_own(int(position), sent))
         if moved:
             back = str(position_back(int(position), moved))
             changed = back != position
@@ -195,6 +283,17 @@ def fields_back(fields: dict[str, str], sent: list[tuple[Names, Moved]], written
         if value is not None and "pg_9" in value and _SHAPES.match(value) is not None:
             fields[code] = _RESERVED.sub(back, value)
     return changed
+
+
+def _runs_own(position: int, sent: list[tuple[Names, Moved]]) -> list[tuple[Names, Moved]]:
+    """`sent` without the prepared statements of SQL EXECUTEs when `position` (PostgreSQL's, in the text it was
+    sent) is at one of those EXECUTEs' own parameters: a position in the EXECUTE's text, mapped through its own
+    request's moves only, never the statement's (red team 9a5 F2)."""
+    if not any(type(entry) is Executed for entry in sent):
+        return sent
+    if any(position - 1 in entry.own for entry in sent if type(entry) is Executed):  # type: ignore[attr-defined]
+        return [entry for entry in sent if type(entry) is not Executed] or [_PLAIN]
+    return sent
 
 
 def _moved_of(fields: dict[str, str], sent: list[tuple[Names, Moved]]) -> Moved:

@@ -63,6 +63,7 @@ from proxy.limits import (
 )
 from proxy.limits import server_request as limits_server_request
 from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo, next_state, unreadable
+from proxy.pgnames import protocol_name
 from proxy.policy import timeouts
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
@@ -600,8 +601,8 @@ class ClientSession:
                 except m.DecodeError:
                     text = None
         shrink, self._parse_shrink = self._parse_shrink, 0
-        edited = st.parse(parse.name, parse.sql, parse.param_types, self._statement_scope(), resets, live, text,
-                          shrink if text is not None else 0)
+        edited = st.parse(protocol_name(parse.name), parse.sql, parse.param_types, self._statement_scope(), resets,
+                          live, text, shrink if text is not None else 0)
         return out if edited is None else edited
 
     def _duplicate_parse(self, name: str, body: bytes) -> bytes | None:
@@ -625,18 +626,19 @@ class ClientSession:
             if body[:1] == b"\x00":
                 return self._gate_parse(body)
             names = self._follow_names()
-        name = m.parse_name(body)
+        sent = m.parse_name(body)
+        name = protocol_name(sent)  # (the server's key of it: red team 9a5 F5)
         if name and (names.taken(name) or name in self.context.belief.prepared
                      or name in self.context.current.prepared):
             self.tracker.on_parse("", "", None)
-            marker = self._error_marker(errors.prepared_statement_exists(name=name))
-            return m.Parse(name, marker, b"\x00\x00").encode()
+            marker = self._error_marker(errors.prepared_statement_exists(name=sent))
+            return m.Parse(sent, marker, b"\x00\x00").encode()
         if name:  # past the session's bounds on named statements (every one counted alike: red team 9a3 J6b)
-            start = len(name.encode("utf-8")) + 1
+            start = body.find(b"\x00") + 1
             refused = self._session_texts().refusal(name, max(body.find(b"\x00", start) - start, 0))
             if refused is not None:
                 self.tracker.on_parse("", "", None)
-                return m.Parse(name, self._error_marker(refused), b"\x00\x00").encode()
+                return m.Parse(sent, self._error_marker(refused), b"\x00\x00").encode()
         out = self._gate_parse(body)
         if out is not HOLD:
             names.parse(name, self.tracker.pending[-1])
@@ -678,6 +680,8 @@ class ClientSession:
         name = self._names.close_complete(pending[0] if pending else None)
         if name is not None:
             self._closed_statement(name)
+            if self._hidden is not None and self._hidden.statements:  # (red team 9a5 F3)
+                self._hidden.forget([name])
 
     def _names_ended(self, request: object) -> None:
         """`request` failed or ended: the Parses of it the server did not confirm leave no client text."""
@@ -1550,7 +1554,7 @@ class ClientSession:
             if self.statements is not None:
                 out = self._statement_parse(held.body, out)
             elif self._names is not None:
-                self._names.parse(held.parse.name, self.tracker.pending[-1])
+                self._names.parse(protocol_name(held.parse.name), self.tracker.pending[-1])
             if self._journal is not None:
                 self._tag_journal()
         raw = out if out is not None else m.frame(bytes((held.type,)), held.body)
@@ -1715,7 +1719,8 @@ class ClientSession:
         self.tracker.on_query(sql, decision)
         first, self._binds = self._binds, 0
         if self._hidden is not None:
-            ran = bool(self._hidden.statements) and self._executed_statements(sql)
+            ran = bool(self._hidden.statements) and self._executed_statements(
+                sql, sent=decision.sql if type(decision) is Rewrite else None)
             if not ran and not (type(decision) is Rewrite and decision.names):
                 self._joined_plain()
         if type(decision) is not Deny and decision.changes:
@@ -1797,8 +1802,9 @@ class ClientSession:
         return self._parse_decided(body, token, parse, decision)
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
+        name = protocol_name(parse.name)  # the records' key of it, the server's (red team 9a5 F5)
         if self._reset_names:
-            self._reset_names.discard(parse.name)
+            self._reset_names.discard(name)
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(parse.sql, decision)
             if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
@@ -1807,42 +1813,42 @@ class ClientSession:
                 if restored is not None and restored.retagged:
                     if not self._reset_names:
                         self._reset_names = set()
-                    self._reset_names.add(parse.name)
+                    self._reset_names.add(name)
         kind = statement_kind(parse.sql)
-        self.tracker.on_parse(parse.name, parse.sql, decision, kind)
+        self.tracker.on_parse(name, parse.sql, decision, kind)
         if type(decision) is not Deny and decision.changes and any(c.op in SAVEPOINT_OPS for c in decision.changes):
             held = self._subxact_statements
-            if parse.name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
+            if name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
                 del held[next(iter(held))]  # (the oldest: a Bind of it then is not followed, subxacts.py)
-            held[parse.name] = tuple((c.op, c.name) for c in decision.changes if c.op in SAVEPOINT_OPS)
+            held[name] = tuple((c.op, c.name) for c in decision.changes if c.op in SAVEPOINT_OPS)
         elif self._subxact_statements:
-            self._subxact_statements.pop(parse.name, None)
+            self._subxact_statements.pop(name, None)
         if self.agent is not None:
-            refused = self._agent_parse(parse.name, parse.sql, parse.param_types, decision)
+            refused = self._agent_parse(name, parse.sql, parse.param_types, decision)
             if refused is not None:
                 if self._tracking:
-                    self._parse_changes(parse.name, ())
+                    self._parse_changes(name, ())
                 return m.Parse(parse.name, self._error_marker(refused), parse.param_types).encode()
         memo = len(body) <= _MAX_MEMO_BODY
         if type(decision) is Allow:
-            if (self._client_texts is not None or self._sql_prepared is not None) and parse.name and \
+            if (self._client_texts is not None or self._sql_prepared is not None) and name and \
                     self.statements is None:
-                self._client_text(parse.name, parse.sql, False)
+                self._client_text(name, parse.sql, False)
             if DECLARES_CURSOR in decision.effects:
                 self._declared(parse.sql, None, decision)
             if self._hidden is not None:  # the name's earlier reserved names go (red team 9a2 H2)
-                self._remember_names(decision, parse.name)
+                self._remember_names(decision, name)
                 if self._hidden.statements:
-                    self._executed_statements(parse.sql, parse.name)
-            self._parsed(body, token, parse.name, parse.sql, kind, decision, None, memo)
+                    self._executed_statements(parse.sql, name)
+            self._parsed(body, token, name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
         if self._hidden is not None or (isinstance(decision, Rewrite) and decision.names):
-            self._remember_names(decision, parse.name)
+            self._remember_names(decision, name)
         if isinstance(decision, Rewrite):
             sql = decision.sql
-            if parse.name and self.statements is None:
-                self._client_text(parse.name, parse.sql, True)
+            if name and self.statements is None:
+                self._client_text(name, parse.sql, True)
             if SESSION_STATEMENTS in decision.rules:  # reads pg_prepared_statements: see `_statement_parse`
                 memo = False
                 if self.statements is None:
@@ -1852,12 +1858,12 @@ class ClientSession:
             if DECLARES_CURSOR in decision.effects:
                 self._declared(sql, parse.sql, decision)
             out = m.Parse(parse.name, sql, parse.param_types).encode()
-            self._parsed(body, token, parse.name, parse.sql, kind, decision, out, memo)
-            if parse.name and self.statements is not None:
+            self._parsed(body, token, name, parse.sql, kind, decision, out, memo)
+            if name and self.statements is not None:
                 self._parse_shrink = renamed_shrink(decision, parse.sql)
             return out
         if self._tracking:
-            self._parse_changes(parse.name, ())
+            self._parse_changes(name, ())
         if decision.statement is not None and as_missing(decision):  # PostgreSQL's Parse refuses several first
             return m.Parse(parse.name, self._error_marker(errors.multiple_commands()), parse.param_types).encode()
         if decision.at_run:
@@ -1868,7 +1874,7 @@ class ClientSession:
         """A statement PostgreSQL analyzes only when it runs, naming a hidden schema: its Parse succeeds and each run
         fails (CLOSE of a cursor named by the marker), as PostgreSQL answers a missing schema (`Deny.at_run`)."""
         if parse.name and self.statements is None:
-            self._client_text(parse.name, parse.sql, True)
+            self._client_text(protocol_name(parse.name), parse.sql, True)
         return m.Parse(parse.name, _AT_RUN + self._deny_marker(decision), parse.param_types).encode()
 
     def _parsed(self, body: bytes, token: object, name: str, sql: str, kind: str, decision: Allow | Rewrite,
@@ -2112,7 +2118,7 @@ class ClientSession:
             self.tracker.on_query("", decision)
             return query_message(self._deny_marker(decision))
         name = m.parse_name(body)
-        self.tracker.on_parse(name, "", decision)
+        self.tracker.on_parse(protocol_name(name), "", decision)
         return m.Parse(name, self._deny_marker(decision), b"\x00\x00").encode()
 
     def _report(self, kind: str, sql: str, decision: Decision) -> None:
@@ -2138,6 +2144,8 @@ class ClientSession:
 
     def _on_bind(self, body: bytes) -> object:
         statement = bind_statement(body)
+        if statement:
+            statement = protocol_name(statement)
         if self.agent is not None and self._released is not body:
             found = self._agent_statements.get(statement or "")
             if found is not None:
@@ -2186,14 +2194,19 @@ class ClientSession:
 
     def _on_close(self, body: bytes) -> bytes | None:
         name = m.close_statement(body)
+        if name:
+            name = protocol_name(name)
         if self._hidden is not None and name is None and self._hidden.portals:
-            portal = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+            portal = protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
             old = self._hidden.portals.pop(portal, None)
             if old is not None:  # (taken back if PostgreSQL skips the Close: red team 9a3 J1b)
                 self._journaled(partial(_restore, self._hidden.portals, portal, old))
         if self._names is not None:  # its records go with the name once the server says so (_on_close_complete)
             self._names_close(name)
             return None
+        if name is not None and self._hidden is not None and name in self._hidden.statements:  # (red team 9a5 F3)
+            old = self._hidden.statements.pop(name)
+            self._journaled(partial(_restore, self._hidden.statements, name, old))
         if name is not None:
             self._closed_statement(name)
         return None
@@ -2279,6 +2292,11 @@ class ClientSession:
                     self._client_texts.clear()
                 elif gone is not None:
                     self._client_texts.close(gone)
+            if self._hidden is not None and self._hidden.statements:  # (red team 9a5 F3)
+                if body in FORGETS_ALL:
+                    self._hidden.forget(None, self._names.parsing())
+                elif gone is not None:
+                    self._hidden.forget([gone])
         if self._tracking:
             pending = self.tracker.pending
             self.context.completed(pending[0] if pending else None, self._done, body)
@@ -2545,13 +2563,15 @@ class ClientSession:
         elif pending:
             self._hidden.plain(pending[-1])
 
-    def _executed_statements(self, sql: str, statement: str | None = None) -> bool:
+    def _executed_statements(self, sql: str, statement: str | None = None, sent: str | None = None) -> bool:
         """A Query (or a Parse of `statement`) that runs prepared statements sent with reserved names by SQL EXECUTE:
         its answers (or its Bind/Execute's) name them, as a Bind/Execute of those statements is answered (red team
         9a4 K5)."""
         hidden = self._hidden
         assert hidden is not None
-        run = hiddennames.executed(sql, hidden.statements)
+        if self.statements is not None:  # (the client's protocol statements are not on the server under its names)
+            return False
+        run = hiddennames.executed(sql, hidden.statements, sent)
         if not run:
             return False
         if statement is not None:
@@ -2560,8 +2580,8 @@ class ClientSession:
             statements[statement] = run[0]
             return True
         pending = self.tracker.pending
-        for names, moved in run:
-            hidden.add(pending[-1], names, moved, pending)
+        for executed in run:
+            hidden.running(pending[-1], executed, pending)
         return True
 
     def _joined_plain(self) -> None:
@@ -2590,7 +2610,7 @@ class ClientSession:
         if type(adm.decision) is Rewrite and adm.decision.names:
             found = (adm.decision.names, adm.decision.moved)
         elif held.type == m.BIND and self._hidden is not None:
-            found = self._hidden.statements.get(bind_statement(held.body) or "")
+            found = self._hidden.statements.get(protocol_name(bind_statement(held.body) or ""))
         if found is None:
             return []
         prefix = len(admission.EXPLAIN_PREFIX)
@@ -2616,14 +2636,14 @@ class ClientSession:
             if request is not None:
                 hidden.plain(request)
             return
-        portal = body[:body.index(b"\x00")].decode("utf-8", "replace")
+        portal = protocol_name(body[:body.index(b"\x00")].decode("utf-8", "replace"))
         old = hidden.portals.get(portal)
         found = hidden.bound(portal, statement, request, self._subxacts.top() if self._subxacts is not None else 0)
         if old is not None or found is not None:  # (taken back if PostgreSQL skips the Bind: red team 9a3 J1b)
             self._journaled(partial(_restore, hidden.portals, portal, old))
         if request is not None:
             if found is not None:
-                hidden.add(request, found[0], found[1], pending)
+                hidden.carry(request, found, pending)
             else:
                 hidden.plain(request)
 
@@ -2657,13 +2677,14 @@ class ClientSession:
         hidden = self._hidden
         assert hidden is not None
         end = body.find(b"\x00")
-        found = hidden.portals.get(body[:max(end, 0)].decode("utf-8", "replace")) if hidden.portals else None
+        found = hidden.portals.get(protocol_name(body[:max(end, 0)].decode("utf-8", "replace"))) if hidden.portals \
+            else None
         self.tracker.on_bind("")  # (opens the extended request unless one is open, as a Bind would)
         pending = self.tracker.pending
         if found is None:
             hidden.plain(pending[-1])
         else:
-            hidden.add(pending[-1], found[0], found[1], pending)
+            hidden.carry(pending[-1], found[0], pending)
 
     def _names_back(self, type_byte: bytes, body: bytes) -> bytes | None:
         """An answer naming a reserved schema name as a schema: the client's name in its place, unless the client's
@@ -2809,10 +2830,10 @@ class ClientSession:
     def _meter_bind(self, body: bytes) -> None:
         """A Bind (re)defines its portal: its count starts again."""
         if self._portal_counts:
-            self._portal_counts.pop(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace"), None)
+            self._portal_counts.pop(protocol_name(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace")), None)
 
     def _meter_execute(self, body: bytes) -> None:
-        name = bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace")
+        name = protocol_name(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace"))
         self._executes.append(name)
         if len(self._executes) == 1:
             self._resume(name)
@@ -3202,7 +3223,7 @@ class _Follow:
         return self.session._statement_query(body, out)  # type: ignore[arg-type]
 
     def on_parse(self, body: bytes) -> object:
-        name = m.parse_name(body)
+        name = protocol_name(m.parse_name(body))
         if name and name in self.st.named:  # PostgreSQL: 42P05, the old statement stays (red team round 6 F8)
             return self.session._duplicate_parse(name, body)
         gate = self.gate_parse

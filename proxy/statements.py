@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from proxy import errors
 from proxy.errors import PgError
+from proxy.pgnames import cut, protocol_name, server_bytes, shown, sql_identifier
 from proxy.policy.model import RESERVED_STATEMENT_PREFIX, SESSION_STATEMENTS_MARKER
 from proxy.policy.sqltext import quote_literal
 from proxy.protocol import messages as m
@@ -104,6 +105,17 @@ def _cut(row: dict[str, object], keep: int) -> dict[str, object]:
     if not keep and isinstance(name, str) and len(name) > _NAME_CUT:
         short["name"] = name[:_NAME_CUT] + _CUT
     return short
+
+
+def _over(name: str, text: str | None) -> dict[str, object]:
+    """The listing's entry of a statement `name` (a `pgnames.protocol_name` key) the server keeps under the client's
+    name, shown with its text: matched by the server's bytes of the name (`key`) where its 63rd byte cut a character
+    in two (not valid UTF-8 as PostgreSQL keeps it, red team 9a5 F5)."""
+    row: dict[str, object] = {"name": name, "statement": text, "server": name, "over": True}
+    if cut(name):
+        row["name"] = row["server"] = shown(name)
+        row["key"] = "\\x" + server_bytes(name).hex()
+    return row
 
 
 def renamed_shrink(decision: object, text: str) -> int:
@@ -209,8 +221,7 @@ class ClientTexts:
         once per change."""
         if self._listed is None:
             self._listed = fit_listing(
-                [{"name": n, "statement": t, "server": n, "over": True} for n, (t, _) in self.texts.items()
-                 if t is not None], self.max_listing)
+                [_over(n, t) for n, (t, _) in self.texts.items() if t is not None], self.max_listing)
         return self._listed
 
 
@@ -603,7 +614,7 @@ class Statements:
     def _refused(self, name: str, size: int) -> bytes | None:
         """A Parse of statement `name` (`size` bytes of text and types) that fails, as PostgreSQL fails it (the name
         is in use, or it would take the session past its bounds): the Parse that fails so; None when it may go on."""
-        limit = None if name not in self.named else errors.prepared_statement_exists(name)
+        limit = None if name not in self.named else errors.prepared_statement_exists(shown(name))
         if limit is None:
             limit = self._past_limit(name, size + len(PREFIX) + 20)
         if limit is None:
@@ -658,8 +669,9 @@ class Statements:
             return listed[1]
         rows = []
         for name, stmt, (text, at) in key:  # type: ignore[misc]
-            rows.append({"name": name, "statement": text or stmt.sql, "server": None if stmt.live else stmt.server,
-                         "types": _oids(stmt.types), "at": None if at is None else round(at, 6)})
+            rows.append({"name": shown(name), "statement": text or stmt.sql,
+                         "server": None if stmt.live else stmt.server, "types": _oids(stmt.types),
+                         "at": None if at is None else round(at, 6)})
         out = fit_listing(rows, self.max_listing)
         self._listed = (key, out)
         return out
@@ -687,6 +699,8 @@ class Statements:
         if self._skipping:
             return None
         name = m.bind_statement(body)
+        if name:
+            name = protocol_name(name)
         target = self.unnamed if name == "" else self.named.get(name or "")
         self._resets = target is not None and target.resets
         if name is None:  # malformed: the backend says so
@@ -703,7 +717,8 @@ class Statements:
         if body[:1] != b"S":
             self._sent(_DESCRIBE)
             return None
-        return self._naming(_DESCRIBE, body[1:].rstrip(b"\x00").decode("utf-8", "replace"), body, _describe)
+        return self._naming(_DESCRIBE, protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace")), body,
+                            _describe)
 
     def _naming(self, type_: int, name: str, body: bytes, renamed: Callable[[str], bytes]) -> bytes | None:
         """A Bind or Describe of statement `name`: what to send in its place (`renamed(server name)` after what the
@@ -727,7 +742,7 @@ class Statements:
         if body[:1] != b"S":
             self._sent(_CLOSE)
             return None
-        name = body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+        name = protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
         if not name:
             old = self.unnamed
             self.unnamed = None
@@ -798,7 +813,7 @@ class Statements:
         if found is None:
             return None
         name = found.group(1)
-        name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
+        name = sql_identifier(name[1:-1].replace('""', '"') if name.startswith('"') else name.lower())
         stmt = self.named.pop(name, None)
         if stmt is None:
             return None

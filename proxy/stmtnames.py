@@ -54,6 +54,10 @@ class ServerNames:
         """A SQL DEALLOCATE of `name` was sent (its CommandComplete says DEALLOCATE)."""
         self.ledger.append([_DEALLOCATE, name, request, self.batch])
 
+    def parsing(self) -> frozenset[str]:
+        """The statement names of the Parses sent and not answered."""
+        return frozenset(entry[1] for entry in self.ledger if entry[0] == _PARSE and entry[1])
+
     def closing(self) -> set[str]:
         """The statement names of the Closes sent and not answered."""
         return {entry[1] for entry in self.ledger if entry[0] == _CLOSE and entry[1]}

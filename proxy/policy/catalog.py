@@ -544,14 +544,16 @@ def _column_filter(policy: TenantPolicy, relation: str, current: Filter | None) 
 # out, a statement of the list not prepared on this server shows with what the session knows of it; the other rows
 # (SQL PREPARE, and the statements of a session whose names reach the server as they are) stay, with the client's
 # text over the forwarded one for a statement of that name the policy rewrote (an entry `over` a server row: shown
-# only with that row; the forwarded text of a rewrite is the proxy's, with its filters, never shown).
+# only with that row, and under that row's name; the forwarded text of a rewrite is the proxy's, with its filters,
+# never shown). Rows are matched by the name's bytes: an entry's `key` (bytea) where the server keeps a name that is
+# not valid UTF-8 (a protocol name whose 63rd byte cuts a character in two, proxy/pgnames.py), else its `server`.
 _SESSION_LIST = (
     f"pg_catalog.jsonb_to_recordset({SESSION_STATEMENTS_MARKER}::pg_catalog.jsonb) AS pgt_p(name pg_catalog.text, "
     "statement pg_catalog.text, server pg_catalog.text, types pg_catalog.oid[], over pg_catalog.bool, "
-    "at pg_catalog.float8)"
+    "at pg_catalog.float8, key pg_catalog.bytea)"
 )
 _PREPARED_VALUES = {
-    "name": 'COALESCE(pgt_p.name, {ref}."name")',
+    "name": 'CASE WHEN pgt_p.over THEN {ref}."name" ELSE COALESCE(pgt_p.name, {ref}."name") END',
     "statement": 'CASE WHEN pgt_p.name IS NULL THEN {ref}."statement" ELSE pgt_p.statement END',
     "prepare_time": 'COALESCE(pg_catalog.to_timestamp(pgt_p.at), {ref}."prepare_time")',
     "parameter_types": 'COALESCE({ref}."parameter_types", pgt_p.types::pg_catalog.regtype[])',
@@ -570,7 +572,8 @@ def _prepared_statements_filter(columns: tuple[str, ...]) -> Filter:
         "catalog", f"pg_catalog.{PREPARED_STATEMENTS}", "name",
         "(pgt_p.name IS NOT NULL AND ({ref}.\"name\" IS NOT NULL OR pgt_p.over IS NULL) OR NOT "
         "pg_catalog.starts_with({ref}.\"name\", 'pgt_'))",
-        targets=targets, extra=f' FULL JOIN {_SESSION_LIST} ON {{ref}}."name" = pgt_p.server',
+        targets=targets, extra=f' FULL JOIN {_SESSION_LIST} ON pg_catalog.textsend({{ref}}."name") = '
+                               "COALESCE(pgt_p.key, pg_catalog.textsend(pgt_p.server))",
         replaced=frozenset(columns), rows=True, rule=SESSION_STATEMENTS,
     )
 

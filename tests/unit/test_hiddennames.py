@@ -162,3 +162,36 @@ def test_sql_execute_of_a_renamed_statement_carries_its_names() -> None:
     assert executed("EXECUTE k3", statements) == []
     assert executed("SELECT 'execute k1'", statements) == []
     assert executed("EXECUTE k1", {}) == []
+
+
+def test_an_executes_own_parameter_positions_are_not_moved_by_its_statement() -> None:
+    """Red team 9a5 F2: PostgreSQL's position in a SQL EXECUTE's own parameters is in the EXECUTE's text; only one
+    elsewhere is in the statement's, mapped through its moves."""
+    k1 = (((R, "ab"),), ((7, 7 + 30, 28),))
+    sql = f"EXECUTE k1({' ' * 80}'abc')"
+    [run] = executed(sql, {"k1": k1})
+    assert run == k1 and sql.index("'abc'") in run.own
+    flight, request = InFlight(), object()
+    flight.running(request, run, [request])
+    own = _body(C="22P02", M='invalid input syntax for type integer: "abc"', P=str(sql.index("'abc'") + 1))
+    assert written_back(b"E", own, flight.of(request), sql.lower()) is None
+    elsewhere = _body(C="42703", M='column "nosuch" does not exist', P=str(8 + 30 + 4))
+    assert _fields(written_back(b"E", elsewhere, flight.of(request), sql.lower()))["P"] == str(8 + 2 + 4)
+    # a rewritten EXECUTE: its own positions are those of the text sent
+    sent = f"EXECUTE k1(/* sent */ {' ' * 80}'abc')"
+    assert sent.index("'abc'") in executed(sql, {"k1": k1}, sent)[0].own
+
+
+def test_an_execute_of_a_statement_confirmed_gone_carries_no_names() -> None:
+    """Red team 9a5 F3: once PostgreSQL confirmed a statement gone (Close, DEALLOCATE, DISCARD ALL), the SQL EXECUTEs
+    of its name in flight (sent before the confirmation came) and later ones are mapped through no moves."""
+    k2 = (((R, "ab"),), ((7, 7 + 30, 28),))
+    flight, request = InFlight(), object()
+    flight.statements["k2"] = k2
+    flight.running(request, executed("EXECUTE k2(1)", flight.statements)[0], [request])
+    flight.forget(["k2"])
+    assert flight.of(request) == [((), ())] and flight.statements == {}
+    assert executed("EXECUTE k2(1)", flight.statements) == []
+    flight.statements.update(k3=k2, k4=k2)
+    flight.forget(None, frozenset({"k4"}))  # DISCARD ALL with a Parse of k4 sent after it
+    assert set(flight.statements) == {"k4"}

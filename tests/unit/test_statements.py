@@ -9,6 +9,7 @@ import pytest
 
 from proxy.errors import PgError
 from proxy.limits import StatementBytesClaim, TenantStatementBytes
+from proxy.pgnames import protocol_name
 from proxy.policy.model import SESSION_STATEMENTS_MARKER
 from proxy.protocol import messages as m
 from proxy.statements import (
@@ -1011,3 +1012,12 @@ def test_cursor_texts_are_bounded_alike_for_a_hidden_and_a_missing_schema() -> N
     assert [e["client"] for e in json.loads(plain.listing())] == [None, None]
     renamed.add("x" * 31, None, hold=True)
     assert len(renamed.texts) == 2
+
+
+def test_a_name_cut_inside_a_character_is_listed_by_the_servers_bytes() -> None:
+    """Red team 9a5 F5: PostgreSQL keeps a protocol name whose 63rd byte cuts a character under bytes that are not
+    valid UTF-8; the session's entry matches its row by those bytes (`key`), shown as U+FFFD."""
+    texts = ClientTexts()
+    texts.parse(protocol_name("d" * 62 + "é"), "SELECT * FROM globex.orders")
+    [row] = json.loads(texts.listing())
+    assert row["key"] == "\\x" + (b"d" * 62 + b"\xc3").hex() and row["name"] == "d" * 62 + "\ufffd"
