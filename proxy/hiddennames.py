@@ -37,6 +37,9 @@ _SHAPES = re.compile(
 # 22023): the value as the statement wrote it, where a hidden schema's spelling was sent as a reserved name (red team
 # 9a3 J5). Written back with the client's spelling of the schema, only in this shape.
 _INVALID_VALUE = tuple(f'invalid value for parameter "{name}": "' for name in sorted(NAMED_SETTINGS))
+# What every reserved name begins with: the backend stream's guard looks for it in the messages that carry text
+# (MessageStream.guard, at C speed) once the session sent one; only a message holding it is checked (`leaks`).
+NEEDLE = b"pg_9"
 # Any reserved name's shape: the last-line check once the session has sent more distinct names than it keeps.
 _ANY_RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
 # Distinct reserved names of other sessions' temporary schemas (`pg_temp_N`, any N: renamed whatever else the
@@ -55,7 +58,7 @@ class InFlight:
     bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
     name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
+    __slots__ = ("guarded", "hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
@@ -67,6 +70,7 @@ class InFlight:
         self.sent: set[bytes] = set()  # the reserved names of other sessions' temporary schemas (MAX_SENT at most)
         self.hidden: set[bytes] = set()  # the reserved names of hidden schemas (the tenant's few: never dropped)
         self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
+        self.guarded = False  # the backend stream's guard is set (the session's first reserved name was sent)
 
     def sending(self, names: Names) -> None:
         """`names` are sent to PostgreSQL: none of them may reach the client (`leaks`)."""
@@ -82,7 +86,7 @@ class InFlight:
 
     def leaks(self, data: bytes) -> bool:
         """Whether `data` (a message for the client) holds a reserved name this session sent."""
-        if b"pg_9" not in data:
+        if NEEDLE not in data:
             return False
         if self.shapes:
             return _ANY_RESERVED.search(data) is not None
