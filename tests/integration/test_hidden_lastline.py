@@ -82,16 +82,18 @@ def test_a_row_holding_a_reserved_name_is_withheld(proxies: dict[str, ProxyProce
         sock.close()
 
 
+@pytest.mark.parametrize("extended", [False, True], ids=["simple", "extended"])
 @pytest.mark.parametrize("strategy", sorted(TENANTS))
 @pytest.mark.parametrize("mode", MODES)
 def test_a_withheld_row_in_a_transaction_block_fails_it(proxies: dict[str, ProxyProcess], mode: str,  # noqa: F811
-                                                        strategy: str) -> None:
+                                                        strategy: str, extended: bool) -> None:
     """In a transaction block the server leaves open, the client was told the statement failed: the server's
     transaction fails too (the next statement is refused 25P02 as PostgreSQL would), ROLLBACK ends it."""
     sock = _session(proxies[mode], strategy)
     try:
         assert _exchange(sock, m.Query("BEGIN").encode())[-1] == (b"Z", b"T")
-        answers = _exchange(sock, m.Query(f"EXPLAIN VERBOSE SELECT {_LITERAL}").encode())
+        sql = f"EXPLAIN VERBOSE SELECT {_LITERAL}"
+        answers = _exchange(sock, _extended(sql) if extended else m.Query(sql).encode())
         assert _errors(answers) == [("42501", _WITHHELD)] and answers[-1] == (b"Z", b"E"), answers
         answers = _exchange(sock, m.Query("SELECT 1").encode())
         assert [code for code, _ in _errors(answers)] == ["25P02"] and answers[-1] == (b"Z", b"E"), answers
