@@ -756,6 +756,18 @@ def test_a_withheld_result_in_an_open_transaction_block_fails_it_on_the_server(s
     assert got == m.ready_for_query(b"E") and more == []
 
 
+def test_a_withheld_result_in_an_open_block_with_a_request_behind_it_ends_the_session(session: ClientSession) -> None:
+    """Status 'T' with another request pipelined behind it: a failing statement cannot be sent in order, so the
+    session ends (FATAL answer_withheld), its server not reused."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT 1 FROM hid.t").encode() + m.Query("SELECT 2").encode())
+    got, more = _run(session, _ROW_DESC, _LEAKS["data_row"], m.frame(b"C", b"SELECT 1\x00"), m.ready_for_query(b"T"))
+    assert _R.encode() not in got and [t for t, _ in frames(got)] == [b"T", b"E", b"Z"]
+    closes = [a for a in more if isinstance(a, CloseClient)]
+    assert len(closes) == 1 and closes[0].error.severity == "FATAL" and closes[0].error.sqlstate == "42501"
+    assert any(isinstance(a, ReleaseServer) and not a.reusable for a in more)
+
+
 def test_a_withheld_result_whose_request_ran_on_ends_the_session(session: ClientSession) -> None:
     """A statement after the cut one completed (the client was told the request failed): the session ends (FATAL
     answer_withheld), its server not reused."""
