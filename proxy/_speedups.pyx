@@ -11,6 +11,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memchr, memcpy
 
+cdef extern from "string.h":
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+
 cdef extern from *:
     """
     #ifndef PGTENANT_BUILT_FROM
@@ -87,6 +90,9 @@ cdef class MessageStream:
     cdef object _small_types
     cdef bytes _small
     cdef bytes _types
+    cdef object _guard
+    cdef bytes _guarded
+    cdef bytes _needle
     cdef bytes _buf
     cdef list _parts
     cdef Py_ssize_t _parts_len, _want, _skip
@@ -104,6 +110,9 @@ cdef class MessageStream:
         self._refuse = frozenset()
         self._small_types = frozenset()
         self._small = _NO_ROLES
+        self._guard = None
+        self._guarded = _NO_ROLES
+        self._needle = b""
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -154,6 +163,12 @@ cdef class MessageStream:
         self._types = _shared(bytes(handlers))
         self._build_roles()
 
+    def guard(self, guard, types=frozenset(), needle=b""):
+        table = bytearray(256)
+        for t in types:
+            table[t] = 1
+        self._guard, self._guarded, self._needle = guard, _shared(bytes(table)), bytes(needle)
+
     cdef _build_roles(self):
         role = bytearray(256)
         for t in self._refuse:
@@ -179,7 +194,10 @@ cdef class MessageStream:
         cdef bytes buf
         cdef const unsigned char *p
         cdef const unsigned char *role
-        cdef bint limit_all
+        cdef const unsigned char *guarded
+        cdef const char *needle
+        cdef Py_ssize_t needle_len
+        cdef bint limit_all, g
         if self._skip:
             n = len(data)
             if n <= self._skip:
@@ -203,6 +221,10 @@ cdef class MessageStream:
         table = self._table
         max_length = self.max_length
         limit_all = self.limit_all
+        guard = self._guard
+        guarded = <const unsigned char *>PyBytes_AS_STRING(self._guarded if guard is not None else _NO_ROLES)
+        needle = PyBytes_AS_STRING(self._needle)
+        needle_len = PyBytes_GET_SIZE(self._needle)
         pos = 0
         run_start = 0
         while n - pos >= 5:
@@ -215,7 +237,8 @@ cdef class MessageStream:
                 raise FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
             r = role[t]
-            if r:
+            g = guarded[t]
+            if r or g:
                 if r == _REFUSED:
                     raise refused(t)
                 if length > max_length:
@@ -230,7 +253,18 @@ cdef class MessageStream:
                     out.append(Message(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4)))
                     run_start = end
                 else:
-                    replacement = table[r - 2](PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4))
+                    if g and (needle_len == 0 or memmem(p + pos + 5, <size_t>(length - 4), needle,
+                                                         <size_t>needle_len) != NULL):
+                        replacement = guard(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4))
+                        guard = self._guard
+                        guarded = <const unsigned char *>PyBytes_AS_STRING(
+                            self._guarded if guard is not None else _NO_ROLES)
+                        needle = PyBytes_AS_STRING(self._needle)
+                        needle_len = PyBytes_GET_SIZE(self._needle)
+                    elif r:
+                        replacement = table[r - 2](PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4))
+                    else:
+                        replacement = None
                     if replacement is not None:
                         if run_start < pos:
                             out.append(_run(buf, p, run_start, pos))

@@ -203,6 +203,14 @@ class LimitReached:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerWithheld:
+    """The last line (hidden schemas) withheld a server's message holding a reserved name the session sent
+    (`message`: its type, e.g. data_row, error_response, parameter_status): counted per tenant, logged."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class CancelQuery:
     """Cancel what the server the session holds is running (a CancelRequest with the session's own key); the
     session hears `cancel_done()` once the backend has acted on it."""

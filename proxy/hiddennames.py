@@ -32,6 +32,9 @@ _SHAPES = re.compile(
     r"|text search (?:configuration|dictionary|parser|template)|sequence|table|view|materialized view|index"
     r"|foreign table|statistics object|access method|domain|column|tablesample method|improper qualified name"
     r"|cross-database references are not implemented)\b")
+# What every reserved name begins with: the backend stream's guard looks for it in the messages that carry text
+# (MessageStream.guard, at C speed) once the session sent one; only a message holding it is checked (`leaks`).
+NEEDLE = b"pg_9"
 # Any reserved name's shape: the last-line check once the session has sent more distinct names than it keeps.
 _ANY_RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
 # Distinct reserved names of other sessions' temporary schemas (`pg_temp_N`, any N: renamed whatever else the
@@ -65,7 +68,7 @@ class InFlight:
     bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
     name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("gone", "hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
+    __slots__ = ("gone", "guarded", "hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
@@ -80,6 +83,7 @@ class InFlight:
         # records of statements PostgreSQL confirmed gone, by identity: the SQL EXECUTEs of them in flight (sent
         # before the confirmation) are answered through no moves (emptied once no request is in flight)
         self.gone: dict[int, tuple[Names, Moved]] = {}
+        self.guarded = False  # the backend stream's guard is set (the session's first reserved name was sent)
 
     def sending(self, names: Names) -> None:
         """`names` are sent to PostgreSQL: none of them may reach the client (`leaks`)."""
@@ -95,7 +99,7 @@ class InFlight:
 
     def leaks(self, data: bytes) -> bool:
         """Whether `data` (a message for the client) holds a reserved name this session sent."""
-        if b"pg_9" not in data:
+        if NEEDLE not in data:
             return False
         if self.shapes:
             return _ANY_RESERVED.search(data) is not None

@@ -380,6 +380,14 @@ class Metrics:
             "max_result_rows, max_result_bytes).",
             ["tenant", "limit"], registry=r,
         )
+        self._withheld = Counter(
+            "pgtenant_answers_withheld_total",
+            "Server messages withheld by the hidden schemas' last line: they held a reserved name the session sent "
+            "(message = data_row, row_description, command_complete, copy_data, function_call_response, "
+            "error_response, notice_response: answered with answer_withheld; parameter_status, "
+            "notification_response: dropped).",
+            ["tenant", "message"], registry=r,
+        )
         self._denied = Counter(
             "pgtenant_denied_statements_total", "Statements refused by the tenant policy.", ["tenant", "rule"],
             registry=r,
@@ -573,6 +581,10 @@ class Metrics:
     def limit_refused(self, tenant: str | None, limit: str) -> None:
         """A per-tenant limit refused or cut something (limit: one of proxy.limits.LIMITS)."""
         self._limit_refusals.labels(self.tenant(tenant), limit).inc()
+
+    def answer_withheld(self, tenant: str | None, message: str) -> None:
+        """The last line withheld a server's message of type `message` (hidden schemas: a reserved name in it)."""
+        self._withheld.labels(self.tenant(tenant), message).inc()
 
     def statement_denied(self, tenant: str | None, rule: str) -> None:
         self._denied.labels(self.tenant(tenant), rule).inc()

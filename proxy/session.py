@@ -20,6 +20,7 @@ from proxy.actions import (
     AcquireSlot,
     Action,
     AgentAdmission,
+    AnswerWithheld,
     AwaitAdmission,
     BatchWithoutSync,
     CancelQuery,
@@ -156,6 +157,16 @@ _CUT_KEEPS = frozenset({m.READY_FOR_QUERY, m.ERROR_RESPONSE, m.PARAMETER_STATUS,
 _BACKEND_TYPES = frozenset(b"123ACDEGHIKNSTVWZcdnstv")
 # Sent after a result was cut off in a transaction block the server completed: fails it, as the client's failed.
 _CUT_STATEMENT = "pgtenant_result_cut_off"
+# The backend messages that carry text besides errors and notices (`_names_back`): once the session has sent a
+# reserved name, one of them holding one is withheld (the last line, `_last_line`). A result's are cut as a result
+# limit cuts one; a ParameterStatus or NotificationResponse (asynchronous: no result of the client's) is dropped.
+_RESULT_TEXT = frozenset({m.DATA_ROW, m.ROW_DESCRIPTION, m.COMMAND_COMPLETE, m.COPY_DATA, ord("V")})
+_ASYNC_TEXT = frozenset({m.PARAMETER_STATUS, m.NOTIFICATION_RESPONSE})
+_GUARDED = _RESULT_TEXT | _ASYNC_TEXT
+_STATEMENT_ENDS = frozenset({m.COMMAND_COMPLETE, m.ERROR_RESPONSE, m.EMPTY_QUERY_RESPONSE, m.PORTAL_SUSPENDED})
+_WITHHELD_KIND = {m.DATA_ROW: "data_row", m.ROW_DESCRIPTION: "row_description", m.COMMAND_COMPLETE: "command_complete",
+                  m.COPY_DATA: "copy_data", ord("V"): "function_call_response", m.PARAMETER_STATUS: "parameter_status",
+                  m.NOTIFICATION_RESPONSE: "notification_response"}
 
 # (kind, sql) -> Decision, where kind is "query" (simple Query) or "parse" (Parse message); or a Pending when the
 # decision is to be made off the event loop (the session then holds the message, see RunDecision).
@@ -286,7 +297,8 @@ class ClientSession:
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
         "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_tracking",
-        "_tx_status", "_unread", "_unsynced", "_waiting", "agent", "backend", "backend_fatal", "backend_parameters",
+        "_tx_status", "_unread", "_unsynced", "_waiting", "_withheld", "_withheld_ends",
+        "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
         "revoked", "routing", "secret_key", "server", "state", "statements", "tenant", "tracker", "user_config",
@@ -428,6 +440,11 @@ class ClientSession:
         self._cut_ends = 0  # statements ended (completed or failed) since the cut, up to its ReadyForQuery
         self._cut_ran = False  # ... and one after the cut one completed: the rest of the request ran on the server
         self._cancelling = False  # a CancelQuery is in flight: the request's ReadyForQuery waits for it
+        # The last line's cut of a result holding a reserved name (`_last_line`): 0 none, 1 swallowing up to the
+        # request's ReadyForQuery, 2 (the server's block still open) a failing statement sent, 3 and a statement
+        # after the cut one completed (the session ends at the ReadyForQuery), 4 the session is to end.
+        self._withheld = 0
+        self._withheld_ends = 0  # statements ended since the cut (the first is the cut one's own)
         self._held_ready: bytes | None = None  # that ReadyForQuery's status
         self._held_rest: list[bytes] = []  # what the server sent after it (pipelined requests), relayed after it
         self._timed_out: object = None  # the request the watchdog canceled (its 57014 is ours)
@@ -944,7 +961,7 @@ class ClientSession:
             return self._end_with_server(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)
         except FramingError as exc:
             return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
-        if self._limit_actions or self._cut_inject & 1:  # (1, 3: what a cut request's end needs, _limit_after)
+        if self._limit_actions or self._cut_inject & 1 or self._withheld == 4:  # (what a cut request's end needs)
             return self._limit_after(chunks)
         if self.statements is not None:
             again = self.statements.take_server()  # a batch sent again (a stale cached plan)
@@ -2547,6 +2564,9 @@ class ClientSession:
             self._hidden = hiddennames.InFlight()
         names = decision.names if type(decision) is Rewrite else ()
         if names:
+            if not self._hidden.guarded:  # (the first reserved name sent: the last line guards results from now on)
+                self._hidden.guarded = True
+                self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE)
             self._hidden.sending(names)
         if statement is not None:
             statements = self._hidden.statements
@@ -2699,8 +2719,73 @@ class ClientSession:
             written = "\n".join([head.sql, *(sql for sql, _ in head.extra or ())]).lower()  # type: ignore[union-attr]
             out = hiddennames.written_back(type_byte, body, sent, written)
         if hidden.leaks(body if out is None else out):
+            self._limit_actions.append(AnswerWithheld("error_response" if type_byte == b"E" else "notice_response"))
             return (errors.policy_denied(_ANSWER_WITHHELD) if type_byte == b"E" else errors.notice_withheld()).encode()
         return out
+
+    def _last_line(self, type_: int, body: bytes) -> Any:
+        """The backend stream's guard (`MessageStream.guard`), set once the session sent a reserved name: a message
+        of `_GUARDED` holding "pg_9". One that still holds a reserved name the session sent (after its handler:
+        `InFlight.leaks`) never reaches the client: a result is cut as a result limit cuts one (the answer_withheld
+        error in its place, the rest of the request swallowed up to its ReadyForQuery, its handlers still run), a
+        ParameterStatus or NotificationResponse is dropped. While a result is cut the guard sees every message."""
+        inner = self.backend_stream.handlers.get(type_)
+        if self._withheld:
+            return self._withholding(type_, body, inner)
+        hidden = self._hidden
+        assert hidden is not None
+        if not hidden.leaks(body):
+            return inner(body) if inner is not None else None
+        out = inner(body) if inner is not None else None
+        if out is HOLD or (out is not None and not hidden.leaks(out)):  # (swallowed, or the proxy's own message)
+            return out
+        self._limit_actions.append(AnswerWithheld(_WITHHELD_KIND[type_]))
+        if type_ in _ASYNC_TEXT:
+            return b""
+        err = errors.policy_denied(_ANSWER_WITHHELD)
+        self.tracker.on_error(err.sqlstate)
+        if self._tracking:
+            self._context_failed()
+        self._withheld = 1
+        self._withheld_ends = int(type_ == m.COMMAND_COMPLETE)  # (the cut statement's own end: not one after it)
+        self.backend_stream.guard(self._last_line, _BACKEND_TYPES, b"")
+        return err.encode()
+
+    def _withholding(self, type_: int, body: bytes, inner: Callable[[bytes], Any] | None) -> Any:
+        """A message after a withheld result, up to its request's ReadyForQuery: swallowed once its handler ran
+        (an asynchronous ParameterStatus, NotificationResponse or NoticeResponse is relayed, checked as ever). At
+        the ReadyForQuery of a transaction block the server still has open (status 'T': the client was told the
+        statement failed), a failing statement is sent first, as for a cut result; where that cannot be done in
+        order (another request in flight) or a statement after the cut one completed, the session ends."""
+        if type_ == m.READY_FOR_QUERY:
+            if self._withheld == 1 and body[:1] == b"T":
+                if len(self.tracker.pending) > 1:
+                    self._withheld = 4
+                else:
+                    self._withheld = 2
+                    self._limit_actions.append(RelayToServer([query_message(_CUT_STATEMENT)]))
+                    return b""  # (the request's own end: the failing statement's ReadyForQuery ends it)
+            if self._withheld == 3:
+                self._withheld = 4
+            if self._withheld != 4:
+                self._withheld = 0
+                self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE)
+            return inner(body) if inner is not None else None
+        out = inner(body) if inner is not None else None
+        if type_ in _ASYNC_TEXT:
+            hidden = self._hidden
+            assert hidden is not None
+            if out is not HOLD and hidden.leaks(body if out is None else out):  # type: ignore[arg-type]
+                self._limit_actions.append(AnswerWithheld(_WITHHELD_KIND[type_]))
+                return b""
+            return out
+        if type_ == m.NOTICE_RESPONSE or out is HOLD:
+            return out
+        if type_ in _STATEMENT_ENDS and self._withheld == 1:
+            if type_ == m.COMMAND_COMPLETE and self._withheld_ends:
+                self._withheld = 3  # (a statement after the cut one ran: the client was told the request failed)
+            self._withheld_ends += 1
+        return b""
 
     def _context_failed(self) -> None:
         pending = self.tracker.pending
@@ -3012,6 +3097,12 @@ class ClientSession:
     def _limit_after(self, chunks: list) -> list[Action]:
         """The end of a read whose handlers asked for more than the relay (see server_data)."""
         more, self._limit_actions = self._limit_actions, []
+        if self._withheld == 4:  # (the last line: a withheld result that cannot be left as the client was told)
+            self._withheld = 0
+            released = self._give_back(reusable=False, reset=True, reason=CloseReason.RESULT_CUT)
+            self._close()
+            err = replace(errors.policy_denied(_ANSWER_WITHHELD), severity="FATAL")
+            return [RelayToClient(chunks), *more, *released, CloseClient(err, CloseReason.RESULT_CUT)]
         if self._cut_inject == 1:
             self._cut_inject = 2
             more.append(RelayToServer([query_message(_CUT_STATEMENT)]))

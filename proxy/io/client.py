@@ -20,6 +20,7 @@ from proxy.actions import (
     AdminLogin,
     AdminQuery,
     AgentAdmission,
+    AnswerWithheld,
     AwaitAdmission,
     BatchWithoutSync,
     CancelQuery,
@@ -607,6 +608,10 @@ class ClientConnection(asyncio.Protocol):
                 self._unpinned()
             elif isinstance(action, LimitReached):
                 self._limit_reached(action)
+            elif isinstance(action, AnswerWithheld):
+                label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
+                self.proxy.metrics.answer_withheld(label, action.message)
+                self.log.warning("answer_withheld", message=action.message)
             elif isinstance(action, CancelQuery):
                 asyncio.get_running_loop().create_task(self._cancel_query())
             elif isinstance(action, AcquireSlot):

@@ -57,6 +57,9 @@ HOLD = _Hold()
 # A handler sees a whole message of its type without stopping the run (one call per message, given the body);
 # it may return bytes to put in the message's place, or HOLD.
 Handler = Callable[[bytes], "bytes | _Hold | None"]
+# A guard (`MessageStream.guard`) sees a whole message of a guarded type holding its needle, given its type and body,
+# in place of the type's handler; it answers as a handler does.
+Guard = Callable[[int, bytes], "bytes | _Hold | None"]
 
 
 _COPY_RUN = 4096  # a run of raw messages shorter than this is copied, a longer one is a view of the read
@@ -89,8 +92,8 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_intercept", "_parts", "_parts_len", "_refuse", "_role", "_skip", "_small", "_small_types",
-        "_table", "_types", "_want", "begun", "limit_all", "max_length",
+        "_buf", "_guard", "_guarded", "_intercept", "_needle", "_parts", "_parts_len", "_refuse", "_role", "_skip",
+        "_small", "_small_types", "_table", "_types", "_want", "begun", "limit_all", "max_length",
     )
 
     def __init__(
@@ -107,6 +110,9 @@ class MessageStream:
         self._refuse: frozenset[int] = frozenset()
         self._small_types: frozenset[int] = frozenset()
         self._small = _NO_ROLES
+        self._guard: Guard | None = None  # see `guard`
+        self._guarded = _NO_ROLES
+        self._needle = b""
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -169,6 +175,16 @@ class MessageStream:
         self._types = _shared(bytes(handlers))
         self._build_roles()
 
+    def guard(self, guard: Guard | None, types: frozenset[int] = frozenset(), needle: bytes = b"") -> None:
+        """Messages of `types` whose body holds `needle` (b"": every one) are given, whole, to guard(type, body)
+        in place of their handler (which the guard calls when it wants to), with the same answers as a handler's;
+        their other messages go as before (a guard that sets another guard sets it from the next message on). None:
+        no guard (nothing is looked at: the stream's own speed)."""
+        table = bytearray(256)
+        for t in types:
+            table[t] = 1
+        self._guard, self._guarded, self._needle = guard, _shared(bytes(table)), bytes(needle)
+
     def _build_roles(self) -> None:
         role = bytearray(256)
         for t in self._refuse:
@@ -218,6 +234,9 @@ class MessageStream:
         table = self._table
         max_length = self.max_length
         limit_all = self.limit_all
+        guard = self._guard
+        guarded = self._guarded if guard is not None else _NO_ROLES
+        needle = self._needle
         while n - pos >= 5:
             t = buf[pos]
             (length,) = _unpack_len(buf, pos + 1)
@@ -225,7 +244,8 @@ class MessageStream:
                 raise refused(t) if role[t] == _REFUSED else FramingError(f"invalid message length {length}", length)
             end = pos + 1 + length
             r = role[t]
-            if r:
+            g = guarded[t]
+            if r or g:
                 if r == _REFUSED:
                     raise refused(t)
                 if length > max_length:
@@ -240,7 +260,15 @@ class MessageStream:
                     out.append(Message(t, buf[pos + 5 : end]))
                     run_start = end
                 else:
-                    replacement = table[r - 2](buf[pos + 5 : end])
+                    if g and buf.find(needle, pos + 5, end) >= 0:
+                        replacement = guard(t, buf[pos + 5 : end])  # type: ignore[misc]
+                        guard = self._guard  # (a guard may change the guard: from the next message on)
+                        guarded = self._guarded if guard is not None else _NO_ROLES
+                        needle = self._needle
+                    elif r:
+                        replacement = table[r - 2](buf[pos + 5 : end])
+                    else:
+                        replacement = None
                     if replacement is not None:
                         if run_start < pos:
                             out.append(_run(buf, run_start, pos))

@@ -12,6 +12,7 @@ from scramp import ScramClient
 
 from proxy.actions import (
     AdminLogin,
+    AnswerWithheld,
     CloseClient,
     ConnectBackend,
     ForwardCancel,
@@ -335,7 +336,7 @@ def _context_session(session: ClientSession) -> list[object]:
 
 
 def _answer(session: ClientSession, *messages: bytes) -> bytes:
-    [relay] = session.server_data(b"".join(messages))
+    [relay] = [a for a in session.server_data(b"".join(messages)) if not isinstance(a, AnswerWithheld)]
     return b"".join(bytes(c) for c in relay.chunks)
 
 
@@ -685,6 +686,99 @@ def test_a_reserved_name_in_a_computed_value_is_not_written_back(session: Client
     got = _answer(session, m.encode_error_fields(b"E", {
         "S": "ERROR", "V": "ERROR", "C": "42704", "M": f'unrecognized configuration parameter "{_R}.zz"'}))
     assert b'"hid.zz"' not in got and _R.encode() not in got and b"answer_withheld" in got
+
+
+# --- the last line over every message that carries text (issue 14: red team 9a5 F5, F8, F9) ----------------------
+
+def _run(session: ClientSession, *messages: bytes) -> tuple[bytes, list]:
+    """The bytes relayed to the client and the other actions of one read of the server's `messages`."""
+    actions = session.server_data(b"".join(messages))
+    relayed = b"".join(bytes(c) for a in actions if isinstance(a, RelayToClient) for c in a.chunks)
+    return relayed, [a for a in actions if not isinstance(a, RelayToClient)]
+
+
+_ROW_DESC = m.row_description(["a"])
+_LEAKS = {  # a message of each type holding the reserved name, as PostgreSQL would send it
+    "data_row": m.data_row([f"Output: set_config('x', '{_R}.english')".encode()]),
+    "row_description": m.row_description([f"{_R}.english"]),
+    "command_complete": m.frame(b"C", f"SELECT {_R}\x00".encode()),
+    "copy_data": m.frame(b"d", f"{_R}.english\n".encode()),
+    "function_call_response": m.frame(b"V", struct.pack("!i", len(_R)) + _R.encode()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_LEAKS))
+def test_a_result_holding_a_sent_reserved_name_is_cut_and_the_session_goes_on(session: ClientSession,
+                                                                             kind: str) -> None:
+    """A DataRow, RowDescription, CommandComplete, CopyData or FunctionCallResponse holding a reserved name the
+    session sent is never relayed: answer_withheld in its place, the rest swallowed up to the ReadyForQuery (which
+    goes through), logged and counted; the next request is relayed as ever (a name of that shape the session never
+    sent too: the client may write one itself)."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT 1 FROM hid.t; SELECT 2").encode())
+    leak = _LEAKS[kind]
+    before = _ROW_DESC if kind != "row_description" else b""
+    own_end = m.frame(b"C", b"SELECT 1\x00") if kind != "command_complete" else b""
+    got, more = _run(session, before, leak, own_end, _missing(), m.ready_for_query(b"I"))
+    assert _R.encode() not in got and got.startswith(before)
+    assert [t for t, _ in frames(got[len(before):])] == [b"E", b"Z"]
+    assert b"answer_withheld" in got and b"C42501\x00" in got
+    assert more == [AnswerWithheld(kind)]
+    session.client_data(m.Query("SELECT 1").encode())  # (a name of the shape the session never sent: relayed)
+    other = ("pg_9" + "b" * 24).encode()
+    answer = _ROW_DESC + m.data_row([other]) + m.frame(b"C", b"SELECT 1\x00") + m.ready_for_query(b"I")
+    assert _run(session, answer) == (answer, [])
+
+
+@pytest.mark.parametrize("kind", ["parameter_status", "notification_response"])
+def test_an_asynchronous_message_holding_a_sent_reserved_name_is_dropped(session: ClientSession, kind: str) -> None:
+    """A ParameterStatus or NotificationResponse (no answer of the client's request: nothing to cut) holding a
+    reserved name the session sent is dropped, logged and counted; the result around it goes through."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT 1 FROM hid.t").encode())
+    leak = (m.parameter_status("application_name", f"{_R}.x") if kind == "parameter_status"
+            else m.frame(b"A", struct.pack("!i", 7) + b"chan\x00" + f"{_R}.x\x00".encode()))
+    rest = _ROW_DESC + m.data_row([b"1"]) + m.frame(b"C", b"SELECT 1\x00") + m.ready_for_query(b"I")
+    got, more = _run(session, leak, rest)
+    assert got == rest and more == [AnswerWithheld(kind)]
+
+
+def test_a_withheld_result_in_an_open_transaction_block_fails_it_on_the_server(session: ClientSession) -> None:
+    """Status 'T': the client was told the statement failed, the server's block goes on. As for a cut result, a
+    failing statement is sent; its answers are swallowed but for its ReadyForQuery ('E'), which ends the request."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT 1 FROM hid.t").encode())
+    got, more = _run(session, _ROW_DESC, _LEAKS["data_row"], m.frame(b"C", b"SELECT 1\x00"), m.ready_for_query(b"T"))
+    assert [t for t, _ in frames(got)] == [b"T", b"E"] and _R.encode() not in got
+    assert more[0] == AnswerWithheld("data_row") and len(more) == 2 and isinstance(more[1], RelayToServer)
+    assert [bytes(c) for c in more[1].chunks] == [m.query_message("pgtenant_result_cut_off")]
+    got, more = _run(session, _NOSUCH, m.ready_for_query(b"E"))
+    assert got == m.ready_for_query(b"E") and more == []
+
+
+def test_a_withheld_result_in_an_open_block_with_a_request_behind_it_ends_the_session(session: ClientSession) -> None:
+    """Status 'T' with another request pipelined behind it: a failing statement cannot be sent in order, so the
+    session ends (FATAL answer_withheld), its server not reused."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT 1 FROM hid.t").encode() + m.Query("SELECT 2").encode())
+    got, more = _run(session, _ROW_DESC, _LEAKS["data_row"], m.frame(b"C", b"SELECT 1\x00"), m.ready_for_query(b"T"))
+    assert _R.encode() not in got and [t for t, _ in frames(got)] == [b"T", b"E", b"Z"]
+    closes = [a for a in more if isinstance(a, CloseClient)]
+    assert len(closes) == 1 and closes[0].error.severity == "FATAL" and closes[0].error.sqlstate == "42501"
+    assert any(isinstance(a, ReleaseServer) and not a.reusable for a in more)
+
+
+def test_a_withheld_result_whose_request_ran_on_ends_the_session(session: ClientSession) -> None:
+    """A statement after the cut one completed (the client was told the request failed): the session ends (FATAL
+    answer_withheld), its server not reused."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT 1 FROM hid.t; UPDATE t SET a = 1").encode())
+    got, more = _run(session, _ROW_DESC, _LEAKS["data_row"], m.frame(b"C", b"SELECT 1\x00"),
+                     m.frame(b"C", b"UPDATE 1\x00"), m.ready_for_query(b"I"))
+    assert _R.encode() not in got and [t for t, _ in frames(got)] == [b"T", b"E", b"Z"]
+    closes = [a for a in more if isinstance(a, CloseClient)]
+    assert len(closes) == 1 and closes[0].error.severity == "FATAL" and closes[0].error.sqlstate == "42501"
+    assert any(isinstance(a, ReleaseServer) and not a.reusable for a in more)
 
 
 # --- an error in an extended message: PostgreSQL skips up to the Sync, a Query too (red team 9a3 J8) --------------

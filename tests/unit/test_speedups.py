@@ -125,7 +125,8 @@ def _conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 
 def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], intercept: frozenset[int],
                 handled: dict[int, str], max_length: int, limit_all: bool,
-                refuse: frozenset[int] = frozenset()) -> list[object]:
+                refuse: frozenset[int] = frozenset(),
+                guard: tuple[frozenset[int], bytes, str] | None = None) -> list[object]:
     """What a stream class makes of the reads: the items (runs as bytes), the pending counts, the error."""
     events: list[object] = []
 
@@ -143,6 +144,20 @@ def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], int
     stream.handlers = {t: handler(kind) for t, kind in handled.items()}
     stream.refuse = refuse
     stream.small = frozenset(b"dS")
+    if guard is not None:
+        types, needle, kind = guard
+
+        def guarding(t: int, body: bytes) -> object:
+            events.append(("guarded", t, body))
+            if kind == "replace":
+                return b"[" + body[:3] + b"]"
+            if kind == "drop":
+                return b""
+            if kind == "hold" and len(events) % 3 == 0:
+                return module.HOLD
+            return None
+
+        stream.guard(guarding, types, needle)
     reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)] + [b""]
     try:
         for read in reads:
@@ -171,6 +186,50 @@ def test_message_stream(conversation: tuple[bytes, list[int]], intercept: frozen
     expected = _stream_run(pure("proxy.protocol.stream"), py, data, cuts, intercept, handled, max_length, limit_all,
                            refuse)
     assert _stream_run(stream, fast, data, cuts, intercept, handled, max_length, limit_all, refuse) == expected
+
+
+@compiled
+@settings(max_examples=1500, deadline=None)
+@given(_conversation(), st.frozensets(st.sampled_from(_TYPES)),
+       st.dictionaries(st.sampled_from(_TYPES), st.sampled_from(["observe", "replace", "hold"]), max_size=3),
+       st.sampled_from([1 << 30, 5000, 20]), st.booleans(),
+       st.tuples(st.frozensets(st.sampled_from(_TYPES)), st.sampled_from([b"", b"x", b"xxxx", b"\x00\x01"]),
+                 st.sampled_from(["observe", "replace", "drop", "hold"])))
+def test_message_stream_guarded(conversation: tuple[bytes, list[int]], intercept: frozenset[int],
+                                handled: dict[int, str], max_length: int, limit_all: bool,
+                                guard: tuple[frozenset[int], bytes, str]) -> None:
+    """A guard (the hidden schemas' last line, MessageStream.guard): the same messages given to it, whole, in
+    place of their handler, with the same answers, in both builds."""
+    data, cuts = conversation
+    py, fast = both("proxy.protocol.stream", "MessageStream")
+    stream = importlib.import_module("proxy.protocol.stream")
+    expected = _stream_run(pure("proxy.protocol.stream"), py, data, cuts, intercept, handled, max_length, limit_all,
+                           guard=guard)
+    assert _stream_run(stream, fast, data, cuts, intercept, handled, max_length, limit_all, guard=guard) == expected
+
+
+def test_message_stream_guard_sees_whole_messages_holding_its_needle() -> None:
+    """The guard sees each whole message of its types holding the needle (one split over reads too), in place of
+    the handler; the others pass as raw runs; without a guard nothing is looked at."""
+    from proxy.protocol.stream import MessageStream
+    seen: list[tuple[int, bytes]] = []
+    handled: list[bytes] = []
+
+    def guard(t: int, body: bytes) -> bytes | None:
+        seen.append((t, body))
+        return b"!"
+
+    stream = MessageStream(limit_all=False)
+    stream.handlers = {ord("C"): lambda body: handled.append(body)}  # type: ignore[dict-item,func-returns-value]
+    stream.guard(guard, frozenset(b"DC"), b"pg_9")
+    row = _frame(ord("D"), b"\x00\x01" + b"a" * 9000 + b"pg_9zz")
+    data = _frame(ord("D"), b"plain") + row + _frame(ord("C"), b"SELECT pg_9") + _frame(ord("C"), b"SELECT 1")
+    out = b"".join(bytes(x) for x in stream.feed(data[:4000]) + stream.feed(data[4000:]))
+    assert seen == [(ord("D"), row[5:]), (ord("C"), b"SELECT pg_9")]
+    assert handled == [b"SELECT 1"]  # (the guard took the other's place)
+    assert out == _frame(ord("D"), b"plain") + b"!!" + _frame(ord("C"), b"SELECT 1")
+    stream.guard(None)
+    assert b"".join(bytes(x) for x in stream.feed(row)) == row and len(seen) == 2
 
 
 @compiled
