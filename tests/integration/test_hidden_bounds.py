@@ -675,3 +675,26 @@ def test_a_database_tenant_sharing_its_database_takes_no_shared_lock_key_or_chan
         assert (status, error[0]) == ("FATAL_ERROR", b"42501"), (sql, error)
     finally:
         conn.finish()
+
+
+def test_a_database_tenant_sharing_its_database_lists_no_other_sessions_temp_schemas(
+        proxies: dict[str, ProxyProcess]) -> None:
+    """Issue 14: dan listed every session's temporary schema of `saas` as his own ("every session of its database is
+    its own"), the shared tenant's too (alice's here, while her session holds a temporary table). He lists his own
+    session's only, as alice does. His rows of the shared tenants' table stay none (forced RLS), and so do their
+    planner statistics (PostgreSQL leaves out a table whose row-level security is active for the role)."""
+    other = _connect(proxies["session"], "shared")
+    conn = _connect(proxies["session"], "database")
+    try:
+        _results(other, "CREATE TEMP TABLE owndb_other (a int)")
+        _results(conn, "CREATE TEMP TABLE owndb_own (a int)")
+        listed = _rows(conn, "SELECT nspname FROM pg_namespace WHERE nspname ~ '^pg_(toast_)?temp_' AND "
+                       "pg_is_other_temp_schema(oid)", False)
+        assert listed == [], listed
+        assert _rows(conn, "SELECT count(*) FROM pg_namespace WHERE oid = pg_my_temp_schema()", False) == [("1",)]
+        assert _rows(conn, "SELECT count(*) FROM public.orders", False) == [("0",)]
+        assert _rows(conn, "SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'orders'",
+                     False) == [("0",)]
+    finally:
+        conn.finish()
+        other.finish()
