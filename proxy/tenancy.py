@@ -72,11 +72,21 @@ def other_tenants_schemas(config: Config, tenant: TenantConfig) -> frozenset[str
     )
 
 
+def shares_database(config: Config, tenant: TenantConfig) -> bool:
+    """Whether another tenant (any strategy) is configured on `tenant`'s backend and database: a database-strategy
+    tenant's database is then not its own (`TenantPolicy.database_shared`, issue 14)."""
+    return any(
+        other.name != tenant.name and other.database == tenant.database and other.backend == tenant.backend
+        for other in config.tenants.values()
+    )
+
+
 def tenant_policy(
     tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False,
     rls_tables: Iterable[tuple[str, str]] = (), hidden_schemas: Iterable[str] = (),
     catalog_columns: Mapping[str, tuple[str, ...]] | None = None, known_schemas: Iterable[str] = (),
     max_advisory_locks: int | None = None, setting_caps: Mapping[str, str] | None = None,
+    database_shared: bool = False,
 ) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
@@ -87,7 +97,8 @@ def tenant_policy(
     whose statistics the policy replaces (`dbcheck.catalog_columns`). `known_schemas`: the database's schemas
     (`dbcheck.schema_names`), the allow-list of catalog filters where some schema is hidden.
     `max_advisory_locks`: config `limits.max_advisory_locks` (database strategy, policy/advisory.py).
-    `setting_caps`: config `limits.max_work_mem` & co. (`LimitsConfig.setting_caps`, policy/resources.py)."""
+    `setting_caps`: config `limits.max_work_mem` & co. (`LimitsConfig.setting_caps`, policy/resources.py).
+    `database_shared`: other tenants share the database (`shares_database`; database strategy only)."""
     common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {}),
               "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {})}
     if tenant.strategy == "shared":
@@ -121,6 +132,7 @@ def tenant_policy(
     return TenantPolicy(
         tenant=tenant.name,
         strategy="database",
+        database_shared=database_shared,
         search_path=search_path(tenant),
         tenant_setting=tenant.tenant_setting,
         allow_writes=tenant.allow_writes,

@@ -17,11 +17,11 @@ from proxy.policy.visibility import (
     hides_namespaces,
     hides_toast,
     namespace_visible,
+    others_rows_relations,
     relation_visible,
     role_name_visible,
     role_visible,
     schema_name_visible,
-    scoped_relations,
     toast_row_visible,
 )
 
@@ -489,8 +489,9 @@ def _replacements(policy: TenantPolicy, relation: str, columns: tuple[str, ...])
             if c in values:
                 replaced[c] = f'CASE WHEN pgt_s.pgt_scrub THEN {values[c]} ELSE {{ref}}."{c}" END'
         scrub = f'{{ref}}."{ident}" < {_SYSTEM_OIDS}'
-        if policy.strategy == "shared":
-            scrub += f' OR {{ref}}."{ident}" IN {scoped_relations(policy)}'
+        others = others_rows_relations(policy)
+        if others is not None:
+            scrub += f' OR {{ref}}."{ident}" IN {others}'
         extra = f", LATERAL (SELECT {scrub} AS pgt_scrub) pgt_s"
     acl = ACL_COLUMNS.get(relation)
     if acl in columns:
@@ -641,11 +642,11 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
         f'{{ref}}."setdatabase" = {this_database} AND ({{ref}}."setrole" = \'0\'::pg_catalog.oid OR '
         + role_visible(policy, '{ref}."setrole"') + ")",
     )
-    # Large objects belong to the database, not to a tenant of it: none in the shared and schema strategies (their
+    # Large objects belong to the database, not to a tenant of it: none but in a database of the tenant's own (their
     # contents stay unreadable everywhere: lo_* functions are never allowed)
     out["pg_largeobject_metadata"] = Filter(
         "catalog", "pg_catalog.pg_largeobject_metadata", "lomowner",
-        role_visible(policy, '{ref}."lomowner"') if policy.strategy == "database" else "false",
+        role_visible(policy, '{ref}."lomowner"') if policy.owns_database else "false",
     )
     if hides_namespaces(policy):
         out["pg_namespace"] = Filter(

@@ -169,7 +169,7 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
             raise fail("lock_mode", "LOCK TABLE is allowed only IN ACCESS SHARE MODE")
         return frozenset()  # per relation: check_references
     if kind in ("ListenStmt", "NotifyStmt"):
-        if policy.strategy != "database":
+        if not policy.owns_database:  # channels shared with other tenants' sessions
             raise fail("notify_not_allowed", "LISTEN/NOTIFY are not allowed in this strategy")
         notify.reserved(body.get("conditionname"))
         return frozenset()
@@ -261,8 +261,9 @@ def check_row_locker(policy: TenantPolicy, analysis: Analysis) -> None:
     """`xmax` is the last transaction that deleted, updated or locked a row, and it stays after that transaction
     ended: a foreign key check locks the referenced row (FOR KEY SHARE) for every insert of a referencing row, so the
     `xmax` of a row other tenants' rows reference (a shared product or currency table) changes with their inserts.
-    Refused outside the database strategy for every relation but the session's temporary tables, unqualified or
-    qualified with the relation's name (`xmin`, the transaction that wrote the row, stays: see docs/security.md)."""
+    Refused outside a database of the tenant's own (`owns_database`) for every relation but the session's
+    temporary tables, unqualified or qualified with the relation's name (`xmin`, the transaction that wrote the
+    row, stays: see docs/security.md)."""
     for ref in analysis.refs:
         rv = ref.rv
         if ref.cte or policy.temp_kind(rv.get("schemaname"), rv.get("relname", "")) == "table":
@@ -277,7 +278,7 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
     """Per-relation rules: denied catalogs, writes, temp-table names, unsupported positions."""
     if analysis.locking and not policy.allow_writes:
         raise fail("read_only", "SELECT ... FOR UPDATE/SHARE locks rows and needs a writing role")
-    if analysis.xmax_names and policy.strategy != "database":
+    if analysis.xmax_names and not policy.owns_database:  # rows other tenants' sessions lock
         check_row_locker(policy, analysis)
     for ref in analysis.refs:
         rv = ref.rv

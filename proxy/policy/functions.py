@@ -121,10 +121,10 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
             raise fail("function_not_allowed", "function " + ".".join(names) + "() is not allowed")
         if policy.agent_max_rows is not None:
             agent.check_function(names, is_builtin(names))
-        if policy.strategy != "database" and names[-1].startswith(ADVISORY_PREFIXES):
+        if not policy.owns_database and names[-1].startswith(ADVISORY_PREFIXES):  # keys shared with other tenants
             raise fail("advisory_lock_shared", f"{names[-1]}() is not allowed in this strategy")
         settings.check_function(policy, call, select)
-    if policy.strategy == "database":
+    if policy.owns_database:
         advisory.check(policy, analysis)
         notify.check(analysis)
     for fields in analysis.column_refs:

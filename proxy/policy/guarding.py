@@ -602,13 +602,13 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     if name not in g.GUARDED_NAMES:
         return
     args: list[Node] = body.get("args") or []
-    if name in g.ADVISORY_LOCKS:  # (database strategy: refused in the others; keys checked by advisory.check)
-        if policy.strategy == "database" and args and planner.node is not None:
+    if name in g.ADVISORY_LOCKS:  # (a database of its own: refused elsewhere; keys checked by advisory.check)
+        if policy.owns_database and args and planner.node is not None:
             template = g.advisory_key(policy, len(args), advisory.count(planner.node))
             _wrap_arg(planner, site, body, 0, template, kind=None, rule="advisory_lock_guard")
         return
-    if name == g.NOTIFY:  # (database strategy: refused in the others; a literal channel is checked by notify.check)
-        if policy.strategy == "database" and args and notify.needs_guard(args[0]):
+    if name == g.NOTIFY:  # (a database of its own: refused elsewhere; a literal channel is checked by notify.check)
+        if policy.owns_database and args and notify.needs_guard(args[0]):
             _wrap_arg(planner, site, body, 0, g.notify_channel(policy), kind=None, rule="notify_channel_guard")
         return
     if any("NamedArgExpr" in a for a in args):

@@ -384,6 +384,10 @@ class TenantPolicy:
     # conversion and qualified reference of a shared- or database-strategy tenant (a schema tenant sees an
     # allow-list instead: its own, the shared and the system schemas).
     hidden_schemas: frozenset[str] = frozenset()
+    # Database strategy: other tenants (any strategy) are configured on the same backend and database, so the
+    # database is not the tenant's own (`owns_database`): its catalogs' figures, advisory lock keys, NOTIFY
+    # channels and other sessions' temporary schemas are theirs too (issue 14).
+    database_shared: bool = False
     # Where some schemas are hidden (`hidden_schemas`) from a shared- or database-strategy tenant: the other schemas
     # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
     # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
@@ -470,6 +474,7 @@ class TenantPolicy:
             tuple(sorted(self.rls_tables)),
             tuple(sorted(self.foreign_schemas)),
             tuple(sorted(hidden)),
+            self.database_shared,
             tuple(sorted(self.known_schemas)),
             self.max_advisory_locks,
             tuple(sorted(columns.items())),
@@ -521,6 +526,12 @@ class TenantPolicy:
     def allowed_schemas(self) -> frozenset[str]:
         """Schemas a schema-strategy tenant may name (its own, the shared ones, the system ones)."""
         return frozenset({self.tenant_schema or "", *self.shared_schemas, *SYSTEM_SCHEMAS} - {""})
+
+    @property
+    def owns_database(self) -> bool:
+        """Database strategy with no other tenant on the same backend and database: every session, lock key, channel
+        and catalog figure of the database is the tenant's own."""
+        return self.strategy == "database" and not self.database_shared
 
     def is_reserved_setting(self, name: str) -> bool:
         """True for the RLS tenant setting and everything in the proxy's reserved namespace."""

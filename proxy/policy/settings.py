@@ -401,9 +401,9 @@ def literal_arg(call: Call, index: int) -> str | None:
 
 
 def check_snapshot_sharing(policy: TenantPolicy, what: str) -> None:
-    """Exported snapshots (pg_dump -j, --snapshot) are the database's: outside the database strategy other tenants'
-    sessions share it, and a snapshot id names one of their transactions."""
-    if policy.strategy != "database":
+    """Exported snapshots (pg_dump -j, --snapshot) are the database's: outside a database of the tenant's own
+    (`owns_database`) other tenants' sessions share it, and a snapshot id names one of their transactions."""
+    if not policy.owns_database:
         raise fail("snapshot_sharing", f"{what} is not available in this strategy")
 
 
@@ -418,7 +418,7 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
                        "pg_catalog.pg_export_snapshot(), alone (once per transaction)")
     if name == "pg_show_all_settings" and policy.strategy == "shared":  # pg_settings' rows, unfiltered
         raise fail("function_not_allowed", "pg_show_all_settings() is not allowed in this strategy; read pg_settings")
-    if name == "pg_notify" and policy.strategy != "database":
+    if name == "pg_notify" and not policy.owns_database:  # channels shared with other tenants' sessions
         raise fail("notify_not_allowed", "pg_notify() is not allowed in this strategy")
     if name not in ("set_config", "current_setting"):
         return

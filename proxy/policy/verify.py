@@ -688,7 +688,7 @@ class _Coverage:
             if self.required(kind) and not all(_is_null(a) for a in args):
                 raise Unverified(f"{name}() outside its guard")
         elif name in guards.ADVISORY_LOCKS:
-            if self.policy.strategy == "database" and args:
+            if self.policy.owns_database and args:
                 ident = guards.ident_of(args[0])
                 template = guards.template_named(self.policy, ident) if ident else None
                 inner = guards.operand(template, args[0]) if template is not None else None
@@ -696,10 +696,10 @@ class _Coverage:
                 return self.first_guarded(inner if ours else None, args, scope,
                                           f"{name}() without its advisory lock guard")
         elif name == guards.NOTIFY:
-            if self.policy.strategy == "database" and args and notify.needs_guard(args[0]):
+            if self.policy.owns_database and args and notify.needs_guard(args[0]):
                 return self.first_guarded(guards.operand(guards.notify_channel(self.policy), args[0]), args, scope,
                                           "pg_notify() of a channel without its guard")
-            if self.policy.strategy == "database" and args and notify.literal(args[0]) == notify.REGISTRY_CHANNEL:
+            if self.policy.owns_database and args and notify.literal(args[0]) == notify.REGISTRY_CHANNEL:
                 raise Unverified("pg_notify() on the registry's channel")
         elif name == "current_setting":
             if args and _literal(args[0]) is None and not _is_null(args[0]):

@@ -7,7 +7,8 @@ tenant can create or name changes what they mean.
 * Namespaces: a schema-strategy tenant sees an allow-list (its schema, the shared ones, `pg_catalog`,
   `information_schema`, its own session's `pg_temp_N`/`pg_toast_temp_N`); a shared-strategy tenant sees every
   schema except other tenants' (`TenantPolicy.hidden_schemas`) and other sessions' temporary schemas; a
-  database-strategy tenant everything but `hidden_schemas` (usually nothing: its database is its own). Where some
+  database-strategy tenant everything but `hidden_schemas` (usually nothing: its database is its own), and, where
+  other tenants share its database (`TenantPolicy.database_shared`), not other sessions' temporary schemas. Where some
   schema is hidden, the predicate is an allow-list of the schemas the tenant sees (`TenantPolicy.known_schemas`,
   found when the tenant is prepared, with its search_path and the system schemas): the text PostgreSQL prints in
   EXPLAIN and stores in a view never names a hidden schema. A schema created later stays out of the catalogs until
@@ -33,8 +34,10 @@ def _names(names: object) -> str:
 
 
 def hides_namespaces(policy: TenantPolicy) -> bool:
-    """True when some schema of the database is not the tenant's to see."""
-    return policy.strategy != "database" or bool(policy.hidden_schemas)
+    """True when some schema of the database is not the tenant's to see, or its catalogs' figures count other
+    tenants' objects: everywhere but in a database the tenant owns alone (`TenantPolicy.owns_database`) with no
+    hidden schema."""
+    return not policy.owns_database or bool(policy.hidden_schemas)
 
 
 SYSTEM_NAMESPACES = ("pg_catalog", "information_schema", "pg_toast")
@@ -54,11 +57,11 @@ def namespace_row_visible(policy: TenantPolicy, alias: str) -> str:
         return f"({alias}.nspname IN ({_names(set(visible))}) OR {own_temp})"
     if policy.hidden_schemas:  # the schemas found when the tenant was prepared, less the hidden ones
         visible = {*policy.known_schemas, *policy.search_path, *SYSTEM_NAMESPACES} - policy.hidden_schemas
-        if policy.strategy == "database":  # every session of its database is its own
+        if policy.owns_database:  # every session of its database is its own
             own_temp = (f"pg_catalog.starts_with({alias}.nspname::pg_catalog.text, 'pg_temp_') OR "
                         f"pg_catalog.starts_with({alias}.nspname::pg_catalog.text, 'pg_toast_temp_')")
         return f"({alias}.nspname IN ({_names(visible)}) OR {own_temp})"
-    if policy.strategy == "shared":  # other sessions are other tenants' sessions: their temp tables' names too
+    if not policy.owns_database:  # other sessions may be other tenants' sessions: their temp tables' names too
         return f"NOT (pg_catalog.pg_is_other_temp_schema({alias}.oid))"
     return "true"
 
@@ -209,6 +212,26 @@ def scoped_relations(policy: TenantPolicy) -> str:
         "pgt_s.reltoastrelid <> '0'::pg_catalog.oid) SELECT pgt_t.oid FROM pgt_t UNION ALL SELECT pgt_i.indexrelid "
         "FROM pg_catalog.pg_index pgt_i WHERE pgt_i.indrelid IN (SELECT pgt_t.oid FROM pgt_t))"
     )
+
+
+_ROW_SECURED = (
+    "(WITH pgt_t AS (SELECT pgt_c.oid FROM pg_catalog.pg_class pgt_c WHERE pgt_c.relrowsecurity UNION ALL SELECT "
+    "pgt_c.reltoastrelid FROM pg_catalog.pg_class pgt_c WHERE pgt_c.relrowsecurity AND pgt_c.reltoastrelid <> "
+    "'0'::pg_catalog.oid) SELECT pgt_t.oid FROM pgt_t UNION ALL SELECT pgt_i.indexrelid FROM pg_catalog.pg_index "
+    "pgt_i WHERE pgt_i.indrelid IN (SELECT pgt_t.oid FROM pgt_t))"
+)
+
+
+def others_rows_relations(policy: TenantPolicy) -> str | None:
+    """A subquery of the OIDs of the relations (with their TOAST tables and indexes) that hold other tenants' rows,
+    whose planner statistics, sizes and activity counters count them, or None: the scoped tables in the shared
+    strategy; every table with row-level security where a database tenant shares its database (issue 14: the
+    shared tenants' tables, whose rows forced RLS keeps from it)."""
+    if policy.strategy == "shared":
+        return scoped_relations(policy)
+    if policy.strategy == "database" and not policy.owns_database:
+        return _ROW_SECURED
+    return None
 
 
 DIGITS = _DIGITS

@@ -906,3 +906,70 @@ def test_an_executes_own_positions_are_not_moved_by_its_statements_names(proxies
         assert errors_ and all(code == "22023" and position is None for code, position in errors_), got
     else:
         assert [code for code, _ in errors_] == ["26000"] * 3, got
+
+
+SHARED_TABLE_FIGURES = (
+    "SELECT reltuples::text, relpages::text FROM pg_class WHERE oid = 'public.orders'::regclass",
+    "SELECT pg_relation_size('public.orders'), pg_total_relation_size('public.orders'), "
+    "pg_indexes_size('public.orders'), pg_relation_size('public.orders_pkey')",
+    "SELECT n_live_tup, n_tup_ins, seq_scan FROM pg_stat_user_tables WHERE relid = 'public.orders'::regclass",
+    "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelid = 'public.orders_pkey'::regclass",
+)
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+def test_a_database_tenant_sharing_its_database_reads_no_other_tenants_volume(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, strategy: str) -> None:
+    """Issue 14: dan (database tenant of `saas`, where the shared tenants acme and bigco keep their rows in
+    public.orders) read that table's estimates (300 rows), sizes and counters: the shared tenants' volume. He reads
+    them scrubbed as alice (shared tenant) does. Policy only: one pool mode."""
+    pg.execute("ANALYZE public.orders", dbname="saas")
+    assert pg.execute("SELECT reltuples FROM pg_class WHERE oid = 'public.orders'::regclass",
+                      dbname="saas")[0][0] > 0  # directly: the shared tenants' rows
+    conn = _connect(proxies["transaction"], strategy)
+    try:
+        estimates, sizes, counters, scans = (_rows(conn, sql, False) for sql in SHARED_TABLE_FIGURES)
+        assert estimates == [("-1", "0")], estimates
+        assert sizes == [(None,) * 4], sizes
+        assert counters == [(None,) * 3], counters
+        assert scans == [(None,)], scans
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("sql", ["SELECT pg_advisory_lock(1)", "SELECT pg_try_advisory_xact_lock(1, 2)",
+                                 "LISTEN tenant_events", "SELECT pg_notify('tenant_events', 'x')"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+def test_a_database_tenant_sharing_its_database_takes_no_shared_lock_key_or_channel(
+        proxies: dict[str, ProxyProcess], strategy: str, sql: str) -> None:
+    """Issue 14: dan took advisory locks (`pg_advisory_lock(1)`: keys the shared tenants' sessions share, refused to
+    them for that reason) and listened and notified on the database's channels. Refused to him as to alice."""
+    conn = _connect(proxies["transaction"], strategy)
+    try:
+        [(status, _, _, error)] = _results(conn, sql)
+        assert (status, error[0]) == ("FATAL_ERROR", b"42501"), (sql, error)
+    finally:
+        conn.finish()
+
+
+def test_a_database_tenant_sharing_its_database_lists_no_other_sessions_temp_schemas(
+        proxies: dict[str, ProxyProcess]) -> None:
+    """Issue 14: dan listed every session's temporary schema of `saas` as his own ("every session of its database is
+    its own"), the shared tenant's too (alice's here, while her session holds a temporary table). He lists his own
+    session's only, as alice does. His rows of the shared tenants' table stay none (forced RLS), and so do their
+    planner statistics (PostgreSQL leaves out a table whose row-level security is active for the role)."""
+    other = _connect(proxies["session"], "shared")
+    conn = _connect(proxies["session"], "database")
+    try:
+        _results(other, "CREATE TEMP TABLE owndb_other (a int)")
+        _results(conn, "CREATE TEMP TABLE owndb_own (a int)")
+        listed = _rows(conn, "SELECT nspname FROM pg_namespace WHERE nspname ~ '^pg_(toast_)?temp_' AND "
+                       "pg_is_other_temp_schema(oid)", False)
+        assert listed == [], listed
+        assert _rows(conn, "SELECT count(*) FROM pg_namespace WHERE oid = pg_my_temp_schema()", False) == [("1",)]
+        assert _rows(conn, "SELECT count(*) FROM public.orders", False) == [("0",)]
+        assert _rows(conn, "SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = 'orders'",
+                     False) == [("0",)]
+    finally:
+        conn.finish()
+        other.finish()

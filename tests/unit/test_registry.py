@@ -149,3 +149,29 @@ def test_a_registry_change_prepares_only_the_tenants_it_changes(tmp_path: Path) 
     reg.prepare_config(new, Unreachable)  # SIGHUP: every tenant again (a migration may have changed its tables)
     assert sorted(prepared) == ["acme", "globex", "initech"]
     assert TenantRegistry.inputs(new, "nobody") is None
+
+
+def test_a_tenant_joining_a_database_tenants_database_prepares_it_again(tmp_path: Path) -> None:
+    """Issue 14: whether a database tenant shares its database is an input of its policy (`database_shared`): a
+    shared tenant added to its database (no schema hidden from it) prepares it again."""
+    prepared: list[str] = []
+
+    def preflight(_config: Config, tenant: TenantConfig, _scoped: object) -> SimpleNamespace:
+        prepared.append(tenant.name)
+        return report()
+
+    alone = {"acme": {"strategy": "database", "database": "acme"},
+             "initech": {"strategy": "database", "database": "initech"}}
+    old = make_config(tmp_path, tenants=alone, users={"alice": {"tenant": "acme"}})
+    reg = TenantRegistry(old, lambda _c, _t: {}, preflight)
+    policies, _ = reg.prepare_config(old, Unreachable)
+    reg.install(old, policies, [])
+    assert not policies["acme"].database_shared and policies["acme"].owns_database
+    prepared.clear()
+    new = make_config(tmp_path, tenants={**alone, "globex": {"strategy": "shared", "database": "acme",
+                                                             "tenant_id": "g", "tables": ["public.t"]}},
+                      users={"alice": {"tenant": "acme"}})
+    kept, problems = reg.prepare_config(new, Unreachable, keep_unchanged=True)
+    assert problems == [] and sorted(prepared) == ["acme", "globex"]  # initech's inputs are the same
+    assert kept["acme"].database_shared and not kept["acme"].owns_database
+    assert kept["initech"] is policies["initech"]

@@ -14,6 +14,7 @@ from proxy.tenancy import (
     other_tenants_schemas,
     parsing_violation,
     search_path,
+    shares_database,
     tenant_policy,
 )
 
@@ -109,3 +110,17 @@ def test_known_schemas_never_include_a_hidden_one() -> None:
     d = tenant_policy(DATABASE, hidden_schemas=["s2"], known_schemas=["public", "s2", "app"])
     assert d.hidden_schemas == {"s2"} and d.known_schemas == {"public", "app"}
     assert tenant_policy(DATABASE, known_schemas=["public"]).key != tenant_policy(DATABASE).key
+
+
+def test_a_database_is_shared_when_another_tenant_of_any_strategy_uses_it(tmp_path: Path) -> None:
+    base = {"backends": {"a": {}, "b": {"port": 5433}}, "tenants": {
+        "db": {"strategy": "database", "backend": "a", "database": "saas"},
+        "alone": {"strategy": "database", "backend": "a", "database": "solo"},
+        "acme": {"strategy": "shared", "backend": "a", "database": "saas", "tenant_id": "x"},
+        "other_backend": {"strategy": "database", "backend": "b", "database": "solo"},
+    }}
+    cfg = parse_config(base, base=tmp_path)
+    assert shares_database(cfg, cfg.tenants["db"]) and shares_database(cfg, cfg.tenants["acme"])
+    assert not shares_database(cfg, cfg.tenants["alone"]) and not shares_database(cfg, cfg.tenants["other_backend"])
+    assert tenant_policy(cfg.tenants["db"], database_shared=True).database_shared
+    assert not tenant_policy(cfg.tenants["alone"]).database_shared
