@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -213,15 +215,22 @@ class ProxyProcess:
         (self.workdir / "secrets.toml").write_text("\n".join(secrets) + "\n")
 
     def provision(self) -> None:
-        """Run `pgtenant provision` with the cluster's superuser (idempotent)."""
+        """Run `pgtenant provision` with the cluster's superuser (idempotent): the command's own entry point
+        (proxy.cli.main) in this process, its output captured. A subprocess cost a Python start-up and an import of
+        the whole proxy per proxy started (seconds each on a loaded host); tests/integration/test_provisioning.py
+        runs the command as a subprocess itself."""
+        from proxy.cli import main
+
         self.write_config()
-        res = subprocess.run(
-            [sys.executable, "-m", "proxy", "provision", "--config", str(self.config_path),
-             "--admin-dsn", self.cluster.dsn(), *self.provision_args],
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"pgtenant provision failed:\n{res.stdout}\n{res.stderr}")
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(["provision", "--config", str(self.config_path), "--admin-dsn", self.cluster.dsn(),
+                             *self.provision_args])
+            except SystemExit as exc:  # argparse's refusal
+                code = exc.code if isinstance(exc.code, int) else 1
+        if code != 0:
+            raise RuntimeError(f"pgtenant provision failed ({code}):\n{out.getvalue()}\n{err.getvalue()}")
 
     def start(self, timeout: float = 20.0, provision: bool = True) -> ProxyProcess:
         if provision:
