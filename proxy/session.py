@@ -1117,8 +1117,10 @@ class ClientSession:
         self._idle_check = False
         actions: list[Action] = [RelayToClient(chunks)]
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.unfinished
-                or self._replaying or (self.statements is not None and not self.statements.idle) or self.backend_fatal):
-            return actions  # (a server that sent a FATAL is ending: it stays here until it closed, never lent again)
+                or self._replaying or (self.statements is not None and not self.statements.idle) or self.backend_fatal
+                or self._skipping_to_sync()):
+            return actions  # (a server that sent a FATAL is ending: it stays here until it closed, never lent again;
+            # one skipping to the client's Sync stays held until that Sync: _skipping_to_sync)
         if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
             return actions + self._ask_locks()
         desired = self._settle()
@@ -1276,7 +1278,7 @@ class ClientSession:
         self._sticky = False
         if server is None:
             return []
-        if reusable and self.frontend.unfinished:
+        if reusable and (self.frontend.unfinished or self._skipping_to_sync()):
             reusable = False
         if self.statements is not None:
             self.statements.detach()
@@ -1288,6 +1290,16 @@ class ClientSession:
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason, busy=busy)]
 
+    def _skipping_to_sync(self) -> bool:
+        """The server's last answer was an ErrorResponse to an extended message and the client's Sync has not been
+        sent since: PostgreSQL discards every message up to a Sync (red team 9s4 H1). Such a server is never given
+        back reusable nor released between requests: it stays with its session until that Sync (the session's next
+        messages are the ones skipped, as on a direct connection), and is closed if the session ends first."""
+        st, owed = self.statements, self._owed
+        if st is not None:
+            return st.skipping
+        return owed is not None and owed.skipping
+
     def _close_server(self, reason: CloseReason, *, broken: bool = False) -> list[Action]:
         """The session ends: its server goes back to the pool, reusable when it is between transactions with
         nothing in flight (and the client's stream did not `broken` off), reset unless transaction pooling left
@@ -1295,7 +1307,7 @@ class ClientSession:
         if self.server is None:
             return []
         idle = (not broken and self._tx_status == b"I" and not self.tracker.pending and self._held is None
-                and not self._replaying and not self.frontend.unfinished
+                and not self._replaying and not self.frontend.unfinished and not self._skipping_to_sync()
                 and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()

@@ -528,6 +528,11 @@ class Statements:
         entry.token = token  # type: ignore[union-attr]
         return True
 
+    @property
+    def skipping(self) -> bool:
+        """An error answered an extended message and the client's Sync is not sent yet: the server skips to it."""
+        return self._skipping
+
     def skips_to_sync(self) -> bool:
         """An ErrorResponse arriving now answers an extended message (not a Query, a Sync, a fake answer of ours):
         the server skips what was sent after it up to the next Sync, a Query too (skipping.py)."""
