@@ -288,7 +288,8 @@ class ClientSession:
         "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
         "_client_status", "_client_texts", "_contextual", "_counted", "_cursors", "_cut", "_cut_ends", "_cut_inject",
         "_cut_ran",
-        "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_fed_since_cancel",
+        "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_ext_open", "_ext_since",
+        "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
         "_notices", "_open_batch", "_overrides", "_owed", "_paged",
@@ -406,6 +407,8 @@ class ClientSession:
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
         self._flushed = False  # a Flush was relayed since the last Sync (its batch is open)
         self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
+        self._ext_open = False  # an extended message was relayed since the last Sync or Query (red team 9s4 N1)
+        self._ext_since = 0.0  # ... the last read either way while the server is held for it (_awaiting_sync)
         self._paged = False  # ... an Execute with a row count was among it (its portal may go on)
         self._settling = False  # the proxy's own Sync ends a flushed batch (proxy/unsynced.py): its answer is ours
         self._stash = b""  # what the client sent meanwhile (its server may change once that Sync is answered)
@@ -498,6 +501,8 @@ class ClientSession:
         # A request may begin with any of these (each opens one in the tracker); a Flush may end a batch that the
         # proxy's own Sync then ends (_settle_unsynced), in both pool modes.
         tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_execute, m.FLUSH: self._on_flush})
+        for type_ in (m.BIND, m.CLOSE, m.DESCRIBE, m.EXECUTE):  # (an open batch held for its Sync: _awaiting_sync)
+            tracked[type_] = _before(self._ext_sent, tracked[type_])
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
             tracked.update({m.BIND: _before(self._meter_bind, tracked[m.BIND]),
                             m.EXECUTE: _before(self._meter_execute, tracked.get(m.EXECUTE))})
@@ -516,6 +521,7 @@ class ClientSession:
         query = self._gate_query if self._meter is None else _before(self._meter_query, self._gate_query)
         parse = self._gate_parse if self.statements is not None else self._session_parse
         call: Callable[[bytes], object] = self._gate_function_call
+        query, parse = _before(self._ext_ended, query), _before(self._ext_sent, parse)  # (_awaiting_sync)
         if self._owed is not None:  # (what the server will owe for each: skipping.py)
             query, call = _before(self._owe_query, query), _before(self._owe_query, call)
             parse = self._owing(parse)
@@ -945,6 +951,12 @@ class ClientSession:
         if self._admission is not None:
             return self._admission_data(data)
         out = self._relay_server(data)
+        if self.pooled:
+            awaiting = self._awaiting_sync()
+            if awaiting:
+                self._ext_since = self.clock()
+            if awaiting is not self._unsynced:
+                out.append(self._unsynced_changed())
         if self._settling:
             return out
         if self._flushed:  # a batch ended with a Flush: once answered in full it may need its server no more
@@ -1139,8 +1151,10 @@ class ClientSession:
         self._idle_check = False
         actions: list[Action] = [RelayToClient(chunks)]
         if (self.state is not _READY or self.tracker.pending or self._held is not None or self.frontend.unfinished
-                or self._replaying or (self.statements is not None and not self.statements.idle) or self.backend_fatal):
-            return actions  # (a server that sent a FATAL is ending: it stays here until it closed, never lent again)
+                or self._replaying or (self.statements is not None and not self.statements.idle) or self.backend_fatal
+                or self._skipping_to_sync()):
+            return actions  # (a server that sent a FATAL is ending: it stays here until it closed, never lent again;
+            # one skipping to the client's Sync stays held until that Sync: _skipping_to_sync)
         if self.pooled and self.context.lock_activity and not self.context.current.pin_reasons():
             return actions + self._ask_locks()
         desired = self._settle()
@@ -1301,17 +1315,27 @@ class ClientSession:
         self._sticky = False
         if server is None:
             return []
-        if reusable and self.frontend.unfinished:
+        if reusable and (self.frontend.unfinished or self._skipping_to_sync()):
             reusable = False
         if self.statements is not None:
             self.statements.detach()
-        self._flushed = self._unsynced = False  # (the I/O layer stops counting a batch at the release too)
+        self._flushed = self._unsynced = self._ext_open = False  # (the I/O layer stops counting it at the release)
         self._sequences.released(server)
         if self.routing is not None:
             self.routing.released(server.replica, self.clock)
         server.settings = dict(self._applied)
         self._applied = {}
         return [ReleaseServer(reusable=reusable, reset=reset, reason=reason, busy=busy)]
+
+    def _skipping_to_sync(self) -> bool:
+        """The server's last answer was an ErrorResponse to an extended message and the client's Sync has not been
+        sent since: PostgreSQL discards every message up to a Sync (red team 9s4 H1). Such a server is never given
+        back reusable nor released between requests: it stays with its session until that Sync (the session's next
+        messages are the ones skipped, as on a direct connection), and is closed if the session ends first."""
+        st, owed = self.statements, self._owed
+        if st is not None:
+            return st.skipping
+        return owed is not None and owed.skipping
 
     def _close_server(self, reason: CloseReason, *, broken: bool = False) -> list[Action]:
         """The session ends: its server goes back to the pool, reusable when it is between transactions with
@@ -1320,7 +1344,7 @@ class ClientSession:
         if self.server is None:
             return []
         idle = (not broken and self._tx_status == b"I" and not self.tracker.pending and self._held is None
-                and not self._replaying and not self.frontend.unfinished
+                and not self._replaying and not self.frontend.unfinished and not self._skipping_to_sync()
                 and (self.statements is None or self.statements.idle))
         if idle:
             self._settle()
@@ -1517,8 +1541,12 @@ class ClientSession:
             out = [RelayToServer(chunks), *self._statement_answers()]
         else:
             out = [RelayToServer(chunks)]
-        if self._flushed is not self._unsynced and self.pooled:
-            out.append(self._unsynced_changed())
+        if self.pooled:
+            awaiting = self._awaiting_sync()
+            if awaiting:
+                self._ext_since = self.clock()
+            if awaiting is not self._unsynced:
+                out.append(self._unsynced_changed())
         if (self.pooled and self.server is not None and not self.tracker.pending) or self._flushed:
             out += self._idle_after_read()
         return out
@@ -2206,7 +2234,7 @@ class ClientSession:
         if self._agent_closing:
             self._agent_closes_sent()
         self._binds = 0
-        self._flushed = self._paged = False
+        self._flushed = self._paged = self._ext_open = False
         self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
@@ -2386,10 +2414,23 @@ class ClientSession:
         self._on_request_message(body)
         self._flushed = True
 
+    def _awaiting_sync(self) -> bool:
+        """The session holds its server for a batch that waits for the client's Sync: a Flush was sent, or any
+        extended message without a Sync or Query after it, or an error left the server skipping to that Sync."""
+        return self.server is not None and (self._flushed or self._ext_open or self._skipping_to_sync())
+
+    def _ext_sent(self, _body: bytes) -> None:
+        """A Parse, Bind, Describe, Execute, Close or Flush was relayed: its batch is open until a Sync or Query."""
+        self._ext_open = True
+
+    def _ext_ended(self, _body: bytes) -> None:
+        """A Query: PostgreSQL ends the open batch's implicit transaction with it (unless it skips it)."""
+        self._ext_open = False
+
     def _unsynced_changed(self) -> Action:
         """The client's batch waits for its Sync with the server held, or no longer (the I/O layer counts it)."""
-        self._unsynced = self._flushed
-        return BatchWithoutSync(self._flushed)
+        self._unsynced = held = self._awaiting_sync()
+        return BatchWithoutSync(held)
 
     def _on_copy_in_response(self, _body: bytes) -> None:
         if self._owed is not None:
@@ -3177,6 +3218,28 @@ class ClientSession:
         return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
                 CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
 
+    def _batch_waited(self) -> list[Action] | None:
+        """Transaction pooling: a server held for a batch waiting for the client's Sync, with no byte either way
+        for idle_in_transaction_timeout (the user's or tenant's limit, else the global [limits] one), ends the
+        session (25P03), the server closed (red team 9s4 N1: PostgreSQL times no batch waiting for its Sync; its
+        idle_in_transaction_session_timeout starts only at a ReadyForQuery). A flushed batch with an Execute
+        unanswered is not waiting (its statement runs); without a Flush PostgreSQL sends no answer before the
+        Sync, so such a batch is timed from the client's last message, an Execute's run included."""
+        if (not self.pooled or self._sticky or self._held is not None or self.state is not _READY or self._replaying
+                or self._settling or (self._flushed and self.statements is not None and self.statements.running())):
+            return None
+        limits = self.limits
+        idle = limits.idle_in_transaction_timeout if limits is not None else None
+        idle = idle or self.config.limits.idle_in_transaction_timeout
+        if not idle or self.clock() - self._ext_since < idle:
+            return None
+        assert self.tenant is not None and self.info.user is not None
+        reason = CloseReason.IDLE_IN_TRANSACTION_TIMEOUT
+        released = self._close_server(reason, broken=True)  # (never reused: the batch is open on it)
+        self._close()
+        return [LimitReached(self.tenant.name, self.info.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
+                CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
+
     def message_tick(self, now: float) -> list[Action]:
         """The clock (about once a second): in transaction pooling, a message the client began while the session
         holds a server and has not completed within client_message_timeout of its first bytes seen here ends the
@@ -3184,6 +3247,10 @@ class ClientSession:
         other client, and its place in pool_size and max_db_connections)."""
         timeout = self.config.pool.client_message_timeout
         frontend = self.frontend
+        if self._unsynced and self.server is not None and not frontend.unfinished:
+            waited = self._batch_waited()
+            if waited is not None:
+                return waited
         if (not timeout or not self.pooled or self.server is None or self._sticky or self._held is not None
                 or self.state is not _READY or not frontend.unfinished):
             self._stall = None

@@ -539,6 +539,17 @@ class Statements:
         entry.token = token  # type: ignore[union-attr]
         return True
 
+    @property
+    def skipping(self) -> bool:
+        """An error answered an extended message and the client's Sync is not sent yet: the server skips to it."""
+        return self._skipping
+
+    def running(self) -> bool:
+        """An Execute sent is unanswered yet (its statement may be running: PostgreSQL buffers a batch's answers
+        until a Flush or Sync, so the other messages' unanswered entries say nothing of work)."""
+        return any((entry if type(entry) is int else entry.type) == _EXECUTE  # type: ignore[union-attr]
+                   for entry in self._ledger)
+
     def skips_to_sync(self) -> bool:
         """An ErrorResponse arriving now answers an extended message (not a Query, a Sync, a fake answer of ours):
         the server skips what was sent after it up to the next Sync, a Query too (skipping.py)."""

@@ -157,10 +157,24 @@ def test_a_batch_with_its_sync_in_the_same_read_is_not_held_without_one(pooled: 
     assert pooled.client_data(m.SYNC_MESSAGE)[1:] == [BatchWithoutSync(False)]
 
 
+def test_a_server_skipping_to_its_sync_stays_held_and_is_closed_if_the_client_leaves(pooled: ClientSession) -> None:
+    """Red team 9s4 H1: an ErrorResponse to an extended message (a Close of subtype 'Z'), no Sync sent: the server
+    skips to that Sync. It is neither released at the query's ReadyForQuery before it nor lent again reusable."""
+    pooled.client_data(query("SELECT 2") + m.frame(b"C", b"Zx\x00"))
+    pooled.server_attached(server_for(pooled))
+    assert ReleaseServer not in kinds(pooled.server_data(done("SELECT 2")))
+    failed = m.encode_error_fields(b"E", {"S": "ERROR", "C": "08P01", "M": "invalid CLOSE message subtype 90"})
+    assert ReleaseServer not in kinds(pooled.server_data(failed))
+    assert pooled.server is not None
+    [*_, release] = pooled.close()
+    assert release == ReleaseServer(reusable=False, reset=True, reason=CloseReason.CLIENT_GONE)
+
+
 def test_a_describe_alone_is_a_request_in_flight(pooled: ClientSession) -> None:
     run(pooled, "BEGIN", done("BEGIN", status=b"T"))
     pooled.client_data(query("COMMIT"))
-    assert kinds(pooled.client_data(m.frame(b"D", b"Sname\x00"))) == []  # before the COMMIT's answer
+    # before the COMMIT's answer; its batch waits for its Sync (counted: red team 9s4 N1)
+    assert kinds(pooled.client_data(m.frame(b"D", b"Sname\x00"))) == [BatchWithoutSync]
     assert kinds(pooled.server_data(done("COMMIT"))) == []  # the Describe is in flight: the server stays
     pooled.client_data(m.SYNC_MESSAGE)
     # (the client has no statement "name": the server fails the Describe, as PostgreSQL would)
