@@ -125,14 +125,17 @@ def test_a_withheld_row_in_a_transaction_block_fails_it(proxies: dict[str, Proxy
 @pytest.mark.parametrize("strategy", sorted(TENANTS))
 @pytest.mark.parametrize("mode", MODES)
 def test_a_value_that_merely_looks_like_a_reserved_name_passes(proxies: dict[str, ProxyProcess],  # noqa: F811
-                                                               mode: str, strategy: str) -> None:
+                                                               pg: PgCluster, mode: str, strategy: str) -> None:
     """Until a session sends a reserved name nothing is looked at, and afterwards only its own names are withheld:
-    a value of the reserved names' shape that is none of them reaches the client."""
+    a value of the reserved names' shape that is none of them reaches the client, before and after."""
     sock = _session(proxies[mode], strategy)
     try:
         lookalike = "pg_9" + "a" * 24
-        answers = _exchange_raw(sock, m.Query(f"SELECT '{lookalike}'").encode())
-        assert _errors(answers) == [] and lookalike.encode() in b"".join(_rows(answers)), answers
+        for turn in ("before", "after"):
+            if turn == "after":
+                assert _reserved(sock, pg) != lookalike
+            answers = _exchange_raw(sock, m.Query(f"SELECT '{lookalike}'").encode())
+            assert _errors(answers) == [] and lookalike.encode() in b"".join(_rows(answers)), (turn, answers)
     finally:
         sock.close()
 
