@@ -1052,3 +1052,26 @@ def test_explain_through_a_temporary_view_of_a_catalog_shows_no_estimates(
             assert (status, error[0]) == ("FATAL_ERROR", b"42501"), (sql, error)
     finally:
         conn.finish()
+
+
+@pytest.mark.parametrize("tenant", sorted(VIEW_USERS))
+@pytest.mark.parametrize("mode", MODES)
+def test_explain_execute_shows_no_estimates(proxies: dict[str, ProxyProcess], mode: str, tenant: str) -> None:
+    """Found beside red team 9a6 G2: `EXPLAIN EXECUTE p` names no relation, so the costs-off rule of a statement
+    that reads a catalog (or a temporary view) did not see `PREPARE p AS SELECT * FROM pg_class` behind it. A SQL
+    prepared statement is not looked through: EXPLAIN EXECUTE is sent with COSTS OFF, COSTS ON and ANALYZE refused."""
+    user, db = VIEW_USERS[tenant]
+    conn = _tenant_connect(proxies[mode], user, db)
+    try:
+        for sql in ("CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class",
+                    "PREPARE pc AS SELECT oid, relname FROM pg_catalog.pg_class", "PREPARE pv AS SELECT * FROM vc"):
+            [(status, _, _, error)] = _results(conn, sql)
+            assert status == "COMMAND_OK", (sql, error)
+        for sql in ("EXPLAIN EXECUTE pc", "EXPLAIN (FORMAT JSON) EXECUTE pv"):
+            plan = _plan(conn, sql)
+            assert plan and not [w for w in ESTIMATES if w in plan], (sql, plan)
+        for sql in ("EXPLAIN (COSTS ON) EXECUTE pc", "EXPLAIN ANALYZE EXECUTE pv"):
+            [(status, _, _, error)] = _results(conn, sql)
+            assert (status, error[0]) == ("FATAL_ERROR", b"42501"), (sql, error)
+    finally:
+        conn.finish()
