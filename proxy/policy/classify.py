@@ -111,9 +111,9 @@ def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
     if kind in QUERY_KINDS or kind in PLAIN_ALLOWED or kind == "ExecuteStmt":
         return frozenset()
     if kind == "ExplainStmt":
-        if policy.strategy == "shared" and _option_on(body.get("options"), "analyze"):
+        if policy.estimates_shared and _option_on(body.get("options"), "analyze"):
             raise fail("explain_analyze", "EXPLAIN ANALYZE is not allowed for tenant-scoped data")
-        if policy.strategy == "shared" and _option_on(body.get("options"), "costs"):
+        if policy.estimates_shared and _option_on(body.get("options"), "costs"):
             raise fail("explain_costs", "EXPLAIN with COSTS would show estimates computed from every tenant's rows")
         if policy.strategy == "shared" and _option_on(body.get("options"), "settings"):
             raise fail("explain_settings", "EXPLAIN with SETTINGS would show the search_path PostgreSQL has, without "

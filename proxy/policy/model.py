@@ -533,6 +533,13 @@ class TenantPolicy:
         and catalog figure of the database is the tenant's own."""
         return self.strategy == "database" and not self.database_shared
 
+    @property
+    def estimates_shared(self) -> bool:
+        """Whether the planner's estimates of the tenant's tables count other tenants' rows: the shared strategy,
+        and a database tenant whose database others share (its RLS tables are theirs; issue 14, red team 9a6 G1).
+        EXPLAIN is then sent with COSTS OFF; COSTS ON and ANALYZE are refused."""
+        return self.strategy == "shared" or (self.strategy == "database" and not self.owns_database)
+
     def is_reserved_setting(self, name: str) -> bool:
         """True for the RLS tenant setting and everything in the proxy's reserved namespace."""
         low = name.lower()

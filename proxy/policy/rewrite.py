@@ -201,8 +201,8 @@ class _Planner:
 
     # -- EXPLAIN ---------------------------------------------------------------------------------------------
     def costs_off(self, body: Node) -> None:
-        """Shared strategy: `EXPLAIN … ` → `EXPLAIN (…, COSTS OFF) …`: the planner's estimates come from every
-        tenant's rows (most common values, histograms), so a plan is shown without them."""
+        """`EXPLAIN … ` → `EXPLAIN (…, COSTS OFF) …` where the estimates count other tenants' rows or objects
+        (`TenantPolicy.estimates_shared`, a system catalog, a temporary view), so a plan is shown without them."""
         costs = option_value(body.get("options"), "costs")
         if costs is not None:  # COSTS OFF already (COSTS ON: refused by the gate when shared, here when schema)
             if costs:
@@ -755,17 +755,29 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
-    if stmt.kind == "ExplainStmt" and policy.strategy == "shared":
+    if stmt.kind == "ExplainStmt" and policy.estimates_shared:
         planner.costs_off(stmt.body)
-    elif stmt.kind == "ExplainStmt" and policy.strategy != "shared" and reads_system_relation(policy, analysis):
+    elif stmt.kind == "ExplainStmt" and ("ExecuteStmt" in (stmt.body.get("query") or {})  # not looked through
+                                         or reads_system_relation(policy, analysis)
+                                         or reads_temporary_view(policy, analysis)):
         # (the database strategy's too: the shared catalogs' estimates count the cluster's databases and roles, and
         # a database holding hidden schemas counts their objects; red team 8a F5/F8)
         if option_value(stmt.body.get("options"), "analyze"):  # (its "Rows Removed by Filter" count them too)
-            raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog would count every tenant's objects")
+            raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog (or a temporary view, or EXECUTE) "
+                       "would count every tenant's objects")
         planner.costs_off(stmt.body)
     guarding.plan(planner, analysis)
     guarding.check_guard_count(len(planner.deferred))
     planner.finish()
+
+
+def reads_temporary_view(policy: TenantPolicy, analysis: Analysis) -> bool:
+    """Whether the statement may read one of the session's temporary views (by its name, however qualified): the
+    only views a tenant can create, and a view's body may read a system catalog the statement does not name, whose
+    estimates count hidden objects (red team 9a6 G2)."""
+    if not policy.temp_views:
+        return False
+    return any(not ref.cte and rv_names(ref.rv)[2] in policy.temp_views for ref in analysis.refs)
 
 
 def reads_system_relation(policy: TenantPolicy, analysis: Analysis) -> bool:

@@ -562,7 +562,7 @@ class _Coverage:
         elif tag == "FuncCall":
             if self.call(body, scope):
                 return
-        elif tag == "ExplainStmt" and self.policy.strategy == "shared" and _costs(body.get("options")) is not False:
+        elif tag == "ExplainStmt" and self.policy.estimates_shared and _costs(body.get("options")) is not False:
             raise Unverified("EXPLAIN without COSTS OFF shows estimates computed from every tenant's rows")
         if tag == "SelectStmt":
             self.select(body, scope)

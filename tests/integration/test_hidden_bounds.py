@@ -973,3 +973,105 @@ def test_a_database_tenant_sharing_its_database_lists_no_other_sessions_temp_sch
     finally:
         conn.finish()
         other.finish()
+
+
+ESTIMATES = ("rows=", "cost=", "Plan Rows", "Total Cost")
+
+
+def _plan(conn: pq.PGconn, sql: str, extended: bool = False) -> str:
+    """EXPLAIN's text of `sql`, which must succeed."""
+    return "\n".join(row[0] for row in _rows(conn, sql, extended))
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_sharing_its_database_reads_no_estimates_of_the_shared_tenants_rows(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, protocol: str) -> None:
+    """Red team 9a6 G1: dan (database tenant of `saas`, which the shared tenants acme and bigco share) read
+    `rows=200` for `EXPLAIN SELECT * FROM public.orders WHERE tenant_id = 'acme'` (the shared table's most common
+    values: each tenant's row count) and `EXPLAIN (COSTS ON)` was accepted. His EXPLAIN is sent with COSTS OFF and
+    COSTS ON / ANALYZE are refused, as for alice; the plan's shape stays."""
+    pg.execute("ANALYZE public.orders", dbname="saas")
+    conn = _connect(proxies[mode], "database")
+    extended = protocol == "extended"
+    try:
+        for sql in ("EXPLAIN SELECT * FROM public.orders WHERE tenant_id = 'acme'",
+                    "EXPLAIN (FORMAT JSON) SELECT * FROM public.orders", "EXPLAIN VERBOSE SELECT 1"):
+            plan = _plan(conn, sql, extended)
+            assert plan and not [w for w in ESTIMATES if w in plan], (sql, plan)
+        for sql in ("EXPLAIN (COSTS ON) SELECT * FROM public.orders WHERE tenant_id = 'acme'",
+                    "EXPLAIN (COSTS) SELECT 1", "EXPLAIN ANALYZE SELECT * FROM public.orders"):
+            [(status, _, _, error)] = _results(conn, sql, extended)
+            assert (status, error[0]) == ("FATAL_ERROR", b"42501"), (sql, error)
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_alone_in_its_database_keeps_explains_estimates(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """Red team 9a6 G1, the other side: ivan (alone in `initech`) keeps his plans' costs, COSTS ON and ANALYZE."""
+    conn = _tenant_connect(proxies[mode], "ivan", "initech")
+    try:
+        assert "rows=" in _plan(conn, "EXPLAIN SELECT * FROM orders WHERE id = 3", False)
+        assert "rows=" in _plan(conn, "EXPLAIN (COSTS ON) SELECT * FROM orders", False)
+        assert "actual" in _plan(conn, "EXPLAIN ANALYZE SELECT * FROM orders", False)
+    finally:
+        conn.finish()
+
+
+VIEW_USERS = {"shared": ("alice", "saas"), "database": ("dan", "saas"), "schema": ("gina", "saas"),
+              "database alone": ("ivan", "initech")}
+
+
+@pytest.mark.parametrize("tenant", sorted(VIEW_USERS))
+@pytest.mark.parametrize("mode", MODES)
+def test_explain_through_a_temporary_view_of_a_catalog_shows_no_estimates(
+        proxies: dict[str, ProxyProcess], mode: str, tenant: str) -> None:
+    """Red team 9a6 G2: `CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class`, then `EXPLAIN SELECT
+    * FROM vc` showed pg_class's estimates (they count the hidden schemas' and other tenants' relations: 309 -> 576
+    rows with 300 tables in `globex`; `relname` ranges found a prefix of a group of hidden names). The costs-off rule
+    of a statement that reads a catalog looked at the names it wrote; a temporary view (the only view a tenant can
+    create) now counts as such a read: COSTS OFF, COSTS ON and ANALYZE refused, for dan, gina and alice (and for
+    ivan alone in his database, whose shared catalogs' estimates are kept from him the same way)."""
+    user, db = VIEW_USERS[tenant]
+    conn = _tenant_connect(proxies[mode], user, db)
+    try:
+        for sql in ("CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class",
+                    "CREATE TEMP VIEW va AS SELECT attrelid, attname FROM pg_catalog.pg_attribute",
+                    "CREATE TEMP VIEW vv AS SELECT * FROM vc"):
+            [(status, _, _, error)] = _results(conn, sql)
+            assert status == "COMMAND_OK", (sql, error)
+        for sql in ("EXPLAIN SELECT * FROM vc", "EXPLAIN SELECT * FROM va WHERE attname >= 'zz_s'",
+                    "EXPLAIN (FORMAT JSON) SELECT * FROM pg_temp.vc WHERE relname >= 'zz_s' AND relname < 'zz_t'",
+                    "EXPLAIN SELECT count(*) FROM vv", "EXPLAIN SELECT * FROM (SELECT 1) s, vc"):
+            plan = _plan(conn, sql)
+            assert plan and not [w for w in ESTIMATES if w in plan], (sql, plan)
+        for sql in ("EXPLAIN (COSTS ON) SELECT * FROM vc", "EXPLAIN ANALYZE SELECT * FROM vv"):
+            [(status, _, _, error)] = _results(conn, sql)
+            assert (status, error[0]) == ("FATAL_ERROR", b"42501"), (sql, error)
+    finally:
+        conn.finish()
+
+
+@pytest.mark.parametrize("tenant", sorted(VIEW_USERS))
+@pytest.mark.parametrize("mode", MODES)
+def test_explain_execute_shows_no_estimates(proxies: dict[str, ProxyProcess], mode: str, tenant: str) -> None:
+    """Found beside red team 9a6 G2: `EXPLAIN EXECUTE p` names no relation, so the costs-off rule of a statement
+    that reads a catalog (or a temporary view) did not see `PREPARE p AS SELECT * FROM pg_class` behind it. A SQL
+    prepared statement is not looked through: EXPLAIN EXECUTE is sent with COSTS OFF, COSTS ON and ANALYZE refused."""
+    user, db = VIEW_USERS[tenant]
+    conn = _tenant_connect(proxies[mode], user, db)
+    try:
+        for sql in ("CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class",
+                    "PREPARE pc AS SELECT oid, relname FROM pg_catalog.pg_class", "PREPARE pv AS SELECT * FROM vc"):
+            [(status, _, _, error)] = _results(conn, sql)
+            assert status == "COMMAND_OK", (sql, error)
+        for sql in ("EXPLAIN EXECUTE pc", "EXPLAIN (FORMAT JSON) EXECUTE pv"):
+            plan = _plan(conn, sql)
+            assert plan and not [w for w in ESTIMATES if w in plan], (sql, plan)
+        for sql in ("EXPLAIN (COSTS ON) EXECUTE pc", "EXPLAIN ANALYZE EXECUTE pv"):
+            [(status, _, _, error)] = _results(conn, sql)
+            assert (status, error[0]) == ("FATAL_ERROR", b"42501"), (sql, error)
+    finally:
+        conn.finish()
