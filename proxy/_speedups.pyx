@@ -28,14 +28,14 @@ BUILT_FROM = PGTENANT_BUILT_FROM.decode("ascii")
 # --- names and numbers shared with the Python modules, bound on first use ------------------------------------
 
 cdef bint _bound = False
-cdef object Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
+cdef object Message, HOLD, FramingError, GuardHit, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
 cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
 
 
 cdef int _bind() except -1:
-    global _bound, Message, HOLD, FramingError, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
+    global _bound, Message, HOLD, FramingError, GuardHit, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
     global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
-    global _COPY_RUN, _REFUSED, _SMALL_LIMIT, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
+    global _COPY_RUN, _REFUSED, _SMALL_LIMIT, _GUARD_STREAM, _GUARD_CARRY, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
     global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD, _MAX_COPY_ENDS
     from proxy.policy import cache, shape
     from proxy.policy.engine import UNLIMITED, decide
@@ -47,6 +47,7 @@ cdef int _bind() except -1:
     from proxy import tracking
     Message, HOLD, FramingError, _COPY_RUN = stream.Message, stream.HOLD, stream.FramingError, stream._COPY_RUN
     refused, _REFUSED, _SMALL_LIMIT = stream.refused, stream._REFUSED, stream.SMALL_LIMIT
+    GuardHit, _GUARD_STREAM, _GUARD_CARRY = stream.GuardHit, stream.GUARD_STREAM, stream.GUARD_CARRY
     Template, from_decision, shape_text, _MAX_LITERALS = shape.Template, shape.from_decision, shape.text, \
         shape._MAX_LITERALS
     _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
@@ -62,6 +63,8 @@ cdef int _bind() except -1:
 cdef Py_ssize_t _COPY_RUN  # the numbers are the Python modules' own, bound by _bind()
 cdef unsigned char _REFUSED
 cdef Py_ssize_t _SMALL_LIMIT
+cdef Py_ssize_t _GUARD_STREAM
+cdef Py_ssize_t _GUARD_CARRY
 
 
 cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
@@ -93,6 +96,9 @@ cdef class MessageStream:
     cdef object _guard
     cdef bytes _guarded
     cdef bytes _needle
+    cdef object _leaks
+    cdef bytes _tail
+    cdef int _stype
     cdef bytes _buf
     cdef list _parts
     cdef Py_ssize_t _parts_len, _want, _skip
@@ -113,6 +119,9 @@ cdef class MessageStream:
         self._guard = None
         self._guarded = _NO_ROLES
         self._needle = b""
+        self._leaks = None
+        self._tail = b""
+        self._stype = -1
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -163,11 +172,12 @@ cdef class MessageStream:
         self._types = _shared(bytes(handlers))
         self._build_roles()
 
-    def guard(self, guard, types=frozenset(), needle=b""):
+    def guard(self, guard, types=frozenset(), needle=b"", leaks=None):
         table = bytearray(256)
         for t in types:
             table[t] = 1
         self._guard, self._guarded, self._needle = guard, _shared(bytes(table)), bytes(needle)
+        self._leaks = leaks
 
     cdef _build_roles(self):
         role = bytearray(256)
@@ -181,11 +191,25 @@ cdef class MessageStream:
 
     @property
     def pending(self):
-        return len(self._buf) + self._parts_len
+        return len(self._buf) + self._parts_len + len(self._tail)
 
     @property
     def unfinished(self):
-        return len(self._buf) + self._parts_len + self._skip
+        return len(self._buf) + self._parts_len + self._skip + len(self._tail)
+
+    cdef object _streamed(self, int t, bytes window, Py_ssize_t left):
+        leaks = self._leaks
+        if leaks is not None and leaks(window):
+            raise GuardHit(t)
+        if not left:
+            self._tail, self._stype = b"", -1
+            return window
+        cdef Py_ssize_t cut = PyBytes_GET_SIZE(window) - _GUARD_CARRY
+        if cut <= 0:
+            self._tail = window
+            return b""
+        self._tail = window[cut:]
+        return _run(window, <const unsigned char *>PyBytes_AS_STRING(window), 0, cut)
 
     cpdef list feed(self, data):
         cdef list out = []
@@ -198,7 +222,18 @@ cdef class MessageStream:
         cdef const char *needle
         cdef Py_ssize_t needle_len
         cdef bint limit_all, g
-        if self._skip:
+        cdef Py_ssize_t take
+        if self._stype >= 0:  # (a guarded message streamed: see `guard`)
+            take = min(len(data), self._skip)
+            self._skip -= take
+            piece = self._streamed(self._stype, self._tail + data[:take], self._skip)
+            if self._skip:
+                return [piece] if piece else out
+            out.append(piece)
+            data = data[take:]
+            if not data:
+                return out
+        elif self._skip:
             n = len(data)
             if n <= self._skip:
                 self._skip -= n
@@ -246,6 +281,18 @@ cdef class MessageStream:
                 if length > _SMALL_LIMIT and (<const unsigned char *>PyBytes_AS_STRING(self._small))[t]:
                     raise FramingError(f"invalid message length {length}", length)
                 if end > n:
+                    if g and not r and length > _GUARD_STREAM and self._leaks is not None:
+                        if run_start < pos:
+                            out.append(_run(buf, p, run_start, pos))
+                        self._skip, self._stype = end - n, t
+                        piece = self._streamed(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5, n - pos - 5),
+                                               end - n)
+                        out.append(PyBytes_FromStringAndSize(<const char *>p + pos, 5))
+                        if piece:
+                            out.append(piece)
+                        if pos or not held:
+                            self.begun += 1
+                        pos = run_start = n
                     break
                 if r == 1:
                     if run_start < pos:

@@ -385,7 +385,8 @@ class Metrics:
             "Server messages withheld by the hidden schemas' last line: they held a reserved name the session sent "
             "(message = data_row, row_description, command_complete, copy_data, function_call_response, "
             "error_response, notice_response: answered with answer_withheld; parameter_status, "
-            "notification_response: dropped).",
+            "notification_response: dropped; data_row_mid_message, copy_data_mid_message, ...: found in a large "
+            "message already begun for the client, the session ended).",
             ["tenant", "message"], registry=r,
         )
         self._denied = Counter(

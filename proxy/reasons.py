@@ -106,6 +106,7 @@ class CloseReason(enum.StrEnum):
     MAX_CLIENT_CONNECTIONS = "max_client_connections", ("refused", "max_client_connections")
     IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"
     MAX_CONCURRENT_QUERIES = "max_concurrent_queries"  # a batch without its Sync waited past query_wait_timeout
+    ANSWER_WITHHELD = "answer_withheld"  # the last line found a reserved name in a message already begun for the client
     RESULT_CUT = "result_cut"  # a cut result could not be left in PostgreSQL's after-error state
 
     @classmethod

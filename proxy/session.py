@@ -90,7 +90,7 @@ from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
-from proxy.protocol.stream import HOLD, FramingError, Message, MessageStream, refused
+from proxy.protocol.stream import HOLD, FramingError, GuardHit, Message, MessageStream, refused
 from proxy.reasons import CloseReason
 from proxy.reported import SharedStatus, reset_to_default, shared_status
 from proxy.resets import Restoring, resets, restoring
@@ -971,6 +971,11 @@ class ClientSession:
             chunks = self.backend_stream.feed(data)
         except ParsingMismatch as exc:
             return self._end_with_server(errors.backend_settings_unsafe(str(exc)), CloseReason.PARSING_MISMATCH)
+        except GuardHit as exc:  # (the last line, mid-message: no error can take the place of bytes forwarded)
+            self._close()
+            reason = CloseReason.ANSWER_WITHHELD
+            return [AnswerWithheld(f"{_WITHHELD_KIND[exc.type]}_mid_message"),
+                    *self._give_back(reusable=False, reset=True, reason=reason), CloseClient(None, reason)]
         except FramingError as exc:
             return self._end_with_server(errors.protocol_violation(f"backend: {exc}"), CloseReason.BACKEND_FRAMING)
         if self._limit_actions or self._cut_inject & 1 or self._withheld == 4:  # (what a cut request's end needs)
@@ -2607,7 +2612,7 @@ class ClientSession:
         if names:
             if not self._hidden.guarded:  # (the first reserved name sent: the last line guards results from now on)
                 self._hidden.guarded = True
-                self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE)
+                self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE, self._leaks_sent)
             self._hidden.sending(names)
         if statement is not None:
             statements = self._hidden.statements
@@ -2764,6 +2769,12 @@ class ClientSession:
             return (errors.policy_denied(_ANSWER_WITHHELD) if type_byte == b"E" else errors.notice_withheld()).encode()
         return out
 
+    def _leaks_sent(self, piece: bytes) -> bool:
+        """The backend stream's `leaks` (`MessageStream.guard`): whether a piece of a large guarded message streamed
+        piece by piece holds a reserved name the session sent (a hit ends the session: `_relay_server`)."""
+        hidden = self._hidden
+        return hidden is not None and hidden.leaks(piece)
+
     def _last_line(self, type_: int, body: bytes) -> Any:
         """The backend stream's guard (`MessageStream.guard`), set once the session sent a reserved name: a message
         of `_GUARDED` holding "pg_9". One that still holds a reserved name the session sent (after its handler:
@@ -2810,7 +2821,7 @@ class ClientSession:
                 self._withheld = 4
             if self._withheld != 4:
                 self._withheld = 0
-                self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE)
+                self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE, self._leaks_sent)
             return inner(body) if inner is not None else None
         out = inner(body) if inner is not None else None
         if type_ in _ASYNC_TEXT:

@@ -46,6 +46,22 @@ def refused(t: int) -> FramingError:
     return FramingError(f"invalid frontend message type {t}")
 
 
+class GuardHit(FramingError):
+    """A guarded message streamed piece by piece (`MessageStream.guard`'s `leaks`) held a reserved name after its
+    first bytes were forwarded: it cannot be replaced, the session must end (`type`: the message's type)."""
+
+    def __init__(self, type_: int) -> None:
+        super().__init__("a streamed message held a reserved name")
+        self.type = type_
+
+
+# A guarded message longer than GUARD_STREAM that has not arrived whole is streamed (with `leaks`), never held: its
+# pieces are scanned as they come, the last GUARD_CARRY bytes of each held back and scanned again with the next (a
+# reserved name, pg_9 + 24 letters = 28 bytes, split across reads is still seen, and none of it is forwarded).
+GUARD_STREAM = 65536
+GUARD_CARRY = 27
+
+
 class _Hold:
     """The type of HOLD."""
 
@@ -92,8 +108,9 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_guard", "_guarded", "_intercept", "_needle", "_parts", "_parts_len", "_refuse", "_role", "_skip",
-        "_small", "_small_types", "_table", "_types", "_want", "begun", "limit_all", "max_length",
+        "_buf", "_guard", "_guarded", "_intercept", "_leaks", "_needle", "_parts", "_parts_len", "_refuse", "_role",
+        "_skip", "_small", "_small_types", "_stype", "_table", "_tail", "_types", "_want", "begun", "limit_all",
+        "max_length",
     )
 
     def __init__(
@@ -113,6 +130,9 @@ class MessageStream:
         self._guard: Guard | None = None  # see `guard`
         self._guarded = _NO_ROLES
         self._needle = b""
+        self._leaks: Callable[[bytes], bool] | None = None
+        self._tail = b""  # the held-back end of a guarded message being streamed (see GUARD_CARRY)
+        self._stype = -1  # that message's type while it is streamed, else -1
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
@@ -175,15 +195,21 @@ class MessageStream:
         self._types = _shared(bytes(handlers))
         self._build_roles()
 
-    def guard(self, guard: Guard | None, types: frozenset[int] = frozenset(), needle: bytes = b"") -> None:
+    def guard(
+        self, guard: Guard | None, types: frozenset[int] = frozenset(), needle: bytes = b"",
+        leaks: Callable[[bytes], bool] | None = None,
+    ) -> None:
         """Messages of `types` whose body holds `needle` (b"": every one) are given, whole, to guard(type, body)
         in place of their handler (which the guard calls when it wants to), with the same answers as a handler's;
         their other messages go as before (a guard that sets another guard sets it from the next message on). None:
-        no guard (nothing is looked at: the stream's own speed)."""
+        no guard (nothing is looked at: the stream's own speed). With `leaks`, a guarded message of no handler longer
+        than GUARD_STREAM and not yet whole is streamed: leaks(piece) is asked of each piece (with the held-back end
+        of the one before), and a True raises GuardHit (the message begun cannot be replaced)."""
         table = bytearray(256)
         for t in types:
             table[t] = 1
         self._guard, self._guarded, self._needle = guard, _shared(bytes(table)), bytes(needle)
+        self._leaks = leaks
 
     def _build_roles(self) -> None:
         role = bytearray(256)
@@ -198,19 +224,45 @@ class MessageStream:
     @property
     def pending(self) -> int:
         """Bytes held back waiting for the rest of a message."""
-        return len(self._buf) + self._parts_len
+        return len(self._buf) + self._parts_len + len(self._tail)
 
     @property
     def unfinished(self) -> int:
         """Bytes of a message begun and not yet complete: held back (`pending`), or still to come of one forwarded
         piece by piece (a large CopyData). Nonzero means the peer is mid-message: the connection it goes to must not
         change hands (red team 9s F1: the rest of a CopyData reached the next server as messages of their own)."""
-        return len(self._buf) + self._parts_len + self._skip
+        return len(self._buf) + self._parts_len + self._skip + len(self._tail)
+
+    def _streamed(self, t: int, window: bytes, left: int) -> bytes | memoryview:
+        """A piece of a streamed guarded message (after the held-back end of the one before), `left` bytes of it
+        still to come: scanned, and what may go now returned (all of it once the message is whole)."""
+        leaks = self._leaks
+        if leaks is not None and leaks(window):
+            raise GuardHit(t)
+        if not left:
+            self._tail, self._stype = b"", -1
+            return window
+        cut = len(window) - GUARD_CARRY
+        if cut <= 0:
+            self._tail = window
+            return b""
+        self._tail = window[cut:]
+        return _run(window, 0, cut)
 
     def feed(self, data: bytes) -> list[bytes | memoryview | Message]:
         """Frame `data` (bytes: message bodies are slices of it), after the bytes a HOLD left unframed."""
         out: list[bytes | memoryview | Message] = []
-        if self._skip:
+        if self._stype >= 0:  # (a guarded message streamed: see `guard`)
+            take = min(len(data), self._skip)
+            self._skip -= take
+            piece = self._streamed(self._stype, self._tail + data[:take], self._skip)
+            if self._skip:
+                return [piece] if piece else out
+            out.append(piece)
+            data = data[take:]
+            if not data:
+                return out
+        elif self._skip:
             n = len(data)
             if n <= self._skip:
                 self._skip -= n
@@ -253,6 +305,17 @@ class MessageStream:
                 if length > SMALL_LIMIT and self._small[t]:
                     raise FramingError(f"invalid message length {length}", length)
                 if end > n:
+                    if g and not r and length > GUARD_STREAM and self._leaks is not None:
+                        if run_start < pos:
+                            out.append(_run(buf, run_start, pos))
+                        self._skip, self._stype = end - n, t
+                        piece = self._streamed(t, buf[pos + 5 : n], end - n)
+                        out.append(buf[pos : pos + 5])
+                        if piece:
+                            out.append(piece)
+                        if pos or not held:
+                            self.begun += 1
+                        pos = run_start = n
                     break
                 if r == 1:
                     if run_start < pos:

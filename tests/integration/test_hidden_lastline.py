@@ -149,3 +149,79 @@ def _exchange_raw(sock: socket.socket, data: bytes) -> list[tuple[bytes, bytes]]
         out.append((t, body))
         if t == b"Z":
             return out
+
+
+def _reset_peak(pid: int) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w") as f:  # (5: the peak RSS, VmHWM, starts again from the RSS)
+        f.write("5")
+
+
+def _peak_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["select", "copy"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_large_row_after_a_reserved_name_is_streamed(proxies: dict[str, ProxyProcess], pg: PgCluster,  # noqa: F811
+                                                       mode: str, strategy: str, copy: bool) -> None:
+    """Red team 9a6 G3/G4: once the session sent a reserved name, a 20 MB row is still forwarded piece by piece as it
+    arrives (scanned, never held whole): answered whole and right, the proxy's peak memory grows by far less than
+    the row (held whole, twice over, it grew by ~40 MB)."""
+    proxy = proxies[mode]
+    assert proxy.proc is not None
+    sock = _session(proxy, strategy)
+    try:
+        _reserved(sock, pg)
+        _usable(sock)
+        _reset_peak(proxy.proc.pid)
+        before = _peak_kb(proxy.proc.pid)
+        sql = "SELECT repeat('x', 20000000)"
+        answers = _exchange(sock, m.Query(f"COPY ({sql}) TO STDOUT" if copy else sql).encode())
+        grown = _peak_kb(proxy.proc.pid) - before
+        if copy:  # (a CopyData of COPY TO STDOUT)
+            assert [body for t, body in answers if t == b"d"] == [b"x" * 20_000_000 + b"\n"]
+        else:
+            assert _rows(answers) == [b"\x00\x01" + (20_000_000).to_bytes(4, "big") + b"x" * 20_000_000]
+        assert answers[-1] == (b"Z", b"I") and _errors(answers) == []
+        assert grown < 8_000, grown  # kB: the row is 20,000 kB
+        _usable(sock)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["select", "copy"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_reserved_name_late_in_a_large_row_ends_the_session(proxies: dict[str, ProxyProcess],  # noqa: F811
+                                                              pg: PgCluster, mode: str, strategy: str,
+                                                              copy: bool) -> None:
+    """A reserved name at the end of a 1 MB row (a DataRow, or COPY TO STDOUT's CopyData), whose first bytes were
+    forwarded before the name arrived: no error can take the row's place, so the session ends (the client's
+    connection closed, none of the name sent), logged and counted as answer_withheld (data_row_mid_message,
+    copy_data_mid_message); the next session works."""
+    proxy = proxies[mode]
+    sock = _session(proxy, strategy)
+    withheld = proxy.count_events("answer_withheld")
+    try:
+        reserved = _reserved(sock, pg)
+        sql = f"SELECT repeat('x', 1000000) || '{reserved}'"
+        sock.sendall(m.Query(f"COPY ({sql}) TO STDOUT" if copy else sql).encode())
+        got = b""
+        sock.settimeout(10)
+        while chunk := sock.recv(1 << 20):
+            got += chunk
+        assert reserved.encode() not in got and b"pg_9" not in got
+        begun = b"Hd" if copy else b"TD"  # (the row begun, cut)
+        assert got[:1] == begun[:1] and begun[1:] in got[:200] and len(got) < 1_000_100, len(got)
+    finally:
+        sock.close()
+    events = [e for e in proxy.log_events() if e.get("event") == "answer_withheld"]
+    kind = "copy_data" if copy else "data_row"
+    assert len(events) == withheld + 1 and events[-1]["message"] == f"{kind}_mid_message", events[-1:]
+    sock = _session(proxy, strategy)
+    try:
+        _usable(sock)
+    finally:
+        sock.close()

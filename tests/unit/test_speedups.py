@@ -232,6 +232,138 @@ def test_message_stream_guard_sees_whole_messages_holding_its_needle() -> None:
     assert b"".join(bytes(x) for x in stream.feed(row)) == row and len(seen) == 2
 
 
+_NAME = b"pg_9" + b"abcdefghijklmnopqrstuvwx"  # a reserved name's shape: 28 bytes, the longest there is
+
+
+@st.composite
+def _large_conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """Messages, some past GUARD_STREAM, some holding a reserved name (anywhere: at a read's edge too), cut into
+    reads at arbitrary points."""
+    parts = []
+    for _ in range(draw(st.integers(1, 4))):
+        t = draw(st.sampled_from(b"DdCZ"))
+        size = draw(st.sampled_from([0, 30, 4000, 65536 - 4, 65536 - 3, 70000, 200000]))
+        body = bytearray(b"-" * size)
+        if draw(st.booleans()):
+            at = draw(st.integers(0, size))
+            body[at:at] = _NAME if draw(st.integers(0, 3)) else _NAME[:-1]  # (a look-alike, one byte short)
+        parts.append(_frame(t, bytes(body)))
+    data = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    return data, cuts
+
+
+def _leaks_run(cls: type, data: bytes, cuts: list[int], handled: frozenset[int]) -> list[object]:
+    """What a stream class makes of the reads with a guard and its `leaks`: items, windows asked, pending, error."""
+    events: list[object] = []
+
+    def leaks(window: bytes) -> bool:
+        events.append(("leaks", window))
+        return _NAME in window
+
+    def guarding(t: int, body: bytes) -> object:
+        events.append(("guarded", t, body))
+        return b"!" if _NAME in body else None
+
+    stream = cls(limit_all=False)
+    stream.handlers = {t: (lambda body: events.append(("handled", body))) for t in handled}
+    stream.guard(guarding, frozenset(b"Dd"), b"pg_9", leaks)
+    reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)] + [b""]
+    try:
+        for read in reads:
+            for item in stream.feed(read):
+                events.append(("run", bytes(item)))
+            events.append(("pending", stream.pending, stream.unfinished, stream.begun))
+    except Exception as exc:
+        events.append(("error", type(exc).__name__, str(exc), getattr(exc, "type", None)))
+    return events
+
+
+@compiled
+@settings(max_examples=400, deadline=None)
+@given(_large_conversation(), st.frozensets(st.sampled_from(b"DC")))
+def test_message_stream_guard_streams_alike(conversation: tuple[bytes, list[int]], handled: frozenset[int]) -> None:
+    """A guard with `leaks`: large guarded messages streamed, scanned and held back alike in both builds."""
+    data, cuts = conversation
+    py, fast = both("proxy.protocol.stream", "MessageStream")
+    assert _leaks_run(fast, data, cuts, handled) == _leaks_run(py, data, cuts, handled)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_large_conversation())
+def test_message_stream_guard_streams_and_sees_every_name(conversation: tuple[bytes, list[int]]) -> None:
+    """Whatever the reads: what goes out is the stream itself (a whole message holding a name replaced), never a
+    reserved name; a large guarded message goes in pieces (at most GUARD_STREAM + GUARD_CARRY bytes pending); a
+    name in one streamed ends the stream (GuardHit) with none of it out."""
+    stream_module = pure("proxy.protocol.stream")
+    for cls in {stream_module.MessageStream, importlib.import_module("proxy.protocol.stream").MessageStream}:
+        data, cuts = conversation
+        events = _leaks_run(cls, data, cuts, frozenset())
+        out = b"".join(e[1] for e in events if e[0] == "run")  # type: ignore[index,misc]
+        assert all(e[1] <= stream_module.GUARD_STREAM + stream_module.GUARD_CARRY + 5
+                   for e in events if e[0] == "pending")  # type: ignore[index,operator]
+        raws, pos = [], 0
+        while pos < len(data):
+            length = struct.unpack_from("!I", data, pos + 1)[0]
+            raws.append(data[pos : pos + 1 + length])
+            pos += 1 + length
+        shown = [b"!" if raw[0] in b"Dd" and _NAME in raw else raw for raw in raws]
+        hit = [e for e in events if e[0] == "error"]
+        if not hit:
+            assert out == b"".join(shown)
+            continue
+        assert hit[0][1] == "GuardHit"  # type: ignore[index]
+        done = k = 0
+        while k < len(shown) and out.startswith(shown[k], done):  # (what went out: whole messages, then part of one)
+            done += len(shown[k])
+            k += 1
+        rest = out[done:]
+        if rest:  # (part of a message went out: none of a guarded one's name)
+            raw = raws[k]
+            assert raw.startswith(rest) and not (raw[0] in b"Dd" and 0 <= raw.find(_NAME) < len(rest))
+
+
+def test_message_stream_guard_streams_a_large_message_in_pieces() -> None:
+    """Past GUARD_STREAM a guarded message not yet whole goes out piece by piece as it arrives (the last
+    GUARD_CARRY bytes of each held back), in both builds; a name split across two reads is caught (GuardHit)."""
+    for cls in {pure("proxy.protocol.stream").MessageStream,
+                importlib.import_module("proxy.protocol.stream").MessageStream}:
+        windows: list[bytes] = []
+        stream = cls(limit_all=False)
+        stream.guard(lambda t, body: b"!", frozenset(b"D"), b"pg_9",
+                     lambda w, seen=windows: seen.append(w) or _NAME in w)  # type: ignore[func-returns-value,misc]
+        row = _frame(ord("D"), b"x" * 1_000_000)
+        got = b""
+        for at in range(0, len(row), 65536):
+            got += b"".join(bytes(x) for x in stream.feed(row[at : at + 65536]))
+            assert stream.pending <= 27
+            if at + 65536 < len(row):
+                assert len(got) >= at + 65536 - 27  # (all of it out but the held-back end)
+        assert got == row and stream.pending == 0 and stream.unfinished == 0
+        assert len(windows) == 16
+        split = _frame(ord("D"), b"y" * 100_000 + _NAME + b"y" * 100_000)
+        cut = 5 + 100_000 + 10  # (the name's first 10 bytes in the first read, the rest in the second)
+        first = b"".join(bytes(x) for x in stream.feed(split[:cut]))
+        assert b"pg_9" not in first and len(first) == cut - 27
+        with pytest.raises(Exception) as caught:  # (the build's own GuardHit: checked by name)
+            stream.feed(split[cut:])
+        assert type(caught.value).__name__ == "GuardHit" and caught.value.type == ord("D")  # type: ignore[attr-defined]
+
+
+def test_message_stream_guard_holds_a_small_or_whole_message() -> None:
+    """A guarded message up to GUARD_STREAM, or one arrived whole, is still held whole and given to the guard
+    (today's cut: replaced, none of it out), in both builds."""
+    for cls in {pure("proxy.protocol.stream").MessageStream,
+                importlib.import_module("proxy.protocol.stream").MessageStream}:
+        stream = cls(limit_all=False)
+        stream.guard(lambda t, body: b"!", frozenset(b"D"), b"pg_9",
+                     lambda w: _NAME in w)
+        small = _frame(ord("D"), b"z" * 60_000 + _NAME)
+        assert b"".join(bytes(x) for x in stream.feed(small[:30_000])) == b""
+        assert b"".join(bytes(x) for x in stream.feed(small[30_000:])) == b"!"
+        large = _frame(ord("D"), b"z" * 600_000 + _NAME)
+        assert b"".join(bytes(x) for x in stream.feed(large)) == b"!"
+
 @compiled
 def test_message_stream_runs_keep_their_types() -> None:
     """A long run is a view of the read, a short one a copy; a whole read is passed on as it is."""
