@@ -2407,7 +2407,7 @@ class ClientSession:
         if (self.state is not _READY or server is None or (st is not None and not st.idle) or len(pending) != 1
                 or self._tx_status != b"I" or self._replaying or self._held is not None
                 or self._admission is not None or self.frontend.unfinished or self._cancelling or self._cut is not None
-                or self._timed_out is not None or not unsynced.settles(
+                or self._timed_out is not None or self._skipping_to_sync() or not unsynced.settles(
                     pending[0], binds=self._binds, paged=self._paged, replica=server.replica is not None)):
             return []
         self._settling = True

@@ -148,3 +148,25 @@ def test_a_server_skipping_to_sync_stays_with_its_client_until_the_sync(one: Pro
     finally:
         a.close()
     assert result == _expected()
+
+
+@pytest.mark.parametrize("shape", ["lone_bad_close", "close_P_no_nul", "select_plus_bad_close"])
+def test_a_flush_after_the_error_does_not_end_the_skipped_batch(one: ProxyProcess, pg: PgCluster, shape: str) -> None:
+    """Red team 9s5 S1: after the ERROR that left its server skipping to a Sync, a lone Flush made the proxy end the
+    batch with a Sync of its own (as for an answered Flush-ended batch): the client's next Parse/Bind/Execute INSERT
+    then ran where PostgreSQL skips it. The server keeps skipping to the client's own Sync: only a ReadyForQuery
+    answers that batch, the row is not written, and the session goes on."""
+    a = _login(one)
+    row = next(_IDS)
+    try:
+        got = _a_errs(a, shape)
+        assert got and got[-1][0] == b"E", got
+        a.sendall(m.frame(b"H", b""))
+        a.sendall(_parse(f"INSERT INTO orders VALUES ({row}, 1)") + _BIND + _EXECUTE + _SYNC)
+        assert [t for t, _ in _until(a, b"Z")] == [b"Z"]
+        a.sendall(m.query_message("SELECT 'A-after'"))
+        assert [body for t, body in _until(a, b"Z") if t == b"D" and b"A-after" in body]
+    finally:
+        a.close()
+    assert pg.execute("SELECT count(*) FROM orders WHERE id = %s", (row,), dbname="initech") == [(0,)]
+    pg.execute("DELETE FROM orders WHERE id = %s", (row,), dbname="initech")
