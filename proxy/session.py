@@ -952,11 +952,7 @@ class ClientSession:
             return self._admission_data(data)
         out = self._relay_server(data)
         if self.pooled:
-            awaiting = self._awaiting_sync()
-            if awaiting:
-                self._ext_since = self.clock()
-            if awaiting is not self._unsynced:
-                out.append(self._unsynced_changed())
+            self._sync_wait(out)
         if self._settling:
             return out
         if self._flushed:  # a batch ended with a Flush: once answered in full it may need its server no more
@@ -1547,11 +1543,7 @@ class ClientSession:
         else:
             out = [RelayToServer(chunks)]
         if self.pooled:
-            awaiting = self._awaiting_sync()
-            if awaiting:
-                self._ext_since = self.clock()
-            if awaiting is not self._unsynced:
-                out.append(self._unsynced_changed())
+            self._sync_wait(out)
         if (self.pooled and self.server is not None and not self.tracker.pending) or self._flushed:
             out += self._idle_after_read()
         return out
@@ -2423,6 +2415,16 @@ class ClientSession:
         """The session holds its server for a batch that waits for the client's Sync: a Flush was sent, or any
         extended message without a Sync or Query after it, or an error left the server skipping to that Sync."""
         return self.server is not None and (self._flushed or self._ext_open or self._skipping_to_sync())
+
+    def _sync_wait(self, out: list[Action]) -> None:
+        """After a read either way (transaction pooling): a batch waiting for the client's Sync is timed from it
+        (_batch_waited), and the I/O layer is told when such a wait begins or ends (BatchWithoutSync)."""
+        awaiting = self._awaiting_sync()
+        if awaiting:
+            self._ext_since = self.clock()
+        if awaiting is not self._unsynced:
+            self._unsynced = awaiting
+            out.append(BatchWithoutSync(awaiting))
 
     def _ext_sent(self, _body: bytes) -> None:
         """A Parse, Bind, Describe, Execute, Close or Flush was relayed: its batch is open until a Sync or Query."""
