@@ -2235,11 +2235,12 @@ class ClientSession:
         self._open_batch = False
 
     def _on_close(self, body: bytes) -> bytes | None:
-        name = m.close_statement(body)
+        found = m.target(body)
+        name = found[1] if found is not None and found[0] == b"S" else None
         if name:
             name = protocol_name(name)
-        if self._hidden is not None and name is None and self._hidden.portals:
-            portal = protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
+        if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
+            portal = protocol_name(found[1])
             old = self._hidden.portals.pop(portal, None)
             if old is not None:  # (taken back if PostgreSQL skips the Close: red team 9a3 J1b)
                 self._journaled(partial(_restore, self._hidden.portals, portal, old))

@@ -725,11 +725,11 @@ class Statements:
             self._recording.replay.append(("describe", body))  # type: ignore[union-attr]
         if self._skipping:
             return None
-        if body[:1] != b"S":
+        found = m.target(body)
+        if found is None or found[0] != b"S":  # a portal's, or malformed: the server answers it (as PostgreSQL)
             self._sent(_DESCRIBE)
             return None
-        return self._naming(_DESCRIBE, protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace")), body,
-                            _describe)
+        return self._naming(_DESCRIBE, protocol_name(found[1]), body, _describe)
 
     def _naming(self, type_: int, name: str, body: bytes, renamed: Callable[[str], bytes]) -> bytes | None:
         """A Bind or Describe of statement `name`: what to send in its place (`renamed(server name)` after what the
@@ -750,10 +750,11 @@ class Statements:
             self._recording.replay.append(("close", body))  # type: ignore[union-attr]
         if self._skipping:
             return None
-        if body[:1] != b"S":
+        found = m.target(body)
+        if found is None or found[0] != b"S":  # a portal's, or malformed: the server answers it (as PostgreSQL)
             self._sent(_CLOSE)
             return None
-        name = protocol_name(body[1:].rstrip(b"\x00").decode("utf-8", "replace"))
+        name = protocol_name(found[1])
         if not name:
             old = self.unnamed
             self.unnamed = None

@@ -468,11 +468,14 @@ def bind_statement(body: bytes) -> str | None:
     return body[end + 1 : stmt_end].decode("utf-8", "replace")
 
 
-def close_statement(body: bytes) -> str | None:
-    """The prepared statement a Close body closes (None when it closes a portal)."""
-    if body[:1] != b"S":
+def target(body: bytes) -> tuple[bytes, str] | None:
+    """The kind (b"S" a statement, b"P" a portal, else PostgreSQL refuses it) and name of a Close or Describe body,
+    read as PostgreSQL reads them: a byte, a string, nothing after it. None when the body is malformed (PostgreSQL
+    answers ERROR 08P01, "invalid string in message" or "invalid message format", and acts on nothing)."""
+    end = body.find(b"\x00", 1)
+    if end < 0 or end != len(body) - 1:
         return None
-    return body[1:].rstrip(b"\x00").decode("utf-8", "replace")
+    return body[:1], body[1:end].decode("utf-8", "replace")
 
 
 def parse_name(body: bytes) -> str:
