@@ -1,7 +1,7 @@
 """Statements of the requests in flight awaiting PostgreSQL's word, by position in their request; pure.
 
 A statement is matched with its answer as sessionstate.py matches them: the k-th CommandComplete of a request
-answers its k-th statement (a Query string's statements, an extended batch's Binds); an ErrorResponse fails the
+answers its k-th statement (a Query string's statements, an extended batch's Executes); an ErrorResponse fails the
 statement it answers and every later one of its request; a request that ends with statements unanswered never ran
 them (skipped after an error earlier in its batch)."""
 

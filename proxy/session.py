@@ -247,6 +247,8 @@ for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
 _NO_EXECUTES = ()
+_NO_PORTALS: dict[bytes, str] = {}  # `_portals` while none is noted (never written: `_bound_portal` makes one)
+_MAX_PORTALS = 1000  # portals noted per session (the oldest go)
 _NO_RETAGS = ()  # ClientSession._retags with none
 # The answers that end an extended message's (ParseComplete ... PortalSuspended: skipping.Owed.completed), but for
 # CommandComplete (the session's own handler tells it).
@@ -293,8 +295,9 @@ class ClientSession:
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
         "_notices", "_open_batch", "_overrides", "_owed", "_paged",
-        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_prepares", "_released",
-        "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_resume_ask", "_retags", "_scope",
+        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepares",
+        "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
+        "_resume_ask", "_retags", "_scope",
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
         "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_tracking",
@@ -379,7 +382,10 @@ class ClientSession:
         self.context = SessionState()
         self.context.max_temp_relations = config.limits.max_temp_relations
         self._tracking = False  # the context needs following (SessionState.idle is false)
-        self._binds = 0  # Binds since the last Sync: the position of the next one in its request
+        self._binds = 0  # Binds since the last Sync
+        self._results = 0  # Executes since the last Sync or Query: the position of the next statement in its request
+        # Portals bound to a statement followed by position, not executed yet (raw portal name -> statement)
+        self._portals: dict[bytes, str] = _NO_PORTALS  # type: ignore[assignment]
         self._done = 0  # CommandCompletes of the request being answered
         self._contextual: Contextual | None = None
         self._decided_in: object = None  # the context `decide` was last chosen for
@@ -474,6 +480,8 @@ class ClientSession:
         own: dict[int, Callable[[bytes], bytes | None]] = {
             m.READY_FOR_QUERY: self._on_ready_for_query,
             m.COMMAND_COMPLETE: self._on_command_complete,
+            m.EMPTY_QUERY_RESPONSE: self._on_result_end,
+            m.PORTAL_SUSPENDED: self._on_result_end,
             m.ERROR_RESPONSE: self._on_error_response,
             m.NOTICE_RESPONSE: self._on_notice_response,
             m.PARAMETER_STATUS: self._on_parameter_status,
@@ -1759,7 +1767,8 @@ class ClientSession:
                                                                                  self._startup_settings):
                 decision, restored = self._restoring(sql, decision)
         self.tracker.on_query(sql, decision)
-        first, self._binds = self._binds, 0
+        first, self._results = self._results, 0
+        self._binds = 0
         if self._hidden is not None:
             ran = bool(self._hidden.statements) and self._executed_statements(
                 sql, sent=decision.sql if type(decision) is Rewrite else None)
@@ -2103,7 +2112,7 @@ class ClientSession:
                 out = self._query_decided(held.sql, adm.decision)
             else:
                 self.tracker.on_query(held.sql, adm.decision)
-                self._binds = 0
+                self._binds = self._results = 0
                 out = query_message(self._error_marker(refusal))
             if self.statements is not None:
                 out = self._statement_query(held.body, out)
@@ -2203,19 +2212,16 @@ class ClientSession:
             self.tracker.on_bind(statement)
             if self._hidden is not None:
                 self._bound_names(statement, body)
-            if self._subxact_statements and statement in self._subxact_statements:
-                self._savepoints_sent(self._binds, tuple((0, op, name) for op, name in
-                                                         self._subxact_statements[statement]))
             self._sequences.bound(statement)
-            if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
-                self._retag({self._binds: _RESET_TAG})
             if self._tracking:
-                pending = self.tracker.pending
-                denied = self.context.bind(pending[-1] if pending else None, self._binds, statement)
+                denied = self.context.bind(statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
-                self._context_changed()
+            if out is None and ((self._subxact_statements and statement in self._subxact_statements) or
+                                (self._reset_names and statement in self._reset_names) or
+                                (self._tracking and statement in self.context.statements)):
+                self._bound_portal(body, statement)
         if self._released is body:
             self._released = None
             if self._bind_refusal is not None:  # the backend fails to find the marker statement: our refusal
@@ -2224,13 +2230,36 @@ class ClientSession:
         self._binds += 1
         return out
 
+    def _bound_portal(self, body: bytes, statement: str) -> None:
+        """A Bind of `statement`, whose running the session follows by its position: noted for its portal's Execute
+        (what a request's k-th CommandComplete answers is its k-th Execute, not its k-th Bind)."""
+        portals = self._portals
+        if portals is _NO_PORTALS:
+            portals = self._portals = {}
+        elif len(portals) >= _MAX_PORTALS:
+            del portals[next(iter(portals))]
+        portals[body[:body.index(b"\x00")]] = statement
+
+    def _executed(self, statement: str) -> None:
+        """The Execute of a portal bound to `statement` (noted by `_bound_portal`): statement `_results` of its
+        request, followed to its CommandComplete (savepoints, a RESET's tag, the session's context)."""
+        position = self._results
+        if self._subxact_statements and statement in self._subxact_statements:
+            self._savepoints_sent(position, tuple((0, op, name) for op, name in self._subxact_statements[statement]))
+        if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
+            self._retag({position: _RESET_TAG})
+        if self._tracking:
+            pending = self.tracker.pending
+            self.context.execute(pending[-1] if pending else None, position, statement)
+            self._context_changed()
+
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
         if self._names is not None:
             self._names.batch += 1
         if self._agent_closing:
             self._agent_closes_sent()
-        self._binds = 0
+        self._binds = self._results = 0
         self._flushed = self._paged = self._ext_open = False
         self._open_batch = False
 
@@ -2239,6 +2268,8 @@ class ClientSession:
         name = found[1] if found is not None and found[0] == b"S" else None
         if name:
             name = protocol_name(name)
+        if found is not None and found[0] == b"P" and self._portals:
+            self._portals.pop(body[1:-1], None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
             portal = protocol_name(found[1])
             old = self._hidden.portals.pop(portal, None)
@@ -2283,6 +2314,8 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
+        if self._portals and body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
+            self._portals = _NO_PORTALS  # type: ignore[assignment]
         if self._retags:
             self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
         if self._cursors is not None and body[:1] == b"I":
@@ -2308,6 +2341,11 @@ class ClientSession:
             self._settling = False
             return b""
         return None
+
+    def _on_result_end(self, _body: bytes) -> None:
+        """An EmptyQueryResponse or PortalSuspended: the answer to an Execute (or an empty Query), no statement's
+        CommandComplete; the next one answers the request's next statement."""
+        self._done += 1
 
     def _on_command_complete(self, body: bytes) -> bytes | None:
         if self._owed is not None:
@@ -2382,10 +2420,16 @@ class ClientSession:
         self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
 
     def _on_execute(self, body: bytes) -> None:
-        """An Execute (with a row count, its portal may be suspended and go on)."""
+        """An Execute (with a row count, its portal may be suspended and go on): the next statement of its request
+        (answered by one CommandComplete, EmptyQueryResponse or PortalSuspended)."""
         self._on_request_message(body)
         if body[-4:] != b"\x00\x00\x00\x00":
             self._paged = True
+        if self._portals:
+            statement = self._portals.pop(body[:max(body.find(b"\x00"), 0)], None)
+            if statement is not None:
+                self._executed(statement)
+        self._results += 1
 
     def _settle_unsynced(self) -> list[Action]:
         """A batch ended with a Flush and answered in full, outside a transaction block (asyncpg's prepare(),

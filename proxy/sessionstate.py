@@ -15,7 +15,8 @@ belief costs an error ("relation does not exist", a refused write), never anothe
 
 Statements are matched with the backend's answers by position within their request (a simple Query, or the
 extended-protocol messages up to Sync): the k-th CommandComplete answers the k-th statement of a Query, or the
-k-th Bind's portal.
+k-th Execute's portal (an Execute is answered by one CommandComplete, EmptyQueryResponse or PortalSuspended; a Bind
+never executed by none).
 """
 
 from __future__ import annotations
@@ -113,20 +114,21 @@ class SessionState:
         else:
             self.statements.pop(name, None)
 
-    def bind(self, request: object, position: int, name: str) -> Deny | None:
-        """A Bind of prepared statement `name`, statement `position` of its request; the denial to answer instead
-        when running it would take the session past `max_temp_relations` (its Parse was decided once, a prepared
-        CREATE TEMP and DROP can run again and again in one transaction)."""
+    def bind(self, name: str) -> Deny | None:
+        """A Bind of prepared statement `name`: the denial to answer instead when running it would take the session
+        past `max_temp_relations` (its Parse was decided once, a prepared CREATE TEMP and DROP can run again and
+        again in one transaction)."""
         changes = self.statements.get(name)
-        if not changes:
+        if not changes or not any(c.op in _LIMITED for c in changes):
             return None
-        if any(c.op in _LIMITED for c in changes):
-            denied = refusal(self._recorded(), changes, self.max_temp_relations)[1]
-            if denied is not None:
-                return denied
-        if not self.idle or any(_stateful((c,)) for c in changes):
+        return refusal(self._recorded(), changes, self.max_temp_relations)[1]
+
+    def execute(self, request: object, position: int, name: str) -> None:
+        """An Execute of a portal bound to prepared statement `name`, statement `position` of its request (the
+        k-th Execute of a request is answered by its k-th CommandComplete, a Bind never executed by none)."""
+        changes = self.statements.get(name)
+        if changes and (not self.idle or any(_stateful((c,)) for c in changes)):
             self._record(request, [(position, c) for c in changes])
-        return None
 
     def _recorded(self) -> SessionContext:
         """The context once every recorded statement has run (the belief without Parses not bound yet)."""

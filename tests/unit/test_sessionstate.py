@@ -16,6 +16,7 @@ from proxy.policy.model import (
     TEMP_TABLE,
     TEMP_VIEW,
     Change,
+    Deny,
     SessionContext,
 )
 from proxy.policy.settings import marked_entry
@@ -161,6 +162,14 @@ def test_set_local_ends_with_the_transaction_and_on_commit_drop_tables_with_the_
     assert tables(w.state.belief) == set()
 
 
+def _run(state: SessionState, request: object, position: int, name: str) -> Deny | None:
+    """A Bind of `name` and, unless it is refused, the Execute of its portal (statement `position` of `request`)."""
+    denied = state.bind(name)
+    if denied is None:
+        state.execute(request, position, name)
+    return denied
+
+
 def test_extended_protocol_parse_then_bind() -> None:
     """A Parse's changes count at once (a pipelined Parse INSERT after Parse CREATE sees the table); a Bind records
     them for the answer; a Parse never bound is forgotten at the end of its request."""
@@ -168,7 +177,7 @@ def test_extended_protocol_parse_then_bind() -> None:
     state.parse("", (create("t"),))
     assert tables(state.belief) == {"t"}
     request = object()
-    state.bind(request, 0, "")
+    _run(state, request, 0, "")
     state.completed(request, 1, b"CREATE TABLE\x00")
     state.ready(request, b"I")
     assert tables(state.committed) == {"t"}
@@ -177,7 +186,7 @@ def test_extended_protocol_parse_then_bind() -> None:
     state.ready(other, b"I")  # that request never bound S_1
     assert state.belief.temp_views == frozenset()
     later = object()
-    state.bind(later, 3, "S_1")  # S_1 run later, fourth statement of its request
+    _run(state, later, 3, "S_1")  # S_1 run later, fourth statement of its request
     assert state.belief.temp_views == {"v"}
     state.completed(later, 3, b"SELECT 1\x00")
     state.failed(later, 3)  # the fourth statement failed
@@ -237,21 +246,21 @@ def test_a_bind_past_the_temp_relation_limit_is_refused() -> None:
     state.parse("drop", (Change(0, DROP_TEMP, "t"),))
     request = object()
     runs = 0
-    while (denied := state.bind(request, 2 * runs, "create")) is None and runs < 10:
-        assert state.bind(request, 2 * runs + 1, "drop") is None
+    while (denied := _run(state, request, 2 * runs, "create")) is None and runs < 10:
+        assert _run(state, request, 2 * runs + 1, "drop") is None
         runs += 1
     assert denied is not None and (denied.sqlstate, denied.rule) == ("53400", "temp_relation_limit")
     assert "limits.max_temp_relations = 3" in denied.message and runs == 3  # three creates ran, all dropped
     state.ready(request, b"I")  # the transaction ended: its drops no longer count
-    assert state.belief.temp_relations == 0 and state.bind(object(), 0, "create") is None
+    assert state.belief.temp_relations == 0 and _run(state, object(), 0, "create") is None
 
 
 def test_a_prepared_export_runs_once_per_transaction() -> None:
     state = SessionState()
     state.parse("ex", (Change(0, EXPORT_SNAPSHOT),))
     request = object()
-    assert state.bind(request, 0, "ex") is None  # its own Parse does not count as a run
-    denied = state.bind(request, 1, "ex")
+    assert _run(state, request, 0, "ex") is None  # its own Parse does not count as a run
+    denied = _run(state, request, 1, "ex")
     assert denied is not None and (denied.sqlstate, denied.rule) == ("0A000", "snapshot_export_once")
     state.ready(request, b"I")
-    assert state.bind(object(), 0, "ex") is None  # a new transaction
+    assert _run(state, object(), 0, "ex") is None  # a new transaction
