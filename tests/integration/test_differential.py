@@ -48,28 +48,19 @@ _GARBAGE_PARSE = {
     "query_unterminated": _raw(b"Q", b"SELECT 1"),
     "query_trailing_bytes": _raw(b"Q", b"SELECT 1\x00x"),
 }
-# Extended messages with bytes missing or extra (issue 14/16 leftovers): PostgreSQL's ERROR 08P01 in its words, the
-# rest of the batch skipped to the Sync, the session kept. A statement's Close or Describe is answered by pgtenant
-# itself in transaction pooling (the server keeps its own names), so it decodes them as PostgreSQL does.
+# A statement's Close or Describe with bytes missing or extra (issue 14/16 leftovers): PostgreSQL's ERROR 08P01 in its
+# words, the rest of the batch skipped to the Sync, the session kept. pgtenant answers a statement's Close itself and
+# renames a statement's Describe in transaction pooling (the server keeps its own names), so it reads them as
+# PostgreSQL does (messages.target) and lets the server answer a malformed one. (Probed equal without a change, not
+# listed: Close/Describe of a portal unterminated, either empty, a Bind with an unterminated statement name, trailing
+# bytes or a short result-format list, an Execute unterminated, short or with trailing bytes, a Sync or Flush with a
+# body: pgtenant forwards them as written.)
 _GARBAGE_EXTENDED = {
     "close_statement_unterminated": _raw(b"C", b"Sabc") + SYNC,
-    "close_unnamed_statement_unterminated": _raw(b"C", b"S") + SYNC,
     "close_statement_trailing_bytes": _raw(b"C", b"Sabc\x00x") + SYNC,
     "close_statement_two_nuls": _raw(b"C", b"Sabc\x00\x00") + SYNC,
-    "close_portal_unterminated": _raw(b"C", b"Pabc") + SYNC,
-    "close_empty": _raw(b"C", b"") + SYNC,
     "describe_statement_unterminated": _raw(b"D", b"Sabc") + SYNC,
     "describe_statement_trailing_bytes": _raw(b"D", b"Sabc\x00x") + SYNC,
-    "describe_portal_unterminated": _raw(b"D", b"Pabc") + SYNC,
-    "describe_empty": _raw(b"D", b"") + SYNC,
-    "bind_unterminated_statement": _raw(b"B", b"\x00abc") + SYNC,
-    "bind_trailing_bytes": parse("SELECT 1") + _raw(b"B", b"\x00\x00" + b"\x00\x00" * 3 + b"x") + SYNC,
-    "bind_result_formats_short": parse("SELECT 1") + _raw(b"B", b"\x00\x00" + b"\x00\x00" * 2 + b"\x00") + SYNC,
-    "execute_unterminated": _raw(b"E", b"abc") + SYNC,
-    "execute_row_count_short": parse("SELECT 1") + bind() + _raw(b"E", b"\x00\x00\x00") + SYNC,
-    "execute_trailing_bytes": parse("SELECT 1") + bind() + _raw(b"E", b"\x00\x00\x00\x00\x00x") + SYNC,
-    "sync_with_body": parse("SELECT 1") + bind() + execute() + _raw(b"S", b"x"),  # (its ERROR, then ready)
-    "flush_with_body": parse("SELECT 1") + _raw(b"H", b"x") + SYNC,
 }
 _EDGE = {
     "empty_query": _q(""),
