@@ -8,6 +8,7 @@ import pytest
 
 from tests.support.certs import TlsFiles
 from tests.support.pgcluster import PRIMARY_SETTINGS, PgCluster, StandbyCluster
+from tests.support.pools import pooled_proxy
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
 
@@ -20,6 +21,17 @@ def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, tls_certs: Tl
         backend_sslmode="require" if pg.ssl_enabled else "disable",
     )
     p.start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["sticky", "no_sticky"])
+def one_pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
+               request: pytest.FixtureRequest) -> Iterator[ProxyProcess]:
+    """Transaction pooling with one server per pool (the next client gets the server the last one left), sticky
+    servers on and off."""
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("one_pooled"), pool_mode="transaction", pool_size=1,
+                     query_wait_timeout=30.0, sticky_servers=request.param)
     yield p
     p.stop()
 

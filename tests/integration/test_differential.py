@@ -14,9 +14,10 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.support import differential as d
-from tests.support.differential import GSSENC, SYNC, Case, Login, Outcome, bind, execute, parse, startup_body
+from tests.support.differential import GSSENC, Case, Login, Outcome, startup_body
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
+from tests.support.wire import SYNC, bind, execute, parse
 
 USER, DATABASE = "ivan", "initech"  # the database strategy: the same database, as pgt_initech on both sides
 

@@ -23,7 +23,7 @@ from proxy.protocol import messages as m
 from tests.integration.test_hidden_bounds import MODES, TENANTS, proxies  # noqa: F401 (the fixture)
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess
-from tests.support.wire import login, read_message
+from tests.support.wire import SYNC, bind, exchange, execute, login, parse
 
 _RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
 _WITHHELD = "pgtenant: the server's answer was withheld (rule answer_withheld)"
@@ -50,13 +50,8 @@ def _session(proxy: ProxyProcess, strategy: str) -> socket.socket:
 
 def _exchange(sock: socket.socket, data: bytes, requests: int = 1) -> list[tuple[bytes, bytes]]:
     """Send `data`; every message up to the `requests`-th ReadyForQuery, raw, none of them holding a reserved name."""
-    sock.sendall(data)
-    out: list[tuple[bytes, bytes]] = []
-    while requests:
-        t, body = read_message(sock)
-        assert _RESERVED.search(body) is None, (t, body)
-        out.append((t, body))
-        requests -= t == b"Z"
+    out = exchange(sock, data, requests)
+    assert [(t, body) for t, body in out if _RESERVED.search(body)] == [], out
     return out
 
 
@@ -69,8 +64,7 @@ def _rows(answers: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 
 def _extended(sql: str) -> bytes:
-    bind = m.frame(b"B", b"\x00\x00" + b"\x00\x00" * 3)  # (unnamed portal and statement, no parameters)
-    return m.Parse("", sql, b"\x00\x00").encode() + bind + m.execute_message("") + m.SYNC_MESSAGE
+    return parse(sql) + bind() + execute() + SYNC
 
 
 def _usable(sock: socket.socket) -> None:
@@ -134,21 +128,10 @@ def test_a_value_that_merely_looks_like_a_reserved_name_passes(proxies: dict[str
         for turn in ("before", "after"):
             if turn == "after":
                 assert _reserved(sock, pg) != lookalike
-            answers = _exchange_raw(sock, m.Query(f"SELECT '{lookalike}'").encode())
+            answers = exchange(sock, m.Query(f"SELECT '{lookalike}'").encode())
             assert _errors(answers) == [] and lookalike.encode() in b"".join(_rows(answers)), (turn, answers)
     finally:
         sock.close()
-
-
-def _exchange_raw(sock: socket.socket, data: bytes) -> list[tuple[bytes, bytes]]:
-    """Send `data`; every message up to its ReadyForQuery, raw (a look-alike value is allowed through)."""
-    sock.sendall(data)
-    out: list[tuple[bytes, bytes]] = []
-    while True:
-        t, body = read_message(sock)
-        out.append((t, body))
-        if t == b"Z":
-            return out
 
 
 def _reset_peak(pid: int) -> None:

@@ -19,31 +19,13 @@ from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess, prepare_backend
-from tests.support.wire import login, read_message
+from tests.support.wire import SYNC, bind, connect, errors_in, execute, login, parse, read_message, read_until
 
 # --- a tiny raw client ------------------------------------------------------------------------
 
 
-def connect(p: ProxyProcess, user: str, timeout: float = 10) -> socket.socket:
-    sock, msgs = login(p.port, {"user": user, "database": p.users[user][0]}, p.password(user), timeout=timeout)
-    assert msgs and msgs[-1][0] == b"Z", msgs
-    return sock
-
-
 def query(sql: str) -> bytes:
     return m.Query(sql).encode()
-
-
-def parse(sql: str, name: str = "") -> bytes:
-    return m.Parse(name, sql, b"\x00\x00").encode()
-
-
-def bind(statement: str = "", portal: str = "") -> bytes:
-    return m.frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
-
-
-def execute(portal: str = "") -> bytes:
-    return m.frame(b"E", portal.encode() + b"\x00" + struct.pack("!i", 0))
 
 
 def copy_data(data: bytes) -> bytes:
@@ -51,23 +33,6 @@ def copy_data(data: bytes) -> bytes:
 
 
 COPY_DONE = m.frame(b"c", b"")
-SYNC = m.SYNC_MESSAGE
-
-
-def read_until(sock: socket.socket, stop: bytes = b"Z", count: int = 1) -> list[tuple[bytes, bytes]]:
-    """Messages up to and including the `count`-th message of type `stop`."""
-    out: list[tuple[bytes, bytes]] = []
-    seen = 0
-    while seen < count:
-        t, body = read_message(sock)
-        out.append((t, body))
-        if t == stop:
-            seen += 1
-    return out
-
-
-def errors_in(msgs: list[tuple[bytes, bytes]]) -> list[dict[str, str]]:
-    return [m.decode_error_fields(b) for t, b in msgs if t == b"E"]
 
 
 def rows_in(msgs: list[tuple[bytes, bytes]]) -> list[list[str | None]]:

@@ -13,27 +13,10 @@ import pytest
 from proxy.protocol import messages as m
 from tests.support import wire
 from tests.support.pgcluster import PgCluster
-from tests.support.pools import pooled_proxy, until_waiting
+from tests.support.pools import until_waiting
 from tests.support.proxyproc import ProxyProcess
 
 _IDS = itertools.count(900_000)
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["sticky", "no_sticky"])
-def one(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
-    p = pooled_proxy(pg, tmp_path_factory.mktemp("skipsync"), pool_mode="transaction", pool_size=1,
-                     query_wait_timeout=30.0, sticky_servers=request.param)
-    yield p
-    p.stop()
-
-
-def _parse(sql: str) -> bytes:
-    return m.frame(b"P", b"\0" + sql.encode() + b"\0\0\0")
-
-
-_BIND = m.frame(b"B", b"\0\0" + b"\0\0" * 3)
-_EXECUTE = m.frame(b"E", b"\0\0\0\0\0")
-_SYNC = m.frame(b"S", b"")
 
 # What A sends without a Sync (after a query of its own answered): PostgreSQL answers an ERROR to an extended message,
 # then skips to a Sync. H1's shapes (given back reusable before the fix) and its neighbours 9s4 found closed.
@@ -47,42 +30,22 @@ SHAPES = {
     "lone_bad_describe": m.frame(b"D", b"Zx\0"),
     "describe_S_no_nul": m.frame(b"D", b"Sabc"),
     "lone_describe_missing_portal": m.frame(b"D", b"Pnope\0"),
-    "lone_execute_missing_portal": _EXECUTE,
+    "lone_execute_missing_portal": wire.execute(),
     "lone_short_execute": m.frame(b"E", b"\0"),
     "parse_short": m.frame(b"P", b"\0SELECT 1\0"),
     "parse_bad_type_oid": m.frame(b"P", b"\0SELECT $1\0\0\x01\x00\x0f\x42\x3f"),
-    "bind_wrong_count": _parse("SELECT 1") + m.frame(b"B", b"\0\0\0\0\0\x01\x00\x00\x00\x01x\0\0"),
+    "bind_wrong_count": wire.parse("SELECT 1") + m.frame(b"B", b"\0\0\0\0\0\x01\x00\x00\x00\x01x\0\0"),
 }
-
-
-def _login(p: ProxyProcess) -> socket.socket:
-    sock, msgs = wire.login(p.port, {"user": "ivan", "database": p.users["ivan"][0]}, p.password("ivan"), timeout=30)
-    assert msgs[-1][0] == b"Z", msgs
-    return sock
-
-
-def _until(sock: socket.socket, types: bytes) -> list[tuple[bytes, bytes]]:
-    """A's answers up to the first message of one of `types`, or its end (the connection closed)."""
-    out: list[tuple[bytes, bytes]] = []
-    sock.settimeout(30)
-    while True:
-        try:
-            msg = wire.read_message(sock)
-        except ConnectionError:
-            return out
-        out.append(msg)
-        if msg[0] in types:
-            return out
 
 
 def _b_runs(p: ProxyProcess, pg: PgCluster, row: int) -> dict[str, object]:
     """B (the same tenant) runs a simple query and an extended INSERT; what it got, and whether the row is there."""
-    b = _login(p)
+    b = wire.connect(p, "ivan", timeout=30)
     try:
         b.sendall(m.query_message("SELECT 'B-simple'"))
-        simple = _until(b, b"Z")
-        b.sendall(_parse(f"INSERT INTO orders VALUES ({row}, 1)") + _BIND + _EXECUTE + _SYNC)
-        ext = _until(b, b"Z")
+        simple = wire.read_until(b, b"Z", closed=True)
+        b.sendall(wire.parse(f"INSERT INTO orders VALUES ({row}, 1)") + wire.bind() + wire.execute() + wire.SYNC)
+        ext = wire.read_until(b, b"Z", closed=True)
     finally:
         b.close()
     found = pg.execute("SELECT count(*) FROM orders WHERE id = %s", (row,), dbname="initech")
@@ -97,38 +60,38 @@ def _expected() -> dict[str, object]:
 
 def _a_errs(a: socket.socket, shape: str) -> list[tuple[bytes, bytes]]:
     a.sendall(m.query_message("BEGIN" if shape.startswith("commit") else "SELECT 1"))
-    assert _until(a, b"Z")[-1][0] == b"Z"
+    assert wire.read_until(a, b"Z", closed=True)[-1][0] == b"Z"
     a.sendall(SHAPES[shape])
-    return _until(a, b"E")
+    return wire.read_until(a, b"E", closed=True)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_a_server_skipping_to_sync_is_closed_when_its_client_leaves(one: ProxyProcess, pg: PgCluster,
+def test_a_server_skipping_to_sync_is_closed_when_its_client_leaves(one_pooled: ProxyProcess, pg: PgCluster,
                                                                     shape: str) -> None:
     """A leaves with its server skipping to a Sync: the next client of the tenant (B) gets a server that answers it:
     its simple query answered, its INSERT run (before: no answer, and only a ReadyForQuery, the INSERT not run)."""
-    a = _login(one)
+    a = wire.connect(one_pooled, "ivan", timeout=30)
     try:
         got = _a_errs(a, shape)
         assert got and got[-1][0] == b"E", got
     finally:
         a.close()
     row = next(_IDS)
-    assert _b_runs(one, pg, row) == _expected()
+    assert _b_runs(one_pooled, pg, row) == _expected()
 
 
 @pytest.mark.parametrize("shape", ["select_plus_bad_close", "commit_plus_bad_close"])
-def test_a_server_skipping_to_sync_stays_with_its_client_until_the_sync(one: ProxyProcess, pg: PgCluster,
-                                                                        shape: str) -> None:
+def test_a_server_skipping_to_sync_stays_with_its_client_until_the_sync(one_pooled: ProxyProcess,
+                                                                        pg: PgCluster, shape: str) -> None:
     """A stays connected: its server is held until its Sync (B waits for it, as for any batch in flight), then B
     is answered in full; A's own Sync ends its batch with a ReadyForQuery, as on a direct connection."""
-    a = _login(one)
+    a = wire.connect(one_pooled, "ivan", timeout=30)
     row = next(_IDS)
     result: dict[str, object] = {}
 
     def b_side() -> None:
         try:
-            result.update(_b_runs(one, pg, row))
+            result.update(_b_runs(one_pooled, pg, row))
         except Exception as exc:  # (reported by the assertion below)
             result["error"] = repr(exc)
 
@@ -138,34 +101,35 @@ def test_a_server_skipping_to_sync_stays_with_its_client_until_the_sync(one: Pro
         b = threading.Thread(target=b_side)
         b.start()
         try:
-            until_waiting(one, "initech")  # (before the fix: B got A's server at once, skipped by PostgreSQL)
+            until_waiting(one_pooled, "initech")  # (before the fix: B got A's server at once, skipped by PostgreSQL)
         finally:
-            a.sendall(_SYNC)
-            assert _until(a, b"Z")[-1][0] == b"Z"
+            a.sendall(wire.SYNC)
+            assert wire.read_until(a, b"Z", closed=True)[-1][0] == b"Z"
             b.join(60)
         a.sendall(m.query_message("SELECT 'A-after'"))
-        assert [body for t, body in _until(a, b"Z") if t == b"D" and b"A-after" in body]
+        assert [body for t, body in wire.read_until(a, b"Z", closed=True) if t == b"D" and b"A-after" in body]
     finally:
         a.close()
     assert result == _expected()
 
 
 @pytest.mark.parametrize("shape", ["lone_bad_close", "close_P_no_nul", "select_plus_bad_close"])
-def test_a_flush_after_the_error_does_not_end_the_skipped_batch(one: ProxyProcess, pg: PgCluster, shape: str) -> None:
+def test_a_flush_after_the_error_does_not_end_the_skipped_batch(one_pooled: ProxyProcess, pg: PgCluster,
+                                                                shape: str) -> None:
     """Red team 9s5 S1: after the ERROR that left its server skipping to a Sync, a lone Flush made the proxy end the
     batch with a Sync of its own (as for an answered Flush-ended batch): the client's next Parse/Bind/Execute INSERT
     then ran where PostgreSQL skips it. The server keeps skipping to the client's own Sync: only a ReadyForQuery
     answers that batch, the row is not written, and the session goes on."""
-    a = _login(one)
+    a = wire.connect(one_pooled, "ivan", timeout=30)
     row = next(_IDS)
     try:
         got = _a_errs(a, shape)
         assert got and got[-1][0] == b"E", got
         a.sendall(m.frame(b"H", b""))
-        a.sendall(_parse(f"INSERT INTO orders VALUES ({row}, 1)") + _BIND + _EXECUTE + _SYNC)
-        assert [t for t, _ in _until(a, b"Z")] == [b"Z"]
+        a.sendall(wire.parse(f"INSERT INTO orders VALUES ({row}, 1)") + wire.bind() + wire.execute() + wire.SYNC)
+        assert [t for t, _ in wire.read_until(a, b"Z", closed=True)] == [b"Z"]
         a.sendall(m.query_message("SELECT 'A-after'"))
-        assert [body for t, body in _until(a, b"Z") if t == b"D" and b"A-after" in body]
+        assert [body for t, body in wire.read_until(a, b"Z", closed=True) if t == b"D" and b"A-after" in body]
     finally:
         a.close()
     assert pg.execute("SELECT count(*) FROM orders WHERE id = %s", (row,), dbname="initech") == [(0,)]

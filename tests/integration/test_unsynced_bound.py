@@ -4,7 +4,6 @@ counted and logged as a Flush-ended one, and bounded by idle_in_transaction_time
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
@@ -28,24 +27,11 @@ def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: py
     p.stop()
 
 
-def _parse(sql: str) -> bytes:
-    return m.frame(b"P", b"\0" + sql.encode() + b"\0\0\0")
-
-
-_BIND = m.frame(b"B", b"\0\0" + b"\0\0" * 3)
-_EXECUTE = m.frame(b"E", b"\0\0\0\0\0")
-
 SHAPES = {
-    "lone_parse": _parse("SELECT 1"),
-    "parse_bind_execute": _parse("SELECT 1") + _BIND + _EXECUTE,
+    "lone_parse": wire.parse("SELECT 1"),
+    "parse_bind_execute": wire.parse("SELECT 1") + wire.bind() + wire.execute(),
     "describe_missing_portal": m.frame(b"D", b"Pnope\0"),
 }
-
-
-def _login(p: ProxyProcess) -> socket.socket:
-    sock, msgs = wire.login(p.port, {"user": "ivan", "database": p.users["ivan"][0]}, p.password("ivan"), timeout=30)
-    assert msgs[-1][0] == b"Z", msgs
-    return sock
 
 
 def _held(p: ProxyProcess) -> float:
@@ -61,7 +47,7 @@ def test_a_batch_waiting_for_its_sync_is_counted_logged_and_bounded(bounded: Pro
     (before: neither), and past the global idle_in_transaction_timeout A's session ends with 25P03 and the server
     is closed (before: held until A's Sync, whatever the time); then the next client runs."""
     before = len([e for e in bounded.log_events() if e.get("event") == "server_held_without_sync"])
-    a = _login(bounded)
+    a = wire.connect(bounded, "ivan", timeout=30)
     try:
         a.sendall(m.query_message("SELECT 1"))
         while wire.read_message(a)[0] != b"Z":
@@ -82,7 +68,7 @@ def test_a_batch_waiting_for_its_sync_is_counted_logged_and_bounded(bounded: Pro
     finally:
         a.close()
     until(lambda: _held(bounded) == 0, timeout=20, interval=0.05, what="the count back to 0")
-    b = _login(bounded)
+    b = wire.connect(bounded, "ivan", timeout=30)
     with b:
         b.sendall(m.query_message("SELECT 'B'"))
         answer = []

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.protocol import messages as m
-from tests.support.wire import login, recv_exact
+from tests.support.wire import bind, execute, login, parse, recv_exact
 
 QUIET = 2.0  # seconds without a byte after which a side counts as waiting for more input (only such cases pay it)
 
@@ -199,22 +199,9 @@ def run_case(side: Login, case: Case) -> Outcome:
 # --- message builders -------------------------------------------------------------------------
 
 
-def parse(sql: str, name: str = "", types: bytes = b"\x00\x00") -> bytes:
-    return m.frame(b"P", name.encode() + b"\x00" + sql.encode() + b"\x00" + types)
-
-
-def bind(statement: str = "", portal: str = "") -> bytes:
-    return m.frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
-
-
-def execute(portal: str = "") -> bytes:
-    return m.frame(b"E", portal.encode() + b"\x00" + struct.pack("!i", 0))
-
-
 def startup_body(body: bytes, code: int = m.PROTOCOL_3_0) -> bytes:
     """A startup packet around a raw body (length word and protocol code added)."""
     return struct.pack("!ii", len(body) + 8, code) + body
 
 
-SYNC = m.SYNC_MESSAGE
 GSSENC = struct.pack("!ii", 8, m.GSSENC_REQUEST_CODE)

@@ -1,14 +1,19 @@
-"""A minimal raw-socket PostgreSQL client for tests that must see exact startup/auth error fields."""
+"""A minimal raw-socket PostgreSQL client for tests that must see exact startup/auth error fields, or send and read
+protocol messages byte for byte (the message builders and readers the raw-protocol tests share)."""
 
 from __future__ import annotations
 
 import socket
 import ssl
 import struct
+from typing import TYPE_CHECKING
 
 from scramp import ScramClient
 
 from proxy.protocol import messages as m
+
+if TYPE_CHECKING:
+    from tests.support.proxyproc import ProxyProcess
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -96,3 +101,61 @@ def send_cancel(port: int, process_id: int, secret: bytes) -> None:
         s.sendall(m.encode_cancel_request(process_id, secret))
         s.settimeout(10)
         assert s.recv(1) == b""  # the proxy closes without answering, like PostgreSQL
+
+
+def connect(p: ProxyProcess, user: str, timeout: float = 10) -> socket.socket:
+    """A socket logged in to proxy `p` as `user` (its database and password), ready for a query."""
+    sock, msgs = login(p.port, {"user": user, "database": p.users[user][0]}, p.password(user), timeout=timeout)
+    assert msgs and msgs[-1][0] == b"Z", msgs
+    return sock
+
+
+# --- message builders (unnamed statement and portal unless named; no parameters, text results) ---------------------
+
+
+def parse(sql: str, name: str = "", types: bytes = b"\x00\x00") -> bytes:
+    return m.frame(b"P", name.encode() + b"\x00" + sql.encode() + b"\x00" + types)
+
+
+def bind(statement: str = "", portal: str = "") -> bytes:
+    return m.frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+
+
+def execute(portal: str = "", max_rows: int = 0) -> bytes:
+    return m.execute_message(portal, max_rows)
+
+
+SYNC = m.SYNC_MESSAGE
+
+
+# --- readers ----------------------------------------------------------------------------------
+
+
+def read_until(sock: socket.socket, stop: bytes = b"Z", count: int = 1, *, closed: bool = False) -> list[
+        tuple[bytes, bytes]]:
+    """Messages up to and including the `count`-th one whose type is one of `stop`'s bytes; with `closed`, the
+    connection's end ends the read too (else it raises ConnectionError)."""
+    out: list[tuple[bytes, bytes]] = []
+    seen = 0
+    while seen < count:
+        try:
+            t, body = read_message(sock)
+        except ConnectionError:
+            if closed:
+                return out
+            raise
+        out.append((t, body))
+        if t in stop:
+            seen += 1
+    return out
+
+
+def exchange(sock: socket.socket, data: bytes, requests: int = 1) -> list[tuple[bytes, bytes]]:
+    """Send `data`; every message up to the `requests`-th ReadyForQuery, raw."""
+    sock.sendall(data)
+    return read_until(sock, b"Z", requests)
+
+
+def errors_in(msgs: list[tuple[bytes, bytes]]) -> list[dict[str, str]]:
+    """The fields of each ErrorResponse among `msgs`."""
+    return [m.decode_error_fields(body) for t, body in msgs if t == b"E"]
