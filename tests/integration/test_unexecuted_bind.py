@@ -29,6 +29,20 @@ LEADS = {
 }
 
 
+def _rolled_back_and_seen(p: ProxyProcess, a: socket.socket) -> list[str]:
+    """A (its transaction failed after SET work_mem and SAVEPOINT a) rolls back to a and commits: work_mem as A,
+    then B, the next client on that server, then A again see it."""
+    for sql in ("ROLLBACK TO a", "COMMIT"):
+        assert [t for t, _ in wire.exchange(a, m.query_message(sql))] == [b"C", b"Z"]
+    seen = [_show(a, "work_mem")]
+    b = wire.connect(p, "ivan", timeout=30)
+    try:
+        seen.append(_show(b, "work_mem"))
+    finally:
+        b.close()
+    return [*seen, _show(a, "work_mem")]
+
+
 @pytest.mark.parametrize("lead", list(LEADS))
 def test_a_set_before_a_savepoint_stays_after_rollback_to(one_pooled: ProxyProcess, lead: str) -> None:
     """A, in a transaction: a batch of LEADS[lead], SET work_mem, SAVEPOINT a and an error; then ROLLBACK TO a and
@@ -41,15 +55,24 @@ def test_a_set_before_a_savepoint_stays_after_rollback_to(one_pooled: ProxyProce
                          for sql in ("SET work_mem = '8MB'", "SAVEPOINT a", "SELECT 1/0"))
         answers = wire.exchange(a, LEADS[lead] + batch + wire.SYNC)
         assert [f["C"] for f in wire.errors_in(answers)] == ["22012"]
-        for sql in ("ROLLBACK TO a", "COMMIT"):
-            assert [t for t, _ in wire.exchange(a, m.query_message(sql))] == [b"C", b"Z"]
-        seen = [_show(a, "work_mem")]
-        b = wire.connect(one_pooled, "ivan", timeout=30)
-        try:
-            seen.append(_show(b, "work_mem"))
-        finally:
-            b.close()
-        seen.append(_show(a, "work_mem"))
+        seen = _rolled_back_and_seen(one_pooled, a)
+    finally:
+        a.close()
+    assert seen == ["8MB", "4MB", "8MB"]
+
+
+def test_a_savepoint_bound_in_an_earlier_batch_is_set_at_its_execute(one_pooled: ProxyProcess) -> None:
+    """A binds portal `sp` to SAVEPOINT a in one batch, sets work_mem, and executes `sp` in a later one; then an error,
+    ROLLBACK TO a, COMMIT: the SET came before the savepoint and stays (before: the savepoint was taken as set at the
+    first batch's end, before the SET, and the ROLLBACK TO took the SET back in the proxy's view only)."""
+    a = wire.connect(one_pooled, "ivan", timeout=30)
+    try:
+        wire.exchange(a, m.query_message("BEGIN"))
+        wire.exchange(a, wire.parse("SAVEPOINT a", "sp") + wire.bind("sp", "sp") + wire.SYNC)
+        wire.exchange(a, m.query_message("SET work_mem = '8MB'"))
+        assert [t for t, _ in wire.exchange(a, wire.execute("sp") + wire.SYNC)] == [b"C", b"Z"]
+        assert [f["C"] for f in wire.errors_in(wire.exchange(a, m.query_message("SELECT 1/0")))] == ["22012"]
+        seen = _rolled_back_and_seen(one_pooled, a)
     finally:
         a.close()
     assert seen == ["8MB", "4MB", "8MB"]
