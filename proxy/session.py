@@ -3267,14 +3267,18 @@ class ClientSession:
             return None
         return self._idle_held_end(idle, errors.limit_idle_in_transaction(seconds(idle)))
 
-    def _copy_waited(self) -> list[Action] | None:
+    def _copy_waited(self, reading_paused: bool) -> list[Action] | None:
         """Either pool mode: a COPY FROM STDIN (_copying) with no byte from the client for idle_in_transaction_timeout
         (the user's or tenant's limit, else the global [limits] one) ends the session (25P03), the server closed
         (red team 9s5: PostgreSQL times nothing in a COPY IN, its idle_in_transaction_session_timeout starts only at a
         ReadyForQuery, so an idle COPY held its server, and its place in max_db_connections, for ever). A COPY whose
-        client keeps sending, however slowly, is never ended."""
+        client keeps sending, however slowly, is never ended, nor one whose bytes the proxy does not read meanwhile
+        (`reading_paused`: the server is not taking them, say its COPY waits for a row lock; it is not idle)."""
         if (not self._copying() or self._held is not None or self.state is not _READY or self._replaying
                 or self._settling):
+            return None
+        if reading_paused:
+            self._copy_since = self.clock()
             return None
         idle = self._idle_bound()
         if not idle or self.clock() - self._copy_since < idle:
@@ -3296,17 +3300,17 @@ class ClientSession:
         return [LimitReached(self.tenant.name, self.info.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
                 CloseClient(error, reason)]
 
-    def message_tick(self, now: float) -> list[Action]:
+    def message_tick(self, now: float, reading_paused: bool = False) -> list[Action]:
         """The clock (about once a second): in transaction pooling, a message the client began while the session
         holds a server and has not completed within client_message_timeout of its first bytes seen here ends the
         session (08P01) and its server is closed (red team 9s F2: a stalled half message held the server from every
         other client, and its place in pool_size and max_db_connections). Whatever client_message_timeout is, a COPY
         FROM STDIN (either pool mode) or a batch waiting for its Sync, idle past idle_in_transaction_timeout, ends
-        the session (_copy_waited, _batch_waited)."""
+        the session (_copy_waited, _batch_waited); `reading_paused`: the I/O layer does not read the client now."""
         timeout = self.config.pool.client_message_timeout
         frontend = self.frontend
         if self.tracker.copy_in:
-            waited = self._copy_waited()
+            waited = self._copy_waited(reading_paused)
             if waited is not None:
                 return waited
         if self._unsynced and self.server is not None and not frontend.unfinished:

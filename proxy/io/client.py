@@ -488,10 +488,12 @@ class ClientConnection(asyncio.Protocol):
         return data
 
     def message_tick(self, now: float) -> None:
-        """The pool's clock, while the connection waits for or holds a server: a message begun too long ago ends the
-        session (ClientSession.message_tick)."""
+        """The pool's clock, while the connection waits for or holds a server: a message begun too long ago, or an
+        idle wait for the client, ends the session (ClientSession.message_tick; not idle while the socket is not
+        read: the server link is full, say)."""
         if self.link is not None and not self._kept:
-            self._run_session(lambda s: s.message_tick(now))
+            paused = self._reading_paused
+            self._run_session(lambda s: s.message_tick(now, paused))
 
     def taken_back(self, link: ServerLink) -> None:
         """The pool takes back the server kept for this session (it needs it now, before it does anything with it)."""

@@ -7,10 +7,12 @@ off (client_message_timeout = 0: the bound runs whatever that is)."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from proxy.protocol import messages as m
@@ -34,8 +36,11 @@ def budget(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pyt
                      extra_tenants={"hooli": {"strategy": "database", "database": "initech",
                                               "backend_user": TENANT_ROLES["initech"][0]}},
                      extra_users={"hank": ("hooli", "hank-pw")}).start()
+    role = TENANT_ROLES["initech"][0]
     pg.execute("CREATE TABLE IF NOT EXISTS public.copy_idle (id int NOT NULL, v text NOT NULL);"
-               f'ALTER TABLE public.copy_idle OWNER TO "{TENANT_ROLES["initech"][0]}"', dbname="initech")
+               f'ALTER TABLE public.copy_idle OWNER TO "{role}";'
+               "CREATE TABLE IF NOT EXISTS public.copy_idle_u (id int PRIMARY KEY, v text NOT NULL);"
+               f'ALTER TABLE public.copy_idle_u OWNER TO "{role}"', dbname="initech")
     yield p
     p.stop()
 
@@ -164,3 +169,45 @@ def test_a_copy_sending_slowly_under_the_bound_completes_and_its_next_idle_copy_
     finally:
         a.close()
     assert [(s, c) for s, c, _ in _fatal(ended)] == [("FATAL", "25P03")], ended
+
+
+def test_a_copy_whose_server_takes_no_data_is_not_ended(budget: ProxyProcess, pg: PgCluster) -> None:
+    """A's COPY waits for a row lock (another transaction, directly on PostgreSQL, inserted the same key and has not
+    ended): PostgreSQL reads nothing meanwhile, the proxy stops reading A once the server link is full, and A's
+    sender blocks. That is no idle client: past the bound A is not ended (the bound's first form ended it: no byte
+    read from A for idle_in_transaction_timeout); once the other transaction rolls back the COPY completes."""
+    rows, value = 256, "x" * 262_144  # 64 MiB: more than the sockets' buffers on the way hold
+    with psycopg.connect(pg.dsn(dbname="initech")) as blocker:
+        blocker.execute("DELETE FROM public.copy_idle_u")
+        blocker.commit()
+        blocker.execute("INSERT INTO public.copy_idle_u VALUES (0, 'blocker')")  # (its transaction stays open)
+        a = _login(budget, "ivan")
+        try:
+            a.sendall(m.query_message("COPY public.copy_idle_u FROM STDIN"))
+            got = _until(a, b"G")
+            assert got[-1][0] == b"G", got
+            sent: list[BaseException] = []
+
+            def send() -> None:
+                try:
+                    a.sendall(m.frame(b"d", b"0\tfirst\n"))
+                    for i in range(1, rows + 1):
+                        a.sendall(m.frame(b"d", f"{i}\t{value}\n".encode()))
+                    a.sendall(m.frame(b"c", b""))
+                except OSError as exc:  # (the proxy ended the session)
+                    sent.append(exc)
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            time.sleep(3 * BOUND)  # (the COPY waits for the lock this long: more than the bound)
+            blocker.rollback()
+            a.settimeout(60)
+            got = _until(a, b"Z")
+            sender.join(60)
+            assert not sent, sent
+            assert [t for t, _ in got] == [b"C", b"Z"], got[:3]
+            assert got[0][1] == f"COPY {rows + 1}\0".encode()
+            got = _query(a, "SELECT count(*) FROM public.copy_idle_u")
+            assert [t for t, _ in got] == [b"T", b"D", b"C", b"Z"], got
+        finally:
+            a.close()

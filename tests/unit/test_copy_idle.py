@@ -71,3 +71,16 @@ def test_a_copy_ended_by_the_client_is_counted_no_longer_and_not_timed(tmp_path:
     assert CopyInHeld(False) in out
     now[0] = 10 * BOUND
     assert s.message_tick(now[0]) == []
+
+
+def test_a_copy_whose_client_is_not_read_is_not_idle(tmp_path: Path) -> None:
+    """While the I/O layer does not read the client (the server link is full: the server takes no data), the COPY
+    is not idle; its clock starts again when the reading does."""
+    now = [0.0]
+    s, _ = _copying(tmp_path, "transaction", now)
+    now[0] = 3 * BOUND
+    assert s.message_tick(now[0], True) == []
+    now[0] = 4 * BOUND - 1
+    assert s.message_tick(now[0]) == []
+    now[0] = 4 * BOUND
+    assert [type(a) for a in s.message_tick(now[0])] == [LimitReached, ReleaseServer, CloseClient]
