@@ -159,6 +159,14 @@ class BatchWithoutSync:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyInHeld:
+    """Transaction pooling: the server answered a COPY FROM STDIN and waits for the client's CopyData, CopyDone or
+    CopyFail (`open`), so the server stays held until it ends; or it ended, or the server went (`open` False)."""
+
+    open: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SessionUnpinned:
     """The session no longer holds state on its server connection; `reasons` were its pins (metrics: durations)."""
 
@@ -294,5 +302,5 @@ Action = (
     | ConnectBackend | AcquireServer | ReleaseServer | KeepServer | StartRelay | LoginStarted
     | AdminQuery | RunDecision | ForwardCancel | CloseClient | ServerReady | ServerQueryDone | ServerFailed
     | SessionPinned | SessionUnpinned | LimitReached | CancelQuery | WatchLimits
-    | AcquireSlot | ReleaseSlot | BatchWithoutSync | AwaitAdmission | AgentAdmission | TerminateBackend
+    | AcquireSlot | ReleaseSlot | BatchWithoutSync | CopyInHeld | AwaitAdmission | AgentAdmission | TerminateBackend
 )

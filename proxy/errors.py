@@ -369,6 +369,14 @@ limit_idle_in_transaction = _register(
     "terminating connection due to idle-in-transaction timeout (pgtenant idle_in_transaction_timeout is "
     "{seconds} s)",
 )
+# ... and inside a COPY FROM STDIN, where PostgreSQL times nothing: no byte from the client for that long.
+limit_idle_in_copy = _register(
+    "limit_idle_in_copy", IDLE_IN_TRANSACTION_SESSION_TIMEOUT, "FATAL",
+    "terminating connection due to idle COPY FROM STDIN: no data from the client for {seconds} s (pgtenant "
+    "idle_in_transaction_timeout)",
+    hint="Send the COPY's data without pausing that long, and end it with CopyDone (or CopyFail), or ask the "
+    "operator to raise idle_in_transaction_timeout.",
+)
 # A result past max_result_rows / max_result_bytes: cut off, the statement failed (54000 program_limit_exceeded).
 limit_result = _register(
     "limit_result", PROGRAM_LIMIT_EXCEEDED, "ERROR",

@@ -431,9 +431,10 @@ class Metrics:
         )
         self._unsynced = Gauge(
             "pgtenant_servers_held_without_sync",
-            "Transaction pooling: servers held by a session whose client flushed an extended-protocol batch and has "
-            "sent no Sync yet (asyncpg's prepare() does; the server goes back only after that Sync).",
-            ["tenant"], registry=r,
+            "Transaction pooling: servers held by a session whose client sent an extended-protocol batch and no Sync "
+            "yet (waiting=sync; asyncpg's prepare() does; the server goes back only after that Sync), or is in a COPY "
+            "FROM STDIN (waiting=copy_in; the server goes back only after its CopyDone or CopyFail).",
+            ["tenant", "waiting"], registry=r,
         )
         self._pinned_seconds = Histogram(
             "pgtenant_session_pinned_seconds",
@@ -561,9 +562,10 @@ class Metrics:
         """A session of a tenant label was pinned to its server for `reason` (a pin reason: a fixed set)."""
         self._pins.labels(tenant, reason).inc()
 
-    def server_held_without_sync(self, tenant: str, held: bool) -> None:
-        """A session of a tenant label holds its server by a batch waiting for its Sync (or no longer)."""
-        child = self._unsynced.labels(tenant)
+    def server_held_without_sync(self, tenant: str, held: bool, waiting: str = "sync") -> None:
+        """A session of a tenant label holds its server by a batch waiting for its Sync, or (waiting="copy_in") by a
+        COPY FROM STDIN waiting for the client's data (or no longer)."""
+        child = self._unsynced.labels(tenant, waiting)
         if held:
             child.inc()
         else:

@@ -26,6 +26,7 @@ from proxy.actions import (
     CancelQuery,
     CloseClient,
     ConnectBackend,
+    CopyInHeld,
     KeepServer,
     LimitReached,
     Login,
@@ -288,7 +289,8 @@ class ClientSession:
     __slots__ = (
         "__dict__", "_admission", "_agent_bytes", "_agent_closing", "_agent_statements", "_answered", "_applied",
         "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
-        "_client_status", "_client_texts", "_contextual", "_counted", "_cursors", "_cut", "_cut_ends", "_cut_inject",
+        "_client_status", "_client_texts", "_contextual", "_copy_held", "_copy_since", "_counted", "_cursors", "_cut",
+        "_cut_ends", "_cut_inject",
         "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_ext_open", "_ext_since",
         "_fed_since_cancel",
@@ -416,6 +418,8 @@ class ClientSession:
         self._ext_open = False  # an extended message was relayed since the last Sync or Query (red team 9s4 N1)
         self._ext_since = 0.0  # ... the last read either way while the server is held for it (_awaiting_sync)
         self._paged = False  # ... an Execute with a row count was among it (its portal may go on)
+        self._copy_since = 0.0  # the client's last byte in a COPY FROM STDIN (or its CopyInResponse): _copy_waited
+        self._copy_held = False  # transaction pooling: the I/O layer was told the server is held by one (CopyInHeld)
         self._settling = False  # the proxy's own Sync ends a flushed batch (proxy/unsynced.py): its answer is ours
         self._stash = b""  # what the client sent meanwhile (its server may change once that Sync is answered)
         self._pins: tuple[str, ...] = ()  # why the session keeps its server (transaction pooling)
@@ -925,6 +929,8 @@ class ClientSession:
         """Bytes from the client socket."""
         try:
             if self.state is _READY:  # the hot path (every read while relaying): READY's handler, called directly
+                if self.tracker.copy_in:  # (any byte of the client's in a COPY FROM STDIN: it is not idle)
+                    self._copy_since = self.clock()
                 if self.routing is not None and self.routing.watching:
                     self._watch_writes(data)
                 return self._relay_from_client(data)
@@ -961,6 +967,8 @@ class ClientSession:
         out = self._relay_server(data)
         if self.pooled:
             self._sync_wait(out)
+            if self._copy_held is not self._copying():
+                out.append(self._copy_changed())
         if self._settling:
             return out
         if self._flushed:  # a batch ended with a Flush: once answered in full it may need its server no more
@@ -1552,6 +1560,8 @@ class ClientSession:
             out = [RelayToServer(chunks)]
         if self.pooled:
             self._sync_wait(out)
+            if self._copy_held is not self._copying():
+                out.append(self._copy_changed())
         if (self.pooled and self.server is not None and not self.tracker.pending) or self._flushed:
             out += self._idle_after_read()
         return out
@@ -2479,12 +2489,23 @@ class ClientSession:
         """A Query: PostgreSQL ends the open batch's implicit transaction with it (unless it skips it)."""
         self._ext_open = False
 
+    def _copying(self) -> bool:
+        """The session holds its server for a COPY FROM STDIN: the server answered CopyInResponse and waits for the
+        client's CopyData, CopyDone or CopyFail (the request is unanswered)."""
+        return self.server is not None and self.tracker.copy_in and bool(self.tracker.pending)
+
+    def _copy_changed(self) -> Action:
+        """The session's server is held by a COPY FROM STDIN, or no longer (the I/O layer counts it)."""
+        self._copy_held = held = self._copying()
+        return CopyInHeld(held)
+
     def _unsynced_changed(self) -> Action:
         """The client's batch waits for its Sync with the server held, or no longer (the I/O layer counts it)."""
         self._unsynced = held = self._awaiting_sync()
         return BatchWithoutSync(held)
 
     def _on_copy_in_response(self, _body: bytes) -> None:
+        self._copy_since = self.clock()  # (the client's COPY FROM STDIN is timed from here: _copy_waited)
         if self._owed is not None:
             self._owed.copy_in()
         joined = self.tracker.on_copy_in()
@@ -3286,25 +3307,57 @@ class ClientSession:
         if (not self.pooled or self._sticky or self._held is not None or self.state is not _READY or self._replaying
                 or self._settling or (self._flushed and self.statements is not None and self.statements.running())):
             return None
-        limits = self.limits
-        idle = limits.idle_in_transaction_timeout if limits is not None else None
-        idle = idle or self.config.limits.idle_in_transaction_timeout
+        idle = self._idle_bound()
         if not idle or self.clock() - self._ext_since < idle:
             return None
+        return self._idle_held_end(idle, errors.limit_idle_in_transaction(seconds(idle)))
+
+    def _copy_waited(self, reading_paused: bool) -> list[Action] | None:
+        """Either pool mode: a COPY FROM STDIN (_copying) with no byte from the client for idle_in_transaction_timeout
+        (the user's or tenant's limit, else the global [limits] one) ends the session (25P03), the server closed
+        (red team 9s5: PostgreSQL times nothing in a COPY IN, its idle_in_transaction_session_timeout starts only at a
+        ReadyForQuery, so an idle COPY held its server, and its place in max_db_connections, for ever). A COPY whose
+        client keeps sending, however slowly, is never ended, nor one whose bytes the proxy does not read meanwhile
+        (`reading_paused`: the server is not taking them, say its COPY waits for a row lock; it is not idle)."""
+        if (not self._copying() or self._held is not None or self.state is not _READY or self._replaying
+                or self._settling):
+            return None
+        if reading_paused:
+            self._copy_since = self.clock()
+            return None
+        idle = self._idle_bound()
+        if not idle or self.clock() - self._copy_since < idle:
+            return None
+        return self._idle_held_end(idle, errors.limit_idle_in_copy(seconds(idle)))
+
+    def _idle_bound(self) -> float | None:
+        """idle_in_transaction_timeout for a wait the server does not time: the user's or tenant's, else the global."""
+        limits = self.limits
+        idle = limits.idle_in_transaction_timeout if limits is not None else None
+        return idle or self.config.limits.idle_in_transaction_timeout
+
+    def _idle_held_end(self, idle: float, error: PgError) -> list[Action]:
+        """A wait for the client past `idle` ends the session with `error` (25P03); the server is closed."""
         assert self.tenant is not None and self.info.user is not None
         reason = CloseReason.IDLE_IN_TRANSACTION_TIMEOUT
-        released = self._close_server(reason, broken=True)  # (never reused: the batch is open on it)
+        released = self._close_server(reason, broken=True)  # (never reused: a batch or a COPY is open on it)
         self._close()
         return [LimitReached(self.tenant.name, self.info.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
-                CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
+                CloseClient(error, reason)]
 
-    def message_tick(self, now: float) -> list[Action]:
+    def message_tick(self, now: float, reading_paused: bool = False) -> list[Action]:
         """The clock (about once a second): in transaction pooling, a message the client began while the session
         holds a server and has not completed within client_message_timeout of its first bytes seen here ends the
         session (08P01) and its server is closed (red team 9s F2: a stalled half message held the server from every
-        other client, and its place in pool_size and max_db_connections)."""
+        other client, and its place in pool_size and max_db_connections). Whatever client_message_timeout is, a COPY
+        FROM STDIN (either pool mode) or a batch waiting for its Sync, idle past idle_in_transaction_timeout, ends
+        the session (_copy_waited, _batch_waited); `reading_paused`: the I/O layer does not read the client now."""
         timeout = self.config.pool.client_message_timeout
         frontend = self.frontend
+        if self.tracker.copy_in:
+            waited = self._copy_waited(reading_paused)
+            if waited is not None:
+                return waited
         if self._unsynced and self.server is not None and not frontend.unfinished:
             waited = self._batch_waited()
             if waited is not None:

@@ -26,6 +26,7 @@ from proxy.actions import (
     CancelQuery,
     CloseClient,
     ConnectBackend,
+    CopyInHeld,
     ForwardCancel,
     KeepServer,
     LimitReached,
@@ -73,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full", "_connect",
+        "_copy_timer",
         "_decision", "_gauge", "_kept", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
         "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
         "authenticated", "closed", "link", "login", "proxy", "relay", "session", "session_id", "started", "tenant",
@@ -114,6 +116,7 @@ class ClientConnection(asyncio.Protocol):
         self._limits_timer: asyncio.TimerHandle | None = None  # the session's limits watchdog (WatchLimits)
         self._slot_wait: tuple[AcquireSlot, asyncio.TimerHandle] | None = None  # waiting for a turn (QuerySlots)
         self._unsynced_timer: asyncio.TimerHandle | None = None  # the server is held by a batch without its Sync
+        self._copy_timer: asyncio.TimerHandle | None = None  # ... by a COPY FROM STDIN waiting for the client's data
 
     def _channel_binding(self) -> bytes | None:
         """The proxy's channel binding data now (a reload may change it); a method: a lambda per client costs more."""
@@ -261,6 +264,7 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.slots.withdraw(action.tenant, self)
         self._unpinned()
         self._batch_without_sync(False)
+        self._copy_in_held(False)
 
     def pause_writing(self) -> None:
         self._client_full = True
@@ -415,6 +419,7 @@ class ClientConnection(asyncio.Protocol):
     def _release(self, action: ReleaseServer) -> None:
         """Give the server back to the pool; the client's relay stops reading it."""
         self._batch_without_sync(False)
+        self._copy_in_held(False)
         link, self.link = self.link, None
         if link is None:
             return
@@ -435,6 +440,7 @@ class ClientConnection(asyncio.Protocol):
         if link is None:
             return
         self._batch_without_sync(False)
+        self._copy_in_held(False)
         if not self.proxy.pool.keep(link, self):
             self.run(self.session.server_taken())  # type: ignore[union-attr]  # (what the release records, first)
             self._release(ReleaseServer(reusable=True, reset=False))
@@ -482,10 +488,12 @@ class ClientConnection(asyncio.Protocol):
         return data
 
     def message_tick(self, now: float) -> None:
-        """The pool's clock, while the connection waits for or holds a server: a message begun too long ago ends the
-        session (ClientSession.message_tick)."""
+        """The pool's clock, while the connection waits for or holds a server: a message begun too long ago, or an
+        idle wait for the client, ends the session (ClientSession.message_tick; not idle while the socket is not
+        read: the server link is full, say)."""
         if self.link is not None and not self._kept:
-            self._run_session(lambda s: s.message_tick(now))
+            paused = self._reading_paused
+            self._run_session(lambda s: s.message_tick(now, paused))
 
     def taken_back(self, link: ServerLink) -> None:
         """The pool takes back the server kept for this session (it needs it now, before it does anything with it)."""
@@ -518,24 +526,33 @@ class ClientConnection(asyncio.Protocol):
                              max_pin_time=limit)
 
     def _batch_without_sync(self, held: bool) -> None:
-        """Transaction pooling: the session's server is held by a batch flushed without its Sync (counted while it
+        """Transaction pooling: the session's server is held by a batch waiting for its Sync (counted while it
         lasts; past max_pin_time logged once, `server_held_without_sync`), or no longer."""
-        if held == (self._unsynced_timer is not None) or self.tenant is None:
-            return
-        self.proxy.metrics.server_held_without_sync(self.tenant.label, held)
+        self._unsynced_timer = self._held_waiting(self._unsynced_timer, held, "sync")
+
+    def _copy_in_held(self, held: bool) -> None:
+        """Transaction pooling: the session's server is held by a COPY FROM STDIN (counted and logged the same way,
+        waiting="copy_in"), or no longer."""
+        self._copy_timer = self._held_waiting(self._copy_timer, held, "copy_in")
+
+    def _held_waiting(self, timer: asyncio.TimerHandle | None, held: bool,
+                      waiting: str) -> asyncio.TimerHandle | None:
+        """A wait for the client that holds the server begins (`held`: counted, a timer for max_pin_time) or ends
+        (no longer counted, the timer canceled); the timer that follows."""
+        if held == (timer is not None) or self.tenant is None:
+            return timer
+        self.proxy.metrics.server_held_without_sync(self.tenant.label, held, waiting)
         if held:
             limit = self.proxy.config.pool.max_pin_time
-            self._unsynced_timer = asyncio.get_running_loop().call_later(limit, self._held_long, limit,
-                                                                         time.monotonic())
-        else:
-            assert self._unsynced_timer is not None
-            self._unsynced_timer.cancel()
-            self._unsynced_timer = None
+            return asyncio.get_running_loop().call_later(limit, self._held_long, limit, time.monotonic(), waiting)
+        assert timer is not None
+        timer.cancel()
+        return None
 
-    def _held_long(self, limit: float, since: float) -> None:
+    def _held_long(self, limit: float, since: float, waiting: str) -> None:
         if not self.closed:
             self.log.warning("server_held_without_sync", seconds=round(time.monotonic() - since, 1),
-                             max_pin_time=limit)
+                             max_pin_time=limit, waiting=waiting)
 
     def _unpinned(self) -> None:
         """The session holds nothing on its server any more (or ends): how long it was pinned."""
@@ -625,6 +642,8 @@ class ClientConnection(asyncio.Protocol):
                                                                            action.period)
             elif isinstance(action, BatchWithoutSync):
                 self._batch_without_sync(action.open)
+            elif isinstance(action, CopyInHeld):
+                self._copy_in_held(action.open)
             elif isinstance(action, TerminateBackend):
                 self.proxy.terminate_backend(action)
             elif isinstance(action, CloseClient):

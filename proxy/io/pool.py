@@ -208,9 +208,10 @@ class Pool:
             now = self.clock()
             self._run(self.manager.tick(now))
             self._close_stale()
-            if self.proxy.config.pool.client_message_timeout:  # (a message begun while a server is held)
-                for client in list(self._clients.values()):
-                    client.message_tick(now)
+            # A message begun while a server is held (client_message_timeout), and, whatever that is, a batch
+            # waiting for its Sync or a COPY FROM STDIN waiting for the client's data (idle_in_transaction_timeout).
+            for client in list(self._clients.values()):
+                client.message_tick(now)
         except Exception:  # pragma: no cover - a bug of ours must not stop the timer
             log.exception("pool_tick_failed")
 

@@ -515,10 +515,11 @@ def test_no_parameter_status_but_for_the_clients_own_changes(pg: PgCluster, tmp_
 
 
 def held_without_sync(p: ProxyProcess) -> float:
-    """pgtenant_servers_held_without_sync of tenant acme, from /metrics."""
+    """pgtenant_servers_held_without_sync of tenant acme waiting for a Sync, from /metrics."""
     with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
         lines = r.read().decode().splitlines()
-    found = [ln for ln in lines if ln.startswith('pgtenant_servers_held_without_sync{tenant="acme"}')]
+    found = [ln for ln in lines
+             if ln.startswith('pgtenant_servers_held_without_sync{tenant="acme",waiting="sync"}')]
     return float(found[0].split()[-1]) if found else 0.0
 
 

@@ -16,12 +16,16 @@ from tests.support.pools import ADMIN_PASSWORD
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["sticky", "no_sticky"])
+@pytest.fixture(scope="module", params=[(True, 30.0), (False, 30.0), (False, 0)],
+                ids=["sticky", "no_sticky", "no_sticky-client_message_timeout_0"])
 def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """client_message_timeout 0: the bound runs on the pool's clock whatever that is (before: only when non-zero)."""
     prepare_backend(pg)
+    sticky, message_timeout = request.param
     p = ProxyProcess(pg, tmp_path_factory.mktemp("unsynced"), backend_sslmode="disable",
                      pool={"pool_mode": "transaction", "pool_size": 1, "max_pin_time": 0.5,
-                           "query_wait_timeout": 60.0, "sticky_servers": request.param},
+                           "query_wait_timeout": 60.0, "sticky_servers": sticky,
+                           "client_message_timeout": message_timeout},
                      limits={"idle_in_transaction_timeout": 2.0}, admin_users={"ops": ADMIN_PASSWORD}).start()
     yield p
     p.stop()
