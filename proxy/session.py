@@ -27,6 +27,7 @@ from proxy.actions import (
     CloseClient,
     ConnectBackend,
     KeepServer,
+    LastLineGuarded,
     LimitReached,
     Login,
     RelayToClient,
@@ -2620,6 +2621,7 @@ class ClientSession:
             # alike: the last line guards results from now on, red team 9a6 G3)
             self._hidden.guarded = True
             self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE, self._leaks_sent)
+            self._limit_actions.append(LastLineGuarded())  # (logged after the server's next read)
         if names:
             self._hidden.sending(names)
         if statement is not None:

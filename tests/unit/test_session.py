@@ -16,6 +16,7 @@ from proxy.actions import (
     CloseClient,
     ConnectBackend,
     ForwardCancel,
+    LastLineGuarded,
     RelayToClient,
     RelayToServer,
     ReleaseServer,
@@ -336,7 +337,8 @@ def _context_session(session: ClientSession) -> list[object]:
 
 
 def _answer(session: ClientSession, *messages: bytes) -> bytes:
-    [relay] = [a for a in session.server_data(b"".join(messages)) if not isinstance(a, AnswerWithheld)]
+    [relay] = [a for a in session.server_data(b"".join(messages))
+               if not isinstance(a, (AnswerWithheld, LastLineGuarded))]
     return b"".join(bytes(c) for c in relay.chunks)
 
 
@@ -694,7 +696,7 @@ def _run(session: ClientSession, *messages: bytes) -> tuple[bytes, list]:
     """The bytes relayed to the client and the other actions of one read of the server's `messages`."""
     actions = session.server_data(b"".join(messages))
     relayed = b"".join(bytes(c) for a in actions if isinstance(a, RelayToClient) for c in a.chunks)
-    return relayed, [a for a in actions if not isinstance(a, RelayToClient)]
+    return relayed, [a for a in actions if not isinstance(a, (RelayToClient, LastLineGuarded))]
 
 
 _ROW_DESC = m.row_description(["a"])
@@ -804,7 +806,8 @@ _NAMINGS = (
 @pytest.mark.parametrize("strategy", ["shared", "database"])
 def test_a_hidden_and_a_missing_schema_set_the_last_lines_guard_alike(tmp_path: Path, strategy: str) -> None:
     """Red team 9a6 G3: the backend stream's guard (its cost on a large result told a hidden schema from a missing
-    one) is set alike after a statement naming either, in every way of naming one, by Query and by Parse."""
+    one) is set alike after a statement naming either, in every way of naming one, by Query and by Parse, and logged
+    alike (LastLineGuarded: last_line_guarded)."""
     from proxy.policy import TenantPolicy, decide
 
     extra = {"tenant_value": "acme", "scoped_tables": {("public", "zz"): "tenant_id"}} if strategy == "shared" else {}
@@ -818,7 +821,10 @@ def test_a_hidden_and_a_missing_schema_set_the_last_lines_guard_alike(tmp_path: 
         attach(s)
         s.enable_policy(lambda kind, text: decide(policy, text))
         s.client_data(m.Parse("", sql, b"\x00\x00").encode() + m.SYNC_MESSAGE if parse else m.Query(sql).encode())
-        return s._hidden is not None and s._hidden.guarded
+        logged = [a for a in s.server_data(m.ready_for_query(b"I")) if isinstance(a, LastLineGuarded)]
+        guarded = s._hidden is not None and s._hidden.guarded
+        assert len(logged) == guarded, (sql, logged)  # (logged once: last_line_guarded)
+        return guarded
 
     for template, expected in _NAMINGS:
         for parse in (False, True):
