@@ -219,6 +219,12 @@ class AnswerWithheld:
 
 
 @dataclass(frozen=True, slots=True)
+class LastLineGuarded:
+    """The session first named a schema the tenant cannot see (a hidden one, sent renamed, or a missing one, sent as
+    written: alike, red team 9a6 G3): the last line guards its results from now on. Logged (last_line_guarded)."""
+
+
+@dataclass(frozen=True, slots=True)
 class CancelQuery:
     """Cancel what the server the session holds is running (a CancelRequest with the session's own key); the
     session hears `cancel_done()` once the backend has acted on it."""

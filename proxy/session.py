@@ -28,6 +28,7 @@ from proxy.actions import (
     ConnectBackend,
     CopyInHeld,
     KeepServer,
+    LastLineGuarded,
     LimitReached,
     Login,
     RelayToClient,
@@ -78,6 +79,7 @@ from proxy.policy.model import (
     READ_ONLY,
     SESSION_STATEMENTS,
     SQL_PREPARE,
+    UNSEEN_SCHEMA,
     Allow,
     Change,
     Decision,
@@ -1796,13 +1798,15 @@ class ClientSession:
                 self._sequences.ran(decision.effects)
                 if DECLARES_CURSOR in decision.effects:
                     self._declared(sql, None, decision)
+                if UNSEEN_SCHEMA in decision.effects:  # (a missing schema named: guarded as a hidden one, G3)
+                    self._remember_names(decision)
             if decision.changes:
                 self._query_changes(first, decision.changes)
                 self._forgets_at = _forgets_at(decision.changes, self.statements)
             return None
         self._report("query", sql, decision)
         if isinstance(decision, Rewrite):
-            if decision.names:
+            if decision.names or UNSEEN_SCHEMA in decision.effects:
                 self._remember_names(decision)
             if decision.effects:
                 self._sequences.ran(decision.effects)
@@ -1835,7 +1839,7 @@ class ClientSession:
             self._sequences.parsed(name, decision.effects)
             if out is not None and self.report_rewrites:  # a memo holds an Allow (out None) or a Rewrite
                 self._report("parse", sql, decision)
-            if self._hidden is not None or (out is not None and decision.names):
+            if self._hidden is not None or (out is not None and decision.names):  # (guarded by its first decision)
                 self._remember_names(decision, name)
             if DECLARES_CURSOR in decision.effects:  # (a memo holds no text rendered with the session's lists)
                 self._declared(sql if out is None else decision.sql, None if out is None else sql, decision)
@@ -1897,14 +1901,15 @@ class ClientSession:
                 self._client_text(name, parse.sql, False)
             if DECLARES_CURSOR in decision.effects:
                 self._declared(parse.sql, None, decision)
-            if self._hidden is not None:  # the name's earlier reserved names go (red team 9a2 H2)
+            if self._hidden is not None or UNSEEN_SCHEMA in decision.effects:  # (earlier reserved names go: 9a2 H2)
                 self._remember_names(decision, name)
                 if self._hidden.statements:
                     self._executed_statements(parse.sql, name)
             self._parsed(body, token, name, parse.sql, kind, decision, None, memo)
             return None
         self._report("parse", parse.sql, decision)
-        if self._hidden is not None or (isinstance(decision, Rewrite) and decision.names):
+        if self._hidden is not None or (isinstance(decision, Rewrite) and (
+                decision.names or UNSEEN_SCHEMA in decision.effects)):
             self._remember_names(decision, name)
         if isinstance(decision, Rewrite):
             sql = decision.sql
@@ -2677,10 +2682,13 @@ class ClientSession:
         if self._hidden is None:
             self._hidden = hiddennames.InFlight()
         names = decision.names if type(decision) is Rewrite else ()
+        if not self._hidden.guarded and (names or (type(decision) is not Deny and UNSEEN_SCHEMA in decision.effects)):
+            # (the first schema the tenant cannot see named, hidden and sent renamed or missing and sent as written
+            # alike: the last line guards results from now on, red team 9a6 G3)
+            self._hidden.guarded = True
+            self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE, self._leaks_sent)
+            self._limit_actions.append(LastLineGuarded())  # (logged after the server's next read)
         if names:
-            if not self._hidden.guarded:  # (the first reserved name sent: the last line guards results from now on)
-                self._hidden.guarded = True
-                self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE, self._leaks_sent)
             self._hidden.sending(names)
         if statement is not None:
             statements = self._hidden.statements

@@ -29,6 +29,7 @@ from proxy.actions import (
     CopyInHeld,
     ForwardCancel,
     KeepServer,
+    LastLineGuarded,
     LimitReached,
     Login,
     LoginStarted,
@@ -629,6 +630,8 @@ class ClientConnection(asyncio.Protocol):
                 label = self.tenant.label if self.tenant is not None else self.proxy.metrics.tenant(None)
                 self.proxy.metrics.answer_withheld(label, action.message)
                 self.log.warning("answer_withheld", message=action.message)
+            elif isinstance(action, LastLineGuarded):
+                self.log.info("last_line_guarded")
             elif isinstance(action, CancelQuery):
                 asyncio.get_running_loop().create_task(self._cancel_query())
             elif isinstance(action, AcquireSlot):

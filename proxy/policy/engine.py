@@ -38,6 +38,7 @@ from proxy.policy.model import (
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
+    UNSEEN_SCHEMA,
     Allow,
     Change,
     Decision,
@@ -65,6 +66,7 @@ class Limits:
 
 
 UNLIMITED = Limits(max_statements=1 << 62, max_nodes=1 << 62)
+_UNSEEN = frozenset({UNSEEN_SCHEMA})
 _MAX_DETAIL = 200  # characters of a parser message quoted in a denial (it may quote a token of any length)
 
 
@@ -80,7 +82,7 @@ def decide(
     renamed = None
     try:
         renamed = hiding.rename(policy, sql)  # hidden schemas: PostgreSQL answers as for missing ones
-        if renamed is not None:
+        if renamed is not None and renamed.names:
             sql = renamed.sql
             edits = []
         decision = _decide(policy, sql, timings if timings is not None else {}, limits, edits)
@@ -104,18 +106,27 @@ def decide(
 
 def _renamed_back(decision: Decision, renamed: hiding.Renamed, edits: list[Edit] | tuple[()]) -> Decision:
     """The decision on a renamed text (hiding.py): sent renamed, with the names to write back in PostgreSQL's answer;
-    a refusal of the proxy's own names and places what the client wrote."""
+    a refusal of the proxy's own names and places what the client wrote. Both, and a statement naming a schema the
+    tenant cannot see that is not hidden (a Renamed without names: sent as written), carry UNSEEN_SCHEMA: the
+    session's last line guards from then on alike (red team 9a6 G3)."""
+    if not renamed.names:
+        if type(decision) is Deny:
+            before = decision.before
+            return decision if before is None else replace(decision, before=replace(
+                before, effects=before.effects | _UNSEEN))
+        return replace(decision, effects=decision.effects | _UNSEEN)
     if type(decision) is Allow:
-        return Rewrite(renamed.sql, (hiding.RULE,), decision.effects, decision.changes, names=renamed.names,
-                       moved=renamed.moved)
+        return Rewrite(renamed.sql, (hiding.RULE,), decision.effects | _UNSEEN, decision.changes,
+                       names=renamed.names, moved=renamed.moved)
     if type(decision) is Rewrite:
         return replace(decision, rules=(*decision.rules, hiding.RULE), names=renamed.names,
-                       moved=renamed.moves(decision.sql, edits))
+                       moved=renamed.moves(decision.sql, edits), effects=decision.effects | _UNSEEN)
     assert type(decision) is Deny
     position = hiding.position_back(decision.position, renamed.moved) if decision.position else 0
     before = decision.before  # the statements run first were sent renamed too: their answers name the client's
     if before is not None:
-        before = replace(before, names=renamed.names, moved=renamed.moves(before.sql, edits))
+        before = replace(before, names=renamed.names, moved=renamed.moves(before.sql, edits),
+                         effects=before.effects | _UNSEEN)
     return replace(decision, message=hiding.restored(decision.message, renamed.names),
                    hint=hiding.restored(decision.hint, renamed.names), position=position, before=before)
 

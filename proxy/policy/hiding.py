@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from pglast.parser import ParseError
 
-from proxy.policy.model import TenantPolicy
+from proxy.policy.model import SYSTEM_SCHEMAS, TenantPolicy
 from proxy.policy.sqltext import DOT, Edit, TextError, Tok, apply_edits, tokens
 from proxy.policy.tree import dumps, parse_json, strip_positions, walk_dicts
 
@@ -102,17 +102,33 @@ def hides(policy: TenantPolicy, name: str) -> bool:
     return name in policy.hidden_schemas or OTHER_TEMP.fullmatch(name) is not None
 
 
+def unseen(policy: TenantPolicy, name: str) -> bool:
+    """Where some schema is hidden (shared, database strategy): whether a schema name the client wrote is one the
+    tenant cannot see, a hidden one or one of none of the schemas it sees (those found when the tenant was prepared,
+    its search_path, the system ones), so answered as missing: hidden and missing alike. Names of PostgreSQL's own
+    prefix are not (none can be a hidden schema; another session's pg_temp_N is renamed whether it exists or not)."""
+    if name in policy.hidden_schemas:
+        return True
+    return (bool(policy.hidden_schemas) and name not in policy.known_schemas and name not in policy.search_path
+            and name not in SYSTEM_SCHEMAS and not name.startswith("pg_") and name != "$user")
+
+
 def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
     """The text to send for `sql` with each hidden schema qualifier renamed, or None when it names none (or does not
-    scan or parse: the engine refuses it). Raises Unrenamed when the renamed text is not the same statement."""
+    scan or parse: the engine refuses it). Raises Unrenamed when the renamed text is not the same statement. Where
+    some schema is hidden, a statement that names as a qualifier a schema the tenant cannot see but none hidden (a
+    missing one, `unseen`) gets a Renamed without names (`sql` as it is): the session's last line guards it as it
+    guards a hidden one's (red team 9a6 G3)."""
     if policy.strategy == "schema":
         return None  # every schema not the tenant's is refused alike there (schema.check_schemas)
     if "." not in sql:
         return None
-    low = sql.lower()
-    if ("u&" not in low and "_temp_" not in low and '""' not in sql
-            and not any(h.lower() in low for h in policy.hidden_schemas)):
-        return None
+    if not policy.hidden_schemas:
+        low = sql.lower()
+        if "u&" not in low and "_temp_" not in low and '""' not in sql:
+            return None
+    # (where some schema is hidden, every qualifier is looked at: a missing schema's is found as a hidden one's is,
+    # not by whether the text holds a hidden name)
     data = sql.encode("utf-8")
     try:
         toks = tokens(data, 0, len(data))
@@ -130,6 +146,9 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
     found = [f for f in found if f[0] not in kept and not any(a <= f[0] < b for a, b in settings)]
     if not found:
         return None
+    found = [f for f in found if hides(policy, f[2])]
+    if not found:
+        return Renamed(sql, ())
     chosen: dict[str, str] = {}
     edits: list[Edit] = []
     moved: list[tuple[int, int, int]] = []
@@ -161,7 +180,7 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
 
 def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tuple[int, int, str]]:
     """(start, end, name) of each identifier written as a qualifier (followed by a dot, not preceded by one) that
-    names a hidden schema."""
+    names a hidden schema, or one the tenant cannot see (`unseen`)."""
     out: list[tuple[int, int, str]] = []
     n = len(toks)
     for i, tok in enumerate(toks):
@@ -174,7 +193,7 @@ def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tupl
         if j >= n or toks[j].name != DOT:
             continue
         name = _identifier(data, tok, escape)
-        if name is not None and hides(policy, name):
+        if name is not None and (hides(policy, name) or unseen(policy, name)):
             out.append((tok.start, end, name))
     return out
 

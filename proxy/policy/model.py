@@ -26,6 +26,10 @@ READ_ONLY = "read_only"
 # The string declares a cursor: pg_cursors lists the client's text of it (proxy/statements.CursorTexts), rewritten or
 # not, so a hidden schema's cursor and a missing one's are listed alike.
 DECLARES_CURSOR = "declares_cursor"
+# The string names, as a qualifier, a schema the tenant cannot see: a hidden one (sent renamed, policy/hiding.py) or,
+# where some schema is hidden, one of none of the schemas it sees (a missing one, sent as written). The session's last
+# line guards its results from then on, alike for both (red team 9a6 G3: the guard's cost told them apart).
+UNSEEN_SCHEMA = "unseen_schema"
 
 # Schemas every tenant may reference by name in the schema strategy (besides its own and the shared ones).
 SYSTEM_SCHEMAS: frozenset[str] = frozenset({"pg_catalog", "information_schema", "pg_temp"})

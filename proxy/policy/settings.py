@@ -7,7 +7,7 @@ import re
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
 from proxy.errors import INVALID_PARAMETER_VALUE
-from proxy.policy import resources
+from proxy.policy import hiding, resources
 from proxy.policy.model import (
     PIN,
     REAPPLY_CONTEXT,
@@ -332,10 +332,7 @@ def _answered_as_missing(policy: TenantPolicy, schema: str) -> bool:
     """Where some schema is hidden: a hidden schema, and a schema of none of the database's schemas found when the
     tenant was prepared nor the tenant's search_path (which PostgreSQL would answer 22023 invalid value: a missing
     one). Names of PostgreSQL's own prefix stay refused (another session's pg_temp_N, pg_toast), existing or not."""
-    if schema in policy.hidden_schemas:
-        return True
-    return (schema not in policy.known_schemas and schema not in policy.search_path and schema not in SYSTEM_SCHEMAS
-            and not schema.startswith("pg_") and schema != "$user")
+    return hiding.unseen(policy, schema)  # (as a qualifier is: renamed if hidden, guarded alike, red team 9a6 G3)
 
 
 def check_set(policy: TenantPolicy, body: Node) -> frozenset[str]:

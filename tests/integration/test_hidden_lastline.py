@@ -208,3 +208,38 @@ def test_a_reserved_name_late_in_a_large_row_ends_the_session(proxies: dict[str,
         _usable(sock)
     finally:
         sock.close()
+
+
+def _guards_logged(proxy: ProxyProcess, before: int) -> int:
+    """The last_line_guarded events logged since `before` of them (each logged when the server's answer is read)."""
+    return proxy.count_events("last_line_guarded") - before
+
+
+@pytest.mark.parametrize("extended", [False, True], ids=["simple", "extended"])
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hidden_and_a_missing_schema_set_the_guard_alike(proxies: dict[str, ProxyProcess],  # noqa: F811
+                                                           mode: str, strategy: str, extended: bool) -> None:
+    """Red team 9a6 G3: the last line's guard (whose cost on a large result told a hidden schema from a missing one)
+    is set, and logged (last_line_guarded) once, after a statement naming the hidden schema (globex, sent renamed)
+    and after one naming a missing schema (glebox, sent as written) alike; not after one naming only a schema the
+    tenant sees. Both answered alike by PostgreSQL (42P01 with the client's name), the session usable after."""
+    proxy = proxies[mode]
+    answers = {}
+    for name in ("globex", "glebox"):
+        sock = _session(proxy, strategy)
+        try:
+            before = proxy.count_events("last_line_guarded")
+            got = _exchange(sock, m.Query("SELECT relname FROM pg_catalog.pg_class LIMIT 0").encode())
+            assert _errors(got) == [] and _guards_logged(proxy, before) == 0, (name, got)
+            sql = f"SELECT * FROM {name}.orders_nosuch"
+            got = _exchange(sock, _extended(sql) if extended else m.Query(sql).encode())
+            answers[name] = [(code, text.replace(name, "<s>")) for code, text in _errors(got)]
+            _usable(sock)
+            assert _guards_logged(proxy, before) == 1, (name, mode, strategy)
+            got = _exchange(sock, m.Query(f"SELECT * FROM {name}.orders_nosuch2").encode())  # (once a session)
+            assert _guards_logged(proxy, before) == 1, (name, mode, strategy)
+        finally:
+            sock.close()
+    assert answers["globex"] == answers["glebox"] == [("42P01", 'relation "<s>.orders_nosuch" does not exist')], \
+        answers

@@ -16,6 +16,7 @@ from proxy.actions import (
     CloseClient,
     ConnectBackend,
     ForwardCancel,
+    LastLineGuarded,
     RelayToClient,
     RelayToServer,
     ReleaseServer,
@@ -336,7 +337,8 @@ def _context_session(session: ClientSession) -> list[object]:
 
 
 def _answer(session: ClientSession, *messages: bytes) -> bytes:
-    [relay] = [a for a in session.server_data(b"".join(messages)) if not isinstance(a, AnswerWithheld)]
+    [relay] = [a for a in session.server_data(b"".join(messages))
+               if not isinstance(a, (AnswerWithheld, LastLineGuarded))]
     return b"".join(bytes(c) for c in relay.chunks)
 
 
@@ -694,7 +696,7 @@ def _run(session: ClientSession, *messages: bytes) -> tuple[bytes, list]:
     """The bytes relayed to the client and the other actions of one read of the server's `messages`."""
     actions = session.server_data(b"".join(messages))
     relayed = b"".join(bytes(c) for a in actions if isinstance(a, RelayToClient) for c in a.chunks)
-    return relayed, [a for a in actions if not isinstance(a, RelayToClient)]
+    return relayed, [a for a in actions if not isinstance(a, (RelayToClient, LastLineGuarded))]
 
 
 _ROW_DESC = m.row_description(["a"])
@@ -779,6 +781,56 @@ def test_a_withheld_result_whose_request_ran_on_ends_the_session(session: Client
     closes = [a for a in more if isinstance(a, CloseClient)]
     assert len(closes) == 1 and closes[0].error.severity == "FATAL" and closes[0].error.sqlstate == "42501"
     assert any(isinstance(a, ReleaseServer) and not a.reusable for a in more)
+
+
+# Every way a statement names a schema ({s}), and whether the last line's guard is set after it (for a hidden and a
+# missing schema alike): where it names one as a qualifier, sent (hidden: renamed; missing: as written; the statements
+# run before a refused one too), not where the statement is refused or the name is a value or a statement's object
+# (no reserved name sent for either). (query, parse) where they differ.
+_NAMINGS = (
+    ("SELECT * FROM {s}.zz", True), ('SELECT * FROM "{s}".zz', True), ("SELECT {s}.f(1)", False),
+    ("SELECT NULL::{s}.t", True), ("SELECT 1 OPERATOR({s}.+) 1", True), ('SELECT \'a\' COLLATE {s}."C"', True),
+    ("SELECT {s}.zz.id", True), ("LOCK TABLE {s}.zz", False), ("LOCK {s}.zz IN ACCESS SHARE MODE", True),
+    ("COPY {s}.zz TO STDOUT", True), ("CREATE TEMP TABLE t (LIKE {s}.zz)", True),
+    ("CREATE TABLE {s}.t (a int)", False), ("DROP SCHEMA {s}", False), ("CREATE SCHEMA {s}", False),
+    ("GRANT USAGE ON SCHEMA {s} TO PUBLIC", False), ("SET search_path = {s}, public", False),
+    ("SELECT pg_catalog.set_config('search_path', '{s}', false)", False), ("SELECT to_regclass('{s}.zz')", False),
+    ("SELECT '{s}.zz'::regclass", False), ("SET default_text_search_config = '{s}.english'", False),
+    ("SELECT 1; SELECT * FROM {s}.zz", True),
+    ("SELECT * FROM {s}.zz; SET default_text_search_config = 'x.english'", (True, False)),
+    ("PREPARE p AS SELECT * FROM {s}.zz", True), ("DECLARE c CURSOR FOR SELECT * FROM {s}.zz", True),
+    ("EXPLAIN SELECT * FROM {s}.zz", True), ("SELECT 1 FROM zz WHERE EXISTS (SELECT 1 FROM {s}.zz)", True),
+)
+
+
+@pytest.mark.parametrize("strategy", ["shared", "database"])
+def test_a_hidden_and_a_missing_schema_set_the_last_lines_guard_alike(tmp_path: Path, strategy: str) -> None:
+    """Red team 9a6 G3: the backend stream's guard (its cost on a large result told a hidden schema from a missing
+    one) is set alike after a statement naming either, in every way of naming one, by Query and by Parse, and logged
+    alike (LastLineGuarded: last_line_guarded)."""
+    from proxy.policy import TenantPolicy, decide
+
+    extra = {"tenant_value": "acme", "scoped_tables": {("public", "zz"): "tenant_id"}} if strategy == "shared" else {}
+    policy = TenantPolicy(tenant="acme", strategy=strategy, hidden_schemas=frozenset({"globex"}),  # type: ignore
+                          known_schemas=frozenset({"public"}), **extra)  # type: ignore[arg-type]
+
+    def guarded(sql: str, parse: bool) -> bool:
+        s = ClientSession(make_config(tmp_path), session_id="g", client_address="10.0.0.1",
+                          throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=True)
+        login(s)
+        attach(s)
+        s.enable_policy(lambda kind, text: decide(policy, text))
+        s.client_data(m.Parse("", sql, b"\x00\x00").encode() + m.SYNC_MESSAGE if parse else m.Query(sql).encode())
+        logged = [a for a in s.server_data(m.ready_for_query(b"I")) if isinstance(a, LastLineGuarded)]
+        guarded = s._hidden is not None and s._hidden.guarded
+        assert len(logged) == guarded, (sql, logged)  # (logged once: last_line_guarded)
+        return guarded
+
+    for template, expected in _NAMINGS:
+        for parse in (False, True):
+            want = expected if type(expected) is bool else expected[parse]  # (a Parse of it is refused whole)
+            got = (guarded(template.format(s="globex"), parse), guarded(template.format(s="glebox"), parse))
+            assert got == (want, want), (template, parse, got)
 
 
 # --- an error in an extended message: PostgreSQL skips up to the Sync, a Query too (red team 9a3 J8) --------------

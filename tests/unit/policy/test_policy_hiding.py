@@ -10,6 +10,7 @@ from policy_corpus import DATABASE_HIDING, POLICIES
 
 from proxy.policy import Allow, Deny, Rewrite, decide
 from proxy.policy.hiding import Renamed, position_back, rename, reserved_name, restored
+from proxy.policy.model import UNSEEN_SCHEMA
 
 SHARED_HIDING = POLICIES["shared_hiding"]
 
@@ -61,10 +62,10 @@ def test_every_way_of_writing_the_schema_is_renamed(sql: str) -> None:
         "SHOW tenant_globex.x",
         "SELECT 1; SET tenant_globex.x = 1",
         "UPDATE zz SET tenant_globex.f = 1",  # a column's field
-        "SELECT x.tenant_globex.zz",  # not the first name
         "SELECT 'tenant_globex.zz'",  # a value (run-time guards)
         "SELECT * FROM tenant_globex",  # a table of that name
-        "SELECT * FROM tenant_globez.zz",  # not hidden
+        "SELECT * FROM public.zz",  # a schema the tenant sees
+        "SELECT zz.id FROM zz; SELECT z.* FROM zz z",  # a table, an alias
         "CREATE TEMP TABLE rz (a int) WITH (tenant_globex.fillfactor = 50)",  # a reloption namespace (9a G10)
         "CREATE TEMP VIEW vz WITH (tenant_globex.x = 1) AS SELECT 1",
         "ALTER TABLE zz SET (tenant_globex.fillfactor = 50)",
@@ -72,6 +73,45 @@ def test_every_way_of_writing_the_schema_is_renamed(sql: str) -> None:
 )
 def test_a_name_that_is_not_a_hidden_schema_stays(sql: str) -> None:
     assert rename(SHARED_HIDING, sql) is None
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM tenant_globez.zz", "SELECT x.tenant_globex.zz"])
+def test_a_schema_the_tenant_cannot_see_that_is_not_hidden_is_sent_as_written(sql: str) -> None:
+    """A missing schema (of none of the schemas the tenant sees) is not renamed, but found as a hidden one is: the
+    statement is marked (a Renamed without names), so the session guards alike (red team 9a6 G3)."""
+    assert rename(SHARED_HIDING, sql) == Renamed(sql, ())
+
+
+# Every way a statement names a schema ({s}); hidden (tenant_globex) and missing (tenant_glebox) alike.
+_NAMINGS = [
+    "SELECT * FROM {s}.zz", 'SELECT * FROM "{s}".zz', "SELECT {s}.f(1)", "SELECT NULL::{s}.t",
+    "SELECT 1 OPERATOR({s}.+) 1", "SELECT 'a' COLLATE {s}.\"C\"", "SELECT {s}.zz.id", "LOCK TABLE {s}.zz",
+    "COPY {s}.zz TO STDOUT", "CREATE TEMP TABLE t (LIKE {s}.zz)", "CREATE TABLE {s}.t (a int)", "DROP SCHEMA {s}",
+    "CREATE SCHEMA {s}", "GRANT USAGE ON SCHEMA {s} TO PUBLIC", "SET search_path = {s}, public",
+    "SELECT pg_catalog.set_config('search_path', '{s}', false)", "SELECT to_regclass('{s}.zz')",
+    "SELECT '{s}.zz'::regclass", "SELECT 'x'::regclass, 1 FROM zz WHERE false AND to_regclass('{s}.zz') IS NULL",
+    "SET default_text_search_config = '{s}.english'", "SELECT 1; SELECT * FROM {s}.zz",
+    "PREPARE p AS SELECT * FROM {s}.zz", "DECLARE c CURSOR FOR SELECT * FROM {s}.zz",
+    "EXPLAIN SELECT * FROM {s}.zz", "SELECT 1 FROM zz WHERE EXISTS (SELECT 1 FROM {s}.zz)",
+]
+
+
+@pytest.mark.parametrize("policy", ["shared_hiding", "database_hiding"])
+@pytest.mark.parametrize("template", _NAMINGS)
+def test_a_hidden_and_a_missing_schema_are_marked_alike(policy: str, template: str) -> None:
+    """Red team 9a6 G3: whether a decision marks its statement as naming a schema the tenant cannot see (which sets
+    the session's last-line guard) is the same for a hidden and a missing schema, whatever the statement and its
+    decision."""
+    def marked(decision: object) -> bool:
+        if isinstance(decision, Deny):
+            return decision.before is not None and UNSEEN_SCHEMA in decision.before.effects
+        return UNSEEN_SCHEMA in decision.effects  # type: ignore[attr-defined]
+
+    hidden = decide(POLICIES[policy], template.format(s="tenant_globex"))
+    missing = decide(POLICIES[policy], template.format(s="tenant_glebox"))
+    assert marked(hidden) == marked(missing), (hidden, missing)
+    sent = hidden.before if isinstance(hidden, Deny) else hidden
+    assert bool(getattr(sent, "names", ())) == marked(hidden), hidden  # (marked where a reserved name is sent)
 
 
 def test_the_schema_strategy_is_not_renamed() -> None:
