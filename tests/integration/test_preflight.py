@@ -165,3 +165,90 @@ def test_warns_when_the_backend_role_has_no_temp_file_limit(
     finally:
         p.stop()
     assert not any("temp_file_limit" in w for w in problems), problems
+
+
+# Issue 14 (wp-dbshare): a database tenant whose database the shared tenant `dsa` (and the schema tenant `dsg`)
+# share. Its statements are not rewritten: grants, roles and RLS are its only lock on their rows and schema.
+DAN_ROLE, DAN_ROLE_PW = "pgt_dsh_dan", "dsh-dan-role-pw"
+DAN = "dsh_dan"
+
+
+def _sharing_proxy(pg: PgCluster, workdir: Path, db: str, *, schema_tenant: bool = False) -> ProxyProcess:
+    tenants: dict[str, dict[str, object]] = {
+        "dsa": {"strategy": "shared", "database": db, "tenant_id": "acme"},
+        "dsd": {"strategy": "database", "database": db, "backend_user": DAN_ROLE},
+    }
+    users = {"dsh_alice": ("dsa", "dsh-alice-pw"), DAN: ("dsd", "dsh-dan-pw")}
+    roles = {DAN_ROLE: DAN_ROLE_PW}
+    if schema_tenant:
+        tenants["dsg"] = {"strategy": "schema", "database": db, "schema": "dsg_s", "backend_user": "pgt_dsh_g"}
+        roles["pgt_dsh_g"] = "dsh-g-pw"
+    return ProxyProcess(pg, workdir, backend_sslmode="disable", extra_tenants=tenants, extra_users=users,
+                        extra_roles=roles)
+
+
+def _orders_db(pg: PgCluster, prefix: str) -> str:
+    db = pg.fresh_database(prefix)
+    pg.execute("CREATE TABLE public.orders (id int, tenant_id text); "
+               "INSERT INTO public.orders VALUES (1, 'acme'), (2, 'bigco'), (3, 'bigco')", dbname=db)
+    return db
+
+
+def _refusals(p: ProxyProcess) -> list[str]:
+    """The problems of a start the preflight refuses (this start's only: the log goes on from earlier ones)."""
+    seen = len(p.log_events())
+    _start_expecting_failure(p)
+    return [str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_failed"]
+
+
+def _count(p: ProxyProcess, user: str, db: str, sql: str) -> int:
+    with psycopg.connect(p.dsn(user, dbname=db)) as c:
+        row = c.execute(sql).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_refuses_a_database_tenant_that_owns_or_reads_a_view_of_the_shared_tenants_rows(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The shared tenant's table is owned by a role dan's backend role is a member of (RLS enabled, not forced), and
+    a view of it is readable by PUBLIC. The shared tenant's own preflight only warns (its rewrite filters both), but
+    dan's statements are not rewritten: with the preflight not enforced he reads bigco's rows through both. Enforced,
+    the start is refused naming each relation and the fix; once fixed, it starts and dan reads none of them."""
+    prepare_backend(pg)
+    db = _orders_db(pg, "dshown")
+    p = _sharing_proxy(pg, tmp_path_factory.mktemp("dshown"), db)
+    p.provision()  # roles; forced RLS and pgtenant's policy on public.orders
+    pg.execute("DROP ROLE IF EXISTS pgt_dsh_owner; CREATE ROLE pgt_dsh_owner NOLOGIN", dbname=db)
+    pg.execute(f"ALTER TABLE public.orders OWNER TO pgt_dsh_owner; ALTER TABLE public.orders NO FORCE ROW LEVEL "
+               f"SECURITY; GRANT pgt_dsh_owner TO {DAN_ROLE}; CREATE VIEW public.orders_v AS SELECT * FROM "
+               "public.orders; GRANT SELECT ON public.orders_v TO PUBLIC", dbname=db)
+    try:
+        p.preflight_enforce = False  # what the proxy did before: dan reads the shared tenants' rows
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'") == 2
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders_v WHERE tenant_id = 'bigco'") == 2
+        finally:
+            p.stop()
+        p.preflight_enforce = True
+        refused = _refusals(p)
+        assert (f"tenants.dsd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.orders (tenant "
+                "dsa: owner; row-level security not forced)") in refused[0], refused
+        assert ("can read other tenants' rows of public.orders_v (tenant dsa: a view, which row-level security "
+                "does not filter for it)") in refused[1], refused
+        assert "REVOKE SELECT ON public.orders_v FROM PUBLIC" in refused[1], refused
+        pg.execute(f"REVOKE pgt_dsh_owner FROM {DAN_ROLE}", dbname=db)
+        assert [r for r in _refusals(p) if "public.orders " in r] == []
+        pg.execute("REVOKE SELECT ON public.orders_v FROM PUBLIC", dbname=db)
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            assert _count(p, "dsh_alice", db, "SELECT count(*) FROM orders") == 1  # the shared tenant: its row
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                _count(p, DAN, db, "SELECT count(*) FROM public.orders_v")
+        finally:
+            p.stop()
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        pg.execute("DROP ROLE IF EXISTS pgt_dsh_owner")
