@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -252,3 +254,98 @@ def test_refuses_a_database_tenant_that_owns_or_reads_a_view_of_the_shared_tenan
     finally:
         pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         pg.execute("DROP ROLE IF EXISTS pgt_dsh_owner")
+
+
+def test_refuses_a_database_tenant_under_an_open_policy_or_with_a_schema_tenants_schema(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A permissive policy for dan's backend role that ignores the tenant (the shared tenant's own preflight does not
+    look at it: it does not apply to its role), and USAGE for PUBLIC on the schema tenant's schema: with the
+    preflight not enforced dan reads bigco's rows, and his role reads the schema tenant's table. Enforced, both are
+    refused by name; once fixed, it starts and dan reads none."""
+    prepare_backend(pg)
+    db = _orders_db(pg, "dshpol")
+    p = _sharing_proxy(pg, tmp_path_factory.mktemp("dshpol"), db, schema_tenant=True)
+    p.provision()
+    pg.execute(f"CREATE POLICY dan_all ON public.orders TO {DAN_ROLE} USING (true); CREATE TABLE dsg_s.items (n int);"
+               "INSERT INTO dsg_s.items VALUES (1); GRANT USAGE ON SCHEMA dsg_s TO PUBLIC; "
+               "GRANT SELECT ON dsg_s.items TO PUBLIC", dbname=db)
+    direct = pg.dsn(user=DAN_ROLE, password=DAN_ROLE_PW, dbname=db)
+    try:
+        p.preflight_enforce = False
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'") == 2
+        finally:
+            p.stop()
+        with psycopg.connect(direct) as c:  # the proxy hides the schema's name; PostgreSQL lets the role in
+            assert c.execute("SELECT count(*) FROM dsg_s.items").fetchone() == (1,)
+        p.preflight_enforce = True
+        refused = _refusals(p)
+        assert any(f"tenants.dsd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.orders "
+                   "(tenant dsa: policy 'dan_all' (true) ignores the tenant)" in r for r in refused), refused
+        assert any(f"tenants.dsd: its backend role '{DAN_ROLE}' may use schema 'dsg_s' of tenant 'dsg'" in r
+                   and "REVOKE USAGE ON SCHEMA dsg_s" in r for r in refused), refused
+        pg.execute("DROP POLICY dan_all ON public.orders; REVOKE USAGE ON SCHEMA dsg_s FROM PUBLIC", dbname=db)
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+        finally:
+            p.stop()
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def _provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
+    """`pgtenant provision` of `p`'s config (its exit code, its output)."""
+    from proxy.cli import main
+
+    p.write_config()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["provision", "--config", str(p.config_path), "--admin-dsn", p.cluster.dsn(), *args])
+    return code, out.getvalue()
+
+
+def test_provision_gives_a_database_tenant_none_of_the_other_tenants_of_its_database(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Provision granted a database tenant every table of its `schemas` (default public) and the default privileges
+    there, the shared tenants' view of their rows included (RLS does not filter a view), granted a schema tenant's
+    schema listed in `schemas`, and made pgtenant's policy for a backend role the database tenant shares with a
+    shared tenant (so its role reads what theirs reads). Now: the latter two are refused, the view is left out
+    (and a view made later is not granted by default)."""
+    prepare_backend(pg)
+    db = _orders_db(pg, "dshprov")
+    pg.execute("CREATE VIEW public.orders_v AS SELECT * FROM public.orders", dbname=db)
+    workdir = tmp_path_factory.mktemp("dshprov")
+    try:
+        p = _sharing_proxy(pg, workdir / "schemas", db, schema_tenant=True)
+        p.extra_tenants["dsd"]["schemas"] = ["public", "dsg_s"]
+        code, out = _provision_output(p)
+        assert code == 3 and ("REFUSED: tenant dsd: schemas lists dsg_s, the schema of tenant dsg (schema strategy) "
+                              "in the same database") in out, out
+        p = _sharing_proxy(pg, workdir / "role", db)
+        del p.extra_tenants["dsd"]["backend_user"]  # the backend's own role: the shared tenant's
+        code, out = _provision_output(p)
+        assert code == 3 and (f"REFUSED: tenant dsd (database strategy) and tenant dsa (shared strategy) share "
+                              f"database {db} and backend role {BACKEND_ROLE}") in out, out
+        p = _sharing_proxy(pg, workdir / "ok", db)
+        code, out = _provision_output(p, "--dry-run")
+        assert code == 0, out
+        assert f'REVOKE ALL ON "public"."orders_v" FROM "{DAN_ROLE}";' in out
+        assert f'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" REVOKE ALL ON TABLES FROM "{DAN_ROLE}";' in out
+        assert f'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "{DAN_ROLE}"' not in out
+        assert _provision_output(p)[0] == 0
+        pg.execute("CREATE VIEW public.later_v AS SELECT * FROM public.orders", dbname=db)
+        assert pg.execute("SELECT has_table_privilege(%s, 'public.orders', 'SELECT'), "
+                          "has_table_privilege(%s, 'public.orders_v', 'SELECT'), "
+                          "has_table_privilege(%s, 'public.later_v', 'SELECT')", (DAN_ROLE,) * 3,
+                          dbname=db) == [(True, False, False)]
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+        finally:
+            p.stop()
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
