@@ -314,7 +314,7 @@ def test_provision_gives_a_database_tenant_none_of_the_other_tenants_of_its_data
     there, the shared tenants' view of their rows included (RLS does not filter a view), granted a schema tenant's
     schema listed in `schemas`, and made pgtenant's policy for a backend role the database tenant shares with a
     shared tenant (so its role reads what theirs reads). Now: the latter two are refused, the view is left out
-    (and a view made later is not granted by default)."""
+    (and a view made later is not granted by default); a reload preflights it again."""
     prepare_backend(pg)
     db = _orders_db(pg, "dshprov")
     pg.execute("CREATE VIEW public.orders_v AS SELECT * FROM public.orders", dbname=db)
@@ -345,6 +345,14 @@ def test_provision_gives_a_database_tenant_none_of_the_other_tenants_of_its_data
         p.start(provision=False)
         try:
             assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            # a reload checks again: the later view opened to PUBLIC rejects it, the old config stays in force
+            pg.execute("GRANT SELECT ON public.later_v TO PUBLIC", dbname=db)
+            rejected = p.reload(expect="reload_rejected")
+            assert ("tenants.dsd: its backend role 'pgt_dsh_dan' can read other tenants' rows of public.later_v "
+                    "(tenant dsa: a view") in str(rejected.get("problem")), rejected
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            pg.execute("REVOKE SELECT ON public.later_v FROM PUBLIC", dbname=db)
+            p.reload(expect="reloaded")
         finally:
             p.stop()
     finally:
