@@ -398,7 +398,7 @@ def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantCo
     from proxy.dbcheck import _DISCOVER as DISCOVER_ALL  # every kind the proxy counts as scoped (views too)
 
     role = roles[t.name]
-    others = database_neighbours(config, t)
+    others = [o for o in database_neighbours(config, t) if o.strategy in ("shared", "schema")]
     for o in others:
         if roles[o.name] == role:
             findings.refusals.append(
