@@ -401,11 +401,12 @@ def _check_database_schemas(conn: psycopg.Connection, tenant: TenantConfig, repo
 
 
 # A relation as the connected role (a database tenant's backend role) reaches it: whether it may read it at all
-# (SELECT on it or a column, USAGE on its schema), its RLS state, whether it has the owner's privileges, whether
-# PUBLIC holds the SELECT, and the policies that apply to it (PUBLIC's, or a role whose privileges it has).
+# (SELECT on it or a column, USAGE on its schema), its RLS state, whether it is a member of the owner (with its
+# privileges, or able to SET ROLE to it), whether PUBLIC holds the SELECT, and the policies that apply to it
+# (PUBLIC's, or a role whose privileges it has).
 _REACH = """
 SELECT c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
-       pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE'),
+       pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER'),
        (SELECT r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
        pg_catalog.has_any_column_privilege(c.oid, 'SELECT')
        AND pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE'),
@@ -418,7 +419,8 @@ SELECT c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
               WHERE p.polrelid = c.oid AND (0 = ANY (p.polroles) OR EXISTS (
                     SELECT 1 FROM unnest(p.polroles) AS x(oid)
                      WHERE pg_catalog.pg_has_role(current_user, x.oid, 'USAGE')))
-              ORDER BY p.polname)
+              ORDER BY p.polname),
+       pg_catalog.pg_get_userbyid(c.relowner)
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = %s AND c.relname = %s
 """
@@ -459,25 +461,36 @@ def _check_database_neighbours(
         row = conn.execute(_REACH, (schema, table)).fetchone()
         if row is None or not row[5]:
             continue  # no such relation (the shared tenant's own preflight says so), or it cannot read it
-        kind, rls, force, owns, bypass, _, public, raw = row
+        kind, rls, force, owns, bypass, _, public, raw, owner = row
         name = f"{schema}.{table}"
+        revoke = (f"REVOKE SELECT ON {name} FROM PUBLIC" if public else
+                  f"REVOKE SELECT ON {name} FROM {role} (or the role it has it through)")
         if kind in ("v", "m", "f"):
             why = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}[kind]
             why += ", which row-level security does not filter for it"
+            fix = revoke
         else:
             policies = tuple(access.PolicyFact(p[0], p[1] == "true", p[2], p[3])
                              for p in (json.loads(x) for x in raw))
             reached = access.access(access.Reader(role, bool(bypass), bool(owns), policies), bool(rls), bool(force))
-            if reached.level in access.OPEN_LEVELS:
-                why = reached.why
+            if bypass:
+                why, fix = reached.why, f"ALTER ROLE {role} NOBYPASSRLS"
             elif owns:  # forced RLS holds the owner only while it leaves the table as it is
-                why = "owner: it can turn the table's row-level security off or change its policies"
-            else:
+                why = reached.why if reached.level in access.OPEN_LEVELS else (
+                    "owner: it can turn the table's row-level security off or change its policies")
+                fix = f"REVOKE {owner} FROM {role}, or make another role the table's owner"
+            elif reached.level not in access.OPEN_LEVELS:
                 continue
-        grantee = "PUBLIC" if public else f"{role} (or the role it has it through)"
+            elif not rls:
+                why = reached.why
+                fix = (f"ALTER TABLE {name} ENABLE and FORCE ROW LEVEL SECURITY with a policy for the shared tenants' "
+                       f"roles only, as `pgtenant provision` makes it; or {revoke}")
+            else:
+                why = reached.why
+                fix = (f"DROP that policy, or ALTER POLICY … TO the roles that need it, not {role} or PUBLIC; "
+                       f"or {revoke}")
         report.errors.append(
             f"{where}: its backend role {role!r} can read other tenants' rows of {name} (tenant "
             f"{', '.join(sorted(names))}: {why}); a database tenant's statements are not rewritten, so only "
-            f"PostgreSQL keeps it out (REVOKE SELECT ON {name} FROM {grantee}; or, for a table, ENABLE and FORCE "
-            f"ROW LEVEL SECURITY with a policy for the shared tenants' roles only, as `pgtenant provision` makes it; "
-            f"or give {tenant.name!r} a backend_user of its own)")
+            f"PostgreSQL keeps it out ({fix}; or give {tenant.name!r} a backend_user of its own, with no access to "
+            "it)")

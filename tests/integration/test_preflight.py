@@ -259,34 +259,47 @@ def test_refuses_a_database_tenant_that_owns_or_reads_a_view_of_the_shared_tenan
 def test_refuses_a_database_tenant_under_an_open_policy_or_with_a_schema_tenants_schema(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A permissive policy for dan's backend role that ignores the tenant (the shared tenant's own preflight does not
-    look at it: it does not apply to its role), and USAGE for PUBLIC on the schema tenant's schema: with the
-    preflight not enforced dan reads bigco's rows, and his role reads the schema tenant's table. Enforced, both are
-    refused by name; once fixed, it starts and dan reads none."""
+    """Policies for dan's backend role that do not check the tenant (the shared tenant's own preflight only warns
+    of them: the proxy rewrites its statements): one keyed on a setting dan may SET (`app.tenant_id`, for PUBLIC:
+    an application's own policy), one that ignores the tenant; and USAGE for PUBLIC on the schema tenant's
+    schema. With the preflight not enforced dan reads bigco's rows, and his role reads the schema tenant's table.
+    Enforced, each is refused by name; once fixed, it starts and dan reads none."""
     prepare_backend(pg)
     db = _orders_db(pg, "dshpol")
     p = _sharing_proxy(pg, tmp_path_factory.mktemp("dshpol"), db, schema_tenant=True)
     p.provision()
-    pg.execute(f"CREATE POLICY dan_all ON public.orders TO {DAN_ROLE} USING (true); CREATE TABLE dsg_s.items (n int);"
-               "INSERT INTO dsg_s.items VALUES (1); GRANT USAGE ON SCHEMA dsg_s TO PUBLIC; "
-               "GRANT SELECT ON dsg_s.items TO PUBLIC", dbname=db)
+    pg.execute("CREATE POLICY app_pol ON public.orders USING (tenant_id = current_setting('app.tenant_id', true)); "
+               "CREATE TABLE dsg_s.items (n int); INSERT INTO dsg_s.items VALUES (1); "
+               "GRANT USAGE ON SCHEMA dsg_s TO PUBLIC; GRANT SELECT ON dsg_s.items TO PUBLIC", dbname=db)
     direct = pg.dsn(user=DAN_ROLE, password=DAN_ROLE_PW, dbname=db)
+    bigco = "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'"
     try:
         p.preflight_enforce = False
         p.start(provision=False)
         try:
-            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'") == 2
+            with psycopg.connect(p.dsn(DAN, dbname=db), autocommit=True) as c:
+                assert c.execute(bigco).fetchone() == (0,)
+                c.execute("SET app.tenant_id = 'bigco'")
+                assert c.execute(bigco).fetchone() == (2,)
+            pg.execute(f"CREATE POLICY dan_all ON public.orders TO {DAN_ROLE} USING (true)", dbname=db)
+            assert _count(p, DAN, db, bigco) == 2
         finally:
             p.stop()
         with psycopg.connect(direct) as c:  # the proxy hides the schema's name; PostgreSQL lets the role in
             assert c.execute("SELECT count(*) FROM dsg_s.items").fetchone() == (1,)
         p.preflight_enforce = True
         refused = _refusals(p)
-        assert any(f"tenants.dsd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.orders "
-                   "(tenant dsa: policy 'dan_all' (true) ignores the tenant)" in r for r in refused), refused
+        rows_of = (f"tenants.dsd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.orders "
+                   "(tenant dsa: ")
+        assert any(rows_of + "policy 'dan_all' (true) ignores the tenant)" in r and "DROP that policy" in r
+                   for r in refused), refused
         assert any(f"tenants.dsd: its backend role '{DAN_ROLE}' may use schema 'dsg_s' of tenant 'dsg'" in r
                    and "REVOKE USAGE ON SCHEMA dsg_s" in r for r in refused), refused
         pg.execute("DROP POLICY dan_all ON public.orders; REVOKE USAGE ON SCHEMA dsg_s FROM PUBLIC", dbname=db)
+        refused = _refusals(p)  # (one reason per relation: the policy that opens it widest)
+        assert len(refused) == 1 and rows_of + "policy 'app_pol' reads app.tenant_id, which any login can SET)" in (
+            refused[0]), refused
+        pg.execute("DROP POLICY app_pol ON public.orders", dbname=db)
         p.start(provision=False)
         try:
             assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
