@@ -9,7 +9,7 @@ import psycopg
 from proxy.config import BackendConfig, Config, ReplicaConfig, TenantConfig
 from proxy.policy.catalog import COLUMN_LISTED
 from proxy.policy.tree import expr_node, names_of, string_const
-from proxy.tenancy import ScopedTables, explicit_tables
+from proxy.tenancy import ScopedTables, database_neighbours, explicit_tables
 
 _DISCOVER = """
 SELECT n.nspname, c.relname
@@ -184,6 +184,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
         else:
             _check_database(conn, config, tenant, report)
             _check_database_schemas(conn, tenant, report)
+            _check_database_neighbours(conn, config, tenant, report)
     report.checked.append(tenant.name)
     return report
 
@@ -397,3 +398,99 @@ def _check_database_schemas(conn: psycopg.Connection, tenant: TenantConfig, repo
         elif not row[0]:
             report.warnings.append(f"tenants.{tenant.name}.schemas: its backend role may not use schema {schema!r} "
                                    "(run `pgtenant provision`)")
+
+
+# A relation as the connected role (a database tenant's backend role) reaches it: whether it may read it at all
+# (SELECT on it or a column, USAGE on its schema), its RLS state, whether it is a member of the owner (with its
+# privileges, or able to SET ROLE to it), whether PUBLIC holds the SELECT, and the policies that apply to it
+# (PUBLIC's, or a role whose privileges it has).
+_REACH = """
+SELECT c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
+       pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER'),
+       (SELECT r.rolbypassrls FROM pg_catalog.pg_roles r WHERE r.rolname = current_user),
+       pg_catalog.has_any_column_privilege(c.oid, 'SELECT')
+       AND pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE'),
+       EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
+                   WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT'),
+       ARRAY(SELECT pg_catalog.array_to_json(ARRAY[p.polname, p.polpermissive::text, p.polcmd::text,
+                                                   pg_catalog.pg_get_expr(p.polqual, p.polrelid)])::text
+               FROM pg_catalog.pg_policy p
+              WHERE p.polrelid = c.oid AND (0 = ANY (p.polroles) OR EXISTS (
+                    SELECT 1 FROM unnest(p.polroles) AS x(oid)
+                     WHERE pg_catalog.pg_has_role(current_user, x.oid, 'USAGE')))
+              ORDER BY p.polname),
+       pg_catalog.pg_get_userbyid(c.relowner)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %s AND c.relname = %s
+"""
+
+
+def _check_database_neighbours(
+    conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport
+) -> None:
+    """A database tenant whose database other tenants share (issue 14): its statements are not rewritten, so
+    PostgreSQL alone keeps it from their rows. An error for every tenant-scoped relation of a shared tenant there
+    (discovered as for that tenant) its backend role can read without a tenant check (`access.access`: no RLS, RLS
+    not forced on a table it owns, a policy that lets it through, BYPASSRLS; a view, materialized view or foreign
+    table, which RLS does not filter), and for every schema tenant's schema it may use."""
+    import json
+
+    from proxy import access
+
+    where = f"tenants.{tenant.name}"
+    role = config.backend_for(tenant).user
+    owners: dict[tuple[str, str], list[str]] = {}
+    for other in database_neighbours(config, tenant):
+        if other.strategy == "shared":
+            rels = explicit_tables(other) if other.tables else {
+                (s, t): other.tenant_column
+                for s, t in conn.execute(_DISCOVER, (other.tenant_column, list(other.tenant_schemas))).fetchall()}
+            for rel in rels:
+                owners.setdefault(rel, []).append(other.name)
+        elif other.strategy == "schema" and other.schema is not None:
+            row = conn.execute("SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n "
+                               "WHERE nspname = %s", (other.schema,)).fetchone()
+            if row and row[0]:
+                report.errors.append(
+                    f"{where}: its backend role {role!r} may use schema {other.schema!r} of tenant {other.name!r} in "
+                    f"the database they share; a database tenant's statements are not rewritten, so only PostgreSQL "
+                    f"keeps it out (REVOKE USAGE ON SCHEMA {other.schema} FROM {role} and from PUBLIC, or give "
+                    f"{tenant.name!r} a backend_user of its own)")
+    for (schema, table), names in sorted(owners.items()):
+        row = conn.execute(_REACH, (schema, table)).fetchone()
+        if row is None or not row[5]:
+            continue  # no such relation (the shared tenant's own preflight says so), or it cannot read it
+        kind, rls, force, owns, bypass, _, public, raw, owner = row
+        name = f"{schema}.{table}"
+        revoke = (f"REVOKE SELECT ON {name} FROM PUBLIC" if public else
+                  f"REVOKE SELECT ON {name} FROM {role} (or the role it has it through)")
+        if kind in ("v", "m", "f"):
+            why = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}[kind]
+            why += ", which row-level security does not filter for it"
+            fix = revoke
+        else:
+            policies = tuple(access.PolicyFact(p[0], p[1] == "true", p[2], p[3])
+                             for p in (json.loads(x) for x in raw))
+            reached = access.access(access.Reader(role, bool(bypass), bool(owns), policies), bool(rls), bool(force))
+            if bypass:
+                why, fix = reached.why, f"ALTER ROLE {role} NOBYPASSRLS"
+            elif owns:  # forced RLS holds the owner only while it leaves the table as it is
+                why = reached.why if reached.level in access.OPEN_LEVELS else (
+                    "owner: it can turn the table's row-level security off or change its policies")
+                fix = f"REVOKE {owner} FROM {role}, or make another role the table's owner"
+            elif reached.level not in access.OPEN_LEVELS:
+                continue
+            elif not rls:
+                why = reached.why
+                fix = (f"ALTER TABLE {name} ENABLE and FORCE ROW LEVEL SECURITY with a policy for the shared tenants' "
+                       f"roles only, as `pgtenant provision` makes it; or {revoke}")
+            else:
+                why = reached.why
+                fix = (f"DROP that policy, or ALTER POLICY … TO the roles that need it, not {role} or PUBLIC; "
+                       f"or {revoke}")
+        report.errors.append(
+            f"{where}: its backend role {role!r} can read other tenants' rows of {name} (tenant "
+            f"{', '.join(sorted(names))}: {why}); a database tenant's statements are not rewritten, so only "
+            f"PostgreSQL keeps it out ({fix}; or give {tenant.name!r} a backend_user of its own, with no access to "
+            "it)")

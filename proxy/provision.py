@@ -12,7 +12,7 @@ from proxy import access
 from proxy.access import OWN_POLICY, PUBLIC, TableFacts
 from proxy.config import Config, TenantConfig
 from proxy.policy.sqltext import quote_ident
-from proxy.tenancy import explicit_tables
+from proxy.tenancy import database_neighbours, explicit_tables
 
 POLICY_NAME = OWN_POLICY
 _ROLE_ATTRS = "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
@@ -128,18 +128,30 @@ def table_steps(t: TableTarget, *, policy_current: bool) -> list[Step]:
     return steps
 
 
-def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bool) -> list[Step]:
+def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bool,
+                 others: Sequence[tuple[str, str]] = (), defaults: bool = True) -> list[Step]:
+    """USAGE and the table privileges on a schema, for its tables to come too unless not `defaults` (then the
+    default privileges an earlier provision set are revoked: a database tenant's schema its database's shared
+    tenants also use, issue 14, so that a relation made later is not readable by `role` before provision or the
+    preflight has seen it). `others`: relations the grant leaves out (a REVOKE after it)."""
     s, r = quote_ident(schema), quote_ident(role)
     privileges = "SELECT, INSERT, UPDATE, DELETE" if writes else "SELECT"
     steps = [Step(f"CREATE SCHEMA IF NOT EXISTS {s}")] if create else []
+    steps += [Step(f"GRANT USAGE ON SCHEMA {s} TO {r}"),
+              Step(f"GRANT {privileges} ON ALL TABLES IN SCHEMA {s} TO {r}"),
+              # the positions of the schema's own sequences: pg_dump reads them (its identity and serial columns)
+              Step(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}")]
+    may = f"tenant {where}: {role} may {'read and write' if writes else 'read'} schema {schema}"
+    steps += [Step(f"REVOKE ALL ON {_rel(*rel)} FROM {r}") for rel in others]
+    if not defaults:
+        left_out = f", but for the other tenants' {', '.join(f'{a}.{b}' for a, b in others)}" if others else ""
+        return [*steps,
+                Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE ALL ON SEQUENCES FROM {r}"),
+                Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE ALL ON TABLES FROM {r}",
+                     done=f"{may}{left_out}; no default privileges")]
     return [*steps,
-            Step(f"GRANT USAGE ON SCHEMA {s} TO {r}"),
-            Step(f"GRANT {privileges} ON ALL TABLES IN SCHEMA {s} TO {r}"),
-            # the positions of the schema's own sequences: pg_dump reads them (its identity and serial columns)
-            Step(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}"),
             Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT ON SEQUENCES TO {r}"),
-            Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {privileges} ON TABLES TO {r}",
-                 done=f"tenant {where}: {role} may {'read and write' if writes else 'read'} schema {schema}")]
+            Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT {privileges} ON TABLES TO {r}", done=may)]
 
 
 def shared_targets(
@@ -368,8 +380,56 @@ def _database_steps(
             for s in t.shared_schemas:
                 steps += schema_steps(s, roles[t.name], False, where=t.name, create=True)
         elif t.strategy == "database":
-            for s in t.schemas:
-                steps += schema_steps(s, roles[t.name], t.allow_writes, where=t.name, create=True)
+            steps += _database_tenant_steps(conn, config, t, roles, findings)
+    return steps
+
+
+def _relkind(conn: psycopg.Connection, schema: str, table: str) -> str | None:
+    row = conn.execute("SELECT c.relkind::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = "
+                       "c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantConfig, roles: Mapping[str, str],
+                           findings: Findings) -> list[Step]:
+    """A database tenant's grants on its `schemas`. Where other tenants share its database (issue 14) its
+    statements are not rewritten, so provision gives its backend role none of their rows: a backend role of
+    theirs, or a schema tenant's schema, is refused; their scoped relations in its schemas are left out."""
+    from proxy.dbcheck import _DISCOVER as DISCOVER_ALL  # every kind the proxy counts as scoped (views too)
+
+    role = roles[t.name]
+    others = [o for o in database_neighbours(config, t) if o.strategy in ("shared", "schema")]
+    for o in others:
+        if roles[o.name] == role:
+            findings.refusals.append(
+                f"tenant {t.name} (database strategy) and tenant {o.name} ({o.strategy} strategy) share database "
+                f"{t.database} and backend role {role}: {t.name}'s statements are not rewritten, so it would read what "
+                f"{o.name}'s role may read, every tenant's rows included; give {t.name} a backend_user of its own")
+    foreign = {o.schema: o.name for o in others if o.strategy == "schema" and o.schema is not None}
+    scoped: set[tuple[str, str]] = set()
+    for o in others:
+        if o.strategy == "shared":
+            scoped.update(explicit_tables(o) if o.tables else (
+                (s, n) for s, n in conn.execute(DISCOVER_ALL, (o.tenant_column, list(o.tenant_schemas))).fetchall()))
+    # Their tables get forced RLS with a policy for their roles only (table_steps): `role` reads none of their rows
+    # there. A view, materialized view or foreign table has no RLS of its own: `role` gets no privilege on it.
+    unfiltered = {rel for rel in scoped if _relkind(conn, *rel) in ("v", "m", "f")}
+    steps: list[Step] = []
+    for s in t.schemas:
+        if s in foreign:
+            findings.refusals.append(
+                f"tenant {t.name}: schemas lists {s}, the schema of tenant {foreign[s]} (schema strategy) in the same "
+                f"database: {t.name}'s statements are not rewritten, so it would read {foreign[s]}'s tables")
+            continue
+        if any(rel[0] == s for rel in scoped):
+            findings.notes.append(
+                f"tenant {t.name}: schema {s} also holds the tenant-scoped relations of the shared tenants of database "
+                f"{t.database}; {role} gets no privilege on their views, materialized views and foreign tables, and "
+                f"no default privileges in {s} (grant the tables made later yourself, or run provision again)")
+            steps += schema_steps(s, role, t.allow_writes, where=t.name, create=True,
+                                  others=sorted(rel for rel in unfiltered if rel[0] == s), defaults=False)
+        else:
+            steps += schema_steps(s, role, t.allow_writes, where=t.name, create=True)
     return steps
 
 

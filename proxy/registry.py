@@ -12,7 +12,7 @@ from proxy.errors import PgError
 from proxy.logs import get_logger
 from proxy.policy.model import Tenant, TenantPolicy
 from proxy.registrydb import SCHEMA as REGISTRY_SCHEMA
-from proxy.tenancy import other_tenants_schemas, shares_database, tenant_policy
+from proxy.tenancy import neighbour_layout, other_tenants_schemas, shares_database, tenant_policy
 
 log = get_logger("pgtenant.registry")
 __all__ = ["Revocation", "SessionRef", "Tenant", "TenantRegistry", "revocations"]
@@ -116,7 +116,7 @@ class TenantRegistry:
         if tenant is None:
             return None
         return (tenant, config.backend_for(tenant), other_tenants_schemas(config, tenant), config.preflight,
-                config.limits.max_advisory_locks, shares_database(config, tenant))
+                config.limits.max_advisory_locks, shares_database(config, tenant), neighbour_layout(config, tenant))
 
     def prepare_tenant(self, name: str) -> list[str]:
         """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""

@@ -81,6 +81,23 @@ def shares_database(config: Config, tenant: TenantConfig) -> bool:
     )
 
 
+def database_neighbours(config: Config, tenant: TenantConfig) -> list[TenantConfig]:
+    """The other tenants of a database-strategy tenant's backend and database, by name (none for the other
+    strategies): the tenants whose rows and schemas the preflight checks it cannot read (issue 14)."""
+    if tenant.strategy != "database":
+        return []
+    return sorted((other for other in config.tenants.values() if other.name != tenant.name
+                   and other.database == tenant.database and other.backend == tenant.backend), key=lambda t: t.name)
+
+
+def neighbour_layout(config: Config, tenant: TenantConfig) -> frozenset[tuple[object, ...]]:
+    """What the preflight of a database tenant reads of its neighbours' config (`database_neighbours`): their
+    strategies and where their rows and schemas are, not their tenant ids (a registry change that adds a shared
+    tenant like the others does not prepare the database tenant again)."""
+    return frozenset((o.strategy, o.schema, o.tenant_column, tuple(o.tenant_schemas), tuple(o.tables))
+                     for o in database_neighbours(config, tenant))
+
+
 def tenant_policy(
     tenant: TenantConfig, scoped: ScopedTables | None = None, *, fence: bool = False,
     rls_tables: Iterable[tuple[str, str]] = (), hidden_schemas: Iterable[str] = (),

@@ -20,7 +20,7 @@ from psycopg import pq
 
 from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.proxyproc import SAAS_DATABASE_ROLE, SAAS_DATABASE_TENANT, ProxyProcess, prepare_backend
 from tests.support.wire import login, read_message
 
 TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
@@ -39,7 +39,7 @@ def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         if mode == "session":
             pool["statement_cache"] = False
         out[mode] = ProxyProcess(pg, tmp_path_factory.mktemp(f"hidden-{mode}"), backend_sslmode="disable",
-                                 extra_tenants={"hooli": {"strategy": "database", "database": "saas"}},
+                                 extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
                                  extra_users={"dan": ("hooli", "dan-pw")}, pool=pool)
     try:
         for proxy in out.values():

@@ -45,7 +45,14 @@ from proxy.protocol import messages as m
 from tests.support import bidata
 from tests.support.bidata import PqClient, Result
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, default_pool_mode, prepare_backend
+from tests.support.proxyproc import (
+    SAAS_DATABASE_ROLE,
+    SAAS_DATABASE_TENANT,
+    TENANT_ROLES,
+    ProxyProcess,
+    default_pool_mode,
+    prepare_backend,
+)
 from tests.support.wire import login, read_message
 
 STRATEGY_LETTERS = {"S": "shared", "N": "norls", "C": "schema", "D": "database"}
@@ -2651,7 +2658,7 @@ def hiding_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     schema tenant's schema globex hidden."""
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("hiding"), backend_sslmode="disable",
-                     extra_tenants={"hooli": {"strategy": "database", "database": "saas"}},
+                     extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
                      extra_users={"dan": ("hooli", "dan-pw")})
     p.start()
     yield p
@@ -3040,7 +3047,7 @@ def hiding_proxies(hiding_proxy: ProxyProcess, pg: PgCluster,
     mode = hiding_proxy.pool.get("pool_mode") or default_pool_mode()
     other = "session" if mode == "transaction" else "transaction"
     p = ProxyProcess(pg, tmp_path_factory.mktemp("hiding_other"), backend_sslmode="disable",
-                     extra_tenants={"hooli": {"strategy": "database", "database": "saas"}},
+                     extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
                      extra_users={"dan": ("hooli", "dan-pw")}, pool={"pool_mode": other})
     p.start()
     yield {mode: hiding_proxy, other: p}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -165,3 +167,206 @@ def test_warns_when_the_backend_role_has_no_temp_file_limit(
     finally:
         p.stop()
     assert not any("temp_file_limit" in w for w in problems), problems
+
+
+# Issue 14 (wp-dbshare): a database tenant whose database the shared tenant `dsa` (and the schema tenant `dsg`)
+# share. Its statements are not rewritten: grants, roles and RLS are its only lock on their rows and schema.
+DAN_ROLE, DAN_ROLE_PW = "pgt_dsh_dan", "dsh-dan-role-pw"
+DAN = "dsh_dan"
+
+
+def _sharing_proxy(pg: PgCluster, workdir: Path, db: str, *, schema_tenant: bool = False) -> ProxyProcess:
+    tenants: dict[str, dict[str, object]] = {
+        "dsa": {"strategy": "shared", "database": db, "tenant_id": "acme"},
+        "dsd": {"strategy": "database", "database": db, "backend_user": DAN_ROLE},
+    }
+    users = {"dsh_alice": ("dsa", "dsh-alice-pw"), DAN: ("dsd", "dsh-dan-pw")}
+    roles = {DAN_ROLE: DAN_ROLE_PW}
+    if schema_tenant:
+        tenants["dsg"] = {"strategy": "schema", "database": db, "schema": "dsg_s", "backend_user": "pgt_dsh_g"}
+        roles["pgt_dsh_g"] = "dsh-g-pw"
+    return ProxyProcess(pg, workdir, backend_sslmode="disable", extra_tenants=tenants, extra_users=users,
+                        extra_roles=roles)
+
+
+def _orders_db(pg: PgCluster, prefix: str) -> str:
+    db = pg.fresh_database(prefix)
+    pg.execute("CREATE TABLE public.orders (id int, tenant_id text); "
+               "INSERT INTO public.orders VALUES (1, 'acme'), (2, 'bigco'), (3, 'bigco')", dbname=db)
+    return db
+
+
+def _refusals(p: ProxyProcess) -> list[str]:
+    """The problems of a start the preflight refuses (this start's only: the log goes on from earlier ones)."""
+    seen = len(p.log_events())
+    _start_expecting_failure(p)
+    return [str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_failed"]
+
+
+def _count(p: ProxyProcess, user: str, db: str, sql: str) -> int:
+    with psycopg.connect(p.dsn(user, dbname=db)) as c:
+        row = c.execute(sql).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_refuses_a_database_tenant_that_owns_or_reads_a_view_of_the_shared_tenants_rows(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The shared tenant's table is owned by a role dan's backend role is a member of (RLS enabled, not forced), and
+    a view of it is readable by PUBLIC. The shared tenant's own preflight only warns (its rewrite filters both), but
+    dan's statements are not rewritten: with the preflight not enforced he reads bigco's rows through both. Enforced,
+    the start is refused naming each relation and the fix; once fixed, it starts and dan reads none of them."""
+    prepare_backend(pg)
+    db = _orders_db(pg, "dshown")
+    p = _sharing_proxy(pg, tmp_path_factory.mktemp("dshown"), db)
+    p.provision()  # roles; forced RLS and pgtenant's policy on public.orders
+    pg.execute("DROP ROLE IF EXISTS pgt_dsh_owner; CREATE ROLE pgt_dsh_owner NOLOGIN", dbname=db)
+    pg.execute(f"ALTER TABLE public.orders OWNER TO pgt_dsh_owner; ALTER TABLE public.orders NO FORCE ROW LEVEL "
+               f"SECURITY; GRANT pgt_dsh_owner TO {DAN_ROLE}; CREATE VIEW public.orders_v AS SELECT * FROM "
+               "public.orders; GRANT SELECT ON public.orders_v TO PUBLIC", dbname=db)
+    try:
+        p.preflight_enforce = False  # what the proxy did before: dan reads the shared tenants' rows
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'") == 2
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders_v WHERE tenant_id = 'bigco'") == 2
+        finally:
+            p.stop()
+        p.preflight_enforce = True
+        refused = _refusals(p)
+        assert (f"tenants.dsd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.orders (tenant "
+                "dsa: owner; row-level security not forced)") in refused[0], refused
+        assert ("can read other tenants' rows of public.orders_v (tenant dsa: a view, which row-level security "
+                "does not filter for it)") in refused[1], refused
+        assert "REVOKE SELECT ON public.orders_v FROM PUBLIC" in refused[1], refused
+        pg.execute(f"REVOKE pgt_dsh_owner FROM {DAN_ROLE}", dbname=db)
+        assert [r for r in _refusals(p) if "public.orders " in r] == []
+        pg.execute("REVOKE SELECT ON public.orders_v FROM PUBLIC", dbname=db)
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            assert _count(p, "dsh_alice", db, "SELECT count(*) FROM orders") == 1  # the shared tenant: its row
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                _count(p, DAN, db, "SELECT count(*) FROM public.orders_v")
+        finally:
+            p.stop()
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        pg.execute("DROP ROLE IF EXISTS pgt_dsh_owner")
+
+
+def test_refuses_a_database_tenant_under_an_open_policy_or_with_a_schema_tenants_schema(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Policies for dan's backend role that do not check the tenant (the shared tenant's own preflight only warns
+    of them: the proxy rewrites its statements): one keyed on a setting dan may SET (`app.tenant_id`, for PUBLIC:
+    an application's own policy), one that ignores the tenant; and USAGE for PUBLIC on the schema tenant's
+    schema. With the preflight not enforced dan reads bigco's rows, and his role reads the schema tenant's table.
+    Enforced, each is refused by name; once fixed, it starts and dan reads none."""
+    prepare_backend(pg)
+    db = _orders_db(pg, "dshpol")
+    p = _sharing_proxy(pg, tmp_path_factory.mktemp("dshpol"), db, schema_tenant=True)
+    p.provision()
+    pg.execute("CREATE POLICY app_pol ON public.orders USING (tenant_id = current_setting('app.tenant_id', true)); "
+               "CREATE TABLE dsg_s.items (n int); INSERT INTO dsg_s.items VALUES (1); "
+               "GRANT USAGE ON SCHEMA dsg_s TO PUBLIC; GRANT SELECT ON dsg_s.items TO PUBLIC", dbname=db)
+    direct = pg.dsn(user=DAN_ROLE, password=DAN_ROLE_PW, dbname=db)
+    bigco = "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'"
+    try:
+        p.preflight_enforce = False
+        p.start(provision=False)
+        try:
+            with psycopg.connect(p.dsn(DAN, dbname=db), autocommit=True) as c:
+                assert c.execute(bigco).fetchone() == (0,)
+                c.execute("SET app.tenant_id = 'bigco'")
+                assert c.execute(bigco).fetchone() == (2,)
+            pg.execute(f"CREATE POLICY dan_all ON public.orders TO {DAN_ROLE} USING (true)", dbname=db)
+            assert _count(p, DAN, db, bigco) == 2
+        finally:
+            p.stop()
+        with psycopg.connect(direct) as c:  # the proxy hides the schema's name; PostgreSQL lets the role in
+            assert c.execute("SELECT count(*) FROM dsg_s.items").fetchone() == (1,)
+        p.preflight_enforce = True
+        refused = _refusals(p)
+        rows_of = (f"tenants.dsd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.orders "
+                   "(tenant dsa: ")
+        assert any(rows_of + "policy 'dan_all' (true) ignores the tenant)" in r and "DROP that policy" in r
+                   for r in refused), refused
+        assert any(f"tenants.dsd: its backend role '{DAN_ROLE}' may use schema 'dsg_s' of tenant 'dsg'" in r
+                   and "REVOKE USAGE ON SCHEMA dsg_s" in r for r in refused), refused
+        pg.execute("DROP POLICY dan_all ON public.orders; REVOKE USAGE ON SCHEMA dsg_s FROM PUBLIC", dbname=db)
+        refused = _refusals(p)  # (one reason per relation: the policy that opens it widest)
+        assert len(refused) == 1 and rows_of + "policy 'app_pol' reads app.tenant_id, which any login can SET)" in (
+            refused[0]), refused
+        pg.execute("DROP POLICY app_pol ON public.orders", dbname=db)
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+        finally:
+            p.stop()
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def _provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
+    """`pgtenant provision` of `p`'s config (its exit code, its output)."""
+    from proxy.cli import main
+
+    p.write_config()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["provision", "--config", str(p.config_path), "--admin-dsn", p.cluster.dsn(), *args])
+    return code, out.getvalue()
+
+
+def test_provision_gives_a_database_tenant_none_of_the_other_tenants_of_its_database(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Provision granted a database tenant every table of its `schemas` (default public) and the default privileges
+    there, the shared tenants' view of their rows included (RLS does not filter a view), granted a schema tenant's
+    schema listed in `schemas`, and made pgtenant's policy for a backend role the database tenant shares with a
+    shared tenant (so its role reads what theirs reads). Now: the latter two are refused, the view is left out
+    (and a view made later is not granted by default); a reload preflights it again."""
+    prepare_backend(pg)
+    db = _orders_db(pg, "dshprov")
+    pg.execute("CREATE VIEW public.orders_v AS SELECT * FROM public.orders", dbname=db)
+    workdir = tmp_path_factory.mktemp("dshprov")
+    try:
+        p = _sharing_proxy(pg, workdir / "schemas", db, schema_tenant=True)
+        p.extra_tenants["dsd"]["schemas"] = ["public", "dsg_s"]
+        code, out = _provision_output(p)
+        assert code == 3 and ("REFUSED: tenant dsd: schemas lists dsg_s, the schema of tenant dsg (schema strategy) "
+                              "in the same database") in out, out
+        p = _sharing_proxy(pg, workdir / "role", db)
+        del p.extra_tenants["dsd"]["backend_user"]  # the backend's own role: the shared tenant's
+        code, out = _provision_output(p)
+        assert code == 3 and (f"REFUSED: tenant dsd (database strategy) and tenant dsa (shared strategy) share "
+                              f"database {db} and backend role {BACKEND_ROLE}") in out, out
+        p = _sharing_proxy(pg, workdir / "ok", db)
+        code, out = _provision_output(p, "--dry-run")
+        assert code == 0, out
+        assert f'REVOKE ALL ON "public"."orders_v" FROM "{DAN_ROLE}";' in out
+        assert f'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" REVOKE ALL ON TABLES FROM "{DAN_ROLE}";' in out
+        assert f'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "{DAN_ROLE}"' not in out
+        assert _provision_output(p)[0] == 0
+        pg.execute("CREATE VIEW public.later_v AS SELECT * FROM public.orders", dbname=db)
+        assert pg.execute("SELECT has_table_privilege(%s, 'public.orders', 'SELECT'), "
+                          "has_table_privilege(%s, 'public.orders_v', 'SELECT'), "
+                          "has_table_privilege(%s, 'public.later_v', 'SELECT')", (DAN_ROLE,) * 3,
+                          dbname=db) == [(True, False, False)]
+        p.start(provision=False)
+        try:
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            # a reload checks again: the later view opened to PUBLIC rejects it, the old config stays in force
+            pg.execute("GRANT SELECT ON public.later_v TO PUBLIC", dbname=db)
+            rejected = p.reload(expect="reload_rejected")
+            assert ("tenants.dsd: its backend role 'pgt_dsh_dan' can read other tenants' rows of public.later_v "
+                    "(tenant dsa: a view") in str(rejected.get("problem")), rejected
+            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            pg.execute("REVOKE SELECT ON public.later_v FROM PUBLIC", dbname=db)
+            p.reload(expect="reloaded")
+        finally:
+            p.stop()
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

@@ -28,6 +28,13 @@ TENANT_ROLES: dict[str, tuple[str, str]] = {
     "initech": ("pgt_role_2", "role-2-pw"),
 }
 
+# A database tenant of database saas, which the shared tenants acme and bigco and the schema tenant globex share
+# (issue 14): its own backend role, as the preflight requires (`extra_tenants=SAAS_DATABASE_TENANT,
+# extra_roles=SAAS_DATABASE_ROLE`; its user dan: `extra_users={"dan": ("hooli", "dan-pw")}`).
+SAAS_DATABASE_TENANT: dict[str, dict[str, Any]] = {
+    "hooli": {"strategy": "database", "database": "saas", "backend_user": "pgt_role_hooli"}}
+SAAS_DATABASE_ROLE: dict[str, str] = {"pgt_role_hooli": "role-hooli-pw"}
+
 # login user -> (tenant, password)
 USERS: dict[str, tuple[str, str]] = {
     "alice": ("acme", "alice-pw"),

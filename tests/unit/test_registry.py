@@ -175,3 +175,32 @@ def test_a_tenant_joining_a_database_tenants_database_prepares_it_again(tmp_path
     assert problems == [] and sorted(prepared) == ["acme", "globex"]  # initech's inputs are the same
     assert kept["acme"].database_shared and not kept["acme"].owns_database
     assert kept["initech"] is policies["initech"]
+
+
+def test_a_database_tenants_neighbours_moving_their_rows_prepare_it_again(tmp_path: Path) -> None:
+    """Issue 14 (wp-dbshare): a database tenant's preflight checks it cannot read its database's shared tenants'
+    scoped tables, so where they are is an input of its policy: a second shared tenant with other tables prepares it
+    again (already sharing: `database_shared` does not change); one more shared tenant like the first (another
+    tenant id) does not."""
+    prepared: list[str] = []
+
+    def preflight(_config: Config, tenant: TenantConfig, _scoped: object) -> SimpleNamespace:
+        prepared.append(tenant.name)
+        return report()
+
+    shared = {"strategy": "shared", "database": "acme", "tenant_id": "g", "tables": ["public.t"]}
+    base = {"acme": {"strategy": "database", "database": "acme"}, "globex": shared}
+    old = make_config(tmp_path, tenants=base, users={"alice": {"tenant": "acme"}})
+    reg = TenantRegistry(old, lambda _c, _t: {}, preflight)
+    policies, _ = reg.prepare_config(old, Unreachable)
+    reg.install(old, policies, [])
+    prepared.clear()
+    same = make_config(tmp_path, tenants={**base, "hooli": {**shared, "tenant_id": "h"}},
+                       users={"alice": {"tenant": "acme"}})
+    kept, problems = reg.prepare_config(same, Unreachable, keep_unchanged=True)
+    assert problems == [] and prepared == ["hooli"] and kept["acme"] is policies["acme"]
+    prepared.clear()
+    moved = make_config(tmp_path, tenants={**base, "hooli": {**shared, "tenant_id": "h", "tables": ["sales.t"]}},
+                        users={"alice": {"tenant": "acme"}})
+    kept, problems = reg.prepare_config(moved, Unreachable, keep_unchanged=True)
+    assert problems == [] and sorted(prepared) == ["acme", "hooli"]
