@@ -19,7 +19,18 @@ from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess, prepare_backend
-from tests.support.wire import SYNC, bind, connect, errors_in, execute, login, parse, read_message, read_until
+from tests.support.wire import (
+    SYNC,
+    bind,
+    connect,
+    errors_in,
+    exchange,
+    execute,
+    login,
+    parse,
+    read_message,
+    read_until,
+)
 
 # --- a tiny raw client ------------------------------------------------------------------------
 
@@ -93,6 +104,21 @@ def audited(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def audit_lines(p: ProxyProcess) -> list[dict]:
     path = Path(p.config_path).parent / "audit.log"
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize("body", [b"Sfid_s", b"Sfid_s\x00x", b"Sfid_s\x00\x00"], ids=["unterminated", "trailing",
+                                                                                   "two_nuls"])
+def test_a_malformed_close_leaves_the_statement(proxy: ProxyProcess, body: bytes) -> None:
+    """A Close of statement fid_s that PostgreSQL cannot read is refused (08P01) and closes nothing: a Bind of fid_s
+    then runs it (before, in transaction pooling: a CloseComplete, and the statement forgotten, 26000)."""
+    sock = connect(proxy, "ivan")
+    try:
+        assert errors_in(exchange(sock, parse("SELECT 41 + 1", "fid_s") + SYNC)) == []
+        closed = [t for t, _ in exchange(sock, m.frame(b"C", body) + SYNC)]
+        ran = exchange(sock, bind("fid_s") + execute() + SYNC)
+    finally:
+        sock.close()
+    assert (closed, [f["C"] for f in errors_in(ran)], rows_in(ran)) == ([b"E", b"Z"], [], [["42"]]), ran
 
 
 # =============================================================================================
