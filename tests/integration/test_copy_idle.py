@@ -1,8 +1,8 @@
 """A COPY FROM STDIN the client leaves idle holds its server no longer than idle_in_transaction_timeout (red team
 9s5: PostgreSQL times nothing in a COPY IN, so a tenant's idle COPYs held a database's whole max_db_connections
 budget for ever, and every other tenant of that database got 53300). One database (initech), two tenants (initech:
-ivan, hooli: hank), a budget of ONE server, pool size 1, transaction and session pooling, the pool's other clock
-off (client_message_timeout = 0: the bound runs whatever that is)."""
+ivan, hooli: hank), a budget of ONE server, pool size 1, transaction pooling (sticky servers on and off) and session
+pooling, the pool's other clock off (client_message_timeout = 0: the bound runs whatever that is)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,14 @@ from tests.support.proxyproc import TENANT_ROLES, ProxyProcess, prepare_backend
 BOUND = 2.0  # [limits] idle_in_transaction_timeout, seconds
 
 
-@pytest.fixture(scope="module", params=["transaction", "session"])
+@pytest.fixture(scope="module", params=[("transaction", True), ("transaction", False), ("session", False)],
+                ids=["transaction-sticky", "transaction-no_sticky", "session"])
 def budget(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[
         ProxyProcess]:
     prepare_backend(pg)
+    mode, sticky = request.param
     p = ProxyProcess(pg, tmp_path_factory.mktemp("copyidle"), backend_sslmode="disable",
-                     pool={"pool_mode": request.param, "pool_size": 1, "max_db_connections": 1,
+                     pool={"pool_mode": mode, "sticky_servers": sticky, "pool_size": 1, "max_db_connections": 1,
                            "query_wait_timeout": 15.0, "client_message_timeout": 0, "max_pin_time": 0.5},
                      limits={"idle_in_transaction_timeout": BOUND}, admin_users={"ops": ADMIN_PASSWORD},
                      extra_tenants={"hooli": {"strategy": "database", "database": "initech",

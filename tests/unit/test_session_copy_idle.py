@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from proxy.actions import AcquireServer, CloseClient, CopyInHeld, LimitReached, ReleaseServer
+from proxy.auth.scram import make_verifier
 from proxy.auth.throttle import AuthThrottle
+from proxy.config import Config, parse_config
 from proxy.policy import TenantPolicy
 from proxy.policy.cache import DecisionCache
 from proxy.protocol import messages as m
@@ -22,11 +24,23 @@ COPY_IN = m.frame(b"G", b"\x00\x00\x00")  # CopyInResponse: text, no columns
 BOUND = 5.0
 
 
-def _copying(tmp_path: Path, mode: str, now: list[float]) -> tuple[ClientSession, list]:
+def _tenant_bound(tmp_path: Path) -> Config:
+    """Transaction pooling, the global idle_in_transaction_timeout (300 s), tenant acme's own: BOUND."""
+    (tmp_path / "s.toml").write_text(f'[users]\nalice = "{make_verifier("pw")}"\n')
+    return parse_config({
+        "secrets_file": "s.toml", "pool": {"pool_mode": "transaction", "sticky_servers": False},
+        "backends": {"main": {}}, "users": {"alice": {"tenant": "acme"}},
+        "tenants": {"acme": {"strategy": "shared", "database": "saas", "tenant_id": "acme",
+                             "idle_in_transaction_timeout": BOUND}},
+    }, base=tmp_path)
+
+
+def _copying(tmp_path: Path, mode: str, now: list[float], config: Config | None = None) -> tuple[ClientSession, list]:
     """A session of `mode` (client_message_timeout 0) whose client sent COPY FROM STDIN at 0 s, answered by the
     server's CopyInResponse; the actions of that answer."""
-    s = ClientSession(make_config(tmp_path, pool={"pool_mode": mode, "client_message_timeout": 0},
-                                  idle_in_transaction_timeout=BOUND),
+    config = config or make_config(tmp_path, pool={"pool_mode": mode, "client_message_timeout": 0},
+                                   idle_in_transaction_timeout=BOUND)
+    s = ClientSession(config,
                       session_id="s1", client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2),
                       clock=lambda: now[0], tls_available=False)
     login(s)
@@ -84,3 +98,15 @@ def test_a_copy_whose_client_is_not_read_is_not_idle(tmp_path: Path) -> None:
     assert s.message_tick(now[0]) == []
     now[0] = 4 * BOUND
     assert [type(a) for a in s.message_tick(now[0])] == [LimitReached, ReleaseServer, CloseClient]
+
+
+def test_the_tenants_own_idle_in_transaction_timeout_bounds_its_copy(tmp_path: Path) -> None:
+    """The tenant's limit (BOUND) over the global one (300 s)."""
+    now = [0.0]
+    s, _ = _copying(tmp_path, "transaction", now, _tenant_bound(tmp_path))
+    now[0] = BOUND - 0.5
+    assert s.message_tick(now[0]) == []
+    now[0] = BOUND
+    out = s.message_tick(now[0])
+    assert [type(a) for a in out] == [LimitReached, ReleaseServer, CloseClient], out
+    assert "for 5 s" in out[2].error.message
