@@ -38,7 +38,7 @@ from proxy.pooling import (
     replica_key,
 )
 from proxy.reasons import CloseReason
-from proxy.replicas import Route, Router
+from proxy.replicas import Route, Router, kept
 from proxy.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class Pool:
         choice = None
         if routed is not None and routed.route is not None:
             request = routed.request
-            choice = self.router.kept(request.backend.name, routed.route, now, link.server.replica)
+            choice = kept(self.router, request.backend.name, routed.route, now, link.server.replica)
             if choice is None:
                 return False
         if not self.manager.reuse(id(client), link.server.id, now):
