@@ -153,8 +153,12 @@ class Pool:
                 return False
         if not self.manager.reuse(id(client), link.server.id, now):
             return False
-        if choice is not None:
-            self.proxy.metrics.replica_routed(request.tenant, request.backend.name, choice.server)
+        if choice is not None:  # (counted as replica_routed: the same count while the request and Choice are)
+            routed_count = link.routed
+            if routed_count is None or routed_count[0] is not request or routed_count[1] is not choice:
+                routed_count = link.routed = (request, choice, self.proxy.metrics.replica_routed_count(
+                    request.tenant, request.backend.name, choice.server))
+            routed_count[2][0] += 1
         link.owner = client
         link.server.last_used = now
         return True
