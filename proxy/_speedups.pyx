@@ -1075,7 +1075,7 @@ cdef class RequestTracker:
 # --- proxy.replicas -----------------------------------------------------------------------------------------
 
 cdef bint _replicas_bound = False
-cdef object _judged, _writes_nothing_sql, _read_only_default
+cdef object _judged, _writes_nothing_sql, _read_only_default, _Route, _Deny, _READ_ONLY, _PRIMARY
 cdef dict _verdicts
 cdef Py_ssize_t _KEPT_AS_TEXT  # a text up to this long is its own key in replicas._verdicts (and is judged)
 
@@ -1083,7 +1083,9 @@ cdef Py_ssize_t _KEPT_AS_TEXT  # a text up to this long is its own key in replic
 cdef int _bind_replicas() except -1:
     """proxy.replicas' names, bound apart (it imports the parser and the config: never at another module's load)."""
     global _replicas_bound, _judged, _writes_nothing_sql, _read_only_default, _verdicts, _KEPT_AS_TEXT
+    global _Route, _Deny, _READ_ONLY, _PRIMARY
     from proxy import replicas
+    _Route, _Deny, _READ_ONLY, _PRIMARY = replicas.Route, replicas.Deny, replicas.READ_ONLY, replicas._PRIMARY
     _judged, _writes_nothing_sql = replicas._judged, replicas.writes_nothing_sql
     _read_only_default, _verdicts = replicas._READ_ONLY_SQL, replicas._verdicts
     _KEPT_AS_TEXT = min(replicas._MAX_KEPT, replicas.MAX_JUDGED)
@@ -1183,3 +1185,64 @@ cpdef object read_only_request(data, statement, judge=None):
         elif t != 0x45 and t != 0x44 and t != 0x53 and t != 0x48 and t != 0x43:  # Execute, Describe, Sync, Flush, Close
             return False
     return pos == n and (last == 0x51 or last == 0x53 or last == 0x48)
+
+
+cpdef object request_route(routing, data, decide, statement):
+    """proxy.replicas.request_route: the lone Query's text, its cached decision and its Route (Routed.route's read-only
+    case inline) in one call; any other request walked by read_only_request."""
+    cdef bytes buf = data if type(data) is bytes else bytes(data)
+    if not _replicas_bound:
+        _bind_replicas()
+    sql = lone_query_text(buf)
+    read_only = None
+    if sql is not None:
+        cached = getattr(decide, "cached", None)
+        decision = cached(sql) if cached is not None else None
+        if decision is not None:
+            routing.memo = (sql, decision, decide)
+            read_only = type(decision) is not _Deny and _READ_ONLY in decision.effects
+    if read_only is None:
+        read_only = read_only_request(buf, statement)
+    if not read_only:
+        return _route_may_write(routing, buf, statement)
+    routing.read_only = True  # (Routed.route(True))
+    routing.wrote = False
+    wrote_at = routing.wrote_at
+    if wrote_at is None:
+        return routing._routes[1]
+    return _Route(routing.routing, True, wrote_at)
+
+
+def _route_may_write(routing, bytes data, statement):
+    return routing.route(False, lambda: not read_only_request(data, statement, _writes_nothing_sql))
+
+
+cpdef object kept(router, backend, route, now, replica):
+    """proxy.replicas.kept: the route's checks and the replica set's cached fit read in one call."""
+    cdef dict sets, fits, choices
+    if not _replicas_bound:
+        _bind_replicas()
+    routing = route.routing
+    kind = routing.route
+    if kind == "primary" or (kind == "auto" and not route.read_only):
+        return _PRIMARY if replica is None else None
+    sets = router.sets
+    s = sets.get(backend)
+    if s is None:
+        names = []
+    else:
+        fits = s._fit
+        fit = fits.get(routing.max_replica_lag) if route.wrote_at is None else None
+        if fit is not None and now <= fit[1]:
+            names = fit[0]
+        else:
+            names = s.candidates(now, routing.max_replica_lag, route.wrote_at, routing.max_staleness)
+    if replica is not None:
+        if replica not in names:
+            return None
+        choices = router._choices
+        choice = choices.get(replica)
+        return choice if choice is not None else router._choice(replica)
+    if names or (kind == "replica" and routing.replica_fallback == "refuse"):
+        return None
+    return _PRIMARY

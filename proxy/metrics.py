@@ -150,7 +150,7 @@ class _RoutedCollector(Collector):
             "refused (no healthy replica, replica_fallback = refuse).", labels=["tenant", "backend", "server"])
         totals: dict[tuple[str, str, str], int] = {}
         labels = self.metrics._routed_labels
-        for key, n in list(self.metrics._routed.items()):
+        for key, (n,) in list(self.metrics._routed.items()):
             label = labels[key]
             totals[label] = totals.get(label, 0) + n
         for label, n in sorted(totals.items()):
@@ -400,7 +400,7 @@ class Metrics:
         self._replica_source: Callable[[], list[ReplicaGauges]] | None = None
         r.register(_ReplicaCollector(self))
         # (tenant, backend, server) -> routed requests, and its labels (the tenant's label taken at its first)
-        self._routed: dict[tuple[str | None, str, str], int] = {}
+        self._routed: dict[tuple[str | None, str, str], list[int]] = {}  # (one-item lists: replica_routed_count)
         self._routed_labels: dict[tuple[str | None, str, str], tuple[str, str, str]] = {}
         r.register(_RoutedCollector(self))
         r.register(_PoolCollector(self))
@@ -537,12 +537,17 @@ class Metrics:
     def replica_routed(self, tenant: str | None, backend: str, server: str) -> None:
         """A request of a routed session of `tenant` went to `server` (a replica's name, "primary"), or nowhere
         ("refused"): a plain count (_RoutedCollector), the tenant's label looked up once per key."""
+        self.replica_routed_count(tenant, backend, server)[0] += 1
+
+    def replica_routed_count(self, tenant: str | None, backend: str, server: str) -> list[int]:
+        """The count replica_routed adds to for that key, as a one-item list: a caller that counts the same key
+        request after request (a kept server's resume) keeps it and adds to it (`count[0] += 1`), no lookup."""
         key = (tenant, backend, server)
-        try:
-            self._routed[key] += 1
-        except KeyError:
+        count = self._routed.get(key)
+        if count is None:
             self._routed_labels[key] = (self.tenant(tenant), backend, server)
-            self._routed[key] = 1
+            count = self._routed[key] = [0]
+        return count
 
     def pool_waited(self, tenant: str, seconds: float) -> None:
         """A client of a tenant label got a server after waiting `seconds`."""

@@ -17,6 +17,7 @@ from proxy._accel import speedups
 from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
 from proxy.policy import readonly, shape
+from proxy.policy.model import READ_ONLY, Deny
 from proxy.protocol import messages as m
 
 # What the poller asks (the I/O layer runs it with the backend's own credentials, never a tenant's).
@@ -296,32 +297,6 @@ class Router:
             return Choice(refusal=errors.no_healthy_replica(tenant=tenant, seconds=routing.max_replica_lag))
         return _PRIMARY
 
-    def kept(self, backend: str, route: Route, now: float, replica: str | None) -> Choice | None:
-        """A routed request whose session has a server kept for it (sticky) on `replica` (None: the primary): that
-        server's Choice when `choose` could choose it now — a replica among the candidates (up, within the lag, and
-        holding the session's last write: the same checks; any of them, the round robin's turn is not taken), the
-        primary when the route goes there (a write, or no candidate and a fallback to the primary) — else None (the
-        session gives the server back and asks the pool, which chooses anew)."""
-        routing = route.routing
-        kind = routing.route
-        if kind == "primary" or (kind == "auto" and not route.read_only):
-            return _PRIMARY if replica is None else None
-        s = self.sets.get(backend)
-        if s is None:
-            names: list[str] = []
-        else:  # (the usual case, no write to hold, read inline: ReplicaSet.candidates' cached fit)
-            fit = s._fit.get(routing.max_replica_lag) if route.wrote_at is None else None
-            names = fit[0] if fit is not None and now <= fit[1] else s.candidates(
-                now, routing.max_replica_lag, route.wrote_at, routing.max_staleness)
-        if replica is not None:
-            if replica not in names:
-                return None
-            choice = self._choices.get(replica)
-            return choice if choice is not None else self._choice(replica)
-        if names or (kind == "replica" and routing.replica_fallback == "refuse"):
-            return None
-        return _PRIMARY
-
     def _choice(self, name: str) -> Choice:
         choice = self._choices.get(name)
         return choice if choice is not None else self._choices.setdefault(name, Choice(name))
@@ -333,6 +308,33 @@ class Router:
                 health = s.health(name, now)
                 why = r.failure or ("no probe for too long" if health is Health.DOWN else None)
                 yield backend, name, health, r.lag(now), why
+
+
+def kept(router: Router, backend: str, route: Route, now: float, replica: str | None) -> Choice | None:
+    """A routed request whose session has a server kept for it (sticky) on `replica` (None: the primary): that
+    server's Choice when `router.choose` could choose it now — a replica among the candidates (up, within the lag, and
+    holding the session's last write: the same checks; any of them, the round robin's turn is not taken), the
+    primary when the route goes there (a write, or no candidate and a fallback to the primary) — else None (the
+    session gives the server back and asks the pool, which chooses anew). Run at every resumed routed request: it
+    has a compiled twin (proxy/_speedups.pyx)."""
+    routing = route.routing
+    kind = routing.route
+    if kind == "primary" or (kind == "auto" and not route.read_only):
+        return _PRIMARY if replica is None else None
+    s = router.sets.get(backend)
+    if s is None:
+        names: list[str] = []
+    else:  # (the usual case, no write to hold, read inline: ReplicaSet.candidates' cached fit)
+        fit = s._fit.get(routing.max_replica_lag) if route.wrote_at is None else None
+        names = fit[0] if fit is not None and now <= fit[1] else s.candidates(
+            now, routing.max_replica_lag, route.wrote_at, routing.max_staleness)
+    if replica is not None:
+        if replica not in names:
+            return None
+        return router._choice(replica)
+    if names or (kind == "replica" and routing.replica_fallback == "refuse"):
+        return None
+    return _PRIMARY
 
 
 def probe_targets(config: Config) -> list[tuple[BackendConfig, str, list[tuple[BackendConfig, ReplicaConfig]]]]:
@@ -404,6 +406,28 @@ def lone_query_text(data: bytes) -> str | None:
         return m.query_text(data[5:])
     except m.DecodeError:
         return None
+
+
+def request_route(routing: Routed, data: bytes, decide: object, statement: Callable[[str], str | None]) -> Route:
+    """The Route of the request(s) in `data` (Routed.route done) for a session whose reads may go to a replica (it
+    checked SERIALIZABLE and the agent profile first). A lone Query (lone_query_text) whose decision the policy
+    cache holds (`decide.cached(sql)`) only reads as the decision says (READ_ONLY, judged once per text or shape with
+    it), the decision kept for the gate that reads the Query next (`routing.memo`: one cache lookup for both); any
+    other request is walked (read_only_request, `statement`: a prepared statement's text). One routine for the
+    usual request, so it has a compiled twin (proxy/_speedups.pyx)."""
+    sql = lone_query_text(data)
+    read_only = None
+    if sql is not None:
+        cached = getattr(decide, "cached", None)
+        decision = cached(sql) if cached is not None else None
+        if decision is not None:
+            routing.memo = (sql, decision, decide)
+            read_only = type(decision) is not Deny and READ_ONLY in decision.effects
+    if read_only is None:
+        read_only = read_only_request(data, statement)
+    if read_only:  # (the usual case: no closure to build)
+        return routing.route(True)
+    return routing.route(False, lambda: not read_only_request(data, statement, writes_nothing_sql))
 
 
 def _cstring(body: bytes, at: int) -> tuple[str, int]:
@@ -491,3 +515,5 @@ def serializable(statement: str | None) -> bool:
 if speedups is not None:  # the compiled build of these names (proxy/_speedups.pyx, proxy/_accel.py)
     read_only_request = speedups.read_only_request
     lone_query_text = speedups.lone_query_text
+    request_route = speedups.request_route
+    kept = speedups.kept

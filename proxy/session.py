@@ -76,7 +76,6 @@ from proxy.policy.model import (
     DISCARD_ALL,
     EMPTY_CONTEXT,
     HOLD_CURSOR,
-    READ_ONLY,
     SESSION_STATEMENTS,
     SQL_PREPARE,
     UNSEEN_SCHEMA,
@@ -1183,8 +1182,9 @@ class ClientSession:
             if not pins:
                 if self._may_keep(desired):
                     self._sticky = True
-                    if self.routing is not None:  # (its release's part for read-your-writes: a write ends now)
-                        self.routing.released(self.server.replica, self.clock)  # type: ignore[union-attr]
+                    routing = self.routing  # (its release's part for read-your-writes: a write ends now; nothing
+                    if routing is not None and (routing.wrote or routing.watching):  # to do after reads alone)
+                        routing.released(self.server.replica, self.clock)  # type: ignore[union-attr]
                     return [*actions, KeepServer()]
                 return actions + self._release()
         if desired is not None and desired != self._applied:
@@ -1298,8 +1298,14 @@ class ClientSession:
         if self.routing is None or not self._sticky:
             return None
         assert self.request is not None
-        self.routing.judged = len(data)
-        route, ask = self._route_of(data), self._resume_ask
+        routing = self.routing
+        routing.judged = len(data)
+        if self.agent is None and replicas.ISOLATION not in self._overrides and (
+                replicas.ISOLATION not in self._startup_settings):  # (_route_of's usual case, without its call)
+            route = replicas.request_route(routing, data, self.decide, self._statement_text)
+        else:
+            route = self._route_of(data)
+        ask = self._resume_ask
         if ask is None or ask.route is not route or ask.request is not self.request:  # (the usual Route is the same
             ask = self._resume_ask = AcquireServer(self.request, route)  # object at every read: its ask is kept)
         return ask
@@ -1308,8 +1314,9 @@ class ClientSession:
         """Event: the session holds the server kept for it again (its next request is about to be read): no replay,
         no statement placement, no sequence discard, since nobody else has used that server meanwhile."""
         self._sticky = False
-        if self.routing is not None and self.server is not None:
-            self.routing.attached(self.server.replica, self.pooled)
+        routing, server = self.routing, self.server
+        if routing is not None and server is not None and (server.replica is None or routing.watching):
+            routing.attached(server.replica, self.pooled)  # (a replica's: watching stays off, as the keep left it)
         return []
 
     def server_taken(self) -> list[Action]:
@@ -1673,14 +1680,7 @@ class ClientSession:
             return routing.route(False)
         if self.agent is not None:
             return routing.route(True)
-        sql = replicas.lone_query_text(data)
-        read_only = self._decided_read_only(sql) if sql is not None else None
-        if read_only is None:
-            read_only = replicas.read_only_request(data, self._statement_text)
-        if read_only:  # (the usual case: no closure to build)
-            return routing.route(True)
-        return routing.route(False, lambda: not replicas.read_only_request(
-            data, self._statement_text, replicas.writes_nothing_sql))
+        return replicas.request_route(routing, data, self.decide, self._statement_text)
 
     # --- read replicas (proxy/replicas.py) -----------------------------------------------------
 
@@ -1689,21 +1689,6 @@ class ClientSession:
         st = self.statements
         s = (st.named.get(name) if name else st.unnamed) if st is not None else None
         return s.sql if s is not None else None
-
-    def _decided_read_only(self, sql: str) -> bool | None:
-        """When the request is one Query (`sql`: its text, replicas.lone_query_text) whose decision the policy cache
-        holds: whether it only reads, as the decision says (READ_ONLY, judged once per text or shape with it), the
-        decision kept for the gate that reads the Query next (one cache lookup for both); else None (the text is
-        judged: replicas.read_only_request)."""
-        cached = getattr(self.decide, "cached", None)
-        if cached is None:
-            return None
-        decision = cached(sql)
-        if decision is None:
-            return None
-        assert self.routing is not None
-        self.routing.memo = (sql, decision, self.decide)
-        return type(decision) is not Deny and READ_ONLY in decision.effects  # type: ignore[union-attr]
 
     def _rerouted(self) -> list[Action] | None:
         """A replica lent for a read-only request while the client sent more that may write (a pipelined batch): it
@@ -1748,7 +1733,7 @@ class ClientSession:
             return query_message(self._error_marker(errors.malformed_message(str(exc))))
         routing = self.routing
         memo = routing.memo if routing is not None else None
-        if memo is not None:  # (the decision the session's routing looked up for this Query: _decided_read_only)
+        if memo is not None:  # (the decision the session's routing looked up for this Query: replicas.request_route)
             routing.memo = None  # type: ignore[union-attr]
         decision = memo[1] if memo is not None and memo[0] == sql and memo[2] is self.decide else self.decide(
             "query", sql)

@@ -45,6 +45,8 @@ class ServerLink(asyncio.Protocol):
         # parameters) (proxy/dbadefault.py); `stale` once that default changed (a reload): not handed out again.
         self.dba_default: tuple[tuple[str, str, str], dict[str, str]] | None = None
         self.stale = False
+        # (the request and Choice a routed session's resume of it last counted, and that count: Pool.reuse)
+        self.routed: tuple[object, object, list[int]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports are not asyncio subclasses

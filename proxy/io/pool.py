@@ -38,7 +38,7 @@ from proxy.pooling import (
     replica_key,
 )
 from proxy.reasons import CloseReason
-from proxy.replicas import Route, Router
+from proxy.replicas import Route, Router, kept
 from proxy.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
@@ -148,13 +148,17 @@ class Pool:
         choice = None
         if routed is not None and routed.route is not None:
             request = routed.request
-            choice = self.router.kept(request.backend.name, routed.route, now, link.server.replica)
+            choice = kept(self.router, request.backend.name, routed.route, now, link.server.replica)
             if choice is None:
                 return False
         if not self.manager.reuse(id(client), link.server.id, now):
             return False
-        if choice is not None:
-            self.proxy.metrics.replica_routed(request.tenant, request.backend.name, choice.server)
+        if choice is not None:  # (counted as replica_routed: the same count while the request and Choice are)
+            routed_count = link.routed
+            if routed_count is None or routed_count[0] is not request or routed_count[1] is not choice:
+                routed_count = link.routed = (request, choice, self.proxy.metrics.replica_routed_count(
+                    request.tenant, request.backend.name, choice.server))
+            routed_count[2][0] += 1
         link.owner = client
         link.server.last_used = now
         return True

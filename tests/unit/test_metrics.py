@@ -246,6 +246,15 @@ def test_routed_requests_are_plain_counts_labelled_at_their_first() -> None:
     metrics.replica_routed("acme", "main", "r1")
     assert _samples(metrics)[
         ("pgtenant_replica_routed_total", (("backend", "main"), ("server", "r1"), ("tenant", "acme")))] == 3
+    count = metrics.replica_routed_count("acme", "main", "r1")  # (what a kept server's resume adds to: Pool.reuse)
+    assert count == [3] and metrics.replica_routed_count("acme", "main", "r1") is count
+    count[0] += 2
+    assert _samples(metrics)[
+        ("pgtenant_replica_routed_total", (("backend", "main"), ("server", "r1"), ("tenant", "acme")))] == 5
+    assert metrics.replica_routed_count("initech", "main", "r2") == [0]  # (labelled at its first: _other here)
+    metrics.replica_routed("initech", "main", "r2")
+    assert _samples(metrics)[
+        ("pgtenant_replica_routed_total", (("backend", "main"), ("server", "r2"), ("tenant", "_other")))] == 1
 
 
 def test_pins_are_counted_by_reason_and_timed() -> None:

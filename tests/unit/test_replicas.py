@@ -19,6 +19,7 @@ from proxy.replicas import (
     ReplicaSet,
     Route,
     Router,
+    kept,
     parse_lsn,
     probe_targets,
     read_only_request,
@@ -176,32 +177,32 @@ def test_a_kept_server_serves_only_what_the_router_could_choose_it_for(tmp_path:
     s = router.sets["main"]
     auto, every = RoutingConfig(route="auto", max_replica_lag=5.0), RoutingConfig(route="replica")
     read, write = Route(auto, read_only=True), Route(auto, read_only=False)
-    assert router.kept("main", read, 1.0, "r1") is None  # nothing probed yet: not a candidate
-    assert router.kept("main", read, 1.0, None) == router.choose("main", None, 1.0, "acme")  # the primary serves
+    assert kept(router, "main", read, 1.0, "r1") is None  # nothing probed yet: not a candidate
+    assert kept(router, "main", read, 1.0, None) == router.choose("main", None, 1.0, "acme")  # the primary serves
     s.primary_polled(10.0, False, "0/100")
     for name in ("r1", "r2"):
         s.replica_polled(name, 10.1, True, "0/100")
     turn = router._turn
     for _ in range(3):
-        kept = router.kept("main", read, 10.2, "r2")
-        assert kept is not None and kept.replica == "r2" and kept.server == "r2"  # (not r1's turn)
+        choice = kept(router, "main", read, 10.2, "r2")
+        assert choice is not None and choice.replica == "r2" and choice.server == "r2"  # (not r1's turn)
     assert router._turn == turn
-    assert router.kept("main", write, 10.2, "r1") is None  # a write: the primary, never a kept replica
-    assert router.kept("main", write, 10.2, None) == router.choose("main", write, 10.2, "acme")
-    assert router.kept("main", read, 10.2, None) is None  # a read goes to a replica: not the kept primary
-    assert router.kept("main", Route(auto, True, wrote_at=10.5), 10.6, "r1") is None  # read-your-writes
+    assert kept(router, "main", write, 10.2, "r1") is None  # a write: the primary, never a kept replica
+    assert kept(router, "main", write, 10.2, None) == router.choose("main", write, 10.2, "acme")
+    assert kept(router, "main", read, 10.2, None) is None  # a read goes to a replica: not the kept primary
+    assert kept(router, "main", Route(auto, True, wrote_at=10.5), 10.6, "r1") is None  # read-your-writes
     s.primary_polled(11.0, False, "0/200")
     s.replica_polled("r1", 11.1, True, "0/200")  # r1 replayed past the write: it may serve the session again
-    assert router.kept("main", Route(auto, True, wrote_at=10.5), 11.2, "r1") is not None
+    assert kept(router, "main", Route(auto, True, wrote_at=10.5), 11.2, "r1") is not None
     s.replica_failed("r1", "gone")
-    assert router.kept("main", read, 11.2, "r1") is None  # down: its kept server is not reused
+    assert kept(router, "main", read, 11.2, "r1") is None  # down: its kept server is not reused
     s.replica_polled("r2", 11.1, True, "0/100")
     assert s.health("r2", 16.0) is Health.LAGGING
-    assert router.kept("main", read, 16.0, "r2") is None  # lagging (6 s behind, max 5 s)
-    assert router.kept("main", read, 16.0, None) is not None  # no candidate: the primary
-    assert router.kept("main", Route(RoutingConfig(), read_only=True), 16.0, None) is not None  # route "primary"
-    assert router.kept("main", Route(every, True), 16.0, None) is not None  # replica_fallback = "primary"
-    assert router.kept("main", Route(replace(every, replica_fallback="refuse"), True), 16.0, None) is None
+    assert kept(router, "main", read, 16.0, "r2") is None  # lagging (6 s behind, max 5 s)
+    assert kept(router, "main", read, 16.0, None) is not None  # no candidate: the primary
+    assert kept(router, "main", Route(RoutingConfig(), read_only=True), 16.0, None) is not None  # route "primary"
+    assert kept(router, "main", Route(every, True), 16.0, None) is not None  # replica_fallback = "primary"
+    assert kept(router, "main", Route(replace(every, replica_fallback="refuse"), True), 16.0, None) is None
 
 
 def test_a_kept_replica_server_is_not_reused_once_its_replica_fell_behind_or_went_silent_without_a_probe(
@@ -216,16 +217,16 @@ def test_a_kept_replica_server_is_not_reused_once_its_replica_fell_behind_or_wen
     s.primary_polled(11.0, False, "0/200")
     s.replica_polled("r1", 11.1, True, "0/100")  # fresh as of 10.0, not caught up
     s.replica_polled("r2", 11.1, True, "0/200")  # caught up
-    assert router.kept("main", read, 11.2, "r1") is not None and router.kept("main", read, 11.2, "r2") is not None
-    assert router.kept("main", read, 14.9, "r1") is not None
-    assert router.kept("main", read, 15.1, "r1") is None  # 5.1 s behind: lagging, no probe needed to see it
-    assert router.kept("main", read, 15.1, "r2") is not None
+    assert kept(router, "main", read, 11.2, "r1") is not None and kept(router, "main", read, 11.2, "r2") is not None
+    assert kept(router, "main", read, 14.9, "r1") is not None
+    assert kept(router, "main", read, 15.1, "r1") is None  # 5.1 s behind: lagging, no probe needed to see it
+    assert kept(router, "main", read, 15.1, "r2") is not None
     silent = 11.1 + replicas.SILENCE_POLLS * s.poll_interval + s.probe_timeout
-    assert router.kept("main", read, silent - 0.1, "r2") is not None
-    assert router.kept("main", read, silent + 0.1, "r2") is None  # no probe for too long: down
+    assert kept(router, "main", read, silent - 0.1, "r2") is not None
+    assert kept(router, "main", read, silent + 0.1, "r2") is None  # no probe for too long: down
     s.replica_polled("r2", silent + 0.2, True, "0/200")
-    assert router.kept("main", read, silent + 0.3, "r2") is not None
-    assert router.kept("main", Route(read.routing, True, wrote_at=silent), silent + 0.3, "r2") is None  # (its
+    assert kept(router, "main", read, silent + 0.3, "r2") is not None
+    assert kept(router, "main", Route(read.routing, True, wrote_at=silent), silent + 0.3, "r2") is None  # (its
     # copy is as of the primary's probe at 11.0: the write at `silent` is not known to be in it)
 
 

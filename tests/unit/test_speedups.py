@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from proxy import _accel
 from proxy._accel import speedups
-from proxy.policy.model import Allow, Deny, Rewrite, TenantPolicy
+from proxy.config import RoutingConfig
+from proxy.policy.model import READ_ONLY, Allow, Deny, Rewrite, TenantPolicy
 
 # Every speed-up: (module, the name it replaces there, its name in the extension).
 HOOKED = [
@@ -35,6 +36,8 @@ HOOKED = [
     ("proxy.tracking", "RequestTracker", "RequestTracker"),
     ("proxy.replicas", "read_only_request", "read_only_request"),
     ("proxy.replicas", "lone_query_text", "lone_query_text"),
+    ("proxy.replicas", "request_route", "request_route"),
+    ("proxy.replicas", "kept", "kept"),
 ]
 PURE_RUN = os.environ.get("PGTENANT_PURE") == "1"
 compiled = pytest.mark.skipif(speedups is None, reason=f"the speed-ups do not run here ({_accel.status()})")
@@ -668,3 +671,169 @@ def test_lone_query_text_edges() -> None:
                  _frame(0x51, b"SELECT 1\x00") + _frame(0x53, b""), _frame(0x50, b"SELECT 1\x00"), b"Q", b""]:
         assert _outcome(fast, data) == _outcome(py, data), data
     assert fast(_frame(0x51, b"SELECT 1\x00")) == "SELECT 1" and fast(_frame(0x51, b"a\x00b\x00")) is None
+
+
+# --- proxy.replicas.request_route -------------------------------------------------------------------------------
+
+_DECISIONS: dict[str, object] = {
+    "reads": Allow(effects=frozenset({READ_ONLY})), "writes": Allow(), "deny": Deny("42501", "no", "", "rule"),
+    "rewrite reads": Rewrite("SELECT 2", ("r",), frozenset({READ_ONLY})),
+}
+
+
+class _Decide:
+    """A session's decide function as request_route sees it: `cached(sql)` answers `decisions[sql]`, or one decision
+    for every text; every call noted."""
+
+    def __init__(self, asked: list[str], answer: str | None, by_text: dict[str, str]) -> None:
+        self.asked, self.answer, self.by_text = asked, answer, by_text
+
+    def cached(self, sql: str) -> object:
+        self.asked.append(f"cached {sql!r}")
+        answer = self.by_text.get(sql, self.answer)
+        return None if answer is None else _DECISIONS[answer]
+
+
+def _route_run(module: ModuleType, data: bytes, known: dict[str, str], answer: str | None, wrote_at: float | None,
+               plain: bool) -> tuple[object, ...]:
+    """What `module`'s request_route answers for `data` (a session that wrote at `wrote_at`; `plain`: a decide
+    function without `cached`), the routing left as it leaves it, and every statement, text and decision it asked."""
+    asked: list[str] = []
+
+    def statement(name: str) -> str | None:
+        asked.append(f"statement {name!r}")
+        return known.get(name)
+
+    routing = module.Routed(RoutingConfig(route="auto"))
+    routing.wrote_at, routing.wrote, routing.read_only, routing.memo = wrote_at, True, False, None
+    decide: Any = (lambda kind, sql: None) if plain else _Decide(asked, answer, {"SELECT 1": "writes"})
+    route = _outcome(module.request_route, routing, data, decide, statement)
+    memo = routing.memo
+    if memo is not None:
+        assert memo[2] is decide
+        memo = (memo[0], memo[1])
+    shown = ((route.routing, route.read_only, route.wrote_at, route is routing._routes[route.read_only])
+             if isinstance(route, module.Route) else route)
+    return shown, routing.read_only, routing.wrote, memo, asked
+
+
+_LONE_QUERY = st.builds(lambda sql, cut: (_frame(0x51, sql.encode() + b"\x00")[:cut], {}),
+                        st.sampled_from(_ROUTED_SQL[:-2]), st.sampled_from([None, None, None, -1, 5]))
+
+
+@compiled
+@settings(max_examples=3000, deadline=None)
+@given(_routed_batch() | _LONE_QUERY, st.sampled_from([None, *_DECISIONS]), st.sampled_from([None, 12.5]),
+       st.booleans())
+def test_request_route(batch: tuple[bytes, dict[str, str]], answer: str | None, wrote_at: float | None,
+                       plain: bool) -> None:
+    """The same Route (the session's kept one while it has written nothing), the same routing state (read_only,
+    wrote, the decision kept for the gate), the same questions in the same order: any client bytes, a decision of
+    each kind or none cached, after a write or not."""
+    import proxy.replicas
+
+    data, known = batch
+    assert _route_run(proxy.replicas, data, known, answer, wrote_at, plain) == _route_run(
+        pure("proxy.replicas"), data, known, answer, wrote_at, plain)
+
+
+@compiled
+def test_request_route_edges() -> None:
+    """A lone Query judged by its cached decision (whatever its text says), else walked; a write's Route."""
+    import proxy.replicas
+
+    query = _frame(0x51, b"SELECT 1\x00")  # (its decision, by text: "writes")
+    delete = _frame(0x51, b"DELETE FROM t\x00")
+    batch = _frame(0x50, b"\x00SELECT 3\x00\x00\x00") + _frame(0x42, b"\x00\x00" + b"\x00" * 6) + _frame(0x53, b"")
+    for data in [query, delete, batch, _frame(0x51, b"a\x00b\x00"), b""]:
+        for answer in [None, *_DECISIONS]:
+            for wrote_at in (None, 3.0):
+                for plain in (False, True):
+                    fast = _route_run(proxy.replicas, data, {}, answer, wrote_at, plain)
+                    assert fast == _route_run(pure("proxy.replicas"), data, {}, answer, wrote_at, plain), (
+                        data, answer, wrote_at, plain)
+    # "SELECT 1" reads, yet its decision says it does not: the primary, as it said; DELETE reads as its decision says
+    assert _route_run(proxy.replicas, query, {}, "reads", None, False)[:3] == (
+        (RoutingConfig(route="auto"), False, None, True), False, False)  # (nor a write: it writes nothing)
+    assert _route_run(proxy.replicas, delete, {}, "reads", None, False)[:3] == (
+        (RoutingConfig(route="auto"), True, None, True), True, False)
+    assert _route_run(proxy.replicas, delete, {}, None, 3.0, False)[:3] == (
+        (RoutingConfig(route="auto"), False, 3.0, False), False, True)
+
+
+# --- proxy.replicas.kept -----------------------------------------------------------------------------------------
+
+_POLLS = st.lists(st.tuples(st.sampled_from(["primary", "r1", "r2", "fail r1", "fail r2"]),
+                            st.sampled_from([10.0, 11.0, 11.5, 14.0]), st.sampled_from(["0/100", "0/200", None])),
+                  max_size=6)
+
+
+def _kept_run(module: ModuleType, polls: list[tuple[str, float, str | None]], asks: list[tuple[Any, ...]]
+              ) -> list[object]:
+    """`module`'s kept for each ask (backend, route kind, read-only, wrote_at, fallback, now, kept replica) on a
+    router whose replica set saw `polls`: the Choice as (replica, server, the router's own one), the fit it kept."""
+    router = module.Router.__new__(module.Router)
+    replica_set = module.ReplicaSet("main", {n: module.Replica(n, etl=False) for n in ("r1", "r2")}, 1.0, 2.0, 5.0)
+    router.sets, router._turn, router._choices = {"main": replica_set}, 0, {}
+    for what, at, lsn in polls:
+        if what == "primary":
+            replica_set.primary_polled(at, False, lsn or "0/50")
+        elif what.startswith("fail"):
+            replica_set.replica_failed(what[5:], "gone")
+        else:
+            replica_set.replica_polled(what, at + 0.1, lsn is not None, lsn)
+    out: list[object] = []
+    for backend, kind, read_only, wrote_at, fallback, now, replica in asks:
+        routing = RoutingConfig(route=kind, max_replica_lag=2.0, replica_fallback=fallback)
+        choice = _outcome(module.kept, router, backend, module.Route(routing, read_only, wrote_at), now, replica)
+        if isinstance(choice, module.Choice):
+            own = choice is module._PRIMARY or choice is router._choices.get(choice.replica)
+            choice = (choice.replica, choice.server, choice.refusal, own)
+        out.append((choice, {lag: (list(names), until) for lag, (names, until) in replica_set._fit.items()},
+                    router._turn))
+    return out
+
+
+@compiled
+@settings(max_examples=3000, deadline=None)
+@given(_POLLS, st.lists(st.tuples(
+    st.sampled_from(["main", "other"]), st.sampled_from(["auto", "replica", "primary"]), st.booleans(),
+    st.sampled_from([None, 9.0, 10.5, 11.2]), st.sampled_from(["primary", "refuse"]),
+    st.sampled_from([10.5, 11.2, 12.0, 13.4, 14.1, 16.0, 30.0]), st.sampled_from([None, "r1", "r2", "r3"])),
+    min_size=1, max_size=4))
+def test_kept(polls: list[tuple[str, float, str | None]], asks: list[tuple[Any, ...]]) -> None:
+    """The same Choice (the router's own object) or None, the same fit kept, no turn taken: replicas up, down,
+    lagging, silent, behind a write or not; every route kind and fallback; a kept replica or the primary."""
+    import proxy.replicas
+
+    assert _kept_run(proxy.replicas, polls, asks) == _kept_run(pure("proxy.replicas"), polls, asks)
+
+
+@compiled
+def test_kept_edges() -> None:
+    """The fit kept from an earlier request holds only until its time: a silent replica, one falling behind, a
+    write to hold (read-your-writes), a replica not among the candidates, no replica set, each route kind."""
+    import proxy.replicas
+
+    caught_up = [("primary", 10.0, "0/100"), ("r1", 10.0, "0/100")]
+    behind = [("primary", 10.0, "0/100"), ("primary", 11.0, "0/200"), ("r1", 11.0, "0/100"), ("r2", 11.0, "0/200")]
+    read = ("main", "auto", True, None, "primary")
+    asks = [
+        [(*read, 10.5, "r1"), (*read, 14.1, "r1"), (*read, 16.0, "r1"), (*read, 16.0, None)],  # silent past 15.1
+        [(*read, 11.2, "r1"), (*read, 11.9, "r1"), (*read, 12.1, "r1"), (*read, 12.1, "r2")],  # r1 lags past 12.0
+        [(*read, 11.2, "r2"), ("main", "auto", True, 11.05, "primary", 11.2, "r2"),
+         ("main", "auto", True, 10.5, "primary", 11.2, "r1"), ("main", "auto", True, 10.5, "primary", 11.2, "r2")],
+        [("main", "replica", True, None, "refuse", 30.0, None), ("main", "replica", True, None, "primary", 30.0, None),
+         ("main", "auto", False, None, "primary", 11.2, None), ("main", "auto", False, None, "primary", 11.2, "r2"),
+         ("main", "primary", True, None, "primary", 11.2, None), ("other", "auto", True, None, "primary", 11.2, None),
+         ("other", "auto", True, None, "primary", 11.2, "r1"), (*read, 11.2, "r3")],
+    ]
+    for polls in (caught_up, behind):
+        for run in asks:
+            fast = _kept_run(proxy.replicas, polls, run)
+            assert fast == _kept_run(pure("proxy.replicas"), polls, run), (polls, run)
+    # (what the cases are for: the kept fit stops holding at its time)
+    assert _kept_run(proxy.replicas, caught_up, asks[0])[1][0] == ("r1", "r1", None, True)
+    assert _kept_run(proxy.replicas, caught_up, asks[0])[2][0] is None
+    assert _kept_run(proxy.replicas, behind, asks[1])[1][0] == ("r1", "r1", None, True)
+    assert _kept_run(proxy.replicas, behind, asks[1])[2][0] is None
