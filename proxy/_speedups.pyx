@@ -317,6 +317,10 @@ cdef class MessageStream:
                         out.append(_run(buf, p, run_start, pos))
                     out.append(Message(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4)))
                     run_start = end
+                elif g and not r and (<const unsigned char *>PyBytes_AS_STRING(self._drop))[t]:  # (dropped unread)
+                    if run_start < pos:
+                        out.append(_run(buf, p, run_start, pos))
+                    run_start = end
                 else:
                     if g and (needle_len == 0 or memmem(p + pos + 5, <size_t>(length - 4), needle,
                                                          <size_t>needle_len) != NULL):

@@ -206,9 +206,10 @@ class MessageStream:
         their other messages go as before (a guard that sets another guard sets it from the next message on). None:
         no guard (nothing is looked at: the stream's own speed). With `leaks`, a guarded message of no handler longer
         than GUARD_STREAM and not yet whole is streamed: leaks(piece) is asked of each piece (with the held-back end
-        of the one before), and a True raises GuardHit (the message begun cannot be replaced). Such a message of a type
-        in `drop` (one the guard would swallow unread: a cut result's rest) is dropped as it arrives instead, with or
-        without `leaks`: nothing of it returned, held or given to the guard (red team 9a7 H5)."""
+        of the one before), and a True raises GuardHit (the message begun cannot be replaced). A guarded message of a
+        type in `drop` and of no handler (one the guard would swallow unread: a cut result's rest) is dropped as it
+        arrives instead, whole or not, with or without `leaks`: nothing of it returned, held or given to the guard (red
+        team 9a7 H5: a large one was held whole; H1: each small one cost a call of the guard)."""
         table = bytearray(256)
         for t in types:
             table[t] = 1
@@ -338,6 +339,10 @@ class MessageStream:
                     if run_start < pos:
                         out.append(_run(buf, run_start, pos))
                     out.append(Message(t, buf[pos + 5 : end]))
+                    run_start = end
+                elif g and not r and self._drop[t]:  # (dropped unread: see `guard`)
+                    if run_start < pos:
+                        out.append(_run(buf, run_start, pos))
                     run_start = end
                 else:
                     if g and buf.find(needle, pos + 5, end) >= 0:
