@@ -97,6 +97,8 @@ cdef class MessageStream:
     cdef bytes _guarded
     cdef bytes _needle
     cdef object _leaks
+    cdef bytes _drop
+    cdef bint _dropping
     cdef bytes _tail
     cdef int _stype
     cdef bytes _buf
@@ -120,6 +122,8 @@ cdef class MessageStream:
         self._guarded = _NO_ROLES
         self._needle = b""
         self._leaks = None
+        self._drop = _NO_ROLES
+        self._dropping = False
         self._tail = b""
         self._stype = -1
         self.intercept = intercept
@@ -172,12 +176,16 @@ cdef class MessageStream:
         self._types = _shared(bytes(handlers))
         self._build_roles()
 
-    def guard(self, guard, types=frozenset(), needle=b"", leaks=None):
+    def guard(self, guard, types=frozenset(), needle=b"", leaks=None, drop=frozenset()):
         table = bytearray(256)
         for t in types:
             table[t] = 1
         self._guard, self._guarded, self._needle = guard, _shared(bytes(table)), bytes(needle)
         self._leaks = leaks
+        table = bytearray(256)
+        for t in drop:
+            table[t] = 1
+        self._drop = _shared(bytes(table))
 
     cdef _build_roles(self):
         role = bytearray(256)
@@ -226,10 +234,16 @@ cdef class MessageStream:
         if self._stype >= 0:  # (a guarded message streamed: see `guard`)
             take = min(len(data), self._skip)
             self._skip -= take
-            piece = self._streamed(self._stype, self._tail + data[:take], self._skip)
+            if self._dropping:  # (nothing of it goes out or stays)
+                piece = b""
+                if not self._skip:
+                    self._stype, self._dropping = -1, False
+            else:
+                piece = self._streamed(self._stype, self._tail + data[:take], self._skip)
             if self._skip:
                 return [piece] if piece else out
-            out.append(piece)
+            if piece:
+                out.append(piece)
             data = data[take:]
             if not data:
                 return out
@@ -281,15 +295,19 @@ cdef class MessageStream:
                 if length > _SMALL_LIMIT and (<const unsigned char *>PyBytes_AS_STRING(self._small))[t]:
                     raise FramingError(f"invalid message length {length}", length)
                 if end > n:
-                    if g and not r and length > _GUARD_STREAM and self._leaks is not None:
+                    if g and not r and length > _GUARD_STREAM and (
+                            (<const unsigned char *>PyBytes_AS_STRING(self._drop))[t] or self._leaks is not None):
                         if run_start < pos:
                             out.append(_run(buf, p, run_start, pos))
                         self._skip, self._stype = end - n, t
-                        piece = self._streamed(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5, n - pos - 5),
-                                               end - n)
-                        out.append(PyBytes_FromStringAndSize(<const char *>p + pos, 5))
-                        if piece:
-                            out.append(piece)
+                        if (<const unsigned char *>PyBytes_AS_STRING(self._drop))[t]:
+                            self._dropping = True
+                        else:
+                            piece = self._streamed(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5,
+                                                                                n - pos - 5), end - n)
+                            out.append(PyBytes_FromStringAndSize(<const char *>p + pos, 5))
+                            if piece:
+                                out.append(piece)
                         if pos or not held:
                             self.begun += 1
                         pos = run_start = n
@@ -298,6 +316,10 @@ cdef class MessageStream:
                     if run_start < pos:
                         out.append(_run(buf, p, run_start, pos))
                     out.append(Message(t, PyBytes_FromStringAndSize(<const char *>p + pos + 5, length - 4)))
+                    run_start = end
+                elif g and not r and (<const unsigned char *>PyBytes_AS_STRING(self._drop))[t]:  # (dropped unread)
+                    if run_start < pos:
+                        out.append(_run(buf, p, run_start, pos))
                     run_start = end
                 else:
                     if g and (needle_len == 0 or memmem(p + pos + 5, <size_t>(length - 4), needle,

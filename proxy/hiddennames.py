@@ -37,8 +37,12 @@ _SHAPES = re.compile(
 NEEDLE = b"pg_9"
 # Any reserved name's shape: the last-line check once the session has sent more distinct names than it keeps.
 _ANY_RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
-# Every one of them, overlapping ones too (a name may begin in the last two characters of a shape before it).
-_EVERY_RESERVED = re.compile(rb"(?=(pg_9[a-z2-7]{24}))")
+# Where every one of them begins, overlapping ones too: a name may begin in the last two characters of a shape before
+# it (never earlier: its third character, "_", is no letter of a shape), so a match takes its first 26 characters and
+# only looks at the last two. (A pattern that begins with its literal is searched at C speed, memchr-like: a
+# lookahead around the whole name was scanned at every position, ~30 times slower, red team 9a7 H1.)
+_EVERY_RESERVED = re.compile(rb"pg_9[a-z2-7]{22}(?=[a-z2-7]{2})")
+_RESERVED_LEN = 28
 # Distinct reserved names of other sessions' temporary schemas (`pg_temp_N`, any N: renamed whatever else the
 # statement names) a session keeps for the last-line check; past them, any reserved name's shape. A hidden schema's
 # reserved name is always kept (there are as many as the tenant has hidden schemas): the bound is reached at the same
@@ -102,14 +106,16 @@ class InFlight:
     def leaks(self, data: bytes) -> bool:
         """Whether `data` (a message for the client) holds a reserved name this session sent. One pass over `data`
         for every name of the reserved shape, each looked up: what it costs does not depend on how many names the
-        session sent (none, after naming a missing schema; one, a hidden one: red team 9a6 G3)."""
+        session sent (none, after naming a missing schema; one, a hidden one: red team 9a6 G3; up to MAX_SENT: each
+        was searched for in turn, 632 µs a row of "pg_9" at 4,000 names, red team 9a7 H1)."""
         if NEEDLE not in data:
             return False
         if self.shapes:
             return _ANY_RESERVED.search(data) is not None
         hidden, sent = self.hidden, self.sent
         for found in _EVERY_RESERVED.finditer(data):
-            name = found.group(1)
+            at = found.start()
+            name = data[at : at + _RESERVED_LEN]
             if name in hidden or name in sent:
                 return True
         return False

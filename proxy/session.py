@@ -166,6 +166,9 @@ _RESULT_TEXT = frozenset({m.DATA_ROW, m.ROW_DESCRIPTION, m.COMMAND_COMPLETE, m.C
 _ASYNC_TEXT = frozenset({m.PARAMETER_STATUS, m.NOTIFICATION_RESPONSE})
 _GUARDED = _RESULT_TEXT | _ASYNC_TEXT
 _STATEMENT_ENDS = frozenset({m.COMMAND_COMPLETE, m.ERROR_RESPONSE, m.EMPTY_QUERY_RESPONSE, m.PORTAL_SUSPENDED})
+# What `_withholding` swallows unread (when no handler wants it): a large one is dropped as it arrives, never held
+# whole (MessageStream.guard's `drop`, red team 9a7 H5).
+_CUT_UNREAD = _BACKEND_TYPES - _ASYNC_TEXT - _STATEMENT_ENDS - {m.NOTICE_RESPONSE, m.READY_FOR_QUERY}
 _WITHHELD_KIND = {m.DATA_ROW: "data_row", m.ROW_DESCRIPTION: "row_description", m.COMMAND_COMPLETE: "command_complete",
                   m.COPY_DATA: "copy_data", ord("V"): "function_call_response", m.PARAMETER_STATUS: "parameter_status",
                   m.NOTIFICATION_RESPONSE: "notification_response"}
@@ -2861,7 +2864,7 @@ class ClientSession:
             self._context_failed()
         self._withheld = 1
         self._withheld_ends = int(type_ == m.COMMAND_COMPLETE)  # (the cut statement's own end: not one after it)
-        self.backend_stream.guard(self._last_line, _BACKEND_TYPES, b"")
+        self.backend_stream.guard(self._last_line, _BACKEND_TYPES, b"", drop=_CUT_UNREAD)
         return err.encode()
 
     def _withholding(self, type_: int, body: bytes, inner: Callable[[bytes], Any] | None) -> Any:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from proxy.hiddennames import MAX_SENT, InFlight, executed, written_back
 from proxy.policy.hiding import reserved_name
 from proxy.protocol import messages as m
@@ -195,3 +200,60 @@ def test_an_execute_of_a_statement_confirmed_gone_carries_no_names() -> None:
     flight.statements.update(k3=k2, k4=k2)
     flight.forget(None, frozenset({"k4"}))  # DISCARD ALL with a Parse of k4 sent after it
     assert set(flight.statements) == {"k4"}
+
+
+class _Kept(set):  # type: ignore[type-arg]
+    """The names a session sent, which the check may look up (counted) but never walk one by one."""
+
+    looked = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise AssertionError("the sent names were walked one by one: a per-name cost per message (red team 9a7 H1)")
+
+    def __contains__(self, name: object) -> bool:
+        _Kept.looked += 1
+        return super().__contains__(name)
+
+
+def test_a_message_is_checked_without_walking_the_names_sent() -> None:
+    """Red team 9a7 H1: every row holding "pg_9" was tested against each of up to 4,096 names sent (632 µs a row).
+    The check looks up the names the message holds, whatever their number: the same lookups for 1 name sent as for
+    MAX_SENT, dense "pg_9" data included, and the sent names themselves are never iterated."""
+    rows = [b"pg_9" * 5000, b"pg_9" + b"a" * 23 + b"." + b"pg_9pg_9",
+            (b"x " + reserved_name("initech").encode() + b".t ") * 50,  # (50 of one shape not sent)
+            b"".join(reserved_name(f"other_{i}").encode() + b"." for i in range(40))]
+    looked: list[list[int]] = []
+    for count in (1, MAX_SENT):
+        flight = InFlight()
+        flight.sent, flight.hidden = _Kept(), _Kept()
+        flight.sending(((R, "globex"),))
+        flight.sending(tuple((reserved_name(f"pg_temp_{i}"), f"pg_temp_{i}") for i in range(count)))
+        assert not flight.shapes and len(flight.sent) == count
+        counts = []
+        for row in rows:
+            _Kept.looked = 0
+            assert not flight.leaks(row)
+            counts.append(_Kept.looked)
+        _Kept.looked = 0
+        assert flight.leaks(rows[-1] + b'"' + reserved_name("pg_temp_0").encode() + b'.t"')
+        assert flight.leaks(b"pg_9" * 5000 + R.encode() + b".t")
+        looked.append(counts)
+    assert looked[0] == looked[1] == [0, 0, 100, 80]  # (a name held: looked up in both sets, once per place)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"pg_9", b"p", b"g", b"_", b"9", b"a", b"2", b"pg", b"_9", b".", b"a" * 11,
+                                 b"b" * 22]), max_size=30), st.integers(0, 3))
+@example([b"pg_9", b"b" * 22, b"pg", b"_9", b"b" * 22, b"a", b"a"], 1)  # (the second begins in the first's last two)
+@example([b"pg_9", b"b" * 22, b"a", b"p", b"g", b"_9", b"b" * 22, b"a", b"a"], 1)
+def test_every_reserved_name_in_a_message_is_found(parts: list[bytes], which: int) -> None:
+    """Wherever names of the reserved shape begin (overlapping ones too: one may begin in the last two characters of
+    the one before), the check finds the one the session sent: as a search for it at every position would."""
+    data = b"".join(parts)
+    starts = [at for at in range(len(data)) if re.fullmatch(rb"pg_9[a-z2-7]{24}", data[at : at + 28])]
+    flight = InFlight()
+    flight.sending(((R, "globex"),))
+    assert not flight.leaks(data)  # (R is none of these: its letters are random)
+    if starts:
+        flight.hidden.add(data[starts[which % len(starts)] :][:28])
+        assert flight.leaks(data)

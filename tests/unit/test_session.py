@@ -732,6 +732,29 @@ def test_a_result_holding_a_sent_reserved_name_is_cut_and_the_session_goes_on(se
     assert _run(session, answer) == (answer, [])
 
 
+@pytest.mark.parametrize("large", [b"D", b"d"])
+def test_a_large_message_after_a_cut_is_dropped_as_it_arrives(session: ClientSession, large: bytes) -> None:
+    """Red team 9a7 H5: the rest of a cut result is swallowed up to its ReadyForQuery; a large DataRow or CopyData
+    in it was held whole first (a 300 MB row: +0.6-0.9 GB). It is dropped as it arrives: no more than a header is
+    held between reads, nothing of it reaches the client, and the cut ends at the ReadyForQuery as before."""
+    _hiding(session)
+    session.client_data(m.Query("SELECT 1 FROM hid.t").encode())
+    got, more = _run(session, _ROW_DESC, _LEAKS["data_row"])
+    assert [t for t, _ in frames(got)] == [b"T", b"E"] and more == [AnswerWithheld("data_row")]
+    row = m.frame(large, b"x" * 3_000_000)
+    held = []
+    for at in range(0, len(row), 65536):
+        got, more = _run(session, row[at : at + 65536])
+        assert got == b"" and more == []
+        held.append(session.backend_stream.pending)
+    assert max(held) <= 5, max(held)
+    got, more = _run(session, m.frame(b"C", b"SELECT 2\x00"), m.ready_for_query(b"I"))
+    assert got == m.ready_for_query(b"I") and more == []
+    session.client_data(m.Query("SELECT 1").encode())  # (the session goes on: the guard is the last line's again)
+    answer = _ROW_DESC + m.data_row([b"x" * 100_000]) + m.frame(b"C", b"SELECT 1\x00") + m.ready_for_query(b"I")
+    assert _run(session, answer) == (answer, [])
+
+
 @pytest.mark.parametrize("kind", ["parameter_status", "notification_response"])
 def test_an_asynchronous_message_holding_a_sent_reserved_name_is_dropped(session: ClientSession, kind: str) -> None:
     """A ParameterStatus or NotificationResponse (no answer of the client's request: nothing to cut) holding a

@@ -256,8 +256,10 @@ def _large_conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     return data, cuts
 
 
-def _leaks_run(cls: type, data: bytes, cuts: list[int], handled: frozenset[int]) -> list[object]:
-    """What a stream class makes of the reads with a guard and its `leaks`: items, windows asked, pending, error."""
+def _leaks_run(cls: type, data: bytes, cuts: list[int], handled: frozenset[int], drop: frozenset[int] = frozenset(),
+               with_leaks: bool = True) -> list[object]:
+    """What a stream class makes of the reads with a guard and its `leaks` (and `drop`): items, windows asked,
+    pending, error."""
     events: list[object] = []
 
     def leaks(window: bytes) -> bool:
@@ -270,7 +272,7 @@ def _leaks_run(cls: type, data: bytes, cuts: list[int], handled: frozenset[int])
 
     stream = cls(limit_all=False)
     stream.handlers = {t: (lambda body: events.append(("handled", body))) for t in handled}
-    stream.guard(guarding, frozenset(b"Dd"), b"pg_9", leaks)
+    stream.guard(guarding, frozenset(b"Dd"), b"pg_9", leaks if with_leaks else None, drop)
     reads = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)] + [b""]
     try:
         for read in reads:
@@ -284,12 +286,16 @@ def _leaks_run(cls: type, data: bytes, cuts: list[int], handled: frozenset[int])
 
 @compiled
 @settings(max_examples=400, deadline=None)
-@given(_large_conversation(), st.frozensets(st.sampled_from(b"DC")))
-def test_message_stream_guard_streams_alike(conversation: tuple[bytes, list[int]], handled: frozenset[int]) -> None:
-    """A guard with `leaks`: large guarded messages streamed, scanned and held back alike in both builds."""
+@given(_large_conversation(), st.frozensets(st.sampled_from(b"DC")), st.frozensets(st.sampled_from(b"dC")),
+       st.booleans())
+def test_message_stream_guard_streams_alike(conversation: tuple[bytes, list[int]], handled: frozenset[int],
+                                            drop: frozenset[int], with_leaks: bool) -> None:
+    """A guard with `leaks` (or without) and `drop`: large guarded messages streamed, scanned and held back, or
+    dropped, alike in both builds."""
     data, cuts = conversation
     py, fast = both("proxy.protocol.stream", "MessageStream")
-    assert _leaks_run(fast, data, cuts, handled) == _leaks_run(py, data, cuts, handled)
+    assert (_leaks_run(fast, data, cuts, handled, drop, with_leaks)
+            == _leaks_run(py, data, cuts, handled, drop, with_leaks))
 
 
 @settings(max_examples=400, deadline=None)
@@ -366,6 +372,45 @@ def test_message_stream_guard_holds_a_small_or_whole_message() -> None:
         assert b"".join(bytes(x) for x in stream.feed(small[30_000:])) == b"!"
         large = _frame(ord("D"), b"z" * 600_000 + _NAME)
         assert b"".join(bytes(x) for x in stream.feed(large)) == b"!"
+
+
+@settings(max_examples=300, deadline=None)
+@given(_large_conversation(), st.booleans())
+def test_message_stream_guard_drops_what_it_would_swallow(conversation: tuple[bytes, list[int]],
+                                                          with_leaks: bool) -> None:
+    """A large guarded message of a `drop` type not yet whole is dropped as it arrives (a cut result's rest, red team
+    9a7 H5): nothing of it is held (pending stays below GUARD_STREAM + GUARD_CARRY + 5 bytes, with `leaks` or
+    without); one that arrived whole is still given to the guard. Both builds."""
+    stream_module = pure("proxy.protocol.stream")
+    for cls in {stream_module.MessageStream, importlib.import_module("proxy.protocol.stream").MessageStream}:
+        data, cuts = conversation
+        drop = frozenset(b"d" if with_leaks else b"Dd")  # (without `leaks` a large D of no `drop` is held whole)
+        events = _leaks_run(cls, data, cuts, frozenset(), drop, with_leaks)
+        assert all(e[1] <= stream_module.GUARD_STREAM + stream_module.GUARD_CARRY + 5
+                   for e in events if e[0] == "pending")  # type: ignore[index,operator]
+        hit = [e for e in events if e[0] == "error"]
+        assert not hit or hit[0][1] == "GuardHit"  # type: ignore[index]
+
+
+def test_message_stream_guard_drops_a_large_message_it_would_swallow() -> None:
+    """Small DataRows and a 1 MB one of a `drop` type fed in 64 KiB reads while every type is guarded (the cut's
+    swallowing): nothing of them goes out, nothing is held past the read (pending 0), the guard never sees them; the
+    CommandComplete after them is framed and given to the guard as before. Both builds (red team 9a7 H5: the large
+    row was held whole; H1: each small one was a call of the guard)."""
+    for cls in {pure("proxy.protocol.stream").MessageStream,
+                importlib.import_module("proxy.protocol.stream").MessageStream}:
+        seen: list[tuple[int, int]] = []
+        stream = cls(limit_all=False)
+        stream.guard(lambda t, body, seen=seen: seen.append((t, len(body))) or b"",  # type: ignore[func-returns-value]
+                     frozenset(b"DCZ"), b"", None, frozenset(b"D"))
+        data = (_frame(ord("D"), b"pg_9") * 30_000 + _frame(ord("D"), b"x" * 1_000_000)
+                + _frame(ord("C"), b"SELECT 2\0") + _frame(ord("Z"), b"I"))
+        got = b""
+        for at in range(0, len(data), 65536):
+            got += b"".join(bytes(x) for x in stream.feed(data[at : at + 65536]))
+            assert stream.pending <= 9  # (at most a small row begun: 9 bytes)
+        assert got == b"" and stream.pending == 0 and stream.unfinished == 0
+        assert seen == [(ord("C"), 9), (ord("Z"), 1)]
 
 @compiled
 def test_message_stream_runs_keep_their_types() -> None:
