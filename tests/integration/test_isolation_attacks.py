@@ -1276,6 +1276,12 @@ ATTACKS: list[Attack] = [
            SN, "deny", by="proxy"),
     Attack("explain_analyze_repeated_bool", "EXPLAIN (ANALYZE false, ANALYZE true, COSTS false, TIMING false, "
            "SUMMARY false, BUFFERS false) SELECT * FROM orders", SN, "deny", by="proxy"),
+    # red team 9a7: a boolean option is read as PostgreSQL's defGetBoolean reads it (0 and OFF are false)
+    Attack("explain_analyze_zero_only_plans", "EXPLAIN (ANALYZE 0, COSTS 0) SELECT * FROM orders", ALL, "ok"),
+    Attack("explain_analyze_upper_off_only_plans", "EXPLAIN (ANALYZE OFF, COSTS Off) SELECT count(*) FROM orders",
+           ALL, "ok"),
+    Attack("explain_analyze_zero_then_one", "EXPLAIN (ANALYZE 0, ANALYZE 1, COSTS 0, TIMING 0) SELECT * FROM orders",
+           SN, "deny", by="proxy"),
     Attack("explain_costs_repeated", "EXPLAIN (COSTS off, COSTS on) SELECT * FROM orders WHERE tenant_id >= 'b' "
            "AND tenant_id < 'c'", SN, "deny", by="proxy"),
     Attack("explain_costs_repeated_json", "EXPLAIN (FORMAT JSON, COSTS false, COSTS true) SELECT * FROM orders", SN,
