@@ -1872,6 +1872,41 @@ def test_read_only_tenant_cannot_write(env: Env, strategy: str, what: str, proto
         client.close()
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("strategy", ["shared", "norls", "database"])
+def test_read_only_tenant_cannot_advance_a_shared_sequence(env: Env, strategy: str, protocol: str) -> None:
+    """Red team 9a7 H7: a read-only tenant called nextval() on a sequence the backend role may use, consuming (and
+    able to exhaust) the keys other tenants' inserts take from it. nextval() is a write: refused by the proxy (25006)
+    in every spelling, a parameter included; the sequence does not move; the tenant's own temporary sequence (a
+    serial column of its temporary table), named pg_temp.<name>, still advances."""
+    user, db = READ_ONLY_USERS[strategy], READ_ONLY_DBS[strategy]
+    env.pg.execute("CREATE SEQUENCE public.bi_h7_seq; GRANT USAGE, SELECT, UPDATE ON SEQUENCE public.bi_h7_seq TO "
+                   "PUBLIC", dbname=db)
+    client = PqClient(env.proxy(ACTORS[strategy]).dsn(user, dbname=db))
+    try:
+        run = client.simple if protocol == "simple" else client.extended
+        attempts = [run(sql) for sql in (
+            "SELECT count(nextval('public.bi_h7_seq')) FROM generate_series(1, 400)",
+            "SELECT pg_catalog.nextval('public.bi_h7_seq'::regclass)", "SELECT nextval('bi_h7_seq'::text)",
+            "SELECT * FROM nextval('public.bi_h7_seq')",
+            "CREATE TEMP TABLE bi_h7 (id bigint DEFAULT nextval('public.bi_h7_seq'))")]
+        if protocol == "extended":
+            attempts.append(client.extended("SELECT nextval($1)", ["public.bi_h7_seq"]))
+        for results in attempts:
+            errors = [r for r in results if r.kind == "error"]
+            assert errors and errors[0].sqlstate == "25006" and errors[0].denied_by_proxy, _describe(results)
+        assert env.pg.execute("SELECT last_value, is_called FROM public.bi_h7_seq", dbname=db) == [(1, False)]
+        steps = ("CREATE TEMP TABLE bi_h7s (id serial, x int)", "INSERT INTO bi_h7s (x) VALUES (1)",
+                 "SELECT nextval('pg_temp.bi_h7s_id_seq')", "DROP TABLE bi_h7s")
+        results = [r for step in steps for r in run(step)]
+        assert not [r for r in results if r.kind == "error"], _describe(results)
+        assert _last_rows(results).rows == [("2",)]
+        assert client.simple("SELECT count(*) FROM orders")[0].kind == "rows"
+    finally:
+        client.close()
+        env.pg.execute("DROP SEQUENCE public.bi_h7_seq", dbname=db)
+
+
 # Read-only tenants may now write their own temporary tables: every new permission, attacked. Each step is
 # (sql, expected): "ok", an exact first value of its last row result, "error" (PostgreSQL refuses: the proxy let
 # it through, it could not do harm) or "proxy" (pgtenant refuses). <<n>> is the tenant's own order count.
