@@ -293,6 +293,9 @@ class ServerQueryDone:
 
     ok: bool
     error: PgError | None = None
+    # The reset was answered as expected but for its last value: the backend has a temporary schema (a session made
+    # a temporary table or view on it), which DISCARD ALL leaves, empty: not like a new server, so not reused.
+    temp_schema: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,12 @@ class ServerProtocolError(Exception):
 # What the proxy's own queries answer: (message type, body) in order; a body of None matches any.
 Transcript = list[tuple[int, bytes | None]]
 _READY_IDLE = (m.READY_FOR_QUERY, b"I")
+
+
+def _matches(answer: Transcript, expect: Transcript) -> bool:
+    """Whether `answer` is exactly `expect` (a None body in `expect`: any body of that type)."""
+    return len(answer) == len(expect) and all(
+        t == et and (eb is None or b == eb) for (t, b), (et, eb) in zip(answer, expect, strict=True))
 CHECK_QUERY = ";"
 _CHECK_ANSWER: Transcript = [(m.EMPTY_QUERY_RESPONSE, b""), _READY_IDLE]
 RESET_QUERY = "DISCARD ALL"
@@ -95,6 +101,8 @@ class ServerConnection:
         self.replica: str | None = None  # a replica's server: its name (the pool sets it; None: the primary)
         self._expect: Transcript = []  # the answer the proxy's own query must get
         self._answer: Transcript = []
+        # (index, body) of the reset's DATA_ROW from a backend that has a temporary schema (`reset`), else None
+        self._temp_schema: tuple[int, bytes] | None = None
         self._error: errors.PgError | None = None
         self._auth: BackendAuthenticator | None = None
         self._stream = MessageStream(intercept=ALL_TYPES, max_length=1 << 24)
@@ -164,17 +172,20 @@ class ServerConnection:
         """DISCARD ALL, then a query of a random value: only the server's own answer to both, first on the wire,
         proves that nothing of the last client is still on its way (a tail of its results could mimic the first).
         The same query asks for the session's temporary schema: once a backend has one it keeps it (empty) after
-        DISCARD ALL, and `current_schemas(true)` shows it; such a server is not like a new one, so it is closed."""
+        DISCARD ALL, and `current_schemas(true)` and `pg_my_temp_schema()` show it; such a server is not like a new
+        one, so it is closed: told apart from a failed reset (`ServerQueryDone.temp_schema`), it is not one."""
         nonce = secrets.token_hex(16)
         expect: Transcript = [
             (m.COMMAND_COMPLETE, b"DISCARD ALL\x00"), _READY_IDLE,
-            (m.ROW_DESCRIPTION, None), (m.DATA_ROW, m.data_row([nonce.encode(), b"0"])[5:]),
+            (m.ROW_DESCRIPTION, None), (m.DATA_ROW, m.data_row([nonce.encode(), b"f"])[5:]),
             (m.COMMAND_COMPLETE, b"SELECT 1\x00"), _READY_IDLE,
         ]
         self.settings.clear()
         self.prepared.clear()
         self.sequences = None
-        return self._query([RESET_QUERY, f"SELECT '{nonce}', pg_catalog.pg_my_temp_schema()"], expect)
+        actions = self._query([RESET_QUERY, f"SELECT '{nonce}', pg_catalog.pg_my_temp_schema() <> 0"], expect)
+        self._temp_schema = (3, m.data_row([nonce.encode(), b"t"])[5:])  # the answer of a backend that has one
+        return actions
 
     def check(self) -> list[Action]:
         """The health check of a server that was idle long: an empty query."""
@@ -187,7 +198,7 @@ class ServerConnection:
 
     def _query(self, queries: list[str], expect: Transcript) -> list[Action]:
         self._transition(ServerEvent.QUERY)
-        self._expect, self._answer, self._error = expect, [], None
+        self._expect, self._answer, self._error, self._temp_schema = expect, [], None, None
         return [SendServer(b"".join(m.query_message(q) for q in queries))]
 
     def _query_data(self, data: bytes) -> list[Action]:
@@ -211,9 +222,12 @@ class ServerConnection:
             if self._stream.pending or i + 1 < len(items):
                 raise ServerProtocolError("backend sent data after the answer to pgtenant's query")
             self._transition(ServerEvent.READY_FOR_QUERY)
-            pairs = zip(self._answer, self._expect, strict=False)
-            ok = len(self._answer) == len(self._expect) and all(
-                t == et and (eb is None or b == eb) for (t, b), (et, eb) in pairs)
+            ok = _matches(self._answer, self._expect)
+            if not ok and self._temp_schema is not None:
+                at, row = self._temp_schema
+                kept = [*self._expect[:at], (m.DATA_ROW, row), *self._expect[at + 1:]]
+                if _matches(self._answer, kept):
+                    return [ServerQueryDone(False, None, temp_schema=True)]
             return [ServerQueryDone(ok, self._error)]
         return []
 

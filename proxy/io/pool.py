@@ -518,6 +518,10 @@ class Pool:
                 return
             if answer.ok:
                 server.last_used = self.clock()
+            elif answer.temp_schema:  # (reset as asked, but the backend keeps its temporary schema: not reused)
+                log.info("server_not_reusable", server=server_id, reason="temporary_schema")
+                self._forget(link, Closing.NOT_REUSABLE)
+                link.terminate()
             else:
                 log.info(f"server_{what}_failed", server=server_id,
                          sqlstate=answer.error.sqlstate if answer.error else None)

@@ -13,7 +13,7 @@ from proxy.policy.rewrite import Plan, _Planner, _statement_tokens, _Text
 from proxy.policy.rules import fail
 from proxy.policy.settings import setting_milliseconds
 from proxy.policy.sqltext import Edit, TextError, Tok
-from proxy.policy.tree import Node, Statement, const_text, reorder
+from proxy.policy.tree import Node, Statement, boolean_option, const_text, reorder
 from proxy.policy.walk import Analysis
 
 # What an agent may run besides queries: plans, settings it may change, transactions and cursors over its queries.
@@ -49,7 +49,7 @@ def check_statement(policy: TenantPolicy, kind: str, body: Node) -> None:
     elif kind == "ExplainStmt":
         for opt in body.get("options") or ():
             d = opt.get("DefElem", {})
-            if d.get("defname") == "analyze" and not _false_option(d.get("arg")):
+            if d.get("defname") == "analyze" and boolean_option(d.get("arg")):
                 raise fail("agent_statement", "EXPLAIN ANALYZE runs the statement without the agent's row limit")
         inner = body.get("query", {})
         if next(iter(inner), "") != "SelectStmt":
@@ -70,16 +70,6 @@ def check_statement(policy: TenantPolicy, kind: str, body: Node) -> None:
             # (RESET and SET ... TO DEFAULT return to the server connection's startup value, the agent's own; a
             # reset transaction_read_only would be off on PostgreSQL 15)
             raise fail("agent_setting", f'setting "{name}" is pinned by the agent profile')
-
-
-def _false_option(arg: Node | None) -> bool:
-    """An EXPLAIN option's argument PostgreSQL reads as false (defGetBoolean: 'false'/'off' in any case, or 0; no
-    argument is true): `EXPLAIN (ANALYZE false)` only plans, as the MCP door's explain tool sends it."""
-    if not arg:
-        return False
-    if "Integer" in arg:
-        return not arg["Integer"].get("ival", 0)
-    return "String" in arg and arg["String"].get("sval", "").lower() in ("false", "off")
 
 
 def _lower_timeout(policy: TenantPolicy, body: Node) -> bool:

@@ -8,7 +8,7 @@ from proxy.policy.model import REAPPLY_CONTEXT, RESERVED_STATEMENT_PREFIX, Tenan
 from proxy.policy.nametypes import NAME_TYPES
 from proxy.policy.rules import fail
 from proxy.policy.schema import check_writes_to_shared
-from proxy.policy.tree import Node, const_text, names_of, tag_of
+from proxy.policy.tree import Node, boolean_option, names_of, tag_of
 from proxy.policy.walk import (
     COPY_FROM,
     COPY_TO,
@@ -78,17 +78,7 @@ def option_value(options: list[Node] | None, name: str) -> bool | None:
     for opt in options or ():
         d = opt.get("DefElem", {})
         if d.get("defname") == name:
-            arg = d.get("arg")
-            if arg is None:
-                value = True
-                continue
-            if "String" in arg:
-                text = str(arg["String"].get("sval", ""))
-            elif "Boolean" in arg:
-                text = "true" if arg["Boolean"].get("boolval") else "false"
-            else:
-                text = const_text(arg) or "true"
-            value = text.lower() not in ("false", "off", "0", "no")
+            value = boolean_option(d.get("arg"))
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.policy.classify import option_value
 from proxy.policy.functions import is_builtin
 from proxy.policy.model import (
     ADVISORY_LOCK,
@@ -62,9 +63,7 @@ def _created(kind: str, body: Node) -> tuple[Node, str, Node] | None:
         return (into.get("rel", {}), "table", into) if into else None
     if kind == "ViewStmt":
         return body.get("view", {}), "view", {}
-    if kind == "ExplainStmt" and any(
-        opt.get("DefElem", {}).get("defname") == "analyze" for opt in body.get("options") or ()
-    ):
+    if kind == "ExplainStmt" and option_value(body.get("options"), "analyze"):  # (ANALYZE off only plans)
         query = body.get("query", {})
         inner = tag_of(query)
         return _created(inner, query[inner]) if inner else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import advisory, agent, notify, settings
+from proxy.policy import advisory, agent, nextval, notify, settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
@@ -124,6 +124,7 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
         if not policy.owns_database and names[-1].startswith(ADVISORY_PREFIXES):  # keys shared with other tenants
             raise fail("advisory_lock_shared", f"{names[-1]}() is not allowed in this strategy")
         settings.check_function(policy, call, select)
+    nextval.check(policy, analysis)
     if policy.owns_database:
         advisory.check(policy, analysis)
         notify.check(analysis)

@@ -72,6 +72,18 @@ def check_row_position(ref: RelRef, ctid_names: set[str | None]) -> None:
                    "tells where other tenants' rows are stored")
 
 
+def check_sampling(ref: RelRef) -> None:
+    """`TABLESAMPLE SYSTEM` draws whole pages of a table every tenant's rows share, and `REPEATABLE (seed)` makes any
+    sample a function of where rows are stored: rows that come together over seeds share a page, so a tenant's own
+    rows per page tell how many of the other tenants' rows fill the rest (what `row_position` hides; red team 9a7
+    H6). Only `BERNOULLI` (each row on its own) without `REPEATABLE` is sampled."""
+    body = ref.sample or {}
+    names = tuple(n.get("String", {}).get("sval", "") for n in body.get("method") or ())
+    if names not in (("bernoulli",), ("pg_catalog", "bernoulli")) or body.get("repeatable") is not None:
+        raise fail("row_sampling", f'tenant-scoped "{ref.rv.get("relname")}" may only be sampled with BERNOULLI '
+                   "without REPEATABLE: other sampling tells where other tenants' rows are stored")
+
+
 # A relation's system columns (walk.SYSTEM_COLUMNS): a derived table does not have them, so a SELECT that names
 # one gets the tenant predicate in its WHERE clause instead of a wrapper, where that is exact and safe
 # (`_Planner.filter_in_where`), or a join filter (`_Planner.join_filter`).
@@ -721,6 +733,8 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             continue  # check_references refused filtered ones in UNKNOWN; LIKE copies structure only
         if flt.kind == "tenant" and analysis.ctid_names:
             check_row_position(ref, analysis.ctid_names)
+        if flt.kind == "tenant" and ref.role == SAMPLE:
+            check_sampling(ref)
         if ref.role == READ and flt.kind == "catalog" and (not flt.plain or analysis.system_columns):
             usage = usage or column_usage(stmt.node)
             flt = flt.for_reads(usage, ref.rv)

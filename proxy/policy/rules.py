@@ -56,6 +56,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Identify rows by their key columns: ctid is a row's physical position in a table shared with other "
         "tenants, and the positions of your rows tell how many of theirs are stored around them.",
     ),
+    "row_sampling": (
+        INSUFFICIENT_PRIVILEGE,
+        "Use TABLESAMPLE BERNOULLI (p) without REPEATABLE: SYSTEM samples whole pages and REPEATABLE repeats a "
+        "sample by where rows are stored, in a table shared with other tenants.",
+    ),
     "row_locker": (
         INSUFFICIENT_PRIVILEGE,
         "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "

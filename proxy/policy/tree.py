@@ -141,6 +141,21 @@ def const_text(node: Node | None) -> str | None:
     return None
 
 
+def boolean_option(arg: Node | None) -> bool:
+    """An option's argument as PostgreSQL's defGetBoolean reads it: no argument, 1, true or on (any case) is true;
+    0, false or off is false. What PostgreSQL refuses ("requires a Boolean value": 2, 'yes', 0.0) reads as true,
+    so that a check refusing the option on refuses it too."""
+    if not arg:
+        return True
+    if "Integer" in arg:
+        return arg["Integer"].get("ival", 0) != 0
+    if "Boolean" in arg:
+        return bool(arg["Boolean"].get("boolval"))
+    if "String" in arg:
+        return str(arg["String"].get("sval", "")).lower() not in ("false", "off")
+    return True
+
+
 def string_const(node: Node | None) -> str | None:
     """The value of a string literal A_Const, else None."""
     if not node or "A_Const" not in node:

@@ -1010,17 +1010,24 @@ ATTACKS: list[Attack] = [
     Attack("partitioned_parent_only", "SELECT count(*) FROM ONLY events", SN, "same"),
     Attack("view_with_tenant_column", "SELECT tenant_id, customer_id, revenue FROM customer_revenue", SN, "ok",
            check=nrows_is("customers")),
-    Attack("tablesample_whole_table_would_cross_tenants", "SELECT count(*) FROM orders TABLESAMPLE SYSTEM (100)",
+    # (shared strategy: SYSTEM and REPEATABLE of a scoped table are refused, rule row_sampling: red team 9a7 H6)
+    Attack("tablesample_whole_table_would_cross_tenants", "SELECT count(*) FROM orders TABLESAMPLE BERNOULLI (100)",
            ALL, "same", check=count_is("orders")),
-    Attack("tablesample_bernoulli_or_true", "SELECT count(*), sum(amount) FROM orders TABLESAMPLE BERNOULLI (50) "
-           "REPEATABLE (3) WHERE status <> 'x' OR true", ALL, "same"),
+    Attack("tablesample_system_whole_table", "SELECT count(*) FROM orders TABLESAMPLE SYSTEM (100)",
+           ALL, {"SN": "deny", "CD": "same"}, by="proxy", check=count_is("orders")),
+    Attack("tablesample_bernoulli_or_true", "SELECT count(*), sum(amount) FROM orders TABLESAMPLE BERNOULLI (100) "
+           "WHERE status <> 'x' OR true", ALL, "same"),
+    Attack("tablesample_bernoulli_repeatable_or_true", "SELECT count(*), sum(amount) FROM orders TABLESAMPLE "
+           "BERNOULLI (50) REPEATABLE (3) WHERE status <> 'x' OR true", ALL, {"SN": "deny", "CD": "same"}, by="proxy"),
     Attack("tablesample_system_or_true", "SELECT id, customer_id FROM orders TABLESAMPLE SYSTEM (50) REPEATABLE (9) "
-           "WHERE true OR id < 0", ALL, "same"),
+           "WHERE true OR id < 0", ALL, {"SN": "deny", "CD": "same"}, by="proxy"),
     Attack("tablesample_tenant_column_or_true", "SELECT DISTINCT tenant_id FROM customers TABLESAMPLE BERNOULLI (100) "
            "WHERE tenant_id <> 'acme' OR true", SN, "same", check=own_tenant_cells),
     Attack("tablesample_arguments_read_tables", "SELECT count(*) FROM orders TABLESAMPLE BERNOULLI "
-           "((SELECT count(*) FROM customers) % 100) REPEATABLE ((SELECT max(id) FROM orders))", ALL, "same"),
-    Attack("tablesample_whole_row_join", "SELECT o, c.name FROM orders o TABLESAMPLE BERNOULLI (10) REPEATABLE (1) "
+           "((SELECT count(*) FROM customers) * 0 + 100)", ALL, "same"),
+    Attack("tablesample_repeatable_argument_reads_tables", "SELECT count(*) FROM customers TABLESAMPLE BERNOULLI "
+           "(50) REPEATABLE ((SELECT max(id) FROM orders))", ALL, {"SN": "deny", "CD": "same"}, by="proxy"),
+    Attack("tablesample_whole_row_join", "SELECT o, c.name FROM orders o TABLESAMPLE BERNOULLI (100) "
            "JOIN customers c ON c.id = o.customer_id OR true", ALL, "same", check=row_typed(0)),
     # --- whole-row references keep the table's row type (issue 22) ---------------------------------------------
     Attack("whole_row_row_to_json_or_true", "SELECT row_to_json(o), o FROM orders o WHERE o.status = 'x' OR true",
@@ -1269,6 +1276,12 @@ ATTACKS: list[Attack] = [
            SN, "deny", by="proxy"),
     Attack("explain_analyze_repeated_bool", "EXPLAIN (ANALYZE false, ANALYZE true, COSTS false, TIMING false, "
            "SUMMARY false, BUFFERS false) SELECT * FROM orders", SN, "deny", by="proxy"),
+    # red team 9a7: a boolean option is read as PostgreSQL's defGetBoolean reads it (0 and OFF are false)
+    Attack("explain_analyze_zero_only_plans", "EXPLAIN (ANALYZE 0, COSTS 0) SELECT * FROM orders", ALL, "ok"),
+    Attack("explain_analyze_upper_off_only_plans", "EXPLAIN (ANALYZE OFF, COSTS Off) SELECT count(*) FROM orders",
+           ALL, "ok"),
+    Attack("explain_analyze_zero_then_one", "EXPLAIN (ANALYZE 0, ANALYZE 1, COSTS 0, TIMING 0) SELECT * FROM orders",
+           SN, "deny", by="proxy"),
     Attack("explain_costs_repeated", "EXPLAIN (COSTS off, COSTS on) SELECT * FROM orders WHERE tenant_id >= 'b' "
            "AND tenant_id < 'c'", SN, "deny", by="proxy"),
     Attack("explain_costs_repeated_json", "EXPLAIN (FORMAT JSON, COSTS false, COSTS true) SELECT * FROM orders", SN,
@@ -1859,6 +1872,41 @@ def test_read_only_tenant_cannot_write(env: Env, strategy: str, what: str, proto
         client.close()
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("strategy", ["shared", "norls", "database"])
+def test_read_only_tenant_cannot_advance_a_shared_sequence(env: Env, strategy: str, protocol: str) -> None:
+    """Red team 9a7 H7: a read-only tenant called nextval() on a sequence the backend role may use, consuming (and
+    able to exhaust) the keys other tenants' inserts take from it. nextval() is a write: refused by the proxy (25006)
+    in every spelling, a parameter included; the sequence does not move; the tenant's own temporary sequence (a
+    serial column of its temporary table), named pg_temp.<name>, still advances."""
+    user, db = READ_ONLY_USERS[strategy], READ_ONLY_DBS[strategy]
+    env.pg.execute("CREATE SEQUENCE public.bi_h7_seq; GRANT USAGE, SELECT, UPDATE ON SEQUENCE public.bi_h7_seq TO "
+                   "PUBLIC", dbname=db)
+    client = PqClient(env.proxy(ACTORS[strategy]).dsn(user, dbname=db))
+    try:
+        run = client.simple if protocol == "simple" else client.extended
+        attempts = [run(sql) for sql in (
+            "SELECT count(nextval('public.bi_h7_seq')) FROM generate_series(1, 400)",
+            "SELECT pg_catalog.nextval('public.bi_h7_seq'::regclass)", "SELECT nextval('bi_h7_seq'::text)",
+            "SELECT * FROM nextval('public.bi_h7_seq')",
+            "CREATE TEMP TABLE bi_h7 (id bigint DEFAULT nextval('public.bi_h7_seq'))")]
+        if protocol == "extended":
+            attempts.append(client.extended("SELECT nextval($1)", ["public.bi_h7_seq"]))
+        for results in attempts:
+            errors = [r for r in results if r.kind == "error"]
+            assert errors and errors[0].sqlstate == "25006" and errors[0].denied_by_proxy, _describe(results)
+        assert env.pg.execute("SELECT last_value, is_called FROM public.bi_h7_seq", dbname=db) == [(1, False)]
+        steps = ("CREATE TEMP TABLE bi_h7s (id serial, x int)", "INSERT INTO bi_h7s (x) VALUES (1)",
+                 "SELECT nextval('pg_temp.bi_h7s_id_seq')", "DROP TABLE bi_h7s")
+        results = [r for step in steps for r in run(step)]
+        assert not [r for r in results if r.kind == "error"], _describe(results)
+        assert _last_rows(results).rows == [("2",)]
+        assert client.simple("SELECT count(*) FROM orders")[0].kind == "rows"
+    finally:
+        client.close()
+        env.pg.execute("DROP SEQUENCE public.bi_h7_seq", dbname=db)
+
+
 # Read-only tenants may now write their own temporary tables: every new permission, attacked. Each step is
 # (sql, expected): "ok", an exact first value of its last row result, "error" (PostgreSQL refuses: the proxy let
 # it through, it could not do harm) or "proxy" (pgtenant refuses). <<n>> is the tenant's own order count.
@@ -2323,6 +2371,34 @@ def test_ctid_of_own_rows_is_not_shown(env: Env, protocol: str, strategy: str) -
     results = [r for step in steps for r in client.simple(step)]
     assert not [r for r in results if r.kind == "error"], results
     assert _last_rows(results).rows == [("(0,1)",)]
+    assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
+
+
+@pytest.mark.parametrize("strategy", ["shared", "norls"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_page_sampling_of_a_shared_table_is_refused(env: Env, protocol: str, strategy: str) -> None:
+    """Red team 9a7 H6: `TABLESAMPLE SYSTEM (p) REPEATABLE (seed)` over a few seeds grouped a shared tenant's rows by
+    page (rows drawn together share one), so the pages it shares counted the other tenants' rows on them, what the
+    ctid refusal hides. SYSTEM and any REPEATABLE of a scoped table are refused with their rule, the session goes
+    on; BERNOULLI without REPEATABLE samples the tenant's rows; a temporary table is sampled as written."""
+    actor = ACTORS[strategy]
+    client = env.client(actor)
+    run = client.simple if protocol == "simple" else client.extended
+    for sql in ("SELECT id FROM orders TABLESAMPLE SYSTEM (50) REPEATABLE (7)",
+                "SELECT count(*) FROM orders TABLESAMPLE SYSTEM (100)",
+                "SELECT count(*) FROM orders o TABLESAMPLE BERNOULLI (100) REPEATABLE (1)",
+                "SELECT c.id FROM customers c TABLESAMPLE pg_catalog.system (100) JOIN orders o ON o.id = c.id"):
+        results = run(sql)
+        errors = [r for r in results if r.kind == "error"]
+        assert errors and errors[0].sqlstate == "42501" and "(rule row_sampling)" in errors[0].message, results
+        assert "BERNOULLI" in errors[0].message and not [r for r in results if r.kind == "rows"], results
+    rows = _last_rows(run("SELECT count(*) FROM orders TABLESAMPLE BERNOULLI (100)")).rows
+    assert rows == [(str(actor.counts["orders"]),)]
+    steps = ("CREATE TEMP TABLE bi_h6_temp AS SELECT 1 AS x",
+             "SELECT count(*) FROM bi_h6_temp TABLESAMPLE SYSTEM (100) REPEATABLE (3)", "DROP TABLE bi_h6_temp")
+    results = [r for step in steps for r in client.simple(step)]
+    assert not [r for r in results if r.kind == "error"], results
+    assert _last_rows(results).rows == [("1",)]
     assert client.simple(actor.post_sql)[0].rows == [actor.expected_context()]
 
 

@@ -213,7 +213,7 @@ ROW_QUERIES = [
     "SELECT c.id, (array_agg(o ORDER BY o.id))[1] FROM customers c LEFT JOIN orders o ON o.customer_id = c.id"
     " GROUP BY c.id ORDER BY c.id",
     "SELECT (o).id, o.*, o FROM ONLY orders AS o WHERE o.id % 11 = 0 ORDER BY o.id",
-    "SELECT o, c FROM orders o TABLESAMPLE BERNOULLI (30) REPEATABLE (2) JOIN customers c ON c.id = o.customer_id"
+    "SELECT o, c FROM orders o TABLESAMPLE BERNOULLI (100) JOIN customers c ON c.id = o.customer_id"
     " ORDER BY o.id",
 ]
 
@@ -264,20 +264,36 @@ def test_psycopg_loads_the_composite_through_the_proxy(oracle: Oracle, pg: PgClu
 
 
 @pytest.mark.parametrize("tenant", list(STRICT))
-@pytest.mark.parametrize("sample", ["BERNOULLI (20) REPEATABLE (11)", "SYSTEM (35) REPEATABLE (5)"])
-def test_tablesample_is_the_rls_sample_and_repeatable(oracle: Oracle, tenant: str, sample: str) -> None:
-    """TABLESAMPLE through the proxy draws the sample from the table, then keeps the tenant's rows: exactly what
-    PostgreSQL's forced RLS gives for the same seed; repeated, the same rows; never another tenant's."""
-    sql = f"SELECT o.id, o.tenant_id FROM orders o TABLESAMPLE {sample} ORDER BY o.id"
+def test_tablesample_is_the_rls_sample(oracle: Oracle, tenant: str) -> None:
+    """TABLESAMPLE BERNOULLI through the proxy draws the sample from the table, then keeps the tenant's rows: what
+    PostgreSQL's forced RLS gives (all of them at 100 percent); never another tenant's."""
+    sql = "SELECT o.id, o.tenant_id FROM orders o TABLESAMPLE BERNOULLI (100) ORDER BY o.id"
     direct = oracle.direct_client(tenant).simple(sql)
     assert [r.kind for r in direct] == ["rows"], direct
     client = PqClient(oracle.proxy.dsn(STRICT[tenant], dbname=bidata.SHARED_DB))
     try:
-        runs = [client.simple(sql), client.extended(sql), client.simple(sql)]
+        runs = [client.simple(sql), client.extended(sql)]
+        sampled = client.simple("SELECT o.id, o.tenant_id FROM orders o TABLESAMPLE BERNOULLI (20)")
     finally:
         client.close()
     for got in runs:
         assert [r.kind for r in got] == ["rows"], got
         assert got[0].rows == direct[0].rows
-    assert {t for _, t in direct[0].rows} <= {tenant}
-    assert len(direct[0].rows) <= bidata.own_counts(tenant)["orders"]  # SYSTEM samples whole pages
+    assert {t for _, t in direct[0].rows} <= {tenant} and len(direct[0].rows) == bidata.own_counts(tenant)["orders"]
+    assert [r.kind for r in sampled] == ["rows"] and {t for _, t in sampled[0].rows} <= {tenant}, sampled
+
+
+@pytest.mark.parametrize("tenant", list(STRICT))
+@pytest.mark.parametrize("sample", ["BERNOULLI (20) REPEATABLE (11)", "SYSTEM (35) REPEATABLE (5)", "SYSTEM (35)"])
+def test_tablesample_by_page_or_seed_is_refused(oracle: Oracle, tenant: str, sample: str) -> None:
+    """Red team 9a7 H6: a sample by page (SYSTEM) or repeated by seed (REPEATABLE) tells where the tenant's rows are
+    stored among the other tenants' (what ctid would): refused by the proxy, though forced RLS would run it."""
+    sql = f"SELECT o.id, o.tenant_id FROM orders o TABLESAMPLE {sample} ORDER BY o.id"
+    assert [r.kind for r in oracle.direct_client(tenant).simple(sql)] == ["rows"]  # the premise
+    client = PqClient(oracle.proxy.dsn(STRICT[tenant], dbname=bidata.SHARED_DB))
+    try:
+        for got in (client.simple(sql), client.extended(sql)):
+            errors = [r for r in got if r.kind == "error"]
+            assert errors and errors[0].sqlstate == "42501" and "(rule row_sampling)" in errors[0].message, got
+    finally:
+        client.close()

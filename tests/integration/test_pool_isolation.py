@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import struct
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -234,6 +235,37 @@ def test_left_state_is_gone_for_the_next_client(iso: ProxyProcess, pg: PgCluster
     assert not problems, problems
     # nothing of A's is held on the server any more, as PostgreSQL itself tells
     assert pg.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid IN (4242, 4243)") == [(0,)]
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("setup", ["CREATE TEMP VIEW iso_tv AS SELECT 1 AS x", "CREATE TEMP TABLE iso_tt (x int)"])
+def test_a_server_left_a_temporary_schema_is_not_reused_and_says_why(pg: PgCluster, tmp_path_factory: Any,
+                                                                   mode: str, setup: str) -> None:
+    """Red team 9a7: every session that made a temporary view (or table) ended with `server_reset_failed`
+    (sqlstate null) in the log. The reset did not fail: DISCARD ALL dropped the objects, but the backend keeps its
+    temporary schema, which a new client would see (`pg_my_temp_schema()`, `current_schemas(true)`), so the server
+    is closed rather than reused on purpose. It is logged and counted as that (`server_not_reusable`, reason
+    `temporary_schema`; pgtenant_pool_servers_closed_total{reason="not_reusable"}), not as a failed reset; the next
+    client gets a new server without the schema. A session without temporary objects leaves a server reused."""
+    p = start_pooled(pg, tmp_path_factory.mktemp("pool-temp"), TENANTS, ROLES, {**POOL, "pool_mode": mode}, 5)
+    try:
+        with _connect(p, "isa") as a:
+            pid_plain = _pid(a)
+        with _connect(p, "isa") as a:
+            assert _pid(a) == pid_plain  # (the premise: a server is reused)
+            a.execute(setup)
+        with _connect(p, "isa") as b:
+            assert _pid(b) != pid_plain
+            assert b.execute("SELECT pg_my_temp_schema() = 0, count(*) FROM pg_class WHERE relname LIKE 'iso_t_'"
+                             ).fetchone() == (True, 0)
+        events = [e for e in p.log_events() if e.get("event") in ("server_not_reusable", "server_reset_failed")]
+        assert [(e["event"], e.get("reason")) for e in events] == [("server_not_reusable", "temporary_schema")]
+        with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        assert 'pgtenant_pool_servers_closed_total{reason="not_reusable"} 1.0' in text
+        assert 'reason="reset_failed"} 1.0' not in text
+    finally:
+        p.stop()
 
 
 def test_a_writers_sequence_values_stay_its_own(iso: ProxyProcess) -> None:

@@ -97,7 +97,7 @@ def _ready_server() -> ServerConnection:
     return conn
 
 
-def _reset_answer(sent: bytes, temp_schema: bytes = b"0") -> bytes:
+def _reset_answer(sent: bytes, temp_schema: bytes = b"f") -> bytes:
     nonce = sent.split(b"'")[1]
     return (m.command_complete("DISCARD ALL") + m.parameter_status("application_name", "")
             + m.ready_for_query(b"I") + m.row_description(["?column?", "pg_my_temp_schema"])
@@ -117,7 +117,21 @@ def test_reset_is_done_only_by_its_own_exact_answer() -> None:
     assert conn.data(answer[9:]) == [ServerQueryDone(True)]
     assert conn.state is ServerState.READY
     [send] = conn.reset()  # a backend that made a temporary schema keeps it: not like a new one
+    assert conn.data(_reset_answer(bytes(send.data), b"t")) == [ServerQueryDone(False, None, temp_schema=True)]
+    [send] = conn.reset()  # anything else is a failed reset, not a kept temporary schema
     assert conn.data(_reset_answer(bytes(send.data), b"16391")) == [ServerQueryDone(False)]
+
+
+def test_a_kept_temporary_schema_needs_the_resets_own_random_value() -> None:
+    """Only the reset's own answer, its random value with `t`, tells a kept temporary schema; a forged one with
+    another value is a failed reset."""
+    conn = _ready_server()
+    conn.reset()
+    forged = m.command_complete("DISCARD ALL") + m.ready_for_query(b"I") + m.row_description(["?column?"]) + \
+        m.data_row([b"guess", b"t"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+    assert conn.data(forged) == [ServerQueryDone(False)]
+    conn.check()  # another query of the proxy's: no temporary schema answer applies
+    assert conn.data(m.frame(b"I", b"") + m.ready_for_query(b"I")) == [ServerQueryDone(True)]
 
 
 def test_a_reset_answer_behind_the_last_clients_tail_fails() -> None:
@@ -126,7 +140,7 @@ def test_a_reset_answer_behind_the_last_clients_tail_fails() -> None:
     conn = _ready_server()
     [send] = conn.reset()
     forged = m.command_complete("DISCARD ALL") + m.ready_for_query(b"I") + m.row_description(["?column?"]) + \
-        m.data_row([b"guess", b"0"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
+        m.data_row([b"guess", b"f"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
     assert conn.data(forged) == [ServerQueryDone(False)]
     tail = m.data_row([b"x"]) + m.command_complete("SELECT 1") + m.ready_for_query(b"I")
     conn2 = _ready_server()

@@ -474,7 +474,7 @@ def test_a_setting_made_later_by_a_prepare_or_a_view_pins_for_good(pooled: Clien
     assert pooled._pins == ("setting",) and pooled.state is State.READY
 
 
-@pytest.mark.parametrize("sql", ["SELECT nextval('orders_id_seq')", "SELECT pg_catalog.nextval('s'), 1"])
+@pytest.mark.parametrize("sql", ["SELECT nextval('pg_temp.orders_id_seq')", "SELECT pg_catalog.nextval('pg_temp.s')"])
 def test_sequence_state_pins_for_good(pooled: ClientSession, sql: str) -> None:
     """nextval() gives the session what currval()/lastval() read: no other client may land on that server before
     the reset (DISCARD ALL) at release clears it (red team pool round 1 F4)."""

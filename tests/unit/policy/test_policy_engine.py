@@ -613,3 +613,14 @@ def test_agent_policies_derive_the_agent_and_the_limit_policies_once_per_base() 
     assert got is not None and (got.agent_max_rows, got.agent_timeout_ms, got.statement_timeout_ms) == (
         100, 30_000, 10_000)
     assert AgentPolicies(lambda _t: None, None, 0, 10_000)("acme") is None
+
+
+@pytest.mark.parametrize(("options", "runs"), [("ANALYZE", True), ("ANALYZE on", True), ("ANALYZE 1", True),
+                                               ("ANALYZE 0", False), ("ANALYZE false", False), ("ANALYZE OFF", False),
+                                               ("ANALYZE 1, ANALYZE off", False)])
+def test_explain_of_create_table_as_creates_only_when_analyzed(options: str, runs: bool) -> None:
+    """`EXPLAIN (ANALYZE off) CREATE TEMP TABLE t AS …` only plans: the session gets no temporary table `t` (the
+    option read as PostgreSQL's defGetBoolean reads it: 0, false, off in any case are false)."""
+    decision = decide(POLICIES["schema"], f"EXPLAIN ({options}) CREATE TEMP TABLE t AS SELECT 1")
+    assert isinstance(decision, Allow), decision
+    assert [c.name for c in decision.changes if c.op == "temp_table"] == (["t"] if runs else [])

@@ -37,7 +37,7 @@ CONVERSIONS = [
     "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c",
     "SELECT pg_relation_size(c.oid) FROM pg_class c",
     "SELECT pg_filenode_relation(0, relfilenode) FROM pg_class",
-    "SELECT currval(16385), nextval($1), currval(concat('public.', 'zz'))",  # regclass arguments (G4)
+    "SELECT currval(16385), pg_sequence_last_value($1), currval(concat('public.', 'zz'))",  # regclass arguments (G4)
 ]
 ROLE_CONVERSIONS = [
     "SELECT 'someone'::regrole",
@@ -108,7 +108,8 @@ def test_a_literal_naming_another_schema_is_guarded_outside_the_schema_strategy(
 def test_the_client_expression_appears_once() -> None:
     """Evaluated once: the client's text is inside the guard exactly once (volatile, aggregate, SRF alike)."""
     for expr in ("random()::int", "max(oid)", "generate_series(1, 3)", "$1", "nextval('s')"):
-        decision = decide(SHARED, f"SELECT ({expr})::regclass FROM pg_class")
+        policy = POLICIES["shared_rw"] if "nextval" in expr else SHARED  # (a read-only role may not advance s)
+        decision = decide(policy, f"SELECT ({expr})::regclass FROM pg_class")
         assert isinstance(decision, Rewrite)
         assert decision.sql.count(expr) == 1, decision.sql
 
@@ -518,3 +519,11 @@ def test_a_settings_qualified_name_is_split_as_postgresql_splits_it(value: str, 
     """stringToQualifiedNameList's reading of a default_text_search_config value (red team 9a5): the schema the proxy
     answers for is the one PostgreSQL would look up."""
     assert settings.qualified_name(value) == names
+
+
+@pytest.mark.parametrize("sql", ["SELECT nextval($1)", "SELECT nextval(16385)", "SELECT currval(concat('s', '')), "
+                                 "nextval(concat('public.', 'zz'))"])
+def test_a_writers_nextval_of_a_computed_name_gets_a_guard(sql: str) -> None:
+    """A role with allow_writes may advance sequences: an OID or computed name still gets its guard."""
+    decision = decide(POLICIES["shared_rw"], sql)
+    assert isinstance(decision, Rewrite) and "object_guard" in decision.rules, decision

@@ -190,7 +190,7 @@ def from_item(draw: st.DrawFn, depth: int) -> str:
     if kind == "table":
         return draw(st.sampled_from(TABLES)) + alias
     if kind == "sample":
-        method = draw(st.sampled_from(["SYSTEM (10)", "BERNOULLI (5) REPEATABLE (1)", "BERNOULLI (100)"]))
+        method = draw(st.sampled_from(["BERNOULLI (10)", "pg_catalog.bernoulli (5)", "BERNOULLI (100)"]))
         return draw(st.sampled_from(["", "ONLY "])) + draw(st.sampled_from(TABLES)) + alias + " TABLESAMPLE " + method
     if kind == "only":
         return "ONLY " + draw(st.sampled_from(TABLES)) + alias
