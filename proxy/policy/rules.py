@@ -56,6 +56,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Identify rows by their key columns: ctid is a row's physical position in a table shared with other "
         "tenants, and the positions of your rows tell how many of theirs are stored around them.",
     ),
+    "others_table": (
+        INSUFFICIENT_PRIVILEGE,
+        "This table holds only other tenants' rows in the database you share with them (row-level security shows "
+        "you none of them, and the planner's estimates of it count theirs); leave it out.",
+    ),
     "row_locker": (
         INSUFFICIENT_PRIVILEGE,
         "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "
@@ -162,6 +167,12 @@ RULES: dict[str, tuple[str, str]] = {
     "explain_costs": (
         INSUFFICIENT_PRIVILEGE,
         "The planner's estimates come from every tenant's rows; plans are shown with COSTS OFF (leave COSTS out).",
+    ),
+    "explain_catalog": (
+        INSUFFICIENT_PRIVILEGE,
+        "Query the catalog itself, without EXPLAIN: the plans of statements over system catalogs (and temporary "
+        "views, and EXECUTE, whose bodies are not looked through) are chosen by statistics that count other "
+        "tenants' objects. EXPLAIN a statement's own text instead of EXECUTE.",
     ),
     "explain_settings": (
         INSUFFICIENT_PRIVILEGE,
