@@ -126,6 +126,8 @@ class PreflightReport:
     rls_tables: set[tuple[str, str]] = field(default_factory=set)  # the scoped tables that have it
     catalog_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # see catalog_columns()
     schemas: frozenset[str] = frozenset()  # see schema_names()
+    # A database tenant's: the tenant-scoped tables of the shared tenants of its database (as discovered for them)
+    neighbour_tables: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -448,6 +450,7 @@ def _check_database_neighbours(
                 for s, t in conn.execute(_DISCOVER, (other.tenant_column, list(other.tenant_schemas))).fetchall()}
             for rel in rels:
                 owners.setdefault(rel, []).append(other.name)
+                report.neighbour_tables.add((str(rel[0]), str(rel[1])))
         elif other.strategy == "schema" and other.schema is not None:
             row = conn.execute("SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n "
                                "WHERE nspname = %s", (other.schema,)).fetchone()

@@ -85,6 +85,7 @@ from proxy.policy.model import (
     Deny,
     Rewrite,
     SessionContext,
+    TenantPolicy,
 )
 from proxy.policy.rules import deny
 from proxy.policy.schema import as_missing
@@ -119,7 +120,7 @@ from proxy.stmtkind import statement_kind
 from proxy.stmtnames import FORGETS_ALL, ServerNames
 from proxy.subxacts import OPS as SAVEPOINT_OPS
 from proxy.subxacts import Savepoints
-from proxy.tenancy import backend_context, parsing_violation
+from proxy.tenancy import backend_context, parsing_violation, shares_database
 from proxy.tracking import Request, RequestTracker
 
 _MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll back to a savepoint, remembered
@@ -2078,6 +2079,17 @@ class ClientSession:
             actions += self.server_data(rest)
         return actions
 
+    def _estimates_own(self) -> bool:
+        """Whether the planner's estimates of the tenant's statements count its own rows only (an admission refusal
+        may then print them): not `TenantPolicy.estimates_shared` (the shared strategy, a database tenant whose
+        database others share: red team 9a7 H2); without a policy, by the config alike."""
+        if self.tenant is None:
+            return False
+        policy = self._policy_token()
+        if isinstance(policy, TenantPolicy):
+            return not policy.estimates_shared
+        return self.tenant.strategy == "database" and not shares_database(self.config, self.tenant)
+
     def _admitted(self, adm: admission.Admission) -> list[Action]:
         """The held statement's EXPLAIN answered: forward it, or its refusal in its place (an EXPLAIN that failed is
         the statement's own error: it would have failed the same way)."""
@@ -2100,8 +2112,8 @@ class ClientSession:
             except (ValueError, KeyError, IndexError, TypeError):
                 refusal = errors.admission_failed({"C": errors.INTERNAL_ERROR, "M": "unreadable plan"}, 0)
             else:
-                denied = admission.verdict(found, self.agent, self.tenant is not None and
-                                           self.tenant.strategy != "shared" and not admission.reads_catalogs(adm.plan))
+                denied = admission.verdict(found, self.agent, self._estimates_own() and
+                                           not admission.reads_catalogs(adm.plan))
                 if denied is not None:
                     self._report("admission", held.sql, denied)
                     refusal = errors.policy_denied(denied)

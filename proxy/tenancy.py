@@ -103,7 +103,7 @@ def tenant_policy(
     rls_tables: Iterable[tuple[str, str]] = (), hidden_schemas: Iterable[str] = (),
     catalog_columns: Mapping[str, tuple[str, ...]] | None = None, known_schemas: Iterable[str] = (),
     max_advisory_locks: int | None = None, setting_caps: Mapping[str, str] | None = None,
-    database_shared: bool = False,
+    database_shared: bool = False, others_tables: Iterable[tuple[str, str]] = (),
 ) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
@@ -115,7 +115,8 @@ def tenant_policy(
     (`dbcheck.schema_names`), the allow-list of catalog filters where some schema is hidden.
     `max_advisory_locks`: config `limits.max_advisory_locks` (database strategy, policy/advisory.py).
     `setting_caps`: config `limits.max_work_mem` & co. (`LimitsConfig.setting_caps`, policy/resources.py).
-    `database_shared`: other tenants share the database (`shares_database`; database strategy only)."""
+    `database_shared`: other tenants share the database (`shares_database`; database strategy only).
+    `others_tables`: the shared tenants' scoped tables in that database (`PreflightReport.neighbour_tables`)."""
     common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {}),
               "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {})}
     if tenant.strategy == "shared":
@@ -150,6 +151,7 @@ def tenant_policy(
         tenant=tenant.name,
         strategy="database",
         database_shared=database_shared,
+        others_tables=frozenset(others_tables) if database_shared else frozenset(),
         search_path=search_path(tenant),
         tenant_setting=tenant.tenant_setting,
         allow_writes=tenant.allow_writes,

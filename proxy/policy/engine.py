@@ -265,7 +265,7 @@ def _admitted_as_missing(policy: TenantPolicy, stmt: Statement) -> frozenset[str
     """An agent's statement naming a hidden schema: admitted by its estimate as it would be were the schema missing."""
     if policy.agent_max_rows is None:
         return frozenset()
-    return agent.admission(stmt.kind, stmt.node, analyze(stmt.node))
+    return agent.admission(policy, stmt.kind, stmt.node, analyze(stmt.node))
 
 
 def _check_capped(policy: TenantPolicy, nodes: list[Node], statements: list[Statement]) -> None:
@@ -425,7 +425,7 @@ def _decide_statement(
     elif kind in classify.CREATES:
         plan.verify = True
     if policy.agent_max_rows is not None:
-        effects |= agent.admission(kind, stmt.node, analysis)
+        effects |= agent.admission(policy, kind, stmt.node, analysis)
     return effects, changes
 
 

@@ -392,6 +392,10 @@ class TenantPolicy:
     # database is not the tenant's own (`owns_database`): its catalogs' figures, advisory lock keys, NOTIFY
     # channels and other sessions' temporary schemas are theirs too (issue 14).
     database_shared: bool = False
+    # Database strategy, `database_shared`: the shared tenants' tenant-scoped tables in the same database (the
+    # preflight's `neighbour_tables`). Forced RLS gives this tenant none of their rows, but the planner estimates
+    # them from every tenant's statistics, so references to them are refused (`others_table`; red team 9a7 H3).
+    others_tables: frozenset[tuple[str, str]] = frozenset()
     # Where some schemas are hidden (`hidden_schemas`) from a shared- or database-strategy tenant: the other schemas
     # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
     # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
@@ -447,6 +451,7 @@ class TenantPolicy:
         object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
         object.__setattr__(self, "rls_tables", frozenset((str(s), str(t)) for s, t in self.rls_tables))
         object.__setattr__(self, "foreign_schemas", frozenset(self.foreign_schemas))
+        object.__setattr__(self, "others_tables", frozenset((str(s), str(t)) for s, t in self.others_tables))
         object.__setattr__(self, "context", EMPTY_CONTEXT)
         object.__setattr__(self, "base", self)
         object.__setattr__(self, "path", search_path)
@@ -479,6 +484,7 @@ class TenantPolicy:
             tuple(sorted(self.foreign_schemas)),
             tuple(sorted(hidden)),
             self.database_shared,
+            tuple(sorted(self.others_tables)),
             tuple(sorted(self.known_schemas)),
             self.max_advisory_locks,
             tuple(sorted(columns.items())),

@@ -57,6 +57,7 @@ from proxy.policy.tree import (
     statement_node,
     strip_positions,
 )
+from proxy.policy.visibility import hides_namespaces
 from proxy.policy.walk import COPY_FROM, COPY_TO, LIKE, READ, SAMPLE, TARGET, TRUNCATE, UNKNOWN, Analysis, RelRef
 
 WRAPPER_ALIAS = "_pgt"  # alias of the derived table that INSERT ... SELECT and a temporary view's query are wrapped in
@@ -769,6 +770,12 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
+    if stmt.kind == "ExplainStmt" and ("ExecuteStmt" in (stmt.body.get("query") or {})
+                                       or reads_filtered_catalog(policy, analysis)):
+        # A plan's shape (Index vs Seq Scan, a join's sides) follows the catalog's statistics, which count the rows
+        # the filter keeps from the tenant, also with COSTS OFF (red team 9a7 H4/H8); EXECUTE is not looked through.
+        raise fail("explain_catalog", "EXPLAIN of a statement that reads a system catalog the proxy filters for you "
+                   "(or a temporary view, or EXECUTE) would show a plan chosen by other tenants' objects")
     if stmt.kind == "ExplainStmt" and policy.estimates_shared:
         planner.costs_off(stmt.body)
     elif stmt.kind == "ExplainStmt" and ("ExecuteStmt" in (stmt.body.get("query") or {})  # not looked through
@@ -792,6 +799,23 @@ def reads_temporary_view(policy: TenantPolicy, analysis: Analysis) -> bool:
     if not policy.temp_views:
         return False
     return any(not ref.cte and rv_names(ref.rv)[2] in policy.temp_views for ref in analysis.refs)
+
+
+def reads_filtered_catalog(policy: TenantPolicy, analysis: Analysis) -> bool:
+    """Whether the statement may read a system catalog whose rows the proxy filters for this tenant, so that its
+    planner statistics count rows the tenant cannot see: where some schema is hidden or the database is shared
+    (`hides_namespaces`), any system relation (`reads_system_relation`); else one with a catalog filter (the shared
+    catalogs: pg_database, pg_roles…). A temporary view counts as such a read (its body is not looked through)."""
+    if reads_temporary_view(policy, analysis):
+        return True
+    if hides_namespaces(policy):
+        return reads_system_relation(policy, analysis)
+    for ref in analysis.refs:
+        if not ref.cte:
+            flt = relation_filter(policy, ref.rv)
+            if flt is not None and flt.kind == "catalog" and flt.template.strip() != "true":
+                return True  # (a wrapper that only replaces column values keeps every row)
+    return False
 
 
 def reads_system_relation(policy: TenantPolicy, analysis: Analysis) -> bool:

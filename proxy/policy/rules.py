@@ -61,6 +61,11 @@ RULES: dict[str, tuple[str, str]] = {
         "Use TABLESAMPLE BERNOULLI (p) without REPEATABLE: SYSTEM samples whole pages and REPEATABLE repeats a "
         "sample by where rows are stored, in a table shared with other tenants.",
     ),
+    "others_table": (
+        INSUFFICIENT_PRIVILEGE,
+        "This table holds only other tenants' rows in the database you share with them (row-level security shows "
+        "you none of them, and the planner's estimates of it count theirs); leave it out.",
+    ),
     "row_locker": (
         INSUFFICIENT_PRIVILEGE,
         "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "
@@ -167,6 +172,12 @@ RULES: dict[str, tuple[str, str]] = {
     "explain_costs": (
         INSUFFICIENT_PRIVILEGE,
         "The planner's estimates come from every tenant's rows; plans are shown with COSTS OFF (leave COSTS out).",
+    ),
+    "explain_catalog": (
+        INSUFFICIENT_PRIVILEGE,
+        "Query the catalog itself, without EXPLAIN: the plans of statements over system catalogs (and temporary "
+        "views, and EXECUTE, whose bodies are not looked through) are chosen by statistics that count other "
+        "tenants' objects. EXPLAIN a statement's own text instead of EXECUTE.",
     ),
     "explain_settings": (
         INSUFFICIENT_PRIVILEGE,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import urllib.request
 from collections.abc import Iterator
 
@@ -267,16 +266,16 @@ def test_the_admission_bit_tells_nothing_of_other_tenants_tenant_ids(admitting: 
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_a_refusal_shows_no_estimate_of_a_catalog(admitting: ProxyProcess, protocol: str) -> None:
+def test_a_query_over_a_catalog_goes_without_its_estimate(admitting: ProxyProcess, protocol: str) -> None:
     """Red team 6 F5: a schema tenant's refusal showed the estimate, and one over a catalog (times a known factor)
-    counted other tenants' relations per schema OID. A plan that reads a catalog is refused without its value; one
-    over the tenant's own relations still shows it."""
+    counted other tenants' relations per schema OID; red team 9a7 H4: the admit/refuse bit itself followed that
+    estimate. A query over a catalog filtered for the tenant is not admitted by its estimate (its statement_timeout
+    and the row cap bound it); one over the tenant's own relations still is, and its refusal shows the value."""
     with connect(admitting, "gus", protocol) as c:
         for where in ("c.relnamespace = 2200", "c.relname = 'orders'", "c.relname = 'zzz_none'"):
-            err = refused(c, "SELECT 1 FROM pg_class c, generate_series(1, 10000000) g, "
-                             f"(SELECT 1 FROM orders LIMIT 1) o WHERE {where}")
-            assert "(rule agent_estimate)" in str(err) and "returns more rows" in str(err), str(err)
-            assert not re.search(r"\d{4}", str(err).split("above")[0]), str(err)
+            rows = c.execute("SELECT 1 FROM pg_class c, generate_series(1, 1000) g, "
+                             f"(SELECT 1 FROM orders LIMIT 1) o WHERE {where}").fetchall()
+            assert len(rows) <= MAX_ROWS, rows
         err = refused(c, "SELECT g FROM generate_series(1, 10000000) g, (SELECT 1 FROM orders LIMIT 1) o")
         assert "returns 10000000 rows" in str(err), str(err)
 

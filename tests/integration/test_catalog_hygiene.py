@@ -548,20 +548,16 @@ def test_system_catalog_sizes_are_blank(proxy: ProxyProcess, pg: PgCluster, user
 
 def test_schema_tenants_plans_of_catalogs_have_no_estimates(proxy: ProxyProcess) -> None:
     """Red team round 4 F4: gina's EXPLAIN of pg_attribute showed its row estimate (3468, then 4971 after another
-    tenant's 1,500-column temporary table), the number blanked in pg_class: plans reading a system catalog are shown
-    with COSTS OFF in the schema strategy too (ANALYZE, COSTS ON refused); plans of its own tables keep theirs."""
+    tenant's 1,500-column temporary table), the number blanked in pg_class: plans reading a system catalog were
+    shown with COSTS OFF in the schema strategy too; red team 9a7 H4: their shape still followed other tenants'
+    objects, so such an EXPLAIN is refused (explain_catalog, any option); plans of its own tables keep their costs."""
     client = PqClient(proxy.dsn("gina"))
     try:
         for sql in ("EXPLAIN (FORMAT JSON) SELECT count(*) FROM pg_attribute", "EXPLAIN SELECT * FROM pg_class",
-                    "EXPLAIN SELECT * FROM information_schema.columns"):
+                    "EXPLAIN SELECT * FROM information_schema.columns", "EXPLAIN (ANALYZE) SELECT * FROM pg_type",
+                    "EXPLAIN (COSTS ON) SELECT * FROM pg_attribute"):
             [res] = [r for r in client.simple(sql) if r.kind in ("rows", "error")]
-            assert res.kind == "rows", (sql, res)
-            text = "\n".join(str(row[0]) for row in res.rows)
-            assert "Plan Rows" not in text and "rows=" not in text and "cost=" not in text, text
-        for sql, rule in (("EXPLAIN (ANALYZE) SELECT * FROM pg_type", "explain_analyze"),
-                          ("EXPLAIN (COSTS ON) SELECT * FROM pg_attribute", "explain_costs")):
-            [res] = [r for r in client.simple(sql) if r.kind in ("rows", "error")]
-            assert res.kind == "error" and res.sqlstate == "42501" and rule in res.message, (sql, res)
+            assert res.kind == "error" and res.sqlstate == "42501" and "explain_catalog" in res.message, (sql, res)
         [res] = [r for r in client.simple("EXPLAIN SELECT * FROM orders") if r.kind == "rows"]
         assert "rows=" in str(res.rows[0][0]), res.rows
     finally:
@@ -639,9 +635,10 @@ def _filtered_relations() -> list[str]:
 @pytest.mark.parametrize("user", list(TENANTS))
 def test_filters_shown_back_name_no_other_tenant(proxy: ProxyProcess, pg: PgCluster, user: str,
                                                  protocol: str) -> None:
-    """EXPLAIN (VERBOSE) of a read of every filtered catalog, and the definition of a temporary view over it
-    (pg_get_viewdef, pg_views.definition), print the filter the proxy added: it names no other tenant's schema, role
-    or database (alice's used to list globex, the schema tenant's schema of her database)."""
+    """EXPLAIN (VERBOSE) of a read of every filtered catalog (refused since red team 9a7 H4: its refusal is checked
+    too), and the definition of a temporary view over it (pg_get_viewdef, pg_views.definition), print the filter the
+    proxy added: it names no other tenant's schema, role or database (alice's used to list globex, the schema
+    tenant's schema of her database)."""
     tenant = TENANTS[user]
     client = PqClient(proxy.dsn(user))
 
@@ -656,12 +653,11 @@ def test_filters_shown_back_name_no_other_tenant(proxy: ProxyProcess, pg: PgClus
             if relation not in present:
                 continue  # not in this major
             texts = []
-            res = run(f"EXPLAIN (VERBOSE) SELECT * FROM {relation}")
+            res = run(f"EXPLAIN (VERBOSE) SELECT * FROM {relation}")  # (refused since red team 9a7 H4)
             texts.append("\n".join(r.text() for r in res))
-            if any(r.kind == "rows" for r in res):
-                shown += 1
             made = run(f"CREATE TEMP VIEW hyg_v AS SELECT * FROM {relation}")
             if not [r for r in made if r.kind == "error"]:
+                shown += 1
                 for sql in ("SELECT pg_get_viewdef('hyg_v'::regclass)",
                             "SELECT definition FROM pg_views WHERE viewname = 'hyg_v'"):
                     got = run(sql)

@@ -185,7 +185,9 @@ POLICIES: dict[str, TenantPolicy] = {
     "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"}),
                                            known_schemas=_KNOWN_SCHEMAS),
     # a database tenant whose database other tenants (a shared one's tables) share (issue 14): not its own
-    "database_shared": dataclasses.replace(_DATABASE, database_shared=True),
+    # (public.orders: a shared tenant's scoped table there, `others_tables`)
+    "database_shared": dataclasses.replace(_DATABASE, database_shared=True,
+                                           others_tables=frozenset({("public", "orders")})),
     # the agent profile (agent.max_rows = 100; database_agent: statement_timeout 30 s) over the read-write tenants
     "shared_agent": agent_policy(dataclasses.replace(_SHARED, allow_writes=True), 100),
     "schema_agent": agent_policy(dataclasses.replace(_SCHEMA, allow_writes=True), 100),

@@ -1,0 +1,155 @@
+"""Plans that count rows the tenant cannot see (red team 9a7 H2, H3, H4, H8): an agent's admission refusal, a database
+tenant's references to the shared tenants' tables, EXPLAIN over filtered system catalogs; both pool modes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import SAAS_DATABASE_ROLE, SAAS_DATABASE_TENANT, ProxyProcess, prepare_backend
+
+MODES = ("transaction", "session")
+BOTS = {"danbot": ("hooli", "danbot-pw"), "alicebot": ("acme", "alicebot-pw")}
+MAX_ESTIMATED_ROWS = 50
+# login user -> database (dan: database tenant sharing saas; gina: schema; ivan: database tenant alone in initech)
+DATABASES = {"alice": "saas", "dan": "saas", "gina": "saas", "ivan": "initech", "danbot": "saas", "alicebot": "saas"}
+
+
+@pytest.fixture(scope="module")
+def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
+    prepare_backend(pg)
+    out = {}
+    for mode in MODES:
+        out[mode] = ProxyProcess(
+            pg, tmp_path_factory.mktemp(f"shapes-{mode}"), backend_sslmode="disable",
+            extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
+            extra_users={"dan": ("hooli", "dan-pw"), **BOTS}, pool={"pool_mode": mode},
+            agent={"max_rows": 5, "max_estimated_rows": MAX_ESTIMATED_ROWS, "max_cost": 0.0},
+            user_keys={name: {"profile": "agent"} for name in BOTS})
+    try:
+        for proxy in out.values():
+            proxy.start()
+        yield out
+    finally:
+        for proxy in out.values():
+            proxy.stop()
+
+
+def _connect(proxy: ProxyProcess, user: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(proxy.dsn(user, dbname=DATABASES[user]), autocommit=True,
+                           cursor_factory=psycopg.ClientCursor)
+
+
+def _refused(conn: psycopg.Connection[Any], sql: str) -> psycopg.errors.Error:
+    with pytest.raises(psycopg.errors.Error) as info:
+        conn.execute(sql)
+    return info.value
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_agent_of_a_database_tenant_sharing_its_database_is_refused_without_the_estimate(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """Red team 9a7 H2: danbot (agent profile of dan's tenant) read the planner's estimate in the admission refusal
+    ("returns 100 rows" for bigco's rows of public.orders, "1000" for a series). The estimates of a tenant whose
+    database others share count their rows: its refusals leave the value out, as alicebot's (shared) do."""
+    sql = "SELECT g FROM generate_series(1, 1000) g"
+    for user in ("danbot", "alicebot"):
+        with _connect(proxies[mode], user) as conn:
+            err = _refused(conn, sql)
+            assert err.sqlstate == "54000" and "agent_estimate" in str(err), (user, err)
+            assert "returns more rows" in str(err) and "1000" not in str(err), (user, err)
+    with _connect(proxies[mode], "danbot") as conn:  # (H3 below: the shared tenants' table is not his to name)
+        err = _refused(conn, "SELECT id FROM public.orders WHERE tenant_id = 'bigco'")
+        assert err.sqlstate == "42501" and "others_table" in str(err) and "100" not in str(err), err
+
+
+OTHERS_TABLE = (
+    "SELECT count(*) FROM public.orders",
+    "SELECT * FROM orders WHERE tenant_id = 'bigco'",  # unqualified, through the search_path
+    "EXPLAIN SELECT * FROM public.orders o JOIN generate_series(1, 113) g(i) ON o.amount = g.i "
+    "WHERE o.tenant_id = 'bigco'",
+    "EXPLAIN SELECT * FROM public.orders o WHERE o.tenant_id = 'acme' ORDER BY id LIMIT 17",
+    "SELECT 1 WHERE EXISTS (SELECT 1 FROM public.orders)",
+    "WITH o AS (SELECT * FROM public.orders) SELECT count(*) FROM o",
+    "COPY (SELECT id FROM public.orders) TO STDOUT",
+    "SELECT count(*) FROM public.orders TABLESAMPLE SYSTEM (50)",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_sharing_its_database_cannot_name_the_shared_tenants_tables(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str) -> None:
+    """Red team 9a7 H3: dan read no rows of public.orders (forced RLS) but his plans over it (COSTS OFF) took their
+    shape from the shared tenants' statistics: the hash side flipped at 113 for bigco's 100 rows, at 9 for a missing
+    id. A reference to a shared tenant's scoped table is refused for him (42501 others_table); alice's are not."""
+    pg.execute("ANALYZE public.orders", dbname="saas")
+    with _connect(proxies[mode], "dan") as conn:
+        for sql in OTHERS_TABLE:
+            err = _refused(conn, sql)
+            assert err.sqlstate == "42501" and "others_table" in str(err), (sql, err)
+        assert conn.execute("SELECT 41 + 1").fetchall() == [(42,)]
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'orders'").fetchall() == [(1,)]
+    with _connect(proxies[mode], "alice") as conn:
+        assert conn.execute("SELECT count(*) FROM public.orders").fetchall() == [(200,)]
+
+
+# Each tenant hides something (other schemas or tenants' objects; pg_database's other databases), so EXPLAIN over a
+# catalog it filters is refused. ivan (alone in initech, no hidden schema) keeps EXPLAIN over his database's pg_class.
+CATALOG_EXPLAINS = {
+    "alice": ("EXPLAIN SELECT oid FROM pg_catalog.pg_class WHERE relname >= 'zz_s' AND relname < 'zz_t'",
+              "EXPLAIN (FORMAT JSON) SELECT relname FROM pg_class WHERE relname >= 'zz_s'"),
+    "dan": ("EXPLAIN SELECT oid FROM pg_catalog.pg_class WHERE relname >= 'zz_s' AND relname < 'zz_t'",
+            "EXPLAIN SELECT * FROM information_schema.tables"),
+    "gina": ("EXPLAIN SELECT oid FROM pg_catalog.pg_class WHERE relname >= 'zz_s' AND relname < 'zz_t'",
+             "EXPLAIN SELECT nspname FROM pg_namespace"),
+    "ivan": (),
+}
+EVERYONE = ("EXPLAIN SELECT datname FROM pg_database WHERE datname >= 'zz_a' AND datname < 'zz_b'",
+            "EXPLAIN SELECT d.datname FROM pg_catalog.pg_database d "
+            "JOIN generate_series(1, 7) g(i) ON d.oid::int = g.i",
+            "EXPLAIN SELECT rolname FROM pg_roles")
+
+
+@pytest.mark.parametrize("user", sorted(CATALOG_EXPLAINS))
+@pytest.mark.parametrize("mode", MODES)
+def test_explain_over_a_filtered_catalog_is_refused(proxies: dict[str, ProxyProcess], mode: str, user: str) -> None:
+    """Red team 9a7 H4/H8: the scan node chosen for `EXPLAIN SELECT oid FROM pg_class WHERE relname >= lo AND < hi`
+    (Index Scan vs Bitmap/Seq Scan) followed the hidden relations' names (a bit per EXPLAIN, bisecting a prefix);
+    the database count moved a plan over the filtered pg_database. EXPLAIN of a statement reading a catalog the
+    proxy filters for the tenant, a temporary view or EXECUTE is refused (42501 explain_catalog); the catalog
+    itself can still be queried."""
+    with _connect(proxies[mode], user) as conn:
+        conn.execute("CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class")
+        conn.execute("PREPARE p AS SELECT relname FROM pg_catalog.pg_class")
+        for sql in (*CATALOG_EXPLAINS[user], *EVERYONE, "EXPLAIN SELECT * FROM vc", "EXPLAIN EXECUTE p"):
+            err = _refused(conn, sql)
+            assert err.sqlstate == "42501" and "explain_catalog" in str(err), (user, sql, err)
+        assert conn.execute("SELECT count(*) FROM pg_database").fetchall() == [(1,)]
+        assert conn.execute("SELECT count(*) > 0 FROM vc").fetchall() == [(True,)]
+        assert conn.execute("EXPLAIN SELECT 1").fetchall()
+        if user == "ivan":  # his own database's catalog: the plan is his (COSTS OFF, as before)
+            plan = conn.execute("EXPLAIN SELECT oid FROM pg_class WHERE relname >= 'zz_s'").fetchall()
+            assert plan and not any("cost=" in row[0] for row in plan), plan
+
+
+@pytest.mark.parametrize("user", sorted(BOTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_an_agents_query_over_filtered_catalogs_is_admitted_without_its_estimate(
+        proxies: dict[str, ProxyProcess], mode: str, user: str) -> None:
+    """Red team 9a7 H4/H8, the agent side: an agent's query over the filtered catalogs was admitted or refused by
+    the planner's estimate of them (every tenant's objects: a bit per statement). It runs without its EXPLAIN now,
+    bounded by its statement_timeout and the agent's row cap (5 rows here; each estimate is above the limit of 50,
+    which refused them before). A query over no catalog is still admitted by its estimate."""
+    with _connect(proxies[mode], user) as conn:
+        for sql in ("SELECT c.relname FROM pg_catalog.pg_class c, generate_series(1, 1000) g",
+                    "SELECT d.datname FROM pg_catalog.pg_database d, generate_series(1, 1000) g",
+                    "SELECT c.relname, n.nspname FROM pg_catalog.pg_class c "
+                    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"):
+            rows = conn.execute(sql).fetchall()
+            assert len(rows) == 5, (sql, rows)
+        err = _refused(conn, "SELECT g FROM generate_series(1, 1000) g")
+        assert err.sqlstate == "54000" and "agent_estimate" in str(err), err
