@@ -48,14 +48,17 @@ PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 NO_DATA, ROW_DESCRIPTION, COMMAND_COMPLETE = ord("n"), ord("T"), ord("C")
 EMPTY_QUERY, PORTAL_SUSPENDED, READY_FOR_QUERY = ord("I"), ord("s"), ord("Z")
 ERROR_RESPONSE, COPY_IN_RESPONSE, PARAMETER_DESCRIPTION = ord("E"), ord("G"), ord("t")
+NOTICE, NOTIFICATION, PARAMETER_STATUS = ord("N"), ord("A"), ord("S")
 # The backend messages the ledger follows (the session's stream calls `respond` for each). ParameterDescription
-# completes nothing, but it begins a statement's Describe answer: fakes waiting at the head go before it.
+# completes nothing, but it begins a statement's Describe answer, and a notice (a Parse's "identifier will be
+# truncated", a Bind's planning), a notification or a parameter status (before a Sync's ReadyForQuery) may come
+# before the first answer of the message after the fakes: fakes waiting at the head go before each of them.
 RESPONSES = frozenset({PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, NO_DATA, ROW_DESCRIPTION, COMMAND_COMPLETE,
                        EMPTY_QUERY, PORTAL_SUSPENDED, READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE,
-                       PARAMETER_DESCRIPTION})
+                       PARAMETER_DESCRIPTION, NOTICE, NOTIFICATION, PARAMETER_STATUS})
 # The messages whose answer begins with one of RESPONSES (a Parse, Bind, Describe, Close, Sync: its own completion,
-# ParameterDescription, or an error): fakes at the head wait to go with it in one write. Before an Execute, a Query
-# or a FunctionCall (an answer may begin with a DataRow, CopyOutResponse, NoticeResponse, FunctionCallResponse...,
+# ParameterDescription, a notice, or an error): fakes at the head wait to go with it in one write. Before an
+# Execute, a Query or a FunctionCall (an answer may begin with a DataRow, CopyOutResponse, FunctionCallResponse...,
 # which the ledger does not see) they go at once, so they are never sent after a server's answer that follows them.
 _LEADS = frozenset({_PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC})
 # The answer that completes each kind of entry (RowDescription completes a Describe only; see `respond`).

@@ -19,7 +19,7 @@ from tests.support.differential import GSSENC, Case, Login, Outcome, startup_bod
 from tests.support.pgcluster import PgCluster
 from tests.support.pools import pooled_proxy
 from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
-from tests.support.wire import SYNC, bind, execute, parse
+from tests.support.wire import SYNC, bind, execute, parse, read_until
 
 USER, DATABASE = "ivan", "initech"  # the database strategy: the same database, as pgt_initech on both sides
 
@@ -242,7 +242,9 @@ def _order_shapes(tag: str) -> dict[str, list[tuple[str, bytes | None]]]:
     def in_tx(shape: str, head: bytes, then: bytes) -> list[tuple[str, bytes | None]]:
         return [("a", _q("BEGIN")), ("a", head), ("a", then), ("a", _q("COMMIT"))]
 
-    t = {name: text(name) for name in ("other_session", "other_name", "unnamed", "close_exec", "parse_exec")}
+    t = {name: text(name) for name in ("other_session", "other_name", "unnamed", "close_exec", "parse_exec",
+                                       "notice")}
+    long_alias = "a" * 70  # PostgreSQL's NOTICE 42622 "identifier ... will be truncated", before its ParseComplete
     return {
         "describe_after_other_session": [
             ("a", parse(t["other_session"], "s1") + _describe_statement("s1") + SYNC), ("a", None),
@@ -256,6 +258,9 @@ def _order_shapes(tag: str) -> dict[str, list[tuple[str, bytes | None]]]:
             ("a", parse(t["unnamed"]) + _describe_statement("") + SYNC),
             ("a", parse(t["unnamed"]) + _describe_statement("") + SYNC),
             ("a", parse(t["unnamed"]) + _describe_statement("") + bind() + execute() + SYNC)],
+        "parse_then_parse_with_notice": [
+            ("a", parse(t["notice"], "s1") + bind("s1") + execute() + SYNC),
+            ("a", parse(t["notice"], "s2") + parse(f"SELECT 1 AS {long_alias} /* {tag} */", "s3") + SYNC)],
         "close_then_execute_open_portal": in_tx(
             "close_exec", parse(t["close_exec"], "s1") + bind("s1", "p") + execute("p", 1) + SYNC,
             _close_statement("s1") + execute("p") + SYNC),
@@ -295,9 +300,8 @@ def _batches(side: Login, steps: list[tuple[str, bytes | None]]) -> list[str]:
                 continue
             if client not in socks:
                 socks[client] = d.logged_in(side)
-            socks[client].sendall(data)
-            got = d.read_outcome(socks[client])
-            out.append(f"{got.types} {got.end}")
+            socks[client].sendall(data)  # (notices too: these shapes' are the same on both sides)
+            out.append("".join(chr(t[0]) for t, _ in read_until(socks[client]) if t not in (b"S", b"K")))
     finally:
         for sock in socks.values():
             sock.close()
@@ -308,7 +312,8 @@ def _batches(side: Login, steps: list[tuple[str, bytes | None]]) -> list[str]:
 def test_answer_order_as_postgresql(shape: str, one_server: tuple[str, ProxyProcess], pg: PgCluster) -> None:
     """Each batch's answers, in order, as PostgreSQL's (both pool modes; red on stage b06641a for the shapes
     describe_* and unnamed_describe_thrice with the cache, `t 1 T Z`, and close_/parse_then_execute_open_portal in
-    transaction pooling, `D D 3 C Z`)."""
+    transaction pooling, `D D 3 C Z`; parse_then_parse_with_notice, `N 1 1 Z` where PostgreSQL answers `1 N 1 Z`, red
+    before NoticeResponse was followed)."""
     mode, proxy = one_server
     steps = _order_shapes(mode)[shape]
     role, role_pw = TENANT_ROLES["initech"]
