@@ -215,3 +215,42 @@ class ForwardLimiter:
         flying = self._flying.pop(slot, 0) - 1
         if flying > 0:
             self._flying[slot] = flying
+
+
+# A session's own CancelRequests (red team 9s6 F4: ~600 a second from one session, each a PostgreSQL fork): one is
+# forwarded for a running request; another for the same request only once CANCEL_REPEAT_AFTER seconds have passed
+# since (PostgreSQL ignores a cancel that reaches a backend still reading the request's bytes: a later one must still
+# reach it); none when the session runs nothing (PostgreSQL ignores it then); and at most CANCEL_RATE a second after a
+# burst of CANCEL_BURST (a session running request after request). The rest are dropped, counted by reason.
+CANCEL_REPEAT_AFTER = 1.0
+CANCEL_RATE = 10.0
+CANCEL_BURST = 10.0
+
+
+class SessionCancels:
+    """Which of one session's CancelRequests are forwarded to its server (see CANCEL_REPEAT_AFTER); pure: the caller
+    passes the time and the session's running request (an opaque object, None: nothing running)."""
+
+    __slots__ = ("_at", "_last", "_tokens", "_tokens_at")
+
+    def __init__(self) -> None:
+        self._last: object = None  # the request the last forwarded cancel was for
+        self._at = 0.0  # when it was forwarded
+        self._tokens = CANCEL_BURST
+        self._tokens_at: float | None = None
+
+    def check(self, request: object, now: float) -> str | None:
+        """None: forward this cancel (charged); else why it is dropped: "no_request", "repeat", "throttled"."""
+        if request is None:
+            return "no_request"
+        if request is self._last and now - self._at < CANCEL_REPEAT_AFTER:
+            return "repeat"
+        last = now if self._tokens_at is None else self._tokens_at
+        tokens = min(CANCEL_BURST, self._tokens + (now - last) * CANCEL_RATE)
+        self._tokens_at = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return "throttled"
+        self._tokens = tokens - 1.0
+        self._last, self._at = request, now
+        return None

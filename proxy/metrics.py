@@ -358,6 +358,10 @@ class Metrics:
         self._cancel_ignored = Counter(
             "pgtenant_cancel_ignored_total", "CancelRequests with a key of no running session (ignored).", registry=r
         )
+        self._cancel_dropped = Counter(
+            "pgtenant_cancel_dropped_total", "A session's CancelRequests not forwarded to its server, by reason "
+            "(no_request, repeat, throttled).", ["reason"], registry=r,
+        )
         self._log_suppressed = Counter(
             "pgtenant_log_lines_suppressed_total", "Pre-login log lines dropped by the log rate limit.", registry=r
         )
@@ -507,6 +511,10 @@ class Metrics:
     def cancel_ignored(self) -> None:
         """A CancelRequest with a key of no running session."""
         self._cancel_ignored.inc()
+
+    def cancel_dropped(self, reason: str) -> None:
+        """A session's CancelRequest not forwarded (proxy.cancel.SessionCancels)."""
+        self._cancel_dropped.labels(reason).inc()
 
     def client_bytes(self, tenant: str, sent: int, received: int) -> None:
         """Bytes sent to and received from a client of a tenant label since the last call."""

@@ -47,10 +47,20 @@ _COPY_END = ord("c")  # a marker in the ledger (no answer): the client ended a C
 PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE = ord("1"), ord("2"), ord("3")
 NO_DATA, ROW_DESCRIPTION, COMMAND_COMPLETE = ord("n"), ord("T"), ord("C")
 EMPTY_QUERY, PORTAL_SUSPENDED, READY_FOR_QUERY = ord("I"), ord("s"), ord("Z")
-ERROR_RESPONSE, COPY_IN_RESPONSE = ord("E"), ord("G")
-# The backend messages the ledger follows (the session's stream calls `respond` for each).
+ERROR_RESPONSE, COPY_IN_RESPONSE, PARAMETER_DESCRIPTION = ord("E"), ord("G"), ord("t")
+NOTICE, NOTIFICATION, PARAMETER_STATUS = ord("N"), ord("A"), ord("S")
+# The backend messages the ledger follows (the session's stream calls `respond` for each). ParameterDescription
+# completes nothing, but it begins a statement's Describe answer, and a notice (a Parse's "identifier will be
+# truncated", a Bind's planning), a notification or a parameter status (before a Sync's ReadyForQuery) may come
+# before the first answer of the message after the fakes: fakes waiting at the head go before each of them.
 RESPONSES = frozenset({PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, NO_DATA, ROW_DESCRIPTION, COMMAND_COMPLETE,
-                       EMPTY_QUERY, PORTAL_SUSPENDED, READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE})
+                       EMPTY_QUERY, PORTAL_SUSPENDED, READY_FOR_QUERY, ERROR_RESPONSE, COPY_IN_RESPONSE,
+                       PARAMETER_DESCRIPTION, NOTICE, NOTIFICATION, PARAMETER_STATUS})
+# The messages whose answer begins with one of RESPONSES (a Parse, Bind, Describe, Close, Sync: its own completion,
+# ParameterDescription, a notice, or an error): fakes at the head wait to go with it in one write. Before an
+# Execute, a Query or a FunctionCall (an answer may begin with a DataRow, CopyOutResponse, FunctionCallResponse...,
+# which the ledger does not see) they go at once, so they are never sent after a server's answer that follows them.
+_LEADS = frozenset({_PARSE, _BIND, _DESCRIBE, _CLOSE, _SYNC})
 # The answer that completes each kind of entry (RowDescription completes a Describe only; see `respond`).
 _COMPLETES = {PARSE_COMPLETE: _PARSE, BIND_COMPLETE: _BIND, CLOSE_COMPLETE: _CLOSE, NO_DATA: _DESCRIBE,
               ROW_DESCRIPTION: _DESCRIBE, COMMAND_COMPLETE: _EXECUTE, EMPTY_QUERY: _EXECUTE,
@@ -561,13 +571,16 @@ class Statements:
         return False
 
     def take_client(self) -> bytes:
-        """What the client gets now: fake answers with nothing unanswered before them, unless an answer of the
-        server follows them (they go with it, in one write), and what a retry left."""
+        """What the client gets now: fake answers with nothing unanswered before them, unless the answer of the
+        message after them begins with one of RESPONSES (`_LEADS`: they go with it, in one write, see `respond`),
+        and what a retry left."""
         ledger = self._ledger
         if self._fakes and _is_fake(ledger[0]):
             for entry in ledger:
                 if not _is_fake(entry):
-                    break  # sent just before that entry's answer (see `respond`)
+                    if (entry if type(entry) is int else entry.type) not in _LEADS:  # type: ignore[union-attr]
+                        self._to_client += self._due()  # its answer may begin with what the ledger does not see
+                    break  # else sent just before that entry's answer (see `respond`)
             else:
                 self._to_client += self._due()
         if not self._to_client:
@@ -898,7 +911,7 @@ class Statements:
             self.status = body[:1]
             if self.status == b"I":
                 self._tx_names = _NO_NAMES  # type: ignore[assignment]
-        elif _COMPLETES[type_] != kind:
+        elif _COMPLETES.get(type_) != kind:
             if type_ == COMMAND_COMPLETE and kind == _QUERY and type(head) is _Entry:
                 head.done += 1  # type: ignore[union-attr]
                 if head.swallow:  # type: ignore[union-attr]

@@ -48,6 +48,7 @@ from proxy.actions import (
     WatchLimits,
 )
 from proxy.audit import AuditLog
+from proxy.cancel import SessionCancels
 from proxy.config import Config
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
@@ -74,8 +75,8 @@ class ClientConnection(asyncio.Protocol):
     """The socket side of one client session."""
 
     __slots__ = (
-        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full", "_connect",
-        "_copy_timer",
+        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_cancels", "_client_full",
+        "_connect", "_copy_timer",
         "_decision", "_gauge", "_kept", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
         "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
         "authenticated", "closed", "link", "login", "proxy", "relay", "session", "session_id", "started", "tenant",
@@ -91,6 +92,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self._bytes_in = 0
         self._bytes_out = 0
+        self._cancels: SessionCancels | None = None  # its CancelRequests' limits (made at the first one)
         self.relay: ClientRelay | None = None  # the transports' protocol once relaying (start_relay)
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -705,10 +707,19 @@ class ClientConnection(asyncio.Protocol):
         """CancelQuery: the session's own cancel key, as a client's CancelRequest; then the session hears of it."""
         connect = self._connect
         try:
-            if connect is not None:
-                await self.proxy.forward_cancel(ForwardCancel(*connect.cancel_key))
+            if connect is not None:  # (the proxy's own: not limited as a client's CancelRequests are)
+                await self.proxy.cancel_session(self, own=True)
         finally:
             self._run_session(lambda s: s.cancel_done())
+
+    def cancel_check(self, now: float) -> str | None:
+        """A client's CancelRequest for this session, which holds a server: None to forward it, else why it is
+        dropped (proxy.cancel.SessionCancels; the request it is for: the oldest unanswered one)."""
+        if self._cancels is None:
+            self._cancels = SessionCancels()
+        session = self.session
+        pending = session.tracker.pending if session is not None else ()
+        return self._cancels.check(pending[0] if pending else None, now)
 
     def _limits_tick(self, period: float) -> None:
         self._limits_timer = None

@@ -483,7 +483,12 @@ class Proxy:
             return
         await self._cancel_session(client)
 
-    async def _cancel_session(self, client: object) -> None:
+    async def cancel_session(self, client: ClientConnection, own: bool = False) -> None:
+        """Cancel what `client`'s session runs: a client's CancelRequest, or with `own` the proxy's (its watchdog:
+        not limited as a client's are)."""
+        await self._cancel_session(client, own)
+
+    async def _cancel_session(self, client: object, own: bool = False) -> None:
         link = self.pool.holding(client)  # type: ignore[arg-type]
         if link is None or link.closed:
             if self.pool.cancel_waiting(client):  # type: ignore[arg-type]
@@ -491,6 +496,12 @@ class Proxy:
             else:
                 log.info("cancel_ignored", reason="no_server_held")
             return
+        if not own:  # one per running request, at a bounded rate (red team 9s6 F4: each is a PostgreSQL fork)
+            dropped = client.cancel_check(time.monotonic())  # type: ignore[attr-defined]
+            if dropped is not None:
+                self.metrics.cancel_dropped(dropped)
+                log.debug("cancel_dropped", reason=dropped)
+                return
         self.pool.cancel_started(link)
         delivered = False
         try:

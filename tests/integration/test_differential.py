@@ -7,8 +7,9 @@ startup and authentication rules. Runs against every selected PostgreSQL major (
 
 from __future__ import annotations
 
+import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -16,8 +17,9 @@ from proxy.protocol import messages as m
 from tests.support import differential as d
 from tests.support.differential import GSSENC, Case, Login, Outcome, startup_body
 from tests.support.pgcluster import PgCluster
+from tests.support.pools import pooled_proxy
 from tests.support.proxyproc import TENANT_ROLES, ProxyProcess
-from tests.support.wire import SYNC, bind, execute, parse
+from tests.support.wire import SYNC, bind, execute, parse, read_until
 
 USER, DATABASE = "ivan", "initech"  # the database strategy: the same database, as pgt_initech on both sides
 
@@ -215,3 +217,106 @@ def test_same_answer_as_postgresql(case: Case, sides: dict[str, Login]) -> None:
         f"\npgtenant: {proxied}\n(PostgreSQL: {direct})")
     assert _shape(direct, False) != _shape(proxied, False), (
         f"listed as a difference ({case.differs}) but PostgreSQL answers the same: {direct}")
+
+
+# --- The order of answers to a batch the pool answers in part itself (wp-9s6b) -----------------------------------
+# In transaction pooling a Parse of a text the held server already has (prepared by an earlier session, or by this
+# one under another name, or an unnamed text with the statement cache) and a Close of a statement are answered by
+# pgtenant (ParseComplete/CloseComplete) without reaching the server. Its answer must come in its turn: before the
+# server's answer to the message after it (red team 9s6: `t 1 T Z` for Parse + Describe(S) + Sync, PostgreSQL `1 t
+# T Z`). Each step is (client, bytes): the clients log in one after the other on a pool of one server (the second
+# gets the server the first left); a step of None closes the client. Compared: the message types of each batch.
+
+def _describe_statement(name: str) -> bytes:
+    return _raw(b"D", b"S" + name.encode() + b"\x00")
+
+
+def _close_statement(name: str) -> bytes:
+    return _raw(b"C", b"S" + name.encode() + b"\x00")
+
+
+def _order_shapes(tag: str) -> dict[str, list[tuple[str, bytes | None]]]:
+    def text(shape: str) -> str:
+        return f"SELECT generate_series(1, 3) AS n /* {tag} {shape} */"
+
+    def in_tx(shape: str, head: bytes, then: bytes) -> list[tuple[str, bytes | None]]:
+        return [("a", _q("BEGIN")), ("a", head), ("a", then), ("a", _q("COMMIT"))]
+
+    t = {name: text(name) for name in ("other_session", "other_name", "unnamed", "close_exec", "parse_exec",
+                                       "notice")}
+    long_alias = "a" * 70  # PostgreSQL's NOTICE 42622 "identifier ... will be truncated", before its ParseComplete
+    return {
+        "describe_after_other_session": [
+            ("a", parse(t["other_session"], "s1") + _describe_statement("s1") + SYNC), ("a", None),
+            ("b", parse(t["other_session"], "s1") + _describe_statement("s1") + SYNC),
+            ("b", parse(t["other_session"], "s9") + _describe_statement("s9") + bind("s9") + execute() + SYNC)],
+        "describe_other_name_same_session": [
+            ("a", parse(t["other_name"], "s1") + _describe_statement("s1") + SYNC),
+            ("a", parse(t["other_name"], "s2") + _describe_statement("s2") + SYNC),
+            ("a", _close_statement("s2") + _describe_statement("s1") + SYNC)],
+        "unnamed_describe_thrice": [  # (the statement cache prepares a text at its second Parse, skips the third)
+            ("a", parse(t["unnamed"]) + _describe_statement("") + SYNC),
+            ("a", parse(t["unnamed"]) + _describe_statement("") + SYNC),
+            ("a", parse(t["unnamed"]) + _describe_statement("") + bind() + execute() + SYNC)],
+        "parse_then_parse_with_notice": [
+            ("a", parse(t["notice"], "s1") + bind("s1") + execute() + SYNC),
+            ("a", parse(t["notice"], "s2") + parse(f"SELECT 1 AS {long_alias} /* {tag} */", "s3") + SYNC)],
+        "close_then_execute_open_portal": in_tx(
+            "close_exec", parse(t["close_exec"], "s1") + bind("s1", "p") + execute("p", 1) + SYNC,
+            _close_statement("s1") + execute("p") + SYNC),
+        "parse_then_execute_open_portal": in_tx(
+            "parse_exec", parse(t["parse_exec"], "s1") + bind("s1", "p") + execute("p", 1) + SYNC,
+            parse(t["parse_exec"], "s2") + execute("p") + SYNC),
+    }
+
+
+_ORDER_POOLS = {
+    "session": {"pool_mode": "session"},
+    "transaction-sticky": {"pool_mode": "transaction", "sticky_servers": True},
+    "transaction-no_sticky": {"pool_mode": "transaction", "sticky_servers": False},
+    "transaction-sticky-cache": {"pool_mode": "transaction", "sticky_servers": True, "statement_cache": True},
+    "transaction-no_sticky-cache": {"pool_mode": "transaction", "sticky_servers": False, "statement_cache": True},
+}
+
+
+@pytest.fixture(scope="module", params=list(_ORDER_POOLS), ids=list(_ORDER_POOLS))
+def one_server(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
+               request: pytest.FixtureRequest) -> Iterator[tuple[str, ProxyProcess]]:
+    """pgtenant with one server per pool, in each pool mode (transaction: sticky servers and the statement cache on
+    and off)."""
+    p = pooled_proxy(pg, tmp_path_factory.mktemp("order"), pool_size=1, query_wait_timeout=30.0,
+                     **_ORDER_POOLS[request.param])
+    yield request.param, p
+    p.stop()
+
+
+def _batches(side: Login, steps: list[tuple[str, bytes | None]]) -> list[str]:
+    socks: dict[str, socket.socket] = {}
+    out: list[str] = []
+    try:
+        for client, data in steps:
+            if data is None:
+                socks.pop(client).close()
+                continue
+            if client not in socks:
+                socks[client] = d.logged_in(side)
+            socks[client].sendall(data)  # (notices too: these shapes' are the same on both sides)
+            out.append("".join(chr(t[0]) for t, _ in read_until(socks[client]) if t not in (b"S", b"K")))
+    finally:
+        for sock in socks.values():
+            sock.close()
+    return out
+
+
+@pytest.mark.parametrize("shape", list(_order_shapes("")), ids=list(_order_shapes("")))
+def test_answer_order_as_postgresql(shape: str, one_server: tuple[str, ProxyProcess], pg: PgCluster) -> None:
+    """Each batch's answers, in order, as PostgreSQL's (both pool modes; red on stage b06641a for the shapes
+    describe_* and unnamed_describe_thrice with the cache, `t 1 T Z`, and close_/parse_then_execute_open_portal in
+    transaction pooling, `D D 3 C Z`; parse_then_parse_with_notice, `N 1 1 Z` where PostgreSQL answers `1 N 1 Z`, red
+    before NoticeResponse was followed)."""
+    mode, proxy = one_server
+    steps = _order_shapes(mode)[shape]
+    role, role_pw = TENANT_ROLES["initech"]
+    direct = _batches(Login(pg.port, role, DATABASE, role_pw), steps)
+    proxied = _batches(Login(proxy.port, USER, DATABASE, proxy.password(USER)), steps)
+    assert proxied == direct, f"\nPostgreSQL: {direct}\npgtenant:   {proxied}"

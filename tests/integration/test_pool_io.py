@@ -275,19 +275,25 @@ def b_runs(p: ProxyProcess, outcome: list[object]) -> threading.Thread:
 
 
 def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: PgCluster, tmp_path: Path) -> None:
-    """pool_size 1: A's cancel is still on its way to PostgreSQL when A leaves and B, waiting, would get the same
-    server and start pg_sleep; the server goes to B only once A's cancel connection has closed, so B's query runs
-    to its end. (Without that rule B's pg_sleep is cancelled by A's late CancelRequest.)"""
+    """pool_size 1: A's cancel (for its query waiting for a lock) is still on its way to PostgreSQL when A's query
+    ends and A leaves, and B, waiting, would get the same server and start pg_sleep; the server goes to B only once
+    A's cancel connection has closed, so B's query runs to its end. (Without that rule B's pg_sleep is cancelled by
+    A's late CancelRequest.) (A cancel while nothing runs is not forwarded at all: test_cancel_flood.py.)"""
     slow = SlowCancels(pg.host, pg.port, delay=1.0)
     p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), pool_size=1)
+    lock = psycopg.connect(pg.dsn(dbname="saas"))
     try:
         a = RawClient(p)
         a_pid = int(a.value("SELECT pg_backend_pid()"))
+        lock.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+        a.send("SELECT count(*) FROM orders")  # running (waiting for the lock): A's cancel is forwarded
         outcome: list[object] = []
         b_thread = b_runs(p, outcome)
         until_waiting(p, "acme")
-        cancel = a.cancel()  # nothing runs: the cancel is only on its way (held back by the forwarder)
+        cancel = a.cancel()  # only on its way (held back by the forwarder)
         until(lambda: slow.cancels == 1, timeout=10, interval=0.01, what="the cancel at the forwarder")
+        lock.commit()  # A's query ends before its cancel arrives
+        assert [t for t, _ in a.results()] == [b"T", b"D", b"C", b"Z"]
         a.close()  # A releases its server while its cancel is in flight
         assert cancel.recv(1) == b""  # A's cancel connection closes only once PostgreSQL has it
         assert slow.delivered == 1
@@ -295,6 +301,7 @@ def test_a_cancel_racing_the_release_never_cancels_the_next_clients_query(pg: Pg
         b_thread.join(30)
         assert outcome and outcome[0] == ("done", a_pid), outcome  # B got A's server and its query was not cancelled
     finally:
+        lock.close()
         p.stop()
         slow.close()
 
@@ -305,13 +312,18 @@ def test_a_server_whose_cancel_was_not_confirmed_is_closed_not_reused(pg: PgClus
     query on a new server runs to its end; the late cancel names a backend that no longer exists."""
     slow = SlowCancels(pg.host, pg.port, delay=2.0)
     p = pooled_proxy(pg, tmp_path, backend=("127.0.0.1", slow.port), connect_timeout=0.5, pool_size=1)
+    lock = psycopg.connect(pg.dsn(dbname="saas"))
     try:
         a = RawClient(p)
         a_pid = int(a.value("SELECT pg_backend_pid()"))
+        lock.execute("LOCK TABLE public.orders IN ACCESS EXCLUSIVE MODE")
+        a.send("SELECT count(*) FROM orders")  # running (waiting for the lock): A's cancel is forwarded
         cancel = a.cancel()
         assert cancel.recv(1) == b""  # closed once the proxy gave up on the cancel connection
         assert slow.delivered == 0
         cancel.close()
+        lock.commit()  # A's query ends before its late cancel arrives
+        assert [t for t, _ in a.results()] == [b"T", b"D", b"C", b"Z"]
         outcome: list[object] = []
         b_thread = b_runs(p, outcome)
         until_waiting(p, "acme")
@@ -325,6 +337,7 @@ def test_a_server_whose_cancel_was_not_confirmed_is_closed_not_reused(pg: PgClus
         with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
             assert 'pgtenant_pool_servers_closed_total{reason="cancel_unconfirmed"} 1.0' in r.read().decode()
     finally:
+        lock.close()
         p.stop()
         slow.close()
 

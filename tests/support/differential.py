@@ -136,7 +136,7 @@ PHASES = ("startup", "negotiation", "sasl", "idle", "in_transaction", "failed_tr
           "extended_pending")
 
 
-def _logged_in(side: Login) -> socket.socket:
+def logged_in(side: Login) -> socket.socket:
     sock, msgs = login(side.port, {"user": side.user, "database": side.database}, side.password)
     if not msgs or msgs[-1][0] != b"Z":
         sock.close()
@@ -155,7 +155,7 @@ def enter_phase(side: Login, phase: str) -> socket.socket:
         if got.end != "auth":
             raise AssertionError(f"no authentication request: {got}")
         return sock
-    sock = _logged_in(side)
+    sock = logged_in(side)
     setup = {
         "idle": [],
         "in_transaction": ["BEGIN"],

@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 
 from proxy.cancel import (
+    CANCEL_BURST,
+    CANCEL_RATE,
+    CANCEL_REPEAT_AFTER,
     CancelRegistry,
     ForwardLimiter,
     KeySpace,
+    SessionCancels,
     client_key,
     new_cancel_key,
     source_of,
@@ -204,3 +208,28 @@ def test_a_flood_from_more_sources_than_the_overall_rate_leaves_room_for_a_victi
         if tick >= 100 and tick % 20 == 10:  # from 5 s: a victim's one cancel a second, each from another network
             victims += limit.allow(f"203.0.{tick % 250}.7", now)
     assert victims == 10
+
+
+# --- a session's own CancelRequests (red team 9s6 F4) ----------------------------------------------------------------
+
+
+def test_session_cancels_one_per_running_request_then_again_after_the_repeat_interval() -> None:
+    gate, running = SessionCancels(), object()
+    assert gate.check(running, 100.0) is None
+    assert [gate.check(running, 100.0 + i / 1000) for i in range(99)] == ["repeat"] * 99
+    assert gate.check(running, 100.0 + CANCEL_REPEAT_AFTER) is None  # (a cancel PostgreSQL dropped: the next goes)
+    assert gate.check(object(), 100.0 + CANCEL_REPEAT_AFTER) is None  # the next request: forwarded at once
+
+
+def test_session_cancels_none_while_nothing_runs() -> None:
+    gate = SessionCancels()
+    assert [gate.check(None, 5.0) for _ in range(3)] == ["no_request"] * 3
+    assert gate.check(object(), 5.0) is None  # (a dropped one spends nothing)
+
+
+def test_session_cancels_are_rate_limited_over_requests() -> None:
+    gate = SessionCancels()
+    burst = [gate.check(object(), 10.0) for _ in range(int(CANCEL_BURST) + 5)]
+    assert burst.count(None) == CANCEL_BURST and burst[-5:] == ["throttled"] * 5
+    assert gate.check(object(), 10.0 + 1.5 / CANCEL_RATE) is None  # one more token 1/rate later
+    assert gate.check(object(), 10.0 + 1.5 / CANCEL_RATE) == "throttled"
