@@ -44,7 +44,7 @@ from proxy.actions import (
     WatchLimits,
 )
 from proxy.auth.throttle import AuthThrottle
-from proxy.cancel import client_key, new_cancel_key
+from proxy.cancel import SessionCancels, client_key, new_cancel_key
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.confirming import Awaiting
 from proxy.errors import PgError
@@ -293,7 +293,7 @@ class ClientSession:
     # An attribute missing here still works (in `__dict__`); tests/unit/test_session_pooling.py says to add it.
     __slots__ = (
         "__dict__", "_admission", "_agent_bytes", "_agent_closing", "_agent_statements", "_answered", "_applied",
-        "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling",
+        "_asking_locks", "_bind_refusal", "_binds", "_cancel_done_at", "_cancelling", "_cancels",
         "_client_status", "_client_texts", "_contextual", "_copy_held", "_copy_since", "_counted", "_cursors", "_cut",
         "_cut_ends", "_cut_inject",
         "_cut_ran",
@@ -458,6 +458,7 @@ class ClientSession:
         self._cut_ends = 0  # statements ended (completed or failed) since the cut, up to its ReadyForQuery
         self._cut_ran = False  # ... and one after the cut one completed: the rest of the request ran on the server
         self._cancelling = False  # a CancelQuery is in flight: the request's ReadyForQuery waits for it
+        self._cancels: SessionCancels | None = None  # its client's CancelRequests' limits (made at the first one)
         # The last line's cut of a result holding a reserved name (`_last_line`): 0 none, 1 swallowing up to the
         # request's ReadyForQuery, 2 (the server's block still open) a failing statement sent, 3 and a statement
         # after the cut one completed (the session ends at the ReadyForQuery), 4 the session is to end.
@@ -3245,6 +3246,14 @@ class ClientSession:
                                                                         CloseReason.RESULT_CUT)]
         tail = self._at_idle(chunks) if self._idle_check else [RelayToClient(chunks)]
         return [tail[0], *more, *tail[1:]]
+
+    def cancel_requested(self, now: float) -> str | None:
+        """Event: a client's CancelRequest for this session, which holds a server: None to forward it, else why it
+        is dropped (proxy.cancel.SessionCancels; the request it is for: the oldest unanswered one)."""
+        if self._cancels is None:
+            self._cancels = SessionCancels()
+        pending = self.tracker.pending
+        return self._cancels.check(pending[0] if pending else None, now)
 
     def cancel_done(self) -> list[Action]:
         """Event: the CancelQuery has been acted on by the backend; a ReadyForQuery held meanwhile goes on."""

@@ -48,7 +48,6 @@ from proxy.actions import (
     WatchLimits,
 )
 from proxy.audit import AuditLog
-from proxy.cancel import SessionCancels
 from proxy.config import Config
 from proxy.dbcheck import BackendCheckError
 from proxy.errors import PgError
@@ -75,7 +74,7 @@ class ClientConnection(asyncio.Protocol):
     """The socket side of one client session."""
 
     __slots__ = (
-        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_cancels", "_client_full",
+        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full",
         "_connect", "_copy_timer",
         "_decision", "_gauge", "_kept", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
         "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
@@ -92,7 +91,6 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self._bytes_in = 0
         self._bytes_out = 0
-        self._cancels: SessionCancels | None = None  # its CancelRequests' limits (made at the first one)
         self.relay: ClientRelay | None = None  # the transports' protocol once relaying (start_relay)
         self.started = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
@@ -714,12 +712,9 @@ class ClientConnection(asyncio.Protocol):
 
     def cancel_check(self, now: float) -> str | None:
         """A client's CancelRequest for this session, which holds a server: None to forward it, else why it is
-        dropped (proxy.cancel.SessionCancels; the request it is for: the oldest unanswered one)."""
-        if self._cancels is None:
-            self._cancels = SessionCancels()
+        dropped (the session decides: ClientSession.cancel_requested)."""
         session = self.session
-        pending = session.tracker.pending if session is not None else ()
-        return self._cancels.check(pending[0] if pending else None, now)
+        return session.cancel_requested(now) if session is not None else None
 
     def _limits_tick(self, period: float) -> None:
         self._limits_timer = None
