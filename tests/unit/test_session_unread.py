@@ -158,3 +158,15 @@ def test_zero_is_no_write_bound(tmp_path: Path) -> None:
     for tick in range(1000):
         now[0] = float(tick)
         assert s.message_tick(now[0], False, True) == []
+
+
+def test_an_agents_statement_timeout_unheeded_names_the_agents_limit(tmp_path: Path) -> None:
+    clock = Clock()
+    s, _ = session(tmp_path, {}, clock, user={"profile": "agent", "agent": {"statement_timeout": 2.0}})
+    s.client_data(m.Query("SELECT count(*) FROM orders a, orders b").encode())
+    clock.now += 2.5
+    assert s.limits_tick()[-1] == CancelQuery()
+    s.cancel_done()
+    clock.now += 2.5
+    close = _ended(s.limits_tick(), CloseReason.STATEMENT_TIMEOUT)
+    assert close.error is not None and "pgtenant agent statement_timeout is 2 s" in close.error.message
