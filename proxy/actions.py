@@ -257,10 +257,12 @@ class WatchLimits:
 
 @dataclass(frozen=True, slots=True)
 class CloseClient:
-    """Send the error (if any) and close the client connection."""
+    """Send the error (if any) and close the client connection; `unread`: the client may have stopped reading, so a
+    connection whose write buffer is full is aborted, not left open until a flush that may never come."""
 
     error: PgError | None
     reason: CloseReason
+    unread: bool = False
 
 
 @dataclass(frozen=True, slots=True)

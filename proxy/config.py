@@ -98,6 +98,10 @@ class LimitsConfig:
     max_temp_relations: int = 64  # per session, incl. indexes, sequences, dropped in the open transaction
     max_advisory_locks: int = 16  # per session (database strategy), session- and transaction-level, counted by PG
     idle_in_transaction_timeout: float = 300.0  # backend default for tenant sessions whose client sets none
+    # seconds a statement the watchdog canceled (statement_timeout, replica_statement_timeout, the agent's) may go on
+    # before the proxy closes its server and ends the session (57014 FATAL): PostgreSQL acts on no cancel while it
+    # is blocked writing a result the client does not read (red team 9s6 F1/F3)
+    cancel_grace: float = 2.0
     decision_timeout: float = 10.0
     decision_workers: int = 2
     decision_cache_entries: int = 10_000
@@ -272,6 +276,10 @@ class PoolConfig:
     # transaction pooling: a message the client began while its session holds a server must be complete this long
     # after it began, or the session ends (08P01) and the server is closed; 0 = no limit (red team 9s F2)
     client_message_timeout: float = 30.0
+    # either pool mode: seconds a session holding a server may leave its client's output unread (the client's write
+    # buffer full and not a byte of it taken) before the session ends and the server is closed; on a replica's server
+    # the bound is at most [routing] max_replica_lag; 0 = no limit (red team 9s6 F2/F3; docs/operations.md)
+    client_write_timeout: float = 60.0
     sticky_servers: bool = True  # transaction pooling: a released server stays with its session until needed
     statement_cache: bool = False
     statement_cache_size: int = 500  # statements per server
@@ -653,7 +661,7 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
     if pool.pool_size < 1:
         raise ConfigError(f"pool.pool_size: must be at least 1, got {pool.pool_size}")
     for key in ("min_pool_size", "reserve_pool", "max_db_connections", "server_check_delay", "server_tcp_timeout",
-                "client_message_timeout"):
+                "client_message_timeout", "client_write_timeout"):
         if getattr(pool, key) < 0:
             raise ConfigError(f"pool.{key}: must be 0 or more, got {getattr(pool, key)}")
     if pool.min_pool_size > pool.pool_size:

@@ -235,6 +235,15 @@ client_message_timeout = _register(
     hint="pgtenant lends a server connection to a client for each request; a client that stops in the middle of a "
     "message holds it from every other client. Raise pool.client_message_timeout if large messages arrive slowly.",
 )
+# Either pool mode: the client read nothing of the results pending for it for client_write_timeout while its session
+# held a server (red team 9s6: the server, blocked writing, kept its snapshot, its slot, a replica's replay, and a
+# LISTEN session PostgreSQL's NOTIFY queue). The client is not reading: it will most likely never see this.
+client_write_timeout = _register(
+    "client_write_timeout", CONNECTION_FAILURE, "FATAL",
+    "terminating connection: the client read nothing of its pending results for {seconds} s (pgtenant "
+    "client_write_timeout)",
+    hint="Read results and notifications as they arrive; a slow reader is never cut, one that stops reading is.",
+)
 pool_wait_timeout = _register(
     "pool_wait_timeout", TOO_MANY_CONNECTIONS, "ERROR",
     'pgtenant: no server connection for tenant "{tenant}" within query_wait_timeout ({seconds} s); '
@@ -376,6 +385,15 @@ limit_idle_in_copy = _register(
     "idle_in_transaction_timeout)",
     hint="Send the COPY's data without pausing that long, and end it with CopyDone (or CopyFail), or ask the "
     "operator to raise idle_in_transaction_timeout.",
+)
+# The watchdog's cancel did not end the statement within limits.cancel_grace (PostgreSQL acts on no cancel while it
+# is blocked writing a result the client does not read, red team 9s6 F1/F3): the proxy closed the server itself.
+limit_statement_timeout_unheeded = _register(
+    "limit_statement_timeout_unheeded", QUERY_CANCELED, "FATAL",
+    "terminating connection due to statement timeout (pgtenant {limit} is {seconds} s): the statement did not stop "
+    "within {grace} s of its cancel",
+    hint="Read results as they arrive (PostgreSQL cannot stop a statement while the client leaves its result "
+    "unread), or narrow the query.",
 )
 # A result past max_result_rows / max_result_bytes: cut off, the statement failed (54000 program_limit_exceeded).
 limit_result = _register(

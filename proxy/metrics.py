@@ -393,6 +393,13 @@ class Metrics:
             "message already begun for the client, the session ended).",
             ["tenant", "message"], registry=r,
         )
+        self._unread_closed = Counter(
+            "pgtenant_unread_sessions_closed_total",
+            "Sessions ended, their server closed, because the client left its results unread (reason = "
+            "statement_timeout: the watchdog's cancel not acted on within limits.cancel_grace; client_write_timeout: "
+            "none of its pending output taken for pool.client_write_timeout).",
+            ["tenant", "reason"], registry=r,
+        )
         self._denied = Counter(
             "pgtenant_denied_statements_total", "Statements refused by the tenant policy.", ["tenant", "rule"],
             registry=r,
@@ -601,6 +608,10 @@ class Metrics:
     def answer_withheld(self, tenant: str | None, message: str) -> None:
         """The last line withheld a server's message of type `message` (hidden schemas: a reserved name in it)."""
         self._withheld.labels(self.tenant(tenant), message).inc()
+
+    def unread_closed(self, tenant: str | None, reason: str) -> None:
+        """A session whose client left its results unread was ended for `reason` (a CloseReason value)."""
+        self._unread_closed.labels(self.tenant(tenant), str(reason)).inc()
 
     def statement_denied(self, tenant: str | None, rule: str) -> None:
         self._denied.labels(self.tenant(tenant), rule).inc()

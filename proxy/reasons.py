@@ -96,6 +96,7 @@ class CloseReason(enum.StrEnum):
     # the pool
     POOL_WAIT_TIMEOUT = "pool_wait_timeout"
     CLIENT_MESSAGE_TIMEOUT = "client_message_timeout"  # a message begun, not complete in time, a server held for it
+    CLIENT_WRITE_TIMEOUT = "client_write_timeout"  # the client read none of its pending output in time, a server held
     POOL_RETIRED = "pool_retired"
     # pgtenant
     INTERNAL_ERROR = "internal_error"
@@ -105,6 +106,7 @@ class CloseReason(enum.StrEnum):
     # per-tenant limits (proxy/limits.py)
     MAX_CLIENT_CONNECTIONS = "max_client_connections", ("refused", "max_client_connections")
     IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"
+    STATEMENT_TIMEOUT = "statement_timeout"  # the watchdog's cancel not acted on within limits.cancel_grace
     MAX_CONCURRENT_QUERIES = "max_concurrent_queries"  # a batch without its Sync waited past query_wait_timeout
     ANSWER_WITHHELD = "answer_withheld"  # the last line found a reserved name in a message already begun for the client
     RESULT_CUT = "result_cut"  # a cut result could not be left in PostgreSQL's after-error state

@@ -307,8 +307,8 @@ class ClientSession:
         "_resume_ask", "_retags", "_scope",
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
-        "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_tracking",
-        "_tx_status", "_unread", "_unsynced", "_waiting", "_withheld", "_withheld_ends",
+        "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_timed_out_at", "_tracking",
+        "_tx_status", "_unread", "_unread_since", "_unsynced", "_waiting", "_withheld", "_withheld_ends",
         "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -467,6 +467,8 @@ class ClientSession:
         self._held_ready: bytes | None = None  # that ReadyForQuery's status
         self._held_rest: list[bytes] = []  # what the server sent after it (pipelined requests), relayed after it
         self._timed_out: object = None  # the request the watchdog canceled (its 57014 is ours)
+        self._timed_out_at = 0.0  # when the watchdog first canceled it (limits.cancel_grace runs from then)
+        self._unread_since: float | None = None  # since when the client has taken none of its pending output
         self._fed_since_cancel = False  # the client sent more of that request after the cancel (it may run again)
         self._cancel_done_at = 0.0  # when the last cancel was acted on (a batch open past it: idle in transaction)
         self._last_ready = 0.0  # when the last ReadyForQuery arrived (idle in transaction since)
@@ -3288,9 +3290,14 @@ class ClientSession:
         if pending:
             timeout, which = self._watchdog_timeout(limits)
             head = pending[0]
-            if timeout is None or self._cancelling or now - head.start < timeout:
+            if timeout is None or now - head.start < timeout:
                 return []
             first = head is not self._timed_out
+            grace = self.config.limits.cancel_grace
+            if not first and now - self._timed_out_at >= grace and not self._awaiting_sync() and not self._copying():
+                return self._cancel_unheeded(which, timeout, grace)
+            if self._cancelling:
+                return []
             if not first and not self._fed_since_cancel:
                 # The batch is open without its Sync and the server, canceled, waits for the client: in the batch's
                 # transaction, idle (PostgreSQL arms its own idle timeout only at a ReadyForQuery).
@@ -3298,6 +3305,8 @@ class ClientSession:
                     return self._idle_timeout(limits, idle)
                 return []
             self._timed_out, self._fed_since_cancel, self._cancelling = head, False, True
+            if first:
+                self._timed_out_at = now
             limit = REPLICA_STATEMENT_TIMEOUT if which == REPLICA_STATEMENT_TIMEOUT else STATEMENT_TIMEOUT
             reached = [LimitReached(limits.tenant, limits.user, limit, timeout)] if first else []
             return [*reached, CancelQuery()]
@@ -3305,6 +3314,21 @@ class ClientSession:
                 and now - self._last_ready >= idle):
             return self._idle_timeout(limits, idle)
         return []
+
+    def _cancel_unheeded(self, which: str, timeout: float, grace: float) -> list[Action]:
+        """The watchdog's cancel has not ended the request within limits.cancel_grace, though the server has all of
+        it (nothing waits for the client): PostgreSQL acts on no cancel while it is blocked writing a result the
+        client does not read (red team 9s6 F1/F3). The server is closed at once (not drained: the backend then fails
+        its write and exits, releasing its snapshot, its place in pool_size and max_db_connections, and a replica's
+        replay), and the session ends with the limit's 57014 as FATAL: the client's result is cut mid-stream and, in
+        session pooling, its server's session state is gone, so no ReadyForQuery could truthfully follow."""
+        reason = CloseReason.STATEMENT_TIMEOUT
+        released = self._give_back(reusable=False, reset=True, reason=reason)
+        self._close()
+        limit = {REPLICA_STATEMENT_TIMEOUT: REPLICA_STATEMENT_TIMEOUT, "agent": "agent statement_timeout"}.get(
+            which, STATEMENT_TIMEOUT)
+        error = errors.limit_statement_timeout_unheeded(limit=limit, seconds=seconds(timeout), grace=seconds(grace))
+        return [*released, CloseClient(error, reason, unread=True)]
 
     def _idle_timeout(self, limits: Limits, idle: float) -> list[Action]:
         """idle_in_transaction_timeout passed: the session ends (25P03), its server closed, not reused."""
@@ -3362,13 +3386,40 @@ class ClientSession:
         return [LimitReached(self.tenant.name, self.info.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
                 CloseClient(error, reason)]
 
-    def message_tick(self, now: float, reading_paused: bool = False) -> list[Action]:
+    def _unread_waited(self, now: float, unread: bool) -> list[Action] | None:
+        """Either pool mode: a session holding a server whose client took none of its pending output (`unread`, the
+        I/O layer's fact: its write buffer full and not a byte of it written since the last tick) for
+        client_write_timeout (on a replica's server at most [routing] max_replica_lag) ends, its server closed: the
+        backend, blocked writing, held its snapshot, its slot, a replica's replay (red team 9s6 F3) and, listening,
+        PostgreSQL's NOTIFY queue (F2). A client that reads, however slowly, is never ended here."""
+        server = self.server
+        bound = self.config.pool.client_write_timeout
+        if not unread or not bound or server is None or self.state is not _READY:
+            self._unread_since = None
+            return None
+        if server.replica is not None:
+            bound = min(bound, self.config.routing.max_replica_lag)
+        if self._unread_since is None:
+            self._unread_since = now
+            return None
+        if now - self._unread_since < bound:
+            return None
+        reason = CloseReason.CLIENT_WRITE_TIMEOUT
+        released = self._give_back(reusable=False, reset=True, reason=reason)
+        self._close()
+        return [*released, CloseClient(errors.client_write_timeout(seconds=seconds(bound)), reason, unread=True)]
+
+    def message_tick(self, now: float, reading_paused: bool = False, unread: bool = False) -> list[Action]:
         """The clock (about once a second): in transaction pooling, a message the client began while the session
         holds a server and has not completed within client_message_timeout of its first bytes seen here ends the
         session (08P01) and its server is closed (red team 9s F2: a stalled half message held the server from every
         other client, and its place in pool_size and max_db_connections). Whatever client_message_timeout is, a COPY
         FROM STDIN (either pool mode) or a batch waiting for its Sync, idle past idle_in_transaction_timeout, ends
-        the session (_copy_waited, _batch_waited); `reading_paused`: the I/O layer does not read the client now."""
+        the session (_copy_waited, _batch_waited); `reading_paused`: the I/O layer does not read the client now. Either
+        pool mode, a client that takes none of its pending output (`unread`) ends the session (_unread_waited)."""
+        waited = self._unread_waited(now, unread)
+        if waited is not None:
+            return waited
         timeout = self.config.pool.client_message_timeout
         frontend = self.frontend
         if self.tracker.copy_in:

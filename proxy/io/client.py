@@ -74,9 +74,10 @@ class ClientConnection(asyncio.Protocol):
     """The socket side of one client session."""
 
     __slots__ = (
-        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full",
-        "_connect", "_copy_timer",
-        "_decision", "_gauge", "_kept", "_limits_timer", "_pin_timer", "_pinned_at", "_reading_paused", "_relaying",
+        "_admitting", "_backpressure", "_bytes_in", "_bytes_out", "_bytes_reported", "_client_full", "_connect",
+        "_copy_timer",
+        "_decision", "_gauge", "_kept", "_limits_timer", "_out_mark", "_pin_timer", "_pinned_at", "_reading_paused",
+        "_relaying",
         "_slot_wait", "_spoke", "_timer", "_tls_pending", "_unsynced_timer", "_waiting_server", "address", "admin",
         "authenticated", "closed", "link", "login", "proxy", "relay", "session", "session_id", "started", "tenant",
         "transport", "via",
@@ -101,6 +102,7 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused = False
         self._backpressure = False  # the server link's write buffer is full
         self._client_full = False  # the client's write buffer is full (the server link is not read meanwhile)
+        self._out_mark = -1  # its size at the last tick while full (-1: not full then): did the client take any?
         self._decision: object | None = None  # the decision worker task the session waits for (RunDecision)
         self._admitting = False  # the session holds an agent's statement for its admission (AwaitAdmission)
         self.session_id = ""  # set with the session (connection_made)
@@ -493,8 +495,18 @@ class ClientConnection(asyncio.Protocol):
         idle wait for the client, ends the session (ClientSession.message_tick; not idle while the socket is not
         read: the server link is full, say)."""
         if self.link is not None and not self._kept:
-            paused = self._reading_paused
-            self._run_session(lambda s: s.message_tick(now, paused))
+            paused, unread = self._reading_paused, self._unread()
+            self._run_session(lambda s: s.message_tick(now, paused, unread))
+
+    def _unread(self) -> bool:
+        """The client's write buffer is full and not a byte of it was written since the last tick (the client took
+        none of its output: its socket's buffers are full too); the session times it (client_write_timeout)."""
+        if not self._client_full or self.transport is None:
+            self._out_mark = -1
+            return False
+        size = self.transport.get_write_buffer_size()
+        mark, self._out_mark = self._out_mark, size
+        return 0 <= mark <= size
 
     def taken_back(self, link: ServerLink) -> None:
         """The pool takes back the server kept for this session (it needs it now, before it does anything with it)."""
@@ -650,7 +662,7 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, TerminateBackend):
                 self.proxy.terminate_backend(action)
             elif isinstance(action, CloseClient):
-                self.close(action.error, action.reason)
+                self.close(action.error, action.reason, unread=action.unread)
                 return
             else:  # pragma: no cover
                 raise AssertionError(f"unexpected client action {action!r}")
@@ -883,10 +895,15 @@ class ClientConnection(asyncio.Protocol):
         elif self.session is not None:
             self.run(self.session.timeout())
 
-    def close(self, error: PgError | None, reason: CloseReason) -> None:
+    def close(self, error: PgError | None, reason: CloseReason, *, unread: bool = False) -> None:
+        """End the connection (the error first, if any); `unread` (CloseClient): a client whose write buffer is full
+        is cut at once (abort), not kept open until a flush that may never come."""
         if self.closed:
             return
         self.proxy.metrics.session_closed(reason, self.proxy.config.metrics.auth_failure_detail)
+        if unread:
+            self.proxy.metrics.unread_closed(self.tenant.label if self.tenant is not None else None, reason)
+            self.log.warning("unread_results_closed", reason=reason, client_full=self._client_full)
         if self.admin and reason is CloseReason.CLIENT_TERMINATE:
             self.log.info("admin_logout")
         if error is not None:
@@ -898,7 +915,7 @@ class ClientConnection(asyncio.Protocol):
         self._drop_decision()
         self._let_go(reason)
         if self.transport is not None:
-            if self._tls_pending:
+            if self._tls_pending or (unread and self._client_full):
                 self.transport.abort()
             else:
                 self.transport.close()

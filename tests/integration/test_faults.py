@@ -199,6 +199,7 @@ def test_fault_table_rows_are_all_checked() -> None:
         "startup-timeout": "tests/integration/test_startup_auth.py::test_stalled_client_is_dropped",
         "message-too-large": "tests/unit/test_session.py (54000)",
         "client-message-timeout": "tests/integration/test_pool_midmessage.py (transaction pooling, pool of one)",
+        "client-write-timeout": "tests/integration/test_unread_results.py (both pool modes, a budget of one)",
         "backend-closes": "no test: a killed backend makes PostgreSQL restart every session of the shared cluster",
     }
     rows = re.findall(r"^\| `([a-z-]+)` \|", DOC.read_text(), re.M)
