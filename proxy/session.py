@@ -963,6 +963,12 @@ class ClientSession:
         """A read after the session closed: nothing to do."""
         return []
 
+    def guarded(self) -> bool:
+        """Whether the backend stream's guard is on (the first schema the tenant cannot see was named): each result
+        message holding "pg_9" then costs a Python call, so a large read is worth yielding the loop after
+        (ServerLink.data_received, red team 9a7 H1)."""
+        return self._hidden is not None and self._hidden.guarded
+
     def server_data(self, data: bytes) -> list[Action]:
         """Bytes from the server connection the session holds."""
         if self._replaying:

@@ -273,13 +273,13 @@ class ClientConnection(asyncio.Protocol):
         self._client_full = True
         if self.link is not None and self.link.transport is not None and not self._kept:
             with contextlib.suppress(Exception):
-                self.link.transport.pause_reading()
+                self.link.hold_reading()
 
     def resume_writing(self) -> None:
         self._client_full = False
         if self.link is not None and self.link.transport is not None and not self.link.closed and not self._kept:
             with contextlib.suppress(Exception):
-                self.link.transport.resume_reading()
+                self.link.release_reading()
 
     def pause_reading(self) -> None:
         """Backpressure: the server link cannot take more for now."""
@@ -346,7 +346,7 @@ class ClientConnection(asyncio.Protocol):
         relay.server = link.transport
         link.relay = relay  # its reads go to the relay until Pool.release detaches it
         if self._client_full:  # the client's socket is still full: the new server waits too
-            link.transport.pause_reading()
+            link.hold_reading()
 
     def _relay_client(self) -> None:
         """The client's startup is answered: its transport reads into the relay."""
@@ -451,7 +451,7 @@ class ClientConnection(asyncio.Protocol):
         self._kept = True
         self.relay.kept = True  # type: ignore[union-attr]  # (its next read asks resume_kept first)
         if self._client_full and link.transport is not None and not link.closed:
-            link.transport.resume_reading()  # (an idle link reads its own socket)
+            link.release_reading()  # (an idle link reads its own socket)
 
     def _unkeep(self) -> bool:
         """The session's server is no longer kept for it; whether it was."""
@@ -483,7 +483,7 @@ class ClientConnection(asyncio.Protocol):
                 link, self, session.resume_route(data)):
             link.owner, link.relay = self, self.relay
             if self._client_full and link.transport is not None:
-                link.transport.pause_reading()
+                link.hold_reading()
             self.run(session.server_resumed())
             return data
         self._let_go_kept(link)

@@ -21,7 +21,7 @@ SESSION_EVENTS = frozenset({
     "client_data", "server_data", "tls_done", "server_attached", "server_refused", "server_closed", "timeout",
     "decision_ready", "enable_policy", "report_requests", "reconfigure", "revoke", "row", "close",
     "cancel_done", "cancel_requested", "limits_tick", "slot_granted", "slot_refused", "server_taken",
-    "server_resumed", "may_resume", "resume_route", "resume_turn", "read_kept",
+    "server_resumed", "may_resume", "resume_route", "resume_turn", "read_kept", "guarded",
 })
 
 

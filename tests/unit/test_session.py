@@ -847,6 +847,7 @@ def test_a_hidden_and_a_missing_schema_set_the_last_lines_guard_alike(tmp_path: 
         logged = [a for a in s.server_data(m.ready_for_query(b"I")) if isinstance(a, LastLineGuarded)]
         guarded = s._hidden is not None and s._hidden.guarded
         assert len(logged) == guarded, (sql, logged)  # (logged once: last_line_guarded)
+        assert s.guarded() == guarded, sql  # (what the server link asks: a large read then yields the loop)
         return guarded
 
     for template, expected in _NAMINGS:
