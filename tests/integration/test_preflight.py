@@ -210,13 +210,25 @@ def _count(p: ProxyProcess, user: str, db: str, sql: str) -> int:
         return int(row[0])
 
 
+def _dan_reads(pg: PgCluster, p: ProxyProcess, db: str, sql: str) -> int:
+    """What dan's backend role reads of a shared tenant's relation straight from PostgreSQL (the database's lock);
+    through the proxy the relation is refused (`others_table`, red team 9a7 H3: the proxy's lock)."""
+    with psycopg.connect(pg.dsn(user=DAN_ROLE, password=DAN_ROLE_PW, dbname=db)) as c:
+        row = c.execute(sql).fetchone()
+    assert row is not None
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="others_table"):
+        _count(p, DAN, db, sql)
+    return int(row[0])
+
+
 def test_refuses_a_database_tenant_that_owns_or_reads_a_view_of_the_shared_tenants_rows(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The shared tenant's table is owned by a role dan's backend role is a member of (RLS enabled, not forced), and
     a view of it is readable by PUBLIC. The shared tenant's own preflight only warns (its rewrite filters both), but
-    dan's statements are not rewritten: with the preflight not enforced he reads bigco's rows through both. Enforced,
-    the start is refused naming each relation and the fix; once fixed, it starts and dan reads none of them."""
+    dan's backend role reads bigco's rows through both straight from PostgreSQL (the proxy refuses both relations to
+    dan: `others_table`). Enforced, the start is refused naming each relation and the fix; once fixed, it starts and
+    dan's role reads none of them."""
     prepare_backend(pg)
     db = _orders_db(pg, "dshown")
     p = _sharing_proxy(pg, tmp_path_factory.mktemp("dshown"), db)
@@ -229,8 +241,8 @@ def test_refuses_a_database_tenant_that_owns_or_reads_a_view_of_the_shared_tenan
         p.preflight_enforce = False  # what the proxy did before: dan reads the shared tenants' rows
         p.start(provision=False)
         try:
-            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'") == 2
-            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders_v WHERE tenant_id = 'bigco'") == 2
+            assert _dan_reads(pg, p, db, "SELECT count(*) FROM public.orders WHERE tenant_id = 'bigco'") == 2
+            assert _dan_reads(pg, p, db, "SELECT count(*) FROM public.orders_v WHERE tenant_id = 'bigco'") == 2
         finally:
             p.stop()
         p.preflight_enforce = True
@@ -245,7 +257,7 @@ def test_refuses_a_database_tenant_that_owns_or_reads_a_view_of_the_shared_tenan
         pg.execute("REVOKE SELECT ON public.orders_v FROM PUBLIC", dbname=db)
         p.start(provision=False)
         try:
-            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            assert _dan_reads(pg, p, db, "SELECT count(*) FROM public.orders") == 0
             assert _count(p, "dsh_alice", db, "SELECT count(*) FROM orders") == 1  # the shared tenant: its row
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 _count(p, DAN, db, "SELECT count(*) FROM public.orders_v")
@@ -277,12 +289,12 @@ def test_refuses_a_database_tenant_under_an_open_policy_or_with_a_schema_tenants
         p.preflight_enforce = False
         p.start(provision=False)
         try:
-            with psycopg.connect(p.dsn(DAN, dbname=db), autocommit=True) as c:
-                assert c.execute(bigco).fetchone() == (0,)
+            assert _dan_reads(pg, p, db, bigco) == 0
+            with psycopg.connect(direct, autocommit=True) as c:  # any login may SET the policy's setting
                 c.execute("SET app.tenant_id = 'bigco'")
                 assert c.execute(bigco).fetchone() == (2,)
             pg.execute(f"CREATE POLICY dan_all ON public.orders TO {DAN_ROLE} USING (true)", dbname=db)
-            assert _count(p, DAN, db, bigco) == 2
+            assert _dan_reads(pg, p, db, bigco) == 2
         finally:
             p.stop()
         with psycopg.connect(direct) as c:  # the proxy hides the schema's name; PostgreSQL lets the role in
@@ -302,7 +314,7 @@ def test_refuses_a_database_tenant_under_an_open_policy_or_with_a_schema_tenants
         pg.execute("DROP POLICY app_pol ON public.orders", dbname=db)
         p.start(provision=False)
         try:
-            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            assert _dan_reads(pg, p, db, "SELECT count(*) FROM public.orders") == 0
         finally:
             p.stop()
     finally:
@@ -357,13 +369,13 @@ def test_provision_gives_a_database_tenant_none_of_the_other_tenants_of_its_data
                           dbname=db) == [(True, False, False)]
         p.start(provision=False)
         try:
-            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            assert _dan_reads(pg, p, db, "SELECT count(*) FROM public.orders") == 0
             # a reload checks again: the later view opened to PUBLIC rejects it, the old config stays in force
             pg.execute("GRANT SELECT ON public.later_v TO PUBLIC", dbname=db)
             rejected = p.reload(expect="reload_rejected")
             assert ("tenants.dsd: its backend role 'pgt_dsh_dan' can read other tenants' rows of public.later_v "
                     "(tenant dsa: a view") in str(rejected.get("problem")), rejected
-            assert _count(p, DAN, db, "SELECT count(*) FROM public.orders") == 0
+            assert _dan_reads(pg, p, db, "SELECT count(*) FROM public.orders") == 0
             pg.execute("REVOKE SELECT ON public.later_v FROM PUBLIC", dbname=db)
             p.reload(expect="reloaded")
         finally:
