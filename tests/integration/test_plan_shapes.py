@@ -191,3 +191,34 @@ def test_an_agents_query_through_a_guarded_naming_function_is_admitted_without_i
     with _connect(proxies[mode], user) as conn:
         rows = conn.execute("SELECT obj_description(g::oid, 'pg_class') FROM generate_series(1, 1000) g").fetchall()
         assert len(rows) == 5, rows
+
+
+# set_config() of search_path where PostgreSQL may not run it: an empty FROM, WHERE false, LIMIT 0, an untaken CASE
+# branch, an argument coalesce() never reaches.
+UNRUN_SET_CONFIGS = (
+    "SELECT set_config('search_path', 'pg_catalog', false) FROM pg_class WHERE false",
+    "SELECT set_config('search_path', 'pg_catalog', false) WHERE false",
+    "SELECT set_config('search_path', 'pg_catalog', false) LIMIT 0",
+    "SELECT CASE WHEN false THEN set_config('search_path', 'pg_catalog', false) END",
+    "SELECT coalesce('x', set_config('search_path', 'pg_catalog', false))",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_set_config_of_search_path_postgresql_does_not_run_is_refused(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """Red team 9a8 N6: `SELECT set_config('search_path', 'pg_catalog', false) FROM pg_class WHERE false` returned no
+    row and PostgreSQL's search_path stayed `"$user", public`, but the proxy tracked pg_catalog: dan's next `SELECT *
+    FROM orders` (public.orders, the shared tenants' table) was no longer refused as others_table. A set_config() of
+    search_path is accepted only alone in a SELECT list; elsewhere it is refused (0A000 search_path_set_config), and
+    the proxy's search_path stays PostgreSQL's."""
+    with _connect(proxies[mode], "dan") as conn:
+        before = conn.execute("SHOW search_path").fetchall()
+        for sql in UNRUN_SET_CONFIGS:
+            err = _refused(conn, sql)
+            assert err.sqlstate == "0A000" and "search_path_set_config" in str(err), (sql, err)
+            err = _refused(conn, "SELECT * FROM orders")
+            assert err.sqlstate == "42501" and "others_table" in str(err), (sql, err)
+        assert conn.execute("SHOW search_path").fetchall() == before
+        assert conn.execute("SELECT set_config('search_path', 'pg_catalog', false)").fetchall() == [("pg_catalog",)]
+        assert conn.execute("SHOW search_path").fetchall() == [("pg_catalog",)]
