@@ -108,13 +108,14 @@ def _check_read_write(options: list[Node] | None, what: str) -> None:
             raise fail("agent_setting", f"{what} is not available to the agent profile")
 
 
-def admission(policy: TenantPolicy, kind: str, node: Node, analysis: Analysis) -> frozenset[str]:
+def admission(policy: TenantPolicy, kind: str, node: Node, analysis: Analysis, guarded: bool = False) -> frozenset[str]:
     """ADMIT for a query the planner's estimate decides on (proxy/admission.py): every SELECT and cursor query but a
     plain catalog lookup (`_plain_lookup`) and one that reads a catalog the proxy filters for the tenant (a temporary
-    view: `reads_filtered_catalog`), whose estimate counts other tenants' objects (red team 9a7 H4/H8): it runs
-    without its EXPLAIN, bounded by its statement_timeout and the agent's row cap."""
-    if kind not in ("SelectStmt", "DeclareCursorStmt") or _plain_lookup(node, analysis) or reads_filtered_catalog(
-            policy, analysis):
+    view: `reads_filtered_catalog`; `guarded`: its rewrite put in an object guard's catalog subquery, red team 9a8
+    N5), whose estimate counts other tenants' objects (red team 9a7 H4/H8): it runs without its EXPLAIN, bounded by
+    its statement_timeout and the agent's row cap."""
+    if kind not in ("SelectStmt", "DeclareCursorStmt") or _plain_lookup(node, analysis) or guarded or (
+            reads_filtered_catalog(policy, analysis)):
         return frozenset()
     return frozenset({ADMIT})
 

@@ -371,6 +371,7 @@ def _decide_statement(
         raise Denied(_placed(policy, data, stmt, analysis, plan, exc.decision)) from None
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
+    since = len(plan.rules)
     try:
         rewrite.plan(policy, data, stmt, analysis, plan)
         if policy.agent_max_rows is not None:
@@ -425,7 +426,7 @@ def _decide_statement(
     elif kind in classify.CREATES:
         plan.verify = True
     if policy.agent_max_rows is not None:
-        effects |= agent.admission(policy, kind, stmt.node, analysis)
+        effects |= agent.admission(policy, kind, stmt.node, analysis, rewrite.adds_catalog_guard(plan, since))
     return effects, changes
 
 

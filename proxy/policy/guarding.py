@@ -27,6 +27,7 @@ from proxy.policy.tree import Node, names_of, tag_of, walk_dicts
 from proxy.policy.walk import Analysis, Site
 
 LBRACKET, RBRACKET = "ASCII_91", "ASCII_93"
+OBJECT_GUARD = "object_guard"  # rewrite rule: a value checked in a subquery of the system catalog that holds it
 OWN_ROLE_FUNCTIONS = frozenset({"SVFOP_CURRENT_USER", "SVFOP_SESSION_USER", "SVFOP_CURRENT_ROLE", "SVFOP_USER"})
 # obj_description(oid, '<catalog>'): the kind of object the catalog holds.
 DESCRIBED_KINDS: dict[str, str] = {
@@ -382,7 +383,7 @@ def _wrap_span(planner: Planner, toks: list[Tok], first: int, last: int, site: S
     planner.edit(toks[first].start, toks[first].start, template.prefix)
     planner.edit(toks[last].end, toks[last].end, template.suffix)
     _replace(planner, site, template.instantiate)
-    planner.rule("object_guard")
+    planner.rule(OBJECT_GUARD)
 
 
 def _case_end(toks: list[Tok], first: int) -> int:
@@ -514,7 +515,7 @@ def _wrap_token(planner: Planner, member: implicit.Member, template: g.Template)
     tok = toks[index_at(toks, location)]
     planner.edit(tok.start, tok.end, template.prefix + planner.cut(tok.start, tok.end) + template.suffix)
     _replace(planner, Site(node, member.holder, member.key), template.instantiate)
-    planner.rule("object_guard")
+    planner.rule(OBJECT_GUARD)
 
 
 def _replace(planner: Planner, site: Site, build: Callable[[Node], Node]) -> None:
@@ -563,7 +564,7 @@ def _cast(planner: Planner, policy: TenantPolicy, site: Site) -> None:
         planner.edit(toks[start].start, toks[lit].start, template.prefix)
         planner.edit(toks[lit].end, toks[lit].end, template.suffix)
         _replace(planner, site, lambda node: template.instantiate(node["TypeCast"]["arg"]))
-        planner.rule("object_guard")
+        planner.rule(OBJECT_GUARD)
         return
     at = index_at(toks, loc)
     if toks[at].name == "CAST":
@@ -590,7 +591,7 @@ def _cast(planner: Planner, policy: TenantPolicy, site: Site) -> None:
     else:
         raise TextError("a cast written in an unexpected way")
     _replace(planner, site, lambda node: template.instantiate(node["TypeCast"]["arg"]))
-    planner.rule("object_guard")
+    planner.rule(OBJECT_GUARD)
 
 
 def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
@@ -639,7 +640,7 @@ def _call(planner: Planner, policy: TenantPolicy, site: Site) -> None:
         planner.edit(toks[start].start, toks[start].start, template.prefix)
         planner.edit(toks[close].end, toks[close].end, template.suffix)
         _replace(planner, site, template.instantiate)
-        planner.rule("object_guard")
+        planner.rule(OBJECT_GUARD)
         return
     if name in ("pg_get_userbyid", "oidvectortypes"):
         kind = "role" if name == "pg_get_userbyid" else "type"
@@ -669,7 +670,7 @@ def _whole_call(planner: Planner, site: Site, body: Node, template: g.Template) 
     planner.edit(toks[start].start, toks[first].start, template.prefix)
     planner.edit(toks[last].end, toks[close].end, template.suffix)
     _replace(planner, site, lambda node: template.instantiate(node["FuncCall"]["args"][0]))
-    planner.rule("object_guard")
+    planner.rule(OBJECT_GUARD)
 
 
 def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.Template, kind: str | None,
@@ -686,4 +687,4 @@ def _wrap_arg(planner: Planner, site: Site, body: Node, index: int, template: g.
         args[index] = template.instantiate(args[index])
 
     planner.defer(mutation)
-    planner.rule(rule or ("setting_guard" if kind is None else "object_guard"))
+    planner.rule(rule or ("setting_guard" if kind is None else OBJECT_GUARD))

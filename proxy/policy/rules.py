@@ -41,6 +41,12 @@ RULES: dict[str, tuple[str, str]] = {
         INSUFFICIENT_PRIVILEGE,
         "pgtenant requires client_encoding UTF8, standard_conforming_strings on and row security enforced.",
     ),
+    "search_path_set_config": (
+        FEATURE_NOT_SUPPORTED,
+        "Set search_path with SET search_path TO a, b, or with set_config('search_path', 'a, b', false) alone in a "
+        "SELECT list (no FROM, WHERE, subquery, CASE or other expression around it): anywhere else PostgreSQL may not "
+        "run it, and the proxy must know the search_path PostgreSQL has.",
+    ),
     "search_path_pinned": (
         INSUFFICIENT_PRIVILEGE,
         "Set search_path to a literal list of schema names (SET search_path TO a, b); the proxy keeps the ones "

@@ -432,6 +432,9 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
         check_show(policy, {"name": setting})
         return
     low = _check_name(policy, setting)
+    if low == "search_path" and not runs_once(body, call):
+        raise fail("search_path_set_config", "set_config() of search_path is allowed only as a target of a SELECT "
+                   "with no FROM, WHERE, GROUP BY, HAVING, LIMIT or set operation, where PostgreSQL runs it once")
     if low in PINNED_VALUES:
         _check_pinned(low, literal_arg(call, 1))
     if low in OBJECT_NAME_SETTINGS:
@@ -453,6 +456,29 @@ def reads_search_path(call: Call) -> str | None:
     if name is None:
         return "computed"
     return "literal" if name.lower() == "search_path" else None
+
+
+_ONCE_CLAUSES = frozenset({"targetList", "limitOption", "op"})
+
+
+def runs_once(body: Node | None, call: Call) -> bool:
+    """True when PostgreSQL evaluates `call` exactly once as the statement runs: a target (under casts) of a top-level
+    SELECT (`body`; None for another statement: EXPLAIN, PREPARE, a view…) with no FROM, WHERE, GROUP BY, HAVING,
+    LIMIT/OFFSET, ORDER BY, DISTINCT, CTE or set operation; what psql, pgJDBC and SQLAlchemy send. Elsewhere it may
+    not run (`WHERE false`, `LIMIT 0`, an empty FROM, a CASE branch, a subquery), and the proxy would track a
+    search_path PostgreSQL does not have (red team 9a8 N6)."""
+    if body is None or set(body) - _ONCE_CLAUSES or body.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return False
+    if body.get("limitOption", "LIMIT_OPTION_DEFAULT") != "LIMIT_OPTION_DEFAULT" or call.holder is None:
+        return False
+    node = call.holder[call.key]
+    for target in body.get("targetList") or ():
+        value = target.get("ResTarget", {}).get("val")
+        while value is not None and "TypeCast" in value:
+            value = value["TypeCast"].get("arg")
+        if value is node:
+            return True
+    return False
 
 
 def _alone(body: Node | None, call: Call) -> bool:

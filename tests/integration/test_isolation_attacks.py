@@ -1441,21 +1441,18 @@ ATTACKS: list[Attack] = [
     Attack("dump_settings_lookup_reserved",
            "SELECT set_config(name, 'bigco', false) FROM pg_settings WHERE name = 'pgtenant.tenant_id'", ALL, "deny",
            by="proxy"),
-    # pg_dump's pg_settings form of set_config is filtered, rewritten and tracked exactly as the literal form
+    # pg_dump's pg_settings form of set_config(): for search_path refused (red team 9a8 N6: its call runs only where
+    # the FROM/WHERE yield a row, and the proxy would track a search_path PostgreSQL may not have; pg_dump does not
+    # send it for search_path)
     Attack("dump_settings_lookup_search_path",
-           {SN: (_LOOKUP.format("pg_temp,two_co,public", "search_path"), "SELECT count(*) FROM orders",
-                 "RESET search_path"),
-            "CD": (_LOOKUP.format("two_co, one_co, public", "search_path"), "SELECT count(*) FROM orders",
-                   "RESET search_path")}, ALL, "ok", check=count_is("orders")),
+           {SN: _LOOKUP.format("pg_temp,two_co,public", "search_path"),
+            "CD": _LOOKUP.format("two_co, one_co, public", "search_path")}, ALL, "deny", by="proxy"),
     Attack("dump_settings_lookup_search_path_local",
-           ("BEGIN", _LOOKUP.format("two_co, one_co, public", "search_path").replace("false", "true"),
-            "SELECT count(*) FROM orders", "COMMIT"), "SNC", "ok", check=count_is("orders")),
-    Attack("dump_settings_lookup_catalog_first", (_LOOKUP.format("public, pg_catalog", "search_path"),
-                                                  "SELECT array_position(current_schemas(true), 'pg_catalog') < "
-                                                  "coalesce(array_position(current_schemas(true), 'public'), 99)",
-                                                  "RESET search_path"), "SNC", "ok", check=first_cell_is("t")),
-    Attack("dump_settings_lookup_hidden_public", (_LOOKUP.format("public", "search_path"),
-                                                  "SELECT 1 FROM legacy_orders", "RESET search_path"), C, "deny"),
+           ("BEGIN", _LOOKUP.format("two_co, one_co, public", "search_path").replace("false", "true"), "COMMIT"),
+           "SNC", "deny", by="proxy"),
+    Attack("dump_settings_lookup_catalog_first", _LOOKUP.format("public, pg_catalog", "search_path"), "SNC", "deny",
+           by="proxy"),
+    Attack("dump_settings_lookup_hidden_public", _LOOKUP.format("public", "search_path"), C, "deny", by="proxy"),
     Attack("dump_settings_lookup_row_security_off", (_LOOKUP.format("off", "row_security"), "SHOW row_security",
                                                      "RESET row_security"), SN, "ok", check=first_cell_is("on")),
     Attack("dump_settings_lookup_computed_path",

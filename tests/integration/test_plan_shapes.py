@@ -153,3 +153,72 @@ def test_an_agents_query_over_filtered_catalogs_is_admitted_without_its_estimate
             assert len(rows) == 5, (sql, rows)
         err = _refused(conn, "SELECT g FROM generate_series(1, 1000) g")
         assert err.sqlstate == "54000" and "agent_estimate" in str(err), err
+
+
+# Naming functions the proxy rewrites into guarded forms: each guard is a subquery of pg_class (pg_roles…) filtered for
+# the tenant, which the statement as written does not name.
+GUARDED_EXPLAINS = ("EXPLAIN SELECT obj_description(g::oid, 'pg_class') FROM generate_series(1, 3) g",
+                    "EXPLAIN (COSTS OFF) SELECT col_description(g::oid, 1) FROM generate_series(1, 3) g",
+                    "EXPLAIN SELECT pg_get_indexdef(g::oid) FROM generate_series(1, 3) g")
+
+
+@pytest.mark.parametrize("user", ("alice", "dan", "gina"))
+@pytest.mark.parametrize("mode", MODES)
+def test_explain_through_a_guarded_naming_function_is_refused(
+        proxies: dict[str, ProxyProcess], mode: str, user: str) -> None:
+    """Red team 9a8 N5: `EXPLAIN SELECT obj_description(g::oid, 'pg_class') FROM generate_series(1,3) g` (and
+    col_description, pg_get_indexdef) was answered with costs: the proxy's guard adds a subplan over the filtered
+    pg_class, whose costs moved with other tenants' object count. A statement whose rewrite adds such a guard counts
+    as reading a filtered catalog: EXPLAIN is refused (42501 explain_catalog); the query itself still runs. ivan
+    (alone in his database, nothing hidden) gets no guard and keeps the EXPLAIN."""
+    with _connect(proxies[mode], user) as conn:
+        for sql in GUARDED_EXPLAINS:
+            err = _refused(conn, sql)
+            assert err.sqlstate == "42501" and "explain_catalog" in str(err), (user, sql, err)
+        rows = conn.execute(GUARDED_EXPLAINS[0].removeprefix("EXPLAIN ")).fetchall()
+        assert len(rows) == 3, rows
+    with _connect(proxies[mode], "ivan") as conn:
+        assert conn.execute(GUARDED_EXPLAINS[0]).fetchall()
+
+
+@pytest.mark.parametrize("user", sorted(BOTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_an_agents_query_through_a_guarded_naming_function_is_admitted_without_its_estimate(
+        proxies: dict[str, ProxyProcess], mode: str, user: str) -> None:
+    """Red team 9a8 N5, the agent side: the admission EXPLAINed the rewritten statement, whose guard subplan over the
+    filtered pg_class follows other tenants' objects. It runs without its EXPLAIN now (5 rows: the agent's cap; the
+    estimate of 1,000 rows, above the limit of 50, refused it before)."""
+    with _connect(proxies[mode], user) as conn:
+        rows = conn.execute("SELECT obj_description(g::oid, 'pg_class') FROM generate_series(1, 1000) g").fetchall()
+        assert len(rows) == 5, rows
+
+
+# set_config() of search_path where PostgreSQL may not run it: an empty FROM, WHERE false, LIMIT 0, an untaken CASE
+# branch, an argument coalesce() never reaches.
+UNRUN_SET_CONFIGS = (
+    "SELECT set_config('search_path', 'pg_catalog', false) FROM pg_class WHERE false",
+    "SELECT set_config('search_path', 'pg_catalog', false) WHERE false",
+    "SELECT set_config('search_path', 'pg_catalog', false) LIMIT 0",
+    "SELECT CASE WHEN false THEN set_config('search_path', 'pg_catalog', false) END",
+    "SELECT coalesce('x', set_config('search_path', 'pg_catalog', false))",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_set_config_of_search_path_postgresql_does_not_run_is_refused(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """Red team 9a8 N6: `SELECT set_config('search_path', 'pg_catalog', false) FROM pg_class WHERE false` returned no
+    row and PostgreSQL's search_path stayed `"$user", public`, but the proxy tracked pg_catalog: dan's next `SELECT *
+    FROM orders` (public.orders, the shared tenants' table) was no longer refused as others_table. A set_config() of
+    search_path is accepted only alone in a SELECT list; elsewhere it is refused (0A000 search_path_set_config), and
+    the proxy's search_path stays PostgreSQL's."""
+    with _connect(proxies[mode], "dan") as conn:
+        before = conn.execute("SHOW search_path").fetchall()
+        for sql in UNRUN_SET_CONFIGS:
+            err = _refused(conn, sql)
+            assert err.sqlstate == "0A000" and "search_path_set_config" in str(err), (sql, err)
+            err = _refused(conn, "SELECT * FROM orders")
+            assert err.sqlstate == "42501" and "others_table" in str(err), (sql, err)
+        assert conn.execute("SHOW search_path").fetchall() == before
+        assert conn.execute("SELECT set_config('search_path', 'pg_catalog', false)").fetchall() == [("pg_catalog",)]
+        assert conn.execute("SHOW search_path").fetchall() == [("pg_catalog",)]
