@@ -14,6 +14,7 @@ from proxy.protocol import messages as m
 EXPLAIN_PREFIX = "EXPLAIN (FORMAT JSON) "
 NAME = "pgt_admission"  # the proxy's own statement and portal (the pgt_ prefix is refused to clients)
 _BATCH, _OWN, _DONE = range(3)
+_CLOSES = m.close_message(b"P", NAME) + m.close_message(b"S", NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +46,11 @@ def query_request(sql: str) -> bytes:
 
 def bind_request(sql: str, param_types: bytes, bind: bytes) -> bytes:
     """The EXPLAIN of a prepared statement's text bound with the parameters of the client's Bind (body `bind`), as a
-    request of its own (its statement and portal closed again)."""
-    return (m.Parse(NAME, EXPLAIN_PREFIX + sql, param_types).encode() + m.bind_for(bind, NAME, NAME)
-            + m.execute_message(NAME) + m.close_message(b"P", NAME) + m.close_message(b"S", NAME) + m.SYNC_MESSAGE)
+    request of its own (its statement and portal closed again; closed first too: an EXPLAIN that fails as it plans,
+    `SELECT repeat('x', 5)::int`, skips the Closes after it and left its statement on the server, so that every
+    later admission's Parse failed 42P05)."""
+    return (_CLOSES + m.Parse(NAME, EXPLAIN_PREFIX + sql, param_types).encode() + m.bind_for(bind, NAME, NAME)
+            + m.execute_message(NAME) + _CLOSES + m.SYNC_MESSAGE)
 
 
 def estimate(plan: str) -> Estimate:

@@ -69,7 +69,9 @@ def test_the_bind_request_carries_the_clients_parameters_under_the_proxys_names(
     request = admission.bind_request("SELECT $1, $2, $3", b"\x00\x01\x00\x00\x00\x17", bind)
     messages, used = m.split_messages(request)
     assert used == len(request)
-    assert [chr(t) for t, _, _ in messages] == ["P", "B", "E", "C", "C", "S"]
+    assert [chr(t) for t, _, _ in messages] == ["C", "C", "P", "B", "E", "C", "C", "S"]
+    assert [b for _, b, _ in messages[:2]] == [b for _, b, _ in messages[5:7]]  # (closed first too: see bind_request)
+    messages = messages[2:]
     parse = m.Parse.decode(messages[0][1])
     assert (parse.name, parse.sql, parse.param_types) == (
         "pgt_admission", "EXPLAIN (FORMAT JSON) SELECT $1, $2, $3", b"\x00\x01\x00\x00\x00\x17")
