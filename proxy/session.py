@@ -347,7 +347,7 @@ class ClientSession:
             config, self.info, key=(self.process_id, self.secret_key), throttle=throttle, clock=clock,
             tls_available=tls_available, channel_binding=channel_binding)
         self.frontend = MessageStream(intercept=_CLIENT_INTERCEPT, max_length=config.limits.max_message_length)
-        self.backend_stream = MessageStream(limit_all=False)
+        self.backend_stream = MessageStream(limit_all=False, cut_errors=True)
         self.decide: Decide = _undecided  # replaced by enable_policy, which also installs the gate handlers
         self._policy_token: Callable[[], object] = lambda: None
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
