@@ -475,6 +475,7 @@ def _parse_of_a_name_in_use(proxy: ProxyProcess) -> None:
 
 HUGE_PLAN = "SELECT g FROM generate_series(1, 3) g WHERE g::text = repeat('x', 5000000)"  # its plan quotes 5 MB
 HUGE_ERROR = "SELECT repeat('x', 5000000)::int"  # fails as it is planned, its error quoting the 5 MB value
+HUGE_LITERAL = "SELECT g FROM generate_series(1, 3) g WHERE g::text = '" + "x" * 5_000_000 + "'"  # a 5 MB text
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
@@ -487,7 +488,7 @@ def test_a_statement_whose_plan_is_huge_is_refused_unread(admitting_in_transacti
     dropped as it arrives and the statement refused (54000); the session and the others go on."""
     proxy = admitting_in_transactions if mode == "transaction" else admitting_in_sessions
     with connect(proxy, "ivy", protocol) as c, psycopg.connect(proxy.dsn("alice"), autocommit=True) as other:
-        for sql in (HUGE_PLAN, HUGE_ERROR):
+        for sql in (HUGE_PLAN, HUGE_ERROR, HUGE_LITERAL):
             err = refused(c, sql)
             assert err.sqlstate == "54000" and "too large to admit" in str(err), str(err)[:300]
             assert other.execute("SELECT 1").fetchone() == (1,)
