@@ -311,7 +311,7 @@ cdef class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if length > _SMALL_LIMIT and (<const unsigned char *>PyBytes_AS_STRING(self._small))[t]:
                     raise FramingError(f"invalid message length {length}", length)
-                if end > n or (t == 69 and length > _ERROR_CUT + 4 and self.cut_errors):  # (a large error: cut)
+                if end > n or ((t == 69 or t == 78) and length > _ERROR_CUT + 4 and self.cut_errors):  # (E, N: cut)
                     if end > n and g and not r and length > _GUARD_STREAM and (
                             (<const unsigned char *>PyBytes_AS_STRING(self._drop))[t] or self._leaks is not None):
                         if run_start < pos:
@@ -388,8 +388,8 @@ cdef class MessageStream:
                       | (<Py_ssize_t>p[pos + 3] << 8) | <Py_ssize_t>p[pos + 4])
             self._want = length + 1
             self._buf = b""
-            if p[pos] == 69 and length > _ERROR_CUT + 4 and self.cut_errors:  # (an ErrorResponse: never held whole)
-                self._cut, self._parts_len = ErrorCut(), 5
+            if (p[pos] == 69 or p[pos] == 78) and length > _ERROR_CUT + 4 and self.cut_errors:  # (never held whole)
+                self._cut, self._parts_len = ErrorCut(p[pos]), 5
                 return out + self.feed(PyBytes_FromStringAndSize(<const char *>p + pos + 5, n - pos - 5))
             self._parts, self._parts_len = [PyBytes_FromStringAndSize(<const char *>p + pos, n - pos)], n - pos
         else:

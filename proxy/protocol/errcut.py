@@ -1,4 +1,4 @@
-"""A large ErrorResponse cut as it arrives: each field kept to FIELD_LIMIT bytes (then "…"), the rest dropped."""
+"""A large ErrorResponse or NoticeResponse cut as it arrives: each field kept to FIELD_LIMIT bytes (then "…")."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ _ELLIPSIS = "…".encode()
 
 
 class ErrorCut:
-    """An ErrorResponse's body fed piece by piece; `message()` is the cut message (at most ERROR_CUT bytes of body):
-    a field past FIELD_LIMIT is cut at a character boundary and ends in "…", fields past the total are left out."""
+    """An ErrorResponse's (or NoticeResponse's: `type_`) body fed piece by piece; `message()` is the cut message (at
+    most ERROR_CUT bytes of body): a field past FIELD_LIMIT is cut at a character boundary and ends in "…", fields
+    past the total are left out."""
 
-    __slots__ = ("_code", "_cut", "_field", "_out")
+    __slots__ = ("_code", "_cut", "_field", "_out", "_type")
 
-    def __init__(self) -> None:
+    def __init__(self, type_: int = 69) -> None:
+        self._type = bytes((type_,))
         self._out = bytearray()
         self._field = bytearray()
         self._code = -1  # the field being read (-1: at a field's code byte, 0: the body's end was read)
@@ -55,8 +57,8 @@ class ErrorCut:
         self._code, self._cut = -1, False
 
     def message(self) -> bytes:
-        """The cut ErrorResponse, framed."""
+        """The cut message, framed."""
         if self._code > 0:  # (a body without its terminator: its last field as read)
             self._field_done()
         body = bytes(self._out) + b"\x00"
-        return b"E" + (len(body) + 4).to_bytes(4, "big") + body
+        return self._type + (len(body) + 4).to_bytes(4, "big") + body

@@ -35,7 +35,7 @@ class FramingError(Exception):
         self.too_large = too_large
 
 
-_ERROR = ord("E")  # ErrorResponse (a held one past ERROR_CUT is cut as it arrives: proxy/protocol/errcut.py)
+_ERROR, _NOTICE = ord("E"), ord("N")  # a held Error/NoticeResponse past ERROR_CUT is cut as it arrives (errcut.py)
 _REFUSED = 255  # the role of a refused type (handler roles are 2 + n for at most 253 handlers)
 # PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: a longer message of a type it reads with that limit (Sync, Flush, Close,
 # Describe, Execute, CopyDone, CopyFail...) makes it close the connection without a word, after answering what came
@@ -332,7 +332,7 @@ class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if length > SMALL_LIMIT and self._small[t]:
                     raise FramingError(f"invalid message length {length}", length)
-                if end > n or (t == _ERROR and length > ERROR_CUT + 4 and self.cut_errors):  # (a large error: cut)
+                if end > n or (t in (_ERROR, _NOTICE) and length > ERROR_CUT + 4 and self.cut_errors):
                     if end > n and g and not r and length > GUARD_STREAM and (self._drop[t] or self._leaks is not None):
                         if run_start < pos:
                             out.append(_run(buf, run_start, pos))
@@ -404,8 +404,8 @@ class MessageStream:
             (length,) = _unpack_len(rest, 1)
             self._want = length + 1
             self._buf = b""
-            if rest[0] == _ERROR and length > ERROR_CUT + 4 and self.cut_errors:  # (an ErrorResponse: never held whole)
-                self._cut, self._parts_len = ErrorCut(), 5
+            if rest[0] in (_ERROR, _NOTICE) and length > ERROR_CUT + 4 and self.cut_errors:
+                self._cut, self._parts_len = ErrorCut(rest[0]), 5  # (never held whole)
                 return out + self.feed(rest[5:])
             self._parts, self._parts_len = [rest], len(rest)
         else:

@@ -52,3 +52,4 @@ def test_an_error_quoting_a_huge_value_is_cut_and_never_held_whole(proxy: ProxyP
         assert len(message.encode()) <= FIELD_LIMIT + 3
         assert grown < 8_000, grown  # kB: the error is 20,000 kB
         assert c.execute("SELECT 2").fetchone() == (2,)
+

@@ -199,8 +199,8 @@ def _errors_conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     among other messages, cut into reads at arbitrary points."""
     parts = []
     for _ in range(draw(st.integers(1, 4))):
-        t = draw(st.sampled_from(b"EDZ"))
-        if t != ord("E"):
+        t = draw(st.sampled_from(b"ENDZ"))
+        if t not in b"EN":
             parts.append(_frame(t, draw(st.binary(max_size=20))))
             continue
         body = b""
@@ -216,11 +216,12 @@ def _errors_conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 
 @compiled
 @settings(max_examples=300, deadline=None)
-@given(_errors_conversation(), st.frozensets(st.sampled_from(b"EDZ")),
-       st.dictionaries(st.sampled_from(b"EDZ"), st.sampled_from(["observe", "replace", "hold"]), max_size=2))
+@given(_errors_conversation(), st.frozensets(st.sampled_from(b"ENDZ")),
+       st.dictionaries(st.sampled_from(b"ENDZ"), st.sampled_from(["observe", "replace", "hold"]), max_size=2))
 def test_message_stream_cuts_a_large_error_alike(conversation: tuple[bytes, list[int]], intercept: frozenset[int],
                                                  handled: dict[int, str]) -> None:
-    """Red team 9a8 N3: a held ErrorResponse past ERROR_CUT is cut as it arrives, the same in both builds."""
+    """Red team 9a8 N3: a held ErrorResponse (or NoticeResponse) past ERROR_CUT is cut as it arrives, the same in
+    both builds."""
     data, cuts = conversation
     py, fast = both("proxy.protocol.stream", "MessageStream")
     stream = importlib.import_module("proxy.protocol.stream")
@@ -229,18 +230,20 @@ def test_message_stream_cuts_a_large_error_alike(conversation: tuple[bytes, list
     assert _stream_run(stream, fast, data, cuts, intercept, handled, 1 << 30, False, cut_errors=True) == expected
 
 
-def test_message_stream_cuts_a_large_error_as_it_arrives() -> None:
+@pytest.mark.parametrize("kind", [b"E", b"N"])
+def test_message_stream_cuts_a_large_error_as_it_arrives(kind: bytes) -> None:
     """... never holding more than a field's FIELD_LIMIT bytes of it; the error's other fields kept, each field cut
-    at a character boundary; what follows it is framed as before; a frontend stream (cut_errors off) cuts nothing."""
+    at a character boundary; what follows it is framed as before; a frontend stream (cut_errors off) cuts nothing.
+    A NoticeResponse alike (the session reads it too)."""
     from proxy.protocol.errcut import ERROR_CUT, FIELD_LIMIT
     fields = {"S": "ERROR", "C": "22P02", "M": 'invalid input syntax: "' + "é" * 3_000_000 + '"', "P": "8"}
-    error = m.encode_error_fields(b"E", fields)
+    error = m.encode_error_fields(kind, fields)
     data = error + m.ready_for_query(b"I")
     for cls in {pure("proxy.protocol.stream").MessageStream,
                 importlib.import_module("proxy.protocol.stream").MessageStream}:
         stream = cls(limit_all=False, cut_errors=True)
         seen: list[bytes] = []
-        stream.handlers = {ord("E"): lambda body, seen=seen: seen.append(body)}  # type: ignore[misc]
+        stream.handlers = {kind[0]: lambda body, seen=seen: seen.append(body)}  # type: ignore[misc]
         reads = [data[at : at + 65536] for at in range(0, len(data), 65536)]
         tracemalloc.start()
         out = [bytes(x) for read in reads for x in stream.feed(read)]
@@ -253,9 +256,9 @@ def test_message_stream_cuts_a_large_error_as_it_arrives() -> None:
         assert (cut["S"], cut["C"], cut["P"]) == ("ERROR", "22P02", "8")
         assert cut["M"].startswith('invalid input syntax: "éé') and cut["M"].endswith("é…")
         assert len(cut["M"].encode()) <= FIELD_LIMIT + 3
-        assert got == m.frame(b"E", seen[0]) + m.ready_for_query(b"I") and stream.pending == 0
+        assert got == m.frame(kind, seen[0]) + m.ready_for_query(b"I") and stream.pending == 0
         plain = cls(limit_all=False)
-        plain.handlers = {ord("E"): lambda body: None}
+        plain.handlers = {kind[0]: lambda body: None}
         assert b"".join(bytes(x) for x in plain.feed(data)) == data
 
 
