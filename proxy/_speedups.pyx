@@ -30,6 +30,7 @@ BUILT_FROM = PGTENANT_BUILT_FROM.decode("ascii")
 cdef bint _bound = False
 cdef object Message, HOLD, FramingError, GuardHit, refused, Rewrite, _BY_KEYWORD, _statement_kind_general
 cdef object Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
+cdef object ErrorCut
 
 
 cdef int _bind() except -1:
@@ -37,7 +38,9 @@ cdef int _bind() except -1:
     global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
     global _COPY_RUN, _REFUSED, _SMALL_LIMIT, _GUARD_STREAM, _GUARD_CARRY, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
     global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD, _MAX_COPY_ENDS
+    global ErrorCut, _ERROR_CUT
     from proxy.policy import cache, shape
+    from proxy.protocol import errcut
     from proxy.policy.engine import UNLIMITED, decide
     from proxy.policy.model import Allow, Deny, Rewrite
     from proxy.protocol import stream
@@ -48,6 +51,7 @@ cdef int _bind() except -1:
     Message, HOLD, FramingError, _COPY_RUN = stream.Message, stream.HOLD, stream.FramingError, stream._COPY_RUN
     refused, _REFUSED, _SMALL_LIMIT = stream.refused, stream._REFUSED, stream.SMALL_LIMIT
     GuardHit, _GUARD_STREAM, _GUARD_CARRY = stream.GuardHit, stream.GUARD_STREAM, stream.GUARD_CARRY
+    ErrorCut, _ERROR_CUT = errcut.ErrorCut, errcut.ERROR_CUT
     Template, from_decision, shape_text, _MAX_LITERALS = shape.Template, shape.from_decision, shape.text, \
         shape._MAX_LITERALS
     _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE = cache._LONG_TEXT, cache._ENTRY_OVERHEAD, cache._ENTRY_SHARE
@@ -65,6 +69,7 @@ cdef unsigned char _REFUSED
 cdef Py_ssize_t _SMALL_LIMIT
 cdef Py_ssize_t _GUARD_STREAM
 cdef Py_ssize_t _GUARD_CARRY
+cdef Py_ssize_t _ERROR_CUT
 
 
 cdef inline object _run(bytes buf, const unsigned char *p, Py_ssize_t start, Py_ssize_t end):
@@ -104,11 +109,13 @@ cdef class MessageStream:
     cdef bytes _buf
     cdef list _parts
     cdef Py_ssize_t _parts_len, _want, _skip
+    cdef object _cut
     cdef public Py_ssize_t max_length
     cdef public bint limit_all
+    cdef public bint cut_errors
     cdef public Py_ssize_t begun
 
-    def __init__(self, *, intercept=frozenset(), max_length=1 << 30, limit_all=True):
+    def __init__(self, *, intercept=frozenset(), max_length=1 << 30, limit_all=True, cut_errors=False):
         if not _bound:
             _bind()
         self._role = _NO_ROLES
@@ -129,8 +136,10 @@ cdef class MessageStream:
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
+        self.cut_errors = cut_errors
         self._buf = b""
         self._skip = 0
+        self._cut = None
         self._parts = []
         self._parts_len = 0
         self._want = 0
@@ -255,7 +264,15 @@ cdef class MessageStream:
             out.append(memoryview(data)[: self._skip])
             data = data[self._skip :]
             self._skip = 0
-        if self._want:
+        if self._cut is not None:  # (its raw bytes counted in `_parts_len`)
+            take = min(len(data), self._want - self._parts_len)
+            self._cut.feed(data[:take])
+            self._parts_len += take
+            if self._parts_len < self._want:
+                return out
+            data = self._cut.message() + data[take:]
+            self._cut, self._parts_len, self._want = None, 0, 0
+        elif self._want:
             self._parts.append(data)
             self._parts_len += len(data)
             if self._parts_len < self._want:
@@ -294,8 +311,8 @@ cdef class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if length > _SMALL_LIMIT and (<const unsigned char *>PyBytes_AS_STRING(self._small))[t]:
                     raise FramingError(f"invalid message length {length}", length)
-                if end > n:
-                    if g and not r and length > _GUARD_STREAM and (
+                if end > n or ((t == 69 or t == 78) and length > _ERROR_CUT + 4 and self.cut_errors):  # (E, N: cut)
+                    if end > n and g and not r and length > _GUARD_STREAM and (
                             (<const unsigned char *>PyBytes_AS_STRING(self._drop))[t] or self._leaks is not None):
                         if run_start < pos:
                             out.append(_run(buf, p, run_start, pos))
@@ -370,8 +387,11 @@ cdef class MessageStream:
             length = ((<Py_ssize_t>p[pos + 1] << 24) | (<Py_ssize_t>p[pos + 2] << 16)
                       | (<Py_ssize_t>p[pos + 3] << 8) | <Py_ssize_t>p[pos + 4])
             self._want = length + 1
-            self._parts, self._parts_len = [PyBytes_FromStringAndSize(<const char *>p + pos, n - pos)], n - pos
             self._buf = b""
+            if (p[pos] == 69 or p[pos] == 78) and length > _ERROR_CUT + 4 and self.cut_errors:  # (never held whole)
+                self._cut, self._parts_len = ErrorCut(p[pos]), 5
+                return out + self.feed(PyBytes_FromStringAndSize(<const char *>p + pos + 5, n - pos - 5))
+            self._parts, self._parts_len = [PyBytes_FromStringAndSize(<const char *>p + pos, n - pos)], n - pos
         else:
             self._buf = PyBytes_FromStringAndSize(<const char *>p + pos, n - pos) if pos < n else b""
         return out

@@ -4,7 +4,7 @@ gated statement (with the client's bound parameters), read from the server's ans
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.config import AgentConfig
 from proxy.policy.model import ADMIT, Allow, Decision, Deny, Rewrite
@@ -14,6 +14,7 @@ from proxy.protocol import messages as m
 EXPLAIN_PREFIX = "EXPLAIN (FORMAT JSON) "
 NAME = "pgt_admission"  # the proxy's own statement and portal (the pgt_ prefix is refused to clients)
 _BATCH, _OWN, _DONE = range(3)
+_CLOSES = m.close_message(b"P", NAME) + m.close_message(b"S", NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +46,11 @@ def query_request(sql: str) -> bytes:
 
 def bind_request(sql: str, param_types: bytes, bind: bytes) -> bytes:
     """The EXPLAIN of a prepared statement's text bound with the parameters of the client's Bind (body `bind`), as a
-    request of its own (its statement and portal closed again)."""
-    return (m.Parse(NAME, EXPLAIN_PREFIX + sql, param_types).encode() + m.bind_for(bind, NAME, NAME)
-            + m.execute_message(NAME) + m.close_message(b"P", NAME) + m.close_message(b"S", NAME) + m.SYNC_MESSAGE)
+    request of its own (its statement and portal closed again; closed first too: an EXPLAIN that fails as it plans,
+    `SELECT repeat('x', 5)::int`, skips the Closes after it and left its statement on the server, so that every
+    later admission's Parse failed 42P05)."""
+    return (_CLOSES + m.Parse(NAME, EXPLAIN_PREFIX + sql, param_types).encode() + m.bind_for(bind, NAME, NAME)
+            + m.execute_message(NAME) + _CLOSES + m.SYNC_MESSAGE)
 
 
 def estimate(plan: str) -> Estimate:
@@ -86,22 +89,33 @@ def verdict(found: Estimate, limits: AgentConfig, show: bool) -> Deny | None:
     return None
 
 
+MAX_ANSWER = 1 << 20  # bytes of the EXPLAIN's plan (a DataRow) or error read at most: past it, nothing is held
+
+
 @dataclass(slots=True)
 class Admission:
     """One held statement's admission: the request to send, then the server's answers as they come. A Sync goes
     first: it ends whatever the client's batch holds before the held message (`open_batch`: the session saw such
     messages, the EXPLAIN waits for nothing else; a Close or Describe it does not follow may be there too), and
-    the answers up to its ReadyForQuery are the client's (that ReadyForQuery aside)."""
+    the answers up to its ReadyForQuery are the client's (that ReadyForQuery aside).
+
+    The answers are read as a stream (red team 9a8 N0: re-joining the buffer on every read cost CPU quadratic in a
+    large plan's size): the client's messages pass on as their bytes arrive, the EXPLAIN's own are dropped as they
+    arrive but its plan, its error and the ReadyForQuery, which are held up to `MAX_ANSWER` bytes; a plan or error
+    past it is dropped too and the admission is `too_large`."""
 
     request: bytes
     decision: Decision | None = None  # a Query's decision (the Bind's statement was decided at its Parse)
     open_batch: bool = False
     started: float = 0.0
     stage: int = -1  # -1: not sent yet
-    buf: bytes = b""
+    buf: bytearray = field(default_factory=bytearray)  # the message being held (from its type byte), or its header
     plan: str | None = None
     error: dict[str, str] | None = None
     batch_failed: bool = False  # the client's batch failed before the held Bind
+    too_large: bool = False  # the plan or error was past MAX_ANSWER (dropped)
+    skip: int = 0  # bytes of the current message still to pass on (`passing`) or drop, unheld
+    passing: bool = False
 
     def start(self, now: float) -> bytes:
         """What goes to the server now."""
@@ -115,30 +129,74 @@ class Admission:
 
     def feed(self, data: bytes) -> tuple[bytes, bool, bytes]:
         """Server bytes: (the client's part, done, the bytes after the admission's last answer)."""
-        buf = self.buf + data if self.buf else data
-        messages, used = m.split_messages(buf)
         client = bytearray()
-        end = 0
-        for type_, body, stop in messages:
-            start, end = end, stop
-            if self.stage == _BATCH:
-                if type_ == m.READY_FOR_QUERY:  # the Sync the proxy added: the batch goes on after the admission
-                    self.stage = _OWN
+        buf, pos, n = self.buf, 0, len(data)
+        while pos < n:
+            if self.skip:  # inside a message passed on or dropped as it arrives
+                take = min(self.skip, n - pos)
+                if self.passing:
+                    client += data[pos:pos + take]
+                pos += take
+                self.skip -= take
+                continue
+            if len(buf) < 5:  # a message's header
+                take = min(5 - len(buf), n - pos)
+                buf += data[pos:pos + take]
+                pos += take
+                if len(buf) < 5:
+                    break
+                if not self._header(client):
                     continue
-                if type_ == m.ERROR_RESPONSE:
-                    self.batch_failed = True
-                client += buf[start:stop]
-            elif self.stage == _OWN:
-                if type_ == m.DATA_ROW and self.plan is None:
-                    values = m.decode_data_row(body)
-                    self.plan = values[0].decode() if values and values[0] is not None else None
-                elif type_ == m.ERROR_RESPONSE and self.error is None:
-                    self.error = m.decode_error_fields(body)
-                elif type_ == m.READY_FOR_QUERY:
-                    self.stage = _DONE
-                    self.buf = b""
-                    return bytes(client), True, buf[stop:]
-                elif type_ in (m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS):
-                    client += buf[start:stop]
-        self.buf = buf[used:]
+            total = 1 + int.from_bytes(buf[1:5], "big")  # (the type byte, then the length counting itself)
+            take = min(total - len(buf), n - pos)
+            buf += data[pos:pos + take]
+            pos += take
+            if len(buf) == total and self._held(bytes(buf[5:])):
+                return bytes(client), True, data[pos:]
         return bytes(client), False, b""
+
+    def _header(self, client: bytearray) -> bool:
+        """A message's header in `buf`: whether the message is held (else it passes on or is dropped unheld)."""
+        buf = self.buf
+        type_, length = buf[0], int.from_bytes(buf[1:5], "big")
+        if length < 4:
+            raise m.DecodeError(f"invalid message length {length}")
+        if self.stage == _BATCH:
+            held = type_ == m.READY_FOR_QUERY  # (the Sync the proxy added)
+            self.passing = not held
+            if type_ == m.ERROR_RESPONSE:
+                self.batch_failed = True
+        elif type_ == m.READY_FOR_QUERY:
+            held, self.passing = True, False
+        else:
+            self.passing = type_ in (m.NOTIFICATION_RESPONSE, m.PARAMETER_STATUS)
+            held = not self.too_large and ((type_ == m.DATA_ROW and self.plan is None)
+                                           or (type_ == m.ERROR_RESPONSE and self.error is None))
+            if held and length - 4 > MAX_ANSWER:
+                held, self.too_large = False, True
+        if held:
+            if type_ == m.READY_FOR_QUERY and length != 5:
+                raise m.DecodeError(f"invalid ReadyForQuery length {length}")
+            return True
+        if self.passing:
+            client += buf
+        buf.clear()
+        self.skip = length - 4
+        return False
+
+    def _held(self, body: bytes) -> bool:
+        """A held message complete (its body): whether the admission is done."""
+        type_ = self.buf[0]
+        self.buf.clear()
+        if type_ == m.READY_FOR_QUERY:
+            if self.stage == _BATCH:  # the batch goes on after the admission
+                self.stage = _OWN
+                return False
+            self.stage = _DONE
+            return True
+        if type_ == m.DATA_ROW:
+            values = m.decode_data_row(body)
+            self.plan = values[0].decode() if values and values[0] is not None else None
+        else:
+            self.error = m.decode_error_fields(body)
+        return False

@@ -365,6 +365,13 @@ limit_agent_statement_timeout = _register(
     hint="Narrow the query (a WHERE on an indexed column, aggregate first, fewer joins), or ask the operator to "
     "raise agent.statement_timeout for this login.",
 )
+# An agent's statement whose admission EXPLAIN answered a plan or error past admission.MAX_ANSWER (red team 9a8 N0):
+# not admitted, and that answer was never held.
+admission_too_large = _register(
+    "admission_too_large", PROGRAM_LIMIT_EXCEEDED, "ERROR",
+    "pgtenant: the agent's statement is too large to admit: its plan (or error) exceeds {limit} bytes",
+    hint="Send a shorter statement: a long literal is quoted whole in its plan.",
+)
 # ... a tenant's or user's replica_statement_timeout, for a request running on a replica (the watchdog's only).
 limit_replica_statement_timeout = _register(
     "limit_replica_statement_timeout", QUERY_CANCELED, "ERROR",

@@ -347,7 +347,7 @@ class ClientSession:
             config, self.info, key=(self.process_id, self.secret_key), throttle=throttle, clock=clock,
             tls_available=tls_available, channel_binding=channel_binding)
         self.frontend = MessageStream(intercept=_CLIENT_INTERCEPT, max_length=config.limits.max_message_length)
-        self.backend_stream = MessageStream(limit_all=False)
+        self.backend_stream = MessageStream(limit_all=False, cut_errors=True)
         self.decide: Decide = _undecided  # replaced by enable_policy, which also installs the gate handlers
         self._policy_token: Callable[[], object] = lambda: None
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
@@ -2107,7 +2107,9 @@ class ClientSession:
         self._held = None
         refusal: PgError | None = None
         found: admission.Estimate | None = None
-        if adm.error is not None:
+        if adm.too_large:  # (its plan or error was dropped unread: red team 9a8 N0)
+            refusal = errors.admission_too_large(limit=admission.MAX_ANSWER)
+        elif adm.error is not None:
             sent = self._admission_names(adm, held)
             if sent:  # the statement named a hidden schema: its error names the client's
                 hiddennames.fields_back(adm.error, sent, held.sql.lower())
@@ -2126,7 +2128,8 @@ class ClientSession:
                 if denied is not None:
                     self._report("admission", held.sql, denied)
                     refusal = errors.policy_denied(denied)
-        outcome = "failed" if adm.error is not None else "refused" if refusal is not None else "admitted"
+        outcome = ("failed" if adm.error is not None and not adm.too_large else "refused" if refusal is not None
+                   else "admitted")
         actions: list[Action] = [AgentAdmission(held.sql, outcome, found.cost if found else None,
                                                 found.rows if found else None, self.agent.max_rows,
                                                 self.clock() - adm.started)]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from proxy._accel import speedups
+from proxy.protocol.errcut import ERROR_CUT, ErrorCut
 
 _LEN = struct.Struct("!I")
 _unpack_len = _LEN.unpack_from
@@ -34,6 +35,7 @@ class FramingError(Exception):
         self.too_large = too_large
 
 
+_ERROR, _NOTICE = ord("E"), ord("N")  # a held Error/NoticeResponse past ERROR_CUT is cut as it arrives (errcut.py)
 _REFUSED = 255  # the role of a refused type (handler roles are 2 + n for at most 253 handlers)
 # PostgreSQL's PQ_SMALL_MESSAGE_LIMIT: a longer message of a type it reads with that limit (Sync, Flush, Close,
 # Describe, Execute, CopyDone, CopyFail...) makes it close the connection without a word, after answering what came
@@ -108,9 +110,9 @@ class MessageStream:
     """
 
     __slots__ = (
-        "_buf", "_drop", "_dropping", "_guard", "_guarded", "_intercept", "_leaks", "_needle", "_parts", "_parts_len",
-        "_refuse", "_role", "_skip", "_small", "_small_types", "_stype", "_table", "_tail", "_types", "_want", "begun",
-        "limit_all", "max_length",
+        "_buf", "_cut", "_drop", "_dropping", "_guard", "_guarded", "_intercept", "_leaks", "_needle", "_parts",
+        "_parts_len", "_refuse", "_role", "_skip", "_small", "_small_types", "_stype", "_table", "_tail", "_types",
+        "_want", "begun", "cut_errors", "limit_all", "max_length",
     )
 
     def __init__(
@@ -119,6 +121,7 @@ class MessageStream:
         intercept: frozenset[int] = frozenset(),
         max_length: int = 1 << 30,
         limit_all: bool = True,
+        cut_errors: bool = False,
     ) -> None:
         self._role = _NO_ROLES  # per message type: 0 pass, 1 intercept, 2 + n handler n (one index per message)
         self._table: list[Handler] = []  # the handlers, in the order of their roles
@@ -138,6 +141,7 @@ class MessageStream:
         self.intercept = intercept
         self.max_length = max_length
         self.limit_all = limit_all
+        self.cut_errors = cut_errors  # a server's stream: a held ErrorResponse past ERROR_CUT is cut (see `feed`)
         self._buf = b""
         self._skip = 0
         # A held-back message whose length is known: its pieces are kept and joined once, when complete,
@@ -145,6 +149,7 @@ class MessageStream:
         self._parts: list[bytes] = []
         self._parts_len = 0
         self._want = 0
+        self._cut: ErrorCut | None = None  # a held ErrorResponse past ERROR_CUT, cut as it arrives (`_parts` unused)
         # Messages a feed left unfinished, each counted once (when its first bytes arrived, or with them its header's
         # last): while `unfinished` stays nonzero and this does not move, the same message is still being waited for.
         self.begun = 0
@@ -285,7 +290,15 @@ class MessageStream:
             out.append(memoryview(data)[: self._skip])
             data = data[self._skip :]
             self._skip = 0
-        if self._want:
+        if self._cut is not None:  # (its raw bytes counted in `_parts_len`)
+            take = min(len(data), self._want - self._parts_len)
+            self._cut.feed(data[:take])
+            self._parts_len += take
+            if self._parts_len < self._want:
+                return out
+            data = self._cut.message() + data[take:]
+            self._cut, self._parts_len, self._want = None, 0, 0
+        elif self._want:
             self._parts.append(data)
             self._parts_len += len(data)
             if self._parts_len < self._want:
@@ -319,8 +332,8 @@ class MessageStream:
                     raise FramingError("message too large", length, too_large=True)
                 if length > SMALL_LIMIT and self._small[t]:
                     raise FramingError(f"invalid message length {length}", length)
-                if end > n:
-                    if g and not r and length > GUARD_STREAM and (self._drop[t] or self._leaks is not None):
+                if end > n or (t in (_ERROR, _NOTICE) and length > ERROR_CUT + 4 and self.cut_errors):
+                    if end > n and g and not r and length > GUARD_STREAM and (self._drop[t] or self._leaks is not None):
                         if run_start < pos:
                             out.append(_run(buf, run_start, pos))
                         self._skip, self._stype = end - n, t
@@ -390,8 +403,11 @@ class MessageStream:
             # An incomplete held-back message: keep its pieces until its known length has arrived.
             (length,) = _unpack_len(rest, 1)
             self._want = length + 1
-            self._parts, self._parts_len = [rest], len(rest)
             self._buf = b""
+            if rest[0] in (_ERROR, _NOTICE) and length > ERROR_CUT + 4 and self.cut_errors:
+                self._cut, self._parts_len = ErrorCut(rest[0]), 5  # (never held whole)
+                return out + self.feed(rest[5:])
+            self._parts, self._parts_len = [rest], len(rest)
         else:
             self._buf = rest
         return out

@@ -471,3 +471,42 @@ def _parse_of_a_name_in_use(proxy: ProxyProcess) -> None:
         assert c.exec_prepared(b"s1", [b"3"]).ntuples == 3  # the old statement, admitted
     finally:
         c.finish()
+
+
+HUGE_PLAN = "SELECT g FROM generate_series(1, 3) g WHERE g::text = repeat('x', 5000000)"  # its plan quotes 5 MB
+HUGE_ERROR = "SELECT repeat('x', 5000000)::int"  # fails as it is planned, its error quoting the 5 MB value
+HUGE_LITERAL = "SELECT g FROM generate_series(1, 3) g WHERE g::text = '" + "x" * 5_000_000 + "'"  # a 5 MB text
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_statement_whose_plan_is_huge_is_refused_unread(admitting_in_transactions: ProxyProcess,
+                                                          admitting_in_sessions: ProxyProcess, mode: str,
+                                                          protocol: str) -> None:
+    """Red team 9a8 N0: the admission EXPLAIN's answer quoting a 100 MB folded literal was held whole and re-joined on
+    every read (CPU quadratic in its size, every tenant waiting). A plan or error past admission.MAX_ANSWER is
+    dropped as it arrives and the statement refused (54000); the session and the others go on."""
+    proxy = admitting_in_transactions if mode == "transaction" else admitting_in_sessions
+    with connect(proxy, "ivy", protocol) as c, psycopg.connect(proxy.dsn("alice"), autocommit=True) as other:
+        for sql in (HUGE_PLAN, HUGE_ERROR, HUGE_LITERAL):
+            err = refused(c, sql)
+            assert err.sqlstate == "54000" and "too large to admit" in str(err), str(err)[:300]
+            assert other.execute("SELECT 1").fetchone() == (1,)
+        assert c.execute("SELECT g FROM generate_series(1, 3) g WHERE g::text = repeat('x', 10)").fetchall() == []
+        assert len(c.execute("SELECT g FROM generate_series(1, 3) g").fetchall()) == 3
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_statement_failing_as_it_is_planned_leaves_no_admission_statement(admitting_in_transactions: ProxyProcess,
+                                                                             admitting_in_sessions: ProxyProcess,
+                                                                             mode: str, protocol: str) -> None:
+    """The admission EXPLAIN of a Bind failing at its Execute skipped its Closes: its pgt_admission statement stayed
+    on the server and every later Bind's admission failed 42P05 (in transaction pooling, any agent's on that
+    server)."""
+    proxy = admitting_in_transactions if mode == "transaction" else admitting_in_sessions
+    with connect(proxy, "ivy", protocol) as c:
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+                c.execute("SELECT repeat('x', 5)::int")
+            assert c.execute("SELECT g FROM generate_series(1, 3) g").fetchall() == [(1,), (2,), (3,)]

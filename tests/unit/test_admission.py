@@ -69,7 +69,9 @@ def test_the_bind_request_carries_the_clients_parameters_under_the_proxys_names(
     request = admission.bind_request("SELECT $1, $2, $3", b"\x00\x01\x00\x00\x00\x17", bind)
     messages, used = m.split_messages(request)
     assert used == len(request)
-    assert [chr(t) for t, _, _ in messages] == ["P", "B", "E", "C", "C", "S"]
+    assert [chr(t) for t, _, _ in messages] == ["C", "C", "P", "B", "E", "C", "C", "S"]
+    assert [b for _, b, _ in messages[:2]] == [b for _, b, _ in messages[5:7]]  # (closed first too: see bind_request)
+    messages = messages[2:]
     parse = m.Parse.decode(messages[0][1])
     assert (parse.name, parse.sql, parse.param_types) == (
         "pgt_admission", "EXPLAIN (FORMAT JSON) SELECT $1, $2, $3", b"\x00\x01\x00\x00\x00\x17")
@@ -115,3 +117,54 @@ def test_a_plan_reading_a_system_catalog_is_told() -> None:
     assert admission.reads_catalogs(json.dumps([{"Plan": top}]))
     assert not admission.reads_catalogs(json.dumps([{"Plan": {"Node Type": "Nested Loop", "Plans": [own, series]}}]))
     assert admission.reads_catalogs(json.dumps([{"Plan": {"Node Type": "Nested Loop", "Plans": [own, 7]}}]))
+
+
+def _chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("own", ["plan", "error"])
+def test_a_plan_or_error_past_the_bound_is_dropped_as_it_arrives_and_told(own: str) -> None:
+    """Red team 9a8 N0: a plan quoting a 100 MB literal was held whole and re-joined on every read (CPU quadratic
+    in its size, every tenant waiting). Past MAX_ANSWER nothing of it is held; the admission says it was too large."""
+    adm = admission.Admission(b"")
+    adm.start(0.0)
+    big = b"x" * (3 * admission.MAX_ANSWER)
+    answer = (m.data_row([big]) if own == "plan"
+              else m.encode_error_fields(b"E", {"S": "ERROR", "C": "22P02", "M": big.decode()}))
+    data = m.ready_for_query(b"I") + m.frame(b"1", b"") + answer + m.ready_for_query(b"I") + b"after"
+    held = 0
+    for chunk in _chunks(data, 65536)[:-1]:
+        assert adm.feed(chunk) == (b"", False, b"")
+        held = max(held, len(adm.buf))
+    assert adm.feed(_chunks(data, 65536)[-1]) == (b"", True, b"after")
+    assert held <= 5 and adm.too_large and adm.plan is None and adm.error is None
+
+
+def test_a_plan_within_the_bound_is_read_across_many_reads() -> None:
+    adm = admission.Admission(b"")
+    adm.start(0.0)
+    text = plan(10.0, 2.0)
+    text = text[:-1] + " " * (admission.MAX_ANSWER - 64 - len(text)) + "]"
+    data = m.ready_for_query(b"I") + _answer(text)
+    for chunk in _chunks(data, 4096)[:-1]:
+        assert adm.feed(chunk) == (b"", False, b"")
+    assert adm.feed(_chunks(data, 4096)[-1]) == (b"", True, b"")
+    assert not adm.too_large and adm.plan == text and admission.estimate(adm.plan).rows == 2.0
+
+
+def test_the_clients_batch_answers_pass_on_as_they_arrive() -> None:
+    """A large row of the client's batch before the held statement is not held either (each read passes on)."""
+    adm = admission.Admission(b"X", open_batch=True)
+    adm.start(0.0)
+    row = m.data_row([b"y" * (2 * admission.MAX_ANSWER)])
+    data = row + m.ready_for_query(b"I") + _answer(plan(10.0, 2.0))
+    passed, at = bytearray(), 0
+    for chunk in _chunks(data, 65536):
+        client, done, rest = adm.feed(chunk)
+        at += len(chunk)
+        if at <= len(row):  # each read of the row is the client's at once
+            assert client == chunk
+        passed += client
+    assert (bytes(passed), done, rest) == (row, True, b"")
+    assert adm.plan is not None and not adm.too_large

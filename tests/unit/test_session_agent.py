@@ -47,7 +47,8 @@ def relayed(actions: list) -> bytes:
 def explain_answer(rows: float, cost: float = 10.0, extended: bool = False) -> bytes:
     plan = json.dumps([{"Plan": {"Node Type": "Limit", "Total Cost": cost, "Plan Rows": 5,
                                  "Plans": [{"Node Type": "Seq Scan", "Total Cost": cost, "Plan Rows": rows}]}}])
-    head = m.frame(b"1", b"") + m.frame(b"2", b"") if extended else m.row_description(["QUERY PLAN"])
+    head = m.frame(b"3", b"") * 2 + m.frame(b"1", b"") + m.frame(b"2", b"") if extended else m.row_description(
+        ["QUERY PLAN"])
     tail = m.frame(b"3", b"") * 2 if extended else b""
     return head + m.data_row([plan.encode()]) + m.command_complete("EXPLAIN") + tail + m.ready_for_query(b"I")
 
@@ -98,9 +99,9 @@ def test_a_bind_is_admitted_with_its_parameters_after_its_batch_so_far(tmp_path:
     rest = m.frame(b"E", b"\x00" + struct.pack("!i", 0)) + m.SYNC_MESSAGE
     actions = s.client_data(parse + _bind("", b"42") + rest)
     sent = frames(forwarded(actions))
-    assert [k for k, _ in sent] == [b"P", b"S", b"P", b"B", b"E", b"C", b"C", b"S"]  # its Parse, a Sync, the EXPLAIN
-    assert m.Parse.decode(sent[2][1]).sql == "EXPLAIN (FORMAT JSON) SELECT * FROM t WHERE a = $1 LIMIT 5"
-    assert sent[3][1].endswith(struct.pack("!i", 2) + b"42" + b"\x00\x00")  # the client's value, text results
+    assert [k for k, _ in sent] == [b"P", b"S", b"C", b"C", b"P", b"B", b"E", b"C", b"C", b"S"]  # its Parse, a Sync,
+    assert m.Parse.decode(sent[4][1]).sql == "EXPLAIN (FORMAT JSON) SELECT * FROM t WHERE a = $1 LIMIT 5"  # the EXPLAIN
+    assert sent[5][1].endswith(struct.pack("!i", 2) + b"42" + b"\x00\x00")  # the client's value, text results
     actions = s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I") + explain_answer(3.0, extended=True))
     assert relayed(actions) == m.frame(b"1", b"")  # the client's ParseComplete; the proxy's Sync answer is not
     assert frames(forwarded(actions)) == [(b"B", _bind("", b"42")[5:]), *frames(rest)]
@@ -112,7 +113,7 @@ def test_a_close_the_session_does_not_follow_is_answered_before_the_explain(tmp_
     s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"I"))
     close = m.close_message(b"S", "s0")
     actions = s.client_data(close + _bind("s1", b"1") + m.SYNC_MESSAGE)
-    assert [k for k, _ in frames(forwarded(actions))] == [b"C", b"S", b"P", b"B", b"E", b"C", b"C", b"S"]
+    assert [k for k, _ in frames(forwarded(actions))] == [b"C", b"S", b"C", b"C", b"P", b"B", b"E", b"C", b"C", b"S"]
     actions = s.server_data(m.frame(b"3", b"") + m.ready_for_query(b"I") + explain_answer(1.0, extended=True))
     assert relayed(actions) == m.frame(b"3", b"")  # the client's CloseComplete, not the EXPLAIN's
     assert [k for k, _ in frames(forwarded(actions))] == [b"B", b"S"]

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import struct
 import sys
+import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -21,6 +22,7 @@ from proxy import _accel
 from proxy._accel import speedups
 from proxy.config import RoutingConfig
 from proxy.policy.model import READ_ONLY, Allow, Deny, Rewrite, TenantPolicy
+from proxy.protocol import messages as m
 
 # Every speed-up: (module, the name it replaces there, its name in the extension).
 HOOKED = [
@@ -129,7 +131,7 @@ def _conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
 def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], intercept: frozenset[int],
                 handled: dict[int, str], max_length: int, limit_all: bool,
                 refuse: frozenset[int] = frozenset(),
-                guard: tuple[frozenset[int], bytes, str] | None = None) -> list[object]:
+                guard: tuple[frozenset[int], bytes, str] | None = None, cut_errors: bool = False) -> list[object]:
     """What a stream class makes of the reads: the items (runs as bytes), the pending counts, the error."""
     events: list[object] = []
 
@@ -143,7 +145,7 @@ def _stream_run(module: ModuleType, cls: type, data: bytes, cuts: list[int], int
             return None
         return handle
 
-    stream = cls(intercept=intercept, max_length=max_length, limit_all=limit_all)
+    stream = cls(intercept=intercept, max_length=max_length, limit_all=limit_all, cut_errors=cut_errors)
     stream.handlers = {t: handler(kind) for t, kind in handled.items()}
     stream.refuse = refuse
     stream.small = frozenset(b"dS")
@@ -189,6 +191,75 @@ def test_message_stream(conversation: tuple[bytes, list[int]], intercept: frozen
     expected = _stream_run(pure("proxy.protocol.stream"), py, data, cuts, intercept, handled, max_length, limit_all,
                            refuse)
     assert _stream_run(stream, fast, data, cuts, intercept, handled, max_length, limit_all, refuse) == expected
+
+
+@st.composite
+def _errors_conversation(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """ErrorResponses (fields up to past ERROR_CUT, multibyte text, a body without its terminator now and then)
+    among other messages, cut into reads at arbitrary points."""
+    parts = []
+    for _ in range(draw(st.integers(1, 4))):
+        t = draw(st.sampled_from(b"ENDZ"))
+        if t not in b"EN":
+            parts.append(_frame(t, draw(st.binary(max_size=20))))
+            continue
+        body = b""
+        for code in draw(st.lists(st.sampled_from(b"SCMDHP"), min_size=1, max_size=5)):
+            size = draw(st.sampled_from([0, 5, 2047, 2048, 2049, 70_000, 140_000]))
+            text = draw(st.sampled_from(["x", "é", "€", "𝄞"])) * (size // 3 + 1)
+            body += bytes((code,)) + text.encode()[: size + draw(st.integers(0, 3))] + b"\x00"
+        parts.append(_frame(t, body + (b"\x00" if draw(st.integers(0, 8)) else b"")))
+    data = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    return data, cuts
+
+
+@compiled
+@settings(max_examples=300, deadline=None)
+@given(_errors_conversation(), st.frozensets(st.sampled_from(b"ENDZ")),
+       st.dictionaries(st.sampled_from(b"ENDZ"), st.sampled_from(["observe", "replace", "hold"]), max_size=2))
+def test_message_stream_cuts_a_large_error_alike(conversation: tuple[bytes, list[int]], intercept: frozenset[int],
+                                                 handled: dict[int, str]) -> None:
+    """Red team 9a8 N3: a held ErrorResponse (or NoticeResponse) past ERROR_CUT is cut as it arrives, the same in
+    both builds."""
+    data, cuts = conversation
+    py, fast = both("proxy.protocol.stream", "MessageStream")
+    stream = importlib.import_module("proxy.protocol.stream")
+    expected = _stream_run(pure("proxy.protocol.stream"), py, data, cuts, intercept, handled, 1 << 30, False,
+                           cut_errors=True)
+    assert _stream_run(stream, fast, data, cuts, intercept, handled, 1 << 30, False, cut_errors=True) == expected
+
+
+@pytest.mark.parametrize("kind", [b"E", b"N"])
+def test_message_stream_cuts_a_large_error_as_it_arrives(kind: bytes) -> None:
+    """... never holding more than a field's FIELD_LIMIT bytes of it; the error's other fields kept, each field cut
+    at a character boundary; what follows it is framed as before; a frontend stream (cut_errors off) cuts nothing.
+    A NoticeResponse alike (the session reads it too)."""
+    from proxy.protocol.errcut import ERROR_CUT, FIELD_LIMIT
+    fields = {"S": "ERROR", "C": "22P02", "M": 'invalid input syntax: "' + "é" * 3_000_000 + '"', "P": "8"}
+    error = m.encode_error_fields(kind, fields)
+    data = error + m.ready_for_query(b"I")
+    for cls in {pure("proxy.protocol.stream").MessageStream,
+                importlib.import_module("proxy.protocol.stream").MessageStream}:
+        stream = cls(limit_all=False, cut_errors=True)
+        seen: list[bytes] = []
+        stream.handlers = {kind[0]: lambda body, seen=seen: seen.append(body)}  # type: ignore[misc]
+        reads = [data[at : at + 65536] for at in range(0, len(data), 65536)]
+        tracemalloc.start()
+        out = [bytes(x) for read in reads for x in stream.feed(read)]
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 1_000_000, peak  # (bytes: the error is 6,000,000)
+        got = b"".join(out)
+        assert len(seen) == 1 and len(seen[0]) <= ERROR_CUT
+        cut = m.decode_error_fields(seen[0])
+        assert (cut["S"], cut["C"], cut["P"]) == ("ERROR", "22P02", "8")
+        assert cut["M"].startswith('invalid input syntax: "éé') and cut["M"].endswith("é…")
+        assert len(cut["M"].encode()) <= FIELD_LIMIT + 3
+        assert got == m.frame(kind, seen[0]) + m.ready_for_query(b"I") and stream.pending == 0
+        plain = cls(limit_all=False)
+        plain.handlers = {kind[0]: lambda body: None}
+        assert b"".join(bytes(x) for x in plain.feed(data)) == data
 
 
 @compiled
