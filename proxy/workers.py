@@ -25,7 +25,7 @@ from proxy import allocator
 from proxy.logs import get_logger
 from proxy.policy.cache import Pending
 from proxy.policy.engine import decide
-from proxy.policy.model import Decision, TenantPolicy
+from proxy.policy.model import EMPTY_CONTEXT, Decision, SessionContext, TenantPolicy
 from proxy.policy.rules import deny
 from proxy.turns import PENALTY_TIMEOUTS, Turns
 
@@ -44,15 +44,21 @@ def _policy_fields(policy: TenantPolicy) -> dict[str, Any]:
     return {k: dict(v) if isinstance(v, MappingProxyType) else v for k, v in out.items()}
 
 
-def _rebuild_policy(values: dict[str, Any]) -> TenantPolicy:
-    return TenantPolicy(**values)
+def _rebuild_policy(values: dict[str, Any], context: SessionContext | None = None) -> TenantPolicy:
+    policy = TenantPolicy(**values)
+    return policy if context is None else policy.with_context(context)
 
 
-def _reduce_policy(policy: TenantPolicy) -> tuple[Callable[..., TenantPolicy], tuple[dict[str, Any]]]:
-    return _rebuild_policy, (_policy_fields(policy),)
+def _reduce_policy(
+    policy: TenantPolicy,
+) -> tuple[Callable[..., TenantPolicy], tuple[dict[str, Any], SessionContext | None]]:
+    context = policy.context
+    return _rebuild_policy, (_policy_fields(policy.base), None if context == EMPTY_CONTEXT else context)
 
 
-copyreg.pickle(TenantPolicy, _reduce_policy)  # a policy crosses to a worker as its constructor's arguments
+# A policy crosses to a worker as its constructor's arguments and the session's context (temporary relations,
+# search_path): a session's decision made there resolves names as on the event loop.
+copyreg.pickle(TenantPolicy, _reduce_policy)
 
 
 def frame(message: object) -> bytes:

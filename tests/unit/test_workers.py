@@ -7,8 +7,8 @@ import pickle
 import socket
 
 from proxy.policy.cache import DecisionCache, Gate, Pending
-from proxy.policy.engine import Limits
-from proxy.policy.model import Allow, Decision, Deny, Rewrite, TenantPolicy
+from proxy.policy.engine import Limits, decide
+from proxy.policy.model import EMPTY_CONTEXT, Allow, Decision, Deny, Rewrite, SessionContext, TenantPolicy
 from proxy.registry import Tenant
 from proxy.workers import _LENGTH, DecisionWorkers, _Worker, frame
 
@@ -170,5 +170,31 @@ def test_a_real_worker_decides_and_a_failed_one_is_replaced() -> None:
         assert isinstance(failed, Deny) and failed.sqlstate == "XX000" and restarts == ["failed"]
         assert isinstance(await decide("SELECT 1"), Allow)  # a new worker
         workers.close()
+
+    run(main())
+
+
+def test_a_session_policy_reaches_a_worker_with_its_context() -> None:
+    """A session's policy (`with_context`: its temporary relations, its search_path) crossed to a worker as the
+    tenant's base policy: a decision offloaded under load (past the inline allowance) resolved names as if the
+    session had no temporary table or view and its search_path were the default (full suite, PG 15: `EXPLAIN SELECT *
+    FROM vc` over a temporary view of pg_class allowed). It crosses with its context now."""
+    context = SessionContext(temp_tables=frozenset({"orders"}), temp_views=frozenset({"vc"}))
+    session = SHARED.with_context(context)
+    back = pickle.loads(frame(session)[_LENGTH.size:])
+    assert back == session and back.key == session.key
+    assert (back.temp_tables, back.temp_views, back.path) == (session.temp_tables, session.temp_views, session.path)
+    assert pickle.loads(frame(SHARED)[_LENGTH.size:]).context == EMPTY_CONTEXT  # a base policy stays a base policy
+
+    async def main() -> None:
+        workers = DecisionWorkers(1, 60, on_restart=lambda _: None)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Decision] = loop.create_future()
+        workers.submit(pending("acme", "SELECT * FROM orders", session), lambda d, st: done.set_result(d))
+        offloaded = await asyncio.wait_for(done, 60)
+        workers.close()
+        inline = decide(session, "SELECT * FROM orders", {}, Limits(1000, 250_000))
+        assert isinstance(inline, Rewrite) and inline.sql == "SELECT * FROM pg_temp.orders"  # the session's own
+        assert offloaded == inline
 
     run(main())
