@@ -31,6 +31,7 @@ UNDEFINED_TABLE = "42P01"
 INSUFFICIENT_PRIVILEGE = "42501"
 SYNTAX_ERROR = "42601"
 DUPLICATE_PSTATEMENT = "42P05"
+DUPLICATE_CURSOR = "42P03"
 UNDEFINED_OBJECT = "42704"
 OUT_OF_MEMORY = "53200"
 TOO_MANY_CONNECTIONS = "53300"
@@ -364,6 +365,18 @@ limit_agent_statement_timeout = _register(
     "canceling statement due to statement timeout (pgtenant agent statement_timeout is {seconds} s)",
     hint="Narrow the query (a WHERE on an indexed column, aggregate first, fewer joins), or ask the operator to "
     "raise agent.statement_timeout for this login.",
+)
+# A Bind whose statement changes the session (a SET, a temporary relation, a savepoint) the session could not note
+# for its portal's Execute (review 17 F1): refused rather than run unrecorded.
+too_many_noted_portals = _register(
+    "too_many_noted_portals", PROGRAM_LIMIT_EXCEEDED, "ERROR",
+    "pgtenant: more than {limit} portals of statements that change the session are bound and not yet run",
+    hint="Execute or close the portals bound earlier (or end the transaction) before binding more.",
+)
+portal_noted = _register(
+    "portal_noted", DUPLICATE_CURSOR, "ERROR",
+    'portal "{name}" already exists',
+    hint="Close the portal before binding it again.",
 )
 # An agent's statement whose admission EXPLAIN answered a plan or error past admission.MAX_ANSWER (red team 9a8 N0):
 # not admitted, and that answer was never held.

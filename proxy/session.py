@@ -2248,7 +2248,9 @@ class ClientSession:
             if out is None and ((self._subxact_statements and statement in self._subxact_statements) or
                                 (self._reset_names and statement in self._reset_names) or
                                 (self._tracking and statement in self.context.statements)):
-                self._bound_portal(body, statement)
+                refusal = self._bound_portal(body, statement)
+                if refusal is not None:
+                    out = m.bind_renamed(body, self._error_marker(refusal))
         if self._released is body:
             self._released = None
             if self._bind_refusal is not None:  # the backend fails to find the marker statement: our refusal
@@ -2257,15 +2259,22 @@ class ClientSession:
         self._binds += 1
         return out
 
-    def _bound_portal(self, body: bytes, statement: str) -> None:
+    def _bound_portal(self, body: bytes, statement: str) -> PgError | None:
         """A Bind of `statement`, whose running the session follows by its position: noted for its portal's Execute
-        (what a request's k-th CommandComplete answers is its k-th Execute, not its k-th Bind)."""
+        (what a request's k-th CommandComplete answers is its k-th Execute, not its k-th Bind). Never forgotten
+        while its transaction lasts (review 17 F1: an evicted or overwritten note let a temporary table or a SET run
+        unrecorded, the server given back reusable with it): past _MAX_PORTALS noted portals, or a named portal
+        noted already (PostgreSQL refuses it, 42P03, unless a ROLLBACK TO dropped it), the Bind is refused."""
         portals = self._portals
+        name = body[:body.index(b"\x00")]
         if portals is _NO_PORTALS:
             portals = self._portals = {}
-        elif len(portals) >= _MAX_PORTALS:
-            del portals[next(iter(portals))]
-        portals[body[:body.index(b"\x00")]] = statement
+        elif name and name in portals:
+            return errors.portal_noted(name=name.decode(errors="replace"))
+        elif name not in portals and len(portals) >= _MAX_PORTALS:
+            return errors.too_many_noted_portals(limit=_MAX_PORTALS)
+        portals[name] = statement
+        return None
 
     def _executed(self, statement: str) -> None:
         """The Execute of a portal bound to `statement` (noted by `_bound_portal`): statement `_results` of its
@@ -3303,7 +3312,10 @@ class ClientSession:
                 return []
             first = head is not self._timed_out
             grace = self.config.limits.cancel_grace
-            if not first and now - self._timed_out_at >= grace and not self._awaiting_sync() and not self._copying():
+            # (the server has the whole request: the head is not the open batch; a later one — even a lone Parse
+            # after its Sync — does not stop the grace, review 17 F2)
+            if (not first and now - self._timed_out_at >= grace and (len(pending) > 1 or not self._awaiting_sync())
+                    and not self._copying()):
                 return self._cancel_unheeded(which, timeout, grace)
             if self._cancelling:
                 return []

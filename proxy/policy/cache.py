@@ -360,7 +360,9 @@ class ContextGate:
     def __init__(self, gate: Gate, context: SessionContext) -> None:
         self.gate = gate
         self.context = context
-        self._names = tuple(n.lower() for n in (*context.temp_tables, *context.temp_views))
+        # (each as written unquoted and quoted: `v"c` is written "v""c" — review 17 F3)
+        self._names = tuple({f for n in (*context.temp_tables, *context.temp_views)
+                             for f in (n.lower(), n.lower().replace('"', '""'))})
         self._timeout = context.effective_timeout() is not None  # reads of statement_timeout: policy/timeouts.py
         self._base: TenantPolicy | None = None
         self._policy: TenantPolicy | None = None

@@ -170,3 +170,28 @@ def test_an_agents_statement_timeout_unheeded_names_the_agents_limit(tmp_path: P
     clock.now += 2.5
     close = _ended(s.limits_tick(), CloseReason.STATEMENT_TIMEOUT)
     assert close.error is not None and "pgtenant agent statement_timeout is 2 s" in close.error.message
+
+
+@pytest.mark.parametrize("pool_mode", ["session", "transaction"])
+def test_a_message_after_the_sync_does_not_stop_the_grace(tmp_path: Path, pool_mode: str) -> None:
+    """Review 17 F2: the grace was skipped whenever a batch waited for its Sync, so one Parse sent after the timed-out
+    Query (a new request, its batch open) and a client reading a row now and then (no write bound: bytes move) kept
+    the backend running unbounded. The head request is whole on the server: the grace ends it."""
+    clock = Clock()
+    s, _ = session(tmp_path, {"statement_timeout": 2.0}, clock, pool_mode=pool_mode)
+    out = s.client_data(m.Query(QUERY).encode() + m.Parse("", "SELECT 1", b"\x00\x00").encode())
+    if pool_mode == "transaction":
+        assert any(isinstance(a, AcquireServer) for a in out), out
+        s.server_attached(server_for(s))
+    s.server_data(m.frame(b"T", b"\x00\x00") + b"".join(m.frame(b"D", b"\x00\x00") for _ in range(3)))
+    clock.now += 2.5
+    assert s.limits_tick()[-1] == CancelQuery()
+    s.cancel_done()
+    got: list = []
+    for _ in range(60):  # a minute; the client reads a trickle: a row now and then
+        clock.now += 1.0
+        s.server_data(m.frame(b"D", b"\x00\x00"))
+        got += s.limits_tick() + s.message_tick(clock.now, False, False)
+        if any(isinstance(a, CloseClient) for a in got):
+            break
+    assert any(isinstance(a, CloseClient) for a in got), got

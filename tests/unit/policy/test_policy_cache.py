@@ -17,7 +17,7 @@ from proxy.policy.cache import (
     text_key,
 )
 from proxy.policy.engine import Limits
-from proxy.policy.model import EMPTY_CONTEXT, TEMP_TABLE, Change
+from proxy.policy.model import EMPTY_CONTEXT, TEMP_TABLE, TEMP_VIEW, Change
 from proxy.registry import Tenant
 
 READ_ONLY = TenantPolicy(tenant="t", strategy="database")
@@ -246,3 +246,16 @@ def test_a_denial_counts_the_statements_it_runs_first() -> None:
     plain = Deny("42P01", 'relation "s.t" does not exist', "", "foreign_schema")
     ahead = Deny("42P01", 'relation "s.t" does not exist', "", "foreign_schema", before=before)
     assert entry_size("k", ahead) - entry_size("k", plain) >= len(before.sql)
+
+
+def test_a_quoted_temporary_view_name_is_decided_in_the_session_context() -> None:
+    """Review 17 F3: a session's gate decides under the tenant's base policy a text that names none of its temporary
+    relations, matched as written; a view named `v"c` is written "v""c", so `EXPLAIN SELECT * FROM "v""c"` was decided
+    as if the session had no such view and allowed (EXPLAIN over a temporary view of pg_class: estimates of other
+    tenants' objects). Both spellings are matched now: refused (explain_catalog) as the plain name is."""
+    gate, _ = _gate()
+    context = EMPTY_CONTEXT.apply(Change(0, TEMP_VIEW, 'v"c')).apply(Change(0, TEMP_VIEW, "vc"))
+    session = gate.with_context(context)
+    for sql in ('EXPLAIN SELECT * FROM "v""c"', "EXPLAIN SELECT * FROM vc"):
+        denied = session("query", sql)
+        assert isinstance(denied, Deny) and denied.rule == "explain_catalog", (sql, denied)
