@@ -21,6 +21,7 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.integration.test_hidden_bounds import MODES, TENANTS, proxies  # noqa: F401 (the fixture)
+from tests.support.peak import peak_kb, reset_peak
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess
 from tests.support.wire import SYNC, bind, exchange, execute, login, parse
@@ -134,16 +135,6 @@ def test_a_value_that_merely_looks_like_a_reserved_name_passes(proxies: dict[str
         sock.close()
 
 
-def _reset_peak(pid: int) -> None:
-    with open(f"/proc/{pid}/clear_refs", "w") as f:  # (5: the peak RSS, VmHWM, starts again from the RSS)
-        f.write("5")
-
-
-def _peak_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-
-
 @pytest.mark.parametrize("copy", [False, True], ids=["select", "copy"])
 @pytest.mark.parametrize("strategy", sorted(TENANTS))
 @pytest.mark.parametrize("mode", MODES)
@@ -158,11 +149,11 @@ def test_a_large_row_after_a_reserved_name_is_streamed(proxies: dict[str, ProxyP
     try:
         _reserved(sock, pg)
         _usable(sock)
-        _reset_peak(proxy.proc.pid)
-        before = _peak_kb(proxy.proc.pid)
+        reset_peak(proxy.proc.pid)
+        before = peak_kb(proxy.proc.pid)
         sql = "SELECT repeat('x', 20000000)"
         answers = _exchange(sock, m.Query(f"COPY ({sql}) TO STDOUT" if copy else sql).encode())
-        grown = _peak_kb(proxy.proc.pid) - before
+        grown = peak_kb(proxy.proc.pid) - before
         if copy:  # (a CopyData of COPY TO STDOUT)
             assert [body for t, body in answers if t == b"d"] == [b"x" * 20_000_000 + b"\n"]
         else:
@@ -187,11 +178,11 @@ def test_a_large_row_after_a_cut_is_dropped_not_held(proxies: dict[str, ProxyPro
     sock = _session(proxy, strategy)
     try:
         reserved = _reserved(sock, pg)
-        _reset_peak(proxy.proc.pid)
-        before = _peak_kb(proxy.proc.pid)
+        reset_peak(proxy.proc.pid)
+        before = peak_kb(proxy.proc.pid)
         sql = f"SELECT '{reserved}' UNION ALL SELECT repeat('x', 20000000)"
         answers = _exchange(sock, m.Query(f"COPY ({sql}) TO STDOUT" if copy else sql).encode())
-        grown = _peak_kb(proxy.proc.pid) - before
+        grown = peak_kb(proxy.proc.pid) - before
         assert _errors(answers) == [("42501", _WITHHELD)] and answers[-1] == (b"Z", b"I"), answers
         assert [t for t, _ in answers if t in b"Dd"] == [], answers
         assert grown < 8_000, grown  # kB: the row is 20,000 kB

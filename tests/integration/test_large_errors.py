@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from proxy.protocol.errcut import FIELD_LIMIT
+from tests.support.peak import peak_kb, reset_peak
 from tests.support.pgcluster import PgCluster
 from tests.support.pools import pooled_proxy
 from tests.support.proxyproc import ProxyProcess
@@ -22,16 +23,6 @@ def proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pyte
     p.stop()
 
 
-def _reset_peak(pid: int) -> None:
-    with open(f"/proc/{pid}/clear_refs", "w") as f:  # (5: the peak RSS, VmHWM, starts again from the RSS)
-        f.write("5")
-
-
-def _peak_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-
-
 @pytest.mark.parametrize("protocol", ["simple", "extended"])
 def test_an_error_quoting_a_huge_value_is_cut_and_never_held_whole(proxy: ProxyProcess, protocol: str) -> None:
     """`SELECT repeat('x', N)::int`: PostgreSQL's 22P02 quotes the whole value. 20 MB of it cost the proxy ~60 MB of
@@ -41,11 +32,11 @@ def test_an_error_quoting_a_huge_value_is_cut_and_never_held_whole(proxy: ProxyP
     factory = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
     with psycopg.connect(proxy.dsn("alice"), autocommit=True, cursor_factory=factory) as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
-        _reset_peak(proxy.proc.pid)
-        before = _peak_kb(proxy.proc.pid)
+        reset_peak(proxy.proc.pid)
+        before = peak_kb(proxy.proc.pid)
         with pytest.raises(psycopg.errors.InvalidTextRepresentation) as info:
             c.execute("SELECT repeat('x', 20000000)::int")
-        grown = _peak_kb(proxy.proc.pid) - before
+        grown = peak_kb(proxy.proc.pid) - before
         message = info.value.diag.message_primary or ""
         assert message.startswith('invalid input syntax for type integer: "xxx') and message.endswith("…"), \
             message[:100]
