@@ -66,7 +66,7 @@ from proxy.limits import (
 )
 from proxy.limits import server_request as limits_server_request
 from proxy.login import ClientLogin, LoggedIn, LoginState, SessionError, SessionInfo, next_state, unreadable
-from proxy.pgnames import protocol_name
+from proxy.pgnames import protocol_key, protocol_name
 from proxy.policy import timeouts
 from proxy.policy.cache import Pending
 from proxy.policy.implicit import declares_reg_parameter
@@ -2266,7 +2266,7 @@ class ClientSession:
         unrecorded, the server given back reusable with it): past _MAX_PORTALS noted portals, or a named portal
         noted already (PostgreSQL refuses it, 42P03, unless a ROLLBACK TO dropped it), the Bind is refused."""
         portals = self._portals
-        name = body[:body.index(b"\x00")]
+        name = protocol_key(body[:body.index(b"\x00")])
         if portals is _NO_PORTALS:
             portals = self._portals = {}
         elif name and name in portals:
@@ -2305,7 +2305,7 @@ class ClientSession:
         if name:
             name = protocol_name(name)
         if found is not None and found[0] == b"P" and self._portals:
-            self._portals.pop(body[1:-1], None)
+            self._portals.pop(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
             portal = protocol_name(found[1])
             old = self._hidden.portals.pop(portal, None)
@@ -2462,7 +2462,7 @@ class ClientSession:
         if body[-4:] != b"\x00\x00\x00\x00":
             self._paged = True
         if self._portals:
-            statement = self._portals.pop(body[:max(body.find(b"\x00"), 0)], None)
+            statement = self._portals.pop(protocol_key(body[:max(body.find(b"\x00"), 0)]), None)
             if statement is not None:
                 self._executed(statement)
         self._results += 1

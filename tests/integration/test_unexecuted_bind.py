@@ -76,3 +76,33 @@ def test_a_savepoint_bound_in_an_earlier_batch_is_set_at_its_execute(one_pooled:
     finally:
         a.close()
     assert seen == ["8MB", "4MB", "8MB"]
+
+
+LONG = "p" * 63  # PostgreSQL keys a portal by its name's first 63 bytes
+
+
+@pytest.mark.parametrize("shape", ["set", "temp", "closed_by_other_tail"])
+def test_a_portal_is_matched_by_its_first_63_bytes(one_pooled: ProxyProcess, shape: str) -> None:
+    """Red team 9s7 P1: A binds a SET / CREATE TEMP TABLE to portal LONG+"A" and executes (or closes, then binds again
+    and executes) it as LONG+"B": PostgreSQL finds the one portal by the first 63 bytes and runs it. The proxy noted the
+    portal under the whole name, missed the Execute, and gave the server, unreset, to B, the next client of the pool:
+    B saw work_mem 8MB / A's temporary table."""
+    a = wire.connect(one_pooled, "ivan", timeout=30)
+    try:
+        sql = "SET work_mem = '8MB'" if shape == "set" else "CREATE TEMP TABLE rt9s7 AS SELECT 42 AS secret"
+        if shape == "closed_by_other_tail":  # Close LONG+"C" closes the portal: the Bind of LONG+"A" is allowed again
+            batch = (wire.parse(sql, "s1") + wire.bind("s1", LONG + "A") + m.close_message(b"P", LONG + "C")
+                     + wire.bind("s1", LONG + "A") + wire.execute(LONG + "B") + wire.SYNC)
+        else:
+            batch = wire.parse(sql, "s1") + wire.bind("s1", LONG + "A") + wire.execute(LONG + "B") + wire.SYNC
+        answers = wire.exchange(a, batch)
+        assert wire.errors_in(answers) == [] and b"C" in [t for t, _ in answers]
+        b = wire.connect(one_pooled, "ivan", timeout=30)
+        try:
+            seen = [t for t, _ in wire.exchange(b, m.query_message("SELECT 1 FROM pg_temp.rt9s7"))]
+            assert _show(b, "work_mem") != "8MB"
+            assert b"D" not in seen
+        finally:
+            b.close()
+    finally:
+        a.close()
