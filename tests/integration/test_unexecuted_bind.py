@@ -97,12 +97,12 @@ def test_a_portal_is_matched_by_its_first_63_bytes(one_pooled: ProxyProcess, sha
             batch = wire.parse(sql, "s1") + wire.bind("s1", LONG + "A") + wire.execute(LONG + "B") + wire.SYNC
         answers = wire.exchange(a, batch)
         assert wire.errors_in(answers) == [] and b"C" in [t for t, _ in answers]
-        b = wire.connect(one_pooled, "ivan", timeout=30)
-        try:
-            seen = [t for t, _ in wire.exchange(b, m.query_message("SELECT 1 FROM pg_temp.rt9s7"))]
-            assert _show(b, "work_mem") != "8MB"
-            assert b"D" not in seen
-        finally:
-            b.close()
     finally:
-        a.close()
+        a.close()  # (a session holding a temporary table or a SET keeps its server until it ends: then reset/closed)
+    b = wire.connect(one_pooled, "ivan", timeout=30)
+    try:
+        seen = [t for t, _ in wire.exchange(b, m.query_message("SELECT 1 FROM pg_temp.rt9s7"))]
+        assert _show(b, "work_mem") != "8MB"
+        assert b"D" not in seen
+    finally:
+        b.close()
