@@ -807,7 +807,7 @@ def test_a_withheld_result_whose_request_ran_on_ends_the_session(session: Client
 
 
 # Every way a statement names a schema ({s}), and whether the last line's guard is set after it (for a hidden and a
-# missing schema alike): where it names one as a qualifier, sent (hidden: renamed; missing: as written; the statements
+# missing schema alike): where it names one as a qualifier, sent (both renamed, red team 9a8 N2; the statements
 # run before a refused one too), not where the statement is refused or the name is a value or a statement's object
 # (no reserved name sent for either). (query, parse) where they differ.
 _NAMINGS = (
