@@ -59,3 +59,31 @@ def test_a_schema_created_since_the_tenant_was_prepared_is_missing_until_the_nex
     finally:
         pg.execute(f"DROP SCHEMA {later} CASCADE", dbname="saas")
         proxy.reload("reloaded")
+
+
+@pytest.mark.parametrize("strategy", sorted(TENANTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_new_tenants_schema_is_missing_before_and_hidden_after_the_reload(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, strategy: str) -> None:  # noqa: F811
+    """A schema created for a new schema-strategy tenant: answered as missing once created (of none of the schemas
+    the tenant was prepared with), and after the reload that configures its tenant, hidden, answered the same way
+    (renamed both times: the answer never tells which)."""
+    proxy = proxies[mode]
+    schema = f"zz_newco_{mode[0]}{strategy[0]}"
+    pg.execute(f"CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (x int); INSERT INTO {schema}.t VALUES (7); "
+               f"GRANT USAGE ON SCHEMA {schema} TO pgt_role_1; GRANT SELECT ON {schema}.t TO pgt_role_1",
+               dbname="saas")  # (its own tenant's role only, as provisioning leaves it: the preflight checks)
+    missing = ([("42P01", f'relation "{schema}.t" does not exist')], [])
+    try:
+        assert _ask(proxy, strategy, f"SELECT x FROM {schema}.t", False) == missing
+        proxy.extra_tenants["newco"] = {"strategy": "schema", "database": "saas", "schema": schema,
+                                        "backend_user": "pgt_role_1"}
+        proxy.write_config()
+        proxy.reload("reloaded")
+        assert _ask(proxy, strategy, f"SELECT x FROM {schema}.t", False) == missing
+        assert _ask(proxy, strategy, f"SELECT x FROM {schema}.t", True) == missing
+    finally:
+        proxy.extra_tenants.pop("newco", None)
+        proxy.write_config()
+        proxy.reload("reloaded")
+        pg.execute(f"DROP SCHEMA {schema} CASCADE", dbname="saas")
