@@ -9,7 +9,7 @@ from typing import Any
 
 from pglast.parser import ParseError, parse_sql_json
 
-from proxy.policy.hiding import OTHER_TEMP, position_back
+from proxy.policy.hiding import position_back
 from proxy.protocol import messages as m
 
 # A reserved name (policy/hiding.reserved_name: pg_9 and 24 secret characters) where PostgreSQL names a schema: as a
@@ -43,10 +43,10 @@ _ANY_RESERVED = re.compile(rb"pg_9[a-z2-7]{24}")
 # lookahead around the whole name was scanned at every position, ~30 times slower, red team 9a7 H1.)
 _EVERY_RESERVED = re.compile(rb"pg_9[a-z2-7]{22}(?=[a-z2-7]{2})")
 _RESERVED_LEN = 28
-# Distinct reserved names of other sessions' temporary schemas (`pg_temp_N`, any N: renamed whatever else the
-# statement names) a session keeps for the last-line check; past them, any reserved name's shape. A hidden schema's
-# reserved name is always kept (there are as many as the tenant has hidden schemas): the bound is reached at the same
-# point whether a name the client wrote is hidden or missing (red team 9a3 J3: hidden names counted toward it).
+# Distinct reserved names a session keeps for the last-line check (of hidden schemas, of missing ones, renamed alike
+# since red team 9a8 N2, and of other sessions' temporary schemas `pg_temp_N`, any N); past them, any reserved name's
+# shape. Every name counts alike, so the bound is reached at the same point whether a name the client wrote is hidden
+# or missing (red team 9a3 J3).
 MAX_SENT = 4096
 Names = tuple[tuple[str, str], ...]
 Moved = tuple[tuple[int, int, int], ...]  # (start, end, characters added) of each renamed span: hiding.Renamed
@@ -74,7 +74,7 @@ class InFlight:
     bound to them (for their Executes in any later request of the transaction: red team 9a2 H1) and every reserved
     name the session sent (the last-line check: none reaches the client)."""
 
-    __slots__ = ("gone", "guarded", "hidden", "plain_first", "portals", "requests", "sent", "shapes", "statements")
+    __slots__ = ("gone", "guarded", "plain_first", "portals", "requests", "sent", "shapes", "statements")
 
     def __init__(self) -> None:
         self.requests: dict[object, list[tuple[Names, Moved]]] = {}
@@ -83,8 +83,7 @@ class InFlight:
         # portal -> the record of its statement, the request that bound it and the savepoint level it was bound in
         # (subxacts.py; gone at its Close, when a later request ends the transaction or a ROLLBACK TO drops it)
         self.portals: dict[str, tuple[tuple[Names, Moved], object, int]] = {}
-        self.sent: set[bytes] = set()  # the reserved names of other sessions' temporary schemas (MAX_SENT at most)
-        self.hidden: set[bytes] = set()  # the reserved names of hidden schemas (the tenant's few: never dropped)
+        self.sent: set[bytes] = set()  # the reserved names sent (MAX_SENT at most)
         self.shapes = False  # past MAX_SENT names: the last-line check looks for any reserved name's shape
         # records of statements PostgreSQL confirmed gone, by identity: the SQL EXECUTEs of them in flight (sent
         # before the confirmation) are answered through no moves (emptied once no request is in flight)
@@ -96,27 +95,25 @@ class InFlight:
         if self.shapes:
             return
         sent = self.sent
-        for reserved, name in names:
-            (sent if OTHER_TEMP.fullmatch(name) else self.hidden).add(reserved.encode())
+        for reserved, _ in names:
+            sent.add(reserved.encode())
         if len(sent) > MAX_SENT:  # fail closed, never forget one: any reserved name's shape from now on
             self.shapes = True
             sent.clear()
-            self.hidden.clear()
 
     def leaks(self, data: bytes) -> bool:
         """Whether `data` (a message for the client) holds a reserved name this session sent. One pass over `data`
         for every name of the reserved shape, each looked up: what it costs does not depend on how many names the
-        session sent (none, after naming a missing schema; one, a hidden one: red team 9a6 G3; up to MAX_SENT: each
-        was searched for in turn, 632 µs a row of "pg_9" at 4,000 names, red team 9a7 H1)."""
+        session sent (one, after naming a hidden or a missing schema: red team 9a6 G3; up to MAX_SENT: each was
+        searched for in turn, 632 µs a row of "pg_9" at 4,000 names, red team 9a7 H1)."""
         if NEEDLE not in data:
             return False
         if self.shapes:
             return _ANY_RESERVED.search(data) is not None
-        hidden, sent = self.hidden, self.sent
+        sent = self.sent
         for found in _EVERY_RESERVED.finditer(data):
             at = found.start()
-            name = data[at : at + _RESERVED_LEN]
-            if name in hidden or name in sent:
+            if data[at : at + _RESERVED_LEN] in sent:
                 return True
         return False
 

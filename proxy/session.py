@@ -2704,8 +2704,8 @@ class ClientSession:
             self._hidden = hiddennames.InFlight()
         names = decision.names if type(decision) is Rewrite else ()
         if not self._hidden.guarded and (names or (type(decision) is not Deny and UNSEEN_SCHEMA in decision.effects)):
-            # (the first schema the tenant cannot see named, hidden and sent renamed or missing and sent as written
-            # alike: the last line guards results from now on, red team 9a6 G3)
+            # (the first schema the tenant cannot see named, hidden or missing, both sent renamed (red team 9a8
+            # N2): the last line guards results from now on, red team 9a6 G3)
             self._hidden.guarded = True
             self.backend_stream.guard(self._last_line, _GUARDED, hiddennames.NEEDLE, self._leaks_sent)
             self._limit_actions.append(LastLineGuarded())  # (logged after the server's next read)

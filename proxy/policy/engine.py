@@ -82,7 +82,7 @@ def decide(
     renamed = None
     try:
         renamed = hiding.rename(policy, sql)  # hidden schemas: PostgreSQL answers as for missing ones
-        if renamed is not None and renamed.names:
+        if renamed is not None:
             sql = renamed.sql
             edits = []
         decision = _decide(policy, sql, timings if timings is not None else {}, limits, edits)
@@ -106,15 +106,9 @@ def decide(
 
 def _renamed_back(decision: Decision, renamed: hiding.Renamed, edits: list[Edit] | tuple[()]) -> Decision:
     """The decision on a renamed text (hiding.py): sent renamed, with the names to write back in PostgreSQL's answer;
-    a refusal of the proxy's own names and places what the client wrote. Both, and a statement naming a schema the
-    tenant cannot see that is not hidden (a Renamed without names: sent as written), carry UNSEEN_SCHEMA: the
-    session's last line guards from then on alike (red team 9a6 G3)."""
-    if not renamed.names:
-        if type(decision) is Deny:
-            before = decision.before
-            return decision if before is None else replace(decision, before=replace(
-                before, effects=before.effects | _UNSEEN))
-        return replace(decision, effects=decision.effects | _UNSEEN)
+    a refusal of the proxy's own names and places what the client wrote. A hidden schema's and a missing one's
+    alike (both renamed: red team 9a8 N2); carrying UNSEEN_SCHEMA: the session's last line guards from then on (red
+    team 9a6 G3)."""
     if type(decision) is Allow:
         return Rewrite(renamed.sql, (hiding.RULE,), decision.effects | _UNSEEN, decision.changes,
                        names=renamed.names, moved=renamed.moved)

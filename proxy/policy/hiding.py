@@ -1,9 +1,13 @@
-"""Hidden schemas answered by PostgreSQL itself: each hidden schema name sent as a reserved name that cannot exist.
+"""Hidden schemas answered by PostgreSQL itself: each hidden (or unseen) schema name sent as a reserved name that cannot
+exist.
 
 In the shared and database strategies a tenant must not tell another tenant's schema (`TenantPolicy.hidden_schemas`,
 and other sessions' temporary schemas `pg_temp_N`) from a schema that does not exist. Rather than answer for
-PostgreSQL, the proxy sends the statement with every such name written as a qualifier (`s.t`, `s.f()`, `x::s.t`,
-`OPERATOR(s.+)`, `COLLATE s."C"`, `LIKE s.t`, `s.t.c`, an index's `s.opclass`, …) replaced by a quoted reserved name:
+PostgreSQL, the proxy sends the statement with every such name, and (where some schema is hidden) every name of a
+schema the tenant cannot see (`unseen`: one that does not exist, or was created since the tenant was prepared, until
+the next reload; never a schema it sees, its own, a system or `pg_` one) alike, written as a qualifier (`s.t`,
+`s.f()`, `x::s.t`, `OPERATOR(s.+)`, `COLLATE s."C"`, `LIKE s.t`, `s.t.c`, an index's `s.opclass`, …) replaced by a
+quoted reserved name:
 `"pg_9` and 24 secret characters`"` (`reserved_name`), whatever the written spelling, after a space where what stands
 before it could join it into another token. PostgreSQL refuses to create a schema whose name starts with `pg_`, so
 every answer (SQLSTATE, message, the phase, the notices of `IF [NOT] EXISTS`, the routine/file/line fields) is
@@ -110,15 +114,24 @@ def unseen(policy: TenantPolicy, name: str) -> bool:
     if name in policy.hidden_schemas:
         return True
     return (bool(policy.hidden_schemas) and name not in policy.known_schemas and name not in policy.search_path
-            and name not in SYSTEM_SCHEMAS and not name.startswith("pg_") and name != "$user")
+            and name not in SYSTEM_SCHEMAS and not name.startswith("pg_") and name != "$user"
+            and not _own(policy, name))
+
+
+def _own(policy: TenantPolicy, name: str) -> bool:
+    """Whether `name` is a schema of the tenant's own configuration (its tables', its shared schemas): never unseen,
+    even if it was created after the tenant was prepared."""
+    return (name in policy.shared_schemas or name == policy.tenant_schema
+            or any(schema == name for schema, _ in policy.scoped_tables)
+            or any(schema == name for schema, _ in policy.rls_tables))
 
 
 def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
-    """The text to send for `sql` with each hidden schema qualifier renamed, or None when it names none (or does not
-    scan or parse: the engine refuses it). Raises Unrenamed when the renamed text is not the same statement. Where
-    some schema is hidden, a statement that names as a qualifier a schema the tenant cannot see but none hidden (a
-    missing one, `unseen`) gets a Renamed without names (`sql` as it is): the session's last line guards it as it
-    guards a hidden one's (red team 9a6 G3)."""
+    """The text to send for `sql` with each qualifier of a schema the tenant cannot see renamed, or None when it names
+    none (or does not scan or parse: the engine refuses it). Raises Unrenamed when the renamed text is not the same
+    statement. Where some schema is hidden, a missing schema's qualifier (`unseen`) is renamed as a hidden one's is:
+    the same reserved-name shape, the same parses, the same Rewrite and the same answer written back, so the proxy's
+    work never tells them apart (red team 9a6 G3, 9a8 N2)."""
     if policy.strategy == "schema":
         return None  # every schema not the tenant's is refused alike there (schema.check_schemas)
     if "." not in sql:
@@ -146,9 +159,6 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
     found = [f for f in found if f[0] not in kept and not any(a <= f[0] < b for a, b in settings)]
     if not found:
         return None
-    found = [f for f in found if hides(policy, f[2])]
-    if not found:
-        return Renamed(sql, ())
     chosen: dict[str, str] = {}
     edits: list[Edit] = []
     moved: list[tuple[int, int, int]] = []
@@ -180,7 +190,7 @@ def rename(policy: TenantPolicy, sql: str) -> Renamed | None:
 
 def _qualifiers(policy: TenantPolicy, data: bytes, toks: list[Tok]) -> list[tuple[int, int, str]]:
     """(start, end, name) of each identifier written as a qualifier (followed by a dot, not preceded by one) that
-    names a hidden schema, or one the tenant cannot see (`unseen`)."""
+    names a hidden schema, or one the tenant cannot see (`unseen`): both are renamed."""
     out: list[tuple[int, int, str]] = []
     n = len(toks)
     for i, tok in enumerate(toks):

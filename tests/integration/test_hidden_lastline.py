@@ -239,8 +239,9 @@ def test_a_hidden_and_a_missing_schema_set_the_guard_alike(proxies: dict[str, Pr
                                                            mode: str, strategy: str, extended: bool) -> None:
     """Red team 9a6 G3: the last line's guard (whose cost on a large result told a hidden schema from a missing one)
     is set, and logged (last_line_guarded) once, after a statement naming the hidden schema (globex, sent renamed)
-    and after one naming a missing schema (glebox, sent as written) alike; not after one naming only a schema the
-    tenant sees. Both answered alike by PostgreSQL (42P01 with the client's name), the session usable after."""
+    and after one naming a missing schema (glebox, renamed too since 9a8 N2) alike; not after one naming only a
+    schema the tenant sees. Both answered alike by PostgreSQL (42P01 with the client's name), the session usable
+    after."""
     proxy = proxies[mode]
     answers = {}
     for name in ("globex", "glebox"):

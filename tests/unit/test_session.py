@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -807,7 +808,7 @@ def test_a_withheld_result_whose_request_ran_on_ends_the_session(session: Client
 
 
 # Every way a statement names a schema ({s}), and whether the last line's guard is set after it (for a hidden and a
-# missing schema alike): where it names one as a qualifier, sent (hidden: renamed; missing: as written; the statements
+# missing schema alike): where it names one as a qualifier, sent (both renamed, red team 9a8 N2; the statements
 # run before a refused one too), not where the statement is refused or the name is a value or a statement's object
 # (no reserved name sent for either). (query, parse) where they differ.
 _NAMINGS = (
@@ -855,6 +856,46 @@ def test_a_hidden_and_a_missing_schema_set_the_last_lines_guard_alike(tmp_path: 
             want = expected if type(expected) is bool else expected[parse]  # (a Parse of it is refused whole)
             got = (guarded(template.format(s="globex"), parse), guarded(template.format(s="glebox"), parse))
             assert got == (want, want), (template, parse, got)
+
+
+@pytest.mark.parametrize("strategy", ["shared", "database"])
+@pytest.mark.parametrize("extended", [False, True], ids=["query", "extended"])
+def test_a_hidden_and_a_missing_schema_are_sent_and_answered_alike(tmp_path: Path, strategy: str,
+                                                                    extended: bool) -> None:
+    """Red team 9a8 N2: a statement naming a hidden schema (globex) and one naming a missing one (glebox) do the same
+    work in the session: both are sent renamed (the same bytes but for the reserved name), PostgreSQL's answer naming
+    either reserved name is written back (decoded, the client's name and position put back, framed again) to the
+    answer PostgreSQL gives for the client's text, and the same actions follow."""
+    from proxy.policy import TenantPolicy, decide
+
+    extra = {"tenant_value": "acme", "scoped_tables": {("public", "zz"): "tenant_id"}} if strategy == "shared" else {}
+    policy = TenantPolicy(tenant="acme", strategy=strategy, hidden_schemas=frozenset({"globex"}),  # type: ignore
+                          known_schemas=frozenset({"public"}), **extra)  # type: ignore[arg-type]
+    seen = {}
+    for name in ("globex", "glebox"):
+        s = ClientSession(make_config(tmp_path), session_id="n2", client_address="10.0.0.1",
+                          throttle=AuthThrottle(max_failures=2), clock=lambda: 100.0, tls_available=True)
+        login(s)
+        attach(s)
+        s.enable_policy(lambda kind, text: decide(policy, text))
+        sql = f"SELECT 1 FROM {name}.orders AS a0 WHERE 'x' = 'y'"
+        sent = b"".join(bytes(c) for a in s.client_data(_extended(sql) + m.SYNC_MESSAGE if extended else
+                                                        m.Query(sql).encode())
+                        if isinstance(a, RelayToServer) for c in a.chunks)
+        [reserved] = {r.decode() for r in re.findall(rb"pg_9[a-z2-7]{24}", sent)}
+        assert name.encode() not in sent, sent  # (renamed: hidden and missing alike)
+        start = sent.index(b"SELECT")
+        at = sent[start : sent.index(b"\x00", start)].decode().index(f'"{reserved}"')  # (in the text PostgreSQL got)
+        error = m.encode_error_fields(b"E", {"S": "ERROR", "V": "ERROR", "C": "42P01", "P": str(at + 1),
+                                             "M": f'relation "{reserved}.orders" does not exist'})
+        answers = [m.frame(b"1", b""), m.frame(b"2", b"")] if extended else []
+        relayed, other = _run(s, *answers, error, m.ready_for_query(b"I"))
+        fields = [m.decode_error_fields(body) for t, body, _ in m.split_messages(relayed)[0] if t == ord("E")]
+        assert fields and fields[0]["M"] == f'relation "{name}.orders" does not exist', fields
+        assert fields[0]["P"] == str(sql.index(name) + 1), fields  # (PostgreSQL's position for the client's text)
+        seen[name] = (sent.replace(reserved.encode(), b"R").replace(name.encode(), b"S"),
+                      relayed.replace(name.encode(), b"S"), [type(a).__name__ for a in other], s._hidden.guarded)
+    assert seen["globex"] == seen["glebox"], seen
 
 
 # --- an error in an extended message: PostgreSQL skips up to the Sync, a Query too (red team 9a3 J8) --------------

@@ -8,11 +8,15 @@ import dataclasses
 import pytest
 from policy_corpus import DATABASE_HIDING, POLICIES
 
+from proxy.hiddennames import written_back
 from proxy.policy import Allow, Deny, Rewrite, decide
 from proxy.policy.hiding import Renamed, position_back, rename, reserved_name, restored
 from proxy.policy.model import UNSEEN_SCHEMA
 
 SHARED_HIDING = POLICIES["shared_hiding"]
+# What a missing schema's statement was sent as before it was renamed too (red team 9a8 N2): the same tenant with
+# nothing hidden, whose statements are sent as written; PostgreSQL's positions for a missing name are in that text.
+AS_WRITTEN = dataclasses.replace(SHARED_HIDING, hidden_schemas=frozenset())
 
 
 def _renamed(sql: str) -> Renamed:
@@ -76,10 +80,30 @@ def test_a_name_that_is_not_a_hidden_schema_stays(sql: str) -> None:
 
 
 @pytest.mark.parametrize("sql", ["SELECT * FROM tenant_globez.zz", "SELECT x.tenant_globex.zz"])
-def test_a_schema_the_tenant_cannot_see_that_is_not_hidden_is_sent_as_written(sql: str) -> None:
-    """A missing schema (of none of the schemas the tenant sees) is not renamed, but found as a hidden one is: the
-    statement is marked (a Renamed without names), so the session guards alike (red team 9a6 G3)."""
-    assert rename(SHARED_HIDING, sql) == Renamed(sql, ())
+def test_a_schema_the_tenant_cannot_see_that_is_not_hidden_is_renamed_as_a_hidden_one(sql: str) -> None:
+    """Red team 9a8 N2: a missing schema (of none of the schemas the tenant sees) is renamed as a hidden one is, so
+    the proxy's work (the Rewrite, the answer written back) never tells them apart."""
+    name = "tenant_globez" if "globez" in sql else "x"
+    renamed = _renamed(sql)
+    assert renamed.names == ((reserved_name(name), name),) and f'"{reserved_name(name)}".' in renamed.sql, renamed
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM public.zz", "SELECT * FROM sales.orders", "SELECT * FROM pg_catalog.pg_class",
+    "SELECT * FROM information_schema.tables", "SELECT * FROM pg_temp.zz", "SELECT * FROM pg_toast.pg_toast_1",
+    "SELECT NULL::pg_catalog.int4", "SELECT 1 OPERATOR(pg_catalog.+) 1", "SELECT 'a' COLLATE pg_catalog.\"C\"",
+    "SELECT sales.f(1)", "SELECT NULL::public.t",
+])
+@pytest.mark.parametrize("known", ["prepared", "created since", "created since, not on the search_path"])
+def test_a_schema_the_tenant_sees_is_never_renamed(sql: str, known: str) -> None:
+    """Its own schemas (its tables', its search_path), the system ones and PostgreSQL's `pg_` ones are never renamed,
+    nor answered as missing: also when the schema was created after the tenant was prepared (not among
+    `known_schemas`): the tenant's own are of its configuration."""
+    policy = SHARED_HIDING if known == "prepared" else dataclasses.replace(SHARED_HIDING, known_schemas=frozenset())
+    if known.endswith("search_path"):
+        policy = dataclasses.replace(policy, search_path=("public",))  # (sales: its tables' schema only)
+    assert rename(policy, sql) is None
+    assert not isinstance(decide(policy, sql), Rewrite) or "hidden_schema" not in decide(policy, sql).rules
 
 
 # Every way a statement names a schema ({s}); hidden (tenant_globex) and missing (tenant_glebox) alike.
@@ -186,7 +210,7 @@ def test_positions_map_back_in_the_text_the_policy_rewrote_too() -> None:
     """A tenant filter written before the name: PostgreSQL's position in the sent text maps to where the missing
     name's statement has it (its rewrite included)."""
     sql = "SELECT * FROM sales.orders, {s}.zz WHERE nosuch"
-    hidden, missing = decide(SHARED_HIDING, sql.format(s="tenant_globex")), decide(SHARED_HIDING,
+    hidden, missing = decide(SHARED_HIDING, sql.format(s="tenant_globex")), decide(AS_WRITTEN,
                                                                                     sql.format(s="tenant_glebox"))
     assert isinstance(hidden, Rewrite) and isinstance(missing, Rewrite) and hidden.sql != hidden.sql.split(",")[0]
     reserved = hidden.names[0][0]
@@ -228,7 +252,7 @@ def test_a_neighbour_of_the_name_gets_the_missing_names_answer(sql: str) -> None
     """The hidden name's decision is the missing name's (the same refusal, or sent: to PostgreSQL, which answers as
     for the missing one); the renamed text always verifies."""
     hidden = decide(SHARED_HIDING, sql.format(s="tenant_globex"))
-    missing = decide(SHARED_HIDING, sql.format(s="tenant_globez"))
+    missing = decide(AS_WRITTEN, sql.format(s="tenant_globez"))
     if isinstance(missing, Deny):
         assert isinstance(hidden, Deny), (hidden, missing)
         assert (hidden.rule, hidden.sqlstate, hidden.message.replace("globex", "globez"), hidden.position) == (
@@ -271,9 +295,66 @@ def test_positions_follow_the_policys_edits_not_the_texts_shape(written: str) ->
     """A tenant filter written before the name and text shaped like a reserved name in the client's statement: the
     position of a later name maps to the missing name's place in its rewrite (red team 9a2 H5)."""
     sql = "SELECT 1 " + written + " FROM sales.orders, {s}.zz WHERE nosuch"
-    hidden, missing = (decide(SHARED_HIDING, sql.format(s=s)) for s in ("tenant_globex", "tenant_glebox"))
+    hidden, missing = (decide(p, sql.format(s=s)) for p, s in ((SHARED_HIDING, "tenant_globex"),
+                                                                (AS_WRITTEN, "tenant_glebox")))
     assert isinstance(hidden, Rewrite) and isinstance(missing, Rewrite), (hidden, missing)
     reserved = hidden.names[0][0]
     for at_hidden, at_missing in ((hidden.sql.index(f'"{reserved}"'), missing.sql.index("tenant_glebox")),
                                   (hidden.sql.index("nosuch"), missing.sql.index("nosuch"))):
         assert position_back(at_hidden + 1, hidden.moved) == at_missing + 1, hidden
+
+
+def _shape(decision: object, name: str) -> object:
+    """A decision with the client's schema name (also as the hex of a search_path entry) and its reserved names
+    written alike: what the proxy does with it."""
+    def same(text: str) -> str:
+        return text.replace(name, "S").replace(name.encode().hex(), "S")
+
+    if isinstance(decision, (Allow, Rewrite)):
+        names = getattr(decision, "names", ())
+        text = getattr(decision, "sql", "")
+        for reserved, _ in names:
+            text = text.replace(reserved, "R")
+        return (type(decision).__name__, getattr(decision, "rules", ()), decision.effects, same(repr(decision.changes)),
+                same(text), tuple(("R", same(n)) for _, n in names),
+                getattr(decision, "moved", ()))
+    assert isinstance(decision, Deny)
+    return ("Deny", decision.rule, decision.sqlstate, decision.message.replace(name, "S"),
+            decision.hint.replace(name, "S"), decision.position, decision.statement, decision.at_run,
+            None if decision.before is None else _shape(decision.before, name))
+
+
+@pytest.mark.parametrize("policy", ["shared_hiding", "database_hiding"])
+@pytest.mark.parametrize("template", [*_NAMINGS, *FUSING_NEIGHBOURS, "SELECT 1 FROM {s}.orders AS a0 WHERE 'x' = 'y'",
+                                      'SELECT * FROM "{s}".zz, {s}.zz z2 WHERE nosuch',
+                                      "SELECT 1 FROM sales.orders, {s}.zz WHERE nosuch"])
+def test_a_hidden_and_a_missing_schema_take_the_same_path(policy: str, template: str) -> None:
+    """Red team 9a8 N2: a hidden schema's statement and a missing one's (a name of the same length) get the same
+    decision: both renamed (a Rewrite with one reserved name, the same rules, effects and moves) or both refused the
+    same way; never one sent as written and the other re-encoded."""
+    hidden = decide(POLICIES[policy], template.format(s="tenant_globex"))
+    missing = decide(POLICIES[policy], template.format(s="tenant_glebox"))
+    assert _shape(hidden, "tenant_globex") == _shape(missing, "tenant_glebox"), (hidden, missing)
+
+
+@pytest.mark.parametrize("template", [
+    "SELECT 1 FROM {s}.orders AS a0 WHERE 'x' = 'y'", "COPY {s}.zz TO STDOUT", "SELECT NULL::{s}.t",
+    "SELECT 1 FROM sales.orders, {s}.zz WHERE nosuch",
+])
+def test_a_hidden_and_a_missing_schemas_answer_are_written_back_alike(template: str) -> None:
+    """Red team 9a8 N2: PostgreSQL's answer to either renamed statement (naming its reserved name, at its position)
+    is written back, decoded and framed again, to the same answer with the client's name: the same work for both."""
+    out = []
+    for name in ("tenant_globex", "tenant_glebox"):
+        decision = decide(SHARED_HIDING, template.format(s=name))
+        sent = decision.before if isinstance(decision, Deny) else decision
+        assert isinstance(sent, Rewrite) and sent.names, decision
+        reserved = sent.names[0][0]
+        where = sent.sql.index(f'"{reserved}"') + 1
+        body = b"".join(code + value.encode() + b"\0" for code, value in (
+            (b"S", "ERROR"), (b"C", "42P01"), (b"M", f'relation "{reserved}.zz" does not exist'),
+            (b"P", str(where)))) + b"\0"
+        back = written_back(b"E", body, [(sent.names, sent.moved)], template.format(s=name).lower())
+        assert back is not None, decision
+        out.append(back.replace(name.encode(), b"S"))
+    assert out[0] == out[1]
