@@ -396,6 +396,13 @@ class TenantPolicy:
     # preflight's `neighbour_tables`). Forced RLS gives this tenant none of their rows, but the planner estimates
     # them from every tenant's statistics, so references to them are refused (`others_table`; red team 9a7 H3).
     others_tables: frozenset[tuple[str, str]] = frozenset()
+    # Database strategy, `database_shared`: the shared tenants' sequences there (identity and serial sequences of
+    # their tables, the ones their defaults call, the others of their schemas): their positions count their inserts,
+    # so references to them are refused (`others_sequence`; review 17 F4).
+    others_sequences: frozenset[tuple[str, str]] = frozenset()
+    # The database's other relations named as one of `others_tables` / `others_sequences` (the tenant's own): an
+    # unqualified name is theirs only where PostgreSQL would find theirs first on the search_path.
+    others_shadows: frozenset[tuple[str, str]] = frozenset()
     # Where some schemas are hidden (`hidden_schemas`) from a shared- or database-strategy tenant: the other schemas
     # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
     # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
@@ -451,7 +458,8 @@ class TenantPolicy:
         object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
         object.__setattr__(self, "rls_tables", frozenset((str(s), str(t)) for s, t in self.rls_tables))
         object.__setattr__(self, "foreign_schemas", frozenset(self.foreign_schemas))
-        object.__setattr__(self, "others_tables", frozenset((str(s), str(t)) for s, t in self.others_tables))
+        for name in ("others_tables", "others_sequences", "others_shadows"):
+            object.__setattr__(self, name, frozenset((str(s), str(t)) for s, t in getattr(self, name)))
         object.__setattr__(self, "context", EMPTY_CONTEXT)
         object.__setattr__(self, "base", self)
         object.__setattr__(self, "path", search_path)
@@ -485,6 +493,8 @@ class TenantPolicy:
             tuple(sorted(hidden)),
             self.database_shared,
             tuple(sorted(self.others_tables)),
+            tuple(sorted(self.others_sequences)),
+            tuple(sorted(self.others_shadows)),
             tuple(sorted(self.known_schemas)),
             self.max_advisory_locks,
             tuple(sorted(columns.items())),

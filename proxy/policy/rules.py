@@ -72,6 +72,11 @@ RULES: dict[str, tuple[str, str]] = {
         "This table holds only other tenants' rows in the database you share with them (row-level security shows "
         "you none of them, and the planner's estimates of it count theirs); leave it out.",
     ),
+    "others_sequence": (
+        INSUFFICIENT_PRIVILEGE,
+        "This sequence gives keys to other tenants' rows in the database you share with them: its position counts "
+        "their inserts; leave it out (name your own sequences in a string literal).",
+    ),
     "row_locker": (
         INSUFFICIENT_PRIVILEGE,
         "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "
