@@ -371,7 +371,7 @@ def _decide_statement(
         raise Denied(_placed(policy, data, stmt, analysis, plan, exc.decision)) from None
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
-    since = len(plan.rules)
+    since = plan.object_guards
     try:
         rewrite.plan(policy, data, stmt, analysis, plan)
         if policy.agent_max_rows is not None:

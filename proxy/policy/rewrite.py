@@ -110,6 +110,8 @@ class Plan:
     full_dump: bool = False
     verify: bool = False  # verify even an unchanged statement (it writes, creates or drops)
     session_lists: int = 0  # pg_prepared_statements wrappers put in (each has SESSION_STATEMENTS_MARKER once)
+    # Object guards put in (`rules` lists a rule once per string: a later statement's guard would not show there)
+    object_guards: int = 0
 
 
 def star_select(targets: list[Node], from_item: Node, where: Node | None = None, fence: bool = False) -> Node:
@@ -261,6 +263,8 @@ class _Planner:
         self.plan.mutations.append(mutation)
 
     def rule(self, rule: str) -> None:
+        if rule == guarding.OBJECT_GUARD:
+            self.plan.object_guards += 1
         if rule not in self.plan.rules:
             self.plan.rules.append(rule)
 
@@ -784,7 +788,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog (or a temporary view, or EXECUTE) "
                        "would count every tenant's objects")
         planner.costs_off(stmt.body)
-    since = len(out.rules)
+    since = out.object_guards
     guarding.plan(planner, analysis)
     if stmt.kind == "ExplainStmt" and adds_catalog_guard(out, since):
         _explain_catalog()
@@ -800,11 +804,11 @@ def _explain_catalog() -> None:
 
 
 def adds_catalog_guard(out: Plan, since: int) -> bool:
-    """Whether the rewrite planned into `out` from its rule `since` on put in an object guard: a subquery of a system
-    catalog (pg_class, pg_namespace, pg_roles…) the proxy filters for the tenant, which a statement naming no catalog
-    reads once rewritten (obj_description(), pg_get_indexdef(), a reg* cast), so its estimate counts other tenants'
-    objects like `reads_filtered_catalog`'s (red team 9a8 N5)."""
-    return guarding.OBJECT_GUARD in out.rules[since:]
+    """Whether the rewrite planned into `out` put in an object guard since it had `since` (`Plan.object_guards`): a
+    subquery of a system catalog (pg_class, pg_namespace, pg_roles…) the proxy filters for the tenant, which a
+    statement naming no catalog reads once rewritten (obj_description(), pg_get_indexdef(), a reg* cast), so its
+    estimate counts other tenants' objects like `reads_filtered_catalog`'s (red team 9a8 N5)."""
+    return out.object_guards > since
 
 
 def reads_temporary_view(policy: TenantPolicy, analysis: Analysis) -> bool:
