@@ -38,6 +38,7 @@ from proxy.policy.model import (
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
+    SQL_PREPARE,
     UNSEEN_SCHEMA,
     Allow,
     Change,
@@ -378,6 +379,8 @@ def _decide_statement(
             agent.cap(policy, data, stmt, policy.agent_max_rows, plan)
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
+    if kind == "PrepareStmt" and not rewrite.explain_opaque(policy, analysis, plan, since):
+        changes = [replace(c, flag=True) if c.op == SQL_PREPARE else c for c in changes]
     for call in analysis.calls:
         setting = settings.set_config_setting(call, select)
         literal = None

@@ -92,7 +92,7 @@ class Change:
     name: str = ""
     path: tuple[str, ...] | None = None
     shown: str | None = None  # SET_PATH: the client's value as SHOW prints it, when PostgreSQL got another one
-    flag: bool = False  # TEMP_TABLE: ON COMMIT DROP; SET_PATH: LOCAL
+    flag: bool = False  # TEMP_TABLE: ON COMMIT DROP; SET_PATH: LOCAL; SQL_PREPARE: EXPLAIN EXECUTE may show it
     if_not_exists: bool = False  # TEMP_TABLE / TEMP_VIEW: an existing relation of that name stays as it is
     relations: int = 1  # TEMP_TABLE: relations it makes (the table, its constraints' indexes and sequences)
 
@@ -120,6 +120,10 @@ class SessionContext:
     timeout: str | None = None
     timeout_local: tuple[str | None] | None = None
     timeout_default: str | None = None
+    # SQL PREPAREd statements decided without reading a catalog the proxy filters for the tenant, a temporary view or
+    # an object guard's catalog (`rewrite.explain_opaque`): the ones `EXPLAIN EXECUTE` may show the plan of (a name
+    # prepared again, deallocated or unknown is not one: PostgreSQL's own protocol-level statements are named alike).
+    explainable: frozenset[str] = frozenset()
     # Session state on the server that decisions do not depend on (`for_decisions` leaves it out): what pins the
     # session to its server connection, and the settings replayed on another one.
     cursors: frozenset[str] = frozenset()  # WITH HOLD cursors open
@@ -237,10 +241,13 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
         return replace(context, cursors=context.cursors | {name})
     if op == CLOSE_CURSOR:
         return replace(context, cursors=context.cursors - {name} if name else frozenset())
-    if op == SQL_PREPARE:
-        return replace(context, prepared=context.prepared | {name})
+    if op == SQL_PREPARE:  # (a name prepared already: PostgreSQL refuses it, and it stays as it was)
+        explainable = (context.explainable | {name} if change.flag and name not in context.prepared
+                       else context.explainable if change.flag else context.explainable - {name})
+        return replace(context, prepared=context.prepared | {name}, explainable=explainable)
     if op == DEALLOCATE:
-        return replace(context, prepared=context.prepared - {name} if name else frozenset())
+        return replace(context, prepared=context.prepared - {name} if name else frozenset(),
+                       explainable=context.explainable - {name} if name else frozenset())
     if op == LISTEN:
         return replace(context, listening=context.listening | {name})
     if op == UNLISTEN:
@@ -265,7 +272,7 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
         return replace(context, pins=context.pins | {name})
     if op == DISCARD_ALL:  # DISCARD ALL = CLOSE ALL, DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), RESET ALL...
         return replace(context, cursors=frozenset(), prepared=frozenset(), listening=frozenset(), locks=(),
-                       settings=(("*", ""),))
+                       settings=(("*", ""),), explainable=frozenset())
     return context
 
 

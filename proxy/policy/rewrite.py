@@ -774,7 +774,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
-    if stmt.kind == "ExplainStmt" and ("ExecuteStmt" in (stmt.body.get("query") or {})
+    if stmt.kind == "ExplainStmt" and (_opaque_execute(policy, stmt.body.get("query") or {})
                                        or reads_filtered_catalog(policy, analysis)):
         _explain_catalog()
     if stmt.kind == "ExplainStmt" and policy.estimates_shared:
@@ -798,9 +798,25 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
 
 def _explain_catalog() -> None:
     # A plan's shape (Index vs Seq Scan, a join's sides) follows the catalog's statistics, which count the rows
-    # the filter keeps from the tenant, also with COSTS OFF (red team 9a7 H4/H8); EXECUTE is not looked through.
+    # the filter keeps from the tenant, also with COSTS OFF (red team 9a7 H4/H8); an EXECUTE's statement is known
+    # only by its PREPARE's decision (`SessionContext.explainable`).
     raise fail("explain_catalog", "EXPLAIN of a statement that reads a system catalog the proxy filters for you "
-               "(or a temporary view, or EXECUTE) would show a plan chosen by other tenants' objects")
+               "(or a temporary view, or EXECUTE of another statement than one this session PREPAREd over none) "
+               "would show a plan chosen by other tenants' objects")
+
+
+def _opaque_execute(policy: TenantPolicy, query: Node) -> bool:
+    """Whether an EXPLAIN's statement is an EXECUTE of a statement the session did not SQL PREPARE as one whose plan
+    EXPLAIN may show (`SessionContext.explainable`, `explain_opaque`)."""
+    execute = query.get("ExecuteStmt")
+    return execute is not None and execute.get("name") not in policy.context.explainable
+
+
+def explain_opaque(policy: TenantPolicy, analysis: Analysis, out: Plan, since: int) -> bool:
+    """Whether EXPLAIN of a statement (a PREPARE's, whose EXECUTE it would be) is refused for its reads: a catalog
+    the proxy filters for the tenant, a temporary view (`reads_filtered_catalog`), an object guard put in since
+    `since` (`adds_catalog_guard`)."""
+    return reads_filtered_catalog(policy, analysis) or adds_catalog_guard(out, since)
 
 
 def adds_catalog_guard(out: Plan, since: int) -> bool:

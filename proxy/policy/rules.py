@@ -187,8 +187,9 @@ RULES: dict[str, tuple[str, str]] = {
     "explain_catalog": (
         INSUFFICIENT_PRIVILEGE,
         "Query the catalog itself, without EXPLAIN: the plans of statements over system catalogs (and temporary "
-        "views, and EXECUTE, whose bodies are not looked through) are chosen by statistics that count other "
-        "tenants' objects. EXPLAIN a statement's own text instead of EXECUTE.",
+        "views, whose bodies are not looked through) are chosen by statistics that count other tenants' objects. "
+        "EXPLAIN EXECUTE shows only a statement this session PREPAREd over none of them; else EXPLAIN the "
+        "statement's own text.",
     ),
     "explain_settings": (
         INSUFFICIENT_PRIVILEGE,

@@ -234,7 +234,7 @@ def parse_context(text: str) -> SessionContext:
     for item in rest.split():
         key, value = item.split("=", 1)
         values = tuple(v for v in value.split(",") if v)
-        if key in ("temp_tables", "temp_views"):
+        if key in ("temp_tables", "temp_views", "explainable"):
             fields[key] = frozenset(values)
         elif key == "search_path":
             fields["path"] = values
