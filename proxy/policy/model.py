@@ -151,7 +151,12 @@ class SessionContext:
             else:
                 views |= {name}
             at_commit = self.drop_at_commit | {name} if change.flag else self.drop_at_commit - {name}
-            return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit, sizes=sizes)
+            # A temporary view may take the name of a relation a prepared statement reads: PostgreSQL analyses the
+            # statement again (with the temporary schema first) when a relation it reads changes, and would then
+            # read the view's body, which is not looked through: no prepared statement stays explainable.
+            explainable = frozenset() if op == TEMP_VIEW else self.explainable
+            return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit, sizes=sizes,
+                           explainable=explainable)
         if op == DROP_TEMP:
             if name not in self.temp_tables and name not in self.temp_views:
                 return self
