@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -128,6 +129,9 @@ class PreflightReport:
     schemas: frozenset[str] = frozenset()  # see schema_names()
     # A database tenant's: the tenant-scoped tables of the shared tenants of its database (as discovered for them)
     neighbour_tables: set[tuple[str, str]] = field(default_factory=set)
+    # ... their sequences (`NEIGHBOUR_SEQUENCES`), and the database's other relations of those names (the tenant's own)
+    neighbour_sequences: set[tuple[str, str]] = field(default_factory=set)
+    neighbour_shadows: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -428,6 +432,54 @@ SELECT c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
 """
 
 
+# A shared tenant's sequences (review 17 F4): their positions count its inserts. The identity and serial sequences of
+# its scoped tables and the ones their column defaults call; and every other sequence of its schemas but one that
+# belongs to (or is called by a default of) another table: a table that is not theirs is the database tenant's.
+NEIGHBOUR_SEQUENCES = """
+WITH theirs AS (
+  SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) AS t(s, r)
+      ON t.s = n.nspname AND t.r = c.relname
+), uses AS (
+  SELECT d.objid AS seq, d.refobjid AS tab FROM pg_catalog.pg_depend d
+   WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype IN ('a', 'i')
+  UNION
+  SELECT d.refobjid, a.adrelid FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_attrdef a ON a.oid = d.objid
+   WHERE d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass
+     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+)
+SELECT n.nspname, s.relname FROM pg_catalog.pg_class s JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+ WHERE s.relkind = 'S' AND (s.oid IN (SELECT u.seq FROM uses u JOIN theirs t ON t.oid = u.tab)
+       OR (n.nspname = ANY(%s::text[]) AND s.oid NOT IN (SELECT u.seq FROM uses u)))
+ ORDER BY 1, 2
+"""
+
+
+def neighbour_sequences(conn: psycopg.Connection, tables: Iterable[tuple[str, str]],
+                        schemas: Iterable[str]) -> list[tuple[str, str]]:
+    """A shared tenant's sequences (`NEIGHBOUR_SEQUENCES`), given its scoped relations and its tenant_schemas."""
+    rels = sorted(tables)
+    rows = conn.execute(NEIGHBOUR_SEQUENCES, ([r[0] for r in rels], [r[1] for r in rels], list(schemas))).fetchall()
+    return [(str(a), str(b)) for a, b in rows]
+
+
+_SHADOWS = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relname = ANY(%s::text[]) AND n.nspname !~ '^pg_(temp|toast)'
+"""
+
+_SEQUENCE_REACH = """
+SELECT pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+       AND pg_catalog.has_sequence_privilege(c.oid, 'SELECT, USAGE, UPDATE'),
+       pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER'),
+       EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0),
+       pg_catalog.pg_get_userbyid(c.relowner)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'S'
+"""
+
+
 def _check_database_neighbours(
     conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport
 ) -> None:
@@ -443,6 +495,7 @@ def _check_database_neighbours(
     where = f"tenants.{tenant.name}"
     role = config.backend_for(tenant).user
     owners: dict[tuple[str, str], list[str]] = {}
+    sequences: dict[tuple[str, str], list[str]] = {}
     for other in database_neighbours(config, tenant):
         if other.strategy == "shared":
             rels = explicit_tables(other) if other.tables else {
@@ -451,6 +504,9 @@ def _check_database_neighbours(
             for rel in rels:
                 owners.setdefault(rel, []).append(other.name)
                 report.neighbour_tables.add((str(rel[0]), str(rel[1])))
+            for seq in neighbour_sequences(conn, rels, other.tenant_schemas):
+                sequences.setdefault(seq, []).append(other.name)
+                report.neighbour_sequences.add(seq)
         elif other.strategy == "schema" and other.schema is not None:
             row = conn.execute("SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n "
                                "WHERE nspname = %s", (other.schema,)).fetchone()
@@ -497,3 +553,24 @@ def _check_database_neighbours(
             f"{', '.join(sorted(names))}: {why}); a database tenant's statements are not rewritten, so only "
             f"PostgreSQL keeps it out ({fix}; or give {tenant.name!r} a backend_user of its own, with no access to "
             "it)")
+    for (schema, name), names in sorted(sequences.items()):
+        row = conn.execute(_SEQUENCE_REACH, (schema, name)).fetchone()
+        if row is None or not (row[0] or row[1]):
+            continue
+        _, owns, public, owner = row
+        qualified = f"{schema}.{name}"
+        if owns:
+            why, fix = "owner", f"REVOKE {owner} FROM {role}, or make another role the sequence's owner"
+        else:
+            why = "granted to PUBLIC" if public else "granted"
+            whom = "PUBLIC" if public else f"{role} (or the role it has it through)"
+            fix = f"REVOKE ALL ON SEQUENCE {qualified} FROM {whom}"
+        report.errors.append(
+            f"{where}: its backend role {role!r} can read the position of {qualified}, a sequence of tenant "
+            f"{', '.join(sorted(names))} ({why}; its last value counts their inserts); a database tenant's statements "
+            f"are not rewritten, so only PostgreSQL keeps it out ({fix}; or give {tenant.name!r} a backend_user of "
+            "its own, with no access to it)")
+    theirs = report.neighbour_tables | report.neighbour_sequences
+    if theirs:
+        rows = conn.execute(_SHADOWS, (sorted({n for _, n in theirs}),)).fetchall()
+        report.neighbour_shadows.update((str(a), str(b)) for a, b in rows if (str(a), str(b)) not in theirs)

@@ -129,11 +129,13 @@ def table_steps(t: TableTarget, *, policy_current: bool) -> list[Step]:
 
 
 def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bool,
-                 others: Sequence[tuple[str, str]] = (), defaults: bool = True) -> list[Step]:
+                 others: Sequence[tuple[str, str]] = (), defaults: bool = True,
+                 other_sequences: Sequence[tuple[str, str]] = ()) -> list[Step]:
     """USAGE and the table privileges on a schema, for its tables to come too unless not `defaults` (then the
     default privileges an earlier provision set are revoked: a database tenant's schema its database's shared
     tenants also use, issue 14, so that a relation made later is not readable by `role` before provision or the
-    preflight has seen it). `others`: relations the grant leaves out (a REVOKE after it)."""
+    preflight has seen it). `others`: relations the grant leaves out (a REVOKE after it); `other_sequences` the same
+    for sequences (the shared tenants' there, review 17 F4)."""
     s, r = quote_ident(schema), quote_ident(role)
     privileges = "SELECT, INSERT, UPDATE, DELETE" if writes else "SELECT"
     steps = [Step(f"CREATE SCHEMA IF NOT EXISTS {s}")] if create else []
@@ -143,8 +145,10 @@ def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bo
               Step(f"GRANT SELECT ON ALL SEQUENCES IN SCHEMA {s} TO {r}")]
     may = f"tenant {where}: {role} may {'read and write' if writes else 'read'} schema {schema}"
     steps += [Step(f"REVOKE ALL ON {_rel(*rel)} FROM {r}") for rel in others]
+    steps += [Step(f"REVOKE ALL ON SEQUENCE {_rel(*seq)} FROM {r}") for seq in other_sequences]
     if not defaults:
-        left_out = f", but for the other tenants' {', '.join(f'{a}.{b}' for a, b in others)}" if others else ""
+        theirs = [*others, *other_sequences]
+        left_out = f", but for the other tenants' {', '.join(f'{a}.{b}' for a, b in theirs)}" if theirs else ""
         return [*steps,
                 Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE ALL ON SEQUENCES FROM {r}"),
                 Step(f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} REVOKE ALL ON TABLES FROM {r}",
@@ -396,6 +400,7 @@ def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantCo
     statements are not rewritten, so provision gives its backend role none of their rows: a backend role of
     theirs, or a schema tenant's schema, is refused; their scoped relations in its schemas are left out."""
     from proxy.dbcheck import _DISCOVER as DISCOVER_ALL  # every kind the proxy counts as scoped (views too)
+    from proxy.dbcheck import neighbour_sequences
 
     role = roles[t.name]
     others = [o for o in database_neighbours(config, t) if o.strategy in ("shared", "schema")]
@@ -407,10 +412,13 @@ def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantCo
                 f"{o.name}'s role may read, every tenant's rows included; give {t.name} a backend_user of its own")
     foreign = {o.schema: o.name for o in others if o.strategy == "schema" and o.schema is not None}
     scoped: set[tuple[str, str]] = set()
+    sequences: set[tuple[str, str]] = set()  # theirs: their positions count their inserts (review 17 F4)
     for o in others:
         if o.strategy == "shared":
-            scoped.update(explicit_tables(o) if o.tables else (
+            theirs = set(explicit_tables(o) if o.tables else (
                 (s, n) for s, n in conn.execute(DISCOVER_ALL, (o.tenant_column, list(o.tenant_schemas))).fetchall()))
+            scoped.update(theirs)
+            sequences.update(neighbour_sequences(conn, theirs, o.tenant_schemas))
     # Their tables get forced RLS with a policy for their roles only (table_steps): `role` reads none of their rows
     # there. A view, materialized view or foreign table has no RLS of its own: `role` gets no privilege on it.
     unfiltered = {rel for rel in scoped if _relkind(conn, *rel) in ("v", "m", "f")}
@@ -421,13 +429,15 @@ def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantCo
                 f"tenant {t.name}: schemas lists {s}, the schema of tenant {foreign[s]} (schema strategy) in the same "
                 f"database: {t.name}'s statements are not rewritten, so it would read {foreign[s]}'s tables")
             continue
-        if any(rel[0] == s for rel in scoped):
+        if any(rel[0] == s for rel in scoped | sequences):
             findings.notes.append(
                 f"tenant {t.name}: schema {s} also holds the tenant-scoped relations of the shared tenants of database "
-                f"{t.database}; {role} gets no privilege on their views, materialized views and foreign tables, and "
-                f"no default privileges in {s} (grant the tables made later yourself, or run provision again)")
+                f"{t.database}; {role} gets no privilege on their views, materialized views, foreign tables and "
+                f"sequences, and no default privileges in {s} (grant the tables made later yourself, or run "
+                "provision again)")
             steps += schema_steps(s, role, t.allow_writes, where=t.name, create=True,
-                                  others=sorted(rel for rel in unfiltered if rel[0] == s), defaults=False)
+                                  others=sorted(rel for rel in unfiltered if rel[0] == s), defaults=False,
+                                  other_sequences=sorted(seq for seq in sequences if seq[0] == s))
         else:
             steps += schema_steps(s, role, t.allow_writes, where=t.name, create=True)
     return steps

@@ -279,12 +279,15 @@ class SessionState:
 
 def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:
     """The context after a rollback to `to` from `now`: what ignores transactions stays as it is now (SQL prepared
-    statements, session advisory locks, the pins the proxy cannot follow), and a WITH HOLD cursor closed since
-    stays closed (PostgreSQL drops a portal at once; one created since is gone with its transaction)."""
+    statements and which of them EXPLAIN EXECUTE may show, session advisory locks, the pins the proxy cannot
+    follow), and a WITH HOLD cursor closed since stays closed (PostgreSQL drops a portal at once; one created since
+    is gone with its transaction)."""
     cursors = to.cursors & now.cursors if to.cursors else to.cursors
-    if to.prepared == now.prepared and to.locks == now.locks and to.pins == now.pins and cursors == to.cursors:
+    if (to.prepared == now.prepared and to.explainable == now.explainable and to.locks == now.locks
+            and to.pins == now.pins and cursors == to.cursors):
         return to
-    return replace(to, prepared=now.prepared, locks=now.locks, pins=now.pins, cursors=cursors)
+    return replace(to, prepared=now.prepared, explainable=now.explainable, locks=now.locks, pins=now.pins,
+                   cursors=cursors)
 
 
 def _stateful(changes: tuple[Change, ...]) -> bool:

@@ -352,10 +352,11 @@ class ContextGate:
     """A session's decisions while it has a context (temporary relations, its own search_path): under the
     tenant's current policy `with_context` of it, through the shared cache (sessions in the same context share
     entries). A text that cannot name one of the session's temporary relations, in a session whose search_path
-    is the tenant's default, nor read a statement_timeout the session set above its limit, is decided under the
-    tenant's policy itself (the same decision, a shared entry)."""
+    is the tenant's default, nor read a statement_timeout the session set above its limit, nor EXPLAIN an EXECUTE
+    of a statement the session prepared (`SessionContext.explainable`), is decided under the tenant's policy itself
+    (the same decision, a shared entry)."""
 
-    __slots__ = ("_base", "_names", "_policy", "_timeout", "_whole", "context", "gate")
+    __slots__ = ("_base", "_executes", "_names", "_policy", "_timeout", "_whole", "context", "gate")
 
     def __init__(self, gate: Gate, context: SessionContext) -> None:
         self.gate = gate
@@ -364,6 +365,7 @@ class ContextGate:
         self._names = tuple({f for n in (*context.temp_tables, *context.temp_views)
                              for f in (n.lower(), n.lower().replace('"', '""'))})
         self._timeout = context.effective_timeout() is not None  # reads of statement_timeout: policy/timeouts.py
+        self._executes = bool(context.explainable)  # EXPLAIN EXECUTE of them (rewrite._opaque_execute)
         self._base: TenantPolicy | None = None
         self._policy: TenantPolicy | None = None
         self._whole = True  # every statement depends on the context (its search_path is not the default)
@@ -390,7 +392,8 @@ class ContextGate:
             return policy
         low = sql.lower()
         if "u&" in low or "temp" in low or "snapshot" in low or any(name in low for name in self._names) or (
-                self._timeout and ("timeout" in low or "setting" in low or "show" in low)):
+                self._timeout and ("timeout" in low or "setting" in low or "show" in low)) or (
+                self._executes and "execute" in low):
             return policy
         return policy.base
 

@@ -690,6 +690,12 @@ def _catalog_filters(policy: TenantPolicy) -> dict[str, Filter]:
             current = out.get(view)
             predicate = leave_out if current is None else f"({current.template}) AND {leave_out}"
             out[view] = Filter("catalog", f"pg_catalog.{view}", "schemaname", predicate)
+    if policy.others_sequences:  # the shared tenants' sequences' positions count their inserts (review 17 F4)
+        theirs = ", ".join(f"({quote_literal(a)}, {quote_literal(b)})" for a, b in sorted(policy.others_sequences))
+        predicate = f'({{ref}}."schemaname", {{ref}}."sequencename") NOT IN ({theirs})'
+        current = out.get("pg_sequences")
+        out["pg_sequences"] = Filter("catalog", "pg_catalog.pg_sequences", "schemaname", predicate if current is None
+                                     else f"({current.template}) AND {predicate}")
     out[CURSORS] = _CURSORS_FILTER
     statements = policy.catalog_columns.get(PREPARED_STATEMENTS)
     if statements:  # (unknown columns: denied, `unscrubbable`)

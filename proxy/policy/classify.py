@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import notify, settings
+from proxy.policy import notify, othersseq, settings
 from proxy.policy.catalog import CATALOG_SCHEMAS, is_denied_relation, is_filtered_name, relation_filter, rv_names
 from proxy.policy.model import REAPPLY_CONTEXT, RESERVED_STATEMENT_PREFIX, TenantPolicy
 from proxy.policy.nametypes import NAME_TYPES
@@ -264,18 +264,14 @@ def check_row_locker(policy: TenantPolicy, analysis: Analysis) -> None:
                        "transaction that locked a row, also another tenant's")
 
 
-def others_table(policy: TenantPolicy, rv: Node) -> bool:
-    """Whether a RangeVar may name a shared tenant's scoped table in a database tenant's shared database
-    (`TenantPolicy.others_tables`): qualified by its schema, or unqualified with a schema of the search_path holding
-    one of that name (unless the session's temporary relation of that name comes first). Forced RLS gives the
-    tenant none of its rows, but the planner estimates it from every tenant's statistics: a plan's shape (which join
-    side, which scan) follows their row counts (red team 9a7 H3), so the reference is refused."""
+def others_relation(policy: TenantPolicy, rv: Node) -> str | None:
+    """Which of the shared tenants' relations in a database tenant's shared database a RangeVar reaches
+    (`othersseq.resolve`): "table" (`TenantPolicy.others_tables`), "sequence" (`others_sequences`) or None.
+    Forced RLS gives the tenant none of their rows, but the planner estimates their tables from every tenant's
+    statistics: a plan's shape (which join side, which scan) follows their row counts (red team 9a7 H3); a
+    sequence's last value counts their inserts (review 17 F4). The reference is refused."""
     _, schema, table = rv_names(rv)
-    if schema is not None:
-        return (schema, table) in policy.others_tables
-    if policy.temp_first and (table in policy.temp_tables or table in policy.temp_views):
-        return False
-    return any((s, table) in policy.others_tables for s in policy.path)
+    return othersseq.resolve(policy, schema, table)
 
 
 def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
@@ -287,8 +283,10 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
     for ref in analysis.refs:
         rv = ref.rv
         schema, rel = rv.get("schemaname"), rv.get("relname", "")
-        if policy.others_tables and not ref.cte and ref.role not in (INTO, CREATE) and others_table(policy, rv):
-            raise fail("others_table", f'"{rel}" holds other tenants\' rows only')
+        if (policy.others_tables or policy.others_sequences) and not ref.cte and ref.role not in (INTO, CREATE) and (
+                kind := others_relation(policy, rv)) is not None:
+            rule, why = othersseq.reference_rule(kind)
+            raise fail(rule, f'"{rel}" {why}')
         if ref.role in (READ, SAMPLE, COPY_TO, UNKNOWN, LIKE) and not ref.cte and is_denied_relation(policy, rv):
             raise fail("catalog_denied", f'reading "{rel}" is not allowed')
         if ref.role in (TARGET, COPY_FROM, TRUNCATE):

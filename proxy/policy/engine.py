@@ -38,6 +38,7 @@ from proxy.policy.model import (
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
     SESSION_STATEMENTS_MARKER,
+    SQL_PREPARE,
     UNSEEN_SCHEMA,
     Allow,
     Change,
@@ -365,13 +366,15 @@ def _decide_statement(
         raise Denied(_placed(policy, data, stmt, analysis, plan, exc.decision)) from None
     if kind == "ViewStmt":
         _located(rewrite.wrap_view, policy, data, stmt, plan)
-    since = len(plan.rules)
+    since = plan.object_guards
     try:
         rewrite.plan(policy, data, stmt, analysis, plan)
         if policy.agent_max_rows is not None:
             agent.cap(policy, data, stmt, policy.agent_max_rows, plan)
     except TextError as exc:
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
+    if kind == "PrepareStmt" and not rewrite.explain_opaque(policy, analysis, plan, since):
+        changes = [replace(c, flag=True) if c.op == SQL_PREPARE else c for c in changes]
     for call in analysis.calls:
         setting = settings.set_config_setting(call, select)
         literal = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import advisory, agent, nextval, notify, settings
+from proxy.policy import advisory, agent, nextval, notify, othersseq, settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
 from proxy.policy.rules import fail
@@ -125,6 +125,7 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
             raise fail("advisory_lock_shared", f"{names[-1]}() is not allowed in this strategy")
         settings.check_function(policy, call, select)
     nextval.check(policy, analysis)
+    othersseq.check(policy, analysis)
     if policy.owns_database:
         advisory.check(policy, analysis)
         notify.check(analysis)

@@ -92,7 +92,7 @@ class Change:
     name: str = ""
     path: tuple[str, ...] | None = None
     shown: str | None = None  # SET_PATH: the client's value as SHOW prints it, when PostgreSQL got another one
-    flag: bool = False  # TEMP_TABLE: ON COMMIT DROP; SET_PATH: LOCAL
+    flag: bool = False  # TEMP_TABLE: ON COMMIT DROP; SET_PATH: LOCAL; SQL_PREPARE: EXPLAIN EXECUTE may show it
     if_not_exists: bool = False  # TEMP_TABLE / TEMP_VIEW: an existing relation of that name stays as it is
     relations: int = 1  # TEMP_TABLE: relations it makes (the table, its constraints' indexes and sequences)
 
@@ -120,6 +120,10 @@ class SessionContext:
     timeout: str | None = None
     timeout_local: tuple[str | None] | None = None
     timeout_default: str | None = None
+    # SQL PREPAREd statements decided without reading a catalog the proxy filters for the tenant, a temporary view or
+    # an object guard's catalog (`rewrite.explain_opaque`): the ones `EXPLAIN EXECUTE` may show the plan of (a name
+    # prepared again, deallocated or unknown is not one: PostgreSQL's own protocol-level statements are named alike).
+    explainable: frozenset[str] = frozenset()
     # Session state on the server that decisions do not depend on (`for_decisions` leaves it out): what pins the
     # session to its server connection, and the settings replayed on another one.
     cursors: frozenset[str] = frozenset()  # WITH HOLD cursors open
@@ -147,7 +151,12 @@ class SessionContext:
             else:
                 views |= {name}
             at_commit = self.drop_at_commit | {name} if change.flag else self.drop_at_commit - {name}
-            return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit, sizes=sizes)
+            # A temporary view may take the name of a relation a prepared statement reads: PostgreSQL analyses the
+            # statement again (with the temporary schema first) when a relation it reads changes, and would then
+            # read the view's body, which is not looked through: no prepared statement stays explainable.
+            explainable = frozenset() if op == TEMP_VIEW else self.explainable
+            return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit, sizes=sizes,
+                           explainable=explainable)
         if op == DROP_TEMP:
             if name not in self.temp_tables and name not in self.temp_views:
                 return self
@@ -237,10 +246,13 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
         return replace(context, cursors=context.cursors | {name})
     if op == CLOSE_CURSOR:
         return replace(context, cursors=context.cursors - {name} if name else frozenset())
-    if op == SQL_PREPARE:
-        return replace(context, prepared=context.prepared | {name})
+    if op == SQL_PREPARE:  # (a name prepared already: PostgreSQL refuses it, and it stays as it was)
+        explainable = (context.explainable | {name} if change.flag and name not in context.prepared
+                       else context.explainable if change.flag else context.explainable - {name})
+        return replace(context, prepared=context.prepared | {name}, explainable=explainable)
     if op == DEALLOCATE:
-        return replace(context, prepared=context.prepared - {name} if name else frozenset())
+        return replace(context, prepared=context.prepared - {name} if name else frozenset(),
+                       explainable=context.explainable - {name} if name else frozenset())
     if op == LISTEN:
         return replace(context, listening=context.listening | {name})
     if op == UNLISTEN:
@@ -265,7 +277,7 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
         return replace(context, pins=context.pins | {name})
     if op == DISCARD_ALL:  # DISCARD ALL = CLOSE ALL, DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), RESET ALL...
         return replace(context, cursors=frozenset(), prepared=frozenset(), listening=frozenset(), locks=(),
-                       settings=(("*", ""),))
+                       settings=(("*", ""),), explainable=frozenset())
     return context
 
 
@@ -396,6 +408,13 @@ class TenantPolicy:
     # preflight's `neighbour_tables`). Forced RLS gives this tenant none of their rows, but the planner estimates
     # them from every tenant's statistics, so references to them are refused (`others_table`; red team 9a7 H3).
     others_tables: frozenset[tuple[str, str]] = frozenset()
+    # Database strategy, `database_shared`: the shared tenants' sequences there (identity and serial sequences of
+    # their tables, the ones their defaults call, the others of their schemas): their positions count their inserts,
+    # so references to them are refused (`others_sequence`; review 17 F4).
+    others_sequences: frozenset[tuple[str, str]] = frozenset()
+    # The database's other relations named as one of `others_tables` / `others_sequences` (the tenant's own): an
+    # unqualified name is theirs only where PostgreSQL would find theirs first on the search_path.
+    others_shadows: frozenset[tuple[str, str]] = frozenset()
     # Where some schemas are hidden (`hidden_schemas`) from a shared- or database-strategy tenant: the other schemas
     # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
     # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
@@ -451,7 +470,8 @@ class TenantPolicy:
         object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
         object.__setattr__(self, "rls_tables", frozenset((str(s), str(t)) for s, t in self.rls_tables))
         object.__setattr__(self, "foreign_schemas", frozenset(self.foreign_schemas))
-        object.__setattr__(self, "others_tables", frozenset((str(s), str(t)) for s, t in self.others_tables))
+        for name in ("others_tables", "others_sequences", "others_shadows"):
+            object.__setattr__(self, name, frozenset((str(s), str(t)) for s, t in getattr(self, name)))
         object.__setattr__(self, "context", EMPTY_CONTEXT)
         object.__setattr__(self, "base", self)
         object.__setattr__(self, "path", search_path)
@@ -485,6 +505,8 @@ class TenantPolicy:
             tuple(sorted(hidden)),
             self.database_shared,
             tuple(sorted(self.others_tables)),
+            tuple(sorted(self.others_sequences)),
+            tuple(sorted(self.others_shadows)),
             tuple(sorted(self.known_schemas)),
             self.max_advisory_locks,
             tuple(sorted(columns.items())),

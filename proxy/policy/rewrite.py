@@ -110,6 +110,8 @@ class Plan:
     full_dump: bool = False
     verify: bool = False  # verify even an unchanged statement (it writes, creates or drops)
     session_lists: int = 0  # pg_prepared_statements wrappers put in (each has SESSION_STATEMENTS_MARKER once)
+    # Object guards put in (`rules` lists a rule once per string: a later statement's guard would not show there)
+    object_guards: int = 0
 
 
 def star_select(targets: list[Node], from_item: Node, where: Node | None = None, fence: bool = False) -> Node:
@@ -261,6 +263,8 @@ class _Planner:
         self.plan.mutations.append(mutation)
 
     def rule(self, rule: str) -> None:
+        if rule == guarding.OBJECT_GUARD:
+            self.plan.object_guards += 1
         if rule not in self.plan.rules:
             self.plan.rules.append(rule)
 
@@ -770,7 +774,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
         planner.filter_in_where(body, refs)
     if planner.unaliased and analysis.qualified_columns:
         planner.unqualify_columns(analysis)
-    if stmt.kind == "ExplainStmt" and ("ExecuteStmt" in (stmt.body.get("query") or {})
+    if stmt.kind == "ExplainStmt" and (_opaque_execute(policy, stmt.body.get("query") or {})
                                        or reads_filtered_catalog(policy, analysis)):
         _explain_catalog()
     if stmt.kind == "ExplainStmt" and policy.estimates_shared:
@@ -784,7 +788,7 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
             raise fail("explain_analyze", "EXPLAIN ANALYZE of a system catalog (or a temporary view, or EXECUTE) "
                        "would count every tenant's objects")
         planner.costs_off(stmt.body)
-    since = len(out.rules)
+    since = out.object_guards
     guarding.plan(planner, analysis)
     if stmt.kind == "ExplainStmt" and adds_catalog_guard(out, since):
         _explain_catalog()
@@ -794,17 +798,33 @@ def plan(policy: TenantPolicy, data: bytes, stmt: Statement, analysis: Analysis,
 
 def _explain_catalog() -> None:
     # A plan's shape (Index vs Seq Scan, a join's sides) follows the catalog's statistics, which count the rows
-    # the filter keeps from the tenant, also with COSTS OFF (red team 9a7 H4/H8); EXECUTE is not looked through.
+    # the filter keeps from the tenant, also with COSTS OFF (red team 9a7 H4/H8); an EXECUTE's statement is known
+    # only by its PREPARE's decision (`SessionContext.explainable`).
     raise fail("explain_catalog", "EXPLAIN of a statement that reads a system catalog the proxy filters for you "
-               "(or a temporary view, or EXECUTE) would show a plan chosen by other tenants' objects")
+               "(or a temporary view, or EXECUTE of another statement than one this session PREPAREd over none) "
+               "would show a plan chosen by other tenants' objects")
+
+
+def _opaque_execute(policy: TenantPolicy, query: Node) -> bool:
+    """Whether an EXPLAIN's statement is an EXECUTE of a statement the session did not SQL PREPARE as one whose plan
+    EXPLAIN may show (`SessionContext.explainable`, `explain_opaque`)."""
+    execute = query.get("ExecuteStmt")
+    return execute is not None and execute.get("name") not in policy.context.explainable
+
+
+def explain_opaque(policy: TenantPolicy, analysis: Analysis, out: Plan, since: int) -> bool:
+    """Whether EXPLAIN of a statement (a PREPARE's, whose EXECUTE it would be) is refused for its reads: a catalog
+    the proxy filters for the tenant, a temporary view (`reads_filtered_catalog`), an object guard put in since
+    `since` (`adds_catalog_guard`)."""
+    return reads_filtered_catalog(policy, analysis) or adds_catalog_guard(out, since)
 
 
 def adds_catalog_guard(out: Plan, since: int) -> bool:
-    """Whether the rewrite planned into `out` from its rule `since` on put in an object guard: a subquery of a system
-    catalog (pg_class, pg_namespace, pg_roles…) the proxy filters for the tenant, which a statement naming no catalog
-    reads once rewritten (obj_description(), pg_get_indexdef(), a reg* cast), so its estimate counts other tenants'
-    objects like `reads_filtered_catalog`'s (red team 9a8 N5)."""
-    return guarding.OBJECT_GUARD in out.rules[since:]
+    """Whether the rewrite planned into `out` put in an object guard since it had `since` (`Plan.object_guards`): a
+    subquery of a system catalog (pg_class, pg_namespace, pg_roles…) the proxy filters for the tenant, which a
+    statement naming no catalog reads once rewritten (obj_description(), pg_get_indexdef(), a reg* cast), so its
+    estimate counts other tenants' objects like `reads_filtered_catalog`'s (red team 9a8 N5)."""
+    return out.object_guards > since
 
 
 def reads_temporary_view(policy: TenantPolicy, analysis: Analysis) -> bool:

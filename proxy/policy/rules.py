@@ -72,6 +72,11 @@ RULES: dict[str, tuple[str, str]] = {
         "This table holds only other tenants' rows in the database you share with them (row-level security shows "
         "you none of them, and the planner's estimates of it count theirs); leave it out.",
     ),
+    "others_sequence": (
+        INSUFFICIENT_PRIVILEGE,
+        "This sequence gives keys to other tenants' rows in the database you share with them: its position counts "
+        "their inserts; leave it out (name your own sequences in a string literal).",
+    ),
     "row_locker": (
         INSUFFICIENT_PRIVILEGE,
         "Leave xmax out (xmin, the transaction that wrote a row, is available): xmax names the last transaction that "
@@ -182,8 +187,9 @@ RULES: dict[str, tuple[str, str]] = {
     "explain_catalog": (
         INSUFFICIENT_PRIVILEGE,
         "Query the catalog itself, without EXPLAIN: the plans of statements over system catalogs (and temporary "
-        "views, and EXECUTE, whose bodies are not looked through) are chosen by statistics that count other "
-        "tenants' objects. EXPLAIN a statement's own text instead of EXECUTE.",
+        "views, whose bodies are not looked through) are chosen by statistics that count other tenants' objects. "
+        "EXPLAIN EXECUTE shows only a statement this session PREPAREd over none of them; else EXPLAIN the "
+        "statement's own text.",
     ),
     "explain_settings": (
         INSUFFICIENT_PRIVILEGE,

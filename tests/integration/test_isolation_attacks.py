@@ -274,6 +274,12 @@ def same_plan_each_step(results: list[Result], actor: Actor) -> None:
         assert word not in plans[0], plans[0]
 
 
+def plan_without_estimates(results: list[Result], actor: Actor) -> None:
+    """The last step's EXPLAIN output: a plan, with no estimate in it."""
+    plan = "\n".join(c or "" for row in _last_rows(results).rows for c in row)
+    assert plan and "cost=" not in plan and "rows=" not in plan, plan
+
+
 def scrubbed_statistics(results: list[Result], actor: Actor) -> None:
     """pg_class of a tenant-scoped table and its index: reltuples -1, relpages and relallvisible 0."""
     rows = _last_rows(results).rows
@@ -1110,9 +1116,10 @@ ATTACKS: list[Attack] = [
     # name one too), so one of a reg* type could not be kept out of the new table: refused (implicit.py)
     Attack("rewrite_ctas_execute", ("PREPARE bi_q6 AS SELECT * FROM orders", "CREATE TEMP TABLE bi_x6 AS EXECUTE bi_q6",
                                     "SELECT count(*) FROM bi_x6"), ALL, "deny", by="proxy"),
-    # red team 9a7 H4: a SQL prepared statement is not looked through (it may read a filtered catalog): refused
-    Attack("rewrite_explain_execute", ("PREPARE bi_q7 AS SELECT * FROM orders", "EXPLAIN EXECUTE bi_q7"), ALL, "deny",
-           by="proxy"),
+    # red team 9a7 H4: EXPLAIN EXECUTE of a SQL prepared statement the session PREPAREd reading no catalog the proxy
+    # filters (nor a temporary view): its plan, without estimates; of another one, refused (test_plan_shapes)
+    Attack("rewrite_explain_execute", ("PREPARE bi_q7 AS SELECT * FROM orders", "EXPLAIN EXECUTE bi_q7"), ALL, "ok",
+           check=plan_without_estimates),
     # --- prepared statements, portals, cursors --------------------------------------------------------------------
     Attack("sql_prepare_execute", ("PREPARE bi_q1 AS SELECT id, amount FROM orders", "EXECUTE bi_q1",
                                    "DEALLOCATE bi_q1"), ALL, "same"),

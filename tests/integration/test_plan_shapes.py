@@ -125,15 +125,62 @@ def test_explain_over_a_filtered_catalog_is_refused(proxies: dict[str, ProxyProc
     with _connect(proxies[mode], user) as conn:
         conn.execute("CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class")
         conn.execute("PREPARE p AS SELECT relname FROM pg_catalog.pg_class")
-        for sql in (*CATALOG_EXPLAINS[user], *EVERYONE, "EXPLAIN SELECT * FROM vc", "EXPLAIN EXECUTE p"):
+        opaque = () if user == "ivan" else ("EXPLAIN EXECUTE p",)  # (ivan: his pg_class, below)
+        for sql in (*CATALOG_EXPLAINS[user], *EVERYONE, "EXPLAIN SELECT * FROM vc", *opaque):
             err = _refused(conn, sql)
             assert err.sqlstate == "42501" and "explain_catalog" in str(err), (user, sql, err)
         assert conn.execute("SELECT count(*) FROM pg_database").fetchall() == [(1,)]
         assert conn.execute("SELECT count(*) > 0 FROM vc").fetchall() == [(True,)]
         assert conn.execute("EXPLAIN SELECT 1").fetchall()
         if user == "ivan":  # his own database's catalog: the plan is his (COSTS OFF, as before)
-            plan = conn.execute("EXPLAIN SELECT oid FROM pg_class WHERE relname >= 'zz_s'").fetchall()
-            assert plan and not any("cost=" in row[0] for row in plan), plan
+            for sql in ("EXPLAIN SELECT oid FROM pg_class WHERE relname >= 'zz_s'", "EXPLAIN EXECUTE p"):
+                plan = conn.execute(sql).fetchall()
+                assert plan and not any("cost=" in row[0] for row in plan), plan
+
+
+# A statement of the tenant's own tables (or none) per user: its plan is the tenant's to see.
+OWN_STATEMENTS = {"alice": "SELECT count(*) FROM orders", "dan": "SELECT g FROM generate_series(1, 3) g",
+                  "gina": "SELECT count(*) FROM orders", "ivan": "SELECT count(*) FROM orders"}
+
+
+@pytest.mark.parametrize("user", sorted(OWN_STATEMENTS))
+@pytest.mark.parametrize("mode", MODES)
+def test_explain_execute_shows_a_statement_prepared_over_the_tenants_own_tables(
+        proxies: dict[str, ProxyProcess], mode: str, user: str) -> None:
+    """wp-9a7b left EXPLAIN EXECUTE refused for every tenant (42501 explain_catalog: the prepared statement was not
+    looked through). The session now keeps, per SQL prepared statement, whether its PREPARE was decided without
+    reading a catalog the proxy filters, a temporary view or an object guard's catalog: EXPLAIN EXECUTE of such a
+    statement shows its plan (COSTS OFF, as EXPLAIN of its text), of another one stays refused, and so does a name
+    prepared again over a catalog, deallocated or never prepared with SQL (a protocol-level statement may bear it)."""
+    own = OWN_STATEMENTS[user]
+    with _connect(proxies[mode], user) as conn:
+        conn.execute(f"PREPARE mine AS {own}")
+        conn.execute("PREPARE cat AS SELECT d.datname FROM pg_catalog.pg_database d")  # filtered for every tenant
+        plan = conn.execute("EXPLAIN EXECUTE mine").fetchall()
+        assert plan and not any("cost=" in row[0] or "rows=" in row[0] for row in plan), (user, plan)
+        assert conn.execute("EXECUTE mine").fetchall()
+        for sql in ("EXPLAIN EXECUTE cat", "EXPLAIN EXECUTE nosuch", "EXPLAIN ANALYZE EXECUTE mine"):
+            err = _refused(conn, sql)
+            assert err.sqlstate == "42501", (user, sql, err)
+        conn.execute("DEALLOCATE mine")
+        err = _refused(conn, "EXPLAIN EXECUTE mine")
+        assert err.sqlstate == "42501" and "explain_catalog" in str(err), (user, err)
+        conn.execute("PREPARE mine AS SELECT d.datname FROM pg_catalog.pg_database d")
+        err = _refused(conn, "EXPLAIN EXECUTE mine")
+        assert err.sqlstate == "42501" and "explain_catalog" in str(err), (user, err)
+        conn.execute("DEALLOCATE ALL")
+        conn.execute(f"PREPARE mine AS {own}")
+        assert conn.execute("EXPLAIN EXECUTE mine").fetchall()
+        # a rollback leaves SQL prepared statements as they are: here the one over pg_database
+        conn.execute("BEGIN")
+        conn.execute("DEALLOCATE mine")
+        conn.execute("PREPARE mine AS SELECT d.datname FROM pg_catalog.pg_database d")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1 / 0")
+        conn.execute("ROLLBACK")
+        err = _refused(conn, "EXPLAIN EXECUTE mine")
+        assert err.sqlstate == "42501" and "explain_catalog" in str(err), (user, err)
+        assert conn.execute("EXECUTE mine").fetchall()
 
 
 @pytest.mark.parametrize("user", sorted(BOTS))

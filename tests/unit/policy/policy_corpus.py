@@ -185,9 +185,12 @@ POLICIES: dict[str, TenantPolicy] = {
     "database_hiding": dataclasses.replace(_DATABASE, hidden_schemas=frozenset({"tenant_globex"}),
                                            known_schemas=_KNOWN_SCHEMAS),
     # a database tenant whose database other tenants (a shared one's tables) share (issue 14): not its own
-    # (public.orders: a shared tenant's scoped table there, `others_tables`)
+    # (public.orders: a shared tenant's scoped table there, `others_tables`; its identity sequence, `others_sequences`;
+    # the tenant's own sales.orders and its sequence of the same names, `others_shadows`)
     "database_shared": dataclasses.replace(_DATABASE, database_shared=True,
-                                           others_tables=frozenset({("public", "orders")})),
+                                           others_tables=frozenset({("public", "orders")}),
+                                           others_sequences=frozenset({("public", "orders_id_seq")}),
+                                           others_shadows=frozenset({("sales", "orders"), ("sales", "orders_id_seq")})),
     # the agent profile (agent.max_rows = 100; database_agent: statement_timeout 30 s) over the read-write tenants
     "shared_agent": agent_policy(dataclasses.replace(_SHARED, allow_writes=True), 100),
     "schema_agent": agent_policy(dataclasses.replace(_SCHEMA, allow_writes=True), 100),
@@ -231,7 +234,7 @@ def parse_context(text: str) -> SessionContext:
     for item in rest.split():
         key, value = item.split("=", 1)
         values = tuple(v for v in value.split(",") if v)
-        if key in ("temp_tables", "temp_views"):
+        if key in ("temp_tables", "temp_views", "explainable"):
             fields[key] = frozenset(values)
         elif key == "search_path":
             fields["path"] = values

@@ -1,0 +1,182 @@
+"""A database tenant sharing its database with a shared tenant (issue 14, review 17 F4): it reaches none of the shared
+tenant's sequences, at either lock (the proxy's refusal, PostgreSQL's privileges), while its own are its own; an
+unqualified name reaches its own relation where PostgreSQL would find that one first. Both pool modes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+MODES = ("transaction", "session")
+DAN_ROLE, DAN_ROLE_PW, DAN = "pgt_dsq_dan", "dsq-dan-role-pw", "dsq_dan"
+# The shared tenant's: the identity sequence of public.orders, the serial one of public.items, a sequence of its schema
+# no table of dan's uses. Dan's: the serial sequence of his public.dan_notes (no tenant column: not scoped), and his
+# dan_s.orders and its sequence, of the same names as theirs.
+SCHEMA = """
+CREATE TABLE public.orders (id int GENERATED ALWAYS AS IDENTITY, tenant_id text NOT NULL);
+CREATE TABLE public.items (id serial, tenant_id text NOT NULL);
+CREATE SEQUENCE public.counter_seq;
+CREATE TABLE public.dan_notes (id serial, body text);
+CREATE SCHEMA dan_s;
+CREATE TABLE dan_s.orders (id serial, note text);
+INSERT INTO public.orders (tenant_id) VALUES ('acme'), ('bigco'), ('bigco');
+INSERT INTO public.items (tenant_id) SELECT 'bigco' FROM generate_series(1, 5);
+SELECT nextval('public.counter_seq') FROM generate_series(1, 7);
+INSERT INTO public.dan_notes (body) VALUES ('a');
+INSERT INTO dan_s.orders (note) VALUES ('x'), ('y');
+"""
+THEIR_SEQUENCES = ("public.orders_id_seq", "public.items_id_seq", "public.counter_seq")
+DAN_SEQUENCES = ("public.dan_notes_id_seq", "dan_s.orders_id_seq")
+
+
+def _proxy(pg: PgCluster, workdir: Path, db: str, mode: str = "transaction") -> ProxyProcess:
+    return ProxyProcess(
+        pg, workdir, backend_sslmode="disable", pool={"pool_mode": mode},
+        extra_tenants={"dsqa": {"strategy": "shared", "database": db, "tenant_id": "acme"},
+                       "dsqd": {"strategy": "database", "database": db, "backend_user": DAN_ROLE,
+                                "schemas": ["public", "dan_s"], "allow_writes": True}},
+        extra_users={"dsq_alice": ("dsqa", "dsq-alice-pw"), DAN: ("dsqd", "dsq-dan-pw")},
+        extra_roles={DAN_ROLE: DAN_ROLE_PW})
+
+
+@pytest.fixture(scope="module")
+def neighbours(pg: PgCluster,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, ProxyProcess]]]:
+    prepare_backend(pg)
+    db = pg.fresh_database("dsq")
+    pg.execute(SCHEMA, dbname=db)
+    proxies = {mode: _proxy(pg, tmp_path_factory.mktemp(f"dsq-{mode}"), db, mode) for mode in MODES}
+    try:
+        proxies[MODES[0]].provision()
+        for p in proxies.values():
+            p.start(provision=False)
+        yield db, proxies
+    finally:
+        for p in proxies.values():
+            p.stop()
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def _dan(proxy: ProxyProcess, db: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(proxy.dsn(DAN, dbname=db), autocommit=True)
+
+
+def _refused(conn: psycopg.Connection[Any], sql: str, rule: str) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        conn.execute(sql)
+    assert rule in str(info.value), (sql, info.value)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_reads_none_of_the_shared_tenants_sequences(
+        pg: PgCluster, neighbours: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
+    """Review 17 F4: provision granted dan SELECT on every sequence of public, and the proxy refused only the shared
+    tenant's tables: `SELECT last_value FROM public.orders_id_seq` (or currval/pg_sequence_last_value/pg_sequences)
+    gave their insert counts. Now provision grants him none of theirs, and the proxy refuses them (others_sequence);
+    his own sequences, in the same schema and under the same names elsewhere, stay his."""
+    db, proxies = neighbours
+    with _dan(proxies[mode], db) as conn:
+        for seq in THEIR_SEQUENCES:
+            _refused(conn, f"SELECT last_value FROM {seq}", "others_sequence")
+            _refused(conn, f"SELECT pg_sequence_last_value('{seq}'::regclass)", "others_sequence")
+            _refused(conn, f"SELECT currval('{seq}')", "others_sequence")
+            _refused(conn, f"SELECT nextval('{seq}')", "others_sequence")
+        _refused(conn, "SELECT last_value FROM items_id_seq", "others_sequence")  # unqualified: public's
+        _refused(conn, "SELECT * FROM pg_catalog.pg_sequence_last_value('public.orders_id_seq')", "others_sequence")
+        seen = conn.execute("SELECT schemaname, sequencename, last_value FROM pg_catalog.pg_sequences "
+                            "ORDER BY 1, 2").fetchall()
+        assert seen == [("dan_s", "orders_id_seq", 2), ("public", "dan_notes_id_seq", 1)], seen
+        assert conn.execute("SELECT last_value FROM public.dan_notes_id_seq").fetchall() == [(1,)]
+        assert conn.execute("SELECT last_value FROM dan_s.orders_id_seq").fetchall() == [(2,)]
+        assert conn.execute("SELECT pg_sequence_last_value('dan_s.orders_id_seq')").fetchall() == [(2,)]
+    privileges = pg.execute(  # the second lock: PostgreSQL's
+        "SELECT s, pg_catalog.has_sequence_privilege(%s, s, 'SELECT, USAGE, UPDATE') "
+        "FROM unnest(%s::text[]) s", (DAN_ROLE, [*THEIR_SEQUENCES, *DAN_SEQUENCES]), dbname=db)
+    assert privileges == [(s, s in DAN_SEQUENCES) for s in (*THEIR_SEQUENCES, *DAN_SEQUENCES)]
+    # the shared tenant's own through the proxy is unchanged (its statements are rewritten, not refused)
+    with psycopg.connect(proxies[mode].dsn("dsq_alice", dbname=db)) as conn:
+        assert conn.execute("SELECT count(*) FROM orders").fetchall() == [(1,)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_unqualified_name_reaches_what_postgresql_finds_first(
+        neighbours: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
+    """wp-9a7b's over-refusal: `orders` was refused for dan whenever public (which holds the shared tenant's orders)
+    was on his search_path, even behind his own dan_s.orders. Now the first schema of the path holding the name
+    decides, as in PostgreSQL: his table (and sequence) where dan_s comes first, theirs (refused) where public does."""
+    db, proxies = neighbours
+    with _dan(proxies[mode], db) as conn:
+        conn.execute("SET search_path TO dan_s, public")
+        assert conn.execute("SELECT count(*) FROM orders").fetchall() == [(2,)]
+        assert conn.execute("SELECT last_value FROM orders_id_seq").fetchall() == [(2,)]
+        assert conn.execute("SELECT pg_sequence_last_value('orders_id_seq')").fetchall() == [(2,)]
+        conn.execute("SET search_path TO public, dan_s")
+        _refused(conn, "SELECT count(*) FROM orders", "others_table")
+        _refused(conn, "SELECT last_value FROM orders_id_seq", "others_sequence")
+        _refused(conn, "SELECT currval('orders_id_seq')", "others_sequence")
+        assert conn.execute("SELECT count(*) FROM dan_s.orders").fetchall() == [(2,)]
+
+
+def _provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
+    from proxy.cli import main
+
+    p.write_config()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["provision", "--config", str(p.config_path), "--admin-dsn", p.cluster.dsn(), *args])
+    return code, out.getvalue()
+
+
+def test_provision_and_the_preflight_keep_the_shared_tenants_sequences_from_a_database_tenant(
+        pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Provision revokes dan's role's privileges on the shared tenant's sequences after its schema-wide grant; the
+    preflight refuses a start (and a reload) where his role can read one (a grant to PUBLIC, ownership)."""
+    prepare_backend(pg)
+    db = pg.fresh_database("dsqp")
+    pg.execute(SCHEMA, dbname=db)
+    p = _proxy(pg, tmp_path_factory.mktemp("dsqp"), db)
+    try:
+        code, out = _provision_output(p, "--dry-run")
+        assert code == 0, out
+        for seq in THEIR_SEQUENCES:
+            schema, name = seq.split(".")
+            assert f'REVOKE ALL ON SEQUENCE "{schema}"."{name}" FROM "{DAN_ROLE}";' in out, out
+        for seq in DAN_SEQUENCES:
+            schema, name = seq.split(".")
+            assert f'"{schema}"."{name}" FROM' not in out, out
+        p.provision()
+        pg.execute("GRANT SELECT ON SEQUENCE public.orders_id_seq TO PUBLIC; "
+                   "DROP ROLE IF EXISTS pgt_dsq_owner; CREATE ROLE pgt_dsq_owner NOLOGIN; "
+                   f"ALTER SEQUENCE public.counter_seq OWNER TO pgt_dsq_owner; GRANT pgt_dsq_owner TO {DAN_ROLE}",
+                   dbname=db)
+        seen = len(p.log_events())
+        with pytest.raises(RuntimeError, match="pgtenant exited with 3"):
+            p.start(provision=False)
+        refused = [str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_failed"]
+        assert any(f"tenants.dsqd: its backend role '{DAN_ROLE}' can read the position of public.orders_id_seq, a "
+                   "sequence of tenant dsqa (granted to PUBLIC; its last value counts their inserts)" in r
+                   and "REVOKE ALL ON SEQUENCE public.orders_id_seq FROM PUBLIC" in r for r in refused), refused
+        assert any("can read the position of public.counter_seq, a sequence of tenant dsqa (owner;" in r
+                   and f"REVOKE pgt_dsq_owner FROM {DAN_ROLE}" in r for r in refused), refused
+        assert len(refused) == 2, refused  # dan's own sequences are not reported
+        pg.execute(f"REVOKE SELECT ON SEQUENCE public.orders_id_seq FROM PUBLIC; REVOKE pgt_dsq_owner FROM {DAN_ROLE}",
+                   dbname=db)
+        p.start(provision=False)
+        try:
+            pg.execute("GRANT USAGE ON SEQUENCE public.items_id_seq TO PUBLIC", dbname=db)
+            rejected = p.reload(expect="reload_rejected")
+            assert "can read the position of public.items_id_seq" in str(rejected.get("problem")), rejected
+        finally:
+            p.stop()
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        pg.execute("DROP ROLE IF EXISTS pgt_dsq_owner")

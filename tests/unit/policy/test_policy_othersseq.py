@@ -1,0 +1,34 @@
+"""A database tenant sharing its database: an unqualified name reaches the shared tenants' relation only where
+PostgreSQL would find theirs first on the effective search_path (wp-9a7b's over-refusal; review 17 F4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.policy import Deny, TenantPolicy, decide
+
+
+def _dan(path: tuple[str, ...]) -> TenantPolicy:
+    return TenantPolicy(tenant="dan", strategy="database", database_shared=True, search_path=path,
+                        others_tables=frozenset({("public", "orders")}),
+                        others_sequences=frozenset({("public", "orders_id_seq")}),
+                        others_shadows=frozenset({("dan_s", "orders"), ("dan_s", "orders_id_seq")}))
+
+
+@pytest.mark.parametrize("sql", ["SELECT count(*) FROM orders", "SELECT last_value FROM orders_id_seq",
+                                 "SELECT pg_sequence_last_value('orders_id_seq')"])
+def test_the_first_schema_holding_the_name_decides(sql: str) -> None:
+    assert not isinstance(decide(_dan(("dan_s", "public")), sql), Deny)
+    theirs = decide(_dan(("public", "dan_s")), sql)
+    assert isinstance(theirs, Deny) and theirs.rule in ("others_table", "others_sequence"), theirs
+    # a schema holding neither before public: still theirs
+    assert isinstance(decide(_dan(("elsewhere", "public", "dan_s")), sql), Deny)
+
+
+def test_the_session_search_path_decides() -> None:
+    """The path set in the session (its context), not the configured one."""
+    policy = _dan(("public",))
+    sql = "SET search_path TO dan_s, public; SELECT count(*) FROM orders"
+    assert not isinstance(decide(policy, sql), Deny), decide(policy, sql)
+    denied = decide(policy, "SET search_path TO public, dan_s; SELECT count(*) FROM orders")
+    assert isinstance(denied, Deny) and denied.rule == "others_table", denied
