@@ -129,10 +129,17 @@ class Filter:
 
     @property
     def opaque(self) -> bool:
-        """A catalog table's wrapper that hides rows is `SELECT DISTINCT ON (<ref>.ctid) …`: the planner estimates
-        the client's conditions over it without the catalog's column statistics (they count the hidden rows; PostgreSQL
-        does not look through a subquery with DISTINCT), and the DISTINCT changes no row (a ctid is unique)."""
-        return self.hides_rows and self.relation.removeprefix("pg_catalog.") in CATALOG_TABLES
+        """The wrapper of a filter that hides rows is `SELECT DISTINCT ON (<unique per row>) …`: the planner estimates
+        the client's conditions over it without the catalog's column statistics (they count the hidden rows;
+        PostgreSQL does not look through a subquery with DISTINCT) and the DISTINCT changes no row (`distinct_on`)."""
+        return self.hides_rows
+
+    def distinct_on(self, relname: str) -> str:
+        """What an `opaque` wrapper is DISTINCT ON: a catalog table's `ctid`; for a view (no system columns) the row's
+        number, with a volatile `random()` so that the planner counts a group per row rather than one in all."""
+        if self.relation.removeprefix("pg_catalog.") in CATALOG_TABLES:
+            return f"{quote_ident(relname)}.ctid"
+        return "pg_catalog.row_number() OVER (), pg_catalog.random()"
 
     @property
     def plain(self) -> bool:
@@ -166,7 +173,7 @@ class Filter:
 
     def wrapper_text(self, name: str, relname: str, fence: bool) -> str:
         """The injected filter's text around the relation text `name` (reference name `relname`)."""
-        distinct = f"DISTINCT ON ({quote_ident(relname)}.ctid) " if self.opaque else ""
+        distinct = f"DISTINCT ON ({self.distinct_on(relname)}) " if self.opaque else ""
         return (
             f"(SELECT {distinct}{self.select_list(relname)} FROM {name}{self.extra_from(relname)} WHERE "
             f"{self.predicate(relname)}{' OFFSET 0' if fence else ''})"

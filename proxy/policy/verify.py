@@ -877,7 +877,7 @@ class _Coverage:
             if flt.rows or not self.reads_none_of(flt.replaced, inner, bool(alias.get("colnames"))):
                 return False
             flt = flt.lean()
-            if flt.opaque:  # (`SELECT DISTINCT ON (<ref>.ctid) * …`: exactly that)
+            if flt.opaque:  # (`SELECT DISTINCT ON (…) * …`: exactly that)
                 return joined is None and _same(sub, wrapper_select(flt, inner.get("relname", ""), fence) | {
                     "fromClause": sub["fromClause"]}) and len(sub["fromClause"]) == 1
         if joined is not None or len(sub["fromClause"]) != 1 or set(sub) != (
