@@ -122,9 +122,29 @@ class Filter:
         return self.extra.replace("{ref}", quote_ident(ref))
 
     @property
+    def hides_rows(self) -> bool:
+        """A catalog filter that leaves rows out (not one that only replaces column values): the planner's statistics
+        of the catalog count the rows it hides, so its wrapper is always fenced (`needs_fence`)."""
+        return self.kind == "catalog" and self.template != "true"
+
+    @property
+    def opaque(self) -> bool:
+        """The wrapper of a filter that hides rows is `SELECT DISTINCT ON (<unique per row>) …`: the planner estimates
+        the client's conditions over it without the catalog's column statistics (they count the hidden rows;
+        PostgreSQL does not look through a subquery with DISTINCT) and the DISTINCT changes no row (`distinct_on`)."""
+        return self.hides_rows
+
+    def distinct_on(self, relname: str) -> str:
+        """What an `opaque` wrapper is DISTINCT ON: a catalog table's `ctid`; for a view (no system columns) the row's
+        number, with a volatile `random()` so that the planner counts a group per row rather than one in all."""
+        if self.relation.removeprefix("pg_catalog.") in CATALOG_TABLES:
+            return f"{quote_ident(relname)}.ctid"
+        return "pg_catalog.row_number() OVER (), pg_catalog.random()"
+
+    @property
     def plain(self) -> bool:
-        """`SELECT * FROM <relation> WHERE <predicate>`: no column replaced."""
-        return self.targets == "*" and not self.extra
+        """`SELECT * FROM <relation> WHERE <predicate>`: no column replaced, not `opaque`."""
+        return self.targets == "*" and not self.extra and not self.opaque
 
     def lean(self) -> Filter:
         """The same row filter without the column replacements: for a statement that reads none of them."""
@@ -153,8 +173,9 @@ class Filter:
 
     def wrapper_text(self, name: str, relname: str, fence: bool) -> str:
         """The injected filter's text around the relation text `name` (reference name `relname`)."""
+        distinct = f"DISTINCT ON ({self.distinct_on(relname)}) " if self.opaque else ""
         return (
-            f"(SELECT {self.select_list(relname)} FROM {name}{self.extra_from(relname)} WHERE "
+            f"(SELECT {distinct}{self.select_list(relname)} FROM {name}{self.extra_from(relname)} WHERE "
             f"{self.predicate(relname)}{' OFFSET 0' if fence else ''})"
         )
 
@@ -243,14 +264,17 @@ def wrapper_select(flt: Filter, relname: str, fence: bool) -> Node:
 
 
 def needs_fence(policy: TenantPolicy, flt: Filter, quiet: bool = False) -> bool:
-    """True when `flt`'s wrapper must be an optimization fence (`OFFSET 0`). For a catalog filter unless the
-    relation reference is quiet (`fences.quiet_references`: no condition that can fail reaches its rows): the
-    planner would otherwise evaluate a client's condition (`relname::int = 0`) on the rows the filter hides and echo
-    their values in an error; a quiet reference's filter merges with the client's conditions, and the catalog's
-    indexes serve them. For a tenant filter when the tenant has `fence` set (RLS does not back every scoped
-    relation) and this relation is not one under forced RLS (its RLS quals already run first)."""
+    """True when `flt`'s wrapper must be an optimization fence (`OFFSET 0`). For a catalog filter that hides rows,
+    always: the client's conditions merged with it would reach the catalog's own scan, and the planner would pick
+    the index or a sequential scan by the catalog's statistics, which count the hidden rows (the order of the rows
+    returned then tells the plan: red team 9a8 N1). For another catalog filter unless the relation reference is quiet
+    (`fences.quiet_references`: no condition that can fail reaches its rows): the planner would otherwise evaluate a
+    client's condition (`relname::int = 0`) on the rows the filter hides and echo their values in an error; a quiet
+    reference's filter merges with the client's conditions, and the catalog's indexes serve them. For a tenant
+    filter when the tenant has `fence` set (RLS does not back every scoped relation) and this relation is not one
+    under forced RLS (its RLS quals already run first)."""
     if flt.kind != "tenant":
-        return not quiet
+        return not quiet or flt.hides_rows
     return policy.fence and flt.table not in policy.rls_tables
 
 

@@ -857,10 +857,9 @@ class _Coverage:
             return False
         if flt.kind == "catalog":
             sub = _without_tableoid(sub, inner.get("relname", ""))
-        fence = needs_fence(self.policy, flt)  # a catalog filter: fenced, or plain when the conditions cannot fail
+        # a catalog filter: fenced, or plain when the conditions cannot fail and it hides no row
         quiet = self.reads is not None and inner.get("location", -1) in self.reads.quiet
-        if flt.kind != "tenant" and quiet and "limitOffset" not in sub:
-            fence = False
+        fence = needs_fence(self.policy, flt, flt.kind != "tenant" and quiet and "limitOffset" not in sub)
         if not flt.plain:  # a catalog wrapper that replaces column values: exactly its own select list and FROM
             if "alias" in inner:
                 return False
@@ -878,6 +877,9 @@ class _Coverage:
             if flt.rows or not self.reads_none_of(flt.replaced, inner, bool(alias.get("colnames"))):
                 return False
             flt = flt.lean()
+            if flt.opaque:  # (`SELECT DISTINCT ON (…) * …`: exactly that)
+                return joined is None and _same(sub, wrapper_select(flt, inner.get("relname", ""), fence) | {
+                    "fromClause": sub["fromClause"]}) and len(sub["fromClause"]) == 1
         if joined is not None or len(sub["fromClause"]) != 1 or set(sub) != (
             _FENCED_WRAPPER_KEYS if fence else _WRAPPER_KEYS
         ):

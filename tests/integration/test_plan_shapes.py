@@ -269,3 +269,57 @@ def test_a_set_config_of_search_path_postgresql_does_not_run_is_refused(
         assert conn.execute("SHOW search_path").fetchall() == before
         assert conn.execute("SELECT set_config('search_path', 'pg_catalog', false)").fetchall() == [("pg_catalog",)]
         assert conn.execute("SHOW search_path").fetchall() == [("pg_catalog",)]
+
+
+# Red team 9a8 N1: the schema holding 200 relations named in the tenant's range, hidden from it.
+HIDDEN_IN = {"alice": "globex", "dan": "globex", "gina": "othert"}
+NAME_RANGE = "c.relname >= 'zz_se' AND c.relname < 'zz_sf'"
+ORDER_READS = (
+    # r30: an Index Scan of the range returns the tenant's two rows in name order, a Seq/Bitmap scan physically
+    f"SELECT c.relname FROM pg_catalog.pg_class c WHERE {NAME_RANGE}",
+    f"SELECT c.relname FROM pg_catalog.pg_class c JOIN generate_series(1, 10) g(i) ON c.relnatts = g.i "
+    f"WHERE {NAME_RANGE}",
+    # fenced before too (a cast of a column): only the join's estimate of the range moves the plan (a hash join
+    # probing the series returns the rows in relnatts order, one probing the catalog in its scan's order)
+    f"SELECT c.relname FROM pg_catalog.pg_class c JOIN generate_series(1, 1000) g(i) ON c.relnatts = g.i "
+    f"WHERE {NAME_RANGE} AND c.relname::text <> ''",
+    f"SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+    f"WHERE {NAME_RANGE} AND a.attnum = 1",
+    # a view: its columns' statistics are pg_class's
+    "SELECT t.tablename FROM pg_catalog.pg_tables t JOIN generate_series(1, 100) g(i) ON length(t.tablename) = g.i "
+    "WHERE t.tablename >= 'zz_se' AND t.tablename < 'zz_sf'",
+)
+
+
+def _orders(conn: psycopg.Connection[Any]) -> list[list[str]]:
+    return [[row[0] for row in conn.execute(sql).fetchall()] for sql in ORDER_READS]
+
+
+@pytest.mark.parametrize("user", sorted(HIDDEN_IN))
+@pytest.mark.parametrize("mode", MODES)
+def test_the_plan_of_a_filtered_catalog_read_does_not_follow_the_hidden_rows(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, user: str) -> None:
+    """Red team 9a8 N1: `SELECT relname FROM pg_class WHERE relname >= lo AND relname < hi` (no EXPLAIN) returned
+    the tenant's own two rows in name order (an Index Scan) or in creation order (a Seq Scan), as pg_class's
+    statistics, which count hidden relations, had the planner choose: 200 hidden relations in the range flipped it,
+    a bit per query to bisect hidden names with. A join's method flipped likewise with the range's estimate, read
+    through the wrapper from the same statistics, also over a view (pg_tables). The wrapper of a catalog that hides
+    rows is fenced and opaque to those statistics now (`SELECT DISTINCT ON (ctid) … OFFSET 0`, a view's DISTINCT ON
+    its row number): the same rows in the same order either way."""
+    schema = HIDDEN_IN[user]
+    with _connect(proxies[mode], user) as conn:
+        conn.execute("CREATE TEMP TABLE zz_se9x (a int, b int)")  # first: physical order 9x, 5; name order 5, 9x
+        conn.execute("CREATE TEMP TABLE zz_se5 (a int)")  # relnatts and length 1, 2 and 6, 7: the series' order 5, 9x
+        pg.execute("ANALYZE pg_catalog.pg_class", dbname="saas")
+        before = _orders(conn)
+        assert all(sorted(rows) == ["zz_se5", "zz_se9x"] for rows in before), before
+        created = "".join(f"CREATE TABLE {schema}.zz_secret_{i} (a int); " for i in range(200))
+        try:
+            pg.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}; {created}ANALYZE pg_catalog.pg_class", dbname="saas")
+            changed = [(sql, rows) for sql, rows, after in zip(ORDER_READS, before, _orders(conn), strict=True)
+                       if after != rows]
+            assert not changed, (len(changed), changed)
+        finally:
+            dropped = "".join(f"DROP TABLE IF EXISTS {schema}.zz_secret_{i}; " for i in range(200))
+            pg.execute(dropped + ("DROP SCHEMA IF EXISTS othert" if schema == "othert" else ""), dbname="saas")
+            pg.execute("VACUUM ANALYZE pg_catalog.pg_class", dbname="saas")

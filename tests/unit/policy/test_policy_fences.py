@@ -151,14 +151,37 @@ def test_the_verifier_refuses_an_unfenced_filter_it_does_not_find_quiet(monkeypa
     from proxy.policy import rewrite
 
     monkeypatch.setattr(rewrite._Planner, "quiet", lambda self, rv: True)
-    assert isinstance(decide(SCHEMA, "SELECT relname FROM pg_class WHERE relkind = 'r'"), Rewrite)
+    database = POLICIES["database"]  # alone in its database: its pg_class filter hides no row
+    assert isinstance(decide(database, "SELECT relname FROM pg_class WHERE relkind = 'r'"), Rewrite)
     for sql in (
         "SELECT relname FROM pg_class WHERE relname::int = 0",
         "SELECT * FROM (SELECT relname::int AS n FROM pg_class) s WHERE n = 0",
         "SELECT relname FROM pg_class WHERE relname::int = 0 UNION ALL SELECT 'x'",
     ):
-        decision = decide(SCHEMA, sql)
+        decision = decide(database, sql)
         assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", (sql, decision)
+
+
+def test_a_filter_that_hides_rows_is_fenced_and_opaque_even_where_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9a8 N1: an unfenced filter let the client's conditions reach the catalog's scan, whose plan (and the
+    order of the rows returned) followed statistics that count the hidden rows; a plain fenced one let the planner
+    read the same statistics through it. A catalog table whose filter hides rows gets `SELECT DISTINCT ON (<ref>.ctid)
+    * … OFFSET 0` wherever it is read (a view: DISTINCT ON the row's number), and the verifier accepts no other
+    wrapper for it."""
+    from proxy.policy import rewrite
+
+    decision = decide(SCHEMA, "SELECT relname FROM pg_class WHERE relkind = 'r'")  # a quiet reference
+    assert isinstance(decision, Rewrite), decision
+    assert decision.sql.startswith('SELECT relname FROM (SELECT DISTINCT ON ("pg_class".ctid) * FROM pg_class WHERE ')
+    assert decision.sql.endswith(" OFFSET 0) \"pg_class\" WHERE relkind = 'r'"), decision.sql
+    view = decide(SCHEMA, "SELECT tablename FROM pg_tables WHERE tablename = 't'")  # a view: no ctid
+    assert isinstance(view, Rewrite), view
+    assert view.sql.startswith("SELECT tablename FROM (SELECT DISTINCT ON (pg_catalog.row_number() OVER (), "
+                               "pg_catalog.random()) * FROM pg_tables WHERE "), view.sql
+    assert view.sql.endswith(" OFFSET 0) \"pg_tables\" WHERE tablename = 't'"), view.sql
+    monkeypatch.setattr(rewrite, "needs_fence", lambda policy, flt, quiet=False: False)
+    decision = decide(SCHEMA, "SELECT relname FROM pg_class WHERE relkind = 'r'")
+    assert isinstance(decision, Deny) and decision.rule == "rewrite_unverified", decision
 
 
 @pytest.mark.parametrize(
