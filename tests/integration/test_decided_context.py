@@ -109,3 +109,61 @@ def test_a_set_config_of_search_path_with_a_computed_is_local_is_refused(
         assert _errors(_wire(sock, _query("EXPLAIN SELECT * FROM orders"))) == ["42501"]
     finally:
         sock.close()
+
+
+# --- R3: a Parse never run changes nothing -------------------------------------------------------------------------
+
+EXPLAIN_VC = "EXPLAIN SELECT * FROM vc"
+UNRUN_REMOVALS = {
+    "named drop": _parse("d", "DROP VIEW vc") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE + m.SYNC_MESSAGE,
+    "unnamed drop": _parse("", "DROP VIEW vc") + _parse("", EXPLAIN_VC) + _bind("") + EXECUTE + m.SYNC_MESSAGE,
+    "discard temp": _parse("d", "DISCARD TEMP") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE + m.SYNC_MESSAGE,
+    "discard all": _parse("d", "DISCARD ALL") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE + m.SYNC_MESSAGE,
+    "bound drop": _parse("d", "DROP VIEW vc") + _bind("d") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE
+    + m.SYNC_MESSAGE,
+    "closed drop": _parse("d", "DROP VIEW vc") + m.frame(b"C", b"Sd\x00") + _parse("x", EXPLAIN_VC) + _bind("x")
+    + EXECUTE + m.SYNC_MESSAGE,
+    "drop then query": _parse("d", "DROP VIEW vc") + _query(EXPLAIN_VC),
+    # past 4 KiB a text is decided by a decision worker, in the session's context as it crosses to the worker
+    "padded": _parse("d", "DROP VIEW vc") + _parse("x", EXPLAIN_VC + " " * 5000 + "-- padded") + _bind("x")
+    + EXECUTE + m.SYNC_MESSAGE,
+}
+
+
+@pytest.mark.parametrize("form", sorted(UNRUN_REMOVALS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_removal_parsed_but_never_run_leaves_a_temporary_view_in_the_context(
+        proxies: dict[str, ProxyProcess], mode: str, form: str) -> None:
+    """Red team 9a9 R3: with a temporary view vc over pg_class, `EXPLAIN SELECT * FROM vc` is refused (42501
+    explain_catalog: its plan follows hidden relations); a Parse of DROP VIEW vc / DISCARD TEMP never executed (never
+    bound, bound only, closed) made the EXPLAIN of the same batch be decided as if vc were gone, and gina got
+    pg_class's costed plan. It counts only once executed: refused, and the view is still there."""
+    sock = _session(proxies[mode], "gina")
+    try:
+        assert _errors(_wire(sock, _query(VIEW))) == []
+        assert _errors(_wire(sock, _query(EXPLAIN_VC))) == ["42501"]  # the control
+        answers = _wire(sock, UNRUN_REMOVALS[form])
+        assert _errors(answers) == ["42501"] and not _rows(answers), answers
+        assert _rows(_wire(sock, _query("SELECT count(*) > 0 FROM vc"))) == ["t"]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_search_path_change_parsed_but_never_run_moves_no_name(proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """Red team 9a9 R3 (dan): an unbound Parse of set_config('search_path', 'pg_catalog', false) made `orders`
+    of the same batch be decided on pg_catalog (public.orders, the shared tenants' table: 0 rows under RLS), where
+    PostgreSQL's search_path never moved. It stays others_table (42501)."""
+    sock = _session(proxies[mode], "dan")
+    try:
+        for setter in ("SELECT set_config('search_path', 'pg_catalog', false)", "SET search_path = pg_catalog"):
+            answers = _wire(sock, _parse("p", setter) + _parse("o", "SELECT count(*) FROM orders") + _bind("o")
+                            + EXECUTE + m.SYNC_MESSAGE)
+            assert _errors(answers) == ["42501"] and not _rows(answers), (setter, answers)
+            _wire(sock, m.frame(b"C", b"Sp\x00") + m.frame(b"C", b"So\x00") + m.SYNC_MESSAGE)
+        ran = _wire(sock, _parse("p", "SET search_path = pg_catalog") + _bind("p") + EXECUTE
+                    + _parse("o", "SELECT count(*) FROM orders") + m.SYNC_MESSAGE)
+        # executed, the path counts for the rest of the batch: decided on pg_catalog, PostgreSQL finds no orders there
+        assert _errors(ran) == ["42P01"], ran
+    finally:
+        sock.close()
