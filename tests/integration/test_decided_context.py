@@ -167,3 +167,65 @@ def test_a_search_path_change_parsed_but_never_run_moves_no_name(proxies: dict[s
         assert _errors(ran) == ["42P01"], ran
     finally:
         sock.close()
+
+
+# --- R1: a prepared statement's decision holds in the context it was made in ---------------------------------------
+
+EXPLAIN_ORDERS = "EXPLAIN SELECT * FROM orders"
+VIEW_ORDERS = "CREATE TEMP VIEW orders AS SELECT oid, relname FROM pg_catalog.pg_class"
+BIND_S2 = _bind("s2") + EXECUTE + m.SYNC_MESSAGE
+PREPARED_BEFORE = {
+    # c1 L: no temporary schema at the Parse; the view creates it (PostgreSQL re-analyses at the Bind)
+    "separate requests": [_parse("s2", EXPLAIN_ORDERS) + m.SYNC_MESSAGE, _query(VIEW_ORDERS), BIND_S2],
+    # c1 N: one pipeline
+    "one pipeline": [_parse("s2", EXPLAIN_ORDERS) + _parse("s1", VIEW_ORDERS) + _bind("s1") + EXECUTE + BIND_S2],
+    # past 4 KiB (a decision worker's at the Parse; at the Bind a decision not made at once refuses too)
+    "padded": [_parse("s2", EXPLAIN_ORDERS + " " * 5000 + "-- padded") + m.SYNC_MESSAGE, _query(VIEW_ORDERS),
+               BIND_S2],
+    # c1 M: a temporary table existed before the Parse (PostgreSQL keeps the plan; refused alike: another context)
+    "temp schema before": [_query("CREATE TEMP TABLE zz (x int)"), _parse("s2", EXPLAIN_ORDERS) + m.SYNC_MESSAGE,
+                           _query(VIEW_ORDERS), BIND_S2],
+}
+
+
+@pytest.mark.parametrize("form", sorted(PREPARED_BEFORE))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_statement_prepared_before_a_temporary_view_shadows_its_table_is_not_run(
+        proxies: dict[str, ProxyProcess], mode: str, form: str) -> None:
+    """Red team 9a9 R1: gina's `EXPLAIN SELECT * FROM orders` (her own globex.orders: costs kept) prepared, then
+    `CREATE TEMP VIEW orders AS SELECT … FROM pg_catalog.pg_class`: PostgreSQL re-analysed the statement at its
+    Bind and planned the temporary view, with pg_class's estimates. At a Bind in another context the text is
+    decided again: refused now (0A000, prepared before the change), no plan row; the session stays usable and the
+    statement prepared again is decided as the text is (42501 explain_catalog while the view is there)."""
+    sock = _session(proxies[mode], "gina")
+    try:
+        answers = [a for step in PREPARED_BEFORE[form] for a in _wire(sock, step)]
+        assert _errors(answers) == ["0A000"] and not [r for r in _rows(answers) if "pg_class" in r], answers
+        assert _rows(_wire(sock, _query("SELECT 1"))) == ["1"]
+        again = _wire(sock, m.frame(b"C", b"Ss2\x00") + _parse("s2", EXPLAIN_ORDERS) + BIND_S2)
+        if form == "one pipeline":  # the refused Bind failed its implicit transaction: the view was rolled back
+            assert _errors(again) == [] and _rows(again)[0].startswith("Seq Scan on orders"), again
+        else:
+            assert _errors(again) == ["42501"], again
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_statement_prepared_over_a_temporary_table_is_not_run_once_it_is_dropped(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """9a8 N6 route 1, protocol level: dan's `SELECT count(*) FROM orders` prepared over his temporary `orders`,
+    which is then dropped: PostgreSQL re-resolves it to public.orders (the shared tenants' table, others_table as
+    a text). Refused at the Bind (0A000); a statement that names no temporary relation still runs."""
+    sock = _session(proxies[mode], "dan")
+    try:
+        setup = _wire(sock, _query("CREATE TEMP TABLE orders (id int)"))
+        assert _errors(setup) == [], setup
+        prepared = _wire(sock, _parse("s2", "SELECT count(*) FROM orders") + _parse("s3", "SELECT 41 + 1")
+                         + BIND_S2)
+        assert _errors(prepared) == [] and _rows(prepared) == ["0"], prepared
+        assert _errors(_wire(sock, _query("DROP TABLE orders"))) == []
+        assert _errors(_wire(sock, BIND_S2)) == ["0A000"]
+        assert _rows(_wire(sock, _bind("s3") + EXECUTE + m.SYNC_MESSAGE)) == ["42"]
+    finally:
+        sock.close()
