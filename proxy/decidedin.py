@@ -37,39 +37,42 @@ def change_between(then: SessionContext, now: SessionContext) -> str:
 
 
 class DecidedIn:
-    """Statement name -> (the policy its text was decided under, the text, what was sent, the session's context)."""
+    """Statement name -> (the decision function it was decided by, the policy its text was decided under, the text,
+    what was sent, the session's context)."""
 
     __slots__ = ("records",)
 
     def __init__(self) -> None:
-        self.records: dict[str, tuple[object, str, str, SessionContext]] = {}
+        self.records: dict[str, tuple[object, object, str, str, SessionContext]] = {}
 
-    def parsed(self, name: str, key: object, sql: str, sent: str | None, context: SessionContext) -> None:
-        """Statement `name` was decided under `key` (sent: `sent_text`, None when refused: nothing to check)."""
+    def parsed(self, name: str, by: object, key: object, sql: str, sent: str | None, context: SessionContext) -> None:
+        """Statement `name` was decided by `by` under `key` (sent: `sent_text`, None when refused: nothing to
+        check)."""
         records = self.records
         if sent is None:
             records.pop(name, None)
             return
         if name not in records and len(records) >= _MAX_RECORDS:
             records.pop(next(iter(records)))
-        records[name] = (key, sql, sent, context)
+        records[name] = (by, key, sql, sent, context)
 
     def closed(self, name: str) -> None:
         self.records.pop(name, None)
 
-    def bound(self, name: str, key_for: Callable[[str], object], decide: Callable[[str], object],
+    def bound(self, name: str, by: object, key_for: Callable[[str], object], decide: Callable[[str], object],
               context: SessionContext) -> PgError | None:
-        """A Bind of `name` in `context`: None to run it, else the error to answer. `key_for(sql)` is the policy
-        the text is decided under now, `decide(sql)` its decision now (a Pending, not decided at once, refuses)."""
+        """A Bind of `name` in `context`, decided by `by` now (the same one as at its Parse: the same context): None
+        to run it, else the error to answer. `key_for(sql)` is the policy the text is decided under now,
+        `decide(sql)` its decision now (a Pending, not decided at once, refuses)."""
         found = self.records.get(name)
-        if found is None:
+        if found is None or found[0] is by:
             return None
-        key, sql, sent, then = found
+        _, key, sql, sent, then = found
         now = key_for(sql)
         if now is key or now == key:
             return None
         if sent_text(decide(sql)) == sent:
-            self.records[name] = (now, sql, sent, context)
+            self.records[name] = (by, now, sql, sent, context)
             return None
         statement = f'prepared statement "{name}"' if name else "the unnamed prepared statement"
         return errors.prepared_in_other_context(statement=statement, change=change_between(then, context))

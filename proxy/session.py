@@ -1948,14 +1948,15 @@ class ClientSession:
         decide = self.decide
         key_for = getattr(decide, "policy_for", None)
         key = key_for(sql) if key_for is not None else self._policy_token()
-        self._prepared_in.parsed(name, key, sql, sent_text(decision), self._decisive)
+        self._prepared_in.parsed(name, decide, key, sql, sent_text(decision), self._decisive)
 
     def _bound_elsewhere(self, statement: str) -> PgError | None:
         """A Bind of `statement` in a context other than its Parse's: None when its text is decided alike now."""
         assert self._prepared_in is not None
         decide = self.decide
         key_for = getattr(decide, "policy_for", None)
-        return self._prepared_in.bound(statement, key_for if key_for is not None else lambda _sql: self._policy_token(),
+        return self._prepared_in.bound(statement, decide,
+                                       key_for if key_for is not None else lambda _sql: self._policy_token(),
                                        partial(decide, "parse"), self._decisive)
 
     def _denied_at_run(self, parse: m.Parse, decision: Deny) -> bytes:
