@@ -373,6 +373,13 @@ too_many_noted_portals = _register(
     "pgtenant: more than {limit} portals of statements that change the session are bound and not yet run",
     hint="Execute or close the portals bound earlier (or end the transaction) before binding more.",
 )
+# A prepared statement decided in another session context than its Bind's, whose text is decided otherwise now
+# (red team 9a9 R1: PostgreSQL re-analyses it at the Bind, with names that may resolve elsewhere).
+prepared_in_other_context = _register(
+    "prepared_in_other_context", FEATURE_NOT_SUPPORTED, "ERROR",
+    "pgtenant: {statement} was prepared before {change}, and is not run in the session's context now",
+    hint="Prepare the statement again (Parse it again), then bind it.",
+)
 portal_noted = _register(
     "portal_noted", DUPLICATE_CURSOR, "ERROR",
     'portal "{name}" already exists',

@@ -47,6 +47,7 @@ from proxy.auth.throttle import AuthThrottle
 from proxy.cancel import SessionCancels, client_key, new_cancel_key
 from proxy.config import AgentConfig, BackendConfig, Config, TenantConfig, UserConfig
 from proxy.confirming import Awaiting
+from proxy.decidedin import DecidedIn, sent_text
 from proxy.errors import PgError
 from proxy.limits import (
     IDLE_IN_TRANSACTION_TIMEOUT,
@@ -302,7 +303,8 @@ class ClientSession:
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
         "_notices", "_open_batch", "_overrides", "_owed", "_paged",
-        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepares",
+        "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepared_in",
+        "_prepares",
         "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
         "_resume_ask", "_retags", "_scope",
         "_sequences", "_settling", "_slot_held",
@@ -353,6 +355,7 @@ class ClientSession:
         # The last allowed/rewritten Parse: (body, policy token, name, sql, kind, decision, bytes to forward).
         self._parse_memo: tuple[bytes, object, str, str, str, Decision, bytes | None] | None = None
         self._parse_shrink = 0  # the Parse just decided: Statements.parse's `shrink` (statements.renamed_shrink)
+        self._prepared_in: DecidedIn | None = None  # each statement's decision context, with a contextual policy
         self.on_decision = on_decision
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
@@ -560,6 +563,7 @@ class ClientSession:
         self.decide = decide
         self._policy_token = policy_token
         self._contextual = contextual
+        self._prepared_in = None if contextual is None else DecidedIn()
         self._decided_in = self.context.belief
         self._decisive = self.context.belief.for_decisions()
         if contextual is not None and self._decisive is not EMPTY_CONTEXT:  # (a startup statement_timeout shown)
@@ -1829,6 +1833,8 @@ class ClientSession:
                                                         memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
             self.tracker.on_parse(name, sql, decision, kind)
+            if self._prepared_in is not None:
+                self._decided_where(name, sql, decision)
             if self._reset_names:
                 self._reset_names.discard(name)
             if name and (self._client_texts is not None or self._sql_prepared is not None or out is not None) and \
@@ -1879,6 +1885,8 @@ class ClientSession:
                     self._reset_names.add(name)
         kind = statement_kind(parse.sql)
         self.tracker.on_parse(name, parse.sql, decision, kind)
+        if self._prepared_in is not None:
+            self._decided_where(name, parse.sql, decision)
         if type(decision) is not Deny and decision.changes and any(c.op in SAVEPOINT_OPS for c in decision.changes):
             held = self._subxact_statements
             if name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
@@ -1933,6 +1941,23 @@ class ClientSession:
         if decision.at_run:
             return self._denied_at_run(parse, decision)
         return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
+
+    def _decided_where(self, name: str, sql: str, decision: Decision) -> None:
+        """Statement `name` (text `sql`) was decided now: in what context, for its Binds (red team 9a9 R1)."""
+        assert self._prepared_in is not None
+        decide = self.decide
+        key_for = getattr(decide, "policy_for", None)
+        key = key_for(sql) if key_for is not None else self._policy_token()
+        self._prepared_in.parsed(name, decide, key, sql, sent_text(decision), self._decisive)
+
+    def _bound_elsewhere(self, statement: str) -> PgError | None:
+        """A Bind of `statement` in a context other than its Parse's: None when its text is decided alike now."""
+        assert self._prepared_in is not None
+        decide = self.decide
+        key_for = getattr(decide, "policy_for", None)
+        return self._prepared_in.bound(statement, decide,
+                                       key_for if key_for is not None else lambda _sql: self._policy_token(),
+                                       partial(decide, "parse"), self._decisive)
 
     def _denied_at_run(self, parse: m.Parse, decision: Deny) -> bytes:
         """A statement PostgreSQL analyzes only when it runs, naming a hidden schema: its Parse succeeds and each run
@@ -2237,6 +2262,10 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
+            if self._prepared_in is not None and self._prepared_in.records:
+                refused = self._bound_elsewhere(statement)
+                if refused is not None:  # the backend fails to find the marker statement; its error becomes ours
+                    out = m.bind_renamed(body, self._error_marker(refused))
             if self._hidden is not None:
                 self._bound_names(statement, body)
             self._sequences.bound(statement)
@@ -2334,6 +2363,8 @@ class ClientSession:
         if self._tracking:
             self.context.close(name)
             self._context_changed()
+        if self._prepared_in is not None:
+            self._prepared_in.closed(name)
         if self._client_texts is not None:
             self._client_texts.close(name)
 

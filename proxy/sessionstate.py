@@ -2,7 +2,8 @@
 HOLD cursors, SQL prepared statements, LISTEN, advisory locks, settings) through its transactions; pure, no I/O.
 
 Decisions are made on what the session *believes*: the context the backend has confirmed, plus every change of
-a statement decided but not yet answered (so a pipelined Parse CREATE TEMP, Parse INSERT, Sync works). The
+a statement sent to run (a Query, an Execute) but not yet answered, plus what a Parse not yet run adds (so a
+pipelined Parse CREATE TEMP, Parse INSERT, Sync works; a removal or a search_path change counts once run). The
 backend's answers correct it: a statement's CommandComplete confirms its changes, an ErrorResponse voids the
 changes of that statement and of the rest of its request, a transaction that ends in a rollback (ROLLBACK, a
 failed COMMIT, an error outside a transaction block, ROLLBACK TO SAVEPOINT) takes back what it did, and a commit
@@ -32,11 +33,14 @@ from proxy.policy.model import (
     DISCARD_ALL,
     EMPTY_CONTEXT,
     EXPORT_SNAPSHOT,
+    HOLD_CURSOR,
     KEPT_ON_ERROR,
+    LISTEN,
     RELEASE,
     ROLLBACK,
     ROLLBACK_TO,
     SAVEPOINT,
+    SQL_PREPARE,
     TEMP_TABLE,
     TEMP_VIEW,
     TRANSACTION_OPS,
@@ -49,6 +53,7 @@ from proxy.policy.settings import client_path
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
 _LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
 _LOCK_OPS = frozenset({ADVISORY_LOCK, ADVISORY_UNLOCK})
+_ADDITIONS = frozenset({SQL_PREPARE, HOLD_CURSOR, LISTEN, EXPORT_SNAPSHOT})  # counted from their Parse (_speculate)
 # What the proxy asks a server before it goes back when lock_activity is set: one row while it holds any session
 # advisory lock (transaction-level ones are gone at ReadyForQuery 'I').
 HELD_LOCKS_QUERY = ("SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' "
@@ -105,12 +110,15 @@ class SessionState:
         self._record(request, [(first + c.at, c) for c in changes])
 
     def parse(self, name: str, changes: tuple[Change, ...]) -> None:
-        """A Parse's decision: the changes happen when a Bind runs it (they count from now on, speculatively)."""
+        """A Parse's decision: the changes happen when its portal is Executed (`execute`). Only what adds to the
+        context counts from now on, speculatively (a pipelined Parse CREATE TEMP t, Parse INSERT INTO t): more
+        context is the stricter direction. A removal (DROP of a temporary relation, DISCARD), a search_path or
+        other setting change counts once it runs, never for a Parse not executed (red team 9a9 R3)."""
         if changes:
             if name not in self.statements and len(self.statements) >= _MAX_STATEMENTS:
                 self.statements.pop(next(iter(self.statements)))
             self.statements[name] = changes
-            self.belief = _apply(self.belief, changes)
+            self.belief = _canonical(_speculate(self.belief, changes))
         else:
             self.statements.pop(name, None)
 
@@ -293,6 +301,19 @@ def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:
 def _stateful(changes: tuple[Change, ...]) -> bool:
     """True if some change is not a transaction boundary (those only matter once there is state to take back)."""
     return any(c.op not in TRANSACTION_OPS for c in changes)
+
+
+def _speculate(context: SessionContext, changes: tuple[Change, ...]) -> SessionContext:
+    """`context` with the additions among `changes` (a temporary relation of a name it does not have, a prepared
+    statement, a WITH HOLD cursor, a LISTEN, an exported snapshot); everything else left for its Execute."""
+    for change in changes:
+        op = change.op
+        if op in (TEMP_TABLE, TEMP_VIEW):
+            if change.name not in context.temp_tables and change.name not in context.temp_views:
+                context = context.apply(change)
+        elif op in _ADDITIONS:
+            context = context.apply(change)
+    return context
 
 
 def _apply(context: SessionContext, changes: tuple[Change, ...]) -> SessionContext:

@@ -318,6 +318,10 @@ class Gate:
     def __call__(self, kind: str, sql: str) -> Decision | Pending:
         return self.decide_for(self.current(), sql)
 
+    def policy_for(self, sql: str) -> TenantPolicy:
+        """The policy `sql` is decided under now (what its decision is keyed by)."""
+        return self.current()
+
     def cached(self, sql: str) -> Decision | None:
         """The decision cached for `sql` (counted as a hit), None when it is not: nothing is decided."""
         return self.cache.cached(self.current(), sql)
@@ -381,6 +385,11 @@ class ContextGate:
 
     def __call__(self, kind: str, sql: str) -> Decision | Pending:
         return self.gate.decide_for(self._policy_for(sql), sql)
+
+    def policy_for(self, sql: str) -> TenantPolicy:
+        """The policy `sql` is decided under now (what its decision is keyed by: the session's context where the
+        text may depend on it, else the tenant's)."""
+        return self._policy_for(sql)
 
     def cached(self, sql: str) -> Decision | None:
         """The decision cached for `sql` (counted as a hit), None when it is not: nothing is decided."""

@@ -219,14 +219,44 @@ def _bool_arg(call: Call, index: int) -> bool:
     """A literal boolean argument (true, 'on', …); anything else counts as false."""
     if index >= len(call.args):
         return False
-    node = call.args[index]
+    return literal_bool(call.args[index]) is True
+
+
+_BOOL_CASTS = frozenset({"bool", "boolean", "text"})  # casts that keep a boolean literal's value
+
+
+def literal_bool(node: Node | None) -> bool | None:
+    """The value PostgreSQL gives a literal boolean argument: a boolean constant or NULL (False, as set_config takes
+    a NULL is_local), or a string read as boolin reads it, under casts to boolean or text only; None for anything
+    else (an expression, a parameter, a cast through another type, a string that is no boolean)."""
     while node and "TypeCast" in node:
-        node = node["TypeCast"].get("arg")
-    const = (node or {}).get("A_Const", {})
+        cast = node["TypeCast"]
+        names = [n.get("String", {}).get("sval", "") for n in cast.get("typeName", {}).get("names", [])]
+        if not names or names[-1].lower() not in _BOOL_CASTS or names[:-1] not in ([], ["pg_catalog"]):
+            return None
+        node = cast.get("arg")
+    const = (node or {}).get("A_Const")
+    if const is None:
+        return None
     if "boolval" in const:
         return bool(const["boolval"].get("boolval"))
+    if const.get("isnull"):
+        return False
     text = string_const(node)
-    return text is not None and _norm(text) in ("on", "true", "yes", "1", "t", "y")
+    return None if text is None else _parse_bool(text)
+
+
+def _parse_bool(text: str) -> bool | None:
+    """PostgreSQL's parse_bool after boolin's trim: a prefix of true/false/yes/no, on/off (two letters at least),
+    1 or 0, in any case."""
+    value = text.strip(" \t\n\r\f\v").lower()
+    if not value:
+        return None
+    for word, result, least in (("true", True, 1), ("false", False, 1), ("yes", True, 1), ("no", False, 1),
+                                ("on", True, 2), ("off", False, 2)):
+        if len(value) >= least and word.startswith(value):
+            return result
+    return {"1": True, "0": False}.get(value)
 
 
 def set_config_local(call: Call) -> bool:
@@ -435,6 +465,9 @@ def check_function(policy: TenantPolicy, call: Call, body: Node | None = None) -
     if low == "search_path" and not runs_once(body, call):
         raise fail("search_path_set_config", "set_config() of search_path is allowed only as a target of a SELECT "
                    "with no FROM, WHERE, GROUP BY, HAVING, LIMIT or set operation, where PostgreSQL runs it once")
+    if low == "search_path" and len(call.args) > 2 and literal_bool(call.args[2]) is None:
+        raise fail("search_path_set_config", "set_config() of search_path needs a literal is_local (true or false): "
+                   "PostgreSQL may take an expression or a parameter for true, a change the proxy would not follow")
     if low in PINNED_VALUES:
         _check_pinned(low, literal_arg(call, 1))
     if low in OBJECT_NAME_SETTINGS:

@@ -264,3 +264,56 @@ def test_a_prepared_export_runs_once_per_transaction() -> None:
     assert denied is not None and (denied.sqlstate, denied.rule) == ("0A000", "snapshot_export_once")
     state.ready(request, b"I")
     assert _run(state, object(), 0, "ex") is None  # a new transaction
+
+
+def _with_view(name: str = "vc") -> SessionState:
+    state = SessionState()
+    request = object()
+    state.query(request, 0, (Change(0, TEMP_VIEW, name),))
+    state.completed(request, 1, b"CREATE VIEW\x00")
+    state.ready(request, b"I")
+    assert state.belief.temp_views == {name}
+    return state
+
+
+def test_a_removal_parsed_counts_only_once_executed() -> None:
+    """Red team 9a9 R3: a Parse of DROP VIEW vc / DISCARD TEMP / DISCARD ALL never run leaves vc in the context the
+    rest of the batch is decided in (bound but not executed, or closed, alike); its Execute counts it."""
+    for removal in (Change(0, DROP_TEMP, "vc"), Change(0, DISCARD_TEMP)):
+        state = _with_view()
+        state.parse("d", (removal,))
+        assert state.belief.temp_views == {"vc"}  # parsed only
+        assert state.bind("d") is None
+        assert state.belief.temp_views == {"vc"}  # bound, not executed
+        state.close("d")
+        assert state.belief.temp_views == {"vc"}
+        state.parse("d", (removal,))
+        request = object()
+        state.execute(request, 0, "d")
+        assert state.belief.temp_views == frozenset()  # executed: the rest of the request is decided without vc
+        state.completed(request, 1, b"DROP VIEW\x00")
+        state.ready(request, b"I")
+        assert state.belief.temp_views == frozenset()
+
+
+def test_a_search_path_change_parsed_counts_only_once_executed() -> None:
+    """An unbound set_config / SET search_path does not move the path the batch is decided on."""
+    state = SessionState()
+    state.parse("p", (Change(0, SET_PATH, path=("pg_catalog",)),))
+    assert state.belief is EMPTY_CONTEXT
+    request = object()
+    state.execute(request, 0, "p")
+    assert state.belief.path == ("pg_catalog",)
+    state.failed(request, 0)
+    state.ready(request, b"I")
+    assert state.belief is EMPTY_CONTEXT
+
+
+def test_a_create_parsed_counts_at_once_but_never_replaces_a_relation() -> None:
+    """A CREATE TEMP parsed counts at once (the stricter direction) but never turns the view vc into a table nor
+    the other way round (PostgreSQL refuses the name taken; a temporary table is decided more freely)."""
+    state = _with_view()
+    state.parse("c", (create("vc"),))
+    assert state.belief.temp_views == {"vc"} and not state.belief.temp_tables
+    state.parse("t", (create("t"),))
+    assert state.belief.temp_views == {"vc"} and tables(state.belief) == {"t"}

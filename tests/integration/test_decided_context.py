@@ -1,0 +1,231 @@
+"""Decisions made in a context PostgreSQL never runs the statement in (issue 14, red team 9a9 R1-R3).
+
+R2: a set_config() of search_path whose is_local is an expression. R3: a Parse never run (DROP, DISCARD TEMP, a
+search_path change) counted for the rest of its batch. R1: a prepared statement decided at its Parse, re-analysed
+by PostgreSQL at its Bind under another context. gina (schema tenant `globex` of `saas`) and dan (database tenant
+sharing `saas` with the shared tenants, under others_table); both pool modes, every PostgreSQL the fixtures offer.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxy.protocol import messages as m
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import SAAS_DATABASE_ROLE, SAAS_DATABASE_TENANT, ProxyProcess, prepare_backend
+from tests.support.wire import login, read_message
+
+MODES = ("transaction", "session")
+USERS = {"gina": "saas", "dan": "saas"}
+VIEW = "CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class"
+
+
+@pytest.fixture(scope="module")
+def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
+    """One proxy per pool mode (session pooling without the statement cache: the client's names reach the server)."""
+    prepare_backend(pg)
+    out = {}
+    for mode in MODES:
+        pool: dict[str, Any] = {"pool_mode": mode}
+        if mode == "session":
+            pool["statement_cache"] = False
+        out[mode] = ProxyProcess(pg, tmp_path_factory.mktemp(f"decided-{mode}"), backend_sslmode="disable",
+                                 extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
+                                 extra_users={"dan": ("hooli", "dan-pw")}, pool=pool)
+    try:
+        for proxy in out.values():
+            proxy.start()
+        yield out
+    finally:
+        for proxy in out.values():
+            proxy.stop()
+
+
+def _session(proxy: ProxyProcess, user: str) -> socket.socket:
+    sock, msgs = login(proxy.port, {"user": user, "database": USERS[user]}, proxy.password(user))
+    assert msgs[-1][0] == b"Z", msgs
+    return sock
+
+
+def _wire(sock: socket.socket, data: bytes) -> list[tuple[str, Any]]:
+    """Send `data` (ending in one Sync or one Query) and read to its ReadyForQuery: (type, error code | row text)."""
+    sock.sendall(data)
+    out: list[tuple[str, Any]] = []
+    while True:
+        t, body = read_message(sock)
+        if t == b"E":
+            out.append(("E", m.decode_error_fields(body).get("C")))
+        elif t == b"D":
+            out.append(("D", body[6:].decode("utf-8", "replace")))
+        elif t == b"Z":
+            return out
+        else:
+            out.append((t.decode(), None))
+
+
+def _parse(name: str, sql: str) -> bytes:
+    return m.Parse(name, sql, b"\x00\x00").encode()
+
+
+def _bind(statement: str) -> bytes:
+    return m.frame(b"B", b"\x00" + statement.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+
+
+EXECUTE = m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+
+
+def _query(sql: str) -> bytes:
+    return m.Query(sql).encode()
+
+
+def _errors(answers: list[tuple[str, Any]]) -> list[str]:
+    return [code for t, code in answers if t == "E"]
+
+
+def _rows(answers: list[tuple[str, Any]]) -> list[str]:
+    return [row for t, row in answers if t == "D"]
+
+
+# --- R2: set_config('search_path', v, <expression>) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("is_local", ["1 = 1", "true AND true", "NOT false"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_set_config_of_search_path_with_a_computed_is_local_is_refused(
+        proxies: dict[str, ProxyProcess], mode: str, is_local: str) -> None:
+    """Red team 9a9 R2: PostgreSQL takes `1 = 1` for true (a LOCAL change, gone with its transaction); the proxy
+    took it for a session change to pg_catalog, and let dan name `orders` (public.orders, the shared tenants' table:
+    others_table before). A non-literal is_local is refused (0A000), and others_table stays."""
+    sock = _session(proxies[mode], "dan")
+    try:
+        assert _errors(_wire(sock, _query("SELECT count(*) FROM orders"))) == ["42501"]
+        set_path = f"SELECT set_config('search_path', 'pg_catalog', {is_local})"
+        assert _errors(_wire(sock, _query(set_path))) == ["0A000"]
+        assert _errors(_wire(sock, _query("SELECT count(*) FROM orders"))) == ["42501"]
+        assert _errors(_wire(sock, _query("EXPLAIN SELECT * FROM orders"))) == ["42501"]
+    finally:
+        sock.close()
+
+
+# --- R3: a Parse never run changes nothing -------------------------------------------------------------------------
+
+EXPLAIN_VC = "EXPLAIN SELECT * FROM vc"
+UNRUN_REMOVALS = {
+    "named drop": _parse("d", "DROP VIEW vc") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE + m.SYNC_MESSAGE,
+    "unnamed drop": _parse("", "DROP VIEW vc") + _parse("", EXPLAIN_VC) + _bind("") + EXECUTE + m.SYNC_MESSAGE,
+    "discard temp": _parse("d", "DISCARD TEMP") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE + m.SYNC_MESSAGE,
+    "discard all": _parse("d", "DISCARD ALL") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE + m.SYNC_MESSAGE,
+    "bound drop": _parse("d", "DROP VIEW vc") + _bind("d") + _parse("x", EXPLAIN_VC) + _bind("x") + EXECUTE
+    + m.SYNC_MESSAGE,
+    "closed drop": _parse("d", "DROP VIEW vc") + m.frame(b"C", b"Sd\x00") + _parse("x", EXPLAIN_VC) + _bind("x")
+    + EXECUTE + m.SYNC_MESSAGE,
+    "drop then query": _parse("d", "DROP VIEW vc") + _query(EXPLAIN_VC),
+    # past 4 KiB a text is decided by a decision worker, in the session's context as it crosses to the worker
+    "padded": _parse("d", "DROP VIEW vc") + _parse("x", EXPLAIN_VC + " " * 5000 + "-- padded") + _bind("x")
+    + EXECUTE + m.SYNC_MESSAGE,
+}
+
+
+@pytest.mark.parametrize("form", sorted(UNRUN_REMOVALS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_removal_parsed_but_never_run_leaves_a_temporary_view_in_the_context(
+        proxies: dict[str, ProxyProcess], mode: str, form: str) -> None:
+    """Red team 9a9 R3: with a temporary view vc over pg_class, `EXPLAIN SELECT * FROM vc` is refused (42501
+    explain_catalog: its plan follows hidden relations); a Parse of DROP VIEW vc / DISCARD TEMP never executed (never
+    bound, bound only, closed) made the EXPLAIN of the same batch be decided as if vc were gone, and gina got
+    pg_class's costed plan. It counts only once executed: refused, and the view is still there."""
+    sock = _session(proxies[mode], "gina")
+    try:
+        assert _errors(_wire(sock, _query(VIEW))) == []
+        assert _errors(_wire(sock, _query(EXPLAIN_VC))) == ["42501"]  # the control
+        answers = _wire(sock, UNRUN_REMOVALS[form])
+        assert _errors(answers) == ["42501"] and not _rows(answers), answers
+        assert _rows(_wire(sock, _query("SELECT count(*) > 0 FROM vc"))) == ["t"]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_search_path_change_parsed_but_never_run_moves_no_name(proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """Red team 9a9 R3 (dan): an unbound Parse of set_config('search_path', 'pg_catalog', false) made `orders`
+    of the same batch be decided on pg_catalog (public.orders, the shared tenants' table: 0 rows under RLS), where
+    PostgreSQL's search_path never moved. It stays others_table (42501)."""
+    sock = _session(proxies[mode], "dan")
+    try:
+        for setter in ("SELECT set_config('search_path', 'pg_catalog', false)", "SET search_path = pg_catalog"):
+            answers = _wire(sock, _parse("p", setter) + _parse("o", "SELECT count(*) FROM orders") + _bind("o")
+                            + EXECUTE + m.SYNC_MESSAGE)
+            assert _errors(answers) == ["42501"] and not _rows(answers), (setter, answers)
+            _wire(sock, m.frame(b"C", b"Sp\x00") + m.frame(b"C", b"So\x00") + m.SYNC_MESSAGE)
+        ran = _wire(sock, _parse("p", "SET search_path = pg_catalog") + _bind("p") + EXECUTE
+                    + _parse("o", "SELECT count(*) FROM orders") + m.SYNC_MESSAGE)
+        # executed, the path counts for the rest of the batch: decided on pg_catalog, PostgreSQL finds no orders there
+        assert _errors(ran) == ["42P01"], ran
+    finally:
+        sock.close()
+
+
+# --- R1: a prepared statement's decision holds in the context it was made in ---------------------------------------
+
+EXPLAIN_ORDERS = "EXPLAIN SELECT * FROM orders"
+VIEW_ORDERS = "CREATE TEMP VIEW orders AS SELECT oid, relname FROM pg_catalog.pg_class"
+BIND_S2 = _bind("s2") + EXECUTE + m.SYNC_MESSAGE
+PREPARED_BEFORE = {
+    # c1 L: no temporary schema at the Parse; the view creates it (PostgreSQL re-analyses at the Bind)
+    "separate requests": [_parse("s2", EXPLAIN_ORDERS) + m.SYNC_MESSAGE, _query(VIEW_ORDERS), BIND_S2],
+    # c1 N: one pipeline
+    "one pipeline": [_parse("s2", EXPLAIN_ORDERS) + _parse("s1", VIEW_ORDERS) + _bind("s1") + EXECUTE + BIND_S2],
+    # past 4 KiB (a decision worker's at the Parse; at the Bind a decision not made at once refuses too)
+    "padded": [_parse("s2", EXPLAIN_ORDERS + " " * 5000 + "-- padded") + m.SYNC_MESSAGE, _query(VIEW_ORDERS),
+               BIND_S2],
+    # c1 M: a temporary table existed before the Parse (PostgreSQL keeps the plan; refused alike: another context)
+    "temp schema before": [_query("CREATE TEMP TABLE zz (x int)"), _parse("s2", EXPLAIN_ORDERS) + m.SYNC_MESSAGE,
+                           _query(VIEW_ORDERS), BIND_S2],
+}
+
+
+@pytest.mark.parametrize("form", sorted(PREPARED_BEFORE))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_statement_prepared_before_a_temporary_view_shadows_its_table_is_not_run(
+        proxies: dict[str, ProxyProcess], mode: str, form: str) -> None:
+    """Red team 9a9 R1: gina's `EXPLAIN SELECT * FROM orders` (her own globex.orders: costs kept) prepared, then
+    `CREATE TEMP VIEW orders AS SELECT … FROM pg_catalog.pg_class`: PostgreSQL re-analysed the statement at its
+    Bind and planned the temporary view, with pg_class's estimates. At a Bind in another context the text is
+    decided again: refused now (0A000, prepared before the change), no plan row; the session stays usable and the
+    statement prepared again is decided as the text is (42501 explain_catalog while the view is there)."""
+    sock = _session(proxies[mode], "gina")
+    try:
+        answers = [a for step in PREPARED_BEFORE[form] for a in _wire(sock, step)]
+        assert _errors(answers) == ["0A000"] and not [r for r in _rows(answers) if "pg_class" in r], answers
+        assert _rows(_wire(sock, _query("SELECT 1"))) == ["1"]
+        again = _wire(sock, m.frame(b"C", b"Ss2\x00") + _parse("s2", EXPLAIN_ORDERS) + BIND_S2)
+        if form == "one pipeline":  # the refused Bind failed its implicit transaction: the view was rolled back
+            assert _errors(again) == [] and _rows(again)[0].startswith("Seq Scan on orders"), again
+        else:
+            assert _errors(again) == ["42501"], again
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_statement_prepared_over_a_temporary_table_is_not_run_once_it_is_dropped(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """9a8 N6 route 1, protocol level: dan's `SELECT count(*) FROM orders` prepared over his temporary `orders`,
+    which is then dropped: PostgreSQL re-resolves it to public.orders (the shared tenants' table, others_table as
+    a text). Refused at the Bind (0A000); a statement that names no temporary relation still runs."""
+    sock = _session(proxies[mode], "dan")
+    try:
+        setup = _wire(sock, _query("CREATE TEMP TABLE orders (id int)"))
+        assert _errors(setup) == [], setup
+        prepared = _wire(sock, _parse("s2", "SELECT count(*) FROM orders") + _parse("s3", "SELECT 41 + 1")
+                         + BIND_S2)
+        assert _errors(prepared) == [] and _rows(prepared) == ["0"], prepared
+        assert _errors(_wire(sock, _query("DROP TABLE orders"))) == []
+        assert _errors(_wire(sock, BIND_S2)) == ["0A000"]
+        assert _rows(_wire(sock, _bind("s3") + EXECUTE + m.SYNC_MESSAGE)) == ["42"]
+    finally:
+        sock.close()
