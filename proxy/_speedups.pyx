@@ -9,7 +9,7 @@ share are bound by `_bind()` on first use.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 cdef extern from "string.h":
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
@@ -1117,7 +1117,7 @@ cdef class RequestTracker:
 # --- proxy.replicas -----------------------------------------------------------------------------------------
 
 cdef bint _replicas_bound = False
-cdef object _judged, _writes_nothing_sql, _read_only_default, _Route, _Deny, _READ_ONLY, _PRIMARY
+cdef object _judged, _writes_nothing_sql, _read_only_default, _Deny, _READ_ONLY, _PRIMARY
 cdef dict _verdicts
 cdef Py_ssize_t _KEPT_AS_TEXT  # a text up to this long is its own key in replicas._verdicts (and is judged)
 
@@ -1125,9 +1125,9 @@ cdef Py_ssize_t _KEPT_AS_TEXT  # a text up to this long is its own key in replic
 cdef int _bind_replicas() except -1:
     """proxy.replicas' names, bound apart (it imports the parser and the config: never at another module's load)."""
     global _replicas_bound, _judged, _writes_nothing_sql, _read_only_default, _verdicts, _KEPT_AS_TEXT
-    global _Route, _Deny, _READ_ONLY, _PRIMARY
+    global _Deny, _READ_ONLY, _PRIMARY
     from proxy import replicas
-    _Route, _Deny, _READ_ONLY, _PRIMARY = replicas.Route, replicas.Deny, replicas.READ_ONLY, replicas._PRIMARY
+    _Deny, _READ_ONLY, _PRIMARY = replicas.Deny, replicas.READ_ONLY, replicas._PRIMARY
     _judged, _writes_nothing_sql = replicas._judged, replicas.writes_nothing_sql
     _read_only_default, _verdicts = replicas._READ_ONLY_SQL, replicas._verdicts
     _KEPT_AS_TEXT = min(replicas._MAX_KEPT, replicas.MAX_JUDGED)
@@ -1159,6 +1159,29 @@ cdef object _judge(object sql, object judge, int mode):
     return _judged(sql, mode == 1)
 
 
+cdef bytes _last_parsed = None  # the last Parse text judged read-only (or not) by read_only_sql, as its bytes
+cdef object _last_parsed_ok = None  # (a verdict is a function of the text: the same bytes, the same verdict)
+
+
+cdef object _judge_parsed(const unsigned char *p, Py_ssize_t at, Py_ssize_t end, object judge, int mode):
+    """_judge of a Parse's text p[at..its NUL): read_only_sql's verdict on the same bytes as the last Parse's is
+    that one's, without decoding, hashing or looking it up (an extended-protocol client parses the same text
+    request after request); any other judge, a text with no NUL or a long one, as _judge."""
+    global _last_parsed, _last_parsed_ok
+    cdef const unsigned char *nul = <const unsigned char *>memchr(p + at, 0, <size_t>(end - at))
+    cdef Py_ssize_t n
+    n = -1 if nul == NULL else nul - (p + at)
+    if mode != 0 or n < 0 or n > _KEPT_AS_TEXT:  # (a longer text is not held here)
+        return _judge(_cstr(p, at, end), judge, mode)
+    last = _last_parsed
+    if last is not None and PyBytes_GET_SIZE(last) == n and memcmp(PyBytes_AS_STRING(last), p + at, <size_t>n) == 0:
+        return _last_parsed_ok
+    ok = _judge(PyUnicode_DecodeUTF8(<const char *>p + at, n, "replace"), judge, mode)
+    _last_parsed = PyBytes_FromStringAndSize(<const char *>p + at, n)
+    _last_parsed_ok = ok
+    return ok
+
+
 cpdef object lone_query_text(bytes data):
     """proxy.replicas.lone_query_text: the frame checked and the text decoded in place."""
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
@@ -1177,11 +1200,12 @@ cpdef object read_only_request(data, statement, judge=None):
     where it is judged), a kept verdict read without a call into Python."""
     cdef bytes buf = data if type(data) is bytes else bytes(data)
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), pos = 0, start, end, at
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), pos = 0, start, end, at, name_at = 0, name_n = -1
     cdef const unsigned char *nul
     cdef unsigned char t, last = 0
     cdef int mode
-    cdef dict parsed = None
+    cdef set parsed = None  # the statements parsed in `data` (each read-only: any other ends the walk) past the first,
+    # whose name is p[name_at..+name_n) (name_n -1: none)
     if not _replicas_bound:
         _bind_replicas()
     if not judge or judge is _read_only_default:
@@ -1205,24 +1229,31 @@ cpdef object read_only_request(data, statement, judge=None):
                 return False
         elif t == 0x50:  # Parse
             nul = <const unsigned char *>memchr(p + start, 0, <size_t>(end - start))
-            if nul == NULL:
-                name, at = "", end
-            else:
-                name, at = PyUnicode_DecodeUTF8(<const char *>p + start, nul - (p + start), "replace"), nul - p + 1
-            ok = _judge(_cstr(p, at, end), judge, mode)
-            if parsed is None:
-                parsed = {}
-            parsed[name] = ok
-            if not ok:
+            at = end if nul == NULL else nul - p + 1
+            if not _judge_parsed(p, at, end, judge, mode):
                 return False
+            if name_n < 0:  # (the usual batch parses one statement: its name kept as bytes, no set)
+                name_at, name_n = start, (0 if nul == NULL else nul - (p + start))
+            else:
+                if parsed is None:
+                    parsed = {PyUnicode_DecodeUTF8(<const char *>p + name_at, name_n, "replace")}
+                parsed.add("" if nul == NULL else PyUnicode_DecodeUTF8(
+                    <const char *>p + start, nul - (p + start), "replace"))
         elif t == 0x42:  # Bind
             nul = <const unsigned char *>memchr(p + start, 0, <size_t>(end - start))
-            name = _cstr(p, start if nul == NULL else nul - p + 1, end)
-            ok = parsed.get(name) if parsed is not None else None
-            if ok is None:
-                text = statement(name)
-                ok = text is not None and _judge(text, judge, mode)
-            if not ok:
+            at = start if nul == NULL else nul - p + 1
+            nul = <const unsigned char *>memchr(p + at, 0, <size_t>(end - at))
+            if (name_n >= 0 and nul != NULL and nul - (p + at) == name_n
+                    and memcmp(p + at, p + name_at, <size_t>name_n) == 0):
+                continue  # (the same bytes as the name the batch parsed: read-only)
+            name = _cstr(p, at, end)
+            if name_n >= 0:
+                if parsed is None:
+                    parsed = {PyUnicode_DecodeUTF8(<const char *>p + name_at, name_n, "replace")}
+                if name in parsed:
+                    continue
+            text = statement(name)
+            if text is None or not _judge(text, judge, mode):
                 return False
         elif t != 0x45 and t != 0x44 and t != 0x53 and t != 0x48 and t != 0x43:  # Execute, Describe, Sync, Flush, Close
             return False
@@ -1249,10 +1280,7 @@ cpdef object request_route(routing, data, decide, statement):
         return _route_may_write(routing, buf, statement)
     routing.read_only = True  # (Routed.route(True))
     routing.wrote = False
-    wrote_at = routing.wrote_at
-    if wrote_at is None:
-        return routing._routes[1]
-    return _Route(routing.routing, True, wrote_at)
+    return routing._routes[1]
 
 
 def _route_may_write(routing, bytes data, statement):

@@ -81,6 +81,9 @@ class ReplicaSet:
     # The replicas fit to serve under a max_lag (no read-your-writes bound), until when that holds without a new
     # probe: what every routed request asks, computed once per probe instead of once per request.
     _fit: dict[float, tuple[list[str], float]] = field(default_factory=dict)
+    # Bumped at every change of what `candidates` answers but the clock (a probe, a failure, a check, a reload
+    # replacing the set): a kept server's resume reuses `kept`'s answer while it and the fit's deadline hold.
+    generation: int = 0
 
     def primary_polled(self, sent_at: float, in_recovery: bool, lsn: str) -> None:
         """The primary's probe, sent at `sent_at`: every commit acknowledged before then is at or before `lsn`."""
@@ -90,7 +93,7 @@ class ReplicaSet:
     def replica_polled(self, name: str, now: float, in_recovery: bool, replay_lsn: str | None) -> None:
         """A streaming replica's probe: it has replayed up to `replay_lsn`."""
         r = self.replicas[name]
-        self._fit.clear()
+        self._changed()
         if not in_recovery or replay_lsn is None:
             self.replica_failed(name, "not in recovery (promoted?)" if not in_recovery else "no WAL replayed yet")
             return
@@ -104,7 +107,7 @@ class ReplicaSet:
     def replica_staleness(self, name: str, now: float, seconds: float | None) -> None:
         """An ETL-fed replica's staleness query answered `seconds` (None: it has no data yet)."""
         r = self.replicas[name]
-        self._fit.clear()
+        self._changed()
         if seconds is None:
             self.replica_failed(name, "its staleness query returned NULL")
             return
@@ -113,7 +116,12 @@ class ReplicaSet:
 
     def replica_failed(self, name: str, reason: str) -> None:
         self.replicas[name].failure = reason
+        self._changed()
+
+    def _changed(self) -> None:
+        """A probe's or check's news: the fit is computed anew, a kept answer (kept_until) no longer stands."""
         self._fit.clear()
+        self.generation += 1
 
     def replica_checked(self, name: str, waiting: str, problem: str | None) -> None:
         """A replica's start-up checks ended with `problem` (None: passed): its failure if it was only `waiting`
@@ -121,7 +129,7 @@ class ReplicaSet:
         r = self.replicas.get(name)
         if r is not None and r.failure == waiting:
             r.failure = problem
-            self._fit.clear()  # (its passing checks put it back at once, not at the next probe)
+            self._changed()  # (its passing checks put it back at once, not at the next probe)
 
     def health(self, name: str, now: float) -> Health:
         r = self.replicas[name]
@@ -190,16 +198,14 @@ class Routed:
         # (sql, its cached decision, the session's decide function): what routing looked up, for the gate
         self.memo: tuple[str, object, object] | None = None
         self.wrote_at: float | None = None
-        self._routes = (Route(routing, False), Route(routing, True))  # (until a write: then made per request)
+        self._routes = (Route(routing, False), Route(routing, True))  # (made anew at each write: `released`)
 
     def route(self, read_only: bool, writes: Callable[[], bool] | None = None) -> Route:
         """The Route of a request (`read_only`: it provably only reads; else `writes()` says whether it may write,
         None: it may)."""
         self.read_only = read_only
         self.wrote = not read_only and (writes is None or writes())
-        if self.wrote_at is None:
-            return self._routes[read_only]
-        return Route(self.routing, read_only, self.wrote_at)
+        return self._routes[read_only]  # (the same object from write to write: a kept server's resume keys on it)
 
     def attached(self, replica: str | None, pooled: bool) -> None:
         """The session got its server (`replica`: its name, None: the primary): in transaction pooling, what it sends
@@ -222,7 +228,8 @@ class Routed:
         """The session gives its server back: a primary after requests that may have written marks a write (at
         `clock()`, read only then)."""
         if replica is None and self.wrote:
-            self.wrote_at = clock()
+            self.wrote_at = wrote_at = clock()
+            self._routes = (Route(self.routing, False, wrote_at), Route(self.routing, True, wrote_at))
         self.wrote = self.watching = False
 
 
@@ -263,6 +270,8 @@ class Router:
     def reconfigure(self, config: Config) -> None:
         """A (re)load: replicas kept by name keep what their probes told."""
         routing, old = config.routing, self.sets
+        for prev in old.values():  # (replaced: what kept answered from it no longer stands)
+            prev.generation += 1
         self.sets = {}
         for name, b in config.backends.items():
             if not b.replicas:
@@ -335,6 +344,21 @@ def kept(router: Router, backend: str, route: Route, now: float, replica: str | 
     if names or (kind == "replica" and routing.replica_fallback == "refuse"):
         return None
     return _PRIMARY
+
+
+def kept_until(router: Router, backend: str, route: Route) -> tuple[ReplicaSet | None, int, float]:
+    """How long what `kept` just answered for `route` on `backend` stands: (the replica set, its generation, until
+    when): the same answer while the set's generation is that one (no probe, failure, check or reload since) and
+    the clock has not passed `until` (its fit's own deadline); (None, 0, -inf) when not known (no set or no fit:
+    ask `kept` again). The route's own inputs are the Route object's (immutable): the caller keys on it."""
+    s = router.sets.get(backend)
+    fit = s._fit.get(route.routing.max_replica_lag) if s is not None else None
+    if fit is None:
+        return _UNKNOWN
+    return s, s.generation, fit[1]  # type: ignore[union-attr]
+
+
+_UNKNOWN: tuple[ReplicaSet | None, int, float] = (None, 0, float("-inf"))
 
 
 def probe_targets(config: Config) -> list[tuple[BackendConfig, str, list[tuple[BackendConfig, ReplicaConfig]]]]:

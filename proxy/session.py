@@ -309,7 +309,7 @@ class ClientSession:
         "_resume_ask", "_retags", "_scope",
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
-        "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_timed_out_at", "_tracking",
+        "_statement_of", "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_timed_out_at", "_tracking",
         "_tx_status", "_unread", "_unread_since", "_unsynced", "_waiting", "_withheld", "_withheld_ends",
         "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
@@ -440,6 +440,7 @@ class ClientSession:
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self._sticky = False  # transaction pooling: the released server is kept for the session (KeepServer)
         self._resume_ask: AcquireServer | None = None  # a routed session's last `resume_route` (kept: see there)
+        self._statement_of = self._statement_text  # (bound once: routing passes it with every request it judges)
         self._stall: tuple[int, float] | None = None  # a message begun with a server held: (frontend.begun, seen at)
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
         self._forgets_at: int | None = None  # the decided Query's/Parse's statement that runs DEALLOCATE/DISCARD ALL
@@ -1319,7 +1320,7 @@ class ClientSession:
         routing.judged = len(data)
         if self.agent is None and replicas.ISOLATION not in self._overrides and (
                 replicas.ISOLATION not in self._startup_settings):  # (_route_of's usual case, without its call)
-            route = replicas.request_route(routing, data, self.decide, self._statement_text)
+            route = replicas.request_route(routing, data, self.decide, self._statement_of)
         else:
             route = self._route_of(data)
         ask = self._resume_ask
@@ -1697,7 +1698,7 @@ class ClientSession:
             return routing.route(False)
         if self.agent is not None:
             return routing.route(True)
-        return replicas.request_route(routing, data, self.decide, self._statement_text)
+        return replicas.request_route(routing, data, self.decide, self._statement_of)
 
     # --- read replicas (proxy/replicas.py) -----------------------------------------------------
 
@@ -1712,7 +1713,7 @@ class ClientSession:
         goes back unused and the primary is asked for, so the batch runs where its least-permissive request may."""
         assert self.routing is not None
         data = b"".join([*self._waiting, self._unread]) if self._waiting else self._unread
-        if len(data) == self.routing.judged or replicas.read_only_request(data, self._statement_text):
+        if len(data) == self.routing.judged or replicas.read_only_request(data, self._statement_of):
             return None
         self._transition(Event.SERVER_ATTACHED)
         self._transition(Event.SERVER_RELEASED)
@@ -1723,7 +1724,7 @@ class ClientSession:
         """Client bytes for the primary server held since a request that wrote nothing: whether they may write (a
         read-write transaction that only read is no write for read-your-writes; a read cut across reads counts)."""
         assert self.routing is not None
-        self.routing.sent(not replicas.read_only_request(data, self._statement_text, replicas.writes_nothing_sql))
+        self.routing.sent(not replicas.read_only_request(data, self._statement_of, replicas.writes_nothing_sql))
 
     def _hold(self, type_: int, body: bytes, sql: str, pending: Pending, token: object = None,
               parse: m.Parse | None = None) -> object:

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from proxy.actions import Action, SendServer, ServerFailed, ServerQueryDone, ServerReady, StartServerTls
 from proxy.auth.scram import tls_server_end_point
@@ -47,8 +47,9 @@ class ServerLink(asyncio.Protocol):
         # parameters) (proxy/dbadefault.py); `stale` once that default changed (a reload): not handed out again.
         self.dba_default: tuple[tuple[str, str, str], dict[str, str]] | None = None
         self.stale = False
-        # (the request and Choice a routed session's resume of it last counted, and that count: Pool.reuse)
-        self.routed: tuple[object, object, list[int]] | None = None
+        # A routed session's last resume of it (Pool.reuse): (its ask, kept_until's (replica set, generation, until),
+        # kept's Choice, the count of it replica_routed adds to)
+        self.routed: tuple[Any, Any, int, float, Any, list[int]] | None = None
         self.held = False  # reading paused for backpressure: its holder's socket is full (hold_reading)
         self._yielding = False  # reading paused by data_received until the loop's next turn (_turn_over)
 

@@ -38,7 +38,7 @@ from proxy.pooling import (
     replica_key,
 )
 from proxy.reasons import CloseReason
-from proxy.replicas import Route, Router, kept
+from proxy.replicas import Route, Router, kept, kept_until
 from proxy.server import ServerConnection, ServerState
 
 if TYPE_CHECKING:
@@ -145,20 +145,21 @@ class Pool:
         now = self.clock()
         if link.closed or link.stale:
             return False
-        choice = None
+        hit = None
         if routed is not None and routed.route is not None:
-            request = routed.request
-            choice = kept(self.router, request.backend.name, routed.route, now, link.server.replica)
-            if choice is None:
-                return False
+            hit = link.routed  # (kept's last answer for this ask, while its replica set and fit stand: kept_until)
+            if hit is None or hit[0] is not routed or now > hit[3] or hit[1].generation != hit[2]:
+                request, route = routed.request, routed.route
+                backend = request.backend.name
+                choice = kept(self.router, backend, route, now, link.server.replica)
+                if choice is None:
+                    return False
+                hit = link.routed = (routed, *kept_until(self.router, backend, route), choice,
+                                     self.proxy.metrics.replica_routed_count(request.tenant, backend, choice.server))
         if not self.manager.reuse(id(client), link.server.id, now):
             return False
-        if choice is not None:  # (counted as replica_routed: the same count while the request and Choice are)
-            routed_count = link.routed
-            if routed_count is None or routed_count[0] is not request or routed_count[1] is not choice:
-                routed_count = link.routed = (request, choice, self.proxy.metrics.replica_routed_count(
-                    request.tenant, request.backend.name, choice.server))
-            routed_count[2][0] += 1
+        if hit is not None:  # (counted as replica_routed)
+            hit[5][0] += 1
         link.owner = client
         link.server.last_used = now
         return True

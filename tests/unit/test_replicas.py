@@ -414,3 +414,22 @@ def test_a_tree_too_deep_to_read_is_not_read_only(monkeypatch: pytest.MonkeyPatc
     deep = "SELECT " + "-(" * 600 + "x" + ")" * 600  # (no integer literal: judged by its own text, not a shape's)
     assert replicas.read_only_sql(deep) is False
     assert replicas.writes_nothing_sql(deep) is False
+
+
+def test_a_routed_sessions_route_is_the_same_object_from_write_to_write() -> None:
+    """Routed.route: one Route per kind (read-only or not) until the session's next write, which makes both anew
+    with its time (a kept server's resume keys kept's answer on the Route object: Pool.reuse)."""
+    routed = replicas.Routed(RoutingConfig(route="auto"))
+    first = routed.route(True)
+    assert routed.route(True) is first and first.wrote_at is None
+    write = routed.route(False)
+    assert write.wrote_at is None and not write.read_only and routed.wrote
+    routed.released(None, lambda: 7.5)  # (a primary after a write: read-your-writes from 7.5)
+    after = routed.route(True)
+    assert after == Route(routed.routing, True, 7.5) and routed.route(True) is after
+    assert routed.route(False, lambda: False) == Route(routed.routing, False, 7.5)  # (it writes nothing)
+    routed.released(None, lambda: 8.0)
+    assert routed.route(True).wrote_at == 7.5  # (a read: no new write)
+    routed.route(False, lambda: True)
+    routed.released(None, lambda: 9.0)
+    assert routed.route(True).wrote_at == 9.0 and routed.route(True) is routed.route(True)

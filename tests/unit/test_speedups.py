@@ -765,6 +765,41 @@ def test_read_only_request_reads_kept_verdicts_as_the_python() -> None:
                 assert fast(data, lambda _: None, judges[1]) is expected, (sql, data, judges)
 
 
+@compiled
+def test_read_only_request_the_last_parse_and_its_name() -> None:
+    """The compiled walk keeps the last Parse text's verdict by its bytes and matches a Bind to the batch's one Parse
+    by the name's bytes: the same verdicts as the Python's for a text again, another of the same length, a name
+    that decodes as another does (both invalid UTF-8), more than one Parse."""
+    import proxy.replicas
+
+    py, fast = both("proxy.replicas", "read_only_request")
+    known = {"\ufffd": "DELETE FROM t", "s1": "SELECT 1", "s2": "DELETE FROM t"}
+
+    def batch(*parses: tuple[bytes, bytes], bind: bytes = b"") -> bytes:
+        out = b"".join(_frame(0x50, name + b"\x00" + sql + b"\x00\x00\x00") for name, sql in parses)
+        out += _frame(0x42, b"\x00" + bind + b"\x00" + b"\x00" * 6)
+        return out + _frame(0x45, b"\x00" * 5) + _frame(0x53, b"")
+
+    runs = [batch((b"", b"SELECT 1 + 2")), batch((b"", b"SELECT 1 + 2")), batch((b"", b"DELETE FROM t")),
+            batch((b"", b"SELECT 1 + 2")), batch((b"", b"DELETE FROMt")), batch((b"", b"SELECT 1 + 2")),
+            batch((b"", b"DELETE FROMt")), batch((b"", b"DELETE FROM t")), batch((b"", b"DELETE FROM t")),
+            batch((b"", b"SELECT 1 + 2"), bind=b"s1"), batch((b"", b"SELECT 1 + 2"), bind=b"s2"),
+            batch((b"\xff", b"SELECT 1"), bind=b"\xfe"), batch((b"s1", b"SELECT 1"), bind=b"\xfe"),
+            batch((b"s1", b"SELECT 1"), bind=b"s2"), batch((b"s1", b"SELECT 1"), bind=b"s1"),
+            batch((b"s1", b"SELECT 1"), (b"\xff", b"SELECT 2"), bind=b"\xfe"),
+            batch((b"s1", b"SELECT 1"), (b"", b"SELECT 2"), bind=b"s1"),
+            batch((b"s1", b"SELECT 1"), (b"", b"SELECT 2"), bind=b"s2"),
+            batch((b"", b"SELECT 1 + 2")), batch((b"", b"SELECT 1 + 2\x00DELETE")), batch((b"", b"DELETE\x00x"))]
+    for data in runs:
+        for judge in (None, "w"):
+            asked: list[list[str]] = [[], []]
+            answers = [f(data, lambda name, a=a: a.append(name) or known.get(name),  # type: ignore[func-returns-value]
+                         None if judge is None else m.writes_nothing_sql)
+                       for f, a, m in ((py, asked[0], pure("proxy.replicas")), (fast, asked[1], proxy.replicas))]
+            assert answers[0] is answers[1] and asked[0] == asked[1], (data, judge, answers, asked)
+    assert [fast(data, lambda _: None) for data in runs[:5]] == [True, True, False, True, False]
+
+
 # --- proxy.replicas.lone_query_text -----------------------------------------------------------------------------
 
 
@@ -821,7 +856,10 @@ def _route_run(module: ModuleType, data: bytes, known: dict[str, str], answer: s
         return known.get(name)
 
     routing = module.Routed(RoutingConfig(route="auto"))
-    routing.wrote_at, routing.wrote, routing.read_only, routing.memo = wrote_at, True, False, None
+    if wrote_at is not None:  # (a write released at `wrote_at`: its Routes made anew)
+        routing.wrote = True
+        routing.released(None, lambda: wrote_at)
+    routing.wrote, routing.read_only, routing.memo = True, False, None
     decide: Any = (lambda kind, sql: None) if plain else _Decide(asked, answer, {"SELECT 1": "writes"})
     route = _outcome(module.request_route, routing, data, decide, statement)
     memo = routing.memo
@@ -843,7 +881,7 @@ _LONE_QUERY = st.builds(lambda sql, cut: (_frame(0x51, sql.encode() + b"\x00")[:
        st.booleans())
 def test_request_route(batch: tuple[bytes, dict[str, str]], answer: str | None, wrote_at: float | None,
                        plain: bool) -> None:
-    """The same Route (the session's kept one while it has written nothing), the same routing state (read_only,
+    """The same Route (the session's kept one, made anew at each write), the same routing state (read_only,
     wrote, the decision kept for the gate), the same questions in the same order: any client bytes, a decision of
     each kind or none cached, after a write or not."""
     import proxy.replicas
@@ -874,7 +912,7 @@ def test_request_route_edges() -> None:
     assert _route_run(proxy.replicas, delete, {}, "reads", None, False)[:3] == (
         (RoutingConfig(route="auto"), True, None, True), True, False)
     assert _route_run(proxy.replicas, delete, {}, None, 3.0, False)[:3] == (
-        (RoutingConfig(route="auto"), False, 3.0, False), False, True)
+        (RoutingConfig(route="auto"), False, 3.0, True), False, True)  # (the Route kept since that write)
 
 
 # --- proxy.replicas.kept -----------------------------------------------------------------------------------------
