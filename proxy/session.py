@@ -103,6 +103,7 @@ from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.settingbounds import entries as setting_entries
 from proxy.settingbounds import refusal as settings_refusal
+from proxy.settingbounds import sizes as setting_sizes
 from proxy.statements import (
     BIND_COMPLETE,
     CLOSE_COMPLETE,
@@ -303,7 +304,7 @@ class ClientSession:
         "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
-        "_notices", "_open_batch", "_overrides", "_owed", "_paged",
+        "_notices", "_open_batch", "_override_sizes", "_overrides", "_owed", "_paged",
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepares",
         "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
         "_resume_ask", "_retags", "_scope",
@@ -417,6 +418,7 @@ class ClientSession:
         self._replayed: dict[str, str] = {}  # what the server's settings are once the replay succeeds
         self._startup_settings: dict[str, str] = {}  # the client's startup parameters, as statements setting them
         self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
+        self._override_sizes: tuple[dict[str, str], dict[str, int]] | None = None  # (_overrides, their sizes)
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = _NOTHING_TOLD  # the ParameterStatus values the client has been told
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
@@ -1969,9 +1971,16 @@ class ClientSession:
         if not added:
             return decision
         pool = self.config.pool
-        denied = settings_refusal(self._overrides, self._startup_settings, self.context.belief.settings, added,
+        denied = settings_refusal(self._kept_sizes(), self._startup_settings, self.context.belief.settings, added,
                                   pool.max_session_settings, pool.max_session_setting_bytes)
         return decision if denied is None else denied
+
+    def _kept_sizes(self) -> dict[str, int]:
+        """The sizes of the settings the session keeps (worked out again only when they changed)."""
+        cached = self._override_sizes
+        if cached is None or cached[0] is not self._overrides:
+            cached = self._override_sizes = (self._overrides, setting_sizes(self._overrides))
+        return cached[1]
 
     def _bound_settings_bind(self, statement: str) -> Deny | None:
         """A Bind of a prepared statement that sets session settings: the denial when running it would take the
@@ -1985,7 +1994,7 @@ class ClientSession:
             return None
         pending = [e for s in self._portals.values() if s in statements for e in setting_entries(statements[s], True)]
         pool = self.config.pool
-        return settings_refusal(self._overrides, self._startup_settings, (*self.context.belief.settings, *pending),
+        return settings_refusal(self._kept_sizes(), self._startup_settings, (*self.context.belief.settings, *pending),
                                 added, pool.max_session_settings, pool.max_session_setting_bytes)
 
     # --- RESET of a startup setting (proxy/resets.py) --------------------------------------------------------

@@ -31,13 +31,18 @@ def entries(changes: Iterable[Change], sets_only: bool = False) -> list[tuple[st
     return out
 
 
-def measure(kept: Mapping[str, str], startup: Mapping[str, str],
+def sizes(kept: Mapping[str, str]) -> dict[str, int]:
+    """The size of each kept setting (name -> replay statement), as `measure` takes them."""
+    return {name: size(name, text) for name, text in kept.items()}
+
+
+def measure(kept: Mapping[str, int], startup: Mapping[str, str],
             unsettled: Iterable[tuple[str, str]]) -> tuple[int, int]:
     """(settings, bytes) the session holds: the larger of what it keeps once `unsettled` (its SETs and RESETs since
-    its settings were last settled, in order) is settled onto `kept` (as ClientSession._settle does: a RESET drops
-    a setting, a value equal to the startup one is not kept) and of the unsettled entries themselves (held until
-    then, a RESET's name too)."""
-    settled = {name: size(name, text) for name, text in kept.items()}
+    its settings were last settled, in order) is settled onto `kept` (their `sizes`; as ClientSession._settle does:
+    a RESET drops a setting, a value equal to the startup one is not kept) and of the unsettled entries themselves
+    (held until then, a RESET's name too)."""
+    settled = dict(kept)
     pending: dict[str, int] = {}
     for name, text in unsettled:
         if name == "*":
@@ -54,12 +59,12 @@ def measure(kept: Mapping[str, str], startup: Mapping[str, str],
     return max(len(settled), len(pending)), max(sum(settled.values()), sum(pending.values()))
 
 
-def refusal(kept: Mapping[str, str], startup: Mapping[str, str], unsettled: tuple[tuple[str, str], ...],
+def refusal(kept: Mapping[str, int], startup: Mapping[str, str], unsettled: tuple[tuple[str, str], ...],
             added: list[tuple[str, str]], max_settings: int, max_bytes: int) -> Deny | None:
-    """The denial of a statement adding entries `added` to a session that keeps `kept` (settled, beyond its
-    `startup` settings) and has `unsettled` on top (a statement parsed and not run yet among them: counted until the
-    ReadyForQuery of its batch): when it sets a setting and the session would then hold more than `max_settings`
-    settings or `max_bytes` bytes of them (a statement that only resets is never refused)."""
+    """The denial of a statement adding entries `added` to a session that keeps `kept` (their `sizes`; settled,
+    beyond its `startup` settings) and has `unsettled` on top (a statement parsed and not run yet among them:
+    counted until the ReadyForQuery of its batch): when it sets a setting and the session would then hold more than
+    `max_settings` settings or `max_bytes` bytes of them (a statement that only resets is never refused)."""
     name = next((n for n, text in reversed(added) if text), None)
     if name is None:
         return None

@@ -17,7 +17,7 @@ from proxy.policy.cache import DecisionCache
 from proxy.policy.model import RESET_SETTINGS, SETTING, Change
 from proxy.protocol import messages as m
 from proxy.session import ClientSession, State
-from proxy.settingbounds import entries, measure, refusal, size
+from proxy.settingbounds import entries, measure, refusal, size, sizes
 from tests.support.sessions import frames, login, make_config, sent, server_for
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
@@ -29,25 +29,26 @@ POLICY = TenantPolicy(tenant="acme", strategy="database")
 def test_the_count_is_what_the_settle_keeps_or_what_is_unsettled() -> None:
     kept = {"rt.a": "SET rt.a = '1'", "rt.b": "SET rt.b = '2'"}
     startup = {"application_name": "SELECT pg_catalog.set_config('application_name', 'psql', false)"}
-    assert measure(kept, startup, ()) == (2, size("rt.a", kept["rt.a"]) + size("rt.b", kept["rt.b"]))
-    assert measure(kept, startup, [("rt.a", "")])[0] == 1  # RESET frees at once
-    assert measure(kept, startup, [("rt.a", ""), ("rt.b", ""), ("rt.c", "")])[0] == 3  # RESETs held until settled
-    assert measure(kept, startup, [("rt.c", "SET rt.c = '3'")])[0] == 3
-    assert measure(kept, startup, [("*", ""), ("rt.c", "SET rt.c = '3'")])[0] == 2  # ("*" and rt.c unsettled)
-    assert measure(kept, startup, [("application_name", startup["application_name"])])[0] == 2  # the startup value
+    held = sizes(kept)
+    assert measure(held, startup, ()) == (2, size("rt.a", kept["rt.a"]) + size("rt.b", kept["rt.b"]))
+    assert measure(held, startup, [("rt.a", "")])[0] == 1  # RESET frees at once
+    assert measure(held, startup, [("rt.a", ""), ("rt.b", ""), ("rt.c", "")])[0] == 3  # RESETs held until settled
+    assert measure(held, startup, [("rt.c", "SET rt.c = '3'")])[0] == 3
+    assert measure(held, startup, [("*", ""), ("rt.c", "SET rt.c = '3'")])[0] == 2  # ("*" and rt.c unsettled)
+    assert measure(held, startup, [("application_name", startup["application_name"])])[0] == 2  # the startup value
     assert size("é", "é") == 4  # UTF-8 bytes
 
 
 def test_a_statement_past_a_bound_is_refused_and_a_reset_never_is() -> None:
     kept = {f"rt.k{i}": f"SET rt.k{i} = 'x'" for i in range(3)}
-    assert refusal(kept, {}, (), [("rt.k0", "SET rt.k0 = 'y'")], 3, 1 << 20) is None  # the same name again
-    past = refusal(kept, {}, (), [("rt.k3", "SET rt.k3 = 'x'")], 3, 1 << 20)
+    assert refusal(sizes(kept), {}, (), [("rt.k0", "SET rt.k0 = 'y'")], 3, 1 << 20) is None  # the same name again
+    past = refusal(sizes(kept), {}, (), [("rt.k3", "SET rt.k3 = 'x'")], 3, 1 << 20)
     assert past is not None and past.sqlstate == "54000" and past.rule == "session_settings_limit"
     assert 'setting "rt.k3"' in past.message and "max_session_settings = 3" in past.message
     assert "RESET" in past.hint
-    assert refusal(kept, {}, (("rt.k0", ""),), [("rt.k3", "SET rt.k3 = 'x'")], 3, 1 << 20) is None  # RESET freed
-    assert refusal(kept, {}, (), [("rt.k0", "")], 2, 1 << 20) is None  # over a lowered bound: a RESET goes
-    assert refusal(kept, {}, (), [("rt.k0", "SET rt.k0 = 'y'")], 2, 1 << 20) is not None  # a SET does not
+    assert refusal(sizes(kept), {}, (("rt.k0", ""),), [("rt.k3", "SET rt.k3 = 'x'")], 3, 1 << 20) is None  # RESET freed
+    assert refusal(sizes(kept), {}, (), [("rt.k0", "")], 2, 1 << 20) is None  # over a lowered bound: a RESET goes
+    assert refusal(sizes(kept), {}, (), [("rt.k0", "SET rt.k0 = 'y'")], 2, 1 << 20) is not None  # a SET does not
     past = refusal({}, {}, (), [("rt.a", "SET rt.a = '" + "x" * 100 + "'")], 3, 100)
     assert past is not None and "max_session_setting_bytes = 100" in past.message
     assert entries([Change(0, SETTING, "rt.a", shown="SET rt.a = '1'"), Change(1, SETTING, "rt.b"),
