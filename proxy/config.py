@@ -288,6 +288,10 @@ class PoolConfig:
     max_session_statement_bytes: int = 16 * 1024 * 1024  # their text bytes, per session
     max_tenant_statement_bytes: int = 64 * 1024 * 1024  # their text bytes, over all the sessions of one tenant
     max_statements_listing_bytes: int = 1024 * 1024  # a session's pg_prepared_statements listing (texts shortened)
+    # distinct session settings (SET, set_config) one session may keep beyond its startup ones, and their bytes (names
+    # and the statements replaying them): the proxy keeps them and sets them again on each server it hands the session
+    max_session_settings: int = 1000
+    max_session_setting_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -668,7 +672,8 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
         raise ConfigError(f"pool.min_pool_size: {pool.min_pool_size} exceeds pool.pool_size {pool.pool_size}")
     for key in ("reserve_pool_timeout", "server_idle_timeout", "server_lifetime", "query_wait_timeout",
                 "max_pin_time", "statement_cache_size", "statement_cache_bytes", "max_session_statements",
-                "max_session_statement_bytes", "max_tenant_statement_bytes", "max_statements_listing_bytes"):
+                "max_session_statement_bytes", "max_tenant_statement_bytes", "max_statements_listing_bytes",
+                "max_session_settings", "max_session_setting_bytes"):
         _positive(getattr(pool, key), f"pool.{key}")
     return pool
 

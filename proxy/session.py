@@ -102,6 +102,9 @@ from proxy.sequences import DISCARD as DISCARD_SEQUENCES
 from proxy.sequences import SequenceMarks
 from proxy.server import ServerConnection
 from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
+from proxy.settingbounds import entries as setting_entries
+from proxy.settingbounds import refusal as settings_refusal
+from proxy.settingbounds import sizes as setting_sizes
 from proxy.statements import (
     BIND_COMPLETE,
     CLOSE_COMPLETE,
@@ -302,7 +305,7 @@ class ClientSession:
         "_fed_since_cancel",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
-        "_notices", "_open_batch", "_overrides", "_owed", "_paged",
+        "_notices", "_open_batch", "_override_sizes", "_overrides", "_owed", "_paged",
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepared_in",
         "_prepares",
         "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
@@ -418,6 +421,7 @@ class ClientSession:
         self._replayed: dict[str, str] = {}  # what the server's settings are once the replay succeeds
         self._startup_settings: dict[str, str] = {}  # the client's startup parameters, as statements setting them
         self._overrides: dict[str, str] = {}  # the client's session SETs (beyond its startup settings) until settled
+        self._override_sizes: tuple[dict[str, str], dict[str, int]] | None = None  # (_overrides, their sizes)
         self._applied: dict[str, str] = {}  # the held server's settings as of the last settle
         self._client_status: dict[str, str] = _NOTHING_TOLD  # the ParameterStatus values the client has been told
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
@@ -1778,6 +1782,8 @@ class ClientSession:
         prepares: list[tuple[int, object]] = []
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(sql, decision, prepares)
+            if type(decision) is not Deny:
+                decision = self._bound_settings(decision)
             if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
                                                                                  self._startup_settings):
                 decision, restored = self._restoring(sql, decision)
@@ -1980,6 +1986,42 @@ class ClientSession:
         self._parse_memo = (body, token, name, sql, kind, decision, out) if memo else None
         if self._tracking:
             self._parse_changes(name, ())
+
+    # --- the bounds on the settings a session keeps (proxy/settingbounds.py) ----------------------------------
+
+    def _bound_settings(self, decision: Allow | Rewrite) -> Decision:
+        """A statement setting session settings: refused (54000, rule session_settings_limit) when the session would
+        keep more of them than [pool] max_session_settings / max_session_setting_bytes (the proxy holds each and
+        sets it again on every server it hands the session: red team 9s7 S1)."""
+        added = setting_entries(decision.changes)
+        if not added:
+            return decision
+        pool = self.config.pool
+        denied = settings_refusal(self._kept_sizes(), self._startup_settings, self.context.belief.settings, added,
+                                  pool.max_session_settings, pool.max_session_setting_bytes)
+        return decision if denied is None else denied
+
+    def _kept_sizes(self) -> dict[str, int]:
+        """The sizes of the settings the session keeps (worked out again only when they changed)."""
+        cached = self._override_sizes
+        if cached is None or cached[0] is not self._overrides:
+            cached = self._override_sizes = (self._overrides, setting_sizes(self._overrides))
+        return cached[1]
+
+    def _bound_settings_bind(self, statement: str) -> Deny | None:
+        """A Bind of a prepared statement that sets session settings: the denial when running it would take the
+        session past its bounds (see `_bound_settings`), counting the SETs of the portals bound and not yet run."""
+        statements = self.context.statements
+        changes = statements.get(statement)
+        if not changes:
+            return None
+        added = setting_entries(changes)
+        if not added:
+            return None
+        pending = [e for s in self._portals.values() if s in statements for e in setting_entries(statements[s], True)]
+        pool = self.config.pool
+        return settings_refusal(self._kept_sizes(), self._startup_settings, (*self.context.belief.settings, *pending),
+                                added, pool.max_session_settings, pool.max_session_setting_bytes)
 
     # --- RESET of a startup setting (proxy/resets.py) --------------------------------------------------------
 
@@ -2272,6 +2314,8 @@ class ClientSession:
             self._sequences.bound(statement)
             if self._tracking:
                 denied = self.context.bind(statement)
+                if denied is None:
+                    denied = self._bound_settings_bind(statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))

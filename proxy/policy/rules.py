@@ -244,6 +244,12 @@ RULES: dict[str, tuple[str, str]] = {
         "DEALLOCATE prepared statements the session no longer uses; the limits are [pool] max_session_statements "
         "and max_session_statement_bytes (the text the server keeps for each).",
     ),
+    "session_settings_limit": (
+        PROGRAM_LIMIT_EXCEEDED,
+        "RESET the settings the session no longer needs (RESET name, RESET ALL or DISCARD ALL), or set fewer: pgtenant "
+        "keeps each session setting to set it again on every server it hands the session; the limits are [pool] "
+        "max_session_settings and max_session_setting_bytes.",
+    ),
     "temp_relation_limit": (
         CONFIGURATION_LIMIT_EXCEEDED,
         "Drop the temporary tables you no longer need and end the transaction: relations dropped in a transaction "

@@ -11,8 +11,8 @@ PROXY = Path(__file__).resolve().parents[2] / "proxy"
 # The pure core: state machines, codec, authentication exchanges, policy, the tenant registry.
 CORE = ("login.py", "session.py", "dbadefault.py", "server.py", "actions.py", "registry.py", "sessionstate.py",
         "decidedin.py", "tracking.py", "startup.py", "tenancy.py", "errors.py", "stmtkind.py", "statements.py",
-        "skipping.py", "subxacts.py", "confirming.py", "pooling.py", "cancel.py", "supervisor.py", "clusterview.py",
-        "policy", "protocol", "auth")
+        "skipping.py", "subxacts.py", "settingbounds.py", "confirming.py", "pooling.py", "cancel.py", "supervisor.py",
+        "clusterview.py", "policy", "protocol", "auth")
 IO_MODULES = ("asyncio", "socket", "ssl", "selectors", "proxy.io", "proxy.relay", "proxy.httpd", "proxy.ops")
 # Modules outside proxy/io/ that start the I/O layer: the command line and the demo.
 ENTRY_POINTS = ("cli.py", "demo.py")

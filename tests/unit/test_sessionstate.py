@@ -317,3 +317,53 @@ def test_a_create_parsed_counts_at_once_but_never_replaces_a_relation() -> None:
     assert state.belief.temp_views == {"vc"} and not state.belief.temp_tables
     state.parse("t", (create("t"),))
     assert state.belief.temp_views == {"vc"} and tables(state.belief) == {"t"}
+
+
+def _recomputed(state: SessionState) -> SessionContext:
+    """The belief as `current` with every change in flight applied in order (what it must equal)."""
+    belief = state.current
+    for request in state.requests:
+        for _, change in request.changes:
+            if change.op not in (ROLLBACK, SAVEPOINT, RELEASE, ROLLBACK_TO):
+                belief = belief.apply(change)
+    return EMPTY_CONTEXT if belief == EMPTY_CONTEXT else belief
+
+
+def test_a_pipeline_is_followed_in_linear_work_and_the_belief_stays_right(monkeypatch) -> None:
+    """Red team 9s7 S1: each ReadyForQuery worked the belief out again from every request in flight (2,000 pipelined
+    SETs: 30 s of the event loop, quadratic); it is left as it is unless something made it stale. Counted in calls
+    of `_apply`, never timed."""
+    import proxy.sessionstate as sessionstate
+
+    calls = [0]
+    original = sessionstate._apply
+
+    def counted(context: SessionContext, changes: tuple[Change, ...]) -> SessionContext:
+        calls[0] += 1
+        return original(context, changes)
+
+    monkeypatch.setattr(sessionstate, "_apply", counted)
+    w = Wire()
+    n = 200
+    for i in range(n):
+        w.query(Change(0, "setting", "rt.k", shown=f"SET rt.k = '{i}'"))
+    for _ in range(n):
+        w.answer(1, tags=(b"SET",))
+        assert w.state.belief == _recomputed(w.state)
+    assert calls[0] < 3 * n
+    # what makes it stale still works it out again: a failure, a speculative Parse, a SET LOCAL's end
+    w.query(Change(0, "setting", "rt.a", shown="SET rt.a = '1'"))
+    w.query(Change(0, "setting", "rt.b", shown="SET rt.b = '1'"))
+    w.answer(0, error=True)
+    assert w.state.belief == _recomputed(w.state) and ("rt.a", "SET rt.a = '1'") not in w.state.belief.settings
+    w.answer(1, tags=(b"SET",))
+    assert w.state.belief == _recomputed(w.state) and ("rt.b", "SET rt.b = '1'") in w.state.belief.settings
+    w.state.parse("s1", (create("t_spec"),))
+    assert "t_spec" in w.state.belief.temp_tables
+    w.query(Change(0, "setting", "rt.c", shown="SET rt.c = '1'"))
+    w.answer(1, tags=(b"SET",))
+    assert "t_spec" not in w.state.belief.temp_tables and w.state.belief == _recomputed(w.state)
+    w.query(Change(0, SET_PATH, path=("a",), flag=True))
+    w.query(Change(0, "setting", "rt.d", shown="SET rt.d = '1'"))
+    w.answer(1, tags=(b"SET",))
+    assert w.state.belief.local is None and w.state.belief == _recomputed(w.state)
