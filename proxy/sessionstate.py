@@ -307,10 +307,16 @@ def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:
     is gone with its transaction)."""
     cursors = to.cursors & now.cursors if to.cursors else to.cursors
     if (to.prepared == now.prepared and to.explainable == now.explainable and to.locks == now.locks
-            and to.pins == now.pins and cursors == to.cursors):
+            and to.pins == now.pins and cursors == to.cursors and to.reprepare == now.reprepare):
         return to
+    # Names resolve again as at `to`: a statement SQL PREPAREd since (a PREPARE is not taken back) was prepared
+    # where they resolved otherwise, and is to be prepared again (`SessionContext.reprepare`).
+    since = now.prepared - to.prepared
+    reprepare = to.reprepare
+    if since and now.reprepare != to.reprepare:
+        reprepare = (to.prepared if to.reprepare is None else to.reprepare) - since
     return replace(to, prepared=now.prepared, explainable=now.explainable, locks=now.locks, pins=now.pins,
-                   cursors=cursors)
+                   cursors=cursors, reprepare=reprepare)
 
 
 def _stateful(changes: tuple[Change, ...]) -> bool:

@@ -369,7 +369,8 @@ class ContextGate:
         self._names = tuple({f for n in (*context.temp_tables, *context.temp_views)
                              for f in (n.lower(), n.lower().replace('"', '""'))})
         self._timeout = context.effective_timeout() is not None  # reads of statement_timeout: policy/timeouts.py
-        self._executes = bool(context.explainable)  # EXPLAIN EXECUTE of them (rewrite._opaque_execute)
+        # EXPLAIN EXECUTE of them (rewrite._opaque_execute), an EXECUTE after names moved (engine, `reprepare`)
+        self._executes = bool(context.explainable) or context.reprepare is not None
         self._base: TenantPolicy | None = None
         self._policy: TenantPolicy | None = None
         self._whole = True  # every statement depends on the context (its search_path is not the default)

@@ -819,6 +819,10 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
                     )
                 first = sorted(by_schema)[0]
                 return _tenant_filter(policy.base, first, table, by_schema[first])
+    if schema is None and "information_schema" in policy.path:
+        found = _information_schema_filters(policy.base).get(table)
+        if found is not None:
+            return _unqualified_information_schema(policy, table, found)
     if schema is None or schema == "pg_catalog":
         settings = settings_filter(policy) if table == "pg_settings" else None
         if settings is not None:
@@ -827,6 +831,22 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
     if schema == "information_schema":
         return _information_schema_filters(policy.base).get(table)
     return None
+
+
+def _unqualified_information_schema(policy: TenantPolicy, table: str, found: Filter) -> Filter:
+    """The filter of an unqualified name of an information_schema view the proxy filters, on a search_path holding
+    information_schema (review 18 F2: `SET search_path = information_schema` made `routines` read the view itself,
+    other tenants' functions listed). Only the system schemas ahead of it (no relation of such a name is in them)
+    make the name the view's for sure; behind one of the tenant's schemas it may be the tenant's own relation: the
+    name must then be qualified."""
+    ahead = policy.path[:policy.path.index("information_schema")]
+    if any(entry not in ("pg_catalog", "pg_temp") for entry in ahead):
+        raise fail(
+            "rewrite_unsupported",
+            f'unqualified name "{table}" may name information_schema.{table} (on your search_path after '
+            f'{", ".join(e for e in ahead if e not in ("pg_catalog", "pg_temp"))}); qualify it with its schema',
+        )
+    return found
 
 
 def ambiguous_scoped(policy: TenantPolicy, name: str) -> bool:
@@ -849,6 +869,8 @@ def filtered_names(policy: TenantPolicy) -> tuple[str, ...]:
         names.update(_scoped_by_name(policy.base))
     names.update(policy.temp_tables)
     names.update(policy.temp_views)
+    if "information_schema" in policy.path:  # its views' names unqualified (`_unqualified_information_schema`)
+        names.update(_information_schema_filters(policy.base))
     if path_read_at_run_time(policy) or policy.statement_timeout_ms:
         names.add("pg_settings")
     return tuple(sorted(n.lower() for n in names))

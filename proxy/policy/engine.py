@@ -302,6 +302,19 @@ def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
     return policies if len(policies) < 2 or policies[0] is policies[-1] else list(dict.fromkeys(policies))
 
 
+def _check_prepared_here(policy: TenantPolicy, kind: str, body: Node) -> None:
+    """Refuse an EXECUTE (also under EXPLAIN or CREATE TABLE AS) of a statement not prepared in the session's
+    current name resolution (`SessionContext.reprepare`)."""
+    fresh = policy.context.reprepare
+    if fresh is None:
+        return
+    execute = body if kind == "ExecuteStmt" else (
+        (body.get("query") or {}).get("ExecuteStmt") if kind in ("ExplainStmt", "CreateTableAsStmt") else None)
+    if execute is not None and execute.get("name") not in fresh:
+        raise fail("prepared_elsewhere", f'prepared statement "{execute.get("name")}" was prepared before a temporary '
+                   "relation was made or dropped or the search_path changed; it is not run in this context")
+
+
 def _decide_statement(
     policy: TenantPolicy, data: bytes, stmt: Statement, plan: rewrite.Plan, index: int
 ) -> tuple[frozenset[str], list[Change]]:
@@ -311,6 +324,7 @@ def _decide_statement(
     effects = classify.gate(policy, kind, body)
     if kind == "ExecuteStmt":  # a SQL prepared statement may write (its PREPARE pinned the session, not its runs)
         effects |= {MAY_SET_SEQUENCES}
+    _check_prepared_here(policy, kind, body)
     changes = context.statement_changes(kind, body, index)
     if kind == "VariableSetStmt":
         args = body.get("args") or ()

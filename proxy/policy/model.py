@@ -124,6 +124,14 @@ class SessionContext:
     # an object guard's catalog (`rewrite.explain_opaque`): the ones `EXPLAIN EXECUTE` may show the plan of (a name
     # prepared again, deallocated or unknown is not one: PostgreSQL's own protocol-level statements are named alike).
     explainable: frozenset[str] = frozenset()
+    # Once the names a statement reads may resolve otherwise (a temporary relation made or dropped, DISCARD TEMP, a
+    # search_path change): the SQL PREPAREd statements prepared since. PostgreSQL analyses a prepared statement again
+    # under the session's search_path when it runs it after such a change (its plan cache), so one prepared before
+    # may read what its PREPARE was never decided for (review 18 F1/F2: a temporary `routines` dropped, then
+    # `information_schema` put on the path: `EXECUTE r` read information_schema.routines unfiltered). An EXECUTE
+    # of any other name (one prepared before, a protocol-level statement) is refused (`prepared_elsewhere`). None:
+    # no such change yet.
+    reprepare: frozenset[str] | None = None
     # Session state on the server that decisions do not depend on (`for_decisions` leaves it out): what pins the
     # session to its server connection, and the settings replayed on another one.
     cursors: frozenset[str] = frozenset()  # WITH HOLD cursors open
@@ -151,25 +159,28 @@ class SessionContext:
             else:
                 views |= {name}
             at_commit = self.drop_at_commit | {name} if change.flag else self.drop_at_commit - {name}
-            # A temporary view may take the name of a relation a prepared statement reads: PostgreSQL analyses the
-            # statement again (with the temporary schema first) when a relation it reads changes, and would then
-            # read the view's body, which is not looked through: no prepared statement stays explainable.
-            explainable = frozenset() if op == TEMP_VIEW else self.explainable
+            # A temporary relation may take the name of a relation a prepared statement reads: PostgreSQL analyses
+            # the statement again (with the temporary schema first) when a relation it reads changes, and would then
+            # read it (a view's body is not looked through): no prepared statement stays explainable (`reprepare`).
             return replace(self, temp_tables=tables, temp_views=views, drop_at_commit=at_commit, sizes=sizes,
-                           explainable=explainable)
+                           explainable=frozenset(), reprepare=self._resolved_again())
         if op == DROP_TEMP:
             if name not in self.temp_tables and name not in self.temp_views:
                 return self
             return replace(self, temp_tables=self.temp_tables - {name}, temp_views=self.temp_views - {name},
                            drop_at_commit=self.drop_at_commit - {name}, sizes=self._sizes_without(name),
-                           dropped=self.dropped + self._relations_of(name))
+                           dropped=self.dropped + self._relations_of(name), explainable=frozenset(),
+                           reprepare=self._resolved_again())
         if op == DISCARD_TEMP:
             return replace(self, temp_tables=frozenset(), temp_views=frozenset(), drop_at_commit=frozenset(),
-                           sizes=frozenset(), dropped=self.temp_relations)
+                           sizes=frozenset(), dropped=self.temp_relations, explainable=frozenset(),
+                           reprepare=self._resolved_again())
         if op == SET_PATH:
             if change.flag:
-                return replace(self, local=(change.path, change.shown))
-            return replace(self, path=change.path, shown=change.shown, local=None)
+                return replace(self, local=(change.path, change.shown), explainable=frozenset(),
+                               reprepare=self._resolved_again())
+            return replace(self, path=change.path, shown=change.shown, local=None, explainable=frozenset(),
+                           reprepare=self._resolved_again())
         if op == SET_TIMEOUT:
             if change.flag:
                 return replace(self, timeout_local=(change.shown,))
@@ -186,9 +197,16 @@ class SessionContext:
                 and self.timeout_local is None):
             return self
         gone = self.drop_at_commit
+        moved = self.local is not None or bool(gone)  # names may resolve otherwise (`reprepare`)
         return replace(self, temp_tables=self.temp_tables - gone, temp_views=self.temp_views - gone,
                        drop_at_commit=frozenset(), local=None, dropped=0, exported=False, timeout_local=None,
-                       sizes=frozenset(s for s in self.sizes if s[0] not in gone))
+                       sizes=frozenset(s for s in self.sizes if s[0] not in gone),
+                       explainable=frozenset() if moved else self.explainable,
+                       reprepare=self._resolved_again() if moved else self.reprepare)
+
+    def _resolved_again(self) -> frozenset[str]:
+        """`reprepare` after a change of what names resolve to: no statement prepared before it is one."""
+        return frozenset()
 
     @property
     def temp_relations(self) -> int:
@@ -247,12 +265,17 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
     if op == CLOSE_CURSOR:
         return replace(context, cursors=context.cursors - {name} if name else frozenset())
     if op == SQL_PREPARE:  # (a name prepared already: PostgreSQL refuses it, and it stays as it was)
-        explainable = (context.explainable | {name} if change.flag and name not in context.prepared
+        fresh = name not in context.prepared
+        explainable = (context.explainable | {name} if change.flag and fresh
                        else context.explainable if change.flag else context.explainable - {name})
-        return replace(context, prepared=context.prepared | {name}, explainable=explainable)
+        reprepare = context.reprepare | {name} if context.reprepare is not None and fresh else context.reprepare
+        return replace(context, prepared=context.prepared | {name}, explainable=explainable, reprepare=reprepare)
     if op == DEALLOCATE:
+        reprepare = context.reprepare
+        if reprepare is not None:
+            reprepare = reprepare - {name} if name else frozenset()
         return replace(context, prepared=context.prepared - {name} if name else frozenset(),
-                       explainable=context.explainable - {name} if name else frozenset())
+                       explainable=context.explainable - {name} if name else frozenset(), reprepare=reprepare)
     if op == LISTEN:
         return replace(context, listening=context.listening | {name})
     if op == UNLISTEN:
@@ -277,7 +300,8 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
         return replace(context, pins=context.pins | {name})
     if op == DISCARD_ALL:  # DISCARD ALL = CLOSE ALL, DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), RESET ALL...
         return replace(context, cursors=frozenset(), prepared=frozenset(), listening=frozenset(), locks=(),
-                       settings=(("*", ""),), explainable=frozenset())
+                       settings=(("*", ""),), explainable=frozenset(),
+                       reprepare=None if context.reprepare is None else frozenset())
     return context
 
 

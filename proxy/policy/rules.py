@@ -191,6 +191,11 @@ RULES: dict[str, tuple[str, str]] = {
         "EXPLAIN EXECUTE shows only a statement this session PREPAREd over none of them; else EXPLAIN the "
         "statement's own text.",
     ),
+    "prepared_elsewhere": (
+        FEATURE_NOT_SUPPORTED,
+        "PREPARE the statement again: since it was prepared, a temporary relation was made or dropped or the "
+        "search_path changed, and PostgreSQL would resolve its names again in a context it was not checked for.",
+    ),
     "explain_settings": (
         INSUFFICIENT_PRIVILEGE,
         "Leave SETTINGS out: SHOW and current_setting() show the settings of your session.",

@@ -38,7 +38,8 @@ def test_deallocate_discard_and_a_temporary_view_take_them_back() -> None:
     assert context.apply(Change(0, DEALLOCATE, "")).explainable == frozenset()
     assert context.apply(Change(0, DISCARD_ALL)).explainable == frozenset()
     assert context.apply(Change(0, TEMP_VIEW, "orders")).explainable == frozenset()
-    assert context.apply(Change(0, TEMP_TABLE, "orders")).explainable == {"p", "r"}
+    # a temporary table may take a name they read too (review 18 F1): prepared again before EXPLAIN EXECUTE shows them
+    assert context.apply(Change(0, TEMP_TABLE, "orders")).explainable == frozenset()
 
 
 def test_a_rollback_leaves_them_as_it_leaves_the_statements() -> None:

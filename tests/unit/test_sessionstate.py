@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from proxy.policy.model import (
     COMMIT,
     DISCARD_TEMP,
@@ -65,7 +67,8 @@ def test_a_create_counts_before_its_answer_and_after_it() -> None:
     assert tables(w.state.current) == tables(w.state.committed) == tables(w.state.belief) == {"t"}
     w.query(Change(0, DROP_TEMP, "t"))
     w.answer(1)
-    assert w.state.belief is EMPTY_CONTEXT and w.state.idle
+    # no temporary relation left; a statement SQL PREPAREd before the CREATE or the DROP is to be prepared again
+    assert w.state.belief == replace(EMPTY_CONTEXT, reprepare=frozenset())
 
 
 def test_an_error_outside_a_transaction_block_takes_back_the_whole_request() -> None:
@@ -198,7 +201,7 @@ def test_extended_protocol_parse_then_bind() -> None:
     state.query(discard, 0, (Change(0, DISCARD_TEMP),))
     assert not state.belief.temp_tables and state.belief.temp_relations == 1  # locked until its transaction ends
     state.ready(discard, b"I")
-    assert state.belief is EMPTY_CONTEXT
+    assert state.belief == replace(EMPTY_CONTEXT, reprepare=frozenset())  # (SQL PREPAREs before it: prepared again)
 
 
 def test_idle_ignores_transaction_boundaries() -> None:
