@@ -3359,7 +3359,7 @@ class ClientSession:
         return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
                 CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
 
-    def _batch_waited(self) -> list[Action] | None:
+    def _batch_waited(self, reading_paused: bool = False) -> list[Action] | None:
         """Either pool mode: a server held for a batch waiting for the client's Sync, with no byte either way
         for idle_in_transaction_timeout (the user's or tenant's limit, else the global [limits] one), ends the
         session (25P03), the server closed (red team 9s4 N1: PostgreSQL times no batch waiting for its Sync; its
@@ -3367,9 +3367,13 @@ class ClientSession:
         too, the batch's implicit transaction held its locks on a shared table for good). A flushed batch with an
         Execute unanswered (or, with no statement maps, anything) is not waiting (its statement runs); without a
         Flush PostgreSQL sends no answer before the Sync, so such a batch is timed from the client's last
-        message, an Execute's run included."""
+        message, an Execute's run included. A batch whose bytes the proxy does not read meanwhile (`reading_paused`:
+        the server takes none, say a Parse waits for a lock) is not idle either (as a COPY, _copy_waited)."""
         if (self._sticky or self._held is not None or self.state is not _READY or self._replaying or self._settling
                 or (self._flushed and self._running())):
+            return None
+        if reading_paused:
+            self._ext_since = self.clock()
             return None
         idle = self._idle_bound()
         if not idle or self.clock() - self._ext_since < idle:
@@ -3459,7 +3463,7 @@ class ClientSession:
                 return waited
         # (a half message: transaction pooling's client_message_timeout; session pooling has none, the batch's bound)
         if self._unsynced and self.server is not None and not (frontend.unfinished and self.pooled):
-            waited = self._batch_waited()
+            waited = self._batch_waited(reading_paused)
             if waited is not None:
                 return waited
         if (not timeout or not self.pooled or self.server is None or self._sticky or self._held is not None

@@ -74,3 +74,18 @@ def test_a_flushed_batch_whose_answer_is_owed_is_not_ended_until_answered(tmp_pa
     assert s.message_tick(now[0]) == []
     now[0] = 11 * BOUND
     _ended(s.message_tick(now[0]))
+
+
+@pytest.mark.parametrize("cache", CACHE)
+def test_a_batch_whose_client_is_not_read_is_not_idle(tmp_path: Path, cache: bool) -> None:
+    """While the I/O layer does not read the client (the server link is full: the server takes nothing, say its
+    Parse waits for a lock), the batch is not idle; its clock starts again when the reading does."""
+    now = [0.0]
+    s = _session(tmp_path, now, cache)
+    s.client_data(wire.parse("SELECT 1"))
+    now[0] = 3 * BOUND
+    assert s.message_tick(now[0], True) == []
+    now[0] = 4 * BOUND - 1
+    assert s.message_tick(now[0]) == []
+    now[0] = 4 * BOUND
+    _ended(s.message_tick(now[0]))
