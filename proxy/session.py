@@ -426,7 +426,7 @@ class ClientSession:
         self._client_status: dict[str, str] = _NOTHING_TOLD  # the ParameterStatus values the client has been told
         self._startup_status: dict[str, str] | None = None  # those its startup parameters set (what a RESET shows)
         self._flushed = False  # a Flush was relayed since the last Sync (its batch is open)
-        self._unsynced = False  # ... and the I/O layer was told so (BatchWithoutSync)
+        self._unsynced = False  # ... and (transaction pooling) the I/O layer was told so (BatchWithoutSync)
         self._ext_open = False  # an extended message was relayed since the last Sync or Query (red team 9s4 N1)
         self._ext_since = 0.0  # ... the last read either way while the server is held for it (_awaiting_sync)
         self._paged = False  # ... an Execute with a row count was among it (its portal may go on)
@@ -988,10 +988,9 @@ class ClientSession:
         if self._admission is not None:
             return self._admission_data(data)
         out = self._relay_server(data)
-        if self.pooled:
-            self._sync_wait(out)
-            if self._copy_held is not self._copying():
-                out.append(self._copy_changed())
+        self._sync_wait(out)
+        if self.pooled and self._copy_held is not self._copying():
+            out.append(self._copy_changed())
         if self._settling:
             return out
         if self._flushed:  # a batch ended with a Flush: once answered in full it may need its server no more
@@ -1589,10 +1588,9 @@ class ClientSession:
             out = [RelayToServer(chunks), *self._statement_answers()]
         else:
             out = [RelayToServer(chunks)]
-        if self.pooled:
-            self._sync_wait(out)
-            if self._copy_held is not self._copying():
-                out.append(self._copy_changed())
+        self._sync_wait(out)
+        if self.pooled and self._copy_held is not self._copying():
+            out.append(self._copy_changed())
         if (self.pooled and self.server is not None and not self.tracker.pending) or self._flushed:
             out += self._idle_after_read()
         return out
@@ -2574,14 +2572,16 @@ class ClientSession:
         return self.server is not None and (self._flushed or self._ext_open or self._skipping_to_sync())
 
     def _sync_wait(self, out: list[Action]) -> None:
-        """After a read either way (transaction pooling): a batch waiting for the client's Sync is timed from it
-        (_batch_waited), and the I/O layer is told when such a wait begins or ends (BatchWithoutSync)."""
+        """After a read either way (either pool mode): a batch waiting for the client's Sync is timed from it
+        (_batch_waited), and in transaction pooling the I/O layer is told when such a wait begins or ends
+        (BatchWithoutSync: counted; in session pooling the server is the session's anyway)."""
         awaiting = self._awaiting_sync()
         if awaiting:
             self._ext_since = self.clock()
         if awaiting is not self._unsynced:
             self._unsynced = awaiting
-            out.append(BatchWithoutSync(awaiting))
+            if self.pooled:
+                out.append(BatchWithoutSync(awaiting))
 
     def _ext_sent(self, _body: bytes) -> None:
         """A Parse, Bind, Describe, Execute, Close or Flush was relayed: its batch is open until a Sync or Query."""
@@ -3435,20 +3435,34 @@ class ClientSession:
         return [LimitReached(limits.tenant, limits.user, IDLE_IN_TRANSACTION_TIMEOUT, idle), *released,
                 CloseClient(errors.limit_idle_in_transaction(seconds(idle)), reason)]
 
-    def _batch_waited(self) -> list[Action] | None:
-        """Transaction pooling: a server held for a batch waiting for the client's Sync, with no byte either way
+    def _batch_waited(self, reading_paused: bool = False) -> list[Action] | None:
+        """Either pool mode: a server held for a batch waiting for the client's Sync, with no byte either way
         for idle_in_transaction_timeout (the user's or tenant's limit, else the global [limits] one), ends the
         session (25P03), the server closed (red team 9s4 N1: PostgreSQL times no batch waiting for its Sync; its
-        idle_in_transaction_session_timeout starts only at a ReadyForQuery). A flushed batch with an Execute
-        unanswered is not waiting (its statement runs); without a Flush PostgreSQL sends no answer before the
-        Sync, so such a batch is timed from the client's last message, an Execute's run included."""
-        if (not self.pooled or self._sticky or self._held is not None or self.state is not _READY or self._replaying
-                or self._settling or (self._flushed and self.statements is not None and self.statements.running())):
+        idle_in_transaction_session_timeout starts only at a ReadyForQuery; red team 9s7 L1: in session pooling
+        too, the batch's implicit transaction held its locks on a shared table for good). A flushed batch with an
+        Execute unanswered (or, with no statement maps, anything) is not waiting (its statement runs); without a
+        Flush PostgreSQL sends no answer before the Sync, so such a batch is timed from the client's last
+        message, an Execute's run included. A batch whose bytes the proxy does not read meanwhile (`reading_paused`:
+        the server takes none, say a Parse waits for a lock) is not idle either (as a COPY, _copy_waited)."""
+        if (self._sticky or self._held is not None or self.state is not _READY or self._replaying or self._settling
+                or (self._flushed and self._running())):
+            return None
+        if reading_paused:
+            self._ext_since = self.clock()
             return None
         idle = self._idle_bound()
         if not idle or self.clock() - self._ext_since < idle:
             return None
         return self._idle_held_end(idle, errors.limit_idle_in_transaction(seconds(idle)))
+
+    def _running(self) -> bool:
+        """The server owes an Execute's answer (statement maps), or any answer (no statement maps: session pooling
+        without the statement cache, skipping.Owed): its statement may run."""
+        st = self.statements
+        if st is not None:
+            return st.running()
+        return self._owed is not None and bool(self._owed.owed)
 
     def _copy_waited(self, reading_paused: bool) -> list[Action] | None:
         """Either pool mode: a COPY FROM STDIN (_copying) with no byte from the client for idle_in_transaction_timeout
@@ -3511,7 +3525,7 @@ class ClientSession:
         holds a server and has not completed within client_message_timeout of its first bytes seen here ends the
         session (08P01) and its server is closed (red team 9s F2: a stalled half message held the server from every
         other client, and its place in pool_size and max_db_connections). Whatever client_message_timeout is, a COPY
-        FROM STDIN (either pool mode) or a batch waiting for its Sync, idle past idle_in_transaction_timeout, ends
+        FROM STDIN or a batch waiting for its Sync (either pool mode), idle past idle_in_transaction_timeout, ends
         the session (_copy_waited, _batch_waited); `reading_paused`: the I/O layer does not read the client now. Either
         pool mode, a client that takes none of its pending output (`unread`) ends the session (_unread_waited)."""
         waited = self._unread_waited(now, unread)
@@ -3523,8 +3537,9 @@ class ClientSession:
             waited = self._copy_waited(reading_paused)
             if waited is not None:
                 return waited
-        if self._unsynced and self.server is not None and not frontend.unfinished:
-            waited = self._batch_waited()
+        # (a half message: transaction pooling's client_message_timeout; session pooling has none, the batch's bound)
+        if self._unsynced and self.server is not None and not (frontend.unfinished and self.pooled):
+            waited = self._batch_waited(reading_paused)
             if waited is not None:
                 return waited
         if (not timeout or not self.pooled or self.server is None or self._sticky or self._held is not None
