@@ -257,7 +257,11 @@ for _s in State:
     TRANSITIONS[(_s, Event.CLOSE)] = State.CLOSED
 _NOTHING_TOLD = shared_status({})  # ClientSession._client_status before its startup answer
 _NO_EXECUTES = ()
-_NO_PORTALS: dict[bytes, str] = {}  # `_portals` while none is noted (never written: `_bound_portal` makes one)
+# What a portal runs, taken when it is bound (review 18b F2: a statement of the same name Parsed again before the
+# Execute -- the unnamed one, or a named one Closed -- is not what the portal runs): (its savepoint ops, whether it
+# is a RESET sent as a SET, its changes to the session's context).
+NotedPortal = tuple[tuple[tuple[str, str], ...] | None, bool, tuple[Change, ...] | None]
+_NO_PORTALS: dict[bytes, NotedPortal] = {}  # `_portals` while none is noted (never written: `_bound_portal` makes one)
 _MAX_PORTALS = 1000  # portals noted per session (the oldest go)
 _NO_RETAGS = ()  # ClientSession._retags with none
 # The answers that end an extended message's (ParseComplete ... PortalSuspended: skipping.Owed.completed), but for
@@ -398,7 +402,7 @@ class ClientSession:
         self._binds = 0  # Binds since the last Sync
         self._results = 0  # Executes since the last Sync or Query: the position of the next statement in its request
         # Portals bound to a statement followed by position, not executed yet (raw portal name -> statement)
-        self._portals: dict[bytes, str] = _NO_PORTALS  # type: ignore[assignment]
+        self._portals: dict[bytes, NotedPortal] = _NO_PORTALS  # type: ignore[assignment]
         self._done = 0  # CommandCompletes of the request being answered
         self._contextual: Contextual | None = None
         self._decided_in: object = None  # the context `decide` was last chosen for
@@ -2016,7 +2020,7 @@ class ClientSession:
         added = setting_entries(changes)
         if not added:
             return None
-        pending = [e for s in self._portals.values() if s in statements for e in setting_entries(statements[s], True)]
+        pending = [e for noted in self._portals.values() if noted[2] for e in setting_entries(noted[2], True)]
         pool = self.config.pool
         return settings_refusal(self._kept_sizes(), self._startup_settings, (*self.context.belief.settings, *pending),
                                 added, pool.max_session_settings, pool.max_session_setting_bytes)
@@ -2345,20 +2349,24 @@ class ClientSession:
             return errors.portal_noted(name=name.decode(errors="replace"))
         elif name not in portals and len(portals) >= _MAX_PORTALS:
             return errors.too_many_noted_portals(limit=_MAX_PORTALS)
-        portals[name] = statement
+        portals[name] = (self._subxact_statements.get(statement) if self._subxact_statements else None,
+                         bool(self._reset_names and statement in self._reset_names),
+                         self.context.statements.get(statement) if self._tracking else None)
         return None
 
-    def _executed(self, statement: str) -> None:
-        """The Execute of a portal bound to `statement` (noted by `_bound_portal`): statement `_results` of its
-        request, followed to its CommandComplete (savepoints, a RESET's tag, the session's context)."""
+    def _executed(self, noted: NotedPortal) -> None:
+        """The Execute of a portal noted by `_bound_portal` (what its statement was when it was bound): statement
+        `_results` of its request, followed to its CommandComplete (savepoints, a RESET's tag, the session's
+        context)."""
         position = self._results
-        if self._subxact_statements and statement in self._subxact_statements:
-            self._savepoints_sent(position, tuple((0, op, name) for op, name in self._subxact_statements[statement]))
-        if self._reset_names and statement in self._reset_names:  # a RESET sent as a SET: its tag is RESET
+        subxact, reset, changes = noted
+        if subxact:
+            self._savepoints_sent(position, tuple((0, op, name) for op, name in subxact))
+        if reset:  # a RESET sent as a SET: its tag is RESET
             self._retag({position: _RESET_TAG})
-        if self._tracking:
+        if changes:  # (noted while followed; the session may look idle now: its statement was Parsed again)
             pending = self.tracker.pending
-            self.context.execute(pending[-1] if pending else None, position, statement)
+            self.context.execute(pending[-1] if pending else None, position, changes)
             self._context_changed()
 
     def _on_sync(self, _body: bytes) -> None:
@@ -2536,9 +2544,9 @@ class ClientSession:
         if body[-4:] != b"\x00\x00\x00\x00":
             self._paged = True
         if self._portals:
-            statement = self._portals.pop(protocol_key(body[:max(body.find(b"\x00"), 0)]), None)
-            if statement is not None:
-                self._executed(statement)
+            noted = self._portals.pop(protocol_key(body[:max(body.find(b"\x00"), 0)]), None)
+            if noted is not None:
+                self._executed(noted)
         self._results += 1
 
     def _settle_unsynced(self) -> list[Action]:

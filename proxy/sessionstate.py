@@ -137,10 +137,10 @@ class SessionState:
             return None
         return refusal(self._recorded(), changes, self.max_temp_relations)[1]
 
-    def execute(self, request: object, position: int, name: str) -> None:
-        """An Execute of a portal bound to prepared statement `name`, statement `position` of its request (the
-        k-th Execute of a request is answered by its k-th CommandComplete, a Bind never executed by none)."""
-        changes = self.statements.get(name)
+    def execute(self, request: object, position: int, changes: tuple[Change, ...]) -> None:
+        """An Execute of a portal whose statement had `changes` when it was bound (`statements` then), statement
+        `position` of its request (the k-th Execute of a request is answered by its k-th CommandComplete, a Bind
+        never executed by none)."""
         if changes and (not self.idle or any(_stateful((c,)) for c in changes)):
             self._record(request, [(position, c) for c in changes])
 
@@ -332,6 +332,10 @@ def _speculate(context: SessionContext, changes: tuple[Change, ...]) -> SessionC
         if op in (TEMP_TABLE, TEMP_VIEW):
             if change.name not in context.temp_tables and change.name not in context.temp_views:
                 context = context.apply(change)
+        elif op == SQL_PREPARE:  # held on the server from its Parse on (a pin), but no EXECUTE of it allowed for it
+            applied = context.apply(change)  # until it runs (review 18b F1: `reprepare`, `explainable`)
+            context = replace(applied, reprepare=context.reprepare,
+                              explainable=applied.explainable & context.explainable)
         elif op in _ADDITIONS:
             context = context.apply(change)
     return context

@@ -796,7 +796,7 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
     if schema is None and policy.temp_first and (table in policy.temp_tables or table in policy.temp_views):
         if (policy.strategy == "shared" and table in _scoped_by_name(policy.base)) or table in _catalog_filters(
             policy.base
-        ):
+        ) or _shadows_other(policy, table):
             return temp_marker(table)
         return None
     if policy.strategy == "shared":
@@ -831,6 +831,19 @@ def relation_filter(policy: TenantPolicy, rv: Node) -> Filter | None:
     if schema == "information_schema":
         return _information_schema_filters(policy.base).get(table)
     return None
+
+
+def _shadows_other(policy: TenantPolicy, table: str) -> bool:
+    """Whether a temporary relation called `table` takes the name of a relation the proxy filters or refuses
+    otherwise: an information_schema view it filters on the session's search_path, one of the shared tenants'
+    tables or sequences (a database tenant sharing its database). Such a reference is qualified with pg_temp: the
+    session may only believe it has the relation (a CREATE Parsed, not run: review 18b F0), and unqualified the
+    name would reach the other one."""
+    if "information_schema" in policy.path and table in _information_schema_filters(policy.base):
+        return True
+    base = policy.base
+    return (bool(base.others_tables) or bool(base.others_sequences)) and any(
+        name == table for _, name in (*base.others_tables, *base.others_sequences))
 
 
 def _unqualified_information_schema(policy: TenantPolicy, table: str, found: Filter) -> Filter:

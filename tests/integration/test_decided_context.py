@@ -229,3 +229,82 @@ def test_a_statement_prepared_over_a_temporary_table_is_not_run_once_it_is_dropp
         assert _rows(_wire(sock, _bind("s3") + EXECUTE + m.SYNC_MESSAGE)) == ["42"]
     finally:
         sock.close()
+
+
+# --- review 18b: what a Parse never run, or a portal whose statement was replaced, made the proxy believe ------------
+
+SECRET = ("CREATE SCHEMA IF NOT EXISTS othert; CREATE OR REPLACE FUNCTION othert.zz_secret_fn() RETURNS int "
+          "LANGUAGE sql AS 'SELECT 1'")
+ROUTINES = "SELECT routine_schema::text, routine_name::text FROM routines WHERE routine_name::text LIKE 'zz%'"
+
+
+def _bind_portal(portal: str, statement: str) -> bytes:
+    return m.frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+
+
+def _execute_portal(portal: str) -> bytes:
+    return m.frame(b"E", portal.encode() + b"\x00" + struct.pack("!i", 0))
+
+
+def _leaked(answers: list[tuple[str, Any]]) -> list[str]:
+    return [row for row in _rows(answers) if "zz_secret" in row]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_temporary_table_parsed_but_never_run_does_not_unfilter_a_view_name(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str) -> None:
+    """F0: `Parse CREATE TEMP TABLE routines` (never run), then `routines` read in the same batch on a path holding
+    information_schema: the proxy took it for the temporary table and sent it unfiltered; PostgreSQL read the view,
+    othert's function listed. A reference to a temporary relation taking such a name is qualified with pg_temp."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode], "gina")
+    try:
+        _wire(sock, _query("SET search_path = information_schema, public"))
+        answers = _wire(sock, _parse("t", "CREATE TEMP TABLE routines (routine_schema text, routine_name text)")
+                        + _parse("q", ROUTINES) + _bind("q") + EXECUTE + m.SYNC_MESSAGE)
+        assert _leaked(answers) == [] and _errors(answers) == ["42P01"]  # pg_temp.routines does not exist
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_prepare_parsed_but_never_run_does_not_make_an_older_statement_runnable(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str) -> None:
+    """F1: statement r prepared over a temporary `routines`, dropped, information_schema put on the path: `EXECUTE
+    r` is refused, but a `Parse PREPARE r AS SELECT 1` never run counted r as prepared since, and `EXECUTE r` ran the
+    old statement over the view, unfiltered."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode], "gina")
+    try:
+        _wire(sock, _query("CREATE TEMP TABLE routines (routine_schema text, routine_name text)"))
+        _wire(sock, _query("PREPARE r AS SELECT routine_schema::text, routine_name::text FROM routines"))
+        _wire(sock, _query("DROP TABLE routines"))
+        _wire(sock, _query("SET search_path = information_schema, public"))
+        assert _errors(_wire(sock, _query("EXECUTE r"))) == ["0A000"]
+        answers = _wire(sock, _parse("p1", "PREPARE r AS SELECT 1") + _parse("p2", "EXECUTE r") + _bind("p2")
+                        + EXECUTE + m.SYNC_MESSAGE)
+        assert _leaked(answers) == [] and _errors(answers) == ["0A000"]
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("variant", ["unnamed_parsed_again", "named_closed"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_portal_runs_what_its_statement_was_when_bound(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, variant: str) -> None:
+    """F2: `Parse "" SET search_path = information_schema, public; Bind p; Parse "" SELECT 1; Execute p` (or the
+    named statement Closed before the Execute): PostgreSQL runs the portal's SET; the proxy looked the statement up
+    by name at the Execute, found another, and recorded nothing: `routines` was then sent unfiltered (in transaction
+    pooling the server went back to the pool on that path)."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode], "gina")
+    try:
+        path = "SET search_path = information_schema, public"
+        if variant == "unnamed_parsed_again":
+            batch = _parse("", path) + _bind_portal("p", "") + _parse("", "SELECT 1") + _execute_portal("p")
+        else:
+            batch = _parse("s", path) + _bind_portal("p", "s") + m.frame(b"C", b"Ss\x00") + _execute_portal("p")
+        assert _errors(_wire(sock, batch + m.SYNC_MESSAGE)) == []
+        assert _leaked(_wire(sock, _query(ROUTINES))) == []
+    finally:
+        sock.close()

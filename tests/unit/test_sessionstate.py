@@ -169,7 +169,7 @@ def _run(state: SessionState, request: object, position: int, name: str) -> Deny
     """A Bind of `name` and, unless it is refused, the Execute of its portal (statement `position` of `request`)."""
     denied = state.bind(name)
     if denied is None:
-        state.execute(request, position, name)
+        state.execute(request, position, state.statements.get(name, ()))
     return denied
 
 
@@ -292,7 +292,7 @@ def test_a_removal_parsed_counts_only_once_executed() -> None:
         assert state.belief.temp_views == {"vc"}
         state.parse("d", (removal,))
         request = object()
-        state.execute(request, 0, "d")
+        state.execute(request, 0, state.statements["d"])
         assert state.belief.temp_views == frozenset()  # executed: the rest of the request is decided without vc
         state.completed(request, 1, b"DROP VIEW\x00")
         state.ready(request, b"I")
@@ -305,7 +305,7 @@ def test_a_search_path_change_parsed_counts_only_once_executed() -> None:
     state.parse("p", (Change(0, SET_PATH, path=("pg_catalog",)),))
     assert state.belief is EMPTY_CONTEXT
     request = object()
-    state.execute(request, 0, "p")
+    state.execute(request, 0, state.statements["p"])
     assert state.belief.path == ("pg_catalog",)
     state.failed(request, 0)
     state.ready(request, b"I")
