@@ -1968,6 +1968,29 @@ class ClientSession:
                                        key_for if key_for is not None else lambda _sql: self._policy_token(),
                                        partial(decide, "parse"), self._decisive)
 
+    def _bound_moved(self, statement: str) -> PgError | None:
+        """A Bind of `statement` whose names PostgreSQL may resolve otherwise than when it was decided: a SQL
+        PREPAREd one not prepared since the last change of name resolution (`SessionContext.reprepare`, as a SQL
+        EXECUTE of it; rt9a10 A1: a protocol Bind of it was not checked), or any decided in another context than the
+        transaction's start while a rollback or transaction end is not yet answered (rt9a10 A2)."""
+        state = self.context
+        belief = state.belief
+        name = f'prepared statement "{statement}"' if statement else "the unnamed prepared statement"
+        if statement in belief.prepared and belief.reprepare is not None and statement not in belief.reprepare:
+            return errors.prepared_in_other_context(
+                statement=name, change="a temporary relation was made or dropped or the search_path changed")
+        if self._prepared_in is None or not state.requests or not state.ending():
+            return None
+        found = self._prepared_in.records.get(statement)
+        if found is None:
+            return None
+        then, start = found[4], state.committed
+        if (then.temp_tables, then.temp_views, then.path, then.local) == (
+                start.temp_tables, start.temp_views, start.path, None):
+            return None
+        return errors.prepared_in_other_context(statement=name,
+                                                change="a rollback or a transaction's end was sent, not yet answered")
+
     def _denied_at_run(self, parse: m.Parse, decision: Deny) -> bytes:
         """A statement PostgreSQL analyzes only when it runs, naming a hidden schema: its Parse succeeds and each run
         fails (CLOSE of a cursor named by the marker), as PostgreSQL answers a missing schema (`Deny.at_run`)."""
@@ -2311,6 +2334,10 @@ class ClientSession:
                 refused = self._bound_elsewhere(statement)
                 if refused is not None:  # the backend fails to find the marker statement; its error becomes ours
                     out = m.bind_renamed(body, self._error_marker(refused))
+            if out is None:
+                refused = self._bound_moved(statement)
+                if refused is not None:
+                    out = m.bind_renamed(body, self._error_marker(refused))
             if self._hidden is not None:
                 self._bound_names(statement, body)
             self._sequences.bound(statement)
@@ -2351,7 +2378,7 @@ class ClientSession:
             return errors.too_many_noted_portals(limit=_MAX_PORTALS)
         portals[name] = (self._subxact_statements.get(statement) if self._subxact_statements else None,
                          bool(self._reset_names and statement in self._reset_names),
-                         self.context.statements.get(statement) if self._tracking else None)
+                         self.context.statements.get(statement))
         return None
 
     def _executed(self, noted: NotedPortal) -> None:

@@ -53,6 +53,7 @@ from proxy.policy.settings import client_path
 _MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
 _LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
 _LOCK_OPS = frozenset({ADVISORY_LOCK, ADVISORY_UNLOCK})
+_ENDS = frozenset({COMMIT, ROLLBACK, ROLLBACK_TO})  # what may take back temporary relations and a search_path
 _ADDITIONS = frozenset({SQL_PREPARE, HOLD_CURSOR, LISTEN, EXPORT_SNAPSHOT})  # counted from their Parse (_speculate)
 # What the proxy asks a server before it goes back when lock_activity is set: one row while it holds any session
 # advisory lock (transaction-level ones are gone at ReadyForQuery 'I').
@@ -153,6 +154,12 @@ class SessionState:
 
     def close(self, name: str) -> None:
         self.statements.pop(name, None)
+
+    def ending(self) -> bool:
+        """Whether a transaction's end or a ROLLBACK TO is sent and not yet answered: until it is, what PostgreSQL
+        resolves a prepared statement's names in may be the context at the transaction's start (a rollback, a
+        COMMIT of a failed transaction), not the belief (rt9a10 A2)."""
+        return any(c.op in _ENDS for request in self.requests for _, c in request.changes)
 
     def _record(self, request: object, changes: list[tuple[int, Change]]) -> None:
         if not changes:
@@ -343,7 +350,7 @@ def _speculate(context: SessionContext, changes: tuple[Change, ...]) -> SessionC
 
 def _apply(context: SessionContext, changes: tuple[Change, ...]) -> SessionContext:
     for change in changes:
-        if change.op not in TRANSACTION_OPS or change.op == COMMIT:
+        if change.op not in TRANSACTION_OPS or change.op in _ENDS:  # (a rollback: `reprepare`, SessionContext.apply)
             context = context.apply(change)
     return _canonical(context)
 

@@ -187,8 +187,14 @@ class SessionContext:
             return replace(self, timeout=change.shown, timeout_local=None)
         if op == EXPORT_SNAPSHOT:
             return replace(self, exported=True)
-        if op == COMMIT:
-            return self.end_of_transaction()
+        if op in (COMMIT, ROLLBACK, ROLLBACK_TO):
+            # A transaction's end or a rollback to a savepoint may take back a temporary relation or a search_path
+            # (a COMMIT of a failed transaction rolls back): until PostgreSQL has answered, no statement prepared
+            # before runs by a SQL EXECUTE (`reprepare`; rt9a10 A3: `ROLLBACK; EXECUTE q` in one string).
+            ended = self.end_of_transaction() if op == COMMIT else self
+            if ended.reprepare or ended.explainable:
+                return replace(ended, reprepare=frozenset(), explainable=frozenset())
+            return ended
         return self
 
     def end_of_transaction(self) -> SessionContext:

@@ -235,6 +235,13 @@ def test_a_statement_prepared_over_a_temporary_table_is_not_run_once_it_is_dropp
 
 SECRET = ("CREATE SCHEMA IF NOT EXISTS othert; CREATE OR REPLACE FUNCTION othert.zz_secret_fn() RETURNS int "
           "LANGUAGE sql AS 'SELECT 1'")
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_left(pg: PgCluster) -> Iterator[None]:
+    """The tests below make othert.zz_secret_fn (a schema hidden from gina); none is left for the next module."""
+    yield
+    pg.execute("DROP SCHEMA IF EXISTS othert CASCADE", dbname="saas")
 ROUTINES = "SELECT routine_schema::text, routine_name::text FROM routines WHERE routine_name::text LIKE 'zz%'"
 
 
@@ -306,5 +313,89 @@ def test_a_portal_runs_what_its_statement_was_when_bound(
             batch = _parse("s", path) + _bind_portal("p", "s") + m.frame(b"C", b"Ss\x00") + _execute_portal("p")
         assert _errors(_wire(sock, batch + m.SYNC_MESSAGE)) == []
         assert _leaked(_wire(sock, _query(ROUTINES))) == []
+    finally:
+        sock.close()
+
+
+# --- red team 9a10: a SQL-prepared statement bound over the protocol; a rollback not yet answered -------------------
+
+TEMP_ROUTINES = "CREATE TEMP TABLE routines (routine_schema text, routine_name text)"
+NAMES = ("SELECT convert_to(string_agg(DISTINCT routine_schema::text || '.' || routine_name::text, ','), 'UTF8') "
+         "FROM routines WHERE routine_name::text LIKE 'zz%'")  # (bytea: the same result type as over the view)
+
+
+def _leaked_hex(answers: list[tuple[str, Any]]) -> list[str]:
+    out = []
+    for row in _rows(answers):
+        text = row.split("\\x", 1)[1] if "\\x" in row else ""
+        try:
+            decoded = bytes.fromhex(text).decode()
+        except ValueError:
+            continue
+        if "zz_secret" in decoded:
+            out.append(decoded)
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sql_prepared_statement_bound_over_the_protocol_is_checked_like_its_execute(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str) -> None:
+    """A1: `PREPARE q` over a temporary `routines`, the table dropped, information_schema on the path: SQL `EXECUTE q`
+    was refused, a protocol `Bind "" "q"` was not (in session pooling the name reaches the server), and PostgreSQL ran
+    q over the view, unfiltered."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode], "gina")
+    try:
+        _wire(sock, _query("SET search_path = information_schema, public"))
+        _wire(sock, _query(TEMP_ROUTINES))
+        _wire(sock, _query(f"PREPARE q AS {NAMES}"))
+        _wire(sock, _query("DROP TABLE pg_temp.routines"))
+        assert _errors(_wire(sock, _query("EXECUTE q"))) == ["0A000"]
+        answers = _wire(sock, _bind("q") + EXECUTE + m.SYNC_MESSAGE)
+        assert _leaked_hex(answers) == [] and _errors(answers) in (["0A000"], ["26000"])  # 26000: transaction pooling
+    finally:
+        sock.close()
+
+
+ENDS = {
+    "rollback": ("BEGIN", _parse("c", "ROLLBACK") + _bind("c") + EXECUTE),
+    "rollback_to": ("BEGIN; SAVEPOINT s", _parse("c", "ROLLBACK TO s") + _bind("c") + EXECUTE),
+    "abort_query": ("BEGIN", _query("ABORT")),
+}
+
+
+@pytest.mark.parametrize("end", list(ENDS))
+@pytest.mark.parametrize("mode", MODES)
+def test_a_bind_sent_with_a_rollback_is_checked_in_the_context_it_takes_back_to(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, end: str) -> None:
+    """A2: a temporary `routines` made in a transaction, statement p Parsed over it; the rollback and a Bind of p sent
+    in one write, before PostgreSQL answers the rollback: p was checked in the context before it, and PostgreSQL
+    ran p over information_schema.routines once the rollback took the table back."""
+    pg.execute(SECRET, dbname="saas")
+    begin, rollback = ENDS[end]
+    sock = _session(proxies[mode], "gina")
+    try:
+        _wire(sock, _query("SET search_path = information_schema, public"))
+        _wire(sock, _query(f"{begin}; {TEMP_ROUTINES}"))
+        _wire(sock, _parse("p", NAMES) + m.SYNC_MESSAGE)
+        sock.sendall(rollback + _bind("p") + EXECUTE + m.SYNC_MESSAGE)
+        answers = _wire(sock, b"") if end != "abort_query" else _wire(sock, b"") + _wire(sock, b"")
+        assert _leaked_hex(answers) == [] and "0A000" in _errors(answers)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sql_execute_after_a_rollback_in_the_same_string_is_refused(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str) -> None:
+    """A3: `ROLLBACK; EXECUTE q` in one Query, q prepared over a temporary `routines` made in the rolled-back
+    transaction: q ran over the view, unfiltered."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode], "gina")
+    try:
+        _wire(sock, _query("SET search_path = information_schema, public"))
+        _wire(sock, _query(f"BEGIN; SAVEPOINT s; {TEMP_ROUTINES}; PREPARE q AS {NAMES}"))
+        answers = _wire(sock, _query("ROLLBACK; EXECUTE q"))
+        assert _leaked_hex(answers) == [] and _errors(answers) == ["0A000"]
     finally:
         sock.close()
