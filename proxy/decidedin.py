@@ -56,6 +56,15 @@ class DecidedIn:
             records.pop(next(iter(records)))
         records[name] = (by, key, sql, sent, context)
 
+    def settled(self, name: str, by: object, key_for: Callable[[str], object], context: SessionContext) -> None:
+        """Statement `name`'s own changes (counted from its Parse: a temporary relation, an exported snapshot) made
+        the session's context `context`, decided by `by`: what its Bind compares with (PostgreSQL runs them only at
+        its Execute, after the Bind)."""
+        found = self.records.get(name)
+        if found is not None:
+            _, _, sql, sent, _ = found
+            self.records[name] = (by, key_for(sql), sql, sent, context)
+
     def closed(self, name: str) -> None:
         self.records.pop(name, None)
 

@@ -1976,7 +1976,8 @@ class ClientSession:
         state = self.context
         belief = state.belief
         name = f'prepared statement "{statement}"' if statement else "the unnamed prepared statement"
-        if statement in belief.prepared and belief.reprepare is not None and statement not in belief.reprepare:
+        if (statement in belief.prepared and belief.reprepare is not None and statement not in belief.reprepare
+                and statement not in belief.steady):
             return errors.prepared_in_other_context(
                 statement=name, change="a temporary relation was made or dropped or the search_path changed")
         if self._prepared_in is None or not state.requests or not state.ending():
@@ -1984,12 +1985,16 @@ class ClientSession:
         found = self._prepared_in.records.get(statement)
         if found is None:
             return None
-        then, start = found[4], state.committed
-        if (then.temp_tables, then.temp_views, then.path, then.local) == (
-                start.temp_tables, start.temp_views, start.path, None):
-            return None
-        return errors.prepared_in_other_context(statement=name,
-                                                change="a rollback or a transaction's end was sent, not yet answered")
+        _, _, sql, sent, _ = found
+        gate = getattr(self.decide, "gate", self.decide)
+        with_context = getattr(gate, "with_context", None)
+        # Where the rollback may take the session back to: the transaction's start, a savepoint's context. The text
+        # decided there must send what was sent (else PostgreSQL, analysing it again there, runs what was not).
+        for target in (state.committed, *(context for _, context in state.savepoints)):
+            if with_context is None or sent_text(with_context(target.for_decisions())("parse", sql)) != sent:
+                return errors.prepared_in_other_context(
+                    statement=name, change="a rollback or a transaction's end was sent, not yet answered")
+        return None
 
     def _denied_at_run(self, parse: m.Parse, decision: Deny) -> bytes:
         """A statement PostgreSQL analyzes only when it runs, naming a hidden schema: its Parse succeeds and each run
@@ -2258,6 +2263,11 @@ class ClientSession:
     def _parse_changes(self, name: str, changes: tuple[Change, ...]) -> None:
         self.context.parse(name, changes)
         self._context_changed()
+        if changes and self._prepared_in is not None:  # its own changes are not a change its Bind must check
+            decide = self.decide
+            key_for = getattr(decide, "policy_for", None)
+            self._prepared_in.settled(name, decide, key_for if key_for is not None else lambda _s: self._policy_token(),
+                                      self._decisive)
         if changes and self._names is not None:  # (run in its request: its DEALLOCATE's answer comes in it)
             self._names_deallocated(changes)
 

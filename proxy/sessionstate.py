@@ -314,7 +314,8 @@ def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:
     is gone with its transaction)."""
     cursors = to.cursors & now.cursors if to.cursors else to.cursors
     if (to.prepared == now.prepared and to.explainable == now.explainable and to.locks == now.locks
-            and to.pins == now.pins and cursors == to.cursors and to.reprepare == now.reprepare):
+            and to.pins == now.pins and cursors == to.cursors and to.reprepare == now.reprepare
+            and to.steady == now.steady):
         return to
     # Names resolve again as at `to`: a statement SQL PREPAREd since (a PREPARE is not taken back) was prepared
     # where they resolved otherwise, and is to be prepared again (`SessionContext.reprepare`).
@@ -323,7 +324,7 @@ def _rolled_back(to: SessionContext, now: SessionContext) -> SessionContext:
     if since and now.reprepare != to.reprepare:
         reprepare = (to.prepared if to.reprepare is None else to.reprepare) - since
     return replace(to, prepared=now.prepared, explainable=now.explainable, locks=now.locks, pins=now.pins,
-                   cursors=cursors, reprepare=reprepare)
+                   cursors=cursors, reprepare=reprepare, steady=now.steady)
 
 
 def _stateful(changes: tuple[Change, ...]) -> bool:
@@ -342,7 +343,8 @@ def _speculate(context: SessionContext, changes: tuple[Change, ...]) -> SessionC
         elif op == SQL_PREPARE:  # held on the server from its Parse on (a pin), but no EXECUTE of it allowed for it
             applied = context.apply(change)  # until it runs (review 18b F1: `reprepare`, `explainable`)
             context = replace(applied, reprepare=context.reprepare,
-                              explainable=applied.explainable & context.explainable)
+                              explainable=applied.explainable & context.explainable,
+                              steady=applied.steady & context.steady)
         elif op in _ADDITIONS:
             context = context.apply(change)
     return context

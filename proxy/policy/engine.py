@@ -302,6 +302,21 @@ def _distinct(policies: list[TenantPolicy]) -> list[TenantPolicy]:
     return policies if len(policies) < 2 or policies[0] is policies[-1] else list(dict.fromkeys(policies))
 
 
+def _steady(policy: TenantPolicy, analysis: Any) -> bool:
+    """Whether every relation name a PREPARE's statement writes unqualified is a CTE's or a `pg_…` system relation's
+    (none of the session's temporary relations): PostgreSQL resolves them alike on any search_path
+    (`SessionContext.steady`)."""
+    temps = policy.temp_tables | policy.temp_views
+    for ref in analysis.refs:
+        rv = ref.rv
+        if ref.cte or rv.get("schemaname") is not None:
+            continue
+        name = str(rv.get("relname", ""))
+        if not name.startswith("pg_") or name in temps:
+            return False
+    return True
+
+
 def _check_prepared_here(policy: TenantPolicy, kind: str, body: Node) -> None:
     """Refuse an EXECUTE (also under EXPLAIN or CREATE TABLE AS) of a statement not prepared in the session's
     current name resolution (`SessionContext.reprepare`)."""
@@ -310,7 +325,7 @@ def _check_prepared_here(policy: TenantPolicy, kind: str, body: Node) -> None:
         return
     execute = body if kind == "ExecuteStmt" else (
         (body.get("query") or {}).get("ExecuteStmt") if kind in ("ExplainStmt", "CreateTableAsStmt") else None)
-    if execute is not None and execute.get("name") not in fresh:
+    if execute is not None and execute.get("name") not in fresh and execute.get("name") not in policy.context.steady:
         raise fail("prepared_elsewhere", f'prepared statement "{execute.get("name")}" was prepared before a temporary '
                    "relation was made or dropped or the search_path changed; it is not run in this context")
 
@@ -389,6 +404,8 @@ def _decide_statement(
         raise fail("rewrite_unverified", f"could not locate a reference in the text: {exc}") from None
     if kind == "PrepareStmt" and not rewrite.explain_opaque(policy, analysis, plan, since):
         changes = [replace(c, flag=True) if c.op == SQL_PREPARE else c for c in changes]
+    if kind == "PrepareStmt" and _steady(policy, analysis):
+        changes = [replace(c, steady=True) if c.op == SQL_PREPARE else c for c in changes]
     for call in analysis.calls:
         setting = settings.set_config_setting(call, select)
         literal = None

@@ -94,6 +94,7 @@ class Change:
     shown: str | None = None  # SET_PATH: the client's value as SHOW prints it, when PostgreSQL got another one
     flag: bool = False  # TEMP_TABLE: ON COMMIT DROP; SET_PATH: LOCAL; SQL_PREPARE: EXPLAIN EXECUTE may show it
     if_not_exists: bool = False  # TEMP_TABLE / TEMP_VIEW: an existing relation of that name stays as it is
+    steady: bool = False  # SQL_PREPARE: its names resolve alike on any search_path (`SessionContext.steady`)
     relations: int = 1  # TEMP_TABLE: relations it makes (the table, its constraints' indexes and sequences)
 
 
@@ -132,6 +133,10 @@ class SessionContext:
     # of any other name (one prepared before, a protocol-level statement) is refused (`prepared_elsewhere`). None:
     # no such change yet.
     reprepare: frozenset[str] | None = None
+    # SQL PREPAREd statements whose relation names resolve alike whatever the temporary relations and search_path: no
+    # unqualified name but a `pg_…` system relation's or a CTE's (a tenant makes no function or relation PostgreSQL
+    # would find first). An EXECUTE of one runs whatever `reprepare` says.
+    steady: frozenset[str] = frozenset()
     # Session state on the server that decisions do not depend on (`for_decisions` leaves it out): what pins the
     # session to its server connection, and the settings replayed on another one.
     cursors: frozenset[str] = frozenset()  # WITH HOLD cursors open
@@ -176,11 +181,15 @@ class SessionContext:
                            sizes=frozenset(), dropped=self.temp_relations, explainable=frozenset(),
                            reprepare=self._resolved_again())
         if op == SET_PATH:
+            # (the search_path PostgreSQL gets unchanged -- a hidden or missing schema left out, RESET of a default
+            # path --: no name resolves otherwise)
+            moved = change.path != self.effective()[0]
+            explainable = frozenset() if moved else self.explainable
+            reprepare = self._resolved_again() if moved else self.reprepare
             if change.flag:
-                return replace(self, local=(change.path, change.shown), explainable=frozenset(),
-                               reprepare=self._resolved_again())
-            return replace(self, path=change.path, shown=change.shown, local=None, explainable=frozenset(),
-                           reprepare=self._resolved_again())
+                return replace(self, local=(change.path, change.shown), explainable=explainable, reprepare=reprepare)
+            return replace(self, path=change.path, shown=change.shown, local=None, explainable=explainable,
+                           reprepare=reprepare)
         if op == SET_TIMEOUT:
             if change.flag:
                 return replace(self, timeout_local=(change.shown,))
@@ -275,13 +284,16 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
         explainable = (context.explainable | {name} if change.flag and fresh
                        else context.explainable if change.flag else context.explainable - {name})
         reprepare = context.reprepare | {name} if context.reprepare is not None and fresh else context.reprepare
-        return replace(context, prepared=context.prepared | {name}, explainable=explainable, reprepare=reprepare)
+        steady = (context.steady | {name} if change.steady else context.steady - {name}) if fresh else context.steady
+        return replace(context, prepared=context.prepared | {name}, explainable=explainable, reprepare=reprepare,
+                       steady=steady)
     if op == DEALLOCATE:
         reprepare = context.reprepare
         if reprepare is not None:
             reprepare = reprepare - {name} if name else frozenset()
         return replace(context, prepared=context.prepared - {name} if name else frozenset(),
-                       explainable=context.explainable - {name} if name else frozenset(), reprepare=reprepare)
+                       explainable=context.explainable - {name} if name else frozenset(), reprepare=reprepare,
+                       steady=context.steady - {name} if name else frozenset())
     if op == LISTEN:
         return replace(context, listening=context.listening | {name})
     if op == UNLISTEN:
@@ -307,7 +319,7 @@ def _apply_held(context: SessionContext, change: Change) -> SessionContext:
     if op == DISCARD_ALL:  # DISCARD ALL = CLOSE ALL, DEALLOCATE ALL, UNLISTEN *, pg_advisory_unlock_all(), RESET ALL...
         return replace(context, cursors=frozenset(), prepared=frozenset(), listening=frozenset(), locks=(),
                        settings=(("*", ""),), explainable=frozenset(),
-                       reprepare=None if context.reprepare is None else frozenset())
+                       reprepare=None if context.reprepare is None else frozenset(), steady=frozenset())
     return context
 
 
