@@ -1990,7 +1990,7 @@ class ClientSession:
         with_context = getattr(gate, "with_context", None)
         # Where the rollback may take the session back to: the transaction's start, a savepoint's context. The text
         # decided there must send what was sent (else PostgreSQL, analysing it again there, runs what was not).
-        for target in (state.committed, *(context for _, context in state.savepoints)):
+        for target in state.rollback_targets():
             if with_context is None or sent_text(with_context(target.for_decisions())("parse", sql)) != sent:
                 return errors.prepared_in_other_context(
                     statement=name, change="a rollback or a transaction's end was sent, not yet answered")

@@ -155,6 +155,18 @@ class SessionState:
     def close(self, name: str) -> None:
         self.statements.pop(name, None)
 
+    def rollback_targets(self) -> list[SessionContext]:
+        """The contexts a rollback in flight may take the session back to: the transaction's start, each savepoint's,
+        confirmed or sent (a savepoint sent in the same write is followed from what was confirmed)."""
+        targets = [self.committed, *(context for _, context in self.savepoints)]
+        context = self.current
+        for request in self.requests:
+            for _, change in request.changes:
+                if change.op == SAVEPOINT:
+                    targets.append(context)
+                context = _apply(context, (change,))
+        return targets
+
     def ending(self) -> bool:
         """Whether a transaction's end or a ROLLBACK TO is sent and not yet answered: until it is, what PostgreSQL
         resolves a prepared statement's names in may be the context at the transaction's start (a rollback, a

@@ -370,3 +370,17 @@ def test_a_pipeline_is_followed_in_linear_work_and_the_belief_stays_right(monkey
     w.query(Change(0, "setting", "rt.d", shown="SET rt.d = '1'"))
     w.answer(1, tags=(b"SET",))
     assert w.state.belief.local is None and w.state.belief == _recomputed(w.state)
+
+
+def test_rollback_targets_hold_a_savepoint_sent_in_the_same_write() -> None:
+    """What a rollback in flight may take the session back to (rt9a10 A2): the transaction's start, and the context
+    at each savepoint -- also one sent and not yet answered, with what was sent before it (a `SET LOCAL
+    search_path` there), which a Bind sent after a `ROLLBACK TO` it is checked in."""
+    w = Wire()
+    w.query(tx(SAVEPOINT, 0, "a"))
+    w.answer(1, b"T")
+    w.query(Change(0, SET_PATH, path=("information_schema", "public"), flag=True), tx(SAVEPOINT, 1, "s"),
+            Change(2, SET_PATH, path=("public",), flag=True), tx(ROLLBACK_TO, 3, "s"))
+    targets = w.state.rollback_targets()
+    assert [t.effective()[0] for t in targets] == [None, ("information_schema", "public")]  # (a: set while idle)
+    assert w.state.ending()
