@@ -305,10 +305,17 @@ class ProxyProcess:
         assert self.proc is not None
         before = sum(1 for e in self.log_events() if e.get("event") == expect)
         self.proc.send_signal(signal.SIGHUP)
+        sent = [time.monotonic()]
 
         def new_event() -> dict[str, Any] | None:
             found = [e for e in self.log_events() if e.get("event") == expect]
-            return found[before] if len(found) > before else None
+            if len(found) > before:
+                return found[before]
+            if not any(e.get("event", "").startswith("reload") for e in self.log_events()[-50:]) and \
+                    time.monotonic() - sent[0] > 5.0:  # a SIGHUP taken before the proxy's handler was set: again
+                sent[0] = time.monotonic()
+                self.proc.send_signal(signal.SIGHUP)
+            return None
 
         return until(new_event, timeout, interval=0.05, what=f"a new {expect} in {self.log_path}")
 
