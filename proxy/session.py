@@ -268,6 +268,11 @@ _NO_RETAGS = ()  # ClientSession._retags with none
 # CommandComplete (the session's own handler tells it).
 _EXTENDED_ENDS = (PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE, ord("n"), ord("T"), ord("I"), ord("s"))
 _ANSWER_WITHHELD = deny("answer_withheld", "the server's answer was withheld")  # (hiddennames: last-line check)
+def _statement_words(statement: str) -> str:
+    """How an error names prepared statement `statement` (a protocol name; "" the unnamed one)."""
+    return f'prepared statement "{statement}"' if statement else "the unnamed prepared statement"
+
+
 _NO_NAMES = frozenset()  # ClientSession._reset_names with none
 _RESET_TAG = b"RESET\x00"
 _NO_CLOSES = ()  # ClientSession._agent_closing with none
@@ -1975,11 +1980,11 @@ class ClientSession:
         transaction's start while a rollback or transaction end is not yet answered (rt9a10 A2)."""
         state = self.context
         belief = state.belief
-        name = f'prepared statement "{statement}"' if statement else "the unnamed prepared statement"
-        if (statement in belief.prepared and belief.reprepare is not None and statement not in belief.reprepare
+        if (belief.reprepare is not None and statement in belief.prepared and statement not in belief.reprepare
                 and statement not in belief.steady):
             return errors.prepared_in_other_context(
-                statement=name, change="a temporary relation was made or dropped or the search_path changed")
+                statement=_statement_words(statement),
+                change="a temporary relation was made or dropped or the search_path changed")
         if self._prepared_in is None or not state.requests or not state.ending():
             return None
         found = self._prepared_in.records.get(statement)
@@ -1993,7 +1998,8 @@ class ClientSession:
         for target in state.rollback_targets():
             if with_context is None or sent_text(with_context(target.for_decisions())("parse", sql)) != sent:
                 return errors.prepared_in_other_context(
-                    statement=name, change="a rollback or a transaction's end was sent, not yet answered")
+                    statement=_statement_words(statement),
+                    change="a rollback or a transaction's end was sent, not yet answered")
         return None
 
     def _denied_at_run(self, parse: m.Parse, decision: Deny) -> bytes:
