@@ -4,8 +4,6 @@ unqualified name reaches its own relation where PostgreSQL would find that one f
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess, prepare_backend
+from tests.support.proxyproc import ProxyProcess, prepare_backend, provision_output
 
 MODES = ("transaction", "session")
 DAN_ROLE, DAN_ROLE_PW, DAN = "pgt_dsq_dan", "dsq-dan-role-pw", "dsq_dan"
@@ -126,15 +124,6 @@ def test_an_unqualified_name_reaches_what_postgresql_finds_first(
         assert conn.execute("SELECT count(*) FROM dan_s.orders").fetchall() == [(2,)]
 
 
-def _provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
-    from proxy.cli import main
-
-    p.write_config()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(["provision", "--config", str(p.config_path), "--admin-dsn", p.cluster.dsn(), *args])
-    return code, out.getvalue()
-
 
 def test_provision_and_the_preflight_keep_the_shared_tenants_sequences_from_a_database_tenant(
         pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -145,7 +134,7 @@ def test_provision_and_the_preflight_keep_the_shared_tenants_sequences_from_a_da
     pg.execute(SCHEMA, dbname=db)
     p = _proxy(pg, tmp_path_factory.mktemp("dsqp"), db)
     try:
-        code, out = _provision_output(p, "--dry-run")
+        code, out = provision_output(p, "--dry-run")
         assert code == 0, out
         for seq in THEIR_SEQUENCES:
             schema, name = seq.split(".")

@@ -17,7 +17,7 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import SAAS_DATABASE_ROLE, SAAS_DATABASE_TENANT, ProxyProcess, prepare_backend
+from tests.support.proxyproc import ProxyProcess, dan_proxy, started_per_mode
 from tests.support.wire import login, read_message
 
 MODES = ("transaction", "session")
@@ -28,22 +28,9 @@ VIEW = "CREATE TEMP VIEW vc AS SELECT oid, relname FROM pg_catalog.pg_class"
 @pytest.fixture(scope="module")
 def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
     """One proxy per pool mode (session pooling without the statement cache: the client's names reach the server)."""
-    prepare_backend(pg)
-    out = {}
-    for mode in MODES:
-        pool: dict[str, Any] = {"pool_mode": mode}
-        if mode == "session":
-            pool["statement_cache"] = False
-        out[mode] = ProxyProcess(pg, tmp_path_factory.mktemp(f"decided-{mode}"), backend_sslmode="disable",
-                                 extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
-                                 extra_users={"dan": ("hooli", "dan-pw")}, pool=pool)
-    try:
-        for proxy in out.values():
-            proxy.start()
-        yield out
-    finally:
-        for proxy in out.values():
-            proxy.stop()
+    yield from started_per_mode(lambda mode: dan_proxy(
+        pg, tmp_path_factory.mktemp(f"decided-{mode}"),
+        pool={"pool_mode": mode, **({"statement_cache": False} if mode == "session" else {})}), MODES)
 
 
 def _session(proxy: ProxyProcess, user: str) -> socket.socket:

@@ -20,7 +20,7 @@ from psycopg import pq
 
 from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import SAAS_DATABASE_ROLE, SAAS_DATABASE_TENANT, ProxyProcess, prepare_backend
+from tests.support.proxyproc import ProxyProcess, dan_proxy, started_per_mode
 from tests.support.wire import login, read_message
 
 TENANTS = {"shared": ("alice", "saas"), "database": ("dan", "saas")}
@@ -32,22 +32,10 @@ STATEMENT_BYTES = 8192  # [pool] max_session_statement_bytes of both proxies
 @pytest.fixture(scope="module")
 def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
     """One proxy per pool mode (session pooling without the statement cache: the client's names reach the server)."""
-    prepare_backend(pg)
-    out = {}
-    for mode in MODES:
-        pool: dict[str, Any] = {"pool_mode": mode, "max_session_statement_bytes": STATEMENT_BYTES}
-        if mode == "session":
-            pool["statement_cache"] = False
-        out[mode] = ProxyProcess(pg, tmp_path_factory.mktemp(f"hidden-{mode}"), backend_sslmode="disable",
-                                 extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
-                                 extra_users={"dan": ("hooli", "dan-pw")}, pool=pool)
-    try:
-        for proxy in out.values():
-            proxy.start()
-        yield out
-    finally:
-        for proxy in out.values():
-            proxy.stop()
+    yield from started_per_mode(lambda mode: dan_proxy(
+        pg, tmp_path_factory.mktemp(f"hidden-{mode}"),
+        pool={"pool_mode": mode, "max_session_statement_bytes": STATEMENT_BYTES,
+              **({"statement_cache": False} if mode == "session" else {})}), MODES)
 
 
 def _unnamed(value: Any, name: str) -> Any:

@@ -46,10 +46,9 @@ from tests.support import bidata
 from tests.support.bidata import PqClient, Result
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import (
-    SAAS_DATABASE_ROLE,
-    SAAS_DATABASE_TENANT,
     TENANT_ROLES,
     ProxyProcess,
+    dan_proxy,
     default_pool_mode,
     prepare_backend,
 )
@@ -2738,10 +2737,7 @@ _DIAGNOSTICS = tuple(f for f in pq.DiagnosticField)
 def hiding_proxy(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """The default tenants (alice: shared, acme) and a database tenant of database saas (dan: hooli); both have the
     schema tenant's schema globex hidden."""
-    prepare_backend(pg)
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("hiding"), backend_sslmode="disable",
-                     extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
-                     extra_users={"dan": ("hooli", "dan-pw")})
+    p = dan_proxy(pg, tmp_path_factory.mktemp("hiding"))
     p.start()
     yield p
     p.stop()
@@ -3131,9 +3127,7 @@ def hiding_proxies(hiding_proxy: ProxyProcess, pg: PgCluster,
     """`hiding_proxy` in both pool modes (the other one started here)."""
     mode = hiding_proxy.pool.get("pool_mode") or default_pool_mode()
     other = "session" if mode == "transaction" else "transaction"
-    p = ProxyProcess(pg, tmp_path_factory.mktemp("hiding_other"), backend_sslmode="disable",
-                     extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
-                     extra_users={"dan": ("hooli", "dan-pw")}, pool={"pool_mode": other})
+    p = dan_proxy(pg, tmp_path_factory.mktemp("hiding_other"), pool={"pool_mode": other})
     p.start()
     yield {mode: hiding_proxy, other: p}
     p.stop()

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import SAAS_DATABASE_ROLE, SAAS_DATABASE_TENANT, ProxyProcess, prepare_backend
+from tests.support.proxyproc import ProxyProcess, dan_proxy, started_per_mode
 
 MODES = ("transaction", "session")
 BOTS = {"danbot": ("hooli", "danbot-pw"), "alicebot": ("acme", "alicebot-pw")}
@@ -21,22 +21,10 @@ DATABASES = {"alice": "saas", "dan": "saas", "gina": "saas", "ivan": "initech", 
 
 @pytest.fixture(scope="module")
 def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
-    prepare_backend(pg)
-    out = {}
-    for mode in MODES:
-        out[mode] = ProxyProcess(
-            pg, tmp_path_factory.mktemp(f"shapes-{mode}"), backend_sslmode="disable",
-            extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
-            extra_users={"dan": ("hooli", "dan-pw"), **BOTS}, pool={"pool_mode": mode},
-            agent={"max_rows": 5, "max_estimated_rows": MAX_ESTIMATED_ROWS, "max_cost": 0.0},
-            user_keys={name: {"profile": "agent"} for name in BOTS})
-    try:
-        for proxy in out.values():
-            proxy.start()
-        yield out
-    finally:
-        for proxy in out.values():
-            proxy.stop()
+    yield from started_per_mode(lambda mode: dan_proxy(
+        pg, tmp_path_factory.mktemp(f"shapes-{mode}"), extra_users=BOTS, pool={"pool_mode": mode},
+        agent={"max_rows": 5, "max_estimated_rows": MAX_ESTIMATED_ROWS, "max_cost": 0.0},
+        user_keys={name: {"profile": "agent"} for name in BOTS}), MODES)
 
 
 def _connect(proxy: ProxyProcess, user: str) -> psycopg.Connection[Any]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend
+from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, provision_output
 
 
 def _start_expecting_failure(p: ProxyProcess) -> str:
@@ -321,16 +319,6 @@ def test_refuses_a_database_tenant_under_an_open_policy_or_with_a_schema_tenants
         pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
-def _provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
-    """`pgtenant provision` of `p`'s config (its exit code, its output)."""
-    from proxy.cli import main
-
-    p.write_config()
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(["provision", "--config", str(p.config_path), "--admin-dsn", p.cluster.dsn(), *args])
-    return code, out.getvalue()
-
 
 def test_provision_gives_a_database_tenant_none_of_the_other_tenants_of_its_database(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
@@ -347,21 +335,21 @@ def test_provision_gives_a_database_tenant_none_of_the_other_tenants_of_its_data
     try:
         p = _sharing_proxy(pg, workdir / "schemas", db, schema_tenant=True)
         p.extra_tenants["dsd"]["schemas"] = ["public", "dsg_s"]
-        code, out = _provision_output(p)
+        code, out = provision_output(p)
         assert code == 3 and ("REFUSED: tenant dsd: schemas lists dsg_s, the schema of tenant dsg (schema strategy) "
                               "in the same database") in out, out
         p = _sharing_proxy(pg, workdir / "role", db)
         del p.extra_tenants["dsd"]["backend_user"]  # the backend's own role: the shared tenant's
-        code, out = _provision_output(p)
+        code, out = provision_output(p)
         assert code == 3 and (f"REFUSED: tenant dsd (database strategy) and tenant dsa (shared strategy) share "
                               f"database {db} and backend role {BACKEND_ROLE}") in out, out
         p = _sharing_proxy(pg, workdir / "ok", db)
-        code, out = _provision_output(p, "--dry-run")
+        code, out = provision_output(p, "--dry-run")
         assert code == 0, out
         assert f'REVOKE ALL ON "public"."orders_v" FROM "{DAN_ROLE}";' in out
         assert f'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" REVOKE ALL ON TABLES FROM "{DAN_ROLE}";' in out
         assert f'ALTER DEFAULT PRIVILEGES IN SCHEMA "public" GRANT SELECT ON TABLES TO "{DAN_ROLE}"' not in out
-        assert _provision_output(p)[0] == 0
+        assert provision_output(p)[0] == 0
         pg.execute("CREATE VIEW public.later_v AS SELECT * FROM public.orders", dbname=db)
         assert pg.execute("SELECT has_table_privilege(%s, 'public.orders', 'SELECT'), "
                           "has_table_privilege(%s, 'public.orders_v', 'SELECT'), "

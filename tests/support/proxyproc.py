@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,36 @@ def tenants_proxy(cluster: PgCluster, workdir: Path, tenants: dict[str, dict[str
         extra_users={t["user"]: (name, f"{t['user']}-pw") for name, t in tenants.items()},
         extra_roles=roles,
     )
+
+
+def dan_proxy(cluster: PgCluster, workdir: Path, **kwargs: Any) -> ProxyProcess:
+    """A ProxyProcess (not started) of the default tenants and dan, the database tenant hooli of database saas
+    (`SAAS_DATABASE_TENANT`), with the backend prepared; `extra_users` given are added to dan."""
+    prepare_backend(cluster)
+    users = {"dan": ("hooli", "dan-pw"), **kwargs.pop("extra_users", {})}
+    return ProxyProcess(cluster, workdir, backend_sslmode="disable", extra_tenants=SAAS_DATABASE_TENANT,
+                        extra_roles=SAAS_DATABASE_ROLE, extra_users=users, **kwargs)
+
+
+def started_per_mode(make: Callable[[str], ProxyProcess],
+                     modes: tuple[str, ...] = ("transaction", "session")) -> Iterator[dict[str, ProxyProcess]]:
+    """Yields `make(mode)` for each pool mode, all started; stops them after (a module fixture's `yield from`)."""
+    out = {mode: make(mode) for mode in modes}
+    try:
+        for proxy in out.values():
+            proxy.start()
+        yield out
+    finally:
+        for proxy in out.values():
+            proxy.stop()
+
+
+def provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
+    """`pgtenant provision` of `p`'s config run in this process: its exit code and its output."""
+    from proxy.cli import main
+
+    p.write_config()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = main(["provision", "--config", str(p.config_path), "--admin-dsn", p.cluster.dsn(), *args])
+    return code, out.getvalue()
