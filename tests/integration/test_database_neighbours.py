@@ -28,6 +28,8 @@ CREATE SEQUENCE public.counter_seq;
 CREATE TABLE public.dan_notes (id serial, body text);
 CREATE SCHEMA dan_s;
 CREATE TABLE dan_s.orders (id serial, note text);
+CREATE SEQUENCE public.zz_invoice_number_sequence_for_the_acme_tenant_xxxxxxxxx_id_seq;
+CREATE SEQUENCE public."zz_Élan_id_seq";
 INSERT INTO public.orders (tenant_id) VALUES ('acme'), ('bigco'), ('bigco');
 INSERT INTO public.items (tenant_id) SELECT 'bigco' FROM generate_series(1, 5);
 SELECT nextval('public.counter_seq') FROM generate_series(1, 7);
@@ -35,6 +37,7 @@ INSERT INTO public.dan_notes (body) VALUES ('a');
 INSERT INTO dan_s.orders (note) VALUES ('x'), ('y');
 """
 THEIR_SEQUENCES = ("public.orders_id_seq", "public.items_id_seq", "public.counter_seq")
+LONG = "zz_invoice_number_sequence_for_the_acme_tenant_xxxxxxxxx_id_seq"  # theirs too (63 bytes), as zz_Élan_id_seq
 DAN_SEQUENCES = ("public.dan_notes_id_seq", "dan_s.orders_id_seq")
 
 
@@ -124,6 +127,21 @@ def test_an_unqualified_name_reaches_what_postgresql_finds_first(
         _refused(conn, "SELECT last_value FROM orders_id_seq", "others_sequence")
         _refused(conn, "SELECT currval('orders_id_seq')", "others_sequence")
         assert conn.execute("SELECT count(*) FROM dan_s.orders").fetchall() == [(2,)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sequence_name_postgresql_folds_or_truncates_to_theirs_is_refused(
+        neighbours: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
+    """Red team 9a10 B2: the literal's name is read as PostgreSQL reads it, ASCII letters downcased only and cut to
+    63 bytes: `<63 bytes>EXTRA` and the unquoted `zz_Élan_id_seq` reach their sequences and are refused."""
+    db, proxies = neighbours
+    with _dan(proxies[mode], db) as conn:
+        for literal in (f"public.{LONG}EXTRA", f"public.{LONG}", "public.zz_Élan_id_seq", 'public."zz_Élan_id_seq"',
+                        "PUBLIC.ZZ_Élan_ID_SEQ"):
+            _refused(conn, f"SELECT pg_sequence_last_value('{literal}')", "others_sequence")
+            _refused(conn, f"SELECT currval('{literal}'::regclass)", "others_sequence")
+        with pytest.raises(psycopg.errors.UndefinedTable):  # PostgreSQL keeps `é`: not theirs, not there
+            conn.execute("SELECT pg_sequence_last_value('public.zz_élan_id_seq')")
 
 
 def _provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
