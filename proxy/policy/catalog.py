@@ -401,6 +401,8 @@ STAT_VIEWS: dict[str, str] = {  # view -> the column holding the relation the ro
     **{f"pg_stat{io}_{w}_tables": "relid" for io in ("", "io") for w in ("all", "user", "sys")},
     **{f"pg_stat_xact_{w}_tables": "relid" for w in ("all", "user", "sys")},
     **{f"pg_stat{io}_{w}_indexes": "indexrelid" for io in ("", "io") for w in ("all", "user", "sys")},
+    # a sequence's block counters count its nextval()s: the inserts of the tenant whose table it numbers (rt9a10 B1)
+    **{f"pg_statio_{w}_sequences": "relid" for w in ("all", "user", "sys")},
 }
 _STAT_IDENTITY = frozenset({"relid", "indexrelid", "schemaname", "relname", "indexrelname"})
 SCRUBBED_RELATIONS: frozenset[str] = frozenset({"pg_class", *STAT_VIEWS})

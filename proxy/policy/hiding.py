@@ -33,7 +33,16 @@ from dataclasses import dataclass
 from pglast.parser import ParseError
 
 from proxy.policy.model import SYSTEM_SCHEMAS, TenantPolicy
-from proxy.policy.sqltext import DOT, Edit, TextError, Tok, apply_edits, tokens
+from proxy.policy.sqltext import (
+    DOT,
+    Edit,
+    TextError,
+    Tok,
+    apply_edits,
+    downcase_identifier,
+    tokens,
+    truncate_identifier,
+)
 from proxy.policy.tree import dumps, parse_json, strip_positions, walk_dicts
 
 RULE = "hidden_schema"  # the rewrite rule of a statement sent with reserved names
@@ -43,7 +52,6 @@ _SECRET = secrets.token_bytes(16)  # the reserved names of this process: not gue
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 SECRET_CHARS = 24  # 120 secret bits
 QUOTED_CHARS = SECRET_CHARS + 6  # "pg_9…": the reserved name as sent
-_NAMEDATALEN = 63  # bytes of an identifier PostgreSQL keeps
 OTHER_TEMP = re.compile(r"pg_(?:toast_)?temp_[0-9]+")  # other sessions' temporary schemas (hidden too)
 _WORD = re.compile(rb"[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*")
 _SETTING_STATEMENTS = frozenset({"VariableSetStmt", "VariableShowStmt"})
@@ -225,11 +233,10 @@ def _identifier(data: bytes, tok: Tok, uescape: str | None) -> str | None:
             return None
         name = decoded
     elif _WORD.fullmatch(raw):
-        name = raw.decode("utf-8", "replace").translate(_DOWNCASE)
+        name = downcase_identifier(raw.decode("utf-8", "replace"))
     else:
         return None
-    cut = name.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore")
-    return cut
+    return truncate_identifier(name)
 
 
 def _string_value(text: str) -> str | None:
@@ -243,9 +250,6 @@ def _string_value(text: str) -> str | None:
     except (KeyError, IndexError, TypeError):
         return None
     return value if isinstance(value, str) else None
-
-
-_DOWNCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _unicode_escapes(text: str, escape: str) -> str | None:

@@ -20,7 +20,7 @@ from proxy.policy.model import (
 )
 from proxy.policy.rules import Denied, fail
 from proxy.policy.schema import FOREIGN_SCHEMA
-from proxy.policy.sqltext import split_identifier_list
+from proxy.policy.sqltext import downcase_identifier, split_identifier_list, truncate_identifier
 from proxy.policy.tree import Node, const_text, names_of, string_const
 from proxy.policy.walk import Call
 
@@ -274,7 +274,6 @@ def _check_pinned(name: str, value: str | None) -> None:
 # schema" for a schema the role may not use and "invalid value" for one that does not exist.
 OBJECT_NAME_SETTINGS: frozenset[str] = frozenset({"default_text_search_config"})
 _SCANNER_SPACE = " \t\n\r\f\v"  # PostgreSQL's scanner_isspace
-_NAMEDATALEN = 63  # bytes of an identifier PostgreSQL keeps
 
 
 def check_object_name_value(policy: TenantPolicy, name: str, value: str | None) -> None:
@@ -340,10 +339,10 @@ def qualified_name(value: str) -> list[str] | None:
                 i += 1
             if i == j:
                 return None
-            found = value[j:i].translate(_DOWNCASE)
+            found = downcase_identifier(value[j:i])
         while i < n and value[i] in _SCANNER_SPACE:
             i += 1
-        names.append(found.encode("utf-8")[:_NAMEDATALEN].decode("utf-8", "ignore"))
+        names.append(truncate_identifier(found))
         if i == n:
             return names
         if value[i] != ".":
@@ -353,9 +352,6 @@ def qualified_name(value: str) -> list[str] | None:
             i += 1
         if i == n:
             return None
-
-
-_DOWNCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _answered_as_missing(policy: TenantPolicy, schema: str) -> bool:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from pglast.parser import ParseError, scan
 
+from proxy.pgnames import sql_identifier
+
 OPEN, CLOSE, COMMA, DOT, STAR = "ASCII_40", "ASCII_41", "ASCII_44", "ASCII_46", "ASCII_42"
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
@@ -14,6 +16,26 @@ _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 def quote_ident(name: str) -> str:
     """Always-quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
+
+
+_DOWNCASE = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def downcase_identifier(name: str) -> str:
+    """An unquoted identifier as PostgreSQL's downcase_identifier folds it in a UTF-8 database: ASCII A-Z only
+    (`str.lower` would fold `É` too, which PostgreSQL keeps: red team 9a10 B2)."""
+    return name.translate(_DOWNCASE)
+
+
+def truncate_identifier(name: str) -> str:
+    """An identifier as PostgreSQL's truncate_identifier keeps it: its longest prefix of whole characters within
+    NAMEDATALEN - 1 = 63 bytes (red team 9a10 B2)."""
+    return sql_identifier(name)
+
+
+def fold_identifier(name: str) -> str:
+    """An unquoted identifier as PostgreSQL names it (downcase_truncate_identifier)."""
+    return truncate_identifier(downcase_identifier(name))
 
 
 def quote_literal(value: str) -> str:
@@ -242,7 +264,8 @@ def _read_quoted(text: str, i: int) -> tuple[str, int] | None:
 
 
 def split_identifier_list(text: str) -> list[str] | None:
-    """Split a GUC list value the way PostgreSQL's SplitIdentifierString does; None if malformed."""
+    """Split a GUC list value the way PostgreSQL's SplitIdentifierString does (names folded and truncated as it
+    does); None if malformed."""
     out: list[str] = []
     i, n = 0, len(text)
     while True:
@@ -253,14 +276,14 @@ def split_identifier_list(text: str) -> list[str] | None:
             if quoted is None:
                 return None
             name, i = quoted
-            out.append(name)
+            out.append(truncate_identifier(name))
         else:
             j = i
             while i < n and text[i] != "," and not text[i].isspace():
                 i += 1
             if i == j:
                 return None
-            out.append(text[j:i].lower())
+            out.append(fold_identifier(text[j:i]))
         while i < n and text[i].isspace():
             i += 1
         if i >= n:
@@ -271,7 +294,8 @@ def split_identifier_list(text: str) -> list[str] | None:
 
 
 def object_name_parts(text: str) -> list[str] | None:
-    """Leading dotted identifier chain of a reg* input string ('a."B".c(int)' -> ['a', 'B', 'c'])."""
+    """Leading dotted identifier chain of a reg* input string ('a."B".c(int)' -> ['a', 'B', 'c']), each name as
+    PostgreSQL names it (unquoted: ASCII downcased; every one truncated to 63 bytes)."""
     parts: list[str] = []
     i, n = 0, len(text)
     while True:
@@ -282,7 +306,7 @@ def object_name_parts(text: str) -> list[str] | None:
             if quoted is None:
                 return None
             name, i = quoted
-            parts.append(name)
+            parts.append(truncate_identifier(name))
         else:
             j = i
             while i < n and (text[i].isalnum() or text[i] in "_$" or ord(text[i]) > 127):
@@ -291,7 +315,7 @@ def object_name_parts(text: str) -> list[str] | None:
                 if parts:
                     parts.append("")  # 'schema.+' (an operator after the schema)
                 return parts or None
-            parts.append(text[j:i].lower())
+            parts.append(fold_identifier(text[j:i]))
         while i < n and text[i].isspace():
             i += 1
         if i < n and text[i] == ".":

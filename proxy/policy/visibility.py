@@ -218,19 +218,32 @@ _ROW_SECURED = (
     "(WITH pgt_t AS (SELECT pgt_c.oid FROM pg_catalog.pg_class pgt_c WHERE pgt_c.relrowsecurity UNION ALL SELECT "
     "pgt_c.reltoastrelid FROM pg_catalog.pg_class pgt_c WHERE pgt_c.relrowsecurity AND pgt_c.reltoastrelid <> "
     "'0'::pg_catalog.oid) SELECT pgt_t.oid FROM pgt_t UNION ALL SELECT pgt_i.indexrelid FROM pg_catalog.pg_index "
-    "pgt_i WHERE pgt_i.indrelid IN (SELECT pgt_t.oid FROM pgt_t))"
+    "pgt_i WHERE pgt_i.indrelid IN (SELECT pgt_t.oid FROM pgt_t) UNION ALL SELECT pgt_d.objid FROM "
+    "pg_catalog.pg_depend pgt_d WHERE pgt_d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND "
+    "pgt_d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND pgt_d.deptype IN ('a', 'i') AND "
+    "pgt_d.refobjid IN (SELECT pgt_t.oid FROM pgt_t){sequences})"
 )
 
 
+@lru_cache(maxsize=256)
 def others_rows_relations(policy: TenantPolicy) -> str | None:
     """A subquery of the OIDs of the relations (with their TOAST tables and indexes) that hold other tenants' rows,
     whose planner statistics, sizes and activity counters count them, or None: the scoped tables in the shared
     strategy; every table with row-level security where a database tenant shares its database (issue 14: the
-    shared tenants' tables, whose rows forced RLS keeps from it)."""
+    shared tenants' tables, whose rows forced RLS keeps from it), with the sequences they own (serial, identity)
+    and the shared tenants' sequences (`others_sequences`), whose block counters count their nextval()s (red team
+    9a10 B1)."""
     if policy.strategy == "shared":
         return scoped_relations(policy)
     if policy.strategy == "database" and not policy.owns_database:
-        return _ROW_SECURED
+        sequences = ""
+        if policy.others_sequences:
+            pairs = ", ".join(f"({quote_literal(s)}, {quote_literal(n)})" for s, n in sorted(policy.others_sequences))
+            sequences = (
+                " UNION ALL SELECT pgt_q.oid FROM pg_catalog.pg_class pgt_q JOIN pg_catalog.pg_namespace pgt_m ON "
+                f"pgt_m.oid = pgt_q.relnamespace WHERE (pgt_m.nspname, pgt_q.relname) IN ({pairs})"
+            )
+        return _ROW_SECURED.format(sequences=sequences)
     return None
 
 

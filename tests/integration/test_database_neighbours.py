@@ -26,6 +26,8 @@ CREATE SEQUENCE public.counter_seq;
 CREATE TABLE public.dan_notes (id serial, body text);
 CREATE SCHEMA dan_s;
 CREATE TABLE dan_s.orders (id serial, note text);
+CREATE SEQUENCE public.zz_invoice_number_sequence_for_the_acme_tenant_xxxxxxxxx_id_seq;
+CREATE SEQUENCE public."zz_Élan_id_seq";
 INSERT INTO public.orders (tenant_id) VALUES ('acme'), ('bigco'), ('bigco');
 INSERT INTO public.items (tenant_id) SELECT 'bigco' FROM generate_series(1, 5);
 SELECT nextval('public.counter_seq') FROM generate_series(1, 7);
@@ -33,6 +35,7 @@ INSERT INTO public.dan_notes (body) VALUES ('a');
 INSERT INTO dan_s.orders (note) VALUES ('x'), ('y');
 """
 THEIR_SEQUENCES = ("public.orders_id_seq", "public.items_id_seq", "public.counter_seq")
+LONG = "zz_invoice_number_sequence_for_the_acme_tenant_xxxxxxxxx_id_seq"  # theirs too (63 bytes), as zz_Élan_id_seq
 DAN_SEQUENCES = ("public.dan_notes_id_seq", "dan_s.orders_id_seq")
 
 
@@ -123,6 +126,77 @@ def test_an_unqualified_name_reaches_what_postgresql_finds_first(
         _refused(conn, "SELECT currval('orders_id_seq')", "others_sequence")
         assert conn.execute("SELECT count(*) FROM dan_s.orders").fetchall() == [(2,)]
 
+
+STATIO_SEQUENCES = ("pg_statio_all_sequences", "pg_statio_user_sequences", "pg_statio_sys_sequences")
+
+
+def _counters(conn: psycopg.Connection[Any], view: str) -> dict[str, tuple[Any, Any]]:
+    rows = conn.execute(f"SELECT schemaname || '.' || relname, blks_read, blks_hit FROM pg_catalog.{view}").fetchall()
+    return {name: (read, hit) for name, read, hit in rows}
+
+
+def _advance(pg: PgCluster, db: str, sql: str) -> None:
+    """Run `sql` as the superuser (standing in for the shared tenant's inserts), its statistics flushed when it
+    returns (pg_stat_force_next_flush: before the idle backend's next ReadyForQuery)."""
+    with pg.connect(dbname=db) as conn:
+        conn.execute(sql)
+        conn.execute("SELECT pg_catalog.pg_stat_force_next_flush()")
+        conn.execute("SELECT 1")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_database_tenant_reads_no_block_counters_of_the_shared_tenants_sequences(
+        pg: PgCluster, neighbours: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
+    """Red team 9a10 B1: pg_statio_*_sequences.blks_hit of the shared tenant's serial sequence is 2 + its nextval()s,
+    the number of their inserts that others_sequence keeps from dan. Their sequences' counters are NULL for him, as
+    their tables' are; his own sequences' still count."""
+    db, proxies = neighbours
+    _advance(pg, db, "INSERT INTO public.items (tenant_id) SELECT 'acme' FROM generate_series(1, 25); "
+                     "SELECT nextval('public.counter_seq') FROM generate_series(1, 4)")
+    theirs = {*THEIR_SEQUENCES, f"public.{LONG}", "public.zz_Élan_id_seq"}
+    with pg.connect(dbname=db) as su:
+        server = _counters(su, "pg_statio_all_sequences")
+    assert all(server[s][1] is not None for s in THEIR_SEQUENCES), server  # (the channel: PostgreSQL counts them)
+    with _dan(proxies[mode], db) as conn:
+        for view in STATIO_SEQUENCES:
+            seen = _counters(conn, view)
+            assert all(seen.get(s, (None, None)) == (None, None) for s in theirs), (view, seen)
+        tables = conn.execute("SELECT heap_blks_hit FROM pg_catalog.pg_statio_all_tables "
+                              "WHERE relid = 'public.items'::pg_catalog.regclass").fetchall()
+        assert tables == [(None,)], tables
+        before = _counters(conn, "pg_statio_user_sequences")
+        assert set(before) >= set(DAN_SEQUENCES) and all(before[s][1] is not None for s in DAN_SEQUENCES), before
+        _advance(pg, db, "SELECT nextval('dan_s.orders_id_seq') FROM generate_series(1, 3); "
+                         "SELECT setval('dan_s.orders_id_seq', 2)")  # (its position as the other tests expect)
+        after = _counters(conn, "pg_statio_user_sequences")
+        assert sum(after["dan_s.orders_id_seq"]) >= sum(before["dan_s.orders_id_seq"]) + 3, (before, after)
+        _refused(conn, "SELECT pg_catalog.pg_stat_get_blocks_hit('public.items_id_seq'::pg_catalog.regclass)",
+                 "function_not_allowed")
+    # a row-secured table created after the proxy started (not in others_sequences until a reload): the sequence it
+    # owns counts its inserts alike
+    try:
+        _advance(pg, db, "CREATE TABLE public.late (id serial, tenant_id text); ALTER TABLE public.late ENABLE ROW "
+                         "LEVEL SECURITY; INSERT INTO public.late (tenant_id) SELECT 'acme' FROM generate_series(1, 5)")
+        with _dan(proxies[mode], db) as conn:
+            late = _counters(conn, "pg_statio_all_sequences")
+        assert late["public.late_id_seq"] == (None, None), late
+    finally:
+        pg.execute("DROP TABLE IF EXISTS public.late", dbname=db)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sequence_name_postgresql_folds_or_truncates_to_theirs_is_refused(
+        neighbours: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
+    """Red team 9a10 B2: the literal's name is read as PostgreSQL reads it, ASCII letters downcased only and cut to
+    63 bytes: `<63 bytes>EXTRA` and the unquoted `zz_Élan_id_seq` reach their sequences and are refused."""
+    db, proxies = neighbours
+    with _dan(proxies[mode], db) as conn:
+        for literal in (f"public.{LONG}EXTRA", f"public.{LONG}", "public.zz_Élan_id_seq", 'public."zz_Élan_id_seq"',
+                        "PUBLIC.ZZ_Élan_ID_SEQ"):
+            _refused(conn, f"SELECT pg_sequence_last_value('{literal}')", "others_sequence")
+            _refused(conn, f"SELECT currval('{literal}'::regclass)", "others_sequence")
+        with pytest.raises(psycopg.errors.UndefinedTable):  # PostgreSQL keeps `é`: not theirs, not there
+            conn.execute("SELECT pg_sequence_last_value('public.zz_élan_id_seq')")
 
 
 def test_provision_and_the_preflight_keep_the_shared_tenants_sequences_from_a_database_tenant(

@@ -130,6 +130,8 @@ PG15_CATALOG_COLUMNS: dict[str, tuple[str, ...]] = {
         "relid", "schemaname", "relname", "heap_blks_read", "heap_blks_hit", "idx_blks_read", "idx_blks_hit",
         "toast_blks_read", "toast_blks_hit", "tidx_blks_read", "tidx_blks_hit",
     ),
+    **{f"pg_statio_{w}_sequences": ("relid", "schemaname", "relname", "blks_read", "blks_hit")
+       for w in ("all", "user", "sys")},
     "pg_tablespace": (
         "oid", "spcname", "spcowner", "spcacl", "spcoptions",
     ),

@@ -307,6 +307,11 @@ def test_object_name_parts() -> None:
     assert object_name_parts("character varying") == ["character"]
     assert object_name_parts("s.+") == ["s", ""]
     assert object_name_parts("") is None
+    # PostgreSQL's downcase_truncate_identifier (red team 9a10 B2): ASCII letters only, 63 bytes at a character end
+    assert object_name_parts("S.zz_Élan_ID") == ["s", "zz_Élan_id"]
+    assert object_name_parts("a" * 62 + "éz") == ["a" * 62]
+    assert object_name_parts('"' + "B" * 70 + '".x') == ["B" * 63, "x"]
+    assert split_identifier_list('Élan, "' + "x" * 64 + '"') == ["Élan", "x" * 63]
 
 
 def test_simple_name_end() -> None:

@@ -32,3 +32,26 @@ def test_the_session_search_path_decides() -> None:
     assert not isinstance(decide(policy, sql), Deny), decide(policy, sql)
     denied = decide(policy, "SET search_path TO public, dan_s; SELECT count(*) FROM orders")
     assert isinstance(denied, Deny) and denied.rule == "others_table", denied
+
+
+# Red team 9a10 B2: a sequence name as PostgreSQL reads a reg* literal (stringToQualifiedNameList): an unquoted name
+# has its ASCII letters downcased only, and every name is truncated to 63 bytes at a character boundary.
+LONG = "zz_invoice_number_sequence_for_the_acme_tenant_xxxxxxxxx_id_seq"  # 63 bytes
+
+
+def _theirs() -> TenantPolicy:
+    return TenantPolicy(tenant="dan", strategy="database", database_shared=True, search_path=("public",),
+                        others_sequences=frozenset({("public", LONG), ("public", "zz_Élan_id_seq")}))
+
+
+@pytest.mark.parametrize("literal", [f"public.{LONG}EXTRA", f'public."{LONG}EXTRA"', f"{LONG}Ü",
+                                     "public.zz_Élan_id_seq", 'public."zz_Élan_id_seq"', "ZZ_Élan_ID_SEQ"])
+@pytest.mark.parametrize("function", ["pg_sequence_last_value", "currval", "pg_sequence_parameters"])
+def test_a_name_postgresql_folds_or_truncates_to_theirs_is_refused(function: str, literal: str) -> None:
+    decision = decide(_theirs(), f"SELECT {function}('{literal}')")
+    assert isinstance(decision, Deny) and decision.rule == "others_sequence", decision
+
+
+@pytest.mark.parametrize("literal", ["public.zz_élan_id_seq", 'public."ZZ_Élan_id_seq"', f"public.{LONG[:-1]}"])
+def test_a_name_postgresql_reads_as_another_is_not_theirs(literal: str) -> None:
+    assert not isinstance(decide(_theirs(), f"SELECT pg_sequence_last_value('{literal}')"), Deny)

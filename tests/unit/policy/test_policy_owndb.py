@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 from policy_corpus import POLICIES
 
 from proxy.policy import Rewrite, decide
@@ -56,3 +57,13 @@ def test_the_row_secured_tables_figures_are_scrubbed_in_a_shared_database() -> N
 def test_large_objects_are_not_listed_in_a_shared_database() -> None:
     assert "false" in _sql(SHARING, "SELECT oid FROM pg_largeobject_metadata")
     assert "lomowner" in _sql(ALONE, "SELECT oid FROM pg_largeobject_metadata")
+
+
+@pytest.mark.parametrize("view", ["pg_statio_all_sequences", "pg_statio_user_sequences", "pg_statio_sys_sequences"])
+def test_the_shared_tenants_sequences_block_counters_are_scrubbed_in_a_shared_database(view: str) -> None:
+    """Red team 9a10 B1: a sequence's blks_hit counts its nextval()s, the shared tenants' inserts: their sequences'
+    counters (`others_sequences`, and those the row-secured tables own) are NULL as their tables' are."""
+    sql = _sql(SHARING, f"SELECT relname, blks_read, blks_hit FROM pg_catalog.{view}")
+    assert "THEN NULL ELSE" in sql and "pgt_d.deptype IN ('a', 'i')" in sql, sql
+    assert "(pgt_m.nspname, pgt_q.relname) IN (('public', 'orders_id_seq'))" in sql, sql
+    assert "relrowsecurity" not in _sql(ALONE, f"SELECT blks_hit FROM pg_catalog.{view}")
