@@ -8,7 +8,7 @@ import json
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pglast.parser import ParseError, parse_sql_json
 
@@ -224,6 +224,13 @@ class Routed:
         self.wrote = False
         return Route(self.routing, False, self.wrote_at)
 
+    def reconfigure(self, routing: RoutingConfig) -> None:
+        """A reload's routing for the session's user: its next request's Route carries it (its last write's time
+        kept: read-your-writes holds across the reload)."""
+        if routing != self.routing:
+            self.routing = routing
+            self._routes = (Route(routing, False, self.wrote_at), Route(routing, True, self.wrote_at))
+
     def released(self, replica: str | None, clock: Callable[[], float]) -> None:
         """The session gives its server back: a primary after requests that may have written marks a write (at
         `clock()`, read only then)."""
@@ -235,11 +242,17 @@ class Routed:
 
 def routed(config: Config, user: str) -> Routed | None:
     """`user`'s routing, or None when every statement of it goes to the primary."""
+    routing = routing_of(config, user)
+    return None if routing.route == "primary" else Routed(routing)
+
+
+def routing_of(config: Config, user: str) -> RoutingConfig:
+    """`user`'s routing settings; route "primary" when its backend has no replica."""
     routing = config.routing_for(user)
     tenant = config.tenants[config.users[user].tenant]
-    if routing.route == "primary" or not config.backends[tenant.backend].replicas:
-        return None
-    return Routed(routing)
+    if routing.route != "primary" and not config.backends[tenant.backend].replicas:
+        return replace(routing, route="primary")
+    return routing
 
 
 @dataclass(frozen=True, slots=True)

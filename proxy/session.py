@@ -898,10 +898,15 @@ class ClientSession:
                           info.tls, state, info.tx_status.decode(), login is not None and login.is_admin)
 
     def reconfigure(self, config: Config) -> None:
-        """Event: a reload installed `config`; the session decides under it from now on."""
+        """Event: a reload installed `config`; the session decides under it from now on, and routes its next requests
+        by its user's new routing (red team 9s8 F3: a session kept its login's; one that logged in under route
+        "primary" keeps the primary until it reconnects — the safe side)."""
         self.config = config
         if self.login is not None:
             self.login.config = config
+        user = self.info.user
+        if self.routing is not None and user in config.users:
+            self.routing.reconfigure(replicas.routing_of(config, user))
 
     def revoke(self, error: PgError) -> list[Action]:
         """Event: a reload removed or moved this session's user. A session between requests ends now (FATAL, as

@@ -629,3 +629,25 @@ def test_a_replica_failing_the_start_up_checks_is_never_routed_to(replicated: tu
             p.stop()
     finally:
         etl.stop()
+
+
+def test_a_reload_moves_a_logged_in_sessions_reads_where_its_new_route_says(
+        replicated: tuple[PgCluster, StandbyCluster], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Red team 9s8 F3: `route = "primary"` reloaded for ivan reached only new logins; a session logged in before
+    kept reading on the replica. Its next requests follow the reload (and back again under "auto")."""
+    primary, standby = replicated
+    p = _proxy(replicated, tmp_path_factory.mktemp("replicas-reload"), "transaction",
+               user_keys={"ivan": {"max_replica_lag": LONG}})
+    try:
+        with psycopg.connect(p.dsn("ivan"), autocommit=True) as conn:
+            on_replica(conn, standby)
+            p.user_keys["ivan"] = {"max_replica_lag": LONG, "route": "primary"}
+            p.write_config()
+            p.reload("reloaded")
+            assert {port_of(conn) for _ in range(5)} == {primary.port}
+            p.user_keys["ivan"] = {"max_replica_lag": LONG}
+            p.write_config()
+            p.reload("reloaded")
+            on_replica(conn, standby)
+    finally:
+        p.stop()

@@ -433,3 +433,27 @@ def test_a_routed_sessions_route_is_the_same_object_from_write_to_write() -> Non
     routed.route(False, lambda: True)
     routed.released(None, lambda: 9.0)
     assert routed.route(True).wrote_at == 9.0 and routed.route(True) is routed.route(True)
+
+
+def test_a_reload_gives_a_routed_session_its_new_routing_and_keeps_its_last_write() -> None:
+    """Routed.reconfigure (red team 9s8 F3): the next Routes carry the reloaded routing and the last write's time
+    (read-your-writes across the reload); the same routing again keeps the Route objects (a kept server's resume)."""
+    routed = replicas.Routed(RoutingConfig(route="auto"))
+    routed.route(False, lambda: True)
+    routed.released(None, lambda: 7.5)
+    kept = routed.route(True)
+    routed.reconfigure(RoutingConfig(route="auto"))
+    assert routed.route(True) is kept
+    routed.reconfigure(RoutingConfig(route="primary", max_replica_lag=2.0))
+    assert routed.route(True) == Route(RoutingConfig(route="primary", max_replica_lag=2.0), True, 7.5)
+    assert routed.route(False) == Route(RoutingConfig(route="primary", max_replica_lag=2.0), False, 7.5)
+
+
+
+def test_routing_of_a_backend_without_replicas_is_the_primary(tmp_path: Path) -> None:
+    """replicas.routing_of: the user's routing; "primary" when its backend has no replica (as `routed` is None)."""
+    cfg = config(tmp_path, route="auto", max_replica_lag=3.0)
+    assert replicas.routing_of(cfg, "alice") == RoutingConfig(route="auto", max_replica_lag=3.0)  # type: ignore[arg-type]
+    gone = replace(cfg, backends={**cfg.backends, "main": replace(cfg.backends["main"], replicas=())})  # type: ignore[attr-defined]
+    assert replicas.routing_of(gone, "alice") == RoutingConfig(route="primary", max_replica_lag=3.0)  # type: ignore[arg-type]
+    assert replicas.routed(gone, "alice") is None  # type: ignore[arg-type]
