@@ -519,8 +519,9 @@ class Statements:
         self.prepared = None
         self._unnamed_here = False
         self._tx_names = _NO_NAMES  # type: ignore[assignment]
+        self._unflushed = 0
         if self._ledger:
-            self._fakes = self._markers = self._unflushed = 0
+            self._fakes = self._markers = 0
             self._skipping = False
             self._recording = None
         self._ledger = _NO_LEDGER  # type: ignore[assignment]
