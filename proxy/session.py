@@ -2618,9 +2618,14 @@ class ClientSession:
         return [RelayToServer(chunks), self._unsynced_changed()] if self.pooled else [RelayToServer(chunks)]
 
     def _on_flush(self, body: bytes) -> None:
-        """A Flush; in transaction pooling the server stays held until the batch's Sync (BatchWithoutSync)."""
+        """A Flush; in transaction pooling the server stays held until the batch's Sync (BatchWithoutSync). The
+        answers of what was sent before it are coming (_coming)."""
         self._on_request_message(body)
         self._flushed = True
+        if self.statements is not None:
+            self.statements.flush()
+        elif self._owed is not None:
+            self._owed.flush()
 
     def _awaiting_sync(self) -> bool:
         """The session holds its server for a batch that waits for the client's Sync: a Flush was sent, or any
@@ -3496,13 +3501,15 @@ class ClientSession:
         for idle_in_transaction_timeout (the user's or tenant's limit, else the global [limits] one), ends the
         session (25P03), the server closed (red team 9s4 N1: PostgreSQL times no batch waiting for its Sync; its
         idle_in_transaction_session_timeout starts only at a ReadyForQuery; red team 9s7 L1: in session pooling
-        too, the batch's implicit transaction held its locks on a shared table for good). A flushed batch with an
-        Execute unanswered (or, with no statement maps, anything) is not waiting (its statement runs); without a
-        Flush PostgreSQL sends no answer before the Sync, so such a batch is timed from the client's last
-        message, an Execute's run included. A batch whose bytes the proxy does not read meanwhile (`reading_paused`:
+        too, the batch's implicit transaction held its locks on a shared table for good). A client owed an answer
+        it asked for (_coming: an Execute's, or with no statement maps any, with a Flush, Sync or Query sent after
+        it) is not idle (its statement runs); an answer with no Flush or Sync after its message PostgreSQL sends
+        only when the client asks, so such a batch is timed from the last byte either way, an Execute's run
+        included, also after an earlier Flush was answered (the L1 residual: P/B/E/Flush answered, then B/E
+        without a Flush was never timed). A batch whose bytes the proxy does not read meanwhile (`reading_paused`:
         the server takes none, say a Parse waits for a lock) is not idle either (as a COPY, _copy_waited)."""
         if (self._sticky or self._held is not None or self.state is not _READY or self._replaying or self._settling
-                or (self._flushed and self._running())):
+                or self._coming()):
             return None
         if reading_paused:
             self._ext_since = self.clock()
@@ -3512,13 +3519,15 @@ class ClientSession:
             return None
         return self._idle_held_end(idle, errors.limit_idle_in_transaction(seconds(idle)))
 
-    def _running(self) -> bool:
-        """The server owes an Execute's answer (statement maps), or any answer (no statement maps: session pooling
-        without the statement cache, skipping.Owed): its statement may run."""
+    def _coming(self) -> bool:
+        """The server owes an answer the client asked for (a Flush, Sync or Query sent after its message): an
+        Execute's (statement maps), or any (no statement maps: session pooling without the statement cache,
+        skipping.Owed); its statement may run. An answer owed with no Flush or Sync after its message is not coming:
+        PostgreSQL sends it when the client asks, and a client that does not is idle (red team 9s7 L1 residual)."""
         st = self.statements
         if st is not None:
             return st.running()
-        return self._owed is not None and bool(self._owed.owed)
+        return self._owed is not None and self._owed.coming()
 
     def _copy_waited(self, reading_paused: bool) -> list[Action] | None:
         """Either pool mode: a COPY FROM STDIN (_copying) with no byte from the client for idle_in_transaction_timeout

@@ -19,16 +19,29 @@ class Owed:
     """The answers a session's server still owes, in the order it sends them: an extended message's is _EXTENDED or
     the token it was tagged with (the session's records of it, taken back if it fails or is skipped)."""
 
-    __slots__ = ("owed", "skipping")
+    __slots__ = ("owed", "skipping", "unflushed")
 
     def __init__(self) -> None:
         self.owed: deque[object] = deque()
         self.skipping = False  # an error arrived before the batch's Sync was sent: what comes up to it is skipped
+        self.unflushed = 0  # the extended messages owed sent after the last Flush, Sync, Query or FunctionCall
 
     def extended(self) -> None:
         """An extended message was sent (Parse, Bind, Describe, Execute, Close)."""
         if not self.skipping:
             self.owed.append(_EXTENDED)
+            self.unflushed += 1
+
+    def flush(self) -> None:
+        """A Flush was sent: the server sends the answers of everything sent before it."""
+        self.unflushed = 0
+
+    def coming(self) -> bool:
+        """An answer the client asked for (a Flush, Sync, Query or FunctionCall sent after its message) is owed: the
+        server sends it. PostgreSQL buffers the answers of extended messages until a Flush or Sync; answers come in
+        order, so the owed ones are the last sent, those after the last Flush among them."""
+        answers = sum(not (type(unit) is int and unit == _COPY_END) for unit in self.owed)
+        return answers > self.unflushed
 
     def tag(self, token: object) -> bool:
         """The extended message just sent carries `token` (returned by `failed` if it fails or is skipped). False:
@@ -44,11 +57,13 @@ class Owed:
         """A Query or FunctionCall was sent."""
         if not self.skipping:
             self.owed.append(_READY)
+            self.unflushed = 0
 
     def sync(self) -> None:
         """A Sync was sent (one the backend reads: not one it swallows in COPY IN)."""
         self.skipping = False
         self.owed.append(_SYNC)
+        self.unflushed = 0
 
     def completed(self, _body: bytes = b"") -> None:
         """ParseComplete, BindComplete, CloseComplete, NoData, RowDescription, CommandComplete, EmptyQueryResponse

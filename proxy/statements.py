@@ -449,7 +449,8 @@ class Statements:
 
     __slots__ = (
         "_fakes", "_last", "_ledger", "_listed", "_markers", "_open", "_recording", "_resets", "_retried",
-        "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unnamed_here", "cache",
+        "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unflushed", "_unnamed_here",
+        "cache",
         "cache_bytes", "cache_size", "cursors", "error_marker", "hits", "max_bytes", "max_listing", "max_named",
         "misses", "named", "origin", "prepared", "retries", "shrink", "status", "tenant_budget", "undone", "unnamed",
         "wall_clock",
@@ -486,6 +487,7 @@ class Statements:
         self._markers = 0  # COPY-end markers in the ledger
         self._skipping = False  # an error arrived before the client's Sync: the server ignores messages up to it
         self._open = False  # a message of the current batch (since the last Sync/Query) has been sent
+        self._unflushed = 0  # Executes in the ledger sent after the last Flush, Sync or Query (see `running`)
         self._recording: _Entry | None = None  # the entry whose batch is recorded for a retry
         self._retried = False  # the batch being sent again is a retry (never retried twice)
         # server statements bound in the open transaction (never evicted); a set once there are any
@@ -517,6 +519,7 @@ class Statements:
         self.prepared = None
         self._unnamed_here = False
         self._tx_names = _NO_NAMES  # type: ignore[assignment]
+        self._unflushed = 0
         if self._ledger:
             self._fakes = self._markers = 0
             self._skipping = False
@@ -555,10 +558,18 @@ class Statements:
         return self._skipping
 
     def running(self) -> bool:
-        """An Execute sent is unanswered yet (its statement may be running: PostgreSQL buffers a batch's answers
-        until a Flush or Sync, so the other messages' unanswered entries say nothing of work)."""
-        return any((entry if type(entry) is int else entry.type) == _EXECUTE  # type: ignore[union-attr]
-                   for entry in self._ledger)
+        """An Execute the client asked to be answered (a Flush, Sync or Query sent after it) is unanswered yet: its
+        statement may be running and its answer is coming. PostgreSQL buffers a batch's answers until a Flush or
+        Sync, so the other messages' unanswered entries say nothing of work, nor does an Execute with no Flush or
+        Sync after it: its answer is sent only when the client asks (answers come in order: the unanswered Executes
+        are the last ones sent, those after the last Flush among them)."""
+        executes = sum((entry if type(entry) is int else entry.type) == _EXECUTE  # type: ignore[union-attr]
+                       for entry in self._ledger)
+        return executes > self._unflushed
+
+    def flush(self) -> None:
+        """A Flush, forwarded as it is: the server sends the answers of everything sent before it."""
+        self._unflushed = 0
 
     def skips_to_sync(self) -> bool:
         """An ErrorResponse arriving now answers an extended message (not a Query, a Sync, a fake answer of ours):
@@ -787,6 +798,7 @@ class Statements:
                 self._recording = None
         if self._skipping:
             return
+        self._unflushed += 1  # (answered at the client's next Flush or Sync: `running`)
         if not self._resets:
             self._sent(_EXECUTE)
             return
@@ -800,6 +812,7 @@ class Statements:
         self._ledger.append(_SYNC)
         self._skipping = False
         self._open = False
+        self._unflushed = 0
         self._recording = None
 
     def query(self, reset: bool = False, at: int = 0) -> None:
@@ -811,6 +824,7 @@ class Statements:
         self.unnamed = None
         self._unnamed_here = False
         self._open = False
+        self._unflushed = 0  # (PostgreSQL sends a Query's answers, and those before it, at its ReadyForQuery)
         self._recording = None
         if not reset:
             self._ledger.append(_QUERY)

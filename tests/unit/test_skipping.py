@@ -84,3 +84,28 @@ def test_a_sync_before_copydone_is_swallowed_by_a_querys_copy_too() -> None:
     owed.ready()  # the Query's
     assert list(owed.owed) == list(_owed("x", "s").owed)
     assert owed.failed() == []  # the Parse's error: it is an extended message's, up to its Sync
+
+
+def test_an_answer_is_coming_only_when_a_flush_sync_or_query_came_after_its_message() -> None:
+    """PostgreSQL sends the answers of extended messages at a Flush or Sync (a Query's at its ReadyForQuery): what
+    is owed with neither after it is not coming, whatever was flushed before (the L1 residual)."""
+    owed = _owed("x", "x", "x")  # Parse Bind Execute
+    assert not owed.coming()
+    owed.flush()
+    assert owed.coming()
+    for _ in range(3):
+        owed.completed()
+    assert not owed.coming()
+    owed.extended()  # Bind, Execute: no Flush after them
+    owed.extended()
+    assert not owed.coming()
+    owed.flush()
+    assert owed.coming()
+    owed = _owed("x", "x", "x", "s", "x", "x")  # a Sync, then a batch with none
+    assert owed.coming()
+    for _ in range(3):
+        owed.completed()
+    owed.ready()
+    assert not owed.coming()
+    owed.query()  # (its answer and the batch's before it come at its ReadyForQuery)
+    assert owed.coming()

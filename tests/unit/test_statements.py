@@ -13,6 +13,8 @@ from proxy.pgnames import protocol_name
 from proxy.policy.model import SESSION_STATEMENTS_MARKER
 from proxy.protocol import messages as m
 from proxy.statements import (
+    BIND_COMPLETE,
+    COMMAND_COMPLETE,
     ERROR_RESPONSE,
     PARSE_COMPLETE,
     PREFIX,
@@ -1021,3 +1023,31 @@ def test_a_name_cut_inside_a_character_is_listed_by_the_servers_bytes() -> None:
     texts.parse(protocol_name("d" * 62 + "é"), "SELECT * FROM globex.orders")
     [row] = json.loads(texts.listing())
     assert row["key"] == "\\x" + (b"d" * 62 + b"\xc3").hex() and row["name"] == "d" * 62 + "\ufffd"
+
+
+def test_an_execute_is_running_only_when_a_flush_sync_or_query_came_after_it() -> None:
+    """PostgreSQL sends an Execute's answer at a Flush or Sync after it: with neither, nothing of it is coming,
+    whatever was flushed before (the L1 residual: P/B/E/Flush answered, then B/E without a Flush)."""
+    st = _statements()
+    st.parse("", "SELECT 1", b"\x00\x00")
+    st.bind(bind("")[5:])
+    st.execute(b"\x00\x00\x00\x00\x00")
+    assert not st.running()
+    st.flush()
+    assert st.running()
+    for type_ in (PARSE_COMPLETE, BIND_COMPLETE, COMMAND_COMPLETE):
+        st.respond(type_, b"SELECT 1\x00" if type_ == COMMAND_COMPLETE else b"")
+    assert not st.running()
+    st.bind(bind("")[5:])
+    st.execute(b"\x00\x00\x00\x00\x00")
+    assert not st.running()
+    st.flush()
+    assert st.running()
+    st.respond(BIND_COMPLETE, b"")
+    st.respond(COMMAND_COMPLETE, b"SELECT 1\x00")
+    st.sync()  # a Sync, then a batch with none: the Sync's answer is not an Execute's
+    st.bind(bind("")[5:])
+    st.execute(b"\x00\x00\x00\x00\x00")
+    assert not st.running()
+    st.query()  # (the Execute's answer comes at the Query's ReadyForQuery)
+    assert st.running()
