@@ -1,0 +1,119 @@
+"""What SQL runs by name (EXECUTE, FETCH, MOVE) and the protocol-level portals it must not run (rt9a11 C1); pure.
+
+PostgreSQL runs a statement prepared by a Parse message by SQL `EXECUTE name` (also under EXPLAIN and CREATE TABLE
+AS), and a portal made by a Bind message by SQL `FETCH` / `MOVE name`, as it runs one prepared by SQL PREPARE or
+opened by DECLARE. The proxy follows what a protocol-level statement or portal changes in the session (a
+search_path, a setting, a temporary relation) only at its Bind and Execute, never at such a SQL reference: so a
+Query, a Parse and a Bind that would run one by SQL is refused (rule `protocol_name_by_sql`). Names are keyed as
+PostgreSQL keys them (pgnames): a portal by the first 63 bytes of its Bind's name, a SQL name as the scanner cut it.
+
+A portal's name is held from its Bind until its transaction ends with nothing in flight (a Close or a Bind that
+failed leaves it held: refusing more is the safe side). What each protocol statement and portal runs by SQL is
+held too (a Parse of `FETCH c` bound before portal `c` is: the Bind of `c` is refused; a statement's or portal's
+entry only grows while it may still be the server's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from pglast.parser import ParseError, parse_sql_json
+
+from proxy.pgnames import sql_identifier
+
+Runs = tuple[frozenset[str], frozenset[bytes]]  # (prepared statements EXECUTEd, portals FETCHed / MOVEd), as keyed
+NOTHING: Runs = (frozenset(), frozenset())
+# A text can run a statement or a portal by name only where one of these keywords stands (no other character
+# PostgreSQL reads as part of an identifier next to it; `\b` is at least as wide).
+_WORDS = re.compile(r"\b(?:execute|fetch|move)\b", re.IGNORECASE)
+_MAX_TEXTS = 512  # texts whose runs are remembered (a driver's FETCH FORWARD n FROM "c" repeats)
+
+
+def sql_runs(sql: str) -> Runs:
+    """The prepared statements and portals `sql` runs by SQL name (NOTHING when it names none or does not parse:
+    PostgreSQL runs nothing of it then)."""
+    if _WORDS.search(sql) is None:
+        return NOTHING
+    return _parsed(sql)
+
+
+@lru_cache(maxsize=_MAX_TEXTS)
+def _parsed(sql: str) -> Runs:
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except (ParseError, ValueError):
+        return NOTHING
+    statements: set[str] = set()
+    portals: set[bytes] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            run = node.get("ExecuteStmt")
+            if isinstance(run, dict) and run.get("name"):
+                statements.add(sql_identifier(str(run["name"])))
+            fetch = node.get("FetchStmt")
+            if isinstance(fetch, dict) and fetch.get("portalname"):
+                portals.add(sql_identifier(str(fetch["portalname"])).encode("utf-8", "surrogatepass"))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if not statements and not portals:
+        return NOTHING
+    return frozenset(statements), frozenset(portals)
+
+
+class ProtocolRuns:
+    """One session's named protocol portals (by `pgnames.protocol_key`) and what its protocol-level statements (by
+    `pgnames.protocol_name`) and portals run by SQL."""
+
+    __slots__ = ("bound", "portals", "statements")
+
+    def __init__(self) -> None:
+        self.portals: set[bytes] = set()  # named portals bound since the last transaction end with nothing in flight
+        self.statements: dict[str, Runs] = {}  # prepared statement -> what its text runs by SQL (only if any)
+        self.bound: dict[bytes, Runs] = {}  # portal ("" too) -> what its statement's text runs by SQL (only if any)
+
+    def parsed(self, name: str, runs: Runs) -> None:
+        """A Parse of statement `name` decided (not one the server refuses as a duplicate): the unnamed statement is
+        replaced; a named one's entry grows (it may be a Parse PostgreSQL refuses, the old statement staying)."""
+        if not name:
+            if runs is NOTHING:
+                self.statements.pop(name, None)
+            else:
+                self.statements[name] = runs
+        elif runs is not NOTHING:
+            self.statements[name] = _union(self.statements.get(name, NOTHING), runs)
+
+    def bind(self, portal: bytes, statement: str) -> Runs:
+        """A Bind of `statement` to `portal`: what the portal runs by SQL (its entry grows: a Bind that fails leaves
+        the old portal)."""
+        if portal:
+            self.portals.add(portal)
+        runs = self.statements.get(statement, NOTHING)
+        if runs is not NOTHING:
+            self.bound[portal] = _union(self.bound.get(portal, NOTHING), runs)
+        return runs
+
+    def running(self) -> Runs:
+        """What the portals bound and not yet gone may run by SQL when executed."""
+        if not self.bound:
+            return NOTHING
+        out = NOTHING
+        for runs in self.bound.values():
+            out = _union(out, runs)
+        return out
+
+    def ended(self) -> None:
+        """Every transaction sent has ended: no portal is left."""
+        self.portals.clear()
+        self.bound.clear()
+
+
+def _union(a: Runs, b: Runs) -> Runs:
+    if a is NOTHING:
+        return b
+    return a[0] | b[0], a[1] | b[1]
