@@ -1869,7 +1869,7 @@ class ClientSession:
         held = self._runs
         if portals and held is not None:
             for portal in sorted(portals):
-                if portal in held.portals:
+                if held.portal(portal):
                     return deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" was made by '
                                 "a Bind message: SQL FETCH and MOVE do not run it")
         return None
@@ -1884,9 +1884,11 @@ class ClientSession:
             if runs is NOTHING:
                 return None
             held = self._runs = ProtocolRuns()
-        held.parsed(name, runs)
+        if not held.parsed(name, runs):
+            return deny("protocol_name_by_sql", f'prepared statement "{name}": the session has too many prepared '
+                        "statements that run others by SQL EXECUTE, FETCH or MOVE")
         refused = self._protocol_refusal(runs) if runs is not NOTHING else None
-        if refused is None and name and self._names is not None and name in held.running()[0]:
+        if refused is None and name and self._names is not None and name in held.running[0]:
             refused = deny("protocol_name_by_sql", f'prepared statement "{name}" is run by SQL EXECUTE in a portal '
                            "bound earlier: a statement made by a Parse message is not run by SQL")
         return refused
@@ -1899,7 +1901,7 @@ class ClientSession:
             held = self._runs = ProtocolRuns()
         runs = held.bind(portal, statement)
         refused = self._protocol_refusal(runs) if runs is not NOTHING else None
-        if refused is None and portal and portal in held.running()[1]:
+        if refused is None and portal and portal in held.running[1]:
             refused = deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" is run by SQL '
                            "FETCH or MOVE in a portal bound earlier: a portal made by a Bind message is not run by SQL")
         return refused

@@ -10,7 +10,9 @@ PostgreSQL keys them (pgnames): a portal by the first 63 bytes of its Bind's nam
 A portal's name is held from its Bind until its transaction ends with nothing in flight (a Close or a Bind that
 failed leaves it held: refusing more is the safe side). What each protocol statement and portal runs by SQL is
 held too (a Parse of `FETCH c` bound before portal `c` is: the Bind of `c` is refused; a statement's or portal's
-entry only grows while it may still be the server's).
+entry only grows while it may still be the server's). Bounded: past _MAX_PORTALS portal names every name may be a
+protocol portal until the transaction ends, and past _MAX_STATEMENTS named statements that run others by SQL a new
+one's Parse is refused (nothing is forgotten early).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ NOTHING: Runs = (frozenset(), frozenset())
 # PostgreSQL reads as part of an identifier next to it; `\b` is at least as wide).
 _WORDS = re.compile(r"\b(?:execute|fetch|move)\b", re.IGNORECASE)
 _MAX_TEXTS = 512  # texts whose runs are remembered (a driver's FETCH FORWARD n FROM "c" repeats)
+_MAX_PORTALS = 4096  # named portal names held per session; past it, every name may be one (refusing more)
+_MAX_STATEMENTS = 4096  # named statements whose text runs others by SQL, per session; past it, such a Parse is refused
 
 
 def sql_runs(sql: str) -> Runs:
@@ -70,47 +74,52 @@ class ProtocolRuns:
     """One session's named protocol portals (by `pgnames.protocol_key`) and what its protocol-level statements (by
     `pgnames.protocol_name`) and portals run by SQL."""
 
-    __slots__ = ("bound", "portals", "statements")
+    __slots__ = ("crowded", "portals", "running", "statements")
 
     def __init__(self) -> None:
         self.portals: set[bytes] = set()  # named portals bound since the last transaction end with nothing in flight
+        self.crowded = False  # more of them than _MAX_PORTALS: any portal name may be one
         self.statements: dict[str, Runs] = {}  # prepared statement -> what its text runs by SQL (only if any)
-        self.bound: dict[bytes, Runs] = {}  # portal ("" too) -> what its statement's text runs by SQL (only if any)
+        self.running: Runs = NOTHING  # what the portals bound since then may run by SQL when executed
 
-    def parsed(self, name: str, runs: Runs) -> None:
+    def parsed(self, name: str, runs: Runs) -> bool:
         """A Parse of statement `name` decided (not one the server refuses as a duplicate): the unnamed statement is
-        replaced; a named one's entry grows (it may be a Parse PostgreSQL refuses, the old statement staying)."""
+        replaced; a named one's entry grows (it may be a Parse PostgreSQL refuses, the old statement staying).
+        False when it is a new name past _MAX_STATEMENTS (its Parse is refused: no entry is ever dropped)."""
         if not name:
             if runs is NOTHING:
                 self.statements.pop(name, None)
             else:
                 self.statements[name] = runs
         elif runs is not NOTHING:
-            self.statements[name] = _union(self.statements.get(name, NOTHING), runs)
+            old = self.statements.get(name)
+            if old is None and len(self.statements) >= _MAX_STATEMENTS:
+                return False
+            self.statements[name] = runs if old is None else _union(old, runs)
+        return True
 
     def bind(self, portal: bytes, statement: str) -> Runs:
-        """A Bind of `statement` to `portal`: what the portal runs by SQL (its entry grows: a Bind that fails leaves
-        the old portal)."""
-        if portal:
-            self.portals.add(portal)
+        """A Bind of `statement` to `portal`: what the portal runs by SQL (counted in `running` until the transaction
+        ends: a Bind that fails leaves the old portal)."""
+        if portal and portal not in self.portals:
+            if len(self.portals) >= _MAX_PORTALS:
+                self.crowded = True
+            else:
+                self.portals.add(portal)
         runs = self.statements.get(statement, NOTHING)
         if runs is not NOTHING:
-            self.bound[portal] = _union(self.bound.get(portal, NOTHING), runs)
+            self.running = _union(self.running, runs)
         return runs
 
-    def running(self) -> Runs:
-        """What the portals bound and not yet gone may run by SQL when executed."""
-        if not self.bound:
-            return NOTHING
-        out = NOTHING
-        for runs in self.bound.values():
-            out = _union(out, runs)
-        return out
+    def portal(self, name: bytes) -> bool:
+        """Whether `name` may be a protocol portal now."""
+        return self.crowded or name in self.portals
 
     def ended(self) -> None:
         """Every transaction sent has ended: no portal is left."""
         self.portals.clear()
-        self.bound.clear()
+        self.crowded = False
+        self.running = NOTHING
 
 
 def _union(a: Runs, b: Runs) -> Runs:

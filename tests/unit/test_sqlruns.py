@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from proxy import sqlruns
 from proxy.pgnames import protocol_key, protocol_name
 from proxy.sqlruns import NOTHING, ProtocolRuns, sql_runs
 from proxy.stmtnames import ServerNames
@@ -71,14 +72,28 @@ def test_portals_are_held_with_what_they_run_until_their_transaction_ends() -> N
     runs = ProtocolRuns()
     runs.parsed("x", sql_runs("FETCH c"))
     assert runs.bind(b"", "x") == (frozenset(), frozenset({b"c"}))
-    assert runs.running() == (frozenset(), frozenset({b"c"}))
+    assert runs.running == (frozenset(), frozenset({b"c"}))
     assert runs.bind(b"c", "s") is NOTHING
     assert runs.portals == {b"c"}  # (the unnamed portal is not one SQL can name)
     runs.parsed("y", sql_runs("EXECUTE s"))
     runs.bind(b"", "y")  # a Bind that fails leaves the old unnamed portal: what it runs grows
-    assert runs.running() == (frozenset({"s"}), frozenset({b"c"}))
+    assert runs.running == (frozenset({"s"}), frozenset({b"c"}))
+    assert runs.portal(b"c") and not runs.portal(b"d")
     runs.ended()
-    assert runs.portals == set() and runs.running() is NOTHING
+    assert runs.portals == set() and runs.running is NOTHING and not runs.portal(b"c")
+
+
+def test_past_its_bounds_every_portal_name_may_be_one_and_a_new_running_statement_is_refused() -> None:
+    runs = ProtocolRuns()
+    for i in range(sqlruns._MAX_PORTALS + 1):
+        runs.bind(b"p%d" % i, "")
+    assert len(runs.portals) == sqlruns._MAX_PORTALS and runs.portal(b"never bound")
+    runs.ended()
+    assert not runs.portal(b"never bound")
+    for i in range(sqlruns._MAX_STATEMENTS):
+        assert runs.parsed(f"s{i}", sql_runs("FETCH c"))
+    assert not runs.parsed("one more", sql_runs("FETCH c"))
+    assert runs.parsed("s1", sql_runs("EXECUTE t")) and runs.parsed("other", NOTHING) and runs.parsed("", NOTHING)
 
 
 def test_server_names_may_have_a_statement_parsed_or_confirmed_until_its_close_is_answered() -> None:
