@@ -18,7 +18,6 @@ one's Parse is refused (nothing is forgotten early).
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -28,9 +27,8 @@ from proxy.pgnames import sql_identifier
 
 Runs = tuple[frozenset[str], frozenset[bytes]]  # (prepared statements EXECUTEd, portals FETCHed / MOVEd), as keyed
 NOTHING: Runs = (frozenset(), frozenset())
-# A text can run a statement or a portal by name only where one of these keywords stands (no other character
-# PostgreSQL reads as part of an identifier next to it; `\b` is at least as wide).
-_WORDS = re.compile(r"\b(?:execute|fetch|move)\b", re.IGNORECASE)
+# A text can run a statement or a portal by name only where one of these keywords stands (in ASCII letters, any case).
+_WORDS = ("execute", "fetch", "move")
 _MAX_TEXTS = 512  # texts whose runs are remembered (a driver's FETCH FORWARD n FROM "c" repeats)
 _MAX_PORTALS = 4096  # named portal names held per session; past it, every name may be one (refusing more)
 _MAX_STATEMENTS = 4096  # named statements whose text runs others by SQL, per session; past it, such a Parse is refused
@@ -39,7 +37,8 @@ _MAX_STATEMENTS = 4096  # named statements whose text runs others by SQL, per se
 def sql_runs(sql: str) -> Runs:
     """The prepared statements and portals `sql` runs by SQL name (NOTHING when it names none or does not parse:
     PostgreSQL runs nothing of it then)."""
-    if _WORDS.search(sql) is None:
+    low = sql.lower()  # (a substring test of the lower-cased text: ~0.2 us for a 90-character text, a regex ~1-2 us)
+    if _WORDS[0] not in low and _WORDS[1] not in low and _WORDS[2] not in low:
         return NOTHING
     return _parsed(sql)
 
