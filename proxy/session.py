@@ -105,6 +105,7 @@ from proxy.sessionstate import HELD_LOCKS_QUERY, SessionState
 from proxy.settingbounds import entries as setting_entries
 from proxy.settingbounds import refusal as settings_refusal
 from proxy.settingbounds import sizes as setting_sizes
+from proxy.sqlruns import NOTHING, ProtocolRuns, Runs, sql_runs
 from proxy.statements import (
     BIND_COMPLETE,
     CLOSE_COMPLETE,
@@ -318,7 +319,7 @@ class ClientSession:
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepared_in",
         "_prepares",
         "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
-        "_resume_ask", "_retags", "_scope",
+        "_resume_ask", "_retags", "_runs", "_scope",
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
         "_statement_of", "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_timed_out_at", "_tracking",
@@ -372,6 +373,9 @@ class ClientSession:
         self.report_rewrites = report_rewrites  # rewrites are only logged at debug level: not reported unless asked
         self.tracker = RequestTracker(clock, on_request_done)
         self._names: ServerNames | None = None  # without Statements: the names the server has (from a named Parse)
+        # The named protocol portals and what protocol statements and portals run by SQL (from the first of either):
+        # SQL EXECUTE / FETCH / MOVE of a protocol-level statement or portal is refused (proxy/sqlruns.py, rt9a11 C1).
+        self._runs: ProtocolRuns | None = None
         # Session pooling without the statement maps: the answers the server owes, to tell an error that makes it
         # skip to Sync (a Query too) from a Query's (skipping.py; statements.py's ledger knows it itself).
         self._owed: skipping.Owed | None = None
@@ -1641,6 +1645,8 @@ class ClientSession:
         if self.revoked is not None:
             return self._revoked_now()
         self._held = None
+        if held.type == m.QUERY and (self._runs is not None or self._names is not None):
+            decision = self._query_runs(held.sql, decision)
         watch = self._sequences.foreign
         busy = watch and bool(self.tracker.pending)
         if held.type == m.QUERY and self.agent is not None and admission.needs(decision):
@@ -1771,6 +1777,8 @@ class ClientSession:
             routing.memo = None  # type: ignore[union-attr]
         decision = memo[1] if memo is not None and memo[0] == sql and memo[2] is self.decide else self.decide(
             "query", sql)
+        if self._runs is not None or self._names is not None:
+            decision = self._query_runs(sql, decision)
         open_batch = False
         if self.agent is not None:
             open_batch, self._open_batch = self._open_batch, False  # (a Query ends an open batch)
@@ -1843,11 +1851,72 @@ class ClientSession:
             return query_message(out)
         return query_message(self._deny_marker(decision))
 
+    # --- SQL EXECUTE / FETCH / MOVE of a protocol-level statement or portal (proxy/sqlruns.py, rt9a11 C1) ------
+
+    def _query_runs(self, sql: str, decision: Decision) -> Decision:
+        """A Query that runs a protocol-level statement or portal by SQL is refused whole (what that statement or
+        portal changes in the session would go unfollowed); else `decision`."""
+        if type(decision) is Pending or (type(decision) is Deny and decision.before is None):
+            return decision  # (a Pending is checked when it is decided: decision_ready)
+        refused = self._protocol_refusal(sql_runs(sql))
+        return decision if refused is None else refused
+
+    def _protocol_refusal(self, runs: Runs) -> Deny | None:
+        """The refusal of a text that runs `runs` by SQL when one of them may be a protocol-level statement (where the
+        client's statement names reach the server: session pooling without the statement maps) or portal."""
+        statements, portals = runs
+        names = self._names
+        if statements and names is not None:
+            for name in sorted(statements):
+                if names.may_have(name):
+                    return deny("protocol_name_by_sql", f'prepared statement "{name}" was made by a Parse message: '
+                                "SQL EXECUTE does not run it")
+        held = self._runs
+        if portals and held is not None:
+            for portal in sorted(portals):
+                if held.portal(portal):
+                    return deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" was made by '
+                                "a Bind message: SQL FETCH and MOVE do not run it")
+        return None
+
+    def _parse_runs(self, name: str, sql: str) -> Deny | None:
+        """A Parse of statement `name` (text `sql`) decided: what it runs by SQL is held for its Binds; its refusal
+        when that is a protocol-level statement or portal now, or when a portal bound earlier runs `name` by SQL
+        EXECUTE (its Parse would make that portal run a protocol-level statement)."""
+        runs = sql_runs(sql)
+        held = self._runs
+        if held is None:
+            if runs is NOTHING:
+                return None
+            held = self._runs = ProtocolRuns()
+        if not held.parsed(name, runs):
+            return deny("protocol_name_by_sql", f'prepared statement "{name}": the session has too many prepared '
+                        "statements that run others by SQL EXECUTE, FETCH or MOVE")
+        refused = self._protocol_refusal(runs) if runs is not NOTHING else None
+        if refused is None and name and self._names is not None and name in held.running[0]:
+            refused = deny("protocol_name_by_sql", f'prepared statement "{name}" is run by SQL EXECUTE in a portal '
+                           "bound earlier: a statement made by a Parse message is not run by SQL")
+        return refused
+
+    def _bind_runs(self, portal: bytes, statement: str) -> Deny | None:
+        """A Bind of `statement` to `portal` (its `protocol_key`): the portal is held; its refusal when it would run a
+        protocol-level statement or portal by SQL, or when a portal bound earlier runs this one by SQL FETCH / MOVE."""
+        held = self._runs
+        if held is None:
+            held = self._runs = ProtocolRuns()
+        runs = held.bind(portal, statement)
+        refused = self._protocol_refusal(runs) if runs is not NOTHING else None
+        if refused is None and portal and portal in held.running[1]:
+            refused = deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" is run by SQL '
+                           "FETCH or MOVE in a portal bound earlier: a portal made by a Bind message is not run by SQL")
+        return refused
+
     def _gate_parse(self, body: bytes) -> object:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
         memo = self._parse_memo
         token = self._policy_token()
         if memo is not None and memo[1] is token and memo[0] == body and (  # the same Parse again (unnamed, mostly)
+                self._parse_runs(memo[2], memo[3]) is None) and (  # (else refused: decided below, _parse_decided)
                 self.agent is None or self._agent_parse(memo[2], memo[3], m.Parse.decode(body).param_types,
                                                         memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
@@ -1891,6 +1960,9 @@ class ClientSession:
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
         name = protocol_name(parse.name)  # the records' key of it, the server's (red team 9a5 F5)
+        refused = self._parse_runs(name, parse.sql)
+        if refused is not None and type(decision) is not Deny:
+            decision = refused
         if self._reset_names:
             self._reset_names.discard(name)
         if type(decision) is not Deny and decision.changes:
@@ -2351,7 +2423,12 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
-            if self._prepared_in is not None and self._prepared_in.records:
+            if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
+                denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
+                if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
+                    self._report("bind", statement, denied)
+                    out = m.bind_renamed(body, self._deny_marker(denied))
+            if out is None and self._prepared_in is not None and self._prepared_in.records:
                 refused = self._bound_elsewhere(statement)
                 if refused is not None:  # the backend fails to find the marker statement; its error becomes ours
                     out = m.bind_renamed(body, self._error_marker(refused))
@@ -2482,6 +2559,8 @@ class ClientSession:
         self._done = 0
         if self._portals and body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
             self._portals = _NO_PORTALS  # type: ignore[assignment]
+        if self._runs is not None and body[:1] == b"I" and not self.tracker.pending:
+            self._runs.ended()
         if self._retags:
             self._retags = [entry for entry in self._retags if entry[0] is not request] or _NO_RETAGS  # type: ignore[assignment]
         if self._cursors is not None and body[:1] == b"I":

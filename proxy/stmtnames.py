@@ -42,6 +42,11 @@ class ServerNames:
                 # a Close in an earlier batch, a DEALLOCATE: skipped if that batch failed (the name as before it)
         return name in self.confirmed
 
+    def may_have(self, name: str) -> bool:
+        """The server has statement `name` or may have it when a statement sent now runs: confirmed, or a Parse of it
+        sent and not answered (a Close or DEALLOCATE not yet answered leaves it: the safe side)."""
+        return name in self.confirmed or any(entry[0] == _PARSE and entry[1] == name for entry in self.ledger)
+
     def parse(self, name: str, request: object) -> None:
         """A Parse was sent (an unnamed one too: its ParseComplete is matched in order)."""
         self.ledger.append([_PARSE, name, request, self.batch])

@@ -1,0 +1,110 @@
+"""proxy/sqlruns.py: what SQL runs by name, and a session's protocol portals and what its statements run (rt9a11 C1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy import sqlruns
+from proxy.pgnames import protocol_key, protocol_name
+from proxy.sqlruns import NOTHING, ProtocolRuns, sql_runs
+from proxy.stmtnames import ServerNames
+
+RUNS = {
+    "EXECUTE s": ({"s"}, set()),
+    "execute S (1, 'x')": ({"s"}, set()),
+    'EXECUTE "S"': ({"S"}, set()),
+    "EXPLAIN EXECUTE q": ({"q"}, set()),
+    "EXPLAIN (ANALYZE, COSTS OFF) EXECUTE q": ({"q"}, set()),
+    "CREATE TEMP TABLE t AS EXECUTE q": ({"q"}, set()),
+    "FETCH c": (set(), {b"c"}),
+    "fetch all from C": (set(), {b"c"}),
+    'FETCH FORWARD 100 FROM "Cur"': (set(), {b"Cur"}),
+    "MOVE c": (set(), {b"c"}),
+    "MOVE ABSOLUTE 3 IN c": (set(), {b"c"}),
+    "FETCH c; COMMIT": (set(), {b"c"}),
+    "SELECT 1; EXECUTE s; MOVE c": ({"s"}, {b"c"}),
+    "/* x */EXECUTE/**/s": ({"s"}, set()),
+}
+
+
+@pytest.mark.parametrize("sql", sorted(RUNS))
+def test_the_names_a_text_runs_are_found_in_any_of_its_statements(sql: str) -> None:
+    statements, portals = RUNS[sql]
+    assert sql_runs(sql) == (frozenset(statements), frozenset(portals))
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT removed_at, executed, fetched FROM moves",  # the words inside identifiers
+    "SELECT 'EXECUTE s'",  # in a literal: not run
+    "UPDATE t SET a = 1 WHERE CURRENT OF c",  # the cursor's position only: its query is not run
+    "CLOSE c", "DEALLOCATE s", "PREPARE s AS SELECT 1", "DECLARE c CURSOR FOR SELECT 1",
+    "EXECUTE", "FETCH FROM",  # not PostgreSQL's grammar: nothing runs
+])
+def test_a_text_that_runs_no_statement_or_portal_by_name_runs_nothing(sql: str) -> None:
+    assert sql_runs(sql) is NOTHING
+
+
+def test_a_long_name_is_keyed_as_postgresql_keys_it() -> None:
+    """PostgreSQL cuts a SQL identifier at a character within 63 bytes and a protocol name at 63 bytes: a SQL name
+    meets a protocol name only when those bytes are equal."""
+    long = "a" * 70
+    assert sql_runs(f"EXECUTE {long}")[0] == {protocol_name(long)}
+    assert sql_runs(f"FETCH {long}")[1] == {protocol_key(long.encode())}
+    wide = "é" * 40  # 80 bytes: SQL keeps 31 characters (62 bytes), a protocol name 63 bytes (a cut character)
+    assert sql_runs(f'EXECUTE "{wide}"')[0] == {"é" * 31}
+    assert protocol_name(wide) != "é" * 31
+    assert sql_runs(f'FETCH "{wide}"')[1] == {("é" * 31).encode()} != {protocol_key(wide.encode())}
+
+
+def test_a_statement_s_runs_are_replaced_unnamed_and_grow_named() -> None:
+    runs = ProtocolRuns()
+    runs.parsed("", sql_runs("FETCH c"))
+    runs.parsed("", sql_runs("SELECT 1"))
+    assert "" not in runs.statements
+    runs.parsed("x", sql_runs("FETCH c"))
+    runs.parsed("x", sql_runs("EXECUTE s"))  # (a Parse PostgreSQL may refuse: the old statement stays)
+    assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}))
+    runs.parsed("x", NOTHING)
+    assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}))
+
+
+def test_portals_are_held_with_what_they_run_until_their_transaction_ends() -> None:
+    runs = ProtocolRuns()
+    runs.parsed("x", sql_runs("FETCH c"))
+    assert runs.bind(b"", "x") == (frozenset(), frozenset({b"c"}))
+    assert runs.running == (frozenset(), frozenset({b"c"}))
+    assert runs.bind(b"c", "s") is NOTHING
+    assert runs.portals == {b"c"}  # (the unnamed portal is not one SQL can name)
+    runs.parsed("y", sql_runs("EXECUTE s"))
+    runs.bind(b"", "y")  # a Bind that fails leaves the old unnamed portal: what it runs grows
+    assert runs.running == (frozenset({"s"}), frozenset({b"c"}))
+    assert runs.portal(b"c") and not runs.portal(b"d")
+    runs.ended()
+    assert runs.portals == set() and runs.running is NOTHING and not runs.portal(b"c")
+
+
+def test_past_its_bounds_every_portal_name_may_be_one_and_a_new_running_statement_is_refused() -> None:
+    runs = ProtocolRuns()
+    for i in range(sqlruns._MAX_PORTALS + 1):
+        runs.bind(b"p%d" % i, "")
+    assert len(runs.portals) == sqlruns._MAX_PORTALS and runs.portal(b"never bound")
+    runs.ended()
+    assert not runs.portal(b"never bound")
+    for i in range(sqlruns._MAX_STATEMENTS):
+        assert runs.parsed(f"s{i}", sql_runs("FETCH c"))
+    assert not runs.parsed("one more", sql_runs("FETCH c"))
+    assert runs.parsed("s1", sql_runs("EXECUTE t")) and runs.parsed("other", NOTHING) and runs.parsed("", NOTHING)
+
+
+def test_server_names_may_have_a_statement_parsed_or_confirmed_until_its_close_is_answered() -> None:
+    names = ServerNames()
+    request = object()
+    assert not names.may_have("s")
+    names.parse("s", request)
+    assert names.may_have("s")  # sent, not answered
+    names.parse_complete(request)
+    assert names.may_have("s")
+    names.close("s", request)
+    assert names.may_have("s")  # (a Close the server may skip)
+    names.close_complete(request)
+    assert not names.may_have("s")
