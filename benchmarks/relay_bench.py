@@ -201,6 +201,7 @@ def pooled_pair(proxy: Proxy, strategy: str, mode: str) -> tuple[ClientConnectio
     assert request.mode == "transaction", "the bench config must pool by transaction"
     session.request, session.pooled = request, True  # as the session's login does (ClientSession._logged_in)
     session.routing = routed(proxy.config, USERS[tenant])
+    session._plain_routing()  # (as the login's `_server_request` does: no agent, no isolation setting)
     session.frontend.handlers = session._frontend_tracked()
     cache, size, size_bytes = statement_settings(proxy.config)  # as the login's server attach does: the session
     session.enable_statements({}, cache=cache, cache_size=size, cache_bytes=size_bytes)  # keeps the statements

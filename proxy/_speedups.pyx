@@ -1283,6 +1283,19 @@ cpdef object request_route(routing, data, decide, statement):
     return routing._routes[1]
 
 
+cpdef object resume(routing, data, decide, statement, request, ask_of):
+    """proxy.replicas.resume: the bytes judged, their Route and the kept ask in one call."""
+    cdef bytes buf = data if type(data) is bytes else bytes(data)
+    routing.judged = PyBytes_GET_SIZE(buf)
+    route = request_route(routing, buf, decide, statement)
+    cdef tuple asked = routing.asked
+    if asked is not None and asked[0] is route and asked[1] is request:
+        return asked[2]
+    ask = ask_of(request, route)
+    routing.asked = (route, request, ask)
+    return ask
+
+
 def _route_may_write(routing, bytes data, statement):
     return routing.route(False, lambda: not read_only_request(data, statement, _writes_nothing_sql))
 

@@ -185,7 +185,7 @@ class Routed:
     """A session's routing (kept by the session when its route is not "primary" and its backend has replicas):
     each request's Route, and when it last released a primary server after a request not known to only read."""
 
-    __slots__ = ("_routes", "judged", "memo", "read_only", "routing", "watching", "wrote", "wrote_at")
+    __slots__ = ("_routes", "asked", "judged", "memo", "read_only", "routing", "watching", "wrote", "wrote_at")
 
     def __init__(self, routing: RoutingConfig) -> None:
         self.routing = routing
@@ -199,6 +199,7 @@ class Routed:
         self.memo: tuple[str, object, object] | None = None
         self.wrote_at: float | None = None
         self._routes = (Route(routing, False), Route(routing, True))  # (made anew at each write: `released`)
+        self.asked: tuple[Route, object, object] | None = None  # (Route, server request, the ask made of both): resume
 
     def route(self, read_only: bool, writes: Callable[[], bool] | None = None) -> Route:
         """The Route of a request (`read_only`: it provably only reads; else `writes()` says whether it may write,
@@ -467,6 +468,22 @@ def request_route(routing: Routed, data: bytes, decide: object, statement: Calla
     return routing.route(False, lambda: not read_only_request(data, statement, writes_nothing_sql))
 
 
+def resume(routing: Routed, data: bytes, decide: object, statement: Callable[[str], str | None], request: object,
+           ask_of: Callable[[object, Route], object]) -> object:
+    """What a routed session holding no agent profile nor default_transaction_isolation setting asks the pool for
+    the request `data` begins, to resume the server kept for it (ClientSession.resume_route): the bytes judged
+    (`routing.judged`), their Route (request_route) and `ask_of(request, route)`, the same ask object while its
+    Route and `request` are (the pool keys its kept answer on it: Pool.reuse). A compiled twin."""
+    routing.judged = len(data)
+    route = request_route(routing, data, decide, statement)
+    asked = routing.asked
+    if asked is not None and asked[0] is route and asked[1] is request:
+        return asked[2]
+    ask = ask_of(request, route)
+    routing.asked = (route, request, ask)
+    return ask
+
+
 def _cstring(body: bytes, at: int) -> tuple[str, int]:
     end = body.find(b"\x00", at)
     if end < 0:
@@ -553,4 +570,5 @@ if speedups is not None:  # the compiled build of these names (proxy/_speedups.p
     read_only_request = speedups.read_only_request
     lone_query_text = speedups.lone_query_text
     request_route = speedups.request_route
+    resume = speedups.resume
     kept = speedups.kept

@@ -319,7 +319,7 @@ class ClientSession:
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepared_in",
         "_prepares",
         "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
-        "_resume_ask", "_retags", "_runs", "_scope",
+        "_retags", "_route_plain", "_runs", "_scope",
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
         "_statement_of", "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_timed_out_at", "_tracking",
@@ -456,7 +456,7 @@ class ClientSession:
         self._asking_locks = False  # the replay in flight is the advisory locks question (_ask_locks)
         self._unread = b""  # transaction pooling: what the client sent while the session held no server, unread
         self._sticky = False  # transaction pooling: the released server is kept for the session (KeepServer)
-        self._resume_ask: AcquireServer | None = None  # a routed session's last `resume_route` (kept: see there)
+        self._route_plain = False  # no agent profile, no default_transaction_isolation setting: `_plain_routing`
         self._statement_of = self._statement_text  # (bound once: routing passes it with every request it judges)
         self._stall: tuple[int, float] | None = None  # a message begun with a server held: (frontend.begun, seen at)
         self.statements: Statements | None = None  # the client's prepared statements (enable_statements)
@@ -1196,6 +1196,7 @@ class ClientSession:
             else:
                 applied[name] = overrides[name] = text
         self._overrides = {k: v for k, v in overrides.items() if self._startup_settings.get(k) != v}
+        self._plain_routing()
         self._applied = applied
         self.context.settle_settings(())
         self._context_changed()
@@ -1334,19 +1335,20 @@ class ClientSession:
         """A routed session with a server kept for it: what it would ask the pool for the request `data` begins (its
         Route judged as for an acquire, `_route_of`), which the pool checks the kept server against (the router's
         choice: that replica, or the primary); None when the session is not routed."""
-        if self.routing is None or not self._sticky:
-            return None
-        assert self.request is not None
         routing = self.routing
+        if routing is None or not self._sticky:
+            return None
+        if self._route_plain:  # (_route_of's usual case, without its call; the usual Route is the same object at
+            return replicas.resume(routing, data, self.decide, self._statement_of, self.request,  # every read:
+                                   AcquireServer)  # its ask is kept, routing.asked)
+        assert self.request is not None
         routing.judged = len(data)
-        if self.agent is None and replicas.ISOLATION not in self._overrides and (
-                replicas.ISOLATION not in self._startup_settings):  # (_route_of's usual case, without its call)
-            route = replicas.request_route(routing, data, self.decide, self._statement_of)
-        else:
-            route = self._route_of(data)
-        ask = self._resume_ask
-        if ask is None or ask.route is not route or ask.request is not self.request:  # (the usual Route is the same
-            ask = self._resume_ask = AcquireServer(self.request, route)  # object at every read: its ask is kept)
+        route = self._route_of(data)
+        asked = routing.asked
+        if asked is not None and asked[0] is route and asked[1] is self.request:
+            return asked[2]  # type: ignore[return-value]
+        ask = AcquireServer(self.request, route)
+        routing.asked = (route, self.request, ask)
         return ask
 
     def server_resumed(self) -> list[Action]:
@@ -1563,7 +1565,15 @@ class ClientSession:
         own = {k.lower() for k in backend_context(self.tenant)} | _SERVER_OWN  # (the client may set the rest)
         self._startup_settings = {k.lower(): set_config_statement(k, v) for k, v in self.backend_parameters.items()
                                   if k.lower() not in own}
+        self._plain_routing()
         return request
+
+    def _plain_routing(self) -> None:
+        """Whether a routed session's requests are routed by request_route alone (`_route_plain`, read at each resume
+        of its kept server): no agent profile, no default_transaction_isolation among its startup settings or
+        session SETs (`_route_of`'s other cases). Run wherever those are set: the login, `_settle`."""
+        self._route_plain = self.agent is None and replicas.ISOLATION not in self._overrides and (
+            replicas.ISOLATION not in self._startup_settings)
 
     # --- relay -----------------------------------------------------------------------------
 
@@ -3182,6 +3192,7 @@ class ClientSession:
             if asked is not None:  # (else the servers' own startup value: the limit, or a DBA's lower default)
                 value = clamped_timeout(asked, cap)
                 self._startup_settings["statement_timeout"] = set_config_statement("statement_timeout", value)
+                self._plain_routing()
                 start = timeouts.startup_context(asked, value) if self.agent is None else None
                 if start is not None:  # asked for more than the limit at startup: shown what it asked for
                     self.context.start(start)

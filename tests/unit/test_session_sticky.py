@@ -197,6 +197,21 @@ def test_a_routed_sessions_resume_ask_is_its_current_request_and_route(tmp_path:
     assert _route(s, "SELECT 4") == first.route
 
 
+def test_a_routed_sessions_serializable_default_sends_its_resumed_reads_to_the_primary(tmp_path: Path) -> None:
+    """A session SET of default_transaction_isolation to SERIALIZABLE (settled at its ReadyForQuery 'I') sends its
+    reads to the primary at a resume of its kept server too (a standby refuses SERIALIZABLE transactions); its RESET
+    lets them go to a replica again."""
+    s = _routed(tmp_path, Clock())
+    assert _route(s, "SELECT 1").read_only
+    for sql, tag, read_only in [("SET default_transaction_isolation = serializable", "SET", False),
+                                ("RESET default_transaction_isolation", "RESET", True)]:
+        _route(s, sql)
+        s.server_resumed()
+        assert relayed(s.client_data(query(sql))) == query(sql)
+        assert kinds(s.server_data(done(tag)))[-1] is KeepServer
+        assert _route(s, "SELECT 1").read_only is read_only, sql
+
+
 def test_a_write_after_a_kept_replica_server_goes_to_the_primary_and_is_read_back_there(tmp_path: Path) -> None:
     """The write is judged for the pool (not read-only: the kept replica server is taken back unused); the write's
     end on the kept primary server marks read-your-writes at once (at the keep, not at a later take-back)."""

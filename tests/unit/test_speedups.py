@@ -39,6 +39,7 @@ HOOKED = [
     ("proxy.replicas", "read_only_request", "read_only_request"),
     ("proxy.replicas", "lone_query_text", "lone_query_text"),
     ("proxy.replicas", "request_route", "request_route"),
+    ("proxy.replicas", "resume", "resume"),
     ("proxy.replicas", "kept", "kept"),
 ]
 PURE_RUN = os.environ.get("PGTENANT_PURE") == "1"
@@ -913,6 +914,64 @@ def test_request_route_edges() -> None:
         (RoutingConfig(route="auto"), True, None, True), True, False)
     assert _route_run(proxy.replicas, delete, {}, None, 3.0, False)[:3] == (
         (RoutingConfig(route="auto"), False, 3.0, True), False, True)  # (the Route kept since that write)
+
+
+# --- proxy.replicas.resume ---------------------------------------------------------------------------------------
+
+_RESUMED = [_frame(0x51, b"SELECT 1\x00"), _frame(0x51, b"DELETE FROM t\x00"), _frame(0x51, b"SELECT 2\x00"),
+            _frame(0x50, b"s1\x00SELECT 3\x00\x00\x00") + _frame(0x42, b"\x00s1\x00" + b"\x00" * 6)
+            + _frame(0x53, b""), _frame(0x42, b"\x00s2\x00" + b"\x00" * 6) + _frame(0x53, b""), b"Q\x00"]
+
+
+def _resume_run(module: ModuleType, steps: list[tuple[int, int, bool]]) -> list[object]:
+    """`module`'s resume at each step (the request `_RESUMED[i]`, the session's server request 0 or 1, a write
+    released before it or not): its ask (which one of those made, by order), the bytes judged, the Route, every ask
+    made and statement asked."""
+    asked: list[object] = []
+    requests, made = (object(), object()), []
+
+    def ask_of(request: object, route: object) -> object:
+        made.append((requests.index(request), route))
+        return ("ask", len(made))
+
+    def statement(name: str) -> str | None:
+        asked.append(name)
+        return {"s2": "SELECT 4", "": "DELETE FROM t"}.get(name)
+
+    routing = module.Routed(RoutingConfig(route="auto"))
+    decide = _Decide(asked, None, {"SELECT 1": "reads", "DELETE FROM t": "writes"})
+    out: list[object] = []
+    for i, which, write in steps:
+        if write:
+            routing.wrote = True
+            routing.released(None, lambda: 7.0 + len(out))
+        ask = _outcome(module.resume, routing, _RESUMED[i], decide, statement, requests[which], ask_of)
+        route = routing.asked[0] if routing.asked is not None else None
+        out.append((ask, routing.judged, routing.read_only, routing.wrote,
+                    None if route is None else (route.read_only, route.wrote_at, route is routing._routes[1])))
+    return [out, [(w, (r.read_only, r.wrote_at)) for w, r in made], asked]
+
+
+@compiled
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(_RESUMED) - 1), st.integers(0, 1), st.booleans()), max_size=8))
+def test_resume(steps: list[tuple[int, int, bool]]) -> None:
+    """The same ask object while the Route and the server request are (a new one at either's change), the same bytes
+    judged and routing state, the same questions: reads, writes, batches, a write released between them or not."""
+    import proxy.replicas
+
+    assert _resume_run(proxy.replicas, steps) == _resume_run(pure("proxy.replicas"), steps)
+
+
+@compiled
+def test_resume_edges() -> None:
+    """Reads keep their ask; another server request or a write's new Routes make another."""
+    import proxy.replicas
+
+    steps = [(0, 0, False), (2, 0, False), (2, 1, False), (1, 1, False), (0, 1, True), (0, 1, False)]
+    fast = _resume_run(proxy.replicas, steps)
+    assert fast == _resume_run(pure("proxy.replicas"), steps)
+    assert [a for a, *_ in fast[0]] == [("ask", 1), ("ask", 1), ("ask", 2), ("ask", 3), ("ask", 4), ("ask", 4)]
 
 
 # --- proxy.replicas.kept -----------------------------------------------------------------------------------------
