@@ -6,6 +6,7 @@ the transaction's end freeing room."""
 
 from __future__ import annotations
 
+import random
 import struct
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from proxy.actions import AcquireServer, RelayToServer
 from proxy.auth.throttle import AuthThrottle
 from proxy.heldbounds import refusal
-from proxy.policy import TenantPolicy
+from proxy.policy import TenantPolicy, model
 from proxy.policy.cache import DecisionCache
 from proxy.policy.model import (
     CLOSE_CURSOR,
@@ -25,10 +26,14 @@ from proxy.policy.model import (
     RELEASE,
     ROLLBACK_TO,
     SAVEPOINT,
+    SQL_PREPARE,
     UNLISTEN,
+    Change,
+    SessionContext,
 )
 from proxy.protocol import messages as m
 from proxy.session import ClientSession, State
+from proxy.sessionstate import SessionState
 from tests.support.sessions import frames, login, make_config, sent, server_for
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
@@ -220,3 +225,53 @@ def test_a_prepared_savepoint_past_the_bound_is_refused_at_its_bind(tmp_path: Pa
     batch = parse + bind + m.execute_message("") + parse + bind + m.execute_message("") + m.SYNC_MESSAGE
     binds = [body for type_, body in _send(s, batch) if type_ == b"B"]
     assert len(binds) == 2 and b"pgtenant_denied_" not in binds[0] and b"pgtenant_denied_" in binds[1]
+
+
+# --- the cost of following them (SessionState) -------------------------------------------------------------------
+
+
+def _run(state: SessionState, changes: tuple[Change, ...]) -> None:
+    """One Query of `changes` (a statement each), answered statement by statement, then ReadyForQuery I."""
+    request = object()
+    state.query(request, 0, changes)
+    for done in range(1, len(changes) + 1):
+        state.completed(request, done, b"OK")
+    state.ready(request, b"I")
+
+
+def test_a_string_of_declares_copies_the_held_set_once_not_per_statement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9s8 F4: each DECLARE / LISTEN copied the session's whole set, in the belief and again when confirmed
+    (2,000 copies of 30,000 names per 1,000-statement string). A run of them is applied with one copy."""
+    calls: list[str] = []
+    real = model._apply_held
+
+    def counted(context: SessionContext, change: Change) -> SessionContext:
+        calls.append(change.op)
+        return real(context, change)
+
+    monkeypatch.setattr(model, "_apply_held", counted)
+    state = SessionState()
+    _run(state, tuple(Change(i, HOLD_CURSOR, f"c{i}") for i in range(1000)))
+    _run(state, tuple(Change(i, LISTEN if i % 2 else UNLISTEN, f"l{i // 2}") for i in range(1000)))
+    assert state.current.cursors == state.belief.cursors == frozenset(f"c{i}" for i in range(1000))
+    assert state.current.listening == state.belief.listening == frozenset(f"l{i}" for i in range(500))
+    assert len(calls) <= 4, len(calls)
+
+
+def test_runs_applied_at_once_are_what_one_by_one_makes() -> None:
+    rng = random.Random(7)
+    ops = [HOLD_CURSOR, CLOSE_CURSOR, LISTEN, UNLISTEN, SQL_PREPARE, DISCARD_ALL]
+    for _ in range(200):
+        changes = []
+        for i in range(rng.randrange(1, 30)):
+            op = rng.choice(ops)
+            name = rng.choice(["a", "b", "c", "", "*"] if op in (CLOSE_CURSOR, UNLISTEN) else ["a", "b", "c"])
+            changes.append(Change(i, op, name))
+        one_by_one = SessionContext(cursors=frozenset({"b"}), listening=frozenset({"c"}))
+        start = one_by_one
+        for change in changes:
+            one_by_one = one_by_one.apply(change)
+        state = SessionState()
+        state.start(start)
+        _run(state, tuple(changes))
+        assert state.current == state.belief == one_by_one, changes
