@@ -108,7 +108,9 @@ class SessionState:
         if self._sets_confirmed:
             pending = tuple(self._sets_confirmed)
             self._sets_confirmed = []
-            self._current = _apply_sets(self._current, pending, 0)[1]
+            # (one change: SessionContext.apply copies a set once, a run's set() and frozenset() twice)
+            self._current = (self._current.apply(pending[0]) if len(pending) == 1
+                             else _apply_sets(self._current, pending, 0)[1])
         return self._current
 
     @current.setter
