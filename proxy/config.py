@@ -292,6 +292,11 @@ class PoolConfig:
     # and the statements replaying them): the proxy keeps them and sets them again on each server it hands the session
     max_session_settings: int = 1000
     max_session_setting_bytes: int = 1024 * 1024
+    # WITH HOLD cursors and LISTEN channels one session may hold, savepoints its transaction may have at once: the
+    # proxy follows each one (a statement taking the session past one is refused with 54000; red team 9s8 F4)
+    max_session_cursors: int = 1000
+    max_session_listens: int = 1000
+    max_session_savepoints: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -673,7 +678,8 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
     for key in ("reserve_pool_timeout", "server_idle_timeout", "server_lifetime", "query_wait_timeout",
                 "max_pin_time", "statement_cache_size", "statement_cache_bytes", "max_session_statements",
                 "max_session_statement_bytes", "max_tenant_statement_bytes", "max_statements_listing_bytes",
-                "max_session_settings", "max_session_setting_bytes"):
+                "max_session_settings", "max_session_setting_bytes", "max_session_cursors", "max_session_listens",
+                "max_session_savepoints"):
         _positive(getattr(pool, key), f"pool.{key}")
     return pool
 

@@ -34,8 +34,8 @@ class Savepoints:
     def sent(self, request: object, position: int, op: str, name: str) -> None:
         """Statement `position` of `request` is SAVEPOINT/RELEASE/ROLLBACK TO `name` (`op`)."""
         belief = self.belief
-        at = _find(belief, name)
         new = 0
+        at = _find(belief, name) if op != SAVEPOINT else None  # (a SAVEPOINT looks for no name: O(1), 9s8 F4)
         if op == SAVEPOINT:
             new = self._new()
             belief.append((name, new))

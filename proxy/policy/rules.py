@@ -255,6 +255,21 @@ RULES: dict[str, tuple[str, str]] = {
         "keeps each session setting to set it again on every server it hands the session; the limits are [pool] "
         "max_session_settings and max_session_setting_bytes.",
     ),
+    "session_cursors_limit": (
+        PROGRAM_LIMIT_EXCEEDED,
+        "CLOSE the WITH HOLD cursors the session no longer reads (CLOSE name, CLOSE ALL or DISCARD ALL): pgtenant "
+        "follows each one the session holds; the limit is [pool] max_session_cursors.",
+    ),
+    "session_listens_limit": (
+        PROGRAM_LIMIT_EXCEEDED,
+        "UNLISTEN the channels the session no longer needs (UNLISTEN name, UNLISTEN * or DISCARD ALL): pgtenant "
+        "follows each channel a session listens on; the limit is [pool] max_session_listens.",
+    ),
+    "session_savepoints_limit": (
+        PROGRAM_LIMIT_EXCEEDED,
+        "RELEASE the savepoints the transaction no longer needs (RELEASE SAVEPOINT name) or end the transaction: "
+        "pgtenant follows each savepoint a transaction has; the limit is [pool] max_session_savepoints.",
+    ),
     "temp_relation_limit": (
         CONFIGURATION_LIMIT_EXCEEDED,
         "Drop the temporary tables you no longer need and end the transaction: relations dropped in a transaction "

@@ -1,0 +1,111 @@
+"""The WITH HOLD cursors, LISTEN channels and savepoints a session holds are bounded ([pool] max_session_cursors,
+max_session_listens, max_session_savepoints; red team 9s8 F4: 40,000 of them cost the proxy ~4 ms of the event loop
+every tenant shares per further statement), in both pool modes: past the bound the statement fails with 54000 before
+it reaches the server, the session goes on with what it holds, CLOSE / UNLISTEN / RELEASE free room, another
+tenant is unaffected, the refusal is counted."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+CURSORS = 5  # [pool] max_session_cursors of the proxy
+LISTENS = 4  # [pool] max_session_listens
+SAVEPOINTS = 6  # [pool] max_session_savepoints
+
+
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
+                     pool={"pool_mode": request.param, "query_wait_timeout": 30.0, "max_session_cursors": CURSORS,
+                           "max_session_listens": LISTENS, "max_session_savepoints": SAVEPOINTS})
+    p.start()
+    yield p
+    p.stop()
+
+
+def _denied(p: ProxyProcess, rule: str) -> float:
+    """The refusals counted under `rule`, over every tenant label (a tenant past the metrics' bound on tenants
+    shown is counted as "_other")."""
+    text = urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("pgtenant_denied_statements_total{") and f'rule="{rule}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _declare(n: int, start: int = 0) -> str:
+    return ";".join(f"DECLARE rtc{i} CURSOR WITH HOLD FOR SELECT {i}" for i in range(start, start + n))
+
+
+def test_hold_cursors_past_the_bound_fail_and_the_session_goes_on(bounded: ProxyProcess) -> None:
+    """alice (a shared-strategy tenant): DECLARE ... WITH HOLD is a read; it is bounded all the same."""
+    before = _denied(bounded, "session_cursors_limit")
+    with psycopg.connect(bounded.dsn("alice"), autocommit=True) as a, \
+            psycopg.connect(bounded.dsn("bruno"), autocommit=True) as b:
+        a.execute(_declare(CURSORS - 1))  # one multi-statement Query
+        a.execute(_declare(1, CURSORS - 1))  # exactly the bound
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=f"max_session_cursors = {CURSORS}") as info:
+            a.execute(_declare(1, CURSORS))
+        assert info.value.diag.message_hint is not None and "CLOSE" in info.value.diag.message_hint
+        assert a.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+        assert a.execute(f"FETCH rtc{CURSORS - 1}").fetchone() == (CURSORS - 1,)  # with what it holds
+        assert a.execute("SELECT count(*) FROM pg_cursors").fetchone() == (CURSORS,)
+        a.execute("CLOSE rtc0")
+        a.execute(_declare(1, CURSORS))  # CLOSE then DECLARE: allowed
+        assert a.execute(f"FETCH rtc{CURSORS}").fetchone() == (CURSORS,)
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="session_cursors_limit"):
+            a.execute("CLOSE rtc1;" + _declare(2, 100))  # past it within one string: none of it runs
+        assert a.execute("FETCH rtc1").fetchone() == (1,)
+        a.execute("CLOSE ALL")
+        a.execute(_declare(CURSORS, 200))
+        b.execute(_declare(CURSORS, 300))  # another tenant: its own sessions, its own count
+        assert b.execute("SELECT count(*) FROM pg_cursors").fetchone() == (CURSORS,)
+    assert _denied(bounded, "session_cursors_limit") - before == 2
+
+
+def test_listen_past_the_bound_fails_and_the_session_goes_on(bounded: ProxyProcess) -> None:
+    """ivan (initech, database strategy) may LISTEN."""
+    before = _denied(bounded, "session_listens_limit")
+    with psycopg.connect(bounded.dsn("ivan"), autocommit=True) as i:
+        i.execute(";".join(f"LISTEN rtch{k}" for k in range(LISTENS)))
+        i.execute("LISTEN rtch0")  # a channel it listens on already: nothing added
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=f"max_session_listens = {LISTENS}"):
+            i.execute(f"LISTEN rtch{LISTENS}")
+        assert i.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (LISTENS,)
+        i.execute("UNLISTEN rtch0")
+        i.execute(f"LISTEN rtch{LISTENS}")
+        assert i.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (LISTENS,)
+        i.execute("UNLISTEN *")
+        i.execute(";".join(f"LISTEN other{k}" for k in range(LISTENS)))
+    assert _denied(bounded, "session_listens_limit") - before == 1
+
+
+def test_savepoint_depth_past_the_bound_fails(bounded: ProxyProcess) -> None:
+    before = _denied(bounded, "session_savepoints_limit")
+    with psycopg.connect(bounded.dsn("alice"), autocommit=True) as a:
+        a.execute("BEGIN")
+        a.execute(";".join(f"SAVEPOINT s{k}" for k in range(SAVEPOINTS)))  # exactly the bound
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=f"max_session_savepoints = {SAVEPOINTS}"):
+            a.execute(f"SAVEPOINT s{SAVEPOINTS}")
+        # (PostgreSQL got the refusal's placeholder: the transaction is aborted, as after any failed statement)
+        a.execute(f"ROLLBACK TO s{SAVEPOINTS - 1}")
+        assert a.execute("SELECT 1").fetchone() == (1,)
+        a.execute(f"RELEASE s{SAVEPOINTS - 2}")
+        a.execute("SAVEPOINT again1; SAVEPOINT again2")
+        a.execute("COMMIT")
+        # psqlODBC's shape: a savepoint per statement, released: never deep
+        a.execute("BEGIN")
+        for k in range(3 * SAVEPOINTS):
+            a.execute(f"SAVEPOINT _exec_svp; SELECT {k}; RELEASE _exec_svp")
+        a.execute("COMMIT")
+    assert _denied(bounded, "session_savepoints_limit") - before == 1
