@@ -18,6 +18,7 @@ from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
 from proxy.policy import readonly, shape
 from proxy.policy.model import READ_ONLY, Deny
+from proxy.policy.reached import NOTHING, Reached
 from proxy.protocol import messages as m
 
 # What the poller asks (the I/O layer runs it with the backend's own credentials, never a tenant's).
@@ -468,7 +469,7 @@ def _read_only(sql: str, transactions: bool = False) -> str:
         tree = json.loads(parse_sql_json(sql))
     except (ParseError, ValueError, RecursionError):  # (too deep for the JSON reader: the policy refuses it)
         return "?"  # (not read-only; a shape that does not parse is judged by its text)
-    return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions)
+    return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions, _reached)
 
 
 def writes_nothing_sql(sql: str) -> bool:
@@ -510,6 +511,20 @@ def _judged(sql: str, transactions: bool) -> bool:
 
 
 _READ_ONLY_SQL = read_only_sql
+# Every prepared tenant's database's routines run without a call (policy/reached.py; `set_reached`): the judge of
+# a text without its tenant counts them all (a name that reaches a routine in any database goes to the primary).
+_reached: Reached = NOTHING
+
+
+def set_reached(reached: Reached) -> None:
+    """Replace the routines the text judge counts (at start and reload); the verdicts kept are judged again."""
+    global _reached
+    if reached == _reached:
+        return
+    _reached = reached
+    _verdicts.clear()
+    if speedups is not None:  # (its last-Parse memo holds a verdict too)
+        speedups._forget_verdicts()
 MAX_JUDGED = 16 * 1024  # characters: a longer text goes to the primary
 _verdicts: dict[object, str] = {}  # text, digest or ("shape", key) -> "y" | "" | "?" (does not parse)
 _MAX_VERDICTS, _MAX_KEPT = 4096, 2048
