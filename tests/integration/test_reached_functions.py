@@ -119,6 +119,10 @@ def test_a_view_over_a_writing_function_keeps_reads_on_the_primary(
     with psycopg.connect(lab.dsn("ivan"), autocommit=True) as conn:
         on_replica(conn, standby)
         standby.wait_replayed()
+        # alone, the text writes: it goes to the primary (it failed 25006 on the replica)
+        assert conn.execute(f"SELECT w, inet_server_port() FROM {view}").fetchall() == [(1, primary.port)]
+        standby.wait_replayed()
+        on_replica(conn, standby)
         before = primary.execute("SELECT count(*) FROM orders WHERE id > 60000", dbname="initech")[0][0]
         standby.execute("SELECT pg_wal_replay_pause()")
         try:
