@@ -144,8 +144,9 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> None:
     without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type, an
     unqualified call of a name a routine of the database overloads."""
     reached = policy.reached
-    for fields in analysis.column_refs:
-        _check_reached(policy, ATTRIBUTE, fields[-1], ".".join(fields))
+    for fields in analysis.column_refs:  # (`t.f.x`: f(t)'s field x)
+        for name in fields[1:]:
+            _check_reached(policy, ATTRIBUTE, name, ".".join(fields))
     for name in analysis.indirections:
         _check_reached(policy, ATTRIBUTE, name, f"(...).{name}")
     for symbol in analysis.operator_symbols:

@@ -121,7 +121,7 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     by = reached.by_kind
     if tag == "ColumnRef":
         fields = body.get("fields", ())
-        return len(fields) > 1 and fields[-1].get("String", {}).get("sval", "") in by[ATTRIBUTE]
+        return any(f.get("String", {}).get("sval", "") in by[ATTRIBUTE] for f in fields[1:])
     if tag == "A_Indirection":
         return any(item.get("String", {}).get("sval", "") in by[ATTRIBUTE] for item in body.get("indirection", ())
                    if isinstance(item, dict))

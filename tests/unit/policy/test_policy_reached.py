@@ -21,6 +21,8 @@ REACHED = Reached(frozenset({
 REACHING = {
     "attribute": "SELECT o.rt_tenants_sd FROM orders o LIMIT 1",
     "attribute_paren": "SELECT (o).rt_tenants_sd FROM orders o LIMIT 1",
+    "attribute_field": "SELECT o.rt_tenants_sd.x FROM orders o LIMIT 1",
+    "attribute_scalar": "SELECT (o.id).rt_tenants_sd FROM orders o LIMIT 1",
     "operator": "SELECT 1 #@# 2",
     "operator_qualified": "SELECT 1 OPERATOR(public.#@#) 2",
     "operator_any": "SELECT 1 #@# ANY (SELECT 2)",
