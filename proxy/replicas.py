@@ -462,14 +462,15 @@ def _cstring(body: bytes, at: int) -> tuple[str, int]:
     return body[at:end].decode("utf-8", "replace"), end + 1
 
 
-def _read_only(sql: str, transactions: bool = False) -> str:
+def _read_only(sql: str, transactions: bool = False, reached: Reached | None = None) -> str:
     """"y" when `sql` provably only reads (readonly.verdict; `transactions`: writes nothing, a read-write BEGIN or SET
     TRANSACTION included), "" when not, "?" when it does not parse."""
     try:
         tree = json.loads(parse_sql_json(sql))
     except (ParseError, ValueError, RecursionError):  # (too deep for the JSON reader: the policy refuses it)
         return "?"  # (not read-only; a shape that does not parse is judged by its text)
-    return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions, _reached)
+    return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions,
+                            _reached if reached is None else reached)
 
 
 def writes_nothing_sql(sql: str) -> bool:
@@ -494,6 +495,7 @@ def read_only_sql(sql: str) -> bool:
 def _judged(sql: str, transactions: bool) -> bool:
     if len(sql) > MAX_JUDGED:
         return False
+    reached = _reached  # (set_reached may replace it from a preparing thread: a verdict made with this is not kept)
     key = ("w", _key(sql)) if transactions else _key(sql)
     known = _verdicts.get(key)
     if known is None:
@@ -502,11 +504,11 @@ def _judged(sql: str, transactions: bool) -> bool:
             shape_key = ("wshape" if transactions else "shape", _key(shaped[0]))
             known = _verdicts.get(shape_key)
             if known is None:
-                known = _keep(shape_key, _read_only(shape.text(shaped[0]), transactions))
+                known = _keep(shape_key, _read_only(shape.text(shaped[0]), transactions, reached), reached)
             if known != "?":
                 return known == "y"
-            return _read_only(sql, transactions) == "y"  # (a text with integer literals is not kept: its shape is)
-        known = _keep(key, _read_only(sql, transactions))
+            return _read_only(sql, transactions, reached) == "y"  # (a text with integer literals is not kept)
+        known = _keep(key, _read_only(sql, transactions, reached), reached)
     return known == "y"
 
 
@@ -534,7 +536,9 @@ def _key(text: str) -> object:
     return text if len(text) <= _MAX_KEPT else hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def _keep(key: object, verdict: str) -> str:
+def _keep(key: object, verdict: str, reached: Reached | None = None) -> str:
+    if reached is not None and reached is not _reached:
+        return verdict
     if len(_verdicts) >= _MAX_VERDICTS:
         _verdicts.clear()
     _verdicts[key] = verdict

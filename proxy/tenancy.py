@@ -124,7 +124,8 @@ def tenant_policy(
     those names (`neighbour_shadows`). `reached`: the database's routines run without a call
     (`PreflightReport.reached`, policy/reached.py)."""
     common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {}),
-              "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {}), "reached": reached}
+              "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {}),
+              "reached": reached.without(frozenset(hidden_schemas))}
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(

@@ -43,6 +43,16 @@ class Reached:
     def __bool__(self) -> bool:
         return bool(self.rows)
 
+    def without(self, schemas: frozenset[str]) -> Reached:
+        """The snapshot less what lives in `schemas` (other tenants' schemas, never on this tenant's search_path:
+        their functions and operators are not found unqualified, their views not read); a cast is found by its
+        types wherever its function lives, so casts stay."""
+        if not schemas:
+            return self
+        kept = frozenset(row for row in self.rows
+                         if row[0] == CAST or (row[1] if row[0] == VIEW else row[2]).partition(".")[0] not in schemas)
+        return self if kept == self.rows else Reached(kept)
+
     def functions(self, kind: str, key: str) -> tuple[str, ...]:
         """The routines `key` reaches as `kind` ((): none)."""
         return self.by_kind[kind].get(key, ())

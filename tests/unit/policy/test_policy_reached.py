@@ -90,3 +90,19 @@ def test_text_judge_counts_the_published_snapshot() -> None:
         assert all(_read_only(plain, True) == "y" for plain in PLAIN)
     finally:
         set_reached(Reached())
+
+
+def test_other_tenants_schemas_do_not_count() -> None:
+    """A function of a schema the tenant never has on its search_path (another tenant's) is not reached unqualified;
+    a cast is found by its types wherever its function lives."""
+    from proxy.config import TenantConfig
+    from proxy.tenancy import tenant_policy
+
+    theirs = Reached(frozenset({("shadow", "lower", "globex.lower"), ("attribute", "f", "globex.f"),
+                                ("cast", "text", "globex.f"), ("view", "globex.v", "globex.f")}))
+    acme = TenantConfig(name="acme", strategy="shared", backend="main", database="saas", tenant_id="acme",
+                        tables=("public.orders",))
+    policy = tenant_policy(acme, hidden_schemas={"globex"}, reached=theirs)
+    assert not isinstance(decide(policy, "SELECT lower(tenant_id), o.f FROM orders o"), Deny)
+    denied = decide(policy, "SELECT o::text FROM orders o")
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
