@@ -117,7 +117,8 @@ def schema_names(conn: psycopg.Connection) -> frozenset[str]:
 # The routines of a database PostgreSQL may run without a call naming them (policy/reached.py): functions outside
 # pg_catalog and information_schema that no extension owns (pg_depend 'e': extension code such as citext or PostGIS
 # operators is not counted), as (kind, key, "schema.function") rows. A function of one argument reached as `t.f` is
-# left out when its argument is a relation's row type and that relation has a column of its name (the column wins).
+# left out when its argument is a relation's row type and that relation has a column of its name (the column wins);
+# one whose argument is neither a row (composite), a pseudo-type nor a domain is reached only as `(x).f` ("field").
 # A view counts when its query (or a view it reads, at any depth) calls such a function, directly, by an operator or
 # by a cast.
 _REACHED = r"""
@@ -147,7 +148,8 @@ WITH RECURSIVE fn AS (
                                AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
     JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.ev_class <> v.view
 )
-SELECT 'attribute', f.proname, f.qualified FROM fn f
+SELECT CASE WHEN t.typtype IN ('c', 'p', 'd') THEN 'attribute' ELSE 'field' END, f.proname, f.qualified
+  FROM fn f JOIN pg_catalog.pg_type t ON t.oid = f.proargtypes[0]
  WHERE f.prokind = 'f' AND f.pronargs >= 1 AND (f.pronargs - f.pronargdefaults <= 1 OR f.provariadic <> 0)
    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
                     WHERE c.reltype = f.proargtypes[0] AND a.attname = f.proname AND a.attnum > 0

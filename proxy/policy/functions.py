@@ -5,7 +5,7 @@ from __future__ import annotations
 from proxy.policy import advisory, agent, nextval, notify, othersseq, settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
-from proxy.policy.reached import ATTRIBUTE, CAST, HOW, OPERATOR, SHADOW
+from proxy.policy.reached import ATTRIBUTE, CAST, FIELD, HOW, OPERATOR, SHADOW
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node
 from proxy.policy.walk import Analysis
@@ -144,11 +144,14 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> None:
     without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type, an
     unqualified call of a name a routine of the database overloads."""
     reached = policy.reached
-    for fields in analysis.column_refs:  # (`t.f.x`: f(t)'s field x)
-        for name in fields[1:]:
+    for fields in analysis.column_refs:  # `t.f`: f(row of t); `t.f.x`: f(t)'s field x, or `t.c.f`: f(column c)
+        for i, name in enumerate(fields[1:], 1):
             _check_reached(policy, ATTRIBUTE, name, ".".join(fields))
+            if i > 1:
+                _check_reached(policy, FIELD, name, ".".join(fields))
     for name in analysis.indirections:
         _check_reached(policy, ATTRIBUTE, name, f"(...).{name}")
+        _check_reached(policy, FIELD, name, f"(...).{name}")
     for symbol in analysis.operator_symbols:
         _check_reached(policy, OPERATOR, symbol, symbol)
     for type_name in analysis.cast_types:

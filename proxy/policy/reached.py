@@ -10,13 +10,15 @@ from proxy.policy.tree import Node, names_of
 # Kinds of a snapshot row (kind, key, "schema.function"): how a statement reaches a routine outside pg_catalog and
 # information_schema that no extension owns.
 ATTRIBUTE = "attribute"  # key: a function of one argument: `t.f` / `(t).f` is f(t) when t has no column f
+FIELD = "field"  # key: a function of one scalar argument: only `(x).f` / `t.c.f` reach it (`t.f` names a row)
 OPERATOR = "operator"  # key: an operator symbol whose code is the function
 CAST = "cast"  # key: the target type (pg_type.typname) of a cast done by the function
 SHADOW = "shadow"  # key: a built-in's name the function overloads or shadows (an unqualified call may pick it)
 VIEW = "view"  # key: "schema.view" of a view whose definition calls the function
-KINDS = (ATTRIBUTE, OPERATOR, CAST, SHADOW, VIEW)
+KINDS = (ATTRIBUTE, FIELD, OPERATOR, CAST, SHADOW, VIEW)
 
-HOW = {ATTRIBUTE: "attribute notation", OPERATOR: "operator", CAST: "a cast to type", SHADOW: "the unqualified call",
+HOW = {ATTRIBUTE: "attribute notation", FIELD: "attribute notation", OPERATOR: "operator", CAST: "a cast to type",
+       SHADOW: "the unqualified call",
        VIEW: "view"}
 
 

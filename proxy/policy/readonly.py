@@ -5,7 +5,7 @@ from __future__ import annotations
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.context import SEQUENCE_FUNCTIONS, STATEFUL_FUNCTIONS
 from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
-from proxy.policy.reached import ATTRIBUTE, CAST, NOTHING, OPERATOR, SHADOW, VIEW, Reached, operator_symbols
+from proxy.policy.reached import ATTRIBUTE, CAST, FIELD, NOTHING, OPERATOR, SHADOW, VIEW, Reached, operator_symbols
 from proxy.policy.settings import NOT_REPLAYABLE
 from proxy.policy.tree import Node
 
@@ -121,10 +121,12 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     by = reached.by_kind
     if tag == "ColumnRef":
         fields = body.get("fields", ())
-        return any(f.get("String", {}).get("sval", "") in by[ATTRIBUTE] for f in fields[1:])
+        names = [f.get("String", {}).get("sval", "") for f in fields[1:]]
+        return any(n in by[ATTRIBUTE] for n in names) or any(n in by[FIELD] for n in names[1:])
     if tag == "A_Indirection":
-        return any(item.get("String", {}).get("sval", "") in by[ATTRIBUTE] for item in body.get("indirection", ())
-                   if isinstance(item, dict))
+        names = [item.get("String", {}).get("sval", "") for item in body.get("indirection", ())
+                 if isinstance(item, dict)]
+        return any(n in by[ATTRIBUTE] or n in by[FIELD] for n in names)
     if tag == "A_Expr":
         return any(symbol in by[OPERATOR] for symbol in operator_symbols(body))
     if tag in ("SortBy", "SubLink"):

@@ -23,6 +23,7 @@ CREATE FUNCTION public.rt_slowop(a int, b int) RETURNS int LANGUAGE sql VOLATILE
 CREATE OPERATOR public.#%# (LEFTARG = int, RIGHTARG = int, FUNCTION = public.rt_slowop);
 CREATE FUNCTION public.lower(t public.orders) RETURNS text LANGUAGE sql VOLATILE AS 'SELECT ''user lower''';
 CREATE VIEW public.rt_v AS SELECT public.rt_w() AS w;
+CREATE FUNCTION public.amount(n numeric) RETURNS numeric LANGUAGE sql AS 'SELECT n * 100';
 CREATE VIEW public.rt_v2 AS SELECT w FROM public.rt_v;
 INSERT INTO public.orders VALUES (60000, 0);
 """
@@ -102,7 +103,10 @@ def test_database_tenant_overload_and_attribute_refused(lab: ProxyProcess) -> No
                     "SELECT 1 #%# 2", "SELECT lower(o) FROM orders o WHERE o.id = 1"):
             got = _run(conn, sql)
             assert isinstance(got, tuple) and got[0] == "42501" and "function_not_allowed" in got[1], (sql, got)
-        assert conn.execute("SELECT upper('x'), o.id FROM orders o WHERE o.id = 1").fetchall() == [("X", 1)]
+        # a function of a scalar named like a column: `o.amount` is the column; `(o.amount).amount` runs it
+        assert conn.execute("SELECT upper('x'), o.amount FROM orders o WHERE o.id = 1").fetchall() == [("X", 1)]
+        got = _run(conn, "SELECT (o.amount).amount FROM orders o WHERE o.id = 1")
+        assert isinstance(got, tuple) and got[0] == "42501" and "public.amount()" in got[1], got
 
 
 COUNT = "SELECT count(*), inet_server_port() FROM orders WHERE id > 60000"

@@ -12,6 +12,7 @@ from proxy.replicas import _read_only, set_reached
 
 REACHED = Reached(frozenset({
     ("attribute", "rt_tenants_sd", "public.rt_tenants_sd"),
+    ("field", "amount", "public.amount"),
     ("operator", "#@#", "public.rt_op_sd"),
     ("cast", "text", "public.rt_tenants_sd"),
     ("shadow", "lower", "public.lower"),
@@ -23,6 +24,8 @@ REACHING = {
     "attribute_paren": "SELECT (o).rt_tenants_sd FROM orders o LIMIT 1",
     "attribute_field": "SELECT o.rt_tenants_sd.x FROM orders o LIMIT 1",
     "attribute_scalar": "SELECT (o.id).rt_tenants_sd FROM orders o LIMIT 1",
+    "field_paren": "SELECT (o.id).amount FROM orders o LIMIT 1",
+    "field_three": "SELECT o.id.amount FROM orders o LIMIT 1",
     "operator": "SELECT 1 #@# 2",
     "operator_qualified": "SELECT 1 OPERATOR(public.#@#) 2",
     "operator_any": "SELECT 1 #@# ANY (SELECT 2)",
@@ -31,7 +34,8 @@ REACHING = {
     "cast_as_call": "SELECT text(o) FROM orders o LIMIT 1",
     "overload": "SELECT lower(o) FROM orders o LIMIT 1",
 }
-PLAIN = ["SELECT id, tenant_id FROM orders o WHERE o.id = 1", "SELECT 1 + 2", "SELECT upper(tenant_id) FROM orders",
+PLAIN = ["SELECT id, tenant_id, o.amount FROM orders o WHERE o.id = 1", "SELECT 1 + 2",
+         "SELECT upper(tenant_id) FROM orders",
          "SELECT o.id::int8 FROM orders o"]
 
 
@@ -52,7 +56,7 @@ def test_refused_unless_allowed(shape: str, make) -> None:
     denied = decide(make(), sql)
     assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
     assert "extra_allowed_functions" in denied.message
-    allowed = make(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower"}))
+    allowed = make(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "amount"}))
     assert not isinstance(decide(allowed, sql), Deny), decide(allowed, sql)
     # without the snapshot (main's behaviour) the same text passes the allow-list: the snapshot is what refuses it
     assert not isinstance(decide(make(Reached()), sql), Deny)
@@ -70,7 +74,7 @@ def test_agent_refuses_even_when_allowed(shape: str) -> None:
 @pytest.mark.parametrize("sql", [*REACHING.values(), "SELECT w FROM rt_v", "SELECT w FROM public.rt_v",
                                  "SELECT * FROM (SELECT w FROM rt_v) s"])
 def test_not_read_only(sql: str) -> None:
-    allowed = _dan(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "public.rt_w"}))
+    allowed = _dan(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "public.rt_w", "amount"}))
     decision = decide(allowed, sql)
     assert not isinstance(decision, Deny), decision
     assert READ_ONLY not in decision.effects
