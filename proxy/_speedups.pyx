@@ -1182,6 +1182,13 @@ cdef object _judge_parsed(const unsigned char *p, Py_ssize_t at, Py_ssize_t end,
     return ok
 
 
+cpdef void _forget_verdicts():
+    """Drop the last-Parse memo (proxy.replicas.set_reached: what the judge counts changed)."""
+    global _last_parsed, _last_parsed_ok
+    _last_parsed = None
+    _last_parsed_ok = None
+
+
 cpdef object lone_query_text(bytes data):
     """proxy.replicas.lone_query_text: the frame checked and the text decoded in place."""
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)

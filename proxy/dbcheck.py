@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 import psycopg
 
 from proxy.config import BackendConfig, Config, ReplicaConfig, TenantConfig
+from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.catalog import COLUMN_LISTED
+from proxy.policy.reached import Reached
 from proxy.policy.tree import expr_node, names_of, string_const
 from proxy.tenancy import ScopedTables, database_neighbours, explicit_tables
 
@@ -112,6 +114,66 @@ def schema_names(conn: psycopg.Connection) -> frozenset[str]:
     return frozenset(name for (name,) in conn.execute(_SCHEMA_NAMES).fetchall())
 
 
+# The routines of a database PostgreSQL may run without a call naming them (policy/reached.py): functions outside
+# pg_catalog and information_schema that no extension owns (pg_depend 'e': extension code such as citext or PostGIS
+# operators is not counted), as (kind, key, "schema.function") rows. A function of one argument reached as `t.f` is
+# left out when its argument is a relation's row type and that relation has a column of its name (the column wins);
+# one whose argument is neither a row (composite), a pseudo-type nor a domain is reached only as `(x).f` ("field").
+# A view counts when its query (or a view it reads, at any depth) calls such a function, directly, by an operator or
+# by a cast.
+_REACHED = r"""
+WITH RECURSIVE fn AS (
+  SELECT p.oid, n.nspname || '.' || p.proname AS qualified, p.proname, p.prokind, p.pronargs, p.pronargdefaults,
+         p.provariadic, p.proargtypes
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                      WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                        AND d.deptype = 'e')
+), direct AS (
+  SELECT r.ev_class AS view, f.qualified
+    FROM pg_catalog.pg_rewrite r
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+    LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                                      AND o.oid = d.refobjid
+    LEFT JOIN pg_catalog.pg_cast c ON d.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND c.oid = d.refobjid
+    JOIN fn f ON f.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid
+                              ELSE COALESCE(o.oprcode::pg_catalog.oid, c.castfunc) END
+), views(view, qualified) AS (
+  SELECT view, qualified FROM direct
+  UNION
+  SELECT r.ev_class, v.qualified
+    FROM views v
+    JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = v.view
+                               AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+    JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.ev_class <> v.view
+)
+SELECT CASE WHEN t.typtype IN ('c', 'p', 'd') THEN 'attribute' ELSE 'field' END, f.proname, f.qualified
+  FROM fn f JOIN pg_catalog.pg_type t ON t.oid = f.proargtypes[0]
+ WHERE f.prokind = 'f' AND f.pronargs >= 1 AND (f.pronargs - f.pronargdefaults <= 1 OR f.provariadic <> 0)
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+                    WHERE c.reltype = f.proargtypes[0] AND a.attname = f.proname AND a.attnum > 0
+                      AND NOT a.attisdropped)
+UNION
+SELECT 'operator', o.oprname, f.qualified FROM pg_catalog.pg_operator o JOIN fn f ON f.oid = o.oprcode::pg_catalog.oid
+UNION
+SELECT 'cast', t.typname, f.qualified
+  FROM pg_catalog.pg_cast c JOIN fn f ON f.oid = c.castfunc JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
+UNION
+SELECT 'shadow', f.proname, f.qualified FROM fn f WHERE f.proname = ANY(%s::text[])
+UNION
+SELECT 'view', n.nspname || '.' || c.relname, v.qualified
+  FROM views v JOIN pg_catalog.pg_class c ON c.oid = v.view JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'v'
+"""
+
+
+def reached_routines(conn: psycopg.Connection) -> Reached:
+    """The database's routines run without a call (`_REACHED`; `TenantPolicy.reached`)."""
+    rows = conn.execute(_REACHED, (sorted(BUILTIN_FUNCTIONS),)).fetchall()
+    return Reached(frozenset((str(k), str(key), str(f)) for k, key, f in rows))
+
+
 class BackendCheckError(RuntimeError):
     """A backend could not be reached or asked."""
 
@@ -132,6 +194,7 @@ class PreflightReport:
     # ... their sequences (`NEIGHBOUR_SEQUENCES`), and the database's other relations of those names (the tenant's own)
     neighbour_sequences: set[tuple[str, str]] = field(default_factory=set)
     neighbour_shadows: set[tuple[str, str]] = field(default_factory=set)
+    reached: Reached = field(default_factory=Reached)  # see reached_routines()
 
     @property
     def ok(self) -> bool:
@@ -182,6 +245,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
         _check_temp_file_limit(conn, config, backend, report)
         report.catalog_columns = catalog_columns(conn)
         report.schemas = schema_names(conn)
+        report.reached = reached_routines(conn)
         if tenant.strategy == "shared":
             _check_shared(conn, tenant, scoped, report)
             _check_direct_readers(conn, config, tenant, scoped, report)

@@ -11,6 +11,7 @@ from proxy.config import Config, TenantConfig
 from proxy.errors import PgError
 from proxy.logs import get_logger
 from proxy.policy.model import Tenant, TenantPolicy
+from proxy.policy.reached import union
 from proxy.registrydb import SCHEMA as REGISTRY_SCHEMA
 from proxy.tenancy import neighbour_layout, other_tenants_schemas, shares_database, tenant_policy
 
@@ -106,7 +107,7 @@ class TenantRegistry:
                 known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
                 setting_caps=config.limits.setting_caps(), database_shared=shares_database(config, tenant),
                 others_tables=report.neighbour_tables, others_sequences=report.neighbour_sequences,
-                others_shadows=report.neighbour_shadows,
+                others_shadows=report.neighbour_shadows, reached=report.reached,
             ), []
         except ValueError as exc:
             return None, [f"tenants.{name}: {exc}"]
@@ -125,6 +126,7 @@ class TenantRegistry:
         policy, problems = self.build(self.config, name)
         if policy is not None:
             self.policies[name] = policy
+            self.publish()
         return problems
 
     def prepare_config(self, new: Config, unreachable: type[Exception], *,
@@ -156,4 +158,12 @@ class TenantRegistry:
         old = self.config
         self.config = new
         self.policies = policies
+        self.publish()
         return revocations(old, new, sessions)
+
+    def publish(self) -> None:
+        """Give the text judge of read-only routing (proxy/replicas.py) every prepared database's routines run
+        without a call (`TenantPolicy.reached`)."""
+        from proxy import replicas
+
+        replicas.set_reached(union(p.reached for p in list(self.policies.values())))

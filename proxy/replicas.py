@@ -18,6 +18,7 @@ from proxy.config import BackendConfig, Config, ReplicaConfig, RoutingConfig
 from proxy.errors import PgError
 from proxy.policy import readonly, shape
 from proxy.policy.model import READ_ONLY, Deny
+from proxy.policy.reached import NOTHING, Reached
 from proxy.protocol import messages as m
 
 # What the poller asks (the I/O layer runs it with the backend's own credentials, never a tenant's).
@@ -491,14 +492,15 @@ def _cstring(body: bytes, at: int) -> tuple[str, int]:
     return body[at:end].decode("utf-8", "replace"), end + 1
 
 
-def _read_only(sql: str, transactions: bool = False) -> str:
+def _read_only(sql: str, transactions: bool = False, reached: Reached | None = None) -> str:
     """"y" when `sql` provably only reads (readonly.verdict; `transactions`: writes nothing, a read-write BEGIN or SET
     TRANSACTION included), "" when not, "?" when it does not parse."""
     try:
         tree = json.loads(parse_sql_json(sql))
     except (ParseError, ValueError, RecursionError):  # (too deep for the JSON reader: the policy refuses it)
         return "?"  # (not read-only; a shape that does not parse is judged by its text)
-    return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions)
+    return readonly.verdict([item.get("stmt", {}) for item in tree.get("stmts", [])], transactions,
+                            _reached if reached is None else reached)
 
 
 def writes_nothing_sql(sql: str) -> bool:
@@ -523,6 +525,7 @@ def read_only_sql(sql: str) -> bool:
 def _judged(sql: str, transactions: bool) -> bool:
     if len(sql) > MAX_JUDGED:
         return False
+    reached = _reached  # (set_reached may replace it from a preparing thread: a verdict made with this is not kept)
     key = ("w", _key(sql)) if transactions else _key(sql)
     known = _verdicts.get(key)
     if known is None:
@@ -531,15 +534,29 @@ def _judged(sql: str, transactions: bool) -> bool:
             shape_key = ("wshape" if transactions else "shape", _key(shaped[0]))
             known = _verdicts.get(shape_key)
             if known is None:
-                known = _keep(shape_key, _read_only(shape.text(shaped[0]), transactions))
+                known = _keep(shape_key, _read_only(shape.text(shaped[0]), transactions, reached), reached)
             if known != "?":
                 return known == "y"
-            return _read_only(sql, transactions) == "y"  # (a text with integer literals is not kept: its shape is)
-        known = _keep(key, _read_only(sql, transactions))
+            return _read_only(sql, transactions, reached) == "y"  # (a text with integer literals is not kept)
+        known = _keep(key, _read_only(sql, transactions, reached), reached)
     return known == "y"
 
 
 _READ_ONLY_SQL = read_only_sql
+# Every prepared tenant's database's routines run without a call (policy/reached.py; `set_reached`): the judge of
+# a text without its tenant counts them all (a name that reaches a routine in any database goes to the primary).
+_reached: Reached = NOTHING
+
+
+def set_reached(reached: Reached) -> None:
+    """Replace the routines the text judge counts (at start and reload); the verdicts kept are judged again."""
+    global _reached
+    if reached == _reached:
+        return
+    _reached = reached
+    _verdicts.clear()
+    if speedups is not None:  # (its last-Parse memo holds a verdict too)
+        speedups._forget_verdicts()
 MAX_JUDGED = 16 * 1024  # characters: a longer text goes to the primary
 _verdicts: dict[object, str] = {}  # text, digest or ("shape", key) -> "y" | "" | "?" (does not parse)
 _MAX_VERDICTS, _MAX_KEPT = 4096, 2048
@@ -549,7 +566,9 @@ def _key(text: str) -> object:
     return text if len(text) <= _MAX_KEPT else hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
-def _keep(key: object, verdict: str) -> str:
+def _keep(key: object, verdict: str, reached: Reached | None = None) -> str:
+    if reached is not None and reached is not _reached:
+        return verdict
     if len(_verdicts) >= _MAX_VERDICTS:
         _verdicts.clear()
     _verdicts[key] = verdict

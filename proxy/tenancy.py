@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from proxy.config import Config, TenantConfig
 from proxy.policy.model import TenantPolicy
+from proxy.policy.reached import NOTHING, Reached
 from proxy.policy.sqltext import quote_ident
 
 ScopedTables = Mapping[tuple[str, str], str]  # (schema, table) -> tenant column
@@ -105,6 +106,7 @@ def tenant_policy(
     max_advisory_locks: int | None = None, setting_caps: Mapping[str, str] | None = None,
     database_shared: bool = False, others_tables: Iterable[tuple[str, str]] = (),
     others_sequences: Iterable[tuple[str, str]] = (), others_shadows: Iterable[tuple[str, str]] = (),
+    reached: Reached = NOTHING,
 ) -> TenantPolicy:
     """The engine's view of one tenant. `fence` makes every injected filter an optimization barrier:
     needed when the database's RLS does not back the rewrite (the planner could otherwise evaluate a
@@ -119,9 +121,11 @@ def tenant_policy(
     `database_shared`: other tenants share the database (`shares_database`; database strategy only).
     `others_tables`: the shared tenants' scoped tables in that database (`PreflightReport.neighbour_tables`);
     `others_sequences` their sequences (`neighbour_sequences`); `others_shadows` the database's other relations of
-    those names (`neighbour_shadows`)."""
+    those names (`neighbour_shadows`). `reached`: the database's routines run without a call
+    (`PreflightReport.reached`, policy/reached.py)."""
     common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {}),
-              "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {})}
+              "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {}),
+              "reached": reached.without(frozenset(hidden_schemas))}
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(

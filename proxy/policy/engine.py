@@ -192,7 +192,7 @@ def _decide(policy: TenantPolicy, sql: str, timings: dict[str, float], limits: L
         agent.single_admitted(each)
     if hidden is not None:
         return _answered_as_missing(policy, data, statements, *hidden, limits, edits)
-    if readonly.verdict([stmt.node for stmt in statements]):  # (before the rewrite's mutations)
+    if readonly.verdict([stmt.node for stmt in statements], reached=policy.reached):  # (before the rewrite's mutations)
         effects.add(READ_ONLY)
     t1 = perf_counter()
     timings["gate"] = timings.get("gate", 0.0) + (t1 - t0)

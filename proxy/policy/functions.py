@@ -5,6 +5,7 @@ from __future__ import annotations
 from proxy.policy import advisory, agent, nextval, notify, othersseq, settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
+from proxy.policy.reached import ATTRIBUTE, CAST, FIELD, HOW, OPERATOR, SHADOW
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node
 from proxy.policy.walk import Analysis
@@ -134,3 +135,39 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
         last = fields[-1]
         if never_allowed(last) or last in policy.denied_functions:
             raise fail("function_not_allowed", f"function {last}() is not allowed")
+    if policy.reached:
+        check_reached(policy, analysis)
+
+
+def check_reached(policy: TenantPolicy, analysis: Analysis) -> None:
+    """Apply the allow-list (and the agent's list) to the routines of the tenant's database a statement reaches
+    without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type, an
+    unqualified call of a name a routine of the database overloads."""
+    reached = policy.reached
+    for fields in analysis.column_refs:  # `t.f`: f(row of t); `t.f.x`: f(t)'s field x, or `t.c.f`: f(column c)
+        for i, name in enumerate(fields[1:], 1):
+            _check_reached(policy, ATTRIBUTE, name, ".".join(fields))
+            if i > 1:
+                _check_reached(policy, FIELD, name, ".".join(fields))
+    for name in analysis.indirections:
+        _check_reached(policy, ATTRIBUTE, name, f"(...).{name}")
+        _check_reached(policy, FIELD, name, f"(...).{name}")
+    for symbol in analysis.operator_symbols:
+        _check_reached(policy, OPERATOR, symbol, symbol)
+    for type_name in analysis.cast_types:
+        _check_reached(policy, CAST, type_name, type_name)
+    for call in analysis.calls:
+        if len(call.names) == 1:
+            _check_reached(policy, SHADOW, call.names[0], call.names[0] + "()")
+            if reached.functions(CAST, call.names[0]):  # `text(x)`: a cast written as a call
+                _check_reached(policy, CAST, call.names[0], call.names[0] + "()")
+
+
+def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> None:
+    for function in policy.reached.functions(kind, key):
+        names = tuple(function.split(".", 1))
+        if not is_allowed(policy, names):
+            raise fail("function_not_allowed", f"function {function}() is not allowed (reached by {HOW[kind]} "
+                       f"{written}; add it to extra_allowed_functions if it is safe)")
+        if policy.agent_max_rows is not None:
+            agent.check_function(names, False)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from proxy.policy.reached import NOTHING, Reached
+
 Strategy = Literal["shared", "schema", "database"]
 
 # Effects tell the driver what to do after forwarding an allowed statement.
@@ -457,6 +459,10 @@ class TenantPolicy:
     # The database's other relations named as one of `others_tables` / `others_sequences` (the tenant's own): an
     # unqualified name is theirs only where PostgreSQL would find theirs first on the search_path.
     others_shadows: frozenset[tuple[str, str]] = frozenset()
+    # The routines of the tenant's database PostgreSQL may run without a call naming them (attribute notation, an
+    # operator, a cast, an overloaded built-in name, a view's query), read when the tenant is prepared
+    # (`dbcheck.reached_routines`): policy/functions.py applies the allow-list to them, policy/readonly.py counts them.
+    reached: Reached = NOTHING
     # Where some schemas are hidden (`hidden_schemas`) from a shared- or database-strategy tenant: the other schemas
     # of its database, found when the tenant is prepared (`dbcheck.schema_names`). Its catalog filters name these (the
     # ones it may see) and never the hidden ones, whose names would show in EXPLAIN and in a temporary view's text.
@@ -549,6 +555,7 @@ class TenantPolicy:
             tuple(sorted(self.others_tables)),
             tuple(sorted(self.others_sequences)),
             tuple(sorted(self.others_shadows)),
+            self.reached,
             tuple(sorted(self.known_schemas)),
             self.max_advisory_locks,
             tuple(sorted(columns.items())),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.context import SEQUENCE_FUNCTIONS, STATEFUL_FUNCTIONS
 from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
+from proxy.policy.reached import ATTRIBUTE, CAST, FIELD, NOTHING, OPERATOR, SHADOW, VIEW, Reached, operator_symbols
 from proxy.policy.settings import NOT_REPLAYABLE
 from proxy.policy.tree import Node
 
@@ -19,10 +20,12 @@ _PRIMARY_PREFIXES = ("pg_advisory_", "pg_try_advisory_", "lo_")
 _WRITING_NODES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "intoClause", "lockingClause"})
 
 
-def verdict(stmts: list[Node], transactions: bool = False) -> str:
+def verdict(stmts: list[Node], transactions: bool = False, reached: Reached = NOTHING) -> str:
     """"y" when the statements (tagged parse nodes: {"SelectStmt": {...}}) provably only read, else "".
     `transactions`: whether they write nothing, a read-write BEGIN or SET TRANSACTION included (what
-    read-your-writes asks of a transaction's requests)."""
+    read-your-writes asks of a transaction's requests). `reached`: the database's routines run without a call
+    (policy/reached.py): a statement reaching any of them, or reading a view that calls one, is not read-only."""
+
     open_rw = False  # a BEGIN without READ ONLY, not (yet) followed by SET TRANSACTION READ ONLY
     for stmt in stmts:
         kind, node = next(iter(stmt.items())) if len(stmt) == 1 else ("", {})
@@ -38,12 +41,12 @@ def verdict(stmts: list[Node], transactions: bool = False) -> str:
                 return ""
             open_rw = False
         elif kind == "VariableSetStmt":  # a session setting: replayed on whichever server the session gets
-            if not _session_setting(node):
+            if not _session_setting(node, reached):
                 return ""
         elif kind == "ExplainStmt":
-            if not _reads(node.get("query", {})):
+            if not _reads(node.get("query", {}), reached):
                 return ""
-        elif kind not in ("SelectStmt", "VariableShowStmt") or not _reads(stmt):
+        elif kind not in ("SelectStmt", "VariableShowStmt") or not _reads(stmt, reached):
             return ""
     return "y" if stmts and not open_rw else ""
 
@@ -56,13 +59,13 @@ _NOT_ON_REPLICA = frozenset({"transaction_read_only", "default_transaction_read_
                              "transaction_deferrable", "default_transaction_deferrable"})
 
 
-def _session_setting(node: dict) -> bool:
+def _session_setting(node: dict, reached: Reached) -> bool:
     """A plain SET/RESET of a session setting (not SET TRANSACTION, SET SESSION CHARACTERISTICS, RESET ALL, SET ...
     FROM CURRENT, a transaction-mode or role setting, nor one that pins the session: seed): it writes nothing, runs
     as well on a replica, and the session replays it on whichever server it gets next."""
     name = node.get("name", "")
     return (node.get("kind") in ("VAR_SET_VALUE", "VAR_SET_DEFAULT", "VAR_RESET") and name.islower()
-            and name not in _NOT_ON_REPLICA and name not in NOT_REPLAYABLE and _reads(node))
+            and name not in _NOT_ON_REPLICA and name not in NOT_REPLAYABLE and _reads(node, reached))
 
 
 def _sets_read_only(options: object) -> bool:
@@ -80,8 +83,9 @@ def _sets_read_only(options: object) -> bool:
     return read_only
 
 
-def _reads(node: object) -> bool:
-    """No writing node, no function outside the read-only built-ins, anywhere in `node`."""
+def _reads(node: object, reached: Reached = NOTHING) -> bool:
+    """No writing node, no function outside the read-only built-ins, no routine of `reached` run without a call nor
+    view calling one read, anywhere in `node`."""
     stack = [node]
     while stack:
         item = stack.pop()
@@ -90,6 +94,8 @@ def _reads(node: object) -> bool:
                 if key in _WRITING_NODES:
                     return False
                 if key == "FuncCall" and not _read_only_function(value.get("funcname", ())):
+                    return False
+                if reached and key in _REACHING and _reaches(reached, key, value):
                     return False
                 if isinstance(value, dict | list):
                     stack.append(value)
@@ -104,3 +110,37 @@ def _read_only_function(funcname: list) -> bool:
         return False
     name = names[-1]
     return name in BUILTIN_FUNCTIONS and name not in PRIMARY_FUNCTIONS and not name.startswith(_PRIMARY_PREFIXES)
+
+
+_REACHING = frozenset({"ColumnRef", "A_Indirection", "A_Expr", "SortBy", "SubLink", "TypeCast", "FuncCall",
+                       "RangeVar"})
+
+
+def _reaches(reached: Reached, tag: str, body: Node) -> bool:
+    """Whether the node runs a routine of `reached` (allowed or not) or reads a view whose query calls one."""
+    by = reached.by_kind
+    if tag == "ColumnRef":
+        fields = body.get("fields", ())
+        names = [f.get("String", {}).get("sval", "") for f in fields[1:]]
+        return any(n in by[ATTRIBUTE] for n in names) or any(n in by[FIELD] for n in names[1:])
+    if tag == "A_Indirection":
+        names = [item.get("String", {}).get("sval", "") for item in body.get("indirection", ())
+                 if isinstance(item, dict)]
+        return any(n in by[ATTRIBUTE] or n in by[FIELD] for n in names)
+    if tag == "A_Expr":
+        return any(symbol in by[OPERATOR] for symbol in operator_symbols(body))
+    if tag in ("SortBy", "SubLink"):
+        names = body.get("useOp" if tag == "SortBy" else "operName") or ()
+        return bool(names) and names[-1].get("String", {}).get("sval", "") in by[OPERATOR]
+    if tag == "TypeCast":
+        names = body.get("typeName", {}).get("names") or ()
+        return bool(names) and names[-1].get("String", {}).get("sval", "") in by[CAST]
+    if tag == "FuncCall":
+        names = body.get("funcname") or ()
+        name = names[-1].get("String", {}).get("sval", "") if len(names) == 1 else ""
+        return name in by[SHADOW] or name in by[CAST]
+    if tag == "RangeVar":
+        name = body.get("relname", "")
+        schema = body.get("schemaname")
+        return (f"{schema}.{name}" if schema else name) in by[VIEW]
+    return False

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.policy.guards import GUARDED_NAMES
+from proxy.policy.reached import operator_symbols
 from proxy.policy.tree import Node, names_of, string_const, tag_of
 
 # Roles of a RangeVar in its statement.
@@ -122,6 +123,11 @@ class Analysis:
     index_names: list[tuple[str, ...]] = field(default_factory=list)
     sample_methods: list[tuple[tuple[str, ...], int]] = field(default_factory=list)
     column_refs: list[tuple[str, ...]] = field(default_factory=list)
+    # Field names selected from an expression (`(t).f`, `(row).f`): f(row) when the row has no column f.
+    indirections: list[str] = field(default_factory=list)
+    # Every operator symbol written or implied (A_Expr, ORDER BY ... USING, x op ANY (SELECT ...)), qualified or not.
+    operator_symbols: set[str] = field(default_factory=set)
+    cast_types: set[str] = field(default_factory=set)  # the (last) name of every type an expression is cast to
     reg_literals: list[tuple[str, str, int]] = field(default_factory=list)  # (reg* type, literal, its location)
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     sites: list[Site] = field(default_factory=list)  # reg* casts and calls, outer ones first
@@ -350,6 +356,7 @@ def _h_funccall(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
 def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     type_name = b.get("typeName", {})
     names = names_of(type_name.get("names"))
+    w.out.cast_types.update(names[-1:])
     if names and (names[-1] in REG_TYPES or names[-1] == "regrole") and holder is not None:
         w.out.sites.append(Site(holder[key], holder, key))
     if names and names[-1] in REG_TYPES:
@@ -364,6 +371,7 @@ def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
 
 def _h_aexpr(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("name"))
+    w.out.operator_symbols.update(operator_symbols(b))
     if len(names) > 1:
         w.out.operators.append(names)
         w.out.operator_locations.append(b.get("location", -1))
@@ -372,6 +380,7 @@ def _h_aexpr(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
 
 def _h_sortby(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     names = names_of(b.get("useOp"))
+    w.out.operator_symbols.update(names[-1:])
     if len(names) > 1:  # `ORDER BY x USING OPERATOR(s.<)`: PostgreSQL places it at the SortBy (its operator)
         w.out.operators.append(names)
         w.out.operator_locations.append(b.get("location", -1))
@@ -393,6 +402,19 @@ def _h_constraint(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> N
             names = names_of(items[1].get("List", {}).get("items"))
             if len(names) > 1:
                 w.out.index_names.append(names)
+    w.fields(b, scope)
+
+
+def _h_sublink(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.operator_symbols.update(names_of(b.get("operName"))[-1:])  # x op ANY / ALL (SELECT ...)
+    w.fields(b, scope)
+
+
+def _h_indirection(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    for item in b.get("indirection", ()):
+        name = item.get("String", {}).get("sval") if type(item) is dict else None
+        if name:
+            w.out.indirections.append(name)
     w.fields(b, scope)
 
 
@@ -498,6 +520,8 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "FuncCall": _h_funccall,
     "TypeCast": _h_typecast,
     "A_Expr": _h_aexpr,
+    "SubLink": _h_sublink,
+    "A_Indirection": _h_indirection,
     "CollateClause": _h_collate,
     "SortBy": _h_sortby,
     "IndexElem": _h_indexelem,

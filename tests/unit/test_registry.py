@@ -10,6 +10,7 @@ import pytest
 
 from proxy.auth.scram import make_verifier
 from proxy.config import Config, TenantConfig, parse_config
+from proxy.policy.reached import Reached
 from proxy.registry import Revocation, SessionRef, TenantRegistry, revocations
 
 
@@ -36,7 +37,7 @@ def make_config(tmp_path: Path, *, tenants: dict[str, Any] | None = None, users:
 def report(errors: tuple[str, ...] = ()) -> SimpleNamespace:
     return SimpleNamespace(warnings=[], errors=list(errors), rls_complete=True, rls_tables=frozenset(),
                            catalog_columns={}, schemas=frozenset(), neighbour_tables=set(),
-                           neighbour_sequences=set(), neighbour_shadows=set())
+                           neighbour_sequences=set(), neighbour_shadows=set(), reached=Reached())
 
 
 class Unreachable(Exception):
