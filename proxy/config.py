@@ -226,6 +226,9 @@ class TenantConfig:
     schemas: tuple[str, ...] = ("public",)
     # all
     allow_writes: bool = False
+    # functions beyond the built-in allow-list this tenant's sessions may call ("schema.f" or "f"; never the
+    # never-allowed ones, nor for agent-profile users)
+    extra_allowed_functions: tuple[str, ...] = ()
     backend_user: str | None = None  # the tenant's own backend role (password in secrets [roles])
     # pooling: None takes the [pool] value
     pool_mode: PoolMode | None = None

@@ -125,7 +125,8 @@ def tenant_policy(
     (`PreflightReport.reached`, policy/reached.py)."""
     common = {"hidden_schemas": frozenset(hidden_schemas), "catalog_columns": dict(catalog_columns or {}),
               "known_schemas": frozenset(known_schemas), "setting_caps": dict(setting_caps or {}),
-              "reached": reached.without(frozenset(hidden_schemas))}
+              "reached": reached.without(frozenset(hidden_schemas)),
+              "extra_allowed_functions": frozenset(f.lower() for f in tenant.extra_allowed_functions)}
     if tenant.strategy == "shared":
         tables = explicit_tables(tenant) if tenant.tables else dict(scoped or {})
         return TenantPolicy(

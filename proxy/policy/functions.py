@@ -168,6 +168,6 @@ def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> N
         names = tuple(function.split(".", 1))
         if not is_allowed(policy, names):
             raise fail("function_not_allowed", f"function {function}() is not allowed (reached by {HOW[kind]} "
-                       f"{written}; add it to extra_allowed_functions if it is safe)")
+                       f"{written}; [tenants.X] extra_allowed_functions admits it if it is safe)")
         if policy.agent_max_rows is not None:
             agent.check_function(names, False)

@@ -124,3 +124,18 @@ def test_a_database_is_shared_when_another_tenant_of_any_strategy_uses_it(tmp_pa
     assert not shares_database(cfg, cfg.tenants["alone"]) and not shares_database(cfg, cfg.tenants["other_backend"])
     assert tenant_policy(cfg.tenants["db"], database_shared=True).database_shared
     assert not tenant_policy(cfg.tenants["alone"]).database_shared
+
+
+def test_a_tenants_extra_allowed_functions_reach_its_policy_and_the_allow_list(tmp_path: Path) -> None:
+    """[tenants.X] extra_allowed_functions (the key the function_not_allowed message names): parsed from the
+    config, folded to lower case, admitted by the allow-list; never-allowed functions stay refused."""
+    from proxy.policy.functions import is_allowed
+
+    cfg = parse_config({"backends": {"a": {}}, "tenants": {"acme": {
+        "strategy": "database", "database": "acme", "extra_allowed_functions": ["Public.Fiscal_Quarter", "dblink"]}}},
+        base=tmp_path)
+    p = tenant_policy(cfg.tenants["acme"])
+    assert p.extra_allowed_functions == {"public.fiscal_quarter", "dblink"}
+    assert is_allowed(p, ("public", "fiscal_quarter")) and not is_allowed(p, ("sales", "fiscal_quarter"))
+    assert not is_allowed(p, ("dblink",))  # never allowed, listed or not
+    assert not is_allowed(tenant_policy(DATABASE), ("public", "fiscal_quarter"))
