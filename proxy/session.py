@@ -1904,9 +1904,12 @@ class ClientSession:
         if held is None:
             held = self._runs = ProtocolRuns()
         quiet = type(decision) is not Deny and not decision.changes
+        was = held.decided.get(name)
         if not held.parsed(name, runs, quiet):
             return deny("protocol_name_by_sql", f'prepared statement "{name}": the session has too many prepared '
                         "statements that run others by SQL EXECUTE, FETCH or MOVE")
+        if held.decided.get(name) is not was:  # (taken back if PostgreSQL fails or skips the Parse: review 19a F1)
+            self._journaled(partial(_restore, held.decided, name, was))
         refused = self._protocol_refusal(runs) if runs is not NOTHING else None
         if refused is None and name and not quiet and self._names is not None and name in held.running[0]:
             refused = deny("protocol_name_by_sql", f'prepared statement "{name}" is run by SQL EXECUTE in a portal '

@@ -316,3 +316,25 @@ def test_many_change_free_portals_leave_sql_cursors_fetched(proxies: dict[str, P
         assert _errors(_wire(sock, _query("COMMIT"))) == []
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("user", sorted(OWN))
+def test_a_skipped_change_free_parse_leaves_the_statement_with_changes(
+        proxies: dict[str, ProxyProcess], user: str) -> None:
+    """A change-free Parse of the unnamed statement that PostgreSQL skips (an error earlier in its batch) leaves the
+    set_config statement it had: a portal bound from it later is not FETCHed by SQL (review 19a F1's shape; a Query
+    would drop PostgreSQL's unnamed statement, so the portal is bound and FETCHed in one batch). Session pooling
+    without the cache: with the statement maps the proxy's map forgets the unnamed statement there (26000)."""
+    mode = NAMES_REACH_SERVER
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _parse("", _set_path(user)) + m.SYNC_MESSAGE)) == []
+        answers = _wire(sock, _parse("bad", "SELECT 1/0") + _bind("", "bad") + _execute() + _parse("", "SELECT 1")
+                        + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["22012"], answers
+        answers = _wire(sock, _bind("c", "") + _parse("", "FETCH c") + _bind() + _execute() + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["0A000"], answers
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
