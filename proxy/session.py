@@ -1877,50 +1877,60 @@ class ClientSession:
 
     def _protocol_refusal(self, runs: Runs) -> Deny | None:
         """The refusal of a text that runs `runs` by SQL when one of them may be a protocol-level statement (where the
-        client's statement names reach the server: session pooling without the statement maps) or portal."""
+        client's statement names reach the server: session pooling without the statement maps) or portal whose
+        decision carries a change or is unknown (one decided without a change runs by SQL: review 19a F2)."""
         statements, portals = runs
         names = self._names
+        held = self._runs
         if statements and names is not None:
             for name in sorted(statements):
-                if names.may_have(name):
-                    return deny("protocol_name_by_sql", f'prepared statement "{name}" was made by a Parse message: '
-                                "SQL EXECUTE does not run it")
-        held = self._runs
+                if names.may_have(name) and (held is None or not held.quiet(name)):
+                    return deny("protocol_name_by_sql", f'prepared statement "{name}" was made by a Parse message '
+                                "that changes the session's state: SQL EXECUTE does not run it")
         if portals and held is not None:
             for portal in sorted(portals):
                 if held.portal(portal):
                     return deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" was made by '
-                                "a Bind message: SQL FETCH and MOVE do not run it")
+                                "a Bind message of a statement that changes the session's state: SQL FETCH and MOVE "
+                                "do not run it")
         return None
 
-    def _parse_runs(self, name: str, sql: str) -> Deny | None:
-        """A Parse of statement `name` (text `sql`) decided: what it runs by SQL is held for its Binds; its refusal
-        when that is a protocol-level statement or portal now, or when a portal bound earlier runs `name` by SQL
-        EXECUTE (its Parse would make that portal run a protocol-level statement)."""
+    def _parse_runs(self, name: str, sql: str, decision: Decision) -> Deny | None:
+        """A Parse of statement `name` (text `sql`) decided `decision`: whether that carries a change, and what it
+        runs by SQL, are held for its Binds; its refusal when it runs a protocol-level statement or portal with
+        changes now, or when it has changes and a portal bound earlier runs `name` by SQL EXECUTE."""
         runs = sql_runs(sql)
         held = self._runs
         if held is None:
-            if runs is NOTHING:
-                return None
             held = self._runs = ProtocolRuns()
-        if not held.parsed(name, runs):
+        quiet = type(decision) is not Deny and not decision.changes
+        was = held.decided.get(name)
+        if not held.parsed(name, runs, quiet):
             return deny("protocol_name_by_sql", f'prepared statement "{name}": the session has too many prepared '
                         "statements that run others by SQL EXECUTE, FETCH or MOVE")
+        if held.decided.get(name) is not was:  # (taken back if PostgreSQL fails or skips the Parse: review 19a F1)
+            self._journaled(partial(_restore, held.decided, name, was))
         refused = self._protocol_refusal(runs) if runs is not NOTHING else None
-        if refused is None and name and self._names is not None and name in held.running[0]:
+        if refused is None and name and not quiet and self._names is not None and name in held.running[0]:
             refused = deny("protocol_name_by_sql", f'prepared statement "{name}" is run by SQL EXECUTE in a portal '
-                           "bound earlier: a statement made by a Parse message is not run by SQL")
+                           "bound earlier: a statement made by a Parse message that changes the session's state is "
+                           "not run by SQL")
         return refused
 
     def _bind_runs(self, portal: bytes, statement: str) -> Deny | None:
-        """A Bind of `statement` to `portal` (its `protocol_key`): the portal is held; its refusal when it would run a
-        protocol-level statement or portal by SQL, or when a portal bound earlier runs this one by SQL FETCH / MOVE."""
+        """A Bind of `statement` to `portal` (its `protocol_key`): a portal of a statement not known to be change-free
+        (nor sent with reserved names) is held; its refusal when it would run a protocol-level statement or portal
+        with changes by SQL, or when it has changes and a portal bound earlier runs it by SQL FETCH / MOVE."""
         held = self._runs
         if held is None:
             held = self._runs = ProtocolRuns()
-        runs = held.bind(portal, statement)
+        quiet = held.quiet(statement) and (self._hidden is None or statement not in self._hidden.statements)
+        runs = held.bind(portal, statement, quiet)
+        if runs is None:
+            return deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}": the transaction has '
+                        "too many portals of statements that change the session's state")
         refused = self._protocol_refusal(runs) if runs is not NOTHING else None
-        if refused is None and portal and portal in held.running[1]:
+        if refused is None and portal and not quiet and portal in held.running[1]:
             refused = deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" is run by SQL '
                            "FETCH or MOVE in a portal bound earlier: a portal made by a Bind message is not run by SQL")
         return refused
@@ -1930,7 +1940,7 @@ class ClientSession:
         memo = self._parse_memo
         token = self._policy_token()
         if memo is not None and memo[1] is token and memo[0] == body and (  # the same Parse again (unnamed, mostly)
-                self._parse_runs(memo[2], memo[3]) is None) and (  # (else refused: decided below, _parse_decided)
+                self._parse_runs(memo[2], memo[3], memo[5]) is None) and (  # (else refused: decided below)
                 self.agent is None or self._agent_parse(memo[2], memo[3], m.Parse.decode(body).param_types,
                                                         memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
@@ -1974,7 +1984,7 @@ class ClientSession:
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
         name = protocol_name(parse.name)  # the records' key of it, the server's (red team 9a5 F5)
-        refused = self._parse_runs(name, parse.sql)
+        refused = self._parse_runs(name, parse.sql, decision)
         if refused is not None and type(decision) is not Deny:
             decision = refused
         if self._reset_names:

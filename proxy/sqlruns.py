@@ -3,16 +3,22 @@
 PostgreSQL runs a statement prepared by a Parse message by SQL `EXECUTE name` (also under EXPLAIN and CREATE TABLE
 AS), and a portal made by a Bind message by SQL `FETCH` / `MOVE name`, as it runs one prepared by SQL PREPARE or
 opened by DECLARE. The proxy follows what a protocol-level statement or portal changes in the session (a
-search_path, a setting, a temporary relation) only at its Bind and Execute, never at such a SQL reference: so a
-Query, a Parse and a Bind that would run one by SQL is refused (rule `protocol_name_by_sql`). Names are keyed as
-PostgreSQL keys them (pgnames): a portal by the first 63 bytes of its Bind's name, a SQL name as the scanner cut it.
+search_path, a setting, a temporary relation: its decision's changes) only at its Bind and Execute, never at such a
+SQL reference: so a Query, a Parse and a Bind that would run by SQL a protocol-level statement or portal whose
+decision carries a change, or whose decision the proxy does not know, is refused (rule `protocol_name_by_sql`). One
+decided without a change (asyncpg's `Cursor.forward`: `MOVE FORWARD n` of its cursor's portal) runs by SQL as it
+does in PostgreSQL (review 19a F2). Names are keyed as PostgreSQL keys them (pgnames): a portal by the first 63 bytes
+of its Bind's name, a SQL name as the scanner cut it.
 
-A portal's name is held from its Bind until its transaction ends with nothing in flight (a Close or a Bind that
-failed leaves it held: refusing more is the safe side). What each protocol statement and portal runs by SQL is
-held too (a Parse of `FETCH c` bound before portal `c` is: the Bind of `c` is refused; a statement's or portal's
-entry only grows while it may still be the server's). Bounded: past _MAX_PORTALS portal names every name may be a
-protocol portal until the transaction ends, and past _MAX_STATEMENTS named statements that run others by SQL a new
-one's Parse is refused (nothing is forgotten early).
+Whether each protocol statement was decided without a change is kept (the unnamed statement's entry is replaced; a
+named one's only turns to "with changes": it may be a Parse PostgreSQL refuses, the old statement staying); past
+_MAX_DECIDED names a new one is not kept (unknown: refused when run by SQL). A named portal bound from a statement
+not known to be change-free is held from its Bind until its transaction ends with nothing in flight (a Close or a
+Bind that failed leaves it held: refusing more is the safe side); past _MAX_PORTALS of them the Bind of another is
+refused. What each protocol statement and portal runs by SQL is held too (a Parse of `FETCH c` bound before portal
+`c` is: the Bind of `c` with changes is refused; a statement's or portal's entry only grows while it may still be
+the server's); past _MAX_STATEMENTS named statements that run others by SQL a new one's Parse is refused (nothing
+is forgotten early).
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ NOTHING: Runs = (frozenset(), frozenset())
 # A text can run a statement or a portal by name only where one of these keywords stands (in ASCII letters, any case).
 _WORDS = ("execute", "fetch", "move")
 _MAX_TEXTS = 512  # texts whose runs are remembered (a driver's FETCH FORWARD n FROM "c" repeats)
-_MAX_PORTALS = 4096  # named portal names held per session; past it, every name may be one (refusing more)
+_MAX_PORTALS = 4096  # named portals with changes held per transaction; past it, the Bind of another is refused
 _MAX_STATEMENTS = 4096  # named statements whose text runs others by SQL, per session; past it, such a Parse is refused
+_MAX_DECIDED = 4096  # named statements whose decision is kept, per session; past it, a new one's is unknown
 
 
 def sql_runs(sql: str) -> Runs:
@@ -70,54 +77,69 @@ def _parsed(sql: str) -> Runs:
 
 
 class ProtocolRuns:
-    """One session's named protocol portals (by `pgnames.protocol_key`) and what its protocol-level statements (by
-    `pgnames.protocol_name`) and portals run by SQL."""
+    """One session's named protocol portals with changes (by `pgnames.protocol_key`), whether its protocol-level
+    statements (by `pgnames.protocol_name`) were decided without a change, and what they and its portals run by SQL."""
 
-    __slots__ = ("crowded", "portals", "running", "statements")
+    __slots__ = ("decided", "portals", "running", "statements")
 
     def __init__(self) -> None:
-        self.portals: set[bytes] = set()  # named portals bound since the last transaction end with nothing in flight
-        self.crowded = False  # more of them than _MAX_PORTALS: any portal name may be one
+        # named portals bound, since the last transaction end with nothing in flight, from a statement not known to be
+        # change-free: SQL FETCH / MOVE does not run them
+        self.portals: set[bytes] = set()
+        self.decided: dict[str, bool] = {}  # prepared statement -> decided without a change (absent: unknown)
         self.statements: dict[str, Runs] = {}  # prepared statement -> what its text runs by SQL (only if any)
         self.running: Runs = NOTHING  # what the portals bound since then may run by SQL when executed
 
-    def parsed(self, name: str, runs: Runs) -> bool:
-        """A Parse of statement `name` decided (not one the server refuses as a duplicate): the unnamed statement is
-        replaced; a named one's entry grows (it may be a Parse PostgreSQL refuses, the old statement staying).
-        False when it is a new name past _MAX_STATEMENTS (its Parse is refused: no entry is ever dropped)."""
+    def parsed(self, name: str, runs: Runs, quiet: bool) -> bool:
+        """A Parse of statement `name` decided (not one the server refuses as a duplicate), `quiet` when its decision
+        carries no change: the unnamed statement is replaced; a named one's entry grows (it may be a Parse PostgreSQL
+        refuses, the old statement staying). False when it runs others by SQL and is a new name past
+        _MAX_STATEMENTS (its Parse is refused: no entry is ever dropped)."""
+        decided = self.decided
         if not name:
+            decided[name] = quiet
             if runs is NOTHING:
                 self.statements.pop(name, None)
             else:
                 self.statements[name] = runs
-        elif runs is not NOTHING:
+            return True
+        if runs is not NOTHING:
             old = self.statements.get(name)
             if old is None and len(self.statements) >= _MAX_STATEMENTS:
                 return False
             self.statements[name] = runs if old is None else _union(old, runs)
+        known = decided.get(name)
+        if known is not None:
+            if known and not quiet:
+                decided[name] = False
+        elif len(decided) <= _MAX_DECIDED:  # (past it, unknown: run by SQL, it is refused)
+            decided[name] = quiet
         return True
 
-    def bind(self, portal: bytes, statement: str) -> Runs:
-        """A Bind of `statement` to `portal`: what the portal runs by SQL (counted in `running` until the transaction
-        ends: a Bind that fails leaves the old portal)."""
-        if portal and portal not in self.portals:
+    def quiet(self, statement: str) -> bool:
+        """Whether protocol statement `statement` is known to have been decided without a change."""
+        return self.decided.get(statement) is True
+
+    def bind(self, portal: bytes, statement: str, quiet: bool) -> Runs | None:
+        """A Bind of `statement` to `portal` (`quiet`: its statement known change-free): what the portal runs by SQL
+        (counted in `running` until the transaction ends: a Bind that fails leaves the old portal). None when it is
+        a portal with changes past _MAX_PORTALS (its Bind is refused)."""
+        if portal and not quiet and portal not in self.portals:
             if len(self.portals) >= _MAX_PORTALS:
-                self.crowded = True
-            else:
-                self.portals.add(portal)
+                return None
+            self.portals.add(portal)
         runs = self.statements.get(statement, NOTHING)
         if runs is not NOTHING:
             self.running = _union(self.running, runs)
         return runs
 
     def portal(self, name: bytes) -> bool:
-        """Whether `name` may be a protocol portal now."""
-        return self.crowded or name in self.portals
+        """Whether `name` may be a protocol portal with changes now."""
+        return name in self.portals
 
     def ended(self) -> None:
         """Every transaction sent has ended: no portal is left."""
         self.portals.clear()
-        self.crowded = False
         self.running = NOTHING
 
 

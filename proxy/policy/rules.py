@@ -317,12 +317,13 @@ RULES: dict[str, tuple[str, str]] = {
     ),
     "invalid_utf8": (CHARACTER_NOT_IN_REPERTOIRE, ""),
     "function_call_message": (INSUFFICIENT_PRIVILEGE, "Call the function from a SQL statement instead."),
-    # SQL EXECUTE / FETCH / MOVE of a statement made by a Parse message or a portal made by a Bind (proxy/sqlruns.py)
+    # SQL EXECUTE / FETCH / MOVE of a protocol-level statement or portal with changes (proxy/sqlruns.py)
     "protocol_name_by_sql": (
         FEATURE_NOT_SUPPORTED,
-        "Run a statement made by a Parse message with Bind and Execute, and a portal made by a Bind message with "
-        "Execute (a row count pages it); SQL EXECUTE, FETCH and MOVE run statements made by PREPARE and cursors "
-        "made by DECLARE.",
+        "Run a statement made by a Parse message that changes the session's state (a setting, the search_path, a "
+        "temporary relation) with Bind and Execute, and a portal of one with Execute (a row count pages it); SQL "
+        "EXECUTE, FETCH and MOVE run statements made by PREPARE, cursors made by DECLARE and protocol-level ones "
+        "that change nothing.",
     ),
 }
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
+from tests.support.pgcluster import PgCluster
+from tests.support.pools import pooled_proxy
 from tests.support.proxyproc import ProxyProcess
 
 
@@ -42,6 +45,35 @@ def test_cursor_portal_and_transaction(proxy: ProxyProcess) -> None:
                 async for _ in conn.cursor("SELECT g FROM generate_series(1, 5000) g", prefetch=100):
                     n += 1
                 assert n == 5000
+        finally:
+            await conn.close()
+
+    _run(main())
+
+
+@pytest.fixture(scope="module", params=["session", "transaction"])
+def pooled(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
+           request: pytest.FixtureRequest) -> Iterator[ProxyProcess]:
+    """A proxy in each pool mode."""
+    p = pooled_proxy(pg, tmp_path_factory.mktemp(f"asyncpg-{request.param}"), pool_mode=request.param)
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("user", ["alice", "gina"])
+def test_cursor_forward_moves_its_portal_by_sql(pooled: ProxyProcess, user: str) -> None:
+    """asyncpg's `Cursor.forward(n)` sends a Query `MOVE FORWARD n __asyncpg_portal_N__` on the portal its cursor
+    Bound: that portal's SELECT changes no session state, so PostgreSQL moves it (review 19a F2: it was refused,
+    0A000, in every pool mode)."""
+    async def main() -> None:
+        conn = await asyncpg.connect(pooled.url(user), ssl=False)
+        try:
+            async with conn.transaction():
+                cur = await conn.cursor("SELECT g FROM generate_series(1, 10) g")
+                assert await cur.forward(3) == 3
+                assert (await cur.fetchrow())[0] == 4
+                assert await cur.forward(100) == 6
+                assert await cur.fetchrow() is None
         finally:
             await conn.close()
 

@@ -234,3 +234,107 @@ def test_a_portal_made_by_bind_is_not_run_by_sql_fetch_or_move(
     finally:
         sock.close()
     _fresh_session_unmoved(proxies[mode], user)
+
+
+# --- a protocol-level statement or portal decided without a change runs by SQL (review 19a F2, F3) -----------------
+
+SERIES = "SELECT g FROM generate_series(1, 5) g"
+
+
+def _close_portal(name: str) -> bytes:
+    return m.frame(b"C", b"P" + name.encode() + b"\x00")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", sorted(OWN))
+def test_a_change_free_portal_made_by_bind_is_fetched_and_moved_by_sql(
+        proxies: dict[str, ProxyProcess], user: str, mode: str) -> None:
+    """asyncpg's `Cursor.forward` (SQL MOVE of the portal its cursor Bound) and the like: a portal of a SELECT that
+    changes no session state is MOVEd and FETCHed by SQL as PostgreSQL does, by Query and by Parse, of a named and
+    of the unnamed statement, and bound after a portal that FETCHes it; one of a set_config in the same transaction
+    is still refused."""
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _query("BEGIN"))) == []
+        assert _errors(_wire(sock, _parse("s", SERIES) + _bind("c", "s") + m.SYNC_MESSAGE)) == []
+        answers = _wire(sock, _query("MOVE FORWARD 2 IN c"))
+        assert _errors(answers) == [] and ("C", None) in answers, answers
+        assert _rows(_wire(sock, _query("FETCH c"))) == ["3"]
+        answers = _wire(sock, _parse("", "FETCH c") + _bind() + _execute() + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and _rows(answers) == ["4"], answers
+        assert _errors(_wire(sock, _parse("", SERIES) + _bind("u", "") + m.SYNC_MESSAGE)) == []
+        assert _rows(_wire(sock, _query("FETCH 2 FROM u"))) == ["1", "2"]
+        answers = _wire(sock, _parse("x", "FETCH d") + _bind("", "x") + _bind("d", "s") + _execute()
+                        + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and ("C", None) in answers, answers  # (PostgreSQL moved d: no row told)
+        assert _rows(_wire(sock, _query("FETCH d"))) == ["2"]
+        answers = _wire(sock, _parse("p", _set_path(user)) + _bind("e", "p") + m.SYNC_MESSAGE)
+        assert _errors(answers) == [], answers
+        assert _rows(_wire(sock, _query("FETCH c"))) == ["5"]
+        assert _errors(_wire(sock, _query("FETCH e"))) == ["0A000"]
+        _wire(sock, _query("ROLLBACK"))
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
+
+
+@pytest.mark.parametrize("user", sorted(OWN))
+def test_a_change_free_statement_made_by_parse_is_run_by_sql_execute(
+        proxies: dict[str, ProxyProcess], user: str) -> None:
+    """Where the client's names reach the server (session pooling without the cache), a protocol statement that
+    changes no session state runs by SQL EXECUTE as PostgreSQL runs it; one Parsed with a change under its name once
+    it is closed is refused."""
+    sock = _session(proxies[NAMES_REACH_SERVER], user)
+    try:
+        assert _errors(_wire(sock, _parse("s", "SELECT 7") + m.SYNC_MESSAGE)) == []
+        assert _rows(_wire(sock, _query("EXECUTE s"))) == ["7"]
+        answers = _wire(sock, _parse("s", _set_path(user)) + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["42P05"], answers
+        assert _rows(_wire(sock, _query("EXECUTE s"))) == ["7"]  # (PostgreSQL's statement s is still SELECT 7)
+        answers = _wire(sock, _close_statement("s") + m.SYNC_MESSAGE)
+        assert _errors(answers) == [], answers
+        answers = _wire(sock, _parse("s", _set_path(user)) + m.SYNC_MESSAGE)
+        assert _errors(answers) == [], answers
+        assert _errors(_wire(sock, _query("EXECUTE s"))) == ["0A000"]
+        _unmoved(sock)
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_many_change_free_portals_leave_sql_cursors_fetched(proxies: dict[str, ProxyProcess], mode: str) -> None:
+    """Review 19a F3: past 4,096 named portals bound in one transaction (pgJDBC names one per fetch-size query and
+    Closes it) every SQL FETCH / MOVE was refused, of the client's own DECLAREd cursors too. Change-free portals are
+    not held: a SQL cursor is fetched after 4,200 of them."""
+    sock = _session(proxies[mode], "gina")
+    try:
+        assert _errors(_wire(sock, _query("BEGIN"))) == []
+        batch = _parse("s", "SELECT 1") + b"".join(_bind(f"p{i}", "s") + _close_portal(f"p{i}") for i in range(4200))
+        assert _errors(_wire(sock, batch + m.SYNC_MESSAGE)) == []
+        assert _rows(_wire(sock, _query("DECLARE k CURSOR FOR SELECT 5; FETCH k"))) == ["5"]
+        assert _errors(_wire(sock, _query("COMMIT"))) == []
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("user", sorted(OWN))
+def test_a_skipped_change_free_parse_leaves_the_statement_with_changes(
+        proxies: dict[str, ProxyProcess], user: str) -> None:
+    """A change-free Parse of the unnamed statement that PostgreSQL skips (an error earlier in its batch) leaves the
+    set_config statement it had: a portal bound from it later is not FETCHed by SQL (review 19a F1's shape; a Query
+    would drop PostgreSQL's unnamed statement, so the portal is bound and FETCHed in one batch). Session pooling
+    without the cache: with the statement maps the proxy's map forgets the unnamed statement there (26000)."""
+    mode = NAMES_REACH_SERVER
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _parse("", _set_path(user)) + m.SYNC_MESSAGE)) == []
+        answers = _wire(sock, _parse("bad", "SELECT 1/0") + _bind("", "bad") + _execute() + _parse("", "SELECT 1")
+                        + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["22012"], answers
+        answers = _wire(sock, _bind("c", "") + _parse("", "FETCH c") + _bind() + _execute() + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["0A000"], answers
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)

@@ -58,42 +58,70 @@ def test_a_long_name_is_keyed_as_postgresql_keys_it() -> None:
 
 def test_a_statement_s_runs_are_replaced_unnamed_and_grow_named() -> None:
     runs = ProtocolRuns()
-    runs.parsed("", sql_runs("FETCH c"))
-    runs.parsed("", sql_runs("SELECT 1"))
+    runs.parsed("", sql_runs("FETCH c"), True)
+    runs.parsed("", sql_runs("SELECT 1"), True)
     assert "" not in runs.statements
-    runs.parsed("x", sql_runs("FETCH c"))
-    runs.parsed("x", sql_runs("EXECUTE s"))  # (a Parse PostgreSQL may refuse: the old statement stays)
+    runs.parsed("x", sql_runs("FETCH c"), True)
+    runs.parsed("x", sql_runs("EXECUTE s"), True)  # (a Parse PostgreSQL may refuse: the old statement stays)
     assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}))
-    runs.parsed("x", NOTHING)
+    runs.parsed("x", NOTHING, True)
     assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}))
 
 
-def test_portals_are_held_with_what_they_run_until_their_transaction_ends() -> None:
+def test_whether_a_statement_changes_nothing_is_replaced_unnamed_and_only_turns_to_changes_named() -> None:
     runs = ProtocolRuns()
-    runs.parsed("x", sql_runs("FETCH c"))
-    assert runs.bind(b"", "x") == (frozenset(), frozenset({b"c"}))
+    assert not runs.quiet("") and not runs.quiet("s")  # (never Parsed: unknown, not change-free)
+    runs.parsed("", NOTHING, False)
+    assert not runs.quiet("")
+    runs.parsed("", NOTHING, True)
+    assert runs.quiet("")
+    runs.parsed("s", NOTHING, True)
+    assert runs.quiet("s")
+    runs.parsed("s", NOTHING, False)  # (its Parse may be one PostgreSQL refuses: either may be the server's)
+    assert not runs.quiet("s")
+    runs.parsed("s", NOTHING, True)
+    assert not runs.quiet("s")
+
+
+def test_only_portals_of_statements_not_known_change_free_are_held_with_what_they_run_until_their_transaction_ends(
+) -> None:
+    runs = ProtocolRuns()
+    runs.parsed("x", sql_runs("FETCH c"), True)
+    assert runs.bind(b"", "x", True) == (frozenset(), frozenset({b"c"}))
     assert runs.running == (frozenset(), frozenset({b"c"}))
-    assert runs.bind(b"c", "s") is NOTHING
+    assert runs.bind(b"c", "s", False) is NOTHING
+    assert runs.bind(b"cursor", "x", True) == (frozenset(), frozenset({b"c"}))  # (change-free: SQL may FETCH it)
     assert runs.portals == {b"c"}  # (the unnamed portal is not one SQL can name)
-    runs.parsed("y", sql_runs("EXECUTE s"))
-    runs.bind(b"", "y")  # a Bind that fails leaves the old unnamed portal: what it runs grows
+    runs.parsed("y", sql_runs("EXECUTE s"), True)
+    runs.bind(b"", "y", True)  # a Bind that fails leaves the old unnamed portal: what it runs grows
     assert runs.running == (frozenset({"s"}), frozenset({b"c"}))
-    assert runs.portal(b"c") and not runs.portal(b"d")
+    assert runs.portal(b"c") and not runs.portal(b"d") and not runs.portal(b"cursor")
     runs.ended()
     assert runs.portals == set() and runs.running is NOTHING and not runs.portal(b"c")
 
 
-def test_past_its_bounds_every_portal_name_may_be_one_and_a_new_running_statement_is_refused() -> None:
+def test_past_its_bounds_a_portal_with_changes_and_a_new_running_statement_are_refused_a_new_decision_unknown(
+) -> None:
     runs = ProtocolRuns()
-    for i in range(sqlruns._MAX_PORTALS + 1):
-        runs.bind(b"p%d" % i, "")
-    assert len(runs.portals) == sqlruns._MAX_PORTALS and runs.portal(b"never bound")
+    for i in range(sqlruns._MAX_PORTALS):
+        assert runs.bind(b"p%d" % i, "", False) is NOTHING
+    assert runs.bind(b"one more", "", False) is None  # (its Bind is refused)
+    assert runs.bind(b"p1", "", False) is NOTHING and runs.bind(b"quiet", "", True) is NOTHING
+    assert len(runs.portals) == sqlruns._MAX_PORTALS and not runs.portal(b"never bound")  # (SQL cursors run)
     runs.ended()
-    assert not runs.portal(b"never bound")
+    assert runs.bind(b"one more", "", False) is NOTHING
     for i in range(sqlruns._MAX_STATEMENTS):
-        assert runs.parsed(f"s{i}", sql_runs("FETCH c"))
-    assert not runs.parsed("one more", sql_runs("FETCH c"))
-    assert runs.parsed("s1", sql_runs("EXECUTE t")) and runs.parsed("other", NOTHING) and runs.parsed("", NOTHING)
+        assert runs.parsed(f"s{i}", sql_runs("FETCH c"), True)
+    assert not runs.parsed("one more", sql_runs("FETCH c"), True)
+    assert runs.parsed("s1", sql_runs("EXECUTE t"), True) and runs.parsed("other", NOTHING, True)
+    assert runs.parsed("", NOTHING, True)
+    runs = ProtocolRuns()
+    for i in range(sqlruns._MAX_DECIDED + 1):
+        runs.parsed(f"s{i}", NOTHING, True)
+    runs.parsed("late", NOTHING, True)
+    assert runs.quiet("s1") and not runs.quiet("late")  # (not kept: unknown, refused when run by SQL)
+    runs.parsed("", NOTHING, True)
+    assert runs.quiet("")
 
 
 def test_server_names_may_have_a_statement_parsed_or_confirmed_until_its_close_is_answered() -> None:
