@@ -136,3 +136,15 @@ def test_server_names_may_have_a_statement_parsed_or_confirmed_until_its_close_i
     assert names.may_have("s")  # (a Close the server may skip)
     names.close_complete(request)
     assert not names.may_have("s")
+
+
+def test_a_name_prepared_or_declared_earlier_in_the_same_string_is_the_sql_one() -> None:
+    """`DEALLOCATE k; PREPARE k …; EXECUTE k` in one Query runs the SQL-prepared k (its PREPARE made it, or failed and
+    nothing after it ran); so does `DECLARE c …; FETCH c`. A run before the PREPARE/DECLARE, or of another name, is
+    still reported."""
+    assert sql_runs("DEALLOCATE k2; PREPARE k2(int) AS SELECT $1; EXECUTE k2(1)") is NOTHING
+    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH c; MOVE c") is NOTHING
+    assert sql_runs("EXECUTE k2(1); PREPARE k2(int) AS SELECT $1") == (frozenset({"k2"}), frozenset())
+    assert sql_runs("FETCH c; DECLARE c CURSOR FOR SELECT 1") == (frozenset(), frozenset({b"c"}))
+    assert sql_runs('PREPARE "K" AS SELECT 1; EXECUTE k') == (frozenset({"k"}), frozenset())
+    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH d") == (frozenset(), frozenset({b"d"}))
