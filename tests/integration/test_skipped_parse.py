@@ -66,10 +66,16 @@ RUNS_BY_SQL = {
     # the review's p2: the unnamed statement runs s by SQL EXECUTE; its replacement Parse is skipped
     "execute": lambda user: [(_parse("", "EXECUTE s") + m.SYNC_MESSAGE, []),
                              (_parse("s", _set_path(user)) + m.SYNC_MESSAGE, [])],
-    # the review's p1: the unnamed statement runs protocol portal c by SQL FETCH (in a transaction, a savepoint)
+    # the review's p1: the unnamed statement runs protocol portal c by SQL FETCH (in a transaction, a savepoint; a
+    # Query drops PostgreSQL's unnamed statement, so in session pooling only the extended form below reaches the hole)
     "fetch": lambda user: [(_query("BEGIN"), []), (_parse("", "FETCH c") + m.SYNC_MESSAGE, []),
                            (_parse("s", _set_path(user)) + _bind("c", "s") + m.SYNC_MESSAGE, []),
                            (_query("SAVEPOINT a"), [])],
+    # p1 as the review sent it: the savepoint and its rollback by Parse/Bind/Execute too
+    "fetch, extended": lambda user: [(_query("BEGIN"), []), (_parse("", "FETCH c") + m.SYNC_MESSAGE, []),
+                                     (_parse("s", _set_path(user)) + _bind("c", "s") + m.SYNC_MESSAGE, []),
+                                     (_parse("sp", "SAVEPOINT a") + _bind("", "sp") + _execute() + m.SYNC_MESSAGE,
+                                      [])],
 }
 
 
@@ -89,6 +95,9 @@ def test_a_skipped_parse_does_not_unlock_a_statement_that_runs_a_protocol_name_b
         assert _errors(answers) == ["22012"], answers
         if form == "fetch":
             assert _errors(_wire(sock, _query("ROLLBACK TO a"))) == []
+        elif form == "fetch, extended":
+            rollback = _parse("rb", "ROLLBACK TO a") + _bind("", "rb") + _execute() + m.SYNC_MESSAGE
+            assert _errors(_wire(sock, rollback)) == []
         answers = _wire(sock, _bind() + _execute() + m.SYNC_MESSAGE)
         assert _errors(answers) == ["26000"] and not _rows(answers), answers
         _wire(sock, _query("ROLLBACK"))
