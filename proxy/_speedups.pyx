@@ -833,7 +833,7 @@ cdef class RequestTracker:
     """proxy.tracking.RequestTracker, with C fields and C calls between its methods."""
 
     cdef public object clock, on_done, pending
-    cdef public Py_ssize_t dropped, held
+    cdef public Py_ssize_t dropped, owed_dropped, held
     cdef public bint copy_in
     cdef bint _skipping
     cdef Request _batch
@@ -852,6 +852,7 @@ cdef class RequestTracker:
         self.copy_in = False
         self._copy_ends = None
         self.dropped = 0
+        self.owed_dropped = 0
         self.held = 0
 
     cdef _push(self, Request req):
@@ -860,6 +861,7 @@ cdef class RequestTracker:
         elif len(self.pending) >= _MAX_PENDING:
             self.held -= (<Request>self.pending.popleft()).held
             self.dropped += 1
+            self.owed_dropped += 1
         self.pending.append(req)
 
     cdef tuple _keep(self, Request req, str sql, decision):
@@ -1099,6 +1101,9 @@ cdef class RequestTracker:
     cpdef on_ready(self):
         cdef Request req
         if not self.pending:
+            return None
+        if self.owed_dropped:  # (as tracking.py)
+            self.owed_dropped -= 1
             return None
         req = self.pending.popleft()
         if not self.pending:

@@ -385,6 +385,15 @@ portal_noted = _register(
     'portal "{name}" already exists',
     hint="Close the portal before binding it again.",
 )
+# A Bind of a prepared statement whose latest Parse or Close PostgreSQL skipped (an error earlier in its batch, review
+# 19a F1): PostgreSQL may still have an older statement of that name than the one the proxy decided; refused until a
+# Parse of the name is confirmed.
+statement_not_known = _register(
+    "statement_not_known", INVALID_SQL_STATEMENT_NAME, "ERROR",
+    'prepared statement "{name}" is not known to be the one PostgreSQL has after an error earlier in its batch; '
+    "Parse it again",
+    hint="Parse the statement again (the Parse sent after the error was skipped), then bind it.",
+)
 # An agent's statement whose admission EXPLAIN answered a plan or error past admission.MAX_ANSWER (red team 9a8 N0):
 # not admitted, and that answer was never held.
 admission_too_large = _register(

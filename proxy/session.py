@@ -129,6 +129,7 @@ from proxy.subxacts import OPS as SAVEPOINT_OPS
 from proxy.subxacts import Savepoints
 from proxy.tenancy import backend_context, parsing_violation, shares_database
 from proxy.tracking import Request, RequestTracker
+from proxy.unknownnames import UnknownNames
 
 _MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll back to a savepoint, remembered
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
@@ -325,7 +326,7 @@ class ClientSession:
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
         "_statement_of", "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_timed_out_at", "_tracking",
-        "_tx_status", "_unread", "_unread_since", "_unsynced", "_waiting", "_withheld", "_withheld_ends",
+        "_tx_status", "_unknown", "_unread", "_unread_since", "_unsynced", "_waiting", "_withheld", "_withheld_ends",
         "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
         "frontend", "info", "limits", "login", "on_decision", "pooled", "process_id", "report_rewrites", "request",
@@ -384,6 +385,9 @@ class ClientSession:
         # What the message being handled did to the records of statements and portals (hidden names, client texts),
         # as the steps that take it back if the server fails or skips that message (red team 9a3 J1, J6).
         self._journal: list[Callable[[], None]] | None = None
+        # The statement names whose latest Parse or Close PostgreSQL skipped or failed: their Binds are refused until a
+        # Parse of the name is sent again and not skipped (proxy/unknownnames.py, review 19a F1).
+        self._unknown: UnknownNames | None = None
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
         self._gated = False  # the policy's gate handlers are installed (enable_policy)
@@ -1944,6 +1948,7 @@ class ClientSession:
                 self.agent is None or self._agent_parse(memo[2], memo[3], m.Parse.decode(body).param_types,
                                                         memo[5]) is None):
             _, _, name, sql, kind, decision, out = memo
+            self._parse_sent(name)
             self.tracker.on_parse(name, sql, decision, kind)
             if self._prepared_in is not None:
                 self._decided_where(name, sql, decision)
@@ -1984,6 +1989,7 @@ class ClientSession:
 
     def _parse_decided(self, body: bytes, token: object, parse: m.Parse, decision: Decision) -> bytes | None:
         name = protocol_name(parse.name)  # the records' key of it, the server's (red team 9a5 F5)
+        self._parse_sent(name)
         refused = self._parse_runs(name, parse.sql, decision)
         if refused is not None and type(decision) is not Deny:
             decision = refused
@@ -2056,6 +2062,20 @@ class ClientSession:
         if decision.at_run:
             return self._denied_at_run(parse, decision)
         return m.Parse(parse.name, self._deny_marker(decision), parse.param_types).encode()
+
+    def _parse_sent(self, name: str) -> None:
+        """A Parse of statement `name` is sent: the name is known again, unless PostgreSQL skips or fails it."""
+        if self._unknown is not None:
+            self._unknown.sent(name)
+        self._journaled(partial(self._lost_name, name))
+
+    def _lost_name(self, name: str) -> None:
+        """A Parse or Close of statement `name` was skipped or failed: PostgreSQL may have an older statement under
+        it than the one recorded (review 19a F1): its Binds are refused until it is Parsed again."""
+        unknown = self._unknown
+        if unknown is None:
+            unknown = self._unknown = UnknownNames()
+        unknown.lost(name)
 
     def _decided_where(self, name: str, sql: str, decision: Decision) -> None:
         """Statement `name` (text `sql`) was decided now: in what context, for its Binds (red team 9a9 R1)."""
@@ -2482,6 +2502,8 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
+            if self._unknown is not None and self._unknown.unknown(statement):  # (review 19a F1)
+                out = m.bind_renamed(body, self._error_marker(errors.statement_not_known(name=statement)))
             if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
@@ -2570,6 +2592,8 @@ class ClientSession:
         name = found[1] if found is not None and found[0] == b"S" else None
         if name:
             name = protocol_name(name)
+        if name is not None:  # (skipped: PostgreSQL keeps the statement, whose records went or go: review 19a F1)
+            self._journaled(partial(self._lost_name, name))
         if found is not None and found[0] == b"P" and self._portals:
             self._portals.pop(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:

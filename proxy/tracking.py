@@ -10,7 +10,8 @@ from proxy.policy.model import Decision, Rewrite
 from proxy.stmtkind import statement_kind
 
 _MAX_STATEMENTS = 10_000
-_MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped (their attribution is lost)
+_MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped (their attribution is lost, not their
+# ReadyForQuerys: `owed_dropped` counts them, so that `pending` never empties while one is owed: review 19a F1b)
 _MAX_EXTRA = 1000  # further statements of one request kept with their text; more are only counted
 _MAX_COPY_ENDS = 64  # CopyDone/CopyFails kept that the backend may not have read in a COPY yet (the oldest go)
 # The SQL texts a session's tracker holds (requests in flight, their further statements, named prepared statements)
@@ -133,6 +134,7 @@ class RequestTracker:
         # request then, and whether it was the open batch (None while there are none; see `on_copy_in`).
         self._copy_ends: deque[tuple[Request, bool]] | None = None
         self.dropped = 0
+        self.owed_dropped = 0  # the ReadyForQuerys the dropped requests are still owed (uncapped; they come first)
         self.held = 0  # characters of SQL text held, by requests in flight and by named statements
 
     def _push(self, req: Request) -> None:
@@ -141,6 +143,7 @@ class RequestTracker:
         elif len(self.pending) >= _MAX_PENDING:
             self.held -= self.pending.popleft().held
             self.dropped += 1
+            self.owed_dropped += 1
         self.pending.append(req)
 
     def _keep(self, req: Request, sql: str, decision: Decision | None) -> tuple[str, Decision | None]:
@@ -390,6 +393,9 @@ class RequestTracker:
     def on_ready(self) -> Request | None:
         if not self.pending:
             return None  # e.g. the ReadyForQuery that ends startup
+        if self.owed_dropped:  # a dropped request's (the oldest): those kept stay in flight
+            self.owed_dropped -= 1
+            return None
         req = self.pending.popleft()
         if not self.pending:
             self.pending = _NONE_PENDING  # type: ignore[assignment]

@@ -610,7 +610,8 @@ def _tracker_run(cls: type, calls: list[tuple[Any, ...]]) -> list[object]:
         elif result is not None:
             result = _request(result)
         log.append((name, result, [_request(r) for r in done],
-                    [_request(r) for r in tracker.pending], tracker.held, tracker.dropped, tracker.copy_in))
+                    [_request(r) for r in tracker.pending], tracker.held, tracker.dropped, tracker.owed_dropped,
+                    tracker.copy_in))
         done.clear()
     return log
 

@@ -146,6 +146,29 @@ def test_tracker_pending_is_bounded() -> None:
     assert len(t.pending) <= 10_000
 
 
+@pytest.mark.parametrize("build", ["python", "compiled"])
+def test_a_dropped_request_still_owes_its_ready_for_query(build: str) -> None:
+    """Review 19a F1b: past 10,000 requests in flight the oldest are dropped, not their ReadyForQuerys: the kept
+    ones stay in flight until every one sent is answered (an early empty `pending` read as "idle" ended an open
+    transaction's portals)."""
+    from tests.unit.test_speedups import both, speedups
+
+    py, fast = both("proxy.tracking", "RequestTracker")
+    if build == "compiled" and speedups is None:
+        pytest.skip("no compiled build")
+    t = (py if build == "python" else fast)(lambda: 0.0)
+    for _ in range(10_010):
+        t.on_query("SELECT 1", None)
+    t.on_query("BEGIN", None)
+    assert len(t.pending) == 10_000 and t.dropped == t.owed_dropped == 11
+    for _ in range(10_010):
+        t.on_ready()
+        assert t.pending
+    assert t.pending[-1].sql == "BEGIN"
+    t.on_ready()
+    assert not t.pending and t.owed_dropped == 0
+
+
 def test_a_query_inside_a_failed_batch_is_answered_with_the_batch() -> None:
     """Red team 9a3 J8: extended messages, a Query, more, a Sync: when the extended messages fail, PostgreSQL skips
     everything up to the Sync (one ReadyForQuery); the tracker joins those requests to the first."""

@@ -1,0 +1,132 @@
+"""A Parse or Close PostgreSQL skips after an error in its batch (review 19a F1), and a flood past the request
+tracker's bound (F1b).
+
+F1: `Close s` + `Parse s "SELECT 1"` (or `Parse ""`) sent after an error in their batch are skipped by PostgreSQL,
+which keeps the earlier `SELECT set_config('search_path', 'information_schema, <own>', false)`; the proxy recorded
+the new text, so `Bind s` ran the set_config unseen and unqualified information_schema views read other tenants'
+function names (in transaction pooling the tenant's next sessions too). Now the name is unknown until Parsed again:
+its Bind is refused, 26000. F1b: past 10,000 requests in flight the tracker dropped the oldest and read an earlier
+ReadyForQuery 'I' as "nothing in flight": a held protocol portal was forgotten and SQL FETCH ran it. gina (schema
+tenant) and dan (database tenant sharing `saas`); transaction pooling, session pooling with and without the
+statement cache; every PostgreSQL the fixtures offer; the tenant's next session read after each.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.protocol import messages as m
+from tests.integration.test_protocol_by_sql import (  # noqa: F401 (proxies: the fixture)
+    MODES,
+    OWN,
+    _bind,
+    _close_statement,
+    _errors,
+    _execute,
+    _fresh_session_unmoved,
+    _parse,
+    _query,
+    _rows,
+    _session,
+    _set_path,
+    _unmoved,
+    _wire,
+    proxies,
+)
+from tests.support.proxyproc import ProxyProcess
+from tests.support.wire import read_message
+
+_FAILING = _parse("bad", "SELECT 1/0") + _bind("", "bad") + _execute()  # 22012: the rest of its batch is skipped
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", sorted(OWN))
+@pytest.mark.parametrize("name", ["s", ""])
+def test_a_statement_whose_parse_was_skipped_is_not_bound_until_parsed_again(
+        proxies: dict[str, ProxyProcess], user: str, mode: str, name: str) -> None:  # noqa: F811 (the imported fixture)
+    """The review's p5 (named) and p4 (unnamed): the Bind after the skipped Parse is refused (26000), PostgreSQL's
+    search_path stays the tenant's (here and in the tenant's next session); once Parsed again the name binds."""
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _parse(name, _set_path(user)) + m.SYNC_MESSAGE)) == []
+        close = _close_statement(name) if name else b""
+        answers = _wire(sock, _FAILING + close + _parse(name, "SELECT 1") + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["22012"], answers
+        answers = _wire(sock, _bind("", name) + _execute() + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["26000"] and not _rows(answers), answers
+        _unmoved(sock)
+        answers = _wire(sock, close + _parse(name, "SELECT 2") + _bind("", name) + _execute() + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and _rows(answers) == ["2"], answers
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
+
+
+RUNS_BY_SQL = {
+    # the review's p2: the unnamed statement runs s by SQL EXECUTE; its replacement Parse is skipped
+    "execute": lambda user: [(_parse("", "EXECUTE s") + m.SYNC_MESSAGE, []),
+                             (_parse("s", _set_path(user)) + m.SYNC_MESSAGE, [])],
+    # the review's p1: the unnamed statement runs protocol portal c by SQL FETCH (in a transaction, a savepoint; a
+    # Query drops PostgreSQL's unnamed statement, so in session pooling only the extended form below reaches the hole)
+    "fetch": lambda user: [(_query("BEGIN"), []), (_parse("", "FETCH c") + m.SYNC_MESSAGE, []),
+                           (_parse("s", _set_path(user)) + _bind("c", "s") + m.SYNC_MESSAGE, []),
+                           (_query("SAVEPOINT a"), [])],
+    # p1 as the review sent it: the savepoint and its rollback by Parse/Bind/Execute too
+    "fetch, extended": lambda user: [(_query("BEGIN"), []), (_parse("", "FETCH c") + m.SYNC_MESSAGE, []),
+                                     (_parse("s", _set_path(user)) + _bind("c", "s") + m.SYNC_MESSAGE, []),
+                                     (_parse("sp", "SAVEPOINT a") + _bind("", "sp") + _execute() + m.SYNC_MESSAGE,
+                                      [])],
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", sorted(OWN))
+@pytest.mark.parametrize("form", sorted(RUNS_BY_SQL))
+def test_a_skipped_parse_does_not_unlock_a_statement_that_runs_a_protocol_name_by_sql(
+        proxies: dict[str, ProxyProcess], user: str, mode: str, form: str) -> None:  # noqa: F811 (the imported fixture)
+    """The review's p1/p2: `Parse "" "SELECT 1"` skipped after an error left the unnamed statement running a
+    protocol-level name by SQL; its Bind is refused (26000) in every mode."""
+    sock = _session(proxies[mode], user)
+    try:
+        for data, expected in RUNS_BY_SQL[form](user):
+            answers = _wire(sock, data)
+            assert _errors(answers) == expected, answers
+        answers = _wire(sock, _FAILING + _parse("", "SELECT 1") + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["22012"], answers
+        if form == "fetch":
+            assert _errors(_wire(sock, _query("ROLLBACK TO a"))) == []
+        elif form == "fetch, extended":
+            rollback = _parse("rb", "ROLLBACK TO a") + _bind("", "rb") + _execute() + m.SYNC_MESSAGE
+            assert _errors(_wire(sock, rollback)) == []
+        answers = _wire(sock, _bind() + _execute() + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["26000"] and not _rows(answers), answers
+        _wire(sock, _query("ROLLBACK"))
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_flood_past_the_trackers_bound_does_not_end_a_transactions_portals(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:  # noqa: F811 (the imported fixture)
+    """The review's p8: 10,010 Queries behind a slow one, then BEGIN and a Bind of portal c (a set_config) in one
+    write: once all are answered, SQL FETCH c is refused (0A000 protocol_name_by_sql) as without the flood."""
+    user, count = "gina", 10_010
+    sock = _session(proxies[mode], user)
+    try:
+        flood = _query("SELECT pg_sleep(2)") + _query("SELECT 1") * count + _query("BEGIN")
+        sock.sendall(flood + _parse("s", _set_path(user)) + _bind("c", "s") + m.SYNC_MESSAGE)
+        ready = errors = 0
+        while ready < count + 3:
+            kind, _ = read_message(sock)
+            ready += kind == b"Z"
+            errors += kind == b"E"
+        assert errors == 0
+        answers = _wire(sock, _query("FETCH c"))
+        assert _errors(answers) == ["0A000"] and not _rows(answers), answers
+        _wire(sock, _query("ROLLBACK"))
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
