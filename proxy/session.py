@@ -2502,7 +2502,8 @@ class ClientSession:
         out = None
         if statement is not None:
             self.tracker.on_bind(statement)
-            if self._unknown is not None and self._unknown.unknown(statement):  # (review 19a F1)
+            if (self._unknown is not None and self._unknown.unknown(statement)) or (  # (review 19a F1)
+                    self._names is not None and self._names.pending_elsewhere(statement)):
                 out = m.bind_renamed(body, self._error_marker(errors.statement_not_known(name=statement)))
             if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)

@@ -130,3 +130,29 @@ def test_a_flood_past_the_trackers_bound_does_not_end_a_transactions_portals(
     finally:
         sock.close()
     _fresh_session_unmoved(proxies[mode], user)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", sorted(OWN))
+def test_a_bind_pipelined_behind_the_batch_whose_parse_is_skipped_does_not_run_the_old_statement(
+        proxies: dict[str, ProxyProcess], user: str, mode: str) -> None:  # noqa: F811 (the imported fixture)
+    """p5 pipelined (wp-sk's residual): `Bind s` sent in the next batch before the failing batch is answered. Where the
+    client's names reach the server (session pooling without the cache) the proxy cannot yet know the Parse will be
+    skipped: a Bind of a name whose Parse or Close in an earlier batch is unanswered is refused (26000); with the
+    statement maps the Bind names the new Parse's server statement (26000 from PostgreSQL when skipped, or the
+    statement cached under that text). Never the old set_config."""
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _parse("s", _set_path(user)) + m.SYNC_MESSAGE)) == []
+        first = _wire(sock, _FAILING + _close_statement("s") + _parse("s", "SELECT 1") + m.SYNC_MESSAGE
+                      + _bind("", "s") + _execute() + m.SYNC_MESSAGE)
+        assert _errors(first) == ["22012"], first
+        second = _wire(sock, b"")
+        if mode == "session":
+            assert _errors(second) == ["26000"] and not _rows(second), second
+        else:
+            assert (_errors(second), _rows(second)) in ((["26000"], []), ([], ["1"])), second
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
