@@ -1997,6 +1997,8 @@ class ClientSession:
             self._reset_names.discard(name)
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(parse.sql, decision)
+            if type(decision) is not Deny:  # (its addition counts from its Parse on: refused here, not only at Bind)
+                decision = self._bound_held(decision)
             if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
                                                                                  self._startup_settings):
                 decision, restored = self._restoring(parse.sql, decision, extended=True)
@@ -2183,9 +2185,11 @@ class ClientSession:
     # --- the bounds on held cursors, LISTEN channels and savepoints (proxy/heldbounds.py) ---------------------
 
     def _bound_held(self, decision: Allow | Rewrite) -> Decision:
-        """A string declaring WITH HOLD cursors, listening or setting savepoints: refused (54000) when it would take
-        the session past [pool] max_session_cursors / max_session_listens / max_session_savepoints (the proxy follows
-        each one: red team 9s8 F4, 40,000 of them cost seconds of the event loop every session shares)."""
+        """A string (or a Parse) declaring WITH HOLD cursors, listening or setting savepoints: refused (54000) when it
+        would take the session past [pool] max_session_cursors / max_session_listens / max_session_savepoints (the
+        proxy follows each one: red team 9s8 F4, 40,000 of them cost seconds of the event loop every session shares).
+        A Parse is counted against the belief, which holds what the Parses before it added (review 19b F3: 20,000
+        Parses without a Sync, none bound, grew it past the bound checked only at Bind)."""
         if not any(c.op in HELD_ADDING for c in decision.changes):
             return decision
         denied = self._held_refusal(tuple((c.op, c.name) for c in decision.changes), ())

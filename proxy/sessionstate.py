@@ -382,6 +382,8 @@ def _speculate(context: SessionContext, changes: tuple[Change, ...]) -> SessionC
             context = replace(applied, reprepare=context.reprepare,
                               explainable=applied.explainable & context.explainable,
                               steady=applied.steady & context.steady)
+        elif change.name in (context.cursors if op == HOLD_CURSOR else context.listening if op == LISTEN else ()):
+            continue  # held already: no copy of the set (review 19b F3: a copy per Parse, quadratic without a Sync)
         elif op in _ADDITIONS:
             context = context.apply(change)
     return context

@@ -6,11 +6,13 @@ tenant is unaffected, the refusal is counted."""
 
 from __future__ import annotations
 
+import select
 import urllib.request
 from collections.abc import Iterator
 
 import psycopg
 import pytest
+from psycopg import pq
 
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, prepare_backend
@@ -109,3 +111,54 @@ def test_savepoint_depth_past_the_bound_fails(bounded: ProxyProcess) -> None:
             a.execute(f"SAVEPOINT _exec_svp; SELECT {k}; RELEASE _exec_svp")
         a.execute("COMMIT")
     assert _denied(bounded, "session_savepoints_limit") - before == 1
+
+
+def _pipelined_parses(conn: psycopg.Connection, texts: list[str]) -> list[tuple[pq.ExecStatus, str | None]]:
+    """Parses of the unnamed statement, one per text, nothing bound, then one Sync (libpq pipeline mode): each
+    result's status and SQLSTATE, up to the Sync's."""
+    pg = conn.pgconn
+    pg.enter_pipeline_mode()
+    for text in texts:
+        pg.send_prepare(b"", text.encode())
+    pg.pipeline_sync()
+    while pg.flush() != 0:
+        pg.consume_input()
+    results: list[tuple[pq.ExecStatus, str | None]] = []
+    while True:
+        pg.consume_input()
+        if pg.is_busy():
+            select.select([pg.socket], [], [], 10)
+            continue
+        r = pg.get_result()
+        if r is None:
+            continue
+        state = r.error_field(pq.DiagnosticField.SQLSTATE)
+        results.append((r.status, state.decode() if state else None))
+        if r.status == pq.ExecStatus.PIPELINE_SYNC:
+            break
+    pg.exit_pipeline_mode()
+    return results
+
+
+def test_pipelined_parses_past_the_bound_are_refused_at_the_parse(bounded: ProxyProcess) -> None:
+    """Review 19b F3: Parses without a Sync of DECLARE ... WITH HOLD / LISTEN, none bound, grew the proxy's belief
+    past the bound (checked at Bind only; 20,000 of them stalled another tenant's SELECT 1 5-9 s). The Parse that
+    would take it past the bound fails 54000; the session goes on after the Sync."""
+    before = _denied(bounded, "session_cursors_limit")
+    with psycopg.connect(bounded.dsn("alice"), autocommit=True) as a:
+        texts = [f"DECLARE rtp{i} CURSOR WITH HOLD FOR SELECT {i}" for i in range(CURSORS + 3)]
+        got = _pipelined_parses(a, texts)
+        ok = [(pq.ExecStatus.COMMAND_OK, None)] * CURSORS
+        assert got[:CURSORS + 1] == [*ok, (pq.ExecStatus.FATAL_ERROR, "54000")], got
+        assert got[-1][0] == pq.ExecStatus.PIPELINE_SYNC
+        assert a.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+        a.execute(_declare(CURSORS, 400))  # the Parses never ran: nothing is held
+        assert a.execute("SELECT count(*) FROM pg_cursors").fetchone() == (CURSORS,)
+    assert _denied(bounded, "session_cursors_limit") - before == 3  # (each Parse past it, PostgreSQL skipping them)
+    before = _denied(bounded, "session_listens_limit")
+    with psycopg.connect(bounded.dsn("ivan"), autocommit=True) as i:
+        got = _pipelined_parses(i, [f"LISTEN rtpl{k}" for k in range(LISTENS + 1)])
+        assert got[:LISTENS + 1] == [*[(pq.ExecStatus.COMMAND_OK, None)] * LISTENS,
+                                     (pq.ExecStatus.FATAL_ERROR, "54000")], got
+        assert i.execute("SELECT 1").fetchone() == (1,)
+    assert _denied(bounded, "session_listens_limit") - before == 1

@@ -208,11 +208,10 @@ def test_savepoints_past_the_bound_are_refused_and_release_frees_room(tmp_path: 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_a_prepared_hold_cursor_past_the_bound_is_refused_at_its_bind(tmp_path: Path, mode: str) -> None:
     s = _session(tmp_path, mode, max_session_cursors=1)
-    _q(s, _declare(1), "DECLARE CURSOR")
-    bind = m.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
-    batch = (m.Parse("", "DECLARE p CURSOR WITH HOLD FOR SELECT 1", b"\x00\x00").encode() + bind
-             + m.execute_message("") + m.SYNC_MESSAGE)
-    binds = [body for type_, body in _send(s, batch) if type_ == b"B"]
+    assert b"pgtenant_denied_" not in _parses(s, ["DECLARE p CURSOR WITH HOLD FOR SELECT 1"], name="p")[0]
+    _q(s, _declare(1), "DECLARE CURSOR")  # (prepared under the bound, run once it is reached)
+    bind = m.frame(b"B", b"\x00p\x00" + struct.pack("!hhh", 0, 0, 0))
+    binds = [body for type_, body in _send(s, bind + m.execute_message("") + m.SYNC_MESSAGE) if type_ == b"B"]
     assert len(binds) == 1 and b"pgtenant_denied_" in binds[0]
 
 
@@ -220,11 +219,68 @@ def test_a_prepared_hold_cursor_past_the_bound_is_refused_at_its_bind(tmp_path: 
 def test_a_prepared_savepoint_past_the_bound_is_refused_at_its_bind(tmp_path: Path, mode: str) -> None:
     s = _session(tmp_path, mode, max_session_savepoints=2)
     _q(s, "BEGIN; SAVEPOINT a", "BEGIN", "SAVEPOINT", status=b"T")
-    bind = m.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
-    parse = m.Parse("", "SAVEPOINT b", b"\x00\x00").encode()
-    batch = parse + bind + m.execute_message("") + parse + bind + m.execute_message("") + m.SYNC_MESSAGE
+    assert b"pgtenant_denied_" not in _parses(s, ["SAVEPOINT b"], name="sp", status=b"T")[0]
+    bind = m.frame(b"B", b"\x00sp\x00" + struct.pack("!hhh", 0, 0, 0))
+    batch = bind + m.execute_message("") + bind + m.execute_message("") + m.SYNC_MESSAGE
     binds = [body for type_, body in _send(s, batch) if type_ == b"B"]
     assert len(binds) == 2 and b"pgtenant_denied_" not in binds[0] and b"pgtenant_denied_" in binds[1]
+
+
+def _parses(s: ClientSession, texts: list[str], status: bytes = b"I", name: str = "") -> list[bytes]:
+    """Parses of the unnamed statement, one per text, then one Sync (nothing bound): the Parse texts that reach
+    the server; the server answers them (ParseComplete, or the error of a refusal's placeholder and the rest
+    skipped) and the client's answer must carry 54000 where one was refused."""
+    batch = b"".join(m.Parse(name, text, b"\x00\x00").encode() for text in texts) + m.SYNC_MESSAGE
+    sent_ = [body for type_, body in _send(s, batch) if type_ == b"P"]
+    back = b""
+    for body in sent_:
+        if b"pgtenant_denied_" in body:
+            name = body[body.index(b"pgtenant_denied_"):].split(b"\x00")[0].split(b" ")[0]
+            back += m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601",
+                                                 "M": f'syntax error at or near "{name.decode()}"'})
+            break
+        back += m.frame(b"1", b"")
+    out = b"".join(bytes(c) for a in s.server_data(back + m.ready_for_query(status)) for c in getattr(a, "chunks", ()))
+    assert b"pgtenant_denied_" not in out
+    if any(b"pgtenant_denied_" in body for body in sent_):
+        assert b"C54000\x00" in out, out
+    return sent_
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_parses_of_hold_cursors_without_sync_past_the_bound_are_refused_at_the_parse(tmp_path: Path,
+                                                                                    mode: str) -> None:
+    """Review 19b F3: pipelined Parses (no Bind, no Sync) each added their cursor to the belief, past the bound
+    checked at Bind only (20,000 of them stalled another tenant 5-9 s). The Parse past it is refused."""
+    s = _session(tmp_path, mode, max_session_cursors=3)
+    texts = [f"DECLARE c{i} CURSOR WITH HOLD FOR SELECT 1" for i in range(4)]
+    sent_ = _parses(s, texts)
+    assert [b"pgtenant_denied_" in body for body in sent_] == [False, False, False, True], sent_
+    assert len(s.context.belief.cursors) <= 3
+    _q(s, "SELECT 1", "SELECT 1")  # the session goes on; the Parses not run are no longer counted
+    assert [b"pgtenant_denied_" in body for body in _parses(s, texts[1:])] == [False] * 3
+    _q(s, _declare(2), *["DECLARE CURSOR"] * 2)  # two held: a third Parse fits, a fourth does not
+    sent_ = _parses(s, [f"DECLARE d{i} CURSOR WITH HOLD FOR SELECT 1" for i in range(2)])
+    assert [b"pgtenant_denied_" in body for body in sent_] == [False, True], sent_
+    sent_ = _parses(s, ["DECLARE c0 CURSOR WITH HOLD FOR SELECT 1"] * 5)  # one held already: nothing added
+    assert not any(b"pgtenant_denied_" in body for body in sent_), sent_
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_parses_of_listen_without_sync_past_the_bound_are_refused_at_the_parse(tmp_path: Path, mode: str) -> None:
+    s = _session(tmp_path, mode, max_session_listens=2)
+    sent_ = _parses(s, ["LISTEN a", "LISTEN b", "LISTEN a", "LISTEN c"])
+    assert [b"pgtenant_denied_" in body for body in sent_] == [False, False, False, True], sent_
+    _q(s, "SELECT 1", "SELECT 1")
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_parse_of_a_savepoint_past_the_depth_is_refused_at_the_parse(tmp_path: Path, mode: str) -> None:
+    s = _session(tmp_path, mode, max_session_savepoints=2)
+    _q(s, "BEGIN; SAVEPOINT a; SAVEPOINT b", "BEGIN", "SAVEPOINT", "SAVEPOINT", status=b"T")
+    sent_ = _parses(s, ["RELEASE b", "SAVEPOINT c"], status=b"E")
+    assert [b"pgtenant_denied_" in body for body in sent_] == [False, True], sent_
+    _q(s, "ROLLBACK", "ROLLBACK")
 
 
 # --- the cost of following them (SessionState) -------------------------------------------------------------------
@@ -275,3 +331,23 @@ def test_runs_applied_at_once_are_what_one_by_one_makes() -> None:
         state.start(start)
         _run(state, tuple(changes))
         assert state.current == state.belief == one_by_one, changes
+
+
+def test_parses_of_a_cursor_held_already_copy_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 19b F3: each Parse's speculative DECLARE / LISTEN copied the whole set, also for a name the belief
+    holds already (quadratic over a pipeline without a Sync). A name held already adds nothing and copies nothing."""
+    calls: list[str] = []
+    real = model._apply_held
+
+    def counted(context: SessionContext, change: Change) -> SessionContext:
+        calls.append(change.op)
+        return real(context, change)
+
+    monkeypatch.setattr(model, "_apply_held", counted)
+    state = SessionState()
+    for i in range(2000):
+        state.parse("", (Change(0, HOLD_CURSOR, f"c{i % 10}"),))
+        state.parse("s", (Change(0, LISTEN, f"l{i % 10}"),))
+    assert state.belief.cursors == frozenset(f"c{i}" for i in range(10))
+    assert state.belief.listening == frozenset(f"l{i}" for i in range(10))
+    assert len(calls) == 20, len(calls)
