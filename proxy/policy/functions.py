@@ -144,11 +144,11 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> None:
     without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type, an
     unqualified call of a name a routine of the database overloads."""
     reached = policy.reached
-    for fields in analysis.column_refs:  # `t.f`: f(row of t); `t.f.x`: f(t)'s field x, or `t.c.f`: f(column c)
-        for i, name in enumerate(fields[1:], 1):
-            _check_reached(policy, ATTRIBUTE, name, ".".join(fields))
-            if i > 1:
-                _check_reached(policy, FIELD, name, ".".join(fields))
+    for fields in analysis.column_refs:
+        # only the last field can be a function, of a row: `t.f` is f(t), `s.t.f` f(s.t); `a.b.c` is never f(c) nor
+        # f(a.b)'s field c (PostgreSQL reads it as schema.table.column and nothing else)
+        if len(fields) > 1:
+            _check_reached(policy, ATTRIBUTE, fields[-1], ".".join(fields))
     for name in analysis.indirections:
         _check_reached(policy, ATTRIBUTE, name, f"(...).{name}")
         _check_reached(policy, FIELD, name, f"(...).{name}")

@@ -121,8 +121,7 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     by = reached.by_kind
     if tag == "ColumnRef":
         fields = body.get("fields", ())
-        names = [f.get("String", {}).get("sval", "") for f in fields[1:]]
-        return any(n in by[ATTRIBUTE] for n in names) or any(n in by[FIELD] for n in names[1:])
+        return len(fields) > 1 and fields[-1].get("String", {}).get("sval", "") in by[ATTRIBUTE]
     if tag == "A_Indirection":
         names = [item.get("String", {}).get("sval", "") for item in body.get("indirection", ())
                  if isinstance(item, dict)]

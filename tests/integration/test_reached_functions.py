@@ -107,6 +107,12 @@ def test_database_tenant_overload_and_attribute_refused(lab: ProxyProcess) -> No
         assert conn.execute("SELECT upper('x'), o.amount FROM orders o WHERE o.id = 1").fetchall() == [("X", 1)]
         got = _run(conn, "SELECT (o.amount).amount FROM orders o WHERE o.id = 1")
         assert isinstance(got, tuple) and got[0] == "42501" and "public.amount()" in got[1], got
+        # schema.table.column, as SQLAlchemy writes a schema'd Table's column: a column, never amount(column)
+        assert conn.execute("SELECT public.orders.amount FROM public.orders WHERE public.orders.id = 1"
+                            ).fetchall() == [(1,)]
+        # schema.table.f with no column f runs f(row): still refused
+        got = _run(conn, "SELECT public.orders.rt_w FROM public.orders WHERE id = 1")
+        assert isinstance(got, tuple) and got[0] == "42501" and "public.rt_w()" in got[1], got
 
 
 COUNT = "SELECT count(*), inet_server_port() FROM orders WHERE id > 60000"

@@ -22,10 +22,9 @@ REACHED = Reached(frozenset({
 REACHING = {
     "attribute": "SELECT o.rt_tenants_sd FROM orders o LIMIT 1",
     "attribute_paren": "SELECT (o).rt_tenants_sd FROM orders o LIMIT 1",
-    "attribute_field": "SELECT o.rt_tenants_sd.x FROM orders o LIMIT 1",
+    "attribute_schema_table": "SELECT public.orders.rt_tenants_sd FROM public.orders LIMIT 1",
     "attribute_scalar": "SELECT (o.id).rt_tenants_sd FROM orders o LIMIT 1",
     "field_paren": "SELECT (o.id).amount FROM orders o LIMIT 1",
-    "field_three": "SELECT o.id.amount FROM orders o LIMIT 1",
     "operator": "SELECT 1 #@# 2",
     "operator_qualified": "SELECT 1 OPERATOR(public.#@#) 2",
     "operator_any": "SELECT 1 #@# ANY (SELECT 2)",
@@ -36,7 +35,9 @@ REACHING = {
 }
 PLAIN = ["SELECT id, tenant_id, o.amount FROM orders o WHERE o.id = 1", "SELECT 1 + 2",
          "SELECT upper(tenant_id) FROM orders",
-         "SELECT o.id::int8 FROM orders o"]
+         "SELECT o.id::int8 FROM orders o",
+         # schema.table.column (SQLAlchemy's schema'd Table): never amount(column), though amount(numeric) exists
+         "SELECT public.orders.amount, public.orders.id FROM public.orders WHERE public.orders.id = 1"]
 
 
 def _shared(reached: Reached = REACHED, extra: frozenset[str] = frozenset(), agent: bool = False) -> TenantPolicy:
