@@ -112,3 +112,18 @@ def test_other_tenants_schemas_do_not_count() -> None:
     assert not isinstance(decide(policy, "SELECT lower(tenant_id), o.f FROM orders o"), Deny)
     denied = decide(policy, "SELECT o::text FROM orders o")
     assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+
+
+ALLOWED = frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "amount"})
+
+
+@pytest.mark.parametrize("shape", list(REACHING))
+@pytest.mark.parametrize("make", [_shared, _dan])
+def test_an_allowed_routine_reached_without_a_call_pins(shape: str, make) -> None:
+    """What the routine leaves on the server (a GUC, a lock, a temporary table) is not known, as for a direct call of
+    an extra-allowed function: the session pins (docs/pinning.md `function`; review 19b F5)."""
+    decision = decide(make(extra=ALLOWED), REACHING[shape])
+    assert not isinstance(decision, Deny), decision
+    assert [(c.op, c.name) for c in decision.changes] == [("pin", "function")], decision.changes
+    for plain in PLAIN:  # nothing reached: nothing pinned
+        assert decide(make(extra=ALLOWED), plain).changes == (), plain
