@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from proxy.config import Config, TenantConfig
 from proxy.errors import PgError
 from proxy.logs import get_logger
 from proxy.policy.model import Tenant, TenantPolicy
-from proxy.policy.reached import union
+from proxy.policy.reached import Reached, union
 from proxy.registrydb import SCHEMA as REGISTRY_SCHEMA
 from proxy.tenancy import neighbour_layout, other_tenants_schemas, shares_database, tenant_policy
 
@@ -74,6 +75,8 @@ class TenantRegistry:
         self.policies: dict[str, TenantPolicy] = {}
         self._discover = discover
         self._preflight = preflight
+        self._published = Reached()  # the union publish() gave the text judge last
+        self._publishing = threading.Lock()  # (prepare_tenant runs on executor threads)
 
     def policy(self, name: str) -> TenantPolicy | None:
         """The tenant's current policy (None while it is pending)."""
@@ -121,12 +124,19 @@ class TenantRegistry:
         return (tenant, config.backend_for(tenant), other_tenants_schemas(config, tenant), config.preflight,
                 config.limits.max_advisory_locks, shares_database(config, tenant), neighbour_layout(config, tenant))
 
-    def prepare_tenant(self, name: str) -> list[str]:
-        """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""
+    def prepare_tenant(self, name: str, publish: bool = True) -> list[str]:
+        """Blocking: prepare one tenant of the current config; return the blocking preflight problems (`publish`
+        False: the caller publishes once after a batch, as the start does)."""
         policy, problems = self.build(self.config, name)
         if policy is not None:
+            old = self.policies.get(name)
             self.policies[name] = policy
-            self.publish()
+            if not publish:
+                pass
+            elif old is None or old.reached.rows <= policy.reached.rows:
+                self._publish_more(policy.reached)  # nothing of the union removed: add the new rows only
+            else:
+                self.publish()
         return problems
 
     def prepare_config(self, new: Config, unreachable: type[Exception], *,
@@ -166,4 +176,17 @@ class TenantRegistry:
         without a call (`TenantPolicy.reached`)."""
         from proxy import replicas
 
-        replicas.set_reached(union(p.reached for p in list(self.policies.values())))
+        with self._publishing:
+            self._published = union(p.reached for p in list(self.policies.values()))
+            replicas.set_reached(self._published)
+
+    def _publish_more(self, reached: Reached) -> None:
+        """publish() when one tenant's snapshot is added and none removed: the union grows by its new rows only (a
+        full union at each prepare was quadratic in the tenants at start: review 19b F10)."""
+        from proxy import replicas
+
+        with self._publishing:
+            if reached.rows <= self._published.rows:
+                return
+            self._published = union((self._published, reached))
+            replicas.set_reached(self._published)

@@ -203,18 +203,19 @@ class Proxy:
         problems: list[str] = []
         for tenant in self.config.tenants.values():
             try:
-                problems += self.prepare_tenant(tenant.name)
+                problems += self.prepare_tenant(tenant.name, publish=False)
             except BackendCheckError as exc:
                 log.warning("tenant_pending", tenant=tenant.name, reason=str(exc))
+        self.registry.publish()  # once for the batch (at each tenant it was quadratic in the tenants)
         if problems:
             raise StartupError(
                 "the database does not enforce the tenant boundary: " + "; ".join(problems)
                 + " (fix it, e.g. with `pgtenant provision`, or set preflight.enforce = false)"
             )
 
-    def prepare_tenant(self, name: str) -> list[str]:
+    def prepare_tenant(self, name: str, publish: bool = True) -> list[str]:
         """Blocking: prepare one tenant of the current config; return the blocking preflight problems."""
-        problems = self.registry.prepare_tenant(name)
+        problems = self.registry.prepare_tenant(name, publish)
         ready = self.registry.policy(name) is not None
         self.metrics.preflight(name, ready)
         return problems

@@ -34,6 +34,7 @@ from proxy.policy.model import (
     EXPORT_SNAPSHOT,
     MAY_SET_SEQUENCES,
     MAY_USE_SEQUENCES,
+    PIN,
     READ_ONLY,
     REAPPLY_CONTEXT,
     SESSION_STATEMENTS,
@@ -388,7 +389,10 @@ def _decide_statement(
     schema.check_cross_database(analysis)
     classify.check_references(policy, analysis)
     select = body if kind == "SelectStmt" else None
-    functions.check(policy, analysis, select)
+    if functions.check(policy, analysis, select):
+        # an admitted routine reached without a call (`o.f`, an operator, a cast, an overload) leaves on the server
+        # what a call of it would: the session pins as for that call (context.call_changes)
+        changes.append(Change(index, PIN, "function"))
     try:
         schema.check_schemas(policy, analysis)  # last: a hidden schema is refused as a missing one would be, no sooner
     except Denied as exc:

@@ -109,9 +109,10 @@ def is_allowed(policy: TenantPolicy, names: tuple[str, ...]) -> bool:
 ADVISORY_PREFIXES: tuple[str, ...] = ("pg_advisory_", "pg_try_advisory_")
 
 
-def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) -> None:
+def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) -> bool:
     """Deny the first call that is not allowed; apply the settings rules to set_config & co (`select`: the
-    statement's SelectStmt, if it is one)."""
+    statement's SelectStmt, if it is one). True when the statement reaches, without a call, a routine of the database
+    the tenant's allow-list admits (it pins the session as a call of it does)."""
     for call in analysis.calls:
         names = call.names
         if len(names) > 2:
@@ -135,39 +136,42 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
         last = fields[-1]
         if never_allowed(last) or last in policy.denied_functions:
             raise fail("function_not_allowed", f"function {last}() is not allowed")
-    if policy.reached:
-        check_reached(policy, analysis)
+    return bool(policy.reached) and check_reached(policy, analysis)
 
 
-def check_reached(policy: TenantPolicy, analysis: Analysis) -> None:
+def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
     """Apply the allow-list (and the agent's list) to the routines of the tenant's database a statement reaches
     without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type, an
-    unqualified call of a name a routine of the database overloads."""
-    reached = policy.reached
-    for fields in analysis.column_refs:  # `t.f`: f(row of t); `t.f.x`: f(t)'s field x, or `t.c.f`: f(column c)
-        for i, name in enumerate(fields[1:], 1):
-            _check_reached(policy, ATTRIBUTE, name, ".".join(fields))
-            if i > 1:
-                _check_reached(policy, FIELD, name, ".".join(fields))
+    unqualified call of a name a routine of the database overloads. True when one is reached (and admitted)."""
+    reached = False
+    for fields in analysis.column_refs:
+        # only the last field can be a function, of a row: `t.f` is f(t), `s.t.f` f(s.t); `a.b.c` is never f(c) nor
+        # f(a.b)'s field c (PostgreSQL reads it as schema.table.column and nothing else)
+        if len(fields) > 1:
+            reached |= _check_reached(policy, ATTRIBUTE, fields[-1], ".".join(fields))
     for name in analysis.indirections:
-        _check_reached(policy, ATTRIBUTE, name, f"(...).{name}")
-        _check_reached(policy, FIELD, name, f"(...).{name}")
+        reached |= _check_reached(policy, ATTRIBUTE, name, f"(...).{name}")
+        reached |= _check_reached(policy, FIELD, name, f"(...).{name}")
     for symbol in analysis.operator_symbols:
-        _check_reached(policy, OPERATOR, symbol, symbol)
+        reached |= _check_reached(policy, OPERATOR, symbol, symbol)
     for type_name in analysis.cast_types:
-        _check_reached(policy, CAST, type_name, type_name)
+        reached |= _check_reached(policy, CAST, type_name, type_name)
     for call in analysis.calls:
         if len(call.names) == 1:
-            _check_reached(policy, SHADOW, call.names[0], call.names[0] + "()")
-            if reached.functions(CAST, call.names[0]):  # `text(x)`: a cast written as a call
-                _check_reached(policy, CAST, call.names[0], call.names[0] + "()")
+            # (`text(x)` never runs a cast's function: PostgreSQL takes a call for a cast only when no function is
+            # needed, else 42883)
+            reached |= _check_reached(policy, SHADOW, call.names[0], call.names[0] + "()")
+    return reached
 
 
-def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> None:
+def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> bool:
+    found = False
     for function in policy.reached.functions(kind, key):
+        found = True
         names = tuple(function.split(".", 1))
         if not is_allowed(policy, names):
             raise fail("function_not_allowed", f"function {function}() is not allowed (reached by {HOW[kind]} "
                        f"{written}; [tenants.X] extra_allowed_functions admits it if it is safe)")
         if policy.agent_max_rows is not None:
             agent.check_function(names, False)
+    return found

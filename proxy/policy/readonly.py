@@ -121,8 +121,7 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     by = reached.by_kind
     if tag == "ColumnRef":
         fields = body.get("fields", ())
-        names = [f.get("String", {}).get("sval", "") for f in fields[1:]]
-        return any(n in by[ATTRIBUTE] for n in names) or any(n in by[FIELD] for n in names[1:])
+        return len(fields) > 1 and fields[-1].get("String", {}).get("sval", "") in by[ATTRIBUTE]
     if tag == "A_Indirection":
         names = [item.get("String", {}).get("sval", "") for item in body.get("indirection", ())
                  if isinstance(item, dict)]
@@ -138,7 +137,7 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     if tag == "FuncCall":
         names = body.get("funcname") or ()
         name = names[-1].get("String", {}).get("sval", "") if len(names) == 1 else ""
-        return name in by[SHADOW] or name in by[CAST]
+        return name in by[SHADOW]  # (`text(x)` never runs a cast's function)
     if tag == "RangeVar":
         name = body.get("relname", "")
         schema = body.get("schemaname")

@@ -107,6 +107,12 @@ def test_database_tenant_overload_and_attribute_refused(lab: ProxyProcess) -> No
         assert conn.execute("SELECT upper('x'), o.amount FROM orders o WHERE o.id = 1").fetchall() == [("X", 1)]
         got = _run(conn, "SELECT (o.amount).amount FROM orders o WHERE o.id = 1")
         assert isinstance(got, tuple) and got[0] == "42501" and "public.amount()" in got[1], got
+        # schema.table.column, as SQLAlchemy writes a schema'd Table's column: a column, never amount(column)
+        assert conn.execute("SELECT public.orders.amount FROM public.orders WHERE public.orders.id = 1"
+                            ).fetchall() == [(1,)]
+        # schema.table.f with no column f runs f(row): still refused
+        got = _run(conn, "SELECT public.orders.rt_w FROM public.orders WHERE id = 1")
+        assert isinstance(got, tuple) and got[0] == "42501" and "public.rt_w()" in got[1], got
 
 
 COUNT = "SELECT count(*), inet_server_port() FROM orders WHERE id > 60000"
@@ -138,3 +144,41 @@ def test_a_view_over_a_writing_function_keeps_reads_on_the_primary(
             assert reads == [(before + 1, primary.port)] * 3, (reads, primary.port, standby.port)
         finally:
             standby.execute("SELECT pg_wal_replay_resume()")
+
+
+SETTER = """CREATE OR REPLACE FUNCTION public.rt_setter(o public.orders) RETURNS text LANGUAGE sql VOLATILE AS
+  $$ SELECT set_config('myapp.marker', 'left by rt_setter', false) $$"""
+# (reset, a placeholder that was set reads '' on PG 15, NULL on PG 18)
+MARKER = ("BEGIN; SELECT coalesce(nullif(current_setting('myapp.marker', true), ''), '<unset>'), pg_backend_pid(); "
+          "COMMIT")
+
+
+def _markers(lab: ProxyProcess, user: str, n: int = 6) -> list[str]:
+    seen = []
+    for _ in range(n):
+        with psycopg.connect(lab.dsn(user), autocommit=True) as c:
+            cur = c.cursor()
+            cur.execute(MARKER)
+            cur.nextset()
+            seen.append(cur.fetchall()[0][0])
+    return seen
+
+
+def test_an_allowed_function_reached_without_a_call_pins(
+        lab: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """extra_allowed_functions admits public.rt_setter, which sets a GUC: `o.rt_setter` (no call) pins ivan's
+    session as `rt_setter(o)` does, so another session of the tenant (iris) never gets the server it left the
+    setting on (review 19b F5: in transaction pooling it did)."""
+    primary, standby = replicated
+    primary.execute(SETTER, dbname="initech")
+    standby.wait_replayed()
+    text = lab.config_path.read_text()
+    if "rt_setter" not in text:
+        lab.config_path.write_text(text.replace(
+            "[tenants.initech]\n", '[tenants.initech]\nextra_allowed_functions = ["public.rt_setter"]\n', 1))
+    lab.reload("reloaded")
+    assert _markers(lab, "iris") == ["<unset>"] * 6
+    with psycopg.connect(lab.dsn("ivan"), autocommit=True) as conn:
+        assert conn.execute("SELECT o.rt_setter FROM orders o WHERE o.id = 1").fetchall() == [("left by rt_setter",)]
+        assert _markers(lab, "iris") == ["<unset>"] * 6
+    assert _markers(lab, "iris") == ["<unset>"] * 6
