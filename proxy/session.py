@@ -129,7 +129,7 @@ from proxy.subxacts import OPS as SAVEPOINT_OPS
 from proxy.subxacts import Savepoints
 from proxy.tenancy import backend_context, parsing_violation, shares_database
 from proxy.tracking import Request, RequestTracker
-from proxy.unknownnames import UnknownNames
+from proxy.unknownnames import Flight, Flights, UnknownNames
 
 _MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll back to a savepoint, remembered
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
@@ -315,7 +315,7 @@ class ClientSession:
         "_cut_ends", "_cut_inject",
         "_cut_ran",
         "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_ext_open", "_ext_since",
-        "_fed_since_cancel",
+        "_fed_since_cancel", "_flights",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
         "_notices", "_open_batch", "_override_sizes", "_overrides", "_owed", "_paged",
@@ -325,7 +325,8 @@ class ClientSession:
         "_retags", "_route_plain", "_runs", "_scope",
         "_sequences", "_settling", "_slot_held",
         "_slot_queue", "_sql_prepared", "_stall", "_startup_settings", "_startup_status", "_stash", "_statement_memo",
-        "_statement_of", "_sticky", "_subxact_statements", "_subxacts", "_timed_out", "_timed_out_at", "_tracking",
+        "_statement_of", "_sticky", "_subxact_statements", "_subxacts", "_syncs",
+        "_timed_out", "_timed_out_at", "_tracking",
         "_tx_status", "_unknown", "_unread", "_unread_since", "_unsynced", "_waiting", "_withheld", "_withheld_ends",
         "agent", "backend", "backend_fatal", "backend_parameters",
         "backend_stream", "clock", "config", "connections", "context", "decide", "end_user",
@@ -388,6 +389,8 @@ class ClientSession:
         # The statement names whose latest Parse or Close PostgreSQL skipped or failed: their Binds are refused until a
         # Parse of the name is sent again and not skipped (proxy/unknownnames.py, review 19a F1).
         self._unknown: UnknownNames | None = None
+        self._flights: Flights | None = None  # statement names' Parses and Closes in flight (red team 9a12)
+        self._syncs = 0  # Syncs the client sent: its extended batches
         # One handler per observed message type: the stream calls it with the body (the hot path).
         self.backend_stream.handlers = self._backend_own()
         self._gated = False  # the policy's gate handlers are installed (enable_policy)
@@ -2069,7 +2072,17 @@ class ClientSession:
         """A Parse of statement `name` is sent: the name is known again, unless PostgreSQL skips or fails it."""
         if self._unknown is not None:
             self._unknown.sent(name)
-        self._journaled(partial(self._lost_name, name))
+        self._journaled(self._flight(name, True))
+
+    def _flight(self, name: str, parse: bool) -> Flight:
+        """The journal step of a Parse (`parse`) or Close of statement `name` (`_lost_name` if it is skipped or
+        fails), followed while in flight (`Flights`: a Bind in a later batch before it is answered, red team 9a12)."""
+        flight = Flight(name, self._lost_name)
+        flights = self._flights
+        if flights is None:
+            flights = self._flights = Flights()
+        flights.sent(flight, self._syncs, parse)
+        return flight
 
     def _lost_name(self, name: str) -> None:
         """A Parse or Close of statement `name` was skipped or failed: PostgreSQL may have an older statement under
@@ -2507,7 +2520,8 @@ class ClientSession:
         if statement is not None:
             self.tracker.on_bind(statement)
             if (self._unknown is not None and self._unknown.unknown(statement)) or (  # (review 19a F1)
-                    self._names is not None and self._names.pending_elsewhere(statement)):
+                    self._flights is not None and self._flights.bind_unsafe(
+                        statement, self._syncs, self._names is not None and statement in self._names.confirmed)):
                 out = m.bind_renamed(body, self._error_marker(errors.statement_not_known(name=statement)))
             if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
@@ -2584,6 +2598,7 @@ class ClientSession:
 
     def _on_sync(self, _body: bytes) -> None:
         self.tracker.on_sync()
+        self._syncs += 1
         if self._names is not None:
             self._names.batch += 1
         if self._agent_closing:
@@ -2598,7 +2613,7 @@ class ClientSession:
         if name:
             name = protocol_name(name)
         if name is not None:  # (skipped: PostgreSQL keeps the statement, whose records went or go: review 19a F1)
-            self._journaled(partial(self._lost_name, name))
+            self._journaled(self._flight(name, False))
         if found is not None and found[0] == b"P" and self._portals:
             self._portals.pop(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:

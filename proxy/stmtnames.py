@@ -59,20 +59,6 @@ class ServerNames:
         """A SQL DEALLOCATE of `name` was sent (its CommandComplete says DEALLOCATE)."""
         self.ledger.append([_DEALLOCATE, name, request, self.batch])
 
-    def pending_elsewhere(self, name: str) -> bool:
-        """A Bind of statement `name` sent now would run before the server answered the latest Parse or Close of it,
-        sent in an earlier batch: if that batch fails first, PostgreSQL skips the Parse (Close) and the Bind runs the
-        statement that was there before it, not the one the proxy decided (review 19a F1, pipelined: the proxy learns
-        of the skip only after this Bind is sent). Only a name the server had before (confirmed, or the unnamed
-        statement): a new name's skipped Parse leaves nothing to run, PostgreSQL answers 26000 (a pipelining client's
-        fresh names bind across its batches, psycopg's pipeline mode)."""
-        if name and name not in self.confirmed:
-            return False
-        for kind, entry, _, batch in reversed(self.ledger):
-            if entry == name and kind in (_PARSE, _CLOSE):
-                return batch != self.batch
-        return False
-
     def parsing(self) -> frozenset[str]:
         """The statement names of the Parses sent and not answered."""
         return frozenset(entry[1] for entry in self.ledger if entry[0] == _PARSE and entry[1])

@@ -8,7 +8,8 @@ those Parsed since (bounded too: past it, those are forgotten, and unknown again
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import weakref
+from collections.abc import Callable, Hashable
 
 MAX_UNKNOWN = 4096
 
@@ -47,3 +48,55 @@ class UnknownNames:
         """Whether a Bind of `name` is refused."""
         since = self.since
         return name not in since if since is not None else name in self.names
+
+
+class Flight:
+    """A Parse or Close of a statement name in flight: alive while its message's journal is (the statement maps'
+    ledger or skipping.Owed holds it until PostgreSQL answers, fails or skips the message); called if it is skipped
+    or fails."""
+
+    __slots__ = ("__weakref__", "lost", "name")
+
+    def __init__(self, name: Hashable, lost: Callable[[Hashable], None]) -> None:
+        self.name, self.lost = name, lost
+
+    def __call__(self) -> None:
+        self.lost(self.name)
+
+
+class Flights:
+    """Per statement name, its latest Parse or Close still unanswered (a weak reference to its Flight), the batch
+    (Syncs sent before it) it went in and whether the name was Parsed before it; and the names Parsed (review 19a F1
+    pipelined, red team 9a12 F1/F2: a Bind in a later batch runs whatever PostgreSQL holds under the name if that
+    Parse is skipped). Bounded: past MAX_UNKNOWN names Parsed, every name counts as Parsed before (fail closed)."""
+
+    __slots__ = ("crowded", "latest", "seen")
+
+    def __init__(self) -> None:
+        self.latest: dict[Hashable, tuple[weakref.ref[Flight], int, bool]] = {}
+        self.seen: set[Hashable] = set()
+        self.crowded = False
+
+    def sent(self, flight: Flight, batch: int, parse: bool) -> None:
+        """A Parse (`parse`) or Close of `flight.name` is sent in `batch`."""
+        name, latest = flight.name, self.latest
+        before = self.crowded or not name or name in self.seen
+        if len(latest) >= MAX_UNKNOWN:
+            for gone in [n for n, entry in latest.items() if entry[0]() is None]:
+                del latest[gone]
+        latest[name] = (weakref.ref(flight), batch, before)
+        if parse and not before:
+            if len(self.seen) >= MAX_UNKNOWN:
+                self.crowded, self.seen = True, set()
+            else:
+                self.seen.add(name)
+
+    def bind_unsafe(self, name: Hashable, batch: int, older: bool) -> bool:
+        """A Bind of `name` sent now in `batch` would run before PostgreSQL answered the latest Parse or Close of it,
+        sent in an earlier batch, while another statement may be under the name (`older`: the server had it; or it
+        was Parsed before that one, or it is the unnamed statement): if that batch fails first, the Bind runs that
+        other statement, not the one the proxy decided."""
+        found = self.latest.get(name)
+        if found is None or found[1] == batch or found[0]() is None:
+            return False
+        return older or found[2]

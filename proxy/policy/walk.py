@@ -407,6 +407,8 @@ def _h_constraint(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> N
 
 def _h_sublink(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     w.out.operator_symbols.update(names_of(b.get("operName"))[-1:])  # x op ANY / ALL (SELECT ...)
+    if b.get("subLinkType") == "ANY_SUBLINK" and not b.get("operName"):  # x IN (SELECT ...): PostgreSQL applies `=`
+        w.out.operator_symbols.add("=")  # (red team 9a12 F3)
     w.fields(b, scope)
 
 

@@ -156,3 +156,29 @@ def test_a_bind_pipelined_behind_the_batch_whose_parse_is_skipped_does_not_run_t
     finally:
         sock.close()
     _fresh_session_unmoved(proxies[mode], user)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", sorted(OWN))
+@pytest.mark.parametrize("name", ["n", ""])
+def test_a_whole_pipeline_of_parse_failing_batch_and_bind_never_runs_the_skipped_parses_predecessor(
+        proxies: dict[str, ProxyProcess], user: str, mode: str, name: str) -> None:  # noqa: F811 (the imported fixture)
+    """Red team 9a12 F1 (the unnamed statement, transaction pooling) and F2 (a name first Parsed in the same pipeline,
+    session pooling): one write holds `Parse name <set_config>` + Sync, a failing batch with `Close name` + `Parse
+    name "SELECT 1"` (skipped) + Sync, and `Bind name` + Execute + Sync. The Bind is refused (26000) in every mode:
+    it would run before the proxy learns of the skip, while the set_config statement may be under the name."""
+    sock = _session(proxies[mode], user)
+    try:
+        close = _close_statement(name) if name else b""
+        first = _wire(sock, _parse(name, _set_path(user)) + m.SYNC_MESSAGE
+                      + _FAILING + close + _parse(name, "SELECT 1") + m.SYNC_MESSAGE
+                      + _bind("", name) + _execute() + m.SYNC_MESSAGE)
+        assert _errors(first) == [], first
+        second = _wire(sock, b"")
+        assert _errors(second) == ["22012"], second
+        third = _wire(sock, b"")
+        assert _errors(third) == ["26000"] and not _rows(third), third
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)

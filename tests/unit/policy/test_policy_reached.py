@@ -127,3 +127,15 @@ def test_an_allowed_routine_reached_without_a_call_pins(shape: str, make) -> Non
     assert [(c.op, c.name) for c in decision.changes] == [("pin", "function")], decision.changes
     for plain in PLAIN:  # nothing reached: nothing pinned
         assert decide(make(extra=ALLOWED), plain).changes == (), plain
+
+
+@pytest.mark.parametrize("sql", ["SELECT 1 FROM orders o WHERE o.id IN (SELECT 2)",
+                                 "SELECT 1 FROM orders o WHERE o.id NOT IN (SELECT 2)",
+                                 "SELECT 1 FROM orders o WHERE o.id IN (VALUES (2))"])
+def test_in_a_subquery_applies_an_apps_equality_operator(sql: str) -> None:
+    """Red team 9a12 F3: `x IN (SELECT …)` (and NOT IN, IN (VALUES …)) is a SubLink without an operator name;
+    PostgreSQL applies `=`, an app's SECURITY DEFINER `=` of the operand's type included."""
+    equal = Reached(frozenset({("operator", "=", "public.orders_eq")}))
+    denied = decide(_shared(equal), sql)
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+    assert not isinstance(decide(_shared(Reached()), sql), Deny)
