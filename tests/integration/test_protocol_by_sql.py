@@ -21,7 +21,7 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import SAAS_DATABASE_ROLE, SAAS_DATABASE_TENANT, ProxyProcess, prepare_backend
+from tests.support.proxyproc import ProxyProcess, dan_proxy, prepare_backend, started_per_mode
 from tests.support.wire import login, read_message
 
 MODES = ("transaction", "session", "session-cache")
@@ -38,19 +38,11 @@ def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     pg.execute("CREATE SCHEMA IF NOT EXISTS othert; CREATE OR REPLACE FUNCTION othert.zz_secret_fn() RETURNS int "
                "LANGUAGE sql AS 'SELECT 1'; CREATE OR REPLACE FUNCTION globex.zz_secret_fn() RETURNS int "
                "LANGUAGE sql AS 'SELECT 1'", dbname="saas")
-    out = {}
-    for mode in MODES:
-        pool: dict[str, Any] = {"pool_mode": mode.split("-")[0], "statement_cache": mode.endswith("cache")}
-        out[mode] = ProxyProcess(pg, tmp_path_factory.mktemp(f"bysql-{mode}"), backend_sslmode="disable",
-                                 extra_tenants=SAAS_DATABASE_TENANT, extra_roles=SAAS_DATABASE_ROLE,
-                                 extra_users={"dan": ("hooli", "dan-pw")}, pool=pool)
     try:
-        for proxy in out.values():
-            proxy.start()
-        yield out
+        yield from started_per_mode(lambda mode: dan_proxy(
+            pg, tmp_path_factory.mktemp(f"bysql-{mode}"),
+            pool={"pool_mode": mode.split("-")[0], "statement_cache": mode.endswith("cache")}), MODES)
     finally:
-        for proxy in out.values():
-            proxy.stop()
         pg.execute("DROP FUNCTION othert.zz_secret_fn(); DROP SCHEMA othert; DROP FUNCTION globex.zz_secret_fn()",
                    dbname="saas")
 
