@@ -70,20 +70,22 @@ class Flights:
     pipelined, red team 9a12 F1/F2: a Bind in a later batch runs whatever PostgreSQL holds under the name if that
     Parse is skipped). Bounded: past MAX_UNKNOWN names Parsed, every name counts as Parsed before (fail closed)."""
 
-    __slots__ = ("crowded", "latest", "seen")
+    __slots__ = ("crowded", "latest", "prune_at", "seen")
 
     def __init__(self) -> None:
         self.latest: dict[Hashable, tuple[weakref.ref[Flight], int, bool]] = {}
         self.seen: set[Hashable] = set()
         self.crowded = False
+        self.prune_at = MAX_UNKNOWN  # (answered entries go when the map reaches it; then twice what is left: O(1) each)
 
     def sent(self, flight: Flight, batch: int, parse: bool) -> None:
         """A Parse (`parse`) or Close of `flight.name` is sent in `batch`."""
         name, latest = flight.name, self.latest
         before = self.crowded or not name or name in self.seen
-        if len(latest) >= MAX_UNKNOWN:
+        if len(latest) >= self.prune_at:
             for gone in [n for n, entry in latest.items() if entry[0]() is None]:
                 del latest[gone]
+            self.prune_at = max(MAX_UNKNOWN, 2 * len(latest))
         latest[name] = (weakref.ref(flight), batch, before)
         if parse and not before:
             if len(self.seen) >= MAX_UNKNOWN:

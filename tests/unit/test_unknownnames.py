@@ -50,3 +50,19 @@ def test_a_bind_in_a_later_batch_is_unsafe_only_while_a_reparse_of_the_name_is_u
     closing = Flight("c", lost.append)
     flights.sent(closing, 5, False)
     assert not flights.bind_unsafe("c", 6, False) and flights.bind_unsafe("c", 6, True)
+
+
+def test_answered_flights_are_pruned_and_live_ones_kept_past_the_bound() -> None:
+    """Flights.sent: at MAX_UNKNOWN entries the answered ones go; live ones stay (a later Bind still sees them), and
+    the next pruning waits for twice what is left (no scan of every entry at each Parse)."""
+    flights = Flights()
+    live = [Flight(f"s{i}", lambda _name: None) for i in range(MAX_UNKNOWN)]
+    for flight in live:
+        flights.sent(flight, 0, True)
+    flights.sent(Flight("gone", lambda _name: None), 0, True)  # answered at once: no holder
+    assert len(flights.latest) == MAX_UNKNOWN + 1 and flights.prune_at == 2 * MAX_UNKNOWN
+    del live[: MAX_UNKNOWN // 2]
+    for i in range(MAX_UNKNOWN):  # (the last one finds the map at prune_at: the answered ones go)
+        flights.sent(Flight(f"t{i}", lambda _name: None), 1, True)
+    assert len(flights.latest) < 2 * MAX_UNKNOWN and "gone" not in flights.latest
+    assert flights.bind_unsafe(f"s{MAX_UNKNOWN - 1}", 2, True)
