@@ -495,10 +495,18 @@ def runs_once(body: Node | None, call: Call) -> bool:
     SELECT (`body`; None for another statement: EXPLAIN, PREPARE, a view…) with no FROM, WHERE, GROUP BY, HAVING,
     LIMIT/OFFSET, ORDER BY, DISTINCT, CTE or set operation; what psql, pgJDBC and SQLAlchemy send. Elsewhere it may
     not run (`WHERE false`, `LIMIT 0`, an empty FROM, a CASE branch, a subquery), and the proxy would track a
-    search_path PostgreSQL does not have (red team 9a8 N6)."""
+    search_path PostgreSQL does not have (red team 9a8 N6). Every target must be row-level too: a set-returning call
+    anywhere in the target list (`SELECT generate_series(1, 2), set_config(…)`, or in its arguments) makes
+    PostgreSQL run it once per row, so an Execute with a row limit, a followed `SET`, and the suspended portal's next
+    Execute would move the path unseen (red team 20a F3); an aggregate, a window or a function the proxy does not
+    know may do the same."""
     if body is None or set(body) - _ONCE_CLAUSES or body.get("op", "SETOP_NONE") != "SETOP_NONE":
         return False
     if body.get("limitOption", "LIMIT_OPTION_DEFAULT") != "LIMIT_OPTION_DEFAULT" or call.holder is None:
+        return False
+    from proxy.policy.guarding import row_level  # guarding's imports reach this module
+
+    if not all(row_level(target) for target in body.get("targetList") or ()):
         return False
     node = call.holder[call.key]
     for target in body.get("targetList") or ():

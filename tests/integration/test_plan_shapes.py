@@ -259,6 +259,36 @@ def test_a_set_config_of_search_path_postgresql_does_not_run_is_refused(
         assert conn.execute("SHOW search_path").fetchall() == [("pg_catalog",)]
 
 
+# set_config() of search_path beside a set-returning call: PostgreSQL runs it once per row.
+PER_ROW_SET_CONFIGS = (
+    "SELECT generate_series(1, 2), set_config('search_path', 'pg_catalog', false)",
+    "SELECT set_config('search_path', 'pg_catalog', false), unnest(ARRAY[1, 2])",
+)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_set_config_of_search_path_beside_a_set_returning_call_is_refused(
+        proxies: dict[str, ProxyProcess], mode: str, protocol: str) -> None:
+    """Red team 20a F3: `SELECT generate_series(1, 2), set_config('search_path', …)` bound to a portal, Executed for
+    one row, a followed `SET search_path`, then the suspended portal's next Execute: PostgreSQL ran set_config again
+    for row 2 and the path moved unseen (other tenants' function names through an unqualified `routines`). It is
+    refused (0A000 search_path_set_config) in either protocol, and the session's path stays PostgreSQL's."""
+    with _connect(proxies[mode], "dan") as conn:
+        before = conn.execute("SHOW search_path").fetchall()
+        for sql in PER_ROW_SET_CONFIGS:
+            with pytest.raises(psycopg.errors.Error) as info:
+                if protocol == "extended":  # Parse/Bind/Execute (the connection's ClientCursor sends a Query)
+                    psycopg.Cursor(conn).execute(sql, prepare=True)
+                else:
+                    conn.execute(sql)
+            err = info.value
+            assert err.sqlstate == "0A000" and "search_path_set_config" in str(err), (sql, err)
+        assert conn.execute("SHOW search_path").fetchall() == before
+        assert conn.execute("SELECT 1 AS one, set_config('search_path', 'pg_catalog', false)").fetchall() == [
+            (1, "pg_catalog")]
+
+
 # Red team 9a8 N1: the schema holding 200 relations named in the tenant's range, hidden from it.
 HIDDEN_IN = {"alice": "globex", "dan": "globex", "gina": "othert"}
 NAME_RANGE = "c.relname >= 'zz_se' AND c.relname < 'zz_sf'"
