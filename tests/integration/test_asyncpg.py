@@ -80,6 +80,39 @@ def test_cursor_forward_moves_its_portal_by_sql(pooled: ProxyProcess, user: str)
     _run(main())
 
 
+@pytest.mark.parametrize("user", ["alice", "gina"])
+def test_a_pool_releases_its_connection(pooled: ProxyProcess, user: str) -> None:
+    """asyncpg's `Pool` resets a connection on release with one Query `SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL;` (red team 20a F4: the first statement was refused advisory_lock_shared for shared and
+    schema tenants, so every `async with pool.acquire()` raised 42501 on leaving). The unlock frees only the session's
+    own advisory locks, which a tenant that may not take one never holds; the pool's next acquire works."""
+    async def main() -> None:
+        pool = await asyncpg.create_pool(pooled.url(user), ssl=False, min_size=1, max_size=1)
+        try:
+            for i in range(3):
+                async with pool.acquire() as conn:
+                    assert await conn.fetchval("SELECT $1::int + 1", i) == i + 1
+        finally:
+            await pool.close()
+
+    _run(main())
+
+
+def test_an_advisory_lock_stays_refused_beside_the_unlock(pooled: ProxyProcess) -> None:
+    """Only the unlock of all is allowed outside a tenant's own database: taking a lock keyed in the space other
+    tenants' sessions share stays refused."""
+    async def main() -> None:
+        conn = await asyncpg.connect(pooled.url("alice"), ssl=False)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="advisory_lock_shared"):
+                await conn.fetchval("SELECT pg_advisory_lock(42)")
+            assert await conn.fetchval("SELECT pg_advisory_unlock_all()") is None  # void
+        finally:
+            await conn.close()
+
+    _run(main())
+
+
 def test_binary_copy(proxy: ProxyProcess) -> None:
     async def main() -> None:
         conn = await asyncpg.connect(proxy.url("ivan"), ssl=False)
