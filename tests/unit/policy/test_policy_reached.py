@@ -100,9 +100,9 @@ def test_refused_unless_allowed(shape: str, make) -> None:
         assert not isinstance(decide(make(), plain), Deny), (plain, decide(make(), plain))
 
 
-@pytest.mark.parametrize("shape", ["attribute", "operator", "cast", "overload"])
+@pytest.mark.parametrize("shape", ["attribute", "operator", "cast", "overload", "domain_cast", "json_to_json"])
 def test_agent_refuses_even_when_allowed(shape: str) -> None:
-    agent = _shared(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower"}), agent=True)
+    agent = _shared(extra=ALLOWED, agent=True)
     denied = decide(agent, REACHING[shape])
     assert isinstance(denied, Deny) and denied.rule in ("agent_function", "function_not_allowed"), denied
 
