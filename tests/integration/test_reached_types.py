@@ -118,3 +118,46 @@ def test_a_view_over_a_function_not_allowed_is_refused(objects: ProxyProcess) ->
             assert _refused(got, "public.sd_tenants") and "view" in got[1] and "sd_v" in got[1], (sql, got)
         # a view over built-ins only stays readable
         assert conn.execute("SELECT u, n FROM sd_plain_v").fetchall() == [("X", 3)]
+
+
+EQUAL = r"""
+CREATE TYPE public.sd_money2 AS (v numeric);
+CREATE FUNCTION public.sd_m_eq(a public.sd_money2, b public.sd_money2) RETURNS boolean LANGUAGE plpgsql STABLE
+  SECURITY DEFINER AS $$BEGIN RAISE EXCEPTION 'sd_m_eq saw: % rows', (SELECT count(*) FROM public.orders); END$$;
+CREATE OPERATOR public.= (LEFTARG = public.sd_money2, RIGHTARG = public.sd_money2, FUNCTION = public.sd_m_eq);
+"""
+EQUAL_TEARDOWN = """
+DROP OPERATOR IF EXISTS public.= (public.sd_money2, public.sd_money2);
+DROP FUNCTION IF EXISTS public.sd_m_eq(public.sd_money2, public.sd_money2);
+DROP TYPE IF EXISTS public.sd_money2;
+"""
+M = "(SELECT ROW(1)::sd_money2 AS m)"
+EQUAL_BY_NAME = {  # PostgreSQL applies the `=` of the operand type by name, with no `=` written
+    "case_when": f"SELECT CASE w.m WHEN ROW(1)::sd_money2 THEN 'one' END FROM {M} w",
+    "join_using": f"SELECT 1 FROM {M} a JOIN {M} b USING (m)",
+    "natural_join": f"SELECT 1 FROM {M} a NATURAL JOIN {M} b",
+    "in_list": f"SELECT 1 FROM {M} w WHERE w.m IN (ROW(1)::sd_money2, ROW(2)::sd_money2)",
+    "nullif": f"SELECT NULLIF(w.m, ROW(1)::sd_money2) FROM {M} w",
+}
+
+
+def test_an_apps_equality_applied_by_name_is_reached(
+        objects: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """Review 19b F9: an app's SECURITY DEFINER `=` (every `=` of the database is then refused) run by a simple
+    CASE, JOIN ... USING / NATURAL JOIN, IN (list), NULLIF. Created and dropped here: it refuses every `=`."""
+    primary, standby = replicated
+    try:
+        for db in ("saas", "initech"):
+            primary.execute(EQUAL_TEARDOWN + EQUAL, dbname=db)
+        standby.wait_replayed()
+        objects.reload("reloaded")
+        for user in ("alice", "ivan"):
+            with psycopg.connect(objects.dsn(user), autocommit=True) as conn:
+                for shape, sql in EQUAL_BY_NAME.items():
+                    got = _run(conn, sql)
+                    assert _refused(got, "public.sd_m_eq") and "operator =" in got[1], (user, shape, got)
+    finally:
+        for db in ("saas", "initech"):
+            primary.execute(EQUAL_TEARDOWN, dbname=db)
+        standby.wait_replayed()
+        objects.reload("reloaded")
