@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from tests.integration.test_reached_functions import _run, lab  # noqa: F401  (the replicated lab, both pool modes)
+from tests.integration.test_reached_functions import WRITE, _run, lab  # noqa: F401  (the replicated lab, both modes)
 from tests.support.pgcluster import PgCluster, StandbyCluster
+from tests.support.polling import until
 from tests.support.proxyproc import ProxyProcess
 
 # SECURITY DEFINER code counting every tenant's rows (the app owner's rights): a validator domain, an enum whose JSON
@@ -161,3 +162,51 @@ def test_an_apps_equality_applied_by_name_is_reached(
             primary.execute(EQUAL_TEARDOWN, dbname=db)
         standby.wait_replayed()
         objects.reload("reloaded")
+
+
+WRITING = f"""
+CREATE FUNCTION public.sd_wchk(t text) RETURNS int LANGUAGE sql VOLATILE AS '{WRITE}';
+CREATE DOMAIN public.sd_wdom AS text CHECK (public.sd_wchk(VALUE) IS NOT NULL);
+CREATE TYPE public.sd_wst AS ENUM ('a');
+CREATE FUNCTION public.sd_wst_json(s public.sd_wst) RETURNS json LANGUAGE sql VOLATILE AS
+  $$WITH x(w) AS ({WRITE}) SELECT to_json(w) FROM x$$;
+CREATE CAST (public.sd_wst AS json) WITH FUNCTION public.sd_wst_json(public.sd_wst);
+"""
+
+
+def test_a_domain_or_json_cast_over_a_writing_function_is_not_read_only(
+        objects: ProxyProcess, replicated: tuple[PgCluster, StandbyCluster]) -> None:
+    """route = auto: ivan (initech) allows two writing functions, run by a domain's CHECK and by to_json's cast to
+    json (and sd_st_json: to_json reaches every cast to json); the statements reaching them go to the primary (on
+    the replica they failed 25006). Last of the module: the config keeps the extras."""
+    if "session" in objects.pool.get("pool_mode", ""):
+        pytest.skip("session pooling keeps a route = auto session on the primary (docs/reporting.md)")
+    primary, standby = replicated
+    if not primary.execute("SELECT 1 FROM pg_proc WHERE proname = 'sd_wchk'", dbname="initech"):
+        primary.execute(WRITING, dbname="initech")
+    standby.wait_replayed()
+    text = objects.config_path.read_text()
+    if "sd_wchk" not in text:
+        objects.config_path.write_text(text.replace(
+            "[tenants.initech]\n",
+            '[tenants.initech]\nextra_allowed_functions = '
+            '["public.sd_wchk", "public.sd_wst_json", "public.sd_st_json"]\n', 1))
+    objects.reload("reloaded")
+    for sql in ("SELECT 'x'::sd_wdom::varchar, inet_server_port()",
+                "SELECT to_json('a'::sd_wst)::varchar, inet_server_port()"):
+        with _on_replica(objects, standby) as conn:  # a plain read of this session lands on the replica
+            got = _run(conn, sql)
+            assert isinstance(got, list) and got[0][1] == primary.port, (sql, got, primary.port, standby.port)
+        standby.wait_replayed()
+
+
+def _on_replica(proxy: ProxyProcess, standby: StandbyCluster) -> psycopg.Connection:
+    """A new session of ivan whose plain reads go to the replica (after a reload the replica is probed again; a
+    session that started meanwhile may stay on the primary)."""
+    def attempt() -> psycopg.Connection | None:
+        conn = psycopg.connect(proxy.dsn("ivan"), autocommit=True)
+        if conn.execute("SELECT inet_server_port()").fetchone()[0] == standby.port:
+            return conn
+        conn.close()
+        return None
+    return until(attempt, 30, 0.2, "a session reading on the replica")
