@@ -120,7 +120,8 @@ def schema_names(conn: psycopg.Connection) -> frozenset[str]:
 # left out when its argument is a relation's row type and that relation has a column of its name (the column wins);
 # one whose argument is neither a row (composite), a pseudo-type nor a domain is reached only as `(x).f` ("field").
 # A view counts when its query (or a view it reads, at any depth) calls such a function, directly, by an operator or
-# by a cast.
+# by a cast; a type ("domain") when its values are checked by one: a domain whose CHECK or DEFAULT calls one, and the
+# types over it (domains, arrays, ranges, composite types with such a field, at any depth).
 _REACHED = r"""
 WITH RECURSIVE fn AS (
   SELECT p.oid, n.nspname || '.' || p.proname AS qualified, p.proname, p.prokind, p.pronargs, p.pronargdefaults,
@@ -139,6 +140,30 @@ WITH RECURSIVE fn AS (
     LEFT JOIN pg_catalog.pg_cast c ON d.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND c.oid = d.refobjid
     JOIN fn f ON f.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid
                               ELSE COALESCE(o.oprcode::pg_catalog.oid, c.castfunc) END
+), checked(typ, qualified) AS (  -- domains whose CHECK constraints or DEFAULT call one (directly, by operator, cast)
+  SELECT COALESCE(con.contypid, t.oid), f.qualified
+    FROM pg_catalog.pg_depend d
+    LEFT JOIN pg_catalog.pg_constraint con ON d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+                                          AND con.oid = d.objid AND con.contypid <> 0
+    LEFT JOIN pg_catalog.pg_type t ON d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND t.oid = d.objid
+                                  AND t.typtype = 'd' AND d.refobjid NOT IN (t.typinput, t.typoutput, t.typreceive,
+                                      t.typsend, t.typmodin, t.typmodout, t.typanalyze)
+    LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                                      AND o.oid = d.refobjid
+    LEFT JOIN pg_catalog.pg_cast c ON d.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND c.oid = d.refobjid
+    JOIN fn f ON f.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid
+                              ELSE COALESCE(o.oprcode::pg_catalog.oid, c.castfunc) END
+   WHERE con.oid IS NOT NULL OR t.oid IS NOT NULL
+), domains(typ, qualified) AS (  -- ... and every type whose values are checked by one: a domain over it, its array,
+  SELECT typ, qualified FROM checked  -- a range of it, a composite type (a table's row type) with a field of it
+  UNION
+  SELECT t.oid, d.qualified
+    FROM domains d JOIN pg_catalog.pg_type dt ON dt.oid = d.typ
+    JOIN pg_catalog.pg_type t ON (t.typtype = 'd' AND t.typbasetype = d.typ) OR t.oid = dt.typarray
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = t.typrelid AND a.atttypid = d.typ
+                                                       AND a.attnum > 0 AND NOT a.attisdropped)
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_range r WHERE r.rngsubtype = d.typ
+                                                   AND t.oid IN (r.rngtypid, r.rngmultitypid))
 ), views(view, qualified) AS (
   SELECT view, qualified FROM direct
   UNION
@@ -165,6 +190,8 @@ UNION
 SELECT 'view', n.nspname || '.' || c.relname, v.qualified
   FROM views v JOIN pg_catalog.pg_class c ON c.oid = v.view JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'v'
+UNION
+SELECT 'domain', t.typname, d.qualified FROM domains d JOIN pg_catalog.pg_type t ON t.oid = d.typ
 """
 
 

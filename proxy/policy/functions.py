@@ -5,10 +5,10 @@ from __future__ import annotations
 from proxy.policy import advisory, agent, nextval, notify, othersseq, settings
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.model import TenantPolicy
-from proxy.policy.reached import ATTRIBUTE, CAST, FIELD, HOW, OPERATOR, SHADOW
+from proxy.policy.reached import ATTRIBUTE, CAST, DOMAIN, FIELD, HOW, JSON, OPERATOR, SHADOW, VIEW
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node
-from proxy.policy.walk import Analysis
+from proxy.policy.walk import COPY_TO, READ, SAMPLE, TARGET, Analysis
 
 # Never allowed, not even through extra_allowed_functions: they reach outside the tenant (other databases or
 # clusters, server files, large objects, other backends) or execute SQL text the proxy never sees.
@@ -144,8 +144,10 @@ def check(policy: TenantPolicy, analysis: Analysis, select: Node | None = None) 
 
 def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
     """Apply the allow-list (and the agent's list) to the routines of the tenant's database a statement reaches
-    without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type, an
-    unqualified call of a name a routine of the database overloads. True when one is reached (and admitted)."""
+    without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type (a
+    JSON-writing built-in: the cast to json), a type whose constraints or default call one (a domain), an unqualified
+    call of a name a routine of the database overloads; for a shared or schema tenant, a view whose query reaches
+    one (a database tenant's views are its own). True when one is reached (and admitted)."""
     reached = False
     for fields in analysis.column_refs:
         # only the last field can be a function, of a row: `t.f` is f(t), `s.t.f` f(s.t); `a.b.c` is never f(c) nor
@@ -159,12 +161,27 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
         reached |= _check_reached(policy, OPERATOR, symbol, symbol)
     for type_name in analysis.cast_types:
         reached |= _check_reached(policy, CAST, type_name, type_name)
+    for written in analysis.json_output:  # to_json(x) & co. write x through its type's cast to json, at any depth
+        reached |= _check_reached(policy, CAST, JSON, f"{JSON} (done by {written})")
+    for names in analysis.type_names:
+        if names:
+            reached |= _check_reached(policy, DOMAIN, names[-1], ".".join(names))
+    if policy.strategy != "database":
+        for ref in analysis.refs:
+            if ref.cte or ref.role not in _VIEW_ROLES:
+                continue
+            name, schema = ref.rv.get("relname", ""), ref.rv.get("schemaname")
+            written = f"{schema}.{name}" if schema else name
+            reached |= _check_reached(policy, VIEW, written, written)
     for call in analysis.calls:
         if len(call.names) == 1:
             # (`text(x)` never runs a cast's function: PostgreSQL takes a call for a cast only when no function is
             # needed, else 42883)
             reached |= _check_reached(policy, SHADOW, call.names[0], call.names[0] + "()")
     return reached
+
+
+_VIEW_ROLES = frozenset({READ, SAMPLE, TARGET, COPY_TO})  # a view's query runs when it is read or written through
 
 
 def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> bool:

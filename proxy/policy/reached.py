@@ -15,11 +15,31 @@ OPERATOR = "operator"  # key: an operator symbol whose code is the function
 CAST = "cast"  # key: the target type (pg_type.typname) of a cast done by the function
 SHADOW = "shadow"  # key: a built-in's name the function overloads or shadows (an unqualified call may pick it)
 VIEW = "view"  # key: "schema.view" of a view whose definition calls the function
-KINDS = (ATTRIBUTE, FIELD, OPERATOR, CAST, SHADOW, VIEW)
+# key: a type name (pg_type.typname) whose values are checked by the function: a domain whose CHECK or DEFAULT calls
+# it, a domain over one, an array, range or composite type (a table's row type) of one; a value read as that type
+# runs it (`'x'::dom`, `CAST(x AS dom)`, a column `c dom` of a new table)
+DOMAIN = "domain"
+KINDS = (ATTRIBUTE, FIELD, OPERATOR, CAST, SHADOW, VIEW, DOMAIN)
 
 HOW = {ATTRIBUTE: "attribute notation", FIELD: "attribute notation", OPERATOR: "operator", CAST: "a cast to type",
        SHADOW: "the unqualified call",
-       VIEW: "view"}
+       VIEW: "view", DOMAIN: "a constraint or default of type"}
+
+# Built-ins that write a value of a type that is not built in through that type's cast to json, when it has one done
+# by a function (PostgreSQL's json_categorize_type, json.c / jsonb.c: "a cast to json (note: not to jsonb)", for a
+# value at any depth of a row or an array): reached as a cast to json (`CAST` key "json").
+JSON_OUTPUT = frozenset({
+    "to_json", "to_jsonb", "array_to_json", "row_to_json", "json_agg", "json_agg_strict", "jsonb_agg",
+    "jsonb_agg_strict", "json_object_agg", "json_object_agg_strict", "json_object_agg_unique",
+    "json_object_agg_unique_strict", "jsonb_object_agg", "jsonb_object_agg_strict", "jsonb_object_agg_unique",
+    "jsonb_object_agg_unique_strict", "json_build_object", "json_build_array", "jsonb_build_object",
+    "jsonb_build_array",
+})
+# ... and the SQL/JSON constructors (raw parse node tags), which run the same code (JSON_OBJECT, JSON_ARRAY,
+# JSON_OBJECTAGG, JSON_ARRAYAGG, JSON_SCALAR)
+JSON_NODES = frozenset({"JsonObjectConstructor", "JsonArrayConstructor", "JsonArrayQueryConstructor",
+                        "JsonObjectAgg", "JsonArrayAgg", "JsonScalarExpr"})
+JSON = "json"  # the cast target they look up
 
 
 @dataclass(frozen=True)
@@ -48,11 +68,11 @@ class Reached:
     def without(self, schemas: frozenset[str]) -> Reached:
         """The snapshot less what lives in `schemas` (other tenants' schemas, never on this tenant's search_path:
         their functions and operators are not found unqualified, their views not read); a cast is found by its
-        types wherever its function lives, so casts stay."""
+        types wherever its function lives, so casts stay, and so do domains (a domain's function may live elsewhere)."""
         if not schemas:
             return self
-        kept = frozenset(row for row in self.rows
-                         if row[0] == CAST or (row[1] if row[0] == VIEW else row[2]).partition(".")[0] not in schemas)
+        kept = frozenset(row for row in self.rows if row[0] in (CAST, DOMAIN)
+                         or (row[1] if row[0] == VIEW else row[2]).partition(".")[0] not in schemas)
         return self if kept == self.rows else Reached(kept)
 
     def functions(self, kind: str, key: str) -> tuple[str, ...]:
@@ -69,6 +89,11 @@ def union(snapshots: Iterable[Reached]) -> Reached:
     for s in snapshots:
         rows |= s.rows
     return Reached(frozenset(rows))
+
+
+def json_output(names: tuple[str, ...]) -> bool:
+    """Whether the call `names` is a JSON-writing built-in (`JSON_OUTPUT`, unqualified or pg_catalog's)."""
+    return bool(names) and names[-1] in JSON_OUTPUT and (len(names) == 1 or names[-2] == "pg_catalog")
 
 
 def operator_symbols(expr: Node) -> tuple[str, ...]:

@@ -5,7 +5,21 @@ from __future__ import annotations
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.context import SEQUENCE_FUNCTIONS, STATEFUL_FUNCTIONS
 from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
-from proxy.policy.reached import ATTRIBUTE, CAST, FIELD, NOTHING, OPERATOR, SHADOW, VIEW, Reached, operator_symbols
+from proxy.policy.reached import (
+    ATTRIBUTE,
+    CAST,
+    DOMAIN,
+    FIELD,
+    JSON,
+    JSON_NODES,
+    NOTHING,
+    OPERATOR,
+    SHADOW,
+    VIEW,
+    Reached,
+    json_output,
+    operator_symbols,
+)
 from proxy.policy.settings import NOT_REPLAYABLE
 from proxy.policy.tree import Node
 
@@ -113,7 +127,7 @@ def _read_only_function(funcname: list) -> bool:
 
 
 _REACHING = frozenset({"ColumnRef", "A_Indirection", "A_Expr", "SortBy", "SubLink", "TypeCast", "FuncCall",
-                       "RangeVar"})
+                       "RangeVar", "CaseExpr", "JoinExpr", "typeName", "TypeName", *JSON_NODES})
 
 
 def _reaches(reached: Reached, tag: str, body: Node) -> bool:
@@ -128,6 +142,8 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
         return any(n in by[ATTRIBUTE] or n in by[FIELD] for n in names)
     if tag == "A_Expr":
         return any(symbol in by[OPERATOR] for symbol in operator_symbols(body))
+    if tag == "SubLink" and body.get("subLinkType") == "ANY_SUBLINK" and not body.get("operName"):
+        return "=" in by[OPERATOR]  # x IN (SELECT ...): x = ANY (...)
     if tag in ("SortBy", "SubLink"):
         names = body.get("useOp" if tag == "SortBy" else "operName") or ()
         return bool(names) and names[-1].get("String", {}).get("sval", "") in by[OPERATOR]
@@ -137,7 +153,18 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     if tag == "FuncCall":
         names = body.get("funcname") or ()
         name = names[-1].get("String", {}).get("sval", "") if len(names) == 1 else ""
+        if JSON in by[CAST] and json_output(tuple(n.get("String", {}).get("sval", "") for n in names)):
+            return True  # it writes a value through its type's cast to json
         return name in by[SHADOW]  # (`text(x)` never runs a cast's function)
+    if tag in JSON_NODES:
+        return JSON in by[CAST]
+    if tag in ("typeName", "TypeName"):  # a type whose values a domain constraint of it checks
+        names = body.get("names") or () if isinstance(body, dict) else ()
+        return bool(names) and names[-1].get("String", {}).get("sval", "") in by[DOMAIN]
+    if tag == "CaseExpr":  # CASE x WHEN y: x = y
+        return bool(body.get("arg")) and "=" in by[OPERATOR]
+    if tag == "JoinExpr":  # JOIN ... USING (c) / NATURAL JOIN: a.c = b.c
+        return bool(body.get("usingClause") or body.get("isNatural")) and "=" in by[OPERATOR]
     if tag == "RangeVar":
         name = body.get("relname", "")
         schema = body.get("schemaname")

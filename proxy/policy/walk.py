@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.policy.guards import GUARDED_NAMES
-from proxy.policy.reached import operator_symbols
+from proxy.policy.reached import JSON_NODES, json_output, operator_symbols
 from proxy.policy.tree import Node, names_of, string_const, tag_of
 
 # Roles of a RangeVar in its statement.
@@ -128,6 +128,9 @@ class Analysis:
     # Every operator symbol written or implied (A_Expr, ORDER BY ... USING, x op ANY (SELECT ...)), qualified or not.
     operator_symbols: set[str] = field(default_factory=set)
     cast_types: set[str] = field(default_factory=set)  # the (last) name of every type an expression is cast to
+    # The JSON-writing built-ins and SQL/JSON constructors used (policy/reached.py JSON_OUTPUT, JSON_NODES): each runs
+    # a cast to json of a value's type when the type has one done by a function.
+    json_output: list[str] = field(default_factory=list)
     reg_literals: list[tuple[str, str, int]] = field(default_factory=list)  # (reg* type, literal, its location)
     qualified_columns: list[Node] = field(default_factory=list)  # ColumnRef bodies with 3+ fields
     sites: list[Site] = field(default_factory=list)  # reg* casts and calls, outer ones first
@@ -275,6 +278,8 @@ class _Walker:
         elif tag == "JoinExpr":
             body = item[tag]
             self.alias(body)
+            if body.get("usingClause") or body.get("isNatural"):  # PostgreSQL applies `=` by name to each column
+                self.out.operator_symbols.add("=")
             for side in ("larg", "rarg"):
                 if side in body:
                     self.from_item(body[side], scope, body, side)
@@ -348,6 +353,8 @@ def _h_funccall(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
     named = any("NamedArgExpr" in a for a in args)
     names = names_of(b.get("funcname"))
     w.out.calls.append(Call(names=names, args=args, named=named, holder=holder, key=key))
+    if json_output(names):
+        w.out.json_output.append(names[-1] + "()")
     if holder is not None and names and names[-1] in GUARDED_NAMES:
         w.out.sites.append(Site(holder[key], holder, key))
     w.fields(b, scope, skip=("funcname",))
@@ -410,6 +417,20 @@ def _h_sublink(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None
     if b.get("subLinkType") == "ANY_SUBLINK" and not b.get("operName"):  # x IN (SELECT ...): PostgreSQL applies `=`
         w.out.operator_symbols.add("=")  # (red team 9a12 F3)
     w.fields(b, scope)
+
+
+def _h_case(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    if b.get("arg"):  # CASE x WHEN y: PostgreSQL applies `=` (x = y) by name
+        w.out.operator_symbols.add("=")
+    w.fields(b, scope)
+
+
+def _json_handler(tag: str) -> Callable[[_Walker, Node, Scope, Any, Any], None]:
+    def handler(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+        w.out.json_output.append(tag)
+        w.fields(b, scope)
+
+    return handler
 
 
 def _h_indirection(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
@@ -524,6 +545,7 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "A_Expr": _h_aexpr,
     "SubLink": _h_sublink,
     "A_Indirection": _h_indirection,
+    "CaseExpr": _h_case,
     "CollateClause": _h_collate,
     "SortBy": _h_sortby,
     "IndexElem": _h_indexelem,
@@ -539,4 +561,5 @@ _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
     "TruncateStmt": _h_truncate,
     "LockStmt": _h_lock,
     "LockingClause": _h_locking,
+    **{tag: _json_handler(tag) for tag in JSON_NODES},
 }

@@ -11,6 +11,7 @@ from proxy.config import LimitsConfig
 from proxy.policy import TenantPolicy
 from proxy.policy.agent import agent_policy
 from proxy.policy.model import SessionContext
+from proxy.policy.reached import Reached
 
 FIXTURE_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "policy"
 
@@ -202,6 +203,25 @@ POLICIES: dict[str, TenantPolicy] = {
     "schema_limited": dataclasses.replace(_SCHEMA, statement_timeout_ms=10_000),
     "database_limited": dataclasses.replace(_DATABASE, statement_timeout_ms=10_000),
 }
+# A database whose app defines functions PostgreSQL runs without a call (tests/fixtures/policy/reached.txt): a
+# validator domain sales.sku (CHECK sales.sku_exists(VALUE)) and a domain over it, an enum sales.status with a cast
+# to json by sales.status_label, a view public.tenant_stats over public.tenant_summary(), a view public.labels over
+# built-ins only (no row), a user `=` of a type sales.money2 (sales.money2_eq)
+_REACHED = Reached(frozenset({
+    ("domain", "sku", "sales.sku_exists"), ("domain", "_sku", "sales.sku_exists"),
+    ("domain", "sku_code", "sales.sku_exists"), ("domain", "_sku_code", "sales.sku_exists"),
+    ("cast", "json", "sales.status_label"),
+    ("view", "public.tenant_stats", "public.tenant_summary"),
+}))
+_EQUAL = Reached(frozenset({("operator", "=", "sales.money2_eq")}))
+POLICIES.update({
+    "shared_reached": dataclasses.replace(_SHARED, reached=_REACHED),
+    "schema_reached": dataclasses.replace(_SCHEMA, shared_schemas=("ref", "public"), reached=_REACHED),
+    "database_reached": dataclasses.replace(_DATABASE, reached=_REACHED),
+    "shared_reached_allowed": dataclasses.replace(_SHARED, reached=_REACHED, extra_allowed_functions=frozenset(
+        {"sales.sku_exists", "sales.status_label", "public.tenant_summary"})),
+    "shared_equal": dataclasses.replace(_SHARED, reached=_EQUAL),
+})
 # A database tenant with another tenant's schema in its database (an allow-list of the others).
 DATABASE_HIDING = POLICIES["database_hiding"]
 

@@ -17,6 +17,10 @@ REACHED = Reached(frozenset({
     ("cast", "text", "public.rt_tenants_sd"),
     ("shadow", "lower", "public.lower"),
     ("view", "public.rt_v", "public.rt_w"),
+    # review 19b F1: a domain whose CHECK calls rt_chk, its array type; F2: an enum's cast to json by rt_st_json
+    ("domain", "rt_dom", "public.rt_chk"),
+    ("domain", "_rt_dom", "public.rt_chk"),
+    ("cast", "json", "public.rt_st_json"),
 }))
 
 REACHING = {
@@ -31,6 +35,29 @@ REACHING = {
     "cast": "SELECT o::text FROM orders o LIMIT 1",
     "cast_syntax": "SELECT CAST(o AS text) FROM orders o LIMIT 1",
     "overload": "SELECT lower(o) FROM orders o LIMIT 1",
+    "domain_cast": "SELECT 'x'::rt_dom",
+    "domain_cast_qualified": "SELECT 'x'::public.rt_dom",
+    "domain_cast_syntax": "SELECT CAST('x' AS rt_dom)",
+    "domain_array": "SELECT '{x}'::rt_dom[]",
+    "domain_array_name": "SELECT '{x}'::_rt_dom",
+    "domain_column_definition": "SELECT * FROM json_to_record('{\"a\": \"x\"}') AS r(a rt_dom)",
+    "domain_in_subquery": "SELECT 1 FROM orders o WHERE o.tenant_id IN (SELECT 'x'::rt_dom)",
+    "json_to_json": "SELECT to_json(o.id) FROM orders o LIMIT 1",
+    "json_to_jsonb": "SELECT pg_catalog.to_jsonb(o.id) FROM orders o LIMIT 1",
+    "json_row_to_json": "SELECT row_to_json(o) FROM orders o LIMIT 1",
+    "json_agg": "SELECT json_agg(o) FROM orders o",
+    "jsonb_agg": "SELECT jsonb_agg(o.id) FROM orders o",
+    "json_object_agg": "SELECT json_object_agg(o.id, o.tenant_id) FROM orders o",
+    "jsonb_object_agg": "SELECT jsonb_object_agg(o.id, o.tenant_id) FROM orders o",
+    "json_build_object": "SELECT json_build_object('s', o.id) FROM orders o",
+    "jsonb_build_array": "SELECT jsonb_build_array(o.id) FROM orders o",
+    "json_array_to_json": "SELECT array_to_json(array_agg(o.id)) FROM orders o",
+    "sql_json_object": "SELECT JSON_OBJECT('s': o.id) FROM orders o",
+    "sql_json_array": "SELECT JSON_ARRAY(o.id) FROM orders o",
+    "sql_json_array_query": "SELECT JSON_ARRAY(SELECT o.id FROM orders o)",
+    "sql_json_objectagg": "SELECT JSON_OBJECTAGG(o.tenant_id: o.id) FROM orders o",
+    "sql_json_arrayagg": "SELECT JSON_ARRAYAGG(o.id) FROM orders o",
+    "sql_json_scalar": "SELECT JSON_SCALAR(o.id) FROM orders o",
 }
 PLAIN = ["SELECT id, tenant_id, o.amount FROM orders o WHERE o.id = 1", "SELECT 1 + 2",
          "SELECT upper(tenant_id) FROM orders",
@@ -38,7 +65,14 @@ PLAIN = ["SELECT id, tenant_id, o.amount FROM orders o WHERE o.id = 1", "SELECT 
          # schema.table.column (SQLAlchemy's schema'd Table): never amount(column), though amount(numeric) exists
          "SELECT public.orders.amount, public.orders.id FROM public.orders WHERE public.orders.id = 1",
          # a function-style cast runs no cast function (PostgreSQL: 42883 where one would be needed)
-         "SELECT text(o.id) FROM orders o"]
+         "SELECT text(o.id) FROM orders o",
+         # types without a constraint calling an app function; JSON read, not written
+         "SELECT 'x'::varchar, CAST(o.id AS int8), '{1}'::int[] FROM orders o",
+         "SELECT '{\"a\": 1}'::jsonb -> 'a', json_typeof('1'), jsonb_set('{}', '{a}', '1') FROM orders"]
+
+
+ALLOWED = frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "amount", "public.rt_chk",
+                     "public.rt_st_json"})
 
 
 def _shared(reached: Reached = REACHED, extra: frozenset[str] = frozenset(), agent: bool = False) -> TenantPolicy:
@@ -58,7 +92,7 @@ def test_refused_unless_allowed(shape: str, make) -> None:
     denied = decide(make(), sql)
     assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
     assert "extra_allowed_functions" in denied.message
-    allowed = make(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "amount"}))
+    allowed = make(extra=ALLOWED)
     assert not isinstance(decide(allowed, sql), Deny), decide(allowed, sql)
     # without the snapshot (main's behaviour) the same text passes the allow-list: the snapshot is what refuses it
     assert not isinstance(decide(make(Reached()), sql), Deny)
@@ -66,9 +100,9 @@ def test_refused_unless_allowed(shape: str, make) -> None:
         assert not isinstance(decide(make(), plain), Deny), (plain, decide(make(), plain))
 
 
-@pytest.mark.parametrize("shape", ["attribute", "operator", "cast", "overload"])
+@pytest.mark.parametrize("shape", ["attribute", "operator", "cast", "overload", "domain_cast", "json_to_json"])
 def test_agent_refuses_even_when_allowed(shape: str) -> None:
-    agent = _shared(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower"}), agent=True)
+    agent = _shared(extra=ALLOWED, agent=True)
     denied = decide(agent, REACHING[shape])
     assert isinstance(denied, Deny) and denied.rule in ("agent_function", "function_not_allowed"), denied
 
@@ -76,7 +110,7 @@ def test_agent_refuses_even_when_allowed(shape: str) -> None:
 @pytest.mark.parametrize("sql", [*REACHING.values(), "SELECT w FROM rt_v", "SELECT w FROM public.rt_v",
                                  "SELECT * FROM (SELECT w FROM rt_v) s"])
 def test_not_read_only(sql: str) -> None:
-    allowed = _dan(extra=frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "public.rt_w", "amount"}))
+    allowed = _dan(extra=ALLOWED | {"public.rt_w"})
     decision = decide(allowed, sql)
     assert not isinstance(decision, Deny), decision
     assert READ_ONLY not in decision.effects
@@ -114,9 +148,6 @@ def test_other_tenants_schemas_do_not_count() -> None:
     assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
 
 
-ALLOWED = frozenset({"public.rt_tenants_sd", "rt_op_sd", "public.lower", "amount"})
-
-
 @pytest.mark.parametrize("shape", list(REACHING))
 @pytest.mark.parametrize("make", [_shared, _dan])
 def test_an_allowed_routine_reached_without_a_call_pins(shape: str, make) -> None:
@@ -139,3 +170,77 @@ def test_in_a_subquery_applies_an_apps_equality_operator(sql: str) -> None:
     denied = decide(_shared(equal), sql)
     assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
     assert not isinstance(decide(_shared(Reached()), sql), Deny)
+
+
+@pytest.mark.parametrize("sql", ["CREATE TEMP TABLE t (c rt_dom)", "CREATE TEMP TABLE t (c rt_dom[] DEFAULT NULL)",
+                                 "PREPARE p(rt_dom) AS SELECT $1", "PREPARE p(text) AS SELECT $1::rt_dom"])
+@pytest.mark.parametrize("make", [_shared, _dan])
+def test_a_domain_named_anywhere_runs_its_constraint(sql: str, make) -> None:
+    """Review 19b F1: a value read as a domain (a new table's column, a prepared statement's parameter) runs the
+    domain's CHECK (and DEFAULT) functions."""
+    denied = decide(make(), sql)
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+    assert "public.rt_chk()" in denied.message and "rt_dom" in denied.message
+    assert not isinstance(decide(make(extra=ALLOWED), sql), Deny)
+    assert not isinstance(decide(make(Reached()), sql), Deny)
+
+
+def _schema(reached: Reached = REACHED, extra: frozenset[str] = frozenset()) -> TenantPolicy:
+    return TenantPolicy(tenant="acme", strategy="schema", tenant_schema="tenant_acme", shared_schemas=("public",),
+                        reached=reached, extra_allowed_functions=extra)
+
+
+@pytest.mark.parametrize("sql", ["SELECT w FROM rt_v", "SELECT w FROM public.rt_v",
+                                 "SELECT * FROM (SELECT w FROM rt_v) s", "SELECT 1 WHERE EXISTS (SELECT FROM rt_v)",
+                                 "WITH x AS (SELECT w FROM rt_v) SELECT * FROM x"])
+@pytest.mark.parametrize("make", [_shared, _schema])
+def test_a_view_over_a_function_not_allowed_is_refused(sql: str, make) -> None:
+    """Review 19b F4: reading a view runs the functions of its query (with the view owner's rights on the tables);
+    a shared or schema tenant's allow-list applies to them. A view over allowed functions only stays readable."""
+    denied = decide(make(), sql)
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+    assert "public.rt_w()" in denied.message and "view" in denied.message and "rt_v" in denied.message
+    assert not isinstance(decide(make(extra=frozenset({"public.rt_w"})), sql), Deny)
+    assert not isinstance(decide(make(Reached()), sql), Deny)
+    # a CTE of the view's name is not the view
+    assert not isinstance(decide(make(), "WITH rt_v AS (SELECT 1 AS w) SELECT w FROM rt_v"), Deny)
+
+
+def test_a_database_tenants_views_are_its_own() -> None:
+    assert not isinstance(decide(_dan(), "SELECT w FROM rt_v"), Deny)
+
+
+EQUAL_BY_NAME = {
+    "case_when": "SELECT CASE o.id WHEN 1 THEN 'one' END FROM orders o",
+    "join_using": "SELECT 1 FROM orders a JOIN orders b USING (id)",
+    "natural_join": "SELECT 1 FROM orders a NATURAL JOIN orders b",
+    "in_list": "SELECT 1 FROM orders o WHERE o.id IN (1, 2)",
+    "nullif": "SELECT NULLIF(o.id, 1) FROM orders o",
+    "is_distinct": "SELECT o.id IS DISTINCT FROM 1 FROM orders o",
+    "is_not_distinct": "SELECT o.id IS NOT DISTINCT FROM 1 FROM orders o",
+    "any_array": "SELECT 1 FROM orders o WHERE o.id = ANY (ARRAY[1])",
+    "in_subquery": "SELECT 1 FROM orders o WHERE o.id IN (SELECT 1)",
+}
+
+
+@pytest.mark.parametrize("shape", list(EQUAL_BY_NAME))
+@pytest.mark.parametrize("make", [_shared, _dan])
+def test_an_equality_applied_by_name_counts_as_written(shape: str, make) -> None:
+    """Review 19b F9: PostgreSQL applies the operator named `=` of the operand types (an app's SECURITY DEFINER one
+    included) for a simple CASE, JOIN ... USING / NATURAL, IN, NULLIF, IS [NOT] DISTINCT FROM, = ANY: each counts as
+    an explicit `a = b` does (refused unless allowed; not read-only)."""
+    sql = EQUAL_BY_NAME[shape]
+    equal = Reached(frozenset({("operator", "=", "public.orders_eq")}))
+    denied = decide(make(equal), sql)
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+    allowed = decide(make(equal, extra=frozenset({"public.orders_eq"})), sql)
+    assert not isinstance(allowed, Deny) and READ_ONLY not in allowed.effects, allowed
+    assert READ_ONLY in decide(make(Reached()), sql).effects
+    assert READ_ONLY in decide(make(Reached(frozenset({("operator", "<", "public.orders_lt")}))), sql).effects
+
+
+def test_between_applies_its_comparisons() -> None:
+    sql = "SELECT 1 FROM orders o WHERE o.id BETWEEN 1 AND 2"
+    for symbol in ("<=", ">="):
+        denied = decide(_shared(Reached(frozenset({("operator", symbol, "public.f")}))), sql)
+        assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", (symbol, denied)
