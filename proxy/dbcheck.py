@@ -191,7 +191,12 @@ SELECT 'view', n.nspname || '.' || c.relname, v.qualified
   FROM views v JOIN pg_catalog.pg_class c ON c.oid = v.view JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind = 'v'
 UNION
-SELECT 'domain', t.typname, d.qualified FROM domains d JOIN pg_catalog.pg_type t ON t.oid = d.typ
+SELECT 'castfrom', f.qualified, n.nspname
+  FROM pg_catalog.pg_cast c JOIN fn f ON f.oid = c.castfunc JOIN pg_catalog.pg_type t ON t.oid = c.castsource
+  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+UNION
+SELECT 'domain', n.nspname || '.' || t.typname, d.qualified
+  FROM domains d JOIN pg_catalog.pg_type t ON t.oid = d.typ JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
 """
 
 

@@ -18,8 +18,9 @@ VIEW = "view"  # key: "schema.view" of a view whose definition calls the functio
 # key: a type name (pg_type.typname) whose values are checked by the function: a domain whose CHECK or DEFAULT calls
 # it, a domain over one, an array, range or composite type (a table's row type) of one; a value read as that type
 # runs it (`'x'::dom`, `CAST(x AS dom)`, a column `c dom` of a new table)
-DOMAIN = "domain"
-KINDS = (ATTRIBUTE, FIELD, OPERATOR, CAST, SHADOW, VIEW, DOMAIN)
+DOMAIN = "domain"  # (its key: "schema.type"; the bare type name finds it too)
+CAST_FROM = "castfrom"  # key: "schema.function" of a CAST row; function: the schema of a source type of its casts
+KINDS = (ATTRIBUTE, FIELD, OPERATOR, CAST, SHADOW, VIEW, DOMAIN, CAST_FROM)
 
 HOW = {ATTRIBUTE: "attribute notation", FIELD: "attribute notation", OPERATOR: "operator", CAST: "a cast to type",
        SHADOW: "the unqualified call",
@@ -56,23 +57,40 @@ class Reached:
         for kind, key, function in sorted(rows):
             by.setdefault(kind, {}).setdefault(key, []).append(function)
         frozen = {kind: {key: tuple(fs) for key, fs in keys.items()} for kind, keys in by.items()}
-        if frozen[VIEW]:  # a view named without its schema may be any of that name
-            for key, fs in list(frozen[VIEW].items()):
+        for kind in (VIEW, DOMAIN):  # a view or type named without its schema may be any of that name
+            for key, fs in list(frozen[kind].items()):
                 bare = key.rpartition(".")[2]
-                frozen[VIEW][bare] = tuple(sorted({*frozen[VIEW].get(bare, ()), *fs}))
+                if bare != key:
+                    frozen[kind][bare] = tuple(sorted({*frozen[kind].get(bare, ()), *fs}))
         object.__setattr__(self, "by_kind", frozen)
 
     def __bool__(self) -> bool:
         return bool(self.rows)
 
     def without(self, schemas: frozenset[str]) -> Reached:
-        """The snapshot less what lives in `schemas` (other tenants' schemas, never on this tenant's search_path:
-        their functions and operators are not found unqualified, their views not read); a cast is found by its
-        types wherever its function lives, so casts stay, and so do domains (a domain's function may live elsewhere)."""
+        """The snapshot less what lives in `schemas` (other tenants' schemas, never on this tenant's search_path, and
+        names in them are refused: their functions and operators are not found unqualified, their views not read,
+        their types not named). A domain goes with its type's schema (its function may live elsewhere); a cast is
+        found by its types wherever its function lives, so it stays unless its function and every source type of
+        its casts live there (red team 20a/wp-sd1: a schema tenant's `to_json(1)` refused, naming another tenant's
+        schema's cast function)."""
         if not schemas:
             return self
-        kept = frozenset(row for row in self.rows if row[0] in (CAST, DOMAIN)
-                         or (row[1] if row[0] == VIEW else row[2]).partition(".")[0] not in schemas)
+        sources: dict[str, set[str]] = {}
+        for kind, key, schema in self.rows:
+            if kind == CAST_FROM:
+                sources.setdefault(key, set()).add(schema)
+
+        def kept_row(row: tuple[str, str, str]) -> bool:
+            kind, key, function = row
+            if kind == CAST:
+                return function.partition(".")[0] not in schemas or not sources.get(function) \
+                    or not sources[function] <= schemas
+            if kind == CAST_FROM:
+                return True
+            return (key if kind in (VIEW, DOMAIN) else function).partition(".")[0] not in schemas
+
+        kept = frozenset(row for row in self.rows if kept_row(row))
         return self if kept == self.rows else Reached(kept)
 
     def functions(self, kind: str, key: str) -> tuple[str, ...]:

@@ -148,6 +148,38 @@ def test_other_tenants_schemas_do_not_count() -> None:
     assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
 
 
+def test_other_tenants_types_and_json_casts_do_not_count_and_are_never_named() -> None:
+    """Schema-per-tenant apps make the same domain and enum in every tenant's schema: another tenant's domain (its
+    type lives in that schema), and its cast to json (function and source type there), are not reached by this
+    tenant's `to_json(1)` or `'x'::email`; a cast kept because its source type lives elsewhere is refused without
+    naming the other tenant's function (wp-sd1's report: gina's refusals named functions of schemas she cannot see)."""
+    from proxy.config import TenantConfig
+    from proxy.tenancy import tenant_policy
+
+    rows = frozenset({
+        ("domain", "globex.email", "globex.valid_email"), ("domain", "initech.email", "initech.valid_email"),
+        ("cast", "json", "globex.status_json"), ("castfrom", "globex.status_json", "globex"),
+        ("cast", "json", "initech.status_json"), ("castfrom", "initech.status_json", "initech"),
+    })
+    initech = TenantConfig(name="initech", strategy="schema", backend="main", database="saas", schema="initech")
+    policy = tenant_policy(initech, hidden_schemas={"globex"}, reached=Reached(rows))
+    assert policy.reached.functions("domain", "email") == ("initech.valid_email",)
+    assert policy.reached.functions("cast", "json") == ("initech.status_json",)
+    for sql in ("SELECT to_json(1)", "SELECT 'x'::email", "SELECT 'x'::initech.email"):
+        denied = decide(policy, sql)
+        assert isinstance(denied, Deny) and "initech." in denied.message and "globex" not in denied.message, denied
+    alone = tenant_policy(initech, hidden_schemas={"globex", "initech_x"}, reached=Reached(frozenset({
+        ("cast", "json", "globex.status_json"), ("castfrom", "globex.status_json", "globex"),
+        ("castfrom", "globex.status_json", "public"),  # one of its casts is from a type it can name
+    })))
+    denied = decide(alone, "SELECT to_json(1)")
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+    assert "globex" not in denied.message and "a function is not allowed" in denied.message, denied.message
+    gone = tenant_policy(initech, hidden_schemas={"globex"}, reached=Reached(frozenset({
+        ("cast", "json", "globex.status_json"), ("castfrom", "globex.status_json", "globex")})))
+    assert not isinstance(decide(gone, "SELECT to_json(1)"), Deny)
+
+
 @pytest.mark.parametrize("shape", list(REACHING))
 @pytest.mark.parametrize("make", [_shared, _dan])
 def test_an_allowed_routine_reached_without_a_call_pins(shape: str, make) -> None:
