@@ -255,6 +255,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
             _check_database(conn, config, tenant, report)
             _check_database_schemas(conn, tenant, report)
             _check_database_neighbours(conn, config, tenant, report)
+        _check_definers(conn, config, tenant, scoped, backend, report)
     report.checked.append(tenant.name)
     return report
 
@@ -638,3 +639,28 @@ def _check_database_neighbours(
     if theirs:
         rows = conn.execute(_SHADOWS, (sorted({n for _, n in theirs}),)).fetchall()
         report.neighbour_shadows.update((str(a), str(b)) for a, b in rows if (str(a), str(b)) not in theirs)
+
+
+def _check_definers(conn: psycopg.Connection, config: Config, tenant: TenantConfig, scoped: ScopedTables,
+                    backend: BackendConfig, report: PreflightReport) -> None:
+    """Code that runs with its owner's rights (proxy/definers.py) the backend role can use and whose owner reads
+    other tenants' rows: of a shared tenant's scoped relations, of the other schema tenants' schemas of its database,
+    or (a database tenant sharing its database) of its neighbours'. An error each (an extension member: a warning)."""
+    from proxy import definers
+
+    where = f"tenants.{tenant.name}"
+    others = [o for o in config.tenants.values() if o.name != tenant.name and o.database == tenant.database
+              and o.backend == tenant.backend and o.strategy == "schema" and o.schema is not None]
+    pinned: frozenset[str] = frozenset()
+    if tenant.strategy == "shared":
+        rels = set(scoped)
+        pinned = frozenset({tenant.tenant_setting.lower()})
+    elif tenant.strategy == "schema":
+        rels = set(definers.schema_relations(conn, (str(o.schema) for o in others)))
+    elif database_neighbours(config, tenant):
+        rels = set(report.neighbour_tables) | set(definers.schema_relations(conn, (str(o.schema) for o in others)))
+    else:
+        return
+    found = definers.check(conn, backend.user, rels, pinned)
+    report.errors += [f"{where}: {e}" for e in found.errors]
+    report.warnings += [f"{where}: {w}" for w in found.warnings]
