@@ -641,26 +641,32 @@ def _check_database_neighbours(
         report.neighbour_shadows.update((str(a), str(b)) for a, b in rows if (str(a), str(b)) not in theirs)
 
 
+
 def _check_definers(conn: psycopg.Connection, config: Config, tenant: TenantConfig, scoped: ScopedTables,
                     backend: BackendConfig, report: PreflightReport) -> None:
     """Code that runs with its owner's rights (proxy/definers.py) the backend role can use and whose owner reads
-    other tenants' rows: of a shared tenant's scoped relations, of the other schema tenants' schemas of its database,
-    or (a database tenant sharing its database) of its neighbours'. An error each (an extension member: a warning)."""
+    the rows of any tenant of this database: the scoped relations of its shared tenants (each layout discovered
+    once) and the relations of its schema tenants' schemas (the tenant's own schema aside). An error each (an
+    extension member: a warning)."""
     from proxy import definers
 
-    where = f"tenants.{tenant.name}"
-    others = [o for o in config.tenants.values() if o.name != tenant.name and o.database == tenant.database
-              and o.backend == tenant.backend and o.strategy == "schema" and o.schema is not None]
-    pinned: frozenset[str] = frozenset()
-    if tenant.strategy == "shared":
-        rels = set(scoped)
-        pinned = frozenset({tenant.tenant_setting.lower()})
-    elif tenant.strategy == "schema":
-        rels = set(definers.schema_relations(conn, (str(o.schema) for o in others)))
-    elif database_neighbours(config, tenant):
-        rels = set(report.neighbour_tables) | set(definers.schema_relations(conn, (str(o.schema) for o in others)))
-    else:
-        return
+    layouts: dict[tuple[object, ...], TenantConfig] = {}
+    schemas: set[str] = set()
+    for other in config.tenants.values():
+        if other.database != tenant.database or other.backend != tenant.backend:
+            continue
+        if other.strategy == "shared":
+            layouts.setdefault((other.tenant_column, tuple(other.tenant_schemas), tuple(other.tables)), other)
+        elif other.strategy == "schema" and other.schema is not None and other.name != tenant.name:
+            schemas.add(other.schema)
+    rels = {(str(s), str(t)) for s, t in scoped}
+    for other in layouts.values():
+        rels |= {(str(s), str(t)) for s, t in (explicit_tables(other) if other.tables else conn.execute(
+            _DISCOVER, (other.tenant_column, list(other.tenant_schemas))).fetchall())}
+    if tenant.schema is not None and tenant.strategy == "schema":
+        schemas.discard(tenant.schema)
+    rels |= set(definers.schema_relations(conn, schemas))
+    pinned = frozenset({tenant.tenant_setting.lower()}) if tenant.strategy == "shared" else frozenset()
     found = definers.check(conn, backend.user, rels, pinned)
-    report.errors += [f"{where}: {e}" for e in found.errors]
-    report.warnings += [f"{where}: {w}" for w in found.warnings]
+    report.errors += [f"tenants.{tenant.name}: {e}" for e in found.errors]
+    report.warnings += [f"tenants.{tenant.name}: {w}" for w in found.warnings]

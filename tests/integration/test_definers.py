@@ -136,3 +136,38 @@ def test_provision_reports_owner_rights_code_and_never_changes_it(
     assert pg.execute("SELECT prosecdef, has_function_privilege('public', 'public.df_all()', 'EXECUTE') "
                       "FROM pg_proc WHERE proname = 'df_all'", dbname=db) == [(True, True)]
     assert pg.execute("SELECT has_table_privilege('public', 'public.df_view', 'SELECT')", dbname=db) == [(True,)]
+
+
+def test_schema_and_database_tenants_of_a_shared_database(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every tenant of the database counts: a function reading the shared tenant's rows refuses the schema tenant's
+    and the database tenant's backend roles too; one reading the schema tenant's schema refuses the shared tenant's
+    and the database tenant's, not the schema tenant's own."""
+    from tests.integration.test_preflight import DAN_ROLE, _orders_db, _sharing_proxy
+
+    prepare_backend(pg)
+    db = _orders_db(pg, "dfsch")
+    p = _sharing_proxy(pg, tmp_path_factory.mktemp("dfsch"), db, schema_tenant=True)
+    p.provision()
+    pg.execute("CREATE TABLE dsg_s.secrets (v text); "
+               "CREATE FUNCTION public.df_orders() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+               "AS 'SELECT count(*) FROM public.orders'; "
+               "REVOKE EXECUTE ON FUNCTION public.df_orders() FROM PUBLIC; "
+               "GRANT EXECUTE ON FUNCTION public.df_orders() TO pgt_dsh_g, " + DAN_ROLE, dbname=db)
+    log = _refusal(p)
+    assert "tenants.dsg: function public.df_orders() runs with its owner's rights" in log, log
+    assert "the backend role 'pgt_dsh_g' may run it (EXECUTE granted to it or to a role it is a member of)" in log
+    assert "REVOKE EXECUTE ON FUNCTION public.df_orders() FROM pgt_dsh_g (or the role it has it through)" in log
+    assert "tenants.dsd: function public.df_orders() runs with its owner's rights" in log, log
+    assert "tenants.dsa:" not in log  # the shared tenant's role may not run it
+    pg.execute("DROP FUNCTION public.df_orders(); "
+               "CREATE FUNCTION public.df_secrets() RETURNS bigint LANGUAGE sql SECURITY DEFINER BEGIN ATOMIC "
+               "SELECT count(*) FROM dsg_s.secrets; END", dbname=db)
+    log = _refusal(p)
+    assert "tenants.dsa: function public.df_secrets() runs" in log, log
+    assert "tenants.dsd: function public.df_secrets() runs" in log, log
+    assert "tenants.dsg:" not in log, log
+    pg.execute("DROP FUNCTION public.df_secrets()", dbname=db)
+    p.start(provision=False)
+    p.stop()
