@@ -650,23 +650,40 @@ def _check_definers(conn: psycopg.Connection, config: Config, tenant: TenantConf
     extension member: a warning)."""
     from proxy import definers
 
-    layouts: dict[tuple[object, ...], TenantConfig] = {}
-    schemas: set[str] = set()
-    for other in config.tenants.values():
-        if other.database != tenant.database or other.backend != tenant.backend:
-            continue
-        if other.strategy == "shared":
-            layouts.setdefault((other.tenant_column, tuple(other.tenant_schemas), tuple(other.tables)), other)
-        elif other.strategy == "schema" and other.schema is not None and other.name != tenant.name:
-            schemas.add(other.schema)
+    layouts, all_schemas = _database_layout(config, tenant.database, tenant.backend)
+    schemas = {s for name, s in all_schemas.items() if name != tenant.name}
     rels = {(str(s), str(t)) for s, t in scoped}
-    for other in layouts.values():
+    for other in layouts:
         rels |= {(str(s), str(t)) for s, t in (explicit_tables(other) if other.tables else conn.execute(
             _DISCOVER, (other.tenant_column, list(other.tenant_schemas))).fetchall())}
-    if tenant.schema is not None and tenant.strategy == "schema":
-        schemas.discard(tenant.schema)
     rels |= set(definers.schema_relations(conn, schemas))
     pinned = frozenset({tenant.tenant_setting.lower()}) if tenant.strategy == "shared" else frozenset()
     found = definers.check(conn, backend.user, rels, pinned)
     report.errors += [f"tenants.{tenant.name}: {e}" for e in found.errors]
     report.warnings += [f"tenants.{tenant.name}: {w}" for w in found.warnings]
+
+
+# The last config's tenants by (database, backend): computed once per config, not once per tenant (a registry of
+# thousands of tenants in one database would otherwise scan them all for each).
+_LAYOUTS: list[object] = [None, {}]
+
+
+def _database_layout(config: Config, database: str, backend: str
+                     ) -> tuple[list[TenantConfig], dict[str, str]]:
+    """The shared tenants of `database` on `backend`, one per layout (column, schemas, tables), and its schema
+    tenants' schemas by tenant name."""
+    if _LAYOUTS[0] is not config:
+        index: dict[tuple[str, str], tuple[list[TenantConfig], dict[str, str]]] = {}
+        seen: set[tuple[object, ...]] = set()
+        for t in config.tenants.values():
+            shared, schemas = index.setdefault((t.database, t.backend), ([], {}))
+            if t.strategy == "shared":
+                layout = (t.database, t.backend, t.tenant_column, tuple(t.tenant_schemas), tuple(t.tables))
+                if layout not in seen:
+                    seen.add(layout)
+                    shared.append(t)
+            elif t.strategy == "schema" and t.schema is not None:
+                schemas[t.name] = t.schema
+        _LAYOUTS[:] = [config, index]
+    found = _LAYOUTS[1].get((database, backend))  # type: ignore[attr-defined]
+    return found if found is not None else ([], {})
