@@ -35,6 +35,19 @@ SELECT p.oid::int8, n.nspname, p.proname, pg_catalog.pg_get_function_identity_ar
        CASE WHEN me.oid IS NULL THEN pub.x ELSE pg_catalog.has_function_privilege(me.oid, p.oid, 'EXECUTE') END,
        CASE WHEN me.oid IS NULL THEN false ELSE pg_catalog.pg_has_role(me.oid, p.proowner, 'USAGE') END,
        {{atomic}},
+       (SELECT tn.nspname || '.' || tc.relname FROM pg_catalog.pg_trigger t
+          JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
+         WHERE t.tgfoid = p.oid AND NOT t.tgisinternal AND me.oid IS NOT NULL
+           AND pg_catalog.has_table_privilege(me.oid, t.tgrelid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+         ORDER BY 1 LIMIT 1),
+       (SELECT an.nspname || '.' || ap.proname || '(' || pg_catalog.pg_get_function_identity_arguments(ap.oid) || ')'
+          FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc ap ON ap.oid = a.aggfnoid
+          JOIN pg_catalog.pg_namespace an ON an.oid = ap.pronamespace
+         WHERE p.oid IN (a.aggtransfn::oid, a.aggfinalfn::oid, a.aggcombinefn::oid, a.aggmtransfn::oid,
+                         a.aggminvtransfn::oid, a.aggmfinalfn::oid)
+           AND CASE WHEN me.oid IS NULL THEN false
+                    ELSE pg_catalog.has_function_privilege(me.oid, a.aggfnoid, 'EXECUTE') END
+         ORDER BY 1 LIMIT 1),
        ARRAY(SELECT pg_catalog.json_build_array(rn.nspname, rc.relname, rc.relkind)::text
                FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
                JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
@@ -159,6 +172,13 @@ class Routine:
     atomic: bool = False  # a SQL-standard body: pg_depend says what it reads
     reads: tuple[tuple[str, str, str], ...] = ()  # (schema, name, relkind) its atomic body depends on
     calls: tuple[int, ...] = ()  # functions outside the system schemas its atomic body calls
+    trigger_on: str | None = None  # a table the backend role may write whose trigger runs it (no EXECUTE checked)
+    aggregate: str | None = None  # an aggregate the backend role may run that calls it (checked as its owner)
+
+    @property
+    def reached(self) -> bool:
+        """The backend role can make it run: EXECUTE, or a trigger or aggregate that runs it."""
+        return self.usable or self.trigger_on is not None or self.aggregate is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +262,7 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
         if got is not None:
             opening[r.oid] = got
     viewed = {v.oid: v for v in views}
-    usable = {r.oid for r in routines if r.usable}
+    usable = {r.oid for r in routines if r.reached}
     changed = True
     while changed:  # a view over a leaking view leaks (its owner reads that view's rows)
         changed = False
@@ -264,20 +284,30 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
                 opening[v.oid] = got
                 changed = True
     for r in routines:
-        if r.oid not in opening or not r.usable:
+        if r.oid not in opening or not r.reached:
             continue
         level, why = opening[r.oid]
-        how = ("EXECUTE through PUBLIC, the default" if r.public else
-               "a member of its owner" if r.member else "EXECUTE granted to it or to a role it is a member of")
+        how = ("EXECUTE through PUBLIC, the default" if r.public and r.usable else
+               "a member of its owner" if r.member else
+               "EXECUTE granted to it or to a role it is a member of" if r.usable else
+               f"a trigger of {r.trigger_on}, which it may write; a trigger's function runs without an EXECUTE check"
+               if r.trigger_on is not None else
+               f"the aggregate {r.aggregate} calls it, which it may run; PostgreSQL checks the aggregate owner's "
+               "EXECUTE")
         body = "" if r.atomic else (
             " (its body is assumed to read any table: only a BEGIN ATOMIC body's reads are known)")
         revoke = f"REVOKE EXECUTE ON {r.kind} {r.signature} FROM PUBLIC" if r.public else (
             f"REVOKE EXECUTE ON {r.kind} {r.signature} FROM {role} (or the role it has it through)")
+        grant = " and GRANT EXECUTE to the application's roles only" if r.usable else ""
+        if not r.usable:
+            revoke = (f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {r.trigger_on} FROM {role} (and PUBLIC)"
+                      if r.trigger_on is not None else f"REVOKE EXECUTE ON FUNCTION {r.aggregate} FROM {role} "
+                      "(and PUBLIC)")
         text = (f"{r.kind.lower()} {r.signature} runs with its owner's rights (SECURITY DEFINER) and its owner "
                 f"{r.owner.name!r} is not bound by row security ({why}){body}; the backend role {role!r} may run "
                 f"it ({how}), so it reads other tenants' rows whatever the proxy rewrites (a call, or a cast, "
-                f"operator, domain CHECK, default, trigger, policy or json output that runs it). Fix: {revoke} and "
-                f"GRANT EXECUTE to the application's roles only; or ALTER {r.kind} {r.signature} SECURITY INVOKER; or "
+                f"operator, domain CHECK, default, trigger, policy or json output that runs it). Fix: {revoke}"
+                f"{grant}; or ALTER {r.kind} {r.signature} SECURITY INVOKER; or "
                 "an owner row security binds (not a superuser nor BYPASSRLS, FORCE ROW LEVEL SECURITY on the "
                 "tables it owns)")
         _add(found, level, r.extension, text)
@@ -324,8 +354,9 @@ def read_routines(conn: psycopg.Connection, role: str) -> list[Routine]:
     atomic = "p.prosqlbody IS NOT NULL" if conn.info.server_version >= 140000 else "false"
     rows = conn.execute(_FUNCTIONS.replace("{atomic}", atomic), {"role": role}).fetchall()
     return [Routine(int(oid), f"{schema}.{name}({args})", kind, Owner(owner, bool(sup), bool(byp)), ext, bool(pub),
-                    bool(usable), bool(member), bool(atom), _rels(reads), tuple(int(c) for c in calls))
-            for oid, schema, name, args, kind, owner, sup, byp, ext, pub, usable, member, atom, reads, calls in rows]
+                    bool(usable), bool(member), bool(atom), _rels(reads), tuple(int(c) for c in calls), trig, agg)
+            for (oid, schema, name, args, kind, owner, sup, byp, ext, pub, usable, member, atom, trig, agg, reads,
+                 calls) in rows]
 
 
 def read_views(conn: psycopg.Connection, role: str) -> list[View]:

@@ -121,6 +121,42 @@ def test_an_owner_bound_by_forced_rls_passes_and_not_forced_is_refused(
         pg.execute("DROP ROLE IF EXISTS pgt_df_app")
 
 
+def test_a_trigger_and_an_aggregate_run_a_function_without_its_execute(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """EXECUTE revoked from PUBLIC: a trigger of a table the backend role may write still runs the function (no
+    EXECUTE check at fire time), and so does an aggregate it may run (checked as the aggregate's owner)."""
+    db, p = _lab(pg, tmp_path_factory, "dftrig")
+    pg.execute("DROP VIEW public.df_fview; DROP VIEW public.df_view; DROP MATERIALIZED VIEW public.df_mview; "
+               "DROP FUNCTION public.df_atomic_orders(); REVOKE EXECUTE ON FUNCTION public.df_all() FROM PUBLIC; "
+               "CREATE TABLE public.df_inbox (v text); GRANT INSERT ON public.df_inbox TO PUBLIC; "
+               "CREATE FUNCTION public.df_trg() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS "
+               "$$ BEGIN NEW.v := (SELECT string_agg(DISTINCT tenant_id, ',') FROM public.orders); RETURN NEW; END $$; "
+               "REVOKE EXECUTE ON FUNCTION public.df_trg() FROM PUBLIC; "
+               "CREATE TRIGGER df_t BEFORE INSERT ON public.df_inbox FOR EACH ROW EXECUTE FUNCTION public.df_trg()",
+               dbname=db)
+    with psycopg.connect(pg.dsn(user=BACKEND_ROLE, password=BACKEND_PASSWORD, dbname=db)) as c:
+        c.execute("INSERT INTO public.df_inbox VALUES ('x')")  # PostgreSQL's semantics: it runs, reading all
+        pg.execute("GRANT SELECT ON public.df_inbox TO PUBLIC", dbname=db)
+        assert c.execute("SELECT v FROM public.df_inbox").fetchall() == [("acme,bigco",)]
+    log = _refusal(p)
+    assert "function public.df_trg() runs with its owner's rights" in log, log
+    assert "a trigger of public.df_inbox, which it may write" in log
+    assert "df_all" not in log
+    pg.execute("REVOKE INSERT ON public.df_inbox FROM PUBLIC; "
+               "CREATE FUNCTION public.df_sf(bigint, int) RETURNS bigint LANGUAGE sql SECURITY DEFINER AS "
+               "'SELECT count(*) FROM public.orders'; "
+               "REVOKE EXECUTE ON FUNCTION public.df_sf(bigint, int) FROM PUBLIC; "
+               "CREATE AGGREGATE public.df_agg(int) (SFUNC = public.df_sf, STYPE = bigint)", dbname=db)
+    log = _refusal(p)
+    assert "df_trg" not in log, log
+    assert "function public.df_sf(bigint, integer) runs" in log, log
+    assert "the aggregate public.df_agg(integer) calls it" in log, log
+    pg.execute("REVOKE EXECUTE ON FUNCTION public.df_agg(int) FROM PUBLIC", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
 def test_provision_reports_owner_rights_code_and_never_changes_it(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

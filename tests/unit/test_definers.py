@@ -92,3 +92,16 @@ def test_views() -> None:
     mat = View(14, "public", "m", "m", SUPER, reads=(("public", "orders", "r"),))
     errors, _ = _judge([], [mat])
     assert "materialized view public.m" in errors[0] and "security_invoker = true" not in errors[0]
+
+
+def test_reached_through_a_trigger_or_an_aggregate() -> None:
+    """A trigger runs its function with no EXECUTE check, an aggregate its support functions with its owner's: the
+    backend role needs no EXECUTE on the function itself."""
+    trig = Routine(1, "public.t()", "FUNCTION", SUPER, usable=False, trigger_on="public.inbox")
+    errors, _ = _judge([trig], [])
+    assert len(errors) == 1 and "a trigger of public.inbox, which it may write" in errors[0]
+    assert "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.inbox FROM backend" in errors[0]
+    assert "GRANT EXECUTE" not in errors[0]
+    agg = Routine(2, "public.sf(bigint,integer)", "FUNCTION", SUPER, usable=False, aggregate="public.agg(integer)")
+    errors, _ = _judge([agg], [])
+    assert len(errors) == 1 and "the aggregate public.agg(integer) calls it" in errors[0]
