@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from proxy.access import PolicyFact
 from proxy.definers import Owner, RelRead, Routine, View, judge, unbound
 
@@ -105,3 +109,34 @@ def test_reached_through_a_trigger_or_an_aggregate() -> None:
     agg = Routine(2, "public.sf(bigint,integer)", "FUNCTION", SUPER, usable=False, aggregate="public.agg(integer)")
     errors, _ = _judge([agg], [])
     assert len(errors) == 1 and "the aggregate public.agg(integer) calls it" in errors[0]
+
+
+class _Conn:
+    """A connection whose queries find nothing (the tenants below list their tables)."""
+
+    def execute(self, *args: object) -> _Conn:
+        return self
+
+    def fetchall(self) -> list[tuple[str, str]]:
+        return []
+
+
+def test_tenants_alike_share_one_reading_per_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import dbcheck, definers
+    from proxy.config import parse_config
+
+    raw = {"backends": {"main": {"host": "db", "port": 5432}}, "tenants": {
+        f"t{i}": {"strategy": "shared", "database": "saas", "tenant_id": f"t{i}", "tables": ["public.orders"]}
+        for i in range(3)}}
+    (tmp_path / "s.toml").write_text("[users]\n")
+    seen: list[object] = []
+    monkeypatch.setattr(definers, "check", lambda *a, **k: seen.append(a) or definers.Found(errors=["boom"]))
+    for _ in range(2):  # a reload: a new config reads again
+        config = parse_config({"secrets_file": "s.toml", **raw}, base=tmp_path)
+        for name in ("t0", "t1", "t2"):
+            report = dbcheck.PreflightReport()
+            tenant = config.tenants[name]
+            dbcheck._check_definers(_Conn(), config, tenant, {("public", "orders"): "tenant_id"},  # type: ignore[arg-type]
+                                    config.backend_for(tenant), report)
+            assert report.errors == [f"tenants.{name}: boom"]
+    assert len(seen) == 2
