@@ -287,6 +287,7 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
             _check_database(conn, config, tenant, report)
             _check_database_schemas(conn, tenant, report)
             _check_database_neighbours(conn, config, tenant, report)
+        _check_definers(conn, config, tenant, scoped, backend, report)
     report.checked.append(tenant.name)
     return report
 
@@ -670,3 +671,58 @@ def _check_database_neighbours(
     if theirs:
         rows = conn.execute(_SHADOWS, (sorted({n for _, n in theirs}),)).fetchall()
         report.neighbour_shadows.update((str(a), str(b)) for a, b in rows if (str(a), str(b)) not in theirs)
+
+
+
+def _check_definers(conn: psycopg.Connection, config: Config, tenant: TenantConfig, scoped: ScopedTables,
+                    backend: BackendConfig, report: PreflightReport) -> None:
+    """Code that runs with its owner's rights (proxy/definers.py) the backend role can use and whose owner reads
+    the rows of any tenant of this database: the scoped relations of its shared tenants (each layout discovered
+    once) and the relations of its schema tenants' schemas (the tenant's own schema aside). An error each (an
+    extension member: a warning)."""
+    from proxy import definers
+
+    layouts, all_schemas = _database_layout(config, tenant.database, tenant.backend)  # (re)sets _LAYOUTS
+    schemas = {s for name, s in all_schemas.items() if name != tenant.name}
+    rels = {(str(s), str(t)) for s, t in scoped}
+    for other in layouts:
+        rels |= {(str(s), str(t)) for s, t in (explicit_tables(other) if other.tables else conn.execute(
+            _DISCOVER, (other.tenant_column, list(other.tenant_schemas))).fetchall())}
+    rels |= set(definers.schema_relations(conn, schemas))
+    pinned = frozenset({tenant.tenant_setting.lower()}) if tenant.strategy == "shared" else frozenset()
+    # Tenants alike (same server, database, role, relations and pinned setting) share one reading per config: a
+    # registry's thousands of shared tenants of one database cost one (~3-9 ms each otherwise).
+    key = (backend.host, backend.port, tenant.database, backend.user, frozenset(rels), pinned)
+    results: dict[object, definers.Found] = _LAYOUTS[2]  # type: ignore[assignment]
+    found = results.get(key)
+    if found is None:
+        found = results[key] = definers.check(conn, backend.user, rels, pinned)
+    report.errors += [f"tenants.{tenant.name}: {e}" for e in found.errors]
+    report.warnings += [f"tenants.{tenant.name}: {w}" for w in found.warnings]
+
+
+# The last config's tenants by (database, backend), and the definers check's results: computed once per config, not
+# once per tenant (a registry of thousands of tenants in one database would otherwise scan them all for each). A
+# reload (SIGHUP) makes a new config, so it reads the catalogs again.
+_LAYOUTS: list[object] = [None, {}, {}]  # config, _database_layout's index, _check_definers' results
+
+
+def _database_layout(config: Config, database: str, backend: str
+                     ) -> tuple[list[TenantConfig], dict[str, str]]:
+    """The shared tenants of `database` on `backend`, one per layout (column, schemas, tables), and its schema
+    tenants' schemas by tenant name."""
+    if _LAYOUTS[0] is not config:
+        index: dict[tuple[str, str], tuple[list[TenantConfig], dict[str, str]]] = {}
+        seen: set[tuple[object, ...]] = set()
+        for t in config.tenants.values():
+            shared, schemas = index.setdefault((t.database, t.backend), ([], {}))
+            if t.strategy == "shared":
+                layout = (t.database, t.backend, t.tenant_column, tuple(t.tenant_schemas), tuple(t.tables))
+                if layout not in seen:
+                    seen.add(layout)
+                    shared.append(t)
+            elif t.strategy == "schema" and t.schema is not None:
+                schemas[t.name] = t.schema
+        _LAYOUTS[:] = [config, index, {}]
+    found = _LAYOUTS[1].get((database, backend))  # type: ignore[attr-defined]
+    return found if found is not None else ([], {})

@@ -1,0 +1,408 @@
+"""Code that runs with its owner's rights (SECURITY DEFINER functions, views) and reads other tenants' rows."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import psycopg
+
+from proxy import access
+
+# Issue 18/14: a SECURITY DEFINER function, and a view without `security_invoker` (PG 15+), read tables as their
+# owner. Owned by a role row security does not bind on a tenant-scoped table (a superuser, BYPASSRLS, the table's
+# owner while its RLS is not forced, a role a permissive policy lets through), such code reads every tenant's rows
+# whatever the proxy rewrites: a cast, operator, domain CHECK, default, trigger, RLS policy or json output can run a
+# function without a call. The preflight (proxy/dbcheck.py) and `pgtenant provision` report each one a backend
+# role of a shared or schema tenant (or a database tenant sharing its database) can use.
+
+_SYSTEM = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
+
+# Every SECURITY DEFINER routine outside the system schemas (usable or not: a view may call it), with its owner,
+# its extension (if a member), whether `role` may execute it (when `role` does not exist yet: through PUBLIC), how,
+# and for a SQL-standard body (BEGIN ATOMIC) what it reads (pg_depend): relations, and whether it calls or reads
+# something that may itself read anything (a function outside the system schemas, a view).
+_FUNCTIONS = f"""
+WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
+SELECT p.oid::int8, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid),
+       CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
+       o.rolname, o.rolsuper, o.rolbypassrls,
+       (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e' LIMIT 1),
+       pub.x AS public,
+       CASE WHEN me.oid IS NULL THEN pub.x ELSE pg_catalog.has_function_privilege(me.oid, p.oid, 'EXECUTE') END,
+       CASE WHEN me.oid IS NULL THEN false ELSE pg_catalog.pg_has_role(me.oid, p.proowner, 'USAGE') END,
+       {{atomic}},
+       (SELECT tn.nspname || '.' || tc.relname FROM pg_catalog.pg_trigger t
+          JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
+         WHERE t.tgfoid = p.oid AND NOT t.tgisinternal AND me.oid IS NOT NULL
+           AND pg_catalog.has_table_privilege(me.oid, t.tgrelid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+         ORDER BY 1 LIMIT 1),
+       (SELECT an.nspname || '.' || ap.proname || '(' || pg_catalog.pg_get_function_identity_arguments(ap.oid) || ')'
+          FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc ap ON ap.oid = a.aggfnoid
+          JOIN pg_catalog.pg_namespace an ON an.oid = ap.pronamespace
+         WHERE p.oid IN (a.aggtransfn::oid, a.aggfinalfn::oid, a.aggcombinefn::oid, a.aggmtransfn::oid,
+                         a.aggminvtransfn::oid, a.aggmfinalfn::oid)
+           AND CASE WHEN me.oid IS NULL THEN false
+                    ELSE pg_catalog.has_function_privilege(me.oid, a.aggfnoid, 'EXECUTE') END
+         ORDER BY 1 LIMIT 1),
+       ARRAY(SELECT pg_catalog.json_build_array(rn.nspname, rc.relname, rc.relkind)::text
+               FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
+               JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+              WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass),
+       ARRAY(SELECT d.refobjid::int8 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc q ON q.oid = d.refobjid
+               JOIN pg_catalog.pg_namespace qn ON qn.oid = q.pronamespace
+              WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                AND qn.nspname NOT IN ('pg_catalog', 'information_schema'))
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
+  CROSS JOIN me
+  CROSS JOIN LATERAL (SELECT EXISTS (
+       SELECT 1 FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS x) pub
+ WHERE p.prosecdef AND p.prokind IN ('f', 'p') AND {_SYSTEM}
+ ORDER BY 2, 3, 4
+"""
+
+# Every view without security_invoker and every materialized view outside the system schemas, with its owner,
+# extension, whether `role` may read it (SELECT on it or a column, USAGE on its schema; a role that does not exist
+# yet: through PUBLIC), how, and what its query reads and calls (pg_depend of its rewrite rule).
+_VIEWS = f"""
+WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
+SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, o.rolname, o.rolsuper, o.rolbypassrls,
+       (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e' LIMIT 1),
+       pub.x AS public,
+       CASE WHEN me.oid IS NULL THEN pub.x AND EXISTS (
+              SELECT 1 FROM pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a
+               WHERE a.grantee = 0 AND a.privilege_type = 'USAGE')
+            ELSE pg_catalog.has_any_column_privilege(me.oid, c.oid, 'SELECT')
+                 AND pg_catalog.has_schema_privilege(me.oid, c.relnamespace, 'USAGE') END,
+       CASE WHEN me.oid IS NULL THEN false ELSE pg_catalog.pg_has_role(me.oid, c.relowner, 'USAGE') END,
+       ARRAY(SELECT DISTINCT pg_catalog.json_build_array(rn.nspname, rc.relname, rc.relkind)::text
+               FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_depend d ON d.objid = w.oid
+               JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
+               JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+              WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> c.oid),
+       ARRAY(SELECT DISTINCT d.refobjid::int8
+               FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_depend d ON d.objid = w.oid
+              WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass)
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+  CROSS JOIN me
+  CROSS JOIN LATERAL (SELECT EXISTS (
+       SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
+                   WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS x) pub
+ WHERE c.relkind IN ('v', 'm') AND {_SYSTEM}
+   AND NOT coalesce((SELECT pg_catalog.lower(x.option_value) IN ('true', 'on', '1', 'yes')
+                       FROM pg_catalog.pg_options_to_table(c.reloptions) x
+                      WHERE x.option_name = 'security_invoker'), false)
+ ORDER BY 2, 3
+"""
+
+# What the role `owner` reads of each relation (schema, name): its kind and RLS state, whether it is (a member of)
+# the relation's owner, whether it may read it at all, and the policies that apply to it.
+_OWNER_READS = """
+SELECT t.s, t.r, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
+       pg_catalog.pg_has_role(o.oid, c.relowner, 'USAGE'),
+       pg_catalog.has_any_column_privilege(o.oid, c.oid, 'SELECT')
+       AND pg_catalog.has_schema_privilege(o.oid, c.relnamespace, 'USAGE'),
+       ARRAY(SELECT pg_catalog.json_build_array(p.polname, p.polpermissive, p.polcmd::text,
+                                                pg_catalog.pg_get_expr(p.polqual, p.polrelid))::text
+               FROM pg_catalog.pg_policy p
+              WHERE p.polrelid = c.oid AND (0 = ANY (p.polroles) OR EXISTS (
+                    SELECT 1 FROM unnest(p.polroles) AS x(oid) WHERE pg_catalog.pg_has_role(o.oid, x.oid, 'USAGE')))
+              ORDER BY p.polname)
+  FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) AS t(s, r)
+  JOIN pg_catalog.pg_namespace n ON n.nspname = t.s
+  JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
+  JOIN pg_catalog.pg_roles o ON o.rolname = %s
+"""
+
+_KINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The role code runs as."""
+
+    name: str
+    superuser: bool = False
+    bypassrls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RelRead:
+    """What an owner reads of one tenant-scoped relation (as `_OWNER_READS` tells it)."""
+
+    schema: str
+    table: str
+    kind: str = "r"
+    rls: bool = True
+    force: bool = True
+    owns: bool = False  # the owner is (a member of) the relation's owner
+    readable: bool = True  # SELECT on it or a column and USAGE on its schema
+    policies: tuple[access.PolicyFact, ...] = ()  # those that apply to the owner
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True, slots=True)
+class Routine:
+    """A SECURITY DEFINER function or procedure (`_FUNCTIONS`)."""
+
+    oid: int
+    signature: str  # schema.name(identity arguments)
+    kind: str  # FUNCTION or PROCEDURE (for the fix's SQL)
+    owner: Owner
+    extension: str | None = None
+    public: bool = False  # EXECUTE through PUBLIC (the default)
+    usable: bool = True  # the backend role may execute it
+    member: bool = False  # the backend role is a member of its owner
+    atomic: bool = False  # a SQL-standard body: pg_depend says what it reads
+    reads: tuple[tuple[str, str, str], ...] = ()  # (schema, name, relkind) its atomic body depends on
+    calls: tuple[int, ...] = ()  # functions outside the system schemas its atomic body calls
+    trigger_on: str | None = None  # a table the backend role may write whose trigger runs it (no EXECUTE checked)
+    aggregate: str | None = None  # an aggregate the backend role may run that calls it (checked as its owner)
+
+    @property
+    def reached(self) -> bool:
+        """The backend role can make it run: EXECUTE, or a trigger or aggregate that runs it."""
+        return self.usable or self.trigger_on is not None or self.aggregate is not None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A view without security_invoker, or a materialized view (`_VIEWS`)."""
+
+    oid: int
+    schema: str
+    name: str
+    kind: str  # v or m
+    owner: Owner
+    extension: str | None = None
+    public: bool = False
+    usable: bool = True
+    member: bool = False
+    reads: tuple[tuple[str, str, str], ...] = ()
+    calls: tuple[int, ...] = ()
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class Found:
+    """What the check found: errors (refuse the start, a provision problem) and warnings (extension members)."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def unbound(owner: Owner, rel: RelRead, pinned: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+    """Why row security does not keep `owner` to one tenant's rows of `rel` ("error" or "warning" level, the
+    reason), or None when it does (it may not read it, or a policy keyed on a setting the proxy pins (`pinned`,
+    lower case) or on the login holds it, or no policy lets it read)."""
+    if owner.superuser:
+        return "error", "a superuser: row-level security and grants do not apply to it"
+    if not rel.readable:
+        return None
+    if rel.kind not in ("r", "p"):
+        return "error", f"{rel.name} is {_KINDS.get(rel.kind, 'not a table')}, which row-level security does not filter"
+    reader = access.Reader(owner.name, owner.bypassrls, rel.owns, rel.policies)
+    got = access.access(reader, rel.rls, rel.force)
+    if got.level == "forgeable":
+        keyed = [access.policy_key(p.qual) for p in rel.policies if p.permissive and p.cmd in ("r", "*")]
+        if all(key != "setting" or set(settings) <= pinned for key, settings in keyed):
+            return None  # the setting it reads is the one the proxy pins for the session
+        return "error", f"{got.why}: on {rel.name}"
+    if got.level == "all":
+        return "error", f"{rel.name}: {got.why}"
+    if got.level == "unproven":
+        return "warning", f"{rel.name}: {got.why}"
+    return None
+
+
+def _first(owner: Owner, rels: Iterable[RelRead], pinned: frozenset[str]) -> tuple[str, str] | None:
+    """The widest opening of `owner` on `rels` (an error before a warning), if any."""
+    found = [u for u in (unbound(owner, r, pinned) for r in rels) if u is not None]
+    return min(found, key=lambda u: u[0] != "error") if found else None
+
+
+def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
+          reads: Mapping[str, Mapping[tuple[str, str], RelRead]], scoped: Iterable[tuple[str, str]],
+          pinned: frozenset[str] = frozenset()) -> Found:
+    """The problems of backend role `role`: each routine and view it can use whose owner reads other tenants' rows
+    of `scoped` (`reads[owner][relation]`, as that owner reads it). A routine of any language but a SQL-standard
+    body is assumed to read anything; an atomic one what it depends on (or anything, if it calls a function outside
+    the system schemas or reads a view). A view reads what its query depends on, the views it reads included, and
+    leaks what a SECURITY DEFINER function it calls (and `role` may run) leaks. Extension members are warnings."""
+    scoped_set = set(scoped)
+    routines, views = list(routines), list(views)
+    found = Found()
+    opening: dict[int, tuple[str, str]] = {}  # oid -> (level, why): routines and views that leak
+    for r in routines:
+        mine = reads.get(r.owner.name, {})
+        if r.atomic and not r.calls and not any(k in ("v", "m") for _, _, k in r.reads):
+            rels = [mine[(s, n)] for s, n, _ in r.reads if (s, n) in mine and (s, n) in scoped_set]
+        else:
+            rels = [mine[rel] for rel in sorted(scoped_set) if rel in mine]
+        got = _first(r.owner, rels, pinned)
+        if got is not None:
+            opening[r.oid] = got
+    viewed = {v.oid: v for v in views}
+    usable = {r.oid for r in routines if r.reached}
+    changed = True
+    while changed:  # a view over a leaking view leaks (its owner reads that view's rows)
+        changed = False
+        for v in views:
+            if v.oid in opening or (v.schema, v.name) in scoped_set:
+                continue
+            mine = reads.get(v.owner.name, {})
+            got = _first(v.owner, [mine[(s, n)] for s, n, _ in v.reads if (s, n) in scoped_set and (s, n) in mine],
+                         pinned)
+            if got is None:
+                # a function a view calls runs as the reader, who needs EXECUTE on it: only a usable one counts
+                inner = [o for o in v.calls if o in opening and o in usable] + [
+                    w.oid for w in views if w.oid in opening and (w.schema, w.name, w.kind) in v.reads]
+                if inner:
+                    what = next((f"calls {x.signature}" for x in routines if x.oid == inner[0]), None) or (
+                        f"reads {viewed[inner[0]].qualified}")
+                    got = (opening[inner[0]][0], f"it {what}, which reads other tenants' rows as its owner")
+            if got is not None:
+                opening[v.oid] = got
+                changed = True
+    for r in routines:
+        if r.oid not in opening or not r.reached:
+            continue
+        level, why = opening[r.oid]
+        how = ("EXECUTE through PUBLIC, the default" if r.public and r.usable else
+               "a member of its owner" if r.member else
+               "EXECUTE granted to it or to a role it is a member of" if r.usable else
+               f"a trigger of {r.trigger_on}, which it may write; a trigger's function runs without an EXECUTE check"
+               if r.trigger_on is not None else
+               f"the aggregate {r.aggregate} calls it, which it may run; PostgreSQL checks the aggregate owner's "
+               "EXECUTE")
+        body = "" if r.atomic else (
+            " (its body is assumed to read any table: only a BEGIN ATOMIC body's reads are known)")
+        revoke = f"REVOKE EXECUTE ON {r.kind} {r.signature} FROM PUBLIC" if r.public else (
+            f"REVOKE EXECUTE ON {r.kind} {r.signature} FROM {role} (or the role it has it through)")
+        grant = " and GRANT EXECUTE to the application's roles only" if r.usable else ""
+        if not r.usable:
+            revoke = (f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {r.trigger_on} FROM {role} (and PUBLIC)"
+                      if r.trigger_on is not None else f"REVOKE EXECUTE ON FUNCTION {r.aggregate} FROM {role} "
+                      "(and PUBLIC)")
+        text = (f"{r.kind.lower()} {r.signature} runs with its owner's rights (SECURITY DEFINER) and its owner "
+                f"{r.owner.name!r} is not bound by row security ({why}){body}; the backend role {role!r} may run "
+                f"it ({how}), so it reads other tenants' rows whatever the proxy rewrites (a call, or a cast, "
+                f"operator, domain CHECK, default, trigger, policy or json output that runs it). Fix: {revoke}"
+                f"{grant}; or ALTER {r.kind} {r.signature} SECURITY INVOKER; or "
+                "an owner row security binds (not a superuser nor BYPASSRLS, FORCE ROW LEVEL SECURITY on the "
+                "tables it owns)")
+        _add(found, level, r.extension, text)
+    for v in views:
+        if v.oid not in opening or not v.usable:
+            continue
+        level, why = opening[v.oid]
+        how = ("SELECT granted to PUBLIC" if v.public else "a member of its owner" if v.member else
+               "SELECT granted to it or to a role it is a member of")
+        revoke = f"REVOKE SELECT ON {v.qualified} FROM PUBLIC" if v.public else (
+            f"REVOKE SELECT ON {v.qualified} FROM {role} (or the role it has it through)")
+        if v.kind == "m":
+            what = "materialized view"
+            fix = f"{revoke} (a materialized view holds what its owner read at REFRESH)"
+        else:
+            what = "view"
+            fix = (f"ALTER VIEW {v.qualified} SET (security_invoker = true); or {revoke}; or an owner row security "
+                   "binds (not a superuser nor BYPASSRLS, FORCE ROW LEVEL SECURITY on the tables it owns)")
+        text = (f"{what} {v.qualified} reads its tables with its owner's rights (no security_invoker) and its owner "
+                f"{v.owner.name!r} is not bound by row security ({why}); the backend role {role!r} may read it "
+                f"({how}), so it shows other tenants' rows whatever the proxy rewrites. Fix: {fix}")
+        _add(found, level, v.extension, text)
+    return found
+
+
+def _add(found: Found, level: str, extension: str | None, text: str) -> None:
+    if extension is not None:
+        found.warnings.append(f"{text} (a member of extension {extension!r}: a warning, not an error; drop or "
+                              "update the extension, or revoke as said)")
+    elif level == "error":
+        found.errors.append(text)
+    else:
+        found.warnings.append(f"{text} (not counted as an error: pgtenant cannot read that policy)")
+
+
+# --- reading the catalogs ------------------------------------------------------------------------------------
+
+
+def _rels(raw: Iterable[str]) -> tuple[tuple[str, str, str], ...]:
+    return tuple(sorted({(str(a), str(b), str(c)) for a, b, c in (json.loads(x) for x in raw)}))
+
+
+def read_routines(conn: psycopg.Connection, role: str) -> list[Routine]:
+    atomic = "p.prosqlbody IS NOT NULL" if conn.info.server_version >= 140000 else "false"
+    rows = conn.execute(_FUNCTIONS.replace("{atomic}", atomic), {"role": role}).fetchall()
+    return [Routine(int(oid), f"{schema}.{name}({args})", kind, Owner(owner, bool(sup), bool(byp)), ext, bool(pub),
+                    bool(usable), bool(member), bool(atom), _rels(reads), tuple(int(c) for c in calls), trig, agg)
+            for (oid, schema, name, args, kind, owner, sup, byp, ext, pub, usable, member, atom, trig, agg, reads,
+                 calls) in rows]
+
+
+def read_views(conn: psycopg.Connection, role: str) -> list[View]:
+    rows = conn.execute(_VIEWS, {"role": role}).fetchall()
+    return [View(int(oid), schema, name, kind, Owner(owner, bool(sup), bool(byp)), ext, bool(pub), bool(usable),
+                 bool(member), _rels(reads), tuple(int(c) for c in calls))
+            for oid, schema, name, kind, owner, sup, byp, ext, pub, usable, member, reads, calls in rows]
+
+
+def read_owner(conn: psycopg.Connection, owner: str, rels: Iterable[tuple[str, str]]) -> dict[tuple[str, str], RelRead]:
+    rels = sorted(set(rels))
+    rows = conn.execute(_OWNER_READS, ([r[0] for r in rels], [r[1] for r in rels], owner)).fetchall()
+    out: dict[tuple[str, str], RelRead] = {}
+    for s, t, kind, rls, force, owns, readable, raw in rows:
+        policies = tuple(access.PolicyFact(p[0], bool(p[1]), p[2], p[3]) for p in (json.loads(x) for x in raw))
+        out[(s, t)] = RelRead(s, t, kind, bool(rls), bool(force), bool(owns), bool(readable), policies)
+    return out
+
+
+def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]],
+          pinned: frozenset[str] = frozenset(), forced: Mapping[tuple[str, str], Iterable[str]] | None = None) -> Found:
+    """Read the catalogs and `judge` backend role `role` against the tenant-scoped relations `scoped`. `forced`
+    (provision): relations that will have forced RLS with pgtenant's policy TO the given roles only, judged as they
+    will be."""
+    scoped = sorted(set(scoped))
+    if not scoped:
+        return Found()
+    routines, views = read_routines(conn, role), read_views(conn, role)
+    owners = {r.owner.name for r in routines} | {v.owner.name for v in views}
+    reads = {o: read_owner(conn, o, scoped) for o in sorted(owners)}
+    if forced:
+        for o, mine in reads.items():
+            for rel, roles in forced.items():
+                if rel in mine:
+                    got = mine[rel]
+                    keep = tuple(p for p in got.policies if p.name != access.OWN_POLICY or o in set(roles))
+                    mine[rel] = RelRead(got.schema, got.table, got.kind, True, True, got.owns, got.readable, keep)
+    return judge(role, routines, views, reads, scoped, pinned)
+
+
+_SCHEMA_RELATIONS = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname = ANY(%s::text[])
+"""
+
+
+def schema_relations(conn: psycopg.Connection, schemas: Iterable[str]) -> list[tuple[str, str]]:
+    """The relations of `schemas` (a schema tenant's: every one is that tenant's)."""
+    return [(str(a), str(b)) for a, b in conn.execute(_SCHEMA_RELATIONS, (sorted(set(schemas)),)).fetchall()]

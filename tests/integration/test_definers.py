@@ -1,0 +1,209 @@
+"""Code that runs with its owner's rights (issue 18/14): a SECURITY DEFINER function or a view (no security_invoker)
+whose owner row security does not bind reads every tenant's rows whatever the proxy rewrites; the preflight refuses
+the start naming each one, provision reports it, and each fix lets the proxy start."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import BACKEND_PASSWORD, BACKEND_ROLE, ProxyProcess, prepare_backend, provision_output
+
+OBJECTS = """
+CREATE TABLE public.notes (id int, body text);
+CREATE FUNCTION public.df_all() RETURNS text LANGUAGE sql STABLE SECURITY DEFINER AS
+  'SELECT string_agg(DISTINCT tenant_id, '','' ORDER BY tenant_id) FROM public.orders';
+CREATE FUNCTION public.df_atomic_orders() RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER
+  BEGIN ATOMIC SELECT count(*) FROM public.orders; END;
+CREATE FUNCTION public.df_atomic_notes() RETURNS bigint LANGUAGE sql STABLE SECURITY DEFINER
+  BEGIN ATOMIC SELECT count(*) FROM public.notes; END;
+CREATE VIEW public.df_view AS SELECT string_agg(DISTINCT tenant_id, ',' ORDER BY tenant_id) AS who FROM public.orders;
+CREATE VIEW public.df_fview AS SELECT public.df_all() AS who;
+CREATE MATERIALIZED VIEW public.df_mview AS SELECT count(*) AS n FROM public.orders;
+GRANT SELECT ON public.df_view, public.df_fview, public.df_mview TO PUBLIC;
+"""
+
+
+def _refusal(p: ProxyProcess) -> str:
+    """The problems of a start the preflight refuses (this start's only: the log goes on from earlier ones)."""
+    seen = len(p.log_events())
+    with pytest.raises(RuntimeError) as exc:
+        p.start(provision=False)
+    assert "pgtenant exited with 3" in str(exc.value)
+    return "\n".join(str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_failed")
+
+
+def _lab(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, prefix: str) -> tuple[str, ProxyProcess]:
+    prepare_backend(pg)
+    db = pg.fresh_database(prefix)
+    pg.execute("CREATE TABLE public.orders (id int, tenant_id text); "
+               "INSERT INTO public.orders VALUES (1, 'acme'), (2, 'bigco'), (3, 'bigco')", dbname=db)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp(prefix), backend_sslmode="disable",
+                     extra_tenants={"dfa": {"strategy": "shared", "database": db, "tenant_id": "acme"}},
+                     extra_users={"dfa_alice": ("dfa", "dfa-alice-pw")})
+    p.provision()  # roles; forced RLS and pgtenant's policy on public.orders
+    pg.execute(OBJECTS, dbname=db)
+    return db, p
+
+
+def test_preflight_refuses_owner_rights_code_and_each_fix_passes(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    db, p = _lab(pg, tmp_path_factory, "dfpre")
+    log = _refusal(p)
+    sup = pg.execute("SELECT current_user")[0][0]
+    assert (f"tenants.dfa: function public.df_all() runs with its owner's rights (SECURITY DEFINER) and its owner "
+            f"'{sup}' is not bound by row security (a superuser") in log, log
+    assert f"the backend role '{BACKEND_ROLE}' may run it (EXECUTE through PUBLIC, the default)" in log
+    assert "REVOKE EXECUTE ON FUNCTION public.df_all() FROM PUBLIC" in log
+    assert "function public.df_atomic_orders() runs with its owner's rights" in log
+    assert "df_atomic_notes" not in log  # a BEGIN ATOMIC body that reads no scoped table
+    assert (f"view public.df_view reads its tables with its owner's rights (no security_invoker) and its owner "
+            f"'{sup}' is not bound") in log
+    assert "ALTER VIEW public.df_view SET (security_invoker = true)" in log
+    assert "view public.df_fview reads its tables" in log and "it calls public.df_all()" in log
+    assert "materialized view public.df_mview reads its tables" in log
+    # The proxy's lock alone (enforce = false): the view shows every tenant's rows to the shared tenant acme
+    p.preflight_enforce = False
+    p.start(provision=False)
+    try:
+        with psycopg.connect(p.dsn("dfa_alice")) as c:
+            assert c.execute("SELECT who FROM df_view").fetchall() == [("acme,bigco",)]
+            assert c.execute("SELECT count(*) FROM orders").fetchall() == [(1,)]
+    finally:
+        p.stop()
+    p.preflight_enforce = True
+    # Each fix: revoke (the view over df_all() then fails for the backend role: it runs df_all() as the reader),
+    # SECURITY INVOKER, security_invoker, revoke the materialized view
+    pg.execute("REVOKE EXECUTE ON FUNCTION public.df_all() FROM PUBLIC; "
+               "ALTER FUNCTION public.df_atomic_orders() SECURITY INVOKER; "
+               "ALTER VIEW public.df_view SET (security_invoker = true)", dbname=db)
+    log = _refusal(p)
+    assert "materialized view public.df_mview reads its tables" in log
+    assert "df_all" not in log and "df_atomic_orders" not in log and "view public.df_view " not in log, log
+    pg.execute("REVOKE SELECT ON public.df_mview FROM PUBLIC", dbname=db)
+    p.start(provision=False)
+    try:
+        with psycopg.connect(p.dsn("dfa_alice")) as c:  # security_invoker: RLS of the backend role applies
+            assert c.execute("SELECT who FROM df_view").fetchall() == [("acme",)]
+        with (psycopg.connect(pg.dsn(user=BACKEND_ROLE, password=BACKEND_PASSWORD, dbname=db)) as c,
+              pytest.raises(psycopg.errors.InsufficientPrivilege)):
+            c.execute("SELECT who FROM public.df_fview")
+    finally:
+        p.stop()
+
+
+def test_an_owner_bound_by_forced_rls_passes_and_not_forced_is_refused(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The table's owner under FORCEd RLS: pgtenant's policy is TO its backend roles only, so the owner's code sees
+    no row; without FORCE it sees every tenant's."""
+    db, p = _lab(pg, tmp_path_factory, "dfown")
+    pg.execute("DROP VIEW public.df_fview; DROP VIEW public.df_view; DROP FUNCTION public.df_atomic_orders();"
+               "DROP MATERIALIZED VIEW public.df_mview;"
+               "DROP ROLE IF EXISTS pgt_df_app; CREATE ROLE pgt_df_app NOLOGIN;"
+               "ALTER TABLE public.orders OWNER TO pgt_df_app; ALTER FUNCTION public.df_all() OWNER TO pgt_df_app",
+               dbname=db)
+    try:
+        p.start(provision=False)
+        try:
+            with psycopg.connect(pg.dsn(user=BACKEND_ROLE, password=BACKEND_PASSWORD, dbname=db)) as c:
+                assert c.execute("SELECT public.df_all()").fetchall() == [(None,)]  # bound: no row
+        finally:
+            p.stop()
+        pg.execute("ALTER TABLE public.orders NO FORCE ROW LEVEL SECURITY", dbname=db)
+        log = _refusal(p)
+        assert ("function public.df_all() runs with its owner's rights (SECURITY DEFINER) and its owner 'pgt_df_app' "
+                "is not bound by row security (public.orders: owner; row-level security not forced)") in log, log
+    finally:
+        pg.execute("DROP DATABASE IF EXISTS " + db)
+        pg.execute("DROP ROLE IF EXISTS pgt_df_app")
+
+
+def test_a_trigger_and_an_aggregate_run_a_function_without_its_execute(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """EXECUTE revoked from PUBLIC: a trigger of a table the backend role may write still runs the function (no
+    EXECUTE check at fire time), and so does an aggregate it may run (checked as the aggregate's owner)."""
+    db, p = _lab(pg, tmp_path_factory, "dftrig")
+    pg.execute("DROP VIEW public.df_fview; DROP VIEW public.df_view; DROP MATERIALIZED VIEW public.df_mview; "
+               "DROP FUNCTION public.df_atomic_orders(); REVOKE EXECUTE ON FUNCTION public.df_all() FROM PUBLIC; "
+               "CREATE TABLE public.df_inbox (v text); GRANT INSERT ON public.df_inbox TO PUBLIC; "
+               "CREATE FUNCTION public.df_trg() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS "
+               "$$ BEGIN NEW.v := (SELECT string_agg(DISTINCT tenant_id, ',') FROM public.orders); RETURN NEW; END $$; "
+               "REVOKE EXECUTE ON FUNCTION public.df_trg() FROM PUBLIC; "
+               "CREATE TRIGGER df_t BEFORE INSERT ON public.df_inbox FOR EACH ROW EXECUTE FUNCTION public.df_trg()",
+               dbname=db)
+    with psycopg.connect(pg.dsn(user=BACKEND_ROLE, password=BACKEND_PASSWORD, dbname=db)) as c:
+        c.execute("INSERT INTO public.df_inbox VALUES ('x')")  # PostgreSQL's semantics: it runs, reading all
+        pg.execute("GRANT SELECT ON public.df_inbox TO PUBLIC", dbname=db)
+        assert c.execute("SELECT v FROM public.df_inbox").fetchall() == [("acme,bigco",)]
+    log = _refusal(p)
+    assert "function public.df_trg() runs with its owner's rights" in log, log
+    assert "a trigger of public.df_inbox, which it may write" in log
+    assert "df_all" not in log
+    pg.execute("REVOKE INSERT ON public.df_inbox FROM PUBLIC; "
+               "CREATE FUNCTION public.df_sf(bigint, int) RETURNS bigint LANGUAGE sql SECURITY DEFINER AS "
+               "'SELECT count(*) FROM public.orders'; "
+               "REVOKE EXECUTE ON FUNCTION public.df_sf(bigint, int) FROM PUBLIC; "
+               "CREATE AGGREGATE public.df_agg(int) (SFUNC = public.df_sf, STYPE = bigint)", dbname=db)
+    log = _refusal(p)
+    assert "df_trg" not in log, log
+    assert "function public.df_sf(bigint, integer) runs" in log, log
+    assert "the aggregate public.df_agg(integer) calls it" in log, log
+    pg.execute("REVOKE EXECUTE ON FUNCTION public.df_agg(int) FROM PUBLIC", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+def test_provision_reports_owner_rights_code_and_never_changes_it(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    db, p = _lab(pg, tmp_path_factory, "dfprov")
+    code, out = provision_output(p)
+    assert code == 3, out
+    assert f"PROBLEM: database {db}: function public.df_all() runs with its owner's rights" in out
+    assert f"PROBLEM: database {db}: view public.df_view reads its tables" in out
+    code, out = provision_output(p, "--force")
+    assert code == 0, out
+    assert f"WARNING (--force): database {db}: function public.df_all() runs with its owner's rights" in out
+    assert "PROCEEDING DESPITE" in out
+    assert pg.execute("SELECT prosecdef, has_function_privilege('public', 'public.df_all()', 'EXECUTE') "
+                      "FROM pg_proc WHERE proname = 'df_all'", dbname=db) == [(True, True)]
+    assert pg.execute("SELECT has_table_privilege('public', 'public.df_view', 'SELECT')", dbname=db) == [(True,)]
+
+
+def test_schema_and_database_tenants_of_a_shared_database(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Every tenant of the database counts: a function reading the shared tenant's rows refuses the schema tenant's
+    and the database tenant's backend roles too; one reading the schema tenant's schema refuses the shared tenant's
+    and the database tenant's, not the schema tenant's own."""
+    from tests.integration.test_preflight import DAN_ROLE, _orders_db, _sharing_proxy
+
+    prepare_backend(pg)
+    db = _orders_db(pg, "dfsch")
+    p = _sharing_proxy(pg, tmp_path_factory.mktemp("dfsch"), db, schema_tenant=True)
+    p.provision()
+    pg.execute("CREATE TABLE dsg_s.secrets (v text); "
+               "CREATE FUNCTION public.df_orders() RETURNS bigint LANGUAGE sql SECURITY DEFINER "
+               "AS 'SELECT count(*) FROM public.orders'; "
+               "REVOKE EXECUTE ON FUNCTION public.df_orders() FROM PUBLIC; "
+               "GRANT EXECUTE ON FUNCTION public.df_orders() TO pgt_dsh_g, " + DAN_ROLE, dbname=db)
+    log = _refusal(p)
+    assert "tenants.dsg: function public.df_orders() runs with its owner's rights" in log, log
+    assert "the backend role 'pgt_dsh_g' may run it (EXECUTE granted to it or to a role it is a member of)" in log
+    assert "REVOKE EXECUTE ON FUNCTION public.df_orders() FROM pgt_dsh_g (or the role it has it through)" in log
+    assert "tenants.dsd: function public.df_orders() runs with its owner's rights" in log, log
+    assert "tenants.dsa:" not in log  # the shared tenant's role may not run it
+    pg.execute("DROP FUNCTION public.df_orders(); "
+               "CREATE FUNCTION public.df_secrets() RETURNS bigint LANGUAGE sql SECURITY DEFINER BEGIN ATOMIC "
+               "SELECT count(*) FROM dsg_s.secrets; END", dbname=db)
+    log = _refusal(p)
+    assert "tenants.dsa: function public.df_secrets() runs" in log, log
+    assert "tenants.dsd: function public.df_secrets() runs" in log, log
+    assert "tenants.dsg:" not in log, log
+    pg.execute("DROP FUNCTION public.df_secrets()", dbname=db)
+    p.start(provision=False)
+    p.stop()

@@ -1,0 +1,142 @@
+"""The decision on code that runs with its owner's rights (proxy/definers.py), without a database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.access import PolicyFact
+from proxy.definers import Owner, RelRead, Routine, View, judge, unbound
+
+ORDERS = ("public", "orders")
+APP = Owner("app")
+SUPER = Owner("postgres", superuser=True)
+OWN = PolicyFact("pgtenant_isolation", True, "*", "(tenant_id = current_setting('pgtenant.tenant_id'::text, true))")
+PINNED = frozenset({"pgtenant.tenant_id"})
+
+
+def _rel(**keys: object) -> RelRead:
+    return RelRead("public", "orders", **keys)  # type: ignore[arg-type]
+
+
+def test_unbound_owners() -> None:
+    assert unbound(SUPER, _rel(readable=False)) == ("error", "a superuser: row-level security and grants do not "
+                                                    "apply to it")
+    assert unbound(APP, _rel(readable=False)) is None  # no SELECT: it reads nothing
+    assert unbound(APP, _rel(owns=True, force=True)) is None  # forced: no policy lets the owner read
+    assert unbound(APP, _rel(owns=True, force=False)) == (
+        "error", "public.orders: owner; row-level security not forced")
+    assert unbound(APP, _rel(rls=False)) == ("error", "public.orders: no row-level security")
+    assert unbound(Owner("app", bypassrls=True), _rel()) == ("error", "public.orders: BYPASSRLS")
+    assert unbound(APP, _rel(kind="v"))[0] == "error"  # type: ignore[index]  # a scoped view: no RLS
+    # a policy keyed on the setting the proxy pins holds it; one on another setting does not; a helper is unproven
+    assert unbound(APP, _rel(policies=(OWN,)), PINNED) is None
+    assert unbound(APP, _rel(policies=(OWN,)))[0] == "error"  # type: ignore[index]  # a database tenant: no pin
+    other = PolicyFact("p", True, "r", "(tenant_id = current_setting('app.tenant'::text))")
+    assert unbound(APP, _rel(policies=(OWN, other)), PINNED)[0] == "error"  # type: ignore[index]
+    helper = PolicyFact("h", True, "r", "(tenant_id = cur_tenant())")
+    assert unbound(APP, _rel(policies=(helper,)), PINNED)[0] == "warning"  # type: ignore[index]
+    assert unbound(APP, _rel(policies=(PolicyFact("t", True, "r", "true"),)), PINNED)[0] == "error"  # type: ignore[index]
+
+
+def _judge(routines: list[Routine], views: list[View], rel: RelRead | None = None,
+           owner: str = "postgres") -> tuple[list[str], list[str]]:
+    found = judge("backend", routines, views, {owner: {ORDERS: rel or _rel()}}, [ORDERS], PINNED)
+    return found.errors, found.warnings
+
+
+def test_functions() -> None:
+    f = Routine(1, "public.f()", "FUNCTION", SUPER, public=True)
+    errors, _ = _judge([f], [])
+    assert len(errors) == 1 and "function public.f() runs with its owner's rights" in errors[0]
+    assert "REVOKE EXECUTE ON FUNCTION public.f() FROM PUBLIC" in errors[0]
+    assert "ALTER FUNCTION public.f() SECURITY INVOKER" in errors[0]
+    assert _judge([Routine(1, "public.f()", "FUNCTION", SUPER, usable=False)], []) == ([], [])
+    # an owner bound by forced RLS: fine
+    assert _judge([Routine(1, "public.f()", "FUNCTION", APP)], [], _rel(owns=True), "app") == ([], [])
+    # BEGIN ATOMIC: what it reads decides
+    atomic_notes = Routine(1, "public.n()", "FUNCTION", SUPER, atomic=True, reads=(("public", "notes", "r"),))
+    assert _judge([atomic_notes], []) == ([], [])
+    atomic_orders = Routine(2, "public.o()", "FUNCTION", SUPER, atomic=True, reads=(("public", "orders", "r"),))
+    assert len(_judge([atomic_orders], [])[0]) == 1
+    calls = Routine(3, "public.c()", "FUNCTION", SUPER, atomic=True, calls=(9,))  # calls a user function: anything
+    assert len(_judge([calls], [])[0]) == 1
+    over_view = Routine(4, "public.w()", "FUNCTION", SUPER, atomic=True, reads=(("public", "v", "v"),))
+    assert len(_judge([over_view], [])[0]) == 1
+    # an extension's member: a warning
+    ext = Routine(5, "public.e()", "FUNCTION", SUPER, extension="myext")
+    errors, warnings = _judge([ext], [])
+    assert errors == [] and len(warnings) == 1 and "extension 'myext'" in warnings[0]
+    procedure = Routine(6, "public.p()", "PROCEDURE", SUPER)
+    assert "ALTER PROCEDURE public.p() SECURITY INVOKER" in _judge([procedure], [])[0][0]
+
+
+def test_views() -> None:
+    plain = View(10, "public", "v", "v", SUPER, public=True, reads=(("public", "orders", "r"),))
+    errors, _ = _judge([], [plain])
+    assert len(errors) == 1 and "ALTER VIEW public.v SET (security_invoker = true)" in errors[0]
+    assert "REVOKE SELECT ON public.v FROM PUBLIC" in errors[0]
+    assert _judge([], [View(10, "public", "v", "v", SUPER, reads=(("public", "notes", "r"),))]) == ([], [])
+    assert _judge([], [View(10, "public", "v", "v", SUPER, usable=False, reads=plain.reads)]) == ([], [])
+    # a scoped view itself: the proxy's rewrite (or the database tenant's check) covers it
+    scoped = View(10, "public", "orders", "v", SUPER, reads=(("public", "base", "r"),))
+    assert judge("backend", [], [scoped], {}, [ORDERS]).errors == []
+    # over a function that reads every tenant's rows: only one the backend role may run counts
+    fn = Routine(1, "public.f()", "FUNCTION", SUPER)
+    over_fn = View(11, "public", "fv", "v", SUPER, calls=(1,))
+    errors, _ = _judge([fn], [over_fn])
+    assert len(errors) == 2 and "it calls public.f()" in errors[1]
+    assert _judge([Routine(1, "public.f()", "FUNCTION", SUPER, usable=False)], [over_fn]) == ([], [])
+    # over a view that leaks (not usable itself): its owner reads it
+    inner = View(12, "public", "inner", "v", SUPER, usable=False, reads=(("public", "orders", "r"),))
+    outer = View(13, "public", "outer", "v", APP, reads=(("public", "inner", "v"),))
+    errors, _ = _judge([], [outer, inner])
+    assert len(errors) == 1 and "view public.outer" in errors[0] and "reads public.inner" in errors[0]
+    mat = View(14, "public", "m", "m", SUPER, reads=(("public", "orders", "r"),))
+    errors, _ = _judge([], [mat])
+    assert "materialized view public.m" in errors[0] and "security_invoker = true" not in errors[0]
+
+
+def test_reached_through_a_trigger_or_an_aggregate() -> None:
+    """A trigger runs its function with no EXECUTE check, an aggregate its support functions with its owner's: the
+    backend role needs no EXECUTE on the function itself."""
+    trig = Routine(1, "public.t()", "FUNCTION", SUPER, usable=False, trigger_on="public.inbox")
+    errors, _ = _judge([trig], [])
+    assert len(errors) == 1 and "a trigger of public.inbox, which it may write" in errors[0]
+    assert "REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON public.inbox FROM backend" in errors[0]
+    assert "GRANT EXECUTE" not in errors[0]
+    agg = Routine(2, "public.sf(bigint,integer)", "FUNCTION", SUPER, usable=False, aggregate="public.agg(integer)")
+    errors, _ = _judge([agg], [])
+    assert len(errors) == 1 and "the aggregate public.agg(integer) calls it" in errors[0]
+
+
+class _Conn:
+    """A connection whose queries find nothing (the tenants below list their tables)."""
+
+    def execute(self, *args: object) -> _Conn:
+        return self
+
+    def fetchall(self) -> list[tuple[str, str]]:
+        return []
+
+
+def test_tenants_alike_share_one_reading_per_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy import dbcheck, definers
+    from proxy.config import parse_config
+
+    raw = {"backends": {"main": {"host": "db", "port": 5432}}, "tenants": {
+        f"t{i}": {"strategy": "shared", "database": "saas", "tenant_id": f"t{i}", "tables": ["public.orders"]}
+        for i in range(3)}}
+    (tmp_path / "s.toml").write_text("[users]\n")
+    seen: list[object] = []
+    monkeypatch.setattr(definers, "check", lambda *a, **k: seen.append(a) or definers.Found(errors=["boom"]))
+    for _ in range(2):  # a reload: a new config reads again
+        config = parse_config({"secrets_file": "s.toml", **raw}, base=tmp_path)
+        for name in ("t0", "t1", "t2"):
+            report = dbcheck.PreflightReport()
+            tenant = config.tenants[name]
+            dbcheck._check_definers(_Conn(), config, tenant, {("public", "orders"): "tenant_id"},  # type: ignore[arg-type]
+                                    config.backend_for(tenant), report)
+            assert report.errors == [f"tenants.{name}: boom"]
+    assert len(seen) == 2
