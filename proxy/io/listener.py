@@ -728,8 +728,13 @@ def freeze_heap() -> int:
 async def serve(config: Config, *, ready: asyncio.Event | None = None, worker: WorkerIdentity | None = None) -> None:
     """Run the proxy (or one worker process of it) until SIGTERM/SIGINT."""
     allocator.return_large_blocks()  # RSS returns after big messages (glibc keeps them otherwise)
-    proxy = Proxy(config, worker)
     loop = asyncio.get_running_loop()
+    # A SIGHUP before the proxy serves (its default action ends the process: a reload sent while it prepares, or
+    # as soon as its port accepts, killed it silently) is kept and run as a reload once serving: the file may have
+    # changed after prepare read it.
+    early: list[bool] = []
+    loop.add_signal_handler(signal.SIGHUP, lambda: early.append(True))
+    proxy = Proxy(config, worker)
     await loop.run_in_executor(None, proxy.prepare)
     freeze_heap()  # before listening: the log line precedes readiness
     await proxy.start()
@@ -745,6 +750,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, worker: W
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if early:
+        log.info("reload_deferred", signals=len(early))
+        on_hup()
     if ready is not None:
         ready.set()
     await stop.wait()
