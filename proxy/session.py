@@ -550,7 +550,7 @@ class ClientSession:
         }
         # A request may begin with any of these (each opens one in the tracker); a Flush may end a batch that the
         # proxy's own Sync then ends (_settle_unsynced), in both pool modes.
-        tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_execute, m.FLUSH: self._on_flush})
+        tracked.update({m.DESCRIBE: self._on_describe, m.EXECUTE: self._on_execute, m.FLUSH: self._on_flush})
         for type_ in (m.BIND, m.CLOSE, m.DESCRIBE, m.EXECUTE):  # (an open batch held for its Sync: _awaiting_sync)
             tracked[type_] = _before(self._ext_sent, tracked[type_])
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
@@ -2769,6 +2769,19 @@ class ClientSession:
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
         self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
 
+    def _on_describe(self, body: bytes) -> bytes | None:
+        """A Describe, part of a request in flight; of a statement name held unknown (review 19a F1) it is refused as
+        its Bind is (statement_not_known): PostgreSQL would describe the statement it has, not the one recorded."""
+        self.tracker.on_bind("")  # (as _on_request_message: inlined, every Describe)
+        self._open_batch = True
+        if self._unknown is None or body[:1] != b"S":
+            return None
+        found = m.target(body)
+        name = protocol_name(found[1]) if found is not None else None
+        if name is None or not self._unknown.unknown(name):
+            return None
+        return m.frame(b"D", b"S" + self._error_marker(errors.statement_not_known(name=name)).encode() + b"\x00")
+
     def _on_execute(self, body: bytes) -> None:
         """An Execute (with a row count, its portal may be suspended and go on): the next statement of its request
         (answered by one CommandComplete, EmptyQueryResponse or PortalSuspended)."""
@@ -3954,8 +3967,10 @@ class _Follow:
         return out
 
     def on_describe(self, body: bytes) -> bytes | None:
-        if self.describe is not None:
-            self.describe(self.session, body)
+        out = self.describe(self.session, body) if self.describe is not None else None
+        if out is not None:  # renamed to an error marker (an unknown name): fails in the backend as it is
+            self.st.passthrough(m.DESCRIBE, out)
+            return out  # type: ignore[no-any-return]
         return self.st.describe(body)
 
     def on_close(self, body: bytes) -> bytes | None:

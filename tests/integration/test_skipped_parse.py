@@ -62,6 +62,33 @@ def test_a_statement_whose_parse_was_skipped_is_not_bound_until_parsed_again(
     _fresh_session_unmoved(proxies[mode], user)
 
 
+def _describe_statement(name: str) -> bytes:
+    return m.frame(b"D", b"S" + name.encode() + b"\x00")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", sorted(OWN))
+@pytest.mark.parametrize("name", ["s", ""])
+def test_a_statement_whose_parse_was_skipped_is_not_described_until_parsed_again(
+        proxies: dict[str, ProxyProcess], user: str, mode: str, name: str) -> None:  # noqa: F811 (the imported fixture)
+    """wp-sk's residual: a Describe of the name held unknown is refused as its Bind is (26000; PostgreSQL would
+    describe the set_config statement it kept), the session goes on; once Parsed again it is described."""
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _parse(name, _set_path(user)) + m.SYNC_MESSAGE)) == []
+        close = _close_statement(name) if name else b""
+        answers = _wire(sock, _FAILING + close + _parse(name, "SELECT 1") + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["22012"], answers
+        answers = _wire(sock, _describe_statement(name) + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["26000"] and not {"t", "T"} & {t for t, _ in answers}, answers
+        _unmoved(sock)
+        answers = _wire(sock, close + _parse(name, "SELECT 2 AS two") + _describe_statement(name) + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and "T" in {t for t, _ in answers}, answers
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
+
+
 RUNS_BY_SQL = {
     # the review's p2: the unnamed statement runs s by SQL EXECUTE; its replacement Parse is skipped
     "execute": lambda user: [(_parse("", "EXECUTE s") + m.SYNC_MESSAGE, []),
