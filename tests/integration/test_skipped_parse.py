@@ -209,3 +209,24 @@ def test_a_whole_pipeline_of_parse_failing_batch_and_bind_never_runs_the_skipped
     finally:
         sock.close()
     _fresh_session_unmoved(proxies[mode], user)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("user", sorted(OWN))
+def test_a_bind_of_the_unnamed_statement_pipelined_behind_a_batch_that_fails_without_a_named_parse(
+        proxies: dict[str, ProxyProcess], user: str, mode: str) -> None:  # noqa: F811 (the imported fixture)
+    """The session-19 note's residual of 3a60754: a session that never Parsed a named statement, its batch failing on
+    an Execute of a portal that does not exist (34000) with `Parse "" "SELECT 1"` skipped after it; `Bind ""` in the
+    next batch, sent with it, never runs the set_config PostgreSQL kept under the unnamed statement (closed by the
+    Flights of 69d5419 in every pool setup: this test is red on its parent)."""
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _parse("", _set_path(user)) + m.SYNC_MESSAGE)) == []
+        failing = _execute("nope") + _parse("", "SELECT 1") + m.SYNC_MESSAGE
+        assert _errors(_wire(sock, failing + _bind() + _execute() + m.SYNC_MESSAGE)) == ["34000"]
+        answers = _wire(sock, b"")
+        assert _errors(answers) == ["26000"] and not _rows(answers), answers
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
