@@ -968,6 +968,10 @@ cdef class RequestTracker:
         old = self._statements.pop(name, None)
         if old is not None:
             self.held -= len((<tuple>old)[1])
+        return old
+
+    cpdef on_close_undone(self, str name, tuple old):
+        self._name(name, old[0], old[1])
 
     cpdef on_sync(self):
         cdef Request req

@@ -248,10 +248,15 @@ class RequestTracker:
             if found is not None:
                 req.kind, req.sql = found  # shared with the statement map: held once
 
-    def on_close_statement(self, name: str) -> None:
+    def on_close_statement(self, name: str) -> tuple[str, str] | None:
         old = self._statements.pop(name, None)
         if old is not None:
             self.held -= len(old[1])
+        return old
+
+    def on_close_undone(self, name: str, old: tuple[str, str]) -> None:
+        """A Close PostgreSQL skipped: the statement's kind and text it took (`on_close_statement`) are its again."""
+        self._name(name, old[0], old[1])
 
     def on_sync(self) -> None:
         if self.copy_in:

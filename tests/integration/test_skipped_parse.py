@@ -17,8 +17,10 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.integration.test_protocol_by_sql import (  # noqa: F401 (proxies: the fixture)
+    HIDDEN,
     MODES,
     OWN,
+    READ,
     _bind,
     _close_statement,
     _errors,
@@ -84,6 +86,29 @@ def test_a_statement_whose_parse_was_skipped_is_not_described_until_parsed_again
         _unmoved(sock)
         answers = _wire(sock, close + _parse(name, "SELECT 2 AS two") + _describe_statement(name) + m.SYNC_MESSAGE)
         assert _errors(answers) == [] and "T" in {t for t, _ in answers}, answers
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
+
+
+@pytest.mark.parametrize(("name", "mode"), [*(("s", mode) for mode in MODES), ("", "session")])
+@pytest.mark.parametrize("user", sorted(OWN))
+def test_a_close_skipped_alone_leaves_the_statement_bound_as_recorded(
+        proxies: dict[str, ProxyProcess], user: str, mode: str, name: str) -> None:  # noqa: F811 (the imported fixture)
+    """wp-sk's over-refusal: `Close s` skipped after an error, with no Parse of s after it, leaves PostgreSQL the
+    statement the proxy recorded; its records are put back and `Bind s` runs it, followed as without the Close (the
+    set_config of the search_path seen: nothing hidden listed, the tenant's next session unmoved). (The unnamed
+    statement with the statement maps is not here: the maps forget it at a Close sent on, skipped or not, and its
+    Bind fails 26000 — fail closed, unchanged.)"""
+    sock = _session(proxies[mode], user)
+    try:
+        assert _errors(_wire(sock, _parse(name, _set_path(user)) + m.SYNC_MESSAGE)) == []
+        answers = _wire(sock, _FAILING + _close_statement(name) + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["22012"], answers
+        answers = _wire(sock, _bind("", name) + _execute() + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and _rows(answers) == [f"information_schema, {OWN[user]}"], answers
+        answers = _wire(sock, _query(READ))
+        assert _errors(answers) == [] and f"{HIDDEN[user]}." not in str(_rows(answers)), answers
     finally:
         sock.close()
     _fresh_session_unmoved(proxies[mode], user)

@@ -169,6 +169,28 @@ def test_a_dropped_request_still_owes_its_ready_for_query(build: str) -> None:
     assert not t.pending and t.owed_dropped == 0
 
 
+@pytest.mark.parametrize("build", ["python", "compiled"])
+def test_a_skipped_close_puts_the_statements_text_back(build: str) -> None:
+    """A Close PostgreSQL skipped: the kind and text `on_close_statement` took are the name's again (its Binds'
+    requests carry them), counted as held again."""
+    from tests.unit.test_speedups import both, speedups
+
+    py, fast = both("proxy.tracking", "RequestTracker")
+    if build == "compiled" and speedups is None:
+        pytest.skip("no compiled build")
+    t = (py if build == "python" else fast)(lambda: 0.0)
+    t.on_parse("s", "SELECT 42", None)
+    t.on_sync()
+    t.on_ready()
+    held = t.held
+    old = t.on_close_statement("s")
+    assert old == ("select", "SELECT 42") and t.held == held - len("SELECT 42")
+    t.on_close_undone("s", old)
+    assert t.held == held
+    t.on_bind("s")
+    assert t.pending[-1].sql == "SELECT 42"
+
+
 def test_a_query_inside_a_failed_batch_is_answered_with_the_batch() -> None:
     """Red team 9a3 J8: extended messages, a Query, more, a Sync: when the extended messages fail, PostgreSQL skips
     everything up to the Sync (one ReadyForQuery); the tracker joins those requests to the first."""
