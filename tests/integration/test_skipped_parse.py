@@ -255,3 +255,29 @@ def test_a_bind_of_the_unnamed_statement_pipelined_behind_a_batch_that_fails_wit
     finally:
         sock.close()
     _fresh_session_unmoved(proxies[mode], user)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_dropped_request_that_postgresql_skips_does_not_leave_the_session_busy(
+        proxies: dict[str, ProxyProcess], mode: str) -> None:  # noqa: F811 (the imported fixture)
+    """wp-sk's residual of F1b: an extended batch ended by a Query (no Sync) that fails after the 10,010 Queries sent
+    behind it pushed it out of the request tracker: PostgreSQL skips them all up to the Sync, one ReadyForQuery. The
+    ReadyForQuerys owed stay exact: once the transaction after it ends, nothing is in flight, so the protocol portal
+    name it held is free and a SQL cursor of that name is fetched (before: the session stayed "busy" for ever)."""
+    user, count = "gina", 10_010
+    sock = _session(proxies[mode], user)
+    try:
+        failing = _parse("", "SELECT 1/0 FROM pg_sleep(2)") + _bind() + _execute() + _query("SELECT 1")
+        answers = _wire(sock, failing + _query("SELECT 1") * count + m.SYNC_MESSAGE)
+        assert _errors(answers) == ["22012"] and not _rows(answers), answers
+        assert _errors(_wire(sock, _query("BEGIN"))) == []
+        assert _errors(_wire(sock, _parse("s", _set_path(user)) + _bind("c", "s") + m.SYNC_MESSAGE)) == []
+        assert _errors(_wire(sock, _query("COMMIT"))) == []
+        assert _errors(_wire(sock, _query("BEGIN; DECLARE c CURSOR FOR SELECT 7"))) == []
+        answers = _wire(sock, _query("FETCH c"))
+        assert _errors(answers) == [] and _rows(answers) == ["7"], answers
+        _wire(sock, _query("ROLLBACK"))
+        _unmoved(sock)
+    finally:
+        sock.close()
+    _fresh_session_unmoved(proxies[mode], user)
