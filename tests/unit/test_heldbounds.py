@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from proxy.actions import AcquireServer, RelayToServer
-from proxy.auth.throttle import AuthThrottle
 from proxy.heldbounds import refusal
 from proxy.policy import TenantPolicy, model
-from proxy.policy.cache import DecisionCache
 from proxy.policy.model import (
     CLOSE_CURSOR,
     COMMIT,
@@ -34,7 +32,7 @@ from proxy.policy.model import (
 from proxy.protocol import messages as m
 from proxy.session import ClientSession, State
 from proxy.sessionstate import SessionState
-from tests.support.sessions import frames, login, make_config, sent, server_for
+from tests.support.sessions import frames, policy_session, sent, server_for
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
 BIG = 1 << 20
@@ -98,14 +96,7 @@ def test_savepoint_depth_at_the_bound_passes_and_one_more_is_refused() -> None:
 
 
 def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
-    s = ClientSession(make_config(tmp_path, pool={"pool_mode": mode, **pool}), session_id="s1",
-                      client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
-                      tls_available=False)
-    login(s)
-    cache = DecisionCache()
-    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
-    s.server_attached(server_for(s, {"application_name": ""}))
-    return s
+    return policy_session(tmp_path, mode, POLICY, **pool)
 
 
 def _send(s: ClientSession, data: bytes) -> list[tuple[bytes, bytes]]:
