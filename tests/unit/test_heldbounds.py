@@ -286,9 +286,8 @@ def _run(state: SessionState, changes: tuple[Change, ...]) -> None:
     state.ready(request, b"I")
 
 
-def test_a_string_of_declares_copies_the_held_set_once_not_per_statement(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Red team 9s8 F4: each DECLARE / LISTEN copied the session's whole set, in the belief and again when confirmed
-    (2,000 copies of 30,000 names per 1,000-statement string). A run of them is applied with one copy."""
+def _copies_counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ops of each copy of a held set (model._apply_held) from now on, in order."""
     calls: list[str] = []
     real = model._apply_held
 
@@ -297,6 +296,13 @@ def test_a_string_of_declares_copies_the_held_set_once_not_per_statement(monkeyp
         return real(context, change)
 
     monkeypatch.setattr(model, "_apply_held", counted)
+    return calls
+
+
+def test_a_string_of_declares_copies_the_held_set_once_not_per_statement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9s8 F4: each DECLARE / LISTEN copied the session's whole set, in the belief and again when confirmed
+    (2,000 copies of 30,000 names per 1,000-statement string). A run of them is applied with one copy."""
+    calls = _copies_counted(monkeypatch)
     state = SessionState()
     _run(state, tuple(Change(i, HOLD_CURSOR, f"c{i}") for i in range(1000)))
     _run(state, tuple(Change(i, LISTEN if i % 2 else UNLISTEN, f"l{i // 2}") for i in range(1000)))
@@ -327,14 +333,7 @@ def test_runs_applied_at_once_are_what_one_by_one_makes() -> None:
 def test_parses_of_a_cursor_held_already_copy_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Review 19b F3: each Parse's speculative DECLARE / LISTEN copied the whole set, also for a name the belief
     holds already (quadratic over a pipeline without a Sync). A name held already adds nothing and copies nothing."""
-    calls: list[str] = []
-    real = model._apply_held
-
-    def counted(context: SessionContext, change: Change) -> SessionContext:
-        calls.append(change.op)
-        return real(context, change)
-
-    monkeypatch.setattr(model, "_apply_held", counted)
+    calls = _copies_counted(monkeypatch)
     state = SessionState()
     for i in range(2000):
         state.parse("", (Change(0, HOLD_CURSOR, f"c{i % 10}"),))
