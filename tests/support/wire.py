@@ -185,3 +185,8 @@ def answer_codes(answered: list[tuple[str, object]]) -> list[object]:
 def answer_rows(answered: list[tuple[str, object]]) -> list[object]:
     """The text of the rows among `answers`' answers."""
     return [row for t, row in answered if t == "D"]
+
+
+def read_to_close(sock: socket.socket) -> list[tuple[bytes, bytes]]:
+    """Every message up to the connection's end (a session the proxy ends)."""
+    return read_until(sock, b"", closed=True)
