@@ -38,6 +38,7 @@ cdef int _bind() except -1:
     global Allow, Deny, Template, UNLIMITED, decide, shape_text, from_decision, _cstring, DecodeError
     global _COPY_RUN, _REFUSED, _SMALL_LIMIT, _GUARD_STREAM, _GUARD_CARRY, _MAX_LITERALS, _LONG_TEXT, _ENTRY_OVERHEAD, _ENTRY_SHARE
     global _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD, _MAX_COPY_ENDS
+    global _ENDED_BY_QUERY, _CLOSED_BY_SYNC, _JOINED
     global ErrorCut, _ERROR_CUT
     from proxy.policy import cache, shape
     from proxy.protocol import errcut
@@ -58,6 +59,7 @@ cdef int _bind() except -1:
     _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA = tracking._MAX_STATEMENTS, tracking._MAX_PENDING, tracking._MAX_EXTRA
     MAX_TEXT, SHORT_TEXT, MAX_HELD = tracking.MAX_TEXT, tracking.SHORT_TEXT, tracking.MAX_HELD
     _MAX_COPY_ENDS = tracking._MAX_COPY_ENDS
+    _ENDED_BY_QUERY, _CLOSED_BY_SYNC, _JOINED = tracking._ENDED_BY_QUERY, tracking._CLOSED_BY_SYNC, tracking._JOINED
     _bound = True
     return 0
 
@@ -743,6 +745,7 @@ cpdef str statement_kind(str sql):
 from collections import deque as _deque
 
 cdef Py_ssize_t _MAX_STATEMENTS, _MAX_PENDING, _MAX_EXTRA, MAX_TEXT, SHORT_TEXT, MAX_HELD, _MAX_COPY_ENDS
+cdef int _ENDED_BY_QUERY, _CLOSED_BY_SYNC, _JOINED
 
 
 cdef class Request:
@@ -839,6 +842,8 @@ cdef class RequestTracker:
     cdef Request _batch
     cdef dict _statements
     cdef object _copy_ends
+    cdef bytearray _shapes
+    cdef Py_ssize_t _shape_at
 
     def __init__(self, clock, on_done=None):
         if not _bound:
@@ -854,15 +859,65 @@ cdef class RequestTracker:
         self.dropped = 0
         self.owed_dropped = 0
         self.held = 0
+        self._shapes = None
+        self._shape_at = 0
 
     cdef _push(self, Request req):
+        cdef Request old
         if not self.pending:
             self.pending = _deque()
         elif len(self.pending) >= _MAX_PENDING:
-            self.held -= (<Request>self.pending.popleft()).held
+            old = <Request>self.pending.popleft()
+            self.held -= old.held
             self.dropped += 1
             self.owed_dropped += 1
+            if self._shapes is None:
+                self._shapes = bytearray()
+            self._shapes.append((_ENDED_BY_QUERY if old.ended_by_query else 0)
+                                | (_CLOSED_BY_SYNC if old.closed_by_sync else 0))
         self.pending.append(req)
+
+    cdef Py_ssize_t _dropped_head(self):
+        cdef bytearray shapes = self._shapes
+        cdef Py_ssize_t at = self._shape_at
+        while shapes[at] & _JOINED:
+            at += 1
+        self._shape_at = at
+        return at
+
+    cdef list _skipped_dropped(self):
+        """proxy.tracking.RequestTracker._skipped_dropped."""
+        cdef bytearray shapes = self._shapes
+        cdef Py_ssize_t at = self._dropped_head(), i
+        cdef int shape
+        cdef Request req
+        cdef list joined = []
+        if not shapes[at] & _ENDED_BY_QUERY:
+            return joined
+        shapes[at] = _JOINED
+        self.owed_dropped -= 1
+        for i in range(at + 1, len(shapes)):
+            shape = shapes[i]
+            if not shape & _JOINED:
+                if shape & _CLOSED_BY_SYNC:
+                    return joined
+                shapes[i] = _JOINED
+                self.owed_dropped -= 1
+        pending = self.pending
+        while pending and pending[0] is not self._batch and not (<Request>pending[0]).closed_by_sync:
+            req = <Request>pending.popleft()
+            self.held -= req.held
+            joined.append(req)
+        if not pending:
+            self._batch = None
+            self._batch_request()
+            self._skipping = True
+        elif pending[0] is self._batch:
+            self._skipping = True
+        if not self.owed_dropped:
+            self._shapes = None
+            self._shape_at = 0
+        return joined
 
     cdef tuple _keep(self, Request req, str sql, decision):
         cdef Py_ssize_t limit = MAX_TEXT if self.held < MAX_HELD else SHORT_TEXT, size
@@ -968,6 +1023,10 @@ cdef class RequestTracker:
         old = self._statements.pop(name, None)
         if old is not None:
             self.held -= len((<tuple>old)[1])
+        return old
+
+    cpdef on_close_undone(self, str name, tuple old):
+        self._name(name, old[0], old[1])
 
     cpdef on_sync(self):
         cdef Request req
@@ -984,6 +1043,8 @@ cdef class RequestTracker:
         """proxy.tracking.RequestTracker.on_skipped."""
         cdef Request head, req
         cdef list joined = []
+        if self.owed_dropped:  # (as tracking.py)
+            return self._skipped_dropped()
         pending = self.pending
         if not pending:
             return joined
@@ -1100,10 +1161,18 @@ cdef class RequestTracker:
 
     cpdef on_ready(self):
         cdef Request req
-        if not self.pending:
-            return None
         if self.owed_dropped:  # (as tracking.py)
+            self._dropped_head()
+            self._shape_at += 1
             self.owed_dropped -= 1
+            if not self.owed_dropped:
+                self._shapes = None
+                self._shape_at = 0
+            elif self._shape_at >= 4096 and 2 * self._shape_at >= len(self._shapes):
+                del self._shapes[:self._shape_at]
+                self._shape_at = 0
+            return None
+        if not self.pending:
             return None
         req = self.pending.popleft()
         if not self.pending:

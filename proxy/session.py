@@ -129,7 +129,7 @@ from proxy.subxacts import OPS as SAVEPOINT_OPS
 from proxy.subxacts import Savepoints
 from proxy.tenancy import backend_context, parsing_violation, shares_database
 from proxy.tracking import Request, RequestTracker
-from proxy.unknownnames import Flight, Flights, UnknownNames
+from proxy.unknownnames import ClosedFlight, Flight, Flights, UnknownNames
 
 _MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll back to a savepoint, remembered
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
@@ -550,7 +550,7 @@ class ClientSession:
         }
         # A request may begin with any of these (each opens one in the tracker); a Flush may end a batch that the
         # proxy's own Sync then ends (_settle_unsynced), in both pool modes.
-        tracked.update({m.DESCRIBE: self._on_request_message, m.EXECUTE: self._on_execute, m.FLUSH: self._on_flush})
+        tracked.update({m.DESCRIBE: self._on_describe, m.EXECUTE: self._on_execute, m.FLUSH: self._on_flush})
         for type_ in (m.BIND, m.CLOSE, m.DESCRIBE, m.EXECUTE):  # (an open batch held for its Sync: _awaiting_sync)
             tracked[type_] = _before(self._ext_sent, tracked[type_])
         if self._meter is not None:  # (limits: results counted per portal, see _limit_portals)
@@ -2072,12 +2072,11 @@ class ClientSession:
         """A Parse of statement `name` is sent: the name is known again, unless PostgreSQL skips or fails it."""
         if self._unknown is not None:
             self._unknown.sent(name)
-        self._journaled(self._flight(name, True))
+        self._journaled(self._flight(Flight(name, self._lost_name), True))
 
-    def _flight(self, name: str, parse: bool) -> Flight:
-        """The journal step of a Parse (`parse`) or Close of statement `name` (`_lost_name` if it is skipped or
+    def _flight(self, flight: Flight, parse: bool) -> Flight:
+        """`flight`, the journal step of a Parse (`parse`) or Close of a statement name (called if it is skipped or
         fails), followed while in flight (`Flights`: a Bind in a later batch before it is answered, red team 9a12)."""
-        flight = Flight(name, self._lost_name)
         flights = self._flights
         if flights is None:
             flights = self._flights = Flights()
@@ -2091,6 +2090,29 @@ class ClientSession:
         if unknown is None:
             unknown = self._unknown = UnknownNames()
         unknown.lost(name)
+
+    def _close_lost(self, flight: ClosedFlight) -> None:
+        """A Close of a statement name that PostgreSQL skipped (or failed): it keeps the statement it had, the one the
+        records the Close took were of (`flight.records`: put back; None: the records go at CloseComplete, none
+        were taken) — unless a Parse or Close of the name was sent since: then PostgreSQL's statement is not provably
+        that one, the name is unknown (review 19a F1)."""
+        name = flight.name
+        assert isinstance(name, str)
+        if self._flights is None or not self._flights.latest_is(flight):
+            self._lost_name(name)
+            return
+        if flight.records is None:
+            return
+        kept, changes, decided, text = flight.records  # type: ignore[misc]
+        if kept is not None:
+            self.tracker.on_close_undone(name, kept)
+        if changes is not None:
+            self.context.parse(name, changes)
+            self._context_changed()
+        if decided is not None and self._prepared_in is not None:
+            self._prepared_in.parsed(name, *decided)
+        if text is not None and self._client_texts is not None:
+            self._client_texts.parse(name, *text)
 
     def _decided_where(self, name: str, sql: str, decision: Decision) -> None:
         """Statement `name` (text `sql`) was decided now: in what context, for its Binds (red team 9a9 R1)."""
@@ -2612,8 +2634,10 @@ class ClientSession:
         name = found[1] if found is not None and found[0] == b"S" else None
         if name:
             name = protocol_name(name)
-        if name is not None:  # (skipped: PostgreSQL keeps the statement, whose records went or go: review 19a F1)
-            self._journaled(self._flight(name, False))
+        flight = None
+        if name is not None:  # (skipped: PostgreSQL keeps the statement, its records stay or are put back)
+            flight = ClosedFlight(name, self._close_lost)
+            self._journaled(self._flight(flight, False))
         if found is not None and found[0] == b"P" and self._portals:
             self._portals.pop(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
@@ -2627,14 +2651,16 @@ class ClientSession:
         if name is not None and self._hidden is not None and name in self._hidden.statements:  # (red team 9a5 F3)
             old = self._hidden.statements.pop(name)
             self._journaled(partial(_restore, self._hidden.statements, name, old))
-        if name is not None:
-            self._closed_statement(name)
+        if flight is not None:
+            flight.records = self._closed_statement(name)  # type: ignore[arg-type]
         return None
 
-    def _closed_statement(self, name: str) -> None:
+    def _closed_statement(self, name: str) -> tuple[Any, Any, Any, Any]:
         """Prepared statement `name` is closed: the session's records of it go (the agent's admission text once its
-        request ended without an error, where the Close is not confirmed by the server's answer)."""
-        self.tracker.on_close_statement(name)
+        request ended without an error, where the Close is not confirmed by the server's answer). Returns what
+        went (the tracker's, the context's, the decision context's, the client text; put back by `_close_lost`)."""
+        kept = self.tracker.on_close_statement(name)
+        changes = decided = text = None
         if self._agent_statements:
             if self._names is None:
                 self._agent_close(name)
@@ -2642,12 +2668,16 @@ class ClientSession:
                 old = self._agent_statements.pop(name, None)
                 self._agent_bytes -= len(old[0]) if old is not None else 0
         if self._tracking:
+            changes = self.context.statements.get(name)
             self.context.close(name)
             self._context_changed()
         if self._prepared_in is not None:
+            decided = self._prepared_in.records.get(name)
             self._prepared_in.closed(name)
         if self._client_texts is not None:
+            text = self._client_texts.texts.get(name)
             self._client_texts.close(name)
+        return kept, changes, decided, text
 
     def _on_copy_end(self, _body: bytes) -> None:
         if self._owed is not None and not self.tracker.copy_in:
@@ -2768,6 +2798,19 @@ class ClientSession:
         """A Describe, Execute or Flush is part of a request in flight (in transaction pooling the server stays)."""
         self.tracker.on_bind("")  # opens the extended request unless one is open, as a Bind would
         self._open_batch = True  # (what an agent's admission waits for: the batch is ended by its Sync)
+
+    def _on_describe(self, body: bytes) -> bytes | None:
+        """A Describe, part of a request in flight; of a statement name held unknown (review 19a F1) it is refused as
+        its Bind is (statement_not_known): PostgreSQL would describe the statement it has, not the one recorded."""
+        self.tracker.on_bind("")  # (as _on_request_message: inlined, every Describe)
+        self._open_batch = True
+        if self._unknown is None or body[:1] != b"S":
+            return None
+        found = m.target(body)
+        name = protocol_name(found[1]) if found is not None else None
+        if name is None or not self._unknown.unknown(name):
+            return None
+        return m.frame(b"D", b"S" + self._error_marker(errors.statement_not_known(name=name)).encode() + b"\x00")
 
     def _on_execute(self, body: bytes) -> None:
         """An Execute (with a row count, its portal may be suspended and go on): the next statement of its request
@@ -3954,8 +3997,10 @@ class _Follow:
         return out
 
     def on_describe(self, body: bytes) -> bytes | None:
-        if self.describe is not None:
-            self.describe(self.session, body)
+        out = self.describe(self.session, body) if self.describe is not None else None
+        if out is not None:  # renamed to an error marker (an unknown name): fails in the backend as it is
+            self.st.passthrough(m.DESCRIBE, out)
+            return out  # type: ignore[no-any-return]
         return self.st.describe(body)
 
     def on_close(self, body: bytes) -> bytes | None:

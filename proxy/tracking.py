@@ -12,6 +12,8 @@ from proxy.stmtkind import statement_kind
 _MAX_STATEMENTS = 10_000
 _MAX_PENDING = 10_000  # requests in flight; beyond this the oldest are dropped (their attribution is lost, not their
 # ReadyForQuerys: `owed_dropped` counts them, so that `pending` never empties while one is owed: review 19a F1b)
+# A dropped request's shape (one byte each, `RequestTracker._shapes`): what PostgreSQL may skip when it fails.
+_ENDED_BY_QUERY, _CLOSED_BY_SYNC, _JOINED = 1, 2, 4  # (_JOINED: skipped with an earlier one, no ReadyForQuery)
 _MAX_EXTRA = 1000  # further statements of one request kept with their text; more are only counted
 _MAX_COPY_ENDS = 64  # CopyDone/CopyFails kept that the backend may not have read in a COPY yet (the oldest go)
 # The SQL texts a session's tracker holds (requests in flight, their further statements, named prepared statements)
@@ -135,15 +137,21 @@ class RequestTracker:
         self._copy_ends: deque[tuple[Request, bool]] | None = None
         self.dropped = 0
         self.owed_dropped = 0  # the ReadyForQuerys the dropped requests are still owed (uncapped; they come first)
+        self._shapes: bytearray | None = None  # the dropped requests' shapes, from `_shape_at` (see `_skipped_dropped`)
+        self._shape_at = 0
         self.held = 0  # characters of SQL text held, by requests in flight and by named statements
 
     def _push(self, req: Request) -> None:
         if not self.pending:
             self.pending = deque()
         elif len(self.pending) >= _MAX_PENDING:
-            self.held -= self.pending.popleft().held
+            old = self.pending.popleft()
+            self.held -= old.held
             self.dropped += 1
             self.owed_dropped += 1
+            if self._shapes is None:
+                self._shapes = bytearray()
+            self._shapes.append(_ENDED_BY_QUERY * old.ended_by_query | _CLOSED_BY_SYNC * old.closed_by_sync)
         self.pending.append(req)
 
     def _keep(self, req: Request, sql: str, decision: Decision | None) -> tuple[str, Decision | None]:
@@ -248,10 +256,15 @@ class RequestTracker:
             if found is not None:
                 req.kind, req.sql = found  # shared with the statement map: held once
 
-    def on_close_statement(self, name: str) -> None:
+    def on_close_statement(self, name: str) -> tuple[str, str] | None:
         old = self._statements.pop(name, None)
         if old is not None:
             self.held -= len(old[1])
+        return old
+
+    def on_close_undone(self, name: str, old: tuple[str, str]) -> None:
+        """A Close PostgreSQL skipped: the statement's kind and text it took (`on_close_statement`) are its again."""
+        self._name(name, old[0], old[1])
 
     def on_sync(self) -> None:
         if self.copy_in:
@@ -269,6 +282,8 @@ class RequestTracker:
         has no ReadyForQuery of its own: the requests sent after it up to that Sync are part of it (their texts
         joined to its own), and are returned (never answered, the caller drops their records); with no Sync sent yet
         it is the open batch again."""
+        if self.owed_dropped:  # the error is the oldest dropped request's
+            return self._skipped_dropped()
         pending = self.pending
         if not pending:
             return []
@@ -298,6 +313,51 @@ class RequestTracker:
                 return joined
         self._batch = head  # no Sync sent yet (the open batch, if any, joined)
         self._skipping = True
+        return joined
+
+    def _dropped_head(self) -> int:
+        """Where the oldest dropped request still owed a ReadyForQuery is in `_shapes` (owed_dropped > 0)."""
+        shapes, at = self._shapes, self._shape_at
+        assert shapes is not None
+        while shapes[at] & _JOINED:
+            at += 1
+        self._shape_at = at
+        return at
+
+    def _skipped_dropped(self) -> list[Request]:
+        """`on_skipped` when the failed request is a dropped one (review 19a F1b, wp-sk2): one ended by a Query
+        makes PostgreSQL skip everything up to the next Sync. The ReadyForQuery at that Sync is the one of the last
+        request skipped (the one the Sync closed, or the open batch, or a new one if none is open yet), the others
+        up to it, the head too, are joined (owe none): the dropped ones marked, the kept ones returned as
+        `on_skipped` returns them. So the ReadyForQuerys owed stay exact and `pending` never empties while one is."""
+        shapes = self._shapes
+        assert shapes is not None
+        at = self._dropped_head()
+        if not shapes[at] & _ENDED_BY_QUERY:
+            return []
+        shapes[at] = _JOINED
+        self.owed_dropped -= 1
+        for i in range(at + 1, len(shapes)):
+            shape = shapes[i]
+            if not shape & _JOINED:
+                if shape & _CLOSED_BY_SYNC:  # this one's ReadyForQuery comes: the skipped stretch's
+                    return []
+                shapes[i] = _JOINED
+                self.owed_dropped -= 1
+        pending = self.pending
+        joined: list[Request] = []
+        while pending and pending[0] is not self._batch and not pending[0].closed_by_sync:
+            req = pending.popleft()
+            self.held -= req.held
+            joined.append(req)
+        if not pending:  # no Sync sent yet: what comes up to it is skipped, answered at it
+            self._batch = None
+            self._batch_request()
+            self._skipping = True
+        elif pending[0] is self._batch:
+            self._skipping = True
+        if not self.owed_dropped:
+            self._shapes, self._shape_at = None, 0
         return joined
 
     def on_copy_in(self) -> list[Request]:
@@ -391,11 +451,18 @@ class RequestTracker:
                 head.rows += rows
 
     def on_ready(self) -> Request | None:
+        if self.owed_dropped:  # a dropped request's (the oldest): those kept stay in flight
+            self._dropped_head()
+            self._shape_at += 1
+            self.owed_dropped -= 1
+            if not self.owed_dropped:
+                self._shapes, self._shape_at = None, 0
+            elif self._shape_at >= 4096 and 2 * self._shape_at >= len(self._shapes):  # type: ignore[arg-type]
+                del self._shapes[:self._shape_at]  # type: ignore[index]
+                self._shape_at = 0
+            return None
         if not self.pending:
             return None  # e.g. the ReadyForQuery that ends startup
-        if self.owed_dropped:  # a dropped request's (the oldest): those kept stay in flight
-            self.owed_dropped -= 1
-            return None
         req = self.pending.popleft()
         if not self.pending:
             self.pending = _NONE_PENDING  # type: ignore[assignment]

@@ -64,6 +64,20 @@ class Flight:
         self.lost(self.name)
 
 
+class ClosedFlight(Flight):
+    """A Close's Flight: called with itself (its `records`: what the Close took from the session's records of the
+    name) if PostgreSQL skips or fails the Close."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, name: Hashable, lost: Callable[[ClosedFlight], None], records: object = None) -> None:
+        super().__init__(name, lost)  # type: ignore[arg-type]
+        self.records = records
+
+    def __call__(self) -> None:
+        self.lost(self)  # type: ignore[arg-type]
+
+
 class Flights:
     """Per statement name, its latest Parse or Close still unanswered (a weak reference to its Flight), the batch
     (Syncs sent before it) it went in and whether the name was Parsed before it; and the names Parsed (review 19a F1
@@ -92,6 +106,11 @@ class Flights:
                 self.crowded, self.seen = True, set()
             else:
                 self.seen.add(name)
+
+    def latest_is(self, flight: Flight) -> bool:
+        """Whether `flight` is still the latest Parse or Close sent of its name."""
+        found = self.latest.get(flight.name)
+        return found is not None and found[0]() is flight
 
     def bind_unsafe(self, name: Hashable, batch: int, older: bool) -> bool:
         """A Bind of `name` sent now in `batch` would run before PostgreSQL answered the latest Parse or Close of it,

@@ -18,7 +18,10 @@ import pytest
 from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, dan_proxy, started_per_mode
-from tests.support.wire import login, read_message
+from tests.support.wire import answer_codes as _errors
+from tests.support.wire import answer_rows as _rows
+from tests.support.wire import answers as _wire
+from tests.support.wire import login
 
 MODES = ("transaction", "session")
 USERS = {"gina": "saas", "dan": "saas"}
@@ -39,22 +42,6 @@ def _session(proxy: ProxyProcess, user: str) -> socket.socket:
     return sock
 
 
-def _wire(sock: socket.socket, data: bytes) -> list[tuple[str, Any]]:
-    """Send `data` (ending in one Sync or one Query) and read to its ReadyForQuery: (type, error code | row text)."""
-    sock.sendall(data)
-    out: list[tuple[str, Any]] = []
-    while True:
-        t, body = read_message(sock)
-        if t == b"E":
-            out.append(("E", m.decode_error_fields(body).get("C")))
-        elif t == b"D":
-            out.append(("D", body[6:].decode("utf-8", "replace")))
-        elif t == b"Z":
-            return out
-        else:
-            out.append((t.decode(), None))
-
-
 def _parse(name: str, sql: str) -> bytes:
     return m.Parse(name, sql, b"\x00\x00").encode()
 
@@ -68,14 +55,6 @@ EXECUTE = m.frame(b"E", b"\x00" + struct.pack("!i", 0))
 
 def _query(sql: str) -> bytes:
     return m.Query(sql).encode()
-
-
-def _errors(answers: list[tuple[str, Any]]) -> list[str]:
-    return [code for t, code in answers if t == "E"]
-
-
-def _rows(answers: list[tuple[str, Any]]) -> list[str]:
-    return [row for t, row in answers if t == "D"]
 
 
 # --- R2: set_config('search_path', v, <expression>) ----------------------------------------------------------------

@@ -15,14 +15,16 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from proxy.protocol import messages as m
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, dan_proxy, prepare_backend, started_per_mode
-from tests.support.wire import login, read_message
+from tests.support.wire import answer_codes as _errors
+from tests.support.wire import answer_rows as _rows
+from tests.support.wire import answers as _wire
+from tests.support.wire import login
 
 MODES = ("transaction", "session", "session-cache")
 NAMES_REACH_SERVER = "session"  # the mode where the client's statement names are the server's (no statement maps)
@@ -53,22 +55,6 @@ def _session(proxy: ProxyProcess, user: str) -> socket.socket:
     return sock
 
 
-def _wire(sock: socket.socket, data: bytes) -> list[tuple[str, Any]]:
-    """Send `data` (ending in one Sync or one Query) and read to its ReadyForQuery: (type, error code | row text)."""
-    sock.sendall(data)
-    out: list[tuple[str, Any]] = []
-    while True:
-        t, body = read_message(sock)
-        if t == b"E":
-            out.append(("E", m.decode_error_fields(body).get("C")))
-        elif t == b"D":
-            out.append(("D", body[6:].decode("utf-8", "replace")))
-        elif t == b"Z":
-            return out
-        else:
-            out.append((t.decode(), None))
-
-
 def _parse(name: str, sql: str) -> bytes:
     return m.Parse(name, sql, b"\x00\x00").encode()
 
@@ -87,14 +73,6 @@ def _close_statement(name: str) -> bytes:
 
 def _query(sql: str) -> bytes:
     return m.Query(sql).encode()
-
-
-def _errors(answers: list[tuple[str, Any]]) -> list[str]:
-    return [code for t, code in answers if t == "E"]
-
-
-def _rows(answers: list[tuple[str, Any]]) -> list[str]:
-    return [row for t, row in answers if t == "D"]
 
 
 def _set_path(user: str) -> str:

@@ -8,12 +8,12 @@ it) with a batch open behind it is not ended. Both pool modes, the statement cac
 from __future__ import annotations
 
 import socket
-import urllib.request
 
 import pytest
 
 from proxy.protocol import messages as m
 from tests.support import wire
+from tests.support.idleness import idle_ends, orders_locks
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.pools import ADMIN_PASSWORD
@@ -41,19 +41,6 @@ def px(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.
     p.stop()
 
 
-def _orders_locks(pg: PgCluster) -> list[tuple]:
-    return pg.execute("SELECT l.mode FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                      "WHERE l.relation = 'public.orders'::regclass AND a.datname = 'saas'", dbname="saas")
-
-
-def _idle_ends(p: ProxyProcess) -> float:
-    """pgtenant_limit_refusals_total{limit="idle_in_transaction_timeout"}, every tenant label."""
-    with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
-        lines = r.read().decode().splitlines()
-    return sum(float(ln.split()[-1]) for ln in lines if ln.startswith("pgtenant_limit_refusals_total{")
-               and 'limit="idle_in_transaction_timeout"' in ln)
-
-
 def _answered_after_flush(a: socket.socket, shape: str) -> None:
     """The part the client asked to be answered: P/B/E/Flush of a read, or (in a transaction block) P/Flush."""
     if shape == "after_a_flushed_execute":
@@ -73,27 +60,22 @@ def test_an_execute_left_unflushed_ends_the_idle_client(px: ProxyProcess, pg: Pg
     """alice's batch is answered as far as she asked, then she sends Bind/Execute without a Flush and waits: past
     idle_in_transaction_timeout her session ends with exactly one FATAL 25P03 (counted), the lock on `orders` goes
     (a DBA's LOCK TABLE ... NOWAIT succeeds), bruno reads `orders` and alice's pool serves her next client."""
-    before = _idle_ends(px)
+    before = idle_ends(px)
     a = wire.connect(px, "alice", timeout=30)
     try:
         a.settimeout(30)
         _answered_after_flush(a, shape)
         a.sendall(wire.bind() + wire.execute())
-        until(lambda: _orders_locks(pg) != [], timeout=20, interval=0.05, what="alice's lock on orders")
+        until(lambda: orders_locks(pg) != [], timeout=20, interval=0.05, what="alice's lock on orders")
         a.settimeout(15 * BOUND)
-        got = []
-        while True:
-            try:
-                got.append(wire.read_message(a))
-            except ConnectionError:
-                break
+        got = wire.read_to_close(a)
         fatal = wire.errors_in(got)
         assert [(f["S"], f["C"]) for f in fatal] == [("FATAL", "25P03")], got
         assert "idle-in-transaction timeout" in fatal[0]["M"], fatal
     finally:
         a.close()
-    assert _idle_ends(px) == before + 1
-    until(lambda: _orders_locks(pg) == [], timeout=20, interval=0.05, what="the lock released")
+    assert idle_ends(px) == before + 1
+    until(lambda: orders_locks(pg) == [], timeout=20, interval=0.05, what="the lock released")
     pg.execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE NOWAIT; ROLLBACK", dbname="saas")
     for user in ("bruno", "alice"):
         b = wire.connect(px, user, timeout=30)

@@ -61,12 +61,7 @@ def test_a_batch_waiting_for_its_sync_is_counted_logged_and_bounded(bounded: Pro
         until(lambda: len([e for e in bounded.log_events() if e.get("event") == "server_held_without_sync"]) > before,
               timeout=20, interval=0.05, what="server_held_without_sync in the log")
         a.settimeout(60)
-        got = []
-        while True:
-            try:
-                got.append(wire.read_message(a))
-            except ConnectionError:
-                break
+        got = wire.read_to_close(a)
         fatal = [m.decode_error_fields(body) for t, body in got if t == b"E"]
         assert [(f["S"], f["C"]) for f in fatal][-1:] == [("FATAL", "25P03")], got
     finally:

@@ -7,12 +7,12 @@ for a long statement's answer, or sending under the bound, is not ended. The sta
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 
 from proxy.protocol import messages as m
 from tests.support import wire
+from tests.support.idleness import idle_ends, orders_locks
 from tests.support.pgcluster import PgCluster
 from tests.support.polling import until
 from tests.support.pools import ADMIN_PASSWORD
@@ -41,44 +41,26 @@ SHAPES = {
 }
 
 
-def _orders_locks(pg: PgCluster) -> list[tuple]:
-    return pg.execute("SELECT l.mode FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-                      "WHERE l.relation = 'public.orders'::regclass AND a.datname = 'saas'", dbname="saas")
-
-
-def _idle_ends(p: ProxyProcess) -> float:
-    """pgtenant_limit_refusals_total{limit="idle_in_transaction_timeout"}, every tenant label."""
-    with urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10) as r:
-        lines = r.read().decode().splitlines()
-    return sum(float(ln.split()[-1]) for ln in lines if ln.startswith("pgtenant_limit_refusals_total{")
-               and 'limit="idle_in_transaction_timeout"' in ln)
-
-
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_a_batch_waiting_for_its_sync_ends_and_its_lock_goes(session_px: ProxyProcess, pg: PgCluster,
                                                              shape: str) -> None:
     """alice's batch without Sync holds AccessShareLock on `orders`; past idle_in_transaction_timeout her session
     ends with FATAL 25P03 (counted), and a DBA's LOCK TABLE orders ... NOWAIT then succeeds (before: nothing ended
     it, the lock held for as long as alice's socket stayed open)."""
-    before = _idle_ends(session_px)
+    before = idle_ends(session_px)
     a = wire.connect(session_px, "alice", timeout=30)
     try:
         a.sendall(SHAPES[shape])
-        until(lambda: _orders_locks(pg) != [], timeout=20, interval=0.05, what="alice's lock on orders")
+        until(lambda: orders_locks(pg) != [], timeout=20, interval=0.05, what="alice's lock on orders")
         a.settimeout(15 * BOUND)
-        got = []
-        while True:
-            try:
-                got.append(wire.read_message(a))
-            except ConnectionError:
-                break
+        got = wire.read_to_close(a)
         fatal = [m.decode_error_fields(body) for t, body in got if t == b"E"]
         assert [(f["S"], f["C"]) for f in fatal] == [("FATAL", "25P03")], got
         assert "idle-in-transaction timeout" in fatal[0]["M"], fatal
     finally:
         a.close()
-    assert _idle_ends(session_px) == before + 1
-    until(lambda: _orders_locks(pg) == [], timeout=20, interval=0.05, what="the lock released")
+    assert idle_ends(session_px) == before + 1
+    until(lambda: orders_locks(pg) == [], timeout=20, interval=0.05, what="the lock released")
     pg.execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE NOWAIT; ROLLBACK", dbname="saas")
 
 

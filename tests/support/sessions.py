@@ -9,7 +9,10 @@ from scramp import ScramClient
 
 from proxy.actions import SendClient
 from proxy.auth.scram import make_verifier
+from proxy.auth.throttle import AuthThrottle
 from proxy.config import Config, parse_config
+from proxy.policy import TenantPolicy
+from proxy.policy.cache import DecisionCache
 from proxy.protocol import messages as m
 from proxy.server import ServerConnection
 from proxy.session import ClientSession
@@ -101,3 +104,16 @@ def refused_parses(client_frames: list[tuple[bytes, bytes]]) -> list[bool]:
             closed.clear()
         out.append(refused)
     return out
+
+
+def policy_session(tmp_path: Path, mode: str, policy: TenantPolicy, **pool: object) -> ClientSession:
+    """A logged-in session in pool mode `mode` (more [pool] keys: `pool`), `policy` decided through a DecisionCache,
+    a server attached."""
+    s = ClientSession(make_config(tmp_path, pool={"pool_mode": mode, **pool}), session_id="s1",
+                      client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
+                      tls_available=False)
+    login(s)
+    cache = DecisionCache()
+    s.enable_policy(lambda _kind, sql: cache.get_or_decide(policy, sql))
+    s.server_attached(server_for(s, {"application_name": ""}))
+    return s

@@ -159,3 +159,34 @@ def exchange(sock: socket.socket, data: bytes, requests: int = 1) -> list[tuple[
 def errors_in(msgs: list[tuple[bytes, bytes]]) -> list[dict[str, str]]:
     """The fields of each ErrorResponse among `msgs`."""
     return [m.decode_error_fields(body) for t, body in msgs if t == b"E"]
+
+
+def answers(sock: socket.socket, data: bytes) -> list[tuple[str, object]]:
+    """Send `data` (ending in one Sync or one Query) and read to its ReadyForQuery: (type, error code | row text)."""
+    sock.sendall(data)
+    out: list[tuple[str, object]] = []
+    while True:
+        t, body = read_message(sock)
+        if t == b"E":
+            out.append(("E", m.decode_error_fields(body).get("C")))
+        elif t == b"D":
+            out.append(("D", body[6:].decode("utf-8", "replace")))
+        elif t == b"Z":
+            return out
+        else:
+            out.append((t.decode(), None))
+
+
+def answer_codes(answered: list[tuple[str, object]]) -> list[object]:
+    """The SQLSTATEs of the errors among `answers`' answers."""
+    return [code for t, code in answered if t == "E"]
+
+
+def answer_rows(answered: list[tuple[str, object]]) -> list[object]:
+    """The text of the rows among `answers`' answers."""
+    return [row for t, row in answered if t == "D"]
+
+
+def read_to_close(sock: socket.socket) -> list[tuple[bytes, bytes]]:
+    """Every message up to the connection's end (a session the proxy ends)."""
+    return read_until(sock, b"", closed=True)

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from proxy.actions import AcquireServer, RelayToServer
-from proxy.auth.throttle import AuthThrottle
 from proxy.heldbounds import refusal
 from proxy.policy import TenantPolicy, model
-from proxy.policy.cache import DecisionCache
 from proxy.policy.model import (
     CLOSE_CURSOR,
     COMMIT,
@@ -34,7 +32,7 @@ from proxy.policy.model import (
 from proxy.protocol import messages as m
 from proxy.session import ClientSession, State
 from proxy.sessionstate import SessionState
-from tests.support.sessions import frames, login, make_config, sent, server_for
+from tests.support.sessions import frames, policy_session, sent, server_for
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
 BIG = 1 << 20
@@ -98,14 +96,7 @@ def test_savepoint_depth_at_the_bound_passes_and_one_more_is_refused() -> None:
 
 
 def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
-    s = ClientSession(make_config(tmp_path, pool={"pool_mode": mode, **pool}), session_id="s1",
-                      client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
-                      tls_available=False)
-    login(s)
-    cache = DecisionCache()
-    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
-    s.server_attached(server_for(s, {"application_name": ""}))
-    return s
+    return policy_session(tmp_path, mode, POLICY, **pool)
 
 
 def _send(s: ClientSession, data: bytes) -> list[tuple[bytes, bytes]]:
@@ -295,9 +286,8 @@ def _run(state: SessionState, changes: tuple[Change, ...]) -> None:
     state.ready(request, b"I")
 
 
-def test_a_string_of_declares_copies_the_held_set_once_not_per_statement(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Red team 9s8 F4: each DECLARE / LISTEN copied the session's whole set, in the belief and again when confirmed
-    (2,000 copies of 30,000 names per 1,000-statement string). A run of them is applied with one copy."""
+def _copies_counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ops of each copy of a held set (model._apply_held) from now on, in order."""
     calls: list[str] = []
     real = model._apply_held
 
@@ -306,6 +296,13 @@ def test_a_string_of_declares_copies_the_held_set_once_not_per_statement(monkeyp
         return real(context, change)
 
     monkeypatch.setattr(model, "_apply_held", counted)
+    return calls
+
+
+def test_a_string_of_declares_copies_the_held_set_once_not_per_statement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Red team 9s8 F4: each DECLARE / LISTEN copied the session's whole set, in the belief and again when confirmed
+    (2,000 copies of 30,000 names per 1,000-statement string). A run of them is applied with one copy."""
+    calls = _copies_counted(monkeypatch)
     state = SessionState()
     _run(state, tuple(Change(i, HOLD_CURSOR, f"c{i}") for i in range(1000)))
     _run(state, tuple(Change(i, LISTEN if i % 2 else UNLISTEN, f"l{i // 2}") for i in range(1000)))
@@ -336,14 +333,7 @@ def test_runs_applied_at_once_are_what_one_by_one_makes() -> None:
 def test_parses_of_a_cursor_held_already_copy_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Review 19b F3: each Parse's speculative DECLARE / LISTEN copied the whole set, also for a name the belief
     holds already (quadratic over a pipeline without a Sync). A name held already adds nothing and copies nothing."""
-    calls: list[str] = []
-    real = model._apply_held
-
-    def counted(context: SessionContext, change: Change) -> SessionContext:
-        calls.append(change.op)
-        return real(context, change)
-
-    monkeypatch.setattr(model, "_apply_held", counted)
+    calls = _copies_counted(monkeypatch)
     state = SessionState()
     for i in range(2000):
         state.parse("", (Change(0, HOLD_CURSOR, f"c{i % 10}"),))

@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 
 from proxy.actions import AcquireServer, RelayToServer
-from proxy.auth.throttle import AuthThrottle
 from proxy.policy import TenantPolicy
-from proxy.policy.cache import DecisionCache
 from proxy.policy.model import RESET_SETTINGS, SETTING, Change
 from proxy.protocol import messages as m
 from proxy.session import ClientSession, State
 from proxy.settingbounds import entries, measure, refusal, size, sizes
-from tests.support.sessions import frames, login, make_config, sent, server_for
+from tests.support.sessions import frames, policy_session, sent, server_for
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
 
@@ -60,14 +58,7 @@ def test_a_statement_past_a_bound_is_refused_and_a_reset_never_is() -> None:
 
 
 def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
-    s = ClientSession(make_config(tmp_path, pool={"pool_mode": mode, **pool}), session_id="s1",
-                      client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
-                      tls_available=False)
-    login(s)
-    cache = DecisionCache()
-    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
-    s.server_attached(server_for(s, {"application_name": ""}))
-    return s
+    return policy_session(tmp_path, mode, POLICY, **pool)
 
 
 def _send(s: ClientSession, data: bytes) -> list[tuple[bytes, bytes]]:

@@ -581,6 +581,7 @@ _TRACKER_CALLS = st.lists(st.one_of(
     st.tuples(st.just("on_parse"), _NAMES, _TEXTS, _DECISIONS, st.sampled_from(["select", "ddl"])),
     st.tuples(st.just("on_bind"), _NAMES),
     st.tuples(st.just("on_close_statement"), _NAMES),
+    st.tuples(st.just("on_close_undone"), _NAMES, st.tuples(st.sampled_from(["select", "ddl"]), _TEXTS)),
     st.tuples(st.sampled_from(["on_sync", "on_copy_in", "on_copy_end", "on_ready", "on_ready", "on_skipped"])),
     st.tuples(st.just("on_error"), st.sampled_from([None, "23505"]), st.booleans()),
     st.tuples(st.just("on_command_complete"), st.sampled_from([b"SELECT 3\x00", b"INSERT 0 18446744073709551615\x00",
@@ -607,7 +608,7 @@ def _tracker_run(cls: type, calls: list[tuple[Any, ...]]) -> list[object]:
         result = getattr(tracker, name)(*args)
         if type(result) is list:  # (on_skipped: the requests joined to the head)
             result = tuple(_request(r) for r in result)
-        elif result is not None:
+        elif result is not None and type(result) is not tuple:  # (on_close_statement: the kind and text it took)
             result = _request(result)
         log.append((name, result, [_request(r) for r in done],
                     [_request(r) for r in tracker.pending], tracker.held, tracker.dropped, tracker.owed_dropped,

@@ -169,6 +169,67 @@ def test_a_dropped_request_still_owes_its_ready_for_query(build: str) -> None:
     assert not t.pending and t.owed_dropped == 0
 
 
+@pytest.mark.parametrize("build", ["python", "compiled"])
+def test_a_skipped_close_puts_the_statements_text_back(build: str) -> None:
+    """A Close PostgreSQL skipped: the kind and text `on_close_statement` took are the name's again (its Binds'
+    requests carry them), counted as held again."""
+    from tests.unit.test_speedups import both, speedups
+
+    py, fast = both("proxy.tracking", "RequestTracker")
+    if build == "compiled" and speedups is None:
+        pytest.skip("no compiled build")
+    t = (py if build == "python" else fast)(lambda: 0.0)
+    t.on_parse("s", "SELECT 42", None)
+    t.on_sync()
+    t.on_ready()
+    held = t.held
+    old = t.on_close_statement("s")
+    assert old == ("select", "SELECT 42") and t.held == held - len("SELECT 42")
+    t.on_close_undone("s", old)
+    assert t.held == held
+    t.on_bind("s")
+    assert t.pending[-1].sql == "SELECT 42"
+
+
+def _skipped_behind_a_flood(cls: type, synced: bool) -> list[object]:
+    """An extended batch ended by a Query (no Sync), 10,010 Queries behind it (it and 11 of them dropped), a Sync or
+    not; PostgreSQL fails the batch: everything up to the Sync is skipped, one ReadyForQuery."""
+    t = cls(lambda: 0.0)
+    t.on_parse("", "SELECT 1/0", None)
+    t.on_bind("")
+    t.on_query("SELECT 1", None)
+    for _ in range(10_010):
+        t.on_query("SELECT 1", None)
+    if synced:
+        t.on_sync()
+    log: list[object] = [t.dropped, t.owed_dropped, len(t.pending)]
+    t.on_error("22012")
+    log += [len(t.on_skipped()), t.owed_dropped, len(t.pending)]
+    if not synced:
+        t.on_query("SELECT 2", None)  # (skipped too: part of the batch up to its Sync)
+        t.on_sync()
+    log += [t.on_ready() is not None, t.owed_dropped, len(t.pending), t.held]
+    t.on_query("SELECT 3", None)
+    log += [t.on_ready().sql, len(t.pending)]
+    return log
+
+
+@pytest.mark.parametrize("synced", [True, False])
+def test_a_dropped_request_that_postgresql_skips_owes_no_ready_for_query(synced: bool) -> None:
+    """wp-sk's residual of F1b: a dropped request joined into a failed batch (PostgreSQL skips it) is owed no
+    ReadyForQuery: once the one ReadyForQuery of the skipped stretch came, nothing is in flight (before: the session
+    stayed "busy" for ever); the compiled twin alike."""
+    from tests.unit.test_speedups import both, speedups
+
+    py, fast = both("proxy.tracking", "RequestTracker")
+    log = _skipped_behind_a_flood(py, synced)
+    dropped = 12 if synced else 11  # (the Sync's request pushed one more out)
+    kept_joined = 9_999 if synced else 10_000  # (the Sync's request answers the stretch; unsynced, a new batch does)
+    assert log == [dropped, dropped, 10_000, kept_joined, 0, 1, True, 0, 0, 0, "SELECT 3", 0], log
+    if speedups is not None:
+        assert _skipped_behind_a_flood(fast, synced) == log
+
+
 def test_a_query_inside_a_failed_batch_is_answered_with_the_batch() -> None:
     """Red team 9a3 J8: extended messages, a Query, more, a Sync: when the extended messages fail, PostgreSQL skips
     everything up to the Sync (one ReadyForQuery); the tracker joins those requests to the first."""
