@@ -1899,7 +1899,7 @@ class ClientSession:
                 if held.portal(portal):
                     return deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" was made by '
                                 "a Bind message of a statement that changes the session's state: SQL FETCH and MOVE "
-                                "do not run it")
+                                "do not run it, nor does SQL DECLARE make a cursor of its name in its transaction")
         return None
 
     def _parse_runs(self, name: str, sql: str, decision: Decision) -> Deny | None:
@@ -2554,6 +2554,8 @@ class ClientSession:
                 refusal = self._bound_portal(body, statement)
                 if refusal is not None:
                     out = m.bind_renamed(body, self._error_marker(refusal))
+            elif self._portals:  # (any Bind of the name replaces PostgreSQL's portal: its note goes, red team 20a F2)
+                self._portal_noted(protocol_key(body[:body.index(b"\x00")]), None)
         if self._released is body:
             self._released = None
             if self._bind_refusal is not None:  # the backend fails to find the marker statement: our refusal
@@ -2570,16 +2572,41 @@ class ClientSession:
         noted already (PostgreSQL refuses it, 42P03, unless a ROLLBACK TO dropped it), the Bind is refused."""
         portals = self._portals
         name = protocol_key(body[:body.index(b"\x00")])
+        if name and name in portals:
+            return errors.portal_noted(name=name.decode(errors="replace"))
+        if name not in portals and len(portals) >= _MAX_PORTALS:
+            return errors.too_many_noted_portals(limit=_MAX_PORTALS)
+        self._portal_noted(name, (self._subxact_statements.get(statement) if self._subxact_statements else None,
+                                  bool(self._reset_names and statement in self._reset_names),
+                                  self.context.statements.get(statement)))
+        return None
+
+    def _portal_noted(self, name: bytes, noted: NotedPortal | None) -> None:
+        """Portal `name`'s note becomes `noted` (None: it has none) as the Bind, Execute or Close P being handled is
+        sent; taken back if PostgreSQL fails or skips that message, whose portal then stays as it was (red team 20a
+        F1/F2: the notes follow PostgreSQL's portals, not the client's messages)."""
+        portals = self._portals
+        if noted is None:
+            old = portals.pop(name, None) if portals else None
+            if old is None:
+                return
+        else:
+            if portals is _NO_PORTALS:
+                portals = self._portals = {}
+            old = portals.get(name)
+            portals[name] = noted
+        self._journaled(partial(self._portal_back, name, old))
+
+    def _portal_back(self, name: bytes, old: NotedPortal | None) -> None:
+        """A journal step: portal `name`'s note as it was before a message PostgreSQL failed or skipped."""
+        portals = self._portals
+        if old is None:
+            if portals:
+                portals.pop(name, None)
+            return
         if portals is _NO_PORTALS:
             portals = self._portals = {}
-        elif name and name in portals:
-            return errors.portal_noted(name=name.decode(errors="replace"))
-        elif name not in portals and len(portals) >= _MAX_PORTALS:
-            return errors.too_many_noted_portals(limit=_MAX_PORTALS)
-        portals[name] = (self._subxact_statements.get(statement) if self._subxact_statements else None,
-                         bool(self._reset_names and statement in self._reset_names),
-                         self.context.statements.get(statement))
-        return None
+        portals[name] = old
 
     def _executed(self, noted: NotedPortal) -> None:
         """The Execute of a portal noted by `_bound_portal` (what its statement was when it was bound): statement
@@ -2614,8 +2641,8 @@ class ClientSession:
             name = protocol_name(name)
         if name is not None:  # (skipped: PostgreSQL keeps the statement, whose records went or go: review 19a F1)
             self._journaled(self._flight(name, False))
-        if found is not None and found[0] == b"P" and self._portals:
-            self._portals.pop(protocol_key(body[1:-1]), None)
+        if found is not None and found[0] == b"P" and self._portals:  # (skipped: the portal stays, red team 20a F1)
+            self._portal_noted(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
             portal = protocol_name(found[1])
             old = self._hidden.portals.pop(portal, None)
@@ -2775,10 +2802,14 @@ class ClientSession:
         self._on_request_message(body)
         if body[-4:] != b"\x00\x00\x00\x00":
             self._paged = True
-        if self._portals:
-            noted = self._portals.pop(protocol_key(body[:max(body.find(b"\x00"), 0)]), None)
+        if self._portals:  # (failed or skipped, the portal is PostgreSQL's as it was: its note too, red team 20a F1)
+            name = protocol_key(body[:max(body.find(b"\x00"), 0)])
+            noted = self._portals.get(name)
             if noted is not None:
+                self._portal_noted(name, None)
                 self._executed(noted)
+                if self.statements is None:  # (with the statement maps, _Follow.on_execute tags it)
+                    self._tag_journal()
         self._results += 1
 
     def _settle_unsynced(self) -> list[Action]:
@@ -3976,6 +4007,8 @@ class _Follow:
         if self.session._hidden is not None:
             self.session._executed_names(body)
         self.st.execute(body)
+        if self.session._journal is not None:  # (a portal's note taken back if the Execute fails or is skipped)
+            self.session._tag_journal()
 
     def on_copy_end(self, body: bytes) -> None:
         self.copy_end(self.session, body)

@@ -24,6 +24,11 @@ RUNS = {
     "FETCH c; COMMIT": (set(), {b"c"}),
     "SELECT 1; EXECUTE s; MOVE c": ({"s"}, {b"c"}),
     "/* x */EXECUTE/**/s": ({"s"}, set()),
+    # a SQL cursor made under a name: a protocol portal of that name with changes must not be replaced by SQL (red
+    # team 20a F2: CLOSE c, then DECLARE c, and the protocol Execute "c" ran the cursor)
+    "DECLARE c CURSOR FOR SELECT 1": (set(), {b"c"}),
+    'declare "Cur" cursor with hold for select 1': (set(), {b"Cur"}),
+    "CLOSE c; DECLARE c CURSOR FOR SELECT 1; FETCH c": (set(), {b"c"}),
 }
 
 
@@ -37,7 +42,7 @@ def test_the_names_a_text_runs_are_found_in_any_of_its_statements(sql: str) -> N
     "SELECT removed_at, executed, fetched FROM moves",  # the words inside identifiers
     "SELECT 'EXECUTE s'",  # in a literal: not run
     "UPDATE t SET a = 1 WHERE CURRENT OF c",  # the cursor's position only: its query is not run
-    "CLOSE c", "DEALLOCATE s", "PREPARE s AS SELECT 1", "DECLARE c CURSOR FOR SELECT 1",
+    "CLOSE c", "CLOSE ALL", "DEALLOCATE s", "PREPARE s AS SELECT 1",
     "EXECUTE", "FETCH FROM",  # not PostgreSQL's grammar: nothing runs
 ])
 def test_a_text_that_runs_no_statement_or_portal_by_name_runs_nothing(sql: str) -> None:
@@ -140,11 +145,11 @@ def test_server_names_may_have_a_statement_parsed_or_confirmed_until_its_close_i
 
 def test_a_name_prepared_or_declared_earlier_in_the_same_string_is_the_sql_one() -> None:
     """`DEALLOCATE k; PREPARE k …; EXECUTE k` in one Query runs the SQL-prepared k (its PREPARE made it, or failed and
-    nothing after it ran); so does `DECLARE c …; FETCH c`. A run before the PREPARE/DECLARE, or of another name, is
-    still reported."""
+    nothing after it ran); so does `DECLARE c …; FETCH c` (the DECLARE itself names c: red team 20a F2). A run before
+    the PREPARE/DECLARE, or of another name, is still reported."""
     assert sql_runs("DEALLOCATE k2; PREPARE k2(int) AS SELECT $1; EXECUTE k2(1)") is NOTHING
-    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH c; MOVE c") is NOTHING
+    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH c; MOVE c") == (frozenset(), frozenset({b"c"}))
     assert sql_runs("EXECUTE k2(1); PREPARE k2(int) AS SELECT $1") == (frozenset({"k2"}), frozenset())
     assert sql_runs("FETCH c; DECLARE c CURSOR FOR SELECT 1") == (frozenset(), frozenset({b"c"}))
     assert sql_runs('PREPARE "K" AS SELECT 1; EXECUTE k') == (frozenset({"k"}), frozenset())
-    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH d") == (frozenset(), frozenset({b"d"}))
+    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH d") == (frozenset(), frozenset({b"c", b"d"}))
