@@ -7,10 +7,9 @@ search_path, a setting, a temporary relation: its decision's changes) only at it
 SQL reference: so a Query, a Parse and a Bind that would run by SQL a protocol-level statement or portal whose
 decision carries a change, or whose decision the proxy does not know, is refused (rule `protocol_name_by_sql`). One
 decided without a change (asyncpg's `Cursor.forward`: `MOVE FORWARD n` of its cursor's portal) runs by SQL as it
-does in PostgreSQL (review 19a F2). A SQL `DECLARE name` counts as running portal `name`: after a SQL `CLOSE` of a
-protocol portal with changes a cursor of its name would run under the portal's name what the proxy did not decide
-for it (red team 20a F2), so it is refused while that portal is held. Names are keyed as PostgreSQL keys them
-(pgnames): a portal by the first 63 bytes of its Bind's name, a SQL name as the scanner cut it.
+does in PostgreSQL (review 19a F2). The cursors a text DECLAREs are found too: a SQL cursor may take the name of a
+protocol portal the proxy noted a change for (after a SQL `CLOSE` of it, red team 20a F2). Names are keyed as
+PostgreSQL keys them (pgnames): a portal by the first 63 bytes of its Bind's name, a SQL name as the scanner cut it.
 
 Whether each protocol statement was decided without a change is kept (the unnamed statement's entry is replaced; a
 named one's only turns to "with changes": it may be a Parse PostgreSQL refuses, the old statement staying); past
@@ -33,8 +32,9 @@ from pglast.parser import ParseError, parse_sql_json
 
 from proxy.pgnames import sql_identifier
 
-Runs = tuple[frozenset[str], frozenset[bytes]]  # (statements EXECUTEd, portals FETCHed / MOVEd / DECLAREd), as keyed
-NOTHING: Runs = (frozenset(), frozenset())
+# (prepared statements EXECUTEd, portals FETCHed / MOVEd, cursors DECLAREd), as keyed
+Runs = tuple[frozenset[str], frozenset[bytes], frozenset[bytes]]
+NOTHING: Runs = (frozenset(), frozenset(), frozenset())
 # A text can run a statement or a portal by name only where one of these keywords stands (in ASCII letters, any case).
 _WORDS = ("execute", "fetch", "move", "declare")
 _MAX_TEXTS = 512  # texts whose runs are remembered (a driver's FETCH FORWARD n FROM "c" repeats)
@@ -81,9 +81,6 @@ def _parsed(sql: str) -> Runs:
                     portal = sql_identifier(str(fetch["portalname"])).encode("utf-8", "surrogatepass")
                     if portal not in declared:
                         portals.add(portal)
-                cursor = node.get("DeclareCursorStmt")  # (a SQL cursor of a protocol portal's name: red team 20a F2)
-                if isinstance(cursor, dict) and cursor.get("portalname"):
-                    portals.add(sql_identifier(str(cursor["portalname"])).encode("utf-8", "surrogatepass"))
                 stack.extend(node.values())
             elif isinstance(node, list):
                 stack.extend(node)
@@ -93,9 +90,9 @@ def _parsed(sql: str) -> Runs:
                 made.add(sql_identifier(str(prepare["name"])))
             if isinstance(declare, dict) and declare.get("portalname"):
                 declared.add(sql_identifier(str(declare["portalname"])).encode("utf-8", "surrogatepass"))
-    if not statements and not portals:
+    if not statements and not portals and not declared:
         return NOTHING
-    return frozenset(statements), frozenset(portals)
+    return frozenset(statements), frozenset(portals), frozenset(declared)
 
 
 class ProtocolRuns:
@@ -168,4 +165,4 @@ class ProtocolRuns:
 def _union(a: Runs, b: Runs) -> Runs:
     if a is NOTHING:
         return b
-    return a[0] | b[0], a[1] | b[1]
+    return a[0] | b[0], a[1] | b[1], a[2] | b[2]

@@ -1,14 +1,14 @@
-"""A portal's note (the change its Execute applies) follows PostgreSQL's portal, not the client's messages (red team
-20a F1 + F2).
+"""A portal's note (the change its Execute applies) follows PostgreSQL's portal, not the client's messages (rt20a).
 
 F1: a `Close P c` or `Execute c` PostgreSQL skips (an error earlier in its batch) or refuses (25P02, the transaction
 aborted) dropped c's note while c lived on: after ROLLBACK TO, `Execute c` ran `set_config('search_path',
-'information_schema, <own>')` unseen, the proxy stopped filtering the information_schema views (other tenants'
-function names) and, in transaction pooling, gave the server back with that path. F2: a later `Bind` of the same name
-to a change-free statement (in one batch or two), a skipped `Bind` of it to a statement with a change, or SQL `CLOSE
-c` + `DECLARE c`, left the proxy applying a change PostgreSQL never ran. gina (schema tenant) and dan (database
-tenant sharing `saas`); transaction pooling, session pooling with and without the statement cache; every PostgreSQL
-the fixtures offer; the tenant's next session read after each.
+'information_schema, <own>')` unseen, the proxy stopped filtering the information_schema views (other tenants' function
+names) and, in transaction pooling, gave the server back with that path. F2: a later `Bind` of the same name to a
+change-free statement (in one batch or two), a skipped `Bind` of it to a statement with a change, or SQL `CLOSE c` +
+`DECLARE c`, left the proxy applying a change PostgreSQL never ran (a DECLARE of a noted name makes the name unknown
+until its request ends without an error; an Execute of an unknown name is refused, 34000). gina (schema tenant) and dan
+(database tenant sharing `saas`); transaction pooling, session pooling with and without the statement cache; every
+PostgreSQL the fixtures offer; the tenant's next session read after each.
 """
 
 from __future__ import annotations
@@ -112,16 +112,32 @@ def _skipped_bind(user: str) -> list[tuple[bytes, list[str] | None]]:
             (_query("COMMIT"), [])]
 
 
-def _sql_close_declare(user: str) -> list[tuple[bytes, list[str] | None]]:
-    """rt20a's xd.py: SQL CLOSE of the protocol portal c bound to a set_config, then SQL DECLARE c of `SELECT 1`: the
-    DECLARE is refused (0A000) while c's transaction lasts; `Execute c` then meets the aborted transaction."""
+def _sql_close_declare(user: str, declare: bytes) -> list[tuple[bytes, list[str] | None]]:
+    """rt20a's xd.py: SQL CLOSE of the protocol portal c bound to a set_config, then SQL DECLARE c of `SELECT 1`
+    (`declare`: by Query, in the CLOSE's Query string, or by Parse/Bind/Execute): `Execute c` runs the cursor, and
+    the proxy applies nothing."""
+    steps = [(_query(f"SET search_path = information_schema, {OWN[user]}"), []),
+             (_query("BEGIN"), []),
+             (_parse("s2", _own_path(user)) + _bind("c", "s2") + m.SYNC_MESSAGE, [])]
+    if declare:
+        steps += [(_query("CLOSE c"), []), (declare, [])]
+    else:
+        steps += [(_query("CLOSE c; DECLARE c CURSOR FOR SELECT 1"), [])]
+    return [*steps, (_execute("c") + m.SYNC_MESSAGE, []), (_query("COMMIT"), [])]
+
+
+def _declare_refused(user: str) -> list[tuple[bytes, list[str] | None]]:
+    """SQL DECLARE c while the protocol portal c lives: PostgreSQL fails it (42P03); after ROLLBACK TO the proxy does
+    not know which c PostgreSQL has (it did not follow the DECLARE's answer to the portal): `Execute c` is refused
+    (34000, portal_not_known), the session goes on."""
     return [(_query(f"SET search_path = information_schema, {OWN[user]}"), []),
             (_query("BEGIN"), []),
             (_parse("s2", _own_path(user)) + _bind("c", "s2") + m.SYNC_MESSAGE, []),
-            (_query("CLOSE c"), []),
-            (_query("DECLARE c CURSOR FOR SELECT 1"), ["0A000"]),
-            (_execute("c") + m.SYNC_MESSAGE, None),
-            (_query("COMMIT"), [])]
+            (_query("SAVEPOINT sp"), []),
+            (_query("DECLARE c CURSOR FOR SELECT 1"), ["42P03"]),
+            (_query("ROLLBACK TO sp"), []),
+            (_execute("c") + m.SYNC_MESSAGE, ["34000"]),
+            (_query("ROLLBACK"), [])]
 
 
 SPELLINGS = {
@@ -132,7 +148,11 @@ SPELLINGS = {
     "unnamed rebound in one batch": _rebound,
     "unnamed rebound in a transaction": _rebound_tx,
     "bind skipped": _skipped_bind,
-    "sql close and declare": _sql_close_declare,
+    "sql close, then declare": lambda user: _sql_close_declare(user, _query("DECLARE c CURSOR FOR SELECT 1")),
+    "sql close and declare in one query": lambda user: _sql_close_declare(user, b""),
+    "sql close, then declare by parse": lambda user: _sql_close_declare(
+        user, _extended("DECLARE c CURSOR FOR SELECT 1", "p")),
+    "sql declare failed, then rollback to": _declare_refused,
 }
 
 

@@ -10,7 +10,7 @@ from proxy.auth.throttle import AuthThrottle
 from proxy.policy import TenantPolicy
 from proxy.policy.cache import DecisionCache
 from proxy.protocol import messages as m
-from proxy.session import ClientSession
+from proxy.session import _UNKNOWN_PORTAL, ClientSession
 from tests.support.sessions import login, make_config, server_for
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
@@ -43,6 +43,10 @@ def in_transaction(tmp_path: Path, pool: str) -> ClientSession:
 
 def bind(portal: str, statement: str) -> bytes:
     return m.frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + b"\x00\x00\x00\x00\x00\x00")
+
+
+def sent(actions: list) -> bytes:
+    return b"".join(b"".join(a.chunks) for a in actions if type(a).__name__ == "RelayToServer")
 
 
 def noted(s: ClientSession) -> set[bytes]:
@@ -124,3 +128,46 @@ def test_a_message_sent_after_its_batchs_error_arrived_leaves_the_note(tmp_path:
     s.client_data(message + m.SYNC_MESSAGE)
     s.server_data(m.ready_for_query(b"E"))
     assert noted(s) == {b"c"}
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
+@pytest.mark.parametrize("how", ["query", "extended"])
+def test_a_sql_declare_of_a_noted_name_takes_its_note(tmp_path: Path, pool: str, how: str) -> None:
+    """F2's SQL spelling: after SQL `CLOSE c`, `DECLARE c` (by Query, or the Execute of a portal whose statement
+    declares c) answered without an error: PostgreSQL's c is the cursor, c has no note."""
+    s = in_transaction(tmp_path, pool)
+    s.client_data(bind("c", "s1") + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"2", b"") + m.ready_for_query(b"T"))
+    s.client_data(m.Query("CLOSE c").encode())
+    s.server_data(m.frame(b"C", b"CLOSE CURSOR\x00") + m.ready_for_query(b"T"))
+    assert noted(s) == {b"c"}
+    declare = "DECLARE c CURSOR FOR SELECT 1"
+    if how == "query":
+        s.client_data(m.Query(declare).encode())
+        assert s._portals[b"c"] is _UNKNOWN_PORTAL
+        s.server_data(m.frame(b"C", b"DECLARE CURSOR\x00") + m.ready_for_query(b"T"))
+    else:
+        s.client_data(m.Parse("q", declare, b"\x00\x00").encode() + bind("p", "q") + m.execute_message("p")
+                      + m.SYNC_MESSAGE)
+        assert s._portals[b"c"] is _UNKNOWN_PORTAL
+        s.server_data(m.frame(b"1", b"") + m.frame(b"2", b"") + m.frame(b"C", b"DECLARE CURSOR\x00")
+                      + m.ready_for_query(b"T"))
+    assert noted(s) == set()
+
+
+@pytest.mark.parametrize("pool", sorted(POOLS))
+def test_an_execute_of_a_name_a_failed_declare_left_unknown_is_refused(tmp_path: Path, pool: str) -> None:
+    """`DECLARE c` answered with an error (42P03 while PostgreSQL has the portal; or a later statement of its string
+    failed): the proxy does not know which c PostgreSQL has after a ROLLBACK TO; `Execute c` is sent under a marker
+    portal name PostgreSQL does not have (its 34000 replaced by portal_not_known); a Bind of c makes it known."""
+    s = in_transaction(tmp_path, pool)
+    s.client_data(bind("c", "s1") + m.SYNC_MESSAGE)
+    s.server_data(m.frame(b"2", b"") + m.ready_for_query(b"T"))
+    s.client_data(m.Query("DECLARE c CURSOR FOR SELECT 1").encode())
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "42P03", "M": "dup"}) + m.ready_for_query(b"E"))
+    assert s._portals[b"c"] is _UNKNOWN_PORTAL
+    out = sent(s.client_data(m.execute_message("c") + m.SYNC_MESSAGE))
+    assert out.startswith(b"E") and out[5:].startswith(b"pgtenant_denied_")
+    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "25P02", "M": "aborted"}) + m.ready_for_query(b"E"))
+    s.client_data(bind("c", "t") + m.SYNC_MESSAGE)
+    assert noted(s) == set()
