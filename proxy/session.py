@@ -2754,7 +2754,8 @@ class ClientSession:
         self._done = 0
         if self._declaring and request is not None:
             self._declares_ended(request, body[:1])
-        if body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
+        if (self._portals or self._declaring_portals or self._declaring) and body[:1] == b"I" and \
+                not self.tracker.pending:  # (no portal outlives its transaction)
             if self._portals:
                 self._portals = _NO_PORTALS  # type: ignore[assignment]
             if self._declaring_portals:
