@@ -168,6 +168,11 @@ def test_an_execute_of_a_name_a_failed_declare_left_unknown_is_refused(tmp_path:
     assert s._portals[b"c"] is _UNKNOWN_PORTAL
     out = sent(s.client_data(m.execute_message("c") + m.SYNC_MESSAGE))
     assert out.startswith(b"E") and out[5:].startswith(b"pgtenant_denied_")
-    s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "25P02", "M": "aborted"}) + m.ready_for_query(b"E"))
+    marker = out[5:out.index(b"\x00", 5)].decode()
+    answer = s.server_data(m.encode_error_fields(b"E", {"S": "ERROR", "C": "34000",
+                                                        "M": f'portal "{marker}" does not exist'})
+                           + m.ready_for_query(b"E"))
+    told = b"".join(b"".join(a.chunks) for a in answer if type(a).__name__ == "RelayToClient")
+    assert b"C34000\x00" in told and b'portal "c" is not known' in told and marker.encode() not in told, told
     s.client_data(bind("c", "t") + m.SYNC_MESSAGE)
     assert noted(s) == set()
