@@ -32,6 +32,7 @@ INSUFFICIENT_PRIVILEGE = "42501"
 SYNTAX_ERROR = "42601"
 DUPLICATE_PSTATEMENT = "42P05"
 DUPLICATE_CURSOR = "42P03"
+INVALID_CURSOR_NAME = "34000"
 UNDEFINED_OBJECT = "42704"
 OUT_OF_MEMORY = "53200"
 TOO_MANY_CONNECTIONS = "53300"
@@ -384,6 +385,14 @@ portal_noted = _register(
     "portal_noted", DUPLICATE_CURSOR, "ERROR",
     'portal "{name}" already exists',
     hint="Close the portal before binding it again.",
+)
+# An Execute of a portal whose name a SQL DECLARE sent in its transaction may have taken (red team 20a F2): the
+# proxy does not know whether PostgreSQL runs the protocol portal (and its change) or a SQL cursor; refused until the
+# name is bound again or the transaction ends.
+portal_not_known = _register(
+    "portal_not_known", INVALID_CURSOR_NAME, "ERROR",
+    'portal "{name}" is not known to be the one PostgreSQL has after a SQL DECLARE of its name; bind it again',
+    hint="Bind the portal again (or run the cursor by SQL FETCH), or end the transaction.",
 )
 # A Bind of a prepared statement whose latest Parse or Close PostgreSQL skipped (an error earlier in its batch, review
 # 19a F1): PostgreSQL may still have an older statement of that name than the one the proxy decided; refused until a

@@ -266,6 +266,11 @@ _NO_EXECUTES = ()
 # is a RESET sent as a SET, its changes to the session's context).
 NotedPortal = tuple[tuple[tuple[str, str], ...] | None, bool, tuple[Change, ...] | None]
 _NO_PORTALS: dict[bytes, NotedPortal] = {}  # `_portals` while none is noted (never written: `_bound_portal` makes one)
+# The note of a portal whose name a SQL DECLARE sent may have taken (red team 20a F2): its Execute is refused until the
+# DECLARE's request ends without an error (PostgreSQL's portal is then the SQL cursor: no note), a Bind of the name,
+# or the transaction's end. (An object of its own: compared by identity.)
+_UNKNOWN_PORTAL: NotedPortal = (None, False, None)
+_MAX_DECLARING = 64  # requests of SQL DECLAREs of noted names awaited per session; past it their names stay unknown
 _MAX_PORTALS = 1000  # portals noted per session (the oldest go)
 _NO_RETAGS = ()  # ClientSession._retags with none
 # The answers that end an extended message's (ParseComplete ... PortalSuspended: skipping.Owed.completed), but for
@@ -314,7 +319,8 @@ class ClientSession:
         "_client_status", "_client_texts", "_contextual", "_copy_held", "_copy_since", "_counted", "_cursors", "_cut",
         "_cut_ends", "_cut_inject",
         "_cut_ran",
-        "_decided_in", "_decisive", "_denial_bytes", "_denials", "_done", "_executes", "_ext_open", "_ext_since",
+        "_decided_in", "_decisive", "_declaring", "_declaring_portals", "_denial_bytes", "_denials", "_done",
+        "_executes", "_ext_open", "_ext_since",
         "_fed_since_cancel", "_flights",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
@@ -421,6 +427,8 @@ class ClientSession:
         self._results = 0  # Executes since the last Sync or Query: the position of the next statement in its request
         # Portals bound to a statement followed by position, not executed yet (raw portal name -> statement)
         self._portals: dict[bytes, NotedPortal] = _NO_PORTALS  # type: ignore[assignment]
+        self._declaring: list[tuple[object, list[bytes]]] | None = None  # (request, noted names its DECLAREs take)
+        self._declaring_portals: dict[bytes, frozenset[bytes]] | None = None  # portal -> the cursors it DECLAREs
         self._done = 0  # CommandCompletes of the request being answered
         self._contextual: Contextual | None = None
         self._decided_in: object = None  # the context `decide` was last chosen for
@@ -1829,6 +1837,10 @@ class ClientSession:
                                                                                  self._startup_settings):
                 decision, restored = self._restoring(sql, decision)
         self.tracker.on_query(sql, decision)
+        if self._portals and type(decision) is not Deny:
+            declared = sql_runs(sql)[2]
+            if declared:
+                self._declares_sent(declared)
         first, self._results = self._results, 0
         self._binds = 0
         if self._hidden is not None:
@@ -1886,7 +1898,7 @@ class ClientSession:
         """The refusal of a text that runs `runs` by SQL when one of them may be a protocol-level statement (where the
         client's statement names reach the server: session pooling without the statement maps) or portal whose
         decision carries a change or is unknown (one decided without a change runs by SQL: review 19a F2)."""
-        statements, portals = runs
+        statements, portals = runs[0], runs[1]
         names = self._names
         held = self._runs
         if statements and names is not None:
@@ -1936,11 +1948,62 @@ class ClientSession:
         if runs is None:
             return deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}": the transaction has '
                         "too many portals of statements that change the session's state")
+        if runs[2] or (self._declaring_portals and portal in self._declaring_portals):
+            self._declaring_portal(portal, runs[2])
         refused = self._protocol_refusal(runs) if runs is not NOTHING else None
         if refused is None and portal and not quiet and portal in held.running[1]:
             refused = deny("protocol_name_by_sql", f'portal "{portal.decode("utf-8", "replace")}" is run by SQL '
                            "FETCH or MOVE in a portal bound earlier: a portal made by a Bind message is not run by SQL")
         return refused
+
+    def _declaring_portal(self, portal: bytes, declared: frozenset[bytes]) -> None:
+        """Portal `portal` is bound to a statement that DECLAREs the cursors `declared` (none: no longer) when its
+        Execute runs; past _MAX_PORTALS such portals in a transaction, those names are unknown from now on."""
+        declaring = self._declaring_portals
+        if not declared:
+            if declaring:
+                declaring.pop(portal, None)
+            return
+        if declaring is None:
+            declaring = self._declaring_portals = {}
+        if portal in declaring or len(declaring) < _MAX_PORTALS:
+            declaring[portal] = declared
+        elif self._portals:
+            self._declares_sent(declared, False)
+
+    def _declares_sent(self, declared: frozenset[bytes], awaited: bool = True) -> None:
+        """A Query or an Execute that DECLAREs the cursors `declared` is sent: a noted portal of one of those names
+        becomes unknown (PostgreSQL fails the DECLARE if it still has the portal, else the cursor takes the name: red
+        team 20a F2's `CLOSE c`, `DECLARE c`, `Execute c`); `awaited`: once its request ends without an error, the
+        names have no note (the cursor is PostgreSQL's)."""
+        portals = self._portals
+        taken = [name for name in declared if name in portals]
+        if not taken:
+            return
+        for name in taken:
+            portals[name] = _UNKNOWN_PORTAL
+        pending = self.tracker.pending
+        if awaited and pending:
+            if self._declaring is None:
+                self._declaring = []
+            if len(self._declaring) < _MAX_DECLARING:  # (past it, the names stay unknown: refusing more)
+                self._declaring.append((pending[-1], taken))
+
+    def _declares_ended(self, request: object, status: bytes) -> None:
+        """Request `request` ended (ReadyForQuery `status`): the names its DECLAREs took have no note if it ended
+        without an error (else they stay unknown until bound again or the transaction ends)."""
+        declaring = self._declaring
+        assert declaring is not None
+        kept = []
+        for entry in declaring:
+            if entry[0] is not request:
+                kept.append(entry)
+            elif status != b"E":
+                portals = self._portals
+                for name in entry[1]:
+                    if portals.get(name) is _UNKNOWN_PORTAL:
+                        del portals[name]
+        self._declaring = kept or None
 
     def _gate_parse(self, body: bytes) -> object:
         """Apply the policy to a Parse (a Parse repeated byte for byte under the same policy reuses its outcome)."""
@@ -2576,6 +2639,8 @@ class ClientSession:
                 refusal = self._bound_portal(body, statement)
                 if refusal is not None:
                     out = m.bind_renamed(body, self._error_marker(refusal))
+            elif self._portals:  # (any Bind of the name replaces PostgreSQL's portal: its note goes, red team 20a F2)
+                self._portal_noted(protocol_key(body[:body.index(b"\x00")]), None)
         if self._released is body:
             self._released = None
             if self._bind_refusal is not None:  # the backend fails to find the marker statement: our refusal
@@ -2592,16 +2657,41 @@ class ClientSession:
         noted already (PostgreSQL refuses it, 42P03, unless a ROLLBACK TO dropped it), the Bind is refused."""
         portals = self._portals
         name = protocol_key(body[:body.index(b"\x00")])
+        if name and portals.get(name, _UNKNOWN_PORTAL) is not _UNKNOWN_PORTAL:  # (an unknown one: PostgreSQL judges)
+            return errors.portal_noted(name=name.decode(errors="replace"))
+        if name not in portals and len(portals) >= _MAX_PORTALS:
+            return errors.too_many_noted_portals(limit=_MAX_PORTALS)
+        self._portal_noted(name, (self._subxact_statements.get(statement) if self._subxact_statements else None,
+                                  bool(self._reset_names and statement in self._reset_names),
+                                  self.context.statements.get(statement)))
+        return None
+
+    def _portal_noted(self, name: bytes, noted: NotedPortal | None) -> None:
+        """Portal `name`'s note becomes `noted` (None: it has none) as the Bind, Execute or Close P being handled is
+        sent; taken back if PostgreSQL fails or skips that message, whose portal then stays as it was (red team 20a
+        F1/F2: the notes follow PostgreSQL's portals, not the client's messages)."""
+        portals = self._portals
+        if noted is None:
+            old = portals.pop(name, None) if portals else None
+            if old is None:
+                return
+        else:
+            if portals is _NO_PORTALS:
+                portals = self._portals = {}
+            old = portals.get(name)
+            portals[name] = noted
+        self._journaled(partial(self._portal_back, name, old))
+
+    def _portal_back(self, name: bytes, old: NotedPortal | None) -> None:
+        """A journal step: portal `name`'s note as it was before a message PostgreSQL failed or skipped."""
+        portals = self._portals
+        if old is None:
+            if portals:
+                portals.pop(name, None)
+            return
         if portals is _NO_PORTALS:
             portals = self._portals = {}
-        elif name and name in portals:
-            return errors.portal_noted(name=name.decode(errors="replace"))
-        elif name not in portals and len(portals) >= _MAX_PORTALS:
-            return errors.too_many_noted_portals(limit=_MAX_PORTALS)
-        portals[name] = (self._subxact_statements.get(statement) if self._subxact_statements else None,
-                         bool(self._reset_names and statement in self._reset_names),
-                         self.context.statements.get(statement))
-        return None
+        portals[name] = old
 
     def _executed(self, noted: NotedPortal) -> None:
         """The Execute of a portal noted by `_bound_portal` (what its statement was when it was bound): statement
@@ -2638,8 +2728,8 @@ class ClientSession:
         if name is not None:  # (skipped: PostgreSQL keeps the statement, its records stay or are put back)
             flight = ClosedFlight(name, self._close_lost)
             self._journaled(self._flight(flight, False))
-        if found is not None and found[0] == b"P" and self._portals:
-            self._portals.pop(protocol_key(body[1:-1]), None)
+        if found is not None and found[0] == b"P" and self._portals:  # (skipped: the portal stays, red team 20a F1)
+            self._portal_noted(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
             portal = protocol_name(found[1])
             old = self._hidden.portals.pop(portal, None)
@@ -2692,8 +2782,16 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
-        if self._portals and body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
-            self._portals = _NO_PORTALS  # type: ignore[assignment]
+        if self._declaring and request is not None:
+            self._declares_ended(request, body[:1])
+        if (self._portals or self._declaring_portals or self._declaring) and body[:1] == b"I" and \
+                not self.tracker.pending:  # (no portal outlives its transaction)
+            if self._portals:
+                self._portals = _NO_PORTALS  # type: ignore[assignment]
+            if self._declaring_portals:
+                self._declaring_portals = None
+            if self._declaring:
+                self._declaring = None
         if self._runs is not None and body[:1] == b"I" and not self.tracker.pending:
             self._runs.ended()
         if self._retags:
@@ -2812,17 +2910,30 @@ class ClientSession:
             return None
         return m.frame(b"D", b"S" + self._error_marker(errors.statement_not_known(name=name)).encode() + b"\x00")
 
-    def _on_execute(self, body: bytes) -> None:
+    def _on_execute(self, body: bytes) -> bytes | None:
         """An Execute (with a row count, its portal may be suspended and go on): the next statement of its request
         (answered by one CommandComplete, EmptyQueryResponse or PortalSuspended)."""
         self._on_request_message(body)
         if body[-4:] != b"\x00\x00\x00\x00":
             self._paged = True
-        if self._portals:
-            noted = self._portals.pop(protocol_key(body[:max(body.find(b"\x00"), 0)]), None)
-            if noted is not None:
+        out = None
+        if self._portals:  # (failed or skipped, the portal is PostgreSQL's as it was: its note too, red team 20a F1)
+            name = protocol_key(body[:max(body.find(b"\x00"), 0)])
+            noted = self._portals.get(name)
+            if noted is _UNKNOWN_PORTAL:  # the marker portal PostgreSQL does not have: its 34000 becomes ours
+                marker = self._error_marker(errors.portal_not_known(name=name.decode(errors="replace")))
+                out = m.frame(b"E", marker.encode() + body[max(body.find(b"\x00"), 0):])
+            elif noted is not None:
+                self._portal_noted(name, None)
                 self._executed(noted)
+                if self.statements is None:  # (with the statement maps, _Follow.on_execute tags it)
+                    self._tag_journal()
+            if self._declaring_portals and self._portals:
+                declared = self._declaring_portals.get(name)
+                if declared:
+                    self._declares_sent(declared)
         self._results += 1
+        return out
 
     def _settle_unsynced(self) -> list[Action]:
         """A batch ended with a Flush and answered in full, outside a transaction block (asyncpg's prepare(),
@@ -4015,12 +4126,14 @@ class _Follow:
         if not self.session.tracker.copy_in:  # (one the backend reads: it ignores those in a COPY IN)
             self.st.sync()
 
-    def on_execute(self, body: bytes) -> None:
-        if self.execute is not None:
-            self.execute(self.session, body)
+    def on_execute(self, body: bytes) -> bytes | None:
+        out = self.execute(self.session, body) if self.execute is not None else None
         if self.session._hidden is not None:
             self.session._executed_names(body)
-        self.st.execute(body)
+        self.st.execute(body if out is None else out[5:])
+        if self.session._journal is not None:  # (a portal's note taken back if the Execute fails or is skipped)
+            self.session._tag_journal()
+        return out
 
     def on_copy_end(self, body: bytes) -> None:
         self.copy_end(self.session, body)

@@ -7,8 +7,9 @@ search_path, a setting, a temporary relation: its decision's changes) only at it
 SQL reference: so a Query, a Parse and a Bind that would run by SQL a protocol-level statement or portal whose
 decision carries a change, or whose decision the proxy does not know, is refused (rule `protocol_name_by_sql`). One
 decided without a change (asyncpg's `Cursor.forward`: `MOVE FORWARD n` of its cursor's portal) runs by SQL as it
-does in PostgreSQL (review 19a F2). Names are keyed as PostgreSQL keys them (pgnames): a portal by the first 63 bytes
-of its Bind's name, a SQL name as the scanner cut it.
+does in PostgreSQL (review 19a F2). The cursors a text DECLAREs are found too: a SQL cursor may take the name of a
+protocol portal the proxy noted a change for (after a SQL `CLOSE` of it, red team 20a F2). Names are keyed as
+PostgreSQL keys them (pgnames): a portal by the first 63 bytes of its Bind's name, a SQL name as the scanner cut it.
 
 Whether each protocol statement was decided without a change is kept (the unnamed statement's entry is replaced; a
 named one's only turns to "with changes": it may be a Parse PostgreSQL refuses, the old statement staying); past
@@ -31,10 +32,11 @@ from pglast.parser import ParseError, parse_sql_json
 
 from proxy.pgnames import sql_identifier
 
-Runs = tuple[frozenset[str], frozenset[bytes]]  # (prepared statements EXECUTEd, portals FETCHed / MOVEd), as keyed
-NOTHING: Runs = (frozenset(), frozenset())
+# (prepared statements EXECUTEd, portals FETCHed / MOVEd, cursors DECLAREd), as keyed
+Runs = tuple[frozenset[str], frozenset[bytes], frozenset[bytes]]
+NOTHING: Runs = (frozenset(), frozenset(), frozenset())
 # A text can run a statement or a portal by name only where one of these keywords stands (in ASCII letters, any case).
-_WORDS = ("execute", "fetch", "move")
+_WORDS = ("execute", "fetch", "move", "declare")
 _MAX_TEXTS = 512  # texts whose runs are remembered (a driver's FETCH FORWARD n FROM "c" repeats)
 _MAX_PORTALS = 4096  # named portals with changes held per transaction; past it, the Bind of another is refused
 _MAX_STATEMENTS = 4096  # named statements whose text runs others by SQL, per session; past it, such a Parse is refused
@@ -45,7 +47,7 @@ def sql_runs(sql: str) -> Runs:
     """The prepared statements and portals `sql` runs by SQL name (NOTHING when it names none or does not parse:
     PostgreSQL runs nothing of it then)."""
     low = sql.lower()  # (a substring test of the lower-cased text: ~0.2 us for a 90-character text, a regex ~1-2 us)
-    if _WORDS[0] not in low and _WORDS[1] not in low and _WORDS[2] not in low:
+    if _WORDS[0] not in low and _WORDS[1] not in low and _WORDS[2] not in low and _WORDS[3] not in low:
         return NOTHING
     return _parsed(sql)
 
@@ -88,9 +90,9 @@ def _parsed(sql: str) -> Runs:
                 made.add(sql_identifier(str(prepare["name"])))
             if isinstance(declare, dict) and declare.get("portalname"):
                 declared.add(sql_identifier(str(declare["portalname"])).encode("utf-8", "surrogatepass"))
-    if not statements and not portals:
+    if not statements and not portals and not declared:
         return NOTHING
-    return frozenset(statements), frozenset(portals)
+    return frozenset(statements), frozenset(portals), frozenset(declared)
 
 
 class ProtocolRuns:
@@ -163,4 +165,4 @@ class ProtocolRuns:
 def _union(a: Runs, b: Runs) -> Runs:
     if a is NOTHING:
         return b
-    return a[0] | b[0], a[1] | b[1]
+    return a[0] | b[0], a[1] | b[1], a[2] | b[2]

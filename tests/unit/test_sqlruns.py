@@ -30,14 +30,14 @@ RUNS = {
 @pytest.mark.parametrize("sql", sorted(RUNS))
 def test_the_names_a_text_runs_are_found_in_any_of_its_statements(sql: str) -> None:
     statements, portals = RUNS[sql]
-    assert sql_runs(sql) == (frozenset(statements), frozenset(portals))
+    assert sql_runs(sql) == (frozenset(statements), frozenset(portals), frozenset())
 
 
 @pytest.mark.parametrize("sql", [
     "SELECT removed_at, executed, fetched FROM moves",  # the words inside identifiers
     "SELECT 'EXECUTE s'",  # in a literal: not run
     "UPDATE t SET a = 1 WHERE CURRENT OF c",  # the cursor's position only: its query is not run
-    "CLOSE c", "DEALLOCATE s", "PREPARE s AS SELECT 1", "DECLARE c CURSOR FOR SELECT 1",
+    "CLOSE c", "CLOSE ALL", "DEALLOCATE s", "PREPARE s AS SELECT 1",
     "EXECUTE", "FETCH FROM",  # not PostgreSQL's grammar: nothing runs
 ])
 def test_a_text_that_runs_no_statement_or_portal_by_name_runs_nothing(sql: str) -> None:
@@ -63,9 +63,9 @@ def test_a_statement_s_runs_are_replaced_unnamed_and_grow_named() -> None:
     assert "" not in runs.statements
     runs.parsed("x", sql_runs("FETCH c"), True)
     runs.parsed("x", sql_runs("EXECUTE s"), True)  # (a Parse PostgreSQL may refuse: the old statement stays)
-    assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}))
+    assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}), frozenset())
     runs.parsed("x", NOTHING, True)
-    assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}))
+    assert runs.statements["x"] == (frozenset({"s"}), frozenset({b"c"}), frozenset())
 
 
 def test_whether_a_statement_changes_nothing_is_replaced_unnamed_and_only_turns_to_changes_named() -> None:
@@ -87,14 +87,15 @@ def test_only_portals_of_statements_not_known_change_free_are_held_with_what_the
 ) -> None:
     runs = ProtocolRuns()
     runs.parsed("x", sql_runs("FETCH c"), True)
-    assert runs.bind(b"", "x", True) == (frozenset(), frozenset({b"c"}))
-    assert runs.running == (frozenset(), frozenset({b"c"}))
+    assert runs.bind(b"", "x", True) == (frozenset(), frozenset({b"c"}), frozenset())
+    assert runs.running == (frozenset(), frozenset({b"c"}), frozenset())
     assert runs.bind(b"c", "s", False) is NOTHING
-    assert runs.bind(b"cursor", "x", True) == (frozenset(), frozenset({b"c"}))  # (change-free: SQL may FETCH it)
+    # (change-free: SQL may FETCH it)
+    assert runs.bind(b"cursor", "x", True) == (frozenset(), frozenset({b"c"}), frozenset())
     assert runs.portals == {b"c"}  # (the unnamed portal is not one SQL can name)
     runs.parsed("y", sql_runs("EXECUTE s"), True)
     runs.bind(b"", "y", True)  # a Bind that fails leaves the old unnamed portal: what it runs grows
-    assert runs.running == (frozenset({"s"}), frozenset({b"c"}))
+    assert runs.running == (frozenset({"s"}), frozenset({b"c"}), frozenset())
     assert runs.portal(b"c") and not runs.portal(b"d") and not runs.portal(b"cursor")
     runs.ended()
     assert runs.portals == set() and runs.running is NOTHING and not runs.portal(b"c")
@@ -140,11 +141,22 @@ def test_server_names_may_have_a_statement_parsed_or_confirmed_until_its_close_i
 
 def test_a_name_prepared_or_declared_earlier_in_the_same_string_is_the_sql_one() -> None:
     """`DEALLOCATE k; PREPARE k …; EXECUTE k` in one Query runs the SQL-prepared k (its PREPARE made it, or failed and
-    nothing after it ran); so does `DECLARE c …; FETCH c`. A run before the PREPARE/DECLARE, or of another name, is
-    still reported."""
+    nothing after it ran); so does `DECLARE c …; FETCH c` (the DECLARE itself is reported as such: red team 20a F2).
+    A run before the PREPARE/DECLARE, or of another name, is still reported."""
     assert sql_runs("DEALLOCATE k2; PREPARE k2(int) AS SELECT $1; EXECUTE k2(1)") is NOTHING
-    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH c; MOVE c") is NOTHING
-    assert sql_runs("EXECUTE k2(1); PREPARE k2(int) AS SELECT $1") == (frozenset({"k2"}), frozenset())
-    assert sql_runs("FETCH c; DECLARE c CURSOR FOR SELECT 1") == (frozenset(), frozenset({b"c"}))
-    assert sql_runs('PREPARE "K" AS SELECT 1; EXECUTE k') == (frozenset({"k"}), frozenset())
-    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH d") == (frozenset(), frozenset({b"d"}))
+    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH c; MOVE c") == (frozenset(), frozenset(), frozenset({b"c"}))
+    assert sql_runs("EXECUTE k2(1); PREPARE k2(int) AS SELECT $1") == (frozenset({"k2"}), frozenset(), frozenset())
+    assert sql_runs("FETCH c; DECLARE c CURSOR FOR SELECT 1") == (frozenset(), frozenset({b"c"}), frozenset({b"c"}))
+    assert sql_runs('PREPARE "K" AS SELECT 1; EXECUTE k') == (frozenset({"k"}), frozenset(), frozenset())
+    assert sql_runs("DECLARE c CURSOR FOR SELECT 1; FETCH d") == (frozenset(), frozenset({b"d"}), frozenset({b"c"}))
+
+
+@pytest.mark.parametrize(("sql", "declared"), [
+    ("DECLARE c CURSOR FOR SELECT 1", {b"c"}),
+    ('declare "Cur" cursor with hold for select 1', {b"Cur"}),
+    ("CLOSE c; DECLARE c CURSOR FOR SELECT 1; DECLARE d CURSOR FOR SELECT 2", {b"c", b"d"}),
+    ("SELECT 'declare c cursor for select 1'", set()),
+])
+def test_the_cursors_a_text_declares_are_found(sql: str, declared: set[bytes]) -> None:
+    """A SQL cursor may take the name of a protocol portal the proxy noted a change for (red team 20a F2)."""
+    assert sql_runs(sql)[2] == frozenset(declared)
