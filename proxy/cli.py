@@ -9,6 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from proxy.config import Config, ConfigError
+from proxy.mcp.defaults import MAX_WAITING
 
 if TYPE_CHECKING:  # the MCP SDK is imported only by `pgtenant mcp`
     from proxy.mcp.tools import Limits
@@ -154,11 +155,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_mcp(args: argparse.Namespace) -> int:
     from proxy.mcp.tools import Limits
 
-    if args.max_rows < 1 or args.sample_rows < 1 or not 0 <= args.statement_timeout <= 86400:
-        print("pgtenant: --max-rows and --sample-rows must be at least 1, --statement-timeout 0..86400 seconds",
-              file=sys.stderr)
+    if (args.max_rows < 1 or args.sample_rows < 1 or not 0 <= args.statement_timeout <= 86400
+            or not 0 <= args.max_waiting <= 1000):
+        print("pgtenant: --max-rows and --sample-rows must be at least 1, --statement-timeout 0..86400 seconds, "
+              "--max-waiting 0..1000", file=sys.stderr)
         return 2
-    limits = Limits(max_rows=args.max_rows, sample_rows=args.sample_rows, statement_timeout=args.statement_timeout)
+    limits = Limits(max_rows=args.max_rows, sample_rows=args.sample_rows, statement_timeout=args.statement_timeout,
+                    max_waiting=args.max_waiting)
     if args.http:
         return _mcp_http(args, limits)
     dsn = _dsn(args.dsn, "PGTENANT_MCP_DSN", "mcp needs --dsn (or PGTENANT_MCP_DSN): the libpq connection string "
@@ -273,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rows", type=int, default=20, help="rows sample_rows returns at most (default 20)")
     p.add_argument("--statement-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="PostgreSQL's statement_timeout for the agent's statements (default 30; 0: none)")
+    p.add_argument("--max-waiting", type=int, default=MAX_WAITING, metavar="N",
+                   help="with --http: tool calls that may wait for an agent's login while another runs (default "
+                   "%(default)s); one more is answered at once with a busy tool error")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="log level (default info; logs go to stderr)")
     p.set_defaults(func=_cmd_mcp)

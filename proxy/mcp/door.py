@@ -18,6 +18,9 @@ _RULE = re.compile(r"\(rule ([\w.-]+)\)")
 NO_ROWS = ("the statement ran but returns no rows: the tools answer with rows (SELECT, WITH, VALUES, TABLE, SHOW, "
            "EXPLAIN); whatever a statement changes is rolled back")
 NO_COPY = "COPY is not available through these tools: run the SELECT itself (results are cut at max_rows)"
+BUSY = ("busy: this agent's login is running a call and {waiting} more are waiting for it (the MCP server's "
+        "--max-waiting); nothing was run: retry once an earlier call has answered, and make calls one at a time")
+ABANDONED = "the HTTP request of this call was closed before it answered: the call was dropped"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,14 @@ class DoorError(Exception):
         return cls(message, diag.sqlstate, diag.message_detail, diag.message_hint, rule and rule.group(1), position)
 
 
+class Abandoned(Exception):
+    """The call's client went away: it was dropped while waiting, or its statement cancelled while running."""
+
+    def __init__(self, running: bool) -> None:
+        super().__init__(ABANDONED)
+        self.running = running
+
+
 class _Lost(Exception):
     """The connection broke under a statement (its DoorError inside)."""
 
@@ -76,16 +87,54 @@ class Door:
 
     Every statement runs alone in its own `BEGIN READ ONLY` transaction that is always rolled back, over the
     extended protocol (one Parse: PostgreSQL refuses a string of several statements), its rows streamed and cut
-    at `limit` (the rest cancelled, not fetched). Calls are serialised: one statement at a time per login."""
+    at `limit` (the rest cancelled, not fetched). Calls are serialised: one statement at a time per login, at most
+    `max_waiting` calls wait for it (one more is refused as busy), and a call whose `gone` event is set (its HTTP
+    client went away) leaves the queue, or has its statement cancelled on PostgreSQL (a CancelRequest through
+    pgtenant) when it is running."""
 
     dsn: str
     statement_timeout_ms: int = 0  # set for the session at login (0: none); a statement's own SET is rolled back
     connect_timeout: float = 10.0
     _conn: psycopg.AsyncConnection[Any] | None = field(default=None, init=False, repr=False)
+    max_waiting: int | None = None  # None: no bound (stdio: one client); over HTTP the server's --max-waiting
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _waiting: int = field(default=0, init=False, repr=False)
 
-    async def run(self, sql: str, params: Sequence[Any] | None = None, *, limit: int) -> Rows:
-        async with self._lock:
+    async def run(self, sql: str, params: Sequence[Any] | None = None, *, limit: int,
+                  gone: asyncio.Event | None = None) -> Rows:
+        """The statement's rows; DoorError (BUSY when the queue is full), or Abandoned once `gone` is set."""
+        if (self.max_waiting is not None and self._waiting >= self.max_waiting
+                and (self._waiting or self._lock.locked())):
+            raise DoorError(BUSY.format(waiting=self._waiting))
+        started: list[bool] = []  # [True] once the call holds the login
+        if gone is None:
+            return await self._serialised(sql, params, limit, started)
+        work = asyncio.ensure_future(self._serialised(sql, params, limit, started))
+        watch = asyncio.ensure_future(gone.wait())
+        running = False
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not work.done():
+                # Waiting: it leaves the queue. Running: psycopg answers the cancellation with a CancelRequest
+                # (through pgtenant, as any client's) and waits for the statement's end; the connection is then
+                # dropped (see _end), so a late cancel cannot reach the next call.
+                running = bool(started)
+                work.cancel()
+                await asyncio.wait({work})
+        if work.cancelled():
+            raise Abandoned(running)
+        return work.result()
+
+    async def _serialised(self, sql: str, params: Sequence[Any] | None, limit: int, started: list[bool]) -> Rows:
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        started.append(True)
+        try:
             reused = self._conn is not None and not self._conn.closed
             try:
                 return await self._once(sql, params, limit)
@@ -98,6 +147,8 @@ class Door:
                 return await self._once(sql, params, limit)
             except _Lost as lost:
                 raise lost.error from None
+        finally:
+            self._lock.release()
 
     async def _once(self, sql: str, params: Sequence[Any] | None, limit: int) -> Rows:
         conn = await self._connection()

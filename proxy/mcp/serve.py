@@ -11,6 +11,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from proxy import logs
 from proxy.mcp.door import Door
 from proxy.mcp.http import BearerAuth, agent_of
+from proxy.mcp.refusals import RefusedRequests
 from proxy.mcp.tokens import TokenBook
 from proxy.mcp.tools import Limits, build_server
 
@@ -37,7 +38,8 @@ def run_http(book: TokenBook, limits: Limits, host: str, port: int) -> None:
     import uvicorn
 
     log = logs.get_logger("pgtenant.mcp")
-    doors = {agent.name: Door(agent.dsn, _timeout_ms(limits)) for agent in book.agents}
+    doors = {agent.name: Door(agent.dsn, _timeout_ms(limits), max_waiting=limits.max_waiting)
+             for agent in book.agents}
 
     def door_for(ctx: Context) -> Door:
         request: Any = ctx.request_context.request
@@ -54,20 +56,37 @@ def run_http(book: TokenBook, limits: Limits, host: str, port: int) -> None:
     app = server.streamable_http_app(
         streamable_http_path=MCP_PATH, stateless_http=True, json_response=True, host=host,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-    guarded = BearerAuth(app, book, on_refused=lambda reason, peer: log.warning(
-        "mcp_request_refused", reason=reason, peer=peer))
+    refusals = RefusedRequests(log.warning)
+    guarded = BearerAuth(app, book, on_refused=refusals.refused)
     config = uvicorn.Config(guarded, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
     log.info("mcp_started", transport="http", host=host, port=port, path=MCP_PATH,
-             agents=sorted(doors), max_rows=limits.max_rows)
+             agents=sorted(doors), max_rows=limits.max_rows, max_waiting=limits.max_waiting)
+
+    class Server(uvicorn.Server):
+        """uvicorn's, writing the last refusal counts at shutdown (on SIGTERM/SIGINT uvicorn raises the signal again
+        once serve() is done: code after it does not run)."""
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            await super().shutdown(sockets)
+            refusals.flush()
 
     async def main() -> None:
+        sweeping = asyncio.ensure_future(_sweep(refusals))
         try:
-            await uvicorn.Server(config).serve()
+            await Server(config).serve()
         finally:
+            sweeping.cancel()
             for door in doors.values():
                 await door.close()
 
     asyncio.run(main())
+
+
+async def _sweep(refusals: RefusedRequests) -> None:
+    """A flood that stops gets its summary within an interval, not only at the next refusal."""
+    while True:
+        await asyncio.sleep(refusals.interval)
+        refusals.sweep()
 
 
 def _timeout_ms(limits: Limits) -> int:

@@ -10,10 +10,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
+from proxy import logs
 from proxy.errors import QUERY_CANCELED
 from proxy.mcp import catalog
+from proxy.mcp.defaults import MAX_WAITING
 from proxy.mcp.dialect import DIALECTS, DialectError, to_postgres
-from proxy.mcp.door import Door, DoorError, Rows
+from proxy.mcp.door import Abandoned, Door, DoorError, Rows
+from proxy.mcp.http import gone_of
 from proxy.mcp.results import records, table
 
 SERVER_NAME = "pgtenant"
@@ -41,6 +44,7 @@ class Limits:
     sample_rows: int = 20
     explain_lines: int = 500
     statement_timeout: float = 30.0  # seconds; 0 = none
+    max_waiting: int = MAX_WAITING  # over HTTP: calls that may wait for an agent's login while one runs
 
 
 # Which login a call runs as: the only one (stdio) or the one its bearer token maps to (HTTP).
@@ -57,8 +61,13 @@ def build_server(door_for: DoorFor, limits: Limits) -> MCPServer:
                   prefix: int = 0) -> Rows:
         """`sql` through the login; an error names the PostgreSQL text a dialect became, and positions count from
         the model's statement (not from a `prefix` the tool put in front of it)."""
+        request: Any = ctx.request_context.request
+        gone = gone_of(request.scope) if request is not None else None  # over HTTP only (stdio: one client)
         try:
-            return await door_for(ctx).run(sql, params, limit=limit)
+            return await door_for(ctx).run(sql, params, limit=limit, gone=gone)
+        except Abandoned as exc:
+            logs.get_logger("pgtenant.mcp").info("mcp_call_abandoned", running=exc.running)
+            raise ToolError(str(exc)) from None
         except DoorError as exc:
             if exc.position is not None:
                 exc.position = exc.position - prefix if exc.position > prefix else None

@@ -33,6 +33,7 @@ def test_mcp_token_refuses_a_name_that_is_not_a_plain_key(capsys: pytest.Capture
     (["mcp", "--http", "127.0.0.1:8000", "--tokens", "/nonexistent/tokens.toml"], "No such file"),
     (["mcp", "--dsn", "user=x", "--max-rows", "0"], "at least 1"),
     (["mcp", "--dsn", "user=x", "--statement-timeout", "-1"], "--statement-timeout 0..86400"),
+    (["mcp", "--http", "127.0.0.1:8000", "--tokens", "t", "--max-waiting", "-1"], "--max-waiting 0..1000"),
 ])
 def test_mcp_refuses_bad_arguments_before_serving(argv: list[str], problem: str, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:

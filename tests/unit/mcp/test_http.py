@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from proxy.mcp import tokens
-from proxy.mcp.http import BearerAuth, agent_of
+from proxy.mcp.http import BearerAuth, agent_of, gone_of
 
 TOKEN, HASH = tokens.mint()
 BOOK = tokens.TokenBook((tokens.Agent("bot", bytes.fromhex(HASH), "user=bot"),))
@@ -60,7 +60,7 @@ def test_without_a_valid_token_the_app_is_never_called(headers: list[tuple[bytes
     assert challenge.startswith('Bearer realm="pgtenant-mcp"')
     assert ('error="invalid_token"' in challenge) == (reason == "invalid_token")
     assert json.loads(body["body"])["error"] == reason
-    assert refused == [(reason, "10.0.0.7:5555")]
+    assert refused == [(reason, "10.0.0.7")]  # the address: each connection has a new port
     assert TOKEN not in repr(sent) + repr(refused)  # the refusal never echoes a token
 
 
@@ -80,3 +80,44 @@ def test_lifespan_reaches_the_app_and_websockets_are_closed() -> None:
 
 def test_a_forged_scope_key_is_not_an_agent() -> None:
     assert agent_of({"type": "http"}) is None
+
+
+def _watched(after_body: list[dict[str, Any]], answer: bool) -> asyncio.Event:
+    """A request through BearerAuth whose app reads the body and, when `answer`, answers before the client's next
+    message (from `after_body`) arrives; the request's gone event as the app saw it."""
+    seen: list[asyncio.Event] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(gone_of(scope))
+        assert (await receive())["type"] == "http.request"
+        if answer:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+        release.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    release = asyncio.Event()
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await release.wait()
+        return after_body.pop(0) if after_body else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    guard = BearerAuth(app, BOOK)
+    scope = {"type": "http", "path": "/mcp", "headers": [(b"authorization", b"Bearer " + TOKEN.encode())]}
+    asyncio.run(guard(scope, receive, send))
+    return seen[0]
+
+
+def test_a_client_gone_before_the_answer_sets_the_requests_gone_event() -> None:
+    assert _watched([{"type": "http.disconnect"}], answer=False).is_set()
+
+
+def test_the_disconnect_after_the_answer_is_not_a_client_gone() -> None:
+    assert not _watched([{"type": "http.disconnect"}], answer=True).is_set()

@@ -22,7 +22,7 @@ class FakeDoor:
     answer: Callable[[str, Any], Rows]
     sent: list[tuple[str, Any, int]] = field(default_factory=list)
 
-    async def run(self, sql: str, params: Any = None, *, limit: int) -> Rows:
+    async def run(self, sql: str, params: Any = None, *, limit: int, gone: Any = None) -> Rows:
         self.sent.append((sql, params, limit))
         return self.answer(sql, params)
 
