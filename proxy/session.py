@@ -94,6 +94,7 @@ from proxy.policy.rules import deny
 from proxy.policy.schema import as_missing
 from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
+from proxy.portalbounds import OpenPortals
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import HOLD, FramingError, GuardHit, Message, MessageStream, refused
@@ -318,7 +319,7 @@ class ClientSession:
         "_fed_since_cancel", "_flights",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
-        "_notices", "_open_batch", "_override_sizes", "_overrides", "_owed", "_paged",
+        "_notices", "_open_batch", "_open_portals", "_override_sizes", "_overrides", "_owed", "_paged",
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepared_in",
         "_prepares",
         "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
@@ -421,6 +422,7 @@ class ClientSession:
         self._results = 0  # Executes since the last Sync or Query: the position of the next statement in its request
         # Portals bound to a statement followed by position, not executed yet (raw portal name -> statement)
         self._portals: dict[bytes, NotedPortal] = _NO_PORTALS  # type: ignore[assignment]
+        self._open_portals = OpenPortals()  # the portals and cursors open: [pool] max_session_portals
         self._done = 0  # CommandCompletes of the request being answered
         self._contextual: Contextual | None = None
         self._decided_in: object = None  # the context `decide` was last chosen for
@@ -2203,9 +2205,12 @@ class ClientSession:
         proxy follows each one: red team 9s8 F4, 40,000 of them cost seconds of the event loop every session shares).
         A Parse is counted against the belief, which holds what the Parses before it added (review 19b F3: 20,000
         Parses without a Sync, none bound, grew it past the bound checked only at Bind)."""
-        if not any(c.op in HELD_ADDING for c in decision.changes):
-            return decision
-        denied = self._held_refusal(tuple((c.op, c.name) for c in decision.changes), ())
+        changes = tuple((c.op, c.name) for c in decision.changes)
+        if any(c.op in HELD_ADDING for c in decision.changes):
+            denied = self._held_refusal(changes, ())
+            if denied is not None:
+                return denied
+        denied = self._open_portals.changes(changes, self.context.belief.cursors, self.config.pool.max_session_portals)
         return decision if denied is None else denied
 
     def _bound_held_bind(self, statement: str) -> Deny | None:
@@ -2548,6 +2553,12 @@ class ClientSession:
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
+            if out is None:
+                denied = self._open_portals.bind(protocol_name(bytes(body[:body.index(b"\x00")]).decode(
+                    "utf-8", "replace")), self.context.belief.cursors, self.config.pool.max_session_portals)
+                if denied is not None:  # (red team 20s M0: each open portal keeps its executor state on the server)
+                    self._report("bind", statement, denied)
+                    out = m.bind_renamed(body, self._deny_marker(denied))
             if out is None and ((self._subxact_statements and statement in self._subxact_statements) or
                                 (self._reset_names and statement in self._reset_names) or
                                 (self._tracking and statement in self.context.statements)):
@@ -2614,8 +2625,10 @@ class ClientSession:
             name = protocol_name(name)
         if name is not None:  # (skipped: PostgreSQL keeps the statement, whose records went or go: review 19a F1)
             self._journaled(self._flight(name, False))
-        if found is not None and found[0] == b"P" and self._portals:
-            self._portals.pop(protocol_key(body[1:-1]), None)
+        if found is not None and found[0] == b"P":
+            self._open_portals.close(protocol_name(found[1]))
+            if self._portals:
+                self._portals.pop(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
             portal = protocol_name(found[1])
             old = self._hidden.portals.pop(portal, None)
@@ -2662,8 +2675,10 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
-        if self._portals and body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
-            self._portals = _NO_PORTALS  # type: ignore[assignment]
+        if body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
+            if self._portals:
+                self._portals = _NO_PORTALS  # type: ignore[assignment]
+            self._open_portals.ended()
         if self._runs is not None and body[:1] == b"I" and not self.tracker.pending:
             self._runs.ended()
         if self._retags:

@@ -1,0 +1,87 @@
+"""The bound on the portals and cursors a session holds open at once ([pool] max_session_portals): counted; pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+
+from proxy.policy.model import CLOSE_CURSOR, COMMIT, DECLARE_CURSOR, DISCARD_ALL, HOLD_CURSOR, ROLLBACK, Deny
+from proxy.policy.rules import deny
+
+# The ops that open a portal (a statement without one is never looked at past its closes).
+OPENING = frozenset({DECLARE_CURSOR, HOLD_CURSOR})
+_LOOKED_AT = frozenset({DECLARE_CURSOR, HOLD_CURSOR, CLOSE_CURSOR, COMMIT, ROLLBACK, DISCARD_ALL})
+
+
+class OpenPortals:
+    """The portals of a session's transaction that PostgreSQL keeps open until they are closed or the transaction
+    ends: named protocol portals (bound; the unnamed one is "") and SQL cursors not WITH HOLD, in one namespace as
+    PostgreSQL's (a Close of a portal closes a cursor of that name and CLOSE a portal). WITH HOLD cursors are the
+    session's `held` (followed by the session context) and count beside them. Each portal keeps its executor state
+    on the server (red team 20s M0: ~24 KB; a sort up to work_mem, M1), so their number is bounded; a portal counts
+    from its Bind or DECLARE (a Bind or DECLARE PostgreSQL then skips counts until the transaction ends)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def bind(self, name: str, held: Set[str], limit: int) -> Deny | None:
+        """A Bind of portal `name`: its denial past `limit`, else it counts from now on (a name open already,
+        as the unnamed portal's, is replaced, not added)."""
+        if name in self.names:
+            return None
+        if len(self.names) + len(held) >= limit:
+            return _refused(f'portal "{name}"' if name else "the unnamed portal", len(self.names) + len(held) + 1,
+                            limit)
+        self.names.add(name)
+        return None
+
+    def close(self, name: str) -> None:
+        """A Close of portal `name` (its count goes whether or not PostgreSQL had it)."""
+        self.names.discard(name)
+
+    def changes(self, changes: Iterable[tuple[str, str]], held: Set[str], limit: int) -> Deny | None:
+        """A string (or a Parse) with `changes` (op, name), in order: its denial when a DECLARE in it would take the
+        session past `limit` open portals and cursors (counting the WITH HOLD cursors `held`, their additions in
+        it counted by the session's own bound); else its cursors count from now on and its CLOSE, COMMIT and
+        ROLLBACK free theirs."""
+        names = self.names
+        opened: list[str] = []
+        closed: set[str] | None = None  # what this string closes of `names` (None: nothing yet; CLOSE ALL: all)
+        count = len(names) + len(held)
+        for op, name in changes:
+            if op not in _LOOKED_AT:
+                continue
+            if op in OPENING:
+                if name in held or (name in names and (closed is None or name not in closed)) or name in opened:
+                    continue  # (PostgreSQL refuses a name open already: nothing opens)
+                if count >= limit:
+                    return _refused(f'cursor "{name}"', count + 1, limit)
+                count += 1
+                if op == DECLARE_CURSOR:
+                    opened.append(name)
+            elif op == CLOSE_CURSOR and name:
+                if name in opened:
+                    opened.remove(name)
+                    count -= 1
+                elif name in names and (closed is None or name not in closed):
+                    closed = closed or set()
+                    closed.add(name)
+                    count -= 1
+            else:  # CLOSE ALL, DISCARD ALL, the end of the transaction: no portal but WITH HOLD cursors stays
+                closed, opened = set(names), []
+                count = len(held)
+        if closed:
+            names -= closed
+        names.update(opened)
+        return None
+
+    def ended(self) -> None:
+        """The transaction ended: its portals and cursors (not WITH HOLD) are gone."""
+        if self.names:
+            self.names = set()
+
+
+def _refused(what: str, count: int, limit: int) -> Deny:
+    return deny("session_portals_limit", f"{what} would take this session past [pool] max_session_portals = {limit} "
+                f"(it would hold {count} open portals and cursors)")
