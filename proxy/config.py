@@ -300,9 +300,9 @@ class PoolConfig:
     max_session_cursors: int = 1000
     max_session_listens: int = 1000
     max_session_savepoints: int = 1000
-    # portals and cursors one session may hold open at once: named protocol portals (the unnamed one counts as one),
-    # SQL cursors, WITH HOLD cursors; each keeps its query's state on the server (~24 KB; a sort up to work_mem):
-    # the Bind or DECLARE past it is refused with 54000 (red team 20s M0, M1)
+    # portals and cursors one session may hold open at once: named protocol portals (the unnamed one is not counted:
+    # one at most), SQL cursors, WITH HOLD cursors; each keeps its query's state on the server (~24 KB; a sort up to
+    # work_mem): the Bind or DECLARE past it is refused with 54000 (red team 20s M0, M1)
     max_session_portals: int = 100
 
 

@@ -14,8 +14,10 @@ _LOOKED_AT = frozenset({DECLARE_CURSOR, HOLD_CURSOR, CLOSE_CURSOR, COMMIT, ROLLB
 
 class OpenPortals:
     """The portals of a session's transaction that PostgreSQL keeps open until they are closed or the transaction
-    ends: named protocol portals (bound; the unnamed one is "") and SQL cursors not WITH HOLD, in one namespace as
-    PostgreSQL's (a Close of a portal closes a cursor of that name and CLOSE a portal). WITH HOLD cursors are the
+    ends: named protocol portals (bound) and SQL cursors not WITH HOLD, in one namespace as PostgreSQL's (a Close of
+    a portal closes a cursor of that name and CLOSE a portal). The unnamed portal is not counted and never refused:
+    there is one at most (each unnamed Bind replaces it), the `1 +` of the sizing, and a session at the bound runs
+    its FETCH and CLOSE in it. WITH HOLD cursors are the
     session's `held` (followed by the session context) and count beside them. Each portal keeps its executor state
     on the server (red team 20s M0: ~24 KB; a sort up to work_mem, M1), so their number is bounded; a portal counts
     from its Bind or DECLARE (a Bind or DECLARE PostgreSQL then skips counts until the transaction ends)."""
@@ -26,13 +28,12 @@ class OpenPortals:
         self.names: set[str] = set()
 
     def bind(self, name: str, held: Set[str], limit: int) -> Deny | None:
-        """A Bind of portal `name`: its denial past `limit`, else it counts from now on (a name open already,
-        as the unnamed portal's, is replaced, not added)."""
-        if name in self.names:
+        """A Bind of portal `name`: its denial past `limit`, else it counts from now on (a name open already is
+        replaced, not added; the unnamed portal, "", is never counted)."""
+        if not name or name in self.names:
             return None
         if len(self.names) + len(held) >= limit:
-            return _refused(f'portal "{name}"' if name else "the unnamed portal", len(self.names) + len(held) + 1,
-                            limit)
+            return _refused(f'portal "{name}"', len(self.names) + len(held) + 1, limit)
         self.names.add(name)
         return None
 

@@ -30,9 +30,9 @@ def test_binds_at_the_bound_pass_and_one_more_is_refused() -> None:
     assert open_.bind("p1", NONE, 3) is None  # (open already: replaced, not added)
     past = open_.bind("p3", NONE, 3)
     assert past is not None and past.rule == "session_portals_limit" and "max_session_portals = 3" in past.message
-    assert open_.bind("", NONE, 3) is not None  # the unnamed portal counts as one
+    assert open_.bind("", NONE, 3) is None and "" not in open_.names  # the unnamed portal: never refused (one)
     open_.close("p0")
-    assert open_.bind("", NONE, 3) is None
+    assert open_.bind("p4", NONE, 3) is None
     assert open_.bind("p3", frozenset({"h"}), 4) is not None  # WITH HOLD cursors count beside them
     open_.ended()
     assert open_.bind("p3", frozenset({"h"}), 4) is None and open_.names == {"p3"}

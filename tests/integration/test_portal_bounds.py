@@ -1,0 +1,159 @@
+"""The portals and cursors a session holds open at once are bounded ([pool] max_session_portals; red team 20s M0:
+~24 KB of the backend's memory per open protocol portal, 9.5 GB at 400,000 from one login; ~60 KB per DECLAREd
+cursor; M1: each may keep a sort of work_mem), in both pool modes: the Bind of a new named portal and the DECLARE past
+the bound fail with 54000 before they reach the server, the session goes on (a transaction block failed as after any
+error), Close / CLOSE / CLOSE ALL / the transaction's end free room; real clients that close what they open are never
+refused."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from proxy.protocol import messages as m
+from tests.support import wire
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, prepare_backend
+
+PORTALS = 6  # [pool] max_session_portals of the proxy
+
+
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
+            request: pytest.FixtureRequest) -> Iterator[ProxyProcess]:
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
+                     pool={"pool_mode": request.param, "query_wait_timeout": 30.0, "max_session_portals": PORTALS})
+    p.start()
+    yield p
+    p.stop()
+
+
+def _denied(p: ProxyProcess) -> float:
+    text = urllib.request.urlopen(p.metrics_url + "/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("pgtenant_denied_statements_total{") and 'rule="session_portals_limit"' in line)
+
+
+def _query(sock: object, sql: str) -> list[tuple[bytes, bytes]]:
+    return wire.exchange(sock, m.Query(sql).encode())  # type: ignore[arg-type]
+
+
+def _portals(sock: object, names: list[str]) -> list[tuple[bytes, bytes]]:
+    """Bind + Execute (one row) of each named portal of statement "ps", then one Sync: left suspended, open."""
+    batch = b"".join(wire.bind("ps", n) + wire.execute(n, 1) for n in names) + wire.SYNC
+    return wire.exchange(sock, batch)  # type: ignore[arg-type]
+
+
+def _kinds(msgs: list[tuple[bytes, bytes]]) -> str:
+    return "".join(t.decode() for t, _ in msgs)
+
+
+def test_protocol_portals_past_the_bound_fail_at_the_bind(bounded: ProxyProcess) -> None:
+    """The red team's shape scaled down (alice, shared strategy): BEGIN, then batches of Bind/Execute(max_rows 1)
+    of distinct named portals, each batch Synced."""
+    before = _denied(bounded)
+    sock = wire.connect(bounded, "alice")
+    try:
+        assert _kinds(_query(sock, "BEGIN")).endswith("Z")
+        assert wire.errors_in(wire.exchange(sock, wire.parse("SELECT generate_series(1, 3)", "ps") + wire.SYNC)) == []
+        out = _portals(sock, [f"p{i}" for i in range(PORTALS - 2)])
+        assert wire.errors_in(out) == [] and _kinds(out).count("s") == PORTALS - 2
+        out = _portals(sock, [f"p{i}" for i in range(PORTALS - 2, PORTALS)])  # exactly the bound, across batches
+        assert wire.errors_in(out) == [] and out[-1] == (b"Z", b"T")
+        out = _portals(sock, [f"p{PORTALS}", f"p{PORTALS + 1}"])
+        [err] = wire.errors_in(out)
+        assert err["C"] == "54000" and f"max_session_portals = {PORTALS}" in err["M"] and "Close" in err["H"]
+        assert out[-1] == (b"Z", b"E")  # the transaction failed, as after any error
+        assert _kinds(_query(sock, "ROLLBACK")).endswith("Z")
+        assert _kinds(_query(sock, "BEGIN")).endswith("Z")  # the session goes on; the transaction's end freed room
+        out = _portals(sock, [f"q{i}" for i in range(PORTALS)])
+        assert wire.errors_in(out) == [] and _kinds(out).count("s") == PORTALS
+        out = wire.exchange(sock, m.frame(b"C", b"Pq0\x00") + m.frame(b"C", b"Pq1\x00") + wire.SYNC)
+        assert _kinds(out) == "33Z"
+        out = _portals(sock, ["q0", "r1"])  # closed: room for two again
+        assert wire.errors_in(out) == [] and _kinds(out).count("s") == 2
+        [err] = wire.errors_in(_portals(sock, ["r2"]))
+        assert err["C"] == "54000"
+        assert _kinds(_query(sock, "ROLLBACK")).endswith("Z")
+        assert wire.errors_in(_query(sock, "SELECT 1")) == []
+    finally:
+        sock.close()
+    assert _denied(bounded) - before == 3  # (each Bind past it is refused, the one PostgreSQL then skips too)
+
+
+def _declare(i: int, hold: str = "") -> str:
+    return f"DECLARE rpc{i} CURSOR {hold} FOR SELECT g FROM generate_series(1, 3) g"
+
+
+def test_sql_cursors_past_the_bound_fail_at_the_declare(bounded: ProxyProcess) -> None:
+    """Plain DECLAREd cursors of a transaction: alone, in one string, CLOSE and CLOSE ALL freeing room."""
+    with psycopg.connect(bounded.dsn("alice")) as a:
+        a.execute(";".join(_declare(i) for i in range(PORTALS - 1)))  # (psycopg opened the transaction)
+        a.execute(_declare(PORTALS - 1))  # exactly the bound
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match=f"max_session_portals = {PORTALS}"):
+            a.execute(_declare(PORTALS))
+        a.rollback()
+        a.execute(";".join(_declare(i) for i in range(PORTALS)))
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="session_portals_limit"):
+            a.execute(f"CLOSE rpc0; {_declare(100)}; {_declare(101)}")  # past it within one string: none runs
+        a.rollback()
+        a.execute(";".join(_declare(i) for i in range(PORTALS)))
+        a.execute(f"CLOSE rpc0; {_declare(100)}")
+        assert a.execute("FETCH 2 FROM rpc100").fetchall() == [(1,), (2,)]
+        a.execute("CLOSE ALL")
+        a.execute(";".join(_declare(i, "") for i in range(200, 200 + PORTALS)))
+        a.commit()
+        a.execute(";".join(_declare(i) for i in range(PORTALS)))  # the COMMIT freed them
+        a.commit()
+
+
+def test_with_hold_cursors_count_after_the_commit(bounded: ProxyProcess) -> None:
+    """WITH HOLD cursors stay open past their transaction (with their rows) and count beside the portals."""
+    with psycopg.connect(bounded.dsn("alice"), autocommit=True) as a:
+        a.execute(";".join(_declare(i, "WITH HOLD") for i in range(PORTALS - 1)))
+        a.execute("BEGIN")
+        a.execute(_declare(50))  # exactly the bound: 5 held + 1
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="session_portals_limit"):
+            a.execute(_declare(51))
+        a.execute("ROLLBACK")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="session_portals_limit"):
+            a.execute(_declare(60, "WITH HOLD") + ";" + _declare(61, "WITH HOLD"))
+        assert a.execute("FETCH 1 FROM rpc0").fetchone() == (1,)  # the session goes on with what it holds
+        a.execute("CLOSE rpc0; CLOSE rpc1")
+        a.execute(_declare(60, "WITH HOLD") + ";" + _declare(61, "WITH HOLD"))
+        a.execute("CLOSE ALL")
+        a.execute(";".join(_declare(i, "WITH HOLD") for i in range(PORTALS)))
+        a.execute("CLOSE ALL")
+
+
+def test_psycopg_named_cursors(bounded: ProxyProcess) -> None:
+    """psycopg's named (server-side) cursors: many in a loop, each closed, never refused; past the bound held open
+    at once, refused; closing one makes room."""
+    with psycopg.connect(bounded.dsn("alice")) as a:
+        for i in range(3 * PORTALS):
+            with a.cursor(name=f"nc{i}") as cur:
+                cur.itersize = 2
+                cur.execute("SELECT g FROM generate_series(1, 5) g")
+                assert [r[0] for r in cur] == [1, 2, 3, 4, 5]
+        a.commit()
+        held = [a.cursor(name=f"open{i}") for i in range(PORTALS)]
+        for cur in held:
+            cur.execute("SELECT g FROM generate_series(1, 5) g")
+            assert cur.fetchmany(2) == [(1,), (2,)]
+        extra = a.cursor(name="one_more")
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="max_session_portals"):
+            extra.execute("SELECT 1")
+        a.rollback()
+        held = [a.cursor(name=f"again{i}") for i in range(PORTALS)]
+        for cur in held:
+            cur.execute("SELECT g FROM generate_series(1, 5) g")
+        assert a.execute("SELECT 1").fetchone() == (1,)  # at the bound: the unnamed portal still runs
+        held[0].close()
+        late = a.cursor(name="late")
+        late.execute("SELECT g FROM generate_series(1, 5) g")
+        assert late.fetchone() == (1,)
+        a.commit()
