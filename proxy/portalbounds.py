@@ -7,9 +7,9 @@ from collections.abc import Iterable, Set
 from proxy.policy.model import CLOSE_CURSOR, COMMIT, DECLARE_CURSOR, DISCARD_ALL, HOLD_CURSOR, ROLLBACK, Deny
 from proxy.policy.rules import deny
 
-# The ops that open a portal (a statement without one is never looked at past its closes).
+# The ops that open a portal, and those that may close some.
 OPENING = frozenset({DECLARE_CURSOR, HOLD_CURSOR})
-_LOOKED_AT = frozenset({DECLARE_CURSOR, HOLD_CURSOR, CLOSE_CURSOR, COMMIT, ROLLBACK, DISCARD_ALL})
+_CLOSING = frozenset({CLOSE_CURSOR, COMMIT, ROLLBACK, DISCARD_ALL})
 
 
 class OpenPortals:
@@ -17,15 +17,18 @@ class OpenPortals:
     ends: named protocol portals (bound) and SQL cursors not WITH HOLD, in one namespace as PostgreSQL's (a Close of
     a portal closes a cursor of that name and CLOSE a portal). The unnamed portal is not counted and never refused:
     there is one at most (each unnamed Bind replaces it), the `1 +` of the sizing, and a session at the bound runs
-    its FETCH and CLOSE in it. WITH HOLD cursors are the
-    session's `held` (followed by the session context) and count beside them. Each portal keeps its executor state
-    on the server (red team 20s M0: ~24 KB; a sort up to work_mem, M1), so their number is bounded; a portal counts
-    from its Bind or DECLARE (a Bind or DECLARE PostgreSQL then skips counts until the transaction ends)."""
+    its FETCH and CLOSE in it. WITH HOLD cursors are the session's `held` (followed by the session context) and count
+    beside them. Each portal keeps its executor state on the server (red team 20s M0: ~24 KB; a sort up to work_mem,
+    M1), so their number is bounded. A portal counts from its Bind or DECLARE (one PostgreSQL then skips counts until
+    the transaction ends); a close frees its count at once but stays `freed` until a ReadyForQuery with nothing
+    after it says no error came (a close PostgreSQL skipped after an error, then `ROLLBACK TO` a savepoint that
+    keeps the portal, would otherwise free a portal still open): at 'E' every unconfirmed close counts again."""
 
-    __slots__ = ("names",)
+    __slots__ = ("freed", "names")
 
     def __init__(self) -> None:
         self.names: set[str] = set()
+        self.freed: set[str] = set()
 
     def bind(self, name: str, held: Set[str], limit: int) -> Deny | None:
         """A Bind of portal `name`: its denial past `limit`, else it counts from now on (a name open already is
@@ -38,35 +41,37 @@ class OpenPortals:
         return None
 
     def close(self, name: str) -> None:
-        """A Close of portal `name` (its count goes whether or not PostgreSQL had it)."""
-        self.names.discard(name)
+        """A Close of portal `name` (freed until it is confirmed, see the class)."""
+        if name in self.names:
+            self.names.discard(name)
+            self.freed.add(name)
 
-    def changes(self, changes: Iterable[tuple[str, str]], held: Set[str], limit: int) -> Deny | None:
-        """A string (or a Parse) with `changes` (op, name), in order: its denial when a DECLARE in it would take the
-        session past `limit` open portals and cursors (counting the WITH HOLD cursors `held`, their additions in
-        it counted by the session's own bound); else its cursors count from now on and its CLOSE, COMMIT and
-        ROLLBACK free theirs."""
+    def changes(self, changes: Iterable[tuple[str, str]], held: Set[str], limit: int,
+                frees: bool = True) -> Deny | None:
+        """A string (or, `frees` False, a Parse: what it closes is not run yet) with `changes` (op, name), in
+        order: its denial when a DECLARE in it would take the session past `limit` open portals and cursors
+        (counting the WITH HOLD cursors `held`, their additions in it counted by the session's own bound); else
+        its cursors count from now on and its CLOSE, COMMIT and ROLLBACK free theirs."""
         names = self.names
         opened: list[str] = []
-        closed: set[str] | None = None  # what this string closes of `names` (None: nothing yet; CLOSE ALL: all)
+        closed: set[str] = set()  # what this string closes of `names`
         count = len(names) + len(held)
         for op, name in changes:
-            if op not in _LOOKED_AT:
-                continue
             if op in OPENING:
-                if name in held or (name in names and (closed is None or name not in closed)) or name in opened:
+                if name in held or (name in names and name not in closed) or name in opened:
                     continue  # (PostgreSQL refuses a name open already: nothing opens)
                 if count >= limit:
                     return _refused(f'cursor "{name}"', count + 1, limit)
                 count += 1
                 if op == DECLARE_CURSOR:
                     opened.append(name)
+            elif op not in _CLOSING or not frees:
+                continue
             elif op == CLOSE_CURSOR and name:
                 if name in opened:
                     opened.remove(name)
                     count -= 1
-                elif name in names and (closed is None or name not in closed):
-                    closed = closed or set()
+                elif name in names and name not in closed:
                     closed.add(name)
                     count -= 1
             else:  # CLOSE ALL, DISCARD ALL, the end of the transaction: no portal but WITH HOLD cursors stays
@@ -74,13 +79,23 @@ class OpenPortals:
                 count = len(held)
         if closed:
             names -= closed
+            self.freed |= closed
         names.update(opened)
         return None
 
-    def ended(self) -> None:
-        """The transaction ended: its portals and cursors (not WITH HOLD) are gone."""
-        if self.names:
-            self.names = set()
+    def ready(self, status: bytes, last: bool) -> None:
+        """A ReadyForQuery of transaction status `status`; `last`: no request of the session's is in flight after
+        it. 'I' ends every portal and cursor but WITH HOLD; 'E' (an error: what was closed since may have been
+        skipped) counts the unconfirmed closes again; 'T' with nothing after it confirms them."""
+        if status == b"E":
+            if self.freed:
+                self.names |= self.freed
+                self.freed = set()
+        elif last:
+            if status == b"I" and self.names:
+                self.names = set()
+            if self.freed:
+                self.freed = set()
 
 
 def _refused(what: str, count: int, limit: int) -> Deny:

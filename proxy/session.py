@@ -94,6 +94,7 @@ from proxy.policy.rules import deny
 from proxy.policy.schema import as_missing
 from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
+from proxy.portalbounds import OPENING as PORTAL_OPENING
 from proxy.portalbounds import OpenPortals
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
@@ -2003,7 +2004,7 @@ class ClientSession:
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(parse.sql, decision)
             if type(decision) is not Deny:  # (its addition counts from its Parse on: refused here, not only at Bind)
-                decision = self._bound_held(decision)
+                decision = self._bound_held(decision, True)
             if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
                                                                                  self._startup_settings):
                 decision, restored = self._restoring(parse.sql, decision, extended=True)
@@ -2199,7 +2200,7 @@ class ClientSession:
 
     # --- the bounds on held cursors, LISTEN channels and savepoints (proxy/heldbounds.py) ---------------------
 
-    def _bound_held(self, decision: Allow | Rewrite) -> Decision:
+    def _bound_held(self, decision: Allow | Rewrite, parse: bool = False) -> Decision:
         """A string (or a Parse) declaring WITH HOLD cursors, listening or setting savepoints: refused (54000) when it
         would take the session past [pool] max_session_cursors / max_session_listens / max_session_savepoints (the
         proxy follows each one: red team 9s8 F4, 40,000 of them cost seconds of the event loop every session shares).
@@ -2210,7 +2211,8 @@ class ClientSession:
             denied = self._held_refusal(changes, ())
             if denied is not None:
                 return denied
-        denied = self._open_portals.changes(changes, self.context.belief.cursors, self.config.pool.max_session_portals)
+        denied = self._open_portals.changes(changes, self.context.belief.cursors, self.config.pool.max_session_portals,
+                                            frees=not parse)  # (a Parse closes nothing until it runs)
         return decision if denied is None else denied
 
     def _bound_held_bind(self, statement: str) -> Deny | None:
@@ -2229,6 +2231,19 @@ class ClientSession:
             elif noted:
                 pending += ((c.op, c.name) for c in noted)
         return self._held_refusal(tuple(ops), tuple(pending))
+
+    def _bound_open(self, statement: str, body: bytes) -> Deny | None:
+        """A Bind: refused when its portal, or the cursor its prepared DECLARE opens (again, once closed), would take
+        the session past [pool] max_session_portals (red team 20s M0: each open portal keeps its executor state on
+        the server, ~24 KB, 9.5 GB at 400,000 from one login; M1: a sort each)."""
+        held, limit = self.context.belief.cursors, self.config.pool.max_session_portals
+        changes = self.context.statements.get(statement) if self._tracking else None
+        if changes and any(c.op in PORTAL_OPENING for c in changes):
+            denied = self._open_portals.changes(((c.op, c.name) for c in changes), held, limit, frees=False)
+            if denied is not None:
+                return denied
+        return self._open_portals.bind(protocol_name(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace")),
+                                       held, limit)
 
     def _held_refusal(self, ops: tuple[tuple[str, str], ...], pending: tuple[tuple[str, str], ...]) -> Deny | None:
         belief = self.context.belief
@@ -2554,8 +2569,7 @@ class ClientSession:
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
             if out is None:
-                denied = self._open_portals.bind(protocol_name(bytes(body[:body.index(b"\x00")]).decode(
-                    "utf-8", "replace")), self.context.belief.cursors, self.config.pool.max_session_portals)
+                denied = self._bound_open(statement, body)
                 if denied is not None:  # (red team 20s M0: each open portal keeps its executor state on the server)
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
@@ -2675,10 +2689,9 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
-        if body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
-            if self._portals:
-                self._portals = _NO_PORTALS  # type: ignore[assignment]
-            self._open_portals.ended()
+        self._open_portals.ready(body[:1], not self.tracker.pending)
+        if self._portals and body[:1] == b"I" and not self.tracker.pending:  # (no portal outlives its transaction)
+            self._portals = _NO_PORTALS  # type: ignore[assignment]
         if self._runs is not None and body[:1] == b"I" and not self.tracker.pending:
             self._runs.ended()
         if self._retags:

@@ -15,6 +15,8 @@ import pytest
 
 from proxy.protocol import messages as m
 from tests.support import wire
+from tests.support.jdbc import JdbcError, require_jdbc, run_jdbc
+from tests.support.odbc import connection_string, require_odbc
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
@@ -83,6 +85,42 @@ def test_protocol_portals_past_the_bound_fail_at_the_bind(bounded: ProxyProcess)
     finally:
         sock.close()
     assert _denied(bounded) - before == 3  # (each Bind past it is refused, the one PostgreSQL then skips too)
+
+
+def test_closes_skipped_after_an_error_free_nothing(bounded: ProxyProcess) -> None:
+    """Closes PostgreSQL skips (after an error in their batch; a string failing before its CLOSE or COMMIT) then
+    ROLLBACK TO a savepoint set after the portals were opened (they stay open), or a Parse of COMMIT never run:
+    the portals still count."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        wire.exchange(sock, wire.parse("SELECT generate_series(1, 3)", "ps") + wire.SYNC)
+        assert wire.errors_in(_portals(sock, [f"p{i}" for i in range(PORTALS)])) == []
+        _query(sock, "SAVEPOINT s")
+        closes = b"".join(m.frame(b"C", f"Pp{i}\x00".encode()) for i in range(PORTALS))
+        out = wire.exchange(sock, wire.parse("SELECT 1/0") + wire.bind() + wire.execute() + closes + wire.SYNC)
+        assert [e["C"] for e in wire.errors_in(out)] == ["22012"] and out[-1] == (b"Z", b"E")
+        assert wire.errors_in(_query(sock, "ROLLBACK TO s")) == []
+        [err] = wire.errors_in(_portals(sock, ["x0"]))  # p0..p5 are still open on the server
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK TO s")
+        out = _query(sock, "SELECT 1/0; CLOSE ALL; COMMIT")
+        assert [e["C"] for e in wire.errors_in(out)] == ["22012"]
+        _query(sock, "ROLLBACK TO s")
+        [err] = wire.errors_in(_portals(sock, ["x1"]))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK TO s")
+        assert wire.errors_in(wire.exchange(sock, wire.parse("COMMIT", "cs") + wire.parse("CLOSE ALL", "ca") +
+                                            wire.SYNC)) == []
+        [err] = wire.errors_in(_portals(sock, ["x2"]))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK TO s")
+        out = wire.exchange(sock, m.frame(b"C", b"Pp0\x00") + wire.SYNC)  # a Close that runs frees room
+        assert _kinds(out) == "3Z"
+        assert wire.errors_in(_portals(sock, ["x3"])) == []
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
 
 
 def _declare(i: int, hold: str = "") -> str:
@@ -157,3 +195,80 @@ def test_psycopg_named_cursors(bounded: ProxyProcess) -> None:
         late.execute("SELECT g FROM generate_series(1, 5) g")
         assert late.fetchone() == (1,)
         a.commit()
+
+
+def _jdbc(p: ProxyProcess, seq: int, open_: int) -> object:
+    return run_jdbc(p.jdbc_url("alice", sslmode="disable"), "alice", p.password("alice"), "openresults", seq, open_)
+
+
+def test_pgjdbc_fetch_size_result_sets(bounded: ProxyProcess) -> None:
+    """pgJDBC, autocommit off and setFetchSize: each ResultSet is a named portal (C_n) suspended between fetches;
+    18 read one after another (pgJDBC closes each portal with its ResultSet) and then 6 open at once are never
+    refused; 7 open at once are."""
+    require_jdbc()
+    assert _jdbc(bounded, 3 * PORTALS, PORTALS) == {"rows": 3 * PORTALS + 10 * PORTALS}
+    with pytest.raises(JdbcError) as info:
+        _jdbc(bounded, 0, PORTALS + 1)
+    assert info.value.sqlstate == "54000" and "max_session_portals" in info.value.driver_message
+
+
+def test_psqlodbc_use_declare_fetch(bounded: ProxyProcess) -> None:
+    """psqlODBC with Tableau's UseDeclareFetch=1 (a DECLARE ... WITH HOLD per open statement, fetched in pieces,
+    CLOSEd when read): 18 queries one after another and 6 statements open at once are never refused; a 7th open at
+    once is."""
+    require_odbc()
+    import pyodbc
+
+    connstr = connection_string(port=bounded.port, database="saas", user="alice", password=bounded.password("alice"),
+                                options={"UseDeclareFetch": 1, "Fetch": 2})
+    conn = pyodbc.connect(connstr, autocommit=True, timeout=10)
+    try:
+        for i in range(3 * PORTALS):
+            cur = conn.cursor()
+            assert [r[0] for r in cur.execute(f"SELECT g + {i} FROM generate_series(1, 5) g").fetchall()] == [
+                1 + i, 2 + i, 3 + i, 4 + i, 5 + i]
+            cur.close()
+        held = []
+        for _ in range(PORTALS):
+            cur = conn.cursor()
+            assert cur.execute("SELECT g FROM generate_series(1, 5) g").fetchone()[0] == 1
+            held.append(cur)
+        extra = conn.cursor()
+        with pytest.raises(pyodbc.Error, match=r"54000|max_session_portals"):
+            extra.execute("SELECT g FROM generate_series(1, 5) g").fetchone()
+        # (the error failed psqlODBC's transaction, which it rolls back: its cursors declared in it are gone, as
+        # after any error of PostgreSQL's own)
+        for cur in [*held, extra]:
+            cur.close()
+        again = [conn.cursor() for _ in range(PORTALS)]  # the session goes on, with room again
+        for cur in again:
+            assert cur.execute("SELECT g FROM generate_series(1, 5) g").fetchone()[0] == 1
+        assert [r[0] for r in again[0].fetchall()] == [2, 3, 4, 5]
+        for cur in again:
+            cur.close()
+    finally:
+        conn.close()
+
+
+def test_asyncpg_cursors(bounded: ProxyProcess) -> None:
+    """asyncpg's cursors (a named portal __asyncpg_portal_N__ each, Execute with a row count): many in a loop of one
+    transaction, each read to its end, are never refused."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> list[int]:
+        conn = await asyncpg.connect(bounded.url("alice"), statement_cache_size=0)
+        try:
+            totals = []
+            async with conn.transaction():
+                for i in range(3 * PORTALS):
+                    totals.append(sum([r[0] async for r in conn.cursor(
+                        f"SELECT g + {i} FROM generate_series(1, 5) g", prefetch=2)]))
+                cur = await conn.cursor("SELECT g FROM generate_series(1, 5) g")
+                totals.append(len(await cur.fetch(2)))
+            return totals
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [15 + 5 * i for i in range(3 * PORTALS)] + [2]

@@ -34,8 +34,43 @@ def test_binds_at_the_bound_pass_and_one_more_is_refused() -> None:
     open_.close("p0")
     assert open_.bind("p4", NONE, 3) is None
     assert open_.bind("p3", frozenset({"h"}), 4) is not None  # WITH HOLD cursors count beside them
-    open_.ended()
+    open_.ready(b"I", last=False)  # (a request after it: its Binds may be of the next transaction)
+    assert open_.bind("p3", frozenset({"h"}), 4) is not None
+    open_.ready(b"I", last=True)
     assert open_.bind("p3", frozenset({"h"}), 4) is None and open_.names == {"p3"}
+
+
+def test_a_close_counts_again_after_an_error() -> None:
+    """A Close PostgreSQL skipped after an error (then ROLLBACK TO a savepoint keeping the portal open) must not
+    free its count: closes are confirmed by a ReadyForQuery 'T' with nothing after it, taken back at 'E'."""
+    open_ = OpenPortals()
+    assert all(open_.bind(f"p{i}", NONE, 3) is None for i in range(3))
+    open_.close("p0")
+    assert open_.changes([(CLOSE_CURSOR, "p1")], NONE, 3) is None
+    assert open_.bind("q0", NONE, 3) is None and open_.names == {"p2", "q0"}
+    open_.ready(b"E", last=True)
+    assert open_.names == {"p0", "p1", "p2", "q0"} and open_.bind("q1", NONE, 3) is not None
+    open_.close("p0")
+    open_.ready(b"T", last=False)  # (a batch after it may still fail)
+    open_.ready(b"E", last=True)
+    assert "p0" in open_.names
+    open_.close("p0")
+    open_.ready(b"T", last=True)
+    open_.ready(b"E", last=True)
+    assert "p0" not in open_.names
+    assert open_.changes([(COMMIT, "")], NONE, 3) is None and not open_.names
+    open_.ready(b"E", last=True)  # (the string failed before its COMMIT)
+    assert open_.names == {"p1", "p2", "q0"}
+
+
+def test_a_parse_frees_nothing() -> None:
+    """A Parse of COMMIT / CLOSE ALL that never runs (no Bind) frees nothing; its DECLARE counts from the Parse."""
+    open_ = OpenPortals()
+    assert open_.bind("p0", NONE, 2) is None
+    assert open_.changes([(CLOSE_CURSOR, "")], NONE, 2, frees=False) is None
+    assert open_.changes([(COMMIT, "")], NONE, 2, frees=False) is None
+    assert open_.changes([(DECLARE_CURSOR, "c")], NONE, 2, frees=False) is None
+    assert open_.names == {"p0", "c"} and open_.bind("p1", NONE, 2) is not None
 
 
 def test_declares_count_and_closes_free_in_one_string() -> None:
@@ -53,6 +88,7 @@ def test_declares_count_and_closes_free_in_one_string() -> None:
     assert open_.changes([(ROLLBACK, ""), (DECLARE_CURSOR, "y"), (DECLARE_CURSOR, "z")], frozenset({"h"}), 2) \
         is not None
     assert open_.changes([(DECLARE_CURSOR, "y")], NONE, 1) is None  # (open already: PostgreSQL refuses it)
+    assert open_.changes([(DECLARE_CURSOR, "z")], NONE, 1) is not None
 
 
 def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
