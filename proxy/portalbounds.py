@@ -24,11 +24,12 @@ class OpenPortals:
     after it says no error came (a close PostgreSQL skipped after an error, then `ROLLBACK TO` a savepoint that
     keeps the portal, would otherwise free a portal still open): at 'E' every unconfirmed close counts again."""
 
-    __slots__ = ("freed", "names")
+    __slots__ = ("freed", "names", "refused")
 
     def __init__(self) -> None:
         self.names: set[str] = set()
         self.freed: set[str] = set()
+        self.refused: tuple[int, str] | None = None  # the session's: (its Syncs, the marker) of a Bind refused
 
     def bind(self, name: str, held: Set[str], limit: int) -> Deny | None:
         """A Bind of portal `name`: its denial past `limit`, else it counts from now on (a name open already is

@@ -2245,6 +2245,19 @@ class ClientSession:
         return self._open_portals.bind(protocol_name(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace")),
                                        held, limit)
 
+    def _open_refusal(self, statement: str, denied: Deny) -> str:
+        """The marker a Bind refused past max_session_portals is sent under: one per batch, reported once.
+        PostgreSQL fails the first and skips the rest of the batch to its Sync; a marker each (25,000 Binds in a
+        batch) pushed the first one's error, the one that comes, out of the bounded denials: the client got
+        26000 "prepared statement ... does not exist", and the proxy spent a report per Bind."""
+        last = self._open_portals.refused
+        if last is not None and last[0] == self._syncs:
+            return last[1]
+        self._report("bind", statement, denied)
+        marker = self._deny_marker(denied)
+        self._open_portals.refused = (self._syncs, marker)
+        return marker
+
     def _held_refusal(self, ops: tuple[tuple[str, str], ...], pending: tuple[tuple[str, str], ...]) -> Deny | None:
         belief = self.context.belief
         stack = self._subxacts.belief if self._subxacts is not None else ()
@@ -2571,8 +2584,7 @@ class ClientSession:
             if out is None:
                 denied = self._bound_open(statement, body)
                 if denied is not None:  # (red team 20s M0: each open portal keeps its executor state on the server)
-                    self._report("bind", statement, denied)
-                    out = m.bind_renamed(body, self._deny_marker(denied))
+                    out = m.bind_renamed(body, self._open_refusal(statement, denied))
             if out is None and ((self._subxact_statements and statement in self._subxact_statements) or
                                 (self._reset_names and statement in self._reset_names) or
                                 (self._tracking and statement in self.context.statements)):

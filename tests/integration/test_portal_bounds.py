@@ -84,7 +84,7 @@ def test_protocol_portals_past_the_bound_fail_at_the_bind(bounded: ProxyProcess)
         assert wire.errors_in(_query(sock, "SELECT 1")) == []
     finally:
         sock.close()
-    assert _denied(bounded) - before == 3  # (each Bind past it is refused, the one PostgreSQL then skips too)
+    assert _denied(bounded) - before == 2  # (one per batch: PostgreSQL skips the rest of it)
 
 
 def test_closes_skipped_after_an_error_free_nothing(bounded: ProxyProcess) -> None:
@@ -121,6 +121,27 @@ def test_closes_skipped_after_an_error_free_nothing(bounded: ProxyProcess) -> No
         _query(sock, "ROLLBACK")
     finally:
         sock.close()
+
+
+def test_a_batch_of_many_binds_past_the_bound_gets_54000(bounded: ProxyProcess) -> None:
+    """The red team's batch, 8,000 Binds past the bound: the client's error is the proxy's 54000 (a marker per Bind
+    pushed the first one's error out of the bounded denials: 26000 "prepared statement ... does not exist"), one
+    refusal counted for the batch; the next batch's refusal is 54000 again."""
+    before = _denied(bounded)
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        wire.exchange(sock, wire.parse("SELECT generate_series(1, 3)", "ps") + wire.SYNC)
+        for batch in range(2):
+            out = _portals(sock, [f"b{batch}_{i}" for i in range(8000)])
+            [err] = wire.errors_in(out)
+            assert err["C"] == "54000" and "max_session_portals" in err["M"]
+            _query(sock, "ROLLBACK")
+            _query(sock, "BEGIN")
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
+    assert _denied(bounded) - before == 2
 
 
 def _declare(i: int, hold: str = "") -> str:
