@@ -300,6 +300,10 @@ class PoolConfig:
     max_session_cursors: int = 1000
     max_session_listens: int = 1000
     max_session_savepoints: int = 1000
+    # portals and cursors one session may hold open at once: named protocol portals (the unnamed one is not counted:
+    # one at most), SQL cursors, WITH HOLD cursors; each keeps its query's state on the server (~24 KB; a sort up to
+    # work_mem): the Bind or DECLARE past it is refused with 54000 (red team 20s M0, M1)
+    max_session_portals: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -682,7 +686,7 @@ def _pool_config(given: dict[str, Any]) -> PoolConfig:
                 "max_pin_time", "statement_cache_size", "statement_cache_bytes", "max_session_statements",
                 "max_session_statement_bytes", "max_tenant_statement_bytes", "max_statements_listing_bytes",
                 "max_session_settings", "max_session_setting_bytes", "max_session_cursors", "max_session_listens",
-                "max_session_savepoints"):
+                "max_session_savepoints", "max_session_portals"):
         _positive(getattr(pool, key), f"pool.{key}")
     return pool
 

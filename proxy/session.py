@@ -94,6 +94,8 @@ from proxy.policy.rules import deny
 from proxy.policy.schema import as_missing
 from proxy.policy.settings import identifier, set_config_statement
 from proxy.pooling import ServerRequest, server_request
+from proxy.portalbounds import OPENING as PORTAL_OPENING
+from proxy.portalbounds import OpenPortals
 from proxy.protocol import messages as m
 from proxy.protocol.messages import bind_statement, query_message, query_text
 from proxy.protocol.stream import HOLD, FramingError, GuardHit, Message, MessageStream, refused
@@ -324,7 +326,7 @@ class ClientSession:
         "_fed_since_cancel", "_flights",
         "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
-        "_notices", "_open_batch", "_override_sizes", "_overrides", "_owed", "_paged",
+        "_notices", "_open_batch", "_open_portals", "_override_sizes", "_overrides", "_owed", "_paged",
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepared_in",
         "_prepares",
         "_released", "_replay_buf", "_replay_error", "_replayed", "_replaying", "_reset_names", "_results",
@@ -429,6 +431,7 @@ class ClientSession:
         self._portals: dict[bytes, NotedPortal] = _NO_PORTALS  # type: ignore[assignment]
         self._declaring: list[tuple[object, list[bytes]]] | None = None  # (request, noted names its DECLAREs take)
         self._declaring_portals: dict[bytes, frozenset[bytes]] | None = None  # portal -> the cursors it DECLAREs
+        self._open_portals = OpenPortals()  # the portals and cursors open: [pool] max_session_portals
         self._done = 0  # CommandCompletes of the request being answered
         self._contextual: Contextual | None = None
         self._decided_in: object = None  # the context `decide` was last chosen for
@@ -2064,7 +2067,7 @@ class ClientSession:
         if type(decision) is not Deny and decision.changes:
             decision = self._bound_prepares(parse.sql, decision)
             if type(decision) is not Deny:  # (its addition counts from its Parse on: refused here, not only at Bind)
-                decision = self._bound_held(decision)
+                decision = self._bound_held(decision, True)
             if type(decision) is not Deny and self._startup_settings and resets(decision.changes,
                                                                                  self._startup_settings):
                 decision, restored = self._restoring(parse.sql, decision, extended=True)
@@ -2282,15 +2285,19 @@ class ClientSession:
 
     # --- the bounds on held cursors, LISTEN channels and savepoints (proxy/heldbounds.py) ---------------------
 
-    def _bound_held(self, decision: Allow | Rewrite) -> Decision:
+    def _bound_held(self, decision: Allow | Rewrite, parse: bool = False) -> Decision:
         """A string (or a Parse) declaring WITH HOLD cursors, listening or setting savepoints: refused (54000) when it
         would take the session past [pool] max_session_cursors / max_session_listens / max_session_savepoints (the
         proxy follows each one: red team 9s8 F4, 40,000 of them cost seconds of the event loop every session shares).
         A Parse is counted against the belief, which holds what the Parses before it added (review 19b F3: 20,000
         Parses without a Sync, none bound, grew it past the bound checked only at Bind)."""
-        if not any(c.op in HELD_ADDING for c in decision.changes):
-            return decision
-        denied = self._held_refusal(tuple((c.op, c.name) for c in decision.changes), ())
+        changes = tuple((c.op, c.name) for c in decision.changes)
+        if any(c.op in HELD_ADDING for c in decision.changes):
+            denied = self._held_refusal(changes, ())
+            if denied is not None:
+                return denied
+        denied = self._open_portals.changes(changes, self.context.belief.cursors, self.config.pool.max_session_portals,
+                                            frees=not parse)  # (a Parse closes nothing until it runs)
         return decision if denied is None else denied
 
     def _bound_held_bind(self, statement: str) -> Deny | None:
@@ -2309,6 +2316,32 @@ class ClientSession:
             elif noted:
                 pending += ((c.op, c.name) for c in noted)
         return self._held_refusal(tuple(ops), tuple(pending))
+
+    def _bound_open(self, statement: str, body: bytes) -> Deny | None:
+        """A Bind: refused when its portal, or the cursor its prepared DECLARE opens (again, once closed), would take
+        the session past [pool] max_session_portals (red team 20s M0: each open portal keeps its executor state on
+        the server, ~24 KB, 9.5 GB at 400,000 from one login; M1: a sort each)."""
+        held, limit = self.context.belief.cursors, self.config.pool.max_session_portals
+        changes = self.context.statements.get(statement) if self._tracking else None
+        if changes and any(c.op in PORTAL_OPENING for c in changes):
+            denied = self._open_portals.changes(((c.op, c.name) for c in changes), held, limit, frees=False)
+            if denied is not None:
+                return denied
+        return self._open_portals.bind(protocol_name(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace")),
+                                       held, limit)
+
+    def _open_refusal(self, statement: str, denied: Deny) -> str:
+        """The marker a Bind refused past max_session_portals is sent under: one per batch, reported once.
+        PostgreSQL fails the first and skips the rest of the batch to its Sync; a marker each (25,000 Binds in a
+        batch) pushed the first one's error, the one that comes, out of the bounded denials: the client got
+        26000 "prepared statement ... does not exist", and the proxy spent a report per Bind."""
+        last = self._open_portals.refused
+        if last is not None and last[0] == self._syncs:
+            return last[1]
+        self._report("bind", statement, denied)
+        marker = self._deny_marker(denied)
+        self._open_portals.refused = (self._syncs, marker)
+        return marker
 
     def _held_refusal(self, ops: tuple[tuple[str, str], ...], pending: tuple[tuple[str, str], ...]) -> Deny | None:
         belief = self.context.belief
@@ -2633,6 +2666,10 @@ class ClientSession:
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
                     self._report("bind", statement, denied)
                     out = m.bind_renamed(body, self._deny_marker(denied))
+            if out is None:
+                denied = self._bound_open(statement, body)
+                if denied is not None:  # (red team 20s M0: each open portal keeps its executor state on the server)
+                    out = m.bind_renamed(body, self._open_refusal(statement, denied))
             if out is None and ((self._subxact_statements and statement in self._subxact_statements) or
                                 (self._reset_names and statement in self._reset_names) or
                                 (self._tracking and statement in self.context.statements)):
@@ -2728,8 +2765,10 @@ class ClientSession:
         if name is not None:  # (skipped: PostgreSQL keeps the statement, its records stay or are put back)
             flight = ClosedFlight(name, self._close_lost)
             self._journaled(self._flight(flight, False))
-        if found is not None and found[0] == b"P" and self._portals:  # (skipped: the portal stays, red team 20a F1)
-            self._portal_noted(protocol_key(body[1:-1]), None)
+        if found is not None and found[0] == b"P":
+            self._open_portals.close(protocol_name(found[1]))
+            if self._portals:  # (skipped: the portal stays, red team 20a F1)
+                self._portal_noted(protocol_key(body[1:-1]), None)
         if self._hidden is not None and found is not None and found[0] == b"P" and self._hidden.portals:
             portal = protocol_name(found[1])
             old = self._hidden.portals.pop(portal, None)
@@ -2782,6 +2821,7 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
+        self._open_portals.ready(body[:1], not self.tracker.pending)
         if self._declaring and request is not None:
             self._declares_ended(request, body[:1])
         if (self._portals or self._declaring_portals or self._declaring) and body[:1] == b"I" and \

@@ -10,6 +10,7 @@ from proxy.policy.model import (
     CLOSE_CURSOR,
     COMMIT,
     DEALLOCATE,
+    DECLARE_CURSOR,
     DISCARD_ALL,
     DISCARD_TEMP,
     DROP_TEMP,
@@ -128,7 +129,8 @@ _CURSOR_OPT_HOLD = 0x20  # DeclareCursorStmt.options: WITH HOLD
 
 
 def _declare(body: Node, index: int) -> list[Change]:
-    return [Change(index, HOLD_CURSOR, body.get("portalname", ""))] if body.get("options", 0) & _CURSOR_OPT_HOLD else []
+    hold = body.get("options", 0) & _CURSOR_OPT_HOLD
+    return [Change(index, HOLD_CURSOR if hold else DECLARE_CURSOR, body.get("portalname", ""))]
 
 
 def _close(body: Node, index: int) -> list[Change]:

@@ -57,6 +57,8 @@ TRANSACTION_OPS: frozenset[str] = frozenset({COMMIT, ROLLBACK, SAVEPOINT, RELEAS
 # the settings replay restores elsewhere). Transactional unless listed in NOT_TRANSACTIONAL.
 HOLD_CURSOR = "hold_cursor"  # DECLARE `name` ... WITH HOLD (a cursor that outlives its transaction)
 CLOSE_CURSOR = "close_cursor"  # CLOSE `name` ("" = CLOSE ALL)
+# DECLARE `name` (not WITH HOLD): open until the transaction ends; nothing held, counted by [pool] max_session_portals
+DECLARE_CURSOR = "declare_cursor"
 SQL_PREPARE = "sql_prepare"  # SQL PREPARE `name`
 DEALLOCATE = "deallocate"  # DEALLOCATE `name` ("" = DEALLOCATE ALL)
 LISTEN = "listen"  # LISTEN `name` (takes effect at commit)

@@ -260,6 +260,12 @@ RULES: dict[str, tuple[str, str]] = {
         "CLOSE the WITH HOLD cursors the session no longer reads (CLOSE name, CLOSE ALL or DISCARD ALL): pgtenant "
         "follows each one the session holds; the limit is [pool] max_session_cursors.",
     ),
+    "session_portals_limit": (
+        PROGRAM_LIMIT_EXCEEDED,
+        "Close the portals and cursors the session no longer reads (a protocol Close of the portal, CLOSE name, "
+        "CLOSE ALL, or end the transaction): each one keeps its query's state, up to work_mem for a sort, on the "
+        "database server until it is closed; the limit is [pool] max_session_portals.",
+    ),
     "session_listens_limit": (
         PROGRAM_LIMIT_EXCEEDED,
         "UNLISTEN the channels the session no longer needs (UNLISTEN name, UNLISTEN * or DISCARD ALL): pgtenant "

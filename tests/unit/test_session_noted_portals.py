@@ -16,7 +16,8 @@ MARKER = b"pgtenant_denied_"
 
 
 def pooled(tmp_path: Path) -> ClientSession:
-    s = ClientSession(make_config(tmp_path, pool={"pool_mode": "transaction", "sticky_servers": False}),
+    s = ClientSession(make_config(tmp_path, pool={"pool_mode": "transaction", "sticky_servers": False,
+                                                     "max_session_portals": 100_000}),
                       session_id="s1", client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2),
                       clock=lambda: 0.0, tls_available=False)
     login(s)

@@ -51,6 +51,7 @@ public final class JdbcProbe {
                 case "metadata": result = metadata(url, props, args); break;
                 case "prepared": result = prepared(url, props, args); break;
                 case "fetchsize": result = fetchsize(url, props, args); break;
+                case "openresults": result = openresults(url, props, args); break;
                 case "cancel": result = cancel(url, props, args); break;
                 case "ssl": result = ssl(url, props); break;
                 case "query": result = query(url, props, args); break;
@@ -186,6 +187,49 @@ public final class JdbcProbe {
             out.put("sum", sum);
             out.put("fetch_size", fetch);
             out.put("portals", portals);
+            return out;
+        }
+    }
+
+    /** autocommit off + setFetchSize, in one transaction: `seq` ResultSets one after another (each read in part,
+     *  then closed: pgJDBC closes its named portal), then `open` ResultSets open at once (each a named portal
+     *  C_n, suspended after its first fetch), then all read to their end; committed. */
+    static Object openresults(String url, Properties props, String[] args) throws SQLException {
+        int seq = Integer.parseInt(args[0]);
+        int open = Integer.parseInt(args[1]);
+        int fetch = args.length > 2 ? Integer.parseInt(args[2]) : 2;
+        try (Connection c = DriverManager.getConnection(url, props)) {
+            c.setAutoCommit(false);
+            long rows = 0;
+            for (int i = 0; i < seq; i++) {
+                try (Statement st = c.createStatement()) {
+                    st.setFetchSize(fetch);
+                    try (ResultSet rs = st.executeQuery("SELECT g FROM generate_series(1, 10) AS g")) {
+                        rs.next();
+                        rows++;
+                    }
+                }
+            }
+            List<Statement> sts = new ArrayList<>();
+            List<ResultSet> rss = new ArrayList<>();
+            try {
+                for (int i = 0; i < open; i++) {
+                    Statement st = c.createStatement();
+                    sts.add(st);
+                    st.setFetchSize(fetch);
+                    ResultSet rs = st.executeQuery("SELECT g FROM generate_series(1, 10) AS g");
+                    rss.add(rs);
+                    rs.next();
+                    rows++;
+                }
+                for (ResultSet rs : rss) while (rs.next()) rows++;
+            } finally {
+                for (ResultSet rs : rss) rs.close();
+                for (Statement st : sts) st.close();
+            }
+            c.commit();
+            Map<String, Object> out = new LinkedHashMap<>();
+            out.put("rows", rows);
             return out;
         }
     }

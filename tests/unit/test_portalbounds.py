@@ -1,0 +1,197 @@
+"""The bound on the portals and cursors a session holds open at once ([pool] max_session_portals; red team 20s M0:
+~24 KB of backend memory per open portal, 9.5 GB from one login; M1: a sort each): the pure count, then a scripted
+session (real policy) in both pool modes: exactly N open, the next Bind or DECLARE refused with 54000, the session
+going on, Close / CLOSE / the transaction's end freeing room."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from proxy.actions import AcquireServer, RelayToServer
+from proxy.auth.throttle import AuthThrottle
+from proxy.policy import TenantPolicy
+from proxy.policy.cache import DecisionCache
+from proxy.policy.model import CLOSE_CURSOR, COMMIT, DECLARE_CURSOR, HOLD_CURSOR, ROLLBACK
+from proxy.portalbounds import OpenPortals
+from proxy.protocol import messages as m
+from proxy.session import ClientSession, State
+from tests.support.sessions import frames, login, make_config, sent, server_for
+
+POLICY = TenantPolicy(tenant="acme", strategy="database")
+NONE: frozenset[str] = frozenset()
+
+
+def test_binds_at_the_bound_pass_and_one_more_is_refused() -> None:
+    open_ = OpenPortals()
+    assert all(open_.bind(f"p{i}", NONE, 3) is None for i in range(3))
+    assert open_.bind("p1", NONE, 3) is None  # (open already: replaced, not added)
+    past = open_.bind("p3", NONE, 3)
+    assert past is not None and past.rule == "session_portals_limit" and "max_session_portals = 3" in past.message
+    assert open_.bind("", NONE, 3) is None and "" not in open_.names  # the unnamed portal: never refused (one)
+    open_.close("p0")
+    assert open_.bind("p4", NONE, 3) is None
+    assert open_.bind("p3", frozenset({"h"}), 4) is not None  # WITH HOLD cursors count beside them
+    open_.ready(b"I", last=False)  # (a request after it: its Binds may be of the next transaction)
+    assert open_.bind("p3", frozenset({"h"}), 4) is not None
+    open_.ready(b"I", last=True)
+    assert open_.bind("p3", frozenset({"h"}), 4) is None and open_.names == {"p3"}
+
+
+def test_a_close_counts_again_after_an_error() -> None:
+    """A Close PostgreSQL skipped after an error (then ROLLBACK TO a savepoint keeping the portal open) must not
+    free its count: closes are confirmed by a ReadyForQuery 'T' with nothing after it, taken back at 'E'."""
+    open_ = OpenPortals()
+    assert all(open_.bind(f"p{i}", NONE, 3) is None for i in range(3))
+    open_.close("p0")
+    assert open_.changes([(CLOSE_CURSOR, "p1")], NONE, 3) is None
+    assert open_.bind("q0", NONE, 3) is None and open_.names == {"p2", "q0"}
+    open_.ready(b"E", last=True)
+    assert open_.names == {"p0", "p1", "p2", "q0"} and open_.bind("q1", NONE, 3) is not None
+    open_.close("p0")
+    open_.ready(b"T", last=False)  # (a batch after it may still fail)
+    open_.ready(b"E", last=True)
+    assert "p0" in open_.names
+    open_.close("p0")
+    open_.ready(b"T", last=True)
+    open_.ready(b"E", last=True)
+    assert "p0" not in open_.names
+    assert open_.changes([(COMMIT, "")], NONE, 3) is None and not open_.names
+    open_.ready(b"E", last=True)  # (the string failed before its COMMIT)
+    assert open_.names == {"p1", "p2", "q0"}
+
+
+def test_a_parse_frees_nothing() -> None:
+    """A Parse of COMMIT / CLOSE ALL that never runs (no Bind) frees nothing; its DECLARE counts from the Parse."""
+    open_ = OpenPortals()
+    assert open_.bind("p0", NONE, 2) is None
+    assert open_.changes([(CLOSE_CURSOR, "")], NONE, 2, frees=False) is None
+    assert open_.changes([(COMMIT, "")], NONE, 2, frees=False) is None
+    assert open_.changes([(DECLARE_CURSOR, "c")], NONE, 2, frees=False) is None
+    assert open_.names == {"p0", "c"} and open_.bind("p1", NONE, 2) is not None
+
+
+def test_declares_count_and_closes_free_in_one_string() -> None:
+    open_ = OpenPortals()
+    assert open_.changes([(DECLARE_CURSOR, "a"), (DECLARE_CURSOR, "b")], NONE, 3) is None
+    past = open_.changes([(DECLARE_CURSOR, "c"), (HOLD_CURSOR, "d")], NONE, 3)
+    assert past is not None and 'cursor "d"' in past.message and open_.names == {"a", "b"}  # (refused: nothing)
+    assert open_.changes([(CLOSE_CURSOR, "a"), (DECLARE_CURSOR, "c"), (HOLD_CURSOR, "d")], NONE, 3) is None
+    assert open_.names == {"b", "c"}  # (d is the session's WITH HOLD cursors' to follow)
+    assert open_.changes([(DECLARE_CURSOR, "e")], frozenset({"d"}), 3) is not None
+    assert open_.changes([(CLOSE_CURSOR, ""), *((DECLARE_CURSOR, f"x{i}") for i in range(3))], NONE, 3) is None
+    assert open_.names == {"x0", "x1", "x2"}
+    assert open_.changes([(COMMIT, ""), (DECLARE_CURSOR, "y")], frozenset({"h1", "h2"}), 3) is None
+    assert open_.names == {"y"}
+    assert open_.changes([(ROLLBACK, ""), (DECLARE_CURSOR, "y"), (DECLARE_CURSOR, "z")], frozenset({"h"}), 2) \
+        is not None
+    assert open_.changes([(DECLARE_CURSOR, "y")], NONE, 1) is None  # (open already: PostgreSQL refuses it)
+    assert open_.changes([(DECLARE_CURSOR, "z")], NONE, 1) is not None
+
+
+def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
+    s = ClientSession(make_config(tmp_path, pool={"pool_mode": mode, **pool}), session_id="s1",
+                      client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
+                      tls_available=False)
+    login(s)
+    cache = DecisionCache()
+    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
+    s.server_attached(server_for(s, {"application_name": ""}))
+    return s
+
+
+def _send(s: ClientSession, data: bytes) -> list[tuple[bytes, bytes]]:
+    out = list(s.client_data(data))
+    if s.state is State.WAITING:
+        assert isinstance(out[-1], AcquireServer)
+        out += s.server_attached(server_for(s))
+    return frames(b"".join(bytes(c) for a in out if isinstance(a, RelayToServer) for c in a.chunks))
+
+
+def _q(s: ClientSession, sql: str, *tags: str, status: bytes = b"I") -> None:
+    """A string that reaches the server as written and succeeds (a tag per statement)."""
+    assert _send(s, m.Query(sql).encode()) == [(b"Q", sql.encode() + b"\x00")]
+    back = b"".join(m.command_complete(t) for t in tags) + m.ready_for_query(status)
+    sent(s.server_data(back))
+
+
+def _denied(s: ClientSession, sql: str, status: bytes = b"E") -> bytes:
+    """A string refused by the proxy (not sent): the client's error."""
+    texts = [body for type_, body in _send(s, m.Query(sql).encode()) if type_ == b"Q"]
+    assert len(texts) == 1 and sql.encode() not in texts[0] and b"pgtenant_denied_" in texts[0], texts
+    return _marker_error(s, texts[0], m.ready_for_query(status))
+
+
+def _marker_error(s: ClientSession, body: bytes, after: bytes) -> bytes:
+    name = body[body.index(b"pgtenant_denied_"):].split(b"\x00")[0].split(b" ")[0]
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "42601", "M": f'syntax error at or near "{name.decode()}"'})
+    return b"".join(bytes(c) for a in s.server_data(error + after) for c in getattr(a, "chunks", ()))
+
+
+def _binds(s: ClientSession, names: list[str], status: bytes = b"T") -> tuple[int, bytes]:
+    """Bind + Execute (1 row) of each named portal of statement "ps", then one Sync: how many Binds reached the
+    server as sent (the rest: a refusal's placeholder, and PostgreSQL skips to the Sync), and the client's error."""
+    batch = b"".join(m.frame(b"B", n.encode() + b"\x00ps\x00" + struct.pack("!hhh", 0, 0, 0)) +
+                     m.frame(b"E", n.encode() + b"\x00" + struct.pack("!i", 1)) for n in names) + m.SYNC_MESSAGE
+    binds = [body for type_, body in _send(s, batch) if type_ == b"B"]
+    ok = [b for b in binds if b"pgtenant_denied_" not in b]
+    back = b"".join(m.frame(b"2", b"") + m.frame(b"s", b"") for _ in ok)
+    refused = [b for b in binds if b"pgtenant_denied_" in b]
+    if refused:
+        return len(ok), _marker_error(s, refused[0], m.ready_for_query(b"E"))
+    sent(s.server_data(back + m.ready_for_query(status)))
+    return len(ok), b""
+
+
+def _prepare(s: ClientSession) -> None:
+    _send(s, m.Parse("ps", "SELECT generate_series(1, 3)", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    sent(s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"T")))
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_named_portals_past_the_bound_are_refused_at_the_bind_and_close_frees_room(tmp_path: Path,
+                                                                                  mode: str) -> None:
+    s = _session(tmp_path, mode, max_session_portals=4)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    _prepare(s)
+    assert _binds(s, ["p0", "p1"]) == (2, b"")
+    assert _binds(s, ["p2", "p3"]) == (2, b"")  # exactly 4, across batches
+    ok, err = _binds(s, ["p4", "p5"])
+    assert ok == 0 and b"C54000\x00" in err and b"max_session_portals = 4" in err
+    assert b"rule session_portals_limit" in err
+    _q(s, "ROLLBACK", "ROLLBACK")  # (the transaction ends: its portals go)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    assert _binds(s, [f"q{i}" for i in range(4)]) == (4, b"")
+    _send(s, m.frame(b"C", b"Pq0\x00") + m.frame(b"C", b"Pq1\x00") + m.SYNC_MESSAGE)
+    sent(s.server_data(m.frame(b"3", b"") * 2 + m.ready_for_query(b"T")))
+    assert _binds(s, ["q4", "q5"]) == (2, b"")  # closed: room for two
+    ok, err = _binds(s, ["q6"])
+    assert ok == 0 and b"C54000" in err
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_cursors_past_the_bound_are_refused_at_the_declare(tmp_path: Path, mode: str) -> None:
+    s = _session(tmp_path, mode, max_session_portals=3)
+    declare = "DECLARE c{} CURSOR FOR SELECT 1".format
+    _q(s, "BEGIN; " + declare(0) + "; " + declare(1), "BEGIN", "DECLARE CURSOR", "DECLARE CURSOR", status=b"T")
+    _q(s, declare(2), "DECLARE CURSOR", status=b"T")  # exactly 3
+    err = _denied(s, declare(3))
+    assert b"C54000\x00" in err and (b'cursor \\"c3\\"' in err or b'cursor "c3"' in err)
+    _q(s, "ROLLBACK", "ROLLBACK")
+    _q(s, "BEGIN; " + "; ".join(declare(i) for i in range(3)), "BEGIN", *["DECLARE CURSOR"] * 3, status=b"T")
+    _q(s, "CLOSE c0; " + declare(3), "CLOSE CURSOR", "DECLARE CURSOR", status=b"T")
+    assert b"C54000" in _denied(s, declare(4))
+    _q(s, "ROLLBACK", "ROLLBACK")
+    _q(s, "BEGIN; " + "; ".join(declare(i) for i in range(3)) + "; CLOSE ALL; " + declare(9), "BEGIN",
+       *["DECLARE CURSOR"] * 3, "CLOSE CURSOR", "DECLARE CURSOR", status=b"T")
+    _q(s, "COMMIT", "COMMIT")
+    # WITH HOLD cursors outlive the transaction and count beside the portals
+    _q(s, "DECLARE h0 CURSOR WITH HOLD FOR SELECT 1; DECLARE h1 CURSOR WITH HOLD FOR SELECT 1",
+       "DECLARE CURSOR", "DECLARE CURSOR")
+    _q(s, "BEGIN; " + declare(0), "BEGIN", "DECLARE CURSOR", status=b"T")
+    assert b"C54000" in _denied(s, declare(1))
+    _q(s, "ROLLBACK", "ROLLBACK")
+    _q(s, "CLOSE h0", "CLOSE CURSOR")
+    _q(s, "BEGIN; " + declare(0) + "; " + declare(1), "BEGIN", "DECLARE CURSOR", "DECLARE CURSOR", status=b"T")
