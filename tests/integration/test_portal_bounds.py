@@ -170,6 +170,26 @@ def test_sql_cursors_past_the_bound_fail_at_the_declare(bounded: ProxyProcess) -
         a.commit()
 
 
+@pytest.mark.parametrize("closer", ["SELECT 1/0; COMMIT", "SELECT 1/0; CLOSE ALL", "SELECT 1/0; ROLLBACK",
+                                    "DISCARD ALL"])
+def test_cursors_before_a_close_that_never_runs_stay_counted(bounded: ProxyProcess, closer: str) -> None:
+    """Red team 20b F1: one string of DECLAREs, a SAVEPOINT, then a closer PostgreSQL never runs (an error before
+    it; DISCARD ALL fails inside a transaction); `ROLLBACK TO` keeps the cursors, which were never counted: sent again
+    and again, 1,980 cursors open at a bound of 100. They count now: the next string's first DECLARE is refused."""
+    with psycopg.connect(bounded.dsn("alice")) as a:
+        declares = ";".join(_declare(i) for i in range(PORTALS - 1))
+        with pytest.raises(psycopg.errors.Error):
+            a.execute(f"{declares}; SAVEPOINT s; {closer}")
+        a.execute("ROLLBACK TO s")
+        assert a.execute("SELECT count(*) FROM pg_cursors").fetchone() == (PORTALS - 1,)
+        a.execute(_declare(50))  # exactly the bound
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="session_portals_limit"):
+            a.execute(_declare(51))
+        a.rollback()
+        a.execute(declares)  # the transaction's end freed them
+        a.rollback()
+
+
 def test_with_hold_cursors_count_after_the_commit(bounded: ProxyProcess) -> None:
     """WITH HOLD cursors stay open past their transaction (with their rows) and count beside the portals."""
     with psycopg.connect(bounded.dsn("alice"), autocommit=True) as a:

@@ -40,6 +40,22 @@ def test_binds_at_the_bound_pass_and_one_more_is_refused() -> None:
     assert open_.bind("p3", frozenset({"h"}), 4) is None and open_.names == {"p3"}
 
 
+@pytest.mark.parametrize("closer", [(COMMIT, ""), (ROLLBACK, ""), (CLOSE_CURSOR, ""), (CLOSE_CURSOR, "c1")])
+def test_cursors_a_string_declares_count_when_its_close_does_not_run(closer: tuple[str, str]) -> None:
+    """Red team 20b F1: `DECLARE c0 … c98; SAVEPOINT s; SELECT 1/0; COMMIT` (or CLOSE ALL, ROLLBACK, DISCARD ALL):
+    the closer never runs, `ROLLBACK TO s` keeps the cursors, and they were never counted (1,980 open at a bound of
+    100). The string's cursors count; what its closer closes is freed until a ReadyForQuery confirms it."""
+    open_ = OpenPortals()
+    assert open_.changes([(DECLARE_CURSOR, f"c{i}") for i in range(3)] + [closer], NONE, 3) is None
+    open_.ready(b"E", last=True)  # the error before the closer: it never ran
+    assert open_.names == {"c0", "c1", "c2"}
+    assert open_.changes([(DECLARE_CURSOR, "c9")], NONE, 3) is not None
+    ran = OpenPortals()
+    assert ran.changes([(DECLARE_CURSOR, f"c{i}") for i in range(3)] + [closer], NONE, 3) is None
+    ran.ready(b"T", last=True)  # it ran: what it closed is gone
+    assert ran.names == ({"c0", "c2"} if closer[1] else set())
+
+
 def test_a_close_counts_again_after_an_error() -> None:
     """A Close PostgreSQL skipped after an error (then ROLLBACK TO a savepoint keeping the portal open) must not
     free its count: closes are confirmed by a ReadyForQuery 'T' with nothing after it, taken back at 'E'."""
