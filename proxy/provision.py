@@ -398,9 +398,14 @@ def _definer_findings(conn: psycopg.Connection, db: str, tenants: Sequence[Tenan
     (proxy/definers.py), the tables provision forces RLS on judged as they will be. A problem each (refused unless
     --force); provision never changes these objects itself."""
     from proxy import definers
+    from proxy.dbcheck import _DISCOVER as SCOPED  # the proxy's: views, materialized views, foreign tables too
 
     forced = {(t.schema, t.table): t.readers for t in targets}
     shared = {rel for rels in tables.values() for rel in rels}
+    # a scoped view is the proxy's to filter (the preflight warns: "only the proxy's rewrite filters it"), as at start
+    for t in tenants:
+        if t.strategy == "shared" and not t.tables:
+            shared |= {(str(a), str(b)) for a, b in conn.execute(SCOPED, (t.tenant_column, list(t.tenant_schemas)))}
     schemas = {t.name: t.schema for t in tenants if t.strategy == "schema" and t.schema is not None}
     seen: set[str] = set()
     for t in sorted(tenants, key=lambda x: x.name):
