@@ -207,3 +207,27 @@ def test_schema_and_database_tenants_of_a_shared_database(
     pg.execute("DROP FUNCTION public.df_secrets()", dbname=db)
     p.start(provision=False)
     p.stop()
+
+
+def test_a_materialized_view_over_invoker_code_is_refused(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Review 20 F0: a materialized view's query ran as its owner at REFRESH, through a security_invoker view (the
+    docs' own fix for a view) or a plain function: the preflight passed it and a shared tenant read every tenant's
+    rows from it. (A materialized view with the tenant column is a scoped relation the proxy filters: renamed here.)"""
+    db, p = _lab(pg, tmp_path_factory, "dfmat")
+    pg.execute("DROP VIEW public.df_fview, public.df_view; DROP MATERIALIZED VIEW public.df_mview; "
+               "DROP FUNCTION public.df_all(), public.df_atomic_orders(), public.df_atomic_notes(); "
+               "CREATE VIEW public.df_inv WITH (security_invoker = true) AS SELECT tenant_id FROM public.orders; "
+               "CREATE MATERIALIZED VIEW public.df_mv_inv AS SELECT tenant_id AS who, count(*) AS n FROM public.df_inv "
+               "GROUP BY 1; "
+               "CREATE FUNCTION public.df_tenants() RETURNS SETOF text LANGUAGE sql STABLE AS "
+               "'SELECT DISTINCT tenant_id FROM public.orders'; "
+               "CREATE MATERIALIZED VIEW public.df_mv_fn AS SELECT t FROM public.df_tenants() AS t; "
+               "GRANT SELECT ON public.df_mv_inv, public.df_mv_fn TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "materialized view public.df_mv_inv reads its tables" in log, log
+    assert "materialized view public.df_mv_fn reads its tables" in log, log
+    pg.execute("REVOKE SELECT ON public.df_mv_inv, public.df_mv_fn FROM PUBLIC", dbname=db)
+    p.start(provision=False)
+    p.stop()

@@ -98,6 +98,21 @@ def test_views() -> None:
     assert "materialized view public.m" in errors[0] and "security_invoker = true" not in errors[0]
 
 
+def test_a_materialized_view_read_anything_its_query_reached_as_its_owner() -> None:
+    """Review 20 F0: a materialized view over a security_invoker view (no row of `_VIEWS`) or over a plain function
+    passed: its query ran as its owner at REFRESH, through every view and function under it."""
+    over_view = View(15, "public", "mv", "m", SUPER, reads=(("public", "inv_orders", "v"),))
+    errors, _ = _judge([], [over_view])
+    assert len(errors) == 1 and "materialized view public.mv" in errors[0], errors
+    over_function = View(16, "public", "mf", "m", SUPER, calls=(99,))  # an invoker function: no Routine row
+    errors, _ = _judge([], [over_function])
+    assert len(errors) == 1 and "materialized view public.mf" in errors[0], errors
+    # reference data only, no function: as before
+    assert _judge([], [View(17, "public", "mc", "m", SUPER, reads=(("public", "countries", "r"),))]) == ([], [])
+    # a plain view over a function the reader runs as itself: as before
+    assert _judge([], [View(18, "public", "vf", "v", SUPER, calls=(99,))]) == ([], [])
+
+
 def test_reached_through_a_trigger_or_an_aggregate() -> None:
     """A trigger runs its function with no EXECUTE check, an aggregate its support functions with its owner's: the
     backend role needs no EXECUTE on the function itself."""
