@@ -57,9 +57,10 @@ class OpenPortals:
         opened: set[str] = set()  # what this string DECLAREs (counted from now on, closed later in it or not)
         closed: set[str] = set()  # what this string closes, of `names` and of `opened`: freed until confirmed
         count = len(names) + len(held)
+        holding: set[str] = set()  # the WITH HOLD cursors this string DECLAREs (a COMMIT in it keeps them)
         for op, name in changes:
             if op in OPENING:
-                if name in held or ((name in names or name in opened) and name not in closed):
+                if name in held or name in holding or ((name in names or name in opened) and name not in closed):
                     continue  # (PostgreSQL refuses a name open already: nothing opens)
                 if count >= limit:
                     return _refused(f'cursor "{name}"', count + 1, limit)
@@ -67,6 +68,8 @@ class OpenPortals:
                 closed.discard(name)
                 if op == DECLARE_CURSOR:
                     opened.add(name)
+                else:
+                    holding.add(name)
             elif op not in _CLOSING or not frees:
                 continue
             elif op == CLOSE_CURSOR and name:
@@ -75,7 +78,7 @@ class OpenPortals:
                     count -= 1
             else:  # CLOSE ALL, DISCARD ALL, the end of the transaction: no portal but WITH HOLD cursors stays
                 closed = names | opened
-                count = len(held)
+                count = len(held) + len(holding)  # (the string's own WITH HOLD cursors still count: review 20 F9)
         # A close in the string may not run (an error before it, then ROLLBACK TO a savepoint that keeps the cursors
         # DECLAREd before it: red team 20b F1, 1,980 cursors open at a bound of 100): the cursors it opened count,
         # and what it closes is freed only until a ReadyForQuery confirms it (`ready`).

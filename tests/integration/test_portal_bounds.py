@@ -190,6 +190,18 @@ def test_cursors_before_a_close_that_never_runs_stay_counted(bounded: ProxyProce
         a.rollback()
 
 
+def test_with_hold_cursors_and_commits_in_one_string(bounded: ProxyProcess) -> None:
+    """Review 20 F9: `DECLARE h0 … WITH HOLD; COMMIT; DECLARE h1 … WITH HOLD; COMMIT; …` in one Query opened 20
+    cursors at a bound of 6 (each COMMIT reset the string's count); the string past the bound is refused now."""
+    with psycopg.connect(bounded.dsn("alice"), autocommit=True) as a:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="session_portals_limit"):
+            a.execute("; ".join(f"{_declare(i, 'WITH HOLD')}; COMMIT" for i in range(PORTALS + 2)))
+        assert a.execute("SELECT count(*) FROM pg_cursors").fetchone() == (0,)
+        a.execute("; ".join(f"{_declare(i, 'WITH HOLD')}; COMMIT" for i in range(PORTALS)))
+        assert a.execute("SELECT count(*) FROM pg_cursors").fetchone() == (PORTALS,)
+        a.execute("CLOSE ALL")
+
+
 def test_with_hold_cursors_count_after_the_commit(bounded: ProxyProcess) -> None:
     """WITH HOLD cursors stay open past their transaction (with their rows) and count beside the portals."""
     with psycopg.connect(bounded.dsn("alice"), autocommit=True) as a:

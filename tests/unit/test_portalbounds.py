@@ -56,6 +56,16 @@ def test_cursors_a_string_declares_count_when_its_close_does_not_run(closer: tup
     assert ran.names == ({"c0", "c2"} if closer[1] else set())
 
 
+def test_with_hold_cursors_a_string_declares_count_past_its_commits() -> None:
+    """Review 20 F9: `DECLARE h0 … WITH HOLD; COMMIT; DECLARE h1 … WITH HOLD; COMMIT; …` in one string: each COMMIT
+    reset the count to the WITH HOLD cursors held before the string (20 open at a bound of 6)."""
+    open_ = OpenPortals()
+    string = [op for i in range(3) for op in ((HOLD_CURSOR, f"h{i}"), (COMMIT, ""))]
+    assert open_.changes(string, NONE, 3) is None
+    denied = open_.changes(string + [(HOLD_CURSOR, "h3"), (COMMIT, "")], NONE, 3)
+    assert denied is not None and denied.rule == "session_portals_limit"
+
+
 def test_a_close_counts_again_after_an_error() -> None:
     """A Close PostgreSQL skipped after an error (then ROLLBACK TO a savepoint keeping the portal open) must not
     free its count: closes are confirmed by a ReadyForQuery 'T' with nothing after it, taken back at 'E'."""
