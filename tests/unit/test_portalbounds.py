@@ -62,7 +62,7 @@ def test_with_hold_cursors_a_string_declares_count_past_its_commits() -> None:
     open_ = OpenPortals()
     string = [op for i in range(3) for op in ((HOLD_CURSOR, f"h{i}"), (COMMIT, ""))]
     assert open_.changes(string, NONE, 3) is None
-    denied = open_.changes(string + [(HOLD_CURSOR, "h3"), (COMMIT, "")], NONE, 3)
+    denied = open_.changes([*string, (HOLD_CURSOR, "h3"), (COMMIT, "")], NONE, 3)
     assert denied is not None and denied.rule == "session_portals_limit"
 
 
