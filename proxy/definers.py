@@ -52,7 +52,10 @@ SELECT p.oid::int8, n.nspname, p.proname, pg_catalog.pg_get_function_identity_ar
                FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
                JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
               WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
-                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass),
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+             UNION  -- (pg_depend records no system catalog: pinned)
+             SELECT '["pg_catalog", "pg_statistic", "r"]'
+              WHERE pg_catalog.pg_get_functiondef(p.oid) ~* 'pg_statistic'),
        ARRAY(SELECT d.refobjid::int8 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc q ON q.oid = d.refobjid
                JOIN pg_catalog.pg_namespace qn ON qn.oid = q.pronamespace
               WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
@@ -89,7 +92,9 @@ SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, o.rolname, o.rolsuper
                JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
                JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
               WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
-                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> c.oid),
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> c.oid
+             UNION  -- (pg_depend records no system catalog: pinned)
+             SELECT '["pg_catalog", "pg_statistic", "r"]' WHERE pg_catalog.pg_get_viewdef(c.oid) ~* 'pg_statistic'),
        ARRAY(SELECT DISTINCT d.refobjid::int8
                FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_depend d ON d.objid = w.oid
                JOIN pg_catalog.pg_proc fp ON fp.oid = d.refobjid
@@ -243,6 +248,16 @@ def _first(owner: Owner, rels: Iterable[RelRead], pinned: frozenset[str]) -> tup
     return min(found, key=lambda u: u[0] != "error") if found else None
 
 
+# System catalogs that hold copies of every table's column values (most common values, histograms): read by a
+# superuser owner, they show other tenants' values (red team 20b F3: a definer view over pg_statistic). pg_depend
+# records no dependency on a system catalog (pinned): the view's or the body's text names it (`_VIEWS`, `_FUNCTIONS`).
+STATISTICS = frozenset({("pg_catalog", "pg_statistic"), ("pg_catalog", "pg_statistic_ext_data")})
+
+
+def _reads_statistics(reads: Iterable[tuple[str, str, str]]) -> bool:
+    return any((s, n) in STATISTICS for s, n, _ in reads)
+
+
 def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
           reads: Mapping[str, Mapping[tuple[str, str], RelRead]], scoped: Iterable[tuple[str, str]],
           pinned: frozenset[str] = frozenset()) -> Found:
@@ -257,7 +272,8 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
     opening: dict[int, tuple[str, str]] = {}  # oid -> (level, why): routines and views that leak
     for r in routines:
         mine = reads.get(r.owner.name, {})
-        if r.atomic and not r.calls and not any(k in ("v", "m") for _, _, k in r.reads):
+        if (r.atomic and not r.calls and not any(k in ("v", "m") for _, _, k in r.reads)
+                and not _reads_statistics(r.reads)):
             rels = [mine[(s, n)] for s, n, _ in r.reads if (s, n) in mine and (s, n) in scoped_set]
         else:
             rels = [mine[rel] for rel in sorted(scoped_set) if rel in mine]
@@ -273,7 +289,8 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
             if v.oid in opening or (v.schema, v.name) in scoped_set:
                 continue
             mine = reads.get(v.owner.name, {})
-            if v.kind == "m" and (v.calls or any(k in ("v", "m") for _, _, k in v.reads)):
+            if (v.kind == "m" and (v.calls or any(k in ("v", "m") for _, _, k in v.reads))) or \
+                    _reads_statistics(v.reads):
                 # a materialized view's query ran as its owner at REFRESH, through every view under it (invoker ones
                 # too) and every function it calls (any security): assumed to have read anything (review 20 F0)
                 rels = [mine[rel] for rel in sorted(scoped_set) if rel in mine]

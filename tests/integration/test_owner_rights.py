@@ -231,3 +231,22 @@ def test_a_materialized_view_over_invoker_code_is_refused(
     pg.execute("REVOKE SELECT ON public.df_mv_inv, public.df_mv_fn FROM PUBLIC", dbname=db)
     p.start(provision=False)
     p.stop()
+
+
+def test_a_view_over_the_statistics_catalog_is_refused(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 20b F3: a superuser's view over pg_statistic matching the table by name (pg_depend records only the
+    catalogs) passed the preflight, and a shared tenant read other tenants' values in its histograms."""
+    db, p = _lab(pg, tmp_path_factory, "dfstat")
+    pg.execute("DROP VIEW public.df_fview, public.df_view; DROP MATERIALIZED VIEW public.df_mview; "
+               "DROP FUNCTION public.df_all(), public.df_atomic_orders(), public.df_atomic_notes(); "
+               "ANALYZE public.orders; "
+               "CREATE VIEW public.df_stat AS SELECT s.stavalues1::text AS v FROM pg_catalog.pg_statistic s "
+               "JOIN pg_catalog.pg_class c ON c.oid = s.starelid WHERE c.relname = 'orders'; "
+               "GRANT SELECT ON public.df_stat TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "view public.df_stat reads its tables" in log, log
+    pg.execute("REVOKE SELECT ON public.df_stat FROM PUBLIC", dbname=db)
+    p.start(provision=False)
+    p.stop()

@@ -113,6 +113,20 @@ def test_a_materialized_view_read_anything_its_query_reached_as_its_owner() -> N
     assert _judge([], [View(18, "public", "vf", "v", SUPER, calls=(99,))]) == ([], [])
 
 
+def test_code_over_the_statistics_catalogs_reads_every_table() -> None:
+    """Red team 20b F3: a definer view (or a BEGIN ATOMIC SECURITY DEFINER function) over pg_statistic, matching the
+    table by name (pg_depend records only the catalogs), passed: a shared tenant read the most common values and the
+    histogram of every tenant's rows."""
+    stats = (("pg_catalog", "pg_statistic", "r"), ("pg_catalog", "pg_class", "r"))
+    errors, _ = _judge([], [View(19, "public", "stat", "v", SUPER, reads=stats)])
+    assert len(errors) == 1 and "view public.stat" in errors[0], errors
+    fn = Routine(2, "public.mcv()", "FUNCTION", SUPER, atomic=True, reads=stats)
+    errors, _ = _judge([fn], [])
+    assert len(errors) == 1 and "public.mcv()" in errors[0], errors
+    # other catalogs alone: as before
+    assert _judge([], [View(20, "public", "cls", "v", SUPER, reads=(("pg_catalog", "pg_class", "r"),))]) == ([], [])
+
+
 def test_reached_through_a_trigger_or_an_aggregate() -> None:
     """A trigger runs its function with no EXECUTE check, an aggregate its support functions with its owner's: the
     backend role needs no EXECUTE on the function itself."""
