@@ -48,6 +48,9 @@ def _dsn(given: str | None, env: str, problem: str) -> str | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from proxy import hangups
+
+    hangups.keep()  # first: a reload sent while the proxy starts is run once it serves
     import os
     from dataclasses import replace
 

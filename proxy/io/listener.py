@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from proxy import _accel, allocator, dbcheck, errors, instancekey, memory, registrystore
+from proxy import _accel, allocator, dbcheck, errors, hangups, instancekey, memory, registrystore
 from proxy import admin as admin_console
 from proxy.actions import ForwardCancel, TerminateBackend
 from proxy.agent import timeout_ms as agent_timeout_ms
@@ -732,8 +732,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, worker: W
     # A SIGHUP before the proxy serves (its default action ends the process: a reload sent while it prepares, or
     # as soon as its port accepts, killed it silently) is kept and run as a reload once serving: the file may have
     # changed after prepare read it.
-    early: list[bool] = []
-    loop.add_signal_handler(signal.SIGHUP, lambda: early.append(True))
+    early = hangups.received  # (`pgtenant run` keeps those that came before this loop: proxy/hangups.py)
+    loop.add_signal_handler(signal.SIGHUP, lambda: early.append(signal.SIGHUP))
     proxy = Proxy(config, worker)
     await loop.run_in_executor(None, proxy.prepare)
     freeze_heap()  # before listening: the log line precedes readiness
@@ -752,6 +752,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None, worker: W
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     if early:
         log.info("reload_deferred", signals=len(early))
+        early.clear()
         on_hup()
     if ready is not None:
         ready.set()
