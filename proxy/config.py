@@ -342,6 +342,9 @@ class PreflightConfig:
     """Startup checks that the database enforces the same boundary as the proxy."""
 
     enforce: bool = True  # refuse to start when a check fails (false: log the problems and start anyway)
+    # "schema.name" of SECURITY DEFINER functions and definer views the operator vouches for (e.g. helpers RLS
+    # policies call): the owner's-rights check reports them as warnings, not errors (proxy/definers.py)
+    trusted_definers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,7 +260,7 @@ def _reads_statistics(reads: Iterable[tuple[str, str, str]]) -> bool:
 
 def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
           reads: Mapping[str, Mapping[tuple[str, str], RelRead]], scoped: Iterable[tuple[str, str]],
-          pinned: frozenset[str] = frozenset()) -> Found:
+          pinned: frozenset[str] = frozenset(), trusted: frozenset[str] = frozenset()) -> Found:
     """The problems of backend role `role`: each routine and view it can use whose owner reads other tenants' rows
     of `scoped` (`reads[owner][relation]`, as that owner reads it). A routine of any language but a SQL-standard
     body is assumed to read anything; an atomic one what it depends on (or anything, if it calls a function outside
@@ -335,7 +335,7 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
                 f"{grant}; or ALTER {r.kind} {r.signature} SECURITY INVOKER; or "
                 "an owner row security binds (not a superuser nor BYPASSRLS, FORCE ROW LEVEL SECURITY on the "
                 "tables it owns)")
-        _add(found, level, r.extension, text)
+        _add(found, level, r.extension, text, r.signature.partition("(")[0].lower() in trusted)
     for v in views:
         if v.oid not in opening or not v.usable:
             continue
@@ -354,12 +354,14 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
         text = (f"{what} {v.qualified} reads its tables with its owner's rights (no security_invoker) and its owner "
                 f"{v.owner.name!r} is not bound by row security ({why}); the backend role {role!r} may read it "
                 f"({how}), so it shows other tenants' rows whatever the proxy rewrites. Fix: {fix}")
-        _add(found, level, v.extension, text)
+        _add(found, level, v.extension, text, v.qualified.lower() in trusted)
     return found
 
 
-def _add(found: Found, level: str, extension: str | None, text: str) -> None:
-    if extension is not None:
+def _add(found: Found, level: str, extension: str | None, text: str, trusted: bool = False) -> None:
+    if trusted:  # the operator vouches for it ([preflight] trusted_definers): reported, not counted
+        found.warnings.append(f"{text} (vouched for by [preflight] trusted_definers: a warning, not an error)")
+    elif extension is not None:
         found.warnings.append(f"{text} (a member of extension {extension!r}: a warning, not an error; drop or "
                               "update the extension, or revoke as said)")
     elif level == "error":
@@ -402,7 +404,8 @@ def read_owner(conn: psycopg.Connection, owner: str, rels: Iterable[tuple[str, s
 
 
 def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]],
-          pinned: frozenset[str] = frozenset(), forced: Mapping[tuple[str, str], Iterable[str]] | None = None) -> Found:
+          pinned: frozenset[str] = frozenset(), forced: Mapping[tuple[str, str], Iterable[str]] | None = None,
+          trusted: frozenset[str] = frozenset()) -> Found:
     """Read the catalogs and `judge` backend role `role` against the tenant-scoped relations `scoped`. `forced`
     (provision): relations that will have forced RLS with pgtenant's policy TO the given roles only, judged as they
     will be."""
@@ -419,7 +422,7 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
                     got = mine[rel]
                     keep = tuple(p for p in got.policies if p.name != access.OWN_POLICY or o in set(roles))
                     mine[rel] = RelRead(got.schema, got.table, got.kind, True, True, got.owns, got.readable, keep)
-    return judge(role, routines, views, reads, scoped, pinned)
+    return judge(role, routines, views, reads, scoped, pinned, trusted)
 
 
 _SCHEMA_RELATIONS = """

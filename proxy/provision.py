@@ -385,14 +385,15 @@ def _database_steps(
                 steps += schema_steps(s, roles[t.name], False, where=t.name, create=True)
         elif t.strategy == "database":
             steps += _database_tenant_steps(conn, config, t, roles, findings)
-    _definer_findings(conn, db, tenants, tables, targets, roles, findings)
+    _definer_findings(conn, db, tenants, tables, targets, roles, findings,
+                      frozenset(n.lower() for n in config.preflight.trusted_definers))
     return steps
 
 
 
 def _definer_findings(conn: psycopg.Connection, db: str, tenants: Sequence[TenantConfig],
                       tables: Mapping[str, Sequence[tuple[str, str]]], targets: Sequence[TableTarget],
-                      roles: Mapping[str, str], findings: Findings) -> None:
+                      roles: Mapping[str, str], findings: Findings, trusted: frozenset[str] = frozenset()) -> None:
     """Code that runs with its owner's rights and reads the rows of any tenant of this database (its shared
     tenants' tables, its schema tenants' schemas), usable by a backend role: as the preflight finds it
     (proxy/definers.py), the tables provision forces RLS on judged as they will be. A problem each (refused unless
@@ -411,7 +412,7 @@ def _definer_findings(conn: psycopg.Connection, db: str, tenants: Sequence[Tenan
     for t in sorted(tenants, key=lambda x: x.name):
         rels = shared | set(definers.schema_relations(conn, (s for n, s in schemas.items() if n != t.name)))
         pinned = frozenset({t.tenant_setting.lower()}) if t.strategy == "shared" else frozenset()
-        found = definers.check(conn, roles[t.name], rels, pinned, forced)
+        found = definers.check(conn, roles[t.name], rels, pinned, forced, trusted)
         lines = [(x, findings.problems) for x in found.errors] + [(x, findings.notes) for x in found.warnings]
         for line, into in lines:
             if line not in seen:

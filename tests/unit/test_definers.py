@@ -127,6 +127,20 @@ def test_code_over_the_statistics_catalogs_reads_every_table() -> None:
     assert _judge([], [View(20, "public", "cls", "v", SUPER, reads=(("pg_catalog", "pg_class", "r"),))]) == ([], [])
 
 
+def test_an_object_the_operator_vouches_for_is_a_warning() -> None:
+    """[preflight] trusted_definers (review 20 F11: SECURITY DEFINER helpers an app's RLS policies call, as Supabase
+    apps write them, refused the start with no narrower way out than enforce = false): reported, not counted."""
+    fn = Routine(1, "auth.Is_Member(uuid)", "FUNCTION", SUPER, public=True)
+    view = View(21, "public", "v", "v", SUPER, public=True, reads=(("public", "orders", "r"),))
+    found = judge("backend", [fn], [view], {"postgres": {ORDERS: _rel()}}, [ORDERS], PINNED,
+                  trusted=frozenset({"auth.is_member", "public.v"}))
+    assert found.errors == [] and len(found.warnings) == 2, found
+    assert all("vouched for by [preflight] trusted_definers" in w for w in found.warnings)
+    found = judge("backend", [fn], [view], {"postgres": {ORDERS: _rel()}}, [ORDERS], PINNED,
+                  trusted=frozenset({"public.v"}))
+    assert len(found.errors) == 1 and "auth.Is_Member(uuid)" in found.errors[0]
+
+
 def test_reached_through_a_trigger_or_an_aggregate() -> None:
     """A trigger runs its function with no EXECUTE check, an aggregate its support functions with its owner's: the
     backend role needs no EXECUTE on the function itself."""
