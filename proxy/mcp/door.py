@@ -104,7 +104,9 @@ class Door:
                   gone: asyncio.Event | None = None) -> Rows:
         """The statement's rows; DoorError (BUSY when the queue is full), or Abandoned once `gone` is set."""
         # The check and the count with no await between them: calls that arrive together (an HTTP burst, each
-        # call's work then starting in its own task) each see the ones admitted before them (review 20 F7).
+        # call's work then starting in its own task) each see the ones admitted before them (review 20 F7). The
+        # count never passes max_waiting + 1, and a tool of several statements (describe_table, sample_rows) checks
+        # its next statement in the same loop step its last one was uncounted: it is never refused halfway.
         if self.max_waiting is not None and self._admitted > self.max_waiting:
             raise DoorError(BUSY.format(waiting=self._admitted - 1))
         self._admitted += 1
