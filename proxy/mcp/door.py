@@ -98,14 +98,25 @@ class Door:
     _conn: psycopg.AsyncConnection[Any] | None = field(default=None, init=False, repr=False)
     max_waiting: int | None = None  # None: no bound (stdio: one client); over HTTP the server's --max-waiting
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
-    _waiting: int = field(default=0, init=False, repr=False)
+    _admitted: int = field(default=0, init=False, repr=False)  # calls in run: the one running and those waiting
 
     async def run(self, sql: str, params: Sequence[Any] | None = None, *, limit: int,
                   gone: asyncio.Event | None = None) -> Rows:
         """The statement's rows; DoorError (BUSY when the queue is full), or Abandoned once `gone` is set."""
-        if (self.max_waiting is not None and self._waiting >= self.max_waiting
-                and (self._waiting or self._lock.locked())):
-            raise DoorError(BUSY.format(waiting=self._waiting))
+        # The check and the count with no await between them: calls that arrive together (an HTTP burst, each
+        # call's work then starting in its own task) each see the ones admitted before them (review 20 F7). The
+        # count never passes max_waiting + 1, and a tool of several statements (describe_table, sample_rows) checks
+        # its next statement in the same loop step its last one was uncounted: it is never refused halfway.
+        if self.max_waiting is not None and self._admitted > self.max_waiting:
+            raise DoorError(BUSY.format(waiting=self._admitted - 1))
+        self._admitted += 1
+        try:
+            return await self._admitted_run(sql, params, limit, gone)
+        finally:
+            self._admitted -= 1
+
+    async def _admitted_run(self, sql: str, params: Sequence[Any] | None, limit: int,
+                            gone: asyncio.Event | None) -> Rows:
         started: list[bool] = []  # [True] once the call holds the login
         if gone is None:
             return await self._serialised(sql, params, limit, started)
@@ -128,11 +139,7 @@ class Door:
         return work.result()
 
     async def _serialised(self, sql: str, params: Sequence[Any] | None, limit: int, started: list[bool]) -> Rows:
-        self._waiting += 1
-        try:
-            await self._lock.acquire()
-        finally:
-            self._waiting -= 1
+        await self._lock.acquire()
         started.append(True)
         try:
             reused = self._conn is not None and not self._conn.closed

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from proxy.mcp.door import Door, DoorError
+from proxy.mcp.door import Door, DoorError, Rows
 
 
 def _exc(**diag: str | None) -> SimpleNamespace:
@@ -46,3 +46,37 @@ def test_a_login_that_cannot_connect_is_a_door_error() -> None:
     door = Door("host=127.0.0.1 port=1 user=nobody dbname=x connect_timeout=2", connect_timeout=2)
     with pytest.raises(DoorError, match="ERROR"):
         asyncio.run(door.run("SELECT 1", limit=1))
+
+
+def _burst(max_waiting: int, calls: int) -> tuple[list[object], Door]:
+    """`calls` calls of one Door over HTTP (a `gone` event each) started together (asyncio.gather), each statement
+    a few loop steps long: the answers (rows or the exception) and the Door."""
+    door = Door("postgresql://unused", max_waiting=max_waiting)
+
+    async def statement(sql: str, params: object, limit: int) -> Rows:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return Rows([("x", "integer")], [(1,)])
+
+    door._once = statement  # type: ignore[method-assign]
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(door.run("SELECT 1", limit=1, gone=asyncio.Event())
+                                      for _ in range(calls)), return_exceptions=True)
+
+    return asyncio.run(main()), door
+
+
+def test_calls_arriving_together_over_http_are_bounded_by_max_waiting() -> None:
+    """Review 20 F7: with --max-waiting 1, six calls at once over HTTP all queued (each counted only once its task
+    ran, after every other call had passed the check). One runs, one waits, four are refused as busy at once."""
+    answers, door = _burst(1, 6)
+    assert [type(a).__name__ for a in answers] == ["Rows", "Rows"] + ["DoorError"] * 4
+    busy = answers[2]
+    assert isinstance(busy, DoorError) and str(busy).startswith("ERROR: busy: ") and "1 more are waiting" in str(busy)
+    assert door._admitted == 0  # every call uncounted once answered or refused
+
+
+def test_max_waiting_zero_runs_one_call_and_refuses_the_rest() -> None:
+    answers, _ = _burst(0, 3)
+    assert [type(a).__name__ for a in answers] == ["Rows", "DoorError", "DoorError"]
