@@ -10,7 +10,7 @@ import psycopg
 from proxy.config import BackendConfig, Config, ReplicaConfig, TenantConfig
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.catalog import COLUMN_LISTED
-from proxy.policy.reached import Reached
+from proxy.policy.reached import JSON_OUTPUT, Reached
 from proxy.policy.tree import expr_node, names_of, string_const
 from proxy.tenancy import ScopedTables, database_neighbours, explicit_tables
 
@@ -120,8 +120,9 @@ def schema_names(conn: psycopg.Connection) -> frozenset[str]:
 # left out when its argument is a relation's row type and that relation has a column of its name (the column wins);
 # one whose argument is neither a row (composite), a pseudo-type nor a domain is reached only as `(x).f` ("field").
 # A view counts when its query (or a view it reads, at any depth) calls such a function, directly, by an operator or
-# by a cast; a type ("domain") when its values are checked by one: a domain whose CHECK or DEFAULT calls one, and the
-# types over it (domains, arrays, ranges, composite types with such a field, at any depth).
+# by a cast, reads a value as a type a domain checks (its functions), or calls a JSON-writing built-in (every
+# function of a cast to json); a type ("domain") when its values are checked by one: a domain whose CHECK or DEFAULT
+# calls one, and the types over it (domains, arrays, ranges, composite types with such a field, at any depth).
 _REACHED = r"""
 WITH RECURSIVE fn AS (
   SELECT p.oid, n.nspname || '.' || p.proname AS qualified, p.proname, p.prokind, p.pronargs, p.pronargdefaults,
@@ -131,15 +132,6 @@ WITH RECURSIVE fn AS (
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
                         AND d.deptype = 'e')
-), direct AS (
-  SELECT r.ev_class AS view, f.qualified
-    FROM pg_catalog.pg_rewrite r
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
-    LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
-                                      AND o.oid = d.refobjid
-    LEFT JOIN pg_catalog.pg_cast c ON d.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND c.oid = d.refobjid
-    JOIN fn f ON f.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid
-                              ELSE COALESCE(o.oprcode::pg_catalog.oid, c.castfunc) END
 ), checked(typ, qualified) AS (  -- domains whose CHECK constraints or DEFAULT call one (directly, by operator, cast)
   SELECT COALESCE(con.contypid, t.oid), f.qualified
     FROM pg_catalog.pg_depend d
@@ -164,6 +156,31 @@ WITH RECURSIVE fn AS (
                                                        AND a.attnum > 0 AND NOT a.attisdropped)
       OR EXISTS (SELECT 1 FROM pg_catalog.pg_range r WHERE r.rngsubtype = d.typ
                                                    AND t.oid IN (r.rngtypid, r.rngmultitypid))
+), direct AS (
+  SELECT r.ev_class AS view, f.qualified
+    FROM pg_catalog.pg_rewrite r
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+    LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                                      AND o.oid = d.refobjid
+    LEFT JOIN pg_catalog.pg_cast c ON d.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND c.oid = d.refobjid
+    JOIN fn f ON f.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass THEN d.refobjid
+                              ELSE COALESCE(o.oprcode::pg_catalog.oid, c.castfunc) END
+  UNION  -- a value read as a type a domain checks (a cast to it, a constant of it): the domain's functions
+  SELECT r.ev_class, dm.qualified
+    FROM pg_catalog.pg_rewrite r
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+                               AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass
+    JOIN domains dm ON dm.typ = d.refobjid
+  UNION  -- a JSON-writing built-in (pinned: no pg_depend row; read in the stored query) runs every cast to json
+  SELECT r.ev_class, f.qualified
+    FROM pg_catalog.pg_rewrite r
+    JOIN pg_catalog.pg_cast c ON c.casttarget = 'pg_catalog.json'::pg_catalog.regtype
+    JOIN fn f ON f.oid = c.castfunc
+   WHERE r.ev_action::text ~ ('\{JSONCONSTRUCTOREXPR |:(funcid|aggfnoid|winfnoid) ('
+                              || (SELECT pg_catalog.string_agg(p.oid::text, '|') FROM pg_catalog.pg_proc p
+                                   WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+                                     AND p.proname = ANY(%s::text[]))
+                              || ')[^0-9]')
 ), views(view, qualified) AS (
   SELECT view, qualified FROM direct
   UNION
@@ -202,7 +219,7 @@ SELECT 'domain', n.nspname || '.' || t.typname, d.qualified
 
 def reached_routines(conn: psycopg.Connection) -> Reached:
     """The database's routines run without a call (`_REACHED`; `TenantPolicy.reached`)."""
-    rows = conn.execute(_REACHED, (sorted(BUILTIN_FUNCTIONS),)).fetchall()
+    rows = conn.execute(_REACHED, (sorted(JSON_OUTPUT), sorted(BUILTIN_FUNCTIONS))).fetchall()
     return Reached(frozenset((str(k), str(key), str(f)) for k, key, f in rows))
 
 

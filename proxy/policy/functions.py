@@ -8,7 +8,7 @@ from proxy.policy.model import TenantPolicy
 from proxy.policy.reached import ATTRIBUTE, CAST, DOMAIN, FIELD, HOW, JSON, OPERATOR, SHADOW, VIEW
 from proxy.policy.rules import fail
 from proxy.policy.tree import Node
-from proxy.policy.walk import COPY_TO, READ, SAMPLE, TARGET, Analysis
+from proxy.policy.walk import COPY_TO, INTO, LIKE, READ, SAMPLE, TARGET, Analysis
 
 # Never allowed, not even through extra_allowed_functions: they reach outside the tenant (other databases or
 # clusters, server files, large objects, other backends) or execute SQL text the proxy never sees.
@@ -146,7 +146,8 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
     """Apply the allow-list (and the agent's list) to the routines of the tenant's database a statement reaches
     without calling them by name (`TenantPolicy.reached`): `t.f` / `(t).f`, an operator, a cast to a type (a
     JSON-writing built-in: the cast to json), a type whose constraints or default call one (a domain), an unqualified
-    call of a name a routine of the database overloads; for a shared or schema tenant, a view whose query reaches
+    call of a name a routine of the database overloads, a new table made from a relation whose row type a domain
+    checks; for a shared or schema tenant, a view whose query reaches
     one (a database tenant's views are its own). True when one is reached (and admitted)."""
     reached = False
     for fields in analysis.column_refs:
@@ -166,6 +167,15 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
     for names in analysis.type_names:
         if names:
             reached |= _check_reached(policy, DOMAIN, names[-1], ".".join(names))
+    if any(ref.role in (INTO, LIKE) for ref in analysis.refs):
+        # a new table made from a relation (CREATE TABLE AS, SELECT INTO, CREATE TABLE (LIKE ...)) takes its columns'
+        # types: a domain's CHECK of them runs at each later INSERT / UPDATE / COPY of it (rt20b F2)
+        for ref in analysis.refs:
+            if ref.cte or ref.role not in _SOURCE_ROLES:
+                continue
+            name, schema = ref.rv.get("relname", ""), ref.rv.get("schemaname")
+            written = f"{schema}.{name}" if schema else name
+            reached |= _check_reached(policy, DOMAIN, written, f"{written} (a column of the new table)")
     if policy.strategy != "database":
         for ref in analysis.refs:
             if ref.cte or ref.role not in _VIEW_ROLES:
@@ -182,6 +192,7 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
 
 
 _VIEW_ROLES = frozenset({READ, SAMPLE, TARGET, COPY_TO})  # a view's query runs when it is read or written through
+_SOURCE_ROLES = frozenset({READ, SAMPLE, LIKE})  # the relations a new table's columns may come from
 
 
 def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> bool:

@@ -31,9 +31,15 @@ CREATE FUNCTION public.sd_tenants() RETURNS text LANGUAGE sql STABLE SECURITY DE
 CREATE VIEW public.sd_v AS SELECT public.sd_tenants() AS who;
 CREATE VIEW public.sd_plain_v AS SELECT upper('x') AS u, 1 + 2 AS n;
 GRANT SELECT ON public.sd_v, public.sd_plain_v TO PUBLIC;
+CREATE TABLE public.sd_items (id int, d public.sd_dom);
+CREATE VIEW public.sd_dv AS SELECT 'x'::public.sd_dom AS d;
+CREATE VIEW public.sd_jv AS SELECT to_json(x) AS j FROM (SELECT 1 AS n) x;
+CREATE VIEW public.sd_jav AS SELECT json_agg(x) AS j FROM (SELECT 1 AS n) x;
+GRANT SELECT ON public.sd_items, public.sd_dv, public.sd_jv, public.sd_jav TO PUBLIC;
 """
 TEARDOWN = """
-DROP VIEW IF EXISTS public.sd_v, public.sd_plain_v;
+DROP VIEW IF EXISTS public.sd_v, public.sd_plain_v, public.sd_dv, public.sd_jv, public.sd_jav;
+DROP TABLE IF EXISTS public.sd_items;
 DROP FUNCTION IF EXISTS public.sd_tenants();
 DROP CAST IF EXISTS (public.sd_st AS json);
 DROP FUNCTION IF EXISTS public.sd_st_json(public.sd_st);
@@ -118,6 +124,33 @@ def test_a_view_over_a_function_not_allowed_is_refused(objects: ProxyProcess) ->
             got = _run(conn, sql)
             assert _refused(got, "public.sd_tenants") and "view" in got[1] and "sd_v" in got[1], (sql, got)
         # a view over built-ins only stays readable
+        assert conn.execute("SELECT u, n FROM sd_plain_v").fetchall() == [("X", 3)]
+
+
+def test_a_new_table_made_from_a_relation_of_a_checked_domain_is_refused(objects: ProxyProcess) -> None:
+    """rt20b F2: a temp table made from a table whose row type carries the domain (CREATE TABLE AS, SELECT INTO,
+    LIKE) runs the domain's CHECK at each later INSERT / UPDATE / COPY of it: refused, naming the function."""
+    with psycopg.connect(objects.dsn("ivan"), autocommit=True) as conn:
+        for sql in ("CREATE TEMP TABLE sd_t1 AS SELECT d FROM sd_items", "SELECT * INTO TEMP sd_t2 FROM sd_items",
+                    "CREATE TEMP TABLE sd_t3 (LIKE public.sd_items)",
+                    "CREATE TEMP TABLE sd_t4 AS SELECT * FROM (SELECT d FROM sd_items) s"):
+            got = _run(conn, sql)
+            assert _refused(got, "public.sd_chk") and "sd_items" in got[1], (sql, got)
+        # over-refusal check: a table with no checked domain, a view over built-ins
+        conn.execute("CREATE TEMP TABLE sd_ok AS SELECT id FROM orders LIMIT 1")
+        conn.execute("CREATE TEMP TABLE sd_ok2 (LIKE orders)")
+        assert conn.execute("SELECT count(*) FROM sd_ok").fetchone() == (1,)
+
+
+def test_a_view_casting_to_a_domain_or_writing_json_is_refused(objects: ProxyProcess) -> None:
+    """Review 20 F5: a view whose query reads a value as the domain runs its CHECK; one calling a JSON-writing
+    built-in runs every cast to json (the enum's here)."""
+    with psycopg.connect(objects.dsn("alice"), autocommit=True) as conn:
+        got = _run(conn, "SELECT d FROM sd_dv")
+        assert _refused(got, "public.sd_chk") and "view" in got[1] and "sd_dv" in got[1], got
+        for view in ("sd_jv", "sd_jav"):
+            got = _run(conn, f"SELECT j FROM {view}")
+            assert _refused(got, "public.sd_st_json") and "view" in got[1] and view in got[1], (view, got)
         assert conn.execute("SELECT u, n FROM sd_plain_v").fetchall() == [("X", 3)]
 
 

@@ -21,6 +21,7 @@ REACHED = Reached(frozenset({
     ("domain", "rt_dom", "public.rt_chk"),
     ("domain", "_rt_dom", "public.rt_chk"),
     ("cast", "json", "public.rt_st_json"),
+    ("domain", "public.rt_items", "public.rt_chk"),  # a table with a column of rt_dom (its row type)
 }))
 
 REACHING = {
@@ -215,6 +216,31 @@ def test_a_domain_named_anywhere_runs_its_constraint(sql: str, make) -> None:
     assert "public.rt_chk()" in denied.message and "rt_dom" in denied.message
     assert not isinstance(decide(make(extra=ALLOWED), sql), Deny)
     assert not isinstance(decide(make(Reached()), sql), Deny)
+
+
+@pytest.mark.parametrize("sql", ["CREATE TEMP TABLE t AS SELECT d FROM rt_items",
+                                 "CREATE TEMP TABLE t AS SELECT * FROM public.rt_items WHERE id > 1",
+                                 "SELECT d INTO TEMP t FROM rt_items", "CREATE TEMP TABLE t (LIKE rt_items)",
+                                 "CREATE TEMP TABLE t AS SELECT * FROM (SELECT d FROM rt_items) s",
+                                 "CREATE TEMP TABLE t AS SELECT o.id FROM orders o JOIN rt_items i ON i.id = o.id"])
+@pytest.mark.parametrize("make", [_shared, _dan])
+def test_a_new_table_made_from_a_relation_of_a_checked_domain_is_refused(sql: str, make) -> None:
+    """rt20b F2: a new table made from a relation whose row type a domain checks takes the domain: its CHECK runs at
+    each later INSERT / UPDATE / COPY of the table."""
+    denied = decide(make(), sql)
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+    assert "public.rt_chk()" in denied.message and "rt_items" in denied.message
+    assert not isinstance(decide(make(extra=ALLOWED), sql), Deny)
+    assert not isinstance(decide(make(Reached()), sql), Deny)
+
+
+@pytest.mark.parametrize("sql", ["CREATE TEMP TABLE t AS SELECT id FROM orders", "CREATE TEMP TABLE t (LIKE orders)",
+                                 "SELECT id INTO TEMP t FROM orders",
+                                 "CREATE TEMP TABLE t AS WITH rt_items AS (SELECT 1 AS d) SELECT d FROM rt_items",
+                                 "SELECT d FROM rt_items"])
+@pytest.mark.parametrize("make", [_shared, _dan])
+def test_a_new_table_of_no_checked_domain_is_not_refused(sql: str, make) -> None:
+    assert not isinstance(decide(make(), sql), Deny), decide(make(), sql)
 
 
 def _schema(reached: Reached = REACHED, extra: frozenset[str] = frozenset()) -> TenantPolicy:
