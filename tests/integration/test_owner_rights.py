@@ -209,44 +209,52 @@ def test_schema_and_database_tenants_of_a_shared_database(
     p.stop()
 
 
+_BARE = ("DROP VIEW public.df_fview, public.df_view; DROP MATERIALIZED VIEW public.df_mview; "
+         "DROP FUNCTION public.df_all(), public.df_atomic_orders(), public.df_atomic_notes(); ")
+
+
+def _refused_until_revoked(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory, prefix: str, objects: str,
+                           expected: tuple[str, ...], revoke: str) -> None:
+    """A lab with `objects` alone (and the scoped orders): the start is refused naming each of `expected`, and
+    passes once `revoke` ran."""
+    db, p = _lab(pg, tmp_path_factory, prefix)
+    pg.execute(_BARE + objects, dbname=db)
+    log = _refusal(p)
+    for text in expected:
+        assert text in log, (text, log)
+    pg.execute(revoke, dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
 def test_a_materialized_view_over_invoker_code_is_refused(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Review 20 F0: a materialized view's query ran as its owner at REFRESH, through a security_invoker view (the
     docs' own fix for a view) or a plain function: the preflight passed it and a shared tenant read every tenant's
     rows from it. (A materialized view with the tenant column is a scoped relation the proxy filters: renamed here.)"""
-    db, p = _lab(pg, tmp_path_factory, "dfmat")
-    pg.execute("DROP VIEW public.df_fview, public.df_view; DROP MATERIALIZED VIEW public.df_mview; "
-               "DROP FUNCTION public.df_all(), public.df_atomic_orders(), public.df_atomic_notes(); "
-               "CREATE VIEW public.df_inv WITH (security_invoker = true) AS SELECT tenant_id FROM public.orders; "
-               "CREATE MATERIALIZED VIEW public.df_mv_inv AS SELECT tenant_id AS who, count(*) AS n FROM public.df_inv "
-               "GROUP BY 1; "
-               "CREATE FUNCTION public.df_tenants() RETURNS SETOF text LANGUAGE sql STABLE AS "
-               "'SELECT DISTINCT tenant_id FROM public.orders'; "
-               "CREATE MATERIALIZED VIEW public.df_mv_fn AS SELECT t FROM public.df_tenants() AS t; "
-               "GRANT SELECT ON public.df_mv_inv, public.df_mv_fn TO PUBLIC", dbname=db)
-    log = _refusal(p)
-    assert "materialized view public.df_mv_inv reads its tables" in log, log
-    assert "materialized view public.df_mv_fn reads its tables" in log, log
-    pg.execute("REVOKE SELECT ON public.df_mv_inv, public.df_mv_fn FROM PUBLIC", dbname=db)
-    p.start(provision=False)
-    p.stop()
+    _refused_until_revoked(
+        pg, tmp_path_factory, "dfmat",
+        "CREATE VIEW public.df_inv WITH (security_invoker = true) AS SELECT tenant_id FROM public.orders; "
+        "CREATE MATERIALIZED VIEW public.df_mv_inv AS SELECT tenant_id AS who, count(*) AS n FROM public.df_inv "
+        "GROUP BY 1; "
+        "CREATE FUNCTION public.df_tenants() RETURNS SETOF text LANGUAGE sql STABLE AS "
+        "'SELECT DISTINCT tenant_id FROM public.orders'; "
+        "CREATE MATERIALIZED VIEW public.df_mv_fn AS SELECT t FROM public.df_tenants() AS t; "
+        "GRANT SELECT ON public.df_mv_inv, public.df_mv_fn TO PUBLIC",
+        ("materialized view public.df_mv_inv reads its tables", "materialized view public.df_mv_fn reads its tables"),
+        "REVOKE SELECT ON public.df_mv_inv, public.df_mv_fn FROM PUBLIC")
 
 
 def test_a_view_over_the_statistics_catalog_is_refused(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Red team 20b F3: a superuser's view over pg_statistic matching the table by name (pg_depend records only the
-    catalogs) passed the preflight, and a shared tenant read other tenants' values in its histograms."""
-    db, p = _lab(pg, tmp_path_factory, "dfstat")
-    pg.execute("DROP VIEW public.df_fview, public.df_view; DROP MATERIALIZED VIEW public.df_mview; "
-               "DROP FUNCTION public.df_all(), public.df_atomic_orders(), public.df_atomic_notes(); "
-               "ANALYZE public.orders; "
-               "CREATE VIEW public.df_stat AS SELECT s.stavalues1::text AS v FROM pg_catalog.pg_statistic s "
-               "JOIN pg_catalog.pg_class c ON c.oid = s.starelid WHERE c.relname = 'orders'; "
-               "GRANT SELECT ON public.df_stat TO PUBLIC", dbname=db)
-    log = _refusal(p)
-    assert "view public.df_stat reads its tables" in log, log
-    pg.execute("REVOKE SELECT ON public.df_stat FROM PUBLIC", dbname=db)
-    p.start(provision=False)
-    p.stop()
+    """Red team 20b F3: a superuser's view over pg_statistic matching the table by name (pg_depend records no system
+    catalog) passed the preflight, and a shared tenant read other tenants' values in its histograms."""
+    _refused_until_revoked(
+        pg, tmp_path_factory, "dfstat",
+        "ANALYZE public.orders; "
+        "CREATE VIEW public.df_stat AS SELECT s.stavalues1::text AS v FROM pg_catalog.pg_statistic s "
+        "JOIN pg_catalog.pg_class c ON c.oid = s.starelid WHERE c.relname = 'orders'; "
+        "GRANT SELECT ON public.df_stat TO PUBLIC",
+        ("view public.df_stat reads its tables",), "REVOKE SELECT ON public.df_stat FROM PUBLIC")
