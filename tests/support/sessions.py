@@ -7,7 +7,7 @@ from pathlib import Path
 
 from scramp import ScramClient
 
-from proxy.actions import SendClient
+from proxy.actions import AcquireServer, RelayToServer, SendClient
 from proxy.auth.scram import make_verifier
 from proxy.auth.throttle import AuthThrottle
 from proxy.config import Config, parse_config
@@ -15,7 +15,7 @@ from proxy.policy import TenantPolicy
 from proxy.policy.cache import DecisionCache
 from proxy.protocol import messages as m
 from proxy.server import ServerConnection
-from proxy.session import ClientSession
+from proxy.session import ClientSession, State
 
 
 def make_config(tmp_path: Path, pool: dict[str, object] | None = None, **limits: object) -> Config:
@@ -117,3 +117,12 @@ def policy_session(tmp_path: Path, mode: str, policy: TenantPolicy, **pool: obje
     s.enable_policy(lambda _kind, sql: cache.get_or_decide(policy, sql))
     s.server_attached(server_for(s, {"application_name": ""}))
     return s
+
+
+def relayed(s: ClientSession, data: bytes) -> list[tuple[bytes, bytes]]:
+    """The client sends `data`: the frames that reach the server (a server is lent when the session asks)."""
+    out = list(s.client_data(data))
+    if s.state is State.WAITING:
+        assert isinstance(out[-1], AcquireServer)
+        out += s.server_attached(server_for(s))
+    return frames(b"".join(bytes(c) for a in out if isinstance(a, RelayToServer) for c in a.chunks))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from proxy.actions import AcquireServer, RelayToServer
 from proxy.heldbounds import refusal
 from proxy.policy import TenantPolicy, model
 from proxy.policy.model import (
@@ -30,9 +29,9 @@ from proxy.policy.model import (
     SessionContext,
 )
 from proxy.protocol import messages as m
-from proxy.session import ClientSession, State
+from proxy.session import ClientSession
 from proxy.sessionstate import SessionState
-from tests.support.sessions import frames, policy_session, sent, server_for
+from tests.support.sessions import policy_session, relayed, sent
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
 BIG = 1 << 20
@@ -99,13 +98,6 @@ def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
     return policy_session(tmp_path, mode, POLICY, **pool)
 
 
-def _send(s: ClientSession, data: bytes) -> list[tuple[bytes, bytes]]:
-    """The client sends `data`: the frames that reach the server (a server is lent when the session asks)."""
-    out = list(s.client_data(data))
-    if s.state is State.WAITING:
-        assert isinstance(out[-1], AcquireServer)
-        out += s.server_attached(server_for(s))
-    return frames(b"".join(bytes(c) for a in out if isinstance(a, RelayToServer) for c in a.chunks))
 
 
 def _answer(s: ClientSession, *tags: str, status: bytes = b"I") -> bytes:
@@ -115,14 +107,14 @@ def _answer(s: ClientSession, *tags: str, status: bytes = b"I") -> bytes:
 
 def _q(s: ClientSession, sql: str, *tags: str, status: bytes = b"I") -> None:
     """A string that reaches the server as written and succeeds (a tag per statement)."""
-    sent_ = _send(s, m.Query(sql).encode())
+    sent_ = relayed(s, m.Query(sql).encode())
     assert sent_ == [(b"Q", sql.encode() + b"\x00")], sent_
     _answer(s, *tags, status=status)
 
 
 def _denied(s: ClientSession, sql: str, status: bytes = b"I") -> bytes:
     """A string refused by the proxy (not sent): the client's error."""
-    sent_ = _send(s, m.Query(sql).encode())
+    sent_ = relayed(s, m.Query(sql).encode())
     texts = [body for _, body in sent_ if _ == b"Q"]
     assert len(texts) == 1 and sql.encode() not in texts[0] and b"pgtenant_denied_" in texts[0], sent_
     name = texts[0][texts[0].index(b"pgtenant_denied_"):].split(b"\x00")[0]
@@ -202,7 +194,7 @@ def test_a_prepared_hold_cursor_past_the_bound_is_refused_at_its_bind(tmp_path: 
     assert b"pgtenant_denied_" not in _parses(s, ["DECLARE p CURSOR WITH HOLD FOR SELECT 1"], name="p")[0]
     _q(s, _declare(1), "DECLARE CURSOR")  # (prepared under the bound, run once it is reached)
     bind = m.frame(b"B", b"\x00p\x00" + struct.pack("!hhh", 0, 0, 0))
-    binds = [body for type_, body in _send(s, bind + m.execute_message("") + m.SYNC_MESSAGE) if type_ == b"B"]
+    binds = [body for type_, body in relayed(s, bind + m.execute_message("") + m.SYNC_MESSAGE) if type_ == b"B"]
     assert len(binds) == 1 and b"pgtenant_denied_" in binds[0]
 
 
@@ -213,7 +205,7 @@ def test_a_prepared_savepoint_past_the_bound_is_refused_at_its_bind(tmp_path: Pa
     assert b"pgtenant_denied_" not in _parses(s, ["SAVEPOINT b"], name="sp", status=b"T")[0]
     bind = m.frame(b"B", b"\x00sp\x00" + struct.pack("!hhh", 0, 0, 0))
     batch = bind + m.execute_message("") + bind + m.execute_message("") + m.SYNC_MESSAGE
-    binds = [body for type_, body in _send(s, batch) if type_ == b"B"]
+    binds = [body for type_, body in relayed(s, batch) if type_ == b"B"]
     assert len(binds) == 2 and b"pgtenant_denied_" not in binds[0] and b"pgtenant_denied_" in binds[1]
 
 
@@ -222,7 +214,7 @@ def _parses(s: ClientSession, texts: list[str], status: bytes = b"I", name: str 
     the server; the server answers them (ParseComplete, or the error of a refusal's placeholder and the rest
     skipped) and the client's answer must carry 54000 where one was refused."""
     batch = b"".join(m.Parse(name, text, b"\x00\x00").encode() for text in texts) + m.SYNC_MESSAGE
-    sent_ = [body for type_, body in _send(s, batch) if type_ == b"P"]
+    sent_ = [body for type_, body in relayed(s, batch) if type_ == b"P"]
     back = b""
     for body in sent_:
         if b"pgtenant_denied_" in body:

@@ -10,15 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from proxy.actions import AcquireServer, RelayToServer
-from proxy.auth.throttle import AuthThrottle
 from proxy.policy import TenantPolicy
-from proxy.policy.cache import DecisionCache
 from proxy.policy.model import CLOSE_CURSOR, COMMIT, DECLARE_CURSOR, HOLD_CURSOR, ROLLBACK
 from proxy.portalbounds import OpenPortals
 from proxy.protocol import messages as m
-from proxy.session import ClientSession, State
-from tests.support.sessions import frames, login, make_config, sent, server_for
+from proxy.session import ClientSession
+from tests.support.sessions import policy_session, relayed, sent
 
 POLICY = TenantPolicy(tenant="acme", strategy="database")
 NONE: frozenset[str] = frozenset()
@@ -118,34 +115,19 @@ def test_declares_count_and_closes_free_in_one_string() -> None:
 
 
 def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
-    s = ClientSession(make_config(tmp_path, pool={"pool_mode": mode, **pool}), session_id="s1",
-                      client_address="10.0.0.1", throttle=AuthThrottle(max_failures=2), clock=lambda: 0.0,
-                      tls_available=False)
-    login(s)
-    cache = DecisionCache()
-    s.enable_policy(lambda _kind, sql: cache.get_or_decide(POLICY, sql))
-    s.server_attached(server_for(s, {"application_name": ""}))
-    return s
-
-
-def _send(s: ClientSession, data: bytes) -> list[tuple[bytes, bytes]]:
-    out = list(s.client_data(data))
-    if s.state is State.WAITING:
-        assert isinstance(out[-1], AcquireServer)
-        out += s.server_attached(server_for(s))
-    return frames(b"".join(bytes(c) for a in out if isinstance(a, RelayToServer) for c in a.chunks))
+    return policy_session(tmp_path, mode, POLICY, **pool)
 
 
 def _q(s: ClientSession, sql: str, *tags: str, status: bytes = b"I") -> None:
     """A string that reaches the server as written and succeeds (a tag per statement)."""
-    assert _send(s, m.Query(sql).encode()) == [(b"Q", sql.encode() + b"\x00")]
+    assert relayed(s, m.Query(sql).encode()) == [(b"Q", sql.encode() + b"\x00")]
     back = b"".join(m.command_complete(t) for t in tags) + m.ready_for_query(status)
     sent(s.server_data(back))
 
 
 def _denied(s: ClientSession, sql: str, status: bytes = b"E") -> bytes:
     """A string refused by the proxy (not sent): the client's error."""
-    texts = [body for type_, body in _send(s, m.Query(sql).encode()) if type_ == b"Q"]
+    texts = [body for type_, body in relayed(s, m.Query(sql).encode()) if type_ == b"Q"]
     assert len(texts) == 1 and sql.encode() not in texts[0] and b"pgtenant_denied_" in texts[0], texts
     return _marker_error(s, texts[0], m.ready_for_query(status))
 
@@ -161,7 +143,7 @@ def _binds(s: ClientSession, names: list[str], status: bytes = b"T") -> tuple[in
     server as sent (the rest: a refusal's placeholder, and PostgreSQL skips to the Sync), and the client's error."""
     batch = b"".join(m.frame(b"B", n.encode() + b"\x00ps\x00" + struct.pack("!hhh", 0, 0, 0)) +
                      m.frame(b"E", n.encode() + b"\x00" + struct.pack("!i", 1)) for n in names) + m.SYNC_MESSAGE
-    binds = [body for type_, body in _send(s, batch) if type_ == b"B"]
+    binds = [body for type_, body in relayed(s, batch) if type_ == b"B"]
     ok = [b for b in binds if b"pgtenant_denied_" not in b]
     back = b"".join(m.frame(b"2", b"") + m.frame(b"s", b"") for _ in ok)
     refused = [b for b in binds if b"pgtenant_denied_" in b]
@@ -172,7 +154,7 @@ def _binds(s: ClientSession, names: list[str], status: bytes = b"T") -> tuple[in
 
 
 def _prepare(s: ClientSession) -> None:
-    _send(s, m.Parse("ps", "SELECT generate_series(1, 3)", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    relayed(s, m.Parse("ps", "SELECT generate_series(1, 3)", b"\x00\x00").encode() + m.SYNC_MESSAGE)
     sent(s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"T")))
 
 
@@ -190,7 +172,7 @@ def test_named_portals_past_the_bound_are_refused_at_the_bind_and_close_frees_ro
     _q(s, "ROLLBACK", "ROLLBACK")  # (the transaction ends: its portals go)
     _q(s, "BEGIN", "BEGIN", status=b"T")
     assert _binds(s, [f"q{i}" for i in range(4)]) == (4, b"")
-    _send(s, m.frame(b"C", b"Pq0\x00") + m.frame(b"C", b"Pq1\x00") + m.SYNC_MESSAGE)
+    relayed(s, m.frame(b"C", b"Pq0\x00") + m.frame(b"C", b"Pq1\x00") + m.SYNC_MESSAGE)
     sent(s.server_data(m.frame(b"3", b"") * 2 + m.ready_for_query(b"T")))
     assert _binds(s, ["q4", "q5"]) == (2, b"")  # closed: room for two
     ok, err = _binds(s, ["q6"])
