@@ -116,9 +116,11 @@ def schema_names(conn: psycopg.Connection) -> frozenset[str]:
 
 # The routines of a database PostgreSQL may run without a call naming them (policy/reached.py): functions outside
 # pg_catalog and information_schema that no extension owns (pg_depend 'e': extension code such as citext or PostGIS
-# operators is not counted), as (kind, key, "schema.function") rows. A function of one argument reached as `t.f` is
-# left out when its argument is a relation's row type and that relation has a column of its name (the column wins);
-# one whose argument is neither a row (composite), a pseudo-type nor a domain is reached only as `(x).f` ("field").
+# operators is not counted) and that PostgreSQL did not make for a range type (its and its multirange's constructors:
+# built-in C code, `range_constructor2` ..., internally dependent on the type), as (kind, key, "schema.function")
+# rows. A function of one argument reached as `t.f` is left out when its argument is a relation's row type and that
+# relation has a column of its name (the column wins); one whose argument is neither a row (composite), a
+# pseudo-type nor a domain is reached only as `(x).f` ("field").
 # A view counts when its query (or a view it reads, at any depth) calls such a function, directly, by an operator or
 # by a cast, reads a value as a type a domain checks (its functions), or calls a JSON-writing built-in (every
 # function of a cast to json); a type ("domain") when its values are checked by one: a domain whose CHECK or DEFAULT
@@ -132,6 +134,11 @@ WITH RECURSIVE fn AS (
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
                         AND d.deptype = 'e')
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_type t ON t.oid = d.refobjid
+                       JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+                      WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                        AND d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.deptype = 'i'
+                        AND t.typtype IN ('r', 'm') AND l.lanname = 'internal')
 ), checked(typ, qualified) AS (  -- domains whose CHECK constraints or DEFAULT call one (directly, by operator, cast)
   SELECT COALESCE(con.contypid, t.oid), f.qualified
     FROM pg_catalog.pg_depend d

@@ -36,6 +36,7 @@ CREATE VIEW public.sd_dv AS SELECT 'x'::public.sd_dom AS d;
 CREATE VIEW public.sd_jv AS SELECT to_json(x) AS j FROM (SELECT 1 AS n) x;
 CREATE VIEW public.sd_jav AS SELECT json_agg(x) AS j FROM (SELECT 1 AS n) x;
 GRANT SELECT ON public.sd_items, public.sd_dv, public.sd_jv, public.sd_jav TO PUBLIC;
+CREATE TYPE public.sd_rng AS RANGE (subtype = int4);
 """
 TEARDOWN = """
 DROP VIEW IF EXISTS public.sd_v, public.sd_plain_v, public.sd_dv, public.sd_jv, public.sd_jav;
@@ -45,6 +46,7 @@ DROP CAST IF EXISTS (public.sd_st AS json);
 DROP FUNCTION IF EXISTS public.sd_st_json(public.sd_st);
 DROP TYPE IF EXISTS public.sd_st;
 DROP DOMAIN IF EXISTS public.sd_dom2, public.sd_dom;
+DROP TYPE IF EXISTS public.sd_rng;
 DROP FUNCTION IF EXISTS public.sd_chk(text);
 """
 DOMAIN = {  # every way a value is read as the domain
@@ -114,6 +116,17 @@ def test_json_built_ins_reach_a_cast_to_json(objects: ProxyProcess, user: str) -
         assert _refused(got, "public.sd_st_json"), got
         # over-refusal check: the enum itself and other types run neither function
         assert conn.execute("SELECT 'b'::sd_st, 'x'::varchar, '{1}'::int[]").fetchall() == [("b", "x", [1])]
+
+
+@pytest.mark.parametrize("user", ["alice", "ivan"])
+def test_a_range_types_own_constructors_are_not_app_functions(objects: ProxyProcess, user: str) -> None:
+    """Session 20's note: PostgreSQL makes a range type's constructors and its multirange's (built-in C code,
+    `range_constructor2`, `multirange_constructor1`, ...) in the type's schema, and casts the range to its multirange
+    with one; they were counted as app functions and such a cast refused."""
+    with psycopg.connect(objects.dsn(user), autocommit=True) as conn:
+        row = conn.execute("SELECT '[1,3)'::sd_rng::sd_rng_multirange, "
+                           "CAST('[2,4)'::public.sd_rng AS public.sd_rng_multirange)").fetchone()
+        assert row == ("{[1,3)}", "{[2,4)}"), row
 
 
 def test_a_view_over_a_function_not_allowed_is_refused(objects: ProxyProcess) -> None:
