@@ -456,3 +456,26 @@ def test_pgjdbc_autosave_errors_past_the_bound(bounded: ProxyProcess) -> None:
     url = bounded.jdbc_url("alice", sslmode="disable", autosave="always")
     out = run_jdbc(url, "alice", bounded.password("alice"), "autosaveerrors", 2 * PORTALS, PORTALS)
     assert out == {"errors": ["22012"] * (2 * PORTALS), "rows": 10 * PORTALS}
+
+
+def test_a_prepared_close_pg_never_prepared_frees_nothing(bounded: ProxyProcess) -> None:
+    """A guard for F1's fix: a Parse of `CLOSE` into a statement name PostgreSQL refuses (42P05: it holds another
+    statement of that name), then ROLLBACK TO: a Bind/Execute of that name runs PostgreSQL's statement, not the
+    CLOSE: nothing is freed."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        assert wire.errors_in(wire.exchange(sock, wire.parse("SELECT 1", "s") + wire.SYNC)) == []
+        _query(sock, "SAVEPOINT sp")
+        [err] = wire.errors_in(wire.exchange(sock, wire.parse("CLOSE rpc1", "s") + wire.SYNC))
+        assert err["C"] == "42P05"
+        assert wire.errors_in(_query(sock, "ROLLBACK TO sp")) == []
+        assert wire.errors_in(_query(sock, "; ".join(_declare(i) for i in range(PORTALS)))) == []
+        out = wire.exchange(sock, wire.bind("s") + wire.execute() + wire.SYNC)
+        assert _kinds(out) == "2DCZ"
+        assert _open_cursors(sock) == PORTALS
+        [err] = wire.errors_in(_query(sock, _declare(99)))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
