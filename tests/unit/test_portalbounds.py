@@ -86,8 +86,9 @@ def test_a_close_counts_again_after_an_error() -> None:
     assert open_.names == {"p1", "p2", "q0"}
 
 
-def test_a_parse_frees_nothing() -> None:
-    """A Parse of COMMIT / CLOSE ALL that never runs (no Bind) frees nothing; its DECLARE counts from the Parse."""
+def test_a_bind_frees_nothing() -> None:
+    """The count of a Bind of a prepared statement (`frees` False): its COMMIT / CLOSE ALL frees nothing until its
+    portal's Execute (`executed`), its DECLARE counts from the Bind (a Parse counts nothing: review 20 F3)."""
     open_ = OpenPortals()
     assert open_.bind("p0", NONE, 2) is None
     assert open_.changes([(CLOSE_CURSOR, "")], NONE, 2, frees=False) is None
