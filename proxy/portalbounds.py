@@ -27,7 +27,7 @@ class OpenPortals:
     says no error came (a close PostgreSQL skipped after an error, then `ROLLBACK TO` a savepoint that keeps the
     portal, would otherwise free a portal still open): at 'E' every unconfirmed close counts again."""
 
-    __slots__ = ("closers", "freed", "levels", "names", "refused")
+    __slots__ = ("closers", "followed", "freed", "levels", "names", "refused")
 
     def __init__(self) -> None:
         self.names: set[str] = set()
@@ -37,6 +37,9 @@ class OpenPortals:
         # own, or unknown (a name counted again in another level: kept until the transaction ends, fail closed)
         self.levels: dict[str, int] = {}
         self.closers: dict[str, tuple[tuple[str, str], ...]] = {}  # portal -> what its Execute closes (F1)
+        # False once a prepared savepoint statement may run unfollowed (the session forgot it): the levels may then
+        # not be PostgreSQL's, and no ROLLBACK TO frees anything for the rest of the session (fail closed)
+        self.followed = True
 
     def bind(self, name: str, held: Set[str], limit: int, level: int = 0) -> Deny | None:
         """A Bind of portal `name` in savepoint level `level`: its denial past `limit`, else it counts from now on
@@ -79,6 +82,8 @@ class OpenPortals:
         """A `ROLLBACK TO` PostgreSQL confirmed (its CommandComplete): the portals and cursors counted in a level it
         aborted (`dropped(level)`) are gone (PostgreSQL's AtSubCleanup_Portals); those counted before its savepoint
         stay (red team 20b F1)."""
+        if not self.followed:
+            return
         gone = [name for name, level in self.levels.items() if level and dropped(level)]
         for name in gone:
             del self.levels[name]

@@ -2083,6 +2083,7 @@ class ClientSession:
             held = self._subxact_statements
             if name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
                 del held[next(iter(held))]  # (the oldest: a Bind of it then is not followed, subxacts.py)
+                self._open_portals.followed = False  # (then no ROLLBACK TO frees a portal: it may not be the one sent)
             held[name] = tuple((c.op, c.name) for c in decision.changes if c.op in SAVEPOINT_OPS)
         elif self._subxact_statements:
             self._subxact_statements.pop(name, None)

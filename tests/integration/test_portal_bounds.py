@@ -479,3 +479,28 @@ def test_a_prepared_close_pg_never_prepared_frees_nothing(bounded: ProxyProcess)
         _query(sock, "ROLLBACK")
     finally:
         sock.close()
+
+
+def test_a_rollback_to_frees_nothing_after_savepoint_statements_went_unfollowed(bounded: ProxyProcess) -> None:
+    """A guard for F2's fix: prepared `RELEASE a` and `SAVEPOINT a` pushed out of the session's memory (1,000 more
+    savepoint statements, Parsed and closed), then run: PostgreSQL's savepoints are not those the session follows;
+    portals bound between them live in the transaction's level, and `ROLLBACK TO a` keeps them: still counted."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        wire.exchange(sock, wire.parse("SELECT generate_series(1, 3)", "ps") + wire.SYNC)
+        _query(sock, "SAVEPOINT a")
+        assert wire.errors_in(wire.exchange(sock, wire.parse("RELEASE a", "rel") + wire.parse("SAVEPOINT a", "sav")
+                                            + wire.SYNC)) == []
+        more = b"".join(wire.parse("SAVEPOINT z", f"z{i}") + m.frame(b"C", f"Sz{i}\x00".encode()) for i in range(1000))
+        assert wire.errors_in(wire.exchange(sock, more + wire.SYNC)) == []
+        assert wire.errors_in(wire.exchange(sock, wire.bind("rel") + wire.execute() + wire.SYNC)) == []
+        assert wire.errors_in(_portals(sock, [f"p{i}" for i in range(PORTALS)])) == []
+        assert wire.errors_in(wire.exchange(sock, wire.bind("sav") + wire.execute() + wire.SYNC)) == []
+        assert wire.errors_in(_query(sock, "ROLLBACK TO a")) == []
+        assert _open_cursors(sock) == PORTALS  # (PostgreSQL kept them)
+        [err] = wire.errors_in(_portals(sock, ["q0"]))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()

@@ -341,3 +341,34 @@ def test_a_parse_of_a_declare_opens_nothing_its_binds_count(tmp_path: Path, mode
         sent(s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"T")))
     refused = _extended(s, [f"DECLARE y{i} CURSOR FOR SELECT 1" for i in range(4)])
     assert refused == [b"B"]  # (the 4th Bind)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_rollback_to_frees_nothing_once_a_savepoint_statement_went_unfollowed(tmp_path: Path, mode: str) -> None:
+    """A guard for F2's fix: a prepared RELEASE / SAVEPOINT forgotten by the session (past the savepoint statements
+    it remembers) runs unfollowed: `RELEASE a` (unfollowed), portals bound (PostgreSQL: in the transaction's level;
+    the session believes: in a's), `SAVEPOINT a` (unfollowed), `ROLLBACK TO a`: PostgreSQL keeps the portals. From
+    then on a ROLLBACK TO frees nothing (fail closed)."""
+    s = _session(tmp_path, mode, max_session_portals=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    _prepare(s)
+    _q(s, "SAVEPOINT a", "SAVEPOINT", status=b"T")
+    relayed(s, m.Parse("rel", "RELEASE a", b"\x00\x00").encode() + m.Parse("sav", "SAVEPOINT a", b"\x00\x00").encode()
+            + m.SYNC_MESSAGE)
+    sent(s.server_data(m.frame(b"1", b"") * 2 + m.ready_for_query(b"T")))
+    for i in range(1000):  # (each one remembered, closed or not: the oldest, rel and sav, are forgotten)
+        relayed(s, m.Parse(f"z{i}", "SAVEPOINT z", b"\x00\x00").encode() + m.frame(b"C", f"Sz{i}\x00".encode())
+                + m.SYNC_MESSAGE)
+        sent(s.server_data(m.frame(b"1", b"") + m.frame(b"3", b"") + m.ready_for_query(b"T")))
+    run = b"".join(m.frame(b"B", b"\x00" + n + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+                   + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) for n in (b"rel",)) + m.SYNC_MESSAGE
+    assert not any(b"pgtenant_denied_" in body for _, body in relayed(s, run))
+    sent(s.server_data(m.frame(b"2", b"") + m.command_complete("RELEASE") + m.ready_for_query(b"T")))
+    assert _binds(s, ["p0", "p1", "p2"]) == (3, b"")
+    run = (m.frame(b"B", b"\x00sav\x00" + struct.pack("!hhh", 0, 0, 0)) + m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+           + m.SYNC_MESSAGE)
+    assert not any(b"pgtenant_denied_" in body for _, body in relayed(s, run))
+    sent(s.server_data(m.frame(b"2", b"") + m.command_complete("SAVEPOINT") + m.ready_for_query(b"T")))
+    _q(s, "ROLLBACK TO a", "ROLLBACK", status=b"T")  # (PostgreSQL: to the second a; p0..p2 stay open)
+    ok, err = _binds(s, ["q0"])
+    assert ok == 0 and b"C54000" in err
