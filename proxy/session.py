@@ -2083,6 +2083,7 @@ class ClientSession:
             held = self._subxact_statements
             if name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
                 del held[next(iter(held))]  # (the oldest: a Bind of it then is not followed, subxacts.py)
+                self._open_portals.followed = False  # (then no ROLLBACK TO frees a portal: it may not be the one sent)
             held[name] = tuple((c.op, c.name) for c in decision.changes if c.op in SAVEPOINT_OPS)
         elif self._subxact_statements:
             self._subxact_statements.pop(name, None)
@@ -2296,8 +2297,11 @@ class ClientSession:
             denied = self._held_refusal(changes, ())
             if denied is not None:
                 return denied
+        if parse:  # (a Parse opens and closes nothing: its Bind counts, its Execute frees, review 20 F1/F3)
+            return decision
+        level = 0 if self._subxacts is None or any(op in SAVEPOINT_OPS for op, _ in changes) else self._subxacts.top()
         denied = self._open_portals.changes(changes, self.context.belief.cursors, self.config.pool.max_session_portals,
-                                            frees=not parse)  # (a Parse closes nothing until it runs)
+                                            level=level)  # (0: kept to the end, after a savepoint op in the string)
         return decision if denied is None else denied
 
     def _bound_held_bind(self, statement: str) -> Deny | None:
@@ -2323,12 +2327,16 @@ class ClientSession:
         the server, ~24 KB, 9.5 GB at 400,000 from one login; M1: a sort each)."""
         held, limit = self.context.belief.cursors, self.config.pool.max_session_portals
         changes = self.context.statements.get(statement) if self._tracking else None
+        level = self._subxacts.top() if self._subxacts is not None else 0  # (F2: a ROLLBACK TO drops it)
         if changes and any(c.op in PORTAL_OPENING for c in changes):
-            denied = self._open_portals.changes(((c.op, c.name) for c in changes), held, limit, frees=False)
+            denied = self._open_portals.changes(((c.op, c.name) for c in changes), held, limit, False, level)
             if denied is not None:
                 return denied
-        return self._open_portals.bind(protocol_name(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace")),
-                                       held, limit)
+        portal = protocol_name(bytes(body[:body.index(b"\x00")]).decode("utf-8", "replace"))
+        denied = self._open_portals.bind(portal, held, limit, level)
+        if denied is None and (changes or self._open_portals.closers):
+            self._open_portals.bound(portal, ((c.op, c.name) for c in changes or ()))  # (its Execute frees: F1)
+        return denied
 
     def _open_refusal(self, statement: str, denied: Deny) -> str:
         """The marker a Bind refused past max_session_portals is sent under: one per batch, reported once.
@@ -2957,6 +2965,9 @@ class ClientSession:
         if body[-4:] != b"\x00\x00\x00\x00":
             self._paged = True
         out = None
+        if self._open_portals.closers:  # a prepared CLOSE / CLOSE ALL / COMMIT / ROLLBACK frees (review 20 F1)
+            portal = protocol_name(bytes(body[:max(body.find(b"\x00"), 0)]).decode("utf-8", "replace"))
+            self._open_portals.executed(portal, self.context.belief.cursors, self.config.pool.max_session_portals)
         if self._portals:  # (failed or skipped, the portal is PostgreSQL's as it was: its note too, red team 20a F1)
             name = protocol_key(body[:max(body.find(b"\x00"), 0)])
             noted = self._portals.get(name)
@@ -3344,6 +3355,8 @@ class ClientSession:
         assert subxacts is not None
         pending = self.tracker.pending
         aborted = subxacts.completed(pending[0] if pending else None, self._done)
+        if aborted and self._open_portals.levels:  # (max_session_portals: what it dropped frees room, review 20 F2)
+            self._open_portals.rolled_back(partial(subxacts.dropped, aborted=aborted))
         if aborted and self._hidden is not None and self._hidden.portals:
             self._hidden.rolled_back(partial(subxacts.dropped, aborted=aborted))
 

@@ -325,3 +325,182 @@ def test_asyncpg_cursors(bounded: ProxyProcess) -> None:
             await conn.close()
 
     assert asyncio.run(run()) == [15 + 5 * i for i in range(3 * PORTALS)] + [2]
+
+
+def _extended(sock: object, statements: list[str]) -> list[tuple[bytes, bytes]]:
+    """Parse + Bind + Execute of each statement (unnamed), then one Sync."""
+    batch = b"".join(wire.parse(sql) + wire.bind() + wire.execute() for sql in statements) + wire.SYNC
+    return wire.exchange(sock, batch)  # type: ignore[arg-type]
+
+
+def _open_cursors(sock: object) -> int:
+    out = _query(sock, "SELECT count(*) FROM pg_cursors WHERE name <> ''")
+    return int(next(body for t, body in out if t == b"D")[6:])
+
+
+def test_cursors_declared_and_closed_over_the_extended_protocol(bounded: ProxyProcess) -> None:
+    """Review 20 F1 (pgJDBC's default mode, Npgsql's DECLARE/FETCH/CLOSE): a transaction declaring and closing
+    distinct cursors one at a time, each statement Parse/Bind/Execute, past the bound: never refused; CLOSE ALL
+    likewise; the bound still holds for what is open at once."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        for i in range(2 * PORTALS):
+            out = _extended(sock, [_declare(i), f"FETCH 1 FROM rpc{i}", f"CLOSE rpc{i}"])
+            assert wire.errors_in(out) == [] and out[-1] == (b"Z", b"T"), i
+        for i in range(2 * PORTALS):
+            assert wire.errors_in(_extended(sock, [_declare(100 + i)])) == [], i
+            assert wire.errors_in(_extended(sock, [f"CLOSE rpc{100 + i}"])) == [], i
+        assert wire.errors_in(_extended(sock, [_declare(200 + i) for i in range(PORTALS)] + ["CLOSE ALL"])) == []
+        assert wire.errors_in(_extended(sock, [_declare(300 + i) for i in range(PORTALS)])) == []
+        assert _open_cursors(sock) == PORTALS
+        [err] = wire.errors_in(_extended(sock, [_declare(400)]))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
+
+
+def test_a_prepared_close_pg_skips_frees_nothing(bounded: ProxyProcess) -> None:
+    """Red team 20b F1's shape over the extended protocol: cursors DECLAREd, SAVEPOINT, an error, then the prepared
+    CLOSE ALL / CLOSE / COMMIT PostgreSQL skips; ROLLBACK TO the savepoint keeps the cursors: they still count."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        out = _extended(sock, [_declare(i) for i in range(PORTALS)] + ["SAVEPOINT s", "SELECT 1/0", "CLOSE ALL",
+                                                                       "CLOSE rpc0", "COMMIT"])
+        assert [e["C"] for e in wire.errors_in(out)] == ["22012"] and out[-1] == (b"Z", b"E")
+        assert wire.errors_in(_query(sock, "ROLLBACK TO s")) == []
+        assert _open_cursors(sock) == PORTALS  # (PostgreSQL kept them)
+        [err] = wire.errors_in(_extended(sock, [_declare(99)]))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
+
+
+def test_portals_and_cursors_a_rollback_to_drops_free_room(bounded: ProxyProcess) -> None:
+    """Review 20 F2 (pgJDBC autosave, psqlODBC's per-statement savepoints): SAVEPOINT, a named portal (or a cursor)
+    whose run fails, ROLLBACK TO: PostgreSQL dropped it; past the bound of such errors nothing is refused. What was
+    opened before the savepoint stays counted; RELEASE hands a savepoint's portals to the level below."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        wire.exchange(sock, wire.parse("SELECT 1/(g - 2) FROM generate_series(1, 3) g", "ps") + wire.SYNC)
+        assert wire.errors_in(_query(sock, _declare(0))) == []  # before every savepoint: kept
+        for i in range(2 * PORTALS):
+            out = wire.exchange(sock, wire.parse("SAVEPOINT s") + wire.bind() + wire.execute()
+                                + wire.bind("ps", f"p{i}") + wire.execute(f"p{i}", 10) + wire.SYNC)
+            assert [e["C"] for e in wire.errors_in(out)] == ["22012"], i
+            assert wire.errors_in(_query(sock, "ROLLBACK TO s")) == [], i
+            _query(sock, "SAVEPOINT t")
+            out = _query(sock, f"{_declare(100 + i)}; SELECT 1/0")
+            assert [e["C"] for e in wire.errors_in(out)] == ["22012"], i
+            assert wire.errors_in(_query(sock, "ROLLBACK TO t")) == [], i
+        assert _open_cursors(sock) == 1
+        _query(sock, "SAVEPOINT u")
+        assert wire.errors_in(_extended(sock, [_declare(i) for i in range(1, PORTALS)])) == []
+        _query(sock, "RELEASE u")  # (they are the transaction's now)
+        _query(sock, "SAVEPOINT v")
+        _query(sock, "ROLLBACK TO v")
+        assert _open_cursors(sock) == PORTALS
+        [err] = wire.errors_in(_extended(sock, [_declare(99)]))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK TO v")
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
+
+
+def test_with_hold_cursors_a_rollback_to_drops_free_room(bounded: ProxyProcess) -> None:
+    """WITH HOLD cursors declared in a subtransaction rolled back are dropped by PostgreSQL (pg_cursors), and the
+    bound counts them no more."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        for i in range(2 * PORTALS):
+            _query(sock, "SAVEPOINT s")
+            assert wire.errors_in(_query(sock, _declare(i, "WITH HOLD"))) == [], i
+            assert wire.errors_in(_query(sock, "ROLLBACK TO s")) == [], i
+        assert _open_cursors(sock) == 0
+        _query(sock, "COMMIT")
+        assert wire.errors_in(_query(sock, "; ".join(_declare(50 + i, "WITH HOLD") for i in range(PORTALS)))) == []
+        [err] = wire.errors_in(_query(sock, _declare(99)))
+        assert err["C"] == "54000"
+        _query(sock, "CLOSE ALL")
+    finally:
+        sock.close()
+
+
+def test_parses_of_declares_open_nothing(bounded: ProxyProcess) -> None:
+    """Review 20 F3: Parses of DECLAREs never bound count nothing; Binds of DECLAREs pipelined before any answer
+    are still refused at the bound (review 20 checked it)."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        for i in range(2 * PORTALS):
+            assert wire.errors_in(wire.exchange(sock, wire.parse(_declare(i), f"d{i}") + wire.SYNC)) == [], i
+        out = _extended(sock, [_declare(100 + i) for i in range(PORTALS + 1)])
+        [err] = wire.errors_in(out)
+        assert err["C"] == "54000" and _kinds(out).count("C") == PORTALS
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
+
+
+def test_pgjdbc_autosave_errors_past_the_bound(bounded: ProxyProcess) -> None:
+    """Review 20 F2 with pgJDBC: autosave=always, setFetchSize (a named portal C_n per query), 2x the bound of
+    queries failing (each rolled back to pgJDBC's savepoint, the error caught), then the bound of ResultSets open
+    at once: never refused."""
+    require_jdbc()
+    url = bounded.jdbc_url("alice", sslmode="disable", autosave="always")
+    out = run_jdbc(url, "alice", bounded.password("alice"), "autosaveerrors", 2 * PORTALS, PORTALS)
+    assert out == {"errors": ["22012"] * (2 * PORTALS), "rows": 10 * PORTALS}
+
+
+def test_a_prepared_close_pg_never_prepared_frees_nothing(bounded: ProxyProcess) -> None:
+    """A guard for F1's fix: a Parse of `CLOSE` into a statement name PostgreSQL refuses (42P05: it holds another
+    statement of that name), then ROLLBACK TO: a Bind/Execute of that name runs PostgreSQL's statement, not the
+    CLOSE: nothing is freed."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        assert wire.errors_in(wire.exchange(sock, wire.parse("SELECT 1", "s") + wire.SYNC)) == []
+        _query(sock, "SAVEPOINT sp")
+        [err] = wire.errors_in(wire.exchange(sock, wire.parse("CLOSE rpc1", "s") + wire.SYNC))
+        assert err["C"] == "42P05"
+        assert wire.errors_in(_query(sock, "ROLLBACK TO sp")) == []
+        assert wire.errors_in(_query(sock, "; ".join(_declare(i) for i in range(PORTALS)))) == []
+        out = wire.exchange(sock, wire.bind("s") + wire.execute() + wire.SYNC)
+        assert _kinds(out) == "2DCZ"
+        assert _open_cursors(sock) == PORTALS
+        [err] = wire.errors_in(_query(sock, _declare(99)))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()
+
+
+def test_a_rollback_to_frees_nothing_after_savepoint_statements_went_unfollowed(bounded: ProxyProcess) -> None:
+    """A guard for F2's fix: prepared `RELEASE a` and `SAVEPOINT a` pushed out of the session's memory (1,000 more
+    savepoint statements, Parsed and closed), then run: PostgreSQL's savepoints are not those the session follows;
+    portals bound between them live in the transaction's level, and `ROLLBACK TO a` keeps them: still counted."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        _query(sock, "BEGIN")
+        wire.exchange(sock, wire.parse("SELECT generate_series(1, 3)", "ps") + wire.SYNC)
+        _query(sock, "SAVEPOINT a")
+        assert wire.errors_in(wire.exchange(sock, wire.parse("RELEASE a", "rel") + wire.parse("SAVEPOINT a", "sav")
+                                            + wire.SYNC)) == []
+        more = b"".join(wire.parse("SAVEPOINT z", f"z{i}") + m.frame(b"C", f"Sz{i}\x00".encode()) for i in range(1000))
+        assert wire.errors_in(wire.exchange(sock, more + wire.SYNC)) == []
+        assert wire.errors_in(wire.exchange(sock, wire.bind("rel") + wire.execute() + wire.SYNC)) == []
+        assert wire.errors_in(_portals(sock, [f"p{i}" for i in range(PORTALS)])) == []
+        assert wire.errors_in(wire.exchange(sock, wire.bind("sav") + wire.execute() + wire.SYNC)) == []
+        assert wire.errors_in(_query(sock, "ROLLBACK TO a")) == []
+        assert _open_cursors(sock) == PORTALS  # (PostgreSQL kept them)
+        [err] = wire.errors_in(_portals(sock, ["q0"]))
+        assert err["C"] == "54000"
+        _query(sock, "ROLLBACK")
+    finally:
+        sock.close()

@@ -109,7 +109,8 @@ def run_jdbc(url: str, user: str, password: str, scenario: str, *args: str | int
 
     Scenarios: ``metadata [table] [schema]`` (schema pattern, default public, ``*`` = all),
     ``prepared [n]`` (rows report ``server_prepared`` and per-column ``binary``),
-    ``fetchsize [rows] [fetch]``, ``cancel [delay_ms] [sleep_s]``, ``ssl`` (TLS options go in the URL),
+    ``fetchsize [rows] [fetch]``, ``openresults <seq> <open>``, ``autosaveerrors <errors> <open>`` (set autosave in
+    the URL), ``cancel [delay_ms] [sleep_s]``, ``ssl`` (TLS options go in the URL),
     ``query <sql>``, ``script <step>...`` (steps on one connection, each with its results or error; see
     JdbcProbe.script), ``driverinfo`` (driver version and known property names; no connection).
     Raises JdbcError (with ``sqlstate`` and the Java stderr) if the probe fails.

@@ -86,8 +86,9 @@ def test_a_close_counts_again_after_an_error() -> None:
     assert open_.names == {"p1", "p2", "q0"}
 
 
-def test_a_parse_frees_nothing() -> None:
-    """A Parse of COMMIT / CLOSE ALL that never runs (no Bind) frees nothing; its DECLARE counts from the Parse."""
+def test_a_bind_frees_nothing() -> None:
+    """The count of a Bind of a prepared statement (`frees` False): its COMMIT / CLOSE ALL frees nothing until its
+    portal's Execute (`executed`), its DECLARE counts from the Bind (a Parse counts nothing: review 20 F3)."""
     open_ = OpenPortals()
     assert open_.bind("p0", NONE, 2) is None
     assert open_.changes([(CLOSE_CURSOR, "")], NONE, 2, frees=False) is None
@@ -203,3 +204,171 @@ def test_cursors_past_the_bound_are_refused_at_the_declare(tmp_path: Path, mode:
     _q(s, "ROLLBACK", "ROLLBACK")
     _q(s, "CLOSE h0", "CLOSE CURSOR")
     _q(s, "BEGIN; " + declare(0) + "; " + declare(1), "BEGIN", "DECLARE CURSOR", "DECLARE CURSOR", status=b"T")
+
+
+def test_a_prepared_close_frees_at_its_execute_until_an_error() -> None:
+    """Review 20 F1: a CLOSE (CLOSE ALL, COMMIT, ROLLBACK) run as Bind/Execute frees what it closes at the Execute,
+    unconfirmed as a Close is: an 'E' counts it again (PostgreSQL skipped it), a 'T' with nothing after confirms."""
+    open_ = OpenPortals()
+    assert open_.changes([(DECLARE_CURSOR, "c0")], NONE, 1, frees=False) is None  # (a Bind of a prepared DECLARE)
+    open_.bound("", [(CLOSE_CURSOR, "c0")])
+    open_.executed("", NONE, 1)
+    assert not open_.names and open_.freed == {"c0"}
+    open_.ready(b"E", last=True)  # (skipped after an error)
+    assert open_.names == {"c0"} and open_.changes([(DECLARE_CURSOR, "c1")], NONE, 1, frees=False) is not None
+    open_.bound("", [(CLOSE_CURSOR, "c0")])
+    open_.executed("", NONE, 1)
+    open_.executed("", NONE, 1)  # (run again: nothing more)
+    open_.ready(b"T", last=True)
+    assert not open_.names and not open_.freed and not open_.levels
+    assert open_.changes([(DECLARE_CURSOR, "c1")], NONE, 1, frees=False) is None
+    open_.bound("p", [(CLOSE_CURSOR, "")])  # a portal of CLOSE ALL, bound; then another Bind of a plain statement
+    open_.bound("p", [])
+    open_.executed("p", NONE, 1)
+    assert open_.names == {"c1"}
+    open_.bound("q", [(COMMIT, "")])
+    open_.ready(b"E", last=True)  # (its Bind failed: a portal "q" run after a ROLLBACK TO is another one)
+    open_.executed("q", NONE, 1)
+    assert open_.names == {"c1"}
+
+
+def test_a_confirmed_rollback_to_drops_what_was_counted_since_its_savepoint() -> None:
+    """Review 20 F2: portals and cursors counted in a subtransaction a ROLLBACK TO aborts are gone; those counted
+    before its savepoint stay (red team 20b F1), and a name counted again in another level stays to the end."""
+    open_ = OpenPortals()
+    assert open_.bind("before", NONE, 4) is None  # level 0
+    assert open_.bind("inside", NONE, 4, level=2) is None
+    assert open_.changes([(DECLARE_CURSOR, "cur")], NONE, 4, level=2) is None
+    assert open_.bind("again", NONE, 4, level=1) is None
+    assert open_.bind("again", NONE, 4, level=2) is None  # (open in level 1: PostgreSQL refuses it)
+    open_.close("inside")
+    open_.rolled_back(lambda level: level == 2)
+    assert open_.names == {"before", "again"} and not open_.freed
+    open_.ready(b"E", last=True)
+    assert open_.names == {"before", "again"}
+    open_.rolled_back(lambda level: level in (1, 2))
+    assert open_.names == {"before", "again"}  # ("again": counted in two levels, kept to the end)
+    open_.ready(b"I", last=True)
+    assert not open_.names and not open_.levels
+
+
+def _extended(s: ClientSession, statements: list[str], status: bytes = b"T") -> list[bytes]:
+    """Parse + Bind + Execute of each statement (unnamed), one Sync; each succeeds unless refused: the types of the
+    refused messages (Parse or Bind renamed to a marker)."""
+    batch = b"".join(m.Parse("", sql, b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+                     + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) for sql in statements) + m.SYNC_MESSAGE
+    out = relayed(s, batch)
+    refused = [(type_, body) for type_, body in out if type_ in (b"P", b"B") and b"pgtenant_denied_" in body]
+    if refused:
+        _marker_error(s, refused[0][1], m.ready_for_query(b"E"))
+        return [type_ for type_, _ in refused]
+    tags = [sql.split()[0].upper() + (" CURSOR" if sql.split()[0].upper() in ("DECLARE", "CLOSE") else "")
+            for sql in statements]
+    sent(s.server_data(b"".join(m.frame(b"1", b"") + m.frame(b"2", b"") + m.command_complete(t) for t in tags)
+                       + m.ready_for_query(status)))
+    return []
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_cursors_declared_and_closed_over_the_extended_protocol_are_never_refused(tmp_path: Path, mode: str) -> None:
+    """Review 20 F1 (pgJDBC's default mode, Npgsql's DECLARE/FETCH/CLOSE): one cursor open at a time, many in one
+    transaction; the bound still refuses what is open at once."""
+    s = _session(tmp_path, mode, max_session_portals=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    for i in range(8):
+        assert _extended(s, [f"DECLARE c{i} CURSOR FOR SELECT 1"]) == []
+        assert _extended(s, [f"CLOSE c{i}"]) == []
+    assert _extended(s, [f"DECLARE d{i} CURSOR FOR SELECT 1" for i in range(3)]) == []
+    assert _extended(s, ["DECLARE d3 CURSOR FOR SELECT 1"]) != []  # (3 open: the 4th refused)
+    _q(s, "ROLLBACK", "ROLLBACK")
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    assert _extended(s, [f"DECLARE d{i} CURSOR FOR SELECT 1" for i in range(3)] + ["CLOSE ALL"]) == []
+    assert _extended(s, [f"DECLARE e{i} CURSOR FOR SELECT 1" for i in range(3)]) == []
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_prepared_close_skipped_after_an_error_frees_nothing(tmp_path: Path, mode: str) -> None:
+    """The under-count side of F1 (red team 20b F1's shape over the extended protocol): DECLAREs, SAVEPOINT, an
+    error, CLOSE ALL skipped, ROLLBACK TO the savepoint keeping the cursors: they still count."""
+    s = _session(tmp_path, mode, max_session_portals=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    stmts = [f"DECLARE c{i} CURSOR FOR SELECT 1" for i in range(3)] + ["SAVEPOINT s", "SELECT 1/0", "CLOSE ALL"]
+    batch = b"".join(m.Parse("", sql, b"\x00\x00").encode() + m.frame(b"B", b"\x00\x00" + struct.pack("!hhh", 0, 0, 0))
+                     + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) for sql in stmts) + m.SYNC_MESSAGE
+    assert not any(b"pgtenant_denied_" in body for _, body in relayed(s, batch))
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "22012", "M": "division by zero"})
+    ok = m.frame(b"1", b"") + m.frame(b"2", b"")
+    sent(s.server_data(b"".join(ok + m.command_complete("DECLARE CURSOR") for _ in range(3)) + ok
+                       + m.command_complete("SAVEPOINT") + ok + error + m.ready_for_query(b"E")))
+    _q(s, "ROLLBACK TO s", "ROLLBACK", status=b"T")
+    assert b"C54000" in _denied(s, "DECLARE c9 CURSOR FOR SELECT 1", status=b"E")
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_portals_dropped_by_a_rollback_to_free_room(tmp_path: Path, mode: str) -> None:
+    """Review 20 F2 (pgJDBC autosave + fetchSize, psqlODBC's per-statement savepoints): SAVEPOINT, a named portal
+    whose Execute fails, ROLLBACK TO: PostgreSQL dropped the portal; past the bound of such errors nothing is
+    refused. Portals bound before the savepoint stay counted (red team 20b F1)."""
+    s = _session(tmp_path, mode, max_session_portals=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    _prepare(s)
+    assert _binds(s, ["kept"]) == (1, b"")
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "22012", "M": "division by zero"})
+    for i in range(6):
+        _q(s, "SAVEPOINT s", "SAVEPOINT", status=b"T")
+        batch = (m.frame(b"B", f"p{i}".encode() + b"\x00ps\x00" + struct.pack("!hhh", 0, 0, 0))
+                 + m.frame(b"E", f"p{i}".encode() + b"\x00" + struct.pack("!i", 10)) + m.SYNC_MESSAGE)
+        assert not any(b"pgtenant_denied_" in body for _, body in relayed(s, batch)), i
+        sent(s.server_data(m.frame(b"2", b"") + error + m.ready_for_query(b"E")))
+        _q(s, "ROLLBACK TO s", "ROLLBACK", status=b"T")
+    assert _binds(s, ["q0", "q1"]) == (2, b"")  # kept + 2: at the bound
+    _q(s, "SAVEPOINT s", "SAVEPOINT", status=b"T")
+    _q(s, "ROLLBACK TO s", "ROLLBACK", status=b"T")  # (q0, q1 were bound before it: they stay)
+    ok, err = _binds(s, ["q2"])
+    assert ok == 0 and b"C54000" in err
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_parse_of_a_declare_opens_nothing_its_binds_count(tmp_path: Path, mode: str) -> None:
+    """Review 20 F3: Parses of DECLAREs never bound count nothing; Bind/Execute of DECLAREs pipelined before any
+    answer are still refused at the bound."""
+    s = _session(tmp_path, mode, max_session_portals=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    for i in range(6):
+        out = relayed(s, m.Parse(f"x{i}", f"DECLARE x{i} CURSOR FOR SELECT 1", b"\x00\x00").encode()
+                      + m.SYNC_MESSAGE)
+        assert not any(b"pgtenant_denied_" in body for _, body in out), i
+        sent(s.server_data(m.frame(b"1", b"") + m.ready_for_query(b"T")))
+    refused = _extended(s, [f"DECLARE y{i} CURSOR FOR SELECT 1" for i in range(4)])
+    assert refused == [b"B"]  # (the 4th Bind)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_rollback_to_frees_nothing_once_a_savepoint_statement_went_unfollowed(tmp_path: Path, mode: str) -> None:
+    """A guard for F2's fix: a prepared RELEASE / SAVEPOINT forgotten by the session (past the savepoint statements
+    it remembers) runs unfollowed: `RELEASE a` (unfollowed), portals bound (PostgreSQL: in the transaction's level;
+    the session believes: in a's), `SAVEPOINT a` (unfollowed), `ROLLBACK TO a`: PostgreSQL keeps the portals. From
+    then on a ROLLBACK TO frees nothing (fail closed)."""
+    s = _session(tmp_path, mode, max_session_portals=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    _prepare(s)
+    _q(s, "SAVEPOINT a", "SAVEPOINT", status=b"T")
+    relayed(s, m.Parse("rel", "RELEASE a", b"\x00\x00").encode() + m.Parse("sav", "SAVEPOINT a", b"\x00\x00").encode()
+            + m.SYNC_MESSAGE)
+    sent(s.server_data(m.frame(b"1", b"") * 2 + m.ready_for_query(b"T")))
+    for i in range(1000):  # (each one remembered, closed or not: the oldest, rel and sav, are forgotten)
+        relayed(s, m.Parse(f"z{i}", "SAVEPOINT z", b"\x00\x00").encode() + m.frame(b"C", f"Sz{i}\x00".encode())
+                + m.SYNC_MESSAGE)
+        sent(s.server_data(m.frame(b"1", b"") + m.frame(b"3", b"") + m.ready_for_query(b"T")))
+    run = b"".join(m.frame(b"B", b"\x00" + n + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+                   + m.frame(b"E", b"\x00" + struct.pack("!i", 0)) for n in (b"rel",)) + m.SYNC_MESSAGE
+    assert not any(b"pgtenant_denied_" in body for _, body in relayed(s, run))
+    sent(s.server_data(m.frame(b"2", b"") + m.command_complete("RELEASE") + m.ready_for_query(b"T")))
+    assert _binds(s, ["p0", "p1", "p2"]) == (3, b"")
+    run = (m.frame(b"B", b"\x00sav\x00" + struct.pack("!hhh", 0, 0, 0)) + m.frame(b"E", b"\x00" + struct.pack("!i", 0))
+           + m.SYNC_MESSAGE)
+    assert not any(b"pgtenant_denied_" in body for _, body in relayed(s, run))
+    sent(s.server_data(m.frame(b"2", b"") + m.command_complete("SAVEPOINT") + m.ready_for_query(b"T")))
+    _q(s, "ROLLBACK TO a", "ROLLBACK", status=b"T")  # (PostgreSQL: to the second a; p0..p2 stay open)
+    ok, err = _binds(s, ["q0"])
+    assert ok == 0 and b"C54000" in err

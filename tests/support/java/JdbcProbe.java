@@ -52,6 +52,7 @@ public final class JdbcProbe {
                 case "prepared": result = prepared(url, props, args); break;
                 case "fetchsize": result = fetchsize(url, props, args); break;
                 case "openresults": result = openresults(url, props, args); break;
+                case "autosaveerrors": result = autosaveerrors(url, props, args); break;
                 case "cancel": result = cancel(url, props, args); break;
                 case "ssl": result = ssl(url, props); break;
                 case "query": result = query(url, props, args); break;
@@ -229,6 +230,51 @@ public final class JdbcProbe {
             }
             c.commit();
             Map<String, Object> out = new LinkedHashMap<>();
+            out.put("rows", rows);
+            return out;
+        }
+    }
+
+    /** autocommit off + setFetchSize, in one transaction (the URL sets autosave): `errors` queries failing with
+     *  division by zero (each a named portal C_n that pgJDBC's autosave rolls back to its savepoint), each error
+     *  caught, then `open` ResultSets open at once, all read; committed. The errors' SQLSTATEs and the rows. */
+    static Object autosaveerrors(String url, Properties props, String[] args) throws SQLException {
+        int errors = Integer.parseInt(args[0]);
+        int open = Integer.parseInt(args[1]);
+        try (Connection c = DriverManager.getConnection(url, props)) {
+            c.setAutoCommit(false);
+            List<Object> states = new ArrayList<>();
+            for (int i = 0; i < errors; i++) {
+                try (Statement st = c.createStatement()) {
+                    st.setFetchSize(2);
+                    try (ResultSet rs = st.executeQuery("SELECT 1 / (g - 1) FROM generate_series(1, 10) AS g")) {
+                        while (rs.next()) { }
+                    }
+                } catch (SQLException e) {
+                    states.add(e.getSQLState());
+                }
+            }
+            long rows = 0;
+            List<Statement> sts = new ArrayList<>();
+            List<ResultSet> rss = new ArrayList<>();
+            try {
+                for (int i = 0; i < open; i++) {
+                    Statement st = c.createStatement();
+                    sts.add(st);
+                    st.setFetchSize(2);
+                    ResultSet rs = st.executeQuery("SELECT g FROM generate_series(1, 10) AS g");
+                    rss.add(rs);
+                    rs.next();
+                    rows++;
+                }
+                for (ResultSet rs : rss) while (rs.next()) rows++;
+            } finally {
+                for (ResultSet rs : rss) rs.close();
+                for (Statement st : sts) st.close();
+            }
+            c.commit();
+            Map<String, Object> out = new LinkedHashMap<>();
+            out.put("errors", states);
             out.put("rows", rows);
             return out;
         }
