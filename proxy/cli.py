@@ -8,6 +8,11 @@ import getpass
 import sys
 from typing import TYPE_CHECKING
 
+from proxy import hangups
+
+if sys.argv[1:2] == ["run"]:  # `pgtenant run`, `python -m proxy run`: SIGHUPs kept from before the imports below
+    hangups.keep()  # (over a second of them, where the default action ended the process: review 20 F12)
+
 from proxy.config import Config, ConfigError
 from proxy.mcp.defaults import MAX_WAITING
 
@@ -48,9 +53,7 @@ def _dsn(given: str | None, env: str, problem: str) -> str | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from proxy import hangups
-
-    hangups.keep()  # first: a reload sent while the proxy starts is run once it serves
+    hangups.keep()  # first (again for main(["run", ...])): a reload sent while the proxy starts is run once it serves
     import os
     from dataclasses import replace
 

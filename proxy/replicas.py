@@ -126,11 +126,11 @@ class ReplicaSet:
 
     def replica_checked(self, name: str, waiting: str, problem: str | None) -> None:
         """A replica's start-up checks ended with `problem` (None: passed): its failure if it was only `waiting`
-        for them (a failed probe since stays)."""
+        for them (a failed probe since stays), or if it served meanwhile (its last pass stood across a reload)."""
         r = self.replicas.get(name)
-        if r is not None and r.failure == waiting:
+        if r is not None and (r.failure == waiting or (problem is not None and r.failure is None)):
             r.failure = problem
-            self._changed()  # (its passing checks put it back at once, not at the next probe)
+            self._changed()  # (its passing checks put it back at once, not at the next probe; failing: out at once)
 
     def health(self, name: str, now: float) -> Health:
         r = self.replicas[name]

@@ -74,6 +74,7 @@ class Slot:
     crashes: int = 0  # crashes in a row (reset once a worker ran STABLE_AFTER)
     restart_at: float = 0.0
     restarts: int = 0
+    reload_due: bool = False  # a SIGHUP came while it started: sent once it listens (review 20 F12)
 
 
 class Supervisor:
@@ -95,6 +96,7 @@ class Supervisor:
     def _spawn(self, slot: Slot, now: float) -> Spawn:
         self._transition(slot, SlotEvent.SPAWN)
         slot.started = now
+        slot.reload_due = False  # (a new process reads the file as it is)
         return Spawn(slot.index)
 
     def start(self, now: float) -> list[Action]:
@@ -105,6 +107,9 @@ class Supervisor:
         if slot.state is SlotState.STARTING:
             self._transition(slot, SlotEvent.LISTENING)
         self.started = self.started or all(s.state is SlotState.RUNNING for s in self.slots)
+        if slot.reload_due and slot.state is SlotState.RUNNING:
+            slot.reload_due = False
+            return [Signal(index, signal.SIGHUP)]
         return []
 
     def exited(self, index: int, code: int, now: float) -> list[Action]:
@@ -131,8 +136,13 @@ class Supervisor:
         return out
 
     def hangup(self) -> list[Action]:
-        """SIGHUP: every live worker reloads its config."""
-        return [Signal(s.index, signal.SIGHUP) for s in self._live()]
+        """SIGHUP: every running worker reloads its config; one still starting is sent it once it listens (it may
+        have read the file before it changed; a SIGHUP sent while its interpreter starts, before any handler of
+        its own, would end it: review 20 F12)."""
+        for slot in self.slots:
+            if slot.state is SlotState.STARTING:
+                slot.reload_due = True
+        return [Signal(s.index, signal.SIGHUP) for s in self.slots if s.state is SlotState.RUNNING]
 
     def terminate(self) -> list[Action]:
         """SIGTERM/SIGINT: every live worker drains and exits; no more restarts."""

@@ -28,8 +28,9 @@ class ReplicaPoller:
         self._conns: dict[tuple, psycopg.AsyncConnection] = {}
         self._task: asyncio.Task | None = None
         self._health: dict[tuple[str, str], Health] = {}
-        # (backend, replica) -> (the config it was checked under, its start-up checks running or done)
-        self._checks: dict[tuple[str, str], tuple[Config, asyncio.Future[list[str]]]] = {}
+        # (backend, replica) -> (the config it was checked under, its start-up checks running or done, whether a
+        # pass under the same check inputs stands while they run: a reload that changes none of them)
+        self._checks: dict[tuple[str, str], tuple[Config, asyncio.Future[list[str]], bool]] = {}
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -105,13 +106,19 @@ class ReplicaPoller:
     def _checked(self, config: Config, backend: str, spec: ReplicaConfig) -> str | None:
         """Why replica `spec` may not serve yet under `config` (None: it passed the start-up checks the primary
         gets, dbcheck.replica_preflight): they run in a thread when it first answers, after it was down, and after
-        a reload; until they pass it is down (fail closed)."""
+        a reload; until they pass it is down (fail closed) — but after a reload that changed nothing they check
+        (`check_inputs`), its last pass stands while they run again (its reads do not fall to the primary for the
+        re-check period: issue 18), and a failure takes it out as soon as they end (`_checks_done`)."""
         key = (backend, spec.name)
         entry = self._checks.get(key)
         if entry is None or entry[0] is not config:
+            standing = (entry is not None and (_problem(entry[1]) is None if entry[1].done() else entry[2])
+                        and check_inputs(entry[0], backend, spec) == check_inputs(config, backend, spec))
             task = asyncio.get_running_loop().run_in_executor(None, replica_preflight, config, backend, spec)
             task.add_done_callback(lambda t: self._checks_done(backend, spec.name, t))
-            entry = self._checks[key] = (config, task)
+            entry = self._checks[key] = (config, task, standing)
+        if entry[2] and not entry[1].done():
+            return None
         return _problem(entry[1])
 
     def _checks_done(self, backend: str, replica: str, task: asyncio.Future[list[str]]) -> None:
@@ -165,6 +172,13 @@ async def _one_row(conn: psycopg.AsyncConnection, query: str) -> tuple:
     if row is None:
         raise ValueError("the probe returned no row")
     return tuple(row)
+
+
+def check_inputs(config: Config, backend: str, spec: ReplicaConfig) -> tuple:
+    """What of `config` replica `spec`'s start-up checks read (dbcheck.replica_preflight): the replica, every
+    backend and tenant (a database tenant's neighbours are other tenants), the limits and the [preflight] settings;
+    a reload that changes none of them keeps its last pass while it is checked again."""
+    return spec, backend, config.backends, config.tenants, config.limits, config.preflight
 
 
 def _ended(task: asyncio.Future) -> None:

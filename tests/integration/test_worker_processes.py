@@ -241,6 +241,39 @@ def test_sighup_reload_in_every_worker(wproxy: ProxyProcess) -> None:
             assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
 
 
+def test_a_sighup_while_the_workers_start_reaches_them_once_they_listen(
+        pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Review 20 F12: a reload sent to the supervisor as it spawned its workers was forwarded to processes still
+    starting (their interpreter, their imports: no handler yet), which it ended, and so the whole start. Now it
+    waits for each worker to listen, which then reloads (the file may have changed since it read it)."""
+    prepare_backend(pg)
+    p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant-workers-hup"), server={"workers": 2},
+                     backend_sslmode="require" if pg.ssl_enabled else "disable")
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            p.start(timeout=60)
+        except BaseException as exc:  # (handed to the test's thread)
+            failed.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    try:
+        until(lambda: p.count_events("worker_started") >= 2, 30, 0.005, "both workers spawned")
+        assert p.proc is not None
+        p.proc.send_signal(signal.SIGHUP)  # (both still start: their interpreters take over a second to listen)
+        starter.join(90)
+        assert not failed, failed
+        until(lambda: p.count_events("reloaded") >= 2 or None, 30, what="both workers reloaded once listening")
+        assert [e for e in p.log_events() if e.get("event") == "worker_exited"] == []
+        with psycopg.connect(p.dsn("alice"), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM orders").fetchone() == (200,)
+    finally:
+        starter.join(90)
+        p.stop()
+
+
 def test_sigterm_drains_every_worker(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
     """SIGTERM to the supervisor: both workers stop accepting, end what is left at limits.shutdown_timeout with
     57P01, and the supervisor exits 0."""

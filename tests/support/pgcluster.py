@@ -521,8 +521,16 @@ class PgCluster:
         self._proc.send_signal(signal.SIGINT)
         self._proc.wait(30)
 
+    def crash(self) -> None:
+        """Kill the postmaster as a crash does (SIGQUIT: immediate shutdown, no checkpoint; crash recovery at
+        resume()), keeping the data directory and the port."""
+        if self._proc is None:
+            raise PgClusterError("cluster not started")
+        self._proc.send_signal(signal.SIGQUIT)
+        self._proc.wait(30)
+
     def resume(self) -> None:
-        """Start the postmaster again on the same port after pause()."""
+        """Start the postmaster again on the same port after pause() or crash()."""
         self._launch(port=self.port)
 
     def _launch(self, port: int | None = None) -> None:

@@ -375,6 +375,18 @@ def test_a_replica_waiting_for_its_checks_takes_their_outcome() -> None:
     assert s.replicas["r1"].failure is None
 
 
+def test_a_serving_replica_whose_checks_fail_again_is_out_at_once() -> None:
+    """Its last pass stood while a reload's checks ran (proxy/io/replicas.py check_inputs unchanged): their failure
+    takes it out at once, not at the next probe (an hour away here)."""
+    s = ReplicaSet("main", {"r1": Replica("r1", etl=False)}, 3600.0, 3600.0, 1.0)
+    s.primary_polled(10.0, False, "0/100")
+    s.replica_polled("r1", 10.1, True, "0/100")
+    assert s.candidates(10.2, 3600.0, None, 0.0) == ["r1"]
+    s.replica_checked("r1", "waiting", "preflight: role is a superuser")
+    assert s.candidates(10.3, 3600.0, None, 0.0) == []
+    assert s.replicas["r1"].failure == "preflight: role is a superuser"
+
+
 def test_a_replica_whose_checks_pass_serves_at_once() -> None:
     """Probed while its start-up checks run (left out: `waiting`), then the checks pass: the replica may serve
     before the next probe (an hour away here), though the fit list was kept from the probe (wp-route18's cache

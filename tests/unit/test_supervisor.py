@@ -55,6 +55,23 @@ def test_sighup_reaches_every_live_worker() -> None:
     assert sup.hangup() == [Signal(0, signal.SIGHUP), Signal(1, signal.SIGHUP)]
 
 
+def test_sighup_waits_for_a_starting_worker_until_it_listens() -> None:
+    """Review 20 F12: a worker still starting (its interpreter may not have a handler yet: SIGHUP's default action
+    would end it) gets the reload once it listens, once; a restarted one reads the file anew."""
+    sup = Supervisor(3)
+    sup.start(0.0)
+    sup.listening(0, 1.0)
+    assert sup.hangup() == [Signal(0, signal.SIGHUP)]
+    assert sup.hangup() == [Signal(0, signal.SIGHUP)]
+    assert sup.listening(1, 2.0) == [Signal(1, signal.SIGHUP)]
+    assert sup.listening(1, 2.5) == []
+    assert sup.listening(2, 3.0) == [Signal(2, signal.SIGHUP)]
+    sup.exited(2, -9, 4.0)  # crashed: its restart reads the file as it is then
+    assert sup.hangup() == [Signal(0, signal.SIGHUP), Signal(1, signal.SIGHUP)]
+    assert sup.tick(sup.slots[2].restart_at) == [Spawn(2)]
+    assert sup.listening(2, 10.0) == []
+
+
 def test_sigterm_drains_every_worker_then_exits_without_restarts() -> None:
     sup = running(3)
     sup.exited(2, -9, 5.0)  # waiting for its restart: never restarted now
