@@ -403,6 +403,14 @@ statement_not_known = _register(
     "Parse it again",
     hint="Parse the statement again (the Parse sent after the error was skipped), then bind it.",
 )
+# A Bind of a prepared SAVEPOINT / RELEASE / ROLLBACK TO statement the session forgot (past the open ones it
+# remembers, issue 18): run, it would not be followed ([pool] max_session_savepoints); refused until Parsed again.
+savepoint_statement_forgotten = _register(
+    "savepoint_statement_forgotten", INVALID_SQL_STATEMENT_NAME, "ERROR",
+    'prepared statement "{name}" sets, releases or rolls back to a savepoint and was forgotten (the session '
+    "remembers {limit} such statements not closed); Parse it again",
+    hint="Close the prepared savepoint statements no longer used; Parse this one again, then bind it.",
+)
 # An agent's statement whose admission EXPLAIN answered a plan or error past admission.MAX_ANSWER (red team 9a8 N0):
 # not admitted, and that answer was never held.
 admission_too_large = _register(

@@ -324,7 +324,8 @@ class ClientSession:
         "_decided_in", "_decisive", "_declaring", "_declaring_portals", "_denial_bytes", "_denials", "_done",
         "_executes", "_ext_open", "_ext_since",
         "_fed_since_cancel", "_flights",
-        "_flushed", "_forgets_at", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest", "_hidden",
+        "_flushed", "_forgets_at", "_forgotten", "_gate_slot", "_gated", "_held", "_held_ready", "_held_rest",
+        "_hidden",
         "_idle_check", "_journal", "_last_ready", "_limit_actions", "_limit_inner", "_live", "_meter", "_names",
         "_notices", "_open_batch", "_open_portals", "_override_sizes", "_overrides", "_owed", "_paged",
         "_parse_memo", "_parse_shrink", "_pins", "_policy_token", "_portal_counts", "_portals", "_prepared_in",
@@ -397,6 +398,8 @@ class ClientSession:
         # The statement names whose latest Parse or Close PostgreSQL skipped or failed: their Binds are refused until a
         # Parse of the name is sent again and not skipped (proxy/unknownnames.py, review 19a F1).
         self._unknown: UnknownNames | None = None
+        # the savepoint statements forgotten past _MAX_SUBXACT_STATEMENTS: Binds refused until Parsed again (issue 18)
+        self._forgotten: UnknownNames | None = None
         self._flights: Flights | None = None  # statement names' Parses and Closes in flight (red team 9a12)
         self._syncs = 0  # Syncs the client sent: its extended batches
         # One handler per observed message type: the stream calls it with the body (the hot path).
@@ -2080,11 +2083,7 @@ class ClientSession:
         if self._prepared_in is not None:
             self._decided_where(name, parse.sql, decision)
         if type(decision) is not Deny and decision.changes and any(c.op in SAVEPOINT_OPS for c in decision.changes):
-            held = self._subxact_statements
-            if name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
-                del held[next(iter(held))]  # (the oldest: a Bind of it then is not followed, subxacts.py)
-                self._open_portals.followed = False  # (then no ROLLBACK TO frees a portal: it may not be the one sent)
-            held[name] = tuple((c.op, c.name) for c in decision.changes if c.op in SAVEPOINT_OPS)
+            self._subxact_noted(name, tuple((c.op, c.name) for c in decision.changes if c.op in SAVEPOINT_OPS))
         elif self._subxact_statements:
             self._subxact_statements.pop(name, None)
         if self.agent is not None:
@@ -2139,6 +2138,8 @@ class ClientSession:
         """A Parse of statement `name` is sent: the name is known again, unless PostgreSQL skips or fails it."""
         if self._unknown is not None:
             self._unknown.sent(name)
+        if self._forgotten is not None:
+            self._forgotten.sent(name)
         self._journaled(self._flight(Flight(name, self._lost_name), True))
 
     def _flight(self, flight: Flight, parse: bool) -> Flight:
@@ -2158,6 +2159,20 @@ class ClientSession:
             unknown = self._unknown = UnknownNames()
         unknown.lost(name)
 
+    def _subxact_noted(self, name: str, ops: tuple[tuple[str, str], ...]) -> None:
+        """Prepared statement `name` sets, releases or rolls back to savepoints (`ops`): remembered for its Binds.
+        Past _MAX_SUBXACT_STATEMENTS the oldest is forgotten and its name becomes unknown: its Binds are refused until
+        it is Parsed again (issue 18: run unfollowed, its SAVEPOINTs went past [pool] max_session_savepoints)."""
+        held = self._subxact_statements
+        if name not in held and len(held) >= _MAX_SUBXACT_STATEMENTS:
+            oldest = next(iter(held))
+            del held[oldest]
+            self._open_portals.followed = False  # (then no ROLLBACK TO frees a portal: it may not be the one sent)
+            if self._forgotten is None:
+                self._forgotten = UnknownNames()
+            self._forgotten.lost(oldest)
+        held[name] = ops
+
     def _close_lost(self, flight: ClosedFlight) -> None:
         """A Close of a statement name that PostgreSQL skipped (or failed): it keeps the statement it had, the one the
         records the Close took were of (`flight.records`: put back; None: the records go at CloseComplete, none
@@ -2170,7 +2185,9 @@ class ClientSession:
             return
         if flight.records is None:
             return
-        kept, changes, decided, text = flight.records  # type: ignore[misc]
+        kept, changes, decided, text, subxact = flight.records  # type: ignore[misc]
+        if subxact is not None:
+            self._subxact_noted(name, subxact)
         if kept is not None:
             self.tracker.on_close_undone(name, kept)
         if changes is not None:
@@ -2649,6 +2666,9 @@ class ClientSession:
                     self._flights is not None and self._flights.bind_unsafe(
                         statement, self._syncs, self._names is not None and statement in self._names.confirmed)):
                 out = m.bind_renamed(body, self._error_marker(errors.statement_not_known(name=statement)))
+            elif self._forgotten is not None and self._forgotten.unknown(statement):  # (issue 18)
+                out = m.bind_renamed(body, self._error_marker(errors.savepoint_statement_forgotten(
+                    name=statement, limit=_MAX_SUBXACT_STATEMENTS)))
             if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
@@ -2783,6 +2803,9 @@ class ClientSession:
             if old is not None:  # (taken back if PostgreSQL skips the Close: red team 9a3 J1b)
                 self._journaled(partial(_restore, self._hidden.portals, portal, old))
         if self._names is not None:  # its records go with the name once the server says so (_on_close_complete)
+            if flight is not None and self._subxact_statements and name in self._subxact_statements:
+                # (but its savepoint ops at once, put back if skipped: closes pipelined free room, issue 18)
+                flight.records = (None, None, None, None, self._subxact_statements.pop(name))
             self._names_close(name)
             return None
         if name is not None and self._hidden is not None and name in self._hidden.statements:  # (red team 9a5 F3)
@@ -2792,11 +2815,13 @@ class ClientSession:
             flight.records = self._closed_statement(name)  # type: ignore[arg-type]
         return None
 
-    def _closed_statement(self, name: str) -> tuple[Any, Any, Any, Any]:
+    def _closed_statement(self, name: str) -> tuple[Any, Any, Any, Any, Any]:
         """Prepared statement `name` is closed: the session's records of it go (the agent's admission text once its
         request ended without an error, where the Close is not confirmed by the server's answer). Returns what
-        went (the tracker's, the context's, the decision context's, the client text; put back by `_close_lost`)."""
+        went (the tracker's, the context's, the decision context's, the client text, its savepoint ops; put back by
+        `_close_lost`)."""
         kept = self.tracker.on_close_statement(name)
+        subxact = self._subxact_statements.pop(name, None) if self._subxact_statements else None  # (issue 18)
         changes = decided = text = None
         if self._agent_statements:
             if self._names is None:
@@ -2814,7 +2839,7 @@ class ClientSession:
         if self._client_texts is not None:
             text = self._client_texts.texts.get(name)
             self._client_texts.close(name)
-        return kept, changes, decided, text
+        return kept, changes, decided, text, subxact
 
     def _on_copy_end(self, _body: bytes) -> None:
         if self._owed is not None and not self.tracker.copy_in:

@@ -14,6 +14,8 @@ import psycopg
 import pytest
 from psycopg import pq
 
+from proxy.protocol import messages as m
+from tests.support import wire
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import ProxyProcess, prepare_backend
 
@@ -28,7 +30,8 @@ def bounded(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory,
     prepare_backend(pg)
     p = ProxyProcess(pg, tmp_path_factory.mktemp("pgtenant"), backend_sslmode="disable",
                      pool={"pool_mode": request.param, "query_wait_timeout": 30.0, "max_session_cursors": CURSORS,
-                           "max_session_listens": LISTENS, "max_session_savepoints": SAVEPOINTS})
+                           "max_session_listens": LISTENS, "max_session_savepoints": SAVEPOINTS,
+                           "max_session_statements": 2000})  # (more than the 1,000 savepoint statements remembered)
     p.start()
     yield p
     p.stop()
@@ -162,3 +165,57 @@ def test_pipelined_parses_past_the_bound_are_refused_at_the_parse(bounded: Proxy
                                      (pq.ExecStatus.FATAL_ERROR, "54000")], got
         assert i.execute("SELECT 1").fetchone() == (1,)
     assert _denied(bounded, "session_listens_limit") - before == 1
+
+
+def _savepoint_runs(sock: object, statement: str, n: int) -> list[tuple[bytes, bytes]]:
+    """`n` Bind/Execute of prepared `statement` in one batch, one Sync: the answers."""
+    return wire.exchange(sock, (wire.bind(statement) + wire.execute()) * n + wire.SYNC)  # type: ignore[arg-type]
+
+
+def test_a_prepared_savepoint_stays_bounded_after_many_closed_ones(bounded: ProxyProcess) -> None:
+    """Issue 18: a prepared `SAVEPOINT z`, 1,000 other savepoint statements Parsed and closed (one batch), then many
+    runs of z in one batch: the closed ones pushed z's record out and its runs went unfollowed, past the bound (the
+    1,500 of the probe all ran). A Close removes its statement's record: z's runs stop at the bound, 54000."""
+    before = _denied(bounded, "session_savepoints_limit")
+    sock = wire.connect(bounded, "alice")
+    try:
+        assert wire.errors_in(wire.exchange(sock, m.Query("BEGIN").encode())) == []
+        assert wire.errors_in(wire.exchange(sock, wire.parse("SAVEPOINT z", "z") + wire.SYNC)) == []
+        more = b"".join(wire.parse("RELEASE y", f"y{i}") + m.frame(b"C", f"Sy{i}\x00".encode())
+                        for i in range(1000))
+        assert wire.errors_in(wire.exchange(sock, more + wire.SYNC)) == []
+        answers = _savepoint_runs(sock, "z", SAVEPOINTS + 10)
+        [err] = wire.errors_in(answers)
+        assert err["C"] == "54000" and f"max_session_savepoints = {SAVEPOINTS}" in err["M"]
+        assert sum(1 for t, _ in answers if t == b"C") == SAVEPOINTS
+        assert wire.errors_in(wire.exchange(sock, m.Query("ROLLBACK").encode())) == []
+        assert any(t == b"D" for t, _ in wire.exchange(sock, m.Query("SELECT 1").encode()))  # (the session goes on)
+    finally:
+        sock.close()
+    assert _denied(bounded, "session_savepoints_limit") - before == 10  # (each Bind past it refused, counted)
+
+
+def test_a_forgotten_savepoint_statement_is_refused_until_parsed_again(bounded: ProxyProcess) -> None:
+    """Issue 18: past the 1,000 open savepoint statements the session remembers, the oldest is forgotten: its Bind
+    is refused (26000, the session goes on), not run unfollowed; Parsed again, it is followed and bounded."""
+    sock = wire.connect(bounded, "alice")
+    try:
+        assert wire.errors_in(wire.exchange(sock, m.Query("BEGIN").encode())) == []
+        assert wire.errors_in(wire.exchange(sock, wire.parse("SAVEPOINT z", "z") + wire.SYNC)) == []
+        more = b"".join(wire.parse("RELEASE y", f"y{i}") for i in range(1000))
+        assert wire.errors_in(wire.exchange(sock, more + wire.SYNC)) == []
+        answers = _savepoint_runs(sock, "z", SAVEPOINTS + 10)
+        [err] = wire.errors_in(answers)
+        assert err["C"] == "26000" and 'statement "z" sets, releases or rolls back to a savepoint' in err["M"]
+        assert not any(t == b"C" for t, _ in answers)
+        assert wire.errors_in(wire.exchange(sock, m.Query("ROLLBACK").encode())) == []
+        assert wire.errors_in(wire.exchange(sock, m.Query("BEGIN").encode())) == []
+        assert wire.errors_in(wire.exchange(sock, m.frame(b"C", b"Sz\x00") + wire.parse("SAVEPOINT z", "z")
+                                            + wire.SYNC)) == []
+        answers = _savepoint_runs(sock, "z", SAVEPOINTS + 10)
+        [err] = wire.errors_in(answers)
+        assert err["C"] == "54000"
+        assert sum(1 for t, _ in answers if t == b"C") == SAVEPOINTS
+        assert wire.errors_in(wire.exchange(sock, m.Query("ROLLBACK").encode())) == []
+    finally:
+        sock.close()

@@ -333,3 +333,70 @@ def test_parses_of_a_cursor_held_already_copy_nothing(monkeypatch: pytest.Monkey
     assert state.belief.cursors == frozenset(f"c{i}" for i in range(10))
     assert state.belief.listening == frozenset(f"l{i}" for i in range(10))
     assert len(calls) == 20, len(calls)
+
+
+def _savepoint_binds(s: ClientSession, statement: bytes, n: int) -> list[bytes]:
+    """`n` Bind/Execute of prepared `statement` in one batch: the Bind bodies that reach the server."""
+    bind = m.frame(b"B", b"\x00" + statement + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+    batch = (bind + m.execute_message("")) * n + m.SYNC_MESSAGE
+    return [body for type_, body in relayed(s, batch) if type_ == b"B"]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_prepared_savepoint_stays_bounded_after_many_closed_ones(tmp_path: Path, mode: str) -> None:
+    """Issue 18: a prepared `SAVEPOINT z`, then 1,000 other savepoint statements Parsed and closed: the closed ones
+    took places in the 1,000 remembered and pushed z's record out, and z's Binds ran unfollowed, past the bound.
+    A confirmed Close S now removes its statement's record: z is still followed and its 4th Bind is refused."""
+    s = _session(tmp_path, mode, max_session_savepoints=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    assert b"pgtenant_denied_" not in _parses(s, ["SAVEPOINT z"], name="z", status=b"T")[0]
+    batch = b"".join(m.Parse(f"y{i}", "RELEASE y", b"\x00\x00").encode() + m.frame(b"C", f"Sy{i}\x00".encode())
+                     for i in range(1000)) + m.SYNC_MESSAGE
+    relayed(s, batch)
+    sent(s.server_data((m.frame(b"1", b"") + m.frame(b"3", b"")) * 1000 + m.ready_for_query(b"T")))
+    binds = _savepoint_binds(s, b"z", 4)
+    assert [b"pgtenant_denied_" in body for body in binds] == [False, False, False, True]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_forgotten_savepoint_statement_is_refused_at_its_bind_until_parsed_again(tmp_path: Path,
+                                                                                  mode: str) -> None:
+    """Issue 18: past the 1,000 open savepoint statements the session remembers, the oldest is forgotten: its Bind
+    is refused (26000, the session goes on) instead of running unfollowed; once Parsed again it is followed. (Only
+    where [pool] max_session_statements lets a session hold more than 1,000 statements.)"""
+    s = _session(tmp_path, mode, max_session_savepoints=3, max_session_statements=2000)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    assert b"pgtenant_denied_" not in _parses(s, ["SAVEPOINT z"], name="z", status=b"T")[0]
+    batch = b"".join(m.Parse(f"y{i}", "RELEASE y", b"\x00\x00").encode() for i in range(1000)) + m.SYNC_MESSAGE
+    relayed(s, batch)
+    sent(s.server_data(m.frame(b"1", b"") * 1000 + m.ready_for_query(b"T")))
+    [bind] = _savepoint_binds(s, b"z", 1)
+    assert b"pgtenant_denied_" in bind
+    marker = bind[bind.index(b"pgtenant_denied_"):].split(b"\x00")[0]
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "26000",
+                                         "M": f'prepared statement "{marker.decode()}" does not exist'})
+    out = b"".join(bytes(c) for a in s.server_data(error + m.ready_for_query(b"E")) for c in getattr(a, "chunks", ()))
+    assert b"C26000\x00" in out and b'"z" sets, releases or rolls back to a savepoint and was forgotten' in out
+    _q(s, "ROLLBACK", "ROLLBACK")
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    again = relayed(s, m.frame(b"C", b"Sz\x00") + m.Parse("z", "SAVEPOINT z", b"\x00\x00").encode() + m.SYNC_MESSAGE)
+    assert not any(b"pgtenant_denied_" in body for _, body in again)
+    sent(s.server_data(m.frame(b"3", b"") + m.frame(b"1", b"") + m.ready_for_query(b"T")))
+    binds = _savepoint_binds(s, b"z", 4)
+    assert [b"pgtenant_denied_" in body for body in binds] == [False, False, False, True]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_close_of_a_savepoint_statement_pg_skips_keeps_it_followed(tmp_path: Path, mode: str) -> None:
+    """Issue 18: a Close S takes its statement's savepoint record; one PostgreSQL skips (an error earlier in its
+    batch) leaves the statement there, and its record is put back: its runs are still bounded."""
+    s = _session(tmp_path, mode, max_session_savepoints=3)
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    assert b"pgtenant_denied_" not in _parses(s, ["SAVEPOINT z"], name="z", status=b"T")[0]
+    relayed(s, m.Parse("", "SELECT 1/0", b"\x00\x00").encode() + m.frame(b"C", b"Sz\x00") + m.SYNC_MESSAGE)
+    error = m.encode_error_fields(b"E", {"S": "ERROR", "C": "22012", "M": "division by zero"})
+    sent(s.server_data(error + m.ready_for_query(b"E")))  # (the Close skipped: PostgreSQL keeps z)
+    _q(s, "ROLLBACK", "ROLLBACK")
+    _q(s, "BEGIN", "BEGIN", status=b"T")
+    binds = _savepoint_binds(s, b"z", 4)
+    assert [b"pgtenant_denied_" in body for body in binds] == [False, False, False, True]
