@@ -15,6 +15,7 @@ from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from proxy.auth.scram import DEFAULT_ITERATIONS, IterationProfile, ScramVerifier
+from proxy.pgqualname import parse_qualified
 from proxy.policy.model import Strategy
 from proxy.policy.resources import CAPPED, OPERATOR_ONLY, memory_kb, valid_cap
 
@@ -342,8 +343,10 @@ class PreflightConfig:
     """Startup checks that the database enforces the same boundary as the proxy."""
 
     enforce: bool = True  # refuse to start when a check fails (false: log the problems and start anyway)
-    # "schema.name" of SECURITY DEFINER functions and definer views the operator vouches for (e.g. helpers RLS
-    # policies call): the owner's-rights check reports them as warnings, not errors (proxy/definers.py)
+    # "schema.name" (every overload) or "schema.name(argument types)" (one), read as PostgreSQL reads a qualified
+    # name (quoted parts exact, unquoted folded to lower case), of SECURITY DEFINER functions, definer views and
+    # LEAKPROOF functions the operator vouches for (e.g. helpers RLS policies call): the owner's-rights check
+    # reports them as warnings, not errors (proxy/definers.py)
     trusted_definers: tuple[str, ...] = ()
 
 
@@ -957,6 +960,13 @@ def parse_config(raw: Mapping[str, Any], *, base: Path, source: Path | None = No
             raise ConfigError(f"secrets.roles.{role}: must not contain a NUL character")
 
     preflight = PreflightConfig(**_read(PreflightConfig, _table(raw, "preflight", ""), "preflight.", base))
+    for i, entry in enumerate(preflight.trusted_definers):
+        try:
+            parse_qualified(entry)
+        except ValueError as exc:  # red team 21d F6: read as PostgreSQL resolves the name, or refused
+            raise ConfigError(f"preflight.trusted_definers[{i}]: {entry!r} is not a qualified name as PostgreSQL "
+                              f"reads one ({exc}); write schema.name or schema.name(argument types), an identifier "
+                              'double-quoted where it has capitals or other characters, as "Schema"."Name"') from None
 
     tenants: dict[str, TenantConfig] = {}
     for name, tr_ in _table(raw, "tenants", "").items():

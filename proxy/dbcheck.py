@@ -720,7 +720,7 @@ def _check_definers(conn: psycopg.Connection, config: Config, tenant: TenantConf
     results: dict[object, definers.Found] = _LAYOUTS[2]  # type: ignore[assignment]
     found = results.get(key)
     if found is None:
-        trusted = frozenset(n.lower() for n in config.preflight.trusted_definers)
+        trusted = frozenset(config.preflight.trusted_definers)
         found = results[key] = definers.check(conn, backend.user, rels, pinned, trusted=trusted)
     report.errors += [f"tenants.{tenant.name}: {e}" for e in found.errors]
     report.warnings += [f"tenants.{tenant.name}: {w}" for w in found.warnings]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from proxy import access
+from proxy.pgqualname import TRUE_SPELLINGS, parse_qualified
 
 # Issue 18/14: a SECURITY DEFINER function, and a view without `security_invoker` (PG 15+), read tables as their
 # owner. Owned by a role row security does not bind on a tenant-scoped table (a superuser, BYPASSRLS, the table's
@@ -17,7 +18,18 @@ from proxy import access
 # function without a call. The preflight (proxy/dbcheck.py) and `pgtenant provision` report each one a backend
 # role of a shared or schema tenant (or a database tenant sharing its database) can use.
 
-_SYSTEM = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp)'"
+
+def _system(oid: str, nsp: str = "n") -> str:
+    """Not PostgreSQL's own: outside pg_catalog and information_schema, or made there after initdb (a superuser may
+    create there: red team 21d F10; initdb's objects have oids below FirstNormalObjectId, 16384), and not in a
+    toast or temporary schema."""
+    return (f"({nsp}.nspname NOT IN ('pg_catalog', 'information_schema') OR {oid} >= 16384) "
+            f"AND {nsp}.nspname !~ '^pg_(toast|temp)'")
+
+
+_SYSTEM_P, _SYSTEM_C = _system("p.oid"), _system("c.oid")
+# security_invoker as PostgreSQL's parse_bool reads it: `t`, `yes`, `on` ... (red team 21d F11)
+_TRUE = ", ".join(f"'{w}'" for w in TRUE_SPELLINGS)
 
 # Every SECURITY DEFINER routine outside the system schemas (usable or not: a view may call it), with its owner,
 # its extension (if a member), whether `role` may execute it (when `role` does not exist yet: through PUBLIC), how,
@@ -26,6 +38,7 @@ _SYSTEM = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !
 _FUNCTIONS = f"""
 WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
 SELECT p.oid::int8, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid),
+       pg_catalog.oidvectortypes(p.proargtypes),
        CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END,
        o.rolname, o.rolsuper, o.rolbypassrls,
        (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
@@ -60,14 +73,14 @@ SELECT p.oid::int8, n.nspname, p.proname, pg_catalog.pg_get_function_identity_ar
                JOIN pg_catalog.pg_namespace qn ON qn.oid = q.pronamespace
               WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
                 AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                AND qn.nspname NOT IN ('pg_catalog', 'information_schema'))
+                AND (qn.nspname NOT IN ('pg_catalog', 'information_schema') OR q.oid >= 16384))
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
   CROSS JOIN me
   CROSS JOIN LATERAL (SELECT EXISTS (
        SELECT 1 FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
         WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS x) pub
- WHERE p.prosecdef AND p.prokind IN ('f', 'p') AND {_SYSTEM}
+ WHERE p.prosecdef AND p.prokind IN ('f', 'p') AND {_SYSTEM_P}
  ORDER BY 2, 3, 4
 """
 
@@ -101,7 +114,7 @@ SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, o.rolname, o.rolsuper
                JOIN pg_catalog.pg_namespace fn ON fn.oid = fp.pronamespace
               WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
                 AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                AND fn.nspname NOT IN ('pg_catalog', 'information_schema'))
+                AND (fn.nspname NOT IN ('pg_catalog', 'information_schema') OR fp.oid >= 16384))
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
   CROSS JOIN me
@@ -109,20 +122,21 @@ SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, o.rolname, o.rolsuper
        SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
        OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
                    WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS x) pub
- WHERE c.relkind IN ('v', 'm') AND {_SYSTEM}
-   AND NOT coalesce((SELECT pg_catalog.lower(x.option_value) IN ('true', 'on', '1', 'yes')
+ WHERE c.relkind IN ('v', 'm') AND {_SYSTEM_C}
+   AND NOT coalesce((SELECT pg_catalog.lower(x.option_value) IN ({_TRUE})
                        FROM pg_catalog.pg_options_to_table(c.reloptions) x
                       WHERE x.option_name = 'security_invoker'), false)
  ORDER BY 2, 3
 """
 
 # What the role `owner` reads of each relation (schema, name): its kind and RLS state, whether it is (a member of)
-# the relation's owner, whether it may read it at all, and the policies that apply to it.
+# the relation's owner, whether it may read it at all (SELECT), whether it may look its name up (USAGE on its
+# schema), and the policies that apply to it.
 _OWNER_READS = """
 SELECT t.s, t.r, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
        pg_catalog.pg_has_role(o.oid, c.relowner, 'USAGE'),
-       pg_catalog.has_any_column_privilege(o.oid, c.oid, 'SELECT')
-       AND pg_catalog.has_schema_privilege(o.oid, c.relnamespace, 'USAGE'),
+       pg_catalog.has_any_column_privilege(o.oid, c.oid, 'SELECT'),
+       pg_catalog.has_schema_privilege(o.oid, c.relnamespace, 'USAGE'),
        ARRAY(SELECT pg_catalog.json_build_array(p.polname, p.polpermissive, p.polcmd::text,
                                                 pg_catalog.pg_get_expr(p.polqual, p.polrelid))::text
                FROM pg_catalog.pg_policy p
@@ -133,6 +147,27 @@ SELECT t.s, t.r, c.relkind::text, c.relrowsecurity, c.relforcerowsecurity,
   JOIN pg_catalog.pg_namespace n ON n.nspname = t.s
   JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
   JOIN pg_catalog.pg_roles o ON o.rolname = %s
+"""
+
+# Red team 21d F9: a LEAKPROOF function runs before row security's quals (and the proxy's filter) on every row the
+# scan reads, so what it raises or logs of its arguments shows other tenants' values. Every one outside PostgreSQL's
+# own (`_system`) that `role` may execute, with its extension (if a member) and whether through PUBLIC.
+_LEAKPROOF = f"""
+WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
+SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid),
+       pg_catalog.oidvectortypes(p.proargtypes),
+       (SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e' LIMIT 1),
+       pub.x
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  CROSS JOIN me
+  CROSS JOIN LATERAL (SELECT EXISTS (
+       SELECT 1 FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS x) pub
+ WHERE p.proleakproof AND {_SYSTEM_P}
+   AND CASE WHEN me.oid IS NULL THEN pub.x ELSE pg_catalog.has_function_privilege(me.oid, p.oid, 'EXECUTE') END
+ ORDER BY 1, 2, 3
 """
 
 _KINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
@@ -157,8 +192,11 @@ class RelRead:
     rls: bool = True
     force: bool = True
     owns: bool = False  # the owner is (a member of) the relation's owner
-    readable: bool = True  # SELECT on it or a column and USAGE on its schema
+    readable: bool = True  # SELECT on it or a column
     policies: tuple[access.PolicyFact, ...] = ()  # those that apply to the owner
+    # USAGE on its schema: PostgreSQL checks it only when a name is looked up (a non-atomic body, run time), not when
+    # a view's stored query, a REFRESH or a BEGIN ATOMIC body runs (red team 21d F4)
+    usage: bool = True
 
     @property
     def name(self) -> str:
@@ -182,6 +220,9 @@ class Routine:
     calls: tuple[int, ...] = ()  # functions outside the system schemas its atomic body calls
     trigger_on: str | None = None  # a table the backend role may write whose trigger runs it (no EXECUTE checked)
     aggregate: str | None = None  # an aggregate the backend role may run that calls it (checked as its owner)
+    schema: str = ""
+    name: str = ""
+    args: tuple[str, ...] = ()  # its identity arguments and its argument types, as PostgreSQL prints them
 
     @property
     def reached(self) -> bool:
@@ -218,13 +259,15 @@ class Found:
     warnings: list[str] = field(default_factory=list)
 
 
-def unbound(owner: Owner, rel: RelRead, pinned: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+def unbound(owner: Owner, rel: RelRead, pinned: frozenset[str] = frozenset(),
+            lookup: bool = False) -> tuple[str, str] | None:
     """Why row security does not keep `owner` to one tenant's rows of `rel` ("error" or "warning" level, the
     reason), or None when it does (it may not read it, or a policy keyed on a setting the proxy pins (`pinned`,
-    lower case) or on the login holds it, or no policy lets it read)."""
+    lower case) or on the login holds it, or no policy lets it read). `lookup`: code that looks the name up when it
+    runs (a non-atomic body), which needs USAGE on the schema too."""
     if owner.superuser:
         return "error", "a superuser: row-level security and grants do not apply to it"
-    if not rel.readable:
+    if not rel.readable or (lookup and not rel.usage):
         return None
     if rel.kind not in ("r", "p"):
         return "error", f"{rel.name} is {_KINDS.get(rel.kind, 'not a table')}, which row-level security does not filter"
@@ -242,9 +285,10 @@ def unbound(owner: Owner, rel: RelRead, pinned: frozenset[str] = frozenset()) ->
     return None
 
 
-def _first(owner: Owner, rels: Iterable[RelRead], pinned: frozenset[str]) -> tuple[str, str] | None:
+def _first(owner: Owner, rels: Iterable[RelRead], pinned: frozenset[str],
+           lookup: bool = False) -> tuple[str, str] | None:
     """The widest opening of `owner` on `rels` (an error before a warning), if any."""
-    found = [u for u in (unbound(owner, r, pinned) for r in rels) if u is not None]
+    found = [u for u in (unbound(owner, r, pinned, lookup) for r in rels) if u is not None]
     return min(found, key=lambda u: u[0] != "error") if found else None
 
 
@@ -260,12 +304,14 @@ def _reads_statistics(reads: Iterable[tuple[str, str, str]]) -> bool:
 
 def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
           reads: Mapping[str, Mapping[tuple[str, str], RelRead]], scoped: Iterable[tuple[str, str]],
-          pinned: frozenset[str] = frozenset(), trusted: frozenset[str] = frozenset()) -> Found:
+          pinned: frozenset[str] = frozenset(), trusted: Iterable[str] = ()) -> Found:
     """The problems of backend role `role`: each routine and view it can use whose owner reads other tenants' rows
     of `scoped` (`reads[owner][relation]`, as that owner reads it). A routine of any language but a SQL-standard
     body is assumed to read anything; an atomic one what it depends on (or anything, if it calls a function outside
     the system schemas or reads a view). A view reads what its query depends on, the views it reads included, and
-    leaks what a SECURITY DEFINER function it calls (and `role` may run) leaks. Extension members are warnings."""
+    leaks what a SECURITY DEFINER function it calls (and `role` may run) leaks. Extension members are warnings, and
+    so are the objects a `trusted` entry (`[preflight] trusted_definers`, as PostgreSQL reads the name) names."""
+    vouched = [parse_qualified(t) for t in trusted]
     scoped_set = set(scoped)
     routines, views = list(routines), list(views)
     found = Found()
@@ -277,7 +323,7 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
             rels = [mine[(s, n)] for s, n, _ in r.reads if (s, n) in mine and (s, n) in scoped_set]
         else:
             rels = [mine[rel] for rel in sorted(scoped_set) if rel in mine]
-        got = _first(r.owner, rels, pinned)
+        got = _first(r.owner, rels, pinned, lookup=not r.atomic)
         if got is not None:
             opening[r.oid] = got
     viewed = {v.oid: v for v in views}
@@ -335,7 +381,7 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
                 f"{grant}; or ALTER {r.kind} {r.signature} SECURITY INVOKER; or "
                 "an owner row security binds (not a superuser nor BYPASSRLS, FORCE ROW LEVEL SECURITY on the "
                 "tables it owns)")
-        _add(found, level, r.extension, text, r.signature.partition("(")[0].lower() in trusted)
+        _add(found, level, r.extension, text, any(q.matches(r.schema, r.name, r.args) for q in vouched))
     for v in views:
         if v.oid not in opening or not v.usable:
             continue
@@ -354,7 +400,40 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
         text = (f"{what} {v.qualified} reads its tables with its owner's rights (no security_invoker) and its owner "
                 f"{v.owner.name!r} is not bound by row security ({why}); the backend role {role!r} may read it "
                 f"({how}), so it shows other tenants' rows whatever the proxy rewrites. Fix: {fix}")
-        _add(found, level, v.extension, text, v.qualified.lower() in trusted)
+        _add(found, level, v.extension, text,
+             any(q.args is None and q.matches(v.schema, v.name) for q in vouched))
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Leakproof:
+    """A LEAKPROOF function the backend role may execute (`_LEAKPROOF`)."""
+
+    schema: str
+    name: str
+    args: tuple[str, str]  # identity arguments, argument types
+    extension: str | None = None
+    public: bool = True
+
+    @property
+    def signature(self) -> str:
+        return f"{self.schema}.{self.name}({self.args[0]})"
+
+
+def judge_leakproof(role: str, functions: Iterable[Leakproof], trusted: Iterable[str] = ()) -> Found:
+    """Each LEAKPROOF function `role` may run is an error (an extension's member, or one a `trusted` entry names, a
+    warning): PostgreSQL runs it ahead of row security's quals, on other tenants' rows (red team 21d F9)."""
+    vouched = [parse_qualified(t) for t in trusted]
+    found = Found()
+    for f in functions:
+        how = ("EXECUTE through PUBLIC, the default" if f.public else
+               "EXECUTE granted to it or to a role it is a member of")
+        revoke = f"REVOKE EXECUTE ON FUNCTION {f.signature} FROM {'PUBLIC' if f.public else role}"
+        text = (f"function {f.signature} is marked LEAKPROOF, so PostgreSQL runs it before row-level security's "
+                f"quals (and the proxy's filter), on other tenants' rows too: whatever it raises or logs of its "
+                f"arguments (a NOTICE, an error) shows their values; the backend role {role!r} may run it ({how}). "
+                f"Fix: ALTER FUNCTION {f.signature} NOT LEAKPROOF (or {revoke})")
+        _add(found, "error", f.extension, text, any(q.matches(f.schema, f.name, f.args) for q in vouched))
     return found
 
 
@@ -381,9 +460,10 @@ def read_routines(conn: psycopg.Connection, role: str) -> list[Routine]:
     atomic = "p.prosqlbody IS NOT NULL" if conn.info.server_version >= 140000 else "false"
     rows = conn.execute(_FUNCTIONS.replace("{atomic}", atomic), {"role": role}).fetchall()
     return [Routine(int(oid), f"{schema}.{name}({args})", kind, Owner(owner, bool(sup), bool(byp)), ext, bool(pub),
-                    bool(usable), bool(member), bool(atom), _rels(reads), tuple(int(c) for c in calls), trig, agg)
-            for (oid, schema, name, args, kind, owner, sup, byp, ext, pub, usable, member, atom, trig, agg, reads,
-                 calls) in rows]
+                    bool(usable), bool(member), bool(atom), _rels(reads), tuple(int(c) for c in calls), trig, agg,
+                    schema, name, (args, types))
+            for (oid, schema, name, args, types, kind, owner, sup, byp, ext, pub, usable, member, atom, trig, agg,
+                 reads, calls) in rows]
 
 
 def read_views(conn: psycopg.Connection, role: str) -> list[View]:
@@ -393,19 +473,24 @@ def read_views(conn: psycopg.Connection, role: str) -> list[View]:
             for oid, schema, name, kind, owner, sup, byp, ext, pub, usable, member, reads, calls in rows]
 
 
+def read_leakproof(conn: psycopg.Connection, role: str) -> list[Leakproof]:
+    return [Leakproof(schema, name, (args, types), ext, bool(pub))
+            for schema, name, args, types, ext, pub in conn.execute(_LEAKPROOF, {"role": role}).fetchall()]
+
+
 def read_owner(conn: psycopg.Connection, owner: str, rels: Iterable[tuple[str, str]]) -> dict[tuple[str, str], RelRead]:
     rels = sorted(set(rels))
     rows = conn.execute(_OWNER_READS, ([r[0] for r in rels], [r[1] for r in rels], owner)).fetchall()
     out: dict[tuple[str, str], RelRead] = {}
-    for s, t, kind, rls, force, owns, readable, raw in rows:
+    for s, t, kind, rls, force, owns, readable, usage, raw in rows:
         policies = tuple(access.PolicyFact(p[0], bool(p[1]), p[2], p[3]) for p in (json.loads(x) for x in raw))
-        out[(s, t)] = RelRead(s, t, kind, bool(rls), bool(force), bool(owns), bool(readable), policies)
+        out[(s, t)] = RelRead(s, t, kind, bool(rls), bool(force), bool(owns), bool(readable), policies, bool(usage))
     return out
 
 
 def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]],
           pinned: frozenset[str] = frozenset(), forced: Mapping[tuple[str, str], Iterable[str]] | None = None,
-          trusted: frozenset[str] = frozenset()) -> Found:
+          trusted: Iterable[str] = ()) -> Found:
     """Read the catalogs and `judge` backend role `role` against the tenant-scoped relations `scoped`. `forced`
     (provision): relations that will have forced RLS with pgtenant's policy TO the given roles only, judged as they
     will be."""
@@ -421,8 +506,13 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
                 if rel in mine:
                     got = mine[rel]
                     keep = tuple(p for p in got.policies if p.name != access.OWN_POLICY or o in set(roles))
-                    mine[rel] = RelRead(got.schema, got.table, got.kind, True, True, got.owns, got.readable, keep)
-    return judge(role, routines, views, reads, scoped, pinned, trusted)
+                    mine[rel] = RelRead(got.schema, got.table, got.kind, True, True, got.owns, got.readable, keep,
+                                        got.usage)
+    found = judge(role, routines, views, reads, scoped, pinned, trusted)
+    leaky = judge_leakproof(role, read_leakproof(conn, role), trusted)
+    found.errors.extend(leaky.errors)
+    found.warnings.extend(leaky.warnings)
+    return found
 
 
 _SCHEMA_RELATIONS = """

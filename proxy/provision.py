@@ -386,7 +386,7 @@ def _database_steps(
         elif t.strategy == "database":
             steps += _database_tenant_steps(conn, config, t, roles, findings)
     _definer_findings(conn, db, tenants, tables, targets, roles, findings,
-                      frozenset(n.lower() for n in config.preflight.trusted_definers))
+                      frozenset(config.preflight.trusted_definers))
     return steps
 
 

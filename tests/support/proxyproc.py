@@ -116,6 +116,7 @@ class ProxyProcess:
     limits: dict[str, Any] = field(default_factory=dict)
     extra_allowed: tuple[str, ...] = ()
     preflight_enforce: bool = True
+    trusted_definers: tuple[str, ...] = ()  # [preflight] trusted_definers
     # More tenants/users/roles on top of the defaults: {"tenant": {"strategy": "shared", ...}}, {"user": (tenant, pw)}
     extra_tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra_users: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -204,8 +205,9 @@ class ProxyProcess:
         ]
         for name, keys in self.extra_tenants.items():
             lines += [f"[tenants.{name}]", *(f"{k} = {json.dumps(v)}" for k, v in keys.items())]
-        if not self.preflight_enforce:
-            lines += ["[preflight]", "enforce = false"]
+        if not self.preflight_enforce or self.trusted_definers:
+            lines += ["[preflight]", f"enforce = {json.dumps(self.preflight_enforce)}",
+                      f"trusted_definers = {json.dumps(list(self.trusted_definers))}"]
         if self.registry:
             lines += ["[registry]", *(f"{k} = {json.dumps(v)}" for k, v in self.registry.items())]
         if self.agent:

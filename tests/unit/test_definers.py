@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy.access import PolicyFact
-from proxy.definers import Owner, RelRead, Routine, View, judge, unbound
+from proxy.definers import Leakproof, Owner, RelRead, Routine, View, judge, judge_leakproof, unbound
 
 ORDERS = ("public", "orders")
 APP = Owner("app")
@@ -130,7 +130,8 @@ def test_code_over_the_statistics_catalogs_reads_every_table() -> None:
 def test_an_object_the_operator_vouches_for_is_a_warning() -> None:
     """[preflight] trusted_definers (review 20 F11: SECURITY DEFINER helpers an app's RLS policies call, as Supabase
     apps write them, refused the start with no narrower way out than enforce = false): reported, not counted."""
-    fn = Routine(1, "auth.Is_Member(uuid)", "FUNCTION", SUPER, public=True)
+    fn = Routine(1, "auth.is_member(org uuid)", "FUNCTION", SUPER, public=True, schema="auth", name="is_member",
+                 args=("org uuid", "uuid"))
     view = View(21, "public", "v", "v", SUPER, public=True, reads=(("public", "orders", "r"),))
     found = judge("backend", [fn], [view], {"postgres": {ORDERS: _rel()}}, [ORDERS], PINNED,
                   trusted=frozenset({"auth.is_member", "public.v"}))
@@ -138,7 +139,62 @@ def test_an_object_the_operator_vouches_for_is_a_warning() -> None:
     assert all("vouched for by [preflight] trusted_definers" in w for w in found.warnings)
     found = judge("backend", [fn], [view], {"postgres": {ORDERS: _rel()}}, [ORDERS], PINNED,
                   trusted=frozenset({"public.v"}))
-    assert len(found.errors) == 1 and "auth.Is_Member(uuid)" in found.errors[0]
+    assert len(found.errors) == 1 and "auth.is_member(org uuid)" in found.errors[0]
+
+
+def test_trusted_definers_match_as_postgresql_resolves_the_name() -> None:
+    """Red team 21d F6: the entry "public.is_member" vouched for every object whose lower-cased schema.name was
+    that: another overload, a function "IS_MEMBER" and a view "Is_Member". Now: exactly that name (every overload
+    of it, or the one its argument list names); a view only by an entry without an argument list."""
+    def fn(oid: int, name: str, args: tuple[str, str]) -> Routine:
+        return Routine(oid, f"public.{name}({args[0]})", "FUNCTION", SUPER, public=True, schema="public", name=name,
+                       args=args)
+    one, other, upper = fn(1, "is_member", ("org text", "text")), fn(2, "is_member", ("n integer", "integer")), \
+        fn(3, "IS_MEMBER", ("n integer", "integer"))
+    view = View(21, "public", "Is_Member", "v", SUPER, public=True, reads=(("public", "orders", "r"),))
+
+    def errors(*trusted: str) -> list[str]:
+        found = judge("backend", [one, other, upper], [view], {"postgres": {ORDERS: _rel()}}, [ORDERS], PINNED,
+                      trusted=frozenset(trusted))
+        return sorted(e.split(" ")[1] for e in found.errors)
+
+    everything = ["public.IS_MEMBER(n", "public.Is_Member", "public.is_member(n", "public.is_member(org"]
+    assert errors() == everything
+    assert errors("public.is_member") == ["public.IS_MEMBER(n", "public.Is_Member"]
+    assert errors("public.is_member(text)") == ["public.IS_MEMBER(n", "public.Is_Member", "public.is_member(n"]
+    assert errors('public."IS_MEMBER"', 'public."Is_Member"') == ["public.is_member(n", "public.is_member(org"]
+    assert errors('public."Is_Member"(text)') == everything  # an argument list names a function only
+
+
+def test_schema_usage_counts_only_where_a_name_is_looked_up() -> None:
+    """Red team 21d F4: an owner without USAGE on the table's schema still reads it through a view's stored query,
+    a REFRESH or a BEGIN ATOMIC body (PostgreSQL checks USAGE at name lookup only); a non-atomic body looks it up."""
+    bi = Owner("bi")
+    no_usage = _rel(rls=False, usage=False)
+    view = View(20, "rpt", "o", "v", bi, public=True, reads=(("public", "orders", "r"),))
+    mview = View(21, "rpt", "m", "m", bi, public=True, reads=(("public", "orders", "r"),))
+    atomic = Routine(1, "rpt.t()", "FUNCTION", bi, public=True, atomic=True, reads=(("public", "orders", "r"),))
+    plain = Routine(2, "rpt.p()", "FUNCTION", bi, public=True)
+    errors, _ = _judge([atomic, plain], [view, mview], no_usage, "bi")
+    assert len(errors) == 3, errors
+    assert not any("rpt.p()" in e for e in errors)
+    assert unbound(bi, no_usage) == ("error", "public.orders: no row-level security")
+    assert unbound(bi, no_usage, lookup=True) is None
+    assert len(_judge([plain], [], _rel(rls=False), "bi")[0]) == 1  # with USAGE: the plain body reads it
+
+
+def test_a_leakproof_function_the_backend_role_may_run_is_an_error() -> None:
+    """Red team 21d F9: PostgreSQL runs a LEAKPROOF function ahead of row security's quals."""
+    peek = Leakproof("public", "peek", ("text", "text"))
+    found = judge_leakproof("backend", [peek])
+    assert len(found.errors) == 1 and found.warnings == []
+    assert "function public.peek(text) is marked LEAKPROOF" in found.errors[0]
+    assert "Fix: ALTER FUNCTION public.peek(text) NOT LEAKPROOF" in found.errors[0]
+    assert "REVOKE EXECUTE ON FUNCTION public.peek(text) FROM PUBLIC" in found.errors[0]
+    found = judge_leakproof("backend", [peek], ["public.peek(text)"])
+    assert found.errors == [] and "vouched for by [preflight] trusted_definers" in found.warnings[0]
+    found = judge_leakproof("backend", [Leakproof("public", "eq", ("a x, b x", "x, x"), "someext")])
+    assert found.errors == [] and "a member of extension 'someext'" in found.warnings[0]
 
 
 def test_reached_through_a_trigger_or_an_aggregate() -> None:
