@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from proxy import access
+from proxy import access, inherits
 
 # Issue 18/14: a SECURITY DEFINER function, and a view without `security_invoker` (PG 15+), read tables as their
 # owner. Owned by a role row security does not bind on a tenant-scoped table (a superuser, BYPASSRLS, the table's
@@ -408,8 +408,10 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
           trusted: frozenset[str] = frozenset()) -> Found:
     """Read the catalogs and `judge` backend role `role` against the tenant-scoped relations `scoped`. `forced`
     (provision): relations that will have forced RLS with pgtenant's policy TO the given roles only, judged as they
-    will be."""
+    will be. An inheritance parent of a scoped relation that is not scoped itself reads that relation's rows of
+    every tenant under its own row security (proxy/inherits.py): it counts as scoped."""
     scoped = sorted(set(scoped))
+    scoped = sorted(set(scoped) | set(inherits.holders(conn, scoped)))
     if not scoped:
         return Found()
     routines, views = read_routines(conn, role), read_views(conn, role)
