@@ -86,7 +86,7 @@ def test_the_database_tenant_cannot_read_the_parent(lab: tuple[str, dict[str, Pr
                 "SELECT body FROM ONLY public.notes_base"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
             _rows(proxies[mode], DAN, db, sql)
-        assert "notes_base" in str(info.value), info.value
+        assert "\"notes_base\" holds other tenants' rows" in str(info.value), info.value  # the proxy's refusal
     assert _rows(proxies[mode], DAN, db, "SELECT id FROM public.plain_base ORDER BY 1") == [(1,), (2,)]
 
 
@@ -112,42 +112,64 @@ def _refusal(p: ProxyProcess) -> str:
     return "\n".join(str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_failed")
 
 
-def test_a_role_that_can_read_the_parent_or_a_definer_view_over_it_is_refused(
-    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+@pytest.fixture
+def refusing(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ProxyProcess]]:
+    """A provisioned database of SCHEMA and a proxy (not started) for a refused start."""
     prepare_backend(pg)
     db = pg.fresh_database("inhpf")
     try:
         pg.execute(SCHEMA, dbname=db)
         p = _proxy(pg, tmp_path_factory.mktemp("inhpf"), db)
         p.provision()
-        # a definer view over the parent (its owner, the superuser, reads the child's rows of every tenant)
-        pg.execute("CREATE VIEW public.all_notes AS SELECT id, body FROM public.notes_base; "
-                   "GRANT SELECT ON public.all_notes TO PUBLIC", dbname=db)
-        log = _refusal(p)
-        assert "tenants.inha: view public.all_notes reads its tables with its owner's rights" in log, log
-        assert "tenants.inhd: view public.all_notes reads its tables with its owner's rights" in log, log
-        code, out = provision_output(p)
-        assert code != 0 and "view public.all_notes reads its tables" in out, out
-        pg.execute("ALTER VIEW public.all_notes SET (security_invoker = true)", dbname=db)
-        # the database tenant's role, then the shared tenant's role, granted the parent by the application
-        pg.execute(f"GRANT SELECT ON public.notes_base TO {DAN_ROLE}", dbname=db)
-        log = _refusal(p)
-        assert (f"tenants.inhd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.notes_base "
-                "(tenant inha: an inheritance parent of public.tenant_notes with no tenant column") in log, log
-        assert f"REVOKE SELECT ON public.notes_base FROM {DAN_ROLE}" in log
-        pg.execute(f"REVOKE SELECT ON public.notes_base FROM {DAN_ROLE}; "
-                   f"GRANT SELECT ON public.notes_base TO {BACKEND_ROLE}", dbname=db)
-        log = _refusal(p)
-        assert (f"tenants.inha: its backend role '{BACKEND_ROLE}' can read public.notes_base, an inheritance parent "
-                "of the tenant-scoped public.tenant_notes with no tenant column") in log, log
-        assert "tenants.inhd" not in log, log
-        # the parent's own row security binds the role (forced, no policy for it): it holds for the child's rows too
-        pg.execute("ALTER TABLE public.notes_base ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY", dbname=db)
-        p.start(provision=False)
-        try:
-            assert _rows(p, ALICE, db, "SELECT id, body FROM public.all_notes") == []
-        finally:
-            p.stop()
+        yield db, p
     finally:
         pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_a_definer_view_over_the_parent_is_refused(pg: PgCluster, refusing: tuple[str, ProxyProcess]) -> None:
+    """Its owner (the superuser) reads the child's rows of every tenant through the parent: alice and dan read
+    bigco's note from it (pg_depend names the parent only, which was not scoped)."""
+    db, p = refusing
+    pg.execute("CREATE VIEW public.all_notes AS SELECT id, body FROM public.notes_base; "
+               "GRANT SELECT ON public.all_notes TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "tenants.inha: view public.all_notes reads its tables with its owner's rights" in log, log
+    assert "tenants.inhd: view public.all_notes reads its tables with its owner's rights" in log, log
+    code, out = provision_output(p)
+    assert code != 0 and "view public.all_notes reads its tables" in out, out
+    pg.execute("ALTER VIEW public.all_notes SET (security_invoker = true)", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+def test_a_database_tenant_role_granted_the_parent_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    db, p = refusing
+    pg.execute(f"GRANT SELECT ON public.notes_base TO {DAN_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inhd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.notes_base "
+            "(tenant inha: an inheritance parent of public.tenant_notes with no tenant column") in log, log
+    assert f"REVOKE SELECT ON public.notes_base FROM {DAN_ROLE}" in log
+    pg.execute(f"REVOKE SELECT ON public.notes_base FROM {DAN_ROLE}", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+def test_a_shared_tenant_role_granted_the_parent_is_refused_unless_its_rls_binds(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    """The proxy adds no tenant filter to a table without the tenant column: alice read bigco's note from it."""
+    db, p = refusing
+    pg.execute(f"GRANT SELECT ON public.notes_base TO {BACKEND_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inha: its backend role '{BACKEND_ROLE}' can read public.notes_base, an inheritance parent "
+            "of the tenant-scoped public.tenant_notes with no tenant column") in log, log
+    assert "tenants.inhd" not in log, log
+    # the parent's own row security binds the role (forced, no policy for it): it holds for the child's rows too
+    pg.execute("ALTER TABLE public.notes_base ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY", dbname=db)
+    p.start(provision=False)
+    try:
+        assert _rows(p, ALICE, db, "SELECT id, body FROM public.notes_base") == []
+    finally:
+        p.stop()
