@@ -308,6 +308,10 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
             _check_parents(conn, config, tenant, scoped, report)
         elif tenant.strategy == "schema":
             _check_schema(conn, config, tenant, report)
+            layouts, _ = _database_layout(config, tenant.database, tenant.backend)
+            theirs = {(str(s), str(t)) for o in layouts for s, t in (explicit_tables(o) if o.tables else conn.execute(
+                _DISCOVER, (o.tenant_column, list(o.tenant_schemas))).fetchall())}
+            _check_parents(conn, config, tenant, dict.fromkeys(theirs, ""), report)
         else:
             _check_database(conn, config, tenant, report)
             _check_database_schemas(conn, tenant, report)
@@ -477,10 +481,11 @@ def _check_direct_readers(
 def _check_parents(
     conn: psycopg.Connection, config: Config, tenant: TenantConfig, tables: ScopedTables, report: PreflightReport
 ) -> None:
-    """A shared tenant's backend role that can read an inheritance parent of a scoped table that is not scoped
-    itself (no tenant column; proxy/inherits.py): `SELECT … FROM parent` returns the child's rows of every tenant
-    under the parent's row security, and the proxy adds no tenant filter to a table without the column. An error
-    each (provision grants no such privilege; an application did)."""
+    """A shared tenant's backend role (or a schema tenant's, `tables` then the shared tenants' of its database) that
+    can read an inheritance parent of a scoped table that is not scoped itself (no tenant column;
+    proxy/inherits.py): `SELECT … FROM parent` returns the child's rows of every tenant under the parent's row
+    security, and the proxy adds no tenant filter to a table without the column. An error each (provision grants no
+    such privilege)."""
     import json
 
     from proxy import access, inherits

@@ -377,12 +377,14 @@ def _database_steps(
             continue
         findings.extend(assess_table(facts, target, trusted))
         steps += table_steps(target, policy_current=policy_current(facts, target))
+    held = set(inherits.holders(conn, {rel for rels in tables.values() for rel in rels}))
     for t in tenants:
         if t.strategy == "schema":
             assert t.schema is not None
             steps += schema_steps(t.schema, roles[t.name], t.allow_writes, where=t.name, create=True)
-            for s in t.shared_schemas:
-                steps += schema_steps(s, roles[t.name], False, where=t.name, create=True)
+            for s in t.shared_schemas:  # not the inheritance parents of the shared tenants' tables (red team 21d F3)
+                steps += schema_steps(s, roles[t.name], False, where=t.name, create=True,
+                                      others=sorted(rel for rel in held if rel[0] == s))
         elif t.strategy == "database":
             steps += _database_tenant_steps(conn, config, t, roles, findings)
     _definer_findings(conn, db, tenants, tables, targets, roles, findings,

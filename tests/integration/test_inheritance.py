@@ -18,6 +18,7 @@ from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend,
 
 MODES = ("transaction", "session")
 DAN_ROLE, DAN_ROLE_PW, DAN, ALICE = "pgt_inh_dan", "inh-dan-role-pw", "inh_dan", "inh_alice"
+GINA_ROLE, GINA = "pgt_inh_gina", "inh_gina"  # a schema tenant that shares schema public (read only)
 SCHEMA = """
 CREATE TABLE public.notes_base (id int, body text);
 CREATE TABLE public.tenant_notes (tenant_id text NOT NULL) INHERITS (public.notes_base);
@@ -40,9 +41,11 @@ def _proxy(pg: PgCluster, workdir: Path, db: str, mode: str = "transaction") -> 
     return ProxyProcess(
         pg, workdir, backend_sslmode="disable", pool={"pool_mode": mode},
         extra_tenants={"inha": {"strategy": "shared", "database": db, "tenant_id": "acme"},
-                       "inhd": {"strategy": "database", "database": db, "backend_user": DAN_ROLE}},
-        extra_users={ALICE: ("inha", "inh-alice-pw"), DAN: ("inhd", "inh-dan-pw")},
-        extra_roles={DAN_ROLE: DAN_ROLE_PW})
+                       "inhd": {"strategy": "database", "database": db, "backend_user": DAN_ROLE},
+                       "inhg": {"strategy": "schema", "database": db, "schema": "inh_gina_s",
+                                "backend_user": GINA_ROLE, "shared_schemas": ["public"]}},
+        extra_users={ALICE: ("inha", "inh-alice-pw"), DAN: ("inhd", "inh-dan-pw"), GINA: ("inhg", "inh-gina-pw")},
+        extra_roles={DAN_ROLE: DAN_ROLE_PW, GINA_ROLE: "inh-gina-role-pw"})
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +78,21 @@ def test_provision_grants_the_database_tenant_no_parent_of_their_tables(
     granted = pg.execute(
         f"SELECT has_table_privilege('{DAN_ROLE}', 'public.notes_base', 'SELECT'), "
         f"has_table_privilege('{DAN_ROLE}', 'public.plain_base', 'SELECT'), "
-        f"has_table_privilege('{BACKEND_ROLE}', 'public.notes_base', 'SELECT')", dbname=db)
-    assert granted == [(False, True, False)]  # a parent of unscoped children stays his
+        f"has_table_privilege('{BACKEND_ROLE}', 'public.notes_base', 'SELECT'), "
+        f"has_table_privilege('{GINA_ROLE}', 'public.notes_base', 'SELECT'), "
+        f"has_table_privilege('{GINA_ROLE}', 'public.plain_base', 'SELECT')", dbname=db)
+    assert granted == [(False, True, False, False, True)]  # a parent of unscoped children stays readable
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_schema_tenant_sharing_the_schema_cannot_read_the_parent(
+    lab: tuple[str, dict[str, ProxyProcess]], mode: str
+) -> None:
+    """Provision's `GRANT SELECT ON ALL TABLES IN SCHEMA public` to gina covered the parent: she read bigco's note."""
+    db, proxies = lab
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        _rows(proxies[mode], GINA, db, "SELECT body FROM public.notes_base")
+    assert _rows(proxies[mode], GINA, db, "SELECT id FROM public.plain_base ORDER BY 1") == [(1,), (2,)]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -156,7 +172,7 @@ def test_a_database_tenant_role_granted_the_parent_is_refused(
     p.stop()
 
 
-def test_a_shared_tenant_role_granted_the_parent_is_refused_unless_its_rls_binds(
+def test_a_shared_or_schema_tenant_role_granted_the_parent_is_refused_unless_its_rls_binds(
     pg: PgCluster, refusing: tuple[str, ProxyProcess]
 ) -> None:
     """The proxy adds no tenant filter to a table without the tenant column: alice read bigco's note from it."""
@@ -165,7 +181,11 @@ def test_a_shared_tenant_role_granted_the_parent_is_refused_unless_its_rls_binds
     log = _refusal(p)
     assert (f"tenants.inha: its backend role '{BACKEND_ROLE}' can read public.notes_base, an inheritance parent "
             "of the tenant-scoped public.tenant_notes with no tenant column") in log, log
-    assert "tenants.inhd" not in log, log
+    assert "tenants.inhd" not in log and "tenants.inhg" not in log, log
+    pg.execute(f"GRANT SELECT ON public.notes_base TO {GINA_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inhg: its backend role '{GINA_ROLE}' can read public.notes_base, an inheritance parent") in log
+    pg.execute(f"REVOKE SELECT ON public.notes_base FROM {GINA_ROLE}", dbname=db)
     # the parent's own row security binds the role (forced, no policy for it): it holds for the child's rows too
     pg.execute("ALTER TABLE public.notes_base ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY", dbname=db)
     p.start(provision=False)
