@@ -305,8 +305,13 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
         if tenant.strategy == "shared":
             _check_shared(conn, tenant, scoped, report)
             _check_direct_readers(conn, config, tenant, scoped, report)
+            _check_parents(conn, config, tenant, scoped, report)
         elif tenant.strategy == "schema":
             _check_schema(conn, config, tenant, report)
+            layouts, _ = _database_layout(config, tenant.database, tenant.backend)
+            theirs = {(str(s), str(t)) for o in layouts for s, t in (explicit_tables(o) if o.tables else conn.execute(
+                _DISCOVER, (o.tenant_column, list(o.tenant_schemas))).fetchall())}
+            _check_parents(conn, config, tenant, dict.fromkeys(theirs, ""), report)
         else:
             _check_database(conn, config, tenant, report)
             _check_database_schemas(conn, tenant, report)
@@ -473,6 +478,36 @@ def _check_direct_readers(
             )
 
 
+def _check_parents(
+    conn: psycopg.Connection, config: Config, tenant: TenantConfig, tables: ScopedTables, report: PreflightReport
+) -> None:
+    """A shared tenant's backend role (or a schema tenant's, `tables` then the shared tenants' of its database) that
+    can read an inheritance parent of a scoped table that is not scoped itself (no tenant column;
+    proxy/inherits.py): `SELECT … FROM parent` returns the child's rows of every tenant under the parent's row
+    security, and the proxy adds no tenant filter to a table without the column. An error each (provision grants no
+    such privilege)."""
+    import json
+
+    from proxy import access, inherits
+
+    role = config.backend_for(tenant).user
+    for (schema, table), (cs, ct) in sorted(inherits.holders(conn, tables).items()):
+        row = conn.execute(_REACH, (schema, table)).fetchone()
+        if row is None or not row[5]:
+            continue  # it cannot read it
+        _, rls, force, owns, bypass, _, public, raw, _ = row
+        policies = tuple(access.PolicyFact(p[0], p[1] == "true", p[2], p[3]) for p in (json.loads(x) for x in raw))
+        reached = access.access(access.Reader(role, bool(bypass), bool(owns), policies), bool(rls), bool(force))
+        if not (bypass or owns or reached.level in access.OPEN_LEVELS):
+            continue  # the parent's own row security binds it, and applies to the child's rows read through it
+        whom = "PUBLIC" if public else f"{role} (or the role it has it through)"
+        report.errors.append(
+            f"tenants.{tenant.name}: its backend role {role!r} can read {schema}.{table}, an inheritance parent of the "
+            f"tenant-scoped {cs}.{ct} with no tenant column: read without ONLY it returns {cs}.{ct}'s rows of every "
+            f"tenant under its own row security, not the child's ({reached.why}), and the proxy adds no tenant filter "
+            f"to it (REVOKE SELECT ON {schema}.{table} FROM {whom}; or add the tenant column to it)")
+
+
 def _check_schema(conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport) -> None:
     where = f"tenants.{tenant.name}"
     exists = conn.execute("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = %s", (tenant.schema,)).fetchone()
@@ -611,20 +646,23 @@ def _check_database_neighbours(
     table, which RLS does not filter), and for every schema tenant's schema it may use."""
     import json
 
-    from proxy import access
+    from proxy import access, inherits
 
     where = f"tenants.{tenant.name}"
     role = config.backend_for(tenant).user
     owners: dict[tuple[str, str], list[str]] = {}
     sequences: dict[tuple[str, str], list[str]] = {}
+    parents: dict[tuple[str, str], tuple[str, str]] = {}  # an inheritance parent (no tenant column): its scoped child
     for other in database_neighbours(config, tenant):
         if other.strategy == "shared":
             rels = explicit_tables(other) if other.tables else {
                 (s, t): other.tenant_column
                 for s, t in conn.execute(_DISCOVER, (other.tenant_column, list(other.tenant_schemas))).fetchall()}
-            for rel in rels:
+            held = inherits.holders(conn, rels)  # a parent read without ONLY returns their rows (F3 of 21d)
+            for rel in [*rels, *held]:
                 owners.setdefault(rel, []).append(other.name)
                 report.neighbour_tables.add((str(rel[0]), str(rel[1])))
+            parents.update(held)
             for seq in neighbour_sequences(conn, rels, other.tenant_schemas):
                 sequences.setdefault(seq, []).append(other.name)
                 report.neighbour_sequences.add(seq)
@@ -648,6 +686,16 @@ def _check_database_neighbours(
         if kind in ("v", "m", "f"):
             why = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}[kind]
             why += ", which row-level security does not filter for it"
+            fix = revoke
+        elif (schema, table) in parents:  # its own row security is what applies to the child's rows read through it
+            policies = tuple(access.PolicyFact(p[0], p[1] == "true", p[2], p[3])
+                             for p in (json.loads(x) for x in raw))
+            reached = access.access(access.Reader(role, bool(bypass), bool(owns), policies), bool(rls), bool(force))
+            if not (bypass or owns or reached.level in access.OPEN_LEVELS):
+                continue
+            child = "{}.{}".format(*parents[(schema, table)])
+            why = (f"an inheritance parent of {child} with no tenant column: read without ONLY it returns "
+                   f"{child}'s rows under its own row security, not the child's ({reached.why})")
             fix = revoke
         else:
             policies = tuple(access.PolicyFact(p[0], p[1] == "true", p[2], p[3])

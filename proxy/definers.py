@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from proxy import access
+from proxy import access, inherits
 from proxy.pgqualname import TRUE_SPELLINGS, parse_qualified
 
 # Issue 18/14: a SECURITY DEFINER function, and a view without `security_invoker` (PG 15+), read tables as their
@@ -493,8 +493,9 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
           trusted: Iterable[str] = ()) -> Found:
     """Read the catalogs and `judge` backend role `role` against the tenant-scoped relations `scoped`. `forced`
     (provision): relations that will have forced RLS with pgtenant's policy TO the given roles only, judged as they
-    will be."""
-    scoped = sorted(set(scoped))
+    will be. An inheritance parent of a scoped relation that is not scoped itself reads that relation's rows of
+    every tenant under its own row security (proxy/inherits.py): it counts as scoped."""
+    scoped = sorted(set(scoped) | set(inherits.holders(conn, scoped)))
     if not scoped:
         return Found()
     routines, views = read_routines(conn, role), read_views(conn, role)

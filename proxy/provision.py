@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from proxy import access
+from proxy import access, inherits
 from proxy.access import OWN_POLICY, PUBLIC, TableFacts
 from proxy.config import Config, TenantConfig
 from proxy.policy.sqltext import quote_ident
@@ -377,12 +377,14 @@ def _database_steps(
             continue
         findings.extend(assess_table(facts, target, trusted))
         steps += table_steps(target, policy_current=policy_current(facts, target))
+    held = set(inherits.holders(conn, {rel for rels in tables.values() for rel in rels}))
     for t in tenants:
         if t.strategy == "schema":
             assert t.schema is not None
             steps += schema_steps(t.schema, roles[t.name], t.allow_writes, where=t.name, create=True)
-            for s in t.shared_schemas:
-                steps += schema_steps(s, roles[t.name], False, where=t.name, create=True)
+            for s in t.shared_schemas:  # not the inheritance parents of the shared tenants' tables (red team 21d F3)
+                steps += schema_steps(s, roles[t.name], False, where=t.name, create=True,
+                                      others=sorted(rel for rel in held if rel[0] == s))
         elif t.strategy == "database":
             steps += _database_tenant_steps(conn, config, t, roles, findings)
     _definer_findings(conn, db, tenants, tables, targets, roles, findings,
@@ -454,6 +456,11 @@ def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantCo
     # Their tables get forced RLS with a policy for their roles only (table_steps): `role` reads none of their rows
     # there. A view, materialized view or foreign table has no RLS of its own: `role` gets no privilege on it.
     unfiltered = {rel for rel in scoped if _relkind(conn, *rel) in ("v", "m", "f")}
+    # An inheritance parent of theirs with no tenant column (proxy/inherits.py): read without ONLY it returns their
+    # rows under its own row security, and it cannot carry their policy (forcing RLS with none would hide its own
+    # rows from everyone): `role` gets no privilege on it either (red team 21d F3).
+    held = set(inherits.holders(conn, scoped))
+    unfiltered |= held
     steps: list[Step] = []
     for s in t.schemas:
         if s in foreign:
@@ -461,12 +468,12 @@ def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantCo
                 f"tenant {t.name}: schemas lists {s}, the schema of tenant {foreign[s]} (schema strategy) in the same "
                 f"database: {t.name}'s statements are not rewritten, so it would read {foreign[s]}'s tables")
             continue
-        if any(rel[0] == s for rel in scoped | sequences):
+        if any(rel[0] == s for rel in scoped | held | sequences):
             findings.notes.append(
                 f"tenant {t.name}: schema {s} also holds the tenant-scoped relations of the shared tenants of database "
-                f"{t.database}; {role} gets no privilege on their views, materialized views, foreign tables and "
-                f"sequences, and no default privileges in {s} (grant the tables made later yourself, or run "
-                "provision again)")
+                f"{t.database}; {role} gets no privilege on their views, materialized views, foreign tables, "
+                f"sequences and their tables' inheritance parents, and no default privileges in {s} (grant the "
+                "tables made later yourself, or run provision again)")
             steps += schema_steps(s, role, t.allow_writes, where=t.name, create=True,
                                   others=sorted(rel for rel in unfiltered if rel[0] == s), defaults=False,
                                   other_sequences=sorted(seq for seq in sequences if seq[0] == s))

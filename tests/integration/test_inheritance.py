@@ -1,0 +1,195 @@
+"""Inheritance (red team 21d F3): `SELECT … FROM parent` without ONLY reads every child's rows under the PARENT's
+row security. A parent with no tenant column over a tenant-scoped child holds every tenant's rows: provision grants a
+database tenant sharing the database none of it, the proxy refuses its reference, and the preflight refuses a backend
+role that can read it and a definer view over it. A partitioned table, a parent with the tenant column and a parent
+of unscoped children are unaffected. Both pool modes where the proxy serves."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, provision_output
+
+MODES = ("transaction", "session")
+DAN_ROLE, DAN_ROLE_PW, DAN, ALICE = "pgt_inh_dan", "inh-dan-role-pw", "inh_dan", "inh_alice"
+GINA_ROLE, GINA = "pgt_inh_gina", "inh_gina"  # a schema tenant that shares schema public (read only)
+SCHEMA = """
+CREATE TABLE public.notes_base (id int, body text);
+CREATE TABLE public.tenant_notes (tenant_id text NOT NULL) INHERITS (public.notes_base);
+INSERT INTO public.notes_base VALUES (0, 'base note');
+INSERT INTO public.tenant_notes VALUES (1, 'acme note', 'acme'), (2, 'BIGCO-SECRET-NOTE', 'bigco');
+CREATE TABLE public.keyed_base (id int, tenant_id text NOT NULL);
+CREATE TABLE public.keyed_child (extra text) INHERITS (public.keyed_base);
+INSERT INTO public.keyed_child VALUES (1, 'acme', 'x'), (2, 'bigco', 'y');
+CREATE TABLE public.events (id int, tenant_id text NOT NULL) PARTITION BY LIST (tenant_id);
+CREATE TABLE public.events_acme PARTITION OF public.events FOR VALUES IN ('acme');
+CREATE TABLE public.events_other PARTITION OF public.events DEFAULT;
+INSERT INTO public.events VALUES (1, 'acme'), (2, 'bigco'), (3, 'bigco');
+CREATE TABLE public.plain_base (id int);
+CREATE TABLE public.plain_child (note text) INHERITS (public.plain_base);
+INSERT INTO public.plain_base VALUES (1); INSERT INTO public.plain_child VALUES (2, 'b');
+"""
+
+
+def _proxy(pg: PgCluster, workdir: Path, db: str, mode: str = "transaction") -> ProxyProcess:
+    return ProxyProcess(
+        pg, workdir, backend_sslmode="disable", pool={"pool_mode": mode},
+        extra_tenants={"inha": {"strategy": "shared", "database": db, "tenant_id": "acme"},
+                       "inhd": {"strategy": "database", "database": db, "backend_user": DAN_ROLE},
+                       "inhg": {"strategy": "schema", "database": db, "schema": "inh_gina_s",
+                                "backend_user": GINA_ROLE, "shared_schemas": ["public"]}},
+        extra_users={ALICE: ("inha", "inh-alice-pw"), DAN: ("inhd", "inh-dan-pw"), GINA: ("inhg", "inh-gina-pw")},
+        extra_roles={DAN_ROLE: DAN_ROLE_PW, GINA_ROLE: "inh-gina-role-pw"})
+
+
+@pytest.fixture(scope="module")
+def lab(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, ProxyProcess]]]:
+    prepare_backend(pg)
+    db = pg.fresh_database("inh")
+    pg.execute(SCHEMA, dbname=db)
+    proxies = {mode: _proxy(pg, tmp_path_factory.mktemp(f"inh-{mode}"), db, mode) for mode in MODES}
+    try:
+        proxies[MODES[0]].provision()
+        for p in proxies.values():
+            p.start(provision=False)
+        yield db, proxies
+    finally:
+        for p in proxies.values():
+            p.stop()
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def _rows(p: ProxyProcess, user: str, db: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(p.dsn(user, dbname=db), autocommit=True) as c:
+        return c.execute(sql).fetchall()
+
+
+def test_provision_grants_the_database_tenant_no_parent_of_their_tables(
+    pg: PgCluster, lab: tuple[str, dict[str, ProxyProcess]]
+) -> None:
+    """`GRANT SELECT ON ALL TABLES IN SCHEMA public` covered the parent: dan read bigco's note from PostgreSQL."""
+    db, _ = lab
+    granted = pg.execute(
+        f"SELECT has_table_privilege('{DAN_ROLE}', 'public.notes_base', 'SELECT'), "
+        f"has_table_privilege('{DAN_ROLE}', 'public.plain_base', 'SELECT'), "
+        f"has_table_privilege('{BACKEND_ROLE}', 'public.notes_base', 'SELECT'), "
+        f"has_table_privilege('{GINA_ROLE}', 'public.notes_base', 'SELECT'), "
+        f"has_table_privilege('{GINA_ROLE}', 'public.plain_base', 'SELECT')", dbname=db)
+    assert granted == [(False, True, False, False, True)]  # a parent of unscoped children stays readable
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_schema_tenant_sharing_the_schema_cannot_read_the_parent(
+    lab: tuple[str, dict[str, ProxyProcess]], mode: str
+) -> None:
+    """Provision's `GRANT SELECT ON ALL TABLES IN SCHEMA public` to gina covered the parent: she read bigco's note."""
+    db, proxies = lab
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        _rows(proxies[mode], GINA, db, "SELECT body FROM public.notes_base")
+    assert _rows(proxies[mode], GINA, db, "SELECT id FROM public.plain_base ORDER BY 1") == [(1,), (2,)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_database_tenant_cannot_read_the_parent(lab: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
+    db, proxies = lab
+    for sql in ("SELECT body FROM public.notes_base ORDER BY 1", "SELECT body FROM notes_base",
+                "SELECT body FROM ONLY public.notes_base"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+            _rows(proxies[mode], DAN, db, sql)
+        assert "\"notes_base\" holds other tenants' rows" in str(info.value), info.value  # the proxy's refusal
+    assert _rows(proxies[mode], DAN, db, "SELECT id FROM public.plain_base ORDER BY 1") == [(1,), (2,)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partitions_and_keyed_parents_keep_working(lab: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
+    db, proxies = lab
+    p = proxies[mode]
+    assert _rows(p, ALICE, db, "SELECT id, tenant_id FROM public.events ORDER BY 1") == [(1, "acme")]
+    assert _rows(p, ALICE, db, "SELECT id, tenant_id FROM public.keyed_base ORDER BY 1") == [(1, "acme")]
+    assert _rows(p, ALICE, db, "SELECT id, body FROM public.tenant_notes ORDER BY 1") == [(1, "acme note")]
+
+
+def _refusal(p: ProxyProcess) -> str:
+    """The problems of a start the preflight refuses."""
+    seen = len(p.log_events())
+    try:
+        p.start(provision=False)
+    except RuntimeError as exc:
+        assert "pgtenant exited with 3" in str(exc)
+    else:
+        p.stop()
+        pytest.fail("the preflight let the proxy start")
+    return "\n".join(str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_failed")
+
+
+@pytest.fixture
+def refusing(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ProxyProcess]]:
+    """A provisioned database of SCHEMA and a proxy (not started) for a refused start."""
+    prepare_backend(pg)
+    db = pg.fresh_database("inhpf")
+    try:
+        pg.execute(SCHEMA, dbname=db)
+        p = _proxy(pg, tmp_path_factory.mktemp("inhpf"), db)
+        p.provision()
+        yield db, p
+    finally:
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_a_definer_view_over_the_parent_is_refused(pg: PgCluster, refusing: tuple[str, ProxyProcess]) -> None:
+    """Its owner (the superuser) reads the child's rows of every tenant through the parent: alice and dan read
+    bigco's note from it (pg_depend names the parent only, which was not scoped)."""
+    db, p = refusing
+    pg.execute("CREATE VIEW public.all_notes AS SELECT id, body FROM public.notes_base; "
+               "GRANT SELECT ON public.all_notes TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "tenants.inha: view public.all_notes reads its tables with its owner's rights" in log, log
+    assert "tenants.inhd: view public.all_notes reads its tables with its owner's rights" in log, log
+    code, out = provision_output(p)
+    assert code != 0 and "view public.all_notes reads its tables" in out, out
+    pg.execute("ALTER VIEW public.all_notes SET (security_invoker = true)", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+def test_a_database_tenant_role_granted_the_parent_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    db, p = refusing
+    pg.execute(f"GRANT SELECT ON public.notes_base TO {DAN_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inhd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.notes_base "
+            "(tenant inha: an inheritance parent of public.tenant_notes with no tenant column") in log, log
+    assert f"REVOKE SELECT ON public.notes_base FROM {DAN_ROLE}" in log
+    pg.execute(f"REVOKE SELECT ON public.notes_base FROM {DAN_ROLE}", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+def test_a_shared_or_schema_tenant_role_granted_the_parent_is_refused_unless_its_rls_binds(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    """The proxy adds no tenant filter to a table without the tenant column: alice read bigco's note from it."""
+    db, p = refusing
+    pg.execute(f"GRANT SELECT ON public.notes_base TO {BACKEND_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inha: its backend role '{BACKEND_ROLE}' can read public.notes_base, an inheritance parent "
+            "of the tenant-scoped public.tenant_notes with no tenant column") in log, log
+    assert "tenants.inhd" not in log and "tenants.inhg" not in log, log
+    pg.execute(f"GRANT SELECT ON public.notes_base TO {GINA_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inhg: its backend role '{GINA_ROLE}' can read public.notes_base, an inheritance parent") in log
+    pg.execute(f"REVOKE SELECT ON public.notes_base FROM {GINA_ROLE}", dbname=db)
+    # the parent's own row security binds the role (forced, no policy for it): it holds for the child's rows too
+    pg.execute("ALTER TABLE public.notes_base ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY", dbname=db)
+    p.start(provision=False)
+    try:
+        assert _rows(p, ALICE, db, "SELECT id, body FROM public.notes_base") == []
+    finally:
+        p.stop()
