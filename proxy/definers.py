@@ -304,13 +304,18 @@ def _reads_statistics(reads: Iterable[tuple[str, str, str]]) -> bool:
 
 def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
           reads: Mapping[str, Mapping[tuple[str, str], RelRead]], scoped: Iterable[tuple[str, str]],
-          pinned: frozenset[str] = frozenset(), trusted: Iterable[str] = ()) -> Found:
+          pinned: frozenset[str] = frozenset(), trusted: Iterable[str] = (),
+          materialized: Mapping[int, str] | None = None, sql_text: frozenset[tuple[str, int]] = frozenset()
+          ) -> Found:
     """The problems of backend role `role`: each routine and view it can use whose owner reads other tenants' rows
     of `scoped` (`reads[owner][relation]`, as that owner reads it). A routine of any language but a SQL-standard
     body is assumed to read anything; an atomic one what it depends on (or anything, if it calls a function outside
     the system schemas or reads a view). A view reads what its query depends on, the views it reads included, and
-    leaks what a SECURITY DEFINER function it calls (and `role` may run) leaks. Extension members are warnings, and
-    so are the objects a `trusted` entry (`[preflight] trusted_definers`, as PostgreSQL reads the name) names."""
+    leaks what a SECURITY DEFINER function it calls (and `role` may run) leaks. A materialized view of
+    `materialized` (`Graph.materialized`: its stored rows may hold other tenants' whatever its owner) is an error
+    as such. A routine ("fn", oid) or view ("rel", oid) of `sql_text` runs SQL text (SQL_TEXT_BUILTINS): read
+    anything. Extension members are warnings, and so are the objects a `trusted` entry (`[preflight]
+    trusted_definers`, as PostgreSQL reads the name) names."""
     vouched = [parse_qualified(t) for t in trusted]
     scoped_set = set(scoped)
     routines, views = list(routines), list(views)
@@ -319,13 +324,15 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
     for r in routines:
         mine = reads.get(r.owner.name, {})
         if (r.atomic and not r.calls and not any(k in ("v", "m") for _, _, k in r.reads)
-                and not _reads_statistics(r.reads)):
+                and not _reads_statistics(r.reads) and ("fn", r.oid) not in sql_text):
             rels = [mine[(s, n)] for s, n, _ in r.reads if (s, n) in mine and (s, n) in scoped_set]
         else:
             rels = [mine[rel] for rel in sorted(scoped_set) if rel in mine]
         got = _first(r.owner, rels, pinned, lookup=not r.atomic)
         if got is not None:
             opening[r.oid] = got
+    stored = dict(materialized or {})
+    opening.update({oid: ("error", why) for oid, why in stored.items()})
     viewed = {v.oid: v for v in views}
     usable = {r.oid for r in routines if r.reached}
     changed = True
@@ -336,7 +343,7 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
                 continue
             mine = reads.get(v.owner.name, {})
             if (v.kind == "m" and (v.calls or any(k in ("v", "m") for _, _, k in v.reads))) or \
-                    _reads_statistics(v.reads):
+                    _reads_statistics(v.reads) or ("rel", v.oid) in sql_text:
                 # a materialized view's query ran as its owner at REFRESH, through every view under it (invoker ones
                 # too) and every function it calls (any security): assumed to have read anything (review 20 F0)
                 rels = [mine[rel] for rel in sorted(scoped_set) if rel in mine]
@@ -390,6 +397,17 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
                "SELECT granted to it or to a role it is a member of")
         revoke = f"REVOKE SELECT ON {v.qualified} FROM PUBLIC" if v.public else (
             f"REVOKE SELECT ON {v.qualified} FROM {role} (or the role it has it through)")
+        if v.oid in stored:
+            text = (f"materialized view {v.qualified} holds STORED rows: what its owner read at its last REFRESH, "
+                    f"with the rights it had then (before provision forced row security, say), through any function "
+                    f"run as that owner; row security never applies when it is read ({stored[v.oid]}), whatever its "
+                    f"owner {v.owner.name!r} may read now; the backend role {role!r} may read it ({how}), so it may "
+                    f"show other tenants' rows whatever the proxy rewrites. Fix: add the tenant column to it (the "
+                    f"proxy then filters it as a tenant-scoped relation); or {revoke}; or vouch for it in "
+                    "[preflight] trusted_definers")
+            _add(found, "error", v.extension, text,
+                 any(q.args is None and q.matches(v.schema, v.name) for q in vouched))
+            continue
         if v.kind == "m":
             what = "materialized view"
             fix = f"{revoke} (a materialized view holds what its owner read at REFRESH)"
@@ -496,8 +514,9 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     will be. An inheritance parent of a scoped relation that is not scoped itself reads that relation's rows of
     every tenant under its own row security (proxy/inherits.py): it counts as scoped."""
     scoped = sorted(set(scoped) | set(inherits.holders(conn, scoped)))
-    if not scoped:
-        return Found()
+    graph = read_graph(conn, role, scoped)
+    if not scoped:  # (a database tenant alone in its database: stored credentials reach other databases)
+        return judge_stored(role, graph, trusted)
     routines, views = read_routines(conn, role), read_views(conn, role)
     owners = {r.owner.name for r in routines} | {v.owner.name for v in views}
     reads = {o: read_owner(conn, o, scoped) for o in sorted(owners)}
@@ -509,11 +528,270 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
                     keep = tuple(p for p in got.policies if p.name != access.OWN_POLICY or o in set(roles))
                     mine[rel] = RelRead(got.schema, got.table, got.kind, True, True, got.owns, got.readable, keep,
                                         got.usage)
-    found = judge(role, routines, views, reads, scoped, pinned, trusted)
-    leaky = judge_leakproof(role, read_leakproof(conn, role), trusted)
-    found.errors.extend(leaky.errors)
-    found.warnings.extend(leaky.warnings)
+    materialized = graph.materialized()
+    sql_text = frozenset({("fn", n.oid) for n in graph.functions.values() if n.runs_sql}
+                         | {("rel", n.oid) for n in graph.relations.values() if n.runs_sql})
+    found = judge(role, routines, views, reads, scoped, pinned, trusted, materialized, sql_text)
+    for more in (judge_leakproof(role, read_leakproof(conn, role), trusted), judge_stored(role, graph, trusted,
+                                                                                           materialized)):
+        found.errors.extend(more.errors)
+        found.warnings.extend(more.warnings)
     return found
+
+
+# --- stored rows and stored credentials (issue 18, red team 21d F1, F2, F5, F7) ---------------------------------
+# A materialized view's rows are STORED: row security never applies when it is read, and they are what its owner
+# (with whatever rights it had then, e.g. before provision forced RLS) read at its last REFRESH, through any
+# function, EXECUTE checked as that owner. Its owner's rights now prove nothing. A foreign table, and dblink, read
+# with STORED CREDENTIALS (a user mapping, a connection string): the remote user is unknown here, and a
+# cross-database reach needs no scoped relation in this database.
+
+# Built-ins that run SQL text given to them: the relations that text names leave no pg_depend row. Found in the
+# stored query (ev_action, prosqlbody) by `:funcid <oid>` (pinned: no pg_depend row either), as dbcheck's `_REACHED`.
+SQL_TEXT_BUILTINS = frozenset({
+    "ts_stat", "ts_rewrite", "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml",
+    "cursor_to_xmlschema", "table_to_xml", "table_to_xmlschema", "table_to_xml_and_xmlschema", "schema_to_xml",
+    "schema_to_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema",
+    "database_to_xml_and_xmlschema"})
+
+_RUNS_SQL = r"""(':(funcid|aggfnoid|winfnoid) (' || coalesce((SELECT pg_catalog.string_agg(b.oid::text, '|')
+    FROM pg_catalog.pg_proc b WHERE b.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+     AND b.proname = ANY(%(sql_text)s::text[])), '0') || ')[^0-9]')"""
+
+# What a dependency row (`d`) calls: a function outside the system schemas, directly, by an operator or by a cast.
+_CALLED = """
+    LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass
+                                      AND o.oid = d.refobjid
+    LEFT JOIN pg_catalog.pg_cast k ON d.refclassid = 'pg_catalog.pg_cast'::pg_catalog.regclass AND k.oid = d.refobjid
+    JOIN pg_catalog.pg_proc fp ON fp.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                                THEN d.refobjid ELSE COALESCE(o.oprcode::pg_catalog.oid, k.castfunc) END
+    JOIN pg_catalog.pg_namespace fn ON fn.oid = fp.pronamespace
+                                   AND fn.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+
+_EXTENSION = """(SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
+         WHERE d.classid = '{cls}'::pg_catalog.regclass AND d.objid = {oid}
+           AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.deptype = 'e' LIMIT 1)"""
+
+# Every view (any security), materialized view and foreign table outside the system schemas: whether `role` may
+# read it (as `_VIEWS`), and what its query reads (relations) and calls, directly; whether it runs SQL text.
+_GRAPH_RELATIONS = f"""
+WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
+SELECT c.oid::int8, n.nspname || '.' || c.relname, c.relkind::text, o.rolname,
+       {_EXTENSION.format(cls='pg_catalog.pg_class', oid='c.oid')},
+       pub.x,
+       CASE WHEN me.oid IS NULL THEN pub.x AND EXISTS (
+              SELECT 1 FROM pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a
+               WHERE a.grantee = 0 AND a.privilege_type = 'USAGE')
+            ELSE pg_catalog.has_any_column_privilege(me.oid, c.oid, 'SELECT')
+                 AND pg_catalog.has_schema_privilege(me.oid, c.relnamespace, 'USAGE') END,
+       CASE WHEN me.oid IS NULL THEN false ELSE pg_catalog.pg_has_role(me.oid, c.relowner, 'USAGE') END,
+       ARRAY(SELECT DISTINCT pg_catalog.json_build_array(rc.oid::int8, rn.nspname, rc.relname, rc.relkind)::text
+               FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_depend d ON d.objid = w.oid
+               JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
+               JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+              WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> c.oid),
+       ARRAY(SELECT DISTINCT fp.oid::int8
+               FROM pg_catalog.pg_rewrite w JOIN pg_catalog.pg_depend d ON d.objid = w.oid {_CALLED}
+              WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w WHERE w.ev_class = c.oid AND w.ev_action::text ~ {_RUNS_SQL}),
+       n.nspname, c.relname
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+  CROSS JOIN me
+  CROSS JOIN LATERAL (SELECT EXISTS (
+       SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
+                   WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS x) pub
+ WHERE c.relkind IN ('v', 'm', 'f') AND {_SYSTEM_C}
+"""
+
+# Every function outside the system schemas: whether `role` may execute it, its extension, whether its body is
+# SQL-standard (BEGIN ATOMIC: pg_depend says what it reads and calls) and runs SQL text.
+_GRAPH_FUNCTIONS = f"""
+WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
+SELECT p.oid::int8, n.nspname || '.' || p.proname || '(' || pg_catalog.pg_get_function_identity_arguments(p.oid)
+       || ')', o.rolname, {_EXTENSION.format(cls='pg_catalog.pg_proc', oid='p.oid')},
+       CASE WHEN me.oid IS NULL THEN EXISTS (
+              SELECT 1 FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+               WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+            ELSE pg_catalog.has_function_privilege(me.oid, p.oid, 'EXECUTE') END,
+       {{atomic}},
+       ARRAY(SELECT DISTINCT pg_catalog.json_build_array(rc.oid::int8, rn.nspname, rc.relname, rc.relkind)::text
+               FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class rc ON rc.oid = d.refobjid
+               JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace
+              WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass),
+       ARRAY(SELECT DISTINCT fp.oid::int8 FROM pg_catalog.pg_depend d {_CALLED}
+              WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND fp.oid <> p.oid),
+       {{runs_sql}}, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
+  CROSS JOIN me
+ WHERE {_SYSTEM_P}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A view, materialized view or foreign table (`_GRAPH_RELATIONS`), or a function (`_GRAPH_FUNCTIONS`)."""
+
+    oid: int
+    name: str  # schema.name, or schema.name(identity arguments)
+    kind: str  # v, m, f, or "fn"
+    owner: str = ""
+    extension: str | None = None
+    public: bool = False
+    usable: bool = True  # SELECT on it (a relation), EXECUTE (a function), by the backend role
+    member: bool = False
+    atomic: bool = False  # a function's SQL-standard body
+    reads: tuple[tuple[int, str, str, str], ...] = ()  # (oid, schema, name, relkind) its query or body depends on
+    calls: tuple[int, ...] = ()  # functions outside the system schemas
+    runs_sql: bool = False  # calls a built-in of SQL_TEXT_BUILTINS
+    schema: str = ""  # its schema, name and (a function's) identity arguments, exactly: trusted_definers matching
+    bare: str = ""
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """What a node's query or body reaches, at any depth: a scoped relation, a reason it may read anything, a
+    reason it reads with stored credentials (each the first found, or None)."""
+
+    scoped: str | None = None
+    anything: str | None = None
+    stored: str | None = None
+
+
+class Graph:
+    """The relations and functions of one database and what each reaches (views of any kind, materialized views
+    and BEGIN ATOMIC bodies followed at any depth)."""
+
+    def __init__(self, relations: Iterable[Node], functions: Iterable[Node], scoped: Iterable[tuple[str, str]]):
+        self.relations = {n.oid: n for n in relations}
+        self.functions = {n.oid: n for n in functions}
+        self.scoped = {f"{s}.{t}" for s, t in scoped}
+        self._memo: dict[tuple[str, int], Reach] = {}
+
+    def reach(self, node: Node) -> Reach:
+        key = ("fn" if node.kind == "fn" else "rel", node.oid)
+        if key not in self._memo:
+            self._memo[key] = Reach()  # (a cycle reaches nothing more)
+            self._memo[key] = self._walk(node)
+        return self._memo[key]
+
+    def _walk(self, node: Node) -> Reach:
+        scoped = anything = stored = None
+        if node.kind == "fn":
+            if node.extension == "dblink":
+                stored = anything = (f"it calls {node.name} (extension dblink), which reads with its connection's "
+                                     "stored credentials")
+            elif not node.atomic:
+                anything = (f"it calls {node.name}, whose body may read any table (only a BEGIN ATOMIC body's "
+                            "reads are known)")
+        if node.runs_sql:
+            anything = anything or ("it calls a built-in that runs SQL text given to it (ts_stat, query_to_xml, …), "
+                                    "whose relations pg_depend does not record")
+        if node.kind == "fn" and not node.atomic:
+            return Reach(None, anything, stored)
+        for oid, s, n, k in node.reads:
+            name = f"{s}.{n}"
+            if name in self.scoped:
+                scoped = scoped or f"it reads {name}, a tenant-scoped relation"
+                continue
+            if k == "f":
+                stored = stored or (f"it reads the foreign table {name}, which reads with its user mapping's stored "
+                                    "credentials")
+            inner = self.relations.get(oid)
+            if inner is not None and k in ("v", "m"):
+                got = self.reach(inner)
+                scoped, anything, stored = (scoped or _via(got.scoped, name), anything or _via(got.anything, name),
+                                            stored or _via(got.stored, name))
+        for oid in node.calls:
+            fn = self.functions.get(oid)
+            if fn is not None:
+                got = self.reach(fn)
+                scoped, anything, stored = (scoped or _via(got.scoped, fn.name),
+                                            anything or _via(got.anything, fn.name),
+                                            stored or _via(got.stored, fn.name))
+        return Reach(scoped, anything, stored)
+
+    def materialized(self) -> dict[int, str]:
+        """Materialized views not themselves scoped whose stored rows may hold other tenants' (any owner): why."""
+        out: dict[int, str] = {}
+        for n in self.relations.values():
+            if n.kind == "m" and n.name not in self.scoped:
+                got = self.reach(n)
+                why = got.scoped or got.anything or got.stored
+                if why is not None:
+                    out[n.oid] = why
+        return out
+
+
+def _via(why: str | None, name: str) -> str | None:
+    return why if why is None or " (through " in why or name in why else f"{why} (through {name})"
+
+
+def read_graph(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]) -> Graph:
+    keys = {"role": role, "sql_text": sorted(SQL_TEXT_BUILTINS)}
+    rels = [Node(int(oid), name, kind, owner, ext, bool(pub), bool(usable), bool(member), False, _graph_rels(reads),
+                 tuple(int(c) for c in calls), bool(runs), str(nsp), str(bare))
+            for oid, name, kind, owner, ext, pub, usable, member, reads, calls, runs, nsp, bare
+            in conn.execute(_GRAPH_RELATIONS, keys).fetchall()]
+    modern = conn.info.server_version >= 140000
+    sql = _GRAPH_FUNCTIONS.replace("{atomic}", "p.prosqlbody IS NOT NULL" if modern else "false").replace(
+        "{runs_sql}", f"coalesce(p.prosqlbody::text ~ {_RUNS_SQL}, false)" if modern else "false")
+    fns = [Node(int(oid), name, "fn", owner, ext, False, bool(usable), False, bool(atom), _graph_rels(reads),
+                tuple(int(c) for c in calls), bool(runs), str(nsp), str(bare), (str(args),))
+           for oid, name, owner, ext, usable, atom, reads, calls, runs, nsp, bare, args
+           in conn.execute(sql, keys).fetchall()]
+    return Graph(rels, fns, scoped)
+
+
+def _graph_rels(raw: Iterable[str]) -> tuple[tuple[int, str, str, str], ...]:
+    return tuple(sorted({(int(a), str(b), str(c), str(d)) for a, b, c, d in (json.loads(x) for x in raw)}))
+
+
+def judge_stored(role: str, graph: Graph, trusted: Iterable[str] = (), skip: Iterable[int] = ()) -> Found:
+    """Code the backend role `role` can use that reads with stored credentials (in any database, scoped relations
+    or not): a foreign table not itself scoped; a view (any security) or materialized view whose query, and a
+    BEGIN ATOMIC body whose calls, reach dblink or such a foreign table. `skip`: relations reported already."""
+    found = Found()
+    skipped = set(skip)
+    vouched = [parse_qualified(t) for t in trusted]
+    for n in sorted(graph.relations.values(), key=lambda x: x.name):
+        if not n.usable or n.name in graph.scoped or n.oid in skipped:
+            continue
+        how = _how(n.public, n.member, "SELECT")
+        revoke = f"REVOKE SELECT ON {n.name} FROM {'PUBLIC' if n.public else role}"
+        if n.kind == "f":
+            why = "its user mapping's remote user reads for it, with stored credentials pgtenant cannot judge"
+        else:
+            why = graph.reach(n).stored
+            if why is None:
+                continue
+        what = {"f": "foreign table", "m": "materialized view", "v": "view"}[n.kind]
+        text = (f"{what} {n.name} reads with stored credentials, not its reader's rights nor row security of this "
+                f"database ({why}); the backend role {role!r} may read it ({how}), so it may show any tenant's rows, "
+                f"of this database or another, whatever the proxy rewrites. Fix: add the tenant column to it (the "
+                f"proxy then filters it); or {revoke}; or vouch for it in [preflight] trusted_definers")
+        _add(found, "error", n.extension, text, any(q.args is None and q.matches(n.schema, n.bare) for q in vouched))
+    for n in sorted(graph.functions.values(), key=lambda x: x.name):
+        if not n.usable or not n.atomic or n.extension is not None:
+            continue
+        why = graph.reach(n).stored
+        if why is not None:
+            text = (f"function {n.name} reads with stored credentials ({why}); the backend role {role!r} may run "
+                    f"it, so it may return any tenant's rows whatever the proxy rewrites. Fix: REVOKE EXECUTE ON "
+                    f"FUNCTION {n.name} FROM PUBLIC (and from {role}); or vouch for it in [preflight] trusted_definers")
+            _add(found, "error", None, text, any(q.matches(n.schema, n.bare, n.args) for q in vouched))
+    return found
+
+
+def _how(public: bool, member: bool, privilege: str) -> str:
+    return (f"{privilege} granted to PUBLIC" if public else "a member of its owner" if member else
+            f"{privilege} granted to it or to a role it is a member of")
 
 
 _SCHEMA_RELATIONS = """

@@ -67,7 +67,7 @@ def test_preflight_refuses_owner_rights_code_and_each_fix_passes(
             f"'{sup}' is not bound") in log
     assert "ALTER VIEW public.df_view SET (security_invoker = true)" in log
     assert "view public.df_fview reads its tables" in log and "it calls public.df_all()" in log
-    assert "materialized view public.df_mview reads its tables" in log
+    assert "materialized view public.df_mview holds STORED rows" in log
     # The proxy's lock alone (enforce = false): the view shows every tenant's rows to the shared tenant acme
     p.preflight_enforce = False
     p.start(provision=False)
@@ -84,7 +84,7 @@ def test_preflight_refuses_owner_rights_code_and_each_fix_passes(
                "ALTER FUNCTION public.df_atomic_orders() SECURITY INVOKER; "
                "ALTER VIEW public.df_view SET (security_invoker = true)", dbname=db)
     log = _refusal(p)
-    assert "materialized view public.df_mview reads its tables" in log
+    assert "materialized view public.df_mview holds STORED rows" in log
     assert "df_all" not in log and "df_atomic_orders" not in log and "view public.df_view " not in log, log
     pg.execute("REVOKE SELECT ON public.df_mview FROM PUBLIC", dbname=db)
     p.start(provision=False)
@@ -246,7 +246,7 @@ def test_a_materialized_view_over_invoker_code_is_refused(
         "'SELECT DISTINCT tenant_id FROM public.orders'; "
         "CREATE MATERIALIZED VIEW public.df_mv_fn AS SELECT t FROM public.df_tenants() AS t; "
         "GRANT SELECT ON public.df_mv_inv, public.df_mv_fn TO PUBLIC",
-        ("materialized view public.df_mv_inv reads its tables", "materialized view public.df_mv_fn reads its tables"),
+        ("materialized view public.df_mv_inv holds STORED rows", "materialized view public.df_mv_fn holds STORED rows"),
         "REVOKE SELECT ON public.df_mv_inv, public.df_mv_fn FROM PUBLIC")
 
 
@@ -262,3 +262,138 @@ def test_a_view_over_the_statistics_catalog_is_refused(
         "JOIN pg_catalog.pg_class c ON c.oid = s.starelid WHERE c.relname = 'orders'; "
         "GRANT SELECT ON public.df_stat TO PUBLIC",
         ("view public.df_stat reads its tables",), "REVOKE SELECT ON public.df_stat FROM PUBLIC")
+
+
+_APP = "pgt_dfm_app"  # an application role row security binds (no superuser, no BYPASSRLS, no policy of its own)
+
+
+def test_a_materialized_view_holds_stored_rows_whatever_its_owner(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 21d F1, F2: a materialized view's rows are stored, read without row security. Its owner is bound
+    now, yet it holds what was read before RLS was on (F2), or through a SECURITY DEFINER function only its owner may
+    run, directly or through an invoker wrapper (F1): the preflight passed both and tenants read every tenant's
+    rows. Now an error whatever the owner, each fix (revoke) passes."""
+    db, p = _lab(pg, tmp_path_factory, "dfstore")
+    try:
+        pg.execute(
+            _BARE + f"DROP ROLE IF EXISTS {_APP}; CREATE ROLE {_APP} NOLOGIN; "
+            f"GRANT USAGE, CREATE ON SCHEMA public TO {_APP}; GRANT SELECT ON public.orders TO {_APP}; "
+            "ALTER TABLE public.orders DISABLE ROW LEVEL SECURITY; "  # (before provision forced it)
+            f"SET ROLE {_APP}; CREATE MATERIALIZED VIEW public.df_totals AS "
+            "SELECT tenant_id AS who, count(*) AS n FROM public.orders GROUP BY 1; RESET ROLE; "
+            "ALTER TABLE public.orders ENABLE ROW LEVEL SECURITY; "
+            "CREATE FUNCTION public.df_secret() RETURNS SETOF text LANGUAGE sql STABLE SECURITY DEFINER AS "
+            "'SELECT tenant_id FROM public.orders'; "
+            f"REVOKE EXECUTE ON FUNCTION public.df_secret() FROM PUBLIC; "
+            f"GRANT EXECUTE ON FUNCTION public.df_secret() TO {_APP}; "
+            "CREATE FUNCTION public.df_wrap() RETURNS SETOF text LANGUAGE sql STABLE AS "
+            "'SELECT * FROM public.df_secret()'; "
+            f"SET ROLE {_APP}; "
+            "CREATE MATERIALIZED VIEW public.df_mv_def AS SELECT t AS who FROM public.df_secret() AS t; "
+            "CREATE MATERIALIZED VIEW public.df_mv_wrap AS SELECT t AS who FROM public.df_wrap() AS t; "
+            "GRANT SELECT ON public.df_totals, public.df_mv_def, public.df_mv_wrap TO PUBLIC; RESET ROLE", dbname=db)
+        with psycopg.connect(pg.dsn(user=BACKEND_ROLE, password=BACKEND_PASSWORD, dbname=db)) as c:
+            # PostgreSQL's semantics: the backend role (forced RLS on orders binds it) reads bigco's rows
+            assert ("bigco",) in c.execute("SELECT who FROM public.df_totals").fetchall()
+            assert ("bigco",) in c.execute("SELECT who FROM public.df_mv_def").fetchall()
+            assert ("bigco",) in c.execute("SELECT who FROM public.df_mv_wrap").fetchall()
+        log = _refusal(p)
+        assert ("tenants.dfa: materialized view public.df_totals holds STORED rows: what its owner read at its "
+                "last REFRESH") in log, log
+        assert "row security never applies when it is read (it reads public.orders, a tenant-scoped relation)" in log
+        assert "Fix: add the tenant column to it" in log and "REVOKE SELECT ON public.df_totals FROM PUBLIC" in log
+        assert ("materialized view public.df_mv_def holds STORED rows" in log
+                and "it calls public.df_secret(), whose body may read any table" in log), log
+        assert "materialized view public.df_mv_wrap holds STORED rows" in log and "public.df_wrap()" in log, log
+        code, out = provision_output(p)  # provision judges it the same way (its owner is bound: it passed before)
+        assert code == 3, out
+        assert f"PROBLEM: database {db}: materialized view public.df_totals holds STORED rows" in out, out
+        pg.execute("REVOKE SELECT ON public.df_totals, public.df_mv_def, public.df_mv_wrap FROM PUBLIC", dbname=db)
+        p.start(provision=False)
+        p.stop()
+    finally:
+        pg.execute("DROP DATABASE IF EXISTS " + db)
+        pg.execute(f"DROP ROLE IF EXISTS {_APP}")
+
+
+def test_a_scoped_materialized_view_and_one_over_reference_tables_pass(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The guard against over-refusal (F1/F2's fix): a materialized view with the tenant column is the proxy's to
+    filter, and one over an unscoped reference table calling built-ins only reads no tenant's rows: both start."""
+    db, p = _lab(pg, tmp_path_factory, "dfmref")
+    pg.execute(_BARE + "CREATE MATERIALIZED VIEW public.df_mv_scoped AS "
+               "SELECT tenant_id, count(*) AS n FROM public.orders GROUP BY 1; "
+               "CREATE TABLE public.df_ref (code text); INSERT INTO public.df_ref VALUES ('eur'), ('usd'); "
+               "CREATE MATERIALIZED VIEW public.df_mv_ref AS SELECT upper(code) AS code FROM public.df_ref; "
+               "GRANT SELECT ON public.df_mv_scoped, public.df_mv_ref, public.df_ref TO PUBLIC", dbname=db)
+    p.start(provision=False)
+    try:
+        with psycopg.connect(p.dsn("dfa_alice")) as c:
+            assert c.execute("SELECT tenant_id, n FROM df_mv_scoped").fetchall() == [("acme", 1)]
+            assert c.execute("SELECT code FROM df_mv_ref ORDER BY 1").fetchall() == [("EUR",), ("USD",)]
+    finally:
+        p.stop()
+
+
+def test_sql_text_run_by_a_built_in_reads_anything(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 21d F5: relations named in SQL text given to a built-in (ts_stat) leave no pg_depend row: a
+    superuser's materialized view, definer view and BEGIN ATOMIC definer function over it passed the preflight."""
+    text = "ts_stat('SELECT to_tsvector(''simple'', tenant_id) FROM public.orders')"
+    _refused_until_revoked(
+        pg, tmp_path_factory, "dfsqlt",
+        f"CREATE MATERIALIZED VIEW public.df_words AS SELECT word FROM {text}; "
+        f"CREATE VIEW public.df_words_v AS SELECT word FROM {text}; "
+        "CREATE FUNCTION public.df_words_fn() RETURNS SETOF text LANGUAGE sql STABLE SECURITY DEFINER "
+        f"BEGIN ATOMIC SELECT word FROM {text}; END; "
+        "GRANT SELECT ON public.df_words, public.df_words_v TO PUBLIC",
+        ("materialized view public.df_words holds STORED rows",
+         "it calls a built-in that runs SQL text given to it",
+         "view public.df_words_v reads its tables with its owner's rights",
+         "function public.df_words_fn() runs with its owner's rights"),
+        "REVOKE SELECT ON public.df_words, public.df_words_v FROM PUBLIC; "
+        "REVOKE EXECUTE ON FUNCTION public.df_words_fn() FROM PUBLIC")
+
+
+def test_stored_credentials_foreign_tables_and_dblink(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 21d F7: a foreign table reads with its user mapping's stored credentials and dblink with its
+    connection string's: not objects of the check, tenants read every tenant's rows through them; and the check was
+    skipped for a database tenant alone in its database (initech), whose dblink view reached saas's rows."""
+    db, p = _lab(pg, tmp_path_factory, "dfcred")
+    su = pg.execute("SELECT current_user")[0][0]
+    conninfo = f"dbname={db} user={su}"
+    try:
+        pg.execute(
+            _BARE + "CREATE EXTENSION postgres_fdw; CREATE EXTENSION dblink; "
+            f"CREATE SERVER df_loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname '{db}'); "
+            f"CREATE USER MAPPING FOR PUBLIC SERVER df_loop OPTIONS (user '{su}'); "
+            "CREATE FOREIGN TABLE public.df_ft (who text) SERVER df_loop "
+            "OPTIONS (schema_name 'public', table_name 'orders'); "
+            "CREATE VIEW public.df_dbl WITH (security_invoker = true) AS SELECT * FROM "
+            f"dblink('{conninfo}', 'SELECT tenant_id FROM public.orders') AS t(who text); "
+            "CREATE FUNCTION public.df_dbl_fn() RETURNS SETOF text LANGUAGE sql STABLE BEGIN ATOMIC "
+            f"SELECT who FROM dblink('{conninfo}', 'SELECT tenant_id FROM public.orders') AS t(who text); END; "
+            "GRANT SELECT ON public.df_ft, public.df_dbl TO PUBLIC", dbname=db)
+        pg.execute("CREATE EXTENSION IF NOT EXISTS dblink; CREATE VIEW public.df_saas AS SELECT * FROM "
+                   f"dblink('{conninfo}', 'SELECT tenant_id FROM public.orders') AS t(who text); "
+                   "GRANT SELECT ON public.df_saas TO PUBLIC", dbname="initech")
+        log = _refusal(p)
+        assert ("tenants.dfa: foreign table public.df_ft reads with stored credentials, not its reader's rights nor "
+                "row security of this database") in log, log
+        assert "REVOKE SELECT ON public.df_ft FROM PUBLIC" in log
+        assert ("tenants.dfa: view public.df_dbl reads with stored credentials" in log
+                and "(extension dblink), which reads with its connection's stored credentials" in log), log
+        assert "tenants.dfa: function public.df_dbl_fn() reads with stored credentials" in log, log
+        assert "tenants.initech: view public.df_saas reads with stored credentials" in log, log
+        pg.execute("REVOKE SELECT ON public.df_ft, public.df_dbl FROM PUBLIC; "
+                   "REVOKE EXECUTE ON FUNCTION public.df_dbl_fn() FROM PUBLIC", dbname=db)
+        pg.execute("DROP VIEW public.df_saas", dbname="initech")
+        p.start(provision=False)
+        p.stop()
+    finally:
+        pg.execute("DROP VIEW IF EXISTS public.df_saas; DROP EXTENSION IF EXISTS dblink", dbname="initech")
