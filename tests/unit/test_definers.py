@@ -254,7 +254,7 @@ def test_stored_rows_and_stored_credentials_are_followed_at_any_depth() -> None:
         Node(5, "rpt.mv_atomic_ok", "m", calls=(101,), reads=((11, "public", "ref", "r"),)),
         Node(6, "rpt.mv_sql_text", "m", runs_sql=True),
         Node(7, "public.orders_mv", "m", reads=((10, "public", "orders", "r"),)),  # scoped itself: the proxy's
-        Node(8, "rpt.ft", "f"),
+        Node(8, "rpt.ft", "f", schema="rpt", bare="ft"),
         Node(9, "rpt.dbl", "v", calls=(102,)),
         Node(12, "rpt.over_ft", "v", reads=((8, "rpt", "ft", "f"),)),
     ]
