@@ -403,6 +403,14 @@ statement_not_known = _register(
     "Parse it again",
     hint="Parse the statement again (the Parse sent after the error was skipped), then bind it.",
 )
+# A Bind of a prepared statement whose changes to the session the proxy does not remember (a Parse past the records'
+# bound, [pool] max_session_statements + the unnamed one): refused, never run unfollowed (red team 21p F3).
+statement_not_followed = _register(
+    "statement_not_followed", PROGRAM_LIMIT_EXCEEDED, "ERROR",
+    'pgtenant: prepared statement "{name}" changes the session and was parsed past the {limit} statements whose '
+    "changes this session keeps; it cannot be run",
+    hint="Close prepared statements the session no longer uses, then Parse this one again.",
+)
 # An agent's statement whose admission EXPLAIN answered a plan or error past admission.MAX_ANSWER (red team 9a8 N0):
 # not admitted, and that answer was never held.
 admission_too_large = _register(

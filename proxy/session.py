@@ -424,6 +424,8 @@ class ClientSession:
         # decision function is swapped for one that decides in that context while it is not the empty one.
         self.context = SessionState()
         self.context.max_temp_relations = config.limits.max_temp_relations
+        # (as many statements' changes as PostgreSQL may hold: the named ones the bound allows + the unnamed one)
+        self.context.max_statements = max(1, config.pool.max_session_statements) + 1
         self._tracking = False  # the context needs following (SessionState.idle is false)
         self._binds = 0  # Binds since the last Sync
         self._results = 0  # Executes since the last Sync or Query: the position of the next statement in its request
@@ -686,8 +688,11 @@ class ClientSession:
                 except m.DecodeError:
                     text = None
         shrink, self._parse_shrink = self._parse_shrink, 0
-        edited = st.parse(protocol_name(parse.name), parse.sql, parse.param_types, self._statement_scope(), resets,
+        name = protocol_name(parse.name)
+        edited = st.parse(name, parse.sql, parse.param_types, self._statement_scope(), resets,
                           live, text, shrink if text is not None else 0)
+        if name and name not in st.named:  # refused (past the session's bounds) or skipped: nothing is made
+            self.context.unparsed(name)
         return out if edited is None else edited
 
     def _duplicate_parse(self, name: str, body: bytes) -> bytes | None:
@@ -2649,6 +2654,9 @@ class ClientSession:
                     self._flights is not None and self._flights.bind_unsafe(
                         statement, self._syncs, self._names is not None and statement in self._names.confirmed)):
                 out = m.bind_renamed(body, self._error_marker(errors.statement_not_known(name=statement)))
+            elif self.context.lost_bind(statement):  # its changes are not remembered: never run unfollowed (rt21p F3)
+                out = m.bind_renamed(body, self._error_marker(errors.statement_not_followed(
+                    name=statement, limit=self.context.max_statements)))
             if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
