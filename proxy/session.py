@@ -130,7 +130,7 @@ from proxy.stmtnames import FORGETS_ALL, ServerNames
 from proxy.subxacts import OPS as SAVEPOINT_OPS
 from proxy.subxacts import Savepoints
 from proxy.tenancy import backend_context, parsing_violation, shares_database
-from proxy.tracking import Request, RequestTracker
+from proxy.tracking import _MAX_PENDING, Request, RequestTracker
 from proxy.unknownnames import ClosedFlight, Flight, Flights, UnknownNames
 
 _MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll back to a savepoint, remembered
@@ -1620,6 +1620,8 @@ class ClientSession:
         watch = self._sequences.foreign  # (the held server may hold another session's sequence state)
         busy = watch and bool(self.tracker.pending)
         chunks = self.frontend.feed(data)
+        if self.tracker.dropped:  # past the tracker's bound: no answer may be matched to a request any more
+            return self._too_many_in_flight()
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
                 actions: list[Action] = []
@@ -1647,6 +1649,15 @@ class ClientSession:
         if (self.pooled and self.server is not None and not self.tracker.pending) or self._flushed:
             out += self._idle_after_read()
         return out
+
+    def _too_many_in_flight(self) -> list[Action]:
+        """The client has more requests in flight than the tracker follows (tracking._MAX_PENDING): it dropped the
+        oldest one's attribution, so the answers to come could be matched against the wrong request (red team 21p
+        F1: a ROLLBACK TO PostgreSQL never ran taken as run). The session ends (FATAL 54000) before any answer is
+        read; nothing of this read reaches the server, which is closed, not reused (requests still run on it)."""
+        released = self._close_server(CloseReason.REQUESTS_IN_FLIGHT, broken=True)
+        self._close()
+        return [*released, CloseClient(errors.too_many_in_flight(limit=_MAX_PENDING), CloseReason.REQUESTS_IN_FLIGHT)]
 
     def _idle_after_read(self) -> list[Action]:
         """Transaction pooling, after a client read that PostgreSQL answers with nothing (red team 9s3 R1): CopyData,
