@@ -25,7 +25,7 @@ from tests.support.wire import answer_rows as _rows
 from tests.support.wire import answers as _wire
 from tests.support.wire import login
 
-MODES = ("transaction", "session")
+MODES = ("transaction", "session", "sessioncache")
 SECRET = ("CREATE SCHEMA IF NOT EXISTS othert; CREATE OR REPLACE FUNCTION othert.zz_secret_fn() RETURNS int "
           "LANGUAGE sql AS 'SELECT 1'")
 ROUTINES = "SELECT routine_schema::text, routine_name::text FROM routines WHERE routine_name::text LIKE 'zz%'"
@@ -35,10 +35,11 @@ FILLER = "SET application_name = 'filler'"  # (a statement with a change to foll
 
 @pytest.fixture(scope="module")
 def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
-    """One proxy per pool mode (session pooling without the statement cache: the client's names reach the server)."""
+    """One proxy per pool mode; session pooling without the statement cache (the client's names reach the server)
+    and with it (sessioncache: the statement maps hold them, as in transaction pooling)."""
     yield from started_per_mode(lambda mode: dan_proxy(
         pg, tmp_path_factory.mktemp(f"records-{mode}"),
-        pool={"pool_mode": mode, **({"statement_cache": False} if mode == "session" else {})}), MODES)
+        pool={"pool_mode": mode.removesuffix("cache"), "statement_cache": mode == "sessioncache"}), MODES)
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +81,8 @@ def _fill(sock: socket.socket, names: list[str]) -> list[Any]:
 
 
 @pytest.mark.parametrize(("shape", "mode"), [("unnamed_last", "transaction"), ("unnamed_last", "session"),
-                                             ("refused_parses", "transaction")])  # (session pooling's held: rt21p)
+                                             ("unnamed_last", "sessioncache"), ("refused_parses", "transaction")])
+# (refused_parses held in session pooling before the fix, rt21p: not listed there)
 def test_a_set_config_statement_is_followed_after_a_thousand_others(
         proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, shape: str) -> None:
     """rt21p F3 (lk3, lk2): Parse s = set_config(search_path, information_schema first), then 999 named statements
