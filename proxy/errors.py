@@ -411,6 +411,22 @@ savepoint_statement_forgotten = _register(
     "remembers {limit} such statements not closed); Parse it again",
     hint="Close the prepared savepoint statements no longer used; Parse this one again, then bind it.",
 )
+# A Bind of a prepared statement whose changes to the session the proxy does not remember (a Parse past the records'
+# bound, [pool] max_session_statements + the unnamed one): refused, never run unfollowed (red team 21p F3).
+statement_not_followed = _register(
+    "statement_not_followed", PROGRAM_LIMIT_EXCEEDED, "ERROR",
+    'pgtenant: prepared statement "{name}" changes the session and was parsed past the {limit} statements whose '
+    "changes this session keeps; it cannot be run",
+    hint="Close prepared statements the session no longer uses, then Parse this one again.",
+)
+# More requests (Queries, batches to their Sync) sent and not yet answered than the session follows (the request
+# tracker's bound): the connection ends before an answer is matched against the wrong request (red team 21p F1).
+too_many_in_flight = _register(
+    "too_many_in_flight", PROGRAM_LIMIT_EXCEEDED, "FATAL",
+    "pgtenant: more than {limit} requests in flight: read answers before sending more",
+    hint="Read the server's answers as you send (a pipeline or batch needs no more than a few thousand unanswered "
+         "requests).",
+)
 # An agent's statement whose admission EXPLAIN answered a plan or error past admission.MAX_ANSWER (red team 9a8 N0):
 # not admitted, and that answer was never held.
 admission_too_large = _register(

@@ -110,6 +110,7 @@ class CloseReason(enum.StrEnum):
     MAX_CONCURRENT_QUERIES = "max_concurrent_queries"  # a batch without its Sync waited past query_wait_timeout
     ANSWER_WITHHELD = "answer_withheld"  # the last line found a reserved name in a message already begun for the client
     RESULT_CUT = "result_cut"  # a cut result could not be left in PostgreSQL's after-error state
+    REQUESTS_IN_FLIGHT = "requests_in_flight"  # more requests sent unanswered than the session follows (rt21p F1)
 
     @classmethod
     def auth_failed(cls, reason: str) -> CloseReason:

@@ -130,7 +130,7 @@ from proxy.stmtnames import FORGETS_ALL, ServerNames
 from proxy.subxacts import OPS as SAVEPOINT_OPS
 from proxy.subxacts import Savepoints
 from proxy.tenancy import backend_context, parsing_violation, shares_database
-from proxy.tracking import Request, RequestTracker
+from proxy.tracking import _MAX_PENDING, Request, RequestTracker
 from proxy.unknownnames import ClosedFlight, Flight, Flights, UnknownNames
 
 _MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll back to a savepoint, remembered
@@ -427,6 +427,8 @@ class ClientSession:
         # decision function is swapped for one that decides in that context while it is not the empty one.
         self.context = SessionState()
         self.context.max_temp_relations = config.limits.max_temp_relations
+        # (as many statements' changes as PostgreSQL may hold: the named ones the bound allows + the unnamed one)
+        self.context.max_statements = max(1, config.pool.max_session_statements) + 1
         self._tracking = False  # the context needs following (SessionState.idle is false)
         self._binds = 0  # Binds since the last Sync
         self._results = 0  # Executes since the last Sync or Query: the position of the next statement in its request
@@ -689,8 +691,11 @@ class ClientSession:
                 except m.DecodeError:
                     text = None
         shrink, self._parse_shrink = self._parse_shrink, 0
-        edited = st.parse(protocol_name(parse.name), parse.sql, parse.param_types, self._statement_scope(), resets,
+        name = protocol_name(parse.name)
+        edited = st.parse(name, parse.sql, parse.param_types, self._statement_scope(), resets,
                           live, text, shrink if text is not None else 0)
+        if name and name not in st.named:  # refused (past the session's bounds) or skipped: nothing is made
+            self.context.unparsed(name)
         return out if edited is None else edited
 
     def _duplicate_parse(self, name: str, body: bytes) -> bytes | None:
@@ -1618,6 +1623,8 @@ class ClientSession:
         watch = self._sequences.foreign  # (the held server may hold another session's sequence state)
         busy = watch and bool(self.tracker.pending)
         chunks = self.frontend.feed(data)
+        if self.tracker.dropped:  # past the tracker's bound: no answer may be matched to a request any more
+            return self._too_many_in_flight()
         for i, item in enumerate(chunks):
             if isinstance(item, Message):  # only Terminate is held back
                 actions: list[Action] = []
@@ -1645,6 +1652,15 @@ class ClientSession:
         if (self.pooled and self.server is not None and not self.tracker.pending) or self._flushed:
             out += self._idle_after_read()
         return out
+
+    def _too_many_in_flight(self) -> list[Action]:
+        """The client has more requests in flight than the tracker follows (tracking._MAX_PENDING): it dropped the
+        oldest one's attribution, so the answers to come could be matched against the wrong request (red team 21p
+        F1: a ROLLBACK TO PostgreSQL never ran taken as run). The session ends (FATAL 54000) before any answer is
+        read; nothing of this read reaches the server, which is closed, not reused (requests still run on it)."""
+        released = self._close_server(CloseReason.REQUESTS_IN_FLIGHT, broken=True)
+        self._close()
+        return [*released, CloseClient(errors.too_many_in_flight(limit=_MAX_PENDING), CloseReason.REQUESTS_IN_FLIGHT)]
 
     def _idle_after_read(self) -> list[Action]:
         """Transaction pooling, after a client read that PostgreSQL answers with nothing (red team 9s3 R1): CopyData,
@@ -2669,6 +2685,9 @@ class ClientSession:
             elif self._forgotten is not None and self._forgotten.unknown(statement):  # (issue 18)
                 out = m.bind_renamed(body, self._error_marker(errors.savepoint_statement_forgotten(
                     name=statement, limit=_MAX_SUBXACT_STATEMENTS)))
+            elif self.context.lost_bind(statement):  # its changes are not remembered: never run unfollowed (rt21p F3)
+                out = m.bind_renamed(body, self._error_marker(errors.statement_not_followed(
+                    name=statement, limit=self.context.max_statements)))
             if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours

@@ -52,7 +52,10 @@ from proxy.policy.model import (
 )
 from proxy.policy.settings import client_path
 
-_MAX_STATEMENTS = 1000  # prepared statements remembered with their changes
+# Prepared statements remembered with their changes: by default [pool] max_session_statements' default + the unnamed
+# one (the session sets `max_statements` from its config: PostgreSQL never holds more than the statement maps let it).
+_MAX_STATEMENTS = 1001
+_MAX_LOST = 4096  # names past `max_statements` held unrecorded; past it every unrecorded name's Bind is refused
 _LIMITED = frozenset({TEMP_TABLE, TEMP_VIEW, EXPORT_SNAPSHOT})  # checked again at each Bind (context.refusal)
 _LOCK_OPS = frozenset({ADVISORY_LOCK, ADVISORY_UNLOCK})
 _ENDS = frozenset({COMMIT, ROLLBACK, ROLLBACK_TO})  # what may take back temporary relations and a search_path
@@ -90,6 +93,12 @@ class SessionState:
         self.savepoints: list[tuple[str, SessionContext]] = []
         self.requests: deque[_Request] = _NO_REQUESTS  # type: ignore[assignment]  # (a deque once one is recorded)
         self.statements: dict[str, tuple[Change, ...]] = {}  # prepared statement -> its changes
+        # How many statements' changes are remembered ([pool] max_session_statements + the unnamed one). A record is
+        # never dropped to make room (red team 21p F3: an evicted set_config statement ran unfollowed): a Parse past
+        # it leaves its name in `lost`, whose Binds are refused (`lost_bind`) until it is Parsed again or closed.
+        self.max_statements = _MAX_STATEMENTS
+        self.lost: set[str] = set()
+        self.lost_overflow = False  # more names lost than _MAX_LOST: a Bind of any name not recorded is refused
         self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
         # A statement calling a session advisory lock function was sent since the server was last asked which
         # advisory locks it holds: the count in the context may be wrong (a call run once per row, or not at all,
@@ -127,6 +136,7 @@ class SessionState:
             and self.committed is EMPTY_CONTEXT
             and not self.requests
             and not self.savepoints
+            and not self.lost
             and not any(_stateful(c) for c in self.statements.values())
         )
 
@@ -144,13 +154,41 @@ class SessionState:
         context is the stricter direction. A removal (DROP of a temporary relation, DISCARD), a search_path or
         other setting change counts once it runs, never for a Parse not executed (red team 9a9 R3)."""
         if changes:
-            if name not in self.statements and len(self.statements) >= _MAX_STATEMENTS:
-                self.statements.pop(next(iter(self.statements)))
-            self.statements[name] = changes
+            if name not in self.statements and len(self.statements) >= self.max_statements:
+                self._lose(name)  # (no record is dropped for it: PostgreSQL may hold that statement)
+            else:
+                self.statements[name] = changes
+                if self.lost:
+                    self.lost.discard(name)
             self.belief = _canonical(_speculate(self.belief, changes))
             self._stale = True
         else:
             self.statements.pop(name, None)
+            if self.lost:
+                self.lost.discard(name)
+
+    def _lose(self, name: str) -> None:
+        """Statement `name`'s changes cannot be remembered: its Binds are refused until it is Parsed again."""
+        self.statements.pop(name, None)
+        if len(self.lost) >= _MAX_LOST:
+            self.lost_overflow = True
+        else:
+            self.lost.add(name)
+
+    def unparsed(self, name: str) -> None:
+        """A Parse of `name` recorded by `parse` made nothing on the server (refused before it, as the statement
+        maps refuse one past [pool] max_session_statements): it records nothing (red team 21p F3: it took a
+        record's place)."""
+        self.statements.pop(name, None)
+        if self.lost:
+            self.lost.discard(name)
+
+    def lost_bind(self, name: str) -> bool:
+        """Whether a Bind of `name` must be refused: its changes are not remembered (a Parse past `max_statements`),
+        so running it would go unfollowed."""
+        if name in self.lost:
+            return True
+        return self.lost_overflow and name not in self.statements
 
     def bind(self, name: str) -> Deny | None:
         """A Bind of prepared statement `name`: the denial to answer instead when running it would take the session
@@ -177,6 +215,8 @@ class SessionState:
 
     def close(self, name: str) -> None:
         self.statements.pop(name, None)
+        if self.lost:
+            self.lost.discard(name)
 
     def rollback_targets(self) -> list[SessionContext]:
         """The contexts a rollback in flight may take the session back to: the transaction's start, each savepoint's,

@@ -384,3 +384,42 @@ def test_rollback_targets_hold_a_savepoint_sent_in_the_same_write() -> None:
     targets = w.state.rollback_targets()
     assert [t.effective()[0] for t in targets] == [None, ("information_schema", "public")]  # (a: set while idle)
     assert w.state.ending()
+
+
+def test_no_statement_record_is_dropped_to_make_room() -> None:
+    """Red team 21p F3: the records of 1,000 statements' changes dropped the oldest for the 1,001st (1,000 named +
+    the unnamed one, all held by PostgreSQL): a prepared set_config of search_path then ran unfollowed. They hold
+    [pool] max_session_statements + 1; a Parse past that records nothing and its name's Binds are refused (lost)
+    until it is Parsed again with room or closed; a Parse the server never got (`unparsed`) takes no place."""
+    state = SessionState()
+    path = Change(0, SET_PATH, path=("information_schema", "globex"))
+    filler = (Change(0, SAVEPOINT, "a"),)
+    state.parse("s", (path,))
+    for k in range(999):
+        state.parse(f"f{k}", filler)
+    state.parse("", filler)
+    assert state.statements["s"] == (path,) and not state.lost_bind("s") and len(state.statements) == 1001
+    state.parse("g", filler)  # past the bound: nothing dropped for it
+    assert state.statements["s"] == (path,) and "g" not in state.statements and state.lost_bind("g")
+    assert not state.idle
+    state.close("f0")
+    state.parse("g", filler)  # parsed again with room: recorded, bound as any other
+    assert state.statements["g"] == filler and not state.lost_bind("g")
+    state.parse("h", filler)
+    assert state.lost_bind("h")
+    state.parse("h", ())  # a statement without changes under the name: nothing to follow
+    assert not state.lost_bind("h")
+    state.close("g")
+    state.parse("r", filler)
+    state.unparsed("r")  # refused before the server: no record, no place taken, no name lost
+    assert "r" not in state.statements and not state.lost_bind("r") and len(state.statements) == 1000
+
+
+def test_a_smaller_bound_holds_as_many_records_as_the_server_may_hold() -> None:
+    """The records' bound is the session's ([pool] max_session_statements + the unnamed one, set by the session)."""
+    state = SessionState()
+    state.max_statements = 3
+    for name in ("a", "b", ""):
+        state.parse(name, (Change(0, SAVEPOINT, "x"),))
+    state.parse("c", (Change(0, SAVEPOINT, "x"),))
+    assert set(state.statements) == {"a", "b", ""} and state.lost_bind("c") and not state.lost_bind("a")

@@ -1,0 +1,105 @@
+"""Red team 21p F3 / F1: what the session follows is never given up while PostgreSQL may still act on it.
+
+F3: the records of prepared statements' changes (a set_config of search_path) held 1,000 and dropped the oldest for
+the next — the 1,001st with the unnamed statement, or (transaction pooling) a Parse the statement maps refused past
+[pool] max_session_statements: the set_config then ran unfollowed and gina (globex) read other schemas' function
+names through unqualified `routines`. F1: past 10,000 requests in flight the tracker matched answers to the wrong
+request; the session now ends (FATAL 54000, test_in_flight.py). gina of `saas`, both pool modes, every PostgreSQL
+the fixtures offer.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from proxy.protocol import messages as m
+from tests.support.pgcluster import PgCluster
+from tests.support.proxyproc import ProxyProcess, dan_proxy, started_per_mode
+from tests.support.wire import answer_codes as _errors
+from tests.support.wire import answer_rows as _rows
+from tests.support.wire import answers as _wire
+from tests.support.wire import login
+
+MODES = ("transaction", "session", "sessioncache")
+SECRET = ("CREATE SCHEMA IF NOT EXISTS othert; CREATE OR REPLACE FUNCTION othert.zz_secret_fn() RETURNS int "
+          "LANGUAGE sql AS 'SELECT 1'")
+ROUTINES = "SELECT routine_schema::text, routine_name::text FROM routines WHERE routine_name::text LIKE 'zz%'"
+SET_PATH = "SELECT set_config('search_path', 'information_schema, globex', false)"
+FILLER = "SET application_name = 'filler'"  # (a statement with a change to follow: it takes a record)
+
+
+@pytest.fixture(scope="module")
+def proxies(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ProxyProcess]]:
+    """One proxy per pool mode; session pooling without the statement cache (the client's names reach the server)
+    and with it (sessioncache: the statement maps hold them, as in transaction pooling)."""
+    yield from started_per_mode(lambda mode: dan_proxy(
+        pg, tmp_path_factory.mktemp(f"records-{mode}"),
+        pool={"pool_mode": mode.removesuffix("cache"), "statement_cache": mode == "sessioncache"}), MODES)
+
+
+@pytest.fixture(autouse=True)
+def _no_secret_left(pg: PgCluster) -> Iterator[None]:
+    yield
+    pg.execute("DROP SCHEMA IF EXISTS othert CASCADE", dbname="saas")
+
+
+def _session(proxy: ProxyProcess) -> socket.socket:
+    sock, msgs = login(proxy.port, {"user": "gina", "database": "saas"}, proxy.password("gina"))
+    assert msgs[-1][0] == b"Z", msgs
+    return sock
+
+
+def _parse(name: str, sql: str) -> bytes:
+    return m.Parse(name, sql, b"\x00\x00").encode()
+
+
+def _bind(portal: str, statement: str) -> bytes:
+    return m.frame(b"B", portal.encode() + b"\x00" + statement.encode() + b"\x00" + struct.pack("!hhh", 0, 0, 0))
+
+
+def _execute(portal: str) -> bytes:
+    return m.frame(b"E", portal.encode() + b"\x00" + struct.pack("!i", 0))
+
+
+def _leaked(answers: list[tuple[str, Any]]) -> list[Any]:
+    return [row for row in _rows(answers) if "zz_secret" in str(row)]
+
+
+def _fill(sock: socket.socket, names: list[str]) -> list[Any]:
+    """Parse `names` (the filler), 100 a batch, one Sync each: the SQLSTATEs of the refused ones."""
+    codes: list[Any] = []
+    for k in range(0, len(names), 100):
+        batch = names[k:k + 100]
+        for name in batch:  # (one Sync each: a refused one skips nothing after it)
+            codes += _errors(_wire(sock, _parse(name, FILLER) + m.SYNC_MESSAGE))
+    return codes
+
+
+@pytest.mark.parametrize(("shape", "mode"), [("unnamed_last", "transaction"), ("unnamed_last", "session"),
+                                             ("unnamed_last", "sessioncache"), ("refused_parses", "transaction")])
+# (refused_parses held in session pooling before the fix, rt21p: not listed there)
+def test_a_set_config_statement_is_followed_after_a_thousand_others(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, shape: str) -> None:
+    """rt21p F3 (lk3, lk2): Parse s = set_config(search_path, information_schema first), then 999 named statements
+    with a change and the unnamed one (1,001 records, all PostgreSQL holds), or (lk2) 1,010 named ones, the last
+    11 refused past max_session_statements = 1000; then Bind s and Execute: PostgreSQL sets the path, and the proxy
+    must know it — unqualified `routines` is filtered (othert's function not listed)."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode])
+    try:
+        assert _errors(_wire(sock, _parse("s", SET_PATH) + m.SYNC_MESSAGE)) == []
+        if shape == "unnamed_last":
+            assert _fill(sock, [f"f{k}" for k in range(999)]) == []
+            assert _errors(_wire(sock, _parse("", FILLER) + m.SYNC_MESSAGE)) == []
+        else:
+            assert _fill(sock, [f"f{k}" for k in range(1010)]) == ["53200"] * 11
+        answers = _wire(sock, _bind("p", "s") + _execute("p") + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and _rows(answers) == ["information_schema, globex"]
+        assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
+    finally:
+        sock.close()
