@@ -2321,8 +2321,10 @@ class ClientSession:
         """A Bind: refused when its portal, or the cursor its prepared DECLARE opens (again, once closed), would take
         the session past [pool] max_session_portals (red team 20s M0: each open portal keeps its executor state on
         the server, ~24 KB, 9.5 GB at 400,000 from one login; M1: a sort each)."""
-        held, limit = self.context.belief.cursors, self.config.pool.max_session_portals
         changes = self.context.statements.get(statement) if self._tracking else None
+        if not changes and body[:1] == b"\x00":  # (the usual Bind: the unnamed portal, never counted, opening nothing)
+            return None
+        held, limit = self.context.belief.cursors, self.config.pool.max_session_portals
         if changes and any(c.op in PORTAL_OPENING for c in changes):
             denied = self._open_portals.changes(((c.op, c.name) for c in changes), held, limit, frees=False)
             if denied is not None:
@@ -2821,7 +2823,9 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
-        self._open_portals.ready(body[:1], not self.tracker.pending)
+        open_portals = self._open_portals
+        if open_portals.names or open_portals.freed:  # (else ready changes nothing: test_portalbounds' idle case)
+            open_portals.ready(body[:1], not self.tracker.pending)
         if self._declaring and request is not None:
             self._declares_ended(request, body[:1])
         if (self._portals or self._declaring_portals or self._declaring) and body[:1] == b"I" and \
