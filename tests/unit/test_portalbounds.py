@@ -124,7 +124,8 @@ def test_ready_with_no_name_open_nor_freed_changes_nothing(status: bytes, last: 
     fills: dict[type, object] = {set: {"p"}, dict: {"p": 1}, tuple: ("p",), type(None): (1, "marker")}
     for slot in OpenPortals.__slots__:
         if slot not in ("names", "freed"):
-            setattr(open_, slot, fills[type(getattr(open_, slot))])
+            value = getattr(open_, slot)
+            setattr(open_, slot, (not value) if type(value) is bool else fills[type(value)])
     before = {slot: repr(getattr(open_, slot)) for slot in OpenPortals.__slots__}
     open_.ready(status, last)
     assert {slot: repr(getattr(open_, slot)) for slot in OpenPortals.__slots__} == before
