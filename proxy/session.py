@@ -2643,7 +2643,9 @@ class ClientSession:
                     self._flights is not None and self._flights.bind_unsafe(
                         statement, self._syncs, self._names is not None and statement in self._names.confirmed)):
                 out = m.bind_renamed(body, self._error_marker(errors.statement_not_known(name=statement)))
-            if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
+            if body[:1] != b"\x00" or (self._runs is not None and self._runs.statements) or self._declaring_portals:
+                # (a named portal, statements that run by SQL, or portals that DECLARE: else the unnamed portal's
+                # Bind runs nothing by SQL and is never held, _bind_runs' None)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
                     self._report("bind", statement, denied)
