@@ -2358,8 +2358,10 @@ class ClientSession:
         """A Bind: refused when its portal, or the cursor its prepared DECLARE opens (again, once closed), would take
         the session past [pool] max_session_portals (red team 20s M0: each open portal keeps its executor state on
         the server, ~24 KB, 9.5 GB at 400,000 from one login; M1: a sort each)."""
-        held, limit = self.context.belief.cursors, self.config.pool.max_session_portals
         changes = self.context.statements.get(statement) if self._tracking else None
+        if not changes and body[:1] == b"\x00" and not self._open_portals.closers:  # (the usual Bind: the unnamed
+            return None  # portal, never counted, opening nothing, no Execute of it to free at)
+        held, limit = self.context.belief.cursors, self.config.pool.max_session_portals
         level = self._subxacts.top() if self._subxacts is not None else 0  # (F2: a ROLLBACK TO drops it)
         if changes and any(c.op in PORTAL_OPENING for c in changes):
             denied = self._open_portals.changes(((c.op, c.name) for c in changes), held, limit, False, level)
@@ -2688,7 +2690,9 @@ class ClientSession:
             elif self.context.lost_bind(statement):  # its changes are not remembered: never run unfollowed (rt21p F3)
                 out = m.bind_renamed(body, self._error_marker(errors.statement_not_followed(
                     name=statement, limit=self.context.max_statements)))
-            if self._runs is not None or body[:1] != b"\x00":  # (a named portal, or statements that run by SQL)
+            if body[:1] != b"\x00" or (self._runs is not None and self._runs.statements) or self._declaring_portals:
+                # (a named portal, statements that run by SQL, or portals that DECLARE: else the unnamed portal's
+                # Bind runs nothing by SQL and is never held, _bind_runs' None)
                 denied = self._bind_runs(protocol_key(body[:body.index(b"\x00")]), statement)
                 if denied is not None:  # the backend fails to find the marker statement; its error becomes ours
                     self._report("bind", statement, denied)
@@ -2873,7 +2877,10 @@ class ClientSession:
             self.info.tx_status = self._tx_status
         request = self.tracker.on_ready()
         self._done = 0
-        self._open_portals.ready(body[:1], not self.tracker.pending)
+        open_portals = self._open_portals
+        if open_portals.names or open_portals.freed or open_portals.closers or open_portals.levels:
+            # (else ready changes nothing: test_portalbounds' idle case)
+            open_portals.ready(body[:1], not self.tracker.pending)
         if self._declaring and request is not None:
             self._declares_ended(request, body[:1])
         if (self._portals or self._declaring_portals or self._declaring) and body[:1] == b"I" and \

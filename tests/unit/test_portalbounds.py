@@ -115,6 +115,23 @@ def test_declares_count_and_closes_free_in_one_string() -> None:
     assert open_.changes([(DECLARE_CURSOR, "z")], NONE, 1) is not None
 
 
+@pytest.mark.parametrize("status", [b"I", b"T", b"E"])
+@pytest.mark.parametrize("last", [True, False])
+def test_ready_with_no_name_open_nor_freed_changes_nothing(status: bytes, last: bool) -> None:
+    """ClientSession._on_ready_for_query calls `ready` only while `names`, `freed`, `closers` or `levels` holds one
+    (the usual transaction opens no portal; wp-perf21): every other slot, filled, stays as it was. A slot that
+    `ready` changes on its own fails here: the session's guard must then read it too."""
+    open_ = OpenPortals()
+    fills: dict[type, object] = {set: {"p"}, dict: {"p": 1}, tuple: ("p",), type(None): (1, "marker")}
+    for slot in OpenPortals.__slots__:
+        if slot not in ("names", "freed", "closers", "levels"):
+            value = getattr(open_, slot)
+            setattr(open_, slot, (not value) if type(value) is bool else fills[type(value)])
+    before = {slot: repr(getattr(open_, slot)) for slot in OpenPortals.__slots__}
+    open_.ready(status, last)
+    assert {slot: repr(getattr(open_, slot)) for slot in OpenPortals.__slots__} == before
+
+
 def _session(tmp_path: Path, mode: str, **pool: object) -> ClientSession:
     return policy_session(tmp_path, mode, POLICY, **pool)
 
