@@ -566,7 +566,7 @@ _CALLED = """
     JOIN pg_catalog.pg_proc fp ON fp.oid = CASE WHEN d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
                                                 THEN d.refobjid ELSE COALESCE(o.oprcode::pg_catalog.oid, k.castfunc) END
     JOIN pg_catalog.pg_namespace fn ON fn.oid = fp.pronamespace
-                                   AND fn.nspname NOT IN ('pg_catalog', 'information_schema')
+                                   AND (fn.nspname NOT IN ('pg_catalog', 'information_schema') OR fp.oid >= 16384)
 """
 
 _EXTENSION = """(SELECT e.extname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid
@@ -625,7 +625,8 @@ SELECT p.oid::int8, n.nspname || '.' || p.proname || '(' || pg_catalog.pg_get_fu
                 AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass),
        ARRAY(SELECT DISTINCT fp.oid::int8 FROM pg_catalog.pg_depend d {_CALLED}
               WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND fp.oid <> p.oid),
-       {{runs_sql}}, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid)
+       {{runs_sql}}, n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid),
+       pg_catalog.oidvectortypes(p.proargtypes)
   FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   JOIN pg_catalog.pg_roles o ON o.oid = p.proowner
   CROSS JOIN me
@@ -743,8 +744,8 @@ def read_graph(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, 
     sql = _GRAPH_FUNCTIONS.replace("{atomic}", "p.prosqlbody IS NOT NULL" if modern else "false").replace(
         "{runs_sql}", f"coalesce(p.prosqlbody::text ~ {_RUNS_SQL}, false)" if modern else "false")
     fns = [Node(int(oid), name, "fn", owner, ext, False, bool(usable), False, bool(atom), _graph_rels(reads),
-                tuple(int(c) for c in calls), bool(runs), str(nsp), str(bare), (str(args),))
-           for oid, name, owner, ext, usable, atom, reads, calls, runs, nsp, bare, args
+                tuple(int(c) for c in calls), bool(runs), str(nsp), str(bare), (str(args), str(types)))
+           for oid, name, owner, ext, usable, atom, reads, calls, runs, nsp, bare, args, types
            in conn.execute(sql, keys).fetchall()]
     return Graph(rels, fns, scoped)
 

@@ -137,6 +137,9 @@ _MAX_SUBXACT_STATEMENTS = 1000  # prepared statements that set, release or roll 
 # Denials sent to the backend and not yet answered: at most this many, holding at most this many bytes (a pipelined
 # burst past either loses only its oldest messages' wording, see _on_error_response).
 _MAX_PENDING_DENIALS = 65536
+# `_closed_statement`'s context record of a statement whose changes were never recorded (SessionState.lost): a Close
+# PostgreSQL skips puts the name back as lost, never as a statement without changes (red team 21v F1)
+_LOST_RECORD: Any = object()
 _MAX_DENIAL_BYTES = 1 << 20
 _DENIAL_OVERHEAD = 200  # bytes an entry costs besides its message: the marker key, the PgError, the dict slot
 _MAX_MEMO_BODY = 64 * 1024  # a longer Parse is not memoized (its body would stay held until the next Parse)
@@ -2206,7 +2209,9 @@ class ClientSession:
             self._subxact_noted(name, subxact)
         if kept is not None:
             self.tracker.on_close_undone(name, kept)
-        if changes is not None:
+        if changes is _LOST_RECORD:
+            self.context.lose(name)
+        elif changes is not None:
             self.context.parse(name, changes)
             self._context_changed()
         if decided is not None and self._prepared_in is not None:
@@ -2854,6 +2859,8 @@ class ClientSession:
                 self._agent_bytes -= len(old[0]) if old is not None else 0
         if self._tracking:
             changes = self.context.statements.get(name)
+            if changes is None and self.context.lost_bind(name):
+                changes = _LOST_RECORD  # (put back as lost if PostgreSQL skips the Close: red team 21v F1)
             self.context.close(name)
             self._context_changed()
         if self._prepared_in is not None:

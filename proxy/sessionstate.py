@@ -31,6 +31,7 @@ from proxy.policy.model import (
     ADVISORY_UNLOCK,
     CLOSE_CURSOR,
     COMMIT,
+    DEALLOCATE,
     DISCARD_ALL,
     EMPTY_CONTEXT,
     EXPORT_SNAPSHOT,
@@ -167,6 +168,11 @@ class SessionState:
             if self.lost:
                 self.lost.discard(name)
 
+    def lose(self, name: str) -> None:
+        """A Close of lost statement `name` that PostgreSQL skipped: the statement is still there, unrecorded, so its
+        Binds stay refused (red team 21v F1: a second skipped Close ran it unfollowed)."""
+        self._lose(name)
+
     def _lose(self, name: str) -> None:
         """Statement `name`'s changes cannot be remembered: its Binds are refused until it is Parsed again."""
         self.statements.pop(name, None)
@@ -217,6 +223,21 @@ class SessionState:
         self.statements.pop(name, None)
         if self.lost:
             self.lost.discard(name)
+
+    def _deallocated(self, name: str) -> None:
+        """PostgreSQL ran a DEALLOCATE of prepared statement `name` ("": DEALLOCATE ALL, DISCARD ALL — every named
+        one; the unnamed statement's record stays): its records go, and lost names with it (review 21 F2: kept, they
+        filled the records and refused every later statement with changes, past 4,096 every Bind)."""
+        if name:
+            self.statements.pop(name, None)
+            self.lost.discard(name)
+            return
+        unnamed = self.statements.get("")
+        self.statements.clear()
+        if unnamed is not None:
+            self.statements[""] = unnamed
+        self.lost.clear()
+        self.lost_overflow = False
 
     def rollback_targets(self) -> list[SessionContext]:
         """The contexts a rollback in flight may take the session back to: the transaction's start, each savepoint's,
@@ -337,6 +358,8 @@ class SessionState:
 
     def _confirm(self, change: Change, tag: bytes) -> None:
         op = change.op
+        if op in (DEALLOCATE, DISCARD_ALL):
+            self._deallocated(change.name if op == DEALLOCATE else "")
         if op in _SET_OPS:
             self._sets_confirmed.append(change)
         elif op not in TRANSACTION_OPS:

@@ -124,11 +124,18 @@ def test_objects_made_in_the_system_schemas_after_initdb_are_checked(
     pg.execute(_BARE + "CREATE VIEW information_schema.df_list AS SELECT tenant_id AS who FROM public.orders; "
                "GRANT SELECT ON information_schema.df_list TO PUBLIC; "
                "CREATE FUNCTION pg_catalog.df_all() RETURNS text LANGUAGE sql STABLE SECURITY DEFINER "
-               "AS 'SELECT string_agg(tenant_id, '','') FROM public.orders'", dbname=db)
+               "AS 'SELECT string_agg(tenant_id, '','') FROM public.orders'; "
+               # (review 21 F3: a materialized view reaching the table through an invoker function made there)
+               "CREATE FUNCTION pg_catalog.df_inv() RETURNS text LANGUAGE sql STABLE "
+               "AS 'SELECT string_agg(tenant_id, '','') FROM public.orders'; "
+               "CREATE MATERIALIZED VIEW public.df_sysmv AS SELECT pg_catalog.df_inv() AS who; "
+               "GRANT SELECT ON public.df_sysmv TO PUBLIC", dbname=db)
     log = _refusal(p)
     assert "view information_schema.df_list reads its tables" in log, log
     assert "function pg_catalog.df_all() runs with its owner's rights" in log, log
-    pg.execute("DROP VIEW information_schema.df_list; DROP FUNCTION pg_catalog.df_all()", dbname=db)
+    assert "materialized view public.df_sysmv holds STORED rows" in log, log
+    pg.execute("DROP VIEW information_schema.df_list; DROP FUNCTION pg_catalog.df_all(); "
+               "DROP MATERIALIZED VIEW public.df_sysmv; DROP FUNCTION pg_catalog.df_inv()", dbname=db)
     p.start(provision=False)
     p.stop()
 

@@ -103,3 +103,33 @@ def test_a_set_config_statement_is_followed_after_a_thousand_others(
         assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
     finally:
         sock.close()
+
+
+def _close_statement(name: str) -> bytes:
+    return m.close_message(b"S", name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_skipped_close_leaves_a_lost_statement_refused(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str) -> None:
+    """Red team 21v F1 (lc.py, transaction pooling): with the records full (s, 999 named, the unnamed), a batch
+    whose Close S s and Parse g PostgreSQL skips (an Execute of an unknown portal fails first) leaves s lost — g's
+    record took its room —; a second such skipped Close of s cleared the lost mark when it was sent, and nothing put
+    it back: the Bind of s then ran unfollowed and gina read othert's function through unqualified `routines`. Each
+    skipped Close leaves s lost now: its Bind is refused (54000), nothing leaks."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode])
+    try:
+        assert _errors(_wire(sock, _parse("s", SET_PATH) + m.SYNC_MESSAGE)) == []
+        assert _fill(sock, [f"f{k}" for k in range(999)]) == []
+        assert _errors(_wire(sock, _parse("", FILLER) + m.SYNC_MESSAGE)) == []
+        skipped = _execute("nop") + _close_statement("s")
+        assert _errors(_wire(sock, skipped + _parse("g", FILLER) + m.SYNC_MESSAGE)) == ["34000"]
+        assert _errors(_wire(sock, skipped + m.SYNC_MESSAGE)) == ["34000"]
+        answers = _wire(sock, _bind("p", "s") + _execute("p") + m.SYNC_MESSAGE)
+        # refused where s's record is lost (the statement maps: transaction pooling, the statement cache); run and
+        # followed where it stayed recorded (the client's names reach the server: its records go at CloseComplete)
+        assert _errors(answers) in ([], ["54000"]), answers
+        assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
+    finally:
+        sock.close()

@@ -6,6 +6,8 @@ from dataclasses import replace
 
 from proxy.policy.model import (
     COMMIT,
+    DEALLOCATE,
+    DISCARD_ALL,
     DISCARD_TEMP,
     DROP_TEMP,
     EMPTY_CONTEXT,
@@ -423,3 +425,37 @@ def test_a_smaller_bound_holds_as_many_records_as_the_server_may_hold() -> None:
         state.parse(name, (Change(0, SAVEPOINT, "x"),))
     state.parse("c", (Change(0, SAVEPOINT, "x"),))
     assert set(state.statements) == {"a", "b", ""} and state.lost_bind("c") and not state.lost_bind("a")
+
+
+def test_a_confirmed_deallocate_or_discard_all_frees_the_records() -> None:
+    """Review 21 F2: DEALLOCATE, DEALLOCATE ALL and DISCARD ALL never dropped the statements' records (nor lost
+    names): a session that prepares and deallocates (psycopg's prepared-statement cache) filled them, and every later
+    statement with changes was refused at Bind (past 4,096 lost names, every Bind). Once PostgreSQL answers one, the
+    records of what it deallocated go; one it skips (an error before it) frees nothing."""
+    w = Wire()
+    w.state.max_statements = 3
+    filler = (Change(0, SAVEPOINT, "x"),)
+    for name in ("a", "b", ""):
+        w.state.parse(name, filler)
+    w.state.parse("c", filler)
+    assert w.state.lost_bind("c")
+    w.query(tx(DEALLOCATE, 0, "a"))
+    w.answer(0, error=True)  # skipped: nothing freed
+    assert set(w.state.statements) == {"a", "b", ""}
+    w.query(tx(DEALLOCATE, 0, "a"))
+    w.answer(1, tags=(b"DEALLOCATE",))
+    assert set(w.state.statements) == {"b", ""}
+    w.state.parse("c", filler)
+    assert not w.state.lost_bind("c") and set(w.state.statements) == {"b", "c", ""}
+    w.state.parse("d", filler)
+    assert w.state.lost_bind("d")
+    w.query(tx(DEALLOCATE, 0, ""))  # DEALLOCATE ALL: every named one (the unnamed statement's record stays)
+    w.answer(1, tags=(b"DEALLOCATE ALL",))
+    assert set(w.state.statements) == {""} and not w.state.lost_bind("d")
+    w.state.parse("e", filler)
+    w.state.parse("f", filler)
+    w.state.parse("g", filler)
+    assert w.state.lost_bind("g")
+    w.query(tx(DISCARD_ALL, 0))
+    w.answer(1, tags=(b"DISCARD ALL",))
+    assert set(w.state.statements) == {""} and not w.state.lost_bind("g")
