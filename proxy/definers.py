@@ -305,8 +305,8 @@ def _reads_statistics(reads: Iterable[tuple[str, str, str]]) -> bool:
 def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
           reads: Mapping[str, Mapping[tuple[str, str], RelRead]], scoped: Iterable[tuple[str, str]],
           pinned: frozenset[str] = frozenset(), trusted: Iterable[str] = (),
-          materialized: Mapping[int, str] | None = None, sql_text: frozenset[tuple[str, int]] = frozenset()
-          ) -> Found:
+          materialized: Mapping[int, str] | None = None, sql_text: frozenset[tuple[str, int]] = frozenset(),
+          owner_uses: Mapping[str, frozenset[int]] | None = None) -> Found:
     """The problems of backend role `role`: each routine and view it can use whose owner reads other tenants' rows
     of `scoped` (`reads[owner][relation]`, as that owner reads it). A routine of any language but a SQL-standard
     body is assumed to read anything; an atomic one what it depends on (or anything, if it calls a function outside
@@ -314,7 +314,10 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
     leaks what a SECURITY DEFINER function it calls (and `role` may run) leaks. A materialized view of
     `materialized` (`Graph.materialized`: its stored rows may hold other tenants' whatever its owner) is an error
     as such. A routine ("fn", oid) or view ("rel", oid) of `sql_text` runs SQL text (SQL_TEXT_BUILTINS): read
-    anything. Extension members are warnings, and so are the objects a `trusted` entry (`[preflight]
+    anything. `owner_uses[owner]`: the views it may SELECT and the SECURITY DEFINER routines it may EXECUTE (of
+    `views` and `routines`): a routine whose owner row security binds still leaks when its body (any, for a body
+    that is not BEGIN ATOMIC) reads through one of them that leaks (review 21 F4). Extension members are warnings,
+    and so are the objects a `trusted` entry (`[preflight]
     trusted_definers`, as PostgreSQL reads the name) names."""
     vouched = [parse_qualified(t) for t in trusted]
     scoped_set = set(scoped)
@@ -335,9 +338,27 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
     opening.update({oid: ("error", why) for oid, why in stored.items()})
     viewed = {v.oid: v for v in views}
     usable = {r.oid for r in routines if r.reached}
+    uses = owner_uses or {}
+    # (what the operator accepted — an extension's member, an object trusted_definers vouches for — is not assumed to
+    # be read through by every body that may: an RLS helper executable by PUBLIC would make every routine an error)
+    accepted = {r.oid for r in routines if r.extension or any(q.matches(r.schema, r.name, r.args) for q in vouched)}
+    accepted |= {v.oid for v in views if v.extension
+                 or any(q.args is None and q.matches(v.schema, v.name) for q in vouched)}
     changed = True
     while changed:  # a view over a leaking view leaks (its owner reads that view's rows)
         changed = False
+        for r in routines:  # ... and a routine whose owner reads through a leaking view or routine (review 21 F4)
+            if r.oid in opening:
+                continue
+            through = uses.get(r.owner.name, frozenset()) - accepted if not r.atomic else frozenset(r.calls) | {
+                w.oid for w in views if (w.schema, w.name, w.kind) in r.reads}
+            inner = sorted(o for o in through if o in opening and o != r.oid)
+            if inner:
+                what = next((f"calls {x.signature}" for x in routines if x.oid == inner[0]), None) or (
+                    f"reads {viewed[inner[0]].qualified}" if inner[0] in viewed else "reads through another")
+                opening[r.oid] = (opening[inner[0]][0], f"its body may: it {what}, which reads other tenants' rows "
+                                  "as its owner")
+                changed = True
         for v in views:
             if v.oid in opening or (v.schema, v.name) in scoped_set:
                 continue
@@ -506,6 +527,25 @@ def read_owner(conn: psycopg.Connection, owner: str, rels: Iterable[tuple[str, s
     return out
 
 
+_OWNER_USES = """
+SELECT c.oid::int8 FROM pg_catalog.pg_class c
+ WHERE c.oid = ANY(%(views)s::oid[]) AND pg_catalog.has_table_privilege(%(owner)s, c.oid, 'SELECT')
+UNION ALL
+SELECT p.oid::int8 FROM pg_catalog.pg_proc p
+ WHERE p.oid = ANY(%(routines)s::oid[]) AND pg_catalog.has_function_privilege(%(owner)s, p.oid, 'EXECUTE')
+"""
+
+
+def read_owner_uses(conn: psycopg.Connection, owners: Iterable[str], views: Iterable[int],
+                    routines: Iterable[int]) -> dict[str, frozenset[int]]:
+    """For each routine owner, the views of `views` it may SELECT and the routines of `routines` it may EXECUTE."""
+    keys = {"views": sorted(set(views)), "routines": sorted(set(routines))}
+    if not keys["views"] and not keys["routines"]:
+        return {}
+    return {o: frozenset(int(x) for (x,) in conn.execute(_OWNER_USES, {**keys, "owner": o}).fetchall())
+            for o in sorted(set(owners))}
+
+
 def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]],
           pinned: frozenset[str] = frozenset(), forced: Mapping[tuple[str, str], Iterable[str]] | None = None,
           trusted: Iterable[str] = ()) -> Found:
@@ -520,6 +560,8 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     routines, views = read_routines(conn, role), read_views(conn, role)
     owners = {r.owner.name for r in routines} | {v.owner.name for v in views}
     reads = {o: read_owner(conn, o, scoped) for o in sorted(owners)}
+    owner_uses = read_owner_uses(conn, {r.owner.name for r in routines}, [v.oid for v in views],
+                                 [r.oid for r in routines])
     if forced:
         for o, mine in reads.items():
             for rel, roles in forced.items():
@@ -531,7 +573,7 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     materialized = graph.materialized()
     sql_text = frozenset({("fn", n.oid) for n in graph.functions.values() if n.runs_sql}
                          | {("rel", n.oid) for n in graph.relations.values() if n.runs_sql})
-    found = judge(role, routines, views, reads, scoped, pinned, trusted, materialized, sql_text)
+    found = judge(role, routines, views, reads, scoped, pinned, trusted, materialized, sql_text, owner_uses)
     for more in (judge_leakproof(role, read_leakproof(conn, role), trusted), judge_stored(role, graph, trusted,
                                                                                            materialized)):
         found.errors.extend(more.errors)
