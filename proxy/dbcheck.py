@@ -183,7 +183,7 @@ WITH RECURSIVE fn AS (
     FROM pg_catalog.pg_rewrite r
     JOIN pg_catalog.pg_cast c ON c.casttarget = 'pg_catalog.json'::pg_catalog.regtype
     JOIN fn f ON f.oid = c.castfunc
-   WHERE r.ev_action::text ~ ('\{JSONCONSTRUCTOREXPR |:(funcid|aggfnoid|winfnoid) ('
+   WHERE r.ev_action::text ~ ('\{JSONCONSTRUCTOREXPR |:(funcid|aggfnoid|winfnoid|opfuncid) ('
                               || (SELECT pg_catalog.string_agg(p.oid::text, '|') FROM pg_catalog.pg_proc p
                                    WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
                                      AND p.proname = ANY(%s::text[]))

@@ -596,7 +596,7 @@ SQL_TEXT_BUILTINS = frozenset({
     "schema_to_xmlschema", "schema_to_xml_and_xmlschema", "database_to_xml", "database_to_xmlschema",
     "database_to_xml_and_xmlschema"})
 
-_RUNS_SQL = r"""(':(funcid|aggfnoid|winfnoid) (' || coalesce((SELECT pg_catalog.string_agg(b.oid::text, '|')
+_RUNS_SQL = r"""(':(funcid|aggfnoid|winfnoid|opfuncid) (' || coalesce((SELECT pg_catalog.string_agg(b.oid::text, '|')
     FROM pg_catalog.pg_proc b WHERE b.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
      AND b.proname = ANY(%(sql_text)s::text[])), '0') || ')[^0-9]')"""
 

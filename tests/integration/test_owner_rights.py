@@ -349,12 +349,17 @@ def test_sql_text_run_by_a_built_in_reads_anything(
         f"CREATE VIEW public.df_words_v AS SELECT word FROM {text}; "
         "CREATE FUNCTION public.df_words_fn() RETURNS SETOF text LANGUAGE sql STABLE SECURITY DEFINER "
         f"BEGIN ATOMIC SELECT word FROM {text}; END; "
-        "GRANT SELECT ON public.df_words, public.df_words_v TO PUBLIC",
+        # (red team 21w W3: through an operator whose function is the built-in, stored as :opfuncid)
+        "CREATE OPERATOR public.@@@ (FUNCTION = pg_catalog.ts_stat, RIGHTARG = text); "
+        "CREATE MATERIALIZED VIEW public.df_words_op AS SELECT (t.r).word FROM "
+        "(SELECT (@@@ 'SELECT to_tsvector(''simple'', tenant_id) FROM public.orders') AS r) t; "
+        "GRANT SELECT ON public.df_words, public.df_words_v, public.df_words_op TO PUBLIC",
         ("materialized view public.df_words holds STORED rows",
          "it calls a built-in that runs SQL text given to it",
          "view public.df_words_v reads its tables with its owner's rights",
-         "function public.df_words_fn() runs with its owner's rights"),
-        "REVOKE SELECT ON public.df_words, public.df_words_v FROM PUBLIC; "
+         "function public.df_words_fn() runs with its owner's rights",
+         "materialized view public.df_words_op holds STORED rows"),
+        "REVOKE SELECT ON public.df_words, public.df_words_v, public.df_words_op FROM PUBLIC; "
         "REVOKE EXECUTE ON FUNCTION public.df_words_fn() FROM PUBLIC")
 
 
