@@ -402,3 +402,22 @@ def test_stored_credentials_foreign_tables_and_dblink(
         p.stop()
     finally:
         pg.execute("DROP VIEW IF EXISTS public.df_saas; DROP EXTENSION IF EXISTS dblink", dbname="initech")
+
+
+def test_a_definer_function_reading_through_another_owners_leaking_view_is_refused(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Review 21 F4: a SECURITY DEFINER function whose owner may read no scoped table itself, but reads a
+    superuser's definer view granted to it alone (so that view is not reported for the backend role), returned every
+    tenant's rows to any caller: the check measured the function's owner by its direct reads only."""
+    pg.execute("DO $$BEGIN CREATE ROLE pgt_df_fnown NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    _refused_until_revoked(
+        pg, tmp_path_factory, "dffnv",
+        "CREATE SCHEMA df_fns AUTHORIZATION pgt_df_fnown; GRANT USAGE ON SCHEMA df_fns TO PUBLIC; "
+        "CREATE VIEW public.df_vall AS SELECT tenant_id AS who FROM public.orders; "
+        "REVOKE ALL ON public.df_vall FROM PUBLIC; GRANT SELECT ON public.df_vall TO pgt_df_fnown; "
+        "SET ROLE pgt_df_fnown; "
+        "CREATE FUNCTION df_fns.df_get() RETURNS SETOF text LANGUAGE sql STABLE SECURITY DEFINER "
+        "AS 'SELECT who FROM public.df_vall'; RESET ROLE",
+        ("function df_fns.df_get() runs with its owner's rights", "reads public.df_vall"),
+        "REVOKE EXECUTE ON FUNCTION df_fns.df_get() FROM PUBLIC")
