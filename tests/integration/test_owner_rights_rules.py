@@ -52,7 +52,10 @@ def test_an_owner_without_schema_usage_still_reads_through_a_view_refresh_or_ato
                      "function public.df_bia() runs with its owner's rights"):
             assert f"tenants.dsa: {text}" in log, (text, log)
             assert f"its owner '{BI}' is not bound by row security (dsg_s.secrets: no row-level security)" in log
-        assert "df_bip" not in log, log
+        # (df_bip looks dsg_s.secrets up when it runs: not reported for it; its body may read the owner's own
+        # materialized view df_bim, whose stored rows leak: reported for that, review 21 F4's rule)
+        bip = [line for line in log.splitlines() if "df_bip" in line]
+        assert all("it reads public.df_bim" in line and "dsg_s.secrets" not in line for line in bip), bip
     finally:
         pg.execute(f"DROP DATABASE IF EXISTS {db}")
         pg.execute(f"DROP ROLE IF EXISTS {BI}")
