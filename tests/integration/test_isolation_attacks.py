@@ -52,7 +52,7 @@ from tests.support.proxyproc import (
     default_pool_mode,
     prepare_backend,
 )
-from tests.support.wire import login, read_message
+from tests.support.wire import login, read_message, read_to_close
 
 STRATEGY_LETTERS = {"S": "shared", "N": "norls", "C": "schema", "D": "database"}
 PROTOCOLS = ("simple", "extended")
@@ -3012,22 +3012,31 @@ def test_a_portal_run_in_a_later_request_names_the_hidden_schema_as_written(hidi
 
 
 def test_a_flood_of_pipelined_requests_never_shows_a_reserved_name(hiding_proxy: ProxyProcess) -> None:
-    """Red team 9a2 H3: a renamed Query answered late, 10,000 more pipelined behind it: past its bound the request
-    tracker drops the oldest request, whose answer then comes while another heads the queue. The client never reads
-    the reserved name: its own name while the proxy knows the request, else the answer withheld (rule
-    answer_withheld); the session goes on."""
+    """Red team 9a2 H3: a renamed Query answered late, thousands more pipelined behind it: the client never reads the
+    reserved name (its own name, or the answer withheld: rule answer_withheld); the session goes on. Past the request
+    tracker's bound (10,000 in flight) the session now ends (red team 21p F1: answers were matched against the wrong
+    request): FATAL 54000 too_many_in_flight, before any answer, the reserved name never shown."""
     sock = _hiding_login(hiding_proxy, "alice", "saas")
     try:
         sock.settimeout(120)
         late = m.Query("SELECT pg_sleep(2); SELECT 1 FROM globex.orders").encode()
-        flood = late + m.Query("SELECT 1").encode() * 10_000
-        answers = _wire_answers(sock, flood, 10_001)
+        answers = _wire_answers(sock, late + m.Query("SELECT 1").encode() * 9_000, 9_001)
         errors = [body for t, body in answers if t == b"E"]
         assert len(errors) == 1 and "pg_9" not in str(answers), errors
         assert errors[0]["M"] in ('relation "globex.orders" does not exist',
                                   "pgtenant: the server's answer was withheld (rule answer_withheld)"), errors
         after = _wire_answers(sock, m.Query("SELECT 1 FROM globex.orders").encode())
         assert [body["M"] for t, body in after if t == b"E"] == ['relation "globex.orders" does not exist'], after
+    finally:
+        sock.close()
+    sock = _hiding_login(hiding_proxy, "alice", "saas")
+    try:
+        sock.settimeout(120)
+        sock.sendall(late + m.Query("SELECT 1").encode() * 10_000)
+        ended = read_to_close(sock)
+        fatal = [m.decode_error_fields(body) for t, body in ended if t == b"E"]
+        assert "pg_9" not in str(ended) and fatal and fatal[-1]["C"] == "54000" \
+            and "requests in flight" in fatal[-1]["M"], fatal
     finally:
         sock.close()
 
