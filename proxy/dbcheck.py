@@ -808,12 +808,13 @@ def _check_definers(conn: psycopg.Connection, config: Config, tenant: TenantConf
     pinned = frozenset({tenant.tenant_setting.lower()}) if tenant.strategy == "shared" else frozenset()
     # Tenants alike (same server, database, role, relations and pinned setting) share one reading per config: a
     # registry's thousands of shared tenants of one database cost one (~3-9 ms each otherwise).
-    key = (backend.host, backend.port, tenant.database, backend.user, frozenset(rels), pinned)
+    columns = frozenset(o.tenant_column for o in layouts)
+    key = (backend.host, backend.port, tenant.database, backend.user, frozenset(rels), pinned, columns)
     results: dict[object, definers.Found] = _LAYOUTS[2]  # type: ignore[assignment]
     found = results.get(key)
     if found is None:
         trusted = frozenset(config.preflight.trusted_definers)
-        found = results[key] = definers.check(conn, backend.user, rels, pinned, trusted=trusted)
+        found = results[key] = definers.check(conn, backend.user, rels, pinned, trusted=trusted, columns=columns)
     report.errors += [f"tenants.{tenant.name}: {e}" for e in found.errors]
     report.warnings += [f"tenants.{tenant.name}: {w}" for w in found.warnings]
 

@@ -422,7 +422,8 @@ def _definer_findings(conn: psycopg.Connection, db: str, tenants: Sequence[Tenan
     for t in sorted(tenants, key=lambda x: x.name):
         rels = shared | set(definers.schema_relations(conn, (s for n, s in schemas.items() if n != t.name)))
         pinned = frozenset({t.tenant_setting.lower()}) if t.strategy == "shared" else frozenset()
-        found = definers.check(conn, roles[t.name], rels, pinned, forced, trusted)
+        found = definers.check(conn, roles[t.name], rels, pinned, forced, trusted,
+                               {o.tenant_column for o in tenants if o.strategy == "shared"})
         lines = [(x, findings.problems) for x in found.errors] + [(x, findings.notes) for x in found.warnings]
         for line, into in lines:
             if line not in seen:

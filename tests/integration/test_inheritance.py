@@ -276,3 +276,17 @@ def test_a_schema_tenant_role_granted_their_materialized_view_is_refused(
     pg.execute(f"REVOKE SELECT ON public.notes_mv FROM {GINA_ROLE}", dbname=db)
     p.start(provision=False)
     p.stop()
+
+
+def test_a_definer_view_over_a_parent_of_a_child_outside_the_tenant_schemas_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    """Its owner (the superuser) reads arch.old_notes' rows of every tenant through public.arch_base."""
+    db, p = refusing
+    pg.execute("CREATE VIEW public.all_arch AS SELECT id, body FROM public.arch_base; "
+               "GRANT SELECT ON public.all_arch TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "tenants.inha: view public.all_arch reads its tables with its owner's rights" in log, log
+    assert "tenants.inhd: view public.all_arch reads its tables with its owner's rights" in log, log
+    code, out = provision_output(p)
+    assert code != 0 and "view public.all_arch reads its tables" in out, out
