@@ -305,13 +305,15 @@ def preflight(config: Config, tenant: TenantConfig, scoped: ScopedTables,
         if tenant.strategy == "shared":
             _check_shared(conn, tenant, scoped, report)
             _check_direct_readers(conn, config, tenant, scoped, report)
-            _check_parents(conn, config, tenant, scoped, report)
+            _check_parents(conn, config, tenant, scoped, report, [tenant.tenant_column])
         elif tenant.strategy == "schema":
             _check_schema(conn, config, tenant, report)
             layouts, _ = _database_layout(config, tenant.database, tenant.backend)
             theirs = {(str(s), str(t)) for o in layouts for s, t in (explicit_tables(o) if o.tables else conn.execute(
                 _DISCOVER, (o.tenant_column, list(o.tenant_schemas))).fetchall())}
-            _check_parents(conn, config, tenant, dict.fromkeys(theirs, ""), report)
+            columns = [o.tenant_column for o in layouts]
+            _check_parents(conn, config, tenant, dict.fromkeys(theirs, ""), report, columns)
+            _check_shared_schemas(conn, config, tenant, theirs, columns, report)
         else:
             _check_database(conn, config, tenant, report)
             _check_database_schemas(conn, tenant, report)
@@ -479,7 +481,8 @@ def _check_direct_readers(
 
 
 def _check_parents(
-    conn: psycopg.Connection, config: Config, tenant: TenantConfig, tables: ScopedTables, report: PreflightReport
+    conn: psycopg.Connection, config: Config, tenant: TenantConfig, tables: ScopedTables, report: PreflightReport,
+    columns: Iterable[str] = (),
 ) -> None:
     """A shared tenant's backend role (or a schema tenant's, `tables` then the shared tenants' of its database) that
     can read an inheritance parent of a scoped table that is not scoped itself (no tenant column;
@@ -491,7 +494,7 @@ def _check_parents(
     from proxy import access, inherits
 
     role = config.backend_for(tenant).user
-    for (schema, table), (cs, ct) in sorted(inherits.holders(conn, tables).items()):
+    for (schema, table), (cs, ct) in sorted(inherits.holders(conn, tables, columns).items()):
         row = conn.execute(_REACH, (schema, table)).fetchone()
         if row is None or not row[5]:
             continue  # it cannot read it
@@ -636,6 +639,46 @@ SELECT pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
 """
 
 
+def _check_shared_schemas(conn: psycopg.Connection, config: Config, tenant: TenantConfig,
+                          theirs: Iterable[tuple[str, str]], columns: Iterable[str], report: PreflightReport) -> None:
+    """A schema tenant's backend role that can read a relation of its `shared_schemas` with a shared tenant's tenant
+    column (`theirs`, and what else there carries one of `columns`) that row-level security does not filter for it
+    (a view, materialized view or foreign table; a table whose RLS lets it through): the proxy adds no shared
+    tenant's filter to a schema tenant's statements (red team 21w W4). An error each (provision grants none)."""
+    import json
+
+    from proxy import access
+
+    schemas = sorted(set(tenant.shared_schemas))
+    if not schemas:
+        return
+    role = config.backend_for(tenant).user
+    rels = {rel for rel in theirs if rel[0] in schemas}
+    for column in sorted(set(columns)):
+        rels |= {(str(a), str(b)) for a, b in conn.execute(_DISCOVER, (column, schemas)).fetchall()}
+    for schema, table in sorted(rels):
+        row = conn.execute(_REACH, (schema, table)).fetchone()
+        if row is None or not row[5]:
+            continue  # no such relation, or it cannot read it
+        kind, rls, force, owns, bypass, _, public, raw, _ = row
+        if kind in ("v", "m", "f"):
+            why = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}[kind]
+            why += ", which row-level security does not filter"
+        else:
+            policies = tuple(access.PolicyFact(p[0], p[1] == "true", p[2], p[3])
+                             for p in (json.loads(x) for x in raw))
+            reached = access.access(access.Reader(role, bool(bypass), bool(owns), policies), bool(rls), bool(force))
+            if not (bypass or owns or reached.level in access.OPEN_LEVELS):
+                continue  # pgtenant's forced policy (TO the shared tenants' roles) gives it no rows
+            why = reached.why
+        whom = "PUBLIC" if public else f"{role} (or the role it has it through)"
+        report.errors.append(
+            f"tenants.{tenant.name}: its backend role {role!r} can read {schema}.{table} in its shared_schemas, which "
+            f"carries the shared tenants' tenant column ({why}); the proxy adds no tenant filter of theirs to a "
+            f"schema tenant's statements, so it would read every tenant's rows (REVOKE SELECT ON {schema}.{table} "
+            f"FROM {whom}, as `pgtenant provision` leaves it)")
+
+
 def _check_database_neighbours(
     conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport
 ) -> None:
@@ -658,7 +701,8 @@ def _check_database_neighbours(
             rels = explicit_tables(other) if other.tables else {
                 (s, t): other.tenant_column
                 for s, t in conn.execute(_DISCOVER, (other.tenant_column, list(other.tenant_schemas))).fetchall()}
-            held = inherits.holders(conn, rels)  # a parent read without ONLY returns their rows (F3 of 21d)
+            # a parent read without ONLY returns their rows (F3 of 21d), of a child in any schema too (21w W6)
+            held = inherits.holders(conn, rels, [other.tenant_column])
             for rel in [*rels, *held]:
                 owners.setdefault(rel, []).append(other.name)
                 report.neighbour_tables.add((str(rel[0]), str(rel[1])))
@@ -764,12 +808,13 @@ def _check_definers(conn: psycopg.Connection, config: Config, tenant: TenantConf
     pinned = frozenset({tenant.tenant_setting.lower()}) if tenant.strategy == "shared" else frozenset()
     # Tenants alike (same server, database, role, relations and pinned setting) share one reading per config: a
     # registry's thousands of shared tenants of one database cost one (~3-9 ms each otherwise).
-    key = (backend.host, backend.port, tenant.database, backend.user, frozenset(rels), pinned)
+    columns = frozenset(o.tenant_column for o in layouts)
+    key = (backend.host, backend.port, tenant.database, backend.user, frozenset(rels), pinned, columns)
     results: dict[object, definers.Found] = _LAYOUTS[2]  # type: ignore[assignment]
     found = results.get(key)
     if found is None:
         trusted = frozenset(config.preflight.trusted_definers)
-        found = results[key] = definers.check(conn, backend.user, rels, pinned, trusted=trusted)
+        found = results[key] = definers.check(conn, backend.user, rels, pinned, trusted=trusted, columns=columns)
     report.errors += [f"tenants.{tenant.name}: {e}" for e in found.errors]
     report.warnings += [f"tenants.{tenant.name}: {w}" for w in found.warnings]
 

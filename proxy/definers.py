@@ -548,12 +548,13 @@ def read_owner_uses(conn: psycopg.Connection, owners: Iterable[str], views: Iter
 
 def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]],
           pinned: frozenset[str] = frozenset(), forced: Mapping[tuple[str, str], Iterable[str]] | None = None,
-          trusted: Iterable[str] = ()) -> Found:
+          trusted: Iterable[str] = (), columns: Iterable[str] = ()) -> Found:
     """Read the catalogs and `judge` backend role `role` against the tenant-scoped relations `scoped`. `forced`
     (provision): relations that will have forced RLS with pgtenant's policy TO the given roles only, judged as they
-    will be. An inheritance parent of a scoped relation that is not scoped itself reads that relation's rows of
-    every tenant under its own row security (proxy/inherits.py): it counts as scoped."""
-    scoped = sorted(set(scoped) | set(inherits.holders(conn, scoped)))
+    will be. An inheritance parent of a scoped relation that is not scoped itself, or without the tenant `columns`
+    of a descendant with one in any schema, reads that relation's rows of every tenant under its own row security
+    (proxy/inherits.py): it counts as scoped."""
+    scoped = sorted(set(scoped) | set(inherits.holders(conn, scoped, columns)))
     graph = read_graph(conn, role, scoped)
     if not scoped:  # (a database tenant alone in its database: stored credentials reach other databases)
         return judge_stored(role, graph, trusted)

@@ -377,14 +377,22 @@ def _database_steps(
             continue
         findings.extend(assess_table(facts, target, trusted))
         steps += table_steps(target, policy_current=policy_current(facts, target))
-    held = set(inherits.holders(conn, {rel for rels in tables.values() for rel in rels}))
+    columns = {t.tenant_column for t in shared}
+    held = set(inherits.holders(conn, {rel for rels in tables.values() for rel in rels}, columns))
+    # A schema tenant's read-only grant on a shared schema leaves out the shared tenants' tenant-column relations
+    # that no forced RLS of pgtenant's (TO their roles only) filters: views, materialized views, foreign tables, and
+    # tables provision does not force (red team 21w W4): its statements get no tenant filter of theirs.
+    forced = {(tg.schema, tg.table) for tg in targets}
+    unfiltered = {rel for rel in _column_relations(conn, columns, {s for t in tenants if t.strategy == "schema"
+                                                                   for s in t.shared_schemas})
+                  if rel not in forced or _relkind(conn, *rel) not in ("r", "p")} | held
     for t in tenants:
         if t.strategy == "schema":
             assert t.schema is not None
             steps += schema_steps(t.schema, roles[t.name], t.allow_writes, where=t.name, create=True)
             for s in t.shared_schemas:  # not the inheritance parents of the shared tenants' tables (red team 21d F3)
                 steps += schema_steps(s, roles[t.name], False, where=t.name, create=True,
-                                      others=sorted(rel for rel in held if rel[0] == s))
+                                      others=sorted(rel for rel in unfiltered if rel[0] == s))
         elif t.strategy == "database":
             steps += _database_tenant_steps(conn, config, t, roles, findings)
     _definer_findings(conn, db, tenants, tables, targets, roles, findings,
@@ -414,12 +422,24 @@ def _definer_findings(conn: psycopg.Connection, db: str, tenants: Sequence[Tenan
     for t in sorted(tenants, key=lambda x: x.name):
         rels = shared | set(definers.schema_relations(conn, (s for n, s in schemas.items() if n != t.name)))
         pinned = frozenset({t.tenant_setting.lower()}) if t.strategy == "shared" else frozenset()
-        found = definers.check(conn, roles[t.name], rels, pinned, forced, trusted)
+        found = definers.check(conn, roles[t.name], rels, pinned, forced, trusted,
+                               {o.tenant_column for o in tenants if o.strategy == "shared"})
         lines = [(x, findings.problems) for x in found.errors] + [(x, findings.notes) for x in found.warnings]
         for line, into in lines:
             if line not in seen:
                 seen.add(line)
                 into.append(f"database {db}: {line}")
+
+
+def _column_relations(conn: psycopg.Connection, columns: Iterable[str],
+                      schemas: Iterable[str]) -> set[tuple[str, str]]:
+    """The relations of `schemas` (any kind the proxy counts as scoped) with one of the tenant `columns`."""
+    from proxy.dbcheck import _DISCOVER as DISCOVER_ALL
+
+    names = sorted(set(schemas))
+    if not names:
+        return set()
+    return {(str(a), str(b)) for c in sorted(set(columns)) for a, b in conn.execute(DISCOVER_ALL, (c, names))}
 
 
 def _relkind(conn: psycopg.Connection, schema: str, table: str) -> str | None:
@@ -459,7 +479,7 @@ def _database_tenant_steps(conn: psycopg.Connection, config: Config, t: TenantCo
     # An inheritance parent of theirs with no tenant column (proxy/inherits.py): read without ONLY it returns their
     # rows under its own row security, and it cannot carry their policy (forcing RLS with none would hide its own
     # rows from everyone): `role` gets no privilege on it either (red team 21d F3).
-    held = set(inherits.holders(conn, scoped))
+    held = set(inherits.holders(conn, scoped, {o.tenant_column for o in others if o.strategy == "shared"}))
     unfiltered |= held
     steps: list[Step] = []
     for s in t.schemas:

@@ -1,8 +1,10 @@
 """Inheritance (red team 21d F3): `SELECT … FROM parent` without ONLY reads every child's rows under the PARENT's
-row security. A parent with no tenant column over a tenant-scoped child holds every tenant's rows: provision grants a
-database tenant sharing the database none of it, the proxy refuses its reference, and the preflight refuses a backend
-role that can read it and a definer view over it. A partitioned table, a parent with the tenant column and a parent
-of unscoped children are unaffected. Both pool modes where the proxy serves."""
+row security. A parent with no tenant column over a child with the tenant column (in any schema) holds every
+tenant's rows: provision grants a database tenant sharing the database none of it, the proxy refuses its reference,
+and the preflight refuses a backend role that can read it and a definer view over it. A partitioned table, a parent
+with the tenant column and a parent of unscoped children are unaffected. A schema tenant sharing schema public gets
+no relation there with the tenant column that no forced RLS filters (red team 21w W4).
+Both pool modes where the proxy serves."""
 
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ INSERT INTO public.events VALUES (1, 'acme'), (2, 'bigco'), (3, 'bigco');
 CREATE TABLE public.plain_base (id int);
 CREATE TABLE public.plain_child (note text) INHERITS (public.plain_base);
 INSERT INTO public.plain_base VALUES (1); INSERT INTO public.plain_child VALUES (2, 'b');
+CREATE SCHEMA arch;
+CREATE TABLE public.arch_base (id int, body text);
+CREATE TABLE arch.old_notes (tenant_id text NOT NULL) INHERITS (public.arch_base);
+INSERT INTO arch.old_notes VALUES (1, 'acme old', 'acme'), (2, 'BIGCO-SECRET-ARCH', 'bigco');
+CREATE MATERIALIZED VIEW public.notes_mv AS SELECT id, body, tenant_id FROM public.tenant_notes;
 """
 
 
@@ -193,3 +200,93 @@ def test_a_shared_or_schema_tenant_role_granted_the_parent_is_refused_unless_its
         assert _rows(p, ALICE, db, "SELECT id, body FROM public.notes_base") == []
     finally:
         p.stop()
+
+
+def test_provision_grants_no_parent_of_a_child_outside_the_tenant_schemas(
+    pg: PgCluster, lab: tuple[str, dict[str, ProxyProcess]]
+) -> None:
+    """Red team 21w W6: arch.old_notes (tenant column, schema arch no tenant uses) under public.arch_base: the walk
+    started from scoped relations only, so provision granted dan and gina the parent and they read bigco's row."""
+    db, _ = lab
+    granted = pg.execute(
+        f"SELECT has_table_privilege('{DAN_ROLE}', 'public.arch_base', 'SELECT'), "
+        f"has_table_privilege('{GINA_ROLE}', 'public.arch_base', 'SELECT')", dbname=db)
+    assert granted == [(False, False)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_tenant_reads_a_parent_of_a_child_outside_the_tenant_schemas(
+    lab: tuple[str, dict[str, ProxyProcess]], mode: str
+) -> None:
+    db, proxies = lab
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        _rows(proxies[mode], DAN, db, "SELECT body FROM public.arch_base ORDER BY 1")
+    assert "\"arch_base\" holds other tenants' rows" in str(info.value), info.value  # the proxy's refusal
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        _rows(proxies[mode], GINA, db, "SELECT body FROM public.arch_base ORDER BY 1")
+
+
+def test_provision_grants_the_schema_tenant_no_unfiltered_relation_of_the_shared_schema(
+    pg: PgCluster, lab: tuple[str, dict[str, ProxyProcess]]
+) -> None:
+    """Red team 21w W4: the read-only grant on shared schema public covered the materialized view with the tenant
+    column (no row security): gina read bigco's rows from it. Its tables with forced RLS stay granted (the policy
+    gives her none)."""
+    db, _ = lab
+    granted = pg.execute(
+        f"SELECT has_table_privilege('{GINA_ROLE}', 'public.notes_mv', 'SELECT'), "
+        f"has_table_privilege('{GINA_ROLE}', 'public.tenant_notes', 'SELECT')", dbname=db)
+    assert granted == [(False, True)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_schema_tenant_cannot_read_their_materialized_view(
+    lab: tuple[str, dict[str, ProxyProcess]], mode: str
+) -> None:
+    db, proxies = lab
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        _rows(proxies[mode], GINA, db, "SELECT body FROM public.notes_mv ORDER BY 1")
+    assert _rows(proxies[mode], GINA, db, "SELECT body FROM public.tenant_notes") == []  # forced RLS: none of theirs
+    assert _rows(proxies[mode], GINA, db, "SELECT id FROM public.plain_base ORDER BY 1") == [(1,), (2,)]
+
+
+def test_a_role_granted_a_parent_of_a_child_outside_the_tenant_schemas_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    db, p = refusing
+    pg.execute(f"GRANT SELECT ON public.arch_base TO {DAN_ROLE}, {GINA_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inhd: its backend role '{DAN_ROLE}' can read other tenants' rows of public.arch_base "
+            "(tenant inha: an inheritance parent of arch.old_notes with no tenant column") in log, log
+    assert (f"tenants.inhg: its backend role '{GINA_ROLE}' can read public.arch_base, an inheritance parent of the "
+            "tenant-scoped arch.old_notes") in log, log
+    pg.execute(f"REVOKE SELECT ON public.arch_base FROM {DAN_ROLE}, {GINA_ROLE}", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+def test_a_schema_tenant_role_granted_their_materialized_view_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    db, p = refusing
+    pg.execute(f"GRANT SELECT ON public.notes_mv TO {GINA_ROLE}", dbname=db)
+    log = _refusal(p)
+    assert (f"tenants.inhg: its backend role '{GINA_ROLE}' can read public.notes_mv in its shared_schemas") in log, log
+    assert "tenants.inha" not in log and "tenants.inhd" not in log, log
+    pg.execute(f"REVOKE SELECT ON public.notes_mv FROM {GINA_ROLE}", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+def test_a_definer_view_over_a_parent_of_a_child_outside_the_tenant_schemas_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    """Its owner (the superuser) reads arch.old_notes' rows of every tenant through public.arch_base."""
+    db, p = refusing
+    pg.execute("CREATE VIEW public.all_arch AS SELECT id, body FROM public.arch_base; "
+               "GRANT SELECT ON public.all_arch TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "tenants.inha: view public.all_arch reads its tables with its owner's rights" in log, log
+    assert "tenants.inhd: view public.all_arch reads its tables with its owner's rights" in log, log
+    code, out = provision_output(p)
+    assert code != 0 and "view public.all_arch reads its tables" in out, out
