@@ -575,8 +575,9 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     sql_text = frozenset({("fn", n.oid) for n in graph.functions.values() if n.runs_sql}
                          | {("rel", n.oid) for n in graph.relations.values() if n.runs_sql})
     found = judge(role, routines, views, reads, scoped, pinned, trusted, materialized, sql_text, owner_uses)
-    for more in (judge_leakproof(role, read_leakproof(conn, role), trusted), judge_stored(role, graph, trusted,
-                                                                                           materialized)):
+    for more in (judge_leakproof(role, read_leakproof(conn, role), trusted),
+                 judge_stored(role, graph, trusted, materialized),
+                 judge_unfiltered(role, graph, trusted, materialized)):
         found.errors.extend(more.errors)
         found.warnings.extend(more.warnings)
     return found
@@ -701,11 +702,13 @@ class Node:
 @dataclass(frozen=True, slots=True)
 class Reach:
     """What a node's query or body reaches, at any depth: a scoped relation, a reason it may read anything, a
-    reason it reads with stored credentials (each the first found, or None)."""
+    reason it reads with stored credentials, a scoped relation no row security filters (a view, materialized view
+    or foreign table: only the proxy's rewrite of a statement naming it does) (each the first found, or None)."""
 
     scoped: str | None = None
     anything: str | None = None
     stored: str | None = None
+    unfiltered: str | None = None
 
 
 class Graph:
@@ -726,7 +729,7 @@ class Graph:
         return self._memo[key]
 
     def _walk(self, node: Node) -> Reach:
-        scoped = anything = stored = None
+        scoped = anything = stored = unfiltered = None
         if node.kind == "fn":
             if node.extension == "dblink":
                 stored = anything = (f"it calls {node.name} (extension dblink), which reads with its connection's "
@@ -743,6 +746,9 @@ class Graph:
             name = f"{s}.{n}"
             if name in self.scoped:
                 scoped = scoped or f"it reads {name}, a tenant-scoped relation"
+                if k in _UNFILTERED:
+                    unfiltered = unfiltered or (f"it reads {name}, a tenant-scoped {_UNFILTERED[k]} no row security "
+                                                "filters")
                 continue
             if k == "f":
                 stored = stored or (f"it reads the foreign table {name}, which reads with its user mapping's stored "
@@ -752,6 +758,7 @@ class Graph:
                 got = self.reach(inner)
                 scoped, anything, stored = (scoped or _via(got.scoped, name), anything or _via(got.anything, name),
                                             stored or _via(got.stored, name))
+                unfiltered = unfiltered or _via(got.unfiltered, name)
         for oid in node.calls:
             fn = self.functions.get(oid)
             if fn is not None:
@@ -759,7 +766,8 @@ class Graph:
                 scoped, anything, stored = (scoped or _via(got.scoped, fn.name),
                                             anything or _via(got.anything, fn.name),
                                             stored or _via(got.stored, fn.name))
-        return Reach(scoped, anything, stored)
+                unfiltered = unfiltered or _via(got.unfiltered, fn.name)
+        return Reach(scoped, anything, stored, unfiltered)
 
     def materialized(self) -> dict[int, str]:
         """Materialized views not themselves scoped whose stored rows may hold other tenants' (any owner): why."""
@@ -771,6 +779,9 @@ class Graph:
                 if why is not None:
                     out[n.oid] = why
         return out
+
+
+_UNFILTERED = {"v": "view", "m": "materialized view", "f": "foreign table"}  # relkinds row security never filters
 
 
 def _via(why: str | None, name: str) -> str | None:
@@ -830,6 +841,32 @@ def judge_stored(role: str, graph: Graph, trusted: Iterable[str] = (), skip: Ite
                     f"it, so it may return any tenant's rows whatever the proxy rewrites. Fix: REVOKE EXECUTE ON "
                     f"FUNCTION {n.name} FROM PUBLIC (and from {role}); or vouch for it in [preflight] trusted_definers")
             _add(found, "error", None, text, any(q.matches(n.schema, n.bare, n.args) for q in vouched))
+    return found
+
+
+def judge_unfiltered(role: str, graph: Graph, trusted: Iterable[str] = (), skip: Iterable[int] = ()) -> Found:
+    """Views (any security, security_invoker too) and materialized views the backend role `role` may read, not
+    themselves scoped, whose query reaches at any depth a scoped relation no row security filters (a view,
+    materialized view or foreign table with the tenant column): the proxy filters only the relations a statement
+    names, not those inside a view (red team 21w W1). `skip`: relations reported already."""
+    found = Found()
+    skipped = set(skip)
+    vouched = [parse_qualified(t) for t in trusted]
+    for n in sorted(graph.relations.values(), key=lambda x: x.name):
+        if n.kind not in ("v", "m") or not n.usable or n.name in graph.scoped or n.oid in skipped:
+            continue
+        why = graph.reach(n).unfiltered
+        if why is None:
+            continue
+        what = _UNFILTERED[n.kind]
+        revoke = f"REVOKE SELECT ON {n.name} FROM {'PUBLIC' if n.public else role}"
+        text = (f"{what} {n.name} is not tenant-scoped and its query reads a relation only the proxy's rewrite "
+                f"filters ({why}); the proxy filters only the relations a statement names, not those inside a view, "
+                f"and the backend role {role!r} may read it ({_how(n.public, n.member, 'SELECT')}), so it shows "
+                f"every tenant's rows of it, of any security (security_invoker too). Fix: add the tenant column to "
+                f"this {what} too (the proxy then filters it); or read the base tables, with forced row-level "
+                f"security, instead; or {revoke}; or vouch for it in [preflight] trusted_definers")
+        _add(found, "error", n.extension, text, any(q.args is None and q.matches(n.schema, n.bare) for q in vouched))
     return found
 
 

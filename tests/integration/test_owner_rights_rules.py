@@ -11,7 +11,7 @@ import pytest
 from tests.integration.test_owner_rights import _BARE, _lab, _refusal, _refused_until_revoked
 from tests.integration.test_preflight import _orders_db, _sharing_proxy
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import prepare_backend
+from tests.support.proxyproc import BACKEND_ROLE, prepare_backend
 
 BI = "pgt_df_bi"
 
@@ -157,5 +157,44 @@ def test_security_invoker_is_read_as_postgresql_reads_a_boolean(
     assert "view public.df_of reads its tables" in log, log
     assert not any(f"view public.{v} " in log for v in ("df_t", "df_ye", "df_on", "df_1")), log
     pg.execute("DROP VIEW public.df_of", dbname=db)
+    p.start(provision=False)
+    p.stop()
+
+
+_UNFILTERED = """
+CREATE MATERIALIZED VIEW public.df_mv_orders AS SELECT id, tenant_id FROM public.orders;
+CREATE VIEW public.df_v_orders AS SELECT id, tenant_id FROM public.orders;
+CREATE VIEW public.df_over_mv WITH (security_invoker = true) AS SELECT id FROM public.df_mv_orders;
+CREATE VIEW public.df_over_v WITH (security_invoker = true) AS SELECT id FROM public.df_v_orders;
+CREATE VIEW public.df_over_table WITH (security_invoker = true) AS SELECT id FROM public.orders;
+"""
+
+
+def test_a_view_over_a_scoped_relation_row_security_does_not_filter_is_refused(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 21w W1: a security_invoker view over a tenant-scoped materialized view (or view: the tenant column
+    makes each the proxy's to filter, row security never does) showed a shared tenant every tenant's rows: the proxy
+    filters only the relations a statement names. The scoped ones themselves, and an invoker view over the forced-RLS
+    table, pass."""
+    db, p = _lab(pg, tmp_path_factory, "dfunf")
+    pg.execute(_BARE + _UNFILTERED + "GRANT SELECT ON public.df_mv_orders, public.df_v_orders, public.df_over_mv, "
+               f"public.df_over_v, public.df_over_table TO {BACKEND_ROLE}", dbname=db)
+    # PostgreSQL's semantics: as the backend role with the shared tenant's setting, row security filters the
+    # table and the invoker view over it, not the views over the scoped materialized view and view
+    got = pg.execute(f"SET ROLE {BACKEND_ROLE}; SET pgtenant.tenant_id = 'acme'; "
+                     "SELECT (SELECT count(*) FROM public.orders), (SELECT count(*) FROM public.df_over_table), "
+                     "(SELECT count(*) FROM public.df_over_mv), (SELECT count(*) FROM public.df_over_v)", dbname=db)
+    assert got == [(1, 1, 3, 3)], got
+    log = _refusal(p)
+    for name, what, inner in (("df_over_mv", "materialized view", "df_mv_orders"),
+                              ("df_over_v", "view", "df_v_orders")):
+        assert (f"tenants.dfa: view public.{name} is not tenant-scoped and its query reads a relation only the "
+                f"proxy's rewrite filters (it reads public.{inner}, a tenant-scoped {what} no row security filters)"
+                ) in log, (name, log)
+        assert f"REVOKE SELECT ON public.{name} FROM {BACKEND_ROLE}" in log, log
+    assert "df_over_table" not in log and "view public.df_mv_orders" not in log, log
+    assert "view public.df_v_orders " not in log, log
+    pg.execute(f"REVOKE SELECT ON public.df_over_mv, public.df_over_v FROM {BACKEND_ROLE}", dbname=db)
     p.start(provision=False)
     p.stop()
