@@ -40,7 +40,7 @@ from tests.integration.test_protocol_by_sql import (  # noqa: F401 (proxies: the
     proxies,
 )
 from tests.support.proxyproc import ProxyProcess
-from tests.support.wire import read_message
+from tests.support.wire import read_message, read_to_close
 
 _FAILING = _parse("bad", "SELECT 1/0") + _bind("", "bad") + _execute()  # 22012: the rest of its batch is skipped
 
@@ -158,12 +158,24 @@ def test_a_skipped_parse_does_not_unlock_a_statement_that_runs_a_protocol_name_b
         _unmoved(sock)
 
 
+def _ended_past_the_bound(proxy: ProxyProcess, user: str) -> None:
+    """10,001 requests in flight (a slow one, 10,000 behind it, one write): the session ends with FATAL 54000
+    too_many_in_flight before any answer is matched (red team 21p F1)."""
+    with _tenant_session(proxy, user) as sock:
+        sock.sendall(_query("SELECT pg_sleep(1)") + _query("SELECT 1") * 10_000)
+        fatal = [m.decode_error_fields(body) for kind, body in read_to_close(sock) if kind == b"E"]
+        assert fatal and fatal[-1]["C"] == "54000" and "requests in flight" in fatal[-1]["M"], fatal
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_a_flood_past_the_trackers_bound_does_not_end_a_transactions_portals(
         proxies: dict[str, ProxyProcess], mode: str) -> None:  # noqa: F811 (the imported fixture)
-    """The review's p8: 10,010 Queries behind a slow one, then BEGIN and a Bind of portal c (a set_config) in one
-    write: once all are answered, SQL FETCH c is refused (0A000 protocol_name_by_sql) as without the flood."""
-    user, count = "gina", 10_010
+    """The review's p8: 9,990 Queries behind a slow one, then BEGIN and a Bind of portal c (a set_config) in one
+    write: once all are answered, SQL FETCH c is refused (0A000 protocol_name_by_sql) as without the flood. (With
+    10,010 the request tracker dropped the oldest; past its bound the session now ends: FATAL 54000, red team 21p
+    F1, checked below.)"""
+    user, count = "gina", 9_990
+    _ended_past_the_bound(proxies[mode], user)
     with _tenant_session(proxies[mode], user) as sock:
         flood = _query("SELECT pg_sleep(2)") + _query("SELECT 1") * count + _query("BEGIN")
         sock.sendall(flood + _parse("s", _set_path(user)) + _bind("c", "s") + m.SYNC_MESSAGE)
@@ -246,8 +258,10 @@ def test_a_dropped_request_that_postgresql_skips_does_not_leave_the_session_busy
     """wp-sk's residual of F1b: an extended batch ended by a Query (no Sync) that fails after the 10,010 Queries sent
     behind it pushed it out of the request tracker: PostgreSQL skips them all up to the Sync, one ReadyForQuery. The
     ReadyForQuerys owed stay exact: once the transaction after it ends, nothing is in flight, so the protocol portal
-    name it held is free and a SQL cursor of that name is fetched (before: the session stayed "busy" for ever)."""
-    user, count = "gina", 10_010
+    name it held is free and a SQL cursor of that name is fetched (before: the session stayed "busy" for ever). Past
+    the tracker's bound the session now ends (red team 21p F1), so the flood stays under it (9,990) and checks that
+    the ReadyForQuerys owed stay exact."""
+    user, count = "gina", 9_990
     with _tenant_session(proxies[mode], user) as sock:
         failing = _parse("", "SELECT 1/0 FROM pg_sleep(2)") + _bind() + _execute() + _query("SELECT 1")
         answers = _wire(sock, failing + _query("SELECT 1") * count + m.SYNC_MESSAGE)
