@@ -87,6 +87,17 @@ SELECT p.oid::int8, n.nspname, p.proname, pg_catalog.pg_get_function_identity_ar
 # Every view without security_invoker and every materialized view outside the system schemas, with its owner,
 # extension, whether `role` may read it (SELECT on it or a column, USAGE on its schema; a role that does not exist
 # yet: through PUBLIC), how, and what its query reads and calls (pg_depend of its rewrite rule).
+# The relations (`c`, schema `n`, owner `o`) of `_VIEWS` and `_GRAPH_RELATIONS`, with `pub.x`: SELECT granted to PUBLIC
+# on the relation or one of its columns (`me`: the backend role's oid, of their WITH)
+_RELATIONS_FROM = """  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+  CROSS JOIN me
+  CROSS JOIN LATERAL (SELECT EXISTS (
+       SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
+                   WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS x) pub
+"""
+
 _VIEWS = f"""
 WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
 SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, o.rolname, o.rolsuper, o.rolbypassrls,
@@ -115,14 +126,7 @@ SELECT c.oid::int8, n.nspname, c.relname, c.relkind::text, o.rolname, o.rolsuper
               WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
                 AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
                 AND (fn.nspname NOT IN ('pg_catalog', 'information_schema') OR fp.oid >= 16384))
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
-  CROSS JOIN me
-  CROSS JOIN LATERAL (SELECT EXISTS (
-       SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
-       OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
-                   WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS x) pub
- WHERE c.relkind IN ('v', 'm') AND {_SYSTEM_C}
+{_RELATIONS_FROM} WHERE c.relkind IN ('v', 'm') AND {_SYSTEM_C}
    AND NOT coalesce((SELECT pg_catalog.lower(x.option_value) IN ({_TRUE})
                        FROM pg_catalog.pg_options_to_table(c.reloptions) x
                       WHERE x.option_name = 'security_invoker'), false)
@@ -641,14 +645,7 @@ SELECT c.oid::int8, n.nspname || '.' || c.relname, c.relkind::text, o.rolname,
               WHERE w.ev_class = c.oid AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass),
        EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w WHERE w.ev_class = c.oid AND w.ev_action::text ~ {_RUNS_SQL}),
        n.nspname, c.relname
-  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
-  CROSS JOIN me
-  CROSS JOIN LATERAL (SELECT EXISTS (
-       SELECT 1 FROM pg_catalog.aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
-       OR EXISTS (SELECT 1 FROM pg_catalog.pg_attribute t, pg_catalog.aclexplode(t.attacl) a
-                   WHERE t.attrelid = c.oid AND a.grantee = 0 AND a.privilege_type = 'SELECT') AS x) pub
- WHERE c.relkind IN ('v', 'm', 'f') AND {_SYSTEM_C}
+{_RELATIONS_FROM} WHERE c.relkind IN ('v', 'm', 'f') AND {_SYSTEM_C}
 """
 
 # Every function outside the system schemas: whether `role` may execute it, its extension, whether its body is
