@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import ProxyProcess, prepare_backend, provision_output
+from tests.support.proxyproc import ProxyProcess, prepare_backend, provision_output, provisioned_per_mode
 
 MODES = ("transaction", "session")
 DAN_ROLE, DAN_ROLE_PW, DAN = "pgt_dsq_dan", "dsq-dan-role-pw", "dsq_dan"
@@ -53,18 +53,8 @@ def _proxy(pg: PgCluster, workdir: Path, db: str, mode: str = "transaction") -> 
 def neighbours(pg: PgCluster,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, ProxyProcess]]]:
     prepare_backend(pg)
-    db = pg.fresh_database("dsq")
-    pg.execute(SCHEMA, dbname=db)
-    proxies = {mode: _proxy(pg, tmp_path_factory.mktemp(f"dsq-{mode}"), db, mode) for mode in MODES}
-    try:
-        proxies[MODES[0]].provision()
-        for p in proxies.values():
-            p.start(provision=False)
-        yield db, proxies
-    finally:
-        for p in proxies.values():
-            p.stop()
-        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    yield from provisioned_per_mode(
+        pg, "dsq", SCHEMA, lambda db, mode: _proxy(pg, tmp_path_factory.mktemp(f"dsq-{mode}"), db, mode), MODES)
 
 
 def _dan(proxy: ProxyProcess, db: str) -> psycopg.Connection[Any]:

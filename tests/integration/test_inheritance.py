@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.support.pgcluster import PgCluster
-from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, provision_output
+from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, provision_output, provisioned_per_mode
 
 MODES = ("transaction", "session")
 DAN_ROLE, DAN_ROLE_PW, DAN, ALICE = "pgt_inh_dan", "inh-dan-role-pw", "inh_dan", "inh_alice"
@@ -58,18 +58,8 @@ def _proxy(pg: PgCluster, workdir: Path, db: str, mode: str = "transaction") -> 
 @pytest.fixture(scope="module")
 def lab(pg: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, ProxyProcess]]]:
     prepare_backend(pg)
-    db = pg.fresh_database("inh")
-    pg.execute(SCHEMA, dbname=db)
-    proxies = {mode: _proxy(pg, tmp_path_factory.mktemp(f"inh-{mode}"), db, mode) for mode in MODES}
-    try:
-        proxies[MODES[0]].provision()
-        for p in proxies.values():
-            p.start(provision=False)
-        yield db, proxies
-    finally:
-        for p in proxies.values():
-            p.stop()
-        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    yield from provisioned_per_mode(
+        pg, "inh", SCHEMA, lambda db, mode: _proxy(pg, tmp_path_factory.mktemp(f"inh-{mode}"), db, mode), MODES)
 
 
 def _rows(p: ProxyProcess, user: str, db: str, sql: str) -> list[tuple[Any, ...]]:

@@ -385,6 +385,25 @@ def started_per_mode(make: Callable[[str], ProxyProcess],
             proxy.stop()
 
 
+def provisioned_per_mode(pg: PgCluster, prefix: str, schema: str, make: Callable[[str, str], ProxyProcess],
+                         modes: tuple[str, ...]) -> Iterator[tuple[str, dict[str, ProxyProcess]]]:
+    """A fresh database (`prefix`…) holding `schema`, provisioned once, served by `make(db, mode)` for each pool mode,
+    all started; yields (database, proxies), then stops them and drops the database (a module fixture's `yield
+    from`)."""
+    db = pg.fresh_database(prefix)
+    pg.execute(schema, dbname=db)
+    proxies = {mode: make(db, mode) for mode in modes}
+    try:
+        proxies[modes[0]].provision()
+        for proxy in proxies.values():
+            proxy.start(provision=False)
+        yield db, proxies
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
 def provision_output(p: ProxyProcess, *args: str) -> tuple[int, str]:
     """`pgtenant provision` of `p`'s config run in this process: its exit code and its output."""
     from proxy.cli import main
