@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.test_owner_rights import _refusal
 from tests.support.pgcluster import PgCluster
 from tests.support.proxyproc import BACKEND_ROLE, ProxyProcess, prepare_backend, provision_output, provisioned_per_mode
 
@@ -110,19 +111,6 @@ def test_partitions_and_keyed_parents_keep_working(lab: tuple[str, dict[str, Pro
     assert _rows(p, ALICE, db, "SELECT id, tenant_id FROM public.events ORDER BY 1") == [(1, "acme")]
     assert _rows(p, ALICE, db, "SELECT id, tenant_id FROM public.keyed_base ORDER BY 1") == [(1, "acme")]
     assert _rows(p, ALICE, db, "SELECT id, body FROM public.tenant_notes ORDER BY 1") == [(1, "acme note")]
-
-
-def _refusal(p: ProxyProcess) -> str:
-    """The problems of a start the preflight refuses."""
-    seen = len(p.log_events())
-    try:
-        p.start(provision=False)
-    except RuntimeError as exc:
-        assert "pgtenant exited with 3" in str(exc)
-    else:
-        p.stop()
-        pytest.fail("the preflight let the proxy start")
-    return "\n".join(str(e.get("problem")) for e in p.log_events()[seen:] if e.get("event") == "preflight_failed")
 
 
 @pytest.fixture
