@@ -634,6 +634,7 @@ class ClientSession:
                                      max_listing=max_listing)
         self.statements.tenant_budget = self._tenant_statement_bytes()
         self.statements.attach(prepared)
+        self.context.renamed = True  # (a SQL DEALLOCATE no longer reaches the client's protocol statements)
         self._follow_statements()
 
     def _tenant_statement_bytes(self) -> StatementBytesClaim | None:
@@ -914,6 +915,9 @@ class ClientSession:
             return out
         instead = st.deallocate(sql)
         if instead is not None:  # SQL DEALLOCATE of a statement only the proxy has (psqlODBC's _PLAN statements)
+            pending = self.tracker.pending
+            if pending:  # (its answer frees the statement's record: SessionState.renamed)
+                self.context.maps_deallocate(pending[-1])
             return query_message(instead)
         st.query(reset=at is not None or forgets(sql), at=at or 0)
         if st.cache and statement_kind(sql) == "ddl":

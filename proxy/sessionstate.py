@@ -23,7 +23,7 @@ never executed by none).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from proxy.policy.context import refusal
 from proxy.policy.model import (
@@ -68,6 +68,17 @@ HELD_LOCKS_QUERY = ("SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisor
                     "AND pid = pg_catalog.pg_backend_pid() LIMIT 1")
 
 
+@dataclass(frozen=True, slots=True)
+class _Deallocating(Change):
+    """A DEALLOCATE / DEALLOCATE ALL / DISCARD ALL as sent: what its answer frees (red team 22p G1, G2)."""
+
+    fence: int = 0  # records made after it was sent (a Parse behind it in the same write) are not its to free
+    frees: bool = True  # a single name reaches the client's protocol statement of that name (not under statement maps)
+
+
+_CHANGE_FIELDS = tuple(f.name for f in fields(Change))
+
+
 @dataclass(slots=True)
 class _Request:
     """The changes of one request's statements, by the statement's position in the request."""
@@ -100,6 +111,15 @@ class SessionState:
         self.max_statements = _MAX_STATEMENTS
         self.lost: set[str] = set()
         self.lost_overflow = False  # more names lost than _MAX_LOST: a Bind of any name not recorded is refused
+        # When each record or lost name was made (a count of them): a DEALLOCATE's answer frees only those made before
+        # it was sent — a Parse sent behind it in the same write runs after it (red team 22p G1).
+        self._made: dict[str, int] = {}
+        self._made_count = 0
+        self._overflow_at = -1  # when lost_overflow was last set
+        # The client's protocol statements are renamed on the server (statement maps): a SQL DEALLOCATE PostgreSQL
+        # runs reaches its SQL statement of that name, never the client's protocol one, unless the maps sent it
+        # in its place (`maps_deallocate`, red team 22p G2).
+        self.renamed = False
         self.max_temp_relations = 1 << 62  # config limits.max_temp_relations (a Bind past it is refused)
         # A statement calling a session advisory lock function was sent since the server was last asked which
         # advisory locks it holds: the count in the context may be wrong (a call run once per row, or not at all,
@@ -159,12 +179,15 @@ class SessionState:
                 self._lose(name)  # (no record is dropped for it: PostgreSQL may hold that statement)
             else:
                 self.statements[name] = changes
+                self._made_count += 1
+                self._made[name] = self._made_count
                 if self.lost:
                     self.lost.discard(name)
             self.belief = _canonical(_speculate(self.belief, changes))
             self._stale = True
         else:
             self.statements.pop(name, None)
+            self._made.pop(name, None)
             if self.lost:
                 self.lost.discard(name)
 
@@ -176,16 +199,21 @@ class SessionState:
     def _lose(self, name: str) -> None:
         """Statement `name`'s changes cannot be remembered: its Binds are refused until it is Parsed again."""
         self.statements.pop(name, None)
+        self._made_count += 1
         if len(self.lost) >= _MAX_LOST:
             self.lost_overflow = True
+            self._overflow_at = self._made_count
+            self._made.pop(name, None)
         else:
             self.lost.add(name)
+            self._made[name] = self._made_count
 
     def unparsed(self, name: str) -> None:
         """A Parse of `name` recorded by `parse` made nothing on the server (refused before it, as the statement
         maps refuse one past [pool] max_session_statements): it records nothing (red team 21p F3: it took a
         record's place)."""
         self.statements.pop(name, None)
+        self._made.pop(name, None)
         if self.lost:
             self.lost.discard(name)
 
@@ -221,23 +249,38 @@ class SessionState:
 
     def close(self, name: str) -> None:
         self.statements.pop(name, None)
+        self._made.pop(name, None)
         if self.lost:
             self.lost.discard(name)
 
-    def _deallocated(self, name: str) -> None:
-        """PostgreSQL ran a DEALLOCATE of prepared statement `name` ("": DEALLOCATE ALL, DISCARD ALL — every named
-        one; the unnamed statement's record stays): its records go, and lost names with it (review 21 F2: kept, they
-        filled the records and refused every later statement with changes, past 4,096 every Bind)."""
+    def maps_deallocate(self, request: object) -> None:
+        """The statement maps sent their own DEALLOCATE in place of `request`'s SQL DEALLOCATE of one of the client's
+        protocol statements: its answer frees that statement's record (`renamed`)."""
+        for entry in self.requests:
+            if entry.request is request:
+                entry.changes = [(pos, replace(c, frees=True) if isinstance(c, _Deallocating) else c)
+                                 for pos, c in entry.changes]
+
+    def _deallocated(self, change: _Deallocating) -> None:
+        """PostgreSQL ran a DEALLOCATE of prepared statement `change.name` ("": DEALLOCATE ALL, DISCARD ALL — every
+        named one; the unnamed statement's record stays): the records and lost names it deallocated go (review 21
+        F2: kept, they filled the records and refused every later statement with changes, past 4,096 every Bind) —
+        only those made before it was sent (red team 22p G1: a Parse behind it in the same write made a statement
+        PostgreSQL holds), and a single name only where it reaches the client's protocol statement (G2)."""
+        fence, made = change.fence, self._made
+        name = change.name if change.op == DEALLOCATE else ""
         if name:
-            self.statements.pop(name, None)
-            self.lost.discard(name)
+            if change.frees and made.get(name, fence) < fence:
+                self.statements.pop(name, None)
+                self.lost.discard(name)
+                del made[name]
             return
-        unnamed = self.statements.get("")
-        self.statements.clear()
-        if unnamed is not None:
-            self.statements[""] = unnamed
-        self.lost.clear()
-        self.lost_overflow = False
+        for gone in [n for n, at in made.items() if at < fence and n]:
+            self.statements.pop(gone, None)
+            self.lost.discard(gone)
+            del made[gone]
+        if self._overflow_at < fence:
+            self.lost_overflow = False
 
     def rollback_targets(self) -> list[SessionContext]:
         """The contexts a rollback in flight may take the session back to: the transaction's start, each savepoint's,
@@ -260,12 +303,19 @@ class SessionState:
     def _record(self, request: object, changes: list[tuple[int, Change]]) -> None:
         if not changes:
             return
+        if any(c.op in (DEALLOCATE, DISCARD_ALL) for _, c in changes):
+            changes = [(pos, self._deallocating(c) if c.op in (DEALLOCATE, DISCARD_ALL) else c) for pos, c in changes]
         if not self.requests or self.requests[-1].request is not request:
             self._fifo().append(_Request(request))
         self.requests[-1].changes += changes
         if not self.lock_activity:
             self.lock_activity = any(c.op in _LOCK_OPS or (c.op == DISCARD_ALL and self.locks_kept) for _, c in changes)
         self.belief = _apply(self.belief, tuple(c for _, c in changes))
+
+    def _deallocating(self, change: Change) -> _Deallocating:
+        """`change` (a DEALLOCATE / DISCARD ALL) as it is sent now."""
+        return _Deallocating(**{k: getattr(change, k) for k in _CHANGE_FIELDS}, fence=self._made_count + 1,
+                             frees=not self.renamed)
 
     def _fifo(self) -> deque[_Request]:
         """The requests with changes in flight, a deque from the first (a session that never has one holds none:
@@ -358,8 +408,8 @@ class SessionState:
 
     def _confirm(self, change: Change, tag: bytes) -> None:
         op = change.op
-        if op in (DEALLOCATE, DISCARD_ALL):
-            self._deallocated(change.name if op == DEALLOCATE else "")
+        if isinstance(change, _Deallocating):
+            self._deallocated(change)
         if op in _SET_OPS:
             self._sets_confirmed.append(change)
         elif op not in TRANSACTION_OPS:

@@ -133,3 +133,55 @@ def test_a_skipped_close_leaves_a_lost_statement_refused(
         assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("forget", ["DISCARD ALL", "DEALLOCATE ALL", "DEALLOCATE s"])
+def test_a_statement_parsed_behind_a_deallocate_keeps_its_record(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, forget: str) -> None:
+    """Red team 22p G1 (do.py, do_all_discard): a DEALLOCATE / DEALLOCATE ALL / DISCARD ALL freed the records at its
+    answer — those of Parses sent behind it in the same write too, which PostgreSQL runs after it and keeps: the Bind
+    of the set_config then ran unfollowed and gina read othert's function through unqualified `routines` (in
+    transaction pooling her later logins too). Only records made before it was sent go now."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode])
+    try:
+        assert _errors(_wire(sock, _parse("s", "SELECT 1") + m.SYNC_MESSAGE)) == []
+        name = "s" if forget == "DEALLOCATE s" else "t"
+        assert _errors(_wire(sock, m.Query(forget).encode() + _parse(name, SET_PATH) + m.SYNC_MESSAGE)) == []
+        # (session pooling answers the re-Parse of s 42P05 itself until the DEALLOCATE's answer)
+        parsed = _errors(_wire(sock, b""))
+        assert parsed in ([], ["42P05"]), parsed
+        answers = _wire(sock, _bind("p", name) + _execute("p") + m.SYNC_MESSAGE)
+        assert _errors(answers) == (["26000"] if parsed else []), answers
+        assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
+    finally:
+        sock.close()
+    if mode == "transaction":  # (the path stayed on a pooled server: fresh logins must not read through it)
+        for _ in range(2):
+            fresh = _session(proxies[mode])
+            try:
+                assert _leaked(_wire(fresh, m.Query(ROUTINES).encode())) == []
+            finally:
+                fresh.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "sessioncache"])
+@pytest.mark.parametrize("form", ["DEALLOCATE x;;", "/**/DEALLOCATE x", "DEALLOCATE x; SELECT 1"])
+def test_a_sql_deallocate_the_maps_do_not_send_keeps_the_protocol_record(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, form: str) -> None:
+    """Red team 22p G2 (tp.py): under the statement maps a client's protocol statement x has another name on the
+    server, so a SQL `PREPARE x` is accepted beside it; a DEALLOCATE form the maps do not rewrite deallocates that
+    SQL x, and its answer freed the protocol x's record: its Bind ran the set_config unfollowed. Such a DEALLOCATE
+    frees no protocol record now."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode])
+    try:
+        assert _errors(_wire(sock, _parse("x", SET_PATH) + m.SYNC_MESSAGE)) == []
+        assert _errors(_wire(sock, m.Query("PREPARE x AS SELECT 1").encode())) == []
+        assert _errors(_wire(sock, m.Query(form).encode())) == []
+        answers = _wire(sock, _bind("p", "x") + _execute("p") + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and _rows(answers) == ["information_schema, globex"]
+        assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
+    finally:
+        sock.close()

@@ -459,3 +459,38 @@ def test_a_confirmed_deallocate_or_discard_all_frees_the_records() -> None:
     w.query(tx(DISCARD_ALL, 0))
     w.answer(1, tags=(b"DISCARD ALL",))
     assert set(w.state.statements) == {""} and not w.state.lost_bind("g")
+
+
+def test_a_deallocate_frees_only_the_records_made_before_it_was_sent() -> None:
+    """Red team 22p G1: a Parse sent behind a DEALLOCATE / DEALLOCATE ALL / DISCARD ALL in the same write runs after
+    it and makes a statement PostgreSQL keeps: the answer frees only the records made before it was sent."""
+    path = (Change(0, SAVEPOINT, "x"),)
+    for forget in (tx(DEALLOCATE, 0, "s"), tx(DEALLOCATE, 0, ""), tx(DISCARD_ALL, 0)):
+        w = Wire()
+        w.state.parse("s", path)
+        w.state.parse("old", path)
+        w.query(forget)
+        w.state.parse("s", path)  # (behind it: the same name again)
+        w.state.parse("t", path)  # (behind it: a new name)
+        w.answer(1, tags=(b"DEALLOCATE",))
+        assert w.state.statements.get("s") == path and w.state.statements.get("t") == path
+        assert ("old" in w.state.statements) == (forget.name == "s")
+
+
+def test_under_statement_maps_only_the_maps_deallocate_frees_a_record() -> None:
+    """Red team 22p G2: under the statement maps a SQL DEALLOCATE PostgreSQL runs reaches its SQL statement of that
+    name, never the client's protocol one: nothing freed, unless the maps sent it in place of the client's."""
+    path = (Change(0, SAVEPOINT, "x"),)
+    w = Wire()
+    w.state.renamed = True
+    w.state.parse("x", path)
+    w.query(tx(DEALLOCATE, 0, "x"))
+    w.answer(1, tags=(b"DEALLOCATE",))
+    assert w.state.statements.get("x") == path
+    w.state.maps_deallocate(w.query(tx(DEALLOCATE, 0, "x")))
+    w.answer(1, tags=(b"DEALLOCATE",))
+    assert "x" not in w.state.statements
+    w.state.parse("y", path)
+    w.query(tx(DISCARD_ALL, 0))  # (the maps forget every statement too: consistent)
+    w.answer(1, tags=(b"DISCARD ALL",))
+    assert "y" not in w.state.statements
