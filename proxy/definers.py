@@ -174,6 +174,37 @@ SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid
  ORDER BY 1, 2, 3
 """
 
+# Red team 21w W7: dblink's functions connect with the credentials a connection string or a foreign server's user
+# mapping carries and run SQL there as that user; its script grants them (not dblink_connect_u) to PUBLIC. Code a
+# role runs whose body pgtenant cannot read (a function that is not BEGIN ATOMIC, plpgsql's dynamic SQL) may call
+# them: each member of extension dblink (quoted signature, as a REVOKE takes it), whether through PUBLIC, and whether
+# `role` may execute it (a role that does not exist yet: through PUBLIC).
+_DBLINK = """
+WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
+SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname) || '('
+       || pg_catalog.oidvectortypes(p.proargtypes) || ')', pub.x,
+       CASE WHEN me.oid IS NULL THEN pub.x ELSE pg_catalog.has_function_privilege(me.oid, p.oid, 'EXECUTE') END
+  FROM pg_catalog.pg_extension e
+  JOIN pg_catalog.pg_depend d ON d.refobjid = e.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+   AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.deptype = 'e'
+  JOIN pg_catalog.pg_proc p ON p.oid = d.objid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  CROSS JOIN me
+  CROSS JOIN LATERAL (SELECT EXISTS (
+       SELECT 1 FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+        WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS x) pub
+ WHERE e.extname = 'dblink'
+ ORDER BY 1
+"""
+
+# The roles of `owners` that may execute a member of extension dblink.
+_DBLINK_USERS = """
+SELECT DISTINCT o.rolname FROM pg_catalog.pg_roles o
+  JOIN pg_catalog.pg_extension e ON e.extname = 'dblink'
+  JOIN pg_catalog.pg_depend d ON d.refobjid = e.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+   AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.deptype = 'e'
+ WHERE o.rolname = ANY(%s::text[]) AND pg_catalog.has_function_privilege(o.oid, d.objid, 'EXECUTE')
+"""
+
 _KINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table"}
 
 
@@ -310,7 +341,8 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
           reads: Mapping[str, Mapping[tuple[str, str], RelRead]], scoped: Iterable[tuple[str, str]],
           pinned: frozenset[str] = frozenset(), trusted: Iterable[str] = (),
           materialized: Mapping[int, str] | None = None, sql_text: frozenset[tuple[str, int]] = frozenset(),
-          owner_uses: Mapping[str, frozenset[int]] | None = None) -> Found:
+          owner_uses: Mapping[str, frozenset[int]] | None = None,
+          dblink_users: frozenset[str] = frozenset()) -> Found:
     """The problems of backend role `role`: each routine and view it can use whose owner reads other tenants' rows
     of `scoped` (`reads[owner][relation]`, as that owner reads it). A routine of any language but a SQL-standard
     body is assumed to read anything; an atomic one what it depends on (or anything, if it calls a function outside
@@ -320,7 +352,10 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
     as such. A routine ("fn", oid) or view ("rel", oid) of `sql_text` runs SQL text (SQL_TEXT_BUILTINS): read
     anything. `owner_uses[owner]`: the views it may SELECT and the SECURITY DEFINER routines it may EXECUTE (of
     `views` and `routines`): a routine whose owner row security binds still leaks when its body (any, for a body
-    that is not BEGIN ATOMIC) reads through one of them that leaks (review 21 F4). Extension members are warnings,
+    that is not BEGIN ATOMIC) reads through one of them that leaks (review 21 F4). A routine whose owner is one of
+    `dblink_users` (may execute dblink's functions) and whose body may call it (any but a BEGIN ATOMIC body that
+    calls no function outside the system schemas) reads with stored credentials (red team 21w W7): an error, in a
+    database with no scoped relation too. Extension members are warnings,
     and so are the objects a `trusted` entry (`[preflight]
     trusted_definers`, as PostgreSQL reads the name) names."""
     vouched = [parse_qualified(t) for t in trusted]
@@ -336,6 +371,8 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
         else:
             rels = [mine[rel] for rel in sorted(scoped_set) if rel in mine]
         got = _first(r.owner, rels, pinned, lookup=not r.atomic)
+        if got is None and r.owner.name in dblink_users and not (r.atomic and not r.calls):
+            got = ("error", f"{_DBLINK_WHY}; its body may call them")
         if got is not None:
             opening[r.oid] = got
     stored = dict(materialized or {})
@@ -448,6 +485,45 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
     return found
 
 
+_DBLINK_WHY = ("it may execute the functions of extension dblink, which connect with the credentials a connection "
+               "string or a foreign server's user mapping carries and run SQL there as that user (REVOKE them from it)")
+
+
+@dataclass(frozen=True, slots=True)
+class DblinkFunction:
+    """A member of extension dblink (`_DBLINK`)."""
+
+    signature: str  # quoted, with its argument types: as a REVOKE takes it
+    public: bool = True  # EXECUTE through PUBLIC
+    usable: bool = True  # the backend role may execute it
+
+
+def judge_dblink(role: str, functions: Iterable[DblinkFunction]) -> Found:
+    """Red team 21w W7: the backend role `role` may execute a member of extension dblink: an error (in every
+    database). Code it runs whose body pgtenant cannot read (a function that is not BEGIN ATOMIC, plpgsql's dynamic
+    SQL, a view calling one: PostgreSQL checks EXECUTE as the reader) may call it with stored credentials; no
+    narrower rule is sound (scanning bodies for dblink misses dynamic SQL)."""
+    found = Found()
+    usable = [f for f in functions if f.usable]
+    if not usable:
+        return found
+    public = [f.signature for f in usable if f.public]
+    granted = [f.signature for f in usable if not f.public]
+    how = ("EXECUTE through PUBLIC, the default of dblink's script" if public else
+           "EXECUTE granted to it or to a role it is a member of")
+    fixes = ([f"REVOKE EXECUTE ON FUNCTION {', '.join(public)} FROM PUBLIC"] if public else []) + (
+        [f"REVOKE EXECUTE ON FUNCTION {', '.join(granted)} FROM {role} (or the role it has it through)"]
+        if granted else [])
+    found.errors.append(
+        f"the backend role {role!r} may execute the functions of extension dblink ({how}: {len(usable)} of them), "
+        "which connect with the credentials a connection string or a foreign server's user mapping carries and run "
+        "SQL there as that user: code it runs whose body pgtenant cannot read (a function that is not BEGIN ATOMIC, "
+        "plpgsql's dynamic SQL; a view calling one) may call them and read any tenant's rows, of this database or "
+        f"another, whatever the proxy rewrites. Fix: {'; '.join(fixes)}; and GRANT EXECUTE to the application's "
+        "roles only")
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class Leakproof:
     """A LEAKPROOF function the backend role may execute (`_LEAKPROOF`)."""
@@ -516,6 +592,16 @@ def read_views(conn: psycopg.Connection, role: str) -> list[View]:
             for oid, schema, name, kind, owner, sup, byp, ext, pub, usable, member, reads, calls in rows]
 
 
+def read_dblink(conn: psycopg.Connection, role: str) -> list[DblinkFunction]:
+    return [DblinkFunction(str(sig), bool(pub), bool(usable))
+            for sig, pub, usable in conn.execute(_DBLINK, {"role": role}).fetchall()]
+
+
+def read_dblink_users(conn: psycopg.Connection, owners: Iterable[str]) -> frozenset[str]:
+    """The roles of `owners` that may execute a member of extension dblink."""
+    return frozenset(str(o) for (o,) in conn.execute(_DBLINK_USERS, (sorted(set(owners)),)).fetchall())
+
+
 def read_leakproof(conn: psycopg.Connection, role: str) -> list[Leakproof]:
     return [Leakproof(schema, name, (args, types), ext, bool(pub))
             for schema, name, args, types, ext, pub in conn.execute(_LEAKPROOF, {"role": role}).fetchall()]
@@ -560,13 +646,20 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     (proxy/inherits.py): it counts as scoped."""
     scoped = sorted(set(scoped) | set(inherits.holders(conn, scoped, columns)))
     graph = read_graph(conn, role, scoped)
-    if not scoped:  # (a database tenant alone in its database: stored credentials reach other databases)
-        return judge_stored(role, graph, trusted)
     routines, views = read_routines(conn, role), read_views(conn, role)
-    owners = {r.owner.name for r in routines} | {v.owner.name for v in views}
-    reads = {o: read_owner(conn, o, scoped) for o in sorted(owners)}
     owner_uses = read_owner_uses(conn, {r.owner.name for r in routines}, [v.oid for v in views],
                                  [r.oid for r in routines])
+    dblink_users = read_dblink_users(conn, {r.owner.name for r in routines})
+    dblink = judge_dblink(role, read_dblink(conn, role))
+    if not scoped:  # (a database tenant alone in its database: stored credentials reach other databases)
+        found = judge(role, routines, views, {}, (), pinned, trusted, owner_uses=owner_uses,
+                      dblink_users=dblink_users)
+        for more in (judge_stored(role, graph, trusted), dblink):
+            found.errors.extend(more.errors)
+            found.warnings.extend(more.warnings)
+        return found
+    owners = {r.owner.name for r in routines} | {v.owner.name for v in views}
+    reads = {o: read_owner(conn, o, scoped) for o in sorted(owners)}
     if forced:
         for o, mine in reads.items():
             for rel, roles in forced.items():
@@ -578,8 +671,9 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     materialized = graph.materialized()
     sql_text = frozenset({("fn", n.oid) for n in graph.functions.values() if n.runs_sql}
                          | {("rel", n.oid) for n in graph.relations.values() if n.runs_sql})
-    found = judge(role, routines, views, reads, scoped, pinned, trusted, materialized, sql_text, owner_uses)
-    for more in (judge_leakproof(role, read_leakproof(conn, role), trusted),
+    found = judge(role, routines, views, reads, scoped, pinned, trusted, materialized, sql_text, owner_uses,
+                  dblink_users)
+    for more in (dblink, judge_leakproof(role, read_leakproof(conn, role), trusted),
                  judge_stored(role, graph, trusted, materialized),
                  judge_unfiltered(role, graph, trusted, materialized)):
         found.errors.extend(more.errors)

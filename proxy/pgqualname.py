@@ -8,6 +8,15 @@ from dataclasses import dataclass
 from proxy.pgnames import sql_identifier as _truncate  # (63 bytes, at a character boundary)
 
 _UNQUOTED = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+# PostgreSQL's scanner_isspace (parse_ident skips these, and only these, around the parts and the dot): a high-bit
+# character (NBSP, U+2003 ...) is an identifier character to it, not a space (red team 21w W9)
+_SPACE = " \t\n\r\f\v"
+_SPACES = re.compile(r"[ \t\n\r\f\v]+")
+# A quoted argument type PostgreSQL prints unquoted: a simple lower-case name; not one the grammar reads as another
+# type when unquoted (`"integer"` names no type, `integer` int4; `"char"` is printed quoted)
+_QUOTED_TYPE = re.compile(r'"([a-z_][a-z0-9_]*)"')
+_TYPE_KEYWORDS = frozenset({"bigint", "bit", "boolean", "char", "character", "dec", "decimal", "double", "float",
+                            "int", "integer", "national", "nchar", "real", "setof", "smallint", "varchar"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +74,7 @@ def _normal_args(args: str) -> str:
     if depth:
         raise ValueError("unbalanced parentheses in the argument list")
     parts.append("".join(cur))
-    norm = [" ".join(p.split()) for p in parts]
+    norm = [" ".join(w for w in _SPACES.split(_QUOTED_TYPE.sub(_unquote, p)) if w) for p in parts]
     if norm == [""]:
         return ""
     if any(not p for p in norm):
@@ -73,15 +82,28 @@ def _normal_args(args: str) -> str:
     return ", ".join(norm)
 
 
+def _unquote(m: re.Match[str]) -> str:
+    return m.group(1) if m.group(1) not in _TYPE_KEYWORDS else m.group()
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _SPACE:
+        pos += 1
+    return pos
+
+
 def parse_qualified(entry: str) -> QualifiedName:
-    """`schema.name` or `schema.name(argument types)`, each part quoted or not, as PostgreSQL reads it; a ValueError
-    says what is wrong (an unqualified name would depend on search_path: refused)."""
-    text = entry.strip()
-    schema, pos = _ident(text, 0)
+    """`schema.name` or `schema.name(argument types)`, each part quoted or not, as PostgreSQL reads it (parse_ident:
+    its scanner's spaces only, around the parts and the dot); a ValueError says what is wrong (an unqualified name
+    would depend on search_path: refused). In an argument list a quoted simple lower-case type name (`"text"`) is
+    read as PostgreSQL prints it; any other quoting stays as written and matches nothing PostgreSQL prints."""
+    text = entry
+    schema, pos = _ident(text, _skip(text, 0))
+    pos = _skip(text, pos)
     if not text.startswith(".", pos):
         raise ValueError("a qualified name schema.name expected")
-    name, pos = _ident(text, pos + 1)
-    rest = text[pos:].strip()
+    name, pos = _ident(text, _skip(text, pos + 1))
+    rest = text[pos:].strip(_SPACE)
     if not rest:
         return QualifiedName(schema, name)
     if rest.startswith("."):

@@ -4,6 +4,8 @@ the start naming each one, provision reports it, and each fix lets the proxy sta
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 
@@ -363,6 +365,10 @@ def test_sql_text_run_by_a_built_in_reads_anything(
         "REVOKE EXECUTE ON FUNCTION public.df_words_fn() FROM PUBLIC")
 
 
+# The fix the preflight's dblink error gives (red team 21w W7): revoke its functions from PUBLIC
+_DBLINK_FIX = re.compile(r"REVOKE EXECUTE ON FUNCTION public\.dblink[^;]*? FROM PUBLIC")
+
+
 def test_stored_credentials_foreign_tables_and_dblink(
     pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -398,6 +404,10 @@ def test_stored_credentials_foreign_tables_and_dblink(
         pg.execute("REVOKE SELECT ON public.df_ft, public.df_dbl FROM PUBLIC; "
                    "REVOKE EXECUTE ON FUNCTION public.df_dbl_fn() FROM PUBLIC", dbname=db)
         pg.execute("DROP VIEW public.df_saas", dbname="initech")
+        log = _refusal(p)  # (red team 21w W7: dblink itself, executable by PUBLIC)
+        assert "tenants.dfa: the backend role" in log and "tenants.initech: the backend role" in log, log
+        pg.execute(_DBLINK_FIX.findall(log)[0], dbname=db)
+        pg.execute("DROP EXTENSION dblink", dbname="initech")
         p.start(provision=False)
         p.stop()
     finally:
@@ -421,3 +431,72 @@ def test_a_definer_function_reading_through_another_owners_leaking_view_is_refus
         "AS 'SELECT who FROM public.df_vall'; RESET ROLE",
         ("function df_fns.df_get() runs with its owner's rights", "reads public.df_vall"),
         "REVOKE EXECUTE ON FUNCTION df_fns.df_get() FROM PUBLIC")
+
+
+def test_dblink_a_backend_role_may_execute_is_refused_in_every_database(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 21w W7: a plain function (not BEGIN ATOMIC, run as its caller) calling dblink with a connection
+    string that carries a password, called by a view the backend roles may read, let the database tenant read every
+    tenant's rows: pgtenant cannot see inside such a body (nor plpgsql's dynamic SQL). dblink's script grants its
+    functions to PUBLIC: a backend role that may execute one is an error in every database (initech, alone in its
+    database, too), and so is a SECURITY DEFINER function it may run whose owner may; the message's REVOKE is the
+    fix."""
+    db, p = _lab(pg, tmp_path_factory, "dfdbl")
+    su = pg.execute("SELECT current_user")[0][0]
+    conninfo = f"dbname={db} user={su} password=not-checked"
+    pg.execute("DO $$BEGIN CREATE ROLE pgt_df_dblown NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    try:
+        pg.execute(
+            _BARE + "CREATE EXTENSION dblink; "
+            "CREATE FUNCTION public.df_remote() RETURNS SETOF text LANGUAGE sql STABLE AS $$ SELECT who FROM "
+            f"dblink('{conninfo}', 'SELECT tenant_id FROM public.orders') AS t(who text) $$; "
+            "CREATE VIEW public.df_remote_v AS SELECT w AS who FROM public.df_remote() AS w; "
+            "GRANT SELECT ON public.df_remote_v TO PUBLIC; "
+            "CREATE FUNCTION public.df_remote_def() RETURNS SETOF text LANGUAGE plpgsql STABLE SECURITY DEFINER AS "
+            "$$ BEGIN RETURN QUERY EXECUTE 'SELECT who FROM dblink(' || quote_literal(current_setting('x.c', true)) "
+            "|| ', ''SELECT 1'') AS t(who text)'; END $$; "
+            "ALTER FUNCTION public.df_remote_def() OWNER TO pgt_df_dblown", dbname=db)
+        pg.execute("CREATE EXTENSION IF NOT EXISTS dblink", dbname="initech")
+        log = _refusal(p)
+        for tenant, role in (("dfa", BACKEND_ROLE), ("initech", "pgt_role_2")):
+            assert (f"tenants.{tenant}: the backend role '{role}' may execute the functions of extension dblink "
+                    "(EXECUTE through PUBLIC, the default of dblink's script:") in log, log
+        assert ("function public.df_remote_def() runs with its owner's rights (SECURITY DEFINER) and its owner "
+                "'pgt_df_dblown' is not bound by row security (it may execute the functions of extension "
+                "dblink") in log, log
+        assert "dblink_connect_u" not in log  # (dblink's script revokes it from PUBLIC)
+        fixes = set(_DBLINK_FIX.findall(log))
+        assert len(fixes) == 1, log
+        pg.execute(fixes.pop() + "; GRANT EXECUTE ON FUNCTION public.dblink(text, text) TO pgt_df_dblown", dbname=db)
+        log = _refusal(p)
+        assert "function public.df_remote_def() runs with its owner's rights" in log, log
+        assert "tenants.dfa: the backend role" not in log, log
+        assert "tenants.initech: the backend role 'pgt_role_2' may execute the functions of extension dblink" in log
+        assert "df_remote_v" not in log  # (the view runs df_remote() as its reader, who may not run dblink now)
+        pg.execute("REVOKE EXECUTE ON FUNCTION public.df_remote_def() FROM PUBLIC", dbname=db)
+        pg.execute("DROP EXTENSION dblink", dbname="initech")
+        p.start(provision=False)
+        p.stop()
+        with (psycopg.connect(pg.dsn(user=BACKEND_ROLE, password=BACKEND_PASSWORD, dbname=db)) as c,
+              pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied for function dblink")):
+            c.execute("SELECT who FROM public.df_remote_v")
+    finally:
+        pg.execute("DROP EXTENSION IF EXISTS dblink", dbname="initech")
+
+
+def test_provision_reports_dblink_a_backend_role_may_execute(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 21w W7 at provision: a PROBLEM (exit 3), a WARNING with --force; dblink's grants stay as they were."""
+    db, p = _lab(pg, tmp_path_factory, "dfdblp")
+    pg.execute(_BARE + "CREATE EXTENSION dblink", dbname=db)
+    code, out = provision_output(p)
+    assert code == 3, out
+    assert (f"PROBLEM: database {db}: the backend role '{BACKEND_ROLE}' may execute the functions of extension "
+            "dblink") in out, out
+    code, out = provision_output(p, "--force")
+    assert code == 0, out
+    assert f"WARNING (--force): database {db}: the backend role '{BACKEND_ROLE}' may execute" in out, out
+    assert pg.execute("SELECT has_function_privilege('public', 'public.dblink(text, text)', 'EXECUTE')",
+                      dbname=db) == [(True,)]

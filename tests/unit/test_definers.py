@@ -7,7 +7,18 @@ from pathlib import Path
 import pytest
 
 from proxy.access import PolicyFact
-from proxy.definers import Leakproof, Owner, RelRead, Routine, View, judge, judge_leakproof, unbound
+from proxy.definers import (
+    DblinkFunction,
+    Leakproof,
+    Owner,
+    RelRead,
+    Routine,
+    View,
+    judge,
+    judge_dblink,
+    judge_leakproof,
+    unbound,
+)
 
 ORDERS = ("public", "orders")
 APP = Owner("app")
@@ -195,6 +206,31 @@ def test_a_leakproof_function_the_backend_role_may_run_is_an_error() -> None:
     assert found.errors == [] and "vouched for by [preflight] trusted_definers" in found.warnings[0]
     found = judge_leakproof("backend", [Leakproof("public", "eq", ("a x, b x", "x, x"), "someext")])
     assert found.errors == [] and "a member of extension 'someext'" in found.warnings[0]
+
+
+def test_dblink_a_backend_role_or_a_definers_owner_may_execute_is_an_error() -> None:
+    """Red team 21w W7: dblink's functions run SQL with stored credentials; code whose body pgtenant cannot read
+    may call them. One error per backend role, its fix the REVOKE of every member it may execute."""
+    fns = [DblinkFunction("public.dblink(text, text)"), DblinkFunction("public.dblink_connect_u(text)", False, False),
+           DblinkFunction("public.dblink_exec(text)", False, True)]
+    found = judge_dblink("backend", fns)
+    assert len(found.errors) == 1 and found.warnings == []
+    assert "the backend role 'backend' may execute the functions of extension dblink" in found.errors[0]
+    assert ("Fix: REVOKE EXECUTE ON FUNCTION public.dblink(text, text) FROM PUBLIC; REVOKE EXECUTE ON FUNCTION "
+            "public.dblink_exec(text) FROM backend") in found.errors[0]
+    assert "dblink_connect_u" not in found.errors[0]
+    assert judge_dblink("backend", [DblinkFunction("public.dblink(text)", False, False)]).errors == []
+    # a SECURITY DEFINER routine whose owner may: any body but a BEGIN ATOMIC one calling nothing outside the system
+    plain = Routine(1, "public.f()", "FUNCTION", APP, public=True)
+    atomic = Routine(2, "public.a()", "FUNCTION", APP, public=True, atomic=True)
+    calling = Routine(3, "public.c()", "FUNCTION", APP, public=True, atomic=True, calls=(9,))
+    found = judge("backend", [plain, atomic, calling], [], {}, [ORDERS], PINNED, dblink_users=frozenset({"app"}))
+    assert len(found.errors) == 2, found.errors
+    assert "function public.f() runs with its owner's rights (SECURITY DEFINER) and its owner 'app' is not bound by " \
+           "row security (it may execute the functions of extension dblink" in found.errors[0]
+    assert "public.c()" in found.errors[1]
+    assert judge("backend", [plain], [], {}, [ORDERS], PINNED).errors == []
+    assert judge("backend", [plain], [], {}, [], dblink_users=frozenset({"app"})).errors != []  # alone: too
 
 
 def test_reached_through_a_trigger_or_an_aggregate() -> None:

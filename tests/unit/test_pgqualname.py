@@ -29,6 +29,30 @@ def test_an_entry_is_read_as_postgresql_reads_a_qualified_name() -> None:
             parse_qualified(bad)
 
 
+def test_only_postgresqls_spaces_are_spaces_and_the_dot_may_have_them_around() -> None:
+    """Red team 21w W9: parse_ident skips its scanner's spaces (space, tab, newline, CR, form feed, vertical tab)
+    only; a high-bit character (NBSP) is an identifier character, not stripped; spaces around the dot are read."""
+    assert parse_qualified("public.is_member\u00a0") == QualifiedName("public", "is_member\u00a0")
+    assert parse_qualified("\u00a0public.is_member") == QualifiedName("\u00a0public", "is_member")
+    assert parse_qualified("public\u2003.is_member").schema == "public\u2003"
+    assert parse_qualified("public . is_member") == QualifiedName("public", "is_member")
+    assert parse_qualified(" \t\n\r\f\vpublic\v.\fis_member \t\n\r\f\v") == QualifiedName("public", "is_member")
+    assert parse_qualified('"public" . "Is_Member" (text)') == QualifiedName("public", "Is_Member", "text")
+    for bad in ("public .", ". is_member", "public . is_member . x", "public.is_member\u00a0x y"):
+        with pytest.raises(ValueError):
+            parse_qualified(bad)
+
+
+def test_a_quoted_simple_argument_type_reads_as_postgresql_prints_it() -> None:
+    """`"text"` is the type text, printed `text`; `"integer"` names no type (unquoted, the grammar reads int4) and
+    `"char"` is printed quoted: both stay as written (they match nothing PostgreSQL prints but `"char"`)."""
+    assert parse_qualified('public."is_member"("text")') == QualifiedName("public", "is_member", "text")
+    assert parse_qualified('public.f("text", "uuid"[])').args == "text, uuid[]"
+    assert parse_qualified('public.f("integer")').args == '"integer"'
+    assert parse_qualified('public.f("char")').matches("public", "f", ('"char"', '"char"'))
+    assert not parse_qualified('public.f("Text")').matches("public", "f", ("text", "text"))
+
+
 def test_matching_is_exact_and_an_argument_list_names_one_overload() -> None:
     every = parse_qualified("public.is_member")
     assert every.matches("public", "is_member", ("org text", "text"))
