@@ -94,7 +94,8 @@ def _tokens(text: str) -> list[str]:
 
 
 def relation_inh(tree: str | None) -> dict[int, bool] | None:
-    """Every relation a stored query tree reads as a range table entry (`:relid`), and whether any entry of it has
+    """Every relation a stored query tree reads as a range table entry (`:rtekind 0`, RTE_RELATION, its `:relid`), and
+    whether any entry of it has
     `:inh true` (read with its inheritance children; `FROM ONLY t` is `:inh false`: its own rows only); None when
     the text is not the node tree expected. A node's fields are `:name value` pairs: the token after a field name is
     its value whatever it looks like (a CTE's name `:inh` included); a Const's datum spans more tokens."""
@@ -114,11 +115,14 @@ def relation_inh(tree: str | None) -> dict[int, bool] | None:
                 return None
             stack.pop()
             if top["node"] and top["name"] in _RTE_NODES:
-                relid, inh = top["fields"].get(":relid"), top["fields"].get(":inh")
+                kind, relid, inh = (top["fields"].get(k) for k in (":rtekind", ":relid", ":inh"))
+                if kind is None:
+                    return None
+                if kind != "0":
+                    continue  # not RTE_RELATION (a subquery, join, CTE, function, values ...): no relation of its own
                 if relid is None or not relid.isdigit() or inh not in ("true", "false"):
                     return None
-                if int(relid):
-                    out[int(relid)] = out.get(int(relid), False) or inh == "true"
+                out[int(relid)] = out.get(int(relid), False) or inh == "true"
         elif top is None or not top["node"]:
             continue  # a list's item, or a bare value (`<>`)
         elif top["name"] is None:

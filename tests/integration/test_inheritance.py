@@ -194,13 +194,20 @@ def test_a_definer_view_over_only_the_parent_is_let_start(pg: PgCluster, refusin
                "CREATE VIEW public.own_arch AS SELECT id FROM ONLY (public.arch_base) WHERE id IN "
                "(SELECT id FROM ONLY public.notes_base); "
                "CREATE MATERIALIZED VIEW public.own_notes_mv AS SELECT id, body FROM ONLY public.notes_base; "
-               "GRANT SELECT ON public.own_notes, public.own_arch, public.own_notes_mv TO PUBLIC", dbname=db)
+               # joins, set operations, subqueries and CTEs put other range table entries (no relation) beside it
+               "CREATE VIEW public.own_mixed AS WITH b AS (SELECT id FROM ONLY public.notes_base) "
+               "SELECT n.id, p.id AS plain FROM ONLY public.notes_base n JOIN b USING (id) "
+               "LEFT JOIN public.plain_base p ON p.id = n.id UNION ALL "
+               "SELECT s.id, NULL FROM (SELECT id FROM ONLY public.arch_base) s; "
+               "GRANT SELECT ON public.own_notes, public.own_arch, public.own_notes_mv, public.own_mixed TO PUBLIC",
+               dbname=db)
     p.start(provision=False)
     try:
         for user in (ALICE, DAN):
             assert _rows(p, user, db, "SELECT id, body FROM public.own_notes") == [(0, "base note")]
             assert _rows(p, user, db, "SELECT id, body FROM public.own_notes_mv") == [(0, "base note")]
             assert _rows(p, user, db, "SELECT id FROM public.own_arch") == []
+            assert _rows(p, user, db, "SELECT id, plain FROM public.own_mixed") == [(0, None)]
     finally:
         p.stop()
     code, out = provision_output(p)
