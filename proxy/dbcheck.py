@@ -247,6 +247,8 @@ class PreflightReport:
     schemas: frozenset[str] = frozenset()  # see schema_names()
     # A database tenant's: the tenant-scoped tables of the shared tenants of its database (as discovered for them)
     neighbour_tables: set[tuple[str, str]] = field(default_factory=set)
+    # ... of them, the inheritance parents without the tenant column (proxy/inherits.py: `ONLY parent` is let through)
+    neighbour_parents: set[tuple[str, str]] = field(default_factory=set)
     # ... their sequences (`NEIGHBOUR_SEQUENCES`), and the database's other relations of those names (the tenant's own)
     neighbour_sequences: set[tuple[str, str]] = field(default_factory=set)
     neighbour_shadows: set[tuple[str, str]] = field(default_factory=set)
@@ -696,6 +698,7 @@ def _check_database_neighbours(
     owners: dict[tuple[str, str], list[str]] = {}
     sequences: dict[tuple[str, str], list[str]] = {}
     parents: dict[tuple[str, str], tuple[str, str]] = {}  # an inheritance parent (no tenant column): its scoped child
+    direct: set[tuple[str, str]] = set()  # their scoped relations themselves (a parent scoped for another is one)
     for other in database_neighbours(config, tenant):
         if other.strategy == "shared":
             rels = explicit_tables(other) if other.tables else {
@@ -707,6 +710,7 @@ def _check_database_neighbours(
                 owners.setdefault(rel, []).append(other.name)
                 report.neighbour_tables.add((str(rel[0]), str(rel[1])))
             parents.update(held)
+            direct.update((str(s), str(t)) for s, t in rels)
             for seq in neighbour_sequences(conn, rels, other.tenant_schemas):
                 sequences.setdefault(seq, []).append(other.name)
                 report.neighbour_sequences.add(seq)
@@ -719,6 +723,7 @@ def _check_database_neighbours(
                     f"the database they share; a database tenant's statements are not rewritten, so only PostgreSQL "
                     f"keeps it out (REVOKE USAGE ON SCHEMA {other.schema} FROM {role} and from PUBLIC, or give "
                     f"{tenant.name!r} a backend_user of its own)")
+    report.neighbour_parents.update((str(s), str(t)) for s, t in parents if (str(s), str(t)) not in direct)
     for (schema, table), names in sorted(owners.items()):
         row = conn.execute(_REACH, (schema, table)).fetchone()
         if row is None or not row[5]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 
@@ -643,10 +643,19 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     (provision): relations that will have forced RLS with pgtenant's policy TO the given roles only, judged as they
     will be. An inheritance parent of a scoped relation that is not scoped itself, or without the tenant `columns`
     of a descendant with one in any schema, reads that relation's rows of every tenant under its own row security
-    (proxy/inherits.py): it counts as scoped."""
-    scoped = sorted(set(scoped) | set(inherits.holders(conn, scoped, columns)))
+    (proxy/inherits.py): it counts as scoped, but for a view or materialized view whose query reads it only as
+    `ONLY parent` (its own rows: `inherits.only_reads`)."""
+    held = inherits.holders(conn, scoped, columns)
+    scoped = sorted(set(scoped) | set(held))
     graph = read_graph(conn, role, scoped)
     routines, views = read_routines(conn, role), read_views(conn, role)
+    only = inherits.only_reads(conn, [n.oid for n in graph.relations.values()
+                                      if any((s, t) in held for _, s, t, _ in n.reads)], held)
+    if only:
+        graph = Graph([replace(n, reads=tuple(r for r in n.reads if (r[1], r[2]) not in only.get(n.oid, ())))
+                       for n in graph.relations.values()], graph.functions.values(), scoped)
+        views = [replace(v, reads=tuple(r for r in v.reads if (r[0], r[1]) not in only.get(v.oid, ())))
+                 for v in views]
     owner_uses = read_owner_uses(conn, {r.owner.name for r in routines}, [v.oid for v in views],
                                  [r.oid for r in routines])
     dblink_users = read_dblink_users(conn, {r.owner.name for r in routines})

@@ -54,3 +54,108 @@ def holders(conn: psycopg.Connection, scoped: Iterable[tuple[str, str]],
         if parent not in known and parent not in out:
             out[parent] = (str(cs), str(ct))
     return out
+
+
+# The stored query trees (pg_node_tree: `ev_action`, `ev_qual`) of the rules of the given relations (a view's or
+# materialized view's `_RETURN` and any other rule), and the oids of the given relations.
+_TREES = """
+SELECT w.ev_class::int8, w.ev_action::text, w.ev_qual::text
+  FROM pg_catalog.pg_rewrite w WHERE w.ev_class = ANY(%s::oid[])
+"""
+_OIDS = """
+SELECT c.oid::int8, n.nspname, c.relname
+  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  JOIN ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) AS t(s, r)
+    ON t.s = n.nspname AND t.r = c.relname
+"""
+_RTE_NODES = frozenset({"RTE", "RANGETBLENTRY"})  # a RangeTblEntry as PostgreSQL 15 / 16+ writes it
+
+
+def _tokens(text: str) -> list[str]:
+    """The tokens of a pg_node_tree text as PostgreSQL's pg_strtok reads them: `(`, `)`, `{`, `}` alone; anything
+    else up to white space or one of those, a backslash keeping the next character in the token (kept escaped,
+    so an escaped brace is never structure)."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\n\r":
+            i += 1
+        elif c in "(){}":
+            out.append(c)
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in " \t\n\r(){}":
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j])
+            i = j
+    return out
+
+
+def relation_inh(tree: str | None) -> dict[int, bool] | None:
+    """Every relation a stored query tree reads as a range table entry (`:rtekind 0`, RTE_RELATION, its `:relid`), and
+    whether any entry of it has
+    `:inh true` (read with its inheritance children; `FROM ONLY t` is `:inh false`: its own rows only); None when
+    the text is not the node tree expected. A node's fields are `:name value` pairs: the token after a field name is
+    its value whatever it looks like (a CTE's name `:inh` included); a Const's datum spans more tokens."""
+    out: dict[int, bool] = {}
+    if tree is None:
+        return out
+    stack: list[dict] = []  # {"node": bool, "name": str | None, "key": str | None, "fields": dict}
+    for tok in _tokens(tree):
+        top = stack[-1] if stack else None
+        if tok in ("{", "("):
+            if top is not None and top["node"] and top["key"] is not None:
+                top["fields"][top["key"]] = None  # a structured value
+                top["key"] = None
+            stack.append({"node": tok == "{", "name": None, "key": None, "fields": {}})
+        elif tok in ("}", ")"):
+            if top is None or top["node"] != (tok == "}") or top["key"] is not None:
+                return None
+            stack.pop()
+            if top["node"] and top["name"] in _RTE_NODES:
+                kind, relid, inh = (top["fields"].get(k) for k in (":rtekind", ":relid", ":inh"))
+                if kind is None:
+                    return None
+                if kind != "0":
+                    continue  # not RTE_RELATION (a subquery, join, CTE, function, values ...): no relation of its own
+                if relid is None or not relid.isdigit() or inh not in ("true", "false"):
+                    return None
+                out[int(relid)] = out.get(int(relid), False) or inh == "true"
+        elif top is None or not top["node"]:
+            continue  # a list's item, or a bare value (`<>`)
+        elif top["name"] is None:
+            top["name"] = tok
+        elif top["key"] is not None:
+            top["fields"][top["key"]] = tok
+            top["key"] = None
+        elif tok.startswith(":"):
+            top["key"] = tok
+        # else: a further token of the last value (a Const's `4 [ 1 0 0 0 ]`)
+    return out if not stack else None
+
+
+def only_reads(conn: psycopg.Connection, relations: Iterable[int],
+               parents: Iterable[tuple[str, str]]) -> dict[int, frozenset[tuple[str, str]]]:
+    """For each of the `relations` (views, materialized views: oids), the `parents` its rules' stored query trees
+    read only as `ONLY parent` (every range table entry of it `:inh false`: the parent's own rows, none of a
+    child's). A parent its trees also read without ONLY, or do not read as a range table entry at all (pg_depend
+    has it from elsewhere), or trees not read as expected: not one of them."""
+    oids, wanted = sorted(set(relations)), sorted(set(parents))
+    if not oids or not wanted:
+        return {}
+    names = {int(o): (str(s), str(t)) for o, s, t in
+             conn.execute(_OIDS, ([w[0] for w in wanted], [w[1] for w in wanted])).fetchall()}
+    seen: dict[int, dict[int, bool] | None] = {}
+    for rel, action, qual in conn.execute(_TREES, (oids,)).fetchall():
+        got = seen.setdefault(int(rel), {})
+        for tree in (action, qual):
+            found = relation_inh(tree)
+            if got is None or found is None:
+                seen[int(rel)] = got = None
+                continue
+            for relid, inh in found.items():
+                got[relid] = got.get(relid, False) or inh
+    return {rel: frozenset(names[o] for o, inh in got.items() if o in names and not inh)
+            for rel, got in seen.items() if got is not None}

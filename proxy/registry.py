@@ -109,7 +109,8 @@ class TenantRegistry:
                 catalog_columns=report.catalog_columns,
                 known_schemas=report.schemas, max_advisory_locks=config.limits.max_advisory_locks,
                 setting_caps=config.limits.setting_caps(), database_shared=shares_database(config, tenant),
-                others_tables=report.neighbour_tables, others_sequences=report.neighbour_sequences,
+                others_tables=report.neighbour_tables, others_parents=report.neighbour_parents,
+                others_sequences=report.neighbour_sequences,
                 others_shadows=report.neighbour_shadows, reached=report.reached,
             ), []
         except ValueError as exc:

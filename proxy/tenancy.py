@@ -105,6 +105,7 @@ def tenant_policy(
     catalog_columns: Mapping[str, tuple[str, ...]] | None = None, known_schemas: Iterable[str] = (),
     max_advisory_locks: int | None = None, setting_caps: Mapping[str, str] | None = None,
     database_shared: bool = False, others_tables: Iterable[tuple[str, str]] = (),
+    others_parents: Iterable[tuple[str, str]] = (),
     others_sequences: Iterable[tuple[str, str]] = (), others_shadows: Iterable[tuple[str, str]] = (),
     reached: Reached = NOTHING,
 ) -> TenantPolicy:
@@ -119,7 +120,8 @@ def tenant_policy(
     `max_advisory_locks`: config `limits.max_advisory_locks` (database strategy, policy/advisory.py).
     `setting_caps`: config `limits.max_work_mem` & co. (`LimitsConfig.setting_caps`, policy/resources.py).
     `database_shared`: other tenants share the database (`shares_database`; database strategy only).
-    `others_tables`: the shared tenants' scoped tables in that database (`PreflightReport.neighbour_tables`);
+    `others_tables`: the shared tenants' scoped tables in that database (`PreflightReport.neighbour_tables`), and
+    `others_parents` those that are inheritance parents without the tenant column (`neighbour_parents`);
     `others_sequences` their sequences (`neighbour_sequences`); `others_shadows` the database's other relations of
     those names (`neighbour_shadows`). `reached`: the database's routines run without a call
     (`PreflightReport.reached`, policy/reached.py)."""
@@ -160,6 +162,7 @@ def tenant_policy(
         strategy="database",
         database_shared=database_shared,
         others_tables=frozenset(others_tables) if database_shared else frozenset(),
+        others_parents=frozenset(others_parents) & frozenset(others_tables) if database_shared else frozenset(),
         others_sequences=frozenset(others_sequences) if database_shared else frozenset(),
         others_shadows=frozenset(others_shadows) if database_shared else frozenset(),
         search_path=search_path(tenant),

@@ -266,7 +266,8 @@ def check_row_locker(policy: TenantPolicy, analysis: Analysis) -> None:
 
 def others_relation(policy: TenantPolicy, rv: Node) -> str | None:
     """Which of the shared tenants' relations in a database tenant's shared database a RangeVar reaches
-    (`othersseq.resolve`): "table" (`TenantPolicy.others_tables`), "sequence" (`others_sequences`) or None.
+    (`othersseq.resolve`): "table" (`TenantPolicy.others_tables`), "parent" (`others_parents`), "sequence"
+    (`others_sequences`) or None.
     Forced RLS gives the tenant none of their rows, but the planner estimates their tables from every tenant's
     statistics: a plan's shape (which join side, which scan) follows their row counts (red team 9a7 H3); a
     sequence's last value counts their inserts (review 17 F4). The reference is refused."""
@@ -284,7 +285,9 @@ def check_references(policy: TenantPolicy, analysis: Analysis) -> None:
         rv = ref.rv
         schema, rel = rv.get("schemaname"), rv.get("relname", "")
         if (policy.others_tables or policy.others_sequences) and not ref.cte and ref.role not in (INTO, CREATE) and (
-                kind := others_relation(policy, rv)) is not None:
+                kind := others_relation(policy, rv)) is not None and not (
+                kind == "parent" and ref.role in (READ, TARGET) and not rv.get("inh", False)):
+            # (`ONLY parent` read, updated, deleted from: the parent's own rows only, planned from its own statistics)
             rule, why = othersseq.reference_rule(kind)
             raise fail(rule, f'"{rel}" {why}')
         if ref.role in (READ, SAMPLE, COPY_TO, UNKNOWN, LIKE) and not ref.cte and is_denied_relation(policy, rv):

@@ -454,6 +454,10 @@ class TenantPolicy:
     # preflight's `neighbour_tables`). Forced RLS gives this tenant none of their rows, but the planner estimates
     # them from every tenant's statistics, so references to them are refused (`others_table`; red team 9a7 H3).
     others_tables: frozenset[tuple[str, str]] = frozenset()
+    # Those of `others_tables` that are inheritance parents with no tenant column (proxy/inherits.py): read without
+    # ONLY they return a scoped child's rows; `FROM ONLY parent` (and UPDATE / DELETE / MERGE ONLY) reaches the
+    # parent's own rows only, planned from its own statistics, and is not refused (PostgreSQL's grants decide).
+    others_parents: frozenset[tuple[str, str]] = frozenset()
     # Database strategy, `database_shared`: the shared tenants' sequences there (identity and serial sequences of
     # their tables, the ones their defaults call, the others of their schemas): their positions count their inserts,
     # so references to them are refused (`others_sequence`; review 17 F4).
@@ -520,7 +524,7 @@ class TenantPolicy:
         object.__setattr__(self, "denied_functions", frozenset(self.denied_functions))
         object.__setattr__(self, "rls_tables", frozenset((str(s), str(t)) for s, t in self.rls_tables))
         object.__setattr__(self, "foreign_schemas", frozenset(self.foreign_schemas))
-        for name in ("others_tables", "others_sequences", "others_shadows"):
+        for name in ("others_tables", "others_parents", "others_sequences", "others_shadows"):
             object.__setattr__(self, name, frozenset((str(s), str(t)) for s, t in getattr(self, name)))
         object.__setattr__(self, "context", EMPTY_CONTEXT)
         object.__setattr__(self, "base", self)
@@ -555,6 +559,7 @@ class TenantPolicy:
             tuple(sorted(hidden)),
             self.database_shared,
             tuple(sorted(self.others_tables)),
+            tuple(sorted(self.others_parents)),
             tuple(sorted(self.others_sequences)),
             tuple(sorted(self.others_shadows)),
             self.reached,

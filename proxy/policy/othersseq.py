@@ -16,7 +16,8 @@ SEQUENCE_READERS = frozenset({"nextval", "currval", "setval", "pg_sequence_last_
 
 def resolve(policy: TenantPolicy, schema: str | None, name: str) -> str | None:
     """Which of the shared tenants' relations (`TenantPolicy.others_tables`, `others_sequences`) a relation name
-    reaches: "table", "sequence" or None. Qualified, that one; unqualified, the first schema of the effective
+    reaches: "table", "parent" (one of `others_parents`: an inheritance parent without the tenant column),
+    "sequence" or None. Qualified, that one; unqualified, the first schema of the effective
     search_path (pg_catalog first unless placed) holding the name decides, as in PostgreSQL: one of theirs, or the
     tenant's own relation of that name (`others_shadows`) or its temporary relation, which it then reaches instead."""
     if schema is not None:
@@ -40,7 +41,7 @@ def resolve(policy: TenantPolicy, schema: str | None, name: str) -> str | None:
 
 def _kind(policy: TenantPolicy, schema: str, name: str) -> str | None:
     if (schema, name) in policy.others_tables:
-        return "table"
+        return "parent" if (schema, name) in policy.others_parents else "table"
     if (schema, name) in policy.others_sequences:
         return "sequence"
     return None
@@ -73,5 +74,8 @@ def reference_rule(kind: str) -> tuple[str, str]:
     """The rule and the message's ending of a reference to one of the shared tenants' relations of `kind`."""
     if kind == "sequence":
         return "others_sequence", "is a sequence of other tenants (its position counts their inserts)"
+    if kind == "parent":
+        return "others_table", ("holds other tenants' rows: an inheritance parent of their table, read without ONLY "
+                                "it returns its children's rows (name it ONLY to read or change its own rows)")
     return "others_table", "holds other tenants' rows only"
 

@@ -93,15 +93,58 @@ def test_the_schema_tenant_sharing_the_schema_cannot_read_the_parent(
     assert _rows(proxies[mode], GINA, db, "SELECT id FROM public.plain_base ORDER BY 1") == [(1,), (2,)]
 
 
+# Every way but ONLY of naming the parent, and ONLY where no rows are read or changed (LOCK, TRUNCATE, COPY)
+WITHOUT_ONLY = ("SELECT body FROM public.notes_base ORDER BY 1", "SELECT body FROM notes_base",
+                "SELECT body FROM public.notes_base*", "TABLE notes_base",
+                "SELECT o.id FROM ONLY notes_base o JOIN notes_base a ON a.id = o.id",
+                "SELECT id FROM ONLY notes_base WHERE id IN (SELECT id FROM notes_base)",
+                "UPDATE public.notes_base SET body = body", "DELETE FROM notes_base WHERE id = -1",
+                "INSERT INTO public.notes_base VALUES (-1, 'x')", "TRUNCATE ONLY public.notes_base",
+                "LOCK TABLE ONLY public.notes_base IN ACCESS SHARE MODE", "COPY public.notes_base TO STDOUT")
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_the_database_tenant_cannot_read_the_parent(lab: tuple[str, dict[str, ProxyProcess]], mode: str) -> None:
     db, proxies = lab
-    for sql in ("SELECT body FROM public.notes_base ORDER BY 1", "SELECT body FROM notes_base",
-                "SELECT body FROM ONLY public.notes_base"):
+    for sql in WITHOUT_ONLY:
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
             _rows(proxies[mode], DAN, db, sql)
-        assert "\"notes_base\" holds other tenants' rows" in str(info.value), info.value  # the proxy's refusal
+        assert "\"notes_base\" holds other tenants' rows" in str(info.value), (sql, info.value)  # the proxy's
+    # ONLY: the proxy lets it through, PostgreSQL refuses it (provision granted dan none of the parent)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+        _rows(proxies[mode], DAN, db, "SELECT body FROM ONLY public.notes_base")
+    assert "permission denied for table notes_base" in str(info.value), info.value
     assert _rows(proxies[mode], DAN, db, "SELECT id FROM public.plain_base ORDER BY 1") == [(1,), (2,)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_database_tenant_reads_only_the_parents_own_rows_where_granted(
+    pg: PgCluster, lab: tuple[str, dict[str, ProxyProcess]], mode: str
+) -> None:
+    """wp-def21b: the proxy refused `FROM ONLY parent` (others_table) though it reads the parent's own rows only,
+    planned from the parent's own statistics. Granted SELECT on the parent after the start (the preflight refuses
+    that grant at a start or reload: PostgreSQL would then return the children's rows without ONLY), dan reads its
+    own rows with ONLY, and every other way of naming it stays the proxy's refusal. UPDATE / DELETE ONLY: as for a
+    table without the tenant column (dan is read only here: `read_only`, not `others_table`)."""
+    db, proxies = lab
+    p = proxies[mode]
+    pg.execute(f"GRANT SELECT ON public.notes_base TO {DAN_ROLE}", dbname=db)
+    try:
+        assert _rows(p, DAN, db, "SELECT id, body FROM ONLY public.notes_base ORDER BY 1") == [(0, "base note")]
+        assert _rows(p, DAN, db, "SELECT id, body FROM ONLY (notes_base) ORDER BY 1") == [(0, "base note")]
+        assert _rows(p, DAN, db, "TABLE ONLY notes_base") == [(0, "base note")]
+        for sql in WITHOUT_ONLY:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
+                _rows(p, DAN, db, sql)
+            assert "\"notes_base\" holds other tenants' rows" in str(info.value), (sql, info.value)
+        for sql, plain in (("UPDATE ONLY public.notes_base SET body = body", "UPDATE public.plain_base SET id = id"),
+                           ("DELETE FROM ONLY notes_base WHERE id = -1", "DELETE FROM plain_base WHERE id = -1")):
+            for stmt in (sql, plain):
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as ro:
+                    _rows(p, DAN, db, stmt)
+                assert "not allowed for this read-only role" in str(ro.value), (stmt, ro.value)
+    finally:
+        pg.execute(f"REVOKE SELECT ON public.notes_base FROM {DAN_ROLE}", dbname=db)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -141,6 +184,51 @@ def test_a_definer_view_over_the_parent_is_refused(pg: PgCluster, refusing: tupl
     pg.execute("ALTER VIEW public.all_notes SET (security_invoker = true)", dbname=db)
     p.start(provision=False)
     p.stop()
+
+
+def test_a_definer_view_over_only_the_parent_is_let_start(pg: PgCluster, refusing: tuple[str, ProxyProcess]) -> None:
+    """Red team 21w W10: a definer view (and a materialized view) reading `ONLY parent` reads the parent's own rows
+    only (its stored query's range table entry is `:inh false`), none of a child's: it refused the start."""
+    db, p = refusing
+    pg.execute("CREATE VIEW public.own_notes AS SELECT id, body FROM ONLY public.notes_base; "
+               "CREATE VIEW public.own_arch AS SELECT id FROM ONLY (public.arch_base) WHERE id IN "
+               "(SELECT id FROM ONLY public.notes_base); "
+               "CREATE MATERIALIZED VIEW public.own_notes_mv AS SELECT id, body FROM ONLY public.notes_base; "
+               # joins, set operations, subqueries and CTEs put other range table entries (no relation) beside it
+               "CREATE VIEW public.own_mixed AS WITH b AS (SELECT id FROM ONLY public.notes_base) "
+               "SELECT n.id, p.id AS plain FROM ONLY public.notes_base n JOIN b USING (id) "
+               "LEFT JOIN public.plain_base p ON p.id = n.id UNION ALL "
+               "SELECT s.id, NULL FROM (SELECT id FROM ONLY public.arch_base) s; "
+               "GRANT SELECT ON public.own_notes, public.own_arch, public.own_notes_mv, public.own_mixed TO PUBLIC",
+               dbname=db)
+    p.start(provision=False)
+    try:
+        for user in (ALICE, DAN):
+            assert _rows(p, user, db, "SELECT id, body FROM public.own_notes") == [(0, "base note")]
+            assert _rows(p, user, db, "SELECT id, body FROM public.own_notes_mv") == [(0, "base note")]
+            assert _rows(p, user, db, "SELECT id FROM public.own_arch") == []
+            assert _rows(p, user, db, "SELECT id, plain FROM public.own_mixed") == [(0, None)]
+    finally:
+        p.stop()
+    code, out = provision_output(p)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize("shape", [
+    "SELECT id, body FROM ONLY public.notes_base UNION ALL SELECT id, body FROM public.notes_base",
+    "SELECT id, body FROM ONLY public.notes_base WHERE EXISTS (SELECT FROM public.notes_base* WHERE id = 2)",
+    'WITH ":inh" AS (SELECT id FROM public.notes_base) SELECT o.id, o.body FROM ONLY public.notes_base AS o '
+    'JOIN ":inh" AS ":relid" ON true',
+])
+def test_a_definer_view_over_the_parent_with_and_without_only_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess], shape: str
+) -> None:
+    """ONLY in one place does not hide the parent read with its children in another (names that look like the
+    stored tree's field names included)."""
+    db, p = refusing
+    pg.execute(f"CREATE VIEW public.some_notes AS {shape}; GRANT SELECT ON public.some_notes TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "tenants.inha: view public.some_notes reads its tables with its owner's rights" in log, log
 
 
 def test_a_database_tenant_role_granted_the_parent_is_refused(

@@ -36,7 +36,7 @@ def make_config(tmp_path: Path, *, tenants: dict[str, Any] | None = None, users:
 
 def report(errors: tuple[str, ...] = ()) -> SimpleNamespace:
     return SimpleNamespace(warnings=[], errors=list(errors), rls_complete=True, rls_tables=frozenset(),
-                           catalog_columns={}, schemas=frozenset(), neighbour_tables=set(),
+                           catalog_columns={}, schemas=frozenset(), neighbour_tables=set(), neighbour_parents=set(),
                            neighbour_sequences=set(), neighbour_shadows=set(), reached=Reached())
 
 

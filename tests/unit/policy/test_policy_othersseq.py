@@ -55,3 +55,34 @@ def test_a_name_postgresql_folds_or_truncates_to_theirs_is_refused(function: str
 @pytest.mark.parametrize("literal", ["public.zz_élan_id_seq", 'public."ZZ_Élan_id_seq"', f"public.{LONG[:-1]}"])
 def test_a_name_postgresql_reads_as_another_is_not_theirs(literal: str) -> None:
     assert not isinstance(decide(_theirs(), f"SELECT pg_sequence_last_value('{literal}')"), Deny)
+
+
+def _parent(writes: bool = False) -> TenantPolicy:
+    return TenantPolicy(tenant="dan", strategy="database", database_shared=True, search_path=("public",),
+                        allow_writes=writes, others_tables=frozenset({("public", "orders"), ("public", "base")}),
+                        others_parents=frozenset({("public", "base")}))
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM ONLY base", "SELECT * FROM ONLY (public.base)", "TABLE ONLY base",
+                                 "SELECT 1 WHERE EXISTS (SELECT FROM ONLY base)", "UPDATE ONLY base SET a = 1",
+                                 "DELETE FROM ONLY public.base WHERE a = 1",
+                                 "MERGE INTO ONLY base b USING (SELECT 1 AS a) s ON b.a = s.a WHEN MATCHED THEN DELETE",
+                                 ])
+def test_only_an_inheritance_parent_reaches_its_own_rows(sql: str) -> None:
+    """wp-def21b / wp-only: an inheritance parent of theirs without the tenant column, named ONLY, reaches its own
+    rows only (PostgreSQL's grants decide); a read-only tenant's write is `read_only`, as for any table."""
+    assert not isinstance(decide(_parent(writes=True), sql), Deny), decide(_parent(writes=True), sql)
+    if not sql.startswith("SELECT") and not sql.startswith("TABLE"):
+        denied = decide(_parent(), sql)
+        assert isinstance(denied, Deny) and denied.rule == "read_only", denied
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM base", "SELECT * FROM public.base*", "TABLE base",
+                                 "SELECT * FROM ONLY base JOIN base b2 ON true", "SELECT * FROM ONLY orders",
+                                 "UPDATE base SET a = 1", "DELETE FROM base", "INSERT INTO base VALUES (1)",
+                                 "TRUNCATE ONLY base", "LOCK TABLE ONLY base IN ACCESS SHARE MODE",
+                                 "COPY base TO STDOUT", "SELECT * FROM ONLY base TABLESAMPLE SYSTEM (50)",
+                                 "EXPLAIN SELECT * FROM base"])
+def test_a_parent_without_only_or_not_read_is_refused(sql: str) -> None:
+    denied = decide(_parent(writes=True), sql)
+    assert isinstance(denied, Deny) and denied.rule == "others_table", denied
