@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write all results here")
     p.add_argument("--shared-buffers", default="256MB",
                    help="both servers' shared_buffers (the default holds pgbench's tables at scale 10)")
-    p.add_argument("--warmup", type=float, default=3, help="s of each mode on every target before its runs")
+    p.add_argument("--warmup", type=int, default=3, help="s of each mode on every target before its runs")
     p.add_argument("--trace", action="store_true",
                    help="syscalls (strace -c) and server statements (log_statement = all) per transaction instead "
                         "of the timed comparison (one short run per mode and route)")
