@@ -141,13 +141,15 @@ def main() -> int:
                                                                 strict=True)]
                 results.setdefault("direct_ratio", {})[mode] = [
                     round(min(direct), 3), round(statistics.median(direct), 3), round(max(direct), 3)]
-            served = sum(r["transactions"] for route, rs in runs.items() for r in rs if route in ("primary", "auto"))
+            served = {server: sum(r["transactions"] for route, rs in runs.items() for r in rs
+                                  if route in (f"direct-{server}", "primary" if server == "primary" else "auto"))
+                      for server in blocks}  # (the transactions each server answered)
             read = {k: v - blocks[k] for k, v in blocks_read(primary, standby, settle=True).items()}
             results["bench"][mode] = {
                 "tps": {route: [r["tps"] for r in rs] for route, rs in runs.items()},
-                # blocks read from outside shared buffers per 1000 transactions (the primary's: routes primary and
-                # direct-primary; the replica's: auto and direct-replica)
-                "blocks_read_per_1000_txn": {k: round(v / max(1, served) * 1000, 2) for k, v in read.items()},
+                # blocks read from outside shared buffers per 1000 transactions it answered (the primary: routes
+                # primary and direct-primary; the replica: auto and direct-replica)
+                "blocks_read_per_1000_txn": {k: round(v / max(1, served[k]) * 1000, 2) for k, v in read.items()},
                 "proxy_cpu_us_per_txn": {route: round(sum(r["cpu_s"]["proxy"] for r in rs)
                                                       / sum(r["transactions"] for r in rs) * 1e6, 2)
                                          for route, rs in runs.items() if not route.startswith("direct")},
@@ -181,8 +183,9 @@ def main() -> int:
     print(f"blocks prewarmed (pg_prewarm): {results['prewarmed_blocks']}; settings differing: "
           f"{results['settings_differing'] or 'none'}")
     for mode, b in results["bench"].items():
-        print(f"{mode}: blocks read outside shared buffers per 1000 transactions (of routes primary and auto, "
-              f"direct ones included): {b['blocks_read_per_1000_txn']}")
+        print(f"{mode}: blocks read outside shared buffers per 1000 transactions each server answered (the primary: "
+              f"routes primary and direct-primary; the replica: auto and direct-replica): "
+              f"{b['blocks_read_per_1000_txn']}")
     for mode, (low, mid, high) in results.get("direct_ratio", {}).items():
         print(f"direct, no proxy: replica/primary tps in {mode} mode: {mid} ({low}-{high})")
     if args.json:
