@@ -8,6 +8,11 @@ initech (the database strategy: a passthrough tenant, so what is measured is the
 policy). Runs alternate between the two proxies; the ratio auto/primary is reported with its range over the runs
 (target: >= 0.97). On one host the replica's postgres shares the CPUs with the primary's, so the ratio is about
 the proxy's work per statement (is it provably read-only, which replica may serve it), not about offloading.
+So that the servers answer alike: both run the same settings (checked: pg_settings compared, the differences a
+standby must have aside), with shared_buffers large enough for pgbench's tables (--shared-buffers), both prewarmed
+(pg_prewarm of pgbench's relations on each), each mode warmed on every target first (--warmup s), and the order
+of the targets flips every run (ABBA: neither route always runs first). The blocks each server read from outside
+its shared buffers per transaction are reported (pg_stat_database.blks_read): a cold cache on one side shows there.
 The CPU table splits the host's CPU per transaction between pgbench, the primary's postgres, the replica's postgres,
 the proxy and everything else, so the proxy's part of a gap can be told from the servers'.
 
@@ -28,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,9 @@ def parse_args() -> argparse.Namespace:
                    help="skip pgbench straight against the primary and the replica (the servers' own ratio)")
     p.add_argument("--quiet-wait", type=float, default=90, help="max s to wait for an idle host before each run")
     p.add_argument("--json", type=Path, help="write all results here")
+    p.add_argument("--shared-buffers", default="256MB",
+                   help="both servers' shared_buffers (the default holds pgbench's tables at scale 10)")
+    p.add_argument("--warmup", type=int, default=3, help="s of each mode on every target before its runs")
     p.add_argument("--trace", action="store_true",
                    help="syscalls (strace -c) and server statements (log_statement = all) per transaction instead "
                         "of the timed comparison (one short run per mode and route)")
@@ -79,7 +88,8 @@ def main() -> int:
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                "bench": {}}
     with contextlib.ExitStack() as stack:
-        settings = {**PRIMARY_SETTINGS, **({"log_statement": "all"} if args.trace else {})}
+        settings = {**PRIMARY_SETTINGS, "shared_buffers": args.shared_buffers,
+                    **({"log_statement": "all"} if args.trace else {})}
         primary = PgCluster(installation, ssl=False, settings=settings)  # (the standby takes the same settings)
         stack.callback(primary.stop)
         say(f"starting PostgreSQL {installation.version} (primary) from {installation.bindir}")
@@ -94,6 +104,10 @@ def main() -> int:
         standby.start()
         standby.wait_streaming()
         standby.wait_replayed()
+        results["settings_differing"] = differing = settings_differing(primary, standby)
+        for name, on_primary, on_replica in differing:
+            say(f"WARNING: setting {name} differs: primary {on_primary!r}, replica {on_replica!r}")
+        results["prewarmed_blocks"] = prewarm(primary, standby)
         targets = {route: proxy(stack, primary, standby, route) for route in ("primary", "auto")}
         role, role_pw = pc.backend_role()
         if args.direct:  # the servers themselves: is the replica as fast as the primary at this?
@@ -108,12 +122,15 @@ def main() -> int:
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2) + "\n")
             return 0
-        for target in targets.values():  # a proxy's first use of a code path imports and reads files: not timed
-            pc.run_pgbench(pgbench, target, args.modes[0], argparse.Namespace(**{**vars(args), "duration": 1}), pg_pid)
         for mode in args.modes:
+            for target in targets.values():  # a proxy's first use of a code path imports and reads files: not timed
+                pc.run_pgbench(pgbench, target, mode, argparse.Namespace(**{**vars(args), "duration": args.warmup}),
+                               pg_pid)
+            blocks = blocks_read(primary, standby)
             runs: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
             for i in range(args.runs):
-                for route, target in targets.items():  # interleaved: drift hits both alike
+                order = list(targets.items())  # interleaved, ABBA: drift hits both alike, neither always first
+                for route, target in order if i % 2 == 0 else reversed(order):
                     r = pc.run_pgbench(pgbench, target, mode, args, pg_pid, replica_pid)
                     say(f"{mode:9} run {i + 1}/{args.runs} route={route:7} tps={r['tps']:9.1f} "
                         f"lat={r['latency_ms']:.3f}ms proxy_cpu_s={r['cpu_s']['proxy']}")
@@ -124,8 +141,15 @@ def main() -> int:
                                                                 strict=True)]
                 results.setdefault("direct_ratio", {})[mode] = [
                     round(min(direct), 3), round(statistics.median(direct), 3), round(max(direct), 3)]
+            served = {server: sum(r["transactions"] for route, rs in runs.items() for r in rs
+                                  if route in (f"direct-{server}", "primary" if server == "primary" else "auto"))
+                      for server in blocks}  # (the transactions each server answered)
+            read = {k: v - blocks[k] for k, v in blocks_read(primary, standby, settle=True).items()}
             results["bench"][mode] = {
                 "tps": {route: [r["tps"] for r in rs] for route, rs in runs.items()},
+                # blocks read from outside shared buffers per 1000 transactions it answered (the primary: routes
+                # primary and direct-primary; the replica: auto and direct-replica)
+                "blocks_read_per_1000_txn": {k: round(v / max(1, served[k]) * 1000, 2) for k, v in read.items()},
                 "proxy_cpu_us_per_txn": {route: round(sum(r["cpu_s"]["proxy"] for r in rs)
                                                       / sum(r["transactions"] for r in rs) * 1e6, 2)
                                          for route, rs in runs.items() if not route.startswith("direct")},
@@ -156,12 +180,52 @@ def main() -> int:
                   f"{cpu['other']} | {round(sum(cpu.values()), 2)} | {sc.get('read', '')} | {sc.get('write', '')} |")
     print()
     print(f"statements the replica ran (pg_stat_database xact_commit on it): {results['replica_served']}")
+    print(f"blocks prewarmed (pg_prewarm): {results['prewarmed_blocks']}; settings differing: "
+          f"{results['settings_differing'] or 'none'}")
+    for mode, b in results["bench"].items():
+        print(f"{mode}: blocks read outside shared buffers per 1000 transactions each server answered (the primary: "
+              f"routes primary and direct-primary; the replica: auto and direct-replica): "
+              f"{b['blocks_read_per_1000_txn']}")
     for mode, (low, mid, high) in results.get("direct_ratio", {}).items():
         print(f"direct, no proxy: replica/primary tps in {mode} mode: {mid} ({low}-{high})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         say(f"wrote {args.json}")
     return 0
+
+
+# Settings a standby has of its own (or that name its own files and port): not compared.
+OWN_SETTINGS = {"port", "data_directory", "config_file", "hba_file", "ident_file", "unix_socket_directories",
+                "primary_conninfo", "primary_slot_name", "in_hot_standby", "transaction_read_only",
+                "default_transaction_read_only", "listen_addresses"}
+PREWARMED = ("pgbench_accounts", "pgbench_accounts_pkey", "pgbench_branches", "pgbench_branches_pkey",
+             "pgbench_tellers", "pgbench_tellers_pkey")
+
+
+def settings_differing(primary: PgCluster, standby: StandbyCluster) -> list[tuple[str, str, str]]:
+    """(name, the primary's, the replica's) of every pg_settings value that differs but for OWN_SETTINGS."""
+    q = "SELECT name, setting FROM pg_settings"
+    mine, theirs = dict(primary.execute(q)), dict(standby.execute(q))
+    return [(k, mine[k], theirs.get(k)) for k in sorted(mine) if k not in OWN_SETTINGS and theirs.get(k) != mine[k]]
+
+
+def prewarm(primary: PgCluster, standby: StandbyCluster) -> dict[str, int]:
+    """pg_prewarm of pgbench's relations on both servers (the extension created on the primary, replayed on the
+    replica): the blocks each loaded into its shared buffers."""
+    primary.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm", dbname=pc.DB)
+    standby.wait_replayed()
+    q = "SELECT sum(pg_prewarm(c::regclass)) FROM unnest(%s::text[]) AS c"
+    return {name: int(s.execute(q, (list(PREWARMED),), dbname=pc.DB)[0][0])
+            for name, s in (("primary", primary), ("replica", standby))}
+
+
+def blocks_read(primary: PgCluster, standby: StandbyCluster, settle: bool = False) -> dict[str, int]:
+    """pg_stat_database.blks_read of pgbench's database on each server (`settle`: after the 10 s in which an idle
+    server connection flushes its counts: the proxies' pooled connections stay open)."""
+    if settle:
+        time.sleep(11)  # (PostgreSQL's PGSTAT_IDLE_INTERVAL, + 1 s)
+    q = "SELECT blks_read FROM pg_stat_database WHERE datname = %s"
+    return {name: int(s.execute(q, (pc.DB,))[0][0]) for name, s in (("primary", primary), ("replica", standby))}
 
 
 def per_txn(runs: list[dict[str, Any]], key: str, scale: float = 1.0) -> dict[str, float]:
