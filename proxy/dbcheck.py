@@ -115,7 +115,8 @@ def schema_names(conn: psycopg.Connection) -> frozenset[str]:
 
 
 # The routines of a database PostgreSQL may run without a call naming them (policy/reached.py): functions outside
-# pg_catalog and information_schema that no extension owns (pg_depend 'e': extension code such as citext or PostGIS
+# pg_catalog and information_schema (or made there after initdb, oid 16384 or more: red team 22d R4, as
+# definers._system) that no extension owns (pg_depend 'e': extension code such as citext or PostGIS
 # operators is not counted) and that PostgreSQL did not make for a range type (its and its multirange's constructors:
 # built-in C code, `range_constructor2` ..., internally dependent on the type), as (kind, key, "schema.function")
 # rows. A function of one argument reached as `t.f` is left out when its argument is a relation's row type and that
@@ -130,7 +131,7 @@ WITH RECURSIVE fn AS (
   SELECT p.oid, n.nspname || '.' || p.proname AS qualified, p.proname, p.prokind, p.pronargs, p.pronargdefaults,
          p.provariadic, p.proargtypes
     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-   WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+   WHERE (n.nspname NOT IN ('pg_catalog', 'information_schema') OR p.oid >= 16384)
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
                         AND d.deptype = 'e')

@@ -51,7 +51,9 @@ SELECT p.oid::int8, n.nspname, p.proname, pg_catalog.pg_get_function_identity_ar
        (SELECT tn.nspname || '.' || tc.relname FROM pg_catalog.pg_trigger t
           JOIN pg_catalog.pg_class tc ON tc.oid = t.tgrelid JOIN pg_catalog.pg_namespace tn ON tn.oid = tc.relnamespace
          WHERE t.tgfoid = p.oid AND NOT t.tgisinternal AND me.oid IS NOT NULL
-           AND pg_catalog.has_table_privilege(me.oid, t.tgrelid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+           AND (pg_catalog.has_table_privilege(me.oid, t.tgrelid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+                -- (an INSERT or UPDATE on some columns fires the trigger too: red team 22d R7)
+                OR pg_catalog.has_any_column_privilege(me.oid, t.tgrelid, 'INSERT, UPDATE'))
          ORDER BY 1 LIMIT 1),
        (SELECT an.nspname || '.' || ap.proname || '(' || pg_catalog.pg_get_function_identity_arguments(ap.oid) || ')'
           FROM pg_catalog.pg_aggregate a JOIN pg_catalog.pg_proc ap ON ap.oid = a.aggfnoid
@@ -342,7 +344,7 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
           pinned: frozenset[str] = frozenset(), trusted: Iterable[str] = (),
           materialized: Mapping[int, str] | None = None, sql_text: frozenset[tuple[str, int]] = frozenset(),
           owner_uses: Mapping[str, frozenset[int]] | None = None,
-          dblink_users: frozenset[str] = frozenset()) -> Found:
+          dblink_users: frozenset[str] = frozenset(), stored_users: Mapping[str, str] | None = None) -> Found:
     """The problems of backend role `role`: each routine and view it can use whose owner reads other tenants' rows
     of `scoped` (`reads[owner][relation]`, as that owner reads it). A routine of any language but a SQL-standard
     body is assumed to read anything; an atomic one what it depends on (or anything, if it calls a function outside
@@ -355,7 +357,9 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
     that is not BEGIN ATOMIC) reads through one of them that leaks (review 21 F4). A routine whose owner is one of
     `dblink_users` (may execute dblink's functions) and whose body may call it (any but a BEGIN ATOMIC body that
     calls no function outside the system schemas) reads with stored credentials (red team 21w W7): an error, in a
-    database with no scoped relation too. Extension members are warnings,
+    database with no scoped relation too; and so does one whose owner may read a relation of `stored_users[owner]`
+    (a foreign table not itself scoped, or a view reaching one: `read_stored_users`; red team 22d R2). Extension
+    members are warnings,
     and so are the objects a `trusted` entry (`[preflight]
     trusted_definers`, as PostgreSQL reads the name) names."""
     vouched = [parse_qualified(t) for t in trusted]
@@ -373,6 +377,11 @@ def judge(role: str, routines: Iterable[Routine], views: Iterable[View],
         got = _first(r.owner, rels, pinned, lookup=not r.atomic)
         if got is None and r.owner.name in dblink_users and not (r.atomic and not r.calls):
             got = ("error", f"{_DBLINK_WHY}; its body may call them")
+        if got is None and r.owner.name in (stored_users or {}) and not (r.atomic and not r.calls):
+            ft = (stored_users or {})[r.owner.name]
+            got = ("error", f"it may read {ft}, which reads with stored credentials (a foreign server's user "
+                            f"mapping), not row security of this database, and its body may: add the tenant column to "
+                            f"{ft} (the proxy then filters it) or REVOKE SELECT ON {ft} FROM {r.owner.name}")
         if got is not None:
             opening[r.oid] = got
     stored = dict(materialized or {})
@@ -617,13 +626,37 @@ def read_owner(conn: psycopg.Connection, owner: str, rels: Iterable[tuple[str, s
     return out
 
 
+# (SELECT on the view or one of its columns: a column grant reads those columns, red team 22d R1)
 _OWNER_USES = """
 SELECT c.oid::int8 FROM pg_catalog.pg_class c
- WHERE c.oid = ANY(%(views)s::oid[]) AND pg_catalog.has_table_privilege(%(owner)s, c.oid, 'SELECT')
+ WHERE c.oid = ANY(%(views)s::oid[]) AND pg_catalog.has_any_column_privilege(%(owner)s, c.oid, 'SELECT')
 UNION ALL
 SELECT p.oid::int8 FROM pg_catalog.pg_proc p
  WHERE p.oid = ANY(%(routines)s::oid[]) AND pg_catalog.has_function_privilege(%(owner)s, p.oid, 'EXECUTE')
 """
+
+
+# Red team 22d R2: for each role of `owners`, the relations of `rels` (read with stored credentials) it may read and
+# look up by name (USAGE on the schema: a body that is not BEGIN ATOMIC looks the name up), first by name.
+_STORED_USERS = """
+SELECT DISTINCT ON (o.rolname) o.rolname, n.nspname || '.' || c.relname
+  FROM pg_catalog.pg_roles o JOIN pg_catalog.pg_class c ON c.oid = ANY(%(rels)s::oid[])
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE o.rolname = ANY(%(owners)s::text[]) AND pg_catalog.has_any_column_privilege(o.oid, c.oid, 'SELECT')
+   AND pg_catalog.has_schema_privilege(o.oid, c.relnamespace, 'USAGE')
+ ORDER BY o.rolname, 2
+"""
+
+
+def read_stored_users(conn: psycopg.Connection, owners: Iterable[str], graph: Graph) -> dict[str, str]:
+    """For each role of `owners` that may read one, the first relation not itself scoped that reads with stored
+    credentials: a foreign table, or a view or materialized view whose query reaches one (or dblink)."""
+    rels = sorted(n.oid for n in graph.relations.values() if n.name not in graph.scoped
+                  and (n.kind == "f" or graph.reach(n).stored is not None))
+    if not rels or not owners:
+        return {}
+    rows = conn.execute(_STORED_USERS, {"rels": rels, "owners": sorted(set(owners))}).fetchall()
+    return {str(o): str(name) for o, name in rows}
 
 
 def read_owner_uses(conn: psycopg.Connection, owners: Iterable[str], views: Iterable[int],
@@ -659,10 +692,11 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     owner_uses = read_owner_uses(conn, {r.owner.name for r in routines}, [v.oid for v in views],
                                  [r.oid for r in routines])
     dblink_users = read_dblink_users(conn, {r.owner.name for r in routines})
+    stored_users = read_stored_users(conn, {r.owner.name for r in routines}, graph)
     dblink = judge_dblink(role, read_dblink(conn, role))
     if not scoped:  # (a database tenant alone in its database: stored credentials reach other databases)
         found = judge(role, routines, views, {}, (), pinned, trusted, owner_uses=owner_uses,
-                      dblink_users=dblink_users)
+                      dblink_users=dblink_users, stored_users=stored_users)
         for more in (judge_stored(role, graph, trusted), dblink):
             found.errors.extend(more.errors)
             found.warnings.extend(more.warnings)
@@ -681,10 +715,11 @@ def check(conn: psycopg.Connection, role: str, scoped: Iterable[tuple[str, str]]
     sql_text = frozenset({("fn", n.oid) for n in graph.functions.values() if n.runs_sql}
                          | {("rel", n.oid) for n in graph.relations.values() if n.runs_sql})
     found = judge(role, routines, views, reads, scoped, pinned, trusted, materialized, sql_text, owner_uses,
-                  dblink_users)
+                  dblink_users, stored_users)
     for more in (dblink, judge_leakproof(role, read_leakproof(conn, role), trusted),
                  judge_stored(role, graph, trusted, materialized),
-                 judge_unfiltered(role, graph, trusted, materialized)):
+                 judge_unfiltered(role, graph, trusted, materialized),
+                 judge_opaque(role, graph, trusted, materialized)):
         found.errors.extend(more.errors)
         found.warnings.extend(more.warnings)
     return found
@@ -869,6 +904,22 @@ class Graph:
                 unfiltered = unfiltered or _via(got.unfiltered, fn.name)
         return Reach(scoped, anything, stored, unfiltered)
 
+    def opaque(self, node: Node, seen: set[tuple[str, int]] | None = None) -> str | None:
+        """The first function (by name) whose body pgtenant cannot read (not BEGIN ATOMIC, not an extension's
+        member) that `node`'s query or body calls, at any depth through views and BEGIN ATOMIC bodies."""
+        seen = set() if seen is None else seen
+        key = ("fn" if node.kind == "fn" else "rel", node.oid)
+        if key in seen:
+            return None
+        seen.add(key)
+        if node.kind == "fn" and not node.atomic:
+            return None if node.extension is not None else node.name
+        # (a materialized view's query ran at its REFRESH, not when it is read: `materialized`)
+        inner = [self.relations[oid] for oid, _, _, k in node.reads if k == "v" and oid in self.relations]
+        inner += [self.functions[oid] for oid in node.calls if oid in self.functions]
+        found = (self.opaque(x, seen) for x in sorted(inner, key=lambda x: x.name))
+        return next((f for f in found if f is not None), None)
+
     def materialized(self) -> dict[int, str]:
         """Materialized views not themselves scoped whose stored rows may hold other tenants' (any owner): why."""
         out: dict[int, str] = {}
@@ -967,6 +1018,44 @@ def judge_unfiltered(role: str, graph: Graph, trusted: Iterable[str] = (), skip:
                 f"this {what} too (the proxy then filters it); or read the base tables, with forced row-level "
                 f"security, instead; or {revoke}; or vouch for it in [preflight] trusted_definers")
         _add(found, "error", n.extension, text, any(q.args is None and q.matches(n.schema, n.bare) for q in vouched))
+    return found
+
+
+def judge_opaque(role: str, graph: Graph, trusted: Iterable[str] = (), skip: Iterable[int] = ()) -> Found:
+    """Red team 22d R4(a): warnings for the views (any security; a materialized view's query ran at its REFRESH) the
+    backend role `role` may read, not themselves
+    scoped, whose query calls (at any depth, through views and BEGIN ATOMIC bodies) a function whose body pgtenant
+    cannot read (not BEGIN ATOMIC, no extension's member), in a database where `role` may read a scoped relation no
+    row security filters (W1's rule, `judge_unfiltered`): such a body, run as the reader, may read it unfiltered. A
+    warning, not an error: the proxy refuses reading the view while that function is not allowed (`policy.reached`,
+    `[tenants.X] extra_allowed_functions`); this says why admitting it is not safe. `skip`: reported already."""
+    found = Found()
+    open_ = sorted(n.name for n in graph.relations.values()
+                   if n.kind in _UNFILTERED and n.usable and n.name in graph.scoped)
+    if not open_:
+        return found
+    skipped = set(skip)
+    vouched = [parse_qualified(t) for t in trusted]
+    for n in sorted(graph.relations.values(), key=lambda x: x.name):
+        if n.kind != "v" or not n.usable or n.name in graph.scoped or n.oid in skipped:
+            continue
+        if graph.reach(n).unfiltered is not None:
+            continue  # (judge_unfiltered's error)
+        fn = graph.opaque(n)
+        if fn is None:
+            continue
+        what = "view"
+        text = (f"{what} {n.name} calls {fn}, whose body pgtenant cannot read (only a BEGIN ATOMIC body's reads are "
+                f"known), and the backend role {role!r} may read it ({_how(n.public, n.member, 'SELECT')}) and "
+                f"{open_[0]}, a tenant-scoped relation no row security filters: that body, run as the reader, may "
+                f"read it unfiltered (the proxy filters only the relations a statement names). The proxy refuses "
+                f"the {what} while the function is not allowed; do not admit it in [tenants.X] "
+                f"extra_allowed_functions unless its body reads no such relation. Fix: make the function BEGIN "
+                f"ATOMIC (pgtenant then follows what it reads); or REVOKE SELECT ON {n.name} FROM "
+                f"{'PUBLIC' if n.public else role}; or vouch for it in [preflight] trusted_definers")
+        if any(q.args is None and q.matches(n.schema, n.bare) for q in vouched):
+            continue  # (the operator vouches for it)
+        _add(found, "warning", None, text)
     return found
 
 

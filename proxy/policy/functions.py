@@ -204,7 +204,9 @@ def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> b
             # never the name of a function in another tenant's schema (a cast to json of its type stays counted)
             named = "a function" if names[0] in policy.hidden_schemas else f"function {function}()"
             raise fail("function_not_allowed", f"{named} is not allowed (reached by {HOW[kind]} "
-                       f"{written}; [tenants.X] extra_allowed_functions admits it if it is safe)")
+                       f"{written}; [tenants.X] extra_allowed_functions admits it, but the proxy does not filter "
+                       "what its body reads: only if it reads no tenant-scoped view, materialized view or foreign "
+                       "table)")
         if policy.agent_max_rows is not None:
             agent.check_function(names, False)
     return found

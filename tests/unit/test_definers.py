@@ -233,6 +233,23 @@ def test_dblink_a_backend_role_or_a_definers_owner_may_execute_is_an_error() -> 
     assert judge("backend", [plain], [], {}, [], dblink_users=frozenset({"app"})).errors != []  # alone: too
 
 
+def test_an_owner_that_may_read_a_foreign_table_is_an_error_in_every_database() -> None:
+    """Red team 22d R2: a body that is not BEGIN ATOMIC (or an atomic one calling another function) whose owner may
+    read a foreign table not itself scoped reads with its user mapping's stored credentials: an error, with no scoped
+    relation in the database too; an atomic body calling nothing is judged by what it reads."""
+    plain = Routine(1, "public.f()", "FUNCTION", APP, public=True)
+    atomic = Routine(2, "public.a()", "FUNCTION", APP, public=True, atomic=True)
+    calling = Routine(3, "public.c()", "FUNCTION", APP, public=True, atomic=True, calls=(9,))
+    users = {"app": "public.ft"}
+    found = judge("backend", [plain, atomic, calling], [], {}, [ORDERS], PINNED, stored_users=users)
+    assert len(found.errors) == 2, found.errors
+    assert "its owner 'app' is not bound by row security (it may read public.ft, which reads with stored " \
+           "credentials" in found.errors[0] and "REVOKE SELECT ON public.ft FROM app" in found.errors[0]
+    assert "public.c()" in found.errors[1]
+    assert judge("backend", [plain], [], {}, [ORDERS], PINNED).errors == []
+    assert judge("backend", [plain], [], {}, [], stored_users=users).errors != []  # alone in its database: too
+
+
 def test_reached_through_a_trigger_or_an_aggregate() -> None:
     """A trigger runs its function with no EXECUTE check, an aggregate its support functions with its owner's: the
     backend role needs no EXECUTE on the function itself."""
