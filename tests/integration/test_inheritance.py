@@ -397,6 +397,9 @@ def test_no_tenant_reads_a_parent_of_a_foreign_table(lab: tuple[str, dict[str, P
         with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:  # the proxy's refusal (others_table)
             _rows(proxies[mode], DAN, db, f"SELECT id, body FROM {parent}")
         assert "holds other tenants' rows" in str(info.value), info.value
+        with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:  # ONLY: PostgreSQL's (wp-only's rule)
+            _rows(proxies[mode], DAN, db, f"SELECT id, body FROM ONLY {parent}")
+        assert f"permission denied for table {parent.split('.')[1]}" in str(info.value), info.value
         for user in (GINA, ALICE):  # PostgreSQL's: provision granted them nothing there
             with pytest.raises(psycopg.errors.InsufficientPrivilege) as info:
                 _rows(proxies[mode], user, db, f"SELECT id, body FROM {parent}")
