@@ -133,9 +133,9 @@ def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bo
                  other_sequences: Sequence[tuple[str, str]] = ()) -> list[Step]:
     """USAGE and the table privileges on a schema, for its tables to come too unless not `defaults` (then the
     default privileges an earlier provision set are revoked: a database tenant's schema its database's shared
-    tenants also use, issue 14, so that a relation made later is not readable by `role` before provision or the
-    preflight has seen it). `others`: relations the grant leaves out (a REVOKE after it); `other_sequences` the same
-    for sequences (the shared tenants' there, review 17 F4)."""
+    tenants also use, issue 14, and a schema tenant's shared schema, red team 22d R6, so that a relation made later
+    is not readable by `role` before provision or the preflight has seen it). `others`: relations the grant leaves
+    out (a REVOKE after it); `other_sequences` the same for sequences (the shared tenants' there, review 17 F4)."""
     s, r = quote_ident(schema), quote_ident(role)
     privileges = "SELECT, INSERT, UPDATE, DELETE" if writes else "SELECT"
     steps = [Step(f"CREATE SCHEMA IF NOT EXISTS {s}")] if create else []
