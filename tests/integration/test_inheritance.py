@@ -447,3 +447,22 @@ def test_a_relation_made_later_in_a_shared_schema_waits_for_provision(
     code, out = provision_output(p)  # the next run grants what is hers to read, and only that
     assert code == 0, out
     assert pg.execute(f"SELECT {query}", dbname=db) == [(False, False, True)]
+
+
+def test_a_foreign_child_made_after_the_start_is_refused_at_the_reload(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    """Red team 22d R3 (made after the start, judged by a reload): the reload passed (there dan read every tenant's rows
+    through a plain table granted to him)."""
+    db, p = refusing
+    pg.execute(f"CREATE TABLE public.late_refs (id int, body text); GRANT SELECT ON public.late_refs TO {DAN_ROLE}",
+               dbname=db)
+    p.start(provision=False)
+    try:
+        pg.execute("CREATE FOREIGN TABLE rpt.ft_late () INHERITS (public.late_refs) SERVER inh_loop "
+                   "OPTIONS (schema_name 'public', table_name 'tenant_notes')", dbname=db)
+        rejected = p.reload(expect="reload_rejected")
+        assert ("an inheritance parent of the foreign table rpt.ft_late with no tenant column"
+                in str(rejected.get("problem"))), rejected
+    finally:
+        p.stop()
