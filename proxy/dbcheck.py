@@ -507,11 +507,25 @@ def _check_parents(
         if not (bypass or owns or reached.level in access.OPEN_LEVELS):
             continue  # the parent's own row security binds it, and applies to the child's rows read through it
         whom = "PUBLIC" if public else f"{role} (or the role it has it through)"
+        if _foreign(conn, cs, ct):
+            report.errors.append(
+                f"tenants.{tenant.name}: its backend role {role!r} can read {schema}.{table}, an inheritance parent of "
+                f"the foreign table {cs}.{ct} with no tenant column: read without ONLY it returns what {cs}.{ct} reads "
+                f"with the reader's user mapping's stored credentials, any tenant's rows, and the proxy adds no tenant "
+                f"filter to it (REVOKE SELECT ON {schema}.{table} FROM {whom}; or detach {cs}.{ct})")
+            continue
         report.errors.append(
             f"tenants.{tenant.name}: its backend role {role!r} can read {schema}.{table}, an inheritance parent of the "
             f"tenant-scoped {cs}.{ct} with no tenant column: read without ONLY it returns {cs}.{ct}'s rows of every "
             f"tenant under its own row security, not the child's ({reached.why}), and the proxy adds no tenant filter "
             f"to it (REVOKE SELECT ON {schema}.{table} FROM {whom}; or add the tenant column to it)")
+
+
+def _foreign(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    """Whether schema.table is a foreign table (an inheritance holder by its stored credentials, proxy/inherits.py)."""
+    row = conn.execute("SELECT c.relkind = 'f' FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                       "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s", (schema, table)).fetchone()
+    return bool(row and row[0])
 
 
 def _check_schema(conn: psycopg.Connection, config: Config, tenant: TenantConfig, report: PreflightReport) -> None:
@@ -746,6 +760,9 @@ def _check_database_neighbours(
             child = "{}.{}".format(*parents[(schema, table)])
             why = (f"an inheritance parent of {child} with no tenant column: read without ONLY it returns "
                    f"{child}'s rows under its own row security, not the child's ({reached.why})")
+            if _foreign(conn, *parents[(schema, table)]):
+                why = (f"an inheritance parent of the foreign table {child} with no tenant column: read without ONLY "
+                       f"it returns what {child} reads with the reader's user mapping's stored credentials")
             fix = revoke
         else:
             policies = tuple(access.PolicyFact(p[0], p[1] == "true", p[2], p[3])

@@ -12,11 +12,20 @@ import psycopg
 # partitions have its columns, so it is scoped as they are (discovered with them); `FROM ONLY parent` reads its own.
 # A relation with a tenant column anywhere (a schema no tenant uses included: `arch.old_notes` under
 # `public.arch_base`, red team 21w W6) seeds the walk too; its ancestors that lack every such column hold its rows.
+# So does a foreign table without any tenant column, a child or a partition (red team 22d R3): PostgreSQL checks only
+# the parent's privilege for rows read through it and scans the foreign table with the READER's user mapping (one
+# FOR PUBLIC: anyone's), so every ancestor returns whatever its stored credentials read remotely, every tenant's
+# rows included. A foreign table with a tenant column is scoped as the proxy already takes one (the column seed).
 _ANCESTORS = """
 WITH RECURSIVE seed(oid, by_column) AS (
   SELECT c.oid, false FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN ROWS FROM (pg_catalog.unnest(%(schemas)s::text[]), pg_catalog.unnest(%(names)s::text[])) AS t(s, r)
       ON t.s = n.nspname AND t.r = c.relname
+  UNION ALL
+  SELECT c.oid, false FROM pg_catalog.pg_class c
+   WHERE c.relkind = 'f' AND EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid
+                        AND a.attname = ANY(%(columns)s::text[]) AND a.attnum > 0 AND NOT a.attisdropped)
   UNION ALL
   SELECT DISTINCT a.attrelid, true FROM pg_catalog.pg_attribute a
    WHERE a.attname = ANY(%(columns)s::text[]) AND a.attnum > 0 AND NOT a.attisdropped
@@ -40,7 +49,8 @@ def holders(conn: psycopg.Connection, scoped: Iterable[tuple[str, str]],
             columns: Iterable[str] = ()) -> dict[tuple[str, str], tuple[str, str]]:
     """The ancestors of the `scoped` relations that are not scoped themselves, and the ancestors without any of the
     tenant `columns` of a relation with one of them wherever it lives, each with a descendant whose rows of every
-    tenant it returns (read without ONLY)."""
+    tenant it returns (read without ONLY); and every ancestor of a foreign table without any of the `columns`,
+    with it (it reads with stored credentials)."""
     rels = sorted({(str(s), str(t)) for s, t in scoped})
     cols = sorted({str(c) for c in columns})
     if not rels and not cols:

@@ -133,9 +133,9 @@ def schema_steps(schema: str, role: str, writes: bool, *, where: str, create: bo
                  other_sequences: Sequence[tuple[str, str]] = ()) -> list[Step]:
     """USAGE and the table privileges on a schema, for its tables to come too unless not `defaults` (then the
     default privileges an earlier provision set are revoked: a database tenant's schema its database's shared
-    tenants also use, issue 14, so that a relation made later is not readable by `role` before provision or the
-    preflight has seen it). `others`: relations the grant leaves out (a REVOKE after it); `other_sequences` the same
-    for sequences (the shared tenants' there, review 17 F4)."""
+    tenants also use, issue 14, and a schema tenant's shared schema, red team 22d R6, so that a relation made later
+    is not readable by `role` before provision or the preflight has seen it). `others`: relations the grant leaves
+    out (a REVOKE after it); `other_sequences` the same for sequences (the shared tenants' there, review 17 F4)."""
     s, r = quote_ident(schema), quote_ident(role)
     privileges = "SELECT, INSERT, UPDATE, DELETE" if writes else "SELECT"
     steps = [Step(f"CREATE SCHEMA IF NOT EXISTS {s}")] if create else []
@@ -390,9 +390,12 @@ def _database_steps(
         if t.strategy == "schema":
             assert t.schema is not None
             steps += schema_steps(t.schema, roles[t.name], t.allow_writes, where=t.name, create=True)
-            for s in t.shared_schemas:  # not the inheritance parents of the shared tenants' tables (red team 21d F3)
+            # not the inheritance parents of the shared tenants' tables (red team 21d F3); no default privileges in a
+            # shared schema (red team 22d R6): a relation made there later (a scoped materialized view, a parent of a
+            # scoped table or a foreign table) is not readable before provision or the preflight has seen it
+            for s in t.shared_schemas:
                 steps += schema_steps(s, roles[t.name], False, where=t.name, create=True,
-                                      others=sorted(rel for rel in unfiltered if rel[0] == s))
+                                      others=sorted(rel for rel in unfiltered if rel[0] == s), defaults=False)
         elif t.strategy == "database":
             steps += _database_tenant_steps(conn, config, t, roles, findings)
     _definer_findings(conn, db, tenants, tables, targets, roles, findings,
