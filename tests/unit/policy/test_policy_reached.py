@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.policy import Deny, TenantPolicy, decide
-from proxy.policy.castsource import PARAM
+from proxy.policy.castsource import ANY, PARAM
 from proxy.policy.model import READ_ONLY
 from proxy.policy.reached import Reached
 from proxy.replicas import _read_only, set_reached
@@ -312,6 +312,7 @@ def test_between_applies_its_comparisons() -> None:
 TEXT_CAST = Reached(frozenset({
     *cast_rows("sales.status_text", ("text", "label"), ("status", "state")),
     *cast_rows("sales.of_int8", ("status", "state"), ("int8", PARAM)),
+    *cast_rows("sales.code_len", ("code",), (ANY,)),  # a length cast (code -> code): for a type modifier
     ("shadow", "count", "public.count"),
 }))
 
@@ -337,6 +338,7 @@ def test_a_cast_whose_source_type_is_provably_another_runs_no_app_function(sql: 
     ("SELECT pg_catalog.count(*)::sales.status", "sales.of_int8"),  # bigint
     ("SELECT count(x)::text FROM t", "sales.status_text"),  # public.count may be the one called: any type
     ("SELECT x::text FROM t", "sales.status_text"),
+    ("SELECT 'x'::code(3)", "sales.code_len"),  # run on the literal read as code
 ])
 def test_a_cast_whose_source_type_may_be_its_own_is_refused(sql: str, function: str) -> None:
     denied = decide(_text_cast(), sql)
