@@ -225,6 +225,7 @@ UNION
 SELECT 'operator', o.oprname, f.qualified FROM pg_catalog.pg_operator o JOIN fn f ON f.oid = o.oprcode::pg_catalog.oid
 UNION
 SELECT 'cast', k.name, c.qualified FROM casts c JOIN typenames k ON k.base = c.target
+ WHERE EXISTS (SELECT 1 FROM typenames n WHERE n.base = c.source AND n.arr = k.arr)  -- (no array of an array)
 UNION  -- (its key: [cast key, function], joined by `reached_routines`; '': a built-in source, NULL: any source)
 SELECT 'castsource', pg_catalog.json_build_array(k.name, c.qualified)::text,
        CASE WHEN c.source <> c.target THEN n.name END
