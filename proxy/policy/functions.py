@@ -160,8 +160,10 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
         reached |= _check_reached(policy, FIELD, name, f"(...).{name}")
     for symbol in analysis.operator_symbols:
         reached |= _check_reached(policy, OPERATOR, symbol, symbol)
-    for type_name in analysis.cast_types:
-        reached |= _check_reached(policy, CAST, type_name, type_name)
+    for cast in analysis.casts:  # only a cast whose source type may be its value's (policy/castsource.py)
+        sources = None if cast.via and policy.reached.functions(SHADOW, cast.via) else cast.sources
+        reached |= _check_reached(policy, CAST, cast.target, cast.target,
+                                  policy.reached.cast_functions(cast.target, sources))
     for written in analysis.json_output:  # to_json(x) & co. write x through its type's cast to json, at any depth
         reached |= _check_reached(policy, CAST, JSON, f"{JSON} (done by {written})")
     for names in analysis.type_names:
@@ -195,9 +197,10 @@ _VIEW_ROLES = frozenset({READ, SAMPLE, TARGET, COPY_TO})  # a view's query runs 
 _SOURCE_ROLES = frozenset({READ, SAMPLE, LIKE})  # the relations a new table's columns may come from
 
 
-def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str) -> bool:
+def _check_reached(policy: TenantPolicy, kind: str, key: str, written: str,
+                   functions: tuple[str, ...] | None = None) -> bool:
     found = False
-    for function in policy.reached.functions(kind, key):
+    for function in policy.reached.functions(kind, key) if functions is None else functions:
         found = True
         names = tuple(function.split(".", 1))
         if not is_allowed(policy, names):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from proxy.policy.castsource import SEP, may_run
 from proxy.policy.tree import Node, names_of
 
 # Kinds of a snapshot row (kind, key, "schema.function"): how a statement reaches a routine outside pg_catalog and
@@ -12,7 +13,9 @@ from proxy.policy.tree import Node, names_of
 ATTRIBUTE = "attribute"  # key: a function of one argument: `t.f` / `(t).f` is f(t) when t has no column f
 FIELD = "field"  # key: a function of one scalar argument: only `(x).f` / `t.c.f` reach it (`t.f` names a row)
 OPERATOR = "operator"  # key: an operator symbol whose code is the function
-CAST = "cast"  # key: the target type (pg_type.typname) of a cast done by the function
+# key: a name of the target type of a cast done by the function: its typname, `elem[]` for an array, a domain's over
+# it (policy/castsource.py); and those of arrays of them, for the element-wise cast of an array to one
+CAST = "cast"
 SHADOW = "shadow"  # key: a built-in's name the function overloads or shadows (an unqualified call may pick it)
 VIEW = "view"  # key: "schema.view" of a view whose definition calls the function
 # key: a type name (pg_type.typname) whose values are checked by the function: a domain whose CHECK or DEFAULT calls
@@ -20,7 +23,10 @@ VIEW = "view"  # key: "schema.view" of a view whose definition calls the functio
 # runs it (`'x'::dom`, `CAST(x AS dom)`, a column `c dom` of a new table)
 DOMAIN = "domain"  # (its key: "schema.type"; the bare type name finds it too)
 CAST_FROM = "castfrom"  # key: "schema.function" of a CAST row; function: the schema of a source type of its casts
-KINDS = (ATTRIBUTE, FIELD, OPERATOR, CAST, SHADOW, VIEW, DOMAIN, CAST_FROM)
+# key: a CAST row's key and function joined by castsource.SEP; function: a name of a source type the cast runs for
+# (castsource.ANY: any, castsource.PARAM: a built-in type); a CAST row without any runs for any type
+CAST_SOURCE = "castsource"
+KINDS = (ATTRIBUTE, FIELD, OPERATOR, CAST, SHADOW, VIEW, DOMAIN, CAST_FROM, CAST_SOURCE)
 
 HOW = {ATTRIBUTE: "attribute notation", FIELD: "attribute notation", OPERATOR: "operator", CAST: "a cast to type",
        SHADOW: "the unqualified call",
@@ -86,7 +92,7 @@ class Reached:
             if kind == CAST:
                 return function.partition(".")[0] not in schemas or not sources.get(function) \
                     or not sources[function] <= schemas
-            if kind == CAST_FROM:
+            if kind in (CAST_FROM, CAST_SOURCE):
                 return True
             return (key if kind in (VIEW, DOMAIN) else function).partition(".")[0] not in schemas
 
@@ -96,6 +102,15 @@ class Reached:
     def functions(self, kind: str, key: str) -> tuple[str, ...]:
         """The routines `key` reaches as `kind` ((): none)."""
         return self.by_kind[kind].get(key, ())
+
+    def cast_functions(self, target: str, sources: frozenset[str] | None) -> tuple[str, ...]:
+        """The routines of the casts to `target` (a `CAST` key) that may run for a value whose type's names are
+        `sources` (None: any type; castsource.UNTYPED: an untyped literal)."""
+        functions = self.by_kind[CAST].get(target, ())
+        if sources is None or not functions:
+            return functions
+        by = self.by_kind[CAST_SOURCE]
+        return tuple(f for f in functions if may_run(by.get(target + SEP + f), sources))
 
 
 NOTHING = Reached()

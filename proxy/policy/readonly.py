@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.policy import castsource
 from proxy.policy.builtins import BUILTIN_FUNCTIONS
 from proxy.policy.context import SEQUENCE_FUNCTIONS, STATEFUL_FUNCTIONS
 from proxy.policy.functions import SYSTEM_FUNCTION_SCHEMAS
@@ -147,9 +148,10 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     if tag in ("SortBy", "SubLink"):
         names = body.get("useOp" if tag == "SortBy" else "operName") or ()
         return bool(names) and names[-1].get("String", {}).get("sval", "") in by[OPERATOR]
-    if tag == "TypeCast":
-        names = body.get("typeName", {}).get("names") or ()
-        return bool(names) and names[-1].get("String", {}).get("sval", "") in by[CAST]
+    if tag == "TypeCast":  # (a parameter's type is not followed here: any)
+        cast = castsource.written(body)
+        sources = None if cast.param or (cast.via and cast.via in by[SHADOW]) else cast.sources
+        return bool(reached.cast_functions(cast.target, sources))
     if tag == "FuncCall":
         names = body.get("funcname") or ()
         name = names[-1].get("String", {}).get("sval", "") if len(names) == 1 else ""

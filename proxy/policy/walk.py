@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.policy.castsource import WrittenCast, resolve_params, type_key, written
 from proxy.policy.guards import GUARDED_NAMES
 from proxy.policy.reached import JSON_NODES, json_output, operator_symbols
 from proxy.policy.tree import Node, names_of, string_const, tag_of
@@ -25,7 +26,7 @@ LOCK = "lock"  # LOCK TABLE t: no rows are read
 UNKNOWN = "unknown"  # anywhere else; filtered relations found here are denied
 
 # Nodes that hold nothing worth recording.
-_LEAVES = frozenset({"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star", "ParamRef",
+_LEAVES = frozenset({"A_Const", "String", "Integer", "Float", "Boolean", "BitString", "A_Star",
                      "SQLValueFunction"})
 
 REG_TYPES: frozenset[str] = frozenset(
@@ -127,7 +128,12 @@ class Analysis:
     indirections: list[str] = field(default_factory=list)
     # Every operator symbol written or implied (A_Expr, ORDER BY ... USING, x op ANY (SELECT ...)), qualified or not.
     operator_symbols: set[str] = field(default_factory=set)
-    cast_types: set[str] = field(default_factory=set)  # the (last) name of every type an expression is cast to
+    # every cast an expression is written with: its target's key and the names its value's type may have
+    # (policy/castsource.py)
+    casts: list[WrittenCast] = field(default_factory=list)
+    param_uses: dict[int, int] = field(default_factory=dict)  # how many times each $n is written
+    # PREPARE's argument types by key; None where a routine's parameters are ($n in CREATE FUNCTION ... BEGIN ATOMIC)
+    param_types: list[str] | None = field(default_factory=list)
     # The JSON-writing built-ins and SQL/JSON constructors used (policy/reached.py JSON_OUTPUT, JSON_NODES): each runs
     # a cast to json of a value's type when the type has one done by a function.
     json_output: list[str] = field(default_factory=list)
@@ -152,7 +158,10 @@ def analyze(node: Node) -> Analysis:
     """Walk a tagged statement node."""
     walker = _Walker()
     walker.any(node, Scope())
-    return walker.out
+    out = walker.out
+    if out.param_uses and any(cast.param for cast in out.casts):
+        out.casts = resolve_params(out.casts, out.param_uses, out.param_types)
+    return out
 
 
 def _literal_below_casts(node: Node | None) -> str | None:
@@ -363,7 +372,7 @@ def _h_funccall(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> Non
 def _h_typecast(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
     type_name = b.get("typeName", {})
     names = names_of(type_name.get("names"))
-    w.out.cast_types.update(names[-1:])
+    w.out.casts.append(written(b))
     if names and (names[-1] in REG_TYPES or names[-1] == "regrole") and holder is not None:
         w.out.sites.append(Site(holder[key], holder, key))
     if names and names[-1] in REG_TYPES:
@@ -530,7 +539,26 @@ def _h_locking(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None
     w.out.locking = True
 
 
+def _h_param(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    number = int(b.get("number") or 0)
+    w.out.param_uses[number] = w.out.param_uses.get(number, 0) + 1
+
+
+def _h_prepare(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    if w.out.param_types is not None:
+        w.out.param_types = [type_key(t.get("TypeName", t)) for t in b.get("argtypes") or ()]
+    w.fields(b, scope)
+
+
+def _h_routine(w: _Walker, b: Node, scope: Scope, holder: Any, key: Any) -> None:
+    w.out.param_types = None  # its body's $n are its parameters, of the types it declares
+    w.fields(b, scope)
+
+
 _HANDLERS: dict[str, Callable[[_Walker, Node, Scope, Any, Any], None]] = {
+    "ParamRef": _h_param,
+    "PrepareStmt": _h_prepare,
+    "CreateFunctionStmt": _h_routine,
     "SelectStmt": _h_select,
     "InsertStmt": _dml_handler("InsertStmt"),
     "UpdateStmt": _dml_handler("UpdateStmt"),

@@ -214,6 +214,23 @@ _REACHED = Reached(frozenset({
     ("view", "public.tenant_stats", "public.tenant_summary"),
 }))
 _EQUAL = Reached(frozenset({("operator", "=", "sales.money2_eq")}))
+
+
+def cast_rows(function: str, targets: tuple[str, ...], sources: tuple[str, ...]) -> set[tuple[str, str, str]]:
+    """The snapshot rows of a cast as dbcheck.reached_routines reads them: a `cast` row per name of its target type,
+    a `castsource` row per (target name, source name)."""
+    return ({("cast", t, function) for t in targets}
+            | {("castsource", f"{t}\x00{function}", s) for t in targets for s in sources})
+
+
+# An app's `CREATE CAST (sales.status AS text) WITH FUNCTION sales.status_text(sales.status)` (an enum), with a domain
+# sales.state over the enum and a domain sales.label over text (wp-cast): the rows dbcheck read from PostgreSQL 15
+_TEXT_CAST = Reached(frozenset({
+    *cast_rows("sales.status_text", ("text", "label"), ("status", "state")),
+    *cast_rows("sales.status_text", ("text[]", "_text", "label[]", "_label"), ("status[]", "_status", "state[]",
+                                                                                "_state")),
+    ("castfrom", "sales.status_text", "sales"), ("field", "status_text", "sales.status_text"),
+}))
 POLICIES.update({
     "shared_reached": dataclasses.replace(_SHARED, reached=_REACHED),
     "schema_reached": dataclasses.replace(_SCHEMA, shared_schemas=("ref", "public"), reached=_REACHED),
@@ -221,6 +238,8 @@ POLICIES.update({
     "shared_reached_allowed": dataclasses.replace(_SHARED, reached=_REACHED, extra_allowed_functions=frozenset(
         {"sales.sku_exists", "sales.status_label", "public.tenant_summary"})),
     "shared_equal": dataclasses.replace(_SHARED, reached=_EQUAL),
+    "shared_text_cast": dataclasses.replace(_SHARED, reached=_TEXT_CAST),
+    "database_text_cast": dataclasses.replace(_DATABASE, reached=_TEXT_CAST),
 })
 # A database tenant with another tenant's schema in its database (an allow-list of the others).
 DATABASE_HIDING = POLICIES["database_hiding"]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from proxy.policy import Deny, TenantPolicy, decide
+from proxy.policy.castsource import ANY, PARAM
 from proxy.policy.model import READ_ONLY
 from proxy.policy.reached import Reached
 from proxy.replicas import _read_only, set_reached
+from tests.unit.policy.policy_corpus import cast_rows
 
 REACHED = Reached(frozenset({
     ("attribute", "rt_tenants_sd", "public.rt_tenants_sd"),
@@ -302,3 +304,45 @@ def test_between_applies_its_comparisons() -> None:
     for symbol in ("<=", ">="):
         denied = decide(_shared(Reached(frozenset({("operator", symbol, "public.f")}))), sql)
         assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", (symbol, denied)
+
+
+# wp-cast: `CREATE CAST (sales.status AS text) WITH FUNCTION sales.status_text(...)` and a superuser's
+# `CREATE CAST (int8 AS sales.status) WITH FUNCTION sales.of_int8(int8)` (a built-in source type: a Parse may
+# declare a parameter of it), as dbcheck.reached_routines reads them
+TEXT_CAST = Reached(frozenset({
+    *cast_rows("sales.status_text", ("text", "label"), ("status", "state")),
+    *cast_rows("sales.of_int8", ("status", "state"), ("int8", PARAM)),
+    *cast_rows("sales.code_len", ("code",), (ANY,)),  # a length cast (code -> code): for a type modifier
+    ("shadow", "count", "public.count"),
+}))
+
+
+def _text_cast(extra: frozenset[str] = frozenset({"count"})) -> TenantPolicy:
+    return TenantPolicy(tenant="dan", strategy="database", reached=TEXT_CAST, extra_allowed_functions=extra)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1::sales.status, '1'::sales.status, NULL::sales.status, 1.5::text, 'x'::text",
+    "SELECT x::int::sales.status FROM t",  # int4: no cast of the database's from it
+])
+def test_a_cast_whose_source_type_is_provably_another_runs_no_app_function(sql: str) -> None:
+    decision = decide(_text_cast(frozenset()), sql)
+    assert not isinstance(decision, Deny), decision
+    assert READ_ONLY in decision.effects  # and it stays read-only
+
+
+@pytest.mark.parametrize("sql, function", [
+    ("SELECT $1::sales.status", "sales.of_int8"),  # a Parse may declare $1 int8
+    ("SELECT 3000000000::sales.status", "sales.of_int8"),  # an int8 constant
+    ("SELECT '1'::int8::state", "sales.of_int8"),  # to a domain over the target
+    ("SELECT pg_catalog.count(*)::sales.status", "sales.of_int8"),  # bigint
+    ("SELECT count(x)::text FROM t", "sales.status_text"),  # public.count may be the one called: any type
+    ("SELECT x::text FROM t", "sales.status_text"),
+    ("SELECT 'x'::code(3)", "sales.code_len"),  # run on the literal read as code
+])
+def test_a_cast_whose_source_type_may_be_its_own_is_refused(sql: str, function: str) -> None:
+    denied = decide(_text_cast(), sql)
+    assert isinstance(denied, Deny) and denied.rule == "function_not_allowed", denied
+    assert f"{function}()" in denied.message, denied.message
+    allowed = decide(_text_cast(frozenset({"count", function})), sql)
+    assert not isinstance(allowed, Deny) and READ_ONLY not in allowed.effects, allowed

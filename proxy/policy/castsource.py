@@ -1,0 +1,122 @@
+"""Which types a written cast converts from: PostgreSQL runs a cast's function only for a value of its source type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.policy.tree import Node, names_of
+
+# PostgreSQL looks a cast up by the base types of the value and of the target (find_coercion_pathway: a cast from or
+# to a domain is never used), and for two arrays with no cast of their own, by their element types. `expr::T` runs
+# the function of the cast (S -> T) only when expr's type is S, a domain over S, or (for an array target) an array
+# of either; an untyped literal or NULL is read by T's input function and runs no cast at all. A length coercion (a
+# cast (T -> T), run for a type modifier: `x::T(3)`, a domain over T(3)) runs whatever the value's type.
+# Markers among a cast's source names (the snapshot's `CAST_SOURCE` rows; a type's name is never empty nor holds
+# a NUL, so neither is the name of a type):
+ANY = "\x00any"  # the cast runs for a value of any type (a length coercion)
+PARAM = "\x00param"  # its source type is built in: a Parse may declare a parameter of it (others are refused)
+SEP = "\x00"  # joins a target key and a function into a `CAST_SOURCE` key
+UNTYPED: frozenset[str] = frozenset()  # an untyped literal or NULL: no cast is looked up
+
+# Built-in functions whose result type is fixed (every overload of them in pg_catalog): the type of `f(...)` when
+# no routine of the database overloads the name (its `SHADOW` rows) or the call names pg_catalog.
+FIXED_RESULTS = {"count": "int8", "now": "timestamptz"}
+# SQL value functions (CURRENT_DATE, CURRENT_USER, ...): keywords, no lookup.
+_VALUE_FUNCTIONS = {"DATE": "date", "TIME": "timetz", "TIMESTAMP": "timestamptz", "LOCALTIME": "time",
+                    "LOCALTIMESTAMP": "timestamp", "ROLE": "name", "USER": "name", "SESSION_USER": "name",
+                    "CATALOG": "name", "SCHEMA": "name"}
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenCast:
+    """One `expr::T` / `CAST(expr AS T)`: the target's key, and the names expr's type may have (`UNTYPED`: none
+    looked up; None: any type). `via`: a built-in whose fixed result it is, known only while no routine of the
+    database overloads that name; `param`: the number of a parameter cast, resolved with the statement
+    (`resolve_params`); `spelled`: the target as written (names and array bounds), which a parameter of unknown
+    type takes."""
+
+    target: str
+    sources: frozenset[str] | None
+    via: str = ""
+    param: int = 0
+    spelled: tuple[tuple[str, ...], bool] = ((), False)
+
+
+def type_key(type_name: Node) -> str:
+    """The snapshot's key of a written type: its last name, with "[]" when written with array bounds (`text[]`,
+    `_text` names the same type: the snapshot has both)."""
+    names = names_of(type_name.get("names"))
+    return (names[-1] if names else "") + ("[]" if type_name.get("arrayBounds") else "")
+
+
+def written(cast: Node) -> WrittenCast:
+    """The cast of a TypeCast body, with what its argument's type is known to be."""
+    type_name = cast.get("typeName") or {}
+    target = type_key(type_name)
+    spelled = (names_of(type_name.get("names")), bool(type_name.get("arrayBounds")))
+    arg = cast.get("arg")
+    if type(arg) is not dict or len(arg) != 1:
+        return WrittenCast(target, None, spelled=spelled)
+    (tag, body), = arg.items()
+    if tag == "A_Const":
+        return WrittenCast(target, _constant(body), spelled=spelled)
+    if tag == "TypeCast":
+        inner = type_key(body.get("typeName") or {})
+        return WrittenCast(target, frozenset({inner}) if inner else None, spelled=spelled)
+    if tag == "ParamRef":
+        return WrittenCast(target, None, param=int(body.get("number") or 0), spelled=spelled)
+    if tag == "SQLValueFunction":
+        op = str(body.get("op", "")).removeprefix("SVFOP_").removeprefix("CURRENT_").removesuffix("_N")
+        result = _VALUE_FUNCTIONS.get(op)
+        return WrittenCast(target, frozenset({result}) if result else None, spelled=spelled)
+    if tag == "FuncCall":
+        names = names_of(body.get("funcname"))
+        if names and names[-1] in FIXED_RESULTS and (len(names) == 1 or names[0] == "pg_catalog") \
+                and len(names) <= 2:
+            return WrittenCast(target, frozenset({FIXED_RESULTS[names[-1]]}),
+                               via=names[-1] if len(names) == 1 else "", spelled=spelled)
+    return WrittenCast(target, None, spelled=spelled)
+
+
+def _constant(body: Node) -> frozenset[str] | None:
+    """The type of a constant (PostgreSQL's make_const): a string or NULL is untyped."""
+    if "sval" in body or body.get("isnull"):
+        return UNTYPED
+    if "ival" in body:
+        return frozenset({"int4"})
+    if "fval" in body:  # an integer too large for int4, or a decimal: int8 or numeric
+        return frozenset({"int8", "numeric"})
+    if "boolval" in body:
+        return frozenset({"bool"})
+    if "bsval" in body:
+        return frozenset({"bit"})
+    return None
+
+
+def resolve_params(casts: list[WrittenCast], uses: dict[int, int], declared: list[str] | None) -> list[WrittenCast]:
+    """The casts with each parameter's type: `declared` (PREPARE's argument types, by key; None: parameters whose
+    types the statement cannot know, as in a routine's body) first; a parameter of unknown type that every use of
+    casts to one written type takes that type (PostgreSQL's variable_coerce_param_hook: no cast runs), or a built-in
+    type a Parse declared (`PARAM`); any other use leaves it unknown (its first use may have fixed its type)."""
+    spelled: dict[int, set[tuple[tuple[str, ...], bool]]] = {}
+    counts: dict[int, int] = {}
+    for cast in casts:
+        if cast.param:
+            spelled.setdefault(cast.param, set()).add(cast.spelled)
+            counts[cast.param] = counts.get(cast.param, 0) + 1
+    out = []
+    for cast in casts:
+        n = cast.param
+        if n:
+            if declared is not None and n <= len(declared):
+                cast = WrittenCast(cast.target, frozenset({declared[n - 1]}), spelled=cast.spelled)
+            elif declared is not None and len(spelled[n]) == 1 and counts[n] == uses.get(n, 0):
+                cast = WrittenCast(cast.target, frozenset({cast.target, PARAM}), spelled=cast.spelled)
+        out.append(cast)
+    return out
+
+
+def may_run(row_sources: tuple[str, ...] | None, sources: frozenset[str] | None) -> bool:
+    """Whether a cast whose source names are `row_sources` (None: not recorded, any) may run for a value whose
+    type's names are `sources` (None: any)."""
+    return row_sources is None or sources is None or ANY in row_sources or not sources.isdisjoint(row_sources)
