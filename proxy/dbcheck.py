@@ -381,6 +381,17 @@ def replica_preflight(config: Config, backend: str, replica: ReplicaConfig) -> l
     return []
 
 
+# Roles the backend role (current_user) is a member of whose rights a switch to them adds (`_check_role`).
+_SWITCHABLE = """
+SELECT r.rolname, CASE WHEN r.rolsuper THEN 'is a superuser' WHEN r.rolbypassrls THEN 'has BYPASSRLS'
+                       ELSE 'it does not inherit the rights of' END
+  FROM pg_catalog.pg_roles r
+ WHERE r.rolname <> current_user AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')
+   AND (r.rolsuper OR r.rolbypassrls OR NOT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE'))
+ ORDER BY 1
+"""
+
+
 def _check_role(conn: psycopg.Connection, backend: BackendConfig, report: PreflightReport) -> None:
     row = conn.execute(
         "SELECT rolsuper, rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = current_user"
@@ -394,6 +405,15 @@ def _check_role(conn: psycopg.Connection, backend: BackendConfig, report: Prefli
     if row[1]:
         report.errors.append(
             f"backends.{backend.name}: backend role {backend.user!r} has BYPASSRLS (ALTER ROLE … NOBYPASSRLS)"
+        )
+    # Red team 22v V3: a role the backend role is a member of but does not inherit the rights of (NOINHERIT, PG 16+
+    # INHERIT FALSE), or one with SUPERUSER / BYPASSRLS (attributes are never inherited): code it runs may switch to
+    # it (a function's `SET role` clause, checked against the session's role), with rights no check here counts.
+    for name, why in conn.execute(_SWITCHABLE).fetchall():
+        report.errors.append(
+            f"backends.{backend.name}: backend role {backend.user!r} is a member of role {name!r}, which {why}: code "
+            f"it runs may switch to that role (a function's SET role clause) and read with its rights "
+            f"(REVOKE {name} FROM {backend.user})"
         )
 
 

@@ -176,34 +176,43 @@ SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid
  ORDER BY 1, 2, 3
 """
 
+# dblink's functions: the members of extension dblink, and any C function of its library wherever it is (red team
+# 22v V2: `ALTER EXTENSION dblink DROP FUNCTION …` leaves the function out of the extension; a superuser's copy
+# `CREATE FUNCTION … AS '$libdir/dblink', 'dblink_record'` is none of its members).
+_DBLINK_FUNCTIONS = r"""
+WITH dblink_functions AS (
+  SELECT d.objid FROM pg_catalog.pg_extension e
+    JOIN pg_catalog.pg_depend d ON d.refobjid = e.oid
+     AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+     AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.deptype = 'e'
+   WHERE e.extname = 'dblink'
+  UNION
+  SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+   WHERE l.lanname = 'c' AND p.probin ~ '(^|/)dblink(\.[a-z]+)?$'
+)"""
+
 # Red team 21w W7: dblink's functions connect with the credentials a connection string or a foreign server's user
 # mapping carries and run SQL there as that user; its script grants them (not dblink_connect_u) to PUBLIC. Code a
 # role runs whose body pgtenant cannot read (a function that is not BEGIN ATOMIC, plpgsql's dynamic SQL) may call
 # them: each member of extension dblink (quoted signature, as a REVOKE takes it), whether through PUBLIC, and whether
 # `role` may execute it (a role that does not exist yet: through PUBLIC).
-_DBLINK = """
-WITH me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
+_DBLINK = _DBLINK_FUNCTIONS + """,
+me AS (SELECT (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = %(role)s) AS oid)
 SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(p.proname) || '('
        || pg_catalog.oidvectortypes(p.proargtypes) || ')', pub.x,
        CASE WHEN me.oid IS NULL THEN pub.x ELSE pg_catalog.has_function_privilege(me.oid, p.oid, 'EXECUTE') END
-  FROM pg_catalog.pg_extension e
-  JOIN pg_catalog.pg_depend d ON d.refobjid = e.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
-   AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.deptype = 'e'
-  JOIN pg_catalog.pg_proc p ON p.oid = d.objid JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
   CROSS JOIN me
   CROSS JOIN LATERAL (SELECT EXISTS (
        SELECT 1 FROM pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
         WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS x) pub
- WHERE e.extname = 'dblink'
+ WHERE p.oid IN (SELECT objid FROM dblink_functions)
  ORDER BY 1
 """
 
 # The roles of `owners` that may execute a member of extension dblink.
-_DBLINK_USERS = """
-SELECT DISTINCT o.rolname FROM pg_catalog.pg_roles o
-  JOIN pg_catalog.pg_extension e ON e.extname = 'dblink'
-  JOIN pg_catalog.pg_depend d ON d.refobjid = e.oid AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
-   AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.deptype = 'e'
+_DBLINK_USERS = _DBLINK_FUNCTIONS + """
+SELECT DISTINCT o.rolname FROM pg_catalog.pg_roles o JOIN dblink_functions d ON true
  WHERE o.rolname = ANY(%s::text[]) AND pg_catalog.has_function_privilege(o.oid, d.objid, 'EXECUTE')
 """
 

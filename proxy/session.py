@@ -917,7 +917,7 @@ class ClientSession:
         if instead is not None:  # SQL DEALLOCATE of a statement only the proxy has (psqlODBC's _PLAN statements)
             pending = self.tracker.pending
             if pending:  # (its answer frees the statement's record: SessionState.renamed)
-                self.context.maps_deallocate(pending[-1])
+                self.context.maps_deallocate(pending[-1], st.deallocated)
             return query_message(instead)
         st.query(reset=at is not None or forgets(sql), at=at or 0)
         if st.cache and statement_kind(sql) == "ddl":

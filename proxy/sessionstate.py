@@ -253,13 +253,15 @@ class SessionState:
         if self.lost:
             self.lost.discard(name)
 
-    def maps_deallocate(self, request: object) -> None:
-        """The statement maps sent their own DEALLOCATE in place of `request`'s SQL DEALLOCATE of one of the client's
-        protocol statements: its answer frees that statement's record (`renamed`)."""
+    def maps_deallocate(self, request: object, name: str) -> None:
+        """The statement maps sent their own DEALLOCATE in place of `request`'s SQL DEALLOCATE of the client's
+        protocol statement `name`: its answer frees that statement's record (`renamed`) — only where the policy's
+        parse (PostgreSQL's grammar) names the same statement (red team 22v V1: the maps' pattern read `x` in
+        `DEALLOCATE x<no-break space>`)."""
         for entry in self.requests:
             if entry.request is request:
-                entry.changes = [(pos, replace(c, frees=True) if isinstance(c, _Deallocating) else c)
-                                 for pos, c in entry.changes]
+                entry.changes = [(pos, replace(c, frees=True) if isinstance(c, _Deallocating) and c.op == DEALLOCATE
+                                  and c.name == name else c) for pos, c in entry.changes]
 
     def _deallocated(self, change: _Deallocating) -> None:
         """PostgreSQL ran a DEALLOCATE of prepared statement `change.name` ("": DEALLOCATE ALL, DISCARD ALL — every

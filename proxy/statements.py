@@ -76,10 +76,12 @@ _MAX_TEXTS = 2000  # texts a session remembers for admission and hashing (LRU)
 _MAX_REPLAY = 256  # messages of one batch kept for a transparent retry; a longer batch is not retried
 _STALE_PLAN = b"RRevalidateCachedQuery\x00"  # the routine of "cached plan must not change result type"
 # Statements that deallocate every prepared statement of the session (and of the server under it).
-_FORGETS = re.compile(r"\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*", re.IGNORECASE)
+# (ASCII only, as PostgreSQL's scanner: a no-break space is an identifier character there, and `K` (Kelvin) is no
+# `k` — red team 22v V1)
+_FORGETS = re.compile(r"\s*(deallocate\s+(prepare\s+)?all|discard\s+all)\s*;?\s*", re.IGNORECASE | re.ASCII)
 # SQL DEALLOCATE of one statement (psqlODBC closes its _PLAN statements so): the name, quoted or not.
 _DEALLOCATE = re.compile(r'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\s*;?\s*',
-                         re.IGNORECASE)
+                         re.IGNORECASE | re.ASCII)
 # What a DEALLOCATE of a client's statement becomes: its CommandComplete "DEALLOCATE" from a statement of ours (the
 # PREPARE's CommandComplete is swallowed); the server never has the client's name.
 _DEALLOCATED = "PREPARE pgt_deallocate AS SELECT; DEALLOCATE pgt_deallocate"
@@ -448,11 +450,43 @@ class Statements:
     (`take_client`) and what the server must get besides (`take_server`, a transparent retry)."""
 
     __slots__ = (
-        "_fakes", "_last", "_ledger", "_listed", "_markers", "_open", "_recording", "_resets", "_retried",
-        "_skipping", "_texts", "_texts_bytes", "_to_client", "_to_server", "_tx_names", "_unflushed", "_unnamed_here",
+        "_fakes",
+        "_last",
+        "_ledger",
+        "_listed",
+        "_markers",
+        "_open",
+        "_recording",
+        "_resets",
+        "_retried",
+        "_skipping",
+        "_texts",
+        "_texts_bytes",
+        "_to_client",
+        "_to_server",
+        "_tx_names",
+        "_unflushed",
+        "_unnamed_here",
         "cache",
-        "cache_bytes", "cache_size", "cursors", "error_marker", "hits", "max_bytes", "max_listing", "max_named",
-        "misses", "named", "origin", "prepared", "retries", "shrink", "status", "tenant_budget", "undone", "unnamed",
+        "cache_bytes",
+        "cache_size",
+        "cursors",
+        "deallocated",
+        "error_marker",
+        "hits",
+        "max_bytes",
+        "max_listing",
+        "max_named",
+        "misses",
+        "named",
+        "origin",
+        "prepared",
+        "retries",
+        "shrink",
+        "status",
+        "tenant_budget",
+        "undone",
+        "unnamed",
         "wall_clock",
     )
 
@@ -471,6 +505,7 @@ class Statements:
         self.cache_size = max(1, cache_size)
         self.cache_bytes = max(1, cache_bytes)
         self.named: dict[str, Stmt] = {}
+        self.deallocated = ""  # the client's statement the last `deallocate` sent the maps' DEALLOCATE in place of
         # (name, its statement) -> (the client's text where it differs from the forwarded one, when it was prepared)
         self.origin: dict[tuple[str, Stmt], tuple[str | None, float]] = {}
         # (name, its statement) -> what of its bytes the session's bounds do not count: a hidden schema's reserved
@@ -856,6 +891,7 @@ class Statements:
         stmt = self.named.pop(name, None)
         if stmt is None:
             return None
+        self.deallocated = name
         self.unnamed = None
         self._unnamed_here = False
         self._open = False

@@ -500,3 +500,57 @@ def test_provision_reports_dblink_a_backend_role_may_execute(
     assert f"WARNING (--force): database {db}: the backend role '{BACKEND_ROLE}' may execute" in out, out
     assert pg.execute("SELECT has_function_privilege('public', 'public.dblink(text, text)', 'EXECUTE')",
                       dbname=db) == [(True,)]
+
+
+_REVOKE_DBLINK = ("DO $$DECLARE f regprocedure; BEGIN FOR f IN SELECT d.objid::regprocedure FROM pg_depend d JOIN "
+                  "pg_extension e ON e.oid = d.refobjid WHERE e.extname = 'dblink' AND d.deptype = 'e' AND "
+                  "d.classid = 'pg_proc'::regclass LOOP EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', "
+                  "f); END LOOP; END$$")
+
+
+def test_dblink_functions_out_of_their_extension_are_still_dblink(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 22v V2: `ALTER EXTENSION dblink DROP FUNCTION dblink(text, text)` (and a grant to PUBLIC) took the
+    function out of what the check looked for (the extension's members): the database tenant read every tenant's
+    rows through a view over a plain function calling it. dblink's functions are those of its C library too."""
+    db, p = _lab(pg, tmp_path_factory, "dfdblx")
+    pg.execute(_BARE + "CREATE EXTENSION dblink; " + _REVOKE_DBLINK, dbname=db)
+    p.start(provision=False)  # (every member revoked from PUBLIC: passes)
+    p.stop()
+    pg.execute("ALTER EXTENSION dblink DROP FUNCTION public.dblink(text, text); "
+               "GRANT EXECUTE ON FUNCTION public.dblink(text, text) TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert f"tenants.dfa: the backend role '{BACKEND_ROLE}' may execute the functions of extension dblink" in log, log
+    assert "public.dblink(text, text)" in log, log
+
+
+def test_a_backend_role_that_may_switch_to_another_role_is_refused(
+    pg: PgCluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Red team 22v V3: the backend role granted a dblink-capable role WITH INHERIT FALSE, SET TRUE passed (the
+    privilege checks count inherited rights only); a plain function with `SET role = …` a view calls switched to it
+    and the database tenant read every tenant's rows over dblink. A membership whose rights are not inherited, or in
+    a SUPERUSER / BYPASSRLS role (attributes never are), is an error now: code the backend role runs may switch."""
+    db, p = _lab(pg, tmp_path_factory, "dfswitch")
+    pg.execute(_BARE, dbname=db)
+    pg.execute("DO $$BEGIN CREATE ROLE pgt_df_bypass NOLOGIN BYPASSRLS; "
+               "EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    pg.execute("DO $$BEGIN CREATE ROLE pgt_df_noinherit NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    major = int(pg.execute("SHOW server_version_num")[0][0]) // 10000
+    try:
+        pg.execute(f"GRANT pgt_df_bypass TO {BACKEND_ROLE}")
+        log = _refusal(p)
+        assert (f"backend role '{BACKEND_ROLE}' is a member of role 'pgt_df_bypass', which has BYPASSRLS: code it "
+                "runs may switch to that role") in log, log
+        pg.execute(f"REVOKE pgt_df_bypass FROM {BACKEND_ROLE}")
+        if major >= 16:
+            pg.execute(f"GRANT pgt_df_noinherit TO {BACKEND_ROLE} WITH INHERIT FALSE")
+            log = _refusal(p)
+            assert ("is a member of role 'pgt_df_noinherit', which it does not inherit the rights of") in log, log
+            pg.execute(f"REVOKE pgt_df_noinherit FROM {BACKEND_ROLE}")
+            pg.execute(f"GRANT pgt_df_noinherit TO {BACKEND_ROLE} WITH INHERIT TRUE")  # (its rights are counted)
+        p.start(provision=False)
+        p.stop()
+    finally:
+        pg.execute(f"REVOKE pgt_df_bypass FROM {BACKEND_ROLE}; REVOKE pgt_df_noinherit FROM {BACKEND_ROLE}")

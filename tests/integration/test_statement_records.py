@@ -185,3 +185,25 @@ def test_a_sql_deallocate_the_maps_do_not_send_keeps_the_protocol_record(
         assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "sessioncache"])
+@pytest.mark.parametrize(("read", "written"), [("x", "x\u00a0"), ("k", "\u212a")])
+def test_a_deallocate_the_maps_read_as_another_name_keeps_the_record(
+        proxies: dict[str, ProxyProcess], pg: PgCluster, mode: str, read: str, written: str) -> None:
+    """Red team 22v V1 (uk.py): the statement maps' DEALLOCATE pattern read `DEALLOCATE x<no-break space>` as x and
+    `DEALLOCATE <Kelvin sign>` as k (Python's Unicode spaces and case folding; PostgreSQL's scanner takes high-bit
+    characters as identifier characters and downcases ASCII only): the maps dropped their x and the answer freed
+    the record of the protocol statement PostgreSQL's grammar names, which the maps still held — its set_config ran
+    unfollowed. The pattern is ASCII-only now, and only the statement the maps dropped is freed."""
+    pg.execute(SECRET, dbname="saas")
+    sock = _session(proxies[mode])
+    try:
+        assert _errors(_wire(sock, _parse(written, SET_PATH) + _parse(read, "SELECT 1") + m.SYNC_MESSAGE)) == []
+        _wire(sock, m.Query(f"DEALLOCATE {written}").encode())
+        answers = _wire(sock, _bind("p", written) + _execute("p") + m.SYNC_MESSAGE)
+        assert _errors(answers) == [] and _rows(answers) == ["information_schema, globex"]
+        assert _leaked(_wire(sock, m.Query(ROUTINES).encode())) == []
+        assert _errors(_wire(sock, _bind("q", read) + _execute("q") + m.SYNC_MESSAGE)) == []  # (the maps kept it)
+    finally:
+        sock.close()

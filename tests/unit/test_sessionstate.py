@@ -487,7 +487,10 @@ def test_under_statement_maps_only_the_maps_deallocate_frees_a_record() -> None:
     w.query(tx(DEALLOCATE, 0, "x"))
     w.answer(1, tags=(b"DEALLOCATE",))
     assert w.state.statements.get("x") == path
-    w.state.maps_deallocate(w.query(tx(DEALLOCATE, 0, "x")))
+    w.state.maps_deallocate(w.query(tx(DEALLOCATE, 0, "x")), "y")  # (red team 22v V1: the maps read another name)
+    w.answer(1, tags=(b"DEALLOCATE",))
+    assert w.state.statements.get("x") == path
+    w.state.maps_deallocate(w.query(tx(DEALLOCATE, 0, "x")), "x")
     w.answer(1, tags=(b"DEALLOCATE",))
     assert "x" not in w.state.statements
     w.state.parse("y", path)
