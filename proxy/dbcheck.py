@@ -796,7 +796,9 @@ def _check_database_neighbours(
                     f"the database they share; a database tenant's statements are not rewritten, so only PostgreSQL "
                     f"keeps it out (REVOKE USAGE ON SCHEMA {other.schema} FROM {role} and from PUBLIC, or give "
                     f"{tenant.name!r} a backend_user of its own)")
-    report.neighbour_parents.update((str(s), str(t)) for s, t in parents if (str(s), str(t)) not in direct)
+    # (a foreign table parent's own rows are remote, read with stored credentials: ONLY of it is no local read)
+    report.neighbour_parents.update((str(s), str(t)) for s, t in parents
+                                    if (str(s), str(t)) not in direct and not _foreign(conn, str(s), str(t)))
     for (schema, table), names in sorted(owners.items()):
         row = conn.execute(_REACH, (schema, table)).fetchone()
         if row is None or not row[5]:

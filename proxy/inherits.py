@@ -72,11 +72,13 @@ _TREES = """
 SELECT w.ev_class::int8, w.ev_action::text, w.ev_qual::text
   FROM pg_catalog.pg_rewrite w WHERE w.ev_class = ANY(%s::oid[])
 """
+# (a foreign table's own rows are its remote ones, read with stored credentials: never "only its own" — review 22 F2)
 _OIDS = """
 SELECT c.oid::int8, n.nspname, c.relname
   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
   JOIN ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[])) AS t(s, r)
     ON t.s = n.nspname AND t.r = c.relname
+ WHERE c.relkind <> 'f'
 """
 _RTE_NODES = frozenset({"RTE", "RANGETBLENTRY"})  # a RangeTblEntry as PostgreSQL 15 / 16+ writes it
 

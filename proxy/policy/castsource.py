@@ -78,14 +78,38 @@ def written(cast: Node) -> WrittenCast:
     return WrittenCast(target, None, spelled=spelled)
 
 
+_INT4 = frozenset({"int4"})
+_INT8 = frozenset({"int8"})
+_NUMERIC = frozenset({"numeric"})
+_ANY_NUMBER = frozenset({"int4", "int8", "numeric"})
+
+
+def _float_constant(text: str) -> frozenset[str]:
+    """The type PostgreSQL's make_const gives a T_Float constant: an integer that fits is int4 (`-2147483648`,
+    `-0x80000000`, `-2_147_483_648` are read back into int4: review 22 F1), then int8, else numeric."""
+    digits = text.replace("_", "").strip()
+    if "." in digits or (not digits.lstrip("+-").lower().startswith("0x") and "e" in digits.lower()):
+        return _NUMERIC
+    try:
+        value = int(digits, 0)
+    except ValueError:
+        try:
+            value = int(digits, 10)  # (leading zeros)
+        except ValueError:
+            return _ANY_NUMBER
+    if -(1 << 31) <= value < (1 << 31):
+        return _INT4
+    return _INT8 if -(1 << 63) <= value < (1 << 63) else _NUMERIC
+
+
 def _constant(body: Node) -> frozenset[str] | None:
     """The type of a constant (PostgreSQL's make_const): a string or NULL is untyped."""
     if "sval" in body or body.get("isnull"):
         return UNTYPED
     if "ival" in body:
         return frozenset({"int4"})
-    if "fval" in body:  # an integer too large for int4, or a decimal: int8 or numeric
-        return frozenset({"int8", "numeric"})
+    if "fval" in body:  # an integer the scanner did not take as int4, or a decimal
+        return _float_constant(str(body["fval"]))
     if "boolval" in body:
         return frozenset({"bool"})
     if "bsval" in body:

@@ -228,6 +228,21 @@ def test_a_definer_view_over_only_the_parent_is_let_start(pg: PgCluster, refusin
     assert code == 0, out
 
 
+def test_a_definer_view_over_only_a_foreign_parent_is_refused(
+    pg: PgCluster, refusing: tuple[str, ProxyProcess]
+) -> None:
+    """Review 22 F2: a foreign table can be an inheritance parent; its own rows are its remote ones, read with the
+    user mapping's stored credentials — a definer view over `ONLY` it was dropped from the view's reads and passed."""
+    db, p = refusing
+    pg.execute("CREATE FOREIGN TABLE public.ft_parent (id int, body text) SERVER inh_loop "
+               "OPTIONS (schema_name 'public', table_name 'tenant_notes'); "
+               "CREATE TABLE public.ft_kid (tenant_id text) INHERITS (public.ft_parent); "
+               "CREATE VIEW public.own_ft AS SELECT id, body FROM ONLY public.ft_parent; "
+               "GRANT SELECT ON public.own_ft TO PUBLIC", dbname=db)
+    log = _refusal(p)
+    assert "view public.own_ft" in log, log
+
+
 @pytest.mark.parametrize("shape", [
     "SELECT id, body FROM ONLY public.notes_base UNION ALL SELECT id, body FROM public.notes_base",
     "SELECT id, body FROM ONLY public.notes_base WHERE EXISTS (SELECT FROM public.notes_base* WHERE id = 2)",

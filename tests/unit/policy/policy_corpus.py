@@ -231,7 +231,10 @@ _TEXT_CAST = Reached(frozenset({
                                                                                 "_state")),
     ("castfrom", "sales.status_text", "sales"), ("field", "status_text", "sales.status_text"),
 }))
+# An app's `CREATE CAST (int4 AS sales.cents) WITH FUNCTION sales.int_cents(int4)` (review 22 F1)
+_INT_CAST = Reached(frozenset(cast_rows("sales.int_cents", ("cents",), ("int4", "integer"))))
 POLICIES.update({
+    "shared_int_cast": dataclasses.replace(_SHARED, reached=_INT_CAST),
     "shared_reached": dataclasses.replace(_SHARED, reached=_REACHED),
     "schema_reached": dataclasses.replace(_SCHEMA, shared_schemas=("ref", "public"), reached=_REACHED),
     "database_reached": dataclasses.replace(_DATABASE, reached=_REACHED),
