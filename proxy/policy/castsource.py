@@ -40,6 +40,9 @@ class WrittenCast:
     via: str = ""
     param: int = 0
     spelled: tuple[tuple[str, ...], bool] = ((), False)
+    # the value may be a row cast to a composite type: PostgreSQL casts each field to its column's type, running any
+    # cast of the database (red team 22c F1: `ROW('a'::app_type)::some_table` ran the app's cast to text)
+    fields: bool = False
 
 
 def type_key(type_name: Node) -> str:
@@ -49,6 +52,30 @@ def type_key(type_name: Node) -> str:
     return (names[-1] if names else "") + ("[]" if type_name.get("arrayBounds") else "")
 
 
+# Built-in scalar types a record value is never cast to field by field (a cast to one of them, qualified with
+# pg_catalog or not, is an I/O conversion or a cast of the value as a whole).
+_SCALARS = frozenset({
+    "text", "varchar", "bpchar", "char", "name", "int2", "int4", "int8", "smallint", "integer", "int", "bigint",
+    "numeric", "decimal", "float4", "float8", "real", "bool", "boolean", "date", "time", "timetz", "timestamp",
+    "timestamptz", "interval", "uuid", "json", "jsonb", "bytea", "money", "inet", "cidr", "macaddr", "oid", "bit",
+    "varbit", "xml", "regclass", "regtype", "regproc", "regprocedure", "regnamespace", "regrole", "tsvector",
+    "tsquery"})
+
+
+def _rows(tag: str, body: Node) -> bool:
+    """Whether an argument written so is a row value or an array of them (ROW(...), ARRAY[ROW(...)])."""
+    if tag == "RowExpr":
+        return True
+    return tag == "A_ArrayExpr" and any(type(e) is dict and ("RowExpr" in e or "SubLink" in e)
+                                        for e in body.get("elements") or ())
+
+
+def _scalar(spelled: tuple[tuple[str, ...], bool]) -> bool:
+    """Whether the target is a built-in scalar type (never a composite a row is cast to field by field)."""
+    names = spelled[0]
+    return bool(names) and names[-1] in _SCALARS and (len(names) == 1 or names[:-1] == ("pg_catalog",))
+
+
 def written(cast: Node) -> WrittenCast:
     """The cast of a TypeCast body, with what its argument's type is known to be."""
     type_name = cast.get("typeName") or {}
@@ -56,8 +83,10 @@ def written(cast: Node) -> WrittenCast:
     spelled = (names_of(type_name.get("names")), bool(type_name.get("arrayBounds")))
     arg = cast.get("arg")
     if type(arg) is not dict or len(arg) != 1:
-        return WrittenCast(target, None, spelled=spelled)
+        return WrittenCast(target, None, spelled=spelled, fields=not _scalar(spelled))
     (tag, body), = arg.items()
+    if _rows(tag, body):
+        return WrittenCast(target, None, spelled=spelled, fields=not _scalar(spelled))
     if tag == "A_Const":
         return WrittenCast(target, _constant(body), spelled=spelled)
     if tag == "TypeCast":
@@ -71,11 +100,13 @@ def written(cast: Node) -> WrittenCast:
         return WrittenCast(target, frozenset({result}) if result else None, spelled=spelled)
     if tag == "FuncCall":
         names = names_of(body.get("funcname"))
+        # (`now(x)` of a row x is its column x.now, of any type: red team 22c F2; `count(x)` is the aggregate)
         if names and names[-1] in FIXED_RESULTS and (len(names) == 1 or names[0] == "pg_catalog") \
-                and len(names) <= 2:
+                and len(names) <= 2 and (names[-1] != "now" or not body.get("args")):
             return WrittenCast(target, frozenset({FIXED_RESULTS[names[-1]]}),
                                via=names[-1] if len(names) == 1 else "", spelled=spelled)
-    return WrittenCast(target, None, spelled=spelled)
+    # (a subquery, a whole-row reference, anything of a type not known here may be a row)
+    return WrittenCast(target, None, spelled=spelled, fields=not _scalar(spelled))
 
 
 _INT4 = frozenset({"int4"})

@@ -164,6 +164,9 @@ def check_reached(policy: TenantPolicy, analysis: Analysis) -> bool:
         sources = None if cast.via and policy.reached.functions(SHADOW, cast.via) else cast.sources
         reached |= _check_reached(policy, CAST, cast.target, cast.target,
                                   policy.reached.cast_functions(cast.target, sources))
+        if cast.fields:  # (a row value cast field by field to a composite type's columns: any cast may run)
+            reached |= _check_reached(policy, CAST, cast.target, f"{cast.target} (field by field)",
+                                      policy.reached.all_cast_functions())
     for written in analysis.json_output:  # to_json(x) & co. write x through its type's cast to json, at any depth
         reached |= _check_reached(policy, CAST, JSON, f"{JSON} (done by {written})")
     for names in analysis.type_names:

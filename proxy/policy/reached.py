@@ -103,6 +103,10 @@ class Reached:
         """The routines `key` reaches as `kind` ((): none)."""
         return self.by_kind[kind].get(key, ())
 
+    def all_cast_functions(self) -> tuple[str, ...]:
+        """The routines of every cast of the database (a row cast field by field may run any of them)."""
+        return tuple(sorted({f for functions in self.by_kind[CAST].values() for f in functions}))
+
     def cast_functions(self, target: str, sources: frozenset[str] | None) -> tuple[str, ...]:
         """The routines of the casts to `target` (a `CAST` key) that may run for a value whose type's names are
         `sources` (None: any type; castsource.UNTYPED: an untyped literal)."""

@@ -151,7 +151,8 @@ def _reaches(reached: Reached, tag: str, body: Node) -> bool:
     if tag == "TypeCast":  # (a parameter's type is not followed here: any)
         cast = castsource.written(body)
         sources = None if cast.param or (cast.via and cast.via in by[SHADOW]) else cast.sources
-        return bool(reached.cast_functions(cast.target, sources))
+        return bool(reached.cast_functions(cast.target, sources)
+                    or (cast.fields and reached.all_cast_functions()))  # (a row cast field by field)
     if tag == "FuncCall":
         names = body.get("funcname") or ()
         name = names[-1].get("String", {}).get("sval", "") if len(names) == 1 else ""
