@@ -386,7 +386,10 @@ _SWITCHABLE = """
 SELECT r.rolname, CASE WHEN r.rolsuper THEN 'is a superuser' WHEN r.rolbypassrls THEN 'has BYPASSRLS'
                        ELSE 'it does not inherit the rights of' END
   FROM pg_catalog.pg_roles r
- WHERE r.rolname <> current_user AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')
+ WHERE r.rolname <> current_user
+   AND CASE WHEN pg_catalog.current_setting('server_version_num')::int >= 160000
+            THEN pg_catalog.pg_has_role(current_user, r.oid, 'SET')  -- (16+: a grant WITH SET FALSE cannot switch)
+            ELSE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER') END
    AND (r.rolsuper OR r.rolbypassrls OR NOT pg_catalog.pg_has_role(current_user, r.oid, 'USAGE'))
  ORDER BY 1
 """
@@ -413,7 +416,8 @@ def _check_role(conn: psycopg.Connection, backend: BackendConfig, report: Prefli
         report.errors.append(
             f"backends.{backend.name}: backend role {backend.user!r} is a member of role {name!r}, which {why}: code "
             f"it runs may switch to that role (a function's SET role clause) and read with its rights "
-            f"(REVOKE {name} FROM {backend.user})"
+            f"(REVOKE the membership that leads to it from {backend.user}, or grant it WITH SET FALSE on PostgreSQL "
+            f"16+)"
         )
 
 

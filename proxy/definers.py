@@ -178,7 +178,8 @@ SELECT n.nspname, p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid
 
 # dblink's functions: the members of extension dblink, and any C function of its library wherever it is (red team
 # 22v V2: `ALTER EXTENSION dblink DROP FUNCTION …` leaves the function out of the extension; a superuser's copy
-# `CREATE FUNCTION … AS '$libdir/dblink', 'dblink_record'` is none of its members).
+# `CREATE FUNCTION … AS '$libdir/dblink', 'dblink_record'` is none of its members), or any C function of one of its
+# symbols (`dblink_*`) whatever the library's file name (red team 22w W2: a symlink to dblink.so).
 _DBLINK_FUNCTIONS = r"""
 WITH dblink_functions AS (
   SELECT d.objid FROM pg_catalog.pg_extension e
@@ -188,7 +189,7 @@ WITH dblink_functions AS (
    WHERE e.extname = 'dblink'
   UNION
   SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-   WHERE l.lanname = 'c' AND p.probin ~ '(^|/)dblink(\.[a-z]+)?$'
+   WHERE l.lanname = 'c' AND (p.probin ~ '(^|/)dblink(\.[a-z]+)?$' OR p.prosrc ~ '^dblink')
 )"""
 
 # Red team 21w W7: dblink's functions connect with the credentials a connection string or a foreign server's user

@@ -140,7 +140,8 @@ def _constant(body: Node) -> frozenset[str] | None:
     if "ival" in body:
         return frozenset({"int4"})
     if "fval" in body:  # an integer the scanner did not take as int4, or a decimal
-        return _float_constant(str(body["fval"]))
+        value = body["fval"]
+        return _float_constant(str(value.get("fval", "")) if type(value) is dict else str(value))
     if "boolval" in body:
         return frozenset({"bool"})
     if "bsval" in body:

@@ -547,7 +547,11 @@ def test_a_backend_role_that_may_switch_to_another_role_is_refused(
         if major >= 16:
             pg.execute(f"GRANT pgt_df_noinherit TO {BACKEND_ROLE} WITH INHERIT FALSE")
             log = _refusal(p)
-            assert ("is a member of role 'pgt_df_noinherit', which it does not inherit the rights of") in log, log
+            assert "is a member of role 'pgt_df_noinherit', which it does not inherit the rights of" in log, log
+            pg.execute(f"REVOKE pgt_df_noinherit FROM {BACKEND_ROLE}")
+            pg.execute(f"GRANT pgt_df_noinherit TO {BACKEND_ROLE} WITH INHERIT FALSE, SET FALSE")  # (no switch)
+            p.start(provision=False)
+            p.stop()
             pg.execute(f"REVOKE pgt_df_noinherit FROM {BACKEND_ROLE}")
             pg.execute(f"GRANT pgt_df_noinherit TO {BACKEND_ROLE} WITH INHERIT TRUE")  # (its rights are counted)
         p.start(provision=False)

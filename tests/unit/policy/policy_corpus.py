@@ -233,7 +233,10 @@ _TEXT_CAST = Reached(frozenset({
 }))
 # An app's `CREATE CAST (int4 AS sales.cents) WITH FUNCTION sales.int_cents(int4)` (review 22 F1)
 _INT_CAST = Reached(frozenset(cast_rows("sales.int_cents", ("cents",), ("int4", "integer"))))
+# ... and `CREATE CAST (int8 AS sales.cents) WITH FUNCTION sales.int8_cents(int8)` (red team 22w W1)
+_INT8_CAST = Reached(frozenset(cast_rows("sales.int8_cents", ("cents",), ("int8", "bigint"))))
 POLICIES.update({
+    "shared_int8_cast": dataclasses.replace(_SHARED, reached=_INT8_CAST),
     "shared_int_cast": dataclasses.replace(_SHARED, reached=_INT_CAST),
     "shared_reached": dataclasses.replace(_SHARED, reached=_REACHED),
     "schema_reached": dataclasses.replace(_SCHEMA, shared_schemas=("ref", "public"), reached=_REACHED),
