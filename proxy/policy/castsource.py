@@ -53,13 +53,19 @@ def type_key(type_name: Node) -> str:
 
 
 # Built-in scalar types a record value is never cast to field by field (a cast to one of them, qualified with
-# pg_catalog or not, is an I/O conversion or a cast of the value as a whole).
-_SCALARS = frozenset({
+# pg_catalog or not, is an I/O conversion or a cast of the value as a whole): no temporary relation may take one of
+# these names (classify.gate), whose row type pg_temp would put first.
+SCALARS = frozenset({
     "text", "varchar", "bpchar", "char", "name", "int2", "int4", "int8", "smallint", "integer", "int", "bigint",
     "numeric", "decimal", "float4", "float8", "real", "bool", "boolean", "date", "time", "timetz", "timestamp",
     "timestamptz", "interval", "uuid", "json", "jsonb", "bytea", "money", "inet", "cidr", "macaddr", "oid", "bit",
     "varbit", "xml", "regclass", "regtype", "regproc", "regprocedure", "regnamespace", "regrole", "tsvector",
-    "tsquery"})
+    "tsquery", "regoper", "regoperator", "regconfig", "regdictionary", "regcollation", "point", "line", "lseg", "box",
+    "path", "polygon", "circle", "macaddr8", "pg_lsn", "pg_snapshot", "txid_snapshot", "int4range", "int8range",
+    "numrange", "tsrange", "tstzrange", "daterange", "int4multirange", "int8multirange", "nummultirange",
+    "tsmultirange", "tstzmultirange", "datemultirange"})
+# information_schema's domains over scalar types (drivers cast catalog names to them), written qualified
+_INFORMATION_SCHEMA = frozenset({"sql_identifier", "cardinal_number", "character_data", "yes_or_no", "time_stamp"})
 
 
 def _rows(tag: str, body: Node) -> bool:
@@ -73,7 +79,9 @@ def _rows(tag: str, body: Node) -> bool:
 def _scalar(spelled: tuple[tuple[str, ...], bool]) -> bool:
     """Whether the target is a built-in scalar type (never a composite a row is cast to field by field)."""
     names = spelled[0]
-    return bool(names) and names[-1] in _SCALARS and (len(names) == 1 or names[:-1] == ("pg_catalog",))
+    if names[:-1] == ("information_schema",):
+        return names[-1] in _INFORMATION_SCHEMA
+    return bool(names) and names[-1] in SCALARS and (len(names) == 1 or names[:-1] == ("pg_catalog",))
 
 
 def written(cast: Node) -> WrittenCast:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.policy import notify, othersseq, settings
+from proxy.policy import castsource, notify, othersseq, settings
 from proxy.policy.catalog import CATALOG_SCHEMAS, is_denied_relation, is_filtered_name, relation_filter, rv_names
 from proxy.policy.model import REAPPLY_CONTEXT, RESERVED_STATEMENT_PREFIX, TenantPolicy
 from proxy.policy.nametypes import NAME_TYPES
@@ -90,12 +90,34 @@ def _is_temp(rel: Node) -> bool:
     return rel.get("relpersistence") == "t" or rel.get("schemaname") == "pg_temp"
 
 
+def _check_temp_name(kind: str, body: Node) -> None:
+    """A temporary relation may not take the name of a built-in scalar type: PostgreSQL looks an unqualified type
+    name up in pg_temp first, so its row type would stand for that type (red team 22x X1: `CREATE TEMP TABLE int4
+    (t text); SELECT (ROW('a'::app_type)::int4).t` cast the row field by field, running the app's cast)."""
+    if kind == "CreateStmt":
+        rel = body.get("relation") or {}
+    elif kind == "ViewStmt":
+        rel = body.get("view") or {}
+    elif kind == "CreateTableAsStmt":
+        rel = (body.get("into") or {}).get("rel") or {}
+    else:
+        while body.get("larg") and "intoClause" not in body:
+            body = body["larg"]
+        rel = (body.get("intoClause") or {}).get("rel") or {}
+    name = rel.get("relname") or ""
+    if name in castsource.SCALARS:
+        raise fail("ddl_not_allowed", f'a temporary relation may not be named "{name}": it would stand for the '
+                   "built-in type of that name")
+
+
 # Statements that name a SQL prepared statement (the proxy's own, RESERVED_STATEMENT_PREFIX, are on its servers).
 _NAMES_STATEMENT = frozenset({"PrepareStmt", "ExecuteStmt", "DeallocateStmt"})
 
 
 def gate(policy: TenantPolicy, kind: str, body: Node) -> frozenset[str]:
     """Allow or deny a statement by its kind (and its nested statement); returns driver effects."""
+    if kind in CREATES or kind == "SelectStmt":
+        _check_temp_name(kind, body)
     if kind in _NAMES_STATEMENT and (body.get("name") or "").startswith(RESERVED_STATEMENT_PREFIX):
         raise fail("reserved_statement_name", f'prepared statement name "{body["name"]}" is reserved for the proxy')
     if kind in QUERY_KINDS or kind in PLAIN_ALLOWED or kind == "ExecuteStmt":
