@@ -262,6 +262,7 @@ TEXT_CAST = r"""
 CREATE TYPE public.sd_cst AS ENUM ('a', 'b');
 CREATE DOMAIN public.sd_cdom AS public.sd_cst;
 CREATE DOMAIN public.sd_label AS text;
+CREATE TYPE public.sd_pair AS (t text);
 CREATE FUNCTION public.sd_cst_text(s public.sd_cst) RETURNS text LANGUAGE plpgsql STABLE SECURITY DEFINER AS
   $$BEGIN RAISE EXCEPTION 'sd_cst_text saw: % rows', (SELECT count(*) FROM public.orders); END$$;
 CREATE CAST (public.sd_cst AS text) WITH FUNCTION public.sd_cst_text(public.sd_cst);
@@ -270,6 +271,7 @@ TEXT_CAST_TEARDOWN = """
 DROP CAST IF EXISTS (public.sd_cst AS text);
 DROP FUNCTION IF EXISTS public.sd_cst_text(public.sd_cst);
 DROP DOMAIN IF EXISTS public.sd_cdom, public.sd_label;
+DROP TYPE IF EXISTS public.sd_pair;
 DROP TYPE IF EXISTS public.sd_cst;
 """
 TEXT_CAST_RUNS = {  # the value is of the enum (or a domain over it, an array of it): PostgreSQL runs sd_cst_text
@@ -314,6 +316,13 @@ def test_a_text_cast_of_an_app_type_refuses_only_its_own_values(
                     function = "public.sd_cst_text" if shape != "column" or user == "ivan" else "public.rt_tenants_sd"
                     if not (_refused(got, function) and "a cast to type" in got[1]):
                         wrong.append((user, shape, got))
+                # red team 22c F1 / 22x X1: a row cast field by field, and a temporary table standing for int4
+                got = _run(conn, "SELECT (ROW('a'::sd_cst)::sd_pair).t")
+                if not (isinstance(got, tuple) and got[0] == "42501" and "(field by field)" in got[1]):
+                    wrong.append((user, "row cast", got))
+                got = _run(conn, "CREATE TEMP TABLE int4 (t text)")
+                if not (isinstance(got, tuple) and got[0] == "42501" and "ddl_not_allowed" in got[1]):
+                    wrong.append((user, "temp int4", got))
         assert not wrong, wrong
     finally:
         for db in ("saas", "initech"):
